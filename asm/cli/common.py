@@ -1,0 +1,88 @@
+"""What every command shares: exit statuses, one-line errors, quiet-unless-asked output,
+and the terminal progress line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# Exit statuses, documented in docs/operations.md.
+EXIT_OK = 0
+EXIT_PARTIAL = 1        # finished, but some mailboxes/messages failed (named on stderr)
+EXIT_USAGE = 2          # bad options, configuration or paths: nothing was done
+EXIT_DEVICE = 3         # the device could not be opened, read or written
+EXIT_INCOMPLETE = 4     # the archive is truncated or corrupt; what came before was restored
+EXIT_HOSTILE = 5        # the archive holds members that would write outside the store
+EXIT_LOCKED = 6         # a lock is held by another run
+EXIT_ORDER = 7          # incremental archives applied in the wrong order
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad command-line input; printed as one line, exit EXIT_USAGE."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit EXIT_USAGE."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def die(prog: str, message: str, status: int) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return status
+
+
+def warn(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)
+
+
+class Progress:
+    """A single self-rewriting line on a terminal; silent when stderr is not a tty
+    (cron) unless the command was asked for -v."""
+
+    def __init__(self, enabled: bool | None = None, interval: float = 0.5):
+        if enabled is None:
+            enabled = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+        self.enabled = enabled
+        self.interval = interval
+        self._last = 0.0
+        self._shown = False
+        self.start = time.monotonic()
+
+    def update(self, text: str, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        sys.stderr.write("\r\x1b[K" + text[:200])
+        sys.stderr.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._shown = False
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def parse_date(text: str) -> float:
+    """``YYYYMMDD[:HHMMSS]`` in local time, as the classic tools take it."""
+    import datetime as dt
+    fmt = "%Y%m%d:%H%M%S" if ":" in text else "%Y%m%d"
+    try:
+        return dt.datetime.strptime(text, fmt).timestamp()
+    except ValueError:
+        raise UsageError(f"bad date {text!r}: use YYYYMMDD or YYYYMMDD:HHMMSS, e.g. 20240501:131000") from None

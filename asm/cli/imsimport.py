@@ -1,0 +1,51 @@
+"""imsimport: import a Unix mbox file into a user's mailbox."""
+from __future__ import annotations
+
+import sys
+
+from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die
+from asm.cli.context import open_installation
+from asm.config import ConfigError
+from asm.groups import GroupsError
+from asm.mbox import read_mbox
+from asm.store.base import StoreError
+
+PROG = "imsimport"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgParser(prog=PROG, description="Import a Unix mbox file into a mailbox.")
+    p.add_argument("-u", required=True, metavar="USER", help="user ID")
+    p.add_argument("-s", required=True, metavar="MBOXFILE", help="mbox file to read ('-' for stdin)")
+    p.add_argument("-d", metavar="MAILBOX", default="INBOX", help="destination folder (default INBOX)")
+    p.add_argument("-v", action="store_true", help="say how many messages were imported")
+    args = p.parse_args(argv)
+    try:
+        store = open_installation().store
+        if not store.exists(args.u):
+            return die(PROG, f"no user {args.u!r}: create it first with 'mboxutil -c user/{args.u}'", EXIT_USAGE)
+        if not store.exists(args.u, args.d):
+            store.create_folder(args.u, args.d, subscribed=True)
+        src = sys.stdin.buffer if args.s == "-" else open(args.s, "rb")
+    except FileNotFoundError:
+        return die(PROG, f"mbox file {args.s!r} does not exist", EXIT_USAGE)
+    except (ConfigError, GroupsError, StoreError) as exc:
+        return die(PROG, str(exc), EXIT_USAGE)
+    n = 0
+    try:
+        with src, store.lock(args.u, args.d):
+            for msg in read_mbox(src):
+                with msg.file:
+                    store.append(args.u, args.d, msg.file, flags=msg.flags, internaldate=msg.internaldate)
+                n += 1
+    except ValueError as exc:
+        return die(PROG, f"{args.s}: {exc}", EXIT_USAGE)
+    except StoreError as exc:
+        return die(PROG, f"{exc} (after {n} messages)", EXIT_PARTIAL)
+    if args.v:
+        print(f"{PROG}: imported {n} messages into user/{args.u}/{args.d}", file=sys.stderr)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""mboxutil: list, create and delete mailboxes by hand.
+
+Mailbox names are written as the classic tool does: ``user/<uid>/<folder>``
+(``user/joe/INBOX``, ``user/joe/Work/2023``); ``user/<uid>`` alone means the user.
+"""
+from __future__ import annotations
+
+import fnmatch
+import sys
+
+from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die
+from asm.cli.context import open_installation
+from asm.config import ConfigError
+from asm.groups import GroupsError
+from asm.store.base import StoreError
+
+PROG = "mboxutil"
+
+
+def split_mailbox(name: str) -> tuple[str, str | None]:
+    parts = name.split("/", 2)
+    if len(parts) < 2 or parts[0] != "user" or not parts[1]:
+        raise ValueError(f"bad mailbox name {name!r}: write user/<uid>[/<folder>], e.g. user/joe/INBOX")
+    return parts[1], (parts[2] if len(parts) == 3 and parts[2] else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgParser(prog=PROG, description="List, create and delete mailboxes.")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("-l", action="store_true", help="list mailboxes with message counts and sizes")
+    mode.add_argument("-c", metavar="MAILBOX", help="create a mailbox (user/joe creates the user)")
+    mode.add_argument("-d", metavar="MAILBOX", help="delete a mailbox (user/joe deletes the user)")
+    p.add_argument("-p", metavar="PATTERN", help="with -l: only mailboxes matching this shell pattern; "
+                   "with -c: the partition for a new user")
+    args = p.parse_args(argv)
+    try:
+        inst = open_installation()
+        store = inst.store
+        if args.l:
+            print(f"{'msgs':>8} {'bytes':>12} {'uidvalidity':>11} {'uidnext':>8}  mailbox")
+            for part in store.partitions():
+                for user in store.users(part):
+                    for f in store.folders(user):
+                        name = f"user/{user}/{f.name}"
+                        if args.p and not fnmatch.fnmatchcase(name, args.p):
+                            continue
+                        msgs = store.messages(user, f.name)
+                        print(f"{len(msgs):>8} {sum(m.size for m in msgs):>12} {f.uidvalidity:>11} "
+                              f"{f.uidnext:>8}  {name}{'' if f.subscribed else '  (unsubscribed)'}")
+            return EXIT_OK
+        target = args.c or args.d
+        user, folder = split_mailbox(target)
+        if args.c:
+            if folder is None:
+                store.create_user(user, args.p or "primary")
+            else:
+                if not store.exists(user):
+                    store.create_user(user, args.p or "primary")
+                store.create_folder(user, folder, subscribed=True)
+        else:
+            if folder is None:
+                store.delete_user(user)
+            else:
+                store.delete_folder(user, folder)
+        return EXIT_OK
+    except ValueError as exc:
+        return die(PROG, str(exc), EXIT_USAGE)
+    except (ConfigError, GroupsError) as exc:
+        return die(PROG, str(exc), EXIT_USAGE)
+    except StoreError as exc:
+        return die(PROG, str(exc), EXIT_PARTIAL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""msconfig: show, set and unset installation options ($IMS_HOME/config/msg.conf)."""
+from __future__ import annotations
+
+import sys
+
+from asm.cli.common import EXIT_OK, EXIT_USAGE, ArgParser, die
+from asm.config import OPTIONS, Config, ConfigError, lookup
+
+PROG = "msconfig"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgParser(prog=PROG, description="Show and change ims-asm options (IMS_HOME/config/msg.conf).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("show", help="print role.NAME = VALUE for one option or every option that has a value")
+    s.add_argument("name", nargs="?")
+    s.add_argument("-a", "--all", action="store_true", help="also list options without a value, with their help")
+    st = sub.add_parser("set", help="set an option")
+    st.add_argument("name")
+    st.add_argument("value")
+    u = sub.add_parser("unset", help="remove an option (it returns to its default)")
+    u.add_argument("name")
+    args = p.parse_args(argv)
+    try:
+        cfg = Config()
+        if args.cmd == "show":
+            if args.name:
+                lookup(args.name)
+                value = cfg.get(args.name)
+                if value is not None:
+                    print(f"role.{args.name} = {value}")
+                return EXIT_OK
+            names = sorted(set(OPTIONS) | set(cfg.values))
+            for name in names:
+                value = cfg.get(name)
+                if value is not None:
+                    print(f"role.{name} = {value}")
+                elif args.all:
+                    print(f"# role.{name} (not set): {lookup(name).doc}")
+            return EXIT_OK
+        if args.cmd == "set":
+            cfg.set(args.name, args.value)
+            return EXIT_OK
+        if args.cmd == "unset":
+            if not cfg.unset(args.name):
+                print(f"{PROG}: {args.name} was not set", file=sys.stderr)
+            return EXIT_OK
+    except ConfigError as exc:
+        return die(PROG, str(exc), EXIT_USAGE)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

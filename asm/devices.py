@@ -1,0 +1,154 @@
+"""Devices an archive is written to or read from, and the local device plugin.
+
+``-`` is stdout (write) or stdin (read); a path is a plain file, a FIFO or a
+character device (tape).  ``[user@]host:path`` is left to a remote-device plugin
+(``ims_open_device``); ``./host:path`` or ``device.localonly = yes`` forces a local
+file whose name holds a colon.
+
+A plain file is written under a temporary name in the same directory and renamed
+over the target only when the archive is complete, so a failed or killed backup never
+replaces a good archive with half of one.  Files are created 0600.
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+import tempfile
+
+from asm.hookspecs import hookimpl
+
+_REMOTE_RE = re.compile(r"^(ssh://|(?:[^/@:]+@)?[^/:]+:)")
+
+
+class DeviceError(Exception):
+    """A device that cannot be opened or written; the message says which and why."""
+
+
+class Device:
+    """An open device: ``file`` is the raw binary stream; ``seekable`` tells whether
+    the restore may seek in it.  ``close(ok)`` commits (True) or abandons (False)."""
+
+    def __init__(self, spec: str, file, seekable: bool = False, kind: str = "stream"):
+        self.spec = spec
+        self.file = file
+        self.seekable = seekable
+        self.kind = kind
+
+    def close(self, ok: bool = True) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        self.close(ok=et is None)
+
+
+class _FileDevice(Device):
+    """A plain file written through a temporary name, renamed on success."""
+
+    def __init__(self, spec: str, target: str):
+        d = os.path.dirname(os.path.abspath(target))
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".partial", dir=d)
+        except OSError as exc:
+            raise DeviceError(f"cannot write device {spec!r}: {exc.strerror} ({d})") from None
+        os.fchmod(fd, 0o600)
+        super().__init__(spec, os.fdopen(fd, "wb", buffering=0), seekable=True, kind="file")
+        self.target = target
+
+    def close(self, ok: bool = True) -> None:
+        try:
+            if ok:
+                os.fsync(self.file.fileno())
+            self.file.close()
+        except OSError:
+            ok = False
+            raise
+        finally:
+            if ok:
+                os.replace(self.tmp, self.target)
+            else:
+                try:
+                    os.unlink(self.tmp)
+                except FileNotFoundError:
+                    pass
+
+
+def is_remote(spec: str, localonly: bool = False) -> bool:
+    if localonly or spec.startswith(("/", "./", "../")):
+        return False
+    return bool(_REMOTE_RE.match(spec))
+
+
+def open_local(spec: str, mode: str) -> Device:
+    if spec == "-":
+        stream = sys.stdout.buffer if mode == "wb" else sys.stdin.buffer
+        try:
+            seekable = mode == "rb" and stream.seekable() and stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        except (OSError, ValueError):
+            seekable = False
+        return _StdDevice(spec, stream, seekable)
+    path = spec
+    if mode == "wb":
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise DeviceError(f"cannot use device {spec!r}: {exc.strerror}") from None
+        if st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+            try:
+                f = open(path, "wb", buffering=0)
+            except OSError as exc:
+                raise DeviceError(f"cannot open device {spec!r} for writing: {exc.strerror}") from None
+            return Device(spec, f, False, "fifo" if stat.S_ISFIFO(st.st_mode) else "tape")
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise DeviceError(f"device {spec!r} is a directory: name a file, e.g. {os.path.join(spec, 'backup.ims')}")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise DeviceError(f"cannot write device {spec!r}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
+        return _FileDevice(spec, path)
+    try:
+        f = open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise DeviceError(f"device {spec!r} does not exist: check the -f argument") from None
+    except IsADirectoryError:
+        raise DeviceError(f"device {spec!r} is a directory, not an archive") from None
+    except OSError as exc:
+        raise DeviceError(f"cannot open device {spec!r} for reading: {exc.strerror}") from None
+    st = os.fstat(f.fileno())
+    return Device(spec, f, stat.S_ISREG(st.st_mode), "file" if stat.S_ISREG(st.st_mode) else "stream")
+
+
+class _StdDevice(Device):
+    def close(self, ok: bool = True) -> None:
+        try:
+            self.file.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+
+def open_device(spec: str, mode: str, blocking_factor: int = 20, config=None) -> Device:
+    """Ask the device plugins for ``spec``; the local plugin answers for local paths."""
+    from asm import plugins
+    dev = plugins.hook().ims_open_device(spec=spec, mode=mode, blocking_factor=blocking_factor,
+                                         config=config)
+    if dev is None:
+        if is_remote(spec, _localonly(config)):
+            raise DeviceError(f"device {spec!r} names a remote host but no remote-device plugin is "
+                              f"loaded: install the ssh plugin, or write ./{spec} for a local file")
+        raise DeviceError(f"no device plugin can open {spec!r}")
+    return dev
+
+
+def _localonly(config) -> bool:
+    return bool(config is not None and config.get("device.localonly") == "yes")
+
+
+@hookimpl(trylast=True)
+def ims_open_device(spec, mode, blocking_factor, config):
+    if is_remote(spec, _localonly(config)):
+        return None
+    return open_local(spec, mode)

@@ -1,0 +1,79 @@
+"""Backup groups: ``backup-groups.conf`` (``name=regex`` per line).
+
+A user belongs to the first group whose expression matches the whole user ID; the
+predefined group ``user`` holds every user and needs no configuration.  Groups are
+virtual: they do not follow the store's directories, they only split the users of a
+partition for parallel backups.
+"""
+from __future__ import annotations
+
+import re
+
+PREDEFINED = "user"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+class GroupsError(Exception):
+    """A bad line in backup-groups.conf; the message names file and line."""
+
+
+class Groups:
+    def __init__(self, groups: list[tuple[str, re.Pattern]] | None = None):
+        self.groups = list(groups or [])
+
+    @classmethod
+    def load(cls, path: str) -> "Groups":
+        try:
+            f = open(path, encoding="utf-8")
+        except FileNotFoundError:
+            return cls()
+        with f:
+            return cls.parse(f.read(), path)
+
+    @classmethod
+    def parse(cls, text: str, path: str = "backup-groups.conf") -> "Groups":
+        out: list[tuple[str, re.Pattern]] = []
+        seen: dict[str, int] = {}
+        for lineno, line in enumerate(text.splitlines(), 1):
+            s = line.strip()
+            if not s or s.startswith("#"):
+                continue
+            name, eq, expr = s.partition("=")
+            name, expr = name.strip(), expr.strip()
+            where = f"{path}:{lineno}"
+            if not eq:
+                raise GroupsError(f"{where}: expected 'name=regex', found {s!r}")
+            if not _NAME_RE.match(name):
+                raise GroupsError(f"{where}: bad group name {name!r}: use letters, digits, '_', '.', '-'")
+            if name == PREDEFINED:
+                raise GroupsError(f"{where}: group name 'user' is predefined (it holds every user); pick another name")
+            if name in seen:
+                raise GroupsError(f"{where}: group {name!r} is already defined on line {seen[name]}")
+            if not expr:
+                raise GroupsError(f"{where}: group {name!r} has an empty expression")
+            try:
+                rx = re.compile(expr)
+            except re.error as exc:
+                raise GroupsError(f"{where}: bad regular expression {expr!r} for group {name!r}: {exc}") from None
+            seen[name] = lineno
+            out.append((name, rx))
+        return cls(out)
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.groups] + [PREDEFINED]
+
+    def is_group(self, name: str) -> bool:
+        return name == PREDEFINED or any(n == name for n, _ in self.groups)
+
+    def group_of(self, user: str) -> str:
+        """The first configured group matching the whole user ID, else ``user``."""
+        for name, rx in self.groups:
+            if rx.fullmatch(user):
+                return name
+        return PREDEFINED
+
+    def member(self, user: str, group: str) -> bool:
+        return group == PREDEFINED or self.group_of(user) == group
+
+    def members(self, group: str, users) -> list[str]:
+        return [u for u in users if self.member(u, group)]

@@ -1,0 +1,134 @@
+"""Logical paths: ``/``, ``/partition``, ``/partition/group``, ``/partition/group/user``,
+``/partition/group/user/folder/sub`` and the short ``/partition/user[/folder...]``
+(used when the second component is not a group name).
+
+A path naming a folder covers that folder and its subfolders.  Parsing needs only the
+group names; :func:`resolve` checks a parsed path against a store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from asm.groups import PREDEFINED, Groups
+from asm.store.base import NoSuchFolder, NoSuchUser, Store, check_folder_name
+
+
+class PathError(Exception):
+    """A logical path that is malformed or names nothing."""
+
+
+@dataclass(frozen=True)
+class LogicalPath:
+    text: str
+    partition: str | None = None
+    group: str | None = None
+    user: str | None = None
+    folder: str | None = None
+
+    def covers_user(self, partition: str, user: str, groups: Groups) -> bool:
+        if self.partition is not None and partition != self.partition:
+            return False
+        if self.user is not None:
+            return user == self.user
+        if self.group is not None:
+            return groups.member(user, self.group)
+        return True
+
+    def covers_folder(self, folder: str) -> bool:
+        if self.folder is None:
+            return True
+        return folder == self.folder or folder.startswith(self.folder + "/")
+
+    def names_folder(self, folder: str) -> bool:
+        """True when this path names ``folder`` (or a parent of it) explicitly;
+        such folders are backed up even when store.backupexclude lists them."""
+        return self.folder is not None and self.covers_folder(folder)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse(text: str, groups: Groups) -> LogicalPath:
+    raw = text
+    if not text.startswith("/"):
+        raise PathError(f"bad logical path {raw!r}: it must start with '/', e.g. /primary/user/joe")
+    parts = [p for p in text.split("/")[1:]]
+    while parts and parts[-1] == "":
+        parts.pop()
+    if any(p == "" for p in parts):
+        raise PathError(f"bad logical path {raw!r}: empty component ('//')")
+    if not parts:
+        return LogicalPath(raw)
+    partition, rest = parts[0], parts[1:]
+    if not rest:
+        return LogicalPath(raw, partition)
+    if groups.is_group(rest[0]):
+        group, rest = rest[0], rest[1:]
+    else:
+        group = None  # short form /partition/user
+    if not rest:
+        return LogicalPath(raw, partition, group)
+    user, rest = rest[0], rest[1:]
+    folder = check_folder_name("/".join(rest)) if rest else None
+    if group is not None and not groups.member(user, group):
+        raise PathError(f"user {user!r} is not in backup group {group!r} (it is in "
+                        f"{groups.group_of(user)!r}); use /{partition}/{groups.group_of(user)}/{user} "
+                        f"or /{partition}/{PREDEFINED}/{user}")
+    return LogicalPath(raw, partition, group, user, folder)
+
+
+@dataclass
+class Target:
+    """One user to act on, and which folders of it."""
+    partition: str
+    user: str
+    group: str
+    folders: list            # list[FolderInfo]
+    explicit: set            # folder names named explicitly (exclude does not apply)
+
+
+def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Target]:
+    """Expand logical paths against the store; a path naming nothing is a PathError.
+
+    Users appear once, in partition then user order, with the union of the folders
+    the paths select.
+    """
+    partitions = store.partitions()
+    by_user: dict[str, Target] = {}
+    for lp in paths:
+        parts = [lp.partition] if lp.partition is not None else partitions
+        if lp.partition is not None and lp.partition not in partitions:
+            raise PathError(f"{lp}: no partition {lp.partition!r} (partitions: {', '.join(partitions)})")
+        if lp.user is not None:
+            try:
+                part = store.user_partition(lp.user)
+            except NoSuchUser:
+                raise PathError(f"{lp}: no user {lp.user!r} in the store") from None
+            if part != lp.partition:
+                raise PathError(f"{lp}: user {lp.user!r} is on partition {part!r}, not {lp.partition!r}")
+            users = [(part, lp.user)]
+        else:
+            users = [(p, u) for p in parts for u in store.users(p) if lp.covers_user(p, u, groups)]
+        found = False
+        for part, user in users:
+            folders = store.folders(user)
+            chosen = [f for f in folders if lp.covers_folder(f.name)]
+            if lp.folder is not None and not chosen:
+                raise PathError(f"{lp}: user {user!r} has no folder {lp.folder!r}")
+            found = True
+            t = by_user.get(user)
+            if t is None:
+                t = by_user[user] = Target(part, user, groups.group_of(user), [], set())
+            have = {f.name for f in t.folders}
+            t.folders.extend(f for f in chosen if f.name not in have)
+            if lp.folder is not None:
+                t.explicit.update(f.name for f in chosen)
+        if not found and lp.group is not None and lp.group != PREDEFINED and not users:
+            # an empty group is not an error for whole-partition runs, but naming it is
+            # worth a clear word rather than an empty archive
+            raise PathError(f"{lp}: backup group {lp.group!r} has no users on partition {lp.partition!r}")
+    order = {p: i for i, p in enumerate(partitions)}
+    out = sorted(by_user.values(), key=lambda t: (order.get(t.partition, 99), t.user))
+    for t in out:
+        t.folders.sort(key=lambda f: (f.name != "INBOX", f.name))
+    return out

@@ -1,0 +1,95 @@
+"""Streaming Unix mbox reader: one message at a time, never a whole file in memory.
+
+Messages are split on ``From `` lines that follow a blank line (or start the file);
+``>From `` quoting (mboxrd) is undone.  Each message is spooled to a temporary file
+(in memory up to 1 MiB) and handed out with its envelope date and its flags taken
+from the ``Status:``/``X-Status:`` headers, which are kept in the bytes.
+"""
+from __future__ import annotations
+
+import email.utils
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+_FROM_RE = re.compile(rb"^From \S+\s+(.*)$")
+_QUOTED_RE = re.compile(rb"^>+From ")
+_STATUS = {b"R": "\\Seen", b"A": "\\Answered", b"F": "\\Flagged", b"D": "\\Deleted", b"T": "\\Draft"}
+
+
+@dataclass
+class MboxMessage:
+    file: BinaryIO
+    size: int
+    internaldate: float
+    flags: frozenset
+
+
+def _envelope_date(line: bytes) -> float:
+    m = _FROM_RE.match(line.rstrip(b"\r\n"))
+    if m:
+        text = m.group(1).decode("latin-1").strip()
+        try:  # asctime form: "Mon Jan  1 10:00:00 2024"
+            return time.mktime(time.strptime(" ".join(text.split()[:5]), "%a %b %d %H:%M:%S %Y"))
+        except ValueError:
+            pass
+        try:
+            return email.utils.parsedate_to_datetime(text).timestamp()
+        except (TypeError, ValueError, IndexError):
+            pass
+    return time.time()
+
+
+def read_mbox(src: BinaryIO) -> Iterator[MboxMessage]:
+    spool = None
+    size = 0
+    date = 0.0
+    flags: set = set()
+    in_headers = False
+    prev_blank = True
+    pending_blank = b""
+
+    def finish():
+        spool.seek(0)
+        return MboxMessage(spool, size, date, frozenset(flags))
+
+    for line in src:
+        if prev_blank and line.startswith(b"From "):
+            if spool is not None:
+                yield finish()
+            spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+            size, date, flags, in_headers, pending_blank = 0, _envelope_date(line), set(), True, b""
+            prev_blank = False
+            continue
+        if spool is None:
+            if line.strip():
+                raise ValueError("not an mbox file: it does not start with a 'From ' line")
+            continue
+        stripped = line.rstrip(b"\r\n")
+        if in_headers:
+            if not stripped:
+                in_headers = False
+            elif stripped[:7].lower() in (b"status:", b"x-statu"):
+                value = stripped.split(b":", 1)[1].strip()
+                for ch in value:
+                    f = _STATUS.get(bytes([ch]))
+                    if f:
+                        flags.add(f)
+        if _QUOTED_RE.match(line):
+            line = line[1:]
+        # the blank line before the next "From " belongs to the separator, not the message
+        if pending_blank:
+            spool.write(pending_blank)
+            size += len(pending_blank)
+            pending_blank = b""
+        if not stripped:
+            pending_blank = line
+            prev_blank = True
+            continue
+        prev_blank = False
+        spool.write(line)
+        size += len(line)
+    if spool is not None:
+        yield finish()

@@ -1,0 +1,317 @@
+"""The logical mailbox view every store driver implements (the "backup API").
+
+A store holds partitions; a partition holds users; a user holds folders named with
+``/`` as the hierarchy separator (``INBOX``, ``Work/2023``); a folder holds messages
+keyed by UID.  Backup and restore talk only to this interface, so nothing above it
+knows which driver is underneath.
+
+Drivers are file-per-message stores, so a message also has a ``path``: the backup
+streams from it with large reads, and the restore can hard-link a second copy to the
+first one.  A ``path`` may go stale (a Maildir file is renamed when its flags change,
+a message is expunged): callers re-ask ``message()`` once and otherwise treat the
+message as gone (:class:`MessageGone`).
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterable, Iterator
+
+#: IMAP system flags a driver stores; anything else is a keyword.
+SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
+
+
+class StoreError(Exception):
+    """Base class of every error a store driver raises on purpose."""
+
+
+class NoSuchUser(StoreError):
+    def __init__(self, user: str):
+        super().__init__(f"no such user: {user!r}")
+        self.user = user
+
+
+class NoSuchFolder(StoreError):
+    def __init__(self, user: str, folder: str):
+        super().__init__(f"no such folder: {folder!r} of user {user!r}")
+        self.user, self.folder = user, folder
+
+
+class FolderExists(StoreError):
+    def __init__(self, user: str, folder: str):
+        super().__init__(f"folder already exists: {folder!r} of user {user!r}")
+        self.user, self.folder = user, folder
+
+
+class UserExists(StoreError):
+    def __init__(self, user: str):
+        super().__init__(f"user already exists: {user!r}")
+        self.user = user
+
+
+class MessageGone(StoreError):
+    """The message was expunged (or renamed away) between listing and reading."""
+
+    def __init__(self, user: str, folder: str, uid: int):
+        super().__init__(f"message {uid} of {user}/{folder} vanished")
+        self.user, self.folder, self.uid = user, folder, uid
+
+
+class UidInUse(StoreError):
+    def __init__(self, user: str, folder: str, uid: int):
+        super().__init__(f"UID {uid} is already used in {user}/{folder}")
+
+
+class LockTimeout(StoreError):
+    def __init__(self, what: str):
+        super().__init__(f"could not lock {what}: another process holds it; try again later")
+
+
+class BadName(StoreError):
+    """A user or folder name the driver cannot store (empty level, NUL, ...)."""
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    uid: int
+    flags: frozenset = frozenset()          # subset of SYSTEM_FLAGS
+    keywords: tuple = ()                     # IMAP keywords, in order
+    internaldate: float = 0.0                # epoch seconds (IMAP INTERNALDATE)
+    stored: float = 0.0                      # epoch seconds the store received it
+    size: int = 0                            # bytes on disk (exactly what is streamed)
+    path: str = ""                           # the file holding the bytes
+    dev: int = 0
+    ino: int = 0
+    nlink: int = 1
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    name: str                                # logical name, "/"-separated, "INBOX" first
+    uidvalidity: int
+    uidnext: int
+    subscribed: bool = False
+
+
+@dataclass
+class FolderSnapshot:
+    """A folder's metadata and message list taken together under its lock."""
+
+    info: FolderInfo
+    messages: list = field(default_factory=list)  # list[MessageInfo], ascending UID
+
+
+class Store(abc.ABC):
+    """One store: its partitions, users, folders and messages.
+
+    ``name`` is the driver name used in configuration (``store.driver``) and
+    recorded in archives.
+    """
+
+    name = "abstract"
+
+    # -- read side ------------------------------------------------------------
+    @abc.abstractmethod
+    def partitions(self) -> list[str]:
+        """Partition names, ``primary`` first when present."""
+
+    @abc.abstractmethod
+    def users(self, partition: str) -> list[str]:
+        """User IDs stored on ``partition``, sorted."""
+
+    @abc.abstractmethod
+    def user_partition(self, user: str) -> str:
+        """The partition holding ``user``; raises NoSuchUser."""
+
+    @abc.abstractmethod
+    def folders(self, user: str) -> list[FolderInfo]:
+        """The user's folders, INBOX first then sorted by name."""
+
+    @abc.abstractmethod
+    def folder(self, user: str, folder: str) -> FolderInfo:
+        """One folder's metadata; raises NoSuchFolder."""
+
+    @abc.abstractmethod
+    def snapshot(self, user: str, folder: str, since: float | None = None) -> FolderSnapshot:
+        """Folder metadata and its messages, read under the folder lock (held briefly).
+
+        With ``since``, messages stored before it may be returned with only ``uid``
+        (and ``stored``) filled in: the driver must not stat or read them when it can
+        tell their stored date otherwise.  Callers use that for incremental backups,
+        where the full UID list is still needed.
+        """
+
+    def messages(self, user: str, folder: str) -> list[MessageInfo]:
+        return self.snapshot(user, folder).messages
+
+    @abc.abstractmethod
+    def message(self, user: str, folder: str, uid: int) -> MessageInfo:
+        """One message, freshly looked up; raises MessageGone."""
+
+    def open_message(self, user: str, folder: str, uid: int) -> BinaryIO:
+        """The message bytes as a binary file (streamed, never read whole)."""
+        for attempt in (0, 1):
+            info = self.message(user, folder, uid)
+            try:
+                return open(info.path, "rb")
+            except FileNotFoundError:
+                continue
+        raise MessageGone(user, folder, uid)
+
+    def exists(self, user: str, folder: str | None = None) -> bool:
+        try:
+            if folder is None:
+                self.user_partition(user)
+            else:
+                self.folder(user, folder)
+            return True
+        except (NoSuchUser, NoSuchFolder):
+            return False
+
+    # -- write side -----------------------------------------------------------
+    @abc.abstractmethod
+    def create_user(self, user: str, partition: str = "primary") -> None:
+        """Create ``user`` with an empty INBOX; raises UserExists."""
+
+    @abc.abstractmethod
+    def delete_user(self, user: str) -> None:
+        """Remove the user and every folder and message."""
+
+    @abc.abstractmethod
+    def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
+                      uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
+        """Create a folder (parents are implied); raises FolderExists."""
+
+    @abc.abstractmethod
+    def delete_folder(self, user: str, folder: str) -> None:
+        """Remove one folder and its messages (not its subfolders)."""
+
+    @abc.abstractmethod
+    def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,
+                   uidnext: int | None = None, subscribed: bool | None = None) -> FolderInfo:
+        """Change folder metadata.  UIDNEXT never moves below max(UID)+1."""
+
+    @abc.abstractmethod
+    def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
+               flags: Iterable[str] = (), keywords: Iterable[str] = (),
+               internaldate: float | None = None, stored: float | None = None,
+               link_from: str | None = None, size_hint: int | None = None) -> MessageInfo:
+        """Add one message and return it as stored.
+
+        ``src`` is read to EOF in chunks (the bytes are written exactly).  With
+        ``link_from`` (the ``path`` of a message in this store) the new message is a
+        hard link to that file and ``src`` may be None; when a link is impossible
+        (another filesystem) the file is copied.  ``uid`` None takes UIDNEXT; a given
+        UID must be >= every UID present (else UidInUse), and UIDNEXT moves past it.
+        The message appears whole or not at all (written to a temporary name, then
+        renamed).  Dates default to now.
+        """
+
+    @abc.abstractmethod
+    def set_flags(self, user: str, folder: str, uid: int, flags: Iterable[str],
+                  keywords: Iterable[str] = ()) -> MessageInfo:
+        """Replace a message's flags and keywords."""
+
+    @abc.abstractmethod
+    def expunge(self, user: str, folder: str, uids: Iterable[int]) -> int:
+        """Remove the messages with these UIDs; returns how many were removed."""
+
+    @abc.abstractmethod
+    def lock(self, user: str, folder: str, timeout: float = 30.0) -> contextlib.AbstractContextManager:
+        """Exclusive folder lock that every writer of this store respects.
+
+        Re-entrant within one Store object: append() and friends called while the
+        caller holds the lock do not try to take it again.
+        """
+
+    # -- deliveries -----------------------------------------------------------
+    @abc.abstractmethod
+    def hold_deliveries(self, user: str) -> None:
+        """From now on deliveries to ``user`` are queued instead of stored."""
+
+    @abc.abstractmethod
+    def release_deliveries(self, user: str) -> int:
+        """Deliver what was queued while held (in arrival order); returns the count."""
+
+    @abc.abstractmethod
+    def deliveries_held(self, user: str) -> bool:
+        ...
+
+    @contextlib.contextmanager
+    def deliveries_on_hold(self, user: str) -> Iterator[None]:
+        already = self.deliveries_held(user)
+        if not already:
+            self.hold_deliveries(user)
+        try:
+            yield
+        finally:
+            if not already:
+                self.release_deliveries(user)
+
+    @abc.abstractmethod
+    def deliver(self, users: list[str], src: BinaryIO, folder: str = "INBOX",
+                internaldate: float | None = None) -> dict:
+        """Deliver one message to several users as a single copy (hard links).
+
+        Held users get it queued.  Returns {user: MessageInfo or None if queued}.
+        """
+
+    # -- helpers for drivers --------------------------------------------------
+    def sync(self) -> None:
+        """Make everything written so far durable (syncfs on each partition)."""
+        for part in self.partitions():
+            root = self.partition_path(part)
+            fd = os.open(root, os.O_RDONLY)
+            try:
+                _syncfs(fd)
+            finally:
+                os.close(fd)
+
+    @abc.abstractmethod
+    def partition_path(self, partition: str) -> str:
+        """The directory holding ``partition``."""
+
+
+def _syncfs(fd: int) -> None:
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) == 0:
+            return
+    except (OSError, AttributeError):
+        pass
+    os.sync()
+
+
+def split_flags(all_flags: Iterable[str]) -> tuple[frozenset, tuple]:
+    """Split an IMAP flag list into (system flags, keywords)."""
+    system, keywords = set(), []
+    for f in all_flags:
+        if f in SYSTEM_FLAGS:
+            system.add(f)
+        elif f.startswith("\\"):
+            continue  # \Recent and unknown system flags are not stored
+        elif f not in keywords:
+            keywords.append(f)
+    return frozenset(system), tuple(keywords)
+
+
+def check_folder_name(name: str) -> str:
+    """Validate a logical folder name; returns it normalised (INBOX upper-cased)."""
+    if not name or name.startswith("/") or name.endswith("/") or "//" in name:
+        raise BadName(f"bad folder name {name!r}: use levels separated by single '/'")
+    if "\x00" in name or any(ord(c) < 32 for c in name):
+        raise BadName(f"bad folder name {name!r}: control characters are not allowed")
+    first, _, rest = name.partition("/")
+    if first.upper() == "INBOX":
+        name = "INBOX" + ("/" + rest if rest else "")
+    return name
+
+
+def check_user_name(user: str) -> str:
+    if not user or "/" in user or user in (".", "..") or "\x00" in user \
+            or any(ord(c) < 32 for c in user):
+        raise BadName(f"bad user ID {user!r}: it may not be empty or contain '/' or control characters")
+    return user

@@ -1,0 +1,514 @@
+"""The ``classic`` store: the embedded default, laid out like the classic message store.
+
+::
+
+    <store root>/mboxlist/mailboxes.db       mailbox list (SQLite): users, folders, subscriptions
+    <store root>/queue/<user-hash>/           deliveries held while a user is restored
+    <partition>/<h1>/<h2>/=<user>/            a user's directory; it is also INBOX
+        store.idx                             the folder index (SQLite): UIDs, flags, dates
+        store.lck                             the folder lock (flock)
+        <hh>/<uid>.msg                        one file per message; copies are hard links
+        =<folder level>/                      a subfolder, laid out the same way
+
+``<h1>/<h2>`` are the first two bytes of SHA-1(user) in hex, so no directory grows
+too large; levels are percent-encoded for ``/`` and ``%``.  A message file exists
+whole before its index row does (written to a temporary name and renamed), so a
+crash leaves at most an orphan file, never half a message in a folder.
+docs/classic-store.md describes the layout in full.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from typing import BinaryIO, Iterable
+
+from asm.hookspecs import hookimpl
+from asm.store.base import (
+    BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
+    NoSuchFolder, NoSuchUser, Store, StoreError, UidInUse, UserExists, check_folder_name,
+    check_user_name, split_flags,
+)
+
+CHUNK = 1 << 20
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    user TEXT PRIMARY KEY, partition TEXT NOT NULL, dir TEXT NOT NULL,
+    held INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS folders (
+    user TEXT NOT NULL, name TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
+    subscribed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (user, name));
+"""
+_IDX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS msgs (
+    uid INTEGER PRIMARY KEY, flags TEXT NOT NULL, keywords TEXT NOT NULL,
+    internaldate REAL NOT NULL, stored REAL NOT NULL, size INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS msgs_stored ON msgs (stored);
+"""
+
+
+def _enc(level: str) -> str:
+    return level.replace("%", "%25").replace("/", "%2F")
+
+
+def _dec(level: str) -> str:
+    return level.replace("%2F", "/").replace("%25", "%")
+
+
+def _user_dir(user: str) -> str:
+    h = hashlib.sha1(user.encode("utf-8")).hexdigest()
+    return os.path.join(h[:2], h[2:4], "=" + _enc(user))
+
+
+def _flags_text(flags: Iterable[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+def _uidvalidity() -> int:
+    return int(time.time()) & 0x7FFFFFFF
+
+
+class ClassicStore(Store):
+    name = "classic"
+
+    def __init__(self, config):
+        self.config = config
+        self.root = config.store_root
+        self.parts = config.partitions()
+        self.owner = config.owner()
+        self.lock_timeout = float(config.get_int("store.locktimeout"))
+        os.makedirs(os.path.join(self.root, "mboxlist"), exist_ok=True)
+        self._db = sqlite3.connect(os.path.join(self.root, "mboxlist", "mailboxes.db"),
+                                   timeout=self.lock_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._held: dict[str, tuple[int, int]] = {}   # folder dir -> (fd, depth)
+        self._idx: dict[str, sqlite3.Connection] = {}
+        self._mutex = threading.RLock()
+
+    # -- paths -------------------------------------------------------------
+    def partition_path(self, partition: str) -> str:
+        try:
+            return self.parts[partition]
+        except KeyError:
+            raise StoreError(f"no partition {partition!r} (configured: {', '.join(self.parts)})") from None
+
+    def _user_row(self, user: str):
+        row = self._db.execute("SELECT partition, dir, held FROM users WHERE user=?", (user,)).fetchone()
+        if row is None:
+            raise NoSuchUser(user)
+        return row
+
+    def _user_path(self, user: str) -> str:
+        part, d, _ = self._user_row(user)
+        return os.path.join(self.partition_path(part), d)
+
+    def _folder_dir(self, user: str, folder: str) -> str:
+        base = self._user_path(user)
+        if folder == "INBOX":
+            return base
+        return os.path.join(base, *("=" + _enc(level) for level in folder.split("/")))
+
+    @staticmethod
+    def _msg_path(fdir: str, uid: int) -> str:
+        return os.path.join(fdir, f"{uid & 0xff:02x}", f"{uid}.msg")
+
+    def _chown(self, path: str) -> None:
+        if self.owner and os.geteuid() == 0:
+            os.chown(path, *self.owner)
+
+    def _makedirs(self, path: str) -> None:
+        if os.path.isdir(path):
+            return
+        parent = os.path.dirname(path)
+        if parent and parent != path:
+            self._makedirs(parent)
+        try:
+            os.mkdir(path, 0o700)
+            self._chown(path)
+        except FileExistsError:
+            pass
+
+    # -- index -------------------------------------------------------------
+    def _index(self, fdir: str) -> sqlite3.Connection:
+        con = self._idx.get(fdir)
+        if con is None:
+            path = os.path.join(fdir, "store.idx")
+            if not os.path.exists(path):
+                raise FileNotFoundError(path)
+            con = sqlite3.connect(path, timeout=self.lock_timeout, isolation_level=None,
+                                  check_same_thread=False)
+            con.execute("PRAGMA synchronous=OFF")  # durability: Store.sync() at the end of a run
+            if len(self._idx) > 64:
+                for k in list(self._idx)[:32]:
+                    if k not in self._held:
+                        self._idx.pop(k).close()
+            self._idx[fdir] = con
+        return con
+
+    def _meta(self, con: sqlite3.Connection) -> dict:
+        return dict(con.execute("SELECT k, v FROM meta").fetchall())
+
+    def _check_folder(self, user: str, folder: str) -> tuple[str, int, int]:
+        folder = check_folder_name(folder)
+        row = self._db.execute("SELECT uidvalidity, subscribed FROM folders WHERE user=? AND name=?",
+                               (user, folder)).fetchone()
+        if row is None:
+            self._user_row(user)
+            raise NoSuchFolder(user, folder)
+        return folder, row[0], row[1]
+
+    # -- read side -----------------------------------------------------------
+    def partitions(self) -> list[str]:
+        return list(self.parts)
+
+    def users(self, partition: str) -> list[str]:
+        self.partition_path(partition)
+        return [r[0] for r in self._db.execute(
+            "SELECT user FROM users WHERE partition=? ORDER BY user", (partition,))]
+
+    def user_partition(self, user: str) -> str:
+        return self._user_row(user)[0]
+
+    def folders(self, user: str) -> list[FolderInfo]:
+        self._user_row(user)
+        rows = self._db.execute("SELECT name FROM folders WHERE user=?", (user,)).fetchall()
+        names = sorted((r[0] for r in rows), key=lambda n: (n != "INBOX", n))
+        return [self.folder(user, n) for n in names]
+
+    def folder(self, user: str, folder: str) -> FolderInfo:
+        folder, uidvalidity, subscribed = self._check_folder(user, folder)
+        con = self._index(self._folder_dir(user, folder))
+        meta = self._meta(con)
+        return FolderInfo(folder, uidvalidity, meta["uidnext"], bool(subscribed))
+
+    def _info(self, fdir: str, row, stat: bool = True) -> MessageInfo:
+        uid, flags, keywords, internaldate, stored, size = row
+        path = self._msg_path(fdir, uid)
+        dev = ino = 0
+        nlink = 1
+        if stat:
+            try:
+                st = os.stat(path)
+                dev, ino, nlink = st.st_dev, st.st_ino, st.st_nlink
+            except FileNotFoundError:
+                pass
+        return MessageInfo(uid, frozenset(flags.split()) if flags else frozenset(),
+                           tuple(keywords.split()) if keywords else (), internaldate, stored,
+                           size, path, dev, ino, nlink)
+
+    def snapshot(self, user: str, folder: str, since: float | None = None) -> FolderSnapshot:
+        with self.lock(user, folder):
+            info = self.folder(user, folder)
+            fdir = self._folder_dir(user, folder)
+            rows = self._index(fdir).execute(
+                "SELECT uid, flags, keywords, internaldate, stored, size FROM msgs ORDER BY uid").fetchall()
+        msgs = []
+        for row in rows:
+            if since is not None and row[4] < since:
+                msgs.append(MessageInfo(row[0], stored=row[4]))
+            else:
+                msgs.append(self._info(fdir, row))
+        return FolderSnapshot(info, msgs)
+
+    def message(self, user: str, folder: str, uid: int) -> MessageInfo:
+        folder, _, _ = self._check_folder(user, folder)
+        fdir = self._folder_dir(user, folder)
+        row = self._index(fdir).execute(
+            "SELECT uid, flags, keywords, internaldate, stored, size FROM msgs WHERE uid=?", (uid,)).fetchone()
+        if row is None:
+            raise MessageGone(user, folder, uid)
+        return self._info(fdir, row)
+
+    # -- locking -----------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, user: str, folder: str, timeout: float | None = None):
+        folder, _, _ = self._check_folder(user, folder)
+        fdir = self._folder_dir(user, folder)
+        with self._mutex:
+            held = self._held.get(fdir)
+            if held is not None:
+                self._held[fdir] = (held[0], held[1] + 1)
+                reentered = True
+            else:
+                reentered = False
+        if not reentered:
+            fd = os.open(os.path.join(fdir, "store.lck"), os.O_RDWR | os.O_CREAT, 0o600)
+            deadline = time.monotonic() + (self.lock_timeout if timeout is None else timeout)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        raise LockTimeout(f"folder {folder!r} of user {user!r}") from None
+                    time.sleep(0.02)
+            with self._mutex:
+                self._held[fdir] = (fd, 1)
+        try:
+            yield
+        finally:
+            with self._mutex:
+                fd, depth = self._held[fdir]
+                if depth > 1:
+                    self._held[fdir] = (fd, depth - 1)
+                else:
+                    del self._held[fdir]
+                    os.close(fd)   # closing drops the flock
+
+    # -- write side ----------------------------------------------------------
+    def create_user(self, user: str, partition: str = "primary") -> None:
+        check_user_name(user)
+        ppath = self.partition_path(partition)
+        if self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():
+            raise UserExists(user)
+        d = _user_dir(user)
+        self._makedirs(os.path.join(ppath, d))
+        self._db.execute("INSERT INTO users (user, partition, dir) VALUES (?,?,?)", (user, partition, d))
+        self.create_folder(user, "INBOX", subscribed=True)
+
+    def delete_user(self, user: str) -> None:
+        path = self._user_path(user)
+        for k in [k for k in self._idx if k == path or k.startswith(path + os.sep)]:
+            self._idx.pop(k).close()
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("DELETE FROM folders WHERE user=?", (user,))
+        self._db.execute("DELETE FROM users WHERE user=?", (user,))
+        self._db.execute("COMMIT")
+        shutil.rmtree(path, ignore_errors=True)
+
+    def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
+                      uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
+        folder = check_folder_name(folder)
+        self._user_row(user)
+        if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
+            raise FolderExists(user, folder)
+        fdir = self._folder_dir(user, folder)
+        if len(os.path.basename(fdir).encode()) > 255:
+            raise BadName(f"folder name level too long for the classic store: {folder!r}")
+        self._makedirs(fdir)
+        uidvalidity = uidvalidity or _uidvalidity()
+        idx = os.path.join(fdir, "store.idx")
+        if os.path.exists(idx):  # left by a crash between index and mailbox list: start clean
+            os.unlink(idx)
+        con = sqlite3.connect(idx, isolation_level=None)
+        con.executescript(_IDX_SCHEMA)
+        con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (max(1, uidnext),))
+        con.close()
+        self._chown(idx)
+        self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,?)",
+                         (user, folder, uidvalidity, int(subscribed)))
+        return FolderInfo(folder, uidvalidity, max(1, uidnext), subscribed)
+
+    def delete_folder(self, user: str, folder: str) -> None:
+        folder, _, _ = self._check_folder(user, folder)
+        if folder == "INBOX":
+            # INBOX always exists: empty it instead
+            with self.lock(user, folder):
+                self.expunge(user, folder, [m.uid for m in self.messages(user, folder)])
+            return
+        fdir = self._folder_dir(user, folder)
+        with self.lock(user, folder):
+            self._db.execute("DELETE FROM folders WHERE user=? AND name=?", (user, folder))
+            con = self._idx.pop(fdir, None)
+            if con:
+                con.close()
+            for entry in os.listdir(fdir):
+                if entry.startswith("="):
+                    continue  # a subfolder
+                p = os.path.join(fdir, entry)
+                if os.path.isdir(p):
+                    shutil.rmtree(p)
+                elif entry != "store.lck":
+                    os.unlink(p)
+        if not any(e.startswith("=") for e in os.listdir(fdir)):
+            shutil.rmtree(fdir, ignore_errors=True)
+
+    def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,
+                   uidnext: int | None = None, subscribed: bool | None = None) -> FolderInfo:
+        folder, _, _ = self._check_folder(user, folder)
+        with self.lock(user, folder):
+            if uidvalidity is not None:
+                self._db.execute("UPDATE folders SET uidvalidity=? WHERE user=? AND name=?",
+                                 (uidvalidity, user, folder))
+            if subscribed is not None:
+                self._db.execute("UPDATE folders SET subscribed=? WHERE user=? AND name=?",
+                                 (int(subscribed), user, folder))
+            if uidnext is not None:
+                con = self._index(self._folder_dir(user, folder))
+                top = con.execute("SELECT COALESCE(MAX(uid), 0) FROM msgs").fetchone()[0]
+                con.execute("UPDATE meta SET v=? WHERE k='uidnext'", (max(uidnext, top + 1),))
+            return self.folder(user, folder)
+
+    def _write_file(self, fdir: str, uid: int, src: BinaryIO | None, link_from: str | None,
+                    internaldate: float) -> tuple[str, int]:
+        path = self._msg_path(fdir, uid)
+        hdir = os.path.dirname(path)
+        if not os.path.isdir(hdir):
+            self._makedirs(hdir)
+        tmp = os.path.join(hdir, f".tmp-{uid}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            if link_from is not None:
+                try:
+                    os.link(link_from, tmp)
+                    os.replace(tmp, path)
+                    return path, os.stat(path).st_size
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+                        raise
+                    src = open(link_from, "rb")  # another filesystem: copy instead
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            size = 0
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    chunk = src.read(CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    size += len(chunk)
+            os.utime(tmp, (internaldate, internaldate))
+            self._chown(tmp)
+            os.replace(tmp, path)
+            return path, size
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
+               flags: Iterable[str] = (), keywords: Iterable[str] = (),
+               internaldate: float | None = None, stored: float | None = None,
+               link_from: str | None = None, size_hint: int | None = None) -> MessageInfo:
+        folder, _, _ = self._check_folder(user, folder)
+        now = time.time()
+        internaldate = now if internaldate is None else internaldate
+        stored = now if stored is None else stored
+        sys_flags, extra = split_flags(list(flags) + list(keywords))
+        with self.lock(user, folder):
+            fdir = self._folder_dir(user, folder)
+            con = self._index(fdir)
+            uidnext = self._meta(con)["uidnext"]
+            top = con.execute("SELECT COALESCE(MAX(uid), 0) FROM msgs").fetchone()[0]
+            if uid is None:
+                uid = max(uidnext, top + 1)
+            elif uid <= top:
+                raise UidInUse(user, folder, uid)
+            path, size = self._write_file(fdir, uid, src, link_from, internaldate)
+            con.execute("INSERT INTO msgs VALUES (?,?,?,?,?,?)",
+                        (uid, _flags_text(sys_flags), " ".join(extra), internaldate, stored, size))
+            con.execute("UPDATE meta SET v=? WHERE k='uidnext'", (max(uidnext, uid + 1),))
+            st = os.stat(path)
+            return MessageInfo(uid, sys_flags, extra, internaldate, stored, size, path,
+                               st.st_dev, st.st_ino, st.st_nlink)
+
+    def set_flags(self, user: str, folder: str, uid: int, flags: Iterable[str],
+                  keywords: Iterable[str] = ()) -> MessageInfo:
+        folder, _, _ = self._check_folder(user, folder)
+        sys_flags, extra = split_flags(list(flags) + list(keywords))
+        with self.lock(user, folder):
+            fdir = self._folder_dir(user, folder)
+            cur = self._index(fdir).execute("UPDATE msgs SET flags=?, keywords=? WHERE uid=?",
+                                            (_flags_text(sys_flags), " ".join(extra), uid))
+            if cur.rowcount == 0:
+                raise MessageGone(user, folder, uid)
+        return self.message(user, folder, uid)
+
+    def expunge(self, user: str, folder: str, uids: Iterable[int]) -> int:
+        folder, _, _ = self._check_folder(user, folder)
+        uids = list(uids)
+        n = 0
+        with self.lock(user, folder):
+            fdir = self._folder_dir(user, folder)
+            con = self._index(fdir)
+            for uid in uids:
+                if con.execute("DELETE FROM msgs WHERE uid=?", (uid,)).rowcount:
+                    n += 1
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._msg_path(fdir, uid))
+        return n
+
+    # -- deliveries --------------------------------------------------------
+    def _queue_dir(self, user: str) -> str:
+        return os.path.join(self.root, "queue", _user_dir(user))
+
+    def hold_deliveries(self, user: str) -> None:
+        self._user_row(user)
+        self._db.execute("UPDATE users SET held=1 WHERE user=?", (user,))
+
+    def deliveries_held(self, user: str) -> bool:
+        return bool(self._user_row(user)[2])
+
+    def release_deliveries(self, user: str) -> int:
+        qdir = self._queue_dir(user)
+        n = 0
+        if os.path.isdir(qdir):
+            for name in sorted(e for e in os.listdir(qdir) if e.endswith(".json")):
+                meta_path = os.path.join(qdir, name)
+                with open(meta_path, encoding="utf-8") as f:
+                    meta = json.load(f)
+                msg_path = meta_path[:-5] + ".msg"
+                if not self.exists(user, meta["folder"]):
+                    self.create_folder(user, meta["folder"])
+                with open(msg_path, "rb") as src:
+                    self.append(user, meta["folder"], src, internaldate=meta["internaldate"],
+                                stored=meta["stored"])
+                os.unlink(meta_path)
+                os.unlink(msg_path)
+                n += 1
+        self._db.execute("UPDATE users SET held=0 WHERE user=?", (user,))
+        return n
+
+    def deliver(self, users: list[str], src: BinaryIO, folder: str = "INBOX",
+                internaldate: float | None = None) -> dict:
+        folder = check_folder_name(folder)
+        now = time.time()
+        internaldate = now if internaldate is None else internaldate
+        out: dict = {}
+        first: str | None = None
+        for user in users:
+            if self.deliveries_held(user):
+                out[user] = None
+                qdir = self._queue_dir(user)
+                self._makedirs(qdir)
+                base = os.path.join(qdir, f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}")
+                if first is not None:
+                    os.link(first, base + ".msg")
+                else:
+                    with open(base + ".msg.tmp", "wb") as f:
+                        shutil.copyfileobj(src, f, CHUNK)
+                    os.replace(base + ".msg.tmp", base + ".msg")
+                    first = base + ".msg"
+                with open(base + ".json.tmp", "w", encoding="utf-8") as f:
+                    json.dump({"folder": folder, "internaldate": internaldate, "stored": now}, f)
+                os.replace(base + ".json.tmp", base + ".json")
+                continue
+            if not self.exists(user, folder):
+                self.create_folder(user, folder)
+            info = self.append(user, folder, None if first else src, internaldate=internaldate,
+                               stored=now, link_from=first)
+            first = first or info.path
+            out[user] = info
+        return out
+
+    def close(self) -> None:
+        for con in self._idx.values():
+            con.close()
+        self._idx.clear()
+        self._db.close()
+
+
+@hookimpl
+def ims_store_drivers():
+    return {"classic": ClassicStore}
