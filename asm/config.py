@@ -125,7 +125,11 @@ def lookup(name: str) -> Option:
 def check(name: str, value: str) -> str:
     opt = lookup(name)
     try:
-        return opt.check(value)
+        # msg.conf is line-based: a newline in a value would smuggle in another option
+        # (and leave a file no command can read); the file also strips each value.
+        if any(ord(c) < 32 or c == "\x7f" for c in value):
+            raise ValueError("may not contain newlines or other control characters")
+        return opt.check(value.strip())
     except ValueError as exc:
         raise ConfigError(f"bad value {value!r} for option {name}: {exc}") from None
 
