@@ -7,6 +7,8 @@ so a crash never leaves half a configuration.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pwd
 import re
@@ -214,17 +216,34 @@ class Config:
             return int(name), int(name)
 
     # -- writing ------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self):
+        """Hold msg.conf's lock and re-read the file, so two msconfig runs at once
+        each keep the other's change instead of writing back a stale copy."""
+        d = os.path.dirname(self.path)
+        os.makedirs(d, exist_ok=True)
+        fd = os.open(os.path.join(d, ".msg.conf.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.values = {}
+            self._load()
+            yield
+        finally:
+            os.close(fd)
+
     def set(self, name: str, value: str) -> str:
         value = check(name, value)
-        self.values[name] = value
-        self.save()
+        with self._writing():
+            self.values[name] = value
+            self.save()
         return value
 
     def unset(self, name: str) -> bool:
         lookup(name)
-        had = self.values.pop(name, None) is not None
-        if had:
-            self.save()
+        with self._writing():
+            had = self.values.pop(name, None) is not None
+            if had:
+                self.save()
         return had
 
     def save(self) -> None:
