@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from asm.groups import PREDEFINED, Groups
-from asm.store.base import NoSuchFolder, NoSuchUser, Store, check_folder_name
+from asm.store.base import BadName, NoSuchUser, Store, check_folder_name, check_user_name
 
 
 class PathError(Exception):
@@ -69,7 +69,11 @@ def parse(text: str, groups: Groups) -> LogicalPath:
     if not rest:
         return LogicalPath(raw, partition, group)
     user, rest = rest[0], rest[1:]
-    folder = check_folder_name("/".join(rest)) if rest else None
+    try:  # a bad name is the path's fault: report it as a PathError like the rest
+        check_user_name(user)
+        folder = check_folder_name("/".join(rest)) if rest else None
+    except BadName as exc:
+        raise PathError(f"bad logical path {raw!r}: {exc}") from None
     if group is not None and not groups.member(user, group):
         raise PathError(f"user {user!r} is not in backup group {group!r} (it is in "
                         f"{groups.group_of(user)!r}); use /{partition}/{groups.group_of(user)}/{user} "
