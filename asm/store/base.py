@@ -304,6 +304,8 @@ def check_folder_name(name: str) -> str:
         raise BadName(f"bad folder name {name!r}: use levels separated by single '/'")
     if "\x00" in name or any(ord(c) < 32 for c in name):
         raise BadName(f"bad folder name {name!r}: control characters are not allowed")
+    if any(level in (".", "..") for level in name.split("/")):
+        raise BadName(f"bad folder name {name!r}: '.' and '..' are not folder names")
     first, _, rest = name.partition("/")
     if first.upper() == "INBOX":
         name = "INBOX" + ("/" + rest if rest else "")
