@@ -1,6 +1,7 @@
 """imsimport: import a Unix mbox file into a user's mailbox."""
 from __future__ import annotations
 
+import itertools
 import sys
 
 from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die
@@ -8,7 +9,7 @@ from asm.cli.context import open_installation
 from asm.config import ConfigError
 from asm.groups import GroupsError
 from asm.mbox import read_mbox
-from asm.store.base import StoreError
+from asm.store.base import StoreError, check_folder_name
 
 PROG = "imsimport"
 
@@ -24,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         store = open_installation().store
         if not store.exists(args.u):
             return die(PROG, f"no user {args.u!r}: create it first with 'mboxutil -c user/{args.u}'", EXIT_USAGE)
-        if not store.exists(args.u, args.d):
-            store.create_folder(args.u, args.d, subscribed=True)
+        args.d = check_folder_name(args.d)
         src = sys.stdin.buffer if args.s == "-" else open(args.s, "rb")
     except FileNotFoundError:
         return die(PROG, f"mbox file {args.s!r} does not exist", EXIT_USAGE)
@@ -33,11 +33,19 @@ def main(argv: list[str] | None = None) -> int:
         return die(PROG, str(exc), EXIT_USAGE)
     n = 0
     try:
-        with src, store.lock(args.u, args.d):
-            for msg in read_mbox(src):
-                with msg.file:
-                    store.append(args.u, args.d, msg.file, flags=msg.flags, internaldate=msg.internaldate)
-                n += 1
+        with src:
+            # read the first message before touching the store, so a file that is not
+            # an mbox is refused without leaving an empty folder behind
+            messages = read_mbox(src)
+            first = next(messages, None)
+            if not store.exists(args.u, args.d):
+                store.create_folder(args.u, args.d, subscribed=True)
+            with store.lock(args.u, args.d):
+                for msg in itertools.chain([first] if first else [], messages):
+                    with msg.file:
+                        store.append(args.u, args.d, msg.file, flags=msg.flags,
+                                     internaldate=msg.internaldate)
+                    n += 1
     except ValueError as exc:
         return die(PROG, f"{args.s}: {exc}", EXIT_USAGE)
     except StoreError as exc:
