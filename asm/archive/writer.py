@@ -1,0 +1,282 @@
+"""ArchiveWriter: logical store content -> ims-asm pax archive (see docs/format.md)."""
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+
+from . import names, pax
+from .errors import ArchiveError, CorruptSource
+from .records import RecordWriter
+
+FORMAT = "ims-asm"
+VERSION = 1
+SMALL = 1 << 20          # messages up to this size are read into one buffer
+CHUNK = 1 << 20
+
+_K = {k: pax.key("IMSASM." + k) for k in (
+    "kind", "partition", "user", "group", "folder", "uidvalidity", "uidnext",
+    "subscribed", "uids", "count", "uid", "flags", "keywords", "internaldate",
+    "stored", "nlink", "sha256")}
+_R = pax.record
+_KIND_USER = _R(_K["kind"], b"user")
+_KIND_FOLDER = _R(_K["kind"], b"folder")
+_KIND_MESSAGE = _R(_K["kind"], b"message")
+_KIND_LINK = _R(_K["kind"], b"link")
+_KIND_HEADER = _R(_K["kind"], b"header")
+_KIND_TRAILER = _R(_K["kind"], b"trailer")
+
+
+def _tool_version():
+    try:
+        from asm import __version__
+        return __version__
+    except Exception:  # pragma: no cover - archive package used on its own
+        return "unknown"
+
+
+def uid_ranges(uids):
+    """[1,2,3,5,7,8] -> '1:3,5,7:8' (sorted, duplicates dropped)."""
+    out = []
+    start = prev = None
+    for u in sorted(set(uids)):
+        if prev is not None and u == prev + 1:
+            prev = u
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = u
+    if start is not None:
+        out.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(out)
+
+
+def _words(items, what):
+    items = list(items)
+    for w in items:
+        if not isinstance(w, str) or not w or any(c.isspace() for c in w):
+            raise ValueError(f"bad {what} {w!r}: must be a non-empty word without spaces")
+    return " ".join(items).encode("utf-8")
+
+
+def _enc(s):
+    return s.encode("utf-8", "surrogateescape")
+
+
+class ArchiveWriter:
+    """Writes one archive to raw (anything with write(bytes)).
+
+    Call write_header() first, then add_user/add_folder/add_message in store
+    order, then close(). The archive is only complete after close().
+    """
+
+    def __init__(self, raw, blocking_factor=20):
+        self._rw = RecordWriter(raw, blocking_factor)
+        self.blocking_factor = blocking_factor
+        self.header = None
+        self.trailer = None
+        self._links = {}             # link_key -> (member name, sha256 hex)
+        self._digest = hashlib.sha256()
+        self._mtime = 0
+        self.counts = {"users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
+
+    @property
+    def offset(self):
+        """Archive bytes produced so far (including what is still buffered)."""
+        return self._rw.offset
+
+    def _check_open(self):
+        if self.header is None:
+            raise ArchiveError("write_header() must be called before adding members")
+        if self.trailer is not None:
+            raise ArchiveError("archive is already closed")
+
+    def _json_member(self, name, obj, kind_rec):
+        data = json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=1).encode("utf-8") + b"\n"
+        hdr = pax.member(name, pax.REGTYPE, pax.MODE_0644, len(data), self._mtime, kind_rec)
+        self._rw.write(b"".join((hdr, data, pax._pad(len(data)))))
+
+    def write_header(self, info=None):
+        """Write the ims-asm.header member; returns the full header dict."""
+        if self.header is not None:
+            raise ArchiveError("write_header() called twice")
+        hdr = {
+            "format": FORMAT, "version": VERSION, "tool_version": _tool_version(),
+            "archive_id": str(uuid.uuid4()), "host": socket.gethostname(),
+            "created": time.time(), "driver": None, "scope": [], "since": None,
+            "options": {},
+        }
+        hdr.update(info or {})
+        hdr["format"], hdr["version"] = FORMAT, VERSION
+        hdr["blocking_factor"] = self.blocking_factor
+        self._mtime = int(hdr["created"]) if isinstance(hdr["created"], (int, float)) else 0
+        self._json_member(names.HEADER_NAME, hdr, _KIND_HEADER)
+        self.header = hdr
+        return hdr
+
+    def add_user(self, partition, user, group):
+        self._check_open()
+        name = names.user_dir(partition, user)
+        recs = b"".join((_KIND_USER, _R(_K["partition"], _enc(partition)),
+                         _R(_K["user"], _enc(user)), _R(_K["group"], _enc(group or ""))))
+        self._rw.write(pax.member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs))
+        self.counts["users"] += 1
+
+    def add_folder(self, partition, user, folder, *, uidvalidity, uidnext, subscribed, uids):
+        self._check_open()
+        name = names.folder_dir(partition, user, folder)
+        uids = list(uids)
+        recs = b"".join((
+            _KIND_FOLDER, _R(_K["partition"], _enc(partition)), _R(_K["user"], _enc(user)),
+            _R(_K["folder"], _enc(folder)), _R(_K["uidvalidity"], b"%d" % uidvalidity),
+            _R(_K["uidnext"], b"%d" % uidnext),
+            _R(_K["subscribed"], b"1" if subscribed else b"0"),
+            _R(_K["uids"], uid_ranges(uids).encode("ascii")),
+            _R(_K["count"], b"%d" % len(set(uids)))))
+        self._rw.write(pax.member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs))
+        self.counts["folders"] += 1
+
+    def _message_records(self, kind_rec, uid, flags, keywords, internaldate, stored, nlink, sha):
+        return b"".join((
+            kind_rec, _R(_K["uid"], b"%d" % uid),
+            _R(_K["flags"], _words(sorted(flags), "flag")),
+            _R(_K["keywords"], _words(keywords, "keyword")),
+            _R(_K["internaldate"], pax.fmt_time(internaldate).encode("ascii")),
+            _R(_K["stored"], pax.fmt_time(stored).encode("ascii")),
+            _R(_K["nlink"], b"%d" % nlink),
+            _R(_K["sha256"], sha.encode("ascii"))))
+
+    def add_message(self, partition, user, folder, *, uid, flags, keywords, internaldate,
+                    stored, nlink=1, src_path=None, src_file=None, size=None, link_key=None):
+        """Add one message; returns its member name.
+
+        The bytes come from src_path (opened here; FileNotFoundError propagates)
+        or src_file (must be seekable if bigger than 1 MiB). size is only a hint.
+        If link_key (e.g. (st_dev, st_ino)) was already written, a hard-link
+        member naming the first copy is written instead and nothing is read.
+        CorruptSource: a big file changed between hashing and writing; its
+        member is in the archive and will fail its digest on restore.
+        """
+        self._check_open()
+        name = names.message_name(partition, user, folder, uid)
+        mtime = internaldate if isinstance(internaldate, int) else float(internaldate)
+        if link_key is not None and link_key in self._links:
+            target, sha = self._links[link_key]
+            recs = self._message_records(_KIND_LINK, uid, flags, keywords, internaldate,
+                                         stored, nlink, sha)
+            self._rw.write(pax.member(name, pax.LNKTYPE, pax.MODE_0600, 0, mtime, recs,
+                                      linkname=target))
+            self.counts["links"] += 1
+            self._digest.update(b"%s %s\n" % (sha.encode("ascii"), _enc(name)))
+            return name
+        if src_path is not None:
+            with open(src_path, "rb", buffering=0) as f:
+                sha, n = self._write_data(name, f, src_path, flags, keywords, uid,
+                                          internaldate, stored, nlink, mtime)
+        elif src_file is not None:
+            sha, n = self._write_data(name, src_file, getattr(src_file, "name", None), flags,
+                                      keywords, uid, internaldate, stored, nlink, mtime)
+        else:
+            raise ValueError("add_message needs src_path or src_file")
+        if link_key is not None:
+            self._links[link_key] = (name, sha)
+        return name
+
+    def _write_data(self, name, f, src, flags, keywords, uid, internaldate, stored, nlink, mtime):
+        first = _read_upto(f, SMALL + 1)
+        rw = self._rw
+        if len(first) <= SMALL:
+            sha = hashlib.sha256(first).hexdigest()
+            n = len(first)
+            recs = self._message_records(_KIND_MESSAGE, uid, flags, keywords, internaldate,
+                                         stored, nlink, sha)
+            rw.write(b"".join((pax.member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs),
+                               first, pax._pad(n))))
+            self._count_message(name, sha, n)
+            return sha, n
+        # Big message: pass 1 hashes (bounded memory), pass 2 streams.
+        h = hashlib.sha256(first)
+        n = len(first)
+        del first
+        while True:
+            chunk = f.read(CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+            n += len(chunk)
+        sha = h.hexdigest()
+        try:
+            f.seek(0)
+        except (AttributeError, OSError) as e:
+            raise ArchiveError(f"message {name} is bigger than 1 MiB and its source "
+                               f"cannot be re-read ({e}); pass src_path or a seekable file") from e
+        recs = self._message_records(_KIND_MESSAGE, uid, flags, keywords, internaldate,
+                                     stored, nlink, sha)
+        rw.write(pax.member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs))
+        h2 = hashlib.sha256()
+        left = n
+        while left:
+            chunk = f.read(min(CHUNK, left))
+            if not chunk:
+                break
+            h2.update(chunk)
+            rw.write(chunk)
+            left -= len(chunk)
+        changed = bool(left) or f.read(1) != b"" or h2.hexdigest() != sha
+        if left:             # file shrank: keep the archive well-formed
+            zeros = bytes(min(CHUNK, left))
+            while left:
+                k = min(left, len(zeros))
+                rw.write(zeros[:k])
+                left -= k
+        rw.pad_block()
+        self._count_message(name, sha, n)
+        if changed:
+            raise CorruptSource(name, src)
+        return sha, n
+
+    def _count_message(self, name, sha, n):
+        self.counts["messages"] += 1
+        self.counts["bytes"] += n
+        self._digest.update(b"%s %s\n" % (sha.encode("ascii"), _enc(name)))
+
+    def close(self, errors=()):
+        """Write the trailer, the two end blocks and the last record; returns the trailer."""
+        if self.trailer is not None:
+            return self.trailer
+        if self.header is None:
+            raise ArchiveError("write_header() must be called before close()")
+        errs = []
+        for e in errors:
+            if isinstance(e, dict):
+                errs.append({"mailbox": e.get("mailbox"), "error": str(e.get("error"))})
+            else:
+                mailbox, err = e
+                errs.append({"mailbox": mailbox, "error": str(err)})
+        trailer = {"complete": True, "archive_id": self.header["archive_id"],
+                   "counts": dict(self.counts), "errors": errs,
+                   "digest": self._digest.hexdigest()}
+        self._json_member(names.TRAILER_NAME, trailer, _KIND_TRAILER)
+        self._rw.write(pax.ZERO_BLOCK * 2)
+        self._rw.close()
+        self.trailer = trailer
+        return trailer
+
+
+def _read_upto(f, n):
+    """Read up to n bytes (looping over short reads of unbuffered files)."""
+    data = f.read(n)
+    if data is None:
+        data = b""
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        d = f.read(n - got)
+        if not d:
+            break
+        parts.append(d)
+        got += len(d)
+    return b"".join(parts)

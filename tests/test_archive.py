@@ -1,0 +1,745 @@
+"""The ims-asm archive format (docs/format.md): writer, reader, names, records."""
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import tarfile
+import threading
+import tracemalloc
+
+import pytest
+
+from asm.archive import (ArchiveReader, ArchiveWriter, CorruptMember, CorruptSource,
+                         DigestMismatch, HostileMember, IncompleteArchive,
+                         LinkTargetUnavailable, MessageChanged, NotAnArchive,
+                         RecordReader, RecordWriter, names)
+from asm.archive.writer import uid_ranges
+from asm.archive.reader import parse_uid_ranges
+
+AWKWARD_FOLDERS = [
+    "INBOX", "INBOX/Sub folder", "Work/2023", "100% done", "a;b 'c' \"d\"",
+    "caf\u00e9/\u65e5\u672c\u8a9e/\U0001F4E7", ".hidden", "..", "5.eml", "ims-asm.trailer",
+    "tab\there", "x" * 120,
+]
+AWKWARD_USERS = ["joe", "j.o'e smith", "user/with/slashes", ".dot", "\u00fcser%40host", "7.eml"]
+
+
+class Recorder:
+    """A raw device that remembers the size of every write()."""
+
+    def __init__(self):
+        self.buf = io.BytesIO()
+        self.sizes = []
+
+    def write(self, b):
+        self.sizes.append(len(b))
+        return self.buf.write(b)
+
+
+class Stream(io.RawIOBase):
+    """A non-seekable raw stream with short reads, like a pipe or a tape."""
+
+    def __init__(self, data, seed=0, maxread=3000):
+        self._f = io.BytesIO(data)
+        self._rnd = random.Random(seed)
+        self._max = maxread
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return False
+
+    def readinto(self, b):
+        n = min(len(b), self._rnd.randint(1, self._max))
+        data = self._f.read(n)
+        b[:len(data)] = data
+        return len(data)
+
+
+def msg_bytes(i, size=None):
+    body = f"From: a{i}@example.com\r\nSubject: message {i}\r\n\r\n".encode()
+    size = size if size is not None else 200 + 997 * i
+    rnd = random.Random(i)
+    return body + bytes(rnd.getrandbits(8) for _ in range(max(0, size - len(body))))
+
+
+def build(tmp_path, users=("joe",), folders=("INBOX",), per_folder=3, bf=20, raw=None,
+          links=True, sizes=None):
+    """Write an archive; returns (bytes, expected {name: (member fields, bytes)}, trailer)."""
+    raw = raw if raw is not None else io.BytesIO()
+    w = ArchiveWriter(raw, bf)
+    w.write_header({"driver": "classic", "scope": ["/primary"], "since": None,
+                    "options": {"i": False}, "job": "test"})
+    expect = {}
+    n = 0
+    first = None
+    for user in users:
+        w.add_user("primary", user, "user")
+        for folder in folders:
+            w.add_folder("primary", user, folder, uidvalidity=1234, uidnext=per_folder + 1,
+                         subscribed=True, uids=range(1, per_folder + 1))
+            for uid in range(1, per_folder + 1):
+                n += 1
+                data = msg_bytes(n, sizes[n % len(sizes)] if sizes else None)
+                path = tmp_path / f"src{n}"
+                path.write_bytes(data)
+                key = None
+                if links and uid == 1:
+                    key = ("dev", "shared")
+                    if first is None:
+                        first = data
+                    else:
+                        data = first        # written as a hard link to the first copy
+                name = w.add_message("primary", user, folder, uid=uid, flags={"\\Seen", "\\Flagged"},
+                                     keywords=("$Label1", "Junk"), internaldate=1700000000.5 + n,
+                                     stored=1700000100 + n, nlink=2, src_path=str(path),
+                                     link_key=key)
+                expect[name] = (user, folder, uid, data)
+    trailer = w.close(errors=[{"mailbox": "primary/bob", "error": "locked"}])
+    data = raw.getvalue() if isinstance(raw, io.BytesIO) else None
+    return data, expect, trailer
+
+
+def read_all(reader, on_error=None):
+    """{name: bytes or exception} for every message/link member the reader yields."""
+    got = {}
+    for m in reader.members(on_error):
+        if m.kind in ("message", "link"):
+            try:
+                with m.open() as f:
+                    got[m.name] = b"".join(iter(lambda: f.read(4096), b""))
+            except (DigestMismatch, IncompleteArchive, LinkTargetUnavailable) as e:
+                got[m.name] = e
+    return got
+
+
+def need_gnu_tar():
+    tar = shutil.which("tar") or ("/usr/bin/tar" if os.path.exists("/usr/bin/tar") else None)
+    ok = False
+    if tar:
+        out = subprocess.run([tar, "--version"], capture_output=True, text=True).stdout
+        ok = "GNU tar" in out
+    if not ok:
+        if os.environ.get("CI") == "true":
+            pytest.fail("GNU tar (/usr/bin/tar) is required in CI")
+        pytest.skip("GNU tar not installed")
+    return tar
+
+
+# ------------------------------------------------------------------ names
+
+@pytest.mark.parametrize("level", AWKWARD_FOLDERS[2:] + AWKWARD_USERS + [
+    "%", "%2F", "\x7f", "a\x00b", "\udcff\udc80raw", " leading space", "trailing.", "ims-asm.header",
+    "007.eml", "5.EML", "5.emlx"])
+def test_level_round_trips_and_is_safe(level):
+    for lv in level.split("/") if "/" not in level or level in AWKWARD_USERS else [level]:
+        enc = names.encode_level(lv)
+        assert names.decode_level(enc) == lv
+        assert "/" not in enc and not enc.startswith(".")
+        assert enc not in ("ims-asm.header", "ims-asm.trailer")
+        assert not (enc.endswith(".eml") and enc[:-4].isdigit())
+        assert not any(ord(c) < 0x20 or ord(c) == 0x7f for c in enc)
+
+
+def test_encoding_keeps_readable_names():
+    assert names.encode_level("Sent Items") == "Sent Items"
+    assert names.encode_level("caf\u00e9;'\"") == "caf\u00e9;'\""
+    assert names.encode_level("a/b") == "a%2Fb"
+    assert names.encode_level("50%") == "50%25"
+    assert names.encode_level(".x") == "%2Ex"
+    assert names.encode_level("5.eml") == "5%2Eeml"
+    assert names.folder_dir("primary", "joe", "INBOX") == "primary/joe/INBOX/"
+    assert names.message_name("primary", "joe", "Work/2023", 9) == "primary/joe/Work/2023/9.eml"
+
+
+@pytest.mark.parametrize("user", AWKWARD_USERS)
+@pytest.mark.parametrize("folder", AWKWARD_FOLDERS)
+def test_parse_inverts_message_name(user, folder):
+    name = names.message_name("part 1", user, folder, 42)
+    assert names.parse(name) == ("part 1", user, folder, 42)
+    assert names.parse(names.folder_dir("part 1", user, folder)) == ("part 1", user, folder, None)
+    assert names.parse(names.user_dir("part 1", user)) == ("part 1", user, None, None)
+    assert ".." not in name.split("/") and not name.startswith("/")
+
+
+@pytest.mark.parametrize("bad", ["/abs/x/1.eml", "p/../x/", "p/.hidden/", "p/u/%zz/", "p//x/",
+                                 "p/u/x.txt", "p/1.eml"])
+def test_parse_refuses_names_never_written(bad):
+    with pytest.raises(ValueError):
+        names.parse(bad)
+
+
+def test_empty_level_is_refused():
+    with pytest.raises(ValueError):
+        names.folder_dir("p", "u", "a//b")
+
+
+def test_uid_ranges():
+    assert uid_ranges([1, 2, 3, 5, 7, 8, 9, 12]) == "1:3,5,7:9,12"
+    assert uid_ranges([]) == ""
+    assert parse_uid_ranges("1:3,5,7:9,12") == [1, 2, 3, 5, 7, 8, 9, 12]
+    big = list(range(1, 100000, 2))
+    assert parse_uid_ranges(uid_ranges(big)) == big
+    with pytest.raises(ValueError):
+        parse_uid_ranges("3:1")
+    with pytest.raises(ValueError):
+        parse_uid_ranges("1,,2")
+
+
+# ------------------------------------------------------------------ round trip
+
+def test_round_trip_awkward_names_bytes_exact(tmp_path):
+    data, expect, trailer = build(tmp_path, users=AWKWARD_USERS, folders=AWKWARD_FOLDERS,
+                                  per_folder=2)
+    r = ArchiveReader(io.BytesIO(data))
+    assert r.header["format"] == "ims-asm" and r.header["version"] == 1
+    assert r.header["driver"] == "classic" and r.header["job"] == "test"
+    assert r.header["scope"] == ["/primary"] and "archive_id" in r.header
+    seen_users, seen_folders, got = [], [], {}
+    for m in r:
+        if m.kind == "user":
+            seen_users.append(m.user)
+            assert m.partition == "primary" and m.group == "user"
+        elif m.kind == "folder":
+            seen_folders.append((m.user, m.folder))
+            assert (m.uidvalidity, m.uidnext, m.subscribed, m.uids) == (1234, 3, True, [1, 2])
+        else:
+            user, folder, uid, body = expect[m.name]
+            assert (m.user, m.folder, m.uid) == (user, folder, uid)
+            assert m.flags == frozenset({"\\Seen", "\\Flagged"})
+            assert m.keywords == ("$Label1", "Junk")
+            assert m.nlink == 2 and isinstance(m.internaldate, float)
+            assert m.internaldate % 1 == 0.5 and m.stored == int(m.stored)
+            assert m.sha256 == hashlib.sha256(body).hexdigest() and m.size == len(body)
+            got[m.name] = m.open().read()
+            assert m.kind == ("link" if got and uid == 1 and len(got) > 1 else "message")
+    assert seen_users == AWKWARD_USERS
+    assert seen_folders == [(u, f) for u in AWKWARD_USERS for f in AWKWARD_FOLDERS]
+    assert got == {k: v[3] for k, v in expect.items()}
+    assert r.trailer == trailer and r.complete and r.verified
+    assert trailer["counts"] == {"users": len(AWKWARD_USERS),
+                                 "folders": len(AWKWARD_USERS) * len(AWKWARD_FOLDERS),
+                                 "messages": len(expect) - (len(AWKWARD_USERS) * len(AWKWARD_FOLDERS) - 1),
+                                 "links": len(AWKWARD_USERS) * len(AWKWARD_FOLDERS) - 1,
+                                 "bytes": trailer["counts"]["bytes"]}
+    assert trailer["errors"] == [{"mailbox": "primary/bob", "error": "locked"}]
+
+
+def test_trailer_digest_is_as_specified(tmp_path):
+    data, expect, trailer = build(tmp_path, folders=("INBOX", "Work/2023"))
+    lines = b"".join(b"%s %s\n" % (hashlib.sha256(body).hexdigest().encode(), name.encode())
+                     for name, (_, _, _, body) in expect.items())
+    assert trailer["digest"] == hashlib.sha256(lines).hexdigest()
+    assert trailer["counts"]["bytes"] == sum(
+        len(b) for n, (_, _, uid, b) in expect.items() if not (uid == 1 and n != next(iter(expect))))
+
+
+def test_seekable_index_and_link_target(tmp_path):
+    data, expect, _ = build(tmp_path, folders=("INBOX", "Work"))
+    r = ArchiveReader(io.BytesIO(data))
+    assert r.seekable
+    idx = r.index()
+    links = [m for m in idx if m.kind == "link"]
+    assert len(links) == 1 and links[0].linkname == next(iter(expect))
+    for m in idx:
+        if m.kind in ("message", "link"):
+            assert r.read_member_at(m).read() == expect[m.name][3]
+            assert m.open().read() == expect[m.name][3]
+    assert r.trailer is not None
+    # a link read during iteration re-reads its target and then iteration goes on
+    assert read_all(r) == {k: v[3] for k, v in expect.items()}
+
+
+def test_unread_members_are_skipped(tmp_path):
+    data, expect, _ = build(tmp_path, per_folder=5)
+    for raw in (io.BytesIO(data), Stream(data, seed=3)):
+        r = ArchiveReader(raw)
+        names_seen = [m.name for m in r if m.kind in ("message", "link")]
+        assert names_seen == list(expect) and r.verified
+
+
+def test_pipe_reading_with_writer_thread(tmp_path):
+    _, expect, _ = build(tmp_path, per_folder=4, folders=("INBOX", "Other"))
+    rfd, wfd = os.pipe()
+
+    def produce():
+        with os.fdopen(wfd, "wb", buffering=0) as f:
+            build(tmp_path, per_folder=4, folders=("INBOX", "Other"), raw=f)
+
+    t = threading.Thread(target=produce)
+    t.start()
+    with os.fdopen(rfd, "rb", buffering=0) as f:
+        r = ArchiveReader(f)
+        assert not r.seekable
+        got = read_all(r)
+    t.join()
+    link = [n for n, v in got.items() if isinstance(v, LinkTargetUnavailable)]
+    assert len(link) == 1
+    assert {n: v for n, v in got.items() if n not in link} == \
+        {n: v[3] for n, v in expect.items() if n not in link}
+    assert r.complete and r.verified
+
+
+def test_stream_member_is_only_valid_while_current(tmp_path):
+    data, expect, _ = build(tmp_path)
+    r = ArchiveReader(Stream(data))
+    it = iter(r)
+    m = next(m for m in it if m.kind == "message")
+    f = m.open()
+    next(it)
+    with pytest.raises(Exception, match="no longer current"):
+        f.read()
+
+
+# ------------------------------------------------------------------ compatibility
+
+def test_gnu_tar_lists_and_extracts(tmp_path):
+    tar = need_gnu_tar()
+    src = tmp_path / "src"
+    src.mkdir()
+    folders = ("INBOX", "INBOX/Sub folder", "caf\u00e9/\u65e5\u672c", "100% done", "5.eml", "x" * 120)
+    _, expect, _ = build(src, users=("joe", "\u00fcser one"), folders=folders, per_folder=2)
+    arc = tmp_path / "a.tar"
+    with open(arc, "wb") as f:
+        build(src, users=("joe", "\u00fcser one"), folders=folders, per_folder=2, raw=f)
+    out = subprocess.run([tar, "--warning=no-unknown-keyword", "-tvf", str(arc)],
+                         capture_output=True, check=True)
+    listed = out.stdout.decode("utf-8").splitlines()
+    assert any(line.startswith("h") and " link to " in line for line in listed)
+    plain = subprocess.run([tar, "--warning=no-unknown-keyword", "-tf", str(arc)],
+                           capture_output=True, check=True).stdout.decode("utf-8").splitlines()
+    assert plain[0] == "ims-asm.header" and plain[-1] == "ims-asm.trailer"
+    assert [n for n in plain if n.endswith(".eml")] == list(expect)
+    dest = tmp_path / "x"
+    dest.mkdir()
+    subprocess.run([tar, "--warning=no-unknown-keyword", "-xf", str(arc), "-C", str(dest)],
+                   check=True, capture_output=True)
+    for name, (_, _, _, body) in expect.items():
+        assert (dest / name).read_bytes() == body
+        assert os.stat(dest / name).st_mode & 0o777 == 0o600
+    inodes = {}
+    for name in expect:
+        inodes.setdefault(os.stat(dest / name).st_ino, []).append(name)
+    assert sorted(len(v) for v in inodes.values())[-1] == 2 * len(folders)
+    hdr = json.loads((dest / "ims-asm.header").read_text())
+    assert hdr["format"] == "ims-asm"
+    assert json.loads((dest / "ims-asm.trailer").read_text())["complete"] is True
+
+
+def test_gnu_tar_archive_reads_the_same_with_our_reader(tmp_path):
+    """Blocking factors on both sides need not match: the reader reads bytes."""
+    data, expect, _ = build(tmp_path, bf=126)
+    assert read_all(ArchiveReader(io.BytesIO(data), blocking_factor=1)) == \
+        {n: v[3] for n, v in expect.items()}
+
+
+def test_python_tarfile_reads_it(tmp_path):
+    data, expect, _ = build(tmp_path, folders=("INBOX", "caf\u00e9 %", "x" * 150))
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        members = t.getmembers()
+        assert members[0].name == "ims-asm.header" and members[-1].name == "ims-asm.trailer"
+        files = {m.name: m for m in members if m.name.endswith(".eml")}
+        assert list(files) == list(expect)
+        for name, m in files.items():
+            body = expect[name][3]
+            assert m.pax_headers["IMSASM.sha256"] == hashlib.sha256(body).hexdigest()
+            assert m.mtime == pytest.approx(m.mtime) and m.uid == 0 and m.uname == ""
+            if m.islnk():
+                assert t.extractfile(m).read() == body
+            else:
+                assert m.isreg() and m.mode == 0o600 and t.extractfile(m).read() == body
+        folder = next(m for m in members if m.name == "primary/joe/INBOX")
+        assert folder.isdir() and folder.pax_headers["IMSASM.uids"] == "1:3"
+
+
+# ------------------------------------------------------------------ records
+
+@pytest.mark.parametrize("bf", [1, 20, 126])
+def test_every_device_write_is_one_whole_record(tmp_path, bf):
+    rec = Recorder()
+    build(tmp_path, bf=bf, raw=rec, per_folder=9, sizes=[0, 100, 511, 512, 513, 10240, 300000])
+    assert rec.sizes and set(rec.sizes) == {512 * bf}
+    data = rec.buf.getvalue()
+    assert len(data) % (512 * bf) == 0 and data.rstrip(b"\0").endswith(b"}\n")
+    got = read_all(ArchiveReader(io.BytesIO(data), bf))
+    assert len(got) == 9 and not any(isinstance(v, Exception) for v in got.values())
+
+
+def test_record_writer_pads_last_record_and_tracks_offset():
+    rec = Recorder()
+    w = RecordWriter(rec, 2)
+    w.write(b"a" * 700)
+    assert rec.sizes == [] and w.offset == 700
+    w.write(b"b" * 1000)
+    assert rec.sizes == [1024] and w.offset == 1700
+    w.close()
+    assert rec.sizes == [1024, 1024]
+    assert rec.buf.getvalue() == b"a" * 700 + b"b" * 1000 + bytes(348)
+
+
+def test_record_reader_short_reads_and_seek():
+    data = bytes(range(256)) * 400
+    rr = RecordReader(Stream(data, maxread=97), 3)
+    out = []
+    rnd = random.Random(1)
+    while True:
+        chunk = rr.read(rnd.choice([1, 100, 512, 1536, 5000]))
+        if not chunk:
+            break
+        out.append(chunk)
+    assert b"".join(out) == data and rr.tell() == len(data)
+    rr = RecordReader(io.BytesIO(data), 3)
+    rr.seek(70000)
+    assert rr.read(10) == data[70000:70010] and rr.tell() == 70010
+    rr.seek(5)
+    assert rr.read(3) == data[5:8]
+    rr.seek(len(data) + 5000)
+    assert rr.read(1) == b"" and rr.tell() == len(data)
+
+
+# ------------------------------------------------------------------ damage
+
+def message_ends(data):
+    """{name: offset where its data ends} from our own reader on intact data."""
+    r = ArchiveReader(io.BytesIO(data))
+    return {m.name: m.offset + m.size for m in r.index() if m.kind == "message"}
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_truncated_archive_is_incomplete_and_keeps_what_came_before(tmp_path, seekable):
+    data, expect, _ = build(tmp_path, folders=("INBOX", "Work"), per_folder=3, links=False,
+                            sizes=[10, 600, 12000, 700])
+    ends = message_ends(data)
+    header_end = ArchiveReader(io.BytesIO(data))._first_offset
+    cuts = sorted(set(range(0, len(data), 331)) | {e for e in ends.values()}
+                  | {e + 1 for e in ends.values()} | {header_end, header_end - 1})
+    trailer_end = data.rindex(b"}") + 2
+    for cut in cuts:
+        part = data[:cut]
+        raw = io.BytesIO(part) if seekable else Stream(part, seed=cut)
+        if cut < header_end:      # the header member itself is cut
+            with pytest.raises((NotAnArchive, IncompleteArchive)):
+                list(ArchiveReader(raw))
+            continue
+        r = ArchiveReader(raw)
+        got = {}
+        if cut >= trailer_end:
+            got = read_all(r)
+            assert r.complete
+        else:
+            with pytest.raises(IncompleteArchive, match="archive is incomplete: ended after"):
+                for m in r:
+                    if m.kind != "message":
+                        continue
+                    try:
+                        got[m.name] = m.open().read()
+                    except IncompleteArchive:
+                        pass
+            assert not r.complete
+        for name, end in ends.items():
+            if end <= cut:
+                assert got[name] == expect[name][3], (cut, name)
+            else:
+                assert name not in got, (cut, name)
+
+
+def test_flipped_data_byte_is_a_digest_mismatch(tmp_path):
+    data, expect, _ = build(tmp_path, links=False)
+    ends = message_ends(data)
+    victim = list(expect)[1]
+    bad = bytearray(data)
+    bad[ends[victim] - 7] ^= 0x20
+    for raw in (io.BytesIO(bytes(bad)), Stream(bytes(bad))):
+        got = read_all(ArchiveReader(raw))
+        assert isinstance(got[victim], DigestMismatch)
+        assert victim in str(got[victim]) and "damaged" in str(got[victim])
+        assert {n: v for n, v in got.items() if n != victim} == \
+            {n: v[3] for n, v in expect.items() if n != victim}
+
+
+def _header_offsets(data):
+    r = ArchiveReader(io.BytesIO(data))
+    return {m.name: m for m in r.index()}
+
+
+@pytest.mark.parametrize("where", ["ustar name", "ustar size", "pax header", "pax record"])
+@pytest.mark.parametrize("seekable", [True, False])
+def test_flipped_header_byte_is_corrupt_member_and_iteration_goes_on(tmp_path, where, seekable):
+    data, expect, _ = build(tmp_path, links=False, per_folder=4)
+    members = _header_offsets(data)
+    victim = list(expect)[1]
+    m = members[victim]
+    bad = bytearray(data)
+    ustar_at = m.offset - 512
+    if where == "ustar name":
+        bad[ustar_at + 20] ^= 0x01
+    elif where == "ustar size":
+        bad[ustar_at + 130] = ord("9")
+    elif where == "pax header":
+        bad[m.header_offset + 3] ^= 0x40
+    else:       # a pax record length digit: the records no longer parse
+        bad[m.header_offset + 512] = ord("9")
+    raw = io.BytesIO(bytes(bad)) if seekable else Stream(bytes(bad))
+    r = ArchiveReader(raw)
+    errors = []
+    got = read_all(r, on_error=errors.append)
+    assert len(errors) == 1 and isinstance(errors[0], CorruptMember)
+    assert "byte" in str(errors[0])
+    assert victim not in got
+    assert got == {n: v[3] for n, v in expect.items() if n != victim}
+    assert r.complete and r.verified is False
+    # without on_error the error is raised and next() goes on
+    raw = io.BytesIO(bytes(bad)) if seekable else Stream(bytes(bad))
+    it = iter(ArchiveReader(raw))
+    seen, raised = [], 0
+    while True:
+        try:
+            seen.append(next(it).name)
+        except StopIteration:
+            break
+        except CorruptMember:
+            raised += 1
+    assert raised == 1 and set(expect) - set(seen) == {victim}
+
+
+def _tar_with_header(*members, fmt=tarfile.PAX_FORMAT):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
+        hdr = json.dumps({"format": "ims-asm", "version": 1}).encode()
+        ti = tarfile.TarInfo("ims-asm.header")
+        ti.size = len(hdr)
+        t.addfile(ti, io.BytesIO(hdr))
+        good = b"hello"
+        ti = tarfile.TarInfo("p/u/INBOX/1.eml")
+        ti.size = len(good)
+        ti.pax_headers = {"IMSASM.kind": "message", "IMSASM.uid": "1",
+                          "IMSASM.sha256": hashlib.sha256(good).hexdigest()}
+        t.addfile(ti, io.BytesIO(good))
+        for ti, body in members:
+            t.addfile(ti, io.BytesIO(body) if body is not None else None)
+        ti = tarfile.TarInfo("p/u/INBOX/9.eml")
+        ti.size = len(good)
+        ti.pax_headers = {"IMSASM.kind": "message", "IMSASM.uid": "9",
+                          "IMSASM.sha256": hashlib.sha256(good).hexdigest()}
+        t.addfile(ti, io.BytesIO(good))
+    return buf.getvalue()
+
+
+def _ti(name, type=tarfile.REGTYPE, size=0, linkname="", **recs):
+    ti = tarfile.TarInfo(name)
+    ti.type = type
+    ti.size = size
+    ti.linkname = linkname
+    ti.pax_headers = {"IMSASM.kind": "message", "IMSASM.uid": "2",
+                      "IMSASM.sha256": "0" * 64, **recs}
+    return ti
+
+
+@pytest.mark.parametrize("member,why", [
+    ((_ti("../x/2.eml", size=3), b"abc"), "'..'"),
+    ((_ti("p/u/../../etc/2.eml", size=3), b"abc"), "'..'"),
+    ((_ti("/abs/u/INBOX/2.eml", size=3), b"abc"), "absolute"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.SYMTYPE, linkname="/etc/passwd"), None), "symbolic"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.LNKTYPE, linkname="p/u/INBOX/7.eml"), None), "not an earlier"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.LNKTYPE, linkname="/etc/shadow"), None), "absolute"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.CHRTYPE), None), "device"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.BLKTYPE), None), "device"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.FIFOTYPE), None), "FIFO"),
+    ((_ti("p/u/INBOX/notes.txt", size=3), b"abc"), "layout"),
+    ((_ti("p/u/INBOX/2.eml", size=3, **{"IMSASM.kind": "folder"}), b"abc"), "kind"),
+])
+def test_hostile_members_are_refused(member, why):
+    data = _tar_with_header(member)
+    for raw in (io.BytesIO(data), Stream(data)):
+        r = ArchiveReader(raw)
+        errors, seen = [], []
+        with pytest.raises(IncompleteArchive, match="without a trailer"):
+            for m in r.members(on_error=errors.append):
+                seen.append(m.name)
+        assert len(errors) == 1 and isinstance(errors[0], HostileMember), errors
+        assert why in str(errors[0])
+        assert seen == ["p/u/INBOX/1.eml", "p/u/INBOX/9.eml"]    # the others still pass
+        assert not r.complete
+
+
+def test_hostile_link_with_data_is_refused():
+    ti = _ti("p/u/INBOX/2.eml", type=tarfile.LNKTYPE, linkname="p/u/INBOX/1.eml", size=3)
+    data = _tar_with_header((ti, b"abc"))
+    errors = []
+    r = ArchiveReader(io.BytesIO(data))
+    with pytest.raises(IncompleteArchive):      # tarfile writes no trailer
+        for m in r.members(on_error=errors.append):
+            pass
+    assert len(errors) == 1 and "hard link claims 3 bytes" in str(errors[0])
+
+
+@pytest.mark.parametrize("data,why", [
+    (b"", "empty"),
+    (os.urandom(30000), "tar header"),
+    (bytes(10240), "empty tar"),
+    (b"x" * 100, "shorter"),
+])
+def test_not_an_archive(data, why):
+    with pytest.raises(NotAnArchive, match="not an ims-asm archive: .*" + why):
+        ArchiveReader(io.BytesIO(data))
+
+
+def test_plain_tar_is_not_an_archive(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        ti = tarfile.TarInfo("hello.txt")
+        ti.size = 2
+        t.addfile(ti, io.BytesIO(b"hi"))
+    with pytest.raises(NotAnArchive, match="first member is 'hello.txt'"):
+        ArchiveReader(io.BytesIO(buf.getvalue()))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        ti = tarfile.TarInfo("ims-asm.header")
+        ti.size = 2
+        t.addfile(ti, io.BytesIO(b"{}"))
+    with pytest.raises(NotAnArchive, match="format ims-asm"):
+        ArchiveReader(io.BytesIO(buf.getvalue()))
+
+
+def test_newer_version_is_refused():
+    data = _tar_with_header().replace(b'"version": 1', b'"version": 7')
+    with pytest.raises(NotAnArchive, match="version 7"):
+        ArchiveReader(io.BytesIO(data))
+
+
+# ------------------------------------------------------------------ writer behaviour
+
+def test_large_message_streams_with_bounded_memory(tmp_path):
+    size = 50 * 1024 * 1024 + 123
+    src = tmp_path / "big.eml"
+    with open(src, "wb") as f:
+        f.write(b"Subject: big\r\n\r\n")
+        for off in range(0, size, 7 * 1024 * 1024):
+            f.seek(off)
+            f.write(os.urandom(4096))
+        f.truncate(size)
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    arc = tmp_path / "big.tar"
+    tracemalloc.start()
+    try:
+        with open(arc, "wb") as f:
+            w = ArchiveWriter(f)
+            w.write_header({})
+            w.add_folder("p", "u", "INBOX", uidvalidity=1, uidnext=2, subscribed=False, uids=[1])
+            w.add_message("p", "u", "INBOX", uid=1, flags=(), keywords=(), internaldate=1,
+                          stored=2, nlink=1, src_path=str(src))
+            w.close()
+        _, peak_write = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        with open(arc, "rb") as f:
+            r = ArchiveReader(f)
+            for m in r:
+                if m.kind == "message":
+                    h2 = hashlib.sha256()
+                    n = 0
+                    with m.open() as s:
+                        for chunk in iter(lambda: s.read(1 << 20), b""):
+                            h2.update(chunk)
+                            n += len(chunk)
+        _, peak_read = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == size and h2.hexdigest() == h.hexdigest() == m.sha256
+    assert r.verified
+    assert peak_write < 8 * 1024 * 1024, peak_write
+    assert peak_read < 8 * 1024 * 1024, peak_read
+
+
+class ChangingFile(io.RawIOBase):
+    """A seekable source whose bytes change after the first pass."""
+
+    def __init__(self, size):
+        self.size = size
+        self.pos = 0
+        self.passes = 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, pos, whence=0):
+        self.pos = pos
+        self.passes += 1
+        return pos
+
+    def readinto(self, b):
+        n = min(len(b), self.size - self.pos)
+        b[:n] = (b"B" if self.passes else b"A") * n
+        self.pos += n
+        return n
+
+
+def test_big_message_changing_between_passes(tmp_path):
+    buf = io.BytesIO()
+    w = ArchiveWriter(buf)
+    w.write_header({})
+    src = tmp_path / "m"
+    src.write_bytes(b"ok")
+    w.add_message("p", "u", "INBOX", uid=1, flags=(), keywords=(), internaldate=1, stored=1,
+                  nlink=1, src_path=str(src))
+    with pytest.raises(CorruptSource) as ei:
+        w.add_message("p", "u", "INBOX", uid=2, flags=(), keywords=(), internaldate=1,
+                      stored=1, nlink=1, src_file=ChangingFile(3 << 20))
+    assert isinstance(ei.value, MessageChanged) and "fail its digest" in str(ei.value)
+    w.add_message("p", "u", "INBOX", uid=3, flags=(), keywords=(), internaldate=1, stored=1,
+                  nlink=1, src_path=str(src))
+    w.close(errors=[("p/u/INBOX", str(ei.value))])
+    got = read_all(ArchiveReader(io.BytesIO(buf.getvalue())))
+    assert got["p/u/INBOX/1.eml"] == b"ok" and got["p/u/INBOX/3.eml"] == b"ok"
+    assert isinstance(got["p/u/INBOX/2.eml"], DigestMismatch)
+
+
+def test_vanished_message_writes_nothing(tmp_path):
+    buf = io.BytesIO()
+    w = ArchiveWriter(buf)
+    w.write_header({})
+    with pytest.raises(FileNotFoundError):
+        w.add_message("p", "u", "INBOX", uid=1, flags=(), keywords=(), internaldate=1,
+                      stored=1, nlink=1, src_path=str(tmp_path / "gone"))
+    trailer = w.close()
+    assert trailer["counts"]["messages"] == 0
+    r = ArchiveReader(io.BytesIO(buf.getvalue()))
+    assert list(r) == [] and r.verified
+
+
+def test_fractional_and_negative_times(tmp_path):
+    buf = io.BytesIO()
+    w = ArchiveWriter(buf)
+    w.write_header({})
+    src = tmp_path / "m"
+    src.write_bytes(b"x")
+    for uid, t in ((1, 1700000000.123456), (2, -86400), (3, 0)):
+        w.add_message("p", "u", "INBOX", uid=uid, flags=(), keywords=(), internaldate=t,
+                      stored=t, nlink=1, src_path=str(src))
+    w.close()
+    got = {m.uid: m.internaldate for m in ArchiveReader(io.BytesIO(buf.getvalue()))}
+    assert got == {1: 1700000000.123456, 2: -86400, 3: 0}
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as t:
+        assert t.getmember("p/u/INBOX/1.eml").mtime == pytest.approx(1700000000.123456)
+
+
+def test_writer_refuses_misuse(tmp_path):
+    w = ArchiveWriter(io.BytesIO())
+    with pytest.raises(Exception, match="write_header"):
+        w.add_user("p", "u", "g")
+    w.write_header({})
+    with pytest.raises(ValueError):
+        w.add_message("p", "u", "INBOX", uid=1, flags=("two words",), keywords=(),
+                      internaldate=1, stored=1, nlink=1, src_file=io.BytesIO(b"x"))
+    w.close()
+    with pytest.raises(Exception, match="closed"):
+        w.add_user("p", "u", "g")
