@@ -86,3 +86,22 @@ def parse_date(text: str) -> float:
         return dt.datetime.strptime(text, fmt).timestamp()
     except ValueError:
         raise UsageError(f"bad date {text!r}: use YYYYMMDD or YYYYMMDD:HHMMSS, e.g. 20240501:131000") from None
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (a backup engine cancelling the job) unwinds like Ctrl-C, so temporary
+    files are removed and locks and delivery holds released."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def read_list_file(path: str) -> list[str]:
+    """Names from a -u file: one per line, blank lines and # comments ignored."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    except OSError as exc:
+        raise UsageError(f"cannot read {path!r}: {exc.strerror}") from None

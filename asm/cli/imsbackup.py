@@ -1,0 +1,118 @@
+"""imsbackup: write selected mailboxes of the store to a device as an archive.
+
+    imsbackup -f device [-b blocking_factor] [-d YYYYMMDD[:HHMMSS]] [-u file] [-i] [-v] [name ...]
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from asm.archive.writer import ArchiveWriter
+from asm.backup import BackupOptions, run_backup, select
+from asm.cli.common import (
+    EXIT_DEVICE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, Progress, UsageError,
+    die, human, parse_date, read_list_file, sigterm_as_interrupt, warn,
+)
+from asm.cli.context import open_installation
+from asm.config import ConfigError
+from asm.devices import DeviceError, open_device
+from asm.groups import GroupsError
+from asm.logical import PathError, parse
+from asm.store.base import StoreError
+
+PROG = "imsbackup"
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog=PROG, description="Back up mailboxes to a file, tape, pipe or remote device.")
+    p.add_argument("-f", dest="device", required=True, metavar="DEVICE",
+                   help="file, tape or FIFO to write; '-' for stdout; [user@]host:path via a device plugin")
+    p.add_argument("-b", dest="bf", type=int, default=20, metavar="N",
+                   help="blocking factor: every write is 512*N bytes (default 20)")
+    p.add_argument("-d", dest="date", metavar="YYYYMMDD[:HHMMSS]",
+                   help="only messages stored at or after this local time (incremental)")
+    p.add_argument("-u", dest="listfile", metavar="FILE", help="read the names to back up from FILE")
+    p.add_argument("-i", dest="ignore_links", action="store_true",
+                   help="write every copy of a message in full (no single-copy links)")
+    p.add_argument("-v", dest="verbose", action="store_true", help="report each mailbox and a summary")
+    p.add_argument("names", nargs="*", metavar="name",
+                   help="logical paths: /, /primary, /primary/groupA, /primary/user/joe, /primary/joe/INBOX")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sigterm_as_interrupt()
+    try:
+        if not 1 <= args.bf <= 2048:
+            raise UsageError(f"bad blocking factor {args.bf}: use 1 to 2048")
+        since = parse_date(args.date) if args.date else None
+        names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
+        inst = open_installation()
+        paths = [parse(n, inst.groups) for n in (names or ["/"])]
+        targets = select(inst.store, inst.groups, paths)
+        if args.device == "-" and sys.stdout.isatty():
+            raise UsageError("refusing to write an archive to a terminal: redirect stdout or name a file with -f")
+    except (UsageError, ConfigError, GroupsError, PathError, StoreError) as exc:
+        return die(PROG, str(exc), EXIT_USAGE)
+
+    opts = BackupOptions(since=since, ignore_links=args.ignore_links,
+                         exclude=inst.config.backup_exclude(), verbose=args.verbose)
+    try:
+        device = open_device(args.device, "wb", args.bf, inst.config)
+    except DeviceError as exc:
+        return die(PROG, str(exc), EXIT_DEVICE)
+
+    progress = Progress()
+    t0 = time.monotonic()
+
+    def show(res):
+        el = time.monotonic() - t0
+        progress.update(f"{PROG}: {res.users} users, {res.messages + res.links} messages, "
+                        f"{human(res.bytes)} ({human(res.bytes / el if el else 0)}/s)")
+
+    def report(line):
+        if args.verbose:
+            progress.clear()
+            print(f"{PROG}: {line}", file=sys.stderr)
+
+    ok = False
+    try:
+        writer = ArchiveWriter(device.file, args.bf)
+        res = run_backup(inst.store, targets, paths, writer, opts, device=args.device,
+                         report=report, progress=show if progress.enabled else None)
+        ok = True
+    except KeyboardInterrupt:
+        progress.clear()
+        return die(PROG, f"interrupted: {args.device} is not a complete archive"
+                   + (" and was removed" if getattr(device, "kind", "") == "file" else ""), EXIT_INTERRUPTED)
+    except (OSError, DeviceError) as exc:
+        progress.clear()
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return die(PROG, f"cannot write {args.device}: {why}; the archive is incomplete"
+                   + (" and was removed" if getattr(device, "kind", "") == "file" else ""), EXIT_DEVICE)
+    finally:
+        try:
+            device.close(ok=ok)
+        except OSError as exc:
+            if ok:
+                return die(PROG, f"cannot finish {args.device}: {exc.strerror}; the archive is incomplete",
+                           EXIT_DEVICE)
+    progress.clear()
+    for e in res.errors:
+        warn(PROG, f"could not back up {e['mailbox']}: {e['error']}")
+    if res.vanished and args.verbose:
+        warn(PROG, f"{len(res.vanished)} messages were expunged during the backup and are not in the archive")
+    if args.verbose or sys.stderr.isatty():
+        print(f"{PROG}: {res.users} users, {res.folders} folders, {res.messages} messages, "
+              f"{res.links} links, {human(res.bytes)} in {res.seconds:.1f}s"
+              + (f", {len(res.excluded)} folders excluded" if res.excluded else "")
+              + (f", {len(res.vanished)} vanished" if res.vanished else ""), file=sys.stderr)
+    if res.errors:
+        warn(PROG, f"{len(res.errors)} mailboxes could not be read; the archive is complete for the rest")
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""imsrestore: restore mailboxes from an imsbackup archive.
+
+    imsrestore -f device [-b bf] [-t] [-h] [-n] [-i] [-r reffile] [-m mapfile] [-c y|n] [-v] [path ...]
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from asm.archive.errors import ArchiveError, IncompleteArchive, NotAnArchive
+from asm.archive.reader import ArchiveReader
+from asm.cli.common import (
+    EXIT_DEVICE, EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
+    EXIT_USAGE, ArgParser, Progress, UsageError, die, human, sigterm_as_interrupt, warn,
+)
+from asm.cli.context import open_installation
+from asm.config import ConfigError
+from asm.devices import DeviceError, open_device
+from asm.groups import GroupsError
+from asm.logical import PathError, parse
+from asm.restore import (
+    ChainOrderError, Journal, Restorer, RestoreError, RestoreOptions, Selection, complete_references,
+    read_map, read_reffile,
+)
+from asm.store.base import StoreError
+
+PROG = "imsrestore"
+EXIT_NOT_ARCHIVE = 8
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog=PROG, description="Restore mailboxes from an imsbackup archive.", add_help=False)
+    p.add_argument("-f", dest="device", required=True, metavar="DEVICE",
+                   help="archive file, tape or FIFO; '-' for stdin; [user@]host:path via a device plugin")
+    p.add_argument("-b", dest="bf", type=int, default=20, metavar="N", help="blocking factor (default 20)")
+    p.add_argument("-t", dest="toc", action="store_true", help="list the archive's contents; restore nothing")
+    p.add_argument("-h", dest="header", action="store_true", help="print the archive header; restore nothing")
+    p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument("-n", dest="new", action="store_true",
+                   help="restore into a new folder (name-YYYYMMDD) when the folder exists")
+    p.add_argument("-i", dest="ignore", action="store_true",
+                   help="do not check for messages already there (duplicates possible)")
+    p.add_argument("-r", dest="reffile", metavar="REFFILE",
+                   help="complete the links listed in a reference file from this archive")
+    p.add_argument("-R", dest="refout", metavar="FILE",
+                   help="where to write the reference file for links a stream could not resolve")
+    p.add_argument("-m", dest="mapfile", metavar="MAPFILE", help="olduser=newuser lines: restore under other users")
+    p.add_argument("-c", dest="cont", choices=["y", "n"], default="y",
+                   help="continue after an error (y, default) or stop at the first (n)")
+    p.add_argument("-H", "--hold", dest="hold", action="store_true",
+                   help="leave deliveries held at the end (more archives of a chain follow)")
+    p.add_argument("-v", dest="verbose", action="store_true", help="report each mailbox and a summary")
+    p.add_argument("paths", nargs="*", metavar="path",
+                   help="what to restore: /, /primary/groupA, /primary/user/joe, /primary/joe/INBOX")
+    return p
+
+
+def _print_header(header: dict) -> None:
+    for k in sorted(header):
+        v = header[k]
+        if k in ("created", "since") and isinstance(v, (int, float)):
+            v = f"{v} ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(v))})"
+        print(f"{k}: {v}")
+
+
+def _toc(reader, sel: Selection) -> int:
+    errors = []
+    current_ok = False
+    try:
+        for m in reader.members(on_error=lambda e: errors.append(str(e))):
+            if m.kind == "user":
+                continue
+            if m.kind == "folder":
+                current_ok = sel.folder(m.partition, m.user, m.group, m.folder)
+                if current_ok:
+                    print(f"/{m.partition}/{m.user}/{m.folder}\tuidvalidity={m.uidvalidity} "
+                          f"uidnext={m.uidnext} uids={len(m.uids)}{' subscribed' if m.subscribed else ''}")
+                continue
+            if not current_ok:
+                continue
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.internaldate or 0))
+            flags = " ".join(sorted(m.flags) + list(m.keywords))
+            what = f"link to {m.linkname}" if m.kind == "link" else f"{m.size}"
+            print(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}\t{what}\t{when}\t{flags}")
+    except IncompleteArchive as exc:
+        warn(PROG, str(exc))
+        return EXIT_INCOMPLETE
+    for e in errors:
+        warn(PROG, e)
+    if not reader.complete:
+        warn(PROG, "archive is incomplete: it has no trailer")
+        return EXIT_INCOMPLETE
+    return EXIT_PARTIAL if errors else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sigterm_as_interrupt()
+    try:
+        if not 1 <= args.bf <= 2048:
+            raise UsageError(f"bad blocking factor {args.bf}: use 1 to 2048")
+        inst = open_installation()
+        paths = [parse(p, inst.groups) for p in args.paths]
+        user_map = read_map(args.mapfile) if args.mapfile else {}
+        refdoc = read_reffile(args.reffile) if args.reffile else None
+    except (UsageError, ConfigError, GroupsError, PathError, RestoreError) as exc:
+        return die(PROG, str(exc), EXIT_USAGE)
+    try:
+        device = open_device(args.device, "rb", args.bf, inst.config)
+    except DeviceError as exc:
+        return die(PROG, str(exc), EXIT_DEVICE)
+
+    progress = Progress()
+    with device:
+        try:
+            reader = ArchiveReader(device.file, args.bf)
+        except NotAnArchive as exc:
+            return die(PROG, f"{args.device}: {exc}", EXIT_NOT_ARCHIVE)
+        except IncompleteArchive as exc:
+            return die(PROG, f"{args.device}: {exc}", EXIT_INCOMPLETE)
+        except OSError as exc:
+            return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", EXIT_DEVICE)
+        if args.header:
+            _print_header(reader.header)
+            return EXIT_OK
+        sel = Selection(paths, inst.groups)
+        if args.toc:
+            return _toc(reader, sel)
+
+        def report(line):
+            if args.verbose:
+                progress.clear()
+                print(f"{PROG}: {line}", file=sys.stderr)
+
+        def show(res):
+            progress.update(f"{PROG}: {res.folders} folders, {res.messages + res.links + res.duplicates} "
+                            f"messages, {human(res.bytes)}")
+
+        try:
+            if refdoc is not None:
+                res = complete_references(inst.store, reader, refdoc, report=report)
+            else:
+                opts = RestoreOptions(
+                    ignore_duplicates=args.ignore, new_mailbox=args.new, continue_on_error=args.cont == "y",
+                    user_map=user_map, keep_held=args.hold,
+                    reffile=args.refout or os.path.join(
+                        inst.config.home, "data", "refs", f"{reader.header.get('archive_id', 'archive')}.ref"),
+                    spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose)
+                journal = Journal(os.path.join(inst.config.home, "data", "restore-journal.db"))
+                if opts.reffile:
+                    os.makedirs(os.path.dirname(os.path.abspath(opts.reffile)), exist_ok=True)
+                res = Restorer(inst.store, inst.groups, reader, opts, sel, journal, device=args.device,
+                               report=report, progress=show if progress.enabled else None).restore()
+        except KeyboardInterrupt:
+            progress.clear()
+            return die(PROG, "interrupted: what was restored so far is complete message by message; "
+                       "run the same command again to finish (no duplicates)", EXIT_INTERRUPTED)
+        except ChainOrderError as exc:
+            progress.clear()
+            return die(PROG, str(exc), EXIT_ORDER)
+        except RestoreError as exc:
+            progress.clear()
+            return die(PROG, str(exc), EXIT_USAGE)
+        except ArchiveError as exc:
+            progress.clear()
+            return die(PROG, str(exc), EXIT_INCOMPLETE)
+        except OSError as exc:
+            progress.clear()
+            return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", EXIT_DEVICE)
+        except StoreError as exc:
+            progress.clear()
+            return die(PROG, str(exc), EXIT_PARTIAL)
+    progress.clear()
+    for e in res.errors:
+        warn(PROG, f"{e['mailbox']}: {e['error']}")
+    if args.verbose or sys.stderr.isatty():
+        print(f"{PROG}: {res.users} users, {res.folders} folders, {res.messages} messages, {res.links} links, "
+              f"{res.duplicates} already there, {res.renumbered} with new UIDs, {res.expunged} expunged, "
+              f"{human(res.bytes)} in {res.seconds:.1f}s", file=sys.stderr)
+    if res.pending:
+        warn(PROG, f"{len(res.pending)} linked messages need their first copy from this archive: run "
+             f"imsrestore -f {args.device} -r {args.refout or os.path.join(inst.config.home, 'data', 'refs', str(reader.header.get('archive_id')) + '.ref')}")
+    for p in res.unmatched:
+        warn(PROG, f"{p}: nothing in the archive matches this path")
+    if getattr(res, "hostile", 0):
+        warn(PROG, f"{res.hostile} hostile members were refused; nothing was written outside the store")
+        return EXIT_HOSTILE
+    if res.incomplete:
+        warn(PROG, res.incomplete)
+        return EXIT_INCOMPLETE
+    if paths and len(res.unmatched) == len(paths):
+        return EXIT_USAGE
+    if res.errors or res.pending or res.unmatched:
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

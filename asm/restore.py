@@ -1,0 +1,640 @@
+"""The restore engine: archive reader -> planner (UIDs, duplicates, chains, links) -> store.
+
+Rules (docs/operations.md explains them for administrators):
+
+* Folder absent: created with the archive's UIDVALIDITY; messages keep their UIDs,
+  flags, keywords and dates; UIDNEXT is set to the archive's at the end of the folder
+  (not before, so a killed restore run again still keeps the UIDs).
+* Folder present: its lock is held while the folder is restored and the user's
+  deliveries are held for the whole run.  Messages already there (same bytes) are
+  skipped; the others keep their archived UID when the folder has the archive's
+  UIDVALIDITY and the UID is at or above its UIDNEXT, else take new UIDs.
+* Chain: a journal records, per folder, the archive last restored into it and the
+  UIDNEXT it left.  When the folder is unchanged since (same UIDVALIDITY and UIDNEXT)
+  a newer archive continues the chain: messages not in its UID list are expunged and
+  flags are set as recorded, so full + incrementals give the state of the last one.
+  An older archive, or an incremental whose start is after the last one restored
+  (a gap), is refused (:class:`ChainOrderError`).
+* Single copy: a link member becomes a hard link to the restored first copy.  When
+  the first copy is outside the selection, a seekable archive is read there; a stream
+  keeps first copies that may be needed in a bounded spool; what still cannot be had
+  goes to a reference file that ``imsrestore -r`` completes.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from asm import plugins
+from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
+from asm.events import Run
+from asm.groups import Groups
+from asm.logical import LogicalPath
+from asm.store.base import Store, StoreError, UidInUse
+
+CHUNK = 1 << 20
+#: seconds of clock slack allowed between an incremental's start and the previous archive
+CHAIN_SLACK = 2.0
+
+
+class RestoreError(Exception):
+    """A restore that cannot start (bad map file, bad reference file)."""
+
+
+class ChainOrderError(RestoreError):
+    """Archives of an incremental chain applied out of order."""
+
+
+class StopRestore(Exception):
+    """-c n: stop at the first error."""
+
+
+@dataclass
+class RestoreOptions:
+    ignore_duplicates: bool = False     # -i: no duplicate check (classic behaviour)
+    new_mailbox: bool = False           # -n: restore beside an existing folder
+    continue_on_error: bool = True      # -c y|n
+    user_map: dict = field(default_factory=dict)   # -m: old -> new
+    reffile: str | None = None          # where unresolved links are written
+    spool_limit: int = 1 << 30          # bytes of first copies kept from a stream
+    verbose: bool = False
+    new_suffix: str = ""                # -n suffix (default: -YYYYMMDD)
+    keep_held: bool = False             # leave deliveries held at the end (more of a chain follows)
+    spool_dir: str = ""                 # where first copies from a stream are kept
+
+
+@dataclass
+class RestoreResult:
+    users: int = 0
+    folders: int = 0
+    messages: int = 0        # restored with their bytes
+    links: int = 0           # restored as hard links (single copy)
+    duplicates: int = 0      # already there, skipped
+    renumbered: int = 0      # given new UIDs
+    expunged: int = 0        # chain: removed because the later archive no longer had them
+    bytes: int = 0
+    errors: list = field(default_factory=list)       # {"mailbox", "error"}
+    pending: list = field(default_factory=list)      # reference-file entries
+    incomplete: str | None = None                    # why the archive ended early
+    hostile: int = 0
+    unmatched: list = field(default_factory=list)    # selection paths that matched nothing
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------
+# selection and mapping
+
+def read_map(path: str) -> dict:
+    out = {}
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise RestoreError(f"cannot read map file {path!r}: {exc.strerror}") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            s = line.strip()
+            if not s or s.startswith("#"):
+                continue
+            old, eq, new = s.partition("=")
+            if not eq or not old.strip() or not new.strip():
+                raise RestoreError(f"{path}:{lineno}: expected 'olduser=newuser', found {s!r}")
+            out[old.strip()] = new.strip()
+    return out
+
+
+class Selection:
+    def __init__(self, paths: list[LogicalPath], groups: Groups):
+        self.paths = paths
+        self.groups = groups
+        self.hits = [0] * len(paths)
+
+    def _user_ok(self, lp: LogicalPath, partition: str, user: str, group: str | None) -> bool:
+        if lp.partition is not None and lp.partition != partition:
+            return False
+        if lp.user is not None:
+            return lp.user == user
+        if lp.group is not None and lp.group != "user":
+            return group == lp.group or (group is None and self.groups.member(user, lp.group))
+        return True
+
+    def user(self, partition: str, user: str, group: str | None) -> bool:
+        if not self.paths:
+            return True
+        return any(self._user_ok(lp, partition, user, group) for lp in self.paths)
+
+    def folder(self, partition: str, user: str, group: str | None, folder: str) -> bool:
+        if not self.paths:
+            return True
+        hit = False
+        for i, lp in enumerate(self.paths):
+            if self._user_ok(lp, partition, user, group) and lp.covers_folder(folder):
+                self.hits[i] += 1
+                hit = True
+        return hit
+
+    def unmatched(self) -> list[str]:
+        return [str(lp) for lp, n in zip(self.paths, self.hits) if n == 0]
+
+
+# ----------------------------------------------------------------------------------
+# the chain journal
+
+class Journal:
+    """$IMS_HOME/data/restore-journal.db: the archive last restored into each folder."""
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.db.execute("""CREATE TABLE IF NOT EXISTS restored (
+            user TEXT, folder TEXT, uidvalidity INTEGER, uidnext INTEGER,
+            archive_id TEXT, created REAL, since REAL, PRIMARY KEY (user, folder))""")
+
+    def get(self, user: str, folder: str):
+        return self.db.execute("SELECT uidvalidity, uidnext, archive_id, created, since FROM restored "
+                               "WHERE user=? AND folder=?", (user, folder)).fetchone()
+
+    def put(self, user: str, folder: str, uidvalidity: int, uidnext: int, header: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO restored VALUES (?,?,?,?,?,?,?)",
+                        (user, folder, uidvalidity, uidnext, header.get("archive_id"),
+                         header.get("created"), header.get("since")))
+
+
+def _fmt(t: float | None) -> str:
+    return time.strftime("%Y%m%d:%H%M%S", time.localtime(t)) if t else "?"
+
+
+# ----------------------------------------------------------------------------------
+# the per-folder plan
+
+@dataclass
+class FolderPlan:
+    partition: str
+    src_user: str
+    user: str
+    folder: str                 # target folder name
+    src_folder: str
+    mode: str                   # "exact" (created by us), "merge", "chain"
+    archive_uidvalidity: int
+    archive_uidnext: int
+    archive_uids: list
+    uidvalidity: int            # of the target
+    state: dict                 # uid -> (flags, keywords) for messages not carried (incremental)
+    existing: dict = field(default_factory=dict)     # size -> [MessageInfo]
+    by_uid: dict = field(default_factory=dict)       # uid -> MessageInfo (existing)
+    digests: dict = field(default_factory=dict)      # path -> sha256 (cache)
+    restored: int = 0
+
+
+def _sha256_file(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while True:
+                b = f.read(CHUNK)
+                if not b:
+                    return h.hexdigest()
+                h.update(b)
+    except FileNotFoundError:
+        return None
+
+
+class Restorer:
+    def __init__(self, store: Store, groups: Groups, reader, opts: RestoreOptions,
+                 selection: Selection, journal: Journal, device: str = "", report=None, progress=None):
+        self.store = store
+        self.groups = groups
+        self.reader = reader
+        self.header = reader.header
+        self.opts = opts
+        self.sel = selection
+        self.journal = journal
+        self.report = report or (lambda line: None)
+        self.progress = progress
+        self.res = RestoreResult()
+        self.run = Run("restore", device, [str(p) for p in selection.paths], {
+            "ignore_duplicates": opts.ignore_duplicates, "new_mailbox": opts.new_mailbox})
+        self.held: list[str] = []
+        self.users_seen: set = set()
+        self.plan: FolderPlan | None = None
+        self.lock_stack = contextlib.ExitStack()
+        self.placed: dict[str, str] = {}        # archive member name -> restored file path
+        self.spool_dir: str | None = None
+        self.spooled: dict[str, str] = {}       # member name -> spool file
+        self.spool_bytes = 0
+        self.index: dict[str, object] | None = None
+        self.user_groups: dict[tuple, str | None] = {}
+        self.is_incremental = self.header.get("since") is not None
+
+    # -- errors ---------------------------------------------------------------
+    def _error(self, mailbox: str, exc: Exception | str) -> None:
+        msg = str(exc)
+        self.res.errors.append({"mailbox": mailbox, "error": msg})
+        self.report(f"error: {mailbox}: {msg}")
+        if not self.opts.continue_on_error:
+            raise StopRestore(msg)
+
+    # -- main loop --------------------------------------------------------------
+    def restore(self) -> RestoreResult:
+        t0 = time.monotonic()
+        plugins.run_start(self.run)
+        status = 1
+        try:
+            try:
+                for m in self.reader.members(on_error=self._member_error):
+                    self._member(m)
+            except IncompleteArchive as exc:
+                self.res.incomplete = str(exc)
+            except StopRestore:
+                pass
+            self._end_folder(complete=self.res.incomplete is None)
+            status = 0 if not (self.res.errors or self.res.incomplete or self.res.pending) else 1
+        finally:
+            self._end_folder(complete=False)
+            self.lock_stack.close()
+            for user in ([] if self.opts.keep_held else self.held):
+                try:
+                    self.store.release_deliveries(user)
+                except StoreError as exc:
+                    self.res.errors.append({"mailbox": user, "error": f"releasing held deliveries: {exc}"})
+            if self.spool_dir:
+                shutil.rmtree(self.spool_dir, ignore_errors=True)
+            self.res.unmatched = self.sel.unmatched()
+            self.res.seconds = time.monotonic() - t0
+            self.run.counts = {"users": self.res.users, "folders": self.res.folders,
+                               "messages": self.res.messages, "links": self.res.links,
+                               "bytes": self.res.bytes}
+            self.run.errors = [(e["mailbox"], e["error"]) for e in self.res.errors]
+            plugins.run_end(self.run, status)
+        if self.res.pending and self.opts.reffile:
+            write_reffile(self.opts.reffile, self.header, self.res.pending)
+        self.store.sync()
+        return self.res
+
+    def _member_error(self, exc: Exception) -> None:
+        if isinstance(exc, HostileMember):
+            self.res.hostile += 1
+        self._error(getattr(exc, "name", None) or "archive", exc)
+
+    def _member(self, m) -> None:
+        if m.kind == "user":
+            self.user_groups[(m.partition, m.user)] = m.group
+            return
+        if m.kind == "folder":
+            self._end_folder(complete=True)
+            self._start_folder(m)
+            return
+        plan = self.plan
+        selected = plan is not None and plan.src_user == m.user and plan.src_folder == m.folder
+        if not selected:
+            self._maybe_spool(m)
+            return
+        try:
+            self._restore_message(plan, m)
+        except (DigestMismatch, CorruptMember) as exc:
+            self._error(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}", exc)
+        except StoreError as exc:
+            self._error(f"/{m.partition}/{plan.user}/{plan.folder}/{m.uid}", exc)
+        if self.progress:
+            self.progress(self.res)
+
+    # -- folders --------------------------------------------------------------
+    def _start_folder(self, m) -> None:
+        group = self.user_groups.get((m.partition, m.user), m.group)
+        if not self.sel.folder(m.partition, m.user, group, m.folder):
+            self.plan = None
+            return
+        user = self.opts.user_map.get(m.user, m.user)
+        mailbox = f"/{m.partition}/{user}/{m.folder}"
+        try:
+            self.plan = self._plan_folder(m, user)
+        except ChainOrderError:
+            raise
+        except StoreError as exc:
+            self.plan = None
+            self._error(mailbox, exc)
+
+    def _ensure_user(self, partition: str, user: str) -> None:
+        if not self.store.exists(user):
+            part = partition if partition in self.store.partitions() else "primary"
+            self.store.create_user(user, part)
+        if user not in self.users_seen:
+            self.users_seen.add(user)
+            self.res.users += 1
+        if user not in self.held:
+            if not self.store.deliveries_held(user):
+                self.store.hold_deliveries(user)
+            self.held.append(user)
+
+    def _plan_folder(self, m, user: str) -> FolderPlan:
+        store = self.store
+        self._ensure_user(m.partition, user)
+        folder = m.folder
+        state = _state_from(m)
+        if store.exists(user, folder) and self.opts.new_mailbox:
+            existing = store.messages(user, folder)
+            if existing or folder != "INBOX":
+                folder = self._new_name(user, folder)
+        created = False
+        if not store.exists(user, folder):
+            # UIDNEXT is raised to the archive's only when the folder is complete, so a
+            # killed run, run again, still finds every remaining UID free
+            store.create_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
+                                subscribed=m.subscribed)
+            created = True
+        self.lock_stack.enter_context(store.lock(user, folder))
+        info = store.folder(user, folder)
+        if not created and info.uidnext == 1 and not store.messages(user, folder):
+            # never used (e.g. the INBOX of a user just created): adopt the archive's identity
+            info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, subscribed=m.subscribed)
+            created = True
+        if created:
+            mode = "exact"
+        else:
+            mode = "merge"
+            j = self.journal.get(user, folder)
+            if j is not None and j[0] == info.uidvalidity == m.uidvalidity and j[1] == info.uidnext:
+                mode = self._chain_mode(user, folder, j)
+        plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
+                          list(m.uids), info.uidvalidity, state)
+        if mode != "exact":
+            for msg in store.messages(user, folder):
+                plan.by_uid[msg.uid] = msg
+                plan.existing.setdefault(msg.size, []).append(msg)
+        self.res.folders += 1
+        self.report(f"/{m.partition}/{user}/{folder}: restoring ({mode}"
+                    + (f", from {m.user}/{m.folder}" if (user, folder) != (m.user, m.folder) else "") + ")")
+        return plan
+
+    def _chain_mode(self, user: str, folder: str, j) -> str:
+        _, _, last_id, last_created, _ = j
+        created, since = self.header.get("created"), self.header.get("since")
+        if last_id == self.header.get("archive_id"):
+            return "merge"  # the same archive again: nothing changes
+        if created is not None and last_created is not None and created < last_created:
+            raise ChainOrderError(
+                f"user/{user}/{folder}: this archive was taken at {_fmt(created)}, before the one restored "
+                f"last ({_fmt(last_created)}); restore a chain in order: the full backup, then each "
+                f"incremental (or use -n to restore it beside the folder)")
+        if since is not None and last_created is not None and since > last_created + CHAIN_SLACK:
+            raise ChainOrderError(
+                f"user/{user}/{folder}: this incremental holds mail stored since {_fmt(since)}, but the "
+                f"archive restored last was taken at {_fmt(last_created)}: restore the incremental(s) "
+                f"taken in between first")
+        return "chain"
+
+    def _new_name(self, user: str, folder: str) -> str:
+        suffix = self.opts.new_suffix or time.strftime("%Y%m%d")
+        base = f"{folder}-{suffix}"
+        name, n = base, 1
+        while self.store.exists(user, name):
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
+    def _end_folder(self, complete: bool) -> None:
+        plan = self.plan
+        if plan is None:
+            return
+        self.plan = None
+        store = self.store
+        mailbox = f"/{plan.partition}/{plan.user}/{plan.folder}"
+        try:
+            if complete:
+                if plan.mode == "chain":
+                    keep = set(plan.archive_uids)
+                    gone = [u for u in plan.by_uid if u not in keep]
+                    # messages restored in this run are in the archive's list by construction
+                    self.res.expunged += store.expunge(plan.user, plan.folder, gone)
+                    for uid, (flags, keywords) in plan.state.items():
+                        if uid in plan.by_uid and uid in keep:
+                            store.set_flags(plan.user, plan.folder, uid, flags, keywords)
+                info = store.folder(plan.user, plan.folder)
+                if plan.uidvalidity == plan.archive_uidvalidity and info.uidnext < plan.archive_uidnext:
+                    # never lower UIDNEXT: clients must not see a UID twice
+                    info = store.set_folder(plan.user, plan.folder, uidnext=plan.archive_uidnext)
+                self.journal.put(plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header)
+            plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
+                                                     "messages": plan.restored, "bytes": 0, "error": None})
+        except StoreError as exc:
+            self._error(mailbox, exc)
+        finally:
+            self.lock_stack.close()
+            self.lock_stack = contextlib.ExitStack()
+
+    # -- messages -------------------------------------------------------------
+    def _duplicate(self, plan: FolderPlan, m) -> object | None:
+        """An existing message with the same bytes (same UID checked first)."""
+        if self.opts.ignore_duplicates or plan.mode == "exact":
+            return None
+        cands = plan.existing.get(m.size, [])
+        same_uid = plan.by_uid.get(m.uid)
+        ordered = ([same_uid] if same_uid in cands else []) + [c for c in cands if c is not same_uid]
+        for c in ordered:
+            d = plan.digests.get(c.path)
+            if d is None:
+                d = plan.digests[c.path] = _sha256_file(c.path)
+            if d == m.sha256:
+                return c
+        return None
+
+    def _target_uid(self, plan: FolderPlan, m) -> int | None:
+        if plan.mode == "exact":
+            return m.uid
+        if plan.uidvalidity == plan.archive_uidvalidity:
+            info = self.store.folder(plan.user, plan.folder)
+            if m.uid >= info.uidnext:
+                return m.uid
+        return None
+
+    def _restore_message(self, plan: FolderPlan, m) -> None:
+        store = self.store
+        dup = self._duplicate(plan, m)
+        if dup is not None:
+            self.res.duplicates += 1
+            self.placed.setdefault(m.linkname or m.name, dup.path)
+            if plan.mode == "chain" and dup.uid == m.uid:
+                store.set_flags(plan.user, plan.folder, dup.uid, m.flags, m.keywords)
+            return
+        uid = self._target_uid(plan, m)
+        kwargs = dict(uid=uid, flags=m.flags, keywords=m.keywords, internaldate=m.internaldate,
+                      stored=m.stored)
+        key = m.linkname if m.kind == "link" else m.name
+        link_from = self.placed.get(key)
+        try:
+            if link_from is not None and os.path.exists(link_from):
+                info = store.append(plan.user, plan.folder, None, link_from=link_from, **kwargs)
+                self.res.links += 1
+            elif m.kind == "link":
+                src = self._link_source(m)
+                if src is None:
+                    self._pending(plan, m, uid)
+                    return
+                with src:
+                    info = store.append(plan.user, plan.folder, src, **kwargs)
+                self.res.messages += 1
+                self.res.bytes += info.size
+            else:
+                with m.open() as src:
+                    info = store.append(plan.user, plan.folder, src, **kwargs)
+                self.res.messages += 1
+                self.res.bytes += info.size
+        except UidInUse:
+            kwargs["uid"] = None
+            uid = None
+            return self._restore_message_renumbered(plan, m, kwargs, link_from)
+        self.placed.setdefault(key, info.path)
+        if uid is None:
+            self.res.renumbered += 1
+        plan.restored += 1
+        plan.by_uid.setdefault(info.uid, info)
+
+    def _restore_message_renumbered(self, plan, m, kwargs, link_from) -> None:
+        if link_from is not None:
+            info = self.store.append(plan.user, plan.folder, None, link_from=link_from, **kwargs)
+            self.res.links += 1
+        else:
+            src = m.open() if m.kind == "message" else self._link_source(m)
+            if src is None:
+                self._pending(plan, m, None)
+                return
+            with src:
+                info = self.store.append(plan.user, plan.folder, src, **kwargs)
+            self.res.messages += 1
+            self.res.bytes += info.size
+        self.res.renumbered += 1
+        plan.restored += 1
+        self.placed.setdefault(m.linkname if m.kind == "link" else m.name, info.path)
+
+    def _link_source(self, m):
+        """The bytes of a link whose first copy was not restored in this run."""
+        spooled = self.spooled.get(m.linkname)
+        if spooled is not None:
+            return open(spooled, "rb")
+        if self.reader.seekable:
+            return self.reader.read_member_at(m)
+        return None
+
+    def _pending(self, plan: FolderPlan, m, uid) -> None:
+        self.res.pending.append({
+            "member": m.name, "target": m.linkname, "sha256": m.sha256, "size": m.size,
+            "partition": plan.partition, "user": plan.user, "folder": plan.folder, "uid": m.uid,
+            "uidvalidity": plan.uidvalidity, "flags": sorted(m.flags), "keywords": list(m.keywords),
+            "internaldate": m.internaldate, "stored": m.stored})
+        self.report(f"/{plan.partition}/{plan.user}/{plan.folder}/{m.uid}: first copy {m.linkname} is "
+                    f"not available from this stream; recorded for imsrestore -r")
+
+    def _maybe_spool(self, m) -> None:
+        """On a stream, keep the bytes of an unselected first copy that a selected link
+        may still need (nlink > 1), within the spool limit."""
+        if m.kind != "message" or m.nlink < 2 or self.reader.seekable or not self.sel.paths:
+            return
+        if self.spool_bytes + m.size > self.opts.spool_limit:
+            return
+        if self.spool_dir is None:
+            base = self.opts.spool_dir or tempfile.gettempdir()
+            os.makedirs(base, exist_ok=True)
+            self.spool_dir = tempfile.mkdtemp(prefix="restore-", dir=base)
+        path = os.path.join(self.spool_dir, f"{len(self.spooled)}.msg")
+        try:
+            with m.open() as src, open(path, "wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+        except (DigestMismatch, OSError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        self.spooled[m.name] = path
+        self.spool_bytes += m.size
+
+
+def _state_from(m) -> dict:
+    """uid -> (flags, keywords) of messages an incremental archive lists but does not carry."""
+    raw = m.records.get("IMSASM.state") if getattr(m, "records", None) else None
+    if not raw:
+        return {}
+    out = {}
+    try:
+        for uid, flags in json.loads(raw):
+            parts = flags.split()
+            out[int(uid)] = ([p for p in parts if p.startswith("\\")], [p for p in parts if not p.startswith("\\")])
+    except (ValueError, TypeError):
+        return {}
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# reference files (-r)
+
+def write_reffile(path: str, header: dict, pending: list) -> None:
+    from asm.config import atomic_write
+    doc = {"format": "ims-asm-references", "version": 1, "archive_id": header.get("archive_id"),
+           "created": header.get("created"), "references": pending}
+    atomic_write(path, json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"), mode=0o600)
+
+
+def read_reffile(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise RestoreError(f"cannot read reference file {path!r}: {exc.strerror}") from None
+    except ValueError:
+        raise RestoreError(f"{path!r} is not an imsrestore reference file (not JSON)") from None
+    if not isinstance(doc, dict) or doc.get("format") != "ims-asm-references":
+        raise RestoreError(f"{path!r} is not an imsrestore reference file")
+    return doc
+
+
+def complete_references(store: Store, reader, doc: dict, report=None) -> RestoreResult:
+    """Second pass: restore the link members a stream could not resolve, from the archive."""
+    report = report or (lambda line: None)
+    res = RestoreResult()
+    if doc.get("archive_id") != reader.header.get("archive_id"):
+        raise RestoreError("the reference file was written for another archive "
+                           f"(archive {doc.get('archive_id')}, this is {reader.header.get('archive_id')})")
+    wanted: dict[str, list] = {}
+    for ref in doc["references"]:
+        wanted.setdefault(ref["target"], []).append(ref)
+    try:
+        for m in reader.members(on_error=lambda e: res.errors.append({"mailbox": "archive", "error": str(e)})):
+            refs = wanted.pop(m.name, None) if m.kind == "message" else None
+            if not refs:
+                continue
+            first_path = None
+            for ref in refs:
+                user, folder = ref["user"], ref["folder"]
+                try:
+                    if not store.exists(user, folder):
+                        store.create_folder(user, folder, uidvalidity=ref.get("uidvalidity"))
+                    with store.lock(user, folder):
+                        info = store.folder(user, folder)
+                        uid = ref["uid"] if info.uidvalidity == ref.get("uidvalidity") and ref["uid"] >= info.uidnext else None
+                        kw = dict(uid=uid, flags=ref["flags"], keywords=ref["keywords"],
+                                  internaldate=ref["internaldate"], stored=ref["stored"])
+                        if first_path:
+                            got = store.append(user, folder, None, link_from=first_path, **kw)
+                            res.links += 1
+                        else:
+                            with m.open() as src:
+                                got = store.append(user, folder, src, **kw)
+                            res.messages += 1
+                            first_path = got.path
+                    report(f"/{ref['partition']}/{user}/{folder}/{got.uid}: restored from {m.name}")
+                except (StoreError, ArchiveError) as exc:
+                    res.errors.append({"mailbox": f"/{ref['partition']}/{user}/{folder}", "error": str(exc)})
+            if not wanted:
+                break
+    except IncompleteArchive as exc:
+        res.incomplete = str(exc)
+    for target, refs in wanted.items():
+        for ref in refs:
+            res.errors.append({"mailbox": f"/{ref['partition']}/{ref['user']}/{ref['folder']}",
+                               "error": f"first copy {target} is not in this archive"})
+    store.sync()
+    return res
