@@ -1,0 +1,178 @@
+"""Logical paths: every form parsed, then resolved against a real store of each driver."""
+from __future__ import annotations
+
+import pytest
+
+from asm.groups import Groups
+from asm.logical import LogicalPath, PathError, parse, resolve
+from asm.store import open_store
+
+GROUPS = Groups.parse("groupA=[a-l].*\ngroupB=m.*\n")
+
+
+# -- parsing ------------------------------------------------------------------
+@pytest.mark.parametrize("text,want", [
+    ("/", (None, None, None, None)),
+    ("/primary", ("primary", None, None, None)),
+    ("/primary/", ("primary", None, None, None)),
+    ("/primary/groupA", ("primary", "groupA", None, None)),
+    ("/primary/user", ("primary", "user", None, None)),
+    ("/primary/groupA/joe", ("primary", "groupA", "joe", None)),
+    ("/primary/groupA/joe/Work/2023", ("primary", "groupA", "joe", "Work/2023")),
+    ("/primary/joe", ("primary", None, "joe", None)),                 # short form
+    ("/primary/joe/Sent", ("primary", None, "joe", "Sent")),
+    ("/primary/user/joe", ("primary", "user", "joe", None)),
+    ("/primary/user/joe/inbox", ("primary", "user", "joe", "INBOX")),
+    ("/primary/user/joe/Inbox/Sub", ("primary", "user", "joe", "INBOX/Sub")),
+    ("/primary/user/joe/Réunions/Été", ("primary", "user", "joe", "Réunions/Été")),
+])
+def test_parse_forms(text, want):
+    lp = parse(text, GROUPS)
+    assert (lp.partition, lp.group, lp.user, lp.folder) == want
+    assert str(lp) == text
+
+
+@pytest.mark.parametrize("text,what", [
+    ("primary/joe", "must start with '/'"),
+    ("", "must start with '/'"),
+    ("/primary//joe", "empty component"),
+    ("/primary/groupB/joe", "not in backup group 'groupB'"),   # joe is in groupA
+    ("/primary/groupA/mike", "not in backup group 'groupA'"),
+    ("/primary/user/..", "bad user ID"),
+    ("/primary/joe/a\tb", "control characters"),
+])
+def test_parse_errors(text, what):
+    with pytest.raises(PathError, match=what):
+        parse(text, GROUPS)
+
+
+def test_wrong_group_error_suggests_the_right_paths():
+    with pytest.raises(PathError) as exc:
+        parse("/primary/groupB/joe", GROUPS)
+    assert "/primary/groupA/joe" in str(exc.value)
+    assert "/primary/user/joe" in str(exc.value)
+
+
+def test_covers_user():
+    g = GROUPS
+    assert parse("/", g).covers_user("second", "zoe", g)
+    assert parse("/primary", g).covers_user("primary", "zoe", g)
+    assert not parse("/primary", g).covers_user("second", "zoe", g)
+    assert parse("/primary/groupA", g).covers_user("primary", "alice", g)
+    assert not parse("/primary/groupA", g).covers_user("primary", "mike", g)
+    assert parse("/primary/user", g).covers_user("primary", "mike", g)
+    assert parse("/primary/joe", g).covers_user("primary", "joe", g)
+    assert not parse("/primary/joe", g).covers_user("primary", "jo", g)
+
+
+def test_folder_path_covers_its_subfolders_only():
+    lp = parse("/primary/joe/Work", GROUPS)
+    assert lp.covers_folder("Work") and lp.covers_folder("Work/2023") and lp.covers_folder("Work/a/b")
+    assert not lp.covers_folder("Workshop")         # a prefix of the name is not a parent
+    assert not lp.covers_folder("INBOX")
+    assert parse("/primary/joe", GROUPS).covers_folder("anything")
+
+
+def test_names_folder():
+    assert parse("/primary/joe/Trash", GROUPS).names_folder("Trash")
+    assert parse("/primary/joe/Trash", GROUPS).names_folder("Trash/Old")
+    assert not parse("/primary/joe/Trash", GROUPS).names_folder("Sent")
+    # a user, group or partition path names no folder: backupexclude still applies
+    for text in ("/", "/primary", "/primary/user", "/primary/joe"):
+        assert not parse(text, GROUPS).names_folder("Trash")
+
+
+def test_logical_path_is_value():
+    assert parse("/primary/joe", GROUPS) == LogicalPath("/primary/joe", "primary", None, "joe", None)
+
+
+# -- resolving against a store ---------------------------------------------------
+@pytest.fixture
+def mstore(config, tmp_path):
+    config.set("partition:second.path", str(tmp_path / "second"))
+    (tmp_path / "second").mkdir()
+    s = open_store(config)
+    for u in ("alice", "joe", "mike", "zoe"):
+        s.create_user(u)
+    s.create_user("kim", "second")
+    for f in ("Sent", "Trash", "Work", "Work/2023", "Workshop"):
+        s.create_folder("joe", f)
+    s.create_folder("kim", "Archive")
+    return s
+
+
+def _r(store, *texts):
+    return resolve([parse(t, GROUPS) for t in texts], store, GROUPS)
+
+
+def _names(targets):
+    return [(t.partition, t.user, [f.name for f in t.folders]) for t in targets]
+
+
+def test_resolve_root_and_partitions(mstore):
+    everyone = _r(mstore, "/")
+    assert [(t.partition, t.user) for t in everyone] == [
+        ("primary", "alice"), ("primary", "joe"), ("primary", "mike"), ("primary", "zoe"), ("second", "kim")]
+    assert [t.user for t in _r(mstore, "/second")] == ["kim"]
+    assert [t.user for t in _r(mstore, "/primary")] == ["alice", "joe", "mike", "zoe"]
+    joe = next(t for t in everyone if t.user == "joe")
+    assert [f.name for f in joe.folders] == ["INBOX", "Sent", "Trash", "Work", "Work/2023", "Workshop"]
+    assert joe.group == "groupA" and joe.explicit == set()
+
+
+def test_resolve_groups(mstore):
+    assert [t.user for t in _r(mstore, "/primary/groupA")] == ["alice", "joe"]
+    assert [t.user for t in _r(mstore, "/primary/groupB")] == ["mike"]
+    assert [t.user for t in _r(mstore, "/primary/user")] == ["alice", "joe", "mike", "zoe"]
+    assert [t.user for t in _r(mstore, "/second/groupA")] == ["kim"]
+
+
+def test_resolve_user_forms_agree(mstore):
+    long = _names(_r(mstore, "/primary/groupA/joe"))
+    assert long == _names(_r(mstore, "/primary/joe")) == _names(_r(mstore, "/primary/user/joe"))
+    assert long[0][1] == "joe" and len(long[0][2]) == 6
+
+
+def test_resolve_folder_selects_subfolders(mstore):
+    t, = _r(mstore, "/primary/groupA/joe/Work")
+    assert [f.name for f in t.folders] == ["Work", "Work/2023"]
+    assert t.explicit == {"Work", "Work/2023"}
+    t, = _r(mstore, "/primary/groupA/joe/Work/2023")
+    assert [f.name for f in t.folders] == ["Work/2023"]
+
+
+def test_resolve_inbox_any_case(mstore):
+    t, = _r(mstore, "/primary/joe/inbox")
+    assert [f.name for f in t.folders] == ["INBOX"]
+
+
+def test_resolve_union_of_paths(mstore):
+    out = _r(mstore, "/primary/joe/Sent", "/primary/joe/Trash", "/second/kim", "/primary/joe/Sent")
+    assert _names(out) == [("primary", "joe", ["Sent", "Trash"]),
+                           ("second", "kim", ["INBOX", "Archive"])]
+    assert out[0].explicit == {"Sent", "Trash"}
+
+
+@pytest.mark.parametrize("text,what", [
+    ("/nowhere", "no partition 'nowhere'"),
+    ("/nowhere/user/joe", "no partition 'nowhere'"),
+    ("/primary/nobody", "no user 'nobody'"),
+    ("/primary/user/nobody/INBOX", "no user 'nobody'"),
+    ("/second/joe", "on partition 'primary', not 'second'"),
+    ("/primary/joe/Nope", "no folder 'Nope'"),
+    ("/primary/joe/Work/2024", "no folder 'Work/2024'"),
+    ("/primary/joe/Work/2023/Q1", "no folder"),
+])
+def test_resolve_paths_naming_nothing(mstore, text, what):
+    with pytest.raises(PathError, match=what):
+        _r(mstore, text)
+
+
+def test_resolve_named_group_without_users(config):
+    s = open_store(config)
+    s.create_user("zoe")
+    groups = Groups.parse("groupA=[a-l].*\n")
+    with pytest.raises(PathError, match="backup group 'groupA' has no users"):
+        resolve([parse("/primary/groupA", groups)], s, groups)
+    # the predefined group and a whole partition may be empty without error
+    assert resolve([parse("/primary/user", groups)], open_store(config), groups)[0].user == "zoe"

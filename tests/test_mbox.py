@@ -1,0 +1,105 @@
+"""The streaming mbox reader: splitting, >From unquoting, flags, envelope dates, exact bytes."""
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+from asm.mbox import read_mbox
+
+MBOX = (
+    b"From alice@example.com Mon Jan  1 10:00:00 2024\n"
+    b"Status: RO\n"
+    b"X-Status: AF\n"
+    b"Subject: one\n"
+    b"\n"
+    b"body line\n"
+    b">From the start of a line\n"
+    b">>From quoted twice\n"
+    b"From inside a paragraph is not a separator\n"
+    b"\n"
+    b"From bob@example.com Tue Feb 29 23:59:59 2000\n"
+    b"Status: O\n"
+    b"Subject: two\n"
+    b"\n"
+    b"second\n"
+    b"\n"
+    b"\n"
+    b"From carol@example.com Sat Jul  4 12:00:00 1998\n"
+    b"X-Status: DT\n"
+    b"Subject: three\n"
+    b"\n"
+    b"Status: R in the body is not a flag\n"
+    b"\n"
+)
+
+ONE = (b"Status: RO\nX-Status: AF\nSubject: one\n\nbody line\nFrom the start of a line\n"
+       b">From quoted twice\nFrom inside a paragraph is not a separator\n")
+TWO = b"Status: O\nSubject: two\n\nsecond\n\n"
+THREE = b"X-Status: DT\nSubject: three\n\nStatus: R in the body is not a flag\n"
+
+
+def _local(y, mo, d, h, mi, s):
+    return time.mktime((y, mo, d, h, mi, s, 0, 0, -1))
+
+
+def _read(data: bytes):
+    out = []
+    for m in read_mbox(io.BytesIO(data)):
+        with m.file:
+            body = m.file.read()
+        assert m.size == len(body)
+        out.append((body, m.flags, m.internaldate))
+    return out
+
+
+def test_messages_bytes_flags_and_dates():
+    got = _read(MBOX)
+    assert [b for b, _, _ in got] == [ONE, TWO, THREE]
+    assert got[0][1] == {"\\Seen", "\\Answered", "\\Flagged"}
+    assert got[1][1] == frozenset()
+    assert got[2][1] == {"\\Deleted", "\\Draft"}
+    assert got[0][2] == _local(2024, 1, 1, 10, 0, 0)
+    assert got[1][2] == _local(2000, 2, 29, 23, 59, 59)
+    assert got[2][2] == _local(1998, 7, 4, 12, 0, 0)
+
+
+def test_crlf_mbox_keeps_crlf():
+    data = MBOX.replace(b"\n", b"\r\n")
+    got = _read(data)
+    assert [b for b, _, _ in got] == [x.replace(b"\n", b"\r\n") for x in (ONE, TWO, THREE)]
+    assert got[0][1] == {"\\Seen", "\\Answered", "\\Flagged"}
+
+
+def test_leading_blank_lines_and_no_final_newline():
+    got = _read(b"\n\nFrom a@b Mon Jan  1 10:00:00 2024\nSubject: x\n\nend")
+    assert [b for b, _, _ in got] == [b"Subject: x\n\nend"]
+
+
+def test_rfc2822_envelope_date_and_missing_date():
+    got = _read(b"From a@b Mon, 01 Jan 2024 10:00:00 +0000\nS: 1\n\n"
+                b"From b@c\nS: 2\n")
+    assert got[0][2] == 1704103200.0
+    assert abs(got[1][2] - time.time()) < 60, "no envelope date: now"
+
+
+def test_empty_file_has_no_messages():
+    assert _read(b"") == []
+
+
+@pytest.mark.parametrize("data", [
+    b"Subject: not an mbox\n\nbody\n",
+    b"\x89PNG\r\n\x1a\n\x00\x00",
+    b"\nReturn-Path: <a@b>\nFrom a@b Mon Jan  1 10:00:00 2024\n",
+])
+def test_not_an_mbox(data):
+    with pytest.raises(ValueError, match="not an mbox"):
+        list(read_mbox(io.BytesIO(data)))
+
+
+def test_large_message_spools_and_streams():
+    body = b"x" * 100 + b"\n"
+    data = b"From a@b Mon Jan  1 10:00:00 2024\n\n" + body * 30000
+    (msg, _, _), = _read(data)
+    assert msg == b"\n" + body * 30000
