@@ -38,6 +38,19 @@ def _pad(n):
     return bytes(-n % BLOCK)
 
 
+_XHDR_CACHE = {}
+
+
+def xheader(n):
+    """The 'x' header block announcing n bytes of pax records (cached: few distinct n)."""
+    b = _XHDR_CACHE.get(n)
+    if b is None:
+        b = ustar(PAX_HEADER_NAME, MODE_0644, n, 0, XHDTYPE)
+        if len(_XHDR_CACHE) < 4096:
+            _XHDR_CACHE[n] = b
+    return b
+
+
 def ustar(name_b, mode_b, size, mtime, typeflag, linkname_b=b""):
     """One 512-byte ustar header. name_b/linkname_b: <= 100 bytes; mode_b: 8 bytes."""
     head = b"".join((name_b, bytes(100 - len(name_b)), mode_b, _UIDGID,
@@ -59,6 +72,8 @@ MODE_0700 = mode_field(0o700)
 def record(key_b, value_b):
     """One pax record 'LEN key=value\\n'; key_b is b' key=' (leading space, '=')."""
     n = len(key_b) + len(value_b) + 1
+    if 8 <= n < 98:                     # the common case: a two-digit length
+        return b"%d%s%s\n" % (n + 2, key_b, value_b)
     ln = n + len(str(n))
     if len(str(ln)) != len(str(n)):
         ln = n + len(str(ln))
@@ -135,7 +150,7 @@ def member(name, typeflag, mode_b, size, mtime, records, linkname=""):
     else:
         pax = records
     n = len(pax)
-    return b"".join((ustar(PAX_HEADER_NAME, MODE_0644, n, 0, XHDTYPE), pax, _pad(n),
+    return b"".join((xheader(n), pax, _pad(n),
                      ustar(name_f, mode_b, size_f, mtime_f, typeflag, link_f)))
 
 
@@ -156,6 +171,12 @@ def parse_octal(field, what):
         for b in field[1:]:
             n = (n << 8) | b
         return n
+    f = field.strip(b" \x00")
+    if f.isdigit():                     # fast path; int() refuses 8 and 9 in base 8
+        try:
+            return int(f, 8)
+        except ValueError:
+            raise HeaderError(f"{what} field is not an octal number: {field!r}") from None
     m = _OCTAL.match(field)
     if not m:
         raise HeaderError(f"{what} field is not a number: {field!r}")
@@ -192,7 +213,6 @@ def parse_block(block):
         name = prefix + b"/" + name
     return {
         "name": name,
-        "mode": parse_octal(block[100:108], "mode"),
         "size": parse_octal(block[124:136], "size"),
         "mtime": parse_octal(block[136:148], "mtime"),
         "typeflag": block[156:157],

@@ -1,4 +1,5 @@
 """ArchiveWriter: logical store content -> ims-asm pax archive (see docs/format.md)."""
+import functools
 import hashlib
 import json
 import os
@@ -58,6 +59,30 @@ def _words(items, what):
         if not isinstance(w, str) or not w or any(c.isspace() for c in w):
             raise ValueError(f"bad {what} {w!r}: must be a non-empty word without spaces")
     return " ".join(items).encode("utf-8")
+
+
+@functools.lru_cache(maxsize=1024)
+def _flags_rec(flags):
+    return _R(_K["flags"], _words(sorted(flags), "flag"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _keywords_rec(keywords):
+    return _R(_K["keywords"], _words(keywords, "keyword"))
+
+
+@functools.lru_cache(maxsize=64)
+def _nlink_rec(nlink):
+    return _R(_K["nlink"], b"%d" % nlink)
+
+
+def _time_rec(k, t):
+    if type(t) is int:
+        return _R(k, b"%d" % t)
+    return _R(k, pax.fmt_time(t).encode("ascii"))
+
+
+_SHA_PREFIX = _R(_K["sha256"], b"0" * 64)[:-65]     # b'<len> IMSASM.sha256='
 
 
 def _enc(s):
@@ -140,12 +165,10 @@ class ArchiveWriter:
     def _message_records(self, kind_rec, uid, flags, keywords, internaldate, stored, nlink, sha):
         return b"".join((
             kind_rec, _R(_K["uid"], b"%d" % uid),
-            _R(_K["flags"], _words(sorted(flags), "flag")),
-            _R(_K["keywords"], _words(keywords, "keyword")),
-            _R(_K["internaldate"], pax.fmt_time(internaldate).encode("ascii")),
-            _R(_K["stored"], pax.fmt_time(stored).encode("ascii")),
-            _R(_K["nlink"], b"%d" % nlink),
-            _R(_K["sha256"], sha.encode("ascii"))))
+            _flags_rec(flags if isinstance(flags, frozenset) else frozenset(flags)),
+            _keywords_rec(tuple(keywords)),
+            _time_rec(_K["internaldate"], internaldate), _time_rec(_K["stored"], stored),
+            _nlink_rec(nlink), _SHA_PREFIX, sha.encode("ascii"), b"\n"))
 
     def add_message(self, partition, user, folder, *, uid, flags, keywords, internaldate,
                     stored, nlink=1, src_path=None, src_file=None, size=None, link_key=None):
@@ -171,9 +194,12 @@ class ArchiveWriter:
             self._digest.update(b"%s %s\n" % (sha.encode("ascii"), _enc(name)))
             return name
         if src_path is not None:
-            with open(src_path, "rb", buffering=0) as f:
+            f = _FdFile(src_path)           # os.open: cheaper than open() per message
+            try:
                 sha, n = self._write_data(name, f, src_path, flags, keywords, uid,
                                           internaldate, stored, nlink, mtime)
+            finally:
+                f.close()
         elif src_file is not None:
             sha, n = self._write_data(name, src_file, getattr(src_file, "name", None), flags,
                                       keywords, uid, internaldate, stored, nlink, mtime)
@@ -280,3 +306,23 @@ def _read_upto(f, n):
         parts.append(d)
         got += len(d)
     return b"".join(parts)
+
+
+class _FdFile:
+    """Minimal unbuffered file over os.open (read, seek, close)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def read(self, n):
+        return os.read(self.fd, n)
+
+    def seek(self, pos):
+        return os.lseek(self.fd, pos, os.SEEK_SET)
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
