@@ -102,8 +102,14 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": str(exc)})
         return
     info = snap.info
+    state = None
+    if opts.since is not None:
+        state = {}
+        for m in snap.messages:
+            if m.stored < opts.since:
+                state.setdefault(" ".join(sorted(m.flags) + list(m.keywords)), []).append(m.uid)
     writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
-                      subscribed=info.subscribed, uids=[m.uid for m in snap.messages])
+                      subscribed=info.subscribed, uids=[m.uid for m in snap.messages], state=state)
     res.folders += 1
     n = nbytes = 0
     for m in snap.messages:

@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from asm import plugins
+from asm.archive.reader import parse_uid_ranges
 from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
 from asm.events import Run
 from asm.groups import Groups
@@ -316,7 +317,7 @@ class Restorer:
             self.plan = self._plan_folder(m, user)
         except ChainOrderError:
             raise
-        except StoreError as exc:
+        except (StoreError, CorruptMember) as exc:
             self.plan = None
             self._error(mailbox, exc)
 
@@ -554,17 +555,20 @@ class Restorer:
 
 
 def _state_from(m) -> dict:
-    """uid -> (flags, keywords) of messages an incremental archive lists but does not carry."""
-    raw = m.records.get("IMSASM.state") if getattr(m, "records", None) else None
+    """uid -> (flags, keywords) of messages an incremental archive lists but does not carry
+    (the folder's IMSASM.state record, see docs/format.md)."""
+    raw = (m.records or {}).get("IMSASM.state")
     if not raw:
         return {}
     out = {}
     try:
-        for uid, flags in json.loads(raw):
+        for flags, ranges in json.loads(raw).items():
             parts = flags.split()
-            out[int(uid)] = ([p for p in parts if p.startswith("\\")], [p for p in parts if not p.startswith("\\")])
-    except (ValueError, TypeError):
-        return {}
+            value = ([p for p in parts if p.startswith("\\")], [p for p in parts if not p.startswith("\\")])
+            for uid in parse_uid_ranges(ranges):
+                out[uid] = value
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise CorruptMember(m.header_offset, f"bad IMSASM.state record: {exc}", m.name) from None
     return out
 
 

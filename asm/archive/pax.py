@@ -220,6 +220,14 @@ def parse_block(block):
     }
 
 
+#: Records are written under GNU tar's xattr namespace so that `tar tvf` lists an
+#: archive without a warning per record (it ignores SCHILY.xattr.* silently, and
+#: `tar --xattrs -xf` carries them as user.imsasm.* extended attributes).  Readers
+#: see them as IMSASM.<name>, and accept that spelling on the wire too.
+WIRE_PREFIX = "SCHILY.xattr.user.imsasm."
+LOGICAL_PREFIX = "IMSASM."
+
+
 def parse_records(data):
     """pax extended header data -> dict(str -> str). HeaderError if malformed."""
     out = {}
@@ -245,6 +253,8 @@ def parse_records(data):
             v = data[eq + 1:rec_end - 1].decode("utf-8", "surrogateescape")
         except UnicodeDecodeError:
             raise HeaderError(f"pax record key is not UTF-8 at byte {pos}") from None
+        if k.startswith(WIRE_PREFIX):
+            k = LOGICAL_PREFIX + k[len(WIRE_PREFIX):]
         out[k] = v
         pos = rec_end
     return out

@@ -16,10 +16,10 @@ VERSION = 1
 SMALL = 1 << 20          # messages up to this size are read into one buffer
 CHUNK = 1 << 20
 
-_K = {k: pax.key("IMSASM." + k) for k in (
+_K = {k: pax.key(pax.WIRE_PREFIX + k) for k in (
     "kind", "partition", "user", "group", "folder", "uidvalidity", "uidnext",
     "subscribed", "uids", "count", "uid", "flags", "keywords", "internaldate",
-    "stored", "nlink", "sha256")}
+    "stored", "nlink", "sha256", "state")}
 _R = pax.record
 _KIND_USER = _R(_K["kind"], b"user")
 _KIND_FOLDER = _R(_K["kind"], b"folder")
@@ -148,11 +148,20 @@ class ArchiveWriter:
         self._rw.write(pax.member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs))
         self.counts["users"] += 1
 
-    def add_folder(self, partition, user, folder, *, uidvalidity, uidnext, subscribed, uids):
+    def add_folder(self, partition, user, folder, *, uidvalidity, uidnext, subscribed, uids,
+                   state=None):
+        """``state`` (incremental archives): {flags-and-keywords string: [uid, ...]} for
+        the messages listed in ``uids`` whose bytes this archive does not carry, so a
+        restore of the chain can set their flags as they were at this backup."""
         self._check_open()
         name = names.folder_dir(partition, user, folder)
         uids = list(uids)
-        recs = b"".join((
+        extra = b""
+        if state:
+            extra = _R(_K["state"], json.dumps(
+                {k: uid_ranges(v) for k, v in sorted(state.items())},
+                ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        recs = b"".join((extra, 
             _KIND_FOLDER, _R(_K["partition"], _enc(partition)), _R(_K["user"], _enc(user)),
             _R(_K["folder"], _enc(folder)), _R(_K["uidvalidity"], b"%d" % uidvalidity),
             _R(_K["uidnext"], b"%d" % uidnext),

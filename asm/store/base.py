@@ -137,10 +137,10 @@ class Store(abc.ABC):
     def snapshot(self, user: str, folder: str, since: float | None = None) -> FolderSnapshot:
         """Folder metadata and its messages, read under the folder lock (held briefly).
 
-        With ``since``, messages stored before it may be returned with only ``uid``
-        (and ``stored``) filled in: the driver must not stat or read them when it can
-        tell their stored date otherwise.  Callers use that for incremental backups,
-        where the full UID list is still needed.
+        With ``since``, messages stored before it may be returned with only ``uid``,
+        ``flags``, ``keywords`` and ``stored`` filled in: the driver must not stat or
+        read them when it can tell their stored date otherwise.  Incremental backups
+        use that: they still record every UID and the flags of the old messages.
         """
 
     def messages(self, user: str, folder: str) -> list[MessageInfo]:

@@ -217,7 +217,9 @@ class ClassicStore(Store):
         msgs = []
         for row in rows:
             if since is not None and row[4] < since:
-                msgs.append(MessageInfo(row[0], stored=row[4]))
+                # not carried by an incremental: flags only (for the chain), no stat
+                msgs.append(MessageInfo(row[0], frozenset(row[1].split()) if row[1] else frozenset(),
+                                        tuple(row[2].split()) if row[2] else (), stored=row[4]))
             else:
                 msgs.append(self._info(fdir, row))
         return FolderSnapshot(info, msgs)

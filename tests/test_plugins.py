@@ -1,0 +1,82 @@
+"""The plugin layer: entry points, the allow-list, a third-party distribution found
+through its entry point, run events and device hooks."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import put, run
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def thirdparty(tmp_path_factory):
+    """ims-asm-hello installed (pip, its own distribution) into a private directory."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), os.path.join(HERE, "thirdparty")], check=True,
+                   capture_output=True)
+    return str(target)
+
+
+def _env(site, **extra):
+    return {"PYTHONPATH": site + os.pathsep + os.path.dirname(HERE), **extra}
+
+
+def test_builtins_are_entry_points(ims_home):
+    out = run(ims_home, "imsplugins", "list", check=0).stdout.decode()
+    for name in ("classic", "maildir", "localdevices"):
+        assert name in out
+    assert "store drivers: classic, maildir" in out
+
+
+def test_thirdparty_plugin_found_and_listed(ims_home, thirdparty):
+    out = run(ims_home, "imsplugins", "list", env=_env(thirdparty), check=0).stdout.decode()
+    line = [ln for ln in out.splitlines() if ln.startswith("hello")]
+    assert line and "ims-asm-hello" in line[0] and "0.3.1" in line[0]
+    assert "command hello: say hello (test plugin)" in out
+    got = run(ims_home, "imsplugins", "run", "hello", "a b", env=_env(thirdparty), check=0)
+    assert got.stdout.decode().strip() == "hello from a third-party plugin: a b"
+
+
+def test_allow_list_limits_loading(ims_home, thirdparty):
+    env = _env(thirdparty, IMS_ASM_PLUGINS="classic,localdevices")
+    out = run(ims_home, "imsplugins", "list", env=env, check=0).stdout.decode()
+    assert "hello" not in out and "maildir" not in out
+    bad = run(ims_home, "imsplugins", "run", "hello", env=env)
+    assert bad.returncode == 2 and b"no plugin adds a command 'hello'" in bad.stderr
+
+
+def test_driver_missing_from_allow_list_is_a_clear_error(ims_home, config):
+    bad = run(ims_home, "imsbackup", "-f", ims_home / "x.ims", "/", env={"IMS_ASM_PLUGINS": "localdevices"})
+    assert bad.returncode == 2
+    assert b"no loaded plugin offers it" in bad.stderr
+    assert not (ims_home / "x.ims").exists()
+
+
+def test_run_events_and_device_hook(ims_home, config, store, thirdparty, tmp_path):
+    put(store, "joe", "INBOX", 1)
+    put(store, "joe", "Work", 2)
+    events, outdir = tmp_path / "events.jsonl", tmp_path / "dev"
+    outdir.mkdir()
+    env = _env(thirdparty, HELLO_EVENTS=str(events), HELLO_DIR=str(outdir))
+    run(ims_home, "imsbackup", "-f", "hello:a.ims", "/primary/joe", env=env, check=0)
+    assert (outdir / "a.ims").stat().st_size % 10240 == 0
+    seen = [json.loads(ln) for ln in events.read_text().splitlines()]
+    assert seen[0] == {"event": "start", "kind": "backup", "device": "hello:a.ims", "paths": ["/primary/joe"]}
+    boxes = [(e["mailbox"], e["messages"]) for e in seen if e["event"] == "mailbox"]
+    assert boxes == [("/primary/joe/INBOX", 1), ("/primary/joe/Work", 1)]
+    assert seen[-1]["event"] == "end" and seen[-1]["status"] == 0 and seen[-1]["counts"]["messages"] == 2
+    # the restore side reports through the same hooks and reads through the plugin device
+    store.delete_user("joe")
+    events.unlink()
+    run(ims_home, "imsrestore", "-f", "hello:a.ims", env=env, check=0)
+    seen = [json.loads(ln) for ln in events.read_text().splitlines()]
+    assert seen[0]["event"] == "start" and seen[0]["kind"] == "restore"
+    assert seen[-1] == {"event": "end", "kind": "restore", "status": 0,
+                        "counts": {"users": 1, "folders": 2, "messages": 2, "links": 0, "bytes": seen[-1]["counts"]["bytes"]}}
