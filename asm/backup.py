@@ -77,11 +77,11 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
             writer.add_user(t.partition, t.user, t.group)
             res.users += 1
             for f in t.folders:
-                mailbox = f"/{t.partition}/{t.user}/{f.name}"
-                if f.name not in t.explicit and is_excluded(f.name, opts.exclude):
+                mailbox = f"/{t.partition}/{t.user}/{f}"
+                if f not in t.explicit and is_excluded(f, opts.exclude):
                     res.excluded.append(mailbox)
                     continue
-                _backup_folder(store, writer, t, f.name, mailbox, opts, res, run, report, progress)
+                _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress)
         res.seconds = time.monotonic() - t0
         res.trailer = writer.close(errors=res.errors)
         status = 1 if res.errors else 0
@@ -97,9 +97,10 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                    res: BackupResult, run: Run, report, progress) -> None:
     try:
         snap = store.snapshot(t.user, folder, since=opts.since)
-    except StoreError as exc:
-        res.errors.append({"mailbox": mailbox, "error": str(exc)})
-        plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": str(exc)})
+    except Exception as exc:  # one unreadable mailbox must not stop the backup of the others
+        why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+        res.errors.append({"mailbox": mailbox, "error": why})
+        plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})
         return
     info = snap.info
     state = None

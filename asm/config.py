@@ -104,9 +104,13 @@ OPTIONS: dict[str, Option] = {
     "ssh.timeout": Option(_int(1, 3600), "30", "seconds to wait when connecting"),
     "ssh.keepalive": Option(_int(0, 3600), "30", "seconds between keepalives, 0 for none"),
     "ssh.user": Option(_any, None, "default remote user"),
+    "restore.spoolmax": Option(_int(0, 1 << 20), "1024",
+                               "MiB of first copies a restore from a pipe may keep for later links"),
     "staging.dir": Option(_abspath, None, "staging directory for per-group dumps"),
     "staging.keep": Option(_int(0, 1000), "0", "staging dumps kept after the engine succeeded"),
     "staging.jobs": Option(_int(1, 64), None, "parallel group dumps (default: number of cores)"),
+    "staging.afterbatch": Option(_any, None,
+                                 "shell command saving a staged batch when the area cannot hold every group"),
     "staging.remote": Option(_any, None, "[user@]host[:port]:dir to push completed dumps to"),
 }
 

@@ -87,7 +87,7 @@ class Target:
     partition: str
     user: str
     group: str
-    folders: list            # list[FolderInfo]
+    folders: list            # folder names
     explicit: set            # folder names named explicitly (exclude does not apply)
 
 
@@ -115,18 +115,17 @@ def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Targ
             users = [(p, u) for p in parts for u in store.users(p) if lp.covers_user(p, u, groups)]
         found = False
         for part, user in users:
-            folders = store.folders(user)
-            chosen = [f for f in folders if lp.covers_folder(f.name)]
+            chosen = [f for f in store.folder_names(user) if lp.covers_folder(f)]
             if lp.folder is not None and not chosen:
                 raise PathError(f"{lp}: user {user!r} has no folder {lp.folder!r}")
             found = True
             t = by_user.get(user)
             if t is None:
                 t = by_user[user] = Target(part, user, groups.group_of(user), [], set())
-            have = {f.name for f in t.folders}
-            t.folders.extend(f for f in chosen if f.name not in have)
+            have = set(t.folders)
+            t.folders.extend(f for f in chosen if f not in have)
             if lp.folder is not None:
-                t.explicit.update(f.name for f in chosen)
+                t.explicit.update(chosen)
         if not found and lp.group is not None and lp.group != PREDEFINED and not users:
             # an empty group is not an error for whole-partition runs, but naming it is
             # worth a clear word rather than an empty archive
@@ -134,5 +133,5 @@ def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Targ
     order = {p: i for i, p in enumerate(partitions)}
     out = sorted(by_user.values(), key=lambda t: (order.get(t.partition, 99), t.user))
     for t in out:
-        t.folders.sort(key=lambda f: (f.name != "INBOX", f.name))
+        t.folders.sort(key=lambda f: (f != "INBOX", f))
     return out

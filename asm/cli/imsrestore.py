@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                     user_map=user_map, keep_held=args.hold,
                     reffile=args.refout or os.path.join(
                         inst.config.home, "data", "refs", f"{reader.header.get('archive_id', 'archive')}.ref"),
-                    spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose)
+                    spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
+                    spool_limit=inst.config.get_int("restore.spoolmax") << 20)
                 journal = Journal(os.path.join(inst.config.home, "data", "restore-journal.db"))
                 if opts.reffile:
                     os.makedirs(os.path.dirname(os.path.abspath(opts.reffile)), exist_ok=True)

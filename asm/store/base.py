@@ -129,6 +129,11 @@ class Store(abc.ABC):
     def folders(self, user: str) -> list[FolderInfo]:
         """The user's folders, INBOX first then sorted by name."""
 
+    def folder_names(self, user: str) -> list[str]:
+        """The user's folder names, INBOX first, without reading any folder's index
+        (so one damaged folder does not hide the others)."""
+        return [f.name for f in self.folders(user)]
+
     @abc.abstractmethod
     def folder(self, user: str, folder: str) -> FolderInfo:
         """One folder's metadata; raises NoSuchFolder."""

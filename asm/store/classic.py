@@ -181,16 +181,21 @@ class ClassicStore(Store):
     def user_partition(self, user: str) -> str:
         return self._user_row(user)[0]
 
-    def folders(self, user: str) -> list[FolderInfo]:
+    def folder_names(self, user: str) -> list[str]:
         self._user_row(user)
         rows = self._db.execute("SELECT name FROM folders WHERE user=?", (user,)).fetchall()
-        names = sorted((r[0] for r in rows), key=lambda n: (n != "INBOX", n))
-        return [self.folder(user, n) for n in names]
+        return sorted((r[0] for r in rows), key=lambda n: (n != "INBOX", n))
+
+    def folders(self, user: str) -> list[FolderInfo]:
+        return [self.folder(user, n) for n in self.folder_names(user)]
 
     def folder(self, user: str, folder: str) -> FolderInfo:
         folder, uidvalidity, subscribed = self._check_folder(user, folder)
-        con = self._index(self._folder_dir(user, folder))
-        meta = self._meta(con)
+        try:
+            meta = self._meta(self._index(self._folder_dir(user, folder)))
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"the index of folder {folder!r} of user {user!r} cannot be read "
+                             f"({exc}); the folder is damaged") from None
         return FolderInfo(folder, uidvalidity, meta["uidnext"], bool(subscribed))
 
     def _info(self, fdir: str, row, stat: bool = True) -> MessageInfo:

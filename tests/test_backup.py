@@ -1,0 +1,328 @@
+"""imsbackup as administrators run it, on both drivers: names, -u, -d, single copy, -i,
+store.backupexclude, -b, devices, -v and quiet cron runs, exit statuses, GNU tar, and
+consistency while mail flows."""
+from __future__ import annotations
+
+import io
+import os
+import pty
+import select
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from asm.archive.reader import ArchiveReader
+from tests.conftest import require
+from tests.helpers import msg, put, run
+
+
+def members(path):
+    with open(path, "rb") as f:
+        r = ArchiveReader(f)
+        out = list(r)
+        return r, out
+
+
+def folders_in(path):
+    _, ms = members(path)
+    return [(m.user, m.folder) for m in ms if m.kind == "folder"]
+
+
+def messages_in(path):
+    _, ms = members(path)
+    return [(m.user, m.folder, m.uid, m.kind) for m in ms if m.kind in ("message", "link")]
+
+
+@pytest.fixture
+def populated(store, ims_home):
+    (ims_home / "config").mkdir(parents=True, exist_ok=True)
+    (ims_home / "config" / "backup-groups.conf").write_text("# groups\ngroupA=[a-l].*\ngroupB=[m-z].*\n")
+    n = 0
+    for user in ("amy", "joe", "mary", "zed"):
+        for folder in ("INBOX", "Trash", "Work", "Work/2023", "Bulk Mail"):
+            for _ in range(2):
+                n += 1
+                put(store, user, folder, n, flags=["\\Seen"] if n % 2 else [])
+    return store
+
+
+def test_names_select_what_is_written(populated, ims_home, tmp_path):
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    assert len(folders_in(a)) == 20
+    run(ims_home, "imsbackup", "-f", a, "/primary/groupA", check=0)
+    assert {u for u, _ in folders_in(a)} == {"amy", "joe"}
+    run(ims_home, "imsbackup", "-f", a, "/primary/user/joe", check=0)
+    assert {u for u, _ in folders_in(a)} == {"joe"}
+    run(ims_home, "imsbackup", "-f", a, "/primary/groupA/joe/INBOX", check=0)
+    assert folders_in(a) == [("joe", "INBOX")]
+    run(ims_home, "imsbackup", "-f", a, "/primary/joe/Work", "/primary/mary/INBOX", check=0)
+    assert folders_in(a) == [("joe", "Work"), ("joe", "Work/2023"), ("mary", "INBOX")]
+    lst = tmp_path / "names.txt"
+    lst.write_text("# users to move\n/primary/user/zed\n\n/primary/groupA/amy/Trash\n")
+    run(ims_home, "imsbackup", "-f", a, "-u", lst, check=0)
+    assert {u for u, _ in folders_in(a)} == {"zed", "amy"}
+    assert ("amy", "Trash") in folders_in(a) and ("amy", "INBOX") not in folders_in(a)
+
+
+def test_bytes_metadata_and_gnu_tar(populated, ims_home, tmp_path):
+    tar = require("tar", "GNU tar reads the archives")
+    store = populated
+    m = put(store, "joe", "Réunions; \"Q3\" 50%", 99, flags=["\\Flagged"], keywords=["$Label1"],
+            internaldate=1_500_000_000)
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/primary/user/joe", check=0)
+    r, ms = members(a)
+    assert r.complete and r.header["driver"] == store.name and r.header["scope"] == ["/primary/user/joe"]
+    got = [x for x in ms if x.kind == "message" and x.folder == "Réunions; \"Q3\" 50%"][0]
+    assert (got.uid, got.flags, got.keywords, int(got.internaldate)) == (m.uid, {"\\Flagged"}, ("$Label1",), 1_500_000_000)
+    listing = subprocess.run([tar, "tvf", str(a)], capture_output=True, check=True)
+    assert listing.stderr == b"" and "Réunions".encode() in listing.stdout
+    dest = tmp_path / "x"
+    dest.mkdir()
+    subprocess.run([tar, "xf", str(a), "-C", str(dest)], check=True)
+    extracted = [os.path.join(d, f) for d, _, fs in os.walk(dest) for f in fs if f == f"{m.uid}.eml"]
+    assert any(open(p, "rb").read() == msg(99) for p in extracted)
+
+
+def test_incremental_writes_new_messages_and_every_uid(store, ims_home, tmp_path):
+    old = put(store, "joe", "INBOX", 1, stored=time.time() - 86400 * 3)
+    new = put(store, "joe", "INBOX", 2)
+    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(time.time() - 86400))
+    a = tmp_path / "i.ims"
+    run(ims_home, "imsbackup", "-f", a, "-d", since, "/", check=0)
+    r, ms = members(a)
+    folder = [x for x in ms if x.kind == "folder"][0]
+    assert folder.uids == [old.uid, new.uid]
+    assert [x.uid for x in ms if x.kind == "message"] == [new.uid]
+    assert r.header["since"] == pytest.approx(time.time() - 86400, abs=5)
+    day = time.strftime("%Y%m%d", time.localtime(time.time() - 86400 * 10))
+    run(ims_home, "imsbackup", "-f", a, "-d", day, "/", check=0)
+    assert len(messages_in(a)) == 2
+
+
+def test_single_copy_and_ignore_links(store, ims_home, tmp_path):
+    for u in ("amy", "bob", "cat"):
+        store.create_user(u)
+    store.deliver(["amy", "bob", "cat"], io.BytesIO(msg(1, 50_000)))
+    a, full = tmp_path / "a.ims", tmp_path / "full.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    kinds = sorted(k for *_, k in messages_in(a))
+    assert kinds == ["link", "link", "message"]
+    assert os.path.getsize(a) < 2 * 50_000
+    run(ims_home, "imsbackup", "-i", "-f", full, "/", check=0)
+    assert sorted(k for *_, k in messages_in(full)) == ["message"] * 3
+    assert os.path.getsize(full) > 3 * 50_000
+
+
+def test_backupexclude_and_explicit_override(populated, ims_home, tmp_path):
+    run(ims_home, "msconfig", "set", "store.backupexclude", "trash%Bulk Mail", check=0)
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/primary/user/joe", check=0)
+    assert [f for _, f in folders_in(a)] == ["INBOX", "Work", "Work/2023"]
+    run(ims_home, "imsbackup", "-f", a, "/primary/user/joe/Trash", check=0)
+    assert folders_in(a) == [("joe", "Trash")]
+
+
+@pytest.mark.parametrize("bf", [1, 7, 20])
+def test_blocking_factor(store, ims_home, tmp_path, bf):
+    put(store, "joe", "INBOX", 1, size=3333)
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-b", bf, "-f", a, "/", check=0)
+    assert os.path.getsize(a) % (512 * bf) == 0
+    assert run(ims_home, "imsrestore", "-b", bf, "-f", a, "-t", check=0).stdout.count(b"\n") == 2
+
+
+def test_devices_file_stdout_fifo_chardev(store, ims_home, tmp_path):
+    put(store, "joe", "INBOX", 1)
+    a = tmp_path / "a.ims"
+    old = os.umask(0)
+    try:
+        run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(a).st_mode) == 0o600
+    for spelling in (["-f-"], ["-f", "-"]):
+        out = run(ims_home, "imsbackup", *spelling, "/", check=0).stdout
+        assert out == a.read_bytes()[:len(out)] or out[:512] and len(out) % 10240 == 0
+        assert ArchiveReader(io.BytesIO(out)).header["format"] == "ims-asm"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("data", open(fifo, "rb").read()))
+    t.start()
+    run(ims_home, "imsbackup", "-f", fifo, "/", check=0)
+    t.join(10)
+    assert len(got["data"]) % 10240 == 0 and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    run(ims_home, "imsbackup", "-f", "/dev/null", "/", check=0)   # a character device
+
+
+def test_pipe_into_imsrestore(store, ims_home, tmp_path):
+    put(store, "joe", "INBOX", 1)
+    put(store, "joe", "Sent", 2)
+    dest = tmp_path / "dest"
+    from tests.conftest import make_home
+    make_home(dest, store.name)
+    env = dict(os.environ, IMS_HOME=str(ims_home))
+    b = subprocess.Popen([sys.executable, "-m", "asm.cli.imsbackup", "-f-", "/"], stdout=subprocess.PIPE, env=env)
+    r = subprocess.run([sys.executable, "-m", "asm.cli.imsrestore", "-f", "-"], stdin=b.stdout,
+                       env=dict(env, IMS_HOME=str(dest)), capture_output=True)
+    b.stdout.close()
+    assert b.wait() == 0 and r.returncode == 0, r.stderr
+    assert b"Sent" in run(dest, "mboxutil", "-l", check=0).stdout
+
+
+def test_remote_device_without_plugin_and_local_colon_names(store, ims_home, tmp_path):
+    put(store, "joe", "INBOX", 1)
+    env = {"IMS_ASM_PLUGINS": f"{store.name},localdevices"}
+    bad = run(ims_home, "imsbackup", "-f", "backuphost:/dump/a.ims", "/", env=env)
+    assert bad.returncode == 3
+    assert b"no remote-device plugin" in bad.stderr and b"./backuphost:/dump/a.ims" in bad.stderr
+    os.chdir(tmp_path)
+    run(ims_home, "imsbackup", "-f", "./host:a.ims", "/", env=env, check=0)
+    assert (tmp_path / "host:a.ims").stat().st_size > 0
+
+
+def test_verbose_quiet_and_summary(populated, ims_home, tmp_path):
+    a = tmp_path / "a.ims"
+    quiet = run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    assert quiet.stderr == b"" and quiet.stdout == b""      # cron: silence
+    loud = run(ims_home, "imsbackup", "-v", "-f", a, "/", check=0).stderr.decode()
+    assert "/primary/joe/Work/2023: 2 messages" in loud
+    assert "imsbackup: 4 users, 20 folders, 40 messages, 0 links" in loud.splitlines()[-1]
+
+
+def test_progress_line_on_a_terminal(populated, ims_home, tmp_path):
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "asm.cli.imsbackup", "-f", str(tmp_path / "a.ims"), "/"],
+                         stderr=slave, env=dict(os.environ, IMS_HOME=str(ims_home), TERM="xterm"))
+    os.close(slave)
+    out = b""
+    while True:
+        r, _, _ = select.select([master], [], [], 30)
+        if not r:
+            break
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert p.wait(30) == 0
+    assert b"\r\x1b[K" in out and b"messages" in out          # the self-rewriting line
+    assert b"imsbackup: 4 users, 20 folders, 40 messages" in out   # summary on a terminal
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["-f", "{a}", "/primary/user/nobody"], b"no user 'nobody'"),
+    (["-f", "{a}", "/nopart"], b"no partition 'nopart'"),
+    (["-f", "{a}", "/primary/user/joe/NoSuchFolder"], b"has no folder 'NoSuchFolder'"),
+    (["-f", "{a}", "primary/user/joe"], b"must start with '/'"),
+    (["-f", "{a}", "-d", "2024-05-01", "/"], b"bad date '2024-05-01'"),
+    (["-f", "{a}", "-b", "0", "/"], b"bad blocking factor"),
+    (["-f", "{a}", "-u", "/no/such/list", "/"], b"cannot read '/no/such/list'"),
+    (["-f", "{a}", "-x", "/"], b"unrecognized arguments"),
+    (["/"], b"-f"),
+])
+def test_usage_errors_write_nothing(populated, ims_home, tmp_path, argv, needle):
+    a = tmp_path / "a.ims"
+    p = run(ims_home, "imsbackup", *[x.format(a=a) for x in argv])
+    assert p.returncode == 2, p.stderr
+    assert needle in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not a.exists() and os.listdir(tmp_path) == ["ims"]
+
+
+def test_bad_groups_file_is_named(populated, ims_home, tmp_path):
+    (ims_home / "config" / "backup-groups.conf").write_text("groupA=[a-l.*\n")
+    p = run(ims_home, "imsbackup", "-f", tmp_path / "a.ims", "/")
+    assert p.returncode == 2 and b"backup-groups.conf:1: bad regular expression" in p.stderr
+
+
+def _break_folder(store, user, folder):
+    """Make one folder unreadable the way a damaged disk would."""
+    if store.name == "classic":
+        idx = os.path.join(os.path.dirname(store.message(user, folder, store.messages(user, folder)[0].uid).path),
+                           "..", "store.idx")
+        os.unlink(idx)
+        os.mkdir(idx)
+    else:
+        cur = os.path.join(store.partition_path("primary"), user, "Maildir", f".{folder}", "cur")
+        shutil.rmtree(cur)
+        open(cur, "w").close()
+
+
+def test_unreadable_mailbox_is_named_and_archive_still_complete(populated, ims_home, tmp_path):
+    _break_folder(populated, "joe", "Work")
+    a = tmp_path / "a.ims"
+    p = run(ims_home, "imsbackup", "-f", a, "/")
+    assert p.returncode == 1, p.stderr
+    assert b"could not back up /primary/joe/Work" in p.stderr
+    r, ms = members(a)
+    assert r.complete and [e["mailbox"] for e in r.trailer["errors"]] == ["/primary/joe/Work"]
+    assert ("joe", "Work/2023") in [(m.user, m.folder) for m in ms if m.kind == "folder"]
+
+
+def test_full_disk_leaves_no_archive(store, ims_home, tmp_path):
+    put(store, "joe", "INBOX", 1, size=200_000)
+    put(store, "joe", "INBOX", 2, size=200_000)
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(small)]).returncode != 0:
+        pytest.fail("cannot mount a small tmpfs (the test runs as root in CI)") if os.environ.get("CI") == "true" \
+            else pytest.skip("cannot mount tmpfs here")
+    try:
+        p = run(ims_home, "imsbackup", "-f", small / "a.ims", "/")
+        assert p.returncode == 3
+        assert b"No space left on device" in p.stderr and b"incomplete" in p.stderr
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)])
+
+
+def test_backup_while_mail_flows_is_consistent(store, ims_home, tmp_path, config):
+    from asm.store import open_store
+    for i in range(60):
+        put(store, "joe", "INBOX", i, size=2000)
+    stop = time.monotonic() + 4
+    errors = []
+
+    def churn():
+        other = open_store(config)
+        n = 1000
+        try:
+            while time.monotonic() < stop:
+                n += 1
+                other.deliver(["joe"], io.BytesIO(msg(n, 3000)))
+                uids = [m.uid for m in other.messages("joe", "INBOX")]
+                other.expunge("joe", "INBOX", uids[:1])
+                other.set_flags("joe", "INBOX", uids[-1], ["\\Seen"])
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    runs = 0
+    while time.monotonic() < stop:
+        a = tmp_path / f"a{runs}.ims"
+        p = run(ims_home, "imsbackup", "-v", "-f", a, "/")
+        assert p.returncode == 0, p.stderr
+        with open(a, "rb") as f:
+            r = ArchiveReader(f)
+            ms = []
+            for m in r:             # every digest verified while reading
+                ms.append(m)
+                if m.kind == "message":
+                    with m.open() as fh:
+                        assert fh.read().startswith(b"From: ")
+        folder = [m for m in ms if m.kind == "folder"][0]
+        assert {m.uid for m in ms if m.kind == "message"} <= set(folder.uids)
+        assert r.complete
+        runs += 1
+    t.join()
+    assert not errors and runs >= 2
