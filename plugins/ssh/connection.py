@@ -1,0 +1,226 @@
+"""SSH sessions for remote devices: settings from msconfig, keys found as OpenSSH finds
+them, host keys checked against known_hosts and never accepted automatically.
+
+Authentication is by key only: the configured ``ssh.identity``, the agent
+(``SSH_AUTH_SOCK``) and ``~/.ssh/id_ed25519``, ``id_ecdsa``, ``id_rsa``.  No password is
+ever asked for, sent, put on a command line or logged.
+"""
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import os
+import shlex
+import socket
+from dataclasses import dataclass
+
+import paramiko
+
+from plugins.ssh.errors import (
+    AuthFailed, ConnectFailed, HostKeyChanged, HostKeyUnknown, LinkLost, RemoteError,
+)
+from plugins.ssh.spec import RemoteSpec
+
+DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
+
+
+@dataclass
+class Settings:
+    """The ``ssh.*`` options (see asm/config.py); ``config`` may be None (defaults)."""
+    user: str | None = None
+    port: int = 22
+    identity: str | None = None
+    knownhosts: str | None = None
+    timeout: int = 30
+    keepalive: int = 30
+
+    @classmethod
+    def from_config(cls, config) -> "Settings":
+        if config is None:
+            return cls()
+        return cls(user=config.get("ssh.user"), port=config.get_int("ssh.port"),
+                   identity=config.get("ssh.identity"), knownhosts=config.get("ssh.knownhosts"),
+                   timeout=config.get_int("ssh.timeout"), keepalive=config.get_int("ssh.keepalive"))
+
+    def known_hosts_files(self) -> list[str]:
+        if self.knownhosts:
+            return [self.knownhosts]
+        return [SYSTEM_KNOWN_HOSTS, os.path.expanduser("~/.ssh/known_hosts")]
+
+    def accept_file(self) -> str:
+        return self.knownhosts or os.path.expanduser("~/.ssh/known_hosts")
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's ``SHA256:...`` form, as ``ssh-keygen -lf`` prints it."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+def _keyscan_type(key: paramiko.PKey) -> str:
+    name = key.get_name()
+    if name.startswith("ecdsa"):
+        return "ecdsa"
+    return name.removeprefix("ssh-")
+
+
+def host_entry(host: str, port: int) -> str:
+    """The name known_hosts uses: ``host`` on port 22, ``[host]:port`` otherwise."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+class _Refuse(paramiko.MissingHostKeyPolicy):
+    """An unknown host key is refused, with the fingerprint and how to accept it."""
+
+    def __init__(self, settings: Settings, port: int):
+        self.settings = settings
+        self.port = port
+
+    def missing_host_key(self, client, hostname, key):
+        host = hostname[1:hostname.rindex("]")] if hostname.startswith("[") else hostname
+        scan = f"ssh-keyscan{'' if self.port == 22 else f' -p {self.port}'} -t {_keyscan_type(key)} {host}"
+        raise HostKeyUnknown(
+            f"host key of {hostname} is not known ({key.get_name()} {fingerprint(key)}): "
+            f"compare that fingerprint with 'ssh-keygen -lf' of the server's host key, then accept it with "
+            f"'{scan} >> {shlex.quote(self.settings.accept_file())}'")
+
+
+class Connection:
+    """One SSH session; ``sftp`` opens lazily; ``label`` names it in messages."""
+
+    def __init__(self, client: paramiko.SSHClient, spec: RemoteSpec, user: str, port: int,
+                 settings: Settings):
+        self.client = client
+        self.spec = spec
+        self.user = user
+        self.port = port
+        self.settings = settings
+        self.label = f"{user}@{host_entry(spec.host, port)}"
+        self._sftp: paramiko.SFTPClient | None = None
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = self.client.open_sftp()
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise RemoteError(f"{self.label}: the server offers no SFTP subsystem ({exc or 'refused'}): "
+                                  f"enable 'Subsystem sftp' in its sshd_config") from None
+            self._sftp.get_channel().settimeout(self.settings.timeout)
+        return self._sftp
+
+    def alive(self) -> bool:
+        t = self.client.get_transport()
+        return bool(t and t.is_active())
+
+    def exec(self, command: str, timeout: float | None = None) -> paramiko.Channel:
+        """An exec channel running ``command`` (already quoted) in the remote shell."""
+        try:
+            chan = self.client.get_transport().open_session(timeout=self.settings.timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            return chan
+        except (paramiko.SSHException, EOFError, OSError, AttributeError) as exc:
+            raise LinkLost(f"{self.label}: cannot run a remote command: {exc or 'channel refused'}") from None
+
+    def run(self, command: str) -> tuple[int, str, str]:
+        """Run a short command; (exit status, stdout, stderr).  Status -1: no shell/lost."""
+        chan = self.exec(command, timeout=self.settings.timeout)
+        try:
+            out = chan.makefile("rb").read()
+            err = chan.makefile_stderr("rb").read()
+            status = chan.recv_exit_status()
+        except (socket.timeout, paramiko.SSHException, EOFError, OSError) as exc:
+            raise LinkLost(f"{self.label}: remote command did not finish: {exc or 'timed out'}") from None
+        finally:
+            chan.close()
+        return status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        try:
+            if self._sftp is not None:
+                self._sftp.close()
+        except Exception:  # closing a dead session must not hide the real error
+            pass
+        self.client.close()
+
+
+def _key_files(settings: Settings) -> list[str]:
+    if settings.identity:
+        if not os.path.isfile(settings.identity):
+            raise AuthFailed(f"ssh.identity {settings.identity} does not exist: "
+                             f"msconfig set ssh.identity /path/to/private_key")
+        return [settings.identity]
+    found = []
+    for name in DEFAULT_KEYS:
+        p = os.path.expanduser(os.path.join("~", ".ssh", name))
+        if os.path.isfile(p):
+            found.append(p)
+    return found
+
+
+def connect(spec: RemoteSpec, settings: Settings) -> Connection:
+    """An authenticated session to ``spec``'s host; raises a RemoteError subclass."""
+    user = spec.user or settings.user or getpass.getuser()
+    port = spec.port or settings.port
+    keys = _key_files(settings)
+    agent = bool(os.environ.get("SSH_AUTH_SOCK"))
+    name = f"{user}@{host_entry(spec.host, port)}"
+    client = paramiko.SSHClient()
+    hk = client.get_host_keys()
+    for f in settings.known_hosts_files():
+        if os.path.isfile(f):
+            try:
+                hk.load(f)
+            except (OSError, paramiko.SSHException) as exc:
+                raise HostKeyUnknown(f"cannot read known_hosts file {f}: {exc}") from None
+    client.set_missing_host_key_policy(_Refuse(settings, port))
+    if not keys and not agent:
+        raise AuthFailed(f"{name}: no SSH key to offer: create one with ssh-keygen, start ssh-agent, "
+                         f"or msconfig set ssh.identity /path/to/private_key")
+    try:
+        client.connect(spec.host, port=port, username=user, key_filename=keys or None,
+                       allow_agent=agent, look_for_keys=False, password=None,
+                       timeout=settings.timeout, banner_timeout=settings.timeout,
+                       auth_timeout=settings.timeout)
+    except HostKeyUnknown:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        entry = host_entry(spec.host, port)
+        raise HostKeyChanged(
+            f"host key of {entry} has CHANGED (offered {exc.key.get_name()} {fingerprint(exc.key)}, "
+            f"known_hosts has {fingerprint(exc.expected_key)}): this may be an attack; if the server's "
+            f"key was really replaced, check the new fingerprint, run 'ssh-keygen -f "
+            f"{shlex.quote(settings.accept_file())} -R {shlex.quote(entry)}' and accept the new key") from None
+    except paramiko.PasswordRequiredException:
+        client.close()
+        raise AuthFailed(f"{name}: the key {', '.join(keys)} is passphrase-protected: load it into "
+                         f"ssh-agent (ssh-add) and run again") from None
+    except paramiko.AuthenticationException:
+        client.close()
+        tried = ", ".join(keys + (["the agent's keys"] if agent else [])) or "no key"
+        raise AuthFailed(f"{name}: authentication failed (tried {tried}; keys only, no passwords): "
+                         f"add the public key to ~{user}/.ssh/authorized_keys there, or set ssh.identity") from None
+    except socket.timeout:
+        client.close()
+        raise ConnectFailed(f"cannot connect to {name}: timed out after {settings.timeout}s "
+                            f"(check the host name, ssh.port and firewalls; ssh.timeout sets the wait)",
+                            110) from None
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        client.close()
+        why = "; ".join(sorted({e.strerror or str(e) for e in exc.errors.values()}))
+        raise ConnectFailed(f"cannot connect to {name}: {why} (is sshd running there on port {port}? "
+                            f"check the host and ssh.port)") from None
+    except socket.gaierror as exc:
+        client.close()
+        raise ConnectFailed(f"cannot connect to {name}: unknown host {spec.host!r} ({exc.strerror})") from None
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        client.close()
+        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConnectFailed(f"cannot connect to {name}: {why}") from None
+    if settings.keepalive:
+        client.get_transport().set_keepalive(settings.keepalive)
+    return Connection(client, spec, user, port, settings)

@@ -1,0 +1,301 @@
+"""Archive devices on another host.
+
+- A regular remote file (or a new one) is written over SFTP under a hidden temporary
+  name (``.NAME.XXXXXXXX.partial``, mode 0600) in whole records, flushed, checked for
+  size and renamed over the target only by ``close(ok=True)``; ``close(ok=False)``
+  removes it.  Read back, it is seekable (the restore's index-and-seek path).
+- A remote FIFO or character device (``host:/dev/nst0``, the ``tar -f host:/dev/rmt0``
+  habit) is a stream through an exec channel: ``dd obs=RECORD of=PATH`` to write (the
+  far ``dd`` re-blocks to whole records), ``cat`` to read.  That needs a POSIX shell.
+"""
+from __future__ import annotations
+
+import posixpath
+import shlex
+import socket
+import stat
+
+import paramiko
+
+from asm.devices import Device
+from plugins.ssh.connection import Connection
+from plugins.ssh.errors import LinkLost, RemoteError, RemotePathError
+from plugins.ssh import sftpio
+
+
+def _stat(conn: Connection, path: str):
+    try:
+        return conn.sftp.stat(path)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:
+        raise sftpio.translate(conn, exc, "examining", path) from None
+
+
+class _SFTPWriter:
+    """The raw file the archive writer sees: each write() is sent as is (one record)."""
+
+    def __init__(self, dev: "RemoteFileWriter"):
+        self.dev = dev
+
+    def write(self, data) -> int:
+        dev = self.dev
+        try:
+            dev.f.write(data)
+        except Exception as exc:
+            raise sftpio.translate(dev.conn, exc, "writing", dev.path, leftover=dev.tmp) from None
+        dev.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def seekable(self) -> bool:
+        return False
+
+
+class RemoteFileWriter(Device):
+    """A remote regular file written through a temporary name, renamed on success."""
+
+    def __init__(self, spec: str, conn: Connection, path: str):
+        self.conn, self.path = conn, path
+        sftp = conn.sftp
+        st = _stat(conn, path)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise RemotePathError(f"{conn.label}: {path} is a directory: name a file, e.g. "
+                                  f"{posixpath.join(path, 'backup.ims')}", 21)
+        d = posixpath.dirname(path) or "."
+        dst = _stat(conn, d)
+        if dst is None or not stat.S_ISDIR(dst.st_mode):
+            raise RemotePathError(f"{conn.label}: directory {d} does not exist: create it there first")
+        self.tmp = sftpio.temp_name(path)
+        try:
+            self.f = sftp.open(self.tmp, "wx", bufsize=0)
+            self.f.chmod(0o600)
+            self.f.set_pipelined(True)
+        except Exception as exc:
+            raise sftpio.translate(conn, exc, "creating", self.tmp) from None
+        self.written = 0
+        super().__init__(spec, _SFTPWriter(self), seekable=False, kind="remote-file")
+
+    def close(self, ok: bool = True) -> None:
+        conn, sftp = self.conn, self.conn._sftp
+        try:
+            if ok:
+                try:
+                    self.f.close()            # waits for every pipelined write's answer
+                    size = sftp.stat(self.tmp).st_size
+                    if size != self.written:
+                        raise RemoteError(f"{conn.label}: {self.tmp} holds {size} bytes, "
+                                          f"{self.written} were sent; the archive is incomplete")
+                    sftpio.fsync(sftp, self.tmp)
+                    sftpio.replace(sftp, self.tmp, self.path)
+                except Exception as exc:
+                    err = sftpio.translate(conn, exc, "finishing", self.path, leftover=self.tmp)
+                    self._discard()
+                    raise err from None
+            else:
+                self._discard()
+        finally:
+            conn.close()
+
+    def _discard(self) -> None:
+        try:
+            self.f.close()
+        except Exception:
+            pass
+        if self.conn.alive():
+            try:
+                self.conn.sftp.remove(self.tmp)
+            except Exception:
+                pass
+
+
+class _SFTPReader:
+    """Seekable raw file over SFTP with read-ahead for sequential reads (bounded)."""
+
+    MAX_AHEAD = 1 << 20
+    CHUNK = 32768
+
+    def __init__(self, conn: Connection, path: str, f, size: int):
+        self.conn, self.path, self.f, self.size = conn, path, f, size
+        self.pos = 0
+        self._buf = b""
+        self._bufpos = 0          # file offset of _buf[0]
+        self._ahead = self.CHUNK  # grows while reads stay sequential
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 1:
+            offset += self.pos
+        elif whence == 2:
+            offset += self.size
+        if offset < 0:
+            raise OSError(22, "negative seek")
+        self.pos = offset
+        return offset
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(0, self.size - self.pos)
+        end = min(self.pos + n, self.size)
+        if end <= self.pos:
+            return b""
+        b0, b1 = self._bufpos, self._bufpos + len(self._buf)
+        if b0 <= self.pos and end <= b1:
+            out = self._buf[self.pos - b0:end - b0]
+            self.pos = end
+            return out
+        sequential = self.pos == b1
+        self._ahead = min(self._ahead * 2, self.MAX_AHEAD) if sequential else self.CHUNK
+        want = max(end - self.pos, self._ahead)
+        want = min(want, self.size - self.pos)
+        chunks = [(off, min(self.CHUNK, self.pos + want - off))
+                  for off in range(self.pos, self.pos + want, self.CHUNK)]
+        try:
+            data = b"".join(self.f.readv(chunks)) if len(chunks) > 1 else \
+                self._read_at(chunks[0][0], chunks[0][1])
+        except Exception as exc:
+            raise sftpio.translate(self.conn, exc, "reading", self.path) from None
+        self._buf, self._bufpos = data, self.pos
+        out = data[:end - self.pos]
+        self.pos += len(out)
+        return out
+
+    def _read_at(self, off: int, n: int) -> bytes:
+        self.f.seek(off)
+        parts, got = [], 0
+        while got < n:
+            d = self.f.read(n - got)
+            if not d:
+                break
+            parts.append(d)
+            got += len(d)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except Exception:
+            pass
+
+
+class _ConnDevice(Device):
+    """A device that owns its connection: closing it ends the session."""
+
+    def __init__(self, spec, file, conn: Connection, seekable: bool, kind: str):
+        super().__init__(spec, file, seekable=seekable, kind=kind)
+        self.conn = conn
+
+    def close(self, ok: bool = True) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.conn.close()
+
+
+class _ExecReader:
+    """The stdout of a remote command as a raw stream; a dropped link or a failed
+    command is an error, never a quiet end of data."""
+
+    def __init__(self, conn: Connection, chan: paramiko.Channel, path: str):
+        self.conn, self.chan, self.path = conn, chan, path
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = 65536) -> bytes:
+        try:
+            data = self.chan.recv(n if n and n > 0 else 65536)
+        except (socket.timeout, paramiko.SSHException, EOFError, OSError) as exc:
+            raise sftpio.translate(self.conn, exc, "reading", self.path) from None
+        if data:
+            return data
+        status = self.chan.recv_exit_status()
+        if status == -1 or not self.conn.alive() and not self.chan.exit_status_ready():
+            raise LinkLost(f"connection to {self.conn.label} lost while reading {self.path}")
+        if status != 0:
+            err = self.chan.recv_stderr(4096).decode("utf-8", "replace").strip().splitlines()
+            raise RemoteError(f"{self.conn.label}: reading {self.path} failed: "
+                              f"{err[-1] if err else f'remote command exited {status}'}")
+        return b""
+
+    def close(self) -> None:
+        self.chan.close()
+
+
+class _ExecWriter:
+    def __init__(self, conn: Connection, chan: paramiko.Channel, path: str):
+        self.conn, self.chan, self.path = conn, chan, path
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data) -> int:
+        try:
+            self.chan.sendall(data)
+        except (socket.timeout, paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._why(exc) from None
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def _why(self, exc) -> RemoteError:
+        if self.chan.exit_status_ready() and self.chan.recv_exit_status() not in (0, -1):
+            err = self.chan.recv_stderr(4096).decode("utf-8", "replace").strip().splitlines()
+            return RemoteError(f"{self.conn.label}: writing {self.path} failed: {err[0] if err else exc}")
+        return sftpio.translate(self.conn, exc, "writing", self.path)
+
+
+class RemoteStreamWriter(Device):
+    def __init__(self, spec: str, conn: Connection, path: str, record_size: int):
+        self.conn = conn
+        chan = conn.exec(f"exec dd obs={record_size} {shlex.quote('of=' + path)}")
+        super().__init__(spec, _ExecWriter(conn, chan, path), seekable=False, kind="remote-stream")
+
+    def close(self, ok: bool = True) -> None:
+        w = self.file
+        try:
+            if ok:
+                try:
+                    w.chan.shutdown_write()
+                    status = w.chan.recv_exit_status()
+                except Exception as exc:
+                    raise sftpio.translate(self.conn, exc, "finishing", w.path) from None
+                if status != 0:
+                    err = w.chan.recv_stderr(4096).decode("utf-8", "replace").strip().splitlines()
+                    err = [e for e in err if "records" not in e and "copied" not in e]
+                    raise RemoteError(f"{self.conn.label}: writing {w.path} failed: "
+                                      f"{err[0] if err else f'dd exited {status}'}")
+        finally:
+            w.chan.close()
+            self.conn.close()
+
+
+def open_write(spec: str, conn: Connection, path: str, record_size: int) -> Device:
+    st = _stat(conn, path)
+    if st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        return RemoteStreamWriter(spec, conn, path, record_size)
+    return RemoteFileWriter(spec, conn, path)
+
+
+def open_read(spec: str, conn: Connection, path: str) -> Device:
+    st = _stat(conn, path)
+    if st is None:
+        raise RemotePathError(f"{conn.label}: {path} does not exist: check the -f argument")
+    if stat.S_ISDIR(st.st_mode):
+        raise RemotePathError(f"{conn.label}: {path} is a directory, not an archive", 21)
+    if stat.S_ISREG(st.st_mode):
+        try:
+            f = conn.sftp.open(path, "r", bufsize=0)
+        except Exception as exc:
+            raise sftpio.translate(conn, exc, "opening", path) from None
+        return _ConnDevice(spec, _SFTPReader(conn, path, f, st.st_size), conn, True, "remote-file")
+    chan = conn.exec(f"exec cat -- {shlex.quote(path)}")
+    return _ConnDevice(spec, _ExecReader(conn, chan, path), conn, False, "remote-stream")

@@ -1,0 +1,96 @@
+"""SFTP helpers shared by the devices and the transfers: turning paramiko's failures
+into one-line errors, the far side's free space, durable commit by rename."""
+from __future__ import annotations
+
+import errno
+import posixpath
+import secrets
+import shlex
+import socket
+
+import paramiko
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
+
+from plugins.ssh.errors import LinkLost, RemoteDiskFull, RemoteError, RemotePathError
+
+#: Below this many free bytes on the far side, a failed write is reported as a full disk.
+FULL_MARGIN = 1 << 20
+
+
+def temp_name(path: str) -> str:
+    """A hidden name next to ``path``; never mistaken for a finished file."""
+    d, base = posixpath.split(path)
+    return posixpath.join(d, f".{base}.{secrets.token_hex(4)}.partial")
+
+
+def free_bytes(conn, directory: str) -> int | None:
+    """Free bytes for the user in ``directory`` on the far side, or None if unknown.
+
+    Uses OpenSSH's ``statvfs@openssh.com`` SFTP extension (works without a shell),
+    then ``df -Pk`` over an exec channel."""
+    try:
+        t, msg = conn.sftp._request(CMD_EXTENDED, "statvfs@openssh.com", directory or ".")
+        if t == CMD_EXTENDED_REPLY:
+            _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
+            return frsize * bavail
+    except Exception:  # extension missing, or the link is gone: try the shell, then give up
+        pass
+    try:
+        status, out, _ = conn.run(f"df -Pk -- {shlex.quote(directory or '.')}")
+        if status == 0:
+            return int(out.splitlines()[-1].split()[3]) * 1024
+    except Exception:
+        pass
+    return None
+
+
+def translate(conn, exc: BaseException, doing: str, path: str, leftover: str | None = None) -> RemoteError:
+    """The RemoteError that says what ``exc`` (raised while ``doing`` ``path``) means."""
+    if isinstance(exc, RemoteError):
+        return exc
+    tail = f"; the partial file {leftover} may remain there (it is not a complete archive)" if leftover else ""
+    if isinstance(exc, (EOFError, socket.timeout, paramiko.SSHException, ConnectionError)) or \
+            not conn.alive() or (isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET)):
+        why = "no answer within ssh.timeout" if isinstance(exc, socket.timeout) else \
+            (str(exc) or type(exc).__name__)
+        return LinkLost(f"connection to {conn.label} lost while {doing} {path} ({why}){tail}")
+    if isinstance(exc, OSError):
+        code = exc.errno
+        text = exc.strerror or (exc.args[0] if exc.args else "") or type(exc).__name__
+        if code == errno.ENOENT:
+            return RemotePathError(f"{conn.label}: {path}: no such file or directory")
+        if code == errno.EACCES:
+            return RemotePathError(f"{conn.label}: {path}: permission denied", errno.EACCES)
+        if code == errno.ENOSPC or "write" in doing or "finishing" in doing:
+            free = free_bytes(conn, posixpath.dirname(path))
+            if code == errno.ENOSPC or (free is not None and free < FULL_MARGIN):
+                left = f" ({free} bytes free)" if free is not None else ""
+                return RemoteDiskFull(f"no space left on {conn.label} in {posixpath.dirname(path) or '~'}"
+                                      f"{left} while {doing} {path}; the remote file was not completed: "
+                                      f"free space there or choose another directory")
+        return RemoteError(f"{conn.label}: {doing} {path} failed: {text}{tail}", code or errno.EIO)
+    return RemoteError(f"{conn.label}: {doing} {path} failed: {exc!r}{tail}")
+
+
+def fsync(sftp: paramiko.SFTPClient, path: str) -> None:
+    """Ask the far side to flush ``path`` to disk (``fsync@openssh.com``), if it can."""
+    try:
+        with sftp.open(path, "r") as f:
+            sftp._request(CMD_EXTENDED, "fsync@openssh.com", f.handle)
+    except IOError as exc:
+        if not getattr(exc, "errno", None) and "unsupported" in str(exc).lower():
+            return
+        raise
+
+
+def replace(sftp: paramiko.SFTPClient, tmp: str, target: str) -> None:
+    """Rename ``tmp`` over ``target`` atomically (``posix-rename@openssh.com``), falling
+    back to plain SFTP rename (which refuses an existing target) elsewhere."""
+    try:
+        sftp.posix_rename(tmp, target)
+    except IOError as exc:
+        if "unsupported" not in str(exc).lower():
+            raise
+        sftp.rename(tmp, target)
+
+
