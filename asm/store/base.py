@@ -268,6 +268,8 @@ class Store(abc.ABC):
         """Make everything written so far durable (syncfs on each partition)."""
         for part in self.partitions():
             root = self.partition_path(part)
+            if not os.path.isdir(root):
+                continue  # nothing was ever written there
             fd = os.open(root, os.O_RDONLY)
             try:
                 _syncfs(fd)

@@ -1,0 +1,348 @@
+"""imsrestore on both drivers: what a restore must do, and what bad or hostile input
+must not do."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+from asm.store import open_store
+from tests.conftest import DRIVERS, make_home
+from tests.helpers import inode_groups, msg, put, run, state
+
+
+@pytest.fixture
+def source(store):
+    """joe and ann with nested, odd and shared folders; 'shared' delivered to both."""
+    for i, folder in enumerate(["INBOX", "Sent", "Work/2023", "Réunions; \"Q3\" 50%", "Trash"]):
+        for j in range(3):
+            put(store, "joe", folder, i * 10 + j, flags=["\\Seen"] if j else ["\\Flagged", "\\Answered"],
+                keywords=["$Label1"] if j == 2 else [], internaldate=1_600_000_000 + i * 1000 + j)
+    put(store, "ann", "INBOX", 100)
+    store.deliver(["joe", "ann"], io.BytesIO(msg(200, 4000)))
+    store.set_folder("joe", "Sent", uidnext=500)
+    store.set_folder("joe", "Trash", subscribed=False)
+    return store
+
+
+@pytest.fixture
+def dest(tmp_path, driver):
+    home = tmp_path / "dest"
+    make_home(home, driver)
+    return home
+
+
+def backup(home, archive):
+    run(home, "imsbackup", "-f", archive, "/", check=0)
+    return archive
+
+
+def test_full_restore_keeps_everything(source, ims_home, dest, tmp_path):
+    a = backup(ims_home, tmp_path / "a.ims")
+    run(dest, "imsrestore", "-f", a, check=0)
+    target = open_store(make_home(dest, source.name))
+    assert state(target) == state(source)
+    assert inode_groups(target) and len(inode_groups(target)) == len(inode_groups(source))
+    assert target.folder("joe", "Sent").uidnext == 500
+    assert target.folder("joe", "Trash").subscribed is False
+
+
+@pytest.mark.parametrize("other", DRIVERS)
+def test_cross_driver_migration_keeps_uids(source, ims_home, tmp_path, other):
+    a = backup(ims_home, tmp_path / "a.ims")
+    home = tmp_path / "other"
+    make_home(home, other)
+    run(home, "imsrestore", "-f", a, check=0)
+    assert state(open_store(make_home(home, other))) == state(source)
+
+
+def test_restore_twice_changes_nothing_and_merges(source, ims_home, tmp_path):
+    a = backup(ims_home, tmp_path / "a.ims")
+    before = state(source)
+    p = run(ims_home, "imsrestore", "-v", "-f", a, check=0)
+    assert b"0 messages, 0 links, 18 already there" in p.stderr
+    assert state(source) == before
+    # lose two messages, get new mail; the restore brings back only the lost ones
+    inbox = source.messages("joe", "INBOX")
+    assert len(inbox) == 4                         # 3 + the shared one
+    lost = inbox[:2]
+    lost_bytes = sorted((open(m.path, "rb").read(), m.flags) for m in lost)
+    source.expunge("joe", "INBOX", [m.uid for m in lost])
+    new = put(source, "joe", "INBOX", 999)
+    run(ims_home, "imsrestore", "-f", a, "/primary/user/joe/INBOX", check=0)
+    msgs = source.messages("joe", "INBOX")
+    assert len(msgs) == 5
+    restored = [m for m in msgs if m.uid > new.uid]
+    assert len(restored) == 2                      # new UIDs above UIDNEXT, never reused
+    assert sorted((open(m.path, "rb").read(), m.flags) for m in restored) == lost_bytes
+    # -i: no duplicate check (the classic behaviour): all 4 archived come again
+    run(ims_home, "imsrestore", "-i", "-f", a, "/primary/user/joe/INBOX", check=0)
+    assert len(source.messages("joe", "INBOX")) == 9
+
+
+def test_paths_select_and_map_users(source, ims_home, dest, tmp_path):
+    a = backup(ims_home, tmp_path / "a.ims")
+    run(dest, "imsrestore", "-f", a, "/primary/user/joe/Work", check=0)
+    target = open_store(make_home(dest, source.name))
+    assert target.folder_names("joe") == ["INBOX", "Work/2023"]      # INBOX exists with the user
+    run(dest, "imsrestore", "-f", a, "/primary/ann", check=0)
+    assert len(target.messages("ann", "INBOX")) == 2
+    mapfile = tmp_path / "map"
+    mapfile.write_text("# rename\njoe=josé lópez\n")
+    run(dest, "imsrestore", "-m", mapfile, "-f", a, "/primary/user/joe/Sent", check=0)
+    assert [m.uid for m in target.messages("josé lópez", "Sent")] == [m.uid for m in source.messages("joe", "Sent")]
+    p = run(dest, "imsrestore", "-f", a, "/primary/user/nobody")
+    assert p.returncode == 2 and b"/primary/user/nobody: nothing in the archive matches" in p.stderr
+
+
+def test_new_mailbox_beside_existing(source, ims_home, tmp_path):
+    a = backup(ims_home, tmp_path / "a.ims")
+    run(ims_home, "imsrestore", "-n", "-f", a, "/primary/user/joe/Sent", check=0)
+    names = source.folder_names("joe")
+    new = [n for n in names if n.startswith("Sent-")]
+    assert new == [f"Sent-{time.strftime('%Y%m%d')}"]
+    assert len(source.messages("joe", new[0])) == 3 and len(source.messages("joe", "Sent")) == 3
+
+
+def test_list_and_header(source, ims_home, tmp_path):
+    a = backup(ims_home, tmp_path / "a.ims")
+    toc = run(ims_home, "imsrestore", "-f", a, "-t", "/primary/user/ann", check=0).stdout.decode()
+    lines = toc.splitlines()
+    assert lines[0].startswith("/primary/ann/INBOX\tuidvalidity=")
+    assert len(lines) == 3 and lines[1].startswith("/primary/ann/INBOX/1\t")
+    hdr = run(ims_home, "imsrestore", "-f", a, "-h", check=0).stdout.decode()
+    assert "format: ims-asm" in hdr and f"driver: {source.name}" in hdr and "scope: ['/']" in hdr
+
+
+def test_incremental_chain_and_wrong_order(source, ims_home, dest, tmp_path):
+    full = backup(ims_home, tmp_path / "full.ims")
+    time.sleep(1.1)
+    t1 = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    inbox = source.messages("joe", "INBOX")
+    source.expunge("joe", "INBOX", [inbox[0].uid])
+    source.set_flags("joe", "INBOX", inbox[1].uid, ["\\Deleted"], ["Important"])
+    put(source, "joe", "INBOX", 300)
+    source.deliver(["joe", "ann"], io.BytesIO(msg(301)))
+    i1 = tmp_path / "i1.ims"
+    run(ims_home, "imsbackup", "-f", i1, "-d", t1, "/", check=0)
+    time.sleep(1.1)
+    t2 = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    source.expunge("joe", "Work/2023", [source.messages("joe", "Work/2023")[0].uid])
+    put(source, "joe", "Work/2023", 302)
+    i2 = tmp_path / "i2.ims"
+    run(ims_home, "imsbackup", "-f", i2, "-d", t2, "/", check=0)
+
+    run(dest, "imsrestore", "-H", "-f", full, check=0)
+    bad = run(dest, "imsrestore", "-f", i2)
+    assert bad.returncode == 7 and b"restore the incremental(s) taken in between first" in bad.stderr
+    run(dest, "imsrestore", "-H", "-f", i1, check=0)
+    older = run(dest, "imsrestore", "-f", full)
+    assert older.returncode == 7 and b"before the one restored last" in older.stderr
+    run(dest, "imsrestore", "-f", i2, check=0)
+    target = open_store(make_home(dest, source.name))
+    assert state(target) == state(source)
+    assert not target.deliveries_held("joe")
+    assert len(inode_groups(target)) == len(inode_groups(source))
+
+
+def test_delivery_hold_keeps_uids_free(source, ims_home, dest, tmp_path):
+    a = backup(ims_home, tmp_path / "a.ims")
+    run(dest, "imsrestore", "-H", "-f", a, "/primary/user/joe", check=0)
+    target = open_store(make_home(dest, source.name))
+    assert target.deliveries_held("joe")
+    assert target.deliver(["joe"], io.BytesIO(msg(777)))["joe"] is None       # queued, not stored
+    run(dest, "imsrestore", "-f", a, "/primary/user/joe", check=0)             # last link: releases
+    assert not target.deliveries_held("joe")
+    inbox = target.messages("joe", "INBOX")
+    archived = [m.uid for m in source.messages("joe", "INBOX")]
+    assert [m.uid for m in inbox][:len(archived)] == archived
+    assert inbox[-1].uid >= source.folder("joe", "INBOX").uidnext
+
+
+def _shared_setup(store):
+    """'shared' lands first in amy's INBOX (the first copy), then in zed's."""
+    for u in ("amy", "zed"):
+        store.create_user(u)
+    store.deliver(["amy", "zed"], io.BytesIO(msg(5, 20_000)))
+    put(store, "zed", "INBOX", 6)
+
+
+def test_partial_restore_of_link_from_seekable_file(store, ims_home, tmp_path):
+    _shared_setup(store)
+    a = backup(ims_home, tmp_path / "a.ims")
+    want = state(store, users={"zed"})
+    store.delete_user("zed")
+    run(ims_home, "imsrestore", "-f", a, "/primary/user/zed", check=0)
+    assert state(store, users={"zed"}) == want
+
+
+def test_partial_restore_of_link_from_a_pipe(store, ims_home, tmp_path):
+    _shared_setup(store)
+    a = backup(ims_home, tmp_path / "a.ims")
+    want = state(store, users={"zed"})
+    store.delete_user("zed")
+    p = run(ims_home, "imsrestore", "-f", "-", "/primary/user/zed", input=a.read_bytes())
+    assert p.returncode == 0, p.stderr
+    assert state(store, users={"zed"}) == want
+    assert not os.listdir(ims_home / "data" / "spool")            # spool cleaned up
+
+
+def test_reference_file_completes_a_pipe_restore(store, ims_home, tmp_path):
+    _shared_setup(store)
+    a = backup(ims_home, tmp_path / "a.ims")
+    want = {k[:2] + (v if len(k) == 2 else v[:2],) for k, v in state(store, users={"zed"}).items()}
+    store.delete_user("zed")
+    run(ims_home, "msconfig", "set", "restore.spoolmax", "0", check=0)
+    ref = tmp_path / "zed.ref"
+    p = run(ims_home, "imsrestore", "-R", ref, "-f", "-", "/primary/user/zed", input=a.read_bytes())
+    assert p.returncode == 1 and f"-r {ref}".encode() in p.stderr
+    assert len(store.messages("zed", "INBOX")) == 1
+    assert json.loads(ref.read_text())["references"][0]["user"] == "zed"
+    run(ims_home, "imsrestore", "-f", a, "-r", ref, check=0)
+    msgs = store.messages("zed", "INBOX")
+    assert len(msgs) == 2 and sorted(m.size for m in msgs) == sorted(
+        len(msg(n, s)) for n, s in ((5, 20_000), (6, 0)))
+
+
+def test_store_owner_gets_restored_files(source, ims_home, dest, tmp_path):
+    a = backup(ims_home, tmp_path / "a.ims")
+    run(dest, "msconfig", "set", "store.owner", "nobody", check=0)
+    run(dest, "imsrestore", "-f", a, "/primary/user/ann", check=0)
+    import pwd
+    nobody = pwd.getpwnam("nobody").pw_uid
+    target = open_store(make_home(dest, source.name))
+    for m in target.messages("ann", "INBOX"):
+        st = os.stat(m.path)
+        assert st.st_uid == nobody and st.st_mode & 0o077 == 0
+
+
+def test_restore_syncs_once(source, ims_home, dest, tmp_path, monkeypatch):
+    from asm.archive.reader import ArchiveReader
+    from asm.groups import Groups
+    from asm.restore import Journal, Restorer, RestoreOptions, Selection
+    from asm.store.base import Store
+    calls = []
+    monkeypatch.setattr(Store, "sync", lambda self: calls.append(1))
+    a = backup(ims_home, tmp_path / "a.ims")
+    target = open_store(make_home(dest, source.name))
+    with open(a, "rb") as f:
+        Restorer(target, Groups(), ArchiveReader(f), RestoreOptions(), Selection([], Groups()),
+                 Journal(str(tmp_path / "j.db"))).restore()
+    assert calls == [1]
+
+
+# -- bad and hostile input -------------------------------------------------------
+
+def _no_temp_files(home):
+    return [os.path.join(d, f) for d, _, fs in os.walk(home) for f in fs
+            if ".tmp" in f or f.startswith("tmp") or f.endswith(".partial")]
+
+
+def test_truncated_archive(source, ims_home, dest, tmp_path):
+    a = backup(ims_home, tmp_path / "a.ims")
+    data = a.read_bytes()
+    want = state(source)
+    for cut in (len(data) // 3, len(data) // 2 + 777, len(data) - 10240 - 5):
+        t = tmp_path / f"cut{cut}.ims"
+        t.write_bytes(data[:cut])
+        home = tmp_path / f"d{cut}"
+        make_home(home, source.name)
+        p = run(home, "imsrestore", "-f", t)
+        assert p.returncode == 4 and b"incomplete" in p.stderr
+        got = state(open_store(make_home(home, source.name)))
+        for k, v in got.items():
+            if len(k) == 3:
+                assert want[k] == v, k            # whatever was restored is whole and right
+        assert sum(1 for k in got if len(k) == 3) > 0
+        assert not _no_temp_files(home / "data")
+
+
+def test_corrupt_member_is_named_and_skipped(source, ims_home, dest, tmp_path):
+    a = backup(ims_home, tmp_path / "a.ims")
+    data = bytearray(a.read_bytes())
+    i = data.index(b"body 1\r\n")                 # inside joe/INBOX message 2's data
+    data[i] ^= 0x20
+    bad = tmp_path / "bad.ims"
+    bad.write_bytes(bytes(data))
+    p = run(dest, "imsrestore", "-f", bad)
+    assert p.returncode == 1 and b"damaged" in p.stderr
+    target = open_store(make_home(dest, source.name))
+    assert len(target.messages("joe", "INBOX")) == 3 - 1 + 1       # the shared one + 2 good
+    assert len(target.messages("ann", "INBOX")) == 2               # the rest goes on
+    home2 = tmp_path / "stop"
+    make_home(home2, source.name)
+    p = run(home2, "imsrestore", "-c", "n", "-f", bad)
+    assert p.returncode == 1
+    stopped = open_store(make_home(home2, source.name))
+    assert stopped.exists("ann") and not stopped.exists("joe", "Sent")   # stopped at the error
+
+
+def _hostile(path, kind):
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
+        hdr = json.dumps({"format": "ims-asm", "version": 1, "archive_id": "x", "created": 1.0}).encode()
+        ti = tarfile.TarInfo("ims-asm.header")
+        ti.size = len(hdr)
+        ti.pax_headers = {"IMSASM.kind": "header"}
+        t.addfile(ti, io.BytesIO(hdr))
+        body = b"evil\r\n"
+        import hashlib
+        recs = {"IMSASM.kind": "message", "IMSASM.uid": "1", "IMSASM.flags": "", "IMSASM.keywords": "",
+                "IMSASM.internaldate": "1", "IMSASM.stored": "1", "IMSASM.nlink": "1",
+                "IMSASM.sha256": hashlib.sha256(body).hexdigest()}
+        ti = tarfile.TarInfo({"dotdot": "primary/joe/INBOX/../../../../escape/1.eml",
+                              "abs": "/tmp/escape-ims/1.eml", "symlink": "primary/joe/INBOX/1.eml"}[kind])
+        if kind == "symlink":
+            ti.type, ti.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            t.addfile(ti)
+        else:
+            ti.size = len(body)
+            ti.pax_headers = recs
+            t.addfile(ti, io.BytesIO(body))
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "abs", "symlink"])
+def test_hostile_archive_writes_nothing_outside(store, ims_home, tmp_path, kind):
+    h = tmp_path / "h.ims"
+    _hostile(h, kind)
+    p = run(ims_home, "imsrestore", "-f", h)
+    assert p.returncode == 5, p.stderr
+    assert b"refusing member" in p.stderr
+    assert not os.path.exists("/tmp/escape-ims") and not (tmp_path / "escape").exists()
+    assert store.users("primary") == []
+
+
+def test_not_an_archive(store, ims_home, tmp_path):
+    junk = tmp_path / "junk"
+    junk.write_bytes(os.urandom(30_000))
+    p = run(ims_home, "imsrestore", "-f", junk)
+    assert p.returncode == 8 and len(p.stderr.splitlines()) == 1 and b"not an ims-asm archive" in p.stderr
+    p = run(ims_home, "imsrestore", "-f", tmp_path / "missing.ims")
+    assert p.returncode == 3 and b"does not exist" in p.stderr
+
+
+def test_killed_restore_completes_when_run_again(store, ims_home, dest, tmp_path):
+    for i in range(150):
+        put(store, "joe", "INBOX" if i % 2 else "Work", i, size=30_000)
+    a = backup(ims_home, tmp_path / "a.ims")
+    env = dict(os.environ, IMS_HOME=str(dest))
+    target = open_store(make_home(dest, store.name))
+    p = subprocess.Popen([sys.executable, "-m", "asm.cli.imsrestore", "-f", str(a)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and p.poll() is None:
+        if target.exists("joe") and target.exists("joe", "Work") and len(target.messages("joe", "Work")) > 10:
+            break
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    run(dest, "imsrestore", "-f", a, check=0)
+    assert state(open_store(make_home(dest, store.name))) == state(store)
