@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Restore speed: a backup piped into imsrestore, against a tar pipe and doveadm backup.
+
+    python3 bench/bench_restore.py                        # maildir and classic, 20,000 messages
+    python3 bench/bench_restore.py --driver maildir --users-for-doveadm 200
+
+For each driver (store from gen_store.py, cached under --dir), in one run:
+
+* ``IMS_HOME=src imsbackup -f - / | IMS_HOME=dst imsrestore -f -`` into an empty store of
+  the same driver (imsrestore makes the data durable itself with syncfs);
+* ``tar -cf - -C <parent> <partition> | tar -xf - -C <scratch>; sync`` of the same tree;
+* maildir only: Dovecot's ``doveadm backup`` run offline per user
+  (``USER=u HOME=<copy>/u doveadm -c CONF -o mail_location=maildir:<copy>/u/Maildir
+  backup maildir:<dst>/u/Maildir``) on a copy of the store (doveadm writes its index
+  files into the source), then one ``sync``.  With ``--users-for-doveadm K`` only K
+  users are timed and the time is scaled linearly to every user (the output says so).
+
+Every timed run starts from an empty target and a ``sync`` (untimed), with a warm page
+cache for the source.  Targets (issue 4): within 2x of the tar pipe, and at least 10x
+faster than doveadm backup.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gen_store as g  # noqa: E402
+from bench_backup import tool  # noqa: E402
+
+DOVEADM = "doveadm"
+DOVECOT_CONF = """\
+# minimal configuration for offline doveadm backup (written by bench/bench_restore.py)
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+ssl = no
+mail_uid = {user}
+mail_gid = {user}
+first_valid_uid = 1
+first_valid_gid = 1
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+"""
+
+
+def rm(path: str) -> None:
+    if os.path.lexists(path):
+        shutil.rmtree(path)
+
+
+def count_files(root: str) -> int:
+    n = 0
+    for dirpath, dirs, files in os.walk(root):
+        if os.path.basename(dirpath) in ("cur", "new"):
+            n += len(files)
+    return n
+
+
+def doveadm_bench(args, m: dict, scratch: str) -> dict | None:
+    """Time doveadm backup per user; None (with a reason printed) when it cannot run."""
+    exe = shutil.which(DOVEADM)
+    if not exe:
+        print("   doveadm: not installed (apt-get install dovecot-core); skipped")
+        return None
+    owner = m.get("owner")
+    if not owner:
+        print("   doveadm: needs root and the vmail user (doveadm refuses to run mail as root); skipped")
+        return None
+    part = m["partition"]
+    users = sorted(u for u in os.listdir(part) if os.path.isdir(os.path.join(part, u, "Maildir")))
+    if not users:
+        print(f"   doveadm: no <user>/Maildir under {part}; skipped")
+        return None
+    k = min(args.users_for_doveadm or len(users), len(users))
+    chosen = users[:: max(1, len(users) // k)][:k]
+    d = os.path.join(scratch, "doveadm")
+    rm(d)
+    for sub in ("run", "state", "src", "dst"):
+        os.makedirs(os.path.join(d, sub))
+    conf = os.path.join(d, "dovecot.conf")
+    with open(conf, "w") as f:
+        f.write(DOVECOT_CONF.format(d=d, user=owner))
+    # a private copy of the chosen users: doveadm writes dovecot.index* into its source
+    for u in chosen:
+        subprocess.run(["cp", "-a", os.path.join(part, u), os.path.join(d, "src", u)], check=True)
+    subprocess.run(["chown", "-R", f"{owner}:{owner}", d], check=True)
+    os.chmod(d, 0o755)
+    src_msgs = sum(count_files(os.path.join(d, "src", u, "Maildir")) for u in chosen)
+    times = []
+    for i in range(args.doveadm_repeat):
+        rm(os.path.join(d, "dst"))
+        os.makedirs(os.path.join(d, "dst"))
+        shutil.chown(os.path.join(d, "dst"), owner, owner)
+        g.sh("sync")
+        t0 = time.perf_counter()
+        for u in chosen:
+            home = os.path.join(d, "src", u)
+            cmd = [exe, "-c", conf, "-o", f"mail_location=maildir:{home}/Maildir",
+                   "backup", f"maildir:{d}/dst/{u}/Maildir"]
+            p = subprocess.run(cmd, env=dict(os.environ, USER=u, HOME=home), capture_output=True, text=True)
+            if p.returncode:
+                raise SystemExit(f"doveadm backup failed for {u} (status {p.returncode}): "
+                                 f"{' '.join(map(shlex.quote, cmd))}\n{p.stderr[-2000:]}")
+        g.sh("sync")
+        times.append(time.perf_counter() - t0)
+        print(f"   doveadm run {i + 1}: {times[-1]:.2f} s for {len(chosen)} users", flush=True)
+    dst_msgs = sum(count_files(os.path.join(d, "dst", u, "Maildir")) for u in chosen)
+    if dst_msgs != src_msgs:
+        raise SystemExit(f"doveadm backup copied {dst_msgs} of {src_msgs} messages; check {d}/dovecot.log")
+    best = min(times)
+    scaled = best * len(users) / len(chosen)
+    if not args.keep:
+        rm(d)
+    return {"users_timed": len(chosen), "users": len(users), "messages_timed": src_msgs,
+            "times": times, "best": best, "scaled": scaled, "extrapolated": len(chosen) < len(users),
+            "command": f"USER=u HOME=<copy>/u doveadm -c {conf} -o mail_location=maildir:<copy>/u/Maildir "
+                       f"backup maildir:<dst>/u/Maildir  (per user, then sync)"}
+
+
+def bench_driver(args, driver: str) -> dict:
+    m = g.ensure_store(args.dir, driver, args.messages, args.users, args.size_mix, args.seed,
+                       args.new_fraction, args.force)
+    print(f"\n== {driver}: {g.describe(m)}", flush=True)
+    scratch = os.path.join(os.path.abspath(args.dir), "scratch", f"restore-{driver}")
+    os.makedirs(scratch, exist_ok=True)
+    part = m["partition"]
+    dst_home = os.path.join(scratch, "ims")
+    tar_dst = os.path.join(scratch, "tar")
+    imsbackup, imsrestore = tool("imsbackup"), tool("imsrestore")
+    pipe = (f"IMS_HOME={shlex.quote(m['home'])} {imsbackup} -f - / | "
+            f"IMS_HOME={shlex.quote(dst_home)} {imsrestore} -f -")
+    tarpipe = (f"tar -cf - -C {shlex.quote(os.path.dirname(part))} {shlex.quote(os.path.basename(part))} | "
+               f"tar -xf - -C {shlex.quote(tar_dst)} && sync")
+
+    def fresh_store():
+        rm(dst_home)
+        g.make_home(dst_home, driver, m.get("owner"))
+        g.sh("sync")
+
+    def fresh_tar():
+        rm(tar_dst)
+        os.makedirs(tar_dst)
+        g.sh("sync")
+
+    # untimed warm-up of the source (and a check that the restore restores everything)
+    g.sh(f"tar -cf - -C {shlex.quote(os.path.dirname(part))} {shlex.quote(os.path.basename(part))} "
+         "| cat >/dev/null")
+    t = {"pipe": [], "tar": []}
+    for i in range(args.repeat):
+        fresh_store()
+        t["pipe"].append(g.sh(pipe))
+        fresh_tar()
+        t["tar"].append(g.sh(tarpipe))
+        print(f"   run {i + 1}: imsbackup|imsrestore {t['pipe'][-1]:.2f} s, tar|tar+sync {t['tar'][-1]:.2f} s",
+              flush=True)
+    check = verify(m, dst_home)
+    print(f"   restored store: {check}")
+    rm(tar_dst)
+    if not args.keep:
+        rm(dst_home)
+    r = {"driver": driver, "store": m, "times": t, "best": {k: min(v) for k, v in t.items()},
+         "check": check, "commands": {"pipe": pipe, "tar": tarpipe}, "doveadm": None}
+    r["ratio_tar"] = r["best"]["pipe"] / r["best"]["tar"]
+    print(f"   best of {args.repeat}: imsbackup|imsrestore {r['best']['pipe']:.2f} s, tar pipe "
+          f"{r['best']['tar']:.2f} s -> ratio {r['ratio_tar']:.2f}x "
+          f"(target <= 2x: {'met' if r['ratio_tar'] <= 2 else 'MISSED'})", flush=True)
+    if driver == "maildir" and not args.no_doveadm:
+        dv = doveadm_bench(args, m, scratch)
+        if dv:
+            r["doveadm"] = dv
+            r["ratio_doveadm"] = dv["scaled"] / r["best"]["pipe"]
+            how = (f"{dv['best']:.2f} s for {dv['users_timed']} users ({dv['messages_timed']} messages), "
+                   f"scaled linearly to {dv['users']} users: {dv['scaled']:.1f} s (EXTRAPOLATED)"
+                   if dv["extrapolated"] else f"{dv['best']:.2f} s for all {dv['users']} users")
+            print(f"   doveadm backup: {how}")
+            print(f"   imsbackup|imsrestore is {r['ratio_doveadm']:.1f}x faster than doveadm backup "
+                  f"(target >= 10x: {'met' if r['ratio_doveadm'] >= 10 else 'MISSED'})", flush=True)
+    return r
+
+
+def verify(m: dict, dst_home: str) -> str:
+    """Counts of the restored store against the source: messages and distinct files."""
+    def counts(home):
+        store = g.open_store(home)
+        n, inodes = 0, set()
+        for part in store.partitions():
+            for u in store.users(part):
+                for f in store.folders(u):
+                    for msg in store.messages(u, f.name):
+                        n += 1
+                        inodes.add((msg.dev, msg.ino))
+        return n, len(inodes)
+    src, dst = counts(m["home"]), counts(dst_home)
+    if src != dst:
+        raise SystemExit(f"the restored store differs: {dst[0]} messages / {dst[1]} files, "
+                         f"the source has {src[0]} / {src[1]}")
+    return f"{dst[0]} messages in {dst[1]} files, as in the source"
+
+
+def markdown(results: list[dict], args) -> str:
+    mach = g.machine()
+    out = [f"Measured {mach['date']} with `{g.cmdline()}`; warm page cache for the source, every "
+           f"target emptied and `sync`ed before its timed run (untimed), best of {args.repeat} "
+           f"wall-clock times; load average at the end {mach['loadavg']} (2 cores shared with "
+           "other engineers' jobs).", ""]
+    out.append("| driver | store | imsbackup \\| imsrestore | tar \\| tar + sync | ratio (target <= 2x) "
+               "| doveadm backup | doveadm / ours (target >= 10x) |")
+    out.append("|---|---|---|---|---|---|---|")
+    for r in results:
+        s, b, dv = r["store"], r["best"], r["doveadm"]
+        dvt = "n/a" if not dv else (f"{dv['scaled']:.1f} s" + (
+            f" (scaled from {dv['best']:.2f} s for {dv['users_timed']} users)" if dv["extrapolated"] else ""))
+        dvr = "n/a" if not dv else (f"**{r['ratio_doveadm']:.1f}x** "
+                                    f"{'met' if r['ratio_doveadm'] >= 10 else 'missed'}")
+        out.append(f"| {r['driver']} | {s['instances']} msgs, {s['users']} users, {s['links']} links, "
+                   f"{s['bytes_files'] / 1e6:.0f} MB | {b['pipe']:.2f} s | {b['tar']:.2f} s | "
+                   f"**{r['ratio_tar']:.2f}x** {'met' if r['ratio_tar'] <= 2 else 'missed'} | {dvt} | {dvr} |")
+    out.append("")
+    for r in results:
+        out.append(f"- {r['driver']}: all runs pipe {', '.join(f'{x:.2f}' for x in r['times']['pipe'])} s; "
+                   f"tar {', '.join(f'{x:.2f}' for x in r['times']['tar'])} s; {r['check']}.")
+        out.append(f"  - pipe: `{r['commands']['pipe']}`")
+        out.append(f"  - tar: `{r['commands']['tar']}`")
+        if r["doveadm"]:
+            dv = r["doveadm"]
+            out.append(f"  - doveadm: `{dv['command']}`; runs {', '.join(f'{x:.2f}' for x in dv['times'])} s "
+                       f"for {dv['users_timed']} users / {dv['messages_timed']} messages")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench_restore.py", description=__doc__.split("\n\n")[0],
+                                epilog="Prints wall times and ratios; never run by the tests.")
+    g.add_store_args(p)
+    p.add_argument("--repeat", type=int, default=3, help="timed runs of each pipe (default 3; best kept)")
+    p.add_argument("--users-for-doveadm", type=int, default=0, metavar="K",
+                   help="time doveadm backup for K users only and scale linearly (default: every user)")
+    p.add_argument("--doveadm-repeat", type=int, default=2, help="timed doveadm runs (default 2; best kept)")
+    p.add_argument("--no-doveadm", action="store_true", help="skip the doveadm comparison")
+    p.add_argument("--keep", action="store_true", help="keep the restored store and the doveadm copy")
+    p.add_argument("--markdown", action="store_true", help="also print a Markdown block for bench/RESULTS.md")
+    args = p.parse_args(argv)
+    if not shutil.which("tar"):
+        print("bench_restore.py: GNU tar is not installed (apt-get install tar)", file=sys.stderr)
+        return 2
+    results = [bench_driver(args, d) for d in (args.driver or ["maildir", "classic"])]
+    if args.markdown:
+        print("\n" + markdown(results, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
