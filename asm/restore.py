@@ -459,7 +459,7 @@ class Restorer:
         dup = self._duplicate(plan, m)
         if dup is not None:
             self.res.duplicates += 1
-            self.placed.setdefault(m.linkname or m.name, dup.path)
+            self._place(m, dup.path)
             if plan.mode == "chain" and dup.uid == m.uid:
                 store.set_flags(plan.user, plan.folder, dup.uid, m.flags, m.keywords)
             return
@@ -490,7 +490,7 @@ class Restorer:
             kwargs["uid"] = None
             uid = None
             return self._restore_message_renumbered(plan, m, kwargs, link_from)
-        self.placed.setdefault(key, info.path)
+        self._place(m, info.path)
         if uid is None:
             self.res.renumbered += 1
         plan.restored += 1
@@ -511,7 +511,15 @@ class Restorer:
             self.res.bytes += info.size
         self.res.renumbered += 1
         plan.restored += 1
-        self.placed.setdefault(m.linkname if m.kind == "link" else m.name, info.path)
+        self._place(m, info.path)
+
+    def _place(self, m, path: str) -> None:
+        """Remember where a first copy landed, for the links that follow.  Only files
+        that had other links at backup time can be link targets: memory stays small."""
+        if m.kind == "link":
+            self.placed.setdefault(m.linkname, path)
+        elif m.nlink > 1:
+            self.placed.setdefault(m.name, path)
 
     def _link_source(self, m):
         """The bytes of a link whose first copy was not restored in this run."""
