@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import logging
 import os
 import shlex
 import socket
@@ -21,6 +22,10 @@ from plugins.ssh.errors import (
     AuthFailed, ConnectFailed, HostKeyChanged, HostKeyUnknown, LinkLost, RemoteError,
 )
 from plugins.ssh.spec import RemoteSpec
+
+# paramiko's transport thread logs a dropped link itself; without a handler Python would
+# print it as a second, unformatted line.  Our errors say it once; logging setups still see it.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import errno
 import posixpath
 import shlex
 import socket
@@ -83,11 +84,10 @@ class RemoteFileWriter(Device):
         try:
             if ok:
                 try:
-                    self.f.close()            # waits for every pipelined write's answer
+                    sftpio.finish_writes(self.f)      # every pipelined write's answer
                     size = sftp.stat(self.tmp).st_size
                     if size != self.written:
-                        raise RemoteError(f"{conn.label}: {self.tmp} holds {size} bytes, "
-                                          f"{self.written} were sent; the archive is incomplete")
+                        raise OSError(errno.EIO, f"{self.tmp} holds {size} bytes, {self.written} were sent")
                     sftpio.fsync(sftp, self.tmp)
                     sftpio.replace(sftp, self.tmp, self.path)
                 except Exception as exc:

@@ -51,8 +51,12 @@ def translate(conn, exc: BaseException, doing: str, path: str, leftover: str | N
     tail = f"; the partial file {leftover} may remain there (it is not a complete archive)" if leftover else ""
     if isinstance(exc, (EOFError, socket.timeout, paramiko.SSHException, ConnectionError)) or \
             not conn.alive() or (isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET)):
-        why = "no answer within ssh.timeout" if isinstance(exc, socket.timeout) else \
-            (str(exc) or type(exc).__name__)
+        if isinstance(exc, socket.timeout):
+            why = "no answer within ssh.timeout"
+        elif not conn.alive():
+            why = "the connection was closed or reset"
+        else:
+            why = str(exc).strip().rstrip(":") or type(exc).__name__
         return LinkLost(f"connection to {conn.label} lost while {doing} {path} ({why}){tail}")
     if isinstance(exc, OSError):
         code = exc.errno
@@ -61,7 +65,7 @@ def translate(conn, exc: BaseException, doing: str, path: str, leftover: str | N
             return RemotePathError(f"{conn.label}: {path}: no such file or directory")
         if code == errno.EACCES:
             return RemotePathError(f"{conn.label}: {path}: permission denied", errno.EACCES)
-        if code == errno.ENOSPC or "write" in doing or "finishing" in doing:
+        if code == errno.ENOSPC or doing in ("writing", "finishing", "creating"):
             free = free_bytes(conn, posixpath.dirname(path))
             if code == errno.ENOSPC or (free is not None and free < FULL_MARGIN):
                 left = f" ({free} bytes free)" if free is not None else ""
@@ -70,6 +74,16 @@ def translate(conn, exc: BaseException, doing: str, path: str, leftover: str | N
                                       f"free space there or choose another directory")
         return RemoteError(f"{conn.label}: {doing} {path} failed: {text}{tail}", code or errno.EIO)
     return RemoteError(f"{conn.label}: {doing} {path} failed: {exc!r}{tail}")
+
+
+def finish_writes(f) -> None:
+    """Wait for the answer to every pipelined write of ``f``, raising the first error,
+    then close it.  (paramiko's close() does not look at pipelined write answers, so
+    a failed write - a full disk - would otherwise go unnoticed.)"""
+    reqs = getattr(f, "_reqs", None)
+    while reqs:
+        f.sftp._read_response(reqs.popleft())
+    f.close()
 
 
 def fsync(sftp: paramiko.SFTPClient, path: str) -> None:

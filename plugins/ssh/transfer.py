@@ -12,6 +12,7 @@ a shell, its SHA-256 computed there (``sha256sum``) and compared before the rena
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -110,7 +111,7 @@ def _push(conn: Connection, rs: RemoteSpec, src, local_path: str) -> PushResult:
             f = sftp.open(tmp, "wx", bufsize=0)
         except FileNotFoundError:
             raise RemotePathError(f"{conn.label}: directory {d} does not exist: create it there first") from None
-        with f:
+        try:
             f.chmod(0o600)
             f.set_pipelined(True)
             while True:
@@ -120,9 +121,12 @@ def _push(conn: Connection, rs: RemoteSpec, src, local_path: str) -> PushResult:
                 h.update(chunk)
                 f.write(chunk)
                 n += len(chunk)
+            sftpio.finish_writes(f)
+        finally:
+            f.close()
         size = sftp.stat(tmp).st_size
         if size != n:
-            raise VerifyFailed(f"{conn.label}: {tmp} holds {size} bytes, {n} were sent")
+            raise OSError(errno.EIO, f"{tmp} holds {size} bytes, {n} were sent")
         digest = h.hexdigest()
         far = remote_sha256(conn, tmp)
         if far is not None and far != digest:

@@ -1,0 +1,285 @@
+"""Remote devices over SSH against a real OpenSSH server on 127.0.0.1: imsbackup and
+imsrestore run as commands with ``-f imsbk@127.0.0.1:PORT:/path``, the staging push and
+fetch, and every failure a user meets (host keys, keys, refused, killed, disk full)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+
+import pytest
+
+from asm.config import Config
+from asm.demo import build_demo
+from asm.store import open_store
+from plugins.ssh import AuthFailed, HostKeyUnknown, VerifyFailed, fetch, push
+from plugins.ssh.connection import Settings
+from tests.conftest import make_home
+from tests.sshd import keygen, sshd  # noqa: F401  (the fixture)
+
+PLUGINS = "classic,localdevices,ssh"
+NAME = "full; 50% 'é' v1.ims"          # spaces, quotes, %, ; and Unicode in the remote name
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A classic store shared by the tests (read only): 6 users, Unicode folders, links."""
+    root = tmp_path_factory.mktemp("src")
+    os.environ["IMS_ASM_PLUGINS"] = PLUGINS
+    cfg = make_home(root / "home", "classic", **{"store.root": str(root / "store"),
+                                                 "partition:primary.path": str(root / "part")})
+    counts = build_demo(open_store(cfg), users=6, messages=140, seed=3)
+    return {"root": root, "counts": counts, "snapshot": snapshot(open_store(cfg))}
+
+
+def snapshot(store) -> dict:
+    """(user, folder, uid) -> (sha256 of bytes, flags, keywords), plus folder UIDVALIDITY."""
+    out = {}
+    for part in store.partitions():
+        for user in store.users(part):
+            for f in store.folders(user):
+                out[(user, f.name)] = ("uidvalidity", f.uidvalidity)
+                for m in store.messages(user, f.name):
+                    with store.open_message(user, f.name, m.uid) as fh:
+                        digest = hashlib.sha256(fh.read()).hexdigest()
+                    out[(user, f.name, m.uid)] = (digest, tuple(sorted(m.flags)), tuple(m.keywords))
+    return out
+
+
+def home_for(tmp_path, sshd, source=None, name="home", **ssh):
+    """An installation: the shared source store (backup) or an empty one (restore)."""
+    opts = {"ssh.identity": sshd.client_key, "ssh.knownhosts": sshd.known_hosts,
+            "ssh.timeout": "10"}
+    opts.update({k.replace("_", "."): v for k, v in ssh.items()})
+    if source is not None:
+        opts["store.root"] = str(source["root"] / "store")
+        opts["partition:primary.path"] = str(source["root"] / "part")
+    return make_home(tmp_path / name, "classic", **opts)
+
+
+def run(cmd, home, *args, timeout=120):
+    env = dict(os.environ, IMS_HOME=str(home), IMS_ASM_PLUGINS=PLUGINS, HOME=str(home))
+    env.pop("SSH_AUTH_SOCK", None)      # only the configured key, never the developer's agent
+    return subprocess.run([cmd, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def restored(home) -> dict:
+    return snapshot(open_store(Config(str(home))))
+
+
+# -- the everyday paths -------------------------------------------------------------
+def test_backup_to_remote_file_and_restore_seekable(sshd, source, tmp_path):
+    src = home_for(tmp_path, sshd, source)
+    d = sshd.remote_dir("file")
+    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/{NAME}"), "/")
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(d) == [NAME]                       # no temporary file left behind
+    st = os.stat(os.path.join(d, NAME))
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == sshd.pw.pw_uid
+    assert st.st_size % (512 * 20) == 0                  # whole records of the blocking factor
+
+    dst = home_for(tmp_path, sshd, name="dst")
+    url = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{d}/" + NAME.replace("%", "%25")
+    p = run("imsrestore", dst.home, "-f", url, "/")
+    assert p.returncode == 0, p.stderr
+    assert restored(dst.home) == source["snapshot"]
+    assert sum(1 for k in source["snapshot"] if len(k) == 3) == source["counts"]["messages"] + \
+        source["counts"]["shared"] or len(source["snapshot"]) > 100
+
+
+def test_blocking_factor_and_listing_over_ssh(sshd, source, tmp_path):
+    src = home_for(tmp_path, sshd, source)
+    d = sshd.remote_dir("bf")
+    p = run("imsbackup", src.home, "-b", "7", "-f", sshd.spec(f"{d}/a.ims"), "/primary/user/alice")
+    assert p.returncode == 0, p.stderr
+    assert os.path.getsize(f"{d}/a.ims") % (512 * 7) == 0
+    p = run("imsrestore", src.home, "-b", "7", "-t", "-f", sshd.spec(f"{d}/a.ims"))
+    assert p.returncode == 0, p.stderr
+    listed = {ln.split("\t")[0] for ln in p.stdout.splitlines()}
+    want = {f"/primary/alice/{k[1]}/{k[2]}" for k in source["snapshot"] if len(k) == 3 and k[0] == "alice"}
+    assert want and want <= listed
+
+
+def test_stream_through_remote_fifo(sshd, source, tmp_path):
+    """host:/path/fifo is a stream (exec channel), like tar -f host:/dev/rmt0."""
+    src = home_for(tmp_path, sshd, source)
+    d = sshd.remote_dir("fifo")
+    fifo = os.path.join(d, "pipe")
+    os.mkfifo(fifo)
+    os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
+    caught = tmp_path / "caught.ims"
+    reader = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", fifo, str(caught)])
+    p = run("imsbackup", src.home, "-f", sshd.spec(fifo), "/")
+    reader.wait(30)
+    assert p.returncode == 0, p.stderr
+    assert caught.stat().st_size % (512 * 20) == 0 and caught.stat().st_size > 100_000
+
+    dst = home_for(tmp_path, sshd, name="dst")
+    feeder = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", str(caught), fifo])
+    p = run("imsrestore", dst.home, "-f", sshd.spec(fifo), "/")
+    feeder.wait(30)
+    assert p.returncode == 0, p.stderr
+    assert restored(dst.home) == source["snapshot"]
+
+
+def test_local_file_with_colon_stays_local(sshd, source, tmp_path, monkeypatch):
+    src = home_for(tmp_path, sshd, source)
+    monkeypatch.chdir(tmp_path)
+    p = run("imsbackup", src.home, "-f", "./127.0.0.1:x.ims", "/primary/user/bob")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "127.0.0.1:x.ims").stat().st_size > 0
+    src.set("device.localonly", "yes")
+    p = run("imsbackup", src.home, "-f", "127.0.0.1:y.ims", "/primary/user/bob")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "127.0.0.1:y.ims").stat().st_size > 0
+
+
+# -- staging push and fetch ----------------------------------------------------------
+def test_push_and_fetch(sshd, tmp_path):
+    settings = Settings(identity=sshd.client_key, knownhosts=sshd.known_hosts, timeout=10)
+    d = sshd.remote_dir("push")
+    local = tmp_path / "groupA 50% é.ims"
+    data = os.urandom(700_000)
+    local.write_bytes(data)
+    r = push(str(local), sshd.spec(d + "/"), settings)
+    assert r.remote_path == f"{d}/{local.name}" and r.size == len(data)
+    assert r.verified == "sha256" and r.sha256 == hashlib.sha256(data).hexdigest()
+    assert os.listdir(d) == [local.name]
+    with open(r.remote_path, "rb") as f:
+        assert f.read() == data
+
+    back = tmp_path / "back" / "copy.ims"
+    back.parent.mkdir()
+    got = fetch(sshd.spec(r.remote_path), str(back), settings, sha256=r.sha256)
+    assert back.read_bytes() == data and got.verified == "sha256"
+
+    other = tmp_path / "back" / "other.ims"
+    with pytest.raises(VerifyFailed, match="SHA-256"):
+        fetch(sshd.spec(r.remote_path), str(other), settings, sha256="0" * 64)
+    assert os.listdir(back.parent) == ["copy.ims"]      # nothing half-fetched kept
+
+
+def test_push_refuses_wrong_key_and_writes_nothing(sshd, tmp_path):
+    settings = Settings(identity=sshd.other_key, knownhosts=sshd.known_hosts, timeout=10)
+    d = sshd.remote_dir("pushkey")
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    with pytest.raises(AuthFailed, match="authentication failed"):
+        push(str(tmp_path / "f"), sshd.spec(d + "/"), settings)
+    assert os.listdir(d) == []
+
+
+# -- refusals ------------------------------------------------------------------------
+def _fingerprint(pub: str) -> str:
+    out = subprocess.run(["ssh-keygen", "-lf", pub], capture_output=True, text=True, check=True).stdout
+    return out.split()[1]
+
+
+def test_unknown_host_key_refused_with_how_to_accept(sshd, source, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    src = home_for(tmp_path, sshd, source, ssh_knownhosts=str(empty))
+    d = sshd.remote_dir("unknown")
+    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/x.ims"), "/")
+    assert p.returncode == 3
+    line = one_line(p.stderr)
+    assert "not known" in line and _fingerprint(sshd.host_key + ".pub") in line
+    assert f"ssh-keyscan -p {sshd.port} -t ed25519 127.0.0.1 >> {empty}" in line
+    assert os.listdir(d) == [] and empty.read_text() == ""       # nothing accepted, nothing written
+    with pytest.raises(HostKeyUnknown):
+        push(str(empty), sshd.spec(d + "/"), Settings(identity=sshd.client_key, knownhosts=str(empty)))
+
+
+def test_changed_host_key_refused(sshd, source, tmp_path):
+    impostor = keygen(str(tmp_path / "impostor"))
+    with open(impostor + ".pub") as f:
+        kind, blob = f.read().split()[:2]
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
+    dst = home_for(tmp_path, sshd, ssh_knownhosts=str(kh))
+    p = run("imsrestore", dst.home, "-f", sshd.spec("/etc/hostname"), "/")
+    assert p.returncode == 3
+    line = one_line(p.stderr)
+    assert "CHANGED" in line and _fingerprint(sshd.host_key + ".pub") in line and _fingerprint(impostor + ".pub") in line
+
+
+def test_wrong_client_key_refused(sshd, source, tmp_path):
+    src = home_for(tmp_path, sshd, source, ssh_identity=sshd.other_key)
+    d = sshd.remote_dir("wrongkey")
+    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/x.ims"), "/")
+    assert p.returncode == 3
+    line = one_line(p.stderr)
+    assert "authentication failed" in line and sshd.other_key in line
+    assert os.listdir(d) == []
+
+
+def test_connection_refused(sshd, source, tmp_path):
+    from tests.sshd import free_port
+    src = home_for(tmp_path, sshd, source)
+    p = run("imsbackup", src.home, "-f", f"imsbk@127.0.0.1:{free_port()}:/tmp/x.ims", "/")
+    assert p.returncode == 3
+    assert "Connection refused" in one_line(p.stderr)
+
+
+def test_missing_remote_archive(sshd, tmp_path):
+    dst = home_for(tmp_path, sshd)
+    d = sshd.remote_dir("missing")
+    p = run("imsrestore", dst.home, "-f", sshd.spec(f"{d}/nope.ims"), "/")
+    assert p.returncode == 3 and "does not exist" in one_line(p.stderr)
+
+
+# -- the far side failing during a transfer ---------------------------------------
+def test_server_killed_mid_transfer(sshd, source, tmp_path):
+    src = home_for(tmp_path, sshd, source)
+    d = sshd.remote_dir("killed")
+    env = dict(os.environ, IMS_HOME=str(src.home), IMS_ASM_PLUGINS=PLUGINS, HOME=str(src.home))
+    env.pop("SSH_AUTH_SOCK", None)
+    proc = subprocess.Popen(["imsbackup", "-b", "1", "-f", sshd.spec(f"{d}/x.ims"), "/"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    stopped = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        parts = [n for n in os.listdir(d) if n.endswith(".partial")]
+        if parts and os.path.getsize(os.path.join(d, parts[0])) >= 64 * 1024:
+            proc.send_signal(signal.SIGSTOP)         # freeze the backup mid-stream ...
+            stopped = True
+            break
+        time.sleep(0.002)
+    assert stopped, "the backup finished before it could be interrupted"
+    assert sshd.kill_sessions()                      # ... drop the server side of the link ...
+    proc.send_signal(signal.SIGCONT)                 # ... and let it find out
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    line = one_line(err)
+    assert "lost" in line and "incomplete" in line
+    assert "x.ims" not in os.listdir(d)              # nothing that looks complete
+    assert all(n.startswith(".x.ims.") and n.endswith(".partial") for n in os.listdir(d))
+
+
+def test_far_disk_full(sshd, source, tmp_path):
+    src = home_for(tmp_path, sshd, source)
+    try:
+        d = sshd.remote_dir("full", tmpfs_size="1m")
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"cannot mount a tmpfs for the full-disk test (needs root): {exc.stderr}")
+    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/x.ims"), "/")
+    assert p.returncode == 3, p.stderr
+    line = one_line(p.stderr)
+    assert "no space left" in line and "incomplete" in line
+    assert os.listdir(d) == []                        # the partial file was removed
+    settings = Settings(identity=sshd.client_key, knownhosts=sshd.known_hosts, timeout=10)
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(2 << 20))
+    from plugins.ssh import RemoteDiskFull
+    with pytest.raises(RemoteDiskFull):
+        push(str(big), sshd.spec(d + "/"), settings)
+    assert os.listdir(d) == []
