@@ -1,0 +1,352 @@
+"""imsbacula: the Bacula (bpipe) module's command.
+
+    imsbacula fileset [--per-user] [--name NAME] [--client C] [--storage S] [--pool P] [-o FILE]
+    imsbacula backup [--level L] PATH         (bpipe reader: imsbackup -f - to stdout)
+    imsbacula restore [--only PATH ...] PATH  (bpipe writer: stdin to imsrestore -f -)
+    imsbacula select [PATH ... | --clear]     (what the next restore jobs restore)
+    imsbacula history                         (the good jobs each path's chain is made of)
+    imsbacula jobstart|jobdone|jobfailed|restorestart --jobid N [--level L]  (Job RunScripts)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from asm.cli.common import EXIT_DEVICE, EXIT_OK, EXIT_USAGE, ArgParser, UsageError, die
+from plugins.bacula.encoding import decode
+from plugins.bacula.state import State, normalize_level
+
+PROG = "imsbacula"
+CHUNK = 1 << 16
+DEFAULT_FILESET = "ims-mail"
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog=PROG, description="Bacula bpipe module: FileSet, backup/restore streams, job state.")
+    p.add_argument("--home", metavar="ENC", help=argparse_hidden())
+    p.add_argument("--plugins", metavar="ENC", help=argparse_hidden())
+    p.add_argument("--fileset", default=DEFAULT_FILESET, metavar="NAME",
+                   help=f"the FileSet whose job state to use (default {DEFAULT_FILESET})")
+    p.add_argument("-E", dest="encoded", action="store_true", help=argparse_hidden())
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=ArgParser)
+
+    f = sub.add_parser("fileset", help="write the FileSet and Job resources for bacula-dir.conf")
+    f.add_argument("--per-user", action="store_true", help="one Plugin line per user instead of per group")
+    f.add_argument("--name", default=DEFAULT_FILESET, help=f"FileSet and Job name (default {DEFAULT_FILESET})")
+    f.add_argument("--client", default=None, help="the Client resource of this host (default HOSTNAME-fd)")
+    f.add_argument("--storage", default="File1", help="Storage resource (default File1)")
+    f.add_argument("--pool", default="File", help="Pool resource (default File)")
+    f.add_argument("--messages", default="Standard", help="Messages resource (default Standard)")
+    f.add_argument("--schedule", action="store_true",
+                   help="add a Schedule: Full on Sunday, Incremental Monday to Saturday, 01:05")
+    f.add_argument("--imsbacula", default=None, metavar="PATH",
+                   help="absolute path of imsbacula on the client (default: this one)")
+    f.add_argument("-o", dest="output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
+
+    b = sub.add_parser("backup", help="stream the archive of PATH to stdout (the bpipe reader)")
+    b.add_argument("--level", default="auto", help="Full, Incremental, Differential or auto (the running job's)")
+    b.add_argument("path")
+
+    r = sub.add_parser("restore", help="restore the archive on stdin (the bpipe writer)")
+    r.add_argument("--only", action="append", default=[], metavar="PATH",
+                   help="restore only this user or folder (repeatable); default: 'imsbacula select'")
+    r.add_argument("path")
+
+    s = sub.add_parser("select", help="restore only these paths in the next restore jobs")
+    s.add_argument("paths", nargs="*", metavar="PATH")
+    s.add_argument("--clear", action="store_true", help="restore everything again")
+
+    sub.add_parser("history", help="list the good backup jobs recorded per path")
+
+    for name, what in (("jobstart", "a backup job begins (client RunScript Before)"),
+                       ("jobdone", "a backup job succeeded (client RunScript After, on success)"),
+                       ("jobfailed", "a backup job failed (client RunScript After, on failure)"),
+                       ("restorestart", "a restore job begins: show the selection in the job log")):
+        j = sub.add_parser(name, help=what)
+        j.add_argument("--jobid", type=int, required=True)
+        if name == "jobstart":
+            j.add_argument("--level", required=True)
+    return p
+
+
+def argparse_hidden():
+    import argparse
+    return argparse.SUPPRESS
+
+
+def _word(text: str, encoded: bool, what: str) -> str:
+    if not encoded:
+        return text
+    try:
+        return decode(text)
+    except ValueError as exc:
+        raise UsageError(f"bad {what}: {exc}") from None
+
+
+def _log_path(home: str, fileset: str) -> str:
+    d = os.path.join(home, "data", "bacula", "log")
+    os.makedirs(d, exist_ok=True)
+    return os.path.join(d, f"{fileset}.log")
+
+
+def _log(home: str, fileset: str, line: str, echo: bool = True) -> None:
+    """A line in $IMS_HOME/data/bacula/log/FILESET.log (the bpipe commands' stderr is not
+    in Bacula's job log) and on stderr."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with open(_log_path(home, fileset), "a", encoding="utf-8") as f:
+        f.write(f"{stamp} {line}\n")
+    if echo:
+        print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+
+
+def _run_tool(home: str, fileset: str, argv: list[str], stdin=None) -> int:
+    """Run an ims tool with our stdin/stdout (the bpipe pipe, never copied through
+    Python) and copy its stderr lines to the log."""
+    proc = subprocess.Popen([sys.executable, "-m"] + argv, stdin=stdin, stdout=None, stderr=subprocess.PIPE)
+    for raw in proc.stderr:
+        _log(home, fileset, raw.decode("utf-8", "replace").rstrip("\n"))
+    return proc.wait()
+
+
+def _tool_name(argv):
+    return argv[0].rsplit(".", 1)[-1]
+
+
+def _own_script() -> str:
+    """The imsbacula of this Python (not a PATH shim: the file daemon runs it with a bare
+    environment)."""
+    here = os.path.join(os.path.dirname(sys.executable), PROG)
+    if os.access(here, os.X_OK):
+        return here
+    return shutil.which(PROG) or os.path.abspath(sys.argv[0])
+
+
+# -- commands ---------------------------------------------------------------------
+
+def cmd_fileset(args, home: str) -> int:
+    import socket
+
+    from asm.cli.context import open_installation
+    from asm.config import atomic_write
+    from plugins.bacula.fileset import Options, render
+
+    exe = args.imsbacula or _own_script()
+    o = Options(name=args.name, per_user=args.per_user,
+                client=args.client or f"{socket.gethostname().split('.')[0]}-fd",
+                storage=args.storage, pool=args.pool, messages=args.messages, schedule=args.schedule,
+                imsbacula=exe, home=home, plugins=os.environ.get("IMS_ASM_PLUGINS", ""))
+    inst = open_installation(home)
+    text = render(o, inst.store, inst.groups)
+    if args.output:
+        out = os.path.abspath(args.output)
+        if not os.path.isdir(os.path.dirname(out)):
+            raise UsageError(f"cannot write {args.output!r}: its directory does not exist")
+        atomic_write(out, text.encode("utf-8"), mode=0o640)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_backup(args, home: str, state: State) -> int:
+    path = _word(args.path, args.encoded, "path")
+    jobid = None
+    if args.level == "auto":
+        pend = state.pending(args.fileset)
+        if pend is None:
+            level = "Full"
+            _log(home, args.fileset, f"{path}: no running job recorded for FileSet {args.fileset!r} (is the "
+                 f"Job's 'jobstart' RunScript missing?): taking a full backup")
+        else:
+            jobid, level = pend
+    else:
+        try:
+            level = normalize_level(args.level)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    base = state.since(path, level)
+    argv = ["asm.cli.imsbackup", "-f", "-"]
+    if level != "Full" and base is None:
+        _log(home, args.fileset, f"{path}: no good earlier backup to build a {level.lower()} on: taking a full")
+        level = "Full"
+    if base is not None:
+        # one second earlier: a message stored in the same second as the last start is kept
+        argv += ["-d", time.strftime("%Y%m%d:%H%M%S", time.localtime(int(base[0]) - 1))]
+    if sys.stdout.isatty():
+        raise UsageError("refusing to write an archive to a terminal: bpipe reads this from a pipe")
+    started = time.time()
+    _log(home, args.fileset, f"{path}: {level.lower()} backup" + (f" of job {jobid}" if jobid else "")
+         + (f", messages stored since job {base[1]} ({argv[4]})" if base else ""), echo=False)
+    rc = _run_tool(home, args.fileset, argv + [path])
+    if rc != EXIT_OK:
+        _log(home, args.fileset, f"{path}: imsbackup failed with exit status {rc}; the job must fail")
+        return rc
+    if jobid is not None:
+        state.stream_ok(args.fileset, jobid, path, level, started)
+    _log(home, args.fileset, f"{path}: {level.lower()} backup streamed", echo=False)
+    return EXIT_OK
+
+
+def _applies(sel, stream, groups) -> bool:
+    """Does the selected path ``sel`` name something inside the stream of ``stream``?"""
+    if sel.partition is None:
+        return True
+    if stream.partition != sel.partition:
+        return False
+    if sel.user is not None:
+        if stream.user is not None:
+            return stream.user == sel.user
+        return groups.member(sel.user, stream.group) if stream.group else True
+    if sel.group is not None and sel.group != "user" and stream.group not in (None, "user", sel.group):
+        return False
+    return True
+
+
+def _drain(stream) -> int:
+    n = 0
+    while True:
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            return n
+        n += len(chunk)
+
+
+def cmd_restore(args, home: str, state: State) -> int:
+    from asm.cli.context import open_installation
+    from asm.logical import PathError, parse
+
+    path = _word(args.path, args.encoded, "path")
+    inst = open_installation(home)
+    try:
+        stream = parse(path, inst.groups)
+        only = [_word(p, args.encoded, "--only path") for p in args.only] or state.selection()
+        chosen = [p for p in only if _applies(parse(p, inst.groups), stream, inst.groups)]
+    except PathError as exc:
+        raise UsageError(str(exc)) from None
+    if only and not chosen:
+        n = _drain(sys.stdin.buffer)
+        _log(home, args.fileset, f"{path}: nothing selected in this stream ({', '.join(only)}); "
+             f"skipped {n} bytes")
+        return EXIT_OK
+    _log(home, args.fileset, f"{path}: restoring " + (", ".join(chosen) if chosen else "everything"), echo=False)
+    rc = _run_tool(home, args.fileset, ["asm.cli.imsrestore", "-f", "-"] + chosen, stdin=sys.stdin.buffer)
+    if rc != EXIT_OK:
+        _log(home, args.fileset, f"{path}: imsrestore failed with exit status {rc}; the job must fail")
+    return rc
+
+
+def cmd_select(args, home: str, state: State) -> int:
+    from asm.cli.context import open_installation
+    from asm.logical import PathError, parse
+
+    if args.clear and args.paths:
+        raise UsageError("give paths or --clear, not both")
+    if args.clear:
+        state.set_selection([])
+        print(f"{PROG}: restores restore everything in their streams again")
+        return EXIT_OK
+    if args.paths:
+        inst = open_installation(home)
+        for p in args.paths:
+            try:
+                lp = parse(p, inst.groups)
+            except PathError as exc:
+                raise UsageError(str(exc)) from None
+            if lp.partition is None:
+                raise UsageError(f"{p!r} selects everything: use 'imsbacula select --clear' instead")
+        state.set_selection(list(dict.fromkeys(args.paths)))
+    sel = state.selection()
+    if sel:
+        print(f"{PROG}: restore jobs restore only: " + ", ".join(sel)
+              + " (until 'imsbacula select --clear')")
+    else:
+        print(f"{PROG}: restore jobs restore everything in their streams")
+    return EXIT_OK
+
+
+def cmd_history(args, home: str, state: State) -> int:
+    rows = state.history()
+    if not rows:
+        print(f"{PROG}: no good backup job recorded yet")
+        return EXIT_OK
+    print("path\tjobid\tfileset\tlevel\tstarted")
+    for path, jobid, fileset, level, started, finished in rows:
+        print(f"{path}\t{jobid}\t{fileset}\t{level}\t{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}")
+    return EXIT_OK
+
+
+def cmd_job(args, home: str, state: State) -> int:
+    if args.cmd == "jobstart":
+        try:
+            level = normalize_level(args.level)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        state.job_start(args.fileset, args.jobid, level)
+        print(f"{PROG}: job {args.jobid}: {level.lower()} backup of FileSet {args.fileset}")
+    elif args.cmd == "jobdone":
+        rows = state.job_done(args.fileset, args.jobid)
+        for path, level, started in rows:
+            print(f"{PROG}: job {args.jobid}: {path} {level.lower()} recorded as good "
+                  f"(next incremental from {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))})")
+        if not rows:
+            print(f"{PROG}: job {args.jobid}: no stream of this job finished well; nothing recorded")
+    elif args.cmd == "jobfailed":
+        n = state.job_failed(args.fileset, args.jobid)
+        print(f"{PROG}: job {args.jobid} failed: {n} streams not recorded; the next incremental starts "
+              f"from the last good job (see {_log_path(home, args.fileset)})")
+        try:
+            with open(_log_path(home, args.fileset), encoding="utf-8") as f:
+                tail = [ln.rstrip("\n") for ln in f][-10:]
+            for ln in tail:
+                print(f"{PROG}: log: {ln}")
+        except OSError:
+            pass
+    else:  # restorestart
+        sel = state.selection()
+        print(f"{PROG}: restore job {args.jobid}: restoring "
+              + ("only " + ", ".join(sel) + " (imsbacula select)" if sel else "everything in the selected streams"))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.plugins is not None:
+            os.environ["IMS_ASM_PLUGINS"] = _word(args.plugins, True, "--plugins")
+        if args.home is not None:
+            os.environ["IMS_HOME"] = _word(args.home, True, "--home")
+        from asm.config import ConfigError, ims_home
+        try:
+            home = ims_home()
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        state = State(home)
+        if args.cmd == "fileset":
+            return cmd_fileset(args, home)
+        if args.cmd == "backup":
+            return cmd_backup(args, home, state)
+        if args.cmd == "restore":
+            return cmd_restore(args, home, state)
+        if args.cmd == "select":
+            return cmd_select(args, home, state)
+        if args.cmd == "history":
+            return cmd_history(args, home, state)
+        return cmd_job(args, home, state)
+    except UsageError as exc:
+        return die(PROG, str(exc), EXIT_USAGE)
+    except BrokenPipeError:
+        return die(PROG, "the reader went away (bpipe closed the pipe)", EXIT_DEVICE)
+    except Exception as exc:  # ConfigError, GroupsError, FilesetError, StoreError, sqlite3.Error
+        from asm.config import ConfigError
+        from asm.groups import GroupsError
+        from asm.store.base import StoreError
+        from plugins.bacula.fileset import FilesetError
+        if isinstance(exc, (ConfigError, GroupsError, FilesetError, StoreError)):
+            return die(PROG, str(exc), EXIT_USAGE)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

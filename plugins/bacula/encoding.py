@@ -1,0 +1,37 @@
+"""Percent-encoding for words that go into a bpipe plugin string.
+
+bpipe splits its definition on ``:`` and Bacula splits each command on blanks and
+quotes, so every word we put there (paths, user IDs, IMS_HOME) is written with only
+``[A-Za-z0-9_.,+=@/-]`` and ``%XX`` (UTF-8 bytes); ``imsbacula`` decodes it.
+"""
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+SAFE = "_.,+=@/-"
+_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" + SAFE)
+
+
+def encode(text: str) -> str:
+    """``text`` with everything outside the safe set as %XX; round-trips with decode."""
+    return quote(text, safe=SAFE, encoding="utf-8", errors="strict")
+
+
+def decode(word: str) -> str:
+    """The inverse of :func:`encode`; a malformed escape is refused."""
+    if not set(word.replace("%", "")) <= _OK:
+        raise ValueError(f"{word!r} is not a percent-encoded word (characters outside [A-Za-z0-9{SAFE}%])")
+    out = unquote(word, encoding="utf-8", errors="strict")
+    if encode(out) != word:   # %zz, lower-case hex, or an escaped safe character: not ours
+        raise ValueError(f"{word!r} is not a percent-encoded word as imsbacula writes them")
+    return out
+
+
+def is_plain(word: str) -> bool:
+    """True when ``word`` needs no encoding (an executable path we cannot encode)."""
+    return bool(word) and set(word) <= _OK
+
+
+def runscript_escape(word: str) -> str:
+    """Bacula expands ``%x`` codes in RunScript commands: double every ``%``."""
+    return word.replace("%", "%%")

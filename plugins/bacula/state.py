@@ -1,0 +1,130 @@
+"""What the module remembers between Bacula jobs: $IMS_HOME/data/bacula/state.db.
+
+- ``pending``: the job a FileSet is running now (its JobId and level), written by the
+  Job's client RunScript before the backup (``imsbacula jobstart``);
+- ``streams``: each bpipe stream of that job that finished well (imsbackup exit 0 and
+  every byte taken by the file daemon), with the time it started;
+- ``good``: per logical path, the streams of jobs that *succeeded*: copied from
+  ``streams`` only by ``imsbacula jobdone`` (the RunScript Bacula runs after a job that
+  ended well).  An incremental takes its ``-d`` date from here, so a job that failed
+  anywhere (file daemon, storage daemon, another stream) never moves the date on.
+- ``selection``: what the next restores restore (``imsbacula select``).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (fileset TEXT PRIMARY KEY, jobid INTEGER NOT NULL,
+    level TEXT NOT NULL, started REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (fileset TEXT NOT NULL, jobid INTEGER NOT NULL, path TEXT NOT NULL,
+    level TEXT NOT NULL, started REAL NOT NULL, finished REAL NOT NULL,
+    PRIMARY KEY (fileset, jobid, path));
+CREATE TABLE IF NOT EXISTS good (path TEXT NOT NULL, jobid INTEGER NOT NULL, fileset TEXT NOT NULL,
+    level TEXT NOT NULL, started REAL NOT NULL, finished REAL NOT NULL, committed REAL NOT NULL,
+    PRIMARY KEY (path, jobid));
+CREATE TABLE IF NOT EXISTS selection (path TEXT PRIMARY KEY, added REAL NOT NULL);
+"""
+
+LEVELS = {"F": "Full", "I": "Incremental", "D": "Differential"}
+
+
+def normalize_level(text: str) -> str:
+    """'Full'/'F'/'full' -> 'Full' etc.; Bacula's %l gives the long form."""
+    t = (text or "").strip()
+    for short, long in LEVELS.items():
+        if t.lower() in (short.lower(), long.lower()):
+            return long
+    raise ValueError(f"unknown backup level {text!r}: use Full, Incremental or Differential")
+
+
+class State:
+    def __init__(self, home: str):
+        self.dir = os.path.join(home, "data", "bacula")
+        self.path = os.path.join(self.dir, "state.db")
+
+    @contextlib.contextmanager
+    def db(self):
+        os.makedirs(self.dir, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            con.execute("PRAGMA busy_timeout = 60000")
+            con.executescript(SCHEMA)
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
+
+    # -- a backup job ---------------------------------------------------------
+    def job_start(self, fileset: str, jobid: int, level: str) -> None:
+        with self.db() as con:
+            con.execute("DELETE FROM streams WHERE fileset = ?", (fileset,))
+            con.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?)", (fileset, jobid, level, time.time()))
+
+    def pending(self, fileset: str) -> tuple[int, str] | None:
+        with self.db() as con:
+            row = con.execute("SELECT jobid, level FROM pending WHERE fileset = ?", (fileset,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def stream_ok(self, fileset: str, jobid: int, path: str, level: str, started: float) -> None:
+        with self.db() as con:
+            con.execute("INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?, ?, ?)",
+                        (fileset, jobid, path, level, started, time.time()))
+
+    def job_done(self, fileset: str, jobid: int) -> list[tuple[str, str, float]]:
+        """Commit the streams of a job that succeeded; returns (path, level, started)."""
+        now = time.time()
+        with self.db() as con:
+            rows = con.execute("SELECT path, level, started, finished FROM streams WHERE fileset = ? AND jobid = ?",
+                               (fileset, jobid)).fetchall()
+            for path, level, started, finished in rows:
+                con.execute("INSERT OR REPLACE INTO good VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (path, jobid, fileset, level, started, finished, now))
+            con.execute("DELETE FROM streams WHERE fileset = ? AND jobid = ?", (fileset, jobid))
+            con.execute("DELETE FROM pending WHERE fileset = ? AND jobid = ?", (fileset, jobid))
+        return [(p, lv, s) for p, lv, s, _ in rows]
+
+    def job_failed(self, fileset: str, jobid: int) -> int:
+        """Forget what a failed job streamed; returns how many streams were dropped."""
+        with self.db() as con:
+            n = con.execute("DELETE FROM streams WHERE fileset = ? AND jobid = ?", (fileset, jobid)).rowcount
+            con.execute("DELETE FROM pending WHERE fileset = ? AND jobid = ?", (fileset, jobid))
+        return n
+
+    def since(self, path: str, level: str) -> tuple[float, int] | None:
+        """(start time, JobId) an incremental/differential of ``path`` starts from, or
+        None when there is no good job to build on (the caller then takes a full)."""
+        if level == "Full":
+            return None
+        with self.db() as con:
+            if level == "Differential":
+                row = con.execute("SELECT started, jobid FROM good WHERE path = ? AND level = 'Full' "
+                                  "ORDER BY started DESC LIMIT 1", (path,)).fetchone()
+            else:
+                row = con.execute("SELECT started, jobid FROM good WHERE path = ? ORDER BY started DESC LIMIT 1",
+                                  (path,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def history(self) -> list[tuple]:
+        with self.db() as con:
+            return con.execute("SELECT path, jobid, fileset, level, started, finished FROM good "
+                               "ORDER BY path, started").fetchall()
+
+    # -- restore selection ------------------------------------------------------
+    def set_selection(self, paths: list[str]) -> None:
+        with self.db() as con:
+            con.execute("DELETE FROM selection")
+            now = time.time()
+            con.executemany("INSERT OR REPLACE INTO selection VALUES (?, ?)", [(p, now) for p in paths])
+
+    def selection(self) -> list[str]:
+        with self.db() as con:
+            return [r[0] for r in con.execute("SELECT path FROM selection ORDER BY added, path")]
