@@ -96,6 +96,8 @@ OPTIONS: dict[str, Option] = {
     "store.locktimeout": Option(_int(1, 3600), "30", "seconds to wait for a folder lock"),
     "store.root": Option(_abspath, None,
                          "classic store root (mailbox list, queue); default $IMS_HOME/data/store"),
+    "store.backupdir": Option(_abspath, None,
+                              "mkbackupdir's backup image directory when -p is not given (NetWorker)"),
     "device.localonly": Option(_bool, "no",
                                "treat every -f argument as a local path, even with a colon"),
     "ssh.identity": Option(_abspath, None, "private key file for remote devices"),

@@ -1,0 +1,36 @@
+"""Times as NetWorker hands them to an ASM's ``-t`` (a subset of nsr_getdate(3))."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+
+
+class DateError(ValueError):
+    pass
+
+
+_FORMATS = ("%Y%m%d:%H%M%S", "%Y%m%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%d", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%m/%d/%y %H:%M:%S",
+            "%m/%d/%y %H:%M", "%m/%d/%y")
+_AGO = re.compile(r"^(\d+)\s*(second|minute|hour|day|week)s?\s+ago$", re.I)
+_UNIT = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
+
+
+def parse(text: str, now: float | None = None) -> float:
+    """Epoch seconds (``1700000000`` or ``@1700000000``), ``YYYYMMDD[:HHMMSS]`` (the
+    imsbackup -d form), ``YYYY-MM-DD[ HH:MM[:SS]]``, ``MM/DD/YY[YY] [HH:MM[:SS]]`` or
+    ``N hours|days|weeks ago``; local time."""
+    s = text.strip()
+    if re.fullmatch(r"@?\d{9,11}", s):
+        return float(s.lstrip("@"))
+    m = _AGO.match(s)
+    if m:
+        return (now if now is not None else time.time()) - int(m.group(1)) * _UNIT[m.group(2).lower()]
+    for fmt in _FORMATS:
+        try:
+            return dt.datetime.strptime(s, fmt).timestamp()
+        except ValueError:
+            continue
+    raise DateError(f"bad time {text!r}: use seconds since 1970, YYYYMMDD[:HHMMSS], "
+                    "'YYYY-MM-DD HH:MM:SS', 'MM/DD/YYYY HH:MM:SS' or 'N days ago'")

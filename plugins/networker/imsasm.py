@@ -1,0 +1,620 @@
+"""imsasm: the external NetWorker ASM for the message store (uasm(8) arguments).
+
+    imsasm -s [-benouv] [-ix] [-t time] [-f proto] [-p path] path...
+    imsasm -r [-nuv] [-i {nNyYrR}] [-m src=dst] [-z suffix] [path...]
+    imsasm -c [-nuv] [path...]
+
+Save writes one save record per path (a placeholder or a directory of them in a
+mkbackupdir tree) to stdout; recover reads a save stream from stdin and restores
+through imsrestore's engine; compare checks a stream against the store.  The stream
+format is in :mod:`plugins.networker.stream` and docs/networker.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+
+from asm.archive.errors import ArchiveError, IncompleteArchive, NotAnArchive
+from asm.archive.reader import ArchiveReader
+from asm.archive.writer import ArchiveWriter
+from asm.backup import BackupOptions, run_backup
+from asm.cli.common import (
+    EXIT_DEVICE, EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
+    EXIT_USAGE, ArgParser, Progress, UsageError, die, human, sigterm_as_interrupt, warn,
+)
+from asm.cli.context import open_installation
+from asm.config import ConfigError
+from asm.groups import GroupsError
+from asm.logical import LogicalPath, Target
+from asm.restore import ChainOrderError, Journal, Restorer, RestoreError, RestoreOptions, Selection
+from asm.store.base import MessageGone, NoSuchFolder, NoSuchUser, StoreError
+
+from . import getdate, tree
+from .stream import StreamError, StreamReader, StreamWriter, TruncatedStream, NotAStream
+
+PROG = "imsasm"
+EXIT_NOT_STREAM = 8
+BF = 20
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def _save_parser() -> ArgParser:
+    p = ArgParser(prog=f"{PROG} -s", description="Write a save stream of the named placeholders to stdout.")
+    p.add_argument("-b", dest="estimate", action="store_true",
+                   help="print the estimate (records, header bytes, data bytes); write no stream")
+    p.add_argument("-e", dest="no_end", action="store_true", help="omit the end-of-stream marker")
+    p.add_argument("-n", dest="dry", action="store_true", help="check the paths; write no stream")
+    p.add_argument("-o", dest="old", action="store_true",
+                   help="old-style stream (accepted; this ASM has one stream format)")
+    p.add_argument("-u", dest="stop", action="store_true", help="stop at the first mailbox error")
+    p.add_argument("-v", dest="verbose", action="store_true", help="name the ASM, its arguments and each record")
+    p.add_argument("-i", dest="ignore_directives", action="store_true",
+                   help="ignore .nsr directives (accepted; imsasm reads none below its arguments)")
+    p.add_argument("-x", dest="cross", action="store_true", help="cross mount points (accepted; no effect)")
+    p.add_argument("-t", dest="time", metavar="TIME", help="only mail stored since TIME (incremental levels)")
+    p.add_argument("-f", dest="proto", metavar="PROTO", help="prototype directive file (checked, not needed)")
+    p.add_argument("-p", dest="ppath", metavar="PATH", help="directory relative paths are taken from")
+    p.add_argument("paths", nargs="+", metavar="path", help="placeholders or directories of a mkbackupdir tree")
+    return p
+
+
+def _recover_parser(mode: str) -> ArgParser:
+    p = ArgParser(prog=f"{PROG} {mode}", description="Restore (or compare) a save stream read from stdin.")
+    p.add_argument("-n", dest="dry", action="store_true", help="read and check the stream; change nothing")
+    p.add_argument("-u", dest="stop", action="store_true", help="stop at the first error")
+    p.add_argument("-v", dest="verbose", action="store_true", help="name each record and mailbox")
+    if mode == "-r":
+        p.add_argument("-i", dest="answer", choices=list("nNyYrR"), default="Y",
+                       help="folder already there: n/N skip it, y/Y merge into it (default), "
+                            "r/R restore beside it with the -z suffix")
+        p.add_argument("-m", dest="maps", action="append", default=[], metavar="SRC=DST",
+                       help="restore the user at tree path SRC as the user at tree path DST")
+        p.add_argument("-z", dest="suffix", default=".R", metavar="SUFFIX",
+                       help="suffix for -i r/R (default .R: folder INBOX comes back as INBOX-R)")
+        p.add_argument("-P", dest="passphrase", metavar="PASS", help="accepted; streams are not encrypted")
+    p.add_argument("paths", nargs="*", metavar="path", help="tree paths to recover (default: all)")
+    return p
+
+
+def split_mode(argv: list[str]) -> tuple[str, list[str]]:
+    if not argv or not argv[0].startswith("-") or len(argv[0]) < 2 or argv[0][1] not in "src":
+        raise UsageError("the first argument must be -s (save), -r (recover) or -c (compare), "
+                         "e.g. imsasm -s /backup/primary/groupA/joe/INBOX")
+    first = argv[0]
+    rest = ([f"-{first[2:]}"] if len(first) > 2 else []) + list(argv[1:])
+    return first[:2], rest
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _installation(marker: dict | None = None):
+    """The installation: IMS_HOME, else the one the tree's marker names."""
+    home = os.environ.get("IMS_HOME") or (marker or {}).get("ims_home")
+    return open_installation(home)
+
+
+def _log(inst, entry: dict) -> None:
+    """Append one JSON line per record to $IMS_HOME/log/imsasm.log (read by imsasmreport)."""
+    d = os.path.join(inst.config.home, "log")
+    try:
+        os.makedirs(d, exist_ok=True)
+        line = (json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        fd = os.open(os.path.join(d, "imsasm.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        warn(PROG, f"cannot write the run log in {d}: {exc.strerror}")
+
+
+class SaveRecord:
+    """One path argument resolved against the tree and the store."""
+
+    def __init__(self, name: str, root: str, rel: list[str], place: tree.Place, kind: str):
+        self.name, self.root, self.rel, self.place, self.kind = name, root, rel, place, kind
+        self.targets: list[Target] = []
+        self.vanished: list[str] = []
+
+
+def plan_records(inst, paths: list[str], ppath: str | None):
+    """(root, marker, [SaveRecord]) for the path arguments; TreeError/UsageError when one is
+    not a placeholder of a mkbackupdir tree."""
+    root = marker = None
+    out = []
+    for arg in paths:
+        path = arg if os.path.isabs(arg) or not ppath else os.path.join(ppath, arg)
+        path = os.path.abspath(path)
+        if not os.path.lexists(path):
+            raise UsageError(f"{path}: no such placeholder; run mkbackupdir again or check the save set")
+        r = tree.find_root(path)
+        if r is None:
+            raise UsageError(f"{path} is not in a mkbackupdir tree (no {tree.MARKER} above it); "
+                             "run mkbackupdir -p DIR and save paths below DIR")
+        if root is None:
+            root, marker = r, tree.read_marker(r)
+        elif r != root:
+            raise UsageError(f"{path} is in another backup tree ({r}, not {root}); save each tree separately")
+        rel = tree.relparts(root, path)
+        isdir = os.path.isdir(path)
+        rec = SaveRecord(path, root, rel, tree.place_of(rel, isdir), "directory" if isdir else "file")
+        out.append(rec)
+    if inst is not None:
+        for rec in out:
+            _resolve(inst, rec)
+    return root, marker, out
+
+
+def _resolve(inst, rec: SaveRecord) -> None:
+    store, groups = inst.store, inst.groups
+    leaves = []
+    if rec.kind == "directory":
+        for f in tree.walk_placeholders(rec.name):
+            leaves.append(tree.place_of(tree.relparts(rec.root, f), False))
+    else:
+        leaves.append(rec.place)
+    by_user: dict[str, Target] = {}
+    order: list[str] = []
+    partitions = store.partitions()
+    for leaf in leaves:
+        if leaf.user is None:
+            raise tree.TreeError(f"{rec.name}: a placeholder above the user level; "
+                                 "this is not a tree mkbackupdir wrote")
+        try:
+            part = store.user_partition(leaf.user)
+            folders = _folder_names(store, leaf.user)
+        except NoSuchUser:
+            rec.vanished.append(leaf.logical())
+            continue
+        t = by_user.get(leaf.user)
+        if t is None:
+            t = by_user[leaf.user] = Target(part, leaf.user, groups.group_of(leaf.user), [], set())
+            order.append(leaf.user)
+        have = set(t.folders)
+        if leaf.folder is None:
+            t.folders.extend(f for f in folders if f not in have)
+            continue
+        chosen = [f for f in folders if leaf.covers(part, leaf.user, None, f) and f not in have]
+        if not chosen and not any(leaf.covers(part, leaf.user, None, f) for f in have):
+            rec.vanished.append(leaf.logical())
+        t.folders.extend(chosen)
+        t.explicit.update(chosen)
+    porder = {p: i for i, p in enumerate(partitions)}
+    rec.targets = sorted(by_user.values(), key=lambda t: (porder.get(t.partition, 99), t.user))
+    for t in rec.targets:
+        t.folders.sort(key=lambda f: (f != "INBOX", f))
+
+
+def _folder_names(store, user: str) -> list[str]:
+    if hasattr(store, "folder_names"):
+        return list(store.folder_names(user))
+    return [f.name for f in store.folders(user)]
+
+
+# ----------------------------------------------------------------------------- save
+
+def estimate(inst, records: list[SaveRecord], since: float | None, exclude: list[str]) -> tuple[int, int, int]:
+    """(records, header bytes, data bytes): framing and archive headers, message bytes."""
+    from asm.backup import is_excluded
+    header = 8 + 400                                     # STREAM section
+    data = 0
+    for rec in records:
+        header += 2 * (8 + 400) + 3 * 1536 + 10240 // 2   # BEGIN/FINISH, archive header/trailer, padding
+        for t in rec.targets:
+            header += 1024
+            for f in t.folders:
+                if f not in t.explicit and is_excluded(f, exclude):
+                    continue
+                try:
+                    snap = inst.store.snapshot(t.user, f, since=since)
+                except StoreError:
+                    continue
+                header += 1536 + 8 * len(snap.messages)
+                seen = set()
+                for m in snap.messages:
+                    if since is not None and m.stored < since:
+                        continue
+                    header += 1536
+                    key = (m.dev, m.ino)
+                    if m.nlink > 1 and key in seen:
+                        continue
+                    seen.add(key)
+                    data += m.size
+                    header += -m.size % 512
+    return len(records), header, data
+
+
+def save(args) -> int:
+    try:
+        since = getdate.parse(args.time) if args.time else None
+        if args.proto and not os.path.isfile(args.proto):
+            raise UsageError(f"-f {args.proto}: no such prototype directive file")
+        root, marker, records = plan_records(None, args.paths, args.ppath)
+        inst = _installation(marker)
+        for rec in records:
+            _resolve(inst, rec)
+        if not (args.dry or args.estimate) and sys.stdout.isatty():
+            raise UsageError("refusing to write a save stream to a terminal: redirect stdout")
+    except getdate.DateError as exc:
+        return die(PROG, f"-t: {exc}", EXIT_USAGE)
+    except (UsageError, tree.TreeError, ConfigError, GroupsError, StoreError) as exc:
+        return die(PROG, str(exc), EXIT_USAGE)
+    exclude = inst.config.backup_exclude()
+    if args.verbose:
+        warn(PROG, "asm: imsasm -s" + (f" -t {args.time}" if args.time else "") + " " + " ".join(args.paths))
+    for rec in records:
+        for v in rec.vanished:
+            warn(PROG, f"{rec.name}: {v} is no longer in the store (removed since mkbackupdir ran); skipped")
+    if args.estimate:
+        n, h, d = estimate(inst, records, since, exclude)
+        print(f"{n} {h} {d}")
+        return EXIT_OK
+    if args.dry:
+        for rec in records:
+            nf = sum(len(t.folders) for t in rec.targets)
+            if args.verbose:
+                warn(PROG, f"{rec.name} -> {rec.place.logical()}: {len(rec.targets)} users, {nf} folders")
+        return EXIT_OK
+
+    out = sys.stdout.buffer
+    sw = StreamWriter(out)
+    opts = BackupOptions(since=since, exclude=exclude, verbose=args.verbose)
+    progress = Progress()
+    status = EXIT_OK
+    t0 = time.monotonic()
+    done = {"records": 0, "messages": 0, "bytes": 0}
+
+    def report(line):
+        if args.verbose:
+            progress.clear()
+            warn(PROG, line)
+
+    try:
+        sw.start({"host": socket.gethostname(), "created": time.time(), "since": since,
+                  "root": root, "ims_home": inst.config.home, "asm": os.path.basename(sys.argv[0]) or PROG})
+        for rec in records:
+            if args.verbose:
+                report(f"{rec.name} -> {rec.place.logical()}")
+            sink = sw.record({"name": rec.name, "root": root, "path": "/".join(rec.rel), "kind": rec.kind,
+                              "logical": rec.place.logical(), "since": since, "created": time.time(),
+                              "host": socket.gethostname(), "ims_home": inst.config.home})
+            writer = ArchiveWriter(sink, BF)
+
+            def show(res, _base=dict(done)):
+                el = time.monotonic() - t0
+                progress.update(f"{PROG}: {_base['records'] + 1}/{len(records)} records, "
+                                f"{_base['messages'] + res.messages + res.links} messages, "
+                                f"{human(_base['bytes'] + res.bytes)} ({human((_base['bytes'] + res.bytes) / el if el else 0)}/s)")
+
+            res = run_backup(inst.store, rec.targets, [LogicalPath(rec.place.logical())], writer, opts,
+                             device=rec.name, report=report, progress=show if progress.enabled else None)
+            rstatus = "partial" if res.errors else "ok"
+            sink.finish({"status": rstatus, "users": res.users, "folders": res.folders,
+                         "messages": res.messages, "links": res.links, "data_bytes": res.bytes,
+                         "errors": res.errors[:100], "vanished": rec.vanished + res.vanished[:100]})
+            done["records"] += 1
+            done["messages"] += res.messages + res.links
+            done["bytes"] += res.bytes
+            _log(inst, {"time": time.time(), "mode": "save", "name": rec.name, "logical": rec.place.logical(),
+                        "since": since, "status": rstatus, "messages": res.messages + res.links,
+                        "bytes": res.bytes, "errors": [f"{e['mailbox']}: {e['error']}" for e in res.errors]})
+            for e in res.errors:
+                warn(PROG, f"{rec.name}: could not save {e['mailbox']}: {e['error']}")
+            if res.errors:
+                status = EXIT_PARTIAL
+                if args.stop:
+                    break
+        if not args.no_end:
+            sw.end()
+        else:
+            out.flush()
+    except KeyboardInterrupt:
+        progress.clear()
+        return die(PROG, "interrupted: the save stream is incomplete", EXIT_INTERRUPTED)
+    except OSError as exc:
+        progress.clear()
+        return die(PROG, f"cannot write the save stream: {exc.strerror or exc}; it is incomplete", EXIT_DEVICE)
+    progress.clear()
+    if args.verbose:
+        warn(PROG, f"{done['records']} records, {done['messages']} messages, {human(done['bytes'])} "
+                   f"in {time.monotonic() - t0:.1f}s")
+    return status
+
+
+# ----------------------------------------------------------------------------- recover
+
+class TreeSelection(Selection):
+    """Selects archive folders by tree places (exact or subtree), and with -i n/N leaves
+    folders that already exist alone."""
+
+    def __init__(self, places: list[tree.Place], groups, skip_existing=None):
+        super().__init__([LogicalPath(p.logical()) for p in places], groups)
+        self.places = places
+        self.skip_existing = skip_existing
+        self.skipped: list[str] = []
+
+    def folder(self, partition, user, group, folder):
+        hit = False
+        for i, p in enumerate(self.places):
+            if p.covers(partition, user, group, folder):
+                self.hits[i] += 1
+                hit = True
+        if hit and self.skip_existing is not None and self.skip_existing(user, folder):
+            self.skipped.append(f"/{partition}/{user}/{folder}")
+            return False
+        return hit
+
+
+def _match(rec_info: dict, want: list[str]):
+    """Which places of this record the recover paths select: None (skip the record),
+    [] (all of it) or a list of places inside it."""
+    if not want:
+        return []
+    name = os.path.normpath(rec_info.get("name", ""))
+    root = rec_info.get("root", "")
+    places = []
+    for w in want:
+        if w == name or name.startswith(w.rstrip("/") + "/") or w == "/":
+            return []
+        if w.startswith(name + "/"):
+            parts = tree.relparts(root, w)
+            last_self = parts and parts[-1] == tree.SELF
+            places.append(tree.place_of(parts, is_dir=not last_self))
+    return places or None
+
+
+def _user_map(maps: list[str], root: str) -> dict:
+    out = {}
+    for m in maps:
+        src, eq, dst = m.partition("=")
+        if not eq or not src or not dst:
+            raise UsageError(f"-m {m!r}: expected SRC=DST, e.g. -m /backup/primary/groupA/joe=/backup/primary/groupA/ann")
+        ps = tree.place_of(tree.relparts(root, src), True)
+        pd = tree.place_of(tree.relparts(root, dst), True)
+        if ps.user is None or pd.user is None or ps.folder is not None or pd.folder is not None:
+            raise UsageError(f"-m {m!r}: both sides must name a user directory of the tree "
+                             f"(PARTITION/GROUP/USER below {root}); folders cannot be relocated")
+        out[ps.user] = pd.user
+    return out
+
+
+def _verify(rec, report) -> tuple[int, int, list[str]]:
+    """-n: read every member and check its digest; returns (messages, bytes, errors)."""
+    reader = ArchiveReader(rec, BF)
+    n = nbytes = 0
+    errors = []
+    for m in reader.members(on_error=lambda e: errors.append(str(e))):
+        if m.kind != "message":
+            if m.kind == "link":
+                n += 1
+            continue
+        try:
+            with m.open() as f:
+                while True:
+                    b = f.read(1 << 20)
+                    if not b:
+                        break
+                    nbytes += len(b)
+            n += 1
+        except ArchiveError as exc:
+            errors.append(str(exc))
+    if not reader.complete:
+        errors.append("the record's archive has no trailer (incomplete)")
+    report(f"{rec.name}: {n} messages, {human(nbytes)} checked")
+    return n, nbytes, errors
+
+
+def _compare(inst, rec, sel, report) -> list[str]:
+    """Differences between one record's archive and the store."""
+    store = inst.store
+    reader = ArchiveReader(rec, BF)
+    diffs: list[str] = []
+    ok_folder = False
+    for m in reader.members(on_error=lambda e: diffs.append(str(e))):
+        if m.kind == "user":
+            continue
+        where = f"/{m.partition}/{m.user}/{m.folder}"
+        if m.kind == "folder":
+            ok_folder = sel is None or sel.folder(m.partition, m.user, m.group, m.folder)
+            if not ok_folder:
+                continue
+            try:
+                info = store.folder(m.user, m.folder)
+            except (NoSuchUser, NoSuchFolder):
+                diffs.append(f"{where}: folder is missing from the store")
+                ok_folder = False
+                continue
+            if info.uidvalidity != m.uidvalidity:
+                diffs.append(f"{where}: UIDVALIDITY {info.uidvalidity} in the store, {m.uidvalidity} saved")
+            continue
+        if not ok_folder:
+            continue
+        try:
+            got = store.message(m.user, m.folder, m.uid)
+        except (MessageGone, StoreError):
+            diffs.append(f"{where}/{m.uid}: message is missing from the store")
+            continue
+        if got.size != m.size:
+            diffs.append(f"{where}/{m.uid}: {got.size} bytes in the store, {m.size} saved")
+            continue
+        h = hashlib.sha256()
+        with open(got.path, "rb") as f:
+            for b in iter(lambda: f.read(1 << 20), b""):
+                h.update(b)
+        if h.hexdigest() != m.sha256:
+            diffs.append(f"{where}/{m.uid}: bytes differ from the saved message")
+        if set(got.flags) != set(m.flags) or tuple(got.keywords) != tuple(m.keywords):
+            diffs.append(f"{where}/{m.uid}: flags {sorted(got.flags) + list(got.keywords)} in the store, "
+                         f"{sorted(m.flags) + list(m.keywords)} saved")
+    report(f"{rec.name}: {len(diffs)} differences")
+    return diffs
+
+
+def recover(mode: str, args) -> int:
+    want = [os.path.normpath(os.path.abspath(p)) for p in args.paths]
+    inst = None
+    if not args.dry:
+        try:
+            inst = _installation()
+        except (ConfigError, GroupsError, StoreError) as exc:
+            return die(PROG, str(exc), EXIT_USAGE)
+    if sys.stdin.isatty():
+        return die(PROG, "no save stream on stdin: pipe one in (NetWorker's recover does)", EXIT_USAGE)
+    progress = Progress()
+
+    def report(line):
+        if args.verbose:
+            progress.clear()
+            warn(PROG, line)
+
+    try:
+        reader = StreamReader(sys.stdin.buffer)
+    except NotAStream as exc:
+        return die(PROG, f"stdin is not an imsasm save stream: {exc}", EXIT_NOT_STREAM)
+    except TruncatedStream as exc:
+        return die(PROG, str(exc), EXIT_INCOMPLETE)
+    except OSError as exc:
+        return die(PROG, f"cannot read stdin: {exc.strerror or exc}", EXIT_DEVICE)
+
+    matched = 0
+    errors: list[str] = []
+    status = EXIT_OK
+    totals = {"records": 0, "folders": 0, "messages": 0, "links": 0, "duplicates": 0, "bytes": 0}
+    try:
+        for rec in reader.records():
+            places = _match(rec.info, want)
+            if places is None:
+                continue
+            matched += 1
+            totals["records"] += 1
+            report(f"{rec.name}" + (f" ({', '.join(p.logical() for p in places)})" if places else ""))
+            try:
+                if args.dry:
+                    _, _, errs = _verify(rec, report)
+                    errors += [f"{rec.name}: {e}" for e in errs]
+                    continue
+                if mode == "-c":
+                    sel = TreeSelection(places, inst.groups) if places else None
+                    diffs = _compare(inst, rec, sel, report)
+                    errors += diffs
+                    if diffs and args.stop:
+                        break
+                    continue
+                status = max(status, _restore_record(inst, rec, places, args, totals, errors, report, progress))
+                if errors and args.stop:
+                    break
+            except NotAnArchive as exc:
+                errors.append(f"{rec.name}: the record does not hold an imsbackup archive ({exc})")
+                status = max(status, EXIT_INCOMPLETE)
+            except IncompleteArchive as exc:
+                errors.append(f"{rec.name}: {exc}")
+                status = max(status, EXIT_INCOMPLETE)
+            finally:
+                _log_recover(inst, mode, rec, errors)
+    except TruncatedStream as exc:
+        progress.clear()
+        for e in errors:
+            warn(PROG, e)
+        return die(PROG, f"{exc}; what came before was {'checked' if args.dry else 'restored'}", EXIT_INCOMPLETE)
+    except StreamError as exc:
+        progress.clear()
+        return die(PROG, f"damaged save stream: {exc}", EXIT_INCOMPLETE)
+    except ChainOrderError as exc:
+        progress.clear()
+        return die(PROG, str(exc), EXIT_ORDER)
+    except (RestoreError, UsageError, tree.TreeError) as exc:
+        progress.clear()
+        return die(PROG, str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        progress.clear()
+        return die(PROG, "interrupted: what was restored so far is complete message by message; "
+                   "run the same recover again to finish (no duplicates)", EXIT_INTERRUPTED)
+    progress.clear()
+    for e in errors:
+        warn(PROG, e)
+    if want and not matched:
+        return die(PROG, f"nothing in the save stream matches {', '.join(want)}", EXIT_USAGE)
+    if mode == "-r" and not args.dry and (args.verbose or sys.stderr.isatty()):
+        warn(PROG, f"{totals['records']} records, {totals['folders']} folders, {totals['messages']} messages, "
+                   f"{totals['links']} links, {totals['duplicates']} already there, {human(totals['bytes'])}")
+    if mode == "-c" and args.verbose:
+        warn(PROG, f"{totals['records']} records compared, {len(errors)} differences")
+    if errors and status == EXIT_OK:
+        status = EXIT_PARTIAL
+    return status
+
+
+def _log_recover(inst, mode, rec, errors) -> None:
+    if inst is not None and mode == "-r":
+        _log(inst, {"time": time.time(), "mode": "recover", "name": rec.name,
+                    "logical": rec.info.get("logical"), "status": "ok" if not errors else "error",
+                    "errors": errors[-5:]})
+
+
+def _restore_record(inst, rec, places, args, totals, errors, report, progress) -> int:
+    user_map = _user_map(args.maps, rec.info.get("root", "/")) if args.maps else {}
+    answer = args.answer
+    skip = None
+    if answer in "nN":
+        def skip(user, folder):
+            return inst.store.exists(user_map.get(user, user), folder)
+    sel = TreeSelection(places, inst.groups, skip) if places or skip else Selection([], inst.groups)
+    if not places and skip is not None:
+        sel.places = [tree.Place()]
+        sel.paths = [LogicalPath("/")]
+        sel.hits = [0]
+    home = inst.config.home
+    reader = ArchiveReader(rec, BF)
+    opts = RestoreOptions(new_mailbox=answer in "rR", user_map=user_map,
+                          new_suffix=args.suffix.lstrip(".") or "R",
+                          continue_on_error=not args.stop,
+                          reffile=os.path.join(home, "data", "refs", f"{reader.header.get('archive_id', 'archive')}.ref"),
+                          spool_dir=os.path.join(home, "data", "spool"), verbose=args.verbose)
+    os.makedirs(os.path.dirname(opts.reffile), exist_ok=True)
+    journal = Journal(os.path.join(home, "data", "restore-journal.db"))
+
+    def show(res):
+        progress.update(f"{PROG}: {rec.name}: {res.folders} folders, {res.messages + res.links + res.duplicates} "
+                        f"messages, {human(res.bytes)}")
+
+    res = Restorer(inst.store, inst.groups, reader, opts, sel, journal, device=rec.name, report=report,
+                   progress=show if progress.enabled else None).restore()
+    for k in ("folders", "messages", "links", "duplicates", "bytes"):
+        totals[k] += getattr(res, k)
+    errors += [f"{rec.name}: {e['mailbox']}: {e['error']}" for e in res.errors]
+    if isinstance(sel, TreeSelection):
+        for s in sel.skipped:
+            report(f"{s}: already there; left alone (-i {answer})")
+    if res.pending:
+        errors.append(f"{rec.name}: {len(res.pending)} linked messages need their first copy; "
+                      f"recover the save set holding it, then imsrestore -r {opts.reffile}")
+    if res.hostile:
+        errors.append(f"{rec.name}: {res.hostile} hostile members refused")
+        return EXIT_HOSTILE
+    if res.incomplete:
+        errors.append(f"{rec.name}: {res.incomplete}")
+        return EXIT_INCOMPLETE
+    return EXIT_PARTIAL if res.errors or res.pending else EXIT_OK
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sigterm_as_interrupt()
+    try:
+        mode, rest = split_mode(argv)
+    except UsageError as exc:
+        return die(PROG, str(exc), EXIT_USAGE)
+    if mode == "-s":
+        return save(_save_parser().parse_args(rest))
+    return recover(mode, _recover_parser(mode).parse_args(rest))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

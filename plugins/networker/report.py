@@ -1,0 +1,65 @@
+"""imsasmreport: what the ASM saved since the tree was last built (a savepnpc pstcmd).
+
+    imsasmreport [-p directory] [-v]
+
+Reads ``$IMS_HOME/log/imsasm.log`` (one JSON line per save record, written by imsasm)
+and reports the records saved since mkbackupdir last built the tree (the group's
+precmd).  Exit 0 when every record saved cleanly, 1 when one failed or none was saved.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die, warn
+from asm.config import Config, ConfigError
+
+from . import tree
+
+PROG = "imsasmreport"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgParser(prog=PROG, description="Report the save records imsasm wrote since the tree was built.")
+    p.add_argument("-p", dest="directory", metavar="DIRECTORY", help="the mkbackupdir tree")
+    p.add_argument("-v", dest="verbose", action="store_true", help="list every record, not only failures")
+    args = p.parse_args(argv)
+    try:
+        cfg = Config()
+        directory = args.directory or cfg.get("store.backupdir")
+        if not directory:
+            raise ConfigError("no backup directory: give -p DIRECTORY")
+        marker = tree.read_marker(os.path.abspath(directory))
+    except (ConfigError, tree.TreeError) as exc:
+        return die(PROG, str(exc), EXIT_USAGE)
+    since = marker.get("built", 0)
+    log = os.path.join(cfg.home, "log", "imsasm.log")
+    records = []
+    try:
+        with open(log, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if e.get("mode") == "save" and e.get("time", 0) >= since:
+                    records.append(e)
+    except FileNotFoundError:
+        pass
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+    bad = [e for e in records if e.get("status") != "ok"]
+    for e in records:
+        if args.verbose or e in bad:
+            print(f"{e.get('status')}\t{e.get('name')}\t{e.get('messages', 0)} messages\t{e.get('bytes', 0)} bytes"
+                  + (f"\t{'; '.join(e.get('errors') or [])}" if e.get("errors") else ""))
+    print(f"{PROG}: {len(records)} save records since {when}: {len(records) - len(bad)} ok, {len(bad)} failed")
+    if not records:
+        warn(PROG, f"no save records since the tree was built at {when}: did the group run?")
+        return EXIT_PARTIAL
+    return EXIT_PARTIAL if bad else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""The NetWorker module driven the way NetWorker drives it (tests/nsrharness.py):
+mkbackupdir from a savepnpc precmd, imsasm per directory as the .nsr directives say,
+recover -a of a folder, a user, a group and the whole store, full and incremental."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from asm.config import Config
+from asm.store import open_store
+from plugins.networker import tree
+from tests.conftest import make_home, require
+from tests.nsrharness import Harness, parse_res
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_MAILDIR = importlib.util.find_spec("asm.store.maildir") is not None
+PLUGINS = "classic,localdevices,networker" + (",maildir" if HAVE_MAILDIR else "")
+GROUPS = "groupA=[a-l].*\ngroupB=[m-z].*\n"
+USERS = ["alice", "bob", "mary", "a b 'q' \"x\"", "zoë 日本", "50%;off"]
+FOLDERS = ["Sent", "Work", "Work/2023", "Réunions/Été", "50% off; \"q\"", ".hidden"]
+
+
+@pytest.fixture(params=["classic", "maildir"])
+def drv(request):
+    if request.param == "maildir" and not HAVE_MAILDIR:
+        pytest.skip("the maildir driver (asm/store/maildir.py) is not in the tree yet")
+    return request.param
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMS_ASM_PLUGINS", PLUGINS)
+    e = dict(os.environ)
+    e["IMS_ASM_PLUGINS"] = PLUGINS
+    return e
+
+
+def home(path, drv):
+    cfg = make_home(path, drv)
+    with open(cfg.groups_path, "w", encoding="utf-8") as f:
+        f.write(GROUPS)
+    return cfg
+
+
+def fill(store, users=USERS, seed=0):
+    for i, u in enumerate(users):
+        store.create_user(u)
+        for f in FOLDERS:
+            store.create_folder(u, f, subscribed=True)
+        for j, f in enumerate(["INBOX", "Work", "Work/2023", "Réunions/Été", "50% off; \"q\""]):
+            for k in range(3):
+                body = f"From: x@example.com\r\nSubject: {u} {f} {k} {seed}\r\n\r\n{'x' * (k * 50 + j)}\r\n"
+                store.append(u, f, io.BytesIO(body.encode("utf-8")),
+                             flags=["\\Seen"] if k else ["\\Flagged", "\\Answered"],
+                             keywords=["$Label1"] if k == 2 else [], internaldate=1_600_000_000 + k * 60)
+
+
+def state(store, users=None) -> dict:
+    out = {}
+    for part in store.partitions():
+        for u in store.users(part):
+            if users is not None and u not in users:
+                continue
+            for f in store.folders(u):
+                msgs = []
+                for m in store.messages(u, f.name):
+                    with open(m.path, "rb") as fh:
+                        digest = hashlib.sha256(fh.read()).hexdigest()
+                    msgs.append((m.uid, tuple(sorted(m.flags)), tuple(m.keywords), m.size, digest))
+                out[(u, f.name)] = (f.uidvalidity, tuple(msgs))
+    return out
+
+
+def asm_dir():
+    return os.path.dirname(require("imsasm", "pip install -e . puts it on PATH"))
+
+
+def res_file(tmp_path, name, ims_home, backup):
+    """An examples/res file with the installation and tree paths of this test."""
+    with open(os.path.join(ROOT, "examples", "res", name), encoding="utf-8") as f:
+        text = f.read().replace("/srv/ims", str(ims_home)).replace("/backup", str(backup))
+    out = tmp_path / name
+    out.write_text(text, encoding="utf-8")
+    return str(out)
+
+
+def run(argv, env, stdin=None, **kw):
+    return subprocess.run(argv, env=env, stdin=stdin, capture_output=True, **kw)
+
+
+# ----------------------------------------------------------------------------- names
+
+def test_name_mapping_is_lossless_and_canonical():
+    for name in ["INBOX", "a b", "50% off; \"q\" 'x'", "Réunions", "日本語", ".hidden", "..", ".", "%self",
+                 "tab\tin", "%2E", "a%"]:
+        enc = tree.encode(name)
+        assert "/" not in enc and enc not in (".", "..", ".nsr", tree.SELF) and not enc.startswith(".")
+        assert tree.decode(enc) == name
+    for bad in ["%2e", "a%zz", "%", "%C3", tree.SELF]:
+        with pytest.raises(tree.TreeError):
+            tree.decode(bad)
+    assert tree.folder_path("Work/2023") == ["Work", "2023"]
+    p = tree.place_of(["primary", "groupA", "a b 'q' \"x\"", "Work", tree.SELF], False)
+    assert (p.user, p.folder, p.subtree) == ("a b 'q' \"x\"", "Work", False)
+    assert p.covers("primary", p.user, None, "Work") and not p.covers("primary", p.user, None, "Work/2023")
+
+
+def test_res_file_syntax():
+    with open(os.path.join(ROOT, "examples", "res", "groupA.res"), encoding="utf-8") as f:
+        res = parse_res(f.read())
+    assert res["type"] == ["savepnpc"]
+    assert "mkbackupdir -p /backup" in res["precmd"][0]
+    assert "imsasmreport" in res["pstcmd"][0]
+    assert res["timeout"] == ["4:00am"]
+
+
+# ----------------------------------------------------------------------------- mkbackupdir
+
+def test_mkbackupdir_tree_incremental_and_refusals(tmp_path, ims_home, env):
+    cfg = home(ims_home, "classic")
+    store = open_store(cfg)
+    fill(store, USERS[:4])
+    backup = tmp_path / "backup"
+    p = run(["mkbackupdir", "-p", str(backup)], env)
+    assert p.returncode == 0, p.stderr
+    u = backup / "primary" / "groupA" / "a b 'q' \"x\""
+    assert (u / "INBOX").is_file() and (u / "INBOX").stat().st_size == 0
+    assert (u / "Work" / tree.SELF).is_file() and (u / "Work" / "2023").is_file()
+    assert (u / "Réunions" / "Été").is_file() and not (u / "Réunions" / tree.SELF).exists()
+    assert (u / "50%25 off; \"q\"").is_file() and (u / "%2Ehidden").is_file()
+    assert (u / ".nsr").read_text().strip().endswith("imsasm: *")
+    assert (backup / "primary" / "groupB" / "mary" / "INBOX").is_file()
+    # a user and a folder vanish, a folder appears, a leaf gains a subfolder
+    store.delete_user("bob")
+    store.delete_folder("alice", "Sent")
+    store.create_folder("alice", "New one")
+    store.create_folder("alice", "50% off; \"q\"/sub")
+    (backup / "primary" / "groupA" / "alice" / "notes.txt").write_text("admin's file")
+    p = run(["mkbackupdir", "-v", "-p", str(backup)], env)
+    assert p.returncode == 1 and "notes.txt is not an empty placeholder; left alone" in p.stderr.decode()
+    a = backup / "primary" / "groupA" / "alice"
+    assert not (backup / "primary" / "groupA" / "bob").exists()
+    assert not (a / "Sent").exists() and (a / "New one").is_file()
+    assert (a / "50%25 off; \"q\"" / tree.SELF).is_file() and (a / "50%25 off; \"q\"" / "sub").is_file()
+    assert (a / "notes.txt").read_text() == "admin's file"          # not ours: kept
+    # refusals: exit 2, one line, nothing written
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep").write_text("x")
+    for argv, why in [(["-p", str(other)], "not empty"), (["-a", "imsbackup", "-p", str(backup)], "end in 'asm'"),
+                      (["-t", "0", "-p", str(backup)], "between 1 and 1024"), ([], "-p DIRECTORY")]:
+        p = run(["mkbackupdir"] + argv, env)
+        assert p.returncode == 2 and why in p.stderr.decode() and p.stderr.decode().count("\n") == 1, p.stderr
+    assert sorted(os.listdir(other)) == ["keep"]
+
+
+def test_mkbackupdir_refuses_directory_owner_cannot_write(tmp_path, ims_home, env):
+    cfg = home(ims_home, "classic")
+    open_store(cfg).create_user("alice")
+    cfg.set("store.owner", "nobody")
+    d = tmp_path / "rootonly"
+    d.mkdir(mode=0o755)
+    p = run(["mkbackupdir", "-p", str(d)], env)
+    if os.geteuid() != 0 and os.stat(d).st_uid != 0:
+        assert p.returncode == 0
+        return
+    assert p.returncode == 2 and "not writable by the store owner (nobody)" in p.stderr.decode()
+    assert os.listdir(d) == []
+
+
+def test_mkbackupdir_warns_about_64_characters(tmp_path, ims_home, env):
+    home(ims_home, "classic")
+    open_store(Config()).create_user("averyveryverylonguserid")
+    deep = tmp_path / ("x" * 40)
+    p = run(["mkbackupdir", "-p", str(deep)], env)
+    assert p.returncode == 0
+    err = p.stderr.decode()
+    longest = len(f"{deep}/primary/groupA/averyveryverylonguserid/INBOX")
+    fits = 64 - (longest - len(str(deep)))
+    assert f"is {longest} characters" in err and f"use a -p of at most {fits} characters" in err
+
+
+# ----------------------------------------------------------------------------- round trips
+
+def _fresh(tmp_path, name, drv, env):
+    h = tmp_path / name
+    home(h, drv)
+    e = dict(env, IMS_HOME=str(h))
+    return h, e
+
+
+def test_savepnpc_full_and_incremental_round_trips(tmp_path, ims_home, env, drv):
+    cfg = home(ims_home, drv)
+    store = open_store(cfg)
+    fill(store)
+    backup = tmp_path / "backup"
+    h = Harness(asm_dir(), str(tmp_path / "catalog"), env)
+    res = res_file(tmp_path, "groupA.res", ims_home, backup)
+    sets = [str(backup / "primary" / g) for g in ("groupA", "groupB", "user")]   # 50%;off is in 'user'
+    done = h.savepnpc(res, sets)
+    assert [c[1] for c in done["precmd"]] == [0]
+    assert done["saves"] and set(done["saves"]) == {0}, h.log
+    assert done["pstcmd"][0][1] == 0 and "0 failed" in done["pstcmd"][0][2]
+    full = state(store)
+    t_full = time.time()
+
+    # one folder (a subfolder inside a folder directory), one user, one group, everything
+    A = backup / "primary" / "groupA"
+    cases = [
+        (A / "a b 'q' \"x\"" / "Work" / "2023", lambda k: k == ("a b 'q' \"x\"", "Work/2023")),
+        (A / "alice" / "Work" / tree.SELF, lambda k: k == ("alice", "Work")),
+        (backup / "primary" / "groupB" / "zoë 日本", lambda k: k[0] == "zoë 日本"),
+        (A, lambda k: k[0] in ("alice", "bob", "a b 'q' \"x\"")),
+        (backup, lambda k: True),
+    ]
+    for i, (path, which) in enumerate(cases):
+        target, e = _fresh(tmp_path, f"r{i}", drv, env)
+        out = h.recover(str(path), env=e)
+        assert all(rc == 0 for rc, _ in out), out
+        got = state(open_store(Config(str(target))))
+        want = {k: v for k, v in full.items() if which(k)}
+        got = {k: v for k, v in got.items() if k in want or v[1]}
+        assert got == want, path
+
+    # incremental: new mail, an expunge and a flag change since the full
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(t_full))
+    for u in ("alice", "zoë 日本"):
+        store.append(u, "INBOX", io.BytesIO(f"Subject: new for {u}\r\n\r\nnew\r\n".encode()), flags=["\\Draft"])
+        first = store.messages(u, "Work")[0].uid
+        store.expunge(u, "Work", [first])
+        m = store.messages(u, "INBOX")[0]
+        store.set_flags(u, "INBOX", m.uid, ["\\Seen", "\\Deleted"], ["Important"])
+    done = h.savepnpc(res, sets, level="incr", since=since)
+    assert set(done["saves"]) == {0}, h.log
+    final = state(store)
+    for i, (path, users) in enumerate([(A / "alice", {"alice"}), (backup, None)]):
+        target, e = _fresh(tmp_path, f"i{i}", drv, env)
+        out = h.recover(str(path), env=e)            # the full, then the incremental
+        assert len(out) >= 2 and all(rc == 0 for rc, _ in out), out
+        got = state(open_store(Config(str(target))), users)
+        assert got == {k: v for k, v in final.items() if users is None or k[0] in users}
+
+
+def test_failing_precmd_means_no_save(tmp_path, ims_home, env):
+    home(ims_home, "classic")
+    open_store(Config()).create_user("alice")
+    backup = tmp_path / "backup"
+    res = tmp_path / "bad.res"
+    res.write_text(f'type: savepnpc;\nprecmd: "mkbackupdir -a nope -p {backup}";\n'
+                   f'pstcmd: "touch {tmp_path}/pst";\ntimeout: "3 hours";\n')
+    h = Harness(asm_dir(), str(tmp_path / "catalog"), env)
+    done = h.savepnpc(str(res), [str(backup)])
+    assert done["precmd"][0][1] == 2 and done["saves"] == [] and done["pstcmd"] == []
+    assert not (tmp_path / "pst").exists() and h.catalog.entries == []
+
+
+def test_per_user_records_estimate_compare_and_rename(tmp_path, ims_home, env):
+    cfg = home(ims_home, "classic")
+    store = open_store(cfg)
+    fill(store, USERS[:3])
+    backup = tmp_path / "backup"
+    h = Harness(asm_dir(), str(tmp_path / "catalog"), env)
+    done = h.savepnpc(res_file(tmp_path, "users.res", ims_home, backup), [str(backup)])
+    assert set(done["saves"]) == {0} and done["pstcmd"][0][1] == 0
+    assert (backup / "primary" / "groupA" / "alice").is_file()          # -u: one placeholder per user
+    assert len(h.catalog.entries) == 3
+    # -b: records, header bytes, data bytes (every message byte once)
+    p = run(["imsasm", "-s", "-b", str(backup / "primary" / "groupA")], env)
+    n, hdr, data = map(int, p.stdout.split())
+    assert (n, data) == (1, sum(m[3] for k, v in state(store).items() if k[0] in ("alice", "bob") for m in v[1]))
+    assert hdr > 0
+    ss = h.catalog.entries[0].saveset
+    saved = state(store, {"alice"})
+    # -c: equal, then a difference after a flag change
+    with open(ss, "rb") as f:
+        assert run(["imsasm", "-c"], env, stdin=f).returncode == 0
+    m = store.messages("alice", "INBOX")[0]
+    store.set_flags("alice", "INBOX", m.uid, ["\\Deleted"])
+    with open(ss, "rb") as f:
+        p = run(["imsasm", "-c"], env, stdin=f)
+    assert p.returncode == 1 and f"/primary/alice/INBOX/{m.uid}: flags" in p.stderr.decode()
+    # -i r: restored beside the existing folder with the -z suffix
+    with open(ss, "rb") as f:
+        p = run(["imsasm", "-r", "-ir", "-z", ".R", str(backup / "primary" / "groupA" / "alice")], env, stdin=f)
+    assert p.returncode == 0, p.stderr
+    assert [x.uid for x in store.messages("alice", "INBOX-R")] == [x.uid for x in store.messages("alice", "INBOX")]
+    # -m: user relocation
+    with open(ss, "rb") as f:
+        p = run(["imsasm", "-r", "-m", f"{backup}/primary/groupA/alice={backup}/primary/groupA/carol"], env, stdin=f)
+    assert p.returncode == 0, p.stderr
+    assert state(store, {"carol"}) == {("carol", k[1]): v for k, v in saved.items()}
+
+
+def test_bad_input(tmp_path, ims_home, env):
+    cfg = home(ims_home, "classic")
+    store = open_store(cfg)
+    fill(store, ["alice"])
+    backup = tmp_path / "backup"
+    assert run(["mkbackupdir", "-p", str(backup)], env).returncode == 0
+    cases = [
+        (["imsasm", "-v", "x"], None, 2, "must be -s"),
+        (["imsasm", "-s", str(tmp_path)], None, 2, "not in a mkbackupdir tree"),
+        (["imsasm", "-s", str(backup / "primary" / "groupA" / "alice" / "Nope")], None, 2, "no such placeholder"),
+        (["imsasm", "-s", "-t", "someday", str(backup)], None, 2, "bad time"),
+        (["imsasm", "-r"], b"not a stream at all", 8, "not an imsasm save stream"),
+    ]
+    for argv, data, rc, why in cases:
+        p = run(argv, env, input=data) if data is not None else run(argv, env, stdin=subprocess.DEVNULL)
+        assert p.returncode == rc and why in p.stderr.decode(), (argv, p.stderr)
+        assert p.stderr.decode().count("\n") == 1
+    good = run(["imsasm", "-s", str(backup / "primary" / "groupA" / "alice")], env).stdout
+    p = run(["imsasm", "-r", "-n"], env, input=good[: len(good) // 2])
+    assert p.returncode == 4 and "is cut inside" in p.stderr.decode(), p.stderr
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF
+    p = run(["imsasm", "-r", "-n"], env, input=bytes(damaged))
+    assert p.returncode in (1, 4)
+    p = run(["imsasm", "-r", str(backup / "primary" / "groupB")], env, input=good)
+    assert p.returncode == 2 and "nothing in the save stream matches" in p.stderr.decode()
