@@ -1,0 +1,1140 @@
+"""The ``maildir`` store driver: Dovecot's Maildir++ exactly as Dovecot 2.3 writes it.
+
+Layout (see docs/maildir.md)::
+
+    <partition>/<user>/                 the user's home (Dovecot: home=<store>/%u)
+        .ims-hold, .ims-queue/           delivery hold marker and queue (ours)
+        Maildir/                         INBOX: cur/ new/ tmp/ dovecot-uidlist ...
+            .Work.2023/                  folder "Work/2023" (levels in modified UTF-7)
+            subscriptions                "V\\t2", "", then names with TAB between levels
+            dovecot-keywords             "<index> <keyword>": letter a+index in file names
+
+Message files are ``<secs>.M<usecs>P<pid>...<host>,S=<size>:2,<flags>``; the leading
+epoch is the stored (delivery) date, the mtime is INTERNALDATE, the letters after
+``:2,`` are the flags (D F R S T, then keyword letters a..z).  UIDs live in
+``dovecot-uidlist`` (version 3), which every writer changes only while holding the
+``dovecot-uidlist.lock`` dotlock; this driver's folder lock *is* that dotlock, so
+Dovecot and this driver exclude each other.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterable, Iterator
+
+from asm.config import Config
+from asm.hookspecs import hookimpl
+from asm.store import utf7
+from asm.store.base import (
+    BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone,
+    MessageInfo, NoSuchFolder, NoSuchUser, Store, StoreError, UidInUse, UserExists,
+    check_folder_name, check_user_name, split_flags,
+)
+
+CHUNK = 1 << 20
+UIDLIST = "dovecot-uidlist"
+KEYWORDS = "dovecot-keywords"
+SUBSCRIPTIONS = "subscriptions"
+LOCK_SUFFIX = ".lock"
+STALE_LOCK_SECS = 120          # Dovecot's MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT
+TOUCH_LOCK_SECS = 30           # refresh held locks well before they look stale
+HOLD_MARKER = ".ims-hold"
+QUEUE_DIR = ".ims-queue"
+INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
+LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.list.index.log.2")
+
+FLAG_LETTER = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
+LETTER_FLAG = {v: k for k, v in FLAG_LETTER.items()}
+MAX_KEYWORDS = 26
+
+_TIME_RE = re.compile(r"^(\d+)(?:\.M(\d+)P)?")
+_SIZE_RE = re.compile(r",S=(\d+)")
+
+
+class _Unlocked(Exception):
+    """The dotlock cannot be created at all (read-only store): read without it."""
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+
+
+def stored_from_name(base: str) -> float | None:
+    """The delivery time Dovecot encoded at the start of a base name, or None."""
+    m = _TIME_RE.match(base)
+    if not m:
+        return None
+    secs = int(m.group(1))
+    if m.group(2):
+        usecs = int(m.group(2))
+        if usecs < 1_000_000:
+            return secs + usecs / 1e6
+    return float(secs)
+
+
+def split_name(fname: str) -> tuple[str, str]:
+    """``base:2,FLAGS`` -> (base, flag letters); names without ``:2,`` have no flags."""
+    base, sep, info = fname.partition(":")
+    if sep and info.startswith("2,"):
+        return base, info[2:]
+    return base, ""
+
+
+# -- dovecot-uidlist ------------------------------------------------------------------
+
+@dataclass
+class Uidlist:
+    """A parsed ``dovecot-uidlist``: header fields and ``uid -> (ext fields, base)``."""
+
+    uidvalidity: int = 0
+    uidnext: int = 1
+    extra: list = field(default_factory=list)     # other header fields, e.g. G<guid>
+    records: dict = field(default_factory=dict)   # uid -> (ext, base)
+
+    @classmethod
+    def parse(cls, text: str, path: str = UIDLIST) -> "Uidlist":
+        lines = text.split("\n")
+        head = lines[0].split()
+        if not head:
+            raise StoreError(f"{path}: empty header")
+        ul = cls()
+        if head[0] == "3":
+            for f in head[1:]:
+                if f[:1] == "V":
+                    ul.uidvalidity = int(f[1:])
+                elif f[:1] == "N":
+                    ul.uidnext = int(f[1:])
+                else:
+                    ul.extra.append(f)
+        elif head[0] == "1" and len(head) >= 3:
+            ul.uidvalidity, ul.uidnext = int(head[1]), int(head[2])
+        else:
+            raise StoreError(f"{path}: unsupported dovecot-uidlist version {head[0]!r}")
+        records = ul.records
+        last = 0
+        for line in lines[1:]:
+            if not line:
+                continue
+            uid_s, _, rest = line.partition(" ")
+            try:
+                uid = int(uid_s)
+            except ValueError:
+                raise StoreError(f"{path}: bad line {line!r}") from None
+            if rest[:1] == ":":
+                ext, name = "", rest[1:]
+            else:
+                i = rest.find(" :")
+                if i < 0:
+                    if head[0] == "1":
+                        ext, name = "", rest
+                    else:
+                        raise StoreError(f"{path}: bad line {line!r}")
+                else:
+                    ext, name = rest[:i], rest[i + 2:]
+            records[uid] = (ext, name.partition(":")[0])
+            last = max(last, uid)
+        if ul.uidnext <= last:              # Dovecot appends lines without a new header
+            ul.uidnext = last + 1
+        return ul
+
+    def render(self) -> str:
+        head = " ".join(["3", f"V{self.uidvalidity}", f"N{self.uidnext}", *self.extra])
+        out = [head]
+        for uid in sorted(self.records):
+            ext, base = self.records[uid]
+            out.append(f"{uid} {ext} :{base}" if ext else f"{uid} :{base}")
+        return "\n".join(out) + "\n"
+
+    def by_base(self) -> dict:
+        return {base: uid for uid, (_, base) in self.records.items()}
+
+
+def read_uidlist(folder_dir: str) -> Uidlist | None:
+    path = os.path.join(folder_dir, UIDLIST)
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return Uidlist.parse(f.read(), path)
+    except FileNotFoundError:
+        return None
+
+
+def read_uidlist_header(folder_dir: str) -> Uidlist | None:
+    """Only the header line (cheap); uidnext may be low if lines were appended."""
+    path = os.path.join(folder_dir, UIDLIST)
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            first = f.readline()
+            rest = f.read()
+    except FileNotFoundError:
+        return None
+    ul = Uidlist.parse(first, path)
+    # a file appended to after its header was written: take the last line's UID too
+    tail = rest.rstrip("\n").rpartition("\n")[2]
+    if tail:
+        try:
+            ul.uidnext = max(ul.uidnext, int(tail.partition(" ")[0]) + 1)
+        except ValueError:
+            pass
+    return ul
+
+
+# -- the per-folder working state, valid while the folder lock is held ---------------
+
+@dataclass
+class _State:
+    dir: str
+    uidlist: Uidlist
+    disk_uidnext: int                       # UIDNEXT Dovecot may have indexed
+    files: dict | None = None               # base -> (subdir, file name)
+    keywords: list | None = None            # index -> keyword
+    dirty: bool = False
+    keywords_dirty: bool = False
+    index_invalidated: bool = False
+    bases: dict | None = None               # base -> uid
+
+
+@dataclass
+class _Held:
+    lockpath: str | None                    # None when the store is read-only for us
+    depth: int = 1
+    state: _State | None = None
+    touched: float = 0.0
+
+
+class MaildirStore(Store):
+    """Dovecot Maildir++ partitions behind the logical view."""
+
+    name = "maildir"
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._held: dict[tuple[str, str], _Held] = {}
+        self._mutex = threading.RLock()
+        self._seq = 0
+        self._pid = os.getpid()
+        self._hostname = _host()
+        self._toucher: threading.Thread | None = None
+        self._stop_touch = threading.Event()
+
+    # ------------------------------------------------------------------ layout
+    def partitions(self) -> list[str]:
+        return list(self.config.partitions())
+
+    def partition_path(self, partition: str) -> str:
+        parts = self.config.partitions()
+        if partition not in parts:
+            raise StoreError(f"no such partition: {partition!r} (known: {', '.join(parts)})")
+        return parts[partition]
+
+    def users(self, partition: str) -> list[str]:
+        root = self.partition_path(partition)
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if os.path.isdir(os.path.join(root, n, "Maildir")))
+
+    def user_partition(self, user: str) -> str:
+        check_user_name(user)
+        for part, path in self.config.partitions().items():
+            if os.path.isdir(os.path.join(path, user, "Maildir")):
+                return part
+        raise NoSuchUser(user)
+
+    def _home(self, user: str) -> str:
+        return os.path.join(self.partition_path(self.user_partition(user)), user)
+
+    def _root(self, user: str) -> str:
+        return os.path.join(self._home(user), "Maildir")
+
+    @staticmethod
+    def folder_dirname(folder: str) -> str:
+        """Logical folder name -> its Maildir++ directory name ('' for INBOX)."""
+        folder = check_folder_name(folder)
+        if folder == "INBOX":
+            return ""
+        levels = folder.split("/")
+        for level in levels:
+            if "." in level:
+                raise BadName(f"folder {folder!r}: Maildir++ uses '.' as its hierarchy "
+                              f"separator, so a level may not contain '.' ({level!r})")
+        return "." + ".".join(utf7.encode(level) for level in levels)
+
+    @staticmethod
+    def folder_from_dirname(name: str) -> str | None:
+        """Maildir++ directory name -> logical folder name (None when it is not one)."""
+        if not name.startswith(".") or name in (".", ".."):
+            return None
+        levels = name[1:].split(".")
+        if any(not level for level in levels):
+            return None
+        out = []
+        for level in levels:
+            try:
+                out.append(utf7.decode(level))
+            except ValueError:
+                out.append(level)           # raw (e.g. UTF-8) name written by another tool
+        if out[0].upper() == "INBOX":
+            if len(out) == 1:
+                return None
+            out[0] = "INBOX"
+        return "/".join(out)
+
+    def _folder_dir(self, user: str, folder: str) -> str:
+        sub = self.folder_dirname(folder)
+        root = self._root(user)
+        return os.path.join(root, sub) if sub else root
+
+    def _existing_folder_dir(self, user: str, folder: str) -> str:
+        d = self._folder_dir(user, folder)
+        if not os.path.isdir(os.path.join(d, "cur")):
+            raise NoSuchFolder(user, check_folder_name(folder))
+        return d
+
+    # ------------------------------------------------------------------ ownership
+    def _owner_for(self, near: str) -> tuple[int, int] | None:
+        if os.geteuid() != 0:
+            return None
+        owner = self.config.owner()
+        if owner:
+            return owner
+        try:                     # unset store.owner: keep what the store already uses
+            st = os.stat(near)
+        except OSError:
+            return None
+        return (st.st_uid, st.st_gid) if st.st_uid != 0 else None
+
+    @staticmethod
+    def _chown(path: str | int, owner: tuple[int, int] | None) -> None:
+        if owner:
+            if isinstance(path, int):
+                os.fchown(path, *owner)
+            else:
+                os.lchown(path, *owner)
+
+    def _mkdir(self, path: str, owner) -> None:
+        os.mkdir(path, 0o700)
+        self._chown(path, owner)
+
+    def _write_file(self, path: str, data: bytes, owner, fsync: bool = True) -> None:
+        """Write ``path`` atomically (temp + rename in the same directory)."""
+        d, base = os.path.split(path)
+        tmp = os.path.join(d, f"{base}.{self._pid}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            self._chown(fd, owner)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    # ------------------------------------------------------------------ locking
+    def _lock_timeout(self) -> float:
+        try:
+            return float(self.config.get_int("store.locktimeout"))
+        except (TypeError, ValueError):
+            return 30.0
+
+    def _lock_is_stale(self, path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return True
+        if time.time() - st.st_mtime > STALE_LOCK_SECS:
+            return True
+        if time.time() - st.st_mtime < 2:   # like Dovecot: a fresh lock's PID is not checked
+            return False
+        try:
+            with open(path, errors="replace") as f:
+                pid_s, _, host = f.read(512).strip().partition(":")
+            pid = int(pid_s)
+        except (OSError, ValueError):
+            return False
+        if host not in (self._hostname, socket.gethostname(), socket.gethostname().split(".")[0]):
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def _acquire_dotlock(self, path: str, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                if self._lock_is_stale(path):
+                    self._break_lock(path)
+                    continue
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(what) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+                continue
+            except (PermissionError, OSError) as exc:
+                if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES):
+                    raise _Unlocked() from exc
+                raise
+            try:
+                os.write(fd, f"{self._pid}:{self._hostname}".encode())
+                self._chown(fd, self._owner_for(os.path.dirname(path)))
+            finally:
+                os.close(fd)
+            return
+
+    @staticmethod
+    def _break_lock(path: str) -> None:
+        """Remove a stale lock, but only the one we judged (not a fresh one since)."""
+        try:
+            before = os.stat(path)
+            stale_name = f"{path}.stale.{os.getpid()}"
+            os.rename(path, stale_name)
+            after = os.stat(stale_name)
+            if (after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns):
+                # someone took the lock in between: put theirs back if we can
+                try:
+                    os.link(stale_name, path)
+                except FileExistsError:
+                    pass
+            os.unlink(stale_name)
+        except FileNotFoundError:
+            pass
+
+    def _toucher_loop(self) -> None:
+        while not self._stop_touch.wait(TOUCH_LOCK_SECS / 3):
+            with self._mutex:
+                held = [h for h in self._held.values() if h.lockpath]
+                if not held:
+                    self._toucher = None
+                    return
+            now = time.time()
+            for h in held:
+                if now - h.touched >= TOUCH_LOCK_SECS:
+                    with contextlib.suppress(OSError):
+                        os.utime(h.lockpath)
+                    h.touched = now
+
+    def _start_toucher(self) -> None:
+        if self._toucher is None:
+            self._toucher = threading.Thread(target=self._toucher_loop, daemon=True,
+                                             name="maildir-lock-toucher")
+            self._toucher.start()
+
+    @contextlib.contextmanager
+    def _locked(self, user: str, folder: str, timeout: float | None = None,
+                create_uidlist: bool = True) -> Iterator[_State]:
+        """The folder's working state under its lock (taken unless already held)."""
+        folder = check_folder_name(folder)
+        key = (user, folder)
+        with self._mutex:
+            held = self._held.get(key)
+            if held is not None:
+                held.depth += 1
+        if held is None:
+            d = self._existing_folder_dir(user, folder)
+            lockpath = os.path.join(d, UIDLIST + LOCK_SUFFIX)
+            try:
+                self._acquire_dotlock(lockpath, self._lock_timeout() if timeout is None else timeout,
+                                      f"{user}/{folder} ({lockpath})")
+            except _Unlocked:
+                lockpath = None
+            held = _Held(lockpath=lockpath, touched=time.time())
+            with self._mutex:
+                self._held[key] = held
+                if lockpath:
+                    self._start_toucher()
+        try:
+            if held.state is None:
+                held.state = self._load_state(user, folder, create_uidlist and held.lockpath is not None)
+            yield held.state
+        finally:
+            with self._mutex:
+                held.depth -= 1
+                last = held.depth == 0
+                if last:
+                    del self._held[key]
+            if last:
+                try:
+                    if held.state is not None and held.lockpath:
+                        self._flush(held.state)
+                finally:
+                    if held.lockpath:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(held.lockpath)
+
+    def lock(self, user: str, folder: str, timeout: float = 30.0):
+        return self._locked(user, folder, timeout)
+
+    def _load_state(self, user: str, folder: str, may_create: bool) -> _State:
+        d = self._existing_folder_dir(user, folder)
+        ul = read_uidlist(d)
+        if ul is None:
+            ul = Uidlist(uidvalidity=self._new_uidvalidity(), uidnext=1,
+                         extra=[f"G{uuid.uuid4().hex}"])
+            st = _State(dir=d, uidlist=ul, disk_uidnext=1, dirty=may_create)
+        else:
+            st = _State(dir=d, uidlist=ul, disk_uidnext=ul.uidnext)
+        return st
+
+    def _flush(self, st: _State) -> None:
+        owner = None
+        if st.keywords_dirty:
+            owner = self._owner_for(st.dir)
+            text = "".join(f"{i} {k}\n" for i, k in enumerate(st.keywords or []) if k)
+            self._write_file(os.path.join(st.dir, KEYWORDS), text.encode("utf-8"), owner)
+            st.keywords_dirty = False
+        if st.dirty:
+            owner = owner or self._owner_for(st.dir)
+            self._write_file(os.path.join(st.dir, UIDLIST),
+                             st.uidlist.render().encode("utf-8", "surrogateescape"), owner)
+            st.dirty = False
+
+    @staticmethod
+    def _new_uidvalidity() -> int:
+        return int(time.time()) & 0xFFFFFFFF or 1
+
+    @staticmethod
+    def _invalidate_index(d: str, names: Iterable[str] = INDEX_FILES) -> None:
+        """Remove Dovecot's index files so it re-reads dovecot-uidlist (they would win)."""
+        for n in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(d, n))
+
+    # ------------------------------------------------------------------ scanning
+    def _scan(self, st: _State) -> dict:
+        """base -> (subdir, file name) for every message file in cur/ and new/."""
+        files = {}
+        for sub in ("new", "cur"):             # cur/ wins if a name is in both
+            try:
+                names = os.listdir(os.path.join(st.dir, sub))
+            except FileNotFoundError:
+                continue
+            for fname in names:
+                if fname.startswith("."):
+                    continue
+                files[split_name(fname)[0]] = (sub, fname)
+        st.files = files
+        return files
+
+    def _assign_uids(self, st: _State) -> None:
+        """Give files Dovecot has not seen yet UIDs at UIDNEXT (as Dovecot would)."""
+        by_base = st.uidlist.by_base()
+        new = [b for b in st.files if b not in by_base]
+        if new:
+            def order(b: str):
+                t = stored_from_name(b)
+                return (t if t is not None else float("inf"), b)
+            for b in sorted(new, key=order):
+                uid = st.uidlist.uidnext
+                st.uidlist.records[uid] = ("", b)
+                by_base[b] = uid
+                st.uidlist.uidnext = uid + 1
+            st.dirty = True
+        st.bases = by_base
+
+    def _keywords(self, st: _State) -> list:
+        if st.keywords is None:
+            kws: list = []
+            try:
+                with open(os.path.join(st.dir, KEYWORDS), encoding="utf-8",
+                          errors="surrogateescape") as f:
+                    for line in f:
+                        idx, _, name = line.rstrip("\n").partition(" ")
+                        if idx.isdigit() and name and int(idx) < MAX_KEYWORDS:
+                            i = int(idx)
+                            kws.extend([""] * (i + 1 - len(kws)))
+                            kws[i] = name
+            except FileNotFoundError:
+                pass
+            st.keywords = kws
+        return st.keywords
+
+    def _decode_flags(self, st: _State, letters: str) -> tuple[frozenset, tuple]:
+        flags = frozenset(LETTER_FLAG[c] for c in letters if c in LETTER_FLAG)
+        kw: tuple = ()
+        if any("a" <= c <= "z" for c in letters):
+            table = self._keywords(st)
+            kw = tuple(table[ord(c) - 97] for c in sorted(set(letters))
+                       if "a" <= c <= "z" and ord(c) - 97 < len(table) and table[ord(c) - 97])
+        return flags, kw
+
+    def _encode_flags(self, st: _State, flags: Iterable[str], keywords: Iterable[str],
+                      keep: str = "") -> str:
+        system, kws = split_flags(list(flags) + list(keywords))
+        letters = {FLAG_LETTER[f] for f in system}
+        letters.update(c for c in keep if c.isupper() and c not in LETTER_FLAG)  # e.g. P
+        if kws:
+            table = self._keywords(st)
+            for k in kws:
+                if any(c in k for c in " \t\n\r()"):
+                    raise BadName(f"bad keyword {k!r}")
+                if k in table:
+                    i = table.index(k)
+                else:
+                    i = table.index("") if "" in table else len(table)
+                    if i >= MAX_KEYWORDS:
+                        raise StoreError(f"{st.dir}: Maildir file names hold at most "
+                                         f"{MAX_KEYWORDS} keywords; cannot add {k!r}")
+                    if i == len(table):
+                        table.append(k)
+                    else:
+                        table[i] = k
+                    st.keywords_dirty = True
+                letters.add(chr(97 + i))
+        return "".join(sorted(letters))
+
+    def _info(self, st: _State, uid: int, sub: str, fname: str, stat: bool = True) -> MessageInfo:
+        base, letters = split_name(fname)
+        flags, kws = self._decode_flags(st, letters)
+        path = os.path.join(st.dir, sub, fname)
+        stored = stored_from_name(base)
+        if not stat:
+            m = _SIZE_RE.search(base)
+            return MessageInfo(uid=uid, flags=flags, keywords=kws, stored=stored or 0.0,
+                               size=int(m.group(1)) if m else 0, path=path)
+        s = os.stat(path)
+        return MessageInfo(uid=uid, flags=flags, keywords=kws, internaldate=s.st_mtime,
+                           stored=stored if stored is not None else s.st_ctime,
+                           size=s.st_size, path=path, dev=s.st_dev, ino=s.st_ino,
+                           nlink=s.st_nlink)
+
+    def _find(self, st: _State, uid: int, user: str, folder: str) -> tuple[str, str, str]:
+        """(base, subdir, file name) of ``uid``; rescans once if the file moved."""
+        rec = st.uidlist.records.get(uid)
+        if rec is None:
+            raise MessageGone(user, folder, uid)
+        base = rec[1]
+        if st.files is None:
+            self._scan(st)
+        hit = st.files.get(base)
+        if hit is None or not os.path.lexists(os.path.join(st.dir, *hit)):
+            self._scan(st)
+            hit = st.files.get(base)
+            if hit is None:
+                raise MessageGone(user, folder, uid)
+        return base, hit[0], hit[1]
+
+    # ------------------------------------------------------------------ read side
+    def folders(self, user: str) -> list[FolderInfo]:
+        root = self._root(user)
+        subs = self._subscriptions(root)
+        names = ["INBOX"]
+        with os.scandir(root) as it:
+            for e in it:
+                if e.name.startswith(".") and e.is_dir():
+                    logical = self.folder_from_dirname(e.name)
+                    if logical and os.path.isdir(os.path.join(e.path, "cur")):
+                        names.append(logical)
+        out = [self._folder_info(user, n, subs) for n in ["INBOX"] + sorted(set(names[1:]))]
+        return out
+
+    def folder(self, user: str, folder: str) -> FolderInfo:
+        folder = check_folder_name(folder)
+        self._existing_folder_dir(user, folder)
+        return self._folder_info(user, folder, self._subscriptions(self._root(user)))
+
+    def _folder_info(self, user: str, folder: str, subs: set) -> FolderInfo:
+        key = (user, folder)
+        held = self._held.get(key)
+        if held is not None and held.state is not None:
+            ul = held.state.uidlist
+        else:
+            ul = read_uidlist_header(self._existing_folder_dir(user, folder))
+            if ul is None:                   # never opened by Dovecot: give it a uidlist now
+                with self._locked(user, folder) as st:
+                    ul = st.uidlist
+        return FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
+                          subscribed=folder in subs)
+
+    def snapshot(self, user: str, folder: str, since: float | None = None) -> FolderSnapshot:
+        folder = check_folder_name(folder)
+        subs = self._subscriptions(self._root(user))
+        with self._locked(user, folder) as st:
+            self._scan(st)
+            self._assign_uids(st)
+            files = st.files
+            msgs = []
+            for uid in sorted(st.uidlist.records):
+                base = st.uidlist.records[uid][1]
+                hit = files.get(base)
+                if hit is None:
+                    continue                 # expunged; Dovecot drops the line later
+                if since is not None:
+                    stored = stored_from_name(base)
+                    if stored is not None and stored < since:
+                        msgs.append(MessageInfo(uid=uid, stored=stored))
+                        continue
+                try:
+                    msgs.append(self._info(st, uid, *hit))
+                except FileNotFoundError:
+                    continue                 # renamed or expunged right now
+            info = FolderInfo(name=folder, uidvalidity=st.uidlist.uidvalidity,
+                              uidnext=st.uidlist.uidnext, subscribed=folder in subs)
+        return FolderSnapshot(info=info, messages=msgs)
+
+    def message(self, user: str, folder: str, uid: int) -> MessageInfo:
+        folder = check_folder_name(folder)
+        held = self._held.get((user, folder))
+        if held is not None and held.state is not None:
+            st = held.state
+        else:
+            d = self._existing_folder_dir(user, folder)
+            ul = read_uidlist(d)
+            if ul is None:
+                raise MessageGone(user, folder, uid)
+            st = _State(dir=d, uidlist=ul, disk_uidnext=ul.uidnext)
+        for attempt in (0, 1):
+            base, sub, fname = self._find(st, uid, user, folder)
+            try:
+                return self._info(st, uid, sub, fname)
+            except FileNotFoundError:
+                st.files = None
+        raise MessageGone(user, folder, uid)
+
+    # ------------------------------------------------------------------ subscriptions
+    @staticmethod
+    def _subscriptions(root: str) -> set:
+        try:
+            with open(os.path.join(root, SUBSCRIPTIONS), encoding="utf-8",
+                      errors="surrogateescape") as f:
+                lines = f.read().split("\n")
+        except FileNotFoundError:
+            return set()
+        return set(MaildirStore._parse_subscriptions(lines))
+
+    @staticmethod
+    def _parse_subscriptions(lines: list) -> list:
+        if lines and lines[0].startswith("V\t"):
+            sep, body = "\t", lines[1:]
+        else:
+            sep, body = ".", lines          # version 1: Maildir++ storage names
+        out = []
+        for line in body:
+            if not line:
+                continue
+            levels = []
+            for level in line.split(sep):
+                try:
+                    levels.append(utf7.decode(level))
+                except ValueError:
+                    levels.append(level)
+            name = "/".join(levels)
+            try:
+                out.append(check_folder_name(name))
+            except BadName:
+                continue
+        return out
+
+    def _set_subscribed(self, user: str, folder: str, on: bool) -> None:
+        root = self._root(user)
+        path = os.path.join(root, SUBSCRIPTIONS)
+        lockpath = path + LOCK_SUFFIX
+        try:
+            self._acquire_dotlock(lockpath, self._lock_timeout(), f"subscriptions of {user}")
+        except _Unlocked:
+            raise StoreError(f"cannot write {path}: permission denied") from None
+        try:
+            try:
+                with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                    names = self._parse_subscriptions(f.read().split("\n"))
+            except FileNotFoundError:
+                names = []
+            if (folder in names) == on:
+                return
+            names = [n for n in names if n != folder] + ([folder] if on else [])
+            text = "V\t2\n\n" + "".join(
+                "\t".join(utf7.encode(level) for level in n.split("/")) + "\n" for n in names)
+            self._write_file(path, text.encode("utf-8", "surrogateescape"), self._owner_for(root))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lockpath)
+
+    # ------------------------------------------------------------------ users & folders
+    def create_user(self, user: str, partition: str = "primary") -> None:
+        check_user_name(user)
+        if self.exists(user):
+            raise UserExists(user)
+        part = self.partition_path(partition)
+        os.makedirs(part, exist_ok=True)
+        owner = self._owner_for(part)
+        home = os.path.join(part, user)
+        if not os.path.isdir(home):
+            self._mkdir(home, owner)
+        root = os.path.join(home, "Maildir")
+        self._mkdir(root, owner)
+        for sub in ("cur", "new", "tmp"):
+            self._mkdir(os.path.join(root, sub), owner)
+        ul = Uidlist(uidvalidity=self._new_uidvalidity(), uidnext=1, extra=[f"G{uuid.uuid4().hex}"])
+        self._write_file(os.path.join(root, UIDLIST), ul.render().encode(), owner)
+
+    def delete_user(self, user: str) -> None:
+        shutil.rmtree(self._home(user))
+
+    def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
+                      uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
+        folder = check_folder_name(folder)
+        d = self._folder_dir(user, folder)
+        if folder == "INBOX" or os.path.isdir(os.path.join(d, "cur")):
+            raise FolderExists(user, folder)
+        root = self._root(user)
+        owner = self._owner_for(root)
+        if not os.path.isdir(d):
+            self._mkdir(d, owner)
+        for sub in ("cur", "new", "tmp"):
+            with contextlib.suppress(FileExistsError):
+                self._mkdir(os.path.join(d, sub), owner)
+        mf = os.path.join(d, "maildirfolder")
+        if not os.path.exists(mf):
+            os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
+            self._chown(mf, owner)
+        self._invalidate_index(d)
+        ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=max(1, uidnext),
+                     extra=[f"G{uuid.uuid4().hex}"])
+        self._write_file(os.path.join(d, UIDLIST), ul.render().encode(), owner)
+        self._invalidate_index(root, LIST_INDEX_FILES)
+        self._set_subscribed(user, folder, subscribed)
+        return FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
+                          subscribed=subscribed)
+
+    def delete_folder(self, user: str, folder: str) -> None:
+        folder = check_folder_name(folder)
+        if folder == "INBOX":
+            raise BadName("INBOX cannot be deleted (delete its messages, or the user)")
+        with self._locked(user, folder, create_uidlist=False) as st:
+            d = st.dir
+            for sub in ("cur", "new", "tmp"):
+                shutil.rmtree(os.path.join(d, sub), ignore_errors=True)
+            for n in os.listdir(d):
+                p = os.path.join(d, n)
+                if n == UIDLIST + LOCK_SUFFIX:
+                    continue
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(p)
+            st.dirty = st.keywords_dirty = False
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+        self._invalidate_index(self._root(user), LIST_INDEX_FILES)
+        self._set_subscribed(user, folder, False)
+
+    def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,
+                   uidnext: int | None = None, subscribed: bool | None = None) -> FolderInfo:
+        folder = check_folder_name(folder)
+        with self._locked(user, folder) as st:
+            ul = st.uidlist
+            changed = False
+            if uidvalidity is not None and uidvalidity != ul.uidvalidity:
+                ul.uidvalidity = uidvalidity
+                changed = True
+            if uidnext is not None:
+                floor = max(ul.records, default=0) + 1
+                want = max(uidnext, floor)
+                if want != ul.uidnext:
+                    ul.uidnext = want
+                    changed = True
+            if changed:
+                st.dirty = True
+                if not st.index_invalidated:
+                    self._invalidate_index(st.dir)
+                    self._invalidate_index(self._root(user), LIST_INDEX_FILES)
+                    st.index_invalidated = True
+            info_uv, info_un = ul.uidvalidity, ul.uidnext
+        if subscribed is not None:
+            self._set_subscribed(user, folder, subscribed)
+        subs = self._subscriptions(self._root(user))
+        return FolderInfo(name=folder, uidvalidity=info_uv, uidnext=info_un,
+                          subscribed=folder in subs)
+
+    # ------------------------------------------------------------------ messages
+    def _new_base(self, stored: float) -> str:
+        secs = int(stored)
+        usecs = min(int(round((stored - secs) * 1e6)), 999_999)
+        self._seq += 1
+        return f"{secs}.M{usecs}P{self._pid}Q{self._seq}R{uuid.uuid4().hex[:8]}.{self._hostname}"
+
+    def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
+               flags: Iterable[str] = (), keywords: Iterable[str] = (),
+               internaldate: float | None = None, stored: float | None = None,
+               link_from: str | None = None, size_hint: int | None = None) -> MessageInfo:
+        folder = check_folder_name(folder)
+        if src is None and link_from is None:
+            raise StoreError("append needs the message bytes (src) or a file to link (link_from)")
+        now = time.time()
+        with self._locked(user, folder) as st:
+            ul = st.uidlist
+            if uid is None:
+                uid = ul.uidnext
+            else:
+                if uid <= 0:
+                    raise StoreError(f"bad UID {uid}")
+                if uid in ul.records or uid <= max(ul.records, default=0):
+                    self._prune(st)           # lines of files Dovecot expunged don't count
+                    if uid in ul.records or uid <= max(ul.records, default=0):
+                        raise UidInUse(user, folder, uid)
+            letters = self._encode_flags(st, flags, keywords)
+            base = self._new_base(stored if stored is not None else now)
+            owner = self._owner_for(st.dir)
+            linked = False
+            size = None
+            if link_from is not None:
+                linked, size = self._try_link(link_from, st.dir, base, letters, internaldate)
+                if not linked and src is None:
+                    src = open(link_from, "rb")
+                    close_src = True
+                else:
+                    close_src = False
+            else:
+                close_src = False
+            try:
+                if linked:
+                    fname = f"{base},S={size}:2,{letters}"
+                    path = os.path.join(st.dir, "cur", fname)
+                    s = os.stat(path)
+                else:
+                    path, fname, s = self._write_message(st.dir, base, letters, src, owner,
+                                                         internaldate if internaldate is not None else None)
+            finally:
+                if close_src:
+                    src.close()
+            full_base = split_name(fname)[0]
+            ul.records[uid] = ("", full_base)
+            if st.bases is not None:
+                st.bases[full_base] = uid
+            if st.files is not None:
+                st.files[full_base] = ("cur", fname)
+            ul.uidnext = max(ul.uidnext, uid + 1)
+            st.dirty = True
+            if uid < st.disk_uidnext and not st.index_invalidated:
+                # Dovecot's index may already call this UID expunged: make it re-read
+                self._invalidate_index(st.dir)
+                st.index_invalidated = True
+            flags_set, kws = self._decode_flags(st, letters)
+            return MessageInfo(uid=uid, flags=flags_set, keywords=kws, internaldate=s.st_mtime,
+                               stored=stored_from_name(base) or now, size=s.st_size, path=path,
+                               dev=s.st_dev, ino=s.st_ino, nlink=s.st_nlink)
+
+    def _try_link(self, link_from: str, d: str, base: str, letters: str,
+                  internaldate: float | None) -> tuple[bool, int | None]:
+        """Hard-link ``link_from`` into cur/; False when it must be copied instead."""
+        try:
+            s = os.stat(link_from)
+        except FileNotFoundError:
+            raise StoreError(f"cannot link {link_from}: it no longer exists") from None
+        if internaldate is not None and int(internaldate) != int(s.st_mtime):
+            return False, None                # one inode has one mtime = one INTERNALDATE
+        target = os.path.join(d, "cur", f"{base},S={s.st_size}:2,{letters}")
+        try:
+            os.link(link_from, target)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                return False, None
+            raise
+        return True, s.st_size
+
+    def _write_message(self, d: str, base: str, letters: str, src: BinaryIO, owner,
+                       internaldate: float | None) -> tuple[str, str, os.stat_result]:
+        tmp = os.path.join(d, "tmp", base)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+                self._chown(fd, owner)
+                if internaldate is not None:
+                    os.utime(fd, (internaldate, internaldate))
+                s = os.fstat(fd)
+            finally:
+                os.close(fd)
+            fname = f"{base},S={s.st_size}:2,{letters}"
+            path = os.path.join(d, "cur", fname)
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return path, fname, s
+
+    def _prune(self, st: _State) -> None:
+        """Drop uidlist lines whose files are gone."""
+        files = self._scan(st)
+        dead = [u for u, (_, b) in st.uidlist.records.items() if b not in files]
+        for u in dead:
+            del st.uidlist.records[u]
+        if dead:
+            st.dirty = True
+
+    def set_flags(self, user: str, folder: str, uid: int, flags: Iterable[str],
+                  keywords: Iterable[str] = ()) -> MessageInfo:
+        folder = check_folder_name(folder)
+        with self._locked(user, folder) as st:
+            for attempt in (0, 1):
+                base, sub, fname = self._find(st, uid, user, folder)
+                letters = self._encode_flags(st, flags, keywords, keep=split_name(fname)[1])
+                new = f"{base}:2,{letters}"
+                try:
+                    if (sub, fname) != ("cur", new):
+                        os.rename(os.path.join(st.dir, sub, fname), os.path.join(st.dir, "cur", new))
+                except FileNotFoundError:
+                    st.files = None
+                    continue
+                st.files[base] = ("cur", new)
+                return self._info(st, uid, "cur", new)
+            raise MessageGone(user, folder, uid)
+
+    def expunge(self, user: str, folder: str, uids: Iterable[int]) -> int:
+        folder = check_folder_name(folder)
+        n = 0
+        with self._locked(user, folder) as st:
+            for uid in uids:
+                try:
+                    base, sub, fname = self._find(st, uid, user, folder)
+                except MessageGone:
+                    st.uidlist.records.pop(uid, None)
+                    continue
+                try:
+                    os.unlink(os.path.join(st.dir, sub, fname))
+                    n += 1
+                except FileNotFoundError:
+                    pass
+                del st.uidlist.records[uid]
+                st.files.pop(base, None)
+                if st.bases is not None:
+                    st.bases.pop(base, None)
+                st.dirty = True
+        return n
+
+    # ------------------------------------------------------------------ deliveries
+    def _hold_marker(self, user: str) -> str:
+        return os.path.join(self._home(user), HOLD_MARKER)
+
+    def hold_deliveries(self, user: str) -> None:
+        marker = self._hold_marker(user)
+        owner = self._owner_for(os.path.dirname(marker))
+        self._write_file(marker, f"{time.time()}\n".encode(), owner)
+        q = os.path.join(os.path.dirname(marker), QUEUE_DIR)
+        if not os.path.isdir(q):
+            with contextlib.suppress(FileExistsError):
+                self._mkdir(q, owner)
+
+    def deliveries_held(self, user: str) -> bool:
+        return os.path.exists(self._hold_marker(user))
+
+    def _queued(self, user: str) -> list[str]:
+        q = os.path.join(self._home(user), QUEUE_DIR)
+        try:
+            return sorted(os.path.join(q, n) for n in os.listdir(q) if n.endswith(".eml"))
+        except FileNotFoundError:
+            return []
+
+    def release_deliveries(self, user: str) -> int:
+        n = self._drain(user)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._hold_marker(user))
+        n += self._drain(user)                 # what arrived while we were draining
+        return n
+
+    def _drain(self, user: str) -> int:
+        n = 0
+        for eml in self._queued(user):
+            meta_path = eml[:-4] + ".json"
+            try:
+                with open(meta_path, encoding="utf-8") as f:
+                    meta = json.load(f)
+            except (FileNotFoundError, ValueError):
+                meta = {}
+            folder = meta.get("folder", "INBOX")
+            if not self.exists(user, folder):
+                folder = "INBOX"
+            self.append(user, folder, None, link_from=eml, internaldate=meta.get("internaldate"),
+                        stored=meta.get("stored"))
+            os.unlink(eml)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(meta_path)
+            n += 1
+        return n
+
+    def _enqueue(self, user: str, src: BinaryIO | None, first: str | None, folder: str,
+                 internaldate: float, stored: float) -> str:
+        home = self._home(user)
+        q = os.path.join(home, QUEUE_DIR)
+        owner = self._owner_for(home)
+        if not os.path.isdir(q):
+            with contextlib.suppress(FileExistsError):
+                self._mkdir(q, owner)
+        self._seq += 1
+        name = f"{time.time_ns():020d}.{self._pid}.{self._seq:06d}"
+        meta = {"folder": folder, "internaldate": internaldate, "stored": stored}
+        self._write_file(os.path.join(q, name + ".json"), json.dumps(meta).encode(), owner,
+                         fsync=False)
+        final = os.path.join(q, name + ".eml")
+        tmp = os.path.join(q, "." + name + ".tmp")
+        if first is not None:
+            try:
+                os.link(first, tmp)
+                os.rename(tmp, final)
+                return final
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+            src = open(first, "rb")
+        try:
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+                self._chown(out.fileno(), owner)
+            os.utime(tmp, (internaldate, internaldate))
+            os.rename(tmp, final)
+        finally:
+            if first is not None:
+                src.close()
+        return final
+
+    def deliver(self, users: list[str], src: BinaryIO, folder: str = "INBOX",
+                internaldate: float | None = None) -> dict:
+        now = time.time()
+        idate = internaldate if internaldate is not None else now
+        folder = check_folder_name(folder)
+        first: str | None = None
+        out: dict = {}
+        for user in users:
+            if self.deliveries_held(user):
+                path = self._enqueue(user, src if first is None else None, first, folder, idate, now)
+                first = first or path
+                out[user] = None
+            else:
+                if first is None:
+                    info = self.append(user, folder, src, internaldate=idate, stored=now)
+                else:
+                    info = self.append(user, folder, None, link_from=first, internaldate=idate,
+                                       stored=now)
+                first = first or info.path
+                out[user] = info
+        return out
+
+
+@hookimpl
+def ims_store_drivers():
+    return {"maildir": MaildirStore}
