@@ -684,7 +684,8 @@ class MaildirStore(Store):
                 if since is not None:
                     stored = stored_from_name(base)
                     if stored is not None and stored < since:
-                        msgs.append(MessageInfo(uid=uid, stored=stored))
+                        # not carried by an incremental: flags from the name, no stat
+                        msgs.append(self._info(st, uid, *hit, stat=False))
                         continue
                 try:
                     msgs.append(self._info(st, uid, *hit))
