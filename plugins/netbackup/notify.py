@@ -1,0 +1,164 @@
+"""What bpstart_notify and bpend_notify do.  NetBackup runs them on the client as
+
+    bpstart_notify CLIENT POLICY SCHEDULE SCHEDULE_TYPE [STATUS]
+    bpend_notify   CLIENT POLICY SCHEDULE SCHEDULE_TYPE STATUS
+
+with SCHEDULE_TYPE one of FULL, INCR (differential: since the last backup of any kind),
+CINC (cumulative: since the last full), UBAK, UARC (user backups and archives: nothing
+to stage).  A non-zero exit of bpstart_notify fails the job (status 73); the script must
+finish within BPSTART_TIMEOUT (default 300 s, else status 74), so the dump gets a deadline
+a little shorter than that.  In ``check`` mode (dumps staged ahead from cron) the script
+only verifies that every group has a fresh, complete dump.
+
+The installed scripts (see :mod:`plugins.netbackup.install`) call
+``python -m plugins.netbackup.notify start|end [--mode dump|check] [--dir DIR] ... -- ARGS``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+from asm.cli.common import ArgParser
+from asm.config import Config, ConfigError
+from asm.groups import GroupsError
+from asm.plugins import PluginError
+from asm.store.base import StoreError
+
+SCHEDULE_TYPES = {"FULL": "full", "INCR": "incr", "CINC": "cinc", "UBAK": None, "UARC": None}
+DEFAULT_TIMEOUT = 300
+MARGIN = 15          # seconds kept for NetBackup between our end and its timeout
+BP_CONF = "/usr/openv/netbackup/bp.conf"
+
+
+def bpstart_timeout(bp_conf: str = BP_CONF) -> int:
+    """BPSTART_TIMEOUT from the environment or bp.conf, else NetBackup's default 300."""
+    env = os.environ.get("BPSTART_TIMEOUT")
+    if env and env.strip().isdigit():
+        return int(env)
+    try:
+        with open(bp_conf, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                m = re.match(r"\s*BPSTART_TIMEOUT\s*=\s*(\d+)", line)
+                if m:
+                    return int(m.group(1))
+    except OSError:
+        pass
+    return DEFAULT_TIMEOUT
+
+
+def job_key(policy: str, schedule: str) -> str:
+    return f"netbackup:{policy}.{schedule}"
+
+
+class Log:
+    """Lines go to stderr (NetBackup keeps them in the client's bpbkar log) and to
+    ``DIR/netbackup.log`` with a time stamp."""
+
+    def __init__(self, directory: str | None):
+        self.path = os.path.join(directory, "netbackup.log") if directory else None
+
+    def __call__(self, line: str) -> None:
+        print(f"imsnbu: {line}", file=sys.stderr)
+        if self.path:
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {line}\n")
+            except OSError:
+                pass
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog="imsnbu-notify", description="bpstart_notify / bpend_notify for ims-asm staging")
+    p.add_argument("which", choices=["start", "end"])
+    p.add_argument("--mode", choices=["dump", "check"], default="dump")
+    p.add_argument("--dir", metavar="DIR", help="staging directory (default: staging.dir)")
+    p.add_argument("--jobs", type=int, metavar="N")
+    p.add_argument("--max-age", type=float, default=24.0, metavar="HOURS")
+    p.add_argument("--keep", type=int, metavar="N")
+    p.add_argument("--after-batch", metavar="CMD")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from staging.errors import StagingError
+    from staging.run import check_fresh, default_jobs, engine_done, stage, staging_dir
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    nbu_args: list[str] = []
+    if "--" in argv:     # NetBackup's own arguments follow "--", untouched (they may start with "-")
+        i = argv.index("--")
+        argv, nbu_args = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
+    args.args = nbu_args
+    log = Log(None)
+    if len(args.args) < 4:
+        log(f"bp{args.which}_notify: expected CLIENT POLICY SCHEDULE SCHEDULE_TYPE"
+            f"{' STATUS' if args.which == 'end' else ' [STATUS]'}, got {len(args.args)} arguments")
+        return 2
+    client, policy, schedule, stype = args.args[:4]
+    status = args.args[4] if len(args.args) > 4 else "0"
+    if stype not in SCHEDULE_TYPES:
+        log(f"unknown schedule type {stype!r}: expected one of {', '.join(SCHEDULE_TYPES)}")
+        return 2
+    if not re.fullmatch(r"-?\d+", status):
+        log(f"bad status {status!r}: expected a number")
+        return 2
+    try:
+        from asm.cli.context import open_installation
+        cfg = Config()
+        directory = staging_dir(cfg, args.dir)
+        log = Log(directory)
+        mode = SCHEDULE_TYPES[stype]
+        key = job_key(policy, schedule)
+        where = f"{client} {policy}/{schedule} {stype}"
+        if mode is None:
+            log(f"{where}: user backup/archive, nothing to stage")
+            return 0
+        if args.which == "end":
+            keep = args.keep if args.keep is not None else cfg.get_int("staging.keep")
+            reported, removed = engine_done(directory, int(status), keep, job=key)
+            log(f"{where}: bpend status {status} recorded on {len(reported)} dumps; "
+                + (f"{len(removed)} files removed" if int(status) == 0 else "files kept for the next attempt"))
+            return 0
+        timeout = bpstart_timeout()
+        budget = max(5, timeout - MARGIN)
+        inst = open_installation()
+        if args.mode == "check":
+            fresh = check_fresh(inst, directory, mode, args.max_age * 3600, job=key, lock_wait=budget)
+            log(f"{where}: {len(fresh)} fresh staged dumps found, claimed for this job")
+            return 0
+        _mark_lost(directory, key, log)
+        jobs = args.jobs or default_jobs(cfg)
+        res = stage(inst, directory, None, mode, jobs, after_batch=args.after_batch or cfg.get("staging.afterbatch"),
+                    deadline=budget, job=key, say=lambda s: log(f"{where}: {s}"))
+        ok = sum(1 for o in res.dumps if o.ok)
+        log(f"{where}: {ok} of {len(res.dumps)} dumps staged in {directory} (status {res.status})")
+        if res.message:
+            log(f"{where}: {res.message}")
+        return res.status
+    except StagingError as exc:
+        log(str(exc))
+        return exc.status
+    except (ConfigError, GroupsError, StoreError, PluginError) as exc:
+        log(str(exc))
+        return 2
+
+
+def _mark_lost(directory: str, key: str, log) -> None:
+    """Dumps an earlier job of this policy.schedule took but never reported on (no
+    bpend_notify ran): the engine may not have them, so no incremental continues them."""
+    from staging.catalog import Catalog
+    cat = Catalog(directory)
+    try:
+        lost = cat.unreported(key)
+        if lost:
+            cat.mark_lost([d.id for d in lost])
+            log(f"{len(lost)} dumps of an earlier {key} job were never reported by bpend_notify: marked lost")
+    finally:
+        cat.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

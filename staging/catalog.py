@@ -1,0 +1,181 @@
+"""The staging catalog: ``DIR/catalog.db`` (SQLite), one row per dump.
+
+A dump is ``running`` while written, ``complete`` once its file has its final name and
+its SHA-256 is recorded, ``failed`` otherwise (a run killed mid-way leaves ``running``
+rows; the next run turns them into ``failed``).  The engine's verdict is separate:
+``engine`` is NULL until reported, then ``ok``, ``failed`` or ``lost`` (a NetBackup job
+that never reported).  ``base`` names the dump an incremental continues, so a restore
+chain is followed link by link.  The catalog lives beside the files, so an engine that
+saves the directory saves the catalog too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+
+CATALOG_NAME = "catalog.db"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS dumps (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    kind TEXT NOT NULL,              -- full | incr
+    since REAL,                      -- -d date of an incremental (epoch seconds)
+    base INTEGER,                    -- the dump an incremental continues
+    started REAL NOT NULL,
+    finished REAL,
+    file TEXT NOT NULL,              -- final name, relative to the staging directory
+    estimate INTEGER,
+    size INTEGER,
+    sha256 TEXT,
+    status TEXT NOT NULL,            -- running | complete | failed
+    error TEXT,
+    pid INTEGER,
+    job TEXT,                        -- the engine job that took it (e.g. policy.schedule)
+    engine TEXT,                     -- NULL | ok | failed | lost
+    engine_status INTEGER,
+    reported REAL,
+    removed REAL
+);
+CREATE TABLE IF NOT EXISTS dump_users (
+    dump INTEGER NOT NULL REFERENCES dumps(id),
+    user TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dump_users_user ON dump_users(user);
+CREATE INDEX IF NOT EXISTS dumps_group ON dumps(partition, grp, started);
+"""
+
+
+@dataclass
+class Dump:
+    id: int
+    run: str
+    partition: str
+    grp: str
+    kind: str
+    since: float | None
+    base: int | None
+    started: float
+    finished: float | None
+    file: str
+    estimate: int | None
+    size: int | None
+    sha256: str | None
+    status: str
+    error: str | None
+    pid: int | None
+    job: str | None
+    engine: str | None
+    engine_status: int | None
+    reported: float | None
+    removed: float | None
+
+    def when(self) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+
+
+class Catalog:
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = os.path.join(directory, CATALOG_NAME)
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=DELETE")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _rows(self, sql: str, args=()) -> list[Dump]:
+        cur = self.db.execute(f"SELECT * FROM dumps {sql}", args)
+        return [Dump(*r) for r in cur.fetchall()]
+
+    # -- writing ------------------------------------------------------------------
+    def start(self, run: str, partition: str, grp: str, kind: str, since, base, users, estimate,
+              make_name) -> Dump:
+        """Record a dump as running; ``make_name(id)`` gives its file name."""
+        now = time.time()
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO dumps (run, partition, grp, kind, since, base, started, file, estimate, status, pid)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (run, partition, grp, kind, since, base, now, "", estimate, "running", os.getpid()))
+            did = cur.lastrowid
+            self.db.execute("UPDATE dumps SET file=? WHERE id=?", (make_name(did, now), did))
+            self.db.executemany("INSERT INTO dump_users (dump, user) VALUES (?,?)", [(did, u) for u in users])
+        return self.get(did)
+
+    def finish(self, did: int, size: int, sha256: str) -> None:
+        self.db.execute("UPDATE dumps SET status='complete', finished=?, size=?, sha256=? WHERE id=?",
+                        (time.time(), size, sha256, did))
+
+    def fail(self, did: int, error: str) -> None:
+        self.db.execute("UPDATE dumps SET status='failed', finished=?, error=? WHERE id=?",
+                        (time.time(), error, did))
+
+    def fail_stale(self) -> list[Dump]:
+        """Turn the ``running`` rows of a killed run into ``failed`` (call with the lock held)."""
+        stale = self._rows("WHERE status='running'")
+        for d in stale:
+            self.fail(d.id, f"run killed before the dump finished (pid {d.pid})")
+        return stale
+
+    def claim(self, ids, job: str) -> None:
+        self.db.executemany("UPDATE dumps SET job=? WHERE id=?", [(job, i) for i in ids])
+
+    def report(self, ids, status: int) -> None:
+        verdict = "ok" if status == 0 else "failed"
+        self.db.executemany("UPDATE dumps SET engine=?, engine_status=?, reported=? WHERE id=?",
+                            [(verdict, status, time.time(), i) for i in ids])
+
+    def mark_lost(self, ids) -> None:
+        self.db.executemany("UPDATE dumps SET engine='lost', reported=? WHERE id=?",
+                            [(time.time(), i) for i in ids])
+
+    def mark_removed(self, did: int) -> None:
+        self.db.execute("UPDATE dumps SET removed=? WHERE id=?", (time.time(), did))
+
+    # -- reading ------------------------------------------------------------------
+    def get(self, did: int) -> Dump | None:
+        rows = self._rows("WHERE id=?", (did,))
+        return rows[0] if rows else None
+
+    def all(self) -> list[Dump]:
+        return self._rows("ORDER BY started, id")
+
+    def users(self, did: int) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT user FROM dump_users WHERE dump=? ORDER BY user", (did,))]
+
+    def unreported(self, job: str | None = None) -> list[Dump]:
+        """Complete dumps no engine has reported on (of ``job`` when given)."""
+        if job is None:
+            return self._rows("WHERE status='complete' AND engine IS NULL ORDER BY started, id")
+        return self._rows("WHERE status='complete' AND engine IS NULL AND job=? ORDER BY started, id", (job,))
+
+    def last_base(self, partition: str, grp: str, full_only: bool) -> Dump | None:
+        """The dump an incremental continues: the last complete one (of any kind, or the
+        last full) that no engine reported as failed or lost."""
+        kind = "AND kind='full'" if full_only else ""
+        rows = self._rows(f"WHERE partition=? AND grp=? AND status='complete' "
+                          f"AND (engine IS NULL OR engine='ok') {kind} ORDER BY started DESC, id DESC LIMIT 1",
+                          (partition, grp))
+        return rows[0] if rows else None
+
+    def holding(self, user: str) -> list[Dump]:
+        """Complete dumps whose group held ``user``, newest first."""
+        return self._rows("WHERE status='complete' AND id IN (SELECT dump FROM dump_users WHERE user=?) "
+                          "ORDER BY started DESC, id DESC", (user,))
+
+    def kept(self, partition: str, grp: str) -> list[Dump]:
+        """Complete dumps of a group whose file is still in the area, newest first."""
+        return self._rows("WHERE partition=? AND grp=? AND status='complete' AND removed IS NULL "
+                          "ORDER BY started DESC, id DESC", (partition, grp))
+
+    def to_json(self, d: Dump) -> str:
+        out = dict(vars(d))
+        out["users"] = self.users(d.id)
+        return json.dumps(out, ensure_ascii=False)

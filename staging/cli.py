@@ -1,0 +1,207 @@
+"""imsstage: dump backup groups into a staging area for any backup engine, and find
+and restore them again.
+
+    imsstage [dump] [-D DIR] [-j N] [--full|--incremental|--cumulative] [--after-batch CMD] [group ...]
+    imsstage plan [-D DIR] [--incremental|--cumulative] [group ...]
+    imsstage done [-D DIR] [--status N] [--job NAME]
+    imsstage list [-D DIR] [--json]
+    imsstage locate [-D DIR] [--from DIR] [--at DATE] PATH
+    imsstage restore [-D DIR] [--from DIR] [--at DATE] [-v] PATH
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from asm.cli.common import (
+    EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ArgParser, Progress, UsageError, die, human, parse_date,
+    sigterm_as_interrupt,
+)
+from asm.cli.context import open_installation
+from asm.config import Config, ConfigError
+from asm.groups import Groups, GroupsError
+from asm.logical import PathError, parse
+from asm.plugins import PluginError
+from asm.store.base import StoreError
+from staging.catalog import Catalog
+from staging.errors import StagingError
+from staging.lookup import chain_for, restore_chain
+from staging.run import MODES, check_fresh, default_jobs, engine_done, stage, staging_dir
+
+PROG = "imsstage"
+COMMANDS = ("dump", "plan", "done", "list", "locate", "restore", "check")
+
+
+def _common(p):
+    p.add_argument("-D", dest="dir", metavar="DIR", help="staging directory (default: staging.dir)")
+    p.add_argument("-v", dest="verbose", action="store_true", help="say what happens (quiet in cron otherwise)")
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog=PROG, description="Stage per-group dumps for a backup engine; find and restore them.")
+    sub = p.add_subparsers(dest="cmd", parser_class=ArgParser)
+    for name, helptext in (("dump", "dump groups into the staging directory (the default command)"),
+                           ("plan", "estimate sizes and print the batches; dump nothing"),
+                           ("check", "succeed only if every group has a fresh complete dump not yet saved")):
+        s = sub.add_parser(name, help=helptext)
+        _common(s)
+        m = s.add_mutually_exclusive_group()
+        m.add_argument("--full", dest="mode", action="store_const", const="full", help="full dumps (default)")
+        m.add_argument("--incremental", dest="mode", action="store_const", const="incr",
+                       help="since the last successful dump of any kind (per group)")
+        m.add_argument("--cumulative", dest="mode", action="store_const", const="cinc",
+                       help="since the last successful full dump (per group)")
+        if name == "check":
+            s.add_argument("--max-age", type=float, default=24.0, metavar="HOURS",
+                           help="how old a dump may be (default 24)")
+            s.add_argument("--job", metavar="NAME", help="claim the dumps for this engine job")
+            continue
+        s.add_argument("-j", dest="jobs", type=int, metavar="N",
+                       help="dumps at a time (default: staging.jobs, else the number of cores)")
+        s.add_argument("--after-batch", metavar="CMD",
+                       help="shell command that saves a batch when the area cannot hold every group "
+                            "(gets the files as \"$@\"); default: staging.afterbatch")
+        s.add_argument("--deadline", type=float, metavar="SECONDS",
+                       help="stop and remove unfinished dumps after this many seconds")
+        s.add_argument("--job", metavar="NAME", help="claim the staged dumps for this engine job")
+        s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="wait this long for another run on the area to finish (default: refuse at once)")
+        s.add_argument("groups", nargs="*", metavar="group", help="GROUP (every partition) or /PARTITION/GROUP")
+    s = sub.add_parser("done", help="the engine finished: record its status; on 0 remove saved files")
+    _common(s)
+    s.add_argument("--status", type=int, default=0, help="the engine's exit status (default 0)")
+    s.add_argument("--job", metavar="NAME", help="only the dumps claimed by this job")
+    s.add_argument("--keep", type=int, metavar="N", help="keep the newest N per group (default: staging.keep)")
+    s = sub.add_parser("list", help="print the catalog")
+    _common(s)
+    s.add_argument("--json", action="store_true", help="one JSON object per dump")
+    for name in ("locate", "restore"):
+        s = sub.add_parser(name, help="which files hold a user or folder, and the chain to restore"
+                           if name == "locate" else "restore a user or folder from the chain of staged files")
+        _common(s)
+        s.add_argument("--from", dest="frm", metavar="DIR",
+                       help="where the engine put the files back (default: the staging directory)")
+        s.add_argument("--at", metavar="YYYYMMDD[:HHMMSS]", help="the state as of this date (default: newest)")
+        s.add_argument("path", help="/partition/user/joe, /partition/joe/Folder, or a user name")
+    return p
+
+
+def _say(verbose: bool, progress: Progress | None = None):
+    def say(line: str) -> None:
+        if verbose:
+            if progress:
+                progress.clear()
+            print(f"{PROG}: {line}", file=sys.stderr)
+    return say
+
+
+def user_of(text: str, groups: Groups) -> tuple[str, str | None]:
+    """(user, logical path for imsrestore or None when only a name was given)."""
+    if not text.startswith("/"):
+        return text, None
+    lp = parse(text, groups)
+    if lp.user is None:
+        raise UsageError(f"{text!r} names no user: use /partition/user/joe or /partition/joe/Folder")
+    return lp.user, text
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["dump"] + argv
+    args = build_parser().parse_args(argv)
+    sigterm_as_interrupt()
+    try:
+        return _dispatch(args)
+    except StagingError as exc:
+        return die(PROG, str(exc), exc.status)
+    except (UsageError, ConfigError, GroupsError, PathError, StoreError, PluginError) as exc:
+        return die(PROG, str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return die(PROG, "interrupted: unfinished dumps were removed and marked failed", EXIT_INTERRUPTED)
+
+
+def _dispatch(args) -> int:
+    if args.cmd in ("dump", "plan", "check"):
+        inst = open_installation()
+        directory = staging_dir(inst.config, args.dir)
+        mode = args.mode or "full"
+        if args.cmd == "check":
+            fresh = check_fresh(inst, directory, mode, args.max_age * 3600, job=args.job)
+            if args.verbose:
+                for d in fresh:
+                    print(f"{PROG}: fresh: {d.file} ({d.kind}, {d.when()})", file=sys.stderr)
+            return EXIT_OK
+        jobs = args.jobs or default_jobs(inst.config)
+        if jobs < 1:
+            raise UsageError(f"bad -j {jobs}: use 1 or more")
+        progress = Progress(enabled=None if not args.verbose else None)
+        say = _say(args.verbose or args.cmd == "plan", progress)
+
+        def show(done, total, running):
+            progress.update(f"{PROG}: {done}/{total} groups staged, {len(running)} running: "
+                            + ", ".join(j.unit.label for j in running))
+
+        res = stage(inst, directory, args.groups, mode, jobs,
+                    after_batch=args.after_batch or inst.config.get("staging.afterbatch"),
+                    deadline=args.deadline, job=args.job, lock_wait=args.wait, say=say,
+                    progress=show if progress.enabled else None, plan_only=args.cmd == "plan")
+        progress.clear()
+        if args.cmd == "plan":
+            return EXIT_OK
+        ok = [o for o in res.dumps if o.ok]
+        if args.verbose or sys.stderr.isatty():
+            print(f"{PROG}: {len(ok)} of {len(res.dumps)} dumps staged in {directory}, "
+                  f"{human(sum(o.size for o in ok))}, {res.batches} batch(es)", file=sys.stderr)
+        if res.message:
+            print(f"{PROG}: {res.message}", file=sys.stderr)
+        return res.status
+    cfg = Config()
+    directory = staging_dir(cfg, args.dir)
+    if args.cmd == "done":
+        keep = args.keep if args.keep is not None else cfg.get_int("staging.keep")
+        reported, removed = engine_done(directory, args.status, keep, job=args.job)
+        if args.verbose:
+            print(f"{PROG}: engine status {args.status} recorded on {len(reported)} dumps; "
+                  f"{len(removed)} files removed", file=sys.stderr)
+        return EXIT_OK
+    cat = Catalog(directory)
+    try:
+        if args.cmd == "list":
+            for d in cat.all():
+                if args.json:
+                    print(cat.to_json(d))
+                else:
+                    print(f"{d.id}\t{d.when()}\t/{d.partition}/{d.grp}\t{d.kind}\t{d.status}"
+                          f"\t{d.engine or '-'}\t{d.size if d.size is not None else '-'}\t{d.file}"
+                          f"{'' if d.removed is None else ' (removed)'}{'' if not d.error else ' ' + d.error}")
+            return EXIT_OK
+        groups = Groups.load(cfg.groups_path)
+        user, target = user_of(args.path, groups)
+        at = parse_date(args.at) if args.at else None
+        places = [os.path.abspath(args.frm)] if args.frm else [directory]
+        links = chain_for(cat, user, places, at)
+        if target is None:
+            target = f"/{links[-1].dump.partition}/user/{user}"
+        if args.cmd == "locate":
+            print_chain(links, user)
+            return EXIT_OK
+        return restore_chain(links, target, cfg.home, verbose=args.verbose,
+                             say=lambda s: print(s, file=sys.stderr))
+    finally:
+        cat.close()
+
+
+def print_chain(links, user: str, out=None) -> None:
+    out = out or sys.stdout
+    print(f"{user}: {len(links)} file(s) to restore, in this order:", file=out)
+    for i, lk in enumerate(links, 1):
+        d = lk.dump
+        where = lk.found or ("not here: saved by the engine" if d.engine == "ok" else "MISSING")
+        print(f"  {i}. {d.when()}  {d.kind:4}  /{d.partition}/{d.grp}  {d.file}  {d.size} bytes  "
+              f"sha256 {d.sha256}  [{where}]", file=out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""One run at a time per staging area: an flock on ``DIR/.lock`` holding the owner's pid.
+
+The kernel drops the lock when the holder dies (even by SIGKILL), so a killed run never
+blocks the next one; dump children inherit the descriptor, so the area stays locked
+while any of them still writes.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+
+from staging.errors import LockHeld
+
+LOCK_NAME = ".lock"
+
+
+class AreaLock:
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, LOCK_NAME)
+        self.fd: int | None = None
+
+    def acquire(self, wait: float = 0.0, what: str = "imsstage") -> "AreaLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    try:
+                        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+                    except OSError:
+                        holder = "?"
+                    os.close(fd)
+                    raise LockHeld(f"another staging run (pid {holder}) is using {os.path.dirname(self.path)}; "
+                                   f"wait for it to finish, or use another staging directory") from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()

@@ -1,0 +1,97 @@
+"""Restore lookup: which staged files of which dates hold a user, the full + incremental
+chain to apply, and the restore itself from files the engine has put back."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from staging.catalog import Catalog, Dump
+from staging.dump import sha256_of
+from staging.errors import Missing, StagingError
+
+
+@dataclass
+class Link:
+    dump: Dump
+    found: str | None        # where the file is now (checked by size), or None
+    users: list
+
+
+def _chain_from(catalog: Catalog, newest: Dump) -> list[Dump] | None:
+    chain = [newest]
+    seen = {newest.id}
+    while chain[-1].kind != "full":
+        base = catalog.get(chain[-1].base) if chain[-1].base is not None else None
+        if base is None or base.status != "complete" or base.id in seen:
+            return None
+        chain.append(base)
+        seen.add(base.id)
+    return list(reversed(chain))
+
+
+def find_file(d: Dump, places: list[str]) -> str | None:
+    for p in places:
+        path = os.path.join(p, d.file)
+        try:
+            if os.path.getsize(path) == d.size:
+                return path
+        except OSError:
+            continue
+    return None
+
+
+def chain_for(catalog: Catalog, user: str, places: list[str], at: float | None = None) -> list[Link]:
+    """The chain for ``user``, oldest (the full) first.  The newest dump (at or before
+    ``at``) whose whole chain the engine saved or that is still on disk is chosen; when
+    none is, the newest whole chain is returned and its missing files are reported."""
+    held = [d for d in catalog.holding(user) if at is None or d.started <= at]
+    if not held:
+        raise Missing(f"no complete staging dump holds user {user!r}"
+                      + (" at or before that date" if at is not None else "")
+                      + f" (catalog {catalog.path}); check the name with 'imsstage list'")
+    first_whole = None
+    for d in held:
+        chain = _chain_from(catalog, d)
+        if chain is None:
+            continue
+        links = [Link(x, find_file(x, places), catalog.users(x.id)) for x in chain]
+        if first_whole is None:
+            first_whole = links
+        if all(lk.found or lk.dump.engine == "ok" for lk in links):
+            return links
+    if first_whole is None:
+        raise Missing(f"the dumps holding {user!r} have no complete chain back to a full dump")
+    return first_whole
+
+
+def restore_chain(links: list[Link], target: str, home: str, verbose: bool = False,
+                  check_digest: bool = True, say=print) -> int:
+    """imsrestore each file in order; -H on all but the last so deliveries stay held."""
+    missing = [lk.dump.file for lk in links if not lk.found]
+    if missing:
+        raise Missing(f"{len(missing)} of the {len(links)} files are not back yet: {', '.join(missing)}; "
+                      f"have the engine restore them (see 'locate'), then run this again")
+    for lk in links:
+        if check_digest:
+            size, digest = sha256_of(lk.found)
+            if digest != lk.dump.sha256:
+                raise StagingError(f"{lk.found} is not the file the catalog recorded (sha256 {digest[:12]}... "
+                                   f"instead of {lk.dump.sha256[:12]}...): the engine returned another version; "
+                                   f"restore the one from {lk.dump.when()}", status=4)
+    env = dict(os.environ, IMS_HOME=home)
+    for i, lk in enumerate(links):
+        argv = [sys.executable, "-m", "asm.cli.imsrestore", "-f", lk.found]
+        if i < len(links) - 1:
+            argv.append("-H")
+        if verbose:
+            argv.append("-v")
+        argv.append(target)
+        say(f"imsstage: restoring {target} from {lk.dump.file} ({lk.dump.kind}, {lk.dump.when()})")
+        rc = subprocess.run(argv, env=env).returncode
+        if rc != 0:
+            say(f"imsstage: imsrestore exit {rc} on {lk.found}; the chain was stopped there "
+                f"(run the same command again after fixing the cause)")
+            return rc
+    return 0

@@ -1,0 +1,198 @@
+"""One staging run, start to end: lock, recover from a killed run, plan, dump in
+batches, hand each full batch to the engine, record, clean up.  The command line
+(:mod:`staging.cli`) and the NetBackup notify scripts call these functions."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from asm.cli.common import human
+from staging.catalog import Catalog
+from staging.cleanup import record_engine, remove_saved
+from staging.dump import Runner, remove_leftovers
+from staging.errors import EXIT_DEADLINE, EXIT_OK, EXIT_PARTIAL, Missing, NoSpace, StagingError
+from staging.lock import AreaLock
+from staging.plan import describe_batches, estimate, free_space, group_units, make_plan
+
+MODES = ("full", "incr", "cinc")   # full; since the last dump of any kind; since the last full
+
+
+def staging_dir(config, given: str | None) -> str:
+    d = given or config.get("staging.dir")
+    if not d:
+        raise StagingError("no staging directory: pass -D DIR or run 'msconfig set staging.dir /path'")
+    d = os.path.abspath(d)
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StagingError(f"cannot create staging directory {d!r}: {exc.strerror}") from None
+    if not os.access(d, os.W_OK):
+        raise StagingError(f"staging directory {d!r} is not writable")
+    return d
+
+
+def default_jobs(config) -> int:
+    j = config.get("staging.jobs")
+    return int(j) if j else (os.cpu_count() or 1)
+
+
+@dataclass
+class StageResult:
+    status: int = EXIT_OK
+    dumps: list = field(default_factory=list)        # Outcome of every dump
+    batches: int = 0
+    recovered: int = 0                               # stale 'running' rows turned 'failed'
+    message: str = ""
+
+
+def stage(inst, directory: str, names: list[str] | None = None, mode: str = "full", jobs: int = 1,
+          after_batch: str | None = None, deadline: float | None = None, job: str | None = None,
+          lock_wait: float = 0.0, say=lambda s: None, progress=None, plan_only: bool = False) -> StageResult:
+    """Dump the groups into ``directory``.  ``deadline`` is seconds from now."""
+    t_end = time.monotonic() + deadline if deadline else None
+    lock = AreaLock(directory).acquire(lock_wait, "imsstage dump")
+    cat = Catalog(directory)
+    try:
+        res = StageResult()
+        stale = cat.fail_stale()
+        res.recovered = len(stale)
+        left = remove_leftovers(directory)
+        if stale or left:
+            say(f"recovered from a killed run: {len(stale)} dumps marked failed, "
+                f"{len(left)} temporary files removed")
+        try:
+            units = group_units(inst.store, inst.groups, names)
+        except ValueError as exc:
+            raise StagingError(str(exc)) from None
+        if not units:
+            raise StagingError("no backup group has users: nothing to stage")
+        exclude = inst.config.backup_exclude()
+        for u in units:
+            if mode == "full":
+                u.kind = "full"
+            else:
+                base = cat.last_base(u.partition, u.group, full_only=(mode == "cinc"))
+                if base is None:
+                    u.kind = "full"
+                    say(f"{u.label}: no earlier {'full ' if mode == 'cinc' else ''}dump to continue: a full dump")
+                else:
+                    u.kind, u.base, u.since = "incr", base.id, float(int(base.started))
+            estimate(inst.store, u, exclude, u.since)
+            say(f"{u.label}: {len(u.users)} users, {u.messages} messages, {u.kind}"
+                + (f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(u.since))}" if u.since else "")
+                + f", about {human(u.estimate)}")
+        plan = make_plan(units, directory, can_batch=bool(after_batch) or plan_only)
+        say(f"{len(units)} groups, about {human(plan.total)}; {human(plan.capacity)} free in {directory}")
+        if len(plan.batches) > 1:
+            say(f"the staging area cannot hold every group at once: {len(plan.batches)} batches "
+                f"({describe_batches(plan)}); "
+                + (f"'{after_batch}' saves each batch before the next" if after_batch
+                   else "a dump needs --after-batch COMMAND to save each batch before the next"))
+        if plan_only:
+            res.batches = len(plan.batches)
+            res.message = describe_batches(plan)
+            return res
+        run_id = uuid.uuid4().hex[:12]
+        runner = Runner(inst.config.home, directory, cat, run_id, jobs, lock_fd=lock.fd,
+                        deadline=t_end, report=say, progress=progress)
+        for i, batch in enumerate(plan.batches, 1):
+            if i > 1:
+                need = sum(u.estimate for u in batch)
+                free, reserve = free_space(directory)
+                if need > free - reserve:
+                    raise NoSpace(f"batch {i} needs about {human(need)} but only {human(free - reserve)} is "
+                                  f"free in {directory} after batch {i - 1} was saved: free space and run again")
+            outs = runner.run(batch)
+            res.dumps += outs
+            res.batches = i
+            if runner.timed_out:
+                res.status = EXIT_DEADLINE
+                res.message = (f"the dumps did not finish within {deadline:.0f}s; unfinished dumps were "
+                               f"stopped and removed: stage ahead (e.g. from cron) and only check at backup time")
+                return res
+            failed = [o for o in outs if not o.ok]
+            if failed:
+                res.status = EXIT_PARTIAL
+            ok_ids = [o.dump.id for o in outs if o.ok]
+            if i < len(plan.batches):
+                files = [os.path.join(directory, o.dump.file) for o in outs if o.ok]
+                say(f"batch {i} of {len(plan.batches)} staged; running: {after_batch}")
+                rc = subprocess.run(["/bin/sh", "-c", after_batch, "sh", *files],
+                                    env=dict(os.environ, IMS_STAGING_DIR=directory, IMS_STAGING_BATCH=str(i))
+                                    ).returncode
+                cat.claim(ok_ids, f"batch:{run_id}:{i}")
+                record_engine(cat, rc, ids=ok_ids)
+                if rc != 0:
+                    res.status = EXIT_PARTIAL
+                    res.message = (f"the after-batch command failed (exit {rc}) on batch {i}: its files stay "
+                                   f"in {directory}; batches {i + 1}-{len(plan.batches)} were not dumped")
+                    return res
+                remove_saved(cat, directory, 0, only_ids=set(ok_ids))
+            elif job:
+                cat.claim(ok_ids, job)
+        if res.status != EXIT_OK:
+            bad = [o for o in res.dumps if not o.ok]
+            res.message = f"{len(bad)} of {len(res.dumps)} dumps failed: " + "; ".join(
+                f"{o.unit.label}: {o.error}" for o in bad)
+        return res
+    finally:
+        cat.close()
+        lock.release()
+
+
+def engine_done(directory: str, status: int, keep: int, job: str | None = None,
+                lock_wait: float = 60.0) -> tuple[list, list]:
+    """The engine finished with ``status``: record it on the unreported dumps (of ``job``)
+    and, on 0, remove saved files beyond ``keep``.  Returns (reported, removed)."""
+    lock = AreaLock(directory).acquire(lock_wait, "imsstage done")
+    cat = Catalog(directory)
+    try:
+        reported = record_engine(cat, status, job=job)
+        removed = remove_saved(cat, directory, keep) if status == 0 else []
+        return reported, removed
+    finally:
+        cat.close()
+        lock.release()
+
+
+def check_fresh(inst, directory: str, mode: str, max_age: float, job: str | None = None,
+                lock_wait: float = 0.0) -> list:
+    """For backups staged ahead: every group must have a complete dump no engine has
+    taken yet, younger than ``max_age`` seconds (a full one when ``mode`` is full), whose
+    file is there with its recorded size.  Claims them for ``job``; raises Missing."""
+    lock = AreaLock(directory).acquire(lock_wait, "check")
+    cat = Catalog(directory)
+    try:
+        units = group_units(inst.store, inst.groups)
+        now = time.time()
+        fresh, missing = [], []
+        pending = cat.unreported()
+        for u in units:
+            cands = [d for d in pending if d.partition == u.partition and d.grp == u.group
+                     and now - d.started <= max_age and (mode != "full" or d.kind == "full")
+                     and (d.job is None or d.job == job)]
+            cands = [d for d in cands if _present(directory, d)]
+            if cands:
+                fresh.extend(cands)
+            else:
+                missing.append(u.label)
+        if missing:
+            raise Missing(f"no fresh complete {'full ' if mode == 'full' else ''}dump (younger than "
+                          f"{max_age / 3600:g} h) in {directory} for: {', '.join(missing)}; run "
+                          f"'imsstage dump {'--full' if mode == 'full' else '--' + mode}' first (e.g. from cron)")
+        if job:
+            cat.claim([d.id for d in fresh], job)
+        return fresh
+    finally:
+        cat.close()
+        lock.release()
+
+
+def _present(directory: str, d) -> bool:
+    try:
+        return os.path.getsize(os.path.join(directory, d.file)) == d.size
+    except OSError:
+        return False

@@ -1,0 +1,186 @@
+"""The NetBackup module: notify scripts installed and called with NetBackup's arguments
+(CLIENT POLICY SCHEDULE SCHEDULE_TYPE [STATUS]) for full, differential and cumulative
+cycles, the staged-ahead check mode, and the restore that prints bprestore."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from asm.config import Config
+from asm.store import open_store
+from tests.test_staging import build, change_mail, imsstage, rows, run, sha256, staged_files, user_view
+
+
+def imsnbu(home, *args, **kw):
+    return run(home, sys.executable, "-m", "plugins.netbackup.cli", *args, **kw)
+
+
+@pytest.fixture
+def nbu(ims_home, tmp_path):
+    """An installation with groups, a staging dir and the scripts installed for policy
+    MAIL (any schedule) in a NetBackup bin directory made for the test."""
+    store = build(ims_home, "classic", users=12, messages=120)
+    st = tmp_path / "staging"
+    Config(str(ims_home)).set("staging.dir", str(st))
+    bindir = tmp_path / "openv" / "bin"
+    bindir.mkdir(parents=True)
+    r = imsnbu(ims_home, "install", "--policy", "MAIL", "--dir", str(bindir), check=0)
+    return store, st, bindir, r.stdout
+
+
+def notify(bindir, name, *args, env=None):
+    e = {k: v for k, v in os.environ.items() if k != "IMS_HOME"}    # NetBackup's environment has none
+    e.update(env or {})
+    return subprocess.run([str(bindir / name), *args], env=e, capture_output=True, text=True, timeout=120)
+
+
+def test_install_prints_policy_and_refuses_foreign_scripts(ims_home, tmp_path, nbu):
+    store, st, bindir, out = nbu
+    assert sorted(os.listdir(bindir)) == ["bpend_notify.MAIL", "bpstart_notify.MAIL"]
+    assert all(os.access(bindir / n, os.X_OK) for n in os.listdir(bindir))
+    assert "Backup selections:\n    " + str(st) in out
+    assert "Policy type:        Standard" in out and "BPSTART_TIMEOUT is 300 s" in out
+    for t in ("Full Backup", "Differential Incremental (INCR)", "Cumulative Incremental (CINC)"):
+        assert t in out
+    imsnbu(ims_home, "install", "--policy", "MAIL", "--schedule", "daily incr", "--dir", str(bindir), check=0)
+    assert (bindir / "bpstart_notify.MAIL.daily incr").exists()
+    (bindir / "bpstart_notify").write_text("#!/bin/sh\nexit 0\n")
+    r = imsnbu(ims_home, "install", "--dir", str(bindir))
+    assert r.returncode == 2 and "not installed by imsnbu" in r.stderr
+    assert (bindir / "bpstart_notify").read_text() == "#!/bin/sh\nexit 0\n"
+    r = imsnbu(ims_home, "install", "--schedule", "S", "--dir", str(bindir))
+    assert r.returncode == 2 and "--schedule needs --policy" in r.stderr
+
+
+def test_full_incr_cinc_cycles(ims_home, tmp_path, nbu):
+    store, st, bindir, _ = nbu
+    engine = tmp_path / "engine"
+    engine.mkdir()
+
+    def backup(stype, status="0"):
+        r = notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "sched", stype)
+        assert r.returncode == 0, r.stderr
+        files = staged_files(st)
+        for f in files:                              # NetBackup reads the selection
+            shutil.copy(st / f, engine / f)
+        r = notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", stype, status)
+        assert r.returncode == 0, r.stderr
+        return files
+
+    full = backup("FULL")
+    assert len(full) == 3 and all("-full-" in f for f in full)
+    assert staged_files(st) == []                   # status 0: cleaned up
+    d_full = {d["grp"]: d for d in rows(st)}
+    assert all(d["engine"] == "ok" and d["job"] == "netbackup:MAIL.sched" for d in d_full.values())
+
+    change_mail(store, ["alice", "grace"])
+    incr1 = backup("INCR")
+    assert all("-incr-" in f for f in incr1)
+    last = {d["grp"]: d for d in rows(st)[3:6]}
+    assert all(last[g]["base"] == d_full[g]["id"] for g in last)
+
+    change_mail(store, ["alice", "niaj"])
+    backup("INCR")                                  # differential: continues the last incremental
+    incr2 = {d["grp"]: d for d in rows(st)[6:9]}
+    assert all(incr2[g]["base"] == last[g]["id"] for g in incr2)
+
+    backup("CINC")                                  # cumulative: since the last full
+    cinc = {d["grp"]: d for d in rows(st)[9:12]}
+    assert all(cinc[g]["base"] == d_full[g]["id"] and cinc[g]["since"] == int(d_full[g]["started"])
+               for g in cinc)
+
+    # a failed job keeps its files and is no base for the next incremental
+    r = notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "sched", "INCR")
+    assert r.returncode == 0
+    kept = staged_files(st)
+    assert len(kept) == 3
+    notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", "INCR", "13")
+    assert staged_files(st) == kept
+    assert [d["engine"] for d in rows(st)[12:15]] == ["failed"] * 3
+    notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "sched", "INCR")
+    again = {d["grp"]: d for d in rows(st)[15:18]}
+    assert all(again[g]["base"] == cinc[g]["id"] for g in again)
+    notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", "INCR", "0")
+    assert staged_files(st) == kept                 # the failed job's files stay
+
+    # user backups (e.g. bpbackup of a batch) stage nothing; bad arguments fail the job
+    r = notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "user", "UBAK")
+    assert r.returncode == 0 and len(rows(st)) == 18
+    r = notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL")
+    assert r.returncode != 0 and "expected CLIENT POLICY SCHEDULE SCHEDULE_TYPE" in r.stderr
+    r = notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "s", "WEEKLY")
+    assert r.returncode != 0 and "unknown schedule type 'WEEKLY'" in r.stderr
+    assert os.path.exists(st / "netbackup.log")
+
+
+def test_check_mode_with_staging_ahead(ims_home, tmp_path, nbu):
+    store, st, bindir, _ = nbu
+    r = imsnbu(ims_home, "install", "--policy", "MAIL", "--schedule", "full", "--check", "--max-age", "2",
+               "--dir", str(bindir), check=0)
+    assert "Stage ahead from cron" in r.stdout
+    args = ("mailhost", "MAIL", "full", "FULL")
+    r = notify(bindir, "bpstart_notify.MAIL.full", *args)
+    assert r.returncode == 10 and "no fresh complete full dump" in r.stderr and rows(st) == []
+    imsstage(ims_home, "--incremental", check=0)    # no full yet: every group gets a full
+    imsstage(ims_home, "done", check=0)             # ... which an engine already took
+    r = notify(bindir, "bpstart_notify.MAIL.full", *args)
+    assert r.returncode == 10                       # taken ones are not fresh
+    imsstage(ims_home, "--full", check=0)           # the cron job
+    r = notify(bindir, "bpstart_notify.MAIL.full", *args)
+    assert r.returncode == 0, r.stderr
+    claimed = [d for d in rows(st) if d["job"] == "netbackup:MAIL.full"]
+    assert len(claimed) == 3
+    # a group whose file went missing fails the check and names the group
+    os.unlink(st / claimed[0]["file"])
+    r = notify(bindir, "bpstart_notify.MAIL.full", *args)
+    assert r.returncode == 10 and f"/primary/{claimed[0]['grp']}" in r.stderr
+    r = notify(bindir, "bpend_notify.MAIL.full", *args, "0")
+    assert r.returncode == 0
+    assert staged_files(st) == []
+
+
+def test_bpstart_timeout_gives_the_deadline(ims_home, tmp_path, nbu):
+    from plugins.netbackup.notify import bpstart_timeout
+    conf = tmp_path / "bp.conf"
+    conf.write_text("SERVER = master\nBPSTART_TIMEOUT = 1200\n")
+    assert bpstart_timeout(str(conf)) == 1200
+    assert bpstart_timeout(str(tmp_path / "none")) == 300
+
+
+def test_restore_prints_bprestore_then_restores(ims_home, tmp_path, nbu):
+    store, st, bindir, _ = nbu
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    for stype in ("FULL", "INCR"):
+        if stype == "INCR":
+            change_mail(store, ["heidi", "ivan"])
+        assert notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "s", stype).returncode == 0
+        for f in staged_files(st):
+            shutil.copy(st / f, engine / f)
+        assert notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "s", stype, "0").returncode == 0
+    want = user_view(store, "heidi")
+    back = tmp_path / "back ü"
+    r = imsnbu(ims_home, "restore", "/primary/user/heidi", "--from", str(back), "--client", "mailhost")
+    assert r.returncode == 10
+    cmd = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("bprestore ")]
+    assert len(cmd) == 1 and "-C mailhost" in cmd[0] and "-t 0" in cmd[0]
+    gb = sorted(d["file"] for d in rows(st) if d["grp"] == "gB")
+    assert all(os.path.join(str(st), f) in cmd[0] for f in gb)
+    rename = (back / ".imsnbu-rename").read_text().splitlines()
+    assert rename == [f"change {st / f} to {back / f}" for f in gb]
+    for f in gb:                                    # what bprestore -R would do
+        shutil.copy(engine / f, back / f)
+    store.delete_user("heidi")
+    imsnbu(ims_home, "restore", "/primary/user/heidi", "--from", str(back), check=0)
+    assert user_view(open_store(Config(str(ims_home))), "heidi") == want
+    for f in gb:
+        assert sha256(back / f) == [d["sha256"] for d in rows(st) if d["file"] == f][0]
+
+
+def test_plugin_registers_imsnbu():
+    from asm import plugins
+    assert "imsnbu" in plugins.commands()

@@ -1,0 +1,344 @@
+"""imsstage: parallel group dumps, catalog, space planning on a small filesystem, a run
+killed mid-way, and a user restored from the full + incremental chain."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from asm.config import Config
+from asm.store import open_store
+from staging.lock import AreaLock
+from tests.conftest import CI
+
+# -- helpers (test_netbackup.py uses them too) --
+
+import hashlib
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+from asm.cli.demo import fingerprint
+from asm.config import Config
+from asm.demo import build_demo
+from asm.store import open_store
+
+GROUPS = "gA=[a-f].*\ngB=[g-m].*\ngC=[n-r].*\n"     # the rest (s-z) fall in 'user'
+
+
+def build(home, driver: str, users: int = 16, messages: int = 160, groups: str = GROUPS):
+    cfg = Config(str(home))
+    cfg.set("store.driver", driver)
+    with open(cfg.groups_path, "w") as f:
+        f.write(groups)
+    store = open_store(Config(str(home)))
+    build_demo(store, users=users, messages=messages)
+    time.sleep(1.1)     # dumps record their start by the second: keep the build out of it
+    return store
+
+
+def run(home, *argv, env=None, check=None, timeout=120):
+    e = dict(os.environ, IMS_HOME=str(home))
+    e.update(env or {})
+    r = subprocess.run(list(argv), env=e, capture_output=True, text=True, timeout=timeout)
+    if check is not None:
+        assert r.returncode == check, f"{argv} exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    return r
+
+
+def imsstage(home, *args, **kw):
+    return run(home, sys.executable, "-m", "staging.cli", *args, **kw)
+
+
+def rows(directory) -> list[dict]:
+    db = sqlite3.connect(os.path.join(str(directory), "catalog.db"))
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM dumps ORDER BY id")]
+    finally:
+        db.close()
+
+
+def users_of(directory, dump_id) -> list[str]:
+    db = sqlite3.connect(os.path.join(str(directory), "catalog.db"))
+    try:
+        return sorted(r[0] for r in db.execute("SELECT user FROM dump_users WHERE dump=?", (dump_id,)))
+    finally:
+        db.close()
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def user_view(store, user: str) -> dict:
+    """Everything a client sees of one user: folders (UIDVALIDITY, UIDNEXT) and every
+    message's bytes, UID, flags, keywords and date."""
+    fp = fingerprint(store)
+    return {k: v for k, v in fp.items() if isinstance(k, tuple) and k[0] == user}
+
+
+def change_mail(store, users, n: int = 6):
+    """A day of mail: new deliveries (one to several users), a flag change, an expunge."""
+    import time
+    time.sleep(1.1)     # incrementals are taken by the second
+    tag = b"%f" % time.time()       # each round's mail differs from the last one's
+    for i in range(n):
+        rcpts = users[i % len(users): i % len(users) + (2 if i % 3 == 0 else 1)]
+        store.deliver(rcpts, io.BytesIO(b"Subject: new %d %s\r\n\r\n" % (i, tag) + b"x" * (500 * i + 10) + b"\r\n"),
+                      folder="INBOX", internaldate=1_700_000_000 + i)
+    u = users[0]
+    msgs = store.messages(u, "INBOX")
+    store.set_flags(u, "INBOX", msgs[0].uid, ["\\Seen", "\\Flagged"], ["$Important"])
+    if len(msgs) > 2:
+        store.expunge(u, "INBOX", [msgs[1].uid])
+
+
+def staged_files(directory) -> list[str]:
+    return sorted(n for n in os.listdir(str(directory)) if n.endswith(".ims") and not n.startswith("."))
+
+
+def test_parallel_dumps_of_every_group(ims_home, driver, tmp_path):
+    store = build(ims_home, driver)
+    st = tmp_path / "stage"
+    r = imsstage(ims_home, "-D", str(st), "-j", "2", "-v", check=0)
+    assert "4 of 4 dumps staged" in r.stderr
+    dumps = rows(st)
+    assert [(d["grp"], d["kind"], d["status"]) for d in dumps] == [
+        ("gA", "full", "complete"), ("gB", "full", "complete"), ("gC", "full", "complete"),
+        ("user", "full", "complete")]
+    # two at a time: the second started before the first finished
+    assert dumps[1]["started"] < dumps[0]["finished"]
+    assert staged_files(st) == sorted(d["file"] for d in dumps)
+    assert not [n for n in os.listdir(st) if n.endswith(".partial")]
+    for d in dumps:
+        path = st / d["file"]
+        assert os.path.getsize(path) == d["size"]
+        assert sha256(path) == d["sha256"]
+        # the estimate is close to, and not below, the real size
+        assert d["size"] <= d["estimate"] <= d["size"] * 1.2 + 65536
+    assert users_of(st, dumps[0]["id"]) == ["alice", "bob", "carol", "dave", "erin", "frank"]
+    assert users_of(st, dumps[3]["id"]) == ["sybil"]
+    # every message of the store is in exactly the dumps: restore them all elsewhere
+    other = tmp_path / "other"
+    Config(str(other)).set("store.driver", driver)
+    shutil.copy(Config(str(ims_home)).groups_path, Config(str(other)).groups_path)
+    for d in dumps:
+        run(other, sys.executable, "-m", "asm.cli.imsrestore", "-f", str(st / d["file"]), check=0)
+    restored = open_store(Config(str(other)))
+    for u in ("alice", "grace", "niaj", "sybil"):
+        assert user_view(restored, u) == user_view(store, u)
+
+
+def test_named_groups_and_bad_names(ims_home, tmp_path):
+    build(ims_home, "classic")
+    st = tmp_path / "stage"
+    imsstage(ims_home, "-D", str(st), "gB", "/primary/user", check=0)
+    assert [d["grp"] for d in rows(st)] == ["gB", "user"]
+    r = imsstage(ims_home, "-D", str(st), "nosuch")
+    assert r.returncode == 2 and "no backup group 'nosuch'" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = imsstage(ims_home, "gA")
+    assert r.returncode == 2 and "staging.dir" in r.stderr
+    assert len(rows(st)) == 2
+
+
+def test_incremental_and_cleanup(ims_home, tmp_path):
+    store = build(ims_home, "classic")
+    st = tmp_path / "st ä; 50%"
+    imsstage(ims_home, "-D", str(st), "gA", check=0)
+    full = rows(st)[0]
+    change_mail(store, ["alice", "bob", "carol"])
+    imsstage(ims_home, "-D", str(st), "--incremental", "gA", check=0)
+    incr = rows(st)[1]
+    assert incr["kind"] == "incr" and incr["base"] == full["id"] and incr["since"] == int(full["started"])
+    assert incr["size"] < full["size"] / 4
+    # the engine failed: files stay; an incremental still continues the (unreported) chain
+    imsstage(ims_home, "done", "-D", str(st), "--status", "2", check=0)
+    assert [d["engine"] for d in rows(st)] == ["failed", "failed"]
+    assert len(staged_files(st)) == 2
+    # a failed dump is no base: the next incremental falls back to a full
+    r = imsstage(ims_home, "-D", str(st), "--incremental", "-v", "gA", check=0)
+    assert "a full dump" in r.stderr and rows(st)[2]["kind"] == "full"
+    # success: saved files go, except the newest staging.keep per group
+    Config(str(ims_home)).set("staging.keep", "1")
+    imsstage(ims_home, "done", "-D", str(st), check=0)
+    assert staged_files(st) == sorted([rows(st)[0]["file"], rows(st)[1]["file"], rows(st)[2]["file"]])
+    imsstage(ims_home, "-D", str(st), "--cumulative", "gA", check=0)
+    assert rows(st)[3]["base"] == rows(st)[2]["id"]
+    imsstage(ims_home, "done", "-D", str(st), check=0)
+    assert staged_files(st) == sorted([rows(st)[0]["file"], rows(st)[1]["file"], rows(st)[3]["file"]])
+    assert rows(st)[2]["removed"] is not None
+
+
+def test_user_restored_from_chain(ims_home, driver, tmp_path):
+    store = build(ims_home, driver)
+    st, engine = tmp_path / "stage", tmp_path / "engine"
+    engine.mkdir()
+    imsstage(ims_home, "-D", str(st), check=0)
+    for f in staged_files(st):
+        shutil.copy(st / f, engine / f)            # the engine saves them ...
+    imsstage(ims_home, "done", "-D", str(st), check=0)   # ... and reports success
+    assert staged_files(st) == []
+    change_mail(store, ["bob", "alice"])
+    imsstage(ims_home, "-D", str(st), "--incremental", check=0)
+    change_mail(store, ["bob", "carol"])
+    imsstage(ims_home, "-D", str(st), "--incremental", check=0)
+    for f in staged_files(st):
+        shutil.copy(st / f, engine / f)
+    imsstage(ims_home, "done", "-D", str(st), check=0)
+    want = user_view(store, "bob")
+    assert want
+    r = imsstage(ims_home, "locate", "-D", str(st), "/primary/user/bob", check=0)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("  ")]
+    assert len(lines) == 3 and "full" in lines[0] and "incr" in lines[1] and "incr" in lines[2]
+    assert all("saved by the engine" in ln for ln in lines)
+    # restoring before the files are back says which are missing
+    r = imsstage(ims_home, "restore", "-D", str(st), "/primary/user/bob")
+    assert r.returncode == 10 and "3 of the 3 files are not back" in r.stderr
+    store.delete_user("bob")
+    r = imsstage(ims_home, "restore", "-D", str(st), "--from", str(engine), "/primary/user/bob", check=0)
+    assert r.stderr.count("restoring /primary/user/bob") == 3
+    assert user_view(open_store(Config(str(ims_home))), "bob") == want
+    # a file the engine returned changed is refused before anything is restored
+    bad = sorted(p for p in os.listdir(engine) if "-gA-" in p and "-full-" in p)[0]
+    with open(engine / bad, "r+b") as f:
+        f.seek(2000)
+        f.write(b"X")
+    r = imsstage(ims_home, "restore", "-D", str(st), "--from", str(engine), "alice")
+    assert r.returncode == 4 and "not the file the catalog recorded" in r.stderr
+
+
+def test_lock_refuses_a_second_run(ims_home, tmp_path):
+    build(ims_home, "classic", users=4, messages=20)
+    st = tmp_path / "stage"
+    st.mkdir()
+    with AreaLock(str(st)).acquire():
+        r = imsstage(ims_home, "-D", str(st))
+        assert r.returncode == 6 and "another staging run" in r.stderr
+    assert staged_files(st) == []
+    imsstage(ims_home, "-D", str(st), check=0)
+
+
+def test_deadline_stops_and_removes(ims_home, tmp_path):
+    build(ims_home, "classic", users=6, messages=60)
+    st = tmp_path / "stage"
+    r = imsstage(ims_home, "-D", str(st), "--deadline", "0.001")
+    assert r.returncode == 11 and "stage ahead" in r.stderr
+    assert staged_files(st) == []
+
+
+def test_killed_run_leaves_nothing_complete(ims_home, tmp_path):
+    store = build(ims_home, "classic", users=16, messages=700)
+    st = tmp_path / "stage"
+    env = dict(os.environ, IMS_HOME=str(ims_home))
+    proc = subprocess.Popen([sys.executable, "-m", "staging.cli", "-D", str(st), "-j", "1"], env=env,
+                            stderr=subprocess.PIPE)
+    # wait until a dump is being written, then kill the run outright
+    t_end = time.monotonic() + 60
+    while time.monotonic() < t_end:
+        if os.path.isdir(st) and any(n.endswith(".partial") for n in os.listdir(st)):
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("no dump started")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    running = [d for d in rows(st) if d["status"] == "running"]
+    assert len(running) == 1
+    complete = [d for d in rows(st) if d["status"] == "complete"]
+    # every file that looks complete is one the catalog says is complete, with its digest
+    assert staged_files(st) == sorted(d["file"] for d in complete)
+    for d in complete:
+        assert sha256(st / d["file"]) == d["sha256"]
+    # the children died with the run: the area is free again
+    with AreaLock(str(st)).acquire():
+        pass
+    r = imsstage(ims_home, "-D", str(st), "-j", "2", "-v", check=0)
+    assert "1 dumps marked failed" in r.stderr
+    after = rows(st)
+    assert after[running[0]["id"] - 1]["status"] == "failed"
+    assert "killed" in after[running[0]["id"] - 1]["error"]
+    assert not [n for n in os.listdir(st) if n.startswith(".") and n != ".lock"]
+    assert len([d for d in after if d["status"] == "complete"]) == len(complete) + 4
+    assert store.users("primary")
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 3 MiB tmpfs made for the test."""
+    d = tmp_path / "small"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode != 0:
+        msg = f"cannot mount a tmpfs (needs root): {r.stderr.strip()}"
+        if CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    yield d
+    subprocess.run(["umount", str(d)], check=True)
+
+
+def _sized_store(home, groups: dict):
+    """{group: (users, messages each, bytes each)} -> a classic store; groups gA.. by prefix."""
+    cfg = Config(str(home))
+    cfg.set("store.driver", "classic")
+    with open(cfg.groups_path, "w") as f:
+        for g in groups:
+            f.write(f"{g}={g}_.*\n")
+    store = open_store(Config(str(home)))
+    for g, (users, n, size) in groups.items():
+        for i in range(users):
+            u = f"{g}_{i}"
+            store.create_user(u)
+            for k in range(n):
+                body = (b"Subject: %s %d\r\n\r\n" % (u.encode(), k)).ljust(size, b"z")
+                store.append(u, "INBOX", io.BytesIO(body), flags=["\\Seen"] if k % 2 else [])
+    return store
+
+
+def test_space_check_refuses_and_batches(ims_home, small_fs, tmp_path):
+    _sized_store(ims_home, {"ga": (2, 10, 50_000), "gb": (2, 10, 50_000), "gc": (2, 10, 50_000),
+                            "gd": (2, 10, 50_000)})
+    # 4 x ~1 MB does not fit in 3 MiB at once, and nothing says how to empty the area between batches
+    r = imsstage(ims_home, "-D", str(small_fs))
+    assert r.returncode == 9 and "2 batches" in r.stderr and "--after-batch" in r.stderr
+    assert staged_files(small_fs) == [] and rows(small_fs) == []
+    r = imsstage(ims_home, "plan", "-D", str(small_fs), check=0)
+    assert "batch 1:" in r.stderr and "batch 2:" in r.stderr
+    # with a command that saves each batch, it runs in batches and says so
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    r = imsstage(ims_home, "-D", str(small_fs), "-j", "2", "-v", "--after-batch", f'cp "$@" {engine}/', check=0)
+    assert "cannot hold every group at once: 2 batches" in r.stderr
+    dumps = rows(small_fs)
+    assert sorted(d["grp"] for d in dumps) == ["ga", "gb", "gc", "gd"]
+    assert all(d["status"] == "complete" for d in dumps)
+    saved = [d for d in dumps if d["engine"] == "ok"]
+    left = [d for d in dumps if d["engine"] is None]
+    assert len(saved) == 2 and len(left) == 2
+    assert sorted(os.listdir(engine)) == sorted(d["file"] for d in saved)
+    assert staged_files(small_fs) == sorted(d["file"] for d in left)
+    for d in saved:
+        assert sha256(engine / d["file"]) == d["sha256"]
+    imsstage(ims_home, "done", "-D", str(small_fs), check=0)
+    # one group alone bigger than the filesystem: refused, naming it
+    store = open_store(Config(str(ims_home)))
+    for k in range(40):
+        store.append("gd_0", "INBOX", io.BytesIO(b"Subject: big\r\n\r\n" + b"y" * 100_000))
+    r = imsstage(ims_home, "-D", str(small_fs), "--after-batch", "true")
+    assert r.returncode == 9 and "group /primary/gd needs about" in r.stderr
+    assert len(rows(small_fs)) == 4
