@@ -106,6 +106,9 @@ OPTIONS: dict[str, Option] = {
     "ssh.timeout": Option(_int(1, 3600), "30", "seconds to wait when connecting"),
     "ssh.keepalive": Option(_int(0, 3600), "30", "seconds between keepalives, 0 for none"),
     "ssh.user": Option(_any, None, "default remote user"),
+    "ssh.stream": Option(_choice("auto", "sftp"), "auto",
+                         "how archive bytes go to a remote file: auto (cat on an exec channel when "
+                         "the far side has a shell, faster) or sftp (SFTP only)"),
     "restore.spoolmax": Option(_int(0, 1 << 20), "1024",
                                "MiB of first copies a restore from a pipe may keep for later links"),
     "staging.dir": Option(_abspath, None, "staging directory for per-group dumps"),

@@ -40,6 +40,7 @@ class Settings:
     knownhosts: str | None = None
     timeout: int = 30
     keepalive: int = 30
+    stream: str = "auto"
 
     @classmethod
     def from_config(cls, config) -> "Settings":
@@ -47,7 +48,8 @@ class Settings:
             return cls()
         return cls(user=config.get("ssh.user"), port=config.get_int("ssh.port"),
                    identity=config.get("ssh.identity"), knownhosts=config.get("ssh.knownhosts"),
-                   timeout=config.get_int("ssh.timeout"), keepalive=config.get_int("ssh.keepalive"))
+                   timeout=config.get_int("ssh.timeout"), keepalive=config.get_int("ssh.keepalive"),
+                   stream=config.get("ssh.stream"))
 
     def known_hosts_files(self) -> list[str]:
         if self.knownhosts:
@@ -103,6 +105,7 @@ class Connection:
         self.settings = settings
         self.label = f"{user}@{host_entry(spec.host, port)}"
         self._sftp: paramiko.SFTPClient | None = None
+        self._shell: bool | None = None
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
@@ -114,6 +117,19 @@ class Connection:
                                   f"enable 'Subsystem sftp' in its sshd_config") from None
             self._sftp.get_channel().settimeout(self.settings.timeout)
         return self._sftp
+
+    def has_shell(self) -> bool:
+        """Whether the far side runs commands in a POSIX shell (not an sftp-only
+        account, whose forced sftp-server would read our bytes as SFTP)."""
+        if self._shell is None:
+            try:
+                status, out, _ = self.run("echo ims-asm-shell")
+            except RemoteError:
+                if not self.alive():
+                    raise
+                status, out = -1, ""
+            self._shell = status == 0 and out.strip() == "ims-asm-shell"
+        return self._shell
 
     def alive(self) -> bool:
         t = self.client.get_transport()
@@ -133,6 +149,7 @@ class Connection:
         """Run a short command; (exit status, stdout, stderr).  Status -1: no shell/lost."""
         chan = self.exec(command, timeout=self.settings.timeout)
         try:
+            chan.shutdown_write()          # stdin at EOF: a forced sftp-server exits
             out = chan.makefile("rb").read()
             err = chan.makefile_stderr("rb").read()
             status = chan.recv_exit_status()

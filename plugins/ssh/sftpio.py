@@ -15,6 +15,8 @@ from plugins.ssh.errors import LinkLost, RemoteDiskFull, RemoteError, RemotePath
 
 #: Below this many free bytes on the far side, a failed write is reported as a full disk.
 FULL_MARGIN = 1 << 20
+#: paramiko's largest SFTP write request.
+MAX_WRITE = 32768
 
 
 def temp_name(path: str) -> str:
