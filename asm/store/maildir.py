@@ -22,6 +22,7 @@ import contextlib
 import errno
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -380,7 +381,7 @@ class MaildirStore(Store):
 
     def _acquire_dotlock(self, path: str, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
-        delay = 0.01
+        delay = 0.001
         while True:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -390,8 +391,10 @@ class MaildirStore(Store):
                     continue
                 if time.monotonic() >= deadline:
                     raise LockTimeout(what) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+                # short polls: writers release the lock between operations for only
+                # a moment, and a waiter that sleeps long would starve behind them
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.01)
                 continue
             except (PermissionError, OSError) as exc:
                 if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES):
@@ -637,18 +640,21 @@ class MaildirStore(Store):
         return base, hit[0], hit[1]
 
     # ------------------------------------------------------------------ read side
-    def folders(self, user: str) -> list[FolderInfo]:
+    def folder_names(self, user: str) -> list[str]:
+        """From the directory names alone: a damaged uidlist must not hide the others."""
         root = self._root(user)
-        subs = self._subscriptions(root)
-        names = ["INBOX"]
+        names = set()
         with os.scandir(root) as it:
             for e in it:
                 if e.name.startswith(".") and e.is_dir():
                     logical = self.folder_from_dirname(e.name)
                     if logical and os.path.isdir(os.path.join(e.path, "cur")):
-                        names.append(logical)
-        out = [self._folder_info(user, n, subs) for n in ["INBOX"] + sorted(set(names[1:]))]
-        return out
+                        names.add(logical)
+        return ["INBOX"] + sorted(names)
+
+    def folders(self, user: str) -> list[FolderInfo]:
+        subs = self._subscriptions(self._root(user))
+        return [self._folder_info(user, n, subs) for n in self.folder_names(user)]
 
     def folder(self, user: str, folder: str) -> FolderInfo:
         folder = check_folder_name(folder)
@@ -789,6 +795,7 @@ class MaildirStore(Store):
             self._mkdir(os.path.join(root, sub), owner)
         ul = Uidlist(uidvalidity=self._new_uidvalidity(), uidnext=1, extra=[f"G{uuid.uuid4().hex}"])
         self._write_file(os.path.join(root, UIDLIST), ul.render().encode(), owner)
+        self._set_subscribed(user, "INBOX", True)      # as IMAP clients do on first login
 
     def delete_user(self, user: str) -> None:
         shutil.rmtree(self._home(user))
@@ -1126,6 +1133,8 @@ class MaildirStore(Store):
                 first = first or path
                 out[user] = None
             else:
+                if not self.exists(user, folder):
+                    self.create_folder(user, folder)  # like Dovecot's lda_mailbox_autocreate
                 if first is None:
                     info = self.append(user, folder, src, internaldate=idate, stored=now)
                 else:
