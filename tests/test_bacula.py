@@ -3,6 +3,7 @@ storage and file daemons on 127.0.0.1), full and incremental jobs, restores of a
 deleted user and a deleted folder, and the module's refusals."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import os
@@ -16,6 +17,7 @@ import pytest
 from asm.store import open_store
 from plugins.bacula.encoding import decode, encode
 from tests.bacula import bacula  # noqa: F401  (fixture)
+from tests.dovecot import require_dovecot, running_dovecot
 from tests.conftest import CI, make_home
 
 PLUGINS = "classic,maildir,localdevices,bacula"
@@ -186,6 +188,52 @@ def test_select_and_restore_of_a_stream_without_the_selection(ims_home):
 
 # -- with real daemons -------------------------------------------------------------------
 
+IMAP_BOXES = [("alice", "INBOX"), ("alice", "Work/2023"), ("bob", "INBOX"), ("joe", "INBOX"), ("joe", "Trash")]
+
+
+def imap_picture(server) -> dict:
+    """What Dovecot serves: per mailbox UIDVALIDITY and per UID the flags and bytes."""
+    out = {}
+    for user in sorted({u for u, _ in IMAP_BOXES}):
+        conn = server.imap(user)
+        try:
+            for u, box in IMAP_BOXES:
+                if u != user:
+                    continue
+                typ, _ = conn.select(f'"{box}"', readonly=True)
+                assert typ == "OK", (user, box)
+                uidvalidity = int(conn.response("UIDVALIDITY")[1][0])
+                typ, data = conn.uid("FETCH", "1:*", "(UID FLAGS BODY.PEEK[])")
+                rows = {}
+                for item in data:
+                    if not isinstance(item, tuple):
+                        continue
+                    head = item[0].decode()
+                    uid = int(re.search(r"UID (\d+)", head).group(1))
+                    flags = re.search(r"FLAGS \(([^)]*)\)", head).group(1).split()
+                    rows[uid] = (tuple(sorted(f for f in flags if f != "\\Recent")), item[1])
+                out[(user, box)] = (uidvalidity, rows)
+        finally:
+            conn.logout()
+    return out
+
+
+def same(got: dict, want: dict) -> None:
+    """Equal pictures, or an assertion naming the first mailbox and message that differ."""
+    for key in sorted(set(got) | set(want)):
+        g, w = got.get(key), want.get(key)
+        if g == w:
+            continue
+        if g is None or w is None:
+            raise AssertionError(f"{key}: {'missing' if g is None else 'unexpected'}")
+        assert g[0] == w[0], f"{key}: UIDVALIDITY {g[0]} != {w[0]}"
+        gm, wm = {m[0]: m[1:] for m in g[1]}, {m[0]: m[1:] for m in w[1]}
+        assert sorted(gm) == sorted(wm), f"{key}: UIDs {sorted(gm)} != {sorted(wm)}"
+        for uid in wm:
+            assert gm[uid][:3] == wm[uid][:3], f"{key} UID {uid}: {gm[uid][:3]} != {wm[uid][:3]}"
+            assert gm[uid][3] == wm[uid][3], f"{key} UID {uid}: bytes differ"
+
+
 def job_ok(bac, job) -> None:
     assert job["JobStatus"] == "T" and job["JobErrors"] == 0, (job, bac.log())
 
@@ -197,14 +245,30 @@ def test_full_incremental_and_restores_through_bacula(driver, ims_home, bacula, 
         if CI:
             pytest.fail(msg_)
         pytest.skip(msg_)
-    cfg = make_home(ims_home, driver)
+    with contextlib.ExitStack() as stack:
+        if driver == "maildir":          # a Maildir store that a real Dovecot serves
+            require_dovecot()
+            server = stack.enter_context(running_dovecot())
+            cfg = make_home(ims_home, driver, **{"partition:primary.path": server.store, "store.owner": "vmail"})
+        else:
+            server, cfg = None, make_home(ims_home, driver)
+        run_scenario(cfg, ims_home, bacula, server)
+
+
+def run_scenario(cfg, ims_home, bacula, server):  # noqa: F811
     (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
     store = open_store(cfg)
     old = time.time() - 10 * DAY
     fill(store, old)
+    if server:
+        for user in sorted({u for u, _ in IMAP_BOXES}):
+            server.add_user(user)
     conf = imsbacula("fileset", "--client", bacula.client, check=True).stdout.decode()
     assert len(plugin_lines(conf)) == 2
-    bacula.start(conf)
+    # a second FileSet, one stream per user, in the same director
+    users_conf = imsbacula("fileset", "--per-user", "--name", "ims-users", "--client", bacula.client,
+                           check=True).stdout.decode()
+    bacula.start(conf + users_conf)
 
     full = bacula.run_job("ims-mail", "Full")
     job_ok(bacula, full)
@@ -224,6 +288,9 @@ def test_full_incremental_and_restores_through_bacula(driver, ims_home, bacula, 
     assert re.search(rf"/primary/groupA\t{incr['JobId']}\tims-mail\tIncremental", history), history
     expected = picture(store)
     assert expected != after_full
+    if server:
+        served = imap_picture(server)     # Dovecot has indexed these mailboxes before the loss
+        assert served[("joe", "Trash")][1][max(served[("joe", "Trash")][1])][0] == ("\\Flagged",)
 
     # disaster: a user of each group and a folder disappear
     store.delete_user("amy smith: q")
@@ -232,10 +299,11 @@ def test_full_incremental_and_restores_through_bacula(driver, ims_home, bacula, 
 
     # restore the chain: the full, then the incremental
     job_ok(bacula, bacula.restore_job(full["JobId"], "ims-mail-restore"))
-    mid = picture(store, ["amy smith: q", "joe"])
-    assert mid == {k: v for k, v in after_full.items() if k[0] in ("amy smith: q", "joe")}
+    same(picture(store, ["amy smith: q", "joe"]), {k: v for k, v in after_full.items() if k[0] in ("amy smith: q", "joe")})
     job_ok(bacula, bacula.restore_job(incr["JobId"], "ims-mail-restore"))
-    assert picture(store) == expected
+    same(picture(store), expected)
+    if server:
+        assert imap_picture(server) == served
 
     # one folder out of a group's stream: only it comes back, the rest is untouched
     store.delete_folder("alice", "Work/2023")
@@ -244,11 +312,32 @@ def test_full_incremental_and_restores_through_bacula(driver, ims_home, bacula, 
     for jobid in (full["JobId"], incr["JobId"]):
         job_ok(bacula, bacula.restore_job(jobid, "ims-mail-restore"))
     assert "joe" not in store.users("primary")
-    assert picture(store, ["alice"]) == {k: v for k, v in expected.items() if k[0] == "alice"}
+    same(picture(store, ["alice"]), {k: v for k, v in expected.items() if k[0] == "alice"})
     assert "restoring only /primary/alice/Work/2023" in bacula.log()
 
     # one user, marked in Bacula's tree as the group's file, restored from the full only
     imsbacula("select", "/primary/user/joe", check=True)
     job_ok(bacula, bacula.restore_files(full["JobId"], "ims-mail-restore", ["/MAILSTORE/primary/rest"]))
-    assert picture(store, ["joe"]) == {k: v for k, v in after_full.items() if k[0] == "joe"}
+    same(picture(store, ["joe"]), {k: v for k, v in after_full.items() if k[0] == "joe"})
     imsbacula("select", "--clear", check=True)
+
+    # per-user streams: a user whose name bpipe would split (' ', ':') is its own file
+    per_user = bacula.run_job("ims-users", "Full")
+    job_ok(bacula, per_user)
+    assert per_user["JobFiles"] == len(USERS)
+    before = picture(store)
+    store.delete_user("amy smith: q")
+    job_ok(bacula, bacula.restore_files(per_user["JobId"], "ims-users-restore",
+                                        ["/MAILSTORE/primary/groupA/amy%20smith%3A%20q"]))
+    same(picture(store), before)
+
+    # a stream that fails fails the job; only the streams that finished well are recorded
+    store.delete_user("joe")                  # the FileSet still has a line for joe
+    failed = bacula.run_job("ims-users", "Incremental")
+    assert failed["JobStatus"] not in ("T", "W"), failed
+    log = bacula.log()
+    assert "/MAILSTORE/primary/rest/joe: imsbacula: imsbackup: /primary/rest/joe: no user 'joe'" in log, log
+    assert f"job {failed['JobId']}: /primary/rest/joe FAILED (imsbackup exit status 2)" in log, log
+    history = imsbacula("history", check=True).stdout.decode()
+    assert f"/primary/rest/bob\t{failed['JobId']}\t" in history
+    assert f"/primary/rest/joe\t{failed['JobId']}\t" not in history

@@ -22,6 +22,7 @@ from plugins.bacula.state import State, normalize_level
 PROG = "imsbacula"
 CHUNK = 1 << 16
 DEFAULT_FILESET = "ims-mail"
+EXIT_JOB_FAILED = 1      # jobdone: some stream of the job failed (the job must fail)
 
 
 def build_parser() -> ArgParser:
@@ -182,6 +183,8 @@ def cmd_backup(args, home: str, state: State) -> int:
     rc = _run_tool(home, args.fileset, argv + [path])
     if rc != EXIT_OK:
         _log(home, args.fileset, f"{path}: imsbackup failed with exit status {rc}; the job must fail")
+        if jobid is not None:
+            state.stream_failed(args.fileset, jobid, path, rc)
         return rc
     if jobid is not None:
         state.stream_ok(args.fileset, jobid, path, level, started)
@@ -286,12 +289,19 @@ def cmd_job(args, home: str, state: State) -> int:
         state.job_start(args.fileset, args.jobid, level)
         print(f"{PROG}: job {args.jobid}: {level.lower()} backup of FileSet {args.fileset}")
     elif args.cmd == "jobdone":
-        rows = state.job_done(args.fileset, args.jobid)
+        rows, bad = state.job_done(args.fileset, args.jobid)
         for path, level, started in rows:
             print(f"{PROG}: job {args.jobid}: {path} {level.lower()} recorded as good "
                   f"(next incremental from {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))})")
         if not rows:
             print(f"{PROG}: job {args.jobid}: no stream of this job finished well; nothing recorded")
+        if bad:
+            # Bacula 9.6 counts a failed bpipe stream as a warning ("Backup OK -- with
+            # warnings"); failing this RunScript (FailJobOnError) makes the job fail.
+            for path, status in bad:
+                print(f"{PROG}: job {args.jobid}: {path} FAILED (imsbackup exit status {status}); "
+                      f"its next incremental starts from its last good job", flush=True)
+            return EXIT_JOB_FAILED
     elif args.cmd == "jobfailed":
         n = state.job_failed(args.fileset, args.jobid)
         print(f"{PROG}: job {args.jobid} failed: {n} streams not recorded; the next incremental starts "

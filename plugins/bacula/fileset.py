@@ -161,6 +161,7 @@ def render(o: Options, store, groups) -> str:
         "    RunsOnClient = yes",
         "    RunsOnSuccess = yes",
         "    RunsOnFailure = no",
+        "    FailJobOnError = yes      # a stream that failed fails the job (bpipe alone only warns)",
         f"    Command = {q(runscript(o, 'jobdone --jobid %i'))}",
         "  }",
         "  # the job failed: forget its streams and show why in the job log",

@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS streams (fileset TEXT NOT NULL, jobid INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS good (path TEXT NOT NULL, jobid INTEGER NOT NULL, fileset TEXT NOT NULL,
     level TEXT NOT NULL, started REAL NOT NULL, finished REAL NOT NULL, committed REAL NOT NULL,
     PRIMARY KEY (path, jobid));
+CREATE TABLE IF NOT EXISTS failed (fileset TEXT NOT NULL, jobid INTEGER NOT NULL, path TEXT NOT NULL,
+    status INTEGER NOT NULL, PRIMARY KEY (fileset, jobid, path));
 CREATE TABLE IF NOT EXISTS selection (path TEXT PRIMARY KEY, added REAL NOT NULL);
 """
 
@@ -67,6 +69,7 @@ class State:
     def job_start(self, fileset: str, jobid: int, level: str) -> None:
         with self.db() as con:
             con.execute("DELETE FROM streams WHERE fileset = ?", (fileset,))
+            con.execute("DELETE FROM failed WHERE fileset = ?", (fileset,))
             con.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?)", (fileset, jobid, level, time.time()))
 
     def pending(self, fileset: str) -> tuple[int, str] | None:
@@ -79,10 +82,18 @@ class State:
             con.execute("INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?, ?, ?)",
                         (fileset, jobid, path, level, started, time.time()))
 
-    def job_done(self, fileset: str, jobid: int) -> list[tuple[str, str, float]]:
-        """Commit the streams of a job that succeeded; returns (path, level, started)."""
+    def stream_failed(self, fileset: str, jobid: int, path: str, status: int) -> None:
+        with self.db() as con:
+            con.execute("INSERT OR REPLACE INTO failed VALUES (?, ?, ?, ?)", (fileset, jobid, path, status))
+
+    def job_done(self, fileset: str, jobid: int) -> tuple[list[tuple[str, str, float]], list[tuple[str, int]]]:
+        """Commit the streams of a job that ended well; returns the committed
+        (path, level, started) and the (path, exit status) of the streams that failed."""
         now = time.time()
         with self.db() as con:
+            bad = con.execute("SELECT path, status FROM failed WHERE fileset = ? AND jobid = ? ORDER BY path",
+                              (fileset, jobid)).fetchall()
+            con.execute("DELETE FROM failed WHERE fileset = ?", (fileset,))
             rows = con.execute("SELECT path, level, started, finished FROM streams WHERE fileset = ? AND jobid = ?",
                                (fileset, jobid)).fetchall()
             for path, level, started, finished in rows:
@@ -90,12 +101,13 @@ class State:
                             (path, jobid, fileset, level, started, finished, now))
             con.execute("DELETE FROM streams WHERE fileset = ? AND jobid = ?", (fileset, jobid))
             con.execute("DELETE FROM pending WHERE fileset = ? AND jobid = ?", (fileset, jobid))
-        return [(p, lv, s) for p, lv, s, _ in rows]
+        return [(p, lv, s) for p, lv, s, _ in rows], [(p, st) for p, st in bad]
 
     def job_failed(self, fileset: str, jobid: int) -> int:
         """Forget what a failed job streamed; returns how many streams were dropped."""
         with self.db() as con:
             n = con.execute("DELETE FROM streams WHERE fileset = ? AND jobid = ?", (fileset, jobid)).rowcount
+            con.execute("DELETE FROM failed WHERE fileset = ?", (fileset,))
             con.execute("DELETE FROM pending WHERE fileset = ? AND jobid = ?", (fileset, jobid))
         return n
 
