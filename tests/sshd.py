@@ -31,6 +31,7 @@ import pytest
 
 SSHD_BIN = "/usr/sbin/sshd"
 USER = "imsbk"
+SFTP_USER = "imsbksftp"     # an sftp-only account (ForceCommand internal-sftp): no shell
 
 CONF = """\
 Port {port}
@@ -46,6 +47,8 @@ PermitRootLogin no
 StrictModes no
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
+Match User {sftp_user}
+    ForceCommand internal-sftp
 """
 
 
@@ -91,13 +94,16 @@ class SSHD:
         os.chmod(self.dir, 0o755)
         self.pw = ensure_user()
         self.user = USER
+        self.sftp_user = SFTP_USER
+        self.sftp_pw = ensure_user(SFTP_USER)
         self.host_key = keygen(os.path.join(self.dir, "host_ed25519"), "test-host")
         self.client_key = keygen(os.path.join(self.dir, "client_ed25519"))
         self.other_key = keygen(os.path.join(self.dir, "other_ed25519"), "not-authorized")
         akdir = os.path.join(self.dir, "authorized_keys")
         os.makedirs(akdir, mode=0o755)
-        shutil.copy(self.client_key + ".pub", os.path.join(akdir, USER))
-        os.chmod(os.path.join(akdir, USER), 0o644)
+        for u in (USER, SFTP_USER):
+            shutil.copy(self.client_key + ".pub", os.path.join(akdir, u))
+            os.chmod(os.path.join(akdir, u), 0o644)
         self.conf = os.path.join(self.dir, "sshd_config")
         self.known_hosts = os.path.join(self.dir, "known_hosts")
         self.mounts: list[str] = []
@@ -114,7 +120,7 @@ class SSHD:
         os.chmod("/run/sshd", 0o755)
         self.port = free_port()
         with open(self.conf, "w") as f:
-            f.write(CONF.format(d=self.dir, port=self.port))
+            f.write(CONF.format(d=self.dir, port=self.port, sftp_user=SFTP_USER))
         check = subprocess.run([SSHD_BIN, "-t", "-f", self.conf], capture_output=True, text=True)
         if check.returncode:
             raise RuntimeError(f"sshd rejects its test config: {check.stderr}")
@@ -140,8 +146,8 @@ class SSHD:
     def spec(self, path: str, user: str | None = USER) -> str:
         return f"{user + '@' if user else ''}{self.host}:{self.port}:{path}"
 
-    def remote_dir(self, name: str, tmpfs_size: str | None = None) -> str:
-        """A fresh directory owned by the test user; a tmpfs of that size if asked."""
+    def remote_dir(self, name: str, tmpfs_size: str | None = None, owner: str = USER) -> str:
+        """A fresh directory owned by ``owner``; a tmpfs of that size if asked."""
         path = os.path.join(self.dir, "remote", name)
         os.makedirs(path)
         os.chmod(os.path.dirname(path), 0o755)
@@ -149,7 +155,8 @@ class SSHD:
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size},mode=0755", "tmpfs", path],
                            check=True, capture_output=True)
             self.mounts.append(path)
-        os.chown(path, self.pw.pw_uid, self.pw.pw_gid)
+        pw = pwd.getpwnam(owner)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
         return path
 
     def session_pids(self) -> list[int]:

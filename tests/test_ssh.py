@@ -182,6 +182,25 @@ def test_push_refuses_wrong_key_and_writes_nothing(sshd, tmp_path):
     assert os.listdir(d) == []
 
 
+def test_sftp_only_account(sshd, source, tmp_path):
+    """No shell on the far side (ForceCommand internal-sftp): SFTP writes, size-verified push."""
+    src = home_for(tmp_path, sshd, source)
+    d = sshd.remote_dir("sftponly", owner=sshd.sftp_user)
+    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/a.ims", user=sshd.sftp_user), "/primary/user/carol")
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(d) == ["a.ims"]
+    dst = home_for(tmp_path, sshd, name="dst")
+    p = run("imsrestore", dst.home, "-f", sshd.spec(f"{d}/a.ims", user=sshd.sftp_user), "/")
+    assert p.returncode == 0, p.stderr
+    want = {k: v for k, v in source["snapshot"].items() if k[0] == "carol"}
+    assert want and restored(dst.home) == want
+    settings = Settings(identity=sshd.client_key, knownhosts=sshd.known_hosts, timeout=10)
+    local = tmp_path / "dump.ims"
+    local.write_bytes(b"z" * 50_000)
+    r = push(str(local), sshd.spec(d + "/", user=sshd.sftp_user), settings)
+    assert r.verified == "size" and open(r.remote_path, "rb").read() == local.read_bytes()
+
+
 # -- refusals ------------------------------------------------------------------------
 def _fingerprint(pub: str) -> str:
     out = subprocess.run(["ssh-keygen", "-lf", pub], capture_output=True, text=True, check=True).stdout
@@ -267,6 +286,30 @@ def test_server_killed_mid_transfer(sshd, source, tmp_path, stream):
     assert "lost" in line and "incomplete" in line
     assert "x.ims" not in os.listdir(d)              # nothing that looks complete
     assert all(n.startswith(".x.ims.") and n.endswith(".partial") for n in os.listdir(d))
+
+
+def test_link_lost_during_restore(sshd, source, tmp_path):
+    src = home_for(tmp_path, sshd, source)
+    d = sshd.remote_dir("readkill")
+    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/x.ims"), "/")
+    assert p.returncode == 0, p.stderr
+    dst = home_for(tmp_path, sshd, name="dst")
+    env = dict(os.environ, IMS_HOME=str(dst.home), IMS_ASM_PLUGINS=PLUGINS, HOME=str(dst.home))
+    env.pop("SSH_AUTH_SOCK", None)
+    before = set(sshd.session_pids())
+    proc = subprocess.Popen(["imsrestore", "-f", sshd.spec(f"{d}/x.ims"), "/"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None and not set(sshd.session_pids()) - before:
+        time.sleep(0.002)
+    time.sleep(0.3)                                  # the restore is reading by now
+    proc.send_signal(signal.SIGSTOP)
+    assert proc.poll() is None, "the restore finished before it could be interrupted"
+    assert sshd.kill_sessions()
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "lost" in one_line(err)
 
 
 def test_far_disk_full(sshd, source, tmp_path, stream):
