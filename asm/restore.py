@@ -191,6 +191,7 @@ class FolderPlan:
     by_uid: dict = field(default_factory=dict)       # uid -> MessageInfo (existing)
     digests: dict = field(default_factory=dict)      # path -> sha256 (cache)
     restored: int = 0
+    uidnext: int = 1            # the target's UIDNEXT as this run moves it
 
 
 def _sha256_file(path: str) -> str | None:
@@ -363,7 +364,7 @@ class Restorer:
             if j is not None and j[0] == info.uidvalidity == m.uidvalidity and j[1] == info.uidnext:
                 mode = self._chain_mode(user, folder, j)
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
-                          list(m.uids), info.uidvalidity, state)
+                          list(m.uids), info.uidvalidity, state, uidnext=info.uidnext)
         if mode != "exact":
             for msg in store.messages(user, folder):
                 plan.by_uid[msg.uid] = msg
@@ -430,28 +431,37 @@ class Restorer:
             self.lock_stack = contextlib.ExitStack()
 
     # -- messages -------------------------------------------------------------
+    def _same_bytes(self, plan: FolderPlan, c, sha256: str) -> bool:
+        d = plan.digests.get(c.path)
+        if d is None:
+            d = plan.digests[c.path] = _sha256_file(c.path)
+        return d == sha256
+
     def _duplicate(self, plan: FolderPlan, m) -> object | None:
-        """An existing message with the same bytes (same UID checked first)."""
+        """The existing message this archived one already is, or None.
+
+        In the same UIDVALIDITY the UID is the identity: a message at the archived UID
+        with the same bytes is it; an archived UID at or above UIDNEXT is new (the next
+        link of a chain, or the rest of an interrupted restore) even when another
+        message has the same bytes.  Otherwise any message with the same bytes is it."""
         if self.opts.ignore_duplicates or plan.mode == "exact":
             return None
-        cands = plan.existing.get(m.size, [])
-        same_uid = plan.by_uid.get(m.uid)
-        ordered = ([same_uid] if same_uid in cands else []) + [c for c in cands if c is not same_uid]
-        for c in ordered:
-            d = plan.digests.get(c.path)
-            if d is None:
-                d = plan.digests[c.path] = _sha256_file(c.path)
-            if d == m.sha256:
+        if plan.uidvalidity == plan.archive_uidvalidity:
+            same_uid = plan.by_uid.get(m.uid)
+            if same_uid is not None and same_uid.size == m.size and self._same_bytes(plan, same_uid, m.sha256):
+                return same_uid
+            if same_uid is None and m.uid >= plan.uidnext:
+                return None
+        for c in plan.existing.get(m.size, []):
+            if self._same_bytes(plan, c, m.sha256):
                 return c
         return None
 
     def _target_uid(self, plan: FolderPlan, m) -> int | None:
         if plan.mode == "exact":
             return m.uid
-        if plan.uidvalidity == plan.archive_uidvalidity:
-            info = self.store.folder(plan.user, plan.folder)
-            if m.uid >= info.uidnext:
-                return m.uid
+        if plan.uidvalidity == plan.archive_uidvalidity and m.uid >= plan.uidnext:
+            return m.uid
         return None
 
     def _restore_message(self, plan: FolderPlan, m) -> None:
@@ -464,54 +474,40 @@ class Restorer:
                 store.set_flags(plan.user, plan.folder, dup.uid, m.flags, m.keywords)
             return
         uid = self._target_uid(plan, m)
-        kwargs = dict(uid=uid, flags=m.flags, keywords=m.keywords, internaldate=m.internaldate,
-                      stored=m.stored)
-        key = m.linkname if m.kind == "link" else m.name
-        link_from = self.placed.get(key)
         try:
-            if link_from is not None and os.path.exists(link_from):
-                info = store.append(plan.user, plan.folder, None, link_from=link_from, **kwargs)
-                self.res.links += 1
-            elif m.kind == "link":
-                src = self._link_source(m)
-                if src is None:
-                    self._pending(plan, m, uid)
-                    return
-                with src:
-                    info = store.append(plan.user, plan.folder, src, **kwargs)
-                self.res.messages += 1
-                self.res.bytes += info.size
-            else:
-                with m.open() as src:
-                    info = store.append(plan.user, plan.folder, src, **kwargs)
-                self.res.messages += 1
-                self.res.bytes += info.size
-        except UidInUse:
-            kwargs["uid"] = None
+            info = self._append(plan, m, uid)
+        except UidInUse:           # someone took it meanwhile: a new UID instead
             uid = None
-            return self._restore_message_renumbered(plan, m, kwargs, link_from)
+            info = self._append(plan, m, None)
+        if info is None:
+            return
         self._place(m, info.path)
         if uid is None:
             self.res.renumbered += 1
         plan.restored += 1
         plan.by_uid.setdefault(info.uid, info)
+        plan.uidnext = max(plan.uidnext, info.uid + 1)
 
-    def _restore_message_renumbered(self, plan, m, kwargs, link_from) -> None:
-        if link_from is not None:
-            info = self.store.append(plan.user, plan.folder, None, link_from=link_from, **kwargs)
+    def _append(self, plan: FolderPlan, m, uid: int | None):
+        """Store one message (as a hard link to its first copy when that is here);
+        None when its bytes are not available from this stream (recorded as pending)."""
+        store = self.store
+        kwargs = dict(uid=uid, flags=m.flags, keywords=m.keywords, internaldate=m.internaldate,
+                      stored=m.stored)
+        link_from = self.placed.get(m.linkname if m.kind == "link" else m.name)
+        if link_from is not None and os.path.exists(link_from):
+            info = store.append(plan.user, plan.folder, None, link_from=link_from, **kwargs)
             self.res.links += 1
-        else:
-            src = m.open() if m.kind == "message" else self._link_source(m)
-            if src is None:
-                self._pending(plan, m, None)
-                return
-            with src:
-                info = self.store.append(plan.user, plan.folder, src, **kwargs)
-            self.res.messages += 1
-            self.res.bytes += info.size
-        self.res.renumbered += 1
-        plan.restored += 1
-        self._place(m, info.path)
+            return info
+        src = m.open() if m.kind == "message" else self._link_source(m)
+        if src is None:
+            self._pending(plan, m, uid)
+            return None
+        with src:
+            info = store.append(plan.user, plan.folder, src, **kwargs)
+        self.res.messages += 1
+        self.res.bytes += info.size
+        return info
 
     def _place(self, m, path: str) -> None:
         """Remember where a first copy landed, for the links that follow.  Only files

@@ -252,9 +252,9 @@ def _break_folder(store, user, folder):
         os.unlink(idx)
         os.mkdir(idx)
     else:
-        cur = os.path.join(store.partition_path("primary"), user, "Maildir", f".{folder}", "cur")
-        shutil.rmtree(cur)
-        open(cur, "w").close()
+        uidlist = os.path.join(store.partition_path("primary"), user, "Maildir", f".{folder}", "dovecot-uidlist")
+        with open(uidlist, "w") as f:
+            f.write("garbage\n")
 
 
 def test_unreadable_mailbox_is_named_and_archive_still_complete(populated, ims_home, tmp_path):

@@ -346,3 +346,20 @@ def test_killed_restore_completes_when_run_again(store, ims_home, dest, tmp_path
     p.wait()
     run(dest, "imsrestore", "-f", a, check=0)
     assert state(open_store(make_home(dest, store.name))) == state(store)
+
+
+def test_chain_keeps_a_new_message_with_the_same_bytes_as_an_old_one(store, ims_home, dest, tmp_path):
+    """Two deliveries of the same bytes in two backup periods are two messages."""
+    first = put(store, "bob", "INBOX", 1)
+    full = backup(ims_home, tmp_path / "full.ims")
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    again = put(store, "bob", "INBOX", 1)          # identical bytes, new UID
+    incr = tmp_path / "incr.ims"
+    run(ims_home, "imsbackup", "-f", incr, "-d", since, "/", check=0)
+    run(dest, "imsrestore", "-H", "-f", full, check=0)
+    run(dest, "imsrestore", "-f", incr, check=0)
+    target = open_store(make_home(dest, store.name))
+    assert [m.uid for m in target.messages("bob", "INBOX")] == [first.uid, again.uid]
+    assert state(target) == state(store)
