@@ -1,0 +1,384 @@
+"""The maildir driver on its own: names on disk, flags in file names, dovecot-uidlist,
+locks shared with Dovecot, delivery hold, single-copy delivery, cheap incrementals."""
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import time
+
+import pytest
+
+from asm.config import Config
+from asm.store import utf7
+from asm.store.base import (BadName, FolderExists, LockTimeout, MessageGone, NoSuchFolder,
+                            UidInUse, UserExists)
+from asm.store.maildir import (STALE_LOCK_SECS, MaildirStore, Uidlist, ims_store_drivers,
+                               stored_from_name)
+
+MSG = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+def make(tmp_path, **options) -> MaildirStore:
+    cfg = Config(home=str(tmp_path))
+    cfg.set("store.driver", "maildir")
+    cfg.set("partition:primary.path", str(tmp_path / "mail"))
+    for k, v in options.items():
+        cfg.set(k, v)
+    return MaildirStore(cfg)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = make(tmp_path)
+    s.create_user("alice")
+    return s
+
+
+def root(store, user="alice"):
+    return os.path.join(store.partition_path("primary"), user, "Maildir")
+
+
+def add(store, folder="INBOX", body=MSG, **kw):
+    return store.append("alice", folder, io.BytesIO(body), **kw)
+
+
+# -- names ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, encoded", [
+    ("Café", "Caf&AOk-"), ("a&b", "a&-b"), ("日本語", "&ZeVnLIqe-"), ("plain", "plain"),
+    ("~peter/mail/台北/日本語", "~peter/mail/&U,BTFw-/&ZeVnLIqe-"), ("😀", "&2D3eAA-"),
+])
+def test_modified_utf7(name, encoded):
+    assert utf7.encode(name) == encoded
+    assert utf7.decode(encoded) == name
+
+
+@pytest.mark.parametrize("bad", ["&Jjo", "&AGE-", "caf\xe9", "&!!-"])
+def test_modified_utf7_refuses_bad_text(bad):
+    with pytest.raises(ValueError):
+        utf7.decode(bad)
+
+
+def test_layout_on_disk(store):
+    names = ["Work", "Work/2023", "with space", "100%", "semi;colon", "quote\"d", "it's",
+             "Café/Réunions", "INBOX/Sub", "a&b"]
+    for n in names:
+        store.create_folder("alice", n)
+    dirs = sorted(d for d in os.listdir(root(store)) if d.startswith("."))
+    assert dirs == sorted([".Work", ".Work.2023", ".with space", ".100%", ".semi;colon",
+                           ".quote\"d", ".it's", ".Caf&AOk-.R&AOk-unions", ".INBOX.Sub", ".a&-b"])
+    assert [f.name for f in store.folders("alice")] == ["INBOX"] + sorted(names)
+    for n in names:
+        d = os.path.join(root(store), MaildirStore.folder_dirname(n))
+        assert sorted(os.listdir(d)) == ["cur", "dovecot-uidlist", "maildirfolder", "new", "tmp"]
+        info = add(store, n, body=n.encode())
+        assert store.open_message("alice", n, info.uid).read() == n.encode()
+
+
+def test_dot_in_a_level_is_refused_by_name(store):
+    with pytest.raises(BadName, match="a.b"):
+        store.create_folder("alice", "Work/a.b")
+
+
+def test_folder_errors(store):
+    store.create_folder("alice", "X")
+    with pytest.raises(FolderExists):
+        store.create_folder("alice", "X")
+    with pytest.raises(FolderExists):
+        store.create_folder("alice", "INBOX")
+    with pytest.raises(NoSuchFolder):
+        store.snapshot("alice", "Nope")
+    with pytest.raises(UserExists):
+        store.create_user("alice")
+
+
+def test_registered_as_plugin():
+    assert ims_store_drivers() == {"maildir": MaildirStore}
+
+
+# -- flags, keywords, uidlist ---------------------------------------------------------------
+
+def test_flags_and_keywords_in_file_names(store):
+    m = add(store, flags=["\\Seen", "\\Answered", "\\Recent"], keywords=["$Label1", "foo"])
+    name = os.path.basename(m.path)
+    assert name.endswith(f",S={len(MSG)}:2,RSab") and "/cur/" in m.path
+    with open(os.path.join(root(store), "dovecot-keywords")) as f:
+        assert f.read() == "0 $Label1\n1 foo\n"
+    m2 = store.set_flags("alice", "INBOX", m.uid, ["\\Flagged", "\\Deleted", "\\Draft"], ["bar", "foo"])
+    assert os.path.basename(m2.path).endswith(":2,DFTbc")
+    assert m2.flags == {"\\Flagged", "\\Deleted", "\\Draft"} and m2.keywords == ("foo", "bar")
+    assert not os.path.exists(m.path)
+    plain = add(store)
+    assert os.path.basename(plain.path).endswith(":2,")       # cur/, so not \Recent
+
+
+def test_uidlist_round_trip(store):
+    store.create_folder("alice", "F", uidvalidity=4242, uidnext=10)
+    a = add(store, "F", uid=12)
+    b = add(store, "F")
+    assert (a.uid, b.uid) == (12, 13)
+    with pytest.raises(UidInUse):
+        add(store, "F", uid=12)
+    with pytest.raises(UidInUse):
+        add(store, "F", uid=5)
+    with open(os.path.join(root(store), ".F", "dovecot-uidlist")) as f:
+        text = f.read()
+    lines = text.splitlines()
+    assert lines[0].startswith("3 V4242 N14 G")
+    assert lines[1] == "12 :" + os.path.basename(a.path).split(":")[0]
+    ul = Uidlist.parse(text)
+    assert ul.render() == text
+    fresh = make(pathlib.Path(store.config.home))
+    snap = fresh.snapshot("alice", "F")
+    assert (snap.info.uidvalidity, snap.info.uidnext) == (4242, 14)
+    assert [m.uid for m in snap.messages] == [12, 13]
+    fresh.set_folder("alice", "F", uidnext=3)                 # never below max(UID)+1
+    assert fresh.folder("alice", "F").uidnext == 14
+    fresh.set_folder("alice", "F", uidnext=100, uidvalidity=7)
+    assert (fresh.folder("alice", "F").uidvalidity, fresh.folder("alice", "F").uidnext) == (7, 100)
+
+
+def test_reads_what_dovecot_wrote(store):
+    """Lines with extension fields, names with flags, files in new/ not yet seen."""
+    r = root(store)
+    with open(os.path.join(r, "dovecot-uidlist"), "w") as f:
+        f.write("3 V99 N5 Gabc\n"
+                "2 :1600000000.M1P1.h,S=3,W=3:2,S\n"
+                "4 G0123 W10 :1600000001.M2P1.h,S=3,W=3\n")
+    with open(os.path.join(r, "dovecot-keywords"), "w") as f:
+        f.write("0 Important\n3 $Junk\n")
+    for sub, name in [("cur", "1600000000.M1P1.h,S=3,W=3:2,FS"), ("cur", "1600000001.M2P1.h,S=3,W=3:2,ad"),
+                      ("new", "1600000003.M3P1.h"), ("new", "1600000002.M9P1.h")]:
+        with open(os.path.join(r, sub, name), "wb") as f:
+            f.write(b"abc")
+        os.utime(os.path.join(r, sub, name), (1500000000, 1500000000))
+    snap = store.snapshot("alice", "INBOX")
+    assert snap.info.uidvalidity == 99
+    got = [(m.uid, sorted(m.flags), m.keywords, m.size, m.internaldate, m.stored) for m in snap.messages]
+    assert got == [
+        (2, ["\\Flagged", "\\Seen"], (), 3, 1500000000, 1600000000.000001),
+        (4, [], ("Important", "$Junk"), 3, 1500000000, 1600000001.000002),
+        (5, [], (), 3, 1500000000, 1600000002.000009),       # new/ files get UIDs by time
+        (6, [], (), 3, 1500000000, 1600000003.000003),
+    ]
+    assert snap.info.uidnext == 7
+    with open(os.path.join(r, "dovecot-uidlist")) as f:        # and they were written down
+        text = f.read()
+    assert text.startswith("3 V99 N7 Gabc\n") and "4 G0123 W10 :1600000001.M2P1.h,S=3,W=3\n" in text
+    assert "5 :1600000002.M9P1.h\n" in text and "6 :1600000003.M3P1.h\n" in text
+
+
+def test_subscriptions_file_is_dovecot_23_format(store):
+    store.create_folder("alice", "Work/2023", subscribed=True)
+    store.create_folder("alice", "Café", subscribed=True)
+    store.create_folder("alice", "Other")
+    with open(os.path.join(root(store), "subscriptions")) as f:
+        assert f.read() == "V\t2\n\nINBOX\nWork\t2023\nCaf&AOk-\n"
+    assert {f.name: f.subscribed for f in store.folders("alice")} == {
+        "INBOX": True, "Work/2023": True, "Café": True, "Other": False}
+    store.set_folder("alice", "Café", subscribed=False)
+    store.delete_folder("alice", "Work/2023")
+    with open(os.path.join(root(store), "subscriptions")) as f:
+        assert f.read() == "V\t2\n\nINBOX\n"
+
+
+def test_old_subscriptions_format_is_read(store):
+    store.create_folder("alice", "Work/2023")
+    with open(os.path.join(root(store), "subscriptions"), "w") as f:
+        f.write("Work.2023\nINBOX\n")
+    assert store.folder("alice", "Work/2023").subscribed
+
+
+def test_internaldate_and_stored_date(store):
+    m = add(store, internaldate=1234567890, stored=1600000000.25)
+    assert os.stat(m.path).st_mtime == 1234567890
+    assert os.path.basename(m.path).startswith("1600000000.M250000P")
+    got = store.message("alice", "INBOX", m.uid)
+    assert (got.internaldate, got.stored) == (1234567890, 1600000000.25)
+    assert stored_from_name("1795789136.M384800P24103.vm,S=18") == 1795789136.3848
+    assert stored_from_name("junk") is None
+
+
+def test_expunge(store):
+    a, b = add(store), add(store)
+    assert store.expunge("alice", "INBOX", [a.uid, 99]) == 1
+    assert [m.uid for m in store.messages("alice", "INBOX")] == [b.uid]
+    with pytest.raises(MessageGone):
+        store.message("alice", "INBOX", a.uid)
+
+
+def test_flag_change_while_reading_re_resolves(store, tmp_path):
+    m = add(store, flags=["\\Seen"])
+    other = make(tmp_path)
+    other.set_flags("alice", "INBOX", m.uid, ["\\Seen", "\\Flagged"])
+    assert not os.path.exists(m.path)
+    with store.open_message("alice", "INBOX", m.uid) as f:   # re-asks message() once
+        assert f.read() == MSG
+    assert store.message("alice", "INBOX", m.uid).flags == {"\\Seen", "\\Flagged"}
+
+
+def test_append_streams_in_chunks(store):
+    class Src(io.RawIOBase):
+        def __init__(self):
+            self.left, self.max = 5 << 20, 0
+
+        def readinto(self, b):
+            self.max = max(self.max, len(b))
+            n = min(len(b), self.left)
+            b[:n] = b"x" * n
+            self.left -= n
+            return n
+
+        def readable(self):
+            return True
+
+    src = Src()
+    m = store.append("alice", "INBOX", src)
+    assert m.size == 5 << 20 and src.max <= 1 << 20
+
+
+def test_owner_is_applied(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    s = make(tmp_path, **{"store.owner": "65534"})
+    s.create_user("bob")
+    m = s.append("bob", "INBOX", io.BytesIO(MSG))
+    for p in (m.path, os.path.dirname(m.path), os.path.join(root(s, "bob"), "dovecot-uidlist")):
+        assert os.stat(p).st_uid == 65534
+
+
+# -- locks --------------------------------------------------------------------------------
+
+def test_lock_is_reentrant_and_honoured_between_stores(store, tmp_path):
+    other = make(tmp_path)
+    with store.lock("alice", "INBOX"):
+        with store.lock("alice", "INBOX"):
+            m = add(store)                                     # no self-deadlock
+            store.set_flags("alice", "INBOX", m.uid, ["\\Seen"])
+        assert os.path.exists(os.path.join(root(store), "dovecot-uidlist.lock"))
+        t0 = time.monotonic()
+        with pytest.raises(LockTimeout):
+            with other.lock("alice", "INBOX", timeout=0.3):
+                pass
+        assert time.monotonic() - t0 >= 0.3
+    assert not os.path.exists(os.path.join(root(store), "dovecot-uidlist.lock"))
+    with other.lock("alice", "INBOX", timeout=0.3):
+        assert [x.uid for x in other.messages("alice", "INBOX")] == [m.uid]
+
+
+def test_uidlist_written_once_per_lock(store):
+    with store.lock("alice", "INBOX"):
+        for _ in range(5):
+            add(store)
+        with open(os.path.join(root(store), "dovecot-uidlist")) as f:
+            assert len(f.read().splitlines()) == 1             # not yet: one write at unlock
+        assert [m.uid for m in store.messages("alice", "INBOX")] == [1, 2, 3, 4, 5]
+    with open(os.path.join(root(store), "dovecot-uidlist")) as f:
+        assert len(f.read().splitlines()) == 6
+
+
+def test_stale_dotlock_is_broken(store):
+    lock = os.path.join(root(store), "dovecot-uidlist.lock")
+    with open(lock, "w") as f:
+        f.write("1:elsewhere")
+    old = time.time() - STALE_LOCK_SECS - 5
+    os.utime(lock, (old, old))
+    add(store)                                                 # takes over the old lock
+    assert not os.path.exists(lock)
+
+
+def test_dotlock_of_a_dead_local_process_is_broken(store):
+    import socket
+    import subprocess
+    p = subprocess.Popen(["true"])
+    p.wait()
+    lock = os.path.join(root(store), "dovecot-uidlist.lock")
+    with open(lock, "w") as f:
+        f.write(f"{p.pid}:{socket.gethostname()}")
+    os.utime(lock, (time.time() - 10, time.time() - 10))
+    add(store)
+    assert not os.path.exists(lock)
+
+
+def test_fresh_foreign_dotlock_is_respected(store):
+    lock = os.path.join(root(store), "dovecot-uidlist.lock")
+    with open(lock, "w") as f:
+        f.write("1:elsewhere")
+    with pytest.raises(LockTimeout):
+        with store.lock("alice", "INBOX", timeout=0.2):
+            pass
+    with pytest.raises(LockTimeout):                           # a snapshot waits too
+        store.config.set("store.locktimeout", "1")
+        store.snapshot("alice", "INBOX")
+    os.unlink(lock)
+    store.snapshot("alice", "INBOX")
+
+
+# -- deliveries ----------------------------------------------------------------------------
+
+def test_deliver_is_one_inode(store):
+    store.create_user("bob")
+    store.create_user("carol")
+    out = store.deliver(["alice", "bob", "carol"], io.BytesIO(MSG), internaldate=1500000000)
+    inos = {(i.dev, i.ino) for i in out.values()}
+    assert len(inos) == 1 and out["carol"].nlink == 3
+    assert all(i.internaldate == 1500000000 for i in out.values())
+
+
+def test_delivery_hold_and_release(store):
+    store.create_user("bob")
+    store.hold_deliveries("alice")
+    assert store.deliveries_held("alice") and not store.deliveries_held("bob")
+    r1 = store.deliver(["alice", "bob"], io.BytesIO(b"one"), internaldate=1400000000)
+    store.create_folder("alice", "Lists")
+    r2 = store.deliver(["alice"], io.BytesIO(b"two"), folder="Lists")
+    assert r1["alice"] is None and r2["alice"] is None and r1["bob"] is not None
+    assert store.messages("alice", "INBOX") == []
+    home = os.path.dirname(root(store))
+    assert os.path.exists(os.path.join(home, ".ims-hold"))
+    assert len([n for n in os.listdir(os.path.join(home, ".ims-queue")) if n.endswith(".eml")]) == 2
+    assert store.release_deliveries("alice") == 2
+    assert not store.deliveries_held("alice")
+    (m,) = store.messages("alice", "INBOX")
+    assert store.open_message("alice", "INBOX", m.uid).read() == b"one"
+    assert m.internaldate == 1400000000 and m.ino == r1["bob"].ino    # still one copy
+    (l,) = store.messages("alice", "Lists")
+    assert store.open_message("alice", "Lists", l.uid).read() == b"two"
+    assert os.listdir(os.path.join(home, ".ims-queue")) == []
+
+
+def test_link_from_and_copy_when_dates_differ(store):
+    a = add(store, internaldate=1300000000)
+    store.create_folder("alice", "Copy")
+    b = store.append("alice", "Copy", None, link_from=a.path, internaldate=1300000000)
+    assert b.ino == a.ino and b.nlink == 2
+    c = store.append("alice", "Copy", None, link_from=a.path, internaldate=1300000500)
+    assert c.ino != a.ino and c.internaldate == 1300000500
+    assert open(c.path, "rb").read() == MSG
+
+
+# -- incrementals ------------------------------------------------------------------------
+
+def test_since_does_not_stat_old_messages(store, monkeypatch):
+    for i in range(20):
+        add(store, stored=1000000000 + i, flags=["\\Seen"] if i % 2 else [])
+    new = add(store, stored=2000000000)
+    calls = []
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def counting(real):
+        def f(path, *a, **kw):
+            if "/cur/" in str(path) or "/new/" in str(path):
+                calls.append(path)
+            return real(path, *a, **kw)
+        return f
+
+    monkeypatch.setattr(os, "stat", counting(real_stat))
+    monkeypatch.setattr(os, "lstat", counting(real_lstat))
+    snap = store.snapshot("alice", "INBOX", since=1500000000)
+    assert calls == [new.path]
+    assert [m.uid for m in snap.messages] == list(range(1, 22))
+    old = snap.messages[1]
+    assert old.stored == 1000000001 and old.flags == {"\\Seen"} and old.size == len(MSG)
+    assert snap.messages[-1].ino == new.ino
