@@ -65,17 +65,17 @@ def test_run_events_and_device_hook(ims_home, config, store, thirdparty, tmp_pat
     events, outdir = tmp_path / "events.jsonl", tmp_path / "dev"
     outdir.mkdir()
     env = _env(thirdparty, HELLO_EVENTS=str(events), HELLO_DIR=str(outdir))
-    run(ims_home, "imsbackup", "-f", "hello:a.ims", "/primary/joe", env=env, check=0)
+    run(ims_home, "imsbackup", "-f", "=hello=a.ims", "/primary/joe", env=env, check=0)
     assert (outdir / "a.ims").stat().st_size % 10240 == 0
     seen = [json.loads(ln) for ln in events.read_text().splitlines()]
-    assert seen[0] == {"event": "start", "kind": "backup", "device": "hello:a.ims", "paths": ["/primary/joe"]}
+    assert seen[0] == {"event": "start", "kind": "backup", "device": "=hello=a.ims", "paths": ["/primary/joe"]}
     boxes = [(e["mailbox"], e["messages"]) for e in seen if e["event"] == "mailbox"]
     assert boxes == [("/primary/joe/INBOX", 1), ("/primary/joe/Work", 1)]
     assert seen[-1]["event"] == "end" and seen[-1]["status"] == 0 and seen[-1]["counts"]["messages"] == 2
     # the restore side reports through the same hooks and reads through the plugin device
     store.delete_user("joe")
     events.unlink()
-    run(ims_home, "imsrestore", "-f", "hello:a.ims", env=env, check=0)
+    run(ims_home, "imsrestore", "-f", "=hello=a.ims", env=env, check=0)
     seen = [json.loads(ln) for ln in events.read_text().splitlines()]
     assert seen[0]["event"] == "start" and seen[0]["kind"] == "restore"
     assert seen[-1] == {"event": "end", "kind": "restore", "status": 0,

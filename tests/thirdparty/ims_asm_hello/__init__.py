@@ -1,6 +1,6 @@
 """A third-party ims-asm plugin in its own distribution, used by the tests: it adds a
 command, records run events to a file named by HELLO_EVENTS, and offers a device
-scheme ``hello:NAME`` that writes into the directory named by HELLO_DIR."""
+scheme ``=hello=NAME`` that writes into the directory named by HELLO_DIR."""
 import json
 import os
 
@@ -43,8 +43,8 @@ def ims_run_end(run, status):
 
 @hookimpl
 def ims_open_device(spec, mode, blocking_factor, config):
-    if not spec.startswith("hello:"):
+    if not spec.startswith("=hello="):
         return None
     from asm.devices import Device
-    path = os.path.join(os.environ["HELLO_DIR"], spec[len("hello:"):])
+    path = os.path.join(os.environ["HELLO_DIR"], spec[len("=hello="):])
     return Device(spec, open(path, mode), seekable=True, kind="file")
