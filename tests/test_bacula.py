@@ -162,7 +162,9 @@ def test_backup_fails_when_imsbackup_fails_and_records_nothing(ims_home):
     run = imsbacula("-E", "backup", "/primary/nogroup/alice")      # not a group: imsbackup refuses
     assert run.returncode == 2
     assert b"imsbackup failed with exit status 2" in run.stderr
-    imsbacula("jobdone", "--jobid", "7", check=True)
+    done = imsbacula("jobdone", "--jobid", "7")          # the Job's After RunScript fails the job
+    assert done.returncode == 1
+    assert b"job 7: /primary/nogroup/alice FAILED (imsbackup exit status 2)" in done.stdout
     assert b"no good backup job recorded" in imsbacula("history", check=True).stdout
     run = imsbacula("-E", "backup", "/primary/a b")
     assert run.returncode == 2 and b"not a percent-encoded word" in run.stderr
