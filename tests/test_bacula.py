@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
 import re
 import subprocess
 import sys
