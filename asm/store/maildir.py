@@ -201,6 +201,7 @@ class _State:
     keywords_dirty: bool = False
     index_invalidated: bool = False
     bases: dict | None = None               # base -> uid
+    flag_cache: dict = field(default_factory=dict)  # letters -> (flags, keywords)
 
 
 @dataclass
@@ -575,6 +576,12 @@ class MaildirStore(Store):
         return st.keywords
 
     def _decode_flags(self, st: _State, letters: str) -> tuple[frozenset, tuple]:
+        hit = st.flag_cache.get(letters)
+        if hit is None:
+            hit = st.flag_cache[letters] = self._decode_flags_uncached(st, letters)
+        return hit
+
+    def _decode_flags_uncached(self, st: _State, letters: str) -> tuple[frozenset, tuple]:
         flags = frozenset(LETTER_FLAG[c] for c in letters if c in LETTER_FLAG)
         kw: tuple = ()
         if any("a" <= c <= "z" for c in letters):
@@ -605,14 +612,17 @@ class MaildirStore(Store):
                     else:
                         table[i] = k
                     st.keywords_dirty = True
+                    st.flag_cache.clear()
                 letters.add(chr(97 + i))
         return "".join(sorted(letters))
 
-    def _info(self, st: _State, uid: int, sub: str, fname: str, stat: bool = True) -> MessageInfo:
+    def _info(self, st: _State, uid: int, sub: str, fname: str, stat: bool = True,
+              stored: float | None = None) -> MessageInfo:
         base, letters = split_name(fname)
         flags, kws = self._decode_flags(st, letters)
-        path = os.path.join(st.dir, sub, fname)
-        stored = stored_from_name(base)
+        path = f"{st.dir}/{sub}/{fname}"
+        if stored is None:
+            stored = stored_from_name(base)
         if not stat:
             m = _SIZE_RE.search(base)
             return MessageInfo(uid=uid, flags=flags, keywords=kws, stored=stored or 0.0,
@@ -691,7 +701,7 @@ class MaildirStore(Store):
                     stored = stored_from_name(base)
                     if stored is not None and stored < since:
                         # not carried by an incremental: flags from the name, no stat
-                        msgs.append(self._info(st, uid, *hit, stat=False))
+                        msgs.append(self._info(st, uid, *hit, stat=False, stored=stored))
                         continue
                 try:
                     msgs.append(self._info(st, uid, *hit))
