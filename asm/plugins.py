@@ -11,13 +11,15 @@ from importlib.metadata import entry_points
 import pluggy
 
 from asm import hookspecs
+from asm.config import ConfigError
 
 GROUP = "ims_asm"
 _pm: pluggy.PluginManager | None = None
 
 
-class PluginError(Exception):
-    pass
+class PluginError(ConfigError):
+    """A plugin that fails to load, or two plugins claiming the same name.  A kind of
+    configuration error, so every command reports it in one line with exit 2."""
 
 
 def _allowed() -> set[str] | None:

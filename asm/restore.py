@@ -13,8 +13,9 @@ Rules (docs/operations.md explains them for administrators):
   UIDNEXT it left.  When the folder is unchanged since (same UIDVALIDITY and UIDNEXT)
   a newer archive continues the chain: messages not in its UID list are expunged and
   flags are set as recorded, so full + incrementals give the state of the last one.
-  An older archive, or an incremental whose start is after the last one restored
-  (a gap), is refused (:class:`ChainOrderError`).
+  An older archive, or an incremental whose listed-but-not-carried messages are not in
+  the folder (a missing link), is refused for that folder (:class:`ChainOrderError`),
+  which is left as it was while the other folders go on.
 * Single copy: a link member becomes a hard link to the restored first copy.  When
   the first copy is outside the selection, a seekable archive is read there; a stream
   keeps first copies that may be needed in a bounded spool; what still cannot be had
@@ -41,8 +42,6 @@ from asm.logical import LogicalPath
 from asm.store.base import Store, StoreError, UidInUse
 
 CHUNK = 1 << 20
-#: seconds of clock slack allowed between an incremental's start and the previous archive
-CHAIN_SLACK = 2.0
 
 
 class RestoreError(Exception):
@@ -86,6 +85,7 @@ class RestoreResult:
     incomplete: str | None = None                    # why the archive ended early
     hostile: int = 0
     unmatched: list = field(default_factory=list)    # selection paths that matched nothing
+    out_of_order: list = field(default_factory=list)  # folders refused: chain applied out of order
     seconds: float = 0.0
 
 
@@ -316,11 +316,20 @@ class Restorer:
         mailbox = f"/{m.partition}/{user}/{m.folder}"
         try:
             self.plan = self._plan_folder(m, user)
-        except ChainOrderError:
-            raise
+        except ChainOrderError as exc:
+            # this folder is left exactly as it was; the others go on
+            self.plan = None
+            self.res.out_of_order.append(mailbox)
+            self._release_lock()
+            self._error(mailbox, exc)
         except (StoreError, CorruptMember) as exc:
             self.plan = None
+            self._release_lock()
             self._error(mailbox, exc)
+
+    def _release_lock(self) -> None:
+        self.lock_stack.close()
+        self.lock_stack = contextlib.ExitStack()
 
     def _ensure_user(self, partition: str, user: str) -> None:
         if not self.store.exists(user):
@@ -369,6 +378,8 @@ class Restorer:
             for msg in store.messages(user, folder):
                 plan.by_uid[msg.uid] = msg
                 plan.existing.setdefault(msg.size, []).append(msg)
+        if mode == "chain":
+            self._check_gap(plan, self.journal.get(user, folder)[3])
         self.res.folders += 1
         self.report(f"/{m.partition}/{user}/{folder}: restoring ({mode}"
                     + (f", from {m.user}/{m.folder}" if (user, folder) != (m.user, m.folder) else "") + ")")
@@ -376,20 +387,25 @@ class Restorer:
 
     def _chain_mode(self, user: str, folder: str, j) -> str:
         _, _, last_id, last_created, _ = j
-        created, since = self.header.get("created"), self.header.get("since")
+        created = self.header.get("created")
         if last_id == self.header.get("archive_id"):
             return "merge"  # the same archive again: nothing changes
         if created is not None and last_created is not None and created < last_created:
             raise ChainOrderError(
-                f"user/{user}/{folder}: this archive was taken at {_fmt(created)}, before the one restored "
-                f"last ({_fmt(last_created)}); restore a chain in order: the full backup, then each "
-                f"incremental (or use -n to restore it beside the folder)")
-        if since is not None and last_created is not None and since > last_created + CHAIN_SLACK:
-            raise ChainOrderError(
-                f"user/{user}/{folder}: this incremental holds mail stored since {_fmt(since)}, but the "
-                f"archive restored last was taken at {_fmt(last_created)}: restore the incremental(s) "
-                f"taken in between first")
+                f"this archive was taken at {_fmt(created)}, before the one restored last into "
+                f"user/{user}/{folder} ({_fmt(last_created)}); restore a chain in order: the full "
+                f"backup, then each incremental (or use -n to restore it beside the folder)")
         return "chain"
+
+    def _check_gap(self, plan: "FolderPlan", last_created) -> None:
+        """An incremental lists (in its state record) the messages it does not carry;
+        each of them must already be here, else an archive in between is missing."""
+        missing = [u for u in plan.state if u not in plan.by_uid]
+        if missing:
+            raise ChainOrderError(
+                f"user/{plan.user}/{plan.folder}: {len(missing)} messages of this incremental's "
+                f"folder (UIDs {missing[0]}...) are neither here nor in it: the archive restored last "
+                f"was taken at {_fmt(last_created)}; restore the incremental(s) taken in between first")
 
     def _new_name(self, user: str, folder: str) -> str:
         suffix = self.opts.new_suffix or time.strftime("%Y%m%d")

@@ -80,3 +80,17 @@ def test_run_events_and_device_hook(ims_home, config, store, thirdparty, tmp_pat
     assert seen[0]["event"] == "start" and seen[0]["kind"] == "restore"
     assert seen[-1] == {"event": "end", "kind": "restore", "status": 0,
                         "counts": {"users": 1, "folders": 2, "messages": 2, "links": 0, "bytes": seen[-1]["counts"]["bytes"]}}
+
+
+def test_broken_plugin_is_one_line_exit_2(ims_home, config, tmp_path):
+    dist = tmp_path / "site" / "badplug-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: badplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ims_asm]\nbad = no_such_module_xyz\n")
+    for cmd in (["imsbackup", "-f", tmp_path / "a.ims", "/"], ["imsrestore", "-f", tmp_path / "a.ims"],
+                ["imsplugins", "list"]):
+        p = run(ims_home, *cmd, env={"PYTHONPATH": str(tmp_path / "site") + os.pathsep + os.path.dirname(HERE)})
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.decode().strip().endswith("failed to load: No module named 'no_such_module_xyz'")
+        assert len(p.stderr.splitlines()) == 1
+    assert not (tmp_path / "a.ims").exists()

@@ -142,8 +142,9 @@ def test_incremental_chain_and_wrong_order(source, ims_home, dest, tmp_path):
     run(ims_home, "imsbackup", "-f", i2, "-d", t2, "/", check=0)
 
     run(dest, "imsrestore", "-H", "-f", full, check=0)
-    bad = run(dest, "imsrestore", "-f", i2)
+    bad = run(dest, "imsrestore", "-c", "n", "-H", "-f", i2)      # stop at the first refused folder
     assert bad.returncode == 7 and b"restore the incremental(s) taken in between first" in bad.stderr
+    assert b"user/ann/INBOX" in bad.stderr
     run(dest, "imsrestore", "-H", "-f", i1, check=0)
     older = run(dest, "imsrestore", "-f", full)
     assert older.returncode == 7 and b"before the one restored last" in older.stderr

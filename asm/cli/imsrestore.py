@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     if res.incomplete:
         warn(PROG, res.incomplete)
         return EXIT_INCOMPLETE
+    if res.out_of_order:
+        warn(PROG, f"{len(res.out_of_order)} folders were left as they were: this archive does not "
+             f"follow the one restored last into them (see above)")
+        return EXIT_ORDER
     if paths and len(res.unmatched) == len(paths):
         return EXIT_USAGE
     if res.errors or res.pending or res.unmatched:
