@@ -28,11 +28,17 @@ NAME = "full; 50% 'é' v1.ims"          # spaces, quotes, %, ; and Unicode in th
 def source(tmp_path_factory):
     """A classic store shared by the tests (read only): 6 users, Unicode folders, links."""
     root = tmp_path_factory.mktemp("src")
-    os.environ["IMS_ASM_PLUGINS"] = PLUGINS
-    cfg = make_home(root / "home", "classic", **{"store.root": str(root / "store"),
-                                                 "partition:primary.path": str(root / "part")})
-    counts = build_demo(open_store(cfg), users=6, messages=140, seed=3)
-    return {"root": root, "counts": counts, "snapshot": snapshot(open_store(cfg))}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMS_ASM_PLUGINS", PLUGINS)
+        cfg = make_home(root / "home", "classic", **{"store.root": str(root / "store"),
+                                                     "partition:primary.path": str(root / "part")})
+        counts = build_demo(open_store(cfg), users=6, messages=140, seed=3)
+        yield {"root": root, "counts": counts, "snapshot": snapshot(open_store(cfg))}
+
+
+@pytest.fixture(autouse=True)
+def _only_our_plugins(monkeypatch):
+    monkeypatch.setenv("IMS_ASM_PLUGINS", PLUGINS)
 
 
 def snapshot(store) -> dict:

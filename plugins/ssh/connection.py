@@ -156,7 +156,10 @@ class Connection:
         except (socket.timeout, paramiko.SSHException, EOFError, OSError) as exc:
             raise LinkLost(f"{self.label}: remote command did not finish: {exc or 'timed out'}") from None
         finally:
-            chan.close()
+            try:
+                chan.close()
+            except Exception:      # the link is gone; the caller hears of it
+                pass
         return status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
     def close(self) -> None:
@@ -165,7 +168,10 @@ class Connection:
                 self._sftp.close()
         except Exception:  # closing a dead session must not hide the real error
             pass
-        self.client.close()
+        try:
+            self.client.close()
+        except Exception:
+            pass
 
 
 def _key_files(settings: Settings) -> list[str]:

@@ -83,10 +83,7 @@ class _SFTPSink:
         sftpio.finish_writes(self.f)
 
     def abort(self) -> None:
-        try:
-            self.f.close()
-        except Exception:
-            pass
+        sftpio.quiet_close(self.f)
 
 
 class _CatSink:
@@ -131,7 +128,7 @@ class _CatSink:
         self.chan.close()
 
     def abort(self) -> None:
-        self.chan.close()
+        sftpio.quiet_close(self.chan)
 
 
 class RemoteFileWriter(Device):
@@ -263,10 +260,7 @@ class _SFTPReader:
         return b"".join(parts)
 
     def close(self) -> None:
-        try:
-            self.f.close()
-        except Exception:
-            pass
+        sftpio.quiet_close(self.f)
 
 
 class _ConnDevice(Device):
@@ -310,7 +304,7 @@ class _ExecReader:
         return b""
 
     def close(self) -> None:
-        self.chan.close()
+        sftpio.quiet_close(self.chan)
 
 
 class _ExecWriter:
@@ -358,7 +352,7 @@ class RemoteStreamWriter(Device):
                     raise RemoteError(f"{self.conn.label}: writing {w.path} failed: "
                                       f"{err[0] if err else f'dd exited {status}'}")
         finally:
-            w.chan.close()
+            sftpio.quiet_close(w.chan)
             self.conn.close()
 
 
@@ -378,6 +372,7 @@ def open_read(spec: str, conn: Connection, path: str) -> Device:
     if stat.S_ISREG(st.st_mode):
         try:
             f = conn.sftp.open(path, "r", bufsize=0)
+            sftpio.quiet_prefetch(f)
         except Exception as exc:
             raise sftpio.translate(conn, exc, "opening", path) from None
         return _ConnDevice(spec, _SFTPReader(conn, path, f, st.st_size), conn, True, "remote-file")

@@ -55,7 +55,7 @@ def translate(conn, exc: BaseException, doing: str, path: str, leftover: str | N
             not conn.alive() or (isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET)):
         if isinstance(exc, socket.timeout):
             why = "no answer within ssh.timeout"
-        elif not conn.alive():
+        elif isinstance(exc, (EOFError, ConnectionError)) or not conn.alive():
             why = "the connection was closed or reset"
         else:
             why = str(exc).strip().rstrip(":") or type(exc).__name__
@@ -86,6 +86,29 @@ def finish_writes(f) -> None:
     while reqs:
         f.sftp._read_response(reqs.popleft())
     f.close()
+
+
+def quiet_close(obj) -> None:
+    """Close a channel or file whose link may be gone: the error that matters was
+    already raised (or will be, by the caller)."""
+    try:
+        obj.close()
+    except Exception:
+        pass
+
+
+def quiet_prefetch(f) -> None:
+    """paramiko's readv() sends its read requests from a helper thread, which dies with
+    a traceback on stderr when the link drops; the reading thread sees the dead link
+    itself and reports it once, so the helper thread stays quiet."""
+    orig = f._prefetch_thread
+
+    def run(*args, **kwargs):
+        try:
+            orig(*args, **kwargs)
+        except Exception:
+            pass
+    f._prefetch_thread = run
 
 
 def fsync(sftp: paramiko.SFTPClient, path: str) -> None:

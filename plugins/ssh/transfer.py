@@ -123,7 +123,7 @@ def _push(conn: Connection, rs: RemoteSpec, src, local_path: str) -> PushResult:
                 n += len(chunk)
             sftpio.finish_writes(f)
         finally:
-            f.close()
+            sftpio.quiet_close(f)
         size = sftp.stat(tmp).st_size
         if size != n:
             raise OSError(errno.EIO, f"{tmp} holds {size} bytes, {n} were sent")
@@ -163,6 +163,7 @@ def fetch(remote_spec: str, local_path: str, config=None, sha256: str | None = N
         try:
             st = sftp.stat(rs.path)
             src = sftp.open(rs.path, "r", bufsize=0)
+            sftpio.quiet_prefetch(src)
         except Exception as exc:
             raise sftpio.translate(conn, exc, "opening", rs.path) from None
         if not stat.S_ISREG(st.st_mode):
