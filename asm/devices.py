@@ -23,7 +23,10 @@ _REMOTE_RE = re.compile(r"^(ssh://|(?:[^/@:]+@)?[^/:]+:)")
 
 
 class DeviceError(Exception):
-    """A device that cannot be opened or written; the message says which and why."""
+    """A device that cannot be opened or written; the message says which and why.
+    ``exit_status`` is what the commands exit with (plugins refine it per failure)."""
+
+    exit_status = 3
 
 
 class Device:

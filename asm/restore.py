@@ -563,13 +563,29 @@ class Restorer:
             os.makedirs(base, exist_ok=True)
             self.spool_dir = tempfile.mkdtemp(prefix="restore-", dir=base)
         path = os.path.join(self.spool_dir, f"{len(self.spooled)}.msg")
+        out = None
         try:
-            with m.open() as src, open(path, "wb") as out:
-                shutil.copyfileobj(src, out, CHUNK)
-        except (DigestMismatch, OSError):
+            with m.open() as src:
+                out = open(path, "wb")
+                while True:
+                    chunk = src.read(CHUNK)     # an archive read error propagates
+                    if not chunk:
+                        break
+                    try:
+                        out.write(chunk)
+                    except OSError:             # spool full: go on without this copy
+                        out.close()
+                        out = None
+                        os.unlink(path)
+                        self.opts.spool_limit = self.spool_bytes
+                        return
+        except DigestMismatch:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             return
+        finally:
+            if out is not None:
+                out.close()
         self.spooled[m.name] = path
         self.spool_bytes += m.size
 

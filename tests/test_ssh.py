@@ -219,7 +219,7 @@ def test_unknown_host_key_refused_with_how_to_accept(sshd, source, tmp_path):
     src = home_for(tmp_path, sshd, source, ssh_knownhosts=str(empty))
     d = sshd.remote_dir("unknown")
     p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/x.ims"), "/")
-    assert p.returncode == 3
+    assert p.returncode == 11
     line = one_line(p.stderr)
     assert "not known" in line and _fingerprint(sshd.host_key + ".pub") in line
     assert f"ssh-keyscan -p {sshd.port} -t ed25519 127.0.0.1 >> {empty}" in line
@@ -236,7 +236,7 @@ def test_changed_host_key_refused(sshd, source, tmp_path):
     kh.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
     dst = home_for(tmp_path, sshd, ssh_knownhosts=str(kh))
     p = run("imsrestore", dst.home, "-f", sshd.spec("/etc/hostname"), "/")
-    assert p.returncode == 3
+    assert p.returncode == 11
     line = one_line(p.stderr)
     assert "CHANGED" in line and _fingerprint(sshd.host_key + ".pub") in line and _fingerprint(impostor + ".pub") in line
 
@@ -245,7 +245,7 @@ def test_wrong_client_key_refused(sshd, source, tmp_path):
     src = home_for(tmp_path, sshd, source, ssh_identity=sshd.other_key)
     d = sshd.remote_dir("wrongkey")
     p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/x.ims"), "/")
-    assert p.returncode == 3
+    assert p.returncode == 12
     line = one_line(p.stderr)
     assert "authentication failed" in line and sshd.other_key in line
     assert os.listdir(d) == []
@@ -255,7 +255,7 @@ def test_connection_refused(sshd, source, tmp_path):
     from tests.sshd import free_port
     src = home_for(tmp_path, sshd, source)
     p = run("imsbackup", src.home, "-f", f"imsbk@127.0.0.1:{free_port()}:/tmp/x.ims", "/")
-    assert p.returncode == 3
+    assert p.returncode == 10
     assert "Connection refused" in one_line(p.stderr)
 
 
@@ -287,7 +287,7 @@ def test_server_killed_mid_transfer(sshd, source, tmp_path, stream):
     assert sshd.kill_sessions()                      # ... drop the server side of the link ...
     proc.send_signal(signal.SIGCONT)                 # ... and let it find out
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 3, err
+    assert proc.returncode == 14, err
     line = one_line(err)
     assert "lost" in line and "incomplete" in line
     assert "x.ims" not in os.listdir(d)              # nothing that looks complete
@@ -314,7 +314,7 @@ def test_link_lost_during_restore(sshd, source, tmp_path):
     assert sshd.kill_sessions()
     proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 3, err
+    assert proc.returncode == 14, err
     assert "lost" in one_line(err)
 
 
@@ -325,7 +325,7 @@ def test_far_disk_full(sshd, source, tmp_path, stream):
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"cannot mount a tmpfs for the full-disk test (needs root): {exc.stderr}")
     p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/x.ims"), "/")
-    assert p.returncode == 3, p.stderr
+    assert p.returncode == 13, p.stderr
     line = one_line(p.stderr)
     assert "no space left" in line and "incomplete" in line
     assert os.listdir(d) == []                        # the partial file was removed

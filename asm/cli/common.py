@@ -16,6 +16,12 @@ EXIT_INCOMPLETE = 4     # the archive is truncated or corrupt; what came before 
 EXIT_HOSTILE = 5        # the archive holds members that would write outside the store
 EXIT_LOCKED = 6         # a lock is held by another run
 EXIT_ORDER = 7          # incremental archives applied in the wrong order
+EXIT_NOT_ARCHIVE = 8     # the input is not an ims-asm archive
+EXIT_CONNECT = 10       # remote device: no connection (refused, unknown host)
+EXIT_HOSTKEY = 11       # remote device: host key unknown or changed
+EXIT_AUTH = 12          # remote device: authentication failed
+EXIT_NOSPACE = 13       # the device (local or remote) is full
+EXIT_LINKLOST = 14      # remote device: the connection dropped mid-transfer
 EXIT_INTERRUPTED = 130
 
 
@@ -28,6 +34,17 @@ class ArgParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def device_status(exc: BaseException) -> int:
+    """The exit status for a device failure: the plugin's own, or ENOSPC's, or 3."""
+    import errno
+    status = getattr(exc, "exit_status", None)
+    if status is not None:
+        return status
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return EXIT_NOSPACE
+    return EXIT_DEVICE
 
 
 def die(prog: str, message: str, status: int) -> int:

@@ -10,8 +10,8 @@ import time
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup, select
 from asm.cli.common import (
-    EXIT_DEVICE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, Progress, UsageError,
-    die, human, parse_date, read_list_file, sigterm_as_interrupt, warn,
+    EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, Progress, UsageError,
+    device_status, die, human, parse_date, read_list_file, sigterm_as_interrupt, warn,
 )
 from asm.cli.context import open_installation
 from asm.config import ConfigError
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = open_device(args.device, "wb", args.bf, inst.config)
     except DeviceError as exc:
-        return die(PROG, str(exc), EXIT_DEVICE)
+        return die(PROG, str(exc), device_status(exc))
 
     progress = Progress()
     t0 = time.monotonic()
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             progress.clear()
             print(f"{PROG}: {line}", file=sys.stderr)
 
-    ok = False
+    ok, status = False, None
+    removed = " and was removed" if getattr(device, "kind", "") == "file" else ""
     try:
         writer = ArchiveWriter(device.file, args.bf)
         res = run_backup(inst.store, targets, paths, writer, opts, device=args.device,
@@ -84,20 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         ok = True
     except KeyboardInterrupt:
         progress.clear()
-        return die(PROG, f"interrupted: {args.device} is not a complete archive"
-                   + (" and was removed" if getattr(device, "kind", "") == "file" else ""), EXIT_INTERRUPTED)
+        status = die(PROG, f"interrupted: {args.device} is not a complete archive{removed}", EXIT_INTERRUPTED)
     except (OSError, DeviceError) as exc:
         progress.clear()
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return die(PROG, f"cannot write {args.device}: {why}; the archive is incomplete"
-                   + (" and was removed" if getattr(device, "kind", "") == "file" else ""), EXIT_DEVICE)
-    finally:
-        try:
-            device.close(ok=ok)
-        except OSError as exc:
-            if ok:
-                return die(PROG, f"cannot finish {args.device}: {exc.strerror}; the archive is incomplete",
-                           EXIT_DEVICE)
+        status = die(PROG, f"cannot write {args.device}: {why}; the archive is incomplete{removed}",
+                     device_status(exc))
+    try:
+        device.close(ok=ok)
+    except (OSError, DeviceError) as exc:
+        if status is None:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            status = die(PROG, f"cannot finish {args.device}: {why}; the archive is incomplete{removed}",
+                         device_status(exc))
+    if status is not None:
+        return status
     progress.clear()
     for e in res.errors:
         warn(PROG, f"could not back up {e['mailbox']}: {e['error']}")

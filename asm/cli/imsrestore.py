@@ -11,8 +11,8 @@ import time
 from asm.archive.errors import ArchiveError, IncompleteArchive, NotAnArchive
 from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
-    EXIT_DEVICE, EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
-    EXIT_USAGE, ArgParser, Progress, UsageError, die, human, sigterm_as_interrupt, warn,
+    EXIT_HOSTILE, EXIT_NOT_ARCHIVE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
+    EXIT_USAGE, ArgParser, Progress, UsageError, device_status, die, human, sigterm_as_interrupt, warn,
 )
 from asm.cli.context import open_installation
 from asm.config import ConfigError
@@ -26,7 +26,6 @@ from asm.restore import (
 from asm.store.base import StoreError
 
 PROG = "imsrestore"
-EXIT_NOT_ARCHIVE = 8
 
 
 def build_parser() -> ArgParser:
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = open_device(args.device, "rb", args.bf, inst.config)
     except DeviceError as exc:
-        return die(PROG, str(exc), EXIT_DEVICE)
+        return die(PROG, str(exc), device_status(exc))
 
     progress = Progress()
     with device:
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         except IncompleteArchive as exc:
             return die(PROG, f"{args.device}: {exc}", EXIT_INCOMPLETE)
         except OSError as exc:
-            return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", EXIT_DEVICE)
+            return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
         if args.header:
             _print_header(reader.header)
             return EXIT_OK
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             return die(PROG, str(exc), EXIT_INCOMPLETE)
         except OSError as exc:
             progress.clear()
-            return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", EXIT_DEVICE)
+            return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
         except StoreError as exc:
             progress.clear()
             return die(PROG, str(exc), EXIT_PARTIAL)
