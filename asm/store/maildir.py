@@ -202,6 +202,12 @@ class _State:
     index_invalidated: bool = False
     bases: dict | None = None               # base -> uid
     flag_cache: dict = field(default_factory=dict)  # letters -> (flags, keywords)
+    max_uid: int | None = None              # highest UID in the uidlist (None: recompute)
+
+    def top_uid(self) -> int:
+        if self.max_uid is None:
+            self.max_uid = max(self.uidlist.records, default=0)
+        return self.max_uid
 
 
 @dataclass
@@ -555,6 +561,7 @@ class MaildirStore(Store):
                 st.uidlist.records[uid] = ("", b)
                 by_base[b] = uid
                 st.uidlist.uidnext = uid + 1
+            st.max_uid = None
             st.dirty = True
         st.bases = by_base
 
@@ -909,9 +916,9 @@ class MaildirStore(Store):
             else:
                 if uid <= 0:
                     raise StoreError(f"bad UID {uid}")
-                if uid in ul.records or uid <= max(ul.records, default=0):
+                if uid <= st.top_uid():
                     self._prune(st)           # lines of files Dovecot expunged don't count
-                    if uid in ul.records or uid <= max(ul.records, default=0):
+                    if uid <= st.top_uid():
                         raise UidInUse(user, folder, uid)
             letters = self._encode_flags(st, flags, keywords)
             base = self._new_base(stored if stored is not None else now)
@@ -945,6 +952,7 @@ class MaildirStore(Store):
             if st.files is not None:
                 st.files[full_base] = ("cur", fname)
             ul.uidnext = max(ul.uidnext, uid + 1)
+            st.max_uid = max(st.top_uid(), uid)
             st.dirty = True
             if uid < st.disk_uidnext and not st.index_invalidated:
                 # Dovecot's index may already call this UID expunged: make it re-read
@@ -1002,6 +1010,7 @@ class MaildirStore(Store):
         dead = [u for u, (_, b) in st.uidlist.records.items() if b not in files]
         for u in dead:
             del st.uidlist.records[u]
+        st.max_uid = None
         if dead:
             st.dirty = True
 
@@ -1032,6 +1041,7 @@ class MaildirStore(Store):
                     base, sub, fname = self._find(st, uid, user, folder)
                 except MessageGone:
                     st.uidlist.records.pop(uid, None)
+                    st.max_uid = None
                     continue
                 try:
                     os.unlink(os.path.join(st.dir, sub, fname))
@@ -1039,6 +1049,7 @@ class MaildirStore(Store):
                 except FileNotFoundError:
                     pass
                 del st.uidlist.records[uid]
+                st.max_uid = None
                 st.files.pop(base, None)
                 if st.bases is not None:
                     st.bases.pop(base, None)
