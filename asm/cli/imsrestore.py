@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = [parse(p, inst.groups) for p in args.paths]
         user_map = read_map(args.mapfile) if args.mapfile else {}
         refdoc = read_reffile(args.reffile) if args.reffile else None
+        if args.device == "-" and sys.stdin.isatty():
+            raise UsageError("refusing to read an archive from a terminal: pipe one in or name a file with -f")
     except (UsageError, ConfigError, GroupsError, PathError, RestoreError) as exc:
         return die(PROG, str(exc), EXIT_USAGE)
     try:
