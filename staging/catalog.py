@@ -7,6 +7,12 @@ rows; the next run turns them into ``failed``).  The engine's verdict is separat
 that never reported).  ``base`` names the dump an incremental continues, so a restore
 chain is followed link by link.  The catalog lives beside the files, so an engine that
 saves the directory saves the catalog too.
+
+A copy pushed to a media server over SSH (``staging.remote``) is recorded in the push
+columns: ``remote`` (the device string of the pushed file), ``push`` (NULL: never
+tried; ``ok``; ``failed``), ``push_verified`` (``sha256``: checked by the far side;
+``size``: no shell there), ``pushed`` (time) and ``push_error``.  They were added after
+the first catalogs were written: an older catalog gains them (ALTER TABLE) when opened.
 """
 from __future__ import annotations
 
@@ -50,6 +56,15 @@ CREATE INDEX IF NOT EXISTS dump_users_user ON dump_users(user);
 CREATE INDEX IF NOT EXISTS dumps_group ON dumps(partition, grp, started);
 """
 
+# Columns added to ``dumps`` since the first schema, in order; added when missing.
+ADDED_COLUMNS = (
+    ("remote", "TEXT"),              # [user@]host[:port]:path of the pushed copy
+    ("push", "TEXT"),                # NULL | ok | failed
+    ("push_verified", "TEXT"),       # sha256 | size
+    ("pushed", "REAL"),              # when the push finished (or failed)
+    ("push_error", "TEXT"),
+)
+
 
 @dataclass
 class Dump:
@@ -74,6 +89,11 @@ class Dump:
     engine_status: int | None
     reported: float | None
     removed: float | None
+    remote: str | None = None
+    push: str | None = None
+    push_verified: str | None = None
+    pushed: float | None = None
+    push_error: str | None = None
 
     def when(self) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
@@ -86,13 +106,40 @@ class Catalog:
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=DELETE")
         self.db.executescript(SCHEMA)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Add the columns newer code writes to a catalog made by older code."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(dumps)")}
+        missing = [(n, t) for n, t in ADDED_COLUMNS if n not in have]
+        if not missing:
+            return
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return                  # read-only catalog: the new fields read as None
+        try:
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(dumps)")}   # another process may have won
+            for name, kind in ADDED_COLUMNS:
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE dumps ADD COLUMN {name} {kind}")
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self.db.execute("ROLLBACK")
+            if "readonly" not in str(exc):
+                raise
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
 
     def _rows(self, sql: str, args=()) -> list[Dump]:
         cur = self.db.execute(f"SELECT * FROM dumps {sql}", args)
-        return [Dump(*r) for r in cur.fetchall()]
+        names = [c[0] for c in cur.description]
+        known = set(Dump.__dataclass_fields__)
+        return [Dump(**{k: v for k, v in zip(names, r) if k in known}) for r in cur.fetchall()]
 
     # -- writing ------------------------------------------------------------------
     def start(self, run: str, partition: str, grp: str, kind: str, since, base, users, estimate,
@@ -136,6 +183,14 @@ class Catalog:
         self.db.executemany("UPDATE dumps SET engine='lost', reported=? WHERE id=?",
                             [(time.time(), i) for i in ids])
 
+    def push_ok(self, did: int, remote: str, verified: str) -> None:
+        self.db.execute("UPDATE dumps SET push='ok', remote=?, push_verified=?, pushed=?, push_error=NULL "
+                        "WHERE id=?", (remote, verified, time.time(), did))
+
+    def push_failed(self, did: int, error: str) -> None:
+        self.db.execute("UPDATE dumps SET push='failed', pushed=?, push_error=? WHERE id=?",
+                        (time.time(), error, did))
+
     def mark_removed(self, did: int) -> None:
         self.db.execute("UPDATE dumps SET removed=? WHERE id=?", (time.time(), did))
 
@@ -169,6 +224,10 @@ class Catalog:
         """Complete dumps whose group held ``user``, newest first."""
         return self._rows("WHERE status='complete' AND id IN (SELECT dump FROM dump_users WHERE user=?) "
                           "ORDER BY started DESC, id DESC", (user,))
+
+    def unpushed(self) -> list[Dump]:
+        """Complete dumps whose push failed or was never made, oldest first."""
+        return self._rows("WHERE status='complete' AND (push IS NULL OR push='failed') ORDER BY started, id")
 
     def kept(self, partition: str, grp: str) -> list[Dump]:
         """Complete dumps of a group whose file is still in the area, newest first."""

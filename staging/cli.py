@@ -1,12 +1,15 @@
 """imsstage: dump backup groups into a staging area for any backup engine, and find
 and restore them again.
 
-    imsstage [dump] [-D DIR] [-j N] [--full|--incremental|--cumulative] [--after-batch CMD] [group ...]
+    imsstage [dump] [-D DIR] [-j N] [--full|--incremental|--cumulative] [--after-batch CMD]
+                    [--push SPEC|--no-push] [group ...]
     imsstage plan [-D DIR] [--incremental|--cumulative] [group ...]
     imsstage done [-D DIR] [--status N] [--job NAME]
+    imsstage push [-D DIR] [--to SPEC]
     imsstage list [-D DIR] [--json]
     imsstage locate [-D DIR] [--from DIR] [--at DATE] PATH
-    imsstage restore [-D DIR] [--from DIR] [--at DATE] [-v] PATH
+    imsstage fetch [-D DIR] [--into DIR] [--at DATE] PATH
+    imsstage restore [-D DIR] [--from DIR] [--at DATE] [--keep-fetched] [-v] PATH
 """
 from __future__ import annotations
 
@@ -25,12 +28,12 @@ from asm.logical import PathError, parse
 from asm.plugins import PluginError
 from asm.store.base import StoreError
 from staging.catalog import Catalog
-from staging.errors import StagingError
+from staging.errors import Missing, StagingError
 from staging.lookup import chain_for, restore_chain
-from staging.run import MODES, check_fresh, default_jobs, engine_done, stage, staging_dir
+from staging.run import MODES, check_fresh, default_jobs, engine_done, push_pending, stage, staging_dir
 
 PROG = "imsstage"
-COMMANDS = ("dump", "plan", "done", "list", "locate", "restore", "check")
+COMMANDS = ("dump", "plan", "done", "push", "list", "locate", "fetch", "restore", "check")
 
 
 def _common(p):
@@ -67,21 +70,44 @@ def build_parser() -> ArgParser:
         s.add_argument("--job", metavar="NAME", help="claim the staged dumps for this engine job")
         s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                        help="wait this long for another run on the area to finish (default: refuse at once)")
+        if name == "dump":
+            pm = s.add_mutually_exclusive_group()
+            pm.add_argument("--push", metavar="SPEC",
+                            help="push each completed dump to [user@]host[:port]:dir over SFTP "
+                                 "(default: staging.remote)")
+            pm.add_argument("--no-push", dest="push", action="store_const", const="",
+                            help="do not push, even when staging.remote is set")
         s.add_argument("groups", nargs="*", metavar="group", help="GROUP (every partition) or /PARTITION/GROUP")
     s = sub.add_parser("done", help="the engine finished: record its status; on 0 remove saved files")
     _common(s)
     s.add_argument("--status", type=int, default=0, help="the engine's exit status (default 0)")
     s.add_argument("--job", metavar="NAME", help="only the dumps claimed by this job")
     s.add_argument("--keep", type=int, metavar="N", help="keep the newest N per group (default: staging.keep)")
+    s = sub.add_parser("push", help="push the dumps whose push failed or was never made")
+    _common(s)
+    s.add_argument("--to", metavar="SPEC", help="[user@]host[:port]:dir (default: staging.remote)")
+    s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another run on the area to finish (default: refuse at once)")
     s = sub.add_parser("list", help="print the catalog")
     _common(s)
     s.add_argument("--json", action="store_true", help="one JSON object per dump")
-    for name in ("locate", "restore"):
-        s = sub.add_parser(name, help="which files hold a user or folder, and the chain to restore"
-                           if name == "locate" else "restore a user or folder from the chain of staged files")
+    for name, helptext in (("locate", "which files hold a user or folder, and the chain to restore"),
+                           ("fetch", "fetch the chain's pushed files back from the media server"),
+                           ("restore", "restore a user or folder from the chain of staged files "
+                                       "(fetching pushed ones that are not here)")):
+        s = sub.add_parser(name, help=helptext)
         _common(s)
-        s.add_argument("--from", dest="frm", metavar="DIR",
-                       help="where the engine put the files back (default: the staging directory)")
+        if name == "fetch":
+            s.add_argument("--into", dest="frm", metavar="DIR",
+                           help="where to put the fetched files (default: the staging directory)")
+        else:
+            s.add_argument("--from", dest="frm", metavar="DIR",
+                           help="where the engine put the files back, and where pushed files are fetched "
+                                "to (default: the staging directory)")
+        if name == "restore":
+            s.add_argument("--keep-fetched", action="store_true",
+                           help="keep the files fetched from the media server (default: removed after "
+                                "a successful restore)")
         s.add_argument("--at", metavar="YYYYMMDD[:HHMMSS]", help="the state as of this date (default: newest)")
         s.add_argument("path", help="/partition/user/joe, /partition/joe/Folder, or a user name")
     return p
@@ -143,19 +169,26 @@ def _dispatch(args) -> int:
             progress.update(f"{PROG}: {done}/{total} groups staged, {len(running)} running: "
                             + ", ".join(j.unit.label for j in running))
 
+        def show_push(i, total, d):
+            progress.update(f"{PROG}: pushing {i}/{total}: {d.file}", force=True)
+
         res = stage(inst, directory, args.groups, mode, jobs,
                     after_batch=args.after_batch or inst.config.get("staging.afterbatch"),
                     deadline=args.deadline, job=args.job, lock_wait=args.wait, say=say,
-                    progress=show if progress.enabled else None, plan_only=args.cmd == "plan")
+                    progress=show if progress.enabled else None, plan_only=args.cmd == "plan",
+                    push=getattr(args, "push", None), push_progress=show_push if progress.enabled else None)
         progress.clear()
         if args.cmd == "plan":
             return EXIT_OK
         ok = [o for o in res.dumps if o.ok]
         if args.verbose or sys.stderr.isatty():
             print(f"{PROG}: {len(ok)} of {len(res.dumps)} dumps staged in {directory}, "
-                  f"{human(sum(o.size for o in ok))}, {res.batches} batch(es)", file=sys.stderr)
+                  f"{human(sum(o.size for o in ok))}, {res.batches} batch(es)"
+                  + (f"; {len(res.pushed)} pushed to {res.remote}" if res.remote else ""), file=sys.stderr)
         if res.message:
             print(f"{PROG}: {res.message}", file=sys.stderr)
+        if res.push_message:
+            print(f"{PROG}: {res.push_message}", file=sys.stderr)
         return res.status
     cfg = Config()
     directory = staging_dir(cfg, args.dir)
@@ -166,6 +199,8 @@ def _dispatch(args) -> int:
             print(f"{PROG}: engine status {args.status} recorded on {len(reported)} dumps; "
                   f"{len(removed)} files removed", file=sys.stderr)
         return EXIT_OK
+    if args.cmd == "push":
+        return _push(args, cfg, directory)
     cat = Catalog(directory)
     try:
         if args.cmd == "list":
@@ -175,7 +210,8 @@ def _dispatch(args) -> int:
                 else:
                     print(f"{d.id}\t{d.when()}\t/{d.partition}/{d.grp}\t{d.kind}\t{d.status}"
                           f"\t{d.engine or '-'}\t{d.size if d.size is not None else '-'}\t{d.file}"
-                          f"{'' if d.removed is None else ' (removed)'}{'' if not d.error else ' ' + d.error}")
+                          f"{'' if d.removed is None else ' (removed)'}{'' if not d.error else ' ' + d.error}"
+                          + _push_note(d))
             return EXIT_OK
         groups = Groups.load(cfg.groups_path)
         user, target = user_of(args.path, groups)
@@ -187,10 +223,65 @@ def _dispatch(args) -> int:
         if args.cmd == "locate":
             print_chain(links, user)
             return EXIT_OK
-        return restore_chain(links, target, cfg.home, verbose=args.verbose,
-                             say=lambda s: print(s, file=sys.stderr))
+        say = lambda s: print(s, file=sys.stderr)  # noqa: E731
+        into = places[0]
+        if args.cmd == "fetch":
+            from staging.remote import fetch_links
+            fetched = fetch_links(links, into, cfg, say=say if args.verbose else lambda s: None)
+            print_chain(links, user)
+            missing = [lk.dump.file for lk in links if not lk.found]
+            if missing:
+                raise Missing(f"{len(missing)} of the {len(links)} files are neither here nor pushed: "
+                              f"{', '.join(missing)}; have the engine restore them (see 'locate')")
+            if args.verbose:
+                say(f"{PROG}: {len(fetched)} file(s) fetched into {into}")
+            return EXIT_OK
+        fetched = []
+        if any(not lk.found and lk.remote for lk in links):
+            gaps = [lk.dump.file for lk in links if not lk.found and not lk.remote]
+            if gaps:        # say so before fetching anything
+                raise Missing(f"{len(gaps)} of the {len(links)} files are not back yet and were not pushed: "
+                              f"{', '.join(gaps)}; have the engine restore them (see 'locate'), then run this again")
+            from staging.remote import fetch_links
+            fetched = fetch_links(links, into, cfg, say=say if args.verbose else lambda s: None)
+        rc = restore_chain(links, target, cfg.home, verbose=args.verbose, say=say)
+        if rc == 0 and fetched and not args.keep_fetched:
+            for f in fetched:
+                try:
+                    os.unlink(f.path)
+                except FileNotFoundError:
+                    pass
+            if args.verbose:
+                say(f"{PROG}: removed the {len(fetched)} fetched file(s) (--keep-fetched keeps them)")
+        return rc
     finally:
         cat.close()
+
+
+def _push_note(d) -> str:
+    if d.push == "ok":
+        return f"\tpushed {d.remote} ({d.push_verified})"
+    if d.push == "failed":
+        return f"\tpush FAILED: {d.push_error}"
+    return ""
+
+
+def _push(args, cfg, directory: str) -> int:
+    progress = Progress()
+    say = _say(args.verbose, progress)
+
+    def show(i, total, d):
+        progress.update(f"{PROG}: pushing {i}/{total}: {d.file}", force=True)
+
+    rep, gone = push_pending(cfg, directory, args.to, lock_wait=args.wait, say=say,
+                             progress=show if progress.enabled else None)
+    progress.clear()
+    if args.verbose or sys.stderr.isatty():
+        print(f"{PROG}: {len(rep.pushed)} dump(s) pushed, {len(rep.failed)} failed"
+              + (f", {len(gone)} no longer here to push" if gone else ""), file=sys.stderr)
+    if rep.failed:
+        print(f"{PROG}: {rep.message}", file=sys.stderr)
+    return rep.status
 
 
 def print_chain(links, user: str, out=None) -> None:
@@ -198,7 +289,12 @@ def print_chain(links, user: str, out=None) -> None:
     print(f"{user}: {len(links)} file(s) to restore, in this order:", file=out)
     for i, lk in enumerate(links, 1):
         d = lk.dump
-        where = lk.found or ("not here: saved by the engine" if d.engine == "ok" else "MISSING")
+        if lk.found:
+            where = lk.found
+        elif lk.remote:
+            where = f"not here: pushed to {lk.remote}" + (", saved by the engine" if d.engine == "ok" else "")
+        else:
+            where = "not here: saved by the engine" if d.engine == "ok" else "MISSING"
         print(f"  {i}. {d.when()}  {d.kind:4}  /{d.partition}/{d.grp}  {d.file}  {d.size} bytes  "
               f"sha256 {d.sha256}  [{where}]", file=out)
 

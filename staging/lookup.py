@@ -1,5 +1,6 @@
 """Restore lookup: which staged files of which dates hold a user, the full + incremental
-chain to apply, and the restore itself from files the engine has put back."""
+chain to apply, and the restore itself from files the engine has put back (or that
+were fetched back from the media server they were pushed to, see staging.remote)."""
 from __future__ import annotations
 
 import os
@@ -17,6 +18,12 @@ class Link:
     dump: Dump
     found: str | None        # where the file is now (checked by size), or None
     users: list
+    verified: bool = False   # found's SHA-256 was already checked (a fetched file)
+
+    @property
+    def remote(self) -> str | None:
+        """Where a pushed copy is (device string), or None."""
+        return self.dump.remote if self.dump.push == "ok" else None
 
 
 def _chain_from(catalog: Catalog, newest: Dump) -> list[Dump] | None:
@@ -44,8 +51,9 @@ def find_file(d: Dump, places: list[str]) -> str | None:
 
 def chain_for(catalog: Catalog, user: str, places: list[str], at: float | None = None) -> list[Link]:
     """The chain for ``user``, oldest (the full) first.  The newest dump (at or before
-    ``at``) whose whole chain the engine saved or that is still on disk is chosen; when
-    none is, the newest whole chain is returned and its missing files are reported."""
+    ``at``) whose whole chain is still on disk, saved by the engine or pushed to the
+    media server is chosen; when none is, the newest whole chain is returned and its
+    missing files are reported."""
     held = [d for d in catalog.holding(user) if at is None or d.started <= at]
     if not held:
         raise Missing(f"no complete staging dump holds user {user!r}"
@@ -59,7 +67,7 @@ def chain_for(catalog: Catalog, user: str, places: list[str], at: float | None =
         links = [Link(x, find_file(x, places), catalog.users(x.id)) for x in chain]
         if first_whole is None:
             first_whole = links
-        if all(lk.found or lk.dump.engine == "ok" for lk in links):
+        if all(lk.found or lk.dump.engine == "ok" or lk.remote for lk in links):
             return links
     if first_whole is None:
         raise Missing(f"the dumps holding {user!r} have no complete chain back to a full dump")
@@ -74,7 +82,7 @@ def restore_chain(links: list[Link], target: str, home: str, verbose: bool = Fal
         raise Missing(f"{len(missing)} of the {len(links)} files are not back yet: {', '.join(missing)}; "
                       f"have the engine restore them (see 'locate'), then run this again")
     for lk in links:
-        if check_digest:
+        if check_digest and not lk.verified:
             size, digest = sha256_of(lk.found)
             if digest != lk.dump.sha256:
                 raise StagingError(f"{lk.found} is not the file the catalog recorded (sha256 {digest[:12]}... "

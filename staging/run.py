@@ -1,5 +1,6 @@
 """One staging run, start to end: lock, recover from a killed run, plan, dump in
-batches, hand each full batch to the engine, record, clean up.  The command line
+batches, push each batch to the media server (when a remote is set), hand each full
+batch to the engine, record, clean up.  The command line
 (:mod:`staging.cli`) and the NetBackup notify scripts call these functions."""
 from __future__ import annotations
 
@@ -46,17 +47,34 @@ class StageResult:
     batches: int = 0
     recovered: int = 0                               # stale 'running' rows turned 'failed'
     message: str = ""
+    remote: str | None = None                        # where dumps were pushed
+    pushed: list = field(default_factory=list)       # Dump rows pushed
+    push_failed: list = field(default_factory=list)  # (Dump, error, status)
+    push_message: str = ""
+
+
+def remote_of(config, given: str | None) -> str | None:
+    """The push target: ``given`` (``--push``; "" for none) or ``staging.remote``."""
+    spec = config.get("staging.remote") if given is None else given
+    if not spec:
+        return None
+    from staging.remote import push_target
+    return push_target(spec, "--push" if given else "staging.remote")
 
 
 def stage(inst, directory: str, names: list[str] | None = None, mode: str = "full", jobs: int = 1,
           after_batch: str | None = None, deadline: float | None = None, job: str | None = None,
-          lock_wait: float = 0.0, say=lambda s: None, progress=None, plan_only: bool = False) -> StageResult:
-    """Dump the groups into ``directory``.  ``deadline`` is seconds from now."""
+          lock_wait: float = 0.0, say=lambda s: None, progress=None, plan_only: bool = False,
+          push: str | None = None, push_progress=None) -> StageResult:
+    """Dump the groups into ``directory``.  ``deadline`` is seconds from now.  ``push``
+    is the remote directory each completed dump is pushed to (None: ``staging.remote``;
+    "": no push)."""
     t_end = time.monotonic() + deadline if deadline else None
+    remote = None if plan_only else remote_of(inst.config, push)
     lock = AreaLock(directory).acquire(lock_wait, "imsstage dump")
     cat = Catalog(directory)
     try:
-        res = StageResult()
+        res = StageResult(remote=remote)
         stale = cat.fail_stale()
         res.recovered = len(stale)
         left = remove_leftovers(directory)
@@ -117,6 +135,16 @@ def stage(inst, directory: str, names: list[str] | None = None, mode: str = "ful
             if failed:
                 res.status = EXIT_PARTIAL
             ok_ids = [o.dump.id for o in outs if o.ok]
+            if remote and ok_ids:
+                from staging.remote import push_dumps
+                rep = push_dumps(cat, directory, [cat.get(i) for i in ok_ids], remote, inst.config,
+                                 say=say, progress=push_progress, deadline=t_end)
+                res.pushed += rep.pushed
+                res.push_failed += rep.failed
+                if rep.skipped:
+                    say(f"{len(rep.skipped)} dump(s) not pushed: {rep.skipped[0][1]}; 'imsstage push' sends them")
+                if rep.failed and not res.push_message:
+                    res.push_message = rep.message
             if i < len(plan.batches):
                 files = [os.path.join(directory, o.dump.file) for o in outs if o.ok]
                 say(f"batch {i} of {len(plan.batches)} staged; running: {after_batch}")
@@ -137,7 +165,35 @@ def stage(inst, directory: str, names: list[str] | None = None, mode: str = "ful
             bad = [o for o in res.dumps if not o.ok]
             res.message = f"{len(bad)} of {len(res.dumps)} dumps failed: " + "; ".join(
                 f"{o.unit.label}: {o.error}" for o in bad)
+        if res.push_failed:
+            # the push's own status (10 connect, 11 host key, 12 auth, 13 far disk full,
+            # 14 link lost, 3 otherwise) says more than "some dumps failed"
+            res.status = res.push_failed[0][2]
         return res
+    finally:
+        cat.close()
+        lock.release()
+
+
+def push_pending(config, directory: str, spec: str | None = None, lock_wait: float = 0.0,
+                 say=lambda s: None, progress=None):
+    """``imsstage push``: push the complete dumps whose push failed or was never made
+    (to ``spec``, else ``staging.remote``).  Returns (PushReport, dumps gone locally)."""
+    remote = remote_of(config, spec)
+    if not remote:
+        raise StagingError("no remote to push to: pass --to [user@]host[:port]:dir or run "
+                           "'msconfig set staging.remote [user@]host[:port]:dir'")
+    lock = AreaLock(directory).acquire(lock_wait, "imsstage push")
+    cat = Catalog(directory)
+    try:
+        from staging.remote import PushReport, push_dumps
+        todo = cat.unpushed()
+        gone = [d for d in todo if d.removed is not None]
+        todo = [d for d in todo if d.removed is None]
+        for d in gone:
+            say(f"{d.file}: not pushed: its file was removed from the area after the engine saved it")
+        rep = push_dumps(cat, directory, todo, remote, config, say=say, progress=progress) if todo else PushReport()
+        return rep, gone
     finally:
         cat.close()
         lock.release()

@@ -1,0 +1,171 @@
+"""Remote copies of staged dumps on a media server over SSH: push each completed file
+(``staging.remote`` or ``--push``), record where it went, fetch it back for a restore.
+
+The SSH plugin (``plugins.ssh``) is imported only here, and only when a remote is
+actually used, so the staging area works without paramiko; when the plugin is not
+installed or not allowed (``IMS_ASM_PLUGINS``) the command says so in one line.
+The transfer itself is the plugin's: a temporary name on the far side, renamed when
+complete, its SHA-256 checked there where a shell is available.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from asm.cli.common import EXIT_DEVICE, EXIT_LINKLOST, EXIT_USAGE, device_status
+from staging.catalog import Catalog, Dump
+from staging.errors import StagingError
+
+SSH_PLUGIN = "ssh"          # the entry point name in the ims_asm group
+
+
+def ssh_module(what: str):
+    """``plugins.ssh``, checked to be installed and allowed; else a StagingError."""
+    from asm import plugins as registry
+    if registry.get_manager().get_plugin(SSH_PLUGIN) is None:
+        allowed = os.environ.get("IMS_ASM_PLUGINS", "").strip()
+        why = (f"IMS_ASM_PLUGINS={allowed} leaves it out: add {SSH_PLUGIN} to that list" if allowed else
+               "it is not installed: install ims-asm with its ssh plugin (it needs paramiko)")
+        raise StagingError(f"{what} needs the ssh plugin, but {why}", EXIT_USAGE)
+    import plugins.ssh as ssh
+    return ssh
+
+
+def push_target(spec: str, what: str = "staging.remote") -> str:
+    """The remote directory spec, checked, ending in '/' (so every dump keeps its name
+    and a missing directory is an error rather than a file named like it)."""
+    spec = (spec or "").strip()
+    ssh = ssh_module(f"pushing to {spec!r}")
+    try:
+        _parse(spec)
+    except ssh.RemoteError as exc:
+        raise StagingError(f"bad {what}: {exc}", EXIT_USAGE) from None
+    return spec if spec.endswith("/") else spec + "/"
+
+
+def _parse(spec: str):
+    from plugins.ssh.spec import parse
+    return parse(spec)
+
+
+def file_spec(dir_spec: str, remote_path: str) -> str:
+    """The device string of one pushed file: ``[user@]host[:port]:path`` (the user and
+    port as given in ``dir_spec``; a relative path stays relative to the remote home)."""
+    rs = _parse(dir_spec)
+    host = f"[{rs.host}]" if ":" in rs.host else rs.host
+    return f"{rs.user + '@' if rs.user else ''}{host}{':' + str(rs.port) if rs.port else ''}:{remote_path}"
+
+
+def _status(exc: BaseException) -> int:
+    return device_status(exc) if isinstance(exc, OSError) else EXIT_DEVICE
+
+
+@dataclass
+class PushReport:
+    pushed: list = field(default_factory=list)      # Dump rows after a good push
+    failed: list = field(default_factory=list)      # (Dump, error, exit status)
+    skipped: list = field(default_factory=list)     # (Dump, why): local file gone, deadline
+    status: int = 0
+    message: str = ""
+
+
+def push_dumps(catalog: Catalog, directory: str, dumps: list[Dump], spec: str, config,
+               say=lambda s: None, progress=None, deadline: float | None = None) -> PushReport:
+    """Push the files of ``dumps`` to the directory ``spec`` (one SSH session each),
+    recording each outcome in ``catalog``.  After an error that every further push
+    would meet too (connection, host key, authentication, far disk full, a missing
+    directory) the rest are marked failed with the same error without trying; after a
+    dropped link or a digest mismatch the next one is tried.  ``deadline`` is a
+    time.monotonic() value after which no new push starts."""
+    ssh = ssh_module(f"pushing to {spec!r}")
+    rep = PushReport()
+    stop: tuple[str, int] | None = None
+    for i, d in enumerate(dumps, 1):
+        local = os.path.join(directory, d.file)
+        if stop is not None:
+            catalog.push_failed(d.id, stop[0])
+            rep.failed.append((catalog.get(d.id), stop[0], stop[1]))
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            rep.skipped.append((d, "the deadline passed before its push"))
+            continue
+        try:
+            if os.path.getsize(local) != d.size:
+                raise OSError(f"{local} is {os.path.getsize(local)} bytes, the catalog says {d.size}")
+        except OSError as exc:
+            rep.skipped.append((d, f"local file not there ({exc.strerror or exc})"))
+            say(f"{d.file}: not pushed: local file not there")
+            continue
+        if progress:
+            progress(i, len(dumps), d)
+        t0 = time.monotonic()
+        try:
+            r = ssh.push(local, spec, config)
+            if r.sha256 != d.sha256:
+                # the file changed since it was dumped: do not leave it looking good over there
+                try:
+                    ssh.remove(file_spec(spec, r.remote_path), config)
+                except ssh.RemoteError:
+                    pass
+                raise StagingError(f"{local} changed since it was dumped (sha256 {r.sha256[:12]}... instead of "
+                                   f"{d.sha256[:12]}...): its remote copy was removed; dump the group again",
+                                   EXIT_DEVICE)
+        except (ssh.RemoteError, StagingError) as exc:
+            status = exc.status if isinstance(exc, StagingError) else _status(exc)
+            error = str(exc)
+            catalog.push_failed(d.id, error)
+            rep.failed.append((catalog.get(d.id), error, status))
+            say(f"{d.file}: push FAILED: {error}")
+            if status != EXIT_LINKLOST and not isinstance(exc, (ssh.VerifyFailed, StagingError)):
+                stop = (error, status)
+            continue
+        remote = file_spec(spec, r.remote_path)
+        catalog.push_ok(d.id, remote, r.verified)
+        rep.pushed.append(catalog.get(d.id))
+        say(f"{d.file}: pushed to {remote} ({r.size} bytes in {time.monotonic() - t0:.1f}s, "
+            f"verified by {'sha256 on the far side' if r.verified == 'sha256' else 'size (no shell there)'})")
+    if rep.failed:
+        d, error, status = rep.failed[0]
+        rep.status = status
+        n = len(rep.failed)
+        rep.message = (f"{n} of {len(dumps)} dump(s) not pushed to {spec} (the files stay in {directory}; "
+                       f"'imsstage push' retries): {error}")
+    return rep
+
+
+@dataclass
+class Fetched:
+    dump: Dump
+    path: str
+    verified: str
+
+
+def fetch_links(links, into: str, config, say=lambda s: None) -> list[Fetched]:
+    """Fetch every link of a restore chain that is not present but was pushed, into
+    ``into``, checked against the catalog's SHA-256.  Sets ``found`` and ``verified``
+    on those links.  Raises StagingError (with the ssh error's exit status)."""
+    want = [lk for lk in links if not lk.found and lk.dump.push == "ok" and lk.dump.remote]
+    if not want:
+        return []
+    ssh = ssh_module(f"fetching {want[0].dump.file} from {want[0].dump.remote}")
+    try:
+        os.makedirs(into, exist_ok=True)
+    except OSError as exc:
+        raise StagingError(f"cannot create {into!r} for fetched files: {exc.strerror}") from None
+    out = []
+    for lk in want:
+        d = lk.dump
+        dest = os.path.join(into, d.file)
+        t0 = time.monotonic()
+        try:
+            r = ssh.fetch(d.remote, dest, config, sha256=d.sha256)
+        except ssh.RemoteError as exc:
+            raise StagingError(f"cannot fetch {d.file} from {d.remote}: {exc}", _status(exc)) from None
+        except OSError as exc:
+            raise StagingError(f"cannot fetch {d.file} into {into}: {exc.strerror or exc}", _status(exc)) from None
+        lk.found, lk.verified = r.local_path, True
+        say(f"imsstage: fetched {d.file} from {d.remote} ({r.size} bytes in {time.monotonic() - t0:.1f}s, "
+            f"sha256 checked)")
+        out.append(Fetched(d, r.local_path, r.verified))
+    return out
