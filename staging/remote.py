@@ -6,6 +6,10 @@ actually used, so the staging area works without paramiko; when the plugin is no
 installed or not allowed (``IMS_ASM_PLUGINS``) the command says so in one line.
 The transfer itself is the plugin's: a temporary name on the far side, renamed when
 complete, its SHA-256 checked there where a shell is available.
+
+Pushes run after a batch's dumps, not alongside them: the dumps are forked with a
+pre-exec hook (die with the parent), which is not safe while paramiko's transport
+threads run in this process.
 """
 from __future__ import annotations
 
