@@ -7,8 +7,8 @@ from __future__ import annotations
 from asm.cli.common import EXIT_LOCKED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE  # noqa: F401
 
 EXIT_SPACE = 9          # the staging filesystem cannot hold the run: nothing was dumped
-EXIT_MISSING = 10       # files needed (restore) or fresh dumps (check) are not there
-EXIT_DEADLINE = 11      # the run did not finish before --deadline; unfinished dumps removed
+EXIT_MISSING = 15       # files needed (restore) or fresh dumps (check) are not there
+EXIT_DEADLINE = 16      # the run did not finish before --deadline; unfinished dumps removed
 
 
 class StagingError(Exception):

@@ -124,11 +124,11 @@ def test_check_mode_with_staging_ahead(ims_home, tmp_path, nbu):
     assert "Stage ahead from cron" in r.stdout
     args = ("mailhost", "MAIL", "full", "FULL")
     r = notify(bindir, "bpstart_notify.MAIL.full", *args)
-    assert r.returncode == 10 and "no fresh complete full dump" in r.stderr and rows(st) == []
+    assert r.returncode == 15 and "no fresh complete full dump" in r.stderr and rows(st) == []
     imsstage(ims_home, "--incremental", check=0)    # no full yet: every group gets a full
     imsstage(ims_home, "done", check=0)             # ... which an engine already took
     r = notify(bindir, "bpstart_notify.MAIL.full", *args)
-    assert r.returncode == 10                       # taken ones are not fresh
+    assert r.returncode == 15                       # taken ones are not fresh
     imsstage(ims_home, "--full", check=0)           # the cron job
     r = notify(bindir, "bpstart_notify.MAIL.full", *args)
     assert r.returncode == 0, r.stderr
@@ -137,7 +137,7 @@ def test_check_mode_with_staging_ahead(ims_home, tmp_path, nbu):
     # a group whose file went missing fails the check and names the group
     os.unlink(st / claimed[0]["file"])
     r = notify(bindir, "bpstart_notify.MAIL.full", *args)
-    assert r.returncode == 10 and f"/primary/{claimed[0]['grp']}" in r.stderr
+    assert r.returncode == 15 and f"/primary/{claimed[0]['grp']}" in r.stderr
     r = notify(bindir, "bpend_notify.MAIL.full", *args, "0")
     assert r.returncode == 0
     assert staged_files(st) == []
@@ -165,7 +165,7 @@ def test_restore_prints_bprestore_then_restores(ims_home, tmp_path, nbu):
     want = user_view(store, "heidi")
     back = tmp_path / "back ü"
     r = imsnbu(ims_home, "restore", "/primary/user/heidi", "--from", str(back), "--client", "mailhost")
-    assert r.returncode == 10
+    assert r.returncode == 15
     cmd = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("bprestore ")]
     assert len(cmd) == 1 and "-C mailhost" in cmd[0] and "-t 0" in cmd[0]
     gb = sorted(d["file"] for d in rows(st) if d["grp"] == "gB")

@@ -115,7 +115,7 @@ def _restore(args, cfg) -> int:
         print("  " + " ".join(shlex.quote(c) for c in cmd))
         print(f"then run again: {PROG} restore {shlex.quote(args.path)}"
               + (f" --from {shlex.quote(place)}" if args.frm else ""))
-        return 10
+        return 15  # staging.errors.EXIT_MISSING: the engine must put the files back
     return restore_chain(links, target, cfg.home, verbose=args.verbose, say=lambda s: print(s, file=sys.stderr))
 
 
