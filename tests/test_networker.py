@@ -7,7 +7,6 @@ import hashlib
 import importlib.util
 import io
 import os
-import shutil
 import subprocess
 import time
 

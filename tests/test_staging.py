@@ -19,18 +19,11 @@ from tests.conftest import CI
 
 # -- helpers (test_netbackup.py uses them too) --
 
-import hashlib
-import io
-import os
-import sqlite3
-import subprocess
-import sys
-import time
+import hashlib  # noqa: E402
+import sqlite3  # noqa: E402
 
-from asm.cli.demo import fingerprint
-from asm.config import Config
-from asm.demo import build_demo
-from asm.store import open_store
+from asm.cli.demo import fingerprint  # noqa: E402
+from asm.demo import build_demo  # noqa: E402
 
 GROUPS = "gA=[a-f].*\ngB=[g-m].*\ngC=[n-r].*\n"     # the rest (s-z) fall in 'user'
 

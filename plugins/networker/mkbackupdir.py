@@ -15,7 +15,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
