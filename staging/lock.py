@@ -6,10 +6,9 @@ while any of them still writes.
 """
 from __future__ import annotations
 
-import fcntl
 import os
-import time
 
+from asm.locks import flock_wait
 from staging.errors import LockHeld
 
 LOCK_NAME = ".lock"
@@ -22,21 +21,14 @@ class AreaLock:
 
     def acquire(self, wait: float = 0.0, what: str = "imsstage") -> "AreaLock":
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + wait
-        while True:
+        if not flock_wait(fd, wait, poll=0.2):
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    try:
-                        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
-                    except OSError:
-                        holder = "?"
-                    os.close(fd)
-                    raise LockHeld(f"another staging run (pid {holder}) is using {os.path.dirname(self.path)}; "
-                                   f"wait for it to finish, or use another staging directory") from None
-                time.sleep(0.2)
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            except OSError:
+                holder = "?"
+            os.close(fd)
+            raise LockHeld(f"another staging run (pid {holder}) is using {os.path.dirname(self.path)}; "
+                           f"wait for it to finish, or use another staging directory")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
         self.fd = fd

@@ -95,6 +95,17 @@ def human(n: float) -> str:
     return str(n)
 
 
+def blocking_factor(text: str) -> int:
+    """argparse type for -b: records of 512*N bytes, N from 1 to 2048."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 2048:
+        raise argparse.ArgumentTypeError(f"bad blocking factor {text!r}: use 1 to 2048")
+    return n
+
+
 def parse_date(text: str) -> float:
     """``YYYYMMDD[:HHMMSS]`` in local time, as the classic tools take it."""
     import datetime as dt

@@ -10,7 +10,7 @@ import time
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup, select
 from asm.cli.common import (
-    EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, Progress, UsageError,
+    EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, Progress, UsageError, blocking_factor,
     device_status, die, human, parse_date, read_list_file, sigterm_as_interrupt, warn,
 )
 from asm.cli.context import open_installation
@@ -27,7 +27,7 @@ def build_parser() -> ArgParser:
     p = ArgParser(prog=PROG, description="Back up mailboxes to a file, tape, pipe or remote device.")
     p.add_argument("-f", dest="device", required=True, metavar="DEVICE",
                    help="file, tape or FIFO to write; '-' for stdout; [user@]host:path via a device plugin")
-    p.add_argument("-b", dest="bf", type=int, default=20, metavar="N",
+    p.add_argument("-b", dest="bf", type=blocking_factor, default=20, metavar="N",
                    help="blocking factor: every write is 512*N bytes (default 20)")
     p.add_argument("-d", dest="date", metavar="YYYYMMDD[:HHMMSS]",
                    help="only messages stored at or after this local time (incremental)")
@@ -44,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sigterm_as_interrupt()
     try:
-        if not 1 <= args.bf <= 2048:
-            raise UsageError(f"bad blocking factor {args.bf}: use 1 to 2048")
         since = parse_date(args.date) if args.date else None
         names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
         inst = open_installation()

@@ -12,7 +12,7 @@ from asm.archive.errors import ArchiveError, IncompleteArchive, NotAnArchive
 from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
     EXIT_HOSTILE, EXIT_NOT_ARCHIVE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
-    EXIT_USAGE, ArgParser, Progress, UsageError, device_status, die, human, sigterm_as_interrupt, warn,
+    EXIT_USAGE, ArgParser, Progress, UsageError, blocking_factor, device_status, die, human, sigterm_as_interrupt, warn,
 )
 from asm.cli.context import open_installation
 from asm.config import ConfigError
@@ -32,7 +32,7 @@ def build_parser() -> ArgParser:
     p = ArgParser(prog=PROG, description="Restore mailboxes from an imsbackup archive.", add_help=False)
     p.add_argument("-f", dest="device", required=True, metavar="DEVICE",
                    help="archive file, tape or FIFO; '-' for stdin; [user@]host:path via a device plugin")
-    p.add_argument("-b", dest="bf", type=int, default=20, metavar="N", help="blocking factor (default 20)")
+    p.add_argument("-b", dest="bf", type=blocking_factor, default=20, metavar="N", help="blocking factor (default 20)")
     p.add_argument("-t", dest="toc", action="store_true", help="list the archive's contents; restore nothing")
     p.add_argument("-h", dest="header", action="store_true", help="print the archive header; restore nothing")
     p.add_argument("--help", action="help", help="show this help and exit")
@@ -97,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sigterm_as_interrupt()
     try:
-        if not 1 <= args.bf <= 2048:
-            raise UsageError(f"bad blocking factor {args.bf}: use 1 to 2048")
         inst = open_installation()
         paths = [parse(p, inst.groups) for p in args.paths]
         user_map = read_map(args.mapfile) if args.mapfile else {}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ import uuid
 from typing import BinaryIO, Iterable
 
 from asm.hookspecs import hookimpl
+from asm.locks import flock_wait
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchUser, Store, StoreError, UidInUse, UserExists, check_folder_name,
@@ -252,16 +252,9 @@ class ClassicStore(Store):
                 reentered = False
         if not reentered:
             fd = os.open(os.path.join(fdir, "store.lck"), os.O_RDWR | os.O_CREAT, 0o600)
-            deadline = time.monotonic() + (self.lock_timeout if timeout is None else timeout)
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        os.close(fd)
-                        raise LockTimeout(f"folder {folder!r} of user {user!r}") from None
-                    time.sleep(0.02)
+            if not flock_wait(fd, self.lock_timeout if timeout is None else timeout):
+                os.close(fd)
+                raise LockTimeout(f"folder {folder!r} of user {user!r}")
             with self._mutex:
                 self._held[fdir] = (fd, 1)
         try:
