@@ -294,6 +294,7 @@ def ensure_store(base: str, driver: str, messages: int = 20000, users: int = 200
                  mix: str = "default", seed: int = 1, new_fraction: float = 0.01,
                  force: bool = False, quiet: bool = False) -> dict:
     """The manifest of the cached store with these parameters, generated if missing."""
+    parse_mix(mix)                  # a bad --size-mix fails before anything is written
     home = store_dir(os.path.abspath(base), driver, messages, users, mix, seed)
     path = os.path.join(home, MANIFEST)
     if not force and os.path.exists(path):
