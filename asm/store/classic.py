@@ -95,6 +95,11 @@ class ClassicStore(Store):
         self._db.executescript(_SCHEMA)
         self._held: dict[str, tuple[int, int]] = {}   # folder dir -> (fd, depth)
         self._idx: dict[str, sqlite3.Connection] = {}
+        self._where: dict[str, tuple[str, str]] = {}  # user -> (partition, dir): never change
+        # while this process holds a folder's lock nobody else changes it, so its
+        # mailbox-list row and its [UIDNEXT, highest UID] are kept in memory
+        self._rows: dict[tuple[str, str], list] = {}
+        self._counters: dict[str, list] = {}
         self._mutex = threading.RLock()
 
     # -- paths -------------------------------------------------------------
@@ -110,8 +115,15 @@ class ClassicStore(Store):
             raise NoSuchUser(user)
         return row
 
+    def _user_where(self, user: str) -> tuple[str, str]:
+        where = self._where.get(user)
+        if where is None:
+            part, d, _ = self._user_row(user)
+            where = self._where[user] = (part, d)
+        return where
+
     def _user_path(self, user: str) -> str:
-        part, d, _ = self._user_row(user)
+        part, d = self._user_where(user)
         return os.path.join(self.partition_path(part), d)
 
     def _folder_dir(self, user: str, folder: str) -> str:
@@ -122,7 +134,8 @@ class ClassicStore(Store):
 
     @staticmethod
     def _msg_path(fdir: str, uid: int) -> str:
-        return os.path.join(fdir, f"{uid & 0xff:02x}", f"{uid}.msg")
+        # 256 consecutive UIDs share a hash directory: small folders have one
+        return os.path.join(fdir, f"{uid >> 8:02x}", f"{uid}.msg")
 
     def _chown(self, path: str) -> None:
         if self.owner and os.geteuid() == 0:
@@ -147,21 +160,30 @@ class ClassicStore(Store):
             path = os.path.join(fdir, "store.idx")
             if not os.path.exists(path):
                 raise FileNotFoundError(path)
-            con = sqlite3.connect(path, timeout=self.lock_timeout, isolation_level=None,
-                                  check_same_thread=False)
-            con.execute("PRAGMA synchronous=OFF")  # durability: Store.sync() at the end of a run
-            if len(self._idx) > 64:
-                for k in list(self._idx)[:32]:
-                    if k not in self._held:
-                        self._idx.pop(k).close()
-            self._idx[fdir] = con
+            con = self._connect_index(path)
+            self._cache_index(fdir, con)
         return con
+
+    def _connect_index(self, path: str) -> sqlite3.Connection:
+        con = sqlite3.connect(path, timeout=self.lock_timeout, isolation_level=None,
+                              check_same_thread=False)
+        con.execute("PRAGMA synchronous=OFF")  # durability: Store.sync() at the end of a run
+        return con
+
+    def _cache_index(self, fdir: str, con: sqlite3.Connection) -> None:
+        if len(self._idx) >= 64:
+            for k in [k for k in self._idx if k not in self._held][:32]:
+                self._idx.pop(k).close()
+        self._idx[fdir] = con
 
     def _meta(self, con: sqlite3.Connection) -> dict:
         return dict(con.execute("SELECT k, v FROM meta").fetchall())
 
     def _check_folder(self, user: str, folder: str) -> tuple[str, int, int]:
         folder = check_folder_name(folder)
+        hit = self._rows.get((user, folder))
+        if hit is not None:
+            return folder, hit[0], hit[1]
         row = self._db.execute("SELECT uidvalidity, subscribed FROM folders WHERE user=? AND name=?",
                                (user, folder)).fetchone()
         if row is None:
@@ -179,7 +201,7 @@ class ClassicStore(Store):
             "SELECT user FROM users WHERE partition=? ORDER BY user", (partition,))]
 
     def user_partition(self, user: str) -> str:
-        return self._user_row(user)[0]
+        return self._user_where(user)[0]
 
     def folder_names(self, user: str) -> list[str]:
         self._user_row(user)
@@ -241,7 +263,7 @@ class ClassicStore(Store):
     # -- locking -----------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, user: str, folder: str, timeout: float | None = None):
-        folder, _, _ = self._check_folder(user, folder)
+        folder, uidvalidity, subscribed = self._check_folder(user, folder)
         fdir = self._folder_dir(user, folder)
         with self._mutex:
             held = self._held.get(fdir)
@@ -257,6 +279,17 @@ class ClassicStore(Store):
                 raise LockTimeout(f"folder {folder!r} of user {user!r}")
             with self._mutex:
                 self._held[fdir] = (fd, 1)
+                self._rows[(user, folder)] = [uidvalidity, subscribed]
+            try:
+                # everything done under the lock is one index transaction: a folder
+                # restored under one lock costs one commit, not one per message
+                self._index(fdir).execute("BEGIN")
+            except BaseException:
+                with self._mutex:
+                    del self._held[fdir]
+                    self._rows.pop((user, folder), None)
+                os.close(fd)
+                raise
         try:
             yield
         finally:
@@ -266,7 +299,16 @@ class ClassicStore(Store):
                     self._held[fdir] = (fd, depth - 1)
                 else:
                     del self._held[fdir]
-                    os.close(fd)   # closing drops the flock
+                    self._rows.pop((user, folder), None)
+                    self._counters.pop(fdir, None)
+                    try:
+                        # each change is complete on its own (file renamed before its
+                        # row), so what was done is committed even after an error
+                        con = self._idx.get(fdir)
+                        if con is not None and con.in_transaction:
+                            con.execute("COMMIT")
+                    finally:
+                        os.close(fd)   # closing drops the flock
 
     # -- write side ----------------------------------------------------------
     def create_user(self, user: str, partition: str = "primary") -> None:
@@ -287,6 +329,7 @@ class ClassicStore(Store):
         self._db.execute("DELETE FROM folders WHERE user=?", (user,))
         self._db.execute("DELETE FROM users WHERE user=?", (user,))
         self._db.execute("COMMIT")
+        self._where.pop(user, None)
         shutil.rmtree(path, ignore_errors=True)
 
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
@@ -303,10 +346,14 @@ class ClassicStore(Store):
         idx = os.path.join(fdir, "store.idx")
         if os.path.exists(idx):  # left by a crash between index and mailbox list: start clean
             os.unlink(idx)
-        con = sqlite3.connect(idx, isolation_level=None)
-        con.executescript(_IDX_SCHEMA)
+        con = self._connect_index(idx)
+        con.executescript("BEGIN;" + _IDX_SCHEMA)
         con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (max(1, uidnext),))
-        con.close()
+        con.execute("COMMIT")
+        old = self._idx.pop(fdir, None)
+        if old is not None:
+            old.close()
+        self._cache_index(fdir, con)
         self._chown(idx)
         self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,?)",
                          (user, folder, uidvalidity, int(subscribed)))
@@ -340,16 +387,21 @@ class ClassicStore(Store):
                    uidnext: int | None = None, subscribed: bool | None = None) -> FolderInfo:
         folder, _, _ = self._check_folder(user, folder)
         with self.lock(user, folder):
+            row = self._rows[(user, folder)]
             if uidvalidity is not None:
                 self._db.execute("UPDATE folders SET uidvalidity=? WHERE user=? AND name=?",
                                  (uidvalidity, user, folder))
+                row[0] = uidvalidity
             if subscribed is not None:
                 self._db.execute("UPDATE folders SET subscribed=? WHERE user=? AND name=?",
                                  (int(subscribed), user, folder))
+                row[1] = int(subscribed)
             if uidnext is not None:
-                con = self._index(self._folder_dir(user, folder))
+                fdir = self._folder_dir(user, folder)
+                con = self._index(fdir)
                 top = con.execute("SELECT COALESCE(MAX(uid), 0) FROM msgs").fetchone()[0]
                 con.execute("UPDATE meta SET v=? WHERE k='uidnext'", (max(uidnext, top + 1),))
+                self._counters.pop(fdir, None)
             return self.folder(user, folder)
 
     def _write_file(self, fdir: str, uid: int, src: BinaryIO | None, link_from: str | None,
@@ -399,8 +451,12 @@ class ClassicStore(Store):
         with self.lock(user, folder):
             fdir = self._folder_dir(user, folder)
             con = self._index(fdir)
-            uidnext = self._meta(con)["uidnext"]
-            top = con.execute("SELECT COALESCE(MAX(uid), 0) FROM msgs").fetchone()[0]
+            ctr = self._counters.get(fdir)
+            if ctr is None:
+                ctr = self._counters[fdir] = [
+                    self._meta(con)["uidnext"],
+                    con.execute("SELECT COALESCE(MAX(uid), 0) FROM msgs").fetchone()[0]]
+            uidnext, top = ctr
             if uid is None:
                 uid = max(uidnext, top + 1)
             elif uid <= top:
@@ -408,7 +464,9 @@ class ClassicStore(Store):
             path, size = self._write_file(fdir, uid, src, link_from, internaldate)
             con.execute("INSERT INTO msgs VALUES (?,?,?,?,?,?)",
                         (uid, _flags_text(sys_flags), " ".join(extra), internaldate, stored, size))
-            con.execute("UPDATE meta SET v=? WHERE k='uidnext'", (max(uidnext, uid + 1),))
+            ctr[0], ctr[1] = max(uidnext, uid + 1), uid
+            if ctr[0] != uidnext:
+                con.execute("UPDATE meta SET v=? WHERE k='uidnext'", (ctr[0],))
             st = os.stat(path)
             return MessageInfo(uid, sys_flags, extra, internaldate, stored, size, path,
                                st.st_dev, st.st_ino, st.st_nlink)
@@ -432,11 +490,15 @@ class ClassicStore(Store):
         with self.lock(user, folder):
             fdir = self._folder_dir(user, folder)
             con = self._index(fdir)
-            for uid in uids:
-                if con.execute("DELETE FROM msgs WHERE uid=?", (uid,)).rowcount:
-                    n += 1
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self._msg_path(fdir, uid))
+            gone = [uid for uid in uids if con.execute("DELETE FROM msgs WHERE uid=?", (uid,)).rowcount]
+            self._counters.pop(fdir, None)
+            if gone and con.in_transaction:
+                con.execute("COMMIT")        # rows go first: a crash never lists a missing file
+                con.execute("BEGIN")
+            for uid in gone:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._msg_path(fdir, uid))
+            n = len(gone)
         return n
 
     # -- deliveries --------------------------------------------------------

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 from asm.devices import is_remote
 from asm.hookspecs import hookimpl
-from plugins.ssh import device
-from plugins.ssh.connection import Settings, connect
-from plugins.ssh.spec import parse
 
 
 def _localonly(config) -> bool:
@@ -14,6 +11,10 @@ def _localonly(config) -> bool:
 
 def open_remote(spec: str, mode: str, blocking_factor: int = 20, config=None):
     """Open a remote device; raises a :class:`plugins.ssh.errors.RemoteError`."""
+    # imported here: paramiko is loaded only when a remote device is really used
+    from plugins.ssh import device
+    from plugins.ssh.connection import Settings, connect
+    from plugins.ssh.spec import parse
     rs = parse(spec)
     conn = connect(rs, Settings.from_config(config))
     try:
