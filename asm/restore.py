@@ -247,6 +247,7 @@ class Restorer:
     # -- main loop --------------------------------------------------------------
     def restore(self) -> RestoreResult:
         t0 = time.monotonic()
+        self.store.deferred_sync = True      # one sync() at the end instead of an fsync per file
         plugins.run_start(self.run)
         status = 1
         try:
@@ -279,6 +280,7 @@ class Restorer:
         if self.res.pending and self.opts.reffile:
             write_reffile(self.opts.reffile, self.header, self.res.pending)
         self.store.sync()
+        self.store.deferred_sync = False
         return self.res
 
     def _member_error(self, exc: Exception) -> None:

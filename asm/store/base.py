@@ -111,6 +111,9 @@ class Store(abc.ABC):
     """
 
     name = "abstract"
+    #: True while a caller (a restore) promises to call :meth:`sync` before it reports
+    #: success: drivers may then skip per-file fsyncs of their metadata.
+    deferred_sync = False
 
     # -- read side ------------------------------------------------------------
     @abc.abstractmethod

@@ -225,6 +225,9 @@ class MaildirStore(Store):
 
     def __init__(self, config: Config):
         self.config = config
+        self._parts = config.partitions()          # read once: asked for on every call
+        self._owner = config.owner()
+        self._subs_cache: dict[str, tuple] = {}     # Maildir root -> (stat key, names)
         self._held: dict[tuple[str, str], _Held] = {}
         self._mutex = threading.RLock()
         self._seq = 0
@@ -235,10 +238,10 @@ class MaildirStore(Store):
 
     # ------------------------------------------------------------------ layout
     def partitions(self) -> list[str]:
-        return list(self.config.partitions())
+        return list(self._parts)
 
     def partition_path(self, partition: str) -> str:
-        parts = self.config.partitions()
+        parts = self._parts
         if partition not in parts:
             raise StoreError(f"no such partition: {partition!r} (known: {', '.join(parts)})")
         return parts[partition]
@@ -253,7 +256,7 @@ class MaildirStore(Store):
 
     def user_partition(self, user: str) -> str:
         check_user_name(user)
-        for part, path in self.config.partitions().items():
+        for part, path in self._parts.items():
             if os.path.isdir(os.path.join(path, user, "Maildir")):
                 return part
         raise NoSuchUser(user)
@@ -312,7 +315,7 @@ class MaildirStore(Store):
     def _owner_for(self, near: str) -> tuple[int, int] | None:
         if os.geteuid() != 0:
             return None
-        owner = self.config.owner()
+        owner = self._owner
         if owner:
             return owner
         try:                     # unset store.owner: keep what the store already uses
@@ -333,8 +336,11 @@ class MaildirStore(Store):
         os.mkdir(path, 0o700)
         self._chown(path, owner)
 
-    def _write_file(self, path: str, data: bytes, owner, fsync: bool = True) -> None:
-        """Write ``path`` atomically (temp + rename in the same directory)."""
+    def _write_file(self, path: str, data: bytes, owner, fsync: bool | None = None) -> None:
+        """Write ``path`` atomically (temp + rename in the same directory); fsynced
+        unless the caller deferred durability to one sync() at the end."""
+        if fsync is None:
+            fsync = not self.deferred_sync
         d, base = os.path.split(path)
         tmp = os.path.join(d, f"{base}.{self._pid}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -738,15 +744,25 @@ class MaildirStore(Store):
         raise MessageGone(user, folder, uid)
 
     # ------------------------------------------------------------------ subscriptions
-    @staticmethod
-    def _subscriptions(root: str) -> set:
+    def _subscriptions(self, root: str) -> set:
+        """The subscribed folder names; re-read only when the file changed."""
+        path = os.path.join(root, SUBSCRIPTIONS)
         try:
-            with open(os.path.join(root, SUBSCRIPTIONS), encoding="utf-8",
-                      errors="surrogateescape") as f:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return set()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._subs_cache.get(root)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
                 lines = f.read().split("\n")
         except FileNotFoundError:
             return set()
-        return set(MaildirStore._parse_subscriptions(lines))
+        names = set(MaildirStore._parse_subscriptions(lines))
+        self._subs_cache[root] = (key, names)
+        return names
 
     @staticmethod
     def _parse_subscriptions(lines: list) -> list:
