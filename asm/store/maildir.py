@@ -19,6 +19,7 @@ Dovecot and this driver exclude each other.
 from __future__ import annotations
 
 import contextlib
+import functools
 import errno
 import json
 import os
@@ -228,6 +229,7 @@ class MaildirStore(Store):
         self._parts = config.partitions()          # read once: asked for on every call
         self._owner = config.owner()
         self._subs_cache: dict[str, tuple] = {}     # Maildir root -> (stat key, names)
+        self._user_parts: dict[str, str] = {}       # user -> partition (checked on use)
         self._held: dict[tuple[str, str], _Held] = {}
         self._mutex = threading.RLock()
         self._seq = 0
@@ -255,9 +257,13 @@ class MaildirStore(Store):
         return sorted(n for n in names if os.path.isdir(os.path.join(root, n, "Maildir")))
 
     def user_partition(self, user: str) -> str:
+        part = self._user_parts.get(user)
+        if part is not None and os.path.isdir(os.path.join(self._parts[part], user, "Maildir")):
+            return part
         check_user_name(user)
         for part, path in self._parts.items():
             if os.path.isdir(os.path.join(path, user, "Maildir")):
+                self._user_parts[user] = part
                 return part
         raise NoSuchUser(user)
 
@@ -268,6 +274,7 @@ class MaildirStore(Store):
         return os.path.join(self._home(user), "Maildir")
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)
     def folder_dirname(folder: str) -> str:
         """Logical folder name -> its Maildir++ directory name ('' for INBOX)."""
         folder = check_folder_name(folder)
