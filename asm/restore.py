@@ -148,7 +148,10 @@ class Selection:
 # the chain journal
 
 class Journal:
-    """$IMS_HOME/data/restore-journal.db: the archive last restored into each folder."""
+    """$IMS_HOME/data/restore-journal.db: the archive last restored into each folder,
+    and whether the folder then held exactly that archive's state (``mirror``): only
+    such a folder can continue a chain, since continuing one expunges what the next
+    archive does not list."""
 
     def __init__(self, path: str):
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -157,16 +160,19 @@ class Journal:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("""CREATE TABLE IF NOT EXISTS restored (
             user TEXT, folder TEXT, uidvalidity INTEGER, uidnext INTEGER,
-            archive_id TEXT, created REAL, since REAL, PRIMARY KEY (user, folder))""")
+            archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (user, folder))""")
 
     def get(self, user: str, folder: str):
-        return self.db.execute("SELECT uidvalidity, uidnext, archive_id, created, since FROM restored "
-                               "WHERE user=? AND folder=?", (user, folder)).fetchone()
+        """(uidvalidity, uidnext, archive_id, created, since, mirror) or None."""
+        return self.db.execute("SELECT uidvalidity, uidnext, archive_id, created, since, mirror "
+                               "FROM restored WHERE user=? AND folder=?", (user, folder)).fetchone()
 
-    def put(self, user: str, folder: str, uidvalidity: int, uidnext: int, header: dict) -> None:
-        self.db.execute("INSERT OR REPLACE INTO restored VALUES (?,?,?,?,?,?,?)",
+    def put(self, user: str, folder: str, uidvalidity: int, uidnext: int, header: dict,
+            mirror: bool) -> None:
+        self.db.execute("INSERT OR REPLACE INTO restored VALUES (?,?,?,?,?,?,?,?)",
                         (user, folder, uidvalidity, uidnext, header.get("archive_id"),
-                         header.get("created"), header.get("since")))
+                         header.get("created"), header.get("since"), int(mirror)))
 
 
 def _fmt(t: float | None) -> str:
@@ -194,6 +200,8 @@ class FolderPlan:
     digests: dict = field(default_factory=dict)      # path -> sha256 (cache)
     restored: int = 0
     uidnext: int = 1            # the target's UIDNEXT as this run moves it
+    renumbered: int = 0         # messages that took a new UID here
+    failed: int = 0             # messages that could not be restored here
 
 
 def _sha256_file(path: str) -> str | None:
@@ -232,9 +240,7 @@ class Restorer:
         self.spool_dir: str | None = None
         self.spooled: dict[str, str] = {}       # member name -> spool file
         self.spool_bytes = 0
-        self.index: dict[str, object] | None = None
         self.user_groups: dict[tuple, str | None] = {}
-        self.is_incremental = self.header.get("since") is not None
 
     # -- errors ---------------------------------------------------------------
     def _error(self, mailbox: str, exc: Exception | str) -> None:
@@ -304,8 +310,10 @@ class Restorer:
         try:
             self._restore_message(plan, m)
         except (DigestMismatch, CorruptMember) as exc:
+            plan.failed += 1
             self._error(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}", exc)
         except StoreError as exc:
+            plan.failed += 1
             self._error(f"/{m.partition}/{plan.user}/{plan.folder}/{m.uid}", exc)
         if self.progress:
             self.progress(self.res)
@@ -374,7 +382,7 @@ class Restorer:
         else:
             mode = "merge"
             j = self.journal.get(user, folder)
-            if j is not None and j[0] == info.uidvalidity == m.uidvalidity and j[1] == info.uidnext:
+            if j is not None and j[5] and j[0] == info.uidvalidity == m.uidvalidity and j[1] == info.uidnext:
                 mode = self._chain_mode(user, folder, j)
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
                           list(m.uids), info.uidvalidity, state, uidnext=info.uidnext)
@@ -390,7 +398,7 @@ class Restorer:
         return plan
 
     def _chain_mode(self, user: str, folder: str, j) -> str:
-        _, _, last_id, last_created, _ = j
+        last_id, last_created = j[2], j[3]
         created = self.header.get("created")
         if last_id == self.header.get("archive_id"):
             return "merge"  # the same archive again: nothing changes
@@ -441,7 +449,10 @@ class Restorer:
                 if plan.uidvalidity == plan.archive_uidvalidity and info.uidnext < plan.archive_uidnext:
                     # never lower UIDNEXT: clients must not see a UID twice
                     info = store.set_folder(plan.user, plan.folder, uidnext=plan.archive_uidnext)
-                self.journal.put(plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header)
+                # the folder mirrors the archive when it was created or continued from it
+                # and every message kept its UID: only then may a later link expunge
+                mirror = plan.mode in ("exact", "chain") and not plan.renumbered and not plan.failed
+                self.journal.put(plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header, mirror)
             plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
                                                      "messages": plan.restored, "bytes": 0, "error": None})
         except StoreError as exc:
@@ -504,6 +515,7 @@ class Restorer:
         self._place(m, info.path)
         if uid is None:
             self.res.renumbered += 1
+            plan.renumbered += 1
         plan.restored += 1
         plan.by_uid.setdefault(info.uid, info)
         plan.uidnext = max(plan.uidnext, info.uid + 1)
@@ -547,6 +559,7 @@ class Restorer:
         return None
 
     def _pending(self, plan: FolderPlan, m, uid) -> None:
+        plan.failed += 1
         self.res.pending.append({
             "member": m.name, "target": m.linkname, "sha256": m.sha256, "size": m.size,
             "partition": plan.partition, "user": plan.user, "folder": plan.folder, "uid": m.uid,

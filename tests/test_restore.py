@@ -363,3 +363,24 @@ def test_chain_keeps_a_new_message_with_the_same_bytes_as_an_old_one(store, ims_
     target = open_store(make_home(dest, store.name))
     assert [m.uid for m in target.messages("bob", "INBOX")] == [first.uid, again.uid]
     assert state(target) == state(store)
+
+
+def test_incremental_after_a_merge_never_expunges_live_mail(store, ims_home, tmp_path):
+    """A restore merged into a live folder renumbers what it brings back; an incremental
+    restored next must add to that folder, not treat it as a chain and expunge."""
+    for n in range(3):
+        put(store, "joe", "INBOX", n)
+    full = backup(ims_home, tmp_path / "full.ims")
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    put(store, "joe", "INBOX", 10)
+    incr = tmp_path / "incr.ims"
+    run(ims_home, "imsbackup", "-f", incr, "-d", since, "/", check=0)
+    lost = store.messages("joe", "INBOX")[0]
+    store.expunge("joe", "INBOX", [lost.uid])          # the user deletes one; then asks for it back
+    run(ims_home, "imsrestore", "-f", full, "/primary/user/joe", check=0)
+    back = store.messages("joe", "INBOX")
+    assert len(back) == 4 and back[-1].uid > lost.uid   # renumbered above UIDNEXT
+    run(ims_home, "imsrestore", "-f", incr, "/primary/user/joe", check=0)
+    assert [m.uid for m in store.messages("joe", "INBOX")] == [m.uid for m in back]
