@@ -61,6 +61,7 @@ class RestoreOptions:
     ignore_duplicates: bool = False     # -i: no duplicate check (classic behaviour)
     new_mailbox: bool = False           # -n: restore beside an existing folder
     continue_on_error: bool = True      # -c y|n
+    ask: object = None                  # ask(message) -> bool: the classic prompt on a terminal
     user_map: dict = field(default_factory=dict)   # -m: old -> new
     reffile: str | None = None          # where unresolved links are written
     spool_limit: int = 1 << 30          # bytes of first copies kept from a stream
@@ -247,7 +248,8 @@ class Restorer:
         msg = str(exc)
         self.res.errors.append({"mailbox": mailbox, "error": msg})
         self.report(f"error: {mailbox}: {msg}")
-        if not self.opts.continue_on_error:
+        go_on = self.opts.ask(f"{mailbox}: {msg}") if self.opts.ask else self.opts.continue_on_error
+        if not go_on:
             raise StopRestore(msg)
 
     # -- main loop --------------------------------------------------------------

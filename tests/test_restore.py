@@ -384,3 +384,22 @@ def test_incremental_after_a_merge_never_expunges_live_mail(store, ims_home, tmp
     assert len(back) == 4 and back[-1].uid > lost.uid   # renumbered above UIDNEXT
     run(ims_home, "imsrestore", "-f", incr, "/primary/user/joe", check=0)
     assert [m.uid for m in store.messages("joe", "INBOX")] == [m.uid for m in back]
+
+
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_asks_whether_to_continue_on_a_terminal(source, ims_home, dest, tmp_path, answer):
+    import pty
+    a = backup(ims_home, tmp_path / "a.ims")
+    data = bytearray(a.read_bytes())
+    data[data.index(b"body 1\r\n")] ^= 0x20          # a damaged message in joe/INBOX
+    bad = tmp_path / "bad.ims"
+    bad.write_bytes(bytes(data))
+    master, slave = pty.openpty()
+    os.write(master, answer.encode() + b"\n")          # typed ahead; read at the prompt
+    p = subprocess.run([sys.executable, "-m", "asm.cli.imsrestore", "-f", str(bad)], stdin=slave,
+                       capture_output=True, env=dict(os.environ, IMS_HOME=str(dest)), timeout=120)
+    os.close(slave)
+    os.close(master)
+    assert b"Do you want to continue? [y/n]" in p.stderr and p.returncode == 1
+    target = open_store(make_home(dest, source.name))
+    assert target.exists("joe", "Sent") == (answer == "y")

@@ -45,14 +45,33 @@ def build_parser() -> ArgParser:
     p.add_argument("-R", dest="refout", metavar="FILE",
                    help="where to write the reference file for links a stream could not resolve")
     p.add_argument("-m", dest="mapfile", metavar="MAPFILE", help="olduser=newuser lines: restore under other users")
-    p.add_argument("-c", dest="cont", choices=["y", "n"], default="y",
-                   help="continue after an error (y, default) or stop at the first (n)")
+    p.add_argument("-c", dest="cont", choices=["y", "n"],
+                   help="the answer to 'continue after an error?': y or n (default: ask on a "
+                        "terminal, continue otherwise)")
     p.add_argument("-H", "--hold", dest="hold", action="store_true",
                    help="leave deliveries held at the end (more archives of a chain follow)")
     p.add_argument("-v", dest="verbose", action="store_true", help="report each mailbox and a summary")
     p.add_argument("paths", nargs="*", metavar="path",
                    help="what to restore: /, /primary/groupA, /primary/user/joe, /primary/joe/INBOX")
     return p
+
+
+def _asker(progress):
+    """The classic prompt: after an error, ask whether to go on (a terminal only)."""
+    def ask(message: str) -> bool:
+        progress.clear()
+        while True:
+            print(f"{PROG}: {message}", file=sys.stderr)
+            sys.stderr.write("Do you want to continue? [y/n] ")
+            sys.stderr.flush()
+            answer = sys.stdin.readline()
+            if not answer:
+                return False
+            if answer.strip().lower() in ("y", "yes"):
+                return True
+            if answer.strip().lower() in ("n", "no"):
+                return False
+    return ask
 
 
 def _print_header(header: dict) -> None:
@@ -141,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                 res = complete_references(inst.store, reader, refdoc, report=report)
             else:
                 opts = RestoreOptions(
-                    ignore_duplicates=args.ignore, new_mailbox=args.new, continue_on_error=args.cont == "y",
+                    ignore_duplicates=args.ignore, new_mailbox=args.new, continue_on_error=args.cont != "n",
+                    ask=_asker(progress) if args.cont is None and args.device != "-" and sys.stdin.isatty()
+                    else None,
                     user_map=user_map, keep_held=args.hold,
                     reffile=args.refout or os.path.join(
                         inst.config.home, "data", "refs", f"{reader.header.get('archive_id', 'archive')}.ref"),
