@@ -24,6 +24,7 @@ Rules (docs/operations.md explains them for administrators):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, Host
 from asm.events import Run
 from asm.groups import Groups
 from asm.logical import LogicalPath
-from asm.store.base import Store, StoreError, UidInUse
+from asm.store.base import Store, StoreError, StoreFull, UidInUse
 
 CHUNK = 1 << 20
 
@@ -54,6 +55,34 @@ class ChainOrderError(RestoreError):
 
 class StopRestore(Exception):
     """-c n: stop at the first error."""
+
+
+class ArchiveReadFailed(Exception):
+    """Reading the archive failed while a message was being stored (carries the OSError,
+    so a device failure is never reported as a store failure)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Source:
+    """A member's byte stream handed to the store: read errors are the archive's."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def read(self, n=-1):
+        try:
+            return self.f.read(n)
+        except OSError as exc:
+            raise ArchiveReadFailed(exc) from exc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
 
 
 @dataclass
@@ -85,6 +114,7 @@ class RestoreResult:
     pending: list = field(default_factory=list)      # reference-file entries
     incomplete: str | None = None                    # why the archive ended early
     hostile: int = 0
+    store_full: str | None = None                    # the store filled up: the run stopped
     unmatched: list = field(default_factory=list)    # selection paths that matched nothing
     out_of_order: list = field(default_factory=list)  # folders refused: chain applied out of order
     seconds: float = 0.0
@@ -259,14 +289,17 @@ class Restorer:
         plugins.run_start(self.run)
         status = 1
         try:
+            stopped = False
             try:
                 for m in self.reader.members(on_error=self._member_error):
                     self._member(m)
             except IncompleteArchive as exc:
                 self.res.incomplete = str(exc)
             except StopRestore:
-                pass
-            self._end_folder(complete=self.res.incomplete is None)
+                stopped = True
+            # a folder cut short keeps its UIDNEXT and journal as they were, so the same
+            # command run again finishes it with the archived UIDs
+            self._end_folder(complete=self.res.incomplete is None and not stopped)
             status = 0 if not (self.res.errors or self.res.incomplete or self.res.pending) else 1
         finally:
             self._end_folder(complete=False)
@@ -311,6 +344,16 @@ class Restorer:
             return
         try:
             self._restore_message(plan, m)
+        except ArchiveReadFailed as exc:
+            raise exc.error from None            # the device failed: the CLI says so
+        except OSError as exc:                   # not the archive's (see _Source): the store's
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                plan.failed += 1
+                self._error(f"/{m.partition}/{plan.user}/{plan.folder}/{m.uid}", f"cannot write: {exc}")
+                return
+            self._store_full(plan, StoreFull(f"{plan.user}/{plan.folder}", exc.strerror))
+        except StoreFull as exc:
+            self._store_full(plan, exc)
         except (DigestMismatch, CorruptMember) as exc:
             plan.failed += 1
             self._error(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}", exc)
@@ -336,10 +379,22 @@ class Restorer:
             self.res.out_of_order.append(mailbox)
             self._release_lock()
             self._error(mailbox, exc)
+        except StoreFull as exc:
+            self.plan = None
+            self._release_lock()
+            self.res.store_full = str(exc)
+            self.res.errors.append({"mailbox": mailbox, "error": str(exc)})
+            raise StopRestore(str(exc)) from None
         except (StoreError, CorruptMember) as exc:
             self.plan = None
             self._release_lock()
             self._error(mailbox, exc)
+
+    def _store_full(self, plan, exc: StoreFull) -> None:
+        plan.failed += 1
+        self.res.store_full = str(exc)
+        self.res.errors.append({"mailbox": f"/{plan.partition}/{plan.user}/{plan.folder}", "error": str(exc)})
+        raise StopRestore(str(exc))
 
     def _release_lock(self) -> None:
         self.lock_stack.close()
@@ -458,7 +513,9 @@ class Restorer:
             plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
                                                      "messages": plan.restored, "bytes": 0, "error": None})
         except StoreError as exc:
-            self._error(mailbox, exc)
+            # recorded, never raised: this runs while the restore is winding up
+            self.res.errors.append({"mailbox": mailbox, "error": str(exc)})
+            self.report(f"error: {mailbox}: {exc}")
         finally:
             self.lock_stack.close()
             self.lock_stack = contextlib.ExitStack()
@@ -537,8 +594,8 @@ class Restorer:
         if src is None:
             self._pending(plan, m, uid)
             return None
-        with src:
-            info = store.append(plan.user, plan.folder, src, **kwargs)
+        with _Source(src) as source:
+            info = store.append(plan.user, plan.folder, source, **kwargs)
         self.res.messages += 1
         self.res.bytes += info.size
         return info

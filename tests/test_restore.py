@@ -403,3 +403,26 @@ def test_asks_whether_to_continue_on_a_terminal(source, ims_home, dest, tmp_path
     assert b"Do you want to continue? [y/n]" in p.stderr and p.returncode == 1
     target = open_store(make_home(dest, source.name))
     assert target.exists("joe", "Sent") == (answer == "y")
+
+
+def test_full_store_disk_stops_cleanly_and_a_rerun_finishes(store, ims_home, tmp_path, driver):
+    for n in range(40):
+        put(store, "joe", "INBOX" if n % 2 else "Work", n, size=60_000)
+    a = backup(ims_home, tmp_path / "a.ims")
+    part = tmp_path / "small"
+    part.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(part)]).returncode != 0:
+        pytest.fail("cannot mount a small tmpfs (the test runs as root in CI)") if os.environ.get("CI") == "true" \
+            else pytest.skip("cannot mount tmpfs here")
+    try:
+        home = tmp_path / "target"
+        make_home(home, driver).set("partition:primary.path", str(part / "primary"))
+        p = run(home, "imsrestore", "-f", a)
+        assert p.returncode == 13, p.stderr
+        assert p.stderr.count(b"\n") == 1 and b"the store is full" in p.stderr
+        assert not _no_temp_files(part)                      # nothing half-written
+        subprocess.run(["mount", "-o", "remount,size=64m", str(part)], check=True)
+        run(home, "imsrestore", "-f", a, check=0)             # freed space: the same command finishes
+        assert state(open_store(make_home(home, driver))) == state(store)
+    finally:
+        subprocess.run(["umount", str(part)])

@@ -11,7 +11,7 @@ import time
 from asm.archive.errors import ArchiveError, IncompleteArchive, NotAnArchive
 from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
-    EXIT_HOSTILE, EXIT_NOT_ARCHIVE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
+    EXIT_HOSTILE, EXIT_NOSPACE, EXIT_NOT_ARCHIVE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
     EXIT_USAGE, ArgParser, Progress, UsageError, blocking_factor, device_status, die, human, sigterm_as_interrupt, warn,
 )
 from asm.cli.context import open_installation
@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             return die(PROG, str(exc), EXIT_PARTIAL)
     progress.clear()
     for e in res.errors:
-        warn(PROG, f"{e['mailbox']}: {e['error']}")
+        if e["error"] != res.store_full:
+            warn(PROG, f"{e['mailbox']}: {e['error']}")
     if args.verbose or sys.stderr.isatty():
         print(f"{PROG}: {res.users} users, {res.folders} folders, {res.messages} messages, {res.links} links, "
               f"{res.duplicates} already there, {res.renumbered} with new UIDs, {res.expunged} expunged, "
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
              f"imsrestore -f {args.device} -r {args.refout or os.path.join(inst.config.home, 'data', 'refs', str(reader.header.get('archive_id')) + '.ref')}")
     for p in res.unmatched:
         warn(PROG, f"{p}: nothing in the archive matches this path")
+    if res.store_full:
+        warn(PROG, res.store_full)
+        return EXIT_NOSPACE
     if getattr(res, "hostile", 0):
         warn(PROG, f"{res.hostile} hostile members were refused; nothing was written outside the store")
         return EXIT_HOSTILE

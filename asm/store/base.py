@@ -64,6 +64,14 @@ class UidInUse(StoreError):
         super().__init__(f"UID {uid} is already used in {user}/{folder}")
 
 
+class StoreFull(StoreError):
+    """The store's filesystem (or its quota) is full: nothing more can be written."""
+
+    def __init__(self, what: str, why: str = "No space left on device"):
+        super().__init__(f"the store is full ({why}) while writing {what}: free space on the "
+                         f"partition and run the same command again")
+
+
 class LockTimeout(StoreError):
     def __init__(self, what: str):
         super().__init__(f"could not lock {what}: another process holds it; try again later")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ from asm.hookspecs import hookimpl
 from asm.locks import flock_wait
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
-    NoSuchFolder, NoSuchUser, Store, StoreError, UidInUse, UserExists, check_folder_name,
+    NoSuchFolder, NoSuchUser, Store, StoreError, StoreFull, UidInUse, UserExists, check_folder_name,
     check_user_name, split_flags,
 )
 
@@ -71,6 +72,26 @@ def _user_dir(user: str) -> str:
 
 def _flags_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(flags))
+
+
+def _store_errors(fn):
+    """SQLite and filesystem failures of a store operation become StoreErrors that name
+    the operation; a full disk becomes StoreFull."""
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            what = "/".join(str(a) for a in args[:2] if isinstance(a, str)) or fn.__name__
+            if "full" in str(exc):
+                raise StoreFull(what, str(exc)) from None
+            raise StoreError(f"{fn.__name__} {what}: the store's index failed: {exc}") from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                what = "/".join(str(a) for a in args[:2] if isinstance(a, str)) or fn.__name__
+                raise StoreFull(what, exc.strerror) from None
+            raise
+    return wrapper
 
 
 def _uidvalidity() -> int:
@@ -306,11 +327,18 @@ class ClassicStore(Store):
                         # row), so what was done is committed even after an error
                         con = self._idx.get(fdir)
                         if con is not None and con.in_transaction:
-                            con.execute("COMMIT")
+                            try:
+                                con.execute("COMMIT")
+                            except sqlite3.Error as exc:
+                                con.execute("ROLLBACK") if con.in_transaction else None
+                                if "full" in str(exc):
+                                    raise StoreFull(f"the index of {user}/{folder}", str(exc)) from None
+                                raise StoreError(f"the index of {user}/{folder} failed: {exc}") from None
                     finally:
                         os.close(fd)   # closing drops the flock
 
     # -- write side ----------------------------------------------------------
+    @_store_errors
     def create_user(self, user: str, partition: str = "primary") -> None:
         check_user_name(user)
         ppath = self.partition_path(partition)
@@ -332,6 +360,7 @@ class ClassicStore(Store):
         self._where.pop(user, None)
         shutil.rmtree(path, ignore_errors=True)
 
+    @_store_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
                       uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
         folder = check_folder_name(folder)
@@ -359,6 +388,7 @@ class ClassicStore(Store):
                          (user, folder, uidvalidity, int(subscribed)))
         return FolderInfo(folder, uidvalidity, max(1, uidnext), subscribed)
 
+    @_store_errors
     def delete_folder(self, user: str, folder: str) -> None:
         folder, _, _ = self._check_folder(user, folder)
         if folder == "INBOX":
@@ -383,6 +413,7 @@ class ClassicStore(Store):
         if not any(e.startswith("=") for e in os.listdir(fdir)):
             shutil.rmtree(fdir, ignore_errors=True)
 
+    @_store_errors
     def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,
                    uidnext: int | None = None, subscribed: bool | None = None) -> FolderInfo:
         folder, _, _ = self._check_folder(user, folder)
@@ -439,6 +470,7 @@ class ClassicStore(Store):
                 os.unlink(tmp)
             raise
 
+    @_store_errors
     def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
@@ -471,6 +503,7 @@ class ClassicStore(Store):
             return MessageInfo(uid, sys_flags, extra, internaldate, stored, size, path,
                                st.st_dev, st.st_ino, st.st_nlink)
 
+    @_store_errors
     def set_flags(self, user: str, folder: str, uid: int, flags: Iterable[str],
                   keywords: Iterable[str] = ()) -> MessageInfo:
         folder, _, _ = self._check_folder(user, folder)
@@ -483,6 +516,7 @@ class ClassicStore(Store):
                 raise MessageGone(user, folder, uid)
         return self.message(user, folder, uid)
 
+    @_store_errors
     def expunge(self, user: str, folder: str, uids: Iterable[int]) -> int:
         folder, _, _ = self._check_folder(user, folder)
         uids = list(uids)
@@ -505,6 +539,7 @@ class ClassicStore(Store):
     def _queue_dir(self, user: str) -> str:
         return os.path.join(self.root, "queue", _user_dir(user))
 
+    @_store_errors
     def hold_deliveries(self, user: str) -> None:
         self._user_row(user)
         self._db.execute("UPDATE users SET held=1 WHERE user=?", (user,))
@@ -512,6 +547,7 @@ class ClassicStore(Store):
     def deliveries_held(self, user: str) -> bool:
         return bool(self._user_row(user)[2])
 
+    @_store_errors
     def release_deliveries(self, user: str) -> int:
         qdir = self._queue_dir(user)
         n = 0
@@ -532,6 +568,7 @@ class ClassicStore(Store):
         self._db.execute("UPDATE users SET held=0 WHERE user=?", (user,))
         return n
 
+    @_store_errors
     def deliver(self, users: list[str], src: BinaryIO, folder: str = "INBOX",
                 internaldate: float | None = None) -> dict:
         folder = check_folder_name(folder)
