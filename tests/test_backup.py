@@ -325,3 +325,31 @@ def test_backup_while_mail_flows_is_consistent(store, ims_home, tmp_path, config
         runs += 1
     t.join()
     assert not errors and runs >= 2
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_killed_backup_leaves_no_complete_looking_archive(store, ims_home, tmp_path, sig):
+    import signal
+    for n in range(200):
+        put(store, f"u{n % 10}", "INBOX", n, size=200_000)
+    old = tmp_path / "a.ims"
+    old.write_bytes(b"yesterday's good archive")
+    env = dict(os.environ, IMS_HOME=str(ims_home))
+    p = subprocess.Popen([sys.executable, "-m", "asm.cli.imsbackup", "-b", "1", "-f", str(old), "/"], env=env,
+                         stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and p.poll() is None:
+        parts = [f for f in os.listdir(tmp_path) if f.endswith(".partial")]
+        if parts and os.path.getsize(tmp_path / parts[0]) > 1_000_000:
+            break
+        time.sleep(0.005)
+    assert p.poll() is None, "the backup finished before it could be killed"
+    p.send_signal(getattr(signal, sig))
+    err = p.communicate(timeout=30)[1]
+    assert old.read_bytes() == b"yesterday's good archive"        # never replaced by half of one
+    left = [f for f in os.listdir(tmp_path) if f.endswith(".partial")]
+    if sig == "SIGTERM":                                          # an engine cancelling the job
+        assert p.returncode == 130 and b"interrupted" in err and b"was removed" in err
+        assert left == []
+    else:
+        assert p.returncode == -9 and all(f.startswith(".a.ims.") for f in left)
