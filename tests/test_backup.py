@@ -281,7 +281,7 @@ def test_full_disk_leaves_no_archive(store, ims_home, tmp_path):
         assert b"No space left on device" in p.stderr and b"incomplete" in p.stderr
         assert os.listdir(small) == []
     finally:
-        subprocess.run(["umount", str(small)])
+        subprocess.run(["umount", "-l", str(small)])
 
 
 def test_backup_while_mail_flows_is_consistent(store, ims_home, tmp_path, config):

@@ -425,4 +425,4 @@ def test_full_store_disk_stops_cleanly_and_a_rerun_finishes(store, ims_home, tmp
         run(home, "imsrestore", "-f", a, check=0)             # freed space: the same command finishes
         assert state(open_store(make_home(home, driver))) == state(store)
     finally:
-        subprocess.run(["umount", str(part)])
+        subprocess.run(["umount", "-l", str(part)])
