@@ -156,11 +156,6 @@ class Selection:
             return group == lp.group or (group is None and self.groups.member(user, lp.group))
         return True
 
-    def user(self, partition: str, user: str, group: str | None) -> bool:
-        if not self.paths:
-            return True
-        return any(self._user_ok(lp, partition, user, group) for lp in self.paths)
-
     def folder(self, partition: str, user: str, group: str | None, folder: str) -> bool:
         if not self.paths:
             return True

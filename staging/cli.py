@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from asm.cli.common import (
     EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ArgParser, Progress, UsageError, die, human, parse_date,
@@ -30,7 +29,7 @@ from asm.store.base import StoreError
 from staging.catalog import Catalog
 from staging.errors import Missing, StagingError
 from staging.lookup import chain_for, restore_chain
-from staging.run import MODES, check_fresh, default_jobs, engine_done, push_pending, stage, staging_dir
+from staging.run import check_fresh, default_jobs, engine_done, push_pending, stage, staging_dir
 
 PROG = "imsstage"
 COMMANDS = ("dump", "plan", "done", "push", "list", "locate", "fetch", "restore", "check")

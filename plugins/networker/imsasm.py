@@ -559,10 +559,9 @@ def _log_recover(inst, mode, rec, errors) -> None:
 def _restore_record(inst, rec, places, args, totals, errors, report, progress) -> int:
     user_map = _user_map(args.maps, rec.info.get("root", "/")) if args.maps else {}
     answer = args.answer
-    skip = None
-    if answer in "nN":
-        def skip(user, folder):
-            return inst.store.exists(user_map.get(user, user), folder)
+    def exists(user, folder):
+        return inst.store.exists(user_map.get(user, user), folder)
+    skip = exists if answer in "nN" else None
     sel = TreeSelection(places, inst.groups, skip) if places or skip else Selection([], inst.groups)
     if not places and skip is not None:
         sel.places = [tree.Place()]
