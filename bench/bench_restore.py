@@ -276,13 +276,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the restored store and the doveadm copy")
     p.add_argument("--markdown", action="store_true", help="also print a Markdown block for bench/RESULTS.md")
     args = p.parse_args(argv)
-    if not shutil.which("tar"):
-        print("bench_restore.py: GNU tar is not installed (apt-get install tar)", file=sys.stderr)
-        return 2
-    results = [bench_driver(args, d) for d in (args.driver or ["maildir", "classic"])]
-    if args.markdown:
-        print("\n" + markdown(results, args))
-    return 0
+    return g.run_drivers("bench_restore.py", args, bench_driver, markdown)
 
 
 if __name__ == "__main__":

@@ -361,6 +361,18 @@ def cmdline() -> str:
     return "python3 " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
+def run_drivers(prog: str, args, bench_driver, markdown) -> int:
+    """The end of every tar-compared benchmark: check tar, run each driver, print the
+    Markdown block when asked."""
+    if not shutil.which("tar"):
+        print(f"{prog}: GNU tar is not installed (apt-get install tar)", file=sys.stderr)
+        return 2
+    results = [bench_driver(args, d) for d in (args.driver or ["maildir", "classic"])]
+    if args.markdown:
+        print("\n" + markdown(results, args))
+    return 0
+
+
 def add_store_args(p: argparse.ArgumentParser, drivers_default=("maildir", "classic")) -> None:
     p.add_argument("--dir", default=os.environ.get("IMS_BENCH_DIR", "/var/tmp/ims-bench"),
                    help="where generated stores are cached and scratch copies made "
