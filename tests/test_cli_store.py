@@ -210,13 +210,14 @@ def test_imsdeliver_one_inode_for_three_users(config, tmp_path):
         assert run("mboxutil", "-c", f"user/{u}").returncode == 0
     msg = tmp_path / "msg.eml"
     msg.write_bytes(MSG)
-    p = run("imsdeliver", "-m", str(msg), "joe", "ann", "bob")
+    p = run("imsdeliver", "-m", str(msg), "joe", "ann", "joe", "bob")     # joe named twice
     assert p.returncode == 0, err(p)
     assert out(p).splitlines() == ["joe: UID 1", "ann: UID 1", "bob: UID 1"]
     s = fresh_store()
     infos = [s.message(u, "INBOX", 1) for u in ("joe", "ann", "bob")]
     assert len({(m.dev, m.ino) for m in infos}) == 1, "one stored copy"
     assert all(m.nlink == 3 for m in infos)
+    assert [m.uid for m in s.messages("joe", "INBOX")] == [1]        # one copy for joe
     for u in ("joe", "ann", "bob"):
         with s.open_message(u, "INBOX", 1) as f:
             assert f.read() == MSG

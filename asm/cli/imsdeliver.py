@@ -22,12 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         store = open_installation().store
-        for u in args.users:
+        users = list(dict.fromkeys(args.users))   # a recipient named twice gets one copy
+        for u in users:
             if not store.exists(u):
                 return die(PROG, f"no user {u!r}", EXIT_USAGE)
         src = sys.stdin.buffer if args.m == "-" else open(args.m, "rb")
         with src:
-            out = store.deliver(args.users, src, args.d)
+            out = store.deliver(users, src, args.d)
     except FileNotFoundError:
         return die(PROG, f"message file {args.m!r} does not exist", EXIT_USAGE)
     except (ConfigError, GroupsError) as exc:
