@@ -346,9 +346,12 @@ class Restorer:
                 plan.failed += 1
                 self._error(f"/{m.partition}/{plan.user}/{plan.folder}/{m.uid}", f"cannot write: {exc}")
                 return
-            self._store_full(plan, StoreFull(f"{plan.user}/{plan.folder}", exc.strerror))
+            plan.failed += 1
+            self._store_full(f"/{m.partition}/{plan.user}/{plan.folder}",
+                             StoreFull(f"{plan.user}/{plan.folder}", exc.strerror))
         except StoreFull as exc:
-            self._store_full(plan, exc)
+            plan.failed += 1
+            self._store_full(f"/{m.partition}/{plan.user}/{plan.folder}", exc)
         except (DigestMismatch, CorruptMember) as exc:
             plan.failed += 1
             self._error(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}", exc)
@@ -377,19 +380,17 @@ class Restorer:
         except StoreFull as exc:
             self.plan = None
             self._release_lock()
-            self.res.store_full = str(exc)
-            self.res.errors.append({"mailbox": mailbox, "error": str(exc)})
-            raise StopRestore(str(exc)) from None
+            self._store_full(mailbox, exc)
         except (StoreError, CorruptMember) as exc:
             self.plan = None
             self._release_lock()
             self._error(mailbox, exc)
 
-    def _store_full(self, plan, exc: StoreFull) -> None:
-        plan.failed += 1
+    def _store_full(self, mailbox: str, exc: StoreFull) -> None:
+        """The store's disk is full: nothing more can be written, so the run stops."""
         self.res.store_full = str(exc)
-        self.res.errors.append({"mailbox": f"/{plan.partition}/{plan.user}/{plan.folder}", "error": str(exc)})
-        raise StopRestore(str(exc))
+        self.res.errors.append({"mailbox": mailbox, "error": str(exc)})
+        raise StopRestore(str(exc)) from None
 
     def _release_lock(self) -> None:
         self.lock_stack.close()
@@ -429,6 +430,7 @@ class Restorer:
             # never used (e.g. the INBOX of a user just created): adopt the archive's identity
             info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, subscribed=m.subscribed)
             created = True
+        j = None
         if created:
             mode = "exact"
         else:
@@ -443,7 +445,7 @@ class Restorer:
                 plan.by_uid[msg.uid] = msg
                 plan.existing.setdefault(msg.size, []).append(msg)
         if mode == "chain":
-            self._check_gap(plan, self.journal.get(user, folder)[3])
+            self._check_gap(plan, j[3])
         self.res.folders += 1
         self.report(f"/{m.partition}/{user}/{folder}: restoring ({mode}"
                     + (f", from {m.user}/{m.folder}" if (user, folder) != (m.user, m.folder) else "") + ")")
