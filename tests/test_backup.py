@@ -17,7 +17,7 @@ import pytest
 
 from asm.archive.reader import ArchiveReader
 from tests.conftest import require
-from tests.helpers import msg, put, run
+from tests.helpers import msg, put, run, small_tmpfs
 
 
 def members(path):
@@ -270,18 +270,11 @@ def test_unreadable_mailbox_is_named_and_archive_still_complete(populated, ims_h
 def test_full_disk_leaves_no_archive(store, ims_home, tmp_path):
     put(store, "joe", "INBOX", 1, size=200_000)
     put(store, "joe", "INBOX", 2, size=200_000)
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(small)]).returncode != 0:
-        pytest.fail("cannot mount a small tmpfs (the test runs as root in CI)") if os.environ.get("CI") == "true" \
-            else pytest.skip("cannot mount tmpfs here")
-    try:
+    with small_tmpfs(tmp_path / "small", "128k") as small:
         p = run(ims_home, "imsbackup", "-f", small / "a.ims", "/")
         assert p.returncode == 13
         assert b"No space left on device" in p.stderr and b"incomplete" in p.stderr
         assert os.listdir(small) == []
-    finally:
-        subprocess.run(["umount", "-l", str(small)])
 
 
 def test_backup_while_mail_flows_is_consistent(store, ims_home, tmp_path, config):

@@ -15,7 +15,7 @@ import pytest
 
 from asm.store import open_store
 from tests.conftest import DRIVERS, make_home
-from tests.helpers import inode_groups, msg, put, run, state
+from tests.helpers import inode_groups, msg, put, run, small_tmpfs, state
 
 
 @pytest.fixture
@@ -409,12 +409,7 @@ def test_full_store_disk_stops_cleanly_and_a_rerun_finishes(store, ims_home, tmp
     for n in range(40):
         put(store, "joe", "INBOX" if n % 2 else "Work", n, size=60_000)
     a = backup(ims_home, tmp_path / "a.ims")
-    part = tmp_path / "small"
-    part.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(part)]).returncode != 0:
-        pytest.fail("cannot mount a small tmpfs (the test runs as root in CI)") if os.environ.get("CI") == "true" \
-            else pytest.skip("cannot mount tmpfs here")
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as part:
         home = tmp_path / "target"
         make_home(home, driver).set("partition:primary.path", str(part / "primary"))
         p = run(home, "imsrestore", "-f", a)
@@ -424,5 +419,3 @@ def test_full_store_disk_stops_cleanly_and_a_rerun_finishes(store, ims_home, tmp
         subprocess.run(["mount", "-o", "remount,size=64m", str(part)], check=True)
         run(home, "imsrestore", "-f", a, check=0)             # freed space: the same command finishes
         assert state(open_store(make_home(home, driver))) == state(store)
-    finally:
-        subprocess.run(["umount", "-l", str(part)])
