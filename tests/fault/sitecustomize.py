@@ -1,0 +1,112 @@
+"""Fault injection for the kill and full-disk property tests.
+
+Loaded only in a child process whose PYTHONPATH starts with this directory and whose
+environment sets ``IMS_FAULT``; the product never sees it.  A "step" is one change a
+process makes to files under ``IMS_FAULT_ROOT`` (an open for writing, a rename, link,
+unlink, mkdir, rmdir, utime, chmod, chown, truncate, or one SQLite statement that
+writes), counted through Python's audit hooks (PEP 578) and SQLite's trace callback.
+
+    IMS_FAULT=count:FILE        write the number of steps to FILE at exit
+    IMS_FAULT=kill:N            SIGKILL this process just before step N (1-based)
+    IMS_FAULT=enospc:N          from step N on, every step fails with ENOSPC (a disk
+                                that filled up and stays full)
+
+Killing *before* a step is the same as killing after the previous one, so N from 1 to
+the counted total (+1) covers every point between two changes on disk.
+"""
+import errno
+import os
+import signal
+import sys
+
+_SPEC = os.environ.get("IMS_FAULT", "")
+_ROOT = os.environ.get("IMS_FAULT_ROOT", "")
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_PATH_EVENTS = {"os.rename": 2, "os.link": 2, "os.remove": 1, "os.rmdir": 1, "os.mkdir": 1,
+                "os.utime": 1, "os.chmod": 1, "os.chown": 1, "os.truncate": 1,
+                "os.symlink": 2}
+_SQL_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "COMMIT", "CREATE", "DROP", "ALTER")
+
+
+class _State:
+    steps = 0
+    mode = ""
+    n = 0
+    out = ""
+    busy = False
+
+
+def _under_root(path):
+    if isinstance(path, int) or path is None:
+        return False
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        return False
+    return bool(_ROOT) and os.path.abspath(path).startswith(_ROOT)
+
+
+def _step(what):
+    _State.steps += 1
+    if _State.mode == "kill" and _State.steps >= _State.n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if _State.mode == "enospc" and _State.steps >= _State.n:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), what)
+
+
+def _audit(event, args):
+    if _State.busy:
+        return
+    if event == "open":
+        path, mode, flags = (tuple(args) + (None, None, None))[:3]
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
+            (mode is None and isinstance(flags, int) and flags & _WRITE_FLAGS)
+        if writing and _under_root(path):
+            _step(path)
+        return
+    nargs = _PATH_EVENTS.get(event)
+    if nargs is not None and any(_under_root(a) for a in args[:nargs]):
+        _step(args[0])
+
+
+def _wrap_sqlite():
+    import sqlite3
+    real_connect = sqlite3.connect
+
+    def connect(database, *a, **kw):
+        con = real_connect(database, *a, **kw)
+        if _under_root(database):
+            def trace(stmt):
+                if stmt.lstrip().upper().startswith(_SQL_WRITES):
+                    _step(f"sqlite: {stmt[:40]}")
+            con.set_trace_callback(trace)
+        return con
+    sqlite3.connect = connect
+
+
+def _install(spec):
+    mode, _, arg = spec.partition(":")
+    _State.mode = mode
+    if mode == "count":
+        import atexit
+        _State.out = arg
+
+        def dump():
+            with open(_State.out, "w") as f:
+                f.write(str(_State.steps))
+        atexit.register(dump)
+    elif mode in ("kill", "enospc"):
+        _State.n = int(arg)
+    else:
+        raise SystemExit(f"sitecustomize: bad IMS_FAULT {spec!r}")
+    sys.addaudithook(_audit)
+    try:
+        _wrap_sqlite()
+    except ImportError:
+        pass
+
+
+if _SPEC:
+    _install(_SPEC)

@@ -1,0 +1,46 @@
+"""Run a project command under fault injection (see tests/fault/sitecustomize.py):
+count the changes it makes on disk, then kill it, or fill its disk, before any one of
+them. The kill and full-disk property tests pick their points from the count."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+FAULT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault")
+BIN = os.path.dirname(sys.executable)
+
+
+def _env(root, spec, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    e["PYTHONPATH"] = FAULT_DIR + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e["IMS_FAULT"] = spec
+    e["IMS_FAULT_ROOT"] = os.path.abspath(str(root))
+    return e
+
+
+def run_with_fault(argv, root, spec, env=None, input=None, timeout=300):
+    """Run ``argv`` (argv[0] a command of the venv, e.g. "imsrestore") under ``spec``."""
+    cmd = [os.path.join(BIN, argv[0]), *map(str, argv[1:])]
+    return subprocess.run(cmd, env=_env(root, spec, env), input=input, capture_output=True,
+                          timeout=timeout)
+
+
+def count_steps(argv, root, tmp, env=None, input=None) -> tuple[int, subprocess.CompletedProcess]:
+    """How many on-disk changes ``argv`` makes under ``root`` when nothing goes wrong."""
+    out = os.path.join(str(tmp), f"steps-{random.getrandbits(32):08x}")
+    p = run_with_fault(argv, root, f"count:{out}", env=env, input=input)
+    with open(out) as f:
+        return int(f.read()), p
+
+
+def spread(total: int, n: int, seed: int) -> list[int]:
+    """``n`` kill points over 1..total+1: evenly spaced, each jittered inside its stride,
+    so every region of the run is hit and different seeds hit different steps."""
+    rng = random.Random(seed)
+    if total + 1 <= n:
+        return list(range(1, total + 2))
+    stride = (total + 1) / n
+    return sorted({min(total + 1, 1 + int(i * stride + rng.random() * stride)) for i in range(n)})
