@@ -4,9 +4,7 @@ Debian's daemons run from a temp dir with free ports, an SQLite catalog and a
 file-based storage device; the director includes the resources ``imsbacula fileset``
 wrote.  The file daemon gets a bare environment (no IMS_HOME, a plain PATH), as under
 an init system, so the bpipe commands must carry what they need.  Every daemon is
-stopped by its PID.  Use the ``bacula`` fixture::
-
-    from tests.bacula import bacula  # noqa: F401
+stopped by its PID.  Use the ``bacula`` fixture (tests/conftest.py)::
 
     def test_x(bacula):
         bacula.start(open("ims-mail.conf").read(), client="ims-test-fd")
@@ -28,7 +26,7 @@ import subprocess
 import tempfile
 import time
 
-import pytest
+from tests.helpers import free_port, unavailable
 
 SBIN = "/usr/sbin"
 DAEMONS = {"dir": f"{SBIN}/bacula-dir", "sd": f"{SBIN}/bacula-sd", "fd": f"{SBIN}/bacula-fd"}
@@ -171,15 +169,7 @@ def bacula_missing() -> str | None:
 def require_bacula() -> None:
     why = bacula_missing()
     if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Bacula is required in CI: {why}")
-        pytest.skip(why)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        unavailable(f"Bacula: {why}")
 
 
 class JobFailed(AssertionError):
@@ -323,11 +313,3 @@ def running_bacula(workdir: str | None = None):
         b.stop()
         if own:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-@pytest.fixture
-def bacula(tmp_path):
-    """A not-yet-started private Bacula; call ``start(include_text)``."""
-    require_bacula()
-    with running_bacula(str(tmp_path / "bacula")) as b:
-        yield b

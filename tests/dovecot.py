@@ -3,9 +3,7 @@
 The server runs on 127.0.0.1 on a free port with a self-contained configuration
 (nothing from /etc/dovecot), serves ``maildir:<store>/%u/Maildir`` as the
 unprivileged mail user ``vmail`` and authenticates from a passwd-file.  It is
-stopped by its PID.  Use the ``dovecot`` pytest fixture::
-
-    from tests.dovecot import dovecot  # noqa: F401  (makes the fixture visible)
+stopped by its PID.  Use the ``dovecot`` fixture (tests/conftest.py)::
 
     def test_x(dovecot):
         dovecot.add_user("alice", "pw")
@@ -14,6 +12,7 @@ stopped by its PID.  Use the ``dovecot`` pytest fixture::
 
 When Dovecot is not installed the fixture skips, but fails under ``CI=true``
 (CI installs ``dovecot-imapd``, so a missing server there is a real error).
+``running_dovecot()`` starts one for a test that needs it only in some cases.
 """
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ import tempfile
 import time
 from typing import Iterator
 
-import pytest
+from tests.helpers import free_port, unavailable
 
 DOVECOT = "/usr/sbin/dovecot"
 MAIL_USER = "vmail"
@@ -91,9 +90,7 @@ def require_dovecot() -> None:
     """Skip the calling test without Dovecot; fail instead under CI=true."""
     why = dovecot_missing()
     if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Dovecot is required in CI: {why}")
-        pytest.skip(why)
+        unavailable(f"Dovecot: {why}")
 
 
 def ensure_mail_user(name: str = MAIL_USER) -> tuple[int, int]:
@@ -105,12 +102,6 @@ def ensure_mail_user(name: str = MAIL_USER) -> tuple[int, int]:
                        check=True, capture_output=True)
         pw = pwd.getpwnam(name)
     return pw.pw_uid, pw.pw_gid
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chown_tree(path: str, uid: int, gid: int) -> None:
@@ -233,14 +224,6 @@ def running_dovecot(workdir: str | None = None) -> Iterator[Dovecot]:
         server.stop()
         if own:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-@pytest.fixture
-def dovecot() -> Iterator[Dovecot]:
-    """A running private Dovecot with an empty store at ``dovecot.store``."""
-    require_dovecot()
-    with running_dovecot() as server:
-        yield server
 
 
 def maildir_config(home: str, store: str, owner: str | None = MAIL_USER):

@@ -1,31 +1,146 @@
-"""Helpers shared by the command-line tests: run a command as a user would, and
-compare stores message by message."""
+"""The one helper set of the tests.
+
+* The rule for what a test needs: under CI=true a missing server, tool or privilege
+  fails the test; elsewhere it skips (``unavailable``, ``require``).
+* The project's commands run as a user runs them, from the environment the README's
+  commands build: the venv's bin directory next to ``sys.executable``, never whatever
+  is on PATH (``command``, ``run``, ``popen``; ``path_with_commands`` for a program the
+  test hands a command *name* to, such as a savepnpc res file).
+* Stores: messages, fills and what a client sees of them; staging catalogs; the sample
+  mbox; a small filesystem for full-disk cases.
+"""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import io
 import os
+import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
+import time
+from typing import NoReturn
 
 import pytest
 
+from asm.cli.demo import fingerprint
+from asm.config import Config
+from asm.demo import build_demo
+from asm.store import open_store
 from asm.store.base import Store
 
+CI = os.environ.get("CI") == "true"
+DRIVERS = ["classic", "maildir"]
+BIN = os.path.dirname(sys.executable)          # the venv's bin: the project's commands
+TIMEOUT = 300                                  # seconds before a hung command fails its test
+
+
+# -- what a test needs ------------------------------------------------------------------
+def unavailable(why: str) -> NoReturn:
+    """A server, tool or privilege the test needs is missing: under CI=true (where
+    .ci/run installs everything and runs as root) the test fails, elsewhere it skips."""
+    if CI:
+        pytest.fail(f"{why} (CI=true: a missing requirement is a failure)", pytrace=False)
+    pytest.skip(why)
+
+
+def require(tool: str, why: str = "") -> str:
+    """Path of an outside ``tool`` (tar, sqlite3, ...) found on PATH; ``unavailable``
+    when it is missing.  Never for the project's own commands: see ``command``."""
+    path = shutil.which(tool) or (tool if os.path.isabs(tool) and os.path.exists(tool) else None)
+    if path is None:
+        unavailable(f"{tool} is not installed{': ' + why if why else ''} (.ci/run installs it)")
+    return path
+
+
+# -- the project's commands ---------------------------------------------------------------
+def command(name: str) -> str:
+    """Absolute path of the project's command ``name`` in the venv's bin directory."""
+    path = os.path.join(BIN, name)
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{name} is not in {BIN}, the bin directory of {sys.executable}: "
+                    f"run the tests with the venv's python after ./scripts/setup-venv", pytrace=False)
+    return path
+
+
+def path_with_commands(path: str | None = None) -> str:
+    """``path`` (default: this process's PATH) with the venv's bin directory first: the
+    PATH of a child that is handed the name of one of the project's commands."""
+    rest = os.environ.get("PATH", os.defpath) if path is None else path
+    return BIN + os.pathsep + rest if rest else BIN
+
+
+def command_env(home=None, env: dict | None = None) -> dict:
+    """This process's environment with IMS_HOME=home (kept as it is when home is None)
+    and ``env`` applied on top; a value of None removes that variable."""
+    e = dict(os.environ)
+    if home is not None:
+        e["IMS_HOME"] = str(home)
+    for k, v in (env or {}).items():
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = str(v)
+    return e
+
+
+def argv_of(argv) -> list[str]:
+    """[command, args...] -> an argv to execute: a bare command name is the project's
+    command from the venv (``command``); a path (a script the project installed, such
+    as a NetBackup notify script) is run as it is."""
+    cmd, *args = (os.fspath(a) if isinstance(a, os.PathLike) else a for a in argv)
+    exe = cmd if os.sep in cmd else command(cmd)
+    return [exe, *map(str, args)]
+
+
+def _shown(data) -> str:
+    if data is None:
+        return ""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return text if len(text) < 4000 else text[:2000] + "\n...\n" + text[-2000:]
+
+
+def run(home, *argv, input=None, env=None, check=None, timeout=TIMEOUT, stdin=None, text=False, cwd=None):
+    """Run one of the project's commands as an administrator would and wait for it.
+
+    ``argv``: a command name (``imsbackup``, ``imsstage``, ...) or a path, then its
+    arguments (paths and numbers are turned into strings).  ``home``: IMS_HOME of the
+    child (None: as in this process).  ``env``: variables set (or removed, with None)
+    on top of this process's environment.  ``input``: bytes (str with ``text``) fed on
+    stdin; otherwise ``stdin`` (a file, a descriptor; default /dev/null: a command
+    never waits on the tester's terminal).  ``check``: the exit status the test
+    expects.  Returns the CompletedProcess, stdout and stderr captured."""
+    if input is None and stdin is None:
+        stdin = subprocess.DEVNULL
+    p = subprocess.run(argv_of(argv), env=command_env(home, env), input=input, stdin=stdin,
+                       capture_output=True, text=text, timeout=timeout, cwd=cwd)
+    if check is not None:
+        assert p.returncode == check, (f"{' '.join(map(str, argv))}: exit {p.returncode}, expected {check}\n"
+                                       f"stdout: {_shown(p.stdout)}\nstderr: {_shown(p.stderr)}")
+    return p
+
+
+def popen(home, *argv, env=None, **kw) -> subprocess.Popen:
+    """Start one of the project's commands (as ``run``) without waiting: for pipes,
+    terminals, signals and concurrent runs.  ``kw`` goes to subprocess.Popen."""
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.Popen(argv_of(argv), env=command_env(home, env), **kw)
+
+
+# -- installations and messages -----------------------------------------------------------
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: %s\r\n\r\nbody %s\r\n"
 
 
-def run(home, *argv, input=None, env=None, check=None):
-    """Run ``python -m asm.cli.<cmd> args`` with IMS_HOME=home; returns CompletedProcess."""
-    cmd, *args = argv
-    e = dict(os.environ, IMS_HOME=str(home))
-    e.update(env or {})
-    p = subprocess.run([sys.executable, "-m", f"asm.cli.{cmd}", *map(str, args)], env=e,
-                       input=input, capture_output=True)
-    if check is not None:
-        assert p.returncode == check, (p.returncode, p.stderr.decode(errors="replace"))
-    return p
+def make_home(path, driver: str = "classic", **options) -> Config:
+    """A fresh installation under ``path`` with the given driver."""
+    os.makedirs(path, exist_ok=True)
+    cfg = Config(home=str(path))
+    cfg.set("store.driver", driver)
+    for k, v in options.items():
+        cfg.set(k, v)
+    return cfg
 
 
 def msg(n, size=0) -> bytes:
@@ -59,6 +174,13 @@ def state(store: Store, users=None) -> dict:
     return out
 
 
+def user_view(store: Store, user: str) -> dict:
+    """Everything a client sees of one user: folders (UIDVALIDITY, UIDNEXT) and every
+    message's bytes, UID, flags, keywords and date."""
+    fp = fingerprint(store)
+    return {k: v for k, v in fp.items() if isinstance(k, tuple) and k[0] == user}
+
+
 def inode_groups(store: Store) -> list:
     groups: dict = {}
     for part in store.partitions():
@@ -69,16 +191,146 @@ def inode_groups(store: Store) -> list:
     return sorted(sorted(g) for g in groups.values() if len(g) > 1)
 
 
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- stores for staging and the engines ---------------------------------------------------
+STAGING_GROUPS = "gA=[a-f].*\ngB=[g-m].*\ngC=[n-r].*\n"     # the rest (s-z) fall in 'user'
+
+
+def build(home, driver: str, users: int = 16, messages: int = 160, groups: str = STAGING_GROUPS):
+    """The demo store (alice, bob, ...) in groups gA, gB, gC and 'user'."""
+    cfg = Config(str(home))
+    cfg.set("store.driver", driver)
+    with open(cfg.groups_path, "w") as f:
+        f.write(groups)
+    store = open_store(Config(str(home)))
+    build_demo(store, users=users, messages=messages)
+    time.sleep(1.1)     # dumps record their start by the second: keep the build out of it
+    return store
+
+
+def sized_store(home, groups: dict):
+    """{group: (users, messages each, bytes each)} -> a classic store; groups gA.. by prefix."""
+    cfg = Config(str(home))
+    cfg.set("store.driver", "classic")
+    with open(cfg.groups_path, "w") as f:
+        for g in groups:
+            f.write(f"{g}={g}_.*\n")
+    store = open_store(Config(str(home)))
+    for g, (users, n, size) in groups.items():
+        for i in range(users):
+            u = f"{g}_{i}"
+            store.create_user(u)
+            for k in range(n):
+                body = (b"Subject: %s %d\r\n\r\n" % (u.encode(), k)).ljust(size, b"z")
+                store.append(u, "INBOX", io.BytesIO(body), flags=["\\Seen"] if k % 2 else [])
+    return store
+
+
+def change_mail(store, users, n: int = 6):
+    """A day of mail: new deliveries (one to several users), a flag change, an expunge."""
+    time.sleep(1.1)     # incrementals are taken by the second
+    tag = b"%f" % time.time()       # each round's mail differs from the last one's
+    for i in range(n):
+        rcpts = users[i % len(users): i % len(users) + (2 if i % 3 == 0 else 1)]
+        store.deliver(rcpts, io.BytesIO(b"Subject: new %d %s\r\n\r\n" % (i, tag) + b"x" * (500 * i + 10) + b"\r\n"),
+                      folder="INBOX", internaldate=1_700_000_000 + i)
+    u = users[0]
+    msgs = store.messages(u, "INBOX")
+    store.set_flags(u, "INBOX", msgs[0].uid, ["\\Seen", "\\Flagged"], ["$Important"])
+    if len(msgs) > 2:
+        store.expunge(u, "INBOX", [msgs[1].uid])
+
+
+# -- staging catalogs ----------------------------------------------------------------------
+def imsstage(home, *args, **kw):
+    """``run(home, "imsstage", ...)`` with text output."""
+    return run(home, "imsstage", *args, text=True, **kw)
+
+
+def rows(directory) -> list[dict]:
+    db = sqlite3.connect(os.path.join(str(directory), "catalog.db"))
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM dumps ORDER BY id")]
+    finally:
+        db.close()
+
+
+def users_of(directory, dump_id) -> list[str]:
+    db = sqlite3.connect(os.path.join(str(directory), "catalog.db"))
+    try:
+        return sorted(r[0] for r in db.execute("SELECT user FROM dump_users WHERE dump=?", (dump_id,)))
+    finally:
+        db.close()
+
+
+def staged_files(directory) -> list[str]:
+    return sorted(n for n in os.listdir(str(directory)) if n.endswith(".ims") and not n.startswith("."))
+
+
+# -- a sample mbox -------------------------------------------------------------------------
+MBOX = (
+    b"From alice@example.com Mon Jan  1 10:00:00 2024\n"
+    b"Status: RO\n"
+    b"X-Status: AF\n"
+    b"Subject: one\n"
+    b"\n"
+    b"body line\n"
+    b">From the start of a line\n"
+    b">>From quoted twice\n"
+    b"From inside a paragraph is not a separator\n"
+    b"\n"
+    b"From bob@example.com Tue Feb 29 23:59:59 2000\n"
+    b"Status: O\n"
+    b"Subject: two\n"
+    b"\n"
+    b"second\n"
+    b"\n"
+    b"\n"
+    b"From carol@example.com Sat Jul  4 12:00:00 1998\n"
+    b"X-Status: DT\n"
+    b"Subject: three\n"
+    b"\n"
+    b"Status: R in the body is not a flag\n"
+    b"\n"
+)
+# the three messages of MBOX as they are stored
+MBOX_ONE = (b"Status: RO\nX-Status: AF\nSubject: one\n\nbody line\nFrom the start of a line\n"
+            b">From quoted twice\nFrom inside a paragraph is not a separator\n")
+MBOX_TWO = b"Status: O\nSubject: two\n\nsecond\n\n"
+MBOX_THREE = b"X-Status: DT\nSubject: three\n\nStatus: R in the body is not a flag\n"
+
+
+def local_time(y, mo, d, h, mi, s) -> float:
+    return time.mktime((y, mo, d, h, mi, s, 0, 0, -1))
+
+
+# -- servers -------------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- filesystems ---------------------------------------------------------------------------
 @contextlib.contextmanager
 def small_tmpfs(path, size: str):
-    """A tmpfs of ``size`` mounted on ``path`` (created) for full-disk tests; it fails
-    under CI=true when it cannot be mounted (CI runs as root) and skips elsewhere.
-    Detached lazily, so a file still open in the test process cannot leave it behind."""
+    """A tmpfs of ``size`` mounted on ``path`` (created) for full-disk tests;
+    ``unavailable`` when it cannot be mounted (CI runs as root).  Detached lazily, so a
+    file still open in the test process cannot leave it behind."""
     os.makedirs(path, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("cannot mount a small tmpfs (the test runs as root in CI)")
-        pytest.skip("cannot mount tmpfs here")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        unavailable(f"cannot mount a {size} tmpfs (needs root): {r.stderr.strip()}")
     try:
         yield path
     finally:

@@ -4,9 +4,8 @@ The server runs ``/usr/sbin/sshd -D -e`` with its own configuration, host key an
 authorized_keys directory (nothing from /etc/ssh), accepts keys only, and offers SFTP
 (internal-sftp) and a shell to the test user ``imsbk``.  The client side is pinned: a
 known_hosts file holding ``[127.0.0.1]:PORT`` with the fixture's host key, and a client
-key in that user's authorized_keys.  Stopped by its PID.  Use the module fixture::
-
-    from tests.sshd import sshd  # noqa: F401
+key in that user's authorized_keys.  Stopped by its PID.  Use the module-scoped ``sshd``
+fixture (tests/conftest.py)::
 
     def test_x(sshd, tmp_path):
         remote = sshd.remote_dir("case")                  # a directory owned by imsbk
@@ -27,7 +26,7 @@ import subprocess
 import tempfile
 import time
 
-import pytest
+from tests.helpers import free_port, unavailable
 
 SSHD_BIN = "/usr/sbin/sshd"
 USER = "imsbk"
@@ -59,9 +58,7 @@ def require_sshd() -> None:
     elif os.geteuid() != 0:
         why = "the sshd fixture needs root (it logs a test user in)"
     if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"OpenSSH server is required in CI: {why}")
-        pytest.skip(why)
+        unavailable(f"OpenSSH server: {why}")
 
 
 def ensure_user(name: str = USER) -> pwd.struct_passwd:
@@ -77,12 +74,6 @@ def ensure_user(name: str = USER) -> pwd.struct_passwd:
 def keygen(path: str, comment: str = "ims-asm-test") -> str:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path], check=True)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SSHD:
@@ -207,9 +198,9 @@ class SSHD:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def sshd():
-    require_sshd()
+@contextlib.contextmanager
+def running_sshd():
+    """Start a private sshd, stop it (and everything below it) after."""
     server = SSHD()
     try:
         server.start()

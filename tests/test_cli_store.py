@@ -2,26 +2,18 @@
 administrator runs them, with the store checked afterwards through the driver."""
 from __future__ import annotations
 
+import io
 import os
-import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
 from asm.config import Config
 from asm.store import open_store
-from test_mbox import MBOX, ONE, THREE, TWO, _local
+from tests.helpers import MBOX, MBOX_ONE, MBOX_THREE, MBOX_TWO, local_time, popen, run
 
 MSG = b"From: a@example.com\r\nTo: joe@example.com, ann@example.com, bob@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
-
-
-def run(cmd, *args, input=None, env=None):
-    """Run one command module as a subprocess; returns CompletedProcess with text streams."""
-    proc = subprocess.run([sys.executable, "-m", f"asm.cli.{cmd}", *args], input=input,
-                          capture_output=True, env=env or os.environ.copy(), timeout=120)
-    return proc
 
 
 def out(proc) -> str:
@@ -38,29 +30,29 @@ def fresh_store():
 
 # -- msconfig -------------------------------------------------------------------
 def test_msconfig_set_show_unset(ims_home):
-    assert run("msconfig", "set", "store.backupexclude", "Trash%Bulk Mail").returncode == 0
-    p = run("msconfig", "show", "store.backupexclude")
+    assert run(ims_home, "msconfig", "set", "store.backupexclude", "Trash%Bulk Mail").returncode == 0
+    p = run(ims_home, "msconfig", "show", "store.backupexclude")
     assert p.returncode == 0 and out(p) == "role.store.backupexclude = Trash%Bulk Mail\n"
-    assert out(run("msconfig", "show", "store.driver")) == "role.store.driver = classic\n"  # a default
-    listing = out(run("msconfig", "show")).splitlines()
+    assert out(run(ims_home, "msconfig", "show", "store.driver")) == "role.store.driver = classic\n"  # a default
+    listing = out(run(ims_home, "msconfig", "show")).splitlines()
     assert "role.store.backupexclude = Trash%Bulk Mail" in listing
     assert "role.ssh.port = 22" in listing
     assert all(line.startswith("role.") for line in listing)
     assert listing == sorted(listing)
-    full = out(run("msconfig", "show", "-a"))
+    full = out(run(ims_home, "msconfig", "show", "-a"))
     assert "# role.ssh.identity (not set)" in full
-    assert run("msconfig", "unset", "store.backupexclude").returncode == 0
-    assert out(run("msconfig", "show", "store.backupexclude")) == ""
+    assert run(ims_home, "msconfig", "unset", "store.backupexclude").returncode == 0
+    assert out(run(ims_home, "msconfig", "show", "store.backupexclude")) == ""
     assert Config().get("store.backupexclude") is None
 
 
-def test_msconfig_console_script(ims_home):
-    exe = shutil.which("msconfig")
-    if exe is None:
-        pytest.skip("msconfig console script not on PATH (pip install -e .)")
-    p = subprocess.run([exe, "set", "ssh.port", "2022"], capture_output=True)
+def test_msconfig_console_script(ims_home, tmp_path):
+    """The command pip put in the venv's bin works by its path alone, as from cron: from
+    another directory, with a PATH that does not hold it and no PYTHONPATH."""
+    cron = {"PATH": "/usr/bin:/bin", "PYTHONPATH": None}
+    p = run(ims_home, "msconfig", "set", "ssh.port", "2022", env=cron, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert subprocess.run([exe, "show", "ssh.port"], capture_output=True).stdout == b"role.ssh.port = 2022\n"
+    assert run(ims_home, "msconfig", "show", "ssh.port", env=cron, cwd=tmp_path).stdout == b"role.ssh.port = 2022\n"
 
 
 @pytest.mark.parametrize("args,words", [
@@ -74,7 +66,7 @@ def test_msconfig_console_script(ims_home):
     (["set", "store.driver"], ["msconfig"]),                 # missing value: usage error
 ])
 def test_msconfig_refusals(ims_home, args, words):
-    p = run("msconfig", *args)
+    p = run(ims_home, "msconfig", *args)
     assert p.returncode == 2
     assert out(p) == ""
     lines = err(p).splitlines()
@@ -85,21 +77,19 @@ def test_msconfig_refusals(ims_home, args, words):
 
 
 def test_msconfig_partition_path_absolute(ims_home):
-    assert run("msconfig", "set", "partition:second.path", "/srv/mail/second/").returncode == 0
-    assert out(run("msconfig", "show", "partition:second.path")) == "role.partition:second.path = /srv/mail/second\n"
+    assert run(ims_home, "msconfig", "set", "partition:second.path", "/srv/mail/second/").returncode == 0
+    assert out(run(ims_home, "msconfig", "show", "partition:second.path")) == "role.partition:second.path = /srv/mail/second\n"
 
 
 def test_msconfig_without_ims_home(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "IMS_HOME"}
-    p = subprocess.run([sys.executable, "-m", "asm.cli.msconfig", "show"], capture_output=True,
-                       env=env, cwd=tmp_path)
+    p = run(None, "msconfig", "show", env={"IMS_HOME": None}, cwd=tmp_path)
     assert p.returncode == 2
     assert err(p) == "msconfig: IMS_HOME is not set: export IMS_HOME=/path/to/installation\n"
 
 
 def test_msconfig_writes_atomically_under_concurrency(ims_home):
-    procs = [subprocess.Popen([sys.executable, "-m", "asm.cli.msconfig", "set", f"partition:p{i}.path",
-                               f"/srv/mail/p{i}"], stderr=subprocess.PIPE) for i in range(20)]
+    procs = [popen(ims_home, "msconfig", "set", f"partition:p{i}.path", f"/srv/mail/p{i}", stderr=subprocess.PIPE)
+             for i in range(20)]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
     conf = ims_home / "config"
@@ -112,50 +102,50 @@ def test_msconfig_writes_atomically_under_concurrency(ims_home):
 
 
 # -- mboxutil ---------------------------------------------------------------------
-def test_mboxutil_create_list_delete(config):
-    assert run("mboxutil", "-c", "user/joe").returncode == 0
-    assert run("mboxutil", "-c", "user/joe/Work/2023").returncode == 0
-    assert run("mboxutil", "-c", "user/ann/Sent").returncode == 0     # creates ann too
+def test_mboxutil_create_list_delete(config, ims_home):
+    assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    assert run(ims_home, "mboxutil", "-c", "user/joe/Work/2023").returncode == 0
+    assert run(ims_home, "mboxutil", "-c", "user/ann/Sent").returncode == 0     # creates ann too
     s = fresh_store()
     assert [f.name for f in s.folders("joe")] == ["INBOX", "Work/2023"]
     assert [f.name for f in s.folders("ann")] == ["INBOX", "Sent"]
     assert s.folder("joe", "Work/2023").subscribed
-    s.deliver(["joe"], __import__("io").BytesIO(MSG))
-    p = run("mboxutil", "-l")
+    s.deliver(["joe"], io.BytesIO(MSG))
+    p = run(ims_home, "mboxutil", "-l")
     assert p.returncode == 0
     rows = out(p).splitlines()
     assert rows[0].split() == ["msgs", "bytes", "uidvalidity", "uidnext", "mailbox"]
     inbox = next(r for r in rows if r.endswith("user/joe/INBOX")).split()
     assert inbox[0] == "1" and inbox[1] == str(len(MSG)) and inbox[3] == "2"
     assert any(r.endswith("user/ann/Sent") for r in rows)
-    only = out(run("mboxutil", "-l", "-p", "user/joe/*")).splitlines()[1:]
+    only = out(run(ims_home, "mboxutil", "-l", "-p", "user/joe/*")).splitlines()[1:]
     assert [r.split()[-1] for r in only] == ["user/joe/INBOX", "user/joe/Work/2023"]
 
-    assert run("mboxutil", "-d", "user/joe/Work/2023").returncode == 0
+    assert run(ims_home, "mboxutil", "-d", "user/joe/Work/2023").returncode == 0
     assert not fresh_store().exists("joe", "Work/2023")
-    assert run("mboxutil", "-d", "user/ann").returncode == 0
+    assert run(ims_home, "mboxutil", "-d", "user/ann").returncode == 0
     assert not fresh_store().exists("ann")
 
 
-def test_mboxutil_errors(config):
-    assert run("mboxutil", "-c", "user/joe").returncode == 0
-    p = run("mboxutil", "-c", "joe")
+def test_mboxutil_errors(config, ims_home):
+    assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    p = run(ims_home, "mboxutil", "-c", "joe")
     assert p.returncode == 2 and "user/<uid>" in err(p)
-    p = run("mboxutil", "-c", "user/joe")
+    p = run(ims_home, "mboxutil", "-c", "user/joe")
     assert p.returncode != 0 and "already exists" in err(p)
-    p = run("mboxutil", "-d", "user/joe/Nope")
+    p = run(ims_home, "mboxutil", "-d", "user/joe/Nope")
     assert p.returncode != 0 and "Nope" in err(p)
-    p = run("mboxutil", "-c", "user/joe/a//b")
+    p = run(ims_home, "mboxutil", "-c", "user/joe/a//b")
     assert p.returncode != 0 and "bad folder name" in err(p)
-    assert run("mboxutil").returncode == 2
+    assert run(ims_home, "mboxutil").returncode == 2
 
 
 # -- imsimport --------------------------------------------------------------------
-def test_imsimport_mbox(config, tmp_path):
+def test_imsimport_mbox(config, ims_home, tmp_path):
     mbox = tmp_path / "joe.mbox"
     mbox.write_bytes(MBOX)
-    assert run("mboxutil", "-c", "user/joe").returncode == 0
-    p = run("imsimport", "-u", "joe", "-s", str(mbox), "-d", "Imported", "-v")
+    assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    p = run(ims_home, "imsimport", "-u", "joe", "-s", str(mbox), "-d", "Imported", "-v")
     assert p.returncode == 0, err(p)
     assert "imported 3 messages" in err(p)
     s = fresh_store()
@@ -166,29 +156,29 @@ def test_imsimport_mbox(config, tmp_path):
     for m in msgs:
         with s.open_message("joe", "Imported", m.uid) as f:
             bodies.append(f.read())
-    assert bodies == [ONE, TWO, THREE]
-    assert [m.size for m in msgs] == [len(ONE), len(TWO), len(THREE)]
+    assert bodies == [MBOX_ONE, MBOX_TWO, MBOX_THREE]
+    assert [m.size for m in msgs] == [len(MBOX_ONE), len(MBOX_TWO), len(MBOX_THREE)]
     assert msgs[0].flags == {"\\Seen", "\\Answered", "\\Flagged"}
     assert msgs[1].flags == frozenset()
     assert msgs[2].flags == {"\\Deleted", "\\Draft"}
-    assert [int(m.internaldate) for m in msgs] == [int(_local(2024, 1, 1, 10, 0, 0)),
-                                                   int(_local(2000, 2, 29, 23, 59, 59)),
-                                                   int(_local(1998, 7, 4, 12, 0, 0))]
+    assert [int(m.internaldate) for m in msgs] == [int(local_time(2024, 1, 1, 10, 0, 0)),
+                                                   int(local_time(2000, 2, 29, 23, 59, 59)),
+                                                   int(local_time(1998, 7, 4, 12, 0, 0))]
     assert all(abs(m.stored - time.time()) < 120 for m in msgs)
 
 
-def test_imsimport_from_stdin_into_inbox(config):
-    assert run("mboxutil", "-c", "user/joe").returncode == 0
-    p = run("imsimport", "-u", "joe", "-s", "-", input=MBOX)
+def test_imsimport_from_stdin_into_inbox(config, ims_home):
+    assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    p = run(ims_home, "imsimport", "-u", "joe", "-s", "-", input=MBOX)
     assert p.returncode == 0 and err(p) == ""
     assert len(fresh_store().messages("joe", "INBOX")) == 3
 
 
-def test_imsimport_refuses_non_mbox(config, tmp_path):
+def test_imsimport_refuses_non_mbox(config, ims_home, tmp_path):
     bad = tmp_path / "letter.eml"
     bad.write_bytes(b"Subject: not an mbox\n\nbody\n")
-    assert run("mboxutil", "-c", "user/joe").returncode == 0
-    p = run("imsimport", "-u", "joe", "-s", str(bad), "-d", "Imported")
+    assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    p = run(ims_home, "imsimport", "-u", "joe", "-s", str(bad), "-d", "Imported")
     assert p.returncode == 2
     assert "not an mbox" in err(p) and str(bad) in err(p)
     s = fresh_store()
@@ -196,21 +186,21 @@ def test_imsimport_refuses_non_mbox(config, tmp_path):
     assert s.messages("joe", "INBOX") == []
 
 
-def test_imsimport_errors(config, tmp_path):
-    p = run("imsimport", "-u", "nobody", "-s", str(tmp_path / "x"))
+def test_imsimport_errors(config, ims_home, tmp_path):
+    p = run(ims_home, "imsimport", "-u", "nobody", "-s", str(tmp_path / "x"))
     assert p.returncode == 2 and "mboxutil -c user/nobody" in err(p)
-    assert run("mboxutil", "-c", "user/joe").returncode == 0
-    p = run("imsimport", "-u", "joe", "-s", str(tmp_path / "missing.mbox"))
+    assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    p = run(ims_home, "imsimport", "-u", "joe", "-s", str(tmp_path / "missing.mbox"))
     assert p.returncode == 2 and "does not exist" in err(p)
 
 
 # -- imsdeliver -------------------------------------------------------------------
-def test_imsdeliver_one_inode_for_three_users(config, tmp_path):
+def test_imsdeliver_one_inode_for_three_users(config, ims_home, tmp_path):
     for u in ("joe", "ann", "bob"):
-        assert run("mboxutil", "-c", f"user/{u}").returncode == 0
+        assert run(ims_home, "mboxutil", "-c", f"user/{u}").returncode == 0
     msg = tmp_path / "msg.eml"
     msg.write_bytes(MSG)
-    p = run("imsdeliver", "-m", str(msg), "joe", "ann", "joe", "bob")     # joe named twice
+    p = run(ims_home, "imsdeliver", "-m", str(msg), "joe", "ann", "joe", "bob")     # joe named twice
     assert p.returncode == 0, err(p)
     assert out(p).splitlines() == ["joe: UID 1", "ann: UID 1", "bob: UID 1"]
     s = fresh_store()
@@ -223,9 +213,9 @@ def test_imsdeliver_one_inode_for_three_users(config, tmp_path):
             assert f.read() == MSG
 
 
-def test_imsdeliver_stdin_and_folder(config):
-    assert run("mboxutil", "-c", "user/joe").returncode == 0
-    p = run("imsdeliver", "-d", "Lists/ietf", "joe", input=MSG)
+def test_imsdeliver_stdin_and_folder(config, ims_home):
+    assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    p = run(ims_home, "imsdeliver", "-d", "Lists/ietf", "joe", input=MSG)
     assert p.returncode == 0, err(p)
     s = fresh_store()
     (m,) = s.messages("joe", "Lists/ietf")
@@ -233,12 +223,12 @@ def test_imsdeliver_stdin_and_folder(config):
         assert f.read() == MSG
 
 
-def test_imsdeliver_held_user_gets_it_queued(config):
+def test_imsdeliver_held_user_gets_it_queued(config, ims_home):
     for u in ("joe", "ann"):
-        assert run("mboxutil", "-c", f"user/{u}").returncode == 0
+        assert run(ims_home, "mboxutil", "-c", f"user/{u}").returncode == 0
     s = fresh_store()
     s.hold_deliveries("ann")
-    p = run("imsdeliver", "joe", "ann", input=MSG)
+    p = run(ims_home, "imsdeliver", "joe", "ann", input=MSG)
     assert p.returncode == 0, err(p)
     assert out(p).splitlines() == ["joe: UID 1", "ann: queued (deliveries held)"]
     s = fresh_store()
@@ -250,8 +240,8 @@ def test_imsdeliver_held_user_gets_it_queued(config):
         assert f.read() == MSG
 
 
-def test_imsdeliver_unknown_user_delivers_nothing(config):
-    assert run("mboxutil", "-c", "user/joe").returncode == 0
-    p = run("imsdeliver", "joe", "nobody", input=MSG)
+def test_imsdeliver_unknown_user_delivers_nothing(config, ims_home):
+    assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    p = run(ims_home, "imsdeliver", "joe", "nobody", input=MSG)
     assert p.returncode == 2 and "nobody" in err(p)
     assert fresh_store().messages("joe", "INBOX") == []

@@ -7,42 +7,7 @@ import time
 import pytest
 
 from asm.mbox import read_mbox
-
-MBOX = (
-    b"From alice@example.com Mon Jan  1 10:00:00 2024\n"
-    b"Status: RO\n"
-    b"X-Status: AF\n"
-    b"Subject: one\n"
-    b"\n"
-    b"body line\n"
-    b">From the start of a line\n"
-    b">>From quoted twice\n"
-    b"From inside a paragraph is not a separator\n"
-    b"\n"
-    b"From bob@example.com Tue Feb 29 23:59:59 2000\n"
-    b"Status: O\n"
-    b"Subject: two\n"
-    b"\n"
-    b"second\n"
-    b"\n"
-    b"\n"
-    b"From carol@example.com Sat Jul  4 12:00:00 1998\n"
-    b"X-Status: DT\n"
-    b"Subject: three\n"
-    b"\n"
-    b"Status: R in the body is not a flag\n"
-    b"\n"
-)
-
-ONE = (b"Status: RO\nX-Status: AF\nSubject: one\n\nbody line\nFrom the start of a line\n"
-       b">From quoted twice\nFrom inside a paragraph is not a separator\n")
-TWO = b"Status: O\nSubject: two\n\nsecond\n\n"
-THREE = b"X-Status: DT\nSubject: three\n\nStatus: R in the body is not a flag\n"
-
-
-def _local(y, mo, d, h, mi, s):
-    return time.mktime((y, mo, d, h, mi, s, 0, 0, -1))
-
+from tests.helpers import MBOX, MBOX_ONE as ONE, MBOX_THREE as THREE, MBOX_TWO as TWO, local_time
 
 def _read(data: bytes):
     out = []
@@ -60,9 +25,9 @@ def test_messages_bytes_flags_and_dates():
     assert got[0][1] == {"\\Seen", "\\Answered", "\\Flagged"}
     assert got[1][1] == frozenset()
     assert got[2][1] == {"\\Deleted", "\\Draft"}
-    assert got[0][2] == _local(2024, 1, 1, 10, 0, 0)
-    assert got[1][2] == _local(2000, 2, 29, 23, 59, 59)
-    assert got[2][2] == _local(1998, 7, 4, 12, 0, 0)
+    assert got[0][2] == local_time(2024, 1, 1, 10, 0, 0)
+    assert got[1][2] == local_time(2000, 2, 29, 23, 59, 59)
+    assert got[2][2] == local_time(1998, 7, 4, 12, 0, 0)
 
 
 def test_crlf_mbox_keeps_crlf():
