@@ -9,6 +9,7 @@ import pytest
 from asm.mbox import read_mbox
 from tests.helpers import MBOX, MBOX_ONE as ONE, MBOX_THREE as THREE, MBOX_TWO as TWO, local_time
 
+
 def _read(data: bytes):
     out = []
     for m in read_mbox(io.BytesIO(data)):

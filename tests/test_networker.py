@@ -4,10 +4,8 @@ recover -a of a folder, a user, a group and the whole store, full and incrementa
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import os
-import subprocess
 import time
 
 import pytest
@@ -15,12 +13,11 @@ import pytest
 from asm.config import Config
 from asm.store import open_store
 from plugins.networker import tree
-from tests.conftest import make_home, require
+from tests.helpers import command, make_home, path_with_commands, run
 from tests.nsrharness import Harness, parse_res
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAVE_MAILDIR = importlib.util.find_spec("asm.store.maildir") is not None
-PLUGINS = "classic,localdevices,networker" + (",maildir" if HAVE_MAILDIR else "")
+PLUGINS = "classic,localdevices,networker,maildir"
 GROUPS = "groupA=[a-l].*\ngroupB=[m-z].*\n"
 USERS = ["alice", "bob", "mary", "a b 'q' \"x\"", "zoë 日本", "50%;off"]
 FOLDERS = ["Sent", "Work", "Work/2023", "Réunions/Été", "50% off; \"q\"", ".hidden"]
@@ -28,17 +25,15 @@ FOLDERS = ["Sent", "Work", "Work/2023", "Réunions/Été", "50% off; \"q\"", ".h
 
 @pytest.fixture(params=["classic", "maildir"])
 def drv(request):
-    if request.param == "maildir" and not HAVE_MAILDIR:
-        pytest.skip("the maildir driver (asm/store/maildir.py) is not in the tree yet")
     return request.param
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
+    """What savepnpc runs precmds, ASMs and pstcmds with: the res files name the
+    commands (mkbackupdir, imsasmreport) as an administrator who put them on PATH does."""
     monkeypatch.setenv("IMS_ASM_PLUGINS", PLUGINS)
-    e = dict(os.environ)
-    e["IMS_ASM_PLUGINS"] = PLUGINS
-    return e
+    return dict(os.environ, IMS_ASM_PLUGINS=PLUGINS, PATH=path_with_commands())
 
 
 def home(path, drv):
@@ -80,7 +75,8 @@ def state(store, users=None) -> dict:
 
 
 def asm_dir():
-    return os.path.dirname(require("imsasm", "pip install -e . puts it on PATH"))
+    """NetWorker's ASM directory: where imsasm is installed (the venv's bin)."""
+    return os.path.dirname(command("imsasm"))
 
 
 def res_file(tmp_path, name, ims_home, backup):
@@ -90,10 +86,6 @@ def res_file(tmp_path, name, ims_home, backup):
     out = tmp_path / name
     out.write_text(text, encoding="utf-8")
     return str(out)
-
-
-def run(argv, env, stdin=None, **kw):
-    return subprocess.run(argv, env=env, stdin=stdin, capture_output=True, **kw)
 
 
 # ----------------------------------------------------------------------------- names
@@ -129,7 +121,7 @@ def test_mkbackupdir_tree_incremental_and_refusals(tmp_path, ims_home, env):
     store = open_store(cfg)
     fill(store, USERS[:4])
     backup = tmp_path / "backup"
-    p = run(["mkbackupdir", "-p", str(backup)], env)
+    p = run(ims_home, "mkbackupdir", "-p", str(backup))
     assert p.returncode == 0, p.stderr
     u = backup / "primary" / "groupA" / "a b 'q' \"x\""
     assert (u / "INBOX").is_file() and (u / "INBOX").stat().st_size == 0
@@ -144,7 +136,7 @@ def test_mkbackupdir_tree_incremental_and_refusals(tmp_path, ims_home, env):
     store.create_folder("alice", "New one")
     store.create_folder("alice", "50% off; \"q\"/sub")
     (backup / "primary" / "groupA" / "alice" / "notes.txt").write_text("admin's file")
-    p = run(["mkbackupdir", "-v", "-p", str(backup)], env)
+    p = run(ims_home, "mkbackupdir", "-v", "-p", str(backup))
     assert p.returncode == 1 and "notes.txt is not an empty placeholder; left alone" in p.stderr.decode()
     a = backup / "primary" / "groupA" / "alice"
     assert not (backup / "primary" / "groupA" / "bob").exists()
@@ -157,7 +149,7 @@ def test_mkbackupdir_tree_incremental_and_refusals(tmp_path, ims_home, env):
     (other / "keep").write_text("x")
     for argv, why in [(["-p", str(other)], "not empty"), (["-a", "imsbackup", "-p", str(backup)], "end in 'asm'"),
                       (["-t", "0", "-p", str(backup)], "between 1 and 1024"), ([], "-p DIRECTORY")]:
-        p = run(["mkbackupdir"] + argv, env)
+        p = run(ims_home, "mkbackupdir", *argv)
         assert p.returncode == 2 and why in p.stderr.decode() and p.stderr.decode().count("\n") == 1, p.stderr
     assert sorted(os.listdir(other)) == ["keep"]
 
@@ -168,7 +160,7 @@ def test_mkbackupdir_refuses_directory_owner_cannot_write(tmp_path, ims_home, en
     cfg.set("store.owner", "nobody")
     d = tmp_path / "rootonly"
     d.mkdir(mode=0o755)
-    p = run(["mkbackupdir", "-p", str(d)], env)
+    p = run(ims_home, "mkbackupdir", "-p", str(d))
     if os.geteuid() != 0 and os.stat(d).st_uid != 0:
         assert p.returncode == 0
         return
@@ -180,7 +172,7 @@ def test_mkbackupdir_warns_about_64_characters(tmp_path, ims_home, env):
     home(ims_home, "classic")
     open_store(Config()).create_user("averyveryverylonguserid")
     deep = tmp_path / ("x" * 40)
-    p = run(["mkbackupdir", "-p", str(deep)], env)
+    p = run(ims_home, "mkbackupdir", "-p", str(deep))
     assert p.returncode == 0
     err = p.stderr.decode()
     longest = len(f"{deep}/primary/groupA/averyveryverylonguserid/INBOX")
@@ -274,7 +266,7 @@ def test_per_user_records_estimate_compare_and_rename(tmp_path, ims_home, env):
     assert (backup / "primary" / "groupA" / "alice").is_file()          # -u: one placeholder per user
     assert len(h.catalog.entries) == 3
     # -b: records, header bytes, data bytes (every message byte once)
-    p = run(["imsasm", "-s", "-b", str(backup / "primary" / "groupA")], env)
+    p = run(ims_home, "imsasm", "-s", "-b", str(backup / "primary" / "groupA"))
     n, hdr, data = map(int, p.stdout.split())
     assert (n, data) == (1, sum(m[3] for k, v in state(store).items() if k[0] in ("alice", "bob") for m in v[1]))
     assert hdr > 0
@@ -282,20 +274,20 @@ def test_per_user_records_estimate_compare_and_rename(tmp_path, ims_home, env):
     saved = state(store, {"alice"})
     # -c: equal, then a difference after a flag change
     with open(ss, "rb") as f:
-        assert run(["imsasm", "-c"], env, stdin=f).returncode == 0
+        assert run(ims_home, "imsasm", "-c", stdin=f).returncode == 0
     m = store.messages("alice", "INBOX")[0]
     store.set_flags("alice", "INBOX", m.uid, ["\\Deleted"])
     with open(ss, "rb") as f:
-        p = run(["imsasm", "-c"], env, stdin=f)
+        p = run(ims_home, "imsasm", "-c", stdin=f)
     assert p.returncode == 1 and f"/primary/alice/INBOX/{m.uid}: flags" in p.stderr.decode()
     # -i r: restored beside the existing folder with the -z suffix
     with open(ss, "rb") as f:
-        p = run(["imsasm", "-r", "-ir", "-z", ".R", str(backup / "primary" / "groupA" / "alice")], env, stdin=f)
+        p = run(ims_home, "imsasm", "-r", "-ir", "-z", ".R", str(backup / "primary" / "groupA" / "alice"), stdin=f)
     assert p.returncode == 0, p.stderr
     assert [x.uid for x in store.messages("alice", "INBOX-R")] == [x.uid for x in store.messages("alice", "INBOX")]
     # -m: user relocation
     with open(ss, "rb") as f:
-        p = run(["imsasm", "-r", "-m", f"{backup}/primary/groupA/alice={backup}/primary/groupA/carol"], env, stdin=f)
+        p = run(ims_home, "imsasm", "-r", "-m", f"{backup}/primary/groupA/alice={backup}/primary/groupA/carol", stdin=f)
     assert p.returncode == 0, p.stderr
     assert state(store, {"carol"}) == {("carol", k[1]): v for k, v in saved.items()}
 
@@ -305,7 +297,7 @@ def test_bad_input(tmp_path, ims_home, env):
     store = open_store(cfg)
     fill(store, ["alice"])
     backup = tmp_path / "backup"
-    assert run(["mkbackupdir", "-p", str(backup)], env).returncode == 0
+    assert run(ims_home, "mkbackupdir", "-p", str(backup)).returncode == 0
     cases = [
         (["imsasm", "-v", "x"], None, 2, "must be -s"),
         (["imsasm", "-s", str(tmp_path)], None, 2, "not in a mkbackupdir tree"),
@@ -314,15 +306,15 @@ def test_bad_input(tmp_path, ims_home, env):
         (["imsasm", "-r"], b"not a stream at all", 8, "not an imsasm save stream"),
     ]
     for argv, data, rc, why in cases:
-        p = run(argv, env, input=data) if data is not None else run(argv, env, stdin=subprocess.DEVNULL)
+        p = run(ims_home, *argv, input=data)
         assert p.returncode == rc and why in p.stderr.decode(), (argv, p.stderr)
         assert p.stderr.decode().count("\n") == 1
-    good = run(["imsasm", "-s", str(backup / "primary" / "groupA" / "alice")], env).stdout
-    p = run(["imsasm", "-r", "-n"], env, input=good[: len(good) // 2])
+    good = run(ims_home, "imsasm", "-s", str(backup / "primary" / "groupA" / "alice")).stdout
+    p = run(ims_home, "imsasm", "-r", "-n", input=good[: len(good) // 2])
     assert p.returncode == 4 and "is cut inside" in p.stderr.decode(), p.stderr
     damaged = bytearray(good)
     damaged[len(good) // 2] ^= 0xFF
-    p = run(["imsasm", "-r", "-n"], env, input=bytes(damaged))
+    p = run(ims_home, "imsasm", "-r", "-n", input=bytes(damaged))
     assert p.returncode in (1, 4)
-    p = run(["imsasm", "-r", str(backup / "primary" / "groupB")], env, input=good)
+    p = run(ims_home, "imsasm", "-r", str(backup / "primary" / "groupB"), input=good)
     assert p.returncode == 2 and "nothing in the save stream matches" in p.stderr.decode()
