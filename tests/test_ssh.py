@@ -17,8 +17,8 @@ from asm.demo import build_demo
 from asm.store import open_store
 from plugins.ssh import AuthFailed, HostKeyUnknown, VerifyFailed, fetch, push
 from plugins.ssh.connection import Settings
-from tests.conftest import make_home
-from tests.sshd import keygen, sshd  # noqa: F401  (the fixture)
+from tests.helpers import free_port, make_home, popen, run
+from tests.sshd import keygen
 
 PLUGINS = "classic,localdevices,ssh"
 NAME = "full; 50% 'é' v1.ims"          # spaces, quotes, %, ; and Unicode in the remote name
@@ -37,8 +37,10 @@ def source(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _only_our_plugins(monkeypatch):
+def _env(monkeypatch, tmp_path):
     monkeypatch.setenv("IMS_ASM_PLUGINS", PLUGINS)
+    monkeypatch.setenv("HOME", str(tmp_path))        # never the developer's ~/.ssh keys ...
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)   # ... nor agent: only the configured key
 
 
 def snapshot(store) -> dict:
@@ -66,12 +68,6 @@ def home_for(tmp_path, sshd, source=None, name="home", **ssh):
     return make_home(tmp_path / name, "classic", **opts)
 
 
-def run(cmd, home, *args, timeout=120):
-    env = dict(os.environ, IMS_HOME=str(home), IMS_ASM_PLUGINS=PLUGINS, HOME=str(home))
-    env.pop("SSH_AUTH_SOCK", None)      # only the configured key, never the developer's agent
-    return subprocess.run([cmd, *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def one_line(text: str) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert len(lines) == 1, text
@@ -92,7 +88,7 @@ def stream(request):
 def test_backup_to_remote_file_and_restore_seekable(sshd, source, tmp_path, stream):
     src = home_for(tmp_path, sshd, source, ssh_stream=stream)
     d = sshd.remote_dir(f"file-{stream}")
-    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/{NAME}"), "/")
+    p = run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/{NAME}"), "/", text=True)
     assert p.returncode == 0, p.stderr
     assert os.listdir(d) == [NAME]                       # no temporary file left behind
     st = os.stat(os.path.join(d, NAME))
@@ -101,7 +97,7 @@ def test_backup_to_remote_file_and_restore_seekable(sshd, source, tmp_path, stre
 
     dst = home_for(tmp_path, sshd, name="dst")
     url = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{d}/" + NAME.replace("%", "%25")
-    p = run("imsrestore", dst.home, "-f", url, "/")
+    p = run(dst.home, "imsrestore", "-f", url, "/", text=True)
     assert p.returncode == 0, p.stderr
     assert restored(dst.home) == source["snapshot"]
     assert sum(1 for k in source["snapshot"] if len(k) == 3) >= source["counts"]["messages"]
@@ -110,10 +106,10 @@ def test_backup_to_remote_file_and_restore_seekable(sshd, source, tmp_path, stre
 def test_blocking_factor_and_listing_over_ssh(sshd, source, tmp_path):
     src = home_for(tmp_path, sshd, source)
     d = sshd.remote_dir("bf")
-    p = run("imsbackup", src.home, "-b", "7", "-f", sshd.spec(f"{d}/a.ims"), "/primary/user/alice")
+    p = run(src.home, "imsbackup", "-b", "7", "-f", sshd.spec(f"{d}/a.ims"), "/primary/user/alice", text=True)
     assert p.returncode == 0, p.stderr
     assert os.path.getsize(f"{d}/a.ims") % (512 * 7) == 0
-    p = run("imsrestore", src.home, "-b", "7", "-t", "-f", sshd.spec(f"{d}/a.ims"))
+    p = run(src.home, "imsrestore", "-b", "7", "-t", "-f", sshd.spec(f"{d}/a.ims"), text=True)
     assert p.returncode == 0, p.stderr
     listed = {ln.split("\t")[0] for ln in p.stdout.splitlines()}
     want = {f"/primary/alice/{k[1]}/{k[2]}" for k in source["snapshot"] if len(k) == 3 and k[0] == "alice"}
@@ -129,14 +125,14 @@ def test_stream_through_remote_fifo(sshd, source, tmp_path):
     os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
     caught = tmp_path / "caught.ims"
     reader = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", fifo, str(caught)])
-    p = run("imsbackup", src.home, "-f", sshd.spec(fifo), "/")
+    p = run(src.home, "imsbackup", "-f", sshd.spec(fifo), "/", text=True)
     reader.wait(30)
     assert p.returncode == 0, p.stderr
     assert caught.stat().st_size % (512 * 20) == 0 and caught.stat().st_size > 100_000
 
     dst = home_for(tmp_path, sshd, name="dst")
     feeder = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", str(caught), fifo])
-    p = run("imsrestore", dst.home, "-f", sshd.spec(fifo), "/")
+    p = run(dst.home, "imsrestore", "-f", sshd.spec(fifo), "/", text=True)
     feeder.wait(30)
     assert p.returncode == 0, p.stderr
     assert restored(dst.home) == source["snapshot"]
@@ -145,11 +141,11 @@ def test_stream_through_remote_fifo(sshd, source, tmp_path):
 def test_local_file_with_colon_stays_local(sshd, source, tmp_path, monkeypatch):
     src = home_for(tmp_path, sshd, source)
     monkeypatch.chdir(tmp_path)
-    p = run("imsbackup", src.home, "-f", "./127.0.0.1:x.ims", "/primary/user/bob")
+    p = run(src.home, "imsbackup", "-f", "./127.0.0.1:x.ims", "/primary/user/bob", text=True)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "127.0.0.1:x.ims").stat().st_size > 0
     src.set("device.localonly", "yes")
-    p = run("imsbackup", src.home, "-f", "127.0.0.1:y.ims", "/primary/user/bob")
+    p = run(src.home, "imsbackup", "-f", "127.0.0.1:y.ims", "/primary/user/bob", text=True)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "127.0.0.1:y.ims").stat().st_size > 0
 
@@ -192,11 +188,11 @@ def test_sftp_only_account(sshd, source, tmp_path):
     """No shell on the far side (ForceCommand internal-sftp): SFTP writes, size-verified push."""
     src = home_for(tmp_path, sshd, source)
     d = sshd.remote_dir("sftponly", owner=sshd.sftp_user)
-    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/a.ims", user=sshd.sftp_user), "/primary/user/carol")
+    p = run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/a.ims", user=sshd.sftp_user), "/primary/user/carol", text=True)
     assert p.returncode == 0, p.stderr
     assert os.listdir(d) == ["a.ims"]
     dst = home_for(tmp_path, sshd, name="dst")
-    p = run("imsrestore", dst.home, "-f", sshd.spec(f"{d}/a.ims", user=sshd.sftp_user), "/")
+    p = run(dst.home, "imsrestore", "-f", sshd.spec(f"{d}/a.ims", user=sshd.sftp_user), "/", text=True)
     assert p.returncode == 0, p.stderr
     want = {k: v for k, v in source["snapshot"].items() if k[0] == "carol"}
     assert want and restored(dst.home) == want
@@ -218,7 +214,7 @@ def test_unknown_host_key_refused_with_how_to_accept(sshd, source, tmp_path):
     empty.write_text("")
     src = home_for(tmp_path, sshd, source, ssh_knownhosts=str(empty))
     d = sshd.remote_dir("unknown")
-    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/x.ims"), "/")
+    p = run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/x.ims"), "/", text=True)
     assert p.returncode == 11
     line = one_line(p.stderr)
     assert "not known" in line and _fingerprint(sshd.host_key + ".pub") in line
@@ -235,7 +231,7 @@ def test_changed_host_key_refused(sshd, source, tmp_path):
     kh = tmp_path / "known_hosts"
     kh.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
     dst = home_for(tmp_path, sshd, ssh_knownhosts=str(kh))
-    p = run("imsrestore", dst.home, "-f", sshd.spec("/etc/hostname"), "/")
+    p = run(dst.home, "imsrestore", "-f", sshd.spec("/etc/hostname"), "/", text=True)
     assert p.returncode == 11
     line = one_line(p.stderr)
     assert "CHANGED" in line and _fingerprint(sshd.host_key + ".pub") in line and _fingerprint(impostor + ".pub") in line
@@ -244,7 +240,7 @@ def test_changed_host_key_refused(sshd, source, tmp_path):
 def test_wrong_client_key_refused(sshd, source, tmp_path):
     src = home_for(tmp_path, sshd, source, ssh_identity=sshd.other_key)
     d = sshd.remote_dir("wrongkey")
-    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/x.ims"), "/")
+    p = run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/x.ims"), "/", text=True)
     assert p.returncode == 12
     line = one_line(p.stderr)
     assert "authentication failed" in line and sshd.other_key in line
@@ -252,9 +248,8 @@ def test_wrong_client_key_refused(sshd, source, tmp_path):
 
 
 def test_connection_refused(sshd, source, tmp_path):
-    from tests.sshd import free_port
     src = home_for(tmp_path, sshd, source)
-    p = run("imsbackup", src.home, "-f", f"imsbk@127.0.0.1:{free_port()}:/tmp/x.ims", "/")
+    p = run(src.home, "imsbackup", "-f", f"imsbk@127.0.0.1:{free_port()}:/tmp/x.ims", "/", text=True)
     assert p.returncode == 10
     assert "Connection refused" in one_line(p.stderr)
 
@@ -262,7 +257,7 @@ def test_connection_refused(sshd, source, tmp_path):
 def test_missing_remote_archive(sshd, tmp_path):
     dst = home_for(tmp_path, sshd)
     d = sshd.remote_dir("missing")
-    p = run("imsrestore", dst.home, "-f", sshd.spec(f"{d}/nope.ims"), "/")
+    p = run(dst.home, "imsrestore", "-f", sshd.spec(f"{d}/nope.ims"), "/", text=True)
     assert p.returncode == 3 and "does not exist" in one_line(p.stderr)
 
 
@@ -270,10 +265,8 @@ def test_missing_remote_archive(sshd, tmp_path):
 def test_server_killed_mid_transfer(sshd, source, tmp_path, stream):
     src = home_for(tmp_path, sshd, source, ssh_stream=stream)
     d = sshd.remote_dir(f"killed-{stream}")
-    env = dict(os.environ, IMS_HOME=str(src.home), IMS_ASM_PLUGINS=PLUGINS, HOME=str(src.home))
-    env.pop("SSH_AUTH_SOCK", None)
-    proc = subprocess.Popen(["imsbackup", "-b", "1", "-f", sshd.spec(f"{d}/x.ims"), "/"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = popen(src.home, "imsbackup", "-b", "1", "-f", sshd.spec(f"{d}/x.ims"), "/",
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     stopped = False
     while time.monotonic() < deadline and proc.poll() is None:
@@ -297,14 +290,12 @@ def test_server_killed_mid_transfer(sshd, source, tmp_path, stream):
 def test_link_lost_during_restore(sshd, source, tmp_path):
     src = home_for(tmp_path, sshd, source)
     d = sshd.remote_dir("readkill")
-    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/x.ims"), "/")
+    p = run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/x.ims"), "/", text=True)
     assert p.returncode == 0, p.stderr
     dst = home_for(tmp_path, sshd, name="dst")
-    env = dict(os.environ, IMS_HOME=str(dst.home), IMS_ASM_PLUGINS=PLUGINS, HOME=str(dst.home))
-    env.pop("SSH_AUTH_SOCK", None)
     before = set(sshd.session_pids())
-    proc = subprocess.Popen(["imsrestore", "-f", sshd.spec(f"{d}/x.ims"), "/"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = popen(dst.home, "imsrestore", "-f", sshd.spec(f"{d}/x.ims"), "/",
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None and not set(sshd.session_pids()) - before:
         time.sleep(0.002)
@@ -324,7 +315,7 @@ def test_far_disk_full(sshd, source, tmp_path, stream):
         d = sshd.remote_dir(f"full-{stream}", tmpfs_size="1m")
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"cannot mount a tmpfs for the full-disk test (needs root): {exc.stderr}")
-    p = run("imsbackup", src.home, "-f", sshd.spec(f"{d}/x.ims"), "/")
+    p = run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/x.ims"), "/", text=True)
     assert p.returncode == 13, p.stderr
     line = one_line(p.stderr)
     assert "no space left" in line and "incomplete" in line
