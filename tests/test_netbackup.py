@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from asm.config import Config
 from asm.store import open_store
-from tests.test_staging import build, change_mail, imsstage, rows, run, sha256, staged_files, user_view
+from tests.helpers import build, change_mail, imsstage, rows, run, sha256, staged_files, user_view
 
 
 def imsnbu(home, *args, **kw):
-    return run(home, sys.executable, "-m", "plugins.netbackup.cli", *args, **kw)
+    return run(home, "imsnbu", *args, text=True, **kw)
 
 
 @pytest.fixture
@@ -32,10 +30,11 @@ def nbu(ims_home, tmp_path):
     return store, st, bindir, r.stdout
 
 
-def notify(bindir, name, *args, env=None):
-    e = {k: v for k, v in os.environ.items() if k != "IMS_HOME"}    # NetBackup's environment has none
-    e.update(env or {})
-    return subprocess.run([str(bindir / name), *args], env=e, capture_output=True, text=True, timeout=120)
+def notify(bindir, name, *args):
+    """A notify script imsnbu installed, run by its path as NetBackup runs it: with
+    no IMS_HOME and a PATH that does not hold the project's commands."""
+    bare = {"IMS_HOME": None, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    return run(None, bindir / name, *args, env=bare, text=True)
 
 
 def test_install_prints_policy_and_refuses_foreign_scripts(ims_home, tmp_path, nbu):

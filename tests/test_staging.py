@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -15,93 +14,10 @@ import pytest
 from asm.config import Config
 from asm.store import open_store
 from staging.lock import AreaLock
-from tests.conftest import CI
-
-# -- helpers (test_netbackup.py uses them too) --
-
-import hashlib  # noqa: E402
-import sqlite3  # noqa: E402
-
-from asm.cli.demo import fingerprint  # noqa: E402
-from asm.demo import build_demo  # noqa: E402
-
-GROUPS = "gA=[a-f].*\ngB=[g-m].*\ngC=[n-r].*\n"     # the rest (s-z) fall in 'user'
-
-
-def build(home, driver: str, users: int = 16, messages: int = 160, groups: str = GROUPS):
-    cfg = Config(str(home))
-    cfg.set("store.driver", driver)
-    with open(cfg.groups_path, "w") as f:
-        f.write(groups)
-    store = open_store(Config(str(home)))
-    build_demo(store, users=users, messages=messages)
-    time.sleep(1.1)     # dumps record their start by the second: keep the build out of it
-    return store
-
-
-def run(home, *argv, env=None, check=None, timeout=120):
-    e = dict(os.environ, IMS_HOME=str(home))
-    e.update(env or {})
-    r = subprocess.run(list(argv), env=e, capture_output=True, text=True, timeout=timeout)
-    if check is not None:
-        assert r.returncode == check, f"{argv} exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r
-
-
-def imsstage(home, *args, **kw):
-    return run(home, sys.executable, "-m", "staging.cli", *args, **kw)
-
-
-def rows(directory) -> list[dict]:
-    db = sqlite3.connect(os.path.join(str(directory), "catalog.db"))
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM dumps ORDER BY id")]
-    finally:
-        db.close()
-
-
-def users_of(directory, dump_id) -> list[str]:
-    db = sqlite3.connect(os.path.join(str(directory), "catalog.db"))
-    try:
-        return sorted(r[0] for r in db.execute("SELECT user FROM dump_users WHERE dump=?", (dump_id,)))
-    finally:
-        db.close()
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def user_view(store, user: str) -> dict:
-    """Everything a client sees of one user: folders (UIDVALIDITY, UIDNEXT) and every
-    message's bytes, UID, flags, keywords and date."""
-    fp = fingerprint(store)
-    return {k: v for k, v in fp.items() if isinstance(k, tuple) and k[0] == user}
-
-
-def change_mail(store, users, n: int = 6):
-    """A day of mail: new deliveries (one to several users), a flag change, an expunge."""
-    import time
-    time.sleep(1.1)     # incrementals are taken by the second
-    tag = b"%f" % time.time()       # each round's mail differs from the last one's
-    for i in range(n):
-        rcpts = users[i % len(users): i % len(users) + (2 if i % 3 == 0 else 1)]
-        store.deliver(rcpts, io.BytesIO(b"Subject: new %d %s\r\n\r\n" % (i, tag) + b"x" * (500 * i + 10) + b"\r\n"),
-                      folder="INBOX", internaldate=1_700_000_000 + i)
-    u = users[0]
-    msgs = store.messages(u, "INBOX")
-    store.set_flags(u, "INBOX", msgs[0].uid, ["\\Seen", "\\Flagged"], ["$Important"])
-    if len(msgs) > 2:
-        store.expunge(u, "INBOX", [msgs[1].uid])
-
-
-def staged_files(directory) -> list[str]:
-    return sorted(n for n in os.listdir(str(directory)) if n.endswith(".ims") and not n.startswith("."))
+from tests.helpers import (
+    build, change_mail, imsstage, popen, rows, run, sha256, sized_store, small_tmpfs, staged_files, user_view,
+    users_of,
+)
 
 
 def test_parallel_dumps_of_every_group(ims_home, driver, tmp_path):
@@ -130,7 +46,7 @@ def test_parallel_dumps_of_every_group(ims_home, driver, tmp_path):
     Config(str(other)).set("store.driver", driver)
     shutil.copy(Config(str(ims_home)).groups_path, Config(str(other)).groups_path)
     for d in dumps:
-        run(other, sys.executable, "-m", "asm.cli.imsrestore", "-f", str(st / d["file"]), check=0)
+        run(other, "imsrestore", "-f", st / d["file"], check=0)
     restored = open_store(Config(str(other)))
     for u in ("alice", "grace", "niaj", "sybil"):
         assert user_view(restored, u) == user_view(store, u)
@@ -236,9 +152,7 @@ def test_deadline_stops_and_removes(ims_home, tmp_path):
 def test_killed_run_leaves_nothing_complete(ims_home, tmp_path):
     store = build(ims_home, "classic", users=16, messages=700)
     st = tmp_path / "stage"
-    env = dict(os.environ, IMS_HOME=str(ims_home))
-    proc = subprocess.Popen([sys.executable, "-m", "staging.cli", "-D", str(st), "-j", "1"], env=env,
-                            stderr=subprocess.PIPE)
+    proc = popen(ims_home, "imsstage", "-D", st, "-j", "1", stderr=subprocess.PIPE)
     # wait until a dump is being written, then kill the run outright
     t_end = time.monotonic() + 60
     while time.monotonic() < t_end:
@@ -273,38 +187,12 @@ def test_killed_run_leaves_nothing_complete(ims_home, tmp_path):
 @pytest.fixture
 def small_fs(tmp_path):
     """A 3 MiB tmpfs made for the test."""
-    d = tmp_path / "small"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(d)], capture_output=True, text=True)
-    if r.returncode != 0:
-        msg = f"cannot mount a tmpfs (needs root): {r.stderr.strip()}"
-        if CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    yield d
-    subprocess.run(["umount", str(d)], check=True)
-
-
-def _sized_store(home, groups: dict):
-    """{group: (users, messages each, bytes each)} -> a classic store; groups gA.. by prefix."""
-    cfg = Config(str(home))
-    cfg.set("store.driver", "classic")
-    with open(cfg.groups_path, "w") as f:
-        for g in groups:
-            f.write(f"{g}={g}_.*\n")
-    store = open_store(Config(str(home)))
-    for g, (users, n, size) in groups.items():
-        for i in range(users):
-            u = f"{g}_{i}"
-            store.create_user(u)
-            for k in range(n):
-                body = (b"Subject: %s %d\r\n\r\n" % (u.encode(), k)).ljust(size, b"z")
-                store.append(u, "INBOX", io.BytesIO(body), flags=["\\Seen"] if k % 2 else [])
-    return store
+    with small_tmpfs(tmp_path / "small", "3m") as d:
+        yield d
 
 
 def test_space_check_refuses_and_batches(ims_home, small_fs, tmp_path):
-    _sized_store(ims_home, {"ga": (2, 10, 50_000), "gb": (2, 10, 50_000), "gc": (2, 10, 50_000),
+    sized_store(ims_home, {"ga": (2, 10, 50_000), "gb": (2, 10, 50_000), "gc": (2, 10, 50_000),
                             "gd": (2, 10, 50_000)})
     # 4 x ~1 MB does not fit in 3 MiB at once, and nothing says how to empty the area between batches
     r = imsstage(ims_home, "-D", str(small_fs))

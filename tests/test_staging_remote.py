@@ -13,9 +13,8 @@ import pytest
 from asm.config import Config
 from asm.store import open_store
 from staging.catalog import Catalog
-from tests.sshd import free_port, sshd  # noqa: F401  (the fixture)
-from tests.test_staging import (
-    _sized_store, build, change_mail, imsstage, rows, sha256, staged_files, user_view,
+from tests.helpers import (
+    build, change_mail, free_port, imsstage, rows, sha256, sized_store, staged_files, user_view,
 )
 
 PLUGINS = "classic,maildir,localdevices,ssh"
@@ -157,7 +156,7 @@ def test_connection_refused_and_bad_remote(ims_home, sshd, tmp_path):
 
 
 def test_far_disk_full(ims_home, sshd, tmp_path):
-    _sized_store(ims_home, {"ga": (1, 6, 50_000), "gb": (2, 10, 60_000)})     # ~0.3 MB and ~1.2 MB
+    sized_store(ims_home, {"ga": (1, 6, 50_000), "gb": (2, 10, 60_000)})     # ~0.3 MB and ~1.2 MB
     configure(ims_home, sshd)
     try:
         small = sshd.remote_dir("small", tmpfs_size="1m")
