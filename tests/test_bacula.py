@@ -4,43 +4,30 @@ deleted user and a deleted folder, and the module's refusals."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 
 from asm.store import open_store
 from plugins.bacula.encoding import decode, encode
-from tests.bacula import bacula  # noqa: F401  (fixture)
 from tests.dovecot import require_dovecot, running_dovecot
-from tests.conftest import CI, make_home
+from tests.helpers import make_home, run
 
 PLUGINS = "classic,maildir,localdevices,bacula"
 DAY = 86400
 GROUPS = "groupA=a.*\nrest=.*\n"
 
 
-def have_maildir() -> bool:
-    return importlib.util.find_spec("asm.store.maildir") is not None
-
-
 @pytest.fixture(autouse=True)
 def _plugins(monkeypatch):
-    # load only the drivers that exist: a missing maildir driver must not break classic runs
-    names = PLUGINS if have_maildir() else PLUGINS.replace("maildir,", "")
-    monkeypatch.setenv("IMS_ASM_PLUGINS", names)
+    monkeypatch.setenv("IMS_ASM_PLUGINS", PLUGINS)
 
 
-def imsbacula(*args, input=None, env=None, check=False):
-    run = subprocess.run([sys.executable, "-m", "plugins.bacula.cli", *args], input=input,
-                         capture_output=True, env=env)
-    if check and run.returncode:
-        raise AssertionError(f"imsbacula {args} -> {run.returncode}: {run.stderr.decode()}")
-    return run
+def imsbacula(*args, input=None, check=False):
+    """imsbacula from the venv with this test's IMS_HOME; ``check``: must exit 0."""
+    return run(None, "imsbacula", *args, input=input, check=0 if check else None)
 
 
 def msg(user: str, folder: str, i: int, size: int = 300) -> bytes:
@@ -119,8 +106,8 @@ def test_fileset_has_one_line_per_group_and_partition(ims_home, tmp_path):
     store.create_user("zed")
     store.create_user("amy smith: q", "second")
     (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
-    run = imsbacula("fileset", "--name", "mail-x", "--client", "host1-fd", check=True)
-    text = run.stdout.decode()
+    p = imsbacula("fileset", "--name", "mail-x", "--client", "host1-fd", check=True)
+    text = p.stdout.decode()
     lines = plugin_lines(text)
     assert [fname for fname, _, _ in lines] == ["/MAILSTORE/primary/groupA", "/MAILSTORE/primary/rest",
                                                 "/MAILSTORE/second/groupA"]
@@ -147,26 +134,26 @@ def test_fileset_refuses_users_outside_every_group(ims_home):
     store.create_user("alice")
     store.create_user("zed")
     (ims_home / "config" / "backup-groups.conf").write_text("groupA=a.*\n")
-    run = imsbacula("fileset")
-    assert run.returncode == 2 and run.stdout == b""
-    assert b"match no line of backup-groups.conf ('zed')" in run.stderr and b"rest=.*" in run.stderr
-    run = imsbacula("fileset", "--name", "bad name")
-    assert run.returncode == 2 and b"bad --name 'bad name'" in run.stderr
+    p = imsbacula("fileset")
+    assert p.returncode == 2 and p.stdout == b""
+    assert b"match no line of backup-groups.conf ('zed')" in p.stderr and b"rest=.*" in p.stderr
+    p = imsbacula("fileset", "--name", "bad name")
+    assert p.returncode == 2 and b"bad --name 'bad name'" in p.stderr
 
 
 def test_backup_fails_when_imsbackup_fails_and_records_nothing(ims_home):
     store = open_store(make_home(ims_home, "classic"))
     store.create_user("alice")
     imsbacula("jobstart", "--jobid", "7", "--level", "Incremental", check=True)
-    run = imsbacula("-E", "backup", "/primary/nogroup/alice")      # not a group: imsbackup refuses
-    assert run.returncode == 2
-    assert b"imsbackup failed with exit status 2" in run.stderr
+    p = imsbacula("-E", "backup", "/primary/nogroup/alice")      # not a group: imsbackup refuses
+    assert p.returncode == 2
+    assert b"imsbackup failed with exit status 2" in p.stderr
     done = imsbacula("jobdone", "--jobid", "7")          # the Job's After RunScript fails the job
     assert done.returncode == 1
     assert b"job 7: /primary/nogroup/alice FAILED (imsbackup exit status 2)" in done.stdout
     assert b"no good backup job recorded" in imsbacula("history", check=True).stdout
-    run = imsbacula("-E", "backup", "/primary/a b")
-    assert run.returncode == 2 and b"not a percent-encoded word" in run.stderr
+    p = imsbacula("-E", "backup", "/primary/a b")
+    assert p.returncode == 2 and b"not a percent-encoded word" in p.stderr
 
 
 def test_select_and_restore_of_a_stream_without_the_selection(ims_home):
@@ -179,12 +166,12 @@ def test_select_and_restore_of_a_stream_without_the_selection(ims_home):
     assert len(archive) % 10240 == 0 and archive
     assert b"/primary/groupA/alice" in imsbacula("select", "/primary/groupA/alice", check=True).stdout
     # the stream of group 'rest' holds nothing selected: read it all, restore nothing, succeed
-    run = imsbacula("-E", "restore", "/primary/rest", input=archive, check=True)
-    assert b"nothing selected in this stream" in run.stderr
+    p = imsbacula("-E", "restore", "/primary/rest", input=archive, check=True)
+    assert b"nothing selected in this stream" in p.stderr
     assert b"everything" in imsbacula("select", "--clear", check=True).stdout
     for bad, why in (("primary/joe", b"must start with '/'"), ("/", b"selects everything")):
-        run = imsbacula("select", bad)
-        assert run.returncode == 2 and why in run.stderr, run.stderr
+        p = imsbacula("select", bad)
+        assert p.returncode == 2 and why in p.stderr, p.stderr
 
 
 # -- with real daemons -------------------------------------------------------------------
@@ -240,12 +227,7 @@ def job_ok(bac, job) -> None:
 
 
 @pytest.mark.parametrize("driver", ["classic", "maildir"])
-def test_full_incremental_and_restores_through_bacula(driver, ims_home, bacula, tmp_path):  # noqa: F811
-    if driver == "maildir" and not have_maildir():
-        msg_ = "the maildir store driver (asm/store/maildir.py) is not there yet"
-        if CI:
-            pytest.fail(msg_)
-        pytest.skip(msg_)
+def test_full_incremental_and_restores_through_bacula(driver, ims_home, bacula, tmp_path):
     with contextlib.ExitStack() as stack:
         if driver == "maildir":          # a Maildir store that a real Dovecot serves
             require_dovecot()
@@ -256,7 +238,7 @@ def test_full_incremental_and_restores_through_bacula(driver, ims_home, bacula, 
         run_scenario(cfg, ims_home, bacula, server)
 
 
-def run_scenario(cfg, ims_home, bacula, server):  # noqa: F811
+def run_scenario(cfg, ims_home, bacula, server):
     (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
     store = open_store(cfg)
     old = time.time() - 10 * DAY

@@ -14,7 +14,7 @@ import pytest
 
 from asm.store import utf7
 from asm.store.maildir import MaildirStore
-from tests.dovecot import dovecot, maildir_config  # noqa: F401  (the fixture)
+from tests.dovecot import maildir_config
 
 _HEAD = re.compile(rb"UID (\d+) FLAGS \(([^)]*)\) INTERNALDATE \"([^\"]+)\" RFC822\.SIZE (\d+)")
 _LIST = re.compile(rb'^\(([^)]*)\) (?:NIL|"(?:[^"\\]|\\.)*") (.*)$')

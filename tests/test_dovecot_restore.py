@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.dovecot import dovecot, maildir_config  # noqa: F401  (fixture)
+from tests.dovecot import maildir_config
 from tests.helpers import run
 
 FOLDERS = ["INBOX", "Work/2023", "Réunions", "Bulk Mail"]
