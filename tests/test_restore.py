@@ -7,15 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 
 import pytest
 
 from asm.store import open_store
-from tests.conftest import DRIVERS, make_home
-from tests.helpers import inode_groups, msg, put, run, small_tmpfs, state
+from tests.helpers import DRIVERS, inode_groups, make_home, msg, popen, put, run, small_tmpfs, state
 
 
 @pytest.fixture
@@ -333,10 +331,8 @@ def test_killed_restore_completes_when_run_again(store, ims_home, dest, tmp_path
     for i in range(150):
         put(store, "joe", "INBOX" if i % 2 else "Work", i, size=30_000)
     a = backup(ims_home, tmp_path / "a.ims")
-    env = dict(os.environ, IMS_HOME=str(dest))
     target = open_store(make_home(dest, store.name))
-    p = subprocess.Popen([sys.executable, "-m", "asm.cli.imsrestore", "-f", str(a)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = popen(dest, "imsrestore", "-f", a, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and p.poll() is None:
         if target.exists("joe") and target.exists("joe", "Work") and len(target.messages("joe", "Work")) > 10:
@@ -396,8 +392,7 @@ def test_asks_whether_to_continue_on_a_terminal(source, ims_home, dest, tmp_path
     bad.write_bytes(bytes(data))
     master, slave = pty.openpty()
     os.write(master, answer.encode() + b"\n")          # typed ahead; read at the prompt
-    p = subprocess.run([sys.executable, "-m", "asm.cli.imsrestore", "-f", str(bad)], stdin=slave,
-                       capture_output=True, env=dict(os.environ, IMS_HOME=str(dest)), timeout=120)
+    p = run(dest, "imsrestore", "-f", bad, stdin=slave)
     os.close(slave)
     os.close(master)
     assert b"Do you want to continue? [y/n]" in p.stderr and p.returncode == 1
