@@ -15,6 +15,7 @@ from asm.store.base import (BadName, FolderExists, LockTimeout, MessageGone, NoS
                             UidInUse, UserExists)
 from asm.store.maildir import (STALE_LOCK_SECS, MaildirStore, Uidlist, ims_store_drivers,
                                stored_from_name)
+from tests.helpers import unavailable
 
 MSG = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -240,7 +241,7 @@ def test_append_streams_in_chunks(store):
 
 def test_owner_is_applied(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("chown needs root")
+        unavailable("chown needs root")
     s = make(tmp_path, **{"store.owner": "65534"})
     s.create_user("bob")
     m = s.append("bob", "INBOX", io.BytesIO(MSG))

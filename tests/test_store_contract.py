@@ -193,7 +193,7 @@ def test_delete_folder_and_user(store):
 
 
 def test_several_partitions(ims_home, driver, tmp_path):
-    from tests.conftest import make_home
+    from tests.helpers import make_home
     cfg = make_home(ims_home, driver)
     cfg.set("partition:second.path", str(tmp_path / "second"))
     os.makedirs(tmp_path / "second", exist_ok=True)
