@@ -23,15 +23,25 @@ from tests.sshd import require_sshd, running_sshd  # noqa: E402
 __all__ = ["CI", "DRIVERS", "make_home", "require"]     # older tests import these from here
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """Under CI=true a skipped test is a failed one, whatever skipped it."""
-    outcome = yield
-    report = outcome.get_result()
+def _no_skip_under_ci(report) -> None:
     if CI and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, where nothing may skip: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a skipped test is a failed one, whatever skipped it."""
+    outcome = yield
+    _no_skip_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """... and so is a test module that skips itself as a whole."""
+    outcome = yield
+    _no_skip_under_ci(outcome.get_result())
 
 
 @pytest.fixture(autouse=True)
