@@ -10,7 +10,6 @@ import io
 import re
 from datetime import datetime
 
-
 from asm.store import utf7
 from asm.store.maildir import MaildirStore
 from tests.dovecot import maildir_config
