@@ -6,26 +6,25 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
+
+from tests.helpers import run
 
 FAULT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault")
-BIN = os.path.dirname(sys.executable)
 
 
 def _env(root, spec, env=None):
-    e = dict(os.environ)
-    e.update(env or {})
-    e["PYTHONPATH"] = FAULT_DIR + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e = dict(env or {})
+    pythonpath = e.get("PYTHONPATH", os.environ.get("PYTHONPATH"))
+    e["PYTHONPATH"] = FAULT_DIR + (os.pathsep + pythonpath if pythonpath else "")
     e["IMS_FAULT"] = spec
     e["IMS_FAULT_ROOT"] = os.path.abspath(str(root))
     return e
 
 
 def run_with_fault(argv, root, spec, env=None, input=None, timeout=300):
-    """Run ``argv`` (argv[0] a command of the venv, e.g. "imsrestore") under ``spec``."""
-    cmd = [os.path.join(BIN, argv[0]), *map(str, argv[1:])]
-    return subprocess.run(cmd, env=_env(root, spec, env), input=input, capture_output=True,
-                          timeout=timeout)
+    """Run ``argv`` (argv[0] a command of the venv, e.g. "imsrestore") under ``spec``
+    with ``helpers.run`` (IMS_HOME as in this process, ``env`` on top)."""
+    return run(None, *argv, env=_env(root, spec, env), input=input, timeout=timeout)
 
 
 def count_steps(argv, root, tmp, env=None, input=None) -> tuple[int, subprocess.CompletedProcess]:
