@@ -39,9 +39,12 @@ Use it as a context manager or as a pytest fixture::
     vdomain_lab = lab_fixture("vdomain", scope="function")
 
 Without Dovecot (or its LMTP server) the fixture skips, but fails under ``CI=true``.
+A lab lives in /tmp/ims-lab-* (the mail user must reach it) and is removed after its
+last test; set IMS_KEEP_LAB=1 to keep fixture labs for a look at the files.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -118,7 +121,7 @@ CONF = """\
 # private test Dovecot ({layout}); nothing from /etc/dovecot
 protocols = imap lmtp
 listen = 127.0.0.1
-base_dir = {d}/run
+base_dir = {run}
 state_dir = {d}/state
 instance_name = lab-{port}
 log_path = {d}/dovecot.log
@@ -181,6 +184,27 @@ plugin {{
 {extra}
 """
 
+# First userdb: a per-service passwd-file.  Logins listed in hold.lmtp get the userdb
+# field "tempfail", so LMTP answers 451 4.3.0 for them (the MTA queues and retries)
+# while IMAP (hold.imap does not exist: "missing passwd file" = unknown, next userdb)
+# works as usual.  See Lab.hold().
+USERDB_HOLD = """\
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {d}/hold.%s
+}}
+"""
+
+# Second userdb: per-login overrides (e.g. a second login whose mail= points at a copy
+# made by doveadm backup, so a test can compare both over IMAP).  See Lab.add_user().
+USERDB_OVERRIDE = """\
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {d}/userdb.override
+  default_fields = uid={user} gid={user} home={home}
+}}
+"""
+
 USERDB_STATIC = """\
 userdb {{
   driver = static
@@ -231,6 +255,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_STOPPING: list[tuple[int | None, str | None]] = []
+
+
+def _wait_gone(pid: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _reap_stopping() -> None:
+    while _STOPPING:
+        pid, remove = _STOPPING.pop()
+        if pid is not None:
+            _wait_gone(pid)
+        if remove:
+            shutil.rmtree(remove, ignore_errors=True)
 
 
 # -- IMAP wire parsing ------------------------------------------------------------------
@@ -605,9 +653,13 @@ class Lab:
         self.uid, self.gid = ensure_mail_user()
         self.extra = extra
         self.port = self.lport = 0
+        self.starts = 0
+        self.run_dir = os.path.join(workdir, "run0")
         self.pid: int | None = None
         self.passwords: dict[str, str] = {}
         self.userdb_fields: dict[str, str] = {}
+        self.held: dict[str, set[str]] = {}
+        self.overrides: dict[str, str] = {}
         self.logins = list(logins if logins is not None else self.layout.logins)
         for login in self.logins:
             self.add_user(login)
@@ -626,15 +678,29 @@ class Lab:
         return self._fill(self.layout.home)
 
     # -- users ----------------------------------------------------------------------
-    def add_user(self, login: str, password: str | None = None, userdb: str | None = None) -> None:
-        """Let ``login`` log in; ``userdb`` = extra userdb fields ("k=v k2=v2")
-        (only with the passwd-file userdb).  Dovecot re-reads the file when it changes."""
+    def add_user(self, login: str, password: str | None = None, userdb: str | None = None,
+                 mail: str | None = None, home: str | None = None) -> None:
+        """Let ``login`` log in.  ``userdb`` = extra userdb fields ("k=v k2=v2", only
+        with the passwd-file userdb); ``mail``/``home`` give this login its own
+        mail_location/home (an override userdb).  Dovecot re-reads both files."""
         self.passwords[login] = password if password is not None else "pw-" + login
         if userdb is not None:
             self.userdb_fields[login] = userdb
+        if mail is not None or home is not None:
+            self.overrides[login] = " ".join(
+                f"userdb_{k}={v}" for k, v in (("mail", mail), ("home", home)) if v)
+            self._write_overrides()
         if login not in self.logins:
             self.logins.append(login)
         self._write_users()
+
+    def _write_overrides(self) -> None:
+        path = os.path.join(self.dir, "userdb.override")
+        with open(path + ".tmp", "w") as f:
+            for login, fields in self.overrides.items():
+                f.write(f"{login}:::::::{fields}\n")
+        os.chmod(path + ".tmp", 0o644)
+        os.replace(path + ".tmp", path)
 
     def set_userdb_fields(self, login: str, fields: str) -> None:
         """Replace the extra userdb fields of ``login`` (passwd-file userdb only)."""
@@ -651,14 +717,39 @@ class Lab:
                 f.write(f"{u}:{{PLAIN}}{p}::::::{extra}\n")
         os.chmod(tmp, 0o644)
         os.replace(tmp, self.users_file)
+        if self.pid is not None:
+            # auth re-reads a passwd-file at most once a second (db-passwd-file.c)
+            time.sleep(1.1)
+
+    def hold(self, login: str, service: str = "lmtp") -> None:
+        """Make Dovecot refuse ``service`` for ``login`` with a temporary failure (LMTP:
+        451 4.3.0 at RCPT TO), other services unchanged."""
+        self.held.setdefault(service, set()).add(login)
+        self._write_holds(service)
+
+    def release(self, login: str, service: str = "lmtp") -> None:
+        self.held.get(service, set()).discard(login)
+        self._write_holds(service)
+
+    def _write_holds(self, service: str) -> None:
+        path = os.path.join(self.dir, f"hold.{service}")
+        with open(path + ".tmp", "w") as f:
+            for login in sorted(self.held[service]):
+                f.write(f"{login}:::::::userdb_tempfail=yes userdb_reason=delivery_held\n")
+        os.chmod(path + ".tmp", 0o644)
+        os.replace(path + ".tmp", path)
+        if self.pid is not None:
+            time.sleep(1.1)         # auth re-reads a passwd-file at most once a second
 
     # -- server -------------------------------------------------------------------
     def write_config(self) -> None:
         lay = self.layout
         userdb = USERDB_PASSWD_FILE if lay.userdb == "passwd-file" else USERDB_STATIC
-        userdb = userdb.format(user=self.mail_user, home=self.home_template, d=self.dir)
+        userdb = "".join(u.format(user=self.mail_user, home=self.home_template, d=self.dir)
+                         for u in (USERDB_HOLD, USERDB_OVERRIDE, userdb))
         plugin = "\n".join(f"  {k} = {v}" for k, v in lay.plugin)
         text = CONF.format(layout=lay.name, d=self.dir, port=self.port, lport=self.lport,
+                           run=self.run_dir,
                            mail_location=self.mail_location, user=self.mail_user,
                            mail_plugins=lay.mail_plugins, userdb=userdb, plugin=plugin,
                            extra=(lay.extra + "\n" + self.extra).strip())
@@ -670,8 +761,11 @@ class Lab:
         for p in (self.store, self.homes, self.idx, self.ctl):
             os.makedirs(p, exist_ok=True)
             os.chown(p, self.uid, self.gid)
-        if not self.port:
-            self.port, self.lport = free_port(), free_port()
+        # every start gets new ports and its own base_dir, so a start need not wait for
+        # the previous instance to finish shutting down (see restart())
+        self.starts += 1
+        self.run_dir = os.path.join(self.dir, f"run{self.starts}")
+        self.port, self.lport = free_port(), free_port()
         self.write_config()
         check = subprocess.run([DOVECOT, "-c", self.conf, "-n"], capture_output=True, text=True)
         if check.returncode:
@@ -681,7 +775,7 @@ class Lab:
                                 stdout=subprocess.DEVNULL, stderr=err).returncode
         if rc:
             raise RuntimeError(f"dovecot failed to start ({rc}): {self.log()}")
-        pidfile = os.path.join(self.dir, "run", "master.pid")
+        pidfile = os.path.join(self.run_dir, "master.pid")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.pid is None and os.path.exists(pidfile):
@@ -701,25 +795,31 @@ class Lab:
             return s.recv(100).startswith(banner)
         return False
 
-    def stop(self) -> None:
-        if self.pid is None:
-            return
+    def stop(self, wait: bool = True, remove: bool = False) -> None:
+        """SIGTERM the master (Dovecot takes 2-3 s to finish).  Without ``wait`` the end
+        is awaited when the test process exits, so fixture teardowns overlap; ``remove``
+        deletes the lab's directory once Dovecot is gone."""
         pid, self.pid = self.pid, None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if wait:
+            if pid is not None:
+                _wait_gone(pid)
+            if remove:
+                shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            if not _STOPPING:
+                atexit.register(_reap_stopping)
+            _STOPPING.append((pid, self.dir if remove else None))
 
     def restart(self) -> None:
-        """Stop and start again on the same ports (in-memory caches gone)."""
-        self.stop()
+        """A new instance over the same store (in-memory state gone), on new ports.
+
+        The old one is still shutting down (2-3 s) but holds no mailbox open: its
+        sessions ended with the tests' IMAP logouts and LMTP QUITs.
+        """
+        self.stop(wait=False)
         self.start()
 
     def log(self) -> str:
@@ -849,17 +949,15 @@ def dovecot_lab(layout: LabLayout | str = "plain", workdir: str | None = None,
     require_lab()
     own = workdir is None
     if own:
-        workdir = tempfile.mkdtemp(prefix="ims-lab-")
-    os.makedirs(workdir, exist_ok=True)
+        workdir = tempfile.mkdtemp(prefix="ims-lab-")   # not under pytest's 0700 tmp dirs:
+    os.makedirs(workdir, exist_ok=True)                  # the mail user must reach the store
     os.chmod(workdir, 0o755)
     lab = Lab(layout, workdir, logins=logins, extra=extra)
     try:
         lab.start()
         yield lab
     finally:
-        lab.stop()
-        if own:
-            shutil.rmtree(workdir, ignore_errors=True)
+        lab.stop(wait=not own, remove=own)      # own dir: removed once Dovecot is gone
 
 
 def lab_fixture(layout: str | None = None, *, params: Iterable[str] | None = None,
@@ -875,11 +973,18 @@ def lab_fixture(layout: str | None = None, *, params: Iterable[str] | None = Non
     plist = list(params) if params is not None else None
 
     @pytest.fixture(scope=scope, params=plist, ids=plist)
-    def _lab(request, tmp_path_factory):
+    def _lab(request):
         name = request.param if plist is not None else layout
-        work = str(tmp_path_factory.mktemp(f"lab-{name}-"))
-        with dovecot_lab(name, work, logins=logins, extra=extra) as lab:
+        require_lab()
+        work = tempfile.mkdtemp(prefix=f"ims-lab-{name}-")
+        os.chmod(work, 0o755)
+        lab = Lab(name, work, logins=logins, extra=extra)
+        try:
+            lab.start()
             yield lab
+        finally:
+            # the next lab starts while this one shuts down; the directory goes after
+            lab.stop(wait=False, remove=not os.environ.get("IMS_KEEP_LAB"))
     return _lab
 
 
