@@ -201,7 +201,7 @@ USERDB_OVERRIDE = """\
 userdb {{
   driver = passwd-file
   args = username_format=%u {d}/userdb.override
-  default_fields = uid={user} gid={user} home={home}
+  default_fields = uid={user} gid={user}
 }}
 """
 
@@ -666,7 +666,10 @@ class Lab:
 
     # -- paths --------------------------------------------------------------------
     def _fill(self, template: str) -> str:
-        return template.format(store=self.store, home=self.homes, idx=self.idx, ctl=self.ctl)
+        for key, value in (("{store}", self.store), ("{home}", self.homes),
+                           ("{idx}", self.idx), ("{ctl}", self.ctl)):
+            template = template.replace(key, value)       # not str.format: %{user}
+        return template
 
     @property
     def mail_location(self) -> str:
@@ -687,6 +690,7 @@ class Lab:
         if userdb is not None:
             self.userdb_fields[login] = userdb
         if mail is not None or home is not None:
+            home = home or os.path.join(self.homes, login)
             self.overrides[login] = " ".join(
                 f"userdb_{k}={v}" for k, v in (("mail", mail), ("home", home)) if v)
             self._write_overrides()

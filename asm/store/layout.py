@@ -374,7 +374,7 @@ def parse_mail_location(text: str) -> MailLocation:
     loc = MailLocation(text=text, format=fmt, root=root, options=tuple(options), **fields)
     for p in loc.templates():
         _tokens(p)                      # refuse unknown variables now, not per login
-        if not (p.startswith("/") or p.startswith("~")):
+        if not p.startswith(("/", "~", "%h", "%{home}")):
             raise LayoutError(f"mail_location {text!r}: {p!r} is not an absolute path "
                               f"(Dovecot deprecates relative mail paths)")
     return loc
@@ -516,7 +516,8 @@ class UserLayout:
         '.' in fs) are skipped.
         """
         out = set()
-        if os.path.isdir(self.folder_dir("INBOX")):
+        inbox = self.folder_dir("INBOX")
+        if os.path.isdir(os.path.join(inbox, "cur") if self.location.is_maildir else inbox):
             out.add("INBOX")
         if self.layout == "maildir++":
             for entry in _scandirs(self.root):
