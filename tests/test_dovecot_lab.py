@@ -57,15 +57,28 @@ def test_lmtp_delivers_one_stored_copy_to_three_logins(lab):
     # uidlist G field; dbox: the GUID in the dbox file)
     assert len({m.guid for m in got.values()}) == 1, got
     if lab.layout.format == "mdbox":
-        return                                  # each user's own storage/m.* file
-    inodes = set()
+        # each user's own storage/m.N file: no inode shared between users
+        storages = []
+        for u in three:
+            root = os.path.dirname(os.path.dirname(os.path.dirname(lab.mailbox_path(u, "INBOX"))))
+            st = os.path.join(root, "storage")
+            storages.append({os.stat(os.path.join(st, f)).st_ino
+                             for f in os.listdir(st) if f.startswith("m.")})
+            assert storages[-1]
+        assert not set.intersection(*storages)
+        return
+    inodes, names = set(), set()
     for u in three:
         d = lab.mailbox_path(u, "INBOX")
         files = ([os.path.join(d, "new", f) for f in os.listdir(os.path.join(d, "new"))]
                  if lab.layout.maildir else
                  [os.path.join(d, f) for f in os.listdir(d) if f.startswith("u.")])
-        inodes |= {os.stat(f).st_ino for f in files if os.stat(f).st_nlink >= 3}
+        linked = [f for f in files if os.stat(f).st_nlink >= 3]
+        inodes |= {os.stat(f).st_ino for f in linked}
+        names |= {os.path.basename(f) for f in linked}
     assert len(inodes) == 1, "one inode hard-linked into the three mailboxes"
+    if lab.layout.maildir and "zlib" not in lab.layout.mail_plugins:
+        assert len(names) == 1 and got[three[0]].guid == names.pop().split(":")[0]
 
 
 def test_imap_changes_show_in_client_state(lab):
@@ -325,6 +338,8 @@ def test_zlib_delivery_links_one_file_under_three_names_with_one_guid(zlib_lab):
         inodes.add(os.stat(os.path.join(d, "new", base)).st_ino)
     assert len(inodes) == 1 and len(names) == 3
     assert len(guids) == 1 and gfields == {"G" + guids.pop()}
+    # the G field is one of the three base names without ,S= and ,W=
+    assert {n.split(",")[0] for n in names} & {g[1:] for g in gfields}
 
 
 # -- facts: doveadm backup between dbox and Maildir --------------------------------------
