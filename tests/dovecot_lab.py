@@ -27,6 +27,16 @@ sdbox      sdbox:{store}/%u/sdbox                                      alice bob
 mdbox      mdbox:{store}/%u/mdbox                                      alice bob carol
 =========  ==========================================================  ===============
 
+A :class:`Lab` offers ``deliver(rcpts, msg)`` (one LMTP transaction, per-recipient
+replies), ``imap(login)`` (a :class:`LabImap`: create/delete/rename/subscribe, append
+with flags and INTERNALDATE, UID COPY/MOVE/STORE/EXPUNGE, select with
+UIDVALIDITY/UIDNEXT), ``client_state(login)`` (what the client sees, over IMAP only),
+``doveadm(...)`` as the mail user with ``-c CONF``, ``doveconf(name)``,
+``mailbox_path(login, folder, kind)`` (Dovecot's own answer), ``hold(login)`` /
+``release(login)`` (LMTP answers 451 for that login; docs/dovecot.md),
+``add_user(login, mail=..., home=...)`` (e.g. a second login over a doveadm backup
+copy) and ``restart()``.
+
 Use it as a context manager or as a pytest fixture::
 
     from tests.dovecot_lab import dovecot_lab, lab_fixture
@@ -499,7 +509,7 @@ class LabImap:
                                     if x is not None))
         # flat stream: (attrs) sep name (attrs) sep name ...
         i = 0
-        while i + 2 < len(items) + 0 and i < len(items):
+        while i + 2 < len(items):
             attrs, _sep, name = items[i], items[i + 1], items[i + 2]
             if isinstance(name, bytes):
                 name = name.decode("utf-8", "surrogateescape")
@@ -908,8 +918,7 @@ class Lab:
 
     # -- tools --------------------------------------------------------------------
     def as_mail_user(self) -> list[str]:
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-                "--reset-env"]
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
 
     def doveadm(self, *args: str, user: str | None = None, check: bool = True,
                 env: dict[str, str] | None = None, options: Iterable[str] = (),
@@ -917,7 +926,8 @@ class Lab:
         """``doveadm -c CONF [-o k=v ...] ARGS`` as the mail user.
 
         The first argument is the command name, words included ("mailbox path"); -u USER
-        follows it when ``user`` is given.
+        follows it when ``user`` is given.  Without ``user``, doveadm works offline on
+        the account named by USER and HOME in ``env`` (no daemon needed).
         """
         cmd = [*self.as_mail_user(), DOVEADM, "-c", self.conf]
         for o in options:
@@ -926,7 +936,7 @@ class Lab:
         if user is not None:
             cmd += ["-u", user]
         cmd += list(args[1:])
-        e = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        e = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/"}
         e.update(env or {})
         res = subprocess.run(cmd, capture_output=True, env=e, input=input, cwd="/")
         if check and res.returncode:

@@ -438,3 +438,24 @@ def test_lab_refuses_wrong_credentials_and_unknown_folders(plain_lab):
         LabImap(plain_lab.host, plain_lab.port, "alice", "wrong password")
     with plain_lab.imap("alice") as c, pytest.raises(LabImapError):
         c.select("No/Such/Folder")
+
+
+def test_folder_names_that_need_quoting_round_trip(plain_lab):
+    lab = plain_lab
+    names = ["My Folder", "Caf&AOk-", "Caf&AOk-/Sub Dir"]        # Café in modified UTF-7
+    with lab.imap("bob") as c:
+        for n in names:
+            c.create(n)
+            c.subscribe(n)
+            c.append(n, message(f"in {n}"), [r"\Seen"])
+    state = lab.client_state("bob")
+    for n in names:
+        assert state[n].subscribed and len(state[n].messages) == 1
+    assert os.path.isdir(os.path.join(lab.mailbox_path("bob", "INBOX"), ".Caf&AOk-.Sub Dir"))
+
+
+def test_doveadm_offline_reads_the_account_named_in_the_environment(plain_lab):
+    lab = plain_lab
+    home = f"{lab.store}/carol"
+    res = lab.doveadm("mailbox list", env={"USER": "carol", "HOME": home})
+    assert "INBOX" in res.stdout.decode().split()
