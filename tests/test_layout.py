@@ -195,7 +195,8 @@ def test_folders_listed_from_directories(tmp_path):
     for d in ("cur", "Sent/cur", "Work/2024/cur", "Work/2024/new", ".hidden/cur"):
         (fs / d).mkdir(parents=True)
     ul = StoreLayout(f"maildir:{tmp_path}/%u/Maildir:LAYOUT=fs").for_login("b")
-    assert ul.folders() == ["INBOX", "Sent", "Work/2024"]      # Work: no cur, \Noselect
+    # Work: no cur, \Noselect; '.hidden' is a folder name Dovecot allows in fs
+    assert ul.folders() == [".hidden", "INBOX", "Sent", "Work/2024"]
 
 
 # -- enumeration over made-up trees ---------------------------------------------------------
@@ -290,6 +291,28 @@ userdb {
     assert parse_userdb_homes(text) == ["/var/vmail/%d/%n", "/forced/%n"]
 
 
+def test_from_doveconf_home_from_mail_home_or_refused(tmp_path):
+    doveconf = "/usr/bin/doveconf"
+    if not os.path.exists(doveconf):
+        from tests.dovecot_lab import require_lab
+        require_lab()
+    conf = tmp_path / "dovecot.conf"
+    base = ("mail_location = maildir:~/Maildir\n"
+            "userdb {\n  driver = passwd-file\n  args = /nonexistent\n}\n")
+    conf.write_text(base)
+    with pytest.raises(LayoutError, match="no userdb .* sets home=.*mail_home is empty"):
+        from_doveconf(str(conf), doveconf=doveconf)
+    conf.write_text(base + "mail_home = /srv/%d/%n\n")
+    sl = from_doveconf(str(conf), doveconf=doveconf)
+    assert sl.home_template == "/srv/%d/%n"
+    assert sl.for_login("a@b.org").root == "/srv/b.org/a/Maildir"
+    conf.write_text("mail_location = maildir:~/Maildir:FOO=1\n")
+    with pytest.raises(LayoutError, match="FOO is not supported"):
+        from_doveconf(str(conf), doveconf=doveconf)
+    with pytest.raises(LayoutError, match="doveconf"):
+        from_doveconf(str(tmp_path / "missing.conf"), doveconf=doveconf)
+
+
 def test_from_doveconf_explains_a_missing_doveconf():
     with pytest.raises(LayoutError, match="not installed"):
         from_doveconf("/nonexistent.conf", doveconf="/nonexistent/doveconf")
@@ -340,10 +363,11 @@ def _owner_headers(top: str) -> set[str]:
 
 def test_layout_finds_every_login_where_dovecot_put_its_mail(layout_lab):
     lab = layout_lab
+    folders = FOLDERS + ((".hidden", "a.b") if lab.layout.name == "fs" else ())
     for login in lab.logins:
         lab.deliver([login], message(f"own {login}", extra_headers=f"X-Owner: {login}\r\n"))
         with lab.imap(login) as c:
-            for f in FOLDERS[1:]:
+            for f in folders[1:]:
                 c.create(f)
             c.subscribe("Sent")
             c.append("Archive/2024", message(f"kw {login}"), ["Project"])
@@ -371,7 +395,7 @@ def test_layout_finds_every_login_where_dovecot_put_its_mail(layout_lab):
     if misplaced:
         assert misplaced in {s.path for s in skipped}
     for login, ul in found.items():
-        for f in FOLDERS:
+        for f in folders:
             assert ul.folder_dir(f) == lab.mailbox_path(login, f, "mailbox"), (login, f)
             assert ul.index_dir(f) == lab.mailbox_path(login, f, "index"), (login, f)
             assert ul.control_dir(f) == lab.mailbox_path(login, f, "control"), (login, f)

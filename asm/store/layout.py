@@ -512,8 +512,7 @@ class UserLayout:
 
         Only directories are listed: Maildir++ ``.Name`` entries of the root; for fs the
         tree under the root, a directory being a folder when it holds ``cur`` (or the
-        DIRNAME directory).  Dovecot's own entries (``cur new tmp``, names starting with
-        '.' in fs) are skipped.
+        DIRNAME directory; ``cur new tmp`` are names Dovecot reserves in fs).
         """
         out = set()
         inbox = self.folder_dir("INBOX")
@@ -533,7 +532,7 @@ class UserLayout:
         while stack:
             rel = stack.pop()
             for entry in _scandirs(os.path.join(base, rel) if rel else base):
-                if entry in skip or entry.startswith("."):
+                if entry in skip:
                     continue
                 sub = f"{rel}/{entry}" if rel else entry
                 if os.path.isdir(os.path.join(base, sub, marker)):
@@ -782,13 +781,14 @@ def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreL
     loc = parse_mail_location(location)
     home = None
     if loc.needs_home():
-        home = _doveconf([*base, "-h", "mail_home"], doveconf).strip() or None
+        # a home the userdb returns wins; mail_home is the default for users without one
+        homes = parse_userdb_homes(_doveconf([*base, "userdb"], doveconf))
+        home = homes[0] if homes else (
+            _doveconf([*base, "-h", "mail_home"], doveconf).strip() or None)
         if home is None:
-            homes = parse_userdb_homes(_doveconf([*base, "userdb"], doveconf))
-            if not homes:
-                raise LayoutError(
-                    f"mail_location {location!r} uses ~ but neither mail_home nor a userdb "
-                    f"home= is set in {conf or 'the Dovecot configuration'}: give the home "
-                    f"template explicitly")
-            home = homes[0]
+            raise LayoutError(
+                f"mail_location {location!r} uses ~ but no userdb in "
+                f"{conf or 'the Dovecot configuration'} sets home= (static args, "
+                f"default_fields or override_fields) and mail_home is empty: give the "
+                f"home template explicitly")
     return StoreLayout(loc, home)
