@@ -15,6 +15,7 @@ import re
 
 import pytest
 
+from tests import dovecot_lab as lab_module
 from tests.dovecot_lab import (
     LAYOUTS, LabImap, LabImapError, dovecot_lab, lab_fixture, message,
 )
@@ -459,3 +460,13 @@ def test_doveadm_offline_reads_the_account_named_in_the_environment(plain_lab):
     home = f"{lab.store}/carol"
     res = lab.doveadm("mailbox list", env={"USER": "carol", "HOME": home})
     assert "INBOX" in res.stdout.decode().split()
+
+
+def test_a_missing_lmtp_server_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setattr(lab_module, "LMTP_BINARY", "/nonexistent/lmtp")
+    monkeypatch.setattr(lab_module, "CI", True)
+    with pytest.raises(pytest.fail.Exception, match="dovecot-lmtpd"):
+        lab_module.require_lab()
+    monkeypatch.setattr(lab_module, "CI", False)
+    with pytest.raises(pytest.skip.Exception, match="dovecot-lmtpd"):
+        lab_module.require_lab()

@@ -66,6 +66,7 @@ def test_parse_dbox_defaults():
     ("maildir:/m/%u:FULLDIRNAME=x", ["FULLDIRNAME is not supported"]),
     ("maildir:/m/%u:BROKENCHAR=~", ["BROKENCHAR is not supported"]),
     ("maildir:/m/%u:FOO=1", ["FOO is not supported"]),
+    ("maildir:/m/%u:UTF8", ["spells the key UTF-8"]),
     ("maildir:/m/%u:DIRNAME=x", ["DIRNAME needs LAYOUT=fs"]),
     ("maildir:Maildir", ["not an absolute path"]),
     ("maildir:/m/%s/%u", ["%s", "cannot expand"]),

@@ -357,6 +357,9 @@ def parse_mail_location(text: str) -> MailLocation:
         elif key in ("CONTROL", "INBOX", "DIRNAME", "MAILBOXDIR", "SUBSCRIPTIONS") and eq:
             fields[{"CONTROL": "control", "INBOX": "inbox", "DIRNAME": "dirname",
                     "MAILBOXDIR": "mailboxdir", "SUBSCRIPTIONS": "subscriptions"}[key]] = value
+        elif key == "UTF8":
+            raise LayoutError(f"mail_location {text!r}: Dovecot spells the key UTF-8 (it "
+                              f"refuses UTF8 as an unknown setting)")
         else:
             raise LayoutError(f"mail_location {text!r}: {key} is not supported by ims-asm "
                               f"(it follows LAYOUT, INDEX, CONTROL, INBOX, DIRNAME, "
