@@ -1,0 +1,797 @@
+"""Where Dovecot keeps a login's mail: ``mail_location`` read the way Dovecot 2.3 reads it.
+
+A pure module: it parses the setting, expands its variables for a login, and walks a
+store's directories to find which logins have mail there.  It reads no message and no
+Dovecot file; the only outside calls are ``doveconf`` in :func:`from_doveconf` and
+directory listings.
+
+* :func:`parse_mail_location` -- ``FORMAT:PATH[:KEY=VALUE...]`` for ``maildir``,
+  ``sdbox`` and ``mdbox`` with ``LAYOUT=maildir++|fs``, ``INDEX=`` (or ``MEMORY``),
+  ``CONTROL=``, ``INBOX=``, ``DIRNAME=``, ``MAILBOXDIR=``, ``SUBSCRIPTIONS=``, ``UTF-8``
+  and the keys that move nothing a backup reads (``VOLATILEDIR``, ``ITERINDEX``,
+  ``LISTINDEX``, ``NO-NOSELECT``, ``NO-FS-VALIDATION``, ``ALT`` for dbox).  Anything
+  else is refused with a :class:`LayoutError` that names it.
+* :func:`expand` -- ``%u %n %d %h`` (and ``%{user} %{username} %{domain} %{home}``) with
+  Dovecot's substring syntax ``%[-][0]<offset>.<width>`` and modifiers ``L U E X R H N
+  M D T``, byte for byte as Dovecot's var_expand.c does it; ``~/`` is the home.
+* :meth:`StoreLayout.for_login` -- one login's Maildir root, INBOX, index and control
+  roots, and per folder its mail directory (Maildir++ ``.A.B`` or ``LAYOUT=fs``
+  ``A/B[/DIRNAME]``), index directory and control directory (where
+  ``dovecot-uidlist`` and ``dovecot-keywords`` live).
+* :meth:`StoreLayout.logins` -- the reverse: every login with mail under the store,
+  found by walking the path template level by level; each candidate must expand back to
+  exactly the directory it was found in, so nothing is attributed to the wrong login
+  (``%d/%n`` keeps alice@example.com and alice@other.org apart; hashed levels such as
+  ``%1n/%1.1n/%n`` or ``%2.256Nu/%u`` are checked, not trusted).
+* :func:`from_doveconf` -- the layout of a running configuration: ``doveconf -c CONF -h
+  mail_location``, and the home template (``mail_home``, or the userdb's ``home=``)
+  when the location uses ``~`` or ``%h``.
+
+Per-user ``mail`` overrides returned by a userdb and namespaces with their own
+``location`` are not seen here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import subprocess
+from typing import Iterator
+
+from asm.errors import UsageError
+from asm.store import utf7
+
+FORMATS = ("maildir", "sdbox", "mdbox")
+LAYOUTS = ("maildir++", "fs")
+UIDLIST = "dovecot-uidlist"
+KEYWORDS = "dovecot-keywords"
+DEFAULT_SUBSCRIPTIONS = "subscriptions"
+DBOX_MAILBOXDIR = "mailboxes"          # Dovecot's dbox defaults (dbox-storage.c)
+DBOX_DIRNAME = "dbox-Mails"
+# keys that change nothing a backup reads or writes
+_INERT_FLAGS = ("ITERINDEX", "NO-NOSELECT", "NO-FS-VALIDATION", "ALTNOCHECK")
+_INERT_VALUES = ("VOLATILEDIR", "LISTINDEX")
+_VAR_NAMES = {"user": "u", "username": "n", "domain": "d", "home": "h"}
+_MODIFIERS = "LUEXRHNMDT"
+
+
+class LayoutError(UsageError):
+    """A mail_location (or home template) this module cannot describe faithfully."""
+
+
+# -- variables ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Var:
+    key: str                  # u n d h (or '%')
+    offset: int
+    width: int
+    zero: bool
+    modifiers: str
+    raw: str                  # as written, for messages
+
+    @property
+    def whole(self) -> bool:
+        """Expands to the variable itself (maybe case-folded): usable as a capture."""
+        return (self.offset == 0 and self.width == 0 and not self.zero
+                and all(m in "LU" for m in self.modifiers))
+
+
+def _tokens(template: str, what: str = "mail_location") -> list[str | _Var]:
+    """Split a template into literal strings and variables, as var_expand.c parses it."""
+    out: list[str | _Var] = []
+    lit: list[str] = []
+    t, i, n = template, 0, len(template)
+    while i < n:
+        if t[i] != "%":
+            lit.append(t[i])
+            i += 1
+            continue
+        start = i
+        i += 1
+        sign, offset, width, zero = 1, 0, 0, False
+        if i < n and t[i] == "-":
+            sign, i = -1, i + 1
+        if i < n and t[i] == "0":
+            zero, i = True, i + 1
+        while i < n and t[i].isdigit():
+            width = width * 10 + int(t[i])
+            i += 1
+        if i < n and t[i] == ".":
+            offset, sign, width, i = sign * width, 1, 0, i + 1
+            zero = False
+            if i < n and t[i] == "0":
+                zero, i = True, i + 1
+            if i < n and t[i] == "-":
+                sign, i = -1, i + 1
+            while i < n and t[i].isdigit():
+                width = width * 10 + int(t[i])
+                i += 1
+            width = sign * width
+        mods = ""
+        while i < n and t[i] in _MODIFIERS and len(mods) < 10:
+            mods += t[i]
+            i += 1
+        if i >= n:
+            break                                   # Dovecot drops a trailing '%...'
+        if t[i] == "{" and "}" in t[i:]:
+            end = t.index("}", i)
+            name = t[i + 1:end]
+            i = end + 1
+            if name not in _VAR_NAMES:
+                raise LayoutError(
+                    f"{what} uses %{{{name}}}, which ims-asm cannot expand for a login "
+                    f"(it knows %u %n %d %h and %{{user}} %{{username}} %{{domain}} "
+                    f"%{{home}}): set {what} with those")
+            key = _VAR_NAMES[name]
+        else:
+            key = t[i]
+            i += 1
+            if key not in "undh%":
+                raise LayoutError(
+                    f"{what} uses %{key}, which ims-asm cannot expand for a login (it "
+                    f"knows %u %n %d %h): set {what} with those")
+        if lit:
+            out.append("".join(lit))
+            lit = []
+        if key == "%" and not mods and not offset and not width:
+            out.append("%")
+            continue
+        out.append(_Var(key, offset, width, zero, mods, t[start:i]))
+    if lit:
+        out.append("".join(lit))
+    return out
+
+
+def _str_hash(b: bytes) -> int:
+    h = 0
+    for c in b:
+        h = ((h << 4) + c) & 0xFFFFFFFF
+        g = h & 0xF0000000
+        if g:
+            h ^= g >> 24
+            h ^= g
+    return h
+
+
+class _Ctx:
+    __slots__ = ("offset", "width")
+
+    def __init__(self, offset: int, width: int):
+        self.offset, self.width = offset, width
+
+
+def _hash_out(value: int, ctx: _Ctx) -> bytes:
+    if ctx.width != 0:
+        value %= ctx.width
+        ctx.width = 0
+    s = b"%x" % (value & 0xFFFFFFFF)
+    if len(s) < ctx.offset:
+        s = b"0" * (ctx.offset - len(s)) + s
+    ctx.offset = 0
+    return s
+
+
+def _modify(m: str, v: bytes, ctx: _Ctx) -> bytes:
+    if m == "L":
+        return v.lower()                 # bytes.lower(): ASCII only, as i_tolower
+    if m == "U":
+        return v.upper()
+    if m == "E":
+        return re.sub(rb"([\"'\\])", rb"\\\1", v)
+    if m == "X":
+        return b"%x" % int(v) if v.isdigit() else b"0"
+    if m == "R":
+        return v[::-1]
+    if m == "H":
+        return _hash_out(_str_hash(v), ctx)
+    if m == "N":
+        return _hash_out(int.from_bytes(hashlib.md5(v).digest()[:8], "big"), ctx)
+    if m == "M":
+        return hashlib.md5(v).hexdigest().encode()
+    if m == "D":
+        return v.replace(b".", b",dc=")
+    if m == "T":
+        return v.rstrip(b" \t\n\v\f\r")
+    raise AssertionError(m)
+
+
+def _expand_var(var: _Var, value: bytes) -> bytes:
+    ctx = _Ctx(var.offset, var.width)
+    for m in var.modifiers:
+        value = _modify(m, value, ctx)
+    if ctx.offset < 0:
+        if len(value) > -ctx.offset:
+            value = value[len(value) + ctx.offset:]
+    else:
+        value = value[ctx.offset:]
+    if ctx.width == 0:
+        return value
+    if not var.zero:
+        width = ctx.width if ctx.width > 0 else len(value) + ctx.width
+        return value[:width] if width >= 0 else value
+    return value.rjust(ctx.width, b"0")
+
+
+def login_values(login: str, home: str | None = None) -> dict[str, bytes | None]:
+    """The variables Dovecot sets for a login (mail-user.c): %u %n %d %h."""
+    raw = login.encode("utf-8", "surrogateescape")
+    name, _, domain = raw.partition(b"@")
+    return {"u": raw, "n": name, "d": domain,
+            "h": None if home is None else home.encode("utf-8", "surrogateescape")}
+
+
+def expand(template: str, login: str, home: str | None = None,
+           what: str = "mail_location") -> str:
+    """``template`` expanded for ``login`` exactly as Dovecot expands it (bytes-wise)."""
+    values = login_values(login, home)
+    out = bytearray()
+    for tok in _tokens(template, what):
+        if isinstance(tok, str):
+            out += tok.encode("utf-8", "surrogateescape")
+            continue
+        if tok.key == "%":
+            value = b"%"
+        else:
+            value = values[tok.key]
+            if value is None:
+                raise LayoutError(f"{what} uses {tok.raw} but no home directory is known "
+                                  f"for {login}: give the userdb home template")
+        out += _expand_var(tok, value)
+    return out.decode("utf-8", "surrogateescape")
+
+
+def _fix_path(path: str, home: str | None, login: str, what: str) -> str:
+    """Dovecot's fix_path(): drop one trailing '/', expand '~' and '~/' to the home."""
+    if len(path) > 1 and path.endswith("/"):
+        path = path[:-1]
+    if path.startswith("~"):
+        if path != "~" and not path.startswith("~/"):
+            raise LayoutError(f"{what} uses {path.split('/')[0]} (another system user's "
+                              f"home): ims-asm needs ~/ or absolute paths")
+        if home is None:
+            raise LayoutError(f"{what} starts with ~ but no home directory is known for "
+                              f"{login}: give the userdb home template")
+        path = home + path[1:]
+    return path
+
+
+# -- mail_location --------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class MailLocation:
+    """A parsed ``mail_location`` (paths still unexpanded)."""
+
+    text: str
+    format: str                       # maildir, sdbox, mdbox
+    root: str
+    layout: str                       # maildir++ or fs
+    index: str | None = None          # None: with the mail; "" (INDEX=MEMORY): no index files
+    control: str | None = None        # None: with the mail
+    inbox: str | None = None          # None: the format's default
+    dirname: str = ""                 # DIRNAME: mail of a folder in <folder>/<dirname>
+    mailboxdir: str = ""              # MAILBOXDIR: folders under <root>/<mailboxdir>/
+    subscriptions: str = DEFAULT_SUBSCRIPTIONS
+    utf8: bool = False                # UTF-8: folder names on disk in UTF-8, not mUTF-7
+    options: tuple[tuple[str, str], ...] = ()   # every key as written
+
+    @property
+    def is_maildir(self) -> bool:
+        return self.format == "maildir"
+
+    def templates(self) -> list[str]:
+        return [p for p in (self.root, self.index, self.control, self.inbox) if p]
+
+    def needs_home(self) -> bool:
+        """True when a path uses ``~`` or ``%h`` (so a home template is needed)."""
+        for p in self.templates():
+            if p.startswith("~"):
+                return True
+            if any(isinstance(t, _Var) and t.key == "h" for t in _tokens(p)):
+                return True
+        return False
+
+
+def _split_location(text: str) -> list[str]:
+    """Split at ':' with Dovecot's '::' escape for a literal colon (split_next_arg)."""
+    parts = text.split(":")
+    out: list[str] = []
+    i = 0
+    while i < len(parts):
+        s = parts[i]
+        i += 1
+        while i < len(parts) and parts[i] == "":
+            i += 1
+            if i >= len(parts):
+                break                                 # trailing ':' ignored
+            s += ":" + parts[i]
+            i += 1
+        out.append(s)
+    return out
+
+
+def parse_mail_location(text: str) -> MailLocation:
+    """Parse ``FORMAT:PATH[:KEY=VALUE...]``; refuse what ims-asm cannot follow."""
+    text = text.strip()
+    if not text:
+        raise LayoutError("mail_location is empty (Dovecot then guesses where mail is): "
+                          "set it explicitly in dovecot.conf, e.g. maildir:~/Maildir")
+    fmt, sep, rest = text.partition(":")
+    if not sep or "/" in fmt or fmt.startswith("~"):
+        raise LayoutError(f"mail_location {text!r} names no mailbox format: write it as "
+                          f"FORMAT:PATH, e.g. maildir:{text}")
+    if fmt not in FORMATS:
+        raise LayoutError(f"mail_location {text!r}: the {fmt} format is not supported "
+                          f"(ims-asm reads {', '.join(FORMATS)})")
+    args = _split_location(rest)
+    root = args[0]
+    if not root:
+        raise LayoutError(f"mail_location {text!r} has no mail root directory")
+    if root.startswith("INBOX="):
+        raise LayoutError(f"mail_location {text!r}: mail root directory not given")
+    dbox = fmt != "maildir"
+    fields: dict = {"layout": "fs" if dbox else "maildir++",
+                    "dirname": DBOX_DIRNAME if dbox else "",
+                    "mailboxdir": DBOX_MAILBOXDIR if dbox else ""}
+    options = []
+    for arg in args[1:]:
+        key, eq, value = arg.partition("=")
+        options.append((key, value))
+        if arg == "UTF-8":
+            fields["utf8"] = True
+        elif key in _INERT_FLAGS and not eq:
+            pass
+        elif key in _INERT_VALUES and eq:
+            pass
+        elif key == "ALT" and dbox:
+            pass                       # dbox alternate storage: doveadm reads it
+        elif key == "LAYOUT":
+            value = value.lower()
+            if value not in LAYOUTS or (dbox and value != "fs"):
+                raise LayoutError(f"mail_location {text!r}: LAYOUT={value} is not supported "
+                                  f"(ims-asm follows LAYOUT=maildir++ and LAYOUT=fs)")
+            fields["layout"] = value
+        elif key == "INDEX":
+            fields["index"] = "" if value == "MEMORY" else value
+        elif key in ("CONTROL", "INBOX", "DIRNAME", "MAILBOXDIR", "SUBSCRIPTIONS") and eq:
+            fields[{"CONTROL": "control", "INBOX": "inbox", "DIRNAME": "dirname",
+                    "MAILBOXDIR": "mailboxdir", "SUBSCRIPTIONS": "subscriptions"}[key]] = value
+        elif key == "UTF8":
+            raise LayoutError(f"mail_location {text!r}: Dovecot spells the key UTF-8 (it "
+                              f"refuses UTF8 as an unknown setting)")
+        else:
+            raise LayoutError(f"mail_location {text!r}: {key} is not supported by ims-asm "
+                              f"(it follows LAYOUT, INDEX, CONTROL, INBOX, DIRNAME, "
+                              f"MAILBOXDIR, SUBSCRIPTIONS and UTF-8)")
+    if fields["layout"] == "maildir++" and fields.get("dirname"):
+        raise LayoutError(f"mail_location {text!r}: DIRNAME needs LAYOUT=fs (Maildir++ keeps "
+                          f"each folder in one .Name directory)")
+    if fields["layout"] == "maildir++" and fields.get("mailboxdir"):
+        raise LayoutError(f"mail_location {text!r}: MAILBOXDIR needs LAYOUT=fs")
+    if "/" in fields.get("subscriptions", "") or not fields.get("subscriptions", "x"):
+        raise LayoutError(f"mail_location {text!r}: SUBSCRIPTIONS must be a file name")
+    md = fields.get("mailboxdir", "")
+    if md and not md.endswith("/"):
+        fields["mailboxdir"] = md + "/"
+    loc = MailLocation(text=text, format=fmt, root=root, options=tuple(options), **fields)
+    for p in loc.templates():
+        _tokens(p)                      # refuse unknown variables now, not per login
+        if not p.startswith(("/", "~", "%h", "%{home}")):
+            raise LayoutError(f"mail_location {text!r}: {p!r} is not an absolute path "
+                              f"(Dovecot deprecates relative mail paths)")
+    return loc
+
+
+# -- one login ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class UserLayout:
+    """Where one login's mail, indexes and control files are."""
+
+    login: str
+    home: str | None
+    location: MailLocation
+    root: str                     # the mail root (Maildir++: also INBOX)
+    inbox_dir: str                # INBOX's mail directory (cur/ new/ tmp/ for Maildir)
+    index_root: str | None        # None: no index files (INDEX=MEMORY)
+    control_root: str             # where subscriptions and dovecot-uidvalidity live
+
+    @property
+    def layout(self) -> str:
+        return self.location.layout
+
+    @property
+    def separator(self) -> str:
+        """Hierarchy separator in directory names: '.' (Maildir++) or '/' (fs)."""
+        return "." if self.layout == "maildir++" else "/"
+
+    def storage_name(self, folder: str) -> str:
+        """Folder name (levels joined by '/') as Dovecot names it on disk."""
+        levels = folder.split("/")
+        if levels[0].upper() == "INBOX":
+            levels[0] = "INBOX"
+        if any(not lv for lv in levels):
+            raise LayoutError(f"folder {folder!r} has an empty level")
+        if self.layout == "maildir++" and any("." in lv for lv in levels):
+            raise LayoutError(f"folder {folder!r}: Maildir++ uses '.' between levels, so a "
+                              f"level may not contain '.'")
+        enc = levels if self.location.utf8 else [utf7.encode(lv) for lv in levels]
+        return self.separator.join(enc)
+
+    def _under(self, base: str, folder: str, with_dirname: bool) -> str:
+        name = self.storage_name(folder)
+        if self.layout == "maildir++":
+            return f"{base}/.{name}"
+        path = f"{base}/{self.location.mailboxdir}{name}"
+        if with_dirname and self.location.dirname:
+            path += "/" + self.location.dirname
+        return path
+
+    def _is_inbox(self, folder: str) -> bool:
+        return folder.upper() == "INBOX"
+
+    def folder_dirname(self, folder: str) -> str:
+        """The folder's mail directory relative to the root ('' for the root itself)."""
+        path = self.folder_dir(folder)
+        if path == self.root:
+            return ""
+        if path.startswith(self.root + "/"):
+            return path[len(self.root) + 1:]
+        return path
+
+    def folder_dir(self, folder: str) -> str:
+        """The folder's mail directory (Maildir: holds cur/ new/ tmp/)."""
+        if self._is_inbox(folder) and self._inbox_is_special():
+            return self.inbox_dir
+        return self._under(self.root, folder, with_dirname=True)
+
+    def _inbox_is_special(self) -> bool:
+        loc = self.location
+        return loc.inbox is not None or (loc.is_maildir and not loc.dirname)
+
+    def index_dir(self, folder: str) -> str | None:
+        """Where the folder's dovecot.index* files are (None with INDEX=MEMORY)."""
+        if self.location.index is not None:
+            if self.index_root is None:
+                return None
+            return self._under(self.index_root, folder, with_dirname=False)
+        return self.folder_dir(folder)
+
+    def control_dir(self, folder: str) -> str:
+        """Where the folder's dovecot-uidlist and dovecot-keywords are."""
+        if self.location.control is not None:
+            return self._under(self.control_root, folder, with_dirname=False)
+        return self.folder_dir(folder)
+
+    def uidlist_path(self, folder: str) -> str:
+        return os.path.join(self.control_dir(folder), UIDLIST)
+
+    def keywords_path(self, folder: str) -> str:
+        return os.path.join(self.control_dir(folder), KEYWORDS)
+
+    @property
+    def subscriptions_path(self) -> str:
+        return os.path.join(self.control_root, self.location.subscriptions)
+
+    @property
+    def list_index_dir(self) -> str | None:
+        """Where dovecot.list.index* are (the index root, else the mail root)."""
+        return self.index_root if self.location.index is not None else self.root
+
+    def folder_from_dirname(self, name: str) -> str | None:
+        """A directory name (Maildir++: an entry of the root; fs: a path relative to the
+        root, DIRNAME excluded) -> folder name, or None when it names no folder."""
+        if self.layout == "maildir++":
+            if not name.startswith(".") or name in (".", ".."):
+                return None
+            levels = name[1:].split(".")
+        else:
+            md = self.location.mailboxdir
+            if md:
+                if not name.startswith(md):
+                    return None
+                name = name[len(md):]
+            levels = name.split("/")
+        if any(not lv for lv in levels):
+            return None
+        out = []
+        for lv in levels:
+            if self.location.utf8:
+                out.append(lv)
+                continue
+            try:
+                out.append(utf7.decode(lv))
+            except ValueError:
+                out.append(lv)
+        if out[0].upper() == "INBOX":
+            if len(out) == 1 and self._inbox_is_special():
+                return None
+            out[0] = "INBOX"
+        return "/".join(out)
+
+    def folders(self) -> list[str]:
+        """Folder names with a mail directory on disk (INBOX when it has one), sorted.
+
+        Only directories are listed: Maildir++ ``.Name`` entries of the root; for fs the
+        tree under the root, a directory being a folder when it holds ``cur`` (or the
+        DIRNAME directory; ``cur new tmp`` are names Dovecot reserves in fs).
+        """
+        out = set()
+        inbox = self.folder_dir("INBOX")
+        if os.path.isdir(os.path.join(inbox, "cur") if self.location.is_maildir else inbox):
+            out.add("INBOX")
+        if self.layout == "maildir++":
+            for entry in _scandirs(self.root):
+                name = self.folder_from_dirname(entry)
+                if name is not None:
+                    out.add(name)
+            return sorted(out)
+        base = self.root + ("/" + self.location.mailboxdir.rstrip("/")
+                            if self.location.mailboxdir else "")
+        skip = {"cur", "new", "tmp", self.location.dirname}
+        marker = self.location.dirname or "cur"
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            for entry in _scandirs(os.path.join(base, rel) if rel else base):
+                if entry in skip:
+                    continue
+                sub = f"{rel}/{entry}" if rel else entry
+                if os.path.isdir(os.path.join(base, sub, marker)):
+                    name = self.folder_from_dirname(self.location.mailboxdir + sub)
+                    if name is not None:
+                        out.add(name)
+                stack.append(sub)
+        return sorted(out)
+
+
+def _scandirs(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+# -- a whole store ----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A directory found while enumerating logins that belongs to no login."""
+
+    path: str
+    reason: str
+
+
+class StoreLayout:
+    """A mail_location plus (when it uses ``~``/``%h``) the userdb home template."""
+
+    def __init__(self, location: MailLocation | str, home_template: str | None = None):
+        self.location = (parse_mail_location(location) if isinstance(location, str)
+                         else location)
+        self.home_template = home_template
+        if home_template is not None:
+            _tokens(home_template, "the home template")
+            if "~" in home_template.split("/")[0] or not home_template.startswith("/"):
+                raise LayoutError(f"home template {home_template!r} must be an absolute path")
+        if self.location.needs_home() and home_template is None:
+            raise LayoutError(f"mail_location {self.location.text!r} uses ~ or %h: give the "
+                              f"userdb home template too (mail_home, or home= of the userdb)")
+
+    def __repr__(self) -> str:
+        return f"StoreLayout({self.location.text!r}, home_template={self.home_template!r})"
+
+    def home(self, login: str) -> str | None:
+        if self.home_template is None:
+            return None
+        return expand(self.home_template, login, what="the home template")
+
+    def for_login(self, login: str) -> UserLayout:
+        """Every path Dovecot uses for ``login``."""
+        loc = self.location
+        home = self.home(login)
+
+        def path(template: str, what: str) -> str:
+            return _fix_path(expand(template, login, home, what), home, login, what)
+
+        root = path(loc.root, "mail_location")
+        index_root = None
+        if loc.index is not None and loc.index != "":
+            index_root = path(loc.index, "INDEX")
+        control_root = path(loc.control, "CONTROL") if loc.control is not None else root
+        if loc.inbox is not None:
+            inbox = path(loc.inbox, "INBOX")
+        elif loc.is_maildir and not loc.dirname:
+            inbox = root                                  # Maildir: INBOX is the root
+        else:
+            inbox = f"{root}/{loc.mailboxdir}INBOX" + (f"/{loc.dirname}" if loc.dirname else "")
+        if loc.index is None:
+            index_root = root
+        return UserLayout(login, home, loc, root, inbox, index_root, control_root)
+
+    # -- enumeration ------------------------------------------------------------------
+    def root_template(self) -> str:
+        """The mail root as one path template (``~`` and ``%h`` replaced by the home
+        template), the thing :meth:`logins` walks."""
+        root = self.location.root
+        if root.startswith("~"):
+            root = self.home_template + root[1:]       # needs_home() made sure it is set
+        out = []
+        for tok in _tokens(root):
+            if isinstance(tok, _Var) and tok.key == "h":
+                if tok.offset or tok.width or tok.modifiers:
+                    raise LayoutError(f"mail_location uses {tok.raw}: only a plain %h can "
+                                      f"be followed back to a login")
+                out.append(self.home_template)
+            elif isinstance(tok, _Var):
+                out.append(tok.raw)
+            else:
+                out.append(tok.replace("%", "%%"))
+        return "".join(out).rstrip("/") or "/"
+
+    def logins(self, with_skipped: bool = False):
+        """Every login that has mail in the store, sorted, as {login: UserLayout}.
+
+        Walks the root template one path level at a time.  A level with ``%u``, ``%n``
+        or ``%d`` (whole, maybe case-folded) tells a part of the login; other variable
+        levels (hashes, substrings) are walked and then checked: a candidate counts only
+        when :meth:`for_login` gives back exactly the directory it was found in and that
+        directory holds mail (Maildir: INBOX ``cur/`` or a folder; dbox: ``mailboxes``).
+        With ``with_skipped`` returns ``(logins, skipped)`` to report the directories
+        that matched the template but belong to no login.
+        """
+        template = self.root_template()
+        levels = template.split("/")[1:]
+        compiled = []
+        for level in levels:
+            toks = _tokens(level)
+            if not any(isinstance(t, _Var) and t.key != "%" for t in toks):
+                compiled.append(("lit", expand(level, "x")))
+                continue
+            rx, groups = [], []
+            for t in toks:
+                if isinstance(t, str):
+                    rx.append(re.escape(t))
+                elif t.key == "%":
+                    rx.append(re.escape(expand(t.raw, "x")))
+                elif t.whole and t.key in "und":
+                    g = f"{t.key}{len(groups)}"
+                    groups.append((g, t.key))
+                    rx.append(f"(?P<{g}>.+?)" if t.key != "d" else f"(?P<{g}>.*?)")
+                else:
+                    rx.append(".*?")
+            compiled.append(("rx", (re.compile("".join(rx), re.S), groups)))
+        if not any(kind == "rx" and spec[1] for kind, spec in compiled):
+            raise LayoutError(f"mail_location {self.location.text!r}: no path level holds "
+                              f"the login (%u, or %n with %d), so the logins under the "
+                              f"store cannot be listed")
+        found: dict[str, UserLayout] = {}
+        skipped: list[Skipped] = []
+        for path, caps in self._walk("", compiled, {}):
+            login = self._login_from(caps)
+            if login is None:
+                skipped.append(Skipped(path, "the path does not tell the whole login"))
+                continue
+            try:
+                ul = self.for_login(login)
+            except LayoutError as e:
+                skipped.append(Skipped(path, str(e)))
+                continue
+            if os.path.normpath(ul.root) != os.path.normpath(path):
+                skipped.append(Skipped(path, f"{login} would live in {ul.root}"))
+                continue
+            if not self._has_mail(ul):
+                skipped.append(Skipped(path, "no mailbox in it"))
+                continue
+            if login in found:
+                continue
+            found[login] = ul
+        result = dict(sorted(found.items()))
+        return (result, skipped) if with_skipped else result
+
+    def _walk(self, prefix: str, compiled: list, caps: dict) -> Iterator[tuple[str, dict]]:
+        if not compiled:
+            yield prefix or "/", caps
+            return
+        (kind, spec), rest = compiled[0], compiled[1:]
+        if kind == "lit":
+            path = f"{prefix}/{spec}"
+            if os.path.isdir(path):
+                yield from self._walk(path, rest, caps)
+            return
+        rx, groups = spec
+        for entry in _scandirs(prefix or "/"):
+            m = rx.fullmatch(entry)
+            if m is None:
+                continue
+            new = dict(caps)
+            ok = True
+            for g, key in groups:
+                value = m.group(g)
+                if key in new and new[key] != value:
+                    ok = False
+                    break
+                new[key] = value
+            if ok:
+                yield from self._walk(f"{prefix}/{entry}", rest, new)
+
+    @staticmethod
+    def _login_from(caps: dict) -> str | None:
+        if "u" in caps:
+            u = caps["u"]
+            name, _, dom = u.partition("@")
+            if ("n" in caps and caps["n"] != name) or ("d" in caps and caps["d"] != dom):
+                return None
+            return u
+        if "n" in caps:
+            if "@" in caps["n"]:
+                return None
+            d = caps.get("d")
+            return caps["n"] + ("@" + d if d else "")
+        return None
+
+    def _has_mail(self, ul: UserLayout) -> bool:
+        if not os.path.isdir(ul.root):
+            return False
+        if not ul.location.is_maildir:
+            return os.path.isdir(os.path.join(ul.root, ul.location.mailboxdir.rstrip("/")))
+        if os.path.isdir(os.path.join(ul.inbox_dir, "cur")):
+            return True
+        return bool(ul.folders())
+
+
+# -- the running configuration ----------------------------------------------------------
+
+def _doveconf(args: list[str], doveconf: str) -> str:
+    try:
+        res = subprocess.run([doveconf, *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise LayoutError(f"{doveconf} is not installed: give mail_location explicitly "
+                          f"(store.mail_location) or install dovecot-core") from None
+    if res.returncode:
+        err = (res.stderr.strip().splitlines() or ["failed"])[-1]
+        raise LayoutError(f"doveconf {' '.join(args)}: {err}")
+    return res.stdout
+
+
+def parse_userdb_homes(text: str) -> list[str]:
+    """Home templates of the ``userdb { }`` sections printed by ``doveconf userdb``.
+
+    A static userdb gives ``home=`` in ``args``; other drivers in ``override_fields``
+    (which wins) or ``default_fields``.
+    """
+    homes = []
+    for body in re.findall(r"userdb\s*(?:\S+\s*)?\{(.*?)\n\}", text, re.S):
+        fields = {}
+        for line in body.splitlines():
+            k, eq, v = line.strip().partition(" = ")
+            if eq:
+                fields[k] = v
+        for key in ("override_fields", "args" if fields.get("driver") == "static" else "",
+                    "default_fields"):
+            m = re.search(r"(?:^|\s)home=(\S+)", fields.get(key, ""))
+            if key and m:
+                homes.append(m.group(1))
+                break
+    return homes
+
+
+def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreLayout:
+    """The StoreLayout of a Dovecot configuration (``doveconf [-c CONF]``)."""
+    base = ["-c", conf] if conf else []
+    location = _doveconf([*base, "-h", "mail_location"], doveconf).strip()
+    loc = parse_mail_location(location)
+    home = None
+    if loc.needs_home():
+        # a home the userdb returns wins; mail_home is the default for users without one
+        homes = parse_userdb_homes(_doveconf([*base, "userdb"], doveconf))
+        home = homes[0] if homes else (
+            _doveconf([*base, "-h", "mail_home"], doveconf).strip() or None)
+        if home is None:
+            raise LayoutError(
+                f"mail_location {location!r} uses ~ but no userdb in "
+                f"{conf or 'the Dovecot configuration'} sets home= (static args, "
+                f"default_fields or override_fields) and mail_home is empty: give the "
+                f"home template explicitly")
+    return StoreLayout(loc, home)
