@@ -17,16 +17,17 @@ import stat
 import sys
 import tempfile
 
+from asm.errors import EXIT_DEVICE, ImsError
 from asm.hookspecs import hookimpl
 
 _REMOTE_RE = re.compile(r"^(ssh://|(?:[^/@:]+@)?[^/:]+:)")
 
 
-class DeviceError(Exception):
+class DeviceError(ImsError):
     """A device that cannot be opened or written; the message says which and why.
-    ``exit_status`` is what the commands exit with (plugins refine it per failure)."""
+    ``status`` is what the commands exit with (plugins refine it per failure)."""
 
-    exit_status = 3
+    status = EXIT_DEVICE
 
 
 class Device:
@@ -127,10 +128,15 @@ def open_local(spec: str, mode: str) -> Device:
 
 class _StdDevice(Device):
     def close(self, ok: bool = True) -> None:
+        """Flush what is buffered.  A reader that went away before it had all of a
+        complete archive is a device failure (BrokenPipeError), never a success."""
         try:
             self.file.flush()
-        except (BrokenPipeError, ValueError):
+        except ValueError:
             pass
+        except BrokenPipeError:
+            if ok:
+                raise
 
 
 def open_device(spec: str, mode: str, blocking_factor: int = 20, config=None) -> Device:

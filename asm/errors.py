@@ -9,6 +9,8 @@ turns them into that line on stderr and the status.
 """
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_PARTIAL = 1        # finished, but named mailboxes/messages failed (a backup's trailer lists them)
 EXIT_USAGE = 2          # bad options, configuration or paths: nothing was done
@@ -53,14 +55,20 @@ class UsageError(ImsError):
     status = EXIT_USAGE
 
 
-def status_of(exc: BaseException) -> int:
-    """The exit status an exception stands for (for code that only has an exception)."""
-    import errno
+def device_status(exc: BaseException) -> int:
+    """The exit status of a failed device operation: the error's own (a plugin's remote
+    errors carry 10-14), a full disk's, or EXIT_DEVICE."""
     if isinstance(exc, ImsError):
         return exc.status
-    status = getattr(exc, "exit_status", None)
-    if isinstance(status, int):
-        return status
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EXIT_NOSPACE
+    return EXIT_DEVICE
+
+
+def status_of(exc: BaseException) -> int:
+    """The exit status an exception stands for when it reaches a command's top level."""
+    if isinstance(exc, ImsError):
+        return exc.status
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return EXIT_NOSPACE
     if isinstance(exc, KeyboardInterrupt):

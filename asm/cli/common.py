@@ -7,26 +7,12 @@ import os
 import sys
 import time
 
-# Exit statuses, documented in docs/operations.md.
-EXIT_OK = 0
-EXIT_PARTIAL = 1        # finished, but some mailboxes/messages failed (named on stderr)
-EXIT_USAGE = 2          # bad options, configuration or paths: nothing was done
-EXIT_DEVICE = 3         # the device could not be opened, read or written
-EXIT_INCOMPLETE = 4     # the archive is truncated or corrupt; what came before was restored
-EXIT_HOSTILE = 5        # the archive holds members that would write outside the store
-EXIT_LOCKED = 6         # a lock is held by another run
-EXIT_ORDER = 7          # incremental archives applied in the wrong order
-EXIT_NOT_ARCHIVE = 8     # the input is not an ims-asm archive
-EXIT_CONNECT = 10       # remote device: no connection (refused, unknown host)
-EXIT_HOSTKEY = 11       # remote device: host key unknown or changed
-EXIT_AUTH = 12          # remote device: authentication failed
-EXIT_NOSPACE = 13       # the device (local or remote) is full
-EXIT_LINKLOST = 14      # remote device: the connection dropped mid-transfer
-EXIT_INTERRUPTED = 130
-
-
-class UsageError(Exception):
-    """Bad command-line input; printed as one line, exit EXIT_USAGE."""
+from asm.errors import (  # noqa: F401  (the commands still take their statuses from here)
+    EXIT_AUTH, EXIT_CONNECT, EXIT_DEVICE, EXIT_HOSTILE, EXIT_HOSTKEY, EXIT_INCOMPLETE, EXIT_INTERRUPTED,
+    EXIT_LINKLOST, EXIT_LOCKED, EXIT_NOSPACE, EXIT_NOT_ARCHIVE, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, EXIT_USAGE,
+    UsageError, device_status,
+)
+from asm.units import human  # noqa: F401
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -34,17 +20,6 @@ class ArgParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def device_status(exc: BaseException) -> int:
-    """The exit status for a device failure: the plugin's own, or ENOSPC's, or 3."""
-    import errno
-    status = getattr(exc, "exit_status", None)
-    if status is not None:
-        return status
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return EXIT_NOSPACE
-    return EXIT_DEVICE
 
 
 def die(prog: str, message: str, status: int) -> int:
@@ -85,14 +60,6 @@ class Progress:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
             self._shown = False
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def blocking_factor(text: str) -> int:
