@@ -131,7 +131,10 @@ class ClassicStore(Store):
             raise NoSuchPartition(partition, self.parts) from None
 
     def _user_row(self, user: str):
-        row = self._db.execute("SELECT partition, dir, held FROM users WHERE user=?", (user,)).fetchone()
+        try:
+            row = self._db.execute("SELECT partition, dir, held FROM users WHERE user=?", (user,)).fetchone()
+        except UnicodeEncodeError:      # not UTF-8 (a name from argv): the index holds no such user
+            row = None
         if row is None:
             raise NoSuchUser(user)
         return row
