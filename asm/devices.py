@@ -11,11 +11,13 @@ replaces a good archive with half of one.  Files are created 0600.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
 import sys
 import tempfile
+import weakref
 
 from asm.errors import EXIT_DEVICE, ImsError
 from asm.hookspecs import hookimpl
@@ -51,14 +53,19 @@ class Device:
 
 
 class _FileDevice(Device):
-    """A plain file written through a temporary name, renamed on success."""
+    """A plain file written through a temporary name, renamed on success.  A temporary
+    file that is never closed (a Ctrl-C or SIGTERM between its creation and the caller
+    owning the device, a bug) is removed when the device is dropped or at exit."""
 
     def __init__(self, spec: str, target: str):
         d = os.path.dirname(os.path.abspath(target))
-        try:
-            fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".partial", dir=d)
-        except OSError as exc:
-            raise DeviceError(f"cannot write device {spec!r}: {exc.strerror} ({d})") from None
+        with _interrupts_deferred():        # the file exists only together with its remover
+            try:
+                fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".partial",
+                                                dir=d)
+            except OSError as exc:
+                raise DeviceError(f"cannot write device {spec!r}: {exc.strerror} ({d})") from None
+            self._discard = weakref.finalize(self, _remove, self.tmp)
         os.fchmod(fd, 0o600)
         super().__init__(spec, os.fdopen(fd, "wb", buffering=0), seekable=True, kind="file")
         self.target = target
@@ -75,10 +82,30 @@ class _FileDevice(Device):
             if ok:
                 os.replace(self.tmp, self.target)
             else:
-                try:
-                    os.unlink(self.tmp)
-                except FileNotFoundError:
-                    pass
+                _remove(self.tmp)
+            self._discard.detach()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """SIGINT and SIGTERM wait until the end of the block (they are blocked, not lost)."""
+    import signal
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def is_remote(spec: str, localonly: bool = False) -> bool:
