@@ -7,6 +7,7 @@ byte with the same UIDs, flags, dates, folders and single-copy links.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import os
@@ -49,14 +50,26 @@ def fingerprint(store) -> dict:
     return out
 
 
+def _at_least(lo: int):
+    def check(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = lo - 1
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least {lo}")
+        return n
+    return check
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_command("ims-demo", _main, argv)
 
 
 def _main(argv: list[str] | None) -> int:
     p = ArgParser(prog="ims-demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--users", type=int, default=40)
-    p.add_argument("--messages", type=int, default=3000)
+    p.add_argument("--users", type=_at_least(1), default=40)
+    p.add_argument("--messages", type=_at_least(0), default=3000)
     p.add_argument("--driver", choices=["classic", "maildir"], default="classic")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary directory)")
     args = p.parse_args(argv)
@@ -88,7 +101,7 @@ def _main(argv: list[str] | None) -> int:
         rng = random.Random(99)
         users = src.users("primary")
         for i in range(50):
-            rcpts = rng.sample(users, rng.choice([1, 1, 3]))
+            rcpts = rng.sample(users, min(len(users), rng.choice([1, 1, 3])))
             src.deliver(rcpts, io.BytesIO(make_message(rng, 10_000 + i, rng.randint(500, 20_000), "news",
                                                        rcpts, time.time())))
         expunged = 0
