@@ -135,14 +135,17 @@ def read_map(path: str) -> dict:
     except OSError as exc:
         raise RestoreError(f"cannot read map file {path!r}: {exc.strerror}") from None
     with f:
-        for lineno, line in enumerate(f, 1):
-            s = line.strip()
-            if not s or s.startswith("#"):
-                continue
-            old, eq, new = s.partition("=")
-            if not eq or not old.strip() or not new.strip():
-                raise RestoreError(f"{path}:{lineno}: expected 'olduser=newuser', found {s!r}")
-            out[old.strip()] = new.strip()
+        try:
+            for lineno, line in enumerate(f, 1):
+                s = line.strip()
+                if not s or s.startswith("#"):
+                    continue
+                old, eq, new = s.partition("=")
+                if not eq or not old.strip() or not new.strip():
+                    raise RestoreError(f"{path}:{lineno}: expected 'olduser=newuser', found {s[:80]!r}")
+                out[old.strip()] = new.strip()
+        except UnicodeDecodeError:
+            raise RestoreError(f"cannot read map file {path!r}: it is not UTF-8 text") from None
     return out
 
 

@@ -472,6 +472,19 @@ def test_without_ims_home_every_command_says_so(name, argv, tmp_path):
     assert os.listdir(tmp_path) == []                # nothing created anywhere
 
 
+def test_list_and_map_files_that_are_not_text_are_usage_errors(store, ims_home, tmp_path):
+    put(store, "joe", "INBOX", 1)
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"joe=ann\n\xff\xfe=bob\n")
+    for argv in (["imsbackup", "-u", bad, "-f", tmp_path / "b.ims"], ["imsrestore", "-m", bad, "-f", a]):
+        p = call(argv[0], *argv[1:], home=ims_home, tmp=tmp_path)
+        assert p.returncode == errors.EXIT_USAGE, p.stderr
+        assert no_traceback(p).endswith("is not UTF-8 text\n") and len(p.stderr.splitlines()) == 1
+    assert not (tmp_path / "b.ims").exists() and glob.glob(str(tmp_path / "*crash*")) == []
+
+
 # ----------------------------------------------------------------------------- -b
 
 def test_one_blocking_factor_range_everywhere(store, ims_home, tmp_path):
