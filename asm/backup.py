@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from asm import __version__, plugins
+from asm.errors import EXIT_OK, EXIT_PARTIAL
 from asm.events import Run
 from asm.groups import Groups
 from asm.logical import LogicalPath, Target, resolve
@@ -71,7 +72,7 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
         "scope": [str(p) for p in paths], "since": opts.since,
         "options": {"ignore_links": opts.ignore_links, "exclude": opts.exclude},
     })
-    status = 1
+    status = EXIT_PARTIAL
     try:
         for t in targets:
             writer.add_user(t.partition, t.user, t.group)
@@ -84,7 +85,7 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                 _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress)
         res.seconds = time.monotonic() - t0
         res.trailer = writer.close(errors=res.errors)
-        status = 1 if res.errors else 0
+        status = EXIT_PARTIAL if res.errors else EXIT_OK
         return res
     finally:
         run.counts = {"users": res.users, "folders": res.folders, "messages": res.messages,

@@ -16,9 +16,13 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
+from asm.errors import EXIT_USAGE, ImsError
 
-class ConfigError(Exception):
+
+class ConfigError(ImsError):
     """A bad option name or value, or an unreadable configuration file."""
+
+    status = EXIT_USAGE
 
 
 def _choice(*values: str) -> Callable[[str], str]:

@@ -71,7 +71,7 @@ def build_demo(store: Store, users: int = 40, messages: int = 2000, seed: int = 
         size = _size(rng)
         when = now - rng.uniform(0, 365 * 86400)
         multi = rng.random() < 0.15
-        rcpts = rng.sample(names, rng.randint(2, 4)) if multi else [rng.choice(names)]
+        rcpts = rng.sample(names, min(len(names), rng.randint(2, 4))) if multi else [rng.choice(names)]
         folder = "INBOX" if rng.random() < 0.6 else rng.choice(FOLDERS)
         body = make_message(rng, n, size, rng.choice(names), rcpts, when)
         out = store.deliver(rcpts, io.BytesIO(body), folder=folder, internaldate=int(when))

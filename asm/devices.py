@@ -11,22 +11,25 @@ replaces a good archive with half of one.  Files are created 0600.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
 import sys
 import tempfile
+import weakref
 
+from asm.errors import EXIT_DEVICE, ImsError
 from asm.hookspecs import hookimpl
 
 _REMOTE_RE = re.compile(r"^(ssh://|(?:[^/@:]+@)?[^/:]+:)")
 
 
-class DeviceError(Exception):
+class DeviceError(ImsError):
     """A device that cannot be opened or written; the message says which and why.
-    ``exit_status`` is what the commands exit with (plugins refine it per failure)."""
+    ``status`` is what the commands exit with (plugins refine it per failure)."""
 
-    exit_status = 3
+    status = EXIT_DEVICE
 
 
 class Device:
@@ -50,14 +53,19 @@ class Device:
 
 
 class _FileDevice(Device):
-    """A plain file written through a temporary name, renamed on success."""
+    """A plain file written through a temporary name, renamed on success.  A temporary
+    file that is never closed (a Ctrl-C or SIGTERM between its creation and the caller
+    owning the device, a bug) is removed when the device is dropped or at exit."""
 
     def __init__(self, spec: str, target: str):
         d = os.path.dirname(os.path.abspath(target))
-        try:
-            fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".partial", dir=d)
-        except OSError as exc:
-            raise DeviceError(f"cannot write device {spec!r}: {exc.strerror} ({d})") from None
+        with _interrupts_deferred():        # the file exists only together with its remover
+            try:
+                fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".partial",
+                                                dir=d)
+            except OSError as exc:
+                raise DeviceError(f"cannot write device {spec!r}: {exc.strerror} ({d})") from None
+            self._discard = weakref.finalize(self, _remove, self.tmp)
         os.fchmod(fd, 0o600)
         super().__init__(spec, os.fdopen(fd, "wb", buffering=0), seekable=True, kind="file")
         self.target = target
@@ -74,10 +82,30 @@ class _FileDevice(Device):
             if ok:
                 os.replace(self.tmp, self.target)
             else:
-                try:
-                    os.unlink(self.tmp)
-                except FileNotFoundError:
-                    pass
+                _remove(self.tmp)
+            self._discard.detach()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """SIGINT and SIGTERM wait until the end of the block (they are blocked, not lost)."""
+    import signal
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def is_remote(spec: str, localonly: bool = False) -> bool:
@@ -127,10 +155,15 @@ def open_local(spec: str, mode: str) -> Device:
 
 class _StdDevice(Device):
     def close(self, ok: bool = True) -> None:
+        """Flush what is buffered.  A reader that went away before it had all of a
+        complete archive is a device failure (BrokenPipeError), never a success."""
         try:
             self.file.flush()
-        except (BrokenPipeError, ValueError):
+        except ValueError:
             pass
+        except BrokenPipeError:
+            if ok:
+                raise
 
 
 def open_device(spec: str, mode: str, blocking_factor: int = 20, config=None) -> Device:

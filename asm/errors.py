@@ -2,12 +2,14 @@
 
 One module, so a status means the same thing whichever command returns it and
 docs/operations.md can list them all (tests/test_docs.py checks that it does, and
-nothing else).  Library code raises :class:`ImsError` subclasses; it never imports
+nothing else; tests/test_errors.py that no other module defines or returns a status).  Library code raises :class:`ImsError` subclasses; it never imports
 the command line.  Each subclass carries its exit status; its message is one line
 that names what is wrong and says what to do.  :func:`asm.cli.common.run_command`
 turns them into that line on stderr and the status.
 """
 from __future__ import annotations
+
+import errno
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1        # finished, but named mailboxes/messages failed (a backup's trailer lists them)
@@ -17,15 +19,15 @@ EXIT_INCOMPLETE = 4     # the archive is truncated or corrupt; what came before 
 EXIT_HOSTILE = 5        # the archive holds members that would write outside the store
 EXIT_LOCKED = 6         # a lock is held by another run
 EXIT_ORDER = 7          # incremental archives applied in the wrong order
-EXIT_NOT_ARCHIVE = 8    # the input is not an ims-asm archive
+EXIT_NOT_ARCHIVE = 8    # the input is not an ims-asm archive (imsasm: not a save stream)
 EXIT_SPACE = 9          # (imsstage) the staging filesystem cannot hold the run
 EXIT_CONNECT = 10       # remote device: no connection (refused, unknown host)
 EXIT_HOSTKEY = 11       # remote device: host key unknown or changed
 EXIT_AUTH = 12          # remote device: authentication failed
-EXIT_NOSPACE = 13       # the device (local or remote) or the store's disk is full
+EXIT_NOSPACE = 13       # the device (local or remote), the store's disk, or stdout's is full
 EXIT_LINKLOST = 14      # remote device: the connection dropped mid-transfer
-EXIT_MISSING = 15       # (imsstage, notify scripts) files or fresh dumps needed are not there
-EXIT_DEADLINE = 16      # (imsstage) the run did not finish before --deadline
+EXIT_MISSING = 15       # (imsstage, imsnbu, notify scripts) files or fresh dumps needed are not there
+EXIT_DEADLINE = 16      # (imsstage, bpstart_notify) the run did not finish before --deadline
 EXIT_STORE = 17         # the store cannot be read or written (read-only, damaged, name too long)
 EXIT_EMPTY = 18         # a backup found no user in a store that should have some
 EXIT_INTERNAL = 70      # a bug in ims-asm: one line on stderr, the details in a crash file
@@ -53,14 +55,20 @@ class UsageError(ImsError):
     status = EXIT_USAGE
 
 
-def status_of(exc: BaseException) -> int:
-    """The exit status an exception stands for (for code that only has an exception)."""
-    import errno
+def device_status(exc: BaseException) -> int:
+    """The exit status of a failed device operation: the error's own (a plugin's remote
+    errors carry 10-14), a full disk's, or EXIT_DEVICE."""
     if isinstance(exc, ImsError):
         return exc.status
-    status = getattr(exc, "exit_status", None)
-    if isinstance(status, int):
-        return status
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EXIT_NOSPACE
+    return EXIT_DEVICE
+
+
+def status_of(exc: BaseException) -> int:
+    """The exit status an exception stands for when it reaches a command's top level."""
+    if isinstance(exc, ImsError):
+        return exc.status
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return EXIT_NOSPACE
     if isinstance(exc, KeyboardInterrupt):

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 
+from asm.errors import EXIT_USAGE, ImsError
+
 PREDEFINED = "user"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-class GroupsError(Exception):
+class GroupsError(ImsError):
     """A bad line in backup-groups.conf; the message names file and line."""
+
+    status = EXIT_USAGE
 
 
 class Groups:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from asm.errors import EXIT_USAGE, ImsError
 from asm.groups import PREDEFINED, Groups
 from asm.store.base import BadName, NoSuchUser, Store, check_folder_name, check_user_name
 
 
-class PathError(Exception):
+class PathError(ImsError):
     """A logical path that is malformed or names nothing."""
+
+    status = EXIT_USAGE
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,17 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
+from asm.errors import EXIT_USAGE, ImsError
+
 _FROM_RE = re.compile(rb"^From \S+\s+(.*)$")
 _QUOTED_RE = re.compile(rb"^>+From ")
 _STATUS = {b"R": "\\Seen", b"A": "\\Answered", b"F": "\\Flagged", b"D": "\\Deleted", b"T": "\\Draft"}
+
+
+class NotAnMbox(ImsError, ValueError):
+    """The input is not a Unix mbox file."""
+
+    status = EXIT_USAGE
 
 
 @dataclass
@@ -65,7 +73,7 @@ def read_mbox(src: BinaryIO) -> Iterator[MboxMessage]:
             continue
         if spool is None:
             if line.strip():
-                raise ValueError("not an mbox file: it does not start with a 'From ' line")
+                raise NotAnMbox("not an mbox file: it does not start with a 'From ' line")
             continue
         stripped = line.rstrip(b"\r\n")
         if in_headers:

@@ -12,6 +12,7 @@ import pluggy
 
 from asm import hookspecs
 from asm.config import ConfigError
+from asm.errors import EXIT_USAGE
 
 GROUP = "ims_asm"
 _pm: pluggy.PluginManager | None = None
@@ -19,7 +20,9 @@ _pm: pluggy.PluginManager | None = None
 
 class PluginError(ConfigError):
     """A plugin that fails to load, or two plugins claiming the same name.  A kind of
-    configuration error, so every command reports it in one line with exit 2."""
+    configuration error, so every command reports it in one line with EXIT_USAGE."""
+
+    status = EXIT_USAGE
 
 
 def _allowed() -> set[str] | None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from asm import plugins
 from asm.archive.reader import parse_uid_ranges
 from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
+from asm.errors import EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, EXIT_USAGE, ImsError
 from asm.events import Run
 from asm.groups import Groups
 from asm.logical import LogicalPath
@@ -45,12 +46,16 @@ from asm.store.base import Store, StoreError, StoreFull, UidInUse
 CHUNK = 1 << 20
 
 
-class RestoreError(Exception):
+class RestoreError(ImsError):
     """A restore that cannot start (bad map file, bad reference file)."""
+
+    status = EXIT_USAGE
 
 
 class ChainOrderError(RestoreError):
     """Archives of an incremental chain applied out of order."""
+
+    status = EXIT_ORDER
 
 
 class StopRestore(Exception):
@@ -130,14 +135,17 @@ def read_map(path: str) -> dict:
     except OSError as exc:
         raise RestoreError(f"cannot read map file {path!r}: {exc.strerror}") from None
     with f:
-        for lineno, line in enumerate(f, 1):
-            s = line.strip()
-            if not s or s.startswith("#"):
-                continue
-            old, eq, new = s.partition("=")
-            if not eq or not old.strip() or not new.strip():
-                raise RestoreError(f"{path}:{lineno}: expected 'olduser=newuser', found {s!r}")
-            out[old.strip()] = new.strip()
+        try:
+            for lineno, line in enumerate(f, 1):
+                s = line.strip()
+                if not s or s.startswith("#"):
+                    continue
+                old, eq, new = s.partition("=")
+                if not eq or not old.strip() or not new.strip():
+                    raise RestoreError(f"{path}:{lineno}: expected 'olduser=newuser', found {s[:80]!r}")
+                out[old.strip()] = new.strip()
+        except UnicodeDecodeError:
+            raise RestoreError(f"cannot read map file {path!r}: it is not UTF-8 text") from None
     return out
 
 
@@ -282,7 +290,7 @@ class Restorer:
         t0 = time.monotonic()
         self.store.deferred_sync = True      # one sync() at the end instead of an fsync per file
         plugins.run_start(self.run)
-        status = 1
+        status = EXIT_PARTIAL
         try:
             stopped = False
             try:
@@ -295,7 +303,7 @@ class Restorer:
             # a folder cut short keeps its UIDNEXT and journal as they were, so the same
             # command run again finishes it with the archived UIDs
             self._end_folder(complete=self.res.incomplete is None and not stopped)
-            status = 0 if not (self.res.errors or self.res.incomplete or self.res.pending) else 1
+            status = EXIT_PARTIAL if self.res.errors or self.res.incomplete or self.res.pending else EXIT_OK
         finally:
             self._end_folder(complete=False)
             self.lock_stack.close()

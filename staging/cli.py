@@ -16,18 +16,14 @@ from __future__ import annotations
 import os
 import sys
 
-from asm.cli.common import (
-    EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ArgParser, Progress, UsageError, die, human, parse_date,
-    sigterm_as_interrupt,
-)
+from asm.cli.common import ArgParser, Progress, UsageError, die, human, parse_date, run_command
 from asm.cli.context import open_installation
-from asm.config import Config, ConfigError
-from asm.groups import Groups, GroupsError
-from asm.logical import PathError, parse
-from asm.plugins import PluginError
-from asm.store.base import StoreError
+from asm.config import Config
+from asm.errors import EXIT_INTERRUPTED, EXIT_OK
+from asm.groups import Groups
+from asm.logical import parse
 from staging.catalog import Catalog
-from staging.errors import Missing, StagingError
+from staging.errors import Missing
 from staging.lookup import chain_for, restore_chain
 from staging.run import check_fresh, default_jobs, engine_done, push_pending, stage, staging_dir
 
@@ -132,17 +128,16 @@ def user_of(text: str, groups: Groups) -> tuple[str, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["dump"] + argv
     args = build_parser().parse_args(argv)
-    sigterm_as_interrupt()
     try:
         return _dispatch(args)
-    except StagingError as exc:
-        return die(PROG, str(exc), exc.status)
-    except (UsageError, ConfigError, GroupsError, PathError, StoreError, PluginError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         return die(PROG, "interrupted: unfinished dumps were removed and marked failed", EXIT_INTERRUPTED)
 
@@ -244,7 +239,7 @@ def _dispatch(args) -> int:
             from staging.remote import fetch_links
             fetched = fetch_links(links, into, cfg, say=say if args.verbose else lambda s: None)
         rc = restore_chain(links, target, cfg.home, verbose=args.verbose, say=say)
-        if rc == 0 and fetched and not args.keep_fetched:
+        if rc == EXIT_OK and fetched and not args.keep_fetched:
             for f in fetched:
                 try:
                     os.unlink(f.path)

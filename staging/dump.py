@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from asm.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
 from staging.catalog import Catalog, Dump
 from staging.plan import GroupPlan
 
@@ -78,7 +79,7 @@ def _die_with_parent():
     except (OSError, AttributeError):
         pass
     if os.getppid() == 1:   # the parent is already gone
-        os._exit(1)
+        os._exit(EXIT_INTERRUPTED)
 
 
 @dataclass
@@ -144,7 +145,7 @@ class Runner:
             _unlink(job.listfile)
         final = os.path.join(self.directory, job.dump.file)
         error = ""
-        if rc == 0:
+        if rc == EXIT_OK:
             try:
                 if os.path.exists(final):
                     raise OSError(f"{final} already exists")
@@ -160,7 +161,7 @@ class Runner:
             error = f"imsbackup was killed by signal {-rc}"
         else:
             error = f"imsbackup exit {rc}: " + (err_lines[-1] if err_lines else "no message")
-            if rc == 1:
+            if rc == EXIT_PARTIAL:
                 error += " (" + "; ".join(err_lines[-3:]) + ")" if len(err_lines) > 1 else ""
         _unlink(job.tmp)
         for p in glob.glob(os.path.join(glob.escape(self.directory), "." + glob.escape(temp_name(job.dump.file))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from asm.errors import EXIT_INCOMPLETE, EXIT_OK
 from staging.catalog import Catalog, Dump
 from staging.dump import sha256_of
 from staging.errors import Missing, StagingError
@@ -87,7 +88,7 @@ def restore_chain(links: list[Link], target: str, home: str, verbose: bool = Fal
             if digest != lk.dump.sha256:
                 raise StagingError(f"{lk.found} is not the file the catalog recorded (sha256 {digest[:12]}... "
                                    f"instead of {lk.dump.sha256[:12]}...): the engine returned another version; "
-                                   f"restore the one from {lk.dump.when()}", status=4)
+                                   f"restore the one from {lk.dump.when()}", status=EXIT_INCOMPLETE)
     env = dict(os.environ, IMS_HOME=home)
     for i, lk in enumerate(links):
         argv = [sys.executable, "-m", "asm.cli.imsrestore", "-f", lk.found]
@@ -98,8 +99,8 @@ def restore_chain(links: list[Link], target: str, home: str, verbose: bool = Fal
         argv.append(target)
         say(f"imsstage: restoring {target} from {lk.dump.file} ({lk.dump.kind}, {lk.dump.when()})")
         rc = subprocess.run(argv, env=env).returncode
-        if rc != 0:
+        if rc != EXIT_OK:
             say(f"imsstage: imsrestore exit {rc} on {lk.found}; the chain was stopped there "
                 f"(run the same command again after fixing the cause)")
             return rc
-    return 0
+    return EXIT_OK

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from asm.backup import is_excluded
 from asm.groups import PREDEFINED, Groups
 from asm.store.base import StoreError
+from asm.units import human
 from staging.errors import NoSpace
 
 BLOCK = 512
@@ -184,7 +185,3 @@ def make_plan(units: list[GroupPlan], directory: str, can_batch: bool) -> Plan:
 def describe_batches(plan: Plan) -> str:
     return "; ".join(f"batch {i}: " + ", ".join(u.label for u in b) for i, b in enumerate(plan.batches, 1))
 
-
-def human(n: float) -> str:
-    from asm.cli.common import human as h
-    return h(n)

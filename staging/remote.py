@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from asm.cli.common import EXIT_DEVICE, EXIT_LINKLOST, EXIT_USAGE, device_status
+from asm.errors import EXIT_DEVICE, EXIT_LINKLOST, EXIT_OK, EXIT_USAGE, device_status
 from staging.catalog import Catalog, Dump
 from staging.errors import StagingError
 
@@ -61,16 +61,12 @@ def file_spec(dir_spec: str, remote_path: str) -> str:
     return f"{rs.user + '@' if rs.user else ''}{host}{':' + str(rs.port) if rs.port else ''}:{remote_path}"
 
 
-def _status(exc: BaseException) -> int:
-    return device_status(exc) if isinstance(exc, OSError) else EXIT_DEVICE
-
-
 @dataclass
 class PushReport:
     pushed: list = field(default_factory=list)      # Dump rows after a good push
     failed: list = field(default_factory=list)      # (Dump, error, exit status)
     skipped: list = field(default_factory=list)     # (Dump, why): local file gone, deadline
-    status: int = 0
+    status: int = EXIT_OK
     message: str = ""
 
 
@@ -116,7 +112,7 @@ def push_dumps(catalog: Catalog, directory: str, dumps: list[Dump], spec: str, c
                                    f"{d.sha256[:12]}...): its remote copy was removed; dump the group again",
                                    EXIT_DEVICE)
         except (ssh.RemoteError, StagingError) as exc:
-            status = exc.status if isinstance(exc, StagingError) else _status(exc)
+            status = device_status(exc)
             error = str(exc)
             catalog.push_failed(d.id, error)
             rep.failed.append((catalog.get(d.id), error, status))
@@ -165,9 +161,9 @@ def fetch_links(links, into: str, config, say=lambda s: None) -> list[Fetched]:
         try:
             r = ssh.fetch(d.remote, dest, config, sha256=d.sha256)
         except ssh.RemoteError as exc:
-            raise StagingError(f"cannot fetch {d.file} from {d.remote}: {exc}", _status(exc)) from None
+            raise StagingError(f"cannot fetch {d.file} from {d.remote}: {exc}", device_status(exc)) from None
         except OSError as exc:
-            raise StagingError(f"cannot fetch {d.file} into {into}: {exc.strerror or exc}", _status(exc)) from None
+            raise StagingError(f"cannot fetch {d.file} into {into}: {exc.strerror or exc}", device_status(exc)) from None
         lk.found, lk.verified = r.local_path, True
         say(f"imsstage: fetched {d.file} from {d.remote} ({r.size} bytes in {time.monotonic() - t0:.1f}s, "
             f"sha256 checked)")

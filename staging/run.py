@@ -10,11 +10,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from asm.cli.common import human
+from asm.errors import EXIT_DEADLINE, EXIT_OK, EXIT_PARTIAL
+from asm.units import human
 from staging.catalog import Catalog
 from staging.cleanup import record_engine, remove_saved
 from staging.dump import Runner, remove_leftovers
-from staging.errors import EXIT_DEADLINE, EXIT_OK, EXIT_PARTIAL, Missing, NoSpace, StagingError
+from staging.errors import Missing, NoSpace, StagingError
 from staging.lock import AreaLock
 from staging.plan import describe_batches, estimate, free_space, group_units, make_plan
 

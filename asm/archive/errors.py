@@ -1,13 +1,20 @@
 """Every problem an archive can have, one class each, with a one-line message that
-names the problem and says what to do about it."""
+names the problem and says what to do about it, and the exit status it means when it
+ends a command (:mod:`asm.errors`)."""
+
+from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_PARTIAL, ImsError
 
 
-class ArchiveError(Exception):
-    """Base class of every archive error."""
+class ArchiveError(ImsError):
+    """Base class of every archive error: a damaged archive unless a subclass says otherwise."""
+
+    status = EXIT_INCOMPLETE
 
 
 class NotAnArchive(ArchiveError):
     """The stream does not start with an ims-asm header member."""
+
+    status = EXIT_NOT_ARCHIVE
 
     def __init__(self, why):
         self.why = why
@@ -57,6 +64,8 @@ class HostileMember(ArchiveError):
     """A member that ims-asm never writes and that could harm a restore
     (path escapes, device nodes, symlinks, dangling links, lying sizes)."""
 
+    status = EXIT_HOSTILE
+
     def __init__(self, name, why, offset=None):
         self.name = name
         self.offset = offset
@@ -69,7 +78,10 @@ class HostileMember(ArchiveError):
 
 class LinkTargetUnavailable(ArchiveError):
     """A hard-link member's bytes live in an earlier member that a
-    non-seekable stream cannot go back to."""
+    non-seekable stream cannot go back to: that message waits for its first copy (a
+    reference file), the rest is restored."""
+
+    status = EXIT_PARTIAL
 
     def __init__(self, name, target):
         self.name = name
@@ -81,7 +93,10 @@ class LinkTargetUnavailable(ArchiveError):
 
 
 class MessageChanged(ArchiveError):
-    """A message's file changed while it was being archived."""
+    """A message's file changed while it was being archived: that message is named as
+    failed, the rest of the archive is good."""
+
+    status = EXIT_PARTIAL
 
     def __init__(self, name, source=None, why="its size or bytes changed"):
         self.name = name

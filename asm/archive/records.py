@@ -7,11 +7,12 @@ records and tolerates short reads (pipes, tapes in variable-block mode).
 import io
 
 BLOCK = 512
+MAX_BLOCKING_FACTOR = 4096      # records of at most 2 MiB; the one range -b accepts everywhere
 
 
 def _check_bf(blocking_factor):
-    if not isinstance(blocking_factor, int) or not 1 <= blocking_factor <= 4096:
-        raise ValueError(f"blocking factor must be an integer 1..4096, not {blocking_factor!r}")
+    if not isinstance(blocking_factor, int) or not 1 <= blocking_factor <= MAX_BLOCKING_FACTOR:
+        raise ValueError(f"blocking factor must be an integer 1..{MAX_BLOCKING_FACTOR}, not {blocking_factor!r}")
     return BLOCK * blocking_factor
 
 

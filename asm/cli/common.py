@@ -1,32 +1,21 @@
-"""What every command shares: exit statuses, one-line errors, quiet-unless-asked output,
-and the terminal progress line."""
+"""What every command shares: one way to end (exceptions become one line on stderr and
+an exit status from :mod:`asm.errors`), quiet-unless-asked output, and the terminal
+progress line."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
+from typing import Callable
 
-# Exit statuses, documented in docs/operations.md.
-EXIT_OK = 0
-EXIT_PARTIAL = 1        # finished, but some mailboxes/messages failed (named on stderr)
-EXIT_USAGE = 2          # bad options, configuration or paths: nothing was done
-EXIT_DEVICE = 3         # the device could not be opened, read or written
-EXIT_INCOMPLETE = 4     # the archive is truncated or corrupt; what came before was restored
-EXIT_HOSTILE = 5        # the archive holds members that would write outside the store
-EXIT_LOCKED = 6         # a lock is held by another run
-EXIT_ORDER = 7          # incremental archives applied in the wrong order
-EXIT_NOT_ARCHIVE = 8     # the input is not an ims-asm archive
-EXIT_CONNECT = 10       # remote device: no connection (refused, unknown host)
-EXIT_HOSTKEY = 11       # remote device: host key unknown or changed
-EXIT_AUTH = 12          # remote device: authentication failed
-EXIT_NOSPACE = 13       # the device (local or remote) is full
-EXIT_LINKLOST = 14      # remote device: the connection dropped mid-transfer
-EXIT_INTERRUPTED = 130
+from asm.errors import (
+    EXIT_DEVICE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PIPE, EXIT_USAGE, ImsError, UsageError,
+)
+from asm.units import human  # noqa: F401  (the commands' size formatting)
 
-
-class UsageError(Exception):
-    """Bad command-line input; printed as one line, exit EXIT_USAGE."""
+__all__ = ["ArgParser", "Progress", "UsageError", "blocking_factor", "die", "human", "parse_date",
+           "read_list_file", "run_command", "warn"]
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -34,17 +23,6 @@ class ArgParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def device_status(exc: BaseException) -> int:
-    """The exit status for a device failure: the plugin's own, or ENOSPC's, or 3."""
-    import errno
-    status = getattr(exc, "exit_status", None)
-    if status is not None:
-        return status
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return EXIT_NOSPACE
-    return EXIT_DEVICE
 
 
 def die(prog: str, message: str, status: int) -> int:
@@ -56,9 +34,208 @@ def warn(prog: str, message: str) -> None:
     print(f"{prog}: {message}", file=sys.stderr)
 
 
+# ----------------------------------------------------------------------------- run_command
+
+_depth = 0          # run_command calls in progress (imsplugins run nests a plugin's command)
+
+
+def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run a command's ``body(argv)`` and return its exit status; every ``main()`` is this.
+
+    SIGTERM (a backup engine cancelling the job) unwinds like Ctrl-C from the first
+    moment, so temporary files are removed and locks and delivery holds released.  What
+    the body does not handle itself ends as one line on stderr, ``prog: message``, and
+    a status from :mod:`asm.errors`:
+
+    - :class:`~asm.errors.ImsError`: its message and its ``status``;
+    - KeyboardInterrupt (Ctrl-C, SIGTERM): "interrupted", EXIT_INTERRUPTED;
+    - stdout closed by its reader (``| head``): nothing more, EXIT_PIPE;
+    - a full disk (ENOSPC, EDQUOT): EXIT_NOSPACE;
+    - anything else is a bug: "internal error" with the traceback saved in a crash
+      file (printed instead with IMS_DEBUG=1), EXIT_INTERNAL.
+
+    No traceback reaches the user.
+    """
+    global _depth
+    outer = _depth == 0
+    saved = _trap_signals()
+    _depth += 1
+    try:
+        try:
+            status = body(argv)
+            status = EXIT_OK if status is None else int(status)
+        finally:
+            _depth -= 1
+            _untrap_signals(saved, outer)
+    except SystemExit as exc:          # argparse: --help (0) or a usage error it printed (2)
+        status = _exit_code(prog, exc.code)
+    except BaseException as exc:       # noqa: B036 - the one place every failure ends
+        status = _report(prog, exc)
+    return _flush_stdout(prog, status)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _trap_signals():
+    """SIGTERM raises KeyboardInterrupt; returns the previous handlers (None off the main thread)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    saved = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    return saved
+
+
+def _untrap_signals(saved, outer: bool) -> None:
+    """After the body: a nested command gives back the outer one's handlers; the outermost
+    lets a late SIGTERM or Ctrl-C end the process quietly (it is only reporting and
+    exiting now) instead of raising in the middle of that."""
+    import signal
+    if saved is None:
+        return
+    term, intr = saved
+    if outer:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+    else:
+        signal.signal(signal.SIGTERM, term)
+        signal.signal(signal.SIGINT, intr)
+
+
+def _say(prog: str, message: str) -> None:
+    """One line on stderr; a stderr that cannot be written is not worth a traceback."""
+    Progress.clear_all()
+    try:
+        print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _exit_code(prog: str, code) -> int:
+    if code is None:
+        return EXIT_OK
+    if isinstance(code, int):
+        return code
+    _say(prog, str(code))
+    return EXIT_USAGE
+
+
+def _report(prog: str, exc: BaseException) -> int:
+    import errno
+    if isinstance(exc, ImsError):
+        _say(prog, str(exc) or type(exc).__name__)
+        return exc.status
+    if isinstance(exc, KeyboardInterrupt):
+        _say(prog, "interrupted")
+        return EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError) and _stdout_gone():
+        _quiet_stdout()
+        return EXIT_PIPE
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        _say(prog, f"{exc.strerror or 'no space left on device'}{where}: free space there and run the "
+                   f"same command again")
+        return EXIT_NOSPACE
+    return _internal_error(prog, exc)
+
+
+def _internal_error(prog: str, exc: BaseException) -> int:
+    """A bug: one line for the user, the traceback in a crash file for the report."""
+    import traceback
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if os.environ.get("IMS_DEBUG", "") not in ("", "0"):
+        try:
+            sys.stderr.write(text)
+        except (OSError, ValueError):
+            pass
+        _say(prog, f"internal error ({what}); please report it with the traceback above")
+        return EXIT_INTERNAL
+    try:
+        path = _write_crash_file(prog, text)
+    except OSError as err:
+        _say(prog, f"internal error ({what}); its details could not be saved ({err.strerror or err}): "
+                   f"run again with IMS_DEBUG=1 to see them, and please report it")
+        return EXIT_INTERNAL
+    _say(prog, f"internal error ({what}); details in {path}; please report it")
+    return EXIT_INTERNAL
+
+
+def _write_crash_file(prog: str, text: str) -> str:
+    """``$TMPDIR/<prog>-crash-YYYYMMDD-HHMMSS-XXXX.txt`` (0600): what ran, where, and the traceback."""
+    import platform
+    import tempfile
+
+    from asm import __version__
+    fd, path = tempfile.mkstemp(prefix=f"{prog}-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+        f.write(f"command: {' '.join(sys.argv)}\n"
+                f"ims-asm {__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+                f"time: {time.strftime('%Y-%m-%d %H:%M:%S %z')}\ncwd: {os.getcwd()}\n"
+                f"IMS_HOME: {os.environ.get('IMS_HOME', '(not set)')}\n\n{text}")
+    return path
+
+
+def _stdout_gone() -> bool:
+    """Has stdout's reader gone away (a pipe with no reader left)?"""
+    import select
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _quiet_stdout() -> None:
+    """Point fd 1 at /dev/null, so what is still buffered goes nowhere at exit instead of
+    raising BrokenPipeError again in the interpreter's final flush."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(fd, sys.stdout.fileno())
+        finally:
+            os.close(fd)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _flush_stdout(prog: str, status: int) -> int:
+    """Flush what the command printed now, where a failure can still be told apart: a
+    reader that went away cuts the output (EXIT_PIPE unless something failed before)."""
+    import errno
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_PIPE if status == EXIT_OK else status
+    except OSError as exc:
+        _quiet_stdout()
+        if status != EXIT_OK:
+            return status
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            _say(prog, f"cannot write stdout: {exc.strerror}; free space there and run again")
+            return EXIT_NOSPACE
+        _say(prog, f"cannot write stdout: {exc.strerror or exc}")
+        return EXIT_PIPE if exc.errno == errno.EPIPE else EXIT_DEVICE
+    except ValueError:                 # stdout was closed by the command
+        pass
+    return status
+
+
+# ----------------------------------------------------------------------------- output
+
 class Progress:
     """A single self-rewriting line on a terminal; silent when stderr is not a tty
     (cron) unless the command was asked for -v."""
+
+    _shown_any: set = set()
 
     def __init__(self, enabled: bool | None = None, interval: float = 0.5):
         if enabled is None:
@@ -79,30 +256,37 @@ class Progress:
         sys.stderr.write("\r\x1b[K" + text[:200])
         sys.stderr.flush()
         self._shown = True
+        Progress._shown_any.add(self)
 
     def clear(self) -> None:
         if self._shown:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
             self._shown = False
+        Progress._shown_any.discard(self)
+
+    @classmethod
+    def clear_all(cls) -> None:
+        """Before a final error line: no progress text left in front of it."""
+        for p in list(cls._shown_any):
+            try:
+                p.clear()
+            except (OSError, ValueError):
+                cls._shown_any.discard(p)
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
+# ----------------------------------------------------------------------------- arguments
 
 def blocking_factor(text: str) -> int:
-    """argparse type for -b: records of 512*N bytes, N from 1 to 2048."""
+    """argparse type for -b: records of 512*N bytes, N from 1 to MAX_BLOCKING_FACTOR (the
+    range the archive's record layer takes, so the command and the format agree)."""
+    from asm.archive.records import MAX_BLOCKING_FACTOR
     try:
         n = int(text)
     except ValueError:
         n = 0
-    if not 1 <= n <= 2048:
-        raise argparse.ArgumentTypeError(f"bad blocking factor {text!r}: use 1 to 2048")
+    if not 1 <= n <= MAX_BLOCKING_FACTOR:
+        raise argparse.ArgumentTypeError(f"bad blocking factor {text!r}: use 1 to {MAX_BLOCKING_FACTOR}")
     return n
 
 
@@ -116,16 +300,6 @@ def parse_date(text: str) -> float:
         raise UsageError(f"bad date {text!r}: use YYYYMMDD or YYYYMMDD:HHMMSS, e.g. 20240501:131000") from None
 
 
-def sigterm_as_interrupt() -> None:
-    """SIGTERM (a backup engine cancelling the job) unwinds like Ctrl-C, so temporary
-    files are removed and locks and delivery holds released."""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
 def read_list_file(path: str) -> list[str]:
     """Names from a -u file: one per line, blank lines and # comments ignored."""
     try:
@@ -133,3 +307,5 @@ def read_list_file(path: str) -> list[str]:
             return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
     except OSError as exc:
         raise UsageError(f"cannot read {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read {path!r}: it is not UTF-8 text") from None

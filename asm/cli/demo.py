@@ -7,6 +7,7 @@ byte with the same UIDs, flags, dates, folders and single-copy links.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import os
@@ -17,9 +18,10 @@ import sys
 import tempfile
 import time
 
-from asm.cli.common import ArgParser, human
+from asm.cli.common import ArgParser, human, run_command
 from asm.config import Config
 from asm.demo import build_demo, make_message
+from asm.errors import EXIT_OK, EXIT_PARTIAL
 from asm.store import open_store
 
 
@@ -48,10 +50,26 @@ def fingerprint(store) -> dict:
     return out
 
 
+def _at_least(lo: int):
+    def check(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = lo - 1
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least {lo}")
+        return n
+    return check
+
+
 def main(argv: list[str] | None = None) -> int:
+    return run_command("ims-demo", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     p = ArgParser(prog="ims-demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--users", type=int, default=40)
-    p.add_argument("--messages", type=int, default=3000)
+    p.add_argument("--users", type=_at_least(1), default=40)
+    p.add_argument("--messages", type=_at_least(0), default=3000)
     p.add_argument("--driver", choices=["classic", "maildir"], default="classic")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary directory)")
     args = p.parse_args(argv)
@@ -71,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             f"({counts['shared']} delivered to several users as one inode) in {time.monotonic() - t:.1f}s")
 
         r = _cmd(src_home, "asm.cli.imsbackup", "-v", "-f", full, "/")
-        if r.returncode != 0:
+        if r.returncode != EXIT_OK:
             say(f"imsbackup failed ({r.returncode}): {r.stderr.strip()}")
-            return 1
+            return EXIT_PARTIAL
         say("full backup:  " + r.stderr.strip().splitlines()[-1].removeprefix("imsbackup: "))
 
         # a day of mail: new deliveries, expunges and flag changes, then an incremental
@@ -83,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(99)
         users = src.users("primary")
         for i in range(50):
-            rcpts = rng.sample(users, rng.choice([1, 1, 3]))
+            rcpts = rng.sample(users, min(len(users), rng.choice([1, 1, 3])))
             src.deliver(rcpts, io.BytesIO(make_message(rng, 10_000 + i, rng.randint(500, 20_000), "news",
                                                        rcpts, time.time())))
         expunged = 0
@@ -93,17 +111,17 @@ def main(argv: list[str] | None = None) -> int:
             if len(msgs) > 3:
                 src.set_flags(u, "INBOX", msgs[3].uid, ["\\Seen", "\\Flagged"], ["$Label2"])
         r = _cmd(src_home, "asm.cli.imsbackup", "-v", "-f", incr, "-d", since, "/")
-        if r.returncode != 0:
+        if r.returncode != EXIT_OK:
             say(f"incremental imsbackup failed ({r.returncode}): {r.stderr.strip()}")
-            return 1
+            return EXIT_PARTIAL
         say(f"store changed: 50 new deliveries, {expunged} expunged, 10 flag changes")
         say("incremental:  " + r.stderr.strip().splitlines()[-1].removeprefix("imsbackup: "))
 
         for label, archive, extra in (("full", full, ["-H"]), ("incremental", incr, [])):
             r = _cmd(dst_home, "asm.cli.imsrestore", "-v", *extra, "-f", archive)
-            if r.returncode != 0:
+            if r.returncode != EXIT_OK:
                 say(f"imsrestore of the {label} archive failed ({r.returncode}): {r.stderr.strip()}")
-                return 1
+                return EXIT_PARTIAL
             say(f"restore {label}: " + r.stderr.strip().splitlines()[-1].removeprefix("imsrestore: "))
 
         a, b = fingerprint(src), fingerprint(open_store(Config(dst_home)))
@@ -121,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         say("RESULT: " + ("the restored store is identical to the source" if ok
                           else f"DIFFERENCES found ({len(msgs) - same} messages, {len(folders) - fsame} folders, "
                                f"{len(extra)} extra)"))
-        return 0 if ok else 1
+        return EXIT_OK if ok else EXIT_PARTIAL
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

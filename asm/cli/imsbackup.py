@@ -4,21 +4,19 @@
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup, select
 from asm.cli.common import (
-    EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, Progress, UsageError, blocking_factor,
-    device_status, die, human, parse_date, read_list_file, sigterm_as_interrupt, warn,
+    ArgParser, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file, run_command, warn,
 )
 from asm.cli.context import open_installation
-from asm.config import ConfigError
 from asm.devices import DeviceError, open_device
-from asm.groups import GroupsError
-from asm.logical import PathError, parse
-from asm.store.base import StoreError
+from asm.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
+from asm.logical import parse
 
 PROG = "imsbackup"
 
@@ -41,25 +39,21 @@ def build_parser() -> ArgParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    sigterm_as_interrupt()
-    try:
-        since = parse_date(args.date) if args.date else None
-        names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
-        inst = open_installation()
-        paths = [parse(n, inst.groups) for n in (names or ["/"])]
-        targets = select(inst.store, inst.groups, paths)
-        if args.device == "-" and sys.stdout.isatty():
-            raise UsageError("refusing to write an archive to a terminal: redirect stdout or name a file with -f")
-    except (UsageError, ConfigError, GroupsError, PathError, StoreError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+    return run_command(PROG, _main, argv)
 
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    since = parse_date(args.date) if args.date else None
+    names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
+    inst = open_installation()
+    paths = [parse(n, inst.groups) for n in (names or ["/"])]
+    targets = select(inst.store, inst.groups, paths)
+    if args.device == "-" and sys.stdout.isatty():
+        raise UsageError("refusing to write an archive to a terminal: redirect stdout or name a file with -f")
     opts = BackupOptions(since=since, ignore_links=args.ignore_links,
                          exclude=inst.config.backup_exclude(), verbose=args.verbose)
-    try:
-        device = open_device(args.device, "wb", args.bf, inst.config)
-    except DeviceError as exc:
-        return die(PROG, str(exc), device_status(exc))
+    device = open_device(args.device, "wb", args.bf, inst.config)
 
     progress = Progress()
     t0 = time.monotonic()
@@ -89,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         status = die(PROG, f"cannot write {args.device}: {why}; the archive is incomplete{removed}",
                      device_status(exc))
+    except BaseException as exc:       # the store failed, or a bug: never leave a partial archive behind
+        progress.clear()
+        with contextlib.suppress(Exception):
+            device.close(ok=False)
+        if isinstance(exc, ImsError):
+            raise ImsError(f"{exc}; {args.device} is not a complete archive{removed}", status=exc.status) from exc
+        raise
     try:
         device.close(ok=ok)
     except (OSError, DeviceError) as exc:

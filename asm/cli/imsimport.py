@@ -4,33 +4,36 @@ from __future__ import annotations
 import itertools
 import sys
 
-from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die
+from asm.cli.common import ArgParser, UsageError, run_command
 from asm.cli.context import open_installation
-from asm.config import ConfigError
-from asm.groups import GroupsError
-from asm.mbox import read_mbox
+from asm.errors import EXIT_OK, ImsError
+from asm.mbox import NotAnMbox, read_mbox
 from asm.store.base import StoreError, check_folder_name
 
 PROG = "imsimport"
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     p = ArgParser(prog=PROG, description="Import a Unix mbox file into a mailbox.")
     p.add_argument("-u", required=True, metavar="USER", help="user ID")
     p.add_argument("-s", required=True, metavar="MBOXFILE", help="mbox file to read ('-' for stdin)")
     p.add_argument("-d", metavar="MAILBOX", default="INBOX", help="destination folder (default INBOX)")
     p.add_argument("-v", action="store_true", help="say how many messages were imported")
     args = p.parse_args(argv)
+    store = open_installation().store
+    if not store.exists(args.u):
+        raise UsageError(f"no user {args.u!r}: create it first with 'mboxutil -c user/{args.u}'")
+    args.d = check_folder_name(args.d)
     try:
-        store = open_installation().store
-        if not store.exists(args.u):
-            return die(PROG, f"no user {args.u!r}: create it first with 'mboxutil -c user/{args.u}'", EXIT_USAGE)
-        args.d = check_folder_name(args.d)
         src = sys.stdin.buffer if args.s == "-" else open(args.s, "rb")
     except FileNotFoundError:
-        return die(PROG, f"mbox file {args.s!r} does not exist", EXIT_USAGE)
-    except (ConfigError, GroupsError, StoreError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+        raise UsageError(f"mbox file {args.s!r} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read mbox file {args.s!r}: {exc.strerror}") from None
     n = 0
     try:
         with src:
@@ -46,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                         store.append(args.u, args.d, msg.file, flags=msg.flags,
                                      internaldate=msg.internaldate)
                     n += 1
-    except ValueError as exc:
-        return die(PROG, f"{args.s}: {exc}", EXIT_USAGE)
+    except NotAnMbox as exc:
+        raise UsageError(f"{args.s}: {exc}") from None
     except StoreError as exc:
-        return die(PROG, f"{exc} (after {n} messages)", EXIT_PARTIAL)
+        raise ImsError(f"{exc} (after {n} messages)", status=exc.status) from None
     if args.v:
         print(f"{PROG}: imported {n} messages into user/{args.u}/{args.d}", file=sys.stderr)
     return EXIT_OK

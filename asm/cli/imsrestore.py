@@ -8,22 +8,21 @@ import os
 import sys
 import time
 
-from asm.archive.errors import ArchiveError, IncompleteArchive, NotAnArchive
+from asm.archive.errors import ArchiveError, IncompleteArchive
 from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
-    EXIT_HOSTILE, EXIT_NOSPACE, EXIT_NOT_ARCHIVE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
-    EXIT_USAGE, ArgParser, Progress, UsageError, blocking_factor, device_status, die, human, sigterm_as_interrupt, warn,
+    ArgParser, Progress, UsageError, blocking_factor, die, human, run_command, warn,
 )
 from asm.cli.context import open_installation
-from asm.config import ConfigError
-from asm.devices import DeviceError, open_device
-from asm.groups import GroupsError
-from asm.logical import PathError, parse
-from asm.restore import (
-    ChainOrderError, Journal, Restorer, RestoreError, RestoreOptions, Selection, complete_references,
-    read_map, read_reffile,
+from asm.devices import open_device
+from asm.errors import (
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, EXIT_USAGE,
+    device_status,
 )
-from asm.store.base import StoreError
+from asm.logical import parse
+from asm.restore import (
+    Journal, Restorer, RestoreOptions, Selection, complete_references, read_map, read_reffile,
+)
 
 PROG = "imsrestore"
 
@@ -113,30 +112,25 @@ def _toc(reader, sel: Selection) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    sigterm_as_interrupt()
-    try:
-        inst = open_installation()
-        paths = [parse(p, inst.groups) for p in args.paths]
-        user_map = read_map(args.mapfile) if args.mapfile else {}
-        refdoc = read_reffile(args.reffile) if args.reffile else None
-        if args.device == "-" and sys.stdin.isatty():
-            raise UsageError("refusing to read an archive from a terminal: pipe one in or name a file with -f")
-    except (UsageError, ConfigError, GroupsError, PathError, RestoreError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
-    try:
-        device = open_device(args.device, "rb", args.bf, inst.config)
-    except DeviceError as exc:
-        return die(PROG, str(exc), device_status(exc))
+    inst = open_installation()
+    paths = [parse(p, inst.groups) for p in args.paths]
+    user_map = read_map(args.mapfile) if args.mapfile else {}
+    refdoc = read_reffile(args.reffile) if args.reffile else None
+    if args.device == "-" and sys.stdin.isatty():
+        raise UsageError("refusing to read an archive from a terminal: pipe one in or name a file with -f")
+    device = open_device(args.device, "rb", args.bf, inst.config)
 
     progress = Progress()
     with device:
         try:
             reader = ArchiveReader(device.file, args.bf)
-        except NotAnArchive as exc:
-            return die(PROG, f"{args.device}: {exc}", EXIT_NOT_ARCHIVE)
-        except IncompleteArchive as exc:
-            return die(PROG, f"{args.device}: {exc}", EXIT_INCOMPLETE)
+        except ArchiveError as exc:
+            return die(PROG, f"{args.device}: {exc}", exc.status)
         except OSError as exc:
             return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
         if args.header:
@@ -177,21 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             progress.clear()
             return die(PROG, "interrupted: what was restored so far is complete message by message; "
                        "run the same command again to finish (no duplicates)", EXIT_INTERRUPTED)
-        except ChainOrderError as exc:
-            progress.clear()
-            return die(PROG, str(exc), EXIT_ORDER)
-        except RestoreError as exc:
-            progress.clear()
-            return die(PROG, str(exc), EXIT_USAGE)
-        except ArchiveError as exc:
-            progress.clear()
-            return die(PROG, str(exc), EXIT_INCOMPLETE)
-        except OSError as exc:
+        except OSError as exc:         # the device (a store failure is a StoreError, with its status)
             progress.clear()
             return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
-        except StoreError as exc:
-            progress.clear()
-            return die(PROG, str(exc), EXIT_PARTIAL)
     progress.clear()
     for e in res.errors:
         if e["error"] != res.store_full:

@@ -8,11 +8,9 @@ from __future__ import annotations
 import fnmatch
 import sys
 
-from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die
+from asm.cli.common import ArgParser, UsageError, run_command
 from asm.cli.context import open_installation
-from asm.config import ConfigError
-from asm.groups import GroupsError
-from asm.store.base import StoreError
+from asm.errors import EXIT_OK
 
 PROG = "mboxutil"
 
@@ -20,11 +18,15 @@ PROG = "mboxutil"
 def split_mailbox(name: str) -> tuple[str, str | None]:
     parts = name.split("/", 2)
     if len(parts) < 2 or parts[0] != "user" or not parts[1]:
-        raise ValueError(f"bad mailbox name {name!r}: write user/<uid>[/<folder>], e.g. user/joe/INBOX")
+        raise UsageError(f"bad mailbox name {name!r}: write user/<uid>[/<folder>], e.g. user/joe/INBOX")
     return parts[1], (parts[2] if len(parts) == 3 and parts[2] else None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     p = ArgParser(prog=PROG, description="List, create and delete mailboxes.")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("-l", action="store_true", help="list mailboxes with message counts and sizes")
@@ -33,43 +35,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-p", metavar="PATTERN", help="with -l: only mailboxes matching this shell pattern; "
                    "with -c: the partition for a new user")
     args = p.parse_args(argv)
-    try:
-        inst = open_installation()
-        store = inst.store
-        if args.l:
-            print(f"{'msgs':>8} {'bytes':>12} {'uidvalidity':>11} {'uidnext':>8}  mailbox")
-            for part in store.partitions():
-                for user in store.users(part):
-                    for f in store.folders(user):
-                        name = f"user/{user}/{f.name}"
-                        if args.p and not fnmatch.fnmatchcase(name, args.p):
-                            continue
-                        msgs = store.messages(user, f.name)
-                        print(f"{len(msgs):>8} {sum(m.size for m in msgs):>12} {f.uidvalidity:>11} "
-                              f"{f.uidnext:>8}  {name}{'' if f.subscribed else '  (unsubscribed)'}")
-            return EXIT_OK
-        target = args.c or args.d
-        user, folder = split_mailbox(target)
-        if args.c:
-            if folder is None:
-                store.create_user(user, args.p or "primary")
-            else:
-                if not store.exists(user):
-                    store.create_user(user, args.p or "primary")
-                store.create_folder(user, folder, subscribed=True)
-        else:
-            if folder is None:
-                store.delete_user(user)
-            else:
-                store.delete_folder(user, folder)
+    store = open_installation().store
+    if args.l:
+        print(f"{'msgs':>8} {'bytes':>12} {'uidvalidity':>11} {'uidnext':>8}  mailbox")
+        for part in store.partitions():
+            for user in store.users(part):
+                for f in store.folders(user):
+                    name = f"user/{user}/{f.name}"
+                    if args.p and not fnmatch.fnmatchcase(name, args.p):
+                        continue
+                    msgs = store.messages(user, f.name)
+                    print(f"{len(msgs):>8} {sum(m.size for m in msgs):>12} {f.uidvalidity:>11} "
+                          f"{f.uidnext:>8}  {name}{'' if f.subscribed else '  (unsubscribed)'}")
         return EXIT_OK
-    except ValueError as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
-    except (ConfigError, GroupsError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
-    except StoreError as exc:
-        return die(PROG, str(exc), EXIT_PARTIAL)
-
+    user, folder = split_mailbox(args.c or args.d)
+    if args.c:
+        if folder is None:
+            store.create_user(user, args.p or "primary")
+        else:
+            if not store.exists(user):
+                store.create_user(user, args.p or "primary")
+            store.create_folder(user, folder, subscribed=True)
+    elif folder is None:
+        store.delete_user(user)
+    else:
+        store.delete_folder(user, folder)
+    return EXIT_OK
 
 if __name__ == "__main__":
     sys.exit(main())

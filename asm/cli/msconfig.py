@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import sys
 
-from asm.cli.common import EXIT_OK, EXIT_USAGE, ArgParser, die
-from asm.config import OPTIONS, Config, ConfigError, lookup
+from asm.cli.common import ArgParser, run_command, warn
+from asm.config import OPTIONS, Config, lookup
+from asm.errors import EXIT_OK, EXIT_USAGE
 
 PROG = "msconfig"
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     p = ArgParser(prog=PROG, description="Show and change ims-asm options (IMS_HOME/config/msg.conf).")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("show", help="print role.NAME = VALUE for one option or every option that has a value")
@@ -21,34 +26,30 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("unset", help="remove an option (it returns to its default)")
     u.add_argument("name")
     args = p.parse_args(argv)
-    try:
-        cfg = Config()
-        if args.cmd == "show":
-            if args.name:
-                lookup(args.name)
-                value = cfg.get(args.name)
-                if value is not None:
-                    print(f"role.{args.name} = {value}")
-                return EXIT_OK
-            names = sorted(set(OPTIONS) | set(cfg.values))
-            for name in names:
-                value = cfg.get(name)
-                if value is not None:
-                    print(f"role.{name} = {value}")
-                elif args.all:
-                    print(f"# role.{name} (not set): {lookup(name).doc}")
+    cfg = Config()
+    if args.cmd == "show":
+        if args.name:
+            lookup(args.name)
+            value = cfg.get(args.name)
+            if value is not None:
+                print(f"role.{args.name} = {value}")
             return EXIT_OK
-        if args.cmd == "set":
-            cfg.set(args.name, args.value)
-            return EXIT_OK
-        if args.cmd == "unset":
-            if not cfg.unset(args.name):
-                print(f"{PROG}: {args.name} was not set", file=sys.stderr)
-            return EXIT_OK
-    except ConfigError as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+        names = sorted(set(OPTIONS) | set(cfg.values))
+        for name in names:
+            value = cfg.get(name)
+            if value is not None:
+                print(f"role.{name} = {value}")
+            elif args.all:
+                print(f"# role.{name} (not set): {lookup(name).doc}")
+        return EXIT_OK
+    if args.cmd == "set":
+        cfg.set(args.name, args.value)
+        return EXIT_OK
+    if args.cmd == "unset":
+        if not cfg.unset(args.name):
+            warn(PROG, f"{args.name} was not set")
+        return EXIT_OK
     return EXIT_USAGE
-
 
 if __name__ == "__main__":
     sys.exit(main())

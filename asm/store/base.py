@@ -19,40 +19,67 @@ import os
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
+from asm.errors import (
+    EXIT_LOCKED, EXIT_NOSPACE, EXIT_PARTIAL, EXIT_STORE, EXIT_USAGE, ImsError,
+)
+
 #: IMAP system flags a driver stores; anything else is a keyword.
 SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
 
 
-class StoreError(Exception):
-    """Base class of every error a store driver raises on purpose."""
+class StoreError(ImsError):
+    """Base class of every error a store driver raises on purpose.  Unless a subclass
+    says otherwise it means the store cannot be read or written as asked (damaged index,
+    read-only, a name the filesystem refuses): EXIT_STORE at a command's top level."""
+
+    status = EXIT_STORE
 
 
 class NoSuchUser(StoreError):
+    status = EXIT_USAGE         # a user someone named: nothing was done
+
     def __init__(self, user: str):
         super().__init__(f"no such user: {user!r}")
         self.user = user
 
 
+class NoSuchPartition(StoreError):
+    status = EXIT_USAGE
+
+    def __init__(self, partition: str, known: Iterable[str]):
+        super().__init__(f"no partition {partition!r} (configured: {', '.join(known)})")
+        self.partition = partition
+
+
 class NoSuchFolder(StoreError):
+    status = EXIT_USAGE
+
     def __init__(self, user: str, folder: str):
         super().__init__(f"no such folder: {folder!r} of user {user!r}")
         self.user, self.folder = user, folder
 
 
 class FolderExists(StoreError):
+    status = EXIT_USAGE
+
     def __init__(self, user: str, folder: str):
         super().__init__(f"folder already exists: {folder!r} of user {user!r}")
         self.user, self.folder = user, folder
 
 
 class UserExists(StoreError):
+    status = EXIT_USAGE
+
     def __init__(self, user: str):
         super().__init__(f"user already exists: {user!r}")
         self.user = user
 
 
 class MessageGone(StoreError):
-    """The message was expunged (or renamed away) between listing and reading."""
+    """The message was expunged (or renamed away) between listing and reading: that one
+    message is missing from what a command did."""
+
+    status = EXIT_PARTIAL
 
     def __init__(self, user: str, folder: str, uid: int):
         super().__init__(f"message {uid} of {user}/{folder} vanished")
@@ -67,18 +94,24 @@ class UidInUse(StoreError):
 class StoreFull(StoreError):
     """The store's filesystem (or its quota) is full: nothing more can be written."""
 
+    status = EXIT_NOSPACE
+
     def __init__(self, what: str, why: str = "No space left on device"):
         super().__init__(f"the store is full ({why}) while writing {what}: free space on the "
                          f"partition and run the same command again")
 
 
 class LockTimeout(StoreError):
+    status = EXIT_LOCKED
+
     def __init__(self, what: str):
         super().__init__(f"could not lock {what}: another process holds it; try again later")
 
 
 class BadName(StoreError):
     """A user or folder name the driver cannot store (empty level, NUL, ...)."""
+
+    status = EXIT_USAGE
 
 
 @dataclass(frozen=True)

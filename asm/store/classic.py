@@ -35,8 +35,8 @@ from asm.hookspecs import hookimpl
 from asm.locks import flock_wait
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
-    NoSuchFolder, NoSuchUser, Store, StoreError, StoreFull, UidInUse, UserExists, check_folder_name,
-    check_user_name, split_flags,
+    NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, UserExists,
+    check_folder_name, check_user_name, split_flags,
 )
 
 CHUNK = 1 << 20
@@ -128,10 +128,13 @@ class ClassicStore(Store):
         try:
             return self.parts[partition]
         except KeyError:
-            raise StoreError(f"no partition {partition!r} (configured: {', '.join(self.parts)})") from None
+            raise NoSuchPartition(partition, self.parts) from None
 
     def _user_row(self, user: str):
-        row = self._db.execute("SELECT partition, dir, held FROM users WHERE user=?", (user,)).fetchone()
+        try:
+            row = self._db.execute("SELECT partition, dir, held FROM users WHERE user=?", (user,)).fetchone()
+        except UnicodeEncodeError:      # not UTF-8 (a name from argv): the index holds no such user
+            row = None
         if row is None:
             raise NoSuchUser(user)
         return row

@@ -38,7 +38,7 @@ from asm.hookspecs import hookimpl
 from asm.store import utf7
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone,
-    MessageInfo, NoSuchFolder, NoSuchUser, Store, StoreError, UidInUse, UserExists,
+    MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, UserExists,
     check_folder_name, check_user_name, split_flags,
 )
 
@@ -245,7 +245,7 @@ class MaildirStore(Store):
     def partition_path(self, partition: str) -> str:
         parts = self._parts
         if partition not in parts:
-            raise StoreError(f"no such partition: {partition!r} (known: {', '.join(parts)})")
+            raise NoSuchPartition(partition, parts)
         return parts[partition]
 
     def users(self, partition: str) -> list[str]:

@@ -15,14 +15,14 @@ import subprocess
 import sys
 import time
 
-from asm.cli.common import EXIT_DEVICE, EXIT_OK, EXIT_USAGE, ArgParser, UsageError, die
+from asm.cli.common import ArgParser, UsageError, run_command
+from asm.errors import EXIT_DEVICE, EXIT_OK, EXIT_PARTIAL, ImsError
 from plugins.bacula.encoding import decode
 from plugins.bacula.state import State, normalize_level
 
 PROG = "imsbacula"
 CHUNK = 1 << 16
 DEFAULT_FILESET = "ims-mail"
-EXIT_JOB_FAILED = 1      # jobdone: some stream of the job failed (the job must fail)
 
 
 def build_parser() -> ArgParser:
@@ -301,7 +301,7 @@ def cmd_job(args, home: str, state: State) -> int:
             for path, status in bad:
                 print(f"{PROG}: job {args.jobid}: {path} FAILED (imsbackup exit status {status}); "
                       f"its next incremental starts from its last good job", flush=True)
-            return EXIT_JOB_FAILED
+            return EXIT_PARTIAL         # some stream of the job failed: the job must fail
     elif args.cmd == "jobfailed":
         n = state.job_failed(args.fileset, args.jobid)
         print(f"{PROG}: job {args.jobid} failed: {n} streams not recorded; the next incremental starts "
@@ -321,41 +321,32 @@ def cmd_job(args, home: str, state: State) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.plugins is not None:
-            os.environ["IMS_ASM_PLUGINS"] = _word(args.plugins, True, "--plugins")
-        if args.home is not None:
-            os.environ["IMS_HOME"] = _word(args.home, True, "--home")
-        from asm.config import ConfigError, ims_home
+    if args.plugins is not None:
+        os.environ["IMS_ASM_PLUGINS"] = _word(args.plugins, True, "--plugins")
+    if args.home is not None:
+        os.environ["IMS_HOME"] = _word(args.home, True, "--home")
+    from asm.config import ims_home
+    home = ims_home()
+    state = State(home)
+    if args.cmd == "fileset":
+        return cmd_fileset(args, home)
+    if args.cmd == "backup":
         try:
-            home = ims_home()
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from None
-        state = State(home)
-        if args.cmd == "fileset":
-            return cmd_fileset(args, home)
-        if args.cmd == "backup":
             return cmd_backup(args, home, state)
-        if args.cmd == "restore":
-            return cmd_restore(args, home, state)
-        if args.cmd == "select":
-            return cmd_select(args, home, state)
-        if args.cmd == "history":
-            return cmd_history(args, home, state)
-        return cmd_job(args, home, state)
-    except UsageError as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
-    except BrokenPipeError:
-        return die(PROG, "the reader went away (bpipe closed the pipe)", EXIT_DEVICE)
-    except Exception as exc:  # ConfigError, GroupsError, FilesetError, StoreError, sqlite3.Error
-        from asm.config import ConfigError
-        from asm.groups import GroupsError
-        from asm.store.base import StoreError
-        from plugins.bacula.fileset import FilesetError
-        if isinstance(exc, (ConfigError, GroupsError, FilesetError, StoreError)):
-            return die(PROG, str(exc), EXIT_USAGE)
-        raise
+        except BrokenPipeError:        # stdout is the stream bpipe reads: it is a device here
+            raise ImsError("the reader went away (bpipe closed the pipe)", status=EXIT_DEVICE) from None
+    if args.cmd == "restore":
+        return cmd_restore(args, home, state)
+    if args.cmd == "select":
+        return cmd_select(args, home, state)
+    if args.cmd == "history":
+        return cmd_history(args, home, state)
+    return cmd_job(args, home, state)
 
 
 if __name__ == "__main__":

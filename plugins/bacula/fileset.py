@@ -12,13 +12,16 @@ import re
 import time
 from dataclasses import dataclass
 
+from asm.errors import EXIT_USAGE, ImsError
 from plugins.bacula.encoding import encode, is_plain, runscript_escape
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
 
 
-class FilesetError(Exception):
+class FilesetError(ImsError):
     """The store or the options cannot give a usable FileSet (message names the fix)."""
+
+    status = EXIT_USAGE
 
 
 @dataclass

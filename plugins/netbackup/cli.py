@@ -11,11 +11,11 @@ import os
 import shlex
 import sys
 
-from asm.cli.common import EXIT_OK, EXIT_USAGE, ArgParser, UsageError, die, parse_date
-from asm.config import Config, ConfigError
-from asm.groups import Groups, GroupsError
-from asm.logical import PathError
-from plugins.netbackup.install import DEFAULT_BIN, InstallError, install, policy_advice
+from asm.cli.common import ArgParser, parse_date, run_command
+from asm.config import Config
+from asm.errors import EXIT_DEVICE, EXIT_MISSING, EXIT_OK, ImsError
+from asm.groups import Groups
+from plugins.netbackup.install import DEFAULT_BIN, install, policy_advice
 from plugins.netbackup.notify import bpstart_timeout
 
 PROG = "imsnbu"
@@ -47,19 +47,19 @@ def build_parser() -> ArgParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from staging.errors import StagingError
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    cfg = Config()
     try:
-        cfg = Config()
         if args.cmd == "install":
             return _install(args, cfg)
         return _restore(args, cfg)
-    except StagingError as exc:
-        return die(PROG, str(exc), exc.status)
-    except (InstallError, UsageError, ConfigError, GroupsError, PathError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
     except OSError as exc:
-        return die(PROG, f"{exc.filename or ''}: {exc.strerror}", 3)
+        # the NetBackup bin directory, the staging directory or its rename file
+        raise ImsError(f"{exc.filename or ''}: {exc.strerror}", status=EXIT_DEVICE) from None
 
 
 def _install(args, cfg) -> int:
@@ -115,7 +115,7 @@ def _restore(args, cfg) -> int:
         print("  " + " ".join(shlex.quote(c) for c in cmd))
         print(f"then run again: {PROG} restore {shlex.quote(args.path)}"
               + (f" --from {shlex.quote(place)}" if args.frm else ""))
-        return 15  # staging.errors.EXIT_MISSING: the engine must put the files back
+        return EXIT_MISSING  # the engine must put the files back
     return restore_chain(links, target, cfg.home, verbose=args.verbose, say=lambda s: print(s, file=sys.stderr))
 
 

@@ -8,12 +8,16 @@ import shlex
 import socket
 import sys
 
+from asm.errors import EXIT_USAGE, ImsError
+
 MARKER = "# installed by imsnbu (ims-asm)"
 DEFAULT_BIN = "/usr/openv/netbackup/bin"
 
 
-class InstallError(Exception):
-    pass
+class InstallError(ImsError):
+    """The notify scripts cannot be installed as asked (the message says why)."""
+
+    status = EXIT_USAGE
 
 
 def script_names(policy: str | None, schedule: str | None) -> tuple[str, str]:

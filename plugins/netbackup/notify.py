@@ -20,11 +20,9 @@ import re
 import sys
 import time
 
-from asm.cli.common import ArgParser
-from asm.config import Config, ConfigError
-from asm.groups import GroupsError
-from asm.plugins import PluginError
-from asm.store.base import StoreError
+from asm.cli.common import ArgParser, run_command
+from asm.config import Config
+from asm.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ImsError
 
 SCHEDULE_TYPES = {"FULL": "full", "INCR": "incr", "CINC": "cinc", "UBAK": None, "UARC": None}
 DEFAULT_TIMEOUT = 300
@@ -82,7 +80,10 @@ def build_parser() -> ArgParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from staging.errors import StagingError
+    return run_command("imsnbu", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from staging.run import check_fresh, default_jobs, engine_done, stage, staging_dir
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -96,15 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.args) < 4:
         log(f"bp{args.which}_notify: expected CLIENT POLICY SCHEDULE SCHEDULE_TYPE"
             f"{' STATUS' if args.which == 'end' else ' [STATUS]'}, got {len(args.args)} arguments")
-        return 2
+        return EXIT_USAGE
     client, policy, schedule, stype = args.args[:4]
     status = args.args[4] if len(args.args) > 4 else "0"
     if stype not in SCHEDULE_TYPES:
         log(f"unknown schedule type {stype!r}: expected one of {', '.join(SCHEDULE_TYPES)}")
-        return 2
+        return EXIT_USAGE
     if not re.fullmatch(r"-?\d+", status):
         log(f"bad status {status!r}: expected a number")
-        return 2
+        return EXIT_USAGE
     try:
         from asm.cli.context import open_installation
         cfg = Config()
@@ -115,20 +116,20 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{client} {policy}/{schedule} {stype}"
         if mode is None:
             log(f"{where}: user backup/archive, nothing to stage")
-            return 0
+            return EXIT_OK
         if args.which == "end":
             keep = args.keep if args.keep is not None else cfg.get_int("staging.keep")
             reported, removed = engine_done(directory, int(status), keep, job=key)
             log(f"{where}: bpend status {status} recorded on {len(reported)} dumps; "
                 + (f"{len(removed)} files removed" if int(status) == 0 else "files kept for the next attempt"))
-            return 0
+            return EXIT_OK
         timeout = bpstart_timeout()
         budget = max(5, timeout - MARGIN)
         inst = open_installation()
         if args.mode == "check":
             fresh = check_fresh(inst, directory, mode, args.max_age * 3600, job=key, lock_wait=budget)
             log(f"{where}: {len(fresh)} fresh staged dumps found, claimed for this job")
-            return 0
+            return EXIT_OK
         _mark_lost(directory, key, log)
         jobs = args.jobs or default_jobs(cfg)
         res = stage(inst, directory, None, mode, jobs, after_batch=args.after_batch or cfg.get("staging.afterbatch"),
@@ -138,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         if res.message:
             log(f"{where}: {res.message}")
         return res.status
-    except StagingError as exc:
+    except ImsError as exc:            # said in NetBackup's log and ours, not only on stderr
         log(str(exc))
         return exc.status
-    except (ConfigError, GroupsError, StoreError, PluginError) as exc:
-        log(str(exc))
-        return 2
+    except KeyboardInterrupt:          # NetBackup gave up on the script (BPSTART_TIMEOUT) or the job
+        log("interrupted: unfinished dumps were removed and marked failed")
+        return EXIT_INTERRUPTED
 
 
 def _mark_lost(directory: str, key: str, log) -> None:

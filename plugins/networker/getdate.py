@@ -5,9 +5,13 @@ import datetime as dt
 import re
 import time
 
+from asm.errors import EXIT_USAGE, ImsError
 
-class DateError(ValueError):
-    pass
+
+class DateError(ImsError, ValueError):
+    """A ``-t`` time this ASM cannot read."""
+
+    status = EXIT_USAGE
 
 
 _FORMATS = ("%Y%m%d:%H%M%S", "%Y%m%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S",

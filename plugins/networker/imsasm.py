@@ -22,22 +22,19 @@ from asm.archive.errors import ArchiveError, IncompleteArchive, NotAnArchive
 from asm.archive.reader import ArchiveReader
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup
-from asm.cli.common import (
-    EXIT_DEVICE, EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
-    EXIT_USAGE, ArgParser, Progress, UsageError, die, human, sigterm_as_interrupt, warn,
-)
+from asm.cli.common import ArgParser, Progress, UsageError, die, human, run_command, warn
 from asm.cli.context import open_installation
-from asm.config import ConfigError
-from asm.groups import GroupsError
+from asm.errors import (
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, device_status,
+)
 from asm.logical import LogicalPath, Target
-from asm.restore import ChainOrderError, Journal, Restorer, RestoreError, RestoreOptions, Selection
+from asm.restore import Journal, Restorer, RestoreOptions, Selection
 from asm.store.base import MessageGone, NoSuchFolder, NoSuchUser, StoreError
 
 from . import getdate, tree
 from .stream import StreamError, StreamReader, StreamWriter, TruncatedStream, NotAStream
 
 PROG = "imsasm"
-EXIT_NOT_STREAM = 8
 BF = 20
 
 
@@ -232,18 +229,16 @@ def estimate(inst, records: list[SaveRecord], since: float | None, exclude: list
 def save(args) -> int:
     try:
         since = getdate.parse(args.time) if args.time else None
-        if args.proto and not os.path.isfile(args.proto):
-            raise UsageError(f"-f {args.proto}: no such prototype directive file")
-        root, marker, records = plan_records(None, args.paths, args.ppath)
-        inst = _installation(marker)
-        for rec in records:
-            _resolve(inst, rec)
-        if not (args.dry or args.estimate) and sys.stdout.isatty():
-            raise UsageError("refusing to write a save stream to a terminal: redirect stdout")
     except getdate.DateError as exc:
-        return die(PROG, f"-t: {exc}", EXIT_USAGE)
-    except (UsageError, tree.TreeError, ConfigError, GroupsError, StoreError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+        raise UsageError(f"-t: {exc}") from None
+    if args.proto and not os.path.isfile(args.proto):
+        raise UsageError(f"-f {args.proto}: no such prototype directive file")
+    root, marker, records = plan_records(None, args.paths, args.ppath)
+    inst = _installation(marker)
+    for rec in records:
+        _resolve(inst, rec)
+    if not (args.dry or args.estimate) and sys.stdout.isatty():
+        raise UsageError("refusing to write a save stream to a terminal: redirect stdout")
     exclude = inst.config.backup_exclude()
     if args.verbose:
         warn(PROG, "asm: imsasm -s" + (f" -t {args.time}" if args.time else "") + " " + " ".join(args.paths))
@@ -318,7 +313,8 @@ def save(args) -> int:
         return die(PROG, "interrupted: the save stream is incomplete", EXIT_INTERRUPTED)
     except OSError as exc:
         progress.clear()
-        return die(PROG, f"cannot write the save stream: {exc.strerror or exc}; it is incomplete", EXIT_DEVICE)
+        return die(PROG, f"cannot write the save stream: {exc.strerror or exc}; it is incomplete",
+                   device_status(exc))
     progress.clear()
     if args.verbose:
         warn(PROG, f"{done['records']} records, {done['messages']} messages, {human(done['bytes'])} "
@@ -457,14 +453,9 @@ def _compare(inst, rec, sel, report) -> list[str]:
 
 def recover(mode: str, args) -> int:
     want = [os.path.normpath(os.path.abspath(p)) for p in args.paths]
-    inst = None
-    if not args.dry:
-        try:
-            inst = _installation()
-        except (ConfigError, GroupsError, StoreError) as exc:
-            return die(PROG, str(exc), EXIT_USAGE)
+    inst = None if args.dry else _installation()
     if sys.stdin.isatty():
-        return die(PROG, "no save stream on stdin: pipe one in (NetWorker's recover does)", EXIT_USAGE)
+        raise UsageError("no save stream on stdin: pipe one in (NetWorker's recover does)")
     progress = Progress()
 
     def report(line):
@@ -475,11 +466,9 @@ def recover(mode: str, args) -> int:
     try:
         reader = StreamReader(sys.stdin.buffer)
     except NotAStream as exc:
-        return die(PROG, f"stdin is not an imsasm save stream: {exc}", EXIT_NOT_STREAM)
-    except TruncatedStream as exc:
-        return die(PROG, str(exc), EXIT_INCOMPLETE)
+        return die(PROG, f"stdin is not an imsasm save stream: {exc}", exc.status)
     except OSError as exc:
-        return die(PROG, f"cannot read stdin: {exc.strerror or exc}", EXIT_DEVICE)
+        return die(PROG, f"cannot read stdin: {exc.strerror or exc}", device_status(exc))
 
     matched = 0
     errors: list[str] = []
@@ -520,16 +509,10 @@ def recover(mode: str, args) -> int:
         progress.clear()
         for e in errors:
             warn(PROG, e)
-        return die(PROG, f"{exc}; what came before was {'checked' if args.dry else 'restored'}", EXIT_INCOMPLETE)
+        return die(PROG, f"{exc}; what came before was {'checked' if args.dry else 'restored'}", exc.status)
     except StreamError as exc:
         progress.clear()
-        return die(PROG, f"damaged save stream: {exc}", EXIT_INCOMPLETE)
-    except ChainOrderError as exc:
-        progress.clear()
-        return die(PROG, str(exc), EXIT_ORDER)
-    except (RestoreError, UsageError, tree.TreeError) as exc:
-        progress.clear()
-        return die(PROG, str(exc), EXIT_USAGE)
+        return die(PROG, f"damaged save stream: {exc}", exc.status)
     except KeyboardInterrupt:
         progress.clear()
         return die(PROG, "interrupted: what was restored so far is complete message by message; "
@@ -538,7 +521,7 @@ def recover(mode: str, args) -> int:
     for e in errors:
         warn(PROG, e)
     if want and not matched:
-        return die(PROG, f"nothing in the save stream matches {', '.join(want)}", EXIT_USAGE)
+        raise UsageError(f"nothing in the save stream matches {', '.join(want)}")
     if mode == "-r" and not args.dry and (args.verbose or sys.stderr.isatty()):
         warn(PROG, f"{totals['records']} records, {totals['folders']} folders, {totals['messages']} messages, "
                    f"{totals['links']} links, {totals['duplicates']} already there, {human(totals['bytes'])}")
@@ -604,12 +587,16 @@ def _restore_record(inst, rec, places, args, totals, errors, report, progress) -
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    sigterm_as_interrupt()
-    try:
-        mode, rest = split_mode(argv)
-    except UsageError as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+    if argv[:1] in (["-h"], ["--help"]):
+        title, usage = __doc__.split("\n\n")[:2]
+        print(f"usage:\n{usage}\n\n{title}\n'imsasm -s --help' (or -r, -c) lists the options of each mode")
+        return EXIT_OK
+    mode, rest = split_mode(argv)
     if mode == "-s":
         return save(_save_parser().parse_args(rest))
     return recover(mode, _recover_parser(mode).parse_args(rest))

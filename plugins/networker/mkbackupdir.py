@@ -20,12 +20,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from asm.backup import is_excluded
-from asm.cli.common import (
-    EXIT_LOCKED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, Progress, UsageError, die, warn,
-)
+from asm.cli.common import ArgParser, Progress, UsageError, die, run_command, warn
 from asm.cli.context import open_installation
-from asm.config import ConfigError, atomic_write
-from asm.groups import GroupsError
+from asm.config import atomic_write
+from asm.errors import EXIT_LOCKED, EXIT_OK, EXIT_PARTIAL
 from asm.store.base import StoreError
 
 from . import tree
@@ -285,38 +283,39 @@ def synchronise(root: str, want: dict, nsr: dict, owner, threads: int, report) -
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if not _ASM_RE.match(args.asm):
-            raise UsageError(f"-a {args.asm!r}: NetWorker runs only external ASMs whose names end in "
-                             "'asm' and hold no '/', e.g. -a imsasm or -a ims2asm")
-        if args.threads is not None and not 1 <= args.threads <= 1024:
-            raise UsageError(f"-t {args.threads}: threads must be between 1 and 1024")
-        inst = open_installation()
-        directory = args.directory or inst.config.get("store.backupdir")
-        if not directory:
-            raise UsageError("no backup directory: give -p DIRECTORY "
-                             "(or set one with msconfig set store.backupdir DIRECTORY)")
-        directory = os.path.abspath(directory)
-        uid, gid, who = _owner(inst)
-        if os.path.exists(directory):
-            if not os.path.isdir(directory):
-                raise UsageError(f"-p {directory}: not a directory")
-            if not os.path.exists(os.path.join(directory, tree.MARKER)) and os.listdir(directory):
-                raise UsageError(f"-p {directory}: the directory is not empty and mkbackupdir did not "
-                                 "build it; give an empty or new directory")
-        else:
-            parent = os.path.dirname(directory)
-            if not os.path.isdir(parent):
-                raise UsageError(f"-p {directory}: {parent} does not exist; create it first")
-            if not writable_by(parent, os.geteuid(), os.getegid()):
-                raise UsageError(f"-p {directory}: cannot create it, {parent} is not writable")
-        check = directory if os.path.exists(directory) else os.path.dirname(directory)
-        if not writable_by(check, uid, gid) and os.path.exists(directory):
-            raise UsageError(f"-p {directory}: not writable by the store owner ({who}); "
-                             f"chown {who if who != 'the current user' else uid} {directory} or pick another directory")
-    except (UsageError, ConfigError, GroupsError, StoreError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+    if not _ASM_RE.match(args.asm):
+        raise UsageError(f"-a {args.asm!r}: NetWorker runs only external ASMs whose names end in "
+                         "'asm' and hold no '/', e.g. -a imsasm or -a ims2asm")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise UsageError(f"-t {args.threads}: threads must be between 1 and 1024")
+    inst = open_installation()
+    directory = args.directory or inst.config.get("store.backupdir")
+    if not directory:
+        raise UsageError("no backup directory: give -p DIRECTORY "
+                         "(or set one with msconfig set store.backupdir DIRECTORY)")
+    directory = os.path.abspath(directory)
+    uid, gid, who = _owner(inst)
+    if os.path.exists(directory):
+        if not os.path.isdir(directory):
+            raise UsageError(f"-p {directory}: not a directory")
+        if not os.path.exists(os.path.join(directory, tree.MARKER)) and os.listdir(directory):
+            raise UsageError(f"-p {directory}: the directory is not empty and mkbackupdir did not "
+                             "build it; give an empty or new directory")
+    else:
+        parent = os.path.dirname(directory)
+        if not os.path.isdir(parent):
+            raise UsageError(f"-p {directory}: {parent} does not exist; create it first")
+        if not writable_by(parent, os.geteuid(), os.getegid()):
+            raise UsageError(f"-p {directory}: cannot create it, {parent} is not writable")
+    check = directory if os.path.exists(directory) else os.path.dirname(directory)
+    if not writable_by(check, uid, gid) and os.path.exists(directory):
+        raise UsageError(f"-p {directory}: not writable by the store owner ({who}); "
+                         f"chown {who if who != 'the current user' else uid} {directory} or pick another directory")
 
     progress = Progress()
 
@@ -337,11 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             return die(PROG, f"another mkbackupdir is building {directory}; try again when it is done", EXIT_LOCKED)
         t0 = time.time()
         progress.update(f"{PROG}: scanning the store", force=True)
-        try:
-            want, nsr, users = desired_tree(inst, args)
-        except tree.TreeError as exc:
-            progress.clear()
-            return die(PROG, str(exc), EXIT_USAGE)
+        want, nsr, users = desired_tree(inst, args)
         threads = args.threads or max(1, len(inst.store.partitions()))
         progress.update(f"{PROG}: writing {sum(1 for k in want.values() if k == 'file')} placeholders", force=True)
         s = synchronise(directory, want, nsr, owner, threads, report)

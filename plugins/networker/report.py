@@ -13,8 +13,9 @@ import os
 import sys
 import time
 
-from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die, warn
+from asm.cli.common import ArgParser, run_command, warn
 from asm.config import Config, ConfigError
+from asm.errors import EXIT_OK, EXIT_PARTIAL
 
 from . import tree
 
@@ -22,23 +23,24 @@ PROG = "imsasmreport"
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     p = ArgParser(prog=PROG, description="Report the save records imsasm wrote since the tree was built.")
     p.add_argument("-p", dest="directory", metavar="DIRECTORY", help="the mkbackupdir tree")
     p.add_argument("-v", dest="verbose", action="store_true", help="list every record, not only failures")
     args = p.parse_args(argv)
-    try:
-        cfg = Config()
-        directory = args.directory or cfg.get("store.backupdir")
-        if not directory:
-            raise ConfigError("no backup directory: give -p DIRECTORY")
-        marker = tree.read_marker(os.path.abspath(directory))
-    except (ConfigError, tree.TreeError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+    cfg = Config()
+    directory = args.directory or cfg.get("store.backupdir")
+    if not directory:
+        raise ConfigError("no backup directory: give -p DIRECTORY")
+    marker = tree.read_marker(os.path.abspath(directory))
     since = marker.get("built", 0)
     log = os.path.join(cfg.home, "log", "imsasm.log")
     records = []
     try:
-        with open(log, encoding="utf-8") as f:
+        with open(log, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
                     e = json.loads(line)

@@ -19,6 +19,8 @@ import io
 import json
 import struct
 
+from asm.errors import EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, ImsError
+
 END, STREAM, BEGIN, DATA, FINISH = 0, 1, 2, 3, 4
 NAMES = {END: "END", STREAM: "STREAM", BEGIN: "BEGIN", DATA: "DATA", FINISH: "FINISH"}
 FORMAT = "imsasm-stream"
@@ -28,16 +30,22 @@ FLUSH_AT = 256 * 1024           # the writer gathers archive bytes up to this si
 _HDR = struct.Struct(">II")
 
 
-class StreamError(Exception):
+class StreamError(ImsError):
     """Not a save stream, or a damaged one."""
+
+    status = EXIT_INCOMPLETE
 
 
 class NotAStream(StreamError):
-    pass
+    """The input does not start with a STREAM section."""
+
+    status = EXIT_NOT_ARCHIVE
 
 
 class TruncatedStream(StreamError):
-    pass
+    """The stream ends inside a section or before its END."""
+
+    status = EXIT_INCOMPLETE
 
 
 def _pad(n: int) -> bytes:

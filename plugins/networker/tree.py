@@ -23,6 +23,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from asm.errors import EXIT_USAGE, ImsError
+
 MARKER = ".imsasm-tree"
 LOCK = ".imsasm-tree.lock"
 DIRECTIVE = ".nsr"
@@ -32,8 +34,10 @@ MAX_NAME = 255          # bytes of one file name on the usual filesystems
 _HEX = re.compile(r"%([0-9A-F]{2})")
 
 
-class TreeError(Exception):
+class TreeError(ImsError):
     """A path that is not in a mkbackupdir tree, or a name mkbackupdir never wrote."""
+
+    status = EXIT_USAGE
 
 
 def _needs_escape(c: str) -> bool:

@@ -1,8 +1,9 @@
 """Every failure a user can meet on a remote device, one class each.
 
-They are :class:`asm.devices.DeviceError` (so imsbackup/imsrestore report them as device
-errors, with the ``exit_status`` of their class: 10 connect, 11 host key, 12
-authentication, 13 far disk full, 14 link lost, 3 otherwise) and also :class:`OSError` with ``errno``/``strerror`` set, because the
+They are :class:`asm.devices.DeviceError` (so :class:`asm.errors.ImsError`: imsbackup,
+imsrestore and imsstage report them as device errors with the ``status`` of their class,
+EXIT_CONNECT, EXIT_HOSTKEY, EXIT_AUTH, EXIT_NOSPACE (far disk full), EXIT_LINKLOST, else
+EXIT_DEVICE) and also :class:`OSError` with ``errno``/``strerror`` set, because the
 commands turn an OSError raised while the archive is being written or read, or while
 the device is closed, into the same one-line device error.  ``str(exc)`` is the message.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno as _errno
 
 from asm.devices import DeviceError
+from asm.errors import EXIT_AUTH, EXIT_CONNECT, EXIT_HOSTKEY, EXIT_LINKLOST, EXIT_NOSPACE
 
 
 class RemoteError(DeviceError, OSError):
@@ -28,25 +30,25 @@ class RemoteError(DeviceError, OSError):
 class ConnectFailed(RemoteError):
     """No SSH session: refused, timed out, unknown host name, not an SSH server."""
     default_errno = _errno.ECONNREFUSED
-    exit_status = 10
+    status = EXIT_CONNECT
 
 
 class HostKeyUnknown(RemoteError):
     """The server's host key is in no known_hosts file (never accepted automatically)."""
     default_errno = _errno.EPERM
-    exit_status = 11
+    status = EXIT_HOSTKEY
 
 
 class HostKeyChanged(RemoteError):
     """The server offered a key different from the one known_hosts holds for it."""
     default_errno = _errno.EPERM
-    exit_status = 11
+    status = EXIT_HOSTKEY
 
 
 class AuthFailed(RemoteError):
     """None of our keys was accepted (or there was no key to offer)."""
     default_errno = _errno.EACCES
-    exit_status = 12
+    status = EXIT_AUTH
 
 
 class RemotePathError(RemoteError):
@@ -57,13 +59,13 @@ class RemotePathError(RemoteError):
 class RemoteDiskFull(RemoteError):
     """The far file system has no room left."""
     default_errno = _errno.ENOSPC
-    exit_status = 13
+    status = EXIT_NOSPACE
 
 
 class LinkLost(RemoteError):
     """The connection dropped or stopped answering in the middle of a transfer."""
     default_errno = _errno.ECONNRESET
-    exit_status = 14
+    status = EXIT_LINKLOST
 
 
 class VerifyFailed(RemoteError):

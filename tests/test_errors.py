@@ -1,0 +1,534 @@
+"""One error model: every exit status comes from asm.errors and is documented, every
+command ends through asm.cli.common.run_command, and no traceback ever reaches a user
+(closed pipes, SIGTERM at any moment, bugs, garbage arguments).
+
+The behaviour tests run the real console scripts of this environment (the venv's bin
+directory next to sys.executable) as subprocesses, as a user or an engine would."""
+from __future__ import annotations
+
+import ast
+import configparser
+import glob
+import importlib
+import os
+import pkgutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from asm import errors
+from asm.archive.reader import ArchiveReader
+from tests.helpers import put, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+STATUSES = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+
+
+def _console_scripts() -> dict[str, str]:
+    """{command: "module:function"} from setup.cfg."""
+    cp = configparser.ConfigParser()
+    cp.read(os.path.join(ROOT, "setup.cfg"))
+    out = {}
+    for line in cp["options.entry_points"]["console_scripts"].strip().splitlines():
+        name, target = (x.strip() for x in line.split("=", 1))
+        out[name] = target
+    return out
+
+
+SCRIPTS = _console_scripts()
+# the NetBackup notify scripts run ``python -m plugins.netbackup.notify``
+ENTRY_POINTS = dict(SCRIPTS, **{"imsnbu-notify": "plugins.netbackup.notify:main"})
+
+
+def command(name: str) -> list[str]:
+    """argv[0:] that runs ``name`` from this environment, never from PATH."""
+    if name == "imsnbu-notify":
+        return [sys.executable, "-m", "plugins.netbackup.notify"]
+    path = os.path.join(BIN, name)
+    assert os.access(path, os.X_OK), f"{name} is not installed in {BIN}: run ./scripts/setup-venv"
+    return [path]
+
+
+def call(name, *argv, home=None, env=None, tmp=None, **kw) -> subprocess.CompletedProcess:
+    e = {k: v for k, v in os.environ.items() if k not in ("IMS_HOME", "IMS_DEBUG")}
+    if home is not None:
+        e["IMS_HOME"] = str(home)
+    if tmp is not None:
+        e["TMPDIR"] = str(tmp)          # where crash files would go
+    e.update(env or {})
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run(command(name) + [str(a) for a in argv], env=e, capture_output=True, timeout=120, **kw)
+
+
+def no_traceback(p, what=""):
+    err = p.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err and "Exception ignored" not in err, f"{what}: {err}"
+    return err
+
+
+# ----------------------------------------------------------------------------- statuses
+
+def _source_files():
+    for top in ("asm", "plugins", "staging"):
+        for path in glob.glob(os.path.join(ROOT, top, "**", "*.py"), recursive=True):
+            yield os.path.relpath(path, ROOT), path
+
+
+def _int(node) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) is int
+
+
+def _is_status_target(t) -> bool:
+    name = t.id if isinstance(t, ast.Name) else t.attr if isinstance(t, ast.Attribute) else ""
+    return name.startswith("EXIT_") or name in ("status", "exit_status", "rc", "returncode")
+
+
+# functions whose int results are counts or offsets, not exit statuses
+COUNT_FUNCTIONS = {"readinto", "readinto1", "write", "tell", "seek", "fileno", "__len__"}
+
+
+def test_exit_statuses_are_defined_only_in_asm_errors():
+    """No module but asm/errors.py defines an exit-status constant, sets a status from a
+    bare number, or returns/exits with one: every status is an asm.errors name."""
+    bad = []
+    for rel, path in _source_files():
+        if rel == os.path.join("asm", "errors.py"):
+            continue
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        funcs = {}
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    funcs.setdefault(id(node), fn.name)
+        for node in ast.walk(tree):
+            where = f"{rel}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    name = t.id if isinstance(t, ast.Name) else getattr(t, "attr", "")
+                    if name.startswith("EXIT_"):
+                        bad.append(f"{where}: defines {name}")
+                    elif _is_status_target(t) and node.value is not None and _int(node.value):
+                        bad.append(f"{where}: {name} = {node.value.value}")
+            elif isinstance(node, ast.Return) and node.value is not None and _int(node.value):
+                if funcs.get(id(node)) not in COUNT_FUNCTIONS:
+                    bad.append(f"{where}: return {node.value.value} in {funcs.get(id(node))}()")
+            elif isinstance(node, ast.Call):
+                f = node.func
+                fname = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+                if fname in ("exit", "_exit", "SystemExit") and node.args and _int(node.args[0]):
+                    bad.append(f"{where}: {fname}({node.args[0].value})")
+                for kw in node.keywords:
+                    if kw.arg in ("status", "exit_status") and _int(kw.value):
+                        bad.append(f"{where}: {kw.arg}={kw.value.value}")
+                if fname in ("die", "ImsError", "StagingError") and any(_int(a) for a in node.args[1:]):
+                    bad.append(f"{where}: {fname}(..., <number>)")
+    assert bad == []
+
+
+def test_every_status_is_a_distinct_documented_name():
+    names = {k: v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    assert len(set(names.values())) == len(names), "two EXIT_ names share a status"
+    assert all(type(v) is int and 0 <= v <= 255 for v in names.values())
+
+
+def _all_modules():
+    for top in ("asm", "plugins", "staging"):
+        pkg = importlib.import_module(top)
+        yield top
+        for m in pkgutil.walk_packages(pkg.__path__, top + "."):
+            yield m.name
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def test_every_error_class_carries_a_documented_status():
+    for name in _all_modules():
+        importlib.import_module(name)
+    classes = [c for c in _subclasses(errors.ImsError) if c.__module__.split(".")[0] in ("asm", "plugins", "staging")]
+    assert len(classes) >= 40
+    assert [c.__qualname__ for c in classes if c.status not in STATUSES] == []
+    # nothing keeps the old per-plugin attribute
+    assert [c.__qualname__ for c in classes if "exit_status" in vars(c)] == []
+
+
+def test_the_statuses_errors_mean():
+    """What each error means at a command's top level (docs/operations.md)."""
+    from asm.archive import errors as ae
+    from asm.config import ConfigError
+    from asm.devices import DeviceError
+    from asm.groups import GroupsError
+    from asm.logical import PathError
+    from asm.plugins import PluginError
+    from asm.restore import ChainOrderError, RestoreError
+    from asm.store import base as sb
+    from plugins.bacula.fileset import FilesetError
+    from plugins.netbackup.install import InstallError
+    from plugins.networker import getdate, stream, tree
+    from plugins.ssh import errors as se
+    from staging import errors as st
+    want = {
+        ConfigError("x"): errors.EXIT_USAGE, PluginError("x"): errors.EXIT_USAGE, GroupsError("x"): errors.EXIT_USAGE,
+        PathError("x"): errors.EXIT_USAGE, errors.UsageError("x"): errors.EXIT_USAGE,
+        DeviceError("x"): errors.EXIT_DEVICE,
+        sb.StoreError("x"): errors.EXIT_STORE, sb.StoreFull("INBOX"): errors.EXIT_NOSPACE,
+        sb.LockTimeout("joe"): errors.EXIT_LOCKED, sb.NoSuchUser("joe"): errors.EXIT_USAGE,
+        sb.NoSuchFolder("joe", "X"): errors.EXIT_USAGE, sb.NoSuchPartition("p", ["primary"]): errors.EXIT_USAGE,
+        sb.UserExists("joe"): errors.EXIT_USAGE, sb.FolderExists("joe", "X"): errors.EXIT_USAGE,
+        sb.BadName("x"): errors.EXIT_USAGE,
+        ae.NotAnArchive("x"): errors.EXIT_NOT_ARCHIVE, ae.IncompleteArchive(): errors.EXIT_INCOMPLETE,
+        ae.CorruptMember(0, "x"): errors.EXIT_INCOMPLETE, ae.DigestMismatch("m", "a", "b"): errors.EXIT_INCOMPLETE,
+        ae.HostileMember("m", "x"): errors.EXIT_HOSTILE,
+        RestoreError("x"): errors.EXIT_USAGE, ChainOrderError("x"): errors.EXIT_ORDER,
+        se.ConnectFailed("x"): errors.EXIT_CONNECT, se.HostKeyUnknown("x"): errors.EXIT_HOSTKEY,
+        se.HostKeyChanged("x"): errors.EXIT_HOSTKEY, se.AuthFailed("x"): errors.EXIT_AUTH,
+        se.RemoteDiskFull("x"): errors.EXIT_NOSPACE, se.LinkLost("x"): errors.EXIT_LINKLOST,
+        se.RemotePathError("x"): errors.EXIT_DEVICE, se.VerifyFailed("x"): errors.EXIT_DEVICE,
+        st.StagingError("x"): errors.EXIT_USAGE, st.LockHeld("x"): errors.EXIT_LOCKED,
+        st.NoSpace("x"): errors.EXIT_SPACE, st.Missing("x"): errors.EXIT_MISSING,
+        stream.NotAStream("x"): errors.EXIT_NOT_ARCHIVE, stream.TruncatedStream("x"): errors.EXIT_INCOMPLETE,
+        tree.TreeError("x"): errors.EXIT_USAGE, getdate.DateError("x"): errors.EXIT_USAGE,
+        InstallError("x"): errors.EXIT_USAGE, FilesetError("x"): errors.EXIT_USAGE,
+    }
+    assert {type(e).__name__: e.status for e in want} == {type(e).__name__: s for e, s in want.items()}
+    assert all(isinstance(e, errors.ImsError) for e in want)
+    # the ssh errors stay OSErrors, so a failure while writing is reported like one
+    assert isinstance(se.LinkLost("x"), OSError) and errors.device_status(se.LinkLost("x")) == errors.EXIT_LINKLOST
+    assert errors.device_status(OSError(28, "No space left on device")) == errors.EXIT_NOSPACE
+    assert errors.device_status(OSError(5, "Input/output error")) == errors.EXIT_DEVICE
+
+
+def _entry_modules() -> set[str]:
+    return {target.split(":")[0] for target in ENTRY_POINTS.values()}
+
+
+def test_library_code_never_imports_the_command_line():
+    """asm/ outside asm/cli, staging/ and plugins/ (but the commands' own modules) do
+    not import asm.cli, not even inside a function."""
+    commands = _entry_modules()
+    bad = []
+    for rel, path in _source_files():
+        module = rel[:-3].replace(os.sep, ".").removesuffix(".__init__")
+        if module.startswith("asm.cli") or module in commands:
+            continue
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{rel}:{node.lineno}: {n}" for n in names if n == "asm.cli" or n.startswith("asm.cli.")]
+    assert bad == []
+
+
+def test_every_command_ends_through_run_command():
+    """Every console script's main() (and the notify scripts') is ``return run_command(...)``."""
+    missing = []
+    for name, target in sorted(ENTRY_POINTS.items()):
+        module, func = target.split(":")
+        path = os.path.join(ROOT, *module.split(".")) + ".py"
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == func)
+        body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        ok = (len(body) == 1 and isinstance(body[0], ast.Return) and isinstance(body[0].value, ast.Call)
+              and getattr(body[0].value.func, "id", "") == "run_command")
+        if not ok:
+            missing.append(name)
+    assert missing == []
+
+
+# ----------------------------------------------------------------------------- closed pipes
+
+LONG = "a folder whose name is long enough to make every line of a listing a long one "
+
+
+def _fill(store, folders: int = 0, messages: int = 0):
+    """One user with ``folders`` long-named folders (one listing line each) and
+    ``messages`` messages in a long-named folder (one -t line each)."""
+    store.deferred_sync = True
+    store.create_user("joe")
+    for i in range(folders):
+        store.create_folder("joe", f"{LONG}{i:05d}", subscribed=True)
+    for i in range(messages):
+        put(store, "joe", f"{LONG}messages", i)
+
+
+def _into_head(argv, env) -> tuple[int, bytes, bytes]:
+    """``argv | head -1``: (argv's status, head's output, argv's stderr)."""
+    writer = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    head = subprocess.Popen(["head", "-1"], stdin=writer.stdout, stdout=subprocess.PIPE)
+    writer.stdout.close()           # only head reads it now
+    out = head.communicate(timeout=120)[0]
+    err = writer.stderr.read()
+    writer.stderr.close()
+    return writer.wait(timeout=120), out, err
+
+
+def _env(home, tmp):
+    e = {k: v for k, v in os.environ.items() if k != "IMS_DEBUG"}
+    return dict(e, IMS_HOME=str(home), TMPDIR=str(tmp))
+
+
+def test_imsrestore_listing_into_head(store, ims_home, tmp_path):
+    _fill(store, messages=1500)          # about 190 KB of -t lines: far more than a pipe holds
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    full = call("imsrestore", "-f", a, "-t", home=ims_home)
+    assert full.returncode == 0 and len(full.stdout) > 150_000
+    for argv in (["-f", str(a), "-t"], ["-t", "-f", str(a), "/primary/joe"]):
+        status, out, err = _into_head(command("imsrestore") + argv, _env(ims_home, tmp_path))
+        assert out == full.stdout.splitlines(keepends=True)[0]
+        assert status == errors.EXIT_PIPE, err
+        assert b"Traceback" not in err and len(err.splitlines()) <= 1, err
+    assert glob.glob(str(tmp_path / "*crash*")) == []
+
+
+def test_mboxutil_listing_into_head(store, ims_home, tmp_path):
+    _fill(store, folders=1200)           # about 190 KB of listing lines
+    full = call("mboxutil", "-l", home=ims_home)
+    assert full.returncode == 0 and len(full.stdout) > 150_000
+    status, out, err = _into_head(command("mboxutil") + ["-l"], _env(ims_home, tmp_path))
+    assert out == full.stdout.splitlines(keepends=True)[0]
+    assert status == errors.EXIT_PIPE, err
+    assert b"Traceback" not in err and len(err.splitlines()) <= 1, err
+    assert glob.glob(str(tmp_path / "*crash*")) == []
+
+
+@pytest.mark.parametrize("bf", ["1", "20"])
+@pytest.mark.parametrize("keep", [0, 1000, 60_000])
+def test_archive_to_a_reader_that_leaves_is_a_device_error(store, ims_home, tmp_path, bf, keep):
+    """imsbackup -f - | head -c N: the archive is incomplete, so this is never success
+    (nor the quiet EXIT_PIPE of a listing): a device error, one line."""
+    for i in range(40):
+        put(store, f"u{i % 4}", "INBOX", i, size=20_000)
+    argv = command("imsbackup") + ["-b", bf, "-f", "-", "/"]
+    writer = subprocess.Popen(argv, env=_env(ims_home, tmp_path), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = subprocess.Popen(["head", "-c", str(keep)], stdin=writer.stdout, stdout=subprocess.PIPE)
+    writer.stdout.close()
+    got = reader.communicate(timeout=120)[0]
+    err = writer.stderr.read()
+    writer.stderr.close()
+    status = writer.wait(timeout=120)
+    assert len(got) == keep
+    assert status == errors.EXIT_DEVICE, err
+    assert b"Traceback" not in err and len(err.splitlines()) == 1
+    assert b"incomplete" in err
+
+
+# ----------------------------------------------------------------------------- SIGTERM
+
+def _complete_archive(path) -> bool:
+    with open(path, "rb") as f:
+        r = ArchiveReader(f)
+        for _ in r:
+            pass
+        return r.complete
+
+
+def test_sigterm_at_any_moment_of_imsbackup(store, ims_home, tmp_path):
+    """An engine cancelling the job may send SIGTERM at any moment, even while Python is
+    still starting: no traceback, 130 (or a quiet death by the signal before the command
+    started), nothing half-written left, the previous archive never replaced by half of one."""
+    for i in range(150):
+        put(store, f"u{i % 6}", "INBOX", i, size=30_000)
+    target = tmp_path / "a.ims"
+    env = _env(ims_home, tmp_path)
+    argv = command("imsbackup") + ["-b", "1", "-f", str(target), "/"]
+    t0 = time.monotonic()
+    subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, check=True, capture_output=True, timeout=120)
+    whole = time.monotonic() - t0            # about 0.5 s here: interpreter start, setup, writing
+    statuses = []
+    n = 24
+    for k in range(n):
+        delay = whole * (0.1 + k / (n - 1))  # from a tenth of a run to past its end, on this machine
+        target.write_bytes(b"yesterday's good archive")
+        p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+        time.sleep(delay)
+        p.send_signal(signal.SIGTERM)
+        err = p.communicate(timeout=120)[1].decode("utf-8", "replace")
+        statuses.append(p.returncode)
+        assert "Traceback" not in err and "Exception ignored" not in err, (delay, err)
+        assert p.returncode in (errors.EXIT_INTERRUPTED, -signal.SIGTERM, errors.EXIT_OK), (delay, p.returncode, err)
+        assert len(err.splitlines()) <= 1, (delay, err)
+        if p.returncode == errors.EXIT_INTERRUPTED:
+            assert err.startswith("imsbackup: interrupted"), err
+        assert [f for f in os.listdir(tmp_path) if f.endswith(".partial")] == [], delay
+        if target.read_bytes() != b"yesterday's good archive":
+            assert _complete_archive(target), delay         # replaced only by a whole archive
+    assert errors.EXIT_INTERRUPTED in statuses, statuses     # the cancel was seen and handled
+    assert glob.glob(str(tmp_path / "*crash*")) == []
+
+
+# ----------------------------------------------------------------------------- bugs
+
+def _patched(tmp_path, module, attr, owner="") -> dict:
+    """PYTHONPATH with a sitecustomize that turns ``module[.owner].attr`` into a bug."""
+    d = tmp_path / "bug"
+    d.mkdir(exist_ok=True)
+    (d / "sitecustomize.py").write_text(
+        f"import {module} as m\n\n\ndef _bug(*args, **kwargs):\n    raise ZeroDivisionError('a simulated bug')\n\n\n"
+        f"setattr({'m.' + owner if owner else 'm'}, {attr!r}, _bug)\n")
+    return {"PYTHONPATH": os.pathsep.join([str(d), ROOT])}
+
+
+@pytest.mark.parametrize("case", [
+    ("mboxutil", ["-l"], "asm.cli.mboxutil", "open_installation", ""),
+    ("imsbackup", ["-f", "{t}/a.ims", "/"], "asm.archive.writer", "close", "ArchiveWriter"),
+    ("imsrestore", ["-f", "{t}/a.ims"], "asm.restore", "restore", "Restorer"),
+    ("msconfig", ["show"], "asm.cli.msconfig", "Config", ""),
+])
+def test_a_bug_is_one_line_a_crash_file_and_70(store, ims_home, tmp_path, case):
+    name, argv, module, attr, owner = case
+    put(store, "joe", "INBOX", 1)
+    work = tmp_path / "work"
+    work.mkdir()
+    run(ims_home, "imsbackup", "-f", work / "a.ims", "/", check=0)
+    before = (work / "a.ims").read_bytes()
+    argv = [a.format(t=work) for a in argv]
+    if name == "imsbackup":
+        (work / "a.ims").write_bytes(b"yesterday's good archive")
+    env = _patched(tmp_path, module, attr, owner)
+    p = call(name, *argv, home=ims_home, tmp=work, env=env)
+    err = no_traceback(p, name)
+    assert p.returncode == errors.EXIT_INTERNAL, err
+    assert len(err.splitlines()) == 1 and err.startswith(f"{name}: internal error (ZeroDivisionError: a simulated bug)")
+    crash = glob.glob(str(work / f"{name}-crash-*.txt"))
+    assert len(crash) == 1 and f"details in {crash[0]}; please report it" in err
+    text = open(crash[0], encoding="utf-8").read()
+    assert "Traceback (most recent call last)" in text and "ZeroDivisionError: a simulated bug" in text
+    assert oct(os.stat(crash[0]).st_mode & 0o777) == "0o600"
+    if name == "imsbackup":          # a bug while writing never leaves a half archive behind
+        assert (work / "a.ims").read_bytes() == b"yesterday's good archive"
+        assert [f for f in os.listdir(work) if f.endswith(".partial")] == []
+    else:
+        assert (work / "a.ims").read_bytes() == before
+    # IMS_DEBUG=1: the traceback on stderr instead of a file
+    p = call(name, *argv, home=ims_home, tmp=work, env=dict(env, IMS_DEBUG="1"))
+    err = p.stderr.decode()
+    assert p.returncode == errors.EXIT_INTERNAL and "Traceback (most recent call last)" in err
+    assert "ZeroDivisionError: a simulated bug" in err and len(glob.glob(str(work / "*crash*"))) == 1
+
+
+# ----------------------------------------------------------------------------- every command
+
+GARBAGE = [
+    ["--no-such-option"],
+    ["-Z", "x"],
+    ["\udcff\udcfe"],                        # an argument that is not UTF-8
+    ["-f"],                                  # an option without its value
+    ["list", "--json", "--bogus", "/x//y"],
+]
+
+# commands that would do real (slow) work when given nothing: a demo builds a store
+NO_PLAIN_RUN = {"ims-demo"}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_every_command_refuses_garbage_without_a_traceback(name, tmp_path):
+    home = tmp_path / "ims"
+    runs = [(["--help"], home), *[(g, home) for g in GARBAGE]]
+    if name not in NO_PLAIN_RUN:
+        runs += [([], home), ([], None)]      # nothing at all; and without IMS_HOME
+    for argv, h in runs:
+        env = _env(h, tmp_path)
+        if h is None:
+            del env["IMS_HOME"]
+        p = subprocess.run(command(name) + [os.fsencode(a) for a in argv], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=120, cwd=tmp_path)
+        err = no_traceback(p, f"{name} {argv}")
+        assert p.returncode in STATUSES - {errors.EXIT_INTERNAL}, (name, argv, p.returncode, err)
+        if argv == ["--help"]:
+            assert p.returncode == errors.EXIT_OK and b"usage" in p.stdout.lower() + p.stderr.lower()
+        elif p.returncode == errors.EXIT_USAGE:
+            assert len(err.splitlines()) == 1, (name, argv, err)
+    assert glob.glob(str(tmp_path / "*crash*")) == []
+
+
+@pytest.mark.parametrize("name,argv", [
+    ("msconfig", ["show"]), ("mboxutil", ["-l"]), ("imsimport", ["-u", "joe", "-s", "x"]),
+    ("imsdeliver", ["joe"]), ("imsbackup", ["-f", "a.ims", "/"]), ("imsrestore", ["-f", "a.ims"]),
+    ("imsasm", ["-r"]), ("mkbackupdir", ["-p", "tree"]), ("imsasmreport", []),
+    ("imsstage", ["list", "-D", "st"]), ("imsnbu", ["restore", "joe"]), ("imsbacula", ["history"]),
+    ("imsnbu-notify", ["start", "--", "c", "p", "s", "FULL"]),
+])
+def test_without_ims_home_every_command_says_so(name, argv, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("IMS_HOME", "IMS_DEBUG")}
+    p = subprocess.run(command(name) + argv, env=dict(env, TMPDIR=str(tmp_path)), cwd=tmp_path,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    err = no_traceback(p, name)
+    assert p.returncode == errors.EXIT_USAGE and "IMS_HOME is not set" in err, (p.returncode, err)
+    assert len(err.splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []                # nothing created anywhere
+
+
+def test_list_and_map_files_that_are_not_text_are_usage_errors(store, ims_home, tmp_path):
+    put(store, "joe", "INBOX", 1)
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"joe=ann\n\xff\xfe=bob\n")
+    for argv in (["imsbackup", "-u", bad, "-f", tmp_path / "b.ims"], ["imsrestore", "-m", bad, "-f", a]):
+        p = call(argv[0], *argv[1:], home=ims_home, tmp=tmp_path)
+        assert p.returncode == errors.EXIT_USAGE, p.stderr
+        assert no_traceback(p).endswith("is not UTF-8 text\n") and len(p.stderr.splitlines()) == 1
+    assert not (tmp_path / "b.ims").exists() and glob.glob(str(tmp_path / "*crash*")) == []
+
+
+# ----------------------------------------------------------------------------- -b
+
+def test_one_blocking_factor_range_everywhere(store, ims_home, tmp_path):
+    """-b takes 1..4096 in both commands, as the archive's record layer and docs/format.md do."""
+    from asm.archive.records import MAX_BLOCKING_FACTOR
+    assert MAX_BLOCKING_FACTOR == 4096
+    with open(os.path.join(ROOT, "docs", "format.md"), encoding="utf-8") as f:
+        assert f"1..{MAX_BLOCKING_FACTOR} accepted" in f.read()
+    for i in range(3):
+        put(store, "joe", "INBOX", i)
+    a = tmp_path / "a.ims"
+    for bad in ("0", "4097", "-1", "x"):
+        for cmd in (["imsbackup", "-f", a, "/"], ["imsrestore", "-t", "-f", a]):
+            p = run(ims_home, cmd[0], "-b", bad, *cmd[1:])
+            assert p.returncode == errors.EXIT_USAGE and b"use 1 to 4096" in p.stderr, p.stderr
+            assert not a.exists()
+    run(ims_home, "imsbackup", "-b", "4096", "-f", a, "/", check=0)
+    assert a.stat().st_size % (512 * 4096) == 0
+    p = run(ims_home, "imsrestore", "-b", "4096", "-t", "-f", a, check=0)
+    assert p.stdout.count(b"/primary/joe/INBOX/") == 3
+    with open(a, "rb") as f:
+        assert ArchiveReader(f, 1).header["blocking_factor"] == 4096
+
+
+# ----------------------------------------------------------------------------- store errors
+
+def test_store_errors_end_with_their_own_status(store, ims_home, tmp_path):
+    """A store error is no longer 'some mailboxes failed' (1): named things that do not
+    exist or already exist are usage errors, a held lock is EXIT_LOCKED."""
+    store.create_user("joe")
+    p = call("mboxutil", "-c", "user/joe", home=ims_home)
+    assert p.returncode == errors.EXIT_USAGE and no_traceback(p) == "mboxutil: user already exists: 'joe'\n"
+    p = call("mboxutil", "-d", "user/nobody/Work", home=ims_home)
+    assert p.returncode == errors.EXIT_USAGE and "nobody" in no_traceback(p)
+    p = call("mboxutil", "-d", "user/joe/Work", home=ims_home)
+    assert p.returncode == errors.EXIT_USAGE and "Work" in no_traceback(p)
+    p = call("mboxutil", "-c", "user/ann", "-p", "nowhere", home=ims_home)
+    assert p.returncode == errors.EXIT_USAGE and "no partition 'nowhere'" in no_traceback(p)
+    p = call("imsdeliver", "joe", "nobody", home=ims_home, input=b"Subject: x\r\n\r\nx\r\n", stdin=None)
+    assert p.returncode == errors.EXIT_USAGE and no_traceback(p) == "imsdeliver: no user 'nobody'\n"
+    run(ims_home, "msconfig", "set", "store.locktimeout", "1", check=0)
+    with store.lock("joe", "INBOX"):
+        p = call("imsimport", "-u", "joe", "-s", "-", home=ims_home, stdin=None,
+                 input=b"From a@b Mon Jan  1 10:00:00 2024\nSubject: x\n\nx\n")
+    assert p.returncode == errors.EXIT_LOCKED, p.stderr
+    assert "another process holds it" in no_traceback(p) and "(after 0 messages)" in p.stderr.decode()
+    assert [m.uid for m in store.messages("joe", "INBOX")] == []
