@@ -13,10 +13,25 @@ import time
 from dataclasses import dataclass, field
 
 from asm import __version__, plugins
+from asm.errors import EXIT_EMPTY, EXIT_STORE, ImsError
 from asm.events import Run
-from asm.groups import Groups
+from asm.groups import PREDEFINED, Groups
 from asm.logical import LogicalPath, Target, resolve
 from asm.store.base import MessageGone, Store, StoreError
+
+
+class EmptyStore(ImsError):
+    """A backup found no user where the store should have some (a wrong IMS_HOME or
+    partition path, a disk that is not mounted); nothing was written."""
+
+    status = EXIT_EMPTY
+
+
+class UnlistedStore(StoreError, ImsError):
+    """A partition lists no user while its directories hold mail (a lost mailbox list,
+    a layout the driver does not read): nothing was written."""
+
+    status = EXIT_STORE
 
 
 @dataclass
@@ -25,6 +40,7 @@ class BackupOptions:
     ignore_links: bool = False          # -i: every copy in full
     exclude: list = field(default_factory=list)   # store.backupexclude folder names
     verbose: bool = False
+    allow_empty: bool = False           # --allow-empty / backup.allowempty
 
 
 @dataclass
@@ -51,16 +67,86 @@ def is_excluded(folder: str, exclude: list[str]) -> bool:
     return False
 
 
-def select(store: Store, groups: Groups, paths: list[LogicalPath]) -> list[Target]:
-    """The users and folders ``paths`` name; PathError when one names nothing.  Call it
-    before opening the device so a typo writes nothing."""
-    return resolve(paths, store, groups)
+def whole_partitions(store: Store, paths: list[LogicalPath]) -> list[str]:
+    """The partitions ``paths`` cover as a whole (``/``, ``/primary``, ``/primary/user``)."""
+    out: list[str] = []
+    for lp in paths:
+        if lp.user is None and lp.group in (None, PREDEFINED):
+            for p in ([lp.partition] if lp.partition is not None else store.partitions()):
+                if p not in out:
+                    out.append(p)
+    return out
+
+
+def check_not_empty(store: Store, partitions: list[str], targets: list[Target],
+                    allow_empty: bool = False) -> None:
+    """Refuse a backup that would find nobody on a partition it covers as a whole.
+
+    A partition without listed users but with user directories on disk is a lost
+    mailbox list (or a layout the driver does not read): UnlistedStore, whatever
+    ``allow_empty`` says.  A partition that is simply empty is EmptyStore unless the
+    administrator said an empty store is expected (``allow_empty``).
+    """
+    have = {t.partition for t in targets}
+    empty = [p for p in partitions if p not in have and not store.users(p)]
+    for p in empty:
+        found = store.unlisted_users(p)
+        if found:
+            shown = ", ".join(repr(u.user) for u in found[:3]) + (", ..." if len(found) > 3 else "")
+            raise UnlistedStore(f"partition {p!r} ({store.partition_path(p)}) lists no user but holds "
+                                f"{len(found)} user directories ({shown}): {store.unlisted_hint}")
+    if empty and not allow_empty:
+        where = "; ".join(f"{p}: {store.partition_path(p)}" for p in empty)
+        what = "the store holds no users" if len(empty) == len(store.partitions()) or \
+            len(empty) == len(partitions) else f"partition{'s' if len(empty) > 1 else ''} with no users"
+        raise EmptyStore(f"{what} ({where}): nothing to back up; check IMS_HOME and the partition "
+                         f"paths (is the disk mounted?); if an empty store is expected, run with "
+                         f"--allow-empty (or msconfig set backup.allowempty yes)")
+
+
+def select(store: Store, groups: Groups, paths: list[LogicalPath], allow_empty: bool = False) -> list[Target]:
+    """The users and folders ``paths`` name; PathError when one names nothing, EmptyStore
+    or UnlistedStore when a partition they cover holds no user (see check_not_empty).
+    Call it before opening the device so a typo writes nothing."""
+    targets = resolve(paths, store, groups)
+    check_not_empty(store, whole_partitions(store, paths), targets, allow_empty)
+    return targets
+
+
+def unlisted_errors(store: Store, groups: Groups, targets: list[Target], paths: list[LogicalPath],
+                    exclude: list[str]) -> list[dict]:
+    """Mail on disk in the backup's scope that the store does not list, as error
+    entries: a backup must name what it could not see, not skip it silently."""
+    out = []
+    for p in whole_partitions(store, paths) + [lp.partition for lp in paths
+                                                if lp.user is None and lp.group not in (None, PREDEFINED)]:
+        for u in store.unlisted_users(p):
+            if any(lp.user is None and lp.covers_user(p, u.user, groups) for lp in paths):
+                e = {"mailbox": f"/{p}/{u.user}", "error": f"{u.why} ({u.path}): not backed up; "
+                                                           f"{store.unlisted_hint}"}
+                if e not in out:
+                    out.append(e)
+    for t in targets:
+        try:
+            found = store.unlisted_folders(t.user)
+        except StoreError:
+            continue                        # the user's own folders report the damage
+        for u in found:
+            if u.folder not in t.explicit and is_excluded(u.folder, exclude):
+                continue
+            if any(lp.covers_user(t.partition, t.user, groups) and lp.covers_folder(u.folder)
+                   for lp in paths):
+                out.append({"mailbox": f"/{t.partition}/{t.user}/{u.folder}",
+                            "error": f"{u.why} ({u.path}): not backed up; {store.unlisted_hint}"})
+    return out
 
 
 def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], writer,
-               opts: BackupOptions, device: str = "", report=None, progress=None) -> BackupResult:
+               opts: BackupOptions, device: str = "", report=None, progress=None,
+               groups: Groups | None = None) -> BackupResult:
     """Write the archive for ``targets`` (from :func:`select`).  ``report(line)`` gets -v
-    lines; ``progress(result)`` is called as messages go by."""
+    lines; ``progress(result)`` is called as messages go by.  ``groups`` (the
+    installation's) lets mail the store does not list be named for group paths too."""
     res = BackupResult()
     run = Run("backup", device, [str(p) for p in paths],
               {"since": opts.since, "ignore_links": opts.ignore_links})
@@ -73,6 +159,10 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
     })
     status = 1
     try:
+        for e in unlisted_errors(store, groups or Groups(), targets, paths, opts.exclude):
+            res.errors.append(e)
+            if report:
+                report(f"error: {e['mailbox']}: {e['error']}")
         for t in targets:
             writer.add_user(t.partition, t.user, t.group)
             res.users += 1

@@ -110,6 +110,7 @@ def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Targ
                 raise PathError(f"{lp}: no user {lp.user!r} in the store") from None
             if part != lp.partition:
                 raise PathError(f"{lp}: user {lp.user!r} is on partition {part!r}, not {lp.partition!r}")
+            store.check_partition(part)
             users = [(part, lp.user)]
         else:
             users = [(p, u) for p in parts for u in store.users(p) if lp.covers_user(p, u, groups)]

@@ -1,6 +1,6 @@
 """imsbackup: write selected mailboxes of the store to a device as an archive.
 
-    imsbackup -f device [-b blocking_factor] [-d YYYYMMDD[:HHMMSS]] [-u file] [-i] [-v] [name ...]
+    imsbackup -f device [-b blocking_factor] [-d YYYYMMDD[:HHMMSS]] [-u file] [-i] [-v] [--allow-empty] [name ...]
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from asm.cli.common import (
 from asm.cli.context import open_installation
 from asm.config import ConfigError
 from asm.devices import DeviceError, open_device
+from asm.errors import ImsError
 from asm.groups import GroupsError
 from asm.logical import PathError, parse
 from asm.store.base import StoreError
@@ -35,6 +36,9 @@ def build_parser() -> ArgParser:
     p.add_argument("-i", dest="ignore_links", action="store_true",
                    help="write every copy of a message in full (no single-copy links)")
     p.add_argument("-v", dest="verbose", action="store_true", help="report each mailbox and a summary")
+    p.add_argument("--allow-empty", dest="allow_empty", action="store_true",
+                   help="an empty store (or partition) is expected: back it up instead of failing with "
+                        "exit 18")
     p.add_argument("names", nargs="*", metavar="name",
                    help="logical paths: /, /primary, /primary/groupA, /primary/user/joe, /primary/joe/INBOX")
     return p
@@ -48,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
         inst = open_installation()
         paths = [parse(n, inst.groups) for n in (names or ["/"])]
-        targets = select(inst.store, inst.groups, paths)
+        allow_empty = args.allow_empty or inst.config.get("backup.allowempty") == "yes"
+        targets = select(inst.store, inst.groups, paths, allow_empty=allow_empty)
         if args.device == "-" and sys.stdout.isatty():
             raise UsageError("refusing to write an archive to a terminal: redirect stdout or name a file with -f")
-    except (UsageError, ConfigError, GroupsError, PathError, StoreError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+    except (UsageError, ConfigError, GroupsError, PathError, StoreError, ImsError) as exc:
+        return die(PROG, str(exc), getattr(exc, "status", EXIT_USAGE))
 
     opts = BackupOptions(since=since, ignore_links=args.ignore_links,
                          exclude=inst.config.backup_exclude(), verbose=args.verbose)
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         writer = ArchiveWriter(device.file, args.bf)
         res = run_backup(inst.store, targets, paths, writer, opts, device=args.device,
-                         report=report, progress=show if progress.enabled else None)
+                         report=report, progress=show if progress.enabled else None, groups=inst.groups)
         ok = True
     except KeyboardInterrupt:
         progress.clear()

@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError:
         return die(PROG, f"message file {args.m!r} does not exist", EXIT_USAGE)
     except (ConfigError, GroupsError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+        return die(PROG, str(exc), getattr(exc, "status", EXIT_USAGE))
     except StoreError as exc:
-        return die(PROG, str(exc), EXIT_PARTIAL)
+        return die(PROG, str(exc), getattr(exc, "status", EXIT_PARTIAL))
     for user, info in out.items():
         print(f"{user}: {'queued (deliveries held)' if info is None else f'UID {info.uid}'}")
     return EXIT_OK

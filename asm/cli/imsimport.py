@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError:
         return die(PROG, f"mbox file {args.s!r} does not exist", EXIT_USAGE)
     except (ConfigError, GroupsError, StoreError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+        return die(PROG, str(exc), getattr(exc, "status", EXIT_USAGE))
     n = 0
     try:
         with src:

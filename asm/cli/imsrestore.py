@@ -116,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sigterm_as_interrupt()
     try:
-        inst = open_installation()
+        inst = open_installation(create=not (args.toc or args.header))
         paths = [parse(p, inst.groups) for p in args.paths]
         user_map = read_map(args.mapfile) if args.mapfile else {}
         refdoc = read_reffile(args.reffile) if args.reffile else None
         if args.device == "-" and sys.stdin.isatty():
             raise UsageError("refusing to read an archive from a terminal: pipe one in or name a file with -f")
-    except (UsageError, ConfigError, GroupsError, PathError, RestoreError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+    except (UsageError, ConfigError, GroupsError, PathError, RestoreError, StoreError) as exc:
+        return die(PROG, str(exc), getattr(exc, "status", EXIT_USAGE))
     try:
         device = open_device(args.device, "rb", args.bf, inst.config)
     except DeviceError as exc:

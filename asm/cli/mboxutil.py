@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                    "with -c: the partition for a new user")
     args = p.parse_args(argv)
     try:
-        inst = open_installation()
+        inst = open_installation(create=bool(args.c))
         store = inst.store
         if args.l:
             print(f"{'msgs':>8} {'bytes':>12} {'uidvalidity':>11} {'uidnext':>8}  mailbox")
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         return die(PROG, str(exc), EXIT_USAGE)
     except (ConfigError, GroupsError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+        return die(PROG, str(exc), getattr(exc, "status", EXIT_USAGE))
     except StoreError as exc:
-        return die(PROG, str(exc), EXIT_PARTIAL)
+        return die(PROG, str(exc), getattr(exc, "status", EXIT_PARTIAL))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = Config()
+        if args.cmd != "set":
+            cfg.require()         # only set may make an installation (a typo must not look empty)
         if args.cmd == "show":
             if args.name:
                 lookup(args.name)
@@ -40,13 +42,15 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.cmd == "set":
             cfg.set(args.name, args.value)
+            if cfg.created:
+                print(f"{PROG}: created the installation {cfg.home} (IMS_HOME)", file=sys.stderr)
             return EXIT_OK
         if args.cmd == "unset":
             if not cfg.unset(args.name):
                 print(f"{PROG}: {args.name} was not set", file=sys.stderr)
             return EXIT_OK
     except ConfigError as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+        return die(PROG, str(exc), getattr(exc, "status", EXIT_USAGE))
     return EXIT_USAGE
 
 

@@ -38,7 +38,7 @@ from asm.hookspecs import hookimpl
 from asm.store import utf7
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone,
-    MessageInfo, NoSuchFolder, NoSuchUser, Store, StoreError, UidInUse, UserExists,
+    MessageInfo, NoSuchFolder, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
     check_folder_name, check_user_name, split_flags,
 )
 
@@ -223,8 +223,10 @@ class MaildirStore(Store):
     """Dovecot Maildir++ partitions behind the logical view."""
 
     name = "maildir"
+    unlisted_hint = ("the maildir driver reads <partition>/<user>/Maildir: check partition:NAME.path "
+                     "and the store's layout (docs/maildir.md)")
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, create: bool = True):
         self.config = config
         self._parts = config.partitions()          # read once: asked for on every call
         self._owner = config.owner()
@@ -250,11 +252,65 @@ class MaildirStore(Store):
 
     def users(self, partition: str) -> list[str]:
         root = self.partition_path(partition)
+        if not self.check_partition(partition):
+            return []                        # the default partition before its first user
         try:
             names = os.listdir(root)
         except FileNotFoundError:
             return []
         return sorted(n for n in names if os.path.isdir(os.path.join(root, n, "Maildir")))
+
+    def unlisted_users(self, partition: str) -> list[Unlisted]:
+        """Directories of the partition that hold mail in a form this driver does not
+        read as a user: a Maildir at the home's top (cur/, new/) or a ``Maildir`` that
+        is not a directory (a dangling link, a file)."""
+        root = self.partition_path(partition)
+        out = []
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for e in entries:
+            if e.name.startswith(".") or e.name == "lost+found" or not e.is_dir():
+                continue
+            md = os.path.join(e.path, "Maildir")
+            if os.path.isdir(md):
+                continue
+            if os.path.lexists(md):
+                why = "its Maildir is not a directory (a dangling link or a file)"
+            elif os.path.isdir(os.path.join(e.path, "cur")) or os.path.isdir(os.path.join(e.path, "new")):
+                why = "a Maildir (cur/, new/) directly in the home, not in <home>/Maildir"
+            else:
+                continue                     # a home without mail yet
+            out.append(Unlisted("user", partition, e.name, None, e.path, why))
+        return out
+
+    def unlisted_folders(self, user: str) -> list[Unlisted]:
+        """``.Name`` directories of the Maildir that hold mail (cur/ or new/) but are not
+        read as folders: a name that is no Maildir++ folder name, or no cur/."""
+        root = self._root(user)
+        part = self.user_partition(user)
+        out = []
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for e in entries:
+            if not e.name.startswith(".") or e.name in (".", "..") or not e.is_dir(follow_symlinks=False):
+                continue
+            has_cur = os.path.isdir(os.path.join(e.path, "cur"))
+            has_new = os.path.isdir(os.path.join(e.path, "new"))
+            if not (has_cur or has_new):
+                continue                     # not a folder (Dovecot's own directories)
+            logical = self.folder_from_dirname(e.name)
+            if logical is None:
+                why = "its name is no Maildir++ folder name"
+            elif not has_cur:
+                why = "it has new/ but no cur/"
+            else:
+                continue
+            out.append(Unlisted("folder", part, user, logical or e.name, e.path, why))
+        return out
 
     def user_partition(self, user: str) -> str:
         part = self._user_parts.get(user)
@@ -824,6 +880,7 @@ class MaildirStore(Store):
         if self.exists(user):
             raise UserExists(user)
         part = self.partition_path(partition)
+        self.check_partition(partition, writing=True)
         os.makedirs(part, exist_ok=True)
         owner = self._owner_for(part)
         home = os.path.join(part, user)

@@ -92,10 +92,11 @@ def split_mode(argv: list[str]) -> tuple[str, list[str]]:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _installation(marker: dict | None = None):
-    """The installation: IMS_HOME, else the one the tree's marker names."""
+def _installation(marker: dict | None = None, create: bool = False):
+    """The installation: IMS_HOME, else the one the tree's marker names.  Only a
+    recover (``create``) may make the store's directories."""
     home = os.environ.get("IMS_HOME") or (marker or {}).get("ims_home")
-    return open_installation(home)
+    return open_installation(home, create=create)
 
 
 def _log(inst, entry: dict) -> None:
@@ -243,7 +244,7 @@ def save(args) -> int:
     except getdate.DateError as exc:
         return die(PROG, f"-t: {exc}", EXIT_USAGE)
     except (UsageError, tree.TreeError, ConfigError, GroupsError, StoreError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+        return die(PROG, str(exc), getattr(exc, "status", EXIT_USAGE))
     exclude = inst.config.backup_exclude()
     if args.verbose:
         warn(PROG, "asm: imsasm -s" + (f" -t {args.time}" if args.time else "") + " " + " ".join(args.paths))
@@ -292,7 +293,8 @@ def save(args) -> int:
                                 f"{human(_base['bytes'] + res.bytes)} ({human((_base['bytes'] + res.bytes) / el if el else 0)}/s)")
 
             res = run_backup(inst.store, rec.targets, [LogicalPath(rec.place.logical())], writer, opts,
-                             device=rec.name, report=report, progress=show if progress.enabled else None)
+                             device=rec.name, report=report, progress=show if progress.enabled else None,
+                             groups=inst.groups)
             rstatus = "partial" if res.errors else "ok"
             sink.finish({"status": rstatus, "users": res.users, "folders": res.folders,
                          "messages": res.messages, "links": res.links, "data_bytes": res.bytes,
@@ -460,9 +462,9 @@ def recover(mode: str, args) -> int:
     inst = None
     if not args.dry:
         try:
-            inst = _installation()
+            inst = _installation(create=mode == "-r")
         except (ConfigError, GroupsError, StoreError) as exc:
-            return die(PROG, str(exc), EXIT_USAGE)
+            return die(PROG, str(exc), getattr(exc, "status", EXIT_USAGE))
     if sys.stdin.isatty():
         return die(PROG, "no save stream on stdin: pipe one in (NetWorker's recover does)", EXIT_USAGE)
     progress = Progress()
