@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from asm import __version__, plugins
+from asm.archive.errors import MessageChanged, UnreadableSource
 from asm.errors import EXIT_EMPTY, EXIT_STORE, ImsError
 from asm.events import Run
 from asm.groups import PREDEFINED, Groups
@@ -97,8 +98,11 @@ def check_not_empty(store: Store, partitions: list[str], targets: list[Target],
                                 f"{len(found)} user directories ({shown}): {store.unlisted_hint}")
     if empty and not allow_empty:
         where = "; ".join(f"{p}: {store.partition_path(p)}" for p in empty)
-        what = "the store holds no users" if len(empty) == len(store.partitions()) or \
-            len(empty) == len(partitions) else f"partition{'s' if len(empty) > 1 else ''} with no users"
+        if len(empty) == len(store.partitions()):
+            what = "the store holds no users"
+        else:
+            what = f"partition{'s' if len(empty) > 1 else ''} {', '.join(map(repr, empty))} " \
+                   f"hold{'' if len(empty) > 1 else 's'} no users"
         raise EmptyStore(f"{what} ({where}): nothing to back up; check IMS_HOME and the partition "
                          f"paths (is the disk mounted?); if an empty store is expected, run with "
                          f"--allow-empty (or msconfig set backup.allowempty yes)")
@@ -203,6 +207,15 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                       subscribed=info.subscribed, uids=[m.uid for m in snap.messages], state=state)
     res.folders += 1
     n = nbytes = 0
+    failed: list[str] = []
+
+    def fail(uid: int, why: str) -> None:
+        # one odd file is that message's error, never the whole backup's
+        res.errors.append({"mailbox": mailbox, "error": f"message {uid}: {why}"})
+        failed.append(why)
+        if report:
+            report(f"error: {mailbox}: message {uid}: {why}")
+
     for m in snap.messages:
         if opts.since is not None and m.stored < opts.since:
             continue
@@ -217,14 +230,28 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             except FileNotFoundError:
                 # renamed (a Maildir flag change) or expunged since the snapshot: look once more
                 try:
-                    if attempt == 0:
-                        m = store.message(t.user, folder, uid)
-                        continue
+                    again = store.message(t.user, folder, uid)
                 except MessageGone:
-                    pass
+                    again = None
+                if again is not None and attempt == 0:
+                    m = again
+                    continue
+                if again is not None:
+                    fail(uid, f"its file {again.path} is missing although the store lists the message")
+                    break
                 res.vanished.append(f"{mailbox}/{uid}")
                 if report:
                     report(f"{mailbox}: message {uid} vanished during the backup (expunged); not in the archive")
+                break
+            except UnreadableSource as exc:
+                fail(uid, f"{exc.why} ({exc.source})")
+                if exc.written:          # its (cut) member is in the archive: count it
+                    res.messages += 1
+                break
+            except MessageChanged as exc:
+                fail(uid, f"it changed while it was read ({m.path}): {str(exc).split(': ', 1)[-1]}")
+                res.messages += 1        # its member is in the archive
+                res.bytes += m.size
                 break
             if writer.counts["links"] > before:
                 res.links += 1
@@ -237,5 +264,6 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         if progress:
             progress(res)
     if report:
-        report(f"{mailbox}: {n} messages, {nbytes} bytes")
-    plugins.mailbox_done(run, mailbox, {"status": "ok", "messages": n, "bytes": nbytes, "error": None})
+        report(f"{mailbox}: {n} messages, {nbytes} bytes" + (f", {len(failed)} failed" if failed else ""))
+    plugins.mailbox_done(run, mailbox, {"status": "error" if failed else "ok", "messages": n,
+                                        "bytes": nbytes, "error": failed[0] if failed else None})

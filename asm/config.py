@@ -235,8 +235,8 @@ def installation_problem(home: str) -> str | None:
     that only reads must say so instead of creating a new, empty installation there.
     """
     if not os.path.exists(home):
-        return (f"IMS_HOME={home} does not exist: check IMS_HOME (an installation is made "
-                f"by 'msconfig set NAME VALUE' or restored by imsrestore)")
+        return (f"IMS_HOME={home} does not exist: check IMS_HOME (a new installation is "
+                f"made by 'msconfig set NAME VALUE')")
     if not os.path.isdir(home):
         return f"IMS_HOME={home} is a file, not an installation directory: check IMS_HOME"
     if not any(os.path.isdir(os.path.join(home, d)) for d in ("config", "data")):

@@ -94,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         status = die(PROG, f"cannot write {args.device}: {why}; the archive is incomplete{removed}",
                      device_status(exc))
+    except BaseException:
+        # whatever went wrong, a half-written archive is never left behind
+        progress.clear()
+        try:
+            device.close(ok=False)
+        except (OSError, DeviceError):
+            pass
+        raise
     try:
         device.close(ok=ok)
     except (OSError, DeviceError) as exc:
@@ -114,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
               + (f", {len(res.excluded)} folders excluded" if res.excluded else "")
               + (f", {len(res.vanished)} vanished" if res.vanished else ""), file=sys.stderr)
     if res.errors:
-        warn(PROG, f"{len(res.errors)} mailboxes could not be read; the archive is complete for the rest")
+        warn(PROG, f"{len(res.errors)} mailboxes or messages could not be backed up (named above and in "
+                   f"the archive's trailer); the archive is complete for the rest")
         return EXIT_PARTIAL
     return EXIT_OK
 

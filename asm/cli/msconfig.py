@@ -23,10 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = Config()
+        if getattr(args, "name", None) is not None:
+            lookup(args.name)     # a bad name is the first thing to hear about
         if args.cmd != "set":
             cfg.require()         # only set may make an installation (a typo must not look empty)
         if args.cmd == "show":
-            if args.name:
+            if args.name is not None:
                 lookup(args.name)
                 value = cfg.get(args.name)
                 if value is not None:

@@ -782,6 +782,9 @@ class MaildirStore(Store):
                 try:
                     msgs.append(self._info(st, uid, *hit))
                 except FileNotFoundError:
+                    if os.path.islink(os.path.join(st.dir, *hit)):
+                        # a link to a missing file: listed so the backup names it
+                        msgs.append(self._info(st, uid, *hit, stat=False, stored=stored_from_name(base)))
                     continue                 # renamed or expunged right now
             info = FolderInfo(name=folder, uidvalidity=st.uidlist.uidvalidity,
                               uidnext=st.uidlist.uidnext, subscribed=folder in subs)
