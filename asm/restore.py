@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 
 from asm import plugins
+from asm.archive import names
 from asm.archive.reader import parse_uid_ranges
 from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
 from asm.events import Run
@@ -126,7 +127,7 @@ class RestoreResult:
 def read_map(path: str) -> dict:
     out = {}
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, encoding="utf-8", errors="surrogateescape")   # names: any bytes
     except OSError as exc:
         raise RestoreError(f"cannot read map file {path!r}: {exc.strerror}") from None
     with f:
@@ -189,16 +190,20 @@ class Journal:
             archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (user, folder))""")
 
+    # names are keys as names.to_db keeps them: any name the filesystem allows, losslessly
+
     def get(self, user: str, folder: str):
         """(uidvalidity, uidnext, archive_id, created, since, mirror) or None."""
         return self.db.execute("SELECT uidvalidity, uidnext, archive_id, created, since, mirror "
-                               "FROM restored WHERE user=? AND folder=?", (user, folder)).fetchone()
+                               "FROM restored WHERE user=? AND folder=?",
+                               (names.to_db(user), names.to_db(folder))).fetchone()
 
     def put(self, user: str, folder: str, uidvalidity: int, uidnext: int, header: dict,
             mirror: bool) -> None:
         self.db.execute("INSERT OR REPLACE INTO restored VALUES (?,?,?,?,?,?,?,?)",
-                        (user, folder, uidvalidity, uidnext, header.get("archive_id"),
-                         header.get("created"), header.get("since"), int(mirror)))
+                        (names.to_db(user), names.to_db(folder), uidvalidity, uidnext,
+                         header.get("archive_id"), header.get("created"), header.get("since"),
+                         int(mirror)))
 
 
 def _fmt(t: float | None) -> str:
@@ -688,7 +693,7 @@ def write_reffile(path: str, header: dict, pending: list) -> None:
     from asm.config import atomic_write
     doc = {"format": "ims-asm-references", "version": 1, "archive_id": header.get("archive_id"),
            "created": header.get("created"), "references": pending}
-    atomic_write(path, json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"), mode=0o600)
+    atomic_write(path, names.dump_json(doc, indent=1), mode=0o600)
 
 
 def read_reffile(path: str) -> dict:

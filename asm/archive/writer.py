@@ -119,7 +119,7 @@ class ArchiveWriter:
             raise ArchiveError("archive is already closed")
 
     def _json_member(self, name, obj, kind_rec):
-        data = json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=1).encode("utf-8") + b"\n"
+        data = names.dump_json(obj, sort_keys=True, indent=1) + b"\n"
         hdr = pax.member(name, pax.REGTYPE, pax.MODE_0644, len(data), self._mtime, kind_rec)
         self._rw.write(b"".join((hdr, data, pax._pad(len(data)))))
 

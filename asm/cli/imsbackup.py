@@ -11,7 +11,7 @@ from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup, select
 from asm.cli.common import (
     EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, Progress, UsageError, blocking_factor,
-    device_status, die, human, parse_date, read_list_file, sigterm_as_interrupt, warn,
+    device_status, die, human, parse_date, read_list_file, sigterm_as_interrupt, warn, lossless_output,
 )
 from asm.cli.context import open_installation
 from asm.config import ConfigError
@@ -45,6 +45,7 @@ def build_parser() -> ArgParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lossless_output()
     args = build_parser().parse_args(argv)
     sigterm_as_interrupt()
     try:

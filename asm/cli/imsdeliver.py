@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die
+from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die, lossless_output
 from asm.cli.context import open_installation
 from asm.config import ConfigError
 from asm.groups import GroupsError
@@ -15,6 +15,7 @@ PROG = "imsdeliver"
 
 
 def main(argv: list[str] | None = None) -> int:
+    lossless_output()
     p = ArgParser(prog=PROG, description="Deliver a message to users as one stored copy.")
     p.add_argument("users", nargs="+", help="recipient user IDs")
     p.add_argument("-m", metavar="FILE", default="-", help="message file (default stdin)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import sys
 
-from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die
+from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die, lossless_output
 from asm.cli.context import open_installation
 from asm.config import ConfigError
 from asm.groups import GroupsError
@@ -15,6 +15,7 @@ PROG = "imsimport"
 
 
 def main(argv: list[str] | None = None) -> int:
+    lossless_output()
     p = ArgParser(prog=PROG, description="Import a Unix mbox file into a mailbox.")
     p.add_argument("-u", required=True, metavar="USER", help="user ID")
     p.add_argument("-s", required=True, metavar="MBOXFILE", help="mbox file to read ('-' for stdin)")

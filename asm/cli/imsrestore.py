@@ -12,7 +12,7 @@ from asm.archive.errors import ArchiveError, IncompleteArchive, NotAnArchive
 from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
     EXIT_HOSTILE, EXIT_NOSPACE, EXIT_NOT_ARCHIVE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
-    EXIT_USAGE, ArgParser, Progress, UsageError, blocking_factor, device_status, die, human, sigterm_as_interrupt, warn,
+    EXIT_USAGE, ArgParser, Progress, UsageError, blocking_factor, device_status, die, human, sigterm_as_interrupt, warn, lossless_output,
 )
 from asm.cli.context import open_installation
 from asm.config import ConfigError
@@ -113,6 +113,7 @@ def _toc(reader, sel: Selection) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lossless_output()
     args = build_parser().parse_args(argv)
     sigterm_as_interrupt()
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import sys
 
-from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die
+from asm.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ArgParser, die, lossless_output
 from asm.cli.context import open_installation
 from asm.config import ConfigError
 from asm.groups import GroupsError
@@ -25,6 +25,7 @@ def split_mailbox(name: str) -> tuple[str, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lossless_output()
     p = ArgParser(prog=PROG, description="List, create and delete mailboxes.")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("-l", action="store_true", help="list mailboxes with message counts and sizes")

@@ -66,6 +66,27 @@ def _dec(level: str) -> str:
     return level.replace("%2F", "/").replace("%25", "%")
 
 
+def _utf8(name: str, what: str) -> str:
+    """The classic store keeps names as text in SQLite: a name holding bytes that are
+    not UTF-8 (a Maildir made by another tool) cannot be stored, and says so."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        from asm.archive.names import shown
+        raise BadName(f"{what} '{shown(name)}' holds bytes that are not UTF-8; the classic store keeps "
+                      f"names as UTF-8 text: restore it into a maildir store, or rename it (imsrestore -m "
+                      f"for a user)") from None
+    return name
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _user_dir(user: str) -> str:
     h = hashlib.sha1(user.encode("utf-8")).hexdigest()
     return os.path.join(h[:2], h[2:4], "=" + _enc(user))
@@ -201,6 +222,8 @@ class ClassicStore(Store):
             raise StoreError(f"no partition {partition!r} (configured: {', '.join(self.parts)})") from None
 
     def _user_row(self, user: str):
+        if not _is_text(user):
+            raise NoSuchUser(user)
         row = self._db.execute("SELECT partition, dir, held FROM users WHERE user=?", (user,)).fetchone()
         if row is None:
             raise NoSuchUser(user)
@@ -272,6 +295,9 @@ class ClassicStore(Store):
 
     def _check_folder(self, user: str, folder: str) -> tuple[str, int, int]:
         folder = check_folder_name(folder)
+        if not _is_text(folder):
+            self._user_row(user)
+            raise NoSuchFolder(user, folder)
         hit = self._rows.get((user, folder))
         if hit is not None:
             return folder, hit[0], hit[1]
@@ -459,7 +485,7 @@ class ClassicStore(Store):
     # -- write side ----------------------------------------------------------
     @_store_errors
     def create_user(self, user: str, partition: str = "primary") -> None:
-        check_user_name(user)
+        _utf8(check_user_name(user), "user ID")
         ppath = self.partition_path(partition)
         self.check_partition(partition, writing=True)
         if self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():
@@ -483,7 +509,7 @@ class ClassicStore(Store):
     @_store_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
                       uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
-        folder = check_folder_name(folder)
+        folder = _utf8(check_folder_name(folder), "folder name")
         self._user_row(user)
         if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
             raise FolderExists(user, folder)

@@ -66,6 +66,15 @@ class _Unlocked(Exception):
     """The dotlock cannot be created at all (read-only store): read without it."""
 
 
+def level_to_disk(level: str) -> str:
+    """One folder level as Maildir++ writes it: modified UTF-7, except a level holding
+    bytes that are not UTF-8 (made by another tool), which no UTF-7 can carry: it stays
+    those bytes, so the directory it came from is found again."""
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in level):
+        return level
+    return utf7.encode(level)
+
+
 def _host() -> str:
     return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
 
@@ -341,7 +350,7 @@ class MaildirStore(Store):
             if "." in level:
                 raise BadName(f"folder {folder!r}: Maildir++ uses '.' as its hierarchy "
                               f"separator, so a level may not contain '.' ({level!r})")
-        return "." + ".".join(utf7.encode(level) for level in levels)
+        return "." + ".".join(level_to_disk(level) for level in levels)
 
     @staticmethod
     def folder_from_dirname(name: str) -> str | None:
@@ -366,7 +375,16 @@ class MaildirStore(Store):
     def _folder_dir(self, user: str, folder: str) -> str:
         sub = self.folder_dirname(folder)
         root = self._root(user)
-        return os.path.join(root, sub) if sub else root
+        if not sub:
+            return root
+        d = os.path.join(root, sub)
+        if not folder.isascii():
+            # another tool may have named the directory in raw UTF-8 (.Privé, not
+            # .Priv&AOk-): folder_from_dirname read it so, so find it so
+            raw = "." + check_folder_name(folder).replace("/", ".")
+            if raw != sub and not os.path.isdir(d) and os.path.isdir(os.path.join(root, raw)):
+                return os.path.join(root, raw)
+        return d
 
     def _existing_folder_dir(self, user: str, folder: str) -> str:
         d = self._folder_dir(user, folder)
@@ -871,7 +889,7 @@ class MaildirStore(Store):
                 return
             names = [n for n in names if n != folder] + ([folder] if on else [])
             text = "V\t2\n\n" + "".join(
-                "\t".join(utf7.encode(level) for level in n.split("/")) + "\n" for n in names)
+                "\t".join(level_to_disk(level) for level in n.split("/")) + "\n" for n in names)
             self._write_file(path, text.encode("utf-8", "surrogateescape"), self._owner_for(root))
         finally:
             with contextlib.suppress(FileNotFoundError):

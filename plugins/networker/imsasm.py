@@ -19,6 +19,7 @@ import sys
 import time
 
 from asm.archive.errors import ArchiveError, IncompleteArchive, NotAnArchive
+from asm.archive.names import dump_json
 from asm.archive.reader import ArchiveReader
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup
@@ -104,7 +105,7 @@ def _log(inst, entry: dict) -> None:
     d = os.path.join(inst.config.home, "log")
     try:
         os.makedirs(d, exist_ok=True)
-        line = (json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        line = dump_json(entry, sort_keys=True) + b"\n"
         fd = os.open(os.path.join(d, "imsasm.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
