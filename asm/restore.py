@@ -117,6 +117,7 @@ class RestoreResult:
     hostile: int = 0
     store_full: str | None = None                    # the store filled up: the run stopped
     unmatched: list = field(default_factory=list)    # selection paths that matched nothing
+    near_misses: dict = field(default_factory=dict)  # unmatched path -> folders differing in case
     out_of_order: list = field(default_factory=list)  # folders refused: chain applied out of order
     seconds: float = 0.0
 
@@ -143,10 +144,16 @@ def read_map(path: str) -> dict:
 
 
 class Selection:
+    """Which archived folders the paths select.  Folder names are matched exactly on
+    restore (INBOX in any case): a stream cannot know beforehand whether an exact
+    match is still to come.  A folder that differs only in case is remembered, so an
+    unmatched path can name what the archive has."""
+
     def __init__(self, paths: list[LogicalPath], groups: Groups):
         self.paths = paths
         self.groups = groups
         self.hits = [0] * len(paths)
+        self.near: list[set] = [set() for _ in paths]
 
     def _user_ok(self, lp: LogicalPath, partition: str, user: str, group: str | None) -> bool:
         if lp.partition is not None and lp.partition != partition:
@@ -162,13 +169,24 @@ class Selection:
             return True
         hit = False
         for i, lp in enumerate(self.paths):
-            if self._user_ok(lp, partition, user, group) and lp.covers_folder(folder):
+            if not self._user_ok(lp, partition, user, group):
+                continue
+            if lp.covers_folder(folder):
                 self.hits[i] += 1
                 hit = True
+            elif lp.folder is not None:
+                depth = lp.folder.count("/") + 1
+                prefix = "/".join(folder.split("/")[:depth])
+                if prefix.casefold() == lp.folder.casefold():
+                    self.near[i].add(f"/{partition}/{user}/{prefix}")
         return hit
 
     def unmatched(self) -> list[str]:
         return [str(lp) for lp, n in zip(self.paths, self.hits) if n == 0]
+
+    def near_misses(self, path: str) -> list[str]:
+        """Archived folders that ``path`` (an unmatched one) names but for case."""
+        return sorted(set().union(*[self.near[i] for i, lp in enumerate(self.paths) if str(lp) == path]))
 
 
 # ----------------------------------------------------------------------------------
@@ -312,6 +330,7 @@ class Restorer:
             if self.spool_dir:
                 shutil.rmtree(self.spool_dir, ignore_errors=True)
             self.res.unmatched = self.sel.unmatched()
+            self.res.near_misses = {p: self.sel.near_misses(p) for p in self.res.unmatched}
             self.res.seconds = time.monotonic() - t0
             self.run.counts = {"users": self.res.users, "folders": self.res.folders,
                                "messages": self.res.messages, "links": self.res.links,

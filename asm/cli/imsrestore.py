@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         warn(PROG, f"{len(res.pending)} linked messages need their first copy from this archive: run "
              f"imsrestore -f {args.device} -r {args.refout or os.path.join(inst.config.home, 'data', 'refs', str(reader.header.get('archive_id')) + '.ref')}")
     for p in res.unmatched:
-        warn(PROG, f"{p}: nothing in the archive matches this path")
+        near = res.near_misses.get(p)
+        warn(PROG, f"{p}: nothing in the archive matches this path"
+             + (f" (it has {', '.join(near)}: folder names are matched exactly, but INBOX)" if near else ""))
     if res.store_full:
         warn(PROG, res.store_full)
         return EXIT_NOSPACE
