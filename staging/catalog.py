@@ -16,7 +16,6 @@ the first catalogs were written: an older catalog gains them (ALTER TABLE) when 
 """
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time

@@ -81,6 +81,15 @@ def stage(inst, directory: str, names: list[str] | None = None, mode: str = "ful
         if stale or left:
             say(f"recovered from a killed run: {len(stale)} dumps marked failed, "
                 f"{len(left)} temporary files removed")
+        if not names:
+            # a whole-store run: a partition without users is a wrong path or a disk that
+            # is not mounted, not a group to skip in silence (as imsbackup / would say)
+            from asm.backup import EmptyStore, UnlistedStore, check_not_empty
+            try:
+                check_not_empty(inst.store, inst.store.partitions(), [],
+                                allow_empty=inst.config.get("backup.allowempty") == "yes")
+            except (EmptyStore, UnlistedStore) as exc:
+                raise StagingError(str(exc), status=exc.status) from None
         try:
             units = group_units(inst.store, inst.groups, names)
         except ValueError as exc:

@@ -184,3 +184,23 @@ def test_unlisted_users_follow_the_group_scope(tmp_path):
     assert p.returncode == 0, p.stderr
     p = run(home, "imsbackup", "-f", tmp_path / "b.ims", "/primary/groupB")
     assert p.returncode == EXIT_PARTIAL and b"could not back up /primary/zed: " in p.stderr
+
+
+def test_imsstage_does_not_skip_an_empty_partition(tmp_path):
+    """imsstage dumps one archive per group with users: an empty partition (its disk not
+    mounted) would just have no group.  A whole-store run refuses it, as imsbackup / does."""
+    import subprocess
+    import sys
+    home = tmp_path / "ims"
+    (tmp_path / "second").mkdir()
+    store = open_store(make_home(home, "maildir", **{"partition:second.path": str(tmp_path / "second")}))
+    store.create_user("joe")
+    store.append("joe", "INBOX", io.BytesIO(msg(1)))
+    env = dict(os.environ, IMS_HOME=str(home))
+    stage = [sys.executable, "-m", "staging.cli", "-D", str(tmp_path / "stage"), "-j", "1"]
+    p = subprocess.run(stage, env=env, capture_output=True, timeout=300)
+    assert p.returncode == EXIT_EMPTY, p.stderr
+    assert "partition 'second' holds no users" in one_line(p)
+    run(home, "msconfig", "set", "backup.allowempty", "yes", check=0)
+    p = subprocess.run(stage, env=env, capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr

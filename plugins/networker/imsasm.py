@@ -12,7 +12,6 @@ format is in :mod:`plugins.networker.stream` and docs/networker.md.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import sys

@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"-p {directory}: not writable by the store owner ({who}); "
                              f"chown {who if who != 'the current user' else uid} {directory} or pick another directory")
     except (UsageError, ConfigError, GroupsError, StoreError) as exc:
-        return die(PROG, str(exc), EXIT_USAGE)
+        return die(PROG, str(exc), getattr(exc, "status", EXIT_USAGE))
 
     progress = Progress()
 
@@ -342,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         except tree.TreeError as exc:
             progress.clear()
             return die(PROG, str(exc), EXIT_USAGE)
+        except StoreError as exc:           # a partition that is missing or not mounted
+            progress.clear()
+            return die(PROG, str(exc), getattr(exc, "status", EXIT_USAGE))
         threads = args.threads or max(1, len(inst.store.partitions()))
         progress.update(f"{PROG}: writing {sum(1 for k in want.values() if k == 'file')} placeholders", force=True)
         s = synchronise(directory, want, nsr, owner, threads, report)
