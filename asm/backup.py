@@ -41,7 +41,6 @@ class BackupOptions:
     ignore_links: bool = False          # -i: every copy in full
     exclude: list = field(default_factory=list)   # store.backupexclude folder names
     verbose: bool = False
-    allow_empty: bool = False           # --allow-empty / backup.allowempty
 
 
 @dataclass
@@ -124,7 +123,15 @@ def unlisted_errors(store: Store, groups: Groups, targets: list[Target], paths: 
     out = []
     for p in whole_partitions(store, paths) + [lp.partition for lp in paths
                                                 if lp.user is None and lp.group not in (None, PREDEFINED)]:
-        for u in store.unlisted_users(p):
+        try:
+            found = store.unlisted_users(p)
+        except (StoreError, OSError) as exc:
+            e = {"mailbox": f"/{p}", "error": f"cannot look for user directories the store does not "
+                                              f"list: {getattr(exc, 'strerror', None) or exc}"}
+            if e not in out:
+                out.append(e)
+            continue
+        for u in found:
             if any(lp.user is None and lp.covers_user(p, u.user, groups) for lp in paths):
                 e = {"mailbox": f"/{p}/{u.user}", "error": f"{u.why} ({u.path}): not backed up; "
                                                            f"{store.unlisted_hint}"}
@@ -133,7 +140,7 @@ def unlisted_errors(store: Store, groups: Groups, targets: list[Target], paths: 
     for t in targets:
         try:
             found = store.unlisted_folders(t.user)
-        except StoreError:
+        except (StoreError, OSError):
             continue                        # the user's own folders report the damage
         for u in found:
             if u.folder not in t.explicit and is_excluded(u.folder, exclude):
