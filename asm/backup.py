@@ -13,11 +13,26 @@ import time
 from dataclasses import dataclass, field
 
 from asm import __version__, plugins
-from asm.errors import EXIT_OK, EXIT_PARTIAL
+from asm.archive.errors import MessageChanged, UnreadableSource
+from asm.errors import EXIT_EMPTY, EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
 from asm.events import Run
-from asm.groups import Groups
+from asm.groups import PREDEFINED, Groups
 from asm.logical import LogicalPath, Target, resolve
 from asm.store.base import MessageGone, Store, StoreError
+
+
+class EmptyStore(ImsError):
+    """A backup found no user where the store should have some (a wrong IMS_HOME or
+    partition path, a disk that is not mounted); nothing was written."""
+
+    status = EXIT_EMPTY
+
+
+class UnlistedStore(StoreError):
+    """A partition lists no user while its directories hold mail (a lost mailbox list,
+    a layout the driver does not read): nothing was written."""
+
+    status = EXIT_STORE
 
 
 @dataclass
@@ -52,16 +67,97 @@ def is_excluded(folder: str, exclude: list[str]) -> bool:
     return False
 
 
-def select(store: Store, groups: Groups, paths: list[LogicalPath]) -> list[Target]:
-    """The users and folders ``paths`` name; PathError when one names nothing.  Call it
-    before opening the device so a typo writes nothing."""
-    return resolve(paths, store, groups)
+def whole_partitions(store: Store, paths: list[LogicalPath]) -> list[str]:
+    """The partitions ``paths`` cover as a whole (``/``, ``/primary``, ``/primary/user``)."""
+    out: list[str] = []
+    for lp in paths:
+        if lp.user is None and lp.group in (None, PREDEFINED):
+            for p in ([lp.partition] if lp.partition is not None else store.partitions()):
+                if p not in out:
+                    out.append(p)
+    return out
+
+
+def check_not_empty(store: Store, partitions: list[str], targets: list[Target],
+                    allow_empty: bool = False) -> None:
+    """Refuse a backup that would find nobody on a partition it covers as a whole.
+
+    A partition without listed users but with user directories on disk is a lost
+    mailbox list (or a layout the driver does not read): UnlistedStore, whatever
+    ``allow_empty`` says.  A partition that is simply empty is EmptyStore unless the
+    administrator said an empty store is expected (``allow_empty``).
+    """
+    have = {t.partition for t in targets}
+    empty = [p for p in partitions if p not in have and not store.users(p)]
+    for p in empty:
+        found = store.unlisted_users(p)
+        if found:
+            shown = ", ".join(repr(u.user) for u in found[:3]) + (", ..." if len(found) > 3 else "")
+            raise UnlistedStore(f"partition {p!r} ({store.partition_path(p)}) lists no user but holds "
+                                f"{len(found)} user directories ({shown}): {store.unlisted_hint}")
+    if empty and not allow_empty:
+        where = "; ".join(f"{p}: {store.partition_path(p)}" for p in empty)
+        if len(empty) == len(store.partitions()):
+            what = "the store holds no users"
+        else:
+            what = f"partition{'s' if len(empty) > 1 else ''} {', '.join(map(repr, empty))} " \
+                   f"hold{'' if len(empty) > 1 else 's'} no users"
+        raise EmptyStore(f"{what} ({where}): nothing to back up; check IMS_HOME and the partition "
+                         f"paths (is the disk mounted?); if an empty store is expected, run with "
+                         f"--allow-empty (or msconfig set backup.allowempty yes)")
+
+
+def select(store: Store, groups: Groups, paths: list[LogicalPath], allow_empty: bool = False) -> list[Target]:
+    """The users and folders ``paths`` name; PathError when one names nothing, EmptyStore
+    or UnlistedStore when a partition they cover holds no user (see check_not_empty).
+    Call it before opening the device so a typo writes nothing."""
+    targets = resolve(paths, store, groups)
+    check_not_empty(store, whole_partitions(store, paths), targets, allow_empty)
+    return targets
+
+
+def unlisted_errors(store: Store, groups: Groups, targets: list[Target], paths: list[LogicalPath],
+                    exclude: list[str]) -> list[dict]:
+    """Mail on disk in the backup's scope that the store does not list, as error
+    entries: a backup must name what it could not see, not skip it silently."""
+    out = []
+    for p in whole_partitions(store, paths) + [lp.partition for lp in paths
+                                                if lp.user is None and lp.group not in (None, PREDEFINED)]:
+        try:
+            found = store.unlisted_users(p)
+        except (StoreError, OSError) as exc:
+            e = {"mailbox": f"/{p}", "error": f"cannot look for user directories the store does not "
+                                              f"list: {getattr(exc, 'strerror', None) or exc}"}
+            if e not in out:
+                out.append(e)
+            continue
+        for u in found:
+            if any(lp.user is None and lp.covers_user(p, u.user, groups) for lp in paths):
+                e = {"mailbox": f"/{p}/{u.user}", "error": f"{u.why} ({u.path}): not backed up; "
+                                                           f"{store.unlisted_hint}"}
+                if e not in out:
+                    out.append(e)
+    for t in targets:
+        try:
+            found = store.unlisted_folders(t.user)
+        except (StoreError, OSError):
+            continue                        # the user's own folders report the damage
+        for u in found:
+            if u.folder not in t.explicit and is_excluded(u.folder, exclude):
+                continue
+            if any(lp.covers_user(t.partition, t.user, groups) and lp.covers_folder(u.folder)
+                   for lp in paths):
+                out.append({"mailbox": f"/{t.partition}/{t.user}/{u.folder}",
+                            "error": f"{u.why} ({u.path}): not backed up; {store.unlisted_hint}"})
+    return out
 
 
 def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], writer,
-               opts: BackupOptions, device: str = "", report=None, progress=None) -> BackupResult:
+               opts: BackupOptions, device: str = "", report=None, progress=None,
+               groups: Groups | None = None) -> BackupResult:
     """Write the archive for ``targets`` (from :func:`select`).  ``report(line)`` gets -v
-    lines; ``progress(result)`` is called as messages go by."""
+    lines; ``progress(result)`` is called as messages go by.  ``groups`` (the
+    installation's) lets mail the store does not list be named for group paths too."""
     res = BackupResult()
     run = Run("backup", device, [str(p) for p in paths],
               {"since": opts.since, "ignore_links": opts.ignore_links})
@@ -74,6 +170,10 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
     })
     status = EXIT_PARTIAL
     try:
+        for e in unlisted_errors(store, groups or Groups(), targets, paths, opts.exclude):
+            res.errors.append(e)
+            if report:
+                report(f"error: {e['mailbox']}: {e['error']}")
         for t in targets:
             writer.add_user(t.partition, t.user, t.group)
             res.users += 1
@@ -114,6 +214,15 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                       subscribed=info.subscribed, uids=[m.uid for m in snap.messages], state=state)
     res.folders += 1
     n = nbytes = 0
+    failed: list[str] = []
+
+    def fail(uid: int, why: str) -> None:
+        # one odd file is that message's error, never the whole backup's
+        res.errors.append({"mailbox": mailbox, "error": f"message {uid}: {why}"})
+        failed.append(why)
+        if report:
+            report(f"error: {mailbox}: message {uid}: {why}")
+
     for m in snap.messages:
         if opts.since is not None and m.stored < opts.since:
             continue
@@ -128,14 +237,28 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             except FileNotFoundError:
                 # renamed (a Maildir flag change) or expunged since the snapshot: look once more
                 try:
-                    if attempt == 0:
-                        m = store.message(t.user, folder, uid)
-                        continue
+                    again = store.message(t.user, folder, uid)
                 except MessageGone:
-                    pass
+                    again = None
+                if again is not None and attempt == 0:
+                    m = again
+                    continue
+                if again is not None:
+                    fail(uid, f"its file {again.path} is missing although the store lists the message")
+                    break
                 res.vanished.append(f"{mailbox}/{uid}")
                 if report:
                     report(f"{mailbox}: message {uid} vanished during the backup (expunged); not in the archive")
+                break
+            except UnreadableSource as exc:
+                fail(uid, f"{exc.why} ({exc.source})")
+                if exc.written:          # its (cut) member is in the archive: count it
+                    res.messages += 1
+                break
+            except MessageChanged as exc:
+                fail(uid, f"it changed while it was read ({m.path}): {str(exc).split(': ', 1)[-1]}")
+                res.messages += 1        # its member is in the archive
+                res.bytes += m.size
                 break
             if writer.counts["links"] > before:
                 res.links += 1
@@ -148,5 +271,6 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         if progress:
             progress(res)
     if report:
-        report(f"{mailbox}: {n} messages, {nbytes} bytes")
-    plugins.mailbox_done(run, mailbox, {"status": "ok", "messages": n, "bytes": nbytes, "error": None})
+        report(f"{mailbox}: {n} messages, {nbytes} bytes" + (f", {len(failed)} failed" if failed else ""))
+    plugins.mailbox_done(run, mailbox, {"status": "error" if failed else "ok", "messages": n,
+                                        "bytes": nbytes, "error": failed[0] if failed else None})

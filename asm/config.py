@@ -8,21 +8,51 @@ so a crash never leaves half a configuration.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import pwd
 import re
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
-from asm.errors import EXIT_USAGE, ImsError
+from asm.errors import EXIT_NOSPACE, EXIT_USAGE, ImsError
+
+#: Longest value msconfig stores (a path may be this long on Linux).
+MAX_VALUE = 4096
+#: Largest msg.conf read; a bigger file is not a configuration file.
+MAX_CONF_BYTES = 1 << 20
+#: Highest user ID store.owner may name ((uid_t)-1 means "no change" to chown).
+MAX_UID = 2**32 - 2
+_DIGITS = re.compile(r"[0-9]+\Z")
+
 
 
 class ConfigError(ImsError):
     """A bad option name or value, or an unreadable configuration file."""
 
     status = EXIT_USAGE
+
+
+class NoInstallation(ConfigError):
+    """IMS_HOME names no installation (missing, a file, or a directory that holds
+    neither config/ nor data/): a command that reads never makes one."""
+
+    status = EXIT_USAGE
+
+
+class ConfigWriteFailed(ConfigError):
+    """msg.conf could not be written (full disk, read-only, permissions); the old
+    file is untouched."""
+
+    def __init__(self, path: str, exc: OSError):
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        what = "free space on that disk" if full else "check the directory's permissions"
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}; it was left as it was: "
+                         f"{what} and run the same command again",
+                         status=EXIT_NOSPACE if full else EXIT_USAGE)
 
 
 def _choice(*values: str) -> Callable[[str], str]:
@@ -41,10 +71,10 @@ def _abspath(v: str) -> str:
 
 def _int(lo: int, hi: int) -> Callable[[str], str]:
     def check(v: str) -> str:
-        try:
-            n = int(v)
-        except ValueError:
-            raise ValueError("must be a whole number") from None
+        # ASCII digits only: int() would also take '1_0', '+5' and other scripts' digits
+        if not _DIGITS.match(v) or len(v) > 20:
+            raise ValueError(f"must be a whole number between {lo} and {hi}")
+        n = int(v)
         if not lo <= n <= hi:
             raise ValueError(f"must be between {lo} and {hi}")
         return str(n)
@@ -52,19 +82,37 @@ def _int(lo: int, hi: int) -> Callable[[str], str]:
 
 
 def _owner(v: str) -> str:
+    """A user name, or a numeric user ID, that exists on this system: restored files
+    are chowned to it, so a typo must fail here and not in the middle of a restore."""
+    if _DIGITS.match(v):
+        if len(v) > 10 or int(v) > MAX_UID:
+            raise ValueError(f"a user ID is between 0 and {MAX_UID}")
+        try:
+            pwd.getpwuid(int(v))
+        except KeyError:
+            raise ValueError(f"no user with ID {int(v)} on this system (add it, or name an existing user)") from None
+        return str(int(v))
     try:
         pwd.getpwnam(v)
     except KeyError:
-        if not v.isdigit():
-            raise ValueError(f"no such user {v!r} on this system") from None
+        raise ValueError(f"no such user {v!r} on this system") from None
     return v
+
+
+def exclude_names(v: str) -> list[str]:
+    """store.backupexclude's folder names: split on '%', each trimmed of spaces
+    ('Trash % Bulk Mail' is Trash and Bulk Mail)."""
+    return [x.strip() for x in v.split("%")]
 
 
 def _exclude(v: str) -> str:
-    names = [x for x in v.split("%")]
-    if any(not x.strip() for x in names):
+    names = exclude_names(v)
+    if any(not x for x in names):
         raise ValueError("folder names are separated by single '%' and may not be empty")
-    return v
+    for x in names:
+        if x.startswith("/") or x.endswith("/") or "//" in x:
+            raise ValueError(f"bad folder name {x!r}: levels are separated by single '/', e.g. Archive/2023")
+    return "%".join(names)
 
 
 def _bool(v: str) -> str:
@@ -113,6 +161,9 @@ OPTIONS: dict[str, Option] = {
     "ssh.stream": Option(_choice("auto", "sftp"), "auto",
                          "how archive bytes go to a remote file: auto (cat on an exec channel when "
                          "the far side has a shell, faster) or sftp (SFTP only)"),
+    "backup.allowempty": Option(_bool, "no",
+                                "yes: a backup that finds no user on a partition it covers writes an "
+                                "(empty) archive instead of failing with exit 18"),
     "restore.spoolmax": Option(_int(0, 1 << 20), "1024",
                                "MiB of first copies a restore from a pipe may keep for later links"),
     "staging.dir": Option(_abspath, None, "staging directory for per-group dumps"),
@@ -133,27 +184,68 @@ def lookup(name: str) -> Option:
         return Option(_abspath, None, "directory of a store partition")
     close = [n for n in OPTIONS if n.split(".")[0] == name.split(".")[0]]
     hint = f" (known {name.split('.')[0]} options: {', '.join(close)})" if close else \
-        " (run 'msconfig show' for the known options)"
-    raise ConfigError(f"unknown option {name!r}{hint}")
+        " (run 'msconfig show -a' for the known options)"
+    raise ConfigError(f"unknown option {_short(name)!r}{hint}")
+
+
+def _bad_char(value: str) -> str | None:
+    """Why ``value`` cannot be a line of msg.conf, or None."""
+    for c in value:
+        cat = unicodedata.category(c)
+        if cat == "Cs":
+            # a byte that was not UTF-8 on the command line (os.fsdecode's escape)
+            return "is not UTF-8 text (msg.conf is UTF-8)"
+        if cat in ("Cc", "Zl", "Zp"):
+            # msg.conf is line-based: a newline in a value would smuggle in another
+            # option (and leave a file no command can read)
+            return "may not contain newlines or other control characters"
+    return None
 
 
 def check(name: str, value: str) -> str:
     opt = lookup(name)
+    shown = value if len(value) <= 80 else value[:60] + f"...({len(value)} characters)"
     try:
-        # msg.conf is line-based: a newline in a value would smuggle in another option
-        # (and leave a file no command can read); the file also strips each value.
-        if any(ord(c) < 32 or c == "\x7f" for c in value):
-            raise ValueError("may not contain newlines or other control characters")
+        if len(value) > MAX_VALUE:
+            raise ValueError(f"too long ({len(value)} characters; at most {MAX_VALUE})")
+        why = _bad_char(value)
+        if why:
+            raise ValueError(why)
+        if not value.strip():
+            raise ValueError(f"empty (to return to the default, run: msconfig unset {name})")
         return opt.check(value.strip())
     except ValueError as exc:
-        raise ConfigError(f"bad value {value!r} for option {name}: {exc}") from None
+        raise ConfigError(f"bad value {shown!r} for option {name}: {exc}") from None
 
 
 def ims_home(home: str | None = None) -> str:
     home = home or os.environ.get("IMS_HOME")
     if not home:
         raise ConfigError("IMS_HOME is not set: export IMS_HOME=/path/to/installation")
-    return os.path.abspath(home)
+    if "\x00" in home:
+        raise NoInstallation(f"IMS_HOME={home!r} is not a path")
+    home = os.path.abspath(home)
+    if os.path.exists(home) and not os.path.isdir(home):
+        raise NoInstallation(f"IMS_HOME={home} is a file, not an installation directory: check IMS_HOME")
+    return home
+
+
+def installation_problem(home: str) -> str | None:
+    """Why ``home`` is not an installation a command may read, or None.
+
+    An installation is a directory holding ``config/`` (made by ``msconfig set``) or
+    ``data/`` (made by the store).  A mistyped IMS_HOME has neither, and a command
+    that only reads must say so instead of creating a new, empty installation there.
+    """
+    if not os.path.exists(home):
+        return (f"IMS_HOME={home} does not exist: check IMS_HOME (a new installation is "
+                f"made by 'msconfig set NAME VALUE')")
+    if not os.path.isdir(home):
+        return f"IMS_HOME={home} is a file, not an installation directory: check IMS_HOME"
+    if not any(os.path.isdir(os.path.join(home, d)) for d in ("config", "data")):
+        return (f"IMS_HOME={home} is not an ims-asm installation (it has no config/ or data/): "
+                f"check IMS_HOME")
+    return None
 
 
 class Config:
@@ -164,26 +256,63 @@ class Config:
         self.path = os.path.join(self.home, "config", "msg.conf")
         self.groups_path = os.path.join(self.home, "config", "backup-groups.conf")
         self.values: dict[str, str] = {}
+        self.created = False          # set() made the installation directory
         self._load()
 
-    def _load(self) -> None:
+    def require(self) -> "Config":
+        """Raise NoInstallation unless IMS_HOME is an existing installation."""
+        why = installation_problem(self.home)
+        if why:
+            raise NoInstallation(why)
+        return self
+
+    def _read(self) -> bytes | None:
         try:
-            f = open(self.path, encoding="utf-8")
+            with open(self.path, "rb") as f:
+                data = f.read(MAX_CONF_BYTES + 1)
         except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            raise NoInstallation(f"IMS_HOME={self.home}: {os.path.dirname(self.path)} is not a "
+                                 f"directory: check IMS_HOME") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{self.path} is a directory, not a file: remove it or move it away") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {self.path}: {exc.strerror}") from None
+        if len(data) > MAX_CONF_BYTES:
+            raise ConfigError(f"{self.path} is bigger than {MAX_CONF_BYTES >> 20} MiB: it is not a "
+                              f"msg.conf (msconfig writes one 'name = value' line per option)")
+        return data
+
+    def _load(self) -> None:
+        data = self._read()
+        if data is None:
             return
-        with f:
-            for lineno, line in enumerate(f, 1):
-                s = line.strip()
-                if not s or s.startswith("#"):
-                    continue
-                name, eq, value = s.partition("=")
-                if not eq:
-                    raise ConfigError(f"{self.path}:{lineno}: expected 'name = value'")
-                name, value = name.strip(), value.strip()
-                try:
-                    self.values[name] = check(name, value)
-                except ConfigError as exc:
-                    raise ConfigError(f"{self.path}:{lineno}: {exc}") from None
+        if data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]                 # a byte-order mark left by an editor
+        seen: dict[str, int] = {}
+        for lineno, raw in enumerate(data.split(b"\n"), 1):
+            where = f"{self.path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                  f"{exc.start + 1}); msg.conf is UTF-8: retype the line or set it with "
+                                  f"msconfig set") from None
+            s = line.rstrip("\r").strip()
+            if not s or s.startswith("#"):
+                continue
+            name, eq, value = s.partition("=")
+            if not eq:
+                raise ConfigError(f"{where}: expected 'name = value', found {_short(s)!r}")
+            name, value = name.strip(), value.strip()
+            try:
+                self.values[name] = check(name, value)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            if name in seen:
+                raise ConfigError(f"{where}: {name} is already set on line {seen[name]}; keep one of the two lines")
+            seen[name] = lineno
 
     # -- reading ------------------------------------------------------------
     def get(self, name: str) -> str | None:
@@ -215,7 +344,11 @@ class Config:
 
     def backup_exclude(self) -> list[str]:
         raw = self.get("store.backupexclude")
-        return [x for x in raw.split("%")] if raw else []
+        return exclude_names(raw) if raw else []
+
+    def partition_configured(self, name: str) -> bool:
+        """True when ``partition:NAME.path`` is set (not the default under IMS_HOME)."""
+        return f"partition:{name}.path" in self.values
 
     def owner(self) -> tuple[int, int] | None:
         """(uid, gid) of store.owner, or None when files keep the running user's."""
@@ -223,24 +356,46 @@ class Config:
         if not name:
             return None
         try:
-            pw = pwd.getpwnam(name)
-            return pw.pw_uid, pw.pw_gid
-        except KeyError:
-            return int(name), int(name)
+            pw = pwd.getpwuid(int(name)) if _DIGITS.match(name) else pwd.getpwnam(name)
+        except (KeyError, OverflowError, ValueError):
+            raise ConfigError(f"store.owner is {name!r}, which is no user on this system (any more): "
+                              f"msconfig set store.owner to an existing user") from None
+        return pw.pw_uid, pw.pw_gid
 
     # -- writing ------------------------------------------------------------
+    def _make_home(self) -> None:
+        """Create IMS_HOME (one level, as mkdir does: a mistyped parent is refused)."""
+        if os.path.isdir(self.home):
+            return
+        parent = os.path.dirname(self.home)
+        if not os.path.isdir(parent):
+            raise NoInstallation(f"cannot create the installation IMS_HOME={self.home}: {parent} does "
+                                 f"not exist (check IMS_HOME, or create {parent} first)")
+        try:
+            os.mkdir(self.home, 0o755)
+            self.created = True
+        except FileExistsError:
+            pass
+
     @contextlib.contextmanager
     def _writing(self):
         """Hold msg.conf's lock and re-read the file, so two msconfig runs at once
         each keep the other's change instead of writing back a stale copy."""
         d = os.path.dirname(self.path)
-        os.makedirs(d, exist_ok=True)
-        fd = os.open(os.path.join(d, ".msg.conf.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._make_home()
+            os.makedirs(d, exist_ok=True)
+            fd = os.open(os.path.join(d, ".msg.conf.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigWriteFailed(self.path, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self.values = {}
             self._load()
-            yield
+            try:
+                yield
+            except OSError as exc:
+                raise ConfigWriteFailed(self.path, exc) from None
         finally:
             os.close(fd)
 
@@ -265,6 +420,10 @@ class Config:
         text = "# written by msconfig; edit with 'msconfig set NAME VALUE'\n" + "".join(
             f"{k} = {v}\n" for k, v in sorted(self.values.items()))
         atomic_write(self.path, text.encode("utf-8"), mode=0o644)
+
+
+def _short(s: str) -> str:
+    return s if len(s) <= 80 else s[:60] + f"...({len(s)} characters)"
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:

@@ -3,12 +3,15 @@
 A user belongs to the first group whose expression matches the whole user ID; the
 predefined group ``user`` holds every user and needs no configuration.  Groups are
 virtual: they do not follow the store's directories, they only split the users of a
-partition for parallel backups.
+partition for parallel backups.  The expressions are UNIX (POSIX extended) regular
+expressions, as the classic tools read them: :mod:`asm.posix_ere` parses them and
+matches without backtracking, so no expression can hang a backup.
 """
 from __future__ import annotations
 
 import re
 
+from asm import posix_ere
 from asm.errors import EXIT_USAGE, ImsError
 
 PREDEFINED = "user"
@@ -22,21 +25,27 @@ class GroupsError(ImsError):
 
 
 class Groups:
-    def __init__(self, groups: list[tuple[str, re.Pattern]] | None = None):
+    def __init__(self, groups: list[tuple[str, posix_ere.Pattern]] | None = None):
         self.groups = list(groups or [])
+        self._of: dict[str, str] = {}
 
     @classmethod
     def load(cls, path: str) -> "Groups":
         try:
-            f = open(path, encoding="utf-8")
+            with open(path, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return cls()
-        with f:
-            return cls.parse(f.read(), path)
+        except IsADirectoryError:
+            raise GroupsError(f"{path} is a directory, not a file: remove it or move it away") from None
+        except OSError as exc:
+            raise GroupsError(f"cannot read {path}: {exc.strerror}") from None
+        text = data.decode("utf-8", "surrogateescape")   # user IDs are any bytes: so are patterns
+        return cls.parse(text, path)
 
     @classmethod
     def parse(cls, text: str, path: str = "backup-groups.conf") -> "Groups":
-        out: list[tuple[str, re.Pattern]] = []
+        out: list[tuple[str, posix_ere.Pattern]] = []
         seen: dict[str, int] = {}
         for lineno, line in enumerate(text.splitlines(), 1):
             s = line.strip()
@@ -56,9 +65,10 @@ class Groups:
             if not expr:
                 raise GroupsError(f"{where}: group {name!r} has an empty expression")
             try:
-                rx = re.compile(expr)
-            except re.error as exc:
-                raise GroupsError(f"{where}: bad regular expression {expr!r} for group {name!r}: {exc}") from None
+                rx = posix_ere.compile(expr)
+            except posix_ere.EreError as exc:
+                raise GroupsError(f"{where}: bad regular expression {expr!r} for group {name!r}: {exc} "
+                                  f"(backup groups use POSIX extended expressions, as grep -E)") from None
             seen[name] = lineno
             out.append((name, rx))
         return cls(out)
@@ -71,10 +81,16 @@ class Groups:
 
     def group_of(self, user: str) -> str:
         """The first configured group matching the whole user ID, else ``user``."""
-        for name, rx in self.groups:
-            if rx.fullmatch(user):
-                return name
-        return PREDEFINED
+        hit = self._of.get(user)
+        if hit is None:
+            hit = PREDEFINED
+            for name, rx in self.groups:
+                if rx.fullmatch(user):
+                    hit = name
+                    break
+            if len(self._of) < 1_000_000:
+                self._of[user] = hit
+        return hit
 
     def member(self, user: str, group: str) -> bool:
         return group == PREDEFINED or self.group_of(user) == group

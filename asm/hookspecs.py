@@ -17,6 +17,8 @@ def ims_store_drivers():
 
     Return a dict ``{driver_name: factory}`` where ``factory(config)`` returns an
     :class:`asm.store.base.Store`.  ``config`` is an :class:`asm.config.Config`.
+    A factory that accepts ``create`` is called ``factory(config, create=False)`` by
+    commands that only read: it must then make nothing on disk.
     The driver named by ``store.driver`` is used; two plugins offering the same name
     is an error.
     """

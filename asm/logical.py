@@ -84,6 +84,27 @@ def parse(text: str, groups: Groups) -> LogicalPath:
     return LogicalPath(raw, partition, group, user, folder)
 
 
+def match_folder(requested: str, names: list[str]) -> str | None:
+    """The folder of ``names`` that a path's folder ``requested`` means, or None.
+
+    IMAP folder names are case-sensitive, except INBOX (already normalised by
+    check_folder_name).  An exact match wins (the folder, or a parent of folders, by
+    that name); else the one folder whose name matches without regard to case (the
+    seed's own example writes /primary/user/user1/trash for Trash); several such
+    folders are a PathError naming them.
+    """
+    if any(n == requested or n.startswith(requested + "/") for n in names):
+        return requested
+    depth = requested.count("/") + 1
+    want = requested.casefold()
+    cands = sorted({"/".join(n.split("/")[:depth]) for n in names if n.count("/") + 1 >= depth})
+    cands = [c for c in cands if c.casefold() == want]
+    if len(cands) > 1:
+        raise PathError(f"folder {requested!r} matches {', '.join(repr(c) for c in cands)} when case is "
+                        f"ignored, and none exactly: name one of them exactly")
+    return cands[0] if cands else None
+
+
 @dataclass
 class Target:
     """One user to act on, and which folders of it."""
@@ -113,14 +134,23 @@ def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Targ
                 raise PathError(f"{lp}: no user {lp.user!r} in the store") from None
             if part != lp.partition:
                 raise PathError(f"{lp}: user {lp.user!r} is on partition {part!r}, not {lp.partition!r}")
+            store.check_partition(part)
             users = [(part, lp.user)]
         else:
             users = [(p, u) for p in parts for u in store.users(p) if lp.covers_user(p, u, groups)]
         found = False
         for part, user in users:
-            chosen = [f for f in store.folder_names(user) if lp.covers_folder(f)]
-            if lp.folder is not None and not chosen:
-                raise PathError(f"{lp}: user {user!r} has no folder {lp.folder!r}")
+            names = store.folder_names(user)
+            if lp.folder is None:
+                chosen = names
+            else:
+                try:
+                    folder = match_folder(lp.folder, names)
+                except PathError as exc:
+                    raise PathError(f"{lp}: user {user!r}: {exc}") from None
+                if folder is None:
+                    raise PathError(f"{lp}: user {user!r} has no folder {lp.folder!r}")
+                chosen = [f for f in names if f == folder or f.startswith(folder + "/")]
             found = True
             t = by_user.get(user)
             if t is None:

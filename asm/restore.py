@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 
 from asm import plugins
+from asm.archive import names
 from asm.archive.reader import parse_uid_ranges
 from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
 from asm.errors import EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, EXIT_USAGE, ImsError
@@ -121,6 +122,7 @@ class RestoreResult:
     hostile: int = 0
     store_full: str | None = None                    # the store filled up: the run stopped
     unmatched: list = field(default_factory=list)    # selection paths that matched nothing
+    near_misses: dict = field(default_factory=dict)  # unmatched path -> folders differing in case
     out_of_order: list = field(default_factory=list)  # folders refused: chain applied out of order
     seconds: float = 0.0
 
@@ -131,7 +133,7 @@ class RestoreResult:
 def read_map(path: str) -> dict:
     out = {}
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, encoding="utf-8", errors="surrogateescape")   # names: any bytes
     except OSError as exc:
         raise RestoreError(f"cannot read map file {path!r}: {exc.strerror}") from None
     with f:
@@ -150,10 +152,16 @@ def read_map(path: str) -> dict:
 
 
 class Selection:
+    """Which archived folders the paths select.  Folder names are matched exactly on
+    restore (INBOX in any case): a stream cannot know beforehand whether an exact
+    match is still to come.  A folder that differs only in case is remembered, so an
+    unmatched path can name what the archive has."""
+
     def __init__(self, paths: list[LogicalPath], groups: Groups):
         self.paths = paths
         self.groups = groups
         self.hits = [0] * len(paths)
+        self.near: list[set] = [set() for _ in paths]
 
     def _user_ok(self, lp: LogicalPath, partition: str, user: str, group: str | None) -> bool:
         if lp.partition is not None and lp.partition != partition:
@@ -169,13 +177,24 @@ class Selection:
             return True
         hit = False
         for i, lp in enumerate(self.paths):
-            if self._user_ok(lp, partition, user, group) and lp.covers_folder(folder):
+            if not self._user_ok(lp, partition, user, group):
+                continue
+            if lp.covers_folder(folder):
                 self.hits[i] += 1
                 hit = True
+            elif lp.folder is not None:
+                depth = lp.folder.count("/") + 1
+                prefix = "/".join(folder.split("/")[:depth])
+                if prefix.casefold() == lp.folder.casefold():
+                    self.near[i].add(f"/{partition}/{user}/{prefix}")
         return hit
 
     def unmatched(self) -> list[str]:
         return [str(lp) for lp, n in zip(self.paths, self.hits) if n == 0]
+
+    def near_misses(self, path: str) -> list[str]:
+        """Archived folders that ``path`` (an unmatched one) names but for case."""
+        return sorted(set().union(*[self.near[i] for i, lp in enumerate(self.paths) if str(lp) == path]))
 
 
 # ----------------------------------------------------------------------------------
@@ -197,16 +216,20 @@ class Journal:
             archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (user, folder))""")
 
+    # names are keys as names.to_db keeps them: any name the filesystem allows, losslessly
+
     def get(self, user: str, folder: str):
         """(uidvalidity, uidnext, archive_id, created, since, mirror) or None."""
         return self.db.execute("SELECT uidvalidity, uidnext, archive_id, created, since, mirror "
-                               "FROM restored WHERE user=? AND folder=?", (user, folder)).fetchone()
+                               "FROM restored WHERE user=? AND folder=?",
+                               (names.to_db(user), names.to_db(folder))).fetchone()
 
     def put(self, user: str, folder: str, uidvalidity: int, uidnext: int, header: dict,
             mirror: bool) -> None:
         self.db.execute("INSERT OR REPLACE INTO restored VALUES (?,?,?,?,?,?,?,?)",
-                        (user, folder, uidvalidity, uidnext, header.get("archive_id"),
-                         header.get("created"), header.get("since"), int(mirror)))
+                        (names.to_db(user), names.to_db(folder), uidvalidity, uidnext,
+                         header.get("archive_id"), header.get("created"), header.get("since"),
+                         int(mirror)))
 
 
 def _fmt(t: float | None) -> str:
@@ -315,6 +338,7 @@ class Restorer:
             if self.spool_dir:
                 shutil.rmtree(self.spool_dir, ignore_errors=True)
             self.res.unmatched = self.sel.unmatched()
+            self.res.near_misses = {p: self.sel.near_misses(p) for p in self.res.unmatched}
             self.res.seconds = time.monotonic() - t0
             self.run.counts = {"users": self.res.users, "folders": self.res.folders,
                                "messages": self.res.messages, "links": self.res.links,
@@ -696,7 +720,7 @@ def write_reffile(path: str, header: dict, pending: list) -> None:
     from asm.config import atomic_write
     doc = {"format": "ims-asm-references", "version": 1, "archive_id": header.get("archive_id"),
            "created": header.get("created"), "references": pending}
-    atomic_write(path, json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"), mode=0o600)
+    atomic_write(path, names.dump_json(doc, indent=1), mode=0o600)
 
 
 def read_reffile(path: str) -> dict:

@@ -16,11 +16,12 @@ the first catalogs were written: an older catalog gains them (ALTER TABLE) when 
 """
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
 from dataclasses import dataclass
+
+from asm.archive.names import dump_json, from_db, to_db
 
 CATALOG_NAME = "catalog.db"
 
@@ -153,7 +154,8 @@ class Catalog:
                 (run, partition, grp, kind, since, base, now, "", estimate, "running", os.getpid()))
             did = cur.lastrowid
             self.db.execute("UPDATE dumps SET file=? WHERE id=?", (make_name(did, now), did))
-            self.db.executemany("INSERT INTO dump_users (dump, user) VALUES (?,?)", [(did, u) for u in users])
+            self.db.executemany("INSERT INTO dump_users (dump, user) VALUES (?,?)",
+                                [(did, to_db(u)) for u in users])
         return self.get(did)
 
     def finish(self, did: int, size: int, sha256: str) -> None:
@@ -203,7 +205,8 @@ class Catalog:
         return self._rows("ORDER BY started, id")
 
     def users(self, did: int) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT user FROM dump_users WHERE dump=? ORDER BY user", (did,))]
+        return [from_db(r[0]) for r in self.db.execute("SELECT user FROM dump_users WHERE dump=? ORDER BY user",
+                                                        (did,))]
 
     def unreported(self, job: str | None = None) -> list[Dump]:
         """Complete dumps no engine has reported on (of ``job`` when given)."""
@@ -223,7 +226,7 @@ class Catalog:
     def holding(self, user: str) -> list[Dump]:
         """Complete dumps whose group held ``user``, newest first."""
         return self._rows("WHERE status='complete' AND id IN (SELECT dump FROM dump_users WHERE user=?) "
-                          "ORDER BY started DESC, id DESC", (user,))
+                          "ORDER BY started DESC, id DESC", (to_db(user),))
 
     def unpushed(self) -> list[Dump]:
         """Complete dumps whose push failed or was never made, oldest first."""
@@ -237,4 +240,4 @@ class Catalog:
     def to_json(self, d: Dump) -> str:
         out = dict(vars(d))
         out["users"] = self.users(d.id)
-        return json.dumps(out, ensure_ascii=False)
+        return dump_json(out).decode("utf-8")

@@ -82,6 +82,13 @@ def stage(inst, directory: str, names: list[str] | None = None, mode: str = "ful
         if stale or left:
             say(f"recovered from a killed run: {len(stale)} dumps marked failed, "
                 f"{len(left)} temporary files removed")
+        if not names:
+            # a whole-store run: a partition without users is a wrong path or a disk that
+            # is not mounted, not a group to skip in silence (as imsbackup / would say)
+            # (EmptyStore, UnlistedStore: asm.errors statuses of their own, as imsbackup's)
+            from asm.backup import check_not_empty
+            check_not_empty(inst.store, inst.store.partitions(), [],
+                            allow_empty=inst.config.get("backup.allowempty") == "yes")
         try:
             units = group_units(inst.store, inst.groups, names)
         except ValueError as exc:

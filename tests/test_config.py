@@ -100,9 +100,23 @@ def test_unknown_option_hint_lists_relatives():
     assert "ssh.port" in str(exc.value)
 
 
-def test_numeric_owner_accepted(ims_home):
-    Config().set("store.owner", "12345")
-    assert Config().owner() == (12345, 12345)
+def test_numeric_owner_must_exist(ims_home):
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    Config().set("store.owner", str(nobody.pw_uid))
+    assert Config().owner() == (nobody.pw_uid, nobody.pw_gid)    # that user's group, not the ID again
+    unused = next(u for u in range(12345, 60000) if not _uid_exists(u))
+    with pytest.raises(ConfigError, match=f"no user with ID {unused}"):
+        Config().set("store.owner", str(unused))
+
+
+def _uid_exists(uid: int) -> bool:
+    import pwd
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
 
 
 def test_every_option_has_doc_and_sane_default():

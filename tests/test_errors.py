@@ -472,16 +472,23 @@ def test_without_ims_home_every_command_says_so(name, argv, tmp_path):
     assert os.listdir(tmp_path) == []                # nothing created anywhere
 
 
-def test_list_and_map_files_that_are_not_text_are_usage_errors(store, ims_home, tmp_path):
+def test_list_and_map_files_hold_names_whatever_their_bytes(store, ims_home, tmp_path):
+    """-u and -m files are read as names, bytes that are not UTF-8 included (names
+    round-trip, tests/test_names.py): what they name that does not exist, or a line that
+    is no mapping, is one line and EXIT_USAGE, never a traceback, and nothing is written."""
     put(store, "joe", "INBOX", 1)
     a = tmp_path / "a.ims"
     run(ims_home, "imsbackup", "-f", a, "/", check=0)
-    bad = tmp_path / "bad"
-    bad.write_bytes(b"joe=ann\n\xff\xfe=bob\n")
-    for argv in (["imsbackup", "-u", bad, "-f", tmp_path / "b.ims"], ["imsrestore", "-m", bad, "-f", a]):
+    users = tmp_path / "users"
+    users.write_bytes(b"/primary/user/j\xf6e\n")
+    mapfile = tmp_path / "map"
+    mapfile.write_bytes(b"joe=ann\n\xff\xfe\n")
+    for argv, says in ((["imsbackup", "-u", users, "-f", tmp_path / "b.ims"], "/primary/user/j\\xf6e: no user"),
+                       (["imsrestore", "-m", mapfile, "-f", a], f"{mapfile}:2: expected 'olduser=newuser'")):
         p = call(argv[0], *argv[1:], home=ims_home, tmp=tmp_path)
         assert p.returncode == errors.EXIT_USAGE, p.stderr
-        assert no_traceback(p).endswith("is not UTF-8 text\n") and len(p.stderr.splitlines()) == 1
+        err = no_traceback(p)
+        assert says in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "b.ims").exists() and glob.glob(str(tmp_path / "*crash*")) == []
 
 

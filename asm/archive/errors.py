@@ -107,6 +107,22 @@ class MessageChanged(ArchiveError):
             "back it up again")
 
 
+class UnreadableSource(ArchiveError):
+    """A message's file cannot be read as a message: it is not a regular file (a
+    FIFO, a directory, a device), it is a symbolic link (never followed: a link in a
+    mail directory could point anywhere), or reading it failed.  Only that message is
+    missing from the archive (or, when the failure came after its header was written,
+    its member is cut and fails its digest on restore); the caller names it."""
+
+    def __init__(self, name, source, why, written=False):
+        self.name = name
+        self.source = source
+        self.why = why + ("; its member in this archive is cut short and fails its digest "
+                          "on restore" if written else "")
+        self.written = written
+        super().__init__(f"message {name} ({source}) was not archived: {self.why}")
+
+
 class CorruptSource(MessageChanged):
     """A big message changed between the hashing pass and the writing pass.
     Its member is already in the archive (with the first pass's digest), so

@@ -6,6 +6,7 @@ file or a reserved member. Everything else (spaces, quotes, `;`, Unicode) stays 
 UTF-8 so `tar tvf` shows readable names.
 """
 import functools
+import json
 import re
 
 HEADER_NAME = "ims-asm.header"
@@ -113,3 +114,44 @@ def parse(name):
     user = levels[1] if len(levels) > 1 else None
     folder = "/".join(levels[2:]) if len(levels) > 2 else None
     return partition, user, folder, uid
+
+
+# -- the same names outside the archive --------------------------------------------
+#
+# A name the filesystem allows may hold bytes that are not UTF-8 (os.fsdecode turns
+# each into a lone surrogate U+DC80..U+DCFF).  Wherever a name leaves the program it
+# keeps those bytes: in SQLite (journals, catalogs) as the exact bytes, in JSON as a
+# \udcXX escape that json.loads turns back into the same string, on stdout as the raw
+# bytes (as ls and find print them), in messages for people as \xNN.
+
+def to_db(name):
+    """A name as SQLite keeps it without loss: the text itself when it is UTF-8 (as
+    every name was stored before), else the bytes it stands for, as a BLOB."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape")
+
+
+def from_db(value):
+    """The inverse of :func:`to_db`."""
+    if isinstance(value, (bytes, memoryview)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return value
+
+
+def dump_json(obj, **kwargs):
+    """``obj`` as UTF-8 JSON bytes; a name holding bytes that are not UTF-8 is written
+    as a \\udcXX escape (valid JSON, read back by json.loads as the same name)."""
+    return json.dumps(obj, ensure_ascii=False, **kwargs).encode("utf-8", "backslashreplace")
+
+
+def shown(name):
+    """A name for a message to a person: bytes that are not UTF-8 as \\xNN."""
+    if not isinstance(name, str):
+        return str(name)
+    return _SURROGATE.sub(lambda m: "\\x%02x" % (ord(m.group()) - 0xDC00), name)
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")

@@ -4,11 +4,12 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import time
 import uuid
 
 from . import names, pax
-from .errors import ArchiveError, CorruptSource
+from .errors import ArchiveError, CorruptSource, UnreadableSource
 from .records import RecordWriter
 
 FORMAT = "ims-asm"
@@ -118,7 +119,7 @@ class ArchiveWriter:
             raise ArchiveError("archive is already closed")
 
     def _json_member(self, name, obj, kind_rec):
-        data = json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=1).encode("utf-8") + b"\n"
+        data = names.dump_json(obj, sort_keys=True, indent=1) + b"\n"
         hdr = pax.member(name, pax.REGTYPE, pax.MODE_0644, len(data), self._mtime, kind_rec)
         self._rw.write(b"".join((hdr, data, pax._pad(len(data)))))
 
@@ -203,7 +204,7 @@ class ArchiveWriter:
             self._digest.update(b"%s %s\n" % (sha.encode("ascii"), _enc(name)))
             return name
         if src_path is not None:
-            f = _FdFile(src_path)           # os.open: cheaper than open() per message
+            f = _FdFile.open_message(src_path, name)  # os.open: cheaper than open() per message
             try:
                 sha, n = self._write_data(name, f, src_path, flags, keywords, uid,
                                           internaldate, stored, nlink, mtime)
@@ -219,7 +220,10 @@ class ArchiveWriter:
         return name
 
     def _write_data(self, name, f, src, flags, keywords, uid, internaldate, stored, nlink, mtime):
-        first = _read_upto(f, SMALL + 1)
+        try:
+            first = _read_upto(f, SMALL + 1)
+        except OSError as exc:
+            raise UnreadableSource(name, src, f"reading it failed: {exc.strerror or exc}") from None
         rw = self._rw
         if len(first) <= SMALL:
             sha = hashlib.sha256(first).hexdigest()
@@ -235,7 +239,10 @@ class ArchiveWriter:
         n = len(first)
         del first
         while True:
-            chunk = f.read(CHUNK)
+            try:
+                chunk = f.read(CHUNK)
+            except OSError as exc:
+                raise UnreadableSource(name, src, f"reading it failed: {exc.strerror or exc}") from None
             if not chunk:
                 break
             h.update(chunk)
@@ -251,15 +258,26 @@ class ArchiveWriter:
         rw.write(pax.member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs))
         h2 = hashlib.sha256()
         left = n
+        failed = None
         while left:
-            chunk = f.read(min(CHUNK, left))
+            try:
+                chunk = f.read(min(CHUNK, left))
+            except OSError as exc:
+                failed = exc
+                break
             if not chunk:
                 break
             h2.update(chunk)
             rw.write(chunk)
             left -= len(chunk)
-        changed = bool(left) or f.read(1) != b"" or h2.hexdigest() != sha
-        if left:             # file shrank: keep the archive well-formed
+        grew = False
+        if failed is None:
+            try:
+                grew = f.read(1) != b""
+            except OSError:
+                pass                 # every byte was read: the member is whole
+        changed = bool(left) or grew or h2.hexdigest() != sha
+        if left:             # file shrank or could not be read: keep the archive well-formed
             zeros = bytes(min(CHUNK, left))
             while left:
                 k = min(left, len(zeros))
@@ -267,7 +285,13 @@ class ArchiveWriter:
                 left -= k
         rw.pad_block()
         self._count_message(name, sha, n)
+        if failed is not None:
+            raise UnreadableSource(name, src, f"reading it failed: {failed.strerror or failed}", written=True)
         if changed:
+            if grew and not left and h2.hexdigest() == sha:
+                raise CorruptSource(name, src, f"it grew past the {n} bytes read (a message file "
+                                               f"is never written in place); the archive holds those "
+                                               f"{n} bytes")
             raise CorruptSource(name, src)
         return sha, n
 
@@ -317,6 +341,21 @@ def _read_upto(f, n):
     return b"".join(parts)
 
 
+_KIND = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device",
+         stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+               | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+
+
+def _not_a_message(st):
+    """Why a file with this stat is no message file, or None for a regular file."""
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link, not a message file (links are never followed)"
+    return f"it is {_KIND.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, not a message file"
+
+
 class _FdFile:
     """Minimal unbuffered file over os.open (read, seek, close)."""
 
@@ -324,6 +363,32 @@ class _FdFile:
 
     def __init__(self, path):
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    @classmethod
+    def open_message(cls, path, name):
+        """Open a message file without ever blocking or following a link: a FIFO would
+        hang the backup, a link could name any file on the system.  FileNotFoundError
+        propagates (the message was expunged or renamed); anything else that is not a
+        regular file is UnreadableSource."""
+        st = os.lstat(path)
+        why = _not_a_message(st)
+        if why is None:
+            try:
+                fd = os.open(path, _OPEN_FLAGS)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:      # ELOOP: replaced by a link since the lstat
+                raise UnreadableSource(name, path, f"it cannot be opened: {exc.strerror}") from None
+            st = os.fstat(fd)
+            why = _not_a_message(st)
+            if why is None:
+                f = cls.__new__(cls)
+                f.fd = fd
+                return f
+            os.close(fd)
+        if stat.S_ISLNK(st.st_mode) and not os.path.exists(path):
+            why = "it is a symbolic link to a missing file, not a message file"
+        raise UnreadableSource(name, path, why)
 
     def read(self, n):
         return os.read(self.fd, n)

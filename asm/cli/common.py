@@ -300,12 +300,40 @@ def parse_date(text: str) -> float:
         raise UsageError(f"bad date {text!r}: use YYYYMMDD or YYYYMMDD:HHMMSS, e.g. 20240501:131000") from None
 
 
-def read_list_file(path: str) -> list[str]:
-    """Names from a -u file: one per line, blank lines and # comments ignored."""
+def _shown(exc):
+    """Codec error handler for messages to people: a byte that was not UTF-8 (a lone
+    surrogate from os.fsdecode) as \\xNN, anything else unencodable as \\uNNNN."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = []
+    for c in exc.object[exc.start:exc.end]:
+        o = ord(c)
+        out.append("\\x%02x" % (o - 0xDC00) if 0xDC80 <= o <= 0xDCFF else "\\u%04x" % o)
+    return "".join(out), exc.end
+
+
+def lossless_output() -> None:
+    """Names hold whatever bytes the filesystem allows.  stdout writes them as those
+    very bytes (as ls and find do, so a listing can be fed back to a command); stderr,
+    read by people and logs, shows a byte that is not UTF-8 as \\xNN.  Never a
+    UnicodeEncodeError."""
+    import codecs
     try:
-        with open(path, encoding="utf-8") as f:
+        codecs.lookup_error("ims-shown")
+    except LookupError:
+        codecs.register_error("ims-shown", _shown)
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "ims-shown")):
+        try:
+            stream.reconfigure(errors=errors)
+        except (AttributeError, ValueError):
+            pass
+
+
+def read_list_file(path: str) -> list[str]:
+    """Names from a -u file: one per line, blank lines and # comments ignored; a name
+    that is not UTF-8 is kept as its bytes."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
     except OSError as exc:
         raise UsageError(f"cannot read {path!r}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"cannot read {path!r}: it is not UTF-8 text") from None

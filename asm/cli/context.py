@@ -16,8 +16,16 @@ class Installation:
     store: Store
 
 
-def open_installation(home: str | None = None) -> Installation:
-    """Raises ConfigError or GroupsError with a one-line message."""
+def open_installation(home: str | None = None, create: bool = False) -> Installation:
+    """Raises ConfigError, GroupsError or StoreError with a one-line message.
+
+    IMS_HOME must be an existing installation (only ``msconfig set`` makes one).
+    Commands that write a store pass ``create`` (imsrestore, ``mboxutil -c``, the
+    engines' recover commands): they may make the store's directories and mailbox list
+    inside it.  Every other command makes nothing (docs/configuration.md, "Which
+    commands create what").
+    """
     cfg = Config(home)
+    cfg.require()
     groups = Groups.load(cfg.groups_path)
-    return Installation(cfg, groups, open_store(cfg))
+    return Installation(cfg, groups, open_store(cfg, create=create))

@@ -1,6 +1,6 @@
 """imsbackup: write selected mailboxes of the store to a device as an archive.
 
-    imsbackup -f device [-b blocking_factor] [-d YYYYMMDD[:HHMMSS]] [-u file] [-i] [-v] [name ...]
+    imsbackup -f device [-b blocking_factor] [-d YYYYMMDD[:HHMMSS]] [-u file] [-i] [-v] [--allow-empty] [name ...]
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import time
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup, select
 from asm.cli.common import (
-    ArgParser, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file, run_command, warn,
+    ArgParser, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file, run_command, warn, lossless_output,
 )
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
-from asm.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
+from asm.errors import EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
 from asm.logical import parse
 
 PROG = "imsbackup"
@@ -33,6 +33,9 @@ def build_parser() -> ArgParser:
     p.add_argument("-i", dest="ignore_links", action="store_true",
                    help="write every copy of a message in full (no single-copy links)")
     p.add_argument("-v", dest="verbose", action="store_true", help="report each mailbox and a summary")
+    p.add_argument("--allow-empty", dest="allow_empty", action="store_true",
+                   help="an empty store (or partition) is expected: back it up instead of failing with "
+                        f"exit {EXIT_EMPTY}")
     p.add_argument("names", nargs="*", metavar="name",
                    help="logical paths: /, /primary, /primary/groupA, /primary/user/joe, /primary/joe/INBOX")
     return p
@@ -43,12 +46,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    lossless_output()
     args = build_parser().parse_args(argv)
     since = parse_date(args.date) if args.date else None
     names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
     inst = open_installation()
     paths = [parse(n, inst.groups) for n in (names or ["/"])]
-    targets = select(inst.store, inst.groups, paths)
+    allow_empty = args.allow_empty or inst.config.get("backup.allowempty") == "yes"
+    targets = select(inst.store, inst.groups, paths, allow_empty=allow_empty)
     if args.device == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write an archive to a terminal: redirect stdout or name a file with -f")
     opts = BackupOptions(since=since, ignore_links=args.ignore_links,
@@ -73,7 +78,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         writer = ArchiveWriter(device.file, args.bf)
         res = run_backup(inst.store, targets, paths, writer, opts, device=args.device,
-                         report=report, progress=show if progress.enabled else None)
+                         report=report, progress=show if progress.enabled else None, groups=inst.groups)
         ok = True
     except KeyboardInterrupt:
         progress.clear()
@@ -110,7 +115,8 @@ def _main(argv: list[str] | None) -> int:
               + (f", {len(res.excluded)} folders excluded" if res.excluded else "")
               + (f", {len(res.vanished)} vanished" if res.vanished else ""), file=sys.stderr)
     if res.errors:
-        warn(PROG, f"{len(res.errors)} mailboxes could not be read; the archive is complete for the rest")
+        warn(PROG, f"{len(res.errors)} mailboxes or messages could not be backed up (named above and in "
+                   f"the archive's trailer); the archive is complete for the rest")
         return EXIT_PARTIAL
     return EXIT_OK
 

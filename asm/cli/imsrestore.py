@@ -11,7 +11,7 @@ import time
 from asm.archive.errors import ArchiveError, IncompleteArchive
 from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
-    ArgParser, Progress, UsageError, blocking_factor, die, human, run_command, warn,
+    ArgParser, Progress, UsageError, blocking_factor, die, human, lossless_output, run_command, warn,
 )
 from asm.cli.context import open_installation
 from asm.devices import open_device
@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    lossless_output()
     args = build_parser().parse_args(argv)
-    inst = open_installation()
+    inst = open_installation(create=not (args.toc or args.header))
     paths = [parse(p, inst.groups) for p in args.paths]
     user_map = read_map(args.mapfile) if args.mapfile else {}
     refdoc = read_reffile(args.reffile) if args.reffile else None
@@ -186,7 +187,9 @@ def _main(argv: list[str] | None) -> int:
         warn(PROG, f"{len(res.pending)} linked messages need their first copy from this archive: run "
              f"imsrestore -f {args.device} -r {args.refout or os.path.join(inst.config.home, 'data', 'refs', str(reader.header.get('archive_id')) + '.ref')}")
     for p in res.unmatched:
-        warn(PROG, f"{p}: nothing in the archive matches this path")
+        near = res.near_misses.get(p)
+        warn(PROG, f"{p}: nothing in the archive matches this path"
+             + (f" (it has {', '.join(near)}: folder names are matched exactly, but INBOX)" if near else ""))
     if res.store_full:
         warn(PROG, res.store_full)
         return EXIT_NOSPACE

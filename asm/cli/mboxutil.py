@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import sys
 
-from asm.cli.common import ArgParser, UsageError, run_command
+from asm.cli.common import ArgParser, UsageError, lossless_output, run_command
 from asm.cli.context import open_installation
 from asm.errors import EXIT_OK
 
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    lossless_output()
     p = ArgParser(prog=PROG, description="List, create and delete mailboxes.")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("-l", action="store_true", help="list mailboxes with message counts and sizes")
@@ -35,7 +36,7 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("-p", metavar="PATTERN", help="with -l: only mailboxes matching this shell pattern; "
                    "with -c: the partition for a new user")
     args = p.parse_args(argv)
-    store = open_installation().store
+    store = open_installation(create=bool(args.c)).store
     if args.l:
         print(f"{'msgs':>8} {'bytes':>12} {'uidvalidity':>11} {'uidnext':>8}  mailbox")
         for part in store.partitions():

@@ -27,8 +27,12 @@ def _main(argv: list[str] | None) -> int:
     u.add_argument("name")
     args = p.parse_args(argv)
     cfg = Config()
+    if getattr(args, "name", None) is not None:
+        lookup(args.name)     # a bad name is the first thing to hear about
+    if args.cmd != "set":
+        cfg.require()         # only set may make an installation (a typo must not look empty)
     if args.cmd == "show":
-        if args.name:
+        if args.name is not None:
             lookup(args.name)
             value = cfg.get(args.name)
             if value is not None:
@@ -44,6 +48,8 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_OK
     if args.cmd == "set":
         cfg.set(args.name, args.value)
+        if cfg.created:
+            warn(PROG, f"created the installation {cfg.home} (IMS_HOME)")
         return EXIT_OK
     if args.cmd == "unset":
         if not cfg.unset(args.name):

@@ -115,6 +115,20 @@ class BadName(StoreError):
 
 
 @dataclass(frozen=True)
+class Unlisted:
+    """Mail on disk that the store's own lists do not know, so a backup would skip it
+    without a word: a user directory the classic mailbox list lacks, a Maildir home
+    or folder directory the maildir driver cannot read as one."""
+
+    kind: str                                # "user" or "folder"
+    partition: str
+    user: str                                # the name the directory stands for
+    folder: str | None
+    path: str                                # the directory on disk
+    why: str
+
+
+@dataclass(frozen=True)
 class MessageInfo:
     uid: int
     flags: frozenset = frozenset()          # subset of SYSTEM_FLAGS
@@ -155,6 +169,27 @@ class Store(abc.ABC):
     #: True while a caller (a restore) promises to call :meth:`sync` before it reports
     #: success: drivers may then skip per-file fsyncs of their metadata.
     deferred_sync = False
+    #: What to do about :meth:`unlisted_users` found where the store lists nobody.
+    unlisted_hint = "the store's own list of users does not know them"
+
+    def check_partition(self, partition: str, writing: bool = False) -> bool:
+        """Raise :class:`asm.store.partitions.PartitionUnavailable` when the partition's
+        directory cannot be used (missing for a reader, not a directory, unreadable, an
+        unmounted disk); True when it exists."""
+        from asm.store.partitions import check_partition_dir
+        config = getattr(self, "config", None)
+        configured = config.partition_configured(partition) if config is not None else True
+        return check_partition_dir(partition, self.partition_path(partition), configured, writing)
+
+    def unlisted_users(self, partition: str) -> list[Unlisted]:
+        """User directories on ``partition`` that look like mail but that :meth:`users`
+        does not list (a lost mailbox list, a layout the driver does not read)."""
+        return []
+
+    def unlisted_folders(self, user: str) -> list[Unlisted]:
+        """Folder directories of ``user`` that hold mail but that :meth:`folder_names`
+        does not list."""
+        return []
 
     # -- read side ------------------------------------------------------------
     @abc.abstractmethod

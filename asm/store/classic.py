@@ -31,11 +31,12 @@ import time
 import uuid
 from typing import BinaryIO, Iterable
 
+from asm.errors import EXIT_STORE
 from asm.hookspecs import hookimpl
 from asm.locks import flock_wait
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
-    NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, UserExists,
+    NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
     check_folder_name, check_user_name, split_flags,
 )
 
@@ -65,9 +66,68 @@ def _dec(level: str) -> str:
     return level.replace("%2F", "/").replace("%25", "%")
 
 
+def _utf8(name: str, what: str) -> str:
+    """The classic store keeps names as text in SQLite: a name holding bytes that are
+    not UTF-8 (a Maildir made by another tool) cannot be stored, and says so."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        from asm.archive.names import shown
+        raise BadName(f"{what} '{shown(name)}' holds bytes that are not UTF-8; the classic store keeps "
+                      f"names as UTF-8 text: restore it into a maildir store, or rename it (imsrestore -m "
+                      f"for a user)") from None
+    return name
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _user_dir(user: str) -> str:
     h = hashlib.sha1(user.encode("utf-8")).hexdigest()
     return os.path.join(h[:2], h[2:4], "=" + _enc(user))
+
+
+_HASH = frozenset("0123456789abcdef")
+REBUILD_HINT = ("the mailbox list (mboxlist/mailboxes.db) was lost or replaced: rebuild it from the "
+                "partitions with reconstruct -m before backing up")
+
+
+class MailboxListLost(StoreError):
+    """The mailbox list is missing while partitions still hold user directories: read
+    as it stands the store would look empty."""
+
+    status = EXIT_STORE
+
+
+def _is_hash(name: str) -> bool:
+    return len(name) == 2 and set(name) <= _HASH
+
+
+def scan_user_dirs(ppath: str):
+    """(directory relative to the partition, user) of every user directory found on a
+    partition (``<h1>/<h2>/=<user>``), whatever the mailbox list says."""
+    try:
+        tops = sorted(n for n in os.listdir(ppath) if _is_hash(n))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for h1 in tops:
+        try:
+            mids = sorted(n for n in os.listdir(os.path.join(ppath, h1)) if _is_hash(n))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for h2 in mids:
+            try:
+                entries = sorted(os.scandir(os.path.join(ppath, h1, h2)), key=lambda e: e.name)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for e in entries:
+                if e.name.startswith("=") and len(e.name) > 1 and e.is_dir(follow_symlinks=False):
+                    yield os.path.join(h1, h2, e.name), _dec(e.name[1:])
 
 
 def _flags_text(flags: Iterable[str]) -> str:
@@ -94,22 +154,40 @@ def _store_errors(fn):
     return wrapper
 
 
+def _holds_mail(d: str) -> bool:
+    """A folder directory with an index or message directories (not an implied parent
+    such as ``=Work`` of ``Work/2023``, which holds only its subfolders)."""
+    try:
+        with os.scandir(d) as it:
+            return any(e.name == "store.idx" or (_is_hash(e.name) and e.is_dir(follow_symlinks=False))
+                       for e in it)
+    except OSError:
+        return False
+
+
 def _uidvalidity() -> int:
     return int(time.time()) & 0x7FFFFFFF
 
 
 class ClassicStore(Store):
     name = "classic"
+    unlisted_hint = REBUILD_HINT
 
-    def __init__(self, config):
+    def __init__(self, config, create: bool = True):
         self.config = config
         self.root = config.store_root
         self.parts = config.partitions()
         self.owner = config.owner()
         self.lock_timeout = float(config.get_int("store.locktimeout"))
-        os.makedirs(os.path.join(self.root, "mboxlist"), exist_ok=True)
-        self._db = sqlite3.connect(os.path.join(self.root, "mboxlist", "mailboxes.db"),
-                                   timeout=self.lock_timeout, isolation_level=None,
+        db_path = os.path.join(self.root, "mboxlist", "mailboxes.db")
+        if create:
+            os.makedirs(os.path.join(self.root, "mboxlist"), exist_ok=True)
+        elif not os.path.exists(db_path):
+            # a command that only reads never makes a store: without a mailbox list the
+            # store is empty, unless its partitions say it was lost
+            self._check_lost(db_path)
+            db_path = ":memory:"
+        self._db = sqlite3.connect(db_path, timeout=self.lock_timeout, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -123,6 +201,19 @@ class ClassicStore(Store):
         self._counters: dict[str, list] = {}
         self._mutex = threading.RLock()
 
+    def _check_lost(self, db_path: str) -> None:
+        for part, ppath in self.parts.items():
+            found = []
+            for rel, user in scan_user_dirs(ppath):
+                found.append(user)
+                if len(found) > 3:
+                    break
+            if found:
+                shown = ", ".join(repr(u) for u in found[:3]) + (", ..." if len(found) > 3 else "")
+                raise MailboxListLost(
+                    f"the classic store's mailbox list {db_path} is missing, but partition {part!r} "
+                    f"({ppath}) holds user directories ({shown}): {REBUILD_HINT}")
+
     # -- paths -------------------------------------------------------------
     def partition_path(self, partition: str) -> str:
         try:
@@ -131,10 +222,9 @@ class ClassicStore(Store):
             raise NoSuchPartition(partition, self.parts) from None
 
     def _user_row(self, user: str):
-        try:
-            row = self._db.execute("SELECT partition, dir, held FROM users WHERE user=?", (user,)).fetchone()
-        except UnicodeEncodeError:      # not UTF-8 (a name from argv): the index holds no such user
-            row = None
+        if not _is_text(user):
+            raise NoSuchUser(user)
+        row = self._db.execute("SELECT partition, dir, held FROM users WHERE user=?", (user,)).fetchone()
         if row is None:
             raise NoSuchUser(user)
         return row
@@ -205,6 +295,9 @@ class ClassicStore(Store):
 
     def _check_folder(self, user: str, folder: str) -> tuple[str, int, int]:
         folder = check_folder_name(folder)
+        if not _is_text(folder):
+            self._user_row(user)
+            raise NoSuchFolder(user, folder)
         hit = self._rows.get((user, folder))
         if hit is not None:
             return folder, hit[0], hit[1]
@@ -219,10 +312,54 @@ class ClassicStore(Store):
     def partitions(self) -> list[str]:
         return list(self.parts)
 
+    def check_partition(self, partition: str, writing: bool = False) -> bool:
+        """Also: a partition where the mailbox list places users but whose directory
+        holds none of their hash directories is the empty mount point of a disk that
+        is not mounted (or the wrong directory)."""
+        there = super().check_partition(partition, writing)
+        if there and not writing:
+            n = self._db.execute("SELECT COUNT(*) FROM users WHERE partition=?", (partition,)).fetchone()[0]
+            ppath = self.partition_path(partition)
+            if n and not any(_is_hash(e) for e in os.listdir(ppath)):
+                from asm.store.partitions import PartitionUnavailable
+                raise PartitionUnavailable(
+                    f"partition {partition!r}: the mailbox list places {n} users on it but {ppath} holds "
+                    f"none of their directories: is its disk mounted? (check partition:{partition}.path)")
+        return there
+
     def users(self, partition: str) -> list[str]:
-        self.partition_path(partition)
+        self.check_partition(partition)
         return [r[0] for r in self._db.execute(
             "SELECT user FROM users WHERE partition=? ORDER BY user", (partition,))]
+
+    def unlisted_users(self, partition: str) -> list[Unlisted]:
+        ppath = self.partition_path(partition)
+        known = {r[0] for r in self._db.execute("SELECT dir FROM users WHERE partition=?", (partition,))}
+        return [Unlisted("user", partition, user, None, os.path.join(ppath, rel),
+                         "a user directory the mailbox list does not know")
+                for rel, user in scan_user_dirs(ppath) if rel not in known]
+
+    def unlisted_folders(self, user: str) -> list[Unlisted]:
+        part, _ = self._user_where(user)
+        known = set(self.folder_names(user))
+        out: list[Unlisted] = []
+
+        def walk(d: str, levels: list) -> None:
+            try:
+                entries = sorted(os.scandir(d), key=lambda e: e.name)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            for e in entries:
+                if not (e.name.startswith("=") and len(e.name) > 1 and e.is_dir(follow_symlinks=False)):
+                    continue
+                sub = levels + [_dec(e.name[1:])]
+                name = "/".join(sub)
+                if name not in known and _holds_mail(e.path):
+                    out.append(Unlisted("folder", part, user, name, e.path,
+                                        "a folder directory the mailbox list does not know"))
+                walk(e.path, sub)
+        walk(self._user_path(user), [])
+        return out
 
     def user_partition(self, user: str) -> str:
         return self._user_where(user)[0]
@@ -297,7 +434,12 @@ class ClassicStore(Store):
             else:
                 reentered = False
         if not reentered:
-            fd = os.open(os.path.join(fdir, "store.lck"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = os.open(os.path.join(fdir, "store.lck"), os.O_RDWR | os.O_CREAT, 0o600)
+            except (FileNotFoundError, NotADirectoryError):
+                raise StoreError(f"folder {folder!r} of user {user!r}: its directory {fdir} is missing "
+                                 f"although the mailbox list has the folder; the store is damaged "
+                                 f"(is its partition's disk mounted?)") from None
             if not flock_wait(fd, self.lock_timeout if timeout is None else timeout):
                 os.close(fd)
                 raise LockTimeout(f"folder {folder!r} of user {user!r}")
@@ -343,8 +485,9 @@ class ClassicStore(Store):
     # -- write side ----------------------------------------------------------
     @_store_errors
     def create_user(self, user: str, partition: str = "primary") -> None:
-        check_user_name(user)
+        _utf8(check_user_name(user), "user ID")
         ppath = self.partition_path(partition)
+        self.check_partition(partition, writing=True)
         if self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():
             raise UserExists(user)
         d = _user_dir(user)
@@ -366,7 +509,7 @@ class ClassicStore(Store):
     @_store_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
                       uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
-        folder = check_folder_name(folder)
+        folder = _utf8(check_folder_name(folder), "folder name")
         self._user_row(user)
         if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
             raise FolderExists(user, folder)

@@ -38,7 +38,7 @@ from asm.hookspecs import hookimpl
 from asm.store import utf7
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone,
-    MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, UserExists,
+    MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
     check_folder_name, check_user_name, split_flags,
 )
 
@@ -64,6 +64,15 @@ _SIZE_RE = re.compile(r",S=(\d+)")
 
 class _Unlocked(Exception):
     """The dotlock cannot be created at all (read-only store): read without it."""
+
+
+def level_to_disk(level: str) -> str:
+    """One folder level as Maildir++ writes it: modified UTF-7, except a level holding
+    bytes that are not UTF-8 (made by another tool), which no UTF-7 can carry: it stays
+    those bytes, so the directory it came from is found again."""
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in level):
+        return level
+    return utf7.encode(level)
 
 
 def _host() -> str:
@@ -223,8 +232,10 @@ class MaildirStore(Store):
     """Dovecot Maildir++ partitions behind the logical view."""
 
     name = "maildir"
+    unlisted_hint = ("the maildir driver reads <partition>/<user>/Maildir: check partition:NAME.path "
+                     "and the store's layout (docs/maildir.md)")
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, create: bool = True):
         self.config = config
         self._parts = config.partitions()          # read once: asked for on every call
         self._owner = config.owner()
@@ -250,11 +261,65 @@ class MaildirStore(Store):
 
     def users(self, partition: str) -> list[str]:
         root = self.partition_path(partition)
+        if not self.check_partition(partition):
+            return []                        # the default partition before its first user
         try:
             names = os.listdir(root)
         except FileNotFoundError:
             return []
         return sorted(n for n in names if os.path.isdir(os.path.join(root, n, "Maildir")))
+
+    def unlisted_users(self, partition: str) -> list[Unlisted]:
+        """Directories of the partition that hold mail in a form this driver does not
+        read as a user: a Maildir at the home's top (cur/, new/) or a ``Maildir`` that
+        is not a directory (a dangling link, a file)."""
+        root = self.partition_path(partition)
+        out = []
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for e in entries:
+            if e.name.startswith(".") or e.name == "lost+found" or not e.is_dir():
+                continue
+            md = os.path.join(e.path, "Maildir")
+            if os.path.isdir(md):
+                continue
+            if os.path.lexists(md):
+                why = "its Maildir is not a directory (a dangling link or a file)"
+            elif os.path.isdir(os.path.join(e.path, "cur")) or os.path.isdir(os.path.join(e.path, "new")):
+                why = "a Maildir (cur/, new/) directly in the home, not in <home>/Maildir"
+            else:
+                continue                     # a home without mail yet
+            out.append(Unlisted("user", partition, e.name, None, e.path, why))
+        return out
+
+    def unlisted_folders(self, user: str) -> list[Unlisted]:
+        """``.Name`` directories of the Maildir that hold mail (cur/ or new/) but are not
+        read as folders: a name that is no Maildir++ folder name, or no cur/."""
+        root = self._root(user)
+        part = self.user_partition(user)
+        out = []
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for e in entries:
+            if not e.name.startswith(".") or e.name in (".", "..") or not e.is_dir(follow_symlinks=False):
+                continue
+            has_cur = os.path.isdir(os.path.join(e.path, "cur"))
+            has_new = os.path.isdir(os.path.join(e.path, "new"))
+            if not (has_cur or has_new):
+                continue                     # not a folder (Dovecot's own directories)
+            logical = self.folder_from_dirname(e.name)
+            if logical is None:
+                why = "its name is no Maildir++ folder name"
+            elif not has_cur:
+                why = "it has new/ but no cur/"
+            else:
+                continue
+            out.append(Unlisted("folder", part, user, logical or e.name, e.path, why))
+        return out
 
     def user_partition(self, user: str) -> str:
         part = self._user_parts.get(user)
@@ -285,7 +350,7 @@ class MaildirStore(Store):
             if "." in level:
                 raise BadName(f"folder {folder!r}: Maildir++ uses '.' as its hierarchy "
                               f"separator, so a level may not contain '.' ({level!r})")
-        return "." + ".".join(utf7.encode(level) for level in levels)
+        return "." + ".".join(level_to_disk(level) for level in levels)
 
     @staticmethod
     def folder_from_dirname(name: str) -> str | None:
@@ -310,7 +375,16 @@ class MaildirStore(Store):
     def _folder_dir(self, user: str, folder: str) -> str:
         sub = self.folder_dirname(folder)
         root = self._root(user)
-        return os.path.join(root, sub) if sub else root
+        if not sub:
+            return root
+        d = os.path.join(root, sub)
+        if not folder.isascii():
+            # another tool may have named the directory in raw UTF-8 (.Privé, not
+            # .Priv&AOk-): folder_from_dirname read it so, so find it so
+            raw = "." + check_folder_name(folder).replace("/", ".")
+            if raw != sub and not os.path.isdir(d) and os.path.isdir(os.path.join(root, raw)):
+                return os.path.join(root, raw)
+        return d
 
     def _existing_folder_dir(self, user: str, folder: str) -> str:
         d = self._folder_dir(user, folder)
@@ -726,6 +800,9 @@ class MaildirStore(Store):
                 try:
                     msgs.append(self._info(st, uid, *hit))
                 except FileNotFoundError:
+                    if os.path.islink(os.path.join(st.dir, *hit)):
+                        # a link to a missing file: listed so the backup names it
+                        msgs.append(self._info(st, uid, *hit, stat=False, stored=stored_from_name(base)))
                     continue                 # renamed or expunged right now
             info = FolderInfo(name=folder, uidvalidity=st.uidlist.uidvalidity,
                               uidnext=st.uidlist.uidnext, subscribed=folder in subs)
@@ -812,7 +889,7 @@ class MaildirStore(Store):
                 return
             names = [n for n in names if n != folder] + ([folder] if on else [])
             text = "V\t2\n\n" + "".join(
-                "\t".join(utf7.encode(level) for level in n.split("/")) + "\n" for n in names)
+                "\t".join(level_to_disk(level) for level in n.split("/")) + "\n" for n in names)
             self._write_file(path, text.encode("utf-8", "surrogateescape"), self._owner_for(root))
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -824,6 +901,7 @@ class MaildirStore(Store):
         if self.exists(user):
             raise UserExists(user)
         part = self.partition_path(partition)
+        self.check_partition(partition, writing=True)
         os.makedirs(part, exist_ok=True)
         owner = self._owner_for(part)
         home = os.path.join(part, user)

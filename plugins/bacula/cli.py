@@ -221,7 +221,7 @@ def cmd_restore(args, home: str, state: State) -> int:
     from asm.logical import PathError, parse
 
     path = _word(args.path, args.encoded, "path")
-    inst = open_installation(home)
+    inst = open_installation(home, create=True)
     try:
         stream = parse(path, inst.groups)
         only = [_word(p, args.encoded, "--only path") for p in args.only] or state.selection()

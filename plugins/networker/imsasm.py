@@ -12,13 +12,13 @@ format is in :mod:`plugins.networker.stream` and docs/networker.md.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import sys
 import time
 
 from asm.archive.errors import ArchiveError, IncompleteArchive, NotAnArchive
+from asm.archive.names import dump_json
 from asm.archive.reader import ArchiveReader
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup
@@ -89,10 +89,11 @@ def split_mode(argv: list[str]) -> tuple[str, list[str]]:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _installation(marker: dict | None = None):
-    """The installation: IMS_HOME, else the one the tree's marker names."""
+def _installation(marker: dict | None = None, create: bool = False):
+    """The installation: IMS_HOME, else the one the tree's marker names.  Only a
+    recover (``create``) may make the store's directories."""
     home = os.environ.get("IMS_HOME") or (marker or {}).get("ims_home")
-    return open_installation(home)
+    return open_installation(home, create=create)
 
 
 def _log(inst, entry: dict) -> None:
@@ -100,7 +101,7 @@ def _log(inst, entry: dict) -> None:
     d = os.path.join(inst.config.home, "log")
     try:
         os.makedirs(d, exist_ok=True)
-        line = (json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        line = dump_json(entry, sort_keys=True) + b"\n"
         fd = os.open(os.path.join(d, "imsasm.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
@@ -287,7 +288,8 @@ def save(args) -> int:
                                 f"{human(_base['bytes'] + res.bytes)} ({human((_base['bytes'] + res.bytes) / el if el else 0)}/s)")
 
             res = run_backup(inst.store, rec.targets, [LogicalPath(rec.place.logical())], writer, opts,
-                             device=rec.name, report=report, progress=show if progress.enabled else None)
+                             device=rec.name, report=report, progress=show if progress.enabled else None,
+                             groups=inst.groups)
             rstatus = "partial" if res.errors else "ok"
             sink.finish({"status": rstatus, "users": res.users, "folders": res.folders,
                          "messages": res.messages, "links": res.links, "data_bytes": res.bytes,
@@ -453,7 +455,7 @@ def _compare(inst, rec, sel, report) -> list[str]:
 
 def recover(mode: str, args) -> int:
     want = [os.path.normpath(os.path.abspath(p)) for p in args.paths]
-    inst = None if args.dry else _installation()
+    inst = None if args.dry else _installation(create=mode == "-r")
     if sys.stdin.isatty():
         raise UsageError("no save stream on stdin: pipe one in (NetWorker's recover does)")
     progress = Progress()

@@ -19,6 +19,7 @@ import io
 import json
 import struct
 
+from asm.archive.names import dump_json
 from asm.errors import EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, ImsError
 
 END, STREAM, BEGIN, DATA, FINISH = 0, 1, 2, 3, 4
@@ -67,7 +68,7 @@ class StreamWriter:
         self.bytes += len(blob)
 
     def json(self, kind: int, obj: dict) -> None:
-        self.section(kind, json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+        self.section(kind, dump_json(obj, sort_keys=True))
 
     def start(self, info: dict) -> None:
         self.json(STREAM, {"format": FORMAT, "version": VERSION, **info})

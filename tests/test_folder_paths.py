@@ -1,0 +1,110 @@
+"""Folder names in logical paths: INBOX in any case, an exact name first, else the one
+folder that matches without regard to case (the seed's own example writes
+/primary/user/user1/trash), else an error naming the candidates; and
+store.backupexclude names trimmed of the spaces around '%'."""
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from asm.archive.reader import ArchiveReader
+from asm.store import open_store
+from conftest import make_home
+from helpers import msg, run
+
+EXIT_USAGE = 2
+
+
+def folders_in(archive) -> set:
+    with open(archive, "rb") as f:
+        return {(m.user, m.folder) for m in ArchiveReader(f).members() if m.kind == "folder"}
+
+
+def messages_in(archive) -> set:
+    with open(archive, "rb") as f:
+        return {(m.user, m.folder, m.uid) for m in ArchiveReader(f).members() if m.kind == "message"}
+
+
+@pytest.fixture(params=["classic", "maildir"])
+def home(request, tmp_path):
+    h = tmp_path / "ims"
+    store = open_store(make_home(h, request.param))
+    n = 0
+    for user, folders in {"user1": ["Trash", "Bulk Mail", "Work", "Work/2023"],
+                          "joe": ["Archive", "archive", "Archive/Old", "Projects/ims"]}.items():
+        store.create_user(user)
+        for f in ["INBOX"] + folders:
+            if f != "INBOX":
+                store.create_folder(user, f)
+            n += 1
+            store.append(user, f, io.BytesIO(msg(n)))
+    return h
+
+
+def test_the_seeds_override_example(home, tmp_path):
+    """store.backupexclude = Trash%Bulk Mail leaves Trash out of user backups; naming it,
+    even as 'trash', backs it up (docs/configuration.md)."""
+    run(home, "msconfig", "set", "store.backupexclude", "Trash%Bulk Mail", check=0)
+    run(home, "imsbackup", "-f", tmp_path / "all.ims", "/primary/user/user1", check=0)
+    assert ("user1", "Trash") not in folders_in(tmp_path / "all.ims")
+    p = run(home, "imsbackup", "-f", tmp_path / "trash.ims", "/primary/user/user1/trash")
+    assert p.returncode == 0, p.stderr
+    assert folders_in(tmp_path / "trash.ims") == {("user1", "Trash")}
+    assert len(messages_in(tmp_path / "trash.ims")) == 1
+
+
+@pytest.mark.parametrize("path,want", [
+    ("/primary/user1/inbox", {"INBOX"}),
+    ("/primary/user1/trash", {"Trash"}),
+    ("/primary/user1/BULK MAIL", {"Bulk Mail"}),
+    ("/primary/user1/work", {"Work", "Work/2023"}),
+    ("/primary/user1/work/2023", {"Work/2023"}),
+    ("/primary/user1/WORK/2023", {"Work/2023"}),
+    ("/primary/joe/archive", {"archive"}),                   # an exact match wins
+    ("/primary/joe/Archive", {"Archive", "Archive/Old"}),
+    ("/primary/joe/archive/old", {"Archive/Old"}),           # the only one, whatever the case
+    ("/primary/joe/projects/IMS", {"Projects/ims"}),
+])
+def test_which_folder_a_path_names(home, tmp_path, path, want):
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", path)
+    assert p.returncode == 0, p.stderr
+    assert {f for _, f in folders_in(tmp_path / "x.ims")} == want
+
+
+def test_several_folders_differing_in_case_are_named(home, tmp_path):
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/joe/ARCHIVE")
+    assert p.returncode == EXIT_USAGE
+    assert p.stderr.decode() == ("imsbackup: /primary/joe/ARCHIVE: user 'joe': folder 'ARCHIVE' matches "
+                                 "'Archive', 'archive' when case is ignored, and none exactly: name one "
+                                 "of them exactly\n")
+    assert not (tmp_path / "x.ims").exists()
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/joe/Archiv")
+    assert p.returncode == EXIT_USAGE and b"user 'joe' has no folder 'Archiv'" in p.stderr
+
+
+@pytest.mark.parametrize("how", ["msconfig", "by hand"])
+def test_spaces_around_percent_are_trimmed(home, tmp_path, how):
+    if how == "msconfig":
+        run(home, "msconfig", "set", "store.backupexclude", " Trash % Bulk Mail ", check=0)
+        assert run(home, "msconfig", "show", "store.backupexclude").stdout == \
+            b"role.store.backupexclude = Trash%Bulk Mail\n"
+    else:
+        with open(home / "config" / "msg.conf", "a") as f:
+            f.write("store.backupexclude = Trash % Bulk Mail\n")
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/user1")
+    assert p.returncode == 0, p.stderr
+    assert {f for _, f in folders_in(tmp_path / "x.ims")} == {"INBOX", "Work", "Work/2023"}
+
+
+def test_restore_names_what_a_path_missed_by_case(home, tmp_path):
+    run(home, "imsbackup", "-f", tmp_path / "all.ims", "/", check=0)
+    dest = tmp_path / "dest"
+    make_home(dest, "maildir")
+    p = run(dest, "imsrestore", "-f", tmp_path / "all.ims", "/primary/user1/trash")
+    assert p.returncode == EXIT_USAGE
+    assert p.stderr.decode() == ("imsrestore: /primary/user1/trash: nothing in the archive matches this "
+                                 "path (it has /primary/user1/Trash: folder names are matched exactly, "
+                                 "but INBOX)\n")
+    p = run(dest, "imsrestore", "-f", tmp_path / "all.ims", "/primary/user1/Trash")
+    assert p.returncode == 0, p.stderr

@@ -1,0 +1,173 @@
+"""Names that are not UTF-8 round-trip: a Maildir folder or user directory whose name
+holds bytes another tool wrote is listed, backed up, printed (-v, -t, mboxutil -l) and
+restored with those very bytes; a trailer's error list, the restore journal, reference
+files and the staging catalog keep them; the classic store, which keeps names as UTF-8
+text, refuses such a name with one line for that mailbox only."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pytest
+
+from asm.archive.reader import ArchiveReader
+from asm.store import open_store
+from conftest import make_home
+from helpers import msg, run, state
+
+CAFE = os.fsdecode(b"Caf\xe9")          # Latin-1 'Café': not UTF-8
+JORG = os.fsdecode(b"j\xf6rg")          # Latin-1 'jörg'
+PRIVE_RAW = "Priv\u00e9"                # UTF-8, but not modified UTF-7 on disk
+
+
+def maildir_folder(root: bytes, name: bytes, body: bytes, stamp: int = 1700000000) -> None:
+    """A folder made the way another tool would: a .Name directory with a message."""
+    d = os.path.join(root, b"." + name)
+    for sub in (b"cur", b"new", b"tmp"):
+        os.makedirs(os.path.join(d, sub))
+    with open(os.path.join(d, b"cur", b"%d.M1P1.otherhost,S=%d:2,S" % (stamp, len(body))), "wb") as f:
+        f.write(body)
+
+
+def maildir_user(partition: bytes, user: bytes, body: bytes) -> None:
+    md = os.path.join(partition, user, b"Maildir")
+    for sub in (b"cur", b"new", b"tmp"):
+        os.makedirs(os.path.join(md, sub))
+    with open(os.path.join(md, b"cur", b"1700000000.M1P1.otherhost,S=%d:2," % len(body)), "wb") as f:
+        f.write(body)
+
+
+@pytest.fixture
+def foreign(tmp_path):
+    """A maildir store holding joe (with folders Café in Latin-1 and Privé in raw UTF-8)
+    and jörg (in Latin-1), as another tool left them."""
+    home = tmp_path / "src"
+    cfg = make_home(home, "maildir")
+    store = open_store(cfg)
+    store.create_user("joe")
+    store.append("joe", "INBOX", io.BytesIO(msg(1)))
+    part = os.fsencode(cfg.partitions()["primary"])
+    root = os.path.join(part, b"joe", b"Maildir")
+    maildir_folder(root, b"Caf\xe9", msg(2))
+    maildir_folder(root, b"Priv\xc3\xa9", msg(3))
+    maildir_user(part, b"j\xf6rg", msg(4))
+    return home, store
+
+
+def test_mboxutil_lists_names_as_their_bytes(foreign):
+    home, _ = foreign
+    p = run(home, "mboxutil", "-l")
+    assert p.returncode == 0, p.stderr
+    assert b"  user/joe/Caf\xe9" in p.stdout
+    assert "  user/joe/Privé".encode() in p.stdout
+    assert b"  user/j\xf6rg/INBOX" in p.stdout
+    assert p.stderr == b""
+
+
+@pytest.mark.parametrize("dest_driver", ["maildir", "classic"])
+def test_backup_and_restore_of_names_that_are_not_utf8(tmp_path, foreign, dest_driver):
+    home, store = foreign
+    state(store)                  # the first look gives the foreign folders their UIDs
+    want = state(store)
+    assert ("joe", CAFE) in want and (JORG, "INBOX") in want and ("joe", PRIVE_RAW) in want
+    archive = tmp_path / "full.ims"
+    p = run(home, "imsbackup", "-v", "-f", archive, "/")
+    assert p.returncode == 0, p.stderr
+    assert b"imsbackup: /primary/joe/Caf\\xe9: 1 messages" in p.stderr           # -v, for people
+    assert b"imsbackup: /primary/j\\xf6rg/INBOX: 1 messages" in p.stderr
+    with open(archive, "rb") as f:
+        users = {(m.user, m.folder) for m in ArchiveReader(f).members() if m.kind == "folder"}
+    assert users == {("joe", "INBOX"), ("joe", CAFE), ("joe", PRIVE_RAW), (JORG, "INBOX")}
+    p = run(home, "imsrestore", "-f", archive, "-t")                                # -t, for scripts
+    assert p.returncode == 0, p.stderr
+    assert b"/primary/joe/Caf\xe9\tuidvalidity=" in p.stdout
+    assert b"/primary/j\xf6rg/INBOX/1\t" in p.stdout
+    assert run(home, "imsrestore", "-f", archive, "-t", f"/primary/{JORG}").stdout.count(b"\n") == 2
+
+    dest = tmp_path / "dest"
+    make_home(dest, dest_driver)
+    p = run(dest, "imsrestore", "-v", "-f", archive)
+    assert b"Traceback" not in p.stderr
+    got = state(open_store(make_home(dest, dest_driver)))
+    if dest_driver == "maildir":
+        assert p.returncode == 0, p.stderr
+        assert got == want
+        root = os.path.join(os.fsencode(open_store(make_home(dest, "maildir")).partition_path("primary")),
+                            b"joe", b"Maildir")
+        assert os.path.isdir(os.path.join(root, b".Caf\xe9", b"cur")), "the very bytes come back"
+        assert os.path.isdir(os.path.join(root, b".Priv&AOk-", b"cur")), "UTF-8 goes back as Dovecot writes it"
+        again = run(dest, "imsrestore", "-f", archive)                # the journal holds the names
+        assert again.returncode == 0, again.stderr
+        assert state(open_store(make_home(dest, dest_driver))) == want
+    else:
+        # the classic store keeps names as UTF-8 text: those two mailboxes are named, the rest restored
+        assert p.returncode == 1, p.stderr
+        errs = [ln for ln in p.stderr.decode("utf-8").splitlines()
+                if "not UTF-8" in ln and not ln.startswith("imsrestore: error:")]
+        assert len(errs) == 2 and any("j\\xf6rg" in e for e in errs) and any("Caf\\xe9" in e for e in errs)
+        assert {k: v for k, v in want.items() if JORG not in k and CAFE not in k} == got
+
+
+def test_an_error_list_with_such_a_name(tmp_path, foreign):
+    """A folder with a damaged index and a name that is not UTF-8: the backup names it
+    and finishes (the trailer used to be unwritable and the whole backup lost)."""
+    home, store = foreign
+    d = os.path.join(os.fsencode(store.partition_path("primary")), b"joe", b"Maildir", b".Caf\xe9")
+    with open(os.path.join(d, b"dovecot-uidlist"), "wb") as f:
+        f.write(b"7 garbage\n")
+    archive = tmp_path / "full.ims"
+    p = run(home, "imsbackup", "-f", archive, "/")
+    assert p.returncode == 1, p.stderr
+    assert b"could not back up /primary/joe/Caf\\xe9: " in p.stderr and b"Traceback" not in p.stderr
+    with open(archive, "rb") as f:
+        r = ArchiveReader(f)
+        list(r.members())
+    assert [e["mailbox"] for e in r.trailer["errors"]] == [f"/primary/joe/{CAFE}"]
+    raw = archive.read_bytes()
+    trailer = raw[raw.index(b'"errors"'):]
+    trailer.decode("utf-8")                                 # the member is valid UTF-8 JSON
+
+
+def test_names_in_list_map_and_path_arguments(tmp_path, foreign):
+    home, store = foreign
+    lst = tmp_path / "users.txt"
+    lst.write_bytes(b"# one per line\n/primary/j\xf6rg\n")
+    archive = tmp_path / "jorg.ims"
+    p = run(home, "imsbackup", "-f", archive, "-u", lst)
+    assert p.returncode == 0, p.stderr
+    p = run(home, "imsbackup", "-f", tmp_path / "cafe.ims", f"/primary/joe/{CAFE}")
+    assert p.returncode == 0, p.stderr
+    mapfile = tmp_path / "map"
+    mapfile.write_bytes(b"j\xf6rg=joerg\n")
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    p = run(dest, "imsrestore", "-m", mapfile, "-f", archive)
+    assert p.returncode == 0, p.stderr
+    got = state(open_store(make_home(dest, "classic")))
+    assert [k for k in got if len(k) == 3] == [("joerg", "INBOX", 1)]
+    assert got[("joerg", "INBOX", 1)][0] == state(store)[(JORG, "INBOX", 1)][0]
+
+
+def test_journal_reffile_and_catalog_keep_the_bytes(tmp_path):
+    from asm.archive.names import dump_json, from_db, to_db
+    from asm.restore import Journal, read_reffile, write_reffile
+    from staging.catalog import Catalog
+    for name in (CAFE, JORG, "plain", "Privé", "%41", os.fsdecode(b"\xff\xfe")):
+        assert from_db(to_db(name)) == name
+        assert json.loads(dump_json({"n": name})) == {"n": name}
+    assert to_db("plain") == "plain" and to_db("Privé") == "Privé", "UTF-8 names are stored as before"
+    j = Journal(str(tmp_path / "journal.db"))
+    j.put(JORG, CAFE, 7, 9, {"archive_id": "a"}, True)
+    j.put(JORG, "Caf\u00e9", 8, 10, {"archive_id": "b"}, True)
+    assert j.get(JORG, CAFE)[:3] == (7, 9, "a") and j.get(JORG, "Caf\u00e9")[:3] == (8, 10, "b")
+    ref = tmp_path / "x.ref"
+    write_reffile(str(ref), {"archive_id": "a"}, [{"user": JORG, "folder": CAFE}])
+    assert read_reffile(str(ref))["references"] == [{"user": JORG, "folder": CAFE}]
+    c = Catalog(str(tmp_path))
+    d = c.start("run1", "primary", "user", "full", None, None, [JORG, "ann"], 100,
+                lambda did, now: f"dump-{did}.ims")
+    assert c.users(d.id) == sorted(["ann", JORG])
+    assert [x.id for x in c.holding(JORG)] == []         # not complete yet, but found by its name
+    c.db.execute("UPDATE dumps SET status='complete' WHERE id=?", (d.id,))
+    assert [x.id for x in c.holding(JORG)] == [d.id]
