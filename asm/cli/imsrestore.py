@@ -21,7 +21,7 @@ from asm.errors import (
 )
 from asm.logical import parse
 from asm.restore import (
-    Journal, Restorer, RestoreOptions, Selection, complete_references, read_map, read_reffile,
+    Journal, Restorer, RestoreOptions, Selection, complete_references, default_reffile, read_map, read_reffile,
 )
 
 PROG = "imsrestore"
@@ -159,8 +159,7 @@ def _main(argv: list[str] | None) -> int:
                     ask=_asker(progress) if args.cont is None and args.device != "-" and sys.stdin.isatty()
                     else None,
                     user_map=user_map, keep_held=args.hold,
-                    reffile=args.refout or os.path.join(
-                        inst.config.home, "data", "refs", f"{reader.header.get('archive_id', 'archive')}.ref"),
+                    reffile=args.refout or default_reffile(inst.config.home, reader.header),
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
                     spool_limit=inst.config.get_int("restore.spoolmax") << 20)
                 journal = Journal(os.path.join(inst.config.home, "data", "restore-journal.db"))
@@ -185,7 +184,7 @@ def _main(argv: list[str] | None) -> int:
               f"{human(res.bytes)} in {res.seconds:.1f}s", file=sys.stderr)
     if res.pending:
         warn(PROG, f"{len(res.pending)} linked messages need their first copy from this archive: run "
-             f"imsrestore -f {args.device} -r {args.refout or os.path.join(inst.config.home, 'data', 'refs', str(reader.header.get('archive_id')) + '.ref')}")
+             f"imsrestore -f {args.device} -r {args.refout or default_reffile(inst.config.home, reader.header)}")
     for p in res.unmatched:
         near = res.near_misses.get(p)
         warn(PROG, f"{p}: nothing in the archive matches this path"

@@ -1,0 +1,88 @@
+"""Reference files: the links a stream restore could not resolve (written with -R, by
+default ``$IMS_HOME/data/refs/<archive id>.ref``), and ``imsrestore -r`` completing
+them from the archive."""
+from __future__ import annotations
+
+import json
+import os
+
+from asm.archive import names
+from asm.archive.errors import ArchiveError, IncompleteArchive
+from asm.restore.errors import RestoreError
+from asm.restore.options import RestoreResult
+from asm.store.base import Store, StoreError
+
+
+def default_reffile(home: str, header: dict) -> str:
+    """Where a restore of the archive with ``header`` writes its reference file unless
+    told otherwise."""
+    return os.path.join(home, "data", "refs", f"{header.get('archive_id', 'archive')}.ref")
+
+
+def write_reffile(path: str, header: dict, pending: list) -> None:
+    from asm.config import atomic_write
+    doc = {"format": "ims-asm-references", "version": 1, "archive_id": header.get("archive_id"),
+           "created": header.get("created"), "references": pending}
+    atomic_write(path, names.dump_json(doc, indent=1), mode=0o600)
+
+
+def read_reffile(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise RestoreError(f"cannot read reference file {path!r}: {exc.strerror}") from None
+    except ValueError:
+        raise RestoreError(f"{path!r} is not an imsrestore reference file (not JSON)") from None
+    if not isinstance(doc, dict) or doc.get("format") != "ims-asm-references":
+        raise RestoreError(f"{path!r} is not an imsrestore reference file")
+    return doc
+
+
+def complete_references(store: Store, reader, doc: dict, report=None) -> RestoreResult:
+    """Second pass: restore the link members a stream could not resolve, from the archive."""
+    report = report or (lambda line: None)
+    res = RestoreResult()
+    if doc.get("archive_id") != reader.header.get("archive_id"):
+        raise RestoreError("the reference file was written for another archive "
+                           f"(archive {doc.get('archive_id')}, this is {reader.header.get('archive_id')})")
+    wanted: dict[str, list] = {}
+    for ref in doc["references"]:
+        wanted.setdefault(ref["target"], []).append(ref)
+    try:
+        for m in reader.members(on_error=lambda e: res.errors.append({"mailbox": "archive", "error": str(e)})):
+            refs = wanted.pop(m.name, None) if m.kind == "message" else None
+            if not refs:
+                continue
+            first_path = None
+            for ref in refs:
+                user, folder = ref["user"], ref["folder"]
+                try:
+                    if not store.exists(user, folder):
+                        store.create_folder(user, folder, uidvalidity=ref.get("uidvalidity"))
+                    with store.lock(user, folder):
+                        info = store.folder(user, folder)
+                        uid = ref["uid"] if info.uidvalidity == ref.get("uidvalidity") and ref["uid"] >= info.uidnext else None
+                        kw = dict(uid=uid, flags=ref["flags"], keywords=ref["keywords"],
+                                  internaldate=ref["internaldate"], stored=ref["stored"])
+                        if first_path:
+                            got = store.append(user, folder, None, link_from=first_path, **kw)
+                            res.links += 1
+                        else:
+                            with m.open() as src:
+                                got = store.append(user, folder, src, **kw)
+                            res.messages += 1
+                            first_path = got.path
+                    report(f"/{ref['partition']}/{user}/{folder}/{got.uid}: restored from {m.name}")
+                except (StoreError, ArchiveError) as exc:
+                    res.errors.append({"mailbox": f"/{ref['partition']}/{user}/{folder}", "error": str(exc)})
+            if not wanted:
+                break
+    except IncompleteArchive as exc:
+        res.incomplete = str(exc)
+    for target, refs in wanted.items():
+        for ref in refs:
+            res.errors.append({"mailbox": f"/{ref['partition']}/{ref['user']}/{ref['folder']}",
+                               "error": f"first copy {target} is not in this archive"})
+    store.sync()
+    return res
