@@ -1,32 +1,12 @@
-"""The ``maildir`` store driver: Dovecot's Maildir++ exactly as Dovecot 2.3 writes it.
-
-Layout (see docs/maildir.md)::
-
-    <partition>/<user>/                 the user's home (Dovecot: home=<store>/%u)
-        .ims-hold, .ims-queue/           delivery hold marker and queue (ours)
-        Maildir/                         INBOX: cur/ new/ tmp/ dovecot-uidlist ...
-            .Work.2023/                  folder "Work/2023" (levels in modified UTF-7)
-            subscriptions                "V\\t2", "", then names with TAB between levels
-            dovecot-keywords             "<index> <keyword>": letter a+index in file names
-
-Message files are ``<secs>.M<usecs>P<pid>...<host>,S=<size>:2,<flags>``; the leading
-epoch is the stored (delivery) date, the mtime is INTERNALDATE, the letters after
-``:2,`` are the flags (D F R S T, then keyword letters a..z).  UIDs live in
-``dovecot-uidlist`` (version 3), which every writer changes only while holding the
-``dovecot-uidlist.lock`` dotlock; this driver's folder lock *is* that dotlock, so
-Dovecot and this driver exclude each other.
-"""
+"""MaildirStore: the logical store view over Dovecot Maildir++ partitions (the package
+docstring describes the layout)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import errno
 import json
 import os
-import random
-import re
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -34,168 +14,24 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
 from asm.config import Config
-from asm.hookspecs import hookimpl
-from asm.store import utf7
 from asm.store.base import (
-    BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone,
+    BadName, FolderExists, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
     check_folder_name, check_user_name, split_flags,
 )
+from asm.store.maildir import dotlock, names as mdnames, subscriptions
+from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
+from asm.store.maildir.names import (
+    KEYWORDS, SIZE_RE, folder_dirname, folder_from_dirname, split_name, stored_from_name,
+)
+from asm.store.maildir.subscriptions import SUBSCRIPTIONS
+from asm.store.maildir.uidlist import UIDLIST, Uidlist, read_uidlist, read_uidlist_header
 
 CHUNK = 1 << 20
-UIDLIST = "dovecot-uidlist"
-KEYWORDS = "dovecot-keywords"
-SUBSCRIPTIONS = "subscriptions"
-LOCK_SUFFIX = ".lock"
-STALE_LOCK_SECS = 120          # Dovecot's MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT
-TOUCH_LOCK_SECS = 30           # refresh held locks well before they look stale
 HOLD_MARKER = ".ims-hold"
 QUEUE_DIR = ".ims-queue"
 INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
 LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.list.index.log.2")
-
-FLAG_LETTER = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
-LETTER_FLAG = {v: k for k, v in FLAG_LETTER.items()}
-MAX_KEYWORDS = 26
-
-_TIME_RE = re.compile(r"^(\d+)(?:\.M(\d+)P)?")
-_SIZE_RE = re.compile(r",S=(\d+)")
-
-
-class _Unlocked(Exception):
-    """The dotlock cannot be created at all (read-only store): read without it."""
-
-
-def level_to_disk(level: str) -> str:
-    """One folder level as Maildir++ writes it: modified UTF-7, except a level holding
-    bytes that are not UTF-8 (made by another tool), which no UTF-7 can carry: it stays
-    those bytes, so the directory it came from is found again."""
-    if any(0xDC80 <= ord(c) <= 0xDCFF for c in level):
-        return level
-    return utf7.encode(level)
-
-
-def _host() -> str:
-    return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
-
-
-def stored_from_name(base: str) -> float | None:
-    """The delivery time Dovecot encoded at the start of a base name, or None."""
-    m = _TIME_RE.match(base)
-    if not m:
-        return None
-    secs = int(m.group(1))
-    if m.group(2):
-        usecs = int(m.group(2))
-        if usecs < 1_000_000:
-            return secs + usecs / 1e6
-    return float(secs)
-
-
-def split_name(fname: str) -> tuple[str, str]:
-    """``base:2,FLAGS`` -> (base, flag letters); names without ``:2,`` have no flags."""
-    base, sep, info = fname.partition(":")
-    if sep and info.startswith("2,"):
-        return base, info[2:]
-    return base, ""
-
-
-# -- dovecot-uidlist ------------------------------------------------------------------
-
-@dataclass
-class Uidlist:
-    """A parsed ``dovecot-uidlist``: header fields and ``uid -> (ext fields, base)``."""
-
-    uidvalidity: int = 0
-    uidnext: int = 1
-    extra: list = field(default_factory=list)     # other header fields, e.g. G<guid>
-    records: dict = field(default_factory=dict)   # uid -> (ext, base)
-
-    @classmethod
-    def parse(cls, text: str, path: str = UIDLIST) -> "Uidlist":
-        lines = text.split("\n")
-        head = lines[0].split()
-        if not head:
-            raise StoreError(f"{path}: empty header")
-        ul = cls()
-        if head[0] == "3":
-            for f in head[1:]:
-                if f[:1] == "V":
-                    ul.uidvalidity = int(f[1:])
-                elif f[:1] == "N":
-                    ul.uidnext = int(f[1:])
-                else:
-                    ul.extra.append(f)
-        elif head[0] == "1" and len(head) >= 3:
-            ul.uidvalidity, ul.uidnext = int(head[1]), int(head[2])
-        else:
-            raise StoreError(f"{path}: unsupported dovecot-uidlist version {head[0]!r}")
-        records = ul.records
-        last = 0
-        for line in lines[1:]:
-            if not line:
-                continue
-            uid_s, _, rest = line.partition(" ")
-            try:
-                uid = int(uid_s)
-            except ValueError:
-                raise StoreError(f"{path}: bad line {line!r}") from None
-            if rest[:1] == ":":
-                ext, name = "", rest[1:]
-            else:
-                i = rest.find(" :")
-                if i < 0:
-                    if head[0] == "1":
-                        ext, name = "", rest
-                    else:
-                        raise StoreError(f"{path}: bad line {line!r}")
-                else:
-                    ext, name = rest[:i], rest[i + 2:]
-            records[uid] = (ext, name.partition(":")[0])
-            last = max(last, uid)
-        if ul.uidnext <= last:              # Dovecot appends lines without a new header
-            ul.uidnext = last + 1
-        return ul
-
-    def render(self) -> str:
-        head = " ".join(["3", f"V{self.uidvalidity}", f"N{self.uidnext}", *self.extra])
-        out = [head]
-        for uid in sorted(self.records):
-            ext, base = self.records[uid]
-            out.append(f"{uid} {ext} :{base}" if ext else f"{uid} :{base}")
-        return "\n".join(out) + "\n"
-
-    def by_base(self) -> dict:
-        return {base: uid for uid, (_, base) in self.records.items()}
-
-
-def read_uidlist(folder_dir: str) -> Uidlist | None:
-    path = os.path.join(folder_dir, UIDLIST)
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            return Uidlist.parse(f.read(), path)
-    except FileNotFoundError:
-        return None
-
-
-def read_uidlist_header(folder_dir: str) -> Uidlist | None:
-    """Only the header line (cheap); uidnext may be low if lines were appended."""
-    path = os.path.join(folder_dir, UIDLIST)
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            first = f.readline()
-            rest = f.read()
-    except FileNotFoundError:
-        return None
-    ul = Uidlist.parse(first, path)
-    # a file appended to after its header was written: take the last line's UID too
-    tail = rest.rstrip("\n").rpartition("\n")[2]
-    if tail:
-        try:
-            ul.uidnext = max(ul.uidnext, int(tail.partition(" ")[0]) + 1)
-        except ValueError:
-            pass
-    return ul
 
 
 # -- the per-folder working state, valid while the folder lock is held ---------------
@@ -239,15 +75,14 @@ class MaildirStore(Store):
         self.config = config
         self._parts = config.partitions()          # read once: asked for on every call
         self._owner = config.owner()
-        self._subs_cache: dict[str, tuple] = {}     # Maildir root -> (stat key, names)
+        self._subs = subscriptions.Cache()
         self._user_parts: dict[str, str] = {}       # user -> partition (checked on use)
         self._held: dict[tuple[str, str], _Held] = {}
         self._mutex = threading.RLock()
         self._seq = 0
         self._pid = os.getpid()
-        self._hostname = _host()
-        self._toucher: threading.Thread | None = None
-        self._stop_touch = threading.Event()
+        self._hostname = mdnames.host()
+        self._toucher = dotlock.Toucher(lambda: [h for h in self._held.values() if h.lockpath], self._mutex)
 
     # ------------------------------------------------------------------ layout
     def partitions(self) -> list[str]:
@@ -338,39 +173,8 @@ class MaildirStore(Store):
     def _root(self, user: str) -> str:
         return os.path.join(self._home(user), "Maildir")
 
-    @staticmethod
-    @functools.lru_cache(maxsize=4096)
-    def folder_dirname(folder: str) -> str:
-        """Logical folder name -> its Maildir++ directory name ('' for INBOX)."""
-        folder = check_folder_name(folder)
-        if folder == "INBOX":
-            return ""
-        levels = folder.split("/")
-        for level in levels:
-            if "." in level:
-                raise BadName(f"folder {folder!r}: Maildir++ uses '.' as its hierarchy "
-                              f"separator, so a level may not contain '.' ({level!r})")
-        return "." + ".".join(level_to_disk(level) for level in levels)
-
-    @staticmethod
-    def folder_from_dirname(name: str) -> str | None:
-        """Maildir++ directory name -> logical folder name (None when it is not one)."""
-        if not name.startswith(".") or name in (".", ".."):
-            return None
-        levels = name[1:].split(".")
-        if any(not level for level in levels):
-            return None
-        out = []
-        for level in levels:
-            try:
-                out.append(utf7.decode(level))
-            except ValueError:
-                out.append(level)           # raw (e.g. UTF-8) name written by another tool
-        if out[0].upper() == "INBOX":
-            if len(out) == 1:
-                return None
-            out[0] = "INBOX"
-        return "/".join(out)
+    folder_dirname = staticmethod(folder_dirname)
+    folder_from_dirname = staticmethod(folder_from_dirname)
 
     def _folder_dir(self, user: str, folder: str) -> str:
         sub = self.folder_dirname(folder)
@@ -448,96 +252,9 @@ class MaildirStore(Store):
         except (TypeError, ValueError):
             return 30.0
 
-    def _lock_is_stale(self, path: str) -> bool:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return True
-        if time.time() - st.st_mtime > STALE_LOCK_SECS:
-            return True
-        if time.time() - st.st_mtime < 2:   # like Dovecot: a fresh lock's PID is not checked
-            return False
-        try:
-            with open(path, errors="replace") as f:
-                pid_s, _, host = f.read(512).strip().partition(":")
-            pid = int(pid_s)
-        except (OSError, ValueError):
-            return False
-        if host not in (self._hostname, socket.gethostname(), socket.gethostname().split(".")[0]):
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
     def _acquire_dotlock(self, path: str, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                if self._lock_is_stale(path):
-                    self._break_lock(path)
-                    continue
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(what) from None
-                # short polls: writers release the lock between operations for only
-                # a moment, and a waiter that sleeps long would starve behind them
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.01)
-                continue
-            except (PermissionError, OSError) as exc:
-                if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES):
-                    raise _Unlocked() from exc
-                raise
-            try:
-                os.write(fd, f"{self._pid}:{self._hostname}".encode())
-                self._chown(fd, self._owner_for(os.path.dirname(path)))
-            finally:
-                os.close(fd)
-            return
-
-    @staticmethod
-    def _break_lock(path: str) -> None:
-        """Remove a stale lock, but only the one we judged (not a fresh one since)."""
-        try:
-            before = os.stat(path)
-            stale_name = f"{path}.stale.{os.getpid()}"
-            os.rename(path, stale_name)
-            after = os.stat(stale_name)
-            if (after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns):
-                # someone took the lock in between: put theirs back if we can
-                try:
-                    os.link(stale_name, path)
-                except FileExistsError:
-                    pass
-            os.unlink(stale_name)
-        except FileNotFoundError:
-            pass
-
-    def _toucher_loop(self) -> None:
-        while not self._stop_touch.wait(TOUCH_LOCK_SECS / 3):
-            with self._mutex:
-                held = [h for h in self._held.values() if h.lockpath]
-                if not held:
-                    self._toucher = None
-                    return
-            now = time.time()
-            for h in held:
-                if now - h.touched >= TOUCH_LOCK_SECS:
-                    with contextlib.suppress(OSError):
-                        os.utime(h.lockpath)
-                    h.touched = now
-
-    def _start_toucher(self) -> None:
-        if self._toucher is None:
-            self._toucher = threading.Thread(target=self._toucher_loop, daemon=True,
-                                             name="maildir-lock-toucher")
-            self._toucher.start()
+        dotlock.acquire(path, timeout, what, self._pid, self._hostname,
+                        lambda fd: self._chown(fd, self._owner_for(os.path.dirname(path))))
 
     @contextlib.contextmanager
     def _locked(self, user: str, folder: str, timeout: float | None = None,
@@ -555,13 +272,13 @@ class MaildirStore(Store):
             try:
                 self._acquire_dotlock(lockpath, self._lock_timeout() if timeout is None else timeout,
                                       f"{user}/{folder} ({lockpath})")
-            except _Unlocked:
+            except Unlocked:
                 lockpath = None
             held = _Held(lockpath=lockpath, touched=time.time())
             with self._mutex:
                 self._held[key] = held
                 if lockpath:
-                    self._start_toucher()
+                    self._toucher.start()
         try:
             if held.state is None:
                 held.state = self._load_state(user, folder, create_uidlist and held.lockpath is not None)
@@ -599,8 +316,7 @@ class MaildirStore(Store):
         owner = None
         if st.keywords_dirty:
             owner = self._owner_for(st.dir)
-            text = "".join(f"{i} {k}\n" for i, k in enumerate(st.keywords or []) if k)
-            self._write_file(os.path.join(st.dir, KEYWORDS), text.encode("utf-8"), owner)
+            self._write_file(os.path.join(st.dir, KEYWORDS), mdnames.render_keywords(st.keywords or []), owner)
             st.keywords_dirty = False
         if st.dirty:
             owner = owner or self._owner_for(st.dir)
@@ -654,61 +370,25 @@ class MaildirStore(Store):
 
     def _keywords(self, st: _State) -> list:
         if st.keywords is None:
-            kws: list = []
-            try:
-                with open(os.path.join(st.dir, KEYWORDS), encoding="utf-8",
-                          errors="surrogateescape") as f:
-                    for line in f:
-                        idx, _, name = line.rstrip("\n").partition(" ")
-                        if idx.isdigit() and name and int(idx) < MAX_KEYWORDS:
-                            i = int(idx)
-                            kws.extend([""] * (i + 1 - len(kws)))
-                            kws[i] = name
-            except FileNotFoundError:
-                pass
-            st.keywords = kws
+            st.keywords = mdnames.read_keywords(st.dir)
         return st.keywords
 
     def _decode_flags(self, st: _State, letters: str) -> tuple[frozenset, tuple]:
         hit = st.flag_cache.get(letters)
         if hit is None:
-            hit = st.flag_cache[letters] = self._decode_flags_uncached(st, letters)
+            table = self._keywords(st) if mdnames.has_keyword_letters(letters) else None
+            hit = st.flag_cache[letters] = mdnames.decode_letters(letters, table)
         return hit
-
-    def _decode_flags_uncached(self, st: _State, letters: str) -> tuple[frozenset, tuple]:
-        flags = frozenset(LETTER_FLAG[c] for c in letters if c in LETTER_FLAG)
-        kw: tuple = ()
-        if any("a" <= c <= "z" for c in letters):
-            table = self._keywords(st)
-            kw = tuple(table[ord(c) - 97] for c in sorted(set(letters))
-                       if "a" <= c <= "z" and ord(c) - 97 < len(table) and table[ord(c) - 97])
-        return flags, kw
 
     def _encode_flags(self, st: _State, flags: Iterable[str], keywords: Iterable[str],
                       keep: str = "") -> str:
-        system, kws = split_flags(list(flags) + list(keywords))
-        letters = {FLAG_LETTER[f] for f in system}
-        letters.update(c for c in keep if c.isupper() and c not in LETTER_FLAG)  # e.g. P
-        if kws:
-            table = self._keywords(st)
-            for k in kws:
-                if any(c in k for c in " \t\n\r()"):
-                    raise BadName(f"bad keyword {k!r}")
-                if k in table:
-                    i = table.index(k)
-                else:
-                    i = table.index("") if "" in table else len(table)
-                    if i >= MAX_KEYWORDS:
-                        raise StoreError(f"{st.dir}: Maildir file names hold at most "
-                                         f"{MAX_KEYWORDS} keywords; cannot add {k!r}")
-                    if i == len(table):
-                        table.append(k)
-                    else:
-                        table[i] = k
-                    st.keywords_dirty = True
-                    st.flag_cache.clear()
-                letters.add(chr(97 + i))
-        return "".join(sorted(letters))
+        _, kws = split_flags(list(flags) + list(keywords))
+        table = self._keywords(st) if kws else None
+        letters, grew = mdnames.encode_letters(flags, keywords, table, keep, where=st.dir)
+        if grew:
+            st.keywords_dirty = True
+            st.flag_cache.clear()
+        return letters
 
     def _info(self, st: _State, uid: int, sub: str, fname: str, stat: bool = True,
               stored: float | None = None) -> MessageInfo:
@@ -718,7 +398,7 @@ class MaildirStore(Store):
         if stored is None:
             stored = stored_from_name(base)
         if not stat:
-            m = _SIZE_RE.search(base)
+            m = SIZE_RE.search(base)
             return MessageInfo(uid=uid, flags=flags, keywords=kws, stored=stored or 0.0,
                                size=int(m.group(1)) if m else 0, path=path)
         s = os.stat(path)
@@ -757,13 +437,13 @@ class MaildirStore(Store):
         return ["INBOX"] + sorted(names)
 
     def folders(self, user: str) -> list[FolderInfo]:
-        subs = self._subscriptions(self._root(user))
+        subs = self._subs.get(self._root(user))
         return [self._folder_info(user, n, subs) for n in self.folder_names(user)]
 
     def folder(self, user: str, folder: str) -> FolderInfo:
         folder = check_folder_name(folder)
         self._existing_folder_dir(user, folder)
-        return self._folder_info(user, folder, self._subscriptions(self._root(user)))
+        return self._folder_info(user, folder, self._subs.get(self._root(user)))
 
     def _folder_info(self, user: str, folder: str, subs: set) -> FolderInfo:
         key = (user, folder)
@@ -780,7 +460,7 @@ class MaildirStore(Store):
 
     def snapshot(self, user: str, folder: str, since: float | None = None) -> FolderSnapshot:
         folder = check_folder_name(folder)
-        subs = self._subscriptions(self._root(user))
+        subs = self._subs.get(self._root(user))
         with self._locked(user, folder) as st:
             self._scan(st)
             self._assign_uids(st)
@@ -828,69 +508,20 @@ class MaildirStore(Store):
         raise MessageGone(user, folder, uid)
 
     # ------------------------------------------------------------------ subscriptions
-    def _subscriptions(self, root: str) -> set:
-        """The subscribed folder names; re-read only when the file changed."""
-        path = os.path.join(root, SUBSCRIPTIONS)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return set()
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        hit = self._subs_cache.get(root)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                lines = f.read().split("\n")
-        except FileNotFoundError:
-            return set()
-        names = set(MaildirStore._parse_subscriptions(lines))
-        self._subs_cache[root] = (key, names)
-        return names
-
-    @staticmethod
-    def _parse_subscriptions(lines: list) -> list:
-        if lines and lines[0].startswith("V\t"):
-            sep, body = "\t", lines[1:]
-        else:
-            sep, body = ".", lines          # version 1: Maildir++ storage names
-        out = []
-        for line in body:
-            if not line:
-                continue
-            levels = []
-            for level in line.split(sep):
-                try:
-                    levels.append(utf7.decode(level))
-                except ValueError:
-                    levels.append(level)
-            name = "/".join(levels)
-            try:
-                out.append(check_folder_name(name))
-            except BadName:
-                continue
-        return out
-
     def _set_subscribed(self, user: str, folder: str, on: bool) -> None:
         root = self._root(user)
         path = os.path.join(root, SUBSCRIPTIONS)
         lockpath = path + LOCK_SUFFIX
         try:
             self._acquire_dotlock(lockpath, self._lock_timeout(), f"subscriptions of {user}")
-        except _Unlocked:
+        except Unlocked:
             raise StoreError(f"cannot write {path}: permission denied") from None
         try:
-            try:
-                with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                    names = self._parse_subscriptions(f.read().split("\n"))
-            except FileNotFoundError:
-                names = []
-            if (folder in names) == on:
+            subscribed = subscriptions.read(root)
+            if (folder in subscribed) == on:
                 return
-            names = [n for n in names if n != folder] + ([folder] if on else [])
-            text = "V\t2\n\n" + "".join(
-                "\t".join(level_to_disk(level) for level in n.split("/")) + "\n" for n in names)
-            self._write_file(path, text.encode("utf-8", "surrogateescape"), self._owner_for(root))
+            subscribed = [n for n in subscribed if n != folder] + ([folder] if on else [])
+            self._write_file(path, subscriptions.render(subscribed), self._owner_for(root))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lockpath)
@@ -991,7 +622,7 @@ class MaildirStore(Store):
             info_uv, info_un = ul.uidvalidity, ul.uidnext
         if subscribed is not None:
             self._set_subscribed(user, folder, subscribed)
-        subs = self._subscriptions(self._root(user))
+        subs = self._subs.get(self._root(user))
         return FolderInfo(name=folder, uidvalidity=info_uv, uidnext=info_un,
                           subscribed=folder in subs)
 
@@ -1265,8 +896,3 @@ class MaildirStore(Store):
                 first = first or info.path
                 out[user] = info
         return out
-
-
-@hookimpl
-def ims_store_drivers():
-    return {"maildir": MaildirStore}
