@@ -302,6 +302,50 @@ def test_dotlock_of_a_dead_local_process_is_broken(store):
     assert not os.path.exists(lock)
 
 
+def test_dotlock_of_a_dead_process_is_broken_at_once(store):
+    """A killed writer's lock is not waited for: its process is gone (even a fresh lock)."""
+    import socket
+    import subprocess
+    p = subprocess.Popen(["true"])
+    p.wait()
+    lock = os.path.join(root(store), "dovecot-uidlist.lock")
+    with open(lock, "w") as f:
+        f.write(f"{p.pid}:{socket.gethostname()}")
+    with store.lock("alice", "INBOX", timeout=0.2):
+        with open(lock) as f:
+            assert f.read() == f"{os.getpid()}:{socket.gethostname()}"
+    assert not os.path.exists(lock)
+
+
+@pytest.mark.parametrize("age, broken", [(0, False), (5, True)])
+def test_empty_dotlock_is_stale_after_two_seconds(store, age, broken):
+    """An empty lock (a writer killed between creating and filling it) names no owner:
+    stale once it is a few seconds old, long before the lock timeout."""
+    lock = os.path.join(root(store), "dovecot-uidlist.lock")
+    open(lock, "w").close()
+    os.utime(lock, (time.time() - age, time.time() - age))
+    if broken:
+        with store.lock("alice", "INBOX", timeout=0.5):
+            pass
+        assert not os.path.exists(lock)
+    else:
+        with pytest.raises(LockTimeout):
+            with store.lock("alice", "INBOX", timeout=0.2):
+                pass
+        assert os.path.exists(lock)
+
+
+def test_dotlock_is_never_empty_and_leaves_no_temporary(store, tmp_path):
+    """Created as Dovecot does: a temporary file holding pid:host, linked to the lock
+    name; the temporary is gone once the lock is taken."""
+    r = root(store)
+    with store.lock("alice", "INBOX"):
+        names = os.listdir(r)
+        assert "dovecot-uidlist.lock" in names
+        assert not [n for n in names if n.startswith(".temp.")]
+    assert not [n for n in os.listdir(r) if n.startswith(".temp.") or n.endswith(".lock")]
+
+
 def test_fresh_foreign_dotlock_is_respected(store):
     lock = os.path.join(root(store), "dovecot-uidlist.lock")
     with open(lock, "w") as f:

@@ -23,21 +23,38 @@ class Unlocked(Exception):
     """The dotlock cannot be created at all (read-only store): read without it."""
 
 
+FRESH_SECS = 2                 # a lock this young with no owner written yet is not judged
+
+
+def owner_of(path: str) -> tuple[int, str] | None:
+    """(pid, host) written in a lock file, or None when it holds no such line."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(512).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    pid_s, sep, host = text.partition(":")
+    if not sep or not pid_s.isdigit():
+        return None
+    return int(pid_s), host
+
+
 def lock_is_stale(path: str, hostname: str) -> bool:
+    """A lock may be broken when its owner is a process of this host that no longer
+    exists, when it names no owner (an empty file: a writer that died between creating
+    and filling it, as old versions could) and is older than FRESH_SECS, or when it is
+    older than STALE_LOCK_SECS (its owner touches it while it lives)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return True
-    if time.time() - st.st_mtime > STALE_LOCK_SECS:
+    age = time.time() - st.st_mtime
+    if age > STALE_LOCK_SECS:
         return True
-    if time.time() - st.st_mtime < 2:   # like Dovecot: a fresh lock's PID is not checked
-        return False
-    try:
-        with open(path, errors="replace") as f:
-            pid_s, _, host = f.read(512).strip().partition(":")
-        pid = int(pid_s)
-    except (OSError, ValueError):
-        return False
+    owner = owner_of(path)
+    if owner is None:
+        return age > FRESH_SECS
+    pid, host = owner
     if host not in (hostname, socket.gethostname(), socket.gethostname().split(".")[0]):
         return False
     try:
@@ -49,16 +66,41 @@ def lock_is_stale(path: str, hostname: str) -> bool:
     return False
 
 
+def _temp_name(path: str, pid: int, hostname: str) -> str:
+    d, base = os.path.split(path)
+    return os.path.join(d, f".temp.{hostname}.{pid}.{random.getrandbits(32):08x}.{base}")
+
+
 def acquire(path: str, timeout: float, what: str, pid: int, hostname: str, chown=None) -> None:
-    """Create the dotlock ``path``, waiting up to ``timeout`` seconds (LockTimeout);
-    :class:`Unlocked` when it cannot be created at all.  ``chown(fd)`` gives the lock
-    file to the store's owner."""
+    """Create the dotlock ``path`` as Dovecot does (a temporary file holding
+    ``<pid>:<host>`` hard-linked to the lock name, so the lock never exists without its
+    owner), waiting up to ``timeout`` seconds (LockTimeout); :class:`Unlocked` when it
+    cannot be created at all (a read-only store).  ``chown(fd)`` gives the lock file to
+    the store's owner."""
     deadline = time.monotonic() + timeout
     delay = 0.001
-    while True:
+    tmp = _temp_name(path, pid, hostname)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES):
+            raise Unlocked() from exc
+        raise
+    try:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+            data = f"{pid}:{hostname}".encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+            if chown is not None:
+                chown(fd)
+        finally:
+            os.close(fd)
+        while True:
+            try:
+                os.link(tmp, path)
+                return
+            except FileExistsError:
+                pass
             if lock_is_stale(path, hostname):
                 break_lock(path)
                 continue
@@ -68,22 +110,39 @@ def acquire(path: str, timeout: float, what: str, pid: int, hostname: str, chown
             # a moment, and a waiter that sleeps long would starve behind them
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.01)
-            continue
-        except (PermissionError, OSError) as exc:
-            if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES):
-                raise Unlocked() from exc
-            raise
-        try:
-            os.write(fd, f"{pid}:{hostname}".encode())
-            if chown is not None:
-                chown(fd)
-        finally:
-            os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def clean_temps(directory: str, hostname: str) -> None:
+    """Remove lock temporaries (``.temp.<host>.<pid>.*``) of dead processes of this host."""
+    prefix = f".temp.{hostname}."
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+    except OSError:
         return
+    for n in names:
+        pid_s = n[len(prefix):].partition(".")[0]
+        if pid_s.isdigit() and not pid_alive(int(pid_s)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, n))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def release(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    """Remove our lock.  A lock that cannot be removed (the disk failed under it) is
+    left to be judged stale: it names this process, which is about to end."""
+    with contextlib.suppress(OSError):
         os.unlink(path)
 
 

@@ -295,8 +295,7 @@ class MaildirStore(Store):
                         self._flush(held.state)
                 finally:
                     if held.lockpath:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(held.lockpath)
+                        dotlock.release(held.lockpath)
 
     def lock(self, user: str, folder: str, timeout: float = 30.0):
         return self._locked(user, folder, timeout)
@@ -523,8 +522,7 @@ class MaildirStore(Store):
             subscribed = [n for n in subscribed if n != folder] + ([folder] if on else [])
             self._write_file(path, subscriptions.render(subscribed), self._owner_for(root))
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lockpath)
+            dotlock.release(lockpath)
 
     # ------------------------------------------------------------------ users & folders
     def create_user(self, user: str, partition: str = "primary") -> None:
