@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -17,9 +18,9 @@ from asm.config import Config
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, split_flags,
+    check_folder_name, check_user_name, os_store_error, split_flags, store_os_errors,
 )
-from asm.store.maildir import dotlock, names as mdnames, subscriptions
+from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
 from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
 from asm.store.maildir.names import (
     KEYWORDS, SIZE_RE, folder_dirname, folder_from_dirname, split_name, stored_from_name,
@@ -29,7 +30,12 @@ from asm.store.maildir.uidlist import UIDLIST, Uidlist, read_uidlist, read_uidli
 
 CHUNK = 1 << 20
 HOLD_MARKER = ".ims-hold"
+# our message base names (_new_base): <secs>.M<usecs>P<pid>Q<seq>R<random>.<host>
+_OUR_BASE = re.compile(r"^\d+\.M\d+P(\d+)Q\d+R[0-9a-f]{8}\.(.+)$")
+# temporaries of _write_file: <name>.<pid>.<thread>.tmp
+_WRITE_TMP = re.compile(r"^.+\.(\d+)\.\d+\.tmp$")
 QUEUE_DIR = ".ims-queue"
+NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
 LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.list.index.log.2")
 
@@ -223,9 +229,9 @@ class MaildirStore(Store):
 
     def _write_file(self, path: str, data: bytes, owner, fsync: bool | None = None) -> None:
         """Write ``path`` atomically (temp + rename in the same directory); fsynced
-        unless the caller deferred durability to one sync() at the end."""
+        unless inside a :meth:`batch`, whose end makes it durable with the rest."""
         if fsync is None:
-            fsync = not self.deferred_sync
+            fsync = not self.in_batch
         d, base = os.path.split(path)
         tmp = os.path.join(d, f"{base}.{self._pid}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -274,6 +280,8 @@ class MaildirStore(Store):
                                       f"{user}/{folder} ({lockpath})")
             except Unlocked:
                 lockpath = None
+            except OSError as exc:
+                raise os_store_error(exc, f"{user}/{folder}") from None
             held = _Held(lockpath=lockpath, touched=time.time())
             with self._mutex:
                 self._held[key] = held
@@ -281,7 +289,10 @@ class MaildirStore(Store):
                     self._toucher.start()
         try:
             if held.state is None:
-                held.state = self._load_state(user, folder, create_uidlist and held.lockpath is not None)
+                try:
+                    held.state = self._load_state(user, folder, create_uidlist and held.lockpath is not None)
+                except OSError as exc:
+                    raise os_store_error(exc, f"{user}/{folder}") from None
             yield held.state
         finally:
             with self._mutex:
@@ -292,7 +303,10 @@ class MaildirStore(Store):
             if last:
                 try:
                     if held.state is not None and held.lockpath:
-                        self._flush(held.state)
+                        try:
+                            self._flush(held.state)
+                        except OSError as exc:
+                            raise os_store_error(exc, f"{user}/{folder}") from None
                 finally:
                     if held.lockpath:
                         dotlock.release(held.lockpath)
@@ -300,28 +314,86 @@ class MaildirStore(Store):
     def lock(self, user: str, folder: str, timeout: float = 30.0):
         return self._locked(user, folder, timeout)
 
-    def _load_state(self, user: str, folder: str, may_create: bool) -> _State:
+    def _load_state(self, user: str, folder: str, writing: bool) -> _State:
         d = self._existing_folder_dir(user, folder)
         ul = read_uidlist(d)
         if ul is None:
             ul = Uidlist(uidvalidity=self._new_uidvalidity(), uidnext=1,
                          extra=[f"G{uuid.uuid4().hex}"])
-            st = _State(dir=d, uidlist=ul, disk_uidnext=1, dirty=may_create)
+            st = _State(dir=d, uidlist=ul, disk_uidnext=1, dirty=writing)
         else:
-            st = _State(dir=d, uidlist=ul, disk_uidnext=ul.uidnext)
+            # a last line cut off by a crash: rewrite before appending to it
+            st = _State(dir=d, uidlist=ul, disk_uidnext=ul.uidnext, dirty=writing and ul.torn)
+        if writing:
+            self._recover(st)
         return st
 
-    def _flush(self, st: _State) -> None:
+    def _recover(self, st: _State) -> None:
+        """What a writer killed in this folder left (we hold its lock now): the message
+        files of ours still in tmp/ and their uidlist records (never visible: the
+        record goes, UIDNEXT goes back to what a client can have seen), temporaries of
+        dead processes, a tmp/ or new/ that a killed creation left out."""
+        d = st.dir
         owner = None
+        for sub in ("new", "tmp"):
+            if not os.path.isdir(os.path.join(d, sub)):
+                owner = owner or self._owner_for(d)
+                with contextlib.suppress(FileExistsError):
+                    self._mkdir(os.path.join(d, sub), owner)
+        stale = {}
+        try:
+            entries = os.listdir(os.path.join(d, "tmp"))
+        except FileNotFoundError:
+            entries = []
+        for n in entries:
+            m = _OUR_BASE.match(n)
+            if m and m.group(2) == self._hostname and not dotlock.pid_alive(int(m.group(1))):
+                stale[n] = os.path.join(d, "tmp", n)
+        if stale:
+            ul = st.uidlist
+            dead = [uid for uid, (_, base) in ul.records.items() if base.partition(",S=")[0] in stale]
+            for uid in dead:
+                del ul.records[uid]
+            if dead:
+                ul.uidnext = max(ul.header_uidnext, max(ul.records, default=0) + 1)
+                st.max_uid = None
+                st.dirty = True
+                self._flush_uidlist(st)
+            for path in stale.values():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        self._clean_temporaries(d)
+
+    def _clean_temporaries(self, d: str) -> None:
+        """Temporaries of _write_file (``<name>.<pid>.<thread>.tmp``) and of dotlocks
+        left in ``d`` by processes of this host that are gone."""
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return
+        for n in names:
+            m = _WRITE_TMP.match(n)
+            if m and not dotlock.pid_alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(d, n))
+        dotlock.clean_temps(d, self._hostname)
+
+    def _flush(self, st: _State) -> None:
         if st.keywords_dirty:
-            owner = self._owner_for(st.dir)
-            self._write_file(os.path.join(st.dir, KEYWORDS), mdnames.render_keywords(st.keywords or []), owner)
-            st.keywords_dirty = False
+            self._flush_keywords(st)
         if st.dirty:
-            owner = owner or self._owner_for(st.dir)
-            self._write_file(os.path.join(st.dir, UIDLIST),
-                             st.uidlist.render().encode("utf-8", "surrogateescape"), owner)
-            st.dirty = False
+            self._flush_uidlist(st)
+
+    def _flush_keywords(self, st: _State) -> None:
+        self._write_file(os.path.join(st.dir, KEYWORDS), mdnames.render_keywords(st.keywords or []),
+                         self._owner_for(st.dir))
+        st.keywords_dirty = False
+
+    def _flush_uidlist(self, st: _State) -> None:
+        self._write_file(os.path.join(st.dir, UIDLIST),
+                         st.uidlist.render().encode("utf-8", "surrogateescape"), self._owner_for(st.dir))
+        st.dirty = False
+        st.uidlist.header_uidnext = st.uidlist.uidnext
 
     @staticmethod
     def _new_uidvalidity() -> int:
@@ -525,7 +597,11 @@ class MaildirStore(Store):
             dotlock.release(lockpath)
 
     # ------------------------------------------------------------------ users & folders
-    def create_user(self, user: str, partition: str = "primary") -> None:
+    @store_os_errors
+    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
+        """The user's Maildir is built complete (cur/ new/ tmp/, dovecot-uidlist with
+        INBOX's UIDVALIDITY, subscriptions) under a temporary name in the home and
+        renamed into place: a kill never leaves a Maildir without its INBOX."""
         check_user_name(user)
         if self.exists(user):
             raise UserExists(user)
@@ -535,44 +611,91 @@ class MaildirStore(Store):
         owner = self._owner_for(part)
         home = os.path.join(part, user)
         if not os.path.isdir(home):
-            self._mkdir(home, owner)
+            with contextlib.suppress(FileExistsError):
+                self._mkdir(home, owner)
+        self._clean_new_dirs(home)
         root = os.path.join(home, "Maildir")
-        self._mkdir(root, owner)
-        for sub in ("cur", "new", "tmp"):
-            self._mkdir(os.path.join(root, sub), owner)
-        ul = Uidlist(uidvalidity=self._new_uidvalidity(), uidnext=1, extra=[f"G{uuid.uuid4().hex}"])
-        self._write_file(os.path.join(root, UIDLIST), ul.render().encode(), owner)
-        self._set_subscribed(user, "INBOX", True)      # as IMAP clients do on first login
+        new = os.path.join(home, f"{NEW_PREFIX}{self._hostname}.{self._pid}.{uuid.uuid4().hex[:8]}")
+        try:
+            self._mkdir(new, owner)
+            for sub in ("new", "tmp", "cur"):
+                self._mkdir(os.path.join(new, sub), owner)
+            ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=1,
+                         extra=[f"G{uuid.uuid4().hex}"])
+            self._write_file(os.path.join(new, UIDLIST), ul.render().encode(), owner)
+            # subscribed, as IMAP clients do on first login
+            self._write_file(os.path.join(new, SUBSCRIPTIONS), subscriptions.render(["INBOX"]), owner)
+            try:
+                os.rename(new, root)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise UserExists(user) from None
+                raise
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        self._user_parts[user] = partition
+
+    def _clean_new_dirs(self, home: str) -> None:
+        """Maildirs a killed create_user left half-built under their temporary names."""
+        prefix = f"{NEW_PREFIX}{self._hostname}."
+        try:
+            names = [n for n in os.listdir(home) if n.startswith(prefix)]
+        except OSError:
+            return
+        for n in names:
+            pid_s = n[len(prefix):].partition(".")[0]
+            if pid_s.isdigit() and not dotlock.pid_alive(int(pid_s)):
+                shutil.rmtree(os.path.join(home, n), ignore_errors=True)
 
     def delete_user(self, user: str) -> None:
         shutil.rmtree(self._home(user))
 
+    @store_os_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
                       uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
+        """The folder's directories and dovecot-uidlist are made first and cur/ last:
+        a folder exists (for Dovecot and for us) once cur/ does, so a kill leaves
+        either no folder or a whole one; what a killed creation left is reused.  INBOX
+        can be created only in a Maildir that lacks its cur/ (a damaged one)."""
         folder = check_folder_name(folder)
         d = self._folder_dir(user, folder)
-        if folder == "INBOX" or os.path.isdir(os.path.join(d, "cur")):
+        if os.path.isdir(os.path.join(d, "cur")):
             raise FolderExists(user, folder)
         root = self._root(user)
         owner = self._owner_for(root)
-        if not os.path.isdir(d):
-            self._mkdir(d, owner)
-        for sub in ("cur", "new", "tmp"):
+        if folder != "INBOX" and not os.path.isdir(d):
             with contextlib.suppress(FileExistsError):
-                self._mkdir(os.path.join(d, sub), owner)
-        mf = os.path.join(d, "maildirfolder")
-        if not os.path.exists(mf):
-            os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
-            self._chown(mf, owner)
-        self._invalidate_index(d)
-        ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=max(1, uidnext),
-                     extra=[f"G{uuid.uuid4().hex}"])
-        self._write_file(os.path.join(d, UIDLIST), ul.render().encode(), owner)
+                self._mkdir(d, owner)
+        lockpath = os.path.join(d, UIDLIST + LOCK_SUFFIX)
+        try:
+            self._acquire_dotlock(lockpath, self._lock_timeout(), f"{user}/{folder} ({lockpath})")
+        except Unlocked:
+            raise StoreError(f"cannot create folder {folder!r} of user {user!r}: {d} is not writable") from None
+        try:
+            if os.path.isdir(os.path.join(d, "cur")):
+                raise FolderExists(user, folder)     # made meanwhile by another process
+            for sub in ("new", "tmp"):
+                with contextlib.suppress(FileExistsError):
+                    self._mkdir(os.path.join(d, sub), owner)
+            if folder != "INBOX":
+                mf = os.path.join(d, "maildirfolder")
+                if not os.path.exists(mf):
+                    os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
+                    self._chown(mf, owner)
+            self._invalidate_index(d)
+            ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=max(1, uidnext),
+                         extra=[f"G{uuid.uuid4().hex}"])
+            self._write_file(os.path.join(d, UIDLIST), ul.render().encode(), owner)
+            self._mkdir(os.path.join(d, "cur"), owner)
+        finally:
+            dotlock.release(lockpath)
         self._invalidate_index(root, LIST_INDEX_FILES)
         self._set_subscribed(user, folder, subscribed)
         return FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=subscribed)
 
+    @store_os_errors
     def delete_folder(self, user: str, folder: str) -> None:
         folder = check_folder_name(folder)
         if folder == "INBOX":
@@ -596,6 +719,7 @@ class MaildirStore(Store):
         self._invalidate_index(self._root(user), LIST_INDEX_FILES)
         self._set_subscribed(user, folder, False)
 
+    @store_os_errors
     def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,
                    uidnext: int | None = None, subscribed: bool | None = None) -> FolderInfo:
         folder = check_folder_name(folder)
@@ -612,11 +736,13 @@ class MaildirStore(Store):
                     ul.uidnext = want
                     changed = True
             if changed:
-                st.dirty = True
                 if not st.index_invalidated:
                     self._invalidate_index(st.dir)
                     self._invalidate_index(self._root(user), LIST_INDEX_FILES)
                     st.index_invalidated = True
+                # on disk now, not at unlock: messages appended next are recorded
+                # after this header (a kill must not leave them under another UIDVALIDITY)
+                self._flush_uidlist(st)
             info_uv, info_un = ul.uidvalidity, ul.uidnext
         if subscribed is not None:
             self._set_subscribed(user, folder, subscribed)
@@ -631,6 +757,7 @@ class MaildirStore(Store):
         self._seq += 1
         return f"{secs}.M{usecs}P{self._pid}Q{self._seq}R{uuid.uuid4().hex[:8]}.{self._hostname}"
 
+    @store_os_errors
     def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
@@ -653,68 +780,61 @@ class MaildirStore(Store):
             letters = self._encode_flags(st, flags, keywords)
             base = self._new_base(stored if stored is not None else now)
             owner = self._owner_for(st.dir)
-            linked = False
+            tmp = os.path.join(st.dir, "tmp", base)
             size = None
             if link_from is not None:
-                linked, size = self._try_link(link_from, st.dir, base, letters, internaldate)
-                if not linked and src is None:
-                    src = open(link_from, "rb")
-                    close_src = True
-                else:
-                    close_src = False
-            else:
-                close_src = False
-            try:
-                if linked:
-                    fname = f"{base},S={size}:2,{letters}"
-                    path = os.path.join(st.dir, "cur", fname)
-                    s = os.stat(path)
-                else:
-                    path, fname, s = self._write_message(st.dir, base, letters, src, owner,
-                                                         internaldate if internaldate is not None else None)
-            finally:
-                if close_src:
-                    src.close()
-            full_base = split_name(fname)[0]
-            ul.records[uid] = ("", full_base)
-            if st.bases is not None:
-                st.bases[full_base] = uid
-            if st.files is not None:
-                st.files[full_base] = ("cur", fname)
-            ul.uidnext = max(ul.uidnext, uid + 1)
-            st.max_uid = max(st.top_uid(), uid)
-            st.dirty = True
-            if uid < st.disk_uidnext and not st.index_invalidated:
-                # Dovecot's index may already call this UID expunged: make it re-read
-                self._invalidate_index(st.dir)
-                st.index_invalidated = True
+                size = self._link_tmp(link_from, tmp, internaldate)
+            if size is None:
+                opened = open(link_from, "rb") if src is None else None
+                try:
+                    size = self._write_tmp(tmp, src if opened is None else opened, owner, internaldate)
+                finally:
+                    if opened is not None:
+                        opened.close()
+            path = self._commit(st, uid, tmp, f"{base},S={size}", letters)
+            s = os.stat(path)
             flags_set, kws = self._decode_flags(st, letters)
             return MessageInfo(uid=uid, flags=flags_set, keywords=kws, internaldate=s.st_mtime,
                                stored=stored_from_name(base) or now, size=s.st_size, path=path,
                                dev=s.st_dev, ino=s.st_ino, nlink=s.st_nlink)
 
-    def _try_link(self, link_from: str, d: str, base: str, letters: str,
-                  internaldate: float | None) -> tuple[bool, int | None]:
-        """Hard-link ``link_from`` into cur/; False when it must be copied instead."""
+    # A message becomes visible in three steps, so that a kill between any two of them
+    # leaves nothing a rerun could take for another message (docs/restore-design.md):
+    # its bytes in tmp/<base>, then its record appended to dovecot-uidlist, then the
+    # rename into cur/.  A record whose file is still in tmp/ was never visible: the
+    # next writer of the folder drops both (_recover).
+
+    def _link_tmp(self, link_from: str, tmp: str, internaldate: float | None) -> int | None:
+        """Hard-link ``link_from`` to ``tmp``; its size, or None when it must be copied."""
         try:
             s = os.stat(link_from)
         except FileNotFoundError:
             raise StoreError(f"cannot link {link_from}: it no longer exists") from None
         if internaldate is not None and int(internaldate) != int(s.st_mtime):
-            return False, None                # one inode has one mtime = one INTERNALDATE
-        target = os.path.join(d, "cur", f"{base},S={s.st_size}:2,{letters}")
+            return None                       # one inode has one mtime = one INTERNALDATE
         try:
-            os.link(link_from, target)
+            self._in_tmp(tmp, lambda: os.link(link_from, tmp))
         except OSError as exc:
             if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                return False, None
+                return None
             raise
-        return True, s.st_size
+        return s.st_size
 
-    def _write_message(self, d: str, base: str, letters: str, src: BinaryIO, owner,
-                       internaldate: float | None) -> tuple[str, str, os.stat_result]:
-        tmp = os.path.join(d, "tmp", base)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def _in_tmp(self, tmp: str, make):
+        """Run ``make`` (which creates ``tmp``); a tmp/ that a killed creation or another
+        tool left out is made again first."""
+        try:
+            return make()
+        except FileNotFoundError:
+            d = os.path.dirname(tmp)
+            if not os.path.isdir(os.path.join(os.path.dirname(d), "cur")):
+                raise
+            with contextlib.suppress(FileExistsError):
+                self._mkdir(d, self._owner_for(os.path.dirname(d)))
+            return make()
+
+    def _write_tmp(self, tmp: str, src: BinaryIO, owner, internaldate: float | None) -> int:
+        fd = self._in_tmp(tmp, lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             try:
                 with os.fdopen(fd, "wb", closefd=False) as out:
@@ -722,17 +842,71 @@ class MaildirStore(Store):
                 self._chown(fd, owner)
                 if internaldate is not None:
                     os.utime(fd, (internaldate, internaldate))
-                s = os.fstat(fd)
+                return os.fstat(fd).st_size
             finally:
                 os.close(fd)
-            fname = f"{base},S={s.st_size}:2,{letters}"
-            path = os.path.join(d, "cur", fname)
-            os.rename(tmp, path)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return path, fname, s
+
+    def _commit(self, st: _State, uid: int, tmp: str, full_base: str, letters: str) -> str:
+        """Record ``uid`` for the file ``tmp`` in dovecot-uidlist, then move it into cur/."""
+        fname = f"{full_base}:2,{letters}"
+        path = os.path.join(st.dir, "cur", fname)
+        try:
+            if st.keywords_dirty:             # its letters must mean something on disk first
+                self._flush_keywords(st)
+            undo = self._record(st, uid, full_base)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            self._unrecord(st, uid, undo)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if st.bases is not None:
+            st.bases[full_base] = uid
+        if st.files is not None:
+            st.files[full_base] = ("cur", fname)
+        return path
+
+    def _record(self, st: _State, uid: int, full_base: str) -> int | None:
+        """Add ``uid`` to the uidlist, on disk before the caller shows the file: an
+        appended line, or (when the file on disk is behind the state) a rewrite.
+        Returns the size to cut the file back to if the file never arrives."""
+        ul = st.uidlist
+        ul.records[uid] = ("", full_base)
+        ul.uidnext = max(ul.uidnext, uid + 1)
+        st.max_uid = max(st.top_uid(), uid)
+        if uid < st.disk_uidnext and not st.index_invalidated:
+            # Dovecot's index may already call this UID expunged: make it re-read
+            self._invalidate_index(st.dir)
+            st.index_invalidated = True
+        try:
+            if st.dirty:
+                self._flush_uidlist(st)
+                return None
+            return uidlist_mod.append_record(st.dir, uid, full_base)
+        except BaseException:
+            del ul.records[uid]
+            st.max_uid = None
+            raise
+
+    def _unrecord(self, st: _State, uid: int, undo: int | None) -> None:
+        st.uidlist.records.pop(uid, None)
+        st.max_uid = None
+        if undo is None:
+            st.dirty = True
+            return
+        try:
+            uidlist_mod.undo_append(st.dir, undo)
+        except OSError:
+            st.dirty = True
 
     def _prune(self, st: _State) -> None:
         """Drop uidlist lines whose files are gone."""
@@ -744,6 +918,7 @@ class MaildirStore(Store):
         if dead:
             st.dirty = True
 
+    @store_os_errors
     def set_flags(self, user: str, folder: str, uid: int, flags: Iterable[str],
                   keywords: Iterable[str] = ()) -> MessageInfo:
         folder = check_folder_name(folder)
@@ -751,6 +926,8 @@ class MaildirStore(Store):
             for attempt in (0, 1):
                 base, sub, fname = self._find(st, uid, user, folder)
                 letters = self._encode_flags(st, flags, keywords, keep=split_name(fname)[1])
+                if st.keywords_dirty:
+                    self._flush_keywords(st)
                 new = f"{base}:2,{letters}"
                 try:
                     if (sub, fname) != ("cur", new):
@@ -762,6 +939,7 @@ class MaildirStore(Store):
                 return self._info(st, uid, "cur", new)
             raise MessageGone(user, folder, uid)
 
+    @store_os_errors
     def expunge(self, user: str, folder: str, uids: Iterable[int]) -> int:
         folder = check_folder_name(folder)
         n = 0
@@ -790,6 +968,7 @@ class MaildirStore(Store):
     def _hold_marker(self, user: str) -> str:
         return os.path.join(self._home(user), HOLD_MARKER)
 
+    @store_os_errors
     def hold_deliveries(self, user: str) -> None:
         marker = self._hold_marker(user)
         owner = self._owner_for(os.path.dirname(marker))
@@ -809,6 +988,7 @@ class MaildirStore(Store):
         except FileNotFoundError:
             return []
 
+    @store_os_errors
     def release_deliveries(self, user: str) -> int:
         n = self._drain(user)
         with contextlib.suppress(FileNotFoundError):
@@ -871,6 +1051,7 @@ class MaildirStore(Store):
                 src.close()
         return final
 
+    @store_os_errors
     def deliver(self, users: list[str], src: BinaryIO, folder: str = "INBOX",
                 internaldate: float | None = None) -> dict:
         now = time.time()

@@ -23,6 +23,9 @@ class Uidlist:
     uidnext: int = 1
     extra: list = field(default_factory=list)     # other header fields, e.g. G<guid>
     records: dict = field(default_factory=dict)   # uid -> (ext, base)
+    header_uidnext: int = 1                       # N of the header line alone
+    torn: bool = False                            # the file's last line has no newline
+
     @classmethod
     def parse(cls, text: str, path: str = UIDLIST) -> "Uidlist":
         lines = text.split("\n")
@@ -42,15 +45,24 @@ class Uidlist:
             ul.uidvalidity, ul.uidnext = int(head[1]), int(head[2])
         else:
             raise StoreError(f"{path}: unsupported dovecot-uidlist version {head[0]!r}")
+        ul.header_uidnext = ul.uidnext
         records = ul.records
         last = 0
-        for line in lines[1:]:
+        # a last line without its newline is a record whose writer was cut off: it is
+        # kept when it reads as a whole record, and the file is rewritten before any
+        # line is appended to it
+        ul.torn = len(lines) > 1 and lines[-1] != ""
+        for n, line in enumerate(lines[1:], 2):
             if not line:
                 continue
             uid_s, _, rest = line.partition(" ")
             try:
                 uid = int(uid_s)
+                if not rest:
+                    raise ValueError(line)
             except ValueError:
+                if ul.torn and n == len(lines):
+                    continue
                 raise StoreError(f"{path}: bad line {line!r}") from None
             if rest[:1] == ":":
                 ext, name = "", rest[1:]
@@ -59,6 +71,8 @@ class Uidlist:
                 if i < 0:
                     if head[0] == "1":
                         ext, name = "", rest
+                    elif ul.torn and n == len(lines):
+                        continue
                     else:
                         raise StoreError(f"{path}: bad line {line!r}")
                 else:
@@ -68,6 +82,10 @@ class Uidlist:
         if ul.uidnext <= last:              # Dovecot appends lines without a new header
             ul.uidnext = last + 1
         return ul
+
+    @staticmethod
+    def record_line(uid: int, ext: str, base: str) -> str:
+        return f"{uid} {ext} :{base}\n" if ext else f"{uid} :{base}\n"
 
     def render(self) -> str:
         head = " ".join(["3", f"V{self.uidvalidity}", f"N{self.uidnext}", *self.extra])
@@ -109,3 +127,33 @@ def read_uidlist_header(folder_dir: str) -> Uidlist | None:
             pass
     return ul
 
+
+
+def append_record(folder_dir: str, uid: int, base: str) -> int:
+    """Append one record line to the folder's ``dovecot-uidlist`` (as Dovecot does for a
+    new message, header untouched); returns the file's size before, for
+    :func:`undo_append`.  A line that could not be written whole is cut off again."""
+    path = os.path.join(folder_dir, UIDLIST)
+    data = Uidlist.record_line(uid, "", base).encode("utf-8", "surrogateescape")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.ftruncate(fd, before)
+            raise
+    finally:
+        os.close(fd)
+    return before
+
+
+def undo_append(folder_dir: str, size: int) -> None:
+    """Cut the file back to ``size`` (the last appended record never took effect)."""
+    fd = os.open(os.path.join(folder_dir, UIDLIST), os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
