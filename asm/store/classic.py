@@ -37,7 +37,7 @@ from asm.locks import flock_wait
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, split_flags,
+    _what, check_folder_name, check_user_name, os_store_error, split_flags,
 )
 
 CHUNK = 1 << 20
@@ -93,6 +93,7 @@ def _user_dir(user: str) -> str:
 
 
 _HASH = frozenset("0123456789abcdef")
+TMP_DIR = ".ims-tmp"        # per partition: message files being written
 REBUILD_HINT = ("the mailbox list (mboxlist/mailboxes.db) was lost or replaced: rebuild it from the "
                 "partitions with reconstruct -m before backing up")
 
@@ -142,15 +143,14 @@ def _store_errors(fn):
         try:
             return fn(self, *args, **kwargs)
         except sqlite3.Error as exc:
-            what = "/".join(str(a) for a in args[:2] if isinstance(a, str)) or fn.__name__
+            what = _what(fn, args)
             if "full" in str(exc):
                 raise StoreFull(what, str(exc)) from None
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise LockTimeout(f"the index or mailbox list for {what} ({exc})") from None
             raise StoreError(f"{fn.__name__} {what}: the store's index failed: {exc}") from None
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                what = "/".join(str(a) for a in args[:2] if isinstance(a, str)) or fn.__name__
-                raise StoreFull(what, exc.strerror) from None
-            raise
+            raise os_store_error(exc, _what(fn, args)) from None
     return wrapper
 
 
@@ -163,6 +163,16 @@ def _holds_mail(d: str) -> bool:
                        for e in it)
     except OSError:
         return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _uidvalidity() -> int:
@@ -200,6 +210,7 @@ class ClassicStore(Store):
         self._rows: dict[tuple[str, str], list] = {}
         self._counters: dict[str, list] = {}
         self._mutex = threading.RLock()
+        self._tmp_clean: set[str] = set()            # partitions whose temp dir was cleaned
 
     def _check_lost(self, db_path: str) -> None:
         for part, ppath in self.parts.items():
@@ -281,7 +292,11 @@ class ClassicStore(Store):
     def _connect_index(self, path: str) -> sqlite3.Connection:
         con = sqlite3.connect(path, timeout=self.lock_timeout, isolation_level=None,
                               check_same_thread=False)
-        con.execute("PRAGMA synchronous=OFF")  # durability: Store.sync() at the end of a run
+        # WAL with synchronous=NORMAL: a crash at any moment leaves the index whole (at
+        # worst without its last commits); no fsync per commit: the end of the
+        # command's batch() makes them durable (syncfs)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
         return con
 
     def _cache_index(self, fdir: str, con: sqlite3.Connection) -> None:
@@ -443,6 +458,7 @@ class ClassicStore(Store):
             if not flock_wait(fd, self.lock_timeout if timeout is None else timeout):
                 os.close(fd)
                 raise LockTimeout(f"folder {folder!r} of user {user!r}")
+            self._clean_tmp(user)
             with self._mutex:
                 self._held[fdir] = (fd, 1)
                 self._rows[(user, folder)] = [uidvalidity, subscribed]
@@ -484,7 +500,7 @@ class ClassicStore(Store):
 
     # -- write side ----------------------------------------------------------
     @_store_errors
-    def create_user(self, user: str, partition: str = "primary") -> None:
+    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
         _utf8(check_user_name(user), "user ID")
         ppath = self.partition_path(partition)
         self.check_partition(partition, writing=True)
@@ -492,8 +508,12 @@ class ClassicStore(Store):
             raise UserExists(user)
         d = _user_dir(user)
         self._makedirs(os.path.join(ppath, d))
-        self._db.execute("INSERT INTO users (user, partition, dir) VALUES (?,?,?)", (user, partition, d))
-        self.create_folder(user, "INBOX", subscribed=True)
+        try:
+            self._db.execute("INSERT INTO users (user, partition, dir) VALUES (?,?,?)", (user, partition, d))
+        except sqlite3.IntegrityError:
+            raise UserExists(user) from None        # created meanwhile by another process
+        # a kill here leaves a user without INBOX: the next create_folder("INBOX") makes it
+        self.create_folder(user, "INBOX", uidvalidity=uidvalidity, subscribed=True)
 
     def delete_user(self, user: str) -> None:
         path = self._user_path(user)
@@ -530,8 +550,11 @@ class ClassicStore(Store):
             old.close()
         self._cache_index(fdir, con)
         self._chown(idx)
-        self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,?)",
-                         (user, folder, uidvalidity, int(subscribed)))
+        try:
+            self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,?)",
+                             (user, folder, uidvalidity, int(subscribed)))
+        except sqlite3.IntegrityError:
+            raise FolderExists(user, folder) from None   # created meanwhile by another process
         return FolderInfo(folder, uidvalidity, max(1, uidnext), subscribed)
 
     @_store_errors
@@ -581,13 +604,41 @@ class ClassicStore(Store):
                 self._counters.pop(fdir, None)
             return self.folder(user, folder)
 
-    def _write_file(self, fdir: str, uid: int, src: BinaryIO | None, link_from: str | None,
+    def _tmp_dir(self, user: str) -> str:
+        """``<partition>/.ims-tmp``: where message files are written before they are
+        renamed to ``<uid>.msg``.  One directory per partition, so what a killed writer
+        left is found without walking any folder (see :meth:`_clean_tmp`)."""
+        part, _ = self._user_where(user)
+        d = os.path.join(self.partition_path(part), TMP_DIR)
+        if not os.path.isdir(d):
+            self._makedirs(d)
+        return d
+
+    def _clean_tmp(self, user: str) -> None:
+        """Remove what writers that are gone left in the partition's temporary
+        directory: once per process and partition, at the first folder lock."""
+        part, _ = self._user_where(user)
+        if part in self._tmp_clean:
+            return
+        self._tmp_clean.add(part)
+        d = os.path.join(self.partition_path(part), TMP_DIR)
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return
+        for name in names:
+            pid_s = name.partition("-")[0]
+            if pid_s.isdigit() and not _pid_alive(int(pid_s)):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(d, name))
+
+    def _write_file(self, user: str, fdir: str, uid: int, src: BinaryIO | None, link_from: str | None,
                     internaldate: float) -> tuple[str, int]:
         path = self._msg_path(fdir, uid)
         hdir = os.path.dirname(path)
         if not os.path.isdir(hdir):
             self._makedirs(hdir)
-        tmp = os.path.join(hdir, f".tmp-{uid}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = os.path.join(self._tmp_dir(user), f"{os.getpid()}-{uid}-{uuid.uuid4().hex[:8]}")
         try:
             if link_from is not None:
                 try:
@@ -612,7 +663,7 @@ class ClassicStore(Store):
             os.replace(tmp, path)
             return path, size
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
 
@@ -639,7 +690,7 @@ class ClassicStore(Store):
                 uid = max(uidnext, top + 1)
             elif uid <= top:
                 raise UidInUse(user, folder, uid)
-            path, size = self._write_file(fdir, uid, src, link_from, internaldate)
+            path, size = self._write_file(user, fdir, uid, src, link_from, internaldate)
             con.execute("INSERT INTO msgs VALUES (?,?,?,?,?,?)",
                         (uid, _flags_text(sys_flags), " ".join(extra), internaldate, stored, size))
             ctr[0], ctr[1] = max(uidnext, uid + 1), uid
@@ -746,6 +797,10 @@ class ClassicStore(Store):
             first = first or info.path
             out[user] = info
         return out
+
+    def sync_dirs(self) -> list[str]:
+        """The partitions and the store root (mailbox list, delivery queue)."""
+        return super().sync_dirs() + [self.root]
 
     def close(self) -> None:
         for con in self._idx.values():
