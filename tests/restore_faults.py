@@ -70,11 +70,11 @@ def leftovers(home) -> list[str]:
             p = os.path.join(d, f)
             if f == ".msg.conf.lock":
                 continue                 # the configuration's flock file, kept by design
-            if base == "tmp" or "/data/spool" in d or f.endswith(".lock") or ".stale." in f \
+            if base in ("tmp", ".ims-tmp") or "/data/spool" in d or f.endswith(".lock") or ".stale." in f \
                     or f.endswith(".tmp") or f.startswith(".tmp-") or ".tmp." in f or f.startswith(".temp."):
                 out.append(p)
         for sub in dirs:
-            if sub.startswith("ims-new.") or sub.startswith(".ims-new."):
+            if sub.startswith(".ims-new"):
                 out.append(os.path.join(d, sub))
     return sorted(out)
 

@@ -254,12 +254,12 @@ LONG = "a folder whose name is long enough to make every line of a listing a lon
 def _fill(store, folders: int = 0, messages: int = 0):
     """One user with ``folders`` long-named folders (one listing line each) and
     ``messages`` messages in a long-named folder (one -t line each)."""
-    store.deferred_sync = True
-    store.create_user("joe")
-    for i in range(folders):
-        store.create_folder("joe", f"{LONG}{i:05d}", subscribed=True)
-    for i in range(messages):
-        put(store, "joe", f"{LONG}messages", i)
+    with store.batch():                      # one sync at the end, not an fsync per file
+        store.create_user("joe")
+        for i in range(folders):
+            store.create_folder("joe", f"{LONG}{i:05d}", subscribed=True)
+        for i in range(messages):
+            put(store, "joe", f"{LONG}messages", i)
 
 
 def _into_head(argv, env) -> tuple[int, bytes, bytes]:

@@ -16,7 +16,7 @@ from asm.cli.common import (
 from asm.cli.context import open_installation
 from asm.devices import open_device
 from asm.errors import (
-    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, EXIT_USAGE,
+    EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL,
     device_status,
 )
 from asm.logical import parse
@@ -163,20 +163,19 @@ def _main(argv: list[str] | None) -> int:
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
                     spool_limit=inst.config.get_int("restore.spoolmax") << 20)
                 journal = Journal(os.path.join(inst.config.home, "data", "restore-journal.db"))
-                if opts.reffile:
-                    os.makedirs(os.path.dirname(os.path.abspath(opts.reffile)), exist_ok=True)
                 res = Restorer(inst.store, inst.groups, reader, opts, sel, journal, device=args.device,
                                report=report, progress=show if progress.enabled else None).restore()
         except KeyboardInterrupt:
             progress.clear()
             return die(PROG, "interrupted: what was restored so far is complete message by message; "
-                       "run the same command again to finish (no duplicates)", EXIT_INTERRUPTED)
+                       "run the same command again to finish (no duplicates; deliveries to the users "
+                       "being restored stay held until it completes)", EXIT_INTERRUPTED)
         except OSError as exc:         # the device (a store failure is a StoreError, with its status)
             progress.clear()
             return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
     progress.clear()
     for e in res.errors:
-        if e["error"] != res.store_full:
+        if e.get("status") != EXIT_NOSPACE:        # a full disk is said once, below
             warn(PROG, f"{e['mailbox']}: {e['error']}")
     if args.verbose or sys.stderr.isatty():
         print(f"{PROG}: {res.users} users, {res.folders} folders, {res.messages} messages, {res.links} links, "
@@ -190,23 +189,17 @@ def _main(argv: list[str] | None) -> int:
         warn(PROG, f"{p}: nothing in the archive matches this path"
              + (f" (it has {', '.join(near)}: folder names are matched exactly, but INBOX)" if near else ""))
     if res.store_full:
-        warn(PROG, res.store_full)
-        return EXIT_NOSPACE
-    if getattr(res, "hostile", 0):
+        n = len(res.held)
+        warn(PROG, res.store_full + (f" (deliveries to {n} user{'s' if n > 1 else ''} stay held until it "
+                                     f"completes)" if n else ""))
+    if res.hostile:
         warn(PROG, f"{res.hostile} hostile members were refused; nothing was written outside the store")
-        return EXIT_HOSTILE
     if res.incomplete:
         warn(PROG, res.incomplete)
-        return EXIT_INCOMPLETE
     if res.out_of_order:
         warn(PROG, f"{len(res.out_of_order)} folders were left as they were: this archive does not "
              f"follow the one restored last into them (see above)")
-        return EXIT_ORDER
-    if paths and len(res.unmatched) == len(paths):
-        return EXIT_USAGE
-    if res.errors or res.pending or res.unmatched:
-        return EXIT_PARTIAL
-    return EXIT_OK
+    return res.status()
 
 
 if __name__ == "__main__":

@@ -85,15 +85,18 @@ class Applier:
         In the same UIDVALIDITY the UID is the identity: a message at the archived UID
         with the same bytes is it; an archived UID at or above UIDNEXT is new (the next
         link of a chain, or the rest of an interrupted restore) even when another
-        message has the same bytes.  Otherwise any message with the same bytes is it."""
-        if self.opts.ignore_duplicates or plan.mode == "exact":
+        message has the same bytes.  Otherwise any message with the same bytes is it.
+        A folder this archive's restore created is checked by UID alone when the
+        restore resumes (even with -i), and not at all the first time."""
+        if (plan.mode == "exact" or self.opts.ignore_duplicates) and not plan.resumed:
             return None
-        if plan.uidvalidity == plan.archive_uidvalidity:
-            same_uid = plan.by_uid.get(m.uid)
-            if same_uid is not None and same_uid.size == m.size and self._same_bytes(plan, same_uid, m.sha256):
-                return same_uid
-            if same_uid is None and m.uid >= plan.uidnext:
-                return None
+        same_uid = plan.by_uid.get(m.uid) if plan.uidvalidity == plan.archive_uidvalidity else None
+        if same_uid is not None and same_uid.size == m.size and self._same_bytes(plan, same_uid, m.sha256):
+            return same_uid
+        if self.opts.ignore_duplicates:
+            return None
+        if plan.uidvalidity == plan.archive_uidvalidity and same_uid is None and m.uid >= plan.uidnext:
+            return None
         for c in plan.existing.get(m.size, []):
             if self._same_bytes(plan, c, m.sha256):
                 return c
@@ -101,7 +104,7 @@ class Applier:
 
     @staticmethod
     def target_uid(plan: FolderPlan, m) -> int | None:
-        if plan.mode == "exact":
+        if plan.mode == "exact" and not plan.resumed:
             return m.uid
         if plan.uidvalidity == plan.archive_uidvalidity and m.uid >= plan.uidnext:
             return m.uid

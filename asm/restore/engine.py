@@ -4,22 +4,21 @@ mailbox, deliveries held and released, the journal kept."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import time
 
 from asm import plugins
 from asm.archive.errors import CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
-from asm.errors import EXIT_OK, EXIT_PARTIAL
+from asm.errors import EXIT_NOSPACE, EXIT_PARTIAL, ImsError
 from asm.events import Run
 from asm.groups import Groups
 from asm.restore.apply import Applier
 from asm.restore.errors import ArchiveReadFailed, ChainOrderError, StopRestore
-from asm.restore.journal import Journal
-from asm.restore.options import RestoreOptions, RestoreResult
+from asm.restore.journal import Journal, JournalError
+from asm.restore.options import RestoreOptions, RestoreResult, error_status
 from asm.restore.plan import FolderPlan, Planner
 from asm.restore.reffile import write_reffile
 from asm.restore.selection import Selection
-from asm.store.base import Store, StoreError, StoreFull
+from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_error
 
 
 class Restorer:
@@ -34,7 +33,7 @@ class Restorer:
         self.journal = journal
         self.report = report or (lambda line: None)
         self.progress = progress
-        self.res = RestoreResult()
+        self.res = RestoreResult(paths=len(selection.paths))
         self.run = Run("restore", device, [str(p) for p in selection.paths], {
             "ignore_duplicates": opts.ignore_duplicates, "new_mailbox": opts.new_mailbox})
         self.planner = Planner(store, journal, self.header, opts)
@@ -46,20 +45,39 @@ class Restorer:
         self.user_groups: dict[tuple, str | None] = {}
 
     # -- errors ---------------------------------------------------------------
-    def _error(self, mailbox: str, exc: Exception | str) -> None:
+    def _error(self, mailbox: str, exc: Exception | str, status: int | None = None) -> None:
         msg = str(exc)
-        self.res.errors.append({"mailbox": mailbox, "error": msg})
+        if status is None:
+            status = error_status(exc)
+        self.res.errors.append({"mailbox": mailbox, "error": msg, "status": status})
         self.report(f"error: {mailbox}: {msg}")
         go_on = self.opts.ask(f"{mailbox}: {msg}") if self.opts.ask else self.opts.continue_on_error
         if not go_on:
             raise StopRestore(msg)
 
+    def _store_error(self, mailbox: str, exc: Exception, what: str) -> None:
+        """A store failure (a StoreError, or an OSError of the store's filesystem) while
+        restoring ``mailbox`` (``what``: user/folder): a full disk stops the run,
+        anything else is named for that mailbox and the others go on."""
+        if isinstance(exc, OSError):
+            exc = os_store_error(exc, what)
+        if exc.status == EXIT_NOSPACE:
+            self._store_full(mailbox, exc)
+        self._error(mailbox, exc)
+
     # -- main loop --------------------------------------------------------------
     def restore(self) -> RestoreResult:
+        """Restore what the selection takes from the archive.  The whole run is one
+        store batch: whatever ends it, what was written is durable when it returns."""
+        with self.store.batch():
+            self._restore()
+        return self.res
+
+    def _restore(self) -> None:
         t0 = time.monotonic()
-        self.store.deferred_sync = True      # one sync() at the end instead of an fsync per file
         plugins.run_start(self.run)
         status = EXIT_PARTIAL
+        finished = False
         try:
             stopped = False
             try:
@@ -72,15 +90,20 @@ class Restorer:
             # a folder cut short keeps its UIDNEXT and journal as they were, so the same
             # command run again finishes it with the archived UIDs
             self._end_folder(complete=self.res.incomplete is None and not stopped)
-            status = EXIT_PARTIAL if self.res.errors or self.res.incomplete or self.res.pending else EXIT_OK
+            finished = True
+            status = self.res.status()
         finally:
             self._end_folder(complete=False)
-            self.lock_stack.close()
-            for user in ([] if self.opts.keep_held else self.held):
+            self._drop_lock("")
+            # a run the same command must finish (the store filled up, Ctrl-C, a kill)
+            # leaves deliveries held: new mail would take the UIDs still to be restored
+            keep = self.opts.keep_held or not finished or self.res.store_full is not None
+            for user in ([] if keep else self.held):
                 try:
                     self.store.release_deliveries(user)
-                except StoreError as exc:
-                    self.res.errors.append({"mailbox": user, "error": f"releasing held deliveries: {exc}"})
+                except (StoreError, OSError) as exc:
+                    self._record_error(user, f"releasing held deliveries: {exc}", error_status(exc))
+            self.res.held = list(self.held) if keep and not self.opts.keep_held else []
             self.applier.close()
             self.res.unmatched = self.sel.unmatched()
             self.res.near_misses = {p: self.sel.near_misses(p) for p in self.res.unmatched}
@@ -92,9 +115,11 @@ class Restorer:
             plugins.run_end(self.run, status)
         if self.res.pending and self.opts.reffile:
             write_reffile(self.opts.reffile, self.header, self.res.pending)
-        self.store.sync()
-        self.store.deferred_sync = False
-        return self.res
+
+    def _record_error(self, mailbox: str, msg: str, status: int) -> None:
+        """An error met while winding up: recorded, never raised, nobody asked."""
+        self.res.errors.append({"mailbox": mailbox, "error": msg, "status": status})
+        self.report(f"error: {mailbox}: {msg}")
 
     def _member_error(self, exc: Exception) -> None:
         if isinstance(exc, HostileMember):
@@ -118,23 +143,16 @@ class Restorer:
             self.applier.restore_message(plan, m)
         except ArchiveReadFailed as exc:
             raise exc.error from None            # the device failed: the CLI says so
-        except OSError as exc:                   # not the archive's (see _Source): the store's
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                plan.failed += 1
-                self._error(f"/{m.partition}/{plan.user}/{plan.folder}/{m.uid}", f"cannot write: {exc}")
-                return
-            plan.failed += 1
-            self._store_full(f"/{m.partition}/{plan.user}/{plan.folder}",
-                             StoreFull(f"{plan.user}/{plan.folder}", exc.strerror))
-        except StoreFull as exc:
-            plan.failed += 1
-            self._store_full(f"/{m.partition}/{plan.user}/{plan.folder}", exc)
         except (DigestMismatch, CorruptMember) as exc:
             plan.failed += 1
             self._error(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}", exc)
-        except StoreError as exc:
+        except (StoreError, OSError) as exc:     # not the archive's (see _Source): the store's
             plan.failed += 1
-            self._error(f"/{m.partition}/{plan.user}/{plan.folder}/{m.uid}", exc)
+            if isinstance(exc, OSError):
+                exc = os_store_error(exc, f"{plan.user}/{plan.folder}")
+            if isinstance(exc, StoreFull):
+                self._store_full(plan.mailbox, exc)
+            self._error(f"{plan.mailbox}/{m.uid}", exc)
         if self.progress:
             self.progress(self.res)
 
@@ -147,7 +165,7 @@ class Restorer:
         user = self.opts.user_map.get(m.user, m.user)
         mailbox = f"/{m.partition}/{user}/{m.folder}"
         try:
-            self._ensure_user(m.partition, user)
+            self._ensure_user(m.partition, user, m)
             plan = self.plan = self.planner.plan(m, user, self.lock_stack)
             self.res.folders += 1
             self.report(f"{plan.mailbox}: restoring ({plan.mode}"
@@ -157,31 +175,47 @@ class Restorer:
             # this folder is left exactly as it was; the others go on
             self.plan = None
             self.res.out_of_order.append(mailbox)
-            self._release_lock()
+            self._drop_lock(mailbox)
             self._error(mailbox, exc)
-        except StoreFull as exc:
+        except CorruptMember as exc:
             self.plan = None
-            self._release_lock()
-            self._store_full(mailbox, exc)
-        except (StoreError, CorruptMember) as exc:
-            self.plan = None
-            self._release_lock()
+            self._drop_lock(mailbox)
             self._error(mailbox, exc)
+        except (StoreError, JournalError, OSError) as exc:
+            # the store cannot hold this folder (a name too long for its filesystem,
+            # read-only, ...): named for it, the other folders go on
+            self.plan = None
+            self._drop_lock(mailbox)
+            self._store_error(mailbox, exc, f"{user}/{m.folder}")
 
-    def _store_full(self, mailbox: str, exc: StoreFull) -> None:
+    def _store_full(self, mailbox: str, exc: ImsError) -> None:
         """The store's disk is full: nothing more can be written, so the run stops."""
         self.res.store_full = str(exc)
-        self.res.errors.append({"mailbox": mailbox, "error": str(exc)})
+        self.res.errors.append({"mailbox": mailbox, "error": str(exc), "status": exc.status})
         raise StopRestore(str(exc)) from None
 
     def _release_lock(self) -> None:
-        self.lock_stack.close()
-        self.lock_stack = contextlib.ExitStack()
+        """Release the folder's lock (a driver writes what it kept in memory then: that
+        may fail, and raises)."""
+        stack, self.lock_stack = self.lock_stack, contextlib.ExitStack()
+        stack.close()
 
-    def _ensure_user(self, partition: str, user: str) -> None:
+    def _drop_lock(self, mailbox: str) -> None:
+        """Release the lock of a folder that failed; a failure to do so is recorded."""
+        try:
+            self._release_lock()
+        except (StoreError, OSError) as exc:
+            self._record_error(mailbox, str(exc), error_status(exc))
+
+    def _ensure_user(self, partition: str, user: str, m) -> None:
         if not self.store.exists(user):
             part = partition if partition in self.store.partitions() else "primary"
-            self.store.create_user(user, part)
+            try:
+                # INBOX has the archive's UIDVALIDITY from the start (when the archive
+                # holds INBOX, it comes first): no moment with another one on disk
+                self.store.create_user(user, part, uidvalidity=m.uidvalidity if m.folder == "INBOX" else None)
+            except UserExists:
+                pass                              # another restore made it meanwhile
         if user not in self.users_seen:
             self.users_seen.add(user)
             self.res.users += 1
@@ -191,36 +225,47 @@ class Restorer:
             self.held.append(user)
 
     def _end_folder(self, complete: bool) -> None:
+        """Finish the folder being restored: a complete one gets the chain's expunges and
+        flags and the archive's UIDNEXT, its changes are committed (the store lock
+        released), and only then does the journal call it done.  A folder cut short
+        keeps its journal entry 'under way', so the same command resumes it."""
         plan = self.plan
         if plan is None:
             return
         self.plan = None
         store = self.store
         mailbox = plan.mailbox
+        info = None
         try:
+            try:
+                if complete:
+                    if plan.mode == "chain":
+                        keep = set(plan.archive_uids)
+                        gone = [u for u in plan.by_uid if u not in keep]
+                        # messages restored in this run are in the archive's list by construction
+                        self.res.expunged += store.expunge(plan.user, plan.folder, gone)
+                        for uid, (flags, keywords) in plan.state.items():
+                            if uid in plan.by_uid and uid in keep:
+                                store.set_flags(plan.user, plan.folder, uid, flags, keywords)
+                    info = store.folder(plan.user, plan.folder)
+                    if plan.uidvalidity == plan.archive_uidvalidity and info.uidnext < plan.archive_uidnext:
+                        # never lower UIDNEXT: clients must not see a UID twice
+                        info = store.set_folder(plan.user, plan.folder, uidnext=plan.archive_uidnext)
+            finally:
+                self._release_lock()
             if complete:
-                if plan.mode == "chain":
-                    keep = set(plan.archive_uids)
-                    gone = [u for u in plan.by_uid if u not in keep]
-                    # messages restored in this run are in the archive's list by construction
-                    self.res.expunged += store.expunge(plan.user, plan.folder, gone)
-                    for uid, (flags, keywords) in plan.state.items():
-                        if uid in plan.by_uid and uid in keep:
-                            store.set_flags(plan.user, plan.folder, uid, flags, keywords)
-                info = store.folder(plan.user, plan.folder)
-                if plan.uidvalidity == plan.archive_uidvalidity and info.uidnext < plan.archive_uidnext:
-                    # never lower UIDNEXT: clients must not see a UID twice
-                    info = store.set_folder(plan.user, plan.folder, uidnext=plan.archive_uidnext)
                 # the folder mirrors the archive when it was created or continued from it
-                # and every message kept its UID: only then may a later link expunge
-                mirror = plan.mode in ("exact", "chain") and not plan.renumbered and not plan.failed
+                # (or was a mirror of it already) and every message kept its UID: only
+                # then may a later link of the chain expunge
+                mirror = (plan.mode in ("exact", "chain") or plan.again) and not plan.renumbered \
+                    and not plan.failed
                 self.journal.put(plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header, mirror)
             plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
                                                      "messages": plan.restored, "bytes": 0, "error": None})
-        except StoreError as exc:
+        except (StoreError, JournalError, OSError) as exc:
             # recorded, never raised: this runs while the restore is winding up
-            self.res.errors.append({"mailbox": mailbox, "error": str(exc)})
-            self.report(f"error: {mailbox}: {exc}")
-        finally:
-            self.lock_stack.close()
-            self.lock_stack = contextlib.ExitStack()
+            if isinstance(exc, OSError):
+                exc = os_store_error(exc, f"{plan.user}/{plan.folder}")
+            if exc.status == EXIT_NOSPACE and self.res.store_full is None:
+                self.res.store_full = str(exc)
+            self._record_error(mailbox, str(exc), exc.status)

@@ -43,6 +43,9 @@ class FolderPlan:
     uidnext: int = 1            # the target's UIDNEXT as this run moves it
     renumbered: int = 0         # messages that took a new UID here
     failed: int = 0             # messages that could not be restored here
+    resumed: bool = False       # an exact or chain restore of this archive cut short before:
+                                # what it restored is there (same UIDs), the rest follows
+    again: bool = False         # the archive restored here last, into a folder that mirrors it
 
     @property
     def mailbox(self) -> str:
@@ -82,7 +85,9 @@ class Planner:
 
     def plan(self, m, user: str, locks: contextlib.ExitStack) -> FolderPlan:
         """The plan for folder member ``m`` restored under ``user``; the target folder's
-        lock is entered on ``locks`` and held until the folder is done."""
+        lock is entered on ``locks`` and held until the folder is done.  A folder
+        restored exactly or as the next link of a chain is marked in the journal as
+        under way before anything is written to it (see :meth:`Journal.start`)."""
         store = self.store
         folder = m.folder
         state = state_from(m)
@@ -99,27 +104,39 @@ class Planner:
             created = True
         locks.enter_context(store.lock(user, folder))
         info = store.folder(user, folder)
-        if not created and info.uidnext == 1 and not store.messages(user, folder):
-            # never used (e.g. the INBOX of a user just created): adopt the archive's identity
-            info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, subscribed=m.subscribed)
-            created = True
-        j = None
+        j = self.journal.get(user, folder)
+        resumed = (not created and j is not None and j.running is not None
+                   and j.running == self.header.get("archive_id") and j.running_mode in ("exact", "chain")
+                   and info.uidvalidity == m.uidvalidity)
+        again = False
         if created:
+            mode = "exact"
+        elif resumed:
+            mode = j.running_mode
+        elif info.uidnext == 1 and not store.messages(user, folder):
+            # never used (e.g. the INBOX of a user just created): adopt the archive's identity
+            if info.uidvalidity != m.uidvalidity or info.subscribed != m.subscribed:
+                info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, subscribed=m.subscribed)
             mode = "exact"
         else:
             mode = "merge"
-            j = self.journal.get(user, folder)
             if j is not None and j.mirror and j.uidvalidity == info.uidvalidity == m.uidvalidity \
                     and j.uidnext == info.uidnext:
                 mode = self.chain_mode(user, folder, j)
+                again = mode == "merge"
+        if mode == "exact" and info.subscribed != m.subscribed:
+            store.set_folder(user, folder, subscribed=m.subscribed)
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
-                          list(m.uids), info.uidvalidity, state, uidnext=info.uidnext)
-        if mode != "exact":
+                          list(m.uids), info.uidvalidity, state, uidnext=info.uidnext,
+                          resumed=resumed, again=again)
+        if mode != "exact" or resumed:
             for msg in store.messages(user, folder):
                 plan.by_uid[msg.uid] = msg
                 plan.existing.setdefault(msg.size, []).append(msg)
         if mode == "chain":
             self.check_gap(plan, j.created)
+        if mode in ("exact", "chain") and not resumed:
+            self.journal.start(user, folder, self.header, mode)
         return plan
 
     def chain_mode(self, user: str, folder: str, j: JournalRow) -> str:
@@ -145,10 +162,15 @@ class Planner:
                 f"was taken at {_fmt(last_created)}; restore the incremental(s) taken in between first")
 
     def new_name(self, user: str, folder: str) -> str:
+        """A free name beside ``folder`` (-n), or the one this archive's restore beside it
+        began under and did not finish (a killed run of the same command resumes it)."""
         suffix = self.opts.new_suffix or time.strftime("%Y%m%d")
         base = f"{folder}-{suffix}"
         name, n = base, 1
         while self.store.exists(user, name):
+            j = self.journal.get(user, name)
+            if j is not None and j.running is not None and j.running == self.header.get("archive_id"):
+                return name
             n += 1
             name = f"{base}-{n}"
         return name

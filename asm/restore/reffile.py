@@ -3,13 +3,15 @@ default ``$IMS_HOME/data/refs/<archive id>.ref``), and ``imsrestore -r`` complet
 them from the archive."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 
 from asm.archive import names
 from asm.archive.errors import ArchiveError, IncompleteArchive
+from asm.errors import EXIT_NOSPACE, EXIT_USAGE
 from asm.restore.errors import RestoreError
-from asm.restore.options import RestoreResult
+from asm.restore.options import RestoreResult, error_status
 from asm.store.base import Store, StoreError
 
 
@@ -20,10 +22,18 @@ def default_reffile(home: str, header: dict) -> str:
 
 
 def write_reffile(path: str, header: dict, pending: list) -> None:
+    """Write the reference file (its directory is made when missing)."""
     from asm.config import atomic_write
     doc = {"format": "ims-asm-references", "version": 1, "archive_id": header.get("archive_id"),
            "created": header.get("created"), "references": pending}
-    atomic_write(path, names.dump_json(doc, indent=1), mode=0o600)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, names.dump_json(doc, indent=1), mode=0o600)
+    except OSError as exc:
+        status = EXIT_NOSPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_USAGE
+        raise RestoreError(f"cannot write the reference file {path}: {exc.strerror or exc}; {len(pending)} "
+                           f"linked messages were not restored: run again with -R naming another place",
+                           status=status) from None
 
 
 def read_reffile(path: str) -> dict:
@@ -40,7 +50,13 @@ def read_reffile(path: str) -> dict:
 
 
 def complete_references(store: Store, reader, doc: dict, report=None) -> RestoreResult:
-    """Second pass: restore the link members a stream could not resolve, from the archive."""
+    """Second pass: restore the link members a stream could not resolve, from the archive
+    (one store batch: durable when it returns, however it ends)."""
+    with store.batch():
+        return _complete(store, reader, doc, report)
+
+
+def _complete(store: Store, reader, doc: dict, report) -> RestoreResult:
     report = report or (lambda line: None)
     res = RestoreResult()
     if doc.get("archive_id") != reader.header.get("archive_id"):
@@ -75,7 +91,8 @@ def complete_references(store: Store, reader, doc: dict, report=None) -> Restore
                             first_path = got.path
                     report(f"/{ref['partition']}/{user}/{folder}/{got.uid}: restored from {m.name}")
                 except (StoreError, ArchiveError) as exc:
-                    res.errors.append({"mailbox": f"/{ref['partition']}/{user}/{folder}", "error": str(exc)})
+                    res.errors.append({"mailbox": f"/{ref['partition']}/{user}/{folder}", "error": str(exc),
+                                       "status": error_status(exc)})
             if not wanted:
                 break
     except IncompleteArchive as exc:
@@ -84,5 +101,4 @@ def complete_references(store: Store, reader, doc: dict, report=None) -> Restore
         for ref in refs:
             res.errors.append({"mailbox": f"/{ref['partition']}/{ref['user']}/{ref['folder']}",
                                "error": f"first copy {target} is not in this archive"})
-    store.sync()
     return res

@@ -559,7 +559,6 @@ def _restore_record(inst, rec, places, args, totals, errors, report, progress) -
                           continue_on_error=not args.stop,
                           reffile=default_reffile(home, reader.header),
                           spool_dir=os.path.join(home, "data", "spool"), verbose=args.verbose)
-    os.makedirs(os.path.dirname(opts.reffile), exist_ok=True)
     journal = Journal(os.path.join(home, "data", "restore-journal.db"))
 
     def show(res):
