@@ -171,3 +171,21 @@ def test_journal_reffile_and_catalog_keep_the_bytes(tmp_path):
     assert [x.id for x in c.holding(JORG)] == []         # not complete yet, but found by its name
     c.db.execute("UPDATE dumps SET status='complete' WHERE id=?", (d.id,))
     assert [x.id for x in c.holding(JORG)] == [d.id]
+
+
+def test_every_command_prints_names_as_their_bytes(tmp_path, foreign):
+    """Lossless output is run_command's, so it holds for every command, not only the
+    five that once set it up: imsstage prints jörg's name to stdout as its very bytes
+    (it was an internal error, 70), and a name on stderr shows its odd byte as \\xNN."""
+    home, _ = foreign
+    stage = tmp_path / "stage"
+    p = run(home, "imsstage", "dump", "-D", stage, "-j", "1")
+    assert p.returncode == 0, p.stderr
+    # stdio as Python sets it up in an administrator's locale such as en_US.UTF-8 (under
+    # C, POSIX and C.UTF-8 it would escape such bytes on its own)
+    utf8 = {"PYTHONIOENCODING": "utf-8:strict"}
+    p = run(home, "imsstage", "locate", "-D", stage, f"/primary/user/{JORG}", env=utf8)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(b"j\xf6rg: 1 file(s) to restore, in this order:\n"), p.stdout
+    p = run(home, "mkbackupdir", "-p", tmp_path / "tree", f"--no-such-option-{JORG}", env=utf8)
+    assert p.returncode == 2 and p.stderr.endswith(b"--no-such-option-j\\xf6rg (see mkbackupdir --help)\n"), p.stderr
