@@ -86,13 +86,23 @@ def command_env(home=None, env: dict | None = None) -> dict:
     return e
 
 
-def argv_of(argv) -> list[str]:
+#: The NetBackup notify scripts' command, run as the scripts ``imsnbu install`` writes run
+#: it: this environment's python with ``-m plugins.netbackup.notify`` (it has no console
+#: script of its own).
+NOTIFY = "imsnbu-notify"
+
+
+def argv_of(argv) -> list:
     """[command, args...] -> an argv to execute: a bare command name is the project's
-    command from the venv (``command``); a path (a script the project installed, such
-    as a NetBackup notify script) is run as it is."""
+    command from the venv (``command``; ``NOTIFY`` as the notify scripts run it); a path
+    (a script the project installed, such as a NetBackup notify script) is run as it is.
+    Arguments are strings (a name that is not UTF-8 as os.fsdecode gives it) or bytes."""
     cmd, *args = (os.fspath(a) if isinstance(a, os.PathLike) else a for a in argv)
-    exe = cmd if os.sep in cmd else command(cmd)
-    return [exe, *map(str, args)]
+    if cmd == NOTIFY:
+        exe = [sys.executable, "-m", "plugins.netbackup.notify"]
+    else:
+        exe = [cmd if os.sep in cmd else command(cmd)]
+    return [*exe, *(a if isinstance(a, bytes) else str(a) for a in args)]
 
 
 def _shown(data) -> str:

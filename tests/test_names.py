@@ -13,8 +13,7 @@ import pytest
 
 from asm.archive.reader import ArchiveReader
 from asm.store import open_store
-from conftest import make_home
-from helpers import msg, run, state
+from tests.helpers import make_home, msg, run, state
 
 CAFE = os.fsdecode(b"Caf\xe9")          # Latin-1 'Café': not UTF-8
 JORG = os.fsdecode(b"j\xf6rg")          # Latin-1 'jörg'
