@@ -12,6 +12,8 @@ import os
 import pytest
 
 from asm.archive.reader import ArchiveReader
+from asm.config import Config
+from asm.errors import EXIT_USAGE
 from asm.store import open_store
 from tests.helpers import make_home, msg, run, state
 
@@ -188,3 +190,30 @@ def test_every_command_prints_names_as_their_bytes(tmp_path, foreign):
     assert p.stdout.startswith(b"j\xf6rg: 1 file(s) to restore, in this order:\n"), p.stdout
     p = run(home, "mkbackupdir", "-p", tmp_path / "tree", f"--no-such-option-{JORG}", env=utf8)
     assert p.returncode == 2 and p.stderr.endswith(b"--no-such-option-j\\xf6rg (see mkbackupdir --help)\n"), p.stderr
+
+
+@pytest.mark.parametrize("name", [b"user/j\xf6rg", b"user/j\xf6rg/Work", b"user/joe/Caf\xe9", b"user/joe/Caf\xe9/2023"])
+def test_mboxutil_create_refuses_what_the_classic_store_cannot_keep(tmp_path, name):
+    """The classic store keeps names as UTF-8 text: a name that is not is one line naming
+    it (\\xNN) and EXIT_USAGE, nothing made (it was an internal error, 70); a maildir
+    store makes it and lists it back as its bytes."""
+    home = tmp_path / "classic"
+    store = open_store(make_home(home, "classic"))
+    store.create_user("joe")
+    part = store.partition_path("primary")
+    before = sorted(os.walk(part))
+    p = run(home, "mboxutil", "-c", os.fsdecode(name), env={"TMPDIR": tmp_path, "IMS_DEBUG": None})
+    assert p.returncode == EXIT_USAGE, p.stderr
+    what = b"user ID 'j\\xf6rg'" if b"j\xf6rg" in name else b"folder name 'Caf\\xe9"
+    assert p.stderr.startswith(b"mboxutil: " + what) and b"holds bytes that are not UTF-8" in p.stderr, p.stderr
+    assert p.stderr.count(b"\n") == 1 and b"\\udc" not in p.stderr, p.stderr
+    assert p.stdout == b"" and not [f for f in os.listdir(tmp_path) if "crash" in f]
+    again = open_store(Config(str(home)))
+    assert [u for u in again.users("primary")] == ["joe"] and again.folder_names("joe") == ["INBOX"]
+    assert sorted(os.walk(part)) == before
+    other = tmp_path / "maildir"
+    make_home(other, "maildir")
+    run(other, "mboxutil", "-c", "user/joe", check=0)
+    run(other, "mboxutil", "-c", os.fsdecode(name), check=0)
+    listed = run(other, "mboxutil", "-l", check=0).stdout
+    assert b"  " + name + (b"/INBOX" if name.count(b"/") == 1 else b"") + b"\n" in listed, listed
