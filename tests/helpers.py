@@ -4,8 +4,9 @@
   fails the test; elsewhere it skips (``unavailable``, ``require``).
 * The project's commands run as a user runs them, from the environment the README's
   commands build: the venv's bin directory next to ``sys.executable``, never whatever
-  is on PATH (``command``, ``run``, ``popen``; ``path_with_commands`` for a program the
-  test hands a command *name* to, such as a savepnpc res file).
+  is on PATH (``command``, ``run``, ``popen``).  A program the test hands a command
+  *name* to (savepnpc running a res file) finds it as the docs tell administrators to
+  set it up (tests/test_networker.py links the commands, as docs/networker.md does).
 * Stores: messages, fills and what a client sees of them; staging catalogs; the sample
   mbox; a small filesystem for full-disk cases.
 """
@@ -63,13 +64,6 @@ def command(name: str) -> str:
         pytest.fail(f"{name} is not in {BIN}, the bin directory of {sys.executable}: "
                     f"run the tests with the venv's python after ./scripts/setup-venv", pytrace=False)
     return path
-
-
-def path_with_commands(path: str | None = None) -> str:
-    """``path`` (default: this process's PATH) with the venv's bin directory first: the
-    PATH of a child that is handed the name of one of the project's commands."""
-    rest = os.environ.get("PATH", os.defpath) if path is None else path
-    return BIN + os.pathsep + rest if rest else BIN
 
 
 def command_env(home=None, env: dict | None = None) -> dict:
