@@ -149,13 +149,16 @@ def test_every_error_class_carries_a_documented_status():
 def test_the_statuses_errors_mean():
     """What each error means at a command's top level (docs/operations.md)."""
     from asm.archive import errors as ae
-    from asm.config import ConfigError
+    from asm.backup import EmptyStore, UnlistedStore
+    from asm.config import ConfigError, ConfigWriteFailed, NoInstallation
     from asm.devices import DeviceError
     from asm.groups import GroupsError
     from asm.logical import PathError
     from asm.plugins import PluginError
     from asm.restore import ChainOrderError, RestoreError
     from asm.store import base as sb
+    from asm.store.classic import MailboxListLost
+    from asm.store.partitions import PartitionUnavailable
     from plugins.bacula.fileset import FilesetError
     from plugins.netbackup.install import InstallError
     from plugins.networker import getdate, stream, tree
@@ -172,7 +175,8 @@ def test_the_statuses_errors_mean():
         sb.BadName("x"): errors.EXIT_USAGE,
         ae.NotAnArchive("x"): errors.EXIT_NOT_ARCHIVE, ae.IncompleteArchive(): errors.EXIT_INCOMPLETE,
         ae.CorruptMember(0, "x"): errors.EXIT_INCOMPLETE, ae.DigestMismatch("m", "a", "b"): errors.EXIT_INCOMPLETE,
-        ae.HostileMember("m", "x"): errors.EXIT_HOSTILE,
+        ae.HostileMember("m", "x"): errors.EXIT_HOSTILE, ae.MessageChanged("m"): errors.EXIT_PARTIAL,
+        ae.UnreadableSource("m", "/x", "a FIFO"): errors.EXIT_PARTIAL,
         RestoreError("x"): errors.EXIT_USAGE, ChainOrderError("x"): errors.EXIT_ORDER,
         se.ConnectFailed("x"): errors.EXIT_CONNECT, se.HostKeyUnknown("x"): errors.EXIT_HOSTKEY,
         se.HostKeyChanged("x"): errors.EXIT_HOSTKEY, se.AuthFailed("x"): errors.EXIT_AUTH,
@@ -183,6 +187,10 @@ def test_the_statuses_errors_mean():
         stream.NotAStream("x"): errors.EXIT_NOT_ARCHIVE, stream.TruncatedStream("x"): errors.EXIT_INCOMPLETE,
         tree.TreeError("x"): errors.EXIT_USAGE, getdate.DateError("x"): errors.EXIT_USAGE,
         InstallError("x"): errors.EXIT_USAGE, FilesetError("x"): errors.EXIT_USAGE,
+        # readers never create an installation; an empty or unlisted store is no success
+        NoInstallation("x"): errors.EXIT_USAGE, EmptyStore("x"): errors.EXIT_EMPTY,
+        UnlistedStore("x"): errors.EXIT_STORE, MailboxListLost("x"): errors.EXIT_STORE,
+        PartitionUnavailable("x"): errors.EXIT_STORE,
     }
     assert {type(e).__name__: e.status for e in want} == {type(e).__name__: s for e, s in want.items()}
     assert all(isinstance(e, errors.ImsError) for e in want)
@@ -190,6 +198,9 @@ def test_the_statuses_errors_mean():
     assert isinstance(se.LinkLost("x"), OSError) and errors.device_status(se.LinkLost("x")) == errors.EXIT_LINKLOST
     assert errors.device_status(OSError(28, "No space left on device")) == errors.EXIT_NOSPACE
     assert errors.device_status(OSError(5, "Input/output error")) == errors.EXIT_DEVICE
+    # msg.conf that cannot be written: a full disk is EXIT_NOSPACE, anything else a usage error
+    assert ConfigWriteFailed("msg.conf", OSError(28, "No space left on device")).status == errors.EXIT_NOSPACE
+    assert ConfigWriteFailed("msg.conf", OSError(13, "Permission denied")).status == errors.EXIT_USAGE
 
 
 def _entry_modules() -> set[str]:
@@ -505,7 +516,8 @@ def test_store_errors_end_with_their_own_status(store, ims_home, tmp_path):
     assert p.returncode == errors.EXIT_USAGE and no_traceback(p) == "imsdeliver: no user 'nobody'\n"
     run(ims_home, "msconfig", "set", "store.locktimeout", "1", check=0)
     with store.lock("joe", "INBOX"):
-        p = run(ims_home, "imsimport", "-u", "joe", "-s", "-", input=b"From a@b Mon Jan  1 10:00:00 2024\nSubject: x\n\nx\n")
+        p = run(ims_home, "imsimport", "-u", "joe", "-s", "-",
+                input=b"From a@b Mon Jan  1 10:00:00 2024\nSubject: x\n\nx\n")
     assert p.returncode == errors.EXIT_LOCKED, p.stderr
     assert "another process holds it" in no_traceback(p) and "(after 0 messages)" in p.stderr.decode()
     assert [m.uid for m in store.messages("joe", "INBOX")] == []
