@@ -465,7 +465,7 @@ def test_list_and_map_files_hold_names_whatever_their_bytes(store, ims_home, tmp
     users.write_bytes(b"/primary/user/j\xf6e\n")
     mapfile = tmp_path / "map"
     mapfile.write_bytes(b"joe=ann\n\xff\xfe\n")
-    for argv, says in ((["imsbackup", "-u", users, "-f", tmp_path / "b.ims"], "/primary/user/j\\xf6e: no user"),
+    for argv, says in ((["imsbackup", "-u", users, "-f", tmp_path / "b.ims"], "/primary/user/j\\xf6e: no user 'j\\xf6e'"),
                        (["imsrestore", "-m", mapfile, "-f", a], f"{mapfile}:2: expected 'olduser=newuser'")):
         p = run(ims_home, *argv, env=quiet(tmp_path))
         assert p.returncode == errors.EXIT_USAGE, p.stderr

@@ -211,6 +211,9 @@ def test_mboxutil_create_refuses_what_the_classic_store_cannot_keep(tmp_path, na
     again = open_store(Config(str(home)))
     assert [u for u in again.users("primary")] == ["joe"] and again.folder_names("joe") == ["INBOX"]
     assert sorted(os.walk(part)) == before
+    p = run(home, "mboxutil", "-d", os.fsdecode(name))           # quoted names show the byte as \xNN too
+    assert p.returncode == EXIT_USAGE and p.stderr.count(b"\n") == 1 and b"\\udc" not in p.stderr, p.stderr
+    assert (b"no such user: 'j\\xf6rg'" if b"j\xf6rg" in name else b"no such folder: 'Caf\\xe9") in p.stderr, p.stderr
     other = tmp_path / "maildir"
     make_home(other, "maildir")
     run(other, "mboxutil", "-c", "user/joe", check=0)

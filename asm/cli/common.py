@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from typing import Callable
@@ -26,12 +27,23 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def die(prog: str, message: str, status: int) -> int:
-    print(f"{prog}: {message}", file=sys.stderr)
+    print(f"{prog}: {shown(message)}", file=sys.stderr)
     return status
 
 
 def warn(prog: str, message: str) -> None:
-    print(f"{prog}: {message}", file=sys.stderr)
+    print(f"{prog}: {shown(message)}", file=sys.stderr)
+
+
+# a byte that was not UTF-8, as repr() writes it: \udcNN after an even run of backslashes
+_REPR_BYTE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def shown(message: str) -> str:
+    """A message for stderr with every byte that was not UTF-8 written as \\xNN: a name
+    quoted with repr() (``'j\\udcf6rg'``) reads as the rest do (``'j\\xf6rg'``);
+    unquoted, stderr's own error handler does it (:func:`lossless_output`)."""
+    return _REPR_BYTE.sub(r"\1\\x\2", message) if "\\udc" in message else message
 
 
 # ----------------------------------------------------------------------------- run_command
@@ -140,7 +152,7 @@ def _say(prog: str, message: str) -> None:
     """One line on stderr; a stderr that cannot be written is not worth a traceback."""
     Progress.clear_all()
     try:
-        print(f"{prog}: {message}", file=sys.stderr, flush=True)
+        print(f"{prog}: {shown(message)}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 
