@@ -15,6 +15,8 @@ import os
 import random
 import shutil
 import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from asm.config import Config
@@ -107,16 +109,23 @@ class Outcome:
 class Harness:
     """One archive, restored again and again into fresh installations of ``driver``."""
 
-    def __init__(self, workdir, source_store, archive: str, driver: str, stream: bool = False):
+    def __init__(self, workdir, source_store, archive: str, driver: str, stream: bool = False,
+                 users: list | None = None):
+        """``users``: restore only these (paths /primary/user/NAME), the rest of the
+        archive passing by; from a stream their links to others' first copies go
+        through the spool."""
         self.work = str(workdir)
         self.archive = archive
         self.driver = driver
         self.stream = stream
-        self.want = state(source_store)
-        self.want_links = inode_groups(source_store)
+        self.want = state(source_store, users=set(users) if users else None)
+        groups = [[x for x in g if users is None or x[0] in users] for g in inode_groups(source_store)]
+        self.want_links = sorted(g for g in groups if len(g) > 1)
         self.want_files = sum(1 for k in self.want if len(k) == 3)   # one name per message
-        self.argv = ["imsrestore", "-c", "y", "-f", "-" if stream else archive]
+        self.argv = ["imsrestore", "-c", "y", "-f", "-" if stream else archive] + \
+            [f"/primary/user/{u}" for u in users or []]
         self.trial = 0
+        self._mutex = threading.Lock()
 
     def _input(self):
         if not self.stream:
@@ -125,8 +134,10 @@ class Harness:
             return f.read()
 
     def fresh(self) -> str:
-        self.trial += 1
-        home = os.path.join(self.work, f"t{self.trial}")
+        with self._mutex:
+            self.trial += 1
+            n = self.trial
+        home = os.path.join(self.work, f"t{n}")
         shutil.rmtree(home, ignore_errors=True)
         make_home(home, self.driver)
         return home
@@ -188,3 +199,9 @@ class Harness:
         if out.ok:
             shutil.rmtree(home, ignore_errors=True)
         return out
+
+    def trials(self, specs: list, workers: int = 2) -> list[Outcome]:
+        """Run ``kill_trial(**spec)`` for each spec, ``workers`` at a time (each trial is
+        its own installation and its own processes)."""
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            return list(pool.map(lambda spec: self.kill_trial(**spec), specs))

@@ -10,12 +10,26 @@ import shutil
 import tempfile
 
 from asm.archive.errors import DigestMismatch
+from asm.locks import pid_alive
 from asm.restore.errors import ArchiveReadFailed
 from asm.restore.options import RestoreOptions, RestoreResult
 from asm.restore.plan import FolderPlan
 from asm.store.base import Store, UidInUse
 
 CHUNK = 1 << 20
+SPOOL_PREFIX = "restore-"       # restore-<pid>-<random>: one run's spool of first copies
+
+
+def clean_spools(base: str) -> None:
+    """Remove the spools of restores that are gone (killed: their own cleanup never ran)."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for n in names:
+        pid_s = n[len(SPOOL_PREFIX):].partition("-")[0]
+        if n.startswith(SPOOL_PREFIX) and pid_s.isdigit() and not pid_alive(int(pid_s)):
+            shutil.rmtree(os.path.join(base, n), ignore_errors=True)
 
 
 class _Source:
@@ -66,6 +80,8 @@ class Applier:
         self.spool_dir: str | None = None
         self.spooled: dict[str, str] = {}       # member name -> spool file
         self.spool_bytes = 0
+        if opts.spool_dir:
+            clean_spools(opts.spool_dir)
 
     def close(self) -> None:
         if self.spool_dir:
@@ -195,7 +211,7 @@ class Applier:
         if self.spool_dir is None:
             base = self.opts.spool_dir or tempfile.gettempdir()
             os.makedirs(base, exist_ok=True)
-            self.spool_dir = tempfile.mkdtemp(prefix="restore-", dir=base)
+            self.spool_dir = tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=base)
         path = os.path.join(self.spool_dir, f"{len(self.spooled)}.msg")
         out = None
         try:

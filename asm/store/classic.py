@@ -33,7 +33,7 @@ from typing import BinaryIO, Iterable
 
 from asm.errors import EXIT_STORE
 from asm.hookspecs import hookimpl
-from asm.locks import flock_wait
+from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
@@ -135,6 +135,10 @@ def _flags_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(flags))
 
 
+def _full_why(exc: sqlite3.Error) -> str:
+    return str(exc) if "full" in str(exc) else f"No space left on device; SQLite: {exc}"
+
+
 def _store_errors(fn):
     """SQLite and filesystem failures of a store operation become StoreErrors that name
     the operation; a full disk becomes StoreFull."""
@@ -144,8 +148,10 @@ def _store_errors(fn):
             return fn(self, *args, **kwargs)
         except sqlite3.Error as exc:
             what = _what(fn, args)
-            if "full" in str(exc):
-                raise StoreFull(what, str(exc)) from None
+            if "full" in str(exc) or ("I/O" in str(exc) and self._disk_full()):
+                # SQLite reports some writes to a full filesystem (its WAL, shared
+                # memory) as a plain I/O error
+                raise StoreFull(what, _full_why(exc)) from None
             if "locked" in str(exc) or "busy" in str(exc):
                 raise LockTimeout(f"the index or mailbox list for {what} ({exc})") from None
             raise StoreError(f"{fn.__name__} {what}: the store's index failed: {exc}") from None
@@ -163,16 +169,6 @@ def _holds_mail(d: str) -> bool:
                        for e in it)
     except OSError:
         return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _uidvalidity() -> int:
@@ -491,9 +487,11 @@ class ClassicStore(Store):
                             try:
                                 con.execute("COMMIT")
                             except sqlite3.Error as exc:
-                                con.execute("ROLLBACK") if con.in_transaction else None
-                                if "full" in str(exc):
-                                    raise StoreFull(f"the index of {user}/{folder}", str(exc)) from None
+                                if con.in_transaction:
+                                    with contextlib.suppress(sqlite3.Error):
+                                        con.execute("ROLLBACK")
+                                if "full" in str(exc) or ("I/O" in str(exc) and self._disk_full()):
+                                    raise StoreFull(f"the index of {user}/{folder}", _full_why(exc)) from None
                                 raise StoreError(f"the index of {user}/{folder} failed: {exc}") from None
                     finally:
                         os.close(fd)   # closing drops the flock
@@ -628,7 +626,7 @@ class ClassicStore(Store):
             return
         for name in names:
             pid_s = name.partition("-")[0]
-            if pid_s.isdigit() and not _pid_alive(int(pid_s)):
+            if pid_s.isdigit() and not pid_alive(int(pid_s)):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(d, name))
 
@@ -797,6 +795,17 @@ class ClassicStore(Store):
             first = first or info.path
             out[user] = info
         return out
+
+    def _disk_full(self) -> bool:
+        """Whether a filesystem holding the store has (almost) no space left."""
+        for d in self.sync_dirs():
+            try:
+                st = os.statvfs(d)
+            except OSError:
+                continue
+            if st.f_bavail * st.f_frsize < 256 * 1024:
+                return True
+        return False
 
     def sync_dirs(self) -> list[str]:
         """The partitions and the store root (mailbox list, delivery queue)."""

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 
+from asm.locks import pid_alive
 from asm.store.base import LockTimeout
 
 LOCK_SUFFIX = ".lock"
@@ -57,13 +58,7 @@ def lock_is_stale(path: str, hostname: str) -> bool:
     pid, host = owner
     if host not in (hostname, socket.gethostname(), socket.gethostname().split(".")[0]):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not pid_alive(pid)
 
 
 def _temp_name(path: str, pid: int, hostname: str) -> str:
@@ -127,16 +122,6 @@ def clean_temps(directory: str, hostname: str) -> None:
         if pid_s.isdigit() and not pid_alive(int(pid_s)):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(directory, n))
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def release(path: str) -> None:

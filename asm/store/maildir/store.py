@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
 from asm.config import Config
+from asm.locks import pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
@@ -347,7 +348,7 @@ class MaildirStore(Store):
             entries = []
         for n in entries:
             m = _OUR_BASE.match(n)
-            if m and m.group(2) == self._hostname and not dotlock.pid_alive(int(m.group(1))):
+            if m and m.group(2) == self._hostname and not pid_alive(int(m.group(1))):
                 stale[n] = os.path.join(d, "tmp", n)
         if stale:
             ul = st.uidlist
@@ -373,10 +374,16 @@ class MaildirStore(Store):
             return
         for n in names:
             m = _WRITE_TMP.match(n)
-            if m and not dotlock.pid_alive(int(m.group(1))):
+            if m and not pid_alive(int(m.group(1))):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(d, n))
         dotlock.clean_temps(d, self._hostname)
+        for n in names:
+            if n.endswith(LOCK_SUFFIX) and n != UIDLIST + LOCK_SUFFIX:
+                # another file's lock (subscriptions.lock) whose owner died holding it
+                path = os.path.join(d, n)
+                if dotlock.owner_of(path) is not None and dotlock.lock_is_stale(path, self._hostname):
+                    dotlock.break_lock(path)
 
     def _flush(self, st: _State) -> None:
         if st.keywords_dirty:
@@ -645,7 +652,7 @@ class MaildirStore(Store):
             return
         for n in names:
             pid_s = n[len(prefix):].partition(".")[0]
-            if pid_s.isdigit() and not dotlock.pid_alive(int(pid_s)):
+            if pid_s.isdigit() and not pid_alive(int(pid_s)):
                 shutil.rmtree(os.path.join(home, n), ignore_errors=True)
 
     def delete_user(self, user: str) -> None:
