@@ -70,8 +70,8 @@ def leftovers(home) -> list[str]:
         base = os.path.basename(d)
         for f in files:
             p = os.path.join(d, f)
-            if f == ".msg.conf.lock":
-                continue                 # the configuration's flock file, kept by design
+            if f == ".msg.conf.lock" or (f == "restore.lock" and base == "data"):
+                continue                 # flock / record-lock files, kept by design
             if base in ("tmp", ".ims-tmp") or "/data/spool" in d or f.endswith(".lock") or ".stale." in f \
                     or f.endswith(".tmp") or f.startswith(".tmp-") or ".tmp." in f or f.startswith(".temp."):
                 out.append(p)

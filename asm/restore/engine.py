@@ -4,6 +4,7 @@ mailbox, deliveries held and released, the journal kept."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 from asm import plugins
@@ -12,13 +13,14 @@ from asm.errors import EXIT_NOSPACE, EXIT_PARTIAL, ImsError
 from asm.events import Run
 from asm.groups import Groups
 from asm.restore.apply import Applier
+from asm.restore.folderlock import LOCK_FILE, RestoreLocks
 from asm.restore.errors import ArchiveReadFailed, ChainOrderError, StopRestore
 from asm.restore.journal import Journal, JournalError
 from asm.restore.options import RestoreOptions, RestoreResult, error_status
 from asm.restore.plan import FolderPlan, Planner
 from asm.restore.reffile import write_reffile
 from asm.restore.selection import Selection
-from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_error
+from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_error, this_holder
 
 
 class Restorer:
@@ -39,9 +41,12 @@ class Restorer:
         self.planner = Planner(store, journal, self.header, opts)
         self.applier = Applier(store, reader, opts, self.res, bool(selection.paths), self.report)
         self.held: list[str] = []
+        self.holder = this_holder()
         self.users_seen: set = set()
         self.plan: FolderPlan | None = None
-        self.lock_stack = contextlib.ExitStack()
+        self.lock_stack = contextlib.ExitStack()      # the store's lock of the folder being restored
+        self.restore_lock = contextlib.ExitStack()    # and our restore lock of it (folderlock)
+        self.locks = RestoreLocks(os.path.join(os.path.dirname(os.path.abspath(journal.path)), LOCK_FILE))
         self.user_groups: dict[tuple, str | None] = {}
 
     # -- errors ---------------------------------------------------------------
@@ -100,7 +105,7 @@ class Restorer:
             keep = self.opts.keep_held or not finished or self.res.store_full is not None
             for user in ([] if keep else self.held):
                 try:
-                    self.store.release_deliveries(user)
+                    self.store.release_deliveries(user, self.holder)
                 except (StoreError, OSError) as exc:
                     self._record_error(user, f"releasing held deliveries: {exc}", error_status(exc))
             self.res.held = list(self.held) if keep and not self.opts.keep_held else []
@@ -165,7 +170,12 @@ class Restorer:
         user = self.opts.user_map.get(m.user, m.user)
         mailbox = f"/{m.partition}/{user}/{m.folder}"
         try:
-            self._ensure_user(m.partition, user, m)
+            with self.locks.hold(user, ""):        # one restore at a time makes a user
+                self._ensure_user(m.partition, user, m)
+            self.restore_lock.enter_context(self.locks.hold(
+                user, m.folder, waiting=lambda pid: self.report(
+                    f"{mailbox}: waiting for another restore of it to finish"
+                    + (f" (process {pid})" if pid else ""))))
             plan = self.plan = self.planner.plan(m, user, self.lock_stack)
             self.res.folders += 1
             self.report(f"{plan.mailbox}: restoring ({plan.mode}"
@@ -201,11 +211,17 @@ class Restorer:
         stack.close()
 
     def _drop_lock(self, mailbox: str) -> None:
-        """Release the lock of a folder that failed; a failure to do so is recorded."""
+        """Release the locks of a folder that failed; a failure to do so is recorded."""
         try:
             self._release_lock()
         except (StoreError, OSError) as exc:
             self._record_error(mailbox, str(exc), error_status(exc))
+        finally:
+            self._release_restore_lock()
+
+    def _release_restore_lock(self) -> None:
+        stack, self.restore_lock = self.restore_lock, contextlib.ExitStack()
+        stack.close()
 
     def _ensure_user(self, partition: str, user: str, m) -> None:
         if not self.store.exists(user):
@@ -220,8 +236,8 @@ class Restorer:
             self.users_seen.add(user)
             self.res.users += 1
         if user not in self.held:
-            if not self.store.deliveries_held(user):
-                self.store.hold_deliveries(user)
+            # our own hold, beside any other restore's: whoever finishes last releases
+            self.store.hold_deliveries(user, self.holder)
             self.held.append(user)
 
     def _end_folder(self, complete: bool) -> None:
@@ -269,3 +285,5 @@ class Restorer:
             if exc.status == EXIT_NOSPACE and self.res.store_full is None:
                 self.res.store_full = str(exc)
             self._record_error(mailbox, str(exc), exc.status)
+        finally:
+            self._release_restore_lock()        # after the journal: the next one sees it done

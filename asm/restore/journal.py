@@ -8,6 +8,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 
+from asm import sqlitedb
 from asm.archive import names
 from asm.errors import EXIT_LOCKED, EXIT_NOSPACE, EXIT_STORE, ImsError
 
@@ -64,19 +65,16 @@ class Journal:
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_MS / 1000)
-        self.db.execute(f"PRAGMA busy_timeout={BUSY_MS}")
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("""CREATE TABLE IF NOT EXISTS restored (
+        self.db = sqlitedb.connect(path, BUSY_MS / 1000, schema="""CREATE TABLE IF NOT EXISTS restored (
             user TEXT, folder TEXT, uidvalidity INTEGER, uidnext INTEGER,
             archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,
-            running TEXT, running_mode TEXT, PRIMARY KEY (user, folder))""")
+            running TEXT, running_mode TEXT, PRIMARY KEY (user, folder));""")
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(restored)")}
         for col in ("running", "running_mode"):
             if col not in cols:             # a journal written before restores could resume
                 try:
-                    self.db.execute(f"ALTER TABLE restored ADD COLUMN {col} TEXT")
+                    sqlitedb.retry(lambda: self.db.execute(f"ALTER TABLE restored ADD COLUMN {col} TEXT"),
+                                   BUSY_MS / 1000)
                 except sqlite3.OperationalError as exc:
                     if "duplicate column" not in str(exc):
                         raise
@@ -98,16 +96,10 @@ class Journal:
     def start(self, user: str, folder: str, header: dict, mode: str) -> None:
         """The restore of the archive with ``header`` into the folder begins, in ``mode``."""
         key = (names.to_db(user), names.to_db(folder))
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlitedb.immediate(self.db):
             self.db.execute("INSERT OR IGNORE INTO restored (user, folder, mirror) VALUES (?,?,0)", key)
             self.db.execute("UPDATE restored SET running=?, running_mode=? WHERE user=? AND folder=?",
                             (header.get("archive_id"), mode, *key))
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
 
     @_journal_errors
     def put(self, user: str, folder: str, uidvalidity: int, uidnext: int, header: dict,

@@ -350,12 +350,18 @@ class Store(abc.ABC):
 
     # -- deliveries -----------------------------------------------------------
     @abc.abstractmethod
-    def hold_deliveries(self, user: str) -> None:
-        """From now on deliveries to ``user`` are queued instead of stored."""
+    def hold_deliveries(self, user: str, holder: str | None = None) -> None:
+        """From now on deliveries to ``user`` are queued instead of stored.  ``holder``
+        names who holds them (a restore: :func:`this_holder`); several can hold the
+        same user's deliveries at once, each releasing its own hold."""
 
     @abc.abstractmethod
-    def release_deliveries(self, user: str) -> int:
-        """Deliver what was queued while held (in arrival order); returns the count."""
+    def release_deliveries(self, user: str, holder: str | None = None) -> int:
+        """Take ``holder``'s hold away, and those of processes of this host that are
+        gone (a killed restore's); while other holds remain nothing is delivered and 0
+        is returned.  The last one (or ``holder`` None, which ends every hold) delivers
+        what was queued, in arrival order, and returns the count.  A queued message is
+        stored once even when a release is killed half-way and run again."""
 
     @abc.abstractmethod
     def deliveries_held(self, user: str) -> bool:
@@ -433,6 +439,23 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def partition_path(self, partition: str) -> str:
         """The directory holding ``partition``."""
+
+
+def this_holder() -> str:
+    """This process as a holder of deliveries: ``<pid>@<host>``."""
+    import socket
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def holder_gone(holder: str) -> bool:
+    """True when ``holder`` names a process of this host that no longer exists, or is
+    no holder name at all (an older hold marker's content)."""
+    import socket
+    from asm.locks import pid_alive
+    pid_s, at, host = holder.partition("@")
+    if not at or not pid_s.isdigit():
+        return True
+    return host == socket.gethostname() and not pid_alive(int(pid_s))
 
 
 def _syncfs(fd: int) -> None:

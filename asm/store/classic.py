@@ -31,13 +31,14 @@ import time
 import uuid
 from typing import BinaryIO, Iterable
 
+from asm import sqlitedb
 from asm.errors import EXIT_STORE
 from asm.hookspecs import hookimpl
 from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
-    _what, check_folder_name, check_user_name, os_store_error, split_flags,
+    _what, check_folder_name, check_user_name, holder_gone, os_store_error, split_flags, this_holder,
 )
 
 CHUNK = 1 << 20
@@ -45,6 +46,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     user TEXT PRIMARY KEY, partition TEXT NOT NULL, dir TEXT NOT NULL,
     held INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS holders (
+    user TEXT NOT NULL, holder TEXT NOT NULL, PRIMARY KEY (user, holder));
 CREATE TABLE IF NOT EXISTS folders (
     user TEXT NOT NULL, name TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
     subscribed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (user, name));
@@ -135,6 +138,14 @@ def _flags_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(flags))
 
 
+def _remove_index(idx: str) -> None:
+    """Remove an index with its WAL and shared memory (a WAL left beside a new index
+    would be replayed into it)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(idx + suffix)
+
+
 def _full_why(exc: sqlite3.Error) -> str:
     return str(exc) if "full" in str(exc) else f"No space left on device; SQLite: {exc}"
 
@@ -193,11 +204,10 @@ class ClassicStore(Store):
             # store is empty, unless its partitions say it was lost
             self._check_lost(db_path)
             db_path = ":memory:"
-        self._db = sqlite3.connect(db_path, timeout=self.lock_timeout, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlitedb.connect(db_path, self.lock_timeout, schema=_SCHEMA, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"the classic store's mailbox list {db_path} cannot be opened: {exc}") from None
         self._held: dict[str, tuple[int, int]] = {}   # folder dir -> (fd, depth)
         self._idx: dict[str, sqlite3.Connection] = {}
         self._where: dict[str, tuple[str, str]] = {}  # user -> (partition, dir): never change
@@ -286,14 +296,10 @@ class ClassicStore(Store):
         return con
 
     def _connect_index(self, path: str) -> sqlite3.Connection:
-        con = sqlite3.connect(path, timeout=self.lock_timeout, isolation_level=None,
-                              check_same_thread=False)
         # WAL with synchronous=NORMAL: a crash at any moment leaves the index whole (at
         # worst without its last commits); no fsync per commit: the end of the
         # command's batch() makes them durable (syncfs)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-        return con
+        return sqlitedb.connect(path, self.lock_timeout, check_same_thread=False)
 
     def _cache_index(self, fdir: str, con: sqlite3.Connection) -> None:
         if len(self._idx) >= 64:
@@ -461,7 +467,7 @@ class ClassicStore(Store):
             try:
                 # everything done under the lock is one index transaction: a folder
                 # restored under one lock costs one commit, not one per message
-                self._index(fdir).execute("BEGIN")
+                self._index(fdir).execute("BEGIN IMMEDIATE")
             except BaseException:
                 with self._mutex:
                     del self._held[fdir]
@@ -517,10 +523,10 @@ class ClassicStore(Store):
         path = self._user_path(user)
         for k in [k for k in self._idx if k == path or k.startswith(path + os.sep)]:
             self._idx.pop(k).close()
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM folders WHERE user=?", (user,))
-        self._db.execute("DELETE FROM users WHERE user=?", (user,))
-        self._db.execute("COMMIT")
+        with sqlitedb.immediate(self._db):
+            self._db.execute("DELETE FROM folders WHERE user=?", (user,))
+            self._db.execute("DELETE FROM holders WHERE user=?", (user,))
+            self._db.execute("DELETE FROM users WHERE user=?", (user,))
         self._where.pop(user, None)
         shutil.rmtree(path, ignore_errors=True)
 
@@ -529,30 +535,29 @@ class ClassicStore(Store):
                       uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
         folder = _utf8(check_folder_name(folder), "folder name")
         self._user_row(user)
-        if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
-            raise FolderExists(user, folder)
         fdir = self._folder_dir(user, folder)
         if len(os.path.basename(fdir).encode()) > 255:
             raise BadName(f"folder name level too long for the classic store: {folder!r}")
-        self._makedirs(fdir)
         uidvalidity = uidvalidity or _uidvalidity()
-        idx = os.path.join(fdir, "store.idx")
-        if os.path.exists(idx):  # left by a crash between index and mailbox list: start clean
-            os.unlink(idx)
-        con = self._connect_index(idx)
-        con.executescript("BEGIN;" + _IDX_SCHEMA)
-        con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (max(1, uidnext),))
-        con.execute("COMMIT")
-        old = self._idx.pop(fdir, None)
-        if old is not None:
-            old.close()
-        self._cache_index(fdir, con)
-        self._chown(idx)
-        try:
+        # one mailbox-list transaction from the check to the row: two processes creating
+        # the same folder cannot both make (or remove) its index
+        with sqlitedb.immediate(self._db):
+            if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
+                raise FolderExists(user, folder)
+            self._makedirs(fdir)
+            idx = os.path.join(fdir, "store.idx")
+            old = self._idx.pop(fdir, None)
+            if old is not None:
+                old.close()
+            _remove_index(idx)       # left by a crash between index and mailbox list: start clean
+            con = self._connect_index(idx)
+            con.executescript("BEGIN;" + _IDX_SCHEMA)
+            con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (max(1, uidnext),))
+            con.execute("COMMIT")
+            self._cache_index(fdir, con)
+            self._chown(idx)
             self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,?)",
                              (user, folder, uidvalidity, int(subscribed)))
-        except sqlite3.IntegrityError:
-            raise FolderExists(user, folder) from None   # created meanwhile by another process
         return FolderInfo(folder, uidvalidity, max(1, uidnext), subscribed)
 
     @_store_errors
@@ -723,7 +728,7 @@ class ClassicStore(Store):
             self._counters.pop(fdir, None)
             if gone and con.in_transaction:
                 con.execute("COMMIT")        # rows go first: a crash never lists a missing file
-                con.execute("BEGIN")
+                con.execute("BEGIN IMMEDIATE")
             for uid in gone:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._msg_path(fdir, uid))
@@ -735,32 +740,63 @@ class ClassicStore(Store):
         return os.path.join(self.root, "queue", _user_dir(user))
 
     @_store_errors
-    def hold_deliveries(self, user: str) -> None:
+    def hold_deliveries(self, user: str, holder: str | None = None) -> None:
         self._user_row(user)
-        self._db.execute("UPDATE users SET held=1 WHERE user=?", (user,))
+        with sqlitedb.immediate(self._db):
+            self._db.execute("INSERT OR IGNORE INTO holders VALUES (?,?)", (user, holder or this_holder()))
+            self._db.execute("UPDATE users SET held=1 WHERE user=?", (user,))
 
     def deliveries_held(self, user: str) -> bool:
         return bool(self._user_row(user)[2])
 
+    def _other_holders(self, user: str, holder: str | None) -> list[str]:
+        """Holders of ``user``'s deliveries but ``holder``; gone ones are forgotten."""
+        rows = [r[0] for r in self._db.execute("SELECT holder FROM holders WHERE user=?", (user,))]
+        gone = [h for h in rows if h == holder or holder is None or holder_gone(h)]
+        for h in gone:
+            self._db.execute("DELETE FROM holders WHERE user=? AND holder=?", (user, h))
+        return [h for h in rows if h not in gone]
+
     @_store_errors
-    def release_deliveries(self, user: str) -> int:
+    def release_deliveries(self, user: str, holder: str | None = None) -> int:
+        with sqlitedb.immediate(self._db):
+            if self._other_holders(user, holder):
+                return 0
+        n = self._drain(user)
+        with sqlitedb.immediate(self._db):
+            if self._other_holders(user, holder):
+                return n                       # held again meanwhile: the new holder releases
+            self._db.execute("UPDATE users SET held=0 WHERE user=?", (user,))
+        return n + self._drain(user)           # what arrived while we were draining
+
+    def _drain(self, user: str) -> int:
+        """Store what was queued.  ``<name>.delivering`` is made before a message is
+        stored (as a hard link to its queued file) and removed with it from the queue: a
+        drain killed in between left it, and the message is stored again only if its
+        folder lacks that file."""
         qdir = self._queue_dir(user)
         n = 0
-        if os.path.isdir(qdir):
-            for name in sorted(e for e in os.listdir(qdir) if e.endswith(".json")):
-                meta_path = os.path.join(qdir, name)
-                with open(meta_path, encoding="utf-8") as f:
-                    meta = json.load(f)
-                msg_path = meta_path[:-5] + ".msg"
-                if not self.exists(user, meta["folder"]):
-                    self.create_folder(user, meta["folder"])
-                with open(msg_path, "rb") as src:
-                    self.append(user, meta["folder"], src, internaldate=meta["internaldate"],
-                                stored=meta["stored"])
-                os.unlink(meta_path)
-                os.unlink(msg_path)
+        if not os.path.isdir(qdir):
+            return 0
+        for name in sorted(e for e in os.listdir(qdir) if e.endswith(".json")):
+            meta_path = os.path.join(qdir, name)
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+            msg_path = meta_path[:-5] + ".msg"
+            mark = meta_path[:-5] + ".delivering"
+            folder = meta["folder"]
+            if not self.exists(user, folder):
+                self.create_folder(user, folder)
+            st = os.stat(msg_path)
+            if not (os.path.exists(mark) and any((m.dev, m.ino) == (st.st_dev, st.st_ino)
+                                                 for m in self.messages(user, folder))):
+                open(mark, "wb").close()
+                self.append(user, folder, None, link_from=msg_path, internaldate=meta["internaldate"],
+                            stored=meta["stored"])
                 n += 1
-        self._db.execute("UPDATE users SET held=0 WHERE user=?", (user,))
+            os.unlink(msg_path)
+            os.unlink(meta_path)
+            os.unlink(mark)
         return n
 
     @_store_errors

@@ -19,7 +19,8 @@ from asm.locks import pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, os_store_error, split_flags, store_os_errors,
+    check_folder_name, check_user_name, holder_gone, os_store_error, split_flags, store_os_errors,
+    this_holder,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
 from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
@@ -975,15 +976,39 @@ class MaildirStore(Store):
     def _hold_marker(self, user: str) -> str:
         return os.path.join(self._home(user), HOLD_MARKER)
 
+    def _holders(self, marker: str) -> list[str]:
+        try:
+            with open(marker, encoding="utf-8", errors="replace") as f:
+                return [ln.strip() for ln in f if ln.strip()]
+        except FileNotFoundError:
+            return []
+
+    @contextlib.contextmanager
+    def _hold_lock(self, user: str):
+        path = self._hold_marker(user) + LOCK_SUFFIX
+        try:
+            self._acquire_dotlock(path, self._lock_timeout(), f"the delivery hold of {user}")
+        except Unlocked:
+            raise StoreError(f"cannot write {path}: permission denied") from None
+        try:
+            yield
+        finally:
+            dotlock.release(path)
+
     @store_os_errors
-    def hold_deliveries(self, user: str) -> None:
+    def hold_deliveries(self, user: str, holder: str | None = None) -> None:
+        """The marker ``.ims-hold`` lists the holders, one a line."""
         marker = self._hold_marker(user)
-        owner = self._owner_for(os.path.dirname(marker))
-        self._write_file(marker, f"{time.time()}\n".encode(), owner)
-        q = os.path.join(os.path.dirname(marker), QUEUE_DIR)
+        home = os.path.dirname(marker)
+        owner = self._owner_for(home)
+        q = os.path.join(home, QUEUE_DIR)
         if not os.path.isdir(q):
             with contextlib.suppress(FileExistsError):
                 self._mkdir(q, owner)
+        with self._hold_lock(user):
+            holders = [h for h in self._holders(marker) if not holder_gone(h)]
+            holders = [h for h in holders if h != holder] + [holder or this_holder()]
+            self._write_file(marker, "".join(h + "\n" for h in holders).encode(), owner)
 
     def deliveries_held(self, user: str) -> bool:
         return os.path.exists(self._hold_marker(user))
@@ -996,17 +1021,32 @@ class MaildirStore(Store):
             return []
 
     @store_os_errors
-    def release_deliveries(self, user: str) -> int:
+    def release_deliveries(self, user: str, holder: str | None = None) -> int:
+        marker = self._hold_marker(user)
+        owner = self._owner_for(os.path.dirname(marker))
+        with self._hold_lock(user):
+            others = [] if holder is None else \
+                [h for h in self._holders(marker) if h != holder and not holder_gone(h)]
+            if others:
+                self._write_file(marker, "".join(h + "\n" for h in others).encode(), owner)
+                return 0
         n = self._drain(user)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._hold_marker(user))
+        with self._hold_lock(user):
+            if holder is not None and [h for h in self._holders(marker) if h != holder and not holder_gone(h)]:
+                return n                       # held again meanwhile: the new holder releases
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
         n += self._drain(user)                 # what arrived while we were draining
         return n
 
     def _drain(self, user: str) -> int:
+        """Store what was queued.  ``<name>.delivering`` is made before a message is
+        stored and removed with it from the queue: a drain killed in between left it,
+        and the message is stored again only if its folder lacks its file."""
         n = 0
         for eml in self._queued(user):
             meta_path = eml[:-4] + ".json"
+            mark = eml[:-4] + ".delivering"
             try:
                 with open(meta_path, encoding="utf-8") as f:
                     meta = json.load(f)
@@ -1015,13 +1055,21 @@ class MaildirStore(Store):
             folder = meta.get("folder", "INBOX")
             if not self.exists(user, folder):
                 folder = "INBOX"
-            self.append(user, folder, None, link_from=eml, internaldate=meta.get("internaldate"),
-                        stored=meta.get("stored"))
+            if not (os.path.exists(mark) and self._has_file(user, folder, eml)):
+                self._write_file(mark, b"", None, fsync=False)
+                self.append(user, folder, None, link_from=eml, internaldate=meta.get("internaldate"),
+                            stored=meta.get("stored"))
+                n += 1
             os.unlink(eml)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(meta_path)
-            n += 1
+            for p in (meta_path, mark):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
         return n
+
+    def _has_file(self, user: str, folder: str, path: str) -> bool:
+        """Whether a message of the folder is ``path``'s file (a hard link to it)."""
+        st = os.stat(path)
+        return any((m.dev, m.ino) == (st.st_dev, st.st_ino) for m in self.messages(user, folder))
 
     def _enqueue(self, user: str, src: BinaryIO | None, first: str | None, folder: str,
                  internaldate: float, stored: float) -> str:
