@@ -3,8 +3,8 @@ indexes, the restore journal): several processes at once, none of them ever fail
 with "database is locked" while another only holds it for a moment.
 
 * Every connection waits for the others (``busy_timeout``), also while it sets itself
-  up: WAL mode and the schema are retried until the deadline, since SQLite answers a
-  journal-mode change made while another connection writes with SQLITE_BUSY at once.
+  up: its journal mode and schema are retried until the deadline, since SQLite answers
+  a journal-mode change made while another connection writes with SQLITE_BUSY at once.
 * A write transaction starts with ``BEGIN IMMEDIATE`` (:func:`immediate`): it takes
   the write lock when it begins, so it never fails half-way when it would have to
   upgrade a read lock another writer made stale (that error skips the busy handler).
@@ -23,14 +23,14 @@ def _busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
-def connect(path: str, timeout: float, *, wal: bool = True, synchronous: str = "NORMAL",
+def connect(path: str, timeout: float, *, journal_mode: str = "WAL", synchronous: str = "NORMAL",
             schema: str = "", check_same_thread: bool = True) -> sqlite3.Connection:
     """A connection in autocommit mode that waits ``timeout`` seconds for other writers,
-    in WAL mode with ``synchronous``, with ``schema`` (idempotent DDL) applied."""
+    in ``journal_mode`` with ``synchronous``, with ``schema`` (idempotent DDL) applied."""
     con = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=check_same_thread)
     try:
         con.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        setup = (["PRAGMA journal_mode=WAL"] if wal else []) + [f"PRAGMA synchronous={synchronous}"]
+        setup = [f"PRAGMA journal_mode={journal_mode}", f"PRAGMA synchronous={synchronous}"]
         retry(lambda: [con.execute(s) for s in setup], timeout)
         if schema:
             retry(lambda: con.executescript(schema), timeout)

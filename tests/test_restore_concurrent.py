@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 import time
 
 import pytest
@@ -18,13 +17,15 @@ from tests.helpers import DRIVERS, build, inode_groups, make_home, popen, run, s
 from tests.restore_faults import leftovers, message_files
 
 ROUNDS = 10
-GROUP_PATHS = ["/primary/gA", "/primary/gB", "/primary/gC", "/primary/user/sybil"]
+GROUPS = "gA=[ab].*\ngB=[cd].*\ngC=[ef].*\ngD=[gh].*\n"      # alice bob | carol dave | ...
+GROUP_PATHS = ["/primary/gA", "/primary/gB", "/primary/gC", "/primary/gD"]
 
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    """Per driver: a demo store of 16 users in groups gA, gB, gC (and sybil in none),
-    an archive per group, one of the whole store."""
+    """Per driver: a demo store of 8 users, two in each of the groups gA..gD (a third of
+    the messages delivered to several users as one inode), an archive per group, one of
+    the whole store."""
     out = {}
     for driver in DRIVERS:
         work = tmp_path_factory.mktemp(f"conc-{driver}")
@@ -32,7 +33,7 @@ def sources(tmp_path_factory):
         old = os.environ.get("IMS_HOME")
         os.environ["IMS_HOME"] = str(home)
         try:
-            store = build(home, driver, users=16, messages=48)
+            store = build(home, driver, users=8, messages=40, groups=GROUPS)
             archives = {}
             for i, path in enumerate(GROUP_PATHS):
                 archives[path] = work / f"g{i}.ims"
@@ -65,9 +66,8 @@ def _all_at_once(home, argvs) -> list[tuple[int, str]]:
 
 
 def _group_of(user: str) -> str:
-    """Which archive of GROUP_PATHS holds ``user`` (tests/helpers.py STAGING_GROUPS)."""
-    c = user[0]
-    return "gA" if "a" <= c <= "f" else "gB" if "g" <= c <= "m" else "gC" if "n" <= c <= "r" else user
+    """Which archive of GROUP_PATHS holds ``user`` (GROUPS)."""
+    return {"a": "gA", "b": "gA", "c": "gB", "d": "gB", "e": "gC", "f": "gC"}.get(user[0], "gD")
 
 
 def _check(home, driver, store, results, what, per_group=False, links_exact=True):
@@ -131,15 +131,16 @@ def test_a_restore_waits_for_the_folder_another_restore_holds(sources, tmp_path)
     driver = "maildir"
     src_home, store, archives = sources[driver]
     home = _target(tmp_path, "wait", driver, src_home)
-    run(home, "imsrestore", "-f", archives["/primary/user/sybil"], check=0)
+    run(home, "imsrestore", "-f", archives["/primary/gD"], check=0)
     locks = RestoreLocks(str(home / "data" / "restore.lock"))
-    with locks.hold("sybil", "INBOX"):
-        p = popen(home, "imsrestore", "-v", "-f", archives["/primary/user/sybil"],
+    with locks.hold("grace", "INBOX"):
+        p = popen(home, "imsrestore", "-v", "-f", archives["/primary/gD"],
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(1.5)
         assert p.poll() is None, p.communicate()
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
-    assert f"/primary/sybil/INBOX: waiting for another restore of it to finish (process {os.getpid()})" \
+    assert f"/primary/grace/INBOX: waiting for another restore of it to finish (process {os.getpid()})" \
         in err.decode()
-    assert state(open_store(Config(str(home)), create=False), users={"sybil"}) == state(store, users={"sybil"})
+    users = {"grace", "heidi"}
+    assert state(open_store(Config(str(home)), create=False), users=users) == state(store, users=users)

@@ -123,6 +123,8 @@ class Restorer:
 
     def _record_error(self, mailbox: str, msg: str, status: int) -> None:
         """An error met while winding up: recorded, never raised, nobody asked."""
+        if status == EXIT_NOSPACE and self.res.store_full is None:
+            self.res.store_full = msg
         self.res.errors.append({"mailbox": mailbox, "error": msg, "status": status})
         self.report(f"error: {mailbox}: {msg}")
 
@@ -282,8 +284,6 @@ class Restorer:
             # recorded, never raised: this runs while the restore is winding up
             if isinstance(exc, OSError):
                 exc = os_store_error(exc, f"{plan.user}/{plan.folder}")
-            if exc.status == EXIT_NOSPACE and self.res.store_full is None:
-                self.res.store_full = str(exc)
             self._record_error(mailbox, str(exc), exc.status)
         finally:
             self._release_restore_lock()        # after the journal: the next one sees it done

@@ -17,10 +17,8 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import random
 import struct
 import threading
-import time
 from typing import Iterator
 
 LOCK_FILE = "restore.lock"             # in $IMS_HOME/data, beside the restore journal
@@ -65,18 +63,13 @@ class RestoreLocks:
         restore holds it; ``waiting(pid)`` is called once if it has to wait."""
         fd = _fd(self.path)
         offset = _offset(user, folder)
-        told = False
-        delay = 0.01
-        while True:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
-                break
-            except (BlockingIOError, PermissionError):
-                if not told and waiting is not None:
-                    waiting(holder(fd, offset))
-                    told = True
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.2)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+        except (BlockingIOError, PermissionError):
+            if waiting is not None:
+                waiting(holder(fd, offset))
+            # the kernel wakes us when the holder lets go (or dies); Ctrl-C still works
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset, os.SEEK_SET)
         try:
             yield
         finally:

@@ -296,10 +296,12 @@ class ClassicStore(Store):
         return con
 
     def _connect_index(self, path: str) -> sqlite3.Connection:
-        # WAL with synchronous=NORMAL: a crash at any moment leaves the index whole (at
-        # worst without its last commits); no fsync per commit: the end of the
-        # command's batch() makes them durable (syncfs)
-        return sqlitedb.connect(path, self.lock_timeout, check_same_thread=False)
+        # a rollback journal with synchronous=FULL: a crash at any moment leaves the index
+        # whole and every commit durable.  A folder restored under one lock is one
+        # commit, so this costs less than WAL, whose files are made and checkpointed
+        # (fsynced) for each of the many indexes a run opens and closes.
+        return sqlitedb.connect(path, self.lock_timeout, journal_mode="DELETE", synchronous="FULL",
+                                check_same_thread=False)
 
     def _cache_index(self, fdir: str, con: sqlite3.Connection) -> None:
         if len(self._idx) >= 64:

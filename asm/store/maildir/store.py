@@ -986,6 +986,7 @@ class MaildirStore(Store):
     @contextlib.contextmanager
     def _hold_lock(self, user: str):
         path = self._hold_marker(user) + LOCK_SUFFIX
+        dotlock.clean_temps(os.path.dirname(path), self._hostname)
         try:
             self._acquire_dotlock(path, self._lock_timeout(), f"the delivery hold of {user}")
         except Unlocked:
