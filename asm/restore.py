@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 
 from asm import plugins
 from asm.archive import names
-from asm.archive.reader import parse_uid_ranges
 from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
 from asm.errors import EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, EXIT_USAGE, ImsError
 from asm.events import Run
@@ -119,7 +118,8 @@ class RestoreResult:
     errors: list = field(default_factory=list)       # {"mailbox", "error"}
     pending: list = field(default_factory=list)      # reference-file entries
     incomplete: str | None = None                    # why the archive ended early
-    hostile: int = 0
+    hostile: int = 0                                 # members refused as hostile (exit 5)
+    corrupt: int = 0                                 # members damaged: digest, checksum, records (exit 4)
     store_full: str | None = None                    # the store filled up: the run stopped
     unmatched: list = field(default_factory=list)    # selection paths that matched nothing
     near_misses: dict = field(default_factory=dict)  # unmatched path -> folders differing in case
@@ -249,9 +249,9 @@ class FolderPlan:
     mode: str                   # "exact" (created by us), "merge", "chain"
     archive_uidvalidity: int
     archive_uidnext: int
-    archive_uids: list
+    archive_uids: object        # UidSet: every UID the archived folder held
     uidvalidity: int            # of the target
-    state: dict                 # uid -> (flags, keywords) for messages not carried (incremental)
+    state: object               # FolderState: flags of the messages not carried (incremental)
     existing: dict = field(default_factory=dict)     # size -> [MessageInfo]
     by_uid: dict = field(default_factory=dict)       # uid -> MessageInfo (existing)
     digests: dict = field(default_factory=dict)      # path -> sha256 (cache)
@@ -354,6 +354,8 @@ class Restorer:
     def _member_error(self, exc: Exception) -> None:
         if isinstance(exc, HostileMember):
             self.res.hostile += 1
+        elif isinstance(exc, CorruptMember):
+            self.res.corrupt += 1
         self._error(getattr(exc, "name", None) or "archive", exc)
 
     def _member(self, m) -> None:
@@ -386,6 +388,7 @@ class Restorer:
             self._store_full(f"/{m.partition}/{plan.user}/{plan.folder}", exc)
         except (DigestMismatch, CorruptMember) as exc:
             plan.failed += 1
+            self.res.corrupt += 1
             self._error(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}", exc)
         except StoreError as exc:
             plan.failed += 1
@@ -413,7 +416,7 @@ class Restorer:
             self.plan = None
             self._release_lock()
             self._store_full(mailbox, exc)
-        except (StoreError, CorruptMember) as exc:
+        except StoreError as exc:
             self.plan = None
             self._release_lock()
             self._error(mailbox, exc)
@@ -444,7 +447,6 @@ class Restorer:
         store = self.store
         self._ensure_user(m.partition, user)
         folder = m.folder
-        state = _state_from(m)
         if store.exists(user, folder) and self.opts.new_mailbox:
             existing = store.messages(user, folder)
             if existing or folder != "INBOX":
@@ -471,7 +473,7 @@ class Restorer:
             if j is not None and j[5] and j[0] == info.uidvalidity == m.uidvalidity and j[1] == info.uidnext:
                 mode = self._chain_mode(user, folder, j)
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
-                          list(m.uids), info.uidvalidity, state, uidnext=info.uidnext)
+                          m.uids, info.uidvalidity, m.state, uidnext=info.uidnext)
         if mode != "exact":
             for msg in store.messages(user, folder):
                 plan.by_uid[msg.uid] = msg
@@ -498,11 +500,13 @@ class Restorer:
     def _check_gap(self, plan: "FolderPlan", last_created) -> None:
         """An incremental lists (in its state record) the messages it does not carry;
         each of them must already be here, else an archive in between is missing."""
-        missing = [u for u in plan.state if u not in plan.by_uid]
+        # bounded by the folder here, however many UIDs the archive's record spans
+        missing = len(plan.state) - plan.state.count_in(plan.by_uid)
         if missing:
             raise ChainOrderError(
-                f"user/{plan.user}/{plan.folder}: {len(missing)} messages of this incremental's "
-                f"folder (UIDs {missing[0]}...) are neither here nor in it: the archive restored last "
+                f"user/{plan.user}/{plan.folder}: {missing} messages of this incremental's "
+                f"folder (UIDs {plan.state.first_not_in(plan.by_uid)}...) are neither here nor in it: "
+                f"the archive restored last "
                 f"was taken at {_fmt(last_created)}; restore the incremental(s) taken in between first")
 
     def _new_name(self, user: str, folder: str) -> str:
@@ -524,13 +528,14 @@ class Restorer:
         try:
             if complete:
                 if plan.mode == "chain":
-                    keep = set(plan.archive_uids)
+                    keep = plan.archive_uids
                     gone = [u for u in plan.by_uid if u not in keep]
                     # messages restored in this run are in the archive's list by construction
                     self.res.expunged += store.expunge(plan.user, plan.folder, gone)
-                    for uid, (flags, keywords) in plan.state.items():
-                        if uid in plan.by_uid and uid in keep:
-                            store.set_flags(plan.user, plan.folder, uid, flags, keywords)
+                    for uid in plan.by_uid:
+                        st = plan.state.get(uid) if uid in keep else None
+                        if st is not None:
+                            store.set_flags(plan.user, plan.folder, uid, st[0], st[1])
                 info = store.folder(plan.user, plan.folder)
                 if plan.uidvalidity == plan.archive_uidvalidity and info.uidnext < plan.archive_uidnext:
                     # never lower UIDNEXT: clients must not see a UID twice
@@ -695,29 +700,19 @@ class Restorer:
         self.spool_bytes += m.size
 
 
-def _state_from(m) -> dict:
-    """uid -> (flags, keywords) of messages an incremental archive lists but does not carry
-    (the folder's IMSASM.state record, see docs/format.md)."""
-    raw = (m.records or {}).get("IMSASM.state")
-    if not raw:
-        return {}
-    out = {}
-    try:
-        for flags, ranges in json.loads(raw).items():
-            parts = flags.split()
-            value = ([p for p in parts if p.startswith("\\")], [p for p in parts if not p.startswith("\\")])
-            for uid in parse_uid_ranges(ranges):
-                out[uid] = value
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise CorruptMember(m.header_offset, f"bad IMSASM.state record: {exc}", m.name) from None
-    return out
-
-
 # ----------------------------------------------------------------------------------
 # reference files (-r)
 
+def default_reffile(home: str, header: dict) -> str:
+    """$IMS_HOME/data/refs/<archive id>.ref: the archive id is a UUID (the reader checks
+    every header field before anything uses it), so this path stays in data/refs."""
+    return os.path.join(home, "data", "refs", f"{header['archive_id']}.ref")
+
+
 def write_reffile(path: str, header: dict, pending: list) -> None:
+    """Only a restore that has pending links writes one (and makes its directory)."""
     from asm.config import atomic_write
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     doc = {"format": "ims-asm-references", "version": 1, "archive_id": header.get("archive_id"),
            "created": header.get("created"), "references": pending}
     atomic_write(path, names.dump_json(doc, indent=1), mode=0o600)
@@ -746,8 +741,16 @@ def complete_references(store: Store, reader, doc: dict, report=None) -> Restore
     wanted: dict[str, list] = {}
     for ref in doc["references"]:
         wanted.setdefault(ref["target"], []).append(ref)
+
+    def on_error(e: Exception) -> None:
+        if isinstance(e, HostileMember):
+            res.hostile += 1
+        elif isinstance(e, CorruptMember):
+            res.corrupt += 1
+        res.errors.append({"mailbox": "archive", "error": str(e)})
+
     try:
-        for m in reader.members(on_error=lambda e: res.errors.append({"mailbox": "archive", "error": str(e)})):
+        for m in reader.members(on_error=on_error):
             refs = wanted.pop(m.name, None) if m.kind == "message" else None
             if not refs:
                 continue
@@ -772,6 +775,8 @@ def complete_references(store: Store, reader, doc: dict, report=None) -> Restore
                             first_path = got.path
                     report(f"/{ref['partition']}/{user}/{folder}/{got.uid}: restored from {m.name}")
                 except (StoreError, ArchiveError) as exc:
+                    if isinstance(exc, DigestMismatch):
+                        res.corrupt += 1
                     res.errors.append({"mailbox": f"/{ref['partition']}/{user}/{folder}", "error": str(exc)})
             if not wanted:
                 break

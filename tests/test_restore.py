@@ -272,21 +272,22 @@ def test_corrupt_member_is_named_and_skipped(source, ims_home, dest, tmp_path):
     bad = tmp_path / "bad.ims"
     bad.write_bytes(bytes(data))
     p = run(dest, "imsrestore", "-f", bad)
-    assert p.returncode == 1 and b"damaged" in p.stderr
+    assert p.returncode == 4 and b"damaged" in p.stderr
     target = open_store(make_home(dest, source.name))
     assert len(target.messages("joe", "INBOX")) == 3 - 1 + 1       # the shared one + 2 good
     assert len(target.messages("ann", "INBOX")) == 2               # the rest goes on
     home2 = tmp_path / "stop"
     make_home(home2, source.name)
     p = run(home2, "imsrestore", "-c", "n", "-f", bad)
-    assert p.returncode == 1
+    assert p.returncode == 4
     stopped = open_store(make_home(home2, source.name))
     assert stopped.exists("ann") and not stopped.exists("joe", "Sent")   # stopped at the error
 
 
 def _hostile(path, kind):
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
-        hdr = json.dumps({"format": "ims-asm", "version": 1, "archive_id": "x", "created": 1.0}).encode()
+        hdr = json.dumps({"format": "ims-asm", "version": 1, "archive_id": "7c3a1f0e-5b1d-4b1e-9a57-3f2d6c1e8b90",
+                          "created": 1.0}).encode()
         ti = tarfile.TarInfo("ims-asm.header")
         ti.size = len(hdr)
         ti.pax_headers = {"IMSASM.kind": "header"}
@@ -395,7 +396,8 @@ def test_asks_whether_to_continue_on_a_terminal(source, ims_home, dest, tmp_path
     p = run(dest, "imsrestore", "-f", bad, stdin=slave)
     os.close(slave)
     os.close(master)
-    assert b"Do you want to continue? [y/n]" in p.stderr and p.returncode == 1
+    assert b"Do you want to continue? [y/n]" in p.stderr
+    assert p.returncode == 4            # damage: the archive's, whatever was answered
     target = open_store(make_home(dest, source.name))
     assert target.exists("joe", "Sent") == (answer == "y")
 
