@@ -27,10 +27,10 @@ class IncompleteArchive(ArchiveError):
     def __init__(self, last_member=None, offset=None, why="end of data"):
         self.last_member = last_member
         self.offset = offset
-        where = f"member {last_member}" if last_member else "the archive header"
+        where = f"after member {last_member}" if last_member else "inside the archive header"
         at = f" (byte {offset}: {why})" if offset is not None else f" ({why})"
         super().__init__(
-            f"archive is incomplete: ended after {where}{at}; "
+            f"archive is incomplete: ended {where}{at}; "
             "restore what came before or use an intact copy")
 
 

@@ -209,8 +209,11 @@ def checksum_ok(block):
 
 
 def parse_block(block):
-    """512 bytes -> dict(name, mode, size, mtime, typeflag, linkname). HeaderError if bad."""
-    if not checksum_ok(block):
+    """512 bytes -> dict(name, mode, size, mtime, typeflag, linkname). HeaderError if bad.
+
+    The checksum field must be exactly as tar writers write it ('%06o\\0 ', the sum
+    with the field as spaces): a byte changed anywhere in the block is then always seen."""
+    if block[148:156] != b"%06o\x00 " % (sum(block) - sum(block[148:156]) + _SPACES_SUM):
         raise HeaderError("header checksum does not match")
     magic = block[257:263]
     if magic not in (b"ustar\x00", b"ustar "):

@@ -142,14 +142,14 @@ class _End(Exception):
 
 
 class _Folder:
-    """The folder whose messages may come next, and the UIDs seen in it so far."""
+    """The folder whose messages may come next, and the last UID read in it."""
 
-    __slots__ = ("key", "uids", "seen")
+    __slots__ = ("key", "uids", "last")
 
     def __init__(self, key, uids):
         self.key = key
         self.uids = uids
-        self.seen = set()
+        self.last = 0
 
 
 _SKIP = object()        # a member named already (one error for a run of them): not returned
@@ -173,7 +173,6 @@ class MemberIterator:
         self.current = None
         self.done = False
         self.errors = 0
-        self.damaged = 0             # errors that were damage (not hostility) so far
         self.resync_from = None
         self.pad_check = None        # (name, header offset, padding start, end) of the last member
         self.users_seen = set()
@@ -190,8 +189,6 @@ class MemberIterator:
                 return self._step()
             except (CorruptMember, HostileMember) as e:
                 self.errors += 1
-                if isinstance(e, CorruptMember):
-                    self.damaged += 1
                 self.r._note_error(e)
                 if self.on_error is None:
                     raise
@@ -340,7 +337,9 @@ class ArchiveReader:
         self._iter = None
         self.version = None
         self.header_digest = None
+        self._head = bytearray()     # what the header member's reading saw (to tell damage)
         self.header, first = self._read_archive_header()
+        self._head = None
         self._first_offset = first.next_offset
 
     @property
@@ -355,14 +354,21 @@ class ArchiveReader:
         try:
             e = self._read_entry(None)
         except IncompleteArchive:
+            if self._looks_ours():
+                raise IncompleteArchive(None, self._rr.tell(), "cut inside its header") from None
             if self._rr.tell() == 0:
                 raise NotAnArchive("it is empty") from None
             raise NotAnArchive("it is shorter than one tar header") from None
         except _Corrupt as c:
+            if self._looks_ours():
+                raise CorruptHeader(c.offset, c.why) from None
             raise NotAnArchive(f"no valid tar header at the start ({c.why})") from None
         except _End:
             raise NotAnArchive("it is an empty tar archive") from None
         if e.name != spec.HEADER_NAME or e.typeflag not in (pax.REGTYPE, pax.AREGTYPE):
+            if any(k.startswith(spec.LOGICAL_PREFIX) for k in e.records):
+                raise CorruptHeader(e.header_offset, f"the archive starts with member {e.name[:80]!r}, "
+                                                     f"not its header ({spec.HEADER_NAME})")
             raise NotAnArchive(f"the first member is {e.name[:80]!r}, not {spec.HEADER_NAME}")
         recs = e.records
         ours = recs.get(spec.KIND) == spec.K_HEADER     # an ims-asm header member: damage is corruption
@@ -411,6 +417,12 @@ class ArchiveReader:
         self.version = version
         return hdr, e
 
+    def _looks_ours(self):
+        """After a damaged or cut first header: do its bytes still hold ims-asm records or
+        the header member's name (then the archive is damaged, not something else)?"""
+        head = bytes(self._head or b"")
+        return spec.WIRE_PREFIX.encode() in head or spec.HEADER_NAME.encode() in head
+
     def _read_json_data(self, e, last):
         if e.size > spec.MAX_JSON:
             raise CorruptMember(e.header_offset, f"too large ({e.size} bytes)", e.name)
@@ -452,6 +464,8 @@ class ArchiveReader:
             return off, b
         off = self._rr.tell()
         b = self._rr.read(spec.BLOCK)
+        if self._head is not None and len(self._head) < 8 * spec.BLOCK:
+            self._head += b
         if len(b) < spec.BLOCK:
             raise IncompleteArchive(last, off, "end of data" if not b else "cut inside a header")
         return off, b
@@ -485,6 +499,8 @@ class ArchiveReader:
                     raise _Corrupt(off, f"extended header of {size} bytes is too large")
                 padded = size + (-size % spec.BLOCK)
                 data = rr.read(padded)
+                if self._head is not None and len(self._head) < 8 * spec.BLOCK:
+                    self._head += data[:8 * spec.BLOCK]
                 if len(data) < padded:
                     raise IncompleteArchive(last, rr.tell(), "cut inside an extended header")
                 if data.count(0, size) != padded - size:
@@ -599,6 +615,14 @@ class ArchiveReader:
             partition, user, folder, uid = names.parse(name)
         except ValueError as ex:
             raise corrupt(f"name is not in the ims-asm layout ({ex})") from None
+        for level in (partition, user, *(folder.split("/") if folder else ())):
+            if level in (".", ".."):
+                raise hostile(f"a name level {level!r} (escaped in the member name), which would "
+                              "name another place than the store")
+        for level, what in ((partition, "partition"), (user, "user")):
+            if level is not None and "/" in level:
+                raise hostile(f"a {what} name with a '/' (escaped in the member name), which would "
+                              "name another place than the store")
         if t == pax.DIRTYPE:
             want = spec.K_USER if folder is None else spec.K_FOLDER
             if kind != want or user is None or uid is not None:
@@ -634,11 +658,11 @@ class ArchiveReader:
                     in_layout = names.parse(e.linkname)[3] is not None
                 except ValueError:
                     in_layout = False
-                if in_layout and it.damaged:
+                if in_layout:       # a name of the archive: resolved from it, never as a path
                     raise corrupt(f"hard link to {e.linkname[:200]!r}, which is not an earlier "
-                                  "message in this archive (damaged or missing)")
-                raise hostile(f"hard link to {e.linkname[:200]!r}, which is not an earlier "
-                              "message in this archive")
+                                  "message in this archive (missing, damaged or out of order)")
+                raise hostile(f"hard link to {e.linkname[:200]!r}, which is not a message of "
+                              "this archive")
             if target[2] != m.sha256:
                 raise corrupt(f"hard link to {e.linkname[:200]!r}, whose SHA-256 is not the "
                               "link's: the link or its target was changed")
@@ -647,7 +671,7 @@ class ArchiveReader:
 
     def _place(self, m, it, corrupt):
         """The order of members (docs/format.md §2): each user and folder once, each
-        folder's messages right after it, each UID once and listed by its folder."""
+        folder's messages right after it in ascending UID order, each listed by its folder."""
         if m.kind == spec.K_USER:
             it.folder = it.orphans = None
             key = (m.partition, m.user)
@@ -675,9 +699,12 @@ class ArchiveReader:
                           "or elsewhere in the archive): they are not read")
         if m.uid not in f.uids:
             raise corrupt(f"UID {m.uid} is not in its folder's UID list")
-        if m.uid in f.seen:
+        if m.uid == f.last:
             raise corrupt(f"UID {m.uid} appears twice in the archive")
-        f.seen.add(m.uid)
+        if m.uid < f.last:
+            raise corrupt(f"UID {m.uid} comes after UID {f.last} of its folder (a folder's messages "
+                          "are in ascending UID order): members out of order or present twice")
+        f.last = m.uid
         it.orphans = None
         line = b"%s %s\n" % (m.sha256.encode(), m.name.encode("utf-8", "surrogateescape"))
         if m.kind == spec.K_MESSAGE:
