@@ -55,7 +55,7 @@ def json_time(v, what, optional=False):
     return v
 
 
-def sha256(text, what="IMSASM.sha256"):
+def sha256(text, what=spec.SHA256):
     if not isinstance(text, str) or not _HEX64.match(text):
         raise ValueError(f"{what} is missing or not 64 lowercase hex digits")
     return text
@@ -65,10 +65,10 @@ def flags(text):
     """IMSASM.flags: system flags, space-separated, each once."""
     out = text.split(" ") if text else []
     if len(set(out)) != len(out):
-        raise ValueError("IMSASM.flags lists a flag twice")
+        raise ValueError(f"{spec.FLAGS} lists a flag twice")
     for f in out:
         if f not in spec.SYSTEM_FLAGS:
-            raise ValueError(f"IMSASM.flags holds {_short(f)}, not an IMAP system flag")
+            raise ValueError(f"{spec.FLAGS} holds {_short(f)}, not an IMAP system flag")
     return frozenset(out)
 
 
@@ -76,9 +76,9 @@ def keywords(text):
     """IMSASM.keywords: words without spaces or control characters, not starting with '\\'."""
     out = tuple(text.split(" ")) if text else ()
     if len(set(out)) != len(out):
-        raise ValueError("IMSASM.keywords lists a keyword twice")
+        raise ValueError(f"{spec.KEYWORDS} lists a keyword twice")
     for k in out:
-        _keyword(k, "IMSASM.keywords")
+        _keyword(k, spec.KEYWORDS)
     return out
 
 
@@ -127,7 +127,7 @@ class UidSet:
         return cls(out)
 
     @classmethod
-    def parse(cls, text, what="IMSASM.uids"):
+    def parse(cls, text, what=spec.UIDS):
         """'1:3,5,7:9' (ascending, disjoint, each UID in 1..2^32-1) -> UidSet."""
         if not isinstance(text, str):
             raise ValueError(f"{what} is not text")
@@ -222,32 +222,32 @@ class FolderState:
         try:
             obj = json.loads(text)
         except ValueError:
-            raise ValueError("IMSASM.state is not JSON") from None
+            raise ValueError(f"{spec.STATE} is not JSON") from None
         if not isinstance(obj, dict):
-            raise ValueError("IMSASM.state is not a JSON object")
+            raise ValueError(f"{spec.STATE} is not a JSON object")
         entries, all_ranges = [], []
         for words, ranges in obj.items():
             if not isinstance(ranges, str):
-                raise ValueError("IMSASM.state maps a flag list to something that is not a UID list")
+                raise ValueError(f"{spec.STATE} maps a flag list to something that is not a UID list")
             parts = words.split(" ") if words else []
             fl = frozenset(p for p in parts if p.startswith("\\"))
             kw = tuple(p for p in parts if not p.startswith("\\"))
             if len(fl) + len(kw) != len(parts):
-                raise ValueError("IMSASM.state lists a flag twice")
+                raise ValueError(f"{spec.STATE} lists a flag twice")
             for f in fl:
                 if f not in spec.SYSTEM_FLAGS:
-                    raise ValueError(f"IMSASM.state holds {_short(f)}, not an IMAP system flag")
+                    raise ValueError(f"{spec.STATE} holds {_short(f)}, not an IMAP system flag")
             for k in kw:
-                _keyword(k, "IMSASM.state")
-            uids = UidSet.parse(ranges, "IMSASM.state")
+                _keyword(k, spec.STATE)
+            uids = UidSet.parse(ranges, spec.STATE)
             if not uids.issubset(folder_uids):
-                raise ValueError("IMSASM.state names UIDs that IMSASM.uids does not list")
+                raise ValueError(f"{spec.STATE} names UIDs that {spec.UIDS} does not list")
             entries.append((fl, kw, uids))
             all_ranges.extend(uids.ranges())
         all_ranges.sort()
         for (_, b), (a, _) in zip(all_ranges, all_ranges[1:]):
             if a <= b:
-                raise ValueError("IMSASM.state gives one UID two states")
+                raise ValueError(f"{spec.STATE} gives one UID two states")
         return cls(entries)
 
     def get(self, uid):
