@@ -728,6 +728,13 @@ def read_reffile(path: str) -> dict:
         raise RestoreError(f"{path!r} is not an imsrestore reference file (not JSON)") from None
     if not isinstance(doc, dict) or doc.get("format") != "ims-asm-references":
         raise RestoreError(f"{path!r} is not an imsrestore reference file")
+    refs = doc.get("references")
+    keys = {"member": str, "target": str, "partition": str, "user": str, "folder": str, "uid": int,
+            "flags": list, "keywords": list}
+    if not isinstance(refs, list) or not all(
+            isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in keys.items()) for r in refs):
+        raise RestoreError(f"{path!r} is a damaged reference file (its references are not as imsrestore "
+                           "writes them): run the restore that wrote it again")
     return doc
 
 

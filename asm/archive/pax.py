@@ -116,6 +116,7 @@ def _name_field(name_b, is_ascii):
 
 
 K_DIGEST = key(wire(DIGEST))
+_DIGEST_PREFIX = record(K_DIGEST, b"0" * 64)[:-65]     # b'101 SCHILY.xattr.user.imsasm.digest='
 
 
 def member(name, typeflag, mode_b, size, mtime, records, linkname=""):
@@ -156,10 +157,11 @@ def member(name, typeflag, mode_b, size, mtime, records, linkname=""):
     else:
         pax = records
     block = ustar(name_f, mode_b, size_f, mtime_f, typeflag, link_f)
-    digest = hashlib.sha256(pax + block).hexdigest()
-    pax += record(K_DIGEST, digest.encode("ascii"))
-    n = len(pax)
-    return b"".join((xheader(n), pax, _pad(n), block)), digest
+    h = hashlib.sha256(pax)
+    h.update(block)
+    digest = h.hexdigest()
+    n = len(pax) + 101
+    return b"".join((xheader(n), pax, _DIGEST_PREFIX, digest.encode("ascii"), b"\n", _pad(n), block)), digest
 
 
 # ----------------------------------------------------------------- parsing

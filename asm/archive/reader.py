@@ -421,6 +421,10 @@ class ArchiveReader:
         """After a damaged or cut first header: do its bytes still hold ims-asm records or
         the header member's name (then the archive is damaged, not something else)?"""
         head = bytes(self._head or b"")
+        try:
+            head += self._rr.read(4 * spec.BLOCK)      # its records follow a damaged first block
+        except OSError:
+            pass
         return spec.WIRE_PREFIX.encode() in head or spec.HEADER_NAME.encode() in head
 
     def _read_json_data(self, e, last):

@@ -94,7 +94,7 @@ class ArchiveWriter:
         self._links = {}             # link_key -> (member name, sha256 hex)
         self._sequence = hashlib.sha256()    # the trailer's digest: every member's digest
         self._mtime = 0
-        self._folder = None          # (folder dir name, UidSet) of the folder being written
+        self._folder = None          # ((partition, user, folder), UidSet) being written
         self.counts = {"users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
 
     @property
@@ -171,7 +171,7 @@ class ArchiveWriter:
             _R(_K[spec.UIDS], str(uid_set).encode("ascii")),
             _R(_K[spec.COUNT], b"%d" % len(uid_set))))
         self._rw.write(self._member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs))
-        self._folder = (name, uid_set)
+        self._folder = ((partition, user, folder), uid_set)
         self.counts["folders"] += 1
 
     def _message_records(self, kind_rec, uid, flags, keywords, internaldate, stored, nlink, sha):
@@ -195,8 +195,7 @@ class ArchiveWriter:
         """
         self._check_open()
         name = names.message_name(partition, user, folder, uid)
-        fdir = names.folder_dir(partition, user, folder)
-        if self._folder is None or self._folder[0] != fdir:
+        if self._folder is None or self._folder[0] != (partition, user, folder):
             raise ArchiveError(f"message {name} added after another member than its folder's: "
                                "add_folder() first, then that folder's messages")
         if uid not in self._folder[1]:
