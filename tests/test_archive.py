@@ -867,3 +867,17 @@ def test_writer_refuses_misuse(tmp_path):
     w.close()
     with pytest.raises(Exception, match="closed"):
         w.add_user("p", "u", "g")
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_any_byte_of_the_first_blocks_changed_is_damage_not_another_file(tmp_path, seekable):
+    """The header member is ims-asm's even when its first block is damaged: exit 4, not 8."""
+    data, _, _ = build(tmp_path, per_folder=1, links=False)
+    rnd = random.Random(5)
+    for at in sorted(rnd.sample(range(3 * 512), 60)) + [0, 40, 148, 155, 509, 511]:
+        bad = bytearray(data)
+        bad[at] ^= 1 << rnd.randrange(8)
+        raw = io.BytesIO(bytes(bad)) if seekable else Stream(bytes(bad), seed=at)
+        with pytest.raises((CorruptHeader, IncompleteArchive)) as ei:
+            ArchiveReader(raw)
+        assert ei.value.status == 4, (at, ei.value)

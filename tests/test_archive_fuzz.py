@@ -24,7 +24,7 @@ from tests.helpers import DRIVERS
 
 COUNT = int(os.environ.get("IMS_FUZZ_COUNT", "150"))
 SEED = int(os.environ.get("IMS_FUZZ_SEED", str(random.SystemRandom().randrange(1 << 30))))
-SUBPROCESS_EVERY = 15           # every 15th mutation runs as real processes, through a pipe
+SUBPROCESS_EVERY = 25           # every 25th mutation runs as real processes, through a pipe
 
 
 @pytest.fixture(scope="module", params=DRIVERS)

@@ -163,8 +163,10 @@ def test_journal_reffile_and_catalog_keep_the_bytes(tmp_path):
     j.put(JORG, "Caf\u00e9", 8, 10, {"archive_id": "b"}, True)
     assert j.get(JORG, CAFE)[:3] == (7, 9, "a") and j.get(JORG, "Caf\u00e9")[:3] == (8, 10, "b")
     ref = tmp_path / "x.ref"
-    write_reffile(str(ref), {"archive_id": "a"}, [{"user": JORG, "folder": CAFE}])
-    assert read_reffile(str(ref))["references"] == [{"user": JORG, "folder": CAFE}]
+    pending = [{"member": f"p/{JORG}/{CAFE}/2.eml", "target": "p/ann/INBOX/1.eml", "partition": "p",
+                "user": JORG, "folder": CAFE, "uid": 2, "flags": [], "keywords": []}]
+    write_reffile(str(ref), {"archive_id": "a"}, pending)
+    assert read_reffile(str(ref))["references"] == pending
     c = Catalog(str(tmp_path))
     d = c.start("run1", "primary", "user", "full", None, None, [JORG, "ann"], 100,
                 lambda did, now: f"dump-{did}.ims")

@@ -511,3 +511,14 @@ def test_uid_lists_stay_ranges(store, ims_home, tmp_path):
     run(ims_home, "imsrestore", "-f", h, check=0, timeout=60)
     assert state(store) == before
     assert b"uids=4294967295" in run(ims_home, "imsrestore", "-t", "-f", h, check=0, timeout=60).stdout
+
+
+def test_a_damaged_reference_file_is_one_line(store, ims_home, tmp_path):
+    put(store, "joe", "INBOX", 1)
+    a = backup(ims_home, tmp_path / "a.ims")
+    for doc in ({"format": "ims-asm-references", "references": "x"},
+                {"format": "ims-asm-references", "references": [{"user": "joe"}]}):
+        ref = tmp_path / "bad.ref"
+        ref.write_text(json.dumps(doc))
+        p = run(ims_home, "imsrestore", "-f", a, "-r", ref)
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and b"damaged reference file" in p.stderr
