@@ -276,7 +276,7 @@ class MemberIterator:
         try:
             t = json.loads(data)
             _check_trailer(t)
-        except ValueError as ex:
+        except (ValueError, RecursionError) as ex:
             r.verified = False
             raise CorruptMember(e.header_offset, f"the trailer is not valid ({ex})",
                                 spec.TRAILER_NAME) from None
@@ -388,7 +388,7 @@ class ArchiveReader:
             raise CorruptHeader(e.header_offset, "its JSON does not match its SHA-256 record")
         try:
             hdr = json.loads(data)
-        except ValueError as ex:
+        except (ValueError, RecursionError) as ex:
             if ours or v2:
                 raise CorruptHeader(e.header_offset, f"it is not JSON ({ex})") from None
             raise NotAnArchive(f"its header member is not JSON ({ex})") from None

@@ -221,7 +221,7 @@ class FolderState:
         by the folder (``folder_uids``) and have one state only."""
         try:
             obj = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValueError(f"{spec.STATE} is not JSON") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{spec.STATE} is not a JSON object")
