@@ -165,8 +165,10 @@ def test_journal_reffile_and_catalog_keep_the_bytes(tmp_path):
     a, b = j.get(JORG, CAFE), j.get(JORG, "Caf\u00e9")
     assert (a.uidvalidity, a.uidnext, a.archive_id) == (7, 9, "a") and (b.uidvalidity, b.uidnext, b.archive_id) == (8, 10, "b")
     ref = tmp_path / "x.ref"
-    write_reffile(str(ref), {"archive_id": "a"}, [{"user": JORG, "folder": CAFE}])
-    assert read_reffile(str(ref))["references"] == [{"user": JORG, "folder": CAFE}]
+    pending = [{"member": f"p/{JORG}/{CAFE}/2.eml", "target": "p/ann/INBOX/1.eml", "partition": "p",
+                "user": JORG, "folder": CAFE, "uid": 2, "flags": [], "keywords": []}]
+    write_reffile(str(ref), {"archive_id": "a"}, pending)
+    assert read_reffile(str(ref))["references"] == pending
     c = Catalog(str(tmp_path))
     d = c.start("run1", "primary", "user", "full", None, None, [JORG, "ann"], 100,
                 lambda did, now: f"dump-{did}.ims")

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from asm.archive.errors import ArchiveError, IncompleteArchive
+from asm.archive.errors import ArchiveError, DigestMismatch, HostileMember, IncompleteArchive
 from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
     ArgParser, Progress, UsageError, blocking_factor, die, human, run_command, warn,
@@ -21,7 +21,8 @@ from asm.errors import (
 )
 from asm.logical import parse
 from asm.restore import (
-    Journal, Restorer, RestoreOptions, Selection, complete_references, default_reffile, read_map, read_reffile,
+    Journal, Restorer, RestoreOptions, Selection, complete_references, default_reffile, read_map,
+    read_reffile,
 )
 
 PROG = "imsrestore"
@@ -81,34 +82,77 @@ def _print_header(header: dict) -> None:
         print(f"{k}: {v}")
 
 
-def _toc(reader, sel: Selection) -> int:
-    errors = []
+class _OutputFailed(Exception):
+    """Writing the listing to stdout failed (not the device): run_command says how."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _print(line: str) -> None:
+    try:
+        print(line)
+    except OSError as exc:
+        raise _OutputFailed(exc) from exc
+
+
+def _toc(reader, sel: Selection, verbose: bool = False) -> int:
+    """List the selected folders and messages, and check the whole archive while reading
+    it, as a restore would: every member's records (and, in a version 2 archive, their
+    digests), every message's bytes against its SHA-256, every link against its first
+    copy, the trailer against the sequence.  Damage is named on stderr, exit 4; hostile
+    members exit 5."""
+    errors: list[str] = []
+    counts = {"hostile": 0, "corrupt": 0, "messages": 0, "bytes": 0}
+
+    def on_error(e):
+        counts["hostile" if isinstance(e, HostileMember) else "corrupt"] += 1
+        errors.append(str(e))
+
     current_ok = False
     try:
-        for m in reader.members(on_error=lambda e: errors.append(str(e))):
+        for m in reader.members(on_error=on_error):
             if m.kind == "user":
                 continue
             if m.kind == "folder":
                 current_ok = sel.folder(m.partition, m.user, m.group, m.folder)
                 if current_ok:
-                    print(f"/{m.partition}/{m.user}/{m.folder}\tuidvalidity={m.uidvalidity} "
+                    _print(f"/{m.partition}/{m.user}/{m.folder}\tuidvalidity={m.uidvalidity} "
                           f"uidnext={m.uidnext} uids={len(m.uids)}{' subscribed' if m.subscribed else ''}")
                 continue
+            if m.kind == "message":
+                try:
+                    m.check()
+                    counts["messages"] += 1
+                    counts["bytes"] += m.size
+                except DigestMismatch as exc:
+                    on_error(exc)
             if not current_ok:
                 continue
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.internaldate or 0))
             flags = " ".join(sorted(m.flags) + list(m.keywords))
             what = f"link to {m.linkname}" if m.kind == "link" else f"{m.size}"
-            print(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}\t{what}\t{when}\t{flags}")
+            _print(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}\t{what}\t{when}\t{flags}")
     except IncompleteArchive as exc:
+        for e in errors:
+            warn(PROG, e)
         warn(PROG, str(exc))
         return EXIT_INCOMPLETE
     for e in errors:
         warn(PROG, e)
+    if verbose:
+        warn(PROG, f"checked {counts['messages']} messages ({human(counts['bytes'])}): "
+                   + ("every digest matches" if not errors else
+                      f"{counts['corrupt']} damaged, {counts['hostile']} hostile members"))
+    if counts["hostile"]:
+        return EXIT_HOSTILE
+    if counts["corrupt"]:
+        return EXIT_INCOMPLETE
     if not reader.complete:
         warn(PROG, "archive is incomplete: it has no trailer")
         return EXIT_INCOMPLETE
-    return EXIT_PARTIAL if errors else EXIT_OK
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +182,12 @@ def _main(argv: list[str] | None) -> int:
             return EXIT_OK
         sel = Selection(paths, inst.groups)
         if args.toc:
-            return _toc(reader, sel)
+            try:
+                return _toc(reader, sel, args.verbose)
+            except _OutputFailed as exc:
+                raise exc.error from None
+            except OSError as exc:
+                return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
 
         def report(line):
             if args.verbose:
@@ -195,6 +244,9 @@ def _main(argv: list[str] | None) -> int:
         warn(PROG, f"{res.hostile} hostile members were refused; nothing was written outside the store")
     if res.incomplete:
         warn(PROG, res.incomplete)
+    if res.corrupt:
+        warn(PROG, f"{res.corrupt} damaged members were named above and not restored; the rest was "
+             "restored: restore those from another copy")
     if res.out_of_order:
         warn(PROG, f"{len(res.out_of_order)} folders were left as they were: this archive does not "
              f"follow the one restored last into them (see above)")

@@ -131,6 +131,8 @@ class Restorer:
     def _member_error(self, exc: Exception) -> None:
         if isinstance(exc, HostileMember):
             self.res.hostile += 1
+        elif isinstance(exc, CorruptMember):
+            self.res.corrupt += 1
         self._error(getattr(exc, "name", None) or "archive", exc)
 
     def _member(self, m) -> None:
@@ -152,6 +154,7 @@ class Restorer:
             raise exc.error from None            # the device failed: the CLI says so
         except (DigestMismatch, CorruptMember) as exc:
             plan.failed += 1
+            self.res.corrupt += 1
             self._error(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}", exc)
         except (StoreError, OSError) as exc:     # not the archive's (see _Source): the store's
             plan.failed += 1
@@ -258,13 +261,14 @@ class Restorer:
             try:
                 if complete:
                     if plan.mode == "chain":
-                        keep = set(plan.archive_uids)
+                        keep = plan.archive_uids
                         gone = [u for u in plan.by_uid if u not in keep]
                         # messages restored in this run are in the archive's list by construction
                         self.res.expunged += store.expunge(plan.user, plan.folder, gone)
-                        for uid, (flags, keywords) in plan.state.items():
-                            if uid in plan.by_uid and uid in keep:
-                                store.set_flags(plan.user, plan.folder, uid, flags, keywords)
+                        for uid in plan.by_uid:
+                            st = plan.state.get(uid) if uid in keep else None
+                            if st is not None:
+                                store.set_flags(plan.user, plan.folder, uid, st[0], st[1])
                     info = store.folder(plan.user, plan.folder)
                     if plan.uidvalidity == plan.archive_uidvalidity and info.uidnext < plan.archive_uidnext:
                         # never lower UIDNEXT: clients must not see a UID twice

@@ -38,7 +38,8 @@ class RestoreResult:
     errors: list = field(default_factory=list)       # {"mailbox", "error", "status"}
     pending: list = field(default_factory=list)      # reference-file entries
     incomplete: str | None = None                    # why the archive ended early
-    hostile: int = 0
+    hostile: int = 0                                 # members refused as hostile (exit 5)
+    corrupt: int = 0                                 # members damaged: digest, checksum, records (exit 4)
     store_full: str | None = None                    # the store filled up: the run stopped
     unmatched: list = field(default_factory=list)    # selection paths that matched nothing
     near_misses: dict = field(default_factory=dict)  # unmatched path -> folders differing in case
@@ -60,7 +61,7 @@ class RestoreResult:
             return EXIT_NOSPACE
         if self.hostile:
             return EXIT_HOSTILE
-        if self.incomplete:
+        if self.incomplete or self.corrupt:
             return EXIT_INCOMPLETE
         for s in (EXIT_STORE, EXIT_LOCKED):
             if s in statuses:
@@ -78,7 +79,7 @@ def error_status(exc: BaseException) -> int:
     """The status one failed mailbox or message stands for in a restore: the store's
     failures their own (full 13, locked 6, anything else 17: a name the store cannot
     hold is the store's limit here, not a usage error), a chain out of order 7, a
-    hostile member 5, a damaged member 1 (the rest of the archive was read), another
+    hostile member 5, a damaged member 4 (the rest of the archive was read), another
     error its own status."""
     from asm.archive.errors import ArchiveError, HostileMember
     from asm.restore.errors import ChainOrderError
@@ -96,7 +97,7 @@ def error_status(exc: BaseException) -> int:
     if isinstance(exc, HostileMember):
         return EXIT_HOSTILE
     if isinstance(exc, ArchiveError):
-        return EXIT_PARTIAL
+        return EXIT_INCOMPLETE
     if isinstance(exc, ImsError):
         return exc.status
     return EXIT_PARTIAL

@@ -11,12 +11,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 
 from asm.archive.errors import CorruptMember
-from asm.archive.reader import parse_uid_ranges
 from asm.restore.errors import ChainOrderError
 from asm.restore.journal import Journal, JournalRow
 from asm.restore.options import RestoreOptions
@@ -33,9 +31,9 @@ class FolderPlan:
     mode: str                   # "exact" (created by us), "merge", "chain"
     archive_uidvalidity: int
     archive_uidnext: int
-    archive_uids: list
+    archive_uids: object        # UidSet: every UID the archived folder held
     uidvalidity: int            # of the target
-    state: dict                 # uid -> (flags, keywords) for messages not carried (incremental)
+    state: object               # FolderState: flags of the messages not carried (incremental)
     existing: dict = field(default_factory=dict)     # size -> [MessageInfo]
     by_uid: dict = field(default_factory=dict)       # uid -> MessageInfo (existing)
     digests: dict = field(default_factory=dict)      # path -> sha256 (cache)
@@ -50,24 +48,6 @@ class FolderPlan:
     @property
     def mailbox(self) -> str:
         return f"/{self.partition}/{self.user}/{self.folder}"
-
-
-def state_from(m) -> dict:
-    """uid -> (flags, keywords) of messages an incremental archive lists but does not carry
-    (the folder's IMSASM.state record, see docs/format.md)."""
-    raw = (m.records or {}).get("IMSASM.state")
-    if not raw:
-        return {}
-    out = {}
-    try:
-        for flags, ranges in json.loads(raw).items():
-            parts = flags.split()
-            value = ([p for p in parts if p.startswith("\\")], [p for p in parts if not p.startswith("\\")])
-            for uid in parse_uid_ranges(ranges):
-                out[uid] = value
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise CorruptMember(m.header_offset, f"bad IMSASM.state record: {exc}", m.name) from None
-    return out
 
 
 def _fmt(t: float | None) -> str:
@@ -90,7 +70,6 @@ class Planner:
         under way before anything is written to it (see :meth:`Journal.start`)."""
         store = self.store
         folder = m.folder
-        state = state_from(m)
         if store.exists(user, folder) and self.opts.new_mailbox:
             existing = store.messages(user, folder)
             if existing or folder != "INBOX":
@@ -127,7 +106,7 @@ class Planner:
         if mode == "exact" and info.subscribed != m.subscribed:
             store.set_folder(user, folder, subscribed=m.subscribed)
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
-                          list(m.uids), info.uidvalidity, state, uidnext=info.uidnext,
+                          m.uids, info.uidvalidity, m.state, uidnext=info.uidnext,
                           resumed=resumed, again=again)
         if mode != "exact" or resumed:
             for msg in store.messages(user, folder):
@@ -154,11 +133,13 @@ class Planner:
     def check_gap(plan: FolderPlan, last_created) -> None:
         """An incremental lists (in its state record) the messages it does not carry;
         each of them must already be here, else an archive in between is missing."""
-        missing = [u for u in plan.state if u not in plan.by_uid]
+        # bounded by the folder here, however many UIDs the archive's record spans
+        missing = len(plan.state) - plan.state.count_in(plan.by_uid)
         if missing:
             raise ChainOrderError(
-                f"user/{plan.user}/{plan.folder}: {len(missing)} messages of this incremental's "
-                f"folder (UIDs {missing[0]}...) are neither here nor in it: the archive restored last "
+                f"user/{plan.user}/{plan.folder}: {missing} messages of this incremental's "
+                f"folder (UIDs {plan.state.first_not_in(plan.by_uid)}...) are neither here nor in it: "
+                f"the archive restored last "
                 f"was taken at {_fmt(last_created)}; restore the incremental(s) taken in between first")
 
     def new_name(self, user: str, folder: str) -> str:

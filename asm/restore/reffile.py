@@ -8,7 +8,7 @@ import json
 import os
 
 from asm.archive import names
-from asm.archive.errors import ArchiveError, IncompleteArchive
+from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
 from asm.errors import EXIT_NOSPACE, EXIT_USAGE
 from asm.restore.errors import RestoreError
 from asm.restore.options import RestoreResult, error_status
@@ -18,7 +18,9 @@ from asm.store.base import Store, StoreError
 def default_reffile(home: str, header: dict) -> str:
     """Where a restore of the archive with ``header`` writes its reference file unless
     told otherwise."""
-    return os.path.join(home, "data", "refs", f"{header.get('archive_id', 'archive')}.ref")
+    # the archive id is a UUID (the reader checks every header field before anything
+    # uses it), so this path stays in data/refs
+    return os.path.join(home, "data", "refs", f"{header['archive_id']}.ref")
 
 
 def write_reffile(path: str, header: dict, pending: list) -> None:
@@ -46,6 +48,13 @@ def read_reffile(path: str) -> dict:
         raise RestoreError(f"{path!r} is not an imsrestore reference file (not JSON)") from None
     if not isinstance(doc, dict) or doc.get("format") != "ims-asm-references":
         raise RestoreError(f"{path!r} is not an imsrestore reference file")
+    refs = doc.get("references")
+    keys = {"member": str, "target": str, "partition": str, "user": str, "folder": str, "uid": int,
+            "flags": list, "keywords": list}
+    if not isinstance(refs, list) or not all(
+            isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in keys.items()) for r in refs):
+        raise RestoreError(f"{path!r} is a damaged reference file (its references are not as imsrestore "
+                           "writes them): run the restore that wrote it again")
     return doc
 
 
@@ -65,8 +74,16 @@ def _complete(store: Store, reader, doc: dict, report) -> RestoreResult:
     wanted: dict[str, list] = {}
     for ref in doc["references"]:
         wanted.setdefault(ref["target"], []).append(ref)
+
+    def on_error(e: Exception) -> None:
+        if isinstance(e, HostileMember):
+            res.hostile += 1
+        elif isinstance(e, CorruptMember):
+            res.corrupt += 1
+        res.errors.append({"mailbox": "archive", "error": str(e)})
+
     try:
-        for m in reader.members(on_error=lambda e: res.errors.append({"mailbox": "archive", "error": str(e)})):
+        for m in reader.members(on_error=on_error):
             refs = wanted.pop(m.name, None) if m.kind == "message" else None
             if not refs:
                 continue
@@ -91,6 +108,8 @@ def _complete(store: Store, reader, doc: dict, report) -> RestoreResult:
                             first_path = got.path
                     report(f"/{ref['partition']}/{user}/{folder}/{got.uid}: restored from {m.name}")
                 except (StoreError, ArchiveError) as exc:
+                    if isinstance(exc, DigestMismatch):
+                        res.corrupt += 1
                     res.errors.append({"mailbox": f"/{ref['partition']}/{user}/{folder}", "error": str(exc),
                                        "status": error_status(exc)})
             if not wanted:

@@ -582,6 +582,8 @@ def _restore_record(inst, rec, places, args, totals, errors, report, progress) -
     if res.incomplete:
         errors.append(f"{rec.name}: {res.incomplete}")
         return EXIT_INCOMPLETE
+    if res.corrupt:
+        return EXIT_INCOMPLETE
     return EXIT_PARTIAL if res.errors or res.pending else EXIT_OK
 
 
