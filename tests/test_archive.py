@@ -12,12 +12,12 @@ import tracemalloc
 
 import pytest
 
-from asm.archive import (ArchiveReader, ArchiveWriter, CorruptMember, CorruptSource,
+from asm.archive import (ArchiveReader, ArchiveWriter, CorruptHeader, CorruptMember, CorruptSource,
                          DigestMismatch, HostileMember, IncompleteArchive,
                          LinkTargetUnavailable, MessageChanged, NotAnArchive,
                          RecordReader, RecordWriter, names)
+from asm.archive.values import UidSet
 from asm.archive.writer import uid_ranges
-from asm.archive.reader import parse_uid_ranges
 from tests.helpers import unavailable
 
 AWKWARD_FOLDERS = [
@@ -26,6 +26,10 @@ AWKWARD_FOLDERS = [
     "tab\there", "x" * 120,
 ]
 AWKWARD_USERS = ["joe", "j.o'e smith", "user/with/slashes", ".dot", "\u00fcser%40host", "7.eml"]
+# what a store can hold: no level '.' or '..', no '/' in a user name (a reader refuses those
+# as hostile, though the level encoding round-trips them)
+STORE_USERS = [u for u in AWKWARD_USERS if "/" not in u]
+STORE_FOLDERS = [f for f in AWKWARD_FOLDERS if f not in (".", "..")]
 
 
 class Recorder:
@@ -180,22 +184,21 @@ def test_empty_level_is_refused():
 def test_uid_ranges():
     assert uid_ranges([1, 2, 3, 5, 7, 8, 9, 12]) == "1:3,5,7:9,12"
     assert uid_ranges([]) == ""
-    assert parse_uid_ranges("1:3,5,7:9,12") == [1, 2, 3, 5, 7, 8, 9, 12]
+    assert list(UidSet.parse("1:3,5,7:9,12")) == [1, 2, 3, 5, 7, 8, 9, 12]
     big = list(range(1, 100000, 2))
-    assert parse_uid_ranges(uid_ranges(big)) == big
-    with pytest.raises(ValueError):
-        parse_uid_ranges("3:1")
-    with pytest.raises(ValueError):
-        parse_uid_ranges("1,,2")
+    assert list(UidSet.parse(uid_ranges(big))) == big
+    for bad in ("3:1", "1,,2", "0", "5,3", "1:5,5", "4294967296", "01", "1:", "-1", "1 ", "9" * 5000):
+        with pytest.raises(ValueError):
+            UidSet.parse(bad)
 
 
 # ------------------------------------------------------------------ round trip
 
 def test_round_trip_awkward_names_bytes_exact(tmp_path):
-    data, expect, trailer = build(tmp_path, users=AWKWARD_USERS, folders=AWKWARD_FOLDERS,
+    data, expect, trailer = build(tmp_path, users=STORE_USERS, folders=STORE_FOLDERS,
                                   per_folder=2)
     r = ArchiveReader(io.BytesIO(data))
-    assert r.header["format"] == "ims-asm" and r.header["version"] == 1
+    assert r.header["format"] == "ims-asm" and r.header["version"] == 2
     assert r.header["driver"] == "classic" and r.header["job"] == "test"
     assert r.header["scope"] == ["/primary"] and "archive_id" in r.header
     seen_users, seen_folders, got = [], [], {}
@@ -205,7 +208,7 @@ def test_round_trip_awkward_names_bytes_exact(tmp_path):
             assert m.partition == "primary" and m.group == "user"
         elif m.kind == "folder":
             seen_folders.append((m.user, m.folder))
-            assert (m.uidvalidity, m.uidnext, m.subscribed, m.uids) == (1234, 3, True, [1, 2])
+            assert (m.uidvalidity, m.uidnext, m.subscribed, list(m.uids)) == (1234, 3, True, [1, 2])
         else:
             user, folder, uid, body = expect[m.name]
             assert (m.user, m.folder, m.uid) == (user, folder, uid)
@@ -216,23 +219,55 @@ def test_round_trip_awkward_names_bytes_exact(tmp_path):
             assert m.sha256 == hashlib.sha256(body).hexdigest() and m.size == len(body)
             got[m.name] = m.open().read()
             assert m.kind == ("link" if got and uid == 1 and len(got) > 1 else "message")
-    assert seen_users == AWKWARD_USERS
-    assert seen_folders == [(u, f) for u in AWKWARD_USERS for f in AWKWARD_FOLDERS]
+    assert seen_users == STORE_USERS
+    assert seen_folders == [(u, f) for u in STORE_USERS for f in STORE_FOLDERS]
     assert got == {k: v[3] for k, v in expect.items()}
     assert r.trailer == trailer and r.complete and r.verified
-    assert trailer["counts"] == {"users": len(AWKWARD_USERS),
-                                 "folders": len(AWKWARD_USERS) * len(AWKWARD_FOLDERS),
-                                 "messages": len(expect) - (len(AWKWARD_USERS) * len(AWKWARD_FOLDERS) - 1),
-                                 "links": len(AWKWARD_USERS) * len(AWKWARD_FOLDERS) - 1,
+    assert trailer["counts"] == {"users": len(STORE_USERS),
+                                 "folders": len(STORE_USERS) * len(STORE_FOLDERS),
+                                 "messages": len(expect) - (len(STORE_USERS) * len(STORE_FOLDERS) - 1),
+                                 "links": len(STORE_USERS) * len(STORE_FOLDERS) - 1,
                                  "bytes": trailer["counts"]["bytes"]}
     assert trailer["errors"] == [{"mailbox": "primary/bob", "error": "locked"}]
 
 
-def test_trailer_digest_is_as_specified(tmp_path):
+def _raw_members(data):
+    """[(name, pax records as bytes, ustar block, records dict)] read with tarfile's
+    offsets, independently of our reader."""
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        for ti in t.getmembers():
+            x = data[ti.offset:ti.offset + 512]
+            assert x[156:157] == b"x"
+            n = int(x[124:136].strip(b" \0"), 8)
+            out.append((ti.name, data[ti.offset + 512:ti.offset + 512 + n],
+                        data[ti.offset_data - 512:ti.offset_data], ti.pax_headers))
+    return out
+
+
+def test_record_digests_and_trailer_digest_are_as_specified(tmp_path):
+    """docs/format.md, version 2: each member's last record is SHA-256(records before it +
+    ustar block); the trailer's digest is SHA-256 of every member digest, a line each, from
+    the header on."""
     data, expect, trailer = build(tmp_path, folders=("INBOX", "Work/2023"))
-    lines = b"".join(b"%s %s\n" % (hashlib.sha256(body).hexdigest().encode(), name.encode())
-                     for name, (_, _, _, body) in expect.items())
+    members = _raw_members(data)
+    key = b" SCHILY.xattr.user.imsasm.digest="
+    lines = b""
+    for name, recs, block, pax_headers in members:
+        at = recs.rindex(key)
+        at = recs.rindex(b"\n", 0, at) + 1 if b"\n" in recs[:at] else 0
+        d = pax_headers["SCHILY.xattr.user.imsasm.digest"]
+        assert recs.endswith(b"=" + d.encode() + b"\n")
+        assert hashlib.sha256(recs[:at] + block).hexdigest() == d, name
+        if name != "ims-asm.trailer":
+            lines += d.encode() + b"\n"
+    assert [m[0] for m in members][0] == "ims-asm.header" and members[-1][0] == "ims-asm.trailer"
     assert trailer["digest"] == hashlib.sha256(lines).hexdigest()
+    for name, recs, block, pax_headers in (members[0], members[-1]):
+        with tarfile.open(fileobj=io.BytesIO(data)) as t:
+            body = t.extractfile(name).read()
+        assert pax_headers["SCHILY.xattr.user.imsasm.sha256"] == hashlib.sha256(body).hexdigest()
+    assert members[0][3]["SCHILY.xattr.user.imsasm.version"] == "2"
     assert trailer["counts"]["bytes"] == sum(
         len(b) for n, (_, _, uid, b) in expect.items() if not (uid == 1 and n != next(iter(expect))))
 
@@ -505,13 +540,26 @@ def test_flipped_header_byte_is_corrupt_member_and_iteration_goes_on(tmp_path, w
     assert raised == 1 and set(expect) - set(seen) == {victim}
 
 
-def _tar_with_header(*members, fmt=tarfile.PAX_FORMAT):
+V1_HEADER = {"format": "ims-asm", "version": 1, "archive_id": "0b0c5f6e-8d3a-4d69-9f53-2f1a4c8e7b10",
+             "created": 1700000000.5}
+
+
+def _tar_with_header(*members, fmt=tarfile.PAX_FORMAT, header=V1_HEADER):
+    """A version 1 archive as another tar writer might make it (tarfile, no trailer): user
+    p/u, folder INBOX (UIDs 1:9), message 1, ``members``, message 9."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
-        hdr = json.dumps({"format": "ims-asm", "version": 1}).encode()
+        hdr = json.dumps(header).encode()
         ti = tarfile.TarInfo("ims-asm.header")
         ti.size = len(hdr)
         t.addfile(ti, io.BytesIO(hdr))
+        for name, recs in (("p/u/", {"IMSASM.kind": "user"}),
+                           ("p/u/INBOX/", {"IMSASM.kind": "folder", "IMSASM.uidvalidity": "7",
+                                           "IMSASM.uidnext": "10", "IMSASM.uids": "1:9"})):
+            ti = tarfile.TarInfo(name)
+            ti.type = tarfile.DIRTYPE
+            ti.pax_headers = recs
+            t.addfile(ti)
         good = b"hello"
         ti = tarfile.TarInfo("p/u/INBOX/1.eml")
         ti.size = len(good)
@@ -538,42 +586,105 @@ def _ti(name, type=tarfile.REGTYPE, size=0, linkname="", **recs):
     return ti
 
 
-@pytest.mark.parametrize("member,why", [
-    ((_ti("../x/2.eml", size=3), b"abc"), "'..'"),
-    ((_ti("p/u/../../etc/2.eml", size=3), b"abc"), "'..'"),
-    ((_ti("/abs/u/INBOX/2.eml", size=3), b"abc"), "absolute"),
-    ((_ti("p/u/INBOX/2.eml", type=tarfile.SYMTYPE, linkname="/etc/passwd"), None), "symbolic"),
-    ((_ti("p/u/INBOX/2.eml", type=tarfile.LNKTYPE, linkname="p/u/INBOX/7.eml"), None), "not an earlier"),
-    ((_ti("p/u/INBOX/2.eml", type=tarfile.LNKTYPE, linkname="/etc/shadow"), None), "absolute"),
-    ((_ti("p/u/INBOX/2.eml", type=tarfile.CHRTYPE), None), "device"),
-    ((_ti("p/u/INBOX/2.eml", type=tarfile.BLKTYPE), None), "device"),
-    ((_ti("p/u/INBOX/2.eml", type=tarfile.FIFOTYPE), None), "FIFO"),
-    ((_ti("p/u/INBOX/notes.txt", size=3), b"abc"), "layout"),
-    ((_ti("p/u/INBOX/2.eml", size=3, **{"IMSASM.kind": "folder"}), b"abc"), "kind"),
-])
-def test_hostile_members_are_refused(member, why):
-    data = _tar_with_header(member)
+def _refused(data):
+    """(errors, names of the message members read) of every reading of data."""
+    out = []
     for raw in (io.BytesIO(data), Stream(data)):
         r = ArchiveReader(raw)
         errors, seen = [], []
         with pytest.raises(IncompleteArchive, match="without a trailer"):
             for m in r.members(on_error=errors.append):
-                seen.append(m.name)
-        assert len(errors) == 1 and isinstance(errors[0], HostileMember), errors
-        assert why in str(errors[0])
-        assert seen == ["p/u/INBOX/1.eml", "p/u/INBOX/9.eml"]    # the others still pass
+                if m.kind in ("message", "link"):
+                    seen.append(m.name)
         assert not r.complete
+        out.append((errors, seen))
+    assert out[0][1] == out[1][1] and list(map(str, out[0][0])) == list(map(str, out[1][0]))
+    return out[0]
+
+
+@pytest.mark.parametrize("member,why", [
+    ((_ti("../x/2.eml", size=3), b"abc"), "'..'"),
+    ((_ti("p/u/../../etc/2.eml", size=3), b"abc"), "'..'"),
+    ((_ti("/abs/u/INBOX/2.eml", size=3), b"abc"), "absolute"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.SYMTYPE, linkname="/etc/passwd"), None), "symbolic"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.LNKTYPE, linkname="/etc/shadow"), None), "absolute"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.LNKTYPE, linkname="etc/shadow"), None), "not a message of"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.CHRTYPE), None), "device"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.BLKTYPE), None), "device"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.FIFOTYPE), None), "FIFO"),
+    ((_ti("p/%2E%2E/INBOX/2.eml", size=3), b"abc"), "'..'"),
+    ((_ti("%2E/u/INBOX/2.eml", size=3), b"abc"), "'.'"),
+    ((_ti("p/u%2F..%2Fx/INBOX/2.eml", size=3), b"abc"), "'/'"),
+])
+def test_hostile_members_are_refused(member, why):
+    errors, seen = _refused(_tar_with_header(member))
+    assert len(errors) == 1 and isinstance(errors[0], HostileMember), errors
+    assert why in str(errors[0])
+    assert seen == ["p/u/INBOX/1.eml", "p/u/INBOX/9.eml"]    # the others still pass
+
+
+@pytest.mark.parametrize("member,why", [
+    ((_ti("p/u/INBOX/notes.txt", size=3), b"abc"), "layout"),
+    ((_ti("p/u/INBOX/2.eml", size=3, **{"IMSASM.kind": "folder"}), b"abc"), "kind"),
+    ((_ti("p/u/INBOX/2.eml", size=3, **{"IMSASM.uid": "3"}), b"abc"), "does not match"),
+    ((_ti("p/u/INBOX/2.eml", size=3, **{"IMSASM.flags": "\\Seen \\Bogus"}), b"abc"), "system flag"),
+    ((_ti("p/u/INBOX/2.eml", size=3, **{"IMSASM.keywords": "a\x01b"}), b"abc"), "keyword"),
+    ((_ti("p/u/INBOX/2.eml", size=3, **{"IMSASM.internaldate": "9" * 5000}), b"abc"), "time"),
+    ((_ti("p/u/INBOX/2.eml", size=3, **{"IMSASM.stored": "999999999999"}), b"abc"), "range"),
+    ((_ti("p/u/INBOX/2.eml", size=3, **{"IMSASM.nlink": "0"}), b"abc"), "range"),
+    ((_ti("p/u/INBOX/2.eml", size=3, **{"IMSASM.sha256": "x"}), b"abc"), "64"),
+    ((_ti("p/u/INBOX/12.eml", size=3, **{"IMSASM.uid": "12"}), b"abc"), "not in its folder's UID list"),
+    ((_ti("p/u/INBOX/1.eml", size=5, **{"IMSASM.uid": "1"}), b"hello"), "appears twice"),
+    ((_ti("p/u/INBOX/0001.eml", size=5, **{"IMSASM.uid": "1"}), b"hello"), "layout"),
+    ((_ti("p/u/Other/2.eml", size=3), b"abc"), "do not follow their folder"),
+    ((_ti("p/u/INBOX/4294967296.eml", size=3, **{"IMSASM.uid": "4294967296"}), b"abc"), "out of range"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.LNKTYPE, linkname="p/u/INBOX/1.eml"), None), "SHA-256"),
+    ((_ti("p/u/INBOX/2.eml", type=tarfile.LNKTYPE, linkname="p/u/INBOX/7.eml"), None), "not an earlier"),
+    ((_ti("p/u/INBOX/ims-asm.trailer", size=3), b"abc"), "layout"),
+])
+def test_damaged_members_are_corrupt_not_hostile(member, why):
+    """Anything wrong with a member that does not reach outside the store is damage:
+    CorruptMember (exit 4), never HostileMember (exit 5)."""
+    errors, seen = _refused(_tar_with_header(member))
+    assert len(errors) == 1 and type(errors[0]) is CorruptMember, errors
+    assert why in str(errors[0])
+    assert seen == ["p/u/INBOX/1.eml", "p/u/INBOX/9.eml"]
+
+
+def test_link_is_accepted_only_with_its_targets_digest():
+    good = hashlib.sha256(b"hello").hexdigest()
+    ti = _ti("p/u/INBOX/2.eml", type=tarfile.LNKTYPE, linkname="p/u/INBOX/1.eml", **{"IMSASM.sha256": good})
+    errors, seen = _refused(_tar_with_header((ti, None)))
+    assert errors == [] and seen == ["p/u/INBOX/1.eml", "p/u/INBOX/2.eml", "p/u/INBOX/9.eml"]
 
 
 def test_hostile_link_with_data_is_refused():
     ti = _ti("p/u/INBOX/2.eml", type=tarfile.LNKTYPE, linkname="p/u/INBOX/1.eml", size=3)
-    data = _tar_with_header((ti, b"abc"))
-    errors = []
-    r = ArchiveReader(io.BytesIO(data))
-    with pytest.raises(IncompleteArchive):      # tarfile writes no trailer
-        for m in r.members(on_error=errors.append):
-            pass
+    errors, _ = _refused(_tar_with_header((ti, b"abc")))
     assert len(errors) == 1 and "hard link claims 3 bytes" in str(errors[0])
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"archive_id": "../../../../tmp/x"}, "archive_id"),
+    ({"archive_id": 5}, "archive_id"),
+    ({"created": 1e300}, "created"),
+    ({"created": "yesterday"}, "created"),
+    ({"created": True}, "created"),
+    ({"since": -1e20}, "since"),
+    ({"scope": "/"}, "scope"),
+    ({"scope": [1]}, "scope"),
+    ({"options": []}, "options"),
+    ({"blocking_factor": 0}, "blocking_factor"),
+    ({"blocking_factor": 2 ** 70}, "blocking_factor"),
+    ({"host": ["x"]}, "host"),
+    ({"version": "1"}, "version"),
+    ({"version": 0}, "version"),
+])
+def test_every_header_field_is_checked_before_use(change, why):
+    data = _tar_with_header(header={**V1_HEADER, **change})
+    with pytest.raises(CorruptHeader, match="header is damaged: .*" + why) as ei:
+        ArchiveReader(io.BytesIO(data))
+    assert ei.value.status == 4
 
 
 @pytest.mark.parametrize("data,why", [
@@ -688,6 +799,7 @@ def test_big_message_changing_between_passes(tmp_path):
     w.write_header({})
     src = tmp_path / "m"
     src.write_bytes(b"ok")
+    w.add_folder("p", "u", "INBOX", uidvalidity=1, uidnext=4, subscribed=True, uids=[1, 2, 3])
     w.add_message("p", "u", "INBOX", uid=1, flags=(), keywords=(), internaldate=1, stored=1,
                   nlink=1, src_path=str(src))
     with pytest.raises(CorruptSource) as ei:
@@ -706,13 +818,14 @@ def test_vanished_message_writes_nothing(tmp_path):
     buf = io.BytesIO()
     w = ArchiveWriter(buf)
     w.write_header({})
+    w.add_folder("p", "u", "INBOX", uidvalidity=1, uidnext=4, subscribed=True, uids=[1, 2, 3])
     with pytest.raises(FileNotFoundError):
         w.add_message("p", "u", "INBOX", uid=1, flags=(), keywords=(), internaldate=1,
                       stored=1, nlink=1, src_path=str(tmp_path / "gone"))
     trailer = w.close()
     assert trailer["counts"]["messages"] == 0
     r = ArchiveReader(io.BytesIO(buf.getvalue()))
-    assert list(r) == [] and r.verified
+    assert [m.kind for m in r] == ["folder"] and r.verified
 
 
 def test_fractional_and_negative_times(tmp_path):
@@ -721,11 +834,12 @@ def test_fractional_and_negative_times(tmp_path):
     w.write_header({})
     src = tmp_path / "m"
     src.write_bytes(b"x")
+    w.add_folder("p", "u", "INBOX", uidvalidity=1, uidnext=4, subscribed=True, uids=[1, 2, 3])
     for uid, t in ((1, 1700000000.123456), (2, -86400), (3, 0)):
         w.add_message("p", "u", "INBOX", uid=uid, flags=(), keywords=(), internaldate=t,
                       stored=t, nlink=1, src_path=str(src))
     w.close()
-    got = {m.uid: m.internaldate for m in ArchiveReader(io.BytesIO(buf.getvalue()))}
+    got = {m.uid: m.internaldate for m in ArchiveReader(io.BytesIO(buf.getvalue())) if m.kind == "message"}
     assert got == {1: 1700000000.123456, 2: -86400, 3: 0}
     with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as t:
         assert t.getmember("p/u/INBOX/1.eml").mtime == pytest.approx(1700000000.123456)
@@ -736,9 +850,34 @@ def test_writer_refuses_misuse(tmp_path):
     with pytest.raises(Exception, match="write_header"):
         w.add_user("p", "u", "g")
     w.write_header({})
+    with pytest.raises(Exception, match="add_folder"):
+        w.add_message("p", "u", "INBOX", uid=1, flags=(), keywords=(),
+                      internaldate=1, stored=1, nlink=1, src_file=io.BytesIO(b"x"))
+    w.add_folder("p", "u", "INBOX", uidvalidity=1, uidnext=4, subscribed=True, uids=[1, 2, 3])
     with pytest.raises(ValueError):
         w.add_message("p", "u", "INBOX", uid=1, flags=("two words",), keywords=(),
+                      internaldate=1, stored=1, nlink=1, src_file=io.BytesIO(b"x"))
+    with pytest.raises(Exception, match="UID list"):
+        w.add_message("p", "u", "INBOX", uid=9, flags=(), keywords=(),
+                      internaldate=1, stored=1, nlink=1, src_file=io.BytesIO(b"x"))
+    w.add_user("p", "v", "g")
+    with pytest.raises(Exception, match="add_folder"):
+        w.add_message("p", "u", "INBOX", uid=1, flags=(), keywords=(),
                       internaldate=1, stored=1, nlink=1, src_file=io.BytesIO(b"x"))
     w.close()
     with pytest.raises(Exception, match="closed"):
         w.add_user("p", "u", "g")
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_any_byte_of_the_first_blocks_changed_is_damage_not_another_file(tmp_path, seekable):
+    """The header member is ims-asm's even when its first block is damaged: exit 4, not 8."""
+    data, _, _ = build(tmp_path, per_folder=1, links=False)
+    rnd = random.Random(5)
+    for at in sorted(rnd.sample(range(3 * 512), 60)) + [0, 40, 148, 155, 509, 511]:
+        bad = bytearray(data)
+        bad[at] ^= 1 << rnd.randrange(8)
+        raw = io.BytesIO(bytes(bad)) if seekable else Stream(bytes(bad), seed=at)
+        with pytest.raises((CorruptHeader, IncompleteArchive)) as ei:
+            ArchiveReader(raw)
+        assert ei.value.status == 4, (at, ei.value)

@@ -41,7 +41,7 @@ def archive_view(data: bytes):
                         m.uidvalidity, m.uidnext, m.subscribed, m.uids, body))
     assert r.complete and r.trailer["archive_id"] == r.header["archive_id"]
     header = {k: v for k, v in r.header.items() if k not in ("archive_id", "created")}
-    trailer = {k: v for k, v in r.trailer.items() if k != "archive_id"}
+    trailer = {k: v for k, v in r.trailer.items() if k not in ("archive_id", "digest")}   # the digest covers them
     return header, members, trailer
 
 
@@ -119,7 +119,7 @@ def test_incremental_writes_new_messages_and_every_uid(store, ims_home, tmp_path
     run(ims_home, "imsbackup", "-f", a, "-d", since, "/", check=0)
     r, ms = members(a)
     folder = [x for x in ms if x.kind == "folder"][0]
-    assert folder.uids == [old.uid, new.uid]
+    assert list(folder.uids) == [old.uid, new.uid]
     assert [x.uid for x in ms if x.kind == "message"] == [new.uid]
     assert r.header["since"] == pytest.approx(time.time() - 86400, abs=5)
     day = time.strftime("%Y%m%d", time.localtime(time.time() - 86400 * 10))

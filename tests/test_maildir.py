@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import shutil
 import time
 
 import pytest
@@ -126,10 +127,14 @@ def test_uidlist_round_trip(store):
     with open(os.path.join(root(store), ".F", "dovecot-uidlist")) as f:
         text = f.read()
     lines = text.splitlines()
-    assert lines[0].startswith("3 V4242 N14 G")
+    # records are appended as Dovecot appends them: the header keeps its N
+    assert lines[0].startswith("3 V4242 N10 G")
     assert lines[1] == "12 :" + os.path.basename(a.path).split(":")[0]
+    assert lines[2] == "13 :" + os.path.basename(b.path).split(":")[0]
     ul = Uidlist.parse(text)
-    assert ul.render() == text
+    assert ul.uidnext == 14 and ul.header_uidnext == 10
+    ul.header_uidnext = ul.uidnext
+    assert ul.render() == text.replace(" N10 ", " N14 ")
     fresh = make(pathlib.Path(store.config.home))
     snap = fresh.snapshot("alice", "F")
     assert (snap.info.uidvalidity, snap.info.uidnext) == (4242, 14)
@@ -268,15 +273,81 @@ def test_lock_is_reentrant_and_honoured_between_stores(store, tmp_path):
         assert [x.uid for x in other.messages("alice", "INBOX")] == [m.uid]
 
 
-def test_uidlist_written_once_per_lock(store):
+def test_each_record_is_appended_before_its_file_shows(store, monkeypatch):
+    """A message's record reaches dovecot-uidlist (one appended line, no rewrite) before
+    its file is renamed into cur/: a kill in between never leaves a file in cur/
+    without its UID."""
+    path = os.path.join(root(store), "dovecot-uidlist")
+    seen = []
+    real_rename = os.rename
+
+    def rename(src, dst, *a, **kw):
+        if os.sep + "cur" + os.sep in str(dst):
+            with open(path) as f:
+                seen.append((os.path.basename(str(dst)).split(":")[0], f.read()))
+        return real_rename(src, dst, *a, **kw)
+    monkeypatch.setattr(os, "rename", rename)
+    ino = os.stat(path).st_ino
     with store.lock("alice", "INBOX"):
         for _ in range(5):
             add(store)
-        with open(os.path.join(root(store), "dovecot-uidlist")) as f:
-            assert len(f.read().splitlines()) == 1             # not yet: one write at unlock
-        assert [m.uid for m in store.messages("alice", "INBOX")] == [1, 2, 3, 4, 5]
-    with open(os.path.join(root(store), "dovecot-uidlist")) as f:
-        assert len(f.read().splitlines()) == 6
+    assert len(seen) == 5
+    for n, (base, text) in enumerate(seen, 1):
+        assert text.splitlines()[-1] == f"{n} :{base}"
+    assert os.stat(path).st_ino == ino                   # appended to, never rewritten
+    assert [m.uid for m in store.messages("alice", "INBOX")] == [1, 2, 3, 4, 5]
+
+
+def test_a_record_whose_file_never_arrived_is_dropped(store):
+    """What a writer killed between recording a message and renaming its file leaves:
+    the file in tmp/ and its line; the next writer drops both and reuses the UID."""
+    add(store)
+    r = root(store)
+    base = "1700000000.M1P999999Q1Rdeadbeef." + store._hostname
+    with open(os.path.join(r, "tmp", base), "wb") as f:
+        f.write(MSG)
+    with open(os.path.join(r, "dovecot-uidlist"), "a") as f:
+        f.write(f"2 :{base},S={len(MSG)}\n3 :{base}")          # and a torn last line
+    assert store.folder("alice", "INBOX").uidnext >= 3
+    b = add(store, uid=2)
+    assert b.uid == 2 and os.listdir(os.path.join(r, "tmp")) == []
+    assert [m.uid for m in store.messages("alice", "INBOX")] == [1, 2]
+    with open(os.path.join(r, "dovecot-uidlist")) as f:
+        assert base not in f.read()
+
+
+def test_missing_tmp_and_new_are_made_again(store):
+    add(store)
+    r = root(store)
+    os.rmdir(os.path.join(r, "tmp"))
+    os.rmdir(os.path.join(r, "new"))
+    add(store)
+    assert os.path.isdir(os.path.join(r, "tmp")) and os.path.isdir(os.path.join(r, "new"))
+    assert len(store.messages("alice", "INBOX")) == 2
+
+
+def test_folder_without_cur_is_no_folder_and_is_completed(store):
+    """A kill while a folder was being made leaves its directory without cur/: no
+    folder yet; creating it again completes it with the UIDVALIDITY asked for."""
+    d = os.path.join(root(store), ".Half")
+    os.mkdir(d)
+    os.mkdir(os.path.join(d, "tmp"))
+    assert not store.exists("alice", "Half")
+    store.create_folder("alice", "Half", uidvalidity=77)
+    assert store.folder("alice", "Half").uidvalidity == 77
+
+
+def test_user_maildir_is_built_aside_and_inbox_has_the_uidvalidity_asked(store):
+    store.create_user("bob", uidvalidity=123456)
+    assert store.folder("bob", "INBOX").uidvalidity == 123456
+    assert store.folder("bob", "INBOX").subscribed
+    home = os.path.dirname(root(store, "bob"))
+    assert sorted(os.listdir(home)) == ["Maildir"]
+    # a Maildir left without cur/ by a kill of an older version: INBOX is made again
+    shutil.rmtree(os.path.join(root(store, "bob"), "cur"))
+    assert store.exists("bob") and not store.exists("bob", "INBOX")
+    store.create_folder("bob", "INBOX", uidvalidity=99)
+    assert store.folder("bob", "INBOX").uidvalidity == 99
 
 
 def test_stale_dotlock_is_broken(store):
@@ -300,6 +371,50 @@ def test_dotlock_of_a_dead_local_process_is_broken(store):
     os.utime(lock, (time.time() - 10, time.time() - 10))
     add(store)
     assert not os.path.exists(lock)
+
+
+def test_dotlock_of_a_dead_process_is_broken_at_once(store):
+    """A killed writer's lock is not waited for: its process is gone (even a fresh lock)."""
+    import socket
+    import subprocess
+    p = subprocess.Popen(["true"])
+    p.wait()
+    lock = os.path.join(root(store), "dovecot-uidlist.lock")
+    with open(lock, "w") as f:
+        f.write(f"{p.pid}:{socket.gethostname()}")
+    with store.lock("alice", "INBOX", timeout=0.2):
+        with open(lock) as f:
+            assert f.read() == f"{os.getpid()}:{socket.gethostname()}"
+    assert not os.path.exists(lock)
+
+
+@pytest.mark.parametrize("age, broken", [(0, False), (5, True)])
+def test_empty_dotlock_is_stale_after_two_seconds(store, age, broken):
+    """An empty lock (a writer killed between creating and filling it) names no owner:
+    stale once it is a few seconds old, long before the lock timeout."""
+    lock = os.path.join(root(store), "dovecot-uidlist.lock")
+    open(lock, "w").close()
+    os.utime(lock, (time.time() - age, time.time() - age))
+    if broken:
+        with store.lock("alice", "INBOX", timeout=0.5):
+            pass
+        assert not os.path.exists(lock)
+    else:
+        with pytest.raises(LockTimeout):
+            with store.lock("alice", "INBOX", timeout=0.2):
+                pass
+        assert os.path.exists(lock)
+
+
+def test_dotlock_is_never_empty_and_leaves_no_temporary(store, tmp_path):
+    """Created as Dovecot does: a temporary file holding pid:host, linked to the lock
+    name; the temporary is gone once the lock is taken."""
+    r = root(store)
+    with store.lock("alice", "INBOX"):
+        names = os.listdir(r)
+        assert "dovecot-uidlist.lock" in names
+        assert not [n for n in names if n.startswith(".temp.")]
+    assert not [n for n in os.listdir(r) if n.startswith(".temp.") or n.endswith(".lock")]
 
 
 def test_fresh_foreign_dotlock_is_respected(store):

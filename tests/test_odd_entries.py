@@ -215,6 +215,7 @@ def test_writer_never_opens_what_is_not_a_regular_file(tmp_path, kind):
     out = io.BytesIO()
     w = ArchiveWriter(out)
     w.write_header({})
+    w.add_folder("p", "u", "INBOX", uidvalidity=1, uidnext=2, subscribed=True, uids=[1])
     with pytest.raises(UnreadableSource) as exc:
         w.add_message("p", "u", "INBOX", uid=1, flags=(), keywords=(), internaldate=0, stored=0,
                       src_path=str(p))

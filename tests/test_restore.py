@@ -272,21 +272,22 @@ def test_corrupt_member_is_named_and_skipped(source, ims_home, dest, tmp_path):
     bad = tmp_path / "bad.ims"
     bad.write_bytes(bytes(data))
     p = run(dest, "imsrestore", "-f", bad)
-    assert p.returncode == 1 and b"damaged" in p.stderr
+    assert p.returncode == 4 and b"damaged" in p.stderr
     target = open_store(make_home(dest, source.name))
     assert len(target.messages("joe", "INBOX")) == 3 - 1 + 1       # the shared one + 2 good
     assert len(target.messages("ann", "INBOX")) == 2               # the rest goes on
     home2 = tmp_path / "stop"
     make_home(home2, source.name)
     p = run(home2, "imsrestore", "-c", "n", "-f", bad)
-    assert p.returncode == 1
+    assert p.returncode == 4
     stopped = open_store(make_home(home2, source.name))
     assert stopped.exists("ann") and not stopped.exists("joe", "Sent")   # stopped at the error
 
 
 def _hostile(path, kind):
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
-        hdr = json.dumps({"format": "ims-asm", "version": 1, "archive_id": "x", "created": 1.0}).encode()
+        hdr = json.dumps({"format": "ims-asm", "version": 1, "archive_id": "7c3a1f0e-5b1d-4b1e-9a57-3f2d6c1e8b90",
+                          "created": 1.0}).encode()
         ti = tarfile.TarInfo("ims-asm.header")
         ti.size = len(hdr)
         ti.pax_headers = {"IMSASM.kind": "header"}
@@ -395,7 +396,8 @@ def test_asks_whether_to_continue_on_a_terminal(source, ims_home, dest, tmp_path
     p = run(dest, "imsrestore", "-f", bad, stdin=slave)
     os.close(slave)
     os.close(master)
-    assert b"Do you want to continue? [y/n]" in p.stderr and p.returncode == 1
+    assert b"Do you want to continue? [y/n]" in p.stderr
+    assert p.returncode == 4            # damage: the archive's, whatever was answered
     target = open_store(make_home(dest, source.name))
     assert target.exists("joe", "Sent") == (answer == "y")
 
@@ -414,3 +416,109 @@ def test_full_store_disk_stops_cleanly_and_a_rerun_finishes(store, ims_home, tmp
         subprocess.run(["mount", "-o", "remount,size=64m", str(part)], check=True)
         run(home, "imsrestore", "-f", a, check=0)             # freed space: the same command finishes
         assert state(open_store(make_home(home, driver))) == state(store)
+
+
+# -- any archive, however damaged or hostile (issue 12; tests/test_archive_fuzz.py fuzzes) --
+
+def _client_view(store) -> dict:
+    return {tuple(k): v for k, v in state(store).items()}
+
+
+def test_version_1_archives_restore_and_list(store, ims_home, tmp_path, driver):
+    """An archive written by ims-asm before format 2 (tests/data: imsbackup of 31e29da)."""
+    import gzip
+    data_dir = os.path.join(os.path.dirname(__file__), "data")
+    v1 = tmp_path / "v1.ims"
+    v1.write_bytes(gzip.decompress(open(os.path.join(data_dir, "v1-archive.ims.gz"), "rb").read()))
+    want = {}
+    for k, v in json.load(open(os.path.join(data_dir, "v1-archive.json"), encoding="utf-8"))["state"]:
+        want[tuple(k)] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+    assert run(ims_home, "imsrestore", "-h", "-f", v1, check=0).stdout.count(b"version: 1") == 1
+    toc = run(ims_home, "imsrestore", "-t", "-f", v1, check=0).stdout.decode()
+    assert "/primary/joe/Réunions 50%\tuidvalidity=" in toc and "link to primary/ann/INBOX/3.eml" in toc
+    run(ims_home, "imsrestore", "-f", v1, check=0)
+    assert state(store) == want
+    data = bytearray(v1.read_bytes())
+    data[data.index(b"body 3\r\n")] ^= 0x01          # damaged bytes: -t says so, not 0
+    bad = tmp_path / "bad.ims"
+    bad.write_bytes(bytes(data))
+    p = run(ims_home, "imsrestore", "-t", "-f", bad)
+    assert p.returncode == 4 and b".eml is damaged: SHA-256" in p.stderr
+
+
+def test_listing_checks_every_digest_and_names_the_damage(source, ims_home, tmp_path):
+    a = backup(ims_home, tmp_path / "a.ims")
+    assert run(ims_home, "imsrestore", "-t", "-v", "-f", a, check=0).stderr.count(b"every digest matches") == 1
+    data = bytearray(a.read_bytes())
+    data[data.index(b"body 1\r\n")] ^= 0x20           # message bytes
+    i = data.rindex(b"imsasm.flags=\\Seen")              # a record: the flags of another message
+    data[i + len(b"imsasm.flags=\\")] ^= 0x20          # \Seen -> \seen
+    bad = tmp_path / "bad.ims"
+    bad.write_bytes(bytes(data))
+    p = run(ims_home, "imsrestore", "-t", "-f", bad)
+    assert p.returncode == 4, p.stderr
+    lines = p.stderr.decode().splitlines()
+    assert any("primary/joe/INBOX/2.eml is damaged: SHA-256" in ln for ln in lines)
+    assert any("do not match their digest (IMSASM.digest)" in ln for ln in lines)
+    assert p.stdout.startswith(b"/primary/")             # the listing is still printed
+
+
+def test_header_fields_are_checked_before_any_use(store, ims_home, tmp_path):
+    """The archive id names the default reference file: a path in it never reaches the
+    filesystem, and a restore without pending links makes no refs directory at all."""
+    from tests import archive_fuzz as af
+    put(store, "joe", "INBOX", 1)
+    a = backup(ims_home, tmp_path / "a.ims")
+    dest = tmp_path / "sandbox" / "home"
+    make_home(dest, store.name)
+    run(dest, "imsrestore", "-f", a, check=0)
+    assert not (dest / "data" / "refs").exists()
+    for evil in ("../../../escape", str(tmp_path / "abs-escape"), "a\x00b"):
+        ms = af.models(a.read_bytes())
+        ms[0].json["archive_id"] = evil
+        h = tmp_path / "h.ims"
+        h.write_bytes(af.emit(ms))                   # every digest recomputed: only the check stops it
+        for args in (["-f", h], ["-f", "-", "-R", tmp_path / "x.ref"], ["-t", "-f", h]):
+            p = run(dest, "imsrestore", *args, input=h.read_bytes() if "-" in args else None)
+            assert p.returncode == 4 and b"archive_id" in p.stderr and b"is not a UUID" in p.stderr
+    assert sorted(os.listdir(tmp_path / "sandbox")) == ["home"]
+    assert not list(tmp_path.glob("*escape*")) and not (dest / "data" / "refs").exists()
+
+
+def test_uid_lists_stay_ranges(store, ims_home, tmp_path):
+    """A 21-byte record 1:4294967295 is read as two numbers, restore and -t alike."""
+    import tracemalloc
+    from tests import archive_fuzz as af
+    from asm.archive.reader import ArchiveReader
+    put(store, "joe", "INBOX", 1)
+    a = backup(ims_home, tmp_path / "a.ims")
+    ms = af.models(a.read_bytes())
+    folder = next(m for m in ms if m.get("IMSASM.kind") == b"folder")
+    folder.set("IMSASM.uids", b"1:4294967295")
+    folder.set("IMSASM.count", b"4294967295")
+    data = af.emit(ms)
+    tracemalloc.start()
+    try:
+        f = next(m for m in ArchiveReader(io.BytesIO(data)) if m.kind == "folder")
+        assert len(f.uids) == 4294967295 and 4294967295 in f.uids and 0 not in f.uids
+        assert tracemalloc.get_traced_memory()[1] < 20 << 20
+    finally:
+        tracemalloc.stop()
+    h = tmp_path / "big.ims"
+    h.write_bytes(data)
+    before = state(store)
+    store.delete_user("joe")
+    run(ims_home, "imsrestore", "-f", h, check=0, timeout=60)
+    assert state(store) == before
+    assert b"uids=4294967295" in run(ims_home, "imsrestore", "-t", "-f", h, check=0, timeout=60).stdout
+
+
+def test_a_damaged_reference_file_is_one_line(store, ims_home, tmp_path):
+    put(store, "joe", "INBOX", 1)
+    a = backup(ims_home, tmp_path / "a.ims")
+    for doc in ({"format": "ims-asm-references", "references": "x"},
+                {"format": "ims-asm-references", "references": [{"user": "joe"}]}):
+        ref = tmp_path / "bad.ref"
+        ref.write_text(json.dumps(doc))
+        p = run(ims_home, "imsrestore", "-f", a, "-r", ref)
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and b"damaged reference file" in p.stderr

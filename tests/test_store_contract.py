@@ -178,6 +178,57 @@ def test_delivery_hold_and_release(store):
         assert fh.read() == MSG
 
 
+def test_two_holders_the_last_one_releases(store):
+    """Two restores of the same user hold its deliveries: the first to finish keeps
+    them held; the last delivers; a holder whose process is gone counts for nothing."""
+    import subprocess
+    store.create_user("joe")
+    store.hold_deliveries("joe", "1@a-host-far-away")
+    store.hold_deliveries("joe", "B")
+    store.deliver(["joe"], io.BytesIO(MSG))
+    assert store.release_deliveries("joe", "B") == 0
+    assert store.deliveries_held("joe") and store.messages("joe", "INBOX") == []
+    assert store.release_deliveries("joe", "1@a-host-far-away") == 1
+    assert not store.deliveries_held("joe") and len(store.messages("joe", "INBOX")) == 1
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    import socket
+    store.hold_deliveries("joe", f"{dead.pid}@{socket.gethostname()}")   # a killed restore's
+    store.hold_deliveries("joe", "C")
+    store.deliver(["joe"], io.BytesIO(MSG + b"2"))
+    assert store.release_deliveries("joe", "C") == 1
+    assert not store.deliveries_held("joe")
+
+
+def test_a_release_killed_half_way_stores_each_message_once(store):
+    """A release killed after storing a queued message but before removing it from the
+    queue: the next release finds it stored and does not store it again."""
+    store.create_user("joe")
+    store.hold_deliveries("joe", "A")
+    store.deliver(["joe"], io.BytesIO(MSG))
+    store.deliver(["joe"], io.BytesIO(MSG + b"second"))
+    real_unlink = os.unlink
+    calls = []
+
+    def unlink(path, *a, **kw):
+        if str(path).endswith((".eml", ".msg")) and ".ims-tmp" not in str(path):
+            calls.append(path)
+            raise KeyboardInterrupt("killed")
+        return real_unlink(path, *a, **kw)
+    os.unlink = unlink
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.release_deliveries("joe", "A")
+    finally:
+        os.unlink = real_unlink
+    assert len(calls) == 1 and len(store.messages("joe", "INBOX")) == 1
+    assert store.release_deliveries("joe", "A") == 1
+    msgs = store.messages("joe", "INBOX")
+    assert len(msgs) == 2
+    bodies = sorted(store.open_message("joe", "INBOX", m.uid).read() for m in msgs)
+    assert bodies == sorted([MSG, MSG + b"second"])
+
+
 def test_delete_folder_and_user(store):
     store.create_user("joe")
     store.create_folder("joe", "Work")

@@ -4,16 +4,17 @@ Knows nothing of command lines, devices or store drivers; docs/format.md is the
 specification. Writer and reader are in their own modules; names, pax headers and
 record blocking are separate so each can be tested and reused on its own.
 """
-from .errors import (ArchiveError, CorruptMember, CorruptSource, DigestMismatch,
+from .errors import (ArchiveError, CorruptHeader, CorruptMember, CorruptSource, DigestMismatch,
                      HostileMember, IncompleteArchive, LinkTargetUnavailable,
                      MessageChanged, NotAnArchive)
 from .reader import ArchiveReader, Member, MemberStream
 from .records import RecordReader, RecordWriter
+from .values import FolderState, UidSet
 from .writer import ArchiveWriter
 
 __all__ = [
     "ArchiveWriter", "ArchiveReader", "Member", "MemberStream", "RecordReader",
     "RecordWriter", "ArchiveError", "NotAnArchive", "IncompleteArchive",
-    "CorruptMember", "DigestMismatch", "HostileMember", "LinkTargetUnavailable",
-    "MessageChanged", "CorruptSource",
+    "CorruptMember", "CorruptHeader", "DigestMismatch", "HostileMember", "LinkTargetUnavailable",
+    "MessageChanged", "CorruptSource", "UidSet", "FolderState",
 ]

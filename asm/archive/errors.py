@@ -27,10 +27,10 @@ class IncompleteArchive(ArchiveError):
     def __init__(self, last_member=None, offset=None, why="end of data"):
         self.last_member = last_member
         self.offset = offset
-        where = f"member {last_member}" if last_member else "the archive header"
+        where = f"after member {last_member}" if last_member else "inside the archive header"
         at = f" (byte {offset}: {why})" if offset is not None else f" ({why})"
         super().__init__(
-            f"archive is incomplete: ended after {where}{at}; "
+            f"archive is incomplete: ended {where}{at}; "
             "restore what came before or use an intact copy")
 
 
@@ -48,6 +48,19 @@ class CorruptMember(ArchiveError):
             "restore it from another backup")
 
 
+class CorruptHeader(CorruptMember):
+    """The archive's header member is damaged (its digest, its JSON or a field of it):
+    nothing in the archive can be trusted to belong to it, so nothing is read."""
+
+    def __init__(self, offset, why):
+        self.offset = offset
+        self.name = "ims-asm.header"
+        self.why = why
+        ArchiveError.__init__(
+            self, f"the archive's header is damaged: {why}; nothing was read from it, "
+            "use another copy of the archive")
+
+
 class DigestMismatch(ArchiveError):
     """The bytes of a message do not hash to the SHA-256 recorded for it."""
 
@@ -61,8 +74,10 @@ class DigestMismatch(ArchiveError):
 
 
 class HostileMember(ArchiveError):
-    """A member that ims-asm never writes and that could harm a restore
-    (path escapes, device nodes, symlinks, dangling links, lying sizes)."""
+    """A member whose headers are intact (its digest matches, in a version 2 archive)
+    but that ims-asm never writes and that could harm a restore: path escapes
+    (absolute names, '..'), symbolic links, device nodes and FIFOs, hard links out of
+    the archive, directories or links claiming data.  Damage is CorruptMember."""
 
     status = EXIT_HOSTILE
 

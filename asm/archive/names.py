@@ -9,9 +9,7 @@ import functools
 import json
 import re
 
-HEADER_NAME = "ims-asm.header"
-TRAILER_NAME = "ims-asm.trailer"
-RESERVED = frozenset((HEADER_NAME, TRAILER_NAME))
+from .spec import HEADER_NAME, RESERVED_NAMES as RESERVED, TRAILER_NAME  # noqa: F401 (re-exported)
 
 # Characters always encoded: %, /, C0 controls, DEL, and lone surrogates from
 # os.fsdecode (bytes that were not UTF-8; U+DC80..U+DCFF round-trip as %XX).
@@ -106,7 +104,10 @@ def parse(name):
     if not is_dir and _MESSAGE.match(parts[-1]):
         if len(parts) < 3:
             raise ValueError(f"message member {name!r} is not inside a folder")
-        uid = int(parts.pop()[:-4])
+        digits = parts.pop()[:-4]
+        if len(digits) > 10 or digits[0] == "0":
+            raise ValueError(f"message member {name[:60]!r} does not name a UID (1..4294967295)")
+        uid = int(digits)
     elif not is_dir and len(parts) > 2:
         raise ValueError(f"member {name!r} is neither a folder nor a message")
     levels = [decode_level(p) for p in parts]

@@ -3,10 +3,10 @@
 tarfile is general and slow; ims-asm writes a handful of member shapes, so the
 constant parts of a 512-byte header are built once and each member is one join.
 """
+import hashlib
 import re
 
-BLOCK = 512
-ZERO_BLOCK = bytes(BLOCK)
+from .spec import BLOCK, DIGEST, LOGICAL_PREFIX, WIRE_PREFIX, ZERO_BLOCK, wire
 
 REGTYPE = b"0"
 AREGTYPE = b"\x00"
@@ -115,11 +115,18 @@ def _name_field(name_b, is_ascii):
     return fb, True
 
 
+K_DIGEST = key(wire(DIGEST))
+_DIGEST_PREFIX = record(K_DIGEST, b"0" * 64)[:-65]     # b'101 SCHILY.xattr.user.imsasm.digest='
+
+
 def member(name, typeflag, mode_b, size, mtime, records, linkname=""):
-    """x header + pax records + ustar header for one member, as one bytes object.
+    """x header + pax records + ustar header for one member, as one bytes object, and
+    the member's record digest (hex; docs/format.md, "Record digests").
 
     records: bytes of already-built vendor records (record(...) joined).
     mtime: int or float epoch; a fraction, negative or huge value goes to pax.
+    The digest record is appended last: SHA-256 over the records before it and the
+    512-byte ustar header block.
     """
     name_b = name.encode("utf-8", "surrogateescape")
     name_f, long_name = _name_field(name_b, name.isascii())
@@ -149,9 +156,12 @@ def member(name, typeflag, mode_b, size, mtime, records, linkname=""):
         pax = b"".join(extra)
     else:
         pax = records
-    n = len(pax)
-    return b"".join((xheader(n), pax, _pad(n),
-                     ustar(name_f, mode_b, size_f, mtime_f, typeflag, link_f)))
+    block = ustar(name_f, mode_b, size_f, mtime_f, typeflag, link_f)
+    h = hashlib.sha256(pax)
+    h.update(block)
+    digest = h.hexdigest()
+    n = len(pax) + 101
+    return b"".join((xheader(n), pax, _DIGEST_PREFIX, digest.encode("ascii"), b"\n", _pad(n), block)), digest
 
 
 # ----------------------------------------------------------------- parsing
@@ -201,8 +211,11 @@ def checksum_ok(block):
 
 
 def parse_block(block):
-    """512 bytes -> dict(name, mode, size, mtime, typeflag, linkname). HeaderError if bad."""
-    if not checksum_ok(block):
+    """512 bytes -> dict(name, mode, size, mtime, typeflag, linkname). HeaderError if bad.
+
+    The checksum field must be exactly as tar writers write it ('%06o\\0 ', the sum
+    with the field as spaces): a byte changed anywhere in the block is then always seen."""
+    if block[148:156] != b"%06o\x00 " % (sum(block) - sum(block[148:156]) + _SPACES_SUM):
         raise HeaderError("header checksum does not match")
     magic = block[257:263]
     if magic not in (b"ustar\x00", b"ustar "):
@@ -220,18 +233,13 @@ def parse_block(block):
     }
 
 
-#: Records are written under GNU tar's xattr namespace so that `tar tvf` lists an
-#: archive without a warning per record (it ignores SCHILY.xattr.* silently, and
-#: `tar --xattrs -xf` carries them as user.imsasm.* extended attributes).  Readers
-#: see them as IMSASM.<name>, and accept that spelling on the wire too.
-WIRE_PREFIX = "SCHILY.xattr.user.imsasm."
-LOGICAL_PREFIX = "IMSASM."
-
-
 def parse_records(data):
-    """pax extended header data -> dict(str -> str). HeaderError if malformed."""
+    """pax extended header data -> (dict(str -> str), offset of the last record).
+    Keys on the wire as SCHILY.xattr.user.imsasm.<name> are returned as IMSASM.<name>.
+    HeaderError if malformed."""
     out = {}
     pos = 0
+    last = 0
     end = len(data)
     while pos < end:
         if data[pos] == 0:       # trailing NULs are tolerated
@@ -239,7 +247,7 @@ def parse_records(data):
                 raise HeaderError("garbage after pax records")
             break
         sp = data.find(b" ", pos, pos + 21)
-        if sp < 0 or not data[pos:sp].isdigit():
+        if sp < 0 or not data[pos:sp].isdigit() or data[pos] == 0x30:
             raise HeaderError(f"bad pax record length at byte {pos} of the records")
         ln = int(data[pos:sp])
         rec_end = pos + ln
@@ -256,5 +264,6 @@ def parse_records(data):
         if k.startswith(WIRE_PREFIX):
             k = LOGICAL_PREFIX + k[len(WIRE_PREFIX):]
         out[k] = v
+        last = pos
         pos = rec_end
-    return out
+    return out, last

@@ -2,45 +2,20 @@
 
 Reads from a pipe in one pass, or from a seekable file (skips data by seek,
 re-reads hard-link targets, indexes). Every check a reader must make is here:
-header checksums, pax records, names, member types, link targets, digests.
+header checksums, record digests (version 2), pax records and the range of every
+value, names, member types, the order of members, link targets, data digests, the
+trailer's digest over the whole sequence, and the zeros after it.
 """
 import hashlib
 import io
 import json
-import re
+import uuid
 
-from . import names, pax
-from .errors import (ArchiveError, CorruptMember, DigestMismatch, HostileMember,
+from . import names, pax, spec, values
+from .errors import (ArchiveError, CorruptHeader, CorruptMember, DigestMismatch, HostileMember,
                      IncompleteArchive, LinkTargetUnavailable, NotAnArchive)
 from .records import RecordReader
-
-FORMAT = "ims-asm"
-VERSION = 1
-MAX_PAX = 64 << 20       # largest pax header / JSON member accepted
-_TIME = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
-_INT = re.compile(r"[0-9]+\Z")
-_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
-_UIDS = re.compile(r"([0-9]+(:[0-9]+)?(,[0-9]+(:[0-9]+)?)*)?\Z")
-
-
-def parse_uid_ranges(text):
-    """'1:3,5' -> [1, 2, 3, 5]. ValueError if malformed."""
-    if not _UIDS.match(text):
-        raise ValueError(f"bad UID list {text[:40]!r}")
-    out = []
-    if not text:
-        return out
-    for part in text.split(","):
-        a, _, b = part.partition(":")
-        a = int(a)
-        if b:
-            b = int(b)
-            if b < a:
-                raise ValueError(f"bad UID range {part!r}")
-            out.extend(range(a, b + 1))
-        else:
-            out.append(a)
-    return out
+from .values import FolderState, UidSet
 
 
 class Member:
@@ -48,8 +23,8 @@ class Member:
 
     __slots__ = ("kind", "name", "partition", "user", "folder", "uid", "flags", "keywords",
                  "internaldate", "stored", "nlink", "sha256", "size", "linkname", "group",
-                 "uidvalidity", "uidnext", "subscribed", "uids", "offset", "header_offset",
-                 "mtime", "records", "_reader")
+                 "uidvalidity", "uidnext", "subscribed", "uids", "state", "offset",
+                 "header_offset", "mtime", "records", "digest", "_reader")
 
     def __init__(self, reader, kind, name):
         self._reader = reader
@@ -63,15 +38,24 @@ class Member:
         self.size = 0
         self.uidvalidity = self.uidnext = None
         self.subscribed = False
-        self.uids = []
+        self.uids = UidSet()             # folder: every UID it held at backup time
+        self.state = FolderState()       # folder of an incremental: flags of the UIDs not carried
         self.offset = self.header_offset = None
         self.mtime = 0
         self.records = {}
+        self.digest = None               # version 2: the member's record digest
 
     def open(self):
         """Readable stream of the message bytes; the read that reaches the end
         checks the SHA-256 and raises DigestMismatch instead of returning it."""
         return self._reader._open(self)
+
+    def check(self):
+        """Read the message's bytes to the end and throw them away: DigestMismatch when
+        they are damaged, IncompleteArchive when they are cut."""
+        with self.open() as f:
+            while f.read(1 << 20):
+                pass
 
     def __repr__(self):
         return f"<Member {self.kind} {self.name!r}>"
@@ -143,7 +127,8 @@ class MemberStream(io.RawIOBase):
 
 class _Entry:
     __slots__ = ("header_offset", "data_offset", "name", "typeflag", "size", "mtime",
-                 "linkname", "records", "next_offset")
+                 "linkname", "records", "next_offset", "block", "pax", "last_record",
+                 "last_key", "extended", "datasize")
 
 
 class _Corrupt(Exception):
@@ -156,6 +141,20 @@ class _End(Exception):
     """End-of-archive zero block."""
 
 
+class _Folder:
+    """The folder whose messages may come next, and the last UID read in it."""
+
+    __slots__ = ("key", "uids", "last")
+
+    def __init__(self, key, uids):
+        self.key = key
+        self.uids = uids
+        self.last = 0
+
+
+_SKIP = object()        # a member named already (one error for a run of them): not returned
+
+
 class MemberIterator:
     """Iterator over members. After it raises CorruptMember or HostileMember,
     calling next() again goes on with the following member."""
@@ -163,15 +162,23 @@ class MemberIterator:
     def __init__(self, reader, on_error=None):
         self.r = reader
         self.on_error = on_error
-        self.targets = {}            # message name -> (data offset, size)
-        self.digest = hashlib.sha256()
+        self.targets = {}            # message name -> (data offset, size, sha256)
+        self.digest = hashlib.sha256()       # version 1 trailer digest (message lines)
+        self.sequence = hashlib.sha256()     # version 2 trailer digest (member digests)
+        if reader.header_digest:
+            self.sequence.update(b"%s\n" % reader.header_digest.encode("ascii"))
         self.counts = {"users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
         self.next_offset = reader._first_offset
-        self.last_complete = names.HEADER_NAME
+        self.last_complete = spec.HEADER_NAME
         self.current = None
         self.done = False
         self.errors = 0
         self.resync_from = None
+        self.pad_check = None        # (name, header offset, padding start, end) of the last member
+        self.users_seen = set()
+        self.folders_seen = set()
+        self.folder = None           # _Folder whose messages may follow
+        self.orphans = None          # folder key of messages already named as misplaced
 
     def __iter__(self):
         return self
@@ -187,76 +194,109 @@ class MemberIterator:
                     raise
                 self.on_error(e)
 
-    def _step(self):
-        if self.done:
-            raise StopIteration
+    def _check_padding(self):
+        """The zeros between the end of the last member's data and the next header."""
+        name, header_offset, start, end = self.pad_check
+        self.pad_check = None
         rr = self.r._rr
-        try:
-            if self.resync_from is not None:
-                start, self.resync_from = self.resync_from, None
-                self._resync(start)
-            else:
-                here = rr.tell()
-                if self.next_offset > here:
-                    want = self.next_offset - here
-                    if rr.skip(want) < want or rr.tell() < self.next_offset:
-                        raise IncompleteArchive(self.last_complete, rr.tell(),
-                                                f"cut inside the data of {self.current}")
-                elif self.next_offset < here:
-                    rr.seek(self.next_offset)
-            if self.current is not None:
-                self.last_complete = self.current
-                self.current = None
-            e = self.r._read_entry(self.last_complete)
-        except _Corrupt as c:
-            self.resync_from = c.offset + pax.BLOCK
-            raise CorruptMember(c.offset, c.why) from None
-        except _End:
-            self.done = True
-            raise IncompleteArchive(self.last_complete, rr.tell(),
-                                    "end-of-archive blocks without a trailer") from None
-        except IncompleteArchive:
-            self.done = True
-            raise
-        self.next_offset = e.next_offset
-        self.current = e.name
-        if e.name == names.TRAILER_NAME and e.typeflag in (pax.REGTYPE, pax.AREGTYPE):
-            return self._trailer(e)
-        m = self.r._member(e, self.targets)   # may raise HostileMember/CorruptMember
-        if m.kind == "message":
-            self.targets[m.name] = (m.offset, m.size)
-            self.counts["messages"] += 1
-            self.counts["bytes"] += m.size
-            self.digest.update(b"%s %s\n" % (m.sha256.encode(), m.name.encode("utf-8", "surrogateescape")))
-        elif m.kind == "link":
-            self.counts["links"] += 1
-            self.digest.update(b"%s %s\n" % (m.sha256.encode(), m.name.encode("utf-8", "surrogateescape")))
-        else:
-            self.counts[m.kind + "s"] += 1
-        return m
+        here = rr.tell()
+        if here > start or end <= start:
+            return
+        if here < start and rr.skip(start - here) < start - here:
+            return                  # cut: the next read says so
+        pad = rr.read(end - start)
+        if len(pad) == end - start and pad.count(0) != len(pad):
+            raise CorruptMember(header_offset, "the padding after its data is not zeros", name)
+
+    def _step(self):
+        while True:
+            if self.done:
+                raise StopIteration
+            rr = self.r._rr
+            try:
+                if self.resync_from is not None:
+                    start, self.resync_from = self.resync_from, None
+                    self._resync(start)
+                else:
+                    if self.pad_check is not None:
+                        self._check_padding()
+                    here = rr.tell()
+                    if self.next_offset > here:
+                        want = self.next_offset - here
+                        if rr.skip(want) < want or rr.tell() < self.next_offset:
+                            raise IncompleteArchive(self.last_complete, rr.tell(),
+                                                    f"cut inside the data of {self.current}")
+                    elif self.next_offset < here:
+                        rr.seek(self.next_offset)
+                if self.current is not None:
+                    self.last_complete = self.current
+                    self.current = None
+                e = self.r._read_entry(self.last_complete)
+            except _Corrupt as c:
+                self.resync_from = c.offset + spec.BLOCK
+                raise CorruptMember(c.offset, c.why) from None
+            except _End:
+                self.done = True
+                raise IncompleteArchive(self.last_complete, rr.tell(),
+                                        "end-of-archive blocks without a trailer") from None
+            except IncompleteArchive:
+                self.done = True
+                raise
+            self.next_offset = e.next_offset
+            self.current = e.name
+            if e.name == spec.TRAILER_NAME and e.typeflag in (pax.REGTYPE, pax.AREGTYPE):
+                return self._trailer(e)
+            try:
+                m = self.r._member(e, self)   # may raise HostileMember/CorruptMember
+            except CorruptMember:
+                if "size" in e.records and self.r.version >= 2:
+                    self.resync_from = e.data_offset   # its size may be the damage: scan
+                raise
+            if m is _SKIP:
+                continue
+            if e.datasize:
+                self.pad_check = (m.name, e.header_offset, e.data_offset + e.datasize, e.next_offset)
+            return m
 
     def _trailer(self, e):
         self.done = True
-        data = self.r._read_json_data(e, self.last_complete)
+        r = self.r
+        recs = e.records
+        if r.version >= 2:
+            try:
+                r._check_digest(e)
+            except ValueError as ex:
+                r.verified = False
+                raise CorruptMember(e.header_offset, str(ex), spec.TRAILER_NAME) from None
+        data = r._read_json_data(e, self.last_complete)
+        if r.version >= 2 and recs.get(spec.SHA256) != hashlib.sha256(data).hexdigest():
+            r.verified = False
+            raise CorruptMember(e.header_offset, "its JSON does not match its SHA-256 record",
+                                spec.TRAILER_NAME)
         try:
             t = json.loads(data)
-            if not isinstance(t, dict) or t.get("complete") is not True:
-                raise ValueError("not a complete trailer")
-        except ValueError as ex:
-            raise CorruptMember(e.header_offset, f"trailer is not valid JSON ({ex})",
-                                names.TRAILER_NAME) from None
-        self.r.trailer = t
+            _check_trailer(t)
+        except (ValueError, RecursionError) as ex:
+            r.verified = False
+            raise CorruptMember(e.header_offset, f"the trailer is not valid ({ex})",
+                                spec.TRAILER_NAME) from None
+        r.trailer = t
         problems = []
-        if t.get("digest") != self.digest.hexdigest():
+        want = self.sequence if r.version >= 2 else self.digest
+        if t.get("digest") != want.hexdigest():
             problems.append("digest")
         if t.get("counts") != self.counts:
             problems.append("counts")
-        if t.get("archive_id", self.r.header.get("archive_id")) != self.r.header.get("archive_id"):
+        if t.get("archive_id") != r.header.get("archive_id"):
             problems.append("archive_id")
-        self.r.verified = not problems
+        r.verified = not problems
         if problems and not self.errors:
             raise CorruptMember(e.header_offset, "the trailer's " + " and ".join(problems)
-                                + " do not match the members read", names.TRAILER_NAME)
+                                + " do not match the members read", spec.TRAILER_NAME)
+        why = r._check_end(e)
+        if why:
+            r.verified = False
+            raise CorruptMember(e.header_offset, why, spec.TRAILER_NAME)
         raise StopIteration
 
     def _resync(self, start):
@@ -268,8 +308,8 @@ class MemberIterator:
             rr.seek(start)      # on a stream, what was read past start held no header
         while True:
             off = rr.tell()
-            b = rr.read(pax.BLOCK)
-            if len(b) < pax.BLOCK:
+            b = rr.read(spec.BLOCK)
+            if len(b) < spec.BLOCK:
                 raise IncompleteArchive(self.last_complete, off,
                                         "no valid header after a corrupt one")
             if b[156:157] == pax.XHDTYPE and b[257:262] == b"ustar":
@@ -287,7 +327,7 @@ class MemberIterator:
 class ArchiveReader:
     """Reads one archive from raw (a pipe, or a seekable file)."""
 
-    def __init__(self, raw, blocking_factor=20):
+    def __init__(self, raw, blocking_factor=spec.DEFAULT_BLOCKING_FACTOR):
         self._rr = RecordReader(raw, blocking_factor)
         self.seekable = self._rr.seekable
         self.trailer = None
@@ -295,7 +335,11 @@ class ArchiveReader:
         self.errors = []             # every error reported so far
         self._pushback = None        # (offset, block) re-read after a resync on a stream
         self._iter = None
+        self.version = None
+        self.header_digest = None
+        self._head = bytearray()     # what the header member's reading saw (to tell damage)
         self.header, first = self._read_archive_header()
+        self._head = None
         self._first_offset = first.next_offset
 
     @property
@@ -310,36 +354,112 @@ class ArchiveReader:
         try:
             e = self._read_entry(None)
         except IncompleteArchive:
+            if self._looks_ours():
+                raise IncompleteArchive(None, self._rr.tell(), "cut inside its header") from None
             if self._rr.tell() == 0:
                 raise NotAnArchive("it is empty") from None
             raise NotAnArchive("it is shorter than one tar header") from None
         except _Corrupt as c:
+            if self._looks_ours():
+                raise CorruptHeader(c.offset, c.why) from None
             raise NotAnArchive(f"no valid tar header at the start ({c.why})") from None
         except _End:
             raise NotAnArchive("it is an empty tar archive") from None
-        if e.name != names.HEADER_NAME or e.typeflag not in (pax.REGTYPE, pax.AREGTYPE):
-            raise NotAnArchive(f"the first member is {e.name!r}, not {names.HEADER_NAME}")
+        if e.name != spec.HEADER_NAME or e.typeflag not in (pax.REGTYPE, pax.AREGTYPE):
+            if any(k.startswith(spec.LOGICAL_PREFIX) for k in e.records):
+                raise CorruptHeader(e.header_offset, f"the archive starts with member {e.name[:80]!r}, "
+                                                     f"not its header ({spec.HEADER_NAME})")
+            raise NotAnArchive(f"the first member is {e.name[:80]!r}, not {spec.HEADER_NAME}")
+        recs = e.records
+        ours = recs.get(spec.KIND) == spec.K_HEADER     # an ims-asm header member: damage is corruption
+        v2 = spec.DIGEST in recs or spec.VERSION_KEY in recs or spec.SHA256 in recs
+        if v2:
+            try:
+                self._check_digest(e)
+            except ValueError as ex:
+                raise CorruptHeader(e.header_offset, str(ex)) from None
+            self.header_digest = recs[spec.DIGEST]
+        if e.size > spec.MAX_JSON:
+            if ours or v2:
+                raise CorruptHeader(e.header_offset, f"its JSON claims {e.size} bytes")
+            raise NotAnArchive(f"its header member is too large ({e.size} bytes)")
         data = self._read_json_data(e, None)      # IncompleteArchive if cut: it is ours
+        if v2 and recs.get(spec.SHA256) != hashlib.sha256(data).hexdigest():
+            raise CorruptHeader(e.header_offset, "its JSON does not match its SHA-256 record")
         try:
             hdr = json.loads(data)
-        except ValueError as ex:
+        except (ValueError, RecursionError) as ex:
+            if ours or v2:
+                raise CorruptHeader(e.header_offset, f"it is not JSON ({ex})") from None
             raise NotAnArchive(f"its header member is not JSON ({ex})") from None
-        if not isinstance(hdr, dict) or hdr.get("format") != FORMAT:
+        if not isinstance(hdr, dict) or hdr.get("format") != spec.FORMAT:
+            if v2:
+                raise CorruptHeader(e.header_offset, "it does not say format ims-asm")
             raise NotAnArchive("its header member does not say format ims-asm")
-        if hdr.get("version") != VERSION:
-            raise NotAnArchive(f"format version {hdr.get('version')!r} is not {VERSION}, "
-                               "the version this ims-asm reads; use a matching ims-asm")
+        version = hdr.get("version")
+        if type(version) is not int:
+            raise CorruptHeader(e.header_offset, f"version {str(version)[:20]!r} is not a number")
+        if version not in spec.READABLE_VERSIONS:
+            if version > max(spec.READABLE_VERSIONS):
+                raise NotAnArchive(f"format version {version} is newer than the versions this "
+                                   f"ims-asm reads ({', '.join(map(str, spec.READABLE_VERSIONS))}); "
+                                   "use a newer ims-asm")
+            raise CorruptHeader(e.header_offset, f"format version {version} does not exist")
+        if v2 != (version >= 2) or (v2 and recs.get(spec.VERSION_KEY) != str(version)):
+            raise CorruptHeader(e.header_offset, f"its records do not match format version {version}")
+        try:
+            _check_header(hdr)
+        except ValueError as ex:
+            raise CorruptHeader(e.header_offset, str(ex)) from None
+        why = self._check_json_padding(e)
+        if why:
+            raise CorruptHeader(e.header_offset, why)
+        self.version = version
         return hdr, e
 
+    def _looks_ours(self):
+        """After a damaged or cut first header: do its bytes still hold ims-asm records or
+        the header member's name (then the archive is damaged, not something else)?"""
+        head = bytes(self._head or b"")
+        try:
+            head += self._rr.read(4 * spec.BLOCK)      # its records follow a damaged first block
+        except OSError:
+            pass
+        return spec.WIRE_PREFIX.encode() in head or spec.HEADER_NAME.encode() in head
+
     def _read_json_data(self, e, last):
-        if e.size > MAX_PAX:
-            if last is None:
-                raise NotAnArchive(f"its header member is too large ({e.size} bytes)")
+        if e.size > spec.MAX_JSON:
             raise CorruptMember(e.header_offset, f"too large ({e.size} bytes)", e.name)
         data = self._rr.read(e.size)
         if len(data) < e.size:
             raise IncompleteArchive(last, self._rr.tell(), f"cut inside {e.name}")
         return data
+
+    def _check_json_padding(self, e):
+        pad = self._rr.read(e.next_offset - e.data_offset - e.size)
+        if pad.count(0) != len(pad):
+            return "the padding after its JSON is not zeros"
+        return None
+
+    def _check_end(self, trailer):
+        """After the trailer's JSON: zeros (its padding, the two end blocks, the rest of
+        the writer's last record).  What is missing of them is not an error (a copy may
+        drop the padding); anything else there is.  Returns why not, or None."""
+        why = self._check_json_padding(trailer)
+        if why:
+            return why
+        rs = spec.BLOCK * self.header.get("blocking_factor", spec.DEFAULT_BLOCKING_FACTOR)
+        here = self._rr.tell()
+        end = here + 2 * spec.BLOCK
+        end += -end % rs
+        while here < end:
+            b = self._rr.read(min(end - here, 1 << 20))
+            if not b:
+                break
+            if b.count(0) != len(b):
+                return "the bytes after the trailer are not zeros"
+            here += len(b)
+        return None
 
     def _read_block(self, last):
         if self._pushback is not None:
@@ -347,8 +467,10 @@ class ArchiveReader:
             self._pushback = None
             return off, b
         off = self._rr.tell()
-        b = self._rr.read(pax.BLOCK)
-        if len(b) < pax.BLOCK:
+        b = self._rr.read(spec.BLOCK)
+        if self._head is not None and len(self._head) < 8 * spec.BLOCK:
+            self._head += b
+        if len(b) < spec.BLOCK:
             raise IncompleteArchive(last, off, "end of data" if not b else "cut inside a header")
         return off, b
 
@@ -359,11 +481,15 @@ class ArchiveReader:
         records = {}
         longname = longlink = None
         first = None
+        extended = 0
+        pax_data = None
+        last_record = 0
+        last_key = None
         while True:
             off, b = self._read_block(last)
             if first is None:
                 first = off
-            if b == pax.ZERO_BLOCK:
+            if b == spec.ZERO_BLOCK:
                 raise _End
             try:
                 h = pax.parse_block(b)
@@ -371,22 +497,33 @@ class ArchiveReader:
                 raise _Corrupt(off, str(ex)) from None
             t = h["typeflag"]
             if t in (pax.XHDTYPE, pax.XGLTYPE, pax.GNU_LONGNAME, pax.GNU_LONGLINK):
+                extended += 1
                 size = h["size"]
-                if size > MAX_PAX:
+                if size > spec.MAX_PAX:
                     raise _Corrupt(off, f"extended header of {size} bytes is too large")
-                data = rr.read(size + (-size % pax.BLOCK))
-                if len(data) < size + (-size % pax.BLOCK):
+                padded = size + (-size % spec.BLOCK)
+                data = rr.read(padded)
+                if self._head is not None and len(self._head) < 8 * spec.BLOCK:
+                    self._head += data[:8 * spec.BLOCK]
+                if len(data) < padded:
                     raise IncompleteArchive(last, rr.tell(), "cut inside an extended header")
+                if data.count(0, size) != padded - size:
+                    raise _Corrupt(off, "the padding after an extended header is not zeros")
                 data = data[:size]
                 if t == pax.XHDTYPE:
                     try:
-                        records.update(pax.parse_records(data))
+                        recs, last_record = pax.parse_records(data)
                     except pax.HeaderError as ex:
                         raise _Corrupt(off, str(ex)) from None
+                    records.update(recs)
+                    pax_data = data
+                    last_key = _key_at(data, last_record)
                 elif t == pax.GNU_LONGNAME:
                     longname = data.split(b"\x00", 1)[0]
                 elif t == pax.GNU_LONGLINK:
                     longlink = data.split(b"\x00", 1)[0]
+                if extended > 8:
+                    raise _Corrupt(off, "more extended headers than a member can have")
                 continue        # global headers carry nothing ims-asm uses
             break
         e = _Entry()
@@ -394,6 +531,11 @@ class ArchiveReader:
         e.data_offset = rr.tell()
         e.records = records
         e.typeflag = t
+        e.block = b
+        e.pax = pax_data
+        e.last_record = last_record
+        e.last_key = last_key
+        e.extended = extended
         if "path" in records:
             e.name = records["path"]
         else:
@@ -403,24 +545,39 @@ class ArchiveReader:
         else:
             e.linkname = (longlink or h["linkname"]).decode("utf-8", "surrogateescape")
         size = h["size"]
-        if "size" in records:
-            if not _INT.match(records["size"]):
-                raise _Corrupt(off, f"pax size record {records['size'][:30]!r} is not a number")
-            size = int(records["size"])
+        try:
+            if "size" in records:
+                size = values.decimal(records["size"], 0, spec.SIZE_MAX, "pax size record")
+            elif size > spec.SIZE_MAX:
+                raise ValueError(f"size field {size} is too large")
+            e.mtime = h["mtime"]
+            if "mtime" in records:
+                e.mtime = values.epoch(records["mtime"], "pax mtime record")
+        except ValueError as ex:
+            raise _Corrupt(off, str(ex)) from None
         e.size = size
-        e.mtime = h["mtime"]
-        if "mtime" in records:
-            if not _TIME.match(records["mtime"]):
-                raise _Corrupt(off, "pax mtime record is not a number")
-            e.mtime = float(records["mtime"])
         datasize = 0 if t in (pax.LNKTYPE, pax.SYMTYPE, pax.CHRTYPE, pax.BLKTYPE,
                               pax.DIRTYPE, pax.FIFOTYPE) and size == 0 else size
-        e.next_offset = e.data_offset + datasize + (-datasize % pax.BLOCK)
+        e.datasize = datasize
+        e.next_offset = e.data_offset + datasize + (-datasize % spec.BLOCK)
         return e
 
+    def _check_digest(self, e):
+        """Version 2: the member's IMSASM.digest record is its last and matches the
+        records before it and its ustar header block. ValueError if not."""
+        if e.extended != 1 or e.pax is None:
+            raise ValueError("its headers are not one extended header and a ustar header "
+                             "as ims-asm writes them")
+        d = e.records.get(spec.DIGEST)
+        if d is None or e.last_key != spec.DIGEST:
+            raise ValueError("its last record is not IMSASM.digest")
+        if hashlib.sha256(e.pax[:e.last_record] + e.block).hexdigest() != d:
+            raise ValueError("its records or header do not match their digest (IMSASM.digest)")
+
     # ------------------------------------------------------------ members
-    def _member(self, e, targets):
-        """Check an entry and turn it into a Member (HostileMember / CorruptMember)."""
+    def _member(self, e, it):
+        """Check an entry and turn it into a Member (HostileMember / CorruptMember), or
+        _SKIP for a misplaced message of a run already named."""
         name, t, recs, off = e.name, e.typeflag, e.records, e.header_offset
 
         def hostile(why):
@@ -429,8 +586,15 @@ class ArchiveReader:
         def corrupt(why):
             return CorruptMember(off, why, name)
 
+        if self.version >= 2:
+            try:
+                self._check_digest(e)
+            except ValueError as ex:
+                raise corrupt(str(ex)) from None
+            it.sequence.update(b"%s\n" % recs[spec.DIGEST].encode("ascii"))
+        # hostile: what would reach outside the store or is a kind of file never written
         if t == pax.SYMTYPE:
-            raise hostile(f"symbolic link to {e.linkname!r}")
+            raise hostile(f"symbolic link to {e.linkname[:200]!r}")
         if t in (pax.CHRTYPE, pax.BLKTYPE, pax.FIFOTYPE):
             raise hostile("device or FIFO member")
         for n, what in ((name, "name"), (e.linkname, "link target")):
@@ -438,33 +602,42 @@ class ArchiveReader:
                 raise hostile(f"absolute {what}")
             if ".." in n.replace("\\", "/").split("/"):
                 raise hostile(f"{what} with '..'")
-            if "\x00" in n:
-                raise hostile(f"{what} with a NUL byte")
         if t not in (pax.REGTYPE, pax.AREGTYPE, pax.CONTTYPE, pax.LNKTYPE, pax.DIRTYPE):
             raise hostile(f"member type {t!r} that ims-asm never writes")
         if t in (pax.LNKTYPE, pax.DIRTYPE) and e.size != 0:
             raise hostile(f"{'hard link' if t == pax.LNKTYPE else 'directory'} claims "
                           f"{e.size} bytes of data")
-        if name in (names.HEADER_NAME, names.TRAILER_NAME):
-            raise hostile("a second archive header or a misplaced trailer")
-        kind = recs.get("IMSASM.kind")
+        for n, what in ((name, "name"), (e.linkname, "link target")):
+            if "\x00" in n:
+                raise corrupt(f"{what} with a NUL byte")
+        if name in spec.RESERVED_NAMES:
+            raise corrupt("a second archive header or a misplaced trailer")
+        kind = recs.get(spec.KIND)
         if kind is None:
-            raise hostile("member without ims-asm records")
+            raise corrupt("member without ims-asm records")
         try:
             partition, user, folder, uid = names.parse(name)
         except ValueError as ex:
-            raise hostile(f"name is not in the ims-asm layout ({ex})") from None
+            raise corrupt(f"name is not in the ims-asm layout ({ex})") from None
+        for level in (partition, user, *(folder.split("/") if folder else ())):
+            if level in (".", ".."):
+                raise hostile(f"a name level {level!r} (escaped in the member name), which would "
+                              "name another place than the store")
+        for level, what in ((partition, "partition"), (user, "user")):
+            if level is not None and "/" in level:
+                raise hostile(f"a {what} name with a '/' (escaped in the member name), which would "
+                              "name another place than the store")
         if t == pax.DIRTYPE:
-            want = "user" if folder is None else "folder"
+            want = spec.K_USER if folder is None else spec.K_FOLDER
             if kind != want or user is None or uid is not None:
-                raise hostile(f"directory member of kind {kind!r} where a {want} was expected")
+                raise corrupt(f"directory member of kind {kind[:20]!r} where a {want} was expected")
         elif t == pax.LNKTYPE:
-            if kind not in ("link", "message") or uid is None:
-                raise hostile("hard link that is not a message")
-            kind = "link"
+            if kind not in (spec.K_LINK, spec.K_MESSAGE) or uid is None:
+                raise corrupt("hard link that is not a message")
+            kind = spec.K_LINK
         else:
-            if kind != "message" or uid is None:
-                raise hostile(f"regular file of kind {kind!r} that is not a message")
+            if kind != spec.K_MESSAGE or uid is None:
+                raise corrupt(f"regular file of kind {kind[:20]!r} that is not a message")
         m = Member(self, kind, name)
         m.partition, m.user, m.folder, m.uid = partition, user, folder, uid
         m.header_offset = off
@@ -472,43 +645,79 @@ class ArchiveReader:
         m.size = e.size
         m.mtime = e.mtime
         m.records = recs
-        for k, v in (("partition", partition), ("user", user), ("folder", folder)):
-            rv = recs.get("IMSASM." + k)
+        m.digest = recs.get(spec.DIGEST)
+        for k, v in ((spec.PARTITION, partition), (spec.USER, user), (spec.FOLDER, folder)):
+            rv = recs.get(k)
             if rv is not None and rv != v:
-                raise corrupt(f"IMSASM.{k} {rv!r} does not match the member name")
+                raise corrupt(f"{k} {rv[:60]!r} does not match the member name")
         try:
-            if kind == "user":
-                m.group = recs.get("IMSASM.group", "")
-            elif kind == "folder":
-                m.uidvalidity = _int(recs, "uidvalidity", None)
-                m.uidnext = _int(recs, "uidnext", None)
-                m.subscribed = recs.get("IMSASM.subscribed", "0") == "1"
-                m.uids = parse_uid_ranges(recs.get("IMSASM.uids", ""))
-                count = _int(recs, "count", len(m.uids))
-                if count != len(m.uids):
-                    raise ValueError(f"IMSASM.count {count} but {len(m.uids)} UIDs listed")
-            else:
-                ruid = _int(recs, "uid", None)
-                if ruid != uid:
-                    raise ValueError(f"IMSASM.uid {recs.get('IMSASM.uid')!r} does not match "
-                                     "the member name")
-                m.flags = frozenset(recs.get("IMSASM.flags", "").split())
-                m.keywords = tuple(recs.get("IMSASM.keywords", "").split())
-                m.internaldate = _time(recs, "internaldate", e.mtime)
-                m.stored = _time(recs, "stored", m.internaldate)
-                m.nlink = _int(recs, "nlink", 1)
-                m.sha256 = recs.get("IMSASM.sha256", "")
-                if not _HEX64.match(m.sha256):
-                    raise ValueError("IMSASM.sha256 is missing or not 64 hex digits")
+            _decode(m, recs, e)
         except ValueError as ex:
             raise corrupt(str(ex)) from None
-        if kind == "link":
+        if kind == spec.K_LINK:
             m.linkname = e.linkname
-            target = targets.get(e.linkname)
+            target = it.targets.get(e.linkname)
             if target is None:
-                raise hostile(f"hard link to {e.linkname!r}, which is not an earlier "
-                              "message in this archive")
-            m.offset, m.size = target
+                try:
+                    in_layout = names.parse(e.linkname)[3] is not None
+                except ValueError:
+                    in_layout = False
+                if in_layout:       # a name of the archive: resolved from it, never as a path
+                    raise corrupt(f"hard link to {e.linkname[:200]!r}, which is not an earlier "
+                                  "message in this archive (missing, damaged or out of order)")
+                raise hostile(f"hard link to {e.linkname[:200]!r}, which is not a message of "
+                              "this archive")
+            if target[2] != m.sha256:
+                raise corrupt(f"hard link to {e.linkname[:200]!r}, whose SHA-256 is not the "
+                              "link's: the link or its target was changed")
+            m.offset, m.size = target[0], target[1]
+        return self._place(m, it, corrupt)
+
+    def _place(self, m, it, corrupt):
+        """The order of members (docs/format.md §2): each user and folder once, each
+        folder's messages right after it in ascending UID order, each listed by its folder."""
+        if m.kind == spec.K_USER:
+            it.folder = it.orphans = None
+            key = (m.partition, m.user)
+            if key in it.users_seen:
+                raise corrupt("this user's member appears twice in the archive")
+            it.users_seen.add(key)
+            it.counts["users"] += 1
+            return m
+        key = (m.partition, m.user, m.folder)
+        if m.kind == spec.K_FOLDER:
+            it.folder = it.orphans = None
+            if key in it.folders_seen:
+                raise corrupt("this folder's member appears twice in the archive")
+            it.folders_seen.add(key)
+            it.folder = _Folder(key, m.uids)
+            it.counts["folders"] += 1
+            return m
+        f = it.folder
+        if f is None or f.key != key:
+            if it.orphans == key:
+                return _SKIP
+            it.orphans = key
+            raise corrupt(f"the messages of folder /{m.partition}/{m.user}/{m.folder} from UID "
+                          f"{m.uid} on do not follow their folder's member (it is missing, damaged "
+                          "or elsewhere in the archive): they are not read")
+        if m.uid not in f.uids:
+            raise corrupt(f"UID {m.uid} is not in its folder's UID list")
+        if m.uid == f.last:
+            raise corrupt(f"UID {m.uid} appears twice in the archive")
+        if m.uid < f.last:
+            raise corrupt(f"UID {m.uid} comes after UID {f.last} of its folder (a folder's messages "
+                          "are in ascending UID order): members out of order or present twice")
+        f.last = m.uid
+        it.orphans = None
+        line = b"%s %s\n" % (m.sha256.encode(), m.name.encode("utf-8", "surrogateescape"))
+        if m.kind == spec.K_MESSAGE:
+            it.targets[m.name] = (m.offset, m.size, m.sha256)
+            it.counts["messages"] += 1
+            it.counts["bytes"] += m.size
+        else:
+            it.counts["links"] += 1
+        it.digest.update(line)
         return m
 
     # ------------------------------------------------------------ iteration
@@ -549,33 +758,112 @@ class ArchiveReader:
         link's target bytes), checked against the member's SHA-256."""
         if not self.seekable:
             raise LinkTargetUnavailable(member.name, member.linkname or member.name)
-        if member.kind not in ("message", "link"):
+        if member.kind not in (spec.K_MESSAGE, spec.K_LINK):
             raise ArchiveError(f"member {member.name} has no data")
         return MemberStream(self, member.name, member.offset, member.size, member.sha256)
 
     def _open(self, member):
-        if member.kind not in ("message", "link"):
+        if member.kind not in (spec.K_MESSAGE, spec.K_LINK):
             raise ArchiveError(f"member {member.name} is a {member.kind}; it has no data")
-        if member.kind == "link" and not self.seekable:
+        if member.kind == spec.K_LINK and not self.seekable:
             raise LinkTargetUnavailable(member.name, member.linkname)
         return MemberStream(self, member.name, member.offset, member.size, member.sha256)
 
 
-def _int(recs, key, default):
-    v = recs.get("IMSASM." + key)
-    if v is None:
-        if default is None:
-            raise ValueError(f"IMSASM.{key} is missing")
-        return default
-    if not _INT.match(v):
-        raise ValueError(f"IMSASM.{key} {v[:30]!r} is not a number")
-    return int(v)
+def _key_at(data, pos):
+    """The (logical) key of the pax record starting at pos of data."""
+    sp = data.find(b" ", pos)
+    eq = data.find(b"=", sp)
+    k = data[sp + 1:eq].decode("utf-8", "replace")
+    if k.startswith(spec.WIRE_PREFIX):
+        k = spec.LOGICAL_PREFIX + k[len(spec.WIRE_PREFIX):]
+    return k
 
 
-def _time(recs, key, default):
-    v = recs.get("IMSASM." + key)
+def _decode(m, recs, e):
+    """The records of a user, folder, message or link member, each value checked for
+    its form and range (ValueError names the first one that is not right)."""
+    get = recs.get
+    if m.kind == spec.K_USER:
+        m.group = get(spec.GROUP, "")
+        return
+    if m.kind == spec.K_FOLDER:
+        m.uidvalidity = values.decimal(_need(recs, spec.UIDVALIDITY), spec.UIDVALIDITY_MIN,
+                                       spec.UIDVALIDITY_MAX, spec.UIDVALIDITY)
+        m.uidnext = values.decimal(_need(recs, spec.UIDNEXT), spec.UIDNEXT_MIN, spec.UIDNEXT_MAX,
+                                   spec.UIDNEXT)
+        sub = get(spec.SUBSCRIBED, "0")
+        if sub not in ("0", "1"):
+            raise ValueError(f"{spec.SUBSCRIBED} is {sub[:20]!r}, not 0 or 1")
+        m.subscribed = sub == "1"
+        m.uids = UidSet.parse(get(spec.UIDS, ""))
+        count = get(spec.COUNT)
+        if count is not None and values.decimal(count, 0, spec.COUNT_MAX, spec.COUNT) != len(m.uids):
+            raise ValueError(f"{spec.COUNT} {count} but {len(m.uids)} UIDs listed")
+        state = get(spec.STATE)
+        if state:
+            m.state = FolderState.parse(state, m.uids)
+        return
+    uid = values.decimal(_need(recs, spec.UID), spec.UID_MIN, spec.UID_MAX, spec.UID)
+    if uid != m.uid:
+        raise ValueError(f"{spec.UID} {uid} does not match the member name")
+    m.flags = values.flags(get(spec.FLAGS, ""))
+    m.keywords = values.keywords(get(spec.KEYWORDS, ""))
+    if spec.INTERNALDATE in recs:
+        m.internaldate = values.epoch(recs[spec.INTERNALDATE], spec.INTERNALDATE)
+    else:
+        if not spec.TIME_MIN <= e.mtime <= spec.TIME_MAX:
+            raise ValueError(f"mtime {e.mtime} is out of range")
+        m.internaldate = e.mtime
+    m.stored = values.epoch(recs[spec.STORED], spec.STORED) if spec.STORED in recs else m.internaldate
+    m.nlink = values.decimal(get(spec.NLINK, "1"), spec.NLINK_MIN, spec.NLINK_MAX, spec.NLINK)
+    m.sha256 = values.sha256(get(spec.SHA256))
+
+
+def _need(recs, key):
+    v = recs.get(key)
     if v is None:
-        return default
-    if not _TIME.match(v):
-        raise ValueError(f"IMSASM.{key} {v[:30]!r} is not a time")
-    return float(v) if "." in v else int(v)
+        raise ValueError(f"{key} is missing")
+    return v
+
+
+def _check_header(h):
+    """Every field of the header's JSON that a reader uses, by type and range
+    (ValueError names the first wrong one).  Unknown keys are left alone."""
+    aid = h.get("archive_id")
+    try:
+        ok = isinstance(aid, str) and str(uuid.UUID(aid)) == aid
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"archive_id {str(aid)[:60]!r} is not a UUID")
+    values.json_time(h.get("created"), "created")
+    values.json_time(h.get("since"), "since", optional=True)
+    for k in ("tool_version", "host", "driver"):
+        v = h.get(k)
+        if v is not None and (not isinstance(v, str) or len(v) > 1000):
+            raise ValueError(f"{k} is not a short string")
+    scope = h.get("scope", [])
+    if not isinstance(scope, list) or not all(isinstance(s, str) for s in scope):
+        raise ValueError("scope is not a list of strings")
+    if not isinstance(h.get("options", {}), dict):
+        raise ValueError("options is not an object")
+    bf = h.get("blocking_factor", spec.DEFAULT_BLOCKING_FACTOR)
+    if type(bf) is not int or not 1 <= bf <= spec.MAX_BLOCKING_FACTOR:
+        raise ValueError(f"blocking_factor {str(bf)[:20]!r} is not 1..{spec.MAX_BLOCKING_FACTOR}")
+
+
+def _check_trailer(t):
+    if not isinstance(t, dict) or t.get("complete") is not True:
+        raise ValueError("not a complete trailer")
+    if not isinstance(t.get("archive_id"), str):
+        raise ValueError("archive_id is not a string")
+    counts = t.get("counts")
+    if not isinstance(counts, dict) or not all(type(v) is int for v in counts.values()):
+        raise ValueError("counts is not an object of numbers")
+    errors = t.get("errors", [])
+    if not isinstance(errors, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("mailbox"), str) and isinstance(x.get("error"), str)
+            for x in errors):
+        raise ValueError("errors is not a list of {mailbox, error}")
+    values.sha256(t.get("digest"), "digest")

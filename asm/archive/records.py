@@ -6,8 +6,7 @@ records and tolerates short reads (pipes, tapes in variable-block mode).
 """
 import io
 
-BLOCK = 512
-MAX_BLOCKING_FACTOR = 4096      # records of at most 2 MiB; the one range -b accepts everywhere
+from .spec import BLOCK, MAX_BLOCKING_FACTOR
 
 
 def _check_bf(blocking_factor):

@@ -8,26 +8,26 @@ import stat
 import time
 import uuid
 
-from . import names, pax
+from . import names, pax, spec
 from .errors import ArchiveError, CorruptSource, UnreadableSource
 from .records import RecordWriter
+from .values import UidSet
 
-FORMAT = "ims-asm"
-VERSION = 1
 SMALL = 1 << 20          # messages up to this size are read into one buffer
 CHUNK = 1 << 20
 
-_K = {k: pax.key(pax.WIRE_PREFIX + k) for k in (
-    "kind", "partition", "user", "group", "folder", "uidvalidity", "uidnext",
-    "subscribed", "uids", "count", "uid", "flags", "keywords", "internaldate",
-    "stored", "nlink", "sha256", "state")}
+_K = {k: pax.key(spec.wire(k)) for k in (
+    spec.KIND, spec.VERSION_KEY, spec.PARTITION, spec.USER, spec.GROUP, spec.FOLDER,
+    spec.UIDVALIDITY, spec.UIDNEXT, spec.SUBSCRIBED, spec.UIDS, spec.COUNT, spec.UID,
+    spec.FLAGS, spec.KEYWORDS, spec.INTERNALDATE, spec.STORED, spec.NLINK, spec.SHA256,
+    spec.STATE)}
 _R = pax.record
-_KIND_USER = _R(_K["kind"], b"user")
-_KIND_FOLDER = _R(_K["kind"], b"folder")
-_KIND_MESSAGE = _R(_K["kind"], b"message")
-_KIND_LINK = _R(_K["kind"], b"link")
-_KIND_HEADER = _R(_K["kind"], b"header")
-_KIND_TRAILER = _R(_K["kind"], b"trailer")
+_KIND_USER = _R(_K[spec.KIND], spec.K_USER.encode())
+_KIND_FOLDER = _R(_K[spec.KIND], spec.K_FOLDER.encode())
+_KIND_MESSAGE = _R(_K[spec.KIND], spec.K_MESSAGE.encode())
+_KIND_LINK = _R(_K[spec.KIND], spec.K_LINK.encode())
+_KIND_HEADER = _R(_K[spec.KIND], spec.K_HEADER.encode()) + _R(_K[spec.VERSION_KEY], b"%d" % spec.VERSION)
+_KIND_TRAILER = _R(_K[spec.KIND], spec.K_TRAILER.encode())
 
 
 def _tool_version():
@@ -40,18 +40,7 @@ def _tool_version():
 
 def uid_ranges(uids):
     """[1,2,3,5,7,8] -> '1:3,5,7:8' (sorted, duplicates dropped)."""
-    out = []
-    start = prev = None
-    for u in sorted(set(uids)):
-        if prev is not None and u == prev + 1:
-            prev = u
-            continue
-        if start is not None:
-            out.append(str(start) if start == prev else f"{start}:{prev}")
-        start = prev = u
-    if start is not None:
-        out.append(str(start) if start == prev else f"{start}:{prev}")
-    return ",".join(out)
+    return str(UidSet.of(uids))
 
 
 def _words(items, what):
@@ -64,17 +53,17 @@ def _words(items, what):
 
 @functools.lru_cache(maxsize=1024)
 def _flags_rec(flags):
-    return _R(_K["flags"], _words(sorted(flags), "flag"))
+    return _R(_K[spec.FLAGS], _words(sorted(flags), "flag"))
 
 
 @functools.lru_cache(maxsize=1024)
 def _keywords_rec(keywords):
-    return _R(_K["keywords"], _words(keywords, "keyword"))
+    return _R(_K[spec.KEYWORDS], _words(keywords, "keyword"))
 
 
 @functools.lru_cache(maxsize=64)
 def _nlink_rec(nlink):
-    return _R(_K["nlink"], b"%d" % nlink)
+    return _R(_K[spec.NLINK], b"%d" % nlink)
 
 
 def _time_rec(k, t):
@@ -83,7 +72,7 @@ def _time_rec(k, t):
     return _R(k, pax.fmt_time(t).encode("ascii"))
 
 
-_SHA_PREFIX = _R(_K["sha256"], b"0" * 64)[:-65]     # b'<len> IMSASM.sha256='
+_SHA_PREFIX = _R(_K[spec.SHA256], b"0" * 64)[:-65]     # b'<len> IMSASM.sha256='
 
 
 def _enc(s):
@@ -97,14 +86,15 @@ class ArchiveWriter:
     order, then close(). The archive is only complete after close().
     """
 
-    def __init__(self, raw, blocking_factor=20):
+    def __init__(self, raw, blocking_factor=spec.DEFAULT_BLOCKING_FACTOR):
         self._rw = RecordWriter(raw, blocking_factor)
         self.blocking_factor = blocking_factor
         self.header = None
         self.trailer = None
         self._links = {}             # link_key -> (member name, sha256 hex)
-        self._digest = hashlib.sha256()
+        self._sequence = hashlib.sha256()    # the trailer's digest: every member's digest
         self._mtime = 0
+        self._folder = None          # ((partition, user, folder), UidSet) being written
         self.counts = {"users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
 
     @property
@@ -118,66 +108,78 @@ class ArchiveWriter:
         if self.trailer is not None:
             raise ArchiveError("archive is already closed")
 
+    def _member(self, name, typeflag, mode_b, size, mtime, records, linkname=""):
+        """The headers of one member (bytes), its digest counted in the trailer's."""
+        hdr, digest = pax.member(name, typeflag, mode_b, size, mtime, records, linkname)
+        self._sequence.update(b"%s\n" % digest.encode("ascii"))
+        return hdr
+
     def _json_member(self, name, obj, kind_rec):
         data = names.dump_json(obj, sort_keys=True, indent=1) + b"\n"
-        hdr = pax.member(name, pax.REGTYPE, pax.MODE_0644, len(data), self._mtime, kind_rec)
+        recs = kind_rec + _R(_K[spec.SHA256], hashlib.sha256(data).hexdigest().encode("ascii"))
+        hdr, digest = pax.member(name, pax.REGTYPE, pax.MODE_0644, len(data), self._mtime, recs)
         self._rw.write(b"".join((hdr, data, pax._pad(len(data)))))
+        return digest
 
     def write_header(self, info=None):
         """Write the ims-asm.header member; returns the full header dict."""
         if self.header is not None:
             raise ArchiveError("write_header() called twice")
         hdr = {
-            "format": FORMAT, "version": VERSION, "tool_version": _tool_version(),
+            "format": spec.FORMAT, "version": spec.VERSION, "tool_version": _tool_version(),
             "archive_id": str(uuid.uuid4()), "host": socket.gethostname(),
             "created": time.time(), "driver": None, "scope": [], "since": None,
             "options": {},
         }
         hdr.update(info or {})
-        hdr["format"], hdr["version"] = FORMAT, VERSION
+        hdr["format"], hdr["version"] = spec.FORMAT, spec.VERSION
         hdr["blocking_factor"] = self.blocking_factor
         self._mtime = int(hdr["created"]) if isinstance(hdr["created"], (int, float)) else 0
-        self._json_member(names.HEADER_NAME, hdr, _KIND_HEADER)
+        digest = self._json_member(spec.HEADER_NAME, hdr, _KIND_HEADER)
+        self._sequence.update(b"%s\n" % digest.encode("ascii"))
         self.header = hdr
         return hdr
 
     def add_user(self, partition, user, group):
         self._check_open()
+        self._folder = None
         name = names.user_dir(partition, user)
-        recs = b"".join((_KIND_USER, _R(_K["partition"], _enc(partition)),
-                         _R(_K["user"], _enc(user)), _R(_K["group"], _enc(group or ""))))
-        self._rw.write(pax.member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs))
+        recs = b"".join((_KIND_USER, _R(_K[spec.PARTITION], _enc(partition)),
+                         _R(_K[spec.USER], _enc(user)), _R(_K[spec.GROUP], _enc(group or ""))))
+        self._rw.write(self._member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs))
         self.counts["users"] += 1
 
     def add_folder(self, partition, user, folder, *, uidvalidity, uidnext, subscribed, uids,
                    state=None):
-        """``state`` (incremental archives): {flags-and-keywords string: [uid, ...]} for
+        """``uids``: every UID of the folder; the folder's messages are added next.
+        ``state`` (incremental archives): {flags-and-keywords string: [uid, ...]} for
         the messages listed in ``uids`` whose bytes this archive does not carry, so a
         restore of the chain can set their flags as they were at this backup."""
         self._check_open()
         name = names.folder_dir(partition, user, folder)
-        uids = list(uids)
+        uid_set = UidSet.of(uids)
         extra = b""
         if state:
-            extra = _R(_K["state"], json.dumps(
+            extra = _R(_K[spec.STATE], json.dumps(
                 {k: uid_ranges(v) for k, v in sorted(state.items())},
                 ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
-        recs = b"".join((extra, 
-            _KIND_FOLDER, _R(_K["partition"], _enc(partition)), _R(_K["user"], _enc(user)),
-            _R(_K["folder"], _enc(folder)), _R(_K["uidvalidity"], b"%d" % uidvalidity),
-            _R(_K["uidnext"], b"%d" % uidnext),
-            _R(_K["subscribed"], b"1" if subscribed else b"0"),
-            _R(_K["uids"], uid_ranges(uids).encode("ascii")),
-            _R(_K["count"], b"%d" % len(set(uids)))))
-        self._rw.write(pax.member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs))
+        recs = b"".join((
+            extra, _KIND_FOLDER, _R(_K[spec.PARTITION], _enc(partition)),
+            _R(_K[spec.USER], _enc(user)), _R(_K[spec.FOLDER], _enc(folder)),
+            _R(_K[spec.UIDVALIDITY], b"%d" % uidvalidity), _R(_K[spec.UIDNEXT], b"%d" % uidnext),
+            _R(_K[spec.SUBSCRIBED], b"1" if subscribed else b"0"),
+            _R(_K[spec.UIDS], str(uid_set).encode("ascii")),
+            _R(_K[spec.COUNT], b"%d" % len(uid_set))))
+        self._rw.write(self._member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs))
+        self._folder = ((partition, user, folder), uid_set)
         self.counts["folders"] += 1
 
     def _message_records(self, kind_rec, uid, flags, keywords, internaldate, stored, nlink, sha):
         return b"".join((
-            kind_rec, _R(_K["uid"], b"%d" % uid),
+            kind_rec, _R(_K[spec.UID], b"%d" % uid),
             _flags_rec(flags if isinstance(flags, frozenset) else frozenset(flags)),
             _keywords_rec(tuple(keywords)),
-            _time_rec(_K["internaldate"], internaldate), _time_rec(_K["stored"], stored),
+            _time_rec(_K[spec.INTERNALDATE], internaldate), _time_rec(_K[spec.STORED], stored),
             _nlink_rec(nlink), _SHA_PREFIX, sha.encode("ascii"), b"\n"))
 
     def add_message(self, partition, user, folder, *, uid, flags, keywords, internaldate,
@@ -193,15 +195,19 @@ class ArchiveWriter:
         """
         self._check_open()
         name = names.message_name(partition, user, folder, uid)
+        if self._folder is None or self._folder[0] != (partition, user, folder):
+            raise ArchiveError(f"message {name} added after another member than its folder's: "
+                               "add_folder() first, then that folder's messages")
+        if uid not in self._folder[1]:
+            raise ArchiveError(f"message {name}: UID {uid} is not in its folder's UID list")
         mtime = internaldate if isinstance(internaldate, int) else float(internaldate)
         if link_key is not None and link_key in self._links:
             target, sha = self._links[link_key]
             recs = self._message_records(_KIND_LINK, uid, flags, keywords, internaldate,
                                          stored, nlink, sha)
-            self._rw.write(pax.member(name, pax.LNKTYPE, pax.MODE_0600, 0, mtime, recs,
-                                      linkname=target))
+            self._rw.write(self._member(name, pax.LNKTYPE, pax.MODE_0600, 0, mtime, recs,
+                                        linkname=target))
             self.counts["links"] += 1
-            self._digest.update(b"%s %s\n" % (sha.encode("ascii"), _enc(name)))
             return name
         if src_path is not None:
             f = _FdFile.open_message(src_path, name)  # os.open: cheaper than open() per message
@@ -230,9 +236,9 @@ class ArchiveWriter:
             n = len(first)
             recs = self._message_records(_KIND_MESSAGE, uid, flags, keywords, internaldate,
                                          stored, nlink, sha)
-            rw.write(b"".join((pax.member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs),
+            rw.write(b"".join((self._member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs),
                                first, pax._pad(n))))
-            self._count_message(name, sha, n)
+            self._count_message(n)
             return sha, n
         # Big message: pass 1 hashes (bounded memory), pass 2 streams.
         h = hashlib.sha256(first)
@@ -255,7 +261,7 @@ class ArchiveWriter:
                                f"cannot be re-read ({e}); pass src_path or a seekable file") from e
         recs = self._message_records(_KIND_MESSAGE, uid, flags, keywords, internaldate,
                                      stored, nlink, sha)
-        rw.write(pax.member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs))
+        rw.write(self._member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs))
         h2 = hashlib.sha256()
         left = n
         failed = None
@@ -284,7 +290,7 @@ class ArchiveWriter:
                 rw.write(zeros[:k])
                 left -= k
         rw.pad_block()
-        self._count_message(name, sha, n)
+        self._count_message(n)
         if failed is not None:
             raise UnreadableSource(name, src, f"reading it failed: {failed.strerror or failed}", written=True)
         if changed:
@@ -295,10 +301,9 @@ class ArchiveWriter:
             raise CorruptSource(name, src)
         return sha, n
 
-    def _count_message(self, name, sha, n):
+    def _count_message(self, n):
         self.counts["messages"] += 1
         self.counts["bytes"] += n
-        self._digest.update(b"%s %s\n" % (sha.encode("ascii"), _enc(name)))
 
     def close(self, errors=()):
         """Write the trailer, the two end blocks and the last record; returns the trailer."""
@@ -315,9 +320,9 @@ class ArchiveWriter:
                 errs.append({"mailbox": mailbox, "error": str(err)})
         trailer = {"complete": True, "archive_id": self.header["archive_id"],
                    "counts": dict(self.counts), "errors": errs,
-                   "digest": self._digest.hexdigest()}
-        self._json_member(names.TRAILER_NAME, trailer, _KIND_TRAILER)
-        self._rw.write(pax.ZERO_BLOCK * 2)
+                   "digest": self._sequence.hexdigest()}
+        self._json_member(spec.TRAILER_NAME, trailer, _KIND_TRAILER)
+        self._rw.write(spec.ZERO_BLOCK * 2)
         self._rw.close()
         self.trailer = trailer
         return trailer

@@ -33,7 +33,7 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(f"message file {args.m!r} does not exist") from None
     except OSError as exc:
         raise UsageError(f"cannot read message file {args.m!r}: {exc.strerror}") from None
-    with src:
+    with src, store.batch():                  # delivered means on disk when we say so
         out = store.deliver(users, src, args.d)
     for user, info in out.items():
         print(f"{user}: {'queued (deliveries held)' if info is None else f'UID {info.uid}'}")

@@ -36,7 +36,7 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(f"cannot read mbox file {args.s!r}: {exc.strerror}") from None
     n = 0
     try:
-        with src:
+        with src, store.batch():              # what was imported is on disk, however it ends
             # read the first message before touching the store, so a file that is not
             # an mbox is refused without leaving an empty folder behind
             messages = read_mbox(src)

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from asm.archive.errors import ArchiveError, IncompleteArchive
+from asm.archive.errors import ArchiveError, DigestMismatch, HostileMember, IncompleteArchive
 from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
     ArgParser, Progress, UsageError, blocking_factor, die, human, run_command, warn,
@@ -16,12 +16,13 @@ from asm.cli.common import (
 from asm.cli.context import open_installation
 from asm.devices import open_device
 from asm.errors import (
-    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, EXIT_USAGE,
+    EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL,
     device_status,
 )
 from asm.logical import parse
 from asm.restore import (
-    Journal, Restorer, RestoreOptions, Selection, complete_references, read_map, read_reffile,
+    Journal, Restorer, RestoreOptions, Selection, complete_references, default_reffile, read_map,
+    read_reffile,
 )
 
 PROG = "imsrestore"
@@ -81,34 +82,77 @@ def _print_header(header: dict) -> None:
         print(f"{k}: {v}")
 
 
-def _toc(reader, sel: Selection) -> int:
-    errors = []
+class _OutputFailed(Exception):
+    """Writing the listing to stdout failed (not the device): run_command says how."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _print(line: str) -> None:
+    try:
+        print(line)
+    except OSError as exc:
+        raise _OutputFailed(exc) from exc
+
+
+def _toc(reader, sel: Selection, verbose: bool = False) -> int:
+    """List the selected folders and messages, and check the whole archive while reading
+    it, as a restore would: every member's records (and, in a version 2 archive, their
+    digests), every message's bytes against its SHA-256, every link against its first
+    copy, the trailer against the sequence.  Damage is named on stderr, exit 4; hostile
+    members exit 5."""
+    errors: list[str] = []
+    counts = {"hostile": 0, "corrupt": 0, "messages": 0, "bytes": 0}
+
+    def on_error(e):
+        counts["hostile" if isinstance(e, HostileMember) else "corrupt"] += 1
+        errors.append(str(e))
+
     current_ok = False
     try:
-        for m in reader.members(on_error=lambda e: errors.append(str(e))):
+        for m in reader.members(on_error=on_error):
             if m.kind == "user":
                 continue
             if m.kind == "folder":
                 current_ok = sel.folder(m.partition, m.user, m.group, m.folder)
                 if current_ok:
-                    print(f"/{m.partition}/{m.user}/{m.folder}\tuidvalidity={m.uidvalidity} "
+                    _print(f"/{m.partition}/{m.user}/{m.folder}\tuidvalidity={m.uidvalidity} "
                           f"uidnext={m.uidnext} uids={len(m.uids)}{' subscribed' if m.subscribed else ''}")
                 continue
+            if m.kind == "message":
+                try:
+                    m.check()
+                    counts["messages"] += 1
+                    counts["bytes"] += m.size
+                except DigestMismatch as exc:
+                    on_error(exc)
             if not current_ok:
                 continue
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.internaldate or 0))
             flags = " ".join(sorted(m.flags) + list(m.keywords))
             what = f"link to {m.linkname}" if m.kind == "link" else f"{m.size}"
-            print(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}\t{what}\t{when}\t{flags}")
+            _print(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}\t{what}\t{when}\t{flags}")
     except IncompleteArchive as exc:
+        for e in errors:
+            warn(PROG, e)
         warn(PROG, str(exc))
         return EXIT_INCOMPLETE
     for e in errors:
         warn(PROG, e)
+    if verbose:
+        warn(PROG, f"checked {counts['messages']} messages ({human(counts['bytes'])}): "
+                   + ("every digest matches" if not errors else
+                      f"{counts['corrupt']} damaged, {counts['hostile']} hostile members"))
+    if counts["hostile"]:
+        return EXIT_HOSTILE
+    if counts["corrupt"]:
+        return EXIT_INCOMPLETE
     if not reader.complete:
         warn(PROG, "archive is incomplete: it has no trailer")
         return EXIT_INCOMPLETE
-    return EXIT_PARTIAL if errors else EXIT_OK
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +182,12 @@ def _main(argv: list[str] | None) -> int:
             return EXIT_OK
         sel = Selection(paths, inst.groups)
         if args.toc:
-            return _toc(reader, sel)
+            try:
+                return _toc(reader, sel, args.verbose)
+            except _OutputFailed as exc:
+                raise exc.error from None
+            except OSError as exc:
+                return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
 
         def report(line):
             if args.verbose:
@@ -158,25 +207,23 @@ def _main(argv: list[str] | None) -> int:
                     ask=_asker(progress) if args.cont is None and args.device != "-" and sys.stdin.isatty()
                     else None,
                     user_map=user_map, keep_held=args.hold,
-                    reffile=args.refout or os.path.join(
-                        inst.config.home, "data", "refs", f"{reader.header.get('archive_id', 'archive')}.ref"),
+                    reffile=args.refout or default_reffile(inst.config.home, reader.header),
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
                     spool_limit=inst.config.get_int("restore.spoolmax") << 20)
                 journal = Journal(os.path.join(inst.config.home, "data", "restore-journal.db"))
-                if opts.reffile:
-                    os.makedirs(os.path.dirname(os.path.abspath(opts.reffile)), exist_ok=True)
                 res = Restorer(inst.store, inst.groups, reader, opts, sel, journal, device=args.device,
                                report=report, progress=show if progress.enabled else None).restore()
         except KeyboardInterrupt:
             progress.clear()
             return die(PROG, "interrupted: what was restored so far is complete message by message; "
-                       "run the same command again to finish (no duplicates)", EXIT_INTERRUPTED)
+                       "run the same command again to finish (no duplicates; deliveries to the users "
+                       "being restored stay held until it completes)", EXIT_INTERRUPTED)
         except OSError as exc:         # the device (a store failure is a StoreError, with its status)
             progress.clear()
             return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
     progress.clear()
     for e in res.errors:
-        if e["error"] != res.store_full:
+        if e.get("status") != EXIT_NOSPACE:        # a full disk is said once, below
             warn(PROG, f"{e['mailbox']}: {e['error']}")
     if args.verbose or sys.stderr.isatty():
         print(f"{PROG}: {res.users} users, {res.folders} folders, {res.messages} messages, {res.links} links, "
@@ -184,29 +231,26 @@ def _main(argv: list[str] | None) -> int:
               f"{human(res.bytes)} in {res.seconds:.1f}s", file=sys.stderr)
     if res.pending:
         warn(PROG, f"{len(res.pending)} linked messages need their first copy from this archive: run "
-             f"imsrestore -f {args.device} -r {args.refout or os.path.join(inst.config.home, 'data', 'refs', str(reader.header.get('archive_id')) + '.ref')}")
+             f"imsrestore -f {args.device} -r {args.refout or default_reffile(inst.config.home, reader.header)}")
     for p in res.unmatched:
         near = res.near_misses.get(p)
         warn(PROG, f"{p}: nothing in the archive matches this path"
              + (f" (it has {', '.join(near)}: folder names are matched exactly, but INBOX)" if near else ""))
     if res.store_full:
-        warn(PROG, res.store_full)
-        return EXIT_NOSPACE
-    if getattr(res, "hostile", 0):
+        n = len(res.held)
+        warn(PROG, res.store_full + (f" (deliveries to {n} user{'s' if n > 1 else ''} stay held until it "
+                                     f"completes)" if n else ""))
+    if res.hostile:
         warn(PROG, f"{res.hostile} hostile members were refused; nothing was written outside the store")
-        return EXIT_HOSTILE
     if res.incomplete:
         warn(PROG, res.incomplete)
-        return EXIT_INCOMPLETE
+    if res.corrupt:
+        warn(PROG, f"{res.corrupt} damaged members were named above and not restored; the rest was "
+             "restored: restore those from another copy")
     if res.out_of_order:
         warn(PROG, f"{len(res.out_of_order)} folders were left as they were: this archive does not "
              f"follow the one restored last into them (see above)")
-        return EXIT_ORDER
-    if paths and len(res.unmatched) == len(paths):
-        return EXIT_USAGE
-    if res.errors or res.pending or res.unmatched:
-        return EXIT_PARTIAL
-    return EXIT_OK
+    return res.status()
 
 
 if __name__ == "__main__":

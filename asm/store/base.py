@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
@@ -101,6 +103,43 @@ class StoreFull(StoreError):
                          f"partition and run the same command again")
 
 
+def os_store_error(exc: OSError, what: str) -> StoreError:
+    """The StoreError a failed filesystem call on the store stands for: a full disk is
+    StoreFull (exit 13); anything else (a read-only filesystem, a name too long for it,
+    permissions) names what was being done and why (exit 17)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(what, exc.strerror or str(exc))
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.EROFS:
+        why += ": the store's filesystem is mounted read-only"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        why += ": check the store's permissions (store.owner)"
+    where = f" ({exc.filename})" if exc.filename else ""
+    return StoreError(f"cannot write {what}: {why}{where}")
+
+
+#: operations whose second argument is not a folder
+_USER_ONLY = ("create_user", "delete_user", "hold_deliveries", "release_deliveries")
+
+
+def _what(fn, args) -> str:
+    named = args[:1] if fn.__name__ in _USER_ONLY else args[:2]
+    return "/".join(str(a) for a in named if isinstance(a, str)) or fn.__name__
+
+
+def store_os_errors(fn):
+    """Decorator for a driver's write operations: an OSError of the filesystem becomes
+    the StoreError (:func:`os_store_error`) naming the user and folder, so a store's
+    failure is never reported as the device's or as a crash."""
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except OSError as exc:
+            raise os_store_error(exc, _what(fn, args)) from None
+    return wrapper
+
+
 class LockTimeout(StoreError):
     status = EXIT_LOCKED
 
@@ -166,9 +205,7 @@ class Store(abc.ABC):
     """
 
     name = "abstract"
-    #: True while a caller (a restore) promises to call :meth:`sync` before it reports
-    #: success: drivers may then skip per-file fsyncs of their metadata.
-    deferred_sync = False
+    _batch_depth = 0
     #: What to do about :meth:`unlisted_users` found where the store lists nobody.
     unlisted_hint = "the store's own list of users does not know them"
 
@@ -256,8 +293,9 @@ class Store(abc.ABC):
 
     # -- write side -----------------------------------------------------------
     @abc.abstractmethod
-    def create_user(self, user: str, partition: str = "primary") -> None:
-        """Create ``user`` with an empty INBOX; raises UserExists."""
+    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
+        """Create ``user`` with an empty, subscribed INBOX (of UIDVALIDITY ``uidvalidity``
+        when given: a restore gives it the archive's from the start); raises UserExists."""
 
     @abc.abstractmethod
     def delete_user(self, user: str) -> None:
@@ -312,12 +350,18 @@ class Store(abc.ABC):
 
     # -- deliveries -----------------------------------------------------------
     @abc.abstractmethod
-    def hold_deliveries(self, user: str) -> None:
-        """From now on deliveries to ``user`` are queued instead of stored."""
+    def hold_deliveries(self, user: str, holder: str | None = None) -> None:
+        """From now on deliveries to ``user`` are queued instead of stored.  ``holder``
+        names who holds them (a restore: :func:`this_holder`); several can hold the
+        same user's deliveries at once, each releasing its own hold."""
 
     @abc.abstractmethod
-    def release_deliveries(self, user: str) -> int:
-        """Deliver what was queued while held (in arrival order); returns the count."""
+    def release_deliveries(self, user: str, holder: str | None = None) -> int:
+        """Take ``holder``'s hold away, and those of processes of this host that are
+        gone (a killed restore's); while other holds remain nothing is delivered and 0
+        is returned.  The last one (or ``holder`` None, which ends every hold) delivers
+        what was queued, in arrival order, and returns the count.  A queued message is
+        stored once even when a release is killed half-way and run again."""
 
     @abc.abstractmethod
     def deliveries_held(self, user: str) -> bool:
@@ -342,22 +386,76 @@ class Store(abc.ABC):
         Held users get it queued.  Returns {user: MessageInfo or None if queued}.
         """
 
-    # -- helpers for drivers --------------------------------------------------
+    # -- durability -----------------------------------------------------------
+    @contextlib.contextmanager
+    def batch(self) -> Iterator["Store"]:
+        """The scope of durability of a command that writes: what was written inside it
+        is on disk when it ends, however it ends (normally, by an exception, by Ctrl-C):
+        its exit runs :meth:`sync`.  Inside a batch drivers skip per-file fsyncs; a
+        batch inside a batch syncs only when the outermost one ends.  Outside any batch
+        a driver promises no durability (stores built by tests and tools)."""
+        self._batch_depth += 1
+        ok = False
+        try:
+            yield self
+            ok = True
+        finally:
+            self._batch_depth -= 1
+            if self._batch_depth == 0:
+                if ok:
+                    self.sync()
+                else:
+                    # what was written before the failure is made durable too; a sync
+                    # that fails now must not hide the error that ended the batch
+                    with contextlib.suppress(Exception):
+                        self.sync()
+
+    @property
+    def in_batch(self) -> bool:
+        return self._batch_depth > 0
+
     def sync(self) -> None:
-        """Make everything written so far durable (syncfs on each partition)."""
-        for part in self.partitions():
-            root = self.partition_path(part)
-            if not os.path.isdir(root):
-                continue  # nothing was ever written there
-            fd = os.open(root, os.O_RDONLY)
+        """Make everything written so far durable (one syncfs per filesystem that holds
+        the store); the exit of :meth:`batch` calls it."""
+        done = set()
+        for d in self.sync_dirs():
+            try:
+                dev = os.stat(d).st_dev
+            except OSError:
+                continue                     # nothing was ever written there
+            if dev in done:
+                continue
+            done.add(dev)
+            fd = os.open(d, os.O_RDONLY)
             try:
                 _syncfs(fd)
             finally:
                 os.close(fd)
 
+    def sync_dirs(self) -> list[str]:
+        """Directories whose filesystems hold the store: its partitions."""
+        return [self.partition_path(p) for p in self.partitions()]
+
     @abc.abstractmethod
     def partition_path(self, partition: str) -> str:
         """The directory holding ``partition``."""
+
+
+def this_holder() -> str:
+    """This process as a holder of deliveries: ``<pid>@<host>``."""
+    import socket
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def holder_gone(holder: str) -> bool:
+    """True when ``holder`` names a process of this host that no longer exists, or is
+    no holder name at all (an older hold marker's content)."""
+    import socket
+    from asm.locks import pid_alive
+    pid_s, at, host = holder.partition("@")
+    if not at or not pid_s.isdigit():
+        return True
+    return host == socket.gethostname() and not pid_alive(int(pid_s))
 
 
 def _syncfs(fd: int) -> None:

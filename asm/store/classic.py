@@ -31,13 +31,14 @@ import time
 import uuid
 from typing import BinaryIO, Iterable
 
+from asm import sqlitedb
 from asm.errors import EXIT_STORE
 from asm.hookspecs import hookimpl
-from asm.locks import flock_wait
+from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, split_flags,
+    _what, check_folder_name, check_user_name, holder_gone, os_store_error, split_flags, this_holder,
 )
 
 CHUNK = 1 << 20
@@ -45,6 +46,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     user TEXT PRIMARY KEY, partition TEXT NOT NULL, dir TEXT NOT NULL,
     held INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS holders (
+    user TEXT NOT NULL, holder TEXT NOT NULL, PRIMARY KEY (user, holder));
 CREATE TABLE IF NOT EXISTS folders (
     user TEXT NOT NULL, name TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
     subscribed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (user, name));
@@ -93,6 +96,7 @@ def _user_dir(user: str) -> str:
 
 
 _HASH = frozenset("0123456789abcdef")
+TMP_DIR = ".ims-tmp"        # per partition: message files being written
 REBUILD_HINT = ("the mailbox list (mboxlist/mailboxes.db) was lost or replaced: rebuild it from the "
                 "partitions with reconstruct -m before backing up")
 
@@ -134,6 +138,18 @@ def _flags_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(flags))
 
 
+def _remove_index(idx: str) -> None:
+    """Remove an index with its WAL and shared memory (a WAL left beside a new index
+    would be replayed into it)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(idx + suffix)
+
+
+def _full_why(exc: sqlite3.Error) -> str:
+    return str(exc) if "full" in str(exc) else f"No space left on device; SQLite: {exc}"
+
+
 def _store_errors(fn):
     """SQLite and filesystem failures of a store operation become StoreErrors that name
     the operation; a full disk becomes StoreFull."""
@@ -142,15 +158,16 @@ def _store_errors(fn):
         try:
             return fn(self, *args, **kwargs)
         except sqlite3.Error as exc:
-            what = "/".join(str(a) for a in args[:2] if isinstance(a, str)) or fn.__name__
-            if "full" in str(exc):
-                raise StoreFull(what, str(exc)) from None
+            what = _what(fn, args)
+            if "full" in str(exc) or ("I/O" in str(exc) and self._disk_full()):
+                # SQLite reports some writes to a full filesystem (its WAL, shared
+                # memory) as a plain I/O error
+                raise StoreFull(what, _full_why(exc)) from None
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise LockTimeout(f"the index or mailbox list for {what} ({exc})") from None
             raise StoreError(f"{fn.__name__} {what}: the store's index failed: {exc}") from None
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                what = "/".join(str(a) for a in args[:2] if isinstance(a, str)) or fn.__name__
-                raise StoreFull(what, exc.strerror) from None
-            raise
+            raise os_store_error(exc, _what(fn, args)) from None
     return wrapper
 
 
@@ -187,11 +204,10 @@ class ClassicStore(Store):
             # store is empty, unless its partitions say it was lost
             self._check_lost(db_path)
             db_path = ":memory:"
-        self._db = sqlite3.connect(db_path, timeout=self.lock_timeout, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlitedb.connect(db_path, self.lock_timeout, schema=_SCHEMA, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"the classic store's mailbox list {db_path} cannot be opened: {exc}") from None
         self._held: dict[str, tuple[int, int]] = {}   # folder dir -> (fd, depth)
         self._idx: dict[str, sqlite3.Connection] = {}
         self._where: dict[str, tuple[str, str]] = {}  # user -> (partition, dir): never change
@@ -200,6 +216,7 @@ class ClassicStore(Store):
         self._rows: dict[tuple[str, str], list] = {}
         self._counters: dict[str, list] = {}
         self._mutex = threading.RLock()
+        self._tmp_clean: set[str] = set()            # partitions whose temp dir was cleaned
 
     def _check_lost(self, db_path: str) -> None:
         for part, ppath in self.parts.items():
@@ -279,10 +296,12 @@ class ClassicStore(Store):
         return con
 
     def _connect_index(self, path: str) -> sqlite3.Connection:
-        con = sqlite3.connect(path, timeout=self.lock_timeout, isolation_level=None,
-                              check_same_thread=False)
-        con.execute("PRAGMA synchronous=OFF")  # durability: Store.sync() at the end of a run
-        return con
+        # a rollback journal with synchronous=FULL: a crash at any moment leaves the index
+        # whole and every commit durable.  A folder restored under one lock is one
+        # commit, so this costs less than WAL, whose files are made and checkpointed
+        # (fsynced) for each of the many indexes a run opens and closes.
+        return sqlitedb.connect(path, self.lock_timeout, journal_mode="DELETE", synchronous="FULL",
+                                check_same_thread=False)
 
     def _cache_index(self, fdir: str, con: sqlite3.Connection) -> None:
         if len(self._idx) >= 64:
@@ -443,13 +462,14 @@ class ClassicStore(Store):
             if not flock_wait(fd, self.lock_timeout if timeout is None else timeout):
                 os.close(fd)
                 raise LockTimeout(f"folder {folder!r} of user {user!r}")
+            self._clean_tmp(user)
             with self._mutex:
                 self._held[fdir] = (fd, 1)
                 self._rows[(user, folder)] = [uidvalidity, subscribed]
             try:
                 # everything done under the lock is one index transaction: a folder
                 # restored under one lock costs one commit, not one per message
-                self._index(fdir).execute("BEGIN")
+                self._index(fdir).execute("BEGIN IMMEDIATE")
             except BaseException:
                 with self._mutex:
                     del self._held[fdir]
@@ -475,16 +495,18 @@ class ClassicStore(Store):
                             try:
                                 con.execute("COMMIT")
                             except sqlite3.Error as exc:
-                                con.execute("ROLLBACK") if con.in_transaction else None
-                                if "full" in str(exc):
-                                    raise StoreFull(f"the index of {user}/{folder}", str(exc)) from None
+                                if con.in_transaction:
+                                    with contextlib.suppress(sqlite3.Error):
+                                        con.execute("ROLLBACK")
+                                if "full" in str(exc) or ("I/O" in str(exc) and self._disk_full()):
+                                    raise StoreFull(f"the index of {user}/{folder}", _full_why(exc)) from None
                                 raise StoreError(f"the index of {user}/{folder} failed: {exc}") from None
                     finally:
                         os.close(fd)   # closing drops the flock
 
     # -- write side ----------------------------------------------------------
     @_store_errors
-    def create_user(self, user: str, partition: str = "primary") -> None:
+    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
         _utf8(check_user_name(user), "user ID")
         ppath = self.partition_path(partition)
         self.check_partition(partition, writing=True)
@@ -492,17 +514,21 @@ class ClassicStore(Store):
             raise UserExists(user)
         d = _user_dir(user)
         self._makedirs(os.path.join(ppath, d))
-        self._db.execute("INSERT INTO users (user, partition, dir) VALUES (?,?,?)", (user, partition, d))
-        self.create_folder(user, "INBOX", subscribed=True)
+        try:
+            self._db.execute("INSERT INTO users (user, partition, dir) VALUES (?,?,?)", (user, partition, d))
+        except sqlite3.IntegrityError:
+            raise UserExists(user) from None        # created meanwhile by another process
+        # a kill here leaves a user without INBOX: the next create_folder("INBOX") makes it
+        self.create_folder(user, "INBOX", uidvalidity=uidvalidity, subscribed=True)
 
     def delete_user(self, user: str) -> None:
         path = self._user_path(user)
         for k in [k for k in self._idx if k == path or k.startswith(path + os.sep)]:
             self._idx.pop(k).close()
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM folders WHERE user=?", (user,))
-        self._db.execute("DELETE FROM users WHERE user=?", (user,))
-        self._db.execute("COMMIT")
+        with sqlitedb.immediate(self._db):
+            self._db.execute("DELETE FROM folders WHERE user=?", (user,))
+            self._db.execute("DELETE FROM holders WHERE user=?", (user,))
+            self._db.execute("DELETE FROM users WHERE user=?", (user,))
         self._where.pop(user, None)
         shutil.rmtree(path, ignore_errors=True)
 
@@ -511,27 +537,29 @@ class ClassicStore(Store):
                       uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
         folder = _utf8(check_folder_name(folder), "folder name")
         self._user_row(user)
-        if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
-            raise FolderExists(user, folder)
         fdir = self._folder_dir(user, folder)
         if len(os.path.basename(fdir).encode()) > 255:
             raise BadName(f"folder name level too long for the classic store: {folder!r}")
-        self._makedirs(fdir)
         uidvalidity = uidvalidity or _uidvalidity()
-        idx = os.path.join(fdir, "store.idx")
-        if os.path.exists(idx):  # left by a crash between index and mailbox list: start clean
-            os.unlink(idx)
-        con = self._connect_index(idx)
-        con.executescript("BEGIN;" + _IDX_SCHEMA)
-        con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (max(1, uidnext),))
-        con.execute("COMMIT")
-        old = self._idx.pop(fdir, None)
-        if old is not None:
-            old.close()
-        self._cache_index(fdir, con)
-        self._chown(idx)
-        self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,?)",
-                         (user, folder, uidvalidity, int(subscribed)))
+        # one mailbox-list transaction from the check to the row: two processes creating
+        # the same folder cannot both make (or remove) its index
+        with sqlitedb.immediate(self._db):
+            if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
+                raise FolderExists(user, folder)
+            self._makedirs(fdir)
+            idx = os.path.join(fdir, "store.idx")
+            old = self._idx.pop(fdir, None)
+            if old is not None:
+                old.close()
+            _remove_index(idx)       # left by a crash between index and mailbox list: start clean
+            con = self._connect_index(idx)
+            con.executescript("BEGIN;" + _IDX_SCHEMA)
+            con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (max(1, uidnext),))
+            con.execute("COMMIT")
+            self._cache_index(fdir, con)
+            self._chown(idx)
+            self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,?)",
+                             (user, folder, uidvalidity, int(subscribed)))
         return FolderInfo(folder, uidvalidity, max(1, uidnext), subscribed)
 
     @_store_errors
@@ -581,13 +609,41 @@ class ClassicStore(Store):
                 self._counters.pop(fdir, None)
             return self.folder(user, folder)
 
-    def _write_file(self, fdir: str, uid: int, src: BinaryIO | None, link_from: str | None,
+    def _tmp_dir(self, user: str) -> str:
+        """``<partition>/.ims-tmp``: where message files are written before they are
+        renamed to ``<uid>.msg``.  One directory per partition, so what a killed writer
+        left is found without walking any folder (see :meth:`_clean_tmp`)."""
+        part, _ = self._user_where(user)
+        d = os.path.join(self.partition_path(part), TMP_DIR)
+        if not os.path.isdir(d):
+            self._makedirs(d)
+        return d
+
+    def _clean_tmp(self, user: str) -> None:
+        """Remove what writers that are gone left in the partition's temporary
+        directory: once per process and partition, at the first folder lock."""
+        part, _ = self._user_where(user)
+        if part in self._tmp_clean:
+            return
+        self._tmp_clean.add(part)
+        d = os.path.join(self.partition_path(part), TMP_DIR)
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return
+        for name in names:
+            pid_s = name.partition("-")[0]
+            if pid_s.isdigit() and not pid_alive(int(pid_s)):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(d, name))
+
+    def _write_file(self, user: str, fdir: str, uid: int, src: BinaryIO | None, link_from: str | None,
                     internaldate: float) -> tuple[str, int]:
         path = self._msg_path(fdir, uid)
         hdir = os.path.dirname(path)
         if not os.path.isdir(hdir):
             self._makedirs(hdir)
-        tmp = os.path.join(hdir, f".tmp-{uid}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = os.path.join(self._tmp_dir(user), f"{os.getpid()}-{uid}-{uuid.uuid4().hex[:8]}")
         try:
             if link_from is not None:
                 try:
@@ -612,7 +668,7 @@ class ClassicStore(Store):
             os.replace(tmp, path)
             return path, size
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
 
@@ -639,7 +695,7 @@ class ClassicStore(Store):
                 uid = max(uidnext, top + 1)
             elif uid <= top:
                 raise UidInUse(user, folder, uid)
-            path, size = self._write_file(fdir, uid, src, link_from, internaldate)
+            path, size = self._write_file(user, fdir, uid, src, link_from, internaldate)
             con.execute("INSERT INTO msgs VALUES (?,?,?,?,?,?)",
                         (uid, _flags_text(sys_flags), " ".join(extra), internaldate, stored, size))
             ctr[0], ctr[1] = max(uidnext, uid + 1), uid
@@ -674,7 +730,7 @@ class ClassicStore(Store):
             self._counters.pop(fdir, None)
             if gone and con.in_transaction:
                 con.execute("COMMIT")        # rows go first: a crash never lists a missing file
-                con.execute("BEGIN")
+                con.execute("BEGIN IMMEDIATE")
             for uid in gone:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._msg_path(fdir, uid))
@@ -686,32 +742,63 @@ class ClassicStore(Store):
         return os.path.join(self.root, "queue", _user_dir(user))
 
     @_store_errors
-    def hold_deliveries(self, user: str) -> None:
+    def hold_deliveries(self, user: str, holder: str | None = None) -> None:
         self._user_row(user)
-        self._db.execute("UPDATE users SET held=1 WHERE user=?", (user,))
+        with sqlitedb.immediate(self._db):
+            self._db.execute("INSERT OR IGNORE INTO holders VALUES (?,?)", (user, holder or this_holder()))
+            self._db.execute("UPDATE users SET held=1 WHERE user=?", (user,))
 
     def deliveries_held(self, user: str) -> bool:
         return bool(self._user_row(user)[2])
 
+    def _other_holders(self, user: str, holder: str | None) -> list[str]:
+        """Holders of ``user``'s deliveries but ``holder``; gone ones are forgotten."""
+        rows = [r[0] for r in self._db.execute("SELECT holder FROM holders WHERE user=?", (user,))]
+        gone = [h for h in rows if h == holder or holder is None or holder_gone(h)]
+        for h in gone:
+            self._db.execute("DELETE FROM holders WHERE user=? AND holder=?", (user, h))
+        return [h for h in rows if h not in gone]
+
     @_store_errors
-    def release_deliveries(self, user: str) -> int:
+    def release_deliveries(self, user: str, holder: str | None = None) -> int:
+        with sqlitedb.immediate(self._db):
+            if self._other_holders(user, holder):
+                return 0
+        n = self._drain(user)
+        with sqlitedb.immediate(self._db):
+            if self._other_holders(user, holder):
+                return n                       # held again meanwhile: the new holder releases
+            self._db.execute("UPDATE users SET held=0 WHERE user=?", (user,))
+        return n + self._drain(user)           # what arrived while we were draining
+
+    def _drain(self, user: str) -> int:
+        """Store what was queued.  ``<name>.delivering`` is made before a message is
+        stored (as a hard link to its queued file) and removed with it from the queue: a
+        drain killed in between left it, and the message is stored again only if its
+        folder lacks that file."""
         qdir = self._queue_dir(user)
         n = 0
-        if os.path.isdir(qdir):
-            for name in sorted(e for e in os.listdir(qdir) if e.endswith(".json")):
-                meta_path = os.path.join(qdir, name)
-                with open(meta_path, encoding="utf-8") as f:
-                    meta = json.load(f)
-                msg_path = meta_path[:-5] + ".msg"
-                if not self.exists(user, meta["folder"]):
-                    self.create_folder(user, meta["folder"])
-                with open(msg_path, "rb") as src:
-                    self.append(user, meta["folder"], src, internaldate=meta["internaldate"],
-                                stored=meta["stored"])
-                os.unlink(meta_path)
-                os.unlink(msg_path)
+        if not os.path.isdir(qdir):
+            return 0
+        for name in sorted(e for e in os.listdir(qdir) if e.endswith(".json")):
+            meta_path = os.path.join(qdir, name)
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+            msg_path = meta_path[:-5] + ".msg"
+            mark = meta_path[:-5] + ".delivering"
+            folder = meta["folder"]
+            if not self.exists(user, folder):
+                self.create_folder(user, folder)
+            st = os.stat(msg_path)
+            if not (os.path.exists(mark) and any((m.dev, m.ino) == (st.st_dev, st.st_ino)
+                                                 for m in self.messages(user, folder))):
+                open(mark, "wb").close()
+                self.append(user, folder, None, link_from=msg_path, internaldate=meta["internaldate"],
+                            stored=meta["stored"])
                 n += 1
-        self._db.execute("UPDATE users SET held=0 WHERE user=?", (user,))
+            os.unlink(msg_path)
+            os.unlink(meta_path)
+            os.unlink(mark)
         return n
 
     @_store_errors
@@ -746,6 +833,21 @@ class ClassicStore(Store):
             first = first or info.path
             out[user] = info
         return out
+
+    def _disk_full(self) -> bool:
+        """Whether a filesystem holding the store has (almost) no space left."""
+        for d in self.sync_dirs():
+            try:
+                st = os.statvfs(d)
+            except OSError:
+                continue
+            if st.f_bavail * st.f_frsize < 256 * 1024:
+                return True
+        return False
+
+    def sync_dirs(self) -> list[str]:
+        """The partitions and the store root (mailbox list, delivery queue)."""
+        return super().sync_dirs() + [self.root]
 
     def close(self) -> None:
         for con in self._idx.values():

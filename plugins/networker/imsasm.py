@@ -28,7 +28,7 @@ from asm.errors import (
     EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, device_status,
 )
 from asm.logical import LogicalPath, Target
-from asm.restore import Journal, Restorer, RestoreOptions, Selection
+from asm.restore import Journal, Restorer, RestoreOptions, Selection, default_reffile
 from asm.store.base import MessageGone, NoSuchFolder, NoSuchUser, StoreError
 
 from . import getdate, tree
@@ -557,9 +557,8 @@ def _restore_record(inst, rec, places, args, totals, errors, report, progress) -
     opts = RestoreOptions(new_mailbox=answer in "rR", user_map=user_map,
                           new_suffix=args.suffix.lstrip(".") or "R",
                           continue_on_error=not args.stop,
-                          reffile=os.path.join(home, "data", "refs", f"{reader.header.get('archive_id', 'archive')}.ref"),
+                          reffile=default_reffile(home, reader.header),
                           spool_dir=os.path.join(home, "data", "spool"), verbose=args.verbose)
-    os.makedirs(os.path.dirname(opts.reffile), exist_ok=True)
     journal = Journal(os.path.join(home, "data", "restore-journal.db"))
 
     def show(res):
@@ -582,6 +581,8 @@ def _restore_record(inst, rec, places, args, totals, errors, report, progress) -
         return EXIT_HOSTILE
     if res.incomplete:
         errors.append(f"{rec.name}: {res.incomplete}")
+        return EXIT_INCOMPLETE
+    if res.corrupt:
         return EXIT_INCOMPLETE
     return EXIT_PARTIAL if res.errors or res.pending else EXIT_OK
 

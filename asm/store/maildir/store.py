@@ -1,32 +1,13 @@
-"""The ``maildir`` store driver: Dovecot's Maildir++ exactly as Dovecot 2.3 writes it.
-
-Layout (see docs/maildir.md)::
-
-    <partition>/<user>/                 the user's home (Dovecot: home=<store>/%u)
-        .ims-hold, .ims-queue/           delivery hold marker and queue (ours)
-        Maildir/                         INBOX: cur/ new/ tmp/ dovecot-uidlist ...
-            .Work.2023/                  folder "Work/2023" (levels in modified UTF-7)
-            subscriptions                "V\\t2", "", then names with TAB between levels
-            dovecot-keywords             "<index> <keyword>": letter a+index in file names
-
-Message files are ``<secs>.M<usecs>P<pid>...<host>,S=<size>:2,<flags>``; the leading
-epoch is the stored (delivery) date, the mtime is INTERNALDATE, the letters after
-``:2,`` are the flags (D F R S T, then keyword letters a..z).  UIDs live in
-``dovecot-uidlist`` (version 3), which every writer changes only while holding the
-``dovecot-uidlist.lock`` dotlock; this driver's folder lock *is* that dotlock, so
-Dovecot and this driver exclude each other.
-"""
+"""MaildirStore: the logical store view over Dovecot Maildir++ partitions (the package
+docstring describes the layout)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import errno
 import json
 import os
-import random
 import re
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -34,168 +15,31 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
 from asm.config import Config
-from asm.hookspecs import hookimpl
-from asm.store import utf7
+from asm.locks import pid_alive
 from asm.store.base import (
-    BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone,
+    BadName, FolderExists, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, split_flags,
+    check_folder_name, check_user_name, holder_gone, os_store_error, split_flags, store_os_errors,
+    this_holder,
 )
+from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
+from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
+from asm.store.maildir.names import (
+    KEYWORDS, SIZE_RE, folder_dirname, folder_from_dirname, split_name, stored_from_name,
+)
+from asm.store.maildir.subscriptions import SUBSCRIPTIONS
+from asm.store.maildir.uidlist import UIDLIST, Uidlist, read_uidlist, read_uidlist_header
 
 CHUNK = 1 << 20
-UIDLIST = "dovecot-uidlist"
-KEYWORDS = "dovecot-keywords"
-SUBSCRIPTIONS = "subscriptions"
-LOCK_SUFFIX = ".lock"
-STALE_LOCK_SECS = 120          # Dovecot's MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT
-TOUCH_LOCK_SECS = 30           # refresh held locks well before they look stale
 HOLD_MARKER = ".ims-hold"
+# our message base names (_new_base): <secs>.M<usecs>P<pid>Q<seq>R<random>.<host>
+_OUR_BASE = re.compile(r"^\d+\.M\d+P(\d+)Q\d+R[0-9a-f]{8}\.(.+)$")
+# temporaries of _write_file: <name>.<pid>.<thread>.tmp
+_WRITE_TMP = re.compile(r"^.+\.(\d+)\.\d+\.tmp$")
 QUEUE_DIR = ".ims-queue"
+NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
 LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.list.index.log.2")
-
-FLAG_LETTER = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
-LETTER_FLAG = {v: k for k, v in FLAG_LETTER.items()}
-MAX_KEYWORDS = 26
-
-_TIME_RE = re.compile(r"^(\d+)(?:\.M(\d+)P)?")
-_SIZE_RE = re.compile(r",S=(\d+)")
-
-
-class _Unlocked(Exception):
-    """The dotlock cannot be created at all (read-only store): read without it."""
-
-
-def level_to_disk(level: str) -> str:
-    """One folder level as Maildir++ writes it: modified UTF-7, except a level holding
-    bytes that are not UTF-8 (made by another tool), which no UTF-7 can carry: it stays
-    those bytes, so the directory it came from is found again."""
-    if any(0xDC80 <= ord(c) <= 0xDCFF for c in level):
-        return level
-    return utf7.encode(level)
-
-
-def _host() -> str:
-    return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
-
-
-def stored_from_name(base: str) -> float | None:
-    """The delivery time Dovecot encoded at the start of a base name, or None."""
-    m = _TIME_RE.match(base)
-    if not m:
-        return None
-    secs = int(m.group(1))
-    if m.group(2):
-        usecs = int(m.group(2))
-        if usecs < 1_000_000:
-            return secs + usecs / 1e6
-    return float(secs)
-
-
-def split_name(fname: str) -> tuple[str, str]:
-    """``base:2,FLAGS`` -> (base, flag letters); names without ``:2,`` have no flags."""
-    base, sep, info = fname.partition(":")
-    if sep and info.startswith("2,"):
-        return base, info[2:]
-    return base, ""
-
-
-# -- dovecot-uidlist ------------------------------------------------------------------
-
-@dataclass
-class Uidlist:
-    """A parsed ``dovecot-uidlist``: header fields and ``uid -> (ext fields, base)``."""
-
-    uidvalidity: int = 0
-    uidnext: int = 1
-    extra: list = field(default_factory=list)     # other header fields, e.g. G<guid>
-    records: dict = field(default_factory=dict)   # uid -> (ext, base)
-
-    @classmethod
-    def parse(cls, text: str, path: str = UIDLIST) -> "Uidlist":
-        lines = text.split("\n")
-        head = lines[0].split()
-        if not head:
-            raise StoreError(f"{path}: empty header")
-        ul = cls()
-        if head[0] == "3":
-            for f in head[1:]:
-                if f[:1] == "V":
-                    ul.uidvalidity = int(f[1:])
-                elif f[:1] == "N":
-                    ul.uidnext = int(f[1:])
-                else:
-                    ul.extra.append(f)
-        elif head[0] == "1" and len(head) >= 3:
-            ul.uidvalidity, ul.uidnext = int(head[1]), int(head[2])
-        else:
-            raise StoreError(f"{path}: unsupported dovecot-uidlist version {head[0]!r}")
-        records = ul.records
-        last = 0
-        for line in lines[1:]:
-            if not line:
-                continue
-            uid_s, _, rest = line.partition(" ")
-            try:
-                uid = int(uid_s)
-            except ValueError:
-                raise StoreError(f"{path}: bad line {line!r}") from None
-            if rest[:1] == ":":
-                ext, name = "", rest[1:]
-            else:
-                i = rest.find(" :")
-                if i < 0:
-                    if head[0] == "1":
-                        ext, name = "", rest
-                    else:
-                        raise StoreError(f"{path}: bad line {line!r}")
-                else:
-                    ext, name = rest[:i], rest[i + 2:]
-            records[uid] = (ext, name.partition(":")[0])
-            last = max(last, uid)
-        if ul.uidnext <= last:              # Dovecot appends lines without a new header
-            ul.uidnext = last + 1
-        return ul
-
-    def render(self) -> str:
-        head = " ".join(["3", f"V{self.uidvalidity}", f"N{self.uidnext}", *self.extra])
-        out = [head]
-        for uid in sorted(self.records):
-            ext, base = self.records[uid]
-            out.append(f"{uid} {ext} :{base}" if ext else f"{uid} :{base}")
-        return "\n".join(out) + "\n"
-
-    def by_base(self) -> dict:
-        return {base: uid for uid, (_, base) in self.records.items()}
-
-
-def read_uidlist(folder_dir: str) -> Uidlist | None:
-    path = os.path.join(folder_dir, UIDLIST)
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            return Uidlist.parse(f.read(), path)
-    except FileNotFoundError:
-        return None
-
-
-def read_uidlist_header(folder_dir: str) -> Uidlist | None:
-    """Only the header line (cheap); uidnext may be low if lines were appended."""
-    path = os.path.join(folder_dir, UIDLIST)
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            first = f.readline()
-            rest = f.read()
-    except FileNotFoundError:
-        return None
-    ul = Uidlist.parse(first, path)
-    # a file appended to after its header was written: take the last line's UID too
-    tail = rest.rstrip("\n").rpartition("\n")[2]
-    if tail:
-        try:
-            ul.uidnext = max(ul.uidnext, int(tail.partition(" ")[0]) + 1)
-        except ValueError:
-            pass
-    return ul
 
 
 # -- the per-folder working state, valid while the folder lock is held ---------------
@@ -239,15 +83,14 @@ class MaildirStore(Store):
         self.config = config
         self._parts = config.partitions()          # read once: asked for on every call
         self._owner = config.owner()
-        self._subs_cache: dict[str, tuple] = {}     # Maildir root -> (stat key, names)
+        self._subs = subscriptions.Cache()
         self._user_parts: dict[str, str] = {}       # user -> partition (checked on use)
         self._held: dict[tuple[str, str], _Held] = {}
         self._mutex = threading.RLock()
         self._seq = 0
         self._pid = os.getpid()
-        self._hostname = _host()
-        self._toucher: threading.Thread | None = None
-        self._stop_touch = threading.Event()
+        self._hostname = mdnames.host()
+        self._toucher = dotlock.Toucher(lambda: [h for h in self._held.values() if h.lockpath], self._mutex)
 
     # ------------------------------------------------------------------ layout
     def partitions(self) -> list[str]:
@@ -338,39 +181,8 @@ class MaildirStore(Store):
     def _root(self, user: str) -> str:
         return os.path.join(self._home(user), "Maildir")
 
-    @staticmethod
-    @functools.lru_cache(maxsize=4096)
-    def folder_dirname(folder: str) -> str:
-        """Logical folder name -> its Maildir++ directory name ('' for INBOX)."""
-        folder = check_folder_name(folder)
-        if folder == "INBOX":
-            return ""
-        levels = folder.split("/")
-        for level in levels:
-            if "." in level:
-                raise BadName(f"folder {folder!r}: Maildir++ uses '.' as its hierarchy "
-                              f"separator, so a level may not contain '.' ({level!r})")
-        return "." + ".".join(level_to_disk(level) for level in levels)
-
-    @staticmethod
-    def folder_from_dirname(name: str) -> str | None:
-        """Maildir++ directory name -> logical folder name (None when it is not one)."""
-        if not name.startswith(".") or name in (".", ".."):
-            return None
-        levels = name[1:].split(".")
-        if any(not level for level in levels):
-            return None
-        out = []
-        for level in levels:
-            try:
-                out.append(utf7.decode(level))
-            except ValueError:
-                out.append(level)           # raw (e.g. UTF-8) name written by another tool
-        if out[0].upper() == "INBOX":
-            if len(out) == 1:
-                return None
-            out[0] = "INBOX"
-        return "/".join(out)
+    folder_dirname = staticmethod(folder_dirname)
+    folder_from_dirname = staticmethod(folder_from_dirname)
 
     def _folder_dir(self, user: str, folder: str) -> str:
         sub = self.folder_dirname(folder)
@@ -419,9 +231,9 @@ class MaildirStore(Store):
 
     def _write_file(self, path: str, data: bytes, owner, fsync: bool | None = None) -> None:
         """Write ``path`` atomically (temp + rename in the same directory); fsynced
-        unless the caller deferred durability to one sync() at the end."""
+        unless inside a :meth:`batch`, whose end makes it durable with the rest."""
         if fsync is None:
-            fsync = not self.deferred_sync
+            fsync = not self.in_batch
         d, base = os.path.split(path)
         tmp = os.path.join(d, f"{base}.{self._pid}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -448,96 +260,9 @@ class MaildirStore(Store):
         except (TypeError, ValueError):
             return 30.0
 
-    def _lock_is_stale(self, path: str) -> bool:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return True
-        if time.time() - st.st_mtime > STALE_LOCK_SECS:
-            return True
-        if time.time() - st.st_mtime < 2:   # like Dovecot: a fresh lock's PID is not checked
-            return False
-        try:
-            with open(path, errors="replace") as f:
-                pid_s, _, host = f.read(512).strip().partition(":")
-            pid = int(pid_s)
-        except (OSError, ValueError):
-            return False
-        if host not in (self._hostname, socket.gethostname(), socket.gethostname().split(".")[0]):
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
     def _acquire_dotlock(self, path: str, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                if self._lock_is_stale(path):
-                    self._break_lock(path)
-                    continue
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(what) from None
-                # short polls: writers release the lock between operations for only
-                # a moment, and a waiter that sleeps long would starve behind them
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.01)
-                continue
-            except (PermissionError, OSError) as exc:
-                if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES):
-                    raise _Unlocked() from exc
-                raise
-            try:
-                os.write(fd, f"{self._pid}:{self._hostname}".encode())
-                self._chown(fd, self._owner_for(os.path.dirname(path)))
-            finally:
-                os.close(fd)
-            return
-
-    @staticmethod
-    def _break_lock(path: str) -> None:
-        """Remove a stale lock, but only the one we judged (not a fresh one since)."""
-        try:
-            before = os.stat(path)
-            stale_name = f"{path}.stale.{os.getpid()}"
-            os.rename(path, stale_name)
-            after = os.stat(stale_name)
-            if (after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns):
-                # someone took the lock in between: put theirs back if we can
-                try:
-                    os.link(stale_name, path)
-                except FileExistsError:
-                    pass
-            os.unlink(stale_name)
-        except FileNotFoundError:
-            pass
-
-    def _toucher_loop(self) -> None:
-        while not self._stop_touch.wait(TOUCH_LOCK_SECS / 3):
-            with self._mutex:
-                held = [h for h in self._held.values() if h.lockpath]
-                if not held:
-                    self._toucher = None
-                    return
-            now = time.time()
-            for h in held:
-                if now - h.touched >= TOUCH_LOCK_SECS:
-                    with contextlib.suppress(OSError):
-                        os.utime(h.lockpath)
-                    h.touched = now
-
-    def _start_toucher(self) -> None:
-        if self._toucher is None:
-            self._toucher = threading.Thread(target=self._toucher_loop, daemon=True,
-                                             name="maildir-lock-toucher")
-            self._toucher.start()
+        dotlock.acquire(path, timeout, what, self._pid, self._hostname,
+                        lambda fd: self._chown(fd, self._owner_for(os.path.dirname(path))))
 
     @contextlib.contextmanager
     def _locked(self, user: str, folder: str, timeout: float | None = None,
@@ -555,16 +280,21 @@ class MaildirStore(Store):
             try:
                 self._acquire_dotlock(lockpath, self._lock_timeout() if timeout is None else timeout,
                                       f"{user}/{folder} ({lockpath})")
-            except _Unlocked:
+            except Unlocked:
                 lockpath = None
+            except OSError as exc:
+                raise os_store_error(exc, f"{user}/{folder}") from None
             held = _Held(lockpath=lockpath, touched=time.time())
             with self._mutex:
                 self._held[key] = held
                 if lockpath:
-                    self._start_toucher()
+                    self._toucher.start()
         try:
             if held.state is None:
-                held.state = self._load_state(user, folder, create_uidlist and held.lockpath is not None)
+                try:
+                    held.state = self._load_state(user, folder, create_uidlist and held.lockpath is not None)
+                except OSError as exc:
+                    raise os_store_error(exc, f"{user}/{folder}") from None
             yield held.state
         finally:
             with self._mutex:
@@ -575,38 +305,103 @@ class MaildirStore(Store):
             if last:
                 try:
                     if held.state is not None and held.lockpath:
-                        self._flush(held.state)
+                        try:
+                            self._flush(held.state)
+                        except OSError as exc:
+                            raise os_store_error(exc, f"{user}/{folder}") from None
                 finally:
                     if held.lockpath:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(held.lockpath)
+                        dotlock.release(held.lockpath)
 
     def lock(self, user: str, folder: str, timeout: float = 30.0):
         return self._locked(user, folder, timeout)
 
-    def _load_state(self, user: str, folder: str, may_create: bool) -> _State:
+    def _load_state(self, user: str, folder: str, writing: bool) -> _State:
         d = self._existing_folder_dir(user, folder)
         ul = read_uidlist(d)
         if ul is None:
             ul = Uidlist(uidvalidity=self._new_uidvalidity(), uidnext=1,
                          extra=[f"G{uuid.uuid4().hex}"])
-            st = _State(dir=d, uidlist=ul, disk_uidnext=1, dirty=may_create)
+            st = _State(dir=d, uidlist=ul, disk_uidnext=1, dirty=writing)
         else:
-            st = _State(dir=d, uidlist=ul, disk_uidnext=ul.uidnext)
+            # a last line cut off by a crash: rewrite before appending to it
+            st = _State(dir=d, uidlist=ul, disk_uidnext=ul.uidnext, dirty=writing and ul.torn)
+        if writing:
+            self._recover(st)
         return st
 
-    def _flush(self, st: _State) -> None:
+    def _recover(self, st: _State) -> None:
+        """What a writer killed in this folder left (we hold its lock now): the message
+        files of ours still in tmp/ and their uidlist records (never visible: the
+        record goes, UIDNEXT goes back to what a client can have seen), temporaries of
+        dead processes, a tmp/ or new/ that a killed creation left out."""
+        d = st.dir
         owner = None
+        for sub in ("new", "tmp"):
+            if not os.path.isdir(os.path.join(d, sub)):
+                owner = owner or self._owner_for(d)
+                with contextlib.suppress(FileExistsError):
+                    self._mkdir(os.path.join(d, sub), owner)
+        stale = {}
+        try:
+            entries = os.listdir(os.path.join(d, "tmp"))
+        except FileNotFoundError:
+            entries = []
+        for n in entries:
+            m = _OUR_BASE.match(n)
+            if m and m.group(2) == self._hostname and not pid_alive(int(m.group(1))):
+                stale[n] = os.path.join(d, "tmp", n)
+        if stale:
+            ul = st.uidlist
+            dead = [uid for uid, (_, base) in ul.records.items() if base.partition(",S=")[0] in stale]
+            for uid in dead:
+                del ul.records[uid]
+            if dead:
+                ul.uidnext = max(ul.header_uidnext, max(ul.records, default=0) + 1)
+                st.max_uid = None
+                st.dirty = True
+                self._flush_uidlist(st)
+            for path in stale.values():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        self._clean_temporaries(d)
+
+    def _clean_temporaries(self, d: str) -> None:
+        """Temporaries of _write_file (``<name>.<pid>.<thread>.tmp``) and of dotlocks
+        left in ``d`` by processes of this host that are gone."""
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return
+        for n in names:
+            m = _WRITE_TMP.match(n)
+            if m and not pid_alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(d, n))
+        dotlock.clean_temps(d, self._hostname)
+        for n in names:
+            if n.endswith(LOCK_SUFFIX) and n != UIDLIST + LOCK_SUFFIX:
+                # another file's lock (subscriptions.lock) whose owner died holding it
+                path = os.path.join(d, n)
+                if dotlock.owner_of(path) is not None and dotlock.lock_is_stale(path, self._hostname):
+                    dotlock.break_lock(path)
+
+    def _flush(self, st: _State) -> None:
         if st.keywords_dirty:
-            owner = self._owner_for(st.dir)
-            text = "".join(f"{i} {k}\n" for i, k in enumerate(st.keywords or []) if k)
-            self._write_file(os.path.join(st.dir, KEYWORDS), text.encode("utf-8"), owner)
-            st.keywords_dirty = False
+            self._flush_keywords(st)
         if st.dirty:
-            owner = owner or self._owner_for(st.dir)
-            self._write_file(os.path.join(st.dir, UIDLIST),
-                             st.uidlist.render().encode("utf-8", "surrogateescape"), owner)
-            st.dirty = False
+            self._flush_uidlist(st)
+
+    def _flush_keywords(self, st: _State) -> None:
+        self._write_file(os.path.join(st.dir, KEYWORDS), mdnames.render_keywords(st.keywords or []),
+                         self._owner_for(st.dir))
+        st.keywords_dirty = False
+
+    def _flush_uidlist(self, st: _State) -> None:
+        self._write_file(os.path.join(st.dir, UIDLIST),
+                         st.uidlist.render().encode("utf-8", "surrogateescape"), self._owner_for(st.dir))
+        st.dirty = False
+        st.uidlist.header_uidnext = st.uidlist.uidnext
 
     @staticmethod
     def _new_uidvalidity() -> int:
@@ -654,61 +449,25 @@ class MaildirStore(Store):
 
     def _keywords(self, st: _State) -> list:
         if st.keywords is None:
-            kws: list = []
-            try:
-                with open(os.path.join(st.dir, KEYWORDS), encoding="utf-8",
-                          errors="surrogateescape") as f:
-                    for line in f:
-                        idx, _, name = line.rstrip("\n").partition(" ")
-                        if idx.isdigit() and name and int(idx) < MAX_KEYWORDS:
-                            i = int(idx)
-                            kws.extend([""] * (i + 1 - len(kws)))
-                            kws[i] = name
-            except FileNotFoundError:
-                pass
-            st.keywords = kws
+            st.keywords = mdnames.read_keywords(st.dir)
         return st.keywords
 
     def _decode_flags(self, st: _State, letters: str) -> tuple[frozenset, tuple]:
         hit = st.flag_cache.get(letters)
         if hit is None:
-            hit = st.flag_cache[letters] = self._decode_flags_uncached(st, letters)
+            table = self._keywords(st) if mdnames.has_keyword_letters(letters) else None
+            hit = st.flag_cache[letters] = mdnames.decode_letters(letters, table)
         return hit
-
-    def _decode_flags_uncached(self, st: _State, letters: str) -> tuple[frozenset, tuple]:
-        flags = frozenset(LETTER_FLAG[c] for c in letters if c in LETTER_FLAG)
-        kw: tuple = ()
-        if any("a" <= c <= "z" for c in letters):
-            table = self._keywords(st)
-            kw = tuple(table[ord(c) - 97] for c in sorted(set(letters))
-                       if "a" <= c <= "z" and ord(c) - 97 < len(table) and table[ord(c) - 97])
-        return flags, kw
 
     def _encode_flags(self, st: _State, flags: Iterable[str], keywords: Iterable[str],
                       keep: str = "") -> str:
-        system, kws = split_flags(list(flags) + list(keywords))
-        letters = {FLAG_LETTER[f] for f in system}
-        letters.update(c for c in keep if c.isupper() and c not in LETTER_FLAG)  # e.g. P
-        if kws:
-            table = self._keywords(st)
-            for k in kws:
-                if any(c in k for c in " \t\n\r()"):
-                    raise BadName(f"bad keyword {k!r}")
-                if k in table:
-                    i = table.index(k)
-                else:
-                    i = table.index("") if "" in table else len(table)
-                    if i >= MAX_KEYWORDS:
-                        raise StoreError(f"{st.dir}: Maildir file names hold at most "
-                                         f"{MAX_KEYWORDS} keywords; cannot add {k!r}")
-                    if i == len(table):
-                        table.append(k)
-                    else:
-                        table[i] = k
-                    st.keywords_dirty = True
-                    st.flag_cache.clear()
-                letters.add(chr(97 + i))
-        return "".join(sorted(letters))
+        _, kws = split_flags(list(flags) + list(keywords))
+        table = self._keywords(st) if kws else None
+        letters, grew = mdnames.encode_letters(flags, keywords, table, keep, where=st.dir)
+        if grew:
+            st.keywords_dirty = True
+            st.flag_cache.clear()
+        return letters
 
     def _info(self, st: _State, uid: int, sub: str, fname: str, stat: bool = True,
               stored: float | None = None) -> MessageInfo:
@@ -718,7 +477,7 @@ class MaildirStore(Store):
         if stored is None:
             stored = stored_from_name(base)
         if not stat:
-            m = _SIZE_RE.search(base)
+            m = SIZE_RE.search(base)
             return MessageInfo(uid=uid, flags=flags, keywords=kws, stored=stored or 0.0,
                                size=int(m.group(1)) if m else 0, path=path)
         s = os.stat(path)
@@ -757,13 +516,13 @@ class MaildirStore(Store):
         return ["INBOX"] + sorted(names)
 
     def folders(self, user: str) -> list[FolderInfo]:
-        subs = self._subscriptions(self._root(user))
+        subs = self._subs.get(self._root(user))
         return [self._folder_info(user, n, subs) for n in self.folder_names(user)]
 
     def folder(self, user: str, folder: str) -> FolderInfo:
         folder = check_folder_name(folder)
         self._existing_folder_dir(user, folder)
-        return self._folder_info(user, folder, self._subscriptions(self._root(user)))
+        return self._folder_info(user, folder, self._subs.get(self._root(user)))
 
     def _folder_info(self, user: str, folder: str, subs: set) -> FolderInfo:
         key = (user, folder)
@@ -780,7 +539,7 @@ class MaildirStore(Store):
 
     def snapshot(self, user: str, folder: str, since: float | None = None) -> FolderSnapshot:
         folder = check_folder_name(folder)
-        subs = self._subscriptions(self._root(user))
+        subs = self._subs.get(self._root(user))
         with self._locked(user, folder) as st:
             self._scan(st)
             self._assign_uids(st)
@@ -828,75 +587,29 @@ class MaildirStore(Store):
         raise MessageGone(user, folder, uid)
 
     # ------------------------------------------------------------------ subscriptions
-    def _subscriptions(self, root: str) -> set:
-        """The subscribed folder names; re-read only when the file changed."""
-        path = os.path.join(root, SUBSCRIPTIONS)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return set()
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        hit = self._subs_cache.get(root)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                lines = f.read().split("\n")
-        except FileNotFoundError:
-            return set()
-        names = set(MaildirStore._parse_subscriptions(lines))
-        self._subs_cache[root] = (key, names)
-        return names
-
-    @staticmethod
-    def _parse_subscriptions(lines: list) -> list:
-        if lines and lines[0].startswith("V\t"):
-            sep, body = "\t", lines[1:]
-        else:
-            sep, body = ".", lines          # version 1: Maildir++ storage names
-        out = []
-        for line in body:
-            if not line:
-                continue
-            levels = []
-            for level in line.split(sep):
-                try:
-                    levels.append(utf7.decode(level))
-                except ValueError:
-                    levels.append(level)
-            name = "/".join(levels)
-            try:
-                out.append(check_folder_name(name))
-            except BadName:
-                continue
-        return out
-
     def _set_subscribed(self, user: str, folder: str, on: bool) -> None:
         root = self._root(user)
         path = os.path.join(root, SUBSCRIPTIONS)
         lockpath = path + LOCK_SUFFIX
         try:
             self._acquire_dotlock(lockpath, self._lock_timeout(), f"subscriptions of {user}")
-        except _Unlocked:
+        except Unlocked:
             raise StoreError(f"cannot write {path}: permission denied") from None
         try:
-            try:
-                with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                    names = self._parse_subscriptions(f.read().split("\n"))
-            except FileNotFoundError:
-                names = []
-            if (folder in names) == on:
+            subscribed = subscriptions.read(root)
+            if (folder in subscribed) == on:
                 return
-            names = [n for n in names if n != folder] + ([folder] if on else [])
-            text = "V\t2\n\n" + "".join(
-                "\t".join(level_to_disk(level) for level in n.split("/")) + "\n" for n in names)
-            self._write_file(path, text.encode("utf-8", "surrogateescape"), self._owner_for(root))
+            subscribed = [n for n in subscribed if n != folder] + ([folder] if on else [])
+            self._write_file(path, subscriptions.render(subscribed), self._owner_for(root))
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lockpath)
+            dotlock.release(lockpath)
 
     # ------------------------------------------------------------------ users & folders
-    def create_user(self, user: str, partition: str = "primary") -> None:
+    @store_os_errors
+    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
+        """The user's Maildir is built complete (cur/ new/ tmp/, dovecot-uidlist with
+        INBOX's UIDVALIDITY, subscriptions) under a temporary name in the home and
+        renamed into place: a kill never leaves a Maildir without its INBOX."""
         check_user_name(user)
         if self.exists(user):
             raise UserExists(user)
@@ -906,44 +619,91 @@ class MaildirStore(Store):
         owner = self._owner_for(part)
         home = os.path.join(part, user)
         if not os.path.isdir(home):
-            self._mkdir(home, owner)
+            with contextlib.suppress(FileExistsError):
+                self._mkdir(home, owner)
+        self._clean_new_dirs(home)
         root = os.path.join(home, "Maildir")
-        self._mkdir(root, owner)
-        for sub in ("cur", "new", "tmp"):
-            self._mkdir(os.path.join(root, sub), owner)
-        ul = Uidlist(uidvalidity=self._new_uidvalidity(), uidnext=1, extra=[f"G{uuid.uuid4().hex}"])
-        self._write_file(os.path.join(root, UIDLIST), ul.render().encode(), owner)
-        self._set_subscribed(user, "INBOX", True)      # as IMAP clients do on first login
+        new = os.path.join(home, f"{NEW_PREFIX}{self._hostname}.{self._pid}.{uuid.uuid4().hex[:8]}")
+        try:
+            self._mkdir(new, owner)
+            for sub in ("new", "tmp", "cur"):
+                self._mkdir(os.path.join(new, sub), owner)
+            ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=1,
+                         extra=[f"G{uuid.uuid4().hex}"])
+            self._write_file(os.path.join(new, UIDLIST), ul.render().encode(), owner)
+            # subscribed, as IMAP clients do on first login
+            self._write_file(os.path.join(new, SUBSCRIPTIONS), subscriptions.render(["INBOX"]), owner)
+            try:
+                os.rename(new, root)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise UserExists(user) from None
+                raise
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        self._user_parts[user] = partition
+
+    def _clean_new_dirs(self, home: str) -> None:
+        """Maildirs a killed create_user left half-built under their temporary names."""
+        prefix = f"{NEW_PREFIX}{self._hostname}."
+        try:
+            names = [n for n in os.listdir(home) if n.startswith(prefix)]
+        except OSError:
+            return
+        for n in names:
+            pid_s = n[len(prefix):].partition(".")[0]
+            if pid_s.isdigit() and not pid_alive(int(pid_s)):
+                shutil.rmtree(os.path.join(home, n), ignore_errors=True)
 
     def delete_user(self, user: str) -> None:
         shutil.rmtree(self._home(user))
 
+    @store_os_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
                       uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
+        """The folder's directories and dovecot-uidlist are made first and cur/ last:
+        a folder exists (for Dovecot and for us) once cur/ does, so a kill leaves
+        either no folder or a whole one; what a killed creation left is reused.  INBOX
+        can be created only in a Maildir that lacks its cur/ (a damaged one)."""
         folder = check_folder_name(folder)
         d = self._folder_dir(user, folder)
-        if folder == "INBOX" or os.path.isdir(os.path.join(d, "cur")):
+        if os.path.isdir(os.path.join(d, "cur")):
             raise FolderExists(user, folder)
         root = self._root(user)
         owner = self._owner_for(root)
-        if not os.path.isdir(d):
-            self._mkdir(d, owner)
-        for sub in ("cur", "new", "tmp"):
+        if folder != "INBOX" and not os.path.isdir(d):
             with contextlib.suppress(FileExistsError):
-                self._mkdir(os.path.join(d, sub), owner)
-        mf = os.path.join(d, "maildirfolder")
-        if not os.path.exists(mf):
-            os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
-            self._chown(mf, owner)
-        self._invalidate_index(d)
-        ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=max(1, uidnext),
-                     extra=[f"G{uuid.uuid4().hex}"])
-        self._write_file(os.path.join(d, UIDLIST), ul.render().encode(), owner)
+                self._mkdir(d, owner)
+        lockpath = os.path.join(d, UIDLIST + LOCK_SUFFIX)
+        try:
+            self._acquire_dotlock(lockpath, self._lock_timeout(), f"{user}/{folder} ({lockpath})")
+        except Unlocked:
+            raise StoreError(f"cannot create folder {folder!r} of user {user!r}: {d} is not writable") from None
+        try:
+            if os.path.isdir(os.path.join(d, "cur")):
+                raise FolderExists(user, folder)     # made meanwhile by another process
+            for sub in ("new", "tmp"):
+                with contextlib.suppress(FileExistsError):
+                    self._mkdir(os.path.join(d, sub), owner)
+            if folder != "INBOX":
+                mf = os.path.join(d, "maildirfolder")
+                if not os.path.exists(mf):
+                    os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
+                    self._chown(mf, owner)
+            self._invalidate_index(d)
+            ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=max(1, uidnext),
+                         extra=[f"G{uuid.uuid4().hex}"])
+            self._write_file(os.path.join(d, UIDLIST), ul.render().encode(), owner)
+            self._mkdir(os.path.join(d, "cur"), owner)
+        finally:
+            dotlock.release(lockpath)
         self._invalidate_index(root, LIST_INDEX_FILES)
         self._set_subscribed(user, folder, subscribed)
         return FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=subscribed)
 
+    @store_os_errors
     def delete_folder(self, user: str, folder: str) -> None:
         folder = check_folder_name(folder)
         if folder == "INBOX":
@@ -967,6 +727,7 @@ class MaildirStore(Store):
         self._invalidate_index(self._root(user), LIST_INDEX_FILES)
         self._set_subscribed(user, folder, False)
 
+    @store_os_errors
     def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,
                    uidnext: int | None = None, subscribed: bool | None = None) -> FolderInfo:
         folder = check_folder_name(folder)
@@ -983,15 +744,17 @@ class MaildirStore(Store):
                     ul.uidnext = want
                     changed = True
             if changed:
-                st.dirty = True
                 if not st.index_invalidated:
                     self._invalidate_index(st.dir)
                     self._invalidate_index(self._root(user), LIST_INDEX_FILES)
                     st.index_invalidated = True
+                # on disk now, not at unlock: messages appended next are recorded
+                # after this header (a kill must not leave them under another UIDVALIDITY)
+                self._flush_uidlist(st)
             info_uv, info_un = ul.uidvalidity, ul.uidnext
         if subscribed is not None:
             self._set_subscribed(user, folder, subscribed)
-        subs = self._subscriptions(self._root(user))
+        subs = self._subs.get(self._root(user))
         return FolderInfo(name=folder, uidvalidity=info_uv, uidnext=info_un,
                           subscribed=folder in subs)
 
@@ -1002,6 +765,7 @@ class MaildirStore(Store):
         self._seq += 1
         return f"{secs}.M{usecs}P{self._pid}Q{self._seq}R{uuid.uuid4().hex[:8]}.{self._hostname}"
 
+    @store_os_errors
     def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
@@ -1024,68 +788,61 @@ class MaildirStore(Store):
             letters = self._encode_flags(st, flags, keywords)
             base = self._new_base(stored if stored is not None else now)
             owner = self._owner_for(st.dir)
-            linked = False
+            tmp = os.path.join(st.dir, "tmp", base)
             size = None
             if link_from is not None:
-                linked, size = self._try_link(link_from, st.dir, base, letters, internaldate)
-                if not linked and src is None:
-                    src = open(link_from, "rb")
-                    close_src = True
-                else:
-                    close_src = False
-            else:
-                close_src = False
-            try:
-                if linked:
-                    fname = f"{base},S={size}:2,{letters}"
-                    path = os.path.join(st.dir, "cur", fname)
-                    s = os.stat(path)
-                else:
-                    path, fname, s = self._write_message(st.dir, base, letters, src, owner,
-                                                         internaldate if internaldate is not None else None)
-            finally:
-                if close_src:
-                    src.close()
-            full_base = split_name(fname)[0]
-            ul.records[uid] = ("", full_base)
-            if st.bases is not None:
-                st.bases[full_base] = uid
-            if st.files is not None:
-                st.files[full_base] = ("cur", fname)
-            ul.uidnext = max(ul.uidnext, uid + 1)
-            st.max_uid = max(st.top_uid(), uid)
-            st.dirty = True
-            if uid < st.disk_uidnext and not st.index_invalidated:
-                # Dovecot's index may already call this UID expunged: make it re-read
-                self._invalidate_index(st.dir)
-                st.index_invalidated = True
+                size = self._link_tmp(link_from, tmp, internaldate)
+            if size is None:
+                opened = open(link_from, "rb") if src is None else None
+                try:
+                    size = self._write_tmp(tmp, src if opened is None else opened, owner, internaldate)
+                finally:
+                    if opened is not None:
+                        opened.close()
+            path = self._commit(st, uid, tmp, f"{base},S={size}", letters)
+            s = os.stat(path)
             flags_set, kws = self._decode_flags(st, letters)
             return MessageInfo(uid=uid, flags=flags_set, keywords=kws, internaldate=s.st_mtime,
                                stored=stored_from_name(base) or now, size=s.st_size, path=path,
                                dev=s.st_dev, ino=s.st_ino, nlink=s.st_nlink)
 
-    def _try_link(self, link_from: str, d: str, base: str, letters: str,
-                  internaldate: float | None) -> tuple[bool, int | None]:
-        """Hard-link ``link_from`` into cur/; False when it must be copied instead."""
+    # A message becomes visible in three steps, so that a kill between any two of them
+    # leaves nothing a rerun could take for another message (docs/restore-design.md):
+    # its bytes in tmp/<base>, then its record appended to dovecot-uidlist, then the
+    # rename into cur/.  A record whose file is still in tmp/ was never visible: the
+    # next writer of the folder drops both (_recover).
+
+    def _link_tmp(self, link_from: str, tmp: str, internaldate: float | None) -> int | None:
+        """Hard-link ``link_from`` to ``tmp``; its size, or None when it must be copied."""
         try:
             s = os.stat(link_from)
         except FileNotFoundError:
             raise StoreError(f"cannot link {link_from}: it no longer exists") from None
         if internaldate is not None and int(internaldate) != int(s.st_mtime):
-            return False, None                # one inode has one mtime = one INTERNALDATE
-        target = os.path.join(d, "cur", f"{base},S={s.st_size}:2,{letters}")
+            return None                       # one inode has one mtime = one INTERNALDATE
         try:
-            os.link(link_from, target)
+            self._in_tmp(tmp, lambda: os.link(link_from, tmp))
         except OSError as exc:
             if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                return False, None
+                return None
             raise
-        return True, s.st_size
+        return s.st_size
 
-    def _write_message(self, d: str, base: str, letters: str, src: BinaryIO, owner,
-                       internaldate: float | None) -> tuple[str, str, os.stat_result]:
-        tmp = os.path.join(d, "tmp", base)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def _in_tmp(self, tmp: str, make):
+        """Run ``make`` (which creates ``tmp``); a tmp/ that a killed creation or another
+        tool left out is made again first."""
+        try:
+            return make()
+        except FileNotFoundError:
+            d = os.path.dirname(tmp)
+            if not os.path.isdir(os.path.join(os.path.dirname(d), "cur")):
+                raise
+            with contextlib.suppress(FileExistsError):
+                self._mkdir(d, self._owner_for(os.path.dirname(d)))
+            return make()
+
+    def _write_tmp(self, tmp: str, src: BinaryIO, owner, internaldate: float | None) -> int:
+        fd = self._in_tmp(tmp, lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             try:
                 with os.fdopen(fd, "wb", closefd=False) as out:
@@ -1093,17 +850,71 @@ class MaildirStore(Store):
                 self._chown(fd, owner)
                 if internaldate is not None:
                     os.utime(fd, (internaldate, internaldate))
-                s = os.fstat(fd)
+                return os.fstat(fd).st_size
             finally:
                 os.close(fd)
-            fname = f"{base},S={s.st_size}:2,{letters}"
-            path = os.path.join(d, "cur", fname)
-            os.rename(tmp, path)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return path, fname, s
+
+    def _commit(self, st: _State, uid: int, tmp: str, full_base: str, letters: str) -> str:
+        """Record ``uid`` for the file ``tmp`` in dovecot-uidlist, then move it into cur/."""
+        fname = f"{full_base}:2,{letters}"
+        path = os.path.join(st.dir, "cur", fname)
+        try:
+            if st.keywords_dirty:             # its letters must mean something on disk first
+                self._flush_keywords(st)
+            undo = self._record(st, uid, full_base)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            self._unrecord(st, uid, undo)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if st.bases is not None:
+            st.bases[full_base] = uid
+        if st.files is not None:
+            st.files[full_base] = ("cur", fname)
+        return path
+
+    def _record(self, st: _State, uid: int, full_base: str) -> int | None:
+        """Add ``uid`` to the uidlist, on disk before the caller shows the file: an
+        appended line, or (when the file on disk is behind the state) a rewrite.
+        Returns the size to cut the file back to if the file never arrives."""
+        ul = st.uidlist
+        ul.records[uid] = ("", full_base)
+        ul.uidnext = max(ul.uidnext, uid + 1)
+        st.max_uid = max(st.top_uid(), uid)
+        if uid < st.disk_uidnext and not st.index_invalidated:
+            # Dovecot's index may already call this UID expunged: make it re-read
+            self._invalidate_index(st.dir)
+            st.index_invalidated = True
+        try:
+            if st.dirty:
+                self._flush_uidlist(st)
+                return None
+            return uidlist_mod.append_record(st.dir, uid, full_base)
+        except BaseException:
+            del ul.records[uid]
+            st.max_uid = None
+            raise
+
+    def _unrecord(self, st: _State, uid: int, undo: int | None) -> None:
+        st.uidlist.records.pop(uid, None)
+        st.max_uid = None
+        if undo is None:
+            st.dirty = True
+            return
+        try:
+            uidlist_mod.undo_append(st.dir, undo)
+        except OSError:
+            st.dirty = True
 
     def _prune(self, st: _State) -> None:
         """Drop uidlist lines whose files are gone."""
@@ -1115,6 +926,7 @@ class MaildirStore(Store):
         if dead:
             st.dirty = True
 
+    @store_os_errors
     def set_flags(self, user: str, folder: str, uid: int, flags: Iterable[str],
                   keywords: Iterable[str] = ()) -> MessageInfo:
         folder = check_folder_name(folder)
@@ -1122,6 +934,8 @@ class MaildirStore(Store):
             for attempt in (0, 1):
                 base, sub, fname = self._find(st, uid, user, folder)
                 letters = self._encode_flags(st, flags, keywords, keep=split_name(fname)[1])
+                if st.keywords_dirty:
+                    self._flush_keywords(st)
                 new = f"{base}:2,{letters}"
                 try:
                     if (sub, fname) != ("cur", new):
@@ -1133,6 +947,7 @@ class MaildirStore(Store):
                 return self._info(st, uid, "cur", new)
             raise MessageGone(user, folder, uid)
 
+    @store_os_errors
     def expunge(self, user: str, folder: str, uids: Iterable[int]) -> int:
         folder = check_folder_name(folder)
         n = 0
@@ -1161,14 +976,40 @@ class MaildirStore(Store):
     def _hold_marker(self, user: str) -> str:
         return os.path.join(self._home(user), HOLD_MARKER)
 
-    def hold_deliveries(self, user: str) -> None:
+    def _holders(self, marker: str) -> list[str]:
+        try:
+            with open(marker, encoding="utf-8", errors="replace") as f:
+                return [ln.strip() for ln in f if ln.strip()]
+        except FileNotFoundError:
+            return []
+
+    @contextlib.contextmanager
+    def _hold_lock(self, user: str):
+        path = self._hold_marker(user) + LOCK_SUFFIX
+        dotlock.clean_temps(os.path.dirname(path), self._hostname)
+        try:
+            self._acquire_dotlock(path, self._lock_timeout(), f"the delivery hold of {user}")
+        except Unlocked:
+            raise StoreError(f"cannot write {path}: permission denied") from None
+        try:
+            yield
+        finally:
+            dotlock.release(path)
+
+    @store_os_errors
+    def hold_deliveries(self, user: str, holder: str | None = None) -> None:
+        """The marker ``.ims-hold`` lists the holders, one a line."""
         marker = self._hold_marker(user)
-        owner = self._owner_for(os.path.dirname(marker))
-        self._write_file(marker, f"{time.time()}\n".encode(), owner)
-        q = os.path.join(os.path.dirname(marker), QUEUE_DIR)
+        home = os.path.dirname(marker)
+        owner = self._owner_for(home)
+        q = os.path.join(home, QUEUE_DIR)
         if not os.path.isdir(q):
             with contextlib.suppress(FileExistsError):
                 self._mkdir(q, owner)
+        with self._hold_lock(user):
+            holders = [h for h in self._holders(marker) if not holder_gone(h)]
+            holders = [h for h in holders if h != holder] + [holder or this_holder()]
+            self._write_file(marker, "".join(h + "\n" for h in holders).encode(), owner)
 
     def deliveries_held(self, user: str) -> bool:
         return os.path.exists(self._hold_marker(user))
@@ -1180,17 +1021,33 @@ class MaildirStore(Store):
         except FileNotFoundError:
             return []
 
-    def release_deliveries(self, user: str) -> int:
+    @store_os_errors
+    def release_deliveries(self, user: str, holder: str | None = None) -> int:
+        marker = self._hold_marker(user)
+        owner = self._owner_for(os.path.dirname(marker))
+        with self._hold_lock(user):
+            others = [] if holder is None else \
+                [h for h in self._holders(marker) if h != holder and not holder_gone(h)]
+            if others:
+                self._write_file(marker, "".join(h + "\n" for h in others).encode(), owner)
+                return 0
         n = self._drain(user)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._hold_marker(user))
+        with self._hold_lock(user):
+            if holder is not None and [h for h in self._holders(marker) if h != holder and not holder_gone(h)]:
+                return n                       # held again meanwhile: the new holder releases
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
         n += self._drain(user)                 # what arrived while we were draining
         return n
 
     def _drain(self, user: str) -> int:
+        """Store what was queued.  ``<name>.delivering`` is made before a message is
+        stored and removed with it from the queue: a drain killed in between left it,
+        and the message is stored again only if its folder lacks its file."""
         n = 0
         for eml in self._queued(user):
             meta_path = eml[:-4] + ".json"
+            mark = eml[:-4] + ".delivering"
             try:
                 with open(meta_path, encoding="utf-8") as f:
                     meta = json.load(f)
@@ -1199,13 +1056,21 @@ class MaildirStore(Store):
             folder = meta.get("folder", "INBOX")
             if not self.exists(user, folder):
                 folder = "INBOX"
-            self.append(user, folder, None, link_from=eml, internaldate=meta.get("internaldate"),
-                        stored=meta.get("stored"))
+            if not (os.path.exists(mark) and self._has_file(user, folder, eml)):
+                self._write_file(mark, b"", None, fsync=False)
+                self.append(user, folder, None, link_from=eml, internaldate=meta.get("internaldate"),
+                            stored=meta.get("stored"))
+                n += 1
             os.unlink(eml)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(meta_path)
-            n += 1
+            for p in (meta_path, mark):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
         return n
+
+    def _has_file(self, user: str, folder: str, path: str) -> bool:
+        """Whether a message of the folder is ``path``'s file (a hard link to it)."""
+        st = os.stat(path)
+        return any((m.dev, m.ino) == (st.st_dev, st.st_ino) for m in self.messages(user, folder))
 
     def _enqueue(self, user: str, src: BinaryIO | None, first: str | None, folder: str,
                  internaldate: float, stored: float) -> str:
@@ -1242,6 +1107,7 @@ class MaildirStore(Store):
                 src.close()
         return final
 
+    @store_os_errors
     def deliver(self, users: list[str], src: BinaryIO, folder: str = "INBOX",
                 internaldate: float | None = None) -> dict:
         now = time.time()
@@ -1265,8 +1131,3 @@ class MaildirStore(Store):
                 first = first or info.path
                 out[user] = info
         return out
-
-
-@hookimpl
-def ims_store_drivers():
-    return {"maildir": MaildirStore}

@@ -1,0 +1,273 @@
+"""Record values: parsing with the ranges of docs/format.md, and the UID sets and folder
+states they describe.
+
+Every parser raises ValueError with a short reason for anything out of range or badly
+formed; nothing here ever turns a number of unbounded length into an int, or a UID
+range into a list: a :class:`UidSet` is a handful of (start, end) pairs however many
+UIDs it spans, so a 21-byte record `1:4294967295` costs two integers.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import re
+
+from . import spec
+
+_DEC = re.compile(r"(0|[1-9][0-9]{0,19})\Z")          # canonical decimal, at most 20 digits
+_TIME = re.compile(r"-?(0|[1-9][0-9]{0,11})(\.[0-9]{1,20})?\Z")
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_RANGE = re.compile(r"([1-9][0-9]{0,9})(?::([1-9][0-9]{0,9}))?\Z")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+
+
+def decimal(text, lo, hi, what):
+    """A canonical decimal (no sign, no leading zero) in lo..hi."""
+    if not isinstance(text, str) or not _DEC.match(text):
+        raise ValueError(f"{what} {_short(text)} is not a number")
+    n = int(text)
+    if not lo <= n <= hi:
+        raise ValueError(f"{what} {n} is out of range ({lo}..{hi})")
+    return n
+
+
+def epoch(text, what):
+    """A decimal epoch time (int, or float with a fraction) in TIME_MIN..TIME_MAX."""
+    if not isinstance(text, str) or not _TIME.match(text):
+        raise ValueError(f"{what} {_short(text)} is not a time")
+    t = float(text) if "." in text else int(text)
+    if not spec.TIME_MIN <= t <= spec.TIME_MAX:
+        raise ValueError(f"{what} {_short(text)} is out of range (years 1901..9999)")
+    return t
+
+
+def json_time(v, what, optional=False):
+    """A time in a JSON member: a finite int or float in range (None if optional)."""
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{what} is not a time ({type(v).__name__})")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{what} {v} is not a finite time")
+    if not spec.TIME_MIN <= v <= spec.TIME_MAX:
+        raise ValueError(f"{what} {_short(str(v))} is out of range (years 1901..9999)")
+    return v
+
+
+def sha256(text, what=spec.SHA256):
+    if not isinstance(text, str) or not _HEX64.match(text):
+        raise ValueError(f"{what} is missing or not 64 lowercase hex digits")
+    return text
+
+
+def flags(text):
+    """IMSASM.flags: system flags, space-separated, each once."""
+    out = text.split(" ") if text else []
+    if len(set(out)) != len(out):
+        raise ValueError(f"{spec.FLAGS} lists a flag twice")
+    for f in out:
+        if f not in spec.SYSTEM_FLAGS:
+            raise ValueError(f"{spec.FLAGS} holds {_short(f)}, not an IMAP system flag")
+    return frozenset(out)
+
+
+def keywords(text):
+    """IMSASM.keywords: words without spaces or control characters, not starting with '\\'."""
+    out = tuple(text.split(" ")) if text else ()
+    if len(set(out)) != len(out):
+        raise ValueError(f"{spec.KEYWORDS} lists a keyword twice")
+    for k in out:
+        _keyword(k, spec.KEYWORDS)
+    return out
+
+
+def _keyword(k, what):
+    if not k or len(k) > spec.MAX_WORD or k[0] == "\\" or _CONTROL.search(k):
+        raise ValueError(f"{what} holds {_short(k)}, which is not a keyword")
+    return k
+
+
+def _short(v):
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+# ----------------------------------------------------------------------------- UID sets
+
+class UidSet:
+    """A set of UIDs as sorted, disjoint ranges: membership (bisect), length (arithmetic)
+    and iteration (lazy) without ever holding one int per UID."""
+
+    __slots__ = ("_starts", "_ends", "_len")
+
+    def __init__(self, ranges=()):
+        """``ranges``: (start, end) pairs, inclusive, ascending and disjoint."""
+        starts, ends = [], []
+        for a, b in ranges:
+            if starts and a <= ends[-1] + 1:        # adjacent or overlapping: merge
+                if a <= ends[-1]:
+                    raise ValueError("UID ranges overlap or are not in ascending order")
+                ends[-1] = b
+            else:
+                starts.append(a)
+                ends.append(b)
+        self._starts, self._ends = starts, ends
+        self._len = sum(b - a + 1 for a, b in zip(starts, ends))
+
+    @classmethod
+    def of(cls, uids):
+        """The set of the ints ``uids`` (any order, duplicates dropped)."""
+        out = []
+        for u in sorted(set(uids)):
+            if out and u == out[-1][1] + 1:
+                out[-1][1] = u
+            else:
+                out.append([u, u])
+        return cls(out)
+
+    @classmethod
+    def parse(cls, text, what=spec.UIDS):
+        """'1:3,5,7:9' (ascending, disjoint, each UID in 1..2^32-1) -> UidSet."""
+        if not isinstance(text, str):
+            raise ValueError(f"{what} is not text")
+        if not text:
+            return cls()
+        ranges = []
+        prev = 0
+        for part in text.split(","):
+            m = _RANGE.match(part)
+            if not m:
+                raise ValueError(f"{what} has a bad range {_short(part)}")
+            a = int(m.group(1))
+            b = int(m.group(2)) if m.group(2) else a
+            if b < a:
+                raise ValueError(f"{what} has a descending range {_short(part)}")
+            if b > spec.UID_MAX:
+                raise ValueError(f"{what} holds a UID above {spec.UID_MAX}")
+            if a <= prev:
+                raise ValueError(f"{what} is not in ascending order or repeats a UID")
+            ranges.append((a, b))
+            prev = b
+        return cls(ranges)
+
+    def __contains__(self, uid):
+        i = bisect.bisect_right(self._starts, uid) - 1
+        return i >= 0 and uid <= self._ends[i]
+
+    def __len__(self):
+        return self._len
+
+    def __bool__(self):
+        return self._len > 0
+
+    def __iter__(self):
+        for a, b in zip(self._starts, self._ends):
+            yield from range(a, b + 1)
+
+    def __eq__(self, other):
+        if isinstance(other, UidSet):
+            return self._starts == other._starts and self._ends == other._ends
+        return NotImplemented
+
+    __hash__ = None
+
+    def ranges(self):
+        return list(zip(self._starts, self._ends))
+
+    def __str__(self):
+        return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in zip(self._starts, self._ends))
+
+    def __repr__(self):
+        s = str(self)
+        return f"UidSet({s if len(s) < 60 else s[:57] + '...'!r})"
+
+    def max(self):
+        return self._ends[-1] if self._ends else None
+
+    def issubset(self, other):
+        """Every UID of self is in other (a UidSet): one pass over both range lists."""
+        j = 0
+        os_, oe = other._starts, other._ends
+        for a, b in zip(self._starts, self._ends):
+            while j < len(os_) and oe[j] < a:
+                j += 1
+            if j == len(os_) or os_[j] > a or oe[j] < b:
+                return False
+        return True
+
+    def first_not_in(self, present):
+        """The lowest UID of self that is not in the container ``present``, or None.
+        Looks at no more than len(present) + 1 UIDs, however large self is."""
+        for uid in self:
+            if uid not in present:
+                return uid
+        return None
+
+
+class FolderState:
+    """IMSASM.state: the flags and keywords of the messages an incremental archive lists
+    but does not carry, as a few (flags, keywords, UidSet) entries."""
+
+    __slots__ = ("entries", "_len")
+
+    def __init__(self, entries=()):
+        self.entries = list(entries)
+        self._len = sum(len(u) for _, _, u in self.entries)
+
+    @classmethod
+    def parse(cls, text, folder_uids):
+        """The record's JSON ({"\\\\Seen $Label1": "1:4,7", ...}); every UID must be listed
+        by the folder (``folder_uids``) and have one state only."""
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            raise ValueError(f"{spec.STATE} is not JSON") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{spec.STATE} is not a JSON object")
+        entries, all_ranges = [], []
+        for words, ranges in obj.items():
+            if not isinstance(ranges, str):
+                raise ValueError(f"{spec.STATE} maps a flag list to something that is not a UID list")
+            parts = words.split(" ") if words else []
+            fl = frozenset(p for p in parts if p.startswith("\\"))
+            kw = tuple(p for p in parts if not p.startswith("\\"))
+            if len(fl) + len(kw) != len(parts):
+                raise ValueError(f"{spec.STATE} lists a flag twice")
+            for f in fl:
+                if f not in spec.SYSTEM_FLAGS:
+                    raise ValueError(f"{spec.STATE} holds {_short(f)}, not an IMAP system flag")
+            for k in kw:
+                _keyword(k, spec.STATE)
+            uids = UidSet.parse(ranges, spec.STATE)
+            if not uids.issubset(folder_uids):
+                raise ValueError(f"{spec.STATE} names UIDs that {spec.UIDS} does not list")
+            entries.append((fl, kw, uids))
+            all_ranges.extend(uids.ranges())
+        all_ranges.sort()
+        for (_, b), (a, _) in zip(all_ranges, all_ranges[1:]):
+            if a <= b:
+                raise ValueError(f"{spec.STATE} gives one UID two states")
+        return cls(entries)
+
+    def get(self, uid):
+        """(flags, keywords) recorded for uid, or None."""
+        for fl, kw, uids in self.entries:
+            if uid in uids:
+                return fl, kw
+        return None
+
+    def __len__(self):
+        return self._len
+
+    def __bool__(self):
+        return self._len > 0
+
+    def first_not_in(self, present):
+        """The lowest UID listed here that is not in ``present`` (bounded, see UidSet)."""
+        found = [u for u in (s.first_not_in(present) for _, _, s in self.entries) if u is not None]
+        return min(found) if found else None
+
+    def count_in(self, uids):
+        """How many of ``uids`` (an iterable of ints) have a state here."""
+        return sum(1 for u in uids if self.get(u) is not None)

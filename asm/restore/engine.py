@@ -1,0 +1,293 @@
+"""The restore engine's main loop: archive members in, folders planned
+(:mod:`asm.restore.plan`) and written (:mod:`asm.restore.apply`), errors named per
+mailbox, deliveries held and released, the journal kept."""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+from asm import plugins
+from asm.archive.errors import CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
+from asm.errors import EXIT_NOSPACE, EXIT_PARTIAL, ImsError
+from asm.events import Run
+from asm.groups import Groups
+from asm.restore.apply import Applier
+from asm.restore.folderlock import LOCK_FILE, RestoreLocks
+from asm.restore.errors import ArchiveReadFailed, ChainOrderError, StopRestore
+from asm.restore.journal import Journal, JournalError
+from asm.restore.options import RestoreOptions, RestoreResult, error_status
+from asm.restore.plan import FolderPlan, Planner
+from asm.restore.reffile import write_reffile
+from asm.restore.selection import Selection
+from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_error, this_holder
+
+
+class Restorer:
+    def __init__(self, store: Store, groups: Groups, reader, opts: RestoreOptions,
+                 selection: Selection, journal: Journal, device: str = "", report=None, progress=None):
+        self.store = store
+        self.groups = groups
+        self.reader = reader
+        self.header = reader.header
+        self.opts = opts
+        self.sel = selection
+        self.journal = journal
+        self.report = report or (lambda line: None)
+        self.progress = progress
+        self.res = RestoreResult(paths=len(selection.paths))
+        self.run = Run("restore", device, [str(p) for p in selection.paths], {
+            "ignore_duplicates": opts.ignore_duplicates, "new_mailbox": opts.new_mailbox})
+        self.planner = Planner(store, journal, self.header, opts)
+        self.applier = Applier(store, reader, opts, self.res, bool(selection.paths), self.report)
+        self.held: list[str] = []
+        self.holder = this_holder()
+        self.users_seen: set = set()
+        self.plan: FolderPlan | None = None
+        self.lock_stack = contextlib.ExitStack()      # the store's lock of the folder being restored
+        self.restore_lock = contextlib.ExitStack()    # and our restore lock of it (folderlock)
+        self.locks = RestoreLocks(os.path.join(os.path.dirname(os.path.abspath(journal.path)), LOCK_FILE))
+        self.user_groups: dict[tuple, str | None] = {}
+
+    # -- errors ---------------------------------------------------------------
+    def _error(self, mailbox: str, exc: Exception | str, status: int | None = None) -> None:
+        msg = str(exc)
+        if status is None:
+            status = error_status(exc)
+        self.res.errors.append({"mailbox": mailbox, "error": msg, "status": status})
+        self.report(f"error: {mailbox}: {msg}")
+        go_on = self.opts.ask(f"{mailbox}: {msg}") if self.opts.ask else self.opts.continue_on_error
+        if not go_on:
+            raise StopRestore(msg)
+
+    def _store_error(self, mailbox: str, exc: Exception, what: str) -> None:
+        """A store failure (a StoreError, or an OSError of the store's filesystem) while
+        restoring ``mailbox`` (``what``: user/folder): a full disk stops the run,
+        anything else is named for that mailbox and the others go on."""
+        if isinstance(exc, OSError):
+            exc = os_store_error(exc, what)
+        if exc.status == EXIT_NOSPACE:
+            self._store_full(mailbox, exc)
+        self._error(mailbox, exc)
+
+    # -- main loop --------------------------------------------------------------
+    def restore(self) -> RestoreResult:
+        """Restore what the selection takes from the archive.  The whole run is one
+        store batch: whatever ends it, what was written is durable when it returns."""
+        with self.store.batch():
+            self._restore()
+        return self.res
+
+    def _restore(self) -> None:
+        t0 = time.monotonic()
+        plugins.run_start(self.run)
+        status = EXIT_PARTIAL
+        finished = False
+        try:
+            stopped = False
+            try:
+                for m in self.reader.members(on_error=self._member_error):
+                    self._member(m)
+            except IncompleteArchive as exc:
+                self.res.incomplete = str(exc)
+            except StopRestore:
+                stopped = True
+            # a folder cut short keeps its UIDNEXT and journal as they were, so the same
+            # command run again finishes it with the archived UIDs
+            self._end_folder(complete=self.res.incomplete is None and not stopped)
+            finished = True
+            status = self.res.status()
+        finally:
+            self._end_folder(complete=False)
+            self._drop_lock("")
+            # a run the same command must finish (the store filled up, Ctrl-C, a kill)
+            # leaves deliveries held: new mail would take the UIDs still to be restored
+            keep = self.opts.keep_held or not finished or self.res.store_full is not None
+            for user in ([] if keep else self.held):
+                try:
+                    self.store.release_deliveries(user, self.holder)
+                except (StoreError, OSError) as exc:
+                    self._record_error(user, f"releasing held deliveries: {exc}", error_status(exc))
+            self.res.held = list(self.held) if keep and not self.opts.keep_held else []
+            self.applier.close()
+            self.res.unmatched = self.sel.unmatched()
+            self.res.near_misses = {p: self.sel.near_misses(p) for p in self.res.unmatched}
+            self.res.seconds = time.monotonic() - t0
+            self.run.counts = {"users": self.res.users, "folders": self.res.folders,
+                               "messages": self.res.messages, "links": self.res.links,
+                               "bytes": self.res.bytes}
+            self.run.errors = [(e["mailbox"], e["error"]) for e in self.res.errors]
+            plugins.run_end(self.run, status)
+        if self.res.pending and self.opts.reffile:
+            write_reffile(self.opts.reffile, self.header, self.res.pending)
+
+    def _record_error(self, mailbox: str, msg: str, status: int) -> None:
+        """An error met while winding up: recorded, never raised, nobody asked."""
+        if status == EXIT_NOSPACE and self.res.store_full is None:
+            self.res.store_full = msg
+        self.res.errors.append({"mailbox": mailbox, "error": msg, "status": status})
+        self.report(f"error: {mailbox}: {msg}")
+
+    def _member_error(self, exc: Exception) -> None:
+        if isinstance(exc, HostileMember):
+            self.res.hostile += 1
+        elif isinstance(exc, CorruptMember):
+            self.res.corrupt += 1
+        self._error(getattr(exc, "name", None) or "archive", exc)
+
+    def _member(self, m) -> None:
+        if m.kind == "user":
+            self.user_groups[(m.partition, m.user)] = m.group
+            return
+        if m.kind == "folder":
+            self._end_folder(complete=True)
+            self._start_folder(m)
+            return
+        plan = self.plan
+        selected = plan is not None and plan.src_user == m.user and plan.src_folder == m.folder
+        if not selected:
+            self.applier.maybe_spool(m)
+            return
+        try:
+            self.applier.restore_message(plan, m)
+        except ArchiveReadFailed as exc:
+            raise exc.error from None            # the device failed: the CLI says so
+        except (DigestMismatch, CorruptMember) as exc:
+            plan.failed += 1
+            self.res.corrupt += 1
+            self._error(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}", exc)
+        except (StoreError, OSError) as exc:     # not the archive's (see _Source): the store's
+            plan.failed += 1
+            if isinstance(exc, OSError):
+                exc = os_store_error(exc, f"{plan.user}/{plan.folder}")
+            if isinstance(exc, StoreFull):
+                self._store_full(plan.mailbox, exc)
+            self._error(f"{plan.mailbox}/{m.uid}", exc)
+        if self.progress:
+            self.progress(self.res)
+
+    # -- folders --------------------------------------------------------------
+    def _start_folder(self, m) -> None:
+        group = self.user_groups.get((m.partition, m.user), m.group)
+        if not self.sel.folder(m.partition, m.user, group, m.folder):
+            self.plan = None
+            return
+        user = self.opts.user_map.get(m.user, m.user)
+        mailbox = f"/{m.partition}/{user}/{m.folder}"
+        try:
+            with self.locks.hold(user, ""):        # one restore at a time makes a user
+                self._ensure_user(m.partition, user, m)
+            self.restore_lock.enter_context(self.locks.hold(
+                user, m.folder, waiting=lambda pid: self.report(
+                    f"{mailbox}: waiting for another restore of it to finish"
+                    + (f" (process {pid})" if pid else ""))))
+            plan = self.plan = self.planner.plan(m, user, self.lock_stack)
+            self.res.folders += 1
+            self.report(f"{plan.mailbox}: restoring ({plan.mode}"
+                        + (f", from {m.user}/{m.folder}" if (user, plan.folder) != (m.user, m.folder) else "")
+                        + ")")
+        except ChainOrderError as exc:
+            # this folder is left exactly as it was; the others go on
+            self.plan = None
+            self.res.out_of_order.append(mailbox)
+            self._drop_lock(mailbox)
+            self._error(mailbox, exc)
+        except CorruptMember as exc:
+            self.plan = None
+            self._drop_lock(mailbox)
+            self._error(mailbox, exc)
+        except (StoreError, JournalError, OSError) as exc:
+            # the store cannot hold this folder (a name too long for its filesystem,
+            # read-only, ...): named for it, the other folders go on
+            self.plan = None
+            self._drop_lock(mailbox)
+            self._store_error(mailbox, exc, f"{user}/{m.folder}")
+
+    def _store_full(self, mailbox: str, exc: ImsError) -> None:
+        """The store's disk is full: nothing more can be written, so the run stops."""
+        self.res.store_full = str(exc)
+        self.res.errors.append({"mailbox": mailbox, "error": str(exc), "status": exc.status})
+        raise StopRestore(str(exc)) from None
+
+    def _release_lock(self) -> None:
+        """Release the folder's lock (a driver writes what it kept in memory then: that
+        may fail, and raises)."""
+        stack, self.lock_stack = self.lock_stack, contextlib.ExitStack()
+        stack.close()
+
+    def _drop_lock(self, mailbox: str) -> None:
+        """Release the locks of a folder that failed; a failure to do so is recorded."""
+        try:
+            self._release_lock()
+        except (StoreError, OSError) as exc:
+            self._record_error(mailbox, str(exc), error_status(exc))
+        finally:
+            self._release_restore_lock()
+
+    def _release_restore_lock(self) -> None:
+        stack, self.restore_lock = self.restore_lock, contextlib.ExitStack()
+        stack.close()
+
+    def _ensure_user(self, partition: str, user: str, m) -> None:
+        if not self.store.exists(user):
+            part = partition if partition in self.store.partitions() else "primary"
+            try:
+                # INBOX has the archive's UIDVALIDITY from the start (when the archive
+                # holds INBOX, it comes first): no moment with another one on disk
+                self.store.create_user(user, part, uidvalidity=m.uidvalidity if m.folder == "INBOX" else None)
+            except UserExists:
+                pass                              # another restore made it meanwhile
+        if user not in self.users_seen:
+            self.users_seen.add(user)
+            self.res.users += 1
+        if user not in self.held:
+            # our own hold, beside any other restore's: whoever finishes last releases
+            self.store.hold_deliveries(user, self.holder)
+            self.held.append(user)
+
+    def _end_folder(self, complete: bool) -> None:
+        """Finish the folder being restored: a complete one gets the chain's expunges and
+        flags and the archive's UIDNEXT, its changes are committed (the store lock
+        released), and only then does the journal call it done.  A folder cut short
+        keeps its journal entry 'under way', so the same command resumes it."""
+        plan = self.plan
+        if plan is None:
+            return
+        self.plan = None
+        store = self.store
+        mailbox = plan.mailbox
+        info = None
+        try:
+            try:
+                if complete:
+                    if plan.mode == "chain":
+                        keep = plan.archive_uids
+                        gone = [u for u in plan.by_uid if u not in keep]
+                        # messages restored in this run are in the archive's list by construction
+                        self.res.expunged += store.expunge(plan.user, plan.folder, gone)
+                        for uid in plan.by_uid:
+                            st = plan.state.get(uid) if uid in keep else None
+                            if st is not None:
+                                store.set_flags(plan.user, plan.folder, uid, st[0], st[1])
+                    info = store.folder(plan.user, plan.folder)
+                    if plan.uidvalidity == plan.archive_uidvalidity and info.uidnext < plan.archive_uidnext:
+                        # never lower UIDNEXT: clients must not see a UID twice
+                        info = store.set_folder(plan.user, plan.folder, uidnext=plan.archive_uidnext)
+            finally:
+                self._release_lock()
+            if complete:
+                # the folder mirrors the archive when it was created or continued from it
+                # (or was a mirror of it already) and every message kept its UID: only
+                # then may a later link of the chain expunge
+                mirror = (plan.mode in ("exact", "chain") or plan.again) and not plan.renumbered \
+                    and not plan.failed
+                self.journal.put(plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header, mirror)
+            plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
+                                                     "messages": plan.restored, "bytes": 0, "error": None})
+        except (StoreError, JournalError, OSError) as exc:
+            # recorded, never raised: this runs while the restore is winding up
+            if isinstance(exc, OSError):
+                exc = os_store_error(exc, f"{plan.user}/{plan.folder}")
+            self._record_error(mailbox, str(exc), exc.status)
+        finally:
+            self._release_restore_lock()        # after the journal: the next one sees it done

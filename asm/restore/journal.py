@@ -1,0 +1,111 @@
+"""The chain journal, ``$IMS_HOME/data/restore-journal.db``: per folder, the archive
+restored into it last and what that left (docs/operations.md, "Incremental chains")."""
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import sqlite3
+from dataclasses import dataclass
+
+from asm import sqlitedb
+from asm.archive import names
+from asm.errors import EXIT_LOCKED, EXIT_NOSPACE, EXIT_STORE, ImsError
+
+BUSY_MS = 30_000            # how long a statement waits for another restore's transaction
+
+
+class JournalError(ImsError):
+    """The restore journal cannot be read or written (it is the installation's, in
+    $IMS_HOME/data): a full disk, another process holding it too long, damage."""
+
+    status = EXIT_STORE
+
+
+def _journal_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            text = str(exc)
+            status = EXIT_NOSPACE if "full" in text else EXIT_LOCKED if "locked" in text else EXIT_STORE
+            raise JournalError(f"the restore journal {self.path} failed: {text}", status=status) from None
+        except OSError as exc:
+            status = EXIT_NOSPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_STORE
+            raise JournalError(f"cannot write the restore journal {self.path}: {exc.strerror or exc}",
+                               status=status) from None
+    return wrapper
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """What the journal knows of one folder."""
+
+    uidvalidity: int | None     # the folder's, when the archive was restored into it
+    uidnext: int | None         # ... and its UIDNEXT then
+    archive_id: str | None      # the archive restored last
+    created: float | None       # when that archive was taken
+    since: float | None         # its -d date (None: a full backup)
+    mirror: bool                # the folder then held exactly that archive's state
+    running: str | None = None  # an archive whose restore into the folder began and has
+    running_mode: str | None = None  # not finished (killed, stopped): its id and mode
+
+
+class Journal:
+    """The archive last restored into each folder, and whether the folder then held
+    exactly that archive's state (``mirror``): only such a folder can continue a chain,
+    since continuing one expunges what the next archive does not list.
+
+    A restore that creates or continues a folder says so first (:meth:`start`), and
+    :meth:`put` ends it: a run killed in between leaves ``running`` set, and the same
+    command run again resumes the folder in that mode instead of merging into it."""
+
+    @_journal_errors
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.db = sqlitedb.connect(path, BUSY_MS / 1000, schema="""CREATE TABLE IF NOT EXISTS restored (
+            user TEXT, folder TEXT, uidvalidity INTEGER, uidnext INTEGER,
+            archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,
+            running TEXT, running_mode TEXT, PRIMARY KEY (user, folder));""")
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(restored)")}
+        for col in ("running", "running_mode"):
+            if col not in cols:             # a journal written before restores could resume
+                try:
+                    sqlitedb.retry(lambda: self.db.execute(f"ALTER TABLE restored ADD COLUMN {col} TEXT"),
+                                   BUSY_MS / 1000)
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise
+
+    # names are keys as names.to_db keeps them: any name the filesystem allows, losslessly
+
+    @_journal_errors
+    def get(self, user: str, folder: str) -> JournalRow | None:
+        row = self.db.execute("SELECT uidvalidity, uidnext, archive_id, created, since, mirror, "
+                              "running, running_mode FROM restored WHERE user=? AND folder=?",
+                              (names.to_db(user), names.to_db(folder))).fetchone()
+        if row is None:
+            return None
+        uidvalidity, uidnext, archive_id, created, since, mirror, running, running_mode = row
+        return JournalRow(uidvalidity, uidnext, archive_id, created, since, bool(mirror),
+                          running, running_mode)
+
+    @_journal_errors
+    def start(self, user: str, folder: str, header: dict, mode: str) -> None:
+        """The restore of the archive with ``header`` into the folder begins, in ``mode``."""
+        key = (names.to_db(user), names.to_db(folder))
+        with sqlitedb.immediate(self.db):
+            self.db.execute("INSERT OR IGNORE INTO restored (user, folder, mirror) VALUES (?,?,0)", key)
+            self.db.execute("UPDATE restored SET running=?, running_mode=? WHERE user=? AND folder=?",
+                            (header.get("archive_id"), mode, *key))
+
+    @_journal_errors
+    def put(self, user: str, folder: str, uidvalidity: int, uidnext: int, header: dict,
+            mirror: bool) -> None:
+        """The restore of the archive with ``header`` into the folder is complete."""
+        self.db.execute("INSERT OR REPLACE INTO restored VALUES (?,?,?,?,?,?,?,?,NULL,NULL)",
+                        (names.to_db(user), names.to_db(folder), uidvalidity, uidnext,
+                         header.get("archive_id"), header.get("created"), header.get("since"),
+                         int(mirror)))

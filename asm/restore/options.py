@@ -1,0 +1,103 @@
+"""What a restore is asked to do (:class:`RestoreOptions`) and what it did
+(:class:`RestoreResult`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from asm.errors import (
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_LOCKED, EXIT_NOSPACE, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, EXIT_STORE,
+    EXIT_USAGE, ImsError,
+)
+
+
+@dataclass
+class RestoreOptions:
+    ignore_duplicates: bool = False     # -i: no duplicate check (classic behaviour)
+    new_mailbox: bool = False           # -n: restore beside an existing folder
+    continue_on_error: bool = True      # -c y|n
+    ask: object = None                  # ask(message) -> bool: the classic prompt on a terminal
+    user_map: dict = field(default_factory=dict)   # -m: old -> new
+    reffile: str | None = None          # where unresolved links are written
+    spool_limit: int = 1 << 30          # bytes of first copies kept from a stream
+    verbose: bool = False
+    new_suffix: str = ""                # -n suffix (default: -YYYYMMDD)
+    keep_held: bool = False             # leave deliveries held at the end (more of a chain follows)
+    spool_dir: str = ""                 # where first copies from a stream are kept
+
+
+@dataclass
+class RestoreResult:
+    users: int = 0
+    folders: int = 0
+    messages: int = 0        # restored with their bytes
+    links: int = 0           # restored as hard links (single copy)
+    duplicates: int = 0      # already there, skipped
+    renumbered: int = 0      # given new UIDs
+    expunged: int = 0        # chain: removed because the later archive no longer had them
+    bytes: int = 0
+    errors: list = field(default_factory=list)       # {"mailbox", "error", "status"}
+    pending: list = field(default_factory=list)      # reference-file entries
+    incomplete: str | None = None                    # why the archive ended early
+    hostile: int = 0                                 # members refused as hostile (exit 5)
+    corrupt: int = 0                                 # members damaged: digest, checksum, records (exit 4)
+    store_full: str | None = None                    # the store filled up: the run stopped
+    unmatched: list = field(default_factory=list)    # selection paths that matched nothing
+    near_misses: dict = field(default_factory=dict)  # unmatched path -> folders differing in case
+    out_of_order: list = field(default_factory=list)  # folders refused: chain applied out of order
+    seconds: float = 0.0
+    held: list = field(default_factory=list)         # users whose deliveries stay held: the run
+                                                     # did not finish (the store full, Ctrl-C)
+    paths: int = 0                                   # selection paths given
+
+    def status(self) -> int:
+        """The run's exit status when several kinds of failure met (docs/operations.md,
+        "When several things fail"): the store filled up (13: the run stopped, the
+        rest was not tried) before hostile members (5), a truncated or corrupt archive
+        (4), mailboxes the store could not hold (17), folders locked by another run
+        (6), chains applied out of order (7), paths that matched nothing at all (2),
+        and any other named failure (1)."""
+        statuses = {e.get("status", EXIT_PARTIAL) for e in self.errors}
+        if self.store_full is not None or EXIT_NOSPACE in statuses:
+            return EXIT_NOSPACE
+        if self.hostile:
+            return EXIT_HOSTILE
+        if self.incomplete or self.corrupt:
+            return EXIT_INCOMPLETE
+        for s in (EXIT_STORE, EXIT_LOCKED):
+            if s in statuses:
+                return s
+        if self.out_of_order or EXIT_ORDER in statuses:
+            return EXIT_ORDER
+        if self.paths and len(self.unmatched) == self.paths:
+            return EXIT_USAGE
+        if self.errors or self.pending or self.unmatched:
+            return EXIT_PARTIAL
+        return EXIT_OK
+
+
+def error_status(exc: BaseException) -> int:
+    """The status one failed mailbox or message stands for in a restore: the store's
+    failures their own (full 13, locked 6, anything else 17: a name the store cannot
+    hold is the store's limit here, not a usage error), a chain out of order 7, a
+    hostile member 5, a damaged member 4 (the rest of the archive was read), another
+    error its own status."""
+    from asm.archive.errors import ArchiveError, HostileMember
+    from asm.restore.errors import ChainOrderError
+    from asm.store.base import LockTimeout, StoreError, StoreFull, os_store_error
+    if isinstance(exc, OSError):
+        exc = os_store_error(exc, "")
+    if isinstance(exc, StoreFull):
+        return EXIT_NOSPACE
+    if isinstance(exc, LockTimeout):
+        return EXIT_LOCKED
+    if isinstance(exc, StoreError):
+        return EXIT_STORE
+    if isinstance(exc, ChainOrderError):
+        return EXIT_ORDER
+    if isinstance(exc, HostileMember):
+        return EXIT_HOSTILE
+    if isinstance(exc, ArchiveError):
+        return EXIT_INCOMPLETE
+    if isinstance(exc, ImsError):
+        return exc.status
+    return EXIT_PARTIAL

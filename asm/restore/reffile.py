@@ -1,0 +1,123 @@
+"""Reference files: the links a stream restore could not resolve (written with -R, by
+default ``$IMS_HOME/data/refs/<archive id>.ref``), and ``imsrestore -r`` completing
+them from the archive."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+from asm.archive import names
+from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
+from asm.errors import EXIT_NOSPACE, EXIT_USAGE
+from asm.restore.errors import RestoreError
+from asm.restore.options import RestoreResult, error_status
+from asm.store.base import Store, StoreError
+
+
+def default_reffile(home: str, header: dict) -> str:
+    """Where a restore of the archive with ``header`` writes its reference file unless
+    told otherwise."""
+    # the archive id is a UUID (the reader checks every header field before anything
+    # uses it), so this path stays in data/refs
+    return os.path.join(home, "data", "refs", f"{header['archive_id']}.ref")
+
+
+def write_reffile(path: str, header: dict, pending: list) -> None:
+    """Write the reference file (its directory is made when missing)."""
+    from asm.config import atomic_write
+    doc = {"format": "ims-asm-references", "version": 1, "archive_id": header.get("archive_id"),
+           "created": header.get("created"), "references": pending}
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, names.dump_json(doc, indent=1), mode=0o600)
+    except OSError as exc:
+        status = EXIT_NOSPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_USAGE
+        raise RestoreError(f"cannot write the reference file {path}: {exc.strerror or exc}; {len(pending)} "
+                           f"linked messages were not restored: run again with -R naming another place",
+                           status=status) from None
+
+
+def read_reffile(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise RestoreError(f"cannot read reference file {path!r}: {exc.strerror}") from None
+    except ValueError:
+        raise RestoreError(f"{path!r} is not an imsrestore reference file (not JSON)") from None
+    if not isinstance(doc, dict) or doc.get("format") != "ims-asm-references":
+        raise RestoreError(f"{path!r} is not an imsrestore reference file")
+    refs = doc.get("references")
+    keys = {"member": str, "target": str, "partition": str, "user": str, "folder": str, "uid": int,
+            "flags": list, "keywords": list}
+    if not isinstance(refs, list) or not all(
+            isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in keys.items()) for r in refs):
+        raise RestoreError(f"{path!r} is a damaged reference file (its references are not as imsrestore "
+                           "writes them): run the restore that wrote it again")
+    return doc
+
+
+def complete_references(store: Store, reader, doc: dict, report=None) -> RestoreResult:
+    """Second pass: restore the link members a stream could not resolve, from the archive
+    (one store batch: durable when it returns, however it ends)."""
+    with store.batch():
+        return _complete(store, reader, doc, report)
+
+
+def _complete(store: Store, reader, doc: dict, report) -> RestoreResult:
+    report = report or (lambda line: None)
+    res = RestoreResult()
+    if doc.get("archive_id") != reader.header.get("archive_id"):
+        raise RestoreError("the reference file was written for another archive "
+                           f"(archive {doc.get('archive_id')}, this is {reader.header.get('archive_id')})")
+    wanted: dict[str, list] = {}
+    for ref in doc["references"]:
+        wanted.setdefault(ref["target"], []).append(ref)
+
+    def on_error(e: Exception) -> None:
+        if isinstance(e, HostileMember):
+            res.hostile += 1
+        elif isinstance(e, CorruptMember):
+            res.corrupt += 1
+        res.errors.append({"mailbox": "archive", "error": str(e)})
+
+    try:
+        for m in reader.members(on_error=on_error):
+            refs = wanted.pop(m.name, None) if m.kind == "message" else None
+            if not refs:
+                continue
+            first_path = None
+            for ref in refs:
+                user, folder = ref["user"], ref["folder"]
+                try:
+                    if not store.exists(user, folder):
+                        store.create_folder(user, folder, uidvalidity=ref.get("uidvalidity"))
+                    with store.lock(user, folder):
+                        info = store.folder(user, folder)
+                        uid = ref["uid"] if info.uidvalidity == ref.get("uidvalidity") and ref["uid"] >= info.uidnext else None
+                        kw = dict(uid=uid, flags=ref["flags"], keywords=ref["keywords"],
+                                  internaldate=ref["internaldate"], stored=ref["stored"])
+                        if first_path:
+                            got = store.append(user, folder, None, link_from=first_path, **kw)
+                            res.links += 1
+                        else:
+                            with m.open() as src:
+                                got = store.append(user, folder, src, **kw)
+                            res.messages += 1
+                            first_path = got.path
+                    report(f"/{ref['partition']}/{user}/{folder}/{got.uid}: restored from {m.name}")
+                except (StoreError, ArchiveError) as exc:
+                    if isinstance(exc, DigestMismatch):
+                        res.corrupt += 1
+                    res.errors.append({"mailbox": f"/{ref['partition']}/{user}/{folder}", "error": str(exc),
+                                       "status": error_status(exc)})
+            if not wanted:
+                break
+    except IncompleteArchive as exc:
+        res.incomplete = str(exc)
+    for target, refs in wanted.items():
+        for ref in refs:
+            res.errors.append({"mailbox": f"/{ref['partition']}/{ref['user']}/{ref['folder']}",
+                               "error": f"first copy {target} is not in this archive"})
+    return res

@@ -1,0 +1,74 @@
+"""Which archived folders a restore takes (the paths on its command line), and under
+which users (the map file of -m)."""
+from __future__ import annotations
+
+from asm.groups import Groups
+from asm.logical import LogicalPath
+from asm.restore.errors import RestoreError
+
+
+def read_map(path: str) -> dict:
+    out = {}
+    try:
+        f = open(path, encoding="utf-8", errors="surrogateescape")   # names: any bytes
+    except OSError as exc:
+        raise RestoreError(f"cannot read map file {path!r}: {exc.strerror}") from None
+    with f:
+        try:
+            for lineno, line in enumerate(f, 1):
+                s = line.strip()
+                if not s or s.startswith("#"):
+                    continue
+                old, eq, new = s.partition("=")
+                if not eq or not old.strip() or not new.strip():
+                    raise RestoreError(f"{path}:{lineno}: expected 'olduser=newuser', found {s[:80]!r}")
+                out[old.strip()] = new.strip()
+        except UnicodeDecodeError:
+            raise RestoreError(f"cannot read map file {path!r}: it is not UTF-8 text") from None
+    return out
+
+
+class Selection:
+    """Which archived folders the paths select.  Folder names are matched exactly on
+    restore (INBOX in any case): a stream cannot know beforehand whether an exact
+    match is still to come.  A folder that differs only in case is remembered, so an
+    unmatched path can name what the archive has."""
+
+    def __init__(self, paths: list[LogicalPath], groups: Groups):
+        self.paths = paths
+        self.groups = groups
+        self.hits = [0] * len(paths)
+        self.near: list[set] = [set() for _ in paths]
+
+    def _user_ok(self, lp: LogicalPath, partition: str, user: str, group: str | None) -> bool:
+        if lp.partition is not None and lp.partition != partition:
+            return False
+        if lp.user is not None:
+            return lp.user == user
+        if lp.group is not None and lp.group != "user":
+            return group == lp.group or (group is None and self.groups.member(user, lp.group))
+        return True
+
+    def folder(self, partition: str, user: str, group: str | None, folder: str) -> bool:
+        if not self.paths:
+            return True
+        hit = False
+        for i, lp in enumerate(self.paths):
+            if not self._user_ok(lp, partition, user, group):
+                continue
+            if lp.covers_folder(folder):
+                self.hits[i] += 1
+                hit = True
+            elif lp.folder is not None:
+                depth = lp.folder.count("/") + 1
+                prefix = "/".join(folder.split("/")[:depth])
+                if prefix.casefold() == lp.folder.casefold():
+                    self.near[i].add(f"/{partition}/{user}/{prefix}")
+        return hit
+
+    def unmatched(self) -> list[str]:
+        return [str(lp) for lp, n in zip(self.paths, self.hits) if n == 0]
+
+    def near_misses(self, path: str) -> list[str]:
+        """Archived folders that ``path`` (an unmatched one) names but for case."""
+        return sorted(set().union(*[self.near[i] for i, lp in enumerate(self.paths) if str(lp) == path]))

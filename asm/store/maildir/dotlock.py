@@ -1,0 +1,180 @@
+"""Dotlocks as Dovecot takes them (``dovecot-uidlist.lock``, ``subscriptions.lock``):
+a file created next to the one it protects, holding ``<pid>:<host>``; whoever
+created it may change the protected file.  A lock whose owner is gone is stale and
+may be broken; a held lock is touched now and then so it never looks stale."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import socket
+import threading
+import time
+
+from asm.locks import pid_alive
+from asm.store.base import LockTimeout
+
+LOCK_SUFFIX = ".lock"
+STALE_LOCK_SECS = 120          # Dovecot's MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT
+TOUCH_LOCK_SECS = 30           # refresh held locks well before they look stale
+
+
+class Unlocked(Exception):
+    """The dotlock cannot be created at all (read-only store): read without it."""
+
+
+FRESH_SECS = 2                 # a lock this young with no owner written yet is not judged
+
+
+def owner_of(path: str) -> tuple[int, str] | None:
+    """(pid, host) written in a lock file, or None when it holds no such line."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(512).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    pid_s, sep, host = text.partition(":")
+    if not sep or not pid_s.isdigit():
+        return None
+    return int(pid_s), host
+
+
+def lock_is_stale(path: str, hostname: str) -> bool:
+    """A lock may be broken when its owner is a process of this host that no longer
+    exists, when it names no owner (an empty file: a writer that died between creating
+    and filling it, as old versions could) and is older than FRESH_SECS, or when it is
+    older than STALE_LOCK_SECS (its owner touches it while it lives)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return True
+    age = time.time() - st.st_mtime
+    if age > STALE_LOCK_SECS:
+        return True
+    owner = owner_of(path)
+    if owner is None:
+        return age > FRESH_SECS
+    pid, host = owner
+    if host not in (hostname, socket.gethostname(), socket.gethostname().split(".")[0]):
+        return False
+    return not pid_alive(pid)
+
+
+def _temp_name(path: str, pid: int, hostname: str) -> str:
+    d, base = os.path.split(path)
+    return os.path.join(d, f".temp.{hostname}.{pid}.{random.getrandbits(32):08x}.{base}")
+
+
+def acquire(path: str, timeout: float, what: str, pid: int, hostname: str, chown=None) -> None:
+    """Create the dotlock ``path`` as Dovecot does (a temporary file holding
+    ``<pid>:<host>`` hard-linked to the lock name, so the lock never exists without its
+    owner), waiting up to ``timeout`` seconds (LockTimeout); :class:`Unlocked` when it
+    cannot be created at all (a read-only store).  ``chown(fd)`` gives the lock file to
+    the store's owner."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    tmp = _temp_name(path, pid, hostname)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES):
+            raise Unlocked() from exc
+        raise
+    try:
+        try:
+            data = f"{pid}:{hostname}".encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+            if chown is not None:
+                chown(fd)
+        finally:
+            os.close(fd)
+        while True:
+            try:
+                os.link(tmp, path)
+                return
+            except FileExistsError:
+                pass
+            if lock_is_stale(path, hostname):
+                break_lock(path)
+                continue
+            if time.monotonic() >= deadline:
+                raise LockTimeout(what) from None
+            # short polls: writers release the lock between operations for only
+            # a moment, and a waiter that sleeps long would starve behind them
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.01)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def clean_temps(directory: str, hostname: str) -> None:
+    """Remove lock temporaries (``.temp.<host>.<pid>.*``) of dead processes of this host."""
+    prefix = f".temp.{hostname}."
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+    except OSError:
+        return
+    for n in names:
+        pid_s = n[len(prefix):].partition(".")[0]
+        if pid_s.isdigit() and not pid_alive(int(pid_s)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, n))
+
+
+def release(path: str) -> None:
+    """Remove our lock.  A lock that cannot be removed (the disk failed under it) is
+    left to be judged stale: it names this process, which is about to end."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def break_lock(path: str) -> None:
+    """Remove a stale lock, but only the one we judged (not a fresh one since)."""
+    try:
+        before = os.stat(path)
+        stale_name = f"{path}.stale.{os.getpid()}"
+        os.rename(path, stale_name)
+        after = os.stat(stale_name)
+        if (after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns):
+            # someone took the lock in between: put theirs back if we can
+            try:
+                os.link(stale_name, path)
+            except FileExistsError:
+                pass
+        os.unlink(stale_name)
+    except FileNotFoundError:
+        pass
+
+
+class Toucher:
+    """A daemon thread that touches the locks ``held()`` returns every TOUCH_LOCK_SECS;
+    it ends when there are none."""
+
+    def __init__(self, held, mutex):
+        self._held = held              # () -> list of objects with .lockpath and .touched
+        self._mutex = mutex
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(TOUCH_LOCK_SECS / 3):
+            with self._mutex:
+                held = self._held()
+                if not held:
+                    self._thread = None
+                    return
+            now = time.time()
+            for h in held:
+                if now - h.touched >= TOUCH_LOCK_SECS:
+                    with contextlib.suppress(OSError):
+                        os.utime(h.lockpath)
+                    h.touched = now
+
+    def start(self) -> None:
+        """Call with the mutex held."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="maildir-lock-toucher")
+            self._thread.start()

@@ -1,0 +1,155 @@
+"""Maildir names: folder directories (Maildir++ ``.Level.Level`` in modified UTF-7),
+message file names (``<base>:2,<flags>``, the stored date in the base) and the flag
+letters, keywords included (``dovecot-keywords`` maps letters a..z to keywords)."""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import socket
+from typing import Iterable
+
+from asm.store import utf7
+from asm.store.base import BadName, StoreError, check_folder_name, split_flags
+
+KEYWORDS = "dovecot-keywords"
+FLAG_LETTER = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
+LETTER_FLAG = {v: k for k, v in FLAG_LETTER.items()}
+MAX_KEYWORDS = 26
+
+_TIME_RE = re.compile(r"^(\d+)(?:\.M(\d+)P)?")
+SIZE_RE = re.compile(r",S=(\d+)")
+
+
+def level_to_disk(level: str) -> str:
+    """One folder level as Maildir++ writes it: modified UTF-7, except a level holding
+    bytes that are not UTF-8 (made by another tool), which no UTF-7 can carry: it stays
+    those bytes, so the directory it came from is found again."""
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in level):
+        return level
+    return utf7.encode(level)
+
+
+def host() -> str:
+    """This host's name as Dovecot puts it in file names and lock files."""
+    return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+
+
+@functools.lru_cache(maxsize=4096)
+def folder_dirname(folder: str) -> str:
+    """Logical folder name -> its Maildir++ directory name ('' for INBOX)."""
+    folder = check_folder_name(folder)
+    if folder == "INBOX":
+        return ""
+    levels = folder.split("/")
+    for level in levels:
+        if "." in level:
+            raise BadName(f"folder {folder!r}: Maildir++ uses '.' as its hierarchy "
+                          f"separator, so a level may not contain '.' ({level!r})")
+    return "." + ".".join(level_to_disk(level) for level in levels)
+
+
+def folder_from_dirname(name: str) -> str | None:
+    """Maildir++ directory name -> logical folder name (None when it is not one)."""
+    if not name.startswith(".") or name in (".", ".."):
+        return None
+    levels = name[1:].split(".")
+    if any(not level for level in levels):
+        return None
+    out = []
+    for level in levels:
+        try:
+            out.append(utf7.decode(level))
+        except ValueError:
+            out.append(level)           # raw (e.g. UTF-8) name written by another tool
+    if out[0].upper() == "INBOX":
+        if len(out) == 1:
+            return None
+        out[0] = "INBOX"
+    return "/".join(out)
+
+
+def stored_from_name(base: str) -> float | None:
+    """The delivery time Dovecot encoded at the start of a base name, or None."""
+    m = _TIME_RE.match(base)
+    if not m:
+        return None
+    secs = int(m.group(1))
+    if m.group(2):
+        usecs = int(m.group(2))
+        if usecs < 1_000_000:
+            return secs + usecs / 1e6
+    return float(secs)
+
+
+def split_name(fname: str) -> tuple[str, str]:
+    """``base:2,FLAGS`` -> (base, flag letters); names without ``:2,`` have no flags."""
+    base, sep, info = fname.partition(":")
+    if sep and info.startswith("2,"):
+        return base, info[2:]
+    return base, ""
+
+
+# -- flags and keywords ---------------------------------------------------------------
+
+def read_keywords(folder_dir: str) -> list:
+    """The folder's keyword table: index -> keyword ('' for an unused letter)."""
+    kws: list = []
+    try:
+        with open(os.path.join(folder_dir, KEYWORDS), encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                idx, _, name = line.rstrip("\n").partition(" ")
+                if idx.isdigit() and name and int(idx) < MAX_KEYWORDS:
+                    i = int(idx)
+                    kws.extend([""] * (i + 1 - len(kws)))
+                    kws[i] = name
+    except FileNotFoundError:
+        pass
+    return kws
+
+
+def render_keywords(table: list) -> bytes:
+    return "".join(f"{i} {k}\n" for i, k in enumerate(table) if k).encode("utf-8", "surrogateescape")
+
+
+def decode_letters(letters: str, table: list | None) -> tuple[frozenset, tuple]:
+    """Flag letters of a file name -> (system flags, keywords); ``table`` is needed
+    only when there are keyword letters."""
+    flags = frozenset(LETTER_FLAG[c] for c in letters if c in LETTER_FLAG)
+    kw: tuple = ()
+    if table is not None and any("a" <= c <= "z" for c in letters):
+        kw = tuple(table[ord(c) - 97] for c in sorted(set(letters))
+                   if "a" <= c <= "z" and ord(c) - 97 < len(table) and table[ord(c) - 97])
+    return flags, kw
+
+
+def has_keyword_letters(letters: str) -> bool:
+    return any("a" <= c <= "z" for c in letters)
+
+
+def encode_letters(flags: Iterable[str], keywords: Iterable[str], table: list | None,
+                   keep: str = "", where: str = "") -> tuple[str, bool]:
+    """(flag letters, whether ``table`` gained a keyword).  ``table`` (the folder's
+    keyword table, changed in place) is needed only when there are keywords; ``keep``
+    holds letters of the old name that are not flags (e.g. P, passed)."""
+    system, kws = split_flags(list(flags) + list(keywords))
+    letters = {FLAG_LETTER[f] for f in system}
+    letters.update(c for c in keep if c.isupper() and c not in LETTER_FLAG)
+    grew = False
+    for k in kws:
+        if any(c in k for c in " \t\n\r()"):
+            raise BadName(f"bad keyword {k!r}")
+        if k in table:
+            i = table.index(k)
+        else:
+            i = table.index("") if "" in table else len(table)
+            if i >= MAX_KEYWORDS:
+                raise StoreError(f"{where}: Maildir file names hold at most "
+                                 f"{MAX_KEYWORDS} keywords; cannot add {k!r}")
+            if i == len(table):
+                table.append(k)
+            else:
+                table[i] = k
+            grew = True
+        letters.add(chr(97 + i))
+    return "".join(sorted(letters)), grew

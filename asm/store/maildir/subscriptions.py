@@ -1,0 +1,77 @@
+"""The ``subscriptions`` file of a Maildir: ``V\\t2``, an empty line, then one
+subscribed folder per line with TAB between its levels (modified UTF-7); version 1
+files hold Maildir++ names (``Work.2023``).  Changed under ``subscriptions.lock``."""
+from __future__ import annotations
+
+import os
+
+from asm.store import utf7
+from asm.store.base import BadName, check_folder_name
+from asm.store.maildir.names import level_to_disk
+
+SUBSCRIPTIONS = "subscriptions"
+
+
+def parse(lines: list) -> list:
+    """The folder names of a subscriptions file's lines, in order."""
+    if lines and lines[0].startswith("V\t"):
+        sep, body = "\t", lines[1:]
+    else:
+        sep, body = ".", lines          # version 1: Maildir++ storage names
+    out = []
+    for line in body:
+        if not line:
+            continue
+        levels = []
+        for level in line.split(sep):
+            try:
+                levels.append(utf7.decode(level))
+            except ValueError:
+                levels.append(level)
+        name = "/".join(levels)
+        try:
+            out.append(check_folder_name(name))
+        except BadName:
+            continue
+    return out
+
+
+def render(names: list) -> bytes:
+    text = "V\t2\n\n" + "".join("\t".join(level_to_disk(level) for level in n.split("/")) + "\n"
+                                for n in names)
+    return text.encode("utf-8", "surrogateescape")
+
+
+def read(root: str) -> list:
+    """The names in ``root``'s subscriptions file ([] when there is none)."""
+    try:
+        with open(os.path.join(root, SUBSCRIPTIONS), encoding="utf-8", errors="surrogateescape") as f:
+            return parse(f.read().split("\n"))
+    except FileNotFoundError:
+        return []
+
+
+class Cache:
+    """Subscribed names per Maildir root, re-read only when the file changed."""
+
+    def __init__(self):
+        self._cache: dict[str, tuple] = {}     # Maildir root -> (stat key, names)
+
+    def get(self, root: str) -> set:
+        path = os.path.join(root, SUBSCRIPTIONS)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return set()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._cache.get(root)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                lines = f.read().split("\n")
+        except FileNotFoundError:
+            return set()
+        names = set(parse(lines))
+        self._cache[root] = (key, names)
+        return names

@@ -1,0 +1,159 @@
+"""``dovecot-uidlist``: the file that gives a Maildir folder's messages their UIDs.
+
+Version 3, as Dovecot 2.3 writes it: a header line ``3 V<uidvalidity> N<uidnext>
+G<guid> ...``, then one line per message, ``<uid> [<ext fields>] :<base name>``.
+Dovecot appends lines for new messages without rewriting the header, so UIDNEXT is
+the larger of the header's and the last line's UID + 1.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from asm.store.base import StoreError
+
+UIDLIST = "dovecot-uidlist"
+
+
+@dataclass
+class Uidlist:
+    """A parsed ``dovecot-uidlist``: header fields and ``uid -> (ext fields, base)``."""
+
+    uidvalidity: int = 0
+    uidnext: int = 1
+    extra: list = field(default_factory=list)     # other header fields, e.g. G<guid>
+    records: dict = field(default_factory=dict)   # uid -> (ext, base)
+    header_uidnext: int = 1                       # N of the header line alone
+    torn: bool = False                            # the file's last line has no newline
+
+    @classmethod
+    def parse(cls, text: str, path: str = UIDLIST) -> "Uidlist":
+        lines = text.split("\n")
+        head = lines[0].split()
+        if not head:
+            raise StoreError(f"{path}: empty header")
+        ul = cls()
+        if head[0] == "3":
+            for f in head[1:]:
+                if f[:1] == "V":
+                    ul.uidvalidity = int(f[1:])
+                elif f[:1] == "N":
+                    ul.uidnext = int(f[1:])
+                else:
+                    ul.extra.append(f)
+        elif head[0] == "1" and len(head) >= 3:
+            ul.uidvalidity, ul.uidnext = int(head[1]), int(head[2])
+        else:
+            raise StoreError(f"{path}: unsupported dovecot-uidlist version {head[0]!r}")
+        ul.header_uidnext = ul.uidnext
+        records = ul.records
+        last = 0
+        # a last line without its newline is a record whose writer was cut off: it is
+        # kept when it reads as a whole record, and the file is rewritten before any
+        # line is appended to it
+        ul.torn = len(lines) > 1 and lines[-1] != ""
+        for n, line in enumerate(lines[1:], 2):
+            if not line:
+                continue
+            uid_s, _, rest = line.partition(" ")
+            try:
+                uid = int(uid_s)
+                if not rest:
+                    raise ValueError(line)
+            except ValueError:
+                if ul.torn and n == len(lines):
+                    continue
+                raise StoreError(f"{path}: bad line {line!r}") from None
+            if rest[:1] == ":":
+                ext, name = "", rest[1:]
+            else:
+                i = rest.find(" :")
+                if i < 0:
+                    if head[0] == "1":
+                        ext, name = "", rest
+                    elif ul.torn and n == len(lines):
+                        continue
+                    else:
+                        raise StoreError(f"{path}: bad line {line!r}")
+                else:
+                    ext, name = rest[:i], rest[i + 2:]
+            records[uid] = (ext, name.partition(":")[0])
+            last = max(last, uid)
+        if ul.uidnext <= last:              # Dovecot appends lines without a new header
+            ul.uidnext = last + 1
+        return ul
+
+    @staticmethod
+    def record_line(uid: int, ext: str, base: str) -> str:
+        return f"{uid} {ext} :{base}\n" if ext else f"{uid} :{base}\n"
+
+    def render(self) -> str:
+        head = " ".join(["3", f"V{self.uidvalidity}", f"N{self.uidnext}", *self.extra])
+        out = [head]
+        for uid in sorted(self.records):
+            ext, base = self.records[uid]
+            out.append(f"{uid} {ext} :{base}" if ext else f"{uid} :{base}")
+        return "\n".join(out) + "\n"
+
+    def by_base(self) -> dict:
+        return {base: uid for uid, (_, base) in self.records.items()}
+
+
+def read_uidlist(folder_dir: str) -> Uidlist | None:
+    path = os.path.join(folder_dir, UIDLIST)
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return Uidlist.parse(f.read(), path)
+    except FileNotFoundError:
+        return None
+
+
+def read_uidlist_header(folder_dir: str) -> Uidlist | None:
+    """Only the header line (cheap); uidnext may be low if lines were appended."""
+    path = os.path.join(folder_dir, UIDLIST)
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            first = f.readline()
+            rest = f.read()
+    except FileNotFoundError:
+        return None
+    ul = Uidlist.parse(first, path)
+    # a file appended to after its header was written: take the last line's UID too
+    tail = rest.rstrip("\n").rpartition("\n")[2]
+    if tail:
+        try:
+            ul.uidnext = max(ul.uidnext, int(tail.partition(" ")[0]) + 1)
+        except ValueError:
+            pass
+    return ul
+
+
+
+def append_record(folder_dir: str, uid: int, base: str) -> int:
+    """Append one record line to the folder's ``dovecot-uidlist`` (as Dovecot does for a
+    new message, header untouched); returns the file's size before, for
+    :func:`undo_append`.  A line that could not be written whole is cut off again."""
+    path = os.path.join(folder_dir, UIDLIST)
+    data = Uidlist.record_line(uid, "", base).encode("utf-8", "surrogateescape")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.ftruncate(fd, before)
+            raise
+    finally:
+        os.close(fd)
+    return before
+
+
+def undo_append(folder_dir: str, size: int) -> None:
+    """Cut the file back to ``size`` (the last appended record never took effect)."""
+    fd = os.open(os.path.join(folder_dir, UIDLIST), os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)

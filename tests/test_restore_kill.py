@@ -1,0 +1,158 @@
+"""Restores that survive anything, as properties over many fault points (issue 12).
+
+Each trial restores one archive into a fresh installation with a fault injected before
+one on-disk step (tests/faults.py: SIGKILL, or a disk that is full from that step on),
+then runs the same command again, and asks what a user relies on: exit 0, the store
+equal to the source as a client sees it (UIDVALIDITY, UIDNEXT, UIDs, bytes, flags,
+keywords, INTERNALDATE, subscriptions), single-copy links as they were, no duplicate
+file, nothing left in tmp/, the spool, or as a lock or temporary file.
+
+The points are spread over the whole run (``spread``) from a seed that changes from run
+to run (IMS_KILL_SEED repeats one); a failure names the seed and the point.
+bench/bench_restore_kill.py is the long run of the same harness.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from asm.config import Config
+from asm.store import open_store
+from tests.faults import spread
+from tests.helpers import DRIVERS, inode_groups, make_home, run, small_tmpfs, state
+from tests.restore_faults import Harness, backup, build_source, leftovers, message_files
+
+SEED = int(os.environ.get("IMS_KILL_SEED") or time.time_ns() % 1_000_000)
+KILL_POINTS = 50         # per driver, over a whole restore
+ENOSPC_POINTS = 20
+STREAM_POINTS = 12
+
+
+def _seed(driver: str, salt: int) -> int:
+    return SEED * 10 + DRIVERS.index(driver) * 3 + salt
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """One source store and its archive per driver, built once for the module."""
+    out = {}
+    for driver in DRIVERS:
+        work = tmp_path_factory.mktemp(f"src-{driver}")
+        home = work / "home"
+        cfg = make_home(home, driver)
+        old = os.environ.get("IMS_HOME")
+        os.environ["IMS_HOME"] = str(home)
+        try:
+            store = open_store(cfg)
+            build_source(store)
+            archive = backup(home, work / "a.ims")
+        finally:
+            if old is None:
+                os.environ.pop("IMS_HOME")
+            else:
+                os.environ["IMS_HOME"] = old
+        out[driver] = (store, archive)
+    return out
+
+
+def _report(outcomes, seed) -> str:
+    bad = [o for o in outcomes if not o.ok]
+    return (f"seed {seed} (IMS_KILL_SEED={SEED}): {len(bad)} of {len(outcomes)} trials wrong:\n"
+            + "\n".join(f"  point {o.point}: exits {o.first}/{o.second}/{o.final}: {o.problems}" for o in bad[:5]))
+
+
+def test_the_source_is_what_a_client_would_check(sources):
+    """The property is only as good as the store it runs on: several users, nested and
+    non-ASCII folders, flags and keywords, links across users, a message over 1 MiB, a
+    folder whose UIDNEXT is far above its last UID, an unsubscribed folder."""
+    for driver, (store, _) in sources.items():
+        s = state(store)
+        users = {k[0] for k in s}
+        folders = {k[1] for k in s if len(k) == 2}
+        msgs = [v for k, v in s.items() if len(k) == 3]
+        assert len(users) >= 3 and {"Work/2023/Q4", "Réunions/Été", "日本語"} <= folders
+        assert any(v[1] for v in msgs) and any(v[2] for v in msgs)               # flags, keywords
+        assert any(len(g) > 1 and len({u for u, _, _ in g}) > 1 for g in inode_groups(store))
+        assert max(m.size for u in users for f in store.folder_names(u) for m in store.messages(u, f)) > 1 << 20
+        assert any(v[1] > 1000 + max((k[2] for k in s if len(k) == 3 and k[:2] == kf), default=0)
+                   for kf, v in s.items() if len(kf) == 2)
+        assert any(v[2] is False for k, v in s.items() if len(k) == 2)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_killed_anywhere_then_the_same_command_gives_the_source(sources, tmp_path, driver):
+    """At least 50 kill points over the whole restore; at every third the rerun is
+    killed once more at a point of its own before the last, clean run."""
+    store, archive = sources[driver]
+    h = Harness(tmp_path, store, archive, driver)
+    total = h.count()
+    seed = _seed(driver, 0)
+    rng = random.Random(seed)
+    points = spread(total, KILL_POINTS, seed)
+    assert len(points) >= KILL_POINTS
+    outcomes = h.trials([dict(point=p, second=rng.randint(1, total) if i % 3 == 2 else None)
+                         for i, p in enumerate(points)])
+    assert all(o.ok for o in outcomes), _report(outcomes, seed)
+    killed = sum(o.first == -9 for o in outcomes)
+    assert killed >= len(points) - 1, f"only {killed} of {len(points)} runs were killed: the count is off"
+    assert sum(o.second == -9 for o in outcomes) >= 1
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_full_disk_anywhere_then_the_same_command_gives_the_source(sources, tmp_path, driver):
+    """A disk that fills up at any step and stays full: exit 13 with one line (or, past
+    the last write, 0); space freed, the same command finishes exactly."""
+    store, archive = sources[driver]
+    h = Harness(tmp_path, store, archive, driver)
+    total = h.count()
+    seed = _seed(driver, 1)
+    points = spread(total, ENOSPC_POINTS, seed)
+    outcomes = h.trials([dict(point=p, mode="enospc") for p in points])
+    assert all(o.ok for o in outcomes), _report(outcomes, seed)
+    assert sum(o.first == 13 for o in outcomes) >= len(points) - 2
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_killed_stream_restore_of_one_user_then_the_same_command(sources, tmp_path, driver):
+    """``imsrestore -f - /primary/user/zoë`` fed the archive on a pipe: zoë's links to
+    first copies of users passing by go through the spool; killed anywhere, the same
+    command from the same stream gives zoë back exactly and leaves no spool."""
+    store, archive = sources[driver]
+    h = Harness(tmp_path, store, archive, driver, stream=True, users=["zoë"])
+    assert any(any(u != "zoë" for u, _, _ in g) and any(u == "zoë" for u, _, _ in g)
+               for g in inode_groups(store)), "zoë shares no message: the spool is not used"
+    total = h.count()
+    seed = _seed(driver, 2)
+    outcomes = h.trials([dict(point=p) for p in spread(total, STREAM_POINTS, seed)])
+    assert all(o.ok for o in outcomes), _report(outcomes, seed)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("size, whole_home", [("100k", False), ("1300k", False), ("1400k", True)])
+def test_real_full_disk_then_space_freed_finishes_exactly(sources, tmp_path, driver, size, whole_home):
+    """A real filesystem that fills up: the store's partition (or the whole
+    installation: journal, mailbox list and spool on it too) on a small tmpfs."""
+    store, archive = sources[driver]
+    want = state(store)
+    with small_tmpfs(tmp_path / "small", size) as mnt:
+        home = mnt / "home" if whole_home else tmp_path / "home"
+        cfg = make_home(home, driver)
+        if not whole_home:
+            cfg.set("partition:primary.path", str(mnt / "primary"))
+        p = run(home, "imsrestore", "-f", archive)
+        assert p.returncode == 13, p.stderr
+        assert p.stderr.count(b"\n") == 1 and b"the store is full" in p.stderr, p.stderr
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+        run(home, "imsrestore", "-f", archive, check=0)
+        target = open_store(Config(str(home)), create=False)
+        assert state(target) == want
+        assert inode_groups(target) == inode_groups(store)
+        assert message_files(home if whole_home else mnt, driver) == sum(1 for k in want if len(k) == 3)
+        assert leftovers(home) == [] and leftovers(mnt) == []
+        del target
+        shutil.rmtree(home, ignore_errors=True)
