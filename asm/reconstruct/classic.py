@@ -397,6 +397,7 @@ class ClassicReconstructor:
             return []
         part, udir = where
         listed = lst.folders(user)
+        known = set(self.k.folder_names(user))   # an empty folder lost its index: a witness knows it
         found = {"INBOX": udir}
 
         def walk(d: str, levels: list) -> None:
@@ -409,7 +410,7 @@ class ClassicReconstructor:
                     continue
                 sub = levels + [_dec(e.name[1:])]
                 name = "/".join(sub)
-                if _holds_mail(e.path) or name in listed:
+                if _holds_mail(e.path) or name in listed or name in known:
                     try:
                         norm = check_folder_name(name)
                         norm.encode("utf-8")
