@@ -335,3 +335,67 @@ def test_bad_input(tmp_path):
     (tmp_path / "junk.ims").write_bytes(b"not an archive at all" * 100)
     p = run(home, "reconstruct", "-a", tmp_path / "junk.ims", "-m", check=EXIT_NOT_ARCHIVE)
     assert "not an ims-asm archive" in p.stderr.decode() and len(lines(p)) == 1
+
+
+# -- records captured earlier than the messages ------------------------------------------
+
+def _capture_then_change(tmp_path, home, driver, seed):
+    """Indexes (imsdr backup) at T1, then a day of mail, an incremental, and the message
+    files copied at T2 as a file-level backup would (cp -a keeps hard links)."""
+    store, users = fill(home, driver, seed)
+    run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    run(home, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=0)
+    change_mail(fresh(home), users, n=8)
+    store = fresh(home)
+    u = users[1]
+    msgs = store.messages(u, "INBOX")
+    store.set_flags(u, "INBOX", msgs[0].uid, ["\\Answered"], ["$Done"])
+    store.expunge(u, "INBOX", [msgs[-1].uid])
+    run(home, "imsbackup", "-f", tmp_path / "incr.ims", "-d", since, "/", check=0)
+    part = Config(str(home)).partitions()["primary"]
+    subprocess.run(["cp", "-a", part, str(tmp_path / "files")], check=True)
+    return fingerprint(fresh(home)), part
+
+
+def _recover(tmp_path, home, part):
+    """The whole installation is gone; back come the configuration, the message files
+    (T2) and, over them, the mailbox list and indexes of T1."""
+    shutil.rmtree(home)
+    run(home, "imsdr", "restore", "-f", tmp_path / "dr.tar", check=0)
+    os.makedirs(os.path.dirname(part), exist_ok=True)
+    subprocess.run(["cp", "-a", str(tmp_path / "files"), part], check=True)
+    run(home, "imsdr", "restore", "-f", tmp_path / "dr.tar", "--only", "mboxlist,indexes", "--force", check=0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_indexes_older_than_the_messages(tmp_path, driver, seed):
+    home = tmp_path / "ims"
+    want, part = _capture_then_change(tmp_path, home, driver, seed)
+    _recover(tmp_path, home, part)
+    if driver == "classic":
+        # as put back, the indexes lack the new mail and list the expunged messages
+        with pytest.raises(FileNotFoundError):
+            fingerprint(fresh(home))
+    p = run(home, "reconstruct", "-m", "-r", "-a", tmp_path / "full.ims", "-a", tmp_path / "incr.ims", "/",
+            check=0)
+    assert not [x for x in lines(p) if ": lost:" in x]
+    assert fingerprint(fresh(home)) == want
+    run(home, "reconstruct", "-n", "-m", "-r", "/", check=0)
+
+    # no archive at all: every message is still found; for the classic store under its
+    # UID (its file name), what only an archive knew is named
+    _recover(tmp_path, home, part)
+    p = run(home, "reconstruct", "-m", "-r", "--no-journal", "/")
+    assert p.returncode in (0, EXIT_PARTIAL)
+    got = fingerprint(fresh(home))
+    if driver == "classic":
+        assert p.returncode == EXIT_PARTIAL
+        assert messages_only(got) == messages_only(want)
+    else:
+        by_folder = lambda fp: sorted((k[0], k[1], v) for k, v in messages_only(fp).items())  # noqa: E731
+        assert by_folder(got) == by_folder(want)
+    assert got["links"] == want["links"] or driver == "maildir"

@@ -113,24 +113,28 @@ class Capture:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.listing.close()
+        if not self.tar.closed:
+            # a failed run: the stream is abandoned, never flushed into a closed device
+            self.tar.fileobj.closed = True
+            self.tar.closed = True
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- adding members ---------------------------------------------------------------------
-    def _add(self, member: str, path: str, st: os.stat_result | None, kind: str, source: str,
+    def _add(self, member: str, copy: str, st: os.stat_result | None, kind: str, source: str,
              method: str, listed: bool = False, **extra) -> dict:
-        digest, size = _sha256_file(path)
+        digest, size = _sha256_file(copy)
         info = tarfile.TarInfo(PREFIX + member)
         info.size = size
         info.mtime = int(st.st_mtime) if st else int(time.time())
         info.mode = (st.st_mode & 0o7777) if st else 0o600
         info.uid, info.gid = (st.st_uid, st.st_gid) if st else (0, 0)
-        with open(path, "rb") as f:
+        with open(copy, "rb") as f:
             self.tar.addfile(info, f)
         item = {"kind": kind, "member": member, "source": source, "method": method,
                 "captured": time.time(), "size": size, "sha256": digest,
                 "mode": info.mode, "uid": info.uid, "gid": info.gid,
                 "mtime": st.st_mtime if st else None, **extra}
-        self.counts[kind] += 1
+        self.counts[kind] = self.counts.get(kind, 0) + 1
         if listed:
             self.listing.write(json.dumps(item, ensure_ascii=False) + "\n")
         else:

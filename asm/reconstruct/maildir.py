@@ -392,13 +392,10 @@ class MaildirReconstructor:
                 self.report.add(UNKNOWN, mb, f"{len(unknown)} messages whose UIDs are known nowhere ({why}): new "
                                              f"UIDs {_uids(unknown)}; clients will download them again")
 
-        # keywords
-        if not os.path.exists(os.path.join(d, KEYWORDS)):
-            lettered = sum(1 for sub, name in files.values()
-                           if any("a" <= c <= "z" for c in split_name(name)[1]))
-            if lettered:
-                self.report.add(UNKNOWN, mb, f"dovecot-keywords is missing: the keywords of {lettered} messages "
-                                             f"(letters a-z in their file names) cannot be named")
+        # keywords: every letter a file name uses must be named in dovecot-keywords
+        uid_of = {base: uid for uid, (_, base) in kept.items()}
+        uid_of.update(assigned)
+        keywords_changed = self._keywords(mb, user, folder, d, files, uid_of, uidvalidity)
 
         # Dovecot's index
         index_files = [n for n in INDEX_FILES if os.path.exists(os.path.join(d, n))]
@@ -423,7 +420,17 @@ class MaildirReconstructor:
 
         changed = (not ul.header_ok or ul.bad_lines or dead or assigned or uidnext != ul.uidnext
                    or uidvalidity != ul.uidvalidity)
-        if not self.repair or not changed:
+        if keywords_changed and self.repair:
+            self.touched[user] = self.store._home(user)
+            invalidate_keywords = bool(index_files)
+        else:
+            invalidate_keywords = False
+        if not self.repair or not (changed or invalidate_keywords):
+            return
+        if not changed:
+            for n in INDEX_FILES + ("dovecot.index.cache",):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(d, n))
             return
         records = dict(kept)
         for base, uid in assigned.items():
@@ -440,6 +447,56 @@ class MaildirReconstructor:
                     os.unlink(os.path.join(self.store._root(user), n))
         self.touched[user] = self.store._home(user)
         self.rewritten[(user, folder)] = {base: uid for uid, (_, base) in records.items()}
+
+    def _keywords(self, mb, user, folder, d, files, uid_of, uidvalidity) -> bool:
+        """Name the keyword letters of file names that dovecot-keywords lacks (it was lost,
+        or put back from before those keywords were first used) from what archives say of
+        each message.  True when the file was (or would be) rewritten."""
+        path = os.path.join(d, KEYWORDS)
+        table: list = []
+        with contextlib.suppress(OSError):
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                for line in f:
+                    i, _, name = line.rstrip("\n").partition(" ")
+                    if i.isdigit() and name and int(i) < 26:
+                        table.extend([""] * (int(i) + 1 - len(table)))
+                        table[int(i)] = name
+        named = lambda c: ord(c) - 97 < len(table) and table[ord(c) - 97]  # noqa: E731
+        learned: dict = {}
+        unknown_files = 0
+        for base, (sub, fname) in files.items():
+            letters = sorted({c for c in split_name(fname)[1] if "a" <= c <= "z"})
+            missing = [c for c in letters if not named(c) and c not in learned]
+            if not missing:
+                continue
+            uid = uid_of.get(base)
+            w = self.k.message(user, folder, uidvalidity, uid) if uid is not None else None
+            if w is None:
+                unknown_files += 1
+                continue
+            have = {table[ord(c) - 97] for c in letters if named(c)} | {learned[c] for c in letters if c in learned}
+            cands = [kw for kw in w.keywords if kw not in have and kw not in table and kw not in learned.values()]
+            if len(cands) != len(missing):
+                unknown_files += 1
+                continue
+            for c, kw in zip(missing, cands):     # a Maildir's keywords are listed in letter order
+                learned[c] = kw
+        if learned:
+            self.report.add(REPAIRED, mb, "dovecot-keywords " + ("is missing" if not table else "lacks keywords "
+                                          "the file names use") + ": learned from the archives ("
+                            + ", ".join(f"{c}={kw}" for c, kw in sorted(learned.items())) + ")")
+        if unknown_files:
+            self.report.add(UNKNOWN, mb, f"dovecot-keywords {'is missing' if not table else 'lacks letters'}: the "
+                                         f"keywords of {unknown_files} messages (letters a-z in their file names) "
+                                         f"cannot be named")
+        if learned and self.repair:
+            for c, kw in learned.items():
+                i = ord(c) - 97
+                table.extend([""] * (i + 1 - len(table)))
+                table[i] = kw
+            text = "".join(f"{i} {k}\n" for i, k in enumerate(table) if k)
+            self._write(path, text.encode("utf-8", "surrogateescape"), d)
+        return bool(learned)
 
     # -- files ------------------------------------------------------------------------------------
     def _owner_near(self, d: str):
