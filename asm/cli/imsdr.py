@@ -84,6 +84,9 @@ def _backup(args) -> int:
     if args.device == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a disaster backup to a terminal: redirect stdout or name a file with -f")
     dovecot_config = args.dovecot_config or cfg.get("dovecot.config")
+    if dovecot_config is None and cfg.driver == "maildir":
+        from asm.reconstruct.dovecot import SITE_CONFIG
+        dovecot_config = SITE_CONFIG if os.path.exists(SITE_CONFIG) else None
     device = open_device(args.device, "wb", 20, cfg)
     say = (lambda line: warn(PROG, line)) if args.verbose else None
     cap = Capture(cfg, device.file, report=say, dovecot_config=dovecot_config)

@@ -295,7 +295,8 @@ def mail_crypt_key_files(config: str | None) -> list[str]:
     if doveconf is None:
         return []
     try:
-        out = subprocess.run([doveconf, "-c", config, "-n"], capture_output=True, text=True, timeout=60,
+        # -P: doveconf hides the values of key settings unless asked
+        out = subprocess.run([doveconf, "-c", config, "-n", "-P"], capture_output=True, text=True, timeout=60,
                              errors="replace").stdout
     except (OSError, subprocess.TimeoutExpired):
         return []

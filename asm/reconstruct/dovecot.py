@@ -3,10 +3,12 @@ index files remember of a folder (UIDVALIDITY, how far UIDs went), and ``doveadm
 force-resync`` to have Dovecot bring its indexes in line with the repaired Maildir.
 
 Both run without a running Dovecot: ``dump`` reads files; ``force-resync`` runs on one
-account named by ``USER`` and ``HOME`` in its environment (no userdb lookup), as the
-mail user (Dovecot refuses to touch mail as root), with the site's configuration
-(``dovecot.config``) or, without one, a private two-line configuration for the
-driver's layout (``<partition>/<user>/Maildir``, home ``<partition>/<user>``).
+account named by ``USER`` and ``HOME`` in its environment (no userdb lookup), with the
+site's configuration (``dovecot.config``, for its plugins and settings) or, without
+one, a private one-line configuration, and always the driver's layout
+(``mail_location = maildir:~/Maildir``, home ``<partition>/<user>``).  Run as root,
+doveadm reads its configuration and becomes the mail user itself (``mail_uid``,
+``mail_gid`` given as the Maildir's owner): Dovecot never touches mail as root.
 """
 from __future__ import annotations
 
@@ -130,12 +132,15 @@ class Dovecot:
         except KeyError:
             name = str(owner[0])
         env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "USER": user, "HOME": home, "LOGNAME": name}
-        cmd = [self.doveadm, "-c", self._conf(), "force-resync", "*"]
-        kw = {}
+        # the driver's layout, whatever the site's mail_location; as root, doveadm reads its
+        # configuration and then becomes the mail user itself (mail_uid, mail_gid)
+        cmd = [self.doveadm, "-c", self._conf(), "-o", "mail_location=maildir:~/Maildir"]
         if os.geteuid() == 0:
-            kw = {"user": owner[0], "group": owner[1], "extra_groups": []}
+            cmd += ["-o", f"mail_uid={owner[0]}", "-o", f"mail_gid={owner[1]}"]
         elif os.geteuid() != owner[0]:
             return False, f"run reconstruct as root or as the mail user (uid {owner[0]})"
+        cmd += ["force-resync", "*"]
+        kw: dict = {}
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env, cwd="/",
                                timeout=3600, **kw)
