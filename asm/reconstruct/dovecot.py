@@ -25,9 +25,11 @@ SITE_CONFIG = "/etc/dovecot/dovecot.conf"
 INDEX_FILES = ("dovecot.index", "dovecot.index.log.2", "dovecot.index.log")
 
 _UV = re.compile(r"uid[_ ]validity = (\d+)")
-_NEXT = re.compile(r"next[_ ]uid = (\d+)")
+_NEXT = re.compile(r"(?:next[_ ]uid|first_recent_uid) = (\d+)")
 _APPEND = re.compile(r"type=append\b")
-_UIDS = re.compile(r"uids=([0-9,\-]+)")
+_UIDS = re.compile(r"uids=(.*)")
+_NOTE = re.compile(r"\([^)]*\)")              # "uids=1 (flags=8),2,4 (flags=2),6-9,"
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 
 
 def find_doveadm() -> str | None:
@@ -107,11 +109,8 @@ class Dovecot:
                 if _APPEND.search(line) and i + 1 < len(lines):
                     m = _UIDS.search(lines[i + 1])
                     if m:
-                        for part in m.group(1).split(","):
-                            if part:
-                                top = part.split("-")[-1]
-                                if top.isdigit():
-                                    view.next_uid = max(view.next_uid, int(top) + 1)
+                        for r in _RANGE.finditer(_NOTE.sub("", m.group(1))):
+                            view.next_uid = max(view.next_uid, int(r.group(2) or r.group(1)) + 1)
         view.files = tuple(seen)
         return view
 
