@@ -3,7 +3,7 @@
     imsdr backup  -f DEVICE [--snapshot SNAP=LIVE ...] [--dovecot-config FILE] [-v]
     imsdr restore -f DEVICE [--only KIND,... | --all] [--force] [-n] [-v]
     imsdr show    -f DEVICE [--json]
-    imsdr chain   [--verify] PATH ...
+    imsdr chain   [--verify] [--commands] PATH ...
 
 ``backup`` captures the mailbox list, folder indexes, journals, staging catalog,
 configuration and Dovecot's mail_crypt keys (asm/dr/bundle.py) with a manifest;
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -55,6 +56,8 @@ def build_parser() -> ArgParser:
     s.add_argument("--json", action="store_true", help="the manifest as JSON")
     s = sub.add_parser("chain", help="print the archive files to restore, full first, in order")
     s.add_argument("--verify", action="store_true", help="read each archive to its trailer (complete ones only)")
+    s.add_argument("--commands", action="store_true",
+                   help="print the imsrestore command lines instead (-H on all but the last of each chain)")
     s.add_argument("paths", nargs="+", metavar="PATH", help="archive files or directories holding them")
     return p
 
@@ -274,8 +277,12 @@ def _chain(args) -> int:
                        status=EXIT_MISSING)
     status = EXIT_OK
     for c in found:
-        for a in c.archives:
-            print(a.path)
+        for i, a in enumerate(c.archives):
+            if args.commands:
+                last = i == len(c.archives) - 1
+                print(f"imsrestore{'' if last else ' -H'} -f {shlex.quote(a.path)}")
+            else:
+                print(a.path)
         if c.gap:
             status = EXIT_PARTIAL
             warn(PROG, f"scope {' '.join(c.scope)}: the chain stops: {c.gap}"
