@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
-from asm.errors import EXIT_NOSPACE, EXIT_USAGE, ImsError
+from asm.errors import EXIT_EMPTY, EXIT_NOSPACE, EXIT_USAGE, ImsError
 
 #: Longest value msconfig stores (a path may be this long on Linux).
 MAX_VALUE = 4096
@@ -27,7 +27,6 @@ MAX_CONF_BYTES = 1 << 20
 #: Highest user ID store.owner may name ((uid_t)-1 means "no change" to chown).
 MAX_UID = 2**32 - 2
 _DIGITS = re.compile(r"[0-9]+\Z")
-
 
 
 class ConfigError(ImsError):
@@ -166,7 +165,7 @@ OPTIONS: dict[str, Option] = {
                          "the far side has a shell, faster) or sftp (SFTP only)"),
     "backup.allowempty": Option(_bool, "no",
                                 "yes: a backup that finds no user on a partition it covers writes an "
-                                "(empty) archive instead of failing with exit 18"),
+                                f"(empty) archive instead of failing with exit {EXIT_EMPTY}"),
     "restore.spoolmax": Option(_int(0, 1 << 20), "1024",
                                "MiB of first copies a restore from a pipe may keep for later links"),
     "staging.dir": Option(_abspath, None, "staging directory for per-group dumps"),

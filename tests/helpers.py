@@ -4,8 +4,9 @@
   fails the test; elsewhere it skips (``unavailable``, ``require``).
 * The project's commands run as a user runs them, from the environment the README's
   commands build: the venv's bin directory next to ``sys.executable``, never whatever
-  is on PATH (``command``, ``run``, ``popen``; ``path_with_commands`` for a program the
-  test hands a command *name* to, such as a savepnpc res file).
+  is on PATH (``command``, ``run``, ``popen``).  A program the test hands a command
+  *name* to (savepnpc running a res file) finds it as the docs tell administrators to
+  set it up (tests/test_networker.py links the commands, as docs/networker.md does).
 * Stores: messages, fills and what a client sees of them; staging catalogs; the sample
   mbox; a small filesystem for full-disk cases.
 """
@@ -65,13 +66,6 @@ def command(name: str) -> str:
     return path
 
 
-def path_with_commands(path: str | None = None) -> str:
-    """``path`` (default: this process's PATH) with the venv's bin directory first: the
-    PATH of a child that is handed the name of one of the project's commands."""
-    rest = os.environ.get("PATH", os.defpath) if path is None else path
-    return BIN + os.pathsep + rest if rest else BIN
-
-
 def command_env(home=None, env: dict | None = None) -> dict:
     """This process's environment with IMS_HOME=home (kept as it is when home is None)
     and ``env`` applied on top; a value of None removes that variable."""
@@ -86,13 +80,23 @@ def command_env(home=None, env: dict | None = None) -> dict:
     return e
 
 
-def argv_of(argv) -> list[str]:
+#: The NetBackup notify scripts' command, run as the scripts ``imsnbu install`` writes run
+#: it: this environment's python with ``-m plugins.netbackup.notify`` (it has no console
+#: script of its own).
+NOTIFY = "imsnbu-notify"
+
+
+def argv_of(argv) -> list:
     """[command, args...] -> an argv to execute: a bare command name is the project's
-    command from the venv (``command``); a path (a script the project installed, such
-    as a NetBackup notify script) is run as it is."""
+    command from the venv (``command``; ``NOTIFY`` as the notify scripts run it); a path
+    (a script the project installed, such as a NetBackup notify script) is run as it is.
+    Arguments are strings (a name that is not UTF-8 as os.fsdecode gives it) or bytes."""
     cmd, *args = (os.fspath(a) if isinstance(a, os.PathLike) else a for a in argv)
-    exe = cmd if os.sep in cmd else command(cmd)
-    return [exe, *map(str, args)]
+    if cmd == NOTIFY:
+        exe = [sys.executable, "-m", "plugins.netbackup.notify"]
+    else:
+        exe = [cmd if os.sep in cmd else command(cmd)]
+    return [*exe, *(a if isinstance(a, bytes) else str(a) for a in args)]
 
 
 def _shown(data) -> str:

@@ -9,10 +9,9 @@ import os
 
 import pytest
 
-from conftest import make_home
-from helpers import run
+from asm.errors import EXIT_USAGE
+from tests.helpers import make_home, run
 
-EXIT_USAGE = 2
 A = "a"
 
 

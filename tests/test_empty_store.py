@@ -12,11 +12,9 @@ import sqlite3
 import pytest
 
 from asm.archive.reader import ArchiveReader
+from asm.errors import EXIT_EMPTY, EXIT_PARTIAL, EXIT_STORE
 from asm.store import open_store
-from conftest import make_home
-from helpers import msg, run
-
-EXIT_PARTIAL, EXIT_STORE, EXIT_EMPTY = 1, 17, 18
+from tests.helpers import make_home, msg, run
 
 
 def read(archive):
@@ -189,18 +187,15 @@ def test_unlisted_users_follow_the_group_scope(tmp_path):
 def test_imsstage_does_not_skip_an_empty_partition(tmp_path):
     """imsstage dumps one archive per group with users: an empty partition (its disk not
     mounted) would just have no group.  A whole-store run refuses it, as imsbackup / does."""
-    import subprocess
-    import sys
     home = tmp_path / "ims"
     (tmp_path / "second").mkdir()
     store = open_store(make_home(home, "maildir", **{"partition:second.path": str(tmp_path / "second")}))
     store.create_user("joe")
     store.append("joe", "INBOX", io.BytesIO(msg(1)))
-    env = dict(os.environ, IMS_HOME=str(home))
-    stage = [sys.executable, "-m", "staging.cli", "-D", str(tmp_path / "stage"), "-j", "1"]
-    p = subprocess.run(stage, env=env, capture_output=True, timeout=300)
+    stage = ["imsstage", "-D", tmp_path / "stage", "-j", "1"]
+    p = run(home, *stage)
     assert p.returncode == EXIT_EMPTY, p.stderr
     assert "partition 'second' holds no users" in one_line(p)
     run(home, "msconfig", "set", "backup.allowempty", "yes", check=0)
-    p = subprocess.run(stage, env=env, capture_output=True, timeout=300)
+    p = run(home, *stage)
     assert p.returncode == 0, p.stderr

@@ -2,8 +2,9 @@
 command ends through asm.cli.common.run_command, and no traceback ever reaches a user
 (closed pipes, SIGTERM at any moment, bugs, garbage arguments).
 
-The behaviour tests run the real console scripts of this environment (the venv's bin
-directory next to sys.executable) as subprocesses, as a user or an engine would."""
+The behaviour tests run the real console scripts of this environment as subprocesses,
+as a user or an engine would, through tests/helpers.py (``run``, ``popen``: the venv's
+bin directory, never PATH)."""
 from __future__ import annotations
 
 import ast
@@ -14,17 +15,15 @@ import os
 import pkgutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from asm import errors
 from asm.archive.reader import ArchiveReader
-from tests.helpers import put, run
+from tests.helpers import NOTIFY, popen, put, require, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 STATUSES = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
 
 
@@ -40,28 +39,14 @@ def _console_scripts() -> dict[str, str]:
 
 
 SCRIPTS = _console_scripts()
-# the NetBackup notify scripts run ``python -m plugins.netbackup.notify``
-ENTRY_POINTS = dict(SCRIPTS, **{"imsnbu-notify": "plugins.netbackup.notify:main"})
+# the NetBackup notify scripts' command (helpers.NOTIFY runs it as imsnbu installs it)
+ENTRY_POINTS = dict(SCRIPTS, **{NOTIFY: "plugins.netbackup.notify:main"})
 
 
-def command(name: str) -> list[str]:
-    """argv[0:] that runs ``name`` from this environment, never from PATH."""
-    if name == "imsnbu-notify":
-        return [sys.executable, "-m", "plugins.netbackup.notify"]
-    path = os.path.join(BIN, name)
-    assert os.access(path, os.X_OK), f"{name} is not installed in {BIN}: run ./scripts/setup-venv"
-    return [path]
-
-
-def call(name, *argv, home=None, env=None, tmp=None, **kw) -> subprocess.CompletedProcess:
-    e = {k: v for k, v in os.environ.items() if k not in ("IMS_HOME", "IMS_DEBUG")}
-    if home is not None:
-        e["IMS_HOME"] = str(home)
-    if tmp is not None:
-        e["TMPDIR"] = str(tmp)          # where crash files would go
-    e.update(env or {})
-    kw.setdefault("stdin", subprocess.DEVNULL)
-    return subprocess.run(command(name) + [str(a) for a in argv], env=e, capture_output=True, timeout=120, **kw)
+def quiet(tmp, **more) -> dict:
+    """The environment ``run``/``popen`` apply for these tests: no IMS_DEBUG (a bug is a
+    crash file, not a traceback on stderr) and crash files under ``tmp``."""
+    return {"IMS_DEBUG": None, "TMPDIR": str(tmp), **more}
 
 
 def no_traceback(p, what=""):
@@ -164,13 +149,16 @@ def test_every_error_class_carries_a_documented_status():
 def test_the_statuses_errors_mean():
     """What each error means at a command's top level (docs/operations.md)."""
     from asm.archive import errors as ae
-    from asm.config import ConfigError
+    from asm.backup import EmptyStore, UnlistedStore
+    from asm.config import ConfigError, ConfigWriteFailed, NoInstallation
     from asm.devices import DeviceError
     from asm.groups import GroupsError
     from asm.logical import PathError
     from asm.plugins import PluginError
     from asm.restore import ChainOrderError, RestoreError
     from asm.store import base as sb
+    from asm.store.classic import MailboxListLost
+    from asm.store.partitions import PartitionUnavailable
     from plugins.bacula.fileset import FilesetError
     from plugins.netbackup.install import InstallError
     from plugins.networker import getdate, stream, tree
@@ -187,7 +175,8 @@ def test_the_statuses_errors_mean():
         sb.BadName("x"): errors.EXIT_USAGE,
         ae.NotAnArchive("x"): errors.EXIT_NOT_ARCHIVE, ae.IncompleteArchive(): errors.EXIT_INCOMPLETE,
         ae.CorruptMember(0, "x"): errors.EXIT_INCOMPLETE, ae.DigestMismatch("m", "a", "b"): errors.EXIT_INCOMPLETE,
-        ae.HostileMember("m", "x"): errors.EXIT_HOSTILE,
+        ae.HostileMember("m", "x"): errors.EXIT_HOSTILE, ae.MessageChanged("m"): errors.EXIT_PARTIAL,
+        ae.UnreadableSource("m", "/x", "a FIFO"): errors.EXIT_PARTIAL,
         RestoreError("x"): errors.EXIT_USAGE, ChainOrderError("x"): errors.EXIT_ORDER,
         se.ConnectFailed("x"): errors.EXIT_CONNECT, se.HostKeyUnknown("x"): errors.EXIT_HOSTKEY,
         se.HostKeyChanged("x"): errors.EXIT_HOSTKEY, se.AuthFailed("x"): errors.EXIT_AUTH,
@@ -198,6 +187,10 @@ def test_the_statuses_errors_mean():
         stream.NotAStream("x"): errors.EXIT_NOT_ARCHIVE, stream.TruncatedStream("x"): errors.EXIT_INCOMPLETE,
         tree.TreeError("x"): errors.EXIT_USAGE, getdate.DateError("x"): errors.EXIT_USAGE,
         InstallError("x"): errors.EXIT_USAGE, FilesetError("x"): errors.EXIT_USAGE,
+        # readers never create an installation; an empty or unlisted store is no success
+        NoInstallation("x"): errors.EXIT_USAGE, EmptyStore("x"): errors.EXIT_EMPTY,
+        UnlistedStore("x"): errors.EXIT_STORE, MailboxListLost("x"): errors.EXIT_STORE,
+        PartitionUnavailable("x"): errors.EXIT_STORE,
     }
     assert {type(e).__name__: e.status for e in want} == {type(e).__name__: s for e, s in want.items()}
     assert all(isinstance(e, errors.ImsError) for e in want)
@@ -205,6 +198,9 @@ def test_the_statuses_errors_mean():
     assert isinstance(se.LinkLost("x"), OSError) and errors.device_status(se.LinkLost("x")) == errors.EXIT_LINKLOST
     assert errors.device_status(OSError(28, "No space left on device")) == errors.EXIT_NOSPACE
     assert errors.device_status(OSError(5, "Input/output error")) == errors.EXIT_DEVICE
+    # msg.conf that cannot be written: a full disk is EXIT_NOSPACE, anything else a usage error
+    assert ConfigWriteFailed("msg.conf", OSError(28, "No space left on device")).status == errors.EXIT_NOSPACE
+    assert ConfigWriteFailed("msg.conf", OSError(13, "Permission denied")).status == errors.EXIT_USAGE
 
 
 def _entry_modules() -> set[str]:
@@ -262,11 +258,10 @@ def _fill(store, folders: int = 0, messages: int = 0):
         put(store, "joe", f"{LONG}messages", i)
 
 
-def _into_head(argv, env) -> tuple[int, bytes, bytes]:
+def _into_head(home, tmp, *argv) -> tuple[int, bytes, bytes]:
     """``argv | head -1``: (argv's status, head's output, argv's stderr)."""
-    writer = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
-    head = subprocess.Popen(["head", "-1"], stdin=writer.stdout, stdout=subprocess.PIPE)
+    writer = popen(home, *argv, env=quiet(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.Popen([require("head"), "-1"], stdin=writer.stdout, stdout=subprocess.PIPE)
     writer.stdout.close()           # only head reads it now
     out = head.communicate(timeout=120)[0]
     err = writer.stderr.read()
@@ -274,19 +269,14 @@ def _into_head(argv, env) -> tuple[int, bytes, bytes]:
     return writer.wait(timeout=120), out, err
 
 
-def _env(home, tmp):
-    e = {k: v for k, v in os.environ.items() if k != "IMS_DEBUG"}
-    return dict(e, IMS_HOME=str(home), TMPDIR=str(tmp))
-
-
 def test_imsrestore_listing_into_head(store, ims_home, tmp_path):
     _fill(store, messages=1500)          # about 190 KB of -t lines: far more than a pipe holds
     a = tmp_path / "a.ims"
     run(ims_home, "imsbackup", "-f", a, "/", check=0)
-    full = call("imsrestore", "-f", a, "-t", home=ims_home)
+    full = run(ims_home, "imsrestore", "-f", a, "-t", env=quiet(tmp_path))
     assert full.returncode == 0 and len(full.stdout) > 150_000
-    for argv in (["-f", str(a), "-t"], ["-t", "-f", str(a), "/primary/joe"]):
-        status, out, err = _into_head(command("imsrestore") + argv, _env(ims_home, tmp_path))
+    for argv in (["-f", a, "-t"], ["-t", "-f", a, "/primary/joe"]):
+        status, out, err = _into_head(ims_home, tmp_path, "imsrestore", *argv)
         assert out == full.stdout.splitlines(keepends=True)[0]
         assert status == errors.EXIT_PIPE, err
         assert b"Traceback" not in err and len(err.splitlines()) <= 1, err
@@ -295,9 +285,9 @@ def test_imsrestore_listing_into_head(store, ims_home, tmp_path):
 
 def test_mboxutil_listing_into_head(store, ims_home, tmp_path):
     _fill(store, folders=1200)           # about 190 KB of listing lines
-    full = call("mboxutil", "-l", home=ims_home)
+    full = run(ims_home, "mboxutil", "-l", env=quiet(tmp_path))
     assert full.returncode == 0 and len(full.stdout) > 150_000
-    status, out, err = _into_head(command("mboxutil") + ["-l"], _env(ims_home, tmp_path))
+    status, out, err = _into_head(ims_home, tmp_path, "mboxutil", "-l")
     assert out == full.stdout.splitlines(keepends=True)[0]
     assert status == errors.EXIT_PIPE, err
     assert b"Traceback" not in err and len(err.splitlines()) <= 1, err
@@ -311,10 +301,9 @@ def test_archive_to_a_reader_that_leaves_is_a_device_error(store, ims_home, tmp_
     (nor the quiet EXIT_PIPE of a listing): a device error, one line."""
     for i in range(40):
         put(store, f"u{i % 4}", "INBOX", i, size=20_000)
-    argv = command("imsbackup") + ["-b", bf, "-f", "-", "/"]
-    writer = subprocess.Popen(argv, env=_env(ims_home, tmp_path), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    reader = subprocess.Popen(["head", "-c", str(keep)], stdin=writer.stdout, stdout=subprocess.PIPE)
+    writer = popen(ims_home, "imsbackup", "-b", bf, "-f", "-", "/", env=quiet(tmp_path),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = subprocess.Popen([require("head"), "-c", str(keep)], stdin=writer.stdout, stdout=subprocess.PIPE)
     writer.stdout.close()
     got = reader.communicate(timeout=120)[0]
     err = writer.stderr.read()
@@ -343,18 +332,16 @@ def test_sigterm_at_any_moment_of_imsbackup(store, ims_home, tmp_path):
     for i in range(150):
         put(store, f"u{i % 6}", "INBOX", i, size=30_000)
     target = tmp_path / "a.ims"
-    env = _env(ims_home, tmp_path)
-    argv = command("imsbackup") + ["-b", "1", "-f", str(target), "/"]
+    argv = ["imsbackup", "-b", "1", "-f", target, "/"]
     t0 = time.monotonic()
-    subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, check=True, capture_output=True, timeout=120)
+    run(ims_home, *argv, env=quiet(tmp_path), check=errors.EXIT_OK)
     whole = time.monotonic() - t0            # about 0.5 s here: interpreter start, setup, writing
     statuses = []
     n = 24
     for k in range(n):
         delay = whole * (0.1 + k / (n - 1))  # from a tenth of a run to past its end, on this machine
         target.write_bytes(b"yesterday's good archive")
-        p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+        p = popen(ims_home, *argv, env=quiet(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(delay)
         p.send_signal(signal.SIGTERM)
         err = p.communicate(timeout=120)[1].decode("utf-8", "replace")
@@ -400,7 +387,7 @@ def test_a_bug_is_one_line_a_crash_file_and_70(store, ims_home, tmp_path, case):
     if name == "imsbackup":
         (work / "a.ims").write_bytes(b"yesterday's good archive")
     env = _patched(tmp_path, module, attr, owner)
-    p = call(name, *argv, home=ims_home, tmp=work, env=env)
+    p = run(ims_home, name, *argv, env=quiet(work, **env))
     err = no_traceback(p, name)
     assert p.returncode == errors.EXIT_INTERNAL, err
     assert len(err.splitlines()) == 1 and err.startswith(f"{name}: internal error (ZeroDivisionError: a simulated bug)")
@@ -415,7 +402,7 @@ def test_a_bug_is_one_line_a_crash_file_and_70(store, ims_home, tmp_path, case):
     else:
         assert (work / "a.ims").read_bytes() == before
     # IMS_DEBUG=1: the traceback on stderr instead of a file
-    p = call(name, *argv, home=ims_home, tmp=work, env=dict(env, IMS_DEBUG="1"))
+    p = run(ims_home, name, *argv, env=quiet(work, **env, IMS_DEBUG="1"))
     err = p.stderr.decode()
     assert p.returncode == errors.EXIT_INTERNAL and "Traceback (most recent call last)" in err
     assert "ZeroDivisionError: a simulated bug" in err and len(glob.glob(str(work / "*crash*"))) == 1
@@ -442,10 +429,7 @@ def test_every_command_refuses_garbage_without_a_traceback(name, tmp_path):
     if name not in NO_PLAIN_RUN:
         runs += [([], home), ([], None)]      # nothing at all; and without IMS_HOME
     for argv, h in runs:
-        env = _env(h, tmp_path)
-        if h is None:
-            del env["IMS_HOME"]
-        p = subprocess.run(command(name) + [os.fsencode(a) for a in argv], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=120, cwd=tmp_path)
+        p = run(h, name, *argv, env=quiet(tmp_path, **({} if h else {"IMS_HOME": None})), cwd=tmp_path)
         err = no_traceback(p, f"{name} {argv}")
         assert p.returncode in STATUSES - {errors.EXIT_INTERNAL}, (name, argv, p.returncode, err)
         if argv == ["--help"]:
@@ -463,9 +447,7 @@ def test_every_command_refuses_garbage_without_a_traceback(name, tmp_path):
     ("imsnbu-notify", ["start", "--", "c", "p", "s", "FULL"]),
 ])
 def test_without_ims_home_every_command_says_so(name, argv, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("IMS_HOME", "IMS_DEBUG")}
-    p = subprocess.run(command(name) + argv, env=dict(env, TMPDIR=str(tmp_path)), cwd=tmp_path,
-                       stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    p = run(None, name, *argv, env=quiet(tmp_path, IMS_HOME=None), cwd=tmp_path)
     err = no_traceback(p, name)
     assert p.returncode == errors.EXIT_USAGE and "IMS_HOME is not set" in err, (p.returncode, err)
     assert len(err.splitlines()) == 1, err
@@ -483,9 +465,9 @@ def test_list_and_map_files_hold_names_whatever_their_bytes(store, ims_home, tmp
     users.write_bytes(b"/primary/user/j\xf6e\n")
     mapfile = tmp_path / "map"
     mapfile.write_bytes(b"joe=ann\n\xff\xfe\n")
-    for argv, says in ((["imsbackup", "-u", users, "-f", tmp_path / "b.ims"], "/primary/user/j\\xf6e: no user"),
+    for argv, says in ((["imsbackup", "-u", users, "-f", tmp_path / "b.ims"], "/primary/user/j\\xf6e: no user 'j\\xf6e'"),
                        (["imsrestore", "-m", mapfile, "-f", a], f"{mapfile}:2: expected 'olduser=newuser'")):
-        p = call(argv[0], *argv[1:], home=ims_home, tmp=tmp_path)
+        p = run(ims_home, *argv, env=quiet(tmp_path))
         assert p.returncode == errors.EXIT_USAGE, p.stderr
         err = no_traceback(p)
         assert says in err and len(err.splitlines()) == 1, err
@@ -522,20 +504,20 @@ def test_store_errors_end_with_their_own_status(store, ims_home, tmp_path):
     """A store error is no longer 'some mailboxes failed' (1): named things that do not
     exist or already exist are usage errors, a held lock is EXIT_LOCKED."""
     store.create_user("joe")
-    p = call("mboxutil", "-c", "user/joe", home=ims_home)
+    p = run(ims_home, "mboxutil", "-c", "user/joe")
     assert p.returncode == errors.EXIT_USAGE and no_traceback(p) == "mboxutil: user already exists: 'joe'\n"
-    p = call("mboxutil", "-d", "user/nobody/Work", home=ims_home)
+    p = run(ims_home, "mboxutil", "-d", "user/nobody/Work")
     assert p.returncode == errors.EXIT_USAGE and "nobody" in no_traceback(p)
-    p = call("mboxutil", "-d", "user/joe/Work", home=ims_home)
+    p = run(ims_home, "mboxutil", "-d", "user/joe/Work")
     assert p.returncode == errors.EXIT_USAGE and "Work" in no_traceback(p)
-    p = call("mboxutil", "-c", "user/ann", "-p", "nowhere", home=ims_home)
+    p = run(ims_home, "mboxutil", "-c", "user/ann", "-p", "nowhere")
     assert p.returncode == errors.EXIT_USAGE and "no partition 'nowhere'" in no_traceback(p)
-    p = call("imsdeliver", "joe", "nobody", home=ims_home, input=b"Subject: x\r\n\r\nx\r\n", stdin=None)
+    p = run(ims_home, "imsdeliver", "joe", "nobody", input=b"Subject: x\r\n\r\nx\r\n")
     assert p.returncode == errors.EXIT_USAGE and no_traceback(p) == "imsdeliver: no user 'nobody'\n"
     run(ims_home, "msconfig", "set", "store.locktimeout", "1", check=0)
     with store.lock("joe", "INBOX"):
-        p = call("imsimport", "-u", "joe", "-s", "-", home=ims_home, stdin=None,
-                 input=b"From a@b Mon Jan  1 10:00:00 2024\nSubject: x\n\nx\n")
+        p = run(ims_home, "imsimport", "-u", "joe", "-s", "-",
+                input=b"From a@b Mon Jan  1 10:00:00 2024\nSubject: x\n\nx\n")
     assert p.returncode == errors.EXIT_LOCKED, p.stderr
     assert "another process holds it" in no_traceback(p) and "(after 0 messages)" in p.stderr.decode()
     assert [m.uid for m in store.messages("joe", "INBOX")] == []

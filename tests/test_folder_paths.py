@@ -9,11 +9,9 @@ import io
 import pytest
 
 from asm.archive.reader import ArchiveReader
+from asm.errors import EXIT_USAGE
 from asm.store import open_store
-from conftest import make_home
-from helpers import msg, run
-
-EXIT_USAGE = 2
+from tests.helpers import make_home, msg, run
 
 
 def folders_in(archive) -> set:

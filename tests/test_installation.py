@@ -11,11 +11,9 @@ import subprocess
 import pytest
 
 from asm.archive.reader import ArchiveReader
+from asm.errors import EXIT_EMPTY, EXIT_NOSPACE, EXIT_STORE, EXIT_USAGE
 from asm.store import open_store
-from conftest import make_home
-from helpers import msg, run, small_tmpfs
-
-EXIT_USAGE, EXIT_NOSPACE, EXIT_STORE, EXIT_EMPTY = 2, 13, 17, 18
+from tests.helpers import make_home, msg, require, run, small_tmpfs
 
 
 def one_line(p) -> str:
@@ -174,7 +172,7 @@ def test_msconfig_set_on_a_full_disk(tmp_path):
         home = mnt / "ims"
         run(home, "msconfig", "set", "store.driver", "maildir", check=0)
         before = (home / "config" / "msg.conf").read_bytes()
-        subprocess.run(["dd", "if=/dev/zero", f"of={mnt}/fill", "bs=4k"], capture_output=True)
+        subprocess.run([require("dd"), "if=/dev/zero", f"of={mnt}/fill", "bs=4k"], capture_output=True)
         p = run(home, "msconfig", "set", "staging.afterbatch", "x" * 4000)
         assert p.returncode == EXIT_NOSPACE, p.stderr
         line = one_line(p)

@@ -12,9 +12,10 @@ import os
 import pytest
 
 from asm.archive.reader import ArchiveReader
+from asm.config import Config
+from asm.errors import EXIT_USAGE
 from asm.store import open_store
-from conftest import make_home
-from helpers import msg, run, state
+from tests.helpers import make_home, msg, run, state
 
 CAFE = os.fsdecode(b"Caf\xe9")          # Latin-1 'Café': not UTF-8
 JORG = os.fsdecode(b"j\xf6rg")          # Latin-1 'jörg'
@@ -171,3 +172,51 @@ def test_journal_reffile_and_catalog_keep_the_bytes(tmp_path):
     assert [x.id for x in c.holding(JORG)] == []         # not complete yet, but found by its name
     c.db.execute("UPDATE dumps SET status='complete' WHERE id=?", (d.id,))
     assert [x.id for x in c.holding(JORG)] == [d.id]
+
+
+def test_every_command_prints_names_as_their_bytes(tmp_path, foreign):
+    """Lossless output is run_command's, so it holds for every command, not only the
+    five that once set it up: imsstage prints jörg's name to stdout as its very bytes
+    (it was an internal error, 70), and a name on stderr shows its odd byte as \\xNN."""
+    home, _ = foreign
+    stage = tmp_path / "stage"
+    p = run(home, "imsstage", "dump", "-D", stage, "-j", "1")
+    assert p.returncode == 0, p.stderr
+    # stdio as Python sets it up in an administrator's locale such as en_US.UTF-8 (under
+    # C, POSIX and C.UTF-8 it would escape such bytes on its own)
+    utf8 = {"PYTHONIOENCODING": "utf-8:strict"}
+    p = run(home, "imsstage", "locate", "-D", stage, f"/primary/user/{JORG}", env=utf8)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(b"j\xf6rg: 1 file(s) to restore, in this order:\n"), p.stdout
+    p = run(home, "mkbackupdir", "-p", tmp_path / "tree", f"--no-such-option-{JORG}", env=utf8)
+    assert p.returncode == 2 and p.stderr.endswith(b"--no-such-option-j\\xf6rg (see mkbackupdir --help)\n"), p.stderr
+
+
+@pytest.mark.parametrize("name", [b"user/j\xf6rg", b"user/j\xf6rg/Work", b"user/joe/Caf\xe9", b"user/joe/Caf\xe9/2023"])
+def test_mboxutil_create_refuses_what_the_classic_store_cannot_keep(tmp_path, name):
+    """The classic store keeps names as UTF-8 text: a name that is not is one line naming
+    it (\\xNN) and EXIT_USAGE, nothing made (it was an internal error, 70); a maildir
+    store makes it and lists it back as its bytes."""
+    home = tmp_path / "classic"
+    store = open_store(make_home(home, "classic"))
+    store.create_user("joe")
+    part = store.partition_path("primary")
+    before = sorted(os.walk(part))
+    p = run(home, "mboxutil", "-c", os.fsdecode(name), env={"TMPDIR": tmp_path, "IMS_DEBUG": None})
+    assert p.returncode == EXIT_USAGE, p.stderr
+    what = b"user ID 'j\\xf6rg'" if b"j\xf6rg" in name else b"folder name 'Caf\\xe9"
+    assert p.stderr.startswith(b"mboxutil: " + what) and b"holds bytes that are not UTF-8" in p.stderr, p.stderr
+    assert p.stderr.count(b"\n") == 1 and b"\\udc" not in p.stderr, p.stderr
+    assert p.stdout == b"" and not [f for f in os.listdir(tmp_path) if "crash" in f]
+    again = open_store(Config(str(home)))
+    assert [u for u in again.users("primary")] == ["joe"] and again.folder_names("joe") == ["INBOX"]
+    assert sorted(os.walk(part)) == before
+    p = run(home, "mboxutil", "-d", os.fsdecode(name))           # quoted names show the byte as \xNN too
+    assert p.returncode == EXIT_USAGE and p.stderr.count(b"\n") == 1 and b"\\udc" not in p.stderr, p.stderr
+    assert (b"no such user: 'j\\xf6rg'" if b"j\xf6rg" in name else b"no such folder: 'Caf\\xe9") in p.stderr, p.stderr
+    other = tmp_path / "maildir"
+    make_home(other, "maildir")
+    run(other, "mboxutil", "-c", "user/joe", check=0)
+    run(other, "mboxutil", "-c", os.fsdecode(name), check=0)
+    listed = run(other, "mboxutil", "-l", check=0).stdout
+    assert b"  " + name + (b"/INBOX" if name.count(b"/") == 1 else b"") + b"\n" in listed, listed

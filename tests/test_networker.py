@@ -3,9 +3,11 @@ mkbackupdir from a savepnpc precmd, imsasm per directory as the .nsr directives 
 recover -a of a folder, a user, a group and the whole store, full and incremental."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
+import re
 import time
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from asm.config import Config
 from asm.store import open_store
 from plugins.networker import tree
-from tests.helpers import command, make_home, path_with_commands, run
+from tests.helpers import command, make_home, run
 from tests.nsrharness import Harness, parse_res
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,12 +30,29 @@ def drv(request):
     return request.param
 
 
+#: The commands docs/networker.md (setup, step 1) links beside NetWorker's save.
+LINKED = ("imsasm", "mkbackupdir", "imsasmreport")
+#: A PATH as NetWorker's client daemon might have it: none of the project's commands.
+BARE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    """What savepnpc runs precmds, ASMs and pstcmds with: the res files name the
-    commands (mkbackupdir, imsasmreport) as an administrator who put them on PATH does."""
+def nsr_bin(tmp_path):
+    """Setup step 1 of docs/networker.md: the three commands linked from the venv's bin
+    into the directory of NetWorker's save (here a directory of the test's own)."""
+    d = tmp_path / "nsr-sbin"
+    d.mkdir()
+    for name in LINKED:
+        os.symlink(command(name), d / name)
+    return str(d)
+
+
+@pytest.fixture
+def env(nsr_bin, monkeypatch):
+    """What savepnpc runs precmds, ASMs and pstcmds with: a PATH that holds the links
+    of step 1 and not the venv, so the res files' command names resolve as documented."""
     monkeypatch.setenv("IMS_ASM_PLUGINS", PLUGINS)
-    return dict(os.environ, IMS_ASM_PLUGINS=PLUGINS, PATH=path_with_commands())
+    return dict(os.environ, IMS_ASM_PLUGINS=PLUGINS, PATH=f"{nsr_bin}:{BARE_PATH}")
 
 
 def home(path, drv):
@@ -74,11 +93,6 @@ def state(store, users=None) -> dict:
     return out
 
 
-def asm_dir():
-    """NetWorker's ASM directory: where imsasm is installed (the venv's bin)."""
-    return os.path.dirname(command("imsasm"))
-
-
 def res_file(tmp_path, name, ims_home, backup):
     """An examples/res file with the installation and tree paths of this test."""
     with open(os.path.join(ROOT, "examples", "res", name), encoding="utf-8") as f:
@@ -112,6 +126,26 @@ def test_res_file_syntax():
     assert "mkbackupdir -p /backup" in res["precmd"][0]
     assert "imsasmreport" in res["pstcmd"][0]
     assert res["timeout"] == ["4:00am"]
+
+
+def test_example_res_files_name_only_commands_the_setup_links():
+    """Every command an example res file runs by bare name is one that setup step 1 of
+    docs/networker.md links onto savepnpc's PATH (a venv install has them nowhere else)."""
+    with open(os.path.join(ROOT, "docs", "networker.md"), encoding="utf-8") as f:
+        doc = f.read()
+    step1 = re.search(r"for c in ([^;]+); do ln -s \"\$BIN/\$c\" /usr/sbin/\$c; done", doc)
+    assert step1 and tuple(step1.group(1).split()) == LINKED
+    named = set()
+    for path in glob.glob(os.path.join(ROOT, "examples", "res", "*.res")):
+        with open(path, encoding="utf-8") as f:
+            res = parse_res(f.read())
+        for cmd in res.get("precmd", []) + res.get("pstcmd", []):
+            words = cmd.split()
+            if words[0] == "/usr/bin/env":
+                words = [w for w in words[1:] if "=" not in w]
+            named.add(words[0])
+    assert named == {"mkbackupdir", "imsasmreport"}
+    assert named <= set(LINKED)
 
 
 # ----------------------------------------------------------------------------- mkbackupdir
@@ -189,12 +223,12 @@ def _fresh(tmp_path, name, drv, env):
     return h, e
 
 
-def test_savepnpc_full_and_incremental_round_trips(tmp_path, ims_home, env, drv):
+def test_savepnpc_full_and_incremental_round_trips(tmp_path, ims_home, env, nsr_bin, drv):
     cfg = home(ims_home, drv)
     store = open_store(cfg)
     fill(store)
     backup = tmp_path / "backup"
-    h = Harness(asm_dir(), str(tmp_path / "catalog"), env)
+    h = Harness(nsr_bin, str(tmp_path / "catalog"), env)
     res = res_file(tmp_path, "groupA.res", ims_home, backup)
     sets = [str(backup / "primary" / g) for g in ("groupA", "groupB", "user")]   # 50%;off is in 'user'
     done = h.savepnpc(res, sets)
@@ -242,25 +276,25 @@ def test_savepnpc_full_and_incremental_round_trips(tmp_path, ims_home, env, drv)
         assert got == {k: v for k, v in final.items() if users is None or k[0] in users}
 
 
-def test_failing_precmd_means_no_save(tmp_path, ims_home, env):
+def test_failing_precmd_means_no_save(tmp_path, ims_home, env, nsr_bin):
     home(ims_home, "classic")
     open_store(Config()).create_user("alice")
     backup = tmp_path / "backup"
     res = tmp_path / "bad.res"
     res.write_text(f'type: savepnpc;\nprecmd: "mkbackupdir -a nope -p {backup}";\n'
                    f'pstcmd: "touch {tmp_path}/pst";\ntimeout: "3 hours";\n')
-    h = Harness(asm_dir(), str(tmp_path / "catalog"), env)
+    h = Harness(nsr_bin, str(tmp_path / "catalog"), env)
     done = h.savepnpc(str(res), [str(backup)])
     assert done["precmd"][0][1] == 2 and done["saves"] == [] and done["pstcmd"] == []
     assert not (tmp_path / "pst").exists() and h.catalog.entries == []
 
 
-def test_per_user_records_estimate_compare_and_rename(tmp_path, ims_home, env):
+def test_per_user_records_estimate_compare_and_rename(tmp_path, ims_home, env, nsr_bin):
     cfg = home(ims_home, "classic")
     store = open_store(cfg)
     fill(store, USERS[:3])
     backup = tmp_path / "backup"
-    h = Harness(asm_dir(), str(tmp_path / "catalog"), env)
+    h = Harness(nsr_bin, str(tmp_path / "catalog"), env)
     done = h.savepnpc(res_file(tmp_path, "users.res", ims_home, backup), [str(backup)])
     assert set(done["saves"]) == {0} and done["pstcmd"][0][1] == 0
     assert (backup / "primary" / "groupA" / "alice").is_file()          # -u: one placeholder per user

@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -16,18 +14,12 @@ import pytest
 from asm.archive.errors import CorruptSource
 from asm.archive.reader import ArchiveReader
 from asm.archive.writer import ArchiveWriter
+from asm.errors import EXIT_PARTIAL
 from asm.store import open_store
-from conftest import make_home
-from helpers import msg, run, state
+from tests.helpers import make_home, msg, run, state
 
-EXIT_PARTIAL = 1
-
-
-def run_t(home, *argv, timeout=120):
-    """run() with a deadline: a backup that hangs on a FIFO fails the test, not the suite."""
-    env = dict(os.environ, IMS_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", f"asm.cli.{argv[0]}", *map(str, argv[1:])], env=env,
-                          capture_output=True, timeout=timeout)
+#: seconds: a backup that hangs on a FIFO fails its test, not the suite
+DEADLINE = 120
 
 
 def trailer_errors(path) -> list:
@@ -91,7 +83,7 @@ def test_odd_files_among_messages(tmp_path, driver):
         odd = {"dir": inbox[2], "fifo": inbox[3], "dangling": inbox[4], "link": inbox[5], "missing": inbox[6]}
         want = {k: v for k, v in want.items() if not (k[:2] == ("joe", "INBOX") and k[2] in (2, 3, 4, 5, 6))}
     archive = tmp_path / "full.ims"
-    p = run_t(home, "imsbackup", "-f", archive, "/")
+    p = run(home, "imsbackup", "-f", archive, "/", timeout=DEADLINE)
     err = p.stderr.decode()
     assert p.returncode == EXIT_PARTIAL, err
     assert "Traceback" not in err
@@ -146,7 +138,7 @@ def test_a_message_growing_during_the_backup(tmp_path, driver):
     t.start()
     try:
         archive = tmp_path / "full.ims"
-        p = run_t(home, "imsbackup", "-f", archive, "/")
+        p = run(home, "imsbackup", "-f", archive, "/", timeout=DEADLINE)
     finally:
         stop.set()
         t.join()

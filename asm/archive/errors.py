@@ -114,6 +114,8 @@ class UnreadableSource(ArchiveError):
     missing from the archive (or, when the failure came after its header was written,
     its member is cut and fails its digest on restore); the caller names it."""
 
+    status = EXIT_PARTIAL
+
     def __init__(self, name, source, why, written=False):
         self.name = name
         self.source = source

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from typing import Callable
 
 from asm.errors import (
-    EXIT_DEVICE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PIPE, EXIT_USAGE, ImsError, UsageError,
+    EXIT_DEVICE, EXIT_INTERNAL, EXIT_NOSPACE, EXIT_OK, EXIT_PIPE, EXIT_USAGE, ImsError, UsageError, status_of,
 )
 from asm.units import human  # noqa: F401  (the commands' size formatting)
 
@@ -26,12 +27,23 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def die(prog: str, message: str, status: int) -> int:
-    print(f"{prog}: {message}", file=sys.stderr)
+    print(f"{prog}: {shown(message)}", file=sys.stderr)
     return status
 
 
 def warn(prog: str, message: str) -> None:
-    print(f"{prog}: {message}", file=sys.stderr)
+    print(f"{prog}: {shown(message)}", file=sys.stderr)
+
+
+# a byte that was not UTF-8, as repr() writes it: \udcNN after an even run of backslashes
+_REPR_BYTE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def shown(message: str) -> str:
+    """A message for stderr with every byte that was not UTF-8 written as \\xNN: a name
+    quoted with repr() (``'j\\udcf6rg'``) reads as the rest do (``'j\\xf6rg'``);
+    unquoted, stderr's own error handler does it (:func:`lossless_output`)."""
+    return _REPR_BYTE.sub(r"\1\\x\2", message) if "\\udc" in message else message
 
 
 # ----------------------------------------------------------------------------- run_command
@@ -54,9 +66,10 @@ def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv:
     - anything else is a bug: "internal error" with the traceback saved in a crash
       file (printed instead with IMS_DEBUG=1), EXIT_INTERNAL.
 
-    No traceback reaches the user.
+    Names print losslessly (:func:`lossless_output`).  No traceback reaches the user.
     """
     global _depth
+    lossless_output()
     outer = _depth == 0
     saved = _trap_signals()
     _depth += 1
@@ -72,6 +85,35 @@ def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv:
     except BaseException as exc:       # noqa: B036 - the one place every failure ends
         status = _report(prog, exc)
     return _flush_stdout(prog, status)
+
+
+def _shown(exc):
+    """Codec error handler for messages to people: a byte that was not UTF-8 (a lone
+    surrogate from os.fsdecode) as \\xNN, anything else unencodable as \\uNNNN."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = []
+    for c in exc.object[exc.start:exc.end]:
+        o = ord(c)
+        out.append("\\x%02x" % (o - 0xDC00) if 0xDC80 <= o <= 0xDCFF else "\\u%04x" % o)
+    return "".join(out), exc.end
+
+
+def lossless_output() -> None:
+    """Names hold whatever bytes the filesystem allows.  stdout writes them as those
+    very bytes (as ls and find do, so a listing can be fed back to a command); stderr,
+    read by people and logs, shows a byte that is not UTF-8 as \\xNN.  Never a
+    UnicodeEncodeError."""
+    import codecs
+    try:
+        codecs.lookup_error("ims-shown")
+    except LookupError:
+        codecs.register_error("ims-shown", _shown)
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "ims-shown")):
+        try:
+            stream.reconfigure(errors=errors)
+        except (AttributeError, ValueError):
+            pass
 
 
 def _raise_interrupt(signum, frame):
@@ -110,7 +152,7 @@ def _say(prog: str, message: str) -> None:
     """One line on stderr; a stderr that cannot be written is not worth a traceback."""
     Progress.clear_all()
     try:
-        print(f"{prog}: {message}", file=sys.stderr, flush=True)
+        print(f"{prog}: {shown(message)}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 
@@ -125,22 +167,23 @@ def _exit_code(prog: str, code) -> int:
 
 
 def _report(prog: str, exc: BaseException) -> int:
-    import errno
-    if isinstance(exc, ImsError):
-        _say(prog, str(exc) or type(exc).__name__)
-        return exc.status
-    if isinstance(exc, KeyboardInterrupt):
-        _say(prog, "interrupted")
-        return EXIT_INTERRUPTED
+    """The line and the status for what ended the body; :func:`asm.errors.status_of` says
+    which status an exception stands for, this says it to the user."""
     if isinstance(exc, BrokenPipeError) and _stdout_gone():
         _quiet_stdout()
         return EXIT_PIPE
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" writing {exc.filename}" if exc.filename else ""
-        _say(prog, f"{exc.strerror or 'no space left on device'}{where}: free space there and run the "
-                   f"same command again")
-        return EXIT_NOSPACE
-    return _internal_error(prog, exc)
+    status = status_of(exc)
+    if status == EXIT_INTERNAL:
+        return _internal_error(prog, exc)
+    if isinstance(exc, ImsError):
+        _say(prog, str(exc) or type(exc).__name__)
+    elif isinstance(exc, KeyboardInterrupt):
+        _say(prog, "interrupted")
+    else:                              # a full disk (status_of: EXIT_NOSPACE)
+        where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+        _say(prog, f"{getattr(exc, 'strerror', None) or 'no space left on device'}{where}: free space there "
+                   f"and run the same command again")
+    return status
 
 
 def _internal_error(prog: str, exc: BaseException) -> int:
@@ -298,35 +341,6 @@ def parse_date(text: str) -> float:
         return dt.datetime.strptime(text, fmt).timestamp()
     except ValueError:
         raise UsageError(f"bad date {text!r}: use YYYYMMDD or YYYYMMDD:HHMMSS, e.g. 20240501:131000") from None
-
-
-def _shown(exc):
-    """Codec error handler for messages to people: a byte that was not UTF-8 (a lone
-    surrogate from os.fsdecode) as \\xNN, anything else unencodable as \\uNNNN."""
-    if not isinstance(exc, UnicodeEncodeError):
-        raise exc
-    out = []
-    for c in exc.object[exc.start:exc.end]:
-        o = ord(c)
-        out.append("\\x%02x" % (o - 0xDC00) if 0xDC80 <= o <= 0xDCFF else "\\u%04x" % o)
-    return "".join(out), exc.end
-
-
-def lossless_output() -> None:
-    """Names hold whatever bytes the filesystem allows.  stdout writes them as those
-    very bytes (as ls and find do, so a listing can be fed back to a command); stderr,
-    read by people and logs, shows a byte that is not UTF-8 as \\xNN.  Never a
-    UnicodeEncodeError."""
-    import codecs
-    try:
-        codecs.lookup_error("ims-shown")
-    except LookupError:
-        codecs.register_error("ims-shown", _shown)
-    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "ims-shown")):
-        try:
-            stream.reconfigure(errors=errors)
-        except (AttributeError, ValueError):
-            pass
 
 
 def read_list_file(path: str) -> list[str]:

@@ -12,7 +12,7 @@ import time
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup, select
 from asm.cli.common import (
-    ArgParser, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file, run_command, warn, lossless_output,
+    ArgParser, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file, run_command, warn,
 )
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
@@ -50,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    lossless_output()
     args = build_parser().parse_args(argv)
     since = parse_date(args.date) if args.date else None
     names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from asm.cli.common import ArgParser, UsageError, lossless_output, run_command
+from asm.cli.common import ArgParser, UsageError, run_command
 from asm.cli.context import open_installation
 from asm.errors import EXIT_OK
 
@@ -17,7 +17,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    lossless_output()
     p = ArgParser(prog=PROG, description="Deliver a message to users as one stored copy.")
     p.add_argument("users", nargs="+", help="recipient user IDs")
     p.add_argument("-m", metavar="FILE", default="-", help="message file (default stdin)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import sys
 
-from asm.cli.common import ArgParser, UsageError, lossless_output, run_command
+from asm.cli.common import ArgParser, UsageError, run_command
 from asm.cli.context import open_installation
 from asm.errors import EXIT_OK, ImsError
 from asm.mbox import NotAnMbox, read_mbox
@@ -18,7 +18,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    lossless_output()
     p = ArgParser(prog=PROG, description="Import a Unix mbox file into a mailbox.")
     p.add_argument("-u", required=True, metavar="USER", help="user ID")
     p.add_argument("-s", required=True, metavar="MBOXFILE", help="mbox file to read ('-' for stdin)")

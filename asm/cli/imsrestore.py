@@ -11,7 +11,7 @@ import time
 from asm.archive.errors import ArchiveError, IncompleteArchive
 from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
-    ArgParser, Progress, UsageError, blocking_factor, die, human, lossless_output, run_command, warn,
+    ArgParser, Progress, UsageError, blocking_factor, die, human, run_command, warn,
 )
 from asm.cli.context import open_installation
 from asm.devices import open_device
@@ -116,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    lossless_output()
     args = build_parser().parse_args(argv)
     inst = open_installation(create=not (args.toc or args.header))
     paths = [parse(p, inst.groups) for p in args.paths]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import sys
 
-from asm.cli.common import ArgParser, UsageError, lossless_output, run_command
+from asm.cli.common import ArgParser, UsageError, run_command
 from asm.cli.context import open_installation
 from asm.errors import EXIT_OK
 
@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    lossless_output()
     p = ArgParser(prog=PROG, description="List, create and delete mailboxes.")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("-l", action="store_true", help="list mailboxes with message counts and sizes")

@@ -312,8 +312,8 @@ class ClassicStore(Store):
 
     def _check_folder(self, user: str, folder: str) -> tuple[str, int, int]:
         folder = check_folder_name(folder)
-        if not _is_text(folder):
-            self._user_row(user)
+        if not (_is_text(user) and _is_text(folder)):
+            self._user_row(user)            # NoSuchUser: the list holds only UTF-8 names
             raise NoSuchFolder(user, folder)
         hit = self._rows.get((user, folder))
         if hit is not None:
