@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 
-from asm.cli.common import ArgParser, UsageError, lossless_output, run_command, warn
+from asm.cli.common import ArgParser, UsageError, run_command, warn
 from asm.config import Config, NoInstallation
 from asm.devices import DeviceError, open_device
 from asm.errors import EXIT_MISSING, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    lossless_output()
     args = build_parser().parse_args(argv)
     return {"backup": _backup, "restore": _restore, "show": _show, "chain": _chain}[args.cmd](args)
 

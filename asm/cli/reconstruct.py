@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from asm.cli.common import ArgParser, UsageError, lossless_output, run_command, warn
+from asm.cli.common import ArgParser, UsageError, run_command, warn
 from asm.config import Config
 from asm.errors import EXIT_OK, EXIT_PARTIAL, EXIT_STORE
 from asm.groups import Groups
@@ -68,7 +68,6 @@ def _archives(paths: list[str]) -> list[str]:
 
 
 def _main(argv: list[str] | None) -> int:
-    lossless_output()
     args = build_parser().parse_args(argv)
     if not args.mboxlist and not args.paths:
         raise UsageError("say what to reconstruct: -m (the mailbox list) and/or paths such as /primary/joe "
