@@ -100,6 +100,8 @@ def test_mailbox_list_lost_is_rebuilt_from_the_partitions(tmp_path, seed):
     p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/", check=EXIT_STORE)
     assert "reconstruct -m" in p.stderr.decode()
     snap = tree(home / "data")
+    p = run(home, "reconstruct", "-r", f"/primary/{users[0]}", check=EXIT_STORE)
+    assert len(lines(p)) == 1 and "reconstruct -m" in p.stderr.decode()
     p = run(home, "reconstruct", "-n", "-m", check=EXIT_PARTIAL)
     assert any("the mailbox list is missing" in x for x in lines(p))
     assert tree(home / "data") == snap, "-n changed nothing"

@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 
-from asm.cli.common import ArgParser, UsageError, run_command, warn
+from asm.cli.common import ArgParser, Progress, UsageError, run_command, warn
 from asm.config import Config, NoInstallation
 from asm.devices import DeviceError, open_device
 from asm.errors import EXIT_MISSING, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
@@ -90,8 +90,11 @@ def _backup(args) -> int:
         from asm.reconstruct.dovecot import SITE_CONFIG
         dovecot_config = SITE_CONFIG if os.path.exists(SITE_CONFIG) else None
     device = open_device(args.device, "wb", 20, cfg)
-    say = (lambda line: warn(PROG, line)) if args.verbose else None
-    cap = Capture(cfg, device.file, report=say, dovecot_config=dovecot_config)
+    progress = Progress()
+    say = (lambda line: (progress.clear(), warn(PROG, line))) if args.verbose else None
+    cap = Capture(cfg, device.file, report=say, dovecot_config=dovecot_config,
+                  progress=lambda counts: progress.update(
+                      f"{PROG}: {counts['indexes']} index files, {counts['mboxlist']} mailbox list"))
     removed = " and was removed" if getattr(device, "kind", "") == "file" else ""
     ok = False
     try:
@@ -109,6 +112,7 @@ def _backup(args) -> int:
         raise
     finally:
         cap.close()
+    progress.clear()
     try:
         device.close(ok=ok)
     except (OSError, DeviceError) as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from asm.cli.common import ArgParser, UsageError, run_command, warn
+from asm.cli.common import ArgParser, Progress, UsageError, run_command, warn
 from asm.config import Config
 from asm.errors import EXIT_OK, EXIT_PARTIAL, EXIT_STORE
 from asm.groups import Groups
@@ -82,10 +82,16 @@ def _main(argv: list[str] | None) -> int:
                              f"or name a user (/partition/user[/folder])")
     repair = not args.check
 
+    progress = Progress()
+
     def show(f) -> None:
         if f.kind != NOTE or args.verbose:
+            progress.clear()
             warn(PROG, f.line(repair))
     report = Report(repair=repair, listener=show)
+    report.progress = lambda: progress.update(
+        f"{PROG}: {report.folders} folders, {report.messages} messages checked, "
+        f"{len([f for f in report.findings if f.kind != NOTE])} findings")
 
     with Knowledge() as k:
         if args.journal:
@@ -101,6 +107,7 @@ def _main(argv: list[str] | None) -> int:
         else:
             _maildir(cfg, groups, k, report, repair, args, paths)
 
+    progress.clear()
     if args.verbose or sys.stderr.isatty():
         verb = "repaired" if repair else "found"
         print(f"{PROG}: {report.users} users, {report.folders} folders, {report.messages} messages checked; "
@@ -132,6 +139,7 @@ def _classic(cfg, groups, k, report, repair, args, paths) -> None:
         raise
     for t in targets:
         rec.folder(t)
+        report.progress()
     if repair:
         rec.sync()
 
@@ -151,6 +159,7 @@ def _maildir(cfg, groups, k, report, repair, args, paths) -> None:
                     targets.append(t)
         for t in targets:
             rec.folder(t)
+            report.progress()
         if args.resync:
             rec.resync()
     finally:

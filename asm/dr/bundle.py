@@ -96,7 +96,7 @@ def sqlite_copy(src: str, dst: str) -> None:
 class Capture:
     """Writes the bundle to an open binary stream (a device's file)."""
 
-    def __init__(self, config, stream, report=None, dovecot_config: str | None = None):
+    def __init__(self, config, stream, report=None, dovecot_config: str | None = None, progress=None):
         self.config = config
         self.report = report or (lambda line: None)
         self.tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT,
@@ -108,6 +108,7 @@ class Capture:
         self.counts: dict = {k: 0 for k in KINDS}
         self.problems: list = []
         self.dovecot_config = dovecot_config
+        self.progress = progress or (lambda counts: None)
         self.started = time.time()
 
     def close(self) -> None:
@@ -135,6 +136,7 @@ class Capture:
                 "mode": info.mode, "uid": info.uid, "gid": info.gid,
                 "mtime": st.st_mtime if st else None, **extra}
         self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.progress(self.counts)
         if listed:
             self.listing.write(json.dumps(item, ensure_ascii=False) + "\n")
         else:

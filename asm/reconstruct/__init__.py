@@ -54,6 +54,7 @@ class Report:
     folders: int = 0
     messages: int = 0
     listener: object = None          # callable(Finding) -> None, to print as we go
+    progress: object = lambda: None  # called after each folder (the command's progress line)
 
     def add(self, kind: str, where: str, what: str) -> Finding:
         f = Finding(kind, where, what)
