@@ -187,6 +187,10 @@ def test_an_unmounted_partition_is_refused(tmp_path):
     p = run(home, "reconstruct", "-m", check=EXIT_STORE)
     assert "is its disk mounted?" in p.stderr.decode() and len(lines(p)) == 1
     assert tree(home / "data") == snap
+    second.rmdir()                                       # no directory at all
+    p = run(home, "reconstruct", "-m", check=EXIT_STORE)
+    assert str(second) in p.stderr.decode() and len(lines(p)) == 1
+    assert tree(home / "data") == snap
 
 
 # -- one folder's index -------------------------------------------------------------------

@@ -223,6 +223,9 @@ def test_runbook_maildir_through_dovecot(tmp_path, route):
                 time.sleep(1.1)
                 rb.run("backup-files" if route == "files" and day == 2 else "backup-incremental")
             want = views(lab, guid=route == "files")
+            # single copies (one LMTP delivery to every login, COPY) as the driver sees them
+            links = fingerprint(open_store(Config(str(home))))["links"]
+            assert links
             if route == "files":
                 first = os.path.join(lab.store, lab.logins[0], "Maildir", "cur")
                 on_disk = [n for n in os.listdir(first)]
@@ -243,6 +246,7 @@ def test_runbook_maildir_through_dovecot(tmp_path, route):
             lab.start()
             got = views(lab, guid=route == "files")
             assert differences(got, want) == []
+            assert fingerprint(open_store(Config(str(home))))["links"] == links
     finally:
         shutil.rmtree(keys, ignore_errors=True)
 

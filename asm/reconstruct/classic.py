@@ -200,6 +200,9 @@ class _List:
             self.con.execute("INSERT OR REPLACE INTO folders VALUES (?,?,?,?)", (u, n, uv, s))
 
     # reading
+    def user(self, user: str):
+        return self.con.execute("SELECT partition, dir, held FROM users WHERE user=?", (user,)).fetchone()
+
     def users(self) -> dict:
         return {u: (p, d, h) for u, p, d, h in self.con.execute("SELECT user, partition, dir, held FROM users")}
 
@@ -310,10 +313,15 @@ class ClassicReconstructor:
         found: dict = {}                 # user -> (partition, rel)
         for part in self.parts:
             ppath = self._partition_path(part)
+            on_part = [u for u, (p, _, _) in listed.items() if p == part]
             if ppath is None:
+                if on_part:
+                    raise PartitionUnavailable(
+                        f"partition {part!r}: the mailbox list places {len(on_part)} users on it but its directory "
+                        f"{self.parts[part]} does not exist: mount its disk (or check partition:{part}.path); "
+                        f"nothing was changed")
                 continue
             entries = list(scan_user_dirs(ppath))
-            on_part = [u for u, (p, _, _) in listed.items() if p == part]
             if on_part and not entries and not any(_HASHDIR.match(n) for n in os.listdir(ppath)):
                 raise PartitionUnavailable(
                     f"partition {part!r}: the mailbox list places {len(on_part)} users on it but {ppath} "
@@ -383,7 +391,7 @@ class ClassicReconstructor:
 
     def user_dir(self, user: str) -> tuple[str, str] | None:
         """(partition, absolute user directory) from the list being rebuilt."""
-        row = self._open_list().users().get(user)
+        row = self._open_list().user(user)
         if row is None:
             return None
         ppath = self.parts.get(row[0])
