@@ -638,16 +638,27 @@ class ClassicReconstructor:
 
         # what was wrong
         if not idx.exists:
-            self.report.add(REPAIRED, mb, f"the index is missing: rebuilt from {len(files)} message files")
-        elif not idx.healthy:
+            # one line per folder, however many messages it held
+            parts = [f"the index is missing: rebuilt from {len(files)} message files (UIDs from their names)"]
+            if added_known:
+                parts.append(f"flags and dates of {len(added_known)} from "
+                             f"{sources[-1] if sources else 'an archive'}")
+            if added_unknown:
+                parts.append(f"the flags of {len(added_unknown)} ({_uids(added_unknown)}) known nowhere (set to "
+                             f"none, INTERNALDATE from the file's time)")
+            self.report.add(UNKNOWN if added_unknown else REPAIRED, mb, "; ".join(parts))
+            added_known_shown = added_unknown_shown = True
+        else:
+            added_known_shown = added_unknown_shown = False
+        if idx.exists and not idx.healthy:
             self.report.add(REPAIRED, mb, f"the index {idx.error}: rebuilt from {len(files)} message files "
                                           f"({len(idx.rows)} of its rows could still be read"
                                           + ("; the damaged file is kept as store.idx.damaged-<time>)"
                                              if self.repair else ")"))
-        if added_known:
+        if added_known and not added_known_shown:
             self.report.add(REPAIRED, mb, f"{len(added_known)} messages were not in the index: added with their "
                                           f"UIDs ({_uids(added_known)}), flags and dates from {sources[-1] if sources else 'an archive'}")
-        if added_unknown:
+        if added_unknown and not added_unknown_shown:
             self.report.add(UNKNOWN, mb, f"{len(added_unknown)} messages were not in the index: added with their "
                                          f"UIDs ({_uids(added_unknown)}); their flags are known nowhere (set to "
                                          f"none), INTERNALDATE from the file's time")
