@@ -41,6 +41,7 @@ class BackupOptions:
     ignore_links: bool = False          # -i: every copy in full
     exclude: list = field(default_factory=list)   # store.backupexclude folder names
     verbose: bool = False
+    snapshot: dict | None = None        # --snapshot: {live directory: snapshot mount} read instead
 
 
 @dataclass
@@ -166,7 +167,8 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
     writer.write_header({
         "tool_version": __version__, "host": socket.gethostname(), "driver": store.name,
         "scope": [str(p) for p in paths], "since": opts.since,
-        "options": {"ignore_links": opts.ignore_links, "exclude": opts.exclude},
+        "options": {"ignore_links": opts.ignore_links, "exclude": opts.exclude,
+                    **({"snapshot": opts.snapshot} if opts.snapshot else {})},
     })
     status = EXIT_PARTIAL
     try:

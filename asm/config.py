@@ -149,6 +149,9 @@ OPTIONS: dict[str, Option] = {
                          "classic store root (mailbox list, queue); default $IMS_HOME/data/store"),
     "store.backupdir": Option(_abspath, None,
                               "mkbackupdir's backup image directory when -p is not given (NetWorker)"),
+    "dovecot.config": Option(_abspath, None,
+                             "Dovecot's configuration file, for reconstruct's doveadm force-resync and the "
+                             "mail_crypt keys imsdr backup saves (default /etc/dovecot/dovecot.conf if present)"),
     "device.localonly": Option(_bool, "no",
                                "treat every -f argument as a local path, even with a colon"),
     "ssh.identity": Option(_abspath, None, "private key file for remote devices"),

@@ -16,7 +16,8 @@ class Installation:
     store: Store
 
 
-def open_installation(home: str | None = None, create: bool = False) -> Installation:
+def open_installation(home: str | None = None, create: bool = False,
+                      snapshot: list[str] | None = None) -> Installation:
     """Raises ConfigError, GroupsError or StoreError with a one-line message.
 
     IMS_HOME must be an existing installation (only ``msconfig set`` makes one).
@@ -28,4 +29,9 @@ def open_installation(home: str | None = None, create: bool = False) -> Installa
     cfg = Config(home)
     cfg.require()
     groups = Groups.load(cfg.groups_path)
+    if snapshot:
+        # --snapshot SNAP=LIVE: read the store's directories under snapshot mounts (asm/dr/snapshot.py)
+        from asm.dr.snapshot import SnapshotConfig, parse_snapshot
+        cfg = SnapshotConfig(cfg, [parse_snapshot(s) for s in snapshot])
+        create = False
     return Installation(cfg, groups, open_store(cfg, create=create))

@@ -1,6 +1,7 @@
 """imsbackup: write selected mailboxes of the store to a device as an archive.
 
-    imsbackup -f device [-b blocking_factor] [-d YYYYMMDD[:HHMMSS]] [-u file] [-i] [-v] [--allow-empty] [name ...]
+    imsbackup -f device [-b blocking_factor] [-d YYYYMMDD[:HHMMSS]] [-u file] [-i] [-v] [--allow-empty]
+              [--snapshot SNAP=LIVE ...] [name ...]
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def build_parser() -> ArgParser:
     p.add_argument("--allow-empty", dest="allow_empty", action="store_true",
                    help="an empty store (or partition) is expected: back it up instead of failing with "
                         f"exit {EXIT_EMPTY}")
+    p.add_argument("--snapshot", action="append", metavar="SNAP=LIVE",
+                   help="read the store from a filesystem snapshot: what lives under the directory LIVE is "
+                        "read under the snapshot mount SNAP (repeat for each filesystem; docs/disaster-recovery.md)")
     p.add_argument("names", nargs="*", metavar="name",
                    help="logical paths: /, /primary, /primary/groupA, /primary/user/joe, /primary/joe/INBOX")
     return p
@@ -49,14 +53,15 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     since = parse_date(args.date) if args.date else None
     names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
-    inst = open_installation()
+    inst = open_installation(snapshot=args.snapshot)
     paths = [parse(n, inst.groups) for n in (names or ["/"])]
     allow_empty = args.allow_empty or inst.config.get("backup.allowempty") == "yes"
     targets = select(inst.store, inst.groups, paths, allow_empty=allow_empty)
     if args.device == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write an archive to a terminal: redirect stdout or name a file with -f")
     opts = BackupOptions(since=since, ignore_links=args.ignore_links,
-                         exclude=inst.config.backup_exclude(), verbose=args.verbose)
+                         exclude=inst.config.backup_exclude(), verbose=args.verbose,
+                         snapshot=inst.config.describe() if args.snapshot else None)
     device = open_device(args.device, "wb", args.bf, inst.config)
 
     progress = Progress()

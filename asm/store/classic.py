@@ -182,6 +182,23 @@ def _holds_mail(d: str) -> bool:
         return False
 
 
+def _open_lock(fdir: str) -> int:
+    """The folder's lock file, opened for flock.  On a read-only filesystem (a
+    snapshot mounted read-only) it is opened read-only, or the folder directory
+    itself when the file was never made: flock works on either, and nobody writes
+    a snapshot."""
+    path = os.path.join(fdir, "store.lck")
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return os.open(fdir, os.O_RDONLY | os.O_DIRECTORY)
+
+
 def _uidvalidity() -> int:
     return int(time.time()) & 0x7FFFFFFF
 
@@ -454,7 +471,7 @@ class ClassicStore(Store):
                 reentered = False
         if not reentered:
             try:
-                fd = os.open(os.path.join(fdir, "store.lck"), os.O_RDWR | os.O_CREAT, 0o600)
+                fd = _open_lock(fdir)
             except (FileNotFoundError, NotADirectoryError):
                 raise StoreError(f"folder {folder!r} of user {user!r}: its directory {fdir} is missing "
                                  f"although the mailbox list has the folder; the store is damaged "
@@ -555,6 +572,9 @@ class ClassicStore(Store):
             con = self._connect_index(idx)
             con.executescript("BEGIN;" + _IDX_SCHEMA)
             con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (max(1, uidnext),))
+            # the folder's own record of its UIDVALIDITY: reconstruct -m finds it here when
+            # the mailbox list is lost
+            con.execute("INSERT INTO meta VALUES ('uidvalidity', ?)", (uidvalidity,))
             con.execute("COMMIT")
             self._cache_index(fdir, con)
             self._chown(idx)
@@ -596,6 +616,8 @@ class ClassicStore(Store):
             if uidvalidity is not None:
                 self._db.execute("UPDATE folders SET uidvalidity=? WHERE user=? AND name=?",
                                  (uidvalidity, user, folder))
+                self._index(self._folder_dir(user, folder)).execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('uidvalidity', ?)", (uidvalidity,))
                 row[0] = uidvalidity
             if subscribed is not None:
                 self._db.execute("UPDATE folders SET subscribed=? WHERE user=? AND name=?",

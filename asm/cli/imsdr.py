@@ -1,0 +1,297 @@
+"""imsdr: the disaster backup of an installation, and what a recovery needs to start.
+
+    imsdr backup  -f DEVICE [--snapshot SNAP=LIVE ...] [--dovecot-config FILE] [-v]
+    imsdr restore -f DEVICE [--only KIND,... | --all] [--force] [-n] [-v]
+    imsdr show    -f DEVICE [--json]
+    imsdr chain   [--verify] [--commands] PATH ...
+
+``backup`` captures the mailbox list, folder indexes, journals, staging catalog,
+configuration and Dovecot's mail_crypt keys (asm/dr/bundle.py) with a manifest;
+``restore`` puts chosen parts back (by default what an archive restore cannot bring:
+configuration, catalog, journals, keys); ``show`` prints the manifest; ``chain``
+prints the archive files to restore, in order (asm/dr/chain.py).
+docs/disaster-recovery.md is the runbook.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+
+from asm.cli.common import ArgParser, Progress, UsageError, run_command, warn
+from asm.config import Config, NoInstallation
+from asm.devices import DeviceError, open_device
+from asm.errors import EXIT_MISSING, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
+
+PROG = "imsdr"
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog=PROG, description="Disaster backup and recovery helpers (docs/disaster-recovery.md).")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=ArgParser)
+    s = sub.add_parser("backup", help="capture mailbox list, indexes, journals, catalog, configuration, keys")
+    s.add_argument("-f", dest="device", required=True, metavar="DEVICE", help="file to write ('-': stdout)")
+    s.add_argument("--snapshot", action="append", metavar="SNAP=LIVE",
+                   help="read the store under a snapshot mount (as imsbackup --snapshot)")
+    s.add_argument("--dovecot-config", metavar="FILE",
+                   help="dovecot.conf naming mail_crypt keys (default: dovecot.config, else /etc/dovecot/dovecot.conf)")
+    s.add_argument("-v", dest="verbose", action="store_true")
+    s = sub.add_parser("restore", help="put the parts of a disaster backup back")
+    s.add_argument("-f", dest="device", required=True, metavar="DEVICE", help="file to read ('-': stdin)")
+    s.add_argument("--only", metavar="KIND,...",
+                   help="what to restore: config, catalog, journals, keys, mboxlist, indexes "
+                        "(default: config,catalog,journals,keys)")
+    s.add_argument("--all", dest="everything", action="store_true",
+                   help="everything, also the mailbox list and indexes (file-level route: the partitions' "
+                        "message files are back, reconstruct follows)")
+    s.add_argument("--force", action="store_true", help="replace files that exist and differ")
+    s.add_argument("-n", dest="dry", action="store_true", help="say what would be restored where; write nothing")
+    s.add_argument("-v", dest="verbose", action="store_true")
+    s = sub.add_parser("show", help="print a disaster backup's manifest")
+    s.add_argument("-f", dest="device", required=True, metavar="DEVICE")
+    s.add_argument("--json", action="store_true", help="the manifest as JSON")
+    s = sub.add_parser("chain", help="print the archive files to restore, full first, in order")
+    s.add_argument("--verify", action="store_true", help="read each archive to its trailer (complete ones only)")
+    s.add_argument("--commands", action="store_true",
+                   help="print the imsrestore command lines instead (-H on all but the last of each chain)")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="archive files or directories holding them")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"backup": _backup, "restore": _restore, "show": _show, "chain": _chain}[args.cmd](args)
+
+
+def _when(t) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
+
+
+# -- backup ------------------------------------------------------------------------------
+def _backup(args) -> int:
+    from asm.dr.bundle import Capture
+    cfg = Config()
+    cfg.require()
+    if args.snapshot:
+        from asm.dr.snapshot import SnapshotConfig, parse_snapshot
+        cfg = SnapshotConfig(cfg, [parse_snapshot(s) for s in args.snapshot])
+    if args.device == "-" and sys.stdout.isatty():
+        raise UsageError("refusing to write a disaster backup to a terminal: redirect stdout or name a file with -f")
+    dovecot_config = args.dovecot_config or cfg.get("dovecot.config")
+    if dovecot_config is None and cfg.driver == "maildir":
+        from asm.reconstruct.dovecot import SITE_CONFIG
+        dovecot_config = SITE_CONFIG if os.path.exists(SITE_CONFIG) else None
+    device = open_device(args.device, "wb", 20, cfg)
+    progress = Progress()
+    say = (lambda line: (progress.clear(), warn(PROG, line))) if args.verbose else None
+    cap = Capture(cfg, device.file, report=say, dovecot_config=dovecot_config,
+                  progress=lambda counts: progress.update(
+                      f"{PROG}: {counts['indexes']} index files, {counts['mboxlist']} mailbox list"))
+    removed = " and was removed" if getattr(device, "kind", "") == "file" else ""
+    ok = False
+    try:
+        manifest = cap.run()
+        ok = True
+    except (OSError, DeviceError) as exc:
+        with contextlib.suppress(Exception):
+            device.close(ok=False)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ImsError(f"cannot write {args.device}: {why}; the disaster backup is incomplete{removed}",
+                       status=device_status(exc)) from None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            device.close(ok=False)
+        raise
+    finally:
+        cap.close()
+    progress.clear()
+    try:
+        device.close(ok=ok)
+    except (OSError, DeviceError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ImsError(f"cannot finish {args.device}: {why}; the disaster backup is incomplete{removed}",
+                       status=device_status(exc)) from None
+    for p in manifest["problems"]:
+        warn(PROG, f"not captured: {p}")
+    if args.verbose or sys.stderr.isatty():
+        c = manifest["counts"]
+        print(f"{PROG}: {args.device}: as of {_when(manifest['started'])} to {_when(manifest['finished'])}: "
+              f"mailbox list {c['mboxlist']}, {c['indexes']} index files, {c['journals']} journals, "
+              f"{c['catalog']} catalog, {c['config']} configuration files, {c['keys']} key files", file=sys.stderr)
+    return EXIT_PARTIAL if manifest["problems"] else EXIT_OK
+
+
+# -- restore -----------------------------------------------------------------------------
+def _kinds(args) -> tuple:
+    from asm.dr.bundle import DEFAULT_RESTORE, KINDS
+    if args.everything:
+        return KINDS
+    if not args.only:
+        return DEFAULT_RESTORE
+    kinds = tuple(k.strip() for k in args.only.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise UsageError(f"--only {args.only!r}: unknown kind {', '.join(bad) or '(none)'}; the kinds are "
+                         f"{', '.join(KINDS)}")
+    return kinds
+
+
+def _home() -> str:
+    """IMS_HOME, made (one level, as msconfig set does) when a recovery starts from nothing."""
+    from asm.config import ims_home
+    home = ims_home()
+    if not os.path.isdir(home):
+        parent = os.path.dirname(home)
+        if not os.path.isdir(parent):
+            raise NoInstallation(f"cannot create the installation IMS_HOME={home}: {parent} does not exist")
+        os.mkdir(home, 0o755)
+    return home
+
+
+def _restore(args) -> int:
+    from asm.dr.bundle import plan_restore, put, read_manifest, _sha256_file
+    kinds = _kinds(args)
+    home = _home()
+    device = open_device(args.device, "rb", 20, None)
+    try:
+        manifest, tmp = read_manifest(device.file)
+    finally:
+        with contextlib.suppress(Exception):
+            device.close()
+    try:
+        members = os.path.join(tmp, "m")
+        cfg = Config(home)
+        if "config" in kinds and os.path.exists(os.path.join(members, "config", "msg.conf")):
+            # where things go is what the configuration being restored says
+            cfg.path = os.path.join(members, "config", "msg.conf")
+            cfg.values = {}
+            cfg._load()
+            cfg.path = os.path.join(home, "config", "msg.conf")
+        plan = plan_restore(manifest, lambda: cfg, kinds)
+        owner = None
+        with contextlib.suppress(ImsError):
+            owner = cfg.owner()
+        conflicts, todo = [], []
+        for item, target in plan:
+            src = os.path.join(members, item["member"])
+            if os.path.exists(target):
+                if _sha256_file(target)[0] == item["sha256"]:
+                    continue
+                if not args.force:
+                    conflicts.append(target)
+                    continue
+            todo.append((item, src, target))
+        if conflicts:
+            shown = ", ".join(conflicts[:3]) + (f", ... ({len(conflicts)} files)" if len(conflicts) > 3 else "")
+            raise UsageError(f"{shown} already exist{'s' if len(conflicts) == 1 else ''} and differ from the disaster "
+                             f"backup: nothing was restored; move them away, or use --force to replace them")
+        store_kinds = ("mboxlist", "indexes")
+        for item, src, target in todo:
+            if args.dry or args.verbose:
+                print(f"{'would restore' if args.dry else 'restored'} {item['kind']}: {target}"
+                      f" (as of {_when(item['captured'])})")
+            if not args.dry:
+                put(src, target, item, owner if item["kind"] in store_kinds or item["member"].startswith("partition/")
+                    else None)
+        if not args.dry:
+            _syncfs_all({os.path.dirname(t) for _, _, t in todo})
+        if args.verbose or sys.stderr.isatty():
+            print(f"{PROG}: {'would restore' if args.dry else 'restored'} {len(todo)} files "
+                  f"({', '.join(kinds)}) of the disaster backup taken on {manifest.get('host')} "
+                  f"as of {_when(manifest.get('started'))}", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return EXIT_OK
+
+
+def _syncfs_all(dirs) -> None:
+    from asm.store.base import _syncfs
+    done = set()
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            dev = os.stat(d).st_dev
+            if dev in done:
+                continue
+            done.add(dev)
+            fd = os.open(d, os.O_RDONLY)
+            try:
+                _syncfs(fd)
+            finally:
+                os.close(fd)
+
+
+# -- show ---------------------------------------------------------------------------------
+def _show(args) -> int:
+    from asm.dr.bundle import read_manifest
+    device = open_device(args.device, "rb", 20, None)
+    try:
+        manifest, tmp = read_manifest(device.file)
+    finally:
+        with contextlib.suppress(Exception):
+            device.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    items = manifest.pop("all_items")
+    if args.json:
+        manifest["items"] = items
+        print(json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True))
+        return EXIT_OK
+    print(f"disaster backup of {manifest['ims_home']} on {manifest['host']} ({manifest['driver']} store), "
+          f"ims-asm {manifest['tool_version']}")
+    print(f"taken from {_when(manifest['started'])} to {_when(manifest['finished'])}"
+          + (f", read from snapshots {manifest['snapshot']}" if manifest.get("snapshot") else ""))
+    print("partitions: " + ", ".join(f"{k}={v}" for k, v in manifest["partitions"].items()))
+    for kind in manifest["order"]:
+        mine = [i for i in items if i["kind"] == kind]
+        if kind == "indexes":
+            if mine:
+                print(f"{kind}: {len(mine)} files, captured {_when(min(i['captured'] for i in mine))} to "
+                      f"{_when(max(i['captured'] for i in mine))}")
+            else:
+                print(f"{kind}: none")
+            continue
+        if not mine:
+            print(f"{kind}: none")
+        for i in mine:
+            extra = f", {i['users']} users, {i['folders']} folders" if "users" in i else ""
+            print(f"{kind}: {i['source']} ({i['method']}, {i['size']} bytes, as of {_when(i['captured'])}{extra})")
+    for p in manifest.get("problems") or []:
+        print(f"not captured: {p}")
+    return EXIT_OK
+
+
+# -- chain --------------------------------------------------------------------------------
+def _chain(args) -> int:
+    from asm.dr.chain import archive_files, chains
+    for p in args.paths:
+        if not os.path.exists(p):
+            raise UsageError(f"{p} does not exist")
+    files, _others = archive_files(args.paths, verify=args.verify)
+    found = chains(files)
+    if not any(c.archives for c in found):
+        raise ImsError(f"no complete full archive in {', '.join(args.paths)}: nothing to restore from",
+                       status=EXIT_MISSING)
+    status = EXIT_OK
+    for c in found:
+        for i, a in enumerate(c.archives):
+            if args.commands:
+                last = i == len(c.archives) - 1
+                print(f"imsrestore{'' if last else ' -H'} -f {shlex.quote(a.path)}")
+            else:
+                print(a.path)
+        if c.gap:
+            status = EXIT_PARTIAL
+            warn(PROG, f"scope {' '.join(c.scope)}: the chain stops: {c.gap}"
+                 + (f" ({len(c.dropped)} later archives not listed)" if c.dropped else ""))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""reconstruct: rebuild a store's records (mailbox list, folder indexes, dovecot-uidlist)
+from its message files, keeping UIDVALIDITY and UIDs wherever a witness still knows them.
+
+    reconstruct [-n] [-v] [-a ARCHIVE ...] [--no-journal] -m
+    reconstruct [-n] [-v] [-a ARCHIVE ...] [--no-journal] [--dovecot-config FILE | --no-resync]
+                [-m] [-r] path ...
+
+It repairs unless ``-n`` is given, as the classic tool did: administrators run it after
+a restore precisely to repair, and every repair keeps what any witness knows (no
+message file is ever removed or renamed away, no known UID or UIDVALIDITY changed,
+UIDNEXT never lowered).  ``-n`` reports the same findings and changes nothing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from asm.cli.common import ArgParser, Progress, UsageError, run_command, warn
+from asm.config import Config
+from asm.errors import EXIT_OK, EXIT_PARTIAL, EXIT_STORE
+from asm.groups import Groups
+from asm.logical import parse
+from asm.reconstruct import NOTE, Report
+from asm.reconstruct.knowledge import Knowledge
+from asm.store.base import StoreError
+
+PROG = "reconstruct"
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog=PROG, description="Rebuild the mailbox list and folder indexes from the message files.")
+    p.add_argument("-m", dest="mboxlist", action="store_true",
+                   help="rebuild the mailbox list from the partitions (classic store)")
+    p.add_argument("-r", dest="recursive", action="store_true",
+                   help="every folder under the paths (a user: all of its folders; /: the whole store)")
+    p.add_argument("-n", dest="check", action="store_true", help="check and report only; change nothing")
+    p.add_argument("-a", "--archive", dest="archives", action="append", default=[], metavar="ARCHIVE",
+                   help="an archive (or a directory of archives) that knows UIDs, flags and UIDVALIDITY; give "
+                        "a chain oldest first")
+    p.add_argument("--no-journal", dest="journal", action="store_false",
+                   help="do not ask the restore journal ($IMS_HOME/data/restore-journal.db)")
+    p.add_argument("--dovecot-config", metavar="FILE",
+                   help="dovecot.conf for doveadm (default: dovecot.config, else /etc/dovecot/dovecot.conf)")
+    p.add_argument("--no-resync", dest="resync", action="store_false",
+                   help="maildir: do not run doveadm force-resync after the repairs")
+    p.add_argument("-v", dest="verbose", action="store_true", help="also print notes and a summary")
+    p.add_argument("paths", nargs="*", metavar="path",
+                   help="/partition/user[/folder] (with -r also /, /partition, /partition/group)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _archives(paths: list[str]) -> list[str]:
+    from asm.dr.chain import archive_files
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            found, _ = archive_files([p])
+            out.extend(a.path for a in sorted(found, key=lambda a: (a.created, a.path)))
+        elif not os.path.exists(p):
+            raise UsageError(f"archive {p!r} does not exist")
+        else:
+            out.append(p)
+    return out
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.mboxlist and not args.paths:
+        raise UsageError("say what to reconstruct: -m (the mailbox list) and/or paths such as /primary/joe "
+                         "or, with -r, / for the whole store")
+    cfg = Config()
+    cfg.require()
+    groups = Groups.load(cfg.groups_path)
+    paths = [parse(p, groups) for p in args.paths]
+    for lp in paths:
+        if lp.user is None and not args.recursive:
+            raise UsageError(f"{lp} names more than one user: add -r to reconstruct every folder under it, "
+                             f"or name a user (/partition/user[/folder])")
+    repair = not args.check
+
+    progress = Progress()
+
+    def show(f) -> None:
+        if f.kind != NOTE or args.verbose:
+            progress.clear()
+            warn(PROG, f.line(repair))
+    report = Report(repair=repair, listener=show)
+    report.progress = lambda: progress.update(
+        f"{PROG}: {report.folders} folders, {report.messages} messages checked, "
+        f"{len([f for f in report.findings if f.kind != NOTE])} findings")
+
+    with Knowledge() as k:
+        if args.journal:
+            k.add_journal(os.path.join(cfg.home, "data", "restore-journal.db"))
+        for a in _archives(args.archives):
+            counts = k.add_archive(a)
+            if args.verbose:
+                warn(PROG, f"{a}: {counts['folders']} folders, {counts['messages']} messages known")
+        for problem in k.problems:
+            warn(PROG, f"warning: {problem}")
+        if cfg.driver == "classic":
+            _classic(cfg, groups, k, report, repair, args, paths)
+        else:
+            _maildir(cfg, groups, k, report, repair, args, paths)
+
+    progress.clear()
+    if args.verbose or sys.stderr.isatty():
+        verb = "repaired" if repair else "found"
+        print(f"{PROG}: {report.users} users, {report.folders} folders, {report.messages} messages checked; "
+              f"{report.count('repaired')} problems {verb}, {report.count('unknown')} with unknowns, "
+              f"{report.count('lost')} lost", file=sys.stderr)
+    return EXIT_OK if report.clean else EXIT_PARTIAL
+
+
+def _classic(cfg, groups, k, report, repair, args, paths) -> None:
+    from asm.reconstruct.classic import ClassicReconstructor
+    db = os.path.join(cfg.store_root, "mboxlist", "mailboxes.db")
+    if not args.mboxlist and not os.path.exists(db):
+        raise StoreError(f"the classic store's mailbox list {db} is missing: rebuild it first with reconstruct -m",
+                         status=EXIT_STORE)
+    rec = ClassicReconstructor(cfg, k, report, repair)
+    try:
+        if args.mboxlist:
+            rec.mailbox_list()
+        targets = []
+        for lp in paths:
+            for t in rec.targets(lp, groups, args.recursive):
+                if t not in targets:
+                    targets.append(t)
+        rec.commit_list()
+    except BaseException:
+        if rec.list is not None:
+            rec.list.repair = False          # nothing half-done: roll the list back
+            rec.commit_list()
+        raise
+    for t in targets:
+        rec.folder(t)
+        report.progress()
+    if repair:
+        rec.sync()
+
+
+def _maildir(cfg, groups, k, report, repair, args, paths) -> None:
+    from asm.reconstruct.dovecot import Dovecot
+    from asm.reconstruct.maildir import MaildirReconstructor
+    dovecot = Dovecot.find(args.dovecot_config or cfg.get("dovecot.config"))
+    try:
+        rec = MaildirReconstructor(cfg, k, report, repair, dovecot)
+        if args.mboxlist:
+            rec.mailbox_list()
+        targets = []
+        for lp in paths:
+            for t in rec.targets(lp, groups, args.recursive):
+                if t not in targets:
+                    targets.append(t)
+        for t in targets:
+            rec.folder(t)
+            report.progress()
+        if args.resync:
+            rec.resync()
+    finally:
+        if dovecot is not None:
+            dovecot.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

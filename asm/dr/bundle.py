@@ -1,0 +1,428 @@
+"""The disaster backup: everything an installation needs beyond the messages, in one
+tar file with a manifest (``imsdr backup``), and putting it back (``imsdr restore``).
+
+Captured, in this order (the classic tools' order: database, indexes, then -- by the
+backup that follows -- messages, then configuration; a record captured before the
+mail it describes can only lack mail, which reconstruct adds back, never list mail
+that is not there):
+
+1. ``mboxlist``: the classic mailbox list (``mailboxes.db``);
+2. ``indexes``: every classic folder index (``store.idx``); for Maildir every folder's
+   ``dovecot-uidlist`` and ``dovecot-keywords`` and each user's ``subscriptions``;
+3. ``journals``: the restore journal (``$IMS_HOME/data/restore-journal.db``) and the
+   Bacula module's state (``data/bacula/state.db``);
+4. ``catalog``: the staging catalog (``staging.dir``/``catalog.db``);
+5. ``config``: ``msg.conf`` and ``backup-groups.conf``;
+6. ``keys``: Dovecot's mail_crypt key files named in its configuration, and the
+   users' ``dovecot-attributes`` (where Dovecot keeps per-user keys).
+
+Every SQLite database is copied with SQLite's online backup API (a consistent copy
+while the store is in use), never as a file; the text files are replaced atomically
+by their writers, so a read is one whole version.  The manifest (``ims-dr/
+manifest.json``, the last member) says what was captured, from where, by which
+method, when, and each member's size and SHA-256; ``imsdr restore`` checks them all
+before it puts anything in place.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import tarfile
+import tempfile
+import time
+
+from asm import __version__
+from asm.errors import EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_USAGE, ImsError
+from asm.reconstruct.sqlite import read_only_uri
+
+FORMAT = "ims-asm-dr"
+VERSION = 1
+PREFIX = "ims-dr/"
+MANIFEST = PREFIX + "manifest.json"
+LISTING = PREFIX + "files.jsonl"          # one line per captured index/control file
+KINDS = ("mboxlist", "indexes", "journals", "catalog", "config", "keys")
+DEFAULT_RESTORE = ("config", "catalog", "journals", "keys")
+CHUNK = 1 << 20
+MAILDIR_CONTROL = ("dovecot-uidlist", "dovecot-keywords")
+MAILDIR_USER = ("subscriptions",)
+ATTRIBUTES = "dovecot-attributes"
+
+
+class BundleError(ImsError):
+    status = EXIT_USAGE
+
+
+class NotABundle(BundleError):
+    status = EXIT_NOT_ARCHIVE
+
+
+class DamagedBundle(BundleError):
+    status = EXIT_INCOMPLETE
+
+
+def _sha256_file(path: str) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def sqlite_copy(src: str, dst: str) -> None:
+    """A consistent copy of a live SQLite database (the online backup API)."""
+    con = sqlite3.connect(read_only_uri(src), uri=True, timeout=60)
+    try:
+        out = sqlite3.connect(dst)
+        try:
+            con.backup(out)
+        finally:
+            out.close()
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------------------------------
+# capture
+
+class Capture:
+    """Writes the bundle to an open binary stream (a device's file)."""
+
+    def __init__(self, config, stream, report=None, dovecot_config: str | None = None, progress=None):
+        self.config = config
+        self.report = report or (lambda line: None)
+        self.tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT,
+                                encoding="utf-8", errors="surrogateescape")
+        self.tmp = tempfile.mkdtemp(prefix="ims-dr-")
+        self.items: list = []
+        self.listing = open(os.path.join(self.tmp, "files.jsonl"), "w", encoding="utf-8",
+                            errors="surrogateescape")
+        self.counts: dict = {k: 0 for k in KINDS}
+        self.problems: list = []
+        self.dovecot_config = dovecot_config
+        self.progress = progress or (lambda counts: None)
+        self.started = time.time()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.listing.close()
+        if not self.tar.closed:
+            # a failed run: the stream is abandoned, never flushed into a closed device
+            self.tar.fileobj.closed = True
+            self.tar.closed = True
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- adding members ---------------------------------------------------------------------
+    def _add(self, member: str, copy: str, st: os.stat_result | None, kind: str, source: str,
+             method: str, listed: bool = False, **extra) -> dict:
+        digest, size = _sha256_file(copy)
+        info = tarfile.TarInfo(PREFIX + member)
+        info.size = size
+        info.mtime = int(st.st_mtime) if st else int(time.time())
+        info.mode = (st.st_mode & 0o7777) if st else 0o600
+        info.uid, info.gid = (st.st_uid, st.st_gid) if st else (0, 0)
+        with open(copy, "rb") as f:
+            self.tar.addfile(info, f)
+        item = {"kind": kind, "member": member, "source": source, "method": method,
+                "captured": time.time(), "size": size, "sha256": digest,
+                "mode": info.mode, "uid": info.uid, "gid": info.gid,
+                "mtime": st.st_mtime if st else None, **extra}
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.progress(self.counts)
+        if listed:
+            self.listing.write(json.dumps(item, ensure_ascii=False) + "\n")
+        else:
+            self.items.append(item)
+        return item
+
+    def _sqlite(self, member: str, src: str, kind: str, listed: bool = False, inspect=None,
+                **extra) -> dict | None:
+        if not os.path.exists(src):
+            return None
+        st = os.stat(src)
+        dst = os.path.join(self.tmp, "db")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dst)
+        try:
+            sqlite_copy(src, dst)
+        except sqlite3.Error as exc:
+            self.problems.append(f"{src}: cannot be copied ({exc})")
+            return None
+        try:
+            if inspect is not None:
+                extra.update(inspect(dst))
+            return self._add(member, dst, st, kind, src, "sqlite-backup", listed, **extra)
+        finally:
+            os.unlink(dst)
+
+    def _file(self, member: str, src: str, kind: str, listed: bool = False, **extra) -> dict | None:
+        try:
+            st = os.stat(src)
+            dst = os.path.join(self.tmp, "file")
+            shutil.copyfile(src, dst)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.problems.append(f"{src}: cannot be read ({exc.strerror})")
+            return None
+        try:
+            return self._add(member, dst, st, kind, src, "file", listed, **extra)
+        finally:
+            os.unlink(dst)
+
+    # -- what an installation holds -----------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.config
+        home = cfg.home
+        driver = cfg.driver
+        parts = cfg.partitions()
+        snapshot = cfg.describe() if hasattr(cfg, "describe") else None
+        if driver == "classic":
+            root = cfg.snapshot_store_root() if snapshot else cfg.store_root
+            listed = cfg.store_root if snapshot else root   # a snapshot's list is read from its copy
+            item = self._sqlite("store/mboxlist/mailboxes.db",
+                                os.path.join(listed, "mboxlist", "mailboxes.db"), "mboxlist",
+                                inspect=self._count_list)
+            if item is not None:
+                item["source"] = os.path.join(root, "mboxlist", "mailboxes.db")
+                self.report(f"mailbox list: {item['users']} users, {item['folders']} folders")
+            self._classic_indexes(parts)
+        else:
+            self._maildir_control(parts)
+        self.report(f"indexes: {self.counts['indexes']} files")
+        self._sqlite("data/restore-journal.db", os.path.join(home, "data", "restore-journal.db"), "journals")
+        self._sqlite("data/bacula/state.db", os.path.join(home, "data", "bacula", "state.db"), "journals")
+        staging = cfg.get("staging.dir")
+        if staging:
+            self._sqlite("staging/catalog.db", os.path.join(staging, "catalog.db"), "catalog")
+        for name in ("msg.conf", "backup-groups.conf"):
+            self._file(f"config/{name}", os.path.join(home, "config", name), "config")
+        self._keys(parts)
+        finished = time.time()
+        self.listing.close()
+        if self.counts["indexes"] or os.path.getsize(os.path.join(self.tmp, "files.jsonl")):
+            self._add("files.jsonl", os.path.join(self.tmp, "files.jsonl"), None, "listing", "", "list")
+            self.counts.pop("listing", None)
+        manifest = {
+            "format": FORMAT, "version": VERSION, "tool_version": __version__,
+            "host": socket.gethostname(), "ims_home": home, "driver": driver,
+            "started": self.started, "finished": finished,
+            "store_root": cfg.store_root if not snapshot else cfg.snapshot_store_root(),
+            "partitions": parts, "staging_dir": staging, "snapshot": snapshot,
+            "order": ["mboxlist", "indexes", "journals", "catalog", "config", "keys"],
+            "counts": self.counts, "items": self.items, "problems": self.problems,
+        }
+        data = json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8", "surrogateescape")
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(data)
+        info.mtime = int(finished)
+        info.mode = 0o644
+        self.tar.addfile(info, io.BytesIO(data))
+        self.tar.close()
+        return manifest
+
+    @staticmethod
+    def _count_list(path: str) -> dict:
+        """Users and folders in the copy of the mailbox list (for the manifest)."""
+        c = sqlite3.connect(path)
+        try:
+            return {"users": c.execute("SELECT COUNT(*) FROM users").fetchone()[0],
+                    "folders": c.execute("SELECT COUNT(*) FROM folders").fetchone()[0]}
+        except sqlite3.Error:
+            return {"users": None, "folders": None}
+        finally:
+            c.close()
+
+    def _classic_indexes(self, parts: dict) -> None:
+        from asm.store.classic import scan_user_dirs
+        for part, ppath in parts.items():
+            for rel, _user in scan_user_dirs(ppath):
+                for dirpath, dirnames, filenames in os.walk(os.path.join(ppath, rel)):
+                    dirnames[:] = sorted(d for d in dirnames if d.startswith("="))
+                    if "store.idx" in filenames:
+                        sub = os.path.relpath(os.path.join(dirpath, "store.idx"), ppath)
+                        self._sqlite(f"partition/{part}/{sub}", os.path.join(dirpath, "store.idx"), "indexes",
+                                     listed=True, partition=part, path=sub)
+
+    def _maildir_control(self, parts: dict) -> None:
+        for part, ppath in parts.items():
+            try:
+                homes = sorted(os.listdir(ppath))
+            except OSError:
+                continue
+            for user in homes:
+                root = os.path.join(ppath, user, "Maildir")
+                if not os.path.isdir(root):
+                    continue
+                for name in MAILDIR_USER:
+                    self._control(part, ppath, os.path.join(root, name))
+                dirs = [root] + sorted(os.path.join(root, n) for n in os.listdir(root)
+                                       if n.startswith(".") and os.path.isdir(os.path.join(root, n, "cur")))
+                for d in dirs:
+                    for name in MAILDIR_CONTROL:
+                        self._control(part, ppath, os.path.join(d, name))
+
+    def _control(self, part: str, ppath: str, path: str) -> None:
+        sub = os.path.relpath(path, ppath)
+        self._file(f"partition/{part}/{sub}", path, "indexes", listed=True, partition=part, path=sub)
+
+    def _keys(self, parts: dict) -> None:
+        for path in mail_crypt_key_files(self.dovecot_config):
+            self._file(f"keys/files{path}", path, "keys", target=path)
+        if self.config.driver != "maildir":
+            return
+        for part, ppath in parts.items():
+            with contextlib.suppress(OSError):
+                for user in sorted(os.listdir(ppath)):
+                    for sub in (ATTRIBUTES, os.path.join("Maildir", ATTRIBUTES)):
+                        p = os.path.join(ppath, user, sub)
+                        if os.path.isfile(p):
+                            rel = os.path.relpath(p, ppath)
+                            self._file(f"partition/{part}/{rel}", p, "keys", partition=part, path=rel)
+
+
+def mail_crypt_key_files(config: str | None) -> list[str]:
+    """Files Dovecot's mail_crypt settings read (``mail_crypt_*key* = </path``)."""
+    if not config or not os.path.exists(config):
+        return []
+    doveconf = shutil.which("doveconf") or ("/usr/bin/doveconf" if os.path.exists("/usr/bin/doveconf") else None)
+    if doveconf is None:
+        return []
+    try:
+        # -P: doveconf hides the values of key settings unless asked
+        out = subprocess.run([doveconf, "-c", config, "-n", "-P"], capture_output=True, text=True, timeout=60,
+                             errors="replace").stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    found = []
+    for line in out.splitlines():
+        name, eq, value = line.strip().partition(" = ")
+        if eq and name.startswith("mail_crypt") and "key" in name and value.startswith("<"):
+            path = value[1:].strip()
+            if path.startswith("/") and path not in found:
+                found.append(path)
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# reading and restoring
+
+def read_manifest(stream) -> tuple[dict, str]:
+    """The manifest, and a private directory holding every member (checked against it)."""
+    tmp = tempfile.mkdtemp(prefix="ims-dr-restore-")
+    try:
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape")
+        except tarfile.TarError as exc:
+            raise NotABundle(f"not a disaster backup (imsdr backup writes one): {exc}") from None
+        manifest = None
+        got: dict = {}
+        try:
+            for m in tar:
+                if not m.name.startswith(PREFIX) or not m.isfile() or ".." in m.name.split("/"):
+                    raise NotABundle(f"not a disaster backup: unexpected member {m.name!r}")
+                f = tar.extractfile(m)
+                if m.name == MANIFEST:
+                    try:
+                        manifest = json.loads(f.read(64 << 20).decode("utf-8", "surrogateescape"))
+                    except ValueError as exc:
+                        raise DamagedBundle(f"the manifest is not JSON ({exc})") from None
+                    continue
+                dst = os.path.join(tmp, "m", m.name[len(PREFIX):])
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                h = hashlib.sha256()
+                with open(dst, "wb") as out:
+                    for chunk in iter(lambda: f.read(CHUNK), b""):
+                        h.update(chunk)
+                        out.write(chunk)
+                got[m.name[len(PREFIX):]] = h.hexdigest()
+        except tarfile.TarError as exc:
+            raise DamagedBundle(f"the disaster backup is damaged or cut short ({exc}); use another copy") from None
+        if manifest is None:
+            if not got:
+                raise NotABundle("not a disaster backup (imsdr backup writes one)")
+            raise DamagedBundle("the disaster backup has no manifest (it was cut short); use another copy")
+        if manifest.get("format") != FORMAT:
+            raise NotABundle("not a disaster backup (its manifest says another format)")
+        items = list(manifest.get("items", []))
+        if "files.jsonl" in got:
+            with open(os.path.join(tmp, "m", "files.jsonl"), encoding="utf-8", errors="surrogateescape") as f:
+                items += [json.loads(line) for line in f if line.strip()]
+        bad = [it["member"] for it in items if got.get(it["member"]) != it["sha256"]]
+        if bad:
+            raise DamagedBundle(f"{len(bad)} members of the disaster backup are missing or damaged "
+                                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); use another copy")
+        manifest["all_items"] = items
+        return manifest, tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def plan_restore(manifest: dict, config_for, kinds: tuple) -> list[tuple[dict, str]]:
+    """(item, target path) for the chosen kinds; ``config_for()`` gives the installation's
+    configuration as it will be once msg.conf is back (partitions, store root, staging)."""
+    out = []
+    home = None
+    for item in manifest["all_items"]:
+        if item["kind"] not in kinds or item["kind"] == "listing":
+            continue
+        member = item["member"]
+        cfg = config_for()
+        home = cfg.home
+        if member.startswith("config/") or member.startswith("data/"):
+            target = os.path.join(home, member)
+        elif member == "staging/catalog.db":
+            staging = cfg.get("staging.dir") or manifest.get("staging_dir")
+            if not staging:
+                continue
+            target = os.path.join(staging, "catalog.db")
+        elif member == "store/mboxlist/mailboxes.db":
+            target = os.path.join(cfg.store_root, "mboxlist", "mailboxes.db")
+        elif member.startswith("partition/"):
+            part, path = item["partition"], item["path"]
+            ppath = cfg.partitions().get(part)
+            if ppath is None:
+                raise BundleError(f"the disaster backup has files of partition {part!r}, which msg.conf does not "
+                                  f"name: restore the configuration first (or set partition:{part}.path)")
+            target = os.path.join(ppath, path)
+        elif member.startswith("keys/files/"):
+            target = item.get("target") or "/" + member[len("keys/files/"):]
+        else:
+            continue
+        out.append((item, target))
+    return out
+
+
+def put(src: str, target: str, item: dict, owner=None) -> None:
+    """Put one restored file in place atomically, with its recorded mode and owner."""
+    d = os.path.dirname(target)
+    os.makedirs(d, exist_ok=True)
+    tmp = f"{target}.imsdr-{os.getpid()}.tmp"
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, item.get("mode", 0o600) & 0o7777)
+    if os.geteuid() == 0:
+        uid, gid = owner if owner else (item.get("uid", 0), item.get("gid", 0))
+        with contextlib.suppress(OSError):
+            os.chown(tmp, uid, gid)
+    if item.get("mtime"):
+        # a folder index says "as of" by its time: reconstruct lets a newer archive's flags win
+        os.utime(tmp, (item["mtime"], item["mtime"]))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if item.get("method") == "sqlite-backup":
+        for ext in ("-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target + ext)
+    os.replace(tmp, target)

@@ -1,0 +1,119 @@
+"""Which archive files to restore, in which order, after a disaster.
+
+Archives kept as plain files (``imsbackup -f /backup/...``, a staging directory, files
+an engine put back) say in their header when they were taken (``created``), what
+they cover (``scope``) and whether they are incremental (``since``).  For each scope,
+the chain is the newest full archive and, after it, every incremental taken later,
+oldest first.  An incremental whose ``since`` is after the archive before it was
+taken leaves a gap (mail stored in between is in no archive): the chain stops there
+and the gap is named.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from asm.archive.errors import ArchiveError
+from asm.archive.reader import ArchiveReader
+
+
+@dataclass
+class ArchiveFile:
+    path: str
+    created: float
+    since: float | None
+    scope: tuple
+    archive_id: str
+    driver: str = ""
+    complete: bool | None = None          # None: not checked (--verify reads to the trailer)
+
+
+@dataclass
+class Chain:
+    scope: tuple
+    archives: list = field(default_factory=list)
+    gap: str | None = None                # why the chain stops early
+    dropped: list = field(default_factory=list)   # incrementals after the gap
+
+
+def read_header(path: str, verify: bool = False) -> ArchiveFile | None:
+    """The archive's header (None when the file is no ims-asm archive)."""
+    try:
+        with open(path, "rb") as f:
+            r = ArchiveReader(f)
+            h = r.header
+            info = ArchiveFile(path, float(h.get("created") or 0.0), h.get("since"),
+                               tuple(h.get("scope") or ["/"]), str(h.get("archive_id", "")),
+                               str(h.get("driver", "")))
+            if verify:
+                try:
+                    for _ in r.members(on_error=lambda e: None):
+                        pass
+                except ArchiveError:
+                    pass
+                info.complete = r.complete and not r.errors
+            return info
+    except ArchiveError:
+        return None
+    except OSError:
+        return None
+
+
+def archive_files(paths: list[str], verify: bool = False) -> tuple[list[ArchiveFile], list[str]]:
+    """Every archive among ``paths`` (files, and the files of directories); the
+    files that are not archives."""
+    found, others = [], []
+    for p in paths:
+        if os.path.isdir(p):
+            names = sorted(os.path.join(p, n) for n in os.listdir(p)
+                           if not n.startswith(".") and os.path.isfile(os.path.join(p, n)))
+        else:
+            names = [p]
+        for n in names:
+            info = read_header(n, verify)
+            (found.append(info) if info is not None else others.append(n))
+    return found, others
+
+
+def chains(files: list[ArchiveFile]) -> list[Chain]:
+    """One chain per scope, scopes in the order of their full archive."""
+    by_scope: dict = {}
+    for a in files:
+        by_scope.setdefault(a.scope, []).append(a)
+    out = []
+    for scope, items in by_scope.items():
+        items.sort(key=lambda a: (a.created, a.path))
+        fulls = [a for a in items if a.since is None and a.complete is not False]
+        c = Chain(scope)
+        if not fulls:
+            c.gap = "no complete full archive"
+            c.dropped = items
+            out.append(c)
+            continue
+        full = fulls[-1]
+        c.archives.append(full)
+        for a in items:
+            if a.created <= full.created or a.since is None:
+                continue
+            if c.gap is not None:
+                c.dropped.append(a)
+                continue
+            prev = c.archives[-1]
+            if a.complete is False:
+                c.gap = f"{a.path} is incomplete (no trailer)"
+                c.dropped.append(a)
+            elif a.since > prev.created:
+                c.gap = (f"{a.path} holds mail stored since {_fmt(a.since)}, but the archive before it "
+                         f"({prev.path}) was taken at {_fmt(prev.created)}: mail stored in between is in no "
+                         f"archive here")
+                c.dropped.append(a)
+            else:
+                c.archives.append(a)
+        out.append(c)
+    out.sort(key=lambda c: (c.archives[0].created if c.archives else 0, c.scope))
+    return out
+
+
+def _fmt(t) -> str:
+    import time
+    return time.strftime("%Y%m%d:%H%M%S", time.localtime(t)) if t else "?"

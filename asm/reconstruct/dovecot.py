@@ -1,0 +1,151 @@
+"""Dovecot's own tools, where Dovecot is installed: ``doveadm dump`` to read what its
+index files remember of a folder (UIDVALIDITY, how far UIDs went), and ``doveadm
+force-resync`` to have Dovecot bring its indexes in line with the repaired Maildir.
+
+Both run without a running Dovecot: ``dump`` reads files; ``force-resync`` runs on one
+account named by ``USER`` and ``HOME`` in its environment (no userdb lookup), with the
+site's configuration (``dovecot.config``, for its plugins and settings) or, without
+one, a private one-line configuration, and always the driver's layout
+(``mail_location = maildir:~/Maildir``, home ``<partition>/<user>``).  Run as root,
+doveadm reads its configuration and becomes the mail user itself (``mail_uid``,
+``mail_gid`` given as the Maildir's owner): Dovecot never touches mail as root.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+DOVEADM_PATHS = ("/usr/bin/doveadm", "/usr/local/bin/doveadm", "/usr/sbin/doveadm")
+SITE_CONFIG = "/etc/dovecot/dovecot.conf"
+INDEX_FILES = ("dovecot.index", "dovecot.index.log.2", "dovecot.index.log")
+
+_UV = re.compile(r"uid[_ ]validity = (\d+)")
+_NEXT = re.compile(r"(?:next[_ ]uid|first_recent_uid) = (\d+)")
+_APPEND = re.compile(r"type=append\b")
+_UIDS = re.compile(r"uids=(.*)")
+_NOTE = re.compile(r"\([^)]*\)")              # "uids=1 (flags=8),2,4 (flags=2),6-9,"
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def find_doveadm() -> str | None:
+    found = shutil.which("doveadm")
+    if found:
+        return found
+    for p in DOVEADM_PATHS:
+        if os.access(p, os.X_OK):
+            return p
+    return None
+
+
+@dataclass
+class IndexView:
+    """What Dovecot's index files of one folder remember."""
+
+    uidvalidity: int | None = None
+    next_uid: int = 0              # 0: nothing known
+    files: tuple = ()
+
+
+class Dovecot:
+    """doveadm for one installation; ``config`` is dovecot.conf or None (private one)."""
+
+    def __init__(self, doveadm: str, config: str | None = None):
+        self.doveadm = doveadm
+        self.config = config
+        self._tmp: str | None = None
+
+    @classmethod
+    def find(cls, config: str | None) -> "Dovecot | None":
+        exe = find_doveadm()
+        if exe is None:
+            return None
+        if config is None and os.path.exists(SITE_CONFIG):
+            config = SITE_CONFIG
+        return cls(exe, config)
+
+    def close(self) -> None:
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _conf(self) -> str:
+        if self.config:
+            return self.config
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="ims-doveadm-")
+            os.chmod(self._tmp, 0o755)
+            with open(os.path.join(self._tmp, "dovecot.conf"), "w") as f:
+                f.write("# ims-asm reconstruct: the maildir driver's layout\n"
+                        "mail_location = maildir:~/Maildir\n")
+            os.chmod(os.path.join(self._tmp, "dovecot.conf"), 0o644)
+        return os.path.join(self._tmp, "dovecot.conf")
+
+    # -- what the index remembers -------------------------------------------------------
+    def index_view(self, folder_dir: str) -> IndexView:
+        view = IndexView()
+        seen = []
+        for name in INDEX_FILES:
+            path = os.path.join(folder_dir, name)
+            if not os.path.exists(path):
+                continue
+            try:
+                out = subprocess.run([self.doveadm, "dump", path], capture_output=True, text=True,
+                                     errors="replace", timeout=120, cwd="/",
+                                     env={"PATH": "/usr/bin:/bin"}).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            seen.append(name)
+            for m in _UV.finditer(out):
+                view.uidvalidity = int(m.group(1))      # the last one written wins
+            for m in _NEXT.finditer(out):
+                view.next_uid = max(view.next_uid, int(m.group(1)))
+            lines = out.splitlines()
+            for i, line in enumerate(lines):
+                if _APPEND.search(line) and i + 1 < len(lines):
+                    m = _UIDS.search(lines[i + 1])
+                    if m:
+                        for r in _RANGE.finditer(_NOTE.sub("", m.group(1))):
+                            view.next_uid = max(view.next_uid, int(r.group(2) or r.group(1)) + 1)
+        view.files = tuple(seen)
+        return view
+
+    # -- force-resync ---------------------------------------------------------------------
+    def force_resync(self, user: str, home: str, owner: tuple[int, int] | None) -> tuple[bool, str]:
+        """``doveadm force-resync '*'`` on one account, as ``owner`` (uid, gid)."""
+        if owner is None:
+            try:
+                st = os.stat(os.path.join(home, "Maildir"))
+            except OSError as exc:
+                return False, f"cannot stat {home}/Maildir: {exc.strerror}"
+            owner = (st.st_uid, st.st_gid)
+        if owner[0] == 0:
+            return False, ("the Maildir belongs to root, which Dovecot never serves (set store.owner to "
+                           "Dovecot's mail user)")
+        try:
+            name = pwd.getpwuid(owner[0]).pw_name
+        except KeyError:
+            name = str(owner[0])
+        env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "USER": user, "HOME": home, "LOGNAME": name}
+        # the driver's layout, whatever the site's mail_location; as root, doveadm reads its
+        # configuration and then becomes the mail user itself (mail_uid, mail_gid)
+        cmd = [self.doveadm, "-c", self._conf(), "-o", "mail_location=maildir:~/Maildir"]
+        if os.geteuid() == 0:
+            cmd += ["-o", f"mail_uid={owner[0]}", "-o", f"mail_gid={owner[1]}"]
+        elif os.geteuid() != owner[0]:
+            return False, f"run reconstruct as root or as the mail user (uid {owner[0]})"
+        cmd += ["force-resync", "*"]
+        kw: dict = {}
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env, cwd="/",
+                               timeout=3600, **kw)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, f"{' '.join(cmd)}: {exc}"
+        if p.returncode != 0:
+            why = " ".join((p.stderr or p.stdout).split())[:300]
+            return False, f"doveadm force-resync exited {p.returncode}: {why}"
+        return True, ""

@@ -1,0 +1,273 @@
+"""Witnesses of what a store's records said: the restore journal and archives.
+
+Reconstruct asks, per folder, "which UIDVALIDITY did it have, and how far had its
+UIDs gone?" and, per message file, "which UID (and flags, dates) did this message
+have?".  Beside the store's own damaged or older records (read by the driver's
+reconstructor), two witnesses can answer:
+
+* the restore journal, ``$IMS_HOME/data/restore-journal.db``: for each folder a
+  restore wrote, its UIDVALIDITY and the UIDNEXT the restore left;
+* archives (``imsbackup`` files) named on the command line, a chain in order: each
+  folder's UIDVALIDITY, UIDNEXT and subscription, and for each message its UID,
+  SHA-256, flags, keywords and dates.  A later archive's word on a message wins.
+
+Archive metadata can be large (one row per message of the whole store), so it goes
+to a private SQLite file under $TMPDIR, never into memory; the archives are read
+member by member and no message body is read.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+
+from asm.archive import names
+from asm.archive.errors import ArchiveError, CorruptMember, HostileMember
+from asm.archive.reader import ArchiveReader, parse_uid_ranges
+from asm.errors import EXIT_USAGE, ImsError
+from asm.reconstruct.sqlite import read_only_uri
+
+_SCHEMA = """
+CREATE TABLE folders (user, folder, uidvalidity INTEGER, uidnext INTEGER, subscribed INTEGER,
+                      created REAL, source TEXT, PRIMARY KEY (user, folder, uidvalidity));
+CREATE TABLE msgs (user, folder, uidvalidity INTEGER, uid INTEGER, sha256 TEXT, flags TEXT,
+                   keywords TEXT, internaldate REAL, stored REAL, created REAL,
+                   PRIMARY KEY (user, folder, uidvalidity, uid));
+CREATE INDEX msgs_digest ON msgs (user, folder, uidvalidity, sha256);
+CREATE TABLE listing (user, folder, uidvalidity INTEGER, created REAL, source TEXT,
+                      PRIMARY KEY (user, folder, uidvalidity));
+CREATE TABLE listed (user, folder, uidvalidity INTEGER, uid INTEGER,
+                     PRIMARY KEY (user, folder, uidvalidity, uid));
+"""
+
+
+class KnowledgeError(ImsError):
+    """An archive or journal named as a witness cannot be read at all."""
+
+    status = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class FolderWitness:
+    uidvalidity: int
+    uidnext: int
+    subscribed: bool | None       # None: this witness does not know
+    created: float                # when the witness saw it (archive creation, journal entry)
+    source: str                   # "journal", or the archive's path
+
+
+@dataclass(frozen=True)
+class MessageWitness:
+    uid: int
+    sha256: str | None
+    flags: tuple
+    keywords: tuple
+    internaldate: float | None
+    stored: float | None
+    source: str
+    created: float = 0.0          # when the archive that last spoke of it was taken
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The newest archive's list of the UIDs a folder held when it was taken."""
+
+    created: float
+    source: str
+
+
+def _split(text: str | None) -> tuple:
+    return tuple(text.split()) if text else ()
+
+
+class Knowledge:
+    """The journal and archives, asked per folder and per message."""
+
+    def __init__(self):
+        self._dir = tempfile.mkdtemp(prefix="ims-reconstruct-")
+        self.db = sqlite3.connect(os.path.join(self._dir, "knowledge.db"), isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.executescript(_SCHEMA)
+        self.sources: list[str] = []          # what was read, for the report
+        self.problems: list[str] = []         # archive damage met while reading (named)
+
+    def close(self) -> None:
+        self.db.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "Knowledge":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- loading ------------------------------------------------------------------
+    def add_journal(self, path: str) -> int:
+        """Folders the restore journal knows; 0 when there is no journal."""
+        rows: list = []
+        if os.path.exists(path):
+            try:
+                con = sqlite3.connect(read_only_uri(path), uri=True)
+                try:
+                    rows = con.execute("SELECT user, folder, uidvalidity, uidnext, created FROM restored").fetchall()
+                finally:
+                    con.close()
+                self.sources.append(path)
+            except sqlite3.Error as exc:
+                self.problems.append(f"{path}: the restore journal cannot be read ({exc}); not used")
+        for user, folder, uv, un, created in rows:
+            if uv is None or un is None:
+                continue
+            self._folder(names.from_db(user), names.from_db(folder), int(uv), int(un), None,
+                         float(created or 0.0), "journal")
+        return len(rows)
+
+    def add_archive(self, path: str) -> dict:
+        """Every folder and message an archive records; counts.  A damaged member is
+        skipped and named in :attr:`problems`; an archive that is cut short gives
+        what came before the cut."""
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise KnowledgeError(f"cannot read archive {path}: {exc.strerror}") from None
+        counts = {"folders": 0, "messages": 0}
+        with f:
+            try:
+                reader = ArchiveReader(f)
+            except ArchiveError as exc:
+                raise KnowledgeError(f"{path}: {exc}", status=exc.status) from None
+            created = float(reader.header.get("created") or 0.0)
+            current: dict = {}                    # (user, folder) -> uidvalidity
+            self.db.execute("BEGIN")
+            try:
+                it = reader.members(on_error=lambda e: self.problems.append(f"{path}: {e}"))
+                for m in it:
+                    if m.kind == "folder":
+                        current[(m.user, m.folder)] = m.uidvalidity
+                        self._folder(m.user, m.folder, m.uidvalidity, m.uidnext, bool(m.subscribed),
+                                     created, path)
+                        self._state(m, created)
+                        self._listing(m, created, path)
+                        counts["folders"] += 1
+                    elif m.kind in ("message", "link"):
+                        uv = current.get((m.user, m.folder))
+                        if uv is None:
+                            continue
+                        self.db.execute(
+                            "INSERT OR REPLACE INTO msgs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            (names.to_db(m.user), names.to_db(m.folder), uv, m.uid, m.sha256,
+                             " ".join(sorted(m.flags)), " ".join(m.keywords), m.internaldate,
+                             m.stored, created))
+                        counts["messages"] += 1
+            except (CorruptMember, HostileMember):
+                pass                              # already in problems via on_error
+            except ArchiveError as exc:
+                self.problems.append(f"{path}: {exc}")
+            finally:
+                self.db.execute("COMMIT")
+        self.sources.append(path)
+        return counts
+
+    def _folder(self, user, folder, uv, un, subscribed, created, source) -> None:
+        row = self.db.execute("SELECT created, uidnext FROM folders WHERE user=? AND folder=? AND uidvalidity=?",
+                              (names.to_db(user), names.to_db(folder), uv)).fetchone()
+        if row is not None and row[0] > created:
+            # an older witness may still know a higher UIDNEXT (never lower it)
+            if un > row[1]:
+                self.db.execute("UPDATE folders SET uidnext=? WHERE user=? AND folder=? AND uidvalidity=?",
+                                (un, names.to_db(user), names.to_db(folder), uv))
+            return
+        if row is not None:
+            un = max(un, row[1])
+            if subscribed is None:
+                old = self.db.execute("SELECT subscribed FROM folders WHERE user=? AND folder=? AND "
+                                      "uidvalidity=?", (names.to_db(user), names.to_db(folder), uv)).fetchone()
+                subscribed = None if old[0] is None else bool(old[0])
+        self.db.execute("INSERT OR REPLACE INTO folders VALUES (?,?,?,?,?,?,?)",
+                        (names.to_db(user), names.to_db(folder), uv, un,
+                         None if subscribed is None else int(subscribed), created, source))
+
+    def _listing(self, m, created, source) -> None:
+        key = (names.to_db(m.user), names.to_db(m.folder), m.uidvalidity)
+        row = self.db.execute("SELECT created FROM listing WHERE user=? AND folder=? AND uidvalidity=?",
+                              key).fetchone()
+        if row is not None and row[0] > created:
+            return
+        self.db.execute("DELETE FROM listed WHERE user=? AND folder=? AND uidvalidity=?", key)
+        self.db.execute("INSERT OR REPLACE INTO listing VALUES (?,?,?,?,?)", key + (created, source))
+        self.db.executemany("INSERT OR IGNORE INTO listed VALUES (?,?,?,?)", (key + (u,) for u in m.uids))
+
+    def _state(self, m, created) -> None:
+        """An incremental's folder member lists the flags of messages it does not carry."""
+        import json
+        raw = (m.records or {}).get("IMSASM.state")
+        if not raw:
+            return
+        try:
+            state = json.loads(raw)
+        except ValueError:
+            return
+        for text, ranges in state.items():
+            parts = text.split()
+            flags = " ".join(sorted(p for p in parts if p.startswith("\\")))
+            kws = " ".join(p for p in parts if not p.startswith("\\"))
+            try:
+                uids = parse_uid_ranges(ranges)
+            except ValueError:
+                continue
+            for uid in uids:
+                self.db.execute("UPDATE msgs SET flags=?, keywords=?, created=? WHERE user=? AND folder=? "
+                                "AND uidvalidity=? AND uid=? AND created<=?",
+                                (flags, kws, created, names.to_db(m.user), names.to_db(m.folder),
+                                 m.uidvalidity, uid, created))
+
+    # -- asking -------------------------------------------------------------------
+    def folders(self, user: str, folder: str) -> list[FolderWitness]:
+        """Every UIDVALIDITY a witness knows for the folder, the newest first."""
+        rows = self.db.execute("SELECT uidvalidity, uidnext, subscribed, created, source FROM folders "
+                               "WHERE user=? AND folder=? ORDER BY created DESC",
+                               (names.to_db(user), names.to_db(folder))).fetchall()
+        return [FolderWitness(r[0], r[1], None if r[2] is None else bool(r[2]), r[3], r[4]) for r in rows]
+
+    def folder(self, user: str, folder: str, uidvalidity: int | None = None) -> FolderWitness | None:
+        """The newest witness of the folder (with that UIDVALIDITY, when given)."""
+        for w in self.folders(user, folder):
+            if uidvalidity is None or w.uidvalidity == uidvalidity:
+                return w
+        return None
+
+    def folder_names(self, user: str) -> list[str]:
+        return sorted({names.from_db(r[0]) for r in self.db.execute(
+            "SELECT folder FROM folders WHERE user=?", (names.to_db(user),))})
+
+    def message(self, user: str, folder: str, uidvalidity: int, uid: int) -> MessageWitness | None:
+        r = self.db.execute("SELECT uid, sha256, flags, keywords, internaldate, stored, created FROM msgs WHERE "
+                            "user=? AND folder=? AND uidvalidity=? AND uid=?",
+                            (names.to_db(user), names.to_db(folder), uidvalidity, uid)).fetchone()
+        if r is None:
+            return None
+        return MessageWitness(r[0], r[1], _split(r[2]), _split(r[3]), r[4], r[5], "archive", r[6] or 0.0)
+
+    def listing(self, user: str, folder: str, uidvalidity: int) -> Listing | None:
+        r = self.db.execute("SELECT created, source FROM listing WHERE user=? AND folder=? AND uidvalidity=?",
+                            (names.to_db(user), names.to_db(folder), uidvalidity)).fetchone()
+        return Listing(r[0], r[1]) if r else None
+
+    def listed(self, user: str, folder: str, uidvalidity: int, uid: int) -> bool:
+        """Did the newest archive of the folder still hold this UID?"""
+        return self.db.execute("SELECT 1 FROM listed WHERE user=? AND folder=? AND uidvalidity=? AND uid=?",
+                               (names.to_db(user), names.to_db(folder), uidvalidity, uid)).fetchone() is not None
+
+    def by_digest(self, user: str, folder: str, uidvalidity: int, sha256: str) -> list[MessageWitness]:
+        """The archived messages of the folder with these bytes, by UID."""
+        rows = self.db.execute("SELECT uid, sha256, flags, keywords, internaldate, stored FROM msgs WHERE "
+                               "user=? AND folder=? AND uidvalidity=? AND sha256=? ORDER BY uid",
+                               (names.to_db(user), names.to_db(folder), uidvalidity, sha256)).fetchall()
+        return [MessageWitness(r[0], r[1], _split(r[2]), _split(r[3]), r[4], r[5], "archive") for r in rows]
+
+    def has_messages(self, user: str, folder: str, uidvalidity: int) -> bool:
+        return self.db.execute("SELECT 1 FROM msgs WHERE user=? AND folder=? AND uidvalidity=? LIMIT 1",
+                               (names.to_db(user), names.to_db(folder), uidvalidity)).fetchone() is not None

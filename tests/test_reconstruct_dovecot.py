@@ -1,0 +1,151 @@
+"""reconstruct on a store it did not make: a Maildir store that Dovecot filled (LMTP
+deliveries to several logins, IMAP folders, flags, keywords, COPY, MOVE, EXPUNGE), read
+back through Dovecot's IMAP as a client sees it.
+
+Dovecot itself, finding a dovecot-uidlist gone, keeps the folder's UIDVALIDITY (from its
+index) but gives every message a new UID (docs/dovecot.md); reconstruct, run while
+Dovecot is stopped, must do better wherever a witness knows the UIDs, find every
+message anyway, and leave Dovecot's indexes agreeing (doveadm force-resync)."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import time
+
+import pytest
+
+from asm.store.maildir import Uidlist
+from tests.dovecot_lab import Lab, dovecot_lab, message
+from tests.helpers import make_home, run
+
+EXIT_PARTIAL = 1
+
+
+def fill(lab: Lab) -> None:
+    logins = lab.logins
+    for i in range(6):
+        lab.deliver(logins if i % 2 == 0 else logins[:1], message(f"delivered {i}", size=300 + 700 * i))
+    with lab.imap("alice") as c:
+        for f in ("Work", "Work/2024", "Team Notes"):
+            c.create(f)
+            c.subscribe(f)
+        c.select("INBOX")
+        c.uid_copy([1, 2], "Work")
+        c.uid_move([3], "Team Notes")
+        c.uid_store([1], "+FLAGS", ["\\Seen", "$Label1"])
+        c.uid_store([4], "+FLAGS", ["\\Flagged", "$Todo", "Project"])
+        c.uid_expunge([5])
+        c.unselect()
+        for n in range(4):
+            c.append("Work/2024", message(f"appended {n}"), flags=["\\Seen"] if n % 2 else [],
+                     internaldate=1_700_000_000 + 3600 * n)
+    with lab.imap("bob") as c:
+        c.select("INBOX")
+        c.uid_store([1, 2], "+FLAGS", ["\\Answered", "$Forwarded"])
+        c.unselect()
+
+
+def view(lab: Lab) -> dict:
+    return {login: lab.client_state(login) for login in lab.logins}
+
+
+def setup(tmp_path, lab: Lab):
+    home = tmp_path / "ims"
+    make_home(home, "maildir", **{"partition:primary.path": lab.store, "store.owner": "vmail",
+                                  "dovecot.config": lab.conf})
+    return home
+
+
+def uidlists(lab: Lab, login: str) -> list[str]:
+    root = os.path.join(lab.store, login, "Maildir")
+    return [os.path.join(root, "dovecot-uidlist")] + sorted(glob.glob(os.path.join(root, ".*", "dovecot-uidlist")))
+
+
+def test_reconstruct_a_store_dovecot_filled(tmp_path):
+    with dovecot_lab("plain") as lab:
+        home = setup(tmp_path, lab)
+        fill(lab)
+        before = view(lab)
+        run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
+        lab.stop()
+
+        # a healthy Dovecot store: nothing to repair
+        run(home, "reconstruct", "-n", "-r", "/", check=0)
+        # every uidlist of alice, bob's keywords, carol's tmp/ gone
+        for p in uidlists(lab, "alice"):
+            os.unlink(p)
+        os.unlink(os.path.join(lab.store, "bob", "Maildir", "dovecot-keywords"))
+        shutil.rmtree(os.path.join(lab.store, "carol", "Maildir", "tmp"))
+        p = run(home, "reconstruct", "-v", "-r", "-a", tmp_path / "full.ims", "/", check=0)
+        said = p.stderr.decode()
+        assert "Traceback" not in said and "doveadm force-resync: Dovecot's indexes rebuilt" in said, said
+        lab.start()
+        assert view(lab) == before                 # UIDs, UIDVALIDITY, flags, keywords, GUIDs, bytes
+        lab.stop()
+
+        # no witness at all: every message is found; the UIDs alice's client knew are lost, named
+        for p in uidlists(lab, "alice"):
+            os.unlink(p)
+        p = run(home, "reconstruct", "-r", "--no-journal", "/primary/alice", check=EXIT_PARTIAL)
+        assert "UIDs are known nowhere" in p.stderr.decode()
+        lab.start()
+        after = view(lab)
+        for f, st in before["alice"].folders.items():
+            assert sorted(m.sha256 for m in st.messages) == sorted(m.sha256 for m in after["alice"][f].messages)
+            assert sorted(m.guid for m in st.messages) == sorted(m.guid for m in after["alice"][f].messages)
+        assert after["bob"] == before["bob"] and after["carol"] == before["carol"]
+
+
+def test_a_uidlist_older_than_dovecots_index(tmp_path):
+    """The uidlist comes back from before the last deliveries while Dovecot's index (and
+    the messages) are newer: Dovecot alone would renumber; reconstruct gives the new
+    messages their UIDs from an incremental, or new UIDs above all Dovecot had seen."""
+    with dovecot_lab("plain") as lab:
+        home = setup(tmp_path, lab)
+        fill(lab)
+        run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
+        time.sleep(1.1)
+        since = time.strftime("%Y%m%d:%H%M%S")
+        old = {p: open(p, "rb").read() for p in uidlists(lab, "alice")}
+        time.sleep(1.1)
+        for i in range(3):
+            lab.deliver(["alice"], message(f"late {i}"))
+        with lab.imap("alice") as c:
+            c.select("INBOX")
+            c.fetch_meta()
+            c.unselect()
+        run(home, "imsbackup", "-f", tmp_path / "incr.ims", "-d", since, "/", check=0)
+        want = lab.client_state("alice")
+        lab.stop()
+
+        def put_back_old():
+            for p, data in old.items():
+                with open(p, "wb") as f:
+                    f.write(data)
+                os.chown(p, lab.uid, lab.gid)
+
+        put_back_old()
+        p = run(home, "reconstruct", "-r", "-a", tmp_path / "full.ims", "-a", tmp_path / "incr.ims",
+                "/primary/alice", check=0)
+        assert "Traceback" not in p.stderr.decode()
+        lab.start()
+        assert lab.client_state("alice") == want
+        lab.stop()
+
+        put_back_old()
+        p = run(home, "reconstruct", "-r", "--no-journal", "/primary/alice", check=EXIT_PARTIAL)
+        assert "Dovecot's index" in p.stderr.decode()
+        lab.start()
+        got = lab.client_state("alice")
+        inbox_want, inbox_got = want["INBOX"].by_uid(), got["INBOX"].by_uid()
+        first = Uidlist.parse(old[uidlists(lab, "alice")[0]].decode())
+        late = {m.sha256 for m in want["INBOX"].messages if m.uid not in first.records}
+        # every message is there; none took a UID the client had seen for another message
+        assert sorted(m.sha256 for m in got["INBOX"].messages) == sorted(m.sha256 for m in want["INBOX"].messages)
+        for uid, m in inbox_got.items():
+            if uid in inbox_want:
+                assert inbox_want[uid].sha256 == m.sha256
+        assert got["INBOX"].uidvalidity == want["INBOX"].uidvalidity
+        assert len(late) == 3          # numbered anew, above every UID Dovecot had given
+        assert min(u for u, m in inbox_got.items() if m.sha256 in late) >= want["INBOX"].uidnext
