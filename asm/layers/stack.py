@@ -57,8 +57,10 @@ class _StdlibStream(StreamLayer):
     def __init__(self, kind: str, src: Source):
         super().__init__()
         self.layer = kind
-        opener = {"gzip": gzip.GzipFile, "xz": lzma.LZMAFile, "bzip2": bz2.BZ2File}[kind]
-        self._f = opener(fileobj=src, mode="rb")
+        if kind == "gzip":
+            self._f = gzip.GzipFile(fileobj=src, mode="rb")
+        else:
+            self._f = (lzma.LZMAFile if kind == "xz" else bz2.BZ2File)(src, mode="rb")
 
     def _next(self):
         try:
