@@ -109,7 +109,12 @@ class S3Server:
         return name
 
     def uploads(self, bucket: str) -> list:
-        return self.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        try:
+            return self.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        except Exception as exc:          # rclone answers NoSuchUpload when there is none
+            if "NoSuchUpload" in str(exc):
+                return []
+            raise
 
     def keys(self, bucket: str) -> list[str]:
         r = self.client().list_objects_v2(Bucket=bucket)

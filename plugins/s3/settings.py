@@ -56,20 +56,26 @@ def client(settings: Settings):
     import boto3
     import botocore.config
     import botocore.exceptions as be
-    try:
-        session = boto3.session.Session(profile_name=settings.profile or None)
-    except be.ProfileNotFound as exc:
-        raise S3ConfigError(f"{exc}: check s3.profile (or AWS_PROFILE) and ~/.aws/config") from None
+    import botocore.session
+    core = botocore.session.Session()
     if settings.credentials:
         if not os.path.isfile(settings.credentials):
             raise S3AuthFailed(f"s3.credentials {settings.credentials} does not exist: msconfig set "
                                f"s3.credentials /path/to/credentials (AWS shared credentials format)")
-        session._session.set_config_variable("credentials_file", settings.credentials)
+        core.set_config_variable("credentials_file", settings.credentials)
+    if settings.profile:
+        core.set_config_variable("profile", settings.profile)
+    try:
+        session = boto3.session.Session(botocore_session=core)
+        region = session.region_name
+    except be.ProfileNotFound as exc:
+        raise S3ConfigError(f"{exc}: check s3.profile (or AWS_PROFILE), ~/.aws/config and the credentials "
+                            f"file") from None
     endpoint = settings.endpoint_shown() or None
     style = settings.addressing
     if style == "auto":
         style = "path" if endpoint else "auto"
-    region = settings.region or session.region_name or "us-east-1"
+    region = settings.region or region or "us-east-1"
     cfg = botocore.config.Config(
         region_name=region, signature_version="s3v4",
         s3={"addressing_style": style},
@@ -80,5 +86,8 @@ def client(settings: Settings):
     )
     try:
         return session.client("s3", endpoint_url=settings.endpoint or None, config=cfg)
+    except be.ProfileNotFound as exc:
+        raise S3ConfigError(f"{exc}: check s3.profile (or AWS_PROFILE), ~/.aws/config and the credentials "
+                            f"file") from None
     except ValueError as exc:
         raise S3ConfigError(f"bad S3 endpoint {endpoint!r}: {exc}") from None
