@@ -69,8 +69,8 @@ def build_parser() -> ArgParser:
         if name == "dump":
             pm = s.add_mutually_exclusive_group()
             pm.add_argument("--push", metavar="SPEC",
-                            help="push each completed dump to [user@]host[:port]:dir over SFTP "
-                                 "(default: staging.remote)")
+                            help="push each completed dump to [user@]host[:port]:dir over SFTP or to "
+                                 "s3://bucket/prefix/ (default: staging.remote)")
             pm.add_argument("--no-push", dest="push", action="store_const", const="",
                             help="do not push, even when staging.remote is set")
         s.add_argument("groups", nargs="*", metavar="group", help="GROUP (every partition) or /PARTITION/GROUP")
@@ -81,7 +81,8 @@ def build_parser() -> ArgParser:
     s.add_argument("--keep", type=int, metavar="N", help="keep the newest N per group (default: staging.keep)")
     s = sub.add_parser("push", help="push the dumps whose push failed or was never made")
     _common(s)
-    s.add_argument("--to", metavar="SPEC", help="[user@]host[:port]:dir (default: staging.remote)")
+    s.add_argument("--to", metavar="SPEC", help="[user@]host[:port]:dir or s3://bucket/prefix/ "
+                                                "(default: staging.remote)")
     s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another run on the area to finish (default: refuse at once)")
     s = sub.add_parser("prune", help="remove the remote copies the remote retention (staging.remote.keep*) "
