@@ -353,3 +353,36 @@ def test_zstd_writer_bounds_its_frames():
     out.seek(0)
     coff, doff = read_seek_table(out, len(out.getvalue()))
     assert all(doff[i + 1] - doff[i] <= 4096 for i in range(len(doff) - 1)) and doff[-1] == 100000
+
+
+def test_layers_on_ssh_and_fifo_devices(tmp_path, sshd, keys):
+    """The layers work on every device: a remote file over SSH (restored partially by
+    seeking through SFTP and the layers) and a FIFO (a stream, as a tape)."""
+    key, rcpt = keys
+    home = tmp_path / "src"
+    store = build(home, "classic", users=6, messages=80)
+    ssh_opts = {"ssh.identity": sshd.client_key, "ssh.knownhosts": sshd.known_hosts, "ssh.timeout": "10"}
+    for k, v in ssh_opts.items():
+        Config(str(home)).set(k, v)
+    d = sshd.remote_dir("layers")
+    run(home, "imsbackup", "-z", "--recipient", rcpt, "-f", sshd.spec(f"{d}/a.ims"), "/", check=0)
+    with open(os.path.join(d, "a.ims"), "rb") as f:
+        assert f.read(22) == b"age-encryption.org/v1\n"
+    user = store.users("primary")[2]
+    dst = tmp_path / "dst"
+    make_home(dst, "classic", **ssh_opts)
+    run(dst, "imsrestore", "--identity", key, "-f", sshd.spec(f"{d}/a.ims"), f"/primary/user/{user}", check=0)
+    want = state(store)
+    assert state(open_store(Config(str(dst)))) == {k: v for k, v in want.items() if k[0] == user}
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    caught = tmp_path / "caught"
+    reader = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", str(fifo), str(caught)])
+    run(home, "imsbackup", "-z", "-f", fifo, "/", check=0)
+    reader.wait(60)
+    assert caught.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    d2, s2 = fresh(tmp_path, "classic", "d2")
+    feeder = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", str(caught), str(fifo)])
+    run(d2, "imsrestore", "-f", fifo, check=0)
+    feeder.wait(60)
+    assert state(s2) == want

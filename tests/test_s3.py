@@ -258,3 +258,21 @@ def test_full_disk_on_the_server(tmp_path):
             assert p.returncode in (3, 13, 14), p.stderr
             assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
             assert "k.ims" not in srv.keys(b) and srv.uploads(b) == []
+
+
+def test_upload_memory_is_bounded(tmp_path, seaweed):
+    """A 100 MB archive goes up in 5 MiB parts, 3 at a time: the backup's peak memory
+    stays far below the archive (parts in flight, not the archive, are held)."""
+    b = bucket(seaweed)
+    home = tmp_path / "src"
+    setup(home)
+    big_store(home, mib=100)
+    with open(tmp_path / "err", "wb") as err:
+        p = popen(home, "imsbackup", "-f", f"s3://{b}/m.ims", "/", env=seaweed.env(), stderr=err)
+        _, status, usage = os.wait4(p.pid, 0)       # this child's own peak, nobody else's
+    p.returncode = os.waitstatus_to_exitcode(status)
+    assert p.returncode == 0, (tmp_path / "err").read_text()
+    size = seaweed.client().head_object(Bucket=b, Key="m.ims")["ContentLength"]
+    assert size > 90 << 20
+    assert usage.ru_maxrss * 1024 < 160 << 20, \
+        f"imsbackup peaked at {usage.ru_maxrss // 1024} MiB for a {size >> 20} MiB archive"
