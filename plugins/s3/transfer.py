@@ -53,7 +53,7 @@ def push(local_path: str, remote_spec: str, config=None, sha256: str | None = No
     except OSError as exc:
         raise S3Error(f"cannot read {local_path}: {exc.strerror}") from None
     with src:
-        w = S3Writer(s3, settings, target, metadata={"sha256": sha256} if sha256 else None)
+        w = S3Writer(s3, settings, target, metadata={"sha256": sha256} if sha256 else None, sha256=True)
         try:
             for chunk in iter(lambda: src.read(CHUNK), b""):
                 w.write(chunk)

@@ -69,7 +69,8 @@ class S3Writer:
     """A writable stream whose bytes become the object ``spec`` on ``close()``;
     ``abort()`` drops everything (nothing becomes visible)."""
 
-    def __init__(self, s3, settings: Settings, spec: S3Spec, metadata: dict | None = None):
+    def __init__(self, s3, settings: Settings, spec: S3Spec, metadata: dict | None = None,
+                 sha256: bool = False):
         self.s3 = s3
         self.settings = settings
         self.spec = spec
@@ -81,7 +82,7 @@ class S3Writer:
         self._parts: dict[int, tuple[str, bytes]] = {}
         self._pending: collections.deque = collections.deque()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.sha256 = hashlib.sha256()
+        self.sha256 = hashlib.sha256() if sha256 else None    # of the whole object, when wanted
         self.size = 0
         self.etag: str | None = None
         self.version: str | None = None
@@ -95,7 +96,8 @@ class S3Writer:
         if self.closed:
             raise ValueError("write to a closed S3 object")
         self._buf += data
-        self.sha256.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
         self.size += len(data)
         while len(self._buf) >= self.settings.part_size(self._number + 1) + 1:
             n = self.settings.part_size(self._number + 1)
