@@ -139,6 +139,13 @@ def test_partial_restore_from_layered_file_seeks(tmp_path, keys):
     p = run(d, "imsrestore", "--identity", key, "-f", arch, f"/primary/user/{users[-1]}", check=0, text=True)
     assert "linked messages need" not in p.stderr
     assert state(s) == want
+    # the same from a pipe: the single pass, links served from the spool
+    d2, s2 = fresh(tmp_path, "classic", "d2")
+    with open(arch, "rb") as f:
+        p = run(d2, "imsrestore", "--identity", key, "-f", "-", f"/primary/user/{users[-1]}", stdin=f, check=0,
+                text=True)
+    assert "linked messages need" not in p.stderr
+    assert state(s2) == want
 
 
 # --------------------------------------------------------------------------- the layers alone

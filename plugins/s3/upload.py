@@ -31,6 +31,13 @@ from plugins.s3.spec import S3Spec
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 
+def _etag_is_md5(r: dict) -> bool:
+    """Whether the server's ETag is the MD5 of the bytes: not with SSE-KMS or SSE-C
+    encryption (AWS documents those ETags as something else); Content-MD5 is still
+    checked by the server then."""
+    return r.get("ServerSideEncryption") not in ("aws:kms", "aws:kms:dsse") and not r.get("SSECustomerAlgorithm")
+
+
 def check_bucket(s3, settings: Settings, spec: S3Spec) -> None:
     """The bucket exists (a typo must not create one on servers that would), and has
     object lock when s3.lockdays asks for it."""
@@ -140,7 +147,7 @@ class S3Writer:
                        Key=self.spec.key, UploadId=self._upload_id, PartNumber=n, Body=chunk,
                        ContentMD5=base64.b64encode(md5).decode())
         etag = r.get("ETag", "").strip('"')
-        if _MD5.match(etag) and etag != md5.hex():
+        if _MD5.match(etag) and _etag_is_md5(r) and etag != md5.hex():
             raise S3VerifyFailed(f"the server stored {where} with MD5 {etag}, but {md5.hex()} was sent")
         return n, r.get("ETag", ""), md5
 
@@ -167,7 +174,7 @@ class S3Writer:
                        Metadata=self.metadata, **self.lock)
         self.etag = r.get("ETag", "").strip('"')
         self.version = r.get("VersionId")
-        if _MD5.match(self.etag) and self.etag != md5.hex():
+        if _MD5.match(self.etag) and _etag_is_md5(r) and self.etag != md5.hex():
             self._remove_bad()
             raise S3VerifyFailed(f"the server stored {self.spec.url} with MD5 {self.etag}, but {md5.hex()} was "
                                  f"sent: the object was removed")
@@ -189,7 +196,7 @@ class S3Writer:
         self.etag = r.get("ETag", "").strip('"')
         self.version = r.get("VersionId")
         want = hashlib.md5(b"".join(self._parts[n][1] for n in sorted(self._parts))).hexdigest() + f"-{len(parts)}"
-        if re.match(r"^[0-9a-f]{32}-\d+$", self.etag) and self.etag != want:
+        if re.match(r"^[0-9a-f]{32}-\d+$", self.etag) and _etag_is_md5(r) and self.etag != want:
             self._remove_bad()
             raise S3VerifyFailed(f"the server assembled {self.spec.url} with ETag {self.etag}, but the parts sent "
                                  f"make {want}: the object was removed")
