@@ -20,7 +20,7 @@ from asm.cli.common import (
 from asm.cli.context import open_installation
 from asm.devices import open_device
 from asm.errors import (
-    EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL,
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL,
     device_status,
 )
 from asm.layers import wrap_read
