@@ -114,6 +114,32 @@ def _exclude(v: str) -> str:
     return "%".join(names)
 
 
+def _mail_location(v: str) -> str:
+    """``doveconf`` (read from the running Dovecot) or a Maildir ``mail_location``."""
+    if v == "doveconf":
+        return v
+    from asm.store.layout import LayoutError, parse_mail_location
+    try:
+        loc = parse_mail_location(v)
+    except LayoutError as exc:
+        raise ValueError(str(exc)) from None
+    if not loc.is_maildir:
+        raise ValueError(f"the maildir driver reads maildir: locations ({loc.format} is "
+                         f"not supported)")
+    return loc.text
+
+
+def _home_template(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError("must be an absolute path template, e.g. /var/vmail/%d/%n")
+    from asm.store.layout import LayoutError, _tokens
+    try:
+        _tokens(v, "store.mail_home")
+    except LayoutError as exc:
+        raise ValueError(str(exc)) from None
+    return v
+
+
 def _bool(v: str) -> str:
     low = v.lower()
     if low in ("1", "yes", "true", "on"):
@@ -144,6 +170,13 @@ OPTIONS: dict[str, Option] = {
                                   "folders left out of user backups, %-separated, e.g. Trash%Bulk Mail"),
     "store.owner": Option(_owner, None,
                           "system user owning store files; restored files get this owner"),
+    "store.mail_location": Option(_mail_location, None,
+                                  "maildir driver: Dovecot's mail_location (e.g. maildir:/var/vmail/%d/%n/"
+                                  "Maildir), or 'doveconf' to read it from dovecot.config; unset: "
+                                  "<partition>/<user>/Maildir"),
+    "store.mail_home": Option(_home_template, None,
+                              "maildir driver: the userdb home template (e.g. /var/vmail/%d/%n) when "
+                              "store.mail_location uses ~ or %h"),
     "store.locktimeout": Option(_int(1, 3600), "30", "seconds to wait for a folder lock"),
     "store.root": Option(_abspath, None,
                          "classic store root (mailbox list, queue); default $IMS_HOME/data/store"),
