@@ -136,3 +136,57 @@ def test_backup_finds_every_login_and_restores_it_as_clients_saw_it(lab, tmp_pat
         inbox = lab.client_state(u)["INBOX"]
         assert inbox.messages[-1].uid == before[u]["INBOX"].uidnext, u
         assert inbox.uidvalidity == before[u]["INBOX"].uidvalidity
+
+
+vdomain = lab_fixture("vdomain")
+
+
+def test_groups_match_full_logins_and_a_map_moves_mail_across_domains(vdomain, tmp_path):
+    lab = vdomain
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}", body=u))
+    before = {u: lab.client_state(u) for u in lab.logins}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    os.makedirs(home / "config", exist_ok=True)
+    (home / "config" / "backup-groups.conf").write_text("other=.*@other\\.org\nexample=.*@example\\.com\n")
+    a = tmp_path / "other.ims"
+    run(home, "imsbackup", "-f", a, "/primary/other", check=0)
+    assert {u for u, _ in archive_listing(home, a)} == {"alice@other.org"}
+    # alice@other.org's mail restored as a new login of another domain: where the
+    # layout puts that login, and nowhere near alice@example.com
+    lab.add_user("alice@third.net")
+    mapfile = tmp_path / "map"
+    mapfile.write_text("alice@other.org=alice@third.net\n")
+    run(home, "imsrestore", "-f", a, "-m", mapfile, check=0)
+    assert os.path.isdir(os.path.join(lab.store, "third.net", "alice", "Maildir", "cur"))
+    assert seen(lab.client_state("alice@third.net")) == seen(before["alice@other.org"])
+    for u in lab.logins[:3]:
+        assert seen(lab.client_state(u)) == seen(before[u]), u
+
+
+def test_a_full_and_an_incremental_backup_restore_into_an_empty_store(vdomain, tmp_path):
+    import time
+    lab = vdomain
+    u = "alice@other.org"
+    lab.deliver(lab.logins, message("before the full backup"))
+    home = tmp_path / "ims"
+    configure(lab, home)
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    lab.deliver([u, "bob@example.com"], message("after the full backup"))
+    with lab.imap(u) as c:
+        c.create("Later")
+        c.append("Later", message("later"), ["Project"])
+        c.select("INBOX")
+        c.uid_store([1], "+FLAGS", [r"\Seen", "Done"])
+    before = {x: lab.client_state(x) for x in lab.logins}
+    run(home, "imsbackup", "-f", incr, "-d", since, "/", check=0)
+    wipe(lab)
+    run(home, "imsrestore", "-H", "-f", full, check=0)
+    run(home, "imsrestore", "-f", incr, check=0)
+    for x in lab.logins:
+        assert seen(lab.client_state(x)) == seen(before[x]), x
