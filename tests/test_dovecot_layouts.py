@@ -190,3 +190,49 @@ def test_a_full_and_an_incremental_backup_restore_into_an_empty_store(vdomain, t
     run(home, "imsrestore", "-f", incr, check=0)
     for x in lab.logins:
         assert seen(lab.client_state(x)) == seen(before[x]), x
+
+
+# -- configuration mistakes (no Dovecot needed) -------------------------------------------
+
+@pytest.mark.parametrize("value, words", [
+    ("Maildir/%u", "names no mailbox format"),
+    ("maildir:var/mail/%u", "not an absolute path"),
+    ("maildir:/var/mail/%u:FOO=1", "FOO is not supported"),
+    ("maildir:/var/mail/%{service}", "%{service}"),
+    ("sdbox:/var/mail/%u", "sdbox is not supported"),
+])
+def test_msconfig_refuses_a_location_it_cannot_follow(tmp_path, value, words):
+    home = tmp_path / "ims"
+    res = run(home, "msconfig", "set", "store.mail_location", value, text=True)
+    assert res.returncode == 2 and words in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_location_with_a_home_needs_the_home_template(tmp_path):
+    home = tmp_path / "ims"
+    run(home, "msconfig", "set", "store.driver", "maildir", check=0)
+    run(home, "msconfig", "set", "store.mail_location", "maildir:~/Maildir", check=0)
+    res = run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", text=True)
+    assert res.returncode == 2 and "home template" in res.stderr, res.stderr
+    assert not (tmp_path / "a.ims").exists()
+    (tmp_path / "homes" / "example.com" / "alice" / "Maildir" / "cur").mkdir(parents=True)
+    run(home, "msconfig", "set", "store.mail_home", f"{tmp_path}/homes/%d/%n", check=0)
+    run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", check=0)
+    assert {u for u, _ in archive_listing(home, tmp_path / "a.ims")} == {"alice@example.com"}
+
+
+def test_a_login_that_would_leave_the_store_is_refused(tmp_path):
+    from asm.config import Config
+    from asm.store import open_store
+    from asm.store.base import BadName
+    cfg = Config(home=str(tmp_path / "ims"))
+    cfg.set("store.driver", "maildir")
+    cfg.set("store.mail_location", f"maildir:{tmp_path}/mail/%d/%n/Maildir")
+    (tmp_path / "mail").mkdir()
+    store = open_store(cfg)
+    store.create_user("alice@example.com")
+    assert store.users("primary") == ["alice@example.com"]
+    for bad in ("alice@..", "..@example.com", "alice@."):
+        with pytest.raises(BadName):
+            store.create_user(bad)
+    assert sorted(os.listdir(tmp_path / "mail")) == ["example.com"]
