@@ -23,7 +23,7 @@ from tests.dovecot_lab import MAIL_USER, lab_fixture, message
 from tests.helpers import run
 
 REUNIONS = "R&AOk-unions"          # "Réunions" as IMAP names it (modified UTF-7)
-LAYOUTS = ["plain", "login", "vdomain", "hashed", "nhash", "home", "fs", "idxctl"]
+LAYOUTS = ["plain", "login", "vdomain", "hashed", "nhash", "home", "fs", "idxctl", "zlib"]
 lab = lab_fixture(params=LAYOUTS)
 
 
@@ -139,6 +139,46 @@ def test_backup_finds_every_login_and_restores_it_as_clients_saw_it(lab, tmp_pat
 
 
 vdomain = lab_fixture("vdomain")
+zlib_lab = lab_fixture("zlib")
+
+
+def test_compressed_mail_is_archived_as_the_message_and_restored_readable(zlib_lab, tmp_path):
+    """zlib: the archive holds each message as a client reads it (decompressed); the
+    restore writes plain files with S= their size, which Dovecot's zlib plugin reads
+    as it reads its own compressed ones (it tells them apart by their first bytes)."""
+    lab = zlib_lab
+    u = "bob"
+    big = message("big", size=3 << 20)                   # past the writer's 1 MiB pass
+    with lab.imap(u) as c:
+        c.create("Z")
+        _, uid_big = c.append("Z", big, [r"\Seen"])
+        _, uid_small = c.append("Z", message("small"), ["Project"])
+    d = lab.mailbox_path(u, "Z")
+    on_disk = [os.path.join(d, "cur", n) for n in os.listdir(os.path.join(d, "cur"))]
+    assert all(open(p, "rb").read(2) == b"\x1f\x8b" for p in on_disk)
+    before = lab.client_state(u)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "z.ims"
+    run(home, "imsbackup", "-f", a, f"/primary/{u}/Z", check=0)
+    # the archive's message is the decompressed file (LF line ends, as Dovecot stored it)
+    res = run(home, "imsrestore", "-t", "-v", "-f", a, check=0, text=True)
+    assert "uids=2" in res.stdout
+    with lab.imap(u) as c:
+        c.delete("Z")
+    run(home, "imsrestore", "-f", a, check=0)
+    after = lab.client_state(u)
+    assert seen(after)[0]["Z"] == seen(before)[0]["Z"]
+    with lab.imap(u) as c:
+        c.select("Z", readonly=True)
+        assert c.fetch_body(uid_big) == big           # BODY[] over IMAP, byte for byte
+    for n in os.listdir(os.path.join(d, "cur")):
+        p = os.path.join(d, "cur", n)
+        with open(p, "rb") as f:
+            data = f.read()
+        assert data[:2] != b"\x1f\x8b"
+        assert int(re.search(r",S=(\d+)", n).group(1)) == len(data)
+        assert data in (big.replace(b"\r\n", b"\n"), message("small").replace(b"\r\n", b"\n"))
 
 
 def test_groups_match_full_logins_and_a_map_moves_mail_across_domains(vdomain, tmp_path):

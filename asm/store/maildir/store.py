@@ -20,7 +20,7 @@ from asm.store import layout as layout_mod
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, holder_gone, os_store_error, split_flags, store_os_errors,
+    check_folder_name, check_user_name, compression_of, holder_gone, os_store_error, split_flags, store_os_errors,
     this_holder,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
@@ -641,10 +641,18 @@ class MaildirStore(Store):
             return MessageInfo(uid=uid, flags=flags, keywords=kws, stored=stored or 0.0,
                                size=int(m.group(1)) if m else 0, path=path)
         s = os.stat(path)
+        size, compressed = s.st_size, ""
+        m = SIZE_RE.search(base)
+        if m and int(m.group(1)) != size:
+            # S= is the message's size: a file of another size may be compressed
+            # (Dovecot's zlib plugin); then the message is what it decompresses to
+            compressed = compression_of(path)
+            if compressed:
+                size = int(m.group(1))
         return MessageInfo(uid=uid, flags=flags, keywords=kws, internaldate=s.st_mtime,
                            stored=stored if stored is not None else s.st_ctime,
-                           size=s.st_size, path=path, dev=s.st_dev, ino=s.st_ino,
-                           nlink=s.st_nlink)
+                           size=size, path=path, dev=s.st_dev, ino=s.st_ino,
+                           nlink=s.st_nlink, compressed=compressed)
 
     def _find(self, st: _State, uid: int, user: str, folder: str) -> tuple[str, str, str]:
         """(base, subdir, file name) of ``uid``; rescans once if the file moved."""
