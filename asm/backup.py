@@ -205,6 +205,10 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         res.errors.append({"mailbox": mailbox, "error": why})
         plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})
         return
+    for why in getattr(snap, "warnings", ()):      # named in the trailer, exit 1
+        res.errors.append({"mailbox": mailbox, "error": why})
+        if report:
+            report(f"error: {mailbox}: {why}")
     info = snap.info
     state = None
     if opts.since is not None:

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import re
 import shutil
+import subprocess
 
 import pytest
 
@@ -276,3 +277,37 @@ def test_a_login_that_would_leave_the_store_is_refused(tmp_path):
         with pytest.raises(BadName):
             store.create_user(bad)
     assert sorted(os.listdir(tmp_path / "mail")) == ["example.com"]
+
+
+KWS = [f"kw{i:02d}" for i in range(30)]
+
+
+def test_keywords_beyond_26_are_kept_through_dovecot_or_named(vdomain, tmp_path):
+    """Dovecot keeps a folder's keywords 27.. in its index only: the backup reads them
+    with doveadm and the restore gives them back the same way; without a Dovecot
+    configuration to ask, the backup names the loss (stderr, trailer, exit 1)."""
+    lab = vdomain
+    u = "bob@example.com"
+    with lab.imap(u) as c:
+        c.create("Tags")
+        _, uid = c.append("Tags", message("thirty keywords"), [r"\Seen", *KWS])
+        c.append("Tags", message("three keywords"), ["kw29", "kw00", "other"])
+    before = lab.client_state(u)
+    assert before["Tags"].by_uid()[uid].flags == {r"\Seen", *KWS}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "tags.ims"
+    run(home, "imsbackup", "-f", a, f"/primary/{u}/Tags", check=0)
+    with lab.imap(u) as c:
+        c.delete("Tags")
+    run(home, "imsrestore", "-f", a, check=0)
+    assert seen(lab.client_state(u))[0]["Tags"] == seen(before)[0]["Tags"]
+    # the same store described without Dovecot's configuration: the loss is named
+    home2 = tmp_path / "ims2"
+    run(home2, "msconfig", "set", "store.driver", "maildir", check=0)
+    run(home2, "msconfig", "set", "store.mail_location", lab.mail_location, check=0)
+    res = run(home2, "imsbackup", "-f", tmp_path / "b.ims", f"/primary/{u}/Tags", text=True)
+    assert res.returncode == 1 and "only in Dovecot's index" in res.stderr, res.stderr
+    trailer = subprocess.run(["tar", "-xOf", tmp_path / "b.ims", "ims-asm.trailer"],
+                             capture_output=True, check=True).stdout.decode()
+    assert "only in Dovecot's index" in trailer and "bob@example.com/Tags" in trailer

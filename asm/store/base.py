@@ -199,6 +199,7 @@ class FolderSnapshot:
 
     info: FolderInfo
     messages: list = field(default_factory=list)  # list[MessageInfo], ascending UID
+    warnings: list = field(default_factory=list)  # what the snapshot could not carry
 
 
 class Store(abc.ABC):

@@ -3,11 +3,13 @@ docstring describes the layout)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -97,6 +99,7 @@ class _State:
     bases: dict | None = None               # base -> uid
     flag_cache: dict = field(default_factory=dict)  # letters -> (flags, keywords)
     max_uid: int | None = None              # highest UID in the uidlist (None: recompute)
+    overflow: dict = field(default_factory=dict)    # uid -> keywords beyond the 26 letters
 
     def __post_init__(self):
         if not self.ctl:
@@ -466,6 +469,56 @@ class MaildirStore(Store):
                 finally:
                     if held.lockpath:
                         dotlock.release(held.lockpath)
+                if held.state is not None and held.state.overflow:
+                    if sys.exc_info()[1] is None:
+                        self._give_dovecot_keywords(user, folder, held.state.overflow)
+                    else:                     # the error in flight is the one to report
+                        with contextlib.suppress(StoreError):
+                            self._give_dovecot_keywords(user, folder, held.state.overflow)
+
+    def _doveadm(self):
+        """doveadm of the Dovecot configuration (dovecot.config; with store.mail_location
+        = doveconf the default one), or None."""
+        if not hasattr(self, "_doveadm_cache"):
+            from asm.store.maildir.doveadm import Doveadm
+            conf = self.config.get("dovecot.config")
+            if conf is None and self.config.get("store.mail_location") == "doveconf":
+                conf = "/etc/dovecot/dovecot.conf"
+            self._doveadm_cache = Doveadm.find(conf)
+        return self._doveadm_cache
+
+    def _give_dovecot_keywords(self, user: str, folder: str, overflow: dict) -> None:
+        """Keywords beyond the 26 file-name letters, into Dovecot's index (doveadm takes
+        the folder's lock: called after this driver let it go)."""
+        dv = self._doveadm()
+        for uid, kws in sorted(overflow.items()):
+            dv.add_keywords(user, folder, uid, kws)
+        overflow.clear()
+
+    def _index_keywords(self, user: str, folder: str, ctl: str, snap: FolderSnapshot) -> None:
+        """A folder whose 26 keyword letters are all taken may have more keywords in
+        Dovecot's index only: read them with doveadm, or say that they are missing."""
+        table = mdnames.read_keywords(ctl)
+        if sum(1 for k in table if k) < mdnames.MAX_KEYWORDS or not snap.messages:
+            return
+        dv = self._doveadm()
+        if dv is None:
+            snap.warnings.append(
+                f"all {mdnames.MAX_KEYWORDS} keyword letters of the folder are taken: keywords "
+                f"beyond them are only in Dovecot's index and are not in the archive (set "
+                f"dovecot.config so the backup reads them with doveadm)")
+            return
+        try:
+            index = dv.keywords(user, folder)
+        except StoreError as exc:
+            snap.warnings.append(f"keywords beyond the {mdnames.MAX_KEYWORDS} file-name letters "
+                                 f"could not be read, not in the archive: {exc}")
+            return
+        out = []
+        for m in snap.messages:
+            extra = [k for k in index.get(m.uid, ()) if k not in m.keywords]
+            out.append(dataclasses.replace(m, keywords=m.keywords + tuple(extra)) if extra else m)
+        snap.messages = out
 
     def lock(self, user: str, folder: str, timeout: float = 30.0):
         return self._locked(user, folder, timeout)
@@ -620,10 +673,15 @@ class MaildirStore(Store):
         return hit
 
     def _encode_flags(self, st: _State, flags: Iterable[str], keywords: Iterable[str],
-                      keep: str = "") -> str:
+                      keep: str = "", uid: int | None = None) -> str:
         _, kws = split_flags(list(flags) + list(keywords))
         table = self._keywords(st) if kws else None
-        letters, grew = mdnames.encode_letters(flags, keywords, table, keep, where=st.dir)
+        # keywords beyond the 26 letters: Dovecot's index keeps them (doveadm, at unlock)
+        overflow = [] if uid is not None and kws and self._doveadm() is not None else None
+        letters, grew = mdnames.encode_letters(flags, keywords, table, keep, where=st.dir,
+                                               overflow=overflow)
+        if overflow:
+            st.overflow[uid] = overflow
         if grew:
             st.keywords_dirty = True
             st.flag_cache.clear()
@@ -738,7 +796,10 @@ class MaildirStore(Store):
                     continue                 # renamed or expunged right now
             info = FolderInfo(name=folder, uidvalidity=st.uidlist.uidvalidity,
                               uidnext=st.uidlist.uidnext, subscribed=folder in subs)
-        return FolderSnapshot(info=info, messages=msgs)
+            ctl = st.ctl
+        snap = FolderSnapshot(info=info, messages=msgs)
+        self._index_keywords(user, folder, ctl, snap)
+        return snap
 
     def message(self, user: str, folder: str, uid: int) -> MessageInfo:
         folder = check_folder_name(folder)
@@ -1027,7 +1088,7 @@ class MaildirStore(Store):
                     self._prune(st)           # lines of files Dovecot expunged don't count
                     if uid <= st.top_uid():
                         raise UidInUse(user, folder, uid)
-            letters = self._encode_flags(st, flags, keywords)
+            letters = self._encode_flags(st, flags, keywords, uid=uid)
             base = self._new_base(stored if stored is not None else now)
             owner = self._owner_for(st.dir)
             tmp = os.path.join(st.dir, "tmp", base)
@@ -1175,7 +1236,7 @@ class MaildirStore(Store):
         with self._locked(user, folder) as st:
             for attempt in (0, 1):
                 base, sub, fname = self._find(st, uid, user, folder)
-                letters = self._encode_flags(st, flags, keywords, keep=split_name(fname)[1])
+                letters = self._encode_flags(st, flags, keywords, keep=split_name(fname)[1], uid=uid)
                 if st.keywords_dirty:
                     self._flush_keywords(st)
                 new = f"{base}:2,{letters}"
