@@ -123,9 +123,6 @@ def _mail_location(v: str) -> str:
         loc = parse_mail_location(v)
     except LayoutError as exc:
         raise ValueError(str(exc)) from None
-    if not loc.is_maildir:
-        raise ValueError(f"the maildir driver reads maildir: locations ({loc.format} is "
-                         f"not supported)")
     return loc.text
 
 
@@ -172,8 +169,8 @@ OPTIONS: dict[str, Option] = {
                           "system user owning store files; restored files get this owner"),
     "store.mail_location": Option(_mail_location, None,
                                   "maildir driver: Dovecot's mail_location (e.g. maildir:/var/vmail/%d/%n/"
-                                  "Maildir), or 'doveconf' to read it from dovecot.config; unset: "
-                                  "<partition>/<user>/Maildir"),
+                                  "Maildir; sdbox:/mdbox: through doveadm backup), or 'doveconf' to read "
+                                  "it from dovecot.config; unset: <partition>/<user>/Maildir"),
     "store.mail_home": Option(_home_template, None,
                               "maildir driver: the userdb home template (e.g. /var/vmail/%d/%n) when "
                               "store.mail_location uses ~ or %h"),

@@ -24,7 +24,7 @@ from tests.dovecot_lab import MAIL_USER, lab_fixture, message
 from tests.helpers import run
 
 REUNIONS = "R&AOk-unions"          # "Réunions" as IMAP names it (modified UTF-7)
-LAYOUTS = ["plain", "login", "vdomain", "hashed", "nhash", "home", "fs", "idxctl", "zlib"]
+LAYOUTS = ["plain", "login", "vdomain", "hashed", "nhash", "home", "fs", "idxctl", "zlib", "sdbox", "mdbox"]
 lab = lab_fixture(params=LAYOUTS)
 
 
@@ -240,7 +240,7 @@ def test_a_full_and_an_incremental_backup_restore_into_an_empty_store(vdomain, t
     ("maildir:var/mail/%u", "not an absolute path"),
     ("maildir:/var/mail/%u:FOO=1", "FOO is not supported"),
     ("maildir:/var/mail/%{service}", "%{service}"),
-    ("sdbox:/var/mail/%u", "sdbox is not supported"),
+    ("mbox:/var/mail/%u", "mbox format is not supported"),
 ])
 def test_msconfig_refuses_a_location_it_cannot_follow(tmp_path, value, words):
     home = tmp_path / "ims"
@@ -311,3 +311,30 @@ def test_keywords_beyond_26_are_kept_through_dovecot_or_named(vdomain, tmp_path)
     trailer = subprocess.run(["tar", "-xOf", tmp_path / "b.ims", "ims-asm.trailer"],
                              capture_output=True, check=True).stdout.decode()
     assert "only in Dovecot's index" in trailer and "bob@example.com/Tags" in trailer
+
+
+sdbox = lab_fixture("sdbox")
+
+
+def test_dbox_restore_into_an_account_with_mail_is_refused_and_a_new_login_gets_it(sdbox, tmp_path):
+    lab = sdbox
+    lab.deliver(["alice", "bob"], message("dbox mail"))
+    with lab.imap("alice") as c:
+        c.create("Work")
+        c.append("Work", message("w"), [r"\Seen", "Project"], "05-Mar-2024 12:00:00 +0100")
+    before = lab.client_state("alice")
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/primary/alice", check=0)
+    assert not [n for n in os.listdir(lab.store) if n.startswith(".ims-dbox-work")]
+    res = run(home, "imsrestore", "-f", a, text=True)
+    assert res.returncode != 0 and "has dbox mail already" in res.stderr, res.stderr
+    assert lab.client_state("alice") == before            # untouched
+    lab.add_user("dora")
+    mapfile = tmp_path / "map"
+    mapfile.write_text("alice=dora\n")
+    run(home, "imsrestore", "-f", a, "-m", mapfile, check=0)
+    assert seen(lab.client_state("dora")) == seen(before)
+    assert os.path.isdir(os.path.join(lab.store, "dora", "sdbox", "mailboxes"))
+    assert not [n for n in os.listdir(lab.store) if n.startswith(".ims-dbox-work")]

@@ -30,20 +30,28 @@ class Doveadm:
             return None
         return cls(conf, binary)
 
-    def _run(self, login: str, *args: str) -> str:
-        cmd = [self.binary, "-c", self.conf, *args[:2], "-u", login, *args[2:]]
+    def run(self, login: str, command: str, *args: str, options=()) -> str:
+        """``doveadm -c CONF [-o k=v...] COMMAND -u LOGIN ARGS``; its output."""
+        words = command.split()
+        return self._run(login, *words, *args, options=options, nwords=len(words))
+
+    def _run(self, login: str, *args: str, options=(), nwords: int = 2) -> str:
+        cmd = [self.binary, "-c", self.conf]
+        for o in options:
+            cmd += ["-o", o]
+        cmd += [*args[:nwords], "-u", login, *args[nwords:]]
         try:
             res = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise StoreError(f"{' '.join(cmd[:4])}...: {exc}") from None
         if res.returncode:
             err = (res.stderr.decode("utf-8", "replace").strip().splitlines() or ["failed"])[-1]
-            raise StoreError(f"doveadm {' '.join(args[:2])} -u {login} ({self.conf}): {err}")
+            raise StoreError(f"doveadm {' '.join(args[:nwords])} -u {login} ({self.conf}): {err}")
         return res.stdout.decode("utf-8", "surrogateescape")
 
     def keywords(self, login: str, folder: str) -> dict[int, tuple]:
         """{uid: keywords} of every message of the folder, as Dovecot's index has them."""
-        out = self._run(login, "fetch", "uid flags", "mailbox", folder, "all")
+        out = self.run(login, "fetch", "uid flags", "mailbox", folder, "all")
         result = {}
         for block in out.split("\f"):
             uid = re.search(r"^uid: (\d+)$", block, re.M)
@@ -54,4 +62,4 @@ class Doveadm:
         return result
 
     def add_keywords(self, login: str, folder: str, uid: int, keywords) -> None:
-        self._run(login, "flags", "add", " ".join(keywords), "mailbox", folder, "uid", str(uid))
+        self.run(login, "flags add", " ".join(keywords), "mailbox", folder, "uid", str(uid))

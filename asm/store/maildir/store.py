@@ -47,7 +47,7 @@ LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.lis
 
 # -- where Dovecot keeps things: store.mail_location ------------------------------
 
-def open_layout(config: Config) -> "layout_mod.StoreLayout | None":
+def open_layout(config: Config, dbox: bool = False) -> "layout_mod.StoreLayout | None":
     """The StoreLayout of ``store.mail_location`` (``doveconf``: of the running Dovecot,
     ``doveconf -c dovecot.config``), or None for the classic <partition>/<user>/Maildir."""
     text = config.get("store.mail_location")
@@ -61,7 +61,7 @@ def open_layout(config: Config) -> "layout_mod.StoreLayout | None":
     else:
         sl = layout_mod.StoreLayout(text, home)
     loc = sl.location
-    if not loc.is_maildir:
+    if not loc.is_maildir and not dbox:
         raise layout_mod.LayoutError(
             f"mail_location {loc.text!r}: the maildir driver reads maildir: locations "
             f"({loc.format} is not supported)")
@@ -128,7 +128,7 @@ class MaildirStore(Store):
     unlisted_hint = ("the maildir driver reads <partition>/<user>/Maildir: check partition:NAME.path "
                      "and the store's layout (docs/maildir.md)")
 
-    def __init__(self, config: Config, create: bool = True):
+    def __init__(self, config: Config, create: bool = True, layout=None):
         self.config = config
         self._parts = config.partitions()          # read once: asked for on every call
         self._owner = config.owner()
@@ -140,7 +140,8 @@ class MaildirStore(Store):
         self._pid = os.getpid()
         self._hostname = mdnames.host()
         self._toucher = dotlock.Toucher(lambda: [h for h in self._held.values() if h.lockpath], self._mutex)
-        self._layout = open_layout(config)          # None: <partition>/<user>/Maildir
+        # None: <partition>/<user>/Maildir (layout=False: so whatever the configuration says)
+        self._layout = open_layout(config) if layout is None else (layout or None)
         self._uls: dict[str, layout_mod.UserLayout] = {}
         if self._layout is not None:
             self._parts = {"primary": fixed_prefix(self._layout.root_template())}
