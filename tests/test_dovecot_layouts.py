@@ -338,3 +338,19 @@ def test_dbox_restore_into_an_account_with_mail_is_refused_and_a_new_login_gets_
     assert seen(lab.client_state("dora")) == seen(before)
     assert os.path.isdir(os.path.join(lab.store, "dora", "sdbox", "mailboxes"))
     assert not [n for n in os.listdir(lab.store) if n.startswith(".ims-dbox-work")]
+
+
+def test_a_directory_that_belongs_to_no_login_is_named_not_skipped(tmp_path):
+    """A hashed store with mail in a bucket its login does not hash to: the backup takes
+    the logins that are where Dovecot puts them and names the other (exit 1)."""
+    store = tmp_path / "mail"
+    for d in ("a/l/alice", "b/o/bob", "b/o/alice"):
+        (store / d / "Maildir" / "cur").mkdir(parents=True)
+    home = tmp_path / "ims"
+    run(home, "msconfig", "set", "store.driver", "maildir", check=0)
+    run(home, "msconfig", "set", "store.mail_location", f"maildir:{store}/%1n/%1.1n/%n/Maildir", check=0)
+    res = run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", text=True)
+    assert res.returncode == 1, res.stderr
+    assert f"alice would live in {store}/a/l/alice/Maildir" in res.stderr
+    assert f"{store}/b/o/alice/Maildir" in res.stderr
+    assert {u for u, _ in archive_listing(home, tmp_path / "a.ims")} == {"alice", "bob"}

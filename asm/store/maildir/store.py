@@ -145,6 +145,8 @@ class MaildirStore(Store):
         self._uls: dict[str, layout_mod.UserLayout] = {}
         if self._layout is not None:
             self._parts = {"primary": fixed_prefix(self._layout.root_template())}
+            self.unlisted_hint = (f"it matches store.mail_location ({self._layout.location.text}) "
+                                  f"but belongs to no login that Dovecot would put there (docs/dovecot.md)")
 
     # ------------------------------------------------------------------ layout
     def partitions(self) -> list[str]:
@@ -215,7 +217,7 @@ class MaildirStore(Store):
         if self._layout is not None:
             if not self.check_partition(partition):
                 return []
-            return [Unlisted("user", partition, os.path.basename(s.path), None, s.path, s.reason)
+            return [Unlisted("user", partition, os.path.relpath(s.path, root), None, s.path, s.reason)
                     for s in self._logins()[1] if s.reason != "no mailbox in it"]
         try:
             entries = sorted(os.scandir(root), key=lambda e: e.name)
