@@ -354,3 +354,17 @@ def test_a_directory_that_belongs_to_no_login_is_named_not_skipped(tmp_path):
     assert f"alice would live in {store}/a/l/alice/Maildir" in res.stderr
     assert f"{store}/b/o/alice/Maildir" in res.stderr
     assert {u for u, _ in archive_listing(home, tmp_path / "a.ims")} == {"alice", "bob"}
+
+
+def test_imsdr_refuses_a_mail_location(tmp_path):
+    # reconstruct refuses it too (asm/reconstruct/maildir.py), but the reconstruct
+    # command cannot start on main now (asm.reconstruct.knowledge imports a
+    # parse_uid_ranges that asm.archive.reader no longer has)
+    home = tmp_path / "ims"
+    (tmp_path / "mail").mkdir()
+    run(home, "msconfig", "set", "store.driver", "maildir", check=0)
+    run(home, "msconfig", "set", "store.mail_location", f"maildir:{tmp_path}/mail/%d/%n/Maildir", check=0)
+    for argv in (["imsdr", "backup", "-f", tmp_path / "dr.tar"],):
+        res = run(home, *argv, text=True)
+        assert res.returncode == 2 and "store.mail_location" in res.stderr, (argv, res.stderr)
+        assert "Traceback" not in res.stderr
