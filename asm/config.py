@@ -161,8 +161,9 @@ class Option:
 
 #: Every option msconfig knows.  ``partition:NAME.path`` is matched by pattern.
 OPTIONS: dict[str, Option] = {
-    "store.driver": Option(_choice("classic", "maildir"), "classic",
-                           "message store format: classic (embedded) or maildir (Dovecot)"),
+    "store.driver": Option(lambda v: _driver(v), "classic",
+                           "message store format: classic (embedded), maildir (Dovecot), or a "
+                           "driver a loaded plugin offers"),
     "store.backupexclude": Option(_exclude, None,
                                   "folders left out of user backups, %-separated, e.g. Trash%Bulk Mail"),
     "store.owner": Option(_owner, None,
@@ -209,11 +210,40 @@ OPTIONS: dict[str, Option] = {
 PARTITION_RE = re.compile(r"^partition:([A-Za-z0-9_][A-Za-z0-9_.-]*)\.path$")
 
 
+def _driver(v: str) -> str:
+    """classic, maildir, or the name of a store driver a loaded plugin offers."""
+    if v in ("classic", "maildir"):
+        return v
+    from asm import plugins
+    offered = plugins.store_factories()
+    if v not in offered:
+        raise ValueError(f"must be one of {', '.join(sorted(offered) or ['classic', 'maildir'])} "
+                         f"(the store drivers of the loaded plugins; check IMS_ASM_PLUGINS)")
+    return v
+
+
+def plugin_options() -> dict[str, Option]:
+    """The options loaded plugins declare (hook ``ims_options``)."""
+    from asm import plugins
+    out: dict[str, Option] = {}
+    for answer in plugins.hook().ims_options():
+        for name, spec in (answer or {}).items():
+            if name in OPTIONS or name in out or PARTITION_RE.match(name):
+                raise plugins.PluginError(f"two declarations of the option {name!r} (a plugin's "
+                                          f"ims_options and another)")
+            check_fn, default, doc = spec
+            out[name] = Option(check_fn, default, doc)
+    return out
+
+
 def lookup(name: str) -> Option:
     if name in OPTIONS:
         return OPTIONS[name]
     if PARTITION_RE.match(name):
         return Option(_abspath, None, "directory of a store partition")
+    extra = plugin_options()
+    if name in extra:
+        return extra[name]
     close = [n for n in OPTIONS if n.split(".")[0] == name.split(".")[0]]
     hint = f" (known {name.split('.')[0]} options: {', '.join(close)})" if close else \
         " (run 'msconfig show -a' for the known options)"
@@ -248,6 +278,31 @@ def check(name: str, value: str) -> str:
         return opt.check(value.strip())
     except ValueError as exc:
         raise ConfigError(f"bad value {shown!r} for option {name}: {exc}") from None
+
+
+#: Namespaces of the options asm.config declares: any other name in msg.conf belongs to
+#: a plugin (hook ims_options).
+CORE_NAMESPACES = frozenset(n.split(".")[0] for n in OPTIONS)
+_DRIVER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def _check_loaded(name: str, value: str) -> str:
+    """check() for a line read from msg.conf: a plugin's option or store driver whose
+    plugin is not loaded now is kept as written (the command that needs it says so;
+    the others, msconfig among them, must still run)."""
+    if name == "store.driver" and value.strip() not in ("classic", "maildir"):
+        if _DRIVER_NAME.match(value.strip()):
+            return value.strip()
+    try:
+        return check(name, value)
+    except ConfigError:
+        if "." in name and name.split(".")[0] not in CORE_NAMESPACES and not PARTITION_RE.match(name) \
+                and _bad_char(value) is None:
+            try:
+                lookup(name)
+            except ConfigError:
+                return value.strip()          # an option of a plugin not loaded now
+        raise
 
 
 def ims_home(home: str | None = None) -> str:
@@ -339,7 +394,7 @@ class Config:
                 raise ConfigError(f"{where}: expected 'name = value', found {_short(s)!r}")
             name, value = name.strip(), value.strip()
             try:
-                self.values[name] = check(name, value)
+                self.values[name] = _check_loaded(name, value)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
             if name in seen:
@@ -348,8 +403,9 @@ class Config:
 
     # -- reading ------------------------------------------------------------
     def get(self, name: str) -> str | None:
-        opt = lookup(name)
-        return self.values.get(name, opt.default)
+        if name in self.values:
+            return self.values[name]
+        return lookup(name).default
 
     def get_int(self, name: str) -> int:
         return int(self.get(name))
