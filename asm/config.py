@@ -185,15 +185,6 @@ OPTIONS: dict[str, Option] = {
                              "mail_crypt keys imsdr backup saves (default /etc/dovecot/dovecot.conf if present)"),
     "device.localonly": Option(_bool, "no",
                                "treat every -f argument as a local path, even with a colon"),
-    "ssh.identity": Option(_abspath, None, "private key file for remote devices"),
-    "ssh.knownhosts": Option(_abspath, None, "known_hosts file (default ~/.ssh/known_hosts)"),
-    "ssh.port": Option(_int(1, 65535), "22", "default SSH port for remote devices"),
-    "ssh.timeout": Option(_int(1, 3600), "30", "seconds to wait when connecting"),
-    "ssh.keepalive": Option(_int(0, 3600), "30", "seconds between keepalives, 0 for none"),
-    "ssh.user": Option(_any, None, "default remote user"),
-    "ssh.stream": Option(_choice("auto", "sftp"), "auto",
-                         "how archive bytes go to a remote file: auto (cat on an exec channel when "
-                         "the far side has a shell, faster) or sftp (SFTP only)"),
     "backup.allowempty": Option(_bool, "no",
                                 "yes: a backup that finds no user on a partition it covers writes an "
                                 f"(empty) archive instead of failing with exit {EXIT_EMPTY}"),
@@ -244,7 +235,8 @@ def lookup(name: str) -> Option:
     extra = plugin_options()
     if name in extra:
         return extra[name]
-    close = [n for n in OPTIONS if n.split(".")[0] == name.split(".")[0]]
+    known = {**OPTIONS, **extra}
+    close = [n for n in known if n.split(".")[0] == name.split(".")[0]]
     hint = f" (known {name.split('.')[0]} options: {', '.join(close)})" if close else \
         " (run 'msconfig show -a' for the known options)"
     raise ConfigError(f"unknown option {_short(name)!r}{hint}")
