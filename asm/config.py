@@ -183,6 +183,10 @@ OPTIONS: dict[str, Option] = {
     "dovecot.config": Option(_abspath, None,
                              "Dovecot's configuration file, for reconstruct's doveadm force-resync and the "
                              "mail_crypt keys imsdr backup saves (default /etc/dovecot/dovecot.conf if present)"),
+    "dovecot.holdfile": Option(_abspath, None,
+                               "maildir driver: a passwd-file Dovecot's LMTP userdb reads (e.g. "
+                               "/etc/dovecot/hold.lmtp); a delivery hold adds the login there with "
+                               "tempfail, so Dovecot's LMTP answers 451 while a restore runs"),
     "device.localonly": Option(_bool, "no",
                                "treat every -f argument as a local path, even with a colon"),
     "backup.allowempty": Option(_bool, "no",

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -368,3 +369,40 @@ def test_imsdr_refuses_a_mail_location(tmp_path):
         res = run(home, *argv, text=True)
         assert res.returncode == 2 and "store.mail_location" in res.stderr, (argv, res.stderr)
         assert "Traceback" not in res.stderr
+
+
+def test_a_restore_holds_dovecot_lmtp_deliveries(vdomain, tmp_path):
+    """dovecot.holdfile: the store's delivery hold is a userdb tempfail Dovecot's LMTP
+    honours (451, the MTA retries); the administrator's own lines stay."""
+    from asm.config import Config
+    from asm.store import open_store
+    lab = vdomain
+    u, other = "alice@example.com", "bob@example.com"
+    hold = os.path.join(lab.dir, "hold.lmtp")
+    with open(hold, "w") as f:
+        f.write("carol@example.com:::::::userdb_tempfail=yes userdb_reason=admin\n")
+    os.chmod(hold, 0o644)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    run(home, "msconfig", "set", "dovecot.holdfile", hold, check=0)
+    lab.deliver([u], message("before"))
+    store = open_store(Config(home=str(home)))
+    store.hold_deliveries(u, "1@test")
+    store.hold_deliveries(u, "2@test")
+    replies = lab.deliver([u, other], message("while held"), check=False)
+    assert replies[u][0] == 451 and replies[other][0] == 250, replies
+    assert store.release_deliveries(u, "1@test") == 0
+    assert lab.deliver([u], message("still held"), check=False)[u][0] == 451
+    store.release_deliveries(u, "2@test")
+    time.sleep(1.1)
+    assert lab.deliver([u], message("released"), check=False)[u][0] == 250
+    assert open(hold).read() == "carol@example.com:::::::userdb_tempfail=yes userdb_reason=admin\n"
+    # a restore holds while it writes and lets go at the end
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, f"/primary/{u}", check=0)
+    with lab.imap(u) as c:
+        c.create("Restored")
+    run(home, "imsrestore", "-f", a, check=0)
+    assert "alice@example.com" not in open(hold).read()
+    time.sleep(1.1)
+    assert lab.deliver([u], message("after the restore"), check=False)[u][0] == 250

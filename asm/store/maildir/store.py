@@ -1318,6 +1318,18 @@ class MaildirStore(Store):
             holders = [h for h in self._holders(marker) if not holder_gone(h)]
             holders = [h for h in holders if h != holder] + [holder or this_holder()]
             self._write_file(marker, "".join(h + "\n" for h in holders).encode(), owner)
+        self._dovecot_hold(user, True)
+
+    def _dovecot_hold(self, user: str, held: bool) -> None:
+        """The login's line in dovecot.holdfile (Dovecot's LMTP answers 451 while it is
+        there), when that option is set."""
+        path = self.config.get("dovecot.holdfile")
+        if path:
+            from asm.store.maildir.holdfile import set_held
+            try:
+                set_held(path, user, held, self._lock_timeout(), self._pid, self._hostname)
+            except OSError as exc:
+                raise os_store_error(exc, f"the Dovecot hold file {path}") from None
 
     def deliveries_held(self, user: str) -> bool:
         return os.path.exists(self._hold_marker(user))
@@ -1345,6 +1357,7 @@ class MaildirStore(Store):
                 return n                       # held again meanwhile: the new holder releases
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(marker)
+            self._dovecot_hold(user, False)
         n += self._drain(user)                 # what arrived while we were draining
         return n
 
