@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from asm.config import _abspath, _any, _choice, _int
-from asm.devices import is_remote
+from asm.devices import is_remote, url_scheme
 from asm.hookspecs import hookimpl
 
 
@@ -47,4 +47,6 @@ def open_remote(spec: str, mode: str, blocking_factor: int = 20, config=None):
 def ims_open_device(spec, mode, blocking_factor, config):
     if not is_remote(spec, _localonly(config)):
         return None
+    if url_scheme(spec) not in (None, "ssh"):
+        return None                  # s3:// and other schemes belong to their own plugins
     return open_remote(spec, mode, blocking_factor, config)
