@@ -81,7 +81,14 @@ class DboxStore(MaildirStore):
         return os.path.join(self._work, user, "Maildir")
 
     def _export(self, user: str) -> None:
+        """Copy the login's account to WORK; the copies of the logins read before go
+        (a backup reads one login after the other: WORK holds one account at a time)."""
         self._ensure_work()
+        with self._mutex:
+            busy = {u for (u, _f) in self._held}
+        for other in sorted(self._exported - self._created - busy):
+            shutil.rmtree(os.path.join(self._work, other), ignore_errors=True)
+            self._exported.discard(other)
         self._dv.run(user, "backup", f"maildir:{self._maildir(user)}")
         self._exported.add(user)
 

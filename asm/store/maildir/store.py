@@ -288,7 +288,10 @@ class MaildirStore(Store):
         if self._layout is not None:
             ul = self._ul(user)
             self.user_partition(user)
-            return ul.home or os.path.join(self.config.home, "data", "maildir-hold", user)
+            if ul.home and os.path.normpath(ul.home) != os.path.normpath(ul.root):
+                return ul.home
+            # no home, or the home is the Maildir (.ims-queue would be a folder there)
+            return os.path.join(self.config.home, "data", "maildir-hold", user)
         return os.path.join(self.partition_path(self.user_partition(user)), user)
 
     def _root(self, user: str) -> str:
