@@ -207,10 +207,15 @@ def test_groups_match_full_logins_and_a_map_moves_mail_across_domains(vdomain, t
         assert seen(lab.client_state(u)) == seen(before[u]), u
 
 
-def test_a_full_and_an_incremental_backup_restore_into_an_empty_store(vdomain, tmp_path):
-    import time
-    lab = vdomain
-    u = "alice@other.org"
+MAILDIR_LAYOUTS = [n for n in LAYOUTS if "dbox" not in n]
+chain_lab = lab_fixture(params=MAILDIR_LAYOUTS)
+
+
+def test_a_full_and_an_incremental_backup_restore_into_an_empty_store(chain_lab, tmp_path):
+    """Every Maildir layout.  (dbox: the incremental's restore meets a login that the
+    full one gave to Dovecot, which a dbox restore refuses -- see docs/dovecot.md.)"""
+    lab = chain_lab
+    u, other = lab.logins[-1], lab.logins[1]
     lab.deliver(lab.logins, message("before the full backup"))
     home = tmp_path / "ims"
     configure(lab, home)
@@ -219,7 +224,7 @@ def test_a_full_and_an_incremental_backup_restore_into_an_empty_store(vdomain, t
     time.sleep(1.1)
     since = time.strftime("%Y%m%d:%H%M%S")
     time.sleep(1.1)
-    lab.deliver([u, "bob@example.com"], message("after the full backup"))
+    lab.deliver([u, other], message("after the full backup"))
     with lab.imap(u) as c:
         c.create("Later")
         c.append("Later", message("later"), ["Project"])
