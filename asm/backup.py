@@ -18,7 +18,7 @@ from asm.errors import EXIT_EMPTY, EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
 from asm.events import Run
 from asm.groups import PREDEFINED, Groups
 from asm.logical import LogicalPath, Target, resolve
-from asm.store.base import MessageGone, Store, StoreError
+from asm.store.base import MessageGone, Store, StoreError, open_stored
 
 
 class EmptyStore(ImsError):
@@ -205,6 +205,10 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         res.errors.append({"mailbox": mailbox, "error": why})
         plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})
         return
+    for why in getattr(snap, "warnings", ()):      # named in the trailer, exit 1
+        res.errors.append({"mailbox": mailbox, "error": why})
+        if report:
+            report(f"error: {mailbox}: {why}")
     info = snap.info
     state = None
     if opts.since is not None:
@@ -231,11 +235,18 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         uid = m.uid
         for attempt in (0, 1):
             link_key = None if opts.ignore_links or m.nlink < 2 else (m.dev, m.ino)
+            opened = None
             try:
                 before = writer.counts["links"]
+                # a compressed file (Dovecot's zlib): the archive holds the message itself
+                opened = open_stored(m) if m.compressed else None
                 writer.add_message(t.partition, t.user, folder, uid=uid, flags=m.flags,
                                    keywords=m.keywords, internaldate=m.internaldate, stored=m.stored,
-                                   nlink=m.nlink, src_path=m.path, size=m.size, link_key=link_key)
+                                   nlink=m.nlink, src_path=None if opened else m.path,
+                                   src_file=opened, size=m.size, link_key=link_key)
+            except StoreError as exc:
+                fail(uid, str(exc))
+                break
             except FileNotFoundError:
                 # renamed (a Maildir flag change) or expunged since the snapshot: look once more
                 try:
@@ -262,6 +273,9 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                 res.messages += 1        # its member is in the archive
                 res.bytes += m.size
                 break
+            finally:
+                if opened is not None:
+                    opened.close()
             if writer.counts["links"] > before:
                 res.links += 1
             else:

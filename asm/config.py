@@ -114,6 +114,29 @@ def _exclude(v: str) -> str:
     return "%".join(names)
 
 
+def _mail_location(v: str) -> str:
+    """``doveconf`` (read from the running Dovecot) or a Maildir ``mail_location``."""
+    if v == "doveconf":
+        return v
+    from asm.store.layout import LayoutError, parse_mail_location
+    try:
+        loc = parse_mail_location(v)
+    except LayoutError as exc:
+        raise ValueError(str(exc)) from None
+    return loc.text
+
+
+def _home_template(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError("must be an absolute path template, e.g. /var/vmail/%d/%n")
+    from asm.store.layout import LayoutError, _tokens
+    try:
+        _tokens(v, "store.mail_home")
+    except LayoutError as exc:
+        raise ValueError(str(exc)) from None
+    return v
+
+
 def _compress(v: str) -> str:
     """none, zstd or zstd:LEVEL (1-22)."""
     low = v.lower()
@@ -187,12 +210,20 @@ class Option:
 
 #: Every option msconfig knows.  ``partition:NAME.path`` is matched by pattern.
 OPTIONS: dict[str, Option] = {
-    "store.driver": Option(_choice("classic", "maildir"), "classic",
-                           "message store format: classic (embedded) or maildir (Dovecot)"),
+    "store.driver": Option(lambda v: _driver(v), "classic",
+                           "message store format: classic (embedded), maildir (Dovecot), or a "
+                           "driver a loaded plugin offers"),
     "store.backupexclude": Option(_exclude, None,
                                   "folders left out of user backups, %-separated, e.g. Trash%Bulk Mail"),
     "store.owner": Option(_owner, None,
                           "system user owning store files; restored files get this owner"),
+    "store.mail_location": Option(_mail_location, None,
+                                  "maildir driver: Dovecot's mail_location (e.g. maildir:/var/vmail/%d/%n/"
+                                  "Maildir; sdbox:/mdbox: through doveadm backup), or 'doveconf' to read "
+                                  "it from dovecot.config; unset: <partition>/<user>/Maildir"),
+    "store.mail_home": Option(_home_template, None,
+                              "maildir driver: the userdb home template (e.g. /var/vmail/%d/%n) when "
+                              "store.mail_location uses ~ or %h"),
     "store.locktimeout": Option(_int(1, 3600), "30", "seconds to wait for a folder lock"),
     "store.root": Option(_abspath, None,
                          "classic store root (mailbox list, queue); default $IMS_HOME/data/store"),
@@ -201,17 +232,12 @@ OPTIONS: dict[str, Option] = {
     "dovecot.config": Option(_abspath, None,
                              "Dovecot's configuration file, for reconstruct's doveadm force-resync and the "
                              "mail_crypt keys imsdr backup saves (default /etc/dovecot/dovecot.conf if present)"),
+    "dovecot.holdfile": Option(_abspath, None,
+                               "maildir driver: a passwd-file Dovecot's LMTP userdb reads (e.g. "
+                               "/etc/dovecot/hold.lmtp); a delivery hold adds the login there with "
+                               "tempfail, so Dovecot's LMTP answers 451 while a restore runs"),
     "device.localonly": Option(_bool, "no",
                                "treat every -f argument as a local path, even with a colon"),
-    "ssh.identity": Option(_abspath, None, "private key file for remote devices"),
-    "ssh.knownhosts": Option(_abspath, None, "known_hosts file (default ~/.ssh/known_hosts)"),
-    "ssh.port": Option(_int(1, 65535), "22", "default SSH port for remote devices"),
-    "ssh.timeout": Option(_int(1, 3600), "30", "seconds to wait when connecting"),
-    "ssh.keepalive": Option(_int(0, 3600), "30", "seconds between keepalives, 0 for none"),
-    "ssh.user": Option(_any, None, "default remote user"),
-    "ssh.stream": Option(_choice("auto", "sftp"), "auto",
-                         "how archive bytes go to a remote file: auto (cat on an exec channel when "
-                         "the far side has a shell, faster) or sftp (SFTP only)"),
     "store.compress": Option(_compress, "none",
                              "compress every archive imsbackup writes: none, zstd, or zstd:LEVEL (1-22; "
                              "zstd alone is level 3)"),
@@ -262,12 +288,42 @@ OPTIONS: dict[str, Option] = {
 PARTITION_RE = re.compile(r"^partition:([A-Za-z0-9_][A-Za-z0-9_.-]*)\.path$")
 
 
+def _driver(v: str) -> str:
+    """classic, maildir, or the name of a store driver a loaded plugin offers."""
+    if v in ("classic", "maildir"):
+        return v
+    from asm import plugins
+    offered = plugins.store_factories()
+    if v not in offered:
+        raise ValueError(f"must be one of {', '.join(sorted(offered) or ['classic', 'maildir'])} "
+                         f"(the store drivers of the loaded plugins; check IMS_ASM_PLUGINS)")
+    return v
+
+
+def plugin_options() -> dict[str, Option]:
+    """The options loaded plugins declare (hook ``ims_options``)."""
+    from asm import plugins
+    out: dict[str, Option] = {}
+    for answer in plugins.hook().ims_options():
+        for name, spec in (answer or {}).items():
+            if name in OPTIONS or name in out or PARTITION_RE.match(name):
+                raise plugins.PluginError(f"two declarations of the option {name!r} (a plugin's "
+                                          f"ims_options and another)")
+            check_fn, default, doc = spec
+            out[name] = Option(check_fn, default, doc)
+    return out
+
+
 def lookup(name: str) -> Option:
     if name in OPTIONS:
         return OPTIONS[name]
     if PARTITION_RE.match(name):
         return Option(_abspath, None, "directory of a store partition")
-    close = [n for n in OPTIONS if n.split(".")[0] == name.split(".")[0]]
+    extra = plugin_options()
+    if name in extra:
+        return extra[name]
+    known = {**OPTIONS, **extra}
+    close = [n for n in known if n.split(".")[0] == name.split(".")[0]]
     hint = f" (known {name.split('.')[0]} options: {', '.join(close)})" if close else \
         " (run 'msconfig show -a' for the known options)"
     raise ConfigError(f"unknown option {_short(name)!r}{hint}")
@@ -304,6 +360,31 @@ def check(name: str, value: str) -> str:
     except ValueError as exc:
         raise ConfigError(f"bad value {shown if shown.startswith('(') else repr(shown)} for option {name}: "
                           f"{exc}") from None
+
+
+#: Namespaces of the options asm.config declares: any other name in msg.conf belongs to
+#: a plugin (hook ims_options).
+CORE_NAMESPACES = frozenset(n.split(".")[0] for n in OPTIONS)
+_DRIVER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def _check_loaded(name: str, value: str) -> str:
+    """check() for a line read from msg.conf: a plugin's option or store driver whose
+    plugin is not loaded now is kept as written (the command that needs it says so;
+    the others, msconfig among them, must still run)."""
+    if name == "store.driver" and value.strip() not in ("classic", "maildir"):
+        if _DRIVER_NAME.match(value.strip()):
+            return value.strip()
+    try:
+        return check(name, value)
+    except ConfigError:
+        if "." in name and name.split(".")[0] not in CORE_NAMESPACES and not PARTITION_RE.match(name) \
+                and _bad_char(value) is None:
+            try:
+                lookup(name)
+            except ConfigError:
+                return value.strip()          # an option of a plugin not loaded now
+        raise
 
 
 def ims_home(home: str | None = None) -> str:
@@ -395,7 +476,7 @@ class Config:
                 raise ConfigError(f"{where}: expected 'name = value', found {_short(s)!r}")
             name, value = name.strip(), value.strip()
             try:
-                self.values[name] = check(name, value)
+                self.values[name] = _check_loaded(name, value)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
             if name in seen:
@@ -404,8 +485,9 @@ class Config:
 
     # -- reading ------------------------------------------------------------
     def get(self, name: str) -> str | None:
-        opt = lookup(name)
-        return self.values.get(name, opt.default)
+        if name in self.values:
+            return self.values[name]
+        return lookup(name).default
 
     def get_int(self, name: str) -> int:
         return int(self.get(name))

@@ -24,6 +24,17 @@ def ims_store_drivers():
     """
 
 
+@hookspec
+def ims_options():
+    """Options the plugin owns in msg.conf (as pytest's ``pytest_addoption``).
+
+    Return ``{name: (check, default, doc)}``: ``check(value) -> value`` raises
+    ValueError with the reason for a bad value; ``default`` is a string or None.  Names
+    are ``<plugin>.<option>``; a name asm.config already declares is an error.
+    ``msconfig set``/``show`` and :meth:`asm.config.Config.get` then know them.
+    """
+
+
 @hookspec(firstresult=True)
 def ims_open_device(spec, mode, blocking_factor, config):
     """Open the device ``spec`` (the ``-f`` argument) for ``mode`` ``"rb"`` or ``"wb"``.

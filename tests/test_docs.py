@@ -5,7 +5,7 @@ import os
 import re
 
 from asm import errors, hookspecs
-from asm.config import OPTIONS
+from asm.config import OPTIONS, plugin_options
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
@@ -18,6 +18,10 @@ def _read(name):
 def test_every_option_is_in_configuration_md():
     doc = _read("configuration.md")
     assert [k for k in OPTIONS if f"`{k}`" not in doc] == []
+    # and those the built-in plugins declare (ssh.*)
+    declared = plugin_options()
+    assert "ssh.port" in declared
+    assert [k for k in declared if f"`{k}`" not in doc] == []
 
 
 def test_every_hook_is_in_plugins_md():

@@ -95,8 +95,11 @@ def test_folder_errors(store):
         store.create_user("alice")
 
 
-def test_registered_as_plugin():
-    assert ims_store_drivers() == {"maildir": MaildirStore}
+def test_registered_as_plugin(tmp_path):
+    drivers = ims_store_drivers()
+    assert list(drivers) == ["maildir"]
+    # the factory gives the Maildir driver (or, for sdbox:/mdbox: locations, its dbox form)
+    assert type(drivers["maildir"](make(tmp_path).config)) is MaildirStore
 
 
 # -- flags, keywords, uidlist ---------------------------------------------------------------

@@ -94,3 +94,28 @@ def test_broken_plugin_is_one_line_exit_2(ims_home, config, tmp_path):
         assert p.stderr.decode().strip().endswith("failed to load: No module named 'no_such_module_xyz'")
         assert len(p.stderr.splitlines()) == 1
     assert not (tmp_path / "a.ims").exists()
+
+
+def test_a_plugin_store_driver_and_its_own_options(ims_home, thirdparty):
+    env = _env(thirdparty)
+    run(ims_home, "msconfig", "set", "store.driver", "hellostore", env=env, check=0)
+    run(ims_home, "msconfig", "set", "hello.greeting", "bonjour", env=env, check=0)
+    shown = run(ims_home, "msconfig", "show", "-a", env=env, check=0).stdout.decode()
+    assert "role.hello.greeting = bonjour" in shown and "role.store.driver = hellostore" in shown
+    bad = run(ims_home, "msconfig", "set", "hello.greeting", "bon jour", env=env)
+    assert bad.returncode == 2 and b"letters only" in bad.stderr
+    # the driver is the plugin's: a backup runs on it
+    run(ims_home, "imsbackup", "-f", ims_home / "h.ims", "/", env={**env, "IMS_ASM_PLUGINS": ""},
+        check=18)                                  # an empty store: exit 18, not a driver error
+    # without the plugin: its options are kept as written, a command that needs the
+    # driver says which is missing, msconfig still works; an unknown driver is refused
+    alone = {"PYTHONPATH": os.path.dirname(HERE)}
+    bad = run(ims_home, "imsbackup", "-f", ims_home / "h.ims", "/", env=alone)
+    assert bad.returncode == 2 and b"'hellostore' but no loaded plugin offers it" in bad.stderr
+    bad = run(ims_home, "msconfig", "set", "store.driver", "nosuch", env=alone)
+    assert bad.returncode == 2 and b"classic, maildir" in bad.stderr
+    run(ims_home, "msconfig", "set", "store.driver", "classic", env=alone, check=0)
+    shown = run(ims_home, "msconfig", "show", env=alone, check=0).stdout.decode()
+    assert "role.hello.greeting = bonjour" in shown
+    bad = run(ims_home, "msconfig", "set", "hello.other", "x", env=env)
+    assert bad.returncode == 2 and b"unknown option" in bad.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from asm.cli.common import ArgParser, run_command, warn
-from asm.config import OPTIONS, Config, lookup
+from asm.config import OPTIONS, Config, lookup, plugin_options
 from asm.errors import EXIT_OK, EXIT_USAGE
 
 PROG = "msconfig"
@@ -38,7 +38,7 @@ def _main(argv: list[str] | None) -> int:
             if value is not None:
                 print(f"role.{args.name} = {value}")
             return EXIT_OK
-        names = sorted(set(OPTIONS) | set(cfg.values))
+        names = sorted(set(OPTIONS) | set(plugin_options()) | set(cfg.values))
         for name in names:
             value = cfg.get(name)
             if value is not None:

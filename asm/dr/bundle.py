@@ -183,6 +183,10 @@ class Capture:
         cfg = self.config
         home = cfg.home
         driver = cfg.driver
+        if driver == "maildir" and cfg.get("store.mail_location"):
+            raise ImsError("imsdr backup reads <partition>/<user>/Maildir stores only; with "
+                           "store.mail_location set, back up Dovecot's control and index "
+                           "files with the file system (docs/dovecot.md)", status=EXIT_USAGE)
         parts = cfg.partitions()
         snapshot = cfg.describe() if hasattr(cfg, "describe") else None
         if driver == "classic":

@@ -30,6 +30,7 @@ import time
 import uuid
 
 from asm.config import Config
+from asm.errors import UsageError
 from asm.reconstruct import LOST, NOTE, REPAIRED, UNKNOWN, Report
 from asm.reconstruct.dovecot import Dovecot
 from asm.reconstruct.knowledge import Knowledge
@@ -118,6 +119,10 @@ class MaildirReconstructor:
         self.report = report
         self.repair = repair
         self.dovecot = dovecot
+        if config.get("store.mail_location"):
+            raise UsageError("reconstruct reads <partition>/<user>/Maildir stores only: with "
+                             "store.mail_location set, use doveadm force-resync -u LOGIN '*' "
+                             "(docs/dovecot.md)")
         self.store = MaildirStore(config, create=False)
         self.owner = config.owner()
         self.timeout = float(config.get_int("store.locktimeout"))

@@ -19,8 +19,9 @@ def open_store(config: Config, create: bool = True) -> Store:
     name = config.driver
     if name not in factories:
         known = ", ".join(sorted(factories)) or "none"
-        raise ConfigError(f"store.driver is {name!r} but no loaded plugin offers it "
-                          f"(loaded drivers: {known}; check IMS_ASM_PLUGINS)")
+        where = f": {config.path} names it" if "store.driver" in config.values else ""
+        raise ConfigError(f"store.driver is {name!r} but no loaded plugin offers it{where}; "
+                          f"loaded drivers: {known} (check IMS_ASM_PLUGINS)")
     factory = factories[name]
     try:
         takes_create = "create" in inspect.signature(factory).parameters

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import functools
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
@@ -179,6 +180,9 @@ class MessageInfo:
     dev: int = 0
     ino: int = 0
     nlink: int = 1
+    compressed: str = ""                     # "gz", "bz2", "xz": the file holds the
+                                             # message compressed (Dovecot's zlib plugin);
+                                             # size is then the message's, not the file's
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,7 @@ class FolderSnapshot:
 
     info: FolderInfo
     messages: list = field(default_factory=list)  # list[MessageInfo], ascending UID
+    warnings: list = field(default_factory=list)  # what the snapshot could not carry
 
 
 class Store(abc.ABC):
@@ -276,7 +281,7 @@ class Store(abc.ABC):
         for attempt in (0, 1):
             info = self.message(user, folder, uid)
             try:
-                return open(info.path, "rb")
+                return open_stored(info)
             except FileNotFoundError:
                 continue
         raise MessageGone(user, folder, uid)
@@ -439,6 +444,72 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def partition_path(self, partition: str) -> str:
         """The directory holding ``partition``."""
+
+
+#: Compressed message files Dovecot's zlib plugin reads (and the standard library too):
+#: magic bytes -> kind.  zstd and lz4 are recognised, to be named, not read.
+COMPRESSED_MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"),
+                    (b"\x28\xb5\x2f\xfd", "zstd"), (b"\x04\x22\x4d\x18", "lz4"))
+
+
+def compression_of(path: str) -> str:
+    """The compression a message file's first bytes show ("" for none)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return ""
+    for magic, kind in COMPRESSED_MAGIC:
+        if head.startswith(magic):
+            return kind
+    return ""
+
+
+class _Decompressed:
+    """A compressed message file read as the message (read, seek, close, name); a
+    damaged or cut compressed stream is an OSError, as an unreadable file is."""
+
+    def __init__(self, path: str, kind: str):
+        import bz2
+        import gzip
+        import lzma
+        self.name = path
+        self._f = {"gz": gzip, "bz2": bz2, "xz": lzma}[kind].open(path, "rb")
+        self._errors = (EOFError, ValueError, lzma.LZMAError, zlib.error)
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._f.read(n)
+        except self._errors as exc:
+            raise OSError(errno.EIO, f"damaged compressed data: {exc}") from None
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        try:
+            return self._f.seek(pos, whence)
+        except self._errors as exc:
+            raise OSError(errno.EIO, f"damaged compressed data: {exc}") from None
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_stored(info: MessageInfo) -> BinaryIO:
+    """The message's bytes as a client gets them: the file, decompressed when it is
+    compressed (a seekable stream: rewinding reads it again).  FileNotFoundError
+    propagates; a compression the standard library cannot read is a StoreError."""
+    if not info.compressed:
+        return open(info.path, "rb")
+    if info.compressed in ("gz", "bz2", "xz"):
+        return _Decompressed(info.path, info.compressed)
+    raise StoreError(f"{info.path} is compressed with {info.compressed}, which ims-asm cannot "
+                     f"read (it reads gz, bz2 and xz): set zlib_save to gz in Dovecot for new "
+                     f"mail; this message is not in the archive")
 
 
 def this_holder() -> str:

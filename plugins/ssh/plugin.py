@@ -1,8 +1,25 @@
 """The ``ims_open_device`` hook: ``[user@]host[:port]:path`` and ``ssh://...`` devices."""
 from __future__ import annotations
 
+from asm.config import _abspath, _any, _choice, _int
 from asm.devices import is_remote, url_scheme
 from asm.hookspecs import hookimpl
+
+
+@hookimpl
+def ims_options():
+    """The options of remote devices (msg.conf ``ssh.*``)."""
+    return {
+        "ssh.identity": (_abspath, None, "private key file for remote devices"),
+        "ssh.knownhosts": (_abspath, None, "known_hosts file (default ~/.ssh/known_hosts)"),
+        "ssh.port": (_int(1, 65535), "22", "default SSH port for remote devices"),
+        "ssh.timeout": (_int(1, 3600), "30", "seconds to wait when connecting"),
+        "ssh.keepalive": (_int(0, 3600), "30", "seconds between keepalives, 0 for none"),
+        "ssh.user": (_any, None, "default remote user"),
+        "ssh.stream": (_choice("auto", "sftp"), "auto",
+                       "how archive bytes go to a remote file: auto (cat on an exec channel when "
+                       "the far side has a shell, faster) or sftp (SFTP only)"),
+    }
 
 
 def _localonly(config) -> bool:

@@ -37,6 +37,17 @@ __all__ = [
 ]
 
 
+def open_maildir_store(config, create: bool = True):
+    """The maildir driver: Maildir stores, and sdbox/mdbox ones through doveadm
+    (store.mail_location names the format)."""
+    from asm.store.maildir.dbox import DboxStore
+    from asm.store.maildir.store import open_layout
+    layout = open_layout(config, dbox=True)
+    if layout is not None and not layout.location.is_maildir:
+        return DboxStore(config, create, layout=layout)
+    return MaildirStore(config, create, layout=layout or False)
+
+
 @hookimpl
 def ims_store_drivers():
-    return {"maildir": MaildirStore}
+    return {"maildir": open_maildir_store}

@@ -128,10 +128,11 @@ def has_keyword_letters(letters: str) -> bool:
 
 
 def encode_letters(flags: Iterable[str], keywords: Iterable[str], table: list | None,
-                   keep: str = "", where: str = "") -> tuple[str, bool]:
+                   keep: str = "", where: str = "", overflow: list | None = None) -> tuple[str, bool]:
     """(flag letters, whether ``table`` gained a keyword).  ``table`` (the folder's
     keyword table, changed in place) is needed only when there are keywords; ``keep``
-    holds letters of the old name that are not flags (e.g. P, passed)."""
+    holds letters of the old name that are not flags (e.g. P, passed).  Keywords
+    beyond the 26 letters go to ``overflow`` when it is given, else raise."""
     system, kws = split_flags(list(flags) + list(keywords))
     letters = {FLAG_LETTER[f] for f in system}
     letters.update(c for c in keep if c.isupper() and c not in LETTER_FLAG)
@@ -143,6 +144,9 @@ def encode_letters(flags: Iterable[str], keywords: Iterable[str], table: list | 
             i = table.index(k)
         else:
             i = table.index("") if "" in table else len(table)
+            if i >= MAX_KEYWORDS and overflow is not None:
+                overflow.append(k)
+                continue
             if i >= MAX_KEYWORDS:
                 raise StoreError(f"{where}: Maildir file names hold at most "
                                  f"{MAX_KEYWORDS} keywords; cannot add {k!r}")

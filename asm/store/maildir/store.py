@@ -3,11 +3,13 @@ docstring describes the layout)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -16,10 +18,11 @@ from typing import BinaryIO, Iterable, Iterator
 
 from asm.config import Config
 from asm.locks import pid_alive
+from asm.store import layout as layout_mod
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, holder_gone, os_store_error, split_flags, store_os_errors,
+    check_folder_name, check_user_name, compression_of, holder_gone, os_store_error, split_flags, store_os_errors,
     this_holder,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
@@ -42,13 +45,52 @@ INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dov
 LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.list.index.log.2")
 
 
+# -- where Dovecot keeps things: store.mail_location ------------------------------
+
+def open_layout(config: Config, dbox: bool = False) -> "layout_mod.StoreLayout | None":
+    """The StoreLayout of ``store.mail_location`` (``doveconf``: of the running Dovecot,
+    ``doveconf -c dovecot.config``), or None for the classic <partition>/<user>/Maildir."""
+    text = config.get("store.mail_location")
+    if not text:
+        return None
+    home = config.get("store.mail_home")
+    if text == "doveconf":
+        sl = layout_mod.from_doveconf(config.get("dovecot.config"))
+        if home:
+            sl = layout_mod.StoreLayout(sl.location, home)
+    else:
+        sl = layout_mod.StoreLayout(text, home)
+    loc = sl.location
+    if not loc.is_maildir and not dbox:
+        raise layout_mod.LayoutError(
+            f"mail_location {loc.text!r}: the maildir driver reads maildir: locations "
+            f"({loc.format} is not supported)")
+    if loc.subscriptions != layout_mod.DEFAULT_SUBSCRIPTIONS:
+        raise layout_mod.LayoutError(f"mail_location {loc.text!r}: SUBSCRIPTIONS= is not "
+                                     f"supported by the maildir driver")
+    sl.root_template()                       # a %h it cannot follow back is refused now
+    return sl
+
+
+def fixed_prefix(template: str) -> str:
+    """The directory a path template starts with before its first variable level."""
+    out = []
+    for level in template.split("/")[1:]:
+        if "%" in level:
+            break
+        out.append(level)
+    return os.path.normpath("/" + "/".join(out))
+
+
 # -- the per-folder working state, valid while the folder lock is held ---------------
 
 @dataclass
 class _State:
-    dir: str
+    dir: str                                # the mail directory (cur/ new/ tmp/)
     uidlist: Uidlist
     disk_uidnext: int                       # UIDNEXT Dovecot may have indexed
+    ctl: str = ""                           # dovecot-uidlist, dovecot-keywords, the lock
+    idx: str | None = ""                    # dovecot.index* (None: INDEX=MEMORY)
     files: dict | None = None               # base -> (subdir, file name)
     keywords: list | None = None            # index -> keyword
     dirty: bool = False
@@ -57,6 +99,13 @@ class _State:
     bases: dict | None = None               # base -> uid
     flag_cache: dict = field(default_factory=dict)  # letters -> (flags, keywords)
     max_uid: int | None = None              # highest UID in the uidlist (None: recompute)
+    overflow: dict = field(default_factory=dict)    # uid -> keywords beyond the 26 letters
+
+    def __post_init__(self):
+        if not self.ctl:
+            self.ctl = self.dir
+        if self.idx == "":
+            self.idx = self.dir
 
     def top_uid(self) -> int:
         if self.max_uid is None:
@@ -79,7 +128,7 @@ class MaildirStore(Store):
     unlisted_hint = ("the maildir driver reads <partition>/<user>/Maildir: check partition:NAME.path "
                      "and the store's layout (docs/maildir.md)")
 
-    def __init__(self, config: Config, create: bool = True):
+    def __init__(self, config: Config, create: bool = True, layout=None):
         self.config = config
         self._parts = config.partitions()          # read once: asked for on every call
         self._owner = config.owner()
@@ -91,6 +140,13 @@ class MaildirStore(Store):
         self._pid = os.getpid()
         self._hostname = mdnames.host()
         self._toucher = dotlock.Toucher(lambda: [h for h in self._held.values() if h.lockpath], self._mutex)
+        # None: <partition>/<user>/Maildir (layout=False: so whatever the configuration says)
+        self._layout = open_layout(config) if layout is None else (layout or None)
+        self._uls: dict[str, layout_mod.UserLayout] = {}
+        if self._layout is not None:
+            self._parts = {"primary": fixed_prefix(self._layout.root_template())}
+            self.unlisted_hint = (f"it matches store.mail_location ({self._layout.location.text}) "
+                                  f"but belongs to no login that Dovecot would put there (docs/dovecot.md)")
 
     # ------------------------------------------------------------------ layout
     def partitions(self) -> list[str]:
@@ -102,10 +158,49 @@ class MaildirStore(Store):
             raise NoSuchPartition(partition, parts)
         return parts[partition]
 
+    def check_partition(self, partition: str, writing: bool = False) -> bool:
+        if self._layout is None:
+            return super().check_partition(partition, writing)
+        from asm.store.partitions import check_partition_dir
+        return check_partition_dir(partition, self.partition_path(partition), True, writing)
+
+    def sync_dirs(self) -> list[str]:
+        out = super().sync_dirs()
+        if self._layout is not None:
+            loc = self._layout.location
+            out += [fixed_prefix(t) for t in (loc.index, loc.control, loc.inbox) if t and t.startswith("/")]
+            if self._layout.home_template:
+                out.append(fixed_prefix(self._layout.home_template))
+        return out
+
+    def _logins(self) -> tuple[dict, list]:
+        found, skipped = self._layout.logins(with_skipped=True)
+        found = {k: v for k, v in found.items() if not k.startswith(NEW_PREFIX)}
+        self._uls.update(found)
+        return found, skipped
+
+    def _ul(self, user: str) -> "layout_mod.UserLayout":
+        """Where Dovecot keeps ``user``'s mail, index and control files (layout mode)."""
+        ul = self._uls.get(user)
+        if ul is None:
+            check_user_name(user)
+            try:
+                ul = self._layout.for_login(user)
+            except layout_mod.LayoutError as exc:
+                raise BadName(f"user {user!r}: {exc}") from None
+            for p in (ul.root, ul.control_root, ul.index_root, ul.inbox_dir):
+                if p and any(lv in (".", "..") for lv in p.split("/")):
+                    raise BadName(f"bad user ID {user!r}: it would be stored at {p}, outside "
+                                  f"the store")
+            self._uls[user] = ul
+        return ul
+
     def users(self, partition: str) -> list[str]:
         root = self.partition_path(partition)
         if not self.check_partition(partition):
             return []                        # the default partition before its first user
+        if self._layout is not None:
+            return sorted(self._logins()[0])
         try:
             names = os.listdir(root)
         except FileNotFoundError:
@@ -115,9 +210,15 @@ class MaildirStore(Store):
     def unlisted_users(self, partition: str) -> list[Unlisted]:
         """Directories of the partition that hold mail in a form this driver does not
         read as a user: a Maildir at the home's top (cur/, new/) or a ``Maildir`` that
-        is not a directory (a dangling link, a file)."""
+        is not a directory (a dangling link, a file).  With store.mail_location: the
+        directories the location's template matches that belong to no login."""
         root = self.partition_path(partition)
         out = []
+        if self._layout is not None:
+            if not self.check_partition(partition):
+                return []
+            return [Unlisted("user", partition, os.path.relpath(s.path, root), None, s.path, s.reason)
+                    for s in self._logins()[1] if s.reason != "no mailbox in it"]
         try:
             entries = sorted(os.scandir(root), key=lambda e: e.name)
         except (FileNotFoundError, NotADirectoryError):
@@ -140,6 +241,8 @@ class MaildirStore(Store):
     def unlisted_folders(self, user: str) -> list[Unlisted]:
         """``.Name`` directories of the Maildir that hold mail (cur/ or new/) but are not
         read as folders: a name that is no Maildir++ folder name, or no cur/."""
+        if self._layout is not None and self._layout.location.layout != "maildir++":
+            return []
         root = self._root(user)
         part = self.user_partition(user)
         out = []
@@ -165,6 +268,10 @@ class MaildirStore(Store):
         return out
 
     def user_partition(self, user: str) -> str:
+        if self._layout is not None:
+            if os.path.isdir(self._ul(user).root):
+                return "primary"
+            raise NoSuchUser(user)
         part = self._user_parts.get(user)
         if part is not None and os.path.isdir(os.path.join(self._parts[part], user, "Maildir")):
             return part
@@ -176,15 +283,56 @@ class MaildirStore(Store):
         raise NoSuchUser(user)
 
     def _home(self, user: str) -> str:
+        """The user's home: where the delivery hold and its queue live.  With
+        store.mail_location and no home template: $IMS_HOME/data/maildir-hold/<login>."""
+        if self._layout is not None:
+            ul = self._ul(user)
+            self.user_partition(user)
+            if ul.home and os.path.normpath(ul.home) != os.path.normpath(ul.root):
+                return ul.home
+            # no home, or the home is the Maildir (.ims-queue would be a folder there)
+            return os.path.join(self.config.home, "data", "maildir-hold", user)
         return os.path.join(self.partition_path(self.user_partition(user)), user)
 
     def _root(self, user: str) -> str:
+        if self._layout is not None:
+            self.user_partition(user)
+            return self._ul(user).root
         return os.path.join(self._home(user), "Maildir")
+
+    def _subs_root(self, user: str) -> str:
+        """The directory of the user's subscriptions file."""
+        if self._layout is not None:
+            self.user_partition(user)
+            return self._ul(user).control_root
+        return self._root(user)
+
+    def _list_index_dir(self, user: str) -> str | None:
+        if self._layout is not None:
+            return self._ul(user).list_index_dir
+        return self._root(user)
+
+    def _ctl_idx(self, user: str, folder: str, d: str) -> tuple[str, str | None]:
+        """The folder's control directory (dovecot-uidlist, dovecot-keywords, the lock)
+        and index directory (None: no index files), given its mail directory ``d``."""
+        if self._layout is None:
+            return d, d
+        ul = self._ul(user)
+        try:
+            return ul.control_dir(folder), ul.index_dir(folder)
+        except layout_mod.LayoutError as exc:
+            raise BadName(str(exc)) from None
 
     folder_dirname = staticmethod(folder_dirname)
     folder_from_dirname = staticmethod(folder_from_dirname)
 
     def _folder_dir(self, user: str, folder: str) -> str:
+        if self._layout is not None:
+            self.user_partition(user)
+            try:
+                return self._ul(user).folder_dir(check_folder_name(folder))
+            except layout_mod.LayoutError as exc:
+                raise BadName(str(exc)) from None
         sub = self.folder_dirname(folder)
         root = self._root(user)
         if not sub:
@@ -228,6 +376,16 @@ class MaildirStore(Store):
     def _mkdir(self, path: str, owner) -> None:
         os.mkdir(path, 0o700)
         self._chown(path, owner)
+
+    def _makedirs(self, path: str, owner) -> None:
+        """``path`` and its missing parents (each chowned), as Dovecot makes them."""
+        if os.path.isdir(path):
+            return
+        parent = os.path.dirname(path)
+        if parent != path:
+            self._makedirs(parent, owner)
+        with contextlib.suppress(FileExistsError):
+            self._mkdir(path, owner)
 
     def _write_file(self, path: str, data: bytes, owner, fsync: bool | None = None) -> None:
         """Write ``path`` atomically (temp + rename in the same directory); fsynced
@@ -276,7 +434,12 @@ class MaildirStore(Store):
                 held.depth += 1
         if held is None:
             d = self._existing_folder_dir(user, folder)
-            lockpath = os.path.join(d, UIDLIST + LOCK_SUFFIX)
+            ctl = self._ctl_idx(user, folder, d)[0]
+            if ctl != d and not os.path.isdir(ctl):
+                # control files elsewhere (CONTROL=) and not made yet for this folder
+                with contextlib.suppress(OSError):
+                    self._makedirs(ctl, self._owner_for(self._subs_root(user)))
+            lockpath = os.path.join(ctl, UIDLIST + LOCK_SUFFIX)
             try:
                 self._acquire_dotlock(lockpath, self._lock_timeout() if timeout is None else timeout,
                                       f"{user}/{folder} ({lockpath})")
@@ -312,20 +475,72 @@ class MaildirStore(Store):
                 finally:
                     if held.lockpath:
                         dotlock.release(held.lockpath)
+                if held.state is not None and held.state.overflow:
+                    if sys.exc_info()[1] is None:
+                        self._give_dovecot_keywords(user, folder, held.state.overflow)
+                    else:                     # the error in flight is the one to report
+                        with contextlib.suppress(StoreError):
+                            self._give_dovecot_keywords(user, folder, held.state.overflow)
+
+    def _doveadm(self):
+        """doveadm of the Dovecot configuration (dovecot.config; with store.mail_location
+        = doveconf the default one), or None."""
+        if not hasattr(self, "_doveadm_cache"):
+            from asm.store.maildir.doveadm import Doveadm
+            conf = self.config.get("dovecot.config")
+            if conf is None and self.config.get("store.mail_location") == "doveconf":
+                conf = "/etc/dovecot/dovecot.conf"
+            self._doveadm_cache = Doveadm.find(conf)
+        return self._doveadm_cache
+
+    def _give_dovecot_keywords(self, user: str, folder: str, overflow: dict) -> None:
+        """Keywords beyond the 26 file-name letters, into Dovecot's index (doveadm takes
+        the folder's lock: called after this driver let it go)."""
+        dv = self._doveadm()
+        for uid, kws in sorted(overflow.items()):
+            dv.add_keywords(user, folder, uid, kws)
+        overflow.clear()
+
+    def _index_keywords(self, user: str, folder: str, ctl: str, snap: FolderSnapshot) -> None:
+        """A folder whose 26 keyword letters are all taken may have more keywords in
+        Dovecot's index only: read them with doveadm, or say that they are missing."""
+        table = mdnames.read_keywords(ctl)
+        if sum(1 for k in table if k) < mdnames.MAX_KEYWORDS or not snap.messages:
+            return
+        dv = self._doveadm()
+        if dv is None:
+            snap.warnings.append(
+                f"all {mdnames.MAX_KEYWORDS} keyword letters of the folder are taken: keywords "
+                f"beyond them are only in Dovecot's index and are not in the archive (set "
+                f"dovecot.config so the backup reads them with doveadm)")
+            return
+        try:
+            index = dv.keywords(user, folder)
+        except StoreError as exc:
+            snap.warnings.append(f"keywords beyond the {mdnames.MAX_KEYWORDS} file-name letters "
+                                 f"could not be read, not in the archive: {exc}")
+            return
+        out = []
+        for m in snap.messages:
+            extra = [k for k in index.get(m.uid, ()) if k not in m.keywords]
+            out.append(dataclasses.replace(m, keywords=m.keywords + tuple(extra)) if extra else m)
+        snap.messages = out
 
     def lock(self, user: str, folder: str, timeout: float = 30.0):
         return self._locked(user, folder, timeout)
 
     def _load_state(self, user: str, folder: str, writing: bool) -> _State:
         d = self._existing_folder_dir(user, folder)
-        ul = read_uidlist(d)
+        ctl, idx = self._ctl_idx(user, folder, d)
+        ul = read_uidlist(ctl)
         if ul is None:
             ul = Uidlist(uidvalidity=self._new_uidvalidity(), uidnext=1,
                          extra=[f"G{uuid.uuid4().hex}"])
-            st = _State(dir=d, uidlist=ul, disk_uidnext=1, dirty=writing)
+            st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=1, dirty=writing)
         else:
             # a last line cut off by a crash: rewrite before appending to it
-            st = _State(dir=d, uidlist=ul, disk_uidnext=ul.uidnext, dirty=writing and ul.torn)
+            st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=ul.uidnext,
+                        dirty=writing and ul.torn)
         if writing:
             self._recover(st)
         return st
@@ -365,6 +580,8 @@ class MaildirStore(Store):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
         self._clean_temporaries(d)
+        if st.ctl != d:
+            self._clean_temporaries(st.ctl)
 
     def _clean_temporaries(self, d: str) -> None:
         """Temporaries of _write_file (``<name>.<pid>.<thread>.tmp``) and of dotlocks
@@ -393,13 +610,13 @@ class MaildirStore(Store):
             self._flush_uidlist(st)
 
     def _flush_keywords(self, st: _State) -> None:
-        self._write_file(os.path.join(st.dir, KEYWORDS), mdnames.render_keywords(st.keywords or []),
-                         self._owner_for(st.dir))
+        self._write_file(os.path.join(st.ctl, KEYWORDS), mdnames.render_keywords(st.keywords or []),
+                         self._owner_for(st.ctl))
         st.keywords_dirty = False
 
     def _flush_uidlist(self, st: _State) -> None:
-        self._write_file(os.path.join(st.dir, UIDLIST),
-                         st.uidlist.render().encode("utf-8", "surrogateescape"), self._owner_for(st.dir))
+        self._write_file(os.path.join(st.ctl, UIDLIST),
+                         st.uidlist.render().encode("utf-8", "surrogateescape"), self._owner_for(st.ctl))
         st.dirty = False
         st.uidlist.header_uidnext = st.uidlist.uidnext
 
@@ -408,8 +625,10 @@ class MaildirStore(Store):
         return int(time.time()) & 0xFFFFFFFF or 1
 
     @staticmethod
-    def _invalidate_index(d: str, names: Iterable[str] = INDEX_FILES) -> None:
+    def _invalidate_index(d: str | None, names: Iterable[str] = INDEX_FILES) -> None:
         """Remove Dovecot's index files so it re-reads dovecot-uidlist (they would win)."""
+        if d is None:
+            return                           # INDEX=MEMORY: there are none
         for n in names:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(d, n))
@@ -449,7 +668,7 @@ class MaildirStore(Store):
 
     def _keywords(self, st: _State) -> list:
         if st.keywords is None:
-            st.keywords = mdnames.read_keywords(st.dir)
+            st.keywords = mdnames.read_keywords(st.ctl)
         return st.keywords
 
     def _decode_flags(self, st: _State, letters: str) -> tuple[frozenset, tuple]:
@@ -460,10 +679,15 @@ class MaildirStore(Store):
         return hit
 
     def _encode_flags(self, st: _State, flags: Iterable[str], keywords: Iterable[str],
-                      keep: str = "") -> str:
+                      keep: str = "", uid: int | None = None) -> str:
         _, kws = split_flags(list(flags) + list(keywords))
         table = self._keywords(st) if kws else None
-        letters, grew = mdnames.encode_letters(flags, keywords, table, keep, where=st.dir)
+        # keywords beyond the 26 letters: Dovecot's index keeps them (doveadm, at unlock)
+        overflow = [] if uid is not None and kws and self._doveadm() is not None else None
+        letters, grew = mdnames.encode_letters(flags, keywords, table, keep, where=st.dir,
+                                               overflow=overflow)
+        if overflow:
+            st.overflow[uid] = overflow
         if grew:
             st.keywords_dirty = True
             st.flag_cache.clear()
@@ -481,10 +705,18 @@ class MaildirStore(Store):
             return MessageInfo(uid=uid, flags=flags, keywords=kws, stored=stored or 0.0,
                                size=int(m.group(1)) if m else 0, path=path)
         s = os.stat(path)
+        size, compressed = s.st_size, ""
+        m = SIZE_RE.search(base)
+        if m and int(m.group(1)) != size:
+            # S= is the message's size: a file of another size may be compressed
+            # (Dovecot's zlib plugin); then the message is what it decompresses to
+            compressed = compression_of(path)
+            if compressed:
+                size = int(m.group(1))
         return MessageInfo(uid=uid, flags=flags, keywords=kws, internaldate=s.st_mtime,
                            stored=stored if stored is not None else s.st_ctime,
-                           size=s.st_size, path=path, dev=s.st_dev, ino=s.st_ino,
-                           nlink=s.st_nlink)
+                           size=size, path=path, dev=s.st_dev, ino=s.st_ino,
+                           nlink=s.st_nlink, compressed=compressed)
 
     def _find(self, st: _State, uid: int, user: str, folder: str) -> tuple[str, str, str]:
         """(base, subdir, file name) of ``uid``; rescans once if the file moved."""
@@ -506,6 +738,10 @@ class MaildirStore(Store):
     def folder_names(self, user: str) -> list[str]:
         """From the directory names alone: a damaged uidlist must not hide the others."""
         root = self._root(user)
+        if self._layout is not None:
+            ul = self._ul(user)
+            return ["INBOX"] + [n for n in ul.folders() if n != "INBOX" and
+                                os.path.isdir(os.path.join(ul.folder_dir(n), "cur"))]
         names = set()
         with os.scandir(root) as it:
             for e in it:
@@ -516,13 +752,13 @@ class MaildirStore(Store):
         return ["INBOX"] + sorted(names)
 
     def folders(self, user: str) -> list[FolderInfo]:
-        subs = self._subs.get(self._root(user))
+        subs = self._subs.get(self._subs_root(user))
         return [self._folder_info(user, n, subs) for n in self.folder_names(user)]
 
     def folder(self, user: str, folder: str) -> FolderInfo:
         folder = check_folder_name(folder)
         self._existing_folder_dir(user, folder)
-        return self._folder_info(user, folder, self._subs.get(self._root(user)))
+        return self._folder_info(user, folder, self._subs.get(self._subs_root(user)))
 
     def _folder_info(self, user: str, folder: str, subs: set) -> FolderInfo:
         key = (user, folder)
@@ -530,7 +766,8 @@ class MaildirStore(Store):
         if held is not None and held.state is not None:
             ul = held.state.uidlist
         else:
-            ul = read_uidlist_header(self._existing_folder_dir(user, folder))
+            d = self._existing_folder_dir(user, folder)
+            ul = read_uidlist_header(self._ctl_idx(user, folder, d)[0])
             if ul is None:                   # never opened by Dovecot: give it a uidlist now
                 with self._locked(user, folder) as st:
                     ul = st.uidlist
@@ -539,7 +776,7 @@ class MaildirStore(Store):
 
     def snapshot(self, user: str, folder: str, since: float | None = None) -> FolderSnapshot:
         folder = check_folder_name(folder)
-        subs = self._subs.get(self._root(user))
+        subs = self._subs.get(self._subs_root(user))
         with self._locked(user, folder) as st:
             self._scan(st)
             self._assign_uids(st)
@@ -565,7 +802,10 @@ class MaildirStore(Store):
                     continue                 # renamed or expunged right now
             info = FolderInfo(name=folder, uidvalidity=st.uidlist.uidvalidity,
                               uidnext=st.uidlist.uidnext, subscribed=folder in subs)
-        return FolderSnapshot(info=info, messages=msgs)
+            ctl = st.ctl
+        snap = FolderSnapshot(info=info, messages=msgs)
+        self._index_keywords(user, folder, ctl, snap)
+        return snap
 
     def message(self, user: str, folder: str, uid: int) -> MessageInfo:
         folder = check_folder_name(folder)
@@ -574,10 +814,11 @@ class MaildirStore(Store):
             st = held.state
         else:
             d = self._existing_folder_dir(user, folder)
-            ul = read_uidlist(d)
+            ctl, idx = self._ctl_idx(user, folder, d)
+            ul = read_uidlist(ctl)
             if ul is None:
                 raise MessageGone(user, folder, uid)
-            st = _State(dir=d, uidlist=ul, disk_uidnext=ul.uidnext)
+            st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=ul.uidnext)
         for attempt in (0, 1):
             base, sub, fname = self._find(st, uid, user, folder)
             try:
@@ -588,7 +829,7 @@ class MaildirStore(Store):
 
     # ------------------------------------------------------------------ subscriptions
     def _set_subscribed(self, user: str, folder: str, on: bool) -> None:
-        root = self._root(user)
+        root = self._subs_root(user)
         path = os.path.join(root, SUBSCRIPTIONS)
         lockpath = path + LOCK_SUFFIX
         try:
@@ -613,6 +854,8 @@ class MaildirStore(Store):
         check_user_name(user)
         if self.exists(user):
             raise UserExists(user)
+        if self._layout is not None:
+            return self._create_layout_user(user, partition, uidvalidity)
         part = self.partition_path(partition)
         self.check_partition(partition, writing=True)
         os.makedirs(part, exist_ok=True)
@@ -644,6 +887,53 @@ class MaildirStore(Store):
             raise
         self._user_parts[user] = partition
 
+    def _create_layout_user(self, user: str, partition: str, uidvalidity: int | None) -> None:
+        """create_user where store.mail_location says: the Maildir is built under a
+        temporary name next to its place and renamed; control and index files that a
+        lost mail tree left behind (CONTROL=, INDEX= elsewhere) are replaced or removed,
+        so Dovecot never mixes them with the new Maildir."""
+        self.partition_path(partition)
+        self.check_partition(partition, writing=True)
+        ul = self._ul(user)
+        owner = self._owner_for(self.partition_path(partition))
+        parent = os.path.dirname(ul.root)
+        self._makedirs(parent, owner)
+        self._clean_new_dirs(parent)
+        new = os.path.join(parent, f"{NEW_PREFIX}{self._hostname}.{self._pid}.{uuid.uuid4().hex[:8]}")
+        inbox_ctl = ul.control_dir("INBOX")
+        try:
+            self._mkdir(new, owner)
+            if ul.inbox_dir == ul.root:
+                for sub in ("new", "tmp", "cur"):
+                    self._mkdir(os.path.join(new, sub), owner)
+            uv = uidvalidity or self._new_uidvalidity()
+            ul_text = Uidlist(uidvalidity=uv, uidnext=1, extra=[f"G{uuid.uuid4().hex}"]).render().encode()
+            for ctl, data in ((inbox_ctl, ul_text), (ul.control_root, subscriptions.render(["INBOX"]))):
+                name = UIDLIST if data is ul_text else SUBSCRIPTIONS
+                if ctl == ul.root:
+                    self._write_file(os.path.join(new, name), data, owner)
+                else:
+                    self._makedirs(ctl, owner)
+                    if data is ul_text:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(ctl, KEYWORDS))
+                    self._write_file(os.path.join(ctl, name), data, owner)
+            for d, names in ((ul.index_dir("INBOX"), INDEX_FILES), (ul.list_index_dir, LIST_INDEX_FILES)):
+                if d is not None and d != ul.root:
+                    self._invalidate_index(d, names)
+            try:
+                os.rename(new, ul.root)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise UserExists(user) from None
+                raise
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        if ul.inbox_dir != ul.root:                  # INBOX= or DIRNAME: INBOX elsewhere
+            for sub in ("new", "tmp", "cur"):
+                self._makedirs(os.path.join(ul.inbox_dir, sub), owner)
+
     def _clean_new_dirs(self, home: str) -> None:
         """Maildirs a killed create_user left half-built under their temporary names."""
         prefix = f"{NEW_PREFIX}{self._hostname}."
@@ -657,7 +947,17 @@ class MaildirStore(Store):
                 shutil.rmtree(os.path.join(home, n), ignore_errors=True)
 
     def delete_user(self, user: str) -> None:
-        shutil.rmtree(self._home(user))
+        if self._layout is None:
+            shutil.rmtree(self._home(user))
+            return
+        ul = self._ul(user)
+        self.user_partition(user)
+        loc = self._layout.location
+        shutil.rmtree(ul.root)
+        # control and index trees only when they are the user's own (a variable in them)
+        for path, template in ((ul.control_root, loc.control), (ul.index_root, loc.index)):
+            if path and template and "%" in template and path != ul.root:
+                shutil.rmtree(path, ignore_errors=True)
 
     @store_os_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
@@ -672,10 +972,12 @@ class MaildirStore(Store):
             raise FolderExists(user, folder)
         root = self._root(user)
         owner = self._owner_for(root)
-        if folder != "INBOX" and not os.path.isdir(d):
-            with contextlib.suppress(FileExistsError):
-                self._mkdir(d, owner)
-        lockpath = os.path.join(d, UIDLIST + LOCK_SUFFIX)
+        ctl, idx = self._ctl_idx(user, folder, d)
+        if not os.path.isdir(d) and (folder != "INBOX" or self._layout is not None):
+            self._makedirs(d, owner)          # LAYOUT=fs: parent levels too
+        if ctl != d:
+            self._makedirs(ctl, owner)
+        lockpath = os.path.join(ctl, UIDLIST + LOCK_SUFFIX)
         try:
             self._acquire_dotlock(lockpath, self._lock_timeout(), f"{user}/{folder} ({lockpath})")
         except Unlocked:
@@ -691,14 +993,17 @@ class MaildirStore(Store):
                 if not os.path.exists(mf):
                     os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
                     self._chown(mf, owner)
-            self._invalidate_index(d)
+            self._invalidate_index(idx)
+            if ctl != d:                       # left by a folder whose mail was lost
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(ctl, KEYWORDS))
             ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=max(1, uidnext),
                          extra=[f"G{uuid.uuid4().hex}"])
-            self._write_file(os.path.join(d, UIDLIST), ul.render().encode(), owner)
+            self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
             self._mkdir(os.path.join(d, "cur"), owner)
         finally:
             dotlock.release(lockpath)
-        self._invalidate_index(root, LIST_INDEX_FILES)
+        self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
         self._set_subscribed(user, folder, subscribed)
         return FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=subscribed)
@@ -708,23 +1013,27 @@ class MaildirStore(Store):
         folder = check_folder_name(folder)
         if folder == "INBOX":
             raise BadName("INBOX cannot be deleted (delete its messages, or the user)")
+        fs = self._layout is not None and self._layout.location.layout == "fs"
         with self._locked(user, folder, create_uidlist=False) as st:
             d = st.dir
             for sub in ("cur", "new", "tmp"):
                 shutil.rmtree(os.path.join(d, sub), ignore_errors=True)
-            for n in os.listdir(d):
-                p = os.path.join(d, n)
-                if n == UIDLIST + LOCK_SUFFIX:
-                    continue
-                if os.path.isdir(p) and not os.path.islink(p):
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(p)
+            for where in dict.fromkeys(x for x in (d, st.ctl, st.idx) if x):
+                for n in os.listdir(where) if os.path.isdir(where) else ():
+                    p = os.path.join(where, n)
+                    if n == UIDLIST + LOCK_SUFFIX:
+                        continue
+                    if os.path.isdir(p) and not os.path.islink(p):
+                        if not fs:                # LAYOUT=fs: subfolders live there
+                            shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(p)
             st.dirty = st.keywords_dirty = False
-        with contextlib.suppress(OSError):
-            os.rmdir(d)
-        self._invalidate_index(self._root(user), LIST_INDEX_FILES)
+        for where in dict.fromkeys(x for x in (d, st.ctl, st.idx) if x):
+            with contextlib.suppress(OSError):
+                os.rmdir(where)
+        self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
         self._set_subscribed(user, folder, False)
 
     @store_os_errors
@@ -745,8 +1054,8 @@ class MaildirStore(Store):
                     changed = True
             if changed:
                 if not st.index_invalidated:
-                    self._invalidate_index(st.dir)
-                    self._invalidate_index(self._root(user), LIST_INDEX_FILES)
+                    self._invalidate_index(st.idx)
+                    self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
                     st.index_invalidated = True
                 # on disk now, not at unlock: messages appended next are recorded
                 # after this header (a kill must not leave them under another UIDVALIDITY)
@@ -754,7 +1063,7 @@ class MaildirStore(Store):
             info_uv, info_un = ul.uidvalidity, ul.uidnext
         if subscribed is not None:
             self._set_subscribed(user, folder, subscribed)
-        subs = self._subs.get(self._root(user))
+        subs = self._subs.get(self._subs_root(user))
         return FolderInfo(name=folder, uidvalidity=info_uv, uidnext=info_un,
                           subscribed=folder in subs)
 
@@ -785,7 +1094,7 @@ class MaildirStore(Store):
                     self._prune(st)           # lines of files Dovecot expunged don't count
                     if uid <= st.top_uid():
                         raise UidInUse(user, folder, uid)
-            letters = self._encode_flags(st, flags, keywords)
+            letters = self._encode_flags(st, flags, keywords, uid=uid)
             base = self._new_base(stored if stored is not None else now)
             owner = self._owner_for(st.dir)
             tmp = os.path.join(st.dir, "tmp", base)
@@ -893,13 +1202,13 @@ class MaildirStore(Store):
         st.max_uid = max(st.top_uid(), uid)
         if uid < st.disk_uidnext and not st.index_invalidated:
             # Dovecot's index may already call this UID expunged: make it re-read
-            self._invalidate_index(st.dir)
+            self._invalidate_index(st.idx)
             st.index_invalidated = True
         try:
             if st.dirty:
                 self._flush_uidlist(st)
                 return None
-            return uidlist_mod.append_record(st.dir, uid, full_base)
+            return uidlist_mod.append_record(st.ctl, uid, full_base)
         except BaseException:
             del ul.records[uid]
             st.max_uid = None
@@ -912,7 +1221,7 @@ class MaildirStore(Store):
             st.dirty = True
             return
         try:
-            uidlist_mod.undo_append(st.dir, undo)
+            uidlist_mod.undo_append(st.ctl, undo)
         except OSError:
             st.dirty = True
 
@@ -933,7 +1242,7 @@ class MaildirStore(Store):
         with self._locked(user, folder) as st:
             for attempt in (0, 1):
                 base, sub, fname = self._find(st, uid, user, folder)
-                letters = self._encode_flags(st, flags, keywords, keep=split_name(fname)[1])
+                letters = self._encode_flags(st, flags, keywords, keep=split_name(fname)[1], uid=uid)
                 if st.keywords_dirty:
                     self._flush_keywords(st)
                 new = f"{base}:2,{letters}"
@@ -1001,6 +1310,8 @@ class MaildirStore(Store):
         """The marker ``.ims-hold`` lists the holders, one a line."""
         marker = self._hold_marker(user)
         home = os.path.dirname(marker)
+        if self._layout is not None and not os.path.isdir(home):
+            self._makedirs(home, self._owner_for(self._root(user)))
         owner = self._owner_for(home)
         q = os.path.join(home, QUEUE_DIR)
         if not os.path.isdir(q):
@@ -1010,6 +1321,18 @@ class MaildirStore(Store):
             holders = [h for h in self._holders(marker) if not holder_gone(h)]
             holders = [h for h in holders if h != holder] + [holder or this_holder()]
             self._write_file(marker, "".join(h + "\n" for h in holders).encode(), owner)
+        self._dovecot_hold(user, True)
+
+    def _dovecot_hold(self, user: str, held: bool) -> None:
+        """The login's line in dovecot.holdfile (Dovecot's LMTP answers 451 while it is
+        there), when that option is set."""
+        path = self.config.get("dovecot.holdfile")
+        if path:
+            from asm.store.maildir.holdfile import set_held
+            try:
+                set_held(path, user, held, self._lock_timeout(), self._pid, self._hostname)
+            except OSError as exc:
+                raise os_store_error(exc, f"the Dovecot hold file {path}") from None
 
     def deliveries_held(self, user: str) -> bool:
         return os.path.exists(self._hold_marker(user))
@@ -1037,6 +1360,7 @@ class MaildirStore(Store):
                 return n                       # held again meanwhile: the new holder releases
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(marker)
+            self._dovecot_hold(user, False)
         n += self._drain(user)                 # what arrived while we were draining
         return n
 

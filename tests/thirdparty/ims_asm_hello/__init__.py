@@ -48,3 +48,24 @@ def ims_open_device(spec, mode, blocking_factor, config):
     from asm.devices import Device
     path = os.path.join(os.environ["HELLO_DIR"], spec[len("=hello="):])
     return Device(spec, open(path, mode), seekable=True, kind="file")
+
+
+@hookimpl
+def ims_store_drivers():
+    """A store driver of its own (the classic store under another name)."""
+    from asm.store.classic import ClassicStore
+
+    class HelloStore(ClassicStore):
+        name = "hellostore"
+    return {"hellostore": HelloStore}
+
+
+def _greeting(value):
+    if not value.isalpha():
+        raise ValueError("letters only")
+    return value
+
+
+@hookimpl
+def ims_options():
+    return {"hello.greeting": (_greeting, "hello", "what the hello plugin says (test plugin)")}

@@ -1,0 +1,65 @@
+"""What only Dovecot itself knows, asked through ``doveadm -c CONF``.
+
+A Maildir file name has 26 letters for keywords; Dovecot keeps a folder's further
+keywords in its index files only (docs/dovecot.md, "Keywords beyond 26").  A backup
+that reads files asks ``doveadm fetch`` for them; a restore that writes files gives
+them back with ``doveadm flags add``.  Both run while this driver does not hold the
+folder's lock (doveadm takes it).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+from asm.store.base import StoreError
+
+TIMEOUT = 300
+
+
+class Doveadm:
+    def __init__(self, conf: str, binary: str):
+        self.conf, self.binary = conf, binary
+
+    @classmethod
+    def find(cls, conf: str | None) -> "Doveadm | None":
+        """The doveadm of a Dovecot configuration (None: no configuration or no doveadm)."""
+        binary = shutil.which("doveadm") or ("/usr/bin/doveadm" if os.path.exists("/usr/bin/doveadm") else None)
+        if conf is None or binary is None:
+            return None
+        return cls(conf, binary)
+
+    def run(self, login: str, command: str, *args: str, options=()) -> str:
+        """``doveadm -c CONF [-o k=v...] COMMAND -u LOGIN ARGS``; its output."""
+        words = command.split()
+        return self._run(login, *words, *args, options=options, nwords=len(words))
+
+    def _run(self, login: str, *args: str, options=(), nwords: int = 2) -> str:
+        cmd = [self.binary, "-c", self.conf]
+        for o in options:
+            cmd += ["-o", o]
+        cmd += [*args[:nwords], "-u", login, *args[nwords:]]
+        try:
+            res = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise StoreError(f"{' '.join(cmd[:4])}...: {exc}") from None
+        if res.returncode:
+            err = (res.stderr.decode("utf-8", "replace").strip().splitlines() or ["failed"])[-1]
+            raise StoreError(f"doveadm {' '.join(args[:nwords])} -u {login} ({self.conf}): {err}")
+        return res.stdout.decode("utf-8", "surrogateescape")
+
+    def keywords(self, login: str, folder: str) -> dict[int, tuple]:
+        """{uid: keywords} of every message of the folder, as Dovecot's index has them."""
+        out = self.run(login, "fetch", "uid flags", "mailbox", folder, "all")
+        result = {}
+        for block in out.split("\f"):
+            uid = re.search(r"^uid: (\d+)$", block, re.M)
+            flags = re.search(r"^flags: ?(.*)$", block, re.M)
+            if uid and flags is not None:
+                result[int(uid.group(1))] = tuple(f for f in flags.group(1).split()
+                                                  if not f.startswith("\\"))
+        return result
+
+    def add_keywords(self, login: str, folder: str, uid: int, keywords) -> None:
+        self.run(login, "flags add", " ".join(keywords), "mailbox", folder, "uid", str(uid))
