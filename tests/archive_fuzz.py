@@ -629,6 +629,12 @@ def _mutate_forged(cls: str, rng, data: bytes, base: str) -> tuple[bytes, str, s
     raise ValueError(cls)
 
 
+def _names_ims_asm(data: bytes) -> bool:
+    """Whether ``data`` holds bytes only an ims-asm archive writes (its records' prefix or
+    its header member's name), as the reader's own test for "damaged, not foreign"."""
+    return spec.WIRE_PREFIX.encode() in data or spec.HEADER_NAME.encode() in data
+
+
 def mutations(corpus: Corpus, count: int, seed: int, classes=None, base: str = "/nonexistent"):
     """``count`` mutations, the classes in turn, reproducible from ``seed``."""
     rng = random.Random(seed)
@@ -648,6 +654,10 @@ def mutations(corpus: Corpus, count: int, seed: int, classes=None, base: str = "
             statuses = STATUS[kind] if must else None
             if cls == "truncate" and not out:
                 statuses = {8}          # nothing at all: not an archive
+            elif cls == "truncate" and not _names_ims_asm(out):
+                # what is left holds nothing that names ims-asm (a cut inside the first
+                # tar header: "././@PaxHeader" is any pax archive's): damaged or foreign
+                statuses = {4, 8}
             yield Mutation(cls, what, source, out, statuses, must)
         else:
             if cls == "retarget-link" and not any(p.typeflag == pax.LNKTYPE for p in parts):
