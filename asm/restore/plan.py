@@ -124,6 +124,13 @@ class Planner:
                 elif info.uidvalidity == m.uidvalidity:
                     mode = self.chain_mode(user, folder, j)
                     again = mode == "merge"
+                elif self.chain_mode(user, folder, j) == "chain":
+                    # the folder was made again between the backups (a new UIDVALIDITY):
+                    # the next link of the chain replaces what the last one left
+                    store.expunge(user, folder, [msg.uid for msg in store.messages(user, folder)])
+                    info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
+                                            subscribed=m.subscribed)
+                    mode = "exact"
         if mode in ("exact", "chain") and info.subscribed != m.subscribed:
             store.set_folder(user, folder, subscribed=m.subscribed)
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
