@@ -221,14 +221,16 @@ class Restorer:
                 if not self.store.exists(user, folder):
                     self.journal.forget(user, folder)
                     continue
-                with self.locks.hold(user, folder), self.store.lock(user, folder):
-                    info = self.store.folder(user, folder)
-                    msgs = self.store.messages(user, folder)
+                with self.locks.hold(user, folder):
+                    with self.store.lock(user, folder):
+                        info = self.store.folder(user, folder)
+                        msgs = self.store.messages(user, folder)
                     if (info.uidvalidity, info.uidnext) != (j.uidvalidity, j.uidnext) or \
                             (j.count is not None and j.count != len(msgs)):
                         self.report(f"{mailbox}: not in this archive, but changed since the chain's "
                                     f"restore made it: kept")
                         continue
+                    # (its own lock: a folder is removed with its lock file)
                     self.store.delete_folder(user, folder)
                 self.journal.forget(user, folder)
                 self.res.removed.append(mailbox)
