@@ -127,8 +127,25 @@ def _from_archive(f, path: str) -> BaseState:
         if not reader.complete:
             raise BaseError(f"the base archive {path} is incomplete (no trailer): it cannot be "
                             f"the base of an incremental")
+        _drop_failed(st, reader.trailer or {})
     except ArchiveError as exc:
         raise BaseError(f"the base archive {path} cannot be read: {exc}") from None
     except OSError as exc:
         raise BaseError(f"cannot read the base {path}: {exc.strerror or exc}") from None
     return st
+
+
+def _drop_failed(st: BaseState, trailer: dict) -> None:
+    """Messages the base's trailer names as not saved ("message UID: ...") are not held
+    by it: the next incremental carries them (as a state file leaves them out)."""
+    failed: dict = {}
+    for e in trailer.get("errors") or []:
+        mailbox, error = e.get("mailbox", ""), e.get("error", "")
+        head, _, _ = error.partition(":")
+        parts = mailbox.split("/", 3)
+        if head.startswith("message ") and head[8:].isdigit() and len(parts) == 4:
+            failed.setdefault((parts[2], parts[3]), set()).add(int(head[8:]))
+    for key, uids in failed.items():
+        got = st.folders.get(key)
+        if got is not None:
+            st.folders[key] = (got[0], UidSet.of(u for u in got[1] if u not in uids))

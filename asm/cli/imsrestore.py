@@ -286,7 +286,8 @@ def _one(args) -> int:
 
         try:
             if refdoc is not None:
-                res = complete_references(inst.store, reader, refdoc, report=report)
+                res = complete_references(inst.store, reader, refdoc, report=report, journal=Journal(
+                    os.path.join(inst.config.home, "data", "restore-journal.db")))
             else:
                 opts = RestoreOptions(
                     ignore_duplicates=args.ignore, new_mailbox=args.new, continue_on_error=args.cont != "n",

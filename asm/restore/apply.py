@@ -199,7 +199,7 @@ class Applier:
             "member": m.name, "target": m.linkname, "sha256": m.sha256, "size": m.size,
             "partition": plan.partition, "user": plan.user, "folder": plan.folder, "uid": m.uid,
             "uidvalidity": plan.uidvalidity, "flags": sorted(m.flags), "keywords": list(m.keywords),
-            "internaldate": m.internaldate, "stored": m.stored})
+            "internaldate": m.internaldate, "stored": m.stored, "guid": m.guid})
         self.report(f"/{plan.partition}/{plan.user}/{plan.folder}/{m.uid}: first copy {m.linkname} is "
                     f"not available from this stream; recorded for imsrestore -r")
 

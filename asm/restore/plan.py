@@ -119,12 +119,13 @@ class Planner:
                     and j.uidnext == info.uidnext \
                     and (j.count is None or j.count == len(store.messages(user, folder))):
                 # the folder is as the restore of j's archive left it
-                if self.header.get("archive_id") in j.chain:
-                    mode = "skip"   # an ancestor of what the folder holds: a chain run again
+                rel = "skip" if self.header.get("archive_id") in j.chain else self.chain_mode(user, folder, j)
+                if rel == "skip":
+                    mode = "skip"   # the folder holds this archive already: a chain run again
                 elif info.uidvalidity == m.uidvalidity:
-                    mode = self.chain_mode(user, folder, j)
-                    again = mode == "merge"
-                elif self.chain_mode(user, folder, j) == "chain":
+                    mode = rel
+                    again = j.archive_id == self.header.get("archive_id")
+                elif rel == "chain":
                     # the folder was made again between the backups (a new UIDVALIDITY):
                     # the next link of the chain replaces what the last one left
                     store.expunge(user, folder, [msg.uid for msg in store.messages(user, folder)])
@@ -164,7 +165,10 @@ class Planner:
                     f"-f INCR2 ...)")
             return "merge"  # another chain: a classic merge
         if created is not None and j.created is not None and created < j.created:
-            return "merge"  # an older archive into a folder restored since: a classic merge
+            # an older archive into a folder that is as a later archive's restore left it:
+            # it is in there already as far as it still counts (a chain run again); one
+            # that moved on since takes it as a classic merge (see plan)
+            return "skip"
         return "chain"
 
     @staticmethod

@@ -331,8 +331,12 @@ class Store(abc.ABC):
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
                link_from: str | None = None, size_hint: int | None = None,
-               guid: str | None = None) -> MessageInfo:
+               guid: str | None = None, fill: bool = False) -> MessageInfo:
         """Add one message and return it as stored.
+
+        ``fill``: the given UID may be below the highest present, when no message has
+        it (``imsrestore -r`` putting a linked message at the UID its restore left free
+        for it); UIDNEXT does not move.
 
         ``guid``: the message's GUID to keep (a restore gives the archived one); None
         lets the store make one.

@@ -734,7 +734,7 @@ class ClassicStore(Store):
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
                link_from: str | None = None, size_hint: int | None = None,
-               guid: str | None = None) -> MessageInfo:
+               guid: str | None = None, fill: bool = False) -> MessageInfo:
         folder, _, _ = self._check_folder(user, folder)
         now = time.time()
         guid = guid or uuid.uuid4().hex
@@ -752,13 +752,13 @@ class ClassicStore(Store):
             uidnext, top = ctr
             if uid is None:
                 uid = max(uidnext, top + 1)
-            elif uid <= top:
+            elif uid <= top and (not fill or con.execute("SELECT 1 FROM msgs WHERE uid=?", (uid,)).fetchone()):
                 raise UidInUse(user, folder, uid)
             path, size = self._write_file(user, fdir, uid, src, link_from, internaldate)
             con.execute("INSERT INTO msgs VALUES (?,?,?,?,?,?)",
                         (uid, _flags_text(sys_flags), " ".join(extra), internaldate, stored, size))
             con.execute("INSERT OR REPLACE INTO guids VALUES (?,?)", (uid, guid))
-            ctr[0], ctr[1] = max(uidnext, uid + 1), uid
+            ctr[0], ctr[1] = max(uidnext, uid + 1), max(top, uid)
             if ctr[0] != uidnext:
                 con.execute("UPDATE meta SET v=? WHERE k='uidnext'", (ctr[0],))
             st = os.stat(path)

@@ -780,7 +780,7 @@ class MaildirStore(Store):
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
                link_from: str | None = None, size_hint: int | None = None,
-               guid: str | None = None) -> MessageInfo:
+               guid: str | None = None, fill: bool = False) -> MessageInfo:
         folder = check_folder_name(folder)
         if src is None and link_from is None:
             raise StoreError("append needs the message bytes (src) or a file to link (link_from)")
@@ -794,8 +794,10 @@ class MaildirStore(Store):
                     raise StoreError(f"bad UID {uid}")
                 if uid <= st.top_uid():
                     self._prune(st)           # lines of files Dovecot expunged don't count
-                    if uid <= st.top_uid():
+                    if uid <= st.top_uid() and (not fill or uid in ul.records):
                         raise UidInUse(user, folder, uid)
+                    if uid <= st.top_uid():
+                        st.dirty = True       # the uidlist is rewritten in UID order
             letters = self._encode_flags(st, flags, keywords)
             base = self._new_base(stored if stored is not None else now)
             owner = self._owner_for(st.dir)
