@@ -126,7 +126,7 @@ def estimate(store, unit: GroupPlan, exclude: list[str], since: float | None) ->
                 continue
             total += FOLDER_OVERHEAD + _blocks(12 * len(snap.messages))
             for m in snap.messages:
-                if since is not None and m.stored < since:
+                if since is not None and m.changed < since:
                     continue
                 count += 1
                 total += MEMBER_OVERHEAD

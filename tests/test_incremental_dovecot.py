@@ -174,3 +174,24 @@ def test_a_gap_exits_7_and_changes_nothing(lab, tmp_path):
     p = run(lab.ims, "imsrestore", "-f", c.archives[0], "-f", c.archives[2], check=EXIT_ORDER)
     assert b"does not follow" in p.stderr
     assert view(lab) == before
+
+
+def test_reference_completion_keeps_uids_and_runs_twice(lab, tmp_path):
+    for i in range(3):
+        lab.deliver(["alice", "bob"], message(f"shared {i}", size=700 * i))    # one file, two users
+        lab.deliver(["bob"], message(f"own {i}"))
+    want = view(lab, "bob")
+    full = tmp_path / "full.ims"
+    run(lab.ims, "imsbackup", "-f", full, "/", check=0)
+    lab.stop()
+    shutil.rmtree(os.path.join(lab.store, "bob"))
+    run(lab.ims, "msconfig", "set", "restore.spoolmax", "0", check=0)
+    ref = tmp_path / "bob.ref"
+    p = run(lab.ims, "imsrestore", "-R", ref, "-f", "-", "/primary/user/bob", input=full.read_bytes())
+    assert p.returncode == 1 and f"-r {ref}".encode() in p.stderr, p.stderr
+    for _ in range(2):                              # the second -r adds nothing
+        run(lab.ims, "imsrestore", "-f", full, "-r", ref, check=0)
+        lab.start()
+        assert view(lab, "bob") == want             # archived UIDs, GUIDs, bytes, flags
+        lab.stop()
+    lab.start()
