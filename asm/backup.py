@@ -223,7 +223,20 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         return
     info = snap.info
     if opts.base is not None:
+        light = held is not None
         held = opts.base.holds(t.user, folder, info.uidvalidity)
+        if light and held is None:
+            # made again since the base (another UIDVALIDITY): carried whole, so every
+            # message is needed in full
+            try:
+                snap = store.snapshot(t.user, folder, since=opts.since)
+            except Exception as exc:  # as above
+                why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+                res.errors.append({"mailbox": mailbox, "error": why})
+                plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})
+                return
+            info = snap.info
+            held = opts.base.holds(t.user, folder, info.uidvalidity)
 
     def carried(m) -> bool:
         if opts.base is None and opts.since is None:

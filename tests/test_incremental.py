@@ -161,6 +161,12 @@ def _scenario(w: World, kind: str):
     elif kind == "flags":
         s.set_flags("alice", "INBOX", a.uid, ["\\Answered"], ["Important"])
         s.set_folder("alice", "Work", subscribed=False)
+    elif kind == "recreate":
+        # deleted and made again between the backups: another UIDVALIDITY, UIDs from 1
+        s.delete_folder("alice", "Old")
+        w.new(folder="Old")
+        w.new(folder="Old", flags=["\\Flagged"])
+        assert s.folder("alice", "Old").uidvalidity != w.states[0][("alice", "Old")][0]
     elif kind == "rerestore":
         # last month's INBOX restored beside it with imsrestore -n between the backups
         run(w.home, "imsrestore", "-n", "-f", w.archives[0], "/primary/alice/INBOX", check=0)
@@ -170,7 +176,7 @@ def _scenario(w: World, kind: str):
     w.backup()
 
 
-@pytest.mark.parametrize("kind", ["copy", "delete", "expunge", "flags", "rerestore"])
+@pytest.mark.parametrize("kind", ["copy", "delete", "recreate", "expunge", "flags", "rerestore"])
 def test_each_change_is_in_the_chain(tmp_path, driver, kind):
     w = World(tmp_path, driver)
     _scenario(w, kind)

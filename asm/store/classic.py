@@ -472,7 +472,8 @@ class ClassicStore(Store):
         for row in rows:
             # "stored" is when the message entered this folder in this store (an append,
             # a copy, a restore): what an incremental by date judges by
-            light = (row[4] < since) if since is not None else (known is not None and row[0] in known)
+            light = (since is not None or known is not None) and (since is None or row[4] < since) \
+                and (known is None or row[0] in known)
             if light:
                 # not carried by an incremental: flags only (for the chain), no stat
                 msgs.append(MessageInfo(row[0], frozenset(row[1].split()) if row[1] else frozenset(),
