@@ -53,6 +53,7 @@ class Restorer:
         self.user_groups: dict[tuple, str | None] = {}
         self.cur_user: tuple | None = None          # (partition, user) of the archive being read
         self.cur_folders: set = set()               # ... and its folders the archive lists
+        self.cur_damaged = False                    # ... a member of it was damaged
         self.whole_users = self._whole_users()
 
     # -- errors ---------------------------------------------------------------
@@ -137,6 +138,7 @@ class Restorer:
         self.report(f"error: {mailbox}: {msg}")
 
     def _member_error(self, exc: Exception) -> None:
+        self.cur_damaged = True             # this user's folder list cannot be trusted
         if isinstance(exc, HostileMember):
             self.res.hostile += 1
         elif isinstance(exc, CorruptMember):
@@ -150,6 +152,7 @@ class Restorer:
             self.user_groups[(m.partition, m.user)] = m.group
             self.cur_user = (m.partition, m.user)
             self.cur_folders = set()
+            self.cur_damaged = False
             return
         if m.kind == "folder":
             self._end_folder(complete=True)
@@ -200,8 +203,8 @@ class Restorer:
         from asm.backupstate import header_chain
         cur, self.cur_user = self.cur_user, None
         chain = set(header_chain(self.header))
-        if cur is None or not chain or not self.whole_users or self.opts.new_mailbox:
-            return
+        if cur is None or not chain or not self.whole_users or self.opts.new_mailbox or self.cur_damaged:
+            return                          # (a damaged member may be a folder's: remove nothing)
         partition, src_user = cur
         group = self.user_groups.get(cur)
         if self.sel.paths and not any(self.sel._user_ok(lp, partition, src_user, group) for lp in self.sel.paths):
