@@ -195,3 +195,69 @@ def test_reference_completion_keeps_uids_and_runs_twice(lab, tmp_path):
         assert view(lab, "bob") == want             # archived UIDs, GUIDs, bytes, flags
         lab.stop()
     lab.start()
+
+
+def _random_imap_ops(lab, rnd, n, tag):
+    with lab.imap("alice") as imap:
+        for k in range(n):
+            folders = sorted(name for name, attrs in imap.list().items()
+                             if not {a.lower() for a in attrs} & {"\\noselect", "\\nonexistent"})
+            op = rnd.choice(["lmtp", "append", "copy", "move", "expunge", "flags", "rename", "delete", "create"])
+            src = rnd.choice(folders)
+            if op == "lmtp":
+                lab.deliver(["alice", "bob"], message(f"{tag} lmtp {k}", size=rnd.randrange(2000)))
+                continue
+            if op == "append":
+                imap.append(src, message(f"{tag} append {k}"), flags=rnd.choice([[], ["\\Seen"], ["$Label1"]]),
+                            internaldate=1_700_000_000 + rnd.randrange(10 ** 6))
+                continue
+            if op in ("rename", "delete") and src != "INBOX":
+                if op == "rename":
+                    new = f"{src.split('/')[0]}-{rnd.randrange(100)}"
+                    if new not in folders:
+                        imap.rename(src, new)
+                else:
+                    imap.delete(src)
+                continue
+            if op == "create":
+                name = rnd.choice(["Work", "Lists", "Trash", "Archive"]) + rnd.choice(["", "-x"])
+                if name not in folders:
+                    imap.create(name)
+                    if rnd.random() < 0.6:
+                        imap.subscribe(name)
+                continue
+            imap.select(src)
+            uids = imap.uids()
+            if uids and op in ("copy", "move", "expunge", "flags"):
+                pick = rnd.sample(uids, min(len(uids), rnd.randrange(1, 3)))
+                dest = rnd.choice([f for f in folders if f != src] or [src])
+                if op == "copy" and dest != src:
+                    imap.uid_copy(pick, dest)
+                elif op == "move" and dest != src:
+                    imap.uid_move(pick, dest)
+                elif op == "expunge":
+                    imap.uid_expunge(pick)
+                else:
+                    imap.uid_store(pick, "FLAGS", rnd.choice([[], ["\\Seen"], ["\\Flagged", "$Todo"], ["\\Answered"]]))
+            imap.unselect()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_imap_changes_between_backups(lab, tmp_path, seed):
+    import random
+    rnd = random.Random(seed)
+    c = Chain(lab, tmp_path)
+    with lab.imap("alice") as imap:
+        for box in ("Work", "Lists/A", "Trash"):
+            imap.create(box)
+            imap.subscribe(box)
+    _random_imap_ops(lab, rnd, 10, "full")
+    c.backup()
+    for i in range(3):
+        _random_imap_ops(lab, rnd, 12, f"incr{i}")
+        c.backup()
+    want = c.views[-1]
+    run(lab.ims, "imsrestore", *sum((["-f", a] for a in c.archives), []), check=0)   # into the live store
+    assert view(lab) == want
+    assert c.into_empty(c.archives) == want
+    assert c.into_empty(c.archives, one_command=False) == want
