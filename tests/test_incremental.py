@@ -376,3 +376,19 @@ def test_a_message_the_base_failed_to_save_is_carried_next_time(tmp_path, driver
         incr = tmp_path / "incr.ims"
         run(w.home, "imsbackup", "-f", incr, "--base", base, "/", check=0)
         assert _carried(w.home, incr) == [f"/primary/alice/INBOX/{bad.uid}"], base
+
+
+def test_imsdr_chain_follows_the_base_ids(tmp_path, driver):
+    """imsdr chain (disaster recovery) orders incrementals by base, and names a missing one."""
+    w = World(tmp_path, driver)
+    _scenario(w, "copy")
+    d = tmp_path / "archives"
+    d.mkdir()
+    for a in w.archives:
+        os.link(a, d / a.name)
+    p = run(w.home, "imsdr", "chain", d, check=0, text=True)
+    assert p.stdout.split() == [str(d / a.name) for a in w.archives]
+    os.unlink(d / w.archives[1].name)
+    p = run(w.home, "imsdr", "chain", d, check=1, text=True)
+    assert p.stdout.split() == [str(d / w.archives[0].name)]
+    assert "is an incremental of archive" in p.stderr
