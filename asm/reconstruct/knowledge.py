@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from asm.archive import names
 from asm.archive.errors import ArchiveError, CorruptMember, HostileMember
-from asm.archive.reader import ArchiveReader, parse_uid_ranges
+from asm.archive.reader import ArchiveReader
+from asm.archive.values import UidSet
 from asm.errors import EXIT_USAGE, ImsError
 from asm.reconstruct.sqlite import read_only_uri
 
@@ -215,7 +216,7 @@ class Knowledge:
             flags = " ".join(sorted(p for p in parts if p.startswith("\\")))
             kws = " ".join(p for p in parts if not p.startswith("\\"))
             try:
-                uids = parse_uid_ranges(ranges)
+                uids = UidSet.parse(ranges)
             except ValueError:
                 continue
             for uid in uids:
