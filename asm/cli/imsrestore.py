@@ -19,7 +19,6 @@ from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
     ArgParser, Progress, UsageError, blocking_factor, die, human, run_command, warn,
 )
-from asm.backupstate import load_base
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
 from asm.errors import (
@@ -182,6 +181,27 @@ def _read_header(spec: str, bf: int, config) -> dict:
             raise ImsError(f"cannot read {spec}: {exc.strerror or exc}", status=device_status(exc)) from None
 
 
+def _final_state(spec: str, bf: int, config) -> dict:
+    """{(user, folder): (uidvalidity, UidSet)} of the chain's last archive (read once to
+    its end before anything is restored; message data is skipped where it can be)."""
+    try:
+        device = open_device(spec, "rb", bf, config)
+    except DeviceError as exc:
+        raise ImsError(f"cannot open {spec}: {exc}", status=exc.status if hasattr(exc, "status") else 3) from None
+    out = {}
+    with device:
+        try:
+            reader = ArchiveReader(device.file, bf)
+            for m in reader.members(on_error=lambda e: None):
+                if m.kind == "folder":
+                    out[(m.user, m.folder)] = (m.uidvalidity, m.uids)
+        except ArchiveError as exc:
+            raise ImsError(f"{spec}: {exc}", status=exc.status) from None
+        except OSError as exc:
+            raise ImsError(f"cannot read {spec}: {exc.strerror or exc}", status=device_status(exc)) from None
+    return out
+
+
 def check_chain(specs: list, headers: list) -> None:
     """Each archive after the first must follow the one before it: an incremental names
     it as its base; an archive that names no base (a full, or an incremental by date
@@ -225,10 +245,7 @@ def _chain(args) -> int:
     check_chain(args.devices, headers)
     # the end of the chain: what its last archive lists, folder by folder; the archives
     # before it restore nothing else (no message or folder gone by then comes back)
-    try:
-        final = load_base(args.devices[-1]).folders
-    except ImsError as exc:
-        raise ImsError(f"cannot read the chain's last archive {args.devices[-1]}: {exc}", status=exc.status) from None
+    final = _final_state(args.devices[-1], args.bf, inst.config)
     status = EXIT_OK
     for i, d in enumerate(args.devices):
         last = i == len(args.devices) - 1
