@@ -240,14 +240,20 @@ class MaildirStore(Store):
         tmp = os.path.join(d, f"{base}.{self._pid}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            self._chown(fd, owner)
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                self._chown(fd, owner)
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            # a full disk while writing: the temporary goes, the file stays as it was
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         try:
             os.replace(tmp, path)
         except BaseException:
@@ -1010,6 +1016,14 @@ class MaildirStore(Store):
         except Unlocked:
             raise StoreError(f"cannot write {path}: permission denied") from None
         try:
+            # a hold marker's temporary that a killed process left beside it (held: ours to clean)
+            home = os.path.dirname(path)
+            with contextlib.suppress(OSError):
+                for n in os.listdir(home):
+                    m = _WRITE_TMP.match(n)
+                    if m and n.startswith(HOLD_MARKER + ".") and not pid_alive(int(m.group(1))):
+                        with contextlib.suppress(OSError):
+                            os.unlink(os.path.join(home, n))
             yield
         finally:
             dotlock.release(path)
