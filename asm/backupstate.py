@@ -116,6 +116,12 @@ def load_base(path: str) -> BaseState:
 
 def _from_archive(f, path: str) -> BaseState:
     from asm.archive.reader import ArchiveReader
+    from asm.layers.stack import open_read
+    try:
+        f, _layers = open_read(f)      # a compressed base archive (an encrypted one: use its state file)
+    except OSError as exc:
+        raise BaseError(f"cannot read the base archive {path}: {getattr(exc, 'strerror', None) or exc}; "
+                        f"name its state file ({path}.state) instead") from None
     try:
         reader = ArchiveReader(f)
         h = reader.header

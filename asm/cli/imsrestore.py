@@ -1,11 +1,14 @@
 """imsrestore: restore mailboxes from an imsbackup archive.
 
     imsrestore -f device [-f device ...] [-b bf] [-t] [-h] [-n] [-i] [-r reffile] [-m mapfile] [-c y|n] [-v]
-               [path ...]
+               [--identity FILE] [path ...]
 
 Several -f restore a chain to the point in time of the last one: a full backup and its
 incrementals, in order; the chain is checked (each incremental names the one before as
 its base) before anything changes.
+
+Compressed (zstd, gzip, xz, bzip2) and age-encrypted archives are recognised by their
+magic bytes, whoever made them (asm.layers).
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from asm.errors import (
     EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL, ImsError,
     device_status,
 )
+from asm.layers import wrap_read
+from asm.layers.options import identity_loader
 from asm.logical import parse
 from asm.restore import (
     ChainOrderError, Journal, Restorer, RestoreOptions, Selection, complete_references, default_reffile, read_map,
@@ -58,6 +63,9 @@ def build_parser() -> ArgParser:
     p.add_argument("-H", "--hold", dest="hold", action="store_true",
                    help="leave deliveries held at the end (more archives of a chain follow)")
     p.add_argument("-v", dest="verbose", action="store_true", help="report each mailbox and a summary")
+    p.add_argument("--identity", action="append", default=[], metavar="FILE",
+                   help="age identity file for an encrypted archive (repeatable; default: "
+                        "store.encrypt.identities)")
     p.add_argument("paths", nargs="*", metavar="path",
                    help="what to restore: /, /primary/groupA, /primary/user/joe, /primary/joe/INBOX")
     return p
@@ -166,10 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, _main, argv)
 
 
-def _read_header(spec: str, bf: int, config) -> dict:
+def _open_layered(spec: str, bf: int, config, identities):
+    device = open_device(spec, "rb", bf, config)
+    return wrap_read(device, identity_loader(config, identities), 512 * bf)
+
+
+def _read_header(spec: str, bf: int, config, identities=()) -> dict:
     """The header of one archive of a chain (the device is opened and closed again)."""
     try:
-        device = open_device(spec, "rb", bf, config)
+        device = _open_layered(spec, bf, config, identities)
     except DeviceError as exc:
         raise ImsError(f"cannot open {spec}: {exc}", status=exc.status if hasattr(exc, "status") else 3) from None
     with device:
@@ -181,11 +194,11 @@ def _read_header(spec: str, bf: int, config) -> dict:
             raise ImsError(f"cannot read {spec}: {exc.strerror or exc}", status=device_status(exc)) from None
 
 
-def _final_state(spec: str, bf: int, config) -> dict:
+def _final_state(spec: str, bf: int, config, identities=()) -> dict:
     """{(user, folder): (uidvalidity, UidSet)} of the chain's last archive (read once to
     its end before anything is restored; message data is skipped where it can be)."""
     try:
-        device = open_device(spec, "rb", bf, config)
+        device = _open_layered(spec, bf, config, identities)
     except DeviceError as exc:
         raise ImsError(f"cannot open {spec}: {exc}", status=exc.status if hasattr(exc, "status") else 3) from None
     out = {}
@@ -241,11 +254,11 @@ def _chain(args) -> int:
     if "-" in args.devices:
         raise UsageError("a chain of several -f cannot read stdin ('-'): name the archives")
     inst = open_installation(create=True)
-    headers = [_read_header(d, args.bf, inst.config) for d in args.devices]
+    headers = [_read_header(d, args.bf, inst.config, args.identity) for d in args.devices]
     check_chain(args.devices, headers)
     # the end of the chain: what its last archive lists, folder by folder; the archives
     # before it restore nothing else (no message or folder gone by then comes back)
-    final = _final_state(args.devices[-1], args.bf, inst.config)
+    final = _final_state(args.devices[-1], args.bf, inst.config, args.identity)
     status = EXIT_OK
     for i, d in enumerate(args.devices):
         last = i == len(args.devices) - 1
@@ -271,6 +284,10 @@ def _one(args) -> int:
     if args.device == "-" and sys.stdin.isatty():
         raise UsageError("refusing to read an archive from a terminal: pipe one in or name a file with -f")
     device = open_device(args.device, "rb", args.bf, inst.config)
+    try:
+        device = wrap_read(device, identity_loader(inst.config, args.identity), 512 * args.bf)
+    except OSError as exc:             # the layers' own errors too (asm.layers.errors)
+        return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
 
     progress = Progress()
     with device:
@@ -281,6 +298,8 @@ def _one(args) -> int:
         except OSError as exc:
             return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
         if args.header:
+            if getattr(device, "layers", None):
+                print(f"layers: {' '.join(device.layers)}")
             _print_header(reader.header)
             return EXIT_OK
         sel = Selection(paths, inst.groups)
