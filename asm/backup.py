@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from asm import __version__, plugins
 from asm.archive.errors import MessageChanged, UnreadableSource
+from asm.archive.values import UidSet
 from asm.errors import EXIT_EMPTY, EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
 from asm.events import Run
 from asm.groups import PREDEFINED, Groups
@@ -42,6 +43,7 @@ class BackupOptions:
     exclude: list = field(default_factory=list)   # store.backupexclude folder names
     verbose: bool = False
     snapshot: dict | None = None        # --snapshot: {live directory: snapshot mount} read instead
+    base: object = None                 # --base: asm.backupstate.BaseState of the previous backup
 
 
 @dataclass
@@ -56,6 +58,10 @@ class BackupResult:
     excluded: list = field(default_factory=list)   # mailboxes left out by store.backupexclude
     seconds: float = 0.0
     trailer: dict | None = None
+    header: dict | None = None
+    # (partition, user, folder, uidvalidity, UidSet): what the archive chain now holds,
+    # for the state file (messages that failed or vanished left out: the next one retries)
+    state: list = field(default_factory=list)
 
 
 def is_excluded(folder: str, exclude: list[str]) -> bool:
@@ -164,9 +170,13 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
               {"since": opts.since, "ignore_links": opts.ignore_links})
     plugins.run_start(run)
     t0 = time.monotonic()
-    writer.write_header({
+    base = opts.base
+    res.header = writer.write_header({
         "tool_version": __version__, "host": socket.gethostname(), "driver": store.name,
         "scope": [str(p) for p in paths], "since": opts.since,
+        # an incremental names its base and the chain it continues (full first)
+        "base": base.archive_id if base is not None else None,
+        "chain": base.lineage if base is not None else [],
         "options": {"ignore_links": opts.ignore_links, "exclude": opts.exclude,
                     **({"snapshot": opts.snapshot} if opts.snapshot else {})},
     })
@@ -198,8 +208,14 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
 
 def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
                    res: BackupResult, run: Run, report, progress) -> None:
+    held = None                          # what the base held of this folder
     try:
-        snap = store.snapshot(t.user, folder, since=opts.since)
+        if opts.base is not None:
+            # the base's UIDs under the folder's UIDVALIDITY now (read again under the
+            # lock below: a folder recreated in between is carried whole)
+            got = opts.base.folders.get((t.user, folder))
+            held = got[1] if got is not None else None
+        snap = store.snapshot(t.user, folder, since=opts.since, known=held)
     except Exception as exc:  # one unreadable mailbox must not stop the backup of the others
         why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
         res.errors.append({"mailbox": mailbox, "error": why})
@@ -210,14 +226,38 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         if report:
             report(f"error: {mailbox}: {why}")
     info = snap.info
+    if opts.base is not None:
+        light = held is not None
+        held = opts.base.holds(t.user, folder, info.uidvalidity)
+        if light and held is None:
+            # made again since the base (another UIDVALIDITY): carried whole, so every
+            # message is needed in full
+            try:
+                snap = store.snapshot(t.user, folder, since=opts.since)
+            except Exception as exc:  # as above
+                why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+                res.errors.append({"mailbox": mailbox, "error": why})
+                plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})
+                return
+            info = snap.info
+            held = opts.base.holds(t.user, folder, info.uidvalidity)
+
+    def carried(m) -> bool:
+        if opts.base is None and opts.since is None:
+            return True                  # a full backup
+        if opts.base is not None and (held is None or m.uid not in held):
+            return True                  # the base did not hold it (new, moved, copied, restored)
+        return opts.since is not None and m.changed >= opts.since
+
     state = None
-    if opts.since is not None:
+    if opts.base is not None or opts.since is not None:
         state = {}
         for m in snap.messages:
-            if m.stored < opts.since:
+            if not carried(m):
                 state.setdefault(" ".join(sorted(m.flags) + list(m.keywords)), []).append(m.uid)
     writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
                       subscribed=info.subscribed, uids=[m.uid for m in snap.messages], state=state)
+    lost: set = set()                    # UIDs listed but not saved: the next backup retries them
     res.folders += 1
     n = nbytes = 0
     failed: list[str] = []
@@ -226,11 +266,12 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         # one odd file is that message's error, never the whole backup's
         res.errors.append({"mailbox": mailbox, "error": f"message {uid}: {why}"})
         failed.append(why)
+        lost.add(uid)
         if report:
             report(f"error: {mailbox}: message {uid}: {why}")
 
     for m in snap.messages:
-        if opts.since is not None and m.stored < opts.since:
+        if not carried(m):
             continue
         uid = m.uid
         for attempt in (0, 1):
@@ -243,7 +284,7 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                 writer.add_message(t.partition, t.user, folder, uid=uid, flags=m.flags,
                                    keywords=m.keywords, internaldate=m.internaldate, stored=m.stored,
                                    nlink=m.nlink, src_path=None if opened else m.path,
-                                   src_file=opened, size=m.size, link_key=link_key)
+                                   src_file=opened, size=m.size, link_key=link_key, guid=m.guid)
             except StoreError as exc:
                 fail(uid, str(exc))
                 break
@@ -260,6 +301,7 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                     fail(uid, f"its file {again.path} is missing although the store lists the message")
                     break
                 res.vanished.append(f"{mailbox}/{uid}")
+                lost.add(uid)
                 if report:
                     report(f"{mailbox}: message {uid} vanished during the backup (expunged); not in the archive")
                 break
@@ -286,6 +328,8 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             break
         if progress:
             progress(res)
+    res.state.append((t.partition, t.user, folder, info.uidvalidity,
+                      UidSet.of(m.uid for m in snap.messages if m.uid not in lost)))
     if report:
         report(f"{mailbox}: {n} messages, {nbytes} bytes" + (f", {len(failed)} failed" if failed else ""))
     plugins.mailbox_done(run, mailbox, {"status": "error" if failed else "ok", "messages": n,

@@ -98,6 +98,12 @@ class _Job:
         self.listfile, self.errfile, self.started = listfile, errfile, started
 
 
+def state_file(home: str, dump_id: int) -> str:
+    """Where the state of dump ``dump_id`` is kept (the --base of the next incremental of
+    its group): in the installation, not the staging area the engine empties."""
+    return os.path.join(home, "data", "staging-state", f"{dump_id}.state")
+
+
 class Runner:
     """Dumps units ``jobs`` at a time into ``directory``, recording them in ``catalog``."""
 
@@ -117,8 +123,14 @@ class Runner:
         dump = self.catalog.start(self.run_id, unit.partition, unit.group, unit.kind, unit.since, unit.base,
                                   unit.users, unit.estimate, lambda did, when: file_name(unit, did, when))
         tmp = os.path.join(self.directory, temp_name(dump.file))
-        argv = [sys.executable, "-m", "asm.cli.imsbackup", "-f", tmp, "-b", str(self.bf)]
-        if unit.since is not None:
+        argv = [sys.executable, "-m", "asm.cli.imsbackup", "-f", tmp, "-b", str(self.bf),
+                "--state-out", state_file(self.home, dump.id)]
+        base_state = state_file(self.home, unit.base) if unit.base is not None else None
+        if base_state is not None and os.path.exists(base_state):
+            # what the base dump held, not a date: moved, copied and restored mail too
+            argv += ["--base", base_state]
+        elif unit.since is not None:
+            # a base dumped before dumps kept their state: by date (docs/operations.md)
             argv += ["-d", time.strftime("%Y%m%d:%H%M%S", time.localtime(unit.since))]
         listfile = None
         if len(unit.paths) > 1:

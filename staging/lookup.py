@@ -90,17 +90,17 @@ def restore_chain(links: list[Link], target: str, home: str, verbose: bool = Fal
                                    f"instead of {lk.dump.sha256[:12]}...): the engine returned another version; "
                                    f"restore the one from {lk.dump.when()}", status=EXIT_INCOMPLETE)
     env = dict(os.environ, IMS_HOME=home)
-    for i, lk in enumerate(links):
-        argv = [sys.executable, "-m", "asm.cli.imsrestore", "-f", lk.found]
-        if i < len(links) - 1:
-            argv.append("-H")
-        if verbose:
-            argv.append("-v")
-        argv.append(target)
+    # one imsrestore for the whole chain: it checks the chain before anything changes and
+    # restores the state of the last dump (nothing deleted or moved away by then comes back)
+    argv = [sys.executable, "-m", "asm.cli.imsrestore"]
+    for lk in links:
+        argv += ["-f", lk.found]
         say(f"imsstage: restoring {target} from {lk.dump.file} ({lk.dump.kind}, {lk.dump.when()})")
-        rc = subprocess.run(argv, env=env).returncode
-        if rc != EXIT_OK:
-            say(f"imsstage: imsrestore exit {rc} on {lk.found}; the chain was stopped there "
-                f"(run the same command again after fixing the cause)")
-            return rc
-    return EXIT_OK
+    if verbose:
+        argv.append("-v")
+    argv.append(target)
+    rc = subprocess.run(argv, env=env).returncode
+    if rc != EXIT_OK:
+        say(f"imsstage: imsrestore exit {rc}; the chain was stopped there "
+            f"(run the same command again after fixing the cause)")
+    return rc

@@ -18,7 +18,9 @@ from asm.units import human
 from staging.errors import NoSpace
 
 BLOCK = 512
-MEMBER_OVERHEAD = 3 * BLOCK      # pax extended header + its records + the ustar header
+# pax extended header + its records (two blocks once a message has its GUID record,
+# IMSASM.guid) + the ustar header
+MEMBER_OVERHEAD = 4 * BLOCK
 FOLDER_OVERHEAD = 3 * BLOCK
 USER_OVERHEAD = 3 * BLOCK
 ARCHIVE_OVERHEAD = 8 * BLOCK + 20 * BLOCK   # header and trailer members, end blocks, last record
@@ -126,7 +128,7 @@ def estimate(store, unit: GroupPlan, exclude: list[str], since: float | None) ->
                 continue
             total += FOLDER_OVERHEAD + _blocks(12 * len(snap.messages))
             for m in snap.messages:
-                if since is not None and m.stored < since:
+                if since is not None and m.changed < since:
                     continue
                 count += 1
                 total += MEMBER_OVERHEAD

@@ -112,16 +112,21 @@ def test_bytes_metadata_and_gnu_tar(populated, ims_home, tmp_path):
 
 
 def test_incremental_writes_new_messages_and_every_uid(store, ims_home, tmp_path):
+    # -d judges by when a message entered its folder in this store: the classic store's
+    # stored time, a Maildir file's ctime (which no tool can set back: hence the sleeps)
     old = put(store, "joe", "INBOX", 1, stored=time.time() - 86400 * 3)
+    time.sleep(1.1)
+    cut = time.time()
+    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(cut))
+    time.sleep(1.1)
     new = put(store, "joe", "INBOX", 2)
-    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(time.time() - 86400))
     a = tmp_path / "i.ims"
     run(ims_home, "imsbackup", "-f", a, "-d", since, "/", check=0)
     r, ms = members(a)
     folder = [x for x in ms if x.kind == "folder"][0]
     assert list(folder.uids) == [old.uid, new.uid]
     assert [x.uid for x in ms if x.kind == "message"] == [new.uid]
-    assert r.header["since"] == pytest.approx(time.time() - 86400, abs=5)
+    assert r.header["since"] == pytest.approx(cut, abs=5)
     day = time.strftime("%Y%m%d", time.localtime(time.time() - 86400 * 10))
     run(ims_home, "imsbackup", "-f", a, "-d", day, "/", check=0)
     assert len(messages_in(a)) == 2

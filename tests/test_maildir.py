@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from asm.archive.values import UidSet
 from asm.config import Config
 from asm.store import utf7
 from asm.store.base import (BadName, FolderExists, LockTimeout, MessageGone, NoSuchFolder,
@@ -479,10 +480,12 @@ def test_link_from_and_copy_when_dates_differ(store):
 
 # -- incrementals ------------------------------------------------------------------------
 
-def test_since_does_not_stat_old_messages(store, monkeypatch):
-    for i in range(20):
-        add(store, stored=1000000000 + i, flags=["\\Seen"] if i % 2 else [])
+def test_known_messages_are_not_stated(store, monkeypatch):
+    """An incremental by base lists the messages its base held without a stat (issue 13:
+    by date, every file is stat'ed for its ctime, the time it entered the folder)."""
+    old_ones = [add(store, stored=1000000000 + i, flags=["\\Seen"] if i % 2 else []) for i in range(20)]
     new = add(store, stored=2000000000)
+    known = UidSet.of(m.uid for m in old_ones)
     calls = []
     real_stat, real_lstat = os.stat, os.lstat
 
@@ -495,9 +498,27 @@ def test_since_does_not_stat_old_messages(store, monkeypatch):
 
     monkeypatch.setattr(os, "stat", counting(real_stat))
     monkeypatch.setattr(os, "lstat", counting(real_lstat))
-    snap = store.snapshot("alice", "INBOX", since=1500000000)
+    snap = store.snapshot("alice", "INBOX", known=known)
     assert calls == [new.path]
     assert [m.uid for m in snap.messages] == list(range(1, 22))
     old = snap.messages[1]
     assert old.stored == 1000000001 and old.flags == {"\\Seen"} and old.size == len(MSG)
     assert snap.messages[-1].ino == new.ino
+
+
+def test_since_judges_by_ctime_which_copy_and_rename_set(store):
+    """-d on Maildir: a message linked or renamed into a folder after the cut-off is new
+    there, whatever the time in its file name (IMAP COPY and MOVE keep the name)."""
+    old = add(store, stored=1000000000)
+    time.sleep(1.1)
+    cut = time.time()
+    time.sleep(0.1)
+    store.create_folder("alice", "Moved")
+    moved = store.append("alice", "Moved", None, link_from=old.path, stored=1000000000)
+    assert os.path.basename(moved.path).startswith("1000000000.")      # the old time in the name
+    inbox = store.snapshot("alice", "INBOX", since=cut).messages
+    there = store.snapshot("alice", "Moved", since=cut).messages
+    assert [m.changed >= cut for m in there] == [True]
+    # the link changed the inode's ctime: the INBOX copy counts as changed too (more
+    # sent, never less)
+    assert [m.changed >= cut for m in inbox] == [True]

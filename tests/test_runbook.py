@@ -251,11 +251,10 @@ def test_runbook_maildir_through_dovecot(tmp_path, route):
         shutil.rmtree(keys, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="found by the runbook: an incremental (-d) selects Maildir messages by the "
-                   "time in their file name, which IMAP COPY and MOVE keep (Dovecot links or renames the "
-                   "file), so a message copied or moved into a folder after the full is in no archive, "
-                   "and the chain restores that folder without it, exit 0")
-def test_an_incremental_misses_mail_copied_by_imap(tmp_path):
+def test_an_incremental_by_date_sees_mail_copied_by_imap(tmp_path):
+    """Found by the runbook (fixed by issue 13): an incremental (-d) selected Maildir
+    messages by the time in their file name, which IMAP COPY and MOVE keep; it now
+    judges by the file's ctime, which a link or rename sets."""
     home = tmp_path / "ims"
     with dovecot_lab("plain") as lab:
         make_home(home, "maildir", **{"partition:primary.path": lab.store, "store.owner": lab.mail_user})
@@ -283,3 +282,4 @@ def test_an_incremental_misses_mail_copied_by_imap(tmp_path):
         lab.start()
         got = lab.client_state("alice")
         assert [m.sha256 for m in got["New"].messages] == [m.sha256 for m in want["New"].messages]
+        assert got.folders == want.folders

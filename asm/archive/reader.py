@@ -24,7 +24,7 @@ class Member:
     __slots__ = ("kind", "name", "partition", "user", "folder", "uid", "flags", "keywords",
                  "internaldate", "stored", "nlink", "sha256", "size", "linkname", "group",
                  "uidvalidity", "uidnext", "subscribed", "uids", "state", "offset",
-                 "header_offset", "mtime", "records", "digest", "_reader")
+                 "header_offset", "mtime", "records", "digest", "guid", "_reader")
 
     def __init__(self, reader, kind, name):
         self._reader = reader
@@ -44,6 +44,7 @@ class Member:
         self.mtime = 0
         self.records = {}
         self.digest = None               # version 2: the member's record digest
+        self.guid = None                 # message, link: the store's GUID (IMSASM.guid)
 
     def open(self):
         """Readable stream of the message bytes; the read that reaches the end
@@ -818,6 +819,7 @@ def _decode(m, recs, e):
     m.stored = values.epoch(recs[spec.STORED], spec.STORED) if spec.STORED in recs else m.internaldate
     m.nlink = values.decimal(get(spec.NLINK, "1"), spec.NLINK_MIN, spec.NLINK_MAX, spec.NLINK)
     m.sha256 = values.sha256(get(spec.SHA256))
+    m.guid = values.guid(get(spec.GUID))
 
 
 def _need(recs, key):

@@ -44,6 +44,7 @@ INTERNALDATE = "IMSASM.internaldate"
 STORED = "IMSASM.stored"
 NLINK = "IMSASM.nlink"
 SHA256 = "IMSASM.sha256"
+GUID = "IMSASM.guid"                # the store's GUID of a message (Dovecot's X-GUID), optional
 DIGEST = "IMSASM.digest"            # version 2: the member's record digest, its last record
 
 

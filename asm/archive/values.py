@@ -22,6 +22,18 @@ _RANGE = re.compile(r"([1-9][0-9]{0,9})(?::([1-9][0-9]{0,9}))?\Z")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
+GUID_RE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # printable ASCII, no space or ':'
+
+
+def guid(text):
+    if text is None:
+        return None
+    if not GUID_RE.match(text):
+        raise ValueError(f"IMSASM.guid {_short(text)} is not 1..255 printable ASCII characters "
+                         f"without space or ':'")
+    return text
+
+
 def decimal(text, lo, hi, what):
     """A canonical decimal (no sign, no leading zero) in lo..hi."""
     if not isinstance(text, str) or not _DEC.match(text):
@@ -196,6 +208,19 @@ class UidSet:
                 return False
         return True
 
+    def count_common(self, other):
+        """How many UIDs self and the UidSet ``other`` share (over their ranges)."""
+        n = j = 0
+        os_, oe = other._starts, other._ends
+        for a, b in zip(self._starts, self._ends):
+            while j < len(os_) and oe[j] < a:
+                j += 1
+            k = j
+            while k < len(os_) and os_[k] <= b:
+                n += min(b, oe[k]) - max(a, os_[k]) + 1
+                k += 1
+        return n
+
     def first_not_in(self, present):
         """The lowest UID of self that is not in the container ``present``, or None.
         Looks at no more than len(present) + 1 UIDs, however large self is."""
@@ -267,6 +292,10 @@ class FolderState:
         """The lowest UID listed here that is not in ``present`` (bounded, see UidSet)."""
         found = [u for u in (s.first_not_in(present) for _, _, s in self.entries) if u is not None]
         return min(found) if found else None
+
+    def count_common(self, other):
+        """How many UIDs listed here the UidSet ``other`` holds too."""
+        return sum(u.count_common(other) for _, _, u in self.entries)
 
     def count_in(self, uids):
         """How many of ``uids`` (an iterable of ints) have a state here."""

@@ -11,6 +11,7 @@ import uuid
 from . import names, pax, spec
 from .errors import ArchiveError, CorruptSource, UnreadableSource
 from .records import RecordWriter
+from . import values
 from .values import UidSet
 
 SMALL = 1 << 20          # messages up to this size are read into one buffer
@@ -20,7 +21,7 @@ _K = {k: pax.key(spec.wire(k)) for k in (
     spec.KIND, spec.VERSION_KEY, spec.PARTITION, spec.USER, spec.GROUP, spec.FOLDER,
     spec.UIDVALIDITY, spec.UIDNEXT, spec.SUBSCRIBED, spec.UIDS, spec.COUNT, spec.UID,
     spec.FLAGS, spec.KEYWORDS, spec.INTERNALDATE, spec.STORED, spec.NLINK, spec.SHA256,
-    spec.STATE)}
+    spec.STATE, spec.GUID)}
 _R = pax.record
 _KIND_USER = _R(_K[spec.KIND], spec.K_USER.encode())
 _KIND_FOLDER = _R(_K[spec.KIND], spec.K_FOLDER.encode())
@@ -95,6 +96,7 @@ class ArchiveWriter:
         self._sequence = hashlib.sha256()    # the trailer's digest: every member's digest
         self._mtime = 0
         self._folder = None          # ((partition, user, folder), UidSet) being written
+        self._guid = None            # the GUID of the message being added
         self.counts = {"users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
 
     @property
@@ -175,15 +177,18 @@ class ArchiveWriter:
         self.counts["folders"] += 1
 
     def _message_records(self, kind_rec, uid, flags, keywords, internaldate, stored, nlink, sha):
+        guid = self._guid
         return b"".join((
             kind_rec, _R(_K[spec.UID], b"%d" % uid),
             _flags_rec(flags if isinstance(flags, frozenset) else frozenset(flags)),
             _keywords_rec(tuple(keywords)),
             _time_rec(_K[spec.INTERNALDATE], internaldate), _time_rec(_K[spec.STORED], stored),
-            _nlink_rec(nlink), _SHA_PREFIX, sha.encode("ascii"), b"\n"))
+            _nlink_rec(nlink), _R(_K[spec.GUID], guid.encode("ascii")) if guid else b"",
+            _SHA_PREFIX, sha.encode("ascii"), b"\n"))
 
     def add_message(self, partition, user, folder, *, uid, flags, keywords, internaldate,
-                    stored, nlink=1, src_path=None, src_file=None, size=None, link_key=None):
+                    stored, nlink=1, src_path=None, src_file=None, size=None, link_key=None,
+                    guid=None):
         """Add one message; returns its member name.
 
         The bytes come from src_path (opened here; FileNotFoundError propagates)
@@ -201,6 +206,8 @@ class ArchiveWriter:
         if uid not in self._folder[1]:
             raise ArchiveError(f"message {name}: UID {uid} is not in its folder's UID list")
         mtime = internaldate if isinstance(internaldate, int) else float(internaldate)
+        # the store's GUID of the message (IMSASM.guid), when it is one a record can hold
+        self._guid = guid if guid and values.GUID_RE.match(guid) else None
         if link_key is not None and link_key in self._links:
             target, sha = self._links[link_key]
             recs = self._message_records(_KIND_LINK, uid, flags, keywords, internaldate,

@@ -1,7 +1,8 @@
 """imsbackup: write selected mailboxes of the store to a device as an archive.
 
-    imsbackup -f device [-b blocking_factor] [-d YYYYMMDD[:HHMMSS]] [-u file] [-i] [-v] [--allow-empty]
-              [--snapshot SNAP=LIVE ...] [-z | --compress zstd[:N]|none] [--encrypt | --no-encrypt]
+    imsbackup -f device [-b blocking_factor] [-d YYYYMMDD[:HHMMSS]] [--base ARCHIVE|STATEFILE]
+              [--state-out FILE] [-u file] [-i] [-v] [--allow-empty] [--snapshot SNAP=LIVE ...]
+              [-z | --compress zstd[:N]|none] [--encrypt | --no-encrypt]
               [--recipient age1...] [--recipients-file FILE] [name ...]
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup, select
+from asm.backupstate import load_base, state_path_for, write_state
 from asm.cli.common import (
     ArgParser, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file, run_command, warn,
 )
@@ -33,6 +35,13 @@ def build_parser() -> ArgParser:
                    help="blocking factor: every write is 512*N bytes (default 20)")
     p.add_argument("-d", dest="date", metavar="YYYYMMDD[:HHMMSS]",
                    help="only messages stored at or after this local time (incremental)")
+    p.add_argument("--base", metavar="ARCHIVE|STATEFILE",
+                   help="incremental: carry what the backup named here (its state file, or its archive) "
+                        "did not hold: new, moved, copied and restored messages, new folders whole, "
+                        "and record every folder's UIDs and flags (docs/operations.md)")
+    p.add_argument("--state-out", dest="state_out", metavar="FILE",
+                   help="where to write this backup's state file, the --base of the next incremental "
+                        "(default: DEVICE.state beside a plain-file archive)")
     p.add_argument("-u", dest="listfile", metavar="FILE", help="read the names to back up from FILE")
     p.add_argument("-i", dest="ignore_links", action="store_true",
                    help="write every copy of a message in full (no single-copy links)")
@@ -69,6 +78,7 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     since = parse_date(args.date) if args.date else None
     names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
+    base = load_base(args.base) if args.base else None
     inst = open_installation(snapshot=args.snapshot)
     paths = [parse(n, inst.groups) for n in (names or ["/"])]
     allow_empty = args.allow_empty or inst.config.get("backup.allowempty") == "yes"
@@ -77,10 +87,14 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError("refusing to write an archive to a terminal: redirect stdout or name a file with -f")
     opts = BackupOptions(since=since, ignore_links=args.ignore_links,
                          exclude=inst.config.backup_exclude(), verbose=args.verbose,
-                         snapshot=inst.config.describe() if args.snapshot else None)
+                         snapshot=inst.config.describe() if args.snapshot else None, base=base)
+    if base is not None and base.driver and base.driver != inst.store.name:
+        raise UsageError(f"the base {args.base} is a backup of a {base.driver} store, this store is "
+                         f"{inst.store.name}: take a full backup")
     layers = write_layers(inst.config, args.compress, args.z, args.encrypt, args.recipient, args.recipients_file)
-    device = wrap_write(open_device(args.device, "wb", args.bf, inst.config), layers.level, layers.recipients,
-                        layers.threads, 512 * args.bf)
+    raw = open_device(args.device, "wb", args.bf, inst.config)
+    state_out = args.state_out or (state_path_for(args.device) if getattr(raw, "kind", "") == "file" else None)
+    device = wrap_write(raw, layers.level, layers.recipients, layers.threads, 512 * args.bf)
 
     progress = Progress()
     t0 = time.monotonic()
@@ -127,6 +141,13 @@ def _main(argv: list[str] | None) -> int:
     if status is not None:
         return status
     progress.clear()
+    if state_out:
+        try:
+            write_state(state_out, res.header, res.state)
+        except OSError as exc:
+            warn(PROG, f"cannot write the state file {state_out}: {exc.strerror or exc}; the archive is "
+                       f"complete: name it with --base for the next incremental")
+            return EXIT_PARTIAL
     for e in res.errors:
         warn(PROG, f"could not back up {e['mailbox']}: {e['error']}")
     if res.vanished and args.verbose:

@@ -1,13 +1,18 @@
 """imsrestore: restore mailboxes from an imsbackup archive.
 
-    imsrestore -f device [-b bf] [-t] [-h] [-n] [-i] [-r reffile] [-m mapfile] [-c y|n] [-v]
+    imsrestore -f device [-f device ...] [-b bf] [-t] [-h] [-n] [-i] [-r reffile] [-m mapfile] [-c y|n] [-v]
                [--identity FILE] [path ...]
+
+Several -f restore a chain to the point in time of the last one: a full backup and its
+incrementals, in order; the chain is checked (each incremental names the one before as
+its base) before anything changes.
 
 Compressed (zstd, gzip, xz, bzip2) and age-encrypted archives are recognised by their
 magic bytes, whoever made them (asm.layers).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -18,16 +23,16 @@ from asm.cli.common import (
     ArgParser, Progress, UsageError, blocking_factor, die, human, run_command, warn,
 )
 from asm.cli.context import open_installation
-from asm.devices import open_device
+from asm.devices import DeviceError, open_device
 from asm.errors import (
-    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL,
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL, ImsError,
     device_status,
 )
 from asm.layers import wrap_read
 from asm.layers.options import identity_loader
 from asm.logical import parse
 from asm.restore import (
-    Journal, Restorer, RestoreOptions, Selection, complete_references, default_reffile, read_map,
+    ChainOrderError, Journal, Restorer, RestoreOptions, Selection, complete_references, default_reffile, read_map,
     read_reffile,
 )
 
@@ -36,8 +41,9 @@ PROG = "imsrestore"
 
 def build_parser() -> ArgParser:
     p = ArgParser(prog=PROG, description="Restore mailboxes from an imsbackup archive.", add_help=False)
-    p.add_argument("-f", dest="device", required=True, metavar="DEVICE",
-                   help="archive file, tape or FIFO; '-' for stdin; [user@]host:path via a device plugin")
+    p.add_argument("-f", dest="devices", required=True, action="append", metavar="DEVICE",
+                   help="archive file, tape or FIFO; '-' for stdin; [user@]host:path via a device plugin; "
+                        "repeat for a chain (full, then each incremental in order)")
     p.add_argument("-b", dest="bf", type=blocking_factor, default=20, metavar="N", help="blocking factor (default 20)")
     p.add_argument("-t", dest="toc", action="store_true", help="list the archive's contents; restore nothing")
     p.add_argument("-h", dest="header", action="store_true", help="print the archive header; restore nothing")
@@ -168,8 +174,109 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, _main, argv)
 
 
+def _open_layered(spec: str, bf: int, config, identities):
+    device = open_device(spec, "rb", bf, config)
+    return wrap_read(device, identity_loader(config, identities), 512 * bf)
+
+
+def _read_header(spec: str, bf: int, config, identities=()) -> dict:
+    """The header of one archive of a chain (the device is opened and closed again)."""
+    try:
+        device = _open_layered(spec, bf, config, identities)
+    except DeviceError as exc:
+        raise ImsError(f"cannot open {spec}: {exc}", status=exc.status if hasattr(exc, "status") else 3) from None
+    with device:
+        try:
+            return ArchiveReader(device.file, bf).header
+        except ArchiveError as exc:
+            raise ImsError(f"{spec}: {exc}", status=exc.status) from None
+        except OSError as exc:
+            raise ImsError(f"cannot read {spec}: {exc.strerror or exc}", status=device_status(exc)) from None
+
+
+def _final_state(spec: str, bf: int, config, identities=()) -> dict:
+    """{(user, folder): (uidvalidity, UidSet)} of the chain's last archive (read once to
+    its end before anything is restored; message data is skipped where it can be)."""
+    try:
+        device = _open_layered(spec, bf, config, identities)
+    except DeviceError as exc:
+        raise ImsError(f"cannot open {spec}: {exc}", status=exc.status if hasattr(exc, "status") else 3) from None
+    out = {}
+    with device:
+        try:
+            reader = ArchiveReader(device.file, bf)
+            for m in reader.members(on_error=lambda e: None):
+                if m.kind == "folder":
+                    out[(m.user, m.folder)] = (m.uidvalidity, m.uids)
+        except ArchiveError as exc:
+            raise ImsError(f"{spec}: {exc}", status=exc.status) from None
+        except OSError as exc:
+            raise ImsError(f"cannot read {spec}: {exc.strerror or exc}", status=device_status(exc)) from None
+    return out
+
+
+def check_chain(specs: list, headers: list) -> None:
+    """Each archive after the first must follow the one before it: an incremental names
+    it as its base; an archive that names no base (a full, or an incremental by date
+    alone) must have been taken after it.  ChainOrderError (exit 7) names the first
+    that does not, before anything is restored."""
+    for i in range(1, len(headers)):
+        prev, h = headers[i - 1], headers[i]
+        base = h.get("base")
+        if base is not None:
+            if base != prev.get("archive_id"):
+                raise ChainOrderError(
+                    f"{specs[i]} does not follow {specs[i - 1]}: it is an incremental of archive {base}, "
+                    f"and {specs[i - 1]} is {prev.get('archive_id')}; give the full backup, then each "
+                    f"incremental in the order they were taken, none left out (imsrestore -h -f ARCHIVE "
+                    f"shows an archive's id and base); nothing was restored")
+        elif h.get("since") is None:
+            raise ChainOrderError(f"{specs[i]} is a full backup: it cannot follow {specs[i - 1]} in a chain; "
+                                  f"nothing was restored")
+        elif (h.get("created") or 0) <= (prev.get("created") or 0):
+            raise ChainOrderError(f"{specs[i]} was taken before {specs[i - 1]}: give a chain in the order "
+                                  f"its archives were taken; nothing was restored")
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if len(args.devices) > 1:
+        return _chain(args)
+    args.device = args.devices[0]
+    return _one(args)
+
+
+def _chain(args) -> int:
+    """Several -f: check the chain, then restore each archive in turn (deliveries stay
+    held until the last one); stop at the first that does not end well."""
+    if args.toc or args.header or args.reffile:
+        raise UsageError("-t, -h and -r take one archive: give one -f")
+    if "-" in args.devices:
+        raise UsageError("a chain of several -f cannot read stdin ('-'): name the archives")
+    inst = open_installation(create=True)
+    headers = [_read_header(d, args.bf, inst.config, args.identity) for d in args.devices]
+    check_chain(args.devices, headers)
+    # the end of the chain: what its last archive lists, folder by folder; the archives
+    # before it restore nothing else (no message or folder gone by then comes back)
+    final = _final_state(args.devices[-1], args.bf, inst.config, args.identity)
+    status = EXIT_OK
+    for i, d in enumerate(args.devices):
+        last = i == len(args.devices) - 1
+        one = argparse.Namespace(**vars(args))
+        one.device = d
+        one.hold = args.hold or not last
+        one.final = None if last else final
+        st = _one(one)
+        if st != EXIT_OK:
+            if not last:
+                warn(PROG, f"the chain stopped at {d} (exit {st}): the archives after it were not restored; "
+                           f"once the cause is fixed run the same command again (what is restored "
+                           f"already is recognised)")
+            return st
+    return status
+
+
+def _one(args) -> int:
     inst = open_installation(create=not (args.toc or args.header))
     paths = [parse(p, inst.groups) for p in args.paths]
     user_map = read_map(args.mapfile) if args.mapfile else {}
@@ -215,7 +322,8 @@ def _main(argv: list[str] | None) -> int:
 
         try:
             if refdoc is not None:
-                res = complete_references(inst.store, reader, refdoc, report=report)
+                res = complete_references(inst.store, reader, refdoc, report=report, journal=Journal(
+                    os.path.join(inst.config.home, "data", "restore-journal.db")))
             else:
                 opts = RestoreOptions(
                     ignore_duplicates=args.ignore, new_mailbox=args.new, continue_on_error=args.cont != "n",
@@ -224,7 +332,8 @@ def _main(argv: list[str] | None) -> int:
                     user_map=user_map, keep_held=args.hold,
                     reffile=args.refout or default_reffile(inst.config.home, reader.header),
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
-                    spool_limit=inst.config.get_int("restore.spoolmax") << 20)
+                    spool_limit=inst.config.get_int("restore.spoolmax") << 20,
+                    final=getattr(args, "final", None))
                 journal = Journal(os.path.join(inst.config.home, "data", "restore-journal.db"))
                 res = Restorer(inst.store, inst.groups, reader, opts, sel, journal, device=args.device,
                                report=report, progress=show if progress.enabled else None).restore()
@@ -243,6 +352,8 @@ def _main(argv: list[str] | None) -> int:
     if args.verbose or sys.stderr.isatty():
         print(f"{PROG}: {res.users} users, {res.folders} folders, {res.messages} messages, {res.links} links, "
               f"{res.duplicates} already there, {res.renumbered} with new UIDs, {res.expunged} expunged, "
+              + (f"{len(res.removed)} folders removed, " if res.removed else "")
+              + (f"{res.skipped} folders held this archive already, " if res.skipped else "") +
               f"{human(res.bytes)} in {res.seconds:.1f}s", file=sys.stderr)
     if res.pending:
         warn(PROG, f"{len(res.pending)} linked messages need their first copy from this archive: run "

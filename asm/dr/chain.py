@@ -2,11 +2,12 @@
 
 Archives kept as plain files (``imsbackup -f /backup/...``, a staging directory, files
 an engine put back) say in their header when they were taken (``created``), what
-they cover (``scope``) and whether they are incremental (``since``).  For each scope,
+they cover (``scope``) and whether they are incremental (``base``: the archive they
+follow; ``since``: an incremental by date).  For each scope,
 the chain is the newest full archive and, after it, every incremental taken later,
-oldest first.  An incremental whose ``since`` is after the archive before it was
-taken leaves a gap (mail stored in between is in no archive): the chain stops there
-and the gap is named.
+oldest first.  An incremental whose base is not the archive before it, or (by date)
+whose ``since`` is after the archive before it was taken, leaves a gap (mail changed
+in between is in no archive): the chain stops there and the gap is named.
 """
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ class ArchiveFile:
     archive_id: str
     driver: str = ""
     complete: bool | None = None          # None: not checked (--verify reads to the trailer)
+    base: str | None = None               # an incremental by base: its base's archive id
+
+    @property
+    def full(self) -> bool:
+        return self.since is None and self.base is None
 
 
 @dataclass
@@ -44,7 +50,8 @@ def read_header(path: str, verify: bool = False) -> ArchiveFile | None:
             h = r.header
             info = ArchiveFile(path, float(h.get("created") or 0.0), h.get("since"),
                                tuple(h.get("scope") or ["/"]), str(h.get("archive_id", "")),
-                               str(h.get("driver", "")))
+                               str(h.get("driver", "")),
+                               base=h.get("base") if isinstance(h.get("base"), str) else None)
             if verify:
                 try:
                     for _ in r.members(on_error=lambda e: None):
@@ -83,7 +90,7 @@ def chains(files: list[ArchiveFile]) -> list[Chain]:
     out = []
     for scope, items in by_scope.items():
         items.sort(key=lambda a: (a.created, a.path))
-        fulls = [a for a in items if a.since is None and a.complete is not False]
+        fulls = [a for a in items if a.full and a.complete is not False]
         c = Chain(scope)
         if not fulls:
             c.gap = "no complete full archive"
@@ -93,7 +100,7 @@ def chains(files: list[ArchiveFile]) -> list[Chain]:
         full = fulls[-1]
         c.archives.append(full)
         for a in items:
-            if a.created <= full.created or a.since is None:
+            if a.created <= full.created or a.full:
                 continue
             if c.gap is not None:
                 c.dropped.append(a)
@@ -102,7 +109,11 @@ def chains(files: list[ArchiveFile]) -> list[Chain]:
             if a.complete is False:
                 c.gap = f"{a.path} is incomplete (no trailer)"
                 c.dropped.append(a)
-            elif a.since > prev.created:
+            elif a.base is not None and a.base != prev.archive_id:
+                c.gap = (f"{a.path} is an incremental of archive {a.base}, but the archive before it "
+                         f"({prev.path}) is {prev.archive_id}: the archive in between is not here")
+                c.dropped.append(a)
+            elif a.base is None and a.since > prev.created:
                 c.gap = (f"{a.path} holds mail stored since {_fmt(a.since)}, but the archive before it "
                          f"({prev.path}) was taken at {_fmt(prev.created)}: mail stored in between is in no "
                          f"archive here")

@@ -129,6 +129,9 @@ class Applier:
     # -- one message ------------------------------------------------------------
     def restore_message(self, plan: FolderPlan, m) -> None:
         store = self.store
+        if plan.mode == "skip":             # the folder holds this archive already
+            self.res.duplicates += 1
+            return
         dup = self.duplicate(plan, m)
         if dup is not None:
             self.res.duplicates += 1
@@ -157,7 +160,7 @@ class Applier:
         None when its bytes are not available from this stream (recorded as pending)."""
         store = self.store
         kwargs = dict(uid=uid, flags=m.flags, keywords=m.keywords, internaldate=m.internaldate,
-                      stored=m.stored)
+                      stored=m.stored if store.restore_keeps_stored else None, guid=m.guid)
         link_from = self.placed.get(m.linkname if m.kind == "link" else m.name)
         if link_from is not None and os.path.exists(link_from):
             info = store.append(plan.user, plan.folder, None, link_from=link_from, **kwargs)
@@ -196,7 +199,7 @@ class Applier:
             "member": m.name, "target": m.linkname, "sha256": m.sha256, "size": m.size,
             "partition": plan.partition, "user": plan.user, "folder": plan.folder, "uid": m.uid,
             "uidvalidity": plan.uidvalidity, "flags": sorted(m.flags), "keywords": list(m.keywords),
-            "internaldate": m.internaldate, "stored": m.stored})
+            "internaldate": m.internaldate, "stored": m.stored, "guid": m.guid})
         self.report(f"/{plan.partition}/{plan.user}/{plan.folder}/{m.uid}: first copy {m.linkname} is "
                     f"not available from this stream; recorded for imsrestore -r")
 

@@ -39,7 +39,10 @@ class Restorer:
         self.run = Run("restore", device, [str(p) for p in selection.paths], {
             "ignore_duplicates": opts.ignore_duplicates, "new_mailbox": opts.new_mailbox})
         self.planner = Planner(store, journal, self.header, opts)
-        self.applier = Applier(store, reader, opts, self.res, bool(selection.paths), self.report)
+        # only some folders or messages are restored (paths, or a chain's end): a stream
+        # keeps first copies that a restored link may need
+        self.applier = Applier(store, reader, opts, self.res, bool(selection.paths) or opts.final is not None,
+                               self.report)
         self.held: list[str] = []
         self.holder = this_holder()
         self.users_seen: set = set()
@@ -48,6 +51,10 @@ class Restorer:
         self.restore_lock = contextlib.ExitStack()    # and our restore lock of it (folderlock)
         self.locks = RestoreLocks(os.path.join(os.path.dirname(os.path.abspath(journal.path)), LOCK_FILE))
         self.user_groups: dict[tuple, str | None] = {}
+        self.cur_user: tuple | None = None          # (partition, user) of the archive being read
+        self.cur_folders: set = set()               # ... and its folders the archive lists
+        self.cur_damaged = False                    # ... a member of it was damaged
+        self.whole_users = self._whole_users()
 
     # -- errors ---------------------------------------------------------------
     def _error(self, mailbox: str, exc: Exception | str, status: int | None = None) -> None:
@@ -95,6 +102,8 @@ class Restorer:
             # a folder cut short keeps its UIDNEXT and journal as they were, so the same
             # command run again finishes it with the archived UIDs
             self._end_folder(complete=self.res.incomplete is None and not stopped)
+            if self.res.incomplete is None and not stopped:
+                self._end_user()
             finished = True
             status = self.res.status()
         finally:
@@ -129,6 +138,7 @@ class Restorer:
         self.report(f"error: {mailbox}: {msg}")
 
     def _member_error(self, exc: Exception) -> None:
+        self.cur_damaged = True             # this user's folder list cannot be trusted
         if isinstance(exc, HostileMember):
             self.res.hostile += 1
         elif isinstance(exc, CorruptMember):
@@ -137,7 +147,12 @@ class Restorer:
 
     def _member(self, m) -> None:
         if m.kind == "user":
+            self._end_folder(complete=True)
+            self._end_user()
             self.user_groups[(m.partition, m.user)] = m.group
+            self.cur_user = (m.partition, m.user)
+            self.cur_folders = set()
+            self.cur_damaged = False
             return
         if m.kind == "folder":
             self._end_folder(complete=True)
@@ -145,6 +160,8 @@ class Restorer:
             return
         plan = self.plan
         selected = plan is not None and plan.src_user == m.user and plan.src_folder == m.folder
+        if selected and plan.final_uids is not None and m.uid not in plan.final_uids:
+            selected = False                     # gone by the end of the chain: not restored
         if not selected:
             self.applier.maybe_spool(m)
             return
@@ -167,13 +184,86 @@ class Restorer:
             self.progress(self.res)
 
     # -- folders --------------------------------------------------------------
+    def _whole_users(self) -> bool:
+        """This archive and this restore cover whole users (no folder paths): only then
+        does a folder missing from the archive mean the folder was gone at backup time."""
+        from asm.logical import parse
+        if any(lp.folder is not None for lp in self.sel.paths):
+            return False
+        try:
+            return all(parse(p, self.groups).folder is None for p in self.header.get("scope") or ["/"])
+        except ImsError:
+            return False
+
+    def _end_user(self) -> None:
+        """A chain restore removes the folders the archive no longer lists (deleted or
+        renamed away between the backups), but only those this chain's restore made and
+        that are as it left them: never a folder someone made or changed since."""
+        from asm.backup import is_excluded
+        from asm.backupstate import header_chain
+        cur, self.cur_user = self.cur_user, None
+        chain = set(header_chain(self.header))
+        if cur is None or not chain or not self.whole_users or self.opts.new_mailbox or self.cur_damaged:
+            return                          # (a damaged member may be a folder's: remove nothing)
+        partition, src_user = cur
+        group = self.user_groups.get(cur)
+        if self.sel.paths and not any(self.sel._user_ok(lp, partition, src_user, group) for lp in self.sel.paths):
+            return
+        user = self.opts.user_map.get(src_user, src_user)
+        exclude = (self.header.get("options") or {}).get("exclude") or []
+        try:
+            known = self.journal.folders(user)
+        except JournalError as exc:
+            self._record_error(f"/{partition}/{user}", str(exc), exc.status)
+            return
+        for folder in sorted(known, reverse=True):          # subfolders before their parents
+            if folder in self.cur_folders or folder == "INBOX" or is_excluded(folder, exclude):
+                continue
+            mailbox = f"/{partition}/{user}/{folder}"
+            try:
+                j = self.journal.get(user, folder)
+                if j is None or not j.mirror or j.archive_id not in chain or j.running:
+                    continue
+                if not self.store.exists(user, folder):
+                    self.journal.forget(user, folder)
+                    continue
+                with self.locks.hold(user, folder):
+                    with self.store.lock(user, folder):
+                        info = self.store.folder(user, folder)
+                        msgs = self.store.messages(user, folder)
+                    if (info.uidvalidity, info.uidnext) != (j.uidvalidity, j.uidnext) or \
+                            (j.count is not None and j.count != len(msgs)):
+                        self.report(f"{mailbox}: not in this archive, but changed since the chain's "
+                                    f"restore made it: kept")
+                        continue
+                    # (its own lock: a folder is removed with its lock file)
+                    self.store.delete_folder(user, folder)
+                self.journal.forget(user, folder)
+                self.res.removed.append(mailbox)
+                self.report(f"{mailbox}: removed (the archive no longer lists it)")
+            except (StoreError, JournalError, OSError) as exc:
+                if isinstance(exc, OSError):
+                    exc = os_store_error(exc, f"{user}/{folder}")
+                self._record_error(mailbox, str(exc), exc.status)
+
     def _start_folder(self, m) -> None:
+        if (m.partition, m.user) == self.cur_user:
+            self.cur_folders.add(m.folder)
         group = self.user_groups.get((m.partition, m.user), m.group)
         if not self.sel.folder(m.partition, m.user, group, m.folder):
             self.plan = None
             return
         user = self.opts.user_map.get(m.user, m.user)
         mailbox = f"/{m.partition}/{user}/{m.folder}"
+        final_uids = None
+        if self.opts.final is not None:
+            end = self.opts.final.get((m.user, m.folder))
+            if end is None or end[0] != m.uidvalidity:
+                # deleted, renamed away or made again by the end of the chain
+                self.plan = None
+                self.report(f"{mailbox}: not in the chain's last archive (as this folder): skipped")
+                return
+            final_uids = end[1]
         try:
             with self.locks.hold(user, ""):        # one restore at a time makes a user
                 self._ensure_user(m.partition, user, m)
@@ -181,8 +271,10 @@ class Restorer:
                 user, m.folder, waiting=lambda pid: self.report(
                     f"{mailbox}: waiting for another restore of it to finish"
                     + (f" (process {pid})" if pid else ""))))
-            plan = self.plan = self.planner.plan(m, user, self.lock_stack)
+            plan = self.plan = self.planner.plan(m, user, self.lock_stack, final_uids)
             self.res.folders += 1
+            if plan.mode == "skip":
+                self.res.skipped += 1
             self.report(f"{plan.mailbox}: restoring ({plan.mode}"
                         + (f", from {m.user}/{m.folder}" if (user, plan.folder) != (m.user, m.folder) else "")
                         + ")")
@@ -257,6 +349,14 @@ class Restorer:
         store = self.store
         mailbox = plan.mailbox
         info = None
+        if plan.mode == "skip":
+            try:
+                self._release_lock()
+            except (StoreError, OSError) as exc:
+                self._record_error(mailbox, str(exc), error_status(exc))
+            finally:
+                self._release_restore_lock()
+            return
         try:
             try:
                 if complete:
@@ -265,6 +365,8 @@ class Restorer:
                         gone = [u for u in plan.by_uid if u not in keep]
                         # messages restored in this run are in the archive's list by construction
                         self.res.expunged += store.expunge(plan.user, plan.folder, gone)
+                        for uid in gone:
+                            plan.by_uid.pop(uid, None)
                         for uid in plan.by_uid:
                             st = plan.state.get(uid) if uid in keep else None
                             if st is not None:
@@ -281,7 +383,8 @@ class Restorer:
                 # then may a later link of the chain expunge
                 mirror = (plan.mode in ("exact", "chain") or plan.again) and not plan.renumbered \
                     and not plan.failed
-                self.journal.put(plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header, mirror)
+                self.journal.put(plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header, mirror,
+                                 count=len(plan.by_uid))
             plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
                                                      "messages": plan.restored, "bytes": 0, "error": None})
         except (StoreError, JournalError, OSError) as exc:

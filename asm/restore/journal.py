@@ -50,6 +50,9 @@ class JournalRow:
     mirror: bool                # the folder then held exactly that archive's state
     running: str | None = None  # an archive whose restore into the folder began and has
     running_mode: str | None = None  # not finished (killed, stopped): its id and mode
+    chain: tuple = ()           # the ancestors of the archive restored last (full first):
+                                # archives the folder has in it already, recognised on a rerun
+    count: int | None = None    # messages the folder held when the restore ended
 
 
 class Journal:
@@ -68,12 +71,13 @@ class Journal:
         self.db = sqlitedb.connect(path, BUSY_MS / 1000, schema="""CREATE TABLE IF NOT EXISTS restored (
             user TEXT, folder TEXT, uidvalidity INTEGER, uidnext INTEGER,
             archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,
-            running TEXT, running_mode TEXT, PRIMARY KEY (user, folder));""")
+            running TEXT, running_mode TEXT, chain TEXT, count INTEGER, PRIMARY KEY (user, folder));""")
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(restored)")}
-        for col in ("running", "running_mode"):
-            if col not in cols:             # a journal written before restores could resume
+        for col, typ in (("running", "TEXT"), ("running_mode", "TEXT"), ("chain", "TEXT"),
+                         ("count", "INTEGER")):
+            if col not in cols:             # a journal written by an older ims-asm
                 try:
-                    sqlitedb.retry(lambda: self.db.execute(f"ALTER TABLE restored ADD COLUMN {col} TEXT"),
+                    sqlitedb.retry(lambda: self.db.execute(f"ALTER TABLE restored ADD COLUMN {col} {typ}"),
                                    BUSY_MS / 1000)
                 except sqlite3.OperationalError as exc:
                     if "duplicate column" not in str(exc):
@@ -84,13 +88,23 @@ class Journal:
     @_journal_errors
     def get(self, user: str, folder: str) -> JournalRow | None:
         row = self.db.execute("SELECT uidvalidity, uidnext, archive_id, created, since, mirror, "
-                              "running, running_mode FROM restored WHERE user=? AND folder=?",
+                              "running, running_mode, chain, count FROM restored WHERE user=? AND folder=?",
                               (names.to_db(user), names.to_db(folder))).fetchone()
         if row is None:
             return None
-        uidvalidity, uidnext, archive_id, created, since, mirror, running, running_mode = row
+        uidvalidity, uidnext, archive_id, created, since, mirror, running, running_mode, chain, count = row
         return JournalRow(uidvalidity, uidnext, archive_id, created, since, bool(mirror),
-                          running, running_mode)
+                          running, running_mode, tuple((chain or "").split()), count)
+
+    @_journal_errors
+    def folders(self, user: str) -> list[str]:
+        """The folders of ``user`` the journal knows."""
+        return [names.from_db(r[0]) for r in self.db.execute(
+            "SELECT folder FROM restored WHERE user=?", (names.to_db(user),))]
+
+    @_journal_errors
+    def forget(self, user: str, folder: str) -> None:
+        self.db.execute("DELETE FROM restored WHERE user=? AND folder=?", (names.to_db(user), names.to_db(folder)))
 
     @_journal_errors
     def start(self, user: str, folder: str, header: dict, mode: str) -> None:
@@ -103,9 +117,13 @@ class Journal:
 
     @_journal_errors
     def put(self, user: str, folder: str, uidvalidity: int, uidnext: int, header: dict,
-            mirror: bool) -> None:
-        """The restore of the archive with ``header`` into the folder is complete."""
-        self.db.execute("INSERT OR REPLACE INTO restored VALUES (?,?,?,?,?,?,?,?,NULL,NULL)",
+            mirror: bool, count: int | None = None) -> None:
+        """The restore of the archive with ``header`` into the folder is complete; the
+        folder then held ``count`` messages."""
+        from asm.backupstate import header_chain
+        self.db.execute("INSERT OR REPLACE INTO restored (user, folder, uidvalidity, uidnext, archive_id, "
+                        "created, since, mirror, running, running_mode, chain, count) "
+                        "VALUES (?,?,?,?,?,?,?,?,NULL,NULL,?,?)",
                         (names.to_db(user), names.to_db(folder), uidvalidity, uidnext,
                          header.get("archive_id"), header.get("created"), header.get("since"),
-                         int(mirror)))
+                         int(mirror), " ".join(header_chain(header)), count))

@@ -23,6 +23,8 @@ class RestoreOptions:
     new_suffix: str = ""                # -n suffix (default: -YYYYMMDD)
     keep_held: bool = False             # leave deliveries held at the end (more of a chain follows)
     spool_dir: str = ""                 # where first copies from a stream are kept
+    final: dict | None = None           # a chain in one command, before its last archive:
+                                        # {(user, folder): (uidvalidity, UidSet)} its end holds
 
 
 @dataclass
@@ -34,6 +36,8 @@ class RestoreResult:
     duplicates: int = 0      # already there, skipped
     renumbered: int = 0      # given new UIDs
     expunged: int = 0        # chain: removed because the later archive no longer had them
+    removed: list = field(default_factory=list)      # chain: folders the later archive no longer had
+    skipped: int = 0         # folders that hold this archive already (a chain run again)
     bytes: int = 0
     errors: list = field(default_factory=list)       # {"mailbox", "error", "status"}
     pending: list = field(default_factory=list)      # reference-file entries

@@ -5,8 +5,15 @@
 * ``merge``: a live folder: messages already there are skipped, the others keep
   their UID when it is free in the same UIDVALIDITY, else take new ones.
 * ``chain``: the folder mirrors the archive restored into it last and this one
-  follows it: messages the archive no longer lists are expunged at the end, flags
-  are set as recorded.
+  follows it (its header names that archive as its base, or, for archives that name
+  no base, it was taken later): messages the archive no longer lists are expunged at
+  the end, flags are set as recorded.
+* ``skip``: the folder mirrors a later archive of this one's chain and has not
+  changed since: this archive is in it already (a chain run again), nothing is done.
+
+A live folder that has moved on is always merged, never refused; only an archive
+that continues the folder's chain past a missing link (or an incremental whose base
+was never restored into an absent folder) is refused, exit 7.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from asm.archive.errors import CorruptMember
+from asm.backupstate import header_chain
 from asm.restore.errors import ChainOrderError
 from asm.restore.journal import Journal, JournalRow
 from asm.restore.options import RestoreOptions
@@ -28,7 +36,7 @@ class FolderPlan:
     user: str
     folder: str                 # target folder name
     src_folder: str
-    mode: str                   # "exact" (created by us), "merge", "chain"
+    mode: str                   # "exact" (created by us), "merge", "chain", "skip"
     archive_uidvalidity: int
     archive_uidnext: int
     archive_uids: object        # UidSet: every UID the archived folder held
@@ -44,6 +52,8 @@ class FolderPlan:
     resumed: bool = False       # an exact or chain restore of this archive cut short before:
                                 # what it restored is there (same UIDs), the rest follows
     again: bool = False         # the archive restored here last, into a folder that mirrors it
+    final_uids: object = None   # a chain given in one command: the UIDs the folder holds at its
+                                # end (its last archive's list); no other message is restored
 
     @property
     def mailbox(self) -> str:
@@ -63,19 +73,23 @@ class Planner:
         self.header = header
         self.opts = opts
 
-    def plan(self, m, user: str, locks: contextlib.ExitStack) -> FolderPlan:
+    def plan(self, m, user: str, locks: contextlib.ExitStack, final_uids=None) -> FolderPlan:
         """The plan for folder member ``m`` restored under ``user``; the target folder's
         lock is entered on ``locks`` and held until the folder is done.  A folder
         restored exactly or as the next link of a chain is marked in the journal as
         under way before anything is written to it (see :meth:`Journal.start`)."""
         store = self.store
         folder = m.folder
+        beside = False
         if store.exists(user, folder) and self.opts.new_mailbox:
             existing = store.messages(user, folder)
             if existing or folder != "INBOX":
                 folder = self.new_name(user, folder)
+                beside = True
         created = False
         if not store.exists(user, folder):
+            if not beside:
+                self.check_base(m, user, folder)
             # UIDNEXT is raised to the archive's only when the folder is complete, so a
             # killed run, run again, still finds every remaining UID free
             store.create_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
@@ -94,21 +108,36 @@ class Planner:
             mode = j.running_mode
         elif info.uidnext == 1 and not store.messages(user, folder):
             # never used (e.g. the INBOX of a user just created): adopt the archive's identity
+            if not beside:
+                self.check_base(m, user, folder)
             if info.uidvalidity != m.uidvalidity or info.subscribed != m.subscribed:
                 info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, subscribed=m.subscribed)
             mode = "exact"
         else:
             mode = "merge"
-            if j is not None and j.mirror and j.uidvalidity == info.uidvalidity == m.uidvalidity \
-                    and j.uidnext == info.uidnext:
-                mode = self.chain_mode(user, folder, j)
-                again = mode == "merge"
-        if mode == "exact" and info.subscribed != m.subscribed:
+            if j is not None and j.mirror and j.uidvalidity == info.uidvalidity \
+                    and j.uidnext == info.uidnext \
+                    and (j.count is None or j.count == len(store.messages(user, folder))):
+                # the folder is as the restore of j's archive left it
+                rel = "skip" if self.header.get("archive_id") in j.chain else self.chain_mode(user, folder, j)
+                if rel == "skip":
+                    mode = "skip"   # the folder holds this archive already: a chain run again
+                elif info.uidvalidity == m.uidvalidity:
+                    mode = rel
+                    again = j.archive_id == self.header.get("archive_id")
+                elif rel == "chain":
+                    # the folder was made again between the backups (a new UIDVALIDITY):
+                    # the next link of the chain replaces what the last one left
+                    store.expunge(user, folder, [msg.uid for msg in store.messages(user, folder)])
+                    info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
+                                            subscribed=m.subscribed)
+                    mode = "exact"
+        if mode in ("exact", "chain") and info.subscribed != m.subscribed:
             store.set_folder(user, folder, subscribed=m.subscribed)
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
                           m.uids, info.uidvalidity, m.state, uidnext=info.uidnext,
-                          resumed=resumed, again=again)
-        if mode != "exact" or resumed:
+                          resumed=resumed, again=again, final_uids=final_uids)
+        if mode not in ("exact", "skip") or resumed:
             for msg in store.messages(user, folder):
                 plan.by_uid[msg.uid] = msg
                 plan.existing.setdefault(msg.size, []).append(msg)
@@ -119,14 +148,27 @@ class Planner:
         return plan
 
     def chain_mode(self, user: str, folder: str, j: JournalRow) -> str:
-        created = self.header.get("created")
-        if j.archive_id == self.header.get("archive_id"):
+        """The mode for a folder that mirrors archive ``j.archive_id`` and has not changed
+        since: how this archive stands to that one."""
+        h = self.header
+        aid, base, created = h.get("archive_id"), h.get("base"), h.get("created")
+        if j.archive_id == aid:
             return "merge"  # the same archive again: nothing changes
+        if base is not None:
+            if base == j.archive_id:
+                return "chain"
+            if j.archive_id in header_chain(h):
+                raise ChainOrderError(
+                    f"user/{user}/{folder} holds archive {j.archive_id} (taken at {_fmt(j.created)}) "
+                    f"and this incremental follows {base}, taken after it: restore the incremental(s) "
+                    f"in between first, or the whole chain in one command (imsrestore -f FULL -f INCR1 "
+                    f"-f INCR2 ...)")
+            return "merge"  # another chain: a classic merge
         if created is not None and j.created is not None and created < j.created:
-            raise ChainOrderError(
-                f"this archive was taken at {_fmt(created)}, before the one restored last into "
-                f"user/{user}/{folder} ({_fmt(j.created)}); restore a chain in order: the full "
-                f"backup, then each incremental (or use -n to restore it beside the folder)")
+            # an older archive into a folder that is as a later archive's restore left it:
+            # it is in there already as far as it still counts (a chain run again); one
+            # that moved on since takes it as a classic merge (see plan)
+            return "skip"
         return "chain"
 
     @staticmethod
@@ -134,13 +176,32 @@ class Planner:
         """An incremental lists (in its state record) the messages it does not carry;
         each of them must already be here, else an archive in between is missing."""
         # bounded by the folder here, however many UIDs the archive's record spans
-        missing = len(plan.state) - plan.state.count_in(plan.by_uid)
+        if plan.final_uids is None:
+            missing = len(plan.state) - plan.state.count_in(plan.by_uid)
+        else:
+            # a chain in one command restores only what its end holds
+            missing = plan.state.count_common(plan.final_uids) - plan.state.count_in(
+                u for u in plan.by_uid if u in plan.final_uids)
         if missing:
             raise ChainOrderError(
                 f"user/{plan.user}/{plan.folder}: {missing} messages of this incremental's "
                 f"folder (UIDs {plan.state.first_not_in(plan.by_uid)}...) are neither here nor in it: "
                 f"the archive restored last "
                 f"was taken at {_fmt(last_created)}; restore the incremental(s) taken in between first")
+
+    def check_base(self, m, user: str, folder: str) -> None:
+        """An incremental whose base was never restored here: the messages it lists but
+        does not carry are in the base (or an archive before it), not here."""
+        if not m.state:
+            return
+        h = self.header
+        base = h.get("base")
+        what = (f"its base archive {base}" if base else
+                f"the backup(s) taken before {_fmt(h.get('since'))}")
+        raise ChainOrderError(
+            f"user/{user}/{folder} is not here and this incremental holds only part of it: "
+            f"{len(m.state)} of its messages are in {what}; restore the chain in order (imsrestore "
+            f"-f FULL -f INCR ...), or use -n to restore only what this archive carries")
 
     def new_name(self, user: str, folder: str) -> str:
         """A free name beside ``folder`` (-n), or the one this archive's restore beside it

@@ -58,14 +58,42 @@ def read_reffile(path: str) -> dict:
     return doc
 
 
-def complete_references(store: Store, reader, doc: dict, report=None) -> RestoreResult:
+def complete_references(store: Store, reader, doc: dict, report=None, journal=None) -> RestoreResult:
     """Second pass: restore the link members a stream could not resolve, from the archive
-    (one store batch: durable when it returns, however it ends)."""
+    (one store batch: durable when it returns, however it ends).  A message keeps its
+    archived UID where the folder came from this archive's restore (``journal`` says so
+    and the folder has not moved on since) or where the UID is still free at or above
+    UIDNEXT; one already there (its UID, or the same bytes) is not added again."""
     with store.batch():
-        return _complete(store, reader, doc, report)
+        return _complete(store, reader, doc, report, journal)
 
 
-def _complete(store: Store, reader, doc: dict, report) -> RestoreResult:
+def _from_this_archive(journal, user: str, folder: str, info, archive_id) -> bool:
+    if journal is None:
+        return False
+    j = journal.get(user, folder)
+    return (j is not None and j.archive_id == archive_id and j.running is None
+            and (j.uidvalidity, j.uidnext) == (info.uidvalidity, info.uidnext))
+
+
+def _already_there(store: Store, user: str, folder: str, ref: dict):
+    """The message the reference names, when the folder has it already (a second -r)."""
+    from asm.restore.apply import sha256_file
+    from asm.store.base import MessageGone
+    try:
+        m = store.message(user, folder, ref["uid"])
+    except MessageGone:
+        m = None
+    if m is not None and (ref.get("sha256") is None or sha256_file(m.path) == ref.get("sha256")):
+        return m
+    if ref.get("sha256"):
+        for c in store.messages(user, folder):
+            if c.size == ref.get("size") and sha256_file(c.path) == ref["sha256"]:
+                return c
+    return None
+
+
+def _complete(store: Store, reader, doc: dict, report, journal=None) -> RestoreResult:
     report = report or (lambda line: None)
     res = RestoreResult()
     if doc.get("archive_id") != reader.header.get("archive_id"):
@@ -95,9 +123,19 @@ def _complete(store: Store, reader, doc: dict, report) -> RestoreResult:
                         store.create_folder(user, folder, uidvalidity=ref.get("uidvalidity"))
                     with store.lock(user, folder):
                         info = store.folder(user, folder)
-                        uid = ref["uid"] if info.uidvalidity == ref.get("uidvalidity") and ref["uid"] >= info.uidnext else None
+                        there = _already_there(store, user, folder, ref)
+                        if there is not None:
+                            res.duplicates += 1
+                            first_path = first_path or there.path
+                            report(f"/{ref['partition']}/{user}/{folder}/{there.uid}: already there")
+                            continue
+                        same = info.uidvalidity == ref.get("uidvalidity")
+                        fill = same and _from_this_archive(journal, user, folder, info, doc.get("archive_id"))
+                        uid = ref["uid"] if same and (ref["uid"] >= info.uidnext or fill) else None
                         kw = dict(uid=uid, flags=ref["flags"], keywords=ref["keywords"],
-                                  internaldate=ref["internaldate"], stored=ref["stored"])
+                                  internaldate=ref["internaldate"],
+                                  stored=ref["stored"] if store.restore_keeps_stored else None,
+                                  guid=ref.get("guid"), fill=fill)
                         if first_path:
                             got = store.append(user, folder, None, link_from=first_path, **kw)
                             res.links += 1

@@ -183,6 +183,9 @@ class MessageInfo:
     compressed: str = ""                     # "gz", "bz2", "xz": the file holds the
                                              # message compressed (Dovecot's zlib plugin);
                                              # size is then the message's, not the file's
+    guid: str = ""                           # the store's GUID of the message (Dovecot: X-GUID)
+    changed: float = 0.0                     # when it last entered this folder in this store
+                                             # (Maildir: the file's ctime; classic: stored)
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,10 @@ class Store(abc.ABC):
     _batch_depth = 0
     #: What to do about :meth:`unlisted_users` found where the store lists nobody.
     unlisted_hint = "the store's own list of users does not know them"
+    #: A restored message keeps the archived "stored" date (True), or the store dates it
+    #: now, when it entered this store (False: the classic store, whose incrementals by
+    #: date (-d) judge by it).
+    restore_keeps_stored = True
 
     def check_partition(self, partition: str, writing: bool = False) -> bool:
         """Raise :class:`asm.store.partitions.PartitionUnavailable` when the partition's
@@ -260,13 +267,17 @@ class Store(abc.ABC):
         """One folder's metadata; raises NoSuchFolder."""
 
     @abc.abstractmethod
-    def snapshot(self, user: str, folder: str, since: float | None = None) -> FolderSnapshot:
+    def snapshot(self, user: str, folder: str, since: float | None = None,
+                 known=None) -> FolderSnapshot:
         """Folder metadata and its messages, read under the folder lock (held briefly).
 
-        With ``since``, messages stored before it may be returned with only ``uid``,
-        ``flags``, ``keywords`` and ``stored`` filled in: the driver must not stat or
-        read them when it can tell their stored date otherwise.  Incremental backups
-        use that: they still record every UID and the flags of the old messages.
+        With ``since``, every message's ``changed`` (when it last entered this folder in
+        this store) is filled in, and messages that did not change since it may be
+        returned with only ``uid``, ``flags``, ``keywords``, ``stored``, ``changed``.
+        With ``known`` (a container of UIDs: what an incremental's base held), the
+        messages it holds may be returned the same way (unless ``since`` says they
+        changed).  Incremental backups use that: they still record every UID and the
+        flags of the old messages.
         """
 
     def messages(self, user: str, folder: str) -> list[MessageInfo]:
@@ -324,8 +335,16 @@ class Store(abc.ABC):
     def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
-               link_from: str | None = None, size_hint: int | None = None) -> MessageInfo:
+               link_from: str | None = None, size_hint: int | None = None,
+               guid: str | None = None, fill: bool = False) -> MessageInfo:
         """Add one message and return it as stored.
+
+        ``fill``: the given UID may be below the highest present, when no message has
+        it (``imsrestore -r`` putting a linked message at the UID its restore left free
+        for it); UIDNEXT does not move.
+
+        ``guid``: the message's GUID to keep (a restore gives the archived one); None
+        lets the store make one.
 
         ``src`` is read to EOF in chunks (the bytes are written exactly).  With
         ``link_from`` (the ``path`` of a message in this store) the new message is a

@@ -58,7 +58,9 @@ CREATE TABLE IF NOT EXISTS msgs (
     uid INTEGER PRIMARY KEY, flags TEXT NOT NULL, keywords TEXT NOT NULL,
     internaldate REAL NOT NULL, stored REAL NOT NULL, size INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS msgs_stored ON msgs (stored);
+CREATE TABLE IF NOT EXISTS guids (uid INTEGER PRIMARY KEY, guid TEXT NOT NULL);
 """
+_GUIDS = "CREATE TABLE IF NOT EXISTS guids (uid INTEGER PRIMARY KEY, guid TEXT NOT NULL)"
 
 
 def _enc(level: str) -> str:
@@ -199,13 +201,22 @@ def _open_lock(fdir: str) -> int:
         return os.open(fdir, os.O_RDONLY | os.O_DIRECTORY)
 
 
+_last_uidvalidity = [0]
+
+
 def _uidvalidity() -> int:
-    return int(time.time()) & 0x7FFFFFFF
+    """A new folder's UIDVALIDITY: the time, but never one this process gave before, so a
+    folder deleted and made again within a second does not reuse its UIDs under the
+    same UIDVALIDITY (RFC 3501; an incremental by base would take them for the old ones)."""
+    v = max(int(time.time()) & 0x7FFFFFFF, _last_uidvalidity[0] + 1)
+    _last_uidvalidity[0] = v
+    return v
 
 
 class ClassicStore(Store):
     name = "classic"
     unlisted_hint = REBUILD_HINT
+    restore_keeps_stored = False        # "stored": when it entered this folder in this store
 
     def __init__(self, config, create: bool = True):
         self.config = config
@@ -317,8 +328,24 @@ class ClassicStore(Store):
         # whole and every commit durable.  A folder restored under one lock is one
         # commit, so this costs less than WAL, whose files are made and checkpointed
         # (fsynced) for each of the many indexes a run opens and closes.
-        return sqlitedb.connect(path, self.lock_timeout, journal_mode="DELETE", synchronous="FULL",
-                                check_same_thread=False)
+        con = sqlitedb.connect(path, self.lock_timeout, journal_mode="DELETE", synchronous="FULL",
+                               check_same_thread=False)
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name='guids'").fetchone():
+            # an index made before messages had GUIDs: they get their table now
+            with contextlib.suppress(sqlite3.Error):
+                con.execute(_GUIDS)
+                if con.in_transaction:
+                    con.execute("COMMIT")
+        return con
+
+    @staticmethod
+    def _guids(con: sqlite3.Connection, uid: int | None = None) -> dict:
+        try:
+            if uid is None:
+                return dict(con.execute("SELECT uid, guid FROM guids").fetchall())
+            return dict(con.execute("SELECT uid, guid FROM guids WHERE uid=?", (uid,)).fetchall())
+        except sqlite3.OperationalError:     # a read-only index from before GUIDs
+            return {}
 
     def _cache_index(self, fdir: str, con: sqlite3.Connection) -> None:
         if len(self._idx) >= 64:
@@ -417,7 +444,7 @@ class ClassicStore(Store):
                              f"({exc}); the folder is damaged") from None
         return FolderInfo(folder, uidvalidity, meta["uidnext"], bool(subscribed))
 
-    def _info(self, fdir: str, row, stat: bool = True) -> MessageInfo:
+    def _info(self, fdir: str, row, stat: bool = True, guid: str = "") -> MessageInfo:
         uid, flags, keywords, internaldate, stored, size = row
         path = self._msg_path(fdir, uid)
         dev = ino = 0
@@ -430,32 +457,41 @@ class ClassicStore(Store):
                 pass
         return MessageInfo(uid, frozenset(flags.split()) if flags else frozenset(),
                            tuple(keywords.split()) if keywords else (), internaldate, stored,
-                           size, path, dev, ino, nlink)
+                           size, path, dev, ino, nlink, guid, stored)
 
-    def snapshot(self, user: str, folder: str, since: float | None = None) -> FolderSnapshot:
+    def snapshot(self, user: str, folder: str, since: float | None = None,
+                 known=None) -> FolderSnapshot:
         with self.lock(user, folder):
             info = self.folder(user, folder)
             fdir = self._folder_dir(user, folder)
-            rows = self._index(fdir).execute(
+            con = self._index(fdir)
+            rows = con.execute(
                 "SELECT uid, flags, keywords, internaldate, stored, size FROM msgs ORDER BY uid").fetchall()
+            guids = self._guids(con)
         msgs = []
         for row in rows:
-            if since is not None and row[4] < since:
+            # "stored" is when the message entered this folder in this store (an append,
+            # a copy, a restore): what an incremental by date judges by
+            light = (since is not None or known is not None) and (since is None or row[4] < since) \
+                and (known is None or row[0] in known)
+            if light:
                 # not carried by an incremental: flags only (for the chain), no stat
                 msgs.append(MessageInfo(row[0], frozenset(row[1].split()) if row[1] else frozenset(),
-                                        tuple(row[2].split()) if row[2] else (), stored=row[4]))
+                                        tuple(row[2].split()) if row[2] else (), stored=row[4],
+                                        guid=guids.get(row[0], ""), changed=row[4]))
             else:
-                msgs.append(self._info(fdir, row))
+                msgs.append(self._info(fdir, row, guid=guids.get(row[0], "")))
         return FolderSnapshot(info, msgs)
 
     def message(self, user: str, folder: str, uid: int) -> MessageInfo:
         folder, _, _ = self._check_folder(user, folder)
         fdir = self._folder_dir(user, folder)
-        row = self._index(fdir).execute(
+        con = self._index(fdir)
+        row = con.execute(
             "SELECT uid, flags, keywords, internaldate, stored, size FROM msgs WHERE uid=?", (uid,)).fetchone()
         if row is None:
             raise MessageGone(user, folder, uid)
-        return self._info(fdir, row)
+        return self._info(fdir, row, guid=self._guids(con, uid).get(uid, ""))
 
     # -- locking -----------------------------------------------------------
     @contextlib.contextmanager
@@ -698,9 +734,11 @@ class ClassicStore(Store):
     def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
-               link_from: str | None = None, size_hint: int | None = None) -> MessageInfo:
+               link_from: str | None = None, size_hint: int | None = None,
+               guid: str | None = None, fill: bool = False) -> MessageInfo:
         folder, _, _ = self._check_folder(user, folder)
         now = time.time()
+        guid = guid or uuid.uuid4().hex
         internaldate = now if internaldate is None else internaldate
         stored = now if stored is None else stored
         sys_flags, extra = split_flags(list(flags) + list(keywords))
@@ -715,17 +753,18 @@ class ClassicStore(Store):
             uidnext, top = ctr
             if uid is None:
                 uid = max(uidnext, top + 1)
-            elif uid <= top:
+            elif uid <= top and (not fill or con.execute("SELECT 1 FROM msgs WHERE uid=?", (uid,)).fetchone()):
                 raise UidInUse(user, folder, uid)
             path, size = self._write_file(user, fdir, uid, src, link_from, internaldate)
             con.execute("INSERT INTO msgs VALUES (?,?,?,?,?,?)",
                         (uid, _flags_text(sys_flags), " ".join(extra), internaldate, stored, size))
-            ctr[0], ctr[1] = max(uidnext, uid + 1), uid
+            con.execute("INSERT OR REPLACE INTO guids VALUES (?,?)", (uid, guid))
+            ctr[0], ctr[1] = max(uidnext, uid + 1), max(top, uid)
             if ctr[0] != uidnext:
                 con.execute("UPDATE meta SET v=? WHERE k='uidnext'", (ctr[0],))
             st = os.stat(path)
             return MessageInfo(uid, sys_flags, extra, internaldate, stored, size, path,
-                               st.st_dev, st.st_ino, st.st_nlink)
+                               st.st_dev, st.st_ino, st.st_nlink, guid, stored)
 
     @_store_errors
     def set_flags(self, user: str, folder: str, uid: int, flags: Iterable[str],
@@ -749,6 +788,8 @@ class ClassicStore(Store):
             fdir = self._folder_dir(user, folder)
             con = self._index(fdir)
             gone = [uid for uid in uids if con.execute("DELETE FROM msgs WHERE uid=?", (uid,)).rowcount]
+            for uid in gone:
+                con.execute("DELETE FROM guids WHERE uid=?", (uid,))
             self._counters.pop(fdir, None)
             if gone and con.in_transaction:
                 con.execute("COMMIT")        # rows go first: a crash never lists a missing file

@@ -215,7 +215,7 @@ def estimate(inst, records: list[SaveRecord], since: float | None, exclude: list
                 header += 1536 + 8 * len(snap.messages)
                 seen = set()
                 for m in snap.messages:
-                    if since is not None and m.stored < since:
+                    if since is not None and m.changed < since:
                         continue
                     header += 1536
                     key = (m.dev, m.ino)

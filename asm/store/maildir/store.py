@@ -31,7 +31,7 @@ from asm.store.maildir.names import (
     KEYWORDS, SIZE_RE, folder_dirname, folder_from_dirname, split_name, stored_from_name,
 )
 from asm.store.maildir.subscriptions import SUBSCRIPTIONS
-from asm.store.maildir.uidlist import UIDLIST, Uidlist, read_uidlist, read_uidlist_header
+from asm.store.maildir.uidlist import UIDLIST, Uidlist, guid_of, read_uidlist, read_uidlist_header
 
 CHUNK = 1 << 20
 HOLD_MARKER = ".ims-hold"
@@ -41,6 +41,8 @@ _OUR_BASE = re.compile(r"^\d+\.M\d+P(\d+)Q\d+R[0-9a-f]{8}\.(.+)$")
 _WRITE_TMP = re.compile(r"^.+\.(\d+)\.\d+\.tmp$")
 QUEUE_DIR = ".ims-queue"
 NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
+_LAST_UIDVALIDITY = [0]
+_GUID_OK = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # one uidlist field: no space or ':'
 INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
 LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.list.index.log.2")
 
@@ -396,14 +398,20 @@ class MaildirStore(Store):
         tmp = os.path.join(d, f"{base}.{self._pid}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            self._chown(fd, owner)
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                self._chown(fd, owner)
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            # a full disk while writing: the temporary goes, the file stays as it was
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         try:
             os.replace(tmp, path)
         except BaseException:
@@ -622,7 +630,11 @@ class MaildirStore(Store):
 
     @staticmethod
     def _new_uidvalidity() -> int:
-        return int(time.time()) & 0xFFFFFFFF or 1
+        # never one this process gave before: a folder deleted and made again within a
+        # second must not reuse its UIDs under the same UIDVALIDITY (RFC 3501)
+        v = max(int(time.time()) & 0xFFFFFFFF or 1, _LAST_UIDVALIDITY[0] + 1)
+        _LAST_UIDVALIDITY[0] = v
+        return v
 
     @staticmethod
     def _invalidate_index(d: str | None, names: Iterable[str] = INDEX_FILES) -> None:
@@ -698,12 +710,15 @@ class MaildirStore(Store):
         base, letters = split_name(fname)
         flags, kws = self._decode_flags(st, letters)
         path = f"{st.dir}/{sub}/{fname}"
+        rec = st.uidlist.records.get(uid)
+        guid = guid_of(rec[0], rec[1]) if rec is not None else base
         if stored is None:
             stored = stored_from_name(base)
         if not stat:
             m = SIZE_RE.search(base)
             return MessageInfo(uid=uid, flags=flags, keywords=kws, stored=stored or 0.0,
-                               size=int(m.group(1)) if m else 0, path=path)
+                               size=int(m.group(1)) if m else 0, path=path, guid=guid,
+                               changed=stored or 0.0)
         s = os.stat(path)
         size, compressed = s.st_size, ""
         m = SIZE_RE.search(base)
@@ -713,10 +728,12 @@ class MaildirStore(Store):
             compressed = compression_of(path)
             if compressed:
                 size = int(m.group(1))
+        # the file's ctime changes when it is linked (COPY, LMTP to several users) or
+        # renamed (MOVE, a folder RENAME, a flag change): when it entered this folder
         return MessageInfo(uid=uid, flags=flags, keywords=kws, internaldate=s.st_mtime,
                            stored=stored if stored is not None else s.st_ctime,
                            size=size, path=path, dev=s.st_dev, ino=s.st_ino,
-                           nlink=s.st_nlink, compressed=compressed)
+                           nlink=s.st_nlink, compressed=compressed, guid=guid, changed=s.st_ctime)
 
     def _find(self, st: _State, uid: int, user: str, folder: str) -> tuple[str, str, str]:
         """(base, subdir, file name) of ``uid``; rescans once if the file moved."""
@@ -774,7 +791,8 @@ class MaildirStore(Store):
         return FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=folder in subs)
 
-    def snapshot(self, user: str, folder: str, since: float | None = None) -> FolderSnapshot:
+    def snapshot(self, user: str, folder: str, since: float | None = None,
+                 known=None) -> FolderSnapshot:
         folder = check_folder_name(folder)
         subs = self._subs.get(self._subs_root(user))
         with self._locked(user, folder) as st:
@@ -787,12 +805,10 @@ class MaildirStore(Store):
                 hit = files.get(base)
                 if hit is None:
                     continue                 # expunged; Dovecot drops the line later
-                if since is not None:
-                    stored = stored_from_name(base)
-                    if stored is not None and stored < since:
-                        # not carried by an incremental: flags from the name, no stat
-                        msgs.append(self._info(st, uid, *hit, stat=False, stored=stored))
-                        continue
+                if known is not None and since is None and uid in known:
+                    # the base of an incremental held it: flags from the name, no stat
+                    msgs.append(self._info(st, uid, *hit, stat=False))
+                    continue
                 try:
                     msgs.append(self._info(st, uid, *hit))
                 except FileNotFoundError:
@@ -1078,7 +1094,8 @@ class MaildirStore(Store):
     def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
-               link_from: str | None = None, size_hint: int | None = None) -> MessageInfo:
+               link_from: str | None = None, size_hint: int | None = None,
+               guid: str | None = None, fill: bool = False) -> MessageInfo:
         folder = check_folder_name(folder)
         if src is None and link_from is None:
             raise StoreError("append needs the message bytes (src) or a file to link (link_from)")
@@ -1092,8 +1109,10 @@ class MaildirStore(Store):
                     raise StoreError(f"bad UID {uid}")
                 if uid <= st.top_uid():
                     self._prune(st)           # lines of files Dovecot expunged don't count
-                    if uid <= st.top_uid():
+                    if uid <= st.top_uid() and (not fill or uid in ul.records):
                         raise UidInUse(user, folder, uid)
+                    if uid <= st.top_uid():
+                        st.dirty = True       # the uidlist is rewritten in UID order
             letters = self._encode_flags(st, flags, keywords, uid=uid)
             base = self._new_base(stored if stored is not None else now)
             owner = self._owner_for(st.dir)
@@ -1108,12 +1127,16 @@ class MaildirStore(Store):
                 finally:
                     if opened is not None:
                         opened.close()
-            path = self._commit(st, uid, tmp, f"{base},S={size}", letters)
+            full_base = f"{base},S={size}"
+            # a kept GUID is the uidlist's G field (Dovecot honours it: docs/dovecot.md)
+            ext = f"G{guid}" if guid and guid != full_base and _GUID_OK.match(guid) else ""
+            path = self._commit(st, uid, tmp, full_base, letters, ext)
             s = os.stat(path)
             flags_set, kws = self._decode_flags(st, letters)
             return MessageInfo(uid=uid, flags=flags_set, keywords=kws, internaldate=s.st_mtime,
                                stored=stored_from_name(base) or now, size=s.st_size, path=path,
-                               dev=s.st_dev, ino=s.st_ino, nlink=s.st_nlink)
+                               dev=s.st_dev, ino=s.st_ino, nlink=s.st_nlink,
+                               guid=guid_of(ext, full_base), changed=s.st_ctime)
 
     # A message becomes visible in three steps, so that a kill between any two of them
     # leaves nothing a rerun could take for another message (docs/restore-design.md):
@@ -1167,14 +1190,15 @@ class MaildirStore(Store):
                 os.unlink(tmp)
             raise
 
-    def _commit(self, st: _State, uid: int, tmp: str, full_base: str, letters: str) -> str:
+    def _commit(self, st: _State, uid: int, tmp: str, full_base: str, letters: str,
+                ext: str = "") -> str:
         """Record ``uid`` for the file ``tmp`` in dovecot-uidlist, then move it into cur/."""
         fname = f"{full_base}:2,{letters}"
         path = os.path.join(st.dir, "cur", fname)
         try:
             if st.keywords_dirty:             # its letters must mean something on disk first
                 self._flush_keywords(st)
-            undo = self._record(st, uid, full_base)
+            undo = self._record(st, uid, full_base, ext)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -1192,12 +1216,12 @@ class MaildirStore(Store):
             st.files[full_base] = ("cur", fname)
         return path
 
-    def _record(self, st: _State, uid: int, full_base: str) -> int | None:
+    def _record(self, st: _State, uid: int, full_base: str, ext: str = "") -> int | None:
         """Add ``uid`` to the uidlist, on disk before the caller shows the file: an
         appended line, or (when the file on disk is behind the state) a rewrite.
         Returns the size to cut the file back to if the file never arrives."""
         ul = st.uidlist
-        ul.records[uid] = ("", full_base)
+        ul.records[uid] = (ext, full_base)
         ul.uidnext = max(ul.uidnext, uid + 1)
         st.max_uid = max(st.top_uid(), uid)
         if uid < st.disk_uidnext and not st.index_invalidated:
@@ -1208,7 +1232,7 @@ class MaildirStore(Store):
             if st.dirty:
                 self._flush_uidlist(st)
                 return None
-            return uidlist_mod.append_record(st.ctl, uid, full_base)
+            return uidlist_mod.append_record(st.ctl, uid, full_base, ext)
         except BaseException:
             del ul.records[uid]
             st.max_uid = None
@@ -1301,6 +1325,14 @@ class MaildirStore(Store):
         except Unlocked:
             raise StoreError(f"cannot write {path}: permission denied") from None
         try:
+            # a hold marker's temporary that a killed process left beside it (held: ours to clean)
+            home = os.path.dirname(path)
+            with contextlib.suppress(OSError):
+                for n in os.listdir(home):
+                    m = _WRITE_TMP.match(n)
+                    if m and n.startswith(HOLD_MARKER + ".") and not pid_alive(int(m.group(1))):
+                        with contextlib.suppress(OSError):
+                            os.unlink(os.path.join(home, n))
             yield
         finally:
             dotlock.release(path)

@@ -129,12 +129,21 @@ def read_uidlist_header(folder_dir: str) -> Uidlist | None:
 
 
 
-def append_record(folder_dir: str, uid: int, base: str) -> int:
+def guid_of(ext: str, base: str) -> str:
+    """A message's X-GUID as Dovecot gives it: the record's ``G`` field, else the base
+    name (docs/dovecot.md, "Message GUIDs")."""
+    for f in ext.split():
+        if f[:1] == "G" and len(f) > 1:
+            return f[1:]
+    return base
+
+
+def append_record(folder_dir: str, uid: int, base: str, ext: str = "") -> int:
     """Append one record line to the folder's ``dovecot-uidlist`` (as Dovecot does for a
     new message, header untouched); returns the file's size before, for
     :func:`undo_append`.  A line that could not be written whole is cut off again."""
     path = os.path.join(folder_dir, UIDLIST)
-    data = Uidlist.record_line(uid, "", base).encode("utf-8", "surrogateescape")
+    data = Uidlist.record_line(uid, ext, base).encode("utf-8", "surrogateescape")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
         before = os.fstat(fd).st_size

@@ -1,0 +1,157 @@
+"""What a backup held, as the base of the next incremental (``imsbackup --base``).
+
+Every backup writes a small **state file** (``<archive>.state`` beside a plain-file
+archive, or where ``--state-out`` says): its archive id, its chain of ancestors and,
+per folder, the name, UIDVALIDITY and complete UID set.  An incremental names its base
+(that state file, or the base archive itself) and carries every message whose (folder,
+UIDVALIDITY, UID) the base did not hold, whole folders the base did not have, and the
+flags of the rest: what changed is judged by what the base held, never by a date in a
+file name (docs/operations.md, "Incremental chains").
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from asm.archive import names
+from asm.archive.errors import ArchiveError
+from asm.archive.values import UidSet
+from asm.errors import EXIT_USAGE, ImsError
+
+STATE_FORMAT = "ims-asm-state"
+STATE_VERSION = 1
+
+
+class BaseError(ImsError):
+    """The base named for an incremental cannot be used (missing, not a state file or
+    an archive, damaged): nothing was written."""
+
+    status = EXIT_USAGE
+
+
+@dataclass
+class BaseState:
+    archive_id: str
+    created: float | None
+    chain: list = field(default_factory=list)       # ancestors of the archive, full first
+    driver: str | None = None
+    folders: dict = field(default_factory=dict)     # (user, folder) -> (uidvalidity, UidSet)
+
+    @property
+    def lineage(self) -> list:
+        """The chain an incremental of this base records: its ancestors and the base."""
+        return [*self.chain, self.archive_id]
+
+    def holds(self, user: str, folder: str, uidvalidity: int) -> UidSet | None:
+        """The UIDs the base held in this folder under this UIDVALIDITY, or None when the
+        base did not have the folder (by name and UIDVALIDITY): it is carried whole."""
+        got = self.folders.get((user, folder))
+        if got is None or got[0] != uidvalidity:
+            return None
+        return got[1]
+
+
+def header_chain(header: dict) -> list:
+    """An archive's ancestors (full first) as its header records them; [] for a full
+    backup or an archive written before incrementals named their base."""
+    chain = header.get("chain")
+    if isinstance(chain, list) and all(isinstance(x, str) for x in chain):
+        return list(chain)
+    return []
+
+
+def state_path_for(device: str) -> str:
+    return f"{device}.state"
+
+
+def write_state(path: str, header: dict, folders: list) -> None:
+    """Write the state file of the backup with ``header``; ``folders``: [(partition,
+    user, folder, uidvalidity, uids)]."""
+    from asm.config import atomic_write
+    doc = {"format": STATE_FORMAT, "version": STATE_VERSION, "archive_id": header.get("archive_id"),
+           "created": header.get("created"), "driver": header.get("driver"),
+           "chain": header_chain(header), "scope": header.get("scope", []),
+           "folders": [{"partition": p, "user": u, "folder": f, "uidvalidity": uv, "uids": str(uids)}
+                       for p, u, f, uv, uids in folders]}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, names.dump_json(doc, indent=None), mode=0o600)
+
+
+def _from_state_doc(doc: dict, path: str) -> BaseState:
+    bad = BaseError(f"{path} is a damaged backup state file: take a full backup, or name the "
+                    f"base archive itself with --base")
+    try:
+        st = BaseState(archive_id=str(doc["archive_id"]), created=doc.get("created"),
+                       chain=header_chain(doc), driver=doc.get("driver"))
+        for f in doc["folders"]:
+            st.folders[(f["user"], f["folder"])] = (int(f["uidvalidity"]), UidSet.parse(f["uids"]))
+    except (KeyError, TypeError, ValueError):
+        raise bad from None
+    return st
+
+
+def load_base(path: str) -> BaseState:
+    """The state of the backup ``path`` names: a state file, or an archive (read to its
+    end: every folder member's UID list; message data is skipped)."""
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise BaseError(f"cannot read the base {path}: {exc.strerror or exc}; name the state file "
+                        f"or archive of the previous backup with --base") from None
+    with f:
+        head = f.read(64).lstrip()
+        if head.startswith(b"{"):
+            f.seek(0)
+            try:
+                doc = json.load(f)
+            except ValueError:
+                raise BaseError(f"{path} is not a backup state file (not JSON)") from None
+            if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+                raise BaseError(f"{path} is not a backup state file")
+            return _from_state_doc(doc, path)
+        f.seek(0)
+        return _from_archive(f, path)
+
+
+def _from_archive(f, path: str) -> BaseState:
+    from asm.archive.reader import ArchiveReader
+    from asm.layers.stack import open_read
+    try:
+        f, _layers = open_read(f)      # a compressed base archive (an encrypted one: use its state file)
+    except OSError as exc:
+        raise BaseError(f"cannot read the base archive {path}: {getattr(exc, 'strerror', None) or exc}; "
+                        f"name its state file ({path}.state) instead") from None
+    try:
+        reader = ArchiveReader(f)
+        h = reader.header
+        st = BaseState(archive_id=h["archive_id"], created=h.get("created"), chain=header_chain(h),
+                       driver=h.get("driver"))
+        for m in reader.members():
+            if m.kind == "folder":
+                st.folders[(m.user, m.folder)] = (m.uidvalidity, m.uids)
+        if not reader.complete:
+            raise BaseError(f"the base archive {path} is incomplete (no trailer): it cannot be "
+                            f"the base of an incremental")
+        _drop_failed(st, reader.trailer or {})
+    except ArchiveError as exc:
+        raise BaseError(f"the base archive {path} cannot be read: {exc}") from None
+    except OSError as exc:
+        raise BaseError(f"cannot read the base {path}: {exc.strerror or exc}") from None
+    return st
+
+
+def _drop_failed(st: BaseState, trailer: dict) -> None:
+    """Messages the base's trailer names as not saved ("message UID: ...") are not held
+    by it: the next incremental carries them (as a state file leaves them out)."""
+    failed: dict = {}
+    for e in trailer.get("errors") or []:
+        mailbox, error = e.get("mailbox", ""), e.get("error", "")
+        head, _, _ = error.partition(":")
+        parts = mailbox.split("/", 3)
+        if head.startswith("message ") and head[8:].isdigit() and len(parts) == 4:
+            failed.setdefault((parts[2], parts[3]), set()).add(int(head[8:]))
+    for key, uids in failed.items():
+        got = st.folders.get(key)
+        if got is not None:
+            st.folders[key] = (got[0], UidSet.of(u for u in got[1] if u not in uids))

@@ -1,0 +1,394 @@
+"""Incremental chains judged by what the base held (issue 13), on both drivers through
+their own API: moves, copies, renames, deleted folders, restores between backups,
+expunges and flag changes between a full and its incrementals; the chain restored in
+one command (and one archive at a time) gives exactly the last backup's state; any
+single archive merges into a folder that moved on; reruns change nothing; and a
+randomized generator of changes between backups finds no lost, resurrected or
+duplicated message."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import time
+
+import pytest
+
+from asm.config import Config
+from asm.errors import EXIT_ORDER
+from asm.store import open_store
+from tests.helpers import make_home, msg, run
+
+pytestmark = pytest.mark.usefixtures("ims_home")
+
+
+def view(store, users=None) -> dict:
+    """What a client sees, GUIDs included: per folder (UIDVALIDITY, UIDNEXT, subscribed),
+    per message (bytes' digest, flags, keywords, INTERNALDATE, GUID)."""
+    import hashlib
+    out = {}
+    for part in store.partitions():
+        for user in store.users(part):
+            if users is not None and user not in users:
+                continue
+            for f in store.folders(user):
+                out[(user, f.name)] = (f.uidvalidity, f.uidnext, f.subscribed)
+                for m in store.messages(user, f.name):
+                    with open(m.path, "rb") as fh:
+                        digest = hashlib.sha256(fh.read()).hexdigest()
+                    out[(user, f.name, m.uid)] = (digest, tuple(sorted(m.flags)), tuple(sorted(m.keywords)),
+                                                  int(m.internaldate), m.guid)
+    return out
+
+
+class World:
+    """A source installation changed through its store's API, backed up as a chain."""
+
+    def __init__(self, tmp_path, driver):
+        self.tmp = tmp_path
+        self.home = tmp_path / "src"
+        make_home(self.home, driver)
+        self.driver = driver
+        self.store = open_store(Config(home=str(self.home)))
+        self.n = 0
+        self.archives: list = []
+        self.states: list = []
+
+    def new(self, user="alice", folder="INBOX", flags=(), keywords=()):
+        s = self.store
+        if not s.exists(user):
+            s.create_user(user)
+        if not s.exists(user, folder):
+            s.create_folder(user, folder, subscribed=True)
+        self.n += 1
+        return s.append(user, folder, io.BytesIO(msg(self.n, self.n % 7 * 300)), flags=list(flags),
+                        keywords=list(keywords), internaldate=1_600_000_000 + self.n * 60)
+
+    def copy(self, user, folder, uid, dest, move=False):
+        """IMAP COPY/MOVE as a server does it: a hard link into the other folder, the same
+        GUID, the same INTERNALDATE, stored now."""
+        s = self.store
+        m = s.message(user, folder, uid)
+        if not s.exists(user, dest):
+            s.create_folder(user, dest, subscribed=True)
+        got = s.append(user, dest, None, link_from=m.path, flags=m.flags, keywords=m.keywords,
+                       internaldate=m.internaldate, guid=m.guid)
+        if move:
+            s.expunge(user, folder, [uid])
+        return got
+
+    def rename(self, user, old, new):
+        """A folder RENAME: same UIDVALIDITY and UIDs under another name."""
+        s = self.store
+        info = s.folder(user, old)
+        s.create_folder(user, new, uidvalidity=info.uidvalidity, subscribed=info.subscribed)
+        for m in s.messages(user, old):
+            s.append(user, new, None, uid=m.uid, link_from=m.path, flags=m.flags, keywords=m.keywords,
+                     internaldate=m.internaldate, stored=m.stored, guid=m.guid)
+        s.set_folder(user, new, uidnext=info.uidnext)
+        s.delete_folder(user, old)
+
+    def backup(self, name=None, base=True):
+        name = name or f"b{len(self.archives)}.ims"
+        a = self.tmp / name
+        args = ["--base", f"{self.archives[-1]}.state"] if base and self.archives else []
+        time.sleep(0.01)
+        run(self.home, "imsbackup", "-f", a, *args, "/", check=0)
+        self.archives.append(a)
+        self.states.append(view(self.store))
+        return a
+
+
+def dest_home(tmp_path, driver, name="dst"):
+    home = tmp_path / name
+    make_home(home, driver)
+    return home
+
+
+def dest_store(home):
+    return open_store(Config(home=str(home)))
+
+
+def chain(home, archives, check=0, extra=()):
+    return run(home, "imsrestore", "-v", *extra, *sum((["-f", a] for a in archives), []), check=check)
+
+
+# -- the issue's scenario ----------------------------------------------------------------
+
+def test_move_and_rename_between_backups_survive_the_chain(tmp_path, driver):
+    w = World(tmp_path, driver)
+    precious = w.new()
+    w.store.create_folder("alice", "Archive", subscribed=True)
+    w.new(folder="Projects")
+    w.backup()
+    w.copy("alice", "INBOX", precious.uid, "Archive", move=True)
+    w.rename("alice", "Projects", "Projects-2026")
+    incr = w.backup()
+    hdr = run(w.home, "imsrestore", "-h", "-f", incr, check=0, text=True).stdout
+    assert f"base: {json.loads(open(f'{w.archives[0]}.state').read())['archive_id']}" in hdr
+    # carried: precious (new in Archive), Projects-2026 whole; nothing else
+    toc = run(w.home, "imsrestore", "-t", "-f", incr, check=0, text=True).stdout
+    assert len(_carried(w.home, incr)) == 2, toc
+    for how in ("one command", "one at a time"):
+        home = dest_home(tmp_path, driver, how.replace(" ", "-"))
+        if how == "one command":
+            chain(home, w.archives)
+        else:
+            run(home, "imsrestore", "-H", "-f", w.archives[0], check=0)
+            run(home, "imsrestore", "-f", w.archives[1], check=0)
+        got = view(dest_store(home))
+        assert got == w.states[-1], how
+        assert ("alice", "Projects") not in got
+
+
+# -- each change between backups, then the chain into an empty store ------------------
+
+def _scenario(w: World, kind: str):
+    s = w.store
+    a = w.new(flags=["\\Seen"])
+    b = w.new(keywords=["$Label1"])
+    w.new(folder="Work")
+    w.new(folder="Old")
+    w.backup()
+    if kind == "copy":
+        w.copy("alice", "INBOX", a.uid, "Work")
+    elif kind == "delete":
+        s.delete_folder("alice", "Old")
+    elif kind == "expunge":
+        s.expunge("alice", "INBOX", [b.uid])
+    elif kind == "flags":
+        s.set_flags("alice", "INBOX", a.uid, ["\\Answered"], ["Important"])
+        s.set_folder("alice", "Work", subscribed=False)
+    elif kind == "recreate":
+        # deleted and made again between the backups: another UIDVALIDITY, UIDs from 1
+        s.delete_folder("alice", "Old")
+        w.new(folder="Old")
+        w.new(folder="Old", flags=["\\Flagged"])
+        assert s.folder("alice", "Old").uidvalidity != w.states[0][("alice", "Old")][0]
+    elif kind == "rerestore":
+        # last month's INBOX restored beside it with imsrestore -n between the backups
+        run(w.home, "imsrestore", "-n", "-f", w.archives[0], "/primary/alice/INBOX", check=0)
+    w.new()
+    w.backup()
+    s.expunge("alice", "INBOX", [a.uid]) if kind == "expunge" else w.new(folder="Work")
+    w.backup()
+
+
+@pytest.mark.parametrize("kind", ["copy", "delete", "recreate", "expunge", "flags", "rerestore"])
+def test_each_change_is_in_the_chain(tmp_path, driver, kind):
+    w = World(tmp_path, driver)
+    _scenario(w, kind)
+    for i in range(1, len(w.archives) + 1):      # every point in time
+        home = dest_home(tmp_path, driver, f"d{i}")
+        chain(home, w.archives[:i])
+        assert view(dest_store(home)) == w.states[i - 1], (kind, i)
+    if kind == "rerestore":
+        assert any(k[1].startswith("INBOX-") for k in w.states[-1] if len(k) == 2)
+
+
+def test_chain_rerun_three_times_is_idempotent(tmp_path, driver):
+    w = World(tmp_path, driver)
+    _scenario(w, "expunge")
+    home = dest_home(tmp_path, driver)
+    views = []
+    for _ in range(3):
+        for a in w.archives:                     # one at a time: each exits 0
+            run(home, "imsrestore", "-f", a, check=0)
+        views.append(view(dest_store(home)))
+        chain(home, w.archives)                  # and in one command
+        views.append(view(dest_store(home)))
+    assert all(v == w.states[-1] for v in views)
+
+
+def test_gaps_and_out_of_order_exit_7_before_anything_changes(tmp_path, driver):
+    w = World(tmp_path, driver)
+    _scenario(w, "copy")
+    home = dest_home(tmp_path, driver)
+    full, i1, i2 = w.archives
+    for bad in ([full, i2], [full, i2, i1], [i1, full], [full, full]):
+        p = chain(home, bad, check=EXIT_ORDER)
+        assert b"nothing was restored" in p.stderr
+        assert not dest_store(home).users("primary")
+    # one at a time: the gap is named for the folders it concerns
+    run(home, "imsrestore", "-f", full, check=0)
+    p = run(home, "imsrestore", "-f", i2, check=EXIT_ORDER)
+    assert b"restore the incremental(s) in between first" in p.stderr
+    chain(home, [i1, i2])
+    assert view(dest_store(home)) == w.states[-1]
+
+
+def test_an_incremental_alone_into_an_empty_store_names_its_base(tmp_path, driver):
+    w = World(tmp_path, driver)
+    _scenario(w, "copy")
+    home = dest_home(tmp_path, driver)
+    p = run(home, "imsrestore", "-f", w.archives[1], check=EXIT_ORDER)
+    assert b"base archive" in p.stderr
+
+
+# -- single archives into live folders: the classic merge -------------------------------
+
+def test_an_older_archive_merges_into_a_folder_that_moved_on(tmp_path, driver):
+    w = World(tmp_path, driver)
+    _scenario(w, "expunge")
+    home = dest_home(tmp_path, driver)
+    chain(home, w.archives)
+    d = dest_store(home)
+    # the user deletes a message and gets new mail after the chain's restore
+    inbox = d.messages("alice", "INBOX")
+    d.expunge("alice", "INBOX", [inbox[0].uid])
+    d.append("alice", "INBOX", io.BytesIO(b"Subject: new\r\n\r\nnew\r\n"))
+    before = view(d)
+    for a in (w.archives[0], w.archives[1]):     # last week's archive, then the one after
+        run(home, "imsrestore", "-f", a, check=0)
+    after = view(d)
+    # what was there stays as it was; what the archives had and the folder lacked is back
+    assert all(after.get(k) == v for k, v in before.items() if len(k) == 3)
+    digests = lambda v, folder: sorted(x[0] for k, x in v.items() if len(k) == 3 and k[1] == folder)  # noqa: E731
+    want = set(digests(w.states[0], "INBOX")) | set(digests(w.states[1], "INBOX")) | set(digests(before, "INBOX"))
+    assert set(digests(after, "INBOX")) == want
+    assert len(digests(after, "INBOX")) == len(want)          # nothing twice
+    again = view(d)
+    for a in (w.archives[0], w.archives[1]):
+        run(home, "imsrestore", "-f", a, check=0)
+    assert view(d) == again                                    # a second run adds nothing
+
+
+# -- a randomized generator of changes between backups ----------------------------------
+
+FOLDERS = ["INBOX", "Work", "Lists/A", "Trash"]
+
+
+def _random_ops(w: World, rnd: random.Random, n: int):
+    s = w.store
+    for _ in range(n):
+        folders = [f.name for f in s.folders("alice")]
+        msgs = [(f, m.uid) for f in folders for m in s.messages("alice", f)]
+        op = rnd.choice(["new", "new", "copy", "move", "expunge", "flags", "rename", "delete", "create"])
+        if op == "new" or not msgs:
+            w.new(folder=rnd.choice(folders), flags=rnd.choice([[], ["\\Seen"]]))
+        elif op in ("copy", "move"):
+            f, uid = rnd.choice(msgs)
+            dest = rnd.choice([x for x in folders if x != f] or ["Work"])
+            w.copy("alice", f, uid, dest, move=op == "move")
+        elif op == "expunge":
+            f, uid = rnd.choice(msgs)
+            s.expunge("alice", f, [uid])
+        elif op == "flags":
+            f, uid = rnd.choice(msgs)
+            s.set_flags("alice", f, uid, rnd.choice([[], ["\\Seen"], ["\\Flagged", "\\Seen"]]),
+                        rnd.choice([[], ["$Label1"], ["Important", "$Label2"]]))
+        elif op == "rename":
+            movable = [x for x in folders if x != "INBOX"]
+            if movable:
+                old = rnd.choice(movable)
+                new = f"{old.split('/')[-1]}-{rnd.randrange(1000)}"
+                if not s.exists("alice", new):
+                    w.rename("alice", old, new)
+        elif op == "delete":
+            movable = [x for x in folders if x != "INBOX"]
+            if movable:
+                s.delete_folder("alice", rnd.choice(movable))
+        elif op == "create":
+            name = rnd.choice(FOLDERS[1:]) + ("" if rnd.random() < 0.5 else f"-{rnd.randrange(99)}")
+            if not s.exists("alice", name):
+                s.create_folder("alice", name, subscribed=rnd.random() < 0.7)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_changes_between_backups(tmp_path, driver, seed):
+    rnd = random.Random(seed)
+    w = World(tmp_path, driver)
+    for f in FOLDERS:
+        for _ in range(3):
+            w.new(folder=f)
+    w.backup()
+    for _ in range(3):
+        _random_ops(w, rnd, 12)
+        w.backup()
+    home = dest_home(tmp_path, driver)
+    chain(home, w.archives)
+    assert view(dest_store(home)) == w.states[-1], seed
+    chain(home, w.archives)                      # a rerun changes nothing
+    assert view(dest_store(home)) == w.states[-1], seed
+    # one at a time into another empty store, with the restore of the middle archive
+    # repeated: the same end
+    home2 = dest_home(tmp_path, driver, "dst2")
+    for i, a in enumerate(w.archives):
+        run(home2, "imsrestore", "-f", a, check=0)
+        if i == 1:
+            run(home2, "imsrestore", "-f", a, check=0)
+    assert view(dest_store(home2)) == w.states[-1], seed
+
+
+# -- the base: a state file or the archive itself ---------------------------------------
+
+def _carried(home, archive) -> list:
+    toc = run(home, "imsrestore", "-t", "-f", archive, check=0, text=True).stdout
+    return sorted(line.split("\t")[0] for line in toc.splitlines() if "\t" in line and "uidvalidity=" not in line)
+
+
+def test_the_base_may_be_the_archive_or_its_state_file(tmp_path, driver):
+    w = World(tmp_path, driver)
+    m = w.new()
+    w.new(folder="Work")
+    full = w.backup()
+    w.copy("alice", "INBOX", m.uid, "Work")
+    w.store.set_flags("alice", "INBOX", m.uid, ["\\Seen"])
+    by_state, by_archive = tmp_path / "s.ims", tmp_path / "a.ims"
+    run(w.home, "imsbackup", "-f", by_state, "--base", f"{full}.state", "/", check=0)
+    run(w.home, "imsbackup", "-f", by_archive, "--base", full, "--state-out", tmp_path / "x.state", "/", check=0)
+    assert _carried(w.home, by_state) == _carried(w.home, by_archive) == ["/primary/alice/Work/2"]
+    assert os.path.exists(tmp_path / "x.state") and not os.path.exists(f"{by_archive}.state")
+    state = json.loads((tmp_path / "x.state").read_text())
+    full_id = json.loads(open(f"{full}.state").read())["archive_id"]
+    assert state["format"] == "ims-asm-state" and state["chain"] == [full_id]
+    assert {(f["folder"], f["uids"]) for f in state["folders"]} == {("INBOX", "1"), ("Work", "1:2")}
+
+
+@pytest.mark.parametrize("what", ["missing", "garbage", "json"])
+def test_a_bad_base_is_one_line_and_writes_nothing(tmp_path, driver, what):
+    w = World(tmp_path, driver)
+    w.new()
+    base = tmp_path / "base"
+    if what == "garbage":
+        base.write_bytes(b"\0" * 2048)
+    elif what == "json":
+        base.write_text('{"format": "ims-asm-state", "folders": 3}')
+    out = tmp_path / "i.ims"
+    p = run(w.home, "imsbackup", "-f", out, "--base", base, "/", check=2)
+    assert len(p.stderr.splitlines()) == 1 and str(base).encode() in p.stderr, p.stderr
+    assert not out.exists()
+
+
+def test_a_message_the_base_failed_to_save_is_carried_next_time(tmp_path, driver):
+    w = World(tmp_path, driver)
+    w.new()
+    bad = w.new()
+    os.unlink(bad.path)
+    os.mkfifo(bad.path)                      # never a message: named in the trailer, exit 1
+    full = tmp_path / "full.ims"
+    run(w.home, "imsbackup", "-f", full, "/", check=1)
+    os.unlink(bad.path)
+    with open(bad.path, "wb") as f:
+        f.write(msg(99))
+    for base in (f"{full}.state", full):
+        incr = tmp_path / "incr.ims"
+        run(w.home, "imsbackup", "-f", incr, "--base", base, "/", check=0)
+        assert _carried(w.home, incr) == [f"/primary/alice/INBOX/{bad.uid}"], base
+
+
+def test_imsdr_chain_follows_the_base_ids(tmp_path, driver):
+    """imsdr chain (disaster recovery) orders incrementals by base, and names a missing one."""
+    w = World(tmp_path, driver)
+    _scenario(w, "copy")
+    d = tmp_path / "archives"
+    d.mkdir()
+    for a in w.archives:
+        os.link(a, d / a.name)
+    p = run(w.home, "imsdr", "chain", d, check=0, text=True)
+    assert p.stdout.split() == [str(d / a.name) for a in w.archives]
+    os.unlink(d / w.archives[1].name)
+    p = run(w.home, "imsdr", "chain", d, check=1, text=True)
+    assert p.stdout.split() == [str(d / w.archives[0].name)]
+    assert "is an incremental of archive" in p.stderr
