@@ -123,6 +123,12 @@ def _bool(v: str) -> str:
     raise ValueError("must be yes or no")
 
 
+def _url(v: str) -> str:
+    if not re.match(r"https?://[^/\s]+", v) or any(c.isspace() for c in v):
+        raise ValueError("must be an http:// or https:// URL without spaces")
+    return v
+
+
 def _any(v: str) -> str:
     if "\n" in v:
         raise ValueError("may not contain a newline")
@@ -174,6 +180,13 @@ OPTIONS: dict[str, Option] = {
     "staging.afterbatch": Option(_any, None,
                                  "shell command saving a staged batch when the area cannot hold every group"),
     "staging.remote": Option(_any, None, "[user@]host[:port]:dir to push completed dumps to"),
+    "report.textfile": Option(_abspath, None,
+                              "directory of node-exporter's textfile collector: each imsbackup, imsrestore "
+                              "and imsverify run writes its metrics there (docs/operations.md)"),
+    "report.healthcheck": Option(_url, None,
+                                 "URL pinged at the start (URL/start), success (URL) and failure (URL/fail) "
+                                 "of each run, healthchecks.io style"),
+    "report.timeout": Option(_int(1, 300), "10", "seconds a healthcheck ping may take"),
 }
 
 PARTITION_RE = re.compile(r"^partition:([A-Za-z0-9_][A-Za-z0-9_.-]*)\.path$")
