@@ -185,7 +185,7 @@ OPTIONS: dict[str, Option] = {
                               "and imsverify run writes its metrics there (docs/operations.md)"),
     "report.healthcheck": Option(_url, None,
                                  "URL pinged at the start (URL/start), success (URL) and failure (URL/fail) "
-                                 "of each run, healthchecks.io style"),
+                                 "of each backup, healthchecks.io style"),
     "report.timeout": Option(_int(1, 300), "10", "seconds a healthcheck ping may take"),
 }
 

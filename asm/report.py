@@ -8,8 +8,9 @@
   ``ims_<kind>_last_success_timestamp_seconds``, messages, bytes, errors, duration,
   the last status and run time, labelled with partition and group (a failed run
   keeps the previous success time);
-* ``report.healthcheck`` (msconfig): a URL pinged at the start (``URL/start``), on
-  success (``URL``) and on failure (``URL/fail``), healthchecks.io style, each with
+* ``report.healthcheck`` (msconfig): a URL pinged by backups (imsbackup, imsstage,
+  imsasm; imsverify takes its own with ``--healthcheck``) at the start (``URL/start``),
+  on success (``URL``) and on failure (``URL/fail``), healthchecks.io style, each with
   ``report.timeout`` seconds at most; a ping that fails is a warning, never the run's
   failure.
 
@@ -163,27 +164,45 @@ class RunReport:
         self.path = path
         self.textdir = self.url = None
         self.timeout = 10.0
-        if config is not None:
-            try:
-                self.textdir = config.get("report.textfile")
-                self.url = config.get("report.healthcheck")
-                self.timeout = float(config.get("report.timeout") or 10)
-            except Exception:  # noqa: BLE001 - an installation without these options
-                pass
+        self.labels: tuple[str, str] | None = None
         self.started = time.time()
         self._t0 = time.monotonic()
         self.fields = dict(fields)
         self.warnings: list[str] = []
         self.doc: dict | None = None
+        self.begun = False
+        if config is not None:
+            self.configure(config)
+
+    def configure(self, config) -> None:
+        """Take report.textfile, report.healthcheck and report.timeout from ``config``."""
+        try:
+            self.textdir = config.get("report.textfile")
+            if self.kind == "backup":     # a restore or verify run has its own check (--healthcheck)
+                self.url = self.url or config.get("report.healthcheck")
+            self.timeout = float(config.get("report.timeout") or 10)
+        except Exception:  # noqa: BLE001 - a configuration without these options
+            pass
 
     @classmethod
     def start(cls, command: str, path: str | None, config=None, **fields) -> "RunReport":
         r = cls(command, path, config, **fields)
-        if r.url:
-            why = ping(r.url.rstrip("/") + "/start", r.timeout)
-            if why:
-                r.warnings.append(f"healthcheck {r.url}/start not reached ({why}); the run goes on")
+        r.begin()
         return r
+
+    def begin(self, config=None, **fields) -> None:
+        """The run starts (its installation is open): ping URL/start."""
+        if config is not None:
+            self.configure(config)
+        self.fields.update(fields)
+        self.begun = True
+        if self.url:
+            why = ping(self.url.rstrip("/") + "/start", self.timeout)
+            if why:
+                self.warnings.append(f"healthcheck {self.url.rstrip('/')}/start not reached ({why}); the run goes on")
+
+    def update(self, **fields) -> None:
+        self.fields.update(fields)
 
     @property
     def active(self) -> bool:
@@ -208,14 +227,38 @@ class RunReport:
             except OSError as exc:
                 self.warnings.append(f"cannot write the report {self.path}: {exc.strerror or exc}")
         if self.textdir:
-            part, group = labels or labels_of(doc.get("selection"))
+            part, group = labels or self.labels or labels_of(doc.get("selection"))
             try:
                 textfile(self.textdir, self.kind, part, group, doc)
             except OSError as exc:
                 self.warnings.append(f"cannot write the metrics file in {self.textdir}: {exc.strerror or exc}")
-        if self.url:
+        if self.url and self.begun:
             url = self.url.rstrip("/") + ("" if status == 0 else "/fail")
-            why = ping(url, self.timeout, summary or f"{self.command} exit {status}")
+            why = ping(url, self.timeout, doc.get("summary") or f"{self.command} exit {status}")
             if why:
                 self.warnings.append(f"healthcheck {url} not reached ({why})")
         return doc
+
+
+def run_reported(command: str, path: str | None, body, warn) -> int:
+    """Run ``body(report)`` -> exit status, and report it whatever happens: the JSON
+    file, the textfile and the healthcheck get the status (an exception's, from
+    :func:`asm.errors.status_of`, which is then raised on for the command to say);
+    ``warn(line)`` says what could not be reported."""
+    from asm.errors import status_of
+    rep = RunReport(command, path)
+    try:
+        status = body(rep)
+    except BaseException as exc:
+        if rep.active:
+            errs = list(rep.fields.get("errors") or [])
+            errs.append({"mailbox": "", "error": str(exc) or type(exc).__name__})
+            rep.finish(status_of(exc), errors=errs)
+            for w in rep.warnings:
+                warn(w)
+        raise
+    if rep.active:
+        rep.finish(status)
+        for w in rep.warnings:
+            warn(w)
+    return status

@@ -40,6 +40,8 @@ def build_parser() -> ArgParser:
     p.add_argument("--snapshot", action="append", metavar="SNAP=LIVE",
                    help="read the store from a filesystem snapshot: what lives under the directory LIVE is "
                         "read under the snapshot mount SNAP (repeat for each filesystem; docs/disaster-recovery.md)")
+    p.add_argument("--report", metavar="FILE",
+                   help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
     p.add_argument("names", nargs="*", metavar="name",
                    help="logical paths: /, /primary, /primary/groupA, /primary/user/joe, /primary/joe/INBOX")
     return p
@@ -51,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    from asm.report import run_reported
+    return run_reported(PROG, args.report, lambda rep: _backup(args, rep), lambda w: warn(PROG, w))
+
+
+def _backup(args, rep) -> int:
     since = parse_date(args.date) if args.date else None
     names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
     inst = open_installation(snapshot=args.snapshot)
@@ -62,6 +69,10 @@ def _main(argv: list[str] | None) -> int:
     opts = BackupOptions(since=since, ignore_links=args.ignore_links,
                          exclude=inst.config.backup_exclude(), verbose=args.verbose,
                          snapshot=inst.config.describe() if args.snapshot else None)
+    from asm.report import labels_of
+    rep.labels = labels_of(paths)
+    rep.begin(inst.config, selection=[str(p) for p in paths], device=args.device, since=since,
+              chain_base={"since": since} if since is not None else None)
     device = open_device(args.device, "wb", args.bf, inst.config)
 
     progress = Progress()
@@ -108,6 +119,11 @@ def _main(argv: list[str] | None) -> int:
                          device_status(exc))
     if status is not None:
         return status
+    rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,
+                       "bytes": res.bytes},
+               errors=res.errors, vanished=res.vanished, excluded=res.excluded,
+               archive_id=(res.trailer or {}).get("archive_id"), digest=(res.trailer or {}).get("digest"),
+               backup_seconds=round(res.seconds, 3))
     progress.clear()
     for e in res.errors:
         warn(PROG, f"could not back up {e['mailbox']}: {e['error']}")

@@ -51,6 +51,8 @@ def build_parser() -> ArgParser:
     p.add_argument("-H", "--hold", dest="hold", action="store_true",
                    help="leave deliveries held at the end (more archives of a chain follow)")
     p.add_argument("-v", dest="verbose", action="store_true", help="report each mailbox and a summary")
+    p.add_argument("--report", metavar="FILE",
+                   help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
     p.add_argument("paths", nargs="*", metavar="path",
                    help="what to restore: /, /primary/groupA, /primary/user/joe, /primary/joe/INBOX")
     return p
@@ -161,12 +163,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    from asm.report import run_reported
+    return run_reported(PROG, args.report, lambda rep: _restore(args, rep), lambda w: warn(PROG, w))
+
+
+def _restore(args, rep) -> int:
     inst = open_installation(create=not (args.toc or args.header))
     paths = [parse(p, inst.groups) for p in args.paths]
     user_map = read_map(args.mapfile) if args.mapfile else {}
     refdoc = read_reffile(args.reffile) if args.reffile else None
     if args.device == "-" and sys.stdin.isatty():
         raise UsageError("refusing to read an archive from a terminal: pipe one in or name a file with -f")
+    if not (args.toc or args.header):
+        from asm.report import labels_of
+        rep.labels = labels_of(paths)
+        rep.begin(inst.config, selection=[str(p) for p in paths] or ["/"], device=args.device)
     device = open_device(args.device, "rb", args.bf, inst.config)
 
     progress = Progress()
@@ -222,6 +233,14 @@ def _main(argv: list[str] | None) -> int:
             progress.clear()
             return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
     progress.clear()
+    rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,
+                       "bytes": res.bytes, "duplicates": res.duplicates, "renumbered": res.renumbered,
+                       "expunged": res.expunged},
+               errors=res.errors, archive_id=reader.header.get("archive_id"),
+               digest=(reader.trailer or {}).get("digest"),
+               chain_base={"since": reader.header.get("since")} if reader.header.get("since") is not None else None,
+               hostile=res.hostile, corrupt=res.corrupt, incomplete=res.incomplete,
+               restore_seconds=round(res.seconds, 3))
     for e in res.errors:
         if e.get("status") != EXIT_NOSPACE:        # a full disk is said once, below
             warn(PROG, f"{e['mailbox']}: {e['error']}")

@@ -37,6 +37,8 @@ def build_parser() -> ArgParser:
     p.add_argument("--scratch", metavar="DIR", help="where the scratch installation is made (default $TMPDIR)")
     p.add_argument("--keep-scratch", action="store_true", help="leave the scratch installation (its path is printed)")
     p.add_argument("--report", metavar="FILE", help="write a JSON report of the run to FILE")
+    p.add_argument("--healthcheck", metavar="URL",
+                   help="ping URL/start, then URL (every check passed) or URL/fail; never changes the status")
     p.add_argument("-v", dest="verbose", action="store_true", help="name every problem and each archive")
     return p
 
@@ -71,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    from asm.report import run_reported
+    return run_reported(PROG, args.report, lambda rep: _verify(args, rep), lambda w: warn(PROG, w))
+
+
+def _verify(args, report) -> int:
     if args.devices.count("-") > 1:
         raise UsageError("stdin (-f -) can be read once: give the other archives as files")
     if "-" in args.devices and sys.stdin.isatty():
@@ -88,11 +95,13 @@ def _main(argv: list[str] | None) -> int:
         from asm.cli.context import open_installation
         inst = open_installation()
         cfg = inst.config
-    from asm.report import RunReport
-    report = RunReport.start(PROG, args.report, cfg, devices=devices)
-    for w in report.warnings:
-        warn(PROG, w)
-    report.warnings.clear()
+    if args.healthcheck:
+        from asm.config import _url
+        try:
+            report.url = _url(args.healthcheck)
+        except ValueError as exc:
+            raise UsageError(f"--healthcheck {args.healthcheck!r}: {exc}") from None
+    report.begin(cfg, devices=devices)
 
     progress = Progress(enabled=None)
     t0 = time.monotonic()
@@ -187,16 +196,13 @@ def _main(argv: list[str] | None) -> int:
         print(f"{PROG}: {line}")
     else:
         warn(PROG, line + ("" if args.verbose else " (-v names each problem)"))
-    if report.active:
-        scopes = sorted({s for c in checks if c.readable for s in (c.header.get("scope") or ["/"])})
-        report.finish(status, summary=line, selection=scopes, counts=_totals(checks),
-                      errors=[p.text for p in problems], chains=len(views),
-                      archives=[_archive_info(c) for c in checks],
-                      chain_base=[_archive_info(v.archives[0])["archive_id"] for v in views if v.archives],
-                      restore_test=({"messages_compared": tested} if args.restore_test else None),
-                      against_store=({"messages_compared": compared, **changes} if args.against_store else None))
-        for w in report.warnings:
-            warn(PROG, w)
+    scopes = sorted({s for c in checks if c.readable for s in (c.header.get("scope") or ["/"])})
+    report.update(summary=line, selection=scopes, counts=_totals(checks),
+                  errors=[p.text for p in problems], chains=len(views),
+                  archives=[_archive_info(c) for c in checks],
+                  chain_base=[v.archives[0].archive_id for v in views if v.archives],
+                  restore_test=({"messages_compared": tested} if args.restore_test else None),
+                  against_store=({"messages_compared": compared, **changes} if args.against_store else None))
     return status
 
 
@@ -207,7 +213,8 @@ def _describe(c) -> str:
     n = c.counts
     return (f"{kind} archive {c.archive_id} of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c.created))}, "
             f"{n['users']} users, {n['folders']} folders, {n['messages']} messages, {n['links']} links, "
-            f"{human(n['bytes'])}: " + ("intact" if c.intact else f"{len(c.problems)} problems"))
+            f"{human(n['bytes'])}: " + ("intact" if c.intact else
+                                        f"{len(c.problems)} problem{'s' if len(c.problems) != 1 else ''}"))
 
 
 def _totals(checks) -> dict:
