@@ -150,13 +150,23 @@ def _verify(args, report) -> int:
         views.append(v)
         problems.extend(v.problems)
 
+    if args.restore_test or args.against_store:
+        for v in views:
+            if v.base_missing:
+                what = "--restore-test" if args.restore_test else "--against-store"
+                problems.append(Problem(EXIT_ORDER, f"{what} needs the whole chain: {v.base_missing} is an "
+                                                    "incremental; give its full archive (and the incrementals "
+                                                    "between) too"))
+        views_to_use = [v for v in views if not v.base_missing]
+    else:
+        views_to_use = views
     tested = compared = 0
     changes = {}
     intact = not any(p.status in (EXIT_HOSTILE, EXIT_INCOMPLETE) for p in problems)
-    if args.restore_test and views:
+    if args.restore_test and views_to_use:
         from asm.verify.scratch import restore_test
         driver = (cfg.driver if cfg is not None else None)
-        for v in views:
+        for v in views_to_use:
             drv = driver or (v.archives[-1].header.get("driver") if v.archives[-1].header.get("driver")
                              in ("classic", "maildir") else "classic")
 
@@ -172,11 +182,11 @@ def _verify(args, report) -> int:
                 tested += rt.comparison.compared
             if args.keep_scratch:
                 warn(PROG, f"the scratch installation is kept: IMS_HOME={rt.home}")
-    if args.against_store and views:
+    if args.against_store and views_to_use:
         from asm.backup import select
         from asm.logical import parse
         from asm.verify.compare import compare_live
-        for v in views:
+        for v in views_to_use:
             paths = [parse(p, inst.groups) for p in v.scope]
             targets = select(inst.store, inst.groups, paths, allow_empty=True)
             exclude = (v.archives[-1].header.get("options") or {}).get("exclude") or []
@@ -237,6 +247,9 @@ def _summary(checks, views, problems, status, tested, live, seconds) -> str:
          + (f" ({len(views)} chain{'s' if len(views) != 1 else ''})" if t["archives"] > 1 else "")
          + f", {t['users']} users, {t['folders']} folders, {t['messages']} messages, {t['links']} links, "
          f"{human(t['bytes'])} in {seconds:.1f}s")
+    partial = [v.base_missing for v in views if v.base_missing]
+    if partial:
+        s += f"; {len(partial)} chain{'s' if len(partial) > 1 else ''} without {'their' if len(partial) > 1 else 'its'} full archive (what came before not checked)"
     if tested is not None:
         s += f"; restore test: {tested} messages compared"
     if live is not None:

@@ -21,6 +21,7 @@ class ChainView:
     users: dict = field(default_factory=dict)
     archives: list = field(default_factory=list)     # ArchiveChecks, oldest first
     problems: list = field(default_factory=list)
+    base_missing: str | None = None                  # the first archive is an incremental
 
     @property
     def created(self) -> float:
@@ -54,8 +55,10 @@ def build(checks: list[ArchiveCheck]) -> ChainView:
 
     first = arcs[0]
     if first.since is not None:
-        problem(f"{first.device} is an incremental (mail stored since {_when(first.since)}) but no full "
-                "archive comes before it: give the full archive of this chain too")
+        # an incremental checked on its own (or incrementals without their full archive): the
+        # archives are checked, and the continuity between them, but what came before the first
+        # one cannot be; the summary says so
+        view.base_missing = first.device
     seen_ids = set()
     prev = None
     for a in arcs:
@@ -75,12 +78,12 @@ def build(checks: list[ArchiveCheck]) -> ChainView:
                     problem(f"{a.device} holds mail stored since {_when(a.since)}, but the archive before "
                             f"it ({prev.device}) was taken at {_when(prev.created)}: mail stored in between "
                             "is in no archive of this chain")
-        _apply(view, a, problem)
+        _apply(view, a, problem, base=prev is None)
         prev = a
     return view
 
 
-def _apply(view: ChainView, a: ArchiveCheck, problem) -> None:
+def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False) -> None:
     """Lay archive ``a`` over the view: its folders replace theirs; an incremental's
     listed-but-not-carried messages come from the view, with the flags it recorded."""
     incremental = a.since is not None
@@ -88,7 +91,7 @@ def _apply(view: ChainView, a: ArchiveCheck, problem) -> None:
     for key, f in a.folders.items():
         g = FolderRec(f.partition, f.user, f.name, f.uidvalidity, f.uidnext, f.subscribed, f.uids, f.state,
                       dict(f.messages), f.created)
-        if incremental:
+        if incremental and not base:
             old = view.folders.get(key)
             if old is not None and old.uidvalidity == f.uidvalidity:
                 # the earlier archives' messages this one lists without carrying them (bounded by
