@@ -121,6 +121,10 @@ def test_fuzz_imsverify_catches_every_damage(corpus, tmp_path):
         seen.setdefault(m.cls, {}).setdefault(status, 0)
         seen[m.cls][status] += 1
         want = m.listing if m.listing is not None else m.statuses
+        if m.cls == "truncate" and len(m.data) < 512 and want is not None:
+            # less than one block: nothing says yet that it was an ims-asm archive; the reader
+            # calls it "not an archive" (8), as imsrestore -t does
+            want = set(want) | {8}
         why = None
         if status == 70 or "Traceback" in text or "internal error" in text:
             why = f"traceback / internal error: {text[-300:]}"
@@ -134,20 +138,29 @@ def test_fuzz_imsverify_catches_every_damage(corpus, tmp_path):
     assert not bad, f"IMS_FUZZ_SEED={SEED} driver={corpus.driver}:\n" + "\n".join(bad[:15])
 
 
-def test_truncated_at_every_record_boundary_and_flipped_everywhere(corpus, tmp_path):
-    """Systematic offsets, not only random ones: the full archive cut at each 512-byte
-    block up to its end, and one bit flipped in each block: never exit 0."""
+def test_cut_and_flipped_at_every_member_boundary_and_many_blocks(corpus, tmp_path):
+    """Systematic offsets, not only random ones: the full archive cut, and one bit flipped,
+    at the start of every member, of its records, of its ustar block and of its data, and
+    at 300 more blocks, and at a byte inside each (seeded): never exit 0, never a
+    traceback.  (A cut in the zeros after the trailer's JSON is an intact copy: format.md
+    §2.7.)"""
     data = corpus.archives["full"]
-    end = data.rindex(spec.ZERO_BLOCK * 2) if spec.ZERO_BLOCK * 2 in data else len(data)
+    parts, _ = af.layout(data)
+    end = parts[-1].data_at + len(parts[-1].data)      # the trailer's last byte of JSON
+    rng = random.Random(SEED)
+    offsets = {o for p in parts for o in (p.start, p.rec_at, p.ustar_at, p.data_at) if o < end}
+    offsets |= set(rng.sample(range(0, end, 512), min(300, end // 512)))
+    offsets |= {min(end - 1, o + rng.randrange(512)) for o in list(offsets)}
     path = tmp_path / "cut.ims"
     bad = []
-    for at in range(0, end, 512):
-        for kind, mutated in (("cut", data[:at]), ("flip", data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:])):
+    for at in sorted(offsets):
+        for kind, mutated in (("cut", data[:at]), ("flip", data[:at] + bytes([data[at] ^ (1 << rng.randrange(8))])
+                                                    + data[at + 1:])):
             path.write_bytes(mutated)
             status, text = verify_inprocess(["-f", str(path)])
-            if status == EXIT_OK or status == 70:
+            if status in (EXIT_OK, 70) or "Traceback" in text:
                 bad.append(f"{kind} at {at}: exit {status}")
-    assert not bad, bad[:10]
+    assert not bad, f"IMS_FUZZ_SEED={SEED}: {bad[:10]}"
 
 
 # ------------------------------------------------------------------------------ chains
