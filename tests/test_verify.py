@@ -241,6 +241,14 @@ def test_chain_passes_whole_and_fails_broken(tmp_path, driver):
     change_mail(store, ["joe"])
     p = run(home, "imsverify", "-f", full, "-f", incr, "--against-store", text=True, check=EXIT_OK)
     assert "since the backup" in p.stdout and " 0 new" not in p.stdout
+    # next week's full archive starts the chain over: the restore test takes it alone (the
+    # mail expunged since the first week must not come back)
+    full2 = tmp_path / "full2.ims"
+    run(home, "imsbackup", "-f", full2, "/", check=EXIT_OK)
+    p = run(home, "imsverify", "-f", full, "-f", incr, "-f", gap, "-f", full2, "--restore-test", "--against-store",
+            text=True)
+    assert p.returncode == EXIT_ORDER and "4 archives (1 chain)" in p.stderr    # the gap is still one
+    run(home, "imsverify", "-f", full, "-f", incr, "-f", full2, "--restore-test", "--against-store", check=EXIT_OK)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

@@ -22,6 +22,7 @@ class ChainView:
     archives: list = field(default_factory=list)     # ArchiveChecks, oldest first
     problems: list = field(default_factory=list)
     base_missing: str | None = None                  # the first archive is an incremental
+    chain: list = field(default_factory=list)        # what a restore takes: the last full and what follows
 
     @property
     def created(self) -> float:
@@ -70,6 +71,7 @@ def build(checks: list[ArchiveCheck]) -> ChainView:
             if a.since is None:
                 # a later full archive starts the chain over
                 view.folders, view.users = {}, {}
+                view.chain = []
             else:
                 if list(a.header.get("scope") or ["/"]) != list(prev.header.get("scope") or ["/"]):
                     problem(f"{a.device} covers {a.header.get('scope')} but the archive before it "
@@ -79,6 +81,7 @@ def build(checks: list[ArchiveCheck]) -> ChainView:
                             f"it ({prev.device}) was taken at {_when(prev.created)}: mail stored in between "
                             "is in no archive of this chain")
         _apply(view, a, problem, base=prev is None)
+        view.chain.append(a)
         prev = a
     return view
 

@@ -50,7 +50,7 @@ def scratch_home(parent: str | None, driver: str, partitions: set) -> str:
 
 def restore_test(view: ChainView, open_raw, driver: str, parent: str | None = None, keep: bool = False,
                  report=None) -> RestoreTest:
-    """Restore the chain's archives (``open_raw(check)`` opens one again for reading, as
+    """Restore the chain's archives from its last full one (``open_raw(check)`` opens one again for reading, as
     a context manager yielding a binary stream) oldest first into a scratch installation
     with ``driver``, then compare it with ``view``.  The scratch installation is
     removed unless ``keep``."""
@@ -63,8 +63,8 @@ def restore_test(view: ChainView, open_raw, driver: str, parent: str | None = No
         store = open_store(cfg, create=True)
         groups = Groups()
         journal = Journal(os.path.join(home, "data", "restore-journal.db"))
-        for i, a in enumerate(view.archives):
-            last = i == len(view.archives) - 1
+        for i, a in enumerate(view.chain):
+            last = i == len(view.chain) - 1
             opts = RestoreOptions(continue_on_error=True, keep_held=not last,
                                   reffile=os.path.join(home, "data", f"refs-{i}.json"),
                                   spool_dir=os.path.join(home, "data", "spool"))
