@@ -458,3 +458,57 @@ def test_usage_errors_are_one_line(tmp_path):
     (tmp_path / "junk").write_bytes(b"hello")
     p = run(None, "imsverify", "-f", tmp_path / "junk", text=True, env={"IMS_HOME": None})
     assert p.returncode == 8, p.stderr
+
+
+def test_restore_test_over_imap_sees_what_a_client_sees(tmp_path):
+    """Maildir: the scratch store served by a private Dovecot; a change a client would see
+    (flags, an expunge) is named by the IMAP comparison."""
+    from tests.dovecot import require_dovecot
+    require_dovecot()
+    from asm.verify import build, check_archive
+    from asm.verify.scratch import restore_test
+    home, store, full, incr = _chain(tmp_path, "maildir")
+    with open(full, "rb") as f1, open(incr, "rb") as f2:
+        view = build([check_archive(f1, str(full)), check_archive(f2, str(incr))])
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def reopen(c):
+        with open(c.device, "rb") as f:
+            yield f
+    # a scratch parent the pytest directory (0700) would hide from the mail user: named, not a failure
+    rt = restore_test(view, reopen, "maildir", parent=str(tmp_path), keep=False)
+    assert "cannot reach" in rt.served and not rt.problems and not rt.comparison.problems
+    import shutil
+    import tempfile
+    parent = tempfile.mkdtemp(prefix="imsverify-test-", dir="/tmp")
+    os.chmod(parent, 0o755)
+    try:
+        _imap_checks(view, reopen, parent, home, full, incr)
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def _imap_checks(view, reopen, parent, home, full, incr):
+    from asm.verify import imap
+    from asm.verify.compare import Comparison
+    from asm.verify.scratch import _compare_served, mail_owner, restore_test
+    rt = restore_test(view, reopen, "maildir", parent=parent, keep=True)
+    assert imap.available() is None and rt.served == "dovecot", rt.served
+    assert not rt.problems and not rt.comparison.problems
+    scratch = open_store(Config(rt.home))
+    joe = scratch.messages("joe", "INBOX")
+    scratch.set_flags("joe", "INBOX", joe[0].uid, ["\\Answered"], ["$Other"])
+    scratch.expunge("joe", "INBOX", [joe[-1].uid])
+    rt.comparison = Comparison()
+    rt.served = ""
+    _compare_served(view, scratch, rt.home, mail_owner(None), rt)
+    texts = [p.text for p in rt.comparison.problems if "(IMAP)" in p.text]
+    assert rt.served == "dovecot"
+    assert any(f"UID {joe[0].uid} has flags" in t for t in texts), texts
+    assert any(f"does not serve UID {joe[-1].uid}" in t for t in texts), texts
+    p = run(home, "imsverify", "-f", full, "-f", incr, "--restore-test", "--scratch", parent, text=True,
+            check=EXIT_OK)
+    assert "(and over IMAP)" in p.stdout
+    assert [n for n in os.listdir(parent) if n != os.path.basename(rt.home)] == []     # removed

@@ -162,6 +162,7 @@ def _verify(args, report) -> int:
         views_to_use = views
     tested = compared = 0
     changes = {}
+    served: list = []
     intact = not any(p.status in (EXIT_HOSTILE, EXIT_INCOMPLETE) for p in problems)
     if args.restore_test and views_to_use:
         from asm.verify.scratch import restore_test
@@ -175,7 +176,9 @@ def _verify(args, report) -> int:
                 with open_device(c.device, "rb", args.bf, cfg) as d:
                     yield d.file
 
-            rt = restore_test(v, reopen, drv, parent=args.scratch, keep=args.keep_scratch)
+            rt = restore_test(v, reopen, drv, parent=args.scratch, keep=args.keep_scratch,
+                              live_owner=cfg.get("store.owner") if cfg is not None else None)
+            served.append(rt.served)
             problems.extend(rt.problems)
             if rt.comparison is not None:
                 problems.extend(rt.comparison.problems)
@@ -200,8 +203,12 @@ def _verify(args, report) -> int:
     if args.verbose:
         for p in problems:
             warn(PROG, p.text)
+    if args.verbose and args.restore_test:
+        for why in served:
+            if why and why != "dovecot":
+                warn(PROG, f"restore test: compared through the store only ({why})")
     line = _summary(checks, views, problems, status, tested if args.restore_test else None,
-                    (compared, changes) if args.against_store else None, time.monotonic() - t0)
+                    (compared, changes) if args.against_store else None, time.monotonic() - t0, served)
     if status == EXIT_OK:
         print(f"{PROG}: {line}")
     else:
@@ -211,7 +218,9 @@ def _verify(args, report) -> int:
                   errors=[p.text for p in problems], chains=len(views),
                   archives=[_archive_info(c) for c in checks],
                   chain_base=[v.archives[0].archive_id for v in views if v.archives],
-                  restore_test=({"messages_compared": tested} if args.restore_test else None),
+                  restore_test=({"messages_compared": tested, "imap": "dovecot" in served,
+                                 "not_over_imap": [w for w in served if w != "dovecot"]}
+                                if args.restore_test else None),
                   against_store=({"messages_compared": compared, **changes} if args.against_store else None))
     return status
 
@@ -241,7 +250,7 @@ def _archive_info(c) -> dict:
             "intact": c.intact, "counts": c.counts, "problems": len(c.problems)}
 
 
-def _summary(checks, views, problems, status, tested, live, seconds) -> str:
+def _summary(checks, views, problems, status, tested, live, seconds, served=()) -> str:
     t = _totals(checks)
     s = (f"{t['archives']} archive{'s' if t['archives'] != 1 else ''}"
          + (f" ({len(views)} chain{'s' if len(views) != 1 else ''})" if t["archives"] > 1 else "")
@@ -251,7 +260,7 @@ def _summary(checks, views, problems, status, tested, live, seconds) -> str:
     if partial:
         s += f"; {len(partial)} chain{'s' if len(partial) > 1 else ''} without {'their' if len(partial) > 1 else 'its'} full archive (what came before not checked)"
     if tested is not None:
-        s += f"; restore test: {tested} messages compared"
+        s += f"; restore test: {tested} messages compared" + (" (and over IMAP)" if "dovecot" in served else "")
     if live is not None:
         compared, ch = live
         s += (f"; live store: {compared} messages compared, since the backup {ch.get('new', 0)} new, "
