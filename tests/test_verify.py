@@ -30,7 +30,7 @@ import pytest
 
 from asm.archive import spec
 from asm.config import Config
-from asm.errors import (EXIT_DEVICE, EXIT_DIFFERS, EXIT_INCOMPLETE, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL)
+from asm.errors import EXIT_DEVICE, EXIT_DIFFERS, EXIT_INCOMPLETE, EXIT_OK, EXIT_ORDER
 from asm.store import open_store
 from tests import archive_fuzz as af
 from tests.helpers import DRIVERS, change_mail, free_port, make_home, put, require, run, state
@@ -210,6 +210,10 @@ def test_chain_passes_whole_and_fails_broken(tmp_path, driver):
         (d / f.name).write_bytes(f.read_bytes())
     (d / "catalog.txt").write_text("not an archive\n")
     run(home, "imsverify", "-f", d, "--restore-test", check=EXIT_OK)
+    # ... and a damaged archive among them is no "other file": it fails the run
+    (d / "zz-cut.ims").write_bytes(full.read_bytes()[:700])
+    run(home, "imsverify", "-f", d, check=EXIT_INCOMPLETE)
+    (d / "zz-cut.ims").unlink()
 
     # an incremental alone: checked, and the summary says its base was not
     p = run(home, "imsverify", "-f", incr, text=True, check=EXIT_OK)

@@ -13,7 +13,8 @@ import time
 from asm.cli.common import ArgParser, Progress, UsageError, blocking_factor, human, run_command, warn
 from asm.config import Config, ConfigError
 from asm.devices import open_device
-from asm.errors import (EXIT_DIFFERS, EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, ImsError,
+from asm.errors import (EXIT_DIFFERS, EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_OK, EXIT_ORDER,
+                        EXIT_PARTIAL, ImsError,
                         device_status)
 from asm.verify import Problem, build, check_archive, verdict
 
@@ -128,7 +129,8 @@ def _verify(args, report) -> int:
             problems.append(Problem(exc.status, f"{dev}: {exc}"))
         if c is None:
             continue
-        if not c.readable and any(os.path.dirname(dev) == d.rstrip("/") for d in from_dirs):
+        if (not c.readable and all(p.status == EXIT_NOT_ARCHIVE for p in c.problems)
+                and any(os.path.dirname(dev) == d.rstrip("/") for d in from_dirs)):
             skipped.append(dev)        # a file of a directory that is no archive (a catalog, a log)
             continue
         checks.append(c)
