@@ -114,6 +114,55 @@ def _exclude(v: str) -> str:
     return "%".join(names)
 
 
+def _compress(v: str) -> str:
+    """none, zstd or zstd:LEVEL (1-22)."""
+    low = v.lower()
+    if low in ("none", "no", "off"):
+        return "none"
+    algo, _, level = low.partition(":")
+    if algo != "zstd":
+        raise ValueError("must be none, zstd or zstd:LEVEL (1-22), e.g. zstd:3")
+    if level and (not _DIGITS.match(level) or not 1 <= int(level) <= 22):
+        raise ValueError(f"bad zstd level {level!r}: use 1 (fastest) to 22 (smallest), e.g. zstd:3")
+    return f"zstd:{int(level)}" if level else "zstd"
+
+
+def _recipients(v: str) -> str:
+    """age1... recipients and absolute paths of recipients files, separated by spaces or
+    commas; a secret key is refused here, before it is ever written to msg.conf."""
+    from asm.layers import bech32
+    items = [x for x in re.split(r"[\s,]+", v) if x]
+    for x in items:
+        if x.upper().startswith("AGE-SECRET-KEY-"):
+            raise ValueError("that is a secret key: give its public recipient (age-keygen -y KEYFILE prints "
+                             "it); the secret key never belongs on the mail host")
+        if x.startswith("/"):
+            continue
+        try:
+            hrp, data = bech32.decode(x)
+        except ValueError as exc:
+            raise ValueError(f"{x[:30]!r} is neither an age1... recipient ({exc}) nor an absolute path of a "
+                             f"recipients file") from None
+        if hrp != "age" or len(data) != 32:
+            raise ValueError(f"{x[:30]!r} is not an X25519 age recipient (age1...)")
+    if not items:
+        raise ValueError("no recipient given")
+    return " ".join(items)
+
+
+def _paths(v: str) -> str:
+    items = [x for x in re.split(r"[\s,]+", v) if x]
+    if not items or any(not x.startswith("/") for x in items):
+        raise ValueError("must be absolute paths, separated by spaces")
+    return " ".join(os.path.normpath(x) for x in items)
+
+
+def _url(v: str) -> str:
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+        raise ValueError("must be an http:// or https:// URL, e.g. https://s3.example.com:9000")
+    return v.rstrip("/")
+
+
 def _bool(v: str) -> str:
     low = v.lower()
     if low in ("1", "yes", "true", "on"):
@@ -169,6 +218,34 @@ OPTIONS: dict[str, Option] = {
     "ssh.stream": Option(_choice("auto", "sftp"), "auto",
                          "how archive bytes go to a remote file: auto (cat on an exec channel when "
                          "the far side has a shell, faster) or sftp (SFTP only)"),
+    "store.compress": Option(_compress, "none",
+                             "compress every archive imsbackup writes: none, zstd, or zstd:LEVEL (1-22; "
+                             "zstd alone is level 3)"),
+    "store.compress.threads": Option(_int(0, 256), "0",
+                                     "threads compressing one archive, 0 for one per core"),
+    "store.encrypt.recipients": Option(_recipients, None,
+                                       "encrypt every archive to these age recipients: age1... keys and/or "
+                                       "absolute paths of recipients files, separated by spaces"),
+    "store.encrypt.identities": Option(_paths, None,
+                                       "age identity files (absolute paths) imsrestore tries on an encrypted "
+                                       "archive; for restore hosts: keep them off the mail host"),
+    "s3.endpoint": Option(_url, None, "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
+                                      "AWS configuration files, else AWS)"),
+    "s3.region": Option(_any, None, "S3 region (default: AWS_REGION, the AWS configuration files, else us-east-1)"),
+    "s3.profile": Option(_any, None, "profile of the AWS configuration files (default: AWS_PROFILE, else default)"),
+    "s3.credentials": Option(_abspath, None, "AWS shared credentials file (default: AWS_SHARED_CREDENTIALS_FILE, "
+                                             "else ~/.aws/credentials)"),
+    "s3.addressing": Option(_choice("auto", "path", "virtual"), "auto",
+                            "bucket in the path or in the host name; auto: path with s3.endpoint set, else virtual"),
+    "s3.partsize": Option(_int(5, 5120), "16", "MiB per part of a multipart upload (doubling every 2,000 parts)"),
+    "s3.concurrency": Option(_int(1, 32), "4", "parts uploaded at once (memory: about partsize x (concurrency + 1))"),
+    "s3.retries": Option(_int(0, 20), "5", "times a failed request (a part, a ranged read) is tried again"),
+    "s3.timeout": Option(_int(1, 3600), "60", "seconds to wait for a connection or an answer"),
+    "s3.lockdays": Option(_int(0, 36500), "0",
+                          "object lock: each object written stays undeletable this many days (0: none; the "
+                          "bucket must have object lock enabled)"),
+    "s3.lockmode": Option(_choice("governance", "compliance"), "governance",
+                          "object lock mode: governance (privileged users may lift it) or compliance (nobody)"),
     "backup.allowempty": Option(_bool, "no",
                                 "yes: a backup that finds no user on a partition it covers writes an "
                                 f"(empty) archive instead of failing with exit {EXIT_EMPTY}"),
@@ -179,7 +256,13 @@ OPTIONS: dict[str, Option] = {
     "staging.jobs": Option(_int(1, 64), None, "parallel group dumps (default: number of cores)"),
     "staging.afterbatch": Option(_any, None,
                                  "shell command saving a staged batch when the area cannot hold every group"),
-    "staging.remote": Option(_any, None, "[user@]host[:port]:dir to push completed dumps to"),
+    "staging.remote": Option(_any, None, "[user@]host[:port]:dir or s3://bucket/prefix to push completed dumps to"),
+    "staging.remote.keep": Option(_int(0, 100000), None,
+                                  "remote copies kept per group by 'imsstage prune': the newest N"),
+    "staging.remote.keepdaily": Option(_int(0, 100000), None,
+                                       "... and the newest of each of the last N days that have dumps"),
+    "staging.remote.keepweekly": Option(_int(0, 100000), None, "... of each of the last N weeks"),
+    "staging.remote.keepmonthly": Option(_int(0, 100000), None, "... of each of the last N months"),
     "report.textfile": Option(_abspath, None,
                               "directory of node-exporter's textfile collector: each imsbackup, imsrestore "
                               "and imsverify run writes its metrics there (docs/operations.md)"),
@@ -220,6 +303,8 @@ def _bad_char(value: str) -> str | None:
 def check(name: str, value: str) -> str:
     opt = lookup(name)
     shown = value if len(value) <= 80 else value[:60] + f"...({len(value)} characters)"
+    if "AGE-SECRET-KEY-" in value.upper():
+        shown = "(an age secret key: not shown)"
     try:
         if len(value) > MAX_VALUE:
             raise ValueError(f"too long ({len(value)} characters; at most {MAX_VALUE})")
@@ -230,7 +315,8 @@ def check(name: str, value: str) -> str:
             raise ValueError(f"empty (to return to the default, run: msconfig unset {name})")
         return opt.check(value.strip())
     except ValueError as exc:
-        raise ConfigError(f"bad value {shown!r} for option {name}: {exc}") from None
+        raise ConfigError(f"bad value {shown if shown.startswith('(') else repr(shown)} for option {name}: "
+                          f"{exc}") from None
 
 
 def ims_home(home: str | None = None) -> str:

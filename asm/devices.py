@@ -23,6 +23,14 @@ from asm.errors import EXIT_DEVICE, ImsError
 from asm.hookspecs import hookimpl
 
 _REMOTE_RE = re.compile(r"^(ssh://|(?:[^/@:]+@)?[^/:]+:)")
+_URL_RE = re.compile(r"^([a-z][a-z0-9+.-]*)://")
+
+
+def url_scheme(spec: str) -> str | None:
+    """``s3`` for ``s3://bucket/key`` (any ``scheme://``), else None: a device plugin of
+    that scheme owns it, never the ssh plugin (``[user@]host:path``) nor a local file."""
+    m = _URL_RE.match(spec)
+    return m.group(1) if m else None
 
 
 class DeviceError(ImsError):
@@ -172,6 +180,11 @@ def open_device(spec: str, mode: str, blocking_factor: int = 20, config=None) ->
     dev = plugins.hook().ims_open_device(spec=spec, mode=mode, blocking_factor=blocking_factor,
                                          config=config)
     if dev is None:
+        scheme = url_scheme(spec)
+        if scheme and scheme != "ssh" and not _localonly(config):
+            raise DeviceError(f"device {spec!r}: no device plugin for {scheme}:// is loaded: install ims-asm "
+                              f"with its {scheme} plugin (or add {scheme} to IMS_ASM_PLUGINS), or write "
+                              f"./{spec} for a local file")
         if is_remote(spec, _localonly(config)):
             raise DeviceError(f"device {spec!r} names a remote host but no remote-device plugin is "
                               f"loaded: install the ssh plugin, or write ./{spec} for a local file")

@@ -10,7 +10,8 @@ saves the directory saves the catalog too.
 
 A copy pushed to a media server over SSH (``staging.remote``) is recorded in the push
 columns: ``remote`` (the device string of the pushed file), ``push`` (NULL: never
-tried; ``ok``; ``failed``), ``push_verified`` (``sha256``: checked by the far side;
+tried; ``ok``; ``failed``; ``removed`` by remote retention, with ``remote_removed``),
+``remote_until`` (object lock), ``push_verified`` (``sha256``: checked by the far side;
 ``size``: no shell there), ``pushed`` (time) and ``push_error``.  They were added after
 the first catalogs were written: an older catalog gains them (ALTER TABLE) when opened.
 """
@@ -64,6 +65,8 @@ ADDED_COLUMNS = (
     ("push_verified", "TEXT"),       # sha256 | size
     ("pushed", "REAL"),              # when the push finished (or failed)
     ("push_error", "TEXT"),
+    ("remote_until", "REAL"),        # object lock: the remote copy cannot be removed before
+    ("remote_removed", "REAL"),      # when retention removed the remote copy (push is then 'removed')
 )
 
 
@@ -95,6 +98,8 @@ class Dump:
     push_verified: str | None = None
     pushed: float | None = None
     push_error: str | None = None
+    remote_until: float | None = None
+    remote_removed: float | None = None
 
     def when(self) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
@@ -185,9 +190,17 @@ class Catalog:
         self.db.executemany("UPDATE dumps SET engine='lost', reported=? WHERE id=?",
                             [(time.time(), i) for i in ids])
 
-    def push_ok(self, did: int, remote: str, verified: str) -> None:
-        self.db.execute("UPDATE dumps SET push='ok', remote=?, push_verified=?, pushed=?, push_error=NULL "
-                        "WHERE id=?", (remote, verified, time.time(), did))
+    def push_ok(self, did: int, remote: str, verified: str, until: float | None = None) -> None:
+        self.db.execute("UPDATE dumps SET push='ok', remote=?, push_verified=?, pushed=?, push_error=NULL, "
+                        "remote_until=? WHERE id=?", (remote, verified, time.time(), until, did))
+
+    def remote_removed(self, did: int) -> None:
+        """Retention removed the remote copy: it is no longer a place to fetch from."""
+        self.db.execute("UPDATE dumps SET push='removed', remote_removed=? WHERE id=?", (time.time(), did))
+
+    def pushed(self) -> list[Dump]:
+        """Complete dumps with a remote copy, newest first."""
+        return self._rows("WHERE status='complete' AND push='ok' ORDER BY started DESC, id DESC")
 
     def push_failed(self, did: int, error: str) -> None:
         self.db.execute("UPDATE dumps SET push='failed', pushed=?, push_error=? WHERE id=?",

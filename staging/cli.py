@@ -6,6 +6,7 @@ and restore them again.
     imsstage plan [-D DIR] [--incremental|--cumulative] [group ...]
     imsstage done [-D DIR] [--status N] [--job NAME]
     imsstage push [-D DIR] [--to SPEC]
+    imsstage prune [-D DIR] [--dry-run]
     imsstage list [-D DIR] [--json]
     imsstage locate [-D DIR] [--from DIR] [--at DATE] PATH
     imsstage fetch [-D DIR] [--into DIR] [--at DATE] PATH
@@ -28,7 +29,7 @@ from staging.lookup import chain_for, restore_chain
 from staging.run import check_fresh, default_jobs, engine_done, push_pending, stage, staging_dir
 
 PROG = "imsstage"
-COMMANDS = ("dump", "plan", "done", "push", "list", "locate", "fetch", "restore", "check")
+COMMANDS = ("dump", "plan", "done", "push", "prune", "list", "locate", "fetch", "restore", "check")
 
 
 def _common(p):
@@ -68,8 +69,8 @@ def build_parser() -> ArgParser:
         if name == "dump":
             pm = s.add_mutually_exclusive_group()
             pm.add_argument("--push", metavar="SPEC",
-                            help="push each completed dump to [user@]host[:port]:dir over SFTP "
-                                 "(default: staging.remote)")
+                            help="push each completed dump to [user@]host[:port]:dir over SFTP or to "
+                                 "s3://bucket/prefix/ (default: staging.remote)")
             pm.add_argument("--no-push", dest="push", action="store_const", const="",
                             help="do not push, even when staging.remote is set")
         s.add_argument("groups", nargs="*", metavar="group", help="GROUP (every partition) or /PARTITION/GROUP")
@@ -80,7 +81,14 @@ def build_parser() -> ArgParser:
     s.add_argument("--keep", type=int, metavar="N", help="keep the newest N per group (default: staging.keep)")
     s = sub.add_parser("push", help="push the dumps whose push failed or was never made")
     _common(s)
-    s.add_argument("--to", metavar="SPEC", help="[user@]host[:port]:dir (default: staging.remote)")
+    s.add_argument("--to", metavar="SPEC", help="[user@]host[:port]:dir or s3://bucket/prefix/ "
+                                                "(default: staging.remote)")
+    s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another run on the area to finish (default: refuse at once)")
+    s = sub.add_parser("prune", help="remove the remote copies the remote retention (staging.remote.keep*) "
+                                     "no longer keeps")
+    _common(s)
+    s.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
     s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another run on the area to finish (default: refuse at once)")
     s = sub.add_parser("list", help="print the catalog")
@@ -195,6 +203,18 @@ def _dispatch(args) -> int:
         return EXIT_OK
     if args.cmd == "push":
         return _push(args, cfg, directory)
+    if args.cmd == "prune":
+        from staging.retention import prune
+        rep = prune(cfg, directory, dry_run=args.dry_run, lock_wait=args.wait,
+                    say=_say(args.verbose or args.dry_run))
+        if args.verbose or args.dry_run or sys.stderr.isatty():
+            print(f"{PROG}: {len(rep.removed)} remote copies {'to remove' if args.dry_run else 'removed'}, "
+                  f"{len(rep.kept)} kept, {len(rep.locked)} under object lock, {len(rep.failed)} failed",
+                  file=sys.stderr)
+        for d, error, _ in rep.failed[:1]:
+            print(f"{PROG}: {len(rep.failed)} remote copies could not be removed (they stay in the catalog as "
+                  f"pushed; the next prune tries again): {error}", file=sys.stderr)
+        return rep.status
     cat = Catalog(directory)
     try:
         if args.cmd == "list":
@@ -257,6 +277,8 @@ def _push_note(d) -> str:
         return f"\tpushed {d.remote} ({d.push_verified})"
     if d.push == "failed":
         return f"\tpush FAILED: {d.push_error}"
+    if d.push == "removed":
+        return f"\tremote copy {d.remote} removed by retention"
     return ""
 
 

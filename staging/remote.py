@@ -1,5 +1,7 @@
-"""Remote copies of staged dumps on a media server over SSH: push each completed file
-(``staging.remote`` or ``--push``), record where it went, fetch it back for a restore.
+"""Remote copies of staged dumps on a media server over SSH, or in S3 object storage
+(``s3://bucket/prefix/``, the s3 plugin): push each completed file (``staging.remote``
+or ``--push``), record where it went, fetch it back for a restore, remove it when the
+remote retention (staging.retention) no longer keeps it.
 
 The SSH plugin (``plugins.ssh``) is imported only here, and only when a remote is
 actually used, so the staging area works without paramiko; when the plugin is not
@@ -21,31 +23,90 @@ from asm.errors import EXIT_DEVICE, EXIT_LINKLOST, EXIT_OK, EXIT_USAGE, device_s
 from staging.catalog import Catalog, Dump
 from staging.errors import StagingError
 
-SSH_PLUGIN = "ssh"          # the entry point name in the ims_asm group
+SSH_PLUGIN = "ssh"          # the entry point names in the ims_asm group
+S3_PLUGIN = "s3"
+
+
+def _check_plugin(name: str, what: str, needs: str) -> None:
+    from asm import plugins as registry
+    if registry.get_manager().get_plugin(name) is None:
+        allowed = os.environ.get("IMS_ASM_PLUGINS", "").strip()
+        why = (f"IMS_ASM_PLUGINS={allowed} leaves it out: add {name} to that list" if allowed else
+               f"it is not installed: install ims-asm with its {name} plugin (it needs {needs})")
+        raise StagingError(f"{what} needs the {name} plugin, but {why}", EXIT_USAGE)
 
 
 def ssh_module(what: str):
     """``plugins.ssh``, checked to be installed and allowed; else a StagingError."""
-    from asm import plugins as registry
-    if registry.get_manager().get_plugin(SSH_PLUGIN) is None:
-        allowed = os.environ.get("IMS_ASM_PLUGINS", "").strip()
-        why = (f"IMS_ASM_PLUGINS={allowed} leaves it out: add {SSH_PLUGIN} to that list" if allowed else
-               "it is not installed: install ims-asm with its ssh plugin (it needs paramiko)")
-        raise StagingError(f"{what} needs the ssh plugin, but {why}", EXIT_USAGE)
+    _check_plugin(SSH_PLUGIN, what, "paramiko")
     import plugins.ssh as ssh
     return ssh
+
+
+def is_s3(spec: str | None) -> bool:
+    return bool(spec) and spec.startswith("s3://")
+
+
+class _S3:
+    """The s3 plugin with the SSH plugin's transfer surface."""
+
+    def __init__(self):
+        from plugins.s3 import errors, transfer
+        self.RemoteError = errors.S3Error
+        self.VerifyFailed = errors.S3VerifyFailed
+        self.Locked = errors.S3Locked
+        self._t = transfer
+
+    def push(self, local, spec, config, sha256=None):
+        return self._t.push(local, spec, config, sha256=sha256)
+
+    def fetch(self, remote, dest, config, sha256=None):
+        return self._t.fetch(remote, dest, config, sha256=sha256)
+
+    def remove(self, remote, config):
+        return self._t.remove(remote, config)
+
+
+class _SSH:
+    def __init__(self, what):
+        ssh = ssh_module(what)
+        self.RemoteError = ssh.RemoteError
+        self.VerifyFailed = ssh.VerifyFailed
+        self.Locked = ()
+        self._m = ssh
+
+    def push(self, local, spec, config, sha256=None):
+        return self._m.push(local, spec, config)
+
+    def fetch(self, remote, dest, config, sha256=None):
+        return self._m.fetch(remote, dest, config, sha256=sha256)
+
+    def remove(self, remote, config):
+        return self._m.remove(remote, config)
+
+
+def backend(spec: str, what: str):
+    """The transfer functions for ``spec``: the s3 plugin's for ``s3://``, else ssh's."""
+    if is_s3(spec):
+        _check_plugin(S3_PLUGIN, what, "boto3")
+        return _S3()
+    return _SSH(what)
 
 
 def push_target(spec: str, what: str = "staging.remote") -> str:
     """The remote directory spec, checked, ending in '/' (so every dump keeps its name
     and a missing directory is an error rather than a file named like it)."""
     spec = (spec or "").strip()
-    ssh = ssh_module(f"pushing to {spec!r}")
+    be = backend(spec, f"pushing to {spec!r}")
     try:
-        _parse(spec)
-    except ssh.RemoteError as exc:
+        if is_s3(spec):
+            from plugins.s3.spec import parse as s3_parse
+            s3_parse(spec, directory=True)
+        else:
+            _parse(spec)
+    except be.RemoteError as exc:
         raise StagingError(f"bad {what}: {exc}", EXIT_USAGE) from None
-    return spec if spec.endswith("/") else spec + "/"
+    return spec if spec.endswith("/") or (is_s3(spec) and spec.count("/") == 2) else spec + "/"
 
 
 def _parse(spec: str):
@@ -55,7 +116,10 @@ def _parse(spec: str):
 
 def file_spec(dir_spec: str, remote_path: str) -> str:
     """The device string of one pushed file: ``[user@]host[:port]:path`` (the user and
-    port as given in ``dir_spec``; a relative path stays relative to the remote home)."""
+    port as given in ``dir_spec``; a relative path stays relative to the remote home).
+    For S3 the pushed file's URL is already its device string."""
+    if is_s3(dir_spec):
+        return remote_path
     rs = _parse(dir_spec)
     host = f"[{rs.host}]" if ":" in rs.host else rs.host
     return f"{rs.user + '@' if rs.user else ''}{host}{':' + str(rs.port) if rs.port else ''}:{remote_path}"
@@ -78,7 +142,7 @@ def push_dumps(catalog: Catalog, directory: str, dumps: list[Dump], spec: str, c
     directory) the rest are marked failed with the same error without trying; after a
     dropped link or a digest mismatch the next one is tried.  ``deadline`` is a
     time.monotonic() value after which no new push starts."""
-    ssh = ssh_module(f"pushing to {spec!r}")
+    ssh = backend(spec, f"pushing to {spec!r}")
     rep = PushReport()
     stop: tuple[str, int] | None = None
     for i, d in enumerate(dumps, 1):
@@ -101,7 +165,7 @@ def push_dumps(catalog: Catalog, directory: str, dumps: list[Dump], spec: str, c
             progress(i, len(dumps), d)
         t0 = time.monotonic()
         try:
-            r = ssh.push(local, spec, config)
+            r = ssh.push(local, spec, config, sha256=d.sha256)
             if r.sha256 != d.sha256:
                 # the file changed since it was dumped: do not leave it looking good over there
                 try:
@@ -121,10 +185,11 @@ def push_dumps(catalog: Catalog, directory: str, dumps: list[Dump], spec: str, c
                 stop = (error, status)
             continue
         remote = file_spec(spec, r.remote_path)
-        catalog.push_ok(d.id, remote, r.verified)
+        catalog.push_ok(d.id, remote, r.verified, getattr(r, "lock_until", None))
         rep.pushed.append(catalog.get(d.id))
-        say(f"{d.file}: pushed to {remote} ({r.size} bytes in {time.monotonic() - t0:.1f}s, "
-            f"verified by {'sha256 on the far side' if r.verified == 'sha256' else 'size (no shell there)'})")
+        how = {"sha256": "sha256 on the far side", "etag": "the server's MD5s of every part"}.get(
+            r.verified, "size (no shell there)")
+        say(f"{d.file}: pushed to {remote} ({r.size} bytes in {time.monotonic() - t0:.1f}s, verified by {how})")
     if rep.failed:
         d, error, status = rep.failed[0]
         rep.status = status
@@ -148,7 +213,6 @@ def fetch_links(links, into: str, config, say=lambda s: None) -> list[Fetched]:
     want = [lk for lk in links if not lk.found and lk.dump.push == "ok" and lk.dump.remote]
     if not want:
         return []
-    ssh = ssh_module(f"fetching {want[0].dump.file} from {want[0].dump.remote}")
     try:
         os.makedirs(into, exist_ok=True)
     except OSError as exc:
@@ -158,6 +222,7 @@ def fetch_links(links, into: str, config, say=lambda s: None) -> list[Fetched]:
         d = lk.dump
         dest = os.path.join(into, d.file)
         t0 = time.monotonic()
+        ssh = backend(d.remote, f"fetching {d.file} from {d.remote}")
         try:
             r = ssh.fetch(d.remote, dest, config, sha256=d.sha256)
         except ssh.RemoteError as exc:

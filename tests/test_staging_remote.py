@@ -227,4 +227,5 @@ def test_catalog_from_before_push_columns(tmp_path):
         cat.close()
     Catalog(str(tmp_path)).close()                           # a second open changes nothing
     cols = [r[1] for r in sqlite3.connect(tmp_path / "catalog.db").execute("PRAGMA table_info(dumps)")]
-    assert cols[-5:] == ["remote", "push", "push_verified", "pushed", "push_error"] and len(cols) == 26
+    assert cols[-7:] == ["remote", "push", "push_verified", "pushed", "push_error", "remote_until",
+                         "remote_removed"] and len(cols) == 28

@@ -1,7 +1,8 @@
 """imsbackup: write selected mailboxes of the store to a device as an archive.
 
     imsbackup -f device [-b blocking_factor] [-d YYYYMMDD[:HHMMSS]] [-u file] [-i] [-v] [--allow-empty]
-              [--snapshot SNAP=LIVE ...] [name ...]
+              [--snapshot SNAP=LIVE ...] [-z | --compress zstd[:N]|none] [--encrypt | --no-encrypt]
+              [--recipient age1...] [--recipients-file FILE] [name ...]
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from asm.cli.common import (
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
 from asm.errors import EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
+from asm.layers import wrap_write
+from asm.layers.options import write_layers
 from asm.logical import parse
 
 PROG = "imsbackup"
@@ -40,6 +43,19 @@ def build_parser() -> ArgParser:
     p.add_argument("--snapshot", action="append", metavar="SNAP=LIVE",
                    help="read the store from a filesystem snapshot: what lives under the directory LIVE is "
                         "read under the snapshot mount SNAP (repeat for each filesystem; docs/disaster-recovery.md)")
+    p.add_argument("-z", dest="z", action="store_true",
+                   help="compress with zstd (at the level of store.compress, else 3)")
+    p.add_argument("--compress", metavar="zstd[:N]|none", help="compression for this run (default: store.compress)")
+    enc = p.add_mutually_exclusive_group()
+    enc.add_argument("--encrypt", dest="encrypt", action="store_true", default=None,
+                     help="encrypt with age to the recipients given or configured (store.encrypt.recipients); "
+                          "fail when there are none")
+    enc.add_argument("--no-encrypt", dest="encrypt", action="store_false",
+                     help="write this archive unencrypted even when store.encrypt.recipients is set")
+    p.add_argument("--recipient", action="append", default=[], metavar="age1...",
+                   help="encrypt to this age recipient (repeatable; replaces store.encrypt.recipients)")
+    p.add_argument("--recipients-file", action="append", default=[], metavar="FILE",
+                   help="encrypt to the recipients listed in FILE (repeatable)")
     p.add_argument("--report", metavar="FILE",
                    help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
     p.add_argument("names", nargs="*", metavar="name",
@@ -73,7 +89,9 @@ def _backup(args, rep) -> int:
     rep.labels = labels_of(paths)
     rep.begin(inst.config, selection=[str(p) for p in paths], device=args.device, since=since,
               chain_base={"since": since} if since is not None else None)
-    device = open_device(args.device, "wb", args.bf, inst.config)
+    layers = write_layers(inst.config, args.compress, args.z, args.encrypt, args.recipient, args.recipients_file)
+    device = wrap_write(open_device(args.device, "wb", args.bf, inst.config), layers.level, layers.recipients,
+                        layers.threads, 512 * args.bf)
 
     progress = Progress()
     t0 = time.monotonic()
@@ -134,6 +152,11 @@ def _backup(args, rep) -> int:
               f"{res.links} links, {human(res.bytes)} in {res.seconds:.1f}s"
               + (f", {len(res.excluded)} folders excluded" if res.excluded else "")
               + (f", {len(res.vanished)} vanished" if res.vanished else ""), file=sys.stderr)
+        if layers.level is not None or layers.recipients:
+            w = device.file
+            print(f"{PROG}: layers {layers.describe()}: archive {human(w.bytes_in)}, written "
+                  f"{human(w.bytes_out)}" + (f" ({w.bytes_in / w.bytes_out:.2f}x)" if w.bytes_out else ""),
+                  file=sys.stderr)
     if res.errors:
         warn(PROG, f"{len(res.errors)} mailboxes or messages could not be backed up (named above and in "
                    f"the archive's trailer); the archive is complete for the rest")

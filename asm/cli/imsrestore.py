@@ -1,6 +1,10 @@
 """imsrestore: restore mailboxes from an imsbackup archive.
 
-    imsrestore -f device [-b bf] [-t] [-h] [-n] [-i] [-r reffile] [-m mapfile] [-c y|n] [-v] [path ...]
+    imsrestore -f device [-b bf] [-t] [-h] [-n] [-i] [-r reffile] [-m mapfile] [-c y|n] [-v]
+               [--identity FILE] [path ...]
+
+Compressed (zstd, gzip, xz, bzip2) and age-encrypted archives are recognised by their
+magic bytes, whoever made them (asm.layers).
 """
 from __future__ import annotations
 
@@ -16,9 +20,11 @@ from asm.cli.common import (
 from asm.cli.context import open_installation
 from asm.devices import open_device
 from asm.errors import (
-    EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL,
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL,
     device_status,
 )
+from asm.layers import wrap_read
+from asm.layers.options import identity_loader
 from asm.logical import parse
 from asm.restore import (
     Journal, Restorer, RestoreOptions, Selection, complete_references, default_reffile, read_map,
@@ -51,6 +57,9 @@ def build_parser() -> ArgParser:
     p.add_argument("-H", "--hold", dest="hold", action="store_true",
                    help="leave deliveries held at the end (more archives of a chain follow)")
     p.add_argument("-v", dest="verbose", action="store_true", help="report each mailbox and a summary")
+    p.add_argument("--identity", action="append", default=[], metavar="FILE",
+                   help="age identity file for an encrypted archive (repeatable; default: "
+                        "store.encrypt.identities)")
     p.add_argument("--report", metavar="FILE",
                    help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
     p.add_argument("paths", nargs="*", metavar="path",
@@ -179,6 +188,10 @@ def _restore(args, rep) -> int:
         rep.labels = labels_of(paths)
         rep.begin(inst.config, selection=[str(p) for p in paths] or ["/"], device=args.device)
     device = open_device(args.device, "rb", args.bf, inst.config)
+    try:
+        device = wrap_read(device, identity_loader(inst.config, args.identity), 512 * args.bf)
+    except OSError as exc:             # the layers' own errors too (asm.layers.errors)
+        return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
 
     progress = Progress()
     with device:
@@ -189,6 +202,8 @@ def _restore(args, rep) -> int:
         except OSError as exc:
             return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
         if args.header:
+            if getattr(device, "layers", None):
+                print(f"layers: {' '.join(device.layers)}")
             _print_header(reader.header)
             return EXIT_OK
         sel = Selection(paths, inst.groups)

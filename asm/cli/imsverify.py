@@ -37,6 +37,8 @@ def build_parser() -> ArgParser:
                    help="restore into a scratch installation, compare it with the archives, remove it")
     p.add_argument("--scratch", metavar="DIR", help="where the scratch installation is made (default $TMPDIR)")
     p.add_argument("--keep-scratch", action="store_true", help="leave the scratch installation (its path is printed)")
+    p.add_argument("--identity", action="append", default=[], metavar="FILE",
+                   help="age identity file for encrypted archives (repeatable; default: store.encrypt.identities)")
     p.add_argument("--report", metavar="FILE", help="write a JSON report of the run to FILE")
     p.add_argument("--healthcheck", metavar="URL",
                    help="ping URL/start, then URL (every check passed) or URL/fail; never changes the status")
@@ -66,6 +68,17 @@ def _expand(devices: list[str]) -> list[str]:
         else:
             out.append(d)
     return out
+
+
+@contextlib.contextmanager
+def _reading(dev: str, bf: int, cfg, identities: list[str]):
+    """The archive's bytes from ``dev``, its compression and encryption layers (docs/offsite.md)
+    peeled off as imsrestore does."""
+    from asm.layers import wrap_read
+    from asm.layers.options import identity_loader
+    device = wrap_read(open_device(dev, "rb", bf, cfg), identity_loader(cfg, identities), 512 * bf)
+    with device:
+        yield device.file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +128,8 @@ def _verify(args, report) -> int:
             progress.update(f"{PROG}: {dev}: {c.counts['messages'] + c.counts['links']} messages, "
                             f"{human(c.counts['bytes'])} ({human(c.counts['bytes'] / el if el else 0)}/s)")
         try:
-            with open_device(dev, "rb", args.bf, cfg) as device:
-                c = check_archive(device.file, dev, args.bf, progress=show if progress.enabled else None)
+            with _reading(dev, args.bf, cfg, args.identity) as raw:
+                c = check_archive(raw, dev, args.bf, progress=show if progress.enabled else None)
         except OSError as exc:
             progress.clear()
             c = None
@@ -173,10 +186,8 @@ def _verify(args, report) -> int:
             drv = driver or (v.archives[-1].header.get("driver") if v.archives[-1].header.get("driver")
                              in ("classic", "maildir") else "classic")
 
-            @contextlib.contextmanager
             def reopen(c):
-                with open_device(c.device, "rb", args.bf, cfg) as d:
-                    yield d.file
+                return _reading(c.device, args.bf, cfg, args.identity)
 
             rt = restore_test(v, reopen, drv, parent=args.scratch, keep=args.keep_scratch,
                               live_owner=cfg.get("store.owner") if cfg is not None else None)

@@ -25,9 +25,11 @@ from dataclasses import dataclass
 
 from asm.archive import names
 from asm.archive.errors import ArchiveError, CorruptMember, HostileMember
-from asm.archive.reader import ArchiveReader, parse_uid_ranges
+from asm.archive.reader import ArchiveReader
 from asm.errors import EXIT_USAGE, ImsError
 from asm.reconstruct.sqlite import read_only_uri
+
+MAX_LISTED = 10_000_000     # UIDs one archived folder may list for reconstruct to take it as a witness
 
 _SCHEMA = """
 CREATE TABLE folders (user, folder, uidvalidity INTEGER, uidnext INTEGER, subscribed INTEGER,
@@ -198,26 +200,18 @@ class Knowledge:
             return
         self.db.execute("DELETE FROM listed WHERE user=? AND folder=? AND uidvalidity=?", key)
         self.db.execute("INSERT OR REPLACE INTO listing VALUES (?,?,?,?,?)", key + (created, source))
+        if len(m.uids) > MAX_LISTED:
+            return              # no folder holds so many: a witness that says so is not believed
         self.db.executemany("INSERT OR IGNORE INTO listed VALUES (?,?,?,?)", (key + (u,) for u in m.uids))
 
     def _state(self, m, created) -> None:
-        """An incremental's folder member lists the flags of messages it does not carry."""
-        import json
-        raw = (m.records or {}).get("IMSASM.state")
-        if not raw:
+        """An incremental's folder member lists the flags of messages it does not carry
+        (the reader has parsed and checked its IMSASM.state record)."""
+        if len(m.uids) > MAX_LISTED:
             return
-        try:
-            state = json.loads(raw)
-        except ValueError:
-            return
-        for text, ranges in state.items():
-            parts = text.split()
-            flags = " ".join(sorted(p for p in parts if p.startswith("\\")))
-            kws = " ".join(p for p in parts if not p.startswith("\\"))
-            try:
-                uids = parse_uid_ranges(ranges)
-            except ValueError:
-                continue
+        for fl, kw, uids in m.state.entries:
+            flags = " ".join(sorted(fl))
+            kws = " ".join(kw)
             for uid in uids:
                 self.db.execute("UPDATE msgs SET flags=?, keywords=?, created=? WHERE user=? AND folder=? "
                                 "AND uidvalidity=? AND uid=? AND created<=?",

@@ -1,7 +1,7 @@
 """The ``ims_open_device`` hook: ``[user@]host[:port]:path`` and ``ssh://...`` devices."""
 from __future__ import annotations
 
-from asm.devices import is_remote
+from asm.devices import is_remote, url_scheme
 from asm.hookspecs import hookimpl
 
 
@@ -30,4 +30,6 @@ def open_remote(spec: str, mode: str, blocking_factor: int = 20, config=None):
 def ims_open_device(spec, mode, blocking_factor, config):
     if not is_remote(spec, _localonly(config)):
         return None
+    if url_scheme(spec) not in (None, "ssh"):
+        return None                  # s3:// and other schemes belong to their own plugins
     return open_remote(spec, mode, blocking_factor, config)

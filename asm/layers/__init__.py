@@ -1,0 +1,27 @@
+"""Stream layers between an archive and its device: zstd compression and age
+encryption, on any device (file, pipe, tape, SSH, S3).  See docs/offsite.md.
+
+Writing stacks them as the standard tools expect to undo them::
+
+    archive (tar) -> zstd -> age -> device        age -d -i KEY | zstd -d | tar -t
+
+Reading recognises each layer by its magic bytes (:func:`sniff`) and peels them off
+(:func:`open_read`), whoever wrote them: ims-asm, or ``zstd`` and ``age`` (and gzip,
+xz, bzip2) by hand.  Commands use :func:`wrap_read` and :func:`wrap_write` on an open
+device; other readers (imsverify) call :func:`open_read` on any raw stream.
+
+What can be read by seeking (a partial restore, a link's first copy) and what only in
+one pass:
+
+* age: always seekable on a seekable device: chunk ``i`` of 64 KiB sits at a fixed
+  offset and is authenticated alone; which chunk is the last follows from the size;
+* zstd as ims-asm writes it: independent frames of 1 MiB and a seek table at the end
+  (the zstd seekable format): seekable; ``zstd`` output has no table: one pass;
+* gzip, xz, bzip2 (read only, for archives compressed by hand): one pass.
+"""
+from asm.layers.errors import (  # noqa: F401
+    IdentityNeeded, KeyProblem, LayerDamaged, LayerError, LayerUnsupported,
+)
+from asm.layers.stack import (  # noqa: F401
+    KINDS, LayeredDevice, LayeredWriter, open_read, sniff, wrap_read, wrap_write,
+)

@@ -1,0 +1,308 @@
+"""Putting layers together: recognise them by their magic bytes and peel them off for
+reading; stack them for writing; a device whose file goes through them."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import zlib
+
+from asm.devices import Device
+from asm.layers import age, zstd
+from asm.layers.base import Source, StreamLayer
+from asm.layers.errors import LayerDamaged, LayerUnsupported
+
+MAX_LAYERS = 4
+
+#: what each layer's magic bytes look like, for :func:`sniff`
+KINDS = ("age", "zstd", "gzip", "xz", "bzip2")
+
+
+def sniff(head: bytes) -> str | None:
+    """The layer the bytes ``head`` (at least 6 of the start) begin, or None (no layer
+    ims-asm knows: a plain archive, or something else).  ``age-armor`` is age's
+    ASCII armor, recognised to say what to do with it."""
+    if head.startswith(b"age-encryption.org/"):
+        return "age"
+    if head.startswith(age.ARMOR):
+        return "age-armor"
+    if zstd.is_zstd(head):
+        return "zstd"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:6] == b"\xfd7zXZ\x00":
+        return "xz"
+    if head[:3] == b"BZh" and head[3:4].isdigit():
+        return "bzip2"
+    return None
+
+
+class _Plain(StreamLayer):
+    """A Source as a readable stream (what is left after the last layer, one pass)."""
+
+    def __init__(self, src: Source):
+        super().__init__()
+        self.src = src
+
+    def _next(self):
+        d = self.src.read_some(1 << 16)
+        return d or None
+
+
+class _StdlibStream(StreamLayer):
+    """gzip, xz, bzip2 through the standard library, one pass; a stream cut short or
+    corrupt is LayerDamaged."""
+
+    def __init__(self, kind: str, src: Source):
+        super().__init__()
+        self.layer = kind
+        if kind == "gzip":
+            self._f = gzip.GzipFile(fileobj=src, mode="rb")
+        else:
+            self._f = (lzma.LZMAFile if kind == "xz" else bz2.BZ2File)(src, mode="rb")
+
+    def _next(self):
+        try:
+            d = self._f.read(1 << 16)
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+            raise LayerDamaged(f"{self.layer}: the stream is cut short or corrupt ({exc})") from None
+        return d or None
+
+
+def _seekable_size(raw) -> int | None:
+    """The size of a raw stream we may seek in from its start, else None."""
+    try:
+        if not raw.seekable() or raw.tell() != 0:
+            return None
+        size = raw.seek(0, io.SEEK_END)
+        raw.seek(0)
+        return size
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _read_head(raw, n: int = 64) -> bytes:
+    raw.seek(0)
+    parts, got = [], 0
+    while got < n:
+        d = raw.read(n - got)
+        if not d:
+            break
+        parts.append(d)
+        got += len(d)
+    raw.seek(0)
+    return b"".join(parts)
+
+
+def open_read(raw, identities=(), record_size: int = 10240):
+    """Peel the layers off ``raw`` (outermost first): returns (stream, [layer names]).
+
+    ``stream`` is seekable when ``raw`` is and every layer allows it (age always;
+    zstd when its seek table is there); otherwise it is read in one pass.
+    ``identities`` is a list of :class:`asm.layers.age.Identity` or a callable giving
+    one, called only when an age layer is found (so an identity file that is missing
+    or unreadable matters only for encrypted archives).  Raises IdentityNeeded,
+    KeyProblem, LayerUnsupported or LayerDamaged (all OSErrors and DeviceErrors)."""
+    names: list[str] = []
+    cur = raw
+    size = _seekable_size(raw)
+    src = None
+    for _ in range(MAX_LAYERS + 1):
+        if size is not None:
+            head = _read_head(cur)
+        else:
+            if src is None:
+                src = Source(cur, record_size if cur is raw else 1 << 16)
+            head = src.peek(64)
+        kind = sniff(head)
+        if kind is None:
+            break
+        if len(names) == MAX_LAYERS:
+            raise LayerUnsupported(f"more than {MAX_LAYERS} layers ({', '.join(names)}, {kind}, ...): "
+                                   f"this is no archive ims-asm wrote")
+        if kind == "age-armor":
+            raise LayerUnsupported("the archive is age-encrypted in ASCII armor (age -a), which ims-asm does not "
+                                   "read: run 'age -d -i KEY FILE | imsrestore -f - ...'")
+        names.append(kind)
+        if kind == "age":
+            ids = identities() if callable(identities) else list(identities)
+            if size is not None:
+                cur = age.AgeSeekable(cur, size, ids, record_size if cur is raw else 1 << 16)
+                size = cur.size
+            else:
+                cur, src = age.AgeStream(src, ids), None
+            continue
+        if kind == "zstd":
+            index = zstd.read_seek_table(cur, size) if size is not None else None
+            if index is not None:
+                cur = zstd.ZstdSeekable(cur, index)
+                size = cur.size
+                continue
+            if size is not None:
+                cur.seek(0)
+                src = Source(cur, record_size if cur is raw else 1 << 16)
+                size = None
+            cur, src = zstd.ZstdStream(src), None
+            continue
+        if size is not None:
+            cur.seek(0)
+            src = Source(cur, record_size if cur is raw else 1 << 16)
+            size = None
+        cur, src = _StdlibStream(kind, src), None
+    if size is not None:
+        cur.seek(0)
+        return cur, names
+    if src is not None:             # the last bytes peeked are still in the source
+        return _Plain(src), names
+    return cur, names
+
+
+# ------------------------------------------------------------------------------ writing
+
+class _Reblock:
+    """The bottom of the stack: what the layers write goes to the device in whole
+    records (one write() each, as a tape needs); the last one may be short."""
+
+    def __init__(self, raw, record_size: int):
+        self.raw = raw
+        self.rs = record_size
+        self._buf = bytearray()
+        self.written = 0
+
+    def _emit(self, rec) -> None:
+        n = self.raw.write(rec)
+        if n is not None and n < len(rec):
+            mv = memoryview(rec)
+            while n < len(rec):
+                k = self.raw.write(mv[n:].tobytes())
+                if not k:
+                    raise OSError("device accepted no more bytes (short write)")
+                n += k
+        self.written += len(rec)
+
+    def write(self, data) -> int:
+        buf = self._buf
+        buf += data
+        if len(buf) >= self.rs:
+            mv = memoryview(buf)
+            k = 0
+            while len(buf) - k >= self.rs:
+                self._emit(mv[k:k + self.rs].tobytes())
+                k += self.rs
+            mv.release()
+            del buf[:k]
+        return len(data)
+
+    def flush(self) -> None:
+        f = getattr(self.raw, "flush", None)
+        if f:
+            f()
+
+    def close(self) -> None:
+        if self._buf:
+            self._emit(bytes(self._buf))
+            self._buf.clear()
+        self.flush()
+
+
+class LayeredWriter:
+    """archive bytes -> [zstd] -> [age] -> whole records -> ``raw``.  ``close()``
+    finishes every layer (the last frame and seek table, the last sealed chunk);
+    ``abandon()`` stops them after a failure."""
+
+    def __init__(self, raw, compress_level: int | None, recipients: list, threads: int = 0,
+                 record_size: int = 10240):
+        self._sink = _Reblock(raw, record_size)
+        self._stages: list = [self._sink]
+        top = self._sink
+        self.names: list[str] = []
+        if recipients:
+            top = age.AgeWriter(top, recipients)
+            self._stages.insert(0, top)
+            self.names.insert(0, "age")
+        if compress_level is not None:
+            top = zstd.ZstdWriter(top, compress_level, threads)
+            self._stages.insert(0, top)
+            self.names.insert(0, f"zstd:{compress_level}")
+        self._top = top
+        self.bytes_in = 0
+
+    def write(self, data) -> int:
+        self.bytes_in += len(data)
+        return self._top.write(data)
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        for s in self._stages:
+            s.close()
+
+    def abandon(self) -> None:
+        for s in self._stages:
+            ab = getattr(s, "abandon", None)
+            if ab:
+                ab()
+
+    @property
+    def bytes_out(self) -> int:
+        return self._sink.written
+
+
+class LayeredDevice(Device):
+    """A device whose ``file`` goes through layers; ``close(ok)`` finishes them before
+    the device commits (a failure there abandons the device: no half archive)."""
+
+    def __init__(self, inner: Device, file, names: list[str], writing: bool):
+        super().__init__(inner.spec, file, seekable=bool(getattr(file, "seekable", lambda: False)()),
+                         kind=inner.kind)
+        self.inner = inner
+        self.layers = names
+        self.writing = writing
+
+    def close(self, ok: bool = True) -> None:
+        if self.writing:
+            try:
+                if ok:
+                    self.file.close()
+                else:
+                    self.file.abandon()
+            except BaseException:
+                self.file.abandon()
+                self.inner.close(ok=False)
+                raise
+        self.inner.close(ok=ok)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def wrap_write(device: Device, compress_level: int | None, recipients: list, threads: int = 0,
+               record_size: int = 10240) -> Device:
+    """``device`` as it is without layers, else a LayeredDevice writing through them."""
+    if compress_level is None and not recipients:
+        return device
+    try:
+        w = LayeredWriter(device.file, compress_level, recipients, threads, record_size)
+    except BaseException:
+        device.close(ok=False)
+        raise
+    return LayeredDevice(device, w, w.names, writing=True)
+
+
+def wrap_read(device: Device, identities=(), record_size: int = 10240) -> Device:
+    """``device`` with its layers peeled off (a LayeredDevice; ``layers`` names them,
+    empty for a plain archive).  Closes the device when that fails."""
+    try:
+        f, names = open_read(device.file, identities, record_size)
+    except BaseException:
+        device.close(ok=False)
+        raise
+    if not names and f is device.file:
+        device.layers = []
+        return device
+    return LayeredDevice(device, f, names, writing=False)

@@ -1,0 +1,262 @@
+"""zstd compression in independent frames with a seek table (the zstd "seekable
+format", contrib/seekable_format in the zstd sources), on the zstandard library.
+
+Written: the archive is cut into frames of :data:`FRAME` bytes, each compressed on its
+own (with its content size and checksum) by a pool of threads (zstandard releases the
+GIL), written in order; the last thing in the file is a skippable frame holding the
+table of (compressed, decompressed) sizes and the seekable-format footer.  The
+standard ``zstd -d`` reads the file as it reads any multi-frame file (skippable
+frames are skipped), and ``zstd`` output of any kind is read here.
+
+Read: with the seek table and a seekable lower layer (a file, an S3 object, a
+seekable age layer), :class:`ZstdSeekable` decompresses only the frames a read
+touches; without it (a pipe, ``zstd`` output, which has no table) :class:`ZstdStream`
+decompresses in one pass.  Memory: a frame at a time when seeking; in one pass the
+input is fed in small pieces, so even a crafted stream of extreme ratio stays within
+tens of MiB.  A stream cut inside a frame, a frame whose checksum fails, or bytes that
+are not a frame are :class:`~asm.layers.errors.LayerDamaged`.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+import struct
+import threading
+from array import array
+from bisect import bisect_right
+
+import zstandard
+
+from asm.layers.base import SeekableLayer, Source, StreamLayer
+from asm.layers.errors import LayerDamaged
+
+MAGIC = b"\x28\xb5\x2f\xfd"
+SKIPPABLE = 0x184D2A50            # ... 0x184D2A5F
+SEEKTABLE_MAGIC = 0x184D2A5E
+SEEKABLE_FOOTER = 0x8F92EAB1
+FRAME = 1 << 20                   # bytes of archive per frame (see bench/RESULTS.md for the choice)
+DEFAULT_LEVEL = 3
+FEED = 64 * 1024                  # compressed bytes given to the decompressor at once
+FEED_SMALL = 1024                 # ... after an extreme expansion
+BIG_OUTPUT = 8 << 20
+
+
+def is_zstd(head: bytes) -> bool:
+    if head[:4] == MAGIC:
+        return True
+    return len(head) >= 4 and (struct.unpack("<I", head[:4])[0] & 0xFFFFFFF0) == SKIPPABLE
+
+
+class ZstdWriter:
+    """Compresses what is written to ``out`` in independent frames, ``threads`` at once
+    (1: in the calling thread); ``close()`` writes the last frame and the seek table."""
+
+    layer = "zstd"
+
+    def __init__(self, out, level: int = DEFAULT_LEVEL, threads: int = 0, frame: int = FRAME):
+        self.out = out
+        self.level = level
+        self.frame = frame
+        self.threads = threads or os.cpu_count() or 1
+        self._buf = bytearray()
+        self._table = array("I")
+        self._local = threading.local()
+        self._pool = None
+        self._pending: collections.deque = collections.deque()
+        if self.threads > 1:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="zstd")
+        self.closed = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def _compress(self, data: bytes) -> tuple[bytes, int]:
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(level=self.level, write_checksum=True,
+                                                         write_content_size=True)
+        return c.compress(data), len(data)
+
+    def _emit(self, result: tuple[bytes, int]) -> None:
+        comp, n = result
+        self.out.write(comp)
+        self._table.append(len(comp))
+        self._table.append(n)
+        self.bytes_out += len(comp)
+
+    def _submit(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self._pool is None:
+            self._emit(self._compress(data))
+            return
+        self._pending.append(self._pool.submit(self._compress, data))
+        # bounded: at most threads+1 frames in flight (memory ~ 2 x frame each)
+        while len(self._pending) > self.threads:
+            self._emit(self._pending.popleft().result())
+
+    def write(self, data) -> int:
+        buf = self._buf
+        buf += data
+        if len(buf) >= self.frame:
+            mv = memoryview(buf)
+            k = 0
+            while len(buf) - k >= self.frame:
+                self._submit(mv[k:k + self.frame].tobytes())
+                k += self.frame
+            mv.release()
+            del buf[:k]
+        return len(data)
+
+    def flush(self) -> None:
+        f = getattr(self.out, "flush", None)
+        if f:
+            f()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self._buf or not self._table and not self._pending:
+                self._submit(bytes(self._buf))
+                self._buf.clear()
+            while self._pending:
+                self._emit(self._pending.popleft().result())
+            self.out.write(seek_table(self._table))
+            self.flush()
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Stop the threads (after a failure: what is pending is dropped)."""
+        if self._pool is not None:
+            for f in self._pending:
+                f.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def seek_table(table) -> bytes:
+    """The skippable frame of the seekable format: entries without checksums (every
+    frame carries its own), then the footer."""
+    n = len(table) // 2
+    body = struct.pack(f"<{len(table)}I", *table) + struct.pack("<IBI", n, 0, SEEKABLE_FOOTER)
+    return struct.pack("<II", SEEKTABLE_MAGIC, len(body)) + body
+
+
+def read_seek_table(raw, size: int):
+    """(compressed offsets, decompressed offsets) of every frame, each with one entry
+    more than there are frames, from the seek table at the end; None when there is no
+    valid table (the file is then read in one pass)."""
+    if size < 17:
+        return None
+    raw.seek(size - 9)
+    foot = raw.read(9)
+    if len(foot) != 9:
+        return None
+    n, desc, magic = struct.unpack("<IBI", foot)
+    if magic != SEEKABLE_FOOTER or desc & 0x7C:
+        return None
+    esize = 12 if desc & 0x80 else 8
+    tsize = n * esize + 9
+    start = size - 8 - tsize
+    if start < 0 or n == 0:
+        return None
+    raw.seek(start)
+    hdr = raw.read(8)
+    if len(hdr) != 8 or struct.unpack("<II", hdr) != (SEEKTABLE_MAGIC, tsize):
+        return None
+    entries = raw.read(n * esize)
+    if len(entries) != n * esize:
+        return None
+    coff = array("Q", [0])
+    doff = array("Q", [0])
+    for i in range(n):
+        c, d = struct.unpack_from("<II", entries, i * esize)
+        coff.append(coff[-1] + c)
+        doff.append(doff[-1] + d)
+    if coff[-1] != start:
+        return None
+    return coff, doff
+
+
+class ZstdSeekable(SeekableLayer):
+    """Random access through the seek table: a read decompresses only its frames."""
+
+    layer = "zstd"
+
+    def __init__(self, raw, index):
+        self.raw = raw
+        self._coff, self._doff = index
+        self._d = zstandard.ZstdDecompressor()
+        super().__init__(self._doff[-1])
+
+    def _locate(self, pos: int) -> tuple[int, int]:
+        i = bisect_right(self._doff, pos) - 1
+        while self._doff[i + 1] == self._doff[i]:      # an empty frame: take the next
+            i += 1
+        return i, self._doff[i]
+
+    def _load(self, i: int) -> bytes:
+        want = self._coff[i + 1] - self._coff[i]
+        self.raw.seek(self._coff[i])
+        comp = b""
+        while len(comp) < want:
+            d = self.raw.read(want - len(comp))
+            if not d:
+                raise LayerDamaged(f"zstd: frame {i} is cut short (the file shrank while it was read)")
+            comp += d
+        size = self._doff[i + 1] - self._doff[i]
+        try:
+            data = self._d.decompress(comp, max_output_size=size)
+        except zstandard.ZstdError as exc:
+            raise LayerDamaged(f"zstd: frame {i} (at {self._doff[i]} bytes of the archive) is corrupt: {exc}") \
+                from None
+        if len(data) != size:
+            raise LayerDamaged(f"zstd: frame {i} holds {len(data)} bytes, its seek table says {size}")
+        return data
+
+
+class ZstdStream(StreamLayer):
+    """One pass over any zstd stream: frames and skippable frames in sequence; the end
+    of the input must be the end of a frame."""
+
+    layer = "zstd"
+
+    def __init__(self, src: Source):
+        super().__init__()
+        self.src = src
+        self._d = zstandard.ZstdDecompressor()
+        self._obj = None
+        self._started = False
+        self._feed = FEED
+        self.frames = 0
+
+    def _next(self) -> bytes | None:
+        while True:
+            if self._obj is None:
+                if self.src.at_end():
+                    return None
+                self._obj = self._d.decompressobj()
+                self._started = False
+            data = self.src.read_some(self._feed)
+            if not data:
+                raise LayerDamaged(f"zstd: the stream is cut short inside frame {self.frames} (after "
+                                   f"{self.src.consumed} compressed bytes)")
+            try:
+                out = self._obj.decompress(data)
+            except zstandard.ZstdError as exc:
+                raise LayerDamaged(f"zstd: frame {self.frames} (at {self.src.consumed - len(data)} compressed "
+                                   f"bytes) is corrupt or not zstd: {exc}") from None
+            self._started = True
+            if len(out) > BIG_OUTPUT:
+                self._feed = FEED_SMALL
+            if self._obj.eof:
+                rest = self._obj.unused_data
+                if rest:
+                    self.src.unread(rest)
+                self._obj = None
+                self.frames += 1
+            if out:
+                return out
