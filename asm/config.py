@@ -172,12 +172,6 @@ def _bool(v: str) -> str:
     raise ValueError("must be yes or no")
 
 
-def _url(v: str) -> str:
-    if not re.match(r"https?://[^/\s]+", v) or any(c.isspace() for c in v):
-        raise ValueError("must be an http:// or https:// URL without spaces")
-    return v
-
-
 def _any(v: str) -> str:
     if "\n" in v:
         raise ValueError("may not contain a newline")
