@@ -283,6 +283,13 @@ OPTIONS: dict[str, Option] = {
                                        "... and the newest of each of the last N days that have dumps"),
     "staging.remote.keepweekly": Option(_int(0, 100000), None, "... of each of the last N weeks"),
     "staging.remote.keepmonthly": Option(_int(0, 100000), None, "... of each of the last N months"),
+    "report.textfile": Option(_abspath, None,
+                              "directory of node-exporter's textfile collector: each imsbackup, imsrestore "
+                              "and imsverify run writes its metrics there (docs/operations.md)"),
+    "report.healthcheck": Option(_url, None,
+                                 "URL pinged at the start (URL/start), success (URL) and failure (URL/fail) "
+                                 "of each backup, healthchecks.io style"),
+    "report.timeout": Option(_int(1, 300), "10", "seconds a healthcheck ping may take"),
 }
 
 PARTITION_RE = re.compile(r"^partition:([A-Za-z0-9_][A-Za-z0-9_.-]*)\.path$")

@@ -30,6 +30,7 @@ EXIT_MISSING = 15       # (imsstage, imsnbu, notify scripts) files or fresh dump
 EXIT_DEADLINE = 16      # (imsstage, bpstart_notify) the run did not finish before --deadline
 EXIT_STORE = 17         # the store cannot be read or written (read-only, damaged, name too long)
 EXIT_EMPTY = 18         # a backup found no user in a store that should have some
+EXIT_DIFFERS = 19       # (imsverify) the archive is intact but a test restore or the live store differs from it
 EXIT_INTERNAL = 70      # a bug in ims-asm: one line on stderr, the details in a crash file
 EXIT_INTERRUPTED = 130  # Ctrl-C, or SIGTERM from an engine cancelling the job
 EXIT_PIPE = 141         # stdout was closed by its reader (e.g. `| head`): the output was cut

@@ -65,6 +65,8 @@ def build_parser() -> ArgParser:
                    help="encrypt to this age recipient (repeatable; replaces store.encrypt.recipients)")
     p.add_argument("--recipients-file", action="append", default=[], metavar="FILE",
                    help="encrypt to the recipients listed in FILE (repeatable)")
+    p.add_argument("--report", metavar="FILE",
+                   help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
     p.add_argument("names", nargs="*", metavar="name",
                    help="logical paths: /, /primary, /primary/groupA, /primary/user/joe, /primary/joe/INBOX")
     return p
@@ -76,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    from asm.report import run_reported
+    return run_reported(PROG, args.report, lambda rep: _backup(args, rep), lambda w: warn(PROG, w))
+
+
+def _backup(args, rep) -> int:
     since = parse_date(args.date) if args.date else None
     names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
     base = load_base(args.base) if args.base else None
@@ -91,6 +98,10 @@ def _main(argv: list[str] | None) -> int:
     if base is not None and base.driver and base.driver != inst.store.name:
         raise UsageError(f"the base {args.base} is a backup of a {base.driver} store, this store is "
                          f"{inst.store.name}: take a full backup")
+    from asm.report import labels_of
+    rep.labels = labels_of(paths)
+    rep.begin(inst.config, selection=[str(p) for p in paths], device=args.device, since=since,
+              chain_base={"since": since} if since is not None else None)
     layers = write_layers(inst.config, args.compress, args.z, args.encrypt, args.recipient, args.recipients_file)
     raw = open_device(args.device, "wb", args.bf, inst.config)
     state_out = args.state_out or (state_path_for(args.device) if getattr(raw, "kind", "") == "file" else None)
@@ -140,6 +151,11 @@ def _main(argv: list[str] | None) -> int:
                          device_status(exc))
     if status is not None:
         return status
+    rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,
+                       "bytes": res.bytes},
+               errors=res.errors, vanished=res.vanished, excluded=res.excluded,
+               archive_id=(res.trailer or {}).get("archive_id"), digest=(res.trailer or {}).get("digest"),
+               backup_seconds=round(res.seconds, 3))
     progress.clear()
     if state_out:
         try:

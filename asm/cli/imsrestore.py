@@ -66,6 +66,8 @@ def build_parser() -> ArgParser:
     p.add_argument("--identity", action="append", default=[], metavar="FILE",
                    help="age identity file for an encrypted archive (repeatable; default: "
                         "store.encrypt.identities)")
+    p.add_argument("--report", metavar="FILE",
+                   help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
     p.add_argument("paths", nargs="*", metavar="path",
                    help="what to restore: /, /primary/groupA, /primary/user/joe, /primary/joe/INBOX")
     return p
@@ -246,7 +248,7 @@ def _main(argv: list[str] | None) -> int:
     return _one(args)
 
 
-def _chain(args) -> int:
+def _chain(args, rep) -> int:
     """Several -f: check the chain, then restore each archive in turn (deliveries stay
     held until the last one); stop at the first that does not end well."""
     if args.toc or args.header or args.reffile:
@@ -260,13 +262,25 @@ def _chain(args) -> int:
     # before it restore nothing else (no message or folder gone by then comes back)
     final = _final_state(args.devices[-1], args.bf, inst.config, args.identity)
     status = EXIT_OK
+    per: list = []              # the run report: each archive's status and counts, and their sum
+
+    def report_chain() -> None:
+        total: dict = {}
+        for p in per:
+            for k, v in (p["counts"] or {}).items():
+                total[k] = total.get(k, 0) + v
+        rep.update(device=list(args.devices), chain=per, counts=total)
+
     for i, d in enumerate(args.devices):
         last = i == len(args.devices) - 1
         one = argparse.Namespace(**vars(args))
         one.device = d
         one.hold = args.hold or not last
         one.final = None if last else final
-        st = _one(one)
+        rep.fields.pop("counts", None)
+        st = _one(one, rep)
+        per.append({"device": d, "status": st, "counts": rep.fields.get("counts")})
+        report_chain()
         if st != EXIT_OK:
             if not last:
                 warn(PROG, f"the chain stopped at {d} (exit {st}): the archives after it were not restored; "
@@ -276,13 +290,17 @@ def _chain(args) -> int:
     return status
 
 
-def _one(args) -> int:
+def _one(args, rep) -> int:
     inst = open_installation(create=not (args.toc or args.header))
     paths = [parse(p, inst.groups) for p in args.paths]
     user_map = read_map(args.mapfile) if args.mapfile else {}
     refdoc = read_reffile(args.reffile) if args.reffile else None
     if args.device == "-" and sys.stdin.isatty():
         raise UsageError("refusing to read an archive from a terminal: pipe one in or name a file with -f")
+    if not (args.toc or args.header):
+        from asm.report import labels_of
+        rep.labels = labels_of(paths)
+        rep.begin(inst.config, selection=[str(p) for p in paths] or ["/"], device=args.device)
     device = open_device(args.device, "rb", args.bf, inst.config)
     try:
         device = wrap_read(device, identity_loader(inst.config, args.identity), 512 * args.bf)
@@ -346,6 +364,14 @@ def _one(args) -> int:
             progress.clear()
             return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
     progress.clear()
+    rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,
+                       "bytes": res.bytes, "duplicates": res.duplicates, "renumbered": res.renumbered,
+                       "expunged": res.expunged},
+               errors=res.errors, archive_id=reader.header.get("archive_id"),
+               digest=(reader.trailer or {}).get("digest"),
+               chain_base={"since": reader.header.get("since")} if reader.header.get("since") is not None else None,
+               hostile=res.hostile, corrupt=res.corrupt, incomplete=res.incomplete,
+               restore_seconds=round(res.seconds, 3))
     for e in res.errors:
         if e.get("status") != EXIT_NOSPACE:        # a full disk is said once, below
             warn(PROG, f"{e['mailbox']}: {e['error']}")

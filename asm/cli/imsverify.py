@@ -1,0 +1,293 @@
+"""imsverify: prove that archives restore.
+
+    imsverify -f device [-f device ...] [-b N] [--against-store] [--restore-test [--scratch DIR]
+              [--keep-scratch]] [--report FILE] [-v]
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+
+from asm.cli.common import ArgParser, Progress, UsageError, blocking_factor, human, run_command, warn
+from asm.config import Config, ConfigError
+from asm.devices import open_device
+from asm.errors import (EXIT_DIFFERS, EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_OK, EXIT_ORDER,
+                        EXIT_PARTIAL, ImsError,
+                        device_status)
+from asm.verify import Problem, build, check_archive, verdict
+
+PROG = "imsverify"
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog=PROG, description="Check archives (one, or a chain of a full and its incrementals) as a "
+                                         "restore reads them; optionally restore them into a scratch store "
+                                         "or compare them with the live store.")
+    p.add_argument("-f", dest="devices", action="append", required=True, metavar="DEVICE",
+                   help="archive file, tape, FIFO, '-' for stdin, [user@]host:path, or a directory of "
+                        "archive files (a staging directory); repeat for a chain")
+    p.add_argument("-b", dest="bf", type=blocking_factor, default=20, metavar="N",
+                   help="blocking factor to read with (default 20; tapes: the writer's)")
+    p.add_argument("--against-store", action="store_true",
+                   help="compare with the live store of IMS_HOME: mail it had when the backup started that "
+                        "the archives lack, and what changed since")
+    p.add_argument("--restore-test", action="store_true",
+                   help="restore into a scratch installation, compare it with the archives, remove it")
+    p.add_argument("--scratch", metavar="DIR", help="where the scratch installation is made (default $TMPDIR)")
+    p.add_argument("--keep-scratch", action="store_true", help="leave the scratch installation (its path is printed)")
+    p.add_argument("--identity", action="append", default=[], metavar="FILE",
+                   help="age identity file for encrypted archives (repeatable; default: store.encrypt.identities)")
+    p.add_argument("--report", metavar="FILE", help="write a JSON report of the run to FILE")
+    p.add_argument("--healthcheck", metavar="URL",
+                   help="ping URL/start, then URL (every check passed) or URL/fail; never changes the status")
+    p.add_argument("-v", dest="verbose", action="store_true", help="name every problem and each archive")
+    return p
+
+
+def _config() -> Config | None:
+    """The installation's configuration when IMS_HOME names one (remote devices, the
+    store driver), else None: checking an archive file needs no installation."""
+    try:
+        return Config().require()
+    except ConfigError:
+        return None
+
+
+def _expand(devices: list[str]) -> list[str]:
+    """Devices as given; a local directory stands for the archive files in it."""
+    out = []
+    for d in devices:
+        if d != "-" and os.path.isdir(d):
+            names = sorted(n for n in os.listdir(d) if not n.startswith("."))
+            files = [os.path.join(d, n) for n in names if os.path.isfile(os.path.join(d, n))]
+            if not files:
+                raise UsageError(f"{d} is a directory without files: name archive files or a directory holding them")
+            out.extend(files)
+        else:
+            out.append(d)
+    return out
+
+
+@contextlib.contextmanager
+def _reading(dev: str, bf: int, cfg, identities: list[str]):
+    """The archive's bytes from ``dev``, its compression and encryption layers (docs/offsite.md)
+    peeled off as imsrestore does."""
+    from asm.layers import wrap_read
+    from asm.layers.options import identity_loader
+    device = wrap_read(open_device(dev, "rb", bf, cfg), identity_loader(cfg, identities), 512 * bf)
+    with device:
+        yield device.file
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    from asm.report import run_reported
+    return run_reported(PROG, args.report, lambda rep: _verify(args, rep), lambda w: warn(PROG, w))
+
+
+def _verify(args, report) -> int:
+    if args.devices.count("-") > 1:
+        raise UsageError("stdin (-f -) can be read once: give the other archives as files")
+    if "-" in args.devices and sys.stdin.isatty():
+        raise UsageError("refusing to read an archive from a terminal: pipe one in or name a file with -f")
+    if args.restore_test and "-" in args.devices:
+        raise UsageError("--restore-test reads each archive twice (check, then restore): give a file, "
+                         "not stdin")
+    if args.scratch and not os.path.isdir(args.scratch):
+        raise UsageError(f"--scratch {args.scratch}: no such directory")
+    from_dirs = [d for d in args.devices if d != "-" and os.path.isdir(d)]
+    devices = _expand(args.devices)
+    cfg = _config()
+    inst = None
+    if args.against_store:
+        from asm.cli.context import open_installation
+        inst = open_installation()
+        cfg = inst.config
+    if args.healthcheck:
+        from asm.config import _url
+        try:
+            report.url = _url(args.healthcheck)
+        except ValueError as exc:
+            raise UsageError(f"--healthcheck {args.healthcheck!r}: {exc}") from None
+    report.begin(cfg, devices=devices)
+
+    progress = Progress(enabled=None)
+    t0 = time.monotonic()
+    problems: list[Problem] = []
+    checks = []
+    skipped = []
+    for dev in devices:
+        def show(c, dev=dev):
+            el = time.monotonic() - t0
+            progress.update(f"{PROG}: {dev}: {c.counts['messages'] + c.counts['links']} messages, "
+                            f"{human(c.counts['bytes'])} ({human(c.counts['bytes'] / el if el else 0)}/s)")
+        try:
+            with _reading(dev, args.bf, cfg, args.identity) as raw:
+                c = check_archive(raw, dev, args.bf, progress=show if progress.enabled else None)
+        except OSError as exc:
+            progress.clear()
+            c = None
+            problems.append(Problem(device_status(exc), f"cannot read {dev}: {exc.strerror or exc}"))
+        except UsageError:
+            raise
+        except ImsError as exc:        # a device plugin's DeviceError (with its status)
+            progress.clear()
+            c = None
+            problems.append(Problem(exc.status, f"{dev}: {exc}"))
+        if c is None:
+            continue
+        if (not c.readable and all(p.status == EXIT_NOT_ARCHIVE for p in c.problems)
+                and any(os.path.dirname(dev) == d.rstrip("/") for d in from_dirs)):
+            skipped.append(dev)        # a file of a directory that is no archive (a catalog, a log)
+            continue
+        checks.append(c)
+        problems.extend(c.problems)
+        if args.verbose:
+            progress.clear()
+            warn(PROG, f"{dev}: " + _describe(c))
+    progress.clear()
+    if not checks and skipped:
+        raise UsageError(f"no archive among the files of {', '.join(from_dirs)}")
+
+    # chains: one per scope, in the order of their first archive
+    by_scope: dict = {}
+    for c in (c for c in checks if c.readable):
+        by_scope.setdefault(tuple(c.header.get("scope") or ["/"]), []).append(c)
+    views = []
+    for scope, group in by_scope.items():
+        v = build(group)
+        views.append(v)
+        problems.extend(v.problems)
+
+    if args.restore_test or args.against_store:
+        for v in views:
+            if v.base_missing:
+                what = "--restore-test" if args.restore_test else "--against-store"
+                problems.append(Problem(EXIT_ORDER, f"{what} needs the whole chain: {v.base_missing} is an "
+                                                    "incremental; give its full archive (and the incrementals "
+                                                    "between) too"))
+        views_to_use = [v for v in views if not v.base_missing]
+    else:
+        views_to_use = views
+    tested = compared = 0
+    changes = {}
+    served: list = []
+    intact = not any(p.status in (EXIT_HOSTILE, EXIT_INCOMPLETE) for p in problems)
+    if args.restore_test and views_to_use:
+        from asm.verify.scratch import restore_test
+        driver = (cfg.driver if cfg is not None else None)
+        for v in views_to_use:
+            drv = driver or (v.archives[-1].header.get("driver") if v.archives[-1].header.get("driver")
+                             in ("classic", "maildir") else "classic")
+
+            def reopen(c):
+                return _reading(c.device, args.bf, cfg, args.identity)
+
+            rt = restore_test(v, reopen, drv, parent=args.scratch, keep=args.keep_scratch,
+                              live_owner=cfg.get("store.owner") if cfg is not None else None)
+            served.append(rt.served)
+            problems.extend(rt.problems)
+            if rt.comparison is not None:
+                problems.extend(rt.comparison.problems)
+                tested += rt.comparison.compared
+            if args.keep_scratch:
+                warn(PROG, f"the scratch installation is kept: IMS_HOME={rt.home}")
+    if args.against_store and views_to_use:
+        from asm.backup import select
+        from asm.logical import parse
+        from asm.verify.compare import compare_live
+        for v in views_to_use:
+            paths = [parse(p, inst.groups) for p in v.scope]
+            targets = select(inst.store, inst.groups, paths, allow_empty=True)
+            exclude = (v.archives[-1].header.get("options") or {}).get("exclude") or []
+            cmp = compare_live(v, inst.store, targets, exclude)
+            problems.extend(cmp.problems)
+            compared += cmp.compared
+            for k, n in cmp.changes.items():
+                changes[k] = changes.get(k, 0) + n
+
+    status = verdict(problems)
+    if args.verbose:
+        for p in problems:
+            warn(PROG, p.text)
+    if args.verbose and args.restore_test:
+        for why in served:
+            if why and why != "dovecot":
+                warn(PROG, f"restore test: compared through the store only ({why})")
+    line = _summary(checks, views, problems, status, tested if args.restore_test else None,
+                    (compared, changes) if args.against_store else None, time.monotonic() - t0, served)
+    if status == EXIT_OK:
+        print(f"{PROG}: {line}")
+    else:
+        warn(PROG, line + ("" if args.verbose else " (-v names each problem)"))
+    scopes = sorted({s for c in checks if c.readable for s in (c.header.get("scope") or ["/"])})
+    report.update(summary=line, selection=scopes, counts=_totals(checks),
+                  errors=[p.text for p in problems], chains=len(views),
+                  archives=[_archive_info(c) for c in checks],
+                  chain_base=[v.archives[0].archive_id for v in views if v.archives],
+                  restore_test=({"messages_compared": tested, "imap": "dovecot" in served,
+                                 "not_over_imap": [w for w in served if w != "dovecot"]}
+                                if args.restore_test else None),
+                  against_store=({"messages_compared": compared, **changes} if args.against_store else None))
+    return status
+
+
+def _describe(c) -> str:
+    if not c.readable:
+        return "not readable"
+    kind = "incremental" if c.since is not None else "full"
+    n = c.counts
+    return (f"{kind} archive {c.archive_id} of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c.created))}, "
+            f"{n['users']} users, {n['folders']} folders, {n['messages']} messages, {n['links']} links, "
+            f"{human(n['bytes'])}: " + ("intact" if c.intact else
+                                        f"{len(c.problems)} problem{'s' if len(c.problems) != 1 else ''}"))
+
+
+def _totals(checks) -> dict:
+    out = {"archives": len(checks), "users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
+    for c in checks:
+        for k in ("users", "folders", "messages", "links", "bytes"):
+            out[k] += c.counts[k]
+    return out
+
+
+def _archive_info(c) -> dict:
+    return {"device": c.device, "archive_id": c.archive_id, "created": c.header.get("created"),
+            "since": c.since, "scope": c.header.get("scope"), "digest": (c.trailer or {}).get("digest"),
+            "intact": c.intact, "counts": c.counts, "problems": len(c.problems)}
+
+
+def _summary(checks, views, problems, status, tested, live, seconds, served=()) -> str:
+    t = _totals(checks)
+    s = (f"{t['archives']} archive{'s' if t['archives'] != 1 else ''}"
+         + (f" ({len(views)} chain{'s' if len(views) != 1 else ''})" if t["archives"] > 1 else "")
+         + f", {t['users']} users, {t['folders']} folders, {t['messages']} messages, {t['links']} links, "
+         f"{human(t['bytes'])} in {seconds:.1f}s")
+    partial = [v.base_missing for v in views if v.base_missing]
+    if partial:
+        s += f"; {len(partial)} chain{'s' if len(partial) > 1 else ''} without {'their' if len(partial) > 1 else 'its'} full archive (what came before not checked)"
+    if tested is not None:
+        s += f"; restore test: {tested} messages compared" + (" (and over IMAP)" if "dovecot" in served else "")
+    if live is not None:
+        compared, ch = live
+        s += (f"; live store: {compared} messages compared, since the backup {ch.get('new', 0)} new, "
+              f"{ch.get('expunged', 0)} expunged, {ch.get('flags', 0)} with other flags")
+    if status == EXIT_OK:
+        return s + ": every check passed"
+    kinds = {}
+    for p in problems:
+        kinds[p.status] = kinds.get(p.status, 0) + 1
+    names = {EXIT_HOSTILE: "hostile", EXIT_INCOMPLETE: "damage", EXIT_ORDER: "chain", EXIT_DIFFERS: "differences",
+             EXIT_PARTIAL: "backup errors"}
+    what = ", ".join(f"{n} {names.get(k, f'status {k}')}" for k, n in sorted(kinds.items()))
+    return s + f": FAILED, {len(problems)} problem{'s' if len(problems) != 1 else ''} ({what})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""One archive read the way a restore reads it, every check of docs/format.md §4 made,
+and what it holds kept (per folder its UIDs, per message its digest, flags and date) so
+a chain, the live store or a test restore can be compared with it.
+
+Nothing here prints or imports the command line: problems are collected as
+:class:`Problem` (an exit status from :mod:`asm.errors` and one line).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from asm.archive.errors import (ArchiveError, DigestMismatch, HostileMember, IncompleteArchive,
+                                LinkTargetUnavailable)
+from asm.archive.reader import ArchiveReader
+from asm.archive.values import FolderState, UidSet
+from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_PARTIAL
+
+
+@dataclass
+class Problem:
+    status: int          # what it means (asm.errors): 4 damage, 5 hostile, 7 chain, 19 differs, 1 backup errors
+    text: str            # one line: where, and what is wrong
+
+
+@dataclass
+class FolderRec:
+    """A folder as an archive (or a chain of them) says it was at backup time."""
+    partition: str
+    user: str
+    name: str
+    uidvalidity: int
+    uidnext: int
+    subscribed: bool
+    uids: UidSet
+    state: FolderState
+    # uid -> (sha256, flags (sorted tuple), keywords (sorted tuple), int internaldate, size)
+    messages: dict = field(default_factory=dict)
+    created: float = 0.0   # when the archive that listed it last was started
+
+    @property
+    def mailbox(self) -> str:
+        return f"/{self.partition}/{self.user}/{self.name}"
+
+
+@dataclass
+class ArchiveCheck:
+    """What :func:`check_archive` found in one archive."""
+    device: str
+    header: dict = field(default_factory=dict)
+    trailer: dict | None = None
+    users: dict = field(default_factory=dict)       # (partition, user) -> group
+    folders: dict = field(default_factory=dict)     # (partition, user, folder) -> FolderRec
+    counts: dict = field(default_factory=lambda: {"users": 0, "folders": 0, "messages": 0, "links": 0,
+                                                  "bytes": 0})
+    problems: list = field(default_factory=list)
+    backup_errors: list = field(default_factory=list)   # the trailer's errors: what the backup could not save
+    seconds: float = 0.0
+    readable: bool = False          # the header was read (it is an ims-asm archive)
+
+    @property
+    def archive_id(self) -> str | None:
+        return self.header.get("archive_id")
+
+    @property
+    def created(self) -> float:
+        return float(self.header.get("created") or 0.0)
+
+    @property
+    def since(self) -> float | None:
+        return self.header.get("since")
+
+    @property
+    def intact(self) -> bool:
+        """Every check passed: header, members, digests, trailer (backup errors aside)."""
+        return self.readable and self.trailer is not None and not any(
+            p.status != EXIT_PARTIAL for p in self.problems)
+
+    def add(self, status: int, text: str) -> None:
+        self.problems.append(Problem(status, text))
+
+
+def _status(exc: ArchiveError) -> int:
+    return EXIT_HOSTILE if isinstance(exc, HostileMember) else (exc.status or EXIT_INCOMPLETE)
+
+
+def check_archive(raw, device: str, blocking_factor: int = 20, progress=None) -> ArchiveCheck:
+    """Read the archive from ``raw`` (a binary stream: file, pipe, tape, remote) to its
+    end.  OSError from the device is raised; everything the archive gets wrong is a
+    Problem of the result.  ``progress(check)`` is called as messages go by."""
+    out = ArchiveCheck(device)
+    t0 = time.monotonic()
+    try:
+        reader = ArchiveReader(raw, blocking_factor)
+    except ArchiveError as exc:
+        out.add(_status(exc), f"{device}: {exc}")
+        out.seconds = time.monotonic() - t0
+        return out
+    out.readable = True
+    out.header = reader.header
+    created = float(reader.header.get("created") or 0.0)
+
+    def on_error(exc):
+        out.add(_status(exc), f"{device}: {exc}")
+
+    folder = None
+    try:
+        for m in reader.members(on_error=on_error):
+            if m.kind == "user":
+                out.users[(m.partition, m.user)] = m.group
+                out.counts["users"] += 1
+                continue
+            if m.kind == "folder":
+                folder = FolderRec(m.partition, m.user, m.folder, m.uidvalidity, m.uidnext, m.subscribed,
+                                   m.uids, m.state, created=created)
+                out.folders[(m.partition, m.user, m.folder)] = folder
+                out.counts["folders"] += 1
+                continue
+            if m.kind == "message":
+                try:
+                    m.check()
+                except DigestMismatch as exc:
+                    on_error(exc)
+                    continue
+                out.counts["messages"] += 1
+                out.counts["bytes"] += m.size
+            else:
+                # a link: the reader proved its SHA-256 is its target's, and the target's
+                # bytes were checked when the target was read
+                out.counts["links"] += 1
+            if folder is not None and (folder.partition, folder.user, folder.name) == (
+                    m.partition, m.user, m.folder):
+                folder.messages[m.uid] = (m.sha256, tuple(sorted(m.flags)), tuple(sorted(m.keywords)),
+                                          int(m.internaldate or 0), m.size)
+            if progress:
+                progress(out)
+    except IncompleteArchive as exc:
+        out.add(EXIT_INCOMPLETE, f"{device}: {exc}")
+    except LinkTargetUnavailable as exc:       # never for a check (links are not opened): a bug
+        out.add(EXIT_INCOMPLETE, f"{device}: {exc}")
+    if reader.trailer is not None:
+        out.trailer = reader.trailer
+        for e in reader.trailer.get("errors", []):
+            out.backup_errors.append(e)
+            out.add(EXIT_PARTIAL, f"{device}: the backup could not save {e['mailbox']}: {e['error']}")
+    elif not any(p.status == EXIT_INCOMPLETE for p in out.problems):
+        out.add(EXIT_INCOMPLETE, f"{device}: the archive has no trailer: the backup did not finish or the "
+                                 "copy was cut short")
+    out.seconds = time.monotonic() - t0
+    return out

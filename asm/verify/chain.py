@@ -1,0 +1,124 @@
+"""A chain: a full archive and the incrementals after it.  Checks that each incremental
+continues the archive before it (same scope, taken after it, its ``since`` no later
+than the previous archive's start, so no mail fell in between) and that every message
+an incremental lists but does not carry is in an earlier archive of the chain; and
+builds what the chain restores to (each folder as the last archive listed it, every
+message's bytes from the archive that carried them, flags as last recorded).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from asm.errors import EXIT_ORDER
+from asm.verify.archive import ArchiveCheck, FolderRec, Problem
+
+
+@dataclass
+class ChainView:
+    """What restoring the chain gives: folders by (partition, user, folder)."""
+    folders: dict = field(default_factory=dict)
+    users: dict = field(default_factory=dict)
+    archives: list = field(default_factory=list)     # ArchiveChecks, oldest first
+    problems: list = field(default_factory=list)
+    base_missing: str | None = None                  # the first archive is an incremental
+    chain: list = field(default_factory=list)        # what a restore takes: the last full and what follows
+
+    @property
+    def created(self) -> float:
+        return self.archives[-1].created if self.archives else 0.0
+
+    @property
+    def scope(self) -> list:
+        return list(self.archives[-1].header.get("scope") or ["/"]) if self.archives else []
+
+
+def _when(t) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
+
+
+def order(checks: list[ArchiveCheck]) -> list[ArchiveCheck]:
+    """Readable archives oldest first (by the time their backup started)."""
+    return sorted((c for c in checks if c.readable), key=lambda c: c.created)
+
+
+def build(checks: list[ArchiveCheck]) -> ChainView:
+    """The chain of ``checks`` (any order; unreadable ones are left out, their own
+    problems say why) and the problems of its continuity (EXIT_ORDER)."""
+    view = ChainView()
+    arcs = order(checks)
+    view.archives = arcs
+    if not arcs:
+        return view
+
+    def problem(text):
+        view.problems.append(Problem(EXIT_ORDER, text))
+
+    first = arcs[0]
+    if first.since is not None:
+        # an incremental checked on its own (or incrementals without their full archive): the
+        # archives are checked, and the continuity between them, but what came before the first
+        # one cannot be; the summary says so
+        view.base_missing = first.device
+    seen_ids = set()
+    prev = None
+    for a in arcs:
+        if a.archive_id in seen_ids:
+            problem(f"{a.device} is the same archive ({a.archive_id}) as another one given")
+            continue
+        seen_ids.add(a.archive_id)
+        if prev is not None:
+            if a.since is None:
+                # a later full archive starts the chain over
+                view.folders, view.users = {}, {}
+                view.chain = []
+            else:
+                if list(a.header.get("scope") or ["/"]) != list(prev.header.get("scope") or ["/"]):
+                    problem(f"{a.device} covers {a.header.get('scope')} but the archive before it "
+                            f"({prev.device}) covers {prev.header.get('scope')}: not one chain")
+                if a.since > prev.created:
+                    problem(f"{a.device} holds mail stored since {_when(a.since)}, but the archive before "
+                            f"it ({prev.device}) was taken at {_when(prev.created)}: mail stored in between "
+                            "is in no archive of this chain")
+        _apply(view, a, problem, base=prev is None)
+        view.chain.append(a)
+        prev = a
+    return view
+
+
+def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False) -> None:
+    """Lay archive ``a`` over the view: its folders replace theirs; an incremental's
+    listed-but-not-carried messages come from the view, with the flags it recorded."""
+    incremental = a.since is not None
+    new: dict = {}
+    for key, f in a.folders.items():
+        g = FolderRec(f.partition, f.user, f.name, f.uidvalidity, f.uidnext, f.subscribed, f.uids, f.state,
+                      dict(f.messages), f.created)
+        if incremental and not base:
+            old = view.folders.get(key)
+            if old is not None and old.uidvalidity == f.uidvalidity:
+                # the earlier archives' messages this one lists without carrying them (bounded by
+                # what the archives hold, never by the ranges a UID list spans)
+                for uid, have in old.messages.items():
+                    if uid in f.uids and uid not in g.messages:
+                        st = f.state.get(uid)
+                        if st is not None:
+                            have = (have[0], tuple(sorted(st[0])), tuple(sorted(st[1])), have[3], have[4])
+                        g.messages[uid] = have
+            if f.state:
+                # the messages it records as kept from before (stored before its -d date); a
+                # listed UID that is neither carried nor recorded vanished during that backup
+                missing = len(f.state) - f.state.count_in(u for u in g.messages if u not in f.messages)
+                first_missing = f.state.first_not_in(g.messages) if missing > 0 else None
+            else:
+                missing = len(f.uids) - len(g.messages)
+                first_missing = f.uids.first_not_in(g.messages) if missing > 0 else None
+            if missing > 0:
+                why = ("no earlier archive of the chain holds this folder" if old is None else
+                       "its UIDVALIDITY differs from the earlier archive's (the folder was recreated)"
+                       if old.uidvalidity != f.uidvalidity else "they are in no earlier archive of the chain")
+                problem(f"{a.device}: {f.mailbox} lists {missing} message{'s' if missing > 1 else ''} "
+                        f"(from UID {first_missing}) it does not carry, and {why}")
+        new[key] = g
+    view.folders = new
+    view.users = dict(a.users)

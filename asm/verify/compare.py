@@ -1,0 +1,152 @@
+"""A chain's view (:class:`asm.verify.chain.ChainView`) against a store: a scratch store
+it was just restored into (must be identical, as a client sees it) or the live store
+(what the store has that the archive should hold; what changed since)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from asm.errors import EXIT_DIFFERS
+from asm.store.base import Store, StoreError
+from asm.verify.archive import Problem
+from asm.verify.chain import ChainView
+
+#: Seconds of clock slack around the backup's start: a message stored this close to it
+#: may or may not be in the archive.
+SLACK = 2.0
+
+
+def file_sha256(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _store_folders(store: Store) -> dict:
+    """(partition, user, folder) -> FolderInfo of every folder of the store."""
+    out = {}
+    for part in store.partitions():
+        for user in store.users(part):
+            for f in store.folders(user):
+                out[(part, user, f.name)] = f
+    return out
+
+
+@dataclass
+class Comparison:
+    problems: list = field(default_factory=list)
+    compared: int = 0          # messages whose bytes were compared
+    # against the live store: what changed since the backup (not problems)
+    changes: dict = field(default_factory=lambda: {"new": 0, "expunged": 0, "flags": 0,
+                                                   "folders_new": 0, "folders_gone": 0})
+
+    def add(self, text: str) -> None:
+        self.problems.append(Problem(EXIT_DIFFERS, text))
+
+
+def _flags(m) -> tuple:
+    return tuple(sorted(m.flags)), tuple(sorted(m.keywords))
+
+
+def compare_restored(view: ChainView, store: Store) -> Comparison:
+    """The scratch store a test restore wrote against the chain's view: the same
+    folders (UIDVALIDITY, UIDNEXT, subscription), the same UIDs, and each message's
+    bytes, flags, keywords and INTERNALDATE."""
+    out = Comparison()
+    have = _store_folders(store)
+    for key, rec in view.folders.items():
+        f = have.pop(key, None)
+        if f is None:
+            out.add(f"restore test: {rec.mailbox} was not restored")
+            continue
+        for what, want, got in (("UIDVALIDITY", rec.uidvalidity, f.uidvalidity),
+                                ("UIDNEXT", rec.uidnext, f.uidnext),
+                                ("subscription", rec.subscribed, f.subscribed)):
+            if want != got:
+                out.add(f"restore test: {rec.mailbox}: {what} is {got} after the restore, {want} in the archive")
+        msgs = {m.uid: m for m in store.messages(rec.user, rec.name)}
+        for uid, (sha, flags, keywords, idate, size) in rec.messages.items():
+            m = msgs.pop(uid, None)
+            if m is None:
+                out.add(f"restore test: {rec.mailbox}: message {uid} was not restored")
+                continue
+            out.compared += 1
+            got = file_sha256(m.path)
+            if got != sha:
+                out.add(f"restore test: {rec.mailbox}: message {uid} came back with other bytes "
+                        f"(SHA-256 {got or 'unreadable'}, {sha} in the archive)")
+            if _flags(m) != (flags, keywords):
+                out.add(f"restore test: {rec.mailbox}: message {uid} has flags {' '.join(_flags(m)[0] + _flags(m)[1])!r}"
+                        f" after the restore, {' '.join(flags + keywords)!r} in the archive")
+            if int(m.internaldate) != idate:
+                out.add(f"restore test: {rec.mailbox}: message {uid} has INTERNALDATE {int(m.internaldate)} "
+                        f"after the restore, {idate} in the archive")
+        for uid in sorted(msgs):
+            out.add(f"restore test: {rec.mailbox}: message {uid} is there after the restore but not in the archive")
+    for (part, user, name), f in sorted(have.items()):
+        if name == "INBOX" and not store.messages(user, name):
+            continue            # a user's INBOX is made with the user
+        out.add(f"restore test: /{part}/{user}/{name} is there after the restore but not in the archive")
+    return out
+
+
+def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> Comparison:
+    """The live store against the chain's view.  ``targets`` are the users and folders
+    the archive's scope covers now (:func:`asm.backup.select`).  A problem is a message
+    the store received before the last backup started and the chain does not hold
+    (it should), or a message whose bytes differ from the archive's; new mail,
+    expunges, flag changes and new or deleted folders since are counted as changes."""
+    from asm.backup import is_excluded
+    out = Comparison()
+    created = view.created
+    seen = set()
+    for t in targets:
+        for name in t.folders:
+            key = (t.partition, t.user, name)
+            mailbox = f"/{t.partition}/{t.user}/{name}"
+            if name not in t.explicit and exclude and is_excluded(name, exclude):
+                continue
+            seen.add(key)
+            rec = view.folders.get(key)
+            try:
+                info = store.folder(t.user, name)
+                msgs = store.messages(t.user, name)
+            except StoreError:
+                continue        # gone since it was listed
+            if rec is None:
+                out.changes["folders_new"] += 1
+            elif rec.uidvalidity != info.uidvalidity:
+                rec = None      # recreated since: its messages are new ones
+            old = [m for m in msgs if (rec is None or m.uid not in rec.messages) and m.stored < created - SLACK]
+            if old:
+                out.add(f"{mailbox}: {len(old)} message{'s' if len(old) > 1 else ''} the store received before "
+                        f"the backup started {'are' if len(old) > 1 else 'is'} not in the archive "
+                        f"(UID {', '.join(str(m.uid) for m in old[:5])}{', ...' if len(old) > 5 else ''})")
+            for m in msgs:
+                if rec is None or m.uid not in rec.messages:
+                    if m.stored >= created - SLACK:
+                        out.changes["new"] += 1
+                    continue
+                sha, flags, keywords = rec.messages[m.uid][:3]
+                out.compared += 1
+                got = file_sha256(m.path)
+                if got is None:
+                    continue    # expunged while we looked
+                if got != sha:
+                    out.add(f"{mailbox}: message {m.uid} differs from the archive's copy (SHA-256 {got} in the "
+                            f"store, {sha} in the archive): the store or the archive was changed")
+                if _flags(m) != (flags, keywords):
+                    out.changes["flags"] += 1
+            if rec is not None:
+                present = {m.uid for m in msgs}
+                out.changes["expunged"] += sum(1 for u in rec.messages if u not in present)
+    for key, rec in view.folders.items():
+        if key not in seen:
+            out.changes["folders_gone"] += 1
+            out.changes["expunged"] += len(rec.messages)
+    return out

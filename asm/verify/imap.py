@@ -1,0 +1,259 @@
+"""A scratch Maildir store as an IMAP client sees it: a private Dovecot (when one is
+installed) serving the scratch installation on 127.0.0.1, a free port, with a
+configuration and password file of its own (nothing from /etc/dovecot), as the
+scratch store's owner; every folder of the chain's view SELECTed and every message
+fetched (UIDVALIDITY, UIDNEXT, UID, FLAGS, INTERNALDATE, BODY.PEEK[]) and compared.
+The server is stopped by its PID when the comparison ends.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import imaplib
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import time
+
+from asm.verify.compare import Comparison
+from asm.verify.chain import ChainView
+
+DOVECOT = "/usr/sbin/dovecot"
+
+CONF = """\
+protocols = imap
+listen = 127.0.0.1
+base_dir = {d}/run
+state_dir = {d}/state
+instance_name = imsverify-{port}
+log_path = {d}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+auth_failure_delay = 0
+mail_location = maildir:~/Maildir
+mail_uid = {uid}
+mail_gid = {gid}
+first_valid_uid = 1
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {d}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {d}/users
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+"""
+
+
+def available() -> str | None:
+    """Why a private Dovecot cannot serve the scratch store, or None."""
+    if not os.access(DOVECOT, os.X_OK):
+        return f"{DOVECOT} is not installed"
+    if os.geteuid() != 0:
+        return "starting a private Dovecot needs root"
+    return None
+
+
+def mutf7(name: str) -> str:
+    """IMAP's modified UTF-7 (RFC 3501 §5.1.3) of a mailbox name."""
+    out, run = [], []
+
+    def flush():
+        if run:
+            b = base64.b64encode("".join(run).encode("utf-16-be")).decode().rstrip("=").replace("/", ",")
+            out.append(f"&{b}-")
+            run.clear()
+    for c in name:
+        if 0x20 <= ord(c) <= 0x7e:
+            flush()
+            out.append("&-" if c == "&" else c)
+        else:
+            run.append(c)
+    flush()
+    return "".join(out)
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class PrivateDovecot:
+    def __init__(self, workdir: str, users: dict, uid: int, gid: int):
+        """``users``: {user: home}."""
+        self.dir = workdir
+        self.users = users
+        self.uid, self.gid = uid, gid
+        self.password = secrets.token_hex(16)
+        self.port = 0
+        self.pid = None
+
+    def start(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        with open(os.path.join(self.dir, "users"), "w") as f:
+            for user, home in self.users.items():
+                f.write(f"{user}:{{PLAIN}}{self.password}:{self.uid}:{self.gid}::{home}::\n")
+        os.chmod(os.path.join(self.dir, "users"), 0o644)
+        conf = os.path.join(self.dir, "dovecot.conf")
+        with open(conf, "w") as f:
+            f.write(CONF.format(d=self.dir, port=self.port, uid=self.uid, gid=self.gid))
+        with open(os.path.join(self.dir, "start.err"), "wb") as err:
+            rc = subprocess.run([DOVECOT, "-c", conf], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, timeout=60).returncode
+        if rc:
+            raise RuntimeError(f"dovecot did not start (exit {rc}): {self.log()}")
+        pidfile = os.path.join(self.dir, "run", "master.pid")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.pid is None and os.path.exists(pidfile):
+                with open(pidfile) as f:
+                    text = f.read().strip()
+                if text:
+                    self.pid = int(text)
+            if self.pid is not None:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
+                    if s.recv(100).startswith(b"* OK"):
+                        return
+            time.sleep(0.05)
+        raise RuntimeError(f"dovecot did not answer on port {self.port}: {self.log()}")
+
+    def stop(self) -> None:
+        if self.pid is None:
+            return
+        pid, self.pid = self.pid, None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "dovecot.log"), errors="replace") as f:
+                return " ".join(f.read()[-600:].split())
+        except OSError:
+            return "(no log)"
+
+    def login(self, user: str) -> imaplib.IMAP4:
+        conn = imaplib.IMAP4("127.0.0.1", self.port, timeout=60)
+        conn.login(user, self.password)
+        return conn
+
+
+_ITEM = re.compile(rb"UID (\d+)|FLAGS \(([^)]*)\)|INTERNALDATE \"([^\"]+)\"")
+
+
+def _meta(conn) -> dict:
+    """uid -> (flags, keywords, int internaldate) of the selected folder."""
+    typ, data = conn.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE)")
+    out = {}
+    for item in data or []:
+        line = item[0] if isinstance(item, tuple) else item
+        if not line:
+            continue
+        uid = flags = date = None
+        for m in _ITEM.finditer(line):
+            if m.group(1):
+                uid = int(m.group(1))
+            elif m.group(2) is not None:
+                flags = m.group(2).decode("utf-8", "replace").split()
+            elif m.group(3):
+                date = m.group(3)
+        if uid is None:
+            continue
+        flags = [f for f in (flags or []) if f != "\\Recent"]
+        when = imaplib.Internaldate2tuple(b'INTERNALDATE "' + date + b'"') if date else None
+        out[uid] = (tuple(sorted(f for f in flags if f.startswith("\\"))),
+                    tuple(sorted(f for f in flags if not f.startswith("\\"))),
+                    int(time.mktime(when)) if when else None)
+    return out
+
+
+def _body_sha(conn, uid: int) -> str | None:
+    typ, data = conn.uid("FETCH", str(uid), "(BODY.PEEK[])")
+    for item in data or []:
+        if isinstance(item, tuple) and len(item) > 1:
+            return hashlib.sha256(item[1]).hexdigest()
+    return None
+
+
+def compare_served(view: ChainView, dovecot: PrivateDovecot, out: Comparison) -> None:
+    """Every folder and message of ``view`` as Dovecot serves them; differences go to ``out``."""
+    by_user: dict = {}
+    for (part, user, name), rec in view.folders.items():
+        by_user.setdefault(user, []).append(rec)
+    for user, recs in sorted(by_user.items()):
+        if any(0xDC80 <= ord(c) <= 0xDCFF for c in user):
+            continue            # a name that is not UTF-8 cannot log in: compared through the store
+        try:
+            conn = dovecot.login(user)
+        except (OSError, imaplib.IMAP4.error) as exc:
+            out.add(f"restore test (IMAP): {user} cannot log in to the private Dovecot: {exc}")
+            continue
+        try:
+            for rec in recs:
+                if any(0xDC80 <= ord(c) <= 0xDCFF for c in rec.name):
+                    continue
+                typ, data = conn.select(_quote(mutf7(rec.name)), readonly=True)
+                if typ != "OK":
+                    out.add(f"restore test (IMAP): {rec.mailbox} cannot be selected: {data}; Dovecot's log: "
+                            f"{dovecot.log()}")
+                    continue
+                uv = conn.untagged_responses.get("UIDVALIDITY", [b"0"])[-1]
+                un = conn.untagged_responses.get("UIDNEXT", [b"0"])[-1]
+                if int(uv) != rec.uidvalidity or int(un) != rec.uidnext:
+                    out.add(f"restore test (IMAP): {rec.mailbox}: Dovecot serves UIDVALIDITY {int(uv)} UIDNEXT "
+                            f"{int(un)}, the archive says {rec.uidvalidity} and {rec.uidnext}")
+                meta = _meta(conn) if rec.messages or int(conn.untagged_responses.get("EXISTS", [b"0"])[-1]) \
+                    else {}
+                for uid, (sha, flags, keywords, idate, size) in rec.messages.items():
+                    got = meta.pop(uid, None)
+                    if got is None:
+                        out.add(f"restore test (IMAP): {rec.mailbox}: Dovecot does not serve UID {uid}")
+                        continue
+                    if (got[0], got[1]) != (flags, keywords):
+                        out.add(f"restore test (IMAP): {rec.mailbox}: UID {uid} has flags "
+                                f"{' '.join(got[0] + got[1])!r}, {' '.join(flags + keywords)!r} in the archive")
+                    if got[2] is not None and got[2] != idate:
+                        out.add(f"restore test (IMAP): {rec.mailbox}: UID {uid} has INTERNALDATE {got[2]}, "
+                                f"{idate} in the archive")
+                    if _body_sha(conn, uid) != sha:
+                        out.add(f"restore test (IMAP): {rec.mailbox}: UID {uid} is served with other bytes "
+                                "than the archive's")
+                for uid in sorted(meta):
+                    out.add(f"restore test (IMAP): {rec.mailbox}: Dovecot serves UID {uid}, which is not in "
+                            "the archive")
+        finally:
+            with contextlib.suppress(Exception):
+                conn.logout()

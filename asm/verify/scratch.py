@@ -1,0 +1,191 @@
+"""The restore test: restore a chain into a scratch installation of its own, compare
+what a client would see there with the chain's view, and remove it.
+
+The scratch installation is a fresh IMS_HOME under a temporary directory (or under the
+directory given), with the store driver of the installation (or the archive's), one
+directory per partition the archives name, its own restore journal and lock files: the
+live store, its journal and its held deliveries are never touched.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+
+from asm.archive.errors import ArchiveError
+from asm.archive.reader import ArchiveReader
+from asm.config import Config
+from asm.errors import EXIT_OK, ImsError
+from asm.groups import Groups
+from asm.store import open_store
+from asm.verify.archive import Problem
+from asm.verify.chain import ChainView
+from asm.verify.compare import Comparison, compare_restored
+
+_PARTITION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+
+
+@dataclass
+class RestoreTest:
+    home: str = ""
+    driver: str = ""
+    comparison: Comparison | None = None
+    problems: list = field(default_factory=list)
+    restored: dict = field(default_factory=lambda: {"messages": 0, "links": 0, "bytes": 0, "folders": 0})
+    served: str = ""            # "dovecot": also compared over IMAP; else why not
+
+
+def scratch_home(parent: str | None, driver: str, partitions: set, owner: str | None = None) -> str:
+    home = tempfile.mkdtemp(prefix="imsverify-restore-", dir=parent)
+    if owner:
+        os.chmod(home, 0o755)       # the mail user Dovecot serves as reaches the store inside
+    cfg = Config(home)
+    cfg.set("store.driver", driver)
+    if owner:
+        cfg.set("store.owner", owner)
+    for p in sorted(partitions):
+        if p != "primary" and _PARTITION.match(p):
+            d = os.path.join(home, "partitions", p)
+            os.makedirs(d, exist_ok=True)
+            cfg.set(f"partition:{p}.path", d)
+    return home
+
+
+def mail_owner(live_owner: str | None) -> str | None:
+    """The user a private Dovecot serves the scratch store as: the installation's
+    store.owner, else ``vmail`` or ``mail`` when they exist (None: not as root, or none)."""
+    import pwd
+    if os.geteuid() != 0:
+        return None
+    for name in (live_owner, "vmail", "mail"):
+        if not name:
+            continue
+        try:
+            pw = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        except KeyError:
+            continue
+        if pw.pw_uid != 0:
+            return pw.pw_name
+    return None
+
+
+def restore_test(view: ChainView, open_raw, driver: str, parent: str | None = None, keep: bool = False,
+                 report=None, imap: bool = True, live_owner: str | None = None) -> RestoreTest:
+    """Restore the chain's archives from its last full one (``open_raw(check)`` opens one again for reading, as
+    a context manager yielding a binary stream) oldest first into a scratch installation
+    with ``driver``, then compare it with ``view``.  The scratch installation is
+    removed unless ``keep``."""
+    from asm.restore import Journal, Restorer, RestoreOptions, Selection
+    from asm.verify import imap as imapview
+    out = RestoreTest(driver=driver)
+    partitions = {k[0] for k in view.folders} | {k[0] for k in view.users}
+    owner = None
+    if driver != "maildir":
+        out.served = "the classic store has no IMAP server"
+    elif not imap:
+        out.served = "not asked"
+    else:
+        out.served = imapview.available() or ""
+        if not out.served:
+            owner = mail_owner(live_owner)
+            if owner is None:
+                out.served = "no mail user to serve the scratch store as (set store.owner)"
+    out.home = home = scratch_home(parent, driver, partitions, owner)
+    try:
+        cfg = Config(home)
+        store = open_store(cfg, create=True)
+        groups = Groups()
+        journal = Journal(os.path.join(home, "data", "restore-journal.db"))
+        for i, a in enumerate(view.chain):
+            last = i == len(view.chain) - 1
+            opts = RestoreOptions(continue_on_error=True, keep_held=not last,
+                                  reffile=os.path.join(home, "data", f"refs-{i}.json"),
+                                  spool_dir=os.path.join(home, "data", "spool"))
+            with open_raw(a) as raw:
+                try:
+                    reader = ArchiveReader(raw, a.header.get("blocking_factor", 20))
+                except ArchiveError as exc:
+                    out.problems.append(Problem(exc.status, f"restore test: {a.device}: {exc}"))
+                    continue
+                res = Restorer(store, groups, reader, opts, Selection([], groups), journal,
+                               device=a.device, report=report).restore()
+            for k in ("messages", "links", "bytes", "folders"):
+                out.restored[k] += getattr(res, k)
+            status = res.status()
+            for e in res.errors:
+                out.problems.append(Problem(e.get("status", status) or status,
+                                            f"restore test: {a.device}: {e['mailbox']}: {e['error']}"))
+            if status != EXIT_OK and not res.errors:
+                why = res.incomplete or (f"{res.corrupt} damaged members" if res.corrupt else
+                                         f"{res.hostile} hostile members" if res.hostile else
+                                         f"{len(res.pending)} links left unresolved" if res.pending else
+                                         "it did not restore cleanly")
+                out.problems.append(Problem(status, f"restore test: {a.device}: {why}"))
+        scratch = open_store(Config(home))
+        out.comparison = compare_restored(view, scratch)
+        if owner is not None:
+            _compare_served(view, scratch, home, owner, out)
+    except ImsError as exc:
+        out.problems.append(Problem(exc.status, f"restore test: {exc}"))
+    finally:
+        if not keep:
+            shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+def _compare_served(view: ChainView, scratch, home: str, owner: str, out: RestoreTest) -> None:
+    """The scratch Maildir store as a private Dovecot serves it to a client."""
+    import pwd
+
+    from asm.verify import imap as imapview
+    pw = pwd.getpwnam(owner)
+    blocked = _unreachable(os.path.dirname(home), pw.pw_uid, pw.pw_gid)
+    if blocked:
+        out.served = (f"the mail user {owner} cannot reach {blocked}: give --scratch a directory it can "
+                      "reach to compare over IMAP too")
+        return
+    users = {}
+    for part in scratch.partitions():
+        for user in scratch.users(part):
+            users[user] = os.path.join(scratch.partition_path(part), user)
+    for d in (os.path.join(home, "data"),):
+        if os.path.isdir(d):
+            os.chmod(d, 0o755)
+    # Dovecot's sockets live in its base_dir: a short path (a socket's is at most 107 bytes)
+    work = tempfile.mkdtemp(prefix="imsverify-dovecot-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    os.chmod(work, 0o755)
+    dov = imapview.PrivateDovecot(work, users, pw.pw_uid, pw.pw_gid)
+    try:
+        dov.start()
+        imapview.compare_served(view, dov, out.comparison)
+        out.served = "dovecot"
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        out.served = f"the private Dovecot did not run ({exc})"
+    finally:
+        dov.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _unreachable(path: str, uid: int, gid: int) -> str | None:
+    """The first directory on the way to ``path`` that ``uid`` cannot enter, or None."""
+    import stat
+    path = os.path.abspath(path)
+    parts = path.split(os.sep)
+    for i in range(2, len(parts) + 1):
+        d = os.sep.join(parts[:i]) or os.sep
+        try:
+            st = os.stat(d)
+        except OSError:
+            return d
+        if st.st_uid == uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid == gid:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            return f"{d} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None

@@ -1,0 +1,518 @@
+"""imsverify and run reports (issue 16): a backup that cannot be proven is not a backup.
+
+* Every damage class of the archive fuzzer (tests/archive_fuzz.py), at many offsets and
+  seeds, both drivers: imsverify never exits 0 for a damaged or forged archive and ends
+  in the status of its kind; pristine archives, from a file, a pipe or a real process,
+  always exit 0.
+* Chains: a full archive and its incremental pass (with --restore-test and
+  --against-store); a gap, a message an incremental keeps that no archive holds, an
+  archive that lacks mail the store had, each fail with its own status.
+* --restore-test compares what it restored: every kind of difference in the scratch
+  store is named.
+* Reports: the JSON's numbers are what the run did (the archive's trailer, the store),
+  the textfile passes promtool and keeps the last success through a failure, the
+  healthcheck pings arrive at a local HTTP server and a dead or slow one never changes
+  the exit status.
+"""
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from asm.archive import spec
+from asm.config import Config
+from asm.errors import EXIT_DEVICE, EXIT_DIFFERS, EXIT_INCOMPLETE, EXIT_OK, EXIT_ORDER
+from asm.store import open_store
+from tests import archive_fuzz as af
+from tests.helpers import DRIVERS, change_mail, free_port, make_home, put, require, run, state
+
+COUNT = int(os.environ.get("IMS_FUZZ_COUNT", "150"))
+SEED = int(os.environ.get("IMS_FUZZ_SEED", str(random.SystemRandom().randrange(1 << 30))))
+
+
+def verify_inprocess(argv: list, home: str | None = None, stdin: bytes | None = None) -> tuple[int, str]:
+    """imsverify's main(argv) in this process: its exit status and stderr+stdout text."""
+    from asm import plugins
+    from asm.cli import imsverify
+    out, err = io.BytesIO(), io.BytesIO()
+    so = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    se = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
+    saved = sys.stdout, sys.stderr, sys.stdin
+    saved_home = os.environ.get("IMS_HOME")
+    feeder = None
+    if stdin is not None:
+        r, w = os.pipe()
+
+        def feed():
+            try:
+                with os.fdopen(w, "wb") as f:
+                    f.write(stdin)
+            except OSError:
+                pass
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        sin = io.TextIOWrapper(os.fdopen(r, "rb"))
+    else:
+        sin = open(os.devnull)
+    try:
+        if home is None:
+            os.environ.pop("IMS_HOME", None)
+        else:
+            os.environ["IMS_HOME"] = home
+        sys.stdout, sys.stderr, sys.stdin = so, se, sin
+        plugins.reset()
+        status = imsverify.main(argv)
+    finally:
+        sys.stdout, sys.stderr, sys.stdin = saved
+        if saved_home is None:
+            os.environ.pop("IMS_HOME", None)
+        else:
+            os.environ["IMS_HOME"] = saved_home
+        sin.close()
+        if feeder:
+            feeder.join(10)
+        plugins.reset()
+    return status, (err.getvalue() + out.getvalue()).decode("utf-8", "replace")
+
+
+# ------------------------------------------------------------------ damage, any offset, any seed
+
+@pytest.fixture(scope="module", params=DRIVERS)
+def corpus(request, tmp_path_factory):
+    return af.build_corpus(str(tmp_path_factory.mktemp(f"vcorpus-{request.param}")), request.param)
+
+
+def test_pristine_archives_pass_from_a_file_a_pipe_and_a_process(corpus, tmp_path):
+    for source, data in corpus.archives.items():
+        path = tmp_path / f"{source}.ims"
+        path.write_bytes(data)
+        status, text = verify_inprocess(["-f", str(path)])
+        assert status == EXIT_OK, (source, text)
+        assert "every check passed" in text
+        status, text = verify_inprocess(["-f", "-"], stdin=data)
+        assert status == EXIT_OK, (source, "pipe", text)
+        p = run(None, "imsverify", "-f", path, env={"IMS_HOME": None})
+        assert p.returncode == EXIT_OK, p.stderr
+    # the full archive, restored into a scratch store of each driver, is what it says
+    p = run(corpus.empty, "imsverify", "-f", tmp_path / "full.ims", "--restore-test", "--scratch", tmp_path)
+    assert p.returncode == EXIT_OK, p.stderr
+    assert [n for n in os.listdir(tmp_path) if n.startswith("imsverify-restore-")] == []   # removed
+
+
+def test_fuzz_imsverify_catches_every_damage(corpus, tmp_path):
+    """Every mutation of every class of the fuzzer: never exit 0 for what a writer did not
+    write, the status of its kind, never a traceback; from a file or a pipe."""
+    bad, seen = [], {}
+    for n, m in enumerate(af.mutations(corpus, COUNT, SEED + DRIVERS.index(corpus.driver), base=str(tmp_path))):
+        path = tmp_path / "m.ims"
+        path.write_bytes(m.data)
+        piped = n % 3 == 1
+        status, text = verify_inprocess(["-f", "-"] if piped else ["-f", str(path)],
+                                        stdin=m.data if piped else None)
+        seen.setdefault(m.cls, {}).setdefault(status, 0)
+        seen[m.cls][status] += 1
+        want = m.listing if m.listing is not None else m.statuses
+        if m.cls == "truncate" and len(m.data) < 512 and want is not None:
+            # less than one block: nothing says yet that it was an ims-asm archive; the reader
+            # calls it "not an archive" (8), as imsrestore -t does
+            want = set(want) | {8}
+        why = None
+        if status == 70 or "Traceback" in text or "internal error" in text:
+            why = f"traceback / internal error: {text[-300:]}"
+        elif m.must_fail and status == EXIT_OK:
+            why = "exit 0 for a damaged or forged archive"
+        elif want is not None and status not in want:
+            why = f"exit {status}, expected {sorted(want)}: {text[-300:]}"
+        if why:
+            bad.append(f"[{m.cls}] {m.what} ({'pipe' if piped else 'file'}, {m.source}): {why}")
+    assert set(seen) == set(af.CLASSES)
+    assert not bad, f"IMS_FUZZ_SEED={SEED} driver={corpus.driver}:\n" + "\n".join(bad[:15])
+
+
+def test_cut_and_flipped_at_every_member_boundary_and_many_blocks(corpus, tmp_path):
+    """Systematic offsets, not only random ones: the full archive cut, and one bit flipped,
+    at the start of every member, of its records, of its ustar block and of its data, and
+    at 300 more blocks, and at a byte inside each (seeded): never exit 0, never a
+    traceback.  (A cut in the zeros after the trailer's JSON is an intact copy: format.md
+    §2.7.)"""
+    data = corpus.archives["full"]
+    parts, _ = af.layout(data)
+    end = parts[-1].data_at + len(parts[-1].data)      # the trailer's last byte of JSON
+    rng = random.Random(SEED)
+    offsets = {o for p in parts for o in (p.start, p.rec_at, p.ustar_at, p.data_at) if o < end}
+    offsets |= set(rng.sample(range(0, end, 512), min(300, end // 512)))
+    offsets |= {min(end - 1, o + rng.randrange(512)) for o in list(offsets)}
+    path = tmp_path / "cut.ims"
+    bad = []
+    for at in sorted(offsets):
+        for kind, mutated in (("cut", data[:at]), ("flip", data[:at] + bytes([data[at] ^ (1 << rng.randrange(8))])
+                                                    + data[at + 1:])):
+            path.write_bytes(mutated)
+            status, text = verify_inprocess(["-f", str(path)])
+            if status in (EXIT_OK, 70) or "Traceback" in text:
+                bad.append(f"{kind} at {at}: exit {status}")
+    assert not bad, f"IMS_FUZZ_SEED={SEED}: {bad[:10]}"
+
+
+# ------------------------------------------------------------------------------ chains
+
+def _chain(tmp_path, driver):
+    """A store, a full archive, a day of mail and an incremental taken with -d = the time
+    the full backup started (no gap)."""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, driver))
+    for i in range(12):
+        put(store, ["joe", "ann"][i % 2], ["INBOX", "Work/2023"][i % 3 == 0], i, flags=["\\Seen"] if i % 2 else [],
+            internaldate=1_600_000_000 + i)
+    time.sleep(1.1)                 # -d takes whole seconds: the mail above is before it
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
+    change_mail(store, ["joe", "ann"])
+    run(home, "imsbackup", "-f", incr, "-d", since, "/", check=EXIT_OK)
+    return home, store, full, incr
+
+
+def _drop_message(data: bytes) -> tuple[bytes, str]:
+    """The archive without its first message member, every digest and the trailer's counts
+    recomputed: an intact archive that lacks a message (a backup that "succeeded")."""
+    ms = af.models(data)
+    i = next(i for i, m in enumerate(ms) if m.get(spec.KIND) == b"message")
+    gone = ms.pop(i)
+    t = ms[-1].json
+    t["counts"]["messages"] -= 1
+    t["counts"]["bytes"] -= len(gone.data)
+    return af.emit(ms), gone.name.decode()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_chain_passes_whole_and_fails_broken(tmp_path, driver):
+    home, store, full, incr = _chain(tmp_path, driver)
+    for argv in (["-f", full, "-f", incr], ["-f", incr, "-f", full],
+                 ["-f", full, "-f", incr, "--restore-test", "--against-store"]):
+        p = run(home, "imsverify", *argv, text=True)
+        assert p.returncode == EXIT_OK, (argv, p.stderr)
+        assert "2 archives (1 chain)" in p.stdout and "every check passed" in p.stdout
+    # a directory of archives is the chain in it
+    d = tmp_path / "dir"
+    d.mkdir()
+    for f in (full, incr):
+        (d / f.name).write_bytes(f.read_bytes())
+    (d / "catalog.txt").write_text("not an archive\n")
+    run(home, "imsverify", "-f", d, "--restore-test", check=EXIT_OK)
+    # ... and a damaged archive among them is no "other file": it fails the run
+    (d / "zz-cut.ims").write_bytes(full.read_bytes()[:700])
+    run(home, "imsverify", "-f", d, check=EXIT_INCOMPLETE)
+    (d / "zz-cut.ims").unlink()
+
+    # an incremental alone: checked, and the summary says its base was not
+    p = run(home, "imsverify", "-f", incr, text=True, check=EXIT_OK)
+    assert "without its full archive" in p.stdout
+    run(home, "imsverify", "-f", incr, "--restore-test", check=EXIT_ORDER)
+
+    # a full archive that "succeeded" but lacks a message: intact on its own and it restores
+    # as it is, but the chain (the incremental keeps that message from before) and the live
+    # store (it had the message when the backup started) both prove it short
+    short, name = _drop_message(full.read_bytes())
+    bad = tmp_path / "short.ims"
+    bad.write_bytes(short)
+    run(home, "imsverify", "-f", bad, "--restore-test", check=EXIT_OK)
+    p = run(home, "imsverify", "-v", "-f", bad, "-f", incr, text=True, check=EXIT_ORDER)
+    assert "in no earlier archive of the chain" in p.stderr
+    p = run(home, "imsverify", "-v", "-f", bad, "--against-store", text=True, check=EXIT_DIFFERS)
+    assert "not in the archive" in p.stderr
+
+    # a gap: an incremental whose -d is after the archive before it was taken
+    time.sleep(1.1)
+    late = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    gap = tmp_path / "gap.ims"
+    run(home, "imsbackup", "-f", gap, "-d", late, "/", check=EXIT_OK)
+    p = run(home, "imsverify", "-v", "-f", full, "-f", gap, text=True, check=EXIT_ORDER)
+    assert "in no archive of this chain" in p.stderr
+
+    # live changes since the backup are counted, not failures
+    change_mail(store, ["joe"])
+    p = run(home, "imsverify", "-f", full, "-f", incr, "--against-store", text=True, check=EXIT_OK)
+    assert "since the backup" in p.stdout and " 0 new" not in p.stdout
+    # next week's full archive starts the chain over: the restore test takes it alone (the
+    # mail expunged since the first week must not come back)
+    full2 = tmp_path / "full2.ims"
+    run(home, "imsbackup", "-f", full2, "/", check=EXIT_OK)
+    p = run(home, "imsverify", "-f", full, "-f", incr, "-f", gap, "-f", full2, "--restore-test", "--against-store",
+            text=True)
+    assert p.returncode == EXIT_ORDER and "4 archives (1 chain)" in p.stderr    # the gap is still one
+    run(home, "imsverify", "-f", full, "-f", incr, "-f", full2, "--restore-test", "--against-store", check=EXIT_OK)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_restore_test_names_every_difference(tmp_path, driver):
+    """The comparison behind --restore-test: a scratch store that differs from the
+    archive in any way a client would see is named (exit 19's reason)."""
+    from asm.verify import build, check_archive
+    from asm.verify.compare import compare_restored
+    from asm.verify.scratch import restore_test
+    home, store, full, incr = _chain(tmp_path, driver)
+    with open(full, "rb") as f1, open(incr, "rb") as f2:
+        view = build([check_archive(f1, str(full)), check_archive(f2, str(incr))])
+    assert not view.problems
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def reopen(c):
+        with open(c.device, "rb") as f:
+            yield f
+    rt = restore_test(view, reopen, driver, parent=str(tmp_path), keep=True)
+    assert not rt.problems and not rt.comparison.problems and rt.comparison.compared == sum(
+        len(f.messages) for f in view.folders.values())
+    scratch = open_store(Config(rt.home))
+    joe = [m for m in scratch.messages("joe", "INBOX")]
+    changes = [
+        ("flags", lambda: scratch.set_flags("joe", "INBOX", joe[0].uid, ["\\Draft"], ["other"])),
+        ("expunge", lambda: scratch.expunge("joe", "INBOX", [joe[1].uid])),
+        ("uidnext", lambda: scratch.set_folder("ann", "INBOX", uidnext=scratch.folder("ann", "INBOX").uidnext + 5)),
+        ("extra", lambda: put(scratch, "ann", "INBOX", 999)),
+        ("folder", lambda: put(scratch, "ann", "New", 998)),
+    ]
+    for what, change in changes:
+        before = len(compare_restored(view, scratch).problems)
+        change()
+        after = compare_restored(view, scratch).problems
+        assert len(after) > before, what
+        assert all(p.status == EXIT_DIFFERS for p in after)
+    # bytes: a message file rewritten in place
+    m = scratch.messages("ann", "Work/2023")[0] if scratch.messages("ann", "Work/2023") else \
+        scratch.messages("joe", "Work/2023")[0]
+    with open(m.path, "r+b") as f:
+        f.write(b"X")
+    assert any("other bytes" in p.text for p in compare_restored(view, scratch).problems)
+
+
+# ------------------------------------------------------------------------------ reports
+
+def _promtool(path):
+    exe = require("promtool", "Debian's prometheus package; scripts/install-servers installs it")
+    with open(path, "rb") as f:
+        p = subprocess.run([exe, "check", "metrics"], stdin=f, capture_output=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def _metrics(path) -> dict:
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k.split("{")[0]] = float(v)
+    return out
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_reports_say_what_happened(tmp_path, driver):
+    home = str(tmp_path / "src")
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    cfg = make_home(home, driver, **{"report.textfile": str(prom)})
+    store = open_store(cfg)
+    rng = random.Random(5)
+    for i in range(rng.randint(8, 20)):
+        put(store, rng.choice(["joe", "ann", "bob"]), rng.choice(["INBOX", "Sent", "Work/2023"]), i,
+            size=rng.randint(0, 5000))
+    store.deliver(["joe", "ann"], io.BytesIO(b"Subject: shared\r\n\r\nbody\r\n"))
+    want = state(store)
+    n_msgs = sum(1 for k in want if len(k) == 3)
+    arch = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", arch, "--report", tmp_path / "b.json", "/", check=EXIT_OK)
+    b = json.loads((tmp_path / "b.json").read_text())
+    from asm.archive.reader import ArchiveReader
+    with open(arch, "rb") as f:
+        r = ArchiveReader(f)
+        for _ in r.members():
+            pass
+    assert b["status"] == 0 and b["ok"] is True and b["selection"] == ["/"]
+    assert b["counts"] == r.trailer["counts"] and b["archive_id"] == r.header["archive_id"]
+    assert b["digest"] == r.trailer["digest"]
+    assert b["counts"]["messages"] + b["counts"]["links"] == n_msgs
+    assert b["errors"] == [] and b["vanished"] == [] and b["duration_seconds"] >= 0
+    tf = prom / "ims_backup_all_all.prom"
+    _promtool(tf)
+    m = _metrics(tf)
+    assert m["ims_backup_messages"] == n_msgs and m["ims_backup_bytes"] == b["counts"]["bytes"]
+    assert m["ims_backup_last_status"] == 0 and m["ims_backup_errors"] == 0
+    success = m["ims_backup_last_success_timestamp_seconds"]
+    assert abs(success - b["ended"]) < 1e-3
+
+    # a failed run: its status, and the last success kept
+    run(home, "imsbackup", "-f", tmp_path / "nodir" / "a.ims", "--report", tmp_path / "f.json", "/",
+        check=EXIT_DEVICE)
+    f = json.loads((tmp_path / "f.json").read_text())
+    assert f["status"] == EXIT_DEVICE and f["ok"] is False and f["errors"]
+    _promtool(tf)
+    m = _metrics(tf)
+    assert m["ims_backup_last_status"] == EXIT_DEVICE
+    assert m["ims_backup_last_success_timestamp_seconds"] == success
+
+    # restore: the numbers of the restore, equal to the store it made
+    dst = str(tmp_path / "dst")
+    make_home(dst, driver, **{"report.textfile": str(prom)})
+    run(dst, "imsrestore", "-f", arch, "--report", tmp_path / "r.json", check=EXIT_OK)
+    rr = json.loads((tmp_path / "r.json").read_text())
+    got = state(open_store(Config(dst)))
+    assert got == want
+    assert rr["counts"]["messages"] + rr["counts"]["links"] == n_msgs and rr["status"] == 0
+    assert rr["archive_id"] == b["archive_id"]
+    _promtool(prom / "ims_restore_all_all.prom")
+
+    # verify: its counts are the archive's; a damaged copy is status 4 in the report too
+    run(home, "imsverify", "-f", arch, "--report", tmp_path / "v.json", check=EXIT_OK)
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["status"] == 0 and v["archives"][0]["digest"] == b["digest"]
+    assert {k: v["counts"][k] for k in b["counts"]} == b["counts"]
+    data = bytearray(arch.read_bytes())
+    data[len(data) // 3] ^= 4
+    (tmp_path / "bad.ims").write_bytes(bytes(data))
+    run(home, "imsverify", "-f", tmp_path / "bad.ims", "--report", tmp_path / "v2.json", check=EXIT_INCOMPLETE)
+    v2 = json.loads((tmp_path / "v2.json").read_text())
+    assert v2["status"] == EXIT_INCOMPLETE and v2["errors"]
+    _promtool(prom / "ims_verify_all_all.prom")
+    assert _metrics(prom / "ims_verify_all_all.prom")["ims_verify_last_status"] == EXIT_INCOMPLETE
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    hits: list = []
+    delay = 0.0
+
+    def do_POST(self):  # noqa: N802
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n)
+        time.sleep(type(self).delay)
+        type(self).hits.append((self.path, body.decode("utf-8", "replace")))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def hook_server():
+    _Hook.hits, _Hook.delay = [], 0.0
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv, _Hook
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_healthcheck_pings_never_fail_the_backup(tmp_path, hook_server):
+    srv, hook = hook_server
+    url = f"http://127.0.0.1:{srv.server_address[1]}/ping/abc"
+    home = str(tmp_path / "h")
+    make_home(home, "classic", **{"report.healthcheck": url, "report.timeout": "1"})
+    put(open_store(Config(home)), "joe", "INBOX", 1)
+    run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", check=EXIT_OK)
+    assert [p for p, _ in hook.hits] == ["/ping/abc/start", "/ping/abc"]
+    hook.hits.clear()
+    run(home, "imsbackup", "-f", tmp_path / "no" / "a.ims", "/", check=EXIT_DEVICE)
+    assert [p for p, _ in hook.hits] == ["/ping/abc/start", "/ping/abc/fail"]
+    assert "exit 3" in hook.hits[-1][1] or "cannot" in hook.hits[-1][1]
+    # imsverify pings only its own URL
+    hook.hits.clear()
+    run(home, "imsverify", "-f", tmp_path / "a.ims", check=EXIT_OK)
+    assert hook.hits == []
+    run(home, "imsverify", "-f", tmp_path / "a.ims", "--healthcheck", url + "-v", check=EXIT_OK)
+    assert [p for p, _ in hook.hits] == ["/ping/abc-v/start", "/ping/abc-v"]
+    assert "every check passed" in hook.hits[-1][1]
+    # a slow server (past report.timeout) and a dead one: warnings, the backup's own status
+    hook.hits.clear()
+    hook.delay = 3.0
+    t0 = time.monotonic()
+    p = run(home, "imsbackup", "-f", tmp_path / "b.ims", "/", text=True, check=EXIT_OK)
+    assert "healthcheck" in p.stderr and time.monotonic() - t0 < 30
+    cfg = Config(home)
+    cfg.set("report.healthcheck", f"http://127.0.0.1:{free_port()}/dead")
+    p = run(home, "imsbackup", "-f", tmp_path / "c.ims", "/", text=True, check=EXIT_OK)
+    assert "not reached" in p.stderr
+    # a bad URL is refused by msconfig
+    p = run(home, "msconfig", "set", "report.healthcheck", "ftp://x", text=True)
+    assert p.returncode == 2 and "http" in p.stderr
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    for argv, needle in ((["-f", "-", "-f", "-"], "once"), (["-f", str(tmp_path / "x"), "--scratch",
+                                                              str(tmp_path / "none")], "no such directory"),
+                         (["-f", "-", "--restore-test"], "twice")):
+        p = run(None, "imsverify", *argv, text=True, input="", env={"IMS_HOME": None})
+        assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = run(None, "imsverify", "-f", tmp_path / "missing.ims", text=True, env={"IMS_HOME": None})
+    assert p.returncode == EXIT_DEVICE and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    (tmp_path / "junk").write_bytes(b"hello")
+    p = run(None, "imsverify", "-f", tmp_path / "junk", text=True, env={"IMS_HOME": None})
+    assert p.returncode == 8, p.stderr
+
+
+def test_restore_test_over_imap_sees_what_a_client_sees(tmp_path):
+    """Maildir: the scratch store served by a private Dovecot; a change a client would see
+    (flags, an expunge) is named by the IMAP comparison."""
+    from tests.dovecot import require_dovecot
+    require_dovecot()
+    from asm.verify import build, check_archive
+    from asm.verify.scratch import restore_test
+    home, store, full, incr = _chain(tmp_path, "maildir")
+    with open(full, "rb") as f1, open(incr, "rb") as f2:
+        view = build([check_archive(f1, str(full)), check_archive(f2, str(incr))])
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def reopen(c):
+        with open(c.device, "rb") as f:
+            yield f
+    # a scratch parent the pytest directory (0700) would hide from the mail user: named, not a failure
+    rt = restore_test(view, reopen, "maildir", parent=str(tmp_path), keep=False)
+    assert "cannot reach" in rt.served and not rt.problems and not rt.comparison.problems
+    import shutil
+    import tempfile
+    parent = tempfile.mkdtemp(prefix="imsverify-test-", dir="/tmp")
+    os.chmod(parent, 0o755)
+    try:
+        _imap_checks(view, reopen, parent, home, full, incr)
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def _imap_checks(view, reopen, parent, home, full, incr):
+    from asm.verify import imap
+    from asm.verify.compare import Comparison
+    from asm.verify.scratch import _compare_served, mail_owner, restore_test
+    rt = restore_test(view, reopen, "maildir", parent=parent, keep=True)
+    assert imap.available() is None and rt.served == "dovecot", rt.served
+    assert not rt.problems and not rt.comparison.problems
+    scratch = open_store(Config(rt.home))
+    joe = scratch.messages("joe", "INBOX")
+    scratch.set_flags("joe", "INBOX", joe[0].uid, ["\\Answered"], ["$Other"])
+    scratch.expunge("joe", "INBOX", [joe[-1].uid])
+    rt.comparison = Comparison()
+    rt.served = ""
+    _compare_served(view, scratch, rt.home, mail_owner(None), rt)
+    texts = [p.text for p in rt.comparison.problems if "(IMAP)" in p.text]
+    assert rt.served == "dovecot"
+    assert any(f"UID {joe[0].uid} has flags" in t for t in texts), texts
+    assert any(f"does not serve UID {joe[-1].uid}" in t for t in texts), texts
+    p = run(home, "imsverify", "-f", full, "-f", incr, "--restore-test", "--scratch", parent, text=True,
+            check=EXIT_OK)
+    assert "(and over IMAP)" in p.stdout
+    assert [n for n in os.listdir(parent) if n != os.path.basename(rt.home)] == []     # removed
