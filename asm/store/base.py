@@ -180,12 +180,12 @@ class MessageInfo:
     dev: int = 0
     ino: int = 0
     nlink: int = 1
-    compressed: str = ""                     # "gz", "bz2", "xz": the file holds the
-                                             # message compressed (Dovecot's zlib plugin);
-                                             # size is then the message's, not the file's
     guid: str = ""                           # the store's GUID of the message (Dovecot: X-GUID)
     changed: float = 0.0                     # when it last entered this folder in this store
                                              # (Maildir: the file's ctime; classic: stored)
+    compressed: str = ""                     # "gz", "bz2", "xz": the file holds the
+                                             # message compressed (Dovecot's zlib plugin);
+                                             # size is then the message's, not the file's
 
 
 @dataclass(frozen=True)
