@@ -242,10 +242,15 @@ def check_chain(specs: list, headers: list) -> None:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    from asm.report import run_reported
+    return run_reported(PROG, args.report, lambda rep: _dispatch(args, rep), lambda w: warn(PROG, w))
+
+
+def _dispatch(args, rep) -> int:
     if len(args.devices) > 1:
-        return _chain(args)
+        return _chain(args, rep)
     args.device = args.devices[0]
-    return _one(args)
+    return _one(args, rep)
 
 
 def _chain(args, rep) -> int:
