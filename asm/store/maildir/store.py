@@ -121,7 +121,7 @@ class _Held:
     touched: float = 0.0
     since: float = 0.0                      # time.monotonic() the dotlock was (re)taken
     writes: int = 0                         # messages written since then (let_others_in)
-    lost: str | None = None                 # the dotlock could not be taken back: why
+    lost: StoreError | None = None          # the dotlock could not be taken back: why
 
 
 class MaildirStore(Store):
@@ -457,7 +457,7 @@ class MaildirStore(Store):
                     self._toucher.start()
         try:
             if held.lost is not None:
-                raise LockTimeout(held.lost)
+                raise held.lost
             if held.state is None:
                 try:
                     held.state = self._load_state(user, folder, create_uidlist and held.lockpath is not None)
@@ -572,14 +572,15 @@ class MaildirStore(Store):
         try:
             self._acquire_dotlock(lockpath, self._lock_timeout(), what)
         except (StoreError, Unlocked, OSError) as exc:
-            # nothing of ours is pending: the folder is as a reader sees it; every later
-            # write in this hold fails (the caller's lock is gone)
-            held.lost = what
+            # nothing of ours is pending: the folder is as a reader sees it.  The message
+            # just written is done; every later use of this hold fails with this error
+            # (the caller's lock is gone), so the folder is never called complete
             if isinstance(exc, OSError):
-                raise os_store_error(exc, f"{user}/{folder}") from None
-            if isinstance(exc, Unlocked):
-                raise LockTimeout(what) from None
-            raise
+                exc = os_store_error(exc, f"{user}/{folder}")
+            elif isinstance(exc, Unlocked):
+                exc = LockTimeout(what)
+            held.lost = exc
+            return True
         with self._mutex:
             held.lockpath = lockpath
             held.touched = time.time()
