@@ -17,6 +17,8 @@ import shutil
 import threading
 import time
 
+import pytest
+
 from tests.dovecot_lab import lab_fixture, message
 from tests.helpers import popen, run
 from tests.test_dovecot_layouts import configure
@@ -213,3 +215,133 @@ def test_a_thread_waiting_for_the_dotlock_gets_it_between_batches(tmp_path):
     # each wait ends at the next let-go: within a batch (0.5 s or 500 messages) and a bit
     assert max(waited) < LATENCY_BOUND, waited
     assert [m.uid for m in store.messages("u", "INBOX")] == list(range(1, n + 1))
+
+
+def test_a_dotlock_taken_by_another_in_the_gap_is_left_to_it(tmp_path, monkeypatch):
+    """When another process keeps the dotlock past store.locktimeout after a batch, the
+    message just written stays written, every later write of that hold fails with
+    LockTimeout (so a restore never calls the folder complete), and the other
+    process's lock is never removed."""
+    import subprocess
+    from tests.helpers import make_home
+    from asm.store import open_store
+    from asm.store.base import LockTimeout
+    from asm.store.maildir import dotlock, names
+    cfg = make_home(tmp_path / "h", "maildir")
+    cfg.set("store.locktimeout", "1")
+    store = open_store(cfg)
+    store.create_user("u")
+    other = subprocess.Popen(["sleep", "60"])
+    release = dotlock.release
+    taken: list[str] = []
+
+    def release_then_taken(path):
+        release(path)
+        if path.endswith("dovecot-uidlist.lock") and not taken:
+            with open(path, "w") as f:          # another process of this host takes it
+                f.write(f"{other.pid}:{names.host()}")
+            taken.append(path)
+    monkeypatch.setattr(dotlock, "release", release_then_taken)
+    try:
+        store.BATCH_SECONDS = 0
+        with pytest.raises(LockTimeout):
+            with store.lock("u", "INBOX"):
+                store.append("u", "INBOX", io.BytesIO(b"Subject: 1\r\n\r\n1\r\n"), uid=1)
+                assert store.let_others_in("u", "INBOX")
+                store.append("u", "INBOX", io.BytesIO(b"Subject: 2\r\n\r\n2\r\n"), uid=2)
+        assert taken and open(taken[0]).read() == f"{other.pid}:{names.host()}"
+        os.unlink(taken[0])
+        assert [m.uid for m in store.messages("u", "INBOX")] == [1]
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize("step", [1, 2], ids=["contiguous-uids", "uids-with-gaps"])
+def test_a_message_stored_between_batches_costs_only_the_uids_it_took(tmp_path, monkeypatch, step):
+    """Another writer appends to the folder being restored between two batches: the
+    messages restored before keep their UIDs; when it took a UID the restore still
+    needs (contiguous UIDs) the rest get new UIDs, said once, tried once each, and the
+    folder is not a mirror; when it took a gap's UID nothing is renumbered.  Every
+    archived message is there once either way."""
+    from asm.archive.reader import ArchiveReader
+    from asm.groups import Groups
+    from asm.restore import Journal, Restorer, RestoreOptions, Selection
+    from asm.store.base import UidInUse
+    from asm.store.maildir import dotlock
+    from tests.helpers import make_home
+    from asm.store import open_store
+    n = 1200
+    src_home = tmp_path / "src"
+    src = open_store(make_home(src_home, "maildir"))
+    src.create_user("joe")
+    src.create_folder("joe", "Big")
+    bodies = {}
+    with src.lock("joe", "Big"):
+        for i in range(n):
+            body = b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i)
+            uid = 1 + i * step
+            src.append("joe", "Big", io.BytesIO(body), uid=uid)
+            bodies[uid] = body
+    archive = tmp_path / "a.ims"
+    run(src_home, "imsbackup", "-f", archive, "/", check=0)
+
+    cfg = make_home(tmp_path / "dest", "maildir")
+    target = open_store(cfg)
+    target.BATCH_MESSAGES = 100
+    other = open_store(cfg)
+    state = {"gaps": 0, "foreign": None, "in_use": 0, "gap": False}
+    release = dotlock.release
+
+    def release_in_gap(path):
+        release(path)
+        if state["gap"] and ".Big" in path:
+            state["gaps"] += 1
+            if state["gaps"] == 3:           # another writer, in the gap after batch 3
+                state["gap"] = False
+                state["foreign"] = other.append("joe", "Big", io.BytesIO(b"Subject: live\r\n\r\nx\r\n")).uid
+    monkeypatch.setattr(dotlock, "release", release_in_gap)
+    let_go = target.let_others_in
+
+    def let_others_in(user, folder):
+        state["gap"] = True
+        try:
+            return let_go(user, folder)
+        finally:
+            state["gap"] = False
+    target.let_others_in = let_others_in
+    append = target.append
+
+    def counting_append(*a, **kw):
+        try:
+            return append(*a, **kw)
+        except UidInUse:
+            state["in_use"] += 1
+            raise
+    target.append = counting_append
+    lines: list[str] = []
+    journal = Journal(str(tmp_path / "j.db"))
+    with open(archive, "rb") as f:
+        res = Restorer(target, Groups(), ArchiveReader(f), RestoreOptions(), Selection([], Groups()),
+                       journal, report=lines.append).restore()
+    assert res.status() == 0
+    msgs = target.messages("joe", "Big")
+    got = {}
+    for m in msgs:
+        with open(m.path, "rb") as f:
+            got[m.uid] = f.read()
+    foreign = state["foreign"]
+    assert foreign == 300 * step + 1 - (step - 1)       # the next UID after batch 3
+    assert got.pop(foreign) == b"Subject: live\r\n\r\nx\r\n"
+    assert sorted(got.values()) == sorted(bodies.values())      # each archived message once
+    kept = {u: b for u, b in got.items() if u < foreign}
+    assert kept == {u: b for u, b in bodies.items() if u < foreign}
+    taken = foreign in bodies
+    said = [ln for ln in lines if "was taken by a message stored meanwhile" in ln]
+    if taken:
+        assert res.renumbered == n - 300 and state["in_use"] == 1 and len(said) == 1
+        assert not journal.get("joe", "Big").mirror
+    else:
+        assert res.renumbered == 0 and state["in_use"] == 0 and not said
+        assert got == {u: b for u, b in bodies.items()}
+        assert journal.get("joe", "Big").mirror
