@@ -122,6 +122,8 @@ def test_an_imap_client_goes_on_during_a_restore_and_lmtp_is_held_until_it_ends(
         client.close()
     assert proc.wait(timeout=300) == 0, (tmp_path / "err").read_text()
     worst = max(latencies, key=lambda x: x[1])
+    print(f"restore {time.monotonic() - started:.1f} s, {len(latencies)} client commands, "
+          f"worst {worst[0]} {worst[1]:.3f} s, folder sizes seen {len(set(exists_seen))}")   # pytest -s
     assert worst[1] < LATENCY_BOUND, (worst, len(latencies))
     # the client really worked while the restore wrote: it saw the folder grow in steps
     growing = sorted(set(exists_seen))
