@@ -844,12 +844,14 @@ class Lab:
             return "(no log)"
 
     def fix_owner(self, path: str | None = None) -> None:
-        """chown -R the mail user (for files a test wrote as root)."""
-        path = path or self.dir
-        for root, dirs, files in os.walk(path):
-            os.lchown(root, self.uid, self.gid)
-            for n in files:
-                os.lchown(os.path.join(root, n), self.uid, self.gid)
+        """chown -R the mail user (for files a test wrote as root): ``path``, or every
+        mail tree (never Dovecot's run directory: a login directory owned by the mail
+        user locks imap-login out of the auth socket, and IMAP logins hang)."""
+        for top in [path] if path else [self.store, self.homes, self.idx, self.ctl]:
+            for root, dirs, files in os.walk(top):
+                os.lchown(root, self.uid, self.gid)
+                for n in files:
+                    os.lchown(os.path.join(root, n), self.uid, self.gid)
 
     # -- LMTP ---------------------------------------------------------------------
     def deliver(self, rcpts: Iterable[str] | str, msg: bytes, sender: str = "sender@lab.example",

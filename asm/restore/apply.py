@@ -14,7 +14,7 @@ from asm.locks import pid_alive
 from asm.restore.errors import ArchiveReadFailed
 from asm.restore.options import RestoreOptions, RestoreResult
 from asm.restore.plan import FolderPlan
-from asm.store.base import Store, UidInUse
+from asm.store.base import Store, StoreError, UidInUse
 
 CHUNK = 1 << 20
 SPOOL_PREFIX = "restore-"       # restore-<pid>-<random>: one run's spool of first copies
@@ -93,6 +93,14 @@ class Applier:
         d = plan.digests.get(c.path)
         if d is None:
             d = plan.digests[c.path] = sha256_file(c.path)
+        if d is None:
+            # renamed since the plan listed it (Dovecot changed its flags while the
+            # restore let go of the folder between batches): look it up once more
+            try:
+                fresh = self.store.message(plan.user, plan.folder, c.uid)
+            except StoreError:
+                return False
+            d = plan.digests[fresh.path] = sha256_file(fresh.path)
         return d == sha256
 
     def duplicate(self, plan: FolderPlan, m) -> object | None:
@@ -138,11 +146,18 @@ class Applier:
             self._place(m, dup.path)
             if plan.mode == "chain" and dup.uid == m.uid:
                 store.set_flags(plan.user, plan.folder, dup.uid, m.flags, m.keywords)
+            store.let_others_in(plan.user, plan.folder)
             return
         uid = self.target_uid(plan, m)
+        if uid is not None and uid < plan.uidnext:
+            uid = None             # passed already (another writer came between batches)
         try:
             info = self._append(plan, m, uid)
         except UidInUse:           # someone took it meanwhile: a new UID instead
+            if not plan.renumbered:
+                self.report(f"{plan.mailbox}: UID {m.uid} was taken by a message stored "
+                            f"meanwhile (IMAP APPEND or a delivery): the archived messages "
+                            f"from there on get new UIDs")
             uid = None
             info = self._append(plan, m, None)
         if info is None:
@@ -154,6 +169,9 @@ class Applier:
         plan.restored += 1
         plan.by_uid.setdefault(info.uid, info)
         plan.uidnext = max(plan.uidnext, info.uid + 1)
+        # the store's folder lock is held in short batches: IMAP and LMTP go on between
+        # them (docs/restore-design.md, "Live restores")
+        store.let_others_in(plan.user, plan.folder)
 
     def _append(self, plan: FolderPlan, m, uid: int | None):
         """Store one message (as a hard link to its first copy when that is here);

@@ -372,6 +372,14 @@ class Store(abc.ABC):
         caller holds the lock do not try to take it again.
         """
 
+    def let_others_in(self, user: str, folder: str) -> bool:
+        """Called by a long writer (a restore) after each message it wrote into a folder
+        whose :meth:`lock` it holds.  A driver whose lock other programs wait for (the
+        maildir driver: Dovecot's dotlock) lets go of it for a moment when a short batch
+        is full and takes it again, so they go on meanwhile; True when it did.  The
+        caller's view of the folder may be stale after that.  Others keep the lock."""
+        return False
+
     # -- deliveries -----------------------------------------------------------
     @abc.abstractmethod
     def hold_deliveries(self, user: str, holder: str | None = None) -> None:

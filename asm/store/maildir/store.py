@@ -20,7 +20,7 @@ from asm.config import Config
 from asm.locks import pid_alive
 from asm.store import layout as layout_mod
 from asm.store.base import (
-    BadName, FolderExists, FolderInfo, FolderSnapshot, MessageGone,
+    BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
     check_folder_name, check_user_name, compression_of, holder_gone, os_store_error, split_flags, store_os_errors,
     this_holder,
@@ -121,6 +121,9 @@ class _Held:
     depth: int = 1
     state: _State | None = None
     touched: float = 0.0
+    since: float = 0.0                      # time.monotonic() the dotlock was (re)taken
+    writes: int = 0                         # messages written since then (let_others_in)
+    lost: StoreError | None = None          # the dotlock could not be taken back: why
 
 
 class MaildirStore(Store):
@@ -455,12 +458,14 @@ class MaildirStore(Store):
                 lockpath = None
             except OSError as exc:
                 raise os_store_error(exc, f"{user}/{folder}") from None
-            held = _Held(lockpath=lockpath, touched=time.time())
+            held = _Held(lockpath=lockpath, touched=time.time(), since=time.monotonic())
             with self._mutex:
                 self._held[key] = held
                 if lockpath:
                     self._toucher.start()
         try:
+            if held.lost is not None:
+                raise held.lost
             if held.state is None:
                 try:
                     held.state = self._load_state(user, folder, create_uidlist and held.lockpath is not None)
@@ -536,6 +541,65 @@ class MaildirStore(Store):
 
     def lock(self, user: str, folder: str, timeout: float = 30.0):
         return self._locked(user, folder, timeout)
+
+    # A long writer (a restore) holds a folder's lock in short batches, so Dovecot's
+    # IMAP and LMTP, which wait for the same dotlock, go on meanwhile (docs/dovecot.md,
+    # "Live restores").  Dovecot watches a dotlock it waits for with inotify and tries
+    # again as soon as it goes away (file-dotlock.c, use_io_notify; without inotify it
+    # looks every 0.1-0.2 s), so a short gap lets it in.
+    BATCH_MESSAGES = 500            # messages written under one hold of the dotlock
+    BATCH_SECONDS = 0.5             # or this long, whichever comes first
+    BATCH_GAP = 0.05                # how long the dotlock stays free between batches
+
+    def let_others_in(self, user: str, folder: str) -> bool:
+        """Called by a long writer after each message it wrote into a folder whose lock
+        it holds (``with store.lock(...)``): when the batch is full, what is kept in
+        memory is written, Dovecot's dotlock is let go for a moment and taken again, and
+        the folder is read again (Dovecot may have changed it meanwhile).  True when it
+        let go.  The writer's own plan may be stale then: a UID it wants may be taken
+        (append raises UidInUse) or a message gone (MessageGone)."""
+        key = (user, check_folder_name(folder))
+        with self._mutex:
+            held = self._held.get(key)
+        if held is None or not held.lockpath or held.state is None or held.lost is not None:
+            return False
+        held.writes += 1
+        if held.writes < self.BATCH_MESSAGES and time.monotonic() - held.since < self.BATCH_SECONDS:
+            return False
+        st = held.state
+        try:
+            self._flush(st)
+        except OSError as exc:
+            raise os_store_error(exc, f"{user}/{folder}") from None
+        lockpath, what = held.lockpath, f"{user}/{folder} ({held.lockpath})"
+        with self._mutex:
+            held.lockpath = None            # not ours for a moment: the toucher leaves it
+            held.state = None
+        dotlock.release(lockpath)
+        time.sleep(self.BATCH_GAP)
+        try:
+            self._acquire_dotlock(lockpath, self._lock_timeout(), what)
+        except (StoreError, Unlocked, OSError) as exc:
+            # nothing of ours is pending: the folder is as a reader sees it.  The message
+            # just written is done; every later use of this hold fails with this error
+            # (the caller's lock is gone), so the folder is never called complete
+            if isinstance(exc, OSError):
+                exc = os_store_error(exc, f"{user}/{folder}")
+            elif isinstance(exc, Unlocked):
+                exc = LockTimeout(what)
+            held.lost = exc
+            return True
+        with self._mutex:
+            held.lockpath = lockpath
+            held.touched = time.time()
+        held.since = time.monotonic()
+        held.writes = 0
+        try:
+            held.state = self._load_state(user, key[1], True)
+        except OSError as exc:
+            raise os_store_error(exc, f"{user}/{folder}") from None
+        held.state.overflow = st.overflow     # keywords for Dovecot's index, given at unlock
+        return True
 
     def _load_state(self, user: str, folder: str, writing: bool) -> _State:
         d = self._existing_folder_dir(user, folder)
@@ -1058,18 +1122,22 @@ class MaildirStore(Store):
         folder = check_folder_name(folder)
         with self._locked(user, folder) as st:
             ul = st.uidlist
-            changed = False
+            changed = renumbered = False
             if uidvalidity is not None and uidvalidity != ul.uidvalidity:
                 ul.uidvalidity = uidvalidity
-                changed = True
+                changed = renumbered = True
             if uidnext is not None:
                 floor = max(ul.records, default=0) + 1
                 want = max(uidnext, floor)
                 if want != ul.uidnext:
+                    renumbered = renumbered or want < ul.uidnext
                     ul.uidnext = want
                     changed = True
             if changed:
-                if not st.index_invalidated:
+                # a higher UIDNEXT alone Dovecot takes from the uidlist's header into its
+                # index at its next sync; its index files are removed (and clients that
+                # have the folder selected are logged out) only when the identity changed
+                if renumbered and not st.index_invalidated:
                     self._invalidate_index(st.idx)
                     self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
                     st.index_invalidated = True
