@@ -18,6 +18,7 @@ import contextlib
 import errno
 import functools
 import os
+import stat
 import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
@@ -480,12 +481,21 @@ COMPRESSED_MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"
 
 
 def compression_of(path: str) -> str:
-    """The compression a message file's first bytes show ("" for none)."""
+    """The compression a message file's first bytes show ("" for none).  Only a regular
+    file is opened (never a FIFO, whose open would wait for a writer, nor a symbolic
+    link, whose target is not the store's): anything else is left to the caller's checks."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(6)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        head = os.read(fd, 6)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
     for magic, kind in COMPRESSED_MAGIC:
         if head.startswith(magic):
             return kind
