@@ -160,9 +160,9 @@ def put(store: Store, user: str, folder: str, n: int, **kw):
     return store.append(user, folder, io.BytesIO(msg(n, kw.pop("size", 0))), **kw)
 
 
-def state(store: Store, users=None) -> dict:
+def state(store: Store, users=None, guid: bool = False) -> dict:
     """What a client sees: per folder (uidvalidity, uidnext, subscribed) and per message
-    (sha256, flags, keywords, int internaldate)."""
+    (sha256, flags, keywords, int internaldate[, GUID with ``guid``])."""
     out = {}
     for part in store.partitions():
         for user in store.users(part):
@@ -174,7 +174,7 @@ def state(store: Store, users=None) -> dict:
                     with open(m.path, "rb") as fh:
                         digest = hashlib.sha256(fh.read()).hexdigest()
                     out[(user, f.name, m.uid)] = (digest, tuple(sorted(m.flags)), tuple(sorted(m.keywords)),
-                                                  int(m.internaldate))
+                                                  int(m.internaldate)) + ((m.guid,) if guid else ())
     return out
 
 

@@ -18,7 +18,7 @@ import pytest
 from asm.config import Config
 from asm.errors import EXIT_ORDER
 from asm.store import open_store
-from tests.helpers import make_home, msg, run
+from tests.helpers import make_home, msg, run, state
 
 pytestmark = pytest.mark.usefixtures("ims_home")
 
@@ -26,20 +26,7 @@ pytestmark = pytest.mark.usefixtures("ims_home")
 def view(store, users=None) -> dict:
     """What a client sees, GUIDs included: per folder (UIDVALIDITY, UIDNEXT, subscribed),
     per message (bytes' digest, flags, keywords, INTERNALDATE, GUID)."""
-    import hashlib
-    out = {}
-    for part in store.partitions():
-        for user in store.users(part):
-            if users is not None and user not in users:
-                continue
-            for f in store.folders(user):
-                out[(user, f.name)] = (f.uidvalidity, f.uidnext, f.subscribed)
-                for m in store.messages(user, f.name):
-                    with open(m.path, "rb") as fh:
-                        digest = hashlib.sha256(fh.read()).hexdigest()
-                    out[(user, f.name, m.uid)] = (digest, tuple(sorted(m.flags)), tuple(sorted(m.keywords)),
-                                                  int(m.internaldate), m.guid)
-    return out
+    return state(store, users, guid=True)
 
 
 class World:

@@ -26,6 +26,7 @@ from asm.cli.common import ArgParser, Progress, UsageError, run_command, warn
 from asm.config import Config, NoInstallation
 from asm.devices import DeviceError, open_device
 from asm.errors import EXIT_MISSING, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
+from asm.store.base import syncfs_dirs
 
 PROG = "imsdr"
 
@@ -202,7 +203,7 @@ def _restore(args) -> int:
                 put(src, target, item, owner if item["kind"] in store_kinds or item["member"].startswith("partition/")
                     else None)
         if not args.dry:
-            _syncfs_all({os.path.dirname(t) for _, _, t in todo})
+            syncfs_dirs({os.path.dirname(t) for _, _, t in todo}, ignore_errors=True)
         if args.verbose or sys.stderr.isatty():
             print(f"{PROG}: {'would restore' if args.dry else 'restored'} {len(todo)} files "
                   f"({', '.join(kinds)}) of the disaster backup taken on {manifest.get('host')} "
@@ -210,22 +211,6 @@ def _restore(args) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return EXIT_OK
-
-
-def _syncfs_all(dirs) -> None:
-    from asm.store.base import _syncfs
-    done = set()
-    for d in dirs:
-        with contextlib.suppress(OSError):
-            dev = os.stat(d).st_dev
-            if dev in done:
-                continue
-            done.add(dev)
-            fd = os.open(d, os.O_RDONLY)
-            try:
-                _syncfs(fd)
-            finally:
-                os.close(fd)
 
 
 # -- show ---------------------------------------------------------------------------------

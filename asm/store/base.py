@@ -450,20 +450,7 @@ class Store(abc.ABC):
     def sync(self) -> None:
         """Make everything written so far durable (one syncfs per filesystem that holds
         the store); the exit of :meth:`batch` calls it."""
-        done = set()
-        for d in self.sync_dirs():
-            try:
-                dev = os.stat(d).st_dev
-            except OSError:
-                continue                     # nothing was ever written there
-            if dev in done:
-                continue
-            done.add(dev)
-            fd = os.open(d, os.O_RDONLY)
-            try:
-                _syncfs(fd)
-            finally:
-                os.close(fd)
+        syncfs_dirs(self.sync_dirs())
 
     def sync_dirs(self) -> list[str]:
         """Directories whose filesystems hold the store: its partitions."""
@@ -564,6 +551,30 @@ def holder_gone(holder: str) -> bool:
     if not at or not pid_s.isdigit():
         return True
     return host == socket.gethostname() and not pid_alive(int(pid_s))
+
+
+def syncfs_dirs(dirs, ignore_errors: bool = False) -> None:
+    """One syncfs per filesystem holding one of ``dirs`` (a directory that does not
+    exist is skipped: nothing was ever written there).  A failure raises OSError, or is
+    ignored with ``ignore_errors``."""
+    done = set()
+    for d in dirs:
+        try:
+            dev = os.stat(d).st_dev
+        except OSError:
+            continue
+        if dev in done:
+            continue
+        done.add(dev)
+        try:
+            fd = os.open(d, os.O_RDONLY)
+            try:
+                _syncfs(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            if not ignore_errors:
+                raise
 
 
 def _syncfs(fd: int) -> None:
