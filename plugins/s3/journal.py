@@ -10,6 +10,8 @@ import os
 import socket
 import time
 
+from asm.locks import pid_alive
+
 
 def _dir(home: str | None) -> str | None:
     return os.path.join(home, "data", "s3-uploads") if home else None
@@ -40,16 +42,6 @@ def forget(path: str | None) -> None:
             pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stale(home: str | None, endpoint: str) -> list[tuple[str, dict]]:
     """(journal file, entry) of this host's uploads to ``endpoint`` whose process is gone."""
     d = _dir(home)
@@ -66,6 +58,6 @@ def stale(home: str | None, endpoint: str) -> list[tuple[str, dict]]:
                 e = json.load(f)
         except (OSError, ValueError):
             continue
-        if e.get("host") == host and e.get("endpoint") == endpoint and not _alive(int(e.get("pid", 0))):
+        if e.get("host") == host and e.get("endpoint") == endpoint and not pid_alive(int(e.get("pid", 0))):
             out.append((path, e))
     return out
