@@ -292,6 +292,25 @@ def test_corrupt_member_is_named_and_skipped(source, ims_home, dest, tmp_path):
     assert stopped.exists("ann") and not stopped.exists("joe", "Sent")   # stopped at the error
 
 
+@pytest.mark.parametrize("mode", ["file", "pipe"])
+def test_damage_in_a_message_the_store_holds_already_is_still_found(source, ims_home, dest, tmp_path, mode):
+    """A rerun (or a chain restored again) does not copy what the store holds, but exit 0
+    still means the archive was whole: the skipped message's bytes are read and checked."""
+    a = backup(ims_home, tmp_path / "a.ims")
+    run(dest, "imsrestore", "-f", a, check=0)
+    data = bytearray(a.read_bytes())
+    data[data.index(b"body 1\r\n")] ^= 0x20
+    bad = tmp_path / "bad.ims"
+    bad.write_bytes(bytes(data))
+    before = state(open_store(make_home(dest, source.name)))
+    if mode == "file":
+        p = run(dest, "imsrestore", "-f", bad)
+    else:
+        p = run(dest, "imsrestore", "-f", "-", input=bytes(data))
+    assert p.returncode == 4 and b"damaged" in p.stderr, p.stderr
+    assert state(open_store(make_home(dest, source.name))) == before    # nothing lost or added
+
+
 def _hostile(path, kind):
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
         hdr = json.dumps({"format": "ims-asm", "version": 1, "archive_id": "7c3a1f0e-5b1d-4b1e-9a57-3f2d6c1e8b90",

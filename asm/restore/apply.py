@@ -126,6 +126,13 @@ class Applier:
                 return c
         return None
 
+    def _check(self, m) -> None:
+        """A selected message the store holds already is not copied, but its bytes in
+        the archive are still read and checked: exit 0 means the archive was whole
+        (otherwise a pipe would discard them unhashed and a file would seek past)."""
+        if m.kind == "message":
+            m.check()
+
     @staticmethod
     def target_uid(plan: FolderPlan, m) -> int | None:
         if plan.mode == "exact" and not plan.resumed:
@@ -138,10 +145,12 @@ class Applier:
     def restore_message(self, plan: FolderPlan, m) -> None:
         store = self.store
         if plan.mode == "skip":             # the folder holds this archive already
+            self._check(m)
             self.res.duplicates += 1
             return
         dup = self.duplicate(plan, m)
         if dup is not None:
+            self._check(m)
             self.res.duplicates += 1
             self._place(m, dup.path)
             if plan.mode == "chain" and dup.uid == m.uid:
