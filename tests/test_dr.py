@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 
 from asm.config import Config
 from asm.store import open_store
-from tests.helpers import build, imsstage, make_home, msg, require, run
+from tests.helpers import build, imsstage, make_home, msg, require, run, state
 
 EXIT_PARTIAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_MISSING = 1, 2, 4, 8, 15
 
@@ -227,6 +228,16 @@ def test_chain_orders_archives_and_names_gaps(tmp_path):
     (d / "notes.txt").write_text("not an archive")
     p = run(home, "imsdr", "chain", d, check=0, text=True)
     assert [os.path.basename(x) for x in p.stdout.split()] == ["b-full.ims", "a-incr1.ims", "c-incr2.ims"]
+    # --commands: one imsrestore for the chain, which restores it into an empty store
+    p = run(home, "imsdr", "chain", "--commands", d, check=0, text=True)
+    line, = p.stdout.splitlines()
+    argv = shlex.split(line)
+    assert argv[0] == "imsrestore" and argv[1::2] == ["-f"] * 3
+    assert [os.path.basename(x) for x in argv[2::2]] == ["b-full.ims", "a-incr1.ims", "c-incr2.ims"]
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    run(dest, *argv, check=0)
+    assert state(open_store(make_home(dest, "classic"))) == state(store)
     # an incremental taken from a later date than the archive before it leaves a gap
     deliver()
     t4 = time.time()

@@ -211,6 +211,7 @@ def test_an_incremental_alone_into_an_empty_store_names_its_base(tmp_path, drive
     home = dest_home(tmp_path, driver)
     p = run(home, "imsrestore", "-f", w.archives[1], check=EXIT_ORDER)
     assert b"base archive" in p.stderr
+    assert not dest_store(home).users("primary")          # refused: not even the user is made
 
 
 # -- single archives into live folders: the classic merge -------------------------------

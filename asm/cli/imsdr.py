@@ -58,7 +58,7 @@ def build_parser() -> ArgParser:
     s = sub.add_parser("chain", help="print the archive files to restore, full first, in order")
     s.add_argument("--verify", action="store_true", help="read each archive to its trailer (complete ones only)")
     s.add_argument("--commands", action="store_true",
-                   help="print the imsrestore command lines instead (-H on all but the last of each chain)")
+                   help="print the imsrestore command instead: one per chain (imsrestore -f FULL -f INCR ...)")
     s.add_argument("paths", nargs="+", metavar="PATH", help="archive files or directories holding them")
     return p
 
@@ -265,12 +265,13 @@ def _chain(args) -> int:
                        status=EXIT_MISSING)
     status = EXIT_OK
     for c in found:
-        for i, a in enumerate(c.archives):
-            if args.commands:
-                last = i == len(c.archives) - 1
-                print(f"imsrestore{'' if last else ' -H'} -f {shlex.quote(a.path)}")
-            else:
-                print(a.path)
+        if args.commands and c.archives:
+            # one command per chain: it checks the chain before writing, holds deliveries
+            # throughout, restores each message once (as the chain's end has it) and can
+            # be run again after any interruption
+            print("imsrestore " + " ".join(f"-f {shlex.quote(a.path)}" for a in c.archives))
+        for a in c.archives if not args.commands else ():
+            print(a.path)
         if c.gap:
             status = EXIT_PARTIAL
             warn(PROG, f"scope {' '.join(c.scope)}: the chain stops: {c.gap}"

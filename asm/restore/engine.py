@@ -265,6 +265,9 @@ class Restorer:
                 return
             final_uids = end[1]
         try:
+            if not self.store.exists(user):
+                # an incremental refused for want of its base makes nothing, not even the user
+                self.planner.check_base(m, user, m.folder)
             with self.locks.hold(user, ""):        # one restore at a time makes a user
                 self._ensure_user(m.partition, user, m)
             self.restore_lock.enter_context(self.locks.hold(
