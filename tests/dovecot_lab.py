@@ -510,7 +510,7 @@ class LabImap:
         # flat stream: (attrs) sep name (attrs) sep name ...
         i = 0
         while i + 2 < len(items):
-            attrs, _sep, name = items[i], items[i + 1], items[i + 2]
+            attrs, name = items[i], items[i + 2]
             if isinstance(name, bytes):
                 name = name.decode("utf-8", "surrogateescape")
             out[name] = [str(a) for a in attrs]

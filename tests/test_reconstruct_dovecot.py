@@ -13,8 +13,6 @@ import os
 import shutil
 import time
 
-import pytest
-
 from asm.store.maildir import Uidlist
 from tests.dovecot_lab import Lab, dovecot_lab, message
 from tests.helpers import make_home, run

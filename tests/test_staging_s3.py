@@ -11,7 +11,7 @@ import pytest
 from asm.config import Config
 from staging.catalog import Catalog
 from staging.retention import Policy, kept
-from tests.helpers import build, change_mail, imsstage, make_home, rows, run, state, user_view
+from tests.helpers import build, change_mail, imsstage, make_home, rows, user_view
 from tests.s3server import running
 
 

@@ -25,7 +25,7 @@ from asm.cli.common import (
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
 from asm.errors import (
-    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL, ImsError,
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, ImsError,
     device_status,
 )
 from asm.layers import wrap_read

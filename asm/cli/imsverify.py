@@ -178,7 +178,6 @@ def _verify(args, report) -> int:
     tested = compared = 0
     changes = {}
     served: list = []
-    intact = not any(p.status in (EXIT_HOSTILE, EXIT_INCOMPLETE) for p in problems)
     if args.restore_test and views_to_use:
         from asm.verify.scratch import restore_test
         driver = (cfg.driver if cfg is not None else None)

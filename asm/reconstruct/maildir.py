@@ -321,7 +321,7 @@ class MaildirReconstructor:
                                f"download the folder again"))
         elif not ul.header_ok:
             self.report.add(REPAIRED if uv_from else UNKNOWN, mb,
-                            f"dovecot-uidlist's header is damaged: "
+                            "dovecot-uidlist's header is damaged: "
                             + (f"UIDVALIDITY {uidvalidity} from {uv_from}" if uv_from else
                                f"its UIDVALIDITY is known nowhere: new UIDVALIDITY {uidvalidity}"))
         if ul.bad_lines:

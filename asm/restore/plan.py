@@ -21,7 +21,6 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-from asm.archive.errors import CorruptMember
 from asm.backupstate import header_chain
 from asm.restore.errors import ChainOrderError
 from asm.restore.journal import Journal, JournalRow
