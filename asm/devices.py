@@ -12,6 +12,7 @@ replaces a good archive with half of one.  Files are created 0600.
 from __future__ import annotations
 
 import contextlib
+import errno as _errno
 import os
 import re
 import stat
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import weakref
 
-from asm.errors import EXIT_DEVICE, ImsError
+from asm.errors import EXIT_AUTH, EXIT_CONNECT, EXIT_DEVICE, EXIT_LINKLOST, EXIT_NOSPACE, ImsError
 from asm.hookspecs import hookimpl
 
 _REMOTE_RE = re.compile(r"^(ssh://|(?:[^/@:]+@)?[^/:]+:)")
@@ -38,6 +39,56 @@ class DeviceError(ImsError):
     ``status`` is what the commands exit with (plugins refine it per failure)."""
 
     status = EXIT_DEVICE
+
+
+# -- the failures every remote device shares (the ssh and s3 plugins refine them) --------
+# Each is a DeviceError with the exit status of its kind and an OSError with errno and
+# strerror set, because the commands report an OSError raised while an archive is
+# written, read or finished as a failure of the device.  ``str(exc)`` is the message.
+
+class RemoteDeviceError(DeviceError, OSError):
+    """A remote device or transfer failed; the message says where, what and why."""
+
+    default_errno = _errno.EIO
+
+    def __init__(self, message: str, err: int | None = None):
+        OSError.__init__(self, err or self.default_errno, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class RemoteConnectFailed(RemoteDeviceError):
+    """The far end cannot be reached: refused, timed out, unknown host name, TLS."""
+    default_errno = _errno.ECONNREFUSED
+    status = EXIT_CONNECT
+
+
+class RemoteAuthFailed(RemoteDeviceError):
+    """No credentials or keys, or the far end refused them."""
+    default_errno = _errno.EACCES
+    status = EXIT_AUTH
+
+
+class RemoteNotFound(RemoteDeviceError):
+    """The remote path, bucket or object does not exist (or is not what was expected)."""
+    default_errno = _errno.ENOENT
+
+
+class RemoteNoSpace(RemoteDeviceError):
+    """The far side has no room left."""
+    default_errno = _errno.ENOSPC
+    status = EXIT_NOSPACE
+
+
+class RemoteLinkLost(RemoteDeviceError):
+    """The connection dropped or stopped answering in the middle of a transfer."""
+    default_errno = _errno.ECONNRESET
+    status = EXIT_LINKLOST
+
+
+class RemoteVerifyFailed(RemoteDeviceError):
+    """What the far side stored is not what was sent (size or digest)."""
 
 
 class Device:

@@ -1,28 +1,20 @@
 """Every failure a user can meet on an S3 device, one class each, and the translation
 of boto3's exceptions into them.
 
-Like the ssh plugin's, they are :class:`asm.devices.DeviceError` (an
-:class:`asm.errors.ImsError` with the ``status`` of their class) and :class:`OSError`
-(the commands report an OSError raised while an archive is written, read or finished
-as a failure of the device)."""
+Like the ssh plugin's, they refine the remote-device failures of :mod:`asm.devices`
+(a DeviceError with the exit status of its kind, and an OSError with errno/strerror set).
+"""
 from __future__ import annotations
 
 import errno as _errno
 
-from asm.devices import DeviceError
-from asm.errors import EXIT_AUTH, EXIT_CONNECT, EXIT_LINKLOST, EXIT_NOSPACE, EXIT_USAGE
+from asm.devices import (RemoteAuthFailed, RemoteConnectFailed, RemoteDeviceError, RemoteLinkLost,
+                         RemoteNoSpace, RemoteNotFound, RemoteVerifyFailed)
+from asm.errors import EXIT_USAGE
 
 
-class S3Error(DeviceError, OSError):
+class S3Error(RemoteDeviceError):
     """An S3 request failed; the message says which object, what and why."""
-
-    default_errno = _errno.EIO
-
-    def __init__(self, message: str, err: int | None = None):
-        OSError.__init__(self, err or self.default_errno, message)
-
-    def __str__(self) -> str:
-        return self.strerror
 
 
 class S3ConfigError(S3Error):
@@ -31,37 +23,28 @@ class S3ConfigError(S3Error):
     status = EXIT_USAGE
 
 
-class S3ConnectFailed(S3Error):
+class S3ConnectFailed(S3Error, RemoteConnectFailed):
     """The endpoint cannot be reached (refused, unknown host, TLS failure, timeout)."""
-    default_errno = _errno.ECONNREFUSED
-    status = EXIT_CONNECT
 
 
-class S3AuthFailed(S3Error):
+class S3AuthFailed(S3Error, RemoteAuthFailed):
     """No credentials, or the server refused them (wrong key or secret, no permission)."""
-    default_errno = _errno.EACCES
-    status = EXIT_AUTH
 
 
-class S3NotFound(S3Error):
+class S3NotFound(S3Error, RemoteNotFound):
     """The bucket or the object does not exist."""
-    default_errno = _errno.ENOENT
 
 
-class S3NoSpace(S3Error):
+class S3NoSpace(S3Error, RemoteNoSpace):
     """The server has no room left for the object."""
-    default_errno = _errno.ENOSPC
-    status = EXIT_NOSPACE
 
 
-class S3LinkLost(S3Error):
+class S3LinkLost(S3Error, RemoteLinkLost):
     """The connection dropped or stopped answering in the middle of a transfer, and the
     retries did not bring it back."""
-    default_errno = _errno.ECONNRESET
-    status = EXIT_LINKLOST
 
 
-class S3VerifyFailed(S3Error):
+class S3VerifyFailed(S3Error, RemoteVerifyFailed):
     """What the server stored is not what was sent (size, MD5, SHA-256)."""
 
 

@@ -1,73 +1,56 @@
-"""Every failure a user can meet on a remote device, one class each.
+"""Every failure a user can meet on an SSH device, one class each.
 
-They are :class:`asm.devices.DeviceError` (so :class:`asm.errors.ImsError`: imsbackup,
-imsrestore and imsstage report them as device errors with the ``status`` of their class,
-EXIT_CONNECT, EXIT_HOSTKEY, EXIT_AUTH, EXIT_NOSPACE (far disk full), EXIT_LINKLOST, else
-EXIT_DEVICE) and also :class:`OSError` with ``errno``/``strerror`` set, because the
-commands turn an OSError raised while the archive is being written or read, or while
-the device is closed, into the same one-line device error.  ``str(exc)`` is the message.
+They refine the remote-device failures of :mod:`asm.devices` (each a DeviceError with
+the exit status of its kind, EXIT_CONNECT, EXIT_HOSTKEY, EXIT_AUTH, EXIT_NOSPACE (far
+disk full), EXIT_LINKLOST, else EXIT_DEVICE, and an OSError with errno/strerror set).
+``str(exc)`` is the message.
 """
 from __future__ import annotations
 
 import errno as _errno
 
-from asm.devices import DeviceError
-from asm.errors import EXIT_AUTH, EXIT_CONNECT, EXIT_HOSTKEY, EXIT_LINKLOST, EXIT_NOSPACE
+from asm.devices import (RemoteAuthFailed, RemoteConnectFailed, RemoteDeviceError, RemoteLinkLost,
+                         RemoteNoSpace, RemoteNotFound, RemoteVerifyFailed)
+from asm.errors import EXIT_HOSTKEY
 
 
-class RemoteError(DeviceError, OSError):
-    """A remote device or transfer failed; the message says which host, what and why."""
-
-    default_errno = _errno.EIO
-
-    def __init__(self, message: str, err: int | None = None):
-        OSError.__init__(self, err or self.default_errno, message)
-
-    def __str__(self) -> str:
-        return self.strerror
+class RemoteError(RemoteDeviceError):
+    """An SSH device or transfer failed; the message says which host, what and why."""
 
 
-class ConnectFailed(RemoteError):
+class ConnectFailed(RemoteError, RemoteConnectFailed):
     """No SSH session: refused, timed out, unknown host name, not an SSH server."""
-    default_errno = _errno.ECONNREFUSED
-    status = EXIT_CONNECT
 
 
-class HostKeyUnknown(RemoteError):
-    """The server's host key is in no known_hosts file (never accepted automatically)."""
+class HostKeyError(RemoteError):
+    """The server's host key cannot be trusted (never accepted automatically)."""
     default_errno = _errno.EPERM
     status = EXIT_HOSTKEY
 
 
-class HostKeyChanged(RemoteError):
+class HostKeyUnknown(HostKeyError):
+    """The server's host key is in no known_hosts file."""
+
+
+class HostKeyChanged(HostKeyError):
     """The server offered a key different from the one known_hosts holds for it."""
-    default_errno = _errno.EPERM
-    status = EXIT_HOSTKEY
 
 
-class AuthFailed(RemoteError):
+class AuthFailed(RemoteError, RemoteAuthFailed):
     """None of our keys was accepted (or there was no key to offer)."""
-    default_errno = _errno.EACCES
-    status = EXIT_AUTH
 
 
-class RemotePathError(RemoteError):
+class RemotePathError(RemoteError, RemoteNotFound):
     """The remote path is missing, a directory, or not writable."""
-    default_errno = _errno.ENOENT
 
 
-class RemoteDiskFull(RemoteError):
+class RemoteDiskFull(RemoteError, RemoteNoSpace):
     """The far file system has no room left."""
-    default_errno = _errno.ENOSPC
-    status = EXIT_NOSPACE
 
 
-class LinkLost(RemoteError):
+class LinkLost(RemoteError, RemoteLinkLost):
     """The connection dropped or stopped answering in the middle of a transfer."""
-    default_errno = _errno.ECONNRESET
-    status = EXIT_LINKLOST
 
 
-class VerifyFailed(RemoteError):
+class VerifyFailed(RemoteError, RemoteVerifyFailed):
     """A transferred file's size or SHA-256 differs on the far side."""
-    default_errno = _errno.EIO
