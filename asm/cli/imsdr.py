@@ -158,7 +158,8 @@ def _home() -> str:
 
 
 def _restore(args) -> int:
-    from asm.dr.bundle import plan_restore, put, read_manifest, _sha256_file
+    from asm.digests import file_sha256
+    from asm.dr.bundle import plan_restore, put, read_manifest
     kinds = _kinds(args)
     home = _home()
     device = open_device(args.device, "rb", 20, None)
@@ -184,7 +185,7 @@ def _restore(args) -> int:
         for item, target in plan:
             src = os.path.join(members, item["member"])
             if os.path.exists(target):
-                if _sha256_file(target)[0] == item["sha256"]:
+                if file_sha256(target)[0] == item["sha256"]:
                     continue
                 if not args.force:
                     conflicts.append(target)

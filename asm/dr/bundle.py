@@ -39,6 +39,7 @@ import tempfile
 import time
 
 from asm import __version__
+from asm.digests import file_sha256
 from asm.errors import EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_USAGE, ImsError
 from asm.reconstruct.sqlite import read_only_uri
 
@@ -65,16 +66,6 @@ class NotABundle(BundleError):
 
 class DamagedBundle(BundleError):
     status = EXIT_INCOMPLETE
-
-
-def _sha256_file(path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
 
 
 def sqlite_copy(src: str, dst: str) -> None:
@@ -123,7 +114,7 @@ class Capture:
     # -- adding members ---------------------------------------------------------------------
     def _add(self, member: str, copy: str, st: os.stat_result | None, kind: str, source: str,
              method: str, listed: bool = False, **extra) -> dict:
-        digest, size = _sha256_file(copy)
+        digest, size = file_sha256(copy)
         info = tarfile.TarInfo(PREFIX + member)
         info.size = size
         info.mtime = int(st.st_mtime) if st else int(time.time())

@@ -73,3 +73,19 @@ class Report:
         if self.count(LOST, UNKNOWN):
             return False
         return self.repair or not self.count(REPAIRED)
+
+
+def uid_list(uids) -> str:
+    """[1, 2, 3, 7] -> '1:3,7' (the archive's UID-list form, short in messages)."""
+    out, run = [], None
+    for u in sorted(uids):
+        if run and u == run[1] + 1:
+            run[1] = u
+            continue
+        if run:
+            out.append(f"{run[0]}:{run[1]}" if run[1] > run[0] else str(run[0]))
+        run = [u, u]
+    if run:
+        out.append(f"{run[0]}:{run[1]}" if run[1] > run[0] else str(run[0]))
+    text = ",".join(out)
+    return text if len(text) <= 120 else text[:100] + f"... ({len(uids)} UIDs)"

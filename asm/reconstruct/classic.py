@@ -22,7 +22,6 @@ or damaged one is built beside it and renamed over it (a damaged one is kept as
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import sqlite3
@@ -31,6 +30,8 @@ import time
 from asm.config import Config
 from asm.locks import flock_wait
 from asm.reconstruct import LOST, NOTE, REPAIRED, UNKNOWN, Report
+from asm.reconstruct import uid_list as _uids
+from asm.digests import file_sha256_or_none as _sha256
 from asm.reconstruct.knowledge import Knowledge
 from asm.reconstruct.sqlite import read_only_uri
 from asm.store.base import BadName, LockTimeout, StoreError, _syncfs, check_folder_name
@@ -41,34 +42,6 @@ from asm.store.partitions import PartitionUnavailable, check_partition_dir
 
 _HASHDIR = re.compile(r"[0-9a-f]{2,}\Z")
 _MSGFILE = re.compile(r"([1-9][0-9]*)\.msg\Z")
-CHUNK = 1 << 20
-
-
-def _sha256(path: str) -> str | None:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                h.update(chunk)
-    except OSError:
-        return None
-    return h.hexdigest()
-
-
-def _uids(uids) -> str:
-    """[1, 2, 3, 7] -> '1:3,7' (the archive's UID-list form, short in messages)."""
-    out, run = [], None
-    for u in sorted(uids):
-        if run and u == run[1] + 1:
-            run[1] = u
-            continue
-        if run:
-            out.append(f"{run[0]}:{run[1]}" if run[1] > run[0] else str(run[0]))
-        run = [u, u]
-    if run:
-        out.append(f"{run[0]}:{run[1]}" if run[1] > run[0] else str(run[0]))
-    text = ",".join(out)
-    return text if len(text) <= 120 else text[:100] + f"... ({len(uids)} UIDs)"
 
 
 def _when(t: float) -> str:

@@ -24,7 +24,6 @@ force-resync`` then rebuilds them, as the mail user, where Dovecot is installed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 import uuid
@@ -32,6 +31,8 @@ import uuid
 from asm.config import Config
 from asm.errors import UsageError
 from asm.reconstruct import LOST, NOTE, REPAIRED, UNKNOWN, Report
+from asm.reconstruct import uid_list as _uids
+from asm.digests import file_sha256_or_none as _sha256
 from asm.reconstruct.dovecot import Dovecot
 from asm.reconstruct.knowledge import Knowledge
 from asm.store.base import check_folder_name
@@ -41,23 +42,6 @@ from asm.store.maildir import (
 )
 
 TMP_STALE_SECS = 36 * 3600          # Dovecot removes tmp/ files older than this itself
-CHUNK = 1 << 20
-
-
-def _sha256(path: str) -> str | None:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                h.update(chunk)
-    except OSError:
-        return None
-    return h.hexdigest()
-
-
-def _uids(uids) -> str:
-    from asm.reconstruct.classic import _uids as fmt
-    return fmt(uids)
 
 
 class _Parsed:

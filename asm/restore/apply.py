@@ -4,12 +4,12 @@ still need."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
 
 from asm.archive.errors import DigestMismatch
+from asm.digests import file_sha256_or_none
 from asm.locks import pid_alive
 from asm.restore.errors import ArchiveReadFailed
 from asm.restore.options import RestoreOptions, RestoreResult
@@ -52,16 +52,8 @@ class _Source:
 
 
 def sha256_file(path: str) -> str | None:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while True:
-                b = f.read(CHUNK)
-                if not b:
-                    return h.hexdigest()
-                h.update(b)
-    except FileNotFoundError:
-        return None
+    """A store file's digest; None when it is gone (another reader's error is the store's)."""
+    return file_sha256_or_none(path, missing=FileNotFoundError)
 
 
 class Applier:

@@ -3,9 +3,9 @@ it was just restored into (must be identical, as a client sees it) or the live s
 (what the store has that the archive should hold; what changed since)."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
+from asm.digests import file_sha256_or_none as file_sha256
 from asm.errors import EXIT_DIFFERS
 from asm.store.base import Store, StoreError
 from asm.verify.archive import Problem
@@ -14,17 +14,6 @@ from asm.verify.chain import ChainView
 #: Seconds of clock slack around the backup's start: a message stored this close to it
 #: may or may not be in the archive.
 SLACK = 2.0
-
-
-def file_sha256(path: str) -> str | None:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError:
-        return None
-    return h.hexdigest()
 
 
 def _store_folders(store: Store) -> dict:
