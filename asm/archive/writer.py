@@ -68,8 +68,12 @@ def _nlink_rec(nlink):
 
 
 def _time_rec(k, t):
-    if type(t) is int:
+    tt = type(t)
+    if tt is int:
         return _R(k, b"%d" % t)
+    if tt is float and 1e-4 <= t < 1e15:
+        # pax.fmt_time's answer without its checks: in this range repr() has no exponent
+        return _R(k, b"%d" % t if t.is_integer() else repr(t).encode("ascii"))
     return _R(k, pax.fmt_time(t).encode("ascii"))
 
 
