@@ -7,7 +7,9 @@
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import os
 import sys
 import time
 
@@ -27,12 +29,36 @@ from asm.logical import parse
 PROG = "imsbackup"
 
 
+def jobs_count(text: str) -> int:
+    """argparse type for -j: 1 to 256 reader threads."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"-j takes a number of threads from 1 to 256, not {text!r}")
+    return n
+
+
+def default_jobs() -> int:
+    """Reader threads by default: the CPUs this process may use, at most 8 (beyond that
+    one writing thread is the limit, bench/RESULTS.md "-j")."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
 def build_parser() -> ArgParser:
     p = ArgParser(prog=PROG, description="Back up mailboxes to a file, tape, pipe or remote device.")
     p.add_argument("-f", dest="device", required=True, metavar="DEVICE",
                    help="file, tape or FIFO to write; '-' for stdout; [user@]host:path via a device plugin")
     p.add_argument("-b", dest="bf", type=blocking_factor, default=20, metavar="N",
                    help="blocking factor: every write is 512*N bytes (default 20)")
+    p.add_argument("-j", dest="jobs", type=jobs_count, default=None, metavar="N",
+                   help="threads reading message files ahead of the writer (default: the CPUs, "
+                        "at most 8; 1 reads in the writing thread); the archive is the same")
     p.add_argument("-d", dest="date", metavar="YYYYMMDD[:HHMMSS]",
                    help="only messages stored at or after this local time (incremental)")
     p.add_argument("--base", metavar="ARCHIVE|STATEFILE",
@@ -94,7 +120,8 @@ def _backup(args, rep) -> int:
         raise UsageError("refusing to write an archive to a terminal: redirect stdout or name a file with -f")
     opts = BackupOptions(since=since, ignore_links=args.ignore_links,
                          exclude=inst.config.backup_exclude(), verbose=args.verbose,
-                         snapshot=inst.config.describe() if args.snapshot else None, base=base)
+                         snapshot=inst.config.describe() if args.snapshot else None, base=base,
+                         jobs=args.jobs if args.jobs is not None else default_jobs())
     if base is not None and base.driver and base.driver != inst.store.name:
         raise UsageError(f"the base {args.base} is a backup of a {base.driver} store, this store is "
                          f"{inst.store.name}: take a full backup")
