@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 
@@ -41,13 +40,12 @@ def jobs_count(text: str) -> int:
 
 
 def default_jobs() -> int:
-    """Reader threads by default: the CPUs this process may use, at most 8 (beyond that
-    one writing thread is the limit, bench/RESULTS.md "-j")."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    """Reader threads by default: 1 (none), whatever the CPUs.  Measured on 2 cores,
+    ``-j 2`` was 1.1x slower than ``-j 1`` (bench/RESULTS.md, issue 17): each reader
+    thread takes the GIL back after every system call, and the writing thread, which
+    is the bottleneck, pays for those hand-offs.  ``-j N`` is there to try on a machine
+    whose disks want many reads in flight (a cold cache, network storage)."""
+    return 1
 
 
 def build_parser() -> ArgParser:
@@ -57,8 +55,8 @@ def build_parser() -> ArgParser:
     p.add_argument("-b", dest="bf", type=blocking_factor, default=20, metavar="N",
                    help="blocking factor: every write is 512*N bytes (default 20)")
     p.add_argument("-j", dest="jobs", type=jobs_count, default=None, metavar="N",
-                   help="threads reading message files ahead of the writer (default: the CPUs, "
-                        "at most 8; 1 reads in the writing thread); the archive is the same")
+                   help="threads reading message files ahead of the writer (default 1: reads in "
+                        "the writing thread); the archive is the same whatever N")
     p.add_argument("-d", dest="date", metavar="YYYYMMDD[:HHMMSS]",
                    help="only messages stored at or after this local time (incremental)")
     p.add_argument("--base", metavar="ARCHIVE|STATEFILE",
