@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from asm import __version__, plugins
 from asm.archive.errors import MessageChanged, UnreadableSource
 from asm.archive.values import UidSet
+from asm.backupread import Readers
 from asm.errors import EXIT_EMPTY, EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
 from asm.events import Run
 from asm.groups import PREDEFINED, Groups
@@ -44,6 +45,7 @@ class BackupOptions:
     verbose: bool = False
     snapshot: dict | None = None        # --snapshot: {live directory: snapshot mount} read instead
     base: object = None                 # --base: asm.backupstate.BaseState of the previous backup
+    jobs: int = 1                       # -j: threads reading message files ahead of the writer
 
 
 @dataclass
@@ -181,6 +183,7 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                     **({"snapshot": opts.snapshot} if opts.snapshot else {})},
     })
     status = EXIT_PARTIAL
+    readers = Readers(opts.jobs)
     try:
         for e in unlisted_errors(store, groups or Groups(), targets, paths, opts.exclude):
             res.errors.append(e)
@@ -194,12 +197,13 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                 if f not in t.explicit and is_excluded(f, opts.exclude):
                     res.excluded.append(mailbox)
                     continue
-                _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress)
+                _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress, readers)
         res.seconds = time.monotonic() - t0
         res.trailer = writer.close(errors=res.errors)
         status = EXIT_PARTIAL if res.errors else EXIT_OK
         return res
     finally:
+        readers.close()
         run.counts = {"users": res.users, "folders": res.folders, "messages": res.messages,
                       "links": res.links, "bytes": res.bytes}
         run.errors = [(e["mailbox"], e["error"]) for e in res.errors]
@@ -207,7 +211,7 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
 
 
 def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
-                   res: BackupResult, run: Run, report, progress) -> None:
+                   res: BackupResult, run: Run, report, progress, readers=None) -> None:
     held = None                          # what the base held of this folder
     try:
         if opts.base is not None:
@@ -259,7 +263,6 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                       subscribed=info.subscribed, uids=[m.uid for m in snap.messages], state=state)
     lost: set = set()                    # UIDs listed but not saved: the next backup retries them
     res.folders += 1
-    n = nbytes = 0
     failed: list[str] = []
 
     def fail(uid: int, why: str) -> None:
@@ -270,6 +273,29 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         if report:
             report(f"error: {mailbox}: message {uid}: {why}")
 
+    ahead = None
+    if readers is not None:
+        ahead = readers.folder([m for m in snap.messages if carried(m)], writer.links_written,
+                               opts.ignore_links)
+    try:
+        n, nbytes = _write_messages(store, writer, t, folder, mailbox, snap, carried, opts, res,
+                                    report, progress, ahead, fail, lost)
+    finally:
+        if ahead is not None:
+            ahead.close()
+    res.state.append((t.partition, t.user, folder, info.uidvalidity,
+                      UidSet.of(m.uid for m in snap.messages if m.uid not in lost)))
+    if report:
+        report(f"{mailbox}: {n} messages, {nbytes} bytes" + (f", {len(failed)} failed" if failed else ""))
+    plugins.mailbox_done(run, mailbox, {"status": "error" if failed else "ok", "messages": n,
+                                        "bytes": nbytes, "error": failed[0] if failed else None})
+
+
+def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, carried,
+                    opts: BackupOptions, res: BackupResult, report, progress, ahead, fail,
+                    lost: set) -> tuple[int, int]:
+    """The folder's messages into the archive; (messages, bytes) written."""
+    n = nbytes = 0
     for m in snap.messages:
         if not carried(m):
             continue
@@ -281,10 +307,13 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                 before = writer.counts["links"]
                 # a compressed file (Dovecot's zlib): the archive holds the message itself
                 opened = open_stored(m) if m.compressed else None
+                # read by a reader thread already (-j), else None: the writer reads it
+                data = ahead.take(m) if ahead is not None and attempt == 0 and not opened else None
                 writer.add_message(t.partition, t.user, folder, uid=uid, flags=m.flags,
                                    keywords=m.keywords, internaldate=m.internaldate, stored=m.stored,
                                    nlink=m.nlink, src_path=None if opened else m.path,
-                                   src_file=opened, size=m.size, link_key=link_key, guid=m.guid)
+                                   src_file=opened, size=m.size, link_key=link_key, guid=m.guid,
+                                   src_data=data)
             except StoreError as exc:
                 fail(uid, str(exc))
                 break
@@ -328,9 +357,4 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             break
         if progress:
             progress(res)
-    res.state.append((t.partition, t.user, folder, info.uidvalidity,
-                      UidSet.of(m.uid for m in snap.messages if m.uid not in lost)))
-    if report:
-        report(f"{mailbox}: {n} messages, {nbytes} bytes" + (f", {len(failed)} failed" if failed else ""))
-    plugins.mailbox_done(run, mailbox, {"status": "error" if failed else "ok", "messages": n,
-                                        "bytes": nbytes, "error": failed[0] if failed else None})
+    return n, nbytes

@@ -24,8 +24,6 @@ import re
 import socket
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 from asm import __version__
 
@@ -139,6 +137,8 @@ def textfile(directory: str, kind: str, partition: str, group: str, doc: dict) -
 
 def ping(url: str, timeout: float, body: str = "") -> str | None:
     """POST ``body`` to ``url``; returns why it failed, or None."""
+    import urllib.error             # only when a ping is configured (startup time)
+    import urllib.request
     try:
         req = urllib.request.Request(url, data=body.encode("utf-8", "replace")[:100_000], method="POST",
                                      headers={"User-Agent": f"ims-asm/{__version__}",

@@ -9,7 +9,7 @@
   1 MiB message.  ``imsbackup -f - / | cat >/dev/null``, and the same archive piped
   into ``imsrestore -f -`` (an empty store): the peak RSS must not grow with the size.
 * Message count: stores of --messages (default 100,000) small messages and of a tenth of
-  that, in 200 users.  Target: under 100 MB for 100,000 messages.  When --messages is
+  that, in 200 users.  Target: under 64 MB for 100,000 messages (issue 17; issue 3 asked 100 MB).  When --messages is
   below 100,000 the figure for 100,000 is extrapolated linearly from the two points
   (and the output says so).
 
@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gen_store as g  # noqa: E402
 from bench_backup import tool  # noqa: E402
 
-TARGET_MB = 100
+TARGET_MB = 64
 TARGET_MESSAGES = 100_000
 
 
@@ -145,7 +145,7 @@ def markdown(results: list[dict], args) -> str:
            "imsbackup (or imsrestore) process from wait4, archive piped to `cat >/dev/null` "
            "(or into `imsrestore -f -` over an empty store).", ""]
     out.append("| driver | one 1 MiB message | one big message | growth (target: none) "
-               "| 10% store | full store | at 100,000 msgs (target < 100 MB) |")
+               "| 10% store | full store | at 100,000 msgs (target < 64 MB) |")
     out.append("|---|---|---|---|---|---|---|")
     for r in results:
         s1, s2 = r["size"]

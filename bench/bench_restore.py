@@ -18,8 +18,10 @@ For each driver (store from gen_store.py, cached under --dir), in one run:
   users are timed and the time is scaled linearly to every user (the output says so).
 
 Every timed run starts from an empty target and a ``sync`` (untimed), with a warm page
-cache for the source.  Targets (issue 4): within 2x of the tar pipe, and at least 10x
-faster than doveadm backup.
+cache for the source.  The ratio is the MEDIAN of the per-pair ratios of ``--repeat``
+(default 5) interleaved pairs.  Targets: within 1.5x of the tar pipe (issue 17; issue 4
+asked 2x), and at least 10x faster than doveadm backup.  ``--shape USERS`` (repeatable;
+default 200 and 4 users, "many small folders" and "few large folders") picks the stores.
 """
 from __future__ import annotations
 
@@ -51,6 +53,14 @@ namespace inbox {{
   separator = /
 }}
 """
+
+
+TARGET = 1.5
+SHAPES = {200: "many small folders", 4: "few large folders"}
+
+
+def verdict(ratio: float) -> str:
+    return "met" if ratio <= TARGET else "missed"
 
 
 def rm(path: str) -> None:
@@ -141,7 +151,8 @@ def doveadm_bench(args, m: dict, scratch: str, hardlinks: bool = True) -> dict |
 def bench_driver(args, driver: str) -> dict:
     m = g.ensure_store(args.dir, driver, args.messages, args.users, args.size_mix, args.seed,
                        args.new_fraction, args.force)
-    print(f"\n== {driver}: {g.describe(m)}", flush=True)
+    shape = SHAPES.get(args.users, f"{args.users} users")
+    print(f"\n== {driver}, {shape}: {g.describe(m)}", flush=True)
     scratch = os.path.join(os.path.abspath(args.dir), "scratch", f"restore-{driver}")
     os.makedirs(scratch, exist_ok=True)
     part = m["partition"]
@@ -179,17 +190,17 @@ def bench_driver(args, driver: str) -> dict:
     rm(tar_dst)
     if not args.keep:
         rm(dst_home)
-    r = {"driver": driver, "store": m, "times": t, "best": {k: min(v) for k, v in t.items()},
+    r = {"driver": driver, "shape": shape, "store": m, "times": t, "best": {k: min(v) for k, v in t.items()},
          "check": check, "commands": {"pipe": pipe, "tar": tarpipe}}
     r["ratio_tar"] = r["best"]["pipe"] / r["best"]["tar"]
     # the disk slows down under sustained writes (and other jobs): the pair timed back to
     # back is a fairer comparison than best against best
     r["ratios"] = [a / b for a, b in zip(t["pipe"], t["tar"])]
     r["ratio_median"] = sorted(r["ratios"])[len(r["ratios"]) // 2]
-    print(f"   best of {args.repeat}: imsbackup|imsrestore {r['best']['pipe']:.2f} s, tar pipe "
-          f"{r['best']['tar']:.2f} s -> ratio {r['ratio_tar']:.2f}x "
-          f"(target <= 2x: {'met' if r['ratio_tar'] <= 2 else 'MISSED'}); per run "
-          f"{', '.join(f'{x:.2f}x' for x in r['ratios'])}, median {r['ratio_median']:.2f}x", flush=True)
+    print(f"   imsbackup|imsrestore against tar|tar+sync, median of {args.repeat} pairs: "
+          f"{r['ratio_median']:.2f}x -> target <= {TARGET}x: {verdict(r['ratio_median'])}; per pair "
+          f"{', '.join(f'{x:.2f}x' for x in r['ratios'])}; best {r['best']['pipe']:.2f} s against "
+          f"{r['best']['tar']:.2f} s", flush=True)
     r["doveadm_runs"] = []
     if driver == "maildir" and not args.no_doveadm:
         for hardlinks in (True, False):
@@ -232,10 +243,11 @@ def verify(m: dict, dst_home: str) -> str:
 def markdown(results: list[dict], args) -> str:
     mach = g.machine()
     out = [f"Measured {mach['date']} with `{g.cmdline()}`; warm page cache for the source, every "
-           f"target emptied and `sync`ed before its timed run (untimed), best of {args.repeat} "
-           f"wall-clock times; load average at the end {mach['loadavg']} (2 cores shared with "
+           f"target emptied and `sync`ed before its timed run (untimed), ratio = median of {args.repeat} "
+           f"interleaved pairs; load average at the end {mach['loadavg']} (2 cores shared with "
            "other engineers' jobs).", ""]
-    out.append("| driver | store | imsbackup \\| imsrestore | tar \\| tar + sync | ratio (target <= 2x) "
+    out.append("| driver | store | imsbackup \\| imsrestore (best) | tar \\| tar + sync (best) "
+               "| ratio, median of pairs (target <= 1.5x) "
                "| doveadm backup (hard links / copying) | doveadm / ours (target >= 10x) |")
     out.append("|---|---|---|---|---|---|---|")
     for r in results:
@@ -246,9 +258,9 @@ def markdown(results: list[dict], args) -> str:
         dvr = " / ".join(f"**{dv['ratio']:.1f}x**" for dv in dvs) or "n/a"
         if dvs:
             dvr += " " + ("met" if all(dv["ratio"] >= 10 for dv in dvs) else "missed")
-        out.append(f"| {r['driver']} | {s['instances']} msgs, {s['users']} users, {s['links']} links, "
+        out.append(f"| {r['driver']} | {r['shape']}: {s['instances']} msgs, {s['users']} users, {s['links']} links, "
                    f"{s['bytes_files'] / 1e6:.0f} MB | {b['pipe']:.2f} s | {b['tar']:.2f} s | "
-                   f"**{r['ratio_tar']:.2f}x** {'met' if r['ratio_tar'] <= 2 else 'missed'} | {dvt} | {dvr} |")
+                   f"**{r['ratio_median']:.2f}x** {verdict(r['ratio_median'])} | {dvt} | {dvr} |")
     out.append("")
     for r in results:
         out.append(f"- {r['driver']}: all runs pipe {', '.join(f'{x:.2f}' for x in r['times']['pipe'])} s; "
@@ -268,7 +280,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_restore.py", description=__doc__.split("\n\n")[0],
                                 epilog="Prints wall times and ratios; never run by the tests.")
     g.add_store_args(p)
-    p.add_argument("--repeat", type=int, default=3, help="timed runs of each pipe (default 3; best kept)")
+    p.add_argument("--repeat", type=int, default=5, help="interleaved pairs (default 5; median ratio)")
+    p.add_argument("--shape", type=int, action="append", metavar="USERS",
+                   help="users of one store shape (repeatable; default 200 and 4)")
     p.add_argument("--users-for-doveadm", type=int, default=0, metavar="K",
                    help="time doveadm backup for K users only and scale linearly (default: every user)")
     p.add_argument("--doveadm-repeat", type=int, default=2, help="timed doveadm runs (default 2; best kept)")
@@ -276,7 +290,22 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the restored store and the doveadm copy")
     p.add_argument("--markdown", action="store_true", help="also print a Markdown block for bench/RESULTS.md")
     args = p.parse_args(argv)
-    return g.run_drivers("bench_restore.py", args, bench_driver, markdown)
+    if not shutil.which("tar"):
+        print("bench_restore.py: GNU tar is not installed (apt-get install tar)", file=sys.stderr)
+        return 2
+    g.compile_package()
+    results = []
+    for d in args.driver or ["maildir", "classic"]:
+        for users in args.shape or [200, 4]:
+            results.append(bench_driver(argparse.Namespace(**{**vars(args), "users": users}), d))
+    print("\n== every target (median of interleaved pairs)")
+    print("| target | driver | store | measured | target | verdict |\n|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| imsbackup \\| imsrestore, durable (x tar \\| tar; sync) | {r['driver']} | {r['shape']} | "
+              f"{r['ratio_median']:.2f}x | <= {TARGET}x | {verdict(r['ratio_median'])} |")
+    if args.markdown:
+        print("\n" + markdown(results, args))
+    return 0
 
 
 if __name__ == "__main__":

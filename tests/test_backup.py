@@ -146,6 +146,30 @@ def test_single_copy_and_ignore_links(store, ims_home, tmp_path):
     assert os.path.getsize(full) > 3 * 50_000
 
 
+@pytest.mark.parametrize("jobs", [2, 5])
+def test_reader_threads_write_the_same_archive(store, ims_home, tmp_path, jobs):
+    """-j N: reader threads ahead of the writer change nothing in the archive: the same
+    members in the same order with the same bytes, single copies resolved in archive
+    order (the first copy whole, the others links), big messages, empty folders."""
+    n = 0
+    for u in ("amy", "bob", "cat"):
+        store.create_user(u)
+        store.create_folder(u, "Empty", subscribed=False)
+        for folder in ("INBOX", "Work"):
+            for size in (0, 3000, 70_000, 0, (1 << 20) + 17, 10):
+                n += 1
+                put(store, u, folder, n, size=size, flags=["\\Seen"] if n % 3 else [])
+    for k in range(4):
+        store.deliver(["cat", "amy", "bob"][k % 3:] + ["amy"][:k % 2], io.BytesIO(msg(100 + k, 5000 * k)))
+    one, many = tmp_path / "one.ims", tmp_path / "many.ims"
+    run(ims_home, "imsbackup", "-j", "1", "-f", one, "/", check=0)
+    run(ims_home, "imsbackup", "-j", str(jobs), "-f", many, "/", check=0)
+    view = archive_view(one.read_bytes())
+    assert archive_view(many.read_bytes()) == view
+    kinds = [m[0] for m in view[1]]
+    assert kinds.count("link") >= 4 and kinds.count("message") == 3 * 2 * 6 + 4
+
+
 def test_backupexclude_and_explicit_override(populated, ims_home, tmp_path):
     run(ims_home, "msconfig", "set", "store.backupexclude", "trash%Bulk Mail", check=0)
     a = tmp_path / "a.ims"
@@ -252,6 +276,9 @@ def test_progress_line_on_a_terminal(populated, ims_home, tmp_path):
     (["-f", "{a}", "primary/user/joe"], b"must start with '/'"),
     (["-f", "{a}", "-d", "2024-05-01", "/"], b"bad date '2024-05-01'"),
     (["-f", "{a}", "-b", "0", "/"], b"bad blocking factor"),
+    (["-f", "{a}", "-j", "0", "/"], b"-j takes a number of threads from 1 to 256, not '0'"),
+    (["-f", "{a}", "-j", "x", "/"], b"-j takes a number of threads from 1 to 256, not 'x'"),
+    (["-f", "{a}", "-j", "257", "/"], b"-j takes a number of threads from 1 to 256, not '257'"),
     (["-f", "{a}", "-u", "/no/such/list", "/"], b"cannot read '/no/such/list'"),
     (["-f", "{a}", "-x", "/"], b"unrecognized arguments"),
     (["/"], b"-f"),

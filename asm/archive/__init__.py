@@ -7,10 +7,19 @@ record blocking are separate so each can be tested and reused on its own.
 from .errors import (ArchiveError, CorruptHeader, CorruptMember, CorruptSource, DigestMismatch,
                      HostileMember, IncompleteArchive, LinkTargetUnavailable,
                      MessageChanged, NotAnArchive)
-from .reader import ArchiveReader, Member, MemberStream
 from .records import RecordReader, RecordWriter
 from .values import FolderState, UidSet
 from .writer import ArchiveWriter
+
+_READER = ("ArchiveReader", "Member", "MemberStream")
+
+
+def __getattr__(name):
+    # the reader is imported when first asked for: a backup never needs it (startup time)
+    if name in _READER:
+        from . import reader
+        return getattr(reader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ArchiveWriter", "ArchiveReader", "Member", "MemberStream", "RecordReader",

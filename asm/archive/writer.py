@@ -68,8 +68,12 @@ def _nlink_rec(nlink):
 
 
 def _time_rec(k, t):
-    if type(t) is int:
+    tt = type(t)
+    if tt is int:
         return _R(k, b"%d" % t)
+    if tt is float and 1e-4 <= t < 1e15:
+        # pax.fmt_time's answer without its checks: in this range repr() has no exponent
+        return _R(k, b"%d" % t if t.is_integer() else repr(t).encode("ascii"))
     return _R(k, pax.fmt_time(t).encode("ascii"))
 
 
@@ -98,6 +102,11 @@ class ArchiveWriter:
         self._folder = None          # ((partition, user, folder), UidSet) being written
         self._guid = None            # the GUID of the message being added
         self.counts = {"users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
+
+    @property
+    def links_written(self):
+        """The link keys of the messages written so far (``key in writer.links_written``)."""
+        return self._links.keys()
 
     @property
     def offset(self):
@@ -188,11 +197,14 @@ class ArchiveWriter:
 
     def add_message(self, partition, user, folder, *, uid, flags, keywords, internaldate,
                     stored, nlink=1, src_path=None, src_file=None, size=None, link_key=None,
-                    guid=None):
+                    guid=None, src_data=None):
         """Add one message; returns its member name.
 
         The bytes come from src_path (opened here; FileNotFoundError propagates)
         or src_file (must be seekable if bigger than 1 MiB). size is only a hint.
+        src_data: (bytes, sha256 hex) of src_path read already (by a reader thread,
+        :mod:`asm.backupread`), at most SMALL bytes; used instead of reading src_path
+        unless the member is a link to a copy written before.
         If link_key (e.g. (st_dev, st_ino)) was already written, a hard-link
         member naming the first copy is written instead and nothing is read.
         CorruptSource: a big file changed between hashing and writing; its
@@ -216,7 +228,17 @@ class ArchiveWriter:
                                         linkname=target))
             self.counts["links"] += 1
             return name
-        if src_path is not None:
+        if src_data is not None:
+            data, sha = src_data
+            n = len(data)
+            if n > SMALL:
+                raise ValueError("src_data is for messages up to SMALL bytes")
+            recs = self._message_records(_KIND_MESSAGE, uid, flags, keywords, internaldate,
+                                         stored, nlink, sha)
+            self._rw.write(b"".join((self._member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs),
+                                     data, pax._pad(n))))
+            self._count_message(n)
+        elif src_path is not None:
             f = _FdFile.open_message(src_path, name)  # os.open: cheaper than open() per message
             try:
                 sha, n = self._write_data(name, f, src_path, flags, keywords, uid,
@@ -333,6 +355,20 @@ class ArchiveWriter:
         self._rw.close()
         self.trailer = trailer
         return trailer
+
+
+def read_small(path):
+    """(bytes, sha256 hex) of the message file ``path`` when it is a regular file of at
+    most SMALL bytes, else None; any error propagates.  For reader threads: the checks
+    are those of add_message(src_path=...), which says what is wrong when this fails."""
+    f = _FdFile.open_message(path, path)
+    try:
+        data = _read_upto(f, SMALL + 1)
+    finally:
+        f.close()
+    if len(data) > SMALL:
+        return None
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def _read_upto(f, n):

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import time
@@ -27,12 +28,30 @@ from asm.logical import parse
 PROG = "imsbackup"
 
 
+def jobs_count(text: str) -> int:
+    """argparse type for -j: 1 to 256 reader threads."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"-j takes a number of threads from 1 to 256, not {text!r}")
+    return n
+
+
 def build_parser() -> ArgParser:
     p = ArgParser(prog=PROG, description="Back up mailboxes to a file, tape, pipe or remote device.")
     p.add_argument("-f", dest="device", required=True, metavar="DEVICE",
                    help="file, tape or FIFO to write; '-' for stdout; [user@]host:path via a device plugin")
     p.add_argument("-b", dest="bf", type=blocking_factor, default=20, metavar="N",
                    help="blocking factor: every write is 512*N bytes (default 20)")
+    # default 1 (no reader thread), whatever the CPUs: measured on 2 cores, -j 2 was
+    # 1.1-1.3x slower than -j 1 (bench/RESULTS.md, issue 17): each reader thread takes
+    # the GIL back after every system call and the writing thread, the bottleneck, pays
+    # for those hand-offs.  -j N is there for disks that want many reads in flight.
+    p.add_argument("-j", dest="jobs", type=jobs_count, default=1, metavar="N",
+                   help="threads reading message files ahead of the writer (default 1: reads in "
+                        "the writing thread); the archive is the same whatever N")
     p.add_argument("-d", dest="date", metavar="YYYYMMDD[:HHMMSS]",
                    help="only messages stored at or after this local time (incremental)")
     p.add_argument("--base", metavar="ARCHIVE|STATEFILE",
@@ -94,7 +113,8 @@ def _backup(args, rep) -> int:
         raise UsageError("refusing to write an archive to a terminal: redirect stdout or name a file with -f")
     opts = BackupOptions(since=since, ignore_links=args.ignore_links,
                          exclude=inst.config.backup_exclude(), verbose=args.verbose,
-                         snapshot=inst.config.describe() if args.snapshot else None, base=base)
+                         snapshot=inst.config.describe() if args.snapshot else None, base=base,
+                         jobs=args.jobs)
     if base is not None and base.driver and base.driver != inst.store.name:
         raise UsageError(f"the base {args.base} is a backup of a {base.driver} store, this store is "
                          f"{inst.store.name}: take a full backup")

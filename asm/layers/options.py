@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from asm.errors import UsageError
 from asm.layers.errors import KeyProblem
-from asm.layers.zstd import DEFAULT_LEVEL
+
+DEFAULT_LEVEL = 3       # asm.layers.zstd.DEFAULT_LEVEL (not imported: zstandard loads only when used)
 
 
 @dataclass

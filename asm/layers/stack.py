@@ -9,7 +9,6 @@ import lzma
 import zlib
 
 from asm.devices import Device
-from asm.layers import age, zstd
 from asm.layers.base import Source, StreamLayer
 from asm.layers.errors import LayerDamaged, LayerUnsupported
 
@@ -19,16 +18,23 @@ MAX_LAYERS = 4
 KINDS = ("age", "zstd", "gzip", "xz", "bzip2")
 
 
+# age (cryptography) and zstd (zstandard) are imported only when a layer needs them:
+# a plain backup starts without them (asm.layers.age.ARMOR, asm.layers.zstd.MAGIC)
+_AGE_ARMOR = b"-----BEGIN AGE ENCRYPTED FILE-----"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def sniff(head: bytes) -> str | None:
     """The layer the bytes ``head`` (at least 6 of the start) begin, or None (no layer
     ims-asm knows: a plain archive, or something else).  ``age-armor`` is age's
     ASCII armor, recognised to say what to do with it."""
     if head.startswith(b"age-encryption.org/"):
         return "age"
-    if head.startswith(age.ARMOR):
+    if head.startswith(_AGE_ARMOR):
         return "age-armor"
-    if zstd.is_zstd(head):
-        return "zstd"
+    if head[:4] == _ZSTD_MAGIC or (len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18"
+                                   and head[0] & 0xF0 == 0x50):
+        return "zstd"                   # a frame, or a skippable frame (0x184D2A5?)
     if head[:2] == b"\x1f\x8b":
         return "gzip"
     if head[:6] == b"\xfd7zXZ\x00":
@@ -104,6 +110,7 @@ def open_read(raw, identities=(), record_size: int = 10240):
     one, called only when an age layer is found (so an identity file that is missing
     or unreadable matters only for encrypted archives).  Raises IdentityNeeded,
     KeyProblem, LayerUnsupported or LayerDamaged (all OSErrors and DeviceErrors)."""
+    from asm.layers import age, zstd
     names: list[str] = []
     cur = raw
     size = _seekable_size(raw)
@@ -213,6 +220,7 @@ class LayeredWriter:
 
     def __init__(self, raw, compress_level: int | None, recipients: list, threads: int = 0,
                  record_size: int = 10240):
+        from asm.layers import age, zstd
         self._sink = _Reblock(raw, record_size)
         self._stages: list = [self._sink]
         top = self._sink

@@ -859,33 +859,88 @@ class MaildirStore(Store):
                  known=None) -> FolderSnapshot:
         folder = check_folder_name(folder)
         subs = self._subs.get(self._subs_root(user))
+        snap = self._read_only_snapshot(user, folder, since, known, subs)
+        if snap is not None:
+            return snap
         with self._locked(user, folder) as st:
             self._scan(st)
             self._assign_uids(st)
-            files = st.files
-            msgs = []
-            for uid in sorted(st.uidlist.records):
-                base = st.uidlist.records[uid][1]
-                hit = files.get(base)
-                if hit is None:
-                    continue                 # expunged; Dovecot drops the line later
-                if known is not None and since is None and uid in known:
-                    # the base of an incremental held it: flags from the name, no stat
-                    msgs.append(self._info(st, uid, *hit, stat=False))
-                    continue
-                try:
-                    msgs.append(self._info(st, uid, *hit))
-                except FileNotFoundError:
-                    if os.path.islink(os.path.join(st.dir, *hit)):
-                        # a link to a missing file: listed so the backup names it
-                        msgs.append(self._info(st, uid, *hit, stat=False, stored=stored_from_name(base)))
-                    continue                 # renamed or expunged right now
+            msgs = self._snapshot_messages(st, since, known)
             info = FolderInfo(name=folder, uidvalidity=st.uidlist.uidvalidity,
                               uidnext=st.uidlist.uidnext, subscribed=folder in subs)
             ctl = st.ctl
         snap = FolderSnapshot(info=info, messages=msgs)
         self._index_keywords(user, folder, ctl, snap)
         return snap
+
+    def _read_only_snapshot(self, user: str, folder: str, since, known, subs) -> FolderSnapshot | None:
+        """The snapshot without the folder's dotlock, as Dovecot's own readers take it:
+        read dovecot-uidlist, list new/ and cur/, and check that the uidlist is the
+        same file afterwards.  None (take the locked way) when anything asks for a
+        writer: a dotlock present (someone writes: wait for them), a file without a
+        UID yet (it gets one under the lock), a uidlist missing, torn or replaced
+        meanwhile, a tmp/ or new/ missing, a temporary a writer of ours left in tmp/."""
+        if (user, folder) in self._held:
+            return None                      # our own lock: its state is the truth
+        d = self._existing_folder_dir(user, folder)
+        ctl, idx = self._ctl_idx(user, folder, d)
+        path = os.path.join(ctl, UIDLIST)
+        try:
+            if os.path.lexists(path + LOCK_SUFFIX):
+                return None
+            before = os.stat(path)
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                ul = Uidlist.parse(f.read(), path)
+            if ul.torn:
+                return None
+            for n in os.listdir(os.path.join(d, "tmp")):
+                if _OUR_BASE.match(n):
+                    return None              # maybe a killed writer of ours: _recover
+            files = {}
+            for sub in ("new", "cur"):       # cur/ wins if a name is in both (as _scan)
+                for fname in os.listdir(os.path.join(d, sub)):
+                    if fname[:1] != ".":
+                        files[split_name(fname)[0]] = (sub, fname)
+            by_base = ul.by_base()
+            if any(b not in by_base for b in files):
+                return None
+            st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=ul.uidnext,
+                        files=files, bases=by_base)
+            after = os.stat(path)
+        except (FileNotFoundError, StoreError):
+            return None                      # the locked way says what is wrong
+        except OSError as exc:
+            raise os_store_error(exc, f"{user}/{folder}") from None
+        if (before.st_ino, before.st_mtime_ns, before.st_size, before.st_ctime_ns) != \
+                (after.st_ino, after.st_mtime_ns, after.st_size, after.st_ctime_ns):
+            return None                      # changed under us
+        msgs = self._snapshot_messages(st, since, known)
+        info = FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
+                          subscribed=folder in subs)
+        snap = FolderSnapshot(info=info, messages=msgs)
+        self._index_keywords(user, folder, ctl, snap)
+        return snap
+
+    def _snapshot_messages(self, st: _State, since, known) -> list:
+        files = st.files
+        msgs = []
+        for uid in sorted(st.uidlist.records):
+            base = st.uidlist.records[uid][1]
+            hit = files.get(base)
+            if hit is None:
+                continue                 # expunged; Dovecot drops the line later
+            if known is not None and since is None and uid in known:
+                # the base of an incremental held it: flags from the name, no stat
+                msgs.append(self._info(st, uid, *hit, stat=False))
+                continue
+            try:
+                msgs.append(self._info(st, uid, *hit))
+            except FileNotFoundError:
+                if os.path.islink(os.path.join(st.dir, *hit)):
+                    # a link to a missing file: listed so the backup names it
+                    msgs.append(self._info(st, uid, *hit, stat=False, stored=stored_from_name(base)))
+                continue                 # renamed or expunged right now
+        return msgs
 
     def message(self, user: str, folder: str, uid: int) -> MessageInfo:
         folder = check_folder_name(folder)
