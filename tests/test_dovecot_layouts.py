@@ -365,18 +365,23 @@ def test_a_directory_that_belongs_to_no_login_is_named_not_skipped(tmp_path):
     assert {u for u, _ in archive_listing(home, tmp_path / "a.ims")} == {"alice", "bob"}
 
 
-def test_imsdr_refuses_a_mail_location(tmp_path):
-    # reconstruct refuses it too (asm/reconstruct/maildir.py), but the reconstruct
-    # command cannot start on main now (asm.reconstruct.knowledge imports a
-    # parse_uid_ranges that asm.archive.reader no longer has)
+def test_imsdr_and_reconstruct_refuse_a_dbox_location_and_a_snapshot(tmp_path):
+    """imsdr and reconstruct follow Maildir locations (tests/test_dovecot_layouts_dr.py);
+    a dbox store's flags and UIDs live in Dovecot's indexes: its way back is archives."""
     home = tmp_path / "ims"
     (tmp_path / "mail").mkdir()
     run(home, "msconfig", "set", "store.driver", "maildir", check=0)
-    run(home, "msconfig", "set", "store.mail_location", f"maildir:{tmp_path}/mail/%d/%n/Maildir", check=0)
-    for argv in (["imsdr", "backup", "-f", tmp_path / "dr.tar"],):
+    run(home, "msconfig", "set", "store.mail_location", f"sdbox:{tmp_path}/mail/%d/%n/sdbox", check=0)
+    for argv, words in ((["imsdr", "backup", "-f", tmp_path / "dr.tar"], "sdbox store"),
+                        (["reconstruct", "-r", "/"], "sdbox")):
         res = run(home, *argv, text=True)
-        assert res.returncode == 2 and "store.mail_location" in res.stderr, (argv, res.stderr)
-        assert "Traceback" not in res.stderr
+        assert res.returncode == 2 and words in res.stderr, (argv, res.stderr)
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "dr.tar").exists()
+    run(home, "msconfig", "set", "store.mail_location", f"maildir:{tmp_path}/mail/%d/%n/Maildir", check=0)
+    res = run(home, "imsdr", "backup", "--snapshot", f"{tmp_path}/snap={tmp_path}/mail", "-f",
+              tmp_path / "dr.tar", text=True)
+    assert res.returncode == 2 and "--snapshot" in res.stderr, res.stderr
 
 
 def test_a_restore_holds_dovecot_lmtp_deliveries(vdomain, tmp_path):

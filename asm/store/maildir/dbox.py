@@ -32,7 +32,7 @@ from asm.config import Config
 from asm.locks import pid_alive
 from asm.store import layout as layout_mod
 from asm.store.base import NoSuchUser, StoreError, UserExists, check_user_name
-from asm.store.maildir.store import MaildirStore, fixed_prefix, open_layout
+from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, open_layout
 
 _WRITES = ("create_folder", "delete_folder", "set_folder", "append", "set_flags", "expunge",
            "hold_deliveries", "release_deliveries", "delete_user")
@@ -129,17 +129,7 @@ class DboxStore(MaildirStore):
 
     def _location_of(self, user: str) -> str:
         """The login's dbox location, every variable and ~ expanded (doveadm's target)."""
-        ul = self._dbox.for_login(user)
-        loc = self._dbox.location
-        text = f"{loc.format}:{ul.root}"
-        if loc.index is not None:
-            text += f":INDEX={ul.index_root}" if ul.index_root else ":INDEX=MEMORY"
-        if loc.control is not None:
-            text += f":CONTROL={ul.control_root}"
-        for key, value in loc.options:
-            if key not in ("INDEX", "CONTROL", "INBOX"):
-                text += f":{key}={layout_mod.expand(value, user, ul.home)}" if value else f":{key}"
-        return text
+        return expanded_location(self._dbox, user)
 
     def _give_back(self, user: str) -> None:
         """The changed copy becomes the login's dbox account, if Dovecot did not change
