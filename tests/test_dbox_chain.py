@@ -20,6 +20,7 @@ from tests.helpers import run
 
 lab = lab_fixture(params=["sdbox", "mdbox"], scope="function")
 USERS = ("alice", "bob")
+KWS = [f"kw{i:02d}" for i in range(30)]
 
 
 def configure(lab, home) -> None:
@@ -56,6 +57,8 @@ def fill(lab) -> None:
         c.append("Work", message("w1"), [r"\Flagged", "$Label1"], "05-Mar-2024 12:00:00 +0100")
         c.append("Old", message("o1"), [r"\Seen"], "06-Mar-2024 23:59:59 -0500")
         c.append("Projects", message("p1"), ["Project"])
+        c.create("Tags")                           # more keywords than a Maildir file name holds
+        c.append("Tags", message("t1"), [r"\Seen", *KWS])
 
 
 def change(lab) -> None:
@@ -89,6 +92,12 @@ def chain(lab, tmp_path):
     run(home, "imsbackup", "-f", incr, "--base", tmp_path / "full.state", "/", check=0)
     second = views(lab)
     assert second != first
+    assert first["alice"][0]["Tags"][3][0][1] == {r"\Seen", *KWS}
+    # the incremental holds what changed only
+    toc = run(home, "imsrestore", "-t", "-f", incr, check=0, text=True).stdout
+    assert sorted(ln.split("\t")[0] for ln in toc.splitlines() if ln.split("\t")[0].rsplit("/", 1)[-1].isdigit()) == [
+        "/primary/alice/INBOX/5", "/primary/alice/New/1", "/primary/alice/Old/2",
+        "/primary/alice/Projects-2026/1", "/primary/alice/Work/2", "/primary/bob/INBOX/5"], toc
     assert not [n for n in os.listdir(lab.store) if n.startswith(".ims-dbox-work")]
     return home, full, incr, first, second
 

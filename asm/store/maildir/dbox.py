@@ -32,6 +32,7 @@ from asm.config import Config
 from asm.locks import pid_alive
 from asm.store import layout as layout_mod
 from asm.store.base import NoSuchUser, StoreError, UserExists, check_user_name
+from asm.store.maildir.doveadm import Doveadm
 from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, open_layout
 
 _WRITES = ("create_folder", "delete_folder", "set_folder", "append", "set_flags", "expunge",
@@ -47,7 +48,7 @@ class DboxStore(MaildirStore):
         dbox = layout or open_layout(config, dbox=True)
         super().__init__(config, create, layout=False)
         self._dbox = dbox
-        self._dv = self._doveadm()
+        self._dv = MaildirStore._doveadm(self)       # the dbox accounts themselves
         if self._dv is None:
             raise layout_mod.LayoutError(
                 f"mail_location {dbox.location.text!r}: sdbox and mdbox are read and written "
@@ -155,6 +156,12 @@ class DboxStore(MaildirStore):
                 f"'doveadm fetch -u {user} \"mailbox uid guid flags\" all' with the archive")
         self._seen[user] = self._listing(user, modseq=True)
 
+    def _doveadm(self):
+        """What the Maildir code asks doveadm (keywords beyond 26) concerns the copy."""
+        if getattr(self, "_dv", None) is None:
+            return None
+        return _CopyDoveadm(self._dv.conf, self._dv.binary, self)
+
     # -- the store API ---------------------------------------------------------------------
     def check_partition(self, partition: str, writing: bool = False) -> bool:
         from asm.store.partitions import check_partition_dir
@@ -223,6 +230,18 @@ class DboxStore(MaildirStore):
                 failed.append(str(exc))
         if failed:
             raise StoreError("; ".join(failed))
+
+
+class _CopyDoveadm(Doveadm):
+    """doveadm on a login's Maildir copy in WORK (``-o mail_location=maildir:COPY``)."""
+
+    def __init__(self, conf: str, binary: str, store: DboxStore):
+        super().__init__(conf, binary)
+        self._store = store
+
+    def run(self, login: str, command: str, *args: str, options=()) -> str:
+        options = [*options, f"mail_location=maildir:{self._store._maildir(login)}"]
+        return super().run(login, command, *args, options=options)
 
 
 def _writable(name: str):
