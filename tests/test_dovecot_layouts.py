@@ -6,7 +6,7 @@ EXPUNGE, two domains sharing a local part.  Then ``imsbackup /`` with the layout
 from ``doveconf``, every mail tree (mail, index, control, homes) wiped, a restore of one
 login into the empty store, then of the rest; each time what the IMAP client sees
 (UIDVALIDITY, UIDNEXT, UIDs, flags, keywords, INTERNALDATE, bytes, RFC822.SIZE,
-subscriptions; X-GUID once archives carry GUIDs) must be what it saw before the backup.  The archive's table of contents is
+subscriptions, X-GUID) must be what it saw before the backup.  The archive's table of contents is
 checked independently against what Dovecot itself lists (``doveadm fetch``): every
 login, every message, nobody's mail under another login.
 """
@@ -62,11 +62,9 @@ def fill(lab) -> None:
 
 
 def seen(state):
-    """A ClientState without X-GUID: archives carry no GUID before issue 13 (GUID
-    records), so a restored Maildir message gets Dovecot's default, its new base name."""
-    return {f: dataclasses.replace(fs, messages=tuple(dataclasses.replace(m, guid="")
-                                                     for m in fs.messages))
-            for f, fs in state.folders.items()}, state.subscriptions
+    """What a client sees, X-GUID included (archives carry GUIDs since issue 13; every
+    layout restores them: a Maildir record's G field, dbox through doveadm backup)."""
+    return state.folders, state.subscriptions
 
 
 def wipe(lab) -> None:
@@ -120,14 +118,17 @@ def test_backup_finds_every_login_and_restores_it_as_clients_saw_it(lab, tmp_pat
     wipe(lab)
     first = lab.logins[-1]                     # alice@other.org in vdomain and nhash
     run(home, "imsrestore", "-f", archive, f"/primary/{first}", check=0)
-    assert seen(lab.client_state(first)) == seen(before[first])
+    assert lab.client_state(first) == before[first]        # X-GUID included
     for u in lab.logins[:-1]:
         assert not lab.client_state(u).all_messages(), u     # nothing leaked to others
     # a Dovecot that made the others' empty INBOX meanwhile: the restore takes its place
     wipe(lab)
     run(home, "imsrestore", "-f", archive, check=0)
     for u in lab.logins:
-        assert seen(lab.client_state(u)) == seen(before[u]), u
+        after = lab.client_state(u)
+        assert after == before[u], u
+        guids = {m.guid for _, m in after.all_messages()}
+        assert "" not in guids and guids == {m.guid for _, m in before[u].all_messages()}, u
     # no stray control files where Dovecot keeps none (CONTROL= elsewhere)
     if lab.layout.name == "idxctl":
         names = {n for _, _, fs in os.walk(lab.store) for n in fs}
@@ -207,13 +208,12 @@ def test_groups_match_full_logins_and_a_map_moves_mail_across_domains(vdomain, t
         assert seen(lab.client_state(u)) == seen(before[u]), u
 
 
-MAILDIR_LAYOUTS = [n for n in LAYOUTS if "dbox" not in n]
-chain_lab = lab_fixture(params=MAILDIR_LAYOUTS)
+chain_lab = lab_fixture(params=LAYOUTS)
 
 
 def test_a_full_and_an_incremental_backup_restore_into_an_empty_store(chain_lab, tmp_path):
-    """Every Maildir layout.  (dbox: the incremental's restore meets a login that the
-    full one gave to Dovecot, which a dbox restore refuses -- see docs/dovecot.md.)"""
+    """Every layout, dbox too (the incremental's restore meets logins the full one gave
+    to Dovecot: it merges into them, docs/dovecot.md; tests/test_dbox_chain.py)."""
     lab = chain_lab
     u, other = lab.logins[-1], lab.logins[1]
     lab.deliver(lab.logins, message("before the full backup"))
@@ -322,7 +322,7 @@ def test_keywords_beyond_26_are_kept_through_dovecot_or_named(vdomain, tmp_path)
 sdbox = lab_fixture("sdbox")
 
 
-def test_dbox_restore_into_an_account_with_mail_is_refused_and_a_new_login_gets_it(sdbox, tmp_path):
+def test_dbox_restore_into_an_account_with_mail_merges_and_a_new_login_gets_it(sdbox, tmp_path):
     lab = sdbox
     lab.deliver(["alice", "bob"], message("dbox mail"))
     with lab.imap("alice") as c:
@@ -334,9 +334,12 @@ def test_dbox_restore_into_an_account_with_mail_is_refused_and_a_new_login_gets_
     a = tmp_path / "a.ims"
     run(home, "imsbackup", "-f", a, "/primary/alice", check=0)
     assert not [n for n in os.listdir(lab.store) if n.startswith(".ims-dbox-work")]
-    res = run(home, "imsrestore", "-f", a, text=True)
-    assert res.returncode != 0 and "has dbox mail already" in res.stderr, res.stderr
-    assert lab.client_state("alice") == before            # untouched
+    run(home, "imsrestore", "-f", a, check=0)             # into the account it came from
+    assert lab.client_state("alice") == before            # nothing changes
+    with lab.imap("alice") as c:
+        c.delete("Work")
+    run(home, "imsrestore", "-f", a, check=0)             # a lost folder comes back
+    assert lab.client_state("alice") == before
     lab.add_user("dora")
     mapfile = tmp_path / "map"
     mapfile.write_text("alice=dora\n")
@@ -362,18 +365,23 @@ def test_a_directory_that_belongs_to_no_login_is_named_not_skipped(tmp_path):
     assert {u for u, _ in archive_listing(home, tmp_path / "a.ims")} == {"alice", "bob"}
 
 
-def test_imsdr_refuses_a_mail_location(tmp_path):
-    # reconstruct refuses it too (asm/reconstruct/maildir.py), but the reconstruct
-    # command cannot start on main now (asm.reconstruct.knowledge imports a
-    # parse_uid_ranges that asm.archive.reader no longer has)
+def test_imsdr_and_reconstruct_refuse_a_dbox_location_and_a_snapshot(tmp_path):
+    """imsdr and reconstruct follow Maildir locations (tests/test_dovecot_layouts_dr.py);
+    a dbox store's flags and UIDs live in Dovecot's indexes: its way back is archives."""
     home = tmp_path / "ims"
     (tmp_path / "mail").mkdir()
     run(home, "msconfig", "set", "store.driver", "maildir", check=0)
-    run(home, "msconfig", "set", "store.mail_location", f"maildir:{tmp_path}/mail/%d/%n/Maildir", check=0)
-    for argv in (["imsdr", "backup", "-f", tmp_path / "dr.tar"],):
+    run(home, "msconfig", "set", "store.mail_location", f"sdbox:{tmp_path}/mail/%d/%n/sdbox", check=0)
+    for argv, words in ((["imsdr", "backup", "-f", tmp_path / "dr.tar"], "sdbox store"),
+                        (["reconstruct", "-r", "/"], "sdbox")):
         res = run(home, *argv, text=True)
-        assert res.returncode == 2 and "store.mail_location" in res.stderr, (argv, res.stderr)
-        assert "Traceback" not in res.stderr
+        assert res.returncode == 2 and words in res.stderr, (argv, res.stderr)
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "dr.tar").exists()
+    run(home, "msconfig", "set", "store.mail_location", f"maildir:{tmp_path}/mail/%d/%n/Maildir", check=0)
+    res = run(home, "imsdr", "backup", "--snapshot", f"{tmp_path}/snap={tmp_path}/mail", "-f",
+              tmp_path / "dr.tar", text=True)
+    assert res.returncode == 2 and "--snapshot" in res.stderr, res.stderr
 
 
 def test_a_restore_holds_dovecot_lmtp_deliveries(vdomain, tmp_path):

@@ -81,6 +81,9 @@ def _backup(args) -> int:
     from asm.dr.bundle import Capture
     cfg = Config()
     cfg.require()
+    if args.snapshot and cfg.driver == "maildir" and cfg.get("store.mail_location"):
+        raise UsageError("imsdr backup --snapshot follows <partition>/<user>/Maildir stores only; with "
+                         "store.mail_location set, take the disaster backup from the live store")
     if args.snapshot:
         from asm.dr.snapshot import SnapshotConfig, parse_snapshot
         cfg = SnapshotConfig(cfg, [parse_snapshot(s) for s in args.snapshot])
@@ -233,7 +236,10 @@ def _show(args) -> int:
           f"ims-asm {manifest['tool_version']}")
     print(f"taken from {_when(manifest['started'])} to {_when(manifest['finished'])}"
           + (f", read from snapshots {manifest['snapshot']}" if manifest.get("snapshot") else ""))
-    print("partitions: " + ", ".join(f"{k}={v}" for k, v in manifest["partitions"].items()))
+    if manifest.get("mail_location"):
+        print(f"mail_location: {manifest['mail_location']}")
+    else:
+        print("partitions: " + ", ".join(f"{k}={v}" for k, v in manifest["partitions"].items()))
     for kind in manifest["order"]:
         mine = [i for i in items if i["kind"] == kind]
         if kind == "indexes":

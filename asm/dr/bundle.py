@@ -8,7 +8,11 @@ that is not there):
 
 1. ``mboxlist``: the classic mailbox list (``mailboxes.db``);
 2. ``indexes``: every classic folder index (``store.idx``); for Maildir every folder's
-   ``dovecot-uidlist`` and ``dovecot-keywords`` and each user's ``subscriptions``;
+   ``dovecot-uidlist`` and ``dovecot-keywords`` and each user's ``subscriptions``; with
+   ``store.mail_location`` these where the layout keeps them (``CONTROL=``), each
+   login's ``dovecot-uidvalidity*``, and Dovecot's ``dovecot.index*`` and
+   ``dovecot.list.index*`` files (``INDEX=``, else in the folders), as
+   ``dovecot/<absolute path>`` members put back at that path;
 3. ``journals``: the restore journal (``$IMS_HOME/data/restore-journal.db``) and the
    Bacula module's state (``data/bacula/state.db``);
 4. ``catalog``: the staging catalog (``staging.dir``/``catalog.db``);
@@ -174,12 +178,12 @@ class Capture:
         cfg = self.config
         home = cfg.home
         driver = cfg.driver
-        if driver == "maildir" and cfg.get("store.mail_location"):
-            raise ImsError("imsdr backup reads <partition>/<user>/Maildir stores only; with "
-                           "store.mail_location set, back up Dovecot's control and index "
-                           "files with the file system (docs/dovecot.md)", status=EXIT_USAGE)
         parts = cfg.partitions()
         snapshot = cfg.describe() if hasattr(cfg, "describe") else None
+        layout = None
+        if driver == "maildir" and cfg.get("store.mail_location"):
+            layout = self._layout(snapshot)
+            parts = {}
         if driver == "classic":
             root = cfg.snapshot_store_root() if snapshot else cfg.store_root
             listed = cfg.store_root if snapshot else root   # a snapshot's list is read from its copy
@@ -190,6 +194,8 @@ class Capture:
                 item["source"] = os.path.join(root, "mboxlist", "mailboxes.db")
                 self.report(f"mailbox list: {item['users']} users, {item['folders']} folders")
             self._classic_indexes(parts)
+        elif layout is not None:
+            self._layout_files(layout)
         else:
             self._maildir_control(parts)
         self.report(f"indexes: {self.counts['indexes']} files")
@@ -200,7 +206,7 @@ class Capture:
             self._sqlite("staging/catalog.db", os.path.join(staging, "catalog.db"), "catalog")
         for name in ("msg.conf", "backup-groups.conf"):
             self._file(f"config/{name}", os.path.join(home, "config", name), "config")
-        self._keys(parts)
+        self._keys(parts, layout)
         finished = time.time()
         self.listing.close()
         if self.counts["indexes"] or os.path.getsize(os.path.join(self.tmp, "files.jsonl")):
@@ -212,6 +218,7 @@ class Capture:
             "started": self.started, "finished": finished,
             "store_root": cfg.store_root if not snapshot else cfg.snapshot_store_root(),
             "partitions": parts, "staging_dir": staging, "snapshot": snapshot,
+            "mail_location": layout.location.text if layout is not None else None,
             "order": ["mboxlist", "indexes", "journals", "catalog", "config", "keys"],
             "counts": self.counts, "items": self.items, "problems": self.problems,
         }
@@ -265,14 +272,97 @@ class Capture:
                     for name in MAILDIR_CONTROL:
                         self._control(part, ppath, os.path.join(d, name))
 
+    def _layout(self, snapshot):
+        """The store's StoreLayout (store.mail_location), for Maildir locations."""
+        from asm.store.layout import LayoutError
+        from asm.store.maildir.store import open_layout
+        if snapshot:
+            raise ImsError("imsdr backup --snapshot follows <partition>/<user>/Maildir stores "
+                           "only; with store.mail_location set, take the disaster backup from "
+                           "the live store", status=EXIT_USAGE)
+        try:
+            layout = open_layout(self.config, dbox=True)
+        except LayoutError as exc:
+            raise ImsError(str(exc), status=EXIT_USAGE) from None
+        if not layout.location.is_maildir:
+            raise ImsError(f"imsdr backup: mail_location {layout.location.text!r} is a "
+                           f"{layout.location.format} store, whose flags and UIDs live in Dovecot's "
+                           f"index files: recover it from archives (imsbackup), not from files "
+                           f"(docs/disaster-recovery.md)", status=EXIT_USAGE)
+        return layout
+
+    def _home_template(self, layout) -> str | None:
+        """Where homes are, for a location that does not use them (its keys may be
+        there): the layout's, else the userdb's or mail_home of Dovecot's configuration."""
+        if layout.home_template:
+            return layout.home_template
+        if not self.dovecot_config or not os.path.exists(self.dovecot_config):
+            return None
+        from asm.store.layout import LayoutError, _doveconf, parse_userdb_homes
+        try:
+            homes = parse_userdb_homes(_doveconf(["-c", self.dovecot_config, "userdb"], "doveconf"))
+            return homes[0] if homes else (
+                _doveconf(["-c", self.dovecot_config, "-h", "mail_home"], "doveconf").strip() or None)
+        except (LayoutError, OSError):
+            return None
+
+    def _layout_files(self, layout) -> None:
+        """Every file Dovecot keeps beside a login's messages, where the layout puts it:
+        uidlists and keywords (CONTROL=), subscriptions and dovecot-uidvalidity (the
+        control root), index files (INDEX=, else the folders).  Members are
+        ``dovecot/<absolute path>``, put back at that path."""
+        for login, ul in sorted(layout.logins().items()):
+            self._abs(os.path.join(ul.control_root, ul.location.subscriptions), "indexes", login)
+            with contextlib.suppress(OSError):
+                for n in sorted(os.listdir(ul.control_root)):
+                    if n.startswith("dovecot-uidvalidity"):
+                        self._abs(os.path.join(ul.control_root, n), "indexes", login)
+            index_dirs = [ul.list_index_dir] if ul.list_index_dir else []
+            for folder in ul.folders():
+                for name in MAILDIR_CONTROL:
+                    self._abs(os.path.join(ul.control_dir(folder), name), "indexes", login)
+                if ul.index_dir(folder):
+                    index_dirs.append(ul.index_dir(folder))
+            seen = set()
+            for d in index_dirs:
+                if d in seen:
+                    continue
+                seen.add(d)
+                with contextlib.suppress(OSError):
+                    for n in sorted(os.listdir(d)):
+                        if n.startswith(("dovecot.index", "dovecot.list.index")) and \
+                                not n.endswith((".lock", ".tmp")):
+                            self._abs(os.path.join(d, n), "indexes", login)
+
+    def _abs(self, path: str, kind: str, login: str) -> None:
+        if os.path.isfile(path):
+            self._file(f"dovecot{path}", path, kind, listed=(kind == "indexes"), target=path, login=login)
+
     def _control(self, part: str, ppath: str, path: str) -> None:
         sub = os.path.relpath(path, ppath)
         self._file(f"partition/{part}/{sub}", path, "indexes", listed=True, partition=part, path=sub)
 
-    def _keys(self, parts: dict) -> None:
+    def _keys(self, parts: dict, layout=None) -> None:
         for path in mail_crypt_key_files(self.dovecot_config):
             self._file(f"keys/files{path}", path, "keys", target=path)
         if self.config.driver != "maildir":
+            return
+        if layout is not None:
+            # a login's dovecot-attributes (mail_attribute_dict = file:%h/dovecot-attributes,
+            # or beside its mail or control files)
+            homes = self._home_template(layout)
+            for login, ul in sorted(layout.logins().items()):
+                found = []
+                home = ul.home
+                if home is None and homes:
+                    from asm.store.layout import LayoutError, expand
+                    with contextlib.suppress(LayoutError):
+                        home = expand(homes, login, what="the home template")
+                for d in (home, ul.root, ul.control_root):
+                    p = os.path.join(d, ATTRIBUTES) if d else None
+                    if p and p not in found and os.path.isfile(p):
+                        found.append(p)
+                        self._abs(p, "keys", login)
             return
         for part, ppath in parts.items():
             with contextlib.suppress(OSError):
@@ -391,6 +481,8 @@ def plan_restore(manifest: dict, config_for, kinds: tuple) -> list[tuple[dict, s
             target = os.path.join(ppath, path)
         elif member.startswith("keys/files/"):
             target = item.get("target") or "/" + member[len("keys/files/"):]
+        elif member.startswith("dovecot/"):
+            target = item.get("target") or member[len("dovecot"):]
         else:
             continue
         out.append((item, target))
@@ -400,7 +492,19 @@ def plan_restore(manifest: dict, config_for, kinds: tuple) -> list[tuple[dict, s
 def put(src: str, target: str, item: dict, owner=None) -> None:
     """Put one restored file in place atomically, with its recorded mode and owner."""
     d = os.path.dirname(target)
+    missing = []
+    p = d
+    while p and p != "/" and not os.path.isdir(p):
+        missing.append(p)
+        p = os.path.dirname(p)
     os.makedirs(d, exist_ok=True)
+    if missing and owner and os.geteuid() == 0:
+        # directories of a lost tree (CONTROL=, INDEX=) belong to the store's owner, as
+        # Dovecot made them: it must write locks and new files there
+        for p in missing:
+            with contextlib.suppress(OSError):
+                os.chown(p, *owner)
+                os.chmod(p, 0o700)
     tmp = f"{target}.imsdr-{os.getpid()}.tmp"
     shutil.copyfile(src, tmp)
     os.chmod(tmp, item.get("mode", 0o600) & 0o7777)

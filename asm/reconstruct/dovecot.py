@@ -115,11 +115,14 @@ class Dovecot:
         return view
 
     # -- force-resync ---------------------------------------------------------------------
-    def force_resync(self, user: str, home: str, owner: tuple[int, int] | None) -> tuple[bool, str]:
-        """``doveadm force-resync '*'`` on one account, as ``owner`` (uid, gid)."""
+    def force_resync(self, user: str, home: str, owner: tuple[int, int] | None,
+                     location: str | None = None) -> tuple[bool, str]:
+        """``doveadm force-resync '*'`` on one account, as ``owner`` (uid, gid);
+        ``location``: the login's mail_location with every variable expanded
+        (store.mail_location), else the driver's ``maildir:~/Maildir``."""
         if owner is None:
             try:
-                st = os.stat(os.path.join(home, "Maildir"))
+                st = os.stat(os.path.join(home, "Maildir") if location is None else home)
             except OSError as exc:
                 return False, f"cannot stat {home}/Maildir: {exc.strerror}"
             owner = (st.st_uid, st.st_gid)
@@ -133,7 +136,7 @@ class Dovecot:
         env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "USER": user, "HOME": home, "LOGNAME": name}
         # the driver's layout, whatever the site's mail_location; as root, doveadm reads its
         # configuration and then becomes the mail user itself (mail_uid, mail_gid)
-        cmd = [self.doveadm, "-c", self._conf(), "-o", "mail_location=maildir:~/Maildir"]
+        cmd = [self.doveadm, "-c", self._conf(), "-o", f"mail_location={location or 'maildir:~/Maildir'}"]
         if os.geteuid() == 0:
             cmd += ["-o", f"mail_uid={owner[0]}", "-o", f"mail_gid={owner[1]}"]
         elif os.geteuid() != owner[0]:

@@ -29,7 +29,6 @@ import time
 import uuid
 
 from asm.config import Config
-from asm.errors import UsageError
 from asm.reconstruct import LOST, NOTE, REPAIRED, UNKNOWN, Report
 from asm.reconstruct import uid_list as _uids
 from asm.digests import file_sha256_or_none as _sha256
@@ -103,11 +102,11 @@ class MaildirReconstructor:
         self.report = report
         self.repair = repair
         self.dovecot = dovecot
-        if config.get("store.mail_location"):
-            raise UsageError("reconstruct reads <partition>/<user>/Maildir stores only: with "
-                             "store.mail_location set, use doveadm force-resync -u LOGIN '*' "
-                             "(docs/dovecot.md)")
+        # with store.mail_location the folders, uidlists (CONTROL=), index files (INDEX=)
+        # and subscriptions are where the layout puts them (the driver's _ctl_idx);
+        # sdbox/mdbox are refused by the driver (their records are Dovecot's indexes)
         self.store = MaildirStore(config, create=False)
+        self.layout = self.store._layout
         self.owner = config.owner()
         self.timeout = float(config.get_int("store.locktimeout"))
         self.touched: dict = {}          # user -> home: users whose files this run changed
@@ -176,6 +175,8 @@ class MaildirReconstructor:
         still hold new/ or tmp/ (they are repaired, not passed over)."""
         names = set(self.store.folder_names(user))
         root = self.store._root(user)
+        if self.layout is not None and self.layout.location.layout != "maildir++":
+            return ["INBOX"] + sorted(n for n in names if n != "INBOX")
         with contextlib.suppress(OSError):
             for e in os.scandir(root):
                 if e.name.startswith(".") and e.is_dir(follow_symlinks=False):
@@ -187,7 +188,7 @@ class MaildirReconstructor:
 
     # -- subscriptions -----------------------------------------------------------------------
     def _subscriptions(self, part: str, user: str) -> None:
-        root = self.store._root(user)
+        root = self.store._subs_root(user)
         path = os.path.join(root, SUBSCRIPTIONS)
         if os.path.exists(path):
             return
@@ -209,6 +210,7 @@ class MaildirReconstructor:
                            if unknown else "rebuilt from the archives"))
         if self.repair:
             text = "V\t2\n\n" + "".join("\t".join(level_to_disk(x) for x in n.split("/")) + "\n" for n in chosen)
+            self._makedirs(root, self.store._root(user))
             self._write(path, text.encode("utf-8", "surrogateescape"), root)
             self.touched[user] = self.store._home(user)
 
@@ -232,13 +234,17 @@ class MaildirReconstructor:
             with contextlib.suppress(OSError):
                 os.close(os.open(os.path.join(d, "maildirfolder"), os.O_WRONLY | os.O_CREAT, 0o600))
                 self._own(os.path.join(d, "maildirfolder"), d)
-        lockpath = os.path.join(d, UIDLIST + LOCK_SUFFIX)
+        c, i = self.store._ctl_idx(user, folder, d)      # CONTROL= and INDEX= (else d, d)
+        if self.repair and c != d and not os.path.isdir(c):
+            self.report.add(REPAIRED, mb, f"the control directory {c} is missing: made")
+            self._makedirs(c, d)
+        lockpath = os.path.join(c, UIDLIST + LOCK_SUFFIX)
         locked = False
         if self.repair and os.path.isdir(os.path.join(d, "cur")):
             self.store._acquire_dotlock(lockpath, self.timeout, f"{user}/{folder} ({lockpath})")
             locked = True
         try:
-            self._check(mb, user, folder, d)
+            self._check(mb, user, folder, d, c, i)
         finally:
             if locked:
                 with contextlib.suppress(FileNotFoundError):
@@ -277,11 +283,16 @@ class MaildirReconstructor:
                         os.unlink(p)
         return files
 
-    def _check(self, mb: str, user: str, folder: str, d: str) -> None:
-        ul = _Parsed(os.path.join(d, UIDLIST))
+    def _check(self, mb: str, user: str, folder: str, d: str, c: str | None = None,
+               i: str | None = "") -> None:
+        """``d`` the mail directory, ``c`` where its uidlist and keywords are (CONTROL=),
+        ``i`` where its index files are (INDEX=; None: none)."""
+        c = d if c is None else c
+        i = d if i == "" else i
+        ul = _Parsed(os.path.join(c, UIDLIST))
         files = self._scan(mb, d)
         self.report.messages += len(files)
-        view = self.dovecot.index_view(d) if self.dovecot is not None else None
+        view = self.dovecot.index_view(i) if self.dovecot is not None and i else None
         if view is not None and not view.files:
             view = None
 
@@ -384,10 +395,10 @@ class MaildirReconstructor:
         # keywords: every letter a file name uses must be named in dovecot-keywords
         uid_of = {base: uid for uid, (_, base) in kept.items()}
         uid_of.update(assigned)
-        keywords_changed = self._keywords(mb, user, folder, d, files, uid_of, uidvalidity)
+        keywords_changed = self._keywords(mb, user, folder, c, files, uid_of, uidvalidity)
 
         # Dovecot's index
-        index_files = [n for n in INDEX_FILES if os.path.exists(os.path.join(d, n))]
+        index_files = [n for n in INDEX_FILES if i and os.path.exists(os.path.join(i, n))]
         disk_next = max(ul.uidnext if ul.header_ok else 0, view.next_uid if view is not None else 0)
         below = any(u < disk_next for u in assigned.values())
         invalidate = bool(index_files) and (not ul.header_ok or below or ul.bad_lines > 0
@@ -402,7 +413,7 @@ class MaildirReconstructor:
                                           f"to {uidnext}")
             invalidate = invalidate or bool(index_files)
         elif index_files and ul.exists:
-            older = [n for n in index_files if os.stat(os.path.join(d, n)).st_mtime + 1 < ul.mtime]
+            older = [n for n in index_files if os.stat(os.path.join(i, n)).st_mtime + 1 < ul.mtime]
             if older:
                 self.report.add(NOTE, mb, f"Dovecot's index files ({', '.join(older)}) are older than "
                                           f"dovecot-uidlist: Dovecot reads the newer uidlist (its UIDs win)")
@@ -419,25 +430,27 @@ class MaildirReconstructor:
         if not changed:
             for n in INDEX_FILES + ("dovecot.index.cache",):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(d, n))
+                    os.unlink(os.path.join(i, n))
             return
         records = dict(kept)
         for base, uid in assigned.items():
             records[uid] = ("", base)
         extra = ul.extra if ul.header_ok else [f"G{uuid.uuid4().hex}"]
         new = Uidlist(uidvalidity=uidvalidity, uidnext=uidnext, extra=extra, records=records)
-        self._write(os.path.join(d, UIDLIST), new.render().encode("utf-8", "surrogateescape"), d)
+        self._write(os.path.join(c, UIDLIST), new.render().encode("utf-8", "surrogateescape"), d)
         if invalidate:
             for n in INDEX_FILES + ("dovecot.index.cache",):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(d, n))
-            for n in LIST_INDEX_FILES:
+                    os.unlink(os.path.join(i, n))
+            lidx = self.store._list_index_dir(user)
+            for n in LIST_INDEX_FILES if lidx else ():
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.store._root(user), n))
+                    os.unlink(os.path.join(lidx, n))
         self.touched[user] = self.store._home(user)
         self.rewritten[(user, folder)] = {base: uid for uid, (_, base) in records.items()}
 
     def _keywords(self, mb, user, folder, d, files, uid_of, uidvalidity) -> bool:
+        # d: the folder's control directory (dovecot-keywords is there)
         """Name the keyword letters of file names that dovecot-keywords lacks (it was lost,
         or put back from before those keywords were first used) from what archives say of
         each message.  True when the file was (or would be) rewritten."""
@@ -509,6 +522,14 @@ class MaildirReconstructor:
         os.mkdir(path, 0o700)
         self._own(path, near)
 
+    def _makedirs(self, path: str, near: str) -> None:
+        """``path`` and its missing parents (a lost CONTROL= tree), owned as ``near``."""
+        if os.path.isdir(path):
+            return
+        self._makedirs(os.path.dirname(path), near)
+        with contextlib.suppress(FileExistsError):
+            self._mkdir(path, near)
+
     def _write(self, path: str, data: bytes, near: str) -> None:
         tmp = f"{path}.reconstruct-{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -532,7 +553,11 @@ class MaildirReconstructor:
         for user in todo:
             home = self.store._home(user)
             part = self.store.user_partition(user)
-            ok, why = self.dovecot.force_resync(user, home, self.owner)
+            location = None
+            if self.layout is not None:
+                from asm.store.maildir.store import expanded_location
+                location = expanded_location(self.layout, user)
+            ok, why = self.dovecot.force_resync(user, home, self.owner, location)
             if not ok:
                 self.report.add(NOTE, self.mailbox(part, user), f"doveadm force-resync not run: {why}")
                 continue
@@ -541,7 +566,8 @@ class MaildirReconstructor:
                 if u != user:
                     continue
                 d = self.store._folder_dir(user, folder)
-                got = {b: uid for uid, (_, b) in _Parsed(os.path.join(d, UIDLIST)).records.items()}
+                c, _i = self.store._ctl_idx(user, folder, d)
+                got = {b: uid for uid, (_, b) in _Parsed(os.path.join(c, UIDLIST)).records.items()}
                 moved = sorted(uid for b, uid in want.items() if b in got and got[b] != uid)
                 if moved:
                     self.report.add(UNKNOWN, self.mailbox(part, user, folder),

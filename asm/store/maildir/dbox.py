@@ -2,28 +2,38 @@
 
 ims-asm never parses dbox files.  A login's dbox account is copied to a Maildir
 (``doveadm -c CONF backup -u LOGIN maildir:WORK/LOGIN/Maildir``) the first time a command
-reads it, and the Maildir driver reads that copy; a restore builds a new login's mail
-as a Maildir and gives it to Dovecot at the end of its batch (``doveadm -c CONF -o
+reads it, and the Maildir driver reads and writes that copy.  A restore that changed a
+copy (or built a new login's mail there) gives it to Dovecot before it releases the
+login's delivery hold, and at the end of its batch at the latest (``doveadm -c CONF -o
 mail_location=maildir:WORK/LOGIN/Maildir backup -u LOGIN <the login's dbox location>``).
 ``doveadm backup`` keeps UIDVALIDITY, UIDNEXT, UIDs, flags, keywords, INTERNALDATE and
 GUIDs in both directions (docs/dovecot.md); ``doveadm sync -1`` is never used.
 
+Copying back makes the dbox account what the copy is, so whatever Dovecot did to the
+account after the copy was taken would be undone.  Before it copies back the driver
+compares Dovecot's listing of the account (every folder's UIDVALIDITY, UIDNEXT,
+HIGHESTMODSEQ, message count; every message's folder, UID, GUID and flags) with the one
+it took when the copy was made: when they differ nothing is given back and the restore
+fails (exit 17) naming the login.  After copying back it compares the dbox account with
+the copy (folders, UIDVALIDITY, UIDNEXT, UIDs, GUIDs, flags) and fails the same way when
+Dovecot did not keep them.
+
 WORK is ``<store>/.ims-dbox-work.<host>.<pid>``, on the store's disk and reachable by the
-mail user; it goes when the process ends.  A restore into a login that already has dbox
-mail is refused (the copy back would drop what was delivered meanwhile): restore it
-into a new login (-m) or after deleting the account's mail.
+mail user; it goes when the process ends.
 """
 from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 
 from asm.config import Config
 from asm.locks import pid_alive
 from asm.store import layout as layout_mod
 from asm.store.base import NoSuchUser, StoreError, UserExists, check_user_name
-from asm.store.maildir.store import MaildirStore, fixed_prefix, open_layout
+from asm.store.maildir.doveadm import Doveadm
+from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, open_layout
 
 _WRITES = ("create_folder", "delete_folder", "set_folder", "append", "set_flags", "expunge",
            "hold_deliveries", "release_deliveries", "delete_user")
@@ -38,7 +48,7 @@ class DboxStore(MaildirStore):
         dbox = layout or open_layout(config, dbox=True)
         super().__init__(config, create, layout=False)
         self._dbox = dbox
-        self._dv = self._doveadm()
+        self._dv = MaildirStore._doveadm(self)       # the dbox accounts themselves
         if self._dv is None:
             raise layout_mod.LayoutError(
                 f"mail_location {dbox.location.text!r}: sdbox and mdbox are read and written "
@@ -47,8 +57,10 @@ class DboxStore(MaildirStore):
         self._prefix = fixed_prefix(dbox.root_template())
         self._work = os.path.join(self._prefix, f".ims-dbox-work.{self._hostname}.{self._pid}")
         self._parts = {"primary": self._work}
-        self._exported: set[str] = set()          # logins copied from dbox (read only)
-        self._created: set[str] = set()           # logins this process builds (given back)
+        self._exported: set[str] = set()          # logins copied from dbox
+        self._created: set[str] = set()           # logins this process builds
+        self._pending: set[str] = set()           # copies changed since Dovecot had them
+        self._seen: dict[str, str | None] = {}    # Dovecot's listing when the copy was made
 
     # -- the dbox side -------------------------------------------------------------------
     def _ensure_work(self) -> None:
@@ -86,29 +98,69 @@ class DboxStore(MaildirStore):
         self._ensure_work()
         with self._mutex:
             busy = {u for (u, _f) in self._held}
-        for other in sorted(self._exported - self._created - busy):
+        for other in sorted(self._exported - self._created - self._pending - busy):
             shutil.rmtree(os.path.join(self._work, other), ignore_errors=True)
             self._exported.discard(other)
+            self._seen.pop(other, None)
+        shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
         self._dv.run(user, "backup", f"maildir:{self._maildir(user)}")
+        self._seen[user] = self._listing(user, modseq=True)
         self._exported.add(user)
+
+    def _listing(self, user: str, maildir: bool = False, modseq: bool = False) -> str | None:
+        """What Dovecot serves of the login's dbox account (``maildir``: of its copy):
+        every folder with UIDVALIDITY, UIDNEXT and message count (and HIGHESTMODSEQ with
+        ``modseq``), every message's folder, UID, GUID and flags (without \\Recent).
+        None when the login has no dbox account."""
+        if not maildir and not os.path.isdir(self._dbox_root(user)):
+            return None
+        opts = [f"mail_location=maildir:{self._maildir(user)}"] if maildir else []
+        fields = "uidvalidity uidnext messages" + (" highestmodseq" if modseq else "")
+        status = self._dv.run(user, "mailbox status", fields, "*", options=opts)
+        lines = sorted(status.splitlines())
+        mails = self._dv.run(user, "fetch", "mailbox uid guid flags", "all", options=opts)
+        msgs = []
+        for block in mails.split("\f"):
+            fields_ = dict(re.findall(r"^(mailbox|uid|guid|flags): ?(.*)$", block, re.M))
+            if fields_:
+                flags = " ".join(sorted(f for f in fields_.get("flags", "").split() if f != "\\Recent"))
+                msgs.append((fields_.get("mailbox", ""), int(fields_.get("uid", 0)),
+                             fields_.get("guid", ""), flags))
+        return "\n".join(lines + [repr(m) for m in sorted(msgs)])
 
     def _location_of(self, user: str) -> str:
         """The login's dbox location, every variable and ~ expanded (doveadm's target)."""
-        ul = self._dbox.for_login(user)
-        loc = self._dbox.location
-        text = f"{loc.format}:{ul.root}"
-        if loc.index is not None:
-            text += f":INDEX={ul.index_root}" if ul.index_root else ":INDEX=MEMORY"
-        if loc.control is not None:
-            text += f":CONTROL={ul.control_root}"
-        for key, value in loc.options:
-            if key not in ("INDEX", "CONTROL", "INBOX"):
-                text += f":{key}={layout_mod.expand(value, user, ul.home)}" if value else f":{key}"
-        return text
+        return expanded_location(self._dbox, user)
 
     def _give_back(self, user: str) -> None:
+        """The changed copy becomes the login's dbox account, if Dovecot did not change
+        the account since the copy was made; checked afterwards."""
+        if user not in self._pending:
+            return
+        before = self._seen.get(user)
+        now = self._listing(user, modseq=True)
+        if now != before:
+            raise StoreError(
+                f"{user}: Dovecot changed the dbox account while the restore worked on a "
+                f"copy of it (a delivery or an IMAP client); the restored mail was not given "
+                f"to Dovecot: run the restore again (dovecot.holdfile holds deliveries "
+                f"meanwhile, docs/dovecot.md)")
         self._dv.run(user, "backup", self._location_of(user),
                      options=[f"mail_location=maildir:{self._maildir(user)}"])
+        self._pending.discard(user)
+        got, want = self._listing(user), self._listing(user, maildir=True)
+        if got != want:
+            raise StoreError(
+                f"{user}: doveadm backup did not give the dbox account the folders, UIDs, "
+                f"GUIDs or flags of the restored copy (docs/dovecot.md); compare "
+                f"'doveadm fetch -u {user} \"mailbox uid guid flags\" all' with the archive")
+        self._seen[user] = self._listing(user, modseq=True)
+
+    def _doveadm(self):
+        """What the Maildir code asks doveadm (keywords beyond 26) concerns the copy."""
+        if getattr(self, "_dv", None) is None:
+            return None
+        return _CopyDoveadm(self._dv.conf, self._dv.binary, self)
 
     # -- the store API ---------------------------------------------------------------------
     def check_partition(self, partition: str, writing: bool = False) -> bool:
@@ -148,26 +200,58 @@ class DboxStore(MaildirStore):
         self._ensure_work()
         super().create_user(user, partition, uidvalidity)
         self._created.add(user)
+        self._exported.add(user)
+        self._pending.add(user)
+        self._seen[user] = None
+
+    def _ensure_copy(self, user: str) -> None:
+        """The login's copy in WORK, made now when it has a dbox account and no copy."""
+        if user not in self._exported and os.path.isdir(self._dbox_root(user)):
+            self._export(user)
 
     def exists(self, user: str, folder: str | None = None) -> bool:
-        if folder is None and user not in self._created and user not in self._exported:
+        if folder is None and user not in self._exported:
             return os.path.isdir(self._dbox_root(user))
+        self._ensure_copy(user)
         return super().exists(user, folder)
+
+    def release_deliveries(self, user: str, holder: str | None = None) -> int:
+        # Dovecot gets the restored mail while deliveries are still held
+        self._give_back(user)
+        return super().release_deliveries(user, holder)
 
     def sync(self) -> None:
         super().sync()
-        for user in sorted(self._created):
-            self._give_back(user)
+        failed = []
+        for user in sorted(self._pending):
+            try:
+                self._give_back(user)
+            except StoreError as exc:
+                failed.append(str(exc))
+        if failed:
+            raise StoreError("; ".join(failed))
+
+
+class _CopyDoveadm(Doveadm):
+    """doveadm on a login's Maildir copy in WORK (``-o mail_location=maildir:COPY``)."""
+
+    def __init__(self, conf: str, binary: str, store: DboxStore):
+        super().__init__(conf, binary)
+        self._store = store
+
+    def run(self, login: str, command: str, *args: str, options=()) -> str:
+        options = [*options, f"mail_location=maildir:{self._store._maildir(login)}"]
+        return super().run(login, command, *args, options=options)
 
 
 def _writable(name: str):
     inner = getattr(MaildirStore, name)
 
     def method(self, user, *args, **kwargs):
-        if user in self._exported and user not in self._created:
-            raise StoreError(f"{user} has dbox mail already: ims-asm restores a dbox account "
-                             f"only into a login without mail (restore it under another login "
-                             f"with -m, or delete the account's mail first)")
+        if name != "hold_deliveries":
+            self._ensure_copy(user)
+            if user in self._exported:
+                self._pending.add(user)
         return inner(self, user, *args, **kwargs)
     method.__name__ = name
     method.__doc__ = inner.__doc__
@@ -175,4 +259,5 @@ def _writable(name: str):
 
 
 for _name in _WRITES:
-    setattr(DboxStore, _name, _writable(_name))
+    if _name not in vars(DboxStore):
+        setattr(DboxStore, _name, _writable(_name))

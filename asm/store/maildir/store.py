@@ -74,6 +74,24 @@ def open_layout(config: Config, dbox: bool = False) -> "layout_mod.StoreLayout |
     return sl
 
 
+def expanded_location(layout: "layout_mod.StoreLayout", login: str) -> str:
+    """The login's mail_location with every variable and ~ expanded: what doveadm is
+    given with ``-o mail_location=`` to work on one account without a userdb lookup."""
+    ul = layout.for_login(login)
+    loc = layout.location
+    text = f"{loc.format}:{ul.root}"
+    if loc.index is not None:
+        text += f":INDEX={ul.index_root}" if ul.index_root else ":INDEX=MEMORY"
+    if loc.control is not None:
+        text += f":CONTROL={ul.control_root}"
+    if loc.inbox is not None:
+        text += f":INBOX={ul.inbox_dir}"
+    for key, value in loc.options:
+        if key not in ("INDEX", "CONTROL", "INBOX"):
+            text += f":{key}={layout_mod.expand(value, login, ul.home)}" if value else f":{key}"
+    return text
+
+
 def fixed_prefix(template: str) -> str:
     """The directory a path template starts with before its first variable level."""
     out = []

@@ -1,0 +1,187 @@
+"""Full + incremental chains on sdbox and mdbox (issues 13 and 14), against a real Dovecot.
+
+Dovecot fills the store (LMTP deliveries, IMAP APPEND), then between the full and the
+incremental an IMAP client moves, copies, renames, expunges and changes flags.  The
+chain (``imsbackup --base``) is restored into an emptied dbox store, in one command and
+in two (the second meets logins the first gave to Dovecot), and into the live store;
+each time the client view Dovecot serves must be the one it served at the last backup:
+UIDVALIDITY, UIDNEXT, UIDs, flags, keywords, INTERNALDATE, RFC822.SIZE, bytes, X-GUID,
+folders and subscriptions.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.dovecot_lab import MAIL_USER, lab_fixture, message
+from tests.helpers import run
+
+lab = lab_fixture(params=["sdbox", "mdbox"], scope="function")
+USERS = ("alice", "bob")
+KWS = [f"kw{i:02d}" for i in range(30)]
+
+
+def configure(lab, home) -> None:
+    run(home, "msconfig", "set", "store.driver", "maildir", check=0)
+    run(home, "msconfig", "set", "store.owner", MAIL_USER, check=0)
+    run(home, "msconfig", "set", "dovecot.config", lab.conf, check=0)
+    run(home, "msconfig", "set", "store.mail_location", "doveconf", check=0)
+
+
+def view(lab, login):
+    st = lab.client_state(login)
+    return ({name: (f.uidvalidity, f.uidnext, f.subscribed,
+                    tuple((m.uid, m.flags, m.internaldate, m.size, m.sha256, m.guid) for m in f.messages))
+             for name, f in st.folders.items()}, st.subscriptions & set(st.folders))
+
+
+def views(lab):
+    return {u: view(lab, u) for u in USERS}
+
+
+def wipe(lab) -> None:
+    shutil.rmtree(lab.store)
+    os.mkdir(lab.store)
+    os.chown(lab.store, lab.uid, lab.gid)
+
+
+def fill(lab) -> None:
+    for i in range(4):
+        lab.deliver(list(USERS), message(f"first {i}", size=700 * i))
+    with lab.imap("alice") as c:
+        for box in ("Work", "Old", "Projects"):
+            c.create(box)
+            c.subscribe(box)
+        c.append("Work", message("w1"), [r"\Flagged", "$Label1"], "05-Mar-2024 12:00:00 +0100")
+        c.append("Old", message("o1"), [r"\Seen"], "06-Mar-2024 23:59:59 -0500")
+        c.append("Projects", message("p1"), ["Project"])
+        c.create("Tags")                           # more keywords than a Maildir file name holds
+        c.append("Tags", message("t1"), [r"\Seen", *KWS])
+
+
+def change(lab) -> None:
+    """Between the full and the incremental: every kind of change a client makes."""
+    lab.deliver(list(USERS), message("between", size=2500))
+    with lab.imap("alice") as c:
+        c.select("INBOX")
+        uids = c.uids()
+        c.uid_move(uids[:1], "Work")                               # MOVE
+        c.uid_copy(uids[1:2], "Old")                               # COPY
+        c.uid_store(uids[2:3], "FLAGS", [r"\Answered", "$Todo"])   # flags and keywords
+        c.uid_expunge(uids[3:4])                                   # EXPUNGE
+        c.unselect()
+        c.rename("Projects", "Projects-2026")                      # RENAME
+        c.create("New")
+        c.append("New", message("n1"), ["$Later"], "07-Mar-2024 08:00:00 +0000")
+    with lab.imap("bob") as c:
+        c.select("INBOX")
+        c.uid_expunge(c.uids()[:2])
+        c.unselect()
+
+
+def chain(lab, tmp_path):
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "--state-out", tmp_path / "full.state", "/", check=0)
+    first = views(lab)
+    change(lab)
+    run(home, "imsbackup", "-f", incr, "--base", tmp_path / "full.state", "/", check=0)
+    second = views(lab)
+    assert second != first
+    assert first["alice"][0]["Tags"][3][0][1] == {r"\Seen", *KWS}
+    # the incremental holds what changed only
+    toc = run(home, "imsrestore", "-t", "-f", incr, check=0, text=True).stdout
+    assert sorted(ln.split("\t")[0] for ln in toc.splitlines() if ln.split("\t")[0].rsplit("/", 1)[-1].isdigit()) == [
+        "/primary/alice/INBOX/5", "/primary/alice/New/1", "/primary/alice/Old/2",
+        "/primary/alice/Projects-2026/1", "/primary/alice/Work/2", "/primary/bob/INBOX/5"], toc
+    assert not [n for n in os.listdir(lab.store) if n.startswith(".ims-dbox-work")]
+    return home, full, incr, first, second
+
+
+def test_a_chain_restores_into_an_empty_dbox_store_as_clients_saw_it(lab, tmp_path):
+    home, full, incr, first, second = chain(lab, tmp_path)
+    toc = run(home, "imsrestore", "-t", "-f", incr, check=0, text=True).stdout
+    assert "/primary/alice/Work" in toc
+    for split in (False, True):
+        wipe(lab)
+        if split:
+            run(home, "imsrestore", "-H", "-f", full, check=0)
+            assert views(lab) == first
+            run(home, "imsrestore", "-f", incr, check=0)
+        else:
+            run(home, "imsrestore", "-f", full, "-f", incr, check=0)
+        assert views(lab) == second, split
+        assert not [n for n in os.listdir(lab.store) if n.startswith(".ims-dbox-work")]
+    # and Dovecot goes on from there: the next delivery takes the next UID
+    lab.deliver(["alice"], message("after"))
+    inbox = lab.client_state("alice")["INBOX"]
+    assert inbox.messages[-1].uid == second["alice"][0]["INBOX"][1]
+
+
+def test_a_chain_restored_into_the_live_dbox_store_changes_nothing(lab, tmp_path):
+    home, full, incr, first, second = chain(lab, tmp_path)
+    for _ in range(2):
+        run(home, "imsrestore", "-f", full, "-f", incr, check=0)
+        assert views(lab) == second
+        run(home, "imsrestore", "-f", incr, check=0)
+        assert views(lab) == second
+
+
+def test_an_older_archive_into_a_live_dbox_account_brings_back_what_went(lab, tmp_path):
+    """The full restored into the store as it is after the incremental: what the client
+    expunged or moved since comes back (new UIDs above UIDNEXT, its GUID), nothing that
+    is there changes, and a second run adds nothing."""
+    home, full, incr, first, second = chain(lab, tmp_path)
+    run(home, "imsrestore", "-f", full, check=0)
+    after = views(lab)
+    for u in USERS:
+        for name, (uv, nxt, sub, msgs) in first[u][0].items():
+            box = name if name in after[u][0] else None
+            if box is None:                       # renamed since: the restore makes it again
+                assert name == "Projects" and name in after[u][0]
+            now = after[u][0][name][3]
+            assert {m[4] for m in msgs} <= {m[4] for m in now}, (u, name)
+            before = second[u][0].get(name)
+            if before:
+                assert set(before[3]) <= set(now), (u, name)            # untouched
+                back = [m for m in now if m not in before[3]]
+                assert all(m[0] >= before[1] for m in back), (u, name)  # new UIDs
+                old_guids = {m[4]: m[5] for m in msgs}
+                assert all(old_guids[m[4]] == m[5] for m in back), (u, name)
+    run(home, "imsrestore", "-f", full, check=0)
+    assert views(lab) == after
+
+
+@pytest.mark.parametrize("meanwhile", ["lmtp", "flags", "expunge"])
+def test_a_dbox_account_dovecot_changed_during_the_restore_is_not_overwritten(lab, tmp_path, meanwhile):
+    """Dovecot changes the account after the restore copied it: nothing is given back,
+    the failure names the login, and what Dovecot did stays."""
+    import io
+
+    from asm.config import Config
+    from asm.store import open_store
+    from asm.store.base import StoreError
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    store = open_store(Config(home=str(home)))
+    assert store.exists("alice", "Work")                  # the copy is made here
+    store.append("alice", "Work", io.BytesIO(message("restored")), flags=("\\Seen",))
+    if meanwhile == "lmtp":
+        lab.deliver(["alice"], message("delivered meanwhile"))
+    with lab.imap("alice") as c:
+        c.select("INBOX")
+        if meanwhile == "flags":
+            c.uid_store(c.uids()[:1], "+FLAGS", [r"\Deleted"])
+        elif meanwhile == "expunge":
+            c.uid_expunge(c.uids()[:1])
+        c.unselect()
+    before = view(lab, "alice")
+    with pytest.raises(StoreError, match="alice: Dovecot changed the dbox account"):
+        store.sync()
+    assert view(lab, "alice") == before
+    assert len(before[0]["Work"][3]) == 1

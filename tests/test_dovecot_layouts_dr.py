@@ -1,0 +1,109 @@
+"""imsdr and reconstruct on Dovecot layouts (store.mail_location), against a real Dovecot.
+
+Dovecot fills the store (tests/test_dovecot_layouts.py's ``fill``: LMTP, IMAP folders,
+flags, keywords, COPY, EXPUNGE).  ``imsdr backup`` must capture every uidlist, keywords
+file, subscriptions file and index file where Dovecot itself says they are (``doveadm
+mailbox path -t control|index``); the file route of docs/disaster-recovery.md (message
+files from a file backup, the rest from ``imsdr restore --all``, then ``reconstruct``)
+must give the client the store it saw; and ``reconstruct`` must repair a folder whose
+uidlist was lost where the layout keeps it (CONTROL=), with the UIDs an archive knows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+from asm.store import utf7
+from tests.dovecot_lab import lab_fixture
+from tests.helpers import run
+from tests.test_dovecot_layouts import configure, fill, wipe
+
+lab = lab_fixture(params=["idxctl", "vdomain", "fs", "home"])
+
+
+def trees(lab):
+    return [t for t in (lab.store, lab.idx, lab.ctl, lab.homes) if os.path.isdir(t)]
+
+
+def members(home, dr):
+    res = run(home, "imsdr", "show", "--json", "-f", dr, check=0, text=True)
+    return json.loads(res.stdout)
+
+
+def test_imsdr_and_reconstruct_follow_the_layout(lab, tmp_path):
+    fill(lab)
+    before = {u: lab.client_state(u) for u in lab.logins}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    # a login's mail_crypt keys (mail_attribute_dict = file:%h/dovecot-attributes)
+    owner = lab.logins[1]
+    attrs = os.path.join(lab.doveadm("user", "-f", "home", owner).stdout.decode().strip(),
+                         "dovecot-attributes")
+    if not os.path.isdir(os.path.dirname(attrs)):          # a home only the keys use
+        os.makedirs(os.path.dirname(attrs))
+        os.chown(os.path.dirname(attrs), lab.uid, lab.gid)
+    with open(attrs, "w") as f:
+        f.write("priv/vendor/vendor.dovecot/pvt/crypt/active\n0123\n")
+    os.chown(attrs, lab.uid, lab.gid)
+    dr = tmp_path / "dr.tar"
+    run(home, "imsdr", "backup", "-f", dr, check=0)
+    man = members(home, dr)
+    assert man["mail_location"] == lab.mail_location
+    targets = {it.get("target") for it in man["items"]}
+    # independent: where Dovecot says each folder's control and index files are
+    for u in lab.logins:
+        for f in before[u].folders:
+            f = "/".join(utf7.decode(lv) for lv in f.split("/"))   # doveadm takes UTF-8
+            ctl = lab.mailbox_path(u, f, "control")
+            assert os.path.join(ctl, "dovecot-uidlist") in targets, (u, f, ctl)
+            idx = lab.mailbox_path(u, f, "index")
+            assert os.path.join(idx, "dovecot.index.log") in targets, (u, f, idx)
+        if {f for f in before[u].folders if f != "INBOX"}:
+            ctl_root = lab.mailbox_path(u, "INBOX", "control")
+            assert any(t and t.endswith("/subscriptions") and u.split("@")[0] in t for t in targets), u
+    assert man["counts"]["indexes"] == len([t for t in targets if t and not t.endswith("attributes")])
+    assert [(it["kind"], it.get("login")) for it in man["items"] if it.get("target") == attrs] == \
+        [("keys", owner)]
+    assert f"mail_location: {lab.mail_location}" in run(home, "imsdr", "show", "-f", dr, check=0, text=True).stdout
+
+    # an archive of the same instant, the witness reconstruct may ask
+    full = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+
+    # the file route: message files from a file backup (no control or index file in it),
+    # everything else from the disaster backup, then reconstruct
+    files = tmp_path / "files"
+    lab.stop()
+    mail_trees = [t for t in (lab.store, lab.homes) if os.listdir(t)]
+    for t in mail_trees:
+        os.makedirs(files / t.strip("/").replace("/", "_"))
+        subprocess.run(["cp", "-a", f"{t}/.", files / t.strip("/").replace("/", "_")], check=True)
+    wipe(lab)                                  # every tree: mail, INDEX=, CONTROL=, homes
+    for t in mail_trees:
+        subprocess.run(["cp", "-a", f"{files / t.strip('/').replace('/', '_')}/.", t], check=True)
+        for root, _dirs, names in os.walk(t):
+            for n in names:
+                if n.startswith(("dovecot", "subscriptions")):
+                    os.unlink(os.path.join(root, n))
+    run(home, "imsdr", "restore", "--all", "--force", "-f", dr, check=0)
+    res = run(home, "reconstruct", "-r", "/", text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lab.start()
+    for u in lab.logins:
+        assert lab.client_state(u) == before[u], u
+    assert open(attrs).read().endswith("0123\n")
+
+    # a lost uidlist where the layout keeps it: reconstruct gives the UIDs back
+    u = lab.logins[0]
+    lost = os.path.join(lab.mailbox_path(u, "Work", "control"), "dovecot-uidlist")
+    lab.stop()
+    os.unlink(lost)
+    res = run(home, "reconstruct", "-r", "-a", full, f"/primary/{u}", text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert os.path.exists(lost)
+    assert "dovecot-uidlist is missing" in res.stdout + res.stderr
+    lab.start()
+    assert lab.client_state(u) == before[u]
+
