@@ -63,6 +63,20 @@ def pytest_configure(config):
         tempfile.tempdir = None         # gettempdir() reads $TMPDIR again
 
 
+# -- order ---------------------------------------------------------------------------------
+# Files that take longest, started first: with one file per worker (scripts/test: --dist
+# loadfile --no-loadscope-reorder) the run ends soon after its longest file, so none of
+# these should be left for last.  Only the order of whole files changes; a file's tests
+# keep theirs.  A file missing here (or gone) just runs in its usual place.
+LONGEST_FIRST = ["test_restore_kill.py", "test_bacula.py", "test_verify.py", "test_archive_fuzz.py",
+                 "test_errors.py", "test_s3.py", "test_dovecot_live_restore.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))       # stable
+
+
 def _no_skip_under_ci(report) -> None:
     if CI and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
