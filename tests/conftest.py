@@ -5,7 +5,9 @@ and any other skip is reported as a failure too."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -21,6 +23,58 @@ from tests.helpers import CI, DRIVERS, make_home, require  # noqa: E402
 from tests.sshd import require_sshd, running_sshd  # noqa: E402
 
 __all__ = ["CI", "DRIVERS", "make_home", "require"]     # older tests import these from here
+
+
+# -- scratch space ------------------------------------------------------------------------
+SCRATCH_FREE = 4 << 30      # what a whole run may hold in its temporary directories at once
+
+
+def _scratch_dir() -> str | None:
+    """Where the tests' temporary trees go: $IMS_TEST_TMPDIR if set (``-`` keeps $TMPDIR),
+    else /dev/shm when it is a writable tmpfs with room.  The stores the tests build are
+    made durable the product's way (fsync, syncfs, SQLite synchronous=FULL) on every
+    write; on a shared disk those calls, not the work tested, took most of a run's time.
+    The same calls still run on a tmpfs, where they cost nothing; nothing here tests
+    durability across a power loss, which no test can.  Full-disk tests mount their own
+    small tmpfs either way."""
+    want = os.environ.get("IMS_TEST_TMPDIR")
+    if want:
+        return None if want == "-" else want
+    shm = "/dev/shm"
+    try:
+        with open("/proc/mounts") as f:
+            tmpfs = any(line.split()[1:3] == [shm, "tmpfs"] for line in f)
+        room = shutil.disk_usage(shm).free >= SCRATCH_FREE
+    except OSError:
+        return None
+    return shm if tmpfs and room and os.access(shm, os.W_OK | os.X_OK) else None
+
+
+def pytest_configure(config):
+    """Point $TMPDIR (tmp_path, tempfile, and every command the tests start) at the
+    scratch directory before pytest makes its base temporary directory; pytest-xdist's
+    workers inherit it from the controller, which makes theirs under its own."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    scratch = _scratch_dir()
+    if scratch:
+        os.makedirs(scratch, exist_ok=True)
+        os.environ["TMPDIR"] = scratch
+        tempfile.tempdir = None         # gettempdir() reads $TMPDIR again
+
+
+# -- order ---------------------------------------------------------------------------------
+# Files that take longest, started first: with one file per worker (scripts/test: --dist
+# loadfile --no-loadscope-reorder) the run ends soon after its longest file, so none of
+# these should be left for last.  Only the order of whole files changes; a file's tests
+# keep theirs.  A file missing here (or gone) just runs in its usual place.
+LONGEST_FIRST = ["test_restore_kill.py", "test_bacula.py", "test_verify.py", "test_archive_fuzz.py",
+                 "test_errors.py", "test_s3.py", "test_dovecot_live_restore.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))       # stable
 
 
 def _no_skip_under_ci(report) -> None:

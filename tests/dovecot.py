@@ -28,7 +28,7 @@ import tempfile
 import time
 from typing import Iterator
 
-from tests.helpers import free_port, unavailable
+from tests.helpers import free_port, system_users_lock, unavailable
 
 DOVECOT = "/usr/sbin/dovecot"
 MAIL_USER = "vmail"
@@ -95,12 +95,13 @@ def require_dovecot() -> None:
 
 def ensure_mail_user(name: str = MAIL_USER) -> tuple[int, int]:
     """(uid, gid) of the unprivileged mail user, created when missing."""
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-U", name],
-                       check=True, capture_output=True)
-        pw = pwd.getpwnam(name)
+    with system_users_lock():
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-U", name],
+                           check=True, capture_output=True)
+            pw = pwd.getpwnam(name)
     return pw.pw_uid, pw.pw_gid
 
 

@@ -252,12 +252,14 @@ def require_lab() -> None:
 
 
 def ensure_mail_user(name: str = MAIL_USER) -> tuple[int, int]:
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-U", name],
-                       check=True, capture_output=True)
-        pw = pwd.getpwnam(name)
+    from tests.helpers import system_users_lock
+    with system_users_lock():
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-U", name],
+                           check=True, capture_output=True)
+            pw = pwd.getpwnam(name)
     return pw.pw_uid, pw.pw_gid
 
 

@@ -317,6 +317,24 @@ def local_time(y, mo, d, h, mi, s) -> float:
 
 
 # -- servers -------------------------------------------------------------------------------
+USERADD_LOCK = "/run/lock/ims-asm-tests-useradd.lock"
+
+
+@contextlib.contextmanager
+def system_users_lock():
+    """Held while a test creates a system user: two test processes at once (pytest-xdist's
+    workers, another checkout's run) would otherwise both find the user missing and one
+    ``useradd`` fail ("already exists", or /etc/passwd locked)."""
+    import fcntl
+    os.makedirs(os.path.dirname(USERADD_LOCK), exist_ok=True)
+    with open(USERADD_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on."""
     with socket.socket() as s:

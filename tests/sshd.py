@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import time
 
-from tests.helpers import free_port, unavailable
+from tests.helpers import free_port, system_users_lock, unavailable
 
 SSHD_BIN = "/usr/sbin/sshd"
 USER = "imsbk"
@@ -62,13 +62,14 @@ def require_sshd() -> None:
 
 
 def ensure_user(name: str = USER) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True, capture_output=True)
-        # '*' = no password but not locked: with UsePAM no a '!' account cannot log in at all
-        subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
-        return pwd.getpwnam(name)
+    with system_users_lock():
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True, capture_output=True)
+            # '*' = no password but not locked: with UsePAM no a '!' account cannot log in at all
+            subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+            return pwd.getpwnam(name)
 
 
 def keygen(path: str, comment: str = "ims-asm-test") -> str:

@@ -228,13 +228,13 @@ def test_pipe_into_imsrestore(store, ims_home, tmp_path):
     assert b"Sent" in run(dest, "mboxutil", "-l", check=0).stdout
 
 
-def test_remote_device_without_plugin_and_local_colon_names(store, ims_home, tmp_path):
+def test_remote_device_without_plugin_and_local_colon_names(store, ims_home, tmp_path, monkeypatch):
     put(store, "joe", "INBOX", 1)
     env = {"IMS_ASM_PLUGINS": f"{store.name},localdevices"}
     bad = run(ims_home, "imsbackup", "-f", "backuphost:/dump/a.ims", "/", env=env)
     assert bad.returncode == 3
     assert b"no remote-device plugin" in bad.stderr and b"./backuphost:/dump/a.ims" in bad.stderr
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)       # not os.chdir: later tests would run in a removed directory
     run(ims_home, "imsbackup", "-f", "./host:a.ims", "/", env=env, check=0)
     assert (tmp_path / "host:a.ims").stat().st_size > 0
 
