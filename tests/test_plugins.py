@@ -67,6 +67,7 @@ def test_run_events_and_device_hook(ims_home, config, store, thirdparty, tmp_pat
     env = _env(thirdparty, HELLO_EVENTS=str(events), HELLO_DIR=str(outdir))
     run(ims_home, "imsbackup", "-f", "=hello=a.ims", "/primary/joe", env=env, check=0)
     assert (outdir / "a.ims").stat().st_size % 10240 == 0
+    assert not os.path.exists("=hello=a.ims.state")      # no state file in the working directory
     seen = [json.loads(ln) for ln in events.read_text().splitlines()]
     assert seen[0] == {"event": "start", "kind": "backup", "device": "=hello=a.ims", "paths": ["/primary/joe"]}
     boxes = [(e["mailbox"], e["messages"]) for e in seen if e["event"] == "mailbox"]

@@ -124,7 +124,10 @@ def _backup(args, rep) -> int:
               chain_base={"since": since} if since is not None else None)
     layers = write_layers(inst.config, args.compress, args.z, args.encrypt, args.recipient, args.recipients_file)
     raw = open_device(args.device, "wb", args.bf, inst.config)
-    state_out = args.state_out or (state_path_for(args.device) if getattr(raw, "kind", "") == "file" else None)
+    # the state file goes beside a local plain-file archive only (a plugin's device that
+    # calls itself a file has no place here to put one: --state-out names it)
+    target = getattr(raw, "target", None)
+    state_out = args.state_out or (state_path_for(target) if isinstance(target, str) else None)
     device = wrap_write(raw, layers.level, layers.recipients, layers.threads, 512 * args.bf)
 
     progress = Progress()
