@@ -31,7 +31,7 @@ from asm import __version__
 
 #: Report kinds by command.
 KINDS = {"imsbackup": "backup", "imsrestore": "restore", "imsverify": "verify", "imsstage": "stage",
-         "imsasm": "backup"}
+         "imsasm": "backup", "imsasm -r": "restore", "imsstage restore": "restore"}
 
 METRICS = (
     ("last_success_timestamp_seconds", "Unix time the last successful (exit 0) run ended"),

@@ -352,3 +352,93 @@ def test_bad_input(tmp_path, ims_home, env):
     assert p.returncode in (1, 4)
     p = run(ims_home, "imsasm", "-r", str(backup / "primary" / "groupB"), input=good)
     assert p.returncode == 2 and "nothing in the save stream matches" in p.stderr.decode()
+
+
+# ----------------------------------------------------------------------------- state chains (issue 13)
+
+def test_dovecot_move_and_rename_chain_through_networker(tmp_path, env, nsr_bin):
+    """Real Dovecot: LMTP delivery, full save through savepnpc, UID MOVE and RENAME over
+    IMAP, an incremental save (NetWorker's -t), recover -a of the chain into an empty
+    store: the client sees exactly the source.  The pstcmd's output (the savegroup
+    report) and the textfile carry the counts of what was saved."""
+    import json
+    import shutil
+
+    from tests.dovecot_lab import dovecot_lab, message
+    from tests.test_incremental_dovecot import view
+
+    with dovecot_lab("plain") as lab:
+        ims = tmp_path / "ims"
+        prom = tmp_path / "prom"
+        prom.mkdir()
+        home(ims, "maildir")
+        for k, v in {"partition:primary.path": lab.store, "store.owner": lab.mail_user,
+                     "report.textfile": str(prom)}.items():
+            Config(home=str(ims)).set(k, v)
+        e = dict(env, IMS_HOME=str(ims))
+        backup = tmp_path / "backup"
+        backup.mkdir()
+        os.chown(backup, lab.uid, lab.gid)
+        os.chmod(tmp_path, 0o755)
+        lab.deliver(["alice"], message("precious", size=3000))
+        lab.deliver(["alice"], message("second", size=100))
+        with lab.imap("alice") as imap:
+            imap.create("Archive")
+            imap.create("Projects")
+            imap.subscribe("Projects")
+            imap.append("Projects", message("plan"), flags=["\\Seen", "$Work"], internaldate=1_700_000_000)
+        h = Harness(nsr_bin, str(tmp_path / "catalog"), e)
+        res = res_file(tmp_path, "groupA.res", ims, backup)
+        sets = [str(backup / "primary" / "groupA")]
+        done = h.savepnpc(res, sets)
+        assert [c[1] for c in done["precmd"]] == [0] and set(done["saves"]) == {0}, (done, h.log)
+        assert done["pstcmd"][0][1] == 0 and "3 messages" in done["pstcmd"][0][2], done["pstcmd"]
+        time.sleep(1.1)
+        with lab.imap("alice") as imap:
+            imap.select("INBOX")
+            imap.uid_move(imap.uids()[:1], "Archive")
+            imap.unselect()
+            imap.rename("Projects", "Projects-2026")
+        want = view(lab)
+        done = h.savepnpc(res, sets, level="incr")
+        assert set(done["saves"]) == {0}, h.log
+        # the incremental carried the moved message (Archive, on its full's state) and the
+        # renamed folder (a new placeholder: its first save is a full, said on stderr)
+        assert "2 messages" in done["pstcmd"][0][2] and "(2 full, 1 incremental" not in done["pstcmd"][0][2]
+        runs = [json.loads(x) for x in open(ims / "log" / "imsasm.log", encoding="utf-8")]
+        second = {os.path.basename(r["name"]): r for r in runs if r.get("status") and r["since"]}
+        assert {k: (r["level"], r["messages"]) for k, r in second.items()} == \
+            {"INBOX": ("incr", 0), "Archive": ("incr", 1), "Projects-2026": ("full", 1)}, second
+        assert second["Archive"]["base"] and any("Projects-2026: no state" in x for x in h.log)
+        metrics = (prom / "ims_backup_primary_groupA.prom").read_text()
+        assert 'ims_backup_messages{partition="primary",group="groupA"} 2' in metrics, metrics
+        lab.stop()
+        shutil.rmtree(os.path.join(lab.store, "alice"))
+        out = h.recover(str(backup / "primary" / "groupA" / "alice"))
+        assert len(out) == 2 and all(rc == 0 for rc, _ in out), out
+        lab.start()
+        assert view(lab) == want
+
+
+def test_incremental_without_state_saves_full_and_says_so(tmp_path, ims_home, env, nsr_bin, drv):
+    """-t with no state of the backup it names (first save with this module, state lost):
+    the record is saved whole, said on stderr; a cut stream records no state."""
+    cfg = home(ims_home, drv)
+    store = open_store(cfg)
+    fill(store, ["alice"])
+    backup = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-p", str(backup)).returncode == 0
+    alice = str(backup / "primary" / "groupA" / "alice")
+    p = run(ims_home, "imsasm", "-s", "-t", str(int(time.time())), alice)
+    assert p.returncode == 0 and "saving it full" in p.stderr.decode(), p.stderr
+    n = sum(len(v[1]) for v in state(store).values())
+    with_state = glob.glob(str(ims_home / "data" / "networker" / "state" / "*" / "*-full.state"))
+    assert len(with_state) == 1
+    # an incremental on it with nothing new carries no message
+    rep = tmp_path / "r.json"
+    p = run(ims_home, "imsasm", "-s", "--report", str(rep), "-t", str(int(time.time())), alice)
+    assert p.returncode == 0 and "saving it full" not in p.stderr.decode(), p.stderr
+    import json
+    doc = json.loads(rep.read_text())
+    assert doc["counts"]["messages"] == 0 and doc["records"][0]["level"] == "incr" and n > 0
+    assert doc["records"][0]["base"] and doc["status"] == 0
