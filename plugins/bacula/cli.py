@@ -172,14 +172,26 @@ def cmd_backup(args, home: str, state: State) -> int:
     if level != "Full" and base is None:
         _log(home, args.fileset, f"{path}: no good earlier backup to build a {level.lower()} on: taking a full")
         level = "Full"
+    base_state = None
     if base is not None:
-        # one second earlier: a message stored in the same second as the last start is kept
-        argv += ["-d", time.strftime("%Y%m%d:%H%M%S", time.localtime(int(base[0]) - 1))]
+        base_state = state.good_files(path, base[1])[0]
+        if not os.path.isfile(base_state):
+            # a good job without its state (recorded before the module kept states, or the
+            # state lost): a date cannot see mail moved or renamed since, so take a full
+            _log(home, args.fileset, f"{path}: the state of job {base[1]} (the base of this "
+                 f"{level.lower()}) is missing ({base_state}): taking a full")
+            level, base, base_state = "Full", None, None
+    if base_state is not None:
+        argv += ["--base", base_state]
+    report = None
+    if jobid is not None:
+        state_out, report = state.pending_files(args.fileset, jobid, path)
+        argv += ["--state-out", state_out, "--report", report]
     if sys.stdout.isatty():
         raise UsageError("refusing to write an archive to a terminal: bpipe reads this from a pipe")
     started = time.time()
     _log(home, args.fileset, f"{path}: {level.lower()} backup" + (f" of job {jobid}" if jobid else "")
-         + (f", messages stored since job {base[1]} ({argv[4]})" if base else ""), echo=False)
+         + (f", what changed since job {base[1]}" if base else ""), echo=False)
     rc = _run_tool(home, args.fileset, argv + [path])
     if rc != EXIT_OK:
         _log(home, args.fileset, f"{path}: imsbackup failed with exit status {rc}; the job must fail")
@@ -290,9 +302,22 @@ def cmd_job(args, home: str, state: State) -> int:
         print(f"{PROG}: job {args.jobid}: {level.lower()} backup of FileSet {args.fileset}")
     elif args.cmd == "jobdone":
         rows, bad = state.job_done(args.fileset, args.jobid)
+        reports = state.commit_states(args.fileset, args.jobid, rows)
+        total = {"messages": 0, "links": 0, "bytes": 0, "folders": 0, "errors": 0}
         for path, level, started in rows:
-            print(f"{PROG}: job {args.jobid}: {path} {level.lower()} recorded as good "
-                  f"(next incremental from {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))})")
+            doc = reports.get(path) or {}
+            c = doc.get("counts") or {}
+            for k in ("messages", "links", "bytes", "folders"):
+                total[k] += int(c.get(k) or 0)
+            total["errors"] += len(doc.get("errors") or [])
+            what = (f"{c.get('messages', 0)} messages, {c.get('links', 0)} links, {c.get('bytes', 0)} bytes, "
+                    f"{c.get('folders', 0)} folders, {len(doc.get('errors') or [])} errors"
+                    if doc else "no run report")
+            print(f"{PROG}: job {args.jobid}: {path} {level.lower()} recorded as good: {what}"
+                  + (f" (archive {doc.get('archive_id')})" if doc.get("archive_id") else ""))
+        if rows:
+            print(f"{PROG}: job {args.jobid}: {len(rows)} streams, {total['messages']} messages, "
+                  f"{total['links']} links, {total['bytes']} bytes, {total['errors']} errors")
         if not rows:
             print(f"{PROG}: job {args.jobid}: no stream of this job finished well; nothing recorded")
         if bad:
@@ -304,6 +329,7 @@ def cmd_job(args, home: str, state: State) -> int:
             return EXIT_PARTIAL         # some stream of the job failed: the job must fail
     elif args.cmd == "jobfailed":
         n = state.job_failed(args.fileset, args.jobid)
+        state.drop_states(args.fileset, args.jobid)
         print(f"{PROG}: job {args.jobid} failed: {n} streams not recorded; the next incremental starts "
               f"from the last good job (see {_log_path(home, args.fileset)})")
         try:
