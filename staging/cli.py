@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from asm.cli.common import ArgParser, Progress, UsageError, die, human, parse_date, run_command
 from asm.cli.context import open_installation
@@ -64,6 +65,8 @@ def build_parser() -> ArgParser:
         s.add_argument("--deadline", type=float, metavar="SECONDS",
                        help="stop and remove unfinished dumps after this many seconds")
         s.add_argument("--job", metavar="NAME", help="claim the staged dumps for this engine job")
+        s.add_argument("--report", metavar="FILE",
+                       help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
         s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                        help="wait this long for another run on the area to finish (default: refuse at once)")
         if name == "dump":
@@ -108,6 +111,8 @@ def build_parser() -> ArgParser:
                            help="where the engine put the files back, and where pushed files are fetched "
                                 "to (default: the staging directory)")
         if name == "restore":
+            s.add_argument("--report", metavar="FILE",
+                           help="write a JSON report of the chain restore to FILE (one report for the chain)")
             s.add_argument("--keep-fetched", action="store_true",
                            help="keep the files fetched from the media server (default: removed after "
                                 "a successful restore)")
@@ -145,16 +150,23 @@ def _main(argv: list[str] | None) -> int:
         argv = ["dump"] + argv
     args = build_parser().parse_args(argv)
     try:
+        if args.cmd == "dump" or args.cmd == "restore":
+            from asm.report import run_reported
+            from asm.cli.common import warn
+            cmd = PROG if args.cmd == "dump" else f"{PROG} restore"
+            return run_reported(cmd, args.report, lambda rep: _dispatch(args, rep), lambda w: warn(PROG, w))
         return _dispatch(args)
     except KeyboardInterrupt:
         return die(PROG, "interrupted: unfinished dumps were removed and marked failed", EXIT_INTERRUPTED)
 
 
-def _dispatch(args) -> int:
+def _dispatch(args, rep=None) -> int:
     if args.cmd in ("dump", "plan", "check"):
         inst = open_installation()
         directory = staging_dir(inst.config, args.dir)
         mode = args.mode or "full"
+        if rep is not None:
+            rep.begin(inst.config, selection=list(args.groups) or ["/"], device=directory, mode=mode)
         if args.cmd == "check":
             fresh = check_fresh(inst, directory, mode, args.max_age * 3600, job=args.job)
             if args.verbose:
@@ -183,6 +195,8 @@ def _dispatch(args) -> int:
         if args.cmd == "plan":
             return EXIT_OK
         ok = [o for o in res.dumps if o.ok]
+        if rep is not None:
+            _report_stage(rep, res, mode)
         if args.verbose or sys.stderr.isatty():
             print(f"{PROG}: {len(ok)} of {len(res.dumps)} dumps staged in {directory}, "
                   f"{human(sum(o.size for o in ok))}, {res.batches} batch(es)"
@@ -258,7 +272,21 @@ def _dispatch(args) -> int:
                               f"{', '.join(gaps)}; have the engine restore them (see 'locate'), then run this again")
             from staging.remote import fetch_links
             fetched = fetch_links(links, into, cfg, say=say if args.verbose else lambda s: None)
-        rc = restore_chain(links, target, cfg.home, verbose=args.verbose, say=say)
+        child = None
+        if rep is not None:
+            from asm.report import labels_of
+            rep.labels = labels_of([target])
+            rep.begin(cfg, selection=[target], device=into, at=args.at,
+                      chain=[{"file": lk.dump.file, "kind": lk.dump.kind, "id": lk.dump.id,
+                              "base": lk.dump.base, "sha256": lk.dump.sha256} for lk in links])
+            if rep.active:
+                os.makedirs(os.path.join(cfg.home, "data"), exist_ok=True)
+                child = os.path.join(cfg.home, "data", f".imsstage-restore-{os.getpid()}.json")
+        try:
+            rc = restore_chain(links, target, cfg.home, verbose=args.verbose, say=say, report=child)
+        finally:
+            if child:
+                _merge_child(rep, child)
         if rc == EXIT_OK and fetched and not args.keep_fetched:
             for f in fetched:
                 try:
@@ -270,6 +298,54 @@ def _dispatch(args) -> int:
         return rc
     finally:
         cat.close()
+
+
+def _report_stage(rep, res, mode: str) -> None:
+    """One report for the run: the sum of its dumps' imsbackup reports, each dump, and
+    per group a textfile (ims_stage_PARTITION_GROUP.prom) instead of one for the run."""
+    from asm.report import textfile
+    counts = {k: 0 for k in ("users", "folders", "messages", "links", "bytes")}
+    dumps, errors = [], []
+    for o in res.dumps:
+        r = o.report or {}
+        for k in counts:
+            counts[k] += int((r.get("counts") or {}).get(k) or 0)
+        errors += [dict(e, dump=o.dump.file) for e in r.get("errors") or []]
+        if not o.ok:
+            errors.append({"mailbox": f"/{o.unit.partition}/{o.unit.group}", "error": o.error, "dump": o.dump.file})
+        dumps.append({"file": o.dump.file, "id": o.dump.id, "partition": o.unit.partition,
+                      "group": o.unit.group, "kind": o.dump.kind, "base": o.dump.base, "ok": o.ok,
+                      "size": o.size, "sha256": o.dump.sha256, "archive_id": r.get("archive_id"),
+                      "counts": r.get("counts"), "error": o.error or None})
+        if rep.textdir:
+            doc = {"status": 0 if o.ok else (r.get("status") or 1), "ended": time.time(),
+                   "duration_seconds": round(o.seconds, 3), "counts": r.get("counts") or {},
+                   "errors": r.get("errors") or ([o.error] if o.error else [])}
+            try:
+                textfile(rep.textdir, rep.kind, o.unit.partition, o.unit.group, doc)
+            except OSError as exc:
+                rep.warnings.append(f"cannot write the metrics file in {rep.textdir}: {exc.strerror or exc}")
+    rep.textdir = None              # written per group above
+    rep.update(counts=counts, errors=errors, dumps=dumps, batches=res.batches,
+               pushed=len(res.pushed), remote=res.remote)
+
+
+def _merge_child(rep, path: str) -> None:
+    """The chain restore's own report (imsrestore's) becomes this run's counts."""
+    import json
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    for k in ("counts", "errors", "archives", "duplicates", "renumbered", "expunged", "hostile", "corrupt"):
+        if k in doc:
+            rep.fields[k] = doc[k]
 
 
 def _push_note(d) -> str:
