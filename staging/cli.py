@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from asm.cli.common import ArgParser, Progress, UsageError, die, human, parse_date, run_command
 from asm.cli.context import open_installation
@@ -196,7 +195,8 @@ def _dispatch(args, rep=None) -> int:
             return EXIT_OK
         ok = [o for o in res.dumps if o.ok]
         if rep is not None:
-            _report_stage(rep, res, mode)
+            from staging.report import stage_report
+            stage_report(rep, res)
         if args.verbose or sys.stderr.isatty():
             print(f"{PROG}: {len(ok)} of {len(res.dumps)} dumps staged in {directory}, "
                   f"{human(sum(o.size for o in ok))}, {res.batches} batch(es)"
@@ -298,36 +298,6 @@ def _dispatch(args, rep=None) -> int:
         return rc
     finally:
         cat.close()
-
-
-def _report_stage(rep, res, mode: str) -> None:
-    """One report for the run: the sum of its dumps' imsbackup reports, each dump, and
-    per group a textfile (ims_stage_PARTITION_GROUP.prom) instead of one for the run."""
-    from asm.report import textfile
-    counts = {k: 0 for k in ("users", "folders", "messages", "links", "bytes")}
-    dumps, errors = [], []
-    for o in res.dumps:
-        r = o.report or {}
-        for k in counts:
-            counts[k] += int((r.get("counts") or {}).get(k) or 0)
-        errors += [dict(e, dump=o.dump.file) for e in r.get("errors") or []]
-        if not o.ok:
-            errors.append({"mailbox": f"/{o.unit.partition}/{o.unit.group}", "error": o.error, "dump": o.dump.file})
-        dumps.append({"file": o.dump.file, "id": o.dump.id, "partition": o.unit.partition,
-                      "group": o.unit.group, "kind": o.dump.kind, "base": o.dump.base, "ok": o.ok,
-                      "size": o.size, "sha256": o.dump.sha256, "archive_id": r.get("archive_id"),
-                      "counts": r.get("counts"), "error": o.error or None})
-        if rep.textdir:
-            doc = {"status": 0 if o.ok else (r.get("status") or 1), "ended": time.time(),
-                   "duration_seconds": round(o.seconds, 3), "counts": r.get("counts") or {},
-                   "errors": r.get("errors") or ([o.error] if o.error else [])}
-            try:
-                textfile(rep.textdir, rep.kind, o.unit.partition, o.unit.group, doc)
-            except OSError as exc:
-                rep.warnings.append(f"cannot write the metrics file in {rep.textdir}: {exc.strerror or exc}")
-    rep.textdir = None              # written per group above
-    rep.update(counts=counts, errors=errors, dumps=dumps, batches=res.batches,
-               pushed=len(res.pushed), remote=res.remote)
 
 
 def _merge_child(rep, path: str) -> None:
