@@ -2,7 +2,7 @@
 and restore them again.
 
     imsstage [dump] [-D DIR] [-j N] [--full|--incremental|--cumulative] [--after-batch CMD]
-                    [--push SPEC|--no-push] [group ...]
+                    [--push SPEC|--no-push] [--report FILE] [group ...]
     imsstage plan [-D DIR] [--incremental|--cumulative] [group ...]
     imsstage done [-D DIR] [--status N] [--job NAME]
     imsstage push [-D DIR] [--to SPEC]
@@ -10,7 +10,7 @@ and restore them again.
     imsstage list [-D DIR] [--json]
     imsstage locate [-D DIR] [--from DIR] [--at DATE] PATH
     imsstage fetch [-D DIR] [--into DIR] [--at DATE] PATH
-    imsstage restore [-D DIR] [--from DIR] [--at DATE] [--keep-fetched] [-v] PATH
+    imsstage restore [-D DIR] [--from DIR] [--at DATE] [--keep-fetched] [--report FILE] [-v] PATH
 """
 from __future__ import annotations
 
@@ -64,8 +64,9 @@ def build_parser() -> ArgParser:
         s.add_argument("--deadline", type=float, metavar="SECONDS",
                        help="stop and remove unfinished dumps after this many seconds")
         s.add_argument("--job", metavar="NAME", help="claim the staged dumps for this engine job")
-        s.add_argument("--report", metavar="FILE",
-                       help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
+        if name == "dump":
+            s.add_argument("--report", metavar="FILE",
+                           help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
         s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                        help="wait this long for another run on the area to finish (default: refuse at once)")
         if name == "dump":

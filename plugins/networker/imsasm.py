@@ -1,7 +1,7 @@
 """imsasm: the external NetWorker ASM for the message store (uasm(8) arguments).
 
-    imsasm -s [-benouv] [-ix] [-t time] [-f proto] [-p path] path...
-    imsasm -r [-nuv] [-i {nNyYrR}] [-m src=dst] [-z suffix] [path...]
+    imsasm -s [-benouv] [-ix] [-t time] [-f proto] [-p path] [--report FILE] path...
+    imsasm -r [-nuv] [-i {nNyYrR}] [-m src=dst] [-z suffix] [--report FILE] [path...]
     imsasm -c [-nuv] [path...]
 
 Save writes one save record per path (a placeholder or a directory of them in a
