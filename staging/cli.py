@@ -11,6 +11,7 @@ and restore them again.
     imsstage locate [-D DIR] [--from DIR] [--at DATE] PATH
     imsstage fetch [-D DIR] [--into DIR] [--at DATE] PATH
     imsstage restore [-D DIR] [--from DIR] [--at DATE] [--keep-fetched] [--report FILE] [-v] PATH
+    imsstage verify [-D DIR] [--from DIR] [--at DATE] [--report FILE] [-v] PATH
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from staging.lookup import chain_for, restore_chain
 from staging.run import check_fresh, default_jobs, engine_done, push_pending, stage, staging_dir
 
 PROG = "imsstage"
-COMMANDS = ("dump", "plan", "done", "push", "prune", "list", "locate", "fetch", "restore", "check")
+COMMANDS = ("dump", "plan", "done", "push", "prune", "list", "locate", "fetch", "restore", "check", "verify")
 
 
 def _common(p):
@@ -100,7 +101,9 @@ def build_parser() -> ArgParser:
     for name, helptext in (("locate", "which files hold a user or folder, and the chain to restore"),
                            ("fetch", "fetch the chain's pushed files back from the media server"),
                            ("restore", "restore a user or folder from the chain of staged files "
-                                       "(fetching pushed ones that are not here)")):
+                                       "(fetching pushed ones that are not here)"),
+                           ("verify", "imsverify the chain the catalog names for a user (the files must be "
+                                      "here or in --from)")):
         s = sub.add_parser(name, help=helptext)
         _common(s)
         if name == "fetch":
@@ -110,6 +113,8 @@ def build_parser() -> ArgParser:
             s.add_argument("--from", dest="frm", metavar="DIR",
                            help="where the engine put the files back, and where pushed files are fetched "
                                 "to (default: the staging directory)")
+        if name == "verify":
+            s.add_argument("--report", metavar="FILE", help="imsverify's JSON report of the chain")
         if name == "restore":
             s.add_argument("--report", metavar="FILE",
                            help="write a JSON report of the chain restore to FILE (one report for the chain)")
@@ -254,6 +259,8 @@ def _dispatch(args, rep=None) -> int:
             return EXIT_OK
         say = lambda s: print(s, file=sys.stderr)  # noqa: E731
         into = places[0]
+        if args.cmd == "verify":
+            return _verify_chain(links, user, cfg, args)
         if args.cmd == "fetch":
             from staging.remote import fetch_links
             fetched = fetch_links(links, into, cfg, say=say if args.verbose else lambda s: None)
@@ -299,6 +306,34 @@ def _dispatch(args, rep=None) -> int:
         return rc
     finally:
         cat.close()
+
+
+def _verify_chain(links, user: str, cfg, args) -> int:
+    """imsverify -f FULL -f INCR ...: the chain the catalog names, checked as one (each
+    incremental continues the one before, every member's digest), after each file's
+    SHA-256 is checked against the catalog."""
+    import subprocess
+
+    from staging.dump import sha256_of
+    missing = [lk.dump.file for lk in links if not lk.found]
+    if missing:
+        raise Missing(f"{len(missing)} of the {len(links)} files of {user}'s chain are not here: "
+                      f"{', '.join(missing)}; have the engine restore them into --from DIR (see 'locate')")
+    for lk in links:
+        _, digest = sha256_of(lk.found)
+        if digest != lk.dump.sha256:
+            from asm.errors import EXIT_INCOMPLETE
+            from staging.errors import StagingError
+            raise StagingError(f"{lk.found} is not the file the catalog recorded (sha256 {digest[:12]}... "
+                               f"instead of {lk.dump.sha256[:12]}...)", status=EXIT_INCOMPLETE)
+    argv = [sys.executable, "-m", "asm.cli.imsverify"]
+    for lk in links:
+        argv += ["-f", lk.found]
+    if args.verbose:
+        argv.append("-v")
+    if args.report:
+        argv += ["--report", args.report]
+    return subprocess.run(argv, env=dict(os.environ, IMS_HOME=cfg.home)).returncode
 
 
 def _merge_child(rep, path: str) -> None:

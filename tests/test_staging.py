@@ -273,6 +273,11 @@ def test_run_reports_of_dumps_and_of_a_chain_restore(ims_home, tmp_path, hook_se
             assert f'ims_stage_messages{{partition="primary",group="{d["grp"]}"}} {n}\n' in text, text
             assert f'ims_stage_last_status{{partition="primary",group="{d["grp"]}"}} 0\n' in text
     assert not [n for n in os.listdir(st) if n.endswith(".json")] and not list(prom.glob("ims_backup_*"))
+    # the chain the catalog names, verified as one
+    r = imsstage(ims_home, "verify", "-D", str(st), "/primary/user/bob", "--report", str(tmp_path / "v.json"))
+    assert r.returncode == 0, r.stderr
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["status"] == 0 and len(v["archives"]) == 2, v
     # the chain restore: one report, counts of the chain
     want = user_view(store, "bob")
     n_bob = sum(len(store.messages("bob", f.name)) for f in store.folders("bob"))
@@ -285,3 +290,11 @@ def test_run_reports_of_dumps_and_of_a_chain_restore(ims_home, tmp_path, hook_se
     assert doc["counts"]["messages"] + doc["counts"]["links"] - doc.get("expunged", 0) == n_bob > 0
     r = imsstage(ims_home, "restore", "-D", str(st), "--report", str(rep), "/primary/user/nobody")
     assert r.returncode != 0 and json.loads(rep.read_text())["status"] == r.returncode
+    # a staged file changed since the catalog recorded it: refused, named
+    f = st / [d for d in rows(st) if d["kind"] == "full" and d["grp"] == "user"][0]["file"] \
+        if any(d["grp"] == "user" for d in rows(st)) else st / rows(st)[0]["file"]
+    with open(f, "r+b") as fh:
+        fh.seek(1500)
+        fh.write(b"Z")
+    r = imsstage(ims_home, "verify", "-D", str(st), "/primary/user/bob")
+    assert r.returncode == 4 and "not the file the catalog recorded" in r.stderr, r.stderr
