@@ -14,6 +14,7 @@ import pytest
 from asm.config import Config
 from asm.store import open_store
 from staging.lock import AreaLock
+from tests import test_verify
 from tests.helpers import (
     build, change_mail, imsstage, popen, rows, run, sha256, sized_store, small_tmpfs, staged_files, user_view,
     users_of,
@@ -225,7 +226,7 @@ def test_space_check_refuses_and_batches(ims_home, small_fs, tmp_path):
     assert len(rows(small_fs)) == 4
 
 
-from tests.test_verify import hook_server  # noqa: E402,F401 - the local healthcheck server fixture
+hook_server = test_verify.hook_server       # the local healthcheck server (a pytest fixture)
 
 
 def test_run_reports_of_dumps_and_of_a_chain_restore(ims_home, tmp_path, hook_server):
