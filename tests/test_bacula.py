@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import time
 
@@ -12,6 +13,7 @@ import pytest
 
 from asm.store import open_store
 from plugins.bacula.encoding import decode, encode
+from plugins.bacula.state import State
 from tests.dovecot import require_dovecot, running_dovecot
 from tests.helpers import make_home, run
 
@@ -154,6 +156,46 @@ def test_backup_fails_when_imsbackup_fails_and_records_nothing(ims_home):
     assert b"no good backup job recorded" in imsbacula("history", check=True).stdout
     p = imsbacula("-E", "backup", "/primary/a b")
     assert p.returncode == 2 and b"not a percent-encoded word" in p.stderr
+
+
+def test_incremental_streams_build_on_the_last_good_state(ims_home):
+    """Without daemons, as the RunScripts and bpipe call it: a Full, an Incremental on
+    its state (carries only the change), a Differential on the Full's; history --check
+    walks the chain; a lost state means a full next time, said."""
+    store = open_store(make_home(ims_home, "classic"))
+    (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
+    for i in range(3):
+        store.create_user(f"a{i}")
+        store.append(f"a{i}", "INBOX", io.BytesIO(msg(f"a{i}", "INBOX", i)))
+
+    def job(jobid, level):
+        imsbacula("jobstart", "--jobid", str(jobid), "--level", level, check=True)
+        p = imsbacula("-E", "backup", "/primary/groupA", check=True)
+        done = imsbacula("jobdone", "--jobid", str(jobid), check=True).stdout.decode()
+        m = re.search(r"recorded as good: (\d+) messages", done)
+        return p, int(m.group(1))
+
+    assert job(1, "Full")[1] == 3
+    m = store.message("a0", "INBOX", 1)                    # a move: a link in another folder
+    store.create_folder("a0", "Archive")
+    store.append("a0", "Archive", None, link_from=m.path, flags=m.flags, internaldate=m.internaldate)
+    store.expunge("a0", "INBOX", [1])
+    p, n = job(2, "Incremental")
+    assert n == 1 and b"what changed since job 1" in open(ims_home / "data" / "bacula" / "log" / "ims-mail.log",
+                                                           "rb").read()
+    assert job(3, "Differential")[1] == 1                  # on the Full: the move again
+    out = imsbacula("history", "--check", check=True).stdout.decode()
+    assert "/primary/groupA: chain of 2 jobs intact: 1 -> 3" in out, out
+    # the Full's state lost: the next incremental (on job 3) still builds; a differential
+    # (on the Full) is taken full, said in the job log
+    os.unlink(ims_home / "data" / "bacula" / "states" / "good" / State._key("/primary/groupA") / "1.state")
+    p = imsbacula("history", "--check")
+    assert p.returncode == 7 and b"no good job of this path holds" in p.stdout, p.stdout
+    imsbacula("jobstart", "--jobid", "4", "--level", "Differential", check=True)
+    p = imsbacula("-E", "backup", "/primary/groupA", check=True)
+    assert b"the state of job 1 (the base of this differential) is missing" in p.stderr and b"taking a full" in p.stderr
+    done = imsbacula("jobdone", "--jobid", "4", check=True).stdout.decode()
+    assert "/primary/groupA full recorded as good: 3 messages" in done, done
 
 
 def test_select_and_restore_of_a_stream_without_the_selection(ims_home):

@@ -4,7 +4,7 @@
     imsbacula backup [--level L] PATH         (bpipe reader: imsbackup -f - to stdout)
     imsbacula restore [--only PATH ...] PATH  (bpipe writer: stdin to imsrestore -f -)
     imsbacula select [PATH ... | --clear]     (what the next restore jobs restore)
-    imsbacula history                         (the good jobs each path's chain is made of)
+    imsbacula history [--check]               (the good jobs each path's chain is made of)
     imsbacula jobstart|jobdone|jobfailed|restorestart --jobid N [--level L]  (Job RunScripts)
 """
 from __future__ import annotations
@@ -60,7 +60,10 @@ def build_parser() -> ArgParser:
     s.add_argument("paths", nargs="*", metavar="PATH")
     s.add_argument("--clear", action="store_true", help="restore everything again")
 
-    sub.add_parser("history", help="list the good backup jobs recorded per path")
+    h = sub.add_parser("history", help="list the good backup jobs recorded per path")
+    h.add_argument("--check", action="store_true",
+                   help="check that each path's newest chain is unbroken: every base an incremental "
+                        "names is a good job of that path whose state is kept (exit 7 when not)")
 
     for name, what in (("jobstart", "a backup job begins (client RunScript Before)"),
                        ("jobdone", "a backup job succeeded (client RunScript After, on success)"),
@@ -281,11 +284,52 @@ def cmd_select(args, home: str, state: State) -> int:
     return EXIT_OK
 
 
+def _check_history(rows, state: State) -> int:
+    """Each path's newest chain, walked back from its last good job through the bases its
+    state names (archive ids) to a full: every link must be a good job of that path with
+    its state kept."""
+    import json
+
+    from asm.errors import EXIT_ORDER
+    by_path: dict = {}
+    for path, jobid, _fs, level, started, _fin in rows:
+        by_path.setdefault(path, []).append((started, jobid, level))
+    bad = 0
+    for path, jobs in by_path.items():
+        ids = {}
+        for _, jobid, level in jobs:
+            try:
+                with open(state.good_files(path, jobid)[0], encoding="utf-8") as f:
+                    doc = json.load(f)
+                ids[doc["archive_id"]] = (jobid, level, doc.get("chain") or [])
+            except (OSError, ValueError, KeyError):
+                continue
+        newest = max(jobs)[1]
+        cur = next((v for v in ids.values() if v[0] == newest), None)
+        if cur is None:
+            print(f"{PROG}: {path}: the state of its newest good job {newest} is missing: its next "
+                  f"incremental will be a full")
+            bad += 1
+            continue
+        chain = cur[2]
+        missing = [a for a in chain if a not in ids]
+        if missing:
+            print(f"{PROG}: {path}: job {newest} continues archive(s) {', '.join(missing)} that no good job "
+                  f"of this path holds (states pruned or lost): the chain cannot be restored whole")
+            bad += 1
+            continue
+        links = [ids[a][0] for a in chain] + [newest]
+        print(f"{PROG}: {path}: chain of {len(links)} jobs intact: " + " -> ".join(map(str, links)))
+    return EXIT_ORDER if bad else EXIT_OK
+
+
 def cmd_history(args, home: str, state: State) -> int:
     rows = state.history()
     if not rows:
         print(f"{PROG}: no good backup job recorded yet")
         return EXIT_OK
+    if args.check:
+        return _check_history(rows, state)
     print("path\tjobid\tfileset\tlevel\tstarted")
     for path, jobid, fileset, level, started, finished in rows:
         print(f"{path}\t{jobid}\t{fileset}\t{level}\t{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}")
