@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import json
 import os
 import re
 import time
@@ -236,7 +237,6 @@ def test_savepnpc_full_and_incremental_round_trips(tmp_path, ims_home, env, nsr_
     assert done["saves"] and set(done["saves"]) == {0}, h.log
     assert done["pstcmd"][0][1] == 0 and "0 failed" in done["pstcmd"][0][2]
     full = state(store)
-    t_full = time.time()
 
     # one folder (a subfolder inside a folder directory), one user, one group, everything
     A = backup / "primary" / "groupA"
@@ -256,17 +256,18 @@ def test_savepnpc_full_and_incremental_round_trips(tmp_path, ims_home, env, nsr_
         got = {k: v for k, v in got.items() if k in want or v[1]}
         assert got == want, path
 
-    # incremental: new mail, an expunge and a flag change since the full
+    # incremental: new mail, an expunge and a flag change since the full (-t as save
+    # passes it: the full's save time, which imsasm turns into the full's state)
     time.sleep(1.1)
-    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(t_full))
     for u in ("alice", "zoë 日本"):
         store.append(u, "INBOX", io.BytesIO(f"Subject: new for {u}\r\n\r\nnew\r\n".encode()), flags=["\\Draft"])
         first = store.messages(u, "Work")[0].uid
         store.expunge(u, "Work", [first])
         m = store.messages(u, "INBOX")[0]
         store.set_flags(u, "INBOX", m.uid, ["\\Seen", "\\Deleted"], ["Important"])
-    done = h.savepnpc(res, sets, level="incr", since=since)
+    done = h.savepnpc(res, sets, level="incr")
     assert set(done["saves"]) == {0}, h.log
+    assert "0 incremental" not in done["pstcmd"][0][2] and not any("saving it full" in x for x in h.log)
     final = state(store)
     for i, (path, users) in enumerate([(A / "alice", {"alice"}), (backup, None)]):
         target, e = _fresh(tmp_path, f"i{i}", drv, env)
@@ -442,3 +443,57 @@ def test_incremental_without_state_saves_full_and_says_so(tmp_path, ims_home, en
     doc = json.loads(rep.read_text())
     assert doc["counts"]["messages"] == 0 and doc["records"][0]["level"] == "incr" and n > 0
     assert doc["records"][0]["base"] and doc["status"] == 0
+
+
+@pytest.mark.parametrize("resname", ["groupA.res", "users.res"])
+def test_move_rename_and_level_1_chains_on_both_drivers(tmp_path, ims_home, env, nsr_bin, drv, resname):
+    """Through the store's own API on both drivers, with one record per folder and one per
+    user: a move and a folder rename after the full, an incremental, then a level 1
+    (differential: -t of the full) after a flag change; recover -a of each chain into an
+    empty installation gives the source."""
+    cfg = home(ims_home, drv)
+    store = open_store(cfg)
+    fill(store, ["alice", "bob"])
+    backup = tmp_path / "backup"
+    h = Harness(nsr_bin, str(tmp_path / "catalog"), env)
+    res = res_file(tmp_path, resname, ims_home, backup)
+    sets = [str(backup / "primary" / "groupA")]
+    done = h.savepnpc(res, sets)
+    assert set(done["saves"]) == {0}, (done, h.log)
+    time.sleep(1.1)
+    m = store.messages("alice", "INBOX")[0]
+    store.append("alice", "Sent", None, link_from=m.path, flags=m.flags, keywords=m.keywords,
+                 internaldate=m.internaldate)
+    store.expunge("alice", "INBOX", [m.uid])
+    info = store.folder("alice", "Réunions/Été")
+    store.create_folder("alice", "Done", uidvalidity=info.uidvalidity, subscribed=True)
+    for x in store.messages("alice", "Réunions/Été"):
+        store.append("alice", "Done", None, uid=x.uid, link_from=x.path, flags=x.flags, keywords=x.keywords,
+                     internaldate=x.internaldate)
+    store.set_folder("alice", "Done", uidnext=info.uidnext)
+    store.delete_folder("alice", "Réunions/Été")
+    done = h.savepnpc(res, sets, level="incr")
+    assert set(done["saves"]) == {0} and done["pstcmd"][0][1] == 0, (done, h.log)
+    want = state(store)
+    target, e = _fresh(tmp_path, "r1", drv, env)
+    out = h.recover(str(backup / "primary" / "groupA"), env=e)
+    assert all(rc == 0 for rc, _ in out), out
+    assert state(open_store(Config(str(target)))) == want
+    # level 1: on the full's state (NetWorker's -t is the full's save time), not the incremental's
+    time.sleep(1.1)
+    x = store.messages("bob", "INBOX")[0]
+    store.set_flags("bob", "INBOX", x.uid, ["\\Seen", "\\Answered"], ["$Done"])
+    before = len(open(ims_home / "log" / "imsasm.log", encoding="utf-8").readlines())
+    done = h.savepnpc(res, sets, level="1")
+    assert set(done["saves"]) == {0}, h.log
+    log = [json.loads(x) for x in open(ims_home / "log" / "imsasm.log", encoding="utf-8")]
+    saves = [r for r in log[:before] if r.get("status") and r.get("mode") == "save"]
+    fulls = {r["name"]: r["archive_id"] for r in saves if r["level"] == "full"}
+    lvl1 = [r for r in log[before:] if r.get("status") and r.get("mode") == "save"]
+    assert lvl1 and all(r["level"] == "incr" and r["base"] == fulls[r["name"]] for r in lvl1), (lvl1, fulls)
+    # a folder whose last subfolder went: its placeholder directory becomes a file, and
+    # the precmd still succeeds (it used to fail on the directory's old entries)
+    store.delete_folder("alice", "Work/2023")
+    p = run(ims_home, "mkbackupdir", "-p", str(backup))
+    assert p.returncode == 0, p.stderr
+    assert os.path.isfile(backup / "primary" / "groupA" / "alice" / "Work") or resname == "users.res"

@@ -8,13 +8,15 @@ was handed), the state file of every save it streamed completely
 format, written atomically after the whole save stream reached NetWorker's pipe) and
 turns ``-t`` back into the state of the backup NetWorker means:
 
-* the base is the **latest** state of that record whose save started no later than
-  ``-t`` + :data:`SLACK` (NetWorker takes the save time before it starts the ASM, so the
-  backup at ``-t`` started a few seconds after it; a differential's ``-t`` is the last
-  full's, and the incrementals after it started later than the slack);
-* a save NetWorker failed after imsasm wrote the stream would have a state NetWorker
-  never names: the rule only ever picks a state at or before the one meant, so the worst
-  case is an incremental that carries more than needed, never less;
+* the base is the **first** state of that record whose save started at or after ``-t``
+  (NetWorker takes the save time just before it starts the ASM, so the backup at ``-t``
+  started then or a few seconds later) and no later than ``-t`` + :data:`SLACK`; a
+  differential's ``-t`` is the last full's, so the incrementals after it are not taken;
+* a save NetWorker failed after imsasm wrote the stream has a state NetWorker never
+  names: it started after the save NetWorker does name, so it is not the first one;
+* the one case the rule gets wrong: the state of the save NetWorker names lost alone
+  while a later save of the record that NetWorker does not count started within
+  :data:`SLACK` of it; the directory is written and kept as a whole;
 * no state at all (first save with this module version, a new placeholder, the state
   directory lost): the record is saved **full** and imsasm says so on stderr (which
   NetWorker puts in the savegroup report) and in ``imsasm.log``.  A full is always
@@ -56,9 +58,11 @@ def states(home: str, name: str) -> list[tuple[float, str, str]]:
 
 
 def base_for(home: str, name: str, since: float) -> tuple[float, str, str] | None:
-    """The state the incremental/differential of ``name`` with ``-t since`` builds on."""
-    got = [s for s in states(home, name) if s[0] <= since + SLACK]
-    return got[-1] if got else None
+    """The state the incremental/differential of ``name`` with ``-t since`` builds on:
+    the first save of the record that started at or after ``since`` (NetWorker's save
+    time, whole seconds), within :data:`SLACK` of it."""
+    got = [s for s in states(home, name) if since - 2 <= s[0] <= since + SLACK]
+    return got[0] if got else None
 
 
 def save(home: str, name: str, started: float, full: bool, header: dict, folders: list) -> str:
