@@ -8,6 +8,9 @@
   ``ims_<kind>_last_success_timestamp_seconds``, messages, bytes, errors, duration,
   the last status and run time, labelled with partition and group (a failed run
   keeps the previous success time);
+* a run started by another command that reports it (imsstage's imsbackup and imsrestore
+  children: ``IMS_REPORT_PARENT`` in their environment) writes only its ``--report``
+  file; the parent writes the textfile and pings;
 * ``report.healthcheck`` (msconfig): a URL pinged by backups (imsbackup, imsstage,
   imsasm; imsverify takes its own with ``--healthcheck``) at the start (``URL/start``),
   on success (``URL``) and on failure (``URL/fail``), healthchecks.io style, each with
@@ -29,7 +32,7 @@ from asm import __version__
 
 #: Report kinds by command.
 KINDS = {"imsbackup": "backup", "imsrestore": "restore", "imsverify": "verify", "imsstage": "stage",
-         "imsasm": "backup"}
+         "imsasm": "backup", "imsasm -r": "restore", "imsstage restore": "restore"}
 
 METRICS = (
     ("last_success_timestamp_seconds", "Unix time the last successful (exit 0) run ended"),
@@ -175,10 +178,14 @@ class RunReport:
             self.configure(config)
 
     def configure(self, config) -> None:
-        """Take report.textfile, report.healthcheck and report.timeout from ``config``."""
+        """Take report.textfile, report.healthcheck and report.timeout from ``config``.
+        A run that another command started and reports (imsstage's dumps and chain
+        restore: ``IMS_REPORT_PARENT`` set) writes its ``--report`` file only."""
+        if os.environ.get("IMS_REPORT_PARENT"):
+            return
         try:
             self.textdir = config.get("report.textfile")
-            if self.kind == "backup":     # a restore or verify run has its own check (--healthcheck)
+            if self.kind in ("backup", "stage"):   # a restore or verify run has its own check (--healthcheck)
                 self.url = self.url or config.get("report.healthcheck")
             self.timeout = float(config.get("report.timeout") or 10)
         except Exception:  # noqa: BLE001 - a configuration without these options

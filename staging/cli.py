@@ -2,7 +2,7 @@
 and restore them again.
 
     imsstage [dump] [-D DIR] [-j N] [--full|--incremental|--cumulative] [--after-batch CMD]
-                    [--push SPEC|--no-push] [group ...]
+                    [--push SPEC|--no-push] [--report FILE] [group ...]
     imsstage plan [-D DIR] [--incremental|--cumulative] [group ...]
     imsstage done [-D DIR] [--status N] [--job NAME]
     imsstage push [-D DIR] [--to SPEC]
@@ -10,7 +10,8 @@ and restore them again.
     imsstage list [-D DIR] [--json]
     imsstage locate [-D DIR] [--from DIR] [--at DATE] PATH
     imsstage fetch [-D DIR] [--into DIR] [--at DATE] PATH
-    imsstage restore [-D DIR] [--from DIR] [--at DATE] [--keep-fetched] [-v] PATH
+    imsstage restore [-D DIR] [--from DIR] [--at DATE] [--keep-fetched] [--report FILE] [-v] PATH
+    imsstage verify [-D DIR] [--from DIR] [--at DATE] [--report FILE] [-v] PATH
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from staging.lookup import chain_for, restore_chain
 from staging.run import check_fresh, default_jobs, engine_done, push_pending, stage, staging_dir
 
 PROG = "imsstage"
-COMMANDS = ("dump", "plan", "done", "push", "prune", "list", "locate", "fetch", "restore", "check")
+COMMANDS = ("dump", "plan", "done", "push", "prune", "list", "locate", "fetch", "restore", "check", "verify")
 
 
 def _common(p):
@@ -64,6 +65,9 @@ def build_parser() -> ArgParser:
         s.add_argument("--deadline", type=float, metavar="SECONDS",
                        help="stop and remove unfinished dumps after this many seconds")
         s.add_argument("--job", metavar="NAME", help="claim the staged dumps for this engine job")
+        if name == "dump":
+            s.add_argument("--report", metavar="FILE",
+                           help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
         s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                        help="wait this long for another run on the area to finish (default: refuse at once)")
         if name == "dump":
@@ -97,7 +101,9 @@ def build_parser() -> ArgParser:
     for name, helptext in (("locate", "which files hold a user or folder, and the chain to restore"),
                            ("fetch", "fetch the chain's pushed files back from the media server"),
                            ("restore", "restore a user or folder from the chain of staged files "
-                                       "(fetching pushed ones that are not here)")):
+                                       "(fetching pushed ones that are not here)"),
+                           ("verify", "imsverify the chain the catalog names for a user (the files must be "
+                                      "here or in --from)")):
         s = sub.add_parser(name, help=helptext)
         _common(s)
         if name == "fetch":
@@ -107,7 +113,11 @@ def build_parser() -> ArgParser:
             s.add_argument("--from", dest="frm", metavar="DIR",
                            help="where the engine put the files back, and where pushed files are fetched "
                                 "to (default: the staging directory)")
+        if name == "verify":
+            s.add_argument("--report", metavar="FILE", help="imsverify's JSON report of the chain")
         if name == "restore":
+            s.add_argument("--report", metavar="FILE",
+                           help="write a JSON report of the chain restore to FILE (one report for the chain)")
             s.add_argument("--keep-fetched", action="store_true",
                            help="keep the files fetched from the media server (default: removed after "
                                 "a successful restore)")
@@ -145,16 +155,23 @@ def _main(argv: list[str] | None) -> int:
         argv = ["dump"] + argv
     args = build_parser().parse_args(argv)
     try:
+        if args.cmd == "dump" or args.cmd == "restore":
+            from asm.report import run_reported
+            from asm.cli.common import warn
+            cmd = PROG if args.cmd == "dump" else f"{PROG} restore"
+            return run_reported(cmd, args.report, lambda rep: _dispatch(args, rep), lambda w: warn(PROG, w))
         return _dispatch(args)
     except KeyboardInterrupt:
         return die(PROG, "interrupted: unfinished dumps were removed and marked failed", EXIT_INTERRUPTED)
 
 
-def _dispatch(args) -> int:
+def _dispatch(args, rep=None) -> int:
     if args.cmd in ("dump", "plan", "check"):
         inst = open_installation()
         directory = staging_dir(inst.config, args.dir)
         mode = args.mode or "full"
+        if rep is not None:
+            rep.begin(inst.config, selection=list(args.groups) or ["/"], device=directory, mode=mode)
         if args.cmd == "check":
             fresh = check_fresh(inst, directory, mode, args.max_age * 3600, job=args.job)
             if args.verbose:
@@ -183,6 +200,9 @@ def _dispatch(args) -> int:
         if args.cmd == "plan":
             return EXIT_OK
         ok = [o for o in res.dumps if o.ok]
+        if rep is not None:
+            from staging.report import stage_report
+            stage_report(rep, res)
         if args.verbose or sys.stderr.isatty():
             print(f"{PROG}: {len(ok)} of {len(res.dumps)} dumps staged in {directory}, "
                   f"{human(sum(o.size for o in ok))}, {res.batches} batch(es)"
@@ -239,6 +259,8 @@ def _dispatch(args) -> int:
             return EXIT_OK
         say = lambda s: print(s, file=sys.stderr)  # noqa: E731
         into = places[0]
+        if args.cmd == "verify":
+            return _verify_chain(links, user, cfg, args)
         if args.cmd == "fetch":
             from staging.remote import fetch_links
             fetched = fetch_links(links, into, cfg, say=say if args.verbose else lambda s: None)
@@ -258,7 +280,21 @@ def _dispatch(args) -> int:
                               f"{', '.join(gaps)}; have the engine restore them (see 'locate'), then run this again")
             from staging.remote import fetch_links
             fetched = fetch_links(links, into, cfg, say=say if args.verbose else lambda s: None)
-        rc = restore_chain(links, target, cfg.home, verbose=args.verbose, say=say)
+        child = None
+        if rep is not None:
+            from asm.report import labels_of
+            rep.labels = labels_of([target])
+            rep.begin(cfg, selection=[target], device=into, at=args.at,
+                      chain=[{"file": lk.dump.file, "kind": lk.dump.kind, "id": lk.dump.id,
+                              "base": lk.dump.base, "sha256": lk.dump.sha256} for lk in links])
+            if rep.active:
+                os.makedirs(os.path.join(cfg.home, "data"), exist_ok=True)
+                child = os.path.join(cfg.home, "data", f".imsstage-restore-{os.getpid()}.json")
+        try:
+            rc = restore_chain(links, target, cfg.home, verbose=args.verbose, say=say, report=child)
+        finally:
+            if child:
+                _merge_child(rep, child)
         if rc == EXIT_OK and fetched and not args.keep_fetched:
             for f in fetched:
                 try:
@@ -270,6 +306,52 @@ def _dispatch(args) -> int:
         return rc
     finally:
         cat.close()
+
+
+def _verify_chain(links, user: str, cfg, args) -> int:
+    """imsverify -f FULL -f INCR ...: the chain the catalog names, checked as one (each
+    incremental continues the one before, every member's digest), after each file's
+    SHA-256 is checked against the catalog."""
+    import subprocess
+
+    from staging.dump import sha256_of
+    missing = [lk.dump.file for lk in links if not lk.found]
+    if missing:
+        raise Missing(f"{len(missing)} of the {len(links)} files of {user}'s chain are not here: "
+                      f"{', '.join(missing)}; have the engine restore them into --from DIR (see 'locate')")
+    for lk in links:
+        _, digest = sha256_of(lk.found)
+        if digest != lk.dump.sha256:
+            from asm.errors import EXIT_INCOMPLETE
+            from staging.errors import StagingError
+            raise StagingError(f"{lk.found} is not the file the catalog recorded (sha256 {digest[:12]}... "
+                               f"instead of {lk.dump.sha256[:12]}...)", status=EXIT_INCOMPLETE)
+    argv = [sys.executable, "-m", "asm.cli.imsverify"]
+    for lk in links:
+        argv += ["-f", lk.found]
+    if args.verbose:
+        argv.append("-v")
+    if args.report:
+        argv += ["--report", args.report]
+    return subprocess.run(argv, env=dict(os.environ, IMS_HOME=cfg.home)).returncode
+
+
+def _merge_child(rep, path: str) -> None:
+    """The chain restore's own report (imsrestore's) becomes this run's counts."""
+    import json
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    for k in ("counts", "errors", "archives", "duplicates", "renumbered", "expunged", "hostile", "corrupt"):
+        if k in doc:
+            rep.fields[k] = doc[k]
 
 
 def _push_note(d) -> str:

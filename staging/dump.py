@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -62,7 +63,7 @@ def fsync_dir(directory: str) -> None:
 def remove_leftovers(directory: str) -> list[str]:
     """Temporary files of dumps that did not finish (ours and imsbackup's)."""
     gone = []
-    for pattern in (".*.partial", ".*.list"):
+    for pattern in (".*.partial", ".*.list", ".*.report.json"):
         for p in glob.glob(os.path.join(glob.escape(directory), pattern)):
             try:
                 os.unlink(p)
@@ -90,12 +91,18 @@ class Outcome:
     error: str = ""
     size: int = 0
     seconds: float = 0.0
+    report: dict | None = None          # the dump's imsbackup run report (counts, archive id, errors)
 
 
 class _Job:
     def __init__(self, unit, dump, proc, tmp, listfile, errfile, started):
         self.unit, self.dump, self.proc, self.tmp = unit, dump, proc, tmp
         self.listfile, self.errfile, self.started = listfile, errfile, started
+
+
+def report_file(directory: str, file: str) -> str:
+    """Where a dump's imsbackup writes its run report (read and removed by imsstage)."""
+    return os.path.join(directory, f".{file}.report.json")
 
 
 def state_file(home: str, dump_id: int) -> str:
@@ -124,7 +131,7 @@ class Runner:
                                   unit.users, unit.estimate, lambda did, when: file_name(unit, did, when))
         tmp = os.path.join(self.directory, temp_name(dump.file))
         argv = [sys.executable, "-m", "asm.cli.imsbackup", "-f", tmp, "-b", str(self.bf),
-                "--state-out", state_file(self.home, dump.id)]
+                "--state-out", state_file(self.home, dump.id), "--report", report_file(self.directory, dump.file)]
         base_state = state_file(self.home, unit.base) if unit.base is not None else None
         if base_state is not None and os.path.exists(base_state):
             # what the base dump held, not a date: moved, copied and restored mail too
@@ -141,7 +148,7 @@ class Runner:
         else:
             argv += unit.paths
         errfile = tempfile.TemporaryFile()
-        env = dict(os.environ, IMS_HOME=self.home)
+        env = dict(os.environ, IMS_HOME=self.home, IMS_REPORT_PARENT="imsstage")
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errfile,
                                 env=env, preexec_fn=_die_with_parent,
                                 pass_fds=(self.lock_fd,) if self.lock_fd is not None else ())
@@ -157,6 +164,14 @@ class Runner:
             _unlink(job.listfile)
         final = os.path.join(self.directory, job.dump.file)
         error = ""
+        report = None
+        rfile = report_file(self.directory, job.dump.file)
+        try:
+            with open(rfile, encoding="utf-8") as f:
+                report = json.load(f)
+        except (OSError, ValueError):
+            pass
+        _unlink(rfile)
         if rc == EXIT_OK:
             try:
                 if os.path.exists(final):
@@ -166,7 +181,8 @@ class Runner:
                 fsync_dir(self.directory)
                 self.catalog.finish(job.dump.id, size, digest)
                 self.report(f"{job.unit.label}: {job.dump.file} complete, {size} bytes in {secs:.1f}s")
-                return Outcome(job.unit, self.catalog.get(job.dump.id), True, size=size, seconds=secs)
+                return Outcome(job.unit, self.catalog.get(job.dump.id), True, size=size, seconds=secs,
+                               report=report)
             except OSError as exc:
                 error = f"cannot finish {job.dump.file}: {exc.strerror or exc}"
         elif rc < 0:
@@ -181,7 +197,7 @@ class Runner:
             _unlink(p)
         self.catalog.fail(job.dump.id, error)
         self.report(f"{job.unit.label}: dump FAILED: {error}")
-        return Outcome(job.unit, self.catalog.get(job.dump.id), False, error=error, seconds=secs)
+        return Outcome(job.unit, self.catalog.get(job.dump.id), False, error=error, seconds=secs, report=report)
 
     def run(self, units: list[GroupPlan]) -> list[Outcome]:
         queue = list(units)

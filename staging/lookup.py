@@ -76,7 +76,7 @@ def chain_for(catalog: Catalog, user: str, places: list[str], at: float | None =
 
 
 def restore_chain(links: list[Link], target: str, home: str, verbose: bool = False,
-                  check_digest: bool = True, say=print) -> int:
+                  check_digest: bool = True, say=print, report: str | None = None) -> int:
     """imsrestore each file in order; -H on all but the last so deliveries stay held."""
     missing = [lk.dump.file for lk in links if not lk.found]
     if missing:
@@ -90,6 +90,8 @@ def restore_chain(links: list[Link], target: str, home: str, verbose: bool = Fal
                                    f"instead of {lk.dump.sha256[:12]}...): the engine returned another version; "
                                    f"restore the one from {lk.dump.when()}", status=EXIT_INCOMPLETE)
     env = dict(os.environ, IMS_HOME=home)
+    if report:          # imsstage reports the chain restore: the child writes the JSON only
+        env["IMS_REPORT_PARENT"] = "imsstage"
     # one imsrestore for the whole chain: it checks the chain before anything changes and
     # restores the state of the last dump (nothing deleted or moved away by then comes back)
     argv = [sys.executable, "-m", "asm.cli.imsrestore"]
@@ -98,6 +100,8 @@ def restore_chain(links: list[Link], target: str, home: str, verbose: bool = Fal
         say(f"imsstage: restoring {target} from {lk.dump.file} ({lk.dump.kind}, {lk.dump.when()})")
     if verbose:
         argv.append("-v")
+    if report:
+        argv += ["--report", report]
     argv.append(target)
     rc = subprocess.run(argv, env=env).returncode
     if rc != EXIT_OK:

@@ -11,9 +11,11 @@
   External ASMs must end in ``asm`` and live in the ASM directory; they are run as
   ``ASM -s [-t time] path...`` with the directory's matched entries and their stdout
   is kept as the save set.
-* recover (recover(8) ``-a``): every saved entry at, above or below the path, from
-  the full and then each incremental in the order they were taken, is piped to
-  ``ASM -r [-iY] path``.
+* recover (recover(8) ``-a``): every saved entry at, above or below the path that the
+  last save still had (the index's browse time), from the full and then each
+  incremental in the order they were taken, is piped to ``ASM -r [-iY] path``.
+* incremental levels: ``-t`` is the save time of the entry's last save (``incr``) or
+  of its last full (a level 1-9), as save passes it (:meth:`Harness.since`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 
@@ -90,6 +93,7 @@ class SavedEntry:
     asm: str
     level: str
     taken: int
+    savetime: int = 0
 
 
 @dataclass
@@ -145,13 +149,25 @@ class Harness:
         for asm, paths in by_asm.items():
             jobs.append((asm, paths))
 
-    def save(self, savesets: list[str], level: str = "full", since: str | None = None) -> list[int]:
-        """Run every ASM job of the save sets; returns their exit statuses."""
+    def since(self, path: str, level: str) -> str | None:
+        """The -t NetWorker passes for ``path`` at ``level``: the save time of its last
+        save at a lower level (incr: any level; "1".."9": the last full here; full: none)."""
+        if level == "full":
+            return None
+        times = [e.savetime for e in self.catalog.entries
+                 if e.path == path and (level == "incr" or e.level == "full")]
+        return str(max(times)) if times else None
+
+    def save(self, savesets: list[str], level: str = "full", since: str | None = "auto") -> list[int]:
+        """Run every ASM job of the save sets; returns their exit statuses.  ``since``
+        "auto" passes -t as NetWorker does (:meth:`since`); a string passes it as is."""
         self.catalog.runs += 1
         statuses = []
         for ss in savesets:
             for asm, paths in self.plan(ss):
-                argv = [self._asm_path(asm), "-s"] + (["-t", since] if since else []) + paths
+                savetime = int(time.time())
+                t = self.since(paths[0], level) if since == "auto" else since
+                argv = [self._asm_path(asm), "-s"] + (["-t", t] if t else []) + paths
                 out = os.path.join(self.catalog.dir, f"ss{self.catalog.runs}-{len(self.catalog.entries)}.ss")
                 with open(out, "wb") as f:
                     p = subprocess.run(argv, stdout=f, stderr=subprocess.PIPE, env=self.env)
@@ -161,7 +177,7 @@ class Harness:
                     os.unlink(out)            # a failed save set is not in the catalog
                     continue
                 for path in paths:
-                    self.catalog.entries.append(SavedEntry(path, out, asm, level, self.catalog.runs))
+                    self.catalog.entries.append(SavedEntry(path, out, asm, level, self.catalog.runs, savetime))
         return statuses
 
     def savepnpc(self, resfile: str, savesets: list[str], **kw) -> dict:
@@ -186,16 +202,29 @@ class Harness:
         in the order taken, piped to its ASM in recover mode."""
         path = os.path.normpath(path)
         chosen: list[tuple[str, str]] = []
-        for e in self.catalog.entries:
-            if e.path == path or e.path.startswith(path + "/") or path.startswith(e.path + "/"):
-                if (e.saveset, e.asm) not in chosen:
-                    chosen.append((e.saveset, e.asm))
+        hits = [e for e in self.catalog.entries
+                if e.path == path or e.path.startswith(path + "/") or path.startswith(e.path + "/")]
+        # the index's browse view is the last save: an entry that save no longer had (a
+        # placeholder mkbackupdir removed: folder deleted or renamed) is not recovered
+        last = max((e.taken for e in hits), default=0)
+        present = {e.path for e in hits if e.taken == last}
+        for e in hits:
+            if e.path in present and (e.saveset, e.asm) not in chosen:
+                chosen.append((e.saveset, e.asm))
         if not chosen:
             raise HarnessError(f"{path}: not in the index")
         out = []
         for saveset, asm in chosen:
+            # recover hands the ASM the names it selected in the index: the path itself
+            # when it lies inside an entry, else the entries of this save set below it
+            # that the browse view shows
+            names = [path] if any(e.saveset == saveset and path != e.path and path.startswith(e.path + "/")
+                                  for e in hits) else \
+                sorted({e.path for e in hits if e.saveset == saveset and e.path in present})
+            if not names:
+                continue
             with open(saveset, "rb") as f:
-                p = subprocess.run([self._asm_path(asm), "-r", f"-i{answer}", path], stdin=f,
+                p = subprocess.run([self._asm_path(asm), "-r", f"-i{answer}", *names], stdin=f,
                                    capture_output=True, env=dict(env or self.env))
             out.append((p.returncode, p.stderr.decode("utf-8", "replace")))
         return out

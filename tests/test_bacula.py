@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import time
 
@@ -12,6 +13,7 @@ import pytest
 
 from asm.store import open_store
 from plugins.bacula.encoding import decode, encode
+from plugins.bacula.state import State
 from tests.dovecot import require_dovecot, running_dovecot
 from tests.helpers import make_home, run
 
@@ -156,6 +158,46 @@ def test_backup_fails_when_imsbackup_fails_and_records_nothing(ims_home):
     assert p.returncode == 2 and b"not a percent-encoded word" in p.stderr
 
 
+def test_incremental_streams_build_on_the_last_good_state(ims_home):
+    """Without daemons, as the RunScripts and bpipe call it: a Full, an Incremental on
+    its state (carries only the change), a Differential on the Full's; history --check
+    walks the chain; a lost state means a full next time, said."""
+    store = open_store(make_home(ims_home, "classic"))
+    (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
+    for i in range(3):
+        store.create_user(f"a{i}")
+        store.append(f"a{i}", "INBOX", io.BytesIO(msg(f"a{i}", "INBOX", i)))
+
+    def job(jobid, level):
+        imsbacula("jobstart", "--jobid", str(jobid), "--level", level, check=True)
+        p = imsbacula("-E", "backup", "/primary/groupA", check=True)
+        done = imsbacula("jobdone", "--jobid", str(jobid), check=True).stdout.decode()
+        m = re.search(r"recorded as good: (\d+) messages", done)
+        return p, int(m.group(1))
+
+    assert job(1, "Full")[1] == 3
+    m = store.message("a0", "INBOX", 1)                    # a move: a link in another folder
+    store.create_folder("a0", "Archive")
+    store.append("a0", "Archive", None, link_from=m.path, flags=m.flags, internaldate=m.internaldate)
+    store.expunge("a0", "INBOX", [1])
+    p, n = job(2, "Incremental")
+    assert n == 1 and b"what changed since job 1" in open(ims_home / "data" / "bacula" / "log" / "ims-mail.log",
+                                                           "rb").read()
+    assert job(3, "Differential")[1] == 1                  # on the Full: the move again
+    out = imsbacula("history", "--check", check=True).stdout.decode()
+    assert "/primary/groupA: chain of 2 jobs intact: 1 -> 3" in out, out
+    # the Full's state lost: the next incremental (on job 3) still builds; a differential
+    # (on the Full) is taken full, said in the job log
+    os.unlink(ims_home / "data" / "bacula" / "states" / "good" / State._key("/primary/groupA") / "1.state")
+    p = imsbacula("history", "--check")
+    assert p.returncode == 7 and b"no good job of this path holds" in p.stdout, p.stdout
+    imsbacula("jobstart", "--jobid", "4", "--level", "Differential", check=True)
+    p = imsbacula("-E", "backup", "/primary/groupA", check=True)
+    assert b"the state of job 1 (the base of this differential) is missing" in p.stderr and b"taking a full" in p.stderr
+    done = imsbacula("jobdone", "--jobid", "4", check=True).stdout.decode()
+    assert "/primary/groupA full recorded as good: 3 messages" in done, done
+
+
 def test_select_and_restore_of_a_stream_without_the_selection(ims_home):
     store = open_store(make_home(ims_home, "classic"))
     store.create_user("alice")
@@ -222,6 +264,20 @@ def same(got: dict, want: dict) -> None:
             assert gm[uid][3] == wm[uid][3], f"{key} UID {uid}: bytes differ"
 
 
+def assert_job_counts(bac, jobid: int, want: dict) -> None:
+    """The job log (the jobdone RunScript's lines) names each stream's messages."""
+    with open(f"{bac.dir}/log/jobs.log", errors="replace") as f:
+        log = f.read()
+    got = {}
+    for g in want:
+        m = re.search(rf"job {jobid}: /primary/{g} \w+ recorded as good: (\d+) messages, (\d+) links", log)
+        assert m, (g, log[-3000:])
+        got[g] = int(m.group(1)) + int(m.group(2))
+    assert got == want
+    m = re.search(rf"job {jobid}: {len(want)} streams, (\d+) messages, (\d+) links", log)
+    assert m and int(m.group(1)) + int(m.group(2)) == sum(want.values()), log[-3000:]
+
+
 def job_ok(bac, job) -> None:
     assert job["JobStatus"] == "T" and job["JobErrors"] == 0, (job, bac.log())
 
@@ -257,8 +313,33 @@ def run_scenario(cfg, ims_home, bacula, server):
     job_ok(bacula, full)
     assert full["Level"] == "F" and full["JobFiles"] == 2
     after_full = picture(store)
+    # the job log (jobdone, the After RunScript) shows what each stream saved
+    saved = {g: sum(len(v[1]) for k, v in after_full.items() if (k[0][0] == "a") == (g == "groupA"))
+             for g in ("groupA", "rest")}
+    assert_job_counts(bacula, full["JobId"], saved)
 
-    # new mail after the full: the incremental carries it (and little else)
+    # after the full: a message moved to another folder, a folder renamed (over IMAP on
+    # Dovecot: the files keep their names and dates), new mail, a flag change
+    if server:
+        conn = server.imap("alice")
+        try:
+            assert conn.select("INBOX")[0] == "OK"
+            assert conn.uid("MOVE", "1", '"Work/2023"')[0] == "OK"
+            assert conn.rename("Sent", "Sent-2026")[0] == "OK"
+        finally:
+            conn.logout()
+    else:
+        m = store.message("alice", "INBOX", 1)
+        store.append("alice", "Work/2023", None, link_from=m.path, flags=m.flags, keywords=m.keywords,
+                     internaldate=m.internaldate)
+        store.expunge("alice", "INBOX", [1])
+        info = store.folder("alice", "Sent")
+        store.create_folder("alice", "Sent-2026", uidvalidity=info.uidvalidity, subscribed=True)
+        for m in store.messages("alice", "Sent"):
+            store.append("alice", "Sent-2026", None, uid=m.uid, link_from=m.path, flags=m.flags,
+                         keywords=m.keywords, internaldate=m.internaldate, stored=m.stored)
+        store.set_folder("alice", "Sent-2026", uidnext=info.uidnext)
+        store.delete_folder("alice", "Sent")
     new = {("alice", "INBOX"): 2, ("bob", "50% off; \"quoted\" 'too'"): 1, ("joe", "Trash"): 1}
     for (u, f), n in new.items():
         for i in range(n):
@@ -267,6 +348,9 @@ def run_scenario(cfg, ims_home, bacula, server):
     incr = bacula.run_job("ims-mail", "Incremental")
     job_ok(bacula, incr)
     assert incr["Level"] == "I" and incr["JobBytes"] < full["JobBytes"]
+    # the incremental carried what its base (the full's state) did not hold: the new
+    # mail, the moved message and the renamed folder's six
+    assert_job_counts(bacula, incr["JobId"], {"groupA": 2 + 1 + 6, "rest": 2})
     history = imsbacula("history", check=True).stdout.decode()
     assert re.search(rf"/primary/groupA\t{incr['JobId']}\tims-mail\tIncremental", history), history
     expected = picture(store)
@@ -275,14 +359,17 @@ def run_scenario(cfg, ims_home, bacula, server):
         served = imap_picture(server)     # Dovecot has indexed these mailboxes before the loss
         assert served[("joe", "Trash")][1][max(served[("joe", "Trash")][1])][0] == ("\\Flagged",)
 
-    # disaster: a user of each group and a folder disappear
+    # disaster: users of each group and a folder disappear
     store.delete_user("amy smith: q")
+    store.delete_user("alice")
     store.delete_user("joe")
     store.delete_folder("bob", "50% off; \"quoted\" 'too'")
 
-    # restore the chain: the full, then the incremental
+    # restore the chain: the full, then the incremental (alice: the moved message back
+    # in Work/2023 only, Sent-2026 and no Sent)
+    gone = ("amy smith: q", "alice", "joe")
     job_ok(bacula, bacula.restore_job(full["JobId"], "ims-mail-restore"))
-    same(picture(store, ["amy smith: q", "joe"]), {k: v for k, v in after_full.items() if k[0] in ("amy smith: q", "joe")})
+    same(picture(store, gone), {k: v for k, v in after_full.items() if k[0] in gone})
     job_ok(bacula, bacula.restore_job(incr["JobId"], "ims-mail-restore"))
     same(picture(store), expected)
     if server:

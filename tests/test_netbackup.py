@@ -4,10 +4,12 @@ cycles, the staged-ahead check mode, and the restore that prints bprestore."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
 
+from asm.archive.reader import ArchiveReader
 from asm.config import Config
 from asm.store import open_store
 from tests.helpers import build, change_mail, imsstage, rows, run, sha256, staged_files, user_view
@@ -68,6 +70,17 @@ def test_full_incr_cinc_cycles(ims_home, tmp_path, nbu):
             shutil.copy(st / f, engine / f)
         r = notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", stype, status)
         assert r.returncode == 0, r.stderr
+        # bpend_notify's lines (the client's bpbkar log) give the counts of what was saved
+        n = nbytes = 0
+        for f in files:
+            with open(engine / f, "rb") as fh:
+                for m in ArchiveReader(fh).members():
+                    if m.kind in ("message", "link"):
+                        n += 1
+                        nbytes += m.size if m.kind == "message" else 0
+        m = re.search(r"this job saved (\d+) dumps, (\d+) messages, (\d+) links, (\d+) bytes, 0 errors", r.stderr)
+        assert m and (int(m.group(1)), int(m.group(2)) + int(m.group(3)), int(m.group(4))) == \
+            (len(files), n, nbytes), (r.stderr, n, nbytes)
         return files
 
     full = backup("FULL")

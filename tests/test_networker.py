@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import json
 import os
 import re
 import time
@@ -236,7 +237,6 @@ def test_savepnpc_full_and_incremental_round_trips(tmp_path, ims_home, env, nsr_
     assert done["saves"] and set(done["saves"]) == {0}, h.log
     assert done["pstcmd"][0][1] == 0 and "0 failed" in done["pstcmd"][0][2]
     full = state(store)
-    t_full = time.time()
 
     # one folder (a subfolder inside a folder directory), one user, one group, everything
     A = backup / "primary" / "groupA"
@@ -256,17 +256,19 @@ def test_savepnpc_full_and_incremental_round_trips(tmp_path, ims_home, env, nsr_
         got = {k: v for k, v in got.items() if k in want or v[1]}
         assert got == want, path
 
-    # incremental: new mail, an expunge and a flag change since the full
+    # incremental: new mail, an expunge and a flag change since the full (-t as save
+    # passes it: the full's save time, which imsasm turns into the full's state)
     time.sleep(1.1)
-    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(t_full))
     for u in ("alice", "zoë 日本"):
         store.append(u, "INBOX", io.BytesIO(f"Subject: new for {u}\r\n\r\nnew\r\n".encode()), flags=["\\Draft"])
         first = store.messages(u, "Work")[0].uid
         store.expunge(u, "Work", [first])
         m = store.messages(u, "INBOX")[0]
         store.set_flags(u, "INBOX", m.uid, ["\\Seen", "\\Deleted"], ["Important"])
-    done = h.savepnpc(res, sets, level="incr", since=since)
+    done = h.savepnpc(res, sets, level="incr")
     assert set(done["saves"]) == {0}, h.log
+    assert re.search(r"\(0 full, [1-9]\d* incremental", done["pstcmd"][0][2]), done["pstcmd"]
+    assert not any("saving it full" in x for x in h.log)
     final = state(store)
     for i, (path, users) in enumerate([(A / "alice", {"alice"}), (backup, None)]):
         target, e = _fresh(tmp_path, f"i{i}", drv, env)
@@ -352,3 +354,147 @@ def test_bad_input(tmp_path, ims_home, env):
     assert p.returncode in (1, 4)
     p = run(ims_home, "imsasm", "-r", str(backup / "primary" / "groupB"), input=good)
     assert p.returncode == 2 and "nothing in the save stream matches" in p.stderr.decode()
+
+
+# ----------------------------------------------------------------------------- state chains (issue 13)
+
+def test_dovecot_move_and_rename_chain_through_networker(tmp_path, env, nsr_bin):
+    """Real Dovecot: LMTP delivery, full save through savepnpc, UID MOVE and RENAME over
+    IMAP, an incremental save (NetWorker's -t), recover -a of the chain into an empty
+    store: the client sees exactly the source.  The pstcmd's output (the savegroup
+    report) and the textfile carry the counts of what was saved."""
+    import json
+    import shutil
+
+    from tests.dovecot_lab import dovecot_lab, message
+    from tests.test_incremental_dovecot import view
+
+    with dovecot_lab("plain") as lab:
+        ims = tmp_path / "ims"
+        prom = tmp_path / "prom"
+        prom.mkdir()
+        home(ims, "maildir")
+        for k, v in {"partition:primary.path": lab.store, "store.owner": lab.mail_user,
+                     "report.textfile": str(prom)}.items():
+            Config(home=str(ims)).set(k, v)
+        e = dict(env, IMS_HOME=str(ims))
+        backup = tmp_path / "backup"
+        backup.mkdir()
+        os.chown(backup, lab.uid, lab.gid)
+        os.chmod(tmp_path, 0o755)
+        lab.deliver(["alice"], message("precious", size=3000))
+        lab.deliver(["alice"], message("second", size=100))
+        with lab.imap("alice") as imap:
+            imap.create("Archive")
+            imap.create("Projects")
+            imap.subscribe("Projects")
+            imap.append("Projects", message("plan"), flags=["\\Seen", "$Work"], internaldate=1_700_000_000)
+        h = Harness(nsr_bin, str(tmp_path / "catalog"), e)
+        res = res_file(tmp_path, "groupA.res", ims, backup)
+        sets = [str(backup / "primary" / "groupA")]
+        done = h.savepnpc(res, sets)
+        assert [c[1] for c in done["precmd"]] == [0] and set(done["saves"]) == {0}, (done, h.log)
+        assert done["pstcmd"][0][1] == 0 and "3 messages" in done["pstcmd"][0][2], done["pstcmd"]
+        time.sleep(1.1)
+        with lab.imap("alice") as imap:
+            imap.select("INBOX")
+            imap.uid_move(imap.uids()[:1], "Archive")
+            imap.unselect()
+            imap.rename("Projects", "Projects-2026")
+        want = view(lab)
+        done = h.savepnpc(res, sets, level="incr")
+        assert set(done["saves"]) == {0}, h.log
+        # the incremental carried the moved message (Archive, on its full's state) and the
+        # renamed folder (a new placeholder: its first save is a full, said on stderr)
+        assert "2 messages" in done["pstcmd"][0][2] and "(2 full, 1 incremental" not in done["pstcmd"][0][2]
+        runs = [json.loads(x) for x in open(ims / "log" / "imsasm.log", encoding="utf-8")]
+        second = {os.path.basename(r["name"]): r for r in runs if r.get("status") and r["since"]}
+        assert {k: (r["level"], r["messages"]) for k, r in second.items()} == \
+            {"INBOX": ("incr", 0), "Archive": ("incr", 1), "Projects-2026": ("full", 1)}, second
+        assert second["Archive"]["base"] and any("Projects-2026: no state" in x for x in h.log)
+        metrics = (prom / "ims_backup_primary_groupA.prom").read_text()
+        assert 'ims_backup_messages{partition="primary",group="groupA"} 2' in metrics, metrics
+        lab.stop()
+        shutil.rmtree(os.path.join(lab.store, "alice"))
+        out = h.recover(str(backup / "primary" / "groupA" / "alice"))
+        assert len(out) == 2 and all(rc == 0 for rc, _ in out), out
+        lab.start()
+        assert view(lab) == want
+
+
+def test_incremental_without_state_saves_full_and_says_so(tmp_path, ims_home, env, nsr_bin, drv):
+    """-t with no state of the backup it names (first save with this module, state lost):
+    the record is saved whole, said on stderr; a cut stream records no state."""
+    cfg = home(ims_home, drv)
+    store = open_store(cfg)
+    fill(store, ["alice"])
+    backup = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-p", str(backup)).returncode == 0
+    alice = str(backup / "primary" / "groupA" / "alice")
+    p = run(ims_home, "imsasm", "-s", "-t", str(int(time.time())), alice)
+    assert p.returncode == 0 and "saving it full" in p.stderr.decode(), p.stderr
+    n = sum(len(v[1]) for v in state(store).values())
+    with_state = glob.glob(str(ims_home / "data" / "networker" / "state" / "*" / "*-full.state"))
+    assert len(with_state) == 1
+    # an incremental on it with nothing new carries no message
+    rep = tmp_path / "r.json"
+    p = run(ims_home, "imsasm", "-s", "--report", str(rep), "-t", str(int(time.time())), alice)
+    assert p.returncode == 0 and "saving it full" not in p.stderr.decode(), p.stderr
+    import json
+    doc = json.loads(rep.read_text())
+    assert doc["counts"]["messages"] == 0 and doc["records"][0]["level"] == "incr" and n > 0
+    assert doc["records"][0]["base"] and doc["status"] == 0
+
+
+@pytest.mark.parametrize("resname", ["groupA.res", "users.res"])
+def test_move_rename_and_level_1_chains_on_both_drivers(tmp_path, ims_home, env, nsr_bin, drv, resname):
+    """Through the store's own API on both drivers, with one record per folder and one per
+    user: a move and a folder rename after the full, an incremental, then a level 1
+    (differential: -t of the full) after a flag change; recover -a of each chain into an
+    empty installation gives the source."""
+    cfg = home(ims_home, drv)
+    store = open_store(cfg)
+    fill(store, ["alice", "bob"])
+    backup = tmp_path / "backup"
+    h = Harness(nsr_bin, str(tmp_path / "catalog"), env)
+    res = res_file(tmp_path, resname, ims_home, backup)
+    sets = [str(backup / "primary" / "groupA")]
+    done = h.savepnpc(res, sets)
+    assert set(done["saves"]) == {0}, (done, h.log)
+    time.sleep(1.1)
+    m = store.messages("alice", "INBOX")[0]
+    store.append("alice", "Sent", None, link_from=m.path, flags=m.flags, keywords=m.keywords,
+                 internaldate=m.internaldate)
+    store.expunge("alice", "INBOX", [m.uid])
+    info = store.folder("alice", "Réunions/Été")
+    store.create_folder("alice", "Done", uidvalidity=info.uidvalidity, subscribed=True)
+    for x in store.messages("alice", "Réunions/Été"):
+        store.append("alice", "Done", None, uid=x.uid, link_from=x.path, flags=x.flags, keywords=x.keywords,
+                     internaldate=x.internaldate)
+    store.set_folder("alice", "Done", uidnext=info.uidnext)
+    store.delete_folder("alice", "Réunions/Été")
+    done = h.savepnpc(res, sets, level="incr")
+    assert set(done["saves"]) == {0} and done["pstcmd"][0][1] == 0, (done, h.log)
+    want = state(store)
+    target, e = _fresh(tmp_path, "r1", drv, env)
+    out = h.recover(str(backup / "primary" / "groupA"), env=e)
+    assert all(rc == 0 for rc, _ in out), out
+    assert state(open_store(Config(str(target)))) == want
+    # level 1: on the full's state (NetWorker's -t is the full's save time), not the incremental's
+    time.sleep(1.1)
+    x = store.messages("bob", "INBOX")[0]
+    store.set_flags("bob", "INBOX", x.uid, ["\\Seen", "\\Answered"], ["$Done"])
+    before = len(open(ims_home / "log" / "imsasm.log", encoding="utf-8").readlines())
+    done = h.savepnpc(res, sets, level="1")
+    assert set(done["saves"]) == {0}, h.log
+    log = [json.loads(x) for x in open(ims_home / "log" / "imsasm.log", encoding="utf-8")]
+    saves = [r for r in log[:before] if r.get("status") and r.get("mode") == "save"]
+    fulls = {r["name"]: r["archive_id"] for r in saves if r["level"] == "full"}
+    lvl1 = [r for r in log[before:] if r.get("status") and r.get("mode") == "save"]
+    assert lvl1 and all(r["level"] == "incr" and r["base"] == fulls[r["name"]] for r in lvl1), (lvl1, fulls)
+    # a folder whose last subfolder went: its placeholder directory becomes a file, and
+    # the precmd still succeeds (it used to fail on the directory's old entries)
+    store.delete_folder("alice", "Work/2023")
+    p = run(ims_home, "mkbackupdir", "-p", str(backup))
+    assert p.returncode == 0, p.stderr
+    assert os.path.isfile(backup / "primary" / "groupA" / "alice" / "Work") or resname == "users.res"

@@ -14,6 +14,7 @@ import pytest
 from asm.config import Config
 from asm.store import open_store
 from staging.lock import AreaLock
+from tests import test_verify
 from tests.helpers import (
     build, change_mail, imsstage, popen, rows, run, sha256, sized_store, small_tmpfs, staged_files, user_view,
     users_of,
@@ -223,3 +224,78 @@ def test_space_check_refuses_and_batches(ims_home, small_fs, tmp_path):
     r = imsstage(ims_home, "-D", str(small_fs), "--after-batch", "true")
     assert r.returncode == 9 and "group /primary/gd needs about" in r.stderr
     assert len(rows(small_fs)) == 4
+
+
+hook_server = test_verify.hook_server       # the local healthcheck server (a pytest fixture)
+
+
+def test_run_reports_of_dumps_and_of_a_chain_restore(ims_home, tmp_path, hook_server):
+    """imsstage dump --report: one JSON report and one healthcheck start/success per run
+    (not one per dump), its counts the sum of what the dumps hold, a textfile per group;
+    imsstage restore --report: one report for the whole chain."""
+    import json
+
+    from asm.archive.reader import ArchiveReader
+    srv, hook = hook_server
+    store = build(ims_home, "classic", users=8, messages=60)
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    cfg = Config(str(ims_home))
+    cfg.set("report.textfile", str(prom))
+    cfg.set("report.healthcheck", f"http://127.0.0.1:{srv.server_address[1]}/hc")
+    st = tmp_path / "stage"
+
+    def held(path):
+        """(messages + links) and message bytes an archive holds, read from the archive."""
+        with open(path, "rb") as f:
+            r = ArchiveReader(f)
+            n = nbytes = 0
+            for m in r.members():
+                if m.kind in ("message", "link"):
+                    n += 1
+                    nbytes += m.size if m.kind == "message" else 0
+        return n, nbytes
+
+    for mode in ([], ["--incremental"]):
+        if mode:
+            change_mail(store, ["bob", "alice"])
+        hook.hits.clear()
+        rep = tmp_path / "stage.json"
+        imsstage(ims_home, "-D", str(st), *mode, "--report", str(rep), check=0)
+        doc = json.loads(rep.read_text())
+        files = [d for d in rows(st) if d["kind"] == ("incr" if mode else "full")]
+        want = [held(st / d["file"]) for d in files]
+        assert doc["status"] == 0 and doc["command"] == "imsstage" and len(doc["dumps"]) == len(files) >= 2
+        assert doc["counts"]["messages"] + doc["counts"]["links"] == sum(n for n, _ in want) > 0
+        assert doc["counts"]["bytes"] == sum(b for _, b in want)
+        assert [p for p, _ in hook.hits] == ["/hc/start", "/hc"]
+        for d, (n, _) in zip(files, want):
+            text = (prom / f"ims_stage_primary_{d['grp']}.prom").read_text()
+            assert f'ims_stage_messages{{partition="primary",group="{d["grp"]}"}} {n}\n' in text, text
+            assert f'ims_stage_last_status{{partition="primary",group="{d["grp"]}"}} 0\n' in text
+    assert not [n for n in os.listdir(st) if n.endswith(".json")] and not list(prom.glob("ims_backup_*"))
+    # the chain the catalog names, verified as one
+    r = imsstage(ims_home, "verify", "-D", str(st), "/primary/user/bob", "--report", str(tmp_path / "v.json"))
+    assert r.returncode == 0, r.stderr
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["status"] == 0 and len(v["archives"]) == 2, v
+    # the chain restore: one report, counts of the chain
+    want = user_view(store, "bob")
+    n_bob = sum(len(store.messages("bob", f.name)) for f in store.folders("bob"))
+    store.delete_user("bob")
+    rep = tmp_path / "restore.json"
+    imsstage(ims_home, "restore", "-D", str(st), "--report", str(rep), "/primary/user/bob", check=0)
+    doc = json.loads(rep.read_text())
+    assert user_view(open_store(Config(str(ims_home))), "bob") == want
+    assert doc["status"] == 0 and doc["kind"] == "restore" and [c["kind"] for c in doc["chain"]] == ["full", "incr"]
+    assert doc["counts"]["messages"] + doc["counts"]["links"] - doc.get("expunged", 0) == n_bob > 0
+    r = imsstage(ims_home, "restore", "-D", str(st), "--report", str(rep), "/primary/user/nobody")
+    assert r.returncode != 0 and json.loads(rep.read_text())["status"] == r.returncode
+    # a staged file changed since the catalog recorded it: refused, named
+    f = st / [d for d in rows(st) if d["kind"] == "full" and d["grp"] == "user"][0]["file"] \
+        if any(d["grp"] == "user" for d in rows(st)) else st / rows(st)[0]["file"]
+    with open(f, "r+b") as fh:
+        fh.seek(1500)
+        fh.write(b"Z")
+    r = imsstage(ims_home, "verify", "-D", str(st), "/primary/user/bob")
+    assert r.returncode == 4 and "not the file the catalog recorded" in r.stderr, r.stderr

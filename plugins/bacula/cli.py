@@ -4,7 +4,7 @@
     imsbacula backup [--level L] PATH         (bpipe reader: imsbackup -f - to stdout)
     imsbacula restore [--only PATH ...] PATH  (bpipe writer: stdin to imsrestore -f -)
     imsbacula select [PATH ... | --clear]     (what the next restore jobs restore)
-    imsbacula history                         (the good jobs each path's chain is made of)
+    imsbacula history [--check]               (the good jobs each path's chain is made of)
     imsbacula jobstart|jobdone|jobfailed|restorestart --jobid N [--level L]  (Job RunScripts)
 """
 from __future__ import annotations
@@ -60,7 +60,10 @@ def build_parser() -> ArgParser:
     s.add_argument("paths", nargs="*", metavar="PATH")
     s.add_argument("--clear", action="store_true", help="restore everything again")
 
-    sub.add_parser("history", help="list the good backup jobs recorded per path")
+    h = sub.add_parser("history", help="list the good backup jobs recorded per path")
+    h.add_argument("--check", action="store_true",
+                   help="check that each path's newest chain is unbroken: every base an incremental "
+                        "names is a good job of that path whose state is kept (exit 7 when not)")
 
     for name, what in (("jobstart", "a backup job begins (client RunScript Before)"),
                        ("jobdone", "a backup job succeeded (client RunScript After, on success)"),
@@ -172,14 +175,26 @@ def cmd_backup(args, home: str, state: State) -> int:
     if level != "Full" and base is None:
         _log(home, args.fileset, f"{path}: no good earlier backup to build a {level.lower()} on: taking a full")
         level = "Full"
+    base_state = None
     if base is not None:
-        # one second earlier: a message stored in the same second as the last start is kept
-        argv += ["-d", time.strftime("%Y%m%d:%H%M%S", time.localtime(int(base[0]) - 1))]
+        base_state = state.good_files(path, base[1])[0]
+        if not os.path.isfile(base_state):
+            # a good job without its state (recorded before the module kept states, or the
+            # state lost): a date cannot see mail moved or renamed since, so take a full
+            _log(home, args.fileset, f"{path}: the state of job {base[1]} (the base of this "
+                 f"{level.lower()}) is missing ({base_state}): taking a full")
+            level, base, base_state = "Full", None, None
+    if base_state is not None:
+        argv += ["--base", base_state]
+    report = None
+    if jobid is not None:
+        state_out, report = state.pending_files(args.fileset, jobid, path)
+        argv += ["--state-out", state_out, "--report", report]
     if sys.stdout.isatty():
         raise UsageError("refusing to write an archive to a terminal: bpipe reads this from a pipe")
     started = time.time()
     _log(home, args.fileset, f"{path}: {level.lower()} backup" + (f" of job {jobid}" if jobid else "")
-         + (f", messages stored since job {base[1]} ({argv[4]})" if base else ""), echo=False)
+         + (f", what changed since job {base[1]}" if base else ""), echo=False)
     rc = _run_tool(home, args.fileset, argv + [path])
     if rc != EXIT_OK:
         _log(home, args.fileset, f"{path}: imsbackup failed with exit status {rc}; the job must fail")
@@ -269,11 +284,52 @@ def cmd_select(args, home: str, state: State) -> int:
     return EXIT_OK
 
 
+def _check_history(rows, state: State) -> int:
+    """Each path's newest chain, walked back from its last good job through the bases its
+    state names (archive ids) to a full: every link must be a good job of that path with
+    its state kept."""
+    import json
+
+    from asm.errors import EXIT_ORDER
+    by_path: dict = {}
+    for path, jobid, _fs, level, started, _fin in rows:
+        by_path.setdefault(path, []).append((started, jobid, level))
+    bad = 0
+    for path, jobs in by_path.items():
+        ids = {}
+        for _, jobid, level in jobs:
+            try:
+                with open(state.good_files(path, jobid)[0], encoding="utf-8") as f:
+                    doc = json.load(f)
+                ids[doc["archive_id"]] = (jobid, level, doc.get("chain") or [])
+            except (OSError, ValueError, KeyError):
+                continue
+        newest = max(jobs)[1]
+        cur = next((v for v in ids.values() if v[0] == newest), None)
+        if cur is None:
+            print(f"{PROG}: {path}: the state of its newest good job {newest} is missing: its next "
+                  f"incremental will be a full")
+            bad += 1
+            continue
+        chain = cur[2]
+        missing = [a for a in chain if a not in ids]
+        if missing:
+            print(f"{PROG}: {path}: job {newest} continues archive(s) {', '.join(missing)} that no good job "
+                  f"of this path holds (states pruned or lost): the chain cannot be restored whole")
+            bad += 1
+            continue
+        links = [ids[a][0] for a in chain] + [newest]
+        print(f"{PROG}: {path}: chain of {len(links)} jobs intact: " + " -> ".join(map(str, links)))
+    return EXIT_ORDER if bad else EXIT_OK
+
+
 def cmd_history(args, home: str, state: State) -> int:
     rows = state.history()
     if not rows:
         print(f"{PROG}: no good backup job recorded yet")
         return EXIT_OK
+    if args.check:
+        return _check_history(rows, state)
     print("path\tjobid\tfileset\tlevel\tstarted")
     for path, jobid, fileset, level, started, finished in rows:
         print(f"{path}\t{jobid}\t{fileset}\t{level}\t{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}")
@@ -290,9 +346,22 @@ def cmd_job(args, home: str, state: State) -> int:
         print(f"{PROG}: job {args.jobid}: {level.lower()} backup of FileSet {args.fileset}")
     elif args.cmd == "jobdone":
         rows, bad = state.job_done(args.fileset, args.jobid)
+        reports = state.commit_states(args.fileset, args.jobid, rows)
+        total = {"messages": 0, "links": 0, "bytes": 0, "folders": 0, "errors": 0}
         for path, level, started in rows:
-            print(f"{PROG}: job {args.jobid}: {path} {level.lower()} recorded as good "
-                  f"(next incremental from {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))})")
+            doc = reports.get(path) or {}
+            c = doc.get("counts") or {}
+            for k in ("messages", "links", "bytes", "folders"):
+                total[k] += int(c.get(k) or 0)
+            total["errors"] += len(doc.get("errors") or [])
+            what = (f"{c.get('messages', 0)} messages, {c.get('links', 0)} links, {c.get('bytes', 0)} bytes, "
+                    f"{c.get('folders', 0)} folders, {len(doc.get('errors') or [])} errors"
+                    if doc else "no run report")
+            print(f"{PROG}: job {args.jobid}: {path} {level.lower()} recorded as good: {what}"
+                  + (f" (archive {doc.get('archive_id')})" if doc.get("archive_id") else ""))
+        if rows:
+            print(f"{PROG}: job {args.jobid}: {len(rows)} streams, {total['messages']} messages, "
+                  f"{total['links']} links, {total['bytes']} bytes, {total['errors']} errors")
         if not rows:
             print(f"{PROG}: job {args.jobid}: no stream of this job finished well; nothing recorded")
         if bad:
@@ -304,6 +373,7 @@ def cmd_job(args, home: str, state: State) -> int:
             return EXIT_PARTIAL         # some stream of the job failed: the job must fail
     elif args.cmd == "jobfailed":
         n = state.job_failed(args.fileset, args.jobid)
+        state.drop_states(args.fileset, args.jobid)
         print(f"{PROG}: job {args.jobid} failed: {n} streams not recorded; the next incremental starts "
               f"from the last good job (see {_log_path(home, args.fileset)})")
         try:

@@ -9,11 +9,19 @@
   ended well).  An incremental takes its ``-d`` date from here, so a job that failed
   anywhere (file daemon, storage daemon, another stream) never moves the date on.
 - ``selection``: what the next restores restore (``imsbacula select``).
+- ``states/``: the backup state (asm.backupstate) of every stream: written by imsbackup
+  ``--state-out`` into ``states/pending/<fileset>-<jobid>/`` while the job runs, moved
+  (rename, atomic) to ``states/good/<path key>/<jobid>.state`` by ``jobdone`` with the
+  stream's run report, removed by ``jobfailed``.  The next incremental of a path is
+  ``--base`` the state of its last good job, a differential's that of its last good Full.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import shutil
 import sqlite3
 import time
 
@@ -70,6 +78,11 @@ class State:
         with self.db() as con:
             con.execute("DELETE FROM streams WHERE fileset = ?", (fileset,))
             con.execute("DELETE FROM failed WHERE fileset = ?", (fileset,))
+            # states of earlier jobs of this FileSet that never ended (crashed daemon)
+            pend = os.path.join(self.dir, "states", "pending")
+            for name in os.listdir(pend) if os.path.isdir(pend) else []:
+                if name.rsplit("-", 1)[0] == fileset:
+                    shutil.rmtree(os.path.join(pend, name), ignore_errors=True)
             con.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?)", (fileset, jobid, level, time.time()))
 
     def pending(self, fileset: str) -> tuple[int, str] | None:
@@ -129,6 +142,63 @@ class State:
         with self.db() as con:
             return con.execute("SELECT path, jobid, fileset, level, started, finished FROM good "
                                "ORDER BY path, started").fetchall()
+
+    # -- state files of the streams (the --base of the next incremental) -------------
+    @staticmethod
+    def _key(path: str) -> str:
+        return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+    def pending_dir(self, fileset: str, jobid: int) -> str:
+        return os.path.join(self.dir, "states", "pending", f"{fileset}-{jobid}")
+
+    def pending_files(self, fileset: str, jobid: int, path: str) -> tuple[str, str]:
+        """(state file, report file) a stream of a running job writes."""
+        d = self.pending_dir(fileset, jobid)
+        os.makedirs(d, exist_ok=True)
+        k = self._key(path)
+        return os.path.join(d, f"{k}.state"), os.path.join(d, f"{k}.json")
+
+    def good_files(self, path: str, jobid: int) -> tuple[str, str]:
+        d = os.path.join(self.dir, "states", "good", self._key(path))
+        return os.path.join(d, f"{jobid}.state"), os.path.join(d, f"{jobid}.json")
+
+    def commit_states(self, fileset: str, jobid: int, rows) -> dict:
+        """Move the state and report of each committed stream (path, level, started) to
+        its good place; returns {path: report dict or None}.  Prunes states no
+        incremental or differential can name any more (before the path's second-to-last
+        Full)."""
+        reports = {}
+        for path, level, _started in rows:
+            st, rp = self.pending_files(fileset, jobid, path)
+            gst, grp = self.good_files(path, jobid)
+            os.makedirs(os.path.dirname(gst), exist_ok=True)
+            doc = None
+            with contextlib.suppress(OSError, ValueError):
+                with open(rp, encoding="utf-8") as f:
+                    doc = json.load(f)
+                os.replace(rp, grp)
+            if os.path.exists(st):
+                os.replace(st, gst)
+            reports[path] = doc
+            self._prune(path)
+        shutil.rmtree(self.pending_dir(fileset, jobid), ignore_errors=True)
+        return reports
+
+    def drop_states(self, fileset: str, jobid: int) -> None:
+        shutil.rmtree(self.pending_dir(fileset, jobid), ignore_errors=True)
+
+    def _prune(self, path: str) -> None:
+        with self.db() as con:
+            fulls = [r[0] for r in con.execute("SELECT jobid FROM good WHERE path = ? AND level = 'Full' "
+                                               "ORDER BY started DESC LIMIT 2", (path,))]
+        if len(fulls) < 2:
+            return
+        d = os.path.dirname(self.good_files(path, 0)[0])
+        for name in os.listdir(d):
+            stem = name.split(".", 1)[0]
+            if stem.isdigit() and int(stem) < min(fulls):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(d, name))
 
     # -- restore selection ------------------------------------------------------
     def set_selection(self, paths: list[str]) -> None:

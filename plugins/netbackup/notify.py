@@ -122,6 +122,11 @@ def _main(argv: list[str] | None) -> int:
             reported, removed = engine_done(directory, int(status), keep, job=key)
             log(f"{where}: bpend status {status} recorded on {len(reported)} dumps; "
                 + (f"{len(removed)} files removed" if int(status) == 0 else "files kept for the next attempt"))
+            from staging import report as sreport
+            doc = sreport.read(sreport.job_report_path(directory, key))
+            if doc is not None:
+                # the counts of what bpstart_notify staged for this job, in the job's log
+                log(f"{where}: this job saved {sreport.summary(doc)} (staging status {doc.get('status')})")
             return EXIT_OK
         timeout = bpstart_timeout()
         budget = max(5, timeout - MARGIN)
@@ -132,8 +137,23 @@ def _main(argv: list[str] | None) -> int:
             return EXIT_OK
         _mark_lost(directory, key, log)
         jobs = args.jobs or default_jobs(cfg)
-        res = stage(inst, directory, None, mode, jobs, after_batch=args.after_batch or cfg.get("staging.afterbatch"),
-                    deadline=budget, job=key, say=lambda s: log(f"{where}: {s}"))
+        from asm.report import RunReport
+        from staging import report as sreport
+        rep = RunReport("imsstage", sreport.job_report_path(directory, key), cfg)
+        rep.begin(selection=["/"], device=directory, mode=mode, job=key)
+        try:
+            res = stage(inst, directory, None, mode, jobs,
+                        after_batch=args.after_batch or cfg.get("staging.afterbatch"),
+                        deadline=budget, job=key, say=lambda s: log(f"{where}: {s}"))
+        except BaseException as exc:
+            from asm.errors import status_of
+            rep.finish(status_of(exc), errors=[{"mailbox": "", "error": str(exc) or type(exc).__name__}])
+            raise
+        sreport.stage_report(rep, res)
+        rep.finish(res.status)
+        for w in rep.warnings:
+            log(w)
+        log(f"{where}: staged {sreport.summary(rep.doc)}")
         ok = sum(1 for o in res.dumps if o.ok)
         log(f"{where}: {ok} of {len(res.dumps)} dumps staged in {directory} (status {res.status})")
         if res.message:

@@ -1,7 +1,7 @@
 """imsasm: the external NetWorker ASM for the message store (uasm(8) arguments).
 
-    imsasm -s [-benouv] [-ix] [-t time] [-f proto] [-p path] path...
-    imsasm -r [-nuv] [-i {nNyYrR}] [-m src=dst] [-z suffix] [path...]
+    imsasm -s [-benouv] [-ix] [-t time] [-f proto] [-p path] [--report FILE] path...
+    imsasm -r [-nuv] [-i {nNyYrR}] [-m src=dst] [-z suffix] [--report FILE] [path...]
     imsasm -c [-nuv] [path...]
 
 Save writes one save record per path (a placeholder or a directory of them in a
@@ -32,6 +32,7 @@ from asm.restore import Journal, Restorer, RestoreOptions, Selection, default_re
 from asm.store.base import MessageGone, NoSuchFolder, NoSuchUser, StoreError
 
 from . import getdate, tree
+from . import state as nsrstate
 from .stream import StreamError, StreamReader, StreamWriter, TruncatedStream, NotAStream
 
 PROG = "imsasm"
@@ -56,6 +57,8 @@ def _save_parser() -> ArgParser:
     p.add_argument("-t", dest="time", metavar="TIME", help="only mail stored since TIME (incremental levels)")
     p.add_argument("-f", dest="proto", metavar="PROTO", help="prototype directive file (checked, not needed)")
     p.add_argument("-p", dest="ppath", metavar="PATH", help="directory relative paths are taken from")
+    p.add_argument("--report", metavar="FILE",
+                   help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
     p.add_argument("paths", nargs="+", metavar="path", help="placeholders or directories of a mkbackupdir tree")
     return p
 
@@ -74,6 +77,8 @@ def _recover_parser(mode: str) -> ArgParser:
         p.add_argument("-z", dest="suffix", default=".R", metavar="SUFFIX",
                        help="suffix for -i r/R (default .R: folder INBOX comes back as INBOX-R)")
         p.add_argument("-P", dest="passphrase", metavar="PASS", help="accepted; streams are not encrypted")
+    p.add_argument("--report", metavar="FILE",
+                   help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
     p.add_argument("paths", nargs="*", metavar="path", help="tree paths to recover (default: all)")
     return p
 
@@ -227,7 +232,7 @@ def estimate(inst, records: list[SaveRecord], since: float | None, exclude: list
     return len(records), header, data
 
 
-def save(args) -> int:
+def save(args, rep) -> int:
     try:
         since = getdate.parse(args.time) if args.time else None
     except getdate.DateError as exc:
@@ -257,18 +262,37 @@ def save(args) -> int:
                 warn(PROG, f"{rec.name} -> {rec.place.logical()}: {len(rec.targets)} users, {nf} folders")
         return EXIT_OK
 
+    from asm.backupstate import BaseError, load_base
+    home = inst.config.home
     out = sys.stdout.buffer
     sw = StreamWriter(out)
-    opts = BackupOptions(since=since, exclude=exclude, verbose=args.verbose)
     progress = Progress()
     status = EXIT_OK
     t0 = time.monotonic()
-    done = {"records": 0, "messages": 0, "bytes": 0}
+    done = {"records": 0, "users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
+    rep.labels = _labels(records)
+    rep.begin(inst.config, selection=[r.place.logical() for r in records], device="stdout (NetWorker save)",
+              since=since, records=[])
+    finished: list = []                 # (record name, started, full, result): states once the stream is whole
+    errors: list = []
 
     def report(line):
         if args.verbose:
             progress.clear()
             warn(PROG, line)
+
+    def base_of(rec):
+        """(BaseState, its path) an incremental of ``rec`` builds on, or (None, why not)."""
+        got = nsrstate.base_for(home, rec.name, since)
+        if got is None:
+            return None, "no state of an earlier save of this record (first save, or the state was lost)"
+        try:
+            b = load_base(got[2])
+        except BaseError as exc:
+            return None, str(exc)
+        if b.driver and b.driver != inst.store.name:
+            return None, f"the state of the earlier save is of a {b.driver} store"
+        return b, got[2]
 
     try:
         sw.start({"host": socket.gethostname(), "created": time.time(), "since": since,
@@ -276,15 +300,29 @@ def save(args) -> int:
         for rec in records:
             if args.verbose:
                 report(f"{rec.name} -> {rec.place.logical()}")
+            base = None
+            if since is not None:
+                base, where = base_of(rec)
+                if base is None:
+                    warn(PROG, f"{rec.name}: {where}: saving it full (a date alone misses mail moved or "
+                               f"renamed; the next incremental builds on this full)")
+                    _log(inst, {"time": time.time(), "mode": "save", "name": rec.name, "event": "full-fallback",
+                                "since": since, "why": where})
+                else:
+                    report(f"{rec.name}: incremental on the save of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(os.path.basename(where).split('-')[0])))}")
+            opts = BackupOptions(since=None, exclude=exclude, verbose=args.verbose, base=base)
+            started = time.time()
             sink = sw.record({"name": rec.name, "root": root, "path": "/".join(rec.rel), "kind": rec.kind,
-                              "logical": rec.place.logical(), "since": since, "created": time.time(),
+                              "logical": rec.place.logical(), "since": since, "created": started,
+                              "level": "incr" if base is not None else "full",
+                              "base": base.archive_id if base is not None else None,
                               "host": socket.gethostname(), "ims_home": inst.config.home})
             writer = ArchiveWriter(sink, BF)
 
             def show(res, _base=dict(done)):
                 el = time.monotonic() - t0
                 progress.update(f"{PROG}: {_base['records'] + 1}/{len(records)} records, "
-                                f"{_base['messages'] + res.messages + res.links} messages, "
+                                f"{_base['messages'] + _base['links'] + res.messages + res.links} messages, "
                                 f"{human(_base['bytes'] + res.bytes)} ({human((_base['bytes'] + res.bytes) / el if el else 0)}/s)")
 
             res = run_backup(inst.store, rec.targets, [LogicalPath(rec.place.logical())], writer, opts,
@@ -295,11 +333,22 @@ def save(args) -> int:
                          "messages": res.messages, "links": res.links, "data_bytes": res.bytes,
                          "errors": res.errors[:100], "vanished": rec.vanished + res.vanished[:100]})
             done["records"] += 1
-            done["messages"] += res.messages + res.links
-            done["bytes"] += res.bytes
+            for k in ("users", "folders", "messages", "links", "bytes"):
+                done[k] += getattr(res, k)
+            finished.append((rec, started, base is None, res))
+            errors += res.errors
             _log(inst, {"time": time.time(), "mode": "save", "name": rec.name, "logical": rec.place.logical(),
-                        "since": since, "status": rstatus, "messages": res.messages + res.links,
+                        "since": since, "level": "incr" if base is not None else "full",
+                        "base": base.archive_id if base is not None else None,
+                        "archive_id": (res.trailer or {}).get("archive_id"), "status": rstatus,
+                        "folders": res.folders, "messages": res.messages + res.links,
                         "bytes": res.bytes, "errors": [f"{e['mailbox']}: {e['error']}" for e in res.errors]})
+            rep.fields["records"].append({"name": rec.name, "logical": rec.place.logical(), "status": rstatus,
+                                          "level": "incr" if base is not None else "full",
+                                          "base": base.archive_id if base is not None else None,
+                                          "archive_id": (res.trailer or {}).get("archive_id"),
+                                          "digest": (res.trailer or {}).get("digest"),
+                                          "messages": res.messages + res.links, "bytes": res.bytes})
             for e in res.errors:
                 warn(PROG, f"{rec.name}: could not save {e['mailbox']}: {e['error']}")
             if res.errors:
@@ -318,10 +367,26 @@ def save(args) -> int:
         return die(PROG, f"cannot write the save stream: {exc.strerror or exc}; it is incomplete",
                    device_status(exc))
     progress.clear()
+    rep.update(counts={k: done[k] for k in ("users", "folders", "messages", "links", "bytes")},
+               errors=errors, vanished=sum((r.vanished for r in records), []))
+    # the whole stream reached NetWorker's pipe: what each record held is the base of its
+    # next incremental (never before: a cut stream leaves the previous state the base)
+    for rec, started, full, res in finished:
+        try:
+            nsrstate.save(home, rec.name, started, full, res.header, res.state)
+        except OSError as exc:
+            warn(PROG, f"{rec.name}: cannot record the state of this save ({exc.strerror or exc}); "
+                       f"its next incremental will be a full")
+            status = max(status, EXIT_PARTIAL)
     if args.verbose:
-        warn(PROG, f"{done['records']} records, {done['messages']} messages, {human(done['bytes'])} "
+        warn(PROG, f"{done['records']} records, {done['messages'] + done['links']} messages, {human(done['bytes'])} "
                    f"in {time.monotonic() - t0:.1f}s")
     return status
+
+
+def _labels(records):
+    from asm.report import labels_of
+    return labels_of([r.place.logical() for r in records])
 
 
 # ----------------------------------------------------------------------------- recover
@@ -453,9 +518,13 @@ def _compare(inst, rec, sel, report) -> list[str]:
     return diffs
 
 
-def recover(mode: str, args) -> int:
+def recover(mode: str, args, rep=None) -> int:
     want = [os.path.normpath(os.path.abspath(p)) for p in args.paths]
     inst = None if args.dry else _installation(create=mode == "-r")
+    if rep is not None:
+        from asm.report import labels_of
+        rep.labels = labels_of(["/"])
+        rep.begin(inst.config, selection=want or ["/"], device="stdin (NetWorker recover)", records=[])
     if sys.stdin.isatty():
         raise UsageError("no save stream on stdin: pipe one in (NetWorker's recover does)")
     progress = Progress()
@@ -484,6 +553,9 @@ def recover(mode: str, args) -> int:
             matched += 1
             totals["records"] += 1
             report(f"{rec.name}" + (f" ({', '.join(p.logical() for p in places)})" if places else ""))
+            if rep is not None:
+                rep.fields["records"].append({"name": rec.name, "logical": rec.info.get("logical"),
+                                              "level": rec.info.get("level"), "base": rec.info.get("base")})
             try:
                 if args.dry:
                     _, _, errs = _verify(rec, report)
@@ -522,6 +594,8 @@ def recover(mode: str, args) -> int:
     progress.clear()
     for e in errors:
         warn(PROG, e)
+    if rep is not None:
+        rep.update(counts=dict(totals), errors=[{"mailbox": "", "error": e} for e in errors])
     if want and not matched:
         raise UsageError(f"nothing in the save stream matches {', '.join(want)}")
     if mode == "-r" and not args.dry and (args.verbose or sys.stderr.isatty()):
@@ -600,9 +674,16 @@ def _main(argv: list[str] | None) -> int:
         print(f"usage:\n{usage}\n\n{title}\n'imsasm -s --help' (or -r, -c) lists the options of each mode")
         return EXIT_OK
     mode, rest = split_mode(argv)
+    from asm.report import run_reported
     if mode == "-s":
-        return save(_save_parser().parse_args(rest))
-    return recover(mode, _recover_parser(mode).parse_args(rest))
+        args = _save_parser().parse_args(rest)
+        if args.estimate or args.dry:
+            return save(args, None)
+        return run_reported(PROG, args.report, lambda rep: save(args, rep), lambda w: warn(PROG, w))
+    args = _recover_parser(mode).parse_args(rest)
+    if mode == "-c" or args.dry:
+        return recover(mode, args, None)
+    return run_reported(PROG + " -r", args.report, lambda rep: recover(mode, args, rep), lambda w: warn(PROG, w))
 
 
 if __name__ == "__main__":

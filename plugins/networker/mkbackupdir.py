@@ -251,10 +251,12 @@ def synchronise(root: str, want: dict, nsr: dict, owner, threads: int, report) -
     have = s.existing()
     # a leaf that gained subfolders (file -> dir) or lost them (dir -> file): old form first
     changed = [r for r, k in have.items() if r in want and want[r] != k]
+    cleared: set = set()        # removed with a directory that became a placeholder file
     for r in sorted(changed, key=lambda r: -r.count("/")):
         if have[r] == "dir":
             for sub in sorted((x for x in have if x.startswith(r + "/")), key=lambda x: -x.count("/")):
                 s.remove(sub, have[sub])
+                cleared.add(sub)
         s.remove(r, have[r])
     dirs = sorted((r for r, k in want.items() if k == "dir"), key=lambda r: (r.count("/"), r))
     for d in dirs:
@@ -274,7 +276,7 @@ def synchronise(root: str, want: dict, nsr: dict, owner, threads: int, report) -
     for d in dirs:
         s.directive(d, nsr[d])
     gone = [r for r in have if r not in want or (r in changed)]
-    gone = [r for r in gone if r not in changed]
+    gone = [r for r in gone if r not in changed and r not in cleared]
     for r in sorted(gone, key=lambda r: -r.count("/")):
         s.remove(r, have[r])
     return s

@@ -46,7 +46,7 @@ def _main(argv: list[str] | None) -> int:
                     e = json.loads(line)
                 except ValueError:
                     continue
-                if e.get("mode") == "save" and e.get("time", 0) >= since:
+                if e.get("mode") == "save" and e.get("time", 0) >= since and "status" in e:
                     records.append(e)
     except FileNotFoundError:
         pass
@@ -54,9 +54,15 @@ def _main(argv: list[str] | None) -> int:
     bad = [e for e in records if e.get("status") != "ok"]
     for e in records:
         if args.verbose or e in bad:
-            print(f"{e.get('status')}\t{e.get('name')}\t{e.get('messages', 0)} messages\t{e.get('bytes', 0)} bytes"
+            print(f"{e.get('status')}\t{e.get('name')}\t{e.get('level', 'full')}\t{e.get('messages', 0)} messages\t"
+                  f"{e.get('bytes', 0)} bytes"
                   + (f"\t{'; '.join(e.get('errors') or [])}" if e.get("errors") else ""))
-    print(f"{PROG}: {len(records)} save records since {when}: {len(records) - len(bad)} ok, {len(bad)} failed")
+    nmsg = sum(int(e.get("messages") or 0) for e in records)
+    nbytes = sum(int(e.get("bytes") or 0) for e in records)
+    incr = sum(1 for e in records if e.get("level") == "incr")
+    print(f"{PROG}: {len(records)} save records since {when}: {len(records) - len(bad)} ok, {len(bad)} failed; "
+          f"{nmsg} messages, {nbytes} bytes saved ({len(records) - incr} full, {incr} incremental on their "
+          f"last save's state)")
     if not records:
         warn(PROG, f"no save records since the tree was built at {when}: did the group run?")
         return EXIT_PARTIAL
