@@ -12,7 +12,6 @@ login, every message, nobody's mail under another login.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil

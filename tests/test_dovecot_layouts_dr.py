@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
 from asm.store import utf7
@@ -61,7 +60,6 @@ def test_imsdr_and_reconstruct_follow_the_layout(lab, tmp_path):
             idx = lab.mailbox_path(u, f, "index")
             assert os.path.join(idx, "dovecot.index.log") in targets, (u, f, idx)
         if {f for f in before[u].folders if f != "INBOX"}:
-            ctl_root = lab.mailbox_path(u, "INBOX", "control")
             assert any(t and t.endswith("/subscriptions") and u.split("@")[0] in t for t in targets), u
     assert man["counts"]["indexes"] == len([t for t in targets if t and not t.endswith("attributes")])
     assert [(it["kind"], it.get("login")) for it in man["items"] if it.get("target") == attrs] == \
