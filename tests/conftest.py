@@ -69,7 +69,7 @@ def pytest_configure(config):
 # these should be left for last.  Only the order of whole files changes; a file's tests
 # keep theirs.  A file missing here (or gone) just runs in its usual place.
 LONGEST_FIRST = ["test_restore_kill.py", "test_bacula.py", "test_verify.py", "test_archive_fuzz.py",
-                 "test_errors.py", "test_s3.py", "test_dovecot_live_restore.py"]
+                 "test_errors.py", "test_s3.py", "test_dbox_chain.py", "test_dovecot_live_restore.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
