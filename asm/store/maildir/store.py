@@ -538,6 +538,11 @@ class MaildirStore(Store):
         table = mdnames.read_keywords(ctl)
         if sum(1 for k in table if k) < mdnames.MAX_KEYWORDS or not snap.messages:
             return
+        if (user, folder) in self._held:
+            # our own writer holds the folder's dotlock (a restore looking at what is
+            # there): doveadm would wait on it until Dovecot calls it stale, minutes;
+            # the writer sets the keywords it restores itself
+            return
         dv = self._doveadm()
         if dv is None:
             snap.warnings.append(
