@@ -46,8 +46,9 @@ class DeviceError(ImsError):
 # strerror set, because the commands report an OSError raised while an archive is
 # written, read or finished as a failure of the device.  ``str(exc)`` is the message.
 
-class RemoteDeviceError(DeviceError, OSError):
-    """A remote device or transfer failed; the message says where, what and why."""
+class DeviceOSError(DeviceError, OSError):
+    """A device failure that is also an OSError (errno, strerror): what a stream layer
+    or a remote device raises from inside a read or write."""
 
     default_errno = _errno.EIO
 
@@ -56,6 +57,10 @@ class RemoteDeviceError(DeviceError, OSError):
 
     def __str__(self) -> str:
         return self.strerror
+
+
+class RemoteDeviceError(DeviceOSError):
+    """A remote device or transfer failed; the message says where, what and why."""
 
 
 class RemoteConnectFailed(RemoteDeviceError):

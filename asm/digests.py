@@ -3,18 +3,22 @@ place every part of ims-asm (restore, reconstruct, imsverify, imsdr) digests a f
 from __future__ import annotations
 
 import hashlib
+import os
 
 CHUNK = 1 << 20
 
 
-def file_sha256(path: str) -> tuple[str, int]:
-    """(hex digest, size in bytes) of the file at ``path``; OSError propagates."""
+def file_sha256(path: str, fsync: bool = False) -> tuple[str, int]:
+    """(hex digest, size in bytes) of the file at ``path`` (``fsync``: and the file is
+    on disk when this returns); OSError propagates."""
     h = hashlib.sha256()
     n = 0
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
             n += len(chunk)
+        if fsync:
+            os.fsync(f.fileno())
     return h.hexdigest(), n
 
 

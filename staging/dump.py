@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import glob
-import hashlib
 import json
 import os
 import signal
@@ -23,11 +22,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from asm.digests import file_sha256
 from asm.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
 from staging.catalog import Catalog, Dump
 from staging.plan import GroupPlan
 
-CHUNK = 1 << 20
 PR_SET_PDEATHSIG = 1
 
 
@@ -42,14 +41,8 @@ def temp_name(final: str) -> str:
 
 def sha256_of(path: str) -> tuple[int, str]:
     """(size, hex digest), streamed; also syncs the file to disk."""
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-            n += len(chunk)
-        os.fsync(f.fileno())
-    return n, h.hexdigest()
+    digest, n = file_sha256(path, fsync=True)
+    return n, digest
 
 
 def fsync_dir(directory: str) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -28,7 +27,8 @@ import tempfile
 import time
 from typing import Iterator
 
-from tests.helpers import free_port, system_users_lock, unavailable
+from tests.dovecot_lab import ensure_mail_user
+from tests.helpers import free_port, unavailable
 
 DOVECOT = "/usr/sbin/dovecot"
 MAIL_USER = "vmail"
@@ -91,18 +91,6 @@ def require_dovecot() -> None:
     why = dovecot_missing()
     if why:
         unavailable(f"Dovecot: {why}")
-
-
-def ensure_mail_user(name: str = MAIL_USER) -> tuple[int, int]:
-    """(uid, gid) of the unprivileged mail user, created when missing."""
-    with system_users_lock():
-        try:
-            pw = pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-U", name],
-                           check=True, capture_output=True)
-            pw = pwd.getpwnam(name)
-    return pw.pw_uid, pw.pw_gid
 
 
 def chown_tree(path: str, uid: int, gid: int) -> None:

@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import errno as _errno
 
-from asm.devices import DeviceError
+from asm.devices import DeviceOSError
 from asm.errors import EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_USAGE
 
 
-class LayerError(DeviceError, OSError):
-    default_errno = _errno.EIO
-
-    def __init__(self, message: str, err: int | None = None):
-        OSError.__init__(self, err or self.default_errno, message)
-
-    def __str__(self) -> str:
-        return self.strerror
+class LayerError(DeviceOSError):
+    """A compression or encryption layer failed; the message says which and why."""
 
 
 class KeyProblem(LayerError):
