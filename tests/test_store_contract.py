@@ -254,3 +254,25 @@ def test_several_partitions(ims_home, driver, tmp_path):
     assert s.partitions() == ["primary", "second"]
     assert s.users("second") == ["amy"]
     assert s.user_partition("amy") == "second"
+
+
+def test_a_hold_taken_while_the_last_holder_drains_is_released_by_its_holder(store):
+    """Holder A releases (it was the last) and drains; meanwhile C holds. A must leave the
+    list then, or the hold outlives both (CI: three restores at once left a user held)."""
+    store.create_user("joe")
+    a, c = "1@a-host-far-away", "2@a-host-far-away"
+    store.hold_deliveries("joe", a)
+    store.deliver(["joe"], io.BytesIO(MSG))
+    drain = store._drain
+
+    def drain_while_c_holds(user):
+        store._drain = drain
+        store.hold_deliveries(user, c)
+        return drain(user)
+    store._drain = drain_while_c_holds
+    store.release_deliveries("joe", a)
+    assert store.deliveries_held("joe")              # C holds
+    store.deliver(["joe"], io.BytesIO(MSG + b"2"))
+    store.release_deliveries("joe", c)
+    assert not store.deliveries_held("joe")
+    assert len(store.messages("joe", "INBOX")) == 2

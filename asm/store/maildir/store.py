@@ -1534,8 +1534,14 @@ class MaildirStore(Store):
                 return 0
         n = self._drain(user)
         with self._hold_lock(user):
-            if holder is not None and [h for h in self._holders(marker) if h != holder and not holder_gone(h)]:
-                return n                       # held again meanwhile: the new holder releases
+            others = [] if holder is None else \
+                [h for h in self._holders(marker) if h != holder and not holder_gone(h)]
+            if others:
+                # held again meanwhile: the new holder releases; we are off the list
+                # (left on it, a restore still running for other users kept the hold
+                # after the new holder let go)
+                self._write_file(marker, "".join(h + "\n" for h in others).encode(), owner)
+                return n
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(marker)
             self._dovecot_hold(user, False)
