@@ -1462,6 +1462,13 @@ class MaildirStore(Store):
         except FileNotFoundError:
             return []
 
+    def _other_holders(self, marker: str, holder: str | None) -> list[str]:
+        """Live holders in ``marker`` but ``holder`` (none when ``holder`` is None: a
+        release without a name ends every hold), as the classic store's twin."""
+        if holder is None:
+            return []
+        return [h for h in self._holders(marker) if h != holder and not holder_gone(h)]
+
     @contextlib.contextmanager
     def _hold_lock(self, user: str):
         path = self._hold_marker(user) + LOCK_SUFFIX
@@ -1527,15 +1534,13 @@ class MaildirStore(Store):
         marker = self._hold_marker(user)
         owner = self._owner_for(os.path.dirname(marker))
         with self._hold_lock(user):
-            others = [] if holder is None else \
-                [h for h in self._holders(marker) if h != holder and not holder_gone(h)]
+            others = self._other_holders(marker, holder)
             if others:
                 self._write_file(marker, "".join(h + "\n" for h in others).encode(), owner)
                 return 0
         n = self._drain(user)
         with self._hold_lock(user):
-            others = [] if holder is None else \
-                [h for h in self._holders(marker) if h != holder and not holder_gone(h)]
+            others = self._other_holders(marker, holder)
             if others:
                 # held again meanwhile: the new holder releases; we are off the list
                 # (left on it, a restore still running for other users kept the hold
