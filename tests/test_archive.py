@@ -881,3 +881,26 @@ def test_any_byte_of_the_first_blocks_changed_is_damage_not_another_file(tmp_pat
         with pytest.raises((CorruptHeader, IncompleteArchive)) as ei:
             ArchiveReader(raw)
         assert ei.value.status == 4, (at, ei.value)
+
+
+def test_quick_member_headers_are_the_general_ones_byte_for_byte():
+    """pax.member_plain (the writer's quick path for plain names) builds exactly the bytes
+    and digest pax.member does, for random names, sizes, times, types and link names,
+    including the values it hands back to member() (huge sizes, odd times)."""
+    from asm.archive import pax
+    rnd = random.Random(1717)
+    alphabet = "abcXYZ019._-=+/"
+    for _ in range(3000):
+        name = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 100)))
+        link = rnd.choice(["", "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 100)))])
+        size = rnd.choice([0, 1, rnd.randint(0, 1 << 20), rnd.randint(0, 1 << 40), pax.MAX_OCTAL - 1,
+                           pax.MAX_OCTAL, 1 << 40 << 10])
+        mtime = rnd.choice([0, rnd.randint(0, 1 << 33), pax.MAX_OCTAL - 1, pax.MAX_OCTAL, -5,
+                            1700000000.25, 1.5e-3])
+        typeflag = rnd.choice([pax.REGTYPE, pax.LNKTYPE, pax.DIRTYPE])
+        mode = rnd.choice([pax.MODE_0600, pax.MODE_0644, pax.MODE_0700, pax.mode_field(0o640)])
+        records = pax.record(pax.key("IMSASM.uid"), b"%d" % rnd.randint(1, 1 << 32))
+        want = pax.member(name, typeflag, mode, size, mtime, records, link)
+        got = pax.member_plain(name.encode("ascii"), typeflag, mode, size, mtime, records,
+                               link.encode("ascii"))
+        assert got == want, (name, link, size, mtime, typeflag)

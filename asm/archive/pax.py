@@ -164,6 +164,38 @@ def member(name, typeflag, mode_b, size, mtime, records, linkname=""):
     return b"".join((xheader(n), pax, _DIGEST_PREFIX, digest.encode("ascii"), b"\n", _pad(n), block)), digest
 
 
+def member_plain(name_f, typeflag, mode_b, size, mtime, records, link_f=b""):
+    """member() for a name and link name known to fit the ustar fields (ASCII, at most
+    100 bytes, already encoded): the same bytes, without the checks member() makes on
+    them.  Anything else unusual (a huge size, an mtime that is not a whole number of
+    seconds in range) goes to member()."""
+    if size >= MAX_OCTAL or type(mtime) is not int or not 0 <= mtime < MAX_OCTAL:
+        return member(name_f.decode("ascii"), typeflag, mode_b, size, mtime, records,
+                      link_f.decode("ascii"))
+    nums = b"%011o\x00%011o\x00" % (size, mtime)
+    # the checksum counts only the bytes that are not zero: name, mode, numbers, link
+    ms = _MODE_SUMS.get(mode_b)
+    chk = sum(name_f) + (sum(mode_b) if ms is None else ms) + sum(nums) + typeflag[0] + _CONST_SUM
+    if link_f:
+        chk += sum(link_f)
+        link = link_f + bytes(100 - len(link_f))
+    else:
+        link = _NO_LINK
+    block = b"".join((name_f, bytes(100 - len(name_f)), mode_b, _UIDGID, nums,
+                      b"%06o\x00 " % chk, typeflag, link, _TAIL))
+    h = hashlib.sha256(records)
+    h.update(block)
+    digest = h.hexdigest()
+    n = len(records) + 101
+    return b"".join((xheader(n), records, _DIGEST_PREFIX, digest.encode("ascii"), b"\n",
+                     bytes(-n % BLOCK), block)), digest
+
+
+_NO_LINK = bytes(100)
+_CONST_SUM = sum(_UIDGID) + _SPACES_SUM + _TAIL_SUM
+_MODE_SUMS = {m: sum(m) for m in (MODE_0600, MODE_0644, MODE_0700)}
+
+
 # ----------------------------------------------------------------- parsing
 
 _OCTAL = re.compile(rb"[ \x00]*([0-7]*)[ \x00]*\Z")

@@ -62,6 +62,20 @@ def _keywords_rec(keywords):
     return _R(_K[spec.KEYWORDS], _words(keywords, "keyword"))
 
 
+@functools.lru_cache(maxsize=1024)
+def _fk_rec(flags, keywords):
+    """The flags and keywords records of a message, together (few distinct values)."""
+    return _flags_rec(flags) + _keywords_rec(keywords)
+
+
+_K_UID = _K[spec.UID]
+_K_UID_LEN = len(_K_UID) + 3          # 'LEN' (two digits: a UID has at most 10) + '\n'
+assert len(_K_UID) + 10 + 3 < 100
+_K_INTERNALDATE = _K[spec.INTERNALDATE]
+_K_STORED = _K[spec.STORED]
+_K_GUID = _K[spec.GUID]
+
+
 @functools.lru_cache(maxsize=64)
 def _nlink_rec(nlink):
     return _R(_K[spec.NLINK], b"%d" % nlink)
@@ -96,10 +110,11 @@ class ArchiveWriter:
         self.blocking_factor = blocking_factor
         self.header = None
         self.trailer = None
-        self._links = {}             # link_key -> (member name, sha256 hex)
+        self._links = {}             # link_key -> (member name, sha256 hex, ustar name field or None)
         self._sequence = hashlib.sha256()    # the trailer's digest: every member's digest
         self._mtime = 0
-        self._folder = None          # ((partition, user, folder), UidSet) being written
+        self._folder = None          # ((partition, user, folder), UidSet, member name
+                                     # prefix, its ASCII bytes or None) being written
         self._guid = None            # the GUID of the message being added
         self.counts = {"users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
 
@@ -119,9 +134,15 @@ class ArchiveWriter:
         if self.trailer is not None:
             raise ArchiveError("archive is already closed")
 
-    def _member(self, name, typeflag, mode_b, size, mtime, records, linkname=""):
-        """The headers of one member (bytes), its digest counted in the trailer's."""
-        hdr, digest = pax.member(name, typeflag, mode_b, size, mtime, records, linkname)
+    def _member(self, name, typeflag, mode_b, size, mtime, records, linkname="", name_f=None,
+                link_f=b""):
+        """The headers of one member (bytes), its digest counted in the trailer's.
+        name_f/link_f: the ustar name and link fields when known to need no pax record
+        (ASCII, at most 100 bytes): the common case, built without re-encoding."""
+        if name_f is not None and link_f is not None:
+            hdr, digest = pax.member_plain(name_f, typeflag, mode_b, size, mtime, records, link_f)
+        else:
+            hdr, digest = pax.member(name, typeflag, mode_b, size, mtime, records, linkname)
         self._sequence.update(b"%s\n" % digest.encode("ascii"))
         return hdr
 
@@ -182,18 +203,42 @@ class ArchiveWriter:
             _R(_K[spec.UIDS], str(uid_set).encode("ascii")),
             _R(_K[spec.COUNT], b"%d" % len(uid_set))))
         self._rw.write(self._member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs))
-        self._folder = ((partition, user, folder), uid_set)
+        self._folder = ((partition, user, folder), uid_set, name,
+                        name.encode("ascii") if name.isascii() else None)
         self.counts["folders"] += 1
 
     def _message_records(self, kind_rec, uid, flags, keywords, internaldate, stored, nlink, sha):
         guid = self._guid
+        fk = _fk_rec(flags if type(flags) is frozenset else frozenset(flags),
+                     keywords if type(keywords) is tuple else tuple(keywords))
+        u = b"%d" % uid
         return b"".join((
-            kind_rec, _R(_K[spec.UID], b"%d" % uid),
-            _flags_rec(flags if isinstance(flags, frozenset) else frozenset(flags)),
-            _keywords_rec(tuple(keywords)),
-            _time_rec(_K[spec.INTERNALDATE], internaldate), _time_rec(_K[spec.STORED], stored),
-            _nlink_rec(nlink), _R(_K[spec.GUID], guid.encode("ascii")) if guid else b"",
+            kind_rec, b"%d%s%s\n" % (len(u) + _K_UID_LEN, _K_UID, u), fk,
+            _time_rec(_K_INTERNALDATE, internaldate), _time_rec(_K_STORED, stored),
+            _nlink_rec(nlink), _R(_K_GUID, guid.encode("ascii")) if guid else b"",
             _SHA_PREFIX, sha.encode("ascii"), b"\n"))
+
+    def _message_name(self, partition, user, folder, uid):
+        """The member name of a message (str) and its ustar name field (bytes, or None
+        when the name needs a pax path record), from the folder's cached prefix."""
+        fk = (partition, user, folder)
+        cur = self._folder
+        if cur is None or cur[0] != fk:
+            raise ArchiveError(f"message {names.message_name(partition, user, folder, uid)} added "
+                               "after another member than its folder's: add_folder() first, then "
+                               "that folder's messages")
+        if type(uid) is not int or uid < 0:
+            names.message_name(partition, user, folder, uid)     # raises the ValueError
+        if uid not in cur[1]:
+            raise ArchiveError(f"message {names.message_name(partition, user, folder, uid)}: "
+                               f"UID {uid} is not in its folder's UID list")
+        prefix, prefix_b = cur[2], cur[3]
+        name = f"{prefix}{uid}.eml"
+        if prefix_b is not None:
+            name_b = b"%s%d.eml" % (prefix_b, uid)
+            if len(name_b) <= 100:
+                return name, name_b
+        return name, None
 
     def add_message(self, partition, user, folder, *, uid, flags, keywords, internaldate,
                     stored, nlink=1, src_path=None, src_file=None, size=None, link_key=None,
@@ -211,21 +256,18 @@ class ArchiveWriter:
         member is in the archive and will fail its digest on restore.
         """
         self._check_open()
-        name = names.message_name(partition, user, folder, uid)
-        if self._folder is None or self._folder[0] != (partition, user, folder):
-            raise ArchiveError(f"message {name} added after another member than its folder's: "
-                               "add_folder() first, then that folder's messages")
-        if uid not in self._folder[1]:
-            raise ArchiveError(f"message {name}: UID {uid} is not in its folder's UID list")
+        name, name_f = self._message_name(partition, user, folder, uid)
         mtime = internaldate if isinstance(internaldate, int) else float(internaldate)
+        if type(mtime) is float and mtime.is_integer() and 0 <= mtime < pax.MAX_OCTAL:
+            mtime = int(mtime)           # the same header, built on the quick path
         # the store's GUID of the message (IMSASM.guid), when it is one a record can hold
         self._guid = guid if guid and values.GUID_RE.match(guid) else None
         if link_key is not None and link_key in self._links:
-            target, sha = self._links[link_key]
+            target, sha, target_f = self._links[link_key]
             recs = self._message_records(_KIND_LINK, uid, flags, keywords, internaldate,
                                          stored, nlink, sha)
             self._rw.write(self._member(name, pax.LNKTYPE, pax.MODE_0600, 0, mtime, recs,
-                                        linkname=target))
+                                        linkname=target, name_f=name_f, link_f=target_f))
             self.counts["links"] += 1
             return name
         if src_data is not None:
@@ -235,28 +277,30 @@ class ArchiveWriter:
                 raise ValueError("src_data is for messages up to SMALL bytes")
             recs = self._message_records(_KIND_MESSAGE, uid, flags, keywords, internaldate,
                                          stored, nlink, sha)
-            self._rw.write(b"".join((self._member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs),
+            self._rw.write(b"".join((self._member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs,
+                                                  name_f=name_f),
                                      data, pax._pad(n))))
             self._count_message(n)
         elif src_path is not None:
             f = _FdFile.open_message(src_path, name)  # os.open: cheaper than open() per message
             try:
                 sha, n = self._write_data(name, f, src_path, flags, keywords, uid,
-                                          internaldate, stored, nlink, mtime)
+                                          internaldate, stored, nlink, mtime, name_f)
             finally:
                 f.close()
         elif src_file is not None:
             sha, n = self._write_data(name, src_file, getattr(src_file, "name", None), flags,
-                                      keywords, uid, internaldate, stored, nlink, mtime)
+                                      keywords, uid, internaldate, stored, nlink, mtime, name_f)
         else:
             raise ValueError("add_message needs src_path or src_file")
         if link_key is not None:
-            self._links[link_key] = (name, sha)
+            self._links[link_key] = (name, sha, name_f)
         return name
 
-    def _write_data(self, name, f, src, flags, keywords, uid, internaldate, stored, nlink, mtime):
+    def _write_data(self, name, f, src, flags, keywords, uid, internaldate, stored, nlink, mtime,
+                    name_f=None):
         try:
-            first = _read_upto(f, SMALL + 1)
+            first = _read_start(f)
         except OSError as exc:
             raise UnreadableSource(name, src, f"reading it failed: {exc.strerror or exc}") from None
         rw = self._rw
@@ -265,7 +309,8 @@ class ArchiveWriter:
             n = len(first)
             recs = self._message_records(_KIND_MESSAGE, uid, flags, keywords, internaldate,
                                          stored, nlink, sha)
-            rw.write(b"".join((self._member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs),
+            rw.write(b"".join((self._member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs,
+                                            name_f=name_f),
                                first, pax._pad(n))))
             self._count_message(n)
             return sha, n
@@ -290,7 +335,7 @@ class ArchiveWriter:
                                f"cannot be re-read ({e}); pass src_path or a seekable file") from e
         recs = self._message_records(_KIND_MESSAGE, uid, flags, keywords, internaldate,
                                      stored, nlink, sha)
-        rw.write(self._member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs))
+        rw.write(self._member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs, name_f=name_f))
         h2 = hashlib.sha256()
         left = n
         failed = None
@@ -363,12 +408,32 @@ def read_small(path):
     are those of add_message(src_path=...), which says what is wrong when this fails."""
     f = _FdFile.open_message(path, path)
     try:
-        data = _read_upto(f, SMALL + 1)
+        data = _read_start(f)
     finally:
         f.close()
     if len(data) > SMALL:
         return None
     return data, hashlib.sha256(data).hexdigest()
+
+
+def _first_read(f):
+    """How much to ask for first: the file's size and one byte more (a file that grew
+    is seen), at most SMALL + 1.  A buffer of SMALL + 1 bytes allocated for every
+    small message cost more than reading it (bench/RESULTS.md, issue 17)."""
+    size = getattr(f, "size", None)
+    if size is None or size >= SMALL:
+        return SMALL + 1
+    return size + 1
+
+
+def _read_start(f):
+    """The first SMALL + 1 bytes of f at most (all of a small message), read in one
+    system call of the right size when f knows its size."""
+    n = _first_read(f)
+    data = _read_upto(f, n)
+    if len(data) == n and n <= SMALL:    # more than fstat said (it grows): read on
+        data += _read_upto(f, SMALL + 1 - n)
+    return data
 
 
 def _read_upto(f, n):
@@ -405,37 +470,52 @@ def _not_a_message(st):
 
 
 class _FdFile:
-    """Minimal unbuffered file over os.open (read, seek, close)."""
+    """Minimal unbuffered file over os.open (read, seek, close); ``size`` is the
+    file's size when it was opened (fstat), a hint for the first read."""
 
-    __slots__ = ("fd",)
+    __slots__ = ("fd", "size")
 
     def __init__(self, path):
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.size = None
 
     @classmethod
     def open_message(cls, path, name):
         """Open a message file without ever blocking or following a link: a FIFO would
         hang the backup, a link could name any file on the system.  FileNotFoundError
         propagates (the message was expunged or renamed); anything else that is not a
-        regular file is UnreadableSource."""
-        st = os.lstat(path)
-        why = _not_a_message(st)
-        if why is None:
+        regular file is UnreadableSource.  The open itself refuses a link (O_NOFOLLOW)
+        and never blocks (O_NONBLOCK); fstat then says what was opened, so the common
+        case costs one open and one fstat (lstat only explains a refusal)."""
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:      # ELOOP: a link; ENXIO: a socket; ...
             try:
-                fd = os.open(path, _OPEN_FLAGS)
+                st = os.lstat(path)
             except FileNotFoundError:
                 raise
-            except OSError as exc:      # ELOOP: replaced by a link since the lstat
-                raise UnreadableSource(name, path, f"it cannot be opened: {exc.strerror}") from None
-            st = os.fstat(fd)
-            why = _not_a_message(st)
+            except OSError:
+                st = None
+            why = _not_a_message(st) if st is not None else None
             if why is None:
-                f = cls.__new__(cls)
-                f.fd = fd
-                return f
+                why = f"it cannot be opened: {exc.strerror}"
+            elif stat.S_ISLNK(st.st_mode) and not os.path.exists(path):
+                why = "it is a symbolic link to a missing file, not a message file"
+            raise UnreadableSource(name, path, why) from None
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
             os.close(fd)
-        if stat.S_ISLNK(st.st_mode) and not os.path.exists(path):
-            why = "it is a symbolic link to a missing file, not a message file"
+            raise UnreadableSource(name, path, f"it cannot be read: {exc.strerror}") from None
+        why = _not_a_message(st)
+        if why is None:
+            f = cls.__new__(cls)
+            f.fd = fd
+            f.size = st.st_size
+            return f
+        os.close(fd)
         raise UnreadableSource(name, path, why)
 
     def read(self, n):
