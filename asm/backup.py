@@ -61,9 +61,12 @@ class BackupResult:
     seconds: float = 0.0
     trailer: dict | None = None
     header: dict | None = None
-    # (partition, user, folder, uidvalidity, UidSet): what the archive chain now holds,
-    # for the state file (messages that failed or vanished left out: the next one retries)
+    # (partition, user, folder, uidvalidity, UidSet[, fingerprint, flags]): what the
+    # archive chain now holds, for the state file (messages that failed or vanished left
+    # out: the next one retries); a folder read whole and clean adds the store's
+    # fingerprint and every UID's flags, for asm.backupstate
     state: list = field(default_factory=list)
+    unchanged: int = 0                  # folders an incremental took from its base unread
 
 
 def is_excluded(folder: str, exclude: list[str]) -> bool:
@@ -210,9 +213,49 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
         plugins.run_end(run, status)
 
 
+def _flag_key(m, cache: dict) -> str:
+    """The flags-and-keywords string of a message as an incremental's folder state keys it."""
+    k = (m.flags, m.keywords)
+    got = cache.get(k)
+    if got is None:
+        got = cache[k] = " ".join(sorted(m.flags) + list(m.keywords))
+    return got
+
+
+def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
+                      res: BackupResult, run: Run, report) -> bool:
+    """An incremental's folder that the store says is as its base saw it (the base read
+    it whole and clean and recorded its fingerprint): its member is written from the
+    base's record, the same UIDs and flags a fresh read would give, nothing is read.
+    False when the folder has to be read."""
+    got = opts.base.unchanged.get((t.user, folder))
+    if got is None or opts.since is not None:
+        return False
+    fingerprint, flags = got
+    base_uv, uids = opts.base.folders[(t.user, folder)]
+    try:
+        info = store.folder_unchanged(t.user, folder, fingerprint)
+    except Exception:  # the store cannot tell: read the folder, which says what is wrong
+        return False
+    if info is None or info.uidvalidity != base_uv:
+        return False
+    writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
+                      subscribed=info.subscribed, uids=uids, state=flags)
+    res.folders += 1
+    res.unchanged += 1
+    res.state.append((t.partition, t.user, folder, info.uidvalidity, uids, fingerprint, flags))
+    if report:
+        report(f"{mailbox}: 0 messages, 0 bytes (unchanged since the base)")
+    plugins.mailbox_done(run, mailbox, {"status": "ok", "messages": 0, "bytes": 0, "error": None})
+    return True
+
+
 def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
                    res: BackupResult, run: Run, report, progress, readers=None) -> None:
     held = None                          # what the base held of this folder
+    if opts.base is not None and _unchanged_folder(store, writer, t, folder, mailbox, opts, res,
+                                                   run, report):
+        return
     try:
         if opts.base is not None:
             # the base's UIDs under the folder's UIDVALIDITY now (read again under the
@@ -254,11 +297,12 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         return opts.since is not None and m.changed >= opts.since
 
     state = None
+    keys: dict = {}
     if opts.base is not None or opts.since is not None:
         state = {}
         for m in snap.messages:
             if not carried(m):
-                state.setdefault(" ".join(sorted(m.flags) + list(m.keywords)), []).append(m.uid)
+                state.setdefault(_flag_key(m, keys), []).append(m.uid)
     writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
                       subscribed=info.subscribed, uids=[m.uid for m in snap.messages], state=state)
     lost: set = set()                    # UIDs listed but not saved: the next backup retries them
@@ -283,8 +327,17 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     finally:
         if ahead is not None:
             ahead.close()
-    res.state.append((t.partition, t.user, folder, info.uidvalidity,
-                      UidSet.of(m.uid for m in snap.messages if m.uid not in lost)))
+    kept = UidSet.of(m.uid for m in snap.messages if m.uid not in lost)
+    if snap.fingerprint is not None and not lost and not getattr(snap, "warnings", ()):
+        # read whole and clean: the next incremental may take it from this record while
+        # the store says it is unchanged
+        flags: dict = {}
+        for m in snap.messages:
+            flags.setdefault(_flag_key(m, keys), []).append(m.uid)
+        res.state.append((t.partition, t.user, folder, info.uidvalidity, kept, snap.fingerprint,
+                          {k: UidSet.of(v) for k, v in flags.items()}))
+    else:
+        res.state.append((t.partition, t.user, folder, info.uidvalidity, kept))
     if report:
         report(f"{mailbox}: {n} messages, {nbytes} bytes" + (f", {len(failed)} failed" if failed else ""))
     plugins.mailbox_done(run, mailbox, {"status": "error" if failed else "ok", "messages": n,

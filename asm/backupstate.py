@@ -37,6 +37,10 @@ class BaseState:
     chain: list = field(default_factory=list)       # ancestors of the archive, full first
     driver: str | None = None
     folders: dict = field(default_factory=dict)     # (user, folder) -> (uidvalidity, UidSet)
+    # (user, folder) -> (fingerprint, {flags-and-keywords: UidSet}) for the folders the
+    # backup read whole and clean with a fingerprint: an incremental skips those while
+    # the store says they are unchanged (Store.folder_unchanged)
+    unchanged: dict = field(default_factory=dict)
 
     @property
     def lineage(self) -> list:
@@ -65,15 +69,25 @@ def state_path_for(device: str) -> str:
     return f"{device}.state"
 
 
+def _folder_doc(p, u, f, uv, uids, fingerprint=None, flags=None) -> dict:
+    doc = {"partition": p, "user": u, "folder": f, "uidvalidity": uv, "uids": str(uids)}
+    if fingerprint is not None and flags is not None:
+        doc["fingerprint"] = fingerprint
+        doc["flags"] = {k: str(v) for k, v in sorted(flags.items())}
+    return doc
+
+
 def write_state(path: str, header: dict, folders: list) -> None:
     """Write the state file of the backup with ``header``; ``folders``: [(partition,
-    user, folder, uidvalidity, uids)]."""
+    user, folder, uidvalidity, uids[, fingerprint, flags])]: a folder read whole and
+    clean may carry its store fingerprint and the flags of every UID
+    ({flags-and-keywords: UidSet}), which let the next incremental skip it while the
+    store says it is unchanged."""
     from asm.config import atomic_write
     doc = {"format": STATE_FORMAT, "version": STATE_VERSION, "archive_id": header.get("archive_id"),
            "created": header.get("created"), "driver": header.get("driver"),
            "chain": header_chain(header), "scope": header.get("scope", []),
-           "folders": [{"partition": p, "user": u, "folder": f, "uidvalidity": uv, "uids": str(uids)}
-                       for p, u, f, uv, uids in folders]}
+           "folders": [_folder_doc(*row) for row in folders]}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, names.dump_json(doc, indent=None), mode=0o600)
 
@@ -85,7 +99,19 @@ def _from_state_doc(doc: dict, path: str) -> BaseState:
         st = BaseState(archive_id=str(doc["archive_id"]), created=doc.get("created"),
                        chain=header_chain(doc), driver=doc.get("driver"))
         for f in doc["folders"]:
-            st.folders[(f["user"], f["folder"])] = (int(f["uidvalidity"]), UidSet.parse(f["uids"]))
+            key = (f["user"], f["folder"])
+            uids = UidSet.parse(f["uids"])
+            st.folders[key] = (int(f["uidvalidity"]), uids)
+            fp, flags = f.get("fingerprint"), f.get("flags")
+            if isinstance(fp, list) and isinstance(flags, dict):
+                # the flags must name exactly the folder's UIDs, each once (else the
+                # folder is read again: a state file edited by hand, a bench's made-up one)
+                parsed = {str(k): UidSet.parse(v) for k, v in flags.items()}
+                try:
+                    if UidSet.union(parsed.values()) == uids:
+                        st.unchanged[key] = (fp, parsed)
+                except ValueError:
+                    pass
     except (KeyError, TypeError, ValueError):
         raise bad from None
     return st

@@ -58,7 +58,8 @@ def summary(cmd: str, env: dict) -> tuple[int, str]:
 
 def base_state(m: dict, path: str) -> None:
     """The state file of a full backup taken at the cut-off: a full's state, less the
-    messages stored after it (the store is only read)."""
+    messages stored after it and the fingerprints of the folders they are in (the store
+    is only read)."""
     import json
     from asm.archive.values import UidSet
     env = {"IMS_HOME": m["home"]}
@@ -72,6 +73,11 @@ def base_state(m: dict, path: str) -> None:
     for f in doc["folders"]:
         new = {x.uid for x in store.messages(f["user"], f["folder"]) if x.stored >= m["cutoff"]}
         f["uids"] = str(UidSet.of(u for u in UidSet.parse(f["uids"]) if u not in new))
+        if new:
+            # a backup at the cut-off saw this folder before its new mail: its fingerprint
+            # (the folder as it is now) would not be the one it recorded
+            f.pop("fingerprint", None)
+            f.pop("flags", None)
     with open(path, "w") as out:
         json.dump(doc, out)
 

@@ -380,3 +380,109 @@ def test_imsdr_chain_follows_the_base_ids(tmp_path, driver):
     p = run(w.home, "imsdr", "chain", d, check=1, text=True)
     assert p.stdout.split() == [str(d / w.archives[0].name)]
     assert "is an incremental of archive" in p.stderr
+
+
+# -- folders the store says are unchanged since the base --------------------------------
+
+SETTLE = 2.2        # a snapshot records a fingerprint only of what settled for 2 s
+
+
+def _unchanged(p) -> int:
+    import re
+    got = re.search(r"\((\d+) unchanged since the base, not read\)", p.stderr)
+    return int(got.group(1)) if got else 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_settled_folders_are_skipped_and_every_change_is_still_seen(tmp_path, driver, seed):
+    """A base that read a folder whole records its store fingerprint; the next
+    incremental writes that folder from the base's record without reading it, as long as
+    the store says it is unchanged.  Every folder settles before each backup, so every
+    change of the round (new mail, copies, moves, expunges, flag and keyword changes,
+    renames, deleted and new folders) has to be seen through a fingerprint: the chain
+    restored gives the last backup's state exactly, and a folder nobody touched is not
+    read again."""
+    rnd = random.Random(1000 + seed)
+    w = World(tmp_path, driver)
+    for f in FOLDERS + ["Old/One", "Old/Two", "Quiet"]:
+        for _ in range(3):
+            w.new(folder=f)
+    skipped = []
+    for rnd_i in range(4):
+        if rnd_i:
+            _random_ops(w, rnd, 3 + seed)
+        time.sleep(SETTLE)
+        a = w.tmp / f"b{len(w.archives)}.ims"
+        args = ["--base", f"{w.archives[-1]}.state"] if w.archives else []
+        p = run(w.home, "imsbackup", "-v", "-f", a, *args, "/", check=0, text=True)
+        w.archives.append(a)
+        w.states.append(view(w.store))
+        skipped.append(_unchanged(p))
+        doc = json.loads((tmp_path / f"{a.name}.state").read_text())
+        assert all("fingerprint" in f for f in doc["folders"]), doc["folders"]
+    assert skipped[0] == 0 and all(n >= 1 for n in skipped[1:]), skipped   # "Quiet" at least
+    home = dest_home(tmp_path, driver)
+    chain(home, w.archives)
+    assert view(dest_store(home)) == w.states[-1], seed
+
+
+@pytest.mark.parametrize("change", ["new", "flags", "keyword", "expunge", "copy_in", "move_out", "recreate"])
+def test_one_change_to_a_settled_folder_is_carried(tmp_path, driver, change):
+    """Each kind of change alone, made right after a base that fingerprinted the folder
+    (so within the same second): the incremental reads the folder again and the chain
+    gives the store as it is."""
+    w = World(tmp_path, driver)
+    for f in ("INBOX", "Work"):
+        for _ in range(4):
+            w.new(folder=f, flags=["\\Seen"])
+    time.sleep(SETTLE)
+    w.backup()
+    s = w.store
+    uid = s.messages("alice", "INBOX")[1].uid
+    if change == "new":
+        w.new()
+    elif change == "flags":
+        s.set_flags("alice", "INBOX", uid, ["\\Flagged"], [])
+    elif change == "keyword":
+        s.set_flags("alice", "INBOX", uid, ["\\Seen"], ["$Label1"])
+    elif change == "expunge":
+        s.expunge("alice", "INBOX", [uid])
+    elif change == "copy_in":
+        w.copy("alice", "Work", s.messages("alice", "Work")[0].uid, "INBOX")
+    elif change == "move_out":
+        w.copy("alice", "INBOX", uid, "Work", move=True)
+    elif change == "recreate":
+        s.delete_folder("alice", "Work")
+        s.create_folder("alice", "Work", subscribed=True)
+        w.new(folder="Work")
+    p = run(w.home, "imsbackup", "-v", "-f", w.tmp / "b1.ims", "--base", f"{w.archives[0]}.state", "/",
+            check=0, text=True)
+    w.archives.append(w.tmp / "b1.ims")
+    w.states.append(view(s))
+    # the folder the change did not touch is the one not read again
+    assert _unchanged(p) == (0 if change == "move_out" else 1), p.stderr
+    home = dest_home(tmp_path, driver)
+    chain(home, w.archives)
+    assert view(dest_store(home)) == w.states[-1]
+
+
+def test_a_state_whose_flags_do_not_name_the_folders_uids_reads_the_folder(tmp_path, driver):
+    """The fingerprint is only used with flags for exactly the base's UIDs, each once: a
+    state file edited (or made up) otherwise makes the incremental read the folder."""
+    w = World(tmp_path, driver)
+    for _ in range(3):
+        w.new(flags=["\\Seen"])
+    time.sleep(SETTLE)
+    w.backup()
+    st = tmp_path / f"{w.archives[0].name}.state"
+    doc = json.loads(st.read_text())
+    inbox = next(f for f in doc["folders"] if f["folder"] == "INBOX")
+    for flags in ({"\\Seen": "1:2"}, {"\\Seen": "1:3", "": "3"}, {"\\Seen": "1:4"}):
+        inbox["flags"] = flags
+        st.write_text(json.dumps(doc))
+        p = run(w.home, "imsbackup", "-v", "-f", tmp_path / "i.ims", "--base", st, "/", check=0, text=True)
+        assert _unchanged(p) == 0, (flags, p.stderr)
+    inbox["flags"] = {"\\Seen": "1:3"}
+    st.write_text(json.dumps(doc))
+    p = run(w.home, "imsbackup", "-v", "-f", tmp_path / "i.ims", "--base", st, "/", check=0, text=True)
+    assert _unchanged(p) == 1, p.stderr

@@ -41,7 +41,7 @@ def _tool_version():
 
 def uid_ranges(uids):
     """[1,2,3,5,7,8] -> '1:3,5,7:8' (sorted, duplicates dropped)."""
-    return str(UidSet.of(uids))
+    return str(uids if isinstance(uids, UidSet) else UidSet.of(uids))
 
 
 def _words(items, what):
@@ -189,7 +189,7 @@ class ArchiveWriter:
         restore of the chain can set their flags as they were at this backup."""
         self._check_open()
         name = names.folder_dir(partition, user, folder)
-        uid_set = UidSet.of(uids)
+        uid_set = uids if isinstance(uids, UidSet) else UidSet.of(uids)
         extra = b""
         if state:
             extra = _R(_K[spec.STATE], json.dumps(

@@ -175,7 +175,7 @@ def _backup(args, rep) -> int:
     if status is not None:
         return status
     rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,
-                       "bytes": res.bytes},
+                       "bytes": res.bytes, "unchanged_folders": res.unchanged},
                errors=res.errors, vanished=res.vanished, excluded=res.excluded,
                archive_id=(res.trailer or {}).get("archive_id"), digest=(res.trailer or {}).get("digest"),
                backup_seconds=round(res.seconds, 3))
@@ -194,6 +194,7 @@ def _backup(args, rep) -> int:
     if args.verbose or sys.stderr.isatty():
         print(f"{PROG}: {res.users} users, {res.folders} folders, {res.messages} messages, "
               f"{res.links} links, {human(res.bytes)} in {res.seconds:.1f}s"
+              + (f" ({res.unchanged} unchanged since the base, not read)" if res.unchanged else "")
               + (f", {len(res.excluded)} folders excluded" if res.excluded else "")
               + (f", {len(res.vanished)} vanished" if res.vanished else ""), file=sys.stderr)
         if layers.level is not None or layers.recipients:

@@ -204,6 +204,10 @@ class FolderSnapshot:
     info: FolderInfo
     messages: list = field(default_factory=list)  # list[MessageInfo], ascending UID
     warnings: list = field(default_factory=list)  # what the snapshot could not carry
+    # what the folder looked like on disk before it was read (a JSON-able list the
+    # driver compares with Store.folder_unchanged), or None when it cannot say: an
+    # incremental whose base recorded it skips the folder while it stays the same
+    fingerprint: list | None = None
 
 
 class Store(abc.ABC):
@@ -283,6 +287,12 @@ class Store(abc.ABC):
 
     def messages(self, user: str, folder: str) -> list[MessageInfo]:
         return self.snapshot(user, folder).messages
+
+    def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
+        """The folder's FolderInfo when it is exactly as it was when a snapshot recorded
+        ``fingerprint`` (the same UIDs, flags and keywords, nothing being written), else
+        None.  A driver that cannot tell answers None: the folder is then read again."""
+        return None
 
     @abc.abstractmethod
     def message(self, user: str, folder: str, uid: int) -> MessageInfo:

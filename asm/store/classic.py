@@ -173,6 +173,19 @@ def _store_errors(fn):
     return wrapper
 
 
+SETTLE_NS = 2_000_000_000        # a fingerprint counts when the index did not change for this long
+
+
+def _index_fingerprint(fdir: str) -> list | None:
+    """The folder index's (inode, size, mtime, ctime), or None while a rollback journal
+    says a transaction is in flight (or was cut: the next open rolls it back)."""
+    path = os.path.join(fdir, "store.idx")
+    if os.path.lexists(path + "-journal") or os.path.lexists(path + "-wal"):
+        return None
+    st = os.stat(path)
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def _holds_mail(d: str) -> bool:
     """A folder directory with an index or message directories (not an implied parent
     such as ``=Work`` of ``Work/2023``, which holds only its subfolders)."""
@@ -465,6 +478,8 @@ class ClassicStore(Store):
             info = self.folder(user, folder)
             fdir = self._folder_dir(user, folder)
             con = self._index(fdir)
+            seen = time.time()
+            fp = _index_fingerprint(fdir)    # under the lock: no writer between it and the rows
             rows = con.execute(
                 "SELECT uid, flags, keywords, internaldate, stored, size FROM msgs ORDER BY uid").fetchall()
             guids = self._guids(con)
@@ -481,7 +496,28 @@ class ClassicStore(Store):
                                         guid=guids.get(row[0], ""), changed=row[4]))
             else:
                 msgs.append(self._info(fdir, row, guid=guids.get(row[0], "")))
-        return FolderSnapshot(info, msgs)
+        snap = FolderSnapshot(info, msgs)
+        if fp is not None and fp[2] < int(seen * 1e9) - SETTLE_NS and fp[3] < int(seen * 1e9) - SETTLE_NS:
+            snap.fingerprint = ["classic", info.uidvalidity, info.uidnext, fp]
+        return snap
+
+    def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
+        """True to the fingerprint (the folder's index is the same file, unchanged since
+        a moment well before that snapshot, with no transaction in flight; its
+        UIDVALIDITY in the mailbox list the same): the same UIDs and flags.  Message
+        files are never changed in place."""
+        if not (isinstance(fingerprint, list) and len(fingerprint) == 4
+                and fingerprint[0] == "classic"):
+            return None
+        try:
+            folder, uidvalidity, subscribed = self._check_folder(user, folder)
+            if uidvalidity != fingerprint[1]:
+                return None
+            if _index_fingerprint(self._folder_dir(user, folder)) != fingerprint[3]:
+                return None
+        except (OSError, StoreError, sqlite3.Error):
+            return None
+        return FolderInfo(folder, uidvalidity, fingerprint[2], bool(subscribed))
 
     def message(self, user: str, folder: str, uid: int) -> MessageInfo:
         folder, _, _ = self._check_folder(user, folder)

@@ -31,7 +31,7 @@ import shutil
 from asm.config import Config
 from asm.locks import pid_alive
 from asm.store import layout as layout_mod
-from asm.store.base import NoSuchUser, StoreError, UserExists, check_user_name
+from asm.store.base import FolderInfo, NoSuchUser, StoreError, UserExists, check_user_name
 from asm.store.maildir.doveadm import Doveadm
 from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, open_layout
 
@@ -61,6 +61,9 @@ class DboxStore(MaildirStore):
         self._created: set[str] = set()           # logins this process builds
         self._pending: set[str] = set()           # copies changed since Dovecot had them
         self._seen: dict[str, str | None] = {}    # Dovecot's listing when the copy was made
+
+    def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
+        return None      # the Maildir read is a fresh copy each run: dbox itself is not looked at
 
     # -- the dbox side -------------------------------------------------------------------
     def _ensure_work(self) -> None:

@@ -104,6 +104,38 @@ def fixed_prefix(template: str) -> str:
 
 # -- the per-folder working state, valid while the folder lock is held ---------------
 
+SETTLE_NS = 2_000_000_000        # a fingerprint counts when nothing moved for this long
+
+
+def _stat_key(st) -> tuple:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _fingerprint_stats(d: str, ctl: str) -> list:
+    """[uidlist, cur/, new/, tmp/, dovecot-keywords] as (inode, size, mtime, ctime) lists,
+    [] for a missing keywords file.  A Maildir changes only by names in cur/ and new/
+    (deliveries pass through tmp/), by dovecot-uidlist (rewritten or appended to) and by
+    its keyword table: the same lists mean the same messages, UIDs and flags."""
+    out = [[*_stat_key(os.stat(os.path.join(ctl, UIDLIST)))]]
+    for sub in ("cur", "new", "tmp"):
+        out.append([*_stat_key(os.stat(os.path.join(d, sub)))])
+    try:
+        out.append([*_stat_key(os.stat(os.path.join(ctl, KEYWORDS)))])
+    except FileNotFoundError:
+        out.append([])
+    return out
+
+
+def _settled(fp: list, uidlist_st, seen: float) -> bool:
+    """Whether every part of the fingerprint was last changed SETTLE_NS before ``seen``
+    (when it was taken) and the uidlist still is that file: a change made later, even in
+    the same clock tick as the snapshot, then always gives another mtime or ctime."""
+    limit = int(seen * 1e9) - SETTLE_NS
+    if [*_stat_key(uidlist_st)] != fp[0]:
+        return False
+    return all(not part or (part[2] < limit and part[3] < limit) for part in fp)
+
+
 @dataclass
 class _State:
     dir: str                                # the mail directory (cur/ new/ tmp/)
@@ -532,35 +564,40 @@ class MaildirStore(Store):
             dv.add_keywords(user, folder, uid, kws)
         overflow.clear()
 
-    def _index_keywords(self, user: str, folder: str, ctl: str, snap: FolderSnapshot) -> None:
+    def _index_keywords(self, user: str, folder: str, ctl: str, snap: FolderSnapshot) -> bool:
         """A folder whose 26 keyword letters are all taken may have more keywords in
-        Dovecot's index only: read them with doveadm, or say that they are missing."""
+        Dovecot's index only: read them with doveadm, or say that they are missing.
+        True when the folder's keywords are not all in its file names (the index has a
+        say: no fingerprint tells when those change)."""
         table = mdnames.read_keywords(ctl)
-        if sum(1 for k in table if k) < mdnames.MAX_KEYWORDS or not snap.messages:
-            return
+        if sum(1 for k in table if k) < mdnames.MAX_KEYWORDS:
+            return False
+        if not snap.messages:
+            return True
         if (user, folder) in self._held:
             # our own writer holds the folder's dotlock (a restore looking at what is
             # there): doveadm would wait on it until Dovecot calls it stale, minutes;
             # the writer sets the keywords it restores itself
-            return
+            return True
         dv = self._doveadm()
         if dv is None:
             snap.warnings.append(
                 f"all {mdnames.MAX_KEYWORDS} keyword letters of the folder are taken: keywords "
                 f"beyond them are only in Dovecot's index and are not in the archive (set "
                 f"dovecot.config so the backup reads them with doveadm)")
-            return
+            return True
         try:
             index = dv.keywords(user, folder)
         except StoreError as exc:
             snap.warnings.append(f"keywords beyond the {mdnames.MAX_KEYWORDS} file-name letters "
                                  f"could not be read, not in the archive: {exc}")
-            return
+            return True
         out = []
         for m in snap.messages:
             extra = [k for k in index.get(m.uid, ()) if k not in m.keywords]
             out.append(dataclasses.replace(m, keywords=m.keywords + tuple(extra)) if extra else m)
         snap.messages = out
+        return True
 
     def lock(self, user: str, folder: str, timeout: float = 30.0):
         return self._locked(user, folder, timeout)
@@ -911,6 +948,8 @@ class MaildirStore(Store):
         try:
             if os.path.lexists(path + LOCK_SUFFIX):
                 return None
+            seen = time.time()
+            fp = _fingerprint_stats(d, ctl)  # before anything is read: a change after it shows
             before = os.stat(path)
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
                 ul = Uidlist.parse(f.read(), path)
@@ -941,8 +980,28 @@ class MaildirStore(Store):
         info = FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=folder in subs)
         snap = FolderSnapshot(info=info, messages=msgs)
-        self._index_keywords(user, folder, ctl, snap)
+        if not self._index_keywords(user, folder, ctl, snap) and _settled(fp, before, seen):
+            snap.fingerprint = ["maildir", ul.uidvalidity, ul.uidnext, *fp]
         return snap
+
+    def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
+        """True to the fingerprint (dovecot-uidlist, cur/ new/ tmp/ and dovecot-keywords
+        as they were, all settled before that snapshot read them): the folder holds the
+        same messages under the same names, so the same UIDs and flags."""
+        if not (isinstance(fingerprint, list) and len(fingerprint) == 8
+                and fingerprint[0] == "maildir") or (user, folder) in self._held:
+            return None
+        try:
+            folder = check_folder_name(folder)
+            d = self._folder_dir(user, folder)
+            ctl, _ = self._ctl_idx(user, folder, d)
+            if _fingerprint_stats(d, ctl) != fingerprint[3:] or \
+                    os.path.lexists(os.path.join(ctl, UIDLIST + LOCK_SUFFIX)):
+                return None
+        except (OSError, StoreError):
+            return None
+        return FolderInfo(name=folder, uidvalidity=fingerprint[1], uidnext=fingerprint[2],
+                          subscribed=folder in self._subs.get(self._subs_root(user)))
 
     def _snapshot_messages(self, st: _State, since, known) -> list:
         files = st.files
