@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from asm.archive import names
 from asm.archive.errors import ArchiveError
-from asm.archive.values import UidSet
+from asm.archive.values import FolderState, UidSet
 from asm.errors import EXIT_USAGE, ImsError
 
 STATE_FORMAT = "ims-asm-state"
@@ -106,11 +106,13 @@ def _from_state_doc(doc: dict, path: str) -> BaseState:
             if isinstance(fp, list) and isinstance(flags, dict):
                 # the flags must name exactly the folder's UIDs, each once (else the
                 # folder is read again: a state file edited by hand, a bench's made-up one)
-                parsed = {str(k): UidSet.parse(v) for k, v in flags.items()}
+                # (the archive's own check of IMSASM.state: real flags and keywords, each
+                # UID once, all in the folder; and here: every UID of the folder)
                 try:
-                    if UidSet.union(parsed.values()) == uids:
-                        st.unchanged[key] = (fp, parsed)
-                except ValueError:
+                    checked = FolderState.parse(json.dumps(flags), uids)
+                    if len(checked) == len(uids):
+                        st.unchanged[key] = (fp, {k: UidSet.parse(v) for k, v in flags.items()})
+                except (ValueError, TypeError):
                     pass
     except (KeyError, TypeError, ValueError):
         raise bad from None

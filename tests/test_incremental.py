@@ -477,7 +477,8 @@ def test_a_state_whose_flags_do_not_name_the_folders_uids_reads_the_folder(tmp_p
     st = tmp_path / f"{w.archives[0].name}.state"
     doc = json.loads(st.read_text())
     inbox = next(f for f in doc["folders"] if f["folder"] == "INBOX")
-    for flags in ({"\\Seen": "1:2"}, {"\\Seen": "1:3", "": "3"}, {"\\Seen": "1:4"}):
+    for flags in ({"\\Seen": "1:2"}, {"\\Seen": "1:3", "": "3"}, {"\\Seen": "1:4"}, {"\\Bogus": "1:3"},
+                  {"\\Seen bad\nword": "1:3"}, {"\\Seen": 7}):
         inbox["flags"] = flags
         st.write_text(json.dumps(doc))
         p = run(w.home, "imsbackup", "-v", "-f", tmp_path / "i.ims", "--base", st, "/", check=0, text=True)

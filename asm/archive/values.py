@@ -139,16 +139,6 @@ class UidSet:
         return cls(out)
 
     @classmethod
-    def union(cls, sets):
-        """The UIDs of every UidSet in ``sets`` together (by ranges, never by UID);
-        ValueError when two of them share a UID."""
-        ranges = sorted((a, b) for s in sets for a, b in zip(s._starts, s._ends))
-        for (_, b1), (a2, _) in zip(ranges, ranges[1:]):
-            if a2 <= b1:
-                raise ValueError("the UID sets overlap")
-        return cls(ranges)
-
-    @classmethod
     def parse(cls, text, what=spec.UIDS):
         """'1:3,5,7:9' (ascending, disjoint, each UID in 1..2^32-1) -> UidSet."""
         if not isinstance(text, str):
