@@ -276,3 +276,22 @@ def test_a_hold_taken_while_the_last_holder_drains_is_released_by_its_holder(sto
     store.release_deliveries("joe", c)
     assert not store.deliveries_held("joe")
     assert len(store.messages("joe", "INBOX")) == 2
+
+
+def test_the_quick_message_info_is_the_dataclass_itself():
+    """asm.store.base.message_info (what snapshots use per message) makes the same frozen
+    MessageInfo as its constructor: equal, same hash, same repr, still frozen."""
+    import dataclasses
+    import random
+    from asm.store.base import MessageInfo, message_info
+    rnd = random.Random(5)
+    for _ in range(200):
+        vals = (rnd.randrange(1, 1 << 32), frozenset(rnd.sample(["\\Seen", "\\Flagged", "\\Draft"], rnd.randrange(3))),
+                tuple(rnd.sample(["$a", "b", "c"], rnd.randrange(3))), rnd.random() * 1e9, rnd.random() * 1e9,
+                rnd.randrange(1 << 40), f"/p/{rnd.random()}", rnd.randrange(99), rnd.randrange(1 << 30),
+                rnd.randrange(1, 9), f"g{rnd.random()}", rnd.random(), rnd.choice(["", "gz", "xz"]))
+        a, b = message_info(*vals), MessageInfo(*vals)
+        assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
+        assert dataclasses.replace(a, uid=7) == dataclasses.replace(b, uid=7)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            a.uid = 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import errno
 import functools
 import os
@@ -187,6 +188,26 @@ class MessageInfo:
     compressed: str = ""                     # "gz", "bz2", "xz": the file holds the
                                              # message compressed (Dovecot's zlib plugin);
                                              # size is then the message's, not the file's
+
+
+_FIELDS = ("uid", "flags", "keywords", "internaldate", "stored", "size", "path", "dev", "ino",
+           "nlink", "guid", "changed", "compressed")
+assert _FIELDS == tuple(f.name for f in dataclasses.fields(MessageInfo))
+_new = object.__new__
+_set = object.__setattr__
+
+
+def message_info(uid, flags, keywords, internaldate, stored, size, path, dev, ino, nlink, guid,
+                 changed, compressed) -> MessageInfo:
+    """MessageInfo(every field, in order): the same frozen object, made without the
+    dataclass's one object.__setattr__ per field (5x faster; a snapshot makes one per
+    message)."""
+    m = _new(MessageInfo)
+    _set(m, "__dict__", {"uid": uid, "flags": flags, "keywords": keywords,
+                         "internaldate": internaldate, "stored": stored, "size": size,
+                         "path": path, "dev": dev, "ino": ino, "nlink": nlink, "guid": guid,
+                         "changed": changed, "compressed": compressed})
+    return m
 
 
 @dataclass(frozen=True)

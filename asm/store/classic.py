@@ -38,7 +38,7 @@ from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
-    _what, check_folder_name, check_user_name, holder_gone, os_store_error, split_flags, this_holder,
+    _what, check_folder_name, check_user_name, holder_gone, message_info, os_store_error, split_flags, this_holder,
 )
 
 CHUNK = 1 << 20
@@ -174,6 +174,7 @@ def _store_errors(fn):
 
 
 SETTLE_NS = 2_000_000_000        # a fingerprint counts when the index did not change for this long
+_NO_FLAGS = frozenset()
 
 
 def _index_fingerprint(fdir: str) -> list | None:
@@ -468,9 +469,9 @@ class ClassicStore(Store):
                 dev, ino, nlink = st.st_dev, st.st_ino, st.st_nlink
             except FileNotFoundError:
                 pass
-        return MessageInfo(uid, frozenset(flags.split()) if flags else frozenset(),
-                           tuple(keywords.split()) if keywords else (), internaldate, stored,
-                           size, path, dev, ino, nlink, guid, stored)
+        return message_info(uid, frozenset(flags.split()) if flags else _NO_FLAGS,
+                            tuple(keywords.split()) if keywords else (), internaldate, stored,
+                            size, path, dev, ino, nlink, guid, stored, "")
 
     def snapshot(self, user: str, folder: str, since: float | None = None,
                  known=None) -> FolderSnapshot:
@@ -491,9 +492,9 @@ class ClassicStore(Store):
                 and (known is None or row[0] in known)
             if light:
                 # not carried by an incremental: flags only (for the chain), no stat
-                msgs.append(MessageInfo(row[0], frozenset(row[1].split()) if row[1] else frozenset(),
-                                        tuple(row[2].split()) if row[2] else (), stored=row[4],
-                                        guid=guids.get(row[0], ""), changed=row[4]))
+                msgs.append(message_info(row[0], frozenset(row[1].split()) if row[1] else _NO_FLAGS,
+                                         tuple(row[2].split()) if row[2] else (), 0.0, row[4], 0, "",
+                                         0, 0, 1, guids.get(row[0], ""), row[4], ""))
             else:
                 msgs.append(self._info(fdir, row, guid=guids.get(row[0], "")))
         snap = FolderSnapshot(info, msgs)

@@ -22,8 +22,8 @@ from asm.store import layout as layout_mod
 from asm.store.base import (
     BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, compression_of, holder_gone, os_store_error, split_flags, store_os_errors,
-    this_holder,
+    check_folder_name, check_user_name, compression_of, holder_gone, message_info, os_store_error, split_flags,
+    store_os_errors, this_holder,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
 from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
@@ -126,13 +126,11 @@ def _fingerprint_stats(d: str, ctl: str) -> list:
     return out
 
 
-def _settled(fp: list, uidlist_st, seen: float) -> bool:
+def _settled(fp: list, seen: float) -> bool:
     """Whether every part of the fingerprint was last changed SETTLE_NS before ``seen``
-    (when it was taken) and the uidlist still is that file: a change made later, even in
-    the same clock tick as the snapshot, then always gives another mtime or ctime."""
+    (when it was taken): a change made later, even in the same clock tick as the
+    snapshot, then always gives another mtime or ctime."""
     limit = int(seen * 1e9) - SETTLE_NS
-    if [*_stat_key(uidlist_st)] != fp[0]:
-        return False
     return all(not part or (part[2] < limit and part[3] < limit) for part in fp)
 
 
@@ -564,11 +562,14 @@ class MaildirStore(Store):
             dv.add_keywords(user, folder, uid, kws)
         overflow.clear()
 
-    def _index_keywords(self, user: str, folder: str, ctl: str, snap: FolderSnapshot) -> bool:
+    def _index_keywords(self, user: str, folder: str, ctl: str, snap: FolderSnapshot,
+                        no_table: bool = False) -> bool:
         """A folder whose 26 keyword letters are all taken may have more keywords in
         Dovecot's index only: read them with doveadm, or say that they are missing.
         True when the folder's keywords are not all in its file names (the index has a
         say: no fingerprint tells when those change)."""
+        if no_table:
+            return False                     # no dovecot-keywords (its fingerprint says)
         table = mdnames.read_keywords(ctl)
         if sum(1 for k in table if k) < mdnames.MAX_KEYWORDS:
             return False
@@ -831,21 +832,21 @@ class MaildirStore(Store):
 
     def _info(self, st: _State, uid: int, sub: str, fname: str, stat: bool = True,
               stored: float | None = None) -> MessageInfo:
-        base, letters = split_name(fname)
-        flags, kws = self._decode_flags(st, letters)
+        base, sep, info = fname.partition(":")
+        letters = info[2:] if sep and info[:2] == "2," else ""
+        hit = st.flag_cache.get(letters)
+        flags, kws = hit if hit is not None else self._decode_flags(st, letters)
         path = f"{st.dir}/{sub}/{fname}"
         rec = st.uidlist.records.get(uid)
-        guid = guid_of(rec[0], rec[1]) if rec is not None else base
+        guid = base if rec is None else (guid_of(rec[0], rec[1]) if rec[0] else rec[1])
         if stored is None:
             stored = stored_from_name(base)
+        m = SIZE_RE.search(base)
         if not stat:
-            m = SIZE_RE.search(base)
-            return MessageInfo(uid=uid, flags=flags, keywords=kws, stored=stored or 0.0,
-                               size=int(m.group(1)) if m else 0, path=path, guid=guid,
-                               changed=stored or 0.0)
+            return message_info(uid, flags, kws, 0.0, stored or 0.0, int(m.group(1)) if m else 0,
+                                path, 0, 0, 1, guid, stored or 0.0, "")
         s = os.stat(path)
         size, compressed = s.st_size, ""
-        m = SIZE_RE.search(base)
         if m and int(m.group(1)) != size:
             # S= is the message's size: a file of another size may be compressed
             # (Dovecot's zlib plugin); then the message is what it decompresses to
@@ -854,10 +855,8 @@ class MaildirStore(Store):
                 size = int(m.group(1))
         # the file's ctime changes when it is linked (COPY, LMTP to several users) or
         # renamed (MOVE, a folder RENAME, a flag change): when it entered this folder
-        return MessageInfo(uid=uid, flags=flags, keywords=kws, internaldate=s.st_mtime,
-                           stored=stored if stored is not None else s.st_ctime,
-                           size=size, path=path, dev=s.st_dev, ino=s.st_ino,
-                           nlink=s.st_nlink, compressed=compressed, guid=guid, changed=s.st_ctime)
+        return message_info(uid, flags, kws, s.st_mtime, stored if stored is not None else s.st_ctime,
+                            size, path, s.st_dev, s.st_ino, s.st_nlink, guid, s.st_ctime, compressed)
 
     def _find(self, st: _State, uid: int, user: str, folder: str) -> tuple[str, str, str]:
         """(base, subdir, file name) of ``uid``; rescans once if the file moved."""
@@ -950,7 +949,7 @@ class MaildirStore(Store):
                 return None
             seen = time.time()
             fp = _fingerprint_stats(d, ctl)  # before anything is read: a change after it shows
-            before = os.stat(path)
+            before = fp[0]
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
                 ul = Uidlist.parse(f.read(), path)
             if ul.torn:
@@ -962,7 +961,7 @@ class MaildirStore(Store):
             for sub in ("new", "cur"):       # cur/ wins if a name is in both (as _scan)
                 for fname in os.listdir(os.path.join(d, sub)):
                     if fname[:1] != ".":
-                        files[split_name(fname)[0]] = (sub, fname)
+                        files[fname.partition(":")[0]] = (sub, fname)
             by_base = ul.by_base()
             if any(b not in by_base for b in files):
                 return None
@@ -973,14 +972,14 @@ class MaildirStore(Store):
             return None                      # the locked way says what is wrong
         except OSError as exc:
             raise os_store_error(exc, f"{user}/{folder}") from None
-        if (before.st_ino, before.st_mtime_ns, before.st_size, before.st_ctime_ns) != \
-                (after.st_ino, after.st_mtime_ns, after.st_size, after.st_ctime_ns):
+        if [*_stat_key(after)] != before:
             return None                      # changed under us
         msgs = self._snapshot_messages(st, since, known)
         info = FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=folder in subs)
         snap = FolderSnapshot(info=info, messages=msgs)
-        if not self._index_keywords(user, folder, ctl, snap) and _settled(fp, before, seen):
+        if not self._index_keywords(user, folder, ctl, snap, no_table=not fp[4]) and \
+                _settled(fp, seen):
             snap.fingerprint = ["maildir", ul.uidvalidity, ul.uidnext, *fp]
         return snap
 
