@@ -8,6 +8,7 @@ vanished, never a failure.
 """
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -344,14 +345,68 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                                         "bytes": nbytes, "error": failed[0] if failed else None})
 
 
+class _Prefetch:
+    """Asks the kernel to read the next messages' files while this one is written
+    (posix_fadvise WILLNEED: the reads go to the disk together, in the background, as a
+    cold cache needs; on a warm one it costs an open, the call and a close per file).
+    A window of PREFETCH_FILES files and PREFETCH_BYTES bytes ahead, never more; a file
+    that cannot be opened is left to the writer, which says why."""
+
+    PREFETCH_FILES = 64
+    PREFETCH_BYTES = 16 << 20
+
+    def __init__(self, msgs: list, written) -> None:
+        self.msgs, self.written = msgs, written
+        self.next = 0                # the first message not asked for yet
+        self.sizes: list = []        # sizes asked for, by position
+        self.ahead = 0               # bytes asked for and not written yet
+
+    def upto(self, i: int) -> None:
+        msgs, sizes = self.msgs, self.sizes
+        if i > 0 and i <= len(sizes):
+            self.ahead -= sizes[i - 1]
+        while self.next < len(msgs) and self.next - i < self.PREFETCH_FILES and \
+                (self.ahead < self.PREFETCH_BYTES or self.next == i):
+            m = msgs[self.next]
+            size = 0
+            if not m.compressed and not (m.nlink > 1 and (m.dev, m.ino) in self.written):
+                size = m.size
+                _willneed(m.path)
+            sizes.append(size)
+            self.ahead += size
+            self.next += 1
+
+
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+_PREFETCH_OPEN = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
+    getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+def _willneed(path: str) -> None:
+    if _WILLNEED is None:
+        return
+    try:
+        fd = os.open(path, _PREFETCH_OPEN)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, _WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, carried,
                     opts: BackupOptions, res: BackupResult, report, progress, ahead, fail,
                     lost: set) -> tuple[int, int]:
     """The folder's messages into the archive; (messages, bytes) written."""
     n = nbytes = 0
-    for m in snap.messages:
-        if not carried(m):
-            continue
+    todo = [m for m in snap.messages if carried(m)]
+    ahead_of = _Prefetch(todo, writer.links_written) if ahead is None else None
+    for i, m in enumerate(todo):
+        if ahead_of is not None:
+            ahead_of.upto(i)
         uid = m.uid
         for attempt in (0, 1):
             link_key = None if opts.ignore_links or m.nlink < 2 else (m.dev, m.ino)
