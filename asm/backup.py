@@ -47,6 +47,9 @@ class BackupOptions:
     snapshot: dict | None = None        # --snapshot: {live directory: snapshot mount} read instead
     base: object = None                 # --base: asm.backupstate.BaseState of the previous backup
     jobs: int = 1                       # -j: threads reading message files ahead of the writer
+    # an incremental writes folders its base's fingerprints say are unchanged from the
+    # base's record (None: as backup.skipunchanged says, default yes)
+    skip_unchanged: bool | None = None
 
 
 @dataclass
@@ -172,6 +175,9 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
     lines; ``progress(result)`` is called as messages go by.  ``groups`` (the
     installation's) lets mail the store does not list be named for group paths too."""
     res = BackupResult()
+    if opts.skip_unchanged is None:
+        conf = getattr(store, "config", None)
+        opts.skip_unchanged = conf is None or conf.get("backup.skipunchanged") != "no"
     run = Run("backup", device, [str(p) for p in paths],
               {"since": opts.since, "ignore_links": opts.ignore_links})
     plugins.run_start(run)
@@ -230,7 +236,7 @@ def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts:
     base's record, the same UIDs and flags a fresh read would give, nothing is read.
     False when the folder has to be read."""
     got = opts.base.unchanged.get((t.user, folder))
-    if got is None or opts.since is not None:
+    if got is None or opts.since is not None or not opts.skip_unchanged:
         return False
     fingerprint, flags = got
     base_uv, uids = opts.base.folders[(t.user, folder)]

@@ -269,6 +269,10 @@ OPTIONS: dict[str, Option] = {
     "backup.allowempty": Option(_bool, "no",
                                 "yes: a backup that finds no user on a partition it covers writes an "
                                 f"(empty) archive instead of failing with exit {EXIT_EMPTY}"),
+    "backup.skipunchanged": Option(_bool, "yes",
+                                   "no: an incremental reads every folder, also those its base "
+                                   "recorded as unchanged (for a store whose file times cannot be "
+                                   "trusted, e.g. an NFS server whose clock is off by seconds)"),
     "restore.spoolmax": Option(_int(0, 1 << 20), "1024",
                                "MiB of first copies a restore from a pipe may keep for later links"),
     "staging.dir": Option(_abspath, None, "staging directory for per-group dumps"),

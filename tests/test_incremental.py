@@ -487,3 +487,21 @@ def test_a_state_whose_flags_do_not_name_the_folders_uids_reads_the_folder(tmp_p
     st.write_text(json.dumps(doc))
     p = run(w.home, "imsbackup", "-v", "-f", tmp_path / "i.ims", "--base", st, "/", check=0, text=True)
     assert _unchanged(p) == 1, p.stderr
+
+
+def test_backup_skipunchanged_no_reads_every_folder(tmp_path, driver):
+    """msconfig set backup.skipunchanged no: the incremental reads every folder although
+    the base recorded fingerprints (for stores whose file times cannot be trusted)."""
+    w = World(tmp_path, driver)
+    for f in ("INBOX", "Work"):
+        w.new(folder=f)
+    time.sleep(SETTLE)
+    w.backup()
+    run(w.home, "msconfig", "set", "backup.skipunchanged", "no", check=0)
+    p = run(w.home, "imsbackup", "-v", "-f", tmp_path / "i.ims", "--base", f"{w.archives[0]}.state", "/",
+            check=0, text=True)
+    assert _unchanged(p) == 0 and "2 folders" in p.stderr, p.stderr
+    run(w.home, "msconfig", "set", "backup.skipunchanged", "yes", check=0)
+    p = run(w.home, "imsbackup", "-v", "-f", tmp_path / "j.ims", "--base", f"{w.archives[0]}.state", "/",
+            check=0, text=True)
+    assert _unchanged(p) == 2, p.stderr
