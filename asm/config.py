@@ -13,8 +13,6 @@ import fcntl
 import os
 import pwd
 import re
-import tempfile
-import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
@@ -338,6 +336,9 @@ def lookup(name: str) -> Option:
 
 def _bad_char(value: str) -> str | None:
     """Why ``value`` cannot be a line of msg.conf, or None."""
+    if value.isascii() and value.isprintable():
+        return None                 # the usual case, without loading the Unicode database
+    import unicodedata
     for c in value:
         cat = unicodedata.category(c)
         if cat == "Cs":
@@ -606,6 +607,7 @@ def _short(s: str) -> str:
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so readers see the old or the new file, never half."""
     d = os.path.dirname(path) or "."
+    import tempfile                 # only writing needs it (startup time)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
