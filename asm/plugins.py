@@ -47,8 +47,9 @@ def _allowed() -> set[str] | None:
 class EntryPoint:
     """One ``name = module[:attr]`` line of a distribution's ``[ims_asm]`` section."""
 
-    # importlib.metadata.EntryPoint.pattern (Python 3.11)
-    pattern = re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$")
+    # importlib.metadata.EntryPoint.pattern (Python 3.11), compiled when a value is more
+    # than a module name
+    PATTERN = r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$"
 
     def __init__(self, name: str, value: str, where, dist=None):
         self.name, self.value = name, value
@@ -57,7 +58,9 @@ class EntryPoint:
 
     def load(self):
         import importlib
-        match = self.pattern.match(self.value)
+        if self.value.replace(".", "a").replace("_", "a").isalnum():     # [\w.]+ alone: a module
+            return importlib.import_module(self.value)
+        match = re.match(self.PATTERN, self.value)
         if match is None:
             raise ValueError(f"{self.value!r} is not 'module' or 'module:attribute'")
         obj = importlib.import_module(match.group("module"))
@@ -78,8 +81,12 @@ class EntryPoint:
 
 
 def _normalize(name: str) -> str:
-    """importlib.metadata's Prepared.normalize: PEP 503 with dashes as underscores."""
-    return re.sub(r"[-_.]+", "-", name).lower().replace("-", "_")
+    """importlib.metadata's Prepared.normalize: PEP 503 with dashes as underscores
+    (``re.sub(r"[-_.]+", "-", name).lower().replace("-", "_")``)."""
+    name = name.lower().replace("-", "_").replace(".", "_")
+    while "__" in name:
+        name = name.replace("__", "_")
+    return name
 
 
 def _section(text: str, group: str) -> list[tuple[str, str]]:
