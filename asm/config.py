@@ -13,7 +13,6 @@ import fcntl
 import os
 import pwd
 import re
-from dataclasses import dataclass
 from typing import Callable
 
 from asm.errors import EXIT_EMPTY, EXIT_NOSPACE, EXIT_USAGE, ImsError
@@ -199,11 +198,14 @@ def _any(v: str) -> str:
     return v
 
 
-@dataclass(frozen=True)
 class Option:
-    check: Callable[[str], str]
-    default: str | None
-    doc: str
+    """An option msconfig knows: its checker, its default (None: unset) and what it is.
+    (A plain class, not a frozen dataclass: every command builds it at start.)"""
+
+    __slots__ = ("check", "default", "doc")
+
+    def __init__(self, check: Callable[[str], str], default: str | None, doc: str):
+        self.check, self.default, self.doc = check, default, doc
 
 
 #: Every option msconfig knows.  ``partition:NAME.path`` is matched by pattern.

@@ -151,7 +151,7 @@ def _scan(group: str, paths: list[str]) -> list[EntryPoint]:
                 continue
             try:
                 pairs = _section(data.decode("utf-8"), group)
-            except ValueError as exc:
+            except ValueError as exc:               # UnicodeDecodeError included
                 raise PluginError(f"{os.path.join(where, 'entry_points.txt')}: {exc}: reinstall "
                                   f"that distribution or remove it") from None
             out += [EntryPoint(name, value, where) for name, value in pairs]
