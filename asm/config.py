@@ -13,9 +13,6 @@ import fcntl
 import os
 import pwd
 import re
-import tempfile
-import unicodedata
-from dataclasses import dataclass
 from typing import Callable
 
 from asm.errors import EXIT_EMPTY, EXIT_NOSPACE, EXIT_USAGE, ImsError
@@ -201,11 +198,14 @@ def _any(v: str) -> str:
     return v
 
 
-@dataclass(frozen=True)
 class Option:
-    check: Callable[[str], str]
-    default: str | None
-    doc: str
+    """An option msconfig knows: its checker, its default (None: unset) and what it is.
+    (A plain class, not a frozen dataclass: every command builds it at start.)"""
+
+    __slots__ = ("check", "default", "doc")
+
+    def __init__(self, check: Callable[[str], str], default: str | None, doc: str):
+        self.check, self.default, self.doc = check, default, doc
 
 
 #: Every option msconfig knows.  ``partition:NAME.path`` is matched by pattern.
@@ -342,6 +342,9 @@ def lookup(name: str) -> Option:
 
 def _bad_char(value: str) -> str | None:
     """Why ``value`` cannot be a line of msg.conf, or None."""
+    if value.isascii() and value.isprintable():
+        return None                 # the usual case, without loading the Unicode database
+    import unicodedata
     for c in value:
         cat = unicodedata.category(c)
         if cat == "Cs":
@@ -610,6 +613,7 @@ def _short(s: str) -> str:
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so readers see the old or the new file, never half."""
     d = os.path.dirname(path) or "."
+    import tempfile                 # only writing needs it (startup time)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:

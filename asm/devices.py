@@ -17,7 +17,6 @@ import os
 import re
 import stat
 import sys
-import tempfile
 import weakref
 
 from asm.errors import EXIT_AUTH, EXIT_CONNECT, EXIT_DEVICE, EXIT_LINKLOST, EXIT_NOSPACE, ImsError
@@ -122,6 +121,7 @@ class _FileDevice(Device):
     owning the device, a bug) is removed when the device is dropped or at exit."""
 
     def __init__(self, spec: str, target: str):
+        import tempfile                     # only a plain-file archive needs it (startup time)
         d = os.path.dirname(os.path.abspath(target))
         with _interrupts_deferred():        # the file exists only together with its remover
             try:

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import socket
-import tempfile
 import time
 
 from asm import __version__
@@ -76,6 +75,7 @@ def _file_part(v: str) -> str:
 
 def _write_atomic(path: str, data: bytes) -> None:
     d = os.path.dirname(os.path.abspath(path))
+    import tempfile                 # only a report file needs it (startup time)
     fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:

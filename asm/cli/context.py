@@ -1,19 +1,20 @@
 """Opening an installation for a command: configuration, groups and store together."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from asm.config import Config
 from asm.groups import Groups
 from asm.store import open_store
 from asm.store.base import Store
 
 
-@dataclass
 class Installation:
-    config: Config
-    groups: Groups
-    store: Store
+    """A command's installation: its configuration, groups and store.  (A plain class,
+    not a dataclass: every command builds this module's classes at start.)"""
+
+    __slots__ = ("config", "groups", "store")
+
+    def __init__(self, config: Config, groups: Groups, store: Store):
+        self.config, self.groups, self.store = config, groups, store
 
 
 def open_installation(home: str | None = None, create: bool = False,

@@ -14,7 +14,6 @@ import time
 
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup, select
-from asm.backupstate import load_base, state_path_for, write_state
 from asm.cli.common import (
     ArgParser, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file, run_command, warn,
 )
@@ -104,7 +103,11 @@ def _main(argv: list[str] | None) -> int:
 def _backup(args, rep) -> int:
     since = parse_date(args.date) if args.date else None
     names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
-    base = load_base(args.base) if args.base else None
+    if args.base:
+        from asm.backupstate import load_base      # here: only an incremental needs it (startup time)
+        base = load_base(args.base)
+    else:
+        base = None
     inst = open_installation(snapshot=args.snapshot)
     paths = [parse(n, inst.groups) for n in (names or ["/"])]
     allow_empty = args.allow_empty or inst.config.get("backup.allowempty") == "yes"
@@ -127,6 +130,8 @@ def _backup(args, rep) -> int:
     # the state file goes beside a local plain-file archive only (a plugin's device that
     # calls itself a file has no place here to put one: --state-out names it)
     target = getattr(raw, "target", None)
+    if args.state_out or isinstance(target, str):
+        from asm.backupstate import state_path_for, write_state
     state_out = args.state_out or (state_path_for(target) if isinstance(target, str) else None)
     device = wrap_write(raw, layers.level, layers.recipients, layers.threads, 512 * args.bf)
 

@@ -2,11 +2,7 @@
 reading; stack them for writing; a device whose file goes through them."""
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
-import lzma
-import zlib
 
 from asm.devices import Device
 from asm.layers.base import Source, StreamLayer
@@ -61,8 +57,14 @@ class _StdlibStream(StreamLayer):
     corrupt is LayerDamaged."""
 
     def __init__(self, kind: str, src: Source):
+        # imported here: only reading such an archive needs them (startup time)
+        import bz2
+        import gzip
+        import lzma
+        import zlib
         super().__init__()
         self.layer = kind
+        self._errors = (EOFError, OSError, zlib.error, lzma.LZMAError)
         if kind == "gzip":
             self._f = gzip.GzipFile(fileobj=src, mode="rb")
         else:
@@ -71,7 +73,7 @@ class _StdlibStream(StreamLayer):
     def _next(self):
         try:
             d = self._f.read(1 << 16)
-        except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+        except self._errors as exc:
             raise LayerDamaged(f"{self.layer}: the stream is cut short or corrupt ({exc})") from None
         return d or None
 

@@ -13,7 +13,13 @@ the archive device ``s3://bucket/key`` and the staging area's remote copies.
 
 See docs/offsite.md.
 """
-from plugins.s3.errors import (  # noqa: F401
-    S3AuthFailed, S3ConfigError, S3ConnectFailed, S3Error, S3LinkLost, S3Locked, S3NoSpace, S3NotFound,
-    S3VerifyFailed,
-)
+_ERRORS = {"S3AuthFailed", "S3ConfigError", "S3ConnectFailed", "S3Error", "S3LinkLost", "S3Locked", "S3NoSpace",
+           "S3NotFound", "S3VerifyFailed"}
+
+
+def __getattr__(name):
+    # imported on first use: every command loads this plugin (plugins.s3.plugin)
+    if name in _ERRORS:
+        from plugins.s3 import errors
+        return getattr(errors, name)
+    raise AttributeError(name)

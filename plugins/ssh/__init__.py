@@ -14,17 +14,17 @@
 
 See docs/ssh.md.
 """
-from plugins.ssh.errors import (  # noqa: F401
-    AuthFailed, ConnectFailed, HostKeyChanged, HostKeyUnknown, LinkLost, RemoteDiskFull, RemoteError,
-    RemotePathError, VerifyFailed,
-)
-
+_ERRORS = {"AuthFailed", "ConnectFailed", "HostKeyChanged", "HostKeyUnknown", "LinkLost", "RemoteDiskFull",
+           "RemoteError", "RemotePathError", "VerifyFailed"}
 _TRANSFER = {"FetchResult", "PushResult", "fetch", "push", "remove"}
 
 
 def __getattr__(name):
-    # paramiko is imported only when a transfer is used: every imsbackup loads this
-    # plugin, and importing paramiko costs ~0.15 s and ~20 MB
+    # imported on first use: every command loads this plugin (plugins.ssh.plugin), and
+    # importing paramiko costs ~0.15 s and ~20 MB; the errors module, a little start time
+    if name in _ERRORS:
+        from plugins.ssh import errors
+        return getattr(errors, name)
     if name in _TRANSFER:
         from plugins.ssh import transfer
         return getattr(transfer, name)

@@ -20,30 +20,47 @@ Modules: :mod:`.uidlist`, :mod:`.dotlock`, :mod:`.names` (folder directories, fi
 names, flag letters, keywords), :mod:`.subscriptions`, :mod:`.store` (the driver).
 """
 from asm.hookspecs import hookimpl
-from asm.store.maildir.dotlock import LOCK_SUFFIX, STALE_LOCK_SECS, TOUCH_LOCK_SECS
-from asm.store.maildir.names import (
-    FLAG_LETTER, KEYWORDS, LETTER_FLAG, MAX_KEYWORDS, folder_dirname, folder_from_dirname,
-    level_to_disk, split_name, stored_from_name,
-)
-from asm.store.maildir.store import HOLD_MARKER, INDEX_FILES, LIST_INDEX_FILES, QUEUE_DIR, MaildirStore
-from asm.store.maildir.subscriptions import SUBSCRIPTIONS
-from asm.store.maildir.uidlist import UIDLIST, Uidlist, read_uidlist, read_uidlist_header
 
-__all__ = [
-    "FLAG_LETTER", "HOLD_MARKER", "INDEX_FILES", "KEYWORDS", "LETTER_FLAG", "LIST_INDEX_FILES",
-    "LOCK_SUFFIX", "MAX_KEYWORDS", "MaildirStore", "QUEUE_DIR", "STALE_LOCK_SECS", "SUBSCRIPTIONS",
-    "TOUCH_LOCK_SECS", "UIDLIST", "Uidlist", "folder_dirname", "folder_from_dirname", "ims_store_drivers",
-    "level_to_disk", "read_uidlist", "read_uidlist_header", "split_name", "stored_from_name",
-]
+# What the package offers, from the module that holds it.  Imported on first use (PEP
+# 562): every command loads this plugin, and a store of another driver (or a command
+# that opens no store) must not pay for this driver's modules.
+_EXPORTS = {
+    "asm.store.maildir.dotlock": ("LOCK_SUFFIX", "STALE_LOCK_SECS", "TOUCH_LOCK_SECS"),
+    "asm.store.maildir.names": ("FLAG_LETTER", "KEYWORDS", "LETTER_FLAG", "MAX_KEYWORDS", "folder_dirname",
+                                "folder_from_dirname", "level_to_disk", "split_name", "stored_from_name"),
+    "asm.store.maildir.store": ("HOLD_MARKER", "INDEX_FILES", "LIST_INDEX_FILES", "QUEUE_DIR", "MaildirStore"),
+    "asm.store.maildir.subscriptions": ("SUBSCRIPTIONS",),
+    "asm.store.maildir.uidlist": ("UIDLIST", "Uidlist", "read_uidlist", "read_uidlist_header"),
+}
+_SUBMODULES = ("dbox", "dotlock", "doveadm", "holdfile", "names", "store", "subscriptions", "uidlist")
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted([*_WHERE, "ims_store_drivers"])
+
+
+def __getattr__(name: str):
+    import importlib
+    module = _WHERE.get(name)
+    if module is None:
+        if name in _SUBMODULES:                  # asm.store.maildir.store, ... as attributes
+            return importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
 
 
 def open_maildir_store(config, create: bool = True):
     """The maildir driver: Maildir stores, and sdbox/mdbox ones through doveadm
     (store.mail_location names the format)."""
-    from asm.store.maildir.dbox import DboxStore
-    from asm.store.maildir.store import open_layout
+    from asm.store.maildir.store import MaildirStore, open_layout
     layout = open_layout(config, dbox=True)
     if layout is not None and not layout.location.is_maildir:
+        from asm.store.maildir.dbox import DboxStore
         return DboxStore(config, create, layout=layout)
     return MaildirStore(config, create, layout=layout or False)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
 from asm.config import Config
+from asm.lazy import module as _lazy_module
 from asm.locks import pid_alive
-from asm.store import layout as layout_mod
 from asm.store.base import (
     BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
@@ -32,6 +32,8 @@ from asm.store.maildir.names import (
 )
 from asm.store.maildir.subscriptions import SUBSCRIPTIONS
 from asm.store.maildir.uidlist import UIDLIST, Uidlist, guid_of, read_uidlist, read_uidlist_header
+
+layout_mod = _lazy_module("asm.store.layout")     # only a store.mail_location needs it (startup time)
 
 CHUNK = 1 << 20
 HOLD_MARKER = ".ims-hold"
