@@ -9,7 +9,6 @@ vanished, never a failure.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -184,7 +183,7 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
     t0 = time.monotonic()
     base = opts.base
     res.header = writer.write_header({
-        "tool_version": __version__, "host": socket.gethostname(), "driver": store.name,
+        "tool_version": __version__, "host": os.uname().nodename, "driver": store.name,
         "scope": [str(p) for p in paths], "since": opts.since,
         # an incremental names its base and the chain it continues (full first)
         "base": base.archive_id if base is not None else None,

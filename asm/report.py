@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 
 from asm import __version__
@@ -220,7 +219,7 @@ class RunReport:
     def finish(self, status: int, summary: str = "", labels: tuple[str, str] | None = None, **fields) -> dict:
         ended = time.time()
         doc = {"command": self.command, "kind": self.kind, "tool_version": __version__,
-               "host": socket.gethostname(), "status": status, "ok": status == 0,
+               "host": os.uname().nodename, "status": status, "ok": status == 0,
                "started": self.started, "ended": ended,
                "duration_seconds": round(time.monotonic() - self._t0, 3)}
         doc.update(self.fields)

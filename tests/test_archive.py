@@ -904,3 +904,17 @@ def test_quick_member_headers_are_the_general_ones_byte_for_byte():
         got = pax.member_plain(name.encode("ascii"), typeflag, mode, size, mtime, records,
                                link.encode("ascii"))
         assert got == want, (name, link, size, mtime, typeflag)
+
+
+def test_archive_ids_are_version_4_uuids():
+    """The writer's archive ids (made from os.urandom, without the uuid module) are
+    random version-4 UUIDs in their usual text form."""
+    import uuid
+    from asm.archive.writer import uuid4
+    seen = set()
+    for _ in range(2000):
+        s = uuid4()
+        u = uuid.UUID(s)
+        assert str(u) == s and u.version == 4 and u.variant == uuid.RFC_4122
+        seen.add(s)
+    assert len(seen) == 2000

@@ -3,10 +3,8 @@ import functools
 import hashlib
 import json
 import os
-import socket
 import stat
 import time
-import uuid
 
 from . import names, pax, spec
 from .errors import ArchiveError, CorruptSource, UnreadableSource
@@ -29,6 +27,16 @@ _KIND_MESSAGE = _R(_K[spec.KIND], spec.K_MESSAGE.encode())
 _KIND_LINK = _R(_K[spec.KIND], spec.K_LINK.encode())
 _KIND_HEADER = _R(_K[spec.KIND], spec.K_HEADER.encode()) + _R(_K[spec.VERSION_KEY], b"%d" % spec.VERSION)
 _KIND_TRAILER = _R(_K[spec.KIND], spec.K_TRAILER.encode())
+
+
+def uuid4():
+    """A random UUID (version 4) as text, as str(uuid.uuid4()) gives it (without importing
+    uuid, and socket with it, at every start)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _tool_version():
@@ -159,7 +167,7 @@ class ArchiveWriter:
             raise ArchiveError("write_header() called twice")
         hdr = {
             "format": spec.FORMAT, "version": spec.VERSION, "tool_version": _tool_version(),
-            "archive_id": str(uuid.uuid4()), "host": socket.gethostname(),
+            "archive_id": uuid4(), "host": os.uname().nodename,
             "created": time.time(), "driver": None, "scope": [], "since": None,
             "options": {},
         }

@@ -8,7 +8,6 @@ import contextlib
 import errno
 import os
 import random
-import socket
 import threading
 import time
 
@@ -56,7 +55,7 @@ def lock_is_stale(path: str, hostname: str) -> bool:
     if owner is None:
         return age > FRESH_SECS
     pid, host = owner
-    if host not in (hostname, socket.gethostname(), socket.gethostname().split(".")[0]):
+    if host not in (hostname, os.uname().nodename, os.uname().nodename.split(".")[0]):
         return False
     return not pid_alive(pid)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import socket
 from typing import Iterable
 
 from asm.store import utf7
@@ -32,7 +31,7 @@ def level_to_disk(level: str) -> str:
 
 def host() -> str:
     """This host's name as Dovecot puts it in file names and lock files."""
-    return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+    return os.uname().nodename.replace("/", r"\057").replace(":", r"\072")
 
 
 @functools.lru_cache(maxsize=4096)
