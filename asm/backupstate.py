@@ -109,9 +109,9 @@ def _from_state_doc(doc: dict, path: str) -> BaseState:
                 # (the archive's own check of IMSASM.state: real flags and keywords, each
                 # UID once, all in the folder; and here: every UID of the folder)
                 try:
-                    checked = FolderState.parse(json.dumps(flags), uids)
+                    checked = FolderState.from_obj(flags, uids)
                     if len(checked) == len(uids):
-                        st.unchanged[key] = (fp, {k: UidSet.parse(v) for k, v in flags.items()})
+                        st.unchanged[key] = (fp, {k: e[2] for k, e in zip(flags, checked.entries)})
                 except (ValueError, TypeError):
                     pass
     except (KeyError, TypeError, ValueError):

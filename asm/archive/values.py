@@ -248,6 +248,11 @@ class FolderState:
             obj = json.loads(text)
         except (ValueError, RecursionError):
             raise ValueError(f"{spec.STATE} is not JSON") from None
+        return cls.from_obj(obj, folder_uids)
+
+    @classmethod
+    def from_obj(cls, obj, folder_uids):
+        """parse() of the record's JSON already decoded; ``entries`` keep its order."""
         if not isinstance(obj, dict):
             raise ValueError(f"{spec.STATE} is not a JSON object")
         entries, all_ranges = [], []

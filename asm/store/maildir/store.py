@@ -994,15 +994,22 @@ class MaildirStore(Store):
             return None
         try:
             folder = check_folder_name(folder)
-            d = self._folder_dir(user, folder)
-            ctl, _ = self._ctl_idx(user, folder, d)
+            if self._layout is None and folder.isascii():
+                root = self._root(user)          # (one look at the user, not three)
+                sub = self.folder_dirname(folder)
+                d = ctl = os.path.join(root, sub) if sub else root
+                subs_root = root
+            else:
+                d = self._folder_dir(user, folder)
+                ctl, _ = self._ctl_idx(user, folder, d)
+                subs_root = self._subs_root(user)
             if _fingerprint_stats(d, ctl) != fingerprint[3:] or \
                     os.path.lexists(os.path.join(ctl, UIDLIST + LOCK_SUFFIX)):
                 return None
         except (OSError, StoreError):
             return None
         return FolderInfo(name=folder, uidvalidity=fingerprint[1], uidnext=fingerprint[2],
-                          subscribed=folder in self._subs.get(self._subs_root(user)))
+                          subscribed=folder in self._subs.get(subs_root))
 
     def _snapshot_messages(self, st: _State, since, known) -> list:
         files = st.files
