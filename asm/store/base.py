@@ -632,8 +632,22 @@ def split_flags(all_flags: Iterable[str]) -> tuple[frozenset, tuple]:
     return frozenset(system), tuple(keywords)
 
 
+_GOOD_FOLDER_NAMES: dict = {}      # name -> normalised: names that passed (asked per message)
+
+
 def check_folder_name(name: str) -> str:
     """Validate a logical folder name; returns it normalised (INBOX upper-cased)."""
+    hit = _GOOD_FOLDER_NAMES.get(name) if type(name) is str else None
+    if hit is not None:
+        return hit
+    checked = _check_folder_name(name)
+    if len(_GOOD_FOLDER_NAMES) >= 4096:
+        _GOOD_FOLDER_NAMES.clear()
+    _GOOD_FOLDER_NAMES[name] = checked
+    return checked
+
+
+def _check_folder_name(name: str) -> str:
     if not name or name.startswith("/") or name.endswith("/") or "//" in name:
         raise BadName(f"bad folder name {name!r}: use levels separated by single '/'")
     if "\x00" in name or any(ord(c) < 32 for c in name):

@@ -259,6 +259,9 @@ class ClassicStore(Store):
         self._counters: dict[str, list] = {}
         self._mutex = threading.RLock()
         self._tmp_clean: set[str] = set()            # partitions whose temp dir was cleaned
+        self._tmp_dirs: set[str] = set()             # temp dirs known to exist (see _write_file)
+        self._tmp_seq = 0                            # temporaries: <pid>-<uid>-<seq><tag>
+        self._tmp_tag = uuid.uuid4().hex[:8]
 
     def _check_lost(self, db_path: str) -> None:
         for part, ppath in self.parts.items():
@@ -337,14 +340,16 @@ class ClassicStore(Store):
             self._cache_index(fdir, con)
         return con
 
-    def _connect_index(self, path: str) -> sqlite3.Connection:
+    def _connect_index(self, path: str, new: bool = False) -> sqlite3.Connection:
         # a rollback journal with synchronous=FULL: a crash at any moment leaves the index
         # whole and every commit durable.  A folder restored under one lock is one
         # commit, so this costs less than WAL, whose files are made and checkpointed
         # (fsynced) for each of the many indexes a run opens and closes.
         con = sqlitedb.connect(path, self.lock_timeout, journal_mode="DELETE", synchronous="FULL",
                                check_same_thread=False)
-        if not con.execute("SELECT 1 FROM sqlite_master WHERE name='guids'").fetchone():
+        # (a new index gets the guids table with the rest of its schema, in the caller's
+        # one transaction: not in a commit of its own, which costs its fsyncs)
+        if not new and not con.execute("SELECT 1 FROM sqlite_master WHERE name='guids'").fetchone():
             # an index made before messages had GUIDs: they get their table now
             with contextlib.suppress(sqlite3.Error):
                 con.execute(_GUIDS)
@@ -642,7 +647,7 @@ class ClassicStore(Store):
             if old is not None:
                 old.close()
             _remove_index(idx)       # left by a crash between index and mailbox list: start clean
-            con = self._connect_index(idx)
+            con = self._connect_index(idx, new=True)
             con.executescript("BEGIN;" + _IDX_SCHEMA)
             con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (max(1, uidnext),))
             # the folder's own record of its UIDVALIDITY: reconstruct -m finds it here when
@@ -710,8 +715,10 @@ class ClassicStore(Store):
         left is found without walking any folder (see :meth:`_clean_tmp`)."""
         part, _ = self._user_where(user)
         d = os.path.join(self.partition_path(part), TMP_DIR)
-        if not os.path.isdir(d):
-            self._makedirs(d)
+        if d not in self._tmp_dirs:
+            if not os.path.isdir(d):
+                self._makedirs(d)
+            self._tmp_dirs.add(d)
         return d
 
     def _clean_tmp(self, user: str) -> None:
@@ -733,39 +740,66 @@ class ClassicStore(Store):
                     os.unlink(os.path.join(d, name))
 
     def _write_file(self, user: str, fdir: str, uid: int, src: BinaryIO | None, link_from: str | None,
-                    internaldate: float) -> tuple[str, int]:
+                    internaldate: float) -> tuple[str, os.stat_result]:
+        """Write (or hard-link) the message to a temporary name and rename it to its
+        ``<hh>/<uid>.msg``; returns its path and stat.  Directories known to be there
+        are not looked at again: one missing (made, or removed by someone) is made when
+        the open or the rename says so."""
         path = self._msg_path(fdir, uid)
-        hdir = os.path.dirname(path)
-        if not os.path.isdir(hdir):
-            self._makedirs(hdir)
-        tmp = os.path.join(self._tmp_dir(user), f"{os.getpid()}-{uid}-{uuid.uuid4().hex[:8]}")
+        tdir = self._tmp_dir(user)
+        self._tmp_seq += 1
+        tmp = os.path.join(tdir, f"{os.getpid()}-{uid}-{self._tmp_seq:x}{self._tmp_tag}")
+        opened = None
         try:
             if link_from is not None:
                 try:
                     os.link(link_from, tmp)
-                    os.replace(tmp, path)
-                    return path, os.stat(path).st_size
+                    self._rename_into(tmp, path)
+                    return path, os.stat(path)
                 except OSError as exc:
                     if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
                         raise
-                    src = open(link_from, "rb")  # another filesystem: copy instead
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            size = 0
-            with os.fdopen(fd, "wb") as out:
+                    src = opened = open(link_from, "rb")  # another filesystem: copy instead
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileNotFoundError:
+                self._tmp_dirs.discard(tdir)
+                self._makedirs(self._tmp_dir(user))
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
                 while True:
                     chunk = src.read(CHUNK)
                     if not chunk:
                         break
-                    out.write(chunk)
-                    size += len(chunk)
-            os.utime(tmp, (internaldate, internaldate))
-            self._chown(tmp)
-            os.replace(tmp, path)
-            return path, size
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                os.utime(fd, (internaldate, internaldate))
+                if self.owner and os.geteuid() == 0:
+                    os.fchown(fd, *self.owner)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            self._rename_into(tmp, path)
+            return path, st
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        finally:
+            if opened is not None:
+                opened.close()
+
+    def _rename_into(self, tmp: str, path: str) -> None:
+        """Rename ``tmp`` to ``path``, making its hash directory when it is not there."""
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            hdir = os.path.dirname(path)
+            if os.path.isdir(hdir) or not os.path.lexists(tmp):
+                raise
+            self._makedirs(hdir)
+            os.replace(tmp, path)
 
     @_store_errors
     def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
@@ -792,14 +826,14 @@ class ClassicStore(Store):
                 uid = max(uidnext, top + 1)
             elif uid <= top and (not fill or con.execute("SELECT 1 FROM msgs WHERE uid=?", (uid,)).fetchone()):
                 raise UidInUse(user, folder, uid)
-            path, size = self._write_file(user, fdir, uid, src, link_from, internaldate)
+            path, st = self._write_file(user, fdir, uid, src, link_from, internaldate)
+            size = st.st_size
             con.execute("INSERT INTO msgs VALUES (?,?,?,?,?,?)",
                         (uid, _flags_text(sys_flags), " ".join(extra), internaldate, stored, size))
             con.execute("INSERT OR REPLACE INTO guids VALUES (?,?)", (uid, guid))
             ctr[0], ctr[1] = max(uidnext, uid + 1), max(top, uid)
             if ctr[0] != uidnext:
                 con.execute("UPDATE meta SET v=? WHERE k='uidnext'", (ctr[0],))
-            st = os.stat(path)
             return MessageInfo(uid, sys_flags, extra, internaldate, stored, size, path,
                                st.st_dev, st.st_ino, st.st_nlink, guid, stored)
 

@@ -152,6 +152,8 @@ class _State:
     flag_cache: dict = field(default_factory=dict)  # letters -> (flags, keywords)
     max_uid: int | None = None              # highest UID in the uidlist (None: recompute)
     overflow: dict = field(default_factory=dict)    # uid -> keywords beyond the 26 letters
+    ul_fd: int | None = None                # dovecot-uidlist open for appending, while the
+    ul_size: int = 0                        # lock is held (closed before any rewrite); its size
 
     def __post_init__(self):
         if not self.ctl:
@@ -536,6 +538,8 @@ class MaildirStore(Store):
                         except OSError as exc:
                             raise os_store_error(exc, f"{user}/{folder}") from None
                 finally:
+                    if held.state is not None:
+                        self._close_uidlist(held.state)
                     if held.lockpath:
                         dotlock.release(held.lockpath)
                 if held.state is not None and held.state.overflow:
@@ -635,6 +639,7 @@ class MaildirStore(Store):
         except OSError as exc:
             raise os_store_error(exc, f"{user}/{folder}") from None
         lockpath, what = held.lockpath, f"{user}/{folder} ({held.lockpath})"
+        self._close_uidlist(st)
         with self._mutex:
             held.lockpath = None            # not ours for a moment: the toucher leaves it
             held.state = None
@@ -750,6 +755,7 @@ class MaildirStore(Store):
         st.keywords_dirty = False
 
     def _flush_uidlist(self, st: _State) -> None:
+        self._close_uidlist(st)             # the file is replaced: appends go to the new one
         self._write_file(os.path.join(st.ctl, UIDLIST),
                          st.uidlist.render().encode("utf-8", "surrogateescape"), self._owner_for(st.ctl))
         st.dirty = False
@@ -1301,7 +1307,7 @@ class MaildirStore(Store):
         secs = int(stored)
         usecs = min(int(round((stored - secs) * 1e6)), 999_999)
         self._seq += 1
-        return f"{secs}.M{usecs}P{self._pid}Q{self._seq}R{uuid.uuid4().hex[:8]}.{self._hostname}"
+        return f"{secs}.M{usecs}P{self._pid}Q{self._seq}R{os.urandom(4).hex()}.{self._hostname}"
 
     @store_os_errors
     def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
@@ -1445,11 +1451,45 @@ class MaildirStore(Store):
             if st.dirty:
                 self._flush_uidlist(st)
                 return None
-            return uidlist_mod.append_record(st.ctl, uid, full_base, ext)
+            return self._append_uidlist(st, uid, full_base, ext)
         except BaseException:
             del ul.records[uid]
             st.max_uid = None
             raise
+
+    @staticmethod
+    def _append_uidlist(st: _State, uid: int, full_base: str, ext: str = "") -> int:
+        """Append one record line to the folder's ``dovecot-uidlist`` (as
+        :func:`uidlist.append_record`, through a descriptor kept open while the lock is
+        held: one write per message); returns the file's size before it."""
+        if st.ul_fd is None:
+            fd = os.open(os.path.join(st.ctl, UIDLIST), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                st.ul_size = os.fstat(fd).st_size
+            except BaseException:
+                os.close(fd)
+                raise
+            st.ul_fd = fd
+        fd, before = st.ul_fd, st.ul_size
+        data = Uidlist.record_line(uid, ext, full_base).encode("utf-8", "surrogateescape")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            try:
+                os.ftruncate(fd, before)
+            except OSError:
+                MaildirStore._close_uidlist(st)
+            raise
+        st.ul_size = before + len(data)
+        return before
+
+    @staticmethod
+    def _close_uidlist(st: _State) -> None:
+        fd, st.ul_fd = st.ul_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _unrecord(self, st: _State, uid: int, undo: int | None) -> None:
         st.uidlist.records.pop(uid, None)
@@ -1458,8 +1498,13 @@ class MaildirStore(Store):
             st.dirty = True
             return
         try:
-            uidlist_mod.undo_append(st.ctl, undo)
+            if st.ul_fd is not None:
+                os.ftruncate(st.ul_fd, undo)
+                st.ul_size = undo
+            else:
+                uidlist_mod.undo_append(st.ctl, undo)
         except OSError:
+            self._close_uidlist(st)
             st.dirty = True
 
     def _prune(self, st: _State) -> None:
