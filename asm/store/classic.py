@@ -28,7 +28,6 @@ import shutil
 import sqlite3
 import threading
 import time
-import uuid
 from typing import BinaryIO, Iterable
 
 from asm import sqlitedb
@@ -261,7 +260,7 @@ class ClassicStore(Store):
         self._tmp_clean: set[str] = set()            # partitions whose temp dir was cleaned
         self._tmp_dirs: set[str] = set()             # temp dirs known to exist (see _write_file)
         self._tmp_seq = 0                            # temporaries: <pid>-<uid>-<seq><tag>
-        self._tmp_tag = uuid.uuid4().hex[:8]
+        self._tmp_tag = os.urandom(4).hex()
 
     def _check_lost(self, db_path: str) -> None:
         for part, ppath in self.parts.items():
@@ -809,7 +808,7 @@ class ClassicStore(Store):
                guid: str | None = None, fill: bool = False) -> MessageInfo:
         folder, _, _ = self._check_folder(user, folder)
         now = time.time()
-        guid = guid or uuid.uuid4().hex
+        guid = guid or os.urandom(16).hex()
         internaldate = now if internaldate is None else internaldate
         stored = now if stored is None else stored
         sys_flags, extra = split_flags(list(flags) + list(keywords))
@@ -948,7 +947,7 @@ class ClassicStore(Store):
                 out[user] = None
                 qdir = self._queue_dir(user)
                 self._makedirs(qdir)
-                base = os.path.join(qdir, f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}")
+                base = os.path.join(qdir, f"{time.time_ns():020d}-{os.urandom(4).hex()}")
                 if first is not None:
                     os.link(first, base + ".msg")
                 else:

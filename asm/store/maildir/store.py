@@ -12,7 +12,6 @@ import shutil
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
@@ -675,7 +674,7 @@ class MaildirStore(Store):
         ul = read_uidlist(ctl)
         if ul is None:
             ul = Uidlist(uidvalidity=self._new_uidvalidity(), uidnext=1,
-                         extra=[f"G{uuid.uuid4().hex}"])
+                         extra=[f"G{os.urandom(16).hex()}"])
             st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=1, dirty=writing)
         else:
             # a last line cut off by a crash: rewrite before appending to it
@@ -1097,13 +1096,13 @@ class MaildirStore(Store):
                 self._mkdir(home, owner)
         self._clean_new_dirs(home)
         root = os.path.join(home, "Maildir")
-        new = os.path.join(home, f"{NEW_PREFIX}{self._hostname}.{self._pid}.{uuid.uuid4().hex[:8]}")
+        new = os.path.join(home, f"{NEW_PREFIX}{self._hostname}.{self._pid}.{os.urandom(4).hex()}")
         try:
             self._mkdir(new, owner)
             for sub in ("new", "tmp", "cur"):
                 self._mkdir(os.path.join(new, sub), owner)
             ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=1,
-                         extra=[f"G{uuid.uuid4().hex}"])
+                         extra=[f"G{os.urandom(16).hex()}"])
             self._write_file(os.path.join(new, UIDLIST), ul.render().encode(), owner)
             # subscribed, as IMAP clients do on first login
             self._write_file(os.path.join(new, SUBSCRIPTIONS), subscriptions.render(["INBOX"]), owner)
@@ -1130,7 +1129,7 @@ class MaildirStore(Store):
         parent = os.path.dirname(ul.root)
         self._makedirs(parent, owner)
         self._clean_new_dirs(parent)
-        new = os.path.join(parent, f"{NEW_PREFIX}{self._hostname}.{self._pid}.{uuid.uuid4().hex[:8]}")
+        new = os.path.join(parent, f"{NEW_PREFIX}{self._hostname}.{self._pid}.{os.urandom(4).hex()}")
         inbox_ctl = ul.control_dir("INBOX")
         try:
             self._mkdir(new, owner)
@@ -1138,7 +1137,7 @@ class MaildirStore(Store):
                 for sub in ("new", "tmp", "cur"):
                     self._mkdir(os.path.join(new, sub), owner)
             uv = uidvalidity or self._new_uidvalidity()
-            ul_text = Uidlist(uidvalidity=uv, uidnext=1, extra=[f"G{uuid.uuid4().hex}"]).render().encode()
+            ul_text = Uidlist(uidvalidity=uv, uidnext=1, extra=[f"G{os.urandom(16).hex()}"]).render().encode()
             for ctl, data in ((inbox_ctl, ul_text), (ul.control_root, subscriptions.render(["INBOX"]))):
                 name = UIDLIST if data is ul_text else SUBSCRIPTIONS
                 if ctl == ul.root:
@@ -1229,7 +1228,7 @@ class MaildirStore(Store):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(ctl, KEYWORDS))
             ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=max(1, uidnext),
-                         extra=[f"G{uuid.uuid4().hex}"])
+                         extra=[f"G{os.urandom(16).hex()}"])
             self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
             self._mkdir(os.path.join(d, "cur"), owner)
         finally:
