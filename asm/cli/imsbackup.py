@@ -180,7 +180,8 @@ def _backup(args, rep) -> int:
     if status is not None:
         return status
     rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,
-                       "bytes": res.bytes, "unchanged_folders": res.unchanged},
+                       "bytes": res.bytes},
+               unchanged_folders=res.unchanged,
                errors=res.errors, vanished=res.vanished, excluded=res.excluded,
                archive_id=(res.trailer or {}).get("archive_id"), digest=(res.trailer or {}).get("digest"),
                backup_seconds=round(res.seconds, 3))
