@@ -1016,3 +1016,15 @@ def message(subject: str, body: str = "hello", sender: str = "sender@lab.example
         line = ("x" * 70 + "\r\n")
         text += line * ((size - len(text)) // len(line))
     return text.encode()
+
+
+def move_and_rename_start(lab, login: str = "alice") -> None:
+    """The start of issue 13's scenario, made by Dovecot: a precious message delivered
+    over LMTP, an Archive folder, and a subscribed Projects holding one \\Seen $Work
+    message (the tests then MOVE the precious one to Archive and RENAME Projects)."""
+    lab.deliver([login], message("precious", size=3000))
+    with lab.imap(login) as imap:
+        imap.create("Archive")
+        imap.create("Projects")
+        imap.subscribe("Projects")
+        imap.append("Projects", message("plan"), flags=["\\Seen", "$Work"], internaldate=1_700_000_000)

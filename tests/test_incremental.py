@@ -18,6 +18,7 @@ import pytest
 from asm.config import Config
 from asm.errors import EXIT_ORDER
 from asm.store import open_store
+from asm.store.base import SETTLE_NS
 from tests.helpers import make_home, msg, run, state
 
 pytestmark = pytest.mark.usefixtures("ims_home")
@@ -384,7 +385,7 @@ def test_imsdr_chain_follows_the_base_ids(tmp_path, driver):
 
 # -- folders the store says are unchanged since the base --------------------------------
 
-SETTLE = 2.2        # a snapshot records a fingerprint only of what settled for 2 s
+SETTLE = SETTLE_NS / 1e9 + 0.2    # a snapshot fingerprints only what settled this long
 
 
 def _unchanged(p) -> int:

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from asm.errors import EXIT_ORDER
-from tests.dovecot_lab import dovecot_lab, message
+from asm.store.base import SETTLE_NS
+from tests.dovecot_lab import dovecot_lab, message, move_and_rename_start
 from tests.helpers import make_home, run
 
 
@@ -63,12 +64,7 @@ class Chain:
 
 def test_the_issue_scenario_move_and_rename(lab, tmp_path):
     c = Chain(lab, tmp_path)
-    lab.deliver(["alice"], message("precious", size=3000))
-    with lab.imap("alice") as imap:
-        imap.create("Archive")
-        imap.create("Projects")
-        imap.subscribe("Projects")
-        imap.append("Projects", message("plan"), flags=["\\Seen", "$Work"], internaldate=1_700_000_000)
+    move_and_rename_start(lab)
     c.backup()
     t0 = time.strftime("%Y%m%d:%H%M%S")
     time.sleep(1.1)
@@ -284,7 +280,7 @@ def test_settled_folders_skipped_while_dovecot_changes_others(lab, tmp_path, see
     for i in range(3):
         if i:
             _random_imap_ops(lab, rnd, 4, f"incr{i}")
-        time.sleep(2.2)
+        time.sleep(SETTLE_NS / 1e9 + 0.2)
         a = tmp_path / f"b{len(c.archives)}.ims"
         args = ["--base", f"{c.archives[-1]}.state"] if c.archives else []
         p = run(lab.ims, "imsbackup", "-v", "-f", a, *args, "/", check=0, text=True)

@@ -366,7 +366,7 @@ def test_dovecot_move_and_rename_chain_through_networker(tmp_path, env, nsr_bin)
     import json
     import shutil
 
-    from tests.dovecot_lab import dovecot_lab, message
+    from tests.dovecot_lab import dovecot_lab, message, move_and_rename_start
     from tests.test_incremental_dovecot import view
 
     with dovecot_lab("plain") as lab:
@@ -382,13 +382,8 @@ def test_dovecot_move_and_rename_chain_through_networker(tmp_path, env, nsr_bin)
         backup.mkdir()
         os.chown(backup, lab.uid, lab.gid)
         os.chmod(tmp_path, 0o755)
-        lab.deliver(["alice"], message("precious", size=3000))
+        move_and_rename_start(lab)
         lab.deliver(["alice"], message("second", size=100))
-        with lab.imap("alice") as imap:
-            imap.create("Archive")
-            imap.create("Projects")
-            imap.subscribe("Projects")
-            imap.append("Projects", message("plan"), flags=["\\Seen", "$Work"], internaldate=1_700_000_000)
         h = Harness(nsr_bin, str(tmp_path / "catalog"), e)
         res = res_file(tmp_path, "groupA.res", ims, backup)
         sets = [str(backup / "primary" / "groupA")]

@@ -190,6 +190,24 @@ class MessageInfo:
                                              # size is then the message's, not the file's
 
 
+SETTLE_NS = 2_000_000_000        # a fingerprint counts when nothing moved for this long
+
+
+def stat_part(st) -> list:
+    """One file of a folder fingerprint (Store.folder_unchanged): [inode, size, mtime_ns,
+    ctime_ns], a JSON-able list."""
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def settled(parts: list, seen: float) -> bool:
+    """Whether every part of a fingerprint (stat_part lists; [] for a file that is not
+    there) was last changed SETTLE_NS before ``seen``, when it was taken: a change made
+    later, even in the same clock tick as the snapshot, then always gives another mtime
+    or ctime."""
+    limit = int(seen * 1e9) - SETTLE_NS
+    return all(not part or (part[2] < limit and part[3] < limit) for part in parts)
+
+
 _FIELDS = ("uid", "flags", "keywords", "internaldate", "stored", "size", "path", "dev", "ino",
            "nlink", "guid", "changed", "compressed")
 assert _FIELDS == tuple(f.name for f in dataclasses.fields(MessageInfo))

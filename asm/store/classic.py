@@ -37,7 +37,8 @@ from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
-    _what, check_folder_name, check_user_name, holder_gone, message_info, os_store_error, split_flags, this_holder,
+    _what, check_folder_name, check_user_name, holder_gone, message_info, os_store_error, settled, split_flags,
+    stat_part, this_holder,
 )
 
 CHUNK = 1 << 20
@@ -172,7 +173,6 @@ def _store_errors(fn):
     return wrapper
 
 
-SETTLE_NS = 2_000_000_000        # a fingerprint counts when the index did not change for this long
 _NO_FLAGS = frozenset()
 
 
@@ -183,7 +183,7 @@ def _index_fingerprint(fdir: str) -> list | None:
     if os.path.lexists(path + "-journal") or os.path.lexists(path + "-wal"):
         return None
     st = os.stat(path)
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return stat_part(st)
 
 
 def _holds_mail(d: str) -> bool:
@@ -502,7 +502,7 @@ class ClassicStore(Store):
             else:
                 msgs.append(self._info(fdir, row, guid=guids.get(row[0], "")))
         snap = FolderSnapshot(info, msgs)
-        if fp is not None and fp[2] < int(seen * 1e9) - SETTLE_NS and fp[3] < int(seen * 1e9) - SETTLE_NS:
+        if fp is not None and settled([fp], seen):
             snap.fingerprint = ["classic", info.uidvalidity, info.uidnext, fp]
         return snap
 

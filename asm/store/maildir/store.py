@@ -21,8 +21,8 @@ from asm.locks import pid_alive
 from asm.store.base import (
     BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, compression_of, holder_gone, message_info, os_store_error, split_flags,
-    store_os_errors, this_holder,
+    check_folder_name, check_user_name, compression_of, holder_gone, message_info, os_store_error, settled,
+    split_flags, stat_part, store_os_errors, this_holder,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
 from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
@@ -103,37 +103,22 @@ def fixed_prefix(template: str) -> str:
     return os.path.normpath("/" + "/".join(out))
 
 
-# -- the per-folder working state, valid while the folder lock is held ---------------
-
-SETTLE_NS = 2_000_000_000        # a fingerprint counts when nothing moved for this long
-
-
-def _stat_key(st) -> tuple:
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
 def _fingerprint_stats(d: str, ctl: str) -> list:
     """[uidlist, cur/, new/, tmp/, dovecot-keywords] as (inode, size, mtime, ctime) lists,
     [] for a missing keywords file.  A Maildir changes only by names in cur/ and new/
     (deliveries pass through tmp/), by dovecot-uidlist (rewritten or appended to) and by
     its keyword table: the same lists mean the same messages, UIDs and flags."""
-    out = [[*_stat_key(os.stat(os.path.join(ctl, UIDLIST)))]]
+    out = [stat_part(os.stat(os.path.join(ctl, UIDLIST)))]
     for sub in ("cur", "new", "tmp"):
-        out.append([*_stat_key(os.stat(os.path.join(d, sub)))])
+        out.append(stat_part(os.stat(os.path.join(d, sub))))
     try:
-        out.append([*_stat_key(os.stat(os.path.join(ctl, KEYWORDS)))])
+        out.append(stat_part(os.stat(os.path.join(ctl, KEYWORDS))))
     except FileNotFoundError:
         out.append([])
     return out
 
 
-def _settled(fp: list, seen: float) -> bool:
-    """Whether every part of the fingerprint was last changed SETTLE_NS before ``seen``
-    (when it was taken): a change made later, even in the same clock tick as the
-    snapshot, then always gives another mtime or ctime."""
-    limit = int(seen * 1e9) - SETTLE_NS
-    return all(not part or (part[2] < limit and part[3] < limit) for part in fp)
-
+# -- the per-folder working state, valid while the folder lock is held ---------------
 
 @dataclass
 class _State:
@@ -979,14 +964,14 @@ class MaildirStore(Store):
             return None                      # the locked way says what is wrong
         except OSError as exc:
             raise os_store_error(exc, f"{user}/{folder}") from None
-        if [*_stat_key(after)] != before:
+        if stat_part(after) != before:
             return None                      # changed under us
         msgs = self._snapshot_messages(st, since, known)
         info = FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=folder in subs)
         snap = FolderSnapshot(info=info, messages=msgs)
         if not self._index_keywords(user, folder, ctl, snap, no_table=not fp[4]) and \
-                _settled(fp, seen):
+                settled(fp, seen):
             snap.fingerprint = ["maildir", ul.uidvalidity, ul.uidnext, *fp]
         return snap
 
