@@ -392,6 +392,40 @@ def test_dotlock_of_a_dead_process_is_broken_at_once(store):
     assert not os.path.exists(lock)
 
 
+def test_breaker_killed_between_rename_and_unlink_leaves_nothing_after_the_next_write(store):
+    """Breaking a stale lock renames it aside before removing it; a process killed in
+    between (CI found one, at one of 50 restore kill points) leaves the aside name, and
+    the next writer of the folder removes it: nothing is left for an administrator."""
+    import socket
+    import subprocess
+    import sys
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    r = root(store)
+    lock = os.path.join(r, "dovecot-uidlist.lock")
+    with open(lock, "w") as f:
+        f.write(f"{dead.pid}:{host}")
+    code = ("import os, sys\n"
+            "from asm.store.maildir import dotlock\n"
+            "real = os.unlink\n"
+            "def unlink(p, *a, **k):\n"
+            "    if str(p).endswith('.stale'):\n"
+            "        os._exit(9)\n"
+            "    return real(p, *a, **k)\n"
+            "os.unlink = unlink\n"
+            "dotlock.break_lock(sys.argv[1], sys.argv[2])\n")
+    p = subprocess.run([sys.executable, "-c", code, lock, host],
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert p.returncode == 9
+    aside = [n for n in os.listdir(r) if n.endswith(".stale")]
+    assert len(aside) == 1 and aside[0].startswith(f".temp.{host}.") and not os.path.exists(lock)
+    add(store)                              # the next write of the folder
+    assert [n for n in os.listdir(r) if n.endswith(".stale") or n.startswith(".temp.")
+            or n.endswith(".lock")] == []
+    assert [m.uid for m in store.snapshot("alice", "INBOX").messages] == [1]
+
+
 @pytest.mark.parametrize("age, broken", [(0, False), (5, True)])
 def test_empty_dotlock_is_stale_after_two_seconds(store, age, broken):
     """An empty lock (a writer killed between creating and filling it) names no owner:

@@ -96,7 +96,7 @@ def acquire(path: str, timeout: float, what: str, pid: int, hostname: str, chown
             except FileExistsError:
                 pass
             if lock_is_stale(path, hostname):
-                break_lock(path)
+                break_lock(path, hostname)
                 continue
             if time.monotonic() >= deadline:
                 raise LockTimeout(what) from None
@@ -130,11 +130,14 @@ def release(path: str) -> None:
         os.unlink(path)
 
 
-def break_lock(path: str) -> None:
-    """Remove a stale lock, but only the one we judged (not a fresh one since)."""
+def break_lock(path: str, hostname: str) -> None:
+    """Remove a stale lock, but only the one we judged (not a fresh one since).  It is
+    renamed aside first, to a lock temporary's name (``.temp.<host>.<pid>.…``), so a
+    process killed before the unlink leaves a name :func:`clean_temps` removes the next
+    time the folder is written."""
     try:
         before = os.stat(path)
-        stale_name = f"{path}.stale.{os.getpid()}"
+        stale_name = _temp_name(path, os.getpid(), hostname) + ".stale"
         os.rename(path, stale_name)
         after = os.stat(stale_name)
         if (after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns):

@@ -725,7 +725,7 @@ class MaildirStore(Store):
                 # another file's lock (subscriptions.lock) whose owner died holding it
                 path = os.path.join(d, n)
                 if dotlock.owner_of(path) is not None and dotlock.lock_is_stale(path, self._hostname):
-                    dotlock.break_lock(path)
+                    dotlock.break_lock(path, self._hostname)
 
     def _flush(self, st: _State) -> None:
         if st.keywords_dirty:
