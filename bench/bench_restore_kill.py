@@ -5,6 +5,7 @@ each trial is judged as the tests judge it (exit 0, the store equal to the sourc
 client sees it, single-copy links, no duplicate file, nothing left behind).
 
     .venv/bin/python bench/bench_restore_kill.py --points 200 --seeds 1 2 3 --markdown
+    .venv/bin/python bench/bench_restore_kill.py --modes kill --second 3 --points 300 --seeds 4 5
 
 Prints one row per driver, mode and seed: trials, wrong, and the first wrong points.
 Exit 1 if any trial was wrong.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import tempfile
 import time
@@ -32,6 +34,9 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", default=["kill", "enospc"], choices=["kill", "enospc"])
     ap.add_argument("--points", type=int, default=100, help="fault points per driver, mode and seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--second", type=int, default=0, metavar="N",
+                    help="kill every Nth rerun once more, at a random point of its own, before "
+                         "the last clean run (as the test does with N=3); 0: never")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     rows = []
@@ -53,7 +58,12 @@ def main() -> int:
                     h = Harness(Path(trial_dir), store, archive, driver)
                     total = h.count()
                     points = spread(total, args.points, seed)
-                    outcomes = h.trials([dict(point=p, mode=mode) for p in points])
+                    rng = random.Random(seed)
+                    outcomes = h.trials([dict(point=p, mode=mode,
+                                              second=rng.randint(1, total)
+                                              if mode == "kill" and args.second and i % args.second == args.second - 1
+                                              else None)
+                                         for i, p in enumerate(points)])
                     bad = [o for o in outcomes if not o.ok]
                     bad_total += len(bad)
                     rows.append((driver, mode, seed, total, len(outcomes), len(bad),
