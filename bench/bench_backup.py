@@ -282,8 +282,8 @@ def markdown(results: list[dict], args) -> str:
     results = [x for r in results for x in r]
     mach = g.machine()
     out = [f"Measured {mach['date']} with `{g.cmdline()}`: median of {args.pairs} interleaved pairs "
-           f"per ratio; load average at the end {mach['loadavg']} (2 cores shared with other "
-           "engineers' jobs, so single runs vary).", ""]
+           f"per ratio; load average at the end {mach['loadavg']} (what else ran on the 2 cores "
+           "shows there; single runs vary).", ""]
     out += table(results)
     out.append("")
     for r in results:

@@ -132,7 +132,7 @@ def frame_sizes(args, driver: str) -> list[dict]:
 def markdown(results, args) -> str:
     mach = g.machine()
     out = [f"Measured {mach['date']} with `{g.cmdline()}`; best of {args.repeat}; load average at the end "
-           f"{mach['loadavg']} (2 cores shared with other engineers' jobs).", ""]
+           f"{mach['loadavg']}.", ""]
     for r in results:
         s = r["store"]
         out.append(f"{r['driver']} store: {s['instances']} messages, {s['users']} users, "

@@ -17,8 +17,12 @@ For each driver (store from gen_store.py, cached under --dir), in one run:
   of copying them) and with ``no`` (it writes the bytes, as a restore has to).  With ``--users-for-doveadm K`` only K
   users are timed and the time is scaled linearly to every user (the output says so).
 
-Every timed run starts from an empty target and a ``sync`` (untimed), with a warm page
-cache for the source.  The ratio is the MEDIAN of the per-pair ratios of ``--repeat``
+Every timed run writes into a new, empty target of its own, after a ``sync`` (untimed),
+with a warm page cache for the source.  No target is deleted before the last timed run:
+ext4 without a journal (this machine's ``/``) passes over every inode freed in the last
+60 s each time it creates a file (``recently_deleted()`` in fs/ext4/ialloc.c), so a target
+emptied just before a run slowed that run 2-10x, tar's as much as ours.  Targets left by
+an earlier run are deleted first, followed by a 61 s wait.  The ratio is the MEDIAN of the per-pair ratios of ``--repeat``
 (default 5) interleaved pairs.  Targets: within 1.5x of the tar pipe (issue 17; issue 4
 asked 2x), and at least 10x faster than doveadm backup.  ``--shape USERS`` (repeatable;
 default 200 and 4 users, "many small folders" and "few large folders") picks the stores.
@@ -61,6 +65,27 @@ SHAPES = {200: "many small folders", 4: "few large folders"}
 
 def verdict(ratio: float) -> str:
     return "met" if ratio <= TARGET else "missed"
+
+
+def runs_dir(args) -> str:
+    """Where the timed runs' targets go, all kept until the last timed run is over."""
+    return os.path.join(os.path.abspath(args.dir), "scratch", "restore-runs")
+
+
+def clear_runs(args, wait: bool) -> None:
+    """Delete the targets of timed runs; with ``wait``, let 61 s pass after deleting
+    anything (see the module's docstring) before a timed run may start."""
+    d = runs_dir(args)
+    old = [os.path.join(os.path.dirname(d), f"restore-{x}") for x in ("maildir", "classic")]
+    gone = [p for p in [d] + old if os.path.isdir(p) and os.listdir(p)]
+    if gone:
+        for p in gone:
+            rm(p)
+        g.sh("sync")
+        if wait:
+            print("   (targets of an earlier run deleted: waiting 61 s, as ext4 without a journal "
+                  "passes over inodes freed in the last 60 s)", flush=True)
+            time.sleep(61)
 
 
 def rm(path: str) -> None:
@@ -138,8 +163,6 @@ def doveadm_bench(args, m: dict, scratch: str, hardlinks: bool = True) -> dict |
         raise SystemExit(f"doveadm backup copied {dst_msgs} of {src_msgs} messages; check {d}/dovecot.log")
     best = min(times)
     scaled = best * len(users) / len(chosen)
-    if not args.keep:
-        rm(d)
     return {"users_timed": len(chosen), "users": len(users), "messages_timed": src_msgs,
             "hardlinks": hardlinks, "linked": linked,
             "times": times, "best": best, "scaled": scaled, "extrapolated": len(chosen) < len(users),
@@ -153,43 +176,36 @@ def bench_driver(args, driver: str) -> dict:
                        args.new_fraction, args.force)
     shape = SHAPES.get(args.users, f"{args.users} users")
     print(f"\n== {driver}, {shape}: {g.describe(m)}", flush=True)
-    scratch = os.path.join(os.path.abspath(args.dir), "scratch", f"restore-{driver}")
+    scratch = os.path.join(runs_dir(args), f"{driver}-{args.users}u")
     os.makedirs(scratch, exist_ok=True)
     part = m["partition"]
-    dst_home = os.path.join(scratch, "ims")
-    tar_dst = os.path.join(scratch, "tar")
     imsbackup, imsrestore = tool("imsbackup"), tool("imsrestore")
-    pipe = (f"IMS_HOME={shlex.quote(m['home'])} {imsbackup} -f - / | "
-            f"IMS_HOME={shlex.quote(dst_home)} {imsrestore} -f -")
-    tarpipe = (f"tar -cf - -C {shlex.quote(os.path.dirname(part))} {shlex.quote(os.path.basename(part))} | "
-               f"tar -xf - -C {shlex.quote(tar_dst)} && sync")
 
-    def fresh_store():
-        rm(dst_home)
-        g.make_home(dst_home, driver, m.get("owner"))
-        g.sh("sync")
-
-    def fresh_tar():
-        rm(tar_dst)
-        os.makedirs(tar_dst)
-        g.sh("sync")
+    def commands(i: int) -> tuple[str, str, str, str]:
+        dst_home = os.path.join(scratch, f"ims-{i}")
+        tar_dst = os.path.join(scratch, f"tar-{i}")
+        pipe = (f"IMS_HOME={shlex.quote(m['home'])} {imsbackup} -f - / | "
+                f"IMS_HOME={shlex.quote(dst_home)} {imsrestore} -f -")
+        tarpipe = (f"tar -cf - -C {shlex.quote(os.path.dirname(part))} {shlex.quote(os.path.basename(part))} | "
+                   f"tar -xf - -C {shlex.quote(tar_dst)} && sync")
+        return dst_home, tar_dst, pipe, tarpipe
 
     # untimed warm-up of the source (and a check that the restore restores everything)
     g.sh(f"tar -cf - -C {shlex.quote(os.path.dirname(part))} {shlex.quote(os.path.basename(part))} "
          "| cat >/dev/null")
     t = {"pipe": [], "tar": []}
     for i in range(args.repeat):
-        fresh_store()
+        dst_home, tar_dst, pipe, tarpipe = commands(i)
+        g.make_home(dst_home, driver, m.get("owner"))
+        g.sh("sync")
         t["pipe"].append(g.sh(pipe))
-        fresh_tar()
+        os.makedirs(tar_dst)
+        g.sh("sync")
         t["tar"].append(g.sh(tarpipe))
         print(f"   run {i + 1}: imsbackup|imsrestore {t['pipe'][-1]:.2f} s, tar|tar+sync {t['tar'][-1]:.2f} s",
               flush=True)
     check = verify(m, dst_home)
     print(f"   restored store: {check}")
-    rm(tar_dst)
-    if not args.keep:
-        rm(dst_home)
     r = {"driver": driver, "shape": shape, "store": m, "times": t, "best": {k: min(v) for k, v in t.items()},
          "check": check, "commands": {"pipe": pipe, "tar": tarpipe}}
     r["ratio_tar"] = r["best"]["pipe"] / r["best"]["tar"]
@@ -243,9 +259,9 @@ def verify(m: dict, dst_home: str) -> str:
 def markdown(results: list[dict], args) -> str:
     mach = g.machine()
     out = [f"Measured {mach['date']} with `{g.cmdline()}`; warm page cache for the source, every "
-           f"target emptied and `sync`ed before its timed run (untimed), ratio = median of {args.repeat} "
-           f"interleaved pairs; load average at the end {mach['loadavg']} (2 cores shared with "
-           "other engineers' jobs).", ""]
+           f"target new and empty, `sync`ed before its timed run (untimed), no target deleted "
+           f"until the last run, ratio = median of {args.repeat} interleaved pairs; load average at "
+           f"the end {mach['loadavg']}.", ""]
     out.append("| driver | store | imsbackup \\| imsrestore (best) | tar \\| tar + sync (best) "
                "| ratio, median of pairs (target <= 1.5x) "
                "| doveadm backup (hard links / copying) | doveadm / ours (target >= 10x) |")
@@ -287,13 +303,14 @@ def main(argv=None) -> int:
                    help="time doveadm backup for K users only and scale linearly (default: every user)")
     p.add_argument("--doveadm-repeat", type=int, default=2, help="timed doveadm runs (default 2; best kept)")
     p.add_argument("--no-doveadm", action="store_true", help="skip the doveadm comparison")
-    p.add_argument("--keep", action="store_true", help="keep the restored store and the doveadm copy")
+    p.add_argument("--keep", action="store_true", help="keep every restored store and the doveadm copy (deleted by default after the last run)")
     p.add_argument("--markdown", action="store_true", help="also print a Markdown block for bench/RESULTS.md")
     args = p.parse_args(argv)
     if not shutil.which("tar"):
         print("bench_restore.py: GNU tar is not installed (apt-get install tar)", file=sys.stderr)
         return 2
     g.compile_package()
+    clear_runs(args, wait=True)
     results = []
     for d in args.driver or ["maildir", "classic"]:
         for users in args.shape or [200, 4]:
@@ -305,6 +322,10 @@ def main(argv=None) -> int:
               f"{r['ratio_median']:.2f}x | <= {TARGET}x | {verdict(r['ratio_median'])} |")
     if args.markdown:
         print("\n" + markdown(results, args))
+    if args.keep:
+        print(f"\n(the restored stores and copies are kept under {runs_dir(args)})")
+    else:
+        clear_runs(args, wait=False)
     return 0
 
 
