@@ -295,3 +295,43 @@ def test_the_quick_message_info_is_the_dataclass_itself():
         assert dataclasses.replace(a, uid=7) == dataclasses.replace(b, uid=7)
         with pytest.raises(dataclasses.FrozenInstanceError):
             a.uid = 1
+
+
+def _tree(root) -> dict:
+    """Every path under ``root`` with what a read could change: kind, size, mtime, inode."""
+    out = {}
+    for d, dirs, files in os.walk(str(root)):
+        for n in dirs + files:
+            st = os.lstat(os.path.join(d, n))
+            out[os.path.join(d, n)] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_nlink)
+    return out
+
+
+def test_warm_looks_at_every_message_directory_and_changes_nothing(store, ims_home, driver, monkeypatch):
+    """Store.warm (the backup's cold-cache read-ahead) lists the directory of every message
+    file a snapshot names and reads ahead the folder's index; it never raises, whatever it
+    is given, and leaves the store exactly as it was."""
+    store.create_user("alice")
+    for i, name in enumerate(NAMES):
+        if name != "INBOX":
+            store.create_folder("alice", name)
+        for j in range(1 + i % 3):
+            store.append("alice", name, io.BytesIO(MSG + b"%d %d\r\n" % (i, j)))
+    store.folders("alice")                   # a backup has looked the user up before it warms
+    listed, read = [], []
+    mod = __import__(type(store).__module__, fromlist=["warm_inodes"])
+    real_inodes, real_ahead = mod.warm_inodes, mod.read_ahead
+    monkeypatch.setattr(mod, "warm_inodes", lambda d: (listed.append(os.path.realpath(d)), real_inodes(d)))
+    monkeypatch.setattr(mod, "read_ahead", lambda p: (read.append(p), real_ahead(p)))
+    before = _tree(ims_home)
+    for name in NAMES:
+        listed.clear()
+        read.clear()
+        store.warm("alice", name)
+        dirs = {os.path.realpath(os.path.dirname(m.path)) for m in store.snapshot("alice", name).messages}
+        assert dirs and dirs <= set(listed), (name, dirs, listed)
+        assert read and all(os.path.exists(p) for p in read)
+    for user, folder in [("alice", "No such folder"), ("nobody", "INBOX"), ("alice", "../../etc"),
+                         ("../x", "INBOX"), ("alice", ""), ("alice", "a\x00b"), ("alice", "\udcff")]:
+        store.warm(user, folder)             # nothing to read: nothing done, nothing raised
+    assert _tree(ims_home) == before
