@@ -103,6 +103,23 @@ def fixed_prefix(template: str) -> str:
     return os.path.normpath("/" + "/".join(out))
 
 
+def _copy_to_fd(src: BinaryIO, fd: int) -> int:
+    """``src`` written to the descriptor ``fd`` CHUNK bytes at a time (straight to the
+    file: no buffered writer and its stat, terminal check and seek); the bytes written."""
+    size = 0
+    while True:
+        chunk = src.read(CHUNK)
+        if not chunk:
+            return size
+        view = memoryview(chunk)
+        while view:
+            n = os.write(fd, view)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            view = view[n:]
+        size += len(chunk)
+
+
 def _fingerprint_stats(d: str, ctl: str) -> list:
     """[uidlist, cur/, new/, tmp/, dovecot-keywords] as (inode, size, mtime, ctime) lists,
     [] for a missing keywords file.  A Maildir changes only by names in cur/ and new/
@@ -138,6 +155,8 @@ class _State:
     overflow: dict = field(default_factory=dict)    # uid -> keywords beyond the 26 letters
     ul_fd: int | None = None                # dovecot-uidlist open for appending, while the
     ul_size: int = 0                        # lock is held (closed before any rewrite); its size
+    owner: tuple | None = None              # who new files belong to (_folder_owner), once
+    owner_known: bool = False               # looked up while the lock is held
 
     def __post_init__(self):
         if not self.ctl:
@@ -405,6 +424,12 @@ class MaildirStore(Store):
         except OSError:
             return None
         return (st.st_uid, st.st_gid) if st.st_uid != 0 else None
+
+    def _folder_owner(self, st: _State) -> tuple[int, int] | None:
+        """_owner_for the folder's directory, looked up once per lock hold."""
+        if not st.owner_known:
+            st.owner, st.owner_known = self._owner_for(st.dir), True
+        return st.owner
 
     @staticmethod
     def _chown(path: str | int, owner: tuple[int, int] | None) -> None:
@@ -1330,7 +1355,7 @@ class MaildirStore(Store):
                         st.dirty = True       # the uidlist is rewritten in UID order
             letters = self._encode_flags(st, flags, keywords, uid=uid)
             base = self._new_base(stored if stored is not None else now)
-            owner = self._owner_for(st.dir)
+            owner = self._folder_owner(st)
             tmp = os.path.join(st.dir, "tmp", base)
             size = None
             if link_from is not None:
@@ -1392,12 +1417,11 @@ class MaildirStore(Store):
         fd = self._in_tmp(tmp, lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             try:
-                with os.fdopen(fd, "wb", closefd=False) as out:
-                    shutil.copyfileobj(src, out, CHUNK)
+                size = _copy_to_fd(src, fd)
                 self._chown(fd, owner)
                 if internaldate is not None:
                     os.utime(fd, (internaldate, internaldate))
-                return os.fstat(fd).st_size
+                return size
             finally:
                 os.close(fd)
         except BaseException:
