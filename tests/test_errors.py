@@ -15,6 +15,7 @@ import os
 import pkgutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -357,6 +358,35 @@ def test_sigterm_at_any_moment_of_imsbackup(store, ims_home, tmp_path):
             assert _complete_archive(target), delay         # replaced only by a whole archive
     assert errors.EXIT_INTERRUPTED in statuses, statuses     # the cancel was seen and handled
     assert glob.glob(str(tmp_path / "*crash*")) == []
+
+
+def test_an_interrupt_raised_where_python_cannot_pass_it_on_is_not_lost(tmp_path):
+    """A SIGTERM whose KeyboardInterrupt is raised inside a weakref callback (as when it
+    lands in the import machinery's module-lock callback, seen once in CI's neighbour
+    run) must still end the command as interrupted, not be printed as "Exception
+    ignored" and forgotten while the command goes on."""
+    script = tmp_path / "cb.py"
+    script.write_text(
+        "import sys, time, weakref\n"
+        "from asm.cli.common import run_command\n"
+        "class X:\n    pass\n"
+        "def body(argv):\n"
+        "    def cb(_ref):\n"
+        "        raise KeyboardInterrupt          # what the SIGTERM handler raises\n"
+        "    x = X()\n"
+        "    r = weakref.ref(x, cb)\n"
+        "    del x                               # the callback runs here; its exception is unraisable\n"
+        "    for _ in range(200):\n"
+        "        time.sleep(0.01)\n"
+        "    print('went on after the interrupt')\n"
+        "    return 0\n"
+        "sys.exit(run_command('imstest', body, []))\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    assert "Exception ignored" not in p.stderr and "went on" not in p.stdout, p.stderr
+    assert p.returncode == errors.EXIT_INTERRUPTED, (p.returncode, p.stderr)
+    assert p.stderr.strip().splitlines() == ["imstest: interrupted"], p.stderr
 
 
 # ----------------------------------------------------------------------------- bugs

@@ -120,14 +120,34 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _redeliver_interrupt(unraisable) -> None:
+    """sys.unraisablehook while a command runs.  A signal's KeyboardInterrupt raised
+    where Python cannot pass an exception on (a weakref callback of the import machinery,
+    a __del__) would be printed as "Exception ignored" and lost, and the command would go
+    on; the signal is sent again instead, from a thread, a moment later (raised here,
+    in the hook, it would be lost the same way)."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        import threading
+        threading.Thread(target=_send_sigterm_again, name="ims-interrupt-again", daemon=True).start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _send_sigterm_again() -> None:
+    import signal
+    time.sleep(0.05)                 # the main thread has left what swallowed the first one
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _trap_signals():
     """SIGTERM raises KeyboardInterrupt; returns the previous handlers (None off the main thread)."""
     import signal
     import threading
     if threading.current_thread() is not threading.main_thread():
         return None
-    saved = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    saved = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    sys.unraisablehook = _redeliver_interrupt
     return saved
 
 
@@ -138,7 +158,7 @@ def _untrap_signals(saved, outer: bool) -> None:
     import signal
     if saved is None:
         return
-    term, intr = saved
+    term, intr, hook = saved
     if outer:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -146,6 +166,7 @@ def _untrap_signals(saved, outer: bool) -> None:
     else:
         signal.signal(signal.SIGTERM, term)
         signal.signal(signal.SIGINT, intr)
+    sys.unraisablehook = hook            # last: no signal of ours can raise any more
 
 
 def _say(prog: str, message: str) -> None:
