@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from asm.store.maildir.subscriptions import SUBSCRIPTIONS
 from asm.store.maildir.uidlist import UIDLIST, Uidlist, guid_of, read_uidlist, read_uidlist_header
 
 layout_mod = _lazy_module("asm.store.layout")     # only a store.mail_location needs it (startup time)
+shutil = _lazy_module("shutil")                    # removing trees, copying files (startup time)
 
 CHUNK = 1 << 20
 HOLD_MARKER = ".ims-hold"
