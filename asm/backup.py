@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 
 from asm import __version__, plugins
 from asm.archive.errors import MessageChanged, UnreadableSource
@@ -38,39 +37,46 @@ class UnlistedStore(StoreError):
     status = EXIT_STORE
 
 
-@dataclass
 class BackupOptions:
-    since: float | None = None          # -d: only messages stored at or after
-    ignore_links: bool = False          # -i: every copy in full
-    exclude: list = field(default_factory=list)   # store.backupexclude folder names
-    verbose: bool = False
-    snapshot: dict | None = None        # --snapshot: {live directory: snapshot mount} read instead
-    base: object = None                 # --base: asm.backupstate.BaseState of the previous backup
-    jobs: int = 1                       # -j: threads reading message files ahead of the writer
-    # an incremental writes folders its base's fingerprints say are unchanged from the
-    # base's record (None: as backup.skipunchanged says, default yes)
-    skip_unchanged: bool | None = None
+    """How to back up.  (Plain classes here, not dataclasses: a dataclass execs its
+    generated methods when its module is imported, at every backup's start.)"""
+
+    def __init__(self, since: float | None = None, ignore_links: bool = False, exclude: list | None = None,
+                 verbose: bool = False, snapshot: dict | None = None, base: object = None, jobs: int = 1,
+                 skip_unchanged: bool | None = None):
+        self.since = since                  # -d: only messages stored at or after
+        self.ignore_links = ignore_links    # -i: every copy in full
+        self.exclude = [] if exclude is None else exclude   # store.backupexclude folder names
+        self.verbose = verbose
+        self.snapshot = snapshot            # --snapshot: {live directory: snapshot mount} read instead
+        self.base = base                    # --base: asm.backupstate.BaseState of the previous backup
+        self.jobs = jobs                    # -j: threads reading message files ahead of the writer
+        # an incremental writes folders its base's fingerprints say are unchanged from the
+        # base's record (None: as backup.skipunchanged says, default yes)
+        self.skip_unchanged = skip_unchanged
 
 
-@dataclass
 class BackupResult:
-    users: int = 0
-    folders: int = 0
-    messages: int = 0
-    links: int = 0
-    bytes: int = 0
-    vanished: list = field(default_factory=list)   # "user/folder/uid"
-    errors: list = field(default_factory=list)     # {"mailbox", "error"}
-    excluded: list = field(default_factory=list)   # mailboxes left out by store.backupexclude
-    seconds: float = 0.0
-    trailer: dict | None = None
-    header: dict | None = None
-    # (partition, user, folder, uidvalidity, UidSet[, fingerprint, flags]): what the
-    # archive chain now holds, for the state file (messages that failed or vanished left
-    # out: the next one retries); a folder read whole and clean adds the store's
-    # fingerprint and every UID's flags, for asm.backupstate
-    state: list = field(default_factory=list)
-    unchanged: int = 0                  # folders an incremental took from its base unread
+    """What a backup did, counted as it goes."""
+
+    def __init__(self):
+        self.users = 0
+        self.folders = 0
+        self.messages = 0
+        self.links = 0
+        self.bytes = 0
+        self.vanished: list = []            # "user/folder/uid"
+        self.errors: list = []              # {"mailbox", "error"}
+        self.excluded: list = []            # mailboxes left out by store.backupexclude
+        self.seconds = 0.0
+        self.trailer: dict | None = None
+        self.header: dict | None = None
+        # (partition, user, folder, uidvalidity, UidSet[, fingerprint, flags]): what the
+        # archive chain now holds, for the state file (messages that failed or vanished left
+        # out: the next one retries); a folder read whole and clean adds the store's
+        # fingerprint and every UID's flags, for asm.backupstate
+        self.state: list = []
+        self.unchanged = 0                  # folders an incremental took from its base unread
 
 
 def is_excluded(folder: str, exclude: list[str]) -> bool:

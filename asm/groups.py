@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 
-from asm import posix_ere
+from asm import lazy
 from asm.errors import EXIT_USAGE, ImsError
+
+posix_ere = lazy.module("asm.posix_ere")    # only a groups file with a group in it (startup time)
 
 PREDEFINED = "user"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")

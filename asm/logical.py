@@ -22,6 +22,8 @@ class PathError(ImsError):
 
 @dataclass(frozen=True)
 class LogicalPath:
+    """A parsed logical path (a docstring spares dataclass an inspect.signature at import)."""
+
     text: str
     partition: str | None = None
     group: str | None = None
@@ -105,14 +107,16 @@ def match_folder(requested: str, names: list[str]) -> str | None:
     return cands[0] if cands else None
 
 
-@dataclass
 class Target:
-    """One user to act on, and which folders of it."""
-    partition: str
-    user: str
-    group: str
-    folders: list            # folder names
-    explicit: set            # folder names named explicitly (exclude does not apply)
+    """One user to act on, and which folders of it.  (A plain class, not a dataclass:
+    a dataclass execs its generated methods at import, at every command's start.)"""
+
+    def __init__(self, partition: str, user: str, group: str, folders: list, explicit: set):
+        self.partition = partition
+        self.user = user
+        self.group = group
+        self.folders = folders      # folder names
+        self.explicit = explicit    # folder names named explicitly (exclude does not apply)
 
 
 def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Target]:

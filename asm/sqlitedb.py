@@ -12,7 +12,6 @@ with "database is locked" while another only holds it for a moment.
 from __future__ import annotations
 
 import contextlib
-import random
 import sqlite3
 import time
 from typing import Iterator
@@ -51,6 +50,7 @@ def retry(fn, timeout: float):
         except sqlite3.OperationalError as exc:
             if not _busy(exc) or time.monotonic() >= deadline:
                 raise
+        import random                   # only when the database is busy (startup time)
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 0.2)
 

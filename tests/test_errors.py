@@ -552,3 +552,42 @@ def test_store_errors_end_with_their_own_status(store, ims_home, tmp_path):
     assert p.returncode == errors.EXIT_LOCKED, p.stderr
     assert "another process holds it" in no_traceback(p) and "(after 0 messages)" in p.stderr.decode()
     assert [m.uid for m in store.messages("joe", "INBOX")] == []
+
+
+@pytest.mark.parametrize("columns", [None, "0", "-3", "37", "200", "wide"])
+@pytest.mark.parametrize("terminal", [None, (31, 120), (24, 0)])
+def test_help_is_as_wide_as_argparse_makes_it(columns, terminal, monkeypatch):
+    """Every command's help formatter takes its width without importing shutil (startup
+    time): the width must be shutil.get_terminal_size's, whatever $COLUMNS and stdout
+    say, so --help reads as argparse alone would write it."""
+    import argparse
+    import fcntl
+    import pty
+    import shutil
+    import struct
+    import sys
+    import termios
+
+    from asm.cli.common import ArgParser
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    if terminal is not None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *terminal, 0, 0))
+        out = os.fdopen(slave, "w")
+        monkeypatch.setattr(sys, "__stdout__", out)
+    try:
+        def parser(cls, **kw):
+            p = cls(prog="imsx", description="a command " * 30, **kw)
+            p.add_argument("-f", dest="device", metavar="DEVICE", help="where it goes " * 20)
+            p.add_argument("names", nargs="*", help="logical paths " * 15)
+            return p.format_help()
+        want = shutil.get_terminal_size().columns - 2
+        assert argparse.HelpFormatter("x")._width == want
+        assert parser(ArgParser) == parser(argparse.ArgumentParser)
+    finally:
+        if terminal is not None:
+            out.close()
+            os.close(master)

@@ -120,3 +120,63 @@ def test_a_plugin_store_driver_and_its_own_options(ims_home, thirdparty):
     assert "role.hello.greeting = bonjour" in shown
     bad = run(ims_home, "msconfig", "set", "hello.other", "x", env=env)
     assert bad.returncode == 2 and b"unknown option" in bad.stderr
+
+
+def test_registering_finds_what_pluggy_finds():
+    """asm.plugins' manager answers most names of a module itself (startup time): it must
+    register exactly the hook implementations pluggy's own manager registers, for every
+    built-in plugin and for modules holding every kind of attribute pluggy looks at."""
+    import types
+
+    import pluggy
+
+    from asm import hookspecs, plugins
+    from asm.hookspecs import hookimpl
+
+    def odd_module():
+        m = types.ModuleType("odd")
+
+        @hookimpl
+        def ims_commands():
+            return {}
+
+        def ims_run_start(run):                 # a hook's name, no marker: not registered
+            pass
+
+        class Holder:
+            @staticmethod
+            @hookimpl
+            def ims_run_end(run, status):
+                pass
+
+            @hookimpl
+            def ims_mailbox_done(self, run, mailbox, result):
+                pass
+
+        m.ims_commands, m.ims_run_start = ims_commands, ims_run_start
+        m.ims_run_end = Holder.__dict__["ims_run_end"]            # a staticmethod object
+        m.ims_mailbox_done = Holder().ims_mailbox_done          # a bound method
+        m.unmarked = lambda: None
+        m.number, m.text, m.cls, m.mod = 7, "x", Holder, types
+        m.__annotations__ = {}
+        return m
+
+    def found(pm):
+        return sorted((caller.name, impl.plugin_name, impl.function.__qualname__)
+                      for caller in vars(pm.hook).values() if isinstance(caller, pluggy.HookCaller)
+                      for impl in caller.get_hookimpls())
+
+    plugins.reset()
+    try:
+        ours = plugins.get_manager()
+        theirs = pluggy.PluginManager(plugins.GROUP)
+        theirs.add_hookspecs(hookspecs)
+        for name, plugin in ours.list_name_plugin():
+            theirs.register(plugin, name=name)
+        for pm in (ours, theirs):
+            pm.register(odd_module(), name="odd")
+        assert found(ours) == found(theirs)
+        assert ("ims_store_drivers", "maildir", "ims_store_drivers") in found(ours)
+        assert {f[0] for f in found(ours) if f[1] == "odd"} == {"ims_commands", "ims_run_end", "ims_mailbox_done"}
+    finally:
+        plugins.reset()

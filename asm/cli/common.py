@@ -19,8 +19,35 @@ __all__ = ["ArgParser", "Progress", "UsageError", "blocking_factor", "die", "hum
            "read_list_file", "run_command", "warn"]
 
 
+def _columns() -> int:
+    """``shutil.get_terminal_size().columns``, as shutil computes it ($COLUMNS, else the
+    terminal on stdout, else 80), without importing shutil, which imports bz2 and lzma:
+    argparse's help formatter asks for it at every add_argument of every command's start."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return columns
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help formatter, as wide as it would be (:func:`_columns`)."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
 class ArgParser(argparse.ArgumentParser):
     """argparse whose errors are one line and exit EXIT_USAGE."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")

@@ -22,6 +22,26 @@ one pass:
 from asm.layers.errors import (  # noqa: F401
     IdentityNeeded, KeyProblem, LayerDamaged, LayerError, LayerUnsupported,
 )
-from asm.layers.stack import (  # noqa: F401
-    KINDS, LayeredDevice, LayeredWriter, open_read, sniff, wrap_read, wrap_write,
-)
+
+# asm.layers.stack's names, imported at first use (PEP 562): a command that writes no
+# layer (or imports only the errors, as asm.layers.options does) does not build its
+# stream classes at start.
+_STACK = ("KINDS", "LayeredDevice", "LayeredWriter", "open_read", "sniff", "wrap_read", "wrap_write")
+_SUBMODULES = ("age", "base", "bech32", "errors", "options", "stack", "zstd")
+
+__all__ = ["IdentityNeeded", "KeyProblem", "LayerDamaged", "LayerError", "LayerUnsupported", *_STACK]
+
+
+def __getattr__(name: str):
+    import importlib
+    if name in _STACK:
+        value = getattr(importlib.import_module("asm.layers.stack"), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:                      # asm.layers.zstd, ... as attributes
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_STACK))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from asm.errors import UsageError
 from asm.layers.errors import KeyProblem
@@ -11,11 +10,15 @@ from asm.layers.errors import KeyProblem
 DEFAULT_LEVEL = 3       # asm.layers.zstd.DEFAULT_LEVEL (not imported: zstandard loads only when used)
 
 
-@dataclass
 class WriteLayers:
-    level: int | None = None                 # zstd level, None: no compression
-    threads: int = 0
-    recipients: list = field(default_factory=list)
+    """The layers an archive is written through.  (A plain class, not a dataclass: a
+    dataclass execs its generated methods when its module is imported, at every
+    backup's start.)"""
+
+    def __init__(self, level: int | None = None, threads: int = 0, recipients: list | None = None):
+        self.level = level                   # zstd level, None: no compression
+        self.threads = threads
+        self.recipients = [] if recipients is None else recipients
 
     def describe(self) -> str:
         parts = ([f"zstd:{self.level}"] if self.level is not None else []) + \

@@ -156,22 +156,28 @@ class BadName(StoreError):
     status = EXIT_USAGE
 
 
-@dataclass(frozen=True)
 class Unlisted:
     """Mail on disk that the store's own lists do not know, so a backup would skip it
     without a word: a user directory the classic mailbox list lacks, a Maildir home
-    or folder directory the maildir driver cannot read as one."""
+    or folder directory the maildir driver cannot read as one.  (A plain class, not a
+    dataclass: a dataclass execs its generated methods at import, at every start.)"""
 
-    kind: str                                # "user" or "folder"
-    partition: str
-    user: str                                # the name the directory stands for
-    folder: str | None
-    path: str                                # the directory on disk
-    why: str
+    __slots__ = ("kind", "partition", "user", "folder", "path", "why")
+
+    def __init__(self, kind: str, partition: str, user: str, folder: str | None, path: str, why: str):
+        self.kind = kind                    # "user" or "folder"
+        self.partition = partition
+        self.user = user                    # the name the directory stands for
+        self.folder = folder
+        self.path = path                    # the directory on disk
+        self.why = why
 
 
 @dataclass(frozen=True)
 class MessageInfo:
+    """One message of a folder snapshot (a docstring spares dataclass an
+    inspect.signature at import)."""
+
     uid: int
     flags: frozenset = frozenset()          # subset of SYSTEM_FLAGS
     keywords: tuple = ()                     # IMAP keywords, in order
@@ -263,6 +269,8 @@ def message_info(uid, flags, keywords, internaldate, stored, size, path, dev, in
 
 @dataclass(frozen=True)
 class FolderInfo:
+    """A folder's name, UIDVALIDITY, UIDNEXT and subscription."""
+
     name: str                                # logical name, "/"-separated, "INBOX" first
     uidvalidity: int
     uidnext: int

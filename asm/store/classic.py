@@ -24,13 +24,12 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import threading
 import time
 from typing import BinaryIO, Iterable
 
-from asm import sqlitedb
+from asm import lazy, sqlitedb
 from asm.errors import EXIT_STORE
 from asm.hookspecs import hookimpl
 from asm.locks import flock_wait, pid_alive
@@ -40,6 +39,8 @@ from asm.store.base import (
     _what, check_folder_name, check_user_name, holder_gone, message_info, os_store_error, read_ahead, settled,
     split_flags, stat_part, this_holder, warm_inodes,
 )
+
+shutil = lazy.module("shutil")      # removing trees, copying files (startup time)
 
 CHUNK = 1 << 20
 _SCHEMA = """

@@ -7,9 +7,6 @@ except ``&`` stands for itself, ``&`` is ``&-``, and every other run of characte
 """
 from __future__ import annotations
 
-import base64
-import binascii
-
 
 def encode(name: str) -> str:
     """Unicode -> modified UTF-7."""
@@ -18,6 +15,7 @@ def encode(name: str) -> str:
 
     def flush() -> None:
         if run:
+            import base64               # only a name beyond printable ASCII (startup time)
             raw = "".join(run).encode("utf-16-be", "surrogatepass")
             out.append("&" + base64.b64encode(raw).decode("ascii").rstrip("=").replace("/", ",") + "-")
             run.clear()
@@ -51,6 +49,8 @@ def decode(name: str) -> str:
         if not chunk:
             out.append("&")
         else:
+            import base64               # only a name beyond printable ASCII (startup time)
+            import binascii
             b64 = chunk.replace(",", "/")
             b64 += "=" * (-len(b64) % 4)
             try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import random
 import threading
 import time
 
@@ -62,7 +61,7 @@ def lock_is_stale(path: str, hostname: str) -> bool:
 
 def _temp_name(path: str, pid: int, hostname: str) -> str:
     d, base = os.path.split(path)
-    return os.path.join(d, f".temp.{hostname}.{pid}.{random.getrandbits(32):08x}.{base}")
+    return os.path.join(d, f".temp.{hostname}.{pid}.{os.urandom(4).hex()}.{base}")
 
 
 def acquire(path: str, timeout: float, what: str, pid: int, hostname: str, chown=None) -> None:
@@ -102,6 +101,7 @@ def acquire(path: str, timeout: float, what: str, pid: int, hostname: str, chown
                 raise LockTimeout(what) from None
             # short polls: writers release the lock between operations for only
             # a moment, and a waiter that sleeps long would starve behind them
+            import random               # only while waiting for the lock (startup time)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.01)
     finally:

@@ -8,11 +8,9 @@ import errno
 import json
 import os
 import re
-import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
 from asm.config import Config
@@ -33,6 +31,7 @@ from asm.store.maildir.subscriptions import SUBSCRIPTIONS
 from asm.store.maildir.uidlist import UIDLIST, Uidlist, guid_of, read_uidlist, read_uidlist_header
 
 layout_mod = _lazy_module("asm.store.layout")     # only a store.mail_location needs it (startup time)
+shutil = _lazy_module("shutil")                    # removing trees, copying files (startup time)
 
 CHUNK = 1 << 20
 HOLD_MARKER = ".ims-hold"
@@ -137,32 +136,33 @@ def _fingerprint_stats(d: str, ctl: str) -> list:
 
 # -- the per-folder working state, valid while the folder lock is held ---------------
 
-@dataclass
 class _State:
-    dir: str                                # the mail directory (cur/ new/ tmp/)
-    uidlist: Uidlist
-    disk_uidnext: int                       # UIDNEXT Dovecot may have indexed
-    ctl: str = ""                           # dovecot-uidlist, dovecot-keywords, the lock
-    idx: str | None = ""                    # dovecot.index* (None: INDEX=MEMORY)
-    files: dict | None = None               # base -> (subdir, file name)
-    keywords: list | None = None            # index -> keyword
-    dirty: bool = False
-    keywords_dirty: bool = False
-    index_invalidated: bool = False
-    bases: dict | None = None               # base -> uid
-    flag_cache: dict = field(default_factory=dict)  # letters -> (flags, keywords)
-    max_uid: int | None = None              # highest UID in the uidlist (None: recompute)
-    overflow: dict = field(default_factory=dict)    # uid -> keywords beyond the 26 letters
-    ul_fd: int | None = None                # dovecot-uidlist open for appending, while the
-    ul_size: int = 0                        # lock is held (closed before any rewrite); its size
-    owner: tuple | None = None              # who new files belong to (_folder_owner), once
-    owner_known: bool = False               # looked up while the lock is held
+    """(Plain classes here, not dataclasses: a dataclass execs its generated methods
+    when its module is imported, at every start of a command on a Maildir store.)"""
 
-    def __post_init__(self):
-        if not self.ctl:
-            self.ctl = self.dir
-        if self.idx == "":
-            self.idx = self.dir
+    def __init__(self, dir: str, uidlist: Uidlist, disk_uidnext: int, ctl: str = "", idx: str | None = "",
+                 files: dict | None = None, keywords: list | None = None, dirty: bool = False,
+                 keywords_dirty: bool = False, index_invalidated: bool = False, bases: dict | None = None,
+                 flag_cache: dict | None = None, max_uid: int | None = None, overflow: dict | None = None,
+                 ul_fd: int | None = None, ul_size: int = 0):
+        self.dir = dir                      # the mail directory (cur/ new/ tmp/)
+        self.uidlist = uidlist
+        self.disk_uidnext = disk_uidnext    # UIDNEXT Dovecot may have indexed
+        self.ctl = ctl or dir               # dovecot-uidlist, dovecot-keywords, the lock
+        self.idx = dir if idx == "" else idx    # dovecot.index* (None: INDEX=MEMORY)
+        self.files = files                  # base -> (subdir, file name)
+        self.keywords = keywords            # index -> keyword
+        self.dirty = dirty
+        self.keywords_dirty = keywords_dirty
+        self.index_invalidated = index_invalidated
+        self.bases = bases                  # base -> uid
+        self.flag_cache = {} if flag_cache is None else flag_cache  # letters -> (flags, keywords)
+        self.max_uid = max_uid              # highest UID in the uidlist (None: recompute)
+        self.overflow = {} if overflow is None else overflow        # uid -> keywords beyond the 26 letters
+        self.ul_fd = ul_fd                  # dovecot-uidlist open for appending, while the
+        self.ul_size = ul_size              # lock is held (closed before any rewrite); its size
+        self.owner = None                   # who new files belong to (_folder_owner), once
+        self.owner_known = False            # looked up while the lock is held
 
     def top_uid(self) -> int:
         if self.max_uid is None:
@@ -170,15 +170,16 @@ class _State:
         return self.max_uid
 
 
-@dataclass
 class _Held:
-    lockpath: str | None                    # None when the store is read-only for us
-    depth: int = 1
-    state: _State | None = None
-    touched: float = 0.0
-    since: float = 0.0                      # time.monotonic() the dotlock was (re)taken
-    writes: int = 0                         # messages written since then (let_others_in)
-    lost: StoreError | None = None          # the dotlock could not be taken back: why
+    def __init__(self, lockpath: str | None, depth: int = 1, state: _State | None = None, touched: float = 0.0,
+                 since: float = 0.0, writes: int = 0, lost: StoreError | None = None):
+        self.lockpath = lockpath            # None when the store is read-only for us
+        self.depth = depth
+        self.state = state
+        self.touched = touched
+        self.since = since                  # time.monotonic() the dotlock was (re)taken
+        self.writes = writes                # messages written since then (let_others_in)
+        self.lost = lost                    # the dotlock could not be taken back: why
 
 
 class MaildirStore(Store):

@@ -8,23 +8,25 @@ the larger of the header's and the last line's UID + 1.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from asm.store.base import StoreError
 
 UIDLIST = "dovecot-uidlist"
 
 
-@dataclass
 class Uidlist:
-    """A parsed ``dovecot-uidlist``: header fields and ``uid -> (ext fields, base)``."""
+    """A parsed ``dovecot-uidlist``: header fields and ``uid -> (ext fields, base)``.
+    (A plain class, not a dataclass: a dataclass execs its generated methods at import,
+    at every start of a command on a Maildir store.)"""
 
-    uidvalidity: int = 0
-    uidnext: int = 1
-    extra: list = field(default_factory=list)     # other header fields, e.g. G<guid>
-    records: dict = field(default_factory=dict)   # uid -> (ext, base)
-    header_uidnext: int = 1                       # N of the header line alone
-    torn: bool = False                            # the file's last line has no newline
+    def __init__(self, uidvalidity: int = 0, uidnext: int = 1, extra: list | None = None,
+                 records: dict | None = None, header_uidnext: int = 1, torn: bool = False):
+        self.uidvalidity = uidvalidity
+        self.uidnext = uidnext
+        self.extra = [] if extra is None else extra         # other header fields, e.g. G<guid>
+        self.records = {} if records is None else records   # uid -> (ext, base)
+        self.header_uidnext = header_uidnext                # N of the header line alone
+        self.torn = torn                                    # the file's last line has no newline
 
     @classmethod
     def parse(cls, text: str, path: str = UIDLIST) -> "Uidlist":
