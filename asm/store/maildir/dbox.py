@@ -31,7 +31,7 @@ import shutil
 from asm.config import Config
 from asm.locks import pid_alive
 from asm.store import layout as layout_mod
-from asm.store.base import FolderInfo, NoSuchUser, Store, StoreError, UserExists, check_user_name
+from asm.store.base import FolderInfo, NoSuchUser, StoreError, UserExists, check_user_name
 from asm.store.maildir.doveadm import Doveadm
 from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, open_layout
 
@@ -64,10 +64,6 @@ class DboxStore(MaildirStore):
 
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
         return None      # the Maildir read is a fresh copy each run: dbox itself is not looked at
-
-    # no read-ahead: the Maildir copy of a login is made when it is first looked at (and
-    # the copy of the login before it removed), which a read-ahead thread must not do
-    warm = Store.warm
 
     # -- the dbox side -------------------------------------------------------------------
     def _ensure_work(self) -> None:
