@@ -208,10 +208,9 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                 report(f"error: {e['mailbox']}: {e['error']}")
         todo = [(t, f) for t in targets for f in t.folders
                 if f in t.explicit or not is_excluded(f, opts.exclude)]
-        # a full backup only: an incremental reads a few folders' new messages, and its
-        # snapshots do not look at the others' files
-        warmer = _FolderAhead(store, [(t.user, f) for t, f in todo]
-                              if base is None and opts.since is None else [])
+        skips = base is not None and opts.skip_unchanged and opts.since is None
+        warmer = _FolderAhead(store, [(t.user, f) for t, f in todo
+                                      if not (skips and (t.user, f) in base.unchanged)])
         for t in targets:
             writer.add_user(t.partition, t.user, t.group)
             res.users += 1
@@ -372,7 +371,8 @@ class _FolderAhead:
     directories, index and inodes), at most DEPTH folders ahead of it, so that on a
     cold cache the disk reads them while the folders before them are written, as the
     messages' own read-ahead (_Prefetch) does within a folder.  It only reads; what it
-    meets is the snapshot's to meet and report."""
+    meets is the snapshot's to meet and report.  An incremental by base warms only the
+    folders its base has no unchanged record of (the others are not read at all)."""
 
     DEPTH = 4
 
