@@ -170,50 +170,6 @@ def test_reader_threads_write_the_same_archive(store, ims_home, tmp_path, jobs):
     assert kinds.count("link") >= 4 and kinds.count("message") == 3 * 2 * 6 + 4
 
 
-def test_folder_read_ahead_changes_nothing_and_ends_with_the_run(populated, ims_home, tmp_path, monkeypatch):
-    """The cold-cache read-ahead thread (Store.warm, a few folders ahead of the writer)
-    decides nothing: a warm that fails everywhere, or one that is slow, gives the same
-    archive as no read-ahead at all, and no thread outlives the run, even a failed one."""
-    import asm.backup
-    from asm.cli import imsbackup
-    monkeypatch.setenv("IMS_HOME", str(ims_home))
-    store_cls = type(populated)
-    warmed = []
-
-    def run_inprocess(dest, warm=None):
-        if warm is not None:
-            monkeypatch.setattr(store_cls, "warm", warm)
-        code = imsbackup.main(["-f", str(dest), "/"])
-        assert not [t for t in threading.enumerate() if t.name == "ims-folder-read-ahead"]
-        return code
-
-    def failing(self, user, folder):
-        warmed.append((user, folder))
-        raise OSError(5, "Input/output error")
-
-    def slow(self, user, folder):
-        time.sleep(0.01)
-
-    assert run_inprocess(tmp_path / "plain.ims", lambda self, u, f: None) == 0
-    # each folder's writing made slow: the read-ahead is ahead of it, each folder once
-    real = asm.backup._backup_folder
-    monkeypatch.setattr(asm.backup, "_backup_folder", lambda *a, **k: (time.sleep(0.02), real(*a, **k)))
-    assert run_inprocess(tmp_path / "failing.ims", failing) == 0
-    folders = {(u, f) for u in ("amy", "joe", "mary", "zed")
-               for f in ("INBOX", "Trash", "Work", "Work/2023", "Bulk Mail")}
-    assert len(set(warmed)) == len(warmed) >= len(folders) - 1 and set(warmed) <= folders
-    monkeypatch.setattr(asm.backup, "_backup_folder", real)
-    assert run_inprocess(tmp_path / "slow.ims", slow) == 0
-    view = archive_view((tmp_path / "plain.ims").read_bytes())
-    assert archive_view((tmp_path / "failing.ims").read_bytes()) == view
-    assert archive_view((tmp_path / "slow.ims").read_bytes()) == view
-
-    def broken_writer(*a, **k):
-        raise RuntimeError("the device went away")
-    monkeypatch.setattr(asm.backup, "_backup_folder", broken_writer)
-    assert run_inprocess(tmp_path / "broken.ims", slow) != 0
-
-
 def test_backupexclude_and_explicit_override(populated, ims_home, tmp_path):
     run(ims_home, "msconfig", "set", "store.backupexclude", "trash%Bulk Mail", check=0)
     a = tmp_path / "a.ims"
