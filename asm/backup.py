@@ -9,7 +9,6 @@ vanished, never a failure.
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 from asm import __version__, plugins
@@ -20,7 +19,7 @@ from asm.errors import EXIT_EMPTY, EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
 from asm.events import Run
 from asm.groups import PREDEFINED, Groups
 from asm.logical import LogicalPath, Target, resolve
-from asm.store.base import MessageGone, Store, StoreError, open_stored, read_ahead
+from asm.store.base import MessageGone, Store, StoreError, open_stored
 
 
 class EmptyStore(ImsError):
@@ -200,17 +199,11 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
     })
     status = EXIT_PARTIAL
     readers = Readers(opts.jobs)
-    warmer = None
     try:
         for e in unlisted_errors(store, groups or Groups(), targets, paths, opts.exclude):
             res.errors.append(e)
             if report:
                 report(f"error: {e['mailbox']}: {e['error']}")
-        todo = [(t, f) for t in targets for f in t.folders
-                if f in t.explicit or not is_excluded(f, opts.exclude)]
-        skips = base is not None and opts.skip_unchanged and opts.since is None
-        warmer = _FolderAhead(store, [(t.user, f) for t, f in todo
-                                      if not (skips and (t.user, f) in base.unchanged)])
         for t in targets:
             writer.add_user(t.partition, t.user, t.group)
             res.users += 1
@@ -219,15 +212,12 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                 if f not in t.explicit and is_excluded(f, opts.exclude):
                     res.excluded.append(mailbox)
                     continue
-                warmer.reached(t.user, f)
                 _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress, readers)
         res.seconds = time.monotonic() - t0
         res.trailer = writer.close(errors=res.errors)
         status = EXIT_PARTIAL if res.errors else EXIT_OK
         return res
     finally:
-        if warmer is not None:
-            warmer.close()
         readers.close()
         run.counts = {"users": res.users, "folders": res.folders, "messages": res.messages,
                       "links": res.links, "bytes": res.bytes}
@@ -366,56 +356,6 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                                         "bytes": nbytes, "error": failed[0] if failed else None})
 
 
-class _FolderAhead:
-    """A thread that warms the folders the backup comes to next (Store.warm: their
-    directories, index and inodes), at most DEPTH folders ahead of it, so that on a
-    cold cache the disk reads them while the folders before them are written, as the
-    messages' own read-ahead (_Prefetch) does within a folder.  It only reads; what it
-    meets is the snapshot's to meet and report.  An incremental by base warms only the
-    folders its base has no unchanged record of (the others are not read at all)."""
-
-    DEPTH = 4
-
-    def __init__(self, store, folders: list) -> None:
-        self.store, self.folders = store, folders       # [(user, folder)] in backup order
-        self.position = {k: i for i, k in enumerate(folders)}
-        self.at = -1                 # the folder the backup is at, by position
-        self.stop = False
-        self.cond = threading.Condition()
-        self.thread = None
-        if folders and type(store).warm is not Store.warm:
-            self.thread = threading.Thread(target=self._run, name="ims-folder-read-ahead", daemon=True)
-            self.thread.start()
-
-    def reached(self, user: str, folder: str) -> None:
-        i = self.position.get((user, folder))
-        if i is not None and self.thread is not None:
-            with self.cond:
-                self.at = i
-                self.cond.notify()
-
-    def _run(self) -> None:
-        for j, (user, folder) in enumerate(self.folders):
-            with self.cond:
-                while not self.stop and j > self.at + self.DEPTH:
-                    self.cond.wait()
-                if self.stop:
-                    return
-                if j <= self.at:
-                    continue         # the backup is there already
-            try:
-                self.store.warm(user, folder)
-            except Exception:  # a read-ahead never decides anything; the snapshot reports
-                pass
-
-    def close(self) -> None:
-        if self.thread is not None:
-            with self.cond:
-                self.stop = True
-                self.cond.notify()
-            self.thread.join()
-
-
 class _Prefetch:
     """Asks the kernel to read the next messages' files while this one is written
     (posix_fadvise WILLNEED: the reads go to the disk together, in the background, as a
@@ -442,10 +382,30 @@ class _Prefetch:
             size = 0
             if not m.compressed and not (m.nlink > 1 and (m.dev, m.ino) in self.written):
                 size = m.size
-                read_ahead(m.path)
+                _willneed(m.path)
             sizes.append(size)
             self.ahead += size
             self.next += 1
+
+
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+_PREFETCH_OPEN = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
+    getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+def _willneed(path: str) -> None:
+    if _WILLNEED is None:
+        return
+    try:
+        fd = os.open(path, _PREFETCH_OPEN)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, _WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, carried,

@@ -199,39 +199,6 @@ class MessageInfo:
 SETTLE_NS = 2_000_000_000        # a fingerprint counts when nothing moved for this long
 
 
-_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
-_READ_AHEAD_OPEN = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
-    getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
-
-
-def read_ahead(path: str) -> None:
-    """Ask the kernel to read ``path`` into the page cache in the background
-    (posix_fadvise WILLNEED); nothing when it cannot be opened (a symlink, gone)."""
-    if _WILLNEED is None:
-        return
-    try:
-        fd = os.open(path, _READ_AHEAD_OPEN)
-    except OSError:
-        return
-    try:
-        os.posix_fadvise(fd, 0, 0, _WILLNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def warm_inodes(directory: str) -> None:
-    """Look at the inode of every entry of ``directory`` (an lstat each, from a
-    read-ahead thread: Store.warm); errors are left to whoever reads them for real."""
-    with os.scandir(directory) as it:
-        for e in it:
-            try:
-                e.stat(follow_symlinks=False)
-            except OSError:
-                pass
-
-
 def stat_part(st) -> list:
     """One file of a folder fingerprint (Store.folder_unchanged): [inode, size, mtime_ns,
     ctime_ns], a JSON-able list."""
@@ -373,13 +340,6 @@ class Store(abc.ABC):
         ``fingerprint`` (the same UIDs, flags and keywords, nothing being written), else
         None.  A driver that cannot tell answers None: the folder is then read again."""
         return None
-
-    def warm(self, user: str, folder: str) -> None:
-        """Read ahead what a snapshot of the folder will read (its directories, index
-        and the inodes of its message files), so that on a cold cache the disk works
-        while the backup writes the folders before it.  Called from a read-ahead thread
-        (asm.backup): it only reads, keeps nothing, and ignores every error (the
-        snapshot meets and reports them).  The default does nothing."""
 
     @abc.abstractmethod
     def message(self, user: str, folder: str, uid: int) -> MessageInfo:

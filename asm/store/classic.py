@@ -36,8 +36,8 @@ from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
-    _what, check_folder_name, check_user_name, holder_gone, message_info, os_store_error, read_ahead, settled,
-    split_flags, stat_part, this_holder, warm_inodes,
+    _what, check_folder_name, check_user_name, holder_gone, message_info, os_store_error, settled, split_flags,
+    stat_part, this_holder,
 )
 
 shutil = lazy.module("shutil")      # removing trees, copying files (startup time)
@@ -524,25 +524,6 @@ class ClassicStore(Store):
         except (OSError, StoreError, sqlite3.Error):
             return None
         return FolderInfo(folder, uidvalidity, fingerprint[2], bool(subscribed))
-
-    def warm(self, user: str, folder: str) -> None:
-        """The folder's index read ahead and its message files' inodes looked at (the
-        snapshot stats each one).  Only for a user whose place the backup has looked up
-        already: the mailbox list's connection belongs to the backup's thread."""
-        where = self._where.get(user)
-        if where is None or not self.parts.get(where[0]):
-            return
-        try:
-            fdir = os.path.join(self.parts[where[0]], where[1])
-            if folder != "INBOX":
-                fdir = os.path.join(fdir, *("=" + _enc(level) for level in folder.split("/")))
-            read_ahead(os.path.join(fdir, "store.idx"))
-            with os.scandir(fdir) as it:
-                subs = [e.path for e in it if _is_hash(e.name) and e.is_dir(follow_symlinks=False)]
-            for sub in subs:
-                warm_inodes(sub)
-        except (OSError, ValueError):
-            pass
 
     def message(self, user: str, folder: str, uid: int) -> MessageInfo:
         folder, _, _ = self._check_folder(user, folder)

@@ -19,8 +19,8 @@ from asm.locks import pid_alive
 from asm.store.base import (
     BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, compression_of, holder_gone, message_info, os_store_error, read_ahead,
-    settled, warm_inodes, split_flags, stat_part, store_os_errors, this_holder,
+    check_folder_name, check_user_name, compression_of, holder_gone, message_info, os_store_error, settled,
+    split_flags, stat_part, store_os_errors, this_holder,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
 from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
@@ -1026,18 +1026,6 @@ class MaildirStore(Store):
             return None
         return FolderInfo(name=folder, uidvalidity=fingerprint[1], uidnext=fingerprint[2],
                           subscribed=folder in self._subs.get(subs_root))
-
-    def warm(self, user: str, folder: str) -> None:
-        """dovecot-uidlist read ahead, cur/ and new/ listed and their files' inodes
-        looked at (the snapshot reads all three)."""
-        try:
-            d = self._folder_dir(user, folder)
-            ctl, _ = self._ctl_idx(user, folder, d)
-            read_ahead(os.path.join(ctl, UIDLIST))
-            for sub in ("cur", "new"):
-                warm_inodes(os.path.join(d, sub))
-        except (OSError, StoreError, ValueError):
-            pass
 
     def _snapshot_messages(self, st: _State, since, known) -> list:
         files = st.files
