@@ -34,7 +34,7 @@ from asm.reconstruct import uid_list as _uids
 from asm.digests import file_sha256_or_none as _sha256
 from asm.reconstruct.dovecot import Dovecot
 from asm.reconstruct.knowledge import Knowledge
-from asm.store.base import check_folder_name
+from asm.store.base import check_folder_name, write_all
 from asm.store.maildir import (
     INDEX_FILES, KEYWORDS, LIST_INDEX_FILES, LOCK_SUFFIX, SUBSCRIPTIONS, UIDLIST, MaildirStore, Uidlist,
     level_to_disk, split_name, stored_from_name,
@@ -534,7 +534,7 @@ class MaildirReconstructor:
         tmp = f"{path}.reconstruct-{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data)
+            write_all(fd, data)
             owner = self._owner_near(near)
             if owner:
                 os.fchown(fd, *owner)

@@ -610,6 +610,33 @@ def holder_gone(holder: str) -> bool:
     return host == socket.gethostname() and not pid_alive(int(pid_s))
 
 
+COPY_CHUNK = 1 << 20
+
+
+def write_all(fd: int, data) -> None:
+    """All of ``data`` written to the descriptor ``fd`` (os.write may write less than
+    it is given; one that writes nothing is a full disk)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
+
+def copy_to_fd(src: BinaryIO, fd: int) -> int:
+    """The file object ``src`` written to the descriptor ``fd``, COPY_CHUNK bytes at a
+    time, straight to the file (no buffered writer, with its stat, terminal check and
+    seek); the number of bytes written."""
+    size = 0
+    while True:
+        chunk = src.read(COPY_CHUNK)
+        if not chunk:
+            return size
+        write_all(fd, chunk)
+        size += len(chunk)
+
+
 def syncfs_dirs(dirs, ignore_errors: bool = False) -> None:
     """One syncfs per filesystem holding one of ``dirs`` (a directory that does not
     exist is skipped: nothing was ever written there).  A failure raises OSError, or is

@@ -36,8 +36,8 @@ from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
-    _what, check_folder_name, check_user_name, holder_gone, message_info, os_store_error, settled, split_flags,
-    stat_part, this_holder,
+    _what, check_folder_name, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
+    split_flags, stat_part, this_holder,
 )
 
 shutil = lazy.module("shutil")      # removing trees, copying files (startup time)
@@ -767,13 +767,7 @@ class ClassicStore(Store):
                 self._makedirs(self._tmp_dir(user))
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                while True:
-                    chunk = src.read(CHUNK)
-                    if not chunk:
-                        break
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+                copy_to_fd(src, fd)
                 os.utime(fd, (internaldate, internaldate))
                 if self.owner and os.geteuid() == 0:
                     os.fchown(fd, *self.owner)

@@ -19,8 +19,8 @@ from asm.locks import pid_alive
 from asm.store.base import (
     BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, compression_of, holder_gone, message_info, os_store_error, settled,
-    split_flags, stat_part, store_os_errors, this_holder,
+    check_folder_name, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
+    settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
 from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
@@ -100,23 +100,6 @@ def fixed_prefix(template: str) -> str:
             break
         out.append(level)
     return os.path.normpath("/" + "/".join(out))
-
-
-def _copy_to_fd(src: BinaryIO, fd: int) -> int:
-    """``src`` written to the descriptor ``fd`` CHUNK bytes at a time (straight to the
-    file: no buffered writer and its stat, terminal check and seek); the bytes written."""
-    size = 0
-    while True:
-        chunk = src.read(CHUNK)
-        if not chunk:
-            return size
-        view = memoryview(chunk)
-        while view:
-            n = os.write(fd, view)
-            if n <= 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            view = view[n:]
-        size += len(chunk)
 
 
 def _fingerprint_stats(d: str, ctl: str) -> list:
@@ -464,9 +447,7 @@ class MaildirStore(Store):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, data)
                 self._chown(fd, owner)
                 if fsync:
                     os.fsync(fd)
@@ -1406,7 +1387,7 @@ class MaildirStore(Store):
         fd = self._in_tmp(tmp, lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             try:
-                size = _copy_to_fd(src, fd)
+                size = copy_to_fd(src, fd)
                 self._chown(fd, owner)
                 if internaldate is not None:
                     os.utime(fd, (internaldate, internaldate))
@@ -1482,9 +1463,7 @@ class MaildirStore(Store):
         fd, before = st.ul_fd, st.ul_size
         data = Uidlist.record_line(uid, ext, full_base).encode("utf-8", "surrogateescape")
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         except BaseException:
             try:
                 os.ftruncate(fd, before)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from asm.store.base import StoreError
+from asm.store.base import StoreError, write_all
 
 UIDLIST = "dovecot-uidlist"
 
@@ -150,9 +150,7 @@ def append_record(folder_dir: str, uid: int, base: str, ext: str = "") -> int:
     try:
         before = os.fstat(fd).st_size
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         except BaseException:
             os.ftruncate(fd, before)
             raise
