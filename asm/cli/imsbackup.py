@@ -20,6 +20,7 @@ from asm.cli.common import (
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
 from asm.errors import EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
+from asm.layers import wrap_write
 from asm.layers.options import write_layers
 from asm.logical import parse
 
@@ -132,10 +133,7 @@ def _backup(args, rep) -> int:
     if args.state_out or isinstance(target, str):
         from asm.backupstate import state_path_for, write_state
     state_out = args.state_out or (state_path_for(target) if isinstance(target, str) else None)
-    device = raw
-    if layers.level is not None or layers.recipients:
-        from asm.layers import wrap_write          # only an archive written through layers (startup time)
-        device = wrap_write(raw, layers.level, layers.recipients, layers.threads, 512 * args.bf)
+    device = wrap_write(raw, layers.level, layers.recipients, layers.threads, 512 * args.bf)
 
     progress = Progress()
     t0 = time.monotonic()

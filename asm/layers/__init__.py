@@ -26,10 +26,19 @@ from asm.layers.errors import (  # noqa: F401
 # asm.layers.stack's names, imported at first use (PEP 562): a command that writes no
 # layer (or imports only the errors, as asm.layers.options does) does not build its
 # stream classes at start.
-_STACK = ("KINDS", "LayeredDevice", "LayeredWriter", "open_read", "sniff", "wrap_read", "wrap_write")
+_STACK = ("KINDS", "LayeredDevice", "LayeredWriter", "layered_write", "open_read", "sniff", "wrap_read")
 _SUBMODULES = ("age", "base", "bech32", "errors", "options", "stack", "zstd")
 
-__all__ = ["IdentityNeeded", "KeyProblem", "LayerDamaged", "LayerError", "LayerUnsupported", *_STACK]
+__all__ = ["IdentityNeeded", "KeyProblem", "LayerDamaged", "LayerError", "LayerUnsupported", "wrap_write", *_STACK]
+
+
+def wrap_write(device, compress_level: int | None, recipients: list, threads: int = 0, record_size: int = 10240):
+    """``device`` as it is without layers (their stream code is not even loaded: a
+    plain backup's start), else a LayeredDevice writing through them."""
+    if compress_level is None and not recipients:
+        return device
+    from asm.layers.stack import layered_write
+    return layered_write(device, compress_level, recipients, threads, record_size)
 
 
 def __getattr__(name: str):

@@ -291,11 +291,10 @@ class LayeredDevice(Device):
         return getattr(self.inner, name)
 
 
-def wrap_write(device: Device, compress_level: int | None, recipients: list, threads: int = 0,
-               record_size: int = 10240) -> Device:
-    """``device`` as it is without layers, else a LayeredDevice writing through them."""
-    if compress_level is None and not recipients:
-        return device
+def layered_write(device: Device, compress_level: int | None, recipients: list, threads: int = 0,
+                  record_size: int = 10240) -> Device:
+    """A LayeredDevice writing through zstd (``compress_level``) and/or age
+    (``recipients``) to ``device`` (asm.layers.wrap_write: only when there is a layer)."""
     try:
         w = LayeredWriter(device.file, compress_level, recipients, threads, record_size)
     except BaseException:
