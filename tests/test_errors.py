@@ -389,6 +389,35 @@ def test_an_interrupt_raised_where_python_cannot_pass_it_on_is_not_lost(tmp_path
     assert p.stderr.strip().splitlines() == ["imstest: interrupted"], p.stderr
 
 
+def test_other_unraisable_exceptions_still_reach_the_hook_that_was_there(tmp_path):
+    """While a command runs its own unraisable hook is in place for interrupts only:
+    anything else goes to the hook that was installed before (pytest's, a plugin's),
+    and that hook is back when the command ends."""
+    script = tmp_path / "hook.py"
+    script.write_text(
+        "import sys, weakref\n"
+        "from asm.cli.common import run_command\n"
+        "def mine(u):\n"
+        "    print('previous hook got', u.exc_type.__name__)\n"
+        "sys.unraisablehook = mine\n"
+        "class X:\n    pass\n"
+        "def body(argv):\n"
+        "    def cb(_ref):\n"
+        "        raise ValueError('in a callback')\n"
+        "    x = X()\n"
+        "    r = weakref.ref(x, cb)\n"
+        "    del x\n"
+        "    return 0\n"
+        "code = run_command('imstest', body, [])\n"
+        "print('restored', sys.unraisablehook is mine)\n"
+        "sys.exit(code)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=root,
+                       env={**os.environ, "PYTHONPATH": root})
+    assert p.returncode == errors.EXIT_OK, p.stderr
+    assert p.stdout.splitlines() == ["previous hook got ValueError", "restored True"], (p.stdout, p.stderr)
+
+
 # ----------------------------------------------------------------------------- bugs
 
 def _patched(tmp_path, module, attr, owner="") -> dict:

@@ -4,6 +4,7 @@ progress line."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -147,8 +148,9 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _redeliver_interrupt(unraisable) -> None:
-    """sys.unraisablehook while a command runs.  A signal's KeyboardInterrupt raised
+def _redeliver_interrupt(previous, unraisable) -> None:
+    """sys.unraisablehook while a command runs (``previous``: the hook it replaced, which
+    gets everything else).  A signal's KeyboardInterrupt raised
     where Python cannot pass an exception on (a weakref callback of the import machinery,
     a __del__) would be printed as "Exception ignored" and lost, and the command would go
     on; the signal is sent again instead, from a thread, a moment later (raised here,
@@ -157,7 +159,7 @@ def _redeliver_interrupt(unraisable) -> None:
         import threading
         threading.Thread(target=_send_sigterm_again, name="ims-interrupt-again", daemon=True).start()
         return
-    sys.__unraisablehook__(unraisable)
+    previous(unraisable)
 
 
 def _send_sigterm_again() -> None:
@@ -174,7 +176,7 @@ def _trap_signals():
         return None
     saved = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    sys.unraisablehook = _redeliver_interrupt
+    sys.unraisablehook = functools.partial(_redeliver_interrupt, sys.unraisablehook)
     return saved
 
 
