@@ -185,8 +185,7 @@ class _Manager(pluggy.PluginManager):
             value = plugin.__dict__.get(name)
             if not isinstance(value, _HOOKABLE):
                 return None                 # pluggy hooks only functions and methods
-            if (isinstance(value, types.FunctionType) and getattr(value, self.project_name + "_impl", None) is None
-                    and getattr(value, "__func__", None) is None):
+            if isinstance(value, types.FunctionType) and getattr(value, self.project_name + "_impl", None) is None:
                 return None                 # a function without the marker
         return super().parse_hookimpl_opts(plugin, name)
 
