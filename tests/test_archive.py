@@ -918,3 +918,52 @@ def test_archive_ids_are_version_4_uuids():
         assert str(u) == s and u.version == 4 and u.variant == uuid.RFC_4122
         seen.add(s)
     assert len(seen) == 2000
+
+
+def test_quick_pax_record_parser_reads_what_the_careful_one_reads():
+    """pax.parse_records (split at newlines, each piece checked to be one whole record)
+    gives exactly what the careful record-by-record parser gives, result or HeaderError
+    with its message, for well-formed records (values holding newlines, '=', NULs,
+    UTF-8 and invalid UTF-8, the IMSASM wire prefix) and for every kind of damage."""
+    from asm.archive import pax
+
+    def rec(k, v):
+        body = b" " + k + b"=" + v + b"\n"
+        n = len(body) + len(str(len(body)))
+        n = len(body) + len(str(n))
+        return b"%d" % n + body
+
+    def outcome(parse, data):
+        try:
+            return parse(data)
+        except pax.HeaderError as exc:
+            return ("error", str(exc))
+
+    rnd = random.Random(4242)
+    pieces = [b"a", b"=", b"\n", b" ", b"0", b"9", b"\x00", b"\xff", b"\xc3\xa9",
+              b"SCHILY.xattr.user.imsasm.", b"IMSASM."]
+    kinds = {"quick": 0, "careful": 0, "error": 0}
+    for _ in range(20000):
+        data = b"".join(rec(b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 4))) or b"k",
+                            b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 6))))
+                        for _ in range(rnd.randint(0, 6)))
+        for _ in range(rnd.choice([0, 0, 1, 2, 3])):
+            if data:
+                at = rnd.randrange(len(data))
+                op = rnd.random()
+                if op < 0.4:
+                    data = data[:at] + bytes([rnd.randrange(256)]) + data[at + 1:]
+                elif op < 0.7:
+                    data = data[:at] + data[at + 1:]
+                else:
+                    data = data[:at] + rnd.choice(pieces) + data[at:]
+        want = outcome(pax._parse_records, data)
+        assert outcome(pax.parse_records, data) == want, data
+        if want[0] == "error":
+            kinds["error"] += 1
+        elif any("\n" in v for v in want[0].values()):
+            kinds["careful"] += 1
+        else:
+            kinds["quick"] += 1
+    # every road was taken many times
+    assert min(kinds.values()) > 1000, kinds

@@ -269,6 +269,35 @@ def parse_records(data):
     """pax extended header data -> (dict(str -> str), offset of the last record).
     Keys on the wire as SCHILY.xattr.user.imsasm.<name> are returned as IMSASM.<name>.
     HeaderError if malformed."""
+    # The quick way: split at newlines and check that every piece is exactly one
+    # record (its length field equals its length).  A record whose value holds a
+    # newline, or anything malformed, fails that check, and the careful parser below
+    # reads the whole data instead (same result, or its HeaderError).
+    out = {}
+    pos = 0
+    wire, logical, wl = WIRE_PREFIX, LOGICAL_PREFIX, len(WIRE_PREFIX)
+    lines = data.split(b"\n")
+    if not lines.pop():                 # the data ends with a newline
+        for line in lines:
+            sp = line.find(b" ", 0, 21)
+            n = len(line) + 1
+            eq = line.find(b"=", sp + 1)
+            if sp <= 0 or eq < 0 or line[:sp] != b"%d" % n:
+                break
+            try:
+                k = line[sp + 1:eq].decode("utf-8")
+            except UnicodeDecodeError:
+                break
+            if k.startswith(wire):
+                k = logical + k[wl:]
+            out[k] = line[eq + 1:].decode("utf-8", "surrogateescape")
+            pos += n
+        else:
+            return out, pos - n if lines else 0
+    return _parse_records(data)
+
+
+def _parse_records(data):
     out = {}
     pos = 0
     last = 0
