@@ -556,3 +556,23 @@ def test_since_judges_by_ctime_which_copy_and_rename_set(store):
     # the link changed the inode's ctime: the INBOX copy counts as changed too (more
     # sent, never less)
     assert [m.changed >= cut for m in inbox] == [True]
+
+
+def test_random_name_fields_come_from_a_pool_that_a_forked_child_does_not_share(store):
+    """The R field of new file names (8 hex digits) is drawn from a pool refilled 4 KiB
+    at a time; a forked child draws its own digits, not the parent's next ones."""
+    draws = [store._random8() for _ in range(3000)]     # past two refills
+    assert all(len(r) == 8 and int(r, 16) >= 0 for r in draws)
+    assert len(set(draws)) > 2990
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.write(w, "".join(store._random8() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        child = f.read()
+    os.waitpid(pid, 0)
+    parent = "".join(store._random8() for _ in range(8))
+    assert len(child) == 64 and child != parent
