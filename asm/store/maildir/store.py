@@ -606,7 +606,12 @@ class MaildirStore(Store):
     # "Live restores").  Dovecot watches a dotlock it waits for with inotify and tries
     # again as soon as it goes away (file-dotlock.c, use_io_notify; without inotify it
     # looks every 0.1-0.2 s), so a short gap lets it in.
-    BATCH_MESSAGES = 500            # messages written under one hold of the dotlock
+    # A hold is bounded by time: at the restore's pace (2,000-2,500 messages a second)
+    # a bound of 500 messages ended every hold after 0.2-0.25 s, and the 50 ms gap plus
+    # the re-read of the folder cost 18% of a restore of large folders (20,000 messages
+    # in 28 folders: 9.0 s against 7.4 s with no gaps).  The message bound stays for
+    # slow disks' sake only.
+    BATCH_MESSAGES = 5000           # messages written under one hold of the dotlock
     BATCH_SECONDS = 0.5             # or this long, whichever comes first
     BATCH_GAP = 0.05                # how long the dotlock stays free between batches
 
