@@ -9,6 +9,7 @@ UIDs it spans, so a 21-byte record `1:4294967295` costs two integers.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import math
 import re
@@ -19,6 +20,7 @@ _DEC = re.compile(r"(0|[1-9][0-9]{0,19})\Z")          # canonical decimal, at mo
 _TIME = re.compile(r"-?(0|[1-9][0-9]{0,11})(\.[0-9]{1,20})?\Z")
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _RANGE = re.compile(r"([1-9][0-9]{0,9})(?::([1-9][0-9]{0,9}))?\Z")
+_RANGES = re.compile(r"[1-9][0-9]{0,9}(?::[1-9][0-9]{0,9})?(?:,[1-9][0-9]{0,9}(?::[1-9][0-9]{0,9})?)*\Z")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
@@ -111,7 +113,7 @@ class UidSet:
     """A set of UIDs as sorted, disjoint ranges: membership (bisect), length (arithmetic)
     and iteration (lazy) without ever holding one int per UID."""
 
-    __slots__ = ("_starts", "_ends", "_len")
+    __slots__ = ("_starts", "_ends", "_len", "_text")
 
     def __init__(self, ranges=()):
         """``ranges``: (start, end) pairs, inclusive, ascending and disjoint."""
@@ -126,6 +128,7 @@ class UidSet:
                 ends.append(b)
         self._starts, self._ends = starts, ends
         self._len = sum(b - a + 1 for a, b in zip(starts, ends))
+        self._text = None                           # str(self), once asked for (never changes)
 
     @classmethod
     def of(cls, uids):
@@ -145,23 +148,33 @@ class UidSet:
             raise ValueError(f"{what} is not text")
         if not text:
             return cls()
-        ranges = []
-        prev = 0
+        # one match for the whole text's form, then plain splits: a state file or an
+        # archive holds thousands of these (anything odd: _bad_ranges says what)
+        if _RANGES.match(text) is None:
+            _bad_ranges(text, what)
+        starts, ends = [], []
+        prev, top = 0, spec.UID_MAX
+        canonical = True                # as str() writes it: no 'a:a', no adjacent ranges
         for part in text.split(","):
-            m = _RANGE.match(part)
-            if not m:
-                raise ValueError(f"{what} has a bad range {_short(part)}")
-            a = int(m.group(1))
-            b = int(m.group(2)) if m.group(2) else a
-            if b < a:
-                raise ValueError(f"{what} has a descending range {_short(part)}")
-            if b > spec.UID_MAX:
-                raise ValueError(f"{what} holds a UID above {spec.UID_MAX}")
-            if a <= prev:
-                raise ValueError(f"{what} is not in ascending order or repeats a UID")
-            ranges.append((a, b))
+            a, colon, b = part.partition(":")
+            a = int(a)
+            b = int(b) if colon else a
+            if b < a or a <= prev or b > top:
+                _bad_ranges(text, what)
+            if a == b and colon:
+                canonical = False       # 'a:a'
+            if a == prev + 1 and ends:  # adjacent: one range, as __init__ merges them
+                ends[-1] = b
+                canonical = False
+            else:
+                starts.append(a)
+                ends.append(b)
             prev = b
-        return cls(ranges)
+        out = cls.__new__(cls)
+        out._starts, out._ends = starts, ends
+        out._len = sum(ends) - sum(starts) + len(starts)
+        out._text = text if canonical else None
+        return out
 
     def __contains__(self, uid):
         i = bisect.bisect_right(self._starts, uid) - 1
@@ -188,7 +201,11 @@ class UidSet:
         return list(zip(self._starts, self._ends))
 
     def __str__(self):
-        return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in zip(self._starts, self._ends))
+        text = self._text
+        if text is None:
+            text = self._text = ",".join(str(a) if a == b else f"{a}:{b}"
+                                         for a, b in zip(self._starts, self._ends))
+        return text
 
     def __repr__(self):
         s = str(self)
@@ -230,6 +247,44 @@ class UidSet:
         return None
 
 
+def _bad_ranges(text, what):
+    """Raise the ValueError that says what is wrong with the UID set ``text`` (which
+    UidSet.parse found wrong), range by range."""
+    prev = 0
+    for part in text.split(","):
+        m = _RANGE.match(part)
+        if not m:
+            raise ValueError(f"{what} has a bad range {_short(part)}")
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) else a
+        if b < a:
+            raise ValueError(f"{what} has a descending range {_short(part)}")
+        if b > spec.UID_MAX:
+            raise ValueError(f"{what} holds a UID above {spec.UID_MAX}")
+        if a <= prev:
+            raise ValueError(f"{what} is not in ascending order or repeats a UID")
+        prev = b
+    raise ValueError(f"{what} is not a UID set")
+
+
+@functools.lru_cache(maxsize=1024)
+def _state_words(words):
+    """(flags, keywords) of a folder state's key ("\\Seen $Label1"); ValueError for
+    anything that is not distinct system flags and keywords.  (Cached: a folder state
+    has a few keys, the same in every folder.)"""
+    parts = words.split(" ") if words else []
+    fl = frozenset(p for p in parts if p.startswith("\\"))
+    kw = tuple(p for p in parts if not p.startswith("\\"))
+    if len(fl) + len(kw) != len(parts):
+        raise ValueError(f"{spec.STATE} lists a flag twice")
+    for f in fl:
+        if f not in spec.SYSTEM_FLAGS:
+            raise ValueError(f"{spec.STATE} holds {_short(f)}, not an IMAP system flag")
+    for k in kw:
+        _keyword(k, spec.STATE)
+    return fl, kw
+
+
 class FolderState:
     """IMSASM.state: the flags and keywords of the messages an incremental archive lists
     but does not carry, as a few (flags, keywords, UidSet) entries."""
@@ -259,16 +314,7 @@ class FolderState:
         for words, ranges in obj.items():
             if not isinstance(ranges, str):
                 raise ValueError(f"{spec.STATE} maps a flag list to something that is not a UID list")
-            parts = words.split(" ") if words else []
-            fl = frozenset(p for p in parts if p.startswith("\\"))
-            kw = tuple(p for p in parts if not p.startswith("\\"))
-            if len(fl) + len(kw) != len(parts):
-                raise ValueError(f"{spec.STATE} lists a flag twice")
-            for f in fl:
-                if f not in spec.SYSTEM_FLAGS:
-                    raise ValueError(f"{spec.STATE} holds {_short(f)}, not an IMAP system flag")
-            for k in kw:
-                _keyword(k, spec.STATE)
+            fl, kw = _state_words(words)
             uids = UidSet.parse(ranges, spec.STATE)
             if not uids.issubset(folder_uids):
                 raise ValueError(f"{spec.STATE} names UIDs that {spec.UIDS} does not list")
