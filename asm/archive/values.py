@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import json
 import math
+import operator
 import re
 
 from . import spec
@@ -310,7 +312,7 @@ class FolderState:
         """parse() of the record's JSON already decoded; ``entries`` keep its order."""
         if not isinstance(obj, dict):
             raise ValueError(f"{spec.STATE} is not a JSON object")
-        entries, all_ranges = [], []
+        entries, starts, ends = [], [], []
         for words, ranges in obj.items():
             if not isinstance(ranges, str):
                 raise ValueError(f"{spec.STATE} maps a flag list to something that is not a UID list")
@@ -319,10 +321,14 @@ class FolderState:
             if not uids.issubset(folder_uids):
                 raise ValueError(f"{spec.STATE} names UIDs that {spec.UIDS} does not list")
             entries.append((fl, kw, uids))
-            all_ranges.extend(uids.ranges())
-        all_ranges.sort()
-        for (_, b), (a, _) in zip(all_ranges, all_ranges[1:]):
-            if a <= b:
+            starts += uids._starts
+            ends += uids._ends
+        if len(entries) > 1:
+            # ranges are disjoint exactly when, starts and ends sorted each on their own,
+            # every start comes after the end before it (then both orders are the ranges')
+            starts.sort()
+            ends.sort()
+            if not all(map(operator.gt, itertools.islice(starts, 1, None), ends)):
                 raise ValueError(f"{spec.STATE} gives one UID two states")
         return cls(entries)
 
