@@ -426,21 +426,22 @@ class ClassicStore(Store):
         known = set(self.folder_names(user))
         out: list[Unlisted] = []
 
-        def walk(d: str, levels: list) -> None:
+        def walk(d: str, prefix: str) -> None:
             try:
-                entries = sorted(os.scandir(d), key=lambda e: e.name)
+                with os.scandir(d) as it:
+                    # only the folder directories, in name order (a folder's directory
+                    # also holds its message directories and index files)
+                    subs = sorted((e.name, e.path) for e in it if e.name[:1] == "=" and len(e.name) > 1
+                                  and e.is_dir(follow_symlinks=False))
             except (FileNotFoundError, NotADirectoryError):
                 return
-            for e in entries:
-                if not (e.name.startswith("=") and len(e.name) > 1 and e.is_dir(follow_symlinks=False)):
-                    continue
-                sub = levels + [_dec(e.name[1:])]
-                name = "/".join(sub)
-                if name not in known and _holds_mail(e.path):
-                    out.append(Unlisted("folder", part, user, name, e.path,
+            for dirname, path in subs:
+                name = prefix + _dec(dirname[1:])
+                if name not in known and _holds_mail(path):
+                    out.append(Unlisted("folder", part, user, name, path,
                                         "a folder directory the mailbox list does not know"))
-                walk(e.path, sub)
-        walk(self._user_path(user), [])
+                walk(path, name + "/")
+        walk(self._user_path(user), "")
         return out
 
     def user_partition(self, user: str) -> str:
