@@ -392,7 +392,8 @@ class MaildirStore(Store):
     folder_dirname = staticmethod(folder_dirname)
     folder_from_dirname = staticmethod(folder_from_dirname)
 
-    def _folder_dir(self, user: str, folder: str) -> str:
+    def _folder_dir(self, user: str, folder: str, root: str | None = None) -> str:
+        """``root``: the user's Maildir when the caller knows it (no layout)."""
         if self._layout is not None:
             self.user_partition(user)
             try:
@@ -400,7 +401,8 @@ class MaildirStore(Store):
             except layout_mod.LayoutError as exc:
                 raise BadName(str(exc)) from None
         sub = self.folder_dirname(folder)
-        root = self._root(user)
+        if root is None:
+            root = self._root(user)
         if not sub:
             return root
         d = os.path.join(root, sub)
@@ -1014,13 +1016,12 @@ class MaildirStore(Store):
         try:
             folder = check_folder_name(folder)
             part = self._user_parts.get(user)
-            if self._layout is None and part is not None and folder.isascii():
+            if self._layout is None and part is not None:
                 # the user's Maildir where user_partition found it (the selection
                 # did): not looked at again, its folder's stats below fail or differ if
                 # it is not there any more
                 root = os.path.join(self._parts[part], user, "Maildir")
-                sub = self.folder_dirname(folder)
-                d = ctl = os.path.join(root, sub) if sub else root
+                d = ctl = self._folder_dir(user, folder, root)
                 subs_root = root
             else:
                 d = self._folder_dir(user, folder)
