@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 
 from asm.archive import names
 from asm.archive.errors import ArchiveError
@@ -30,17 +29,22 @@ class BaseError(ImsError):
     status = EXIT_USAGE
 
 
-@dataclass
 class BaseState:
-    archive_id: str
-    created: float | None
-    chain: list = field(default_factory=list)       # ancestors of the archive, full first
-    driver: str | None = None
-    folders: dict = field(default_factory=dict)     # (user, folder) -> (uidvalidity, UidSet)
-    # (user, folder) -> (fingerprint, {flags-and-keywords: UidSet}) for the folders the
-    # backup read whole and clean with a fingerprint: an incremental skips those while
-    # the store says they are unchanged (Store.folder_unchanged)
-    unchanged: dict = field(default_factory=dict)
+    """What the base of an incremental held.  (A plain class, not a dataclass: a
+    dataclass execs its generated methods when its module is imported, at every
+    incremental's start.)"""
+
+    def __init__(self, archive_id: str, created: float | None, chain: list | None = None,
+                 driver: str | None = None):
+        self.archive_id = archive_id
+        self.created = created
+        self.chain = [] if chain is None else chain     # ancestors of the archive, full first
+        self.driver = driver
+        self.folders: dict = {}         # (user, folder) -> (uidvalidity, UidSet)
+        # (user, folder) -> (fingerprint, {flags-and-keywords: UidSet}) for the folders
+        # the backup read whole and clean with a fingerprint: an incremental skips those
+        # while the store says they are unchanged (Store.folder_unchanged)
+        self.unchanged: dict = {}
 
     @property
     def lineage(self) -> list:

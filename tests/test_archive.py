@@ -16,7 +16,7 @@ from asm.archive import (ArchiveReader, ArchiveWriter, CorruptHeader, CorruptMem
                          DigestMismatch, HostileMember, IncompleteArchive,
                          LinkTargetUnavailable, MessageChanged, NotAnArchive,
                          RecordReader, RecordWriter, names)
-from asm.archive.values import UidSet
+from asm.archive.values import FolderState, UidSet
 from asm.archive.writer import uid_ranges
 from tests.helpers import unavailable
 
@@ -190,6 +190,82 @@ def test_uid_ranges():
     for bad in ("3:1", "1,,2", "0", "5,3", "1:5,5", "4294967296", "01", "1:", "-1", "1 ", "9" * 5000):
         with pytest.raises(ValueError):
             UidSet.parse(bad)
+
+
+def _reference_uid_set(text):
+    """UidSet.parse as docs/format.md defines a UID set, range by range: (ranges merged
+    as UidSet keeps them, or the ValueError's message)."""
+    import re
+    ranges, prev = [], 0
+    for part in text.split(","):
+        m = re.fullmatch(r"([1-9][0-9]{0,9})(?::([1-9][0-9]{0,9}))?", part)
+        if not m:
+            return "bad range"
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) else a
+        if b < a:
+            return "descending"
+        if b > 2 ** 32 - 1:
+            return "above"
+        if a <= prev:
+            return "ascending"
+        if ranges and a == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], b)
+        else:
+            ranges.append((a, b))
+        prev = b
+    return ranges
+
+
+def test_uid_set_parse_agrees_with_the_range_by_range_reading():
+    # UidSet.parse checks a whole text at once (a state file or archive holds
+    # thousands): the same sets and the same errors as reading it range by range
+    rnd = random.Random(17)
+    words = {"bad range": "bad range", "descending": "descending range", "above": "above",
+             "ascending": "ascending order"}
+    for _ in range(20000):
+        k = rnd.random()
+        if k < 0.3:
+            text = "".join(rnd.choice("0123456789:,") for _ in range(rnd.randint(1, 12)))
+        elif k < 0.9:
+            parts, u = [], rnd.randint(0, 3)
+            for _ in range(rnd.randint(1, 6)):
+                a = u + rnd.randint(-1, 3)
+                b = a + rnd.randint(-1, 3)
+                parts.append(f"{a}" if rnd.random() < 0.5 else f"{a}:{b}")
+                u = b + rnd.randint(0, 2)
+            text = ",".join(parts)
+        else:
+            text = rnd.choice(["4294967295", "4294967296", "1:4294967295", "9999999999", "12345678901",
+                               "1\n", "1, 2", "01", "1:2:3", "\u0661", "1:1", "1,2,3", "2:3,1", "5:5,6"])
+        want = _reference_uid_set(text)
+        if isinstance(want, str):
+            with pytest.raises(ValueError, match=words[want]):
+                UidSet.parse(text)
+            continue
+        got = UidSet.parse(text)
+        assert got.ranges() == want, text
+        assert len(got) == sum(b - a + 1 for a, b in want)
+        assert str(got) == ",".join(str(a) if a == b else f"{a}:{b}" for a, b in want)
+        assert UidSet.parse(str(got)) == got
+
+
+def test_folder_state_gives_each_uid_one_state():
+    # FolderState.from_obj refuses a UID in two states (checked on sorted starts and
+    # ends): the same answer as comparing every pair of ranges
+    rnd = random.Random(18)
+    for _ in range(5000):
+        folder = UidSet.of(rnd.sample(range(1, 40), rnd.randint(1, 30)))
+        obj = {k: str(UidSet.of(u for u in folder if rnd.random() < 0.4) or UidSet.of([folder.max()]))
+               for k in ["", "\\Seen", "\\Seen \\Flagged", "$Label1"][:rnd.randint(1, 4)]}
+        sets = [set(UidSet.parse(v)) for v in obj.values()]
+        twice = any(a & b for i, a in enumerate(sets) for b in sets[i + 1:])
+        if twice:
+            with pytest.raises(ValueError, match="two states"):
+                FolderState.from_obj(obj, folder)
+        else:
+            state = FolderState.from_obj(obj, folder)
+            assert len(state) == sum(len(s) for s in sets)
 
 
 # ------------------------------------------------------------------ round trip

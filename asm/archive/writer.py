@@ -52,6 +52,11 @@ def uid_ranges(uids):
     return str(uids if isinstance(uids, UidSet) else UidSet.of(uids))
 
 
+# json.dumps(obj, ensure_ascii=False, separators=(",", ":")) without making its encoder
+# again for every folder
+_state_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _words(items, what):
     items = list(items)
     for w in items:
@@ -200,9 +205,8 @@ class ArchiveWriter:
         uid_set = uids if isinstance(uids, UidSet) else UidSet.of(uids)
         extra = b""
         if state:
-            extra = _R(_K[spec.STATE], json.dumps(
-                {k: uid_ranges(v) for k, v in sorted(state.items())},
-                ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+            extra = _R(_K[spec.STATE], _state_json(
+                {k: uid_ranges(v) for k, v in sorted(state.items())}).encode("utf-8"))
         recs = b"".join((
             extra, _KIND_FOLDER, _R(_K[spec.PARTITION], _enc(partition)),
             _R(_K[spec.USER], _enc(user)), _R(_K[spec.FOLDER], _enc(folder)),
@@ -210,9 +214,10 @@ class ArchiveWriter:
             _R(_K[spec.SUBSCRIBED], b"1" if subscribed else b"0"),
             _R(_K[spec.UIDS], str(uid_set).encode("ascii")),
             _R(_K[spec.COUNT], b"%d" % len(uid_set))))
-        self._rw.write(self._member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs))
-        self._folder = ((partition, user, folder), uid_set, name,
-                        name.encode("ascii") if name.isascii() else None)
+        name_b = name.encode("ascii") if name.isascii() else None
+        self._rw.write(self._member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs,
+                                    name_f=name_b if name_b is not None and len(name_b) <= 100 else None))
+        self._folder = ((partition, user, folder), uid_set, name, name_b)
         self.counts["folders"] += 1
 
     def _message_records(self, kind_rec, uid, flags, keywords, internaldate, stored, nlink, sha):

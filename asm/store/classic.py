@@ -187,17 +187,6 @@ def _index_fingerprint(fdir: str) -> list | None:
     return stat_part(st)
 
 
-def _holds_mail(d: str) -> bool:
-    """A folder directory with an index or message directories (not an implied parent
-    such as ``=Work`` of ``Work/2023``, which holds only its subfolders)."""
-    try:
-        with os.scandir(d) as it:
-            return any(e.name == "store.idx" or (_is_hash(e.name) and e.is_dir(follow_symlinks=False))
-                       for e in it)
-    except OSError:
-        return False
-
-
 def _open_lock(fdir: str) -> int:
     """The folder's lock file, opened for flock.  On a read-only filesystem (a
     snapshot mounted read-only) it is opened read-only, or the folder directory
@@ -426,21 +415,28 @@ class ClassicStore(Store):
         known = set(self.folder_names(user))
         out: list[Unlisted] = []
 
-        def walk(d: str, levels: list) -> None:
+        def walk(d: str, name: str | None) -> None:
+            # one read of each directory: its folder directories, and whether it holds
+            # mail itself (an index or message directories: not an implied parent such
+            # as =Work of Work/2023, which holds only its subfolders)
+            subs, mail = [], False
             try:
-                entries = sorted(os.scandir(d), key=lambda e: e.name)
+                with os.scandir(d) as it:
+                    for e in it:
+                        n = e.name
+                        if n[:1] == "=":
+                            if len(n) > 1 and e.is_dir(follow_symlinks=False):
+                                subs.append((n, e.path))
+                        elif not mail and (n == "store.idx" or (_is_hash(n) and e.is_dir(follow_symlinks=False))):
+                            mail = True
             except (FileNotFoundError, NotADirectoryError):
                 return
-            for e in entries:
-                if not (e.name.startswith("=") and len(e.name) > 1 and e.is_dir(follow_symlinks=False)):
-                    continue
-                sub = levels + [_dec(e.name[1:])]
-                name = "/".join(sub)
-                if name not in known and _holds_mail(e.path):
-                    out.append(Unlisted("folder", part, user, name, e.path,
-                                        "a folder directory the mailbox list does not know"))
-                walk(e.path, sub)
-        walk(self._user_path(user), [])
+            if name is not None and mail and name not in known:
+                out.append(Unlisted("folder", part, user, name, d,
+                                    "a folder directory the mailbox list does not know"))
+            for dirname, path in sorted(subs):
+                walk(path, (name + "/" if name is not None else "") + _dec(dirname[1:]))
+        walk(self._user_path(user), None)
         return out
 
     def user_partition(self, user: str) -> str:

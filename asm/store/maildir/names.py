@@ -48,8 +48,11 @@ def folder_dirname(folder: str) -> str:
     return "." + ".".join(level_to_disk(level) for level in levels)
 
 
+@functools.lru_cache(maxsize=4096)
 def folder_from_dirname(name: str) -> str | None:
-    """Maildir++ directory name -> logical folder name (None when it is not one)."""
+    """Maildir++ directory name -> logical folder name (None when it is not one).
+    (Cached: every user's scan meets the same few names, each costing a UTF-7 decode
+    per level.)"""
     if not name.startswith(".") or name in (".", ".."):
         return None
     levels = name[1:].split(".")

@@ -107,14 +107,36 @@ def _fingerprint_stats(d: str, ctl: str) -> list:
     [] for a missing keywords file.  A Maildir changes only by names in cur/ and new/
     (deliveries pass through tmp/), by dovecot-uidlist (rewritten or appended to) and by
     its keyword table: the same lists mean the same messages, UIDs and flags."""
-    out = [stat_part(os.stat(os.path.join(ctl, UIDLIST)))]
-    for sub in ("cur", "new", "tmp"):
-        out.append(stat_part(os.stat(os.path.join(d, sub))))
+    *files, keywords = _fingerprint_files(d, ctl)
+    out = [stat_part(os.stat(p)) for p in files]
     try:
-        out.append(stat_part(os.stat(os.path.join(ctl, KEYWORDS))))
+        out.append(stat_part(os.stat(keywords)))
     except FileNotFoundError:
         out.append([])
     return out
+
+
+def _fingerprint_files(d: str, ctl: str) -> tuple:
+    join = os.path.join
+    return join(ctl, UIDLIST), join(d, "cur"), join(d, "new"), join(d, "tmp"), join(ctl, KEYWORDS)
+
+
+def _fingerprint_same(d: str, ctl: str, want: list) -> bool:
+    """_fingerprint_stats(d, ctl) == want, the files stat()ed one by one up to the first
+    that differs (a folder that changed costs one or two stats, not five)."""
+    files = _fingerprint_files(d, ctl)
+    for i, path in enumerate(files):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if i < 4:
+                raise                    # the uidlist, cur/ new/ tmp/ are always there
+            if want[i] != []:
+                return False
+            continue
+        if want[i] != [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
+            return False
+    return True
 
 
 # -- the per-folder working state, valid while the folder lock is held ---------------
@@ -298,17 +320,17 @@ class MaildirStore(Store):
         for e in entries:
             if not e.name.startswith(".") or e.name in (".", "..") or not e.is_dir(follow_symlinks=False):
                 continue
-            has_cur = os.path.isdir(os.path.join(e.path, "cur"))
-            has_new = os.path.isdir(os.path.join(e.path, "new"))
-            if not (has_cur or has_new):
-                continue                     # not a folder (Dovecot's own directories)
             logical = self.folder_from_dirname(e.name)
-            if logical is None:
+            if os.path.isdir(os.path.join(e.path, "cur")):
+                if logical is not None:
+                    continue                 # a folder (new/ not looked at: not needed)
                 why = "its name is no Maildir++ folder name"
-            elif not has_cur:
-                why = "it has new/ but no cur/"
+            elif not os.path.isdir(os.path.join(e.path, "new")):
+                continue                     # not a folder (Dovecot's own directories)
+            elif logical is None:
+                why = "its name is no Maildir++ folder name"
             else:
-                continue
+                why = "it has new/ but no cur/"
             out.append(Unlisted("folder", part, user, logical or e.name, e.path, why))
         return out
 
@@ -371,7 +393,8 @@ class MaildirStore(Store):
     folder_dirname = staticmethod(folder_dirname)
     folder_from_dirname = staticmethod(folder_from_dirname)
 
-    def _folder_dir(self, user: str, folder: str) -> str:
+    def _folder_dir(self, user: str, folder: str, root: str | None = None) -> str:
+        """``root``: the user's Maildir when the caller knows it (no layout)."""
         if self._layout is not None:
             self.user_partition(user)
             try:
@@ -379,7 +402,8 @@ class MaildirStore(Store):
             except layout_mod.LayoutError as exc:
                 raise BadName(str(exc)) from None
         sub = self.folder_dirname(folder)
-        root = self._root(user)
+        if root is None:
+            root = self._root(user)
         if not sub:
             return root
         d = os.path.join(root, sub)
@@ -997,16 +1021,19 @@ class MaildirStore(Store):
             return None
         try:
             folder = check_folder_name(folder)
-            if self._layout is None and folder.isascii():
-                root = self._root(user)          # (one look at the user, not three)
-                sub = self.folder_dirname(folder)
-                d = ctl = os.path.join(root, sub) if sub else root
+            part = self._user_parts.get(user)
+            if self._layout is None and part is not None:
+                # the user's Maildir where user_partition found it (the selection
+                # did): not looked at again, its folder's stats below fail or differ if
+                # it is not there any more
+                root = os.path.join(self._parts[part], user, "Maildir")
+                d = ctl = self._folder_dir(user, folder, root)
                 subs_root = root
             else:
                 d = self._folder_dir(user, folder)
                 ctl, _ = self._ctl_idx(user, folder, d)
                 subs_root = self._subs_root(user)
-            if _fingerprint_stats(d, ctl) != fingerprint[3:] or \
+            if not _fingerprint_same(d, ctl, fingerprint[3:]) or \
                     os.path.lexists(os.path.join(ctl, UIDLIST + LOCK_SUFFIX)):
                 return None
         except (OSError, StoreError):
