@@ -134,7 +134,7 @@ def _fingerprint_same(d: str, ctl: str, want: list) -> bool:
             if want[i] != []:
                 return False
             continue
-        if want[i] != [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
+        if want[i] != stat_part(st):
             return False
     return True
 
