@@ -66,6 +66,27 @@ def _report(outcomes, seed) -> str:
             + "\n".join(f"  point {o.point}: exits {o.first}/{o.second}/{o.final}: {o.problems}" for o in bad[:5]))
 
 
+def test_spread_gives_as_many_distinct_points_as_asked_over_the_whole_run():
+    """The kill tests ask for at least KILL_POINTS points; ``spread`` must give exactly
+    that many distinct steps in 1..total+1, one in each n-th of the run, whatever the
+    seed (a CI run once got 49 of 50 when two jittered neighbours met)."""
+    rng = random.Random(SEED)
+    for _ in range(20_000):
+        n = rng.choice([KILL_POINTS, ENOSPC_POINTS, STREAM_POINTS, rng.randint(1, 200)])
+        total = rng.randint(0, 3000)
+        seed = rng.getrandbits(32)
+        points = spread(total, n, seed)
+        assert points == sorted(set(points)), (total, n, seed)
+        assert all(1 <= p <= total + 1 for p in points), (total, n, seed)
+        if total + 1 <= n:
+            assert points == list(range(1, total + 2))
+            continue
+        assert len(points) == n, (total, n, seed)
+        for i, p in enumerate(points):           # point i lies in the i-th n-th of the run
+            assert i * (total + 1) // n <= p - 1 < (i + 1) * (total + 1) // n, (total, n, seed, i, p)
+    assert len({tuple(spread(1000, 50, s)) for s in range(20)}) == 20
+
+
 def test_the_source_is_what_a_client_would_check(sources):
     """The property is only as good as the store it runs on: several users, nested and
     non-ASCII folders, flags and keywords, links across users, a message over 1 MiB, a
