@@ -199,11 +199,14 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
     })
     status = EXIT_PARTIAL
     readers = Readers(opts.jobs)
+    warm = None
     try:
         for e in unlisted_errors(store, groups or Groups(), targets, paths, opts.exclude):
             res.errors.append(e)
             if report:
                 report(f"error: {e['mailbox']}: {e['error']}")
+        warm = _warmer(store, targets, opts)
+        k = 0                            # the folder's place in the warmer's plans
         for t in targets:
             writer.add_user(t.partition, t.user, t.group)
             res.users += 1
@@ -212,17 +215,51 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                 if f not in t.explicit and is_excluded(f, opts.exclude):
                     res.excluded.append(mailbox)
                     continue
-                _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress, readers)
+                if warm is not None:
+                    warm.enter(k)
+                    k += 1
+                _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress, readers,
+                               warm)
         res.seconds = time.monotonic() - t0
         res.trailer = writer.close(errors=res.errors)
         status = EXIT_PARTIAL if res.errors else EXIT_OK
         return res
     finally:
+        if warm is not None:
+            warm.close()
         readers.close()
         run.counts = {"users": res.users, "folders": res.folders, "messages": res.messages,
                       "links": res.links, "bytes": res.bytes}
         run.errors = [(e["mailbox"], e["error"]) for e in res.errors]
         plugins.run_end(run, status)
+
+
+def _warmer(store: Store, targets: list[Target], opts: BackupOptions):
+    """The cold-cache read-ahead thread (asm/backupwarm.py) over the folders this
+    backup reads, in its order; None for an incremental (it reads a few files of each
+    folder: reading every one ahead would cost a cold cache more than it saves), with
+    ``backup.readahead no``, or where the kernel cannot be asked."""
+    if opts.since is not None or opts.base is not None:
+        return None
+    conf = getattr(store, "config", None)
+    if conf is not None and conf.get("backup.readahead") == "no":
+        return None
+    from asm import backupwarm
+    if not backupwarm.available():
+        return None
+    plans = []
+    for t in targets:
+        for f in t.folders:
+            if f not in t.explicit and is_excluded(f, opts.exclude):
+                continue
+            try:
+                got = store.readahead(t.user, f)
+            except Exception:  # noqa: BLE001 - read-ahead only: the backup says what is wrong
+                got = None
+            plans.append(None if got is None else backupwarm.Plan(*got))
+    if not any(plans):
+        return None
+    return backupwarm.Warmer(plans)
 
 
 def _flag_key(m, cache: dict) -> str:
@@ -263,7 +300,7 @@ def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts:
 
 
 def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
-                   res: BackupResult, run: Run, report, progress, readers=None) -> None:
+                   res: BackupResult, run: Run, report, progress, readers=None, warm=None) -> None:
     held = None                          # what the base held of this folder
     if opts.base is not None and _unchanged_folder(store, writer, t, folder, mailbox, opts, res,
                                                    run, report):
@@ -335,7 +372,7 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                                opts.ignore_links)
     try:
         n, nbytes = _write_messages(store, writer, t, folder, mailbox, snap, carried, opts, res,
-                                    report, progress, ahead, fail, lost)
+                                    report, progress, ahead, fail, lost, warm)
     finally:
         if ahead is not None:
             ahead.close()
@@ -410,14 +447,17 @@ def _willneed(path: str) -> None:
 
 def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, carried,
                     opts: BackupOptions, res: BackupResult, report, progress, ahead, fail,
-                    lost: set) -> tuple[int, int]:
+                    lost: set, warm=None) -> tuple[int, int]:
     """The folder's messages into the archive; (messages, bytes) written."""
     n = nbytes = 0
     todo = [m for m in snap.messages if carried(m)]
-    ahead_of = _Prefetch(todo, writer.links_written) if ahead is None else None
+    # the files asked for ahead: by the warmer's thread, else here, a few at a time
+    ahead_of = _Prefetch(todo, writer.links_written) if ahead is None and warm is None else None
     for i, m in enumerate(todo):
         if ahead_of is not None:
             ahead_of.upto(i)
+        elif warm is not None:
+            warm.took(m.size)
         uid = m.uid
         for attempt in (0, 1):
             link_key = None if opts.ignore_links or m.nlink < 2 else (m.dev, m.ino)

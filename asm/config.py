@@ -273,6 +273,10 @@ OPTIONS: dict[str, Option] = {
                                    "no: an incremental reads every folder, also those its base "
                                    "recorded as unchanged (for a store whose file times cannot be "
                                    "trusted, e.g. an NFS server whose clock is off by seconds)"),
+    "backup.readahead": Option(_bool, "yes",
+                               "no: a full backup does not read the folders' files ahead of itself "
+                               "in a thread of its own (the read-ahead overlaps a cold cache's "
+                               "waits for the disk with the backup's own work)"),
     "restore.spoolmax": Option(_int(0, 1 << 20), "1024",
                                "MiB of first copies a restore from a pipe may keep for later links"),
     "staging.dir": Option(_abspath, None, "staging directory for per-group dumps"),

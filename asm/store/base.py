@@ -341,6 +341,17 @@ class Store(abc.ABC):
         None.  A driver that cannot tell answers None: the folder is then read again."""
         return None
 
+    def readahead(self, user: str, folder: str) -> tuple | None:
+        """Where a whole read of the folder (a snapshot, then every message) looks, for
+        a full backup's cold-cache read-ahead (asm/backupwarm.py): ``(files, dirs,
+        descend)``, the files it reads, the directories whose regular files it reads,
+        and a regular expression naming the subdirectories of those (one level) whose
+        regular files it reads too (None: none).  None (the default): the driver does
+        not say, nothing is read ahead.  Called for every folder before the backup
+        begins, so it must be cheap: it makes paths (and may look where a directory
+        is), it reads no folder."""
+        return None
+
     @abc.abstractmethod
     def message(self, user: str, folder: str, uid: int) -> MessageInfo:
         """One message, freshly looked up; raises MessageGone."""

@@ -474,6 +474,11 @@ class ClassicStore(Store):
                             tuple(keywords.split()) if keywords else (), internaldate, stored,
                             size, path, dev, ino, nlink, guid, stored, "")
 
+    def readahead(self, user: str, folder: str) -> tuple | None:
+        # the index and the hash directories of the folder's message files (its
+        # subfolders, =name, are folders of their own)
+        return [], [self._folder_dir(user, folder)], "[0-9a-f]{2,}"
+
     def snapshot(self, user: str, folder: str, since: float | None = None,
                  known=None) -> FolderSnapshot:
         with self.lock(user, folder):

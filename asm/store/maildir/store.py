@@ -961,6 +961,12 @@ class MaildirStore(Store):
         self._index_keywords(user, folder, ctl, snap)
         return snap
 
+    def readahead(self, user: str, folder: str) -> tuple | None:
+        d = self._folder_dir(user, folder)
+        ctl, _ = self._ctl_idx(user, folder, d)
+        return ([os.path.join(ctl, UIDLIST), os.path.join(ctl, KEYWORDS)],
+                [os.path.join(d, "tmp"), os.path.join(d, "new"), os.path.join(d, "cur")], None)
+
     def _read_only_snapshot(self, user: str, folder: str, since, known, subs) -> FolderSnapshot | None:
         """The snapshot without the folder's dotlock, as Dovecot's own readers take it:
         read dovecot-uidlist, list new/ and cur/, and check that the uidlist is the
