@@ -254,9 +254,9 @@ def _warmer(store: Store, targets: list[Target], opts: BackupOptions):
                 continue
             try:
                 got = store.readahead(t.user, f)
+                plans.append(None if got is None else backupwarm.Plan(*got))
             except Exception:  # noqa: BLE001 - read-ahead only: the backup says what is wrong
-                got = None
-            plans.append(None if got is None else backupwarm.Plan(*got))
+                plans.append(None)
     if not any(plans):
         return None
     return backupwarm.Warmer(plans)
@@ -451,12 +451,14 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
     """The folder's messages into the archive; (messages, bytes) written."""
     n = nbytes = 0
     todo = [m for m in snap.messages if carried(m)]
-    # the files asked for ahead: by the warmer's thread, else here, a few at a time
-    ahead_of = _Prefetch(todo, writer.links_written) if ahead is None and warm is None else None
+    # the files asked for ahead: by the read-ahead child once it runs, else here, a few
+    # at a time
+    ahead_of = _Prefetch(todo, writer.links_written) \
+        if ahead is None and (warm is None or not warm.running) else None
     for i, m in enumerate(todo):
         if ahead_of is not None:
             ahead_of.upto(i)
-        elif warm is not None:
+        if warm is not None:
             warm.took(m.size)
         uid = m.uid
         for attempt in (0, 1):

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import os
 import re
-import select
-import signal
-import struct
+
+from asm.errors import EXIT_OK
 
 WINDOW = 64 << 20               # bytes asked for ahead of the backup, at most
 START_AFTER = 16 << 20          # bytes the backup takes before the read-ahead begins
@@ -88,6 +87,10 @@ class Warmer:
         would pay more for the fork, its pages copied as the backup writes them, than
         it could win)."""
         self._started = True
+        global _POS
+        if _POS is None:                     # imported here: a small backup never needs it
+            import struct
+            _POS = struct.Struct("=qq")
         r, w = os.pipe()
         try:
             pid = os.fork()
@@ -95,26 +98,30 @@ class Warmer:
             os.close(r)
             os.close(w)
             return                           # no read-ahead: the backup goes on without
-        if pid == 0:                         # the child
-            status = 0
+        if pid == 0:                         # the child: its status is not looked at
             try:
                 os.close(w)
                 _child(self._plans, self._window, r, self._i, self._bytes)
             except BaseException:  # noqa: BLE001 - read-ahead only, never a word
-                status = 1
+                pass
             finally:
                 try:                         # gone only when the backup is: it never
                     os.set_blocking(r, True) # writes into a pipe nobody reads
                     while os.read(r, 4096):
                         pass
                 finally:
-                    os._exit(status)
+                    os._exit(EXIT_OK)
         os.close(r)
         os.set_blocking(w, False)            # a full pipe drops a position: the next says all
         self._pid, self._w = pid, w
         self._send()
 
     # -- the backup's side --------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """The child reads ahead (the backup need not ask for files itself)."""
+        return self._w >= 0
 
     def enter(self, i: int) -> None:
         """The backup begins the folder of plan ``i``."""
@@ -159,12 +166,13 @@ class Warmer:
                 pass
 
 
-_POS = struct.Struct("=qq")              # (plan, bytes taken in it), as the backup sends it
+_POS = None                              # struct "=qq": (plan, bytes taken in it), as sent
 _SEND_EVERY = 1 << 20                    # the backup's position sent every MiB inside a folder
 
 
 def _child(plans: list, window: int, r: int, i: int, taken: int) -> None:
     """The read-ahead, in the forked child: nothing of the backup's kept but the pipe."""
+    import signal
     for sig in ("SIGINT", "SIGTERM", "SIGHUP", "SIGPIPE", "SIGQUIT"):
         if hasattr(signal, sig):
             signal.signal(getattr(signal, sig), signal.SIG_DFL)
@@ -240,6 +248,7 @@ class _Position:
             self._buf = buf[n:]
 
     def wait(self) -> None:
+        import select
         select.select([self.r], [], [], _POLL)
 
     def ahead(self, asked: int) -> int:
@@ -248,7 +257,7 @@ class _Position:
             return asked
         start = self.start[self.i]
         if start is None:
-            return 0
+            start = asked - self.taken       # not there yet: behind the backup
         return asked - start - self.taken
 
 
@@ -274,19 +283,20 @@ def _listing(d: str, descend) -> list:
 
 
 def _file(path: str) -> int:
-    """Ask for one file; its size (0 when it cannot be opened)."""
+    """Ask for one file; its size (none when it cannot be opened)."""
+    size = 0
     try:
         fd = os.open(path, _OPEN)
     except OSError:
-        return 0
+        return size
     try:
         size = os.fstat(fd).st_size
         os.posix_fadvise(fd, 0, 0, _WILLNEED)
-        return size
     except OSError:
-        return 0
+        pass
     finally:
         os.close(fd)
+    return size
 
 
 def _key(entry) -> tuple:
