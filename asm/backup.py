@@ -235,8 +235,9 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
 
 
 def _warmer(store: Store, targets: list[Target], opts: BackupOptions):
-    """The cold-cache read-ahead thread (asm/backupwarm.py) over the folders this
-    backup reads, in its order; None for an incremental (it reads a few files of each
+    """The cold-cache read-ahead (asm/backupwarm.py, a child process forked once the
+    backup is under way) over the folders this backup reads, in its order; None for an
+    incremental (it reads a few files of each
     folder: reading every one ahead would cost a cold cache more than it saves), with
     ``backup.readahead no``, or where the kernel cannot be asked."""
     if opts.since is not None or opts.base is not None:

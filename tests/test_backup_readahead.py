@@ -74,7 +74,6 @@ def _tree(root, rng: random.Random, n: int) -> tuple[list, list, dict]:
             listing.append([])
             continue
         if rng.random() < 0.5:
-            files = []
             for sub in ("tmp", "new", "cur"):
                 (d / sub).mkdir(parents=True)
             (d / "dovecot-uidlist").write_bytes(b"3 V1 N1\n")
@@ -89,7 +88,6 @@ def _tree(root, rng: random.Random, n: int) -> tuple[list, list, dict]:
             plan = backupwarm.Plan([str(d / "dovecot-uidlist")], [str(d / s) for s in ("tmp", "new", "cur")])
             want = [str(d / s / nm) for s in ("tmp", "new", "cur")
                     for nm in sorted((nm for sb, nm in names if sb == s), key=lambda x: (len(x.split(".")[0]), x))]
-            files.append(str(d / "dovecot-uidlist"))
         else:
             d.mkdir(parents=True)
             (d / "=Sub").mkdir()
