@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from asm import __version__, plugins
+from asm import __version__, backupwarm, plugins
 from asm.archive.errors import MessageChanged, UnreadableSource
 from asm.archive.values import UidSet
 from asm.backupread import Readers
@@ -245,7 +245,6 @@ def _warmer(store: Store, targets: list[Target], opts: BackupOptions):
     conf = getattr(store, "config", None)
     if conf is not None and conf.get("backup.readahead") == "no":
         return None
-    from asm import backupwarm
     if not backupwarm.available():
         return None
     plans = []
@@ -420,30 +419,10 @@ class _Prefetch:
             size = 0
             if not m.compressed and not (m.nlink > 1 and (m.dev, m.ino) in self.written):
                 size = m.size
-                _willneed(m.path)
+                backupwarm.willneed(m.path)
             sizes.append(size)
             self.ahead += size
             self.next += 1
-
-
-_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
-_PREFETCH_OPEN = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
-    getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
-
-
-def _willneed(path: str) -> None:
-    if _WILLNEED is None:
-        return
-    try:
-        fd = os.open(path, _PREFETCH_OPEN)
-    except OSError:
-        return
-    try:
-        os.posix_fadvise(fd, 0, 0, _WILLNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, carried,

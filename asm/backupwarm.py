@@ -187,7 +187,7 @@ def _child(plans: list, window: int, r: int, i: int, taken: int) -> None:
     os.set_blocking(r, False)
     pos = _Position(r, len(plans))
     pos.i, pos.taken = i, taken
-    walk(plans, window, pos, _file)
+    walk(plans, window, pos, willneed)
 
 
 def walk(plans: list, window: int, pos, ask) -> None:
@@ -285,9 +285,12 @@ def _listing(d: str, descend) -> list:
     return out
 
 
-def _file(path: str) -> int:
-    """Ask for one file; its size (none when it cannot be opened)."""
+def willneed(path: str) -> int:
+    """Ask the kernel for one file's data (posix_fadvise WILLNEED: read in the
+    background); its size (none when it cannot be opened or asked for)."""
     size = 0
+    if _WILLNEED is None:
+        return size
     try:
         fd = os.open(path, _OPEN)
     except OSError:
