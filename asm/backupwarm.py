@@ -31,6 +31,7 @@ WINDOW = 64 << 20               # bytes asked for ahead of the backup, at most
 START_AFTER = 16 << 20          # bytes the backup takes before the read-ahead begins
                                 # (IMS_READAHEAD_AFTER, in bytes, for tests: 0 from the start)
 _POLL = 0.005                   # seconds between looks while the window is full
+SORT_MAX = 65536                # entries of one directory sorted by name, at most
 
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
 _OPEN = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
@@ -264,25 +265,45 @@ class _Position:
         return asked - start - self.taken
 
 
-def _listing(d: str, descend) -> list:
+def _listing(d: str, descend):
     """The regular files of ``d`` (and of the subdirectories ``descend`` names), by
     name: close to the order a folder is read in (Maildir names begin with the delivery
-    time; classic names are UIDs)."""
-    out: list = []
+    time; classic names are UIDs).  A directory of more than SORT_MAX entries is given
+    in the order the file system lists it, never held whole: the child's memory stays
+    bounded whatever the folder's size."""
     try:
-        with os.scandir(d) as it:
-            entries = sorted(it, key=_key)
+        it = os.scandir(d)
     except OSError:
-        return out
-    for e in entries:
+        return
+    with it:
+        first: list = []
         try:
-            if e.is_file(follow_symlinks=False):
-                out.append(e.path)
-            elif descend is not None and descend(e.name) and e.is_dir(follow_symlinks=False):
-                out += _listing(e.path, None)
+            for e in it:
+                first.append(e)
+                if len(first) > SORT_MAX:
+                    break
+            else:
+                first.sort(key=_key)
         except OSError:
             pass
-    return out
+        for e in first:
+            yield from _entry(e, descend)
+        first = []
+        try:
+            for e in it:                     # past SORT_MAX: the rest as listed
+                yield from _entry(e, descend)
+        except OSError:
+            return
+
+
+def _entry(e, descend):
+    try:
+        if e.is_file(follow_symlinks=False):
+            yield e.path
+        elif descend is not None and descend(e.name) and e.is_dir(follow_symlinks=False):
+            yield from _listing(e.path, None)
+    except OSError:
+        pass
 
 
 def willneed(path: str) -> int:
