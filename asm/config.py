@@ -274,9 +274,9 @@ OPTIONS: dict[str, Option] = {
                                    "recorded as unchanged (for a store whose file times cannot be "
                                    "trusted, e.g. an NFS server whose clock is off by seconds)"),
     "backup.readahead": Option(_bool, "yes",
-                               "no: a full backup does not read the folders' files ahead of itself "
-                               "in a thread of its own (the read-ahead overlaps a cold cache's "
-                               "waits for the disk with the backup's own work)"),
+                               "no: a full backup does not have a child process ask the kernel for "
+                               "the folders' files ahead of it (the read-ahead overlaps a cold "
+                               "cache's waits for the disk with the backup's own work)"),
     "restore.spoolmax": Option(_int(0, 1 << 20), "1024",
                                "MiB of first copies a restore from a pipe may keep for later links"),
     "staging.dir": Option(_abspath, None, "staging directory for per-group dumps"),
