@@ -88,6 +88,12 @@ def is_excluded(folder: str, exclude: list[str]) -> bool:
     return False
 
 
+def left_out(t: Target, folder: str, exclude: list[str]) -> bool:
+    """A folder of ``t`` that store.backupexclude leaves out of a backup (one named
+    explicitly in a path never is)."""
+    return folder not in t.explicit and is_excluded(folder, exclude)
+
+
 def whole_partitions(store: Store, paths: list[LogicalPath]) -> list[str]:
     """The partitions ``paths`` cover as a whole (``/``, ``/primary``, ``/primary/user``)."""
     out: list[str] = []
@@ -164,7 +170,7 @@ def unlisted_errors(store: Store, groups: Groups, targets: list[Target], paths: 
         except (StoreError, OSError):
             continue                        # the user's own folders report the damage
         for u in found:
-            if u.folder not in t.explicit and is_excluded(u.folder, exclude):
+            if left_out(t, u.folder, exclude):
                 continue
             if any(lp.covers_user(t.partition, t.user, groups) and lp.covers_folder(u.folder)
                    for lp in paths):
@@ -212,7 +218,7 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
             res.users += 1
             for f in t.folders:
                 mailbox = f"/{t.partition}/{t.user}/{f}"
-                if f not in t.explicit and is_excluded(f, opts.exclude):
+                if left_out(t, f, opts.exclude):
                     res.excluded.append(mailbox)
                     continue
                 if warm is not None:
@@ -237,9 +243,9 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
 def _warmer(store: Store, targets: list[Target], opts: BackupOptions):
     """The cold-cache read-ahead (asm/backupwarm.py, a child process forked once the
     backup is under way) over the folders this backup reads, in its order; None for an
-    incremental (it reads a few files of each
-    folder: reading every one ahead would cost a cold cache more than it saves), with
-    ``backup.readahead no``, or where the kernel cannot be asked."""
+    incremental (it reads a few files of each folder: reading every one ahead would
+    cost a cold cache more than it saves), with ``backup.readahead no``, or where the
+    kernel cannot be asked."""
     if opts.since is not None or opts.base is not None:
         return None
     conf = getattr(store, "config", None)
@@ -250,7 +256,7 @@ def _warmer(store: Store, targets: list[Target], opts: BackupOptions):
     plans = []
     for t in targets:
         for f in t.folders:
-            if f not in t.explicit and is_excluded(f, opts.exclude):
+            if left_out(t, f, opts.exclude):
                 continue
             try:
                 got = store.readahead(t.user, f)

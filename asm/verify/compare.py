@@ -90,7 +90,7 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
     the store received before the last backup started and the chain does not hold
     (it should), or a message whose bytes differ from the archive's; new mail,
     expunges, flag changes and new or deleted folders since are counted as changes."""
-    from asm.backup import is_excluded
+    from asm.backup import left_out
     out = Comparison()
     created = view.created
     seen = set()
@@ -98,7 +98,7 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
         for name in t.folders:
             key = (t.partition, t.user, name)
             mailbox = f"/{t.partition}/{t.user}/{name}"
-            if name not in t.explicit and exclude and is_excluded(name, exclude):
+            if exclude and left_out(t, name, exclude):
                 continue
             seen.add(key)
             rec = view.folders.get(key)
