@@ -129,10 +129,7 @@ class Warmer:
         """The backup begins the folder of plan ``i``."""
         self._total += self._bytes - self._sent
         self._i, self._bytes, self._sent = i, 0, 0
-        if self._started:
-            self._send()
-        elif self._total >= self._after:
-            self._start()
+        self._moved()
 
     def took(self, size: int) -> None:
         """The backup took a message of ``size`` bytes."""
@@ -140,10 +137,14 @@ class Warmer:
         if self._bytes - self._sent >= _SEND_EVERY:
             self._total += self._bytes - self._sent
             self._sent = self._bytes
-            if self._started:
-                self._send()
-            elif self._total >= self._after:
-                self._start()
+            self._moved()
+
+    def _moved(self) -> None:
+        """Tell the child where the backup is, or fork it once the backup is far enough."""
+        if self._started:
+            self._send()
+        elif self._total >= self._after:
+            self._start()
 
     def _send(self) -> None:
         if self._w < 0:
@@ -184,7 +185,7 @@ def _child(plans: list, window: int, r: int, i: int, taken: int) -> None:
     # the archive, locks, sockets: the backup's alone (a lock held through a copy of its
     # descriptor here would outlive the backup by as long as this takes to notice)
     os.closerange(3, r)
-    os.closerange(r + 1, max(r + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024))
+    os.closerange(r + 1, os.sysconf("SC_OPEN_MAX"))
     os.set_blocking(r, False)
     pos = _Position(r, len(plans))
     pos.i, pos.taken = i, taken

@@ -963,9 +963,9 @@ class MaildirStore(Store):
 
     def readahead(self, user: str, folder: str) -> tuple | None:
         d = self._folder_dir(user, folder)
-        ctl, _ = self._ctl_idx(user, folder, d)
-        return ([os.path.join(ctl, UIDLIST), os.path.join(ctl, KEYWORDS)],
-                [os.path.join(d, "tmp"), os.path.join(d, "new"), os.path.join(d, "cur")], None)
+        # what a snapshot reads: the fingerprint's files, and every file in the directories
+        uidlist, cur, new, tmp, keywords = _fingerprint_files(d, self._ctl_idx(user, folder, d)[0])
+        return [uidlist, keywords], [tmp, new, cur], None
 
     def _read_only_snapshot(self, user: str, folder: str, since, known, subs) -> FolderSnapshot | None:
         """The snapshot without the folder's dotlock, as Dovecot's own readers take it:
