@@ -1035,6 +1035,13 @@ class MaildirStore(Store):
                 root = os.path.join(self._parts[part], user, "Maildir")
                 d = ctl = self._folder_dir(user, folder, root)
                 subs_root = root
+            elif self._layout is not None:
+                # the login's directories as the layout names them, not looked for
+                # first (user_partition): the stats below fail or differ if not there
+                ul = self._ul(user)
+                d = ul.folder_dir(folder)
+                ctl = d if ul.location.control is None else ul.control_dir(folder)
+                subs_root = ul.control_root
             else:
                 d = self._folder_dir(user, folder)
                 ctl, _ = self._ctl_idx(user, folder, d)
@@ -1042,7 +1049,7 @@ class MaildirStore(Store):
             if not _fingerprint_same(d, ctl, fingerprint[3:]) or \
                     os.path.lexists(os.path.join(ctl, UIDLIST + LOCK_SUFFIX)):
                 return None
-        except (OSError, StoreError):
+        except (OSError, StoreError, layout_mod.LayoutError):
             return None
         return FolderInfo(name=folder, uidvalidity=fingerprint[1], uidnext=fingerprint[2],
                           subscribed=folder in self._subs.get(subs_root))
