@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import subprocess
 from typing import Iterator
 
 from asm.errors import UsageError
@@ -744,6 +743,7 @@ class StoreLayout:
 # -- the running configuration ----------------------------------------------------------
 
 def _doveconf(args: list[str], doveconf: str) -> str:
+    import subprocess                   # here: a backup with mail_location given never runs it
     try:
         res = subprocess.run([doveconf, *args], capture_output=True, text=True)
     except FileNotFoundError:
