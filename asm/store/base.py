@@ -326,10 +326,10 @@ class Store(abc.ABC):
         With ``since``, every message's ``changed`` (when it last entered this folder in
         this store) is filled in, and messages that did not change since it may be
         returned with only ``uid``, ``flags``, ``keywords``, ``stored``, ``changed``.
-        With ``known`` (a container of UIDs: what an incremental's base held) and no
-        ``since``, the messages it holds may be returned with only ``uid``, ``flags``
-        and ``keywords``.  Incremental backups use that: they still record every UID
-        and the flags of the old messages.
+        With ``known`` (a container of UIDs: what an incremental's base held), the
+        messages it holds may be returned the same way (unless ``since`` says they
+        changed).  Incremental backups use that: they still record every UID and the
+        flags of the old messages.
         """
 
     def messages(self, user: str, folder: str) -> list[MessageInfo]:

@@ -1056,7 +1056,6 @@ class MaildirStore(Store):
 
     def _snapshot_messages(self, st: _State, since, known) -> list:
         files = st.files
-        flag_cache = st.flag_cache
         msgs = []
         for uid in sorted(st.uidlist.records):
             base = st.uidlist.records[uid][1]
@@ -1064,13 +1063,8 @@ class MaildirStore(Store):
             if hit is None:
                 continue                 # expunged; Dovecot drops the line later
             if known is not None and since is None and uid in known:
-                # the base of an incremental held it: its UID, flags and keywords are
-                # all the incremental records (Store.snapshot), from the name alone
-                info = hit[1].partition(":")[2]
-                letters = info[2:] if info[:2] == "2," else ""
-                fk = flag_cache.get(letters) or self._decode_flags(st, letters)
-                msgs.append(message_info(uid, fk[0], fk[1], 0.0, 0.0, 0, f"{st.dir}/{hit[0]}/{hit[1]}",
-                                         0, 0, 1, "", 0.0, ""))
+                # the base of an incremental held it: flags from the name, no stat
+                msgs.append(self._info(st, uid, *hit, stat=False))
                 continue
             try:
                 msgs.append(self._info(st, uid, *hit))
