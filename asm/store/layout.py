@@ -77,8 +77,19 @@ class _Var:
                 and all(m in "LU" for m in self.modifiers))
 
 
-def _tokens(template: str, what: str = "mail_location") -> list[str | _Var]:
-    """Split a template into literal strings and variables, as var_expand.c parses it."""
+_TOKENS: dict = {}       # (template, what) -> _tokens(): templates come from the configuration
+
+
+def _tokens(template: str, what: str = "mail_location") -> tuple:
+    """Split a template into literal strings and variables, as var_expand.c parses it
+    (parsed once per template: a backup expands the same few for every login)."""
+    got = _TOKENS.get((template, what))
+    if got is None:
+        got = _TOKENS[(template, what)] = tuple(_parse_tokens(template, what))
+    return got
+
+
+def _parse_tokens(template: str, what: str) -> list[str | _Var]:
     out: list[str | _Var] = []
     lit: list[str] = []
     t, i, n = template, 0, len(template)

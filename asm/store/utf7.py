@@ -10,6 +10,8 @@ from __future__ import annotations
 
 def encode(name: str) -> str:
     """Unicode -> modified UTF-7."""
+    if name.isascii() and name.isprintable() and "&" not in name:
+        return name                     # printable ASCII but '&' stands for itself
     out: list[str] = []
     run: list[str] = []
 
