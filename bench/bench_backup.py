@@ -332,8 +332,7 @@ def main(argv=None) -> int:
                    help="time this environment's imsbackup (default: a copy of this tree installed, not "
                         "editable, into a temporary venv, as sites install it)")
     args = p.parse_args(argv)
-    if not shutil.which("tar"):
-        print("bench_backup.py: GNU tar is not installed (apt-get install tar)", file=sys.stderr)
+    if g.no_tar("bench_backup.py"):
         return 2
     g.compile_package()
     results = [bench_driver(args, d) for d in (args.driver or ["maildir", "classic"])]

@@ -210,8 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="build the store again even if cached")
     p.add_argument("--build-only", action="store_true", help="build (or find) the store, time nothing")
     args = p.parse_args(argv)
-    if not shutil.which("tar"):
-        print("bench_dovecot_store.py: GNU tar is not installed (apt-get install tar)", file=sys.stderr)
+    if g.no_tar("bench_dovecot_store.py"):
         return 2
     from tests.dovecot_lab import LAYOUTS, lab_missing
     if args.layout not in LAYOUTS or not LAYOUTS[args.layout].maildir:

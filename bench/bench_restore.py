@@ -306,8 +306,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep every restored store and the doveadm copy (deleted by default after the last run)")
     p.add_argument("--markdown", action="store_true", help="also print a Markdown block for bench/RESULTS.md")
     args = p.parse_args(argv)
-    if not shutil.which("tar"):
-        print("bench_restore.py: GNU tar is not installed (apt-get install tar)", file=sys.stderr)
+    if g.no_tar("bench_restore.py"):
         return 2
     g.compile_package()
     clear_runs(args, wait=True)

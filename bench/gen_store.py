@@ -369,11 +369,18 @@ def cmdline() -> str:
     return "python3 " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
+def no_tar(prog: str) -> bool:
+    """True (and says so) when GNU tar, every benchmark's reference, is not installed."""
+    if shutil.which("tar"):
+        return False
+    print(f"{prog}: GNU tar is not installed (apt-get install tar)", file=sys.stderr)
+    return True
+
+
 def run_drivers(prog: str, args, bench_driver, markdown) -> int:
     """The end of every tar-compared benchmark: check tar, run each driver, print the
     Markdown block when asked."""
-    if not shutil.which("tar"):
-        print(f"{prog}: GNU tar is not installed (apt-get install tar)", file=sys.stderr)
+    if no_tar(prog):
         return 2
     results = [bench_driver(args, d) for d in (args.driver or ["maildir", "classic"])]
     if args.markdown:
