@@ -17,8 +17,8 @@ Peak RSS is the command's ``ru_maxrss`` from ``wait4`` (exact, no polling), take
 small launcher (LAUNCH) that starts it.  ``ru_maxrss`` outlives exec: a process forked
 from this script starts with this script's RSS as its peak, and after generating a store
 this script holds 40-50 MB, which a child forked from it reported as its own (the first
-run of the fifth pass: 48.8 MB at 10,000 messages, 26.5 MB from a fresh launcher).  Stores
-are cached under --dir like gen_store.py's.
+run of the sixth pass in bench/RESULTS.md: 48.8 MB at 10,000 messages, 26.5 MB from a
+fresh launcher).  Stores are cached under --dir like gen_store.py's.
 """
 from __future__ import annotations
 
