@@ -154,7 +154,7 @@ def installed_bin() -> str:
                         "-q", "--disable-pip-version-check", "--no-deps", "--no-build-isolation", "--no-index", src],
                        capture_output=True, text=True)
     if p.returncode:
-        raise SystemExit(f"bench_backup.py: cannot install ims-asm into {venv} for the no-op run:\n{p.stderr[-2000:]}"
+        raise SystemExit(f"bench_backup.py: cannot install ims-asm into {venv} for the timed runs:\n{p.stderr[-2000:]}"
                          f"\n(--editable measures this environment's imsbackup instead)")
     _INSTALLED["bin"] = os.path.join(venv, "bin")
     return _INSTALLED["bin"]
