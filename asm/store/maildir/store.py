@@ -1040,7 +1040,7 @@ class MaildirStore(Store):
                 # first (user_partition): the stats below fail or differ if not there
                 ul = self._ul(user)
                 d = ul.folder_dir(folder)
-                ctl = d if ul.location.control is None else ul.control_dir(folder)
+                ctl = ul.control_dir(folder)
                 subs_root = ul.control_root
             else:
                 d = self._folder_dir(user, folder)
