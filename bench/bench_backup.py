@@ -318,19 +318,24 @@ def markdown(results: list[dict], args) -> str:
     return "\n".join(out)
 
 
+def add_timing_args(p: argparse.ArgumentParser) -> None:
+    """The options time_store() and markdown() read."""
+    p.add_argument("--pairs", type=int, default=5, help="interleaved pairs per ratio (default 5; median)")
+    p.add_argument("--no-cold", action="store_true", help="leave out the cold-cache pairs")
+    p.add_argument("--markdown", action="store_true", help="also print a Markdown block for bench/RESULTS.md")
+    p.add_argument("--editable", "--noop-editable", dest="editable", action="store_true",
+                   help="time this environment's imsbackup (default: a copy of this tree installed, not "
+                        "editable, into a temporary venv, as sites install it)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_backup.py", description=__doc__.split("\n\n")[0],
                                 epilog="Prints wall times and ratios; never run by the tests.")
     g.add_store_args(p)
     p.add_argument("--shape", type=int, action="append", metavar="USERS",
                    help="users of one store shape (repeatable; default 200 and 4)")
-    p.add_argument("--pairs", type=int, default=5, help="interleaved pairs per ratio (default 5; median)")
-    p.add_argument("--no-cold", action="store_true", help="leave out the cold-cache pairs")
-    p.add_argument("--markdown", action="store_true", help="also print a Markdown block for bench/RESULTS.md")
+    add_timing_args(p)
     p.add_argument("--noop-only", action="store_true", help="run only the no-op target")
-    p.add_argument("--editable", "--noop-editable", dest="editable", action="store_true",
-                   help="time this environment's imsbackup (default: a copy of this tree installed, not "
-                        "editable, into a temporary venv, as sites install it)")
     args = p.parse_args(argv)
     if g.no_tar("bench_backup.py"):
         return 2

@@ -202,11 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--size-mix", default="default", help="as gen_store.py's (default: default)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--new-fraction", type=float, default=0.01, help="share delivered after the base (default 0.01)")
-    p.add_argument("--pairs", type=int, default=5, help="interleaved pairs per ratio (default 5; median)")
-    p.add_argument("--no-cold", action="store_true", help="leave out the cold-cache pairs")
-    p.add_argument("--editable", action="store_true", help="time this environment's imsbackup (default: "
-                   "a copy of this tree installed, not editable, as sites install it)")
-    p.add_argument("--markdown", action="store_true", help="also print a Markdown block for bench/RESULTS.md")
+    bb.add_timing_args(p)
     p.add_argument("--force", action="store_true", help="build the store again even if cached")
     p.add_argument("--build-only", action="store_true", help="build (or find) the store, time nothing")
     args = p.parse_args(argv)
