@@ -966,13 +966,18 @@ def test_quick_member_headers_are_the_general_ones_byte_for_byte():
     from asm.archive import pax
     rnd = random.Random(1717)
     alphabet = "abcXYZ019._-=+/"
-    for _ in range(3000):
+    for _ in range(6000):
         name = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 100)))
         link = rnd.choice(["", "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 100)))])
         size = rnd.choice([0, 1, rnd.randint(0, 1 << 20), rnd.randint(0, 1 << 40), pax.MAX_OCTAL - 1,
                            pax.MAX_OCTAL, 1 << 40 << 10])
         mtime = rnd.choice([0, rnd.randint(0, 1 << 33), pax.MAX_OCTAL - 1, pax.MAX_OCTAL, -5,
-                            1700000000.25, 1.5e-3])
+                            1700000000.25, 1.5e-3,
+                            # file times with nanoseconds (Dovecot's deliveries), odd floats
+                            rnd.randint(0, 1 << 33) + rnd.randint(1, 10 ** 9 - 1) / 1e9,
+                            rnd.uniform(0, pax.MAX_OCTAL), float(rnd.randint(0, 1 << 33)),
+                            pax.MAX_OCTAL - 0.5, float(pax.MAX_OCTAL), 1e-4, 9.99e-5, 1e-7, -0.5,
+                            0.0, 5e15 + 0.5])
         typeflag = rnd.choice([pax.REGTYPE, pax.LNKTYPE, pax.DIRTYPE])
         mode = rnd.choice([pax.MODE_0600, pax.MODE_0644, pax.MODE_0700, pax.mode_field(0o640)])
         records = pax.record(pax.key("IMSASM.uid"), b"%d" % rnd.randint(1, 1 << 32))

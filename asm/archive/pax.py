@@ -167,8 +167,16 @@ def member(name, typeflag, mode_b, size, mtime, records, linkname=""):
 def member_plain(name_f, typeflag, mode_b, size, mtime, records, link_f=b""):
     """member() for a name and link name known to fit the ustar fields (ASCII, at most
     100 bytes, already encoded): the same bytes, without the checks member() makes on
-    them.  Anything else unusual (a huge size, an mtime that is not a whole number of
-    seconds in range) goes to member()."""
+    them.  A time with a fraction of a second (the usual file time of a message Dovecot
+    delivered) is built here too: its whole seconds in the ustar field, the exact time
+    in a pax mtime record ahead of the others, as member() puts it; repr() is
+    fmt_time()'s text in this range (no exponent).  Anything else unusual (a huge size,
+    a time out of range) goes to member()."""
+    if type(mtime) is float and 1e-4 <= mtime < MAX_OCTAL and size < MAX_OCTAL:
+        whole = int(mtime)
+        if whole != mtime:
+            records = b"".join((record(K_MTIME, repr(mtime).encode("ascii")), records))
+        mtime = whole
     if size >= MAX_OCTAL or type(mtime) is not int or not 0 <= mtime < MAX_OCTAL:
         return member(name_f.decode("ascii"), typeflag, mode_b, size, mtime, records,
                       link_f.decode("ascii"))
