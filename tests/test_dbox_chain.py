@@ -15,6 +15,7 @@ import shutil
 
 import pytest
 
+from asm.errors import EXIT_PARTIAL, EXIT_STORE
 from tests.dovecot_lab import MAIL_USER, lab_fixture, message
 from tests.helpers import run
 
@@ -185,3 +186,74 @@ def test_a_dbox_account_dovecot_changed_during_the_restore_is_not_overwritten(la
         store.sync()
     assert view(lab, "alice") == before
     assert len(before[0]["Work"][3]) == 1
+
+
+def listing(home, archive) -> list[str]:
+    """The folders an archive holds (its table of contents)."""
+    toc = run(home, "imsrestore", "-t", "-f", archive, check=0, text=True).stdout
+    return sorted(ln.split("\t")[0] for ln in toc.splitlines() if "\tuidvalidity=" in ln)
+
+
+def test_a_parent_that_only_holds_folders_stays_one(lab, tmp_path):
+    """A dbox parent that only holds other folders ("Trash" of "Trash/child", IMAP
+    \\Noselect) is no folder: doveadm backup makes it a real, empty one in the copy the
+    driver reads, and a restore gave it to Dovecot as a new folder the clients had never
+    seen (found by a random chain of IMAP changes).  It is neither backed up nor made a
+    folder, by a restore into the emptied store or into the live one."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    lab.deliver(list(USERS), message("hello"))
+    with lab.imap("alice") as c:
+        for box in ("Trash/child", "Lists/A/B"):
+            c.create(box)
+            c.append(box, message(f"in {box}"), [r"\Seen"])
+        c.subscribe("Lists/A/B")
+        assert {a.lower() for a in c.list()["Trash"]} >= {"\\noselect"}
+    before = views(lab)
+    assert sorted(before["alice"][0]) == ["INBOX", "Lists/A/B", "Trash/child"]
+    full = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    assert listing(home, full) == ["/primary/alice/INBOX", "/primary/alice/Lists/A/B",
+                                   "/primary/alice/Trash/child", "/primary/bob/INBOX"]
+    run(home, "imsrestore", "-f", full, check=0)              # into the live store
+    assert views(lab) == before
+    wipe(lab)
+    run(home, "imsrestore", "-f", full, check=0)              # into the emptied store
+    assert views(lab) == before
+    with lab.imap("alice") as c:
+        assert {a.lower() for a in c.list()["Trash"]} >= {"\\noselect"}
+
+
+def test_a_dbox_folder_named_with_percent_is_named_not_renamed(lab, tmp_path):
+    """doveadm backup (dsync, Dovecot 2.3) reads "%50" in a folder name as an escaped
+    "P", both ways: "pct%50" was backed up as "pctP" and a restore that gave the login
+    back to Dovecot renamed it there, each with exit 0.  Now such a folder is named as
+    not backed up (exit 1, the others are in the archive, nothing under the changed
+    name), and a restore into that login is refused before anything is written (exit
+    17), the dbox account as it was."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    lab.deliver(list(USERS), message("hello"))
+    with lab.imap("alice") as c:
+        for box in ("Work", "pct%50", "a%25b"):
+            c.create(box)
+            c.append(box, message(f"in {box}"))
+    p = run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", check=EXIT_PARTIAL, text=True)
+    for box in ("pct%50", "a%25b"):
+        assert f"could not back up /primary/alice/{box}: doveadm backup (dsync)" in p.stderr, p.stderr
+    assert "rename it without '%'" in p.stderr
+    assert listing(home, tmp_path / "a.ims") == ["/primary/alice/INBOX", "/primary/alice/Work",
+                                                 "/primary/bob/INBOX"]
+    with lab.imap("bob") as c:
+        c.create("Work")
+        c.append("Work", message("bob's"))
+    before = views(lab)
+    with lab.imap("alice") as c:
+        c.select("Work")
+        c.uid_expunge(c.uids())
+        c.unselect()
+    gone = views(lab)
+    p = run(home, "imsrestore", "-f", tmp_path / "a.ims", check=EXIT_STORE, text=True)
+    assert "alice: nothing restored into this login: its dbox folder 'a%25b' has '%'" in p.stderr, p.stderr
+    assert views(lab) == gone                 # alice's account untouched, 'pct%50' not renamed
+    assert before["bob"] == gone["bob"]

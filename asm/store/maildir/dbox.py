@@ -24,6 +24,7 @@ mail user; it goes when the process ends.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ import shutil
 from asm.config import Config
 from asm.locks import pid_alive
 from asm.store import layout as layout_mod
-from asm.store.base import FolderInfo, NoSuchUser, StoreError, UserExists, check_user_name
+from asm.store.base import FolderInfo, NoSuchUser, StoreError, Unlisted, UserExists, check_user_name
 from asm.store.maildir.doveadm import Doveadm
 from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, open_layout
 
@@ -61,6 +62,8 @@ class DboxStore(MaildirStore):
         self._created: set[str] = set()           # logins this process builds
         self._pending: set[str] = set()           # copies changed since Dovecot had them
         self._seen: dict[str, str | None] = {}    # Dovecot's listing when the copy was made
+        self._percent: dict[str, list] = {}       # login -> its dbox folders named with '%'
+        self._artefacts: dict[str, set] = {}      # login -> copy folders dbox does not have
 
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
         return None      # the Maildir read is a fresh copy each run: dbox itself is not looked at
@@ -109,6 +112,62 @@ class DboxStore(MaildirStore):
         self._dv.run(user, "backup", f"maildir:{self._maildir(user)}")
         self._seen[user] = self._listing(user, modseq=True)
         self._exported.add(user)
+        self._check_copy(user)
+
+    def _check_copy(self, user: str) -> None:
+        """What ``doveadm backup`` did not copy faithfully, found by comparing the copy's
+        folders with the account's own (``doveadm mailbox status``: the folders that hold
+        mail, not the parents that only hold other folders):
+
+        * a parent that only holds other folders (IMAP \\Noselect: "Trash" of
+          "Trash/child") becomes a real, empty folder in the copy: it is removed from the
+          copy, so it is neither backed up as a folder nor made a real one when the copy
+          is given back;
+        * a folder whose name holds '%' is copied under another name: dsync reads "%50"
+          in "pct%50" as an escaped "P", both ways (Dovecot 2.3).  Such a folder cannot be
+          read or written through doveadm backup under its own name: a backup names it
+          as not backed up (unlisted_folders), the copy's renamed folder is never read,
+          and nothing is written to the login (a copy given back would rename it)."""
+        out = self._dv.run(user, "mailbox status", "uidvalidity", "*", formatter="json")
+        try:
+            # doveadm names them in UTF-8, as the Maildir driver names the copy's folders
+            names = {row["mailbox"] for row in json.loads(out or "[]")} | {"INBOX"}
+        except (ValueError, TypeError, KeyError):
+            raise StoreError(f"doveadm mailbox status -u {user}: unexpected output {out[:200]!r}") from None
+        copy = set(MaildirStore.folder_names(self, user))
+        extra = copy - names
+        self._percent[user] = sorted(n for n in names if "%" in n)
+        if self._percent[user]:
+            self._artefacts[user] = extra             # kept, never read
+            return
+        self._artefacts.pop(user, None)
+        for name in sorted(extra, reverse=True):
+            d = self._folder_dir(user, name)
+            if any(os.listdir(os.path.join(d, sub)) for sub in ("cur", "new") if os.path.isdir(os.path.join(d, sub))):
+                continue                              # holds mail: not a parent dsync made
+            shutil.rmtree(d)
+
+    def folder_names(self, user: str) -> list[str]:
+        names = super().folder_names(user)
+        hidden = self._artefacts.get(user)
+        return [n for n in names if n not in hidden] if hidden else names
+
+    def unlisted_folders(self, user: str):
+        self._ensure_copy(user)
+        return [Unlisted("folder", "primary", user, name, self._dbox_root(user),
+                         f"doveadm backup (dsync) copies a dbox folder whose name holds '%' under "
+                         f"another name; rename it without '%' (doveadm mailbox rename) and back up "
+                         f"again")
+                for name in self._percent.get(user, ())]
+
+    def _refuse_percent(self, user: str) -> None:
+        names = self._percent.get(user)
+        if names:
+            raise StoreError(
+                f"{user}: nothing restored into this login: its dbox folder {names[0]!r} has '%' in "
+                f"its name, and Dovecot's doveadm backup (dsync), which gives the restored mail to "
+                f"the dbox account, would rename it; rename the folder without '%' (doveadm "
+                f"mailbox rename -u {user} ...) and restore again")
 
     def _listing(self, user: str, maildir: bool = False, modseq: bool = False) -> str | None:
         """What Dovecot serves of the login's dbox account (``maildir``: of its copy):
@@ -184,9 +243,6 @@ class DboxStore(MaildirStore):
     def unlisted_users(self, partition: str):
         return []
 
-    def unlisted_folders(self, user: str):
-        return []
-
     def user_partition(self, user: str) -> str:
         check_user_name(user)
         if user in self._exported or user in self._created:
@@ -242,9 +298,9 @@ class _CopyDoveadm(Doveadm):
         super().__init__(conf, binary)
         self._store = store
 
-    def run(self, login: str, command: str, *args: str, options=()) -> str:
+    def run(self, login: str, command: str, *args: str, options=(), formatter: str | None = None) -> str:
         options = [*options, f"mail_location=maildir:{self._store._maildir(login)}"]
-        return super().run(login, command, *args, options=options)
+        return super().run(login, command, *args, options=options, formatter=formatter)
 
 
 def _writable(name: str):
@@ -253,6 +309,7 @@ def _writable(name: str):
     def method(self, user, *args, **kwargs):
         if name != "hold_deliveries":
             self._ensure_copy(user)
+            self._refuse_percent(user)
             if user in self._exported:
                 self._pending.add(user)
         return inner(self, user, *args, **kwargs)

@@ -30,15 +30,17 @@ class Doveadm:
             return None
         return cls(conf, binary)
 
-    def run(self, login: str, command: str, *args: str, options=()) -> str:
-        """``doveadm -c CONF [-o k=v...] COMMAND -u LOGIN ARGS``; its output."""
+    def run(self, login: str, command: str, *args: str, options=(), formatter: str | None = None) -> str:
+        """``doveadm -c CONF [-o k=v...] [-f FORMATTER] COMMAND -u LOGIN ARGS``; its output."""
         words = command.split()
-        return self._run(login, *words, *args, options=options, nwords=len(words))
+        return self._run(login, *words, *args, options=options, nwords=len(words), formatter=formatter)
 
-    def _run(self, login: str, *args: str, options=(), nwords: int = 2) -> str:
+    def _run(self, login: str, *args: str, options=(), nwords: int = 2, formatter: str | None = None) -> str:
         cmd = [self.binary, "-c", self.conf]
         for o in options:
             cmd += ["-o", o]
+        if formatter:
+            cmd += ["-f", formatter]
         cmd += [*args[:nwords], "-u", login, *args[nwords:]]
         try:
             res = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
