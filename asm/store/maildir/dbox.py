@@ -63,7 +63,6 @@ class DboxStore(MaildirStore):
         self._pending: set[str] = set()           # copies changed since Dovecot had them
         self._seen: dict[str, str | None] = {}    # Dovecot's listing when the copy was made
         self._percent: dict[str, list] = {}       # login -> its dbox folders named with '%'
-        self._artefacts: dict[str, set] = {}      # login -> copy folders dbox does not have
 
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
         return None      # the Maildir read is a fresh copy each run: dbox itself is not looked at
@@ -126,31 +125,42 @@ class DboxStore(MaildirStore):
         * a folder whose name holds '%' is copied under another name: dsync reads "%50"
           in "pct%50" as an escaped "P", both ways (Dovecot 2.3).  Such a folder cannot be
           read or written through doveadm backup under its own name: a backup names it
-          as not backed up (unlisted_folders), the copy's renamed folder is never read,
-          and nothing is written to the login (a copy given back would rename it)."""
-        out = self._dv.run(user, "mailbox status", "uidvalidity", "*", formatter="json")
+          as not backed up (unlisted_folders), the copy's renamed folder is removed from
+          the copy, and nothing is written to the login (a copy given back would rename
+          it).
+
+        Both sides are named by doveadm (namespace prefix and separator as configured);
+        folders are removed from the copy with ``doveadm mailbox delete``, which keeps
+        the copy's own indexes true."""
+        names = self._folders(user)
+        copy = self._folders(user, maildir=True)
+        self._percent[user] = sorted(n for n in names if "%" in n)
+        opts = self._copy_options(user)
+        for name in sorted(set(copy) - set(names), reverse=True):     # children first
+            if self._percent[user] or not copy[name]:
+                # (a copy with a '%' folder is never written or given back: its renamed
+                # folders go, mail and all; the account keeps them as they are)
+                self._dv.run(user, "mailbox delete", name, options=opts)
+
+    def _copy_options(self, user: str) -> list[str]:
+        """doveadm's settings for looking at the login's copy: its folders as its
+        directories are (a parent dsync met in the dbox account while it gave the copy
+        back stays in the copy's list index as a folder that is not there, and 'mailbox
+        status *' then fails on it)."""
+        return [f"mail_location=maildir:{self._maildir(user)}", "mailbox_list_index=no"]
+
+    def _folders(self, user: str, maildir: bool = False) -> dict[str, int]:
+        """{folder: messages} of the login's dbox account (``maildir``: of its copy), as
+        doveadm names them: the folders that hold mail, not the parents that only hold
+        folders; INBOX always."""
+        opts = self._copy_options(user) if maildir else []
+        out = self._dv.run(user, "mailbox status", "messages", "*", options=opts, formatter="json")
         try:
-            # doveadm names them in UTF-8, as the Maildir driver names the copy's folders
-            names = {row["mailbox"] for row in json.loads(out or "[]")} | {"INBOX"}
+            got = {row["mailbox"]: int(row["messages"]) for row in json.loads(out or "[]")}
         except (ValueError, TypeError, KeyError):
             raise StoreError(f"doveadm mailbox status -u {user}: unexpected output {out[:200]!r}") from None
-        copy = set(MaildirStore.folder_names(self, user))
-        extra = copy - names
-        self._percent[user] = sorted(n for n in names if "%" in n)
-        if self._percent[user]:
-            self._artefacts[user] = extra             # kept, never read
-            return
-        self._artefacts.pop(user, None)
-        for name in sorted(extra, reverse=True):
-            d = self._folder_dir(user, name)
-            if any(os.listdir(os.path.join(d, sub)) for sub in ("cur", "new") if os.path.isdir(os.path.join(d, sub))):
-                continue                              # holds mail: not a parent dsync made
-            shutil.rmtree(d)
-
-    def folder_names(self, user: str) -> list[str]:
-        names = super().folder_names(user)
-        hidden = self._artefacts.get(user)
-        return [n for n in names if n not in hidden] if hidden else names
+        got.setdefault("INBOX", 0)
+        return got
 
     def unlisted_folders(self, user: str):
         self._ensure_copy(user)
@@ -176,7 +186,7 @@ class DboxStore(MaildirStore):
         None when the login has no dbox account."""
         if not maildir and not os.path.isdir(self._dbox_root(user)):
             return None
-        opts = [f"mail_location=maildir:{self._maildir(user)}"] if maildir else []
+        opts = self._copy_options(user) if maildir else []
         fields = "uidvalidity uidnext messages" + (" highestmodseq" if modseq else "")
         status = self._dv.run(user, "mailbox status", fields, "*", options=opts)
         lines = sorted(status.splitlines())
