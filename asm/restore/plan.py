@@ -197,10 +197,14 @@ class Planner:
         base = h.get("base")
         what = (f"its base archive {base}" if base else
                 f"the backup(s) taken before {_fmt(h.get('since'))}")
+        renamed = "" if base else (
+            " (or the folder was renamed after that date: an incremental by date does not carry "
+            "the mail of a renamed folder, which is in the earlier backup under its old name; "
+            "--base incrementals carry renamed folders whole)")
         raise ChainOrderError(
             f"user/{user}/{folder} is not here and this incremental holds only part of it: "
-            f"{len(m.state)} of its messages are in {what}; restore the chain in order (imsrestore "
-            f"-f FULL -f INCR ...), or use -n to restore only what this archive carries")
+            f"{len(m.state)} of its messages are in {what}{renamed}; restore the chain in order "
+            f"(imsrestore -f FULL -f INCR ...), or use -n to restore only what this archive carries")
 
     def new_name(self, user: str, folder: str) -> str:
         """A free name beside ``folder`` (-n), or the one this archive's restore beside it

@@ -883,7 +883,8 @@ class MaildirStore(Store):
             if compressed:
                 size = int(m.group(1))
         # the file's ctime changes when it is linked (COPY, LMTP to several users) or
-        # renamed (MOVE, a folder RENAME, a flag change): when it entered this folder
+        # renamed (MOVE, a flag change): when it entered this folder.  A folder RENAME
+        # renames the directory and leaves its files' ctimes (docs/operations.md, -d)
         return message_info(uid, flags, kws, s.st_mtime, stored if stored is not None else s.st_ctime,
                             size, path, s.st_dev, s.st_ino, s.st_nlink, guid, s.st_ctime, compressed)
 
