@@ -44,6 +44,10 @@ class Restorer:
         self.applier = Applier(store, reader, opts, self.res, bool(selection.paths) or opts.final is not None,
                                self.report)
         self.held: list[str] = []
+        # a store that writes a copy and gives it to the mail server when its batch ends
+        # (dbox): folders it completed are put in the journal only after that, so a
+        # killed run's journal is never ahead of what the server has
+        self.deferred: list | None = [] if getattr(store, "journal_after_sync", False) else None
         self.holder = this_holder()
         self.users_seen: set = set()
         self.plan: FolderPlan | None = None
@@ -83,6 +87,11 @@ class Restorer:
         store batch: whatever ends it, what was written is durable when it returns."""
         with self.store.batch():
             self._restore()
+        for args in self.deferred or ():
+            try:
+                self.journal.put(*args[1:])
+            except JournalError as exc:
+                self._record_error(args[0], str(exc), exc.status)
         return self.res
 
     def _restore(self) -> None:
@@ -386,8 +395,12 @@ class Restorer:
                 # then may a later link of the chain expunge
                 mirror = (plan.mode in ("exact", "chain") or plan.again) and not plan.renumbered \
                     and not plan.failed
-                self.journal.put(plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header, mirror,
-                                 count=len(plan.by_uid))
+                done = (plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header, mirror,
+                        len(plan.by_uid))
+                if self.deferred is None:
+                    self.journal.put(*done)
+                else:
+                    self.deferred.append((mailbox, *done))
             plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
                                                      "messages": plan.restored, "bytes": 0, "error": None})
         except (StoreError, JournalError, OSError) as exc:

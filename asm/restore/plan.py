@@ -101,10 +101,20 @@ class Planner:
                    and j.running == self.header.get("archive_id") and j.running_mode in ("exact", "chain")
                    and info.uidvalidity == m.uidvalidity)
         again = False
+        aid = self.header.get("archive_id")
         if created:
             mode = "exact"
         elif resumed:
             mode = j.running_mode
+        elif (not beside and j is not None and j.running is not None and j.running != aid
+              and j.running_mode == "chain" and j.mirror and info.uidvalidity == m.uidvalidity
+              and (j.archive_id == aid or aid in j.chain)):
+            # this archive was restored here, and the restore of a later link of its
+            # chain (j.running) began from it and was cut short: the folder is on its
+            # way from this archive to that one, which, resumed, finishes it.  (Merged
+            # into as a folder that moved on, it was no mirror any more, and the link
+            # resumed as a merge never set the flags its state record lists.)
+            mode = "skip"
         elif info.uidnext == 1 and not store.messages(user, folder):
             # never used (e.g. the INBOX of a user just created): adopt the archive's identity
             if not beside:

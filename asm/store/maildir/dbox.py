@@ -44,6 +44,9 @@ class DboxStore(MaildirStore):
     """A Dovecot sdbox/mdbox store seen through temporary Maildir copies."""
 
     unlisted_hint = "the store is read through doveadm backup (sdbox/mdbox)"
+    #: what a restore wrote is Dovecot's only once the batch gives the copy back: the
+    #: restore journal records a folder only then (asm/restore/engine.py)
+    journal_after_sync = True
 
     def __init__(self, config: Config, create: bool = True, layout=None):
         dbox = layout or open_layout(config, dbox=True)
