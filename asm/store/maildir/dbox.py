@@ -168,9 +168,9 @@ class DboxStore(MaildirStore):
     def unlisted_folders(self, user: str):
         self._ensure_copy(user)
         return [Unlisted("folder", "primary", user, name, self._dbox_root(user),
-                         f"doveadm backup (dsync) copies a dbox folder whose name holds '%' under "
-                         f"another name; rename it without '%' (doveadm mailbox rename) and back up "
-                         f"again")
+                         "doveadm backup (dsync) copies a dbox folder whose name holds '%' under "
+                         "another name; rename it without '%' (doveadm mailbox rename) and back up "
+                         "again")
                 for name in self._percent.get(user, ())]
 
     def _refuse_percent(self, user: str) -> None:
