@@ -1028,3 +1028,57 @@ def move_and_rename_start(lab, login: str = "alice") -> None:
         imap.create("Projects")
         imap.subscribe("Projects")
         imap.append("Projects", message("plan"), flags=["\\Seen", "$Work"], internaldate=1_700_000_000)
+
+
+RANDOM_NAMES = ["Work", "Lists", "Trash", "Archive", "R&AOk-unions", "Sp ace", "semi;colon", "q'uote"]
+
+
+def random_changes(lab, rnd, n: int, tag: str, logins=None) -> None:
+    """``n`` random client changes: LMTP to some of the lab's logins; APPEND, COPY, MOVE,
+    EXPUNGE, STORE, RENAME, DELETE, CREATE by one of ``logins`` (default: every login),
+    nested names too (their parents hold only folders), with spaces, quotes, ';' and
+    non-ASCII.  No '%' in names: dbox's dsync cannot carry them
+    (tests/test_dbox_chain.py)."""
+    for k in range(n):
+        op = rnd.choice(["lmtp", "lmtp", "append", "copy", "move", "expunge", "flags", "rename",
+                         "delete", "create", "create"])
+        if op == "lmtp":
+            lab.deliver(rnd.sample(lab.logins, rnd.randint(1, len(lab.logins))),
+                        message(f"{tag} lmtp {k}", size=rnd.randrange(3000)))
+            continue
+        with lab.imap(rnd.choice(logins or lab.logins)) as imap:
+            listed = imap.list()
+            folders = sorted(name for name, attrs in listed.items()
+                             if not {a.lower() for a in attrs} & {"\\noselect", "\\nonexistent"})
+            src = rnd.choice(folders)
+            if op == "append":
+                imap.append(src, message(f"{tag} append {k}"),
+                            flags=rnd.choice([[], [r"\Seen"], ["$Label1"], [r"\Draft", "Kw2"]]),
+                            internaldate=1_700_000_000 + rnd.randrange(10 ** 6))
+            elif op == "create" or (op in ("rename", "delete") and src != "INBOX"):
+                new = rnd.choice(RANDOM_NAMES) + rnd.choice(["", "-x", "/child"])
+                if op == "delete":
+                    imap.delete(src)
+                elif new not in listed and not new.startswith(src + "/"):
+                    if op == "rename":
+                        imap.rename(src, new)
+                    else:
+                        imap.create(new)
+                        if rnd.random() < 0.6:
+                            imap.subscribe(new)
+            elif op not in ("rename", "delete"):
+                imap.select(src)
+                uids = imap.uids()
+                if uids:
+                    pick = rnd.sample(uids, min(len(uids), rnd.randrange(1, 4)))
+                    dest = rnd.choice([f for f in folders if f != src] or [src])
+                    if op == "copy" and dest != src:
+                        imap.uid_copy(pick, dest)
+                    elif op == "move" and dest != src:
+                        imap.uid_move(pick, dest)
+                    elif op == "expunge":
+                        imap.uid_expunge(pick)
+                    elif op == "flags":
+                        imap.uid_store(pick, rnd.choice(["FLAGS", "+FLAGS", "-FLAGS"]),
+                                       rnd.choice([[], [r"\Seen"], [r"\Flagged", "$Todo"], [r"\Answered"]]))
+                imap.unselect()

@@ -16,7 +16,7 @@ import shutil
 import pytest
 
 from asm.errors import EXIT_PARTIAL, EXIT_STORE
-from tests.dovecot_lab import MAIL_USER, lab_fixture, message
+from tests.dovecot_lab import MAIL_USER, lab_fixture, message, random_changes
 from tests.helpers import run
 
 lab = lab_fixture(params=["sdbox", "mdbox"], scope="function")
@@ -273,58 +273,6 @@ def test_a_dbox_folder_named_with_percent_is_named_not_renamed(lab, tmp_path):
     assert "alice: nothing restored into this login: its dbox folder 'a%25b' has '%'" in p.stderr, p.stderr
     assert views(lab) == gone                 # alice's account untouched, 'pct%50' not renamed
     assert before["bob"] == gone["bob"]
-
-
-NAMES = ["Work", "Lists", "Trash", "Archive", "R&AOk-unions", "Sp ace", "semi;colon", "q'uote"]
-
-
-def random_changes(lab, rnd, n, tag) -> None:
-    """``n`` random client changes over every login: LMTP to some, APPEND, COPY, MOVE,
-    EXPUNGE, STORE, RENAME, DELETE, CREATE (children too: their parents hold only
-    folders).  No '%' in names: dsync cannot carry them (the test above)."""
-    for k in range(n):
-        op = rnd.choice(["lmtp", "lmtp", "append", "copy", "move", "expunge", "flags", "rename",
-                         "delete", "create", "create"])
-        if op == "lmtp":
-            lab.deliver(rnd.sample(lab.logins, rnd.randint(1, len(lab.logins))),
-                        message(f"{tag} lmtp {k}", size=rnd.randrange(3000)))
-            continue
-        with lab.imap(rnd.choice(lab.logins)) as imap:
-            listed = imap.list()
-            folders = sorted(name for name, attrs in listed.items()
-                             if not {a.lower() for a in attrs} & {"\\noselect", "\\nonexistent"})
-            src = rnd.choice(folders)
-            if op == "append":
-                imap.append(src, message(f"{tag} append {k}"),
-                            flags=rnd.choice([[], [r"\Seen"], ["$Label1"], [r"\Draft", "Kw2"]]),
-                            internaldate=1_700_000_000 + rnd.randrange(10 ** 6))
-            elif op == "create" or (op in ("rename", "delete") and src != "INBOX"):
-                new = rnd.choice(NAMES) + rnd.choice(["", "-x", "/child"])
-                if op == "delete":
-                    imap.delete(src)
-                elif new not in listed and not new.startswith(src + "/"):
-                    if op == "rename":
-                        imap.rename(src, new)
-                    else:
-                        imap.create(new)
-                        if rnd.random() < 0.6:
-                            imap.subscribe(new)
-            elif op not in ("rename", "delete"):
-                imap.select(src)
-                uids = imap.uids()
-                if uids:
-                    pick = rnd.sample(uids, min(len(uids), rnd.randrange(1, 4)))
-                    dest = rnd.choice([f for f in folders if f != src] or [src])
-                    if op == "copy" and dest != src:
-                        imap.uid_copy(pick, dest)
-                    elif op == "move" and dest != src:
-                        imap.uid_move(pick, dest)
-                    elif op == "expunge":
-                        imap.uid_expunge(pick)
-                    elif op == "flags":
-                        imap.uid_store(pick, rnd.choice(["FLAGS", "+FLAGS", "-FLAGS"]),
-                                       rnd.choice([[], [r"\Seen"], [r"\Flagged", "$Todo"], [r"\Answered"]]))
-                imap.unselect()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 6])

@@ -13,7 +13,7 @@ import pytest
 
 from asm.errors import EXIT_ORDER
 from asm.store.base import SETTLE_NS
-from tests.dovecot_lab import dovecot_lab, message, move_and_rename_start
+from tests.dovecot_lab import dovecot_lab, message, move_and_rename_start, random_changes
 from tests.helpers import make_home, run
 
 
@@ -193,51 +193,6 @@ def test_reference_completion_keeps_uids_and_runs_twice(lab, tmp_path):
     lab.start()
 
 
-def _random_imap_ops(lab, rnd, n, tag):
-    with lab.imap("alice") as imap:
-        for k in range(n):
-            folders = sorted(name for name, attrs in imap.list().items()
-                             if not {a.lower() for a in attrs} & {"\\noselect", "\\nonexistent"})
-            op = rnd.choice(["lmtp", "append", "copy", "move", "expunge", "flags", "rename", "delete", "create"])
-            src = rnd.choice(folders)
-            if op == "lmtp":
-                lab.deliver(["alice", "bob"], message(f"{tag} lmtp {k}", size=rnd.randrange(2000)))
-                continue
-            if op == "append":
-                imap.append(src, message(f"{tag} append {k}"), flags=rnd.choice([[], ["\\Seen"], ["$Label1"]]),
-                            internaldate=1_700_000_000 + rnd.randrange(10 ** 6))
-                continue
-            if op in ("rename", "delete") and src != "INBOX":
-                if op == "rename":
-                    new = f"{src.split('/')[0]}-{rnd.randrange(100)}"
-                    if new not in folders:
-                        imap.rename(src, new)
-                else:
-                    imap.delete(src)
-                continue
-            if op == "create":
-                name = rnd.choice(["Work", "Lists", "Trash", "Archive"]) + rnd.choice(["", "-x"])
-                if name not in folders:
-                    imap.create(name)
-                    if rnd.random() < 0.6:
-                        imap.subscribe(name)
-                continue
-            imap.select(src)
-            uids = imap.uids()
-            if uids and op in ("copy", "move", "expunge", "flags"):
-                pick = rnd.sample(uids, min(len(uids), rnd.randrange(1, 3)))
-                dest = rnd.choice([f for f in folders if f != src] or [src])
-                if op == "copy" and dest != src:
-                    imap.uid_copy(pick, dest)
-                elif op == "move" and dest != src:
-                    imap.uid_move(pick, dest)
-                elif op == "expunge":
-                    imap.uid_expunge(pick)
-                else:
-                    imap.uid_store(pick, "FLAGS", rnd.choice([[], ["\\Seen"], ["\\Flagged", "$Todo"], ["\\Answered"]]))
-            imap.unselect()
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_imap_changes_between_backups(lab, tmp_path, seed):
     import random
@@ -247,10 +202,10 @@ def test_random_imap_changes_between_backups(lab, tmp_path, seed):
         for box in ("Work", "Lists/A", "Trash"):
             imap.create(box)
             imap.subscribe(box)
-    _random_imap_ops(lab, rnd, 10, "full")
+    random_changes(lab, rnd, 10, "full", logins=["alice"])
     c.backup()
     for i in range(3):
-        _random_imap_ops(lab, rnd, 12, f"incr{i}")
+        random_changes(lab, rnd, 12, f"incr{i}", logins=["alice"])
         c.backup()
     want = c.views[-1]
     run(lab.ims, "imsrestore", *sum((["-f", a] for a in c.archives), []), check=0)   # into the live store
@@ -275,11 +230,11 @@ def test_settled_folders_skipped_while_dovecot_changes_others(lab, tmp_path, see
             imap.create(box)
             imap.subscribe(box)
             imap.append(box, message(f"first in {box}"), flags=["\\Seen"])
-    _random_imap_ops(lab, rnd, 8, "full")
+    random_changes(lab, rnd, 8, "full", logins=["alice"])
     skipped = []
     for i in range(3):
         if i:
-            _random_imap_ops(lab, rnd, 4, f"incr{i}")
+            random_changes(lab, rnd, 4, f"incr{i}", logins=["alice"])
         time.sleep(SETTLE_NS / 1e9 + 0.2)
         a = tmp_path / f"b{len(c.archives)}.ims"
         args = ["--base", f"{c.archives[-1]}.state"] if c.archives else []

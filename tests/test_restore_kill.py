@@ -13,6 +13,8 @@ bench/bench_restore_kill.py is the long run of the same harness.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import shutil
@@ -38,6 +40,20 @@ def _seed(driver: str, salt: int) -> int:
     return SEED * 10 + DRIVERS.index(driver) * 3 + salt
 
 
+@contextlib.contextmanager
+def in_home(home):
+    """IMS_HOME set to ``home`` for what the block runs (the store API and commands)."""
+    old = os.environ.get("IMS_HOME")
+    os.environ["IMS_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("IMS_HOME")
+        else:
+            os.environ["IMS_HOME"] = old
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """One source store and its archive per driver, built once for the module."""
@@ -46,17 +62,10 @@ def sources(tmp_path_factory):
         work = tmp_path_factory.mktemp(f"src-{driver}")
         home = work / "home"
         cfg = make_home(home, driver)
-        old = os.environ.get("IMS_HOME")
-        os.environ["IMS_HOME"] = str(home)
-        try:
+        with in_home(home):
             store = open_store(cfg)
             build_source(store)
             archive = backup(home, work / "a.ims")
-        finally:
-            if old is None:
-                os.environ.pop("IMS_HOME")
-            else:
-                os.environ["IMS_HOME"] = old
         out[driver] = (store, archive)
     return out
 
@@ -196,14 +205,11 @@ def _chain_source(tmp_path, driver):
     made), and the incremental by base."""
     home = tmp_path / "src"
     cfg = make_home(home, driver)
-    old = os.environ.get("IMS_HOME")
-    os.environ["IMS_HOME"] = str(home)
-    try:
+    with in_home(home):
         store = open_store(cfg)
         build_source(store, users=2, messages=40)
         full = backup(home, tmp_path / "full.ims")
         rng = random.Random(7)
-        import io
         for u in store.users("primary"):
             for f in store.folder_names(u):
                 msgs = store.messages(u, f)
@@ -217,11 +223,6 @@ def _chain_source(tmp_path, driver):
             store.append(u, "New since", io.BytesIO(b"Subject: in a new folder\r\n\r\nnew\r\n"))
         incr = tmp_path / "incr.ims"
         run(home, "imsbackup", "-f", incr, "--base", f"{full}.state", "/", check=0)
-    finally:
-        if old is None:
-            os.environ.pop("IMS_HOME")
-        else:
-            os.environ["IMS_HOME"] = old
     return store, str(full), str(incr)
 
 
