@@ -137,6 +137,21 @@ def popen(home, *argv, env=None, **kw) -> subprocess.Popen:
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: %s\r\n\r\nbody %s\r\n"
 
 
+@contextlib.contextmanager
+def in_home(home):
+    """IMS_HOME set to ``home`` for what the block runs in this process (the store API,
+    and the commands ``run`` starts with ``home`` None), as it was afterwards."""
+    old = os.environ.get("IMS_HOME")
+    os.environ["IMS_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("IMS_HOME")
+        else:
+            os.environ["IMS_HOME"] = old
+
+
 def make_home(path, driver: str = "classic", **options) -> Config:
     """A fresh installation under ``path`` with the given driver."""
     os.makedirs(path, exist_ok=True)

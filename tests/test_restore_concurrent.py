@@ -13,7 +13,7 @@ import pytest
 from asm.config import Config
 from asm.restore.folderlock import RestoreLocks
 from asm.store import open_store
-from tests.helpers import DRIVERS, build, inode_groups, make_home, popen, run, state
+from tests.helpers import DRIVERS, build, in_home, inode_groups, make_home, popen, run, state
 from tests.restore_faults import leftovers, message_files
 
 ROUNDS = 10
@@ -30,9 +30,7 @@ def sources(tmp_path_factory):
     for driver in DRIVERS:
         work = tmp_path_factory.mktemp(f"conc-{driver}")
         home = work / "home"
-        old = os.environ.get("IMS_HOME")
-        os.environ["IMS_HOME"] = str(home)
-        try:
+        with in_home(home):
             store = build(home, driver, users=8, messages=40, groups=GROUPS)
             archives = {}
             for i, path in enumerate(GROUP_PATHS):
@@ -40,11 +38,6 @@ def sources(tmp_path_factory):
                 run(home, "imsbackup", "-f", archives[path], path, check=0)
             archives["/"] = work / "all.ims"
             run(home, "imsbackup", "-f", archives["/"], "/", check=0)
-        finally:
-            if old is None:
-                os.environ.pop("IMS_HOME")
-            else:
-                os.environ["IMS_HOME"] = old
         out[driver] = (home, store, archives)
     return out
 

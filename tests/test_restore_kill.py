@@ -13,7 +13,6 @@ bench/bench_restore_kill.py is the long run of the same harness.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import random
@@ -26,7 +25,7 @@ import pytest
 from asm.config import Config
 from asm.store import open_store
 from tests.faults import spread
-from tests.helpers import DRIVERS, inode_groups, make_home, run, small_tmpfs, state
+from tests.helpers import DRIVERS, in_home, inode_groups, make_home, run, small_tmpfs, state
 from tests.restore_faults import Harness, backup, build_source, leftovers, message_files
 
 SEED = int(os.environ.get("IMS_KILL_SEED") or time.time_ns() % 1_000_000)
@@ -38,20 +37,6 @@ CHAIN_POINTS = 160       # per driver, over a chain restore of ~800-900 steps
 
 def _seed(driver: str, salt: int) -> int:
     return SEED * 10 + DRIVERS.index(driver) * 3 + salt
-
-
-@contextlib.contextmanager
-def in_home(home):
-    """IMS_HOME set to ``home`` for what the block runs (the store API and commands)."""
-    old = os.environ.get("IMS_HOME")
-    os.environ["IMS_HOME"] = str(home)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("IMS_HOME")
-        else:
-            os.environ["IMS_HOME"] = old
 
 
 @pytest.fixture(scope="module")

@@ -97,11 +97,11 @@ class Planner:
         locks.enter_context(store.lock(user, folder))
         info = store.folder(user, folder)
         j = self.journal.get(user, folder)
+        aid = self.header.get("archive_id")
         resumed = (not created and j is not None and j.running is not None
-                   and j.running == self.header.get("archive_id") and j.running_mode in ("exact", "chain")
+                   and j.running == aid and j.running_mode in ("exact", "chain")
                    and info.uidvalidity == m.uidvalidity)
         again = False
-        aid = self.header.get("archive_id")
         if created:
             mode = "exact"
         elif resumed:
