@@ -19,7 +19,7 @@ from asm.errors import EXIT_EMPTY, EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
 from asm.events import Run
 from asm.groups import PREDEFINED, Groups
 from asm.logical import LogicalPath, Target, resolve
-from asm.store.base import MessageGone, Store, StoreError, open_stored
+from asm.store.base import RENAME_RETRIES, MessageGone, Store, StoreError, open_stored
 
 
 class EmptyStore(ImsError):
@@ -447,7 +447,7 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
         if warm is not None:
             warm.took(m.size)
         uid = m.uid
-        for attempt in (0, 1):
+        for attempt in range(RENAME_RETRIES + 1):
             link_key = None if opts.ignore_links or m.nlink < 2 else (m.dev, m.ino)
             opened = None
             try:
@@ -465,12 +465,13 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
                 fail(uid, str(exc))
                 break
             except FileNotFoundError:
-                # renamed (a Maildir flag change) or expunged since the snapshot: look once more
+                # renamed (a Maildir flag change) or expunged since the snapshot: look
+                # again, as often as a client may rename it meanwhile
                 try:
                     again = store.message(t.user, folder, uid)
                 except MessageGone:
                     again = None
-                if again is not None and attempt == 0:
+                if again is not None and attempt < RENAME_RETRIES:
                     m = again
                     continue
                 if again is not None:

@@ -30,6 +30,9 @@ from asm.errors import (
 
 #: IMAP system flags a driver stores; anything else is a keyword.
 SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
+# how often a reader looks again for a message file a client renamed (a Maildir flag
+# change) while it was read; Dovecot's maildir-util.c retries as often
+RENAME_RETRIES = 10
 
 
 class StoreError(ImsError):

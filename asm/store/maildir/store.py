@@ -18,7 +18,7 @@ from asm.lazy import module as _lazy_module
 from asm.locks import pid_alive
 from asm.store.base import (
     BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone,
-    MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, UidInUse, Unlisted, UserExists,
+    MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, Unlisted, UserExists,
     check_folder_name, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
     settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
 )
@@ -139,6 +139,50 @@ def _fingerprint_same(d: str, ctl: str, want: list) -> bool:
     return True
 
 
+def _dir_parts(dirs) -> list:
+    out = []
+    for path in dirs:
+        try:
+            out.append(stat_part(os.stat(path)))
+        except FileNotFoundError:
+            out.append(None)
+    return out
+
+
+def list_messages(d: str, before: list | None = None) -> tuple[dict, bool]:
+    """(base -> (subdir, file name) for every message file in new/ and cur/ of the
+    Maildir ``d``, whether that listing is whole).  cur/ wins when a name is in both: a
+    file only moves from new/ to cur/, and new/ is read first.
+
+    readdir() may miss a file that is renamed while the directory is read, and a client
+    renames one at every flag change.  So a directory that changed while it was read
+    (its times before and after differ) is read again, and every name a read saw is
+    kept, the later read's first (a name gone since is looked for again when it is
+    opened), up to RENAME_RETRIES times: False when new/ or cur/ changed at every read.
+    ``before``: the stat_part()s of new/ and cur/ taken just before, if the caller has
+    them."""
+    dirs = (os.path.join(d, "new"), os.path.join(d, "cur"))
+    files: dict = {}
+    for _ in range(RENAME_RETRIES + 1):
+        if before is None:
+            before = _dir_parts(dirs)
+        one = {}
+        for sub, path in zip(("new", "cur"), dirs):
+            try:
+                names = os.listdir(path)
+            except FileNotFoundError:
+                continue
+            for fname in names:
+                if fname[:1] != ".":
+                    one[fname.partition(":")[0]] = (sub, fname)
+        files.update(one)
+        after = _dir_parts(dirs)
+        if after == before:
+            return files, True
+        before = after
+    return files, False
+
+
 # -- the per-folder working state, valid while the folder lock is held ---------------
 
 class _State:
@@ -168,6 +212,9 @@ class _State:
         self.ul_size = ul_size              # lock is held (closed before any rewrite); its size
         self.owner = None                   # who new files belong to (_folder_owner), once
         self.owner_known = False            # looked up while the lock is held
+        self.whole = True                   # files: False when new/ or cur/ changed at
+                                            # every read of list_messages()
+        self.unseen: list = []              # UIDs a snapshot did not find in an unwhole listing
 
     def top_uid(self) -> int:
         if self.max_uid is None:
@@ -802,18 +849,8 @@ class MaildirStore(Store):
     # ------------------------------------------------------------------ scanning
     def _scan(self, st: _State) -> dict:
         """base -> (subdir, file name) for every message file in cur/ and new/."""
-        files = {}
-        for sub in ("new", "cur"):             # cur/ wins if a name is in both
-            try:
-                names = os.listdir(os.path.join(st.dir, sub))
-            except FileNotFoundError:
-                continue
-            for fname in names:
-                if fname.startswith("."):
-                    continue
-                files[split_name(fname)[0]] = (sub, fname)
-        st.files = files
-        return files
+        st.files, st.whole = list_messages(st.dir)
+        return st.files
 
     def _assign_uids(self, st: _State) -> None:
         """Give files Dovecot has not seen yet UIDs at UIDNEXT (as Dovecot would)."""
@@ -959,6 +996,7 @@ class MaildirStore(Store):
                               uidnext=st.uidlist.uidnext, subscribed=folder in subs)
             ctl = st.ctl
         snap = FolderSnapshot(info=info, messages=msgs)
+        self._unseen_warning(st, snap)
         self._index_keywords(user, folder, ctl, snap)
         return snap
 
@@ -993,16 +1031,13 @@ class MaildirStore(Store):
             for n in os.listdir(os.path.join(d, "tmp")):
                 if _OUR_BASE.match(n):
                     return None              # maybe a killed writer of ours: _recover
-            files = {}
-            for sub in ("new", "cur"):       # cur/ wins if a name is in both (as _scan)
-                for fname in os.listdir(os.path.join(d, sub)):
-                    if fname[:1] != ".":
-                        files[fname.partition(":")[0]] = (sub, fname)
+            files, whole = list_messages(d, before=[fp[2], fp[1]])
             by_base = ul.by_base()
             if any(b not in by_base for b in files):
                 return None
             st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=ul.uidnext,
                         files=files, bases=by_base)
+            st.whole = whole
             after = os.stat(path)
         except (FileNotFoundError, StoreError):
             return None                      # the locked way says what is wrong
@@ -1014,8 +1049,9 @@ class MaildirStore(Store):
         info = FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=folder in subs)
         snap = FolderSnapshot(info=info, messages=msgs)
+        self._unseen_warning(st, snap)
         if not self._index_keywords(user, folder, ctl, snap, no_table=not fp[4]) and \
-                settled(fp, seen):
+                settled(fp, seen) and st.whole:
             snap.fingerprint = ["maildir", ul.uidvalidity, ul.uidnext, *fp]
         return snap
 
@@ -1056,25 +1092,55 @@ class MaildirStore(Store):
                           subscribed=folder in self._subs.get(subs_root))
 
     def _snapshot_messages(self, st: _State, since, known) -> list:
+        """The folder's messages in UID order.  A uidlist line whose file is not there
+        was expunged (Dovecot drops the line later); where new/ or cur/ changed at every
+        read (list_messages), such UIDs are put in ``st.unseen`` too: they may have been
+        renamed out of sight at every read."""
         files = st.files
         msgs = []
+        unseen = st.unseen = []
         for uid in sorted(st.uidlist.records):
             base = st.uidlist.records[uid][1]
             hit = files.get(base)
             if hit is None:
-                continue                 # expunged; Dovecot drops the line later
+                if not st.whole:
+                    unseen.append(uid)
+                continue
             if known is not None and since is None and uid in known:
                 # the base of an incremental held it: flags from the name, no stat
                 msgs.append(self._info(st, uid, *hit, stat=False))
                 continue
-            try:
-                msgs.append(self._info(st, uid, *hit))
-            except FileNotFoundError:
-                if os.path.islink(os.path.join(st.dir, *hit)):
-                    # a link to a missing file: listed so the backup names it
-                    msgs.append(self._info(st, uid, *hit, stat=False, stored=stored_from_name(base)))
-                continue                 # renamed or expunged right now
+            for attempt in range(RENAME_RETRIES + 1):
+                try:
+                    msgs.append(self._info(st, uid, *hit))
+                    break
+                except FileNotFoundError:
+                    if os.path.islink(os.path.join(st.dir, *hit)):
+                        # a link to a missing file: listed so the backup names it
+                        msgs.append(self._info(st, uid, *hit, stat=False, stored=stored_from_name(base)))
+                        break
+                # renamed (a client changed its flags) or expunged right now: list the
+                # folder again and look for it there, as Dovecot's own readers do
+                files = self._scan(st)
+                hit = files.get(base)
+                if hit is None:
+                    if not st.whole:
+                        unseen.append(uid)
+                    break                # expunged
+            else:
+                # renamed again at every look: listed from its name, so the backup reads
+                # it (and names it if it cannot) rather than leave it out unsaid
+                msgs.append(self._info(st, uid, *hit, stat=False))
         return msgs
+
+    def _unseen_warning(self, st: _State, snap: FolderSnapshot) -> None:
+        if st.unseen:
+            some = " ".join(str(u) for u in st.unseen[:10]) + (" ..." if len(st.unseen) > 10 else "")
+            snap.warnings.append(
+                f"{len(st.unseen)} messages (UIDs {some}) were not found: "
+                f"clients renamed files in the folder while it was read, at every one of "
+                f"{RENAME_RETRIES + 1} reads; they were expunged or are not in this archive "
+                f"(the next backup takes them)")
 
     def message(self, user: str, folder: str, uid: int) -> MessageInfo:
         folder = check_folder_name(folder)

@@ -1,0 +1,95 @@
+"""A backup while clients change flags: Dovecot renames a Maildir message's file at every
+flag change, so a file the backup listed may have another name when it is read, and
+readdir() may miss a file renamed while the directory is read.  Every message must be in
+every archive all the same (asm/store/maildir/store.py: list_messages, and the snapshot
+and the writer looking again, as Dovecot's own readers do).
+
+Before this was so, a backup of 3,000 messages while a client flagged and unflagged them
+exited 0 with 20-25 of them left out of the archive (in 5 of 8 runs)."""
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import threading
+
+from tests.dovecot_lab import lab_fixture, message
+from tests.helpers import run
+from tests.test_dovecot_layouts import configure
+
+lab = lab_fixture("plain")
+
+N_MESSAGES = 2500
+BACKUPS = 5
+
+
+def listed(home, archive) -> tuple[int, set[int]]:
+    """(the INBOX member's uids= count, the UIDs of the INBOX messages) of an archive."""
+    out = run(home, "imsrestore", "-f", archive, "-t", check=0, text=True).stdout
+    count, uids = None, set()
+    for line in out.splitlines():
+        path = line.split("\t", 1)[0]
+        m = re.fullmatch(r"/primary/[^/]+/INBOX/(\d+)", path)
+        if m:
+            uids.add(int(m.group(1)))
+        elif path.endswith("/INBOX"):
+            count = int(re.search(r"\buids=(\d+)", line).group(1))
+    return count, uids
+
+
+def test_every_message_is_in_every_archive_while_a_client_changes_flags(lab, tmp_path):
+    from asm.config import Config
+    from asm.store import open_store
+    u = lab.logins[0]
+    home = tmp_path / "ims"
+    configure(lab, home)
+    lab.deliver([u], message("first, by LMTP"))
+    store = open_store(Config(home=str(home)))
+    with store.batch(), store.lock(u, "INBOX"):
+        for i in range(N_MESSAGES):
+            store.append(u, "INBOX", io.BytesIO(message(f"m {i}", body=f"message {i}", size=300 + i % 700)),
+                         internaldate=1700000000 + i)
+    lab.fix_owner()
+    before = lab.client_state(u)["INBOX"]
+    want = {m.uid for m in before.messages}
+    assert len(want) == N_MESSAGES + 1
+
+    stop = threading.Event()
+    stores = [0]
+    failed: list[BaseException] = []
+
+    def client() -> None:
+        # a client that flags and unflags every message, again and again: Dovecot
+        # renames each file in cur/ every time
+        try:
+            with lab.imap(u) as c:
+                c.select("INBOX")
+                while not stop.is_set():
+                    c.uid_store("1:*", "+FLAGS", [r"\Flagged"])
+                    c.uid_store("1:*", "-FLAGS", [r"\Flagged"])
+                    stores[0] += 2
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            failed.append(exc)
+    t = threading.Thread(target=client)
+    t.start()
+    results = []
+    try:
+        for i in range(BACKUPS):
+            archive = tmp_path / f"b{i}.ims"
+            p = run(home, "imsbackup", "-f", archive, f"/primary/{u}", check=None, text=True)
+            results.append((p.returncode, p.stderr.strip()[-300:], *listed(home, archive)))
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    assert not failed, failed
+    assert stores[0] >= 2 * BACKUPS, stores      # the client really renamed files meanwhile
+    for code, err, count, uids in results:
+        assert (code, count, len(uids)) == (0, len(want), len(want)), (code, err, count, len(uids))
+        assert uids == want
+
+    # the last archive gives every message back, byte for byte, under its UID
+    shutil.rmtree(lab.mailbox_path(u, "INBOX"))
+    run(home, "imsrestore", "-f", tmp_path / f"b{BACKUPS - 1}.ims", check=0)
+    after = lab.client_state(u)["INBOX"]
+    assert after.uidvalidity == before.uidvalidity
+    assert {m.uid: m.sha256 for m in after.messages} == {m.uid: m.sha256 for m in before.messages}
