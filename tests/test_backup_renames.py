@@ -93,3 +93,33 @@ def test_every_message_is_in_every_archive_while_a_client_changes_flags(lab, tmp
     after = lab.client_state(u)["INBOX"]
     assert after.uidvalidity == before.uidvalidity
     assert {m.uid: m.sha256 for m in after.messages} == {m.uid: m.sha256 for m in before.messages}
+
+
+def test_a_uid_no_listing_found_while_the_folder_changed_at_every_read_is_named(tmp_path, monkeypatch):
+    """The folder changed at every one of list_messages' reads and one file was in none
+    of them: renamed out of sight each time, or expunged; the snapshot cannot tell, so
+    it names the UID (the backup exits 1) rather than take it for expunged."""
+    import os
+
+    import asm.store.maildir.store as ms
+    from asm.store import open_store
+    from tests.helpers import make_home, put
+    store = open_store(make_home(tmp_path / "ims", driver="maildir"))
+    for i in range(5):
+        put(store, "alice", "INBOX", i)
+    hidden = os.path.basename(store.message("alice", "INBOX", 3).path).partition(":")[0]
+    real = ms.list_messages
+
+    def unsettled(d, before=None):
+        files, whole = real(d, before)
+        assert whole
+        return {b: v for b, v in files.items() if b != hidden}, False
+    monkeypatch.setattr(ms, "list_messages", unsettled)
+    snap = store.snapshot("alice", "INBOX")
+    assert [m.uid for m in snap.messages] == [1, 2, 4, 5]
+    assert len(snap.warnings) == 1 and "1 messages (UIDs 3) were not found" in snap.warnings[0]
+
+    # the same listing, but the folder held still at the last read: UID 3 was expunged
+    monkeypatch.setattr(ms, "list_messages", lambda d, before=None: (unsettled(d, before)[0], True))
+    snap = store.snapshot("alice", "INBOX")
+    assert [m.uid for m in snap.messages] == [1, 2, 4, 5] and snap.warnings == []
