@@ -1033,15 +1033,17 @@ def move_and_rename_start(lab, login: str = "alice") -> None:
 RANDOM_NAMES = ["Work", "Lists", "Trash", "Archive", "R&AOk-unions", "Sp ace", "semi;colon", "q'uote"]
 
 
-def random_changes(lab, rnd, n: int, tag: str, logins=None) -> None:
+def random_changes(lab, rnd, n: int, tag: str, logins=None, exclude=()) -> None:
     """``n`` random client changes: LMTP to some of the lab's logins; APPEND, COPY, MOVE,
     EXPUNGE, STORE, RENAME, DELETE, CREATE by one of ``logins`` (default: every login),
     nested names too (their parents hold only folders), with spaces, quotes, ';' and
-    non-ASCII.  No '%' in names: dbox's dsync cannot carry them
-    (tests/test_dbox_chain.py)."""
+    non-ASCII, but none of the kinds named in ``exclude`` ("rename", ...).  No '%' in
+    names: dbox's dsync cannot carry them (tests/test_dbox_chain.py)."""
+    ops = ["lmtp", "lmtp", "append", "copy", "move", "expunge", "flags", "rename",
+           "delete", "create", "create"]
+    ops = [o for o in ops if o not in exclude]
     for k in range(n):
-        op = rnd.choice(["lmtp", "lmtp", "append", "copy", "move", "expunge", "flags", "rename",
-                         "delete", "create", "create"])
+        op = rnd.choice(ops)
         if op == "lmtp":
             lab.deliver(rnd.sample(lab.logins, rnd.randint(1, len(lab.logins))),
                         message(f"{tag} lmtp {k}", size=rnd.randrange(3000)))

@@ -506,3 +506,48 @@ def test_backup_skipunchanged_no_reads_every_folder(tmp_path, driver):
     p = run(w.home, "imsbackup", "-v", "-f", tmp_path / "j.ims", "--base", f"{w.archives[0]}.state", "/",
             check=0, text=True)
     assert _unchanged(p) == 2, p.stderr
+
+
+# -- a folder the incremental's backup could not read ---------------------------------
+
+@pytest.mark.parametrize("by", ["base", "date"])
+def test_a_folder_the_incremental_could_not_read_is_kept_not_removed(tmp_path, driver, by):
+    """The incremental's backup could not read a folder (it named it, exit 1), so the
+    folder is not in that archive.  It was not deleted: a chain restore keeps it as the
+    earlier archive has it, never removes it, and says so (exit 1), in one command and
+    one archive at a time.  (Before, both ways exited 0 without the folder and its
+    mail.)  A folder the incremental does not list because it was deleted is still
+    removed, by --base and by -d alike."""
+    from tests.test_backup import _break_folder
+    w = World(tmp_path, driver)
+    w.new()
+    w.new(folder="Work")
+    w.new(folder="Work", flags=["\\Seen"])
+    w.new(folder="Gone")
+    time.sleep(1.1)                              # -d has whole seconds
+    since = time.strftime("%Y%m%d:%H%M%S")
+    full = w.backup()
+    time.sleep(1.1)
+    w.new()                                      # new mail after the full
+    w.store.delete_folder("alice", "Gone")
+    want = view(w.store)
+    _break_folder(w.store, "alice", "Work")
+    incr = tmp_path / "incr.ims"
+    args = ["--base", f"{full}.state"] if by == "base" else ["-d", since]
+    p = run(w.home, "imsbackup", "-f", incr, *args, "/", check=1)
+    assert b"/primary/alice/Work" in p.stderr
+
+    kept = b"/primary/alice/Work: not in this archive: the backup that wrote it could not read it"
+    home = dest_home(tmp_path, driver)
+    p = chain(home, [full, incr], check=1)
+    assert kept in p.stderr and b"kept as an earlier archive's restore left it" in p.stderr, p.stderr
+    assert b"/primary/alice/Gone: removed" not in p.stderr    # never made: skipped
+    assert view(dest_store(home)) == want
+    chain(home, [full, incr], check=1)                        # a rerun: the same
+    assert view(dest_store(home)) == want
+
+    home2 = dest_home(tmp_path, driver, "dst2")
+    run(home2, "imsrestore", "-H", "-f", full, check=0)
+    p = run(home2, "imsrestore", "-v", "-f", incr, check=1)
+    assert kept in p.stderr and b"/primary/alice/Gone: removed (the archive no longer lists it)" in p.stderr
+    assert view(dest_store(home2)) == want

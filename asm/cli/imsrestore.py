@@ -196,9 +196,10 @@ def _read_header(spec: str, bf: int, config, identities=()) -> dict:
             raise ImsError(f"cannot read {spec}: {exc.strerror or exc}", status=device_status(exc)) from None
 
 
-def _final_state(spec: str, bf: int, config, identities=()) -> dict:
-    """{(user, folder): (uidvalidity, UidSet)} of the chain's last archive (read once to
-    its end before anything is restored; message data is skipped where it can be)."""
+def _final_state(spec: str, bf: int, config, identities=()) -> tuple[dict, tuple]:
+    """({(user, folder): (uidvalidity, UidSet)} of the chain's last archive, the mailboxes
+    its trailer names as not backed up) (read once to its end before anything is
+    restored; message data is skipped where it can be)."""
     try:
         device = _open_layered(spec, bf, config, identities)
     except DeviceError as exc:
@@ -210,11 +211,12 @@ def _final_state(spec: str, bf: int, config, identities=()) -> dict:
             for m in reader.members(on_error=lambda e: None):
                 if m.kind == "folder":
                     out[(m.user, m.folder)] = (m.uidvalidity, m.uids)
+            unread = tuple(e["mailbox"] for e in (reader.trailer or {}).get("errors", []))
         except ArchiveError as exc:
             raise ImsError(f"{spec}: {exc}", status=exc.status) from None
         except OSError as exc:
             raise ImsError(f"cannot read {spec}: {exc.strerror or exc}", status=device_status(exc)) from None
-    return out
+    return out, unread
 
 
 def check_chain(specs: list, headers: list) -> None:
@@ -265,7 +267,7 @@ def _chain(args, rep) -> int:
     check_chain(args.devices, headers)
     # the end of the chain: what its last archive lists, folder by folder; the archives
     # before it restore nothing else (no message or folder gone by then comes back)
-    final = _final_state(args.devices[-1], args.bf, inst.config, args.identity)
+    final, unread = _final_state(args.devices[-1], args.bf, inst.config, args.identity)
     status = EXIT_OK
     per: list = []              # the run report: each archive's status and counts, and their sum
 
@@ -282,6 +284,7 @@ def _chain(args, rep) -> int:
         one.device = d
         one.hold = args.hold or not last
         one.final = None if last else final
+        one.final_unread = () if last else unread
         rep.fields.pop("counts", None)
         st = _one(one, rep)
         per.append({"device": d, "status": st, "counts": rep.fields.get("counts")})
@@ -356,7 +359,7 @@ def _one(args, rep) -> int:
                     reffile=args.refout or default_reffile(inst.config.home, reader.header),
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
                     spool_limit=inst.config.get_int("restore.spoolmax") << 20,
-                    final=getattr(args, "final", None))
+                    final=getattr(args, "final", None), final_unread=getattr(args, "final_unread", ()))
                 journal = Journal(os.path.join(inst.config.home, "data", "restore-journal.db"))
                 res = Restorer(inst.store, inst.groups, reader, opts, sel, journal, device=args.device,
                                report=report, progress=show if progress.enabled else None).restore()

@@ -23,6 +23,21 @@ from asm.restore.selection import Selection
 from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_error, this_holder
 
 
+def unread_by(unread, partition: str, user: str, folder: str, trailer: dict | None = None) -> str | None:
+    """The backup error (or, without ``trailer``, the mailbox) among ``unread``, the
+    mailboxes an archive's trailer names as not backed up, that covers this folder: the
+    folder itself, its user, its partition, the whole store.  None when none does."""
+    names = ("/", f"/{partition}", f"/{partition}/{user}", f"/{partition}/{user}/{folder}")
+    for e in unread:
+        if e in names:
+            if trailer is None:
+                return e
+            for x in trailer.get("errors", []):
+                if x["mailbox"] == e:
+                    return f"{e}: {x['error']}"
+    return None
+
+
 class Restorer:
     def __init__(self, store: Store, groups: Groups, reader, opts: RestoreOptions,
                  selection: Selection, journal: Journal, device: str = "", report=None, progress=None):
@@ -58,6 +73,8 @@ class Restorer:
         self.cur_user: tuple | None = None          # (partition, user) of the archive being read
         self.cur_folders: set = set()               # ... and its folders the archive lists
         self.cur_damaged = False                    # ... a member of it was damaged
+        self.gone: list = []                        # (partition, user, folders listed) of
+                                                    # users whose gone folders are removed
         self.whole_users = self._whole_users()
 
     # -- errors ---------------------------------------------------------------
@@ -113,6 +130,7 @@ class Restorer:
             self._end_folder(complete=self.res.incomplete is None and not stopped)
             if self.res.incomplete is None and not stopped:
                 self._end_user()
+                self._remove_gone()
             finished = True
             status = self.res.status()
         finally:
@@ -205,55 +223,90 @@ class Restorer:
             return False
 
     def _end_user(self) -> None:
-        """A chain restore removes the folders the archive no longer lists (deleted or
-        renamed away between the backups), but only those this chain's restore made and
-        that are as it left them: never a folder someone made or changed since."""
-        from asm.backup import is_excluded
-        from asm.backupstate import header_chain
+        """A user's folders are all read: a chain restore will remove the folders the
+        archive no longer lists (deleted or renamed away between the backups), once the
+        archive is read to its trailer (_remove_gone)."""
         cur, self.cur_user = self.cur_user, None
-        chain = set(header_chain(self.header))
-        if cur is None or not chain or not self.whole_users or self.opts.new_mailbox or self.cur_damaged:
+        if cur is None or not self._continues() or not self.whole_users or self.opts.new_mailbox \
+                or self.cur_damaged:
             return                          # (a damaged member may be a folder's: remove nothing)
         partition, src_user = cur
         group = self.user_groups.get(cur)
         if self.sel.paths and not any(self.sel._user_ok(lp, partition, src_user, group) for lp in self.sel.paths):
             return
-        user = self.opts.user_map.get(src_user, src_user)
-        exclude = (self.header.get("options") or {}).get("exclude") or []
-        try:
-            known = self.journal.folders(user)
-        except JournalError as exc:
-            self._record_error(f"/{partition}/{user}", str(exc), exc.status)
+        self.gone.append((partition, src_user, frozenset(self.cur_folders)))
+
+    def _continues(self) -> bool:
+        """This archive can continue a chain restored before it: an incremental that names
+        its chain, or one by date (-d), which follows whatever was taken before it."""
+        from asm.backupstate import header_chain
+        return bool(header_chain(self.header)) or \
+            (self.header.get("since") is not None and self.header.get("base") is None)
+
+    def _follows(self, j) -> bool:
+        """This archive follows the one the journal row ``j`` says its folder mirrors."""
+        from asm.backupstate import header_chain
+        h = self.header
+        if j.archive_id in header_chain(h):
+            return True
+        created = h.get("created")
+        return h.get("since") is not None and h.get("base") is None and j.archive_id != h.get("archive_id") \
+            and j.created is not None and created is not None and j.created < created
+
+    def _remove_gone(self) -> None:
+        """Remove the folders the archive no longer lists, of the users it held whole:
+        only those this chain's restores made and that are as they left them (never a
+        folder someone made or changed since, never INBOX), and only once the archive
+        was read to a valid trailer.  A folder the trailer names as not backed up (or
+        whose user or partition it names) was not deleted: the backup could not read
+        it.  It is kept as it is, and said so (exit 1)."""
+        from asm.backup import is_excluded
+        if not self.gone or self.reader.trailer is None:
             return
-        for folder in sorted(known, reverse=True):          # subfolders before their parents
-            if folder in self.cur_folders or folder == "INBOX" or is_excluded(folder, exclude):
-                continue
-            mailbox = f"/{partition}/{user}/{folder}"
+        unread = [e["mailbox"] for e in self.reader.trailer.get("errors", [])]
+        exclude = (self.header.get("options") or {}).get("exclude") or []
+        for partition, src_user, listed in self.gone:
+            user = self.opts.user_map.get(src_user, src_user)
             try:
-                j = self.journal.get(user, folder)
-                if j is None or not j.mirror or j.archive_id not in chain or j.running:
+                known = self.journal.folders(user)
+            except JournalError as exc:
+                self._record_error(f"/{partition}/{user}", str(exc), exc.status)
+                continue
+            for folder in sorted(known, reverse=True):          # subfolders before their parents
+                if folder in listed or folder == "INBOX" or is_excluded(folder, exclude):
                     continue
-                if not self.store.exists(user, folder):
-                    self.journal.forget(user, folder)
-                    continue
-                with self.locks.hold(user, folder):
-                    with self.store.lock(user, folder):
-                        info = self.store.folder(user, folder)
-                        msgs = self.store.messages(user, folder)
-                    if (info.uidvalidity, info.uidnext) != (j.uidvalidity, j.uidnext) or \
-                            (j.count is not None and j.count != len(msgs)):
-                        self.report(f"{mailbox}: not in this archive, but changed since the chain's "
-                                    f"restore made it: kept")
+                mailbox = f"/{partition}/{user}/{folder}"
+                try:
+                    j = self.journal.get(user, folder)
+                    if j is None or not j.mirror or j.running or not self._follows(j):
                         continue
-                    # (its own lock: a folder is removed with its lock file)
-                    self.store.delete_folder(user, folder)
-                self.journal.forget(user, folder)
-                self.res.removed.append(mailbox)
-                self.report(f"{mailbox}: removed (the archive no longer lists it)")
-            except (StoreError, JournalError, OSError) as exc:
-                if isinstance(exc, OSError):
-                    exc = os_store_error(exc, f"{user}/{folder}")
-                self._record_error(mailbox, str(exc), exc.status)
+                    if not self.store.exists(user, folder):
+                        self.journal.forget(user, folder)
+                        continue
+                    why = unread_by(unread, partition, src_user, folder, self.reader.trailer)
+                    if why is not None:
+                        self._record_error(mailbox, f"not in this archive: the backup that wrote it could "
+                                                    f"not read it ({why}); kept as an earlier archive's "
+                                                    f"restore left it", EXIT_PARTIAL)
+                        continue
+                    with self.locks.hold(user, folder):
+                        with self.store.lock(user, folder):
+                            info = self.store.folder(user, folder)
+                            msgs = self.store.messages(user, folder)
+                        if (info.uidvalidity, info.uidnext) != (j.uidvalidity, j.uidnext) or \
+                                (j.count is not None and j.count != len(msgs)):
+                            self.report(f"{mailbox}: not in this archive, but changed since the chain's "
+                                        f"restore made it: kept")
+                            continue
+                        # (its own lock: a folder is removed with its lock file)
+                        self.store.delete_folder(user, folder)
+                    self.journal.forget(user, folder)
+                    self.res.removed.append(mailbox)
+                    self.report(f"{mailbox}: removed (the archive no longer lists it)")
+                except (StoreError, JournalError, OSError) as exc:
+                    if isinstance(exc, OSError):
+                        exc = os_store_error(exc, f"{user}/{folder}")
+                    self._record_error(mailbox, str(exc), exc.status)
 
     def _start_folder(self, m) -> None:
         if (m.partition, m.user) == self.cur_user:
@@ -267,12 +320,18 @@ class Restorer:
         final_uids = None
         if self.opts.final is not None:
             end = self.opts.final.get((m.user, m.folder))
-            if end is None or end[0] != m.uidvalidity:
+            if end is None and unread_by(self.opts.final_unread, m.partition, m.user, m.folder) is not None:
+                # the chain's last backup could not read it (its trailer names it), it did
+                # not delete it: restored as this archive holds it (the last archive's
+                # restore keeps it and says so)
+                pass
+            elif end is None or end[0] != m.uidvalidity:
                 # deleted, renamed away or made again by the end of the chain
                 self.plan = None
                 self.report(f"{mailbox}: not in the chain's last archive (as this folder): skipped")
                 return
-            final_uids = end[1]
+            else:
+                final_uids = end[1]
         try:
             if not self.store.exists(user):
                 # an incremental refused for want of its base makes nothing, not even the user
