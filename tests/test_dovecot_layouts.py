@@ -183,6 +183,40 @@ def test_compressed_mail_is_archived_as_the_message_and_restored_readable(zlib_l
         assert data in (big.replace(b"\r\n", b"\n"), message("small").replace(b"\r\n", b"\n"))
 
 
+def test_compressed_mail_already_in_the_store_is_recognised(zlib_lab, tmp_path):
+    """A restore into a live zlib folder recognises the messages it holds already (the
+    archive's digest is of the message, the file is compressed): none comes back a
+    second time, whether the folder is the archived one (same UIDVALIDITY) or one made
+    again with the same mail (another UIDVALIDITY), and imsverify --against-store finds
+    the store as the archive has it.  (Before, each compressed message was restored a
+    second time, exit 0; a fuzzer restoring a chain into the live zlib store found it.)"""
+    lab = zlib_lab
+    u = "carol"
+    bodies = [message(f"y {i}", size=400 * i) for i in range(5)]
+    with lab.imap(u) as c:
+        c.create("Y")
+        for b in bodies:
+            c.append("Y", b, [r"\Seen"])
+    lab.deliver([u], message("by lmtp, compressed"))
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "c.ims"
+    run(home, "imsbackup", "-f", a, f"/primary/{u}", check=0)
+    before = lab.client_state(u)
+    p = run(home, "imsrestore", "-v", "-f", a, check=0, text=True)
+    assert "0 with new UIDs" in p.stderr and lab.client_state(u) == before, p.stderr
+    run(home, "imsverify", "-f", a, "--against-store", check=0)
+    with lab.imap(u) as c:                        # the folder made again, the same mail in it
+        c.delete("Y")
+        c.create("Y")
+        for b in bodies:
+            c.append("Y", b, [r"\Seen"])
+    again = lab.client_state(u)
+    run(home, "imsrestore", "-f", a, check=0)
+    assert len(lab.client_state(u)["Y"].messages) == len(bodies)
+    assert lab.client_state(u) == again
+
+
 def test_groups_match_full_logins_and_a_map_moves_mail_across_domains(vdomain, tmp_path):
     lab = vdomain
     for u in lab.logins:

@@ -9,12 +9,11 @@ import shutil
 import tempfile
 
 from asm.archive.errors import DigestMismatch
-from asm.digests import file_sha256_or_none
 from asm.locks import pid_alive
 from asm.restore.errors import ArchiveReadFailed
 from asm.restore.options import RestoreOptions, RestoreResult
 from asm.restore.plan import FolderPlan
-from asm.store.base import Store, StoreError, UidInUse
+from asm.store.base import Store, StoreError, UidInUse, stored_sha256
 
 CHUNK = 1 << 20
 SPOOL_PREFIX = "restore-"       # restore-<pid>-<random>: one run's spool of first copies
@@ -51,11 +50,6 @@ class _Source:
         self.f.close()
 
 
-def sha256_file(path: str) -> str | None:
-    """A store file's digest; None when it is gone (another reader's error is the store's)."""
-    return file_sha256_or_none(path, missing=FileNotFoundError)
-
-
 class Applier:
     """Puts archived messages into planned folders; remembers where first copies landed
     (for the links that follow) and spools first copies a stream may need later."""
@@ -82,9 +76,11 @@ class Applier:
 
     # -- the duplicate check ----------------------------------------------------
     def _same_bytes(self, plan: FolderPlan, c, sha256: str) -> bool:
+        # (of the message as a client gets it: a file Dovecot's zlib plugin compressed
+        # is the message decompressed, as the archive holds it)
         d = plan.digests.get(c.path)
         if d is None:
-            d = plan.digests[c.path] = sha256_file(c.path)
+            d = plan.digests[c.path] = stored_sha256(c)
         if d is None:
             # renamed since the plan listed it (Dovecot changed its flags while the
             # restore let go of the folder between batches): look it up once more
@@ -92,7 +88,7 @@ class Applier:
                 fresh = self.store.message(plan.user, plan.folder, c.uid)
             except StoreError:
                 return False
-            d = plan.digests[fresh.path] = sha256_file(fresh.path)
+            d = plan.digests[fresh.path] = stored_sha256(fresh)
         return d == sha256
 
     def duplicate(self, plan: FolderPlan, m) -> object | None:

@@ -78,17 +78,16 @@ def _from_this_archive(journal, user: str, folder: str, info, archive_id) -> boo
 
 def _already_there(store: Store, user: str, folder: str, ref: dict):
     """The message the reference names, when the folder has it already (a second -r)."""
-    from asm.restore.apply import sha256_file
-    from asm.store.base import MessageGone
+    from asm.store.base import MessageGone, stored_sha256
     try:
         m = store.message(user, folder, ref["uid"])
     except MessageGone:
         m = None
-    if m is not None and (ref.get("sha256") is None or sha256_file(m.path) == ref.get("sha256")):
+    if m is not None and (ref.get("sha256") is None or stored_sha256(m) == ref.get("sha256")):
         return m
     if ref.get("sha256"):
         for c in store.messages(user, folder):
-            if c.size == ref.get("size") and sha256_file(c.path) == ref["sha256"]:
+            if c.size == ref.get("size") and stored_sha256(c) == ref["sha256"]:
                 return c
     return None
 

@@ -607,6 +607,26 @@ def open_stored(info: MessageInfo) -> BinaryIO:
                      f"mail; this message is not in the archive")
 
 
+def stored_sha256(info: MessageInfo, missing=FileNotFoundError) -> str | None:
+    """The SHA-256 of the message as a client gets it, as the archive records it: of
+    the file, decompressed when it is compressed (Dovecot's zlib plugin); None when it
+    cannot be read (``missing``: the errors that mean so; a compression ims-asm cannot
+    read counts)."""
+    import hashlib
+
+    from asm.digests import CHUNK, file_sha256_or_none
+    if not info.compressed:
+        return file_sha256_or_none(info.path, missing=missing)
+    h = hashlib.sha256()
+    try:
+        with open_stored(info) as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                h.update(chunk)
+    except (StoreError, missing):
+        return None
+    return h.hexdigest()
+
+
 def this_holder() -> str:
     """This process as a holder of deliveries: ``<pid>@<host>``."""
     import socket

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from asm.digests import file_sha256_or_none as file_sha256
 from asm.errors import EXIT_DIFFERS
-from asm.store.base import Store, StoreError
+from asm.store.base import Store, StoreError, stored_sha256
 from asm.verify.archive import Problem
 from asm.verify.chain import ChainView
 
@@ -65,7 +64,7 @@ def compare_restored(view: ChainView, store: Store) -> Comparison:
                 out.add(f"restore test: {rec.mailbox}: message {uid} was not restored")
                 continue
             out.compared += 1
-            got = file_sha256(m.path)
+            got = stored_sha256(m, missing=OSError)
             if got != sha:
                 out.add(f"restore test: {rec.mailbox}: message {uid} came back with other bytes "
                         f"(SHA-256 {got or 'unreadable'}, {sha} in the archive)")
@@ -123,7 +122,7 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
                     continue
                 sha, flags, keywords = rec.messages[m.uid][:3]
                 out.compared += 1
-                got = file_sha256(m.path)
+                got = stored_sha256(m, missing=OSError)
                 if got is None:
                     continue    # expunged while we looked
                 if got != sha:
