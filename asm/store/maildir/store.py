@@ -486,10 +486,28 @@ class MaildirStore(Store):
         return (st.st_uid, st.st_gid) if st.st_uid != 0 else None
 
     def _folder_owner(self, st: _State) -> tuple[int, int] | None:
-        """_owner_for the folder's directory, looked up once per lock hold."""
+        """_owner_for the folder's directory, looked up once per lock hold, when the
+        folder is written to; its cur/ new/ tmp/ are given to that owner then if a
+        killed run made one and died before it could (a mkdir and its chown are two
+        steps: Dovecot could not write to a directory root kept)."""
         if not st.owner_known:
             st.owner, st.owner_known = self._owner_for(st.dir), True
+            if st.owner:
+                for sub in ("cur", "new", "tmp"):
+                    self._own(os.path.join(st.dir, sub), st.owner)
         return st.owner
+
+    def _own(self, path: str, owner) -> None:
+        """``path``, made before by a run that may have been killed between its mkdir and
+        its chown, given to ``owner`` if it is not yet."""
+        if not owner:
+            return
+        try:
+            s = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if (s.st_uid, s.st_gid) != tuple(owner):
+            os.lchown(path, *owner)
 
     @staticmethod
     def _chown(path: str | int, owner: tuple[int, int] | None) -> None:
@@ -503,13 +521,17 @@ class MaildirStore(Store):
         os.mkdir(path, 0o700)
         self._chown(path, owner)
 
-    def _makedirs(self, path: str, owner) -> None:
-        """``path`` and its missing parents (each chowned), as Dovecot makes them."""
+    def _makedirs(self, path: str, owner, top: bool = True) -> None:
+        """``path`` and its missing parents (each chowned), as Dovecot makes them;
+        ``path`` itself given to ``owner`` if it is there already (a killed creation
+        left it), never a parent that was there."""
         if os.path.isdir(path):
+            if top:
+                self._own(path, owner)
             return
         parent = os.path.dirname(path)
         if parent != path:
-            self._makedirs(parent, owner)
+            self._makedirs(parent, owner, top=False)
         with contextlib.suppress(FileExistsError):
             self._mkdir(path, owner)
 
@@ -1325,8 +1347,9 @@ class MaildirStore(Store):
         root = self._root(user)
         owner = self._owner_for(root)
         ctl, idx = self._ctl_idx(user, folder, d)
-        if not os.path.isdir(d) and (folder != "INBOX" or self._layout is not None):
-            self._makedirs(d, owner)          # LAYOUT=fs: parent levels too
+        if folder != "INBOX" or self._layout is not None:
+            self._makedirs(d, owner)          # LAYOUT=fs: parent levels too (given to
+                                              # the owner if a killed creation left them)
         if ctl != d:
             self._makedirs(ctl, owner)
         lockpath = os.path.join(ctl, UIDLIST + LOCK_SUFFIX)
@@ -1338,13 +1361,15 @@ class MaildirStore(Store):
             if os.path.isdir(os.path.join(d, "cur")):
                 raise FolderExists(user, folder)     # made meanwhile by another process
             for sub in ("new", "tmp"):
-                with contextlib.suppress(FileExistsError):
+                try:
                     self._mkdir(os.path.join(d, sub), owner)
+                except FileExistsError:
+                    self._own(os.path.join(d, sub), owner)      # left by a killed creation
             if folder != "INBOX":
                 mf = os.path.join(d, "maildirfolder")
                 if not os.path.exists(mf):
                     os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
-                    self._chown(mf, owner)
+                self._own(mf, owner)
             self._invalidate_index(idx)
             if ctl != d:                       # left by a folder whose mail was lost
                 with contextlib.suppress(FileNotFoundError):
@@ -1520,8 +1545,11 @@ class MaildirStore(Store):
             d = os.path.dirname(tmp)
             if not os.path.isdir(os.path.join(os.path.dirname(d), "cur")):
                 raise
-            with contextlib.suppress(FileExistsError):
-                self._mkdir(d, self._owner_for(os.path.dirname(d)))
+            owner = self._owner_for(os.path.dirname(d))
+            try:
+                self._mkdir(d, owner)
+            except FileExistsError:
+                self._own(d, owner)
             return make()
 
     def _write_tmp(self, tmp: str, src: BinaryIO, owner, internaldate: float | None) -> int:
