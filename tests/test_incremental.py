@@ -551,3 +551,25 @@ def test_a_folder_the_incremental_could_not_read_is_kept_not_removed(tmp_path, d
     p = run(home2, "imsrestore", "-v", "-f", incr, check=1)
     assert kept in p.stderr and b"/primary/alice/Gone: removed (the archive no longer lists it)" in p.stderr
     assert view(dest_store(home2)) == want
+
+
+def test_a_chain_restore_of_a_folder_made_after_the_full(tmp_path, driver):
+    """A path given to a chain in one command needs to match in one of its archives, not
+    in each: a folder made after the full is restored from the incremental (before, the
+    full's "nothing in the archive matches this path" stopped the chain, exit 2).  A
+    path that matches in none is still named, exit 2."""
+    w = World(tmp_path, driver)
+    w.new()
+    full = w.backup()
+    w.new(folder="Later")
+    w.new(folder="Later", flags=["\\Seen"])
+    incr = w.backup()
+    want = {k: v for k, v in w.states[-1].items() if k[1] == "Later"}
+    home = dest_home(tmp_path, driver)
+    p = chain(home, [full, incr], extra=["/primary/alice/Later"], check=0)
+    assert b"nothing in the archive matches" not in p.stderr
+    got = view(dest_store(home))
+    assert {k: v for k, v in got.items() if k[1] == "Later"} == want
+    assert [k for k in got if k[1] not in ("Later", "INBOX")] == [] and ("alice", "INBOX", 1) not in got
+    p = chain(dest_home(tmp_path, driver, "dst2"), [full, incr], extra=["/primary/alice/Nowhere"], check=2)
+    assert p.stderr.count(b"/primary/alice/Nowhere: nothing in the archive matches this path") == 1, p.stderr

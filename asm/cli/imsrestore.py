@@ -278,9 +278,12 @@ def _chain(args, rep) -> int:
                 total[k] = total.get(k, 0) + v
         rep.update(device=list(args.devices), chain=per, counts=total)
 
+    unmatched: dict = {"before": None, "last": False}     # paths unmatched in every archive so far
     for i, d in enumerate(args.devices):
         last = i == len(args.devices) - 1
+        unmatched["last"] = last
         one = argparse.Namespace(**vars(args))
+        one.chain_unmatched = unmatched
         one.device = d
         one.hold = args.hold or not last
         one.final = None if last else final
@@ -372,6 +375,16 @@ def _one(args, rep) -> int:
             progress.clear()
             return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
     progress.clear()
+    unmatched = getattr(args, "chain_unmatched", None)
+    if unmatched is not None:
+        # a chain in one command: a path need only match in one of its archives (a folder
+        # made after the full, or gone by the end, which is then not restored)
+        if unmatched.get("last"):
+            res.unmatched = [p for p in res.unmatched if p in unmatched["before"]]
+        else:
+            got = set(res.unmatched)
+            unmatched["before"] = got if unmatched["before"] is None else unmatched["before"] & got
+            res.unmatched = []
     rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,
                        "bytes": res.bytes, "duplicates": res.duplicates, "renumbered": res.renumbered,
                        "expunged": res.expunged},
