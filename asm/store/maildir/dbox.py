@@ -66,9 +66,14 @@ class DboxStore(MaildirStore):
         self._pending: set[str] = set()           # copies changed since Dovecot had them
         self._seen: dict[str, str | None] = {}    # Dovecot's listing when the copy was made
         self._percent: dict[str, list] = {}       # login -> its dbox folders named with '%'
+        self._names: dict[str, list] = {}         # login -> its folders, as its last copy had them
 
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
         return None      # the Maildir read is a fresh copy each run: dbox itself is not looked at
+
+    def readahead(self, user: str, folder: str) -> tuple | None:
+        return None      # the copy doveadm just wrote is in the page cache; asking for its
+                         # files would copy every login again (WORK holds one at a time)
 
     # -- the dbox side -------------------------------------------------------------------
     def _ensure_work(self) -> None:
@@ -115,6 +120,7 @@ class DboxStore(MaildirStore):
         self._seen[user] = self._listing(user, modseq=True)
         self._exported.add(user)
         self._check_copy(user)
+        self._names[user] = super().folder_names(user)
 
     def _check_copy(self, user: str) -> None:
         """What ``doveadm backup`` did not copy faithfully, found by comparing the copy's
@@ -165,8 +171,17 @@ class DboxStore(MaildirStore):
         got.setdefault("INBOX", 0)
         return got
 
+    def folder_names(self, user: str) -> list[str]:
+        if user not in self._exported and user in self._names:
+            # the copy went for another login's (WORK holds one at a time): the names it
+            # had, rather than a second doveadm backup of the whole account (a backup
+            # lists every login's folders first, then reads them login by login)
+            return list(self._names[user])
+        return super().folder_names(user)
+
     def unlisted_folders(self, user: str):
-        self._ensure_copy(user)
+        if user not in self._percent:            # (known from the login's last copy)
+            self._ensure_copy(user)
         return [Unlisted("folder", "primary", user, name, self._dbox_root(user),
                          "doveadm backup (dsync) copies a dbox folder whose name holds '%' under "
                          "another name; rename it without '%' (doveadm mailbox rename) and back up "
