@@ -300,3 +300,64 @@ def test_random_dbox_changes_between_backups_chain_back(lab, tmp_path, seed):
     wipe(lab)
     run(home, "imsrestore", *sum((["-f", a] for a in archives), []), check=0)
     assert {u: view(lab, u) for u in lab.logins} == want
+
+
+KILL_POINTS = 8          # per dbox format, spread over the run, plus the journal's last step
+
+
+def test_a_link_that_removes_a_folder_killed_anywhere_removes_it_when_run_again(lab, tmp_path):
+    """A link restored as its own command removes the folder its incremental no longer
+    lists.  On dbox the removal reaches Dovecot only when the copy is given back, as the
+    run ends: the journal forgets the folder only then too.  Killed anywhere (points
+    spread over the run, just before and after the journal forgets the folder, and near
+    its end), the same command run again removes the folder, exit 0, and the logins are
+    as the client saw them at the incremental.  (Before, a kill after the journal forgot the folder and before the
+    give-back left the folder for good, exit 0: found by a helper's fuzzer.)"""
+    import random
+
+    from tests.faults import count_steps, run_with_fault, spread
+    from tests.helpers import in_home
+    src = tmp_path / "src"
+    configure(lab, src)
+    lab.deliver(list(USERS), message("one"))
+    with lab.imap("alice") as c:
+        c.create("Work")
+        c.subscribe("Work")
+        c.append("Work", message("w"))
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(src, "imsbackup", "-f", full, "/", check=0)
+    with lab.imap("alice") as c:
+        c.delete("Work")
+    lab.deliver(["bob"], message("two"))           # bob's give-back comes after alice's
+    run(src, "imsbackup", "-f", incr, "--base", f"{full}.state", "/", check=0)
+    want = views(lab)
+
+    def fresh(name):
+        wipe(lab)
+        home = tmp_path / name
+        configure(lab, home)
+        run(home, "imsrestore", "-H", "-f", full, check=0)
+        return home
+    home = fresh("count")
+    log = tmp_path / "steps.log"
+    with in_home(home):
+        total, p = count_steps(["imsrestore", "-f", incr], "/", tmp_path, env={"IMS_FAULT_LOG": str(log)})
+    assert p.returncode == 0 and views(lab) == want, p.stderr
+    # the step where the journal forgets the removed folder, and the one after it
+    forget = [int(ln.split()[0]) for ln in log.read_text().splitlines() if "DELETE FROM restored" in ln]
+    assert len(forget) == 1, log.read_text()
+    seed = random.randrange(1 << 30)
+    # (a run's step count varies by one or two: the last points may find it ended)
+    points = sorted(set(spread(total - 3, KILL_POINTS, seed)) | {forget[0], forget[0] + 1, total - 2,
+                                                                  total - 1, total})
+    bad, killed = [], 0
+    for k in points:
+        home = fresh(f"k{k}")
+        with in_home(home):
+            first = run_with_fault(["imsrestore", "-f", incr], "/", f"kill:{k}")
+        killed += first.returncode == -9
+        again = run(home, "imsrestore", "-f", incr)
+        if first.returncode not in (-9, 0) or again.returncode != 0 or views(lab) != want:
+            bad.append((k, first.returncode, again.returncode, again.stderr[-300:]))
+    assert bad == [], (f"seed {seed}, {total} steps", bad)
+    assert killed >= len(points) - 2, (killed, points, total)

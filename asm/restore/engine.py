@@ -4,6 +4,7 @@ mailbox, deliveries held and released, the journal kept."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 
@@ -60,8 +61,8 @@ class Restorer:
                                self.report)
         self.held: list[str] = []
         # a store that writes a copy and gives it to the mail server when its batch ends
-        # (dbox): folders it completed are put in the journal only after that, so a
-        # killed run's journal is never ahead of what the server has
+        # (dbox): folders it completed or removed are put in the journal only after
+        # that, so a killed run's journal is never ahead of what the server has
         self.deferred: list | None = [] if getattr(store, "journal_after_sync", False) else None
         self.holder = this_holder()
         self.users_seen: set = set()
@@ -104,12 +105,20 @@ class Restorer:
         store batch: whatever ends it, what was written is durable when it returns."""
         with self.store.batch():
             self._restore()
-        for args in self.deferred or ():
+        for mailbox, record in self.deferred or ():
             try:
-                self.journal.put(*args[1:])
+                record()
             except JournalError as exc:
-                self._record_error(args[0], str(exc), exc.status)
+                self._record_error(mailbox, str(exc), exc.status)
         return self.res
+
+    def _journal(self, mailbox: str, record) -> None:
+        """A journal change (``record()``) now, or, for a store that gives its copy to
+        the mail server when its batch ends, once that is done (self.deferred)."""
+        if self.deferred is None:
+            record()
+        else:
+            self.deferred.append((mailbox, record))
 
     def _restore(self) -> None:
         t0 = time.monotonic()
@@ -281,7 +290,7 @@ class Restorer:
                     if j is None or not j.mirror or j.running or not self._follows(j):
                         continue
                     if not self.store.exists(user, folder):
-                        self.journal.forget(user, folder)
+                        self._journal(mailbox, functools.partial(self.journal.forget, user, folder))
                         continue
                     why = unread_by(unread, partition, src_user, folder, self.reader.trailer)
                     if why is not None:
@@ -300,7 +309,9 @@ class Restorer:
                             continue
                         # (its own lock: a folder is removed with its lock file)
                         self.store.delete_folder(user, folder)
-                    self.journal.forget(user, folder)
+                    # (a removal given to the server only when the batch ends is
+                    # forgotten only then: a run killed before it removes it again)
+                    self._journal(mailbox, functools.partial(self.journal.forget, user, folder))
                     self.res.removed.append(mailbox)
                     self.report(f"{mailbox}: removed (the archive no longer lists it)")
                 except (StoreError, JournalError, OSError) as exc:
@@ -456,10 +467,7 @@ class Restorer:
                     and not plan.failed
                 done = (plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header, mirror,
                         len(plan.by_uid))
-                if self.deferred is None:
-                    self.journal.put(*done)
-                else:
-                    self.deferred.append((mailbox, *done))
+                self._journal(mailbox, functools.partial(self.journal.put, *done))
             plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
                                                      "messages": plan.restored, "bytes": 0, "error": None})
         except (StoreError, JournalError, OSError) as exc:

@@ -10,6 +10,8 @@ writes), counted through Python's audit hooks (PEP 578) and SQLite's trace callb
     IMS_FAULT=kill:N            SIGKILL this process just before step N (1-based)
     IMS_FAULT=enospc:N          from step N on, every step fails with ENOSPC (a disk
                                 that filled up and stays full)
+    IMS_FAULT_LOG=FILE          (with any of them) one line per step: "N what", so a
+                                test can find the step it must kill before
 
 Killing *before* a step is the same as killing after the previous one, so N from 1 to
 the counted total (+1) covers every point between two changes on disk.
@@ -34,6 +36,7 @@ class _State:
     n = 0
     out = ""
     busy = False
+    log = None
 
 
 def _under_root(path):
@@ -50,6 +53,13 @@ def _under_root(path):
 
 def _step(what):
     _State.steps += 1
+    if _State.log is not None:
+        _State.busy = True
+        try:
+            _State.log.write(f"{_State.steps} {what}\n")
+            _State.log.flush()
+        finally:
+            _State.busy = False
     if _State.mode == "kill" and _State.steps >= _State.n:
         os.kill(os.getpid(), signal.SIGKILL)
     if _State.mode == "enospc" and _State.steps >= _State.n:
@@ -101,6 +111,8 @@ def _install(spec):
         _State.n = int(arg)
     else:
         raise SystemExit(f"sitecustomize: bad IMS_FAULT {spec!r}")
+    if os.environ.get("IMS_FAULT_LOG"):
+        _State.log = open(os.environ["IMS_FAULT_LOG"], "a")
     sys.addaudithook(_audit)
     try:
         _wrap_sqlite()
