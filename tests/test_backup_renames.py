@@ -124,3 +124,85 @@ def test_a_uid_no_listing_found_while_the_folder_changed_at_every_read_is_named(
                                                                      unsettled(d, before)[2]))
     snap = store.snapshot("alice", "INBOX")
     assert [m.uid for m in snap.messages] == [1, 2, 4, 5] and snap.warnings == []
+
+
+def test_mail_no_client_moved_is_in_every_archive_taken_while_clients_work(lab, tmp_path):
+    """Backups of the whole store while every login's client works at random (flags on
+    some or all messages, COPY, MOVE, EXPUNGE, APPEND, LMTP): each message that was there
+    when the backup began, and that no client expunged or moved until it ended, is in
+    the archive under its UID; every backup exits 0."""
+    import random
+    import time
+    rnd = random.Random(7)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    folders = ["INBOX", "Work", "Arch/2024"]
+    for u in lab.logins:
+        with lab.imap(u) as c:
+            for f in folders[1:]:
+                c.create(f)
+            for f in folders:
+                for i in range(rnd.randint(60, 160)):
+                    c.append(f, message(f"{u} {f} {i}", size=rnd.randrange(3000)),
+                             flags=rnd.choice([[], [r"\Seen"], ["$X"]]))
+    for r in range(3):
+        kept = set()                      # (login, folder, uid) no client may expunge or move
+        for u in lab.logins:
+            st = lab.client_state(u)
+            kept |= {(u, f, m.uid) for f in folders for m in st[f].messages if rnd.random() < 0.6}
+        stop = threading.Event()
+        failed: list = []
+        ops = [0]
+
+        def client(u, crnd):
+            try:
+                with lab.imap(u) as c:
+                    while not stop.is_set():
+                        f = crnd.choice(folders)
+                        c.select(f)
+                        uids = c.uids()
+                        free = [x for x in uids if (u, f, x) not in kept]
+                        other = crnd.choice([x for x in folders if x != f])
+                        op = crnd.choice(["flags", "flags", "flags", "all", "copy", "move", "expunge",
+                                          "append", "lmtp"])
+                        if op == "flags" and uids:
+                            c.uid_store(crnd.sample(uids, min(len(uids), crnd.randint(1, 30))),
+                                        crnd.choice(["+FLAGS", "-FLAGS", "FLAGS"]),
+                                        crnd.choice([[r"\Seen"], [r"\Flagged", "$Y"], []]))
+                        elif op == "all":
+                            c.uid_store("1:*", crnd.choice(["+FLAGS", "-FLAGS"]), [r"\Answered"])
+                        elif op == "copy" and uids:
+                            c.uid_copy(crnd.sample(uids, min(len(uids), 5)), other)
+                        elif op == "move" and free:
+                            c.uid_move(crnd.sample(free, min(len(free), 3)), other)
+                        elif op == "expunge" and free:
+                            c.uid_expunge(crnd.sample(free, min(len(free), 3)))
+                        elif op == "append":
+                            c.append(f, message(f"live {r} {ops[0]}", size=crnd.randrange(3000)))
+                        elif op == "lmtp":
+                            lab.deliver([u], message(f"lmtp {r} {ops[0]}"))
+                        c.unselect()
+                        ops[0] += 1
+            except BaseException as exc:  # noqa: BLE001 - the test reports it
+                failed.append(exc)
+        threads = [threading.Thread(target=client, args=(u, random.Random(r * 10 + i)))
+                   for i, u in enumerate(lab.logins)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        archive = tmp_path / f"r{r}.ims"
+        try:
+            p = run(home, "imsbackup", "-f", archive, "/", text=True)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        assert not failed, failed
+        assert p.returncode == 0 and ops[0] >= 10, (p.returncode, ops[0], p.stderr[-500:])
+        out = run(home, "imsrestore", "-f", archive, "-t", check=0, text=True).stdout
+        got = set()
+        for line in out.splitlines():
+            m = re.fullmatch(r"/primary/(.+)/(INBOX|Work|Arch/2024)/(\d+)", line.split("\t", 1)[0])
+            if m:
+                got.add((m.group(1), m.group(2), int(m.group(3))))
+        assert sorted(kept - got) == [], (r, len(kept - got))
