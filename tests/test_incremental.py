@@ -573,3 +573,44 @@ def test_a_chain_restore_of_a_folder_made_after_the_full(tmp_path, driver):
     assert [k for k in got if k[1] not in ("Later", "INBOX")] == [] and ("alice", "INBOX", 1) not in got
     p = chain(dest_home(tmp_path, driver, "dst2"), [full, incr], extra=["/primary/alice/Nowhere"], check=2)
     assert p.stderr.count(b"/primary/alice/Nowhere: nothing in the archive matches this path") == 1, p.stderr
+
+
+def test_a_link_removing_a_folder_killed_at_any_step_leaves_no_remains(tmp_path):
+    """maildir: a link restored as its own command removes the folder its incremental
+    no longer lists, and delete_folder takes cur/ first.  Killed before any one of the
+    link's on-disk steps, the same command run again ends with the store as at the
+    incremental and nothing of the folder left: a directory with new/, tmp/ and
+    dovecot-uidlist is a folder to Dovecot.  (Before, a kill after cur/ went left that
+    directory, and the rerun, finding no folder, forgot it: exit 0.  Found by a
+    helper's fuzzer.)"""
+    from tests.faults import count_steps, run_with_fault
+    from tests.helpers import in_home
+    w = World(tmp_path, "maildir")
+    w.new()
+    w.new(folder="Old")
+    w.new(folder="Old", flags=["\\Seen"])
+    full = w.backup()
+    w.store.delete_folder("alice", "Old")
+    w.new()
+    incr = w.backup()
+
+    def fresh(name):
+        home = dest_home(tmp_path, "maildir", name)
+        run(home, "imsrestore", "-H", "-f", full, check=0)
+        return home
+    home = fresh("count")
+    with in_home(home):
+        total, p = count_steps(["imsrestore", "-f", incr], home, tmp_path)
+    assert p.returncode == 0 and view(dest_store(home)) == w.states[-1]
+    bad, killed = [], 0
+    for k in range(1, total + 1):
+        home = fresh(f"k{k}")
+        with in_home(home):
+            first = run_with_fault(["imsrestore", "-f", incr], home, f"kill:{k}")
+        killed += first.returncode == -9
+        again = run(home, "imsrestore", "-f", incr)
+        old = dest_store(home)._folder_dir("alice", "Old")
+        if again.returncode != 0 or os.path.exists(old) or view(dest_store(home)) != w.states[-1]:
+            bad.append((k, first.returncode, again.returncode, os.path.exists(old)))
+    assert bad == [], (total, bad)
+    assert killed >= total - 1

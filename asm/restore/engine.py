@@ -290,6 +290,10 @@ class Restorer:
                     if j is None or not j.mirror or j.running or not self._follows(j):
                         continue
                     if not self.store.exists(user, folder):
+                        # gone, or half removed by a run killed while removing it (the
+                        # store finishes that)
+                        if self.store.folder_remains(user, folder):
+                            self.store.delete_folder(user, folder)
                         self._journal(mailbox, functools.partial(self.journal.forget, user, folder))
                         continue
                     why = unread_by(unread, partition, src_user, folder, self.reader.trailer)

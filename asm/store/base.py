@@ -398,6 +398,11 @@ class Store(abc.ABC):
     def delete_folder(self, user: str, folder: str) -> None:
         """Remove one folder and its messages (not its subfolders)."""
 
+    def folder_remains(self, user: str, folder: str) -> bool:
+        """True when a folder that does not exist left something behind that its
+        server still shows (a deletion killed half way): delete_folder finishes it."""
+        return False
+
     @abc.abstractmethod
     def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,
                    uidnext: int | None = None, subscribed: bool | None = None) -> FolderInfo:

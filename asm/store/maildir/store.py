@@ -40,6 +40,7 @@ _OUR_BASE = re.compile(r"^\d+\.M\d+P(\d+)Q\d+R[0-9a-f]{8}\.(.+)$")
 # temporaries of _write_file: <name>.<pid>.<thread>.tmp
 _WRITE_TMP = re.compile(r"^.+\.(\d+)\.\d+\.tmp$")
 QUEUE_DIR = ".ims-queue"
+DELETING = ".ims-deleting"          # a folder's cur/ while delete_folder removes it
 NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 _LAST_UIDVALIDITY = [0]
 _GUID_OK = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # one uidlist field: no space or ':'
@@ -1390,28 +1391,63 @@ class MaildirStore(Store):
         folder = check_folder_name(folder)
         if folder == "INBOX":
             raise BadName("INBOX cannot be deleted (delete its messages, or the user)")
-        fs = self._layout is not None and self._layout.location.layout == "fs"
-        with self._locked(user, folder, create_uidlist=False) as st:
-            d = st.dir
-            for sub in ("cur", "new", "tmp"):
-                shutil.rmtree(os.path.join(d, sub), ignore_errors=True)
-            for where in dict.fromkeys(x for x in (d, st.ctl, st.idx) if x):
-                for n in os.listdir(where) if os.path.isdir(where) else ():
-                    p = os.path.join(where, n)
-                    if n == UIDLIST + LOCK_SUFFIX:
-                        continue
-                    if os.path.isdir(p) and not os.path.islink(p):
-                        if not fs:                # LAYOUT=fs: subfolders live there
-                            shutil.rmtree(p, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(p)
-            st.dirty = st.keywords_dirty = False
-        for where in dict.fromkeys(x for x in (d, st.ctl, st.idx) if x):
+        d = self._folder_dir(user, folder)
+        if self._half_deleted(d):
+            # a deletion killed after cur/ went (the folder is gone for us, not yet its
+            # directory, which Dovecot still lists): finished now
+            ctl, idx = self._ctl_idx(user, folder, d)
+            dirs = dict.fromkeys(x for x in (d, ctl, idx) if x)
+            self._clear_folder(dirs)
+            lock = os.path.join(ctl, UIDLIST + LOCK_SUFFIX)
+            if os.path.lexists(lock) and dotlock.lock_is_stale(lock, self._hostname):
+                dotlock.break_lock(lock, self._hostname)      # the killed deletion's
+                dotlock.clean_temps(ctl, self._hostname)
+        else:
+            with self._locked(user, folder, create_uidlist=False) as st:
+                d = st.dir
+                # cur/ goes in one step, renamed aside: killed later, the folder is gone
+                # (never a folder that lost some mail), and its remains are finished by
+                # the next delete_folder (folder_remains)
+                gone = os.path.join(d, DELETING)
+                shutil.rmtree(gone, ignore_errors=True)
+                os.rename(os.path.join(d, "cur"), gone)
+                for sub in (DELETING, "new", "tmp"):
+                    shutil.rmtree(os.path.join(d, sub), ignore_errors=True)
+                dirs = dict.fromkeys(x for x in (d, st.ctl, st.idx) if x)
+                self._clear_folder(dirs)
+                st.dirty = st.keywords_dirty = False
+        for where in dirs:
             with contextlib.suppress(OSError):
                 os.rmdir(where)
         self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
         self._set_subscribed(user, folder, False)
+
+    @staticmethod
+    def _half_deleted(d: str) -> bool:
+        return os.path.isdir(d) and not os.path.isdir(os.path.join(d, "cur"))
+
+    def folder_remains(self, user: str, folder: str) -> bool:
+        # delete_folder takes cur/ first: killed after that, the directory stays
+        try:
+            return folder != "INBOX" and self._half_deleted(self._folder_dir(user, check_folder_name(folder)))
+        except (StoreError, OSError):
+            return False
+
+    def _clear_folder(self, dirs) -> None:
+        """Everything of a folder being deleted in its mail, control and index
+        directories but its lock (and, with LAYOUT=fs, its subfolders)."""
+        fs = self._layout is not None and self._layout.location.layout == "fs"
+        for where in dirs:
+            for n in os.listdir(where) if os.path.isdir(where) else ():
+                p = os.path.join(where, n)
+                if n == UIDLIST + LOCK_SUFFIX:
+                    continue
+                if os.path.isdir(p) and not os.path.islink(p):
+                    if not fs or n in ("new", "tmp", DELETING):   # LAYOUT=fs: subfolders live there
+                        shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(p)
 
     @store_os_errors
     def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,
