@@ -587,12 +587,14 @@ class _Killed(BaseException):
     """A kill, between a directory's or file's making and its chown."""
 
 
-def test_a_run_killed_before_any_chown_leaves_nothing_to_root_after_the_rerun(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fs", [False, True], ids=["maildir++", "LAYOUT=fs"])
+def test_a_run_killed_before_any_chown_leaves_nothing_to_root_after_the_rerun(tmp_path, monkeypatch, fs):
     """Every directory and file is made, then given to the store's owner: two steps.  A
     run killed between them (at each chown of a user's creation, its folders' and its
     messages', in turn), then run again, leaves everything the mail user's: Dovecot
-    cannot write into a cur/ or tmp/ root kept.  (Found by a fuzzer that killed chain
-    restores: "cur uid=0" after the rerun.)"""
+    cannot write into a cur/ or tmp/ root kept, nor list a LAYOUT=fs folder under a
+    parent level root kept.  (Found by a fuzzer that killed chain restores: "cur uid=0"
+    after the rerun.)"""
     if os.geteuid() != 0:
         unavailable("chown needs root")
     real = MaildirStore._chown
@@ -600,18 +602,24 @@ def test_a_run_killed_before_any_chown_leaves_nothing_to_root_after_the_rerun(tm
     def work(s):
         if not s.exists("bob"):
             s.create_user("bob")
-        for f in ("INBOX", "Work", "Work/2024", "Réunions"):
+        for f in ("INBOX", "Work", "Work/2024", "Réunions", "Deep/er"):
             if not s.exists("bob", f):
                 s.create_folder("bob", f, subscribed=True)
             s.append("bob", f, io.BytesIO(MSG), flags=["\\Seen"], keywords=["$Label1"])
 
     calls = [0]
 
+    def opts(base):
+        o = {"store.owner": "65534"}
+        if fs:
+            o["store.mail_location"] = f"maildir:{base}/mail/%u:LAYOUT=fs"
+        return o
+
     def counting(path, owner):
         calls[0] += 1
         real(path, owner)
     monkeypatch.setattr(MaildirStore, "_chown", staticmethod(counting))
-    work(make(tmp_path / "clean", **{"store.owner": "65534"}))
+    work(make(tmp_path / "clean", **opts(tmp_path / "clean")))
     total = calls[0]
     assert total >= 20
     for k in range(total):
@@ -625,13 +633,13 @@ def test_a_run_killed_before_any_chown_leaves_nothing_to_root_after_the_rerun(tm
             real(path, owner)
         monkeypatch.setattr(MaildirStore, "_chown", staticmethod(killed))
         with pytest.raises(_Killed):
-            work(make(base, **{"store.owner": "65534"}))
+            work(make(base, **opts(base)))
         monkeypatch.setattr(MaildirStore, "_chown", staticmethod(real))
-        s = make(base, **{"store.owner": "65534"})
+        s = make(base, **opts(base))
         work(s)
         rootly = []
         for d, dirs, files in os.walk(base / "mail" / "bob"):
             rootly += [os.path.join(d, n) for n in dirs + files
                        if os.lstat(os.path.join(d, n)).st_uid != 65534 and not n.endswith(".lock")]
         assert rootly == [], (k, rootly)
-        assert sorted(s.folder_names("bob")) == ["INBOX", "Réunions", "Work", "Work/2024"]
+        assert sorted(s.folder_names("bob")) == ["Deep/er", "INBOX", "Réunions", "Work", "Work/2024"]

@@ -522,17 +522,18 @@ class MaildirStore(Store):
         os.mkdir(path, 0o700)
         self._chown(path, owner)
 
-    def _makedirs(self, path: str, owner, top: bool = True) -> None:
+    def _makedirs(self, path: str, owner, top: bool = True, within: str | None = None) -> None:
         """``path`` and its missing parents (each chowned), as Dovecot makes them;
         ``path`` itself given to ``owner`` if it is there already (a killed creation
-        left it), never a parent that was there."""
+        left it), and the parents that were there only below ``within`` (the login's
+        own directories: LAYOUT=fs parent levels)."""
         if os.path.isdir(path):
-            if top:
+            if top or (within and path.startswith(within.rstrip("/") + "/")):
                 self._own(path, owner)
             return
         parent = os.path.dirname(path)
         if parent != path:
-            self._makedirs(parent, owner, top=False)
+            self._makedirs(parent, owner, top=False, within=within)
         with contextlib.suppress(FileExistsError):
             self._mkdir(path, owner)
 
@@ -1349,8 +1350,8 @@ class MaildirStore(Store):
         owner = self._owner_for(root)
         ctl, idx = self._ctl_idx(user, folder, d)
         if folder != "INBOX" or self._layout is not None:
-            self._makedirs(d, owner)          # LAYOUT=fs: parent levels too (given to
-                                              # the owner if a killed creation left them)
+            self._makedirs(d, owner, within=root)   # LAYOUT=fs: parent levels too (given
+                                                    # to the owner if a killed run left them)
         if ctl != d:
             self._makedirs(ctl, owner)
         lockpath = os.path.join(ctl, UIDLIST + LOCK_SUFFIX)
