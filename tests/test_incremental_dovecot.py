@@ -218,10 +218,9 @@ def test_random_imap_changes_between_backups(lab, tmp_path, seed):
 def test_random_imap_changes_between_date_incrementals(lab, tmp_path, seed):
     """A chain of incrementals by date (-d since the start of the backup before), with
     random Dovecot changes between them, but no folder RENAME (-d cannot carry a renamed
-    folder's old mail: the test below, docs/operations.md).  A folder nobody touched has
-    new/ and cur/ older than the date, and its files are not stat()ed (the maildir
-    driver's quiet folders): the chain also checks that such a folder's UIDs and flags
-    come back right.  Restored into the empty store in one command and in several."""
+    folder's old mail: the test below, docs/operations.md).  Restored into the empty
+    store in one command and in several (archive by archive, deleted folders were left
+    behind until 7358311)."""
     import random
     rnd = random.Random(seed)
     c = Chain(lab, tmp_path)

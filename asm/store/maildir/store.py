@@ -140,9 +140,6 @@ def _fingerprint_same(d: str, ctl: str, want: list) -> bool:
     return True
 
 
-QUIET_MARGIN = 0.01   # s: a -d cut-off this close to a directory's ctime reads its files
-
-
 def _dir_parts(dirs) -> list:
     out = []
     for path in dirs:
@@ -925,7 +922,7 @@ class MaildirStore(Store):
         return letters
 
     def _info(self, st: _State, uid: int, sub: str, fname: str, stat: bool = True,
-              stored: float | None = None, changed: float | None = None) -> MessageInfo:
+              stored: float | None = None) -> MessageInfo:
         base, sep, info = fname.partition(":")
         letters = info[2:] if sep and info[:2] == "2," else ""
         hit = st.flag_cache.get(letters)
@@ -938,7 +935,7 @@ class MaildirStore(Store):
         m = SIZE_RE.search(base)
         if not stat:
             return message_info(uid, flags, kws, 0.0, stored or 0.0, int(m.group(1)) if m else 0,
-                                path, 0, 0, 1, guid, (stored or 0.0) if changed is None else changed, "")
+                                path, 0, 0, 1, guid, stored or 0.0, "")
         s = os.stat(path)
         size, compressed = s.st_size, ""
         if m and int(m.group(1)) != size:
@@ -1059,7 +1056,7 @@ class MaildirStore(Store):
             for n in os.listdir(os.path.join(d, "tmp")):
                 if _OUR_BASE.match(n):
                     return None              # maybe a killed writer of ours: _recover
-            files, whole, dirs = list_messages(d, before=[fp[2], fp[1]])
+            files, whole, _ = list_messages(d, before=[fp[2], fp[1]])
             by_base = ul.by_base()
             if any(b not in by_base for b in files):
                 return None
@@ -1073,15 +1070,7 @@ class MaildirStore(Store):
             raise os_store_error(exc, f"{user}/{folder}") from None
         if stat_part(after) != before:
             return None                      # changed under us
-        quiet = None
-        if since is not None and whole and None not in dirs:
-            # nothing entered new/ or cur/ since ``since`` (a file is linked or renamed
-            # into them, and that sets the directory's ctime as it sets the file's, by
-            # the same clock): no message changed since then, none needs a stat
-            last = max(p[3] for p in dirs) / 1e9
-            if last < since - QUIET_MARGIN:
-                quiet = last
-        msgs = self._snapshot_messages(st, since, known, quiet)
+        msgs = self._snapshot_messages(st, since, known)
         info = FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=folder in subs)
         snap = FolderSnapshot(info=info, messages=msgs)
@@ -1127,13 +1116,11 @@ class MaildirStore(Store):
         return FolderInfo(name=folder, uidvalidity=fingerprint[1], uidnext=fingerprint[2],
                           subscribed=folder in self._subs.get(subs_root))
 
-    def _snapshot_messages(self, st: _State, since, known, quiet: float | None = None) -> list:
+    def _snapshot_messages(self, st: _State, since, known) -> list:
         """The folder's messages in UID order.  A uidlist line whose file is not there
         was expunged (Dovecot drops the line later); where new/ or cur/ changed at every
         read (list_messages), such UIDs are put in ``st.unseen`` too: they may have been
-        renamed out of sight at every read.  ``quiet``: the time new/ and cur/ last
-        changed, before ``since`` (a -d incremental): every message's ``changed`` is that,
-        no file is stat()ed."""
+        renamed out of sight at every read."""
         files = st.files
         msgs = []
         unseen = st.unseen = []
@@ -1147,9 +1134,6 @@ class MaildirStore(Store):
             if known is not None and since is None and uid in known:
                 # the base of an incremental held it: flags from the name, no stat
                 msgs.append(self._info(st, uid, *hit, stat=False))
-                continue
-            if quiet is not None:
-                msgs.append(self._info(st, uid, *hit, stat=False, changed=quiet))
                 continue
             for attempt in range(RENAME_RETRIES + 1):
                 try:
