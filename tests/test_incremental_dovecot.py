@@ -214,6 +214,15 @@ def test_random_imap_changes_between_backups(lab, tmp_path, seed):
     assert c.into_empty(c.archives, one_command=False) == want
 
 
+def four_folders(lab) -> None:
+    """alice's Work, Lists/A, Trash and Quiet, subscribed, a seen message in each."""
+    with lab.imap("alice") as imap:
+        for box in ("Work", "Lists/A", "Trash", "Quiet"):
+            imap.create(box)
+            imap.subscribe(box)
+            imap.append(box, message(f"first in {box}"), flags=["\\Seen"])
+
+
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_random_imap_changes_between_date_incrementals(lab, tmp_path, seed):
     """A chain of incrementals by date (-d since the start of the backup before), with
@@ -224,11 +233,7 @@ def test_random_imap_changes_between_date_incrementals(lab, tmp_path, seed):
     import random
     rnd = random.Random(seed)
     c = Chain(lab, tmp_path)
-    with lab.imap("alice") as imap:
-        for box in ("Work", "Lists/A", "Trash", "Quiet"):
-            imap.create(box)
-            imap.subscribe(box)
-            imap.append(box, message(f"first in {box}"), flags=["\\Seen"])
+    four_folders(lab)
     random_changes(lab, rnd, 10, "full", logins=["alice"], exclude={"rename"})
     time.sleep(1.1)                          # -d has whole seconds
     started = time.time()
@@ -255,11 +260,7 @@ def test_settled_folders_skipped_while_dovecot_changes_others(lab, tmp_path, see
     import re
     rnd = random.Random(seed)
     c = Chain(lab, tmp_path)
-    with lab.imap("alice") as imap:
-        for box in ("Work", "Lists/A", "Trash", "Quiet"):
-            imap.create(box)
-            imap.subscribe(box)
-            imap.append(box, message(f"first in {box}"), flags=["\\Seen"])
+    four_folders(lab)
     random_changes(lab, rnd, 8, "full", logins=["alice"])
     skipped = []
     for i in range(3):
