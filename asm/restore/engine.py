@@ -270,9 +270,10 @@ class Restorer:
         whose user or partition it names) was not deleted: the backup could not read
         it.  It is kept as it is, and said so (exit 1)."""
         from asm.backup import is_excluded
-        if not self.gone or self.reader.trailer is None:
+        trailer = getattr(self.reader, "trailer", None)
+        if not self.gone or trailer is None:
             return
-        unread = [e["mailbox"] for e in self.reader.trailer.get("errors", [])]
+        unread = [e["mailbox"] for e in trailer.get("errors", [])]
         exclude = (self.header.get("options") or {}).get("exclude") or []
         for partition, src_user, listed in self.gone:
             user = self.opts.user_map.get(src_user, src_user)
@@ -296,7 +297,7 @@ class Restorer:
                             self.store.delete_folder(user, folder)
                         self._journal(mailbox, functools.partial(self.journal.forget, user, folder))
                         continue
-                    why = unread_by(unread, partition, src_user, folder, self.reader.trailer)
+                    why = unread_by(unread, partition, src_user, folder, trailer)
                     if why is not None:
                         self._record_error(mailbox, f"not in this archive: the backup that wrote it could "
                                                     f"not read it ({why}); kept as an earlier archive's "

@@ -340,6 +340,7 @@ def _writable(name: str):
             self._refuse_percent(user)
             if user in self._exported:
                 self._pending.add(user)
+            self._names.pop(user, None)       # the copy's folders change: not kept
         return inner(self, user, *args, **kwargs)
     method.__name__ = name
     method.__doc__ = inner.__doc__
