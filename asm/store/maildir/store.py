@@ -41,6 +41,7 @@ _OUR_BASE = re.compile(r"^\d+\.M\d+P(\d+)Q\d+R[0-9a-f]{8}\.(.+)$")
 _WRITE_TMP = re.compile(r"^.+\.(\d+)\.\d+\.tmp$")
 QUEUE_DIR = ".ims-queue"
 DELETING = ".ims-deleting"          # a folder's cur/ while delete_folder removes it
+PRE_CUR = ".ims-cur"                # a new folder's cur/ before create_folder names it so
 NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 _LAST_UIDVALIDITY = [0]
 _GUID_OK = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # one uidlist field: no space or ':'
@@ -1363,7 +1364,16 @@ class MaildirStore(Store):
             ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=max(1, uidnext),
                          extra=[f"G{os.urandom(16).hex()}"])
             self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
-            self._mkdir(os.path.join(d, "cur"), owner)
+            # cur/ last, made under another name and given to its owner first: the folder
+            # appears in one rename, never with a cur/ root kept
+            fs = self._layout is not None and self._layout.location.layout == "fs"
+            # (a dot name in a Maildir++ root would be a folder to Dovecot; a plain one
+            # in a LAYOUT=fs directory would)
+            pre = os.path.join(d, PRE_CUR if fs or folder != "INBOX" else PRE_CUR[1:])
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(pre)                  # (left empty by a killed creation)
+            self._mkdir(pre, owner)
+            os.rename(pre, os.path.join(d, "cur"))
         finally:
             dotlock.release(lockpath)
         self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
