@@ -151,10 +151,9 @@ def _dir_parts(dirs) -> list:
     return out
 
 
-def list_messages(d: str, before: list | None = None) -> tuple[dict, bool, list]:
+def list_messages(d: str, before: list | None = None) -> tuple[dict, bool]:
     """(base -> (subdir, file name) for every message file in new/ and cur/ of the
-    Maildir ``d``, whether that listing is whole, the stat_part()s of new/ and cur/
-    after it (None for a missing one)).  cur/ wins when a name is in both: a
+    Maildir ``d``, whether that listing is whole).  cur/ wins when a name is in both: a
     file only moves from new/ to cur/, and new/ is read first.
 
     readdir() may miss a file that is renamed while the directory is read, and a client
@@ -181,9 +180,9 @@ def list_messages(d: str, before: list | None = None) -> tuple[dict, bool, list]
         files.update(one)
         after = _dir_parts(dirs)
         if after == before:
-            return files, True, after
+            return files, True
         before = after
-    return files, False, after
+    return files, False
 
 
 # -- the per-folder working state, valid while the folder lock is held ---------------
@@ -875,7 +874,7 @@ class MaildirStore(Store):
     # ------------------------------------------------------------------ scanning
     def _scan(self, st: _State) -> dict:
         """base -> (subdir, file name) for every message file in cur/ and new/."""
-        st.files, st.whole, _ = list_messages(st.dir)
+        st.files, st.whole = list_messages(st.dir)
         return st.files
 
     def _assign_uids(self, st: _State) -> None:
@@ -1057,7 +1056,7 @@ class MaildirStore(Store):
             for n in os.listdir(os.path.join(d, "tmp")):
                 if _OUR_BASE.match(n):
                     return None              # maybe a killed writer of ours: _recover
-            files, whole, _ = list_messages(d, before=[fp[2], fp[1]])
+            files, whole = list_messages(d, before=[fp[2], fp[1]])
             by_base = ul.by_base()
             if any(b not in by_base for b in files):
                 return None
