@@ -197,8 +197,8 @@ def _read_header(spec: str, bf: int, config, identities=()) -> dict:
 
 
 def _final_state(spec: str, bf: int, config, identities=()) -> tuple[dict, tuple]:
-    """({(user, folder): (uidvalidity, UidSet)} of the chain's last archive, the mailboxes
-    its trailer names as not backed up) (read once to its end before anything is
+    """({(user, folder): (uidvalidity, UidSet)} of the chain's last archive, its trailer's
+    errors: what its backup could not read) (read once to its end before anything is
     restored; message data is skipped where it can be)."""
     try:
         device = _open_layered(spec, bf, config, identities)
@@ -211,7 +211,7 @@ def _final_state(spec: str, bf: int, config, identities=()) -> tuple[dict, tuple
             for m in reader.members(on_error=lambda e: None):
                 if m.kind == "folder":
                     out[(m.user, m.folder)] = (m.uidvalidity, m.uids)
-            unread = tuple(e["mailbox"] for e in (reader.trailer or {}).get("errors", []))
+            unread = tuple((reader.trailer or {}).get("errors", []))
         except ArchiveError as exc:
             raise ImsError(f"{spec}: {exc}", status=exc.status) from None
         except OSError as exc:
@@ -278,10 +278,9 @@ def _chain(args, rep) -> int:
                 total[k] = total.get(k, 0) + v
         rep.update(device=list(args.devices), chain=per, counts=total)
 
-    unmatched: dict = {"before": None, "last": False}     # paths unmatched in every archive so far
+    unmatched: list = [None]    # the paths no archive before this one matched (None: none yet)
     for i, d in enumerate(args.devices):
         last = i == len(args.devices) - 1
-        unmatched["last"] = last
         one = argparse.Namespace(**vars(args))
         one.chain_unmatched = unmatched
         one.device = d
@@ -378,12 +377,13 @@ def _one(args, rep) -> int:
     unmatched = getattr(args, "chain_unmatched", None)
     if unmatched is not None:
         # a chain in one command: a path need only match in one of its archives (a folder
-        # made after the full, or gone by the end, which is then not restored)
-        if unmatched.get("last"):
-            res.unmatched = [p for p in res.unmatched if p in unmatched["before"]]
+        # made after the full, or gone by the end, which is then not restored); the last
+        # archive is the one without the chain's end to restore up to
+        if args.final is None:
+            res.unmatched = [p for p in res.unmatched if p in unmatched[0]]
         else:
             got = set(res.unmatched)
-            unmatched["before"] = got if unmatched["before"] is None else unmatched["before"] & got
+            unmatched[0] = got if unmatched[0] is None else unmatched[0] & got
             res.unmatched = []
     rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,
                        "bytes": res.bytes, "duplicates": res.duplicates, "renumbered": res.renumbered,

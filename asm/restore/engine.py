@@ -24,18 +24,14 @@ from asm.restore.selection import Selection
 from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_error, this_holder
 
 
-def unread_by(unread, partition: str, user: str, folder: str, trailer: dict | None = None) -> str | None:
-    """The backup error (or, without ``trailer``, the mailbox) among ``unread``, the
-    mailboxes an archive's trailer names as not backed up, that covers this folder: the
-    folder itself, its user, its partition, the whole store.  None when none does."""
+def unread_by(errors, partition: str, user: str, folder: str) -> str | None:
+    """Among an archive trailer's ``errors`` ({mailbox, error}: what its backup could
+    not read), the one that covers this folder ("mailbox: error"): the folder itself,
+    its user, its partition, the whole store.  None when none does."""
     names = ("/", f"/{partition}", f"/{partition}/{user}", f"/{partition}/{user}/{folder}")
-    for e in unread:
-        if e in names:
-            if trailer is None:
-                return e
-            for x in trailer.get("errors", []):
-                if x["mailbox"] == e:
-                    return f"{e}: {x['error']}"
+    for e in errors:
+        if e["mailbox"] in names:
+            return f"{e['mailbox']}: {e['error']}"
     return None
 
 
@@ -273,7 +269,7 @@ class Restorer:
         trailer = getattr(self.reader, "trailer", None)
         if not self.gone or trailer is None:
             return
-        unread = [e["mailbox"] for e in trailer.get("errors", [])]
+        unread = trailer.get("errors", [])
         exclude = (self.header.get("options") or {}).get("exclude") or []
         for partition, src_user, listed in self.gone:
             user = self.opts.user_map.get(src_user, src_user)
@@ -297,7 +293,7 @@ class Restorer:
                             self.store.delete_folder(user, folder)
                         self._journal(mailbox, functools.partial(self.journal.forget, user, folder))
                         continue
-                    why = unread_by(unread, partition, src_user, folder, trailer)
+                    why = unread_by(unread, partition, src_user, folder)
                     if why is not None:
                         self._record_error(mailbox, f"not in this archive: the backup that wrote it could "
                                                     f"not read it ({why}); kept as an earlier archive's "

@@ -25,8 +25,8 @@ class RestoreOptions:
     spool_dir: str = ""                 # where first copies from a stream are kept
     final: dict | None = None           # a chain in one command, before its last archive:
                                         # {(user, folder): (uidvalidity, UidSet)} its end holds
-    final_unread: tuple = ()            # ... and the mailboxes its trailer names as not backed
-                                        # up ("/partition[/user[/folder]]")
+    final_unread: tuple = ()            # ... and its trailer's errors ({mailbox, error}:
+                                        # what its backup could not read)
 
 
 @dataclass
