@@ -398,7 +398,7 @@ def test_no_changed_byte_of_a_zstd_layer_changes_what_is_read_silently():
     byte in the seek table may only cost the seeking (the frames are read in one pass)."""
     rnd = random.Random(17)
     words = [bytes(rnd.choice(b"abcdefghij \n") for _ in range(rnd.randrange(2, 9))) for _ in range(300)]
-    plain = b"".join(rnd.choice(words) for _ in range(6000)) + os.urandom(3000)
+    plain = b"".join(rnd.choice(words) for _ in range(6000)) + rnd.randbytes(3000)
     out = io.BytesIO()
     w = ZstdWriter(out, 3, threads=1, frame=8192)
     w.write(plain)
