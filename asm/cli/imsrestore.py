@@ -32,8 +32,8 @@ from asm.layers import wrap_read
 from asm.layers.options import identity_loader
 from asm.logical import parse
 from asm.restore import (
-    ChainOrderError, Journal, Restorer, RestoreOptions, Selection, complete_references, default_reffile, read_map,
-    read_reffile,
+    ChainOrderError, Journal, Restorer, RestoreOptions, Selection, chain_end, complete_references, default_reffile,
+    read_map, read_reffile,
 )
 
 PROG = "imsrestore"
@@ -197,20 +197,17 @@ def _read_header(spec: str, bf: int, config, identities=()) -> dict:
 
 
 def _final_state(spec: str, bf: int, config, identities=()) -> tuple[dict, tuple]:
-    """({(user, folder): (uidvalidity, UidSet)} of the chain's last archive, its trailer's
-    errors: what its backup could not read) (read once to its end before anything is
-    restored; message data is skipped where it can be)."""
+    """(asm.restore.plan.chain_end of the chain's last archive, its trailer's errors:
+    what its backup could not read) (read once to its end before anything is restored;
+    message data is skipped where it can be)."""
     try:
         device = _open_layered(spec, bf, config, identities)
     except DeviceError as exc:
         raise ImsError(f"cannot open {spec}: {exc}", status=exc.status if hasattr(exc, "status") else 3) from None
-    out = {}
     with device:
         try:
             reader = ArchiveReader(device.file, bf)
-            for m in reader.members(on_error=lambda e: None):
-                if m.kind == "folder":
-                    out[(m.user, m.folder)] = (m.uidvalidity, m.uids)
+            out = chain_end(reader.members(on_error=lambda e: None))
             unread = tuple((reader.trailer or {}).get("errors", []))
         except ArchiveError as exc:
             raise ImsError(f"{spec}: {exc}", status=exc.status) from None

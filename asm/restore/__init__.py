@@ -31,13 +31,13 @@ from asm.restore.engine import Restorer
 from asm.restore.errors import ArchiveReadFailed, ChainOrderError, RestoreError, StopRestore
 from asm.restore.journal import Journal, JournalRow
 from asm.restore.options import RestoreOptions, RestoreResult
-from asm.restore.plan import FolderPlan, Planner
+from asm.restore.plan import FolderPlan, Planner, chain_end
 from asm.restore.reffile import complete_references, default_reffile, read_reffile, write_reffile
 from asm.restore.selection import Selection, read_map
 
 __all__ = [
     "Applier", "ArchiveReadFailed", "ChainOrderError", "FolderPlan", "Journal", "JournalRow",
     "Planner", "RestoreError", "RestoreOptions", "RestoreResult", "Restorer", "Selection",
-    "StopRestore", "complete_references", "default_reffile", "read_map", "read_reffile",
+    "StopRestore", "chain_end", "complete_references", "default_reffile", "read_map", "read_reffile",
     "write_reffile",
 ]

@@ -174,7 +174,8 @@ class Applier:
         """Store one message (as a hard link to its first copy when that is here);
         None when its bytes are not available from this stream (recorded as pending)."""
         store = self.store
-        kwargs = dict(uid=uid, flags=m.flags, keywords=m.keywords, internaldate=m.internaldate,
+        flags, keywords = self.flags_for(plan, m)
+        kwargs = dict(uid=uid, flags=flags, keywords=keywords, internaldate=m.internaldate,
                       stored=m.stored if store.restore_keeps_stored else None, guid=m.guid)
         link_from = self.placed.get(m.linkname if m.kind == "link" else m.name)
         if link_from is not None and os.path.exists(link_from):
@@ -190,6 +191,17 @@ class Applier:
         self.res.messages += 1
         self.res.bytes += info.size
         return info
+
+    @staticmethod
+    def flags_for(plan: FolderPlan, m) -> tuple:
+        """The flags and keywords a message is restored with: the chain's end's when the
+        chain is given in one command (an archive before the last one restores it), else
+        the archive's."""
+        if plan.final_flags is not None:
+            end = plan.final_flags.get(m.uid)
+            if end is not None:
+                return end
+        return m.flags, m.keywords
 
     def _place(self, m, path: str) -> None:
         """Remember where a first copy landed, for the links that follow.  Only files
@@ -210,10 +222,11 @@ class Applier:
 
     def _pending(self, plan: FolderPlan, m, uid) -> None:
         plan.failed += 1
+        flags, keywords = self.flags_for(plan, m)
         self.res.pending.append({
             "member": m.name, "target": m.linkname, "sha256": m.sha256, "size": m.size,
             "partition": plan.partition, "user": plan.user, "folder": plan.folder, "uid": m.uid,
-            "uidvalidity": plan.uidvalidity, "flags": sorted(m.flags), "keywords": list(m.keywords),
+            "uidvalidity": plan.uidvalidity, "flags": sorted(flags), "keywords": list(keywords),
             "internaldate": m.internaldate, "stored": m.stored, "guid": m.guid})
         self.report(f"/{plan.partition}/{plan.user}/{plan.folder}/{m.uid}: first copy {m.linkname} is "
                     f"not available from this stream; recorded for imsrestore -r")

@@ -329,7 +329,7 @@ class Restorer:
             return
         user = self.opts.user_map.get(m.user, m.user)
         mailbox = f"/{m.partition}/{user}/{m.folder}"
-        final_uids = None
+        final_uids = final_flags = None
         if self.opts.final is not None:
             end = self.opts.final.get((m.user, m.folder))
             if end is None and unread_by(self.opts.final_unread, m.partition, m.user, m.folder) is not None:
@@ -343,7 +343,7 @@ class Restorer:
                 self.report(f"{mailbox}: not in the chain's last archive (as this folder): skipped")
                 return
             else:
-                final_uids = end[1]
+                final_uids, final_flags = end[1], end[2]
         try:
             if not self.store.exists(user):
                 # an incremental refused for want of its base makes nothing, not even the user
@@ -354,7 +354,7 @@ class Restorer:
                 user, m.folder, waiting=lambda pid: self.report(
                     f"{mailbox}: waiting for another restore of it to finish"
                     + (f" (process {pid})" if pid else ""))))
-            plan = self.plan = self.planner.plan(m, user, self.lock_stack, final_uids)
+            plan = self.plan = self.planner.plan(m, user, self.lock_stack, final_uids, final_flags)
             self.res.folders += 1
             if plan.mode == "skip":
                 self.res.skipped += 1

@@ -24,7 +24,8 @@ class RestoreOptions:
     keep_held: bool = False             # leave deliveries held at the end (more of a chain follows)
     spool_dir: str = ""                 # where first copies from a stream are kept
     final: dict | None = None           # a chain in one command, before its last archive:
-                                        # {(user, folder): (uidvalidity, UidSet)} its end holds
+                                        # {(user, folder): (uidvalidity, UidSet, EndFlags)} its
+                                        # end holds (asm.restore.plan.chain_end)
     final_unread: tuple = ()            # ... and its trailer's errors ({mailbox, error}:
                                         # what its backup could not read)
 

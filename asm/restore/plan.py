@@ -53,10 +53,60 @@ class FolderPlan:
     again: bool = False         # the archive restored here last, into a folder that mirrors it
     final_uids: object = None   # a chain given in one command: the UIDs the folder holds at its
                                 # end (its last archive's list); no other message is restored
+    final_flags: object = None  # ... and the flags they have there (EndFlags)
 
     @property
     def mailbox(self) -> str:
         return f"/{self.partition}/{self.user}/{self.folder}"
+
+
+class EndFlags:
+    """The flags and keywords each message of one folder has at the end of a chain given
+    in one command: its last archive's state record (the messages it does not carry)
+    and the messages it carries.  A message an earlier archive restores gets them, not
+    its own (older) ones: in a folder that is merged (a live folder that moved on) no
+    later link sets them.  Kept as UID sets per distinct (flags, keywords): a few
+    entries per folder, not one per message."""
+
+    __slots__ = ("state", "_carried", "_sets")
+
+    def __init__(self, state):
+        self.state = state                      # FolderState of the last archive's folder
+        self._carried: dict = {}                # (flags, keywords) -> [uid, ...] while read
+        self._sets = None
+
+    def carried(self, uid: int, flags, keywords) -> None:
+        self._carried.setdefault((frozenset(flags), tuple(keywords)), []).append(uid)
+
+    def done(self) -> None:
+        """The folder's members are all read: the carried UIDs become sets."""
+        from asm.archive.values import UidSet
+        self._sets = [(fl, kw, UidSet.of(uids)) for (fl, kw), uids in self._carried.items()]
+        self._carried = {}
+
+    def get(self, uid: int):
+        """(flags, keywords) the chain's end gives ``uid``, or None."""
+        for fl, kw, uids in self._sets or ():
+            if uid in uids:
+                return fl, kw
+        return self.state.get(uid)
+
+
+def chain_end(members) -> dict:
+    """{(user, folder): (uidvalidity, UidSet, EndFlags)} of the chain's last archive,
+    from its members (message data is not read)."""
+    out, cur = {}, None
+    for m in members:
+        if m.kind == "folder":
+            if cur is not None:
+                cur.done()
+            cur = EndFlags(m.state)
+            out[(m.user, m.folder)] = (m.uidvalidity, m.uids, cur)
+        elif m.kind in ("message", "link") and cur is not None and m.uid is not None:
+            cur.carried(m.uid, m.flags, m.keywords)
+    if cur is not None:
+        cur.done()
+    return out
 
 
 def _fmt(t: float | None) -> str:
@@ -72,7 +122,7 @@ class Planner:
         self.header = header
         self.opts = opts
 
-    def plan(self, m, user: str, locks: contextlib.ExitStack, final_uids=None) -> FolderPlan:
+    def plan(self, m, user: str, locks: contextlib.ExitStack, final_uids=None, final_flags=None) -> FolderPlan:
         """The plan for folder member ``m`` restored under ``user``; the target folder's
         lock is entered on ``locks`` and held until the folder is done.  A folder
         restored exactly or as the next link of a chain is marked in the journal as
@@ -145,7 +195,7 @@ class Planner:
             store.set_folder(user, folder, subscribed=m.subscribed)
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
                           m.uids, info.uidvalidity, m.state, uidnext=info.uidnext,
-                          resumed=resumed, again=again, final_uids=final_uids)
+                          resumed=resumed, again=again, final_uids=final_uids, final_flags=final_flags)
         if mode not in ("exact", "skip") or resumed:
             for msg in store.messages(user, folder):
                 plan.by_uid[msg.uid] = msg
