@@ -416,8 +416,8 @@ def test_no_changed_byte_of_a_zstd_layer_changes_what_is_read_silently():
                 except LayerDamaged:
                     damaged += 1
                     continue
-                if names == [] and pos < 4:     # no zstd magic: not read as zstd at all,
-                    assert back == bytes(bad)     # the archive reader rejects it (below)
+                if names == [] and pos < 4:     # the zstd magic changed: not read as zstd, the
+                    assert back == bytes(bad)     # bytes as they are (not an archive: exit 8)
                     continue
                 assert names == ["zstd"] and back == plain, (pos, flip)
                 harmless += 1
