@@ -69,6 +69,12 @@ def header_chain(header: dict) -> list:
     return []
 
 
+def by_date(header: dict) -> bool:
+    """An incremental by date alone (-d): it names no base, and follows whatever was
+    taken before it."""
+    return header.get("since") is not None and header.get("base") is None
+
+
 def state_path_for(device: str) -> str:
     return f"{device}.state"
 

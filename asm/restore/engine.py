@@ -244,18 +244,17 @@ class Restorer:
     def _continues(self) -> bool:
         """This archive can continue a chain restored before it: an incremental that names
         its chain, or one by date (-d), which follows whatever was taken before it."""
-        from asm.backupstate import header_chain
-        return bool(header_chain(self.header)) or \
-            (self.header.get("since") is not None and self.header.get("base") is None)
+        from asm.backupstate import by_date, header_chain
+        return bool(header_chain(self.header)) or by_date(self.header)
 
     def _follows(self, j) -> bool:
         """This archive follows the one the journal row ``j`` says its folder mirrors."""
-        from asm.backupstate import header_chain
+        from asm.backupstate import by_date, header_chain
         h = self.header
         if j.archive_id in header_chain(h):
             return True
         created = h.get("created")
-        return h.get("since") is not None and h.get("base") is None and j.archive_id != h.get("archive_id") \
+        return by_date(h) and j.archive_id != h.get("archive_id") \
             and j.created is not None and created is not None and j.created < created
 
     def _remove_gone(self) -> None:
