@@ -519,6 +519,19 @@ class MaildirStore(Store):
         os.mkdir(path, 0o700)
         self._chown(path, owner)
 
+    def _mkdir_or_own(self, path: str, owner) -> None:
+        """_mkdir, or, when ``path`` is there already (a killed run made it and may have
+        died before its chown), _own."""
+        try:
+            self._mkdir(path, owner)
+        except FileExistsError:
+            self._own(path, owner)
+
+    @property
+    def _fs_layout(self) -> bool:
+        """LAYOUT=fs: a folder's subfolders live in its directory."""
+        return self._layout is not None and self._layout.location.layout == "fs"
+
     def _makedirs(self, path: str, owner, top: bool = True, within: str | None = None) -> None:
         """``path`` and its missing parents (each chowned), as Dovecot makes them;
         ``path`` itself given to ``owner`` if it is there already (a killed creation
@@ -1347,10 +1360,7 @@ class MaildirStore(Store):
             if os.path.isdir(os.path.join(d, "cur")):
                 raise FolderExists(user, folder)     # made meanwhile by another process
             for sub in ("new", "tmp"):
-                try:
-                    self._mkdir(os.path.join(d, sub), owner)
-                except FileExistsError:
-                    self._own(os.path.join(d, sub), owner)      # left by a killed creation
+                self._mkdir_or_own(os.path.join(d, sub), owner)      # (a killed creation's)
             if folder != "INBOX":
                 mf = os.path.join(d, "maildirfolder")
                 if not os.path.exists(mf):
@@ -1365,10 +1375,9 @@ class MaildirStore(Store):
             self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
             # cur/ last, made under another name and given to its owner first: the folder
             # appears in one rename, never with a cur/ root kept
-            fs = self._layout is not None and self._layout.location.layout == "fs"
             # (a dot name in a Maildir++ root would be a folder to Dovecot; a plain one
             # in a LAYOUT=fs directory would)
-            pre = os.path.join(d, PRE_CUR if fs or folder != "INBOX" else PRE_CUR[1:])
+            pre = os.path.join(d, PRE_CUR if self._fs_layout or folder != "INBOX" else PRE_CUR[1:])
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(pre)                  # (left empty by a killed creation)
             self._mkdir(pre, owner)
@@ -1430,7 +1439,7 @@ class MaildirStore(Store):
     def _clear_folder(self, dirs) -> None:
         """Everything of a folder being deleted in its mail, control and index
         directories but its lock (and, with LAYOUT=fs, its subfolders)."""
-        fs = self._layout is not None and self._layout.location.layout == "fs"
+        fs = self._fs_layout
         for where in dirs:
             for n in os.listdir(where) if os.path.isdir(where) else ():
                 p = os.path.join(where, n)
@@ -1575,11 +1584,7 @@ class MaildirStore(Store):
             d = os.path.dirname(tmp)
             if not os.path.isdir(os.path.join(os.path.dirname(d), "cur")):
                 raise
-            owner = self._owner_for(os.path.dirname(d))
-            try:
-                self._mkdir(d, owner)
-            except FileExistsError:
-                self._own(d, owner)
+            self._mkdir_or_own(d, self._owner_for(os.path.dirname(d)))
             return make()
 
     def _write_tmp(self, tmp: str, src: BinaryIO, owner, internaldate: float | None) -> int:
