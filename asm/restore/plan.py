@@ -68,28 +68,26 @@ class EndFlags:
     later link sets them.  Kept as UID sets per distinct (flags, keywords): a few
     entries per folder, not one per message."""
 
-    __slots__ = ("state", "_carried", "_sets")
+    __slots__ = ("state", "_carried", "_carried_state")
 
     def __init__(self, state):
         self.state = state                      # FolderState of the last archive's folder
         self._carried: dict = {}                # (flags, keywords) -> [uid, ...] while read
-        self._sets = None
+        self._carried_state = None              # ... then as a FolderState of its own
 
     def carried(self, uid: int, flags, keywords) -> None:
         self._carried.setdefault((frozenset(flags), tuple(keywords)), []).append(uid)
 
     def done(self) -> None:
         """The folder's members are all read: the carried UIDs become sets."""
-        from asm.archive.values import UidSet
-        self._sets = [(fl, kw, UidSet.of(uids)) for (fl, kw), uids in self._carried.items()]
+        from asm.archive.values import FolderState, UidSet
+        self._carried_state = FolderState((fl, kw, UidSet.of(uids)) for (fl, kw), uids in self._carried.items())
         self._carried = {}
 
     def get(self, uid: int):
         """(flags, keywords) the chain's end gives ``uid``, or None."""
-        for fl, kw, uids in self._sets or ():
-            if uid in uids:
-                return fl, kw
-        return self.state.get(uid)
+        got = self._carried_state.get(uid) if self._carried_state is not None else None
+        return got if got is not None else self.state.get(uid)
 
 
 def chain_end(members) -> dict:
