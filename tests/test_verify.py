@@ -256,6 +256,38 @@ def test_chain_passes_whole_and_fails_broken(tmp_path, driver):
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_a_chain_by_base_passes_whole_and_fails_with_a_link_left_out(tmp_path, driver):
+    """Incrementals by base (``--base``) name no ``since``: imsverify must still take them
+    for incrementals, check that each follows the archive it was taken against, and
+    restore-test the whole chain, as imsrestore does (it refuses a chain with a link
+    left out, exit 7)."""
+    home, store, full, _ = _chain(tmp_path, driver)
+    links = [full]
+    for i in (1, 2):
+        change_mail(store, ["joe", "ann"])
+        links.append(tmp_path / f"base{i}.ims")
+        run(home, "imsbackup", "-f", links[-1], "--base", f"{links[-2]}.state", "/", check=EXIT_OK)
+    f0, b1, b2 = links
+    for argv in (["-f", f0, "-f", b1, "-f", b2], ["-f", b2, "-f", f0, "-f", b1],
+                 ["-f", f0, "-f", b1, "-f", b2, "--restore-test", "--against-store"]):
+        p = run(home, "imsverify", *argv, text=True)
+        assert p.returncode == EXIT_OK, (argv, p.stderr)
+        assert "3 archives (1 chain)" in p.stdout and "every check passed" in p.stdout, p.stdout
+    p = run(home, "imsverify", "-v", "-f", b1, text=True, check=EXIT_OK)
+    assert "incremental archive" in p.stderr and "without its full archive" in p.stdout
+    run(home, "imsverify", "-f", b1, "-f", b2, "--restore-test", check=EXIT_ORDER)
+    # the middle link left out: imsrestore refuses the chain, imsverify must fail it too
+    dst = str(tmp_path / "dst")
+    make_home(dst, driver)
+    r = run(dst, "imsrestore", "-f", f0, "-f", b2, "/", text=True)
+    assert r.returncode == EXIT_ORDER, r.stderr
+    for extra in ([], ["--restore-test"], ["--against-store"]):
+        p = run(home, "imsverify", "-v", "-f", f0, "-f", b2, *extra, text=True)
+        assert p.returncode == EXIT_ORDER, (extra, p.stdout, p.stderr)
+        assert "is an incremental of archive" in p.stderr and "missing" in p.stderr
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_restore_test_names_every_difference(tmp_path, driver):
     """The comparison behind --restore-test: a scratch store that differs from the
     archive in any way a client would see is named (exit 19's reason)."""

@@ -240,7 +240,7 @@ def _verify(args, report) -> int:
 def _describe(c) -> str:
     if not c.readable:
         return "not readable"
-    kind = "incremental" if c.since is not None else "full"
+    kind = "incremental" if c.incremental else "full"
     n = c.counts
     return (f"{kind} archive {c.archive_id} of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c.created))}, "
             f"{n['users']} users, {n['folders']} folders, {n['messages']} messages, {n['links']} links, "
@@ -258,7 +258,7 @@ def _totals(checks) -> dict:
 
 def _archive_info(c) -> dict:
     return {"device": c.device, "archive_id": c.archive_id, "created": c.header.get("created"),
-            "since": c.since, "scope": c.header.get("scope"), "digest": (c.trailer or {}).get("digest"),
+            "since": c.since, "base": c.base, "scope": c.header.get("scope"), "digest": (c.trailer or {}).get("digest"),
             "intact": c.intact, "counts": c.counts, "problems": len(c.problems)}
 
 

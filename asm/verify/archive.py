@@ -71,6 +71,16 @@ class ArchiveCheck:
         return self.header.get("since")
 
     @property
+    def base(self) -> str | None:
+        """The archive id of the base of an incremental by base (``imsbackup --base``)."""
+        return self.header.get("base")
+
+    @property
+    def incremental(self) -> bool:
+        """An incremental, by date (``-d``: ``since``) or by base (``--base``: ``base``)."""
+        return self.since is not None or self.base is not None
+
+    @property
     def intact(self) -> bool:
         """Every check passed: header, members, digests, trailer (backup errors aside)."""
         return self.readable and self.trailer is not None and not any(

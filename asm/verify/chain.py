@@ -1,6 +1,7 @@
 """A chain: a full archive and the incrementals after it.  Checks that each incremental
-continues the archive before it (same scope, taken after it, its ``since`` no later
-than the previous archive's start, so no mail fell in between) and that every message
+continues the archive before it (same scope; an incremental by base names that archive
+as its base; one by date alone was taken after it, its ``since`` no later than the
+previous archive's start, so no mail fell in between) and that every message
 an incremental lists but does not carry is in an earlier archive of the chain; and
 builds what the chain restores to (each folder as the last archive listed it, every
 message's bytes from the archive that carried them, flags as last recorded).
@@ -55,7 +56,7 @@ def build(checks: list[ArchiveCheck]) -> ChainView:
         view.problems.append(Problem(EXIT_ORDER, text))
 
     first = arcs[0]
-    if first.since is not None:
+    if first.incremental:
         # an incremental checked on its own (or incrementals without their full archive): the
         # archives are checked, and the continuity between them, but what came before the first
         # one cannot be; the summary says so
@@ -68,7 +69,7 @@ def build(checks: list[ArchiveCheck]) -> ChainView:
             continue
         seen_ids.add(a.archive_id)
         if prev is not None:
-            if a.since is None:
+            if not a.incremental:
                 # a later full archive starts the chain over
                 view.folders, view.users = {}, {}
                 view.chain = []
@@ -76,7 +77,14 @@ def build(checks: list[ArchiveCheck]) -> ChainView:
                 if list(a.header.get("scope") or ["/"]) != list(prev.header.get("scope") or ["/"]):
                     problem(f"{a.device} covers {a.header.get('scope')} but the archive before it "
                             f"({prev.device}) covers {prev.header.get('scope')}: not one chain")
-                if a.since > prev.created:
+                if a.base is not None:
+                    # as imsrestore checks a chain: the archive before is the one it was taken against
+                    if a.base != prev.archive_id:
+                        problem(f"{a.device} is an incremental of archive {a.base}, but the archive "
+                                f"before it ({prev.device}) is {prev.archive_id}: the archive it "
+                                "continues is missing, so what changed since is in no archive given; "
+                                "give the full backup and every incremental after it")
+                elif a.since > prev.created:
                     problem(f"{a.device} holds mail stored since {_when(a.since)}, but the archive before "
                             f"it ({prev.device}) was taken at {_when(prev.created)}: mail stored in between "
                             "is in no archive of this chain")
@@ -89,7 +97,7 @@ def build(checks: list[ArchiveCheck]) -> ChainView:
 def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False) -> None:
     """Lay archive ``a`` over the view: its folders replace theirs; an incremental's
     listed-but-not-carried messages come from the view, with the flags it recorded."""
-    incremental = a.since is not None
+    incremental = a.incremental
     new: dict = {}
     for key, f in a.folders.items():
         g = FolderRec(f.partition, f.user, f.name, f.uidvalidity, f.uidnext, f.subscribed, f.uids, f.state,
