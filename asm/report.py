@@ -43,6 +43,14 @@ METRICS = (
 )
 
 
+def chain_base(since, base) -> dict | None:
+    """A report's ``chain_base`` for an incremental archive, None for a full one: its
+    ``-d`` date (``since``) and the archive id of its ``--base`` (``base``), as far as set."""
+    if since is None and base is None:
+        return None
+    return {k: v for k, v in (("since", since), ("base", base)) if v is not None}
+
+
 def labels_of(paths) -> tuple[str, str]:
     """(partition, group) labels for a run's logical paths (LogicalPath or text):
     ``all`` for what covers everything, several values joined with ``,``."""

@@ -121,10 +121,10 @@ def _backup(args, rep) -> int:
     if base is not None and base.driver and base.driver != inst.store.name:
         raise UsageError(f"the base {args.base} is a backup of a {base.driver} store, this store is "
                          f"{inst.store.name}: take a full backup")
-    from asm.report import labels_of
+    from asm.report import chain_base, labels_of
     rep.labels = labels_of(paths)
     rep.begin(inst.config, selection=[str(p) for p in paths], device=args.device, since=since,
-              chain_base={"since": since} if since is not None else None)
+              chain_base=chain_base(since, base.archive_id if base is not None else None))
     layers = write_layers(inst.config, args.compress, args.z, args.encrypt, args.recipient, args.recipients_file)
     raw = open_device(args.device, "wb", args.bf, inst.config)
     # the state file goes beside a local plain-file archive only (a plugin's device that

@@ -305,7 +305,7 @@ def _one(args, rep) -> int:
     if args.device == "-" and sys.stdin.isatty():
         raise UsageError("refusing to read an archive from a terminal: pipe one in or name a file with -f")
     if not (args.toc or args.header):
-        from asm.report import labels_of
+        from asm.report import chain_base, labels_of
         rep.labels = labels_of(paths)
         rep.begin(inst.config, selection=[str(p) for p in paths] or ["/"], device=args.device)
     device = open_device(args.device, "rb", args.bf, inst.config)
@@ -387,7 +387,7 @@ def _one(args, rep) -> int:
                        "expunged": res.expunged},
                errors=res.errors, archive_id=reader.header.get("archive_id"),
                digest=(reader.trailer or {}).get("digest"),
-               chain_base={"since": reader.header.get("since")} if reader.header.get("since") is not None else None,
+               chain_base=chain_base(reader.header.get("since"), reader.header.get("base")),
                hostile=res.hostile, corrupt=res.corrupt, incomplete=res.incomplete,
                restore_seconds=round(res.seconds, 3))
     for e in res.errors:
