@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from asm.archive.reader import ArchiveReader
 from asm.config import Config
 from asm.errors import EXIT_ORDER
 from asm.store import open_store
@@ -211,8 +212,23 @@ def test_an_incremental_alone_into_an_empty_store_names_its_base(tmp_path, drive
     _scenario(w, "copy")
     home = dest_home(tmp_path, driver)
     p = run(home, "imsrestore", "-f", w.archives[1], check=EXIT_ORDER)
-    assert b"base archive" in p.stderr
+    assert b"base archive" in p.stderr and b"use -n to restore only what this archive carries" in p.stderr
     assert not dest_store(home).users("primary")          # refused: not even the user is made
+    # ... and -n, as the refusal says, restores only what the incremental carries, each
+    # folder beside (name-YYYYMMDD), with the archived UIDs, bytes and flags
+    carried = {}
+    with open(w.archives[1], "rb") as f:
+        for m in ArchiveReader(f).members():
+            if m.kind in ("message", "link"):
+                carried[(m.user, m.folder, m.uid)] = (m.sha256, tuple(sorted(m.flags)), tuple(sorted(m.keywords)))
+    assert carried and any(k[1] == "INBOX" for k in carried)
+    run(home, "imsrestore", "-n", "-f", w.archives[1], check=0)
+    got = view(dest_store(home))
+    msgs = {k: v for k, v in got.items() if len(k) == 3}
+    suffix = "-" + time.strftime("%Y%m%d")
+    assert {(u, f[: -len(suffix)] if f.endswith(suffix) else f, uid) for (u, f, uid) in msgs} == set(carried)
+    assert all(f.endswith(suffix) for (_, f, _) in msgs)
+    assert {(u, f[: -len(suffix)], uid): v[:3] for (u, f, uid), v in msgs.items()} == carried
 
 
 # -- single archives into live folders: the classic merge -------------------------------

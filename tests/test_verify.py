@@ -29,6 +29,7 @@ import time
 import pytest
 
 from asm.archive import spec
+from asm.archive.reader import ArchiveReader
 from asm.config import Config
 from asm.errors import EXIT_DEVICE, EXIT_DIFFERS, EXIT_INCOMPLETE, EXIT_OK, EXIT_ORDER
 from asm.store import open_store
@@ -285,6 +286,19 @@ def test_a_chain_by_base_passes_whole_and_fails_with_a_link_left_out(tmp_path, d
         p = run(home, "imsverify", "-v", "-f", f0, "-f", b2, *extra, text=True)
         assert p.returncode == EXIT_ORDER, (extra, p.stdout, p.stderr)
         assert "is an incremental of archive" in p.stderr and "missing" in p.stderr
+    # the run reports say which archive an incremental by base continues (monitoring tells
+    # a full backup from an incremental by chain_base)
+    b3, rep = tmp_path / "base3.ims", tmp_path / "report.json"
+    run(home, "imsbackup", "-f", b3, "--base", f"{b2}.state", "--report", rep, "/", check=EXIT_OK)
+    ids = []
+    for a in (f0, b1, b2, b3):
+        with open(a, "rb") as f:
+            ids.append(ArchiveReader(f).header["archive_id"])
+    assert json.loads(rep.read_text())["chain_base"] == {"base": ids[2]}
+    run(dst, "imsrestore", "-n", "-f", b3, "--report", rep, "/", check=EXIT_OK)
+    assert json.loads(rep.read_text())["chain_base"] == {"base": ids[2]}
+    run(home, "imsverify", "-f", f0, "-f", b1, "-f", b2, "-f", b3, "--report", rep, check=EXIT_OK)
+    assert [a["base"] for a in json.loads(rep.read_text())["archives"]] == [None, *ids[:3]]
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

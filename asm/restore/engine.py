@@ -344,8 +344,9 @@ class Restorer:
             else:
                 final_uids, final_flags = end[1], end[2]
         try:
-            if not self.store.exists(user):
+            if not self.store.exists(user) and not self.opts.new_mailbox:
                 # an incremental refused for want of its base makes nothing, not even the user
+                # (with -n what it carries goes beside, see FolderPlanner.plan)
                 self.planner.check_base(m, user, m.folder)
             with self.locks.hold(user, ""):        # one restore at a time makes a user
                 self._ensure_user(m.partition, user, m)

@@ -128,9 +128,12 @@ class Planner:
         store = self.store
         folder = m.folder
         beside = False
-        if store.exists(user, folder) and self.opts.new_mailbox:
-            existing = store.messages(user, folder)
-            if existing or folder != "INBOX":
+        if self.opts.new_mailbox and (m.state or store.exists(user, folder)):
+            # beside an existing folder; and beside an absent (or empty) one when this is an
+            # incremental that lists messages it does not carry: only what it carries is
+            # restored, never a folder passed off as this archive's whole folder
+            existing = store.messages(user, folder) if store.exists(user, folder) else ()
+            if existing or folder != "INBOX" or m.state:
                 folder = self.new_name(user, folder)
                 beside = True
         created = False
