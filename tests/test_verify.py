@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import http.server
 import io
 import json
@@ -536,6 +537,82 @@ def test_restore_test_over_imap_sees_what_a_client_sees(tmp_path):
     os.chmod(parent, 0o755)
     try:
         _imap_checks(view, reopen, parent, home, full, incr)
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_served_digest_is_of_the_message_with_crlf_line_ends_whatever_the_chunks():
+    """What Dovecot serves for a file kept with bare LFs: a CR before each LF not after
+    one, also where a CR ends one read and its LF begins the next."""
+    import re
+
+    from asm.verify.imap import served_sha256
+
+    class Chunks:
+        def __init__(self, data, n):
+            self.data, self.n, self.at = data, n, 0
+
+        def read(self, k):
+            out = self.data[self.at:self.at + min(k, self.n)]
+            self.at += len(out)
+            return out
+    rnd = random.Random(17)
+    for _ in range(3000):
+        data = bytes(rnd.choice(b"\r\nab") for _ in range(rnd.randint(0, 40)))
+        want = hashlib.sha256(re.sub(rb"(?<!\r)\n", b"\r\n", data)).hexdigest()
+        for n in (1, 2, 3, 7, 1 << 20):
+            assert served_sha256(Chunks(data, n)) == want, (data, n)
+
+
+def test_restore_test_over_imap_takes_mail_kept_with_lf_line_ends_as_dovecot_serves_it(tmp_path):
+    """Dovecot keeps mail it received with LF line ends and serves it with CRLF: the IMAP
+    comparison must expect that, and still name a message whose bytes changed."""
+    from tests.dovecot import require_dovecot
+    require_dovecot()
+    import shutil
+    import tempfile
+
+    from asm.verify import build, check_archive
+    from asm.verify.scratch import _compare_served, mail_owner, restore_test
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, "maildir"))
+    store.create_user("joe")
+    bodies = [b"Subject: lf\n\nline one\nline two\n", b"Subject: mixed\r\n\r\none\ntwo\r\nthree\n",
+              b"Subject: crlf\r\n\r\nbody\r\n", b"Subject: cr at a read's end\n\n" + b"x" * ((1 << 20) - 29)
+              + b"\r\nend\n"]
+    for i, body in enumerate(bodies):
+        store.append("joe", "INBOX", io.BytesIO(body), flags=["\\Seen"] if i % 2 else [],
+                     internaldate=1_600_000_000 + i)
+    full = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
+    with open(full, "rb") as f:
+        view = build([check_archive(f, str(full))])
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def reopen(c):
+        with open(c.device, "rb") as f:
+            yield f
+    parent = tempfile.mkdtemp(prefix="imsverify-test-", dir="/tmp")
+    os.chmod(parent, 0o755)
+    try:
+        rt = restore_test(view, reopen, "maildir", parent=parent, keep=True)
+        assert rt.served == "dovecot", rt.served
+        assert not rt.problems and not rt.comparison.problems, [p.text for p in rt.comparison.problems]
+        # a changed byte in what Dovecot serves is still named
+        scratch = open_store(Config(rt.home))
+        m = scratch.messages("joe", "INBOX")[0]
+        with open(m.path, "r+b") as f:
+            f.seek(len(bodies[0]) - 3)
+            f.write(b"X")
+        rt.comparison = type(rt.comparison)()
+        _compare_served(view, scratch, rt.home, mail_owner(None), rt)
+        texts = [p.text for p in rt.comparison.problems if "(IMAP)" in p.text]
+        assert texts == [f"restore test (IMAP): /primary/joe/INBOX: UID {m.uid} is served with other bytes than "
+                         "the archive's"], texts
+        p = run(home, "imsverify", "-f", full, "--restore-test", "--scratch", parent, text=True, check=EXIT_OK)
+        assert "(and over IMAP)" in p.stdout
     finally:
         shutil.rmtree(parent, ignore_errors=True)
 

@@ -160,7 +160,7 @@ def _compare_served(view: ChainView, scratch, home: str, owner: str, out: Restor
     dov = imapview.PrivateDovecot(work, users, pw.pw_uid, pw.pw_gid)
     try:
         dov.start()
-        imapview.compare_served(view, dov, out.comparison)
+        imapview.compare_served(view, dov, out.comparison, scratch)
         out.served = "dovecot"
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         out.served = f"the private Dovecot did not run ({exc})"
