@@ -258,6 +258,24 @@ def test_chain_passes_whole_and_fails_broken(tmp_path, driver):
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_against_store_names_a_listed_message_whose_file_is_gone(tmp_path, driver):
+    """A message the store lists (classic: its index) whose file is gone is damage the
+    live comparison must name (exit 19), not a message 'expunged while we looked'.  In a
+    Maildir the file is the message: gone, it is expunged (Dovecot's view too)."""
+    home, store, full, incr = _chain(tmp_path, driver)
+    victim = store.messages("ann", "INBOX")[0]
+    os.unlink(victim.path)
+    p = run(home, "imsverify", "-v", "-f", full, "-f", incr, "--against-store", text=True)
+    if driver == "classic":
+        assert p.returncode == EXIT_DIFFERS, (p.stdout, p.stderr)
+        assert f"/primary/ann/INBOX: message {victim.uid} is listed by the store but its file cannot be read" \
+            in p.stderr
+    else:
+        assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+        assert " 1 expunged" in p.stdout
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_a_chain_by_base_passes_whole_and_fails_with_a_link_left_out(tmp_path, driver):
     """Incrementals by base (``--base``) name no ``since``: imsverify must still take them
     for incrementals, check that each follows the archive it was taken against, and

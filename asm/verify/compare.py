@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from asm.errors import EXIT_DIFFERS
-from asm.store.base import Store, StoreError, stored_sha256
+from asm.store.base import MessageGone, Store, StoreError, stored_sha256
 from asm.verify.archive import Problem
 from asm.verify.chain import ChainView
 
@@ -124,7 +124,22 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
                 out.compared += 1
                 got = stored_sha256(m, missing=OSError)
                 if got is None:
-                    continue    # expunged while we looked
+                    # expunged while we looked, or renamed (a Maildir flag change): asked again
+                    uid = m.uid
+                    try:
+                        m = store.message(t.user, name, uid)
+                    except MessageGone:
+                        out.compared -= 1
+                        out.changes["expunged"] += 1
+                        continue
+                    except StoreError:
+                        m = None
+                    got = stored_sha256(m, missing=OSError) if m is not None else None
+                    if got is None:
+                        out.add(f"{mailbox}: message {uid} is listed by the store but its file cannot "
+                                "be read: the store is damaged (reconstruct -n names what is lost; the archive "
+                                "holds the message)")
+                        continue
                 if got != sha:
                     out.add(f"{mailbox}: message {m.uid} differs from the archive's copy (SHA-256 {got} in the "
                             f"store, {sha} in the archive): the store or the archive was changed")
