@@ -195,6 +195,10 @@ def test_an_unmounted_partition_is_refused(tmp_path):
 
 # -- one folder's index -------------------------------------------------------------------
 
+def guids(store, user: str, folder: str) -> dict:
+    return {m.uid: m.guid for m in store.messages(user, folder)}
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("driver", ["classic", "maildir"])
 def test_one_folder_index_lost(tmp_path, driver, seed):
@@ -206,6 +210,7 @@ def test_one_folder_index_lost(tmp_path, driver, seed):
     fdir = store._folder_dir(user, folder)
     index = os.path.join(fdir, "store.idx" if driver == "classic" else "dovecot-uidlist")
     path = f"/primary/{user}/{folder}"
+    want_guids = guids(store, user, folder)
 
     os.unlink(index)
     snap = tree(home / "data")
@@ -223,10 +228,12 @@ def test_one_folder_index_lost(tmp_path, driver, seed):
         assert got == sorted(v for k, v in messages_only(before).items() if k[:2] == (user, folder))
     run(home, "reconstruct", "-n", path, check=0)
 
-    # with the archive as a witness: exactly as before
+    # with the archive as a witness: exactly as before, the messages' GUIDs too (dsync,
+    # POP3 UIDLs and search indexes key on them)
     os.unlink(index)
     run(home, "reconstruct", "-a", tmp_path / "full.ims", path, check=0)
     assert fingerprint(fresh(home)) == before
+    assert guids(fresh(home), user, folder) == want_guids and all(want_guids.values())
     run(home, "imsbackup", "-f", tmp_path / "again.ims", "/", check=0)
 
 
@@ -258,6 +265,7 @@ def test_a_damaged_index_is_rebuilt_and_kept_aside(tmp_path, driver):
     before = fingerprint(store)
     run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
     u = users[0]
+    want_guids = guids(store, u, "INBOX")
     fdir = store._folder_dir(u, "INBOX")
     name = "store.idx" if driver == "classic" else "dovecot-uidlist"
     with open(os.path.join(fdir, name), "r+b") as f:
@@ -265,6 +273,7 @@ def test_a_damaged_index_is_rebuilt_and_kept_aside(tmp_path, driver):
         f.write(b"\x00garbage\x01" * 50)
     run(home, "reconstruct", "-a", tmp_path / "full.ims", "-r", f"/primary/{u}", check=0)
     assert fingerprint(fresh(home)) == before
+    assert guids(fresh(home), u, "INBOX") == want_guids
     if driver == "classic":
         assert any(n.startswith("store.idx.damaged-") for n in os.listdir(fdir))
 

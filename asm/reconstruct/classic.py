@@ -36,7 +36,7 @@ from asm.reconstruct.knowledge import Knowledge
 from asm.reconstruct.sqlite import read_only_uri
 from asm.store.base import BadName, LockTimeout, StoreError, _syncfs, check_folder_name
 from asm.store.classic import (
-    _IDX_SCHEMA, _SCHEMA, _dec, _enc, _open_lock, _user_dir, _uidvalidity, scan_user_dirs,
+    _GUIDS, _IDX_SCHEMA, _SCHEMA, _dec, _enc, _open_lock, _user_dir, _uidvalidity, scan_user_dirs,
 )
 from asm.store.partitions import PartitionUnavailable, check_partition_dir
 
@@ -80,6 +80,7 @@ class _Index:
         self.error: str | None = None
         self.meta: dict = {}
         self.rows: dict = {}             # uid -> (uid, flags, keywords, internaldate, stored, size)
+        self.guids: dict = {}            # uid -> the store's GUID of the message (what can be read)
         if not self.exists:
             return
         try:
@@ -102,6 +103,10 @@ class _Index:
                 if row is None:
                     break
                 self.rows[row[0]] = row
+            try:
+                self.guids = {u: g for u, g in con.execute("SELECT uid, guid FROM guids") if g}
+            except sqlite3.Error:
+                pass                     # an index from before GUIDs, or its table is damaged
             self.healthy = self.error is None and "uidnext" in self.meta
             if self.error is None and not self.healthy:
                 self.error = "it has no UIDNEXT"
@@ -571,6 +576,7 @@ class ClassicReconstructor:
         # the index's state is as of its last change: an archive taken later knows newer flags
         idx_time = os.stat(idx_path).st_mtime if idx.exists else 0.0
         rows: dict = {}
+        guids: dict = {}                 # uid -> GUID for the index's guids table
         added_known, added_unknown, resized, reflagged = [], [], [], []
         newer_from = set()
         for uid, path in sorted(files.items()):
@@ -588,6 +594,10 @@ class ClassicReconstructor:
                         reflagged.append(uid)
                         newer_from.add(w.created)
                 rows[uid] = old
+                guid = idx.guids.get(uid) or (w.guid if w is not None and w.sha256 and w.sha256 == _sha256(path)
+                                              else "")
+                if guid:
+                    guids[uid] = guid
                 continue
             w = self.k.message(user, folder, uidvalidity, uid)
             if w is not None and w.sha256 and w.sha256 == _sha256(path):
@@ -595,6 +605,8 @@ class ClassicReconstructor:
                              w.internaldate if w.internaldate is not None else st.st_mtime,
                              w.stored if w.stored is not None else st.st_ctime, st.st_size)
                 added_known.append(uid)
+                if idx.guids.get(uid) or w.guid:
+                    guids[uid] = idx.guids.get(uid) or w.guid
             else:
                 rows[uid] = (uid, "", "", st.st_mtime, st.st_ctime, st.st_size)
                 added_unknown.append(uid)
@@ -687,6 +699,12 @@ class ClassicReconstructor:
                     con.execute("DELETE FROM msgs WHERE uid=?", (uid,))
                 for uid in added_known + added_unknown + resized + reflagged:
                     con.execute("INSERT OR REPLACE INTO msgs VALUES (?,?,?,?,?,?)", rows[uid])
+                con.execute(_GUIDS)
+                for uid in gone:
+                    con.execute("DELETE FROM guids WHERE uid=?", (uid,))
+                for uid in added_known + added_unknown:
+                    if uid in guids and uid not in idx.guids:
+                        con.execute("INSERT OR REPLACE INTO guids VALUES (?,?)", (uid, guids[uid]))
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('uidnext', ?)", (uidnext,))
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('uidvalidity', ?)", (uidvalidity,))
                 con.execute("COMMIT")
@@ -702,6 +720,7 @@ class ClassicReconstructor:
             con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (uidnext,))
             con.execute("INSERT INTO meta VALUES ('uidvalidity', ?)", (uidvalidity,))
             con.executemany("INSERT INTO msgs VALUES (?,?,?,?,?,?)", [rows[u] for u in sorted(rows)])
+            con.executemany("INSERT INTO guids VALUES (?,?)", sorted(guids.items()))
             con.execute("COMMIT")
         finally:
             con.close()

@@ -35,7 +35,7 @@ _SCHEMA = """
 CREATE TABLE folders (user, folder, uidvalidity INTEGER, uidnext INTEGER, subscribed INTEGER,
                       created REAL, source TEXT, PRIMARY KEY (user, folder, uidvalidity));
 CREATE TABLE msgs (user, folder, uidvalidity INTEGER, uid INTEGER, sha256 TEXT, flags TEXT,
-                   keywords TEXT, internaldate REAL, stored REAL, created REAL,
+                   keywords TEXT, internaldate REAL, stored REAL, created REAL, guid TEXT,
                    PRIMARY KEY (user, folder, uidvalidity, uid));
 CREATE INDEX msgs_digest ON msgs (user, folder, uidvalidity, sha256);
 CREATE TABLE listing (user, folder, uidvalidity INTEGER, created REAL, source TEXT,
@@ -70,6 +70,7 @@ class MessageWitness:
     stored: float | None
     source: str
     created: float = 0.0          # when the archive that last spoke of it was taken
+    guid: str = ""                # the store's GUID the archive recorded ("" when none)
 
 
 @dataclass(frozen=True)
@@ -159,10 +160,10 @@ class Knowledge:
                         if uv is None:
                             continue
                         self.db.execute(
-                            "INSERT OR REPLACE INTO msgs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            "INSERT OR REPLACE INTO msgs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                             (names.to_db(m.user), names.to_db(m.folder), uv, m.uid, m.sha256,
                              " ".join(sorted(m.flags)), " ".join(m.keywords), m.internaldate,
-                             m.stored, created))
+                             m.stored, created, m.guid or ""))
                         counts["messages"] += 1
             except (CorruptMember, HostileMember):
                 pass                              # already in problems via on_error
@@ -238,12 +239,13 @@ class Knowledge:
             "SELECT folder FROM folders WHERE user=?", (names.to_db(user),))})
 
     def message(self, user: str, folder: str, uidvalidity: int, uid: int) -> MessageWitness | None:
-        r = self.db.execute("SELECT uid, sha256, flags, keywords, internaldate, stored, created FROM msgs WHERE "
-                            "user=? AND folder=? AND uidvalidity=? AND uid=?",
+        r = self.db.execute("SELECT uid, sha256, flags, keywords, internaldate, stored, created, guid FROM msgs "
+                            "WHERE user=? AND folder=? AND uidvalidity=? AND uid=?",
                             (names.to_db(user), names.to_db(folder), uidvalidity, uid)).fetchone()
         if r is None:
             return None
-        return MessageWitness(r[0], r[1], _split(r[2]), _split(r[3]), r[4], r[5], "archive", r[6] or 0.0)
+        return MessageWitness(r[0], r[1], _split(r[2]), _split(r[3]), r[4], r[5], "archive", r[6] or 0.0,
+                              r[7] or "")
 
     def listing(self, user: str, folder: str, uidvalidity: int) -> Listing | None:
         r = self.db.execute("SELECT created, source FROM listing WHERE user=? AND folder=? AND uidvalidity=?",
@@ -257,10 +259,11 @@ class Knowledge:
 
     def by_digest(self, user: str, folder: str, uidvalidity: int, sha256: str) -> list[MessageWitness]:
         """The archived messages of the folder with these bytes, by UID."""
-        rows = self.db.execute("SELECT uid, sha256, flags, keywords, internaldate, stored FROM msgs WHERE "
+        rows = self.db.execute("SELECT uid, sha256, flags, keywords, internaldate, stored, guid FROM msgs WHERE "
                                "user=? AND folder=? AND uidvalidity=? AND sha256=? ORDER BY uid",
                                (names.to_db(user), names.to_db(folder), uidvalidity, sha256)).fetchall()
-        return [MessageWitness(r[0], r[1], _split(r[2]), _split(r[3]), r[4], r[5], "archive") for r in rows]
+        return [MessageWitness(r[0], r[1], _split(r[2]), _split(r[3]), r[4], r[5], "archive", guid=r[6] or "")
+                for r in rows]
 
     def has_messages(self, user: str, folder: str, uidvalidity: int) -> bool:
         return self.db.execute("SELECT 1 FROM msgs WHERE user=? AND folder=? AND uidvalidity=? LIMIT 1",
