@@ -181,8 +181,15 @@ def read_seek_table(raw, size: int):
     return coff, doff
 
 
+class _TableWrong(LayerDamaged):
+    """A frame decompressed to another size than the seek table says."""
+
+
 class ZstdSeekable(SeekableLayer):
-    """Random access through the seek table: a read decompresses only its frames."""
+    """Random access through the seek table: a read decompresses only its frames.  A
+    seek table whose sizes prove wrong (a damaged entry: its frame decompresses to
+    another size) is replaced by the frames' own, found in one pass over the file; a
+    frame that is itself damaged is damage (LayerDamaged)."""
 
     layer = "zstd"
 
@@ -190,7 +197,50 @@ class ZstdSeekable(SeekableLayer):
         self.raw = raw
         self._coff, self._doff = index
         self._d = zstandard.ZstdDecompressor()
+        self._rebuilt = False
+        self._checked = 0                  # frames whose table sizes were checked: 0 .. _checked - 1
         super().__init__(self._doff[-1])
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return super().read(n)
+        except _TableWrong:
+            if self._rebuilt:
+                raise
+            self._rebuild()
+            return super().read(n)
+
+    def _rebuild(self) -> None:
+        """The offsets of every frame, from the frames themselves (one pass)."""
+        coff, doff = array("Q", [0]), array("Q", [0])
+        self.raw.seek(0)
+        pos = 0
+        while True:
+            obj = self._d.decompressobj()
+            fed = out = 0
+            while not obj.eof:
+                chunk = self.raw.read(FEED)
+                if not chunk:
+                    if fed == 0:
+                        break
+                    raise LayerDamaged(f"zstd: the file is cut short inside frame {len(coff) - 1}")
+                fed += len(chunk)
+                try:
+                    out += len(obj.decompress(chunk))
+                except zstandard.ZstdError as exc:
+                    raise LayerDamaged(f"zstd: frame {len(coff) - 1} (at {pos} compressed bytes) is "
+                                       f"corrupt: {exc}") from None
+            if fed == 0:
+                break
+            pos += fed - len(obj.unused_data)
+            self.raw.seek(pos)
+            coff.append(pos)
+            doff.append(doff[-1] + out)
+        self._coff, self._doff = coff, doff
+        self.size = doff[-1]
+        self._chunk = None
+        self._rebuilt = True
+        self._checked = len(coff) - 1
 
     def _locate(self, pos: int) -> tuple[int, int]:
         i = bisect_right(self._doff, pos) - 1
@@ -198,23 +248,53 @@ class ZstdSeekable(SeekableLayer):
             i += 1
         return i, self._doff[i]
 
-    def _load(self, i: int) -> bytes:
-        want = self._coff[i + 1] - self._coff[i]
-        self.raw.seek(self._coff[i])
-        comp = b""
-        while len(comp) < want:
-            d = self.raw.read(want - len(comp))
+    def _read_at(self, off: int, n: int, i: int) -> bytes:
+        self.raw.seek(off)
+        out = b""
+        while len(out) < n:
+            d = self.raw.read(n - len(out))
             if not d:
                 raise LayerDamaged(f"zstd: frame {i} is cut short (the file shrank while it was read)")
-            comp += d
-        size = self._doff[i + 1] - self._doff[i]
+            out += d
+        return out
+
+    def _check_before(self, i: int) -> None:
+        """The table's sizes of the frames before ``i`` place frame ``i``: each is checked
+        against its frame header's content size (read once) before ``i`` is trusted.
+        Frames read in order cost nothing more; a frame skipped costs its header."""
+        for j in range(self._checked, i):
+            want = self._doff[j + 1] - self._doff[j]
+            head = self._read_at(self._coff[j], min(18, self._coff[j + 1] - self._coff[j]), j)
+            try:
+                got = zstandard.get_frame_parameters(head).content_size
+            except zstandard.ZstdError:
+                got = None
+            if got is None or got >= zstandard.CONTENTSIZE_ERROR:
+                got = len(self._decode(j))          # no size in its header: decompressed
+            if got != want:
+                raise _TableWrong(f"zstd: frame {j} holds {got} bytes, its seek table says {want}")
+        self._checked = max(self._checked, i)
+
+    def _decode(self, i: int) -> bytes:
+        comp = self._read_at(self._coff[i], self._coff[i + 1] - self._coff[i], i)
+        obj = self._d.decompressobj()
         try:
-            data = self._d.decompress(comp, max_output_size=size)
+            data = obj.decompress(comp)
         except zstandard.ZstdError as exc:
-            raise LayerDamaged(f"zstd: frame {i} (at {self._doff[i]} bytes of the archive) is corrupt: {exc}") \
+            # the frame, or the table's offsets of it (the one pass of _rebuild tells which)
+            raise _TableWrong(f"zstd: frame {i} (at {self._doff[i]} bytes of the archive) is corrupt: {exc}") \
                 from None
+        if not obj.eof or obj.unused_data:
+            raise _TableWrong(f"zstd: frame {i} does not end where its seek table says")
+        return data
+
+    def _load(self, i: int) -> bytes:
+        self._check_before(i)
+        data = self._decode(i)
+        size = self._doff[i + 1] - self._doff[i]
         if len(data) != size:
-            raise LayerDamaged(f"zstd: frame {i} holds {len(data)} bytes, its seek table says {size}")
+            raise _TableWrong(f"zstd: frame {i} holds {len(data)} bytes, its seek table says {size}")
+        self._checked = max(self._checked, i + 1)
         return data
 
 
