@@ -334,3 +334,51 @@ def test_what_the_server_answers_is_checked(seaweed, monkeypatch, lie):
         w.close()
     w.abort()
     assert seaweed.keys(b) == [] and seaweed.uploads(b) == []
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_link_lost_after_the_upload_completed(seaweed, monkeypatch, reachable):
+    """The server completes the object, then the link fails before it could be checked:
+    the writer fails (never exit 0 for an unchecked object), removes the object when the
+    server can still be reached, and otherwise says it may be left there, whole but
+    unchecked, and how to check it, not that the archive is incomplete."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from plugins.s3.errors import S3Error
+    from plugins.s3.settings import Settings, client
+    from plugins.s3.spec import parse
+    from plugins.s3.upload import S3Writer
+    for k, v in seaweed.env().items():
+        if v is None:
+            monkeypatch.delenv(k, raising=False)
+        else:
+            monkeypatch.setenv(k, v)
+    settings = Settings(partsize=5 << 20, concurrency=2, retries=0)
+    real = client(settings)
+
+    class LinkGone:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def head_object(self, **kw):
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+        def delete_object(self, **kw):
+            if reachable:
+                return real.delete_object(**kw)
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+    b = bucket(seaweed)
+    w = S3Writer(LinkGone(), settings, parse(f"s3://{b}/v.ims"))
+    with pytest.raises(S3Error) as exc:
+        for _ in range(12):
+            w.write(os.urandom(1 << 20))
+        w.close()
+    text = str(exc.value)
+    assert "completed on the server" in text and "incomplete" not in text, text
+    if reachable:
+        assert "was removed" in text and seaweed.keys(b) == []
+    else:
+        assert "could not be removed" in text and f"imsverify -f s3://{b}/v.ims" in text
+        assert seaweed.keys(b) == ["v.ims"]
+    assert seaweed.uploads(b) == []

@@ -90,6 +90,14 @@ def build_parser() -> ArgParser:
     return p
 
 
+def _incomplete(why: str, removed: str) -> str:
+    """A device's error and what it means for the archive, said once (a device plugin's
+    own error may say it already)."""
+    if any(w in why for w in ("incomplete", "not complete", "completed on the server")):
+        return why
+    return f"{why}; the archive is incomplete{removed}"
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, _main, argv)
 
@@ -161,8 +169,7 @@ def _backup(args, rep) -> int:
     except (OSError, DeviceError) as exc:
         progress.clear()
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        status = die(PROG, f"cannot write {args.device}: {why}; the archive is incomplete{removed}",
-                     device_status(exc))
+        status = die(PROG, f"cannot write {args.device}: {_incomplete(why, removed)}", device_status(exc))
     except BaseException as exc:       # the store failed, or a bug: never leave a partial archive behind
         progress.clear()
         with contextlib.suppress(Exception):
@@ -175,8 +182,7 @@ def _backup(args, rep) -> int:
     except (OSError, DeviceError) as exc:
         if status is None:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            status = die(PROG, f"cannot finish {args.device}: {why}; the archive is incomplete{removed}",
-                         device_status(exc))
+            status = die(PROG, f"cannot finish {args.device}: {_incomplete(why, removed)}", device_status(exc))
     if status is not None:
         return status
     rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,

@@ -200,7 +200,18 @@ class S3Writer:
             self._remove_bad()
             raise S3VerifyFailed(f"the server assembled {self.spec.url} with ETag {self.etag}, but the parts sent "
                                  f"make {want}: the object was removed")
-        self._check_size()
+        try:
+            self._check_size()
+        except S3VerifyFailed:
+            raise
+        except S3Error as exc:
+            # completed, then the link failed: the object is there, whole by its ETag but not
+            # checked; removed if the server can still be reached, else said so
+            gone = self._remove_bad()
+            raise type(exc)(f"{exc}; the object had been completed on the server" + (
+                ", and was removed" if gone else
+                f" and could not be removed: it may be left there unchecked (imsverify -f {self.spec.url} "
+                f"checks it; remove it if it is not wanted)")) from None
 
     def _check_size(self) -> None:
         h = retry.call(self.settings, "checking", self.spec.url, self.s3.head_object, Bucket=self.spec.bucket,
@@ -210,12 +221,14 @@ class S3Writer:
             raise S3VerifyFailed(f"{self.spec.url} holds {h.get('ContentLength')} bytes on the server, {self.size} "
                                  f"were sent: the object was removed")
 
-    def _remove_bad(self) -> None:
+    def _remove_bad(self) -> bool:
+        """Remove the object just written; False when the server could not be asked."""
         try:
             self.s3.delete_object(Bucket=self.spec.bucket, Key=self.spec.key,
                                   **({"VersionId": self.version} if self.version else {}))
         except Exception:      # the error that matters is raised by the caller
-            pass
+            return False
+        return True
 
     def abort(self) -> None:
         """Drop the object: pending parts are cancelled and the upload aborted."""
