@@ -279,6 +279,10 @@ def test_run_reports_of_dumps_and_of_a_chain_restore(ims_home, tmp_path, hook_se
     assert r.returncode == 0, r.stderr
     v = json.loads((tmp_path / "v.json").read_text())
     assert v["status"] == 0 and len(v["archives"]) == 2, v
+    # ... and the whole staging directory, every group's full and incremental (by base), as
+    # one chain per group, restored into a scratch store and compared
+    p = run(ims_home, "imsverify", "-f", st, "--restore-test", text=True)
+    assert p.returncode == 0 and "every check passed" in p.stdout, (p.stdout, p.stderr)
     # the chain restore: one report, counts of the chain
     want = user_view(store, "bob")
     n_bob = sum(len(store.messages("bob", f.name)) for f in store.folders("bob"))
