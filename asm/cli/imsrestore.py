@@ -49,7 +49,8 @@ def build_parser() -> ArgParser:
     p.add_argument("-h", dest="header", action="store_true", help="print the archive header; restore nothing")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("-n", dest="new", action="store_true",
-                   help="restore into a new folder (name-YYYYMMDD) when the folder exists")
+                   help="restore into a new folder (name-YYYYMMDD) when the folder exists, or when an "
+                        "incremental holds only part of a folder that is not here")
     p.add_argument("-i", dest="ignore", action="store_true",
                    help="do not check for messages already there (duplicates possible)")
     p.add_argument("-r", dest="reffile", metavar="REFFILE",
