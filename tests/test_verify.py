@@ -321,6 +321,31 @@ def test_a_chain_by_base_passes_whole_and_fails_with_a_link_left_out(tmp_path, d
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_cumulative_incrementals_of_one_full_verify_as_the_chain_a_restore_takes(tmp_path, driver):
+    """Cumulative incrementals (imsstage --cumulative, or --base FULL each day) share one
+    base: all of them given, or a staging directory holding them, is no broken chain;
+    what is restore-tested is the newest one over its full, as imsrestore takes them."""
+    home, store, full, _ = _chain(tmp_path, driver)
+    cums = []
+    for i in (1, 2):
+        change_mail(store, ["joe", "ann"])
+        cums.append(tmp_path / f"cum{i}.ims")
+        run(home, "imsbackup", "-f", cums[-1], "--base", f"{full}.state", "/", check=EXIT_OK)
+    c1, c2 = cums
+    for argv in (["-f", full, "-f", c1, "-f", c2], ["-f", full, "-f", c2], ["-f", c2, "-f", c1, "-f", full]):
+        p = run(home, "imsverify", *argv, "--restore-test", "--against-store", text=True)
+        assert p.returncode == EXIT_OK and "every check passed" in p.stdout, (argv, p.stdout, p.stderr)
+    dst = str(tmp_path / "dst")
+    make_home(dst, driver)
+    run(dst, "imsrestore", "-f", full, "-f", c2, "/", check=EXIT_OK)
+    assert state(open_store(Config(dst))) == state(store)
+    # without their full archive: each checked, the summary says what was not; no restore test
+    p = run(home, "imsverify", "-f", c1, "-f", c2, text=True, check=EXIT_OK)
+    assert "without its full archive" in p.stdout
+    run(home, "imsverify", "-f", c1, "-f", c2, "--restore-test", check=EXIT_ORDER)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_restore_test_names_every_difference(tmp_path, driver):
     """The comparison behind --restore-test: a scratch store that differs from the
     archive in any way a client would see is named (exit 19's reason)."""

@@ -1,16 +1,18 @@
 """A chain: a full archive and the incrementals after it.  Checks that each incremental
-continues the archive before it (same scope; an incremental by base names that archive
-as its base; one by date alone was taken after it, its ``since`` no later than the
-previous archive's start, so no mail fell in between) and that every message
-an incremental lists but does not carry is in an earlier archive of the chain; and
-builds what the chain restores to (each folder as the last archive listed it, every
-message's bytes from the archive that carried them, flags as last recorded).
+continues what it was taken against (same scope; an incremental by base has its base
+among the archives, several may share one; one by date alone was taken after the archive
+before it, its ``since`` no later than that archive's start, so no mail fell in between)
+and that every message an incremental lists but does not carry is in an earlier
+archive of the chain; and builds what the chain restores to (each folder as the last
+archive listed it, every message's bytes from the archive that carried them, flags as
+last recorded).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
+from asm.backupstate import header_chain
 from asm.errors import EXIT_ORDER
 from asm.verify.archive import ArchiveCheck, FolderRec, Problem
 
@@ -45,7 +47,16 @@ def order(checks: list[ArchiveCheck]) -> list[ArchiveCheck]:
 
 def build(checks: list[ArchiveCheck]) -> ChainView:
     """The chain of ``checks`` (any order; unreadable ones are left out, their own
-    problems say why) and the problems of its continuity (EXIT_ORDER)."""
+    problems say why) and the problems of its continuity (EXIT_ORDER).
+
+    Each incremental must have what it continues among the archives: an incremental by
+    base its base (several may share one: cumulative incrementals of one full); one by
+    date alone the archive taken before it, no later than its ``since``.  An incremental
+    whose base is missing while an earlier link of its own chain (its header's
+    ``chain``) is given has a link left out: a problem.  One given without any of its
+    chain is checked on its own: what came before it cannot be, and the summary says so.
+    What the chain restores to is the newest archive laid over what it continues, back
+    to its full archive: the chain imsrestore takes."""
     view = ChainView()
     arcs = order(checks)
     view.archives = arcs
@@ -55,42 +66,53 @@ def build(checks: list[ArchiveCheck]) -> ChainView:
     def problem(text):
         view.problems.append(Problem(EXIT_ORDER, text))
 
-    first = arcs[0]
-    if first.incremental:
+    unique = []
+    for a in arcs:
+        if any(a.archive_id == b.archive_id for b in unique):
+            problem(f"{a.device} is the same archive ({a.archive_id}) as another one given")
+            continue
+        unique.append(a)
+    by_id = {a.archive_id: a for a in unique}
+    parent: dict = {}
+    for i, a in enumerate(unique):
+        if not a.incremental:
+            continue
+        if a.base is not None:
+            p = by_id.get(a.base)
+            if p is None:
+                given = [by_id[x] for x in header_chain(a.header) if x in by_id]
+                if given:
+                    problem(f"{a.device} is an incremental of archive {a.base}, which is not among the archives "
+                            f"given, though {given[-1].device} of its chain is: a link of the chain is missing, "
+                            "so what changed in between is in no archive given; give the full backup and every "
+                            "incremental after it")
+                continue
+        else:
+            if i == 0:
+                continue
+            p = unique[i - 1]          # by date alone: it follows the archive taken before it
+            if a.since > p.created:
+                problem(f"{a.device} holds mail stored since {_when(a.since)}, but the archive before "
+                        f"it ({p.device}) was taken at {_when(p.created)}: mail stored in between "
+                        "is in no archive of this chain")
+        if list(a.header.get("scope") or ["/"]) != list(p.header.get("scope") or ["/"]):
+            problem(f"{a.device} covers {a.header.get('scope')} but the archive it continues "
+                    f"({p.device}) covers {p.header.get('scope')}: not one chain")
+        parent[a.archive_id] = p
+    path: list = []
+    a = unique[-1]
+    while a is not None and all(a is not b for b in path):
+        path.append(a)
+        a = parent.get(a.archive_id)
+    path.reverse()
+    if path[0].incremental:
         # an incremental checked on its own (or incrementals without their full archive): the
         # archives are checked, and the continuity between them, but what came before the first
         # one cannot be; the summary says so
-        view.base_missing = first.device
-    seen_ids = set()
-    prev = None
-    for a in arcs:
-        if a.archive_id in seen_ids:
-            problem(f"{a.device} is the same archive ({a.archive_id}) as another one given")
-            continue
-        seen_ids.add(a.archive_id)
-        if prev is not None:
-            if not a.incremental:
-                # a later full archive starts the chain over
-                view.folders, view.users = {}, {}
-                view.chain = []
-            else:
-                if list(a.header.get("scope") or ["/"]) != list(prev.header.get("scope") or ["/"]):
-                    problem(f"{a.device} covers {a.header.get('scope')} but the archive before it "
-                            f"({prev.device}) covers {prev.header.get('scope')}: not one chain")
-                if a.base is not None:
-                    # as imsrestore checks a chain: the archive before is the one it was taken against
-                    if a.base != prev.archive_id:
-                        problem(f"{a.device} is an incremental of archive {a.base}, but the archive "
-                                f"before it ({prev.device}) is {prev.archive_id}: the archive it "
-                                "continues is missing, so what changed since is in no archive given; "
-                                "give the full backup and every incremental after it")
-                elif a.since > prev.created:
-                    problem(f"{a.device} holds mail stored since {_when(a.since)}, but the archive before "
-                            f"it ({prev.device}) was taken at {_when(prev.created)}: mail stored in between "
-                            "is in no archive of this chain")
-        _apply(view, a, problem, base=prev is None)
+        view.base_missing = path[0].device
+    for k, a in enumerate(path):
+        _apply(view, a, problem, base=k == 0)
         view.chain.append(a)
-        prev = a
     return view
 
 
