@@ -158,6 +158,43 @@ def test_backup_fails_when_imsbackup_fails_and_records_nothing(ims_home):
     assert p.returncode == 2 and b"not a percent-encoded word" in p.stderr
 
 
+@pytest.mark.parametrize("sig", ["TERM", "KILL"])
+def test_a_stream_killed_before_it_ended_fails_the_job(ims_home, tmp_path, sig):
+    """imsbacula killed while imsbackup streams (the job cancelled, an OOM kill, an
+    admin's kill of the process group): the stream is no good one, and jobdone, the
+    Job's After RunScript, must fail the job naming it; a stream that ends well after
+    it is recorded as good."""
+    import signal
+    import subprocess
+
+    from tests.helpers import popen
+    store = open_store(make_home(ims_home, "classic"))
+    (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
+    store.create_user("alice")
+    for i in range(40):
+        store.append("alice", "INBOX", io.BytesIO(msg("alice", "INBOX", i, size=200_000)))
+    imsbacula("jobstart", "--jobid", "7", "--level", "Full", check=True)
+    with open(tmp_path / "stream", "wb") as out:
+        p = popen(None, "imsbacula", "-E", "backup", "/primary/groupA", stdout=out, stderr=subprocess.DEVNULL,
+                  start_new_session=True)
+        deadline = time.monotonic() + 30
+        while (tmp_path / "stream").stat().st_size == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.killpg(p.pid, getattr(signal, f"SIG{sig}"))
+        p.wait()
+    assert p.returncode != 0
+    done = imsbacula("jobdone", "--jobid", "7")
+    assert done.returncode == 1, done.stdout
+    assert b"job 7: /primary/groupA FAILED (it did not finish: interrupted or killed)" in done.stdout
+    assert b"no good backup job recorded" in imsbacula("history", check=True).stdout
+    # the next job's stream ends well: recorded, and jobdone passes
+    imsbacula("jobstart", "--jobid", "8", "--level", "Full", check=True)
+    with open(tmp_path / "stream2", "wb") as out:
+        assert popen(None, "imsbacula", "-E", "backup", "/primary/groupA", stdout=out).wait() == 0
+    done = imsbacula("jobdone", "--jobid", "8", check=True)
+    assert b"/primary/groupA full recorded as good" in done.stdout and b"FAILED" not in done.stdout
+
+
 def test_incremental_streams_build_on_the_last_good_state(ims_home):
     """Without daemons, as the RunScripts and bpipe call it: a Full, an Incremental on
     its state (carries only the change), a Differential on the Full's; history --check
@@ -211,9 +248,11 @@ def test_select_and_restore_of_a_stream_without_the_selection(ims_home):
     p = imsbacula("-E", "restore", "/primary/rest", input=archive, check=True)
     assert b"nothing selected in this stream" in p.stderr
     assert b"everything" in imsbacula("select", "--clear", check=True).stdout
-    for bad, why in (("primary/joe", b"must start with '/'"), ("/", b"selects everything")):
+    for bad, why in (("primary/joe", b"must start with '/'"), ("/", b"selects everything"),
+                     ("/secondary/mike", b"there is no partition 'secondary'")):
         p = imsbacula("select", bad)
         assert p.returncode == 2 and why in p.stderr, p.stderr
+    assert b"everything" in imsbacula("select", check=True).stdout        # nothing was selected
 
 
 # -- with real daemons -------------------------------------------------------------------

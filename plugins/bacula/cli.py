@@ -16,7 +16,7 @@ import sys
 import time
 
 from asm.cli.common import ArgParser, UsageError, run_command
-from asm.errors import EXIT_DEVICE, EXIT_OK, EXIT_PARTIAL, ImsError
+from asm.errors import EXIT_DEVICE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImsError
 from plugins.bacula.encoding import decode
 from plugins.bacula.state import State, normalize_level
 
@@ -195,6 +195,10 @@ def cmd_backup(args, home: str, state: State) -> int:
     started = time.time()
     _log(home, args.fileset, f"{path}: {level.lower()} backup" + (f" of job {jobid}" if jobid else "")
          + (f", what changed since job {base[1]}" if base else ""), echo=False)
+    if jobid is not None:
+        # failed until it ends well: a stream interrupted, or this process killed, before
+        # imsbackup's status is known is a failed stream to jobdone, never a missing one
+        state.stream_failed(args.fileset, jobid, path, EXIT_INTERRUPTED)
     rc = _run_tool(home, args.fileset, argv + [path])
     if rc != EXIT_OK:
         _log(home, args.fileset, f"{path}: imsbackup failed with exit status {rc}; the job must fail")
@@ -274,6 +278,11 @@ def cmd_select(args, home: str, state: State) -> int:
                 raise UsageError(str(exc)) from None
             if lp.partition is None:
                 raise UsageError(f"{p!r} selects everything: use 'imsbacula select --clear' instead")
+            parts = inst.store.partitions()
+            if lp.partition not in parts:
+                # no stream covers it: every restore job would skip it and end "Restore OK"
+                raise UsageError(f"{p!r}: there is no partition {lp.partition!r} (this installation has "
+                                 f"{', '.join(sorted(parts))}); nothing was selected")
         state.set_selection(list(dict.fromkeys(args.paths)))
     sel = state.selection()
     if sel:
@@ -368,7 +377,9 @@ def cmd_job(args, home: str, state: State) -> int:
             # Bacula 9.6 counts a failed bpipe stream as a warning ("Backup OK -- with
             # warnings"); failing this RunScript (FailJobOnError) makes the job fail.
             for path, status in bad:
-                print(f"{PROG}: job {args.jobid}: {path} FAILED (imsbackup exit status {status}); "
+                why = ("it did not finish: interrupted or killed" if status == EXIT_INTERRUPTED
+                       else f"imsbackup exit status {status}")
+                print(f"{PROG}: job {args.jobid}: {path} FAILED ({why}); "
                       f"its next incremental starts from its last good job", flush=True)
             return EXIT_PARTIAL         # some stream of the job failed: the job must fail
     elif args.cmd == "jobfailed":

@@ -94,6 +94,8 @@ class State:
         with self.db() as con:
             con.execute("INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?, ?, ?)",
                         (fileset, jobid, path, level, started, time.time()))
+            # it was recorded as failed while it ran (cmd_backup)
+            con.execute("DELETE FROM failed WHERE fileset = ? AND jobid = ? AND path = ?", (fileset, jobid, path))
 
     def stream_failed(self, fileset: str, jobid: int, path: str, status: int) -> None:
         with self.db() as con:
