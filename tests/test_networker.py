@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import struct
 import time
 
 import pytest
@@ -331,7 +332,7 @@ def test_per_user_records_estimate_compare_and_rename(tmp_path, ims_home, env, n
 def test_bad_input(tmp_path, ims_home, env):
     cfg = home(ims_home, "classic")
     store = open_store(cfg)
-    fill(store, ["alice"])
+    fill(store, ["alice", "bob"])
     backup = tmp_path / "backup"
     assert run(ims_home, "mkbackupdir", "-p", str(backup)).returncode == 0
     cases = [
@@ -354,6 +355,25 @@ def test_bad_input(tmp_path, ims_home, env):
     assert p.returncode in (1, 4)
     p = run(ims_home, "imsasm", "-r", str(backup / "primary" / "groupB"), input=good)
     assert p.returncode == 2 and "nothing in the save stream matches" in p.stderr.decode()
+
+    # a stream of two records cut right after the first one's FINISH (where a save
+    # flushes): exit 4, not a recover of the first user alone with exit 0
+    for e in ([], ["-e"]):
+        two = run(ims_home, "imsasm", "-s", *e, *(str(backup / "primary" / "groupA" / u)
+                                                   for u in ("alice", "bob"))).stdout
+        at, finishes = 0, []
+        while at < len(two):
+            kind, length = struct.unpack_from(">II", two, at)
+            at += 8 + length + (-length % 4)
+            if kind == 4:
+                finishes.append(at)
+        assert len(finishes) >= 2, finishes
+        p = run(ims_home, "imsasm", "-r", "-n", input=two[:finishes[0]])
+        if e:       # without END by design: a cut between records cannot be seen (documented)
+            assert p.returncode == 0, p.stderr
+        else:
+            assert p.returncode == 4 and "without its END section" in p.stderr.decode(), p.stderr
+            assert run(ims_home, "imsasm", "-r", "-n", input=two).returncode == 0
 
 
 # ----------------------------------------------------------------------------- state chains (issue 13)
@@ -422,7 +442,7 @@ def test_incremental_without_state_saves_full_and_says_so(tmp_path, ims_home, en
     the record is saved whole, said on stderr; a cut stream records no state."""
     cfg = home(ims_home, drv)
     store = open_store(cfg)
-    fill(store, ["alice"])
+    fill(store, ["alice", "bob"])
     backup = tmp_path / "backup"
     assert run(ims_home, "mkbackupdir", "-p", str(backup)).returncode == 0
     alice = str(backup / "primary" / "groupA" / "alice")

@@ -296,7 +296,8 @@ def save(args, rep) -> int:
 
     try:
         sw.start({"host": socket.gethostname(), "created": time.time(), "since": since,
-                  "root": root, "ims_home": inst.config.home, "asm": os.path.basename(sys.argv[0]) or PROG})
+                  "root": root, "ims_home": inst.config.home, "asm": os.path.basename(sys.argv[0]) or PROG,
+                  "end": not args.no_end})
         for rec in records:
             if args.verbose:
                 report(f"{rec.name} -> {rec.place.logical()}")

@@ -186,12 +186,16 @@ class StreamReader:
                 rec.drain()
             kind, data = self._section()
             if kind is None:
+                if self.info.get("end") is True:
+                    # its header says an END follows its records (not written with -e)
+                    raise TruncatedStream(f"the stream ends at byte {self.offset} without its END section: "
+                                          "it was cut after a whole record")
                 return                      # no END: a stream written with -e
             if kind == END:
                 self.ended = True
                 return
             if kind == STREAM:              # streams chained after -e
-                self._json(data, "STREAM")
+                self.info = self._json(data, "STREAM")
                 continue
             if kind != BEGIN:
                 raise StreamError(f"expected a BEGIN section at byte {self.offset}, found {NAMES[kind]}")
