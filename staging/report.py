@@ -9,15 +9,17 @@ import time
 
 
 def stage_report(rep, res) -> None:
-    """One report for the run: the sum of its dumps' imsbackup reports, each dump, and
-    per group a textfile (ims_stage_PARTITION_GROUP.prom) instead of one for the run."""
+    """One report for the run: the sum of its staged dumps' imsbackup reports (a dump that
+    failed is removed, so it counts only in its own entry and in the errors), each dump,
+    and per group a textfile (ims_stage_PARTITION_GROUP.prom) instead of one for the run."""
     from asm.report import textfile
     counts = {k: 0 for k in ("users", "folders", "messages", "links", "bytes")}
     dumps, errors = [], []
     for o in res.dumps:
         r = o.report or {}
-        for k in counts:
-            counts[k] += int((r.get("counts") or {}).get(k) or 0)
+        if o.ok:                    # a failed dump's file is removed: nothing of it was staged
+            for k in counts:
+                counts[k] += int((r.get("counts") or {}).get(k) or 0)
         errors += [dict(e, dump=o.dump.file) for e in r.get("errors") or []]
         if not o.ok:
             errors.append({"mailbox": f"/{o.unit.partition}/{o.unit.group}", "error": o.error, "dump": o.dump.file})
@@ -46,8 +48,12 @@ def job_report_path(directory: str, job: str) -> str:
 
 
 def summary(doc: dict) -> str:
+    """What a run staged (its counts are of the dumps that were staged), and its errors."""
     c = doc.get("counts") or {}
-    return (f"{len(doc.get('dumps') or [])} dumps, {c.get('messages', 0)} messages, {c.get('links', 0)} links, "
+    dumps = doc.get("dumps") or []
+    failed = sum(1 for d in dumps if d.get("ok") is False)
+    return (f"{len(dumps) - failed} dumps" + (f" ({failed} more failed, not staged)" if failed else "")
+            + f", {c.get('messages', 0)} messages, {c.get('links', 0)} links, "
             f"{c.get('bytes', 0)} bytes, {len(doc.get('errors') or [])} errors")
 
 

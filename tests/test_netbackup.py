@@ -129,6 +129,36 @@ def test_full_incr_cinc_cycles(ims_home, tmp_path, nbu):
     assert os.path.exists(st / "netbackup.log")
 
 
+def test_a_failed_dump_is_not_counted_as_saved(ims_home, tmp_path, nbu):
+    """One group's dump fails (a message file of alice is gone): bpstart_notify fails
+    the job, and neither its log lines nor bpend_notify's count that dump's messages as
+    staged or saved: its file was removed, NetBackup saves only the others."""
+    store, st, bindir, _ = nbu
+    victim = store.messages("alice", "INBOX")[0]
+    os.unlink(victim.path)
+    r = notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "sched", "FULL")
+    assert r.returncode != 0, r.stderr
+    files = staged_files(st)
+    n = nbytes = 0
+    for f in files:
+        with open(st / f, "rb") as fh:
+            for m in ArchiveReader(fh).members():
+                if m.kind in ("message", "link"):
+                    n += 1
+                    nbytes += m.size if m.kind == "message" else 0
+    assert 0 < len(files) < len({d["grp"] for d in rows(st)}), files
+    failed = len({d["grp"] for d in rows(st)}) - len(files)
+    want = f"staged {len(files)} dumps ({failed} more failed, not staged), "
+    assert want in r.stderr, r.stderr
+    m = re.search(r"staged \d+ dumps \(\d+ more failed, not staged\), (\d+) messages, (\d+) links, (\d+) bytes",
+                  r.stderr)
+    assert m and (int(m.group(1)) + int(m.group(2)), int(m.group(3))) == (n, nbytes), (r.stderr, n, nbytes)
+    r = notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", "FULL", "1")
+    m = re.search(r"this job saved \d+ dumps(?: \(\d+ more failed, not staged\))?, (\d+) messages, (\d+) links",
+                  r.stderr)
+    assert m and int(m.group(1)) + int(m.group(2)) == n, r.stderr
+
+
 def test_check_mode_with_staging_ahead(ims_home, tmp_path, nbu):
     store, st, bindir, _ = nbu
     r = imsnbu(ims_home, "install", "--policy", "MAIL", "--schedule", "full", "--check", "--max-age", "2",
