@@ -10,6 +10,7 @@ import stat
 import subprocess
 import time
 
+import paramiko
 import pytest
 
 from asm.config import Config
@@ -237,6 +238,33 @@ def test_changed_host_key_refused(sshd, source, tmp_path):
     assert "CHANGED" in line and _fingerprint(sshd.host_key + ".pub") in line and _fingerprint(impostor + ".pub") in line
 
 
+def test_known_hosts_as_sites_keep_it(sshd, source, tmp_path):
+    """A known_hosts file with @cert-authority lines, a line cut short and comments, as
+    ~/.ssh/known_hosts often is: read as OpenSSH reads it (the host's own line counts,
+    the rest is passed over), not an internal error; a host key marked @revoked is
+    refused (exit 11) even though a plain line lists it too."""
+    ca = keygen(str(tmp_path / "ca"))
+    with open(ca + ".pub") as f:
+        ca_kind, ca_blob = f.read().split()[:2]
+    with open(sshd.known_hosts) as f:
+        host_lines = f.read()
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"# managed by hand\n@cert-authority *.example.com {ca_kind} {ca_blob}\n"
+                  f"broken.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI\n\n" + host_lines)
+    src = home_for(tmp_path, sshd, source, ssh_knownhosts=str(kh))
+    d = sshd.remote_dir("marks")
+    p = run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/x.ims"), "/", text=True)
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(d) == ["x.ims"]
+    with open(sshd.host_key + ".pub") as f:
+        kind, blob = f.read().split()[:2]
+    with open(kh, "a") as f:
+        f.write(f"@revoked * {kind} {blob}\n")
+    p = run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/y.ims"), "/", text=True)
+    assert p.returncode == 11 and "@revoked" in one_line(p.stderr), p.stderr
+    assert os.listdir(d) == ["x.ims"]
+
+
 def test_wrong_client_key_refused(sshd, source, tmp_path):
     src = home_for(tmp_path, sshd, source, ssh_identity=sshd.other_key)
     d = sshd.remote_dir("wrongkey")
@@ -327,3 +355,30 @@ def test_far_disk_full(sshd, source, tmp_path, stream):
     with pytest.raises(RemoteDiskFull):
         push(str(big), sshd.spec(d + "/"), settings)
     assert os.listdir(d) == []
+
+
+@pytest.mark.parametrize("exc, alive, lost", [(ConnectionResetError(104, "Connection reset by peer"), True, True),
+                                              (EOFError(), True, True), (OSError("x"), False, True),
+                                              (paramiko.SSHException("Channel closed."), True, False)])
+def test_a_link_lost_while_sftp_starts_is_a_lost_link_not_a_missing_subsystem(exc, alive, lost):
+    """A reset right after login (the server restarted, a flaky link) is exit 14, run
+    again; only a server that is still there and refuses SFTP is told to enable it."""
+    from plugins.ssh.connection import Connection
+    from plugins.ssh.errors import LinkLost, RemoteError
+    from plugins.ssh.spec import parse
+
+    class Transport:
+        def is_active(self):
+            return alive
+
+    class Client:
+        def open_sftp(self):
+            raise exc
+
+        def get_transport(self):
+            return Transport()
+    conn = Connection(Client(), parse("u@h:/x"), "u", 22, Settings())
+    with pytest.raises(RemoteError) as got:
+        conn.sftp
+    assert isinstance(got.value, LinkLost) == lost, got.value
+    assert ("no SFTP subsystem" in str(got.value)) != lost

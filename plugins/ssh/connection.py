@@ -113,6 +113,10 @@ class Connection:
             try:
                 self._sftp = self.client.open_sftp()
             except (paramiko.SSHException, EOFError, OSError) as exc:
+                if not self.alive() or isinstance(exc, (EOFError, ConnectionError)):
+                    # the link went away, not the subsystem: a rerun may well go through
+                    raise LinkLost(f"{self.label}: the connection was lost while starting SFTP "
+                                   f"({exc or 'closed'}): run the command again") from None
                 raise RemoteError(f"{self.label}: the server offers no SFTP subsystem ({exc or 'refused'}): "
                                   f"enable 'Subsystem sftp' in its sshd_config") from None
             self._sftp.get_channel().settimeout(self.settings.timeout)
@@ -197,11 +201,12 @@ def connect(spec: RemoteSpec, settings: Settings) -> Connection:
     name = f"{user}@{host_entry(spec.host, port)}"
     client = paramiko.SSHClient()
     hk = client.get_host_keys()
+    revoked: list = []
     for f in settings.known_hosts_files():
         if os.path.isfile(f):
             try:
-                hk.load(f)
-            except (OSError, paramiko.SSHException) as exc:
+                revoked += _load_known_hosts(hk, f)
+            except (OSError, UnicodeDecodeError) as exc:
                 raise HostKeyUnknown(f"cannot read known_hosts file {f}: {exc}") from None
     client.set_missing_host_key_policy(_Refuse(settings, port))
     if not keys and not agent:
@@ -249,6 +254,43 @@ def connect(spec: RemoteSpec, settings: Settings) -> Connection:
         client.close()
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise ConnectFailed(f"cannot connect to {name}: {why}") from None
+    offered = client.get_transport().get_remote_server_key()
+    if any(k == offered for k in revoked):
+        client.close()
+        raise HostKeyChanged(f"host key of {host_entry(spec.host, port)} ({offered.get_name()} "
+                             f"{fingerprint(offered)}) is marked @revoked in known_hosts: refused")
     if settings.keepalive:
         client.get_transport().set_keepalive(settings.keepalive)
     return Connection(client, spec, user, port, settings)
+
+
+def _load_known_hosts(hk: paramiko.HostKeys, path: str) -> list:
+    """Load ``path`` into ``hk`` as OpenSSH reads it: lines it cannot parse are passed over,
+    ``@cert-authority`` lines too (ims-asm uses no host certificates); returns the keys
+    of ``@revoked`` lines, which are refused whatever else the file says."""
+    revoked = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            marker = None
+            if line.startswith("@"):
+                marker, _, line = line.partition(" ")
+                if marker != "@revoked":
+                    continue
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line.strip(), lineno)
+            except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError):
+                continue
+            if entry is None:
+                continue
+            if marker == "@revoked":
+                revoked.append(entry.key)
+                continue
+            for h in list(entry.hostnames):
+                if hk.check(h, entry.key):
+                    entry.hostnames.remove(h)
+            if entry.hostnames:
+                hk._entries.append(entry)
+    return revoked
