@@ -23,8 +23,21 @@ import time
 from dataclasses import dataclass
 
 from asm.archive.names import dump_json, from_db, to_db
+from asm.errors import EXIT_INCOMPLETE
+from staging.errors import StagingError
 
 CATALOG_NAME = "catalog.db"
+
+
+class CatalogDamaged(StagingError):
+    """The catalog cannot be read: one line naming it, and what to do."""
+
+    status = EXIT_INCOMPLETE
+
+    def __init__(self, path: str, exc):
+        super().__init__(f"the staging catalog {path} is damaged ({exc}): restore it from the engine's "
+                         f"backup of the staging directory (docs/staging.md, 'After a disaster'), then "
+                         f"run the command again")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dumps (
@@ -110,9 +123,35 @@ class Catalog:
         self.directory = directory
         self.path = os.path.join(directory, CATALOG_NAME)
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=DELETE")
-        self.db.executescript(SCHEMA)
-        self._upgrade()
+        try:
+            self.db.execute("PRAGMA journal_mode=DELETE")
+            self.db.executescript(SCHEMA)
+            self._upgrade()
+            ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise sqlite3.DatabaseError(ok)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                self.db.close()
+                raise
+            self.db.close()
+            raise CatalogDamaged(self.path, exc) from None
+        self._area = None
+
+    @property
+    def area(self) -> str:
+        """This staging area's own tag (random, kept in the catalog): in every dump's file
+        name, so two areas pushing to one remote directory never write the same name."""
+        if self._area is None:
+            self.db.execute("CREATE TABLE IF NOT EXISTS area (tag TEXT NOT NULL)")
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                row = self.db.execute("SELECT tag FROM area").fetchone()
+                if row is None:
+                    row = (os.urandom(4).hex(),)
+                    self.db.execute("INSERT INTO area VALUES (?)", row)
+            self._area = row[0]
+        return self._area
 
     def _upgrade(self) -> None:
         """Add the columns newer code writes to a catalog made by older code."""

@@ -16,6 +16,7 @@ and restore them again.
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 
 from asm.cli.common import ArgParser, Progress, UsageError, die, human, parse_date, run_command
@@ -24,7 +25,7 @@ from asm.config import Config
 from asm.errors import EXIT_INTERRUPTED, EXIT_OK
 from asm.groups import Groups
 from asm.logical import parse
-from staging.catalog import Catalog
+from staging.catalog import CATALOG_NAME, Catalog
 from staging.errors import Missing
 from staging.lookup import chain_for, restore_chain
 from staging.run import check_fresh, default_jobs, engine_done, push_pending, stage, staging_dir
@@ -163,6 +164,12 @@ def _main(argv: list[str] | None) -> int:
         return _dispatch(args)
     except KeyboardInterrupt:
         return die(PROG, "interrupted: unfinished dumps were removed and marked failed", EXIT_INTERRUPTED)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            raise
+        # damage the catalog's first check did not reach
+        from staging.catalog import CatalogDamaged
+        return die(PROG, str(CatalogDamaged(CATALOG_NAME, exc)), CatalogDamaged.status)
 
 
 def _dispatch(args, rep=None) -> int:

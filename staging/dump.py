@@ -30,9 +30,11 @@ from staging.plan import GroupPlan
 PR_SET_PDEATHSIG = 1
 
 
-def file_name(unit: GroupPlan, did: int, when: float) -> str:
+def file_name(unit: GroupPlan, did: int, when: float, area: str = "") -> str:
+    """PARTITION-GROUP-YYYYMMDD-HHMMSS-KIND-ID-AREA.ims: ``area`` is the staging area's tag
+    (Catalog.area), so two areas pushing to one remote directory never share a name."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
-    return f"{unit.partition}-{unit.group}-{stamp}-{unit.kind}-{did}.ims"
+    return f"{unit.partition}-{unit.group}-{stamp}-{unit.kind}-{did}" + (f"-{area}" if area else "") + ".ims"
 
 
 def temp_name(final: str) -> str:
@@ -120,8 +122,9 @@ class Runner:
         self.timed_out = False
 
     def _spawn(self, unit: GroupPlan) -> _Job:
+        area = self.catalog.area
         dump = self.catalog.start(self.run_id, unit.partition, unit.group, unit.kind, unit.since, unit.base,
-                                  unit.users, unit.estimate, lambda did, when: file_name(unit, did, when))
+                                  unit.users, unit.estimate, lambda did, when: file_name(unit, did, when, area))
         tmp = os.path.join(self.directory, temp_name(dump.file))
         argv = [sys.executable, "-m", "asm.cli.imsbackup", "-f", tmp, "-b", str(self.bf),
                 "--state-out", state_file(self.home, dump.id), "--report", report_file(self.directory, dump.file)]

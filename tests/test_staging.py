@@ -65,6 +65,34 @@ def test_named_groups_and_bad_names(ims_home, tmp_path):
     assert len(rows(st)) == 2
 
 
+def test_two_areas_never_name_a_dump_alike_and_a_damaged_catalog_is_one_line(ims_home, tmp_path):
+    """Two staging areas (two hosts, or two -D) dumping the same group in the same second
+    used to write the same file name, and a push of one replaced the other's remote
+    copy: each area's names carry its own tag.  A catalog cut short or overwritten is
+    named with what to do (exit 4), never an internal error."""
+    build(ims_home, "classic")
+    a, b = tmp_path / "a", tmp_path / "b"
+    imsstage(ims_home, "-D", str(a), "gB", check=0)
+    imsstage(ims_home, "-D", str(b), "gB", check=0)
+    imsstage(ims_home, "-D", str(a), "gB", check=0)
+    na, nb = staged_files(a), staged_files(b)
+    assert len(na) == 2 and len(nb) == 1 and not set(na) & set(nb), (na, nb)
+    tag = lambda n: n[:-len(".ims")].rsplit("-", 1)[1]           # noqa: E731
+    assert tag(na[0]) == tag(na[1]) != tag(nb[0]) and len(tag(nb[0])) == 8
+    cat = b / "catalog.db"
+    good = cat.read_bytes()
+    for damage in (good[: len(good) // 2], os.urandom(len(good)), good[:4096] + os.urandom(len(good) - 4096)):
+        cat.write_bytes(damage)
+        for cmd in (["list"], ["locate", "-D", str(b), "/primary/user/alice"], ["-D", str(b), "gB"],
+                    ["done", "-D", str(b), "--status", "0"]):
+            argv = cmd if "-D" in cmd else cmd + ["-D", str(b)]
+            r = imsstage(ims_home, *argv)
+            assert r.returncode == 4 and "catalog" in r.stderr and "damaged" in r.stderr, (cmd, r.stderr)
+            assert len(r.stderr.strip().splitlines()) == 1 and "internal error" not in r.stderr, r.stderr
+    cat.write_bytes(good)
+    assert imsstage(ims_home, "list", "-D", str(b)).returncode == 0
+
+
 def test_incremental_and_cleanup(ims_home, tmp_path):
     store = build(ims_home, "classic")
     st = tmp_path / "st ä; 50%"
