@@ -93,7 +93,7 @@ def build_parser() -> ArgParser:
 def _incomplete(why: str, removed: str) -> str:
     """A device's error and what it means for the archive, said once (a device plugin's
     own error may say it already)."""
-    if any(w in why for w in ("incomplete", "not complete", "completed on the server")):
+    if any(w in why for w in ("incomplete", "completed on the server")):
         return why
     return f"{why}; the archive is incomplete{removed}"
 
