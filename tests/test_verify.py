@@ -321,6 +321,41 @@ def test_a_chain_by_base_passes_whole_and_fails_with_a_link_left_out(tmp_path, d
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_a_chain_keeps_what_its_last_backup_did_not_look_at(tmp_path, driver):
+    """An incremental taken after store.backupexclude began to leave a folder out, or of a
+    narrower scope than its base (one user of the full's store): what it did not look at
+    is not deleted.  The chain restored in one command keeps it as the full had it, as a
+    restore archive by archive does, and imsverify's restore test agrees."""
+    home, store, full, _ = _chain(tmp_path, driver)
+    cfg = Config(home)
+    cfg.set("store.backupexclude", "Work")
+    ex = tmp_path / "ex.ims"
+    run(home, "imsbackup", "-f", ex, "--base", f"{full}.state", "/", check=EXIT_OK)
+    cfg.unset("store.backupexclude")
+    joe = tmp_path / "joe.ims"
+    run(home, "imsbackup", "-f", joe, "--base", f"{full}.state", "/primary/user/joe", check=EXIT_OK)
+    now = state(store)
+    d0 = str(tmp_path / "d0")
+    make_home(d0, driver)
+    run(d0, "imsrestore", "-f", full, "/", check=EXIT_OK)
+    at_full = state(open_store(Config(d0)))
+    assert any(k[1] == "Work/2023" for k in at_full) and any(k[0] == "ann" for k in at_full)
+    for incr, want in ((ex, now), (joe, {**{k: v for k, v in at_full.items() if k[0] != "joe"},
+                                           **{k: v for k, v in now.items() if k[0] == "joe"}})):
+        for how in ("one command", "one by one"):
+            dst = str(tmp_path / f"d-{incr.stem}-{how[:3]}")
+            make_home(dst, driver)
+            if how == "one command":
+                run(dst, "imsrestore", "-f", full, "-f", incr, "/", check=EXIT_OK)
+            else:
+                run(dst, "imsrestore", "-f", full, "/", check=EXIT_OK)
+                run(dst, "imsrestore", "-f", incr, "/", check=EXIT_OK)
+            assert state(open_store(Config(dst))) == want, (incr.name, how)
+        p = run(home, "imsverify", "-f", full, "-f", incr, "--restore-test", text=True)
+        assert p.returncode == EXIT_OK, (incr.name, p.stdout, p.stderr)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_cumulative_incrementals_of_one_full_verify_as_the_chain_a_restore_takes(tmp_path, driver):
     """Cumulative incrementals (imsstage --cumulative, or --base FULL each day) share one
     base: all of them given, or a staging directory holding them, is no broken chain;

@@ -266,6 +266,8 @@ def _chain(args, rep) -> int:
     # the end of the chain: what its last archive lists, folder by folder; the archives
     # before it restore nothing else (no message or folder gone by then comes back)
     final, unread = _final_state(args.devices[-1], args.bf, inst.config, args.identity)
+    from asm.restore.selection import unseen_by
+    unseen = unseen_by(headers[-1], inst.groups)
     status = EXIT_OK
     per: list = []              # the run report: each archive's status and counts, and their sum
 
@@ -285,6 +287,7 @@ def _chain(args, rep) -> int:
         one.hold = args.hold or not last
         one.final = None if last else final
         one.final_unread = () if last else unread
+        one.final_unseen = None if last else unseen
         rep.fields.pop("counts", None)
         st = _one(one, rep)
         per.append({"device": d, "status": st, "counts": rep.fields.get("counts")})
@@ -359,7 +362,8 @@ def _one(args, rep) -> int:
                     reffile=args.refout or default_reffile(inst.config.home, reader.header),
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
                     spool_limit=inst.config.get_int("restore.spoolmax") << 20,
-                    final=getattr(args, "final", None), final_unread=getattr(args, "final_unread", ()))
+                    final=getattr(args, "final", None), final_unread=getattr(args, "final_unread", ()),
+                    final_unseen=getattr(args, "final_unseen", None))
                 journal = Journal(os.path.join(inst.config.home, "data", "restore-journal.db"))
                 res = Restorer(inst.store, inst.groups, reader, opts, sel, journal, device=args.device,
                                report=report, progress=show if progress.enabled else None).restore()

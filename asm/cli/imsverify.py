@@ -55,6 +55,44 @@ def _config() -> Config | None:
         return None
 
 
+def _chains(checks: list) -> list[list]:
+    """The archives in chains, in the order of their first archive: one per scope, and an
+    incremental by base in its base's chain whatever its scope (one user's incremental of
+    a full of the whole store continues that full)."""
+    from asm.backupstate import header_chain
+    comp = list(range(len(checks)))
+
+    def find(i):
+        while comp[i] != i:
+            comp[i] = comp[comp[i]]
+            i = comp[i]
+        return i
+    first: dict = {}
+    index = {c.archive_id: i for i, c in enumerate(checks)}
+    for i, c in enumerate(checks):
+        j = first.setdefault(tuple(c.header.get("scope") or ["/"]), i)
+        comp[find(i)] = find(j)
+        for aid in [c.base] + header_chain(c.header):
+            if aid in index:
+                comp[find(i)] = find(index[aid])
+    out: dict = {}
+    for i, c in enumerate(checks):
+        out.setdefault(find(i), []).append(c)
+    return [out[k] for k in sorted(out, key=lambda k: min(i for i in range(len(checks)) if find(i) == k))]
+
+
+def _groups(cfg):
+    """The installation's backup groups (to tell which folders an archive's scope covers),
+    or none when there is no installation or its groups cannot be read."""
+    from asm.groups import Groups, GroupsError
+    if cfg is None:
+        return Groups()
+    try:
+        return Groups.load(cfg.groups_path)
+    except (GroupsError, OSError):
+        return Groups()
+
+
 def _expand(devices: list[str]) -> list[str]:
     """Devices as given; a local directory stands for the archive files in it."""
     out = []
@@ -155,13 +193,10 @@ def _verify(args, report) -> int:
     if not checks and skipped:
         raise UsageError(f"no archive among the files of {', '.join(from_dirs)}")
 
-    # chains: one per scope, in the order of their first archive
-    by_scope: dict = {}
-    for c in (c for c in checks if c.readable):
-        by_scope.setdefault(tuple(c.header.get("scope") or ["/"]), []).append(c)
     views = []
-    for scope, group in by_scope.items():
-        v = build(group)
+    groups = inst.groups if inst is not None else _groups(cfg)
+    for group in _chains([c for c in checks if c.readable]):
+        v = build(group, groups)
         views.append(v)
         problems.extend(v.problems)
 

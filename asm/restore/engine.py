@@ -336,6 +336,12 @@ class Restorer:
                 # not delete it: restored as this archive holds it (the last archive's
                 # restore keeps it and says so)
                 pass
+            elif end is None and self.opts.final_unseen is not None and \
+                    self.opts.final_unseen(m.partition, m.user, group, m.folder):
+                # the chain's last backup did not look at it (out of its scope, or left out
+                # by store.backupexclude): not deleted, restored as this archive holds it
+                self.report(f"{mailbox}: outside what the chain's last archive covers: restored as "
+                            f"this archive holds it")
             elif end is None or end[0] != m.uidvalidity:
                 # deleted, renamed away or made again by the end of the chain
                 self.plan = None

@@ -28,6 +28,9 @@ class RestoreOptions:
                                         # end holds (asm.restore.plan.chain_end)
     final_unread: tuple = ()            # ... and its trailer's errors ({mailbox, error}:
                                         # what its backup could not read)
+    final_unseen: object = None         # ... and a test (partition, user, group, folder) ->
+                                        # True for a folder its backup did not look at (out
+                                        # of its scope, or store.backupexclude left it out)
 
 
 @dataclass

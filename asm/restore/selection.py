@@ -72,3 +72,30 @@ class Selection:
     def near_misses(self, path: str) -> list[str]:
         """Archived folders that ``path`` (an unmatched one) names but for case."""
         return sorted(set().union(*[self.near[i] for i, lp in enumerate(self.paths) if str(lp) == path]))
+
+
+def unseen_by(header: dict, groups):
+    """A test (partition, user, group, folder) -> True for a folder the backup of
+    ``header`` did not look at: outside its scope, or left out by the store.backupexclude
+    it ran with (a folder it names explicitly never is).  None when its scope cannot be
+    read with today's groups (then every folder counts as looked at, as before)."""
+    from asm.backup import is_excluded
+    from asm.logical import PathError, parse
+    scope = header.get("scope") or ["/"]
+    exclude = (header.get("options") or {}).get("exclude") or []
+    if not isinstance(scope, list) or not isinstance(exclude, list):
+        return None
+    try:
+        paths = [parse(p, groups) for p in scope]
+    except (PathError, TypeError, ValueError):
+        return None
+    if any(lp.partition is None for lp in paths):
+        paths = []                          # '/': every folder is in its scope
+    sel = Selection(paths, groups)
+    explicit = {(lp.partition, lp.user, lp.folder) for lp in paths if lp.folder is not None}
+
+    def unseen(partition: str, user: str, group, folder: str) -> bool:
+        if paths and not sel.folder(partition, user, group, folder):
+            return True
+        return (partition, user, folder) not in explicit and is_excluded(folder, [str(x) for x in exclude])
+    return unseen

@@ -45,7 +45,7 @@ def order(checks: list[ArchiveCheck]) -> list[ArchiveCheck]:
     return sorted((c for c in checks if c.readable), key=lambda c: c.created)
 
 
-def build(checks: list[ArchiveCheck]) -> ChainView:
+def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
     """The chain of ``checks`` (any order; unreadable ones are left out, their own
     problems say why) and the problems of its continuity (EXIT_ORDER).
 
@@ -95,7 +95,9 @@ def build(checks: list[ArchiveCheck]) -> ChainView:
                 problem(f"{a.device} holds mail stored since {_when(a.since)}, but the archive before "
                         f"it ({p.device}) was taken at {_when(p.created)}: mail stored in between "
                         "is in no archive of this chain")
-        if list(a.header.get("scope") or ["/"]) != list(p.header.get("scope") or ["/"]):
+        if a.base is None and list(a.header.get("scope") or ["/"]) != list(p.header.get("scope") or ["/"]):
+            # (an incremental by base names what it continues, whatever it covers: what it
+            # does not cover stays as its base has it)
             problem(f"{a.device} covers {a.header.get('scope')} but the archive it continues "
                     f"({p.device}) covers {p.header.get('scope')}: not one chain")
         parent[a.archive_id] = p
@@ -111,12 +113,12 @@ def build(checks: list[ArchiveCheck]) -> ChainView:
         # one cannot be; the summary says so
         view.base_missing = path[0].device
     for k, a in enumerate(path):
-        _apply(view, a, problem, base=k == 0)
+        _apply(view, a, problem, base=k == 0, groups=groups)
         view.chain.append(a)
     return view
 
 
-def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False) -> None:
+def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups=None) -> None:
     """Lay archive ``a`` over the view: its folders replace theirs; an incremental's
     listed-but-not-carried messages come from the view, with the flags it recorded."""
     incremental = a.incremental
@@ -150,5 +152,19 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False) -> Non
                 problem(f"{a.device}: {f.mailbox} lists {missing} message{'s' if missing > 1 else ''} "
                         f"(from UID {first_missing}) it does not carry, and {why}")
         new[key] = g
+    if incremental and not base:
+        # a folder this incremental's backup did not look at (out of its scope, or left out by
+        # its store.backupexclude) is not deleted: a restore of the chain keeps it as it was
+        from asm.groups import Groups
+        from asm.restore.selection import unseen_by
+        unseen = unseen_by(a.header, groups if groups is not None else Groups())
+        if unseen is not None:
+            for key, old in view.folders.items():
+                if key not in new and unseen(old.partition, old.user, None, old.name):
+                    new[key] = old
+    users = dict(a.users)
+    for f in new.values():
+        if (f.partition, f.user) not in users and (f.partition, f.user) in view.users:
+            users[(f.partition, f.user)] = view.users[(f.partition, f.user)]
     view.folders = new
-    view.users = dict(a.users)
+    view.users = users
