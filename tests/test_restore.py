@@ -98,6 +98,18 @@ def test_paths_select_and_map_users(source, ims_home, dest, tmp_path):
     assert [m.uid for m in target.messages("josé lópez", "Sent")] == [m.uid for m in source.messages("joe", "Sent")]
     p = run(dest, "imsrestore", "-f", a, "/primary/user/nobody")
     assert p.returncode == 2 and b"/primary/user/nobody: nothing in the archive matches" in p.stderr
+    # a map line that names no user of the archive (a typo: Joe for joe): the restore says
+    # so and exits 1, never 0 with the mail gone to the user's own name unannounced
+    mapfile.write_text("Joe=reviewer\nann=ann2\n")
+    p = run(dest, "imsrestore", "-m", mapfile, "-f", a, "/primary/user/joe/Sent", "/primary/user/ann", text=True)
+    assert p.returncode == 1, p.stderr
+    assert "map line Joe=reviewer: no user 'Joe' in the archive: nothing was restored to 'reviewer'" in p.stderr
+    assert "map line ann" not in p.stderr                # a user the archive has, not selected: fine
+    assert not target.exists("reviewer") and target.exists("ann2")
+    mapfile.write_text("joe=a\njoe=b\n")               # one user mapped twice: refused, nothing done
+    p = run(dest, "imsrestore", "-m", mapfile, "-f", a, "/primary/user/joe/Sent", text=True)
+    assert p.returncode == 2 and "'joe' is mapped a second time" in p.stderr, p.stderr
+    assert not target.exists("a") and not target.exists("b")
 
 
 def test_new_mailbox_beside_existing(source, ims_home, tmp_path):

@@ -25,7 +25,7 @@ from asm.cli.common import (
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
 from asm.errors import (
-    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, ImsError,
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL, ImsError,
     device_status,
 )
 from asm.layers import wrap_read
@@ -279,10 +279,13 @@ def _chain(args, rep) -> int:
         rep.update(device=list(args.devices), chain=per, counts=total)
 
     unmatched: list = [None]    # the paths no archive before this one matched (None: none yet)
+    map_used: set = set()       # the map file's old names some archive of the chain had
     for i, d in enumerate(args.devices):
         last = i == len(args.devices) - 1
         one = argparse.Namespace(**vars(args))
         one.chain_unmatched = unmatched
+        one.map_used = map_used
+        one.map_last = last
         one.device = d
         one.hold = args.hold or not last
         one.final = None if last else final
@@ -305,6 +308,8 @@ def _one(args, rep) -> int:
     inst = open_installation(create=not (args.toc or args.header))
     paths = [parse(p, inst.groups) for p in args.paths]
     user_map = read_map(args.mapfile) if args.mapfile else {}
+    if getattr(args, "map_used", None) is None:
+        args.map_used = set()           # one archive: its own (a chain shares one, see _chain)
     refdoc = read_reffile(args.reffile) if args.reffile else None
     if args.device == "-" and sys.stdin.isatty():
         raise UsageError("refusing to read an archive from a terminal: pipe one in or name a file with -f")
@@ -358,7 +363,7 @@ def _one(args, rep) -> int:
                     ignore_duplicates=args.ignore, new_mailbox=args.new, continue_on_error=args.cont != "n",
                     ask=_asker(progress) if args.cont is None and args.device != "-" and sys.stdin.isatty()
                     else None,
-                    user_map=user_map, keep_held=args.hold,
+                    user_map=user_map, map_used=args.map_used, keep_held=args.hold,
                     reffile=args.refout or default_reffile(inst.config.home, reader.header),
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
                     spool_limit=inst.config.get_int("restore.spoolmax") << 20,
@@ -425,7 +430,18 @@ def _one(args, rep) -> int:
     if res.out_of_order:
         warn(PROG, f"{len(res.out_of_order)} folders were left as they were: this archive does not "
              f"follow the one restored last into them (see above)")
-    return res.status()
+    status = res.status()
+    if user_map and refdoc is None and getattr(args, "map_last", True):
+        unused = [k for k in user_map if k not in args.map_used]
+        for k in unused:
+            # a typo (Dovecot lowercases logins), or a user the archive does not hold: their
+            # mail, if any, was restored under its own name
+            warn(PROG, f"map line {k}={user_map[k]}: no user {k!r} in the archive"
+                       + ("s" if getattr(args, "chain_unmatched", None) is not None else "")
+                       + f": nothing was restored to {user_map[k]!r} (names are matched exactly)")
+        if unused and status == EXIT_OK:
+            status = EXIT_PARTIAL
+    return status
 
 
 if __name__ == "__main__":

@@ -182,6 +182,8 @@ class Restorer:
             self._end_folder(complete=True)
             self._end_user()
             self.user_groups[(m.partition, m.user)] = m.group
+            if m.user in self.opts.user_map:
+                self.opts.map_used.add(m.user)       # the map names a user the archive has
             self.cur_user = (m.partition, m.user)
             self.cur_folders = set()
             self.cur_damaged = False

@@ -17,6 +17,7 @@ class RestoreOptions:
     continue_on_error: bool = True      # -c y|n
     ask: object = None                  # ask(message) -> bool: the classic prompt on a terminal
     user_map: dict = field(default_factory=dict)   # -m: old -> new
+    map_used: set = field(default_factory=set)     # ... the old names the archive(s) had
     reffile: str | None = None          # where unresolved links are written
     spool_limit: int = 1 << 30          # bytes of first copies kept from a stream
     verbose: bool = False

@@ -22,6 +22,9 @@ def read_map(path: str) -> dict:
                 old, eq, new = s.partition("=")
                 if not eq or not old.strip() or not new.strip():
                     raise RestoreError(f"{path}:{lineno}: expected 'olduser=newuser', found {s[:80]!r}")
+                if old.strip() in out:
+                    raise RestoreError(f"{path}:{lineno}: {old.strip()!r} is mapped a second time (to "
+                                       f"{new.strip()!r}; before to {out[old.strip()]!r}): keep one line")
                 out[old.strip()] = new.strip()
         except UnicodeDecodeError:
             raise RestoreError(f"cannot read map file {path!r}: it is not UTF-8 text") from None
