@@ -491,3 +491,33 @@ def test_a_restore_holds_dovecot_lmtp_deliveries(vdomain, tmp_path):
     assert "alice@example.com" not in open(hold).read()
     time.sleep(1.1)
     assert lab.deliver([u], message("after the restore"), check=False)[u][0] == 250
+
+
+def test_a_utf8_location_keeps_folder_names_and_subscriptions_in_utf8(tmp_path):
+    """mail_location's UTF-8 option: Dovecot keeps folder directories and the
+    subscriptions file in UTF-8.  A restore must write the subscriptions the same way, or
+    the client's LSUB names a folder that does not exist and loses the real one."""
+    from tests.dovecot_lab import LabLayout, dovecot_lab
+    lay = LabLayout("utf8", "maildir:{store}/%u/Maildir:UTF-8", "{store}/%u", ("alice",))
+    with dovecot_lab(lay) as lab:
+        home = str(tmp_path / "ims")
+        configure(lab, home)
+        with lab.imap("alice") as c:
+            for f in (REUNIONS, "Work", f"Work/{REUNIONS}"):
+                c.create(f)
+                c.subscribe(f)
+                c.append(f, message(f"in {f}"))
+        before = seen(lab.client_state("alice"))
+        subs = os.path.join(lab.store, "alice", "Maildir", "subscriptions")
+        with open(subs, "rb") as f:
+            dovecot_wrote = f.read()
+        assert "Réunions".encode() in dovecot_wrote
+        a = tmp_path / "a.ims"
+        run(home, "imsbackup", "-f", a, "/", check=0)
+        lab.stop()
+        wipe(lab)
+        lab.start()
+        run(home, "imsrestore", "-f", a, check=0)
+        assert seen(lab.client_state("alice")) == before
+        with open(subs, "rb") as f:
+            assert sorted(f.read().split(b"\n")) == sorted(dovecot_wrote.split(b"\n"))

@@ -258,6 +258,8 @@ class MaildirStore(Store):
         self._toucher = dotlock.Toucher(lambda: [h for h in self._held.values() if h.lockpath], self._mutex)
         # None: <partition>/<user>/Maildir (layout=False: so whatever the configuration says)
         self._layout = open_layout(config) if layout is None else (layout or None)
+        # Dovecot's UTF-8 location option: folder names, and the subscriptions file, in UTF-8
+        self._subs.utf8 = self._utf8 = bool(self._layout is not None and self._layout.location.utf8)
         self._uls: dict[str, layout_mod.UserLayout] = {}
         if self._layout is not None:
             self._parts = {"primary": fixed_prefix(self._layout.root_template())}
@@ -1210,11 +1212,11 @@ class MaildirStore(Store):
         except Unlocked:
             raise StoreError(f"cannot write {path}: permission denied") from None
         try:
-            subscribed = subscriptions.read(root)
+            subscribed = subscriptions.read(root, self._utf8)
             if (folder in subscribed) == on:
                 return
             subscribed = [n for n in subscribed if n != folder] + ([folder] if on else [])
-            self._write_file(path, subscriptions.render(subscribed), self._owner_for(root))
+            self._write_file(path, subscriptions.render(subscribed, self._utf8), self._owner_for(root))
         finally:
             dotlock.release(lockpath)
 

@@ -12,8 +12,9 @@ from asm.store.maildir.names import level_to_disk
 SUBSCRIPTIONS = "subscriptions"
 
 
-def parse(lines: list) -> list:
-    """The folder names of a subscriptions file's lines, in order."""
+def parse(lines: list, utf8: bool = False) -> list:
+    """The folder names of a subscriptions file's lines, in order (``utf8``: a location
+    with Dovecot's UTF-8 option keeps them in UTF-8, not modified UTF-7)."""
     if lines and lines[0].startswith("V\t"):
         sep, body = "\t", lines[1:]
     else:
@@ -24,6 +25,9 @@ def parse(lines: list) -> list:
             continue
         levels = []
         for level in line.split(sep):
+            if utf8:
+                levels.append(level)
+                continue
             try:
                 levels.append(utf7.decode(level))
             except ValueError:
@@ -36,17 +40,17 @@ def parse(lines: list) -> list:
     return out
 
 
-def render(names: list) -> bytes:
-    text = "V\t2\n\n" + "".join("\t".join(level_to_disk(level) for level in n.split("/")) + "\n"
-                                for n in names)
+def render(names: list, utf8: bool = False) -> bytes:
+    enc = (lambda level: level) if utf8 else level_to_disk
+    text = "V\t2\n\n" + "".join("\t".join(enc(level) for level in n.split("/")) + "\n" for n in names)
     return text.encode("utf-8", "surrogateescape")
 
 
-def read(root: str) -> list:
+def read(root: str, utf8: bool = False) -> list:
     """The names in ``root``'s subscriptions file ([] when there is none)."""
     try:
         with open(os.path.join(root, SUBSCRIPTIONS), encoding="utf-8", errors="surrogateescape") as f:
-            return parse(f.read().split("\n"))
+            return parse(f.read().split("\n"), utf8)
     except FileNotFoundError:
         return []
 
@@ -54,8 +58,9 @@ def read(root: str) -> list:
 class Cache:
     """Subscribed names per Maildir root, re-read only when the file changed."""
 
-    def __init__(self):
+    def __init__(self, utf8: bool = False):
         self._cache: dict[str, tuple] = {}     # Maildir root -> (stat key, names)
+        self.utf8 = utf8
 
     def get(self, root: str) -> set:
         path = os.path.join(root, SUBSCRIPTIONS)
@@ -72,6 +77,6 @@ class Cache:
                 lines = f.read().split("\n")
         except FileNotFoundError:
             return set()
-        names = set(parse(lines))
+        names = set(parse(lines, self.utf8))
         self._cache[root] = (key, names)
         return names
