@@ -661,3 +661,30 @@ def test_a_chain_into_a_live_store_brings_lost_mail_back_as_the_last_backup_had_
     assert added == sorted(lost), (seed, [x for x in added if x not in lost], [x for x in lost if x not in added])
     chain(home, w.archives)                   # a rerun adds nothing
     assert view(d) == after
+
+
+def test_a_chain_restored_beside_is_one_folder_as_the_last_backup_had_it(tmp_path, driver):
+    """-n with a chain: the folder is restored once, beside the live one, as the chain's
+    last backup had it (not the full's messages in one new folder and the incremental's in
+    another); the live folder is not touched."""
+    w = World(tmp_path, driver)
+    for _ in range(3):
+        w.new(folder="Work")
+    w.backup()
+    w.store.expunge("alice", "Work", [w.store.messages("alice", "Work")[0].uid])
+    w.new(folder="Work", flags=["\\Seen"])
+    w.backup()
+    live = view(w.store)
+    want = {k[2:]: v for k, v in w.states[-1].items() if k[:2] == ("alice", "Work")}
+    for _ in range(2):      # a second run makes a second copy beside, as -n always does
+        chain(w.home, w.archives, extra=("-n",) + ("/primary/user/alice/Work",))
+    suffix = "Work-" + time.strftime("%Y%m%d")
+    names = sorted(n for n in w.store.folder_names("alice") if n.startswith(suffix))
+    assert names == [suffix, suffix + "-2"], names
+    after = view(w.store)
+    assert {k: v for k, v in after.items() if k[:2] in (("alice", "Work"), ("alice", "INBOX"))} == \
+        {k: v for k, v in live.items() if k[:2] in (("alice", "Work"), ("alice", "INBOX"))}
+    for n in names:
+        got = {k[2:]: v for k, v in after.items() if k[:2] == ("alice", n)}
+        assert {k: v[:4] for k, v in got.items() if len(k) == 1} == \
+            {k: v[:4] for k, v in want.items() if len(k) == 1}, n

@@ -273,9 +273,14 @@ class Planner:
         suffix = self.opts.new_suffix or time.strftime("%Y%m%d")
         base = f"{folder}-{suffix}"
         name, n = base, 1
+        ancestors = header_chain(self.header)
         while self.store.exists(user, name):
             j = self.journal.get(user, name)
             if j is not None and j.running is not None and j.running == self.header.get("archive_id"):
+                return name
+            if j is not None and j.running is None and j.mirror and j.archive_id in ancestors:
+                # the folder an earlier link of this archive's chain was restored into,
+                # beside: the chain continues there (-n with a chain), not in one more
                 return name
             n += 1
             name = f"{base}-{n}"
