@@ -561,3 +561,19 @@ def test_a_damaged_reference_file_is_one_line(store, ims_home, tmp_path):
         ref.write_text(json.dumps(doc))
         p = run(ims_home, "imsrestore", "-f", a, "-r", ref)
         assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and b"damaged reference file" in p.stderr
+
+
+def test_a_group_path_lists_and_restores_the_users_the_backup_recorded(source, ims_home, dest, tmp_path):
+    """Group membership is as recorded at backup: a group redefined since does not change
+    what /partition/GROUP restores, nor what -t lists for it (they agree)."""
+    groups = ims_home / "config" / "backup-groups.conf"
+    groups.write_text("team=(joe|ann)\n")
+    a = backup(ims_home, tmp_path / "a.ims")
+    groups.write_text("team=joe\n")
+    (dest / "config").mkdir(parents=True, exist_ok=True)
+    (dest / "config" / "backup-groups.conf").write_text("team=joe\n")
+    toc = run(dest, "imsrestore", "-t", "-f", a, "/primary/team", check=0, text=True).stdout
+    listed = sorted({ln.split("/")[2] for ln in toc.splitlines() if "\tuidvalidity=" in ln})
+    run(dest, "imsrestore", "-f", a, "/primary/team", check=0)
+    restored = sorted(open_store(make_home(dest, source.name)).users("primary"))
+    assert listed == restored == ["ann", "joe"], (listed, restored)

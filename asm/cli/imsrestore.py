@@ -129,12 +129,16 @@ def _toc(reader, sel: Selection, verbose: bool = False) -> int:
         errors.append(str(e))
 
     current_ok = False
+    recorded: dict = {}             # (partition, user) -> the group the backup recorded
     try:
         for m in reader.members(on_error=on_error):
             if m.kind == "user":
+                recorded[(m.partition, m.user)] = m.group
                 continue
             if m.kind == "folder":
-                current_ok = sel.folder(m.partition, m.user, m.group, m.folder)
+                # a group path selects by the group recorded at backup, as the restore does
+                current_ok = sel.folder(m.partition, m.user, recorded.get((m.partition, m.user), m.group),
+                                        m.folder)
                 if current_ok:
                     _print(f"/{m.partition}/{m.user}/{m.folder}\tuidvalidity={m.uidvalidity} "
                           f"uidnext={m.uidnext} uids={len(m.uids)}{' subscribed' if m.subscribed else ''}")
