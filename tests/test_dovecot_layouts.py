@@ -521,3 +521,30 @@ def test_a_utf8_location_keeps_folder_names_and_subscriptions_in_utf8(tmp_path):
         assert seen(lab.client_state("alice")) == before
         with open(subs, "rb") as f:
             assert sorted(f.read().split(b"\n")) == sorted(dovecot_wrote.split(b"\n"))
+
+
+@pytest.mark.parametrize("layout, short", [("hashed", "a"), ("vdomain", "postmaster")])
+def test_a_login_whose_path_has_an_empty_level_is_backed_up(tmp_path, layout, short):
+    """Dovecot expands %1.1n of a one-letter login, and %d of a login without a domain,
+    to nothing: its mail is at STORE/a//a/Maildir or STORE//postmaster/Maildir.  A backup
+    of the whole store must take that login with the others, not leave it out unnamed."""
+    from tests.dovecot_lab import LAYOUTS as LAB_LAYOUTS, dovecot_lab
+    logins = list(LAB_LAYOUTS[layout].logins) + [short]
+    with dovecot_lab(layout, logins=logins) as lab:
+        home = str(tmp_path / "ims")
+        configure(lab, home)
+        lab.deliver(logins, message("to everyone"))
+        lab.deliver([short], message(f"only for {short}"))
+        assert "//" in lab.mailbox_path(short) or os.path.isdir(lab.mailbox_path(short))
+        a = tmp_path / "a.ims"
+        p = run(home, "imsbackup", "-f", a, "/", text=True)
+        assert p.returncode == 0, p.stderr
+        got = archive_listing(home, a)
+        assert {u for u, _ in got} == set(logins), got
+        assert got[(short, "INBOX")] == 2
+        before = lab.client_state(short)
+        lab.stop()
+        wipe(lab)
+        lab.start()
+        run(home, "imsrestore", "-f", a, check=0)
+        assert seen(lab.client_state(short)) == seen(before)

@@ -671,25 +671,37 @@ class StoreLayout:
                     rx.append(f"(?P<{g}>.+?)" if t.key != "d" else f"(?P<{g}>.*?)")
                 else:
                     rx.append(".*?")
-            compiled.append(("rx", (re.compile("".join(rx), re.S), groups)))
+            # a level a short login leaves empty (%1.1n of "a", %d of "postmaster"):
+            # Dovecot's path has '//' there
+            try:
+                can_be_empty = expand(level, "a") == ""
+            except Exception:  # noqa: BLE001 - a level expand cannot take: never empty
+                can_be_empty = False
+            compiled.append(("rx", (re.compile("".join(rx), re.S), groups, can_be_empty)))
         if not any(kind == "rx" and spec[1] for kind, spec in compiled):
             raise LayoutError(f"mail_location {self.location.text!r}: no path level holds "
                               f"the login (%u, or %n with %d), so the logins under the "
                               f"store cannot be listed")
         found: dict[str, UserLayout] = {}
         skipped: list[Skipped] = []
-        for path, caps in self._walk("", compiled, {}):
+        for path, caps, short in self._walk("", compiled, {}):
+            # short: a variable level was taken as empty (%1.1n of a one-letter login,
+            # %d of a login without a domain: Dovecot's path then has '//'); such a
+            # reading counts only when it gives back a login living exactly there
             login = self._login_from(caps)
             if login is None:
-                skipped.append(Skipped(path, "the path does not tell the whole login"))
+                if not short:
+                    skipped.append(Skipped(path, "the path does not tell the whole login"))
                 continue
             try:
                 ul = self.for_login(login)
             except LayoutError as e:
-                skipped.append(Skipped(path, str(e)))
+                if not short:
+                    skipped.append(Skipped(path, str(e)))
                 continue
             if os.path.normpath(ul.root) != os.path.normpath(path):
-                skipped.append(Skipped(path, f"{login} would live in {ul.root}"))
+                if not short:
+                    skipped.append(Skipped(path, f"{login} would live in {ul.root}"))
                 continue
             if not self._has_mail(ul):
                 skipped.append(Skipped(path, "no mailbox in it"))
@@ -700,17 +712,24 @@ class StoreLayout:
         result = dict(sorted(found.items()))
         return (result, skipped) if with_skipped else result
 
-    def _walk(self, prefix: str, compiled: list, caps: dict) -> Iterator[tuple[str, dict]]:
+    def _walk(self, prefix: str, compiled: list, caps: dict,
+              short: bool = False) -> Iterator[tuple[str, dict, bool]]:
         if not compiled:
-            yield prefix or "/", caps
+            yield prefix or "/", caps, short
             return
         (kind, spec), rest = compiled[0], compiled[1:]
         if kind == "lit":
             path = f"{prefix}/{spec}"
             if os.path.isdir(path):
-                yield from self._walk(path, rest, caps)
+                yield from self._walk(path, rest, caps, short)
             return
-        rx, groups = spec
+        rx, groups, can_be_empty = spec
+        empty = rx.fullmatch("") if can_be_empty else None
+        if empty is not None and prefix:
+            # the level may be empty for some logins: the path goes on from here
+            new = dict(caps)
+            if all(new.setdefault(key, empty.group(g)) == empty.group(g) for g, key in groups):
+                yield from self._walk(prefix, rest, new, True)
         for entry in _scandirs(prefix or "/"):
             m = rx.fullmatch(entry)
             if m is None:
@@ -724,7 +743,7 @@ class StoreLayout:
                     break
                 new[key] = value
             if ok:
-                yield from self._walk(f"{prefix}/{entry}", rest, new)
+                yield from self._walk(f"{prefix}/{entry}", rest, new, short)
 
     @staticmethod
     def _login_from(caps: dict) -> str | None:
