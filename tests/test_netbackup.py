@@ -39,6 +39,18 @@ def notify(bindir, name, *args):
     return run(None, bindir / name, *args, env=bare, text=True)
 
 
+def held(directory, files) -> tuple[int, int]:
+    """(messages and links, message bytes) the archives ``files`` in ``directory`` hold."""
+    n = nbytes = 0
+    for f in files:
+        with open(directory / f, "rb") as fh:
+            for m in ArchiveReader(fh).members():
+                if m.kind in ("message", "link"):
+                    n += 1
+                    nbytes += m.size if m.kind == "message" else 0
+    return n, nbytes
+
+
 def test_install_prints_policy_and_refuses_foreign_scripts(ims_home, tmp_path, nbu):
     store, st, bindir, out = nbu
     assert sorted(os.listdir(bindir)) == ["bpend_notify.MAIL", "bpstart_notify.MAIL"]
@@ -71,13 +83,7 @@ def test_full_incr_cinc_cycles(ims_home, tmp_path, nbu):
         r = notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", stype, status)
         assert r.returncode == 0, r.stderr
         # bpend_notify's lines (the client's bpbkar log) give the counts of what was saved
-        n = nbytes = 0
-        for f in files:
-            with open(engine / f, "rb") as fh:
-                for m in ArchiveReader(fh).members():
-                    if m.kind in ("message", "link"):
-                        n += 1
-                        nbytes += m.size if m.kind == "message" else 0
+        n, nbytes = held(engine, files)
         m = re.search(r"this job saved (\d+) dumps, (\d+) messages, (\d+) links, (\d+) bytes, 0 errors", r.stderr)
         assert m and (int(m.group(1)), int(m.group(2)) + int(m.group(3)), int(m.group(4))) == \
             (len(files), n, nbytes), (r.stderr, n, nbytes)
@@ -139,13 +145,7 @@ def test_a_failed_dump_is_not_counted_as_saved(ims_home, tmp_path, nbu):
     r = notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "sched", "FULL")
     assert r.returncode != 0, r.stderr
     files = staged_files(st)
-    n = nbytes = 0
-    for f in files:
-        with open(st / f, "rb") as fh:
-            for m in ArchiveReader(fh).members():
-                if m.kind in ("message", "link"):
-                    n += 1
-                    nbytes += m.size if m.kind == "message" else 0
+    n, nbytes = held(st, files)
     assert 0 < len(files) < len({d["grp"] for d in rows(st)}), files
     failed = len({d["grp"] for d in rows(st)}) - len(files)
     want = f"staged {len(files)} dumps ({failed} more failed, not staged), "

@@ -287,22 +287,27 @@ def test_upload_memory_is_bounded(tmp_path, seaweed):
         f"{large_size >> 20} MiB: memory grows with the archive"
 
 
-@pytest.mark.parametrize("lie", ["part", "complete", "size"])
-def test_what_the_server_answers_is_checked(seaweed, monkeypatch, lie):
-    """The real server, with its answers altered on the way back as a server that stored
-    other bytes would answer: a part's MD5, the assembled ETag, the size.  The upload
-    fails with S3VerifyFailed and no object is left under the name."""
-    from plugins.s3.errors import S3VerifyFailed
+def _seaweed_client(seaweed, monkeypatch):
+    """(Settings, boto3 client) for the test SeaweedFS: 5 MiB parts, no retries."""
     from plugins.s3.settings import Settings, client
-    from plugins.s3.spec import parse
-    from plugins.s3.upload import S3Writer
     for k, v in seaweed.env().items():
         if v is None:
             monkeypatch.delenv(k, raising=False)
         else:
             monkeypatch.setenv(k, v)
     settings = Settings(partsize=5 << 20, concurrency=2, retries=0)
-    real = client(settings)
+    return settings, client(settings)
+
+
+@pytest.mark.parametrize("lie", ["part", "complete", "size"])
+def test_what_the_server_answers_is_checked(seaweed, monkeypatch, lie):
+    """The real server, with its answers altered on the way back as a server that stored
+    other bytes would answer: a part's MD5, the assembled ETag, the size.  The upload
+    fails with S3VerifyFailed and no object is left under the name."""
+    from plugins.s3.errors import S3VerifyFailed
+    from plugins.s3.spec import parse
+    from plugins.s3.upload import S3Writer
+    settings, real = _seaweed_client(seaweed, monkeypatch)
 
     class Altered:
         def __getattr__(self, name):
@@ -345,16 +350,9 @@ def test_link_lost_after_the_upload_completed(seaweed, monkeypatch, reachable):
     from botocore.exceptions import EndpointConnectionError
 
     from plugins.s3.errors import S3Error
-    from plugins.s3.settings import Settings, client
     from plugins.s3.spec import parse
     from plugins.s3.upload import S3Writer
-    for k, v in seaweed.env().items():
-        if v is None:
-            monkeypatch.delenv(k, raising=False)
-        else:
-            monkeypatch.setenv(k, v)
-    settings = Settings(partsize=5 << 20, concurrency=2, retries=0)
-    real = client(settings)
+    settings, real = _seaweed_client(seaweed, monkeypatch)
 
     class LinkGone:
         def __getattr__(self, name):
