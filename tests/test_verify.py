@@ -356,6 +356,35 @@ def test_a_chain_keeps_what_its_last_backup_did_not_look_at(tmp_path, driver):
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_a_user_who_left_the_group_of_the_last_backup_is_kept(tmp_path, driver):
+    """A full of the whole store, then an incremental of a group a user left in between
+    (backup-groups.conf changed): that backup never looked at the user, so the chain
+    keeps the user's mail as the full has it (it held no trace of the user)."""
+    home, store, _, _ = _chain(tmp_path, driver)
+    groups = tmp_path / "src" / "config" / "backup-groups.conf"
+    groups.write_text("team=(ann|joe)\n")        # the full records joe in team
+    full = tmp_path / "full-team.ims"
+    run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
+    groups.write_text("team=ann\n")
+    incr = tmp_path / "team.ims"
+    run(home, "imsbackup", "-f", incr, "--base", f"{full}.state", "/primary/team", check=EXIT_OK)
+    d0 = str(tmp_path / "d0")
+    make_home(d0, driver)
+    run(d0, "imsrestore", "-f", full, "/", check=EXIT_OK)
+    joe_at_full = {k: v for k, v in state(open_store(Config(d0))).items() if k[0] == "joe"}
+    assert joe_at_full
+    dst = str(tmp_path / "dst")
+    make_home(dst, driver)
+    (tmp_path / "dst" / "config" / "backup-groups.conf").write_text("team=ann\n")
+    run(dst, "imsrestore", "-f", full, "-f", incr, "/", check=EXIT_OK)
+    got = state(open_store(Config(dst)))
+    assert {k: v for k, v in got.items() if k[0] == "joe"} == joe_at_full
+    assert {k: v for k, v in got.items() if k[0] == "ann"} == {k: v for k, v in state(store).items() if k[0] == "ann"}
+    p = run(home, "imsverify", "-f", full, "-f", incr, "--restore-test", text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_cumulative_incrementals_of_one_full_verify_as_the_chain_a_restore_takes(tmp_path, driver):
     """Cumulative incrementals (imsstage --cumulative, or --base FULL each day) share one
     base: all of them given, or a staging directory holding them, is no broken chain;

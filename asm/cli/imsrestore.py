@@ -271,7 +271,7 @@ def _chain(args, rep) -> int:
     # before it restore nothing else (no message or folder gone by then comes back)
     final, unread = _final_state(args.devices[-1], args.bf, inst.config, args.identity)
     from asm.restore.selection import unseen_by
-    unseen = unseen_by(headers[-1], inst.groups)
+    unseen = unseen_by(headers[-1], inst.groups, {u for (u, _f) in final})
     status = EXIT_OK
     per: list = []              # the run report: each archive's status and counts, and their sum
 

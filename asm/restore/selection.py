@@ -77,11 +77,14 @@ class Selection:
         return sorted(set().union(*[self.near[i] for i, lp in enumerate(self.paths) if str(lp) == path]))
 
 
-def unseen_by(header: dict, groups):
+def unseen_by(header: dict, groups, held_users=None):
     """A test (partition, user, group, folder) -> True for a folder the backup of
     ``header`` did not look at: outside its scope, or left out by the store.backupexclude
-    it ran with (a folder it names explicitly never is).  None when its scope cannot be
-    read with today's groups (then every folder counts as looked at, as before)."""
+    it ran with (a folder it names explicitly never is).  ``held_users``: the users that
+    archive holds; a backup of some paths (not the whole store) that holds none of a
+    user's mail did not look at that user (one who left its group since, say).  None when
+    its scope cannot be read with today's groups (then every folder counts as looked at,
+    as before)."""
     from asm.backup import is_excluded
     from asm.logical import PathError, parse
     scope = header.get("scope") or ["/"]
@@ -98,6 +101,8 @@ def unseen_by(header: dict, groups):
     explicit = {(lp.partition, lp.user, lp.folder) for lp in paths if lp.folder is not None}
 
     def unseen(partition: str, user: str, group, folder: str) -> bool:
+        if paths and held_users is not None and user not in held_users:
+            return True
         if paths and not sel.folder(partition, user, group, folder):
             return True
         return (partition, user, folder) not in explicit and is_excluded(folder, [str(x) for x in exclude])
