@@ -385,6 +385,36 @@ def test_a_user_who_left_the_group_of_the_last_backup_is_kept(tmp_path, driver):
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_every_cycle_is_checked_and_a_date_incremental_follows_its_own_scope(tmp_path, driver):
+    """An older full cycle among the archives is still checked (a full that lacks a
+    message its incremental keeps from before fails the run, as it does given alone); an
+    incremental by date of the whole store follows the whole store's archive, not a
+    narrower incremental by base taken in between."""
+    home, store, full, incr = _chain(tmp_path, driver)
+    short, _ = _drop_message(full.read_bytes())
+    bad = tmp_path / "short.ims"
+    bad.write_bytes(short)
+    run(home, "imsverify", "-f", bad, "-f", incr, check=EXIT_ORDER)
+    full2, incr2 = tmp_path / "full2.ims", tmp_path / "incr2.ims"
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    run(home, "imsbackup", "-f", full2, "/", check=EXIT_OK)
+    joe = tmp_path / "joe.ims"
+    run(home, "imsbackup", "-f", joe, "--base", f"{full2}.state", "/primary/user/joe", check=EXIT_OK)
+    change_mail(store, ["joe", "ann"])
+    run(home, "imsbackup", "-f", incr2, "-d", since, "/", check=EXIT_OK)
+    p = run(home, "imsverify", "-f", full2, "-f", joe, "-f", incr2, "--restore-test", text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+    d = tmp_path / "dir"
+    d.mkdir()
+    for f in (bad, incr, full2, incr2):
+        (d / f.name).write_bytes(f.read_bytes())
+    p = run(home, "imsverify", "-v", "-f", d, text=True)
+    assert p.returncode == EXIT_ORDER and "in no earlier archive of the chain" in p.stderr, (p.stdout, p.stderr)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_cumulative_incrementals_of_one_full_verify_as_the_chain_a_restore_takes(tmp_path, driver):
     """Cumulative incrementals (imsstage --cumulative, or --base FULL each day) share one
     base: all of them given, or a staging directory holding them, is no broken chain;

@@ -88,32 +88,47 @@ def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
                             "incremental after it")
                 continue
         else:
-            if i == 0:
+            # by date alone: it follows the archive of its scope taken before it
+            same = [b for b in unique[:i] if list(b.header.get("scope") or ["/"]) ==
+                    list(a.header.get("scope") or ["/"])]
+            if not same:
                 continue
-            p = unique[i - 1]          # by date alone: it follows the archive taken before it
+            p = same[-1]
             if a.since > p.created:
                 problem(f"{a.device} holds mail stored since {_when(a.since)}, but the archive before "
                         f"it ({p.device}) was taken at {_when(p.created)}: mail stored in between "
                         "is in no archive of this chain")
-        if a.base is None and list(a.header.get("scope") or ["/"]) != list(p.header.get("scope") or ["/"]):
-            # (an incremental by base names what it continues, whatever it covers: what it
-            # does not cover stays as its base has it)
-            problem(f"{a.device} covers {a.header.get('scope')} but the archive it continues "
-                    f"({p.device}) covers {p.header.get('scope')}: not one chain")
         parent[a.archive_id] = p
-    path: list = []
-    a = unique[-1]
-    while a is not None and all(a is not b for b in path):
-        path.append(a)
-        a = parent.get(a.archive_id)
-    path.reverse()
+
+    def path_to(a) -> list:
+        out: list = []
+        while a is not None and all(a is not b for b in out):
+            out.append(a)
+            a = parent.get(a.archive_id)
+        return out[::-1]
+
+    # every chain the archives hold is checked (an older cycle's too); the newest one is
+    # what a restore takes
+    continued = {p.archive_id for p in parent.values()}
+    seen_texts: set = set()
+    for leaf in [a for a in unique if a.archive_id not in continued and a is not unique[-1]]:
+        other = ChainView()
+        found: list = []
+        for k, a in enumerate(path_to(leaf)):
+            _apply(other, a, found.append, base=k == 0, groups=groups)
+        for text in found:
+            if text not in seen_texts:
+                seen_texts.add(text)
+                problem(text)
+    path = path_to(unique[-1])
     if path[0].incremental:
         # an incremental checked on its own (or incrementals without their full archive): the
         # archives are checked, and the continuity between them, but what came before the first
         # one cannot be; the summary says so
         view.base_missing = path[0].device
     for k, a in enumerate(path):
-        _apply(view, a, problem, base=k == 0, groups=groups)
+        _apply(view, a, lambda text: None if text in seen_texts else problem(text), base=k == 0,
+               groups=groups)
         view.chain.append(a)
     return view
 
