@@ -23,10 +23,28 @@ import time
 from dataclasses import dataclass
 
 from asm.archive.names import dump_json, from_db, to_db
-from asm.errors import EXIT_INCOMPLETE
+from asm.errors import EXIT_DEVICE, EXIT_INCOMPLETE
 from staging.errors import StagingError
 
 CATALOG_NAME = "catalog.db"
+
+
+def is_damage(exc) -> bool:
+    """An SQLite error that means the catalog file is damaged (not one of writing it:
+    permissions, a full disk, a read-only mount, another writer)."""
+    text = str(exc).lower()
+    return any(w in text for w in ("malformed", "not a database", "corrupt", "quick_check",
+                                   "wrong # of entries", "row ", "page ", "btree"))
+
+
+class CatalogUnwritable(StagingError):
+    """The catalog could not be written (permissions, space, a read-only mount)."""
+
+    status = EXIT_DEVICE
+
+    def __init__(self, path: str, exc):
+        super().__init__(f"cannot write the staging catalog {path}: {exc}: check its permissions, the free "
+                         f"space and the mount (the catalog itself is intact)")
 
 
 class CatalogDamaged(StagingError):
@@ -129,13 +147,14 @@ class Catalog:
             self._upgrade()
             ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
-                raise sqlite3.DatabaseError(ok)
+                raise sqlite3.DatabaseError(f"quick_check: {ok}")
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                self.db.close()
-                raise
             self.db.close()
-            raise CatalogDamaged(self.path, exc) from None
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            if is_damage(exc):
+                raise CatalogDamaged(self.path, exc) from None
+            raise CatalogUnwritable(self.path, exc) from None
         self._area = None
 
     @property

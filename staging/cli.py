@@ -167,9 +167,10 @@ def _main(argv: list[str] | None) -> int:
     except sqlite3.DatabaseError as exc:
         if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
             raise
-        # damage the catalog's first check did not reach
-        from staging.catalog import CatalogDamaged
-        return die(PROG, str(CatalogDamaged(CATALOG_NAME, exc)), CatalogDamaged.status)
+        # damage the catalog's first check did not reach, or a write it could not make
+        from staging.catalog import CatalogDamaged, CatalogUnwritable, is_damage
+        err = CatalogDamaged(CATALOG_NAME, exc) if is_damage(exc) else CatalogUnwritable(CATALOG_NAME, exc)
+        return die(PROG, str(err), err.status)
 
 
 def _dispatch(args, rep=None) -> int:

@@ -331,3 +331,18 @@ def test_run_reports_of_dumps_and_of_a_chain_restore(ims_home, tmp_path, hook_se
         fh.write(b"Z")
     r = imsstage(ims_home, "verify", "-D", str(st), "/primary/user/bob")
     assert r.returncode == 4 and "not the file the catalog recorded" in r.stderr, r.stderr
+
+
+def test_a_catalog_that_cannot_be_written_is_not_called_damaged():
+    """Advice to restore catalog.db from a backup is for a damaged file only: a full
+    disk or a read-only mount must not make an admin replace a good catalog."""
+    import sqlite3
+
+    from staging.catalog import CatalogDamaged, CatalogUnwritable, is_damage
+    for text in ("database disk image is malformed", "file is not a database", "quick_check: row 3 missing"):
+        assert is_damage(sqlite3.DatabaseError(text)), text
+    for text in ("attempt to write a readonly database", "database or disk is full", "unable to open database file",
+                 "disk I/O error"):
+        assert not is_damage(sqlite3.OperationalError(text)), text
+    assert CatalogDamaged.status == 4 and CatalogUnwritable.status == 3
+    assert "intact" in str(CatalogUnwritable("/s/catalog.db", "database or disk is full"))
