@@ -453,8 +453,10 @@ def test_a_damaged_seek_table_entry_only_costs_the_seeking():
                     for _ in range(6):
                         off = seeks.randrange(len(plain))
                         got.seek(off)
-                        part = got.read(seeks.randrange(1, 30000))
-                        assert part == plain[off:off + len(part)], (pos - start, bit, off)
+                        want = plain[off:off + seeks.randrange(1, 30000)]
+                        part = b"".join(iter(lambda: got.read(len(want)) if got.tell() < off + len(want)
+                                             else b"", b""))[:len(want)]
+                        assert part == want, (pos - start, bit, off, len(part), len(want))
                     got.seek(0)
                 back = b"".join(iter(lambda: got.read(7000), b""))
             except LayerDamaged:

@@ -202,12 +202,20 @@ class ZstdSeekable(SeekableLayer):
         super().__init__(self._doff[-1])
 
     def read(self, n: int = -1) -> bytes:
+        at = self._pos
         try:
-            return super().read(n)
+            out = super().read(n)
+            if (n is None or n < 0 or len(out) < n) and not self._rebuilt and \
+                    self._checked < len(self._coff) - 1:
+                # an end of the data the table's total says: trusted only once the size of
+                # every frame was checked (a total too small would end reads early)
+                self._check_before(len(self._coff) - 1)
+            return out
         except _TableWrong:
             if self._rebuilt:
                 raise
             self._rebuild()
+            self._pos = at
             return super().read(n)
 
     def _rebuild(self) -> None:
