@@ -577,3 +577,6 @@ def test_a_group_path_lists_and_restores_the_users_the_backup_recorded(source, i
     run(dest, "imsrestore", "-f", a, "/primary/team", check=0)
     restored = sorted(open_store(make_home(dest, source.name)).users("primary"))
     assert listed == restored == ["ann", "joe"], (listed, restored)
+    # a path that matches nothing: the listing says so and exits 2, as the restore does
+    p = run(dest, "imsrestore", "-t", "-f", a, "/primary/user/nobody", text=True)
+    assert p.returncode == 2 and "/primary/user/nobody: nothing in the archive matches" in p.stderr

@@ -25,7 +25,8 @@ from asm.cli.common import (
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
 from asm.errors import (
-    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL, ImsError,
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE,
+    ImsError,
     device_status,
 )
 from asm.layers import wrap_read
@@ -174,7 +175,11 @@ def _toc(reader, sel: Selection, verbose: bool = False) -> int:
     if not reader.complete:
         warn(PROG, "archive is incomplete: it has no trailer")
         return EXIT_INCOMPLETE
-    return EXIT_OK
+    unmatched = sel.unmatched()
+    for p in unmatched:
+        # as the restore with the same path says (and exits): never an empty listing with 0
+        warn(PROG, f"{p}: nothing in the archive matches this path")
+    return EXIT_USAGE if unmatched else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
