@@ -99,11 +99,12 @@ def unseen_by(header: dict, groups, held_users=None):
         paths = []                          # '/': every folder is in its scope
     sel = Selection(paths, groups)
     explicit = {(lp.partition, lp.user, lp.folder) for lp in paths if lp.folder is not None}
+    exclude = [str(x) for x in exclude]
 
     def unseen(partition: str, user: str, group, folder: str) -> bool:
         if paths and held_users is not None and user not in held_users:
             return True
         if paths and not sel.folder(partition, user, group, folder):
             return True
-        return (partition, user, folder) not in explicit and is_excluded(folder, [str(x) for x in exclude])
+        return (partition, user, folder) not in explicit and is_excluded(folder, exclude)
     return unseen
