@@ -35,9 +35,12 @@ def url_scheme(spec: str) -> str | None:
 
 class DeviceError(ImsError):
     """A device that cannot be opened or written; the message says which and why.
-    ``status`` is what the commands exit with (plugins refine it per failure)."""
+    ``status`` is what the commands exit with (plugins refine it per failure).
+    ``outcome_said`` is True when the message already says what became of the archive
+    (incomplete, completed on the server, removed): the commands then add nothing."""
 
     status = EXIT_DEVICE
+    outcome_said = False
 
 
 # -- the failures every remote device shares (the ssh and s3 plugins refine them) --------

@@ -620,3 +620,20 @@ def test_help_is_as_wide_as_argparse_makes_it(columns, terminal, monkeypatch):
         if terminal is not None:
             out.close()
             os.close(master)
+
+
+def test_a_device_error_says_once_what_became_of_the_archive():
+    """imsbackup adds "the archive is incomplete" to a device's error unless the device
+    said already what became of it (DeviceError.outcome_said), never by its wording."""
+    from asm.cli.imsbackup import _incomplete
+    from asm.devices import DeviceError, DeviceOSError
+    plain = DeviceOSError("the link to backup.example was lost")
+    assert _incomplete(plain, " and was removed") == \
+        "the link to backup.example was lost; the archive is incomplete and was removed"
+    worded = DeviceError("a device whose message merely mentions an incomplete thing")
+    assert _incomplete(worded, "").endswith("; the archive is incomplete")
+    said = DeviceOSError("the object had been completed on the server, and was removed")
+    said.outcome_said = True
+    assert _incomplete(said, " and was removed") == "the object had been completed on the server, and was removed"
+    assert _incomplete(OSError(28, "No space left on device"), "") == \
+        "No space left on device; the archive is incomplete"

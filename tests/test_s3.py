@@ -374,6 +374,8 @@ def test_link_lost_after_the_upload_completed(seaweed, monkeypatch, reachable):
         w.close()
     text = str(exc.value)
     assert "completed on the server" in text and "incomplete" not in text, text
+    from asm.cli.imsbackup import _incomplete
+    assert exc.value.outcome_said and _incomplete(exc.value, "") == text    # imsbackup adds nothing
     if reachable:
         assert "was removed" in text and seaweed.keys(b) == []
     else:

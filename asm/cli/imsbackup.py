@@ -90,10 +90,11 @@ def build_parser() -> ArgParser:
     return p
 
 
-def _incomplete(why: str, removed: str) -> str:
+def _incomplete(exc: BaseException, removed: str) -> str:
     """A device's error and what it means for the archive, said once (a device plugin's
-    own error may say it already)."""
-    if any(w in why for w in ("incomplete", "completed on the server")):
+    own error may say it already: DeviceError.outcome_said)."""
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if getattr(exc, "outcome_said", False):
         return why
     return f"{why}; the archive is incomplete{removed}"
 
@@ -168,8 +169,7 @@ def _backup(args, rep) -> int:
         status = die(PROG, f"interrupted: {args.device} is not a complete archive{removed}", EXIT_INTERRUPTED)
     except (OSError, DeviceError) as exc:
         progress.clear()
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        status = die(PROG, f"cannot write {args.device}: {_incomplete(why, removed)}", device_status(exc))
+        status = die(PROG, f"cannot write {args.device}: {_incomplete(exc, removed)}", device_status(exc))
     except BaseException as exc:       # the store failed, or a bug: never leave a partial archive behind
         progress.clear()
         with contextlib.suppress(Exception):
@@ -181,8 +181,7 @@ def _backup(args, rep) -> int:
         device.close(ok=ok)
     except (OSError, DeviceError) as exc:
         if status is None:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            status = die(PROG, f"cannot finish {args.device}: {_incomplete(why, removed)}", device_status(exc))
+            status = die(PROG, f"cannot finish {args.device}: {_incomplete(exc, removed)}", device_status(exc))
     if status is not None:
         return status
     rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,

@@ -117,7 +117,9 @@ def translate(exc: BaseException, doing: str, where: str, endpoint: str = "") ->
         if code in ("NoSuchKey", "404", "NotFound"):
             return S3NotFound(f"{where} does not exist{at}")
         if code == "NoSuchUpload":
-            return S3LinkLost(f"the server forgot the upload of {where} ({detail}); the archive is incomplete")
+            lost = S3LinkLost(f"the server forgot the upload of {where} ({detail}); the archive is incomplete")
+            lost.outcome_said = True
+            return lost
         if code in SPACE_CODES or _looks_full(msg):
             return S3NoSpace(f"the S3 server{at} has no space left while {doing} {where} ({detail}): the object "
                              f"was not completed; free space there or choose another bucket")

@@ -208,10 +208,12 @@ class S3Writer:
             # completed, then the link failed: the object is there, whole by its ETag but not
             # checked; removed if the server can still be reached, else said so
             gone = self._remove_bad()
-            raise type(exc)(f"{exc}; the object had been completed on the server" + (
+            said = type(exc)(f"{exc}; the object had been completed on the server" + (
                 ", and was removed" if gone else
                 f" and could not be removed: it may be left there unchecked (imsverify -f {self.spec.url} "
-                f"checks it; remove it if it is not wanted)")) from None
+                f"checks it; remove it if it is not wanted)"))
+            said.outcome_said = True
+            raise said from None
 
     def _check_size(self) -> None:
         h = retry.call(self.settings, "checking", self.spec.url, self.s3.head_object, Bucket=self.spec.bucket,
