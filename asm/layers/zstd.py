@@ -219,31 +219,18 @@ class ZstdSeekable(SeekableLayer):
             return super().read(n)
 
     def _rebuild(self) -> None:
-        """The offsets of every frame, from the frames themselves (one pass)."""
+        """The offsets of every frame, from the frames themselves: one pass of
+        :class:`ZstdStream`, which says where each frame ends."""
         coff, doff = array("Q", [0]), array("Q", [0])
-        self.raw.seek(0)
-        pos = 0
-        while True:
-            obj = self._d.decompressobj()
-            fed = out = 0
-            while not obj.eof:
-                chunk = self.raw.read(FEED)
-                if not chunk:
-                    if fed == 0:
-                        break
-                    raise LayerDamaged(f"zstd: the file is cut short inside frame {len(coff) - 1}")
-                fed += len(chunk)
-                try:
-                    out += len(obj.decompress(chunk))
-                except zstandard.ZstdError as exc:
-                    raise LayerDamaged(f"zstd: frame {len(coff) - 1} (at {pos} compressed bytes) is "
-                                       f"corrupt: {exc}") from None
-            if fed == 0:
-                break
-            pos += fed - len(obj.unused_data)
-            self.raw.seek(pos)
-            coff.append(pos)
+
+        def frame_end(compressed: int, out: int) -> None:
+            coff.append(compressed)
             doff.append(doff[-1] + out)
+
+        self.raw.seek(0)
+        stream = ZstdStream(Source(self.raw), on_frame=frame_end)
+        while stream._next() is not None:
+            pass
         self._coff, self._doff = coff, doff
         self.size = doff[-1]
         self._chunk = None
@@ -308,17 +295,20 @@ class ZstdSeekable(SeekableLayer):
 
 class ZstdStream(StreamLayer):
     """One pass over any zstd stream: frames and skippable frames in sequence; the end
-    of the input must be the end of a frame."""
+    of the input must be the end of a frame.  ``on_frame(end, size)``, when given, is
+    told where each frame ends in the input and how many bytes it held."""
 
     layer = "zstd"
 
-    def __init__(self, src: Source):
+    def __init__(self, src: Source, on_frame=None):
         super().__init__()
         self.src = src
         self._d = zstandard.ZstdDecompressor()
         self._obj = None
         self._started = False
         self._feed = FEED
+        self._on_frame = on_frame
+        self._frame_out = 0
         self.frames = 0
 
     def _next(self) -> bytes | None:
@@ -338,6 +328,7 @@ class ZstdStream(StreamLayer):
                 raise LayerDamaged(f"zstd: frame {self.frames} (at {self.src.consumed - len(data)} compressed "
                                    f"bytes) is corrupt or not zstd: {exc}") from None
             self._started = True
+            self._frame_out += len(out)
             if len(out) > BIG_OUTPUT:
                 self._feed = FEED_SMALL
             if self._obj.eof:
@@ -346,5 +337,8 @@ class ZstdStream(StreamLayer):
                     self.src.unread(rest)
                 self._obj = None
                 self.frames += 1
+                if self._on_frame is not None:
+                    self._on_frame(self.src.consumed, self._frame_out)
+                self._frame_out = 0
             if out:
                 return out
