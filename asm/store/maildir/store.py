@@ -248,6 +248,7 @@ class MaildirStore(Store):
         self._parts = config.partitions()          # read once: asked for on every call
         self._owner = config.owner()
         self._subs = subscriptions.Cache()
+        self._subs_swept: set = set()              # subscription roots cleaned of dead writers' temporaries
         self._user_parts: dict[str, str] = {}       # user -> partition (checked on use)
         self._held: dict[tuple[str, str], _Held] = {}
         self._mutex = threading.RLock()
@@ -1212,6 +1213,11 @@ class MaildirStore(Store):
         except Unlocked:
             raise StoreError(f"cannot write {path}: permission denied") from None
         try:
+            if root not in self._subs_swept:
+                # what a killed writer of the subscriptions left (its temporary file, its
+                # lock's temporary): Maildir++ sweeps the root with INBOX, other layouts not
+                self._subs_swept.add(root)
+                self._clean_temporaries(root)
             subscribed = subscriptions.read(root, self._utf8)
             if (folder in subscribed) == on:
                 return
