@@ -109,6 +109,9 @@ class Outcome:
 class Harness:
     """One archive, restored again and again into fresh installations of ``driver``."""
 
+    rerun_completed = True      # run the command once more after a faulted run that completed
+                                # (False where a completed command run again does more: -n)
+
     def __init__(self, workdir, source_store, archive: str, driver: str, stream: bool = False,
                  users: list | None = None):
         """``users``: restore only these (paths /primary/user/NAME), the rest of the
@@ -191,10 +194,11 @@ class Harness:
             out.second = p2.returncode
             if p2.returncode not in (-signal.SIGKILL, 0):
                 out.problems.append(f"second run: exit {p2.returncode}: {p2.stderr[-400:]!r}")
-        p3 = run(home, *self.argv, env={"IMS_HOME": home}, input=self._input())
-        out.final = p3.returncode
-        if p3.returncode != 0:
-            out.problems.append(f"rerun: exit {p3.returncode}: {p3.stderr[-600:]!r}")
+        if self.rerun_completed or (p.returncode, out.second) not in ((0, None), (-signal.SIGKILL, 0)):
+            p3 = run(home, *self.argv, env={"IMS_HOME": home}, input=self._input())
+            out.final = p3.returncode
+            if p3.returncode != 0:
+                out.problems.append(f"rerun: exit {p3.returncode}: {p3.stderr[-600:]!r}")
         out.problems += self.judge(home)
         if out.ok:
             shutil.rmtree(home, ignore_errors=True)

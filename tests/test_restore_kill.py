@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -33,6 +34,7 @@ KILL_POINTS = 50         # per driver, over a whole restore
 ENOSPC_POINTS = 20
 STREAM_POINTS = 12
 CHAIN_POINTS = 160       # per driver, over a chain restore of ~800-900 steps
+BESIDE_POINTS = 32       # per driver and kind, over a restore beside (-n) of ~300 steps
 LIVE_POINTS = 60         # per driver, over a chain merged into a live store of ~300 steps
 
 
@@ -304,7 +306,7 @@ def test_a_link_removing_a_folder_killed_at_any_step_leaves_no_remains(tmp_path,
     assert sum(o.first == -9 for o in outcomes) >= total - 1
 
 
-def _chain_source(tmp_path, driver):
+def _chain_source(tmp_path, driver, users: int = 2, messages: int = 40):
     """A store, its full backup, then changes a chain must carry (flags changed on
     messages the incremental does not carry, messages expunged and added, a folder
     made), and the incremental by base."""
@@ -312,7 +314,7 @@ def _chain_source(tmp_path, driver):
     cfg = make_home(home, driver)
     with in_home(home):
         store = open_store(cfg)
-        build_source(store, users=2, messages=40)
+        build_source(store, users=users, messages=messages)
         full = backup(home, tmp_path / "full.ims")
         rng = random.Random(7)
         for u in store.users("primary"):
@@ -354,6 +356,86 @@ def _chain_trials(h: Harness, seed: int, n: int) -> None:
     outcomes = h.trials([dict(point=p, second=rng.randint(1, total) if i % 3 == 2 else None)
                          for i, p in enumerate(points)])
     assert all(o.ok for o in outcomes), _report(outcomes, seed)
+    assert sum(o.first == -9 for o in outcomes) >= len(points) - 1
+
+
+class BesideHarness(Harness):
+    """The archives (one, or a chain in one command) restored, then again with -n
+    (beside every folder, the live ones untouched), killed somewhere in that second
+    run: the clean rerun must end with exactly one folder beside each, holding the
+    messages of the last archive (bytes, UIDs, flags, keywords, dates), and the live
+    folders as they were."""
+
+    BESIDE = re.compile(r"^(.*)-\d{8}(-\d+)?$")
+    rerun_completed = False     # a completed -n command, run again, makes new folders beside
+
+    def __init__(self, workdir, source_store, archives: list, driver: str):
+        super().__init__(workdir, source_store, archives[-1], driver)
+        self.live_argv = ["imsrestore", "-c", "y"] + [x for a in archives for x in ("-f", a)]
+        self.argv = self.live_argv[:1] + ["-n"] + self.live_argv[1:]
+
+    def fresh(self) -> str:
+        home = super().fresh()
+        run(home, *self.live_argv, env={"IMS_HOME": home}, check=0)
+        return home
+
+    def count(self) -> int:
+        n = super().count()
+        assert n > 100, n
+        return n
+
+    def judge(self, home: str) -> list[str]:
+        problems = []
+        got = state(open_store(Config(home), create=False))
+        live = {k: v for k, v in got.items() if not self.BESIDE.match(k[1])}
+        if live != self.want:
+            problems.append(f"the live folders changed: {sorted(set(live) ^ set(self.want))[:3]}")
+        beside: dict = {}
+        for k in got:
+            m = self.BESIDE.match(k[1])
+            if m and len(k) == 2:
+                beside.setdefault((k[0], m.group(1)), []).append(k[1])
+        folders = sorted(k for k in self.want if len(k) == 2)
+        if sorted(beside) != folders or any(len(v) != 1 for v in beside.values()):
+            problems.append(f"not one folder beside each: {sorted(beside.items())[:4]}")
+        else:
+            for (u, f), (name,) in beside.items():
+                have = {k[2]: v for k, v in got.items() if len(k) == 3 and k[:2] == (u, name)}
+                want = {k[2]: v for k, v in self.want.items() if len(k) == 3 and k[:2] == (u, f)}
+                if have != want:
+                    problems.append(f"{u}/{name}: {len(have)} messages, want {f}'s {len(want)} "
+                                    f"({sorted(set(have.items()) ^ set(want.items()))[:2]})")
+        files = message_files(home, self.driver)
+        if files != 2 * self.want_files:
+            problems.append(f"{files} message files, want {2 * self.want_files}")
+        if leftovers(home):
+            problems.append(f"left behind: {leftovers(home)[:5]}")
+        return problems
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("what", ["chain", "one"])
+def test_killed_restore_beside_then_the_same_command_makes_one_folder_beside_each(tmp_path, driver, what):
+    """-n (one archive, or a chain in one command), killed anywhere (BESIDE_POINTS
+    spread over the run, every third rerun killed once more): the rerun goes on in the
+    folders the killed run began beside, and does not begin second copies.  (Before, the
+    rerun made a -2 folder beside every folder the killed run had finished, and, in a
+    chain, restored the full into one folder and the incremental into another: exit 0.)"""
+    if what == "chain":
+        store, full, incr = _chain_source(tmp_path, driver, users=2, messages=12)
+        h = BesideHarness(tmp_path, store, [full, incr], driver)
+    else:
+        home = tmp_path / "src"
+        with in_home(home):
+            store = open_store(make_home(home, driver))
+            build_source(store, users=2, messages=16, big=1000)
+            h = BesideHarness(tmp_path, store, [backup(home, tmp_path / "full.ims")], driver)
+    total = h.count()
+    rng = random.Random(_seed(driver, 6))
+    points = spread(total, BESIDE_POINTS, _seed(driver, 6))
+    outcomes = h.trials([dict(point=p, second=rng.randint(1, total) if i % 3 == 2 else None)
+                         for i, p in enumerate(points)])
+    assert all(o.ok for o in outcomes), _report(outcomes, _seed(driver, 6))
     assert sum(o.first == -9 for o in outcomes) >= len(points) - 1
 
 

@@ -278,6 +278,8 @@ def _chain(args, rep) -> int:
     from asm.restore.selection import unseen_by
     unseen = unseen_by(headers[-1], inst.groups, {u for (u, _f) in final})
     status = EXIT_OK
+    sig = _run_signature(args, headers) if args.new else None
+    token = _journal(inst).begin_run(sig) if sig else ""
     per: list = []              # the run report: each archive's status and counts, and their sum
 
     def report_chain() -> None:
@@ -297,6 +299,7 @@ def _chain(args, rep) -> int:
         one.map_last = last
         one.device = d
         one.hold = args.hold or not last
+        one.run_token = token
         one.final = None if last else final
         one.final_unread = () if last else unread
         one.final_unseen = None if last else unseen
@@ -310,7 +313,22 @@ def _chain(args, rep) -> int:
                            f"once the cause is fixed run the same command again (what is restored "
                            f"already is recognised)")
             return st
+    if sig:
+        _journal(inst).end_run(sig)
     return status
+
+
+def _journal(inst) -> Journal:
+    return Journal(os.path.join(inst.config.home, "data", "restore-journal.db"))
+
+
+def _run_signature(args, headers: list) -> str:
+    """What makes a -n command the same command run again: its archives, paths and map."""
+    import hashlib
+    import json
+    what = [[h.get("archive_id") for h in headers], sorted(args.paths),
+            sorted((read_map(args.mapfile) if args.mapfile else {}).items())]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
 def _one(args, rep) -> int:
@@ -364,10 +382,15 @@ def _one(args, rep) -> int:
                             f"messages, {human(res.bytes)}")
 
         try:
+            sig = None
             if refdoc is not None:
-                res = complete_references(inst.store, reader, refdoc, report=report, journal=Journal(
-                    os.path.join(inst.config.home, "data", "restore-journal.db")))
+                res = complete_references(inst.store, reader, refdoc, report=report, journal=_journal(inst))
             else:
+                journal = _journal(inst)
+                token = getattr(args, "run_token", None)
+                if token is None and args.new:            # one archive (a chain has its own)
+                    sig = _run_signature(args, [reader.header])
+                    token = journal.begin_run(sig)
                 opts = RestoreOptions(
                     ignore_duplicates=args.ignore, new_mailbox=args.new, continue_on_error=args.cont != "n",
                     ask=_asker(progress) if args.cont is None and args.device != "-" and sys.stdin.isatty()
@@ -376,9 +399,9 @@ def _one(args, rep) -> int:
                     reffile=args.refout or default_reffile(inst.config.home, reader.header),
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
                     spool_limit=inst.config.get_int("restore.spoolmax") << 20,
+                    run_token=token or "",
                     final=getattr(args, "final", None), final_unread=getattr(args, "final_unread", ()),
                     final_unseen=getattr(args, "final_unseen", None))
-                journal = Journal(os.path.join(inst.config.home, "data", "restore-journal.db"))
                 res = Restorer(inst.store, inst.groups, reader, opts, sel, journal, device=args.device,
                                report=report, progress=show if progress.enabled else None).restore()
         except KeyboardInterrupt:
@@ -440,6 +463,8 @@ def _one(args, rep) -> int:
         warn(PROG, f"{len(res.out_of_order)} folders were left as they were: this archive does not "
              f"follow the one restored last into them (see above)")
     status = res.status()
+    if sig and status == EXIT_OK:
+        _journal(inst).end_run(sig)         # complete: the same command again makes new folders
     if user_map and refdoc is None and getattr(args, "map_last", True):
         unused = [k for k in user_map if k not in args.map_used]
         for k in unused:

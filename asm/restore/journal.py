@@ -71,10 +71,12 @@ class Journal:
         self.db = sqlitedb.connect(path, BUSY_MS / 1000, schema="""CREATE TABLE IF NOT EXISTS restored (
             user TEXT, folder TEXT, uidvalidity INTEGER, uidnext INTEGER,
             archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,
-            running TEXT, running_mode TEXT, chain TEXT, count INTEGER, PRIMARY KEY (user, folder));""")
+            running TEXT, running_mode TEXT, chain TEXT, count INTEGER, run TEXT, source TEXT,
+            PRIMARY KEY (user, folder));
+            CREATE TABLE IF NOT EXISTS runs (signature TEXT PRIMARY KEY, token TEXT NOT NULL);""")
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(restored)")}
         for col, typ in (("running", "TEXT"), ("running_mode", "TEXT"), ("chain", "TEXT"),
-                         ("count", "INTEGER")):
+                         ("count", "INTEGER"), ("run", "TEXT"), ("source", "TEXT")):
             if col not in cols:             # a journal written by an older ims-asm
                 try:
                     sqlitedb.retry(lambda: self.db.execute(f"ALTER TABLE restored ADD COLUMN {col} {typ}"),
@@ -107,13 +109,49 @@ class Journal:
         self.db.execute("DELETE FROM restored WHERE user=? AND folder=?", (names.to_db(user), names.to_db(folder)))
 
     @_journal_errors
-    def start(self, user: str, folder: str, header: dict, mode: str) -> None:
-        """The restore of the archive with ``header`` into the folder begins, in ``mode``."""
+    def start(self, user: str, folder: str, header: dict, mode: str, beside: tuple | None = None) -> None:
+        """The restore of the archive with ``header`` into the folder begins, in ``mode``.
+        ``beside``: (run token, source folder) of a folder a -n restore makes beside
+        ``source`` (see :meth:`begin_run`, :meth:`beside_of`)."""
         key = (names.to_db(user), names.to_db(folder))
         with sqlitedb.immediate(self.db):
             self.db.execute("INSERT OR IGNORE INTO restored (user, folder, mirror) VALUES (?,?,0)", key)
             self.db.execute("UPDATE restored SET running=?, running_mode=? WHERE user=? AND folder=?",
                             (header.get("archive_id"), mode, *key))
+            if beside is not None:
+                self.db.execute("UPDATE restored SET run=?, source=? WHERE user=? AND folder=?",
+                                (beside[0], names.to_db(beside[1]), *key))
+
+    # -- a -n command cut short and run again goes on in the folders it began beside ------
+    # A command with -n makes new folders; run again after it completed it makes new ones
+    # again, but run again after it was cut short (killed, a full disk) it must go on in
+    # those it began.  Each such command has a token, kept under its signature (the
+    # archives and what was asked) until it completes; every folder it makes beside
+    # carries the token and the folder it stands beside.
+
+    @_journal_errors
+    def begin_run(self, signature: str) -> str:
+        """The token of the command with ``signature``: the one of its run that was cut
+        short, if any, else a new one."""
+        with sqlitedb.immediate(self.db):
+            row = self.db.execute("SELECT token FROM runs WHERE signature=?", (signature,)).fetchone()
+            if row is not None:
+                return row[0]
+            token = os.urandom(8).hex()
+            self.db.execute("INSERT INTO runs (signature, token) VALUES (?,?)", (signature, token))
+            return token
+
+    @_journal_errors
+    def end_run(self, signature: str) -> None:
+        """The command with ``signature`` completed: run again, it begins anew."""
+        self.db.execute("DELETE FROM runs WHERE signature=?", (signature,))
+
+    @_journal_errors
+    def beside_of(self, user: str, source: str, token: str) -> str | None:
+        """The folder the run with ``token`` began beside ``source``, if any."""
+        row = self.db.execute("SELECT folder FROM restored WHERE user=? AND source=? AND run=?",
+                              (names.to_db(user), names.to_db(source), token)).fetchone()
+        return names.from_db(row[0]) if row else None
 
     @_journal_errors
     def put(self, user: str, folder: str, uidvalidity: int, uidnext: int, header: dict,
@@ -121,9 +159,14 @@ class Journal:
         """The restore of the archive with ``header`` into the folder is complete; the
         folder then held ``count`` messages."""
         from asm.backupstate import header_chain
-        self.db.execute("INSERT OR REPLACE INTO restored (user, folder, uidvalidity, uidnext, archive_id, "
+        # run and source (a folder made beside another) stay as start set them
+        self.db.execute("INSERT INTO restored (user, folder, uidvalidity, uidnext, archive_id, "
                         "created, since, mirror, running, running_mode, chain, count) "
-                        "VALUES (?,?,?,?,?,?,?,?,NULL,NULL,?,?)",
+                        "VALUES (?,?,?,?,?,?,?,?,NULL,NULL,?,?) ON CONFLICT (user, folder) DO UPDATE SET "
+                        "uidvalidity=excluded.uidvalidity, uidnext=excluded.uidnext, "
+                        "archive_id=excluded.archive_id, created=excluded.created, since=excluded.since, "
+                        "mirror=excluded.mirror, running=NULL, running_mode=NULL, chain=excluded.chain, "
+                        "count=excluded.count",
                         (names.to_db(user), names.to_db(folder), uidvalidity, uidnext,
                          header.get("archive_id"), header.get("created"), header.get("since"),
                          int(mirror), " ".join(header_chain(header)), count))

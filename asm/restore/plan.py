@@ -137,9 +137,14 @@ class Planner:
                 folder = self.new_name(user, folder)
                 beside = True
         created = False
+        mark = (self.opts.run_token, m.folder) if beside and self.opts.run_token else None
         if not store.exists(user, folder):
             if not beside:
                 self.check_base(m, user, folder)
+            elif mark is not None:
+                # said before the folder exists: a run cut short right after making it
+                # finds it again by the journal, not as a stranger's folder
+                self.journal.start(user, folder, self.header, "exact", beside=mark)
             # UIDNEXT is raised to the archive's only when the folder is complete, so a
             # killed run, run again, still finds every remaining UID free
             store.create_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
@@ -157,7 +162,7 @@ class Planner:
             mode = "exact"
         elif resumed:
             mode = j.running_mode
-        elif (not beside and j is not None and j.running is not None and j.running != aid
+        elif (j is not None and j.running is not None and j.running != aid
               and j.running_mode == "chain" and j.mirror and info.uidvalidity == m.uidvalidity
               and (j.archive_id == aid or aid in j.chain)):
             # this archive was restored here, and the restore of a later link of its
@@ -204,7 +209,7 @@ class Planner:
         if mode == "chain":
             self.check_gap(plan, j.created)
         if mode in ("exact", "chain") and not resumed:
-            self.journal.start(user, folder, self.header, mode)
+            self.journal.start(user, folder, self.header, mode, beside=mark)
         return plan
 
     def chain_mode(self, user: str, folder: str, j: JournalRow) -> str:
@@ -272,6 +277,12 @@ class Planner:
         began under and did not finish (a killed run of the same command resumes it)."""
         suffix = self.opts.new_suffix or time.strftime("%Y%m%d")
         base = f"{folder}-{suffix}"
+        if self.opts.run_token:
+            began = self.journal.beside_of(user, folder, self.opts.run_token)
+            if began is not None:
+                # this command, cut short, began this folder beside: it goes on there
+                # (resumed, continued by the next link of its chain, or held already)
+                return began
         name, n = base, 1
         ancestors = header_chain(self.header)
         while self.store.exists(user, name):
