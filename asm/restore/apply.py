@@ -66,6 +66,7 @@ class Applier:
         self.spool_dir: str | None = None
         self.spooled: dict[str, str] = {}       # member name -> spool file
         self.spool_bytes = 0
+        self._deferred_n = 0
         if opts.spool_dir:
             clean_spools(opts.spool_dir)
 
@@ -148,27 +149,124 @@ class Applier:
         uid = self.target_uid(plan, m)
         if uid is not None and uid < plan.uidnext:
             uid = None             # passed already (another writer came between batches)
+        same = plan.uidvalidity == plan.archive_uidvalidity
+        if same and m.uid in plan.by_uid and uid is None and not self.opts.ignore_duplicates:
+            plan.taken.append(m.uid)            # another message holds the archived UID
+        if uid is None and same and self._defer(plan, m):
+            return
         try:
             info = self._append(plan, m, uid)
         except UidInUse:           # someone took it meanwhile: a new UID instead
-            if not plan.renumbered:
-                self.report(f"{plan.mailbox}: UID {m.uid} was taken by a message stored "
-                            f"meanwhile (IMAP APPEND or a delivery): the archived messages "
-                            f"from there on get new UIDs")
+            plan.taken.append(m.uid)
             uid = None
+            if same and self._defer(plan, m):
+                return
             info = self._append(plan, m, None)
         if info is None:
             return
+        self._done(plan, m, info, renumbered=uid is None)
+        # the store's folder lock is held in short batches: IMAP and LMTP go on between
+        # them (docs/restore-design.md, "Live restores")
+        store.let_others_in(plan.user, plan.folder)
+
+    def _done(self, plan: FolderPlan, m, info, renumbered: bool) -> None:
         self._place(m, info.path)
-        if uid is None:
+        if renumbered:
             self.res.renumbered += 1
             plan.renumbered += 1
         plan.restored += 1
         plan.by_uid.setdefault(info.uid, info)
         plan.uidnext = max(plan.uidnext, info.uid + 1)
-        # the store's folder lock is held in short batches: IMAP and LMTP go on between
-        # them (docs/restore-design.md, "Live restores")
-        store.let_others_in(plan.user, plan.folder)
+
+    # -- messages that take new UIDs, at the folder's end ----------------------------
+    # In a folder of the archive's UIDVALIDITY a message that cannot keep its UID (passed
+    # already, or taken by a message a client stored while the folder was half restored)
+    # is kept aside and stored after the rest: given its new UID at once it would take
+    # the UID of an archived message still to come, and that one the next, and so on
+    # (one IMAP APPEND between a killed run and its rerun renumbered 77 of 120).
+
+    def _defer(self, plan: FolderPlan, m) -> bool:
+        """Keep ``m`` for :meth:`finish_deferred`: its first copy's path, or its bytes in
+        the spool (checked against their digest as they are read).  False when the spool
+        cannot take it (it is then stored at once, as before)."""
+        flags, keywords = self.flags_for(plan, m)
+        meta = (m, flags, keywords)
+        link_from = self.placed.get(m.linkname if m.kind == "link" else m.name)
+        if link_from is not None and os.path.exists(link_from):
+            plan.deferred.append((meta, link_from, False))
+            return True
+        if self.spool_bytes + m.size > self.opts.spool_limit:
+            return False
+        src = m.open() if m.kind == "message" else self._link_source(m)
+        if src is None:
+            return False                        # recorded as pending by _append
+        self._deferred_n += 1
+        path = os.path.join(self._spool(), f"deferred-{self._deferred_n}.msg")
+        try:
+            with _Source(src) as source, open(path, "wb") as out:
+                while True:
+                    chunk = source.read(CHUNK)      # a digest mismatch propagates: damage
+                    if not chunk:
+                        break
+                    out.write(chunk)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            if isinstance(exc, ArchiveReadFailed):
+                raise
+            self.opts.spool_limit = self.spool_bytes    # the spool is full: no more of it
+            return False
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        self.spool_bytes += m.size
+        if m.kind == "message" and m.nlink > 1:
+            self.spooled.setdefault(m.name, path)       # a link in this folder may need it
+        plan.deferred.append((meta, path, True))
+        return True
+
+    def finish_deferred(self, plan: FolderPlan) -> None:
+        """Store the messages kept aside, each under a new UID above the archive's, once
+        the folder's UIDNEXT was raised to the archive's (the caller holds the lock)."""
+        while plan.deferred:
+            (m, flags, keywords), path, spooled = plan.deferred[0]
+            kwargs = dict(uid=None, flags=flags, keywords=keywords, internaldate=m.internaldate,
+                          stored=m.stored if self.store.restore_keeps_stored else None, guid=m.guid)
+            if spooled:
+                with open(path, "rb") as f:
+                    info = self.store.append(plan.user, plan.folder, f, **kwargs)
+                self.res.messages += 1
+                self.res.bytes += info.size
+            else:
+                info = self.store.append(plan.user, plan.folder, None, link_from=path, **kwargs)
+                self.res.links += 1
+            self._done(plan, m, info, renumbered=True)
+            plan.deferred.pop(0)
+            if spooled:
+                self.drop_deferred_file(path)
+
+    def drop_deferred(self, plan: FolderPlan) -> None:
+        """A folder cut short: what was kept aside goes (the same command run again
+        restores it)."""
+        for _meta, path, spooled in plan.deferred:
+            if spooled:
+                self.drop_deferred_file(path)
+        plan.deferred.clear()
+
+    def drop_deferred_file(self, path: str) -> None:
+        for k in [k for k, v in self.spooled.items() if v == path]:
+            del self.spooled[k]
+        with contextlib.suppress(OSError):
+            self.spool_bytes -= os.path.getsize(path)
+            os.unlink(path)
+
+    def _spool(self) -> str:
+        if self.spool_dir is None:
+            base = self.opts.spool_dir or tempfile.gettempdir()
+            os.makedirs(base, exist_ok=True)
+            self.spool_dir = tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=base)
+        return self.spool_dir
 
     def _append(self, plan: FolderPlan, m, uid: int | None):
         """Store one message (as a hard link to its first copy when that is here);
@@ -239,11 +337,7 @@ class Applier:
             return
         if self.spool_bytes + m.size > self.opts.spool_limit:
             return
-        if self.spool_dir is None:
-            base = self.opts.spool_dir or tempfile.gettempdir()
-            os.makedirs(base, exist_ok=True)
-            self.spool_dir = tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=base)
-        path = os.path.join(self.spool_dir, f"{len(self.spooled)}.msg")
+        path = os.path.join(self._spool(), f"{len(self.spooled)}.msg")
         out = None
         try:
             with m.open() as src:

@@ -69,7 +69,10 @@ class Restorer:
         self.user_groups: dict[tuple, str | None] = {}
         self.cur_user: tuple | None = None          # (partition, user) of the archive being read
         self.cur_folders: set = set()               # ... and its folders the archive lists
-        self.cur_damaged = False                    # ... a member of it was damaged
+        self.cur_whole = True                       # ... each of them whole (no state record
+                                                    # of messages it does not carry)
+        self.cur_damaged = False                    # ... a member of it was damaged (or a
+                                                    # folder refused): remove none of its folders
         self.gone: list = []                        # (partition, user, folders listed) of
                                                     # users whose gone folders are removed
         self.whole_users = self._whole_users()
@@ -186,6 +189,7 @@ class Restorer:
                 self.opts.map_used.add(m.user)       # the map names a user the archive has
             self.cur_user = (m.partition, m.user)
             self.cur_folders = set()
+            self.cur_whole = True
             self.cur_damaged = False
             return
         if m.kind == "folder":
@@ -241,7 +245,7 @@ class Restorer:
         group = self.user_groups.get(cur)
         if self.sel.paths and not any(self.sel._user_ok(lp, partition, src_user, group) for lp in self.sel.paths):
             return
-        self.gone.append((partition, src_user, frozenset(self.cur_folders)))
+        self.gone.append((partition, src_user, frozenset(self.cur_folders), self.cur_whole))
 
     def _continues(self) -> bool:
         """This archive can continue a chain restored before it: an incremental that names
@@ -249,14 +253,16 @@ class Restorer:
         from asm.backupstate import by_date, header_chain
         return bool(header_chain(self.header)) or by_date(self.header)
 
-    def _follows(self, j) -> bool:
-        """This archive follows the one the journal row ``j`` says its folder mirrors."""
+    def _follows(self, j, whole: bool = False) -> bool:
+        """This archive follows the one the journal row ``j`` says its folder mirrors.
+        ``whole``: it holds every folder of the user whole (a user its base, narrower,
+        did not look at): then any archive taken before it."""
         from asm.backupstate import by_date, header_chain
         h = self.header
         if j.archive_id in header_chain(h):
             return True
         created = h.get("created")
-        return by_date(h) and j.archive_id != h.get("archive_id") \
+        return (by_date(h) or (whole and h.get("base") is not None)) and j.archive_id != h.get("archive_id") \
             and j.created is not None and created is not None and j.created < created
 
     def _remove_gone(self) -> None:
@@ -272,7 +278,7 @@ class Restorer:
             return
         unread = trailer.get("errors", [])
         exclude = (self.header.get("options") or {}).get("exclude") or []
-        for partition, src_user, listed in self.gone:
+        for partition, src_user, listed, whole in self.gone:
             user = self.opts.user_map.get(src_user, src_user)
             try:
                 known = self.journal.folders(user)
@@ -285,7 +291,7 @@ class Restorer:
                 mailbox = f"/{partition}/{user}/{folder}"
                 try:
                     j = self.journal.get(user, folder)
-                    if j is None or not j.mirror or j.running or not self._follows(j):
+                    if j is None or not j.mirror or j.running or not self._follows(j, whole):
                         continue
                     if not self.store.exists(user, folder):
                         # gone, or half removed by a run killed while removing it (the
@@ -324,6 +330,8 @@ class Restorer:
     def _start_folder(self, m) -> None:
         if (m.partition, m.user) == self.cur_user:
             self.cur_folders.add(m.folder)
+            if m.state:
+                self.cur_whole = False          # a folder it holds only part of
         group = self.user_groups.get((m.partition, m.user), m.group)
         if not self.sel.folder(m.partition, m.user, group, m.folder):
             self.plan = None
@@ -370,8 +378,11 @@ class Restorer:
                         + (f", from {m.user}/{m.folder}" if (user, plan.folder) != (m.user, m.folder) else "")
                         + ")")
         except ChainOrderError as exc:
-            # this folder is left exactly as it was; the others go on
+            # this folder is left exactly as it was; the others go on, but none of this
+            # user's is removed: the one refused may be where another went (a rename)
             self.plan = None
+            if (m.partition, m.user) == self.cur_user:
+                self.cur_damaged = True
             self.res.out_of_order.append(mailbox)
             self._drop_lock(mailbox)
             self._error(mailbox, exc)
@@ -466,8 +477,21 @@ class Restorer:
                     if plan.uidvalidity == plan.archive_uidvalidity and info.uidnext < plan.archive_uidnext:
                         # never lower UIDNEXT: clients must not see a UID twice
                         info = store.set_folder(plan.user, plan.folder, uidnext=plan.archive_uidnext)
+                    if plan.deferred:
+                        # the messages that could not keep their UIDs, above the archive's
+                        self.applier.finish_deferred(plan)
+                        info = store.folder(plan.user, plan.folder)
             finally:
+                self.applier.drop_deferred(plan)
                 self._release_lock()
+            if complete and plan.taken:
+                self._record_error(mailbox, (
+                    f"{len(plan.taken)} archived UIDs ({', '.join(map(str, plan.taken[:5]))}"
+                    f"{', ...' if len(plan.taken) > 5 else ''}) are held by other messages, stored while the "
+                    f"folder was half restored (an IMAP APPEND, COPY or MOVE): those archived messages got new "
+                    f"UIDs, every other message kept its own; a client that cached this folder before the "
+                    f"loss may show its old message for those UIDs until it is told to resync the folder"),
+                    EXIT_PARTIAL)
             if complete:
                 # the folder mirrors the archive when it was created or continued from it
                 # (or was a mirror of it already) and every message kept its UID: only

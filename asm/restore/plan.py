@@ -48,6 +48,10 @@ class FolderPlan:
     uidnext: int = 1            # the target's UIDNEXT as this run moves it
     renumbered: int = 0         # messages that took a new UID here
     failed: int = 0             # messages that could not be restored here
+    deferred: list = field(default_factory=list)     # messages that take new UIDs at the
+                                # folder's end (Applier.finish_deferred), not amid the UIDs
+                                # the rest of the archive keeps
+    taken: list = field(default_factory=list)        # archived UIDs another message holds here
     resumed: bool = False       # an exact or chain restore of this archive cut short before:
                                 # what it restored is there (same UIDs), the rest follows
     again: bool = False         # the archive restored here last, into a folder that mirrors it
@@ -184,7 +188,7 @@ class Planner:
                     and j.uidnext == info.uidnext \
                     and (j.count is None or j.count == len(store.messages(user, folder))):
                 # the folder is as the restore of j's archive left it
-                rel = "skip" if self.header.get("archive_id") in j.chain else self.chain_mode(user, folder, j)
+                rel = "skip" if self.header.get("archive_id") in j.chain else self.chain_mode(user, folder, j, m)
                 if rel == "skip":
                     mode = "skip"   # the folder holds this archive already: a chain run again
                 elif info.uidvalidity == m.uidvalidity:
@@ -192,11 +196,19 @@ class Planner:
                     again = j.archive_id == self.header.get("archive_id")
                 elif rel == "chain":
                     # the folder was made again between the backups (a new UIDVALIDITY):
-                    # the next link of the chain replaces what the last one left
+                    # the next link of the chain replaces what the last one left, when it
+                    # holds the new folder whole (one that lists messages it does not carry
+                    # had them from a folder renamed onto this name: they are in an
+                    # earlier archive under the old name, not here)
+                    self.check_replaced(m, user, folder, info.uidvalidity)
                     store.expunge(user, folder, [msg.uid for msg in store.messages(user, folder)])
                     info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
                                             subscribed=m.subscribed)
                     mode = "exact"
+        if mode == "merge" and not beside and info.uidvalidity != m.uidvalidity:
+            # another folder of that name (made again, or renamed onto it): the messages
+            # this incremental lists without carrying them are not in it
+            self.check_replaced(m, user, folder, info.uidvalidity)
         if mode in ("exact", "chain") and info.subscribed != m.subscribed:
             store.set_folder(user, folder, subscribed=m.subscribed)
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
@@ -212,7 +224,7 @@ class Planner:
             self.journal.start(user, folder, self.header, mode, beside=mark)
         return plan
 
-    def chain_mode(self, user: str, folder: str, j: JournalRow) -> str:
+    def chain_mode(self, user: str, folder: str, j: JournalRow, m) -> str:
         """The mode for a folder that mirrors archive ``j.archive_id`` and has not changed
         since: how this archive stands to that one."""
         h = self.header
@@ -221,6 +233,12 @@ class Planner:
             return "merge"  # the same archive again: nothing changes
         if base is not None:
             if base == j.archive_id:
+                return "chain"
+            if not m.state and created is not None and j.created is not None and j.created < created:
+                # this archive holds the folder whole (its base, narrower, did not look at
+                # it; or it changed wholly): it is the folder as it was then, whatever
+                # links came between (a full of /, an incremental of one user, then one of
+                # / again: the other users' folders come whole from the last)
                 return "chain"
             if j.archive_id in header_chain(h):
                 raise ChainOrderError(
@@ -253,6 +271,23 @@ class Planner:
                 f"folder (UIDs {plan.state.first_not_in(plan.by_uid)}...) are neither here nor in it: "
                 f"the archive restored last "
                 f"was taken at {_fmt(last_created)}; restore the incremental(s) taken in between first")
+
+    def check_replaced(self, m, user: str, folder: str, here: int) -> None:
+        """A folder made again (or renamed onto this name) between the backups, whose
+        messages from before are not carried by this incremental: refused, as a folder
+        that is not here at all (check_base), before anything of it is replaced."""
+        if not m.state:
+            return
+        h = self.header
+        how = ("an incremental by date does not carry the mail of a renamed folder, which is in the "
+               "earlier backup under its old name; --base incrementals carry renamed folders whole"
+               if h.get("base") is None else "the archive that carries them is missing")
+        raise ChainOrderError(
+            f"user/{user}/{folder} here (UIDVALIDITY {here}) is not the folder of that name in this "
+            f"incremental (UIDVALIDITY {m.uidvalidity}: made again or renamed onto the name between the "
+            f"backups), and this incremental holds only part of it: {len(m.state)} of its messages are in "
+            f"earlier archives ({how}); restore the chain in one command (imsrestore -f FULL -f INCR ...), "
+            f"or use -n to restore only what this archive carries")
 
     def check_base(self, m, user: str, folder: str) -> None:
         """An incremental whose base was never restored here: the messages it lists but
