@@ -776,3 +776,64 @@ def _imap_checks(view, reopen, parent, home, full, incr):
             check=EXIT_OK)
     assert "(and over IMAP)" in p.stdout
     assert [n for n in os.listdir(parent) if n != os.path.basename(rt.home)] == []     # removed
+
+
+def test_restore_test_over_imap_serves_users_and_folders_whatever_their_names(tmp_path):
+    """Every user name the store keeps logs in to the private Dovecot (a space, quotes, a
+    backslash, %, *, ;, :, non-ASCII, not UTF-8 at all): the restore test of an exact
+    archive exits 0; a folder Dovecot will not open by name ('~tilde') is compared through
+    the store and named so; a changed byte is still named over IMAP (exit 19)."""
+    from tests.dovecot import require_dovecot
+    require_dovecot()
+    import contextlib
+    import shutil
+    import tempfile
+
+    from asm.verify import build, check_archive
+    from asm.verify.scratch import _compare_served, mail_owner, restore_test
+    home = str(tmp_path / "src")
+    cfg = make_home(home, "maildir")
+    store = open_store(cfg)
+    users = ["ü", "a b", "o'brien", "x%y", "star*", 'q"uote', "semi;", "back\\slash", "a:b"]
+    for i, user in enumerate(users):
+        put(store, user, "INBOX", i)
+    put(store, "joe", "INBOX", 20)
+    put(store, "joe", "~tilde", 21)
+    md = os.path.join(os.fsencode(cfg.partitions()["primary"]), b"j\xf6rg", b"Maildir")
+    for sub in (b"cur", b"new", b"tmp"):
+        os.makedirs(os.path.join(md, sub))
+    with open(os.path.join(md, b"cur", b"1700000000.M1P1.x,S=62:2,S"), "wb") as f:
+        f.write(b"Subject: j\xf6rg\r\n\r\nbody\r\n")
+    full = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
+    with open(full, "rb") as f:
+        view = build([check_archive(f, str(full))])
+
+    @contextlib.contextmanager
+    def reopen(c):
+        with open(c.device, "rb") as f:
+            yield f
+    parent = tempfile.mkdtemp(prefix="imsverify-test-", dir="/tmp")
+    os.chmod(parent, 0o755)
+    try:
+        rt = restore_test(view, reopen, "maildir", parent=parent, keep=True)
+        assert rt.served == "dovecot", rt.served
+        assert not rt.problems and not rt.comparison.problems, [p.text for p in rt.comparison.problems]
+        assert [m for m, why in rt.comparison.store_only] == ["/primary/joe/~tilde"], rt.comparison.store_only
+        scratch = open_store(Config(rt.home))
+        m = scratch.messages("ü", "INBOX")[0]
+        with open(m.path, "r+b") as f:
+            f.seek(-2, os.SEEK_END)
+            f.write(b"X")
+        rt.comparison = type(rt.comparison)()
+        _compare_served(view, scratch, rt.home, mail_owner(None), rt)
+        texts = [p.text for p in rt.comparison.problems if "(IMAP)" in p.text]
+        assert texts == [f"restore test (IMAP): /primary/ü/INBOX: UID {m.uid} is served with other bytes than "
+                         "the archive's"], texts
+        p = run(home, "imsverify", "-v", "-f", full, "--restore-test", "--scratch", parent, text=True,
+                check=EXIT_OK)
+        assert "(and over IMAP)" in p.stdout
+        assert "/primary/joe/~tilde compared through the store only" in p.stderr, p.stderr
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+

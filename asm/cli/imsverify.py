@@ -213,6 +213,7 @@ def _verify(args, report) -> int:
     tested = compared = 0
     changes = {}
     served: list = []
+    store_only: list = []
     if args.restore_test and views_to_use:
         from asm.verify.scratch import restore_test
         driver = (cfg.driver if cfg is not None else None)
@@ -230,6 +231,7 @@ def _verify(args, report) -> int:
             if rt.comparison is not None:
                 problems.extend(rt.comparison.problems)
                 tested += rt.comparison.compared
+                store_only.extend(rt.comparison.store_only)
             if args.keep_scratch:
                 warn(PROG, f"the scratch installation is kept: IMS_HOME={rt.home}")
     if args.against_store and views_to_use:
@@ -254,6 +256,8 @@ def _verify(args, report) -> int:
         for why in served:
             if why and why != "dovecot":
                 warn(PROG, f"restore test: compared through the store only ({why})")
+        for mailbox, why in store_only:
+            warn(PROG, f"restore test: {mailbox} compared through the store only, not over IMAP ({why})")
     line = _summary(checks, views, problems, status, tested if args.restore_test else None,
                     (compared, changes) if args.against_store else None, time.monotonic() - t0, served)
     if status == EXIT_OK:

@@ -29,6 +29,8 @@ def _store_folders(store: Store) -> dict:
 class Comparison:
     problems: list = field(default_factory=list)
     compared: int = 0          # messages whose bytes were compared
+    # (mailbox, why) of the folders a test restore compared through the store only, not over IMAP
+    store_only: list = field(default_factory=list)
     # against the live store: what changed since the backup (not problems)
     changes: dict = field(default_factory=lambda: {"new": 0, "expunged": 0, "flags": 0,
                                                    "folders_new": 0, "folders_gone": 0})

@@ -4,6 +4,13 @@ configuration and password file of its own (nothing from /etc/dovecot), as the
 scratch store's owner; every folder of the chain's view SELECTed and every message
 fetched (UIDVALIDITY, UIDNEXT, UID, FLAGS, INTERNALDATE, BODY.PEEK[]) and compared.
 The server is stopped by its PID when the comparison ends.
+
+No store user's name reaches the server as text: each user is served to a login of its
+own (``u1``, ``u2``, ...) whose home holds a ``Maildir`` link to that user's Maildir, so
+a name with a space, a quote, a ``%``, a colon, non-ASCII or not UTF-8 at all logs in as
+any other.  A folder Dovecot will not open by name (one beginning with ``~``, which it
+reads as a home directory; one whose name is not UTF-8) is compared through the store
+only, and named so (:attr:`Comparison.store_only`).
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain
 auth_failure_delay = 0
-mail_location = maildir:~/Maildir
+mail_location = maildir:~/Maildir{options}
 mail_uid = {uid}
 mail_gid = {gid}
 first_valid_uid = 1
@@ -96,15 +103,27 @@ def mutf7(name: str) -> str:
     return "".join(out)
 
 
+def unselectable(name: str) -> str | None:
+    """Why Dovecot cannot be asked for the folder ``name`` by name, or None."""
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in name):
+        return "its name is not UTF-8, which IMAP cannot name"
+    if name.startswith("~"):
+        return "Dovecot opens no folder whose name begins with '~' (it would name a home directory)"
+    return None
+
+
 def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class PrivateDovecot:
-    def __init__(self, workdir: str, users: dict, uid: int, gid: int):
-        """``users``: {user: home}."""
+    def __init__(self, workdir: str, users: dict, uid: int, gid: int, options: str = ""):
+        """``users``: {user: that user's Maildir}; ``options``: what follows the path in
+        the scratch store's mail_location (``:LAYOUT=fs``, ...)."""
         self.dir = workdir
         self.users = users
+        self.logins = {user: f"u{i}" for i, user in enumerate(users, 1)}
+        self.options = options
         self.uid, self.gid = uid, gid
         self.password = secrets.token_hex(16)
         self.port = 0
@@ -115,13 +134,21 @@ class PrivateDovecot:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
+        homes = os.path.join(self.dir, "homes")
+        os.makedirs(homes, exist_ok=True)
+        os.chmod(homes, 0o755)
         with open(os.path.join(self.dir, "users"), "w") as f:
-            for user, home in self.users.items():
-                f.write(f"{user}:{{PLAIN}}{self.password}:{self.uid}:{self.gid}::{home}::\n")
+            for user, root in self.users.items():
+                login = self.logins[user]
+                home = os.path.join(homes, login)
+                os.mkdir(home, 0o755)
+                os.chown(home, self.uid, self.gid)
+                os.symlink(root, os.path.join(home, "Maildir"))
+                f.write(f"{login}:{{PLAIN}}{self.password}:{self.uid}:{self.gid}::{home}::\n")
         os.chmod(os.path.join(self.dir, "users"), 0o644)
         conf = os.path.join(self.dir, "dovecot.conf")
         with open(conf, "w") as f:
-            f.write(CONF.format(d=self.dir, port=self.port, uid=self.uid, gid=self.gid))
+            f.write(CONF.format(d=self.dir, port=self.port, uid=self.uid, gid=self.gid, options=self.options))
         with open(os.path.join(self.dir, "start.err"), "wb") as err:
             rc = subprocess.run([DOVECOT, "-c", conf], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=err, timeout=60).returncode
@@ -166,8 +193,9 @@ class PrivateDovecot:
             return "(no log)"
 
     def login(self, user: str) -> imaplib.IMAP4:
+        """A connection logged in as the store user ``user`` (by its own login)."""
         conn = imaplib.IMAP4("127.0.0.1", self.port, timeout=60)
-        conn.login(user, self.password)
+        conn.login(self.logins[user], self.password)
         return conn
 
 
@@ -255,8 +283,9 @@ def compare_served(view: ChainView, dovecot: PrivateDovecot, out: Comparison, sc
     for (part, user, name), rec in view.folders.items():
         by_user.setdefault(user, []).append(rec)
     for user, recs in sorted(by_user.items()):
-        if any(0xDC80 <= ord(c) <= 0xDCFF for c in user):
-            continue            # a name that is not UTF-8 cannot log in: compared through the store
+        if user not in dovecot.logins:
+            out.add(f"restore test (IMAP): the user {user} is not in the scratch store")
+            continue
         try:
             conn = dovecot.login(user)
         except (OSError, imaplib.IMAP4.error) as exc:
@@ -264,7 +293,9 @@ def compare_served(view: ChainView, dovecot: PrivateDovecot, out: Comparison, sc
             continue
         try:
             for rec in recs:
-                if any(0xDC80 <= ord(c) <= 0xDCFF for c in rec.name):
+                why = unselectable(rec.name)
+                if why:
+                    out.store_only.append((rec.mailbox, why))
                     continue
                 typ, data = conn.select(_quote(mutf7(rec.name)), readonly=True)
                 if typ != "OK":

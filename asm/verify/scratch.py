@@ -150,7 +150,7 @@ def _compare_served(view: ChainView, scratch, home: str, owner: str, out: Restor
     users = {}
     for part in scratch.partitions():
         for user in scratch.users(part):
-            users[user] = os.path.join(scratch.partition_path(part), user)
+            users[user] = scratch._root(user)
     for d in (os.path.join(home, "data"),):
         if os.path.isdir(d):
             os.chmod(d, 0o755)
