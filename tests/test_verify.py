@@ -837,3 +837,53 @@ def test_restore_test_over_imap_serves_users_and_folders_whatever_their_names(tm
     finally:
         shutil.rmtree(parent, ignore_errors=True)
 
+
+def test_restore_test_of_a_layout_fs_store_keeps_its_layout(tmp_path):
+    """A LAYOUT=fs store holds folders Maildir++ cannot ('a.b', '5.eml'): the scratch store
+    of the restore test has the live store's layout, so an exact archive exits 0 (over
+    IMAP too, by a private Dovecot with that layout) and a changed byte is still named."""
+    from tests.dovecot import require_dovecot
+    require_dovecot()
+    import contextlib
+    import shutil
+    import tempfile
+
+    from asm.verify import build, check_archive
+    from asm.verify.scratch import _compare_served, mail_owner, restore_test
+    home = str(tmp_path / "src")
+    cfg = make_home(home, "maildir", **{"store.mail_location": f"maildir:{tmp_path}/mail/%u/Maildir:LAYOUT=fs"})
+    store = open_store(cfg)
+    put(store, "joe", "INBOX", 1)
+    put(store, "joe", "a.b", 2, flags=["\\Seen"])
+    put(store, "joe", "a.b/5.eml", 3)
+    put(store, "ann.lee", "x.y", 4)
+    full = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
+    with open(full, "rb") as f:
+        view = build([check_archive(f, str(full))])
+
+    @contextlib.contextmanager
+    def reopen(c):
+        with open(c.device, "rb") as f:
+            yield f
+    parent = tempfile.mkdtemp(prefix="imsverify-test-", dir="/tmp")
+    os.chmod(parent, 0o755)
+    try:
+        p = run(home, "imsverify", "-v", "-f", full, "--restore-test", "--scratch", parent, text=True)
+        assert p.returncode == EXIT_OK and "(and over IMAP)" in p.stdout, p.stderr
+        rt = restore_test(view, reopen, "maildir", parent=parent, keep=True, location=store._layout.location)
+        assert rt.served == "dovecot", rt.served
+        assert not rt.problems and not rt.comparison.problems, [p.text for p in rt.comparison.problems]
+        scratch = open_store(Config(rt.home))
+        m = scratch.messages("joe", "a.b/5.eml")[0]
+        assert os.path.join("Maildir", "a.b", "5.eml", "cur") in m.path, m.path
+        with open(m.path, "r+b") as f:
+            f.seek(-2, os.SEEK_END)
+            f.write(b"X")
+        rt.comparison = type(rt.comparison)()
+        _compare_served(view, scratch, rt.home, mail_owner(None), rt)
+        texts = [p.text for p in rt.comparison.problems if "(IMAP)" in p.text]
+        assert texts == [f"restore test (IMAP): /primary/joe/a.b/5.eml: UID {m.uid} is served with other bytes "
+                         "than the archive's"], texts
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)

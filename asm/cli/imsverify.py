@@ -225,7 +225,8 @@ def _verify(args, report) -> int:
                 return _reading(c.device, args.bf, cfg, args.identity)
 
             rt = restore_test(v, reopen, drv, parent=args.scratch, keep=args.keep_scratch,
-                              live_owner=cfg.get("store.owner") if cfg is not None else None)
+                              live_owner=cfg.get("store.owner") if cfg is not None else None,
+                              location=_live_location(cfg, drv))
             served.append(rt.served)
             problems.extend(rt.problems)
             if rt.comparison is not None:
@@ -274,6 +275,19 @@ def _verify(args, report) -> int:
                                 if args.restore_test else None),
                   against_store=({"messages_compared": compared, **changes} if args.against_store else None))
     return status
+
+
+def _live_location(cfg, driver: str):
+    """The installation's Maildir mail_location (a MailLocation), whose folder layout the
+    scratch store of --restore-test keeps; None: none, or it cannot be read (the scratch
+    store is then Maildir++)."""
+    if cfg is None or driver != "maildir" or not cfg.get("store.mail_location"):
+        return None
+    from asm.store.maildir.store import open_layout
+    try:
+        return open_layout(cfg).location
+    except (ImsError, OSError):
+        return None
 
 
 def _describe(c) -> str:

@@ -38,7 +38,24 @@ class RestoreTest:
     served: str = ""            # "dovecot": also compared over IMAP; else why not
 
 
-def scratch_home(parent: str | None, driver: str, partitions: set, owner: str | None = None) -> str:
+def layout_options(location) -> str:
+    """What of a Maildir store's ``mail_location`` (a MailLocation, or None) decides which
+    folder names it can keep and how they lie on disk: ``:LAYOUT=fs``, ``:DIRNAME=...``,
+    ``:UTF-8`` ("" for Maildir++ as the scratch store has it by default)."""
+    if location is None or not location.is_maildir:
+        return ""
+    out = ":LAYOUT=fs" if location.layout == "fs" else ""
+    if location.dirname:
+        out += f":DIRNAME={location.dirname}"
+    if location.utf8:
+        out += ":UTF-8"
+    return out
+
+
+def scratch_home(parent: str | None, driver: str, partitions: set, owner: str | None = None,
+                 options: str = "") -> str:
+    """A fresh scratch installation; ``options``: the live Maildir store's layout options
+    (:func:`layout_options`), kept by the scratch store under <home>/mail/<user>/Maildir."""
     home = tempfile.mkdtemp(prefix="imsverify-restore-", dir=parent)
     if owner:
         os.chmod(home, 0o755)       # the mail user Dovecot serves as reaches the store inside
@@ -46,6 +63,12 @@ def scratch_home(parent: str | None, driver: str, partitions: set, owner: str | 
     cfg.set("store.driver", driver)
     if owner:
         cfg.set("store.owner", owner)
+    if options:
+        mail = os.path.join(home, "mail")
+        os.makedirs(mail, mode=0o755)
+        path = mail.replace("%", "%%").replace(":", "::")
+        cfg.set("store.mail_location", f"maildir:{path}/%u/Maildir{options}")
+        return home
     for p in sorted(partitions):
         if p != "primary" and _PARTITION.match(p):
             d = os.path.join(home, "partitions", p)
@@ -73,10 +96,12 @@ def mail_owner(live_owner: str | None) -> str | None:
 
 
 def restore_test(view: ChainView, open_raw, driver: str, parent: str | None = None, keep: bool = False,
-                 report=None, imap: bool = True, live_owner: str | None = None) -> RestoreTest:
+                 report=None, imap: bool = True, live_owner: str | None = None, location=None) -> RestoreTest:
     """Restore the chain's archives from its last full one (``open_raw(check)`` opens one again for reading, as
     a context manager yielding a binary stream) oldest first into a scratch installation
-    with ``driver``, then compare it with ``view``.  The scratch installation is
+    with ``driver``, then compare it with ``view``.  ``location``: the live Maildir
+    store's MailLocation (its store.mail_location), whose folder layout the scratch store
+    keeps (LAYOUT=fs holds names Maildir++ cannot).  The scratch installation is
     removed unless ``keep``."""
     from asm.restore import Journal, Restorer, RestoreOptions, Selection
     from asm.verify import imap as imapview
@@ -93,7 +118,8 @@ def restore_test(view: ChainView, open_raw, driver: str, parent: str | None = No
             owner = mail_owner(live_owner)
             if owner is None:
                 out.served = "no mail user to serve the scratch store as (set store.owner)"
-    out.home = home = scratch_home(parent, driver, partitions, owner)
+    options = layout_options(location) if driver == "maildir" and partitions <= {"primary"} else ""
+    out.home = home = scratch_home(parent, driver, partitions, owner, options)
     try:
         cfg = Config(home)
         store = open_store(cfg, create=True)
@@ -157,7 +183,9 @@ def _compare_served(view: ChainView, scratch, home: str, owner: str, out: Restor
     # Dovecot's sockets live in its base_dir: a short path (a socket's is at most 107 bytes)
     work = tempfile.mkdtemp(prefix="imsverify-dovecot-", dir="/tmp" if os.path.isdir("/tmp") else None)
     os.chmod(work, 0o755)
-    dov = imapview.PrivateDovecot(work, users, pw.pw_uid, pw.pw_gid)
+    layout = getattr(scratch, "_layout", None)
+    dov = imapview.PrivateDovecot(work, users, pw.pw_uid, pw.pw_gid,
+                                  layout_options(layout.location if layout is not None else None))
     try:
         dov.start()
         imapview.compare_served(view, dov, out.comparison, scratch)
