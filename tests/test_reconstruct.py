@@ -22,9 +22,9 @@ from asm.cli.demo import fingerprint
 from asm.config import Config
 from asm.demo import build_demo
 from asm.store import open_store
-from tests.helpers import change_mail, make_home, msg, run
+from tests.helpers import change_mail, make_home, msg, require, run
 
-EXIT_PARTIAL, EXIT_USAGE, EXIT_NOT_ARCHIVE, EXIT_STORE = 1, 2, 8, 17
+EXIT_PARTIAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_STORE = 1, 2, 4, 8, 17
 SEEDS = [1, 2, 3]
 
 
@@ -350,6 +350,59 @@ def test_bad_input(tmp_path):
     (tmp_path / "junk.ims").write_bytes(b"not an archive at all" * 100)
     p = run(home, "reconstruct", "-a", tmp_path / "junk.ims", "-m", check=EXIT_NOT_ARCHIVE)
     assert "not an ims-asm archive" in p.stderr.decode() and len(lines(p)) == 1
+
+
+
+def _lose_indexes(home) -> None:
+    for root, _dirs, files in os.walk(home / "data" / "store"):
+        if "store.idx" in files:
+            os.unlink(os.path.join(root, "store.idx"))
+
+
+def test_compressed_and_encrypted_archives_are_witnesses(tmp_path):
+    """A site with store.compress or store.encrypt keeps its archives layered (imsbackup -z,
+    --recipient): reconstruct reads them through the same layers as imsrestore, named alone
+    or in the directory the disaster-recovery runbook names; an archive of that directory
+    that nothing opens (no identity) is named, and the status says the witnesses were not
+    all heard."""
+    keygen = require("age-keygen", "to make an identity")
+    key = tmp_path / "key.txt"
+    subprocess.run([keygen, "-o", str(key)], check=True, capture_output=True)
+    rcpt = subprocess.run([keygen, "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
+    home = tmp_path / "ims"
+    store, users = fill(home, "classic", 2, users=2, messages=20)
+    before = fingerprint(store)
+    backups = tmp_path / "backup"
+    backups.mkdir()
+    run(home, "imsbackup", "-z", "-f", backups / "full-z.ims", "/", check=0)
+    time.sleep(1.1)
+    run(home, "imsbackup", "--recipient", rcpt, "-f", backups / "full-age.ims", "/", check=0)
+    (backups / "dr-1.tar").write_bytes(b"a file backup, no archive" * 100)
+
+    for argv in (("-a", backups / "full-z.ims"), ("--identity", key, "-a", backups / "full-age.ims"),
+                 ("--identity", key, "-a", backups)):
+        _lose_indexes(home)
+        p = run(home, "reconstruct", "-r", *argv, "/", check=0)
+        assert all(": repaired: " in x for x in lines(p)), lines(p)
+        assert fingerprint(fresh(home)) == before, argv
+    # store.encrypt.identities, as imsrestore reads it
+    run(home, "msconfig", "set", "store.encrypt.identities", key, check=0)
+    _lose_indexes(home)
+    run(home, "reconstruct", "-r", "-a", backups, "/", check=0)
+    assert fingerprint(fresh(home)) == before
+    run(home, "msconfig", "unset", "store.encrypt.identities", check=0)
+
+    # named alone, an archive nothing opens is refused before anything is done
+    _lose_indexes(home)
+    snap = tree(home / "data")
+    p = run(home, "reconstruct", "-r", "-a", backups / "full-age.ims", "/", check=EXIT_USAGE)
+    assert len(lines(p)) == 1 and "full-age.ims" in p.stderr.decode() and "identity" in p.stderr.decode()
+    assert tree(home / "data") == snap
+    # in the directory: named in one line; the repair goes on from the rest; not 0
+    p = run(home, "reconstruct", "-r", "-a", backups, "/", check=EXIT_INCOMPLETE)
+    said = [x for x in lines(p) if ": repaired: " not in x]
+    assert len(said) == 1 and "full-age.ims" in said[0] and "identity" in said[0], said
+    assert fingerprint(fresh(home)) == before
 
 
 # -- records captured earlier than the messages ------------------------------------------

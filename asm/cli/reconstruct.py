@@ -1,14 +1,18 @@
 """reconstruct: rebuild a store's records (mailbox list, folder indexes, dovecot-uidlist)
 from its message files, keeping UIDVALIDITY and UIDs wherever a witness still knows them.
 
-    reconstruct [-n] [-v] [-a ARCHIVE ...] [--no-journal] -m
-    reconstruct [-n] [-v] [-a ARCHIVE ...] [--no-journal] [--dovecot-config FILE | --no-resync]
-                [-m] [-r] path ...
+    reconstruct [-n] [-v] [-a ARCHIVE ...] [--identity FILE] [--no-journal] -m
+    reconstruct [-n] [-v] [-a ARCHIVE ...] [--identity FILE] [--no-journal]
+                [--dovecot-config FILE | --no-resync] [-m] [-r] path ...
 
 It repairs unless ``-n`` is given, as the classic tool did: administrators run it after
 a restore precisely to repair, and every repair keeps what any witness knows (no
 message file is ever removed or renamed away, no known UID or UIDVALIDITY changed,
 UIDNEXT never lowered).  ``-n`` reports the same findings and changes nothing.
+
+Archives are read through their layers (zstd, age) as imsrestore reads them.  An
+archive of a directory given to ``-a`` that cannot be read is named; the repair goes
+on from the rest, and the run exits 4, never 0.
 """
 from __future__ import annotations
 
@@ -19,9 +23,10 @@ from asm.cli.common import ArgParser, Progress, UsageError, run_command, warn
 from asm.config import Config
 from asm.errors import EXIT_OK, EXIT_PARTIAL, EXIT_STORE
 from asm.groups import Groups
+from asm.layers.options import identity_loader
 from asm.logical import parse
 from asm.reconstruct import NOTE, Report
-from asm.reconstruct.knowledge import Knowledge
+from asm.reconstruct.knowledge import Knowledge, KnowledgeError, archive_created
 from asm.store.base import StoreError
 
 PROG = "reconstruct"
@@ -37,6 +42,9 @@ def build_parser() -> ArgParser:
     p.add_argument("-a", "--archive", dest="archives", action="append", default=[], metavar="ARCHIVE",
                    help="an archive (or a directory of archives) that knows UIDs, flags and UIDVALIDITY; give "
                         "a chain oldest first")
+    p.add_argument("--identity", action="append", default=[], metavar="FILE",
+                   help="age identity file for encrypted archives (repeatable; default: "
+                        "store.encrypt.identities)")
     p.add_argument("--no-journal", dest="journal", action="store_false",
                    help="do not ask the restore journal ($IMS_HOME/data/restore-journal.db)")
     p.add_argument("--dovecot-config", metavar="FILE",
@@ -53,13 +61,27 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, _main, argv)
 
 
-def _archives(paths: list[str]) -> list[str]:
-    from asm.dr.chain import archive_files
+def _archives(paths: list[str], k: Knowledge, identities) -> list[str]:
+    """The archive files of ``paths`` (a directory's by the time they were taken).  A
+    file of a directory that is no archive is passed over; one that may be but cannot
+    be read (encrypted, and no identity opens it; damaged) is named in ``k``'s
+    problems.  A file named itself must be an archive (KnowledgeError, later)."""
     out = []
     for p in paths:
         if os.path.isdir(p):
-            found, _ = archive_files([p])
-            out.extend(a.path for a in sorted(found, key=lambda a: (a.created, a.path)))
+            found = []
+            for n in sorted(os.listdir(p)):
+                f = os.path.join(p, n)
+                if n.startswith(".") or not os.path.isfile(f):
+                    continue
+                try:
+                    created = archive_created(f, identities)
+                except KnowledgeError as exc:
+                    k.problem(f"{exc}; not used as a witness", exc.status)
+                    continue
+                if created is not None:
+                    found.append((created, f))
+            out.extend(f for _, f in sorted(found))
         elif not os.path.exists(p):
             raise UsageError(f"archive {p!r} does not exist")
         else:
@@ -96,11 +118,14 @@ def _main(argv: list[str] | None) -> int:
     with Knowledge() as k:
         if args.journal:
             k.add_journal(os.path.join(cfg.home, "data", "restore-journal.db"))
-        for a in _archives(args.archives):
-            counts = k.add_archive(a)
+        identities = identity_loader(cfg, args.identity)
+        for a in _archives(args.archives, k, identities):
+            counts = k.add_archive(a, identities)
             if args.verbose:
                 warn(PROG, f"{a}: {counts['folders']} folders, {counts['messages']} messages known")
         for problem in k.problems:
+            warn(PROG, problem)
+        for problem in k.notes:
             warn(PROG, f"warning: {problem}")
         if cfg.driver == "classic":
             _classic(cfg, groups, k, report, repair, args, paths)
@@ -113,6 +138,8 @@ def _main(argv: list[str] | None) -> int:
         print(f"{PROG}: {report.users} users, {report.folders} folders, {report.messages} messages checked; "
               f"{report.count('repaired')} problems {verb}, {report.count('unknown')} with unknowns, "
               f"{report.count('lost')} lost", file=sys.stderr)
+    if k.status != EXIT_OK:
+        return k.status            # a witness could not be read: 4
     return EXIT_OK if report.clean else EXIT_PARTIAL
 
 

@@ -10,6 +10,12 @@ reconstructor), two witnesses can answer:
 * archives (``imsbackup`` files) named on the command line, a chain in order: each
   folder's UIDVALIDITY, UIDNEXT and subscription, and for each message its UID,
   SHA-256, flags, keywords and dates.  A later archive's word on a message wins.
+  They are read through their compression and encryption layers as imsrestore reads
+  them (:mod:`asm.layers`: zstd, age with the identities given).
+
+An archive whose layers fail (in a directory: one no identity opens) is named in
+:attr:`Knowledge.problems` and :attr:`Knowledge.status` is 4, so the run does not end
+with 0.
 
 Archive metadata can be large (one row per message of the whole store), so it goes
 to a private SQLite file under $TMPDIR, never into memory; the archives are read
@@ -17,6 +23,7 @@ member by member and no message body is read.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -24,9 +31,10 @@ import tempfile
 from dataclasses import dataclass
 
 from asm.archive import names
-from asm.archive.errors import ArchiveError, CorruptMember, HostileMember
+from asm.archive.errors import ArchiveError, CorruptMember, HostileMember, NotAnArchive
 from asm.archive.reader import ArchiveReader
-from asm.errors import EXIT_USAGE, ImsError
+from asm.errors import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, ImsError
+from asm.layers.errors import LayerError
 from asm.reconstruct.sqlite import read_only_uri
 
 MAX_LISTED = 10_000_000     # UIDs one archived folder may list for reconstruct to take it as a witness
@@ -85,6 +93,42 @@ def _split(text: str | None) -> tuple:
     return tuple(text.split()) if text else ()
 
 
+@contextlib.contextmanager
+def _layered(path: str, identities):
+    """The archive's bytes in ``path``, its layers (zstd, age) peeled off as imsrestore
+    does; a file that cannot be opened or whose layers cannot be is KnowledgeError with
+    the status imsrestore gives it (2: no identity opens it, 4: a layer is damaged, ...)."""
+    from asm.layers import open_read
+    try:
+        raw = open(path, "rb")
+    except OSError as exc:
+        raise KnowledgeError(f"cannot read archive {path}: {exc.strerror}") from None
+    with raw:
+        try:
+            stream, _layers = open_read(raw, identities)
+        except LayerError as exc:
+            raise KnowledgeError(f"{path}: {exc.strerror or exc}", status=exc.status) from None
+        except OSError as exc:
+            raise KnowledgeError(f"cannot read archive {path}: {exc.strerror or exc}") from None
+        yield stream
+
+
+def archive_created(path: str, identities=()) -> float | None:
+    """When the archive in ``path`` was taken (its header's ``created``); None when the
+    file is no ims-asm archive (a file backup, a state file: not a witness).
+    KnowledgeError when it may be one but cannot be read (encrypted, no identity opens
+    it; a damaged layer or header)."""
+    with _layered(path, identities) as f:
+        try:
+            return float(ArchiveReader(f).header.get("created") or 0.0)
+        except NotAnArchive:
+            return None
+        except ArchiveError as exc:
+            raise KnowledgeError(f"{path}: {exc}", status=exc.status) from None
+        except OSError as exc:                    # a layer's own damage, also LayerError
+            raise KnowledgeError(f"{path}: {exc.strerror or exc}", status=EXIT_INCOMPLETE) from None
+
+
 class Knowledge:
     """The journal and archives, asked per folder and per message."""
 
@@ -96,6 +140,8 @@ class Knowledge:
         self.db.executescript(_SCHEMA)
         self.sources: list[str] = []          # what was read, for the report
         self.problems: list[str] = []         # archive damage met while reading (named)
+        self.notes: list[str] = []            # witnesses passed over that are no archive (the journal)
+        self.status = EXIT_OK                 # 4 when an archive named as a witness could not be read
 
     def close(self) -> None:
         self.db.close()
@@ -120,7 +166,7 @@ class Knowledge:
                     con.close()
                 self.sources.append(path)
             except sqlite3.Error as exc:
-                self.problems.append(f"{path}: the restore journal cannot be read ({exc}); not used")
+                self.notes.append(f"{path}: the restore journal cannot be read ({exc}); not used")
         for user, folder, uv, un, created in rows:
             if uv is None or un is None:
                 continue
@@ -128,20 +174,25 @@ class Knowledge:
                          float(created or 0.0), "journal")
         return len(rows)
 
-    def add_archive(self, path: str) -> dict:
-        """Every folder and message an archive records; counts.  A damaged member is
-        skipped and named in :attr:`problems`; an archive that is cut short gives
-        what came before the cut."""
-        try:
-            f = open(path, "rb")
-        except OSError as exc:
-            raise KnowledgeError(f"cannot read archive {path}: {exc.strerror}") from None
+    def problem(self, text: str, status: int) -> None:
+        """An archive named as a witness could not be read (EXIT_INCOMPLETE): named,
+        and the run's status."""
+        self.problems.append(text)
+        self.status = EXIT_INCOMPLETE
+
+    def add_archive(self, path: str, identities=()) -> dict:
+        """Every folder and message an archive records; counts.  A damaged or hostile
+        member is skipped and named in :attr:`problems`; an archive that is cut short
+        gives what came before the cut.  ``identities`` (a list of age identities or a
+        callable giving them) open an encrypted archive."""
         counts = {"folders": 0, "messages": 0}
-        with f:
+        with _layered(path, identities) as f:
             try:
                 reader = ArchiveReader(f)
             except ArchiveError as exc:
                 raise KnowledgeError(f"{path}: {exc}", status=exc.status) from None
+            except OSError as exc:
+                raise KnowledgeError(f"{path}: {exc.strerror or exc}", status=EXIT_INCOMPLETE) from None
             created = float(reader.header.get("created") or 0.0)
             current: dict = {}                    # (user, folder) -> uidvalidity
             self.db.execute("BEGIN")
@@ -169,6 +220,8 @@ class Knowledge:
                 pass                              # already in problems via on_error
             except ArchiveError as exc:
                 self.problems.append(f"{path}: {exc}")
+            except OSError as exc:                # a layer cut short or damaged (LayerDamaged)
+                self.problem(f"{path}: {exc.strerror or exc}", EXIT_INCOMPLETE)
             finally:
                 self.db.execute("COMMIT")
         self.sources.append(path)
