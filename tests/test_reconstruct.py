@@ -18,13 +18,15 @@ import time
 
 import pytest
 
+import tests.archive_fuzz as af
+
 from asm.cli.demo import fingerprint
 from asm.config import Config
 from asm.demo import build_demo
 from asm.store import open_store
 from tests.helpers import change_mail, make_home, msg, require, run
 
-EXIT_PARTIAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_STORE = 1, 2, 4, 8, 17
+EXIT_PARTIAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_HOSTILE, EXIT_NOT_ARCHIVE, EXIT_STORE = 1, 2, 4, 5, 8, 17
 SEEDS = [1, 2, 3]
 
 
@@ -403,6 +405,40 @@ def test_compressed_and_encrypted_archives_are_witnesses(tmp_path):
     said = [x for x in lines(p) if ": repaired: " not in x]
     assert len(said) == 1 and "full-age.ims" in said[0] and "identity" in said[0], said
     assert fingerprint(fresh(home)) == before
+
+
+def _forged(data: bytes, user: str, how: str) -> bytes:
+    """The archive with one of ``user``'s messages made a symbolic link (its digests
+    recomputed: intact, but hostile) or with a bit of its header flipped (damaged)."""
+    ms = af.models(data)
+    i = next(i for i, m in enumerate(ms) if m.typeflag == b"0" and m.name.endswith(b".eml")
+             and m.name.split(b"/")[1] == user.encode())
+    if how == "hostile":
+        ms[i].typeflag, ms[i].link_f, ms[i].data, ms[i].size_f = b"2", b"/etc/passwd", b"", 0
+        return af.emit(ms)
+    out = bytearray(data)
+    out[af.layout(data)[0][i].ustar_at + 20] ^= 1               # a bit of its name
+    return bytes(out)
+
+
+@pytest.mark.parametrize("how, status", [("hostile", EXIT_HOSTILE), ("damaged", EXIT_INCOMPLETE)])
+def test_a_hostile_or_damaged_witness_is_not_exit_0(tmp_path, how, status):
+    """An archive whose members are hostile or damaged (as imsrestore -t says, 5 or 4) is
+    still a witness for what is intact in it: the repair goes on from those members, the
+    bad one is named, and the status is imsrestore's, never 0."""
+    home = tmp_path / "ims"
+    store, users = fill(home, "classic", 3, users=2, messages=20)
+    before = fingerprint(store)
+    run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
+    bad = tmp_path / "bad.ims"
+    bad.write_bytes(_forged((tmp_path / "full.ims").read_bytes(), users[1], how))
+    assert run(home, "imsrestore", "-t", "-f", bad).returncode == status
+    os.unlink(os.path.join(store._folder_dir(users[0], "INBOX"), "store.idx"))
+    for argv in (("-n", "-r"), ("-r",)):
+        p = run(home, "reconstruct", *argv, "-a", bad, f"/primary/{users[0]}", check=status)
+        assert any(str(bad) in x for x in lines(p))
+    assert fingerprint(fresh(home)) == before
+    p = run(home, "reconstruct", "-n", "-r", "-a", tmp_path / "full.ims", "/", check=0)
 
 
 # -- records captured earlier than the messages ------------------------------------------

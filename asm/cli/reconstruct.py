@@ -10,9 +10,10 @@ a restore precisely to repair, and every repair keeps what any witness knows (no
 message file is ever removed or renamed away, no known UID or UIDVALIDITY changed,
 UIDNEXT never lowered).  ``-n`` reports the same findings and changes nothing.
 
-Archives are read through their layers (zstd, age) as imsrestore reads them.  An
-archive of a directory given to ``-a`` that cannot be read is named; the repair goes
-on from the rest, and the run exits 4, never 0.
+Archives are read through their layers (zstd, age) as imsrestore reads them.  A witness
+that is damaged, hostile or (in a directory given to ``-a``) cannot be read is named;
+the repair goes on from what could be read, and the run exits 4 (5: hostile members),
+as imsrestore does on the same archive, never 0.
 """
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ def _main(argv: list[str] | None) -> int:
               f"{report.count('repaired')} problems {verb}, {report.count('unknown')} with unknowns, "
               f"{report.count('lost')} lost", file=sys.stderr)
     if k.status != EXIT_OK:
-        return k.status            # a witness could not be read: 4
+        return k.status            # a witness was damaged, unread or hostile: 4 or 5, as imsrestore says
     return EXIT_OK if report.clean else EXIT_PARTIAL
 
 

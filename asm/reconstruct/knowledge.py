@@ -13,9 +13,10 @@ reconstructor), two witnesses can answer:
   They are read through their compression and encryption layers as imsrestore reads
   them (:mod:`asm.layers`: zstd, age with the identities given).
 
-An archive whose layers fail (in a directory: one no identity opens) is named in
-:attr:`Knowledge.problems` and :attr:`Knowledge.status` is 4, so the run does not end
-with 0.
+A witness that is damaged (a corrupt member, an archive cut short, a layer that fails)
+or hostile (members ims-asm never writes) still speaks for its intact members; what
+was wrong is named in :attr:`Knowledge.problems` and :attr:`Knowledge.status` is the
+status imsrestore would give the archive (4 or 5), so the run does not end with 0.
 
 Archive metadata can be large (one row per message of the whole store), so it goes
 to a private SQLite file under $TMPDIR, never into memory; the archives are read
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from asm.archive import names
 from asm.archive.errors import ArchiveError, CorruptMember, HostileMember, NotAnArchive
 from asm.archive.reader import ArchiveReader
-from asm.errors import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, ImsError
+from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, ImsError
 from asm.layers.errors import LayerError
 from asm.reconstruct.sqlite import read_only_uri
 
@@ -141,7 +142,7 @@ class Knowledge:
         self.sources: list[str] = []          # what was read, for the report
         self.problems: list[str] = []         # archive damage met while reading (named)
         self.notes: list[str] = []            # witnesses passed over that are no archive (the journal)
-        self.status = EXIT_OK                 # 4 when an archive named as a witness could not be read
+        self.status = EXIT_OK                 # the worst an archive named as a witness was: 4 or 5
 
     def close(self) -> None:
         self.db.close()
@@ -175,10 +176,13 @@ class Knowledge:
         return len(rows)
 
     def problem(self, text: str, status: int) -> None:
-        """An archive named as a witness could not be read (EXIT_INCOMPLETE): named,
-        and the run's status."""
+        """An archive named as a witness was damaged (EXIT_INCOMPLETE), could not be
+        read, or held hostile members (EXIT_HOSTILE): named, and the run's status."""
         self.problems.append(text)
-        self.status = EXIT_INCOMPLETE
+        if status == EXIT_HOSTILE or self.status == EXIT_HOSTILE:
+            self.status = EXIT_HOSTILE
+        else:
+            self.status = EXIT_INCOMPLETE
 
     def add_archive(self, path: str, identities=()) -> dict:
         """Every folder and message an archive records; counts.  A damaged or hostile
@@ -197,7 +201,7 @@ class Knowledge:
             current: dict = {}                    # (user, folder) -> uidvalidity
             self.db.execute("BEGIN")
             try:
-                it = reader.members(on_error=lambda e: self.problems.append(f"{path}: {e}"))
+                it = reader.members(on_error=lambda e: self.problem(f"{path}: {e}", e.status))
                 for m in it:
                     if m.kind == "folder":
                         current[(m.user, m.folder)] = m.uidvalidity
@@ -219,7 +223,7 @@ class Knowledge:
             except (CorruptMember, HostileMember):
                 pass                              # already in problems via on_error
             except ArchiveError as exc:
-                self.problems.append(f"{path}: {exc}")
+                self.problem(f"{path}: {exc}", exc.status)
             except OSError as exc:                # a layer cut short or damaged (LayerDamaged)
                 self.problem(f"{path}: {exc.strerror or exc}", EXIT_INCOMPLETE)
             finally:
