@@ -361,3 +361,57 @@ def test_a_link_that_removes_a_folder_killed_anywhere_removes_it_when_run_again(
             bad.append((k, first.returncode, again.returncode, again.stderr[-300:]))
     assert bad == [], (f"seed {seed}, {total} steps", bad)
     assert killed >= len(points) - 2, (killed, points, total)
+
+
+def test_a_restore_killed_while_doveadm_gives_a_login_back_waits_for_it_when_run_again(lab, tmp_path):
+    """imsrestore SIGKILLed (the process only, not its group) while its ``doveadm backup``
+    child gives the login's copy back to Dovecot: that doveadm went on writing the dbox
+    account while the run again made it anew (mdbox: exit 0 with 69 of 193 messages not at
+    their UID; sdbox: exit 17).  The run again waits until the killed run's doveadm is gone
+    (on Linux doveadm dies with its parent), and the account is the archived one."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.dovecot_lab import DOVEADM
+    from tests.helpers import popen
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    want = views(lab)
+    full = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    # a doveadm that, the first time it gives a copy back, waits 2 s before it writes
+    bindir, mark = tmp_path / "bin", tmp_path / "slow"
+    bindir.mkdir()
+    (bindir / "doveadm").write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *mail_location=maildir:*" backup "*)\n'
+        f"  if mkdir {mark} 2>/dev/null; then echo $$ > {mark}/pid; sleep 2; fi;;\nesac\n"
+        f'{DOVEADM} "$@"\n')
+    os.chmod(bindir / "doveadm", 0o755)
+    env = {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    wipe(lab)
+    p = popen(home, "imsrestore", "-f", full, env=env, start_new_session=True,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (mark / "pid").exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (mark / "pid").exists(), p.poll()
+    os.kill(p.pid, signal.SIGKILL)                 # imsrestore only: its doveadm stays
+    p.wait()
+    again = run(home, "imsrestore", "-f", full, env=env)
+    # whatever the killed run's doveadm still does, it does now
+    pid = int((mark / "pid").read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+        except OSError:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert again.returncode == 0, again.stderr
+    assert views(lab) == want

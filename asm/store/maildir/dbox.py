@@ -19,21 +19,27 @@ the copy (folders, UIDVALIDITY, UIDNEXT, UIDs, GUIDs, flags) and fails the same 
 Dovecot did not keep them.
 
 WORK is ``<store>/.ims-dbox-work.<host>.<pid>``, on the store's disk and reachable by the
-mail user; it goes when the process ends.
+mail user; it goes when the process ends.  The process holds an flock on ``WORK/.lock``
+and every doveadm it starts inherits that descriptor: a doveadm whose ims process was
+killed (``kill -9`` of the process, not its group) keeps the lock while it goes on
+copying, and the next run on this host waits until it has ended before it removes the
+killed run's WORK and copies anything (else both wrote the same dbox account at once).
 """
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import os
 import re
 import shutil
+import time
 
 from asm.config import Config
 from asm.locks import pid_alive
 from asm.store import layout as layout_mod
 from asm.store.base import FolderInfo, NoSuchUser, StoreError, Unlisted, UserExists, check_user_name
-from asm.store.maildir.doveadm import Doveadm
+from asm.store.maildir.doveadm import TIMEOUT, Doveadm
 from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, open_layout
 
 _WRITES = ("create_folder", "delete_folder", "set_folder", "append", "set_flags", "expunge",
@@ -83,6 +89,9 @@ class DboxStore(MaildirStore):
             owner = self._owner_for(self._prefix)
             self._chown(self._work, owner)
             atexit.register(shutil.rmtree, self._work, True)
+            fd = os.open(os.path.join(self._work, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._dv.hold_fd = fd          # every doveadm child holds it too
 
     def _clean_stale_work(self) -> None:
         """Work directories of this host's processes that were killed before their end."""
@@ -94,7 +103,33 @@ class DboxStore(MaildirStore):
         for n in names:
             pid = n[len(prefix):]
             if pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(os.path.join(self._prefix, n), ignore_errors=True)
+                path = os.path.join(self._prefix, n)
+                fd = self._wait_for_orphans(path, int(pid))
+                shutil.rmtree(path, ignore_errors=True)
+                if fd is not None:
+                    os.close(fd)
+
+    @staticmethod
+    def _wait_for_orphans(path: str, pid: int) -> int | None:
+        """Wait until no doveadm of the killed process ``pid`` holds its WORK's lock (it
+        may still be copying a login to or from Dovecot); the lock's descriptor, held."""
+        try:
+            fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return None                      # no lock: nothing of it runs
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise StoreError(
+                        f"a doveadm started by the killed ims process {pid} still works on {path} "
+                        f"(copying a login to or from Dovecot) after {TIMEOUT} s; wait until it "
+                        f"ends or stop it (fuser -k {path}/.lock), then run again") from None
+                time.sleep(0.1)
 
     def _dbox_root(self, user: str) -> str:
         try:
@@ -325,6 +360,10 @@ class _CopyDoveadm(Doveadm):
     def __init__(self, conf: str, binary: str, store: DboxStore):
         super().__init__(conf, binary)
         self._store = store
+
+    @property
+    def hold_fd(self):
+        return self._store._dv.hold_fd
 
     def run(self, login: str, command: str, *args: str, options=(), formatter: str | None = None) -> str:
         options = [*options, f"mail_location=maildir:{self._store._maildir(login)}"]

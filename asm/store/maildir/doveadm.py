@@ -19,6 +19,10 @@ TIMEOUT = 300
 
 
 class Doveadm:
+    #: a descriptor every doveadm child inherits (DboxStore: the flock'd lock of its
+    #: WORK directory), so that a doveadm its killed parent left running is seen
+    hold_fd: int | None = None
+
     def __init__(self, conf: str, binary: str):
         self.conf, self.binary = conf, binary
 
@@ -43,7 +47,8 @@ class Doveadm:
             cmd += ["-f", formatter]
         cmd += [*args[:nwords], "-u", login, *args[nwords:]]
         try:
-            res = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+            res = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+                                 pass_fds=() if self.hold_fd is None else (self.hold_fd,))
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise StoreError(f"{' '.join(cmd[:4])}...: {exc}") from None
         if res.returncode:
