@@ -415,3 +415,40 @@ def test_a_restore_killed_while_doveadm_gives_a_login_back_waits_for_it_when_run
     time.sleep(0.5)
     assert again.returncode == 0, again.stderr
     assert views(lab) == want
+
+
+def test_dbox_folders_the_maildir_copy_cannot_hold_are_named_not_renamed(lab, tmp_path):
+    """The temporary Maildir++ copy cannot hold '.' in a folder name: dsync made
+    "Lists.Debian" and "Projects/v1.2" "Lists_Debian" and "Projects/v1_2", backed up and
+    restored under those names with exit 0.  And a 9-level folder tree, too long as one
+    Maildir++ directory name, stopped the backup of every login (exit 17, no archive).
+    Now each such folder is named as not backed up (exit 1), the logins' other folders
+    are in the archive, and a restore into those logins writes nothing (exit 17)."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    lab.deliver(list(USERS), message("hello"))
+    deep = "/".join(f"Level{i:02d}-" + "x" * 24 for i in range(9))
+    with lab.imap("alice") as c:
+        for box in ("Work", "Lists.Debian", "Projects/v1.2"):
+            c.create(box)
+            c.append(box, message(f"in {box}"))
+    with lab.imap("bob") as c:
+        for box in ("Old", deep):
+            c.create(box)
+            c.append(box, message(f"in {box}"))
+    p = run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", check=EXIT_PARTIAL, text=True)
+    for box in ("alice/Lists.Debian", "alice/Projects/v1.2", f"bob/{deep}"):
+        assert f"could not back up /primary/{box}: doveadm backup (dsync)" in p.stderr, p.stderr
+    assert "rename it without '.'" in p.stderr and "too long" in p.stderr, p.stderr
+    assert listing(home, tmp_path / "a.ims") == ["/primary/alice/INBOX", "/primary/alice/Work",
+                                                 "/primary/bob/INBOX", "/primary/bob/Old"]
+    for login, box in (("alice", "Work"), ("bob", "Old")):
+        with lab.imap(login) as c:
+            c.select(box)
+            c.uid_expunge(c.uids())
+            c.unselect()
+    gone = views(lab)
+    p = run(home, "imsrestore", "-f", tmp_path / "a.ims", check=EXIT_STORE, text=True)
+    assert "alice: nothing restored into this login: its dbox folder 'Lists.Debian' has '.'" in p.stderr, p.stderr
+    assert "bob: nothing restored into this login: its dbox folder 'Level00-" in p.stderr, p.stderr
+    assert views(lab) == gone              # not renamed, not removed

@@ -38,6 +38,7 @@ import time
 from asm.config import Config
 from asm.locks import pid_alive
 from asm.store import layout as layout_mod
+from asm.store import utf7
 from asm.store.base import FolderInfo, NoSuchUser, StoreError, Unlisted, UserExists, check_user_name
 from asm.store.maildir.doveadm import TIMEOUT, Doveadm
 from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, open_layout
@@ -71,7 +72,7 @@ class DboxStore(MaildirStore):
         self._created: set[str] = set()           # logins this process builds
         self._pending: set[str] = set()           # copies changed since Dovecot had them
         self._seen: dict[str, str | None] = {}    # Dovecot's listing when the copy was made
-        self._percent: dict[str, list] = {}       # login -> its dbox folders named with '%'
+        self._renamed: dict[str, list] = {}       # login -> its dbox folders the copy cannot hold
         self._names: dict[str, list] = {}         # login -> its folders, as its last copy had them
 
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
@@ -151,13 +152,20 @@ class DboxStore(MaildirStore):
             self._exported.discard(other)
             self._seen.pop(other, None)
         shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
-        self._dv.run(user, "backup", f"maildir:{self._maildir(user)}")
+        names = self._folders(user)
+        # a folder whose Maildir++ directory name would be longer than a file name may be
+        # stops doveadm backup of the whole login: left out of the copy (and named)
+        # (its parents too, when they are: dsync creates them first)
+        long = {n[:i] for n in names if _too_long(n)
+                for i in [*(k for k, c in enumerate(n) if c in "/."), len(n)] if _too_long(n[:i])}
+        exclude = sum((["-x", n] for n in sorted(long)), [])
+        self._dv.run(user, "backup", *exclude, f"maildir:{self._maildir(user)}")
         self._seen[user] = self._listing(user, modseq=True)
         self._exported.add(user)
-        self._check_copy(user)
+        self._check_copy(user, names)
         self._names[user] = super().folder_names(user)
 
-    def _check_copy(self, user: str) -> None:
+    def _check_copy(self, user: str, names: dict[str, int]) -> None:
         """What ``doveadm backup`` did not copy faithfully, found by comparing the copy's
         folders with the account's own (``doveadm mailbox status``: the folders that hold
         mail, not the parents that only hold other folders):
@@ -167,21 +175,22 @@ class DboxStore(MaildirStore):
           copy, so it is neither backed up as a folder nor made a real one when the copy
           is given back;
         * a folder whose name holds '%' is copied under another name: dsync reads "%50"
-          in "pct%50" as an escaped "P", both ways (Dovecot 2.3).  Such a folder cannot be
+          in "pct%50" as an escaped "P", both ways (Dovecot 2.3); so is one whose name
+          holds '.' (the Maildir++ copy cannot: dsync makes it '_'), and one too long
+          for the copy is left out of it (_too_long).  Such a folder cannot be
           read or written through doveadm backup under its own name: a backup names it
           as not backed up (unlisted_folders), the copy's renamed folder is removed from
           the copy, and nothing is written to the login (a copy given back would rename
-          it).
+          or remove it).
 
         Both sides are named by doveadm (namespace prefix and separator as configured);
         folders are removed from the copy with ``doveadm mailbox delete``, which keeps
         the copy's own indexes true."""
-        names = self._folders(user)
         copy = self._folders(user, maildir=True)
-        self._percent[user] = sorted(n for n in names if "%" in n)
+        self._renamed[user] = sorted(n for n in names if "%" in n or n not in copy)
         opts = self._copy_options(user)
         for name in sorted(set(copy) - set(names), reverse=True):     # children first
-            if self._percent[user] or not copy[name]:
+            if self._renamed[user] or not copy[name]:
                 # (a copy with a '%' folder is never written or given back: its renamed
                 # folders go, mail and all; the account keeps them as they are)
                 self._dv.run(user, "mailbox delete", name, options=opts)
@@ -215,22 +224,21 @@ class DboxStore(MaildirStore):
         return super().folder_names(user)
 
     def unlisted_folders(self, user: str):
-        if user not in self._percent:            # (known from the login's last copy)
+        if user not in self._renamed:            # (known from the login's last copy)
             self._ensure_copy(user)
         return [Unlisted("folder", "primary", user, name, self._dbox_root(user),
-                         "doveadm backup (dsync) copies a dbox folder whose name holds '%' under "
-                         "another name; rename it without '%' (doveadm mailbox rename) and back up "
-                         "again")
-                for name in self._percent.get(user, ())]
+                         f"doveadm backup (dsync) copies a dbox folder {_why(name)}; rename it "
+                         f"{_without(name)} (doveadm mailbox rename) and back up again")
+                for name in self._renamed.get(user, ())]
 
-    def _refuse_percent(self, user: str) -> None:
-        names = self._percent.get(user)
+    def _refuse_renamed(self, user: str) -> None:
+        names = self._renamed.get(user)
         if names:
             raise StoreError(
-                f"{user}: nothing restored into this login: its dbox folder {names[0]!r} has '%' in "
-                f"its name, and Dovecot's doveadm backup (dsync), which gives the restored mail to "
-                f"the dbox account, would rename it; rename the folder without '%' (doveadm "
-                f"mailbox rename -u {user} ...) and restore again")
+                f"{user}: nothing restored into this login: its dbox folder {names[0]!r} "
+                f"{_why(names[0], ' in its name')}, and Dovecot's doveadm backup (dsync), which gives "
+                f"the restored mail to the dbox account, would rename or remove it; rename the "
+                f"folder {_without(names[0])} (doveadm mailbox rename -u {user} ...) and restore again")
 
     def _listing(self, user: str, maildir: bool = False, modseq: bool = False) -> str | None:
         """What Dovecot serves of the login's dbox account (``maildir``: of its copy):
@@ -354,6 +362,41 @@ class DboxStore(MaildirStore):
             raise StoreError("; ".join(failed))
 
 
+#: the longest file name (Linux, and the file systems Dovecot stores are on)
+NAME_MAX = 255
+
+
+def _too_long(name: str) -> bool:
+    """Would the folder's Maildir++ directory (".A.B", modified UTF-7) be too long a name?"""
+    return len(("." + utf7.encode(name)).encode()) > NAME_MAX
+
+
+def _why(name: str, where: str = "") -> str:
+    """What keeps doveadm backup from copying the folder to the temporary Maildir++."""
+    if "%" in name:
+        return f"has '%'{where}" if where else "whose name holds '%' under another name"
+    if _too_long(name):
+        return (f"has a name too long for the temporary Maildir++ copy (over {NAME_MAX} bytes "
+                f"as one directory name)") if where else (
+                "whose name is too long for the temporary Maildir++ copy (over "
+                f"{NAME_MAX} bytes as one directory name) not at all")
+    if "." in name:
+        return (f"has '.'{where} (the temporary Maildir++ copy cannot hold it)" if where else
+                "whose name holds '.' under another name (the temporary Maildir++ copy makes it '_')")
+    return (f"cannot be copied under its name{where}" if where else
+            "under another name (the temporary Maildir++ copy cannot hold its name)")
+
+
+def _without(name: str) -> str:
+    if "%" in name:
+        return "without '%'"
+    if _too_long(name):
+        return "shorter, or move it up the tree"
+    if "." in name:
+        return "without '.'"
+    return "so that a Maildir++ copy can hold it"
+
+
 class _CopyDoveadm(Doveadm):
     """doveadm on a login's Maildir copy in WORK (``-o mail_location=maildir:COPY``)."""
 
@@ -376,7 +419,7 @@ def _writable(name: str):
     def method(self, user, *args, **kwargs):
         if name != "hold_deliveries":
             self._ensure_copy(user)
-            self._refuse_percent(user)
+            self._refuse_renamed(user)
             if user in self._exported:
                 self._pending.add(user)
             self._names.pop(user, None)       # the copy's folders change: not kept
