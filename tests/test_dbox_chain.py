@@ -452,3 +452,32 @@ def test_dbox_folders_the_maildir_copy_cannot_hold_are_named_not_renamed(lab, tm
     assert "alice: nothing restored into this login: its dbox folder 'Lists.Debian' has '.'" in p.stderr, p.stderr
     assert "bob: nothing restored into this login: its dbox folder 'Level00-" in p.stderr, p.stderr
     assert views(lab) == gone              # not renamed, not removed
+
+
+@pytest.mark.parametrize("size", ["1m", "3m"])
+def test_a_full_dbox_store_exits_13_and_the_same_command_then_restores_it(lab, tmp_path, size):
+    """A restore into a dbox store whose disk fills: doveadm's "No space left on device"
+    was exit 17, and at some sizes the give-back of a later login was blamed on Dovecot
+    ("Dovecot changed the dbox account").  Now it is exit 13 (the store is full), one
+    line, and with space back the same command restores what the client saw."""
+    from asm.errors import EXIT_NOSPACE
+    from tests.helpers import small_tmpfs
+    home = tmp_path / "ims"
+    configure(lab, home)
+    for login in USERS:
+        with lab.imap(login) as c:
+            c.create("Work")
+            for k in range(24):
+                c.append("Work" if k % 2 else "INBOX", message(f"{login} {k}", size=50_000))
+    want = views(lab)
+    full = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    wipe(lab)
+    with small_tmpfs(lab.store, size):
+        os.chown(lab.store, lab.uid, lab.gid)
+        p = run(home, "imsrestore", "-f", full, text=True)
+        assert p.returncode == EXIT_NOSPACE, p.stderr
+        assert "the store is full" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+        assert "Dovecot changed" not in p.stderr
+    run(home, "imsrestore", "-f", full, check=0)
+    assert views(lab) == want

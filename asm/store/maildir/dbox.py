@@ -39,7 +39,7 @@ from asm.config import Config
 from asm.locks import pid_alive
 from asm.store import layout as layout_mod
 from asm.store import utf7
-from asm.store.base import FolderInfo, NoSuchUser, StoreError, Unlisted, UserExists, check_user_name
+from asm.store.base import FolderInfo, NoSuchUser, StoreError, StoreFull, Unlisted, UserExists, check_user_name
 from asm.store.maildir.doveadm import TIMEOUT, Doveadm
 from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, open_layout
 
@@ -278,9 +278,14 @@ class DboxStore(MaildirStore):
                 f"copy of it (a delivery or an IMAP client); the restored mail was not given "
                 f"to Dovecot: run the restore again (dovecot.holdfile holds deliveries "
                 f"meanwhile, docs/dovecot.md)")
-        self._dv.run(user, "backup", self._location_of(user),
-                     options=[f"mail_location=maildir:{self._maildir(user)}"])
-        self._pending.discard(user)
+        try:
+            self._dv.run(user, "backup", self._location_of(user),
+                         options=[f"mail_location=maildir:{self._maildir(user)}"])
+        finally:
+            # given back or not (half given back: a full disk), not again in this run:
+            # the account is no longer what the copy was made from, and the journal has
+            # not recorded the login's folders, so the same command run again redoes it
+            self._pending.discard(user)
         got, want = self._listing(user), self._listing(user, maildir=True)
         if got != want:
             raise StoreError(
@@ -356,6 +361,8 @@ class DboxStore(MaildirStore):
         for user in sorted(self._pending):
             try:
                 self._give_back(user)
+            except StoreFull:
+                raise                    # the others would not fit either
             except StoreError as exc:
                 failed.append(str(exc))
         if failed:

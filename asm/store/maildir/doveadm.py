@@ -13,9 +13,11 @@ import re
 import shutil
 import subprocess
 
-from asm.store.base import StoreError
+from asm.store.base import StoreError, StoreFull
 
 TIMEOUT = 300
+#: how Dovecot says the disk or the quota is full (strerror of ENOSPC, EDQUOT)
+_FULL = re.compile(r"No space left on device|Disk quota exceeded")
 
 
 class Doveadm:
@@ -52,7 +54,11 @@ class Doveadm:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise StoreError(f"{' '.join(cmd[:4])}...: {exc}") from None
         if res.returncode:
-            err = (res.stderr.decode("utf-8", "replace").strip().splitlines() or ["failed"])[-1]
+            text = res.stderr.decode("utf-8", "replace")
+            full = _FULL.search(text)
+            if full:          # the store's disk (or quota) is full: exit 13, not 17
+                raise StoreFull(f"{login}'s mail (doveadm {' '.join(args[:nwords])})", full.group(0))
+            err = (text.strip().splitlines() or ["failed"])[-1]
             raise StoreError(f"doveadm {' '.join(args[:nwords])} -u {login} ({self.conf}): {err}")
         return res.stdout.decode("utf-8", "surrogateescape")
 
