@@ -94,7 +94,8 @@ class LabLayout:
     userdb: str = "static"           # "static" (args home=) or "passwd-file" (default_fields)
     mail_plugins: str = ""
     plugin: tuple[tuple[str, str], ...] = ()
-    extra: str = ""                  # more top-level configuration
+    extra: str = ""                  # more top-level configuration ({store} etc. filled)
+    inbox_namespace: str = ""        # more lines in the inbox namespace ({store} etc. filled)
 
     @property
     def format(self) -> str:
@@ -768,7 +769,10 @@ class Lab:
                            run=self.run_dir,
                            mail_location=self.mail_location, user=self.mail_user,
                            mail_plugins=lay.mail_plugins, userdb=userdb, plugin=plugin,
-                           extra=(lay.extra + "\n" + self.extra).strip())
+                           extra=self._fill(lay.extra + "\n" + self.extra).strip())
+        if lay.inbox_namespace:
+            head = "namespace inbox {\n  inbox = yes\n  separator = /\n"
+            text = text.replace(head, head + self._fill(lay.inbox_namespace).rstrip("\n") + "\n", 1)
         with open(self.conf, "w") as f:
             f.write(text)
         os.chmod(self.conf, 0o644)

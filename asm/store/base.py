@@ -538,9 +538,13 @@ class Store(abc.ABC):
 
 
 #: Compressed message files Dovecot's zlib plugin reads (and the standard library too):
-#: magic bytes -> kind.  zstd and lz4 are recognised, to be named, not read.
+#: magic bytes -> kind.  zstd and lz4 are recognised, to be named, not read: Dovecot's
+#: zlib_save = lz4 writes its own stream format (IOSTREAM_LZ4_MAGIC, "Dovecot-LZ4\r*\x9b\xc5"),
+#: not the LZ4 frame format; both are named.
 COMPRESSED_MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"),
-                    (b"\x28\xb5\x2f\xfd", "zstd"), (b"\x04\x22\x4d\x18", "lz4"))
+                    (b"\x28\xb5\x2f\xfd", "zstd"), (b"\x04\x22\x4d\x18", "lz4"),
+                    (b"Dovecot-LZ4\r*\x9b\xc5", "lz4"))
+_MAGIC_LEN = max(len(m) for m, _ in COMPRESSED_MAGIC)
 
 
 def compression_of(path: str) -> str:
@@ -554,7 +558,7 @@ def compression_of(path: str) -> str:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return ""
-        head = os.read(fd, 6)
+        head = os.read(fd, _MAGIC_LEN)
     except OSError:
         return ""
     finally:
