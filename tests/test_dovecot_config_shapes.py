@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 
 import pytest
 
@@ -72,3 +73,89 @@ def test_dovecot_lz4_files_are_named_never_archived_compressed(shaped_lab, tmp_p
     run(home, "imsrestore", "-f", a, check=None)
     state = lab.client_state("alice")
     assert all(not f.messages for f in state.folders.values())
+
+
+ARCHIVE_NS = LabLayout("ns-archive", PLAIN_LOC, "{store}/%u", ("alice",), extra="""\
+namespace archive {
+  prefix = Archive/
+  separator = /
+  location = maildir:{store}/%u/Archive
+  subscriptions = no
+}""")
+PUBLIC_NS = LabLayout("ns-public", PLAIN_LOC, "{store}/%u", ("alice",), extra="""\
+namespace public {
+  type = public
+  prefix = Public/
+  separator = /
+  location = maildir:{store}/public:INDEX=~/public-index
+  subscriptions = no
+  list = children
+}""")
+
+
+@pytest.mark.parametrize("shaped_lab,ns,folder", [
+    (ARCHIVE_NS, "archive", "Archive/2019"), (PUBLIC_NS, "public", "Public/Announce")],
+    ids=["private", "public"], indirect=["shaped_lab"])
+def test_a_namespace_with_its_own_location_is_refused_by_name(shaped_lab, ns, folder, tmp_path):
+    """A namespace keeping its mail apart from the location ims-asm backs up (a second
+    private namespace, a public one) would be missing from every backup: imsbackup
+    refuses in one line naming it and what to do (exit 2, no archive written); set
+    store.mail_location explicitly and the rest is backed up knowingly.  (Before, its
+    folders were silently left out: after a restore Archive/2019 and Public/Announce
+    were missing, every command exited 0.)"""
+    lab = shaped_lab
+    os.makedirs(os.path.join(lab.store, "public"), exist_ok=True)
+    lab.fix_owner(os.path.join(lab.store, "public"))
+    lab.deliver(["alice"], message("in the inbox"))
+    with lab.imap("alice") as c:
+        c.create(folder)
+        c.append(folder, message(f"in {folder}"), [r"\Seen"])
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=2, text=True)
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1 and f"namespace {ns}" in err and "store.mail_location" in err, err
+    assert "Traceback" not in err and not os.path.exists(a)
+    # the administrator's answer: the private mail_location given explicitly
+    run(home, "msconfig", "set", "store.mail_location", lab.mail_location, check=0)
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    assert "/primary/alice/INBOX/1\t" in listing and folder not in listing
+
+
+INBOX_ELSEWHERE = LabLayout("ns-inbox-location", PLAIN_LOC, "{store}/%u", ("alice", "bob"),
+                            inbox_namespace="  location = maildir:{store}/%u/Mail2")
+
+
+@shaped(INBOX_ELSEWHERE)
+def test_the_inbox_namespace_location_is_the_one_backed_up(shaped_lab, tmp_path):
+    """The inbox namespace's own location= wins over mail_location for Dovecot, and so
+    for ims-asm: the backup reads that tree, a restore writes there.  (Before, the
+    stale tree left at mail_location was archived, the real mail lost, exit 0.)"""
+    lab = shaped_lab
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+        with lab.imap(u) as c:
+            c.create("Work")
+            c.append("Work", message(f"work {u}"), [r"\Seen", "$Label1"])
+        old = os.path.join(lab.store, u, "Maildir")          # left behind by a move
+        for d in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(old, d), exist_ok=True)
+        with open(os.path.join(old, "cur", "1000000000.M1P1.old,S=20:2,S"), "wb") as f:
+            f.write(b"Subject: old\n\nstale\n")
+        lab.fix_owner(os.path.join(lab.store, u))
+    assert lab.mailbox_path("alice").startswith(os.path.join(lab.store, "alice", "Mail2"))
+    before = {u: lab.client_state(u) for u in lab.logins}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    assert listing.count("/primary/") >= 6 and "/Work/1\t" in listing, listing
+    for u in lab.logins:
+        shutil.rmtree(os.path.join(lab.store, u, "Mail2"))
+    run(home, "imsrestore", "-f", a, check=0)
+    for u in lab.logins:
+        assert lab.client_state(u) == before[u]
+

@@ -314,6 +314,37 @@ def test_from_doveconf_home_from_mail_home_or_refused(tmp_path):
         from_doveconf(str(tmp_path / "missing.conf"), doveconf=doveconf)
 
 
+def test_from_doveconf_reads_namespaces(tmp_path):
+    """The inbox namespace's own location wins over mail_location (as in Dovecot); a
+    namespace keeping mail elsewhere is refused by name; shared and disabled ones, and
+    namespaces at mail_location (mailbox { } subsections and all), are fine."""
+    doveconf = "/usr/bin/doveconf"
+    if not os.path.exists(doveconf):
+        from tests.dovecot_lab import require_lab
+        require_lab()
+    conf = tmp_path / "dovecot.conf"
+    base = ("mail_location = maildir:/m/%u/Maildir\n"
+            "namespace inbox {\n  inbox = yes\n  separator = /\n"
+            "  mailbox Sent {\n    special_use = \\Sent\n    auto = subscribe\n  }\n}\n"
+            "namespace shared {\n  type = shared\n  prefix = shared/%%u/\n  separator = /\n"
+            "  location = maildir:%%h/Maildir:INDEX=~/Maildir/shared/%%u\n}\n"
+            "namespace old {\n  disabled = yes\n  prefix = Old/\n  location = maildir:/old/%u\n}\n"
+            "namespace same {\n  prefix = Same/\n  separator = /\n}\n")
+    conf.write_text(base)
+    assert from_doveconf(str(conf), doveconf=doveconf).location.text == "maildir:/m/%u/Maildir"
+    conf.write_text(base.replace("  inbox = yes\n", "  inbox = yes\n  location = maildir:/m/%u/Mail2\n"))
+    with pytest.raises(LayoutError, match=r"namespace same \(private, prefix 'Same/'\) keeps its mail "
+                                          r"at 'maildir:/m/%u/Maildir'.*store.mail_location"):
+        from_doveconf(str(conf), doveconf=doveconf)
+    conf.write_text(base.replace("  inbox = yes\n", "  inbox = yes\n  location = maildir:/m/%u/Mail2\n")
+                    .replace("namespace same {\n", "namespace same {\n  location = maildir:/m/%u/Mail2\n"))
+    assert from_doveconf(str(conf), doveconf=doveconf).location.text == "maildir:/m/%u/Mail2"
+    conf.write_text(base + "namespace public {\n  type = public\n  prefix = Public/\n"
+                           "  location = maildir:/m/public\n}\n")
+    with pytest.raises(LayoutError, match="namespace public \\(public"):
+        from_doveconf(str(conf), doveconf=doveconf)
+
+
 def test_from_doveconf_explains_a_missing_doveconf():
     with pytest.raises(LayoutError, match="not installed"):
         from_doveconf("/nonexistent.conf", doveconf="/nonexistent/doveconf")

@@ -27,8 +27,9 @@ directory listings.
   mail_location``, and the home template (``mail_home``, or the userdb's ``home=``)
   when the location uses ``~`` or ``%h``.
 
-Per-user ``mail`` overrides returned by a userdb and namespaces with their own
-``location`` are not seen here.
+Per-user ``mail`` overrides returned by a userdb are not seen here.  Namespaces are read
+by :func:`from_doveconf`: the inbox namespace's own ``location`` is the one used, any
+other namespace keeping its mail elsewhere is refused by name.
 """
 from __future__ import annotations
 
@@ -807,10 +808,62 @@ def parse_userdb_homes(text: str) -> list[str]:
     return homes
 
 
+@dataclasses.dataclass(frozen=True)
+class Namespace:
+    """One ``namespace NAME { }`` section as ``doveconf namespace`` prints it."""
+
+    name: str
+    type: str = "private"
+    prefix: str = ""
+    location: str = ""               # "": the namespace keeps its mail at mail_location
+    inbox: bool = False
+    disabled: bool = False
+
+
+def parse_namespaces(text: str) -> list[Namespace]:
+    """The top-level ``namespace`` sections of ``doveconf namespace`` (their own settings
+    only: nested ``mailbox { }`` sections are indented deeper and skipped)."""
+    out = []
+    for name, body in re.findall(r"^namespace\s+(\S+)\s*\{\n(.*?)^\}", text, re.S | re.M):
+        fields = {}
+        for line in body.splitlines():
+            m = re.match(r"^  (\w+) = ?(.*)$", line)
+            if m:
+                fields[m.group(1)] = m.group(2).strip()
+        out.append(Namespace(name, fields.get("type", "private"), fields.get("prefix", ""),
+                             fields.get("location", ""), fields.get("inbox") == "yes",
+                             fields.get("disabled") == "yes"))
+    return out
+
+
+def namespace_location(mail_location: str, namespaces: list[Namespace], conf: str | None = None) -> str:
+    """The one location every namespace of the configuration keeps its mail at: the inbox
+    namespace's own ``location`` when it has one (Dovecot uses it, not mail_location),
+    else mail_location.  A namespace keeping mail anywhere else (a second private or a
+    public namespace with its own location) is refused by name: a backup of the one
+    location would silently leave its folders out.  Shared namespaces are other users'
+    mail, backed up under those users; disabled ones hold nothing."""
+    active = [ns for ns in namespaces if not ns.disabled and ns.type != "shared"]
+    inbox = next((ns for ns in active if ns.inbox and ns.location), None)
+    location = inbox.location if inbox is not None else mail_location
+    for ns in active:
+        own = ns.location or mail_location
+        if own != location:
+            raise LayoutError(
+                f"{conf or 'the Dovecot configuration'}: namespace {ns.name} ({ns.type}, prefix "
+                f"{ns.prefix!r}) keeps its mail at {own!r}, apart from {location!r} that "
+                f"ims-asm backs up, so its folders would be in no backup: back that tree up "
+                f"another way and set store.mail_location to {location!r} to back up the rest")
+    return location
+
+
 def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreLayout:
-    """The StoreLayout of a Dovecot configuration (``doveconf [-c CONF]``)."""
+    """The StoreLayout of a Dovecot configuration (``doveconf [-c CONF]``): mail_location,
+    or the inbox namespace's own location (see :func:`namespace_location`)."""
     base = ["-c", conf] if conf else []
     location = _doveconf([*base, "-h", "mail_location"], doveconf).strip()
+    location = namespace_location(location, parse_namespaces(_doveconf([*base, "namespace"], doveconf)),
+                                  conf)
     loc = parse_mail_location(location)
     home = None
     if loc.needs_home():
