@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 
 import pytest
@@ -159,3 +160,50 @@ def test_the_inbox_namespace_location_is_the_one_backed_up(shaped_lab, tmp_path)
     for u in lab.logins:
         assert lab.client_state(u) == before[u]
 
+
+QUOTA = LabLayout("quota", PLAIN_LOC, "{store}/%u", ("alice",), mail_plugins="quota",
+                  plugin=(("quota", "maildir:User quota"), ("quota_rule", "*:storage=10M")),
+                  extra="protocol imap {\n  mail_plugins = $mail_plugins imap_quota\n}")
+
+
+def quota_used(lab, login: str = "alice") -> tuple[int, int]:
+    """(STORAGE used in KiB, MESSAGE used) as GETQUOTAROOT tells an IMAP client."""
+    with lab.imap(login) as c:
+        typ, data = c.conn.getquotaroot("INBOX")
+    assert typ == "OK", data
+    text = " ".join(str(x) for part in data for x in (part if isinstance(part, list) else [part]))
+    m = re.search(r"STORAGE (\d+) \d+", text)
+    n = re.search(r"MESSAGE (\d+) \d+", text)
+    return int(m.group(1)), int(n.group(1)) if n else -1
+
+
+@shaped(QUOTA)
+def test_a_restore_leaves_maildir_quota_counting_what_it_wrote(shaped_lab, tmp_path):
+    """Maildir++ quota (maildirsize): a restore into the live account makes Dovecot
+    count its mail again (the file is padded past the 5,120 bytes after which the
+    Maildir++ rules, Dovecot's included, recalculate; its limits line is kept), so
+    GETQUOTAROOT after the restore is what it was before the loss.  (Before, a
+    restored 1 MB folder was not counted: 3 KiB used after the restore, 983 before.)"""
+    lab = shaped_lab
+    lab.deliver(["alice"], message("small"))
+    with lab.imap("alice") as c:
+        c.create("Big")
+        for i in range(5):
+            c.append("Big", message(f"big {i}", size=200_000))
+    full = quota_used(lab)
+    assert full[0] > 900
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    with lab.imap("alice") as c:
+        c.delete("Big")
+    assert quota_used(lab)[0] < 100
+    size_file = os.path.join(lab.store, "alice", "Maildir", "maildirsize")
+    with open(size_file) as f:
+        limits = f.readline()
+    run(home, "imsrestore", "-f", a, "/primary/alice/Big", check=0)
+    assert len(lab.client_state("alice")["Big"].messages) == 5
+    assert quota_used(lab) == full
+    with open(size_file) as f:
+        assert f.readline() == limits

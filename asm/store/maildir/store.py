@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import stat as stat_mod
 import sys
 import threading
 import time
@@ -47,6 +48,12 @@ _LAST_UIDVALIDITY = [0]
 _GUID_OK = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # one uidlist field: no space or ':'
 INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
 LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.list.index.log.2")
+MAILDIRSIZE = "maildirsize"           # Maildir++ quota (Dovecot's quota = maildir)
+MAILDIRSIZE_MAX = 5120                # bigger: recalculated (Maildir++, quota-maildir.c)
+
+
+def _ends_with_lf(fd: int, size: int) -> bool:
+    return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
 
 
 # -- where Dovecot keeps things: store.mail_location ------------------------------
@@ -217,6 +224,7 @@ class _State:
         self.whole = True                   # files: False when new/ or cur/ changed at
                                             # every read of list_messages()
         self.unseen: list = []              # UIDs a snapshot did not find in an unwhole listing
+        self.mail_changed = False           # a message file added or removed (maildirsize)
 
     def top_uid(self) -> int:
         if self.max_uid is None:
@@ -646,6 +654,8 @@ class MaildirStore(Store):
                         self._close_uidlist(held.state)
                     if held.lockpath:
                         dotlock.release(held.lockpath)
+                    if held.state is not None and held.state.mail_changed:
+                        self._quota_stale(user)
                 if held.state is not None and held.state.overflow:
                     if sys.exc_info()[1] is None:
                         self._give_dovecot_keywords(user, folder, held.state.overflow)
@@ -877,6 +887,30 @@ class MaildirStore(Store):
         v = max(int(time.time()) & 0xFFFFFFFF or 1, _LAST_UIDVALIDITY[0] + 1)
         _LAST_UIDVALIDITY[0] = v
         return v
+
+    def _quota_stale(self, user: str) -> None:
+        """Make Dovecot's Maildir++ quota count the user's mail again after this store
+        added or removed message files: its ``maildirsize`` (in the control root) is
+        padded with zero lines ("0 0") past MAILDIRSIZE_MAX bytes, the size past which
+        the Maildir++ rules (Dovecot's quota-maildir.c included) recalculate it.  Not
+        removed: its first line may be the only place the user's limits are written
+        (Dovecot does not unlink it either, for that reason).  The totals the lines add
+        up to are unchanged for a reader that does not recalculate; no file, nothing to do."""
+        try:
+            path = os.path.join(self._subs_root(user), MAILDIRSIZE)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (OSError, StoreError):
+            return
+        try:
+            st = os.fstat(fd)
+            if stat_mod.S_ISREG(st.st_mode) and st.st_size <= MAILDIRSIZE_MAX:
+                pad = b"0 0\n" * ((MAILDIRSIZE_MAX - st.st_size) // 4 + 1)
+                # a file cut short of its last LF: the pad starts on a line of its own
+                write_all(fd, pad if _ends_with_lf(fd, st.st_size) else b"\n" + pad)
+        except OSError:
+            pass                    # a quota count left stale is not worth failing a restore
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _invalidate_index(d: str | None, names: Iterable[str] = INDEX_FILES) -> None:
@@ -1431,6 +1465,7 @@ class MaildirStore(Store):
             with contextlib.suppress(OSError):
                 os.rmdir(where)
         self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
+        self._quota_stale(user)
         self._set_subscribed(user, folder, False)
 
     @staticmethod
@@ -1635,6 +1670,7 @@ class MaildirStore(Store):
             st.bases[full_base] = uid
         if st.files is not None:
             st.files[full_base] = ("cur", fname)
+        st.mail_changed = True
         return path
 
     def _record(self, st: _State, uid: int, full_base: str, ext: str = "") -> int | None:
@@ -1753,6 +1789,7 @@ class MaildirStore(Store):
                 try:
                     os.unlink(os.path.join(st.dir, sub, fname))
                     n += 1
+                    st.mail_changed = True
                 except FileNotFoundError:
                     pass
                 del st.uidlist.records[uid]
