@@ -339,6 +339,13 @@ def test_from_doveconf_reads_namespaces(tmp_path):
     conf.write_text(base.replace("  inbox = yes\n", "  inbox = yes\n  location = maildir:/m/%u/Mail2\n")
                     .replace("namespace same {\n", "namespace same {\n  location = maildir:/m/%u/Mail2\n"))
     assert from_doveconf(str(conf), doveconf=doveconf).location.text == "maildir:/m/%u/Mail2"
+    # mail_location left empty, the location written in the inbox namespace only
+    conf.write_text("namespace inbox {\n  inbox = yes\n  location = maildir:/m/%u/Mail3\n}\n")
+    assert from_doveconf(str(conf), doveconf=doveconf).location.text == "maildir:/m/%u/Mail3"
+    conf.write_text("namespace inbox {\n  inbox = yes\n  location = maildir:/m/%u/Mail3\n}\n"
+                    "namespace b {\n  prefix = B/\n}\n")
+    with pytest.raises(LayoutError, match=r"namespace b .* where Dovecot guesses"):
+        from_doveconf(str(conf), doveconf=doveconf)
     conf.write_text(base + "namespace public {\n  type = public\n  prefix = Public/\n"
                            "  location = maildir:/m/public\n}\n")
     with pytest.raises(LayoutError, match="namespace public \\(public"):

@@ -851,7 +851,9 @@ def namespace_location(mail_location: str, namespaces: list[Namespace], conf: st
         if own != location:
             raise LayoutError(
                 f"{conf or 'the Dovecot configuration'}: namespace {ns.name} ({ns.type}, prefix "
-                f"{ns.prefix!r}) keeps its mail at {own!r}, apart from {location!r} that "
+                f"{ns.prefix!r}) keeps its mail "
+                f"{f'at {own!r}' if own else 'where Dovecot guesses (no location, mail_location empty)'}"
+                f", apart from {location!r} that "
                 f"ims-asm backs up, so its folders would be in no backup: back that tree up "
                 f"another way and set store.mail_location to {location!r} to back up the rest")
     return location
