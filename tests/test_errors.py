@@ -637,3 +637,17 @@ def test_a_device_error_says_once_what_became_of_the_archive():
     assert _incomplete(said, " and was removed") == "the object had been completed on the server, and was removed"
     assert _incomplete(OSError(28, "No space left on device"), "") == \
         "No space left on device; the archive is incomplete"
+
+
+def test_messages_say_nothing_to_the_terminal_and_stay_one_line(capsys):
+    """A name from an archive or a store (an ESC sequence, BEL, a newline, DEL, C1) is
+    written \\xNN in every message: one message is one line, and a forged archive cannot
+    retitle, clear or recolour the operator's terminal.  (Before: imsbackup printed a
+    folder name's newline and ESC raw; imsrestore -h a header's host.)"""
+    from asm.cli.common import shown, warn
+    assert shown("a\x1b]0;owned\x07\x1b[2Jb") == "a\\x1b]0;owned\\x07\\x1b[2Jb"
+    assert shown("two\nlines\r\x7f\x85 t\tab") == "two\\x0alines\\x0d\\x7f\\x85 t\tab"
+    assert shown("'j\\udcf6rg' caf\u00e9 \u65e5\u672c") == "'j\\xf6rg' caf\u00e9 \u65e5\u672c"
+    warn("imsrestore", "primary/ann/INBOX/1.eml\x1b[31m: corrupt\nmember")
+    err = capsys.readouterr().err
+    assert err == "imsrestore: primary/ann/INBOX/1.eml\\x1b[31m: corrupt\\x0amember\n"

@@ -67,11 +67,20 @@ def warn(prog: str, message: str) -> None:
 _REPR_BYTE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
 
 
+# control characters (but TAB): a name from an archive or a store must not move the
+# terminal's cursor, ring it, change its colours or split a one-line message in two
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
 def shown(message: str) -> str:
     """A message for stderr with every byte that was not UTF-8 written as \\xNN: a name
     quoted with repr() (``'j\\udcf6rg'``) reads as the rest do (``'j\\xf6rg'``);
-    unquoted, stderr's own error handler does it (:func:`lossless_output`)."""
-    return _REPR_BYTE.sub(r"\1\\x\2", message) if "\\udc" in message else message
+    unquoted, stderr's own error handler does it (:func:`lossless_output`).  Control
+    characters are written \\xNN too: one message is one line, and says nothing to the
+    terminal."""
+    if "\\udc" in message:
+        message = _REPR_BYTE.sub(r"\1\\x\2", message)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message)
 
 
 # ----------------------------------------------------------------------------- run_command

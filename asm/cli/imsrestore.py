@@ -20,7 +20,7 @@ import time
 from asm.archive.errors import ArchiveError, DigestMismatch, HostileMember, IncompleteArchive
 from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
-    ArgParser, Progress, UsageError, blocking_factor, die, human, run_command, warn,
+    ArgParser, Progress, UsageError, blocking_factor, die, human, run_command, shown, warn,
 )
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
@@ -98,7 +98,7 @@ def _print_header(header: dict) -> None:
         v = header[k]
         if k in ("created", "since") and isinstance(v, (int, float)):
             v = f"{v} ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(v))})"
-        print(f"{k}: {v}")
+        print(shown(f"{k}: {v}"))       # a forged header says nothing to the terminal
 
 
 class _OutputFailed(Exception):
