@@ -273,6 +273,12 @@ def parse_block(block):
     }
 
 
+# records one extended header may hold: ims-asm writes a few dozen (a record's value may
+# be long, e.g. a folder's UID list, but there are few of them); a header of millions of
+# tiny records would cost a dict entry each
+MAX_RECORDS = 4096
+
+
 def parse_records(data):
     """pax extended header data -> (dict(str -> str), offset of the last record).
     Keys on the wire as SCHILY.xattr.user.imsasm.<name> are returned as IMSASM.<name>.
@@ -281,6 +287,8 @@ def parse_records(data):
     # record (its length field equals its length).  A record whose value holds a
     # newline, or anything malformed, fails that check, and the careful parser below
     # reads the whole data instead (same result, or its HeaderError).
+    if data.count(b"\n") > MAX_RECORDS:
+        raise HeaderError(f"more than {MAX_RECORDS} pax records in one extended header")
     out = {}
     pos = 0
     wire, logical, wl = WIRE_PREFIX, LOGICAL_PREFIX, len(WIRE_PREFIX)

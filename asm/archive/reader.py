@@ -482,7 +482,7 @@ class ArchiveReader:
         records = {}
         longname = longlink = None
         first = None
-        extended = 0
+        extended = ext_bytes = 0
         pax_data = None
         last_record = 0
         last_key = None
@@ -500,8 +500,12 @@ class ArchiveReader:
             if t in (pax.XHDTYPE, pax.XGLTYPE, pax.GNU_LONGNAME, pax.GNU_LONGLINK):
                 extended += 1
                 size = h["size"]
-                if size > spec.MAX_PAX:
-                    raise _Corrupt(off, f"extended header of {size} bytes is too large")
+                ext_bytes += size
+                if size > spec.MAX_PAX or ext_bytes > spec.MAX_PAX:
+                    # (all of a member's extended headers together: memory stays bounded
+                    # whatever an archive says)
+                    raise _Corrupt(off, f"extended header of {size} bytes is too large"
+                                   + (f" ({ext_bytes} in this member's)" if size != ext_bytes else ""))
                 padded = size + (-size % spec.BLOCK)
                 data = rr.read(padded)
                 if self._head is not None and len(self._head) < 8 * spec.BLOCK:
