@@ -651,3 +651,32 @@ def test_messages_say_nothing_to_the_terminal_and_stay_one_line(capsys):
     warn("imsrestore", "primary/ann/INBOX/1.eml\x1b[31m: corrupt\nmember")
     err = capsys.readouterr().err
     assert err == "imsrestore: primary/ann/INBOX/1.eml\\x1b[31m: corrupt\\x0amember\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_command_loads_is_one_line_and_130(tmp_path, sig):
+    """Ctrl-C or SIGTERM while the command's modules still load (before run_command sets
+    its handlers): one line, status 130, no traceback, nothing done.  The load is made
+    slow here (an import hook sleeps in it) so the signal lands there every time.
+    (Before: SIGINT printed a traceback, exit 1 or -2; SIGTERM was a bare -15.)"""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import sys, time\n"
+        "class Slow:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'asm.cli.imsrestore':\n"
+        "            open(sys.argv[-1] + '.loading', 'w').close()\n"
+        "            time.sleep(30)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Slow())\n")
+    marker = tmp_path / "x.ims"
+    p = popen(None, "imsrestore", "-t", "-f", str(marker), env={"PYTHONPATH": str(hook)},
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(f"{marker}.loading") and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.01)
+    os.kill(p.pid, sig)
+    _out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err == b"imsrestore: interrupted while starting: nothing was done\n", \
+        (p.returncode, err)

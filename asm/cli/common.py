@@ -185,6 +185,8 @@ def _trap_signals():
         return None
     saved = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    if getattr(saved[1], "ims_early", False):           # asm.cli's, while the command loaded
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.unraisablehook = functools.partial(_redeliver_interrupt, sys.unraisablehook)
     return saved
 
