@@ -110,6 +110,14 @@ def test_paths_select_and_map_users(source, ims_home, dest, tmp_path):
     p = run(dest, "imsrestore", "-m", mapfile, "-f", a, "/primary/user/joe/Sent", text=True)
     assert p.returncode == 2 and "'joe' is mapped a second time" in p.stderr, p.stderr
     assert not target.exists("a") and not target.exists("b")
+    # a name the store cannot hold: refused before anything is restored (before: ann
+    # restored, joe not, exit 17, as if the store had failed)
+    for bad in ("a/b", "..", "x\x01y"):
+        before = state(target)
+        mapfile.write_text(f"ann=ann3\njoe={bad}\n")
+        p = run(dest, "imsrestore", "-m", mapfile, "-f", a, text=True)
+        assert p.returncode == 2 and f"{mapfile}:2: bad user ID" in p.stderr, (bad, p.stderr)
+        assert state(target) == before and not target.exists("ann3")
 
 
 def test_new_mailbox_beside_existing(source, ims_home, tmp_path):

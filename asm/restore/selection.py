@@ -5,6 +5,7 @@ from __future__ import annotations
 from asm.groups import Groups
 from asm.logical import LogicalPath
 from asm.restore.errors import RestoreError
+from asm.store.base import BadName, check_user_name
 
 
 def read_map(path: str) -> dict:
@@ -22,6 +23,10 @@ def read_map(path: str) -> dict:
                 old, eq, new = s.partition("=")
                 if not eq or not old.strip() or not new.strip():
                     raise RestoreError(f"{path}:{lineno}: expected 'olduser=newuser', found {s[:80]!r}")
+                try:
+                    check_user_name(new.strip())        # refused before anything is restored
+                except BadName as exc:
+                    raise RestoreError(f"{path}:{lineno}: {exc}") from None
                 if old.strip() in out:
                     raise RestoreError(f"{path}:{lineno}: {old.strip()!r} is mapped a second time (to "
                                        f"{new.strip()!r}; before to {out[old.strip()]!r}): keep one line")
