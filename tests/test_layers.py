@@ -294,6 +294,11 @@ def test_cut_or_damaged_layered_archives_exit_4(tmp_path, keys, what):
             d, s = fresh(tmp_path, "classic", f"t{cut}")
             run(d, "imsrestore", "-f", f, check=0)
             assert state(s) == want
+            # ... but the file is damaged, and imsverify, which reads the layers to their
+            # end, says so (before: exit 0, where `zstd -t` says "premature end")
+            p = run(d, "imsverify", "-v", "-f", f, text=True)
+            assert p.returncode == 4 and "after the archive's end" in p.stderr, (cut, p.stderr)
+        run(home, "imsverify", "-f", arch, check=0)
 
 
 def zstd_content(path):

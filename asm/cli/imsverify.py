@@ -116,7 +116,21 @@ def _reading(dev: str, bf: int, cfg, identities: list[str]):
     from asm.layers.options import identity_loader
     device = wrap_read(open_device(dev, "rb", bf, cfg), identity_loader(cfg, identities), 512 * bf)
     with device:
+        if getattr(device, "layers", None):
+            device.file.ims_layers = device.layers      # read to their end after the archive's
         yield device.file
+
+
+def _to_the_end(raw, dev: str, c) -> None:
+    """A compressed or encrypted archive is read to the end of its layers after the
+    archive's own end: a zstd file whose seek table was cut, or an age file cut after
+    the archive's last byte, is damaged even when every message was read whole."""
+    from asm.layers.errors import LayerError
+    try:
+        while raw.read(1 << 20):
+            pass
+    except LayerError as exc:
+        c.add(exc.status, f"{dev}: after the archive's end: {exc.strerror or exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +182,8 @@ def _verify(args, report) -> int:
         try:
             with _reading(dev, args.bf, cfg, args.identity) as raw:
                 c = check_archive(raw, dev, args.bf, progress=show if progress.enabled else None)
+                if c.readable and getattr(raw, "ims_layers", None):
+                    _to_the_end(raw, dev, c)
         except OSError as exc:
             progress.clear()
             c = None
