@@ -251,3 +251,35 @@ def test_chain_orders_archives_and_names_gaps(tmp_path):
     empty.mkdir()
     p = run(home, "imsdr", "chain", empty, check=EXIT_MISSING)
     assert "no complete full archive" in p.stderr.decode()
+
+
+def test_chain_reads_compressed_and_encrypted_archives(tmp_path):
+    """imsdr chain reads archives through their layers, as imsrestore does: a -z full
+    and an age-encrypted incremental make one chain (with --identity); without an
+    identity the encrypted one is named, not passed over as "not an archive", and the
+    status says the list is not the whole story.  (Before: a directory holding only a
+    -z full said "no complete full archive", exit 15: the runbook stopped.)"""
+    keygen = require("age-keygen", "age-encrypted archives")
+    key = tmp_path / "key.txt"
+    subprocess.run([keygen, "-o", str(key)], check=True, capture_output=True)
+    rcpt = subprocess.run([keygen, "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
+    home = tmp_path / "src"
+    store = open_store(make_home(home, "classic"))
+    store.create_user("joe")
+    d = tmp_path / "backup"
+    d.mkdir()
+    store.deliver(["joe"], io.BytesIO(msg(1)))
+    run(home, "imsbackup", "-z", "-f", d / "a-full.ims", "/", check=0)
+    store.deliver(["joe"], io.BytesIO(msg(2)))
+    run(home, "imsbackup", "--recipient", rcpt, "--base", f"{d}/a-full.ims.state", "-f", d / "b-incr.ims", "/",
+        check=0)
+    p = run(home, "imsdr", "chain", "--commands", d, check=EXIT_PARTIAL, text=True)
+    assert "b-incr.ims" in p.stderr and "--identity" in p.stderr, p.stderr
+    assert shlex.split(p.stdout)[1::2] == ["-f"] and shlex.split(p.stdout)[2].endswith("a-full.ims")
+    p = run(home, "imsdr", "chain", "--commands", "--identity", key, d, check=0, text=True)
+    argv = shlex.split(p.stdout)
+    assert [os.path.basename(x) for x in argv[2::2]] == ["a-full.ims", "b-incr.ims"], p.stdout
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    run(dest, *argv, "--identity", key, check=0)
+    assert state(open_store(make_home(dest, "classic"))) == state(store)

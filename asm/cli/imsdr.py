@@ -59,6 +59,9 @@ def build_parser() -> ArgParser:
     s.add_argument("--verify", action="store_true", help="read each archive to its trailer (complete ones only)")
     s.add_argument("--commands", action="store_true",
                    help="print the imsrestore command instead: one per chain (imsrestore -f FULL -f INCR ...)")
+    s.add_argument("--identity", action="append", default=[], metavar="FILE",
+                   help="age identity file for encrypted archives (repeatable; default: "
+                        "store.encrypt.identities)")
     s.add_argument("paths", nargs="+", metavar="PATH", help="archive files or directories holding them")
     return p
 
@@ -265,12 +268,22 @@ def _chain(args) -> int:
     for p in args.paths:
         if not os.path.exists(p):
             raise UsageError(f"{p} does not exist")
-    files, _others = archive_files(args.paths, verify=args.verify)
+    from asm.layers.options import identity_loader
+    try:
+        cfg = Config()                  # store.encrypt.identities, when an installation is there
+        cfg.require()
+    except ImsError:
+        cfg = None
+    files, _others, unreadable = archive_files(args.paths, verify=args.verify,
+                                               identities=identity_loader(cfg, args.identity))
+    for why in unreadable:
+        warn(PROG, f"{why}: not used (give --identity FILE for an encrypted archive)")
     found = chains(files)
     if not any(c.archives for c in found):
-        raise ImsError(f"no complete full archive in {', '.join(args.paths)}: nothing to restore from",
+        raise ImsError(f"no complete full archive in {', '.join(args.paths)}: nothing to restore from"
+                       + (f" ({len(unreadable)} files could not be read, named above)" if unreadable else ""),
                        status=EXIT_MISSING)
-    status = EXIT_OK
+    status = EXIT_PARTIAL if unreadable else EXIT_OK
     for c in found:
         if args.commands and c.archives:
             # one command per chain: it checks the chain before writing, holds deliveries

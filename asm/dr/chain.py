@@ -42,12 +42,31 @@ class Chain:
     dropped: list = field(default_factory=list)   # incrementals after the gap
 
 
-def read_header(path: str, verify: bool = False) -> ArchiveFile | None:
-    """The archive's header (None when the file is no ims-asm archive)."""
+class Unreadable(Exception):
+    """A file that may be an archive but cannot be read: encrypted with no identity
+    that opens it, or a damaged compression or encryption layer."""
+
+
+def read_header(path: str, verify: bool = False, identities=()) -> ArchiveFile | None:
+    """The archive's header, read through its compression and encryption layers as
+    imsrestore reads it (None when the file is no ims-asm archive; Unreadable when it
+    may be one but cannot be read)."""
+    from asm.layers import open_read
+    from asm.layers.errors import LayerError
     try:
-        with open(path, "rb") as f:
-            r = ArchiveReader(f)
-            h = r.header
+        with open(path, "rb") as raw:
+            try:
+                f, layers = open_read(raw, identities)
+            except LayerError as exc:
+                raise Unreadable(f"{path}: {exc.strerror or exc}") from None
+            try:
+                r = ArchiveReader(f)
+                h = r.header
+            except ArchiveError:
+                if layers:
+                    raise Unreadable(f"{path}: its {'+'.join(layers)} layer holds no readable ims-asm "
+                                     f"archive") from None
+                return None
             info = ArchiveFile(path, float(h.get("created") or 0.0), h.get("since"),
                                tuple(h.get("scope") or ["/"]), str(h.get("archive_id", "")),
                                str(h.get("driver", "")),
@@ -56,20 +75,18 @@ def read_header(path: str, verify: bool = False) -> ArchiveFile | None:
                 try:
                     for _ in r.members(on_error=lambda e: None):
                         pass
-                except ArchiveError:
+                except (ArchiveError, LayerError):
                     pass
                 info.complete = r.complete and not r.errors
             return info
-    except ArchiveError:
-        return None
     except OSError:
         return None
 
 
-def archive_files(paths: list[str], verify: bool = False) -> tuple[list[ArchiveFile], list[str]]:
+def archive_files(paths: list[str], verify: bool = False, identities=()) -> tuple[list, list, list]:
     """Every archive among ``paths`` (files, and the files of directories); the
-    files that are not archives."""
-    found, others = [], []
+    files that are not archives; and those that may be but cannot be read (why)."""
+    found, others, unreadable = [], [], []
     for p in paths:
         if os.path.isdir(p):
             names = sorted(os.path.join(p, n) for n in os.listdir(p)
@@ -77,9 +94,13 @@ def archive_files(paths: list[str], verify: bool = False) -> tuple[list[ArchiveF
         else:
             names = [p]
         for n in names:
-            info = read_header(n, verify)
+            try:
+                info = read_header(n, verify, identities)
+            except Unreadable as exc:
+                unreadable.append(str(exc))
+                continue
             (found.append(info) if info is not None else others.append(n))
-    return found, others
+    return found, others, unreadable
 
 
 def chains(files: list[ArchiveFile]) -> list[Chain]:
