@@ -415,6 +415,34 @@ def test_every_cycle_is_checked_and_a_date_incremental_follows_its_own_scope(tmp
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_one_users_date_incremental_after_a_full_of_the_store_verifies_as_restored(tmp_path, driver):
+    """A full of / and an incremental by date of one user (the chain imsrestore takes
+    both ways): imsverify --restore-test follows the full, as the restore does, and
+    compares every message (before: "1 chain without its full archive", exit 7, 0
+    messages compared).  A full that lacks one of joe's messages (which the incremental
+    lists) still fails."""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, driver))
+    for i in range(8):              # (joe's first: the archive's first message is his)
+        put(store, ["joe", "zoe"][i % 2], "INBOX", i, internaldate=1_600_000_000 + i)
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    full, joe = tmp_path / "full.ims", tmp_path / "joe.ims"
+    run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
+    change_mail(store, ["joe"])
+    run(home, "imsbackup", "-f", joe, "-d", since, "/primary/user/joe", check=EXIT_OK)
+    p = run(home, "imsverify", "-f", full, "-f", joe, "--restore-test", text=True)
+    assert p.returncode == EXIT_OK and "without its full" not in p.stderr, (p.stdout, p.stderr)
+    assert " 0 messages compared" not in p.stderr, p.stderr
+    short, _ = _drop_message(full.read_bytes())
+    bad = tmp_path / "short.ims"
+    bad.write_bytes(short)
+    p = run(home, "imsverify", "-f", bad, "-f", joe, "--restore-test")
+    assert p.returncode in (EXIT_ORDER, 19), (p.returncode, p.stderr)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_cumulative_incrementals_of_one_full_verify_as_the_chain_a_restore_takes(tmp_path, driver):
     """Cumulative incrementals (imsstage --cumulative, or --base FULL each day) share one
     base: all of them given, or a staging directory holding them, is no broken chain;

@@ -60,6 +60,7 @@ def _chains(checks: list) -> list[list]:
     incremental by base in its base's chain whatever its scope (one user's incremental of
     a full of the whole store continues that full)."""
     from asm.backupstate import header_chain
+    from asm.verify.chain import covers
     comp = list(range(len(checks)))
 
     def find(i):
@@ -70,7 +71,17 @@ def _chains(checks: list) -> list[list]:
     first: dict = {}
     index = {c.archive_id: i for i, c in enumerate(checks)}
     for i, c in enumerate(checks):
-        j = first.setdefault(tuple(c.header.get("scope") or ["/"]), i)
+        scope = tuple(c.header.get("scope") or ["/"])
+        j = first.setdefault(scope, i)
+        if j == i and c.header.get("since") is not None and c.base is None:
+            # an incremental by date of a scope no archive before had (one user's, after
+            # a full of the whole store): it follows the newest archive taken before it
+            # whose scope covers its own, as a restore takes it
+            earlier = [k for k, o in enumerate(checks)
+                       if (o.header.get("created") or 0) < (c.header.get("created") or 0)
+                       and covers(tuple(o.header.get("scope") or ["/"]), scope)]
+            if earlier:
+                j = max(earlier, key=lambda k: checks[k].header.get("created") or 0)
         comp[find(i)] = find(j)
         for aid in [c.base] + header_chain(c.header):
             if aid in index:

@@ -40,6 +40,14 @@ def _when(t) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
 
 
+def covers(outer: tuple, inner: tuple) -> bool:
+    """Every path of scope ``inner`` is one of scope ``outer`` or below it (by name: a
+    group's members are not looked up)."""
+    def under(p: str, q: str) -> bool:
+        return q == "/" or p == q or p.startswith(q.rstrip("/") + "/")
+    return all(any(under(p, q) for q in outer) for p in inner)
+
+
 def order(checks: list[ArchiveCheck]) -> list[ArchiveCheck]:
     """Readable archives oldest first (by the time their backup started)."""
     return sorted((c for c in checks if c.readable), key=lambda c: c.created)
@@ -91,6 +99,11 @@ def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
             # by date alone: it follows the archive of its scope taken before it
             same = [b for b in unique[:i] if list(b.header.get("scope") or ["/"]) ==
                     list(a.header.get("scope") or ["/"])]
+            if not same:
+                # none of its own scope (one user's, after a full of the whole store): the
+                # newest archive before it whose scope covers its own, as a restore takes it
+                same = [b for b in unique[:i] if covers(tuple(b.header.get("scope") or ["/"]),
+                                                        tuple(a.header.get("scope") or ["/"]))]
             if not same:
                 continue
             p = same[-1]
