@@ -60,6 +60,8 @@ def decode_level(level):
             raise ValueError(f"bad percent escape in name level {level!r}")
         out.append(int(p[:2], 16))
         out += p[2:].encode("utf-8", "surrogateescape")
+    if 0 in out:                        # %00: no store name holds a NUL (format.md §3)
+        raise ValueError(f"bad name level {level!r}: it decodes to a NUL")
     return out.decode("utf-8", "surrogateescape")
 
 
