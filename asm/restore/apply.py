@@ -152,14 +152,16 @@ class Applier:
         same = plan.uidvalidity == plan.archive_uidvalidity
         if same and m.uid in plan.by_uid and uid is None and not self.opts.ignore_duplicates:
             plan.taken.append(m.uid)            # another message holds the archived UID
-        if uid is None and same and self._defer(plan, m):
+        # (kept aside only while archived UIDs can still be kept: below the archive's UIDNEXT)
+        later = same and plan.uidnext < plan.archive_uidnext
+        if uid is None and later and self._defer(plan, m):
             return
         try:
             info = self._append(plan, m, uid)
         except UidInUse:           # someone took it meanwhile: a new UID instead
             plan.taken.append(m.uid)
             uid = None
-            if same and self._defer(plan, m):
+            if later and self._defer(plan, m):
                 return
             info = self._append(plan, m, None)
         if info is None:
@@ -229,8 +231,9 @@ class Applier:
     def finish_deferred(self, plan: FolderPlan) -> None:
         """Store the messages kept aside, each under a new UID above the archive's, once
         the folder's UIDNEXT was raised to the archive's (the caller holds the lock)."""
+        plan.deferred.reverse()              # taken from the end: in archive order, O(1) each
         while plan.deferred:
-            (m, flags, keywords), path, spooled = plan.deferred[0]
+            (m, flags, keywords), path, spooled = plan.deferred[-1]
             kwargs = dict(uid=None, flags=flags, keywords=keywords, internaldate=m.internaldate,
                           stored=m.stored if self.store.restore_keeps_stored else None, guid=m.guid)
             if spooled:
@@ -242,7 +245,7 @@ class Applier:
                 info = self.store.append(plan.user, plan.folder, None, link_from=path, **kwargs)
                 self.res.links += 1
             self._done(plan, m, info, renumbered=True)
-            plan.deferred.pop(0)
+            plan.deferred.pop()
             if spooled:
                 self.drop_deferred_file(path)
 
