@@ -729,6 +729,26 @@ def test_served_digest_is_of_the_message_with_crlf_line_ends_whatever_the_chunks
             assert served_sha256(Chunks(data, n)) == want, (data, n)
 
 
+def _clean_restore_test_kept(full, parent: str):
+    """The restore test of archive ``full`` into a scratch store kept under ``parent``,
+    served by a private Dovecot, with no problem: (the chain view, the RestoreTest)."""
+    import contextlib
+
+    from asm.verify import build, check_archive
+    from asm.verify.scratch import restore_test
+    with open(full, "rb") as f:
+        view = build([check_archive(f, str(full))])
+
+    @contextlib.contextmanager
+    def reopen(c):
+        with open(c.device, "rb") as f:
+            yield f
+    rt = restore_test(view, reopen, "maildir", parent=parent, keep=True)
+    assert rt.served == "dovecot", rt.served
+    assert not rt.problems and not rt.comparison.problems, [p.text for p in rt.comparison.problems]
+    return view, rt
+
+
 def test_restore_test_over_imap_takes_mail_kept_with_lf_line_ends_as_dovecot_serves_it(tmp_path):
     """Dovecot keeps mail it received with LF line ends and serves it with CRLF: the IMAP
     comparison must expect that, and still name a message whose bytes changed."""
@@ -737,8 +757,7 @@ def test_restore_test_over_imap_takes_mail_kept_with_lf_line_ends_as_dovecot_ser
     import shutil
     import tempfile
 
-    from asm.verify import build, check_archive
-    from asm.verify.scratch import _compare_served, mail_owner, restore_test
+    from asm.verify.scratch import _compare_served, mail_owner
     home = str(tmp_path / "src")
     store = open_store(make_home(home, "maildir"))
     store.create_user("joe")
@@ -750,21 +769,10 @@ def test_restore_test_over_imap_takes_mail_kept_with_lf_line_ends_as_dovecot_ser
                      internaldate=1_600_000_000 + i)
     full = tmp_path / "full.ims"
     run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
-    with open(full, "rb") as f:
-        view = build([check_archive(f, str(full))])
-
-    import contextlib
-
-    @contextlib.contextmanager
-    def reopen(c):
-        with open(c.device, "rb") as f:
-            yield f
     parent = tempfile.mkdtemp(prefix="imsverify-test-", dir="/tmp")
     os.chmod(parent, 0o755)
     try:
-        rt = restore_test(view, reopen, "maildir", parent=parent, keep=True)
-        assert rt.served == "dovecot", rt.served
-        assert not rt.problems and not rt.comparison.problems, [p.text for p in rt.comparison.problems]
+        view, rt = _clean_restore_test_kept(full, parent)
         # a changed byte in what Dovecot serves is still named
         scratch = open_store(Config(rt.home))
         m = scratch.messages("joe", "INBOX")[0]
@@ -813,12 +821,10 @@ def test_restore_test_over_imap_serves_users_and_folders_whatever_their_names(tm
     the store and named so; a changed byte is still named over IMAP (exit 19)."""
     from tests.dovecot import require_dovecot
     require_dovecot()
-    import contextlib
     import shutil
     import tempfile
 
-    from asm.verify import build, check_archive
-    from asm.verify.scratch import _compare_served, mail_owner, restore_test
+    from asm.verify.scratch import _compare_served, mail_owner
     home = str(tmp_path / "src")
     cfg = make_home(home, "maildir")
     store = open_store(cfg)
@@ -834,19 +840,10 @@ def test_restore_test_over_imap_serves_users_and_folders_whatever_their_names(tm
         f.write(b"Subject: j\xf6rg\r\n\r\nbody\r\n")
     full = tmp_path / "full.ims"
     run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
-    with open(full, "rb") as f:
-        view = build([check_archive(f, str(full))])
-
-    @contextlib.contextmanager
-    def reopen(c):
-        with open(c.device, "rb") as f:
-            yield f
     parent = tempfile.mkdtemp(prefix="imsverify-test-", dir="/tmp")
     os.chmod(parent, 0o755)
     try:
-        rt = restore_test(view, reopen, "maildir", parent=parent, keep=True)
-        assert rt.served == "dovecot", rt.served
-        assert not rt.problems and not rt.comparison.problems, [p.text for p in rt.comparison.problems]
+        view, rt = _clean_restore_test_kept(full, parent)
         assert [m for m, why in rt.comparison.store_only] == ["/primary/joe/~tilde"], rt.comparison.store_only
         scratch = open_store(Config(rt.home))
         m = scratch.messages("ü", "INBOX")[0]

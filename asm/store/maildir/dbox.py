@@ -33,10 +33,9 @@ import json
 import os
 import re
 import shutil
-import time
 
 from asm.config import Config
-from asm.locks import pid_alive
+from asm.locks import flock_wait, pid_alive
 from asm.store import layout as layout_mod
 from asm.store import utf7
 from asm.store.base import FolderInfo, NoSuchUser, StoreError, StoreFull, Unlisted, UserExists, check_user_name
@@ -118,19 +117,12 @@ class DboxStore(MaildirStore):
             fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CLOEXEC)
         except OSError:
             return None                      # no lock: nothing of it runs
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise StoreError(
-                        f"a doveadm started by the killed ims process {pid} still works on {path} "
-                        f"(copying a login to or from Dovecot) after {TIMEOUT} s; wait until it "
-                        f"ends or stop it (fuser -k {path}/.lock), then run again") from None
-                time.sleep(0.1)
+        if flock_wait(fd, TIMEOUT, poll=0.1):
+            return fd
+        os.close(fd)
+        raise StoreError(f"a doveadm started by the killed ims process {pid} still works on {path} "
+                         f"(copying a login to or from Dovecot) after {TIMEOUT} s; wait until it "
+                         f"ends or stop it (fuser -k {path}/.lock), then run again")
 
     def _dbox_root(self, user: str) -> str:
         try:
