@@ -35,7 +35,7 @@ ENOSPC_POINTS = 20
 STREAM_POINTS = 12
 CHAIN_POINTS = 160       # per driver, over a chain restore of ~800-900 steps
 BESIDE_POINTS = 32       # per driver and kind, over a restore beside (-n) of ~300 steps
-LIVE_POINTS = 60         # per driver, over a chain merged into a live store of ~300 steps
+LIVE_POINTS = 70         # per driver, over a chain merged into a live store of ~300-380 steps
 
 
 def _seed(driver: str, salt: int) -> int:
