@@ -300,6 +300,7 @@ def _chain(args, rep) -> int:
         one.device = d
         one.hold = args.hold or not last
         one.run_token = token
+        one.chain_ids = tuple(h.get("archive_id") for h in headers)
         one.final = None if last else final
         one.final_unread = () if last else unread
         one.final_unseen = None if last else unseen
@@ -399,7 +400,7 @@ def _one(args, rep) -> int:
                     reffile=args.refout or default_reffile(inst.config.home, reader.header),
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
                     spool_limit=inst.config.get_int("restore.spoolmax") << 20,
-                    run_token=token or "",
+                    run_token=token or "", chain_ids=getattr(args, "chain_ids", ()),
                     final=getattr(args, "final", None), final_unread=getattr(args, "final_unread", ()),
                     final_unseen=getattr(args, "final_unseen", None))
                 res = Restorer(inst.store, inst.groups, reader, opts, sel, journal, device=args.device,

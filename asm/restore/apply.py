@@ -138,9 +138,17 @@ class Applier:
             self.res.duplicates += 1
             return
         dup = self.duplicate(plan, m)
+        same = plan.uidvalidity == plan.archive_uidvalidity
         if dup is not None:
             self._check(m)
             self.res.duplicates += 1
+            if same and dup.uid != m.uid:
+                # here already, but not at its archived UID (kept aside and stored under a
+                # new one by a run cut short since): the folder is no mirror of the archive,
+                # and another message may hold the archived UID
+                plan.renumbered += 1
+                if m.uid in plan.by_uid:
+                    plan.taken.append(m.uid)
             self._place(m, dup.path)
             if plan.mode == "chain" and dup.uid == m.uid:
                 store.set_flags(plan.user, plan.folder, dup.uid, m.flags, m.keywords)
@@ -149,8 +157,8 @@ class Applier:
         uid = self.target_uid(plan, m)
         if uid is not None and uid < plan.uidnext:
             uid = None             # passed already (another writer came between batches)
-        same = plan.uidvalidity == plan.archive_uidvalidity
-        if same and m.uid in plan.by_uid and uid is None and not self.opts.ignore_duplicates:
+        if same and m.uid in plan.by_uid and uid is None and not (
+                self.opts.ignore_duplicates and self._same_bytes(plan, plan.by_uid[m.uid], m.sha256)):
             plan.taken.append(m.uid)            # another message holds the archived UID
         # (kept aside only while archived UIDs can still be kept: below the archive's UIDNEXT)
         later = same and plan.uidnext < plan.archive_uidnext

@@ -69,8 +69,6 @@ class Restorer:
         self.user_groups: dict[tuple, str | None] = {}
         self.cur_user: tuple | None = None          # (partition, user) of the archive being read
         self.cur_folders: set = set()               # ... and its folders the archive lists
-        self.cur_whole = True                       # ... each of them whole (no state record
-                                                    # of messages it does not carry)
         self.cur_damaged = False                    # ... a member of it was damaged (or a
                                                     # folder refused): remove none of its folders
         self.gone: list = []                        # (partition, user, folders listed) of
@@ -189,7 +187,6 @@ class Restorer:
                 self.opts.map_used.add(m.user)       # the map names a user the archive has
             self.cur_user = (m.partition, m.user)
             self.cur_folders = set()
-            self.cur_whole = True
             self.cur_damaged = False
             return
         if m.kind == "folder":
@@ -245,7 +242,7 @@ class Restorer:
         group = self.user_groups.get(cur)
         if self.sel.paths and not any(self.sel._user_ok(lp, partition, src_user, group) for lp in self.sel.paths):
             return
-        self.gone.append((partition, src_user, frozenset(self.cur_folders), self.cur_whole))
+        self.gone.append((partition, src_user, frozenset(self.cur_folders)))
 
     def _continues(self) -> bool:
         """This archive can continue a chain restored before it: an incremental that names
@@ -253,16 +250,14 @@ class Restorer:
         from asm.backupstate import by_date, header_chain
         return bool(header_chain(self.header)) or by_date(self.header)
 
-    def _follows(self, j, whole: bool = False) -> bool:
-        """This archive follows the one the journal row ``j`` says its folder mirrors.
-        ``whole``: it holds every folder of the user whole (a user its base, narrower,
-        did not look at): then any archive taken before it."""
+    def _follows(self, j) -> bool:
+        """This archive follows the one the journal row ``j`` says its folder mirrors."""
         from asm.backupstate import by_date, header_chain
         h = self.header
         if j.archive_id in header_chain(h):
             return True
         created = h.get("created")
-        return (by_date(h) or (whole and h.get("base") is not None)) and j.archive_id != h.get("archive_id") \
+        return by_date(h) and j.archive_id != h.get("archive_id") \
             and j.created is not None and created is not None and j.created < created
 
     def _remove_gone(self) -> None:
@@ -278,7 +273,7 @@ class Restorer:
             return
         unread = trailer.get("errors", [])
         exclude = (self.header.get("options") or {}).get("exclude") or []
-        for partition, src_user, listed, whole in self.gone:
+        for partition, src_user, listed in self.gone:
             user = self.opts.user_map.get(src_user, src_user)
             try:
                 known = self.journal.folders(user)
@@ -291,7 +286,8 @@ class Restorer:
                 mailbox = f"/{partition}/{user}/{folder}"
                 try:
                     j = self.journal.get(user, folder)
-                    if j is None or not j.mirror or j.running or not self._follows(j, whole):
+                    if j is None or not j.mirror or j.running or j.source is not None \
+                            or not self._follows(j):
                         continue
                     if not self.store.exists(user, folder):
                         # gone, or half removed by a run killed while removing it (the
@@ -330,8 +326,6 @@ class Restorer:
     def _start_folder(self, m) -> None:
         if (m.partition, m.user) == self.cur_user:
             self.cur_folders.add(m.folder)
-            if m.state:
-                self.cur_whole = False          # a folder it holds only part of
         group = self.user_groups.get((m.partition, m.user), m.group)
         if not self.sel.folder(m.partition, m.user, group, m.folder):
             self.plan = None

@@ -53,6 +53,8 @@ class JournalRow:
     chain: tuple = ()           # the ancestors of the archive restored last (full first):
                                 # archives the folder has in it already, recognised on a rerun
     count: int | None = None    # messages the folder held when the restore ended
+    source: str | None = None   # the folder it was made beside (-n): not the archive's folder
+                                # of its own name, never removed as one
 
 
 class Journal:
@@ -90,13 +92,14 @@ class Journal:
     @_journal_errors
     def get(self, user: str, folder: str) -> JournalRow | None:
         row = self.db.execute("SELECT uidvalidity, uidnext, archive_id, created, since, mirror, "
-                              "running, running_mode, chain, count FROM restored WHERE user=? AND folder=?",
-                              (names.to_db(user), names.to_db(folder))).fetchone()
+                              "running, running_mode, chain, count, source FROM restored WHERE user=? "
+                              "AND folder=?", (names.to_db(user), names.to_db(folder))).fetchone()
         if row is None:
             return None
-        uidvalidity, uidnext, archive_id, created, since, mirror, running, running_mode, chain, count = row
+        uidvalidity, uidnext, archive_id, created, since, mirror, running, running_mode, chain, count, source = row
         return JournalRow(uidvalidity, uidnext, archive_id, created, since, bool(mirror),
-                          running, running_mode, tuple((chain or "").split()), count)
+                          running, running_mode, tuple((chain or "").split()), count,
+                          names.from_db(source) if source is not None else None)
 
     @_journal_errors
     def folders(self, user: str) -> list[str]:

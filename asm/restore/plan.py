@@ -132,7 +132,13 @@ class Planner:
         store = self.store
         folder = m.folder
         beside = False
-        if self.opts.new_mailbox and (m.state or store.exists(user, folder)):
+        began = self.journal.beside_of(user, folder, self.opts.run_token) \
+            if self.opts.new_mailbox and self.opts.run_token else None
+        if began is not None:
+            # this -n command, cut short, began this folder (beside, or under its own name
+            # when there was none): it goes on there
+            folder, beside = began, began != m.folder
+        elif self.opts.new_mailbox and (m.state or store.exists(user, folder)):
             # beside an existing folder; and beside an absent (or empty) one when this is an
             # incremental that lists messages it does not carry: only what it carries is
             # restored, never a folder passed off as this archive's whole folder
@@ -141,11 +147,11 @@ class Planner:
                 folder = self.new_name(user, folder)
                 beside = True
         created = False
-        mark = (self.opts.run_token, m.folder) if beside and self.opts.run_token else None
+        mark = (self.opts.run_token, m.folder) if self.opts.new_mailbox and self.opts.run_token else None
         if not store.exists(user, folder):
             if not beside:
                 self.check_base(m, user, folder)
-            elif mark is not None:
+            if mark is not None:
                 # said before the folder exists: a run cut short right after making it
                 # finds it again by the journal, not as a stranger's folder
                 self.journal.start(user, folder, self.header, "exact", beside=mark)
@@ -205,7 +211,7 @@ class Planner:
                     info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
                                             subscribed=m.subscribed)
                     mode = "exact"
-        if mode == "merge" and not beside and info.uidvalidity != m.uidvalidity:
+        if mode == "merge" and not beside and info.uidvalidity != m.uidvalidity and not self.opts.chain_ids:
             # another folder of that name (made again, or renamed onto it): the messages
             # this incremental lists without carrying them are not in it
             self.check_replaced(m, user, folder, info.uidvalidity)
@@ -234,11 +240,12 @@ class Planner:
         if base is not None:
             if base == j.archive_id:
                 return "chain"
-            if not m.state and created is not None and j.created is not None and j.created < created:
-                # this archive holds the folder whole (its base, narrower, did not look at
-                # it; or it changed wholly): it is the folder as it was then, whatever
-                # links came between (a full of /, an incremental of one user, then one of
-                # / again: the other users' folders come whole from the last)
+            if j.archive_id in header_chain(h) and not m.state:
+                # this archive of the folder's chain holds the folder whole (its base,
+                # narrower, did not look at it: a full of /, an incremental of one user,
+                # then one of / again): it is the folder as it was then, whatever links
+                # came between.  (Of another chain it is a merge: the folder may hold
+                # what an older archive brought back.)
                 return "chain"
             if j.archive_id in header_chain(h):
                 raise ChainOrderError(
@@ -312,12 +319,6 @@ class Planner:
         began under and did not finish (a killed run of the same command resumes it)."""
         suffix = self.opts.new_suffix or time.strftime("%Y%m%d")
         base = f"{folder}-{suffix}"
-        if self.opts.run_token:
-            began = self.journal.beside_of(user, folder, self.opts.run_token)
-            if began is not None:
-                # this command, cut short, began this folder beside: it goes on there
-                # (resumed, continued by the next link of its chain, or held already)
-                return began
         name, n = base, 1
         ancestors = header_chain(self.header)
         while self.store.exists(user, name):
