@@ -20,16 +20,19 @@ def _interrupted_while_starting(signum, frame):
     try:
         _os.write(2, f"{name}: interrupted while starting: nothing was done\n".encode())
     finally:
-        _os._exit(130)
+        _os._exit(_EXIT_INTERRUPTED)
 
 
 _interrupted_while_starting.ims_early = True
+_EXIT_INTERRUPTED = None
 
 
 def _trap_while_starting() -> None:
     main = _sys.modules.get("__main__")
     if _os.path.basename(getattr(main, "__file__", None) or "") not in _COMMANDS:
         return                          # imported by a test, a plugin host, python -c ...
+    global _EXIT_INTERRUPTED
+    from asm.errors import EXIT_INTERRUPTED as _EXIT_INTERRUPTED     # (small: errno only)
     import signal
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
