@@ -729,7 +729,7 @@ def test_served_digest_is_of_the_message_with_crlf_line_ends_whatever_the_chunks
             assert served_sha256(Chunks(data, n)) == want, (data, n)
 
 
-def _clean_restore_test_kept(full, parent: str):
+def _clean_restore_test_kept(full, parent: str, **kw):
     """The restore test of archive ``full`` into a scratch store kept under ``parent``,
     served by a private Dovecot, with no problem: (the chain view, the RestoreTest)."""
     import contextlib
@@ -743,10 +743,22 @@ def _clean_restore_test_kept(full, parent: str):
     def reopen(c):
         with open(c.device, "rb") as f:
             yield f
-    rt = restore_test(view, reopen, "maildir", parent=parent, keep=True)
+    rt = restore_test(view, reopen, "maildir", parent=parent, keep=True, **kw)
     assert rt.served == "dovecot", rt.served
     assert not rt.problems and not rt.comparison.problems, [p.text for p in rt.comparison.problems]
     return view, rt
+
+
+def _served_problems_after_a_changed_byte(view, rt, scratch, m) -> list:
+    """The IMAP comparison's problems once message ``m`` of the scratch store has one
+    byte changed (its last but one)."""
+    from asm.verify.scratch import _compare_served, mail_owner
+    with open(m.path, "r+b") as f:
+        f.seek(-2, os.SEEK_END)
+        f.write(b"X")
+    rt.comparison = type(rt.comparison)()
+    _compare_served(view, scratch, rt.home, mail_owner(None), rt)
+    return [p.text for p in rt.comparison.problems if "(IMAP)" in p.text]
 
 
 def test_restore_test_over_imap_takes_mail_kept_with_lf_line_ends_as_dovecot_serves_it(tmp_path):
@@ -824,7 +836,6 @@ def test_restore_test_over_imap_serves_users_and_folders_whatever_their_names(tm
     import shutil
     import tempfile
 
-    from asm.verify.scratch import _compare_served, mail_owner
     home = str(tmp_path / "src")
     cfg = make_home(home, "maildir")
     store = open_store(cfg)
@@ -847,12 +858,7 @@ def test_restore_test_over_imap_serves_users_and_folders_whatever_their_names(tm
         assert [m for m, why in rt.comparison.store_only] == ["/primary/joe/~tilde"], rt.comparison.store_only
         scratch = open_store(Config(rt.home))
         m = scratch.messages("ü", "INBOX")[0]
-        with open(m.path, "r+b") as f:
-            f.seek(-2, os.SEEK_END)
-            f.write(b"X")
-        rt.comparison = type(rt.comparison)()
-        _compare_served(view, scratch, rt.home, mail_owner(None), rt)
-        texts = [p.text for p in rt.comparison.problems if "(IMAP)" in p.text]
+        texts = _served_problems_after_a_changed_byte(view, rt, scratch, m)
         assert texts == [f"restore test (IMAP): /primary/ü/INBOX: UID {m.uid} is served with other bytes than "
                          "the archive's"], texts
         p = run(home, "imsverify", "-v", "-f", full, "--restore-test", "--scratch", parent, text=True,
@@ -869,12 +875,9 @@ def test_restore_test_of_a_layout_fs_store_keeps_its_layout(tmp_path):
     IMAP too, by a private Dovecot with that layout) and a changed byte is still named."""
     from tests.dovecot import require_dovecot
     require_dovecot()
-    import contextlib
     import shutil
     import tempfile
 
-    from asm.verify import build, check_archive
-    from asm.verify.scratch import _compare_served, mail_owner, restore_test
     home = str(tmp_path / "src")
     cfg = make_home(home, "maildir", **{"store.mail_location": f"maildir:{tmp_path}/mail/%u/Maildir:LAYOUT=fs"})
     store = open_store(cfg)
@@ -884,30 +887,16 @@ def test_restore_test_of_a_layout_fs_store_keeps_its_layout(tmp_path):
     put(store, "ann.lee", "x.y", 4)
     full = tmp_path / "full.ims"
     run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
-    with open(full, "rb") as f:
-        view = build([check_archive(f, str(full))])
-
-    @contextlib.contextmanager
-    def reopen(c):
-        with open(c.device, "rb") as f:
-            yield f
     parent = tempfile.mkdtemp(prefix="imsverify-test-", dir="/tmp")
     os.chmod(parent, 0o755)
     try:
         p = run(home, "imsverify", "-v", "-f", full, "--restore-test", "--scratch", parent, text=True)
         assert p.returncode == EXIT_OK and "(and over IMAP)" in p.stdout, p.stderr
-        rt = restore_test(view, reopen, "maildir", parent=parent, keep=True, location=store._layout.location)
-        assert rt.served == "dovecot", rt.served
-        assert not rt.problems and not rt.comparison.problems, [p.text for p in rt.comparison.problems]
+        view, rt = _clean_restore_test_kept(full, parent, location=store._layout.location)
         scratch = open_store(Config(rt.home))
         m = scratch.messages("joe", "a.b/5.eml")[0]
         assert os.path.join("Maildir", "a.b", "5.eml", "cur") in m.path, m.path
-        with open(m.path, "r+b") as f:
-            f.seek(-2, os.SEEK_END)
-            f.write(b"X")
-        rt.comparison = type(rt.comparison)()
-        _compare_served(view, scratch, rt.home, mail_owner(None), rt)
-        texts = [p.text for p in rt.comparison.problems if "(IMAP)" in p.text]
+        texts = _served_problems_after_a_changed_byte(view, rt, scratch, m)
         assert texts == [f"restore test (IMAP): /primary/joe/a.b/5.eml: UID {m.uid} is served with other bytes "
                          "than the archive's"], texts
     finally:
