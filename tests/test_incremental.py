@@ -810,3 +810,23 @@ def test_a_later_link_removes_only_folders_its_chain_restored(tmp_path, driver):
     for f in beside + ["Projects"]:
         assert {k: v for k, v in after.items() if k[:2] == ("alice", f)} == \
             {k: v for k, v in before.items() if k[:2] == ("alice", f)}, f
+
+
+def test_a_chain_in_one_command_merges_into_a_folder_made_again_since(tmp_path, driver):
+    """A chain in one command into a live store whose user deleted and made again a
+    folder after the last backup (another UIDVALIDITY): the full's messages merge into
+    the new folder and the incremental's follow, exit 0, every archived message back
+    (a regression hunt found it refused, exit 7, 'restore the chain in one command')."""
+    w = World(tmp_path, driver)
+    for _ in range(4):
+        w.new(folder="Work")
+    full = w.backup("full.ims", base=False)
+    w.new(folder="Work")
+    incr = w.backup("incr.ims")
+    want = {v[0] for k, v in view(w.store).items() if len(k) == 3}
+    w.store.delete_folder("alice", "Work")
+    time.sleep(1.1)                     # another UIDVALIDITY
+    w.new(folder="Work")
+    chain(w.home, [full, incr])
+    got = {v[0] for k, v in view(w.store).items() if len(k) == 3}
+    assert want <= got, len(want - got)

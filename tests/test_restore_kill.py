@@ -35,6 +35,7 @@ ENOSPC_POINTS = 20
 STREAM_POINTS = 12
 CHAIN_POINTS = 160       # per driver, over a chain restore of ~800-900 steps
 BESIDE_POINTS = 32       # per driver and kind, over a restore beside (-n) of ~300 steps
+ABSENT_POINTS = 20       # per driver, over a restore with -n into an empty installation
 LIVE_POINTS = 70         # per driver, over a chain merged into a live store of ~300-380 steps
 
 
@@ -436,6 +437,34 @@ def test_killed_restore_beside_then_the_same_command_makes_one_folder_beside_eac
     outcomes = h.trials([dict(point=p, second=rng.randint(1, total) if i % 3 == 2 else None)
                          for i, p in enumerate(points)])
     assert all(o.ok for o in outcomes), _report(outcomes, _seed(driver, 6))
+    assert sum(o.first == -9 for o in outcomes) >= len(points) - 1
+
+
+class AbsentBesideHarness(Harness):
+    """-n into an empty installation (no folder of those names: each is restored under
+    its own name), killed somewhere: the rerun goes on in the folders the killed run
+    began, never beside them, and ends as an uninterrupted run."""
+
+    rerun_completed = False     # a completed -n command, run again, makes new folders beside
+
+    def __init__(self, workdir, source_store, archive: str, driver: str):
+        super().__init__(workdir, source_store, archive, driver)
+        self.argv = self.argv[:1] + ["-n"] + self.argv[1:]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_killed_restore_beside_into_absent_folders_goes_on_in_its_own(tmp_path, driver):
+    """(A regression hunt found the rerun making INBOX-YYYYMMDD and Work-YYYYMMDD beside
+    the killed run's own half-restored folders.)"""
+    home = tmp_path / "src"
+    with in_home(home):
+        store = open_store(make_home(home, driver))
+        build_source(store, users=2, messages=16, big=1000)
+        h = AbsentBesideHarness(tmp_path, store, backup(home, tmp_path / "full.ims"), driver)
+    total = h.count()
+    points = spread(total, ABSENT_POINTS, _seed(driver, 8))
+    outcomes = h.trials([dict(point=p) for p in points])
+    assert all(o.ok for o in outcomes), _report(outcomes, _seed(driver, 8))
     assert sum(o.first == -9 for o in outcomes) >= len(points) - 1
 
 
