@@ -609,6 +609,7 @@ class MaildirStore(Store):
                 held.depth += 1
         if held is None:
             d = self._existing_folder_dir(user, folder)
+            self._sweep_subscriptions(user)
             ctl = self._ctl_idx(user, folder, d)[0]
             if ctl != d and not os.path.isdir(ctl):
                 # control files elsewhere (CONTROL=) and not made yet for this folder
@@ -1238,6 +1239,19 @@ class MaildirStore(Store):
         raise MessageGone(user, folder, uid)
 
     # ------------------------------------------------------------------ subscriptions
+    def _sweep_subscriptions(self, user: str) -> None:
+        """Once per user: what a killed writer of the subscriptions left (its temporary
+        file, its lock, its lock's temporary), which no later write may come to clean (the
+        file was already right).  Maildir++ sweeps the root with INBOX; a restore beside
+        (-n) or another layout may never lock INBOX."""
+        try:
+            root = self._subs_root(user)
+        except (StoreError, OSError):
+            return
+        if root not in self._subs_swept:
+            self._subs_swept.add(root)
+            self._clean_temporaries(root)
+
     def _set_subscribed(self, user: str, folder: str, on: bool) -> None:
         root = self._subs_root(user)
         path = os.path.join(root, SUBSCRIPTIONS)
@@ -1247,11 +1261,7 @@ class MaildirStore(Store):
         except Unlocked:
             raise StoreError(f"cannot write {path}: permission denied") from None
         try:
-            if root not in self._subs_swept:
-                # what a killed writer of the subscriptions left (its temporary file, its
-                # lock's temporary): Maildir++ sweeps the root with INBOX, other layouts not
-                self._subs_swept.add(root)
-                self._clean_temporaries(root)
+            self._sweep_subscriptions(user)
             subscribed = subscriptions.read(root, self._utf8)
             if (folder in subscribed) == on:
                 return
