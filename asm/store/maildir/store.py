@@ -256,7 +256,8 @@ class MaildirStore(Store):
         self._parts = config.partitions()          # read once: asked for on every call
         self._owner = config.owner()
         self._subs = subscriptions.Cache()
-        self._subs_swept: set = set()              # subscription roots cleaned of dead writers' temporaries
+        self._subs_swept: set = set()              # users whose subscriptions directory was cleaned
+                                                   # of dead writers' leftovers (_sweep_subscriptions)
         self._user_parts: dict[str, str] = {}       # user -> partition (checked on use)
         self._held: dict[tuple[str, str], _Held] = {}
         self._mutex = threading.RLock()
@@ -1244,13 +1245,14 @@ class MaildirStore(Store):
         file, its lock, its lock's temporary), which no later write may come to clean (the
         file was already right).  Maildir++ sweeps the root with INBOX; a restore beside
         (-n) or another layout may never lock INBOX."""
+        if user in self._subs_swept:        # (every folder lock asks: no path work then)
+            return
+        self._subs_swept.add(user)
         try:
             root = self._subs_root(user)
         except (StoreError, OSError):
             return
-        if root not in self._subs_swept:
-            self._subs_swept.add(root)
-            self._clean_temporaries(root)
+        self._clean_temporaries(root)
 
     def _set_subscribed(self, user: str, folder: str, on: bool) -> None:
         root = self._subs_root(user)
