@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -25,17 +26,19 @@ import pytest
 
 from asm.config import Config
 from asm.store import open_store
-from tests.faults import spread
+from tests.faults import count_steps, spread
 from tests.helpers import DRIVERS, in_home, inode_groups, make_home, run, small_tmpfs, state
-from tests.restore_faults import Harness, backup, build_source, leftovers, message_files
+from tests.restore_faults import Harness, Outcome, backup, build_source, leftovers, message_files
 
 SEED = int(os.environ.get("IMS_KILL_SEED") or time.time_ns() % 1_000_000)
 KILL_POINTS = 50         # per driver, over a whole restore
 ENOSPC_POINTS = 20
+I_POINTS = 20           # per driver, over a whole restore with -i
 STREAM_POINTS = 12
 CHAIN_POINTS = 160       # per driver, over a chain restore of ~800-900 steps
 BESIDE_POINTS = 32       # per driver and kind, over a restore beside (-n) of ~300 steps
 ABSENT_POINTS = 20       # per driver, over a restore with -n into an empty installation
+TAKEN_POINTS = 16       # per driver and options, over the rerun that stores a message whose UID was taken
 LIVE_POINTS = 70         # per driver, over a chain merged into a live store of ~300-380 steps
 
 
@@ -121,6 +124,22 @@ def test_killed_anywhere_then_the_same_command_gives_the_source(sources, tmp_pat
     killed = sum(o.first == -9 for o in outcomes)
     assert killed >= len(points) - 1, f"only {killed} of {len(points)} runs were killed: the count is off"
     assert sum(o.second == -9 for o in outcomes) >= 1
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_killed_anywhere_with_i_then_the_same_command_gives_the_source(sources, tmp_path, driver):
+    """-i (no duplicate check) into an empty installation, killed at I_POINTS points, every
+    third rerun killed once more: the rerun recognises what the killed run stored, as
+    without -i (docs/restore-design.md §2)."""
+    store, archive = sources[driver]
+    h = Harness(tmp_path, store, archive, driver)
+    h.argv = h.argv[:1] + ["-i"] + h.argv[1:]
+    total = h.count()
+    seed = _seed(driver, 10)
+    rng = random.Random(seed)
+    outcomes = h.trials([dict(point=p, second=rng.randint(1, total) if i % 3 == 2 else None)
+                         for i, p in enumerate(spread(total, I_POINTS, seed))])
+    assert all(o.ok for o in outcomes), _report(outcomes, seed)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -477,3 +496,111 @@ def test_killed_chain_restore_into_a_live_store_brings_lost_mail_back_as_at_the_
     merge set none, killed or not), and changes nothing the user kept."""
     store, full, incr = _chain_source(tmp_path, driver)
     _chain_trials(LiveChainHarness(tmp_path, store, full, incr, driver), _seed(driver, 4), LIVE_POINTS)
+
+
+class TakenHarness(Harness):
+    """A restore killed while INBOX is half restored; a client then APPENDs, taking the
+    next archived UID; the same command runs again (``second``: killed once more at
+    that point of its run), then clean.  It must end as the rerun that was not killed
+    again: its exit status (1: the taken UID named), the same messages, none of the
+    archive's lost; and the next link of the chain, restored after it, must keep them
+    (the renumbered one is no mirror of the archive's folder to expunge from)."""
+
+    def __init__(self, workdir, source_store, full: str, incr: str, driver: str, want: dict, options=()):
+        super().__init__(workdir, source_store, full, driver)
+        self.want = want        # the store as at the full
+        self.argv = self.argv[:1] + list(options) + self.argv[1:]
+        self.incr = incr
+        self.archived = sorted(v[0] for k, v in self.want.items() if len(k) == 3)
+        self.point1 = None
+
+    def _half(self, point: int) -> str | None:
+        home = super().fresh()
+        self.run_fault(home, f"kill:{point}")
+        target = open_store(Config(home), create=False)
+        if not (target.exists("joe") and target.exists("joe", "INBOX")):
+            return None
+        n = len(target.messages("joe", "INBOX"))
+        if not 0 <= n < len([k for k in self.want if k[:2] == ("joe", "INBOX") and len(k) == 3]) - 2:
+            return None
+        target.append("joe", "INBOX", io.BytesIO(b"Subject: client APPEND\r\n\r\nclient\r\n"))
+        return home
+
+    def find_point(self, total: int) -> None:
+        """The first kill point that leaves INBOX begun, not all its messages in."""
+        for p in range(total // 4, total):
+            home = self._half(p)
+            if home:
+                r = run(home, *self.argv, env={"IMS_HOME": home})
+                if r.returncode == 0:
+                    continue        # INBOX not begun by the killed run: the APPEND took no archived UID
+                assert r.returncode == 1 and b"held by other messages" in r.stderr, r.stderr
+                self.point1, self.clean_exit, self.clean = p, r.returncode, self._bodies(home)
+                run(home, "imsrestore", "-c", "y", "-f", self.incr, env={"IMS_HOME": home}, check=0)
+                self.clean_after = self._bodies(home)
+                return
+        raise AssertionError("no kill point leaves INBOX half restored")
+
+    def fresh(self) -> str:
+        return super().fresh() if self.point1 is None else self._half(self.point1)
+
+    @staticmethod
+    def _bodies(home) -> list:
+        got = state(open_store(Config(home), create=False))
+        return sorted(v[0] for k, v in got.items() if len(k) == 3)
+
+    def kill_trial(self, point: int, second=None, mode="kill") -> Outcome:
+        home = self.fresh()
+        p = self.run_fault(home, f"kill:{point}")
+        out = Outcome(point, p.returncode)
+        if p.returncode not in (-signal.SIGKILL, 1):
+            out.problems.append(f"killed rerun: exit {p.returncode}: {p.stderr[-300:]!r}")
+        p = run(home, *self.argv, env={"IMS_HOME": home})
+        out.final = p.returncode
+        if p.returncode != self.clean_exit:
+            out.problems.append(f"rerun: exit {p.returncode}, want {self.clean_exit}: {p.stderr[-300:]!r}")
+        if self._bodies(home) != self.clean:
+            out.problems.append("not the messages of the rerun that was not killed")
+        run(home, "imsrestore", "-c", "y", "-f", self.incr, env={"IMS_HOME": home}, check=0)
+        after = self._bodies(home)
+        lost = set(self.archived) - set(after)
+        if after != self.clean_after or lost:
+            out.problems.append(f"after the next link: {len(after)} messages, want "
+                                f"{len(self.clean_after)}; {len(lost)} archived messages lost")
+        if out.ok:
+            shutil.rmtree(home, ignore_errors=True)
+        return out
+
+
+def _taken_source(tmp_path, driver):
+    home = tmp_path / "src"
+    with in_home(home):
+        store = open_store(make_home(home, driver))
+        store.create_user("joe")
+        for i in range(12):
+            store.append("joe", "INBOX", io.BytesIO(b"Subject: m%d\r\n\r\n%s\r\n" % (i, b"x" * 100)))
+        full = backup(home, tmp_path / "full.ims")
+        at_full = state(store)
+        store.set_flags("joe", "INBOX", store.messages("joe", "INBOX")[0].uid, ["\\Seen"], [])
+        incr = tmp_path / "incr.ims"
+        run(home, "imsbackup", "-f", incr, "--base", f"{full}.state", "/", check=0)
+    return store, full, str(incr), at_full
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("options", [(), ("-i",)], ids=["plain", "-i"])
+def test_a_rerun_storing_a_message_whose_uid_was_taken_killed_anywhere_ends_as_unkilled(tmp_path, driver, options):
+    """(A regression hunt found: the rerun killed after it stored the message at the
+    folder's end, the third run called the folder a mirror and exited 0, and the next
+    link then expunged that message: lost, exit 0.  With -i the rerun renumbered the
+    archived message without naming the taken UID: exit 0.)"""
+    store, full, incr, at_full = _taken_source(tmp_path, driver)
+    h = TakenHarness(tmp_path, store, full, incr, driver, at_full, options)
+    total = h.count()
+    h.find_point(total)
+    home = h.fresh()
+    steps, _ = count_steps(h.argv, home, str(tmp_path), env={"IMS_HOME": home})
+    points = spread(steps, TAKEN_POINTS, _seed(driver, 9))
+    outcomes = h.trials([dict(point=p) for p in points])
+    assert all(o.ok for o in outcomes), _report(outcomes, _seed(driver, 9))
+    assert sum(o.first == -9 for o in outcomes) >= len(points) - 1

@@ -278,8 +278,9 @@ def _chain(args, rep) -> int:
     from asm.restore.selection import unseen_by
     unseen = unseen_by(headers[-1], inst.groups, {u for (u, _f) in final})
     status = EXIT_OK
-    sig = _run_signature(args, headers) if args.new else None
-    token = _journal(inst).begin_run(sig) if sig else ""
+    sig = _run_signature(args, headers) if args.new or args.ignore else None
+    journal = _journal(inst) if sig else None
+    token = journal.begin_run(sig) if sig else ""
     per: list = []              # the run report: each archive's status and counts, and their sum
 
     def report_chain() -> None:
@@ -315,7 +316,7 @@ def _chain(args, rep) -> int:
                            f"already is recognised)")
             return st
     if sig:
-        _journal(inst).end_run(sig)
+        journal.end_run(sig)
     return status
 
 
@@ -324,11 +325,14 @@ def _journal(inst) -> Journal:
 
 
 def _run_signature(args, headers: list) -> str:
-    """What makes a -n command the same command run again: its archives, paths and map."""
+    """What makes a -n or -i command the same command run again: its archives, paths, map
+    and those two options."""
     import hashlib
     import json
     what = [[h.get("archive_id") for h in headers], sorted(args.paths),
             sorted((read_map(args.mapfile) if args.mapfile else {}).items())]
+    if args.ignore:
+        what.append(["-i", bool(args.new)])     # (-n alone keeps the signature it had)
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
@@ -389,7 +393,7 @@ def _one(args, rep) -> int:
             else:
                 journal = _journal(inst)
                 token = getattr(args, "run_token", None)
-                if token is None and args.new:            # one archive (a chain has its own)
+                if token is None and (args.new or args.ignore):     # one archive (a chain has its own)
                     sig = _run_signature(args, [reader.header])
                     token = journal.begin_run(sig)
                 opts = RestoreOptions(
@@ -465,7 +469,7 @@ def _one(args, rep) -> int:
              f"follow the one restored last into them (see above)")
     status = res.status()
     if sig and status == EXIT_OK:
-        _journal(inst).end_run(sig)         # complete: the same command again makes new folders
+        journal.end_run(sig)                # complete: the same command again begins anew
     if user_map and refdoc is None and getattr(args, "map_last", True):
         unused = [k for k in user_map if k not in args.map_used]
         for k in unused:

@@ -101,17 +101,27 @@ class Applier:
         message has the same bytes.  Otherwise any message with the same bytes is it.
         A folder this archive's restore created is checked by UID alone when the
         restore resumes (even with -i), and not at all the first time."""
+        if self.opts.ignore_duplicates and plan.own_from is not None and not plan.resumed:
+            return self._own(plan, m)
         if (plan.mode == "exact" or self.opts.ignore_duplicates) and not plan.resumed:
             return None
         same_uid = plan.by_uid.get(m.uid) if plan.uidvalidity == plan.archive_uidvalidity else None
         if same_uid is not None and same_uid.size == m.size and self._same_bytes(plan, same_uid, m.sha256):
             return same_uid
         if self.opts.ignore_duplicates:
-            return None
+            return self._own(plan, m) if plan.own_from is not None else None
         if plan.uidvalidity == plan.archive_uidvalidity and same_uid is None and m.uid >= plan.uidnext:
             return None
         for c in plan.existing.get(m.size, []):
             if self._same_bytes(plan, c, m.sha256):
+                return c
+        return None
+
+    def _own(self, plan: FolderPlan, m) -> object | None:
+        """-i: the message a run of this command cut short stored here already (at or
+        above the UID it began at), or None."""
+        for c in plan.existing.get(m.size, []):
+            if c.uid >= plan.own_from and self._same_bytes(plan, c, m.sha256):
                 return c
         return None
 

@@ -74,11 +74,11 @@ class Journal:
             user TEXT, folder TEXT, uidvalidity INTEGER, uidnext INTEGER,
             archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,
             running TEXT, running_mode TEXT, chain TEXT, count INTEGER, run TEXT, source TEXT,
-            PRIMARY KEY (user, folder));
+            run_uid INTEGER, PRIMARY KEY (user, folder));
             CREATE TABLE IF NOT EXISTS runs (signature TEXT PRIMARY KEY, token TEXT NOT NULL);""")
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(restored)")}
         for col, typ in (("running", "TEXT"), ("running_mode", "TEXT"), ("chain", "TEXT"),
-                         ("count", "INTEGER"), ("run", "TEXT"), ("source", "TEXT")):
+                         ("count", "INTEGER"), ("run", "TEXT"), ("source", "TEXT"), ("run_uid", "INTEGER")):
             if col not in cols:             # a journal written by an older ims-asm
                 try:
                     sqlitedb.retry(lambda: self.db.execute(f"ALTER TABLE restored ADD COLUMN {col} {typ}"),
@@ -148,6 +148,21 @@ class Journal:
     def end_run(self, signature: str) -> None:
         """The command with ``signature`` completed: run again, it begins anew."""
         self.db.execute("DELETE FROM runs WHERE signature=?", (signature,))
+
+    @_journal_errors
+    def mark_run(self, user: str, folder: str, token: str, uidnext: int) -> int:
+        """The command with ``token`` (-i) is about to write into the folder, whose UIDNEXT
+        is ``uidnext``: the UID from which the folder may hold what this command stored,
+        the first time it came here (an earlier run of it, cut short), else ``uidnext``."""
+        key = (names.to_db(user), names.to_db(folder))
+        with sqlitedb.immediate(self.db):
+            self.db.execute("INSERT OR IGNORE INTO restored (user, folder, mirror) VALUES (?,?,0)", key)
+            row = self.db.execute("SELECT run, run_uid FROM restored WHERE user=? AND folder=?", key).fetchone()
+            if row[0] == token and row[1] is not None:
+                return row[1]
+            self.db.execute("UPDATE restored SET run=?, run_uid=? WHERE user=? AND folder=?",
+                            (token, uidnext, *key))
+            return uidnext
 
     @_journal_errors
     def beside_of(self, user: str, source: str, token: str) -> str | None:

@@ -25,8 +25,9 @@ class RestoreOptions:
     keep_held: bool = False             # leave deliveries held at the end (more of a chain follows)
     spool_dir: str = ""                 # where first copies from a stream are kept
     chain_ids: tuple = ()               # a chain in one command: its archives' ids, in order
-    run_token: str = ""                 # -n: this command's token (Journal.begin_run): a run
+    run_token: str = ""                 # -n, -i: this command's token (Journal.begin_run): a run
                                         # cut short and run again goes on beside where it began
+                                        # (-n), and knows the messages it stored already (-i)
     final: dict | None = None           # a chain in one command, before its last archive:
                                         # {(user, folder): (uidvalidity, UidSet, EndFlags)} its
                                         # end holds (asm.restore.plan.chain_end)

@@ -55,6 +55,9 @@ class FolderPlan:
     resumed: bool = False       # an exact or chain restore of this archive cut short before:
                                 # what it restored is there (same UIDs), the rest follows
     again: bool = False         # the archive restored here last, into a folder that mirrors it
+    own_from: int | None = None  # -i, the same command run again after it was cut short: the
+                                # UID from which the folder may hold what that run stored
+                                # (checked for duplicates, as nothing else is with -i)
     final_uids: object = None   # a chain given in one command: the UIDs the folder holds at its
                                 # end (its last archive's list); no other message is restored
     final_flags: object = None  # ... and the flags they have there (EndFlags)
@@ -220,6 +223,12 @@ class Planner:
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
                           m.uids, info.uidvalidity, m.state, uidnext=info.uidnext,
                           resumed=resumed, again=again, final_uids=final_uids, final_flags=final_flags)
+        if self.opts.ignore_duplicates and self.opts.run_token and mode != "skip":
+            # -i checks nothing already there, but a run of this command cut short stored
+            # messages here: they are its own, recognised from the UID it began at
+            plan.own_from = self.journal.mark_run(user, folder, self.opts.run_token, info.uidnext)
+            if plan.own_from >= info.uidnext:
+                plan.own_from = None            # nothing stored here since it began
         if mode not in ("exact", "skip") or resumed:
             for msg in store.messages(user, folder):
                 plan.by_uid[msg.uid] = msg
