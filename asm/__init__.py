@@ -15,29 +15,25 @@ _COMMANDS = frozenset({
     "imsstage", "imsnbu", "imsbacula"})
 
 
-def _interrupted_while_starting(signum, frame):
-    name = _os.path.basename(_sys.argv[0]) if _sys.argv and _sys.argv[0] else "ims-asm"
-    try:
-        _os.write(2, f"{name}: interrupted while starting: nothing was done\n".encode())
-    finally:
-        _os._exit(_EXIT_INTERRUPTED)
-
-
-_interrupted_while_starting.ims_early = True
-_EXIT_INTERRUPTED = None
-
-
 def _trap_while_starting() -> None:
     main = _sys.modules.get("__main__")
     if _os.path.basename(getattr(main, "__file__", None) or "") not in _COMMANDS:
         return                          # imported by a test, a plugin host, python -c ...
-    global _EXIT_INTERRUPTED
-    from asm.errors import EXIT_INTERRUPTED as _EXIT_INTERRUPTED     # (small: errno only)
+    from asm.errors import EXIT_INTERRUPTED     # (small: errno only; imported now, not in the handler)
     import signal
+
+    def interrupted_while_starting(signum, frame):
+        name = _os.path.basename(_sys.argv[0]) if _sys.argv and _sys.argv[0] else "ims-asm"
+        try:
+            _os.write(2, f"{name}: interrupted while starting: nothing was done\n".encode())
+        finally:
+            _os._exit(EXIT_INTERRUPTED)
+
+    interrupted_while_starting.ims_early = True     # asm.cli.common.run_command replaces it
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL):
-                signal.signal(sig, _interrupted_while_starting)
+                signal.signal(sig, interrupted_while_starting)
     except ValueError:                  # not the main thread
         pass
 
