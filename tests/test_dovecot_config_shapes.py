@@ -207,3 +207,62 @@ def test_a_restore_leaves_maildir_quota_counting_what_it_wrote(shaped_lab, tmp_p
     assert quota_used(lab) == full
     with open(size_file) as f:
         assert f.readline() == limits
+
+
+# Sites migrated from Courier keep every folder under INBOX: prefix "INBOX.", separator '.'
+# (the later separator line of the inbox namespace wins); Debian's 10-mail.conf sets no
+# separator (Dovecot takes the mailbox list's: '/' for dbox, '.' for Maildir++)
+COURIER_NS = "  separator = .\n  prefix = INBOX."
+NO_SEPARATOR_NS = "  separator ="
+
+
+def dbox_ns(fmt: str, name: str, lines: str) -> LabLayout:
+    return LabLayout(f"{name}-{fmt}", f"{fmt}:{{store}}/%u/{fmt}", "{store}/%u", ("alice", "bob"),
+                     inbox_namespace=lines)
+
+
+@pytest.mark.parametrize("shaped_lab,prefix,sep", [
+    (dbox_ns("sdbox", "courier", COURIER_NS), "INBOX.", "."),
+    (dbox_ns("mdbox", "courier", COURIER_NS), "INBOX.", "."),
+    (dbox_ns("sdbox", "nosep", NO_SEPARATOR_NS), "", "/")],
+    ids=["courier-sdbox", "courier-mdbox", "nosep-sdbox"], indirect=["shaped_lab"])
+def test_a_dbox_store_with_the_sites_namespace_is_backed_up_and_restored(shaped_lab, prefix, sep, tmp_path):
+    """sdbox/mdbox with `namespace inbox { prefix = INBOX. ; separator = . }` (Courier),
+    or with no separator set (Debian's default): the full backup holds every folder
+    (under the names the Maildir driver gives them, as in the default namespace:
+    Work/2024), and a restore into the emptied store gives IMAP clients the folders,
+    UIDVALIDITY, UIDNEXT, UIDs, flags, keywords and subscriptions they saw.  (Before,
+    doveadm backup of each login to the temporary Maildir stopped, on "mailbox_delete
+    failed: INBOX can't be deleted" and on "Mail locations must use the same hierarchy
+    separator": imsbackup exited 17 with that dsync error and wrote no archive.)"""
+    lab = shaped_lab
+    work, year = prefix + "Work", prefix + "Work" + sep + "2024"
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+        with lab.imap(u) as c:
+            for box in (work, year):
+                c.create(box)
+            c.subscribe(year)
+            c.append(work, message(f"w1 {u}"), [r"\Seen", "$Label1"], "05-Mar-2024 12:00:00 +0100")
+            _, w2 = c.append(work, message(f"w2 {u}", size=1500), [r"\Flagged"])
+            c.append(year, message(f"y {u}"), [r"\Answered"])
+            c.select(work)
+            c.uid_expunge([w2])
+            c.unselect()
+    before = {u: lab.client_state(u) for u in lab.logins}
+    assert sorted(before["alice"].folders) == ["INBOX", work, year]
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=None, text=True)
+    assert p.returncode == 0, p.stderr
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    for u in lab.logins:
+        for f in ("INBOX/1", "Work/1", "Work/2024/1"):
+            assert f"/primary/{u}/{f}\t" in listing, listing
+    shutil.rmtree(lab.store)
+    os.mkdir(lab.store)
+    lab.fix_owner(lab.store)
+    run(home, "imsrestore", "-f", a, check=0)
+    for u in lab.logins:
+        assert lab.client_state(u) == before[u]

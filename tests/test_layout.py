@@ -352,6 +352,31 @@ def test_from_doveconf_reads_namespaces(tmp_path):
         from_doveconf(str(conf), doveconf=doveconf)
 
 
+def test_dsync_namespace_options_name_folders_without_prefix_and_with_slash(tmp_path):
+    """What the dbox driver gives every doveadm (-o) so that the account and its Maildir
+    copy name folders alike: the inbox namespace's prefix emptied and separator '/',
+    nothing when it already is so, nothing when another namespace has the empty prefix
+    (two would clash)."""
+    doveconf = "/usr/bin/doveconf"
+    if not os.path.exists(doveconf):
+        from tests.dovecot_lab import require_lab
+        require_lab()
+    conf = tmp_path / "dovecot.conf"
+
+    def options(text):
+        conf.write_text("mail_location = sdbox:/m/%u/sdbox\n" + text)
+        return L.dsync_namespace_options(L.doveconf_namespaces(str(conf), doveconf=doveconf))
+    assert options("namespace inbox {\n  inbox = yes\n  separator = /\n}\n") == []
+    courier = ["namespace/priv/prefix=", "namespace/priv/separator=/"]
+    assert options("namespace priv {\n  inbox = yes\n  separator = .\n  prefix = INBOX.\n}\n") == courier
+    assert options("namespace priv {\n  inbox = yes\n}\n") == courier          # no separator set
+    assert options("namespace priv {\n  inbox = yes\n  separator = .\n  prefix = INBOX.\n}\n"
+                   "namespace compat {\n  separator = .\n  hidden = yes\n  list = no\n"
+                   "  alias_for = INBOX.\n}\n") == []
+    assert options("namespace priv {\n  inbox = yes\n  separator = .\n  prefix = INBOX.\n}\n"
+                   "namespace compat {\n  disabled = yes\n}\n") == courier
+
+
 def test_from_doveconf_explains_a_missing_doveconf():
     with pytest.raises(LayoutError, match="not installed"):
         from_doveconf("/nonexistent.conf", doveconf="/nonexistent/doveconf")

@@ -818,6 +818,7 @@ class Namespace:
     location: str = ""               # "": the namespace keeps its mail at mail_location
     inbox: bool = False
     disabled: bool = False
+    separator: str = ""              # "": the mailbox list's own ('.' Maildir++, '/' dbox and fs)
 
 
 def parse_namespaces(text: str) -> list[Namespace]:
@@ -832,8 +833,32 @@ def parse_namespaces(text: str) -> list[Namespace]:
                 fields[m.group(1)] = m.group(2).strip()
         out.append(Namespace(name, fields.get("type", "private"), fields.get("prefix", ""),
                              fields.get("location", ""), fields.get("inbox") == "yes",
-                             fields.get("disabled") == "yes"))
+                             fields.get("disabled") == "yes", fields.get("separator", "")))
     return out
+
+
+def dsync_namespace_options(namespaces: list[Namespace]) -> list[str]:
+    """doveadm ``-o`` settings that show the inbox namespace's folders with no prefix and
+    separator '/' (Work/2024), whatever the site configured (Courier's INBOX. and '.', or
+    no separator: '.' in a Maildir++ copy, '/' in dbox).  The dbox driver gives them to
+    every doveadm it runs, on the account and on its Maildir copy, so that both name a
+    folder alike: with ``prefix = INBOX.`` doveadm backup to a Maildir stops on "INBOX
+    can't be deleted", and ``mailbox status '*'`` lists nothing.  Folders are stored
+    under the same names either way (Dovecot keeps neither prefix nor separator on disk),
+    and a folder name cannot hold the separator, so the mapping is one to one.  [] when
+    nothing is to change, or when another namespace already has the empty prefix."""
+    active = [ns for ns in namespaces if not ns.disabled]
+    inbox = next((ns for ns in active if ns.inbox), None)
+    if inbox is None or (inbox.prefix == "" and inbox.separator == "/"):
+        return []
+    if any(ns.prefix == "" for ns in active if ns is not inbox):
+        return []
+    return [f"namespace/{inbox.name}/prefix=", f"namespace/{inbox.name}/separator=/"]
+
+
+def doveconf_namespaces(conf: str | None = None, doveconf: str = "doveconf") -> list[Namespace]:
+    """The namespaces of a Dovecot configuration (``doveconf [-c CONF] namespace``)."""
+    return parse_namespaces(_doveconf([*(["-c", conf] if conf else []), "namespace"], doveconf))
 
 
 def namespace_location(mail_location: str, namespaces: list[Namespace], conf: str | None = None) -> str:

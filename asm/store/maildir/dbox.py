@@ -64,6 +64,10 @@ class DboxStore(MaildirStore):
                 f"mail_location {dbox.location.text!r}: sdbox and mdbox are read and written "
                 f"through doveadm, which needs Dovecot's configuration: msconfig set "
                 f"dovecot.config /etc/dovecot/dovecot.conf (and install doveadm)")
+        # the account and its Maildir copy name folders alike (Work/2024), whatever the
+        # inbox namespace's prefix and separator (layout.dsync_namespace_options)
+        self._dv.settings = layout_mod.dsync_namespace_options(
+            layout_mod.doveconf_namespaces(self._dv.conf))
         self._prefix = fixed_prefix(dbox.root_template())
         self._work = os.path.join(self._prefix, f".ims-dbox-work.{self._hostname}.{self._pid}")
         self._parts = {"primary": self._work}
@@ -400,7 +404,7 @@ class _CopyDoveadm(Doveadm):
     """doveadm on a login's Maildir copy in WORK (``-o mail_location=maildir:COPY``)."""
 
     def __init__(self, conf: str, binary: str, store: DboxStore):
-        super().__init__(conf, binary)
+        super().__init__(conf, binary, store._dv.settings)
         self._store = store
 
     @property

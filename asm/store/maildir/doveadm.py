@@ -25,8 +25,10 @@ class Doveadm:
     #: WORK directory), so that a doveadm its killed parent left running is seen
     hold_fd: int | None = None
 
-    def __init__(self, conf: str, binary: str):
+    def __init__(self, conf: str, binary: str, settings=()):
         self.conf, self.binary = conf, binary
+        #: ``-o`` settings of every run (DboxStore: how the inbox namespace names folders)
+        self.settings = list(settings)
 
     @classmethod
     def find(cls, conf: str | None) -> "Doveadm | None":
@@ -43,7 +45,7 @@ class Doveadm:
 
     def _run(self, login: str, *args: str, options=(), nwords: int = 2, formatter: str | None = None) -> str:
         cmd = [self.binary, "-c", self.conf]
-        for o in options:
+        for o in (*self.settings, *options):
             cmd += ["-o", o]
         if formatter:
             cmd += ["-f", formatter]
