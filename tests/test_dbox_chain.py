@@ -275,6 +275,35 @@ def test_a_dbox_folder_named_with_percent_is_named_not_renamed(lab, tmp_path):
     assert before["bob"] == gone["bob"]
 
 
+def test_a_dbox_folder_with_percent_that_dsync_keeps_is_backed_up_without_a_word(lab, tmp_path):
+    """Most '%' in a folder name goes through doveadm backup unchanged: only "%" and two
+    hex digits are read as an escaped character ("pct%50", above).  "100%", "%%",
+    "a%2Fb", "Work/50%" are backed up under their names with exit 0 and nothing on
+    stderr, and a restore into the emptied store gives the client every folder, UID and
+    flag back.  (Before, each was named "could not back up ... rename it without '%'"
+    and the backup exited 1, while the archive held the folder and restored it right.)"""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    lab.deliver(list(USERS), message("hello"))
+    names = ("100%", "%%", "a%2Fb", "Work/50%")
+    with lab.imap("alice") as c:
+        for box in names:
+            c.create(box)
+            c.append(box, message(f"in {box}"), [r"\Seen"])
+            c.append(box, message(f"also in {box}", size=900), [r"\Flagged", "$Label1"])
+        c.subscribe("100%")
+    before = views(lab)
+    assert set(names) <= set(before["alice"][0])
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=None, text=True)
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    assert listing(home, a) == sorted(["/primary/alice/INBOX", "/primary/bob/INBOX",
+                                       *(f"/primary/alice/{n}" for n in names)])
+    wipe(lab)
+    run(home, "imsrestore", "-f", a, check=0)
+    assert views(lab) == before
+
+
 @pytest.mark.parametrize("seed", [1, 2, 6])
 def test_random_dbox_changes_between_backups_chain_back(lab, tmp_path, seed):
     """A full and 2-4 incrementals by base with random client changes of every login

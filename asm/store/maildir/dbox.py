@@ -154,14 +154,20 @@ class DboxStore(MaildirStore):
         # (its parents too, when they are: dsync creates them first)
         long = {n[:i] for n in names if _too_long(n)
                 for i in [*(k for k, c in enumerate(n) if c in "/."), len(n)] if _too_long(n[:i])}
-        exclude = sum((["-x", n] for n in sorted(long)), [])
-        self._dv.run(user, "backup", *exclude, f"maildir:{self._maildir(user)}")
+        copy = self._copy(user, long)
         self._seen[user] = self._listing(user, modseq=True)
         self._exported.add(user)
-        self._check_copy(user, names)
+        self._check_copy(user, names, copy)
         self._names[user] = super().folder_names(user)
 
-    def _check_copy(self, user: str, names: dict[str, int]) -> None:
+    def _copy(self, user: str, exclude: set[str]) -> dict[str, tuple]:
+        """``doveadm backup`` of the login to WORK, leaving out ``exclude``; the copy's
+        folders (_folders)."""
+        self._dv.run(user, "backup", *sum((["-x", n] for n in sorted(exclude)), []),
+                     f"maildir:{self._maildir(user)}")
+        return self._folders(user, maildir=True)
+
+    def _check_copy(self, user: str, names: dict[str, tuple], copy: dict[str, tuple]) -> None:
         """What ``doveadm backup`` did not copy faithfully, found by comparing the copy's
         folders with the account's own (``doveadm mailbox status``: the folders that hold
         mail, not the parents that only hold other folders):
@@ -170,23 +176,26 @@ class DboxStore(MaildirStore):
           "Trash/child") becomes a real, empty folder in the copy: it is removed from the
           copy, so it is neither backed up as a folder nor made a real one when the copy
           is given back;
-        * a folder whose name holds '%' is copied under another name: dsync reads "%50"
-          in "pct%50" as an escaped "P", both ways (Dovecot 2.3); so is one whose name
-          holds '.' (the Maildir++ copy cannot: dsync makes it '_'), and one too long
-          for the copy is left out of it (_too_long).  Such a folder cannot be
-          read or written through doveadm backup under its own name: a backup names it
-          as not backed up (unlisted_folders), the copy's renamed folder is removed from
-          the copy, and nothing is written to the login (a copy given back would rename
-          or remove it).
+        * a folder whose name holds '%' and two hex digits is copied under another
+          name: dsync reads "%50" in "pct%50" as an escaped "P", both ways (Dovecot 2.3);
+          other '%' ("100%", "%%", "a%2Fb") it keeps; so is one whose name holds '.'
+          (the Maildir++ copy cannot: dsync makes it '_'), and one too long for the
+          copy is left out of it (_too_long).  Such a folder cannot be read or written
+          through doveadm backup under its own name: a backup names it as not backed
+          up (unlisted_folders), the copy's renamed folder is removed from the copy, and
+          nothing is written to the login (a copy given back would rename or remove it).
 
-        Both sides are named by doveadm (namespace prefix and separator as configured);
-        folders are removed from the copy with ``doveadm mailbox delete``, which keeps
-        the copy's own indexes true."""
-        copy = self._folders(user, maildir=True)
-        self._renamed[user] = sorted(n for n in names if "%" in n or n not in copy)
+        A folder is the copy's when the copy has a folder of that name with the same
+        mailbox GUID (dsync keeps GUIDs): a name is never guessed from its characters,
+        and a renamed folder that lands on another folder's name ("a%25b" on "a%b") is
+        caught.  Both sides are named by doveadm (namespace prefix and separator as
+        layout.dsync_namespace_options makes them); folders are removed from the copy
+        with ``doveadm mailbox delete``, which keeps the copy's own indexes true."""
+        self._renamed[user] = sorted(n for n, (_m, guid) in names.items()
+                                     if n not in copy or copy[n][1] != guid)
         opts = self._copy_options(user)
         for name in sorted(set(copy) - set(names), reverse=True):     # children first
-            if self._renamed[user] or not copy[name]:
+            if self._renamed[user] or not copy[name][0]:
                 # (a copy with a '%' folder is never written or given back: its renamed
                 # folders go, mail and all; the account keeps them as they are)
                 self._dv.run(user, "mailbox delete", name, options=opts)
@@ -198,17 +207,17 @@ class DboxStore(MaildirStore):
         status *' then fails on it)."""
         return [f"mail_location=maildir:{self._maildir(user)}", "mailbox_list_index=no"]
 
-    def _folders(self, user: str, maildir: bool = False) -> dict[str, int]:
-        """{folder: messages} of the login's dbox account (``maildir``: of its copy), as
-        doveadm names them: the folders that hold mail, not the parents that only hold
-        folders; INBOX always."""
+    def _folders(self, user: str, maildir: bool = False) -> dict[str, tuple]:
+        """{folder: (messages, mailbox GUID)} of the login's dbox account (``maildir``: of
+        its copy), as doveadm names them: the folders that hold mail, not the parents
+        that only hold folders; INBOX always."""
         opts = self._copy_options(user) if maildir else []
-        out = self._dv.run(user, "mailbox status", "messages", "*", options=opts, formatter="json")
+        out = self._dv.run(user, "mailbox status", "messages guid", "*", options=opts, formatter="json")
         try:
-            got = {row["mailbox"]: int(row["messages"]) for row in json.loads(out or "[]")}
+            got = {row["mailbox"]: (int(row["messages"]), row["guid"]) for row in json.loads(out or "[]")}
         except (ValueError, TypeError, KeyError):
             raise StoreError(f"doveadm mailbox status -u {user}: unexpected output {out[:200]!r}") from None
-        got.setdefault("INBOX", 0)
+        got.setdefault("INBOX", (0, ""))
         return got
 
     def folder_names(self, user: str) -> list[str]:
@@ -365,6 +374,9 @@ class DboxStore(MaildirStore):
             raise StoreError("; ".join(failed))
 
 
+#: what dsync (Dovecot 2.3) reads as an escaped character in a folder name: other '%' it keeps
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
 #: the longest file name (Linux, and the file systems Dovecot stores are on)
 NAME_MAX = 255
 
@@ -376,8 +388,10 @@ def _too_long(name: str) -> bool:
 
 def _why(name: str, where: str = "") -> str:
     """What keeps doveadm backup from copying the folder to the temporary Maildir++."""
-    if "%" in name:
-        return f"has '%'{where}" if where else "whose name holds '%' under another name"
+    if _ESCAPE.search(name):
+        return (f"has '%' and two hex digits{where} (dsync reads '%XX' as an escaped character)"
+                if where else "whose name holds '%' and two hex digits under another name "
+                "(dsync reads '%XX' as an escaped character)")
     if _too_long(name):
         return (f"has a name too long for the temporary Maildir++ copy (over {NAME_MAX} bytes "
                 f"as one directory name)") if where else (
@@ -391,7 +405,7 @@ def _why(name: str, where: str = "") -> str:
 
 
 def _without(name: str) -> str:
-    if "%" in name:
+    if _ESCAPE.search(name):
         return "without '%'"
     if _too_long(name):
         return "shorter, or move it up the tree"
