@@ -304,6 +304,28 @@ def test_a_dbox_folder_with_percent_that_dsync_keeps_is_backed_up_without_a_word
     assert views(lab) == before
 
 
+def test_a_dbox_folder_dsync_cannot_copy_at_all_is_named_with_what_to_do(lab, tmp_path):
+    """A '%XX' that dsync decodes to a character the Maildir++ copy cannot hold ("v%2e"
+    becomes "v.", a hierarchy) stops doveadm backup of the whole login, and `-x` does
+    not leave such a folder out by its name.  The backup fails (exit 17, no archive) in
+    one line naming the folder and what to do.  (Before, the line was dsync's own:
+    "Couldn't allocate mailbox GUID ...: Invalid mailbox name: Ends with hierarchy
+    separator", naming no folder.)"""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    lab.deliver(list(USERS), message("hello"))
+    with lab.imap("alice") as c:
+        c.create("v%2e")
+        c.append("v%2e", message("in it"))
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=EXIT_STORE, text=True)
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "alice: doveadm backup (dsync) cannot copy this login, whose dbox folder 'v%2e' has '%'" in err, err
+    assert "rename it without '%' (doveadm mailbox rename -u alice ...)" in err, err
+    assert not os.path.exists(a)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 6])
 def test_random_dbox_changes_between_backups_chain_back(lab, tmp_path, seed):
     """A full and 2-4 incrementals by base with random client changes of every login

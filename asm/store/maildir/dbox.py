@@ -154,7 +154,23 @@ class DboxStore(MaildirStore):
         # (its parents too, when they are: dsync creates them first)
         long = {n[:i] for n in names if _too_long(n)
                 for i in [*(k for k, c in enumerate(n) if c in "/."), len(n)] if _too_long(n[:i])}
-        copy = self._copy(user, long)
+        try:
+            copy = self._copy(user, long)
+        except StoreFull:
+            raise
+        except StoreError as exc:
+            # dsync reads '%XX' in a name as an escaped character: "x%2e" becomes "x."
+            # (in the Maildir++ copy a hierarchy: "Ends with hierarchy separator"),
+            # "%c3%a9" a folder the copy cannot list; doveadm backup -x does not leave
+            # such a folder out by its name, so the login cannot be copied: say which
+            escaped = sorted(n for n in names if _ESCAPE.search(n))
+            if not escaped:
+                raise
+            raise StoreError(
+                f"{user}: doveadm backup (dsync) cannot copy this login, whose dbox folder "
+                f"{', '.join(map(repr, escaped[:3]))}{' ...' if len(escaped) > 3 else ''} "
+                f"{_why(escaped[0], ' in its name')}; rename it {_without(escaped[0])} "
+                f"(doveadm mailbox rename -u {user} ...) and run the command again ({exc})") from None
         self._seen[user] = self._listing(user, modseq=True)
         self._exported.add(user)
         self._check_copy(user, names, copy)
