@@ -134,6 +134,7 @@ def test_killed_anywhere_with_i_then_the_same_command_gives_the_source(sources, 
     store, archive = sources[driver]
     h = Harness(tmp_path, store, archive, driver)
     h.argv = h.argv[:1] + ["-i"] + h.argv[1:]
+    h.rerun_completed = False       # a completed -i command, run again, duplicates (as -i asks)
     total = h.count()
     seed = _seed(driver, 10)
     rng = random.Random(seed)
