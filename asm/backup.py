@@ -161,7 +161,7 @@ def unlisted_errors(store: Store, groups: Groups, targets: list[Target], paths: 
         for u in found:
             if any(lp.user is None and lp.covers_user(p, u.user, groups) for lp in paths):
                 e = {"mailbox": f"/{p}/{u.user}", "error": f"{u.why} ({u.path}): not backed up; "
-                                                           f"{store.unlisted_hint}"}
+                                                           f"{u.hint or store.unlisted_hint}"}
                 if e not in out:
                     out.append(e)
     for t in targets:
@@ -175,7 +175,7 @@ def unlisted_errors(store: Store, groups: Groups, targets: list[Target], paths: 
             if any(lp.covers_user(t.partition, t.user, groups) and lp.covers_folder(u.folder)
                    for lp in paths):
                 out.append({"mailbox": f"/{t.partition}/{t.user}/{u.folder}",
-                            "error": f"{u.why} ({u.path}): not backed up; {store.unlisted_hint}"})
+                            "error": f"{u.why} ({u.path}): not backed up; {u.hint or store.unlisted_hint}"})
     return out
 
 

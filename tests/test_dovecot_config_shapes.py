@@ -266,3 +266,53 @@ def test_a_dbox_store_with_the_sites_namespace_is_backed_up_and_restored(shaped_
     run(home, "imsrestore", "-f", a, check=0)
     for u in lab.logins:
         assert lab.client_state(u) == before[u]
+
+
+@pytest.mark.parametrize("shaped_lab,override", [("plain", "mail"), ("home", "home")],
+                         ids=["userdb-mail", "userdb-home"], indirect=["shaped_lab"])
+def test_a_login_the_userdb_keeps_elsewhere_is_named_and_the_backup_exits_1(shaped_lab, override,
+                                                                             tmp_path):
+    """A userdb may give one login its own mail= (passwd-file userdb_mail=) or, with
+    mail_location maildir:~/Maildir, a home= apart from the home template: Dovecot keeps
+    that login's mail there, outside the tree store.mail_location's template describes.
+    The backup names the login and where its mail is, and exits 1 (partial), never 0; a
+    userdb field that puts a login exactly where the template does changes nothing.
+    (Before, imsbackup / exited 0 and carol's 3 messages were in no archive.)"""
+    lab = shaped_lab
+    elsewhere = os.path.join(lab.dir, "elsewhere")
+    os.makedirs(elsewhere)
+    lab.fix_owner(elsewhere)
+    if override == "mail":
+        lab.add_user("carol", mail=f"maildir:{elsewhere}/carol/Maildir")
+        lab.add_user("bob", mail=f"maildir:{lab.store}/bob/Maildir")        # where the template is
+    else:
+        lab.add_user("carol", home=f"{elsewhere}/carol")
+        lab.add_user("bob", home=os.path.join(lab.homes, "bob"))
+    for u in ("alice", "bob", "carol"):
+        lab.deliver([u], message(f"for {u}"))
+    with lab.imap("carol") as c:
+        c.create("Work")
+        c.append("Work", message("work"), [r"\Seen"])
+        c.append("Work", message("work 2"))
+    carol_inbox = lab.mailbox_path("carol")
+    assert carol_inbox.startswith(f"{elsewhere}/carol/Maildir"), carol_inbox
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=1, text=True)
+    err = [line for line in p.stderr.splitlines() if "carol" in line]
+    assert len(err) == 1 and f"{elsewhere}/carol/Maildir" in err[0], p.stderr
+    assert "bob" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    assert "/primary/alice/INBOX/1\t" in listing and "/primary/bob/INBOX/1\t" in listing, listing
+    assert "/primary/carol/" not in listing
+    # the administrator's answer the message gives: an IMS_HOME of its own whose
+    # store.mail_location is carol's location backs her up, and restores her there
+    before = lab.client_state("carol")
+    home2 = tmp_path / "ims-elsewhere"
+    configure(lab, home2, f"maildir:{elsewhere}/%n/Maildir")
+    a2 = tmp_path / "carol.ims"
+    run(home2, "imsbackup", "-f", a2, "/", check=0)
+    shutil.rmtree(os.path.join(elsewhere, "carol", "Maildir"))
+    run(home2, "imsrestore", "-f", a2, check=0)
+    assert lab.client_state("carol") == before

@@ -486,3 +486,49 @@ def test_from_doveconf_reads_the_userdb_home_of_each_driver(layout_lab):
     else:
         assert sl.home_template is None
     assert L.parse_mail_location(lab.doveconf("mail_location")) == sl.location
+
+
+def test_misplaced_names_logins_whose_userdb_fields_lead_out_of_the_template(tmp_path):
+    """StoreLayout.misplaced: a login whose userdb mail= or home= puts a mailbox outside
+    the template is named with its real mail root; fields that lead to the template's
+    own directories, or to no mailbox, are not."""
+    def maildir(path):
+        for d in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(path, d), exist_ok=True)
+    store, other = tmp_path / "store", tmp_path / "other"
+    for u in ("alice", "bob"):
+        maildir(f"{store}/{u}/Maildir")
+    maildir(f"{other}/carol/Maildir")
+    sl = StoreLayout(f"maildir:{store}/%u/Maildir")
+    got = sl.misplaced({
+        "alice": {"uid": "1001", "home": f"{tmp_path}/homes/alice"},      # home unused
+        "bob": {"mail": f"maildir:{store}/bob/Maildir"},                 # the template's own
+        "carol": {"mail": f"maildir:{other}/carol/Maildir"},
+        "dave": {"mail": f"maildir:{other}/dave/Maildir"},               # no mailbox yet
+        "erin": {"mail": f"mbox:{other}/erin"},
+    })
+    assert [(m.login, m.path) for m in got] == [("carol", f"{other}/carol/Maildir"),
+                                                ("erin", f"mbox:{other}/erin")]
+    assert "maildir:" in got[0].reason and "mbox format is not supported" in got[1].reason
+    homes = StoreLayout("maildir:~/Maildir", f"{tmp_path}/home/%n")
+    maildir(f"{tmp_path}/home/alice/Maildir")
+    got = homes.misplaced({"alice": {"home": f"{tmp_path}/home/alice"},
+                           "carol": {"home": f"{other}/carol"}})
+    assert [(m.login, m.path) for m in got] == [("carol", f"{other}/carol/Maildir")]
+    assert f"the home {other}/carol" in got[0].reason
+
+
+def test_userdb_users_asks_the_auth_userdb_socket(tmp_path):
+    """userdb_users: LIST then pipelined USER lookups on Dovecot's auth-userdb socket;
+    None when nothing answers there."""
+    assert L.userdb_users(str(tmp_path / "no-socket")) is None
+    with dovecot_lab("home") as lab:
+        lab.add_user("carol", home=f"{lab.dir}/elsewhere/carol")
+        sl = L.from_doveconf(lab.conf)
+        users, complete = L.userdb_users(sl.userdb_socket)
+        # the lab's first userdb is the per-service hold file (hold.%s): a passwd-file
+        # with a %variable path cannot list its users, the other userdbs are listed
+        assert not complete
+        assert sorted(users) == ["alice", "bob", "carol"]
+        assert users["carol"]["home"] == f"{lab.dir}/elsewhere/carol"
+        assert users["alice"]["home"] == f"{lab.homes}/alice"

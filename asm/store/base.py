@@ -165,15 +165,17 @@ class Unlisted:
     or folder directory the maildir driver cannot read as one.  (A plain class, not a
     dataclass: a dataclass execs its generated methods at import, at every start.)"""
 
-    __slots__ = ("kind", "partition", "user", "folder", "path", "why")
+    __slots__ = ("kind", "partition", "user", "folder", "path", "why", "hint")
 
-    def __init__(self, kind: str, partition: str, user: str, folder: str | None, path: str, why: str):
+    def __init__(self, kind: str, partition: str, user: str, folder: str | None, path: str, why: str,
+                 hint: str | None = None):
         self.kind = kind                    # "user" or "folder"
         self.partition = partition
         self.user = user                    # the name the directory stands for
         self.folder = folder
         self.path = path                    # the directory on disk
         self.why = why
+        self.hint = hint                    # what to do, when not the store's unlisted_hint
 
 
 @dataclass(frozen=True)

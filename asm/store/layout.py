@@ -2,8 +2,8 @@
 
 A pure module: it parses the setting, expands its variables for a login, and walks a
 store's directories to find which logins have mail there.  It reads no message and no
-Dovecot file; the only outside calls are ``doveconf`` in :func:`from_doveconf` and
-directory listings.
+Dovecot file; the only outside calls are ``doveconf`` in :func:`from_doveconf`, the
+auth-userdb socket in :func:`userdb_users`, and directory listings.
 
 * :func:`parse_mail_location` -- ``FORMAT:PATH[:KEY=VALUE...]`` for ``maildir``,
   ``sdbox`` and ``mdbox`` with ``LAYOUT=maildir++|fs``, ``INDEX=`` (or ``MEMORY``),
@@ -27,7 +27,12 @@ directory listings.
   mail_location``, and the home template (``mail_home``, or the userdb's ``home=``)
   when the location uses ``~`` or ``%h``.
 
-Per-user ``mail`` overrides returned by a userdb are not seen here.  Namespaces are read
+* :meth:`StoreLayout.misplaced` with :func:`userdb_users` -- the logins a running
+  Dovecot's userdb gives their own ``mail`` or ``home`` field leading outside the template
+  (asked over its ``auth-userdb`` socket): :meth:`StoreLayout.logins` does not find them,
+  the maildir driver names them so a backup leaves none out silently.
+
+Per-user ``mail``/``home`` fields are not followed: such a login is named, not read.  Namespaces are read
 by :func:`from_doveconf`: the inbox namespace's own ``location`` is the one used, any
 other namespace keeping its mail elsewhere is refused by name.
 """
@@ -565,6 +570,27 @@ def _scandirs(path: str) -> list[str]:
         return []
 
 
+def _user_layout(login: str, loc: MailLocation, home: str | None) -> UserLayout:
+    """Every path Dovecot uses for ``login`` with location ``loc`` and home ``home``."""
+    def path(template: str, what: str) -> str:
+        return _fix_path(expand(template, login, home, what), home, login, what)
+
+    root = path(loc.root, "mail_location")
+    index_root = None
+    if loc.index is not None and loc.index != "":
+        index_root = path(loc.index, "INDEX")
+    control_root = path(loc.control, "CONTROL") if loc.control is not None else root
+    if loc.inbox is not None:
+        inbox = path(loc.inbox, "INBOX")
+    elif loc.is_maildir and not loc.dirname:
+        inbox = root                                  # Maildir: INBOX is the root
+    else:
+        inbox = f"{root}/{loc.mailboxdir}INBOX" + (f"/{loc.dirname}" if loc.dirname else "")
+    if loc.index is None:
+        index_root = root
+    return UserLayout(login, home, loc, root, inbox, index_root, control_root)
+
+
 # -- a whole store ----------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -575,8 +601,21 @@ class Skipped:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Misplaced:
+    """A login whose userdb fields put its mail outside the store's template."""
+
+    login: str
+    path: str                 # its mail root (or the userdb's mail field, unparsable)
+    reason: str
+
+
 class StoreLayout:
     """A mail_location plus (when it uses ``~``/``%h``) the userdb home template."""
+
+    #: the running Dovecot's auth-userdb socket (set by :func:`from_doveconf`): where
+    #: :func:`userdb_users` asks which logins exist and where their mail is
+    userdb_socket: str | None = None
 
     def __init__(self, location: MailLocation | str, home_template: str | None = None):
         self.location = (parse_mail_location(location) if isinstance(location, str)
@@ -600,26 +639,44 @@ class StoreLayout:
 
     def for_login(self, login: str) -> UserLayout:
         """Every path Dovecot uses for ``login``."""
-        loc = self.location
-        home = self.home(login)
+        return _user_layout(login, self.location, self.home(login))
 
-        def path(template: str, what: str) -> str:
-            return _fix_path(expand(template, login, home, what), home, login, what)
-
-        root = path(loc.root, "mail_location")
-        index_root = None
-        if loc.index is not None and loc.index != "":
-            index_root = path(loc.index, "INDEX")
-        control_root = path(loc.control, "CONTROL") if loc.control is not None else root
-        if loc.inbox is not None:
-            inbox = path(loc.inbox, "INBOX")
-        elif loc.is_maildir and not loc.dirname:
-            inbox = root                                  # Maildir: INBOX is the root
-        else:
-            inbox = f"{root}/{loc.mailboxdir}INBOX" + (f"/{loc.dirname}" if loc.dirname else "")
-        if loc.index is None:
-            index_root = root
-        return UserLayout(login, home, loc, root, inbox, index_root, control_root)
+    def misplaced(self, userdb: dict[str, dict[str, str]]) -> list[Misplaced]:
+        """The logins of ``userdb`` ({login: its userdb fields}, see :func:`userdb_users`)
+        whose own ``mail`` or ``home`` field puts mail where :meth:`for_login` does not
+        look: :meth:`logins` walks the template, so that mail is in no backup.  A login
+        counts only when its real location holds a mailbox; fields that lead to exactly
+        the template's directories change nothing."""
+        out = []
+        for login in sorted(userdb):
+            fields = userdb[login]
+            mail, home = fields.get("mail") or None, fields.get("home") or None
+            if mail is None and (home is None or home == self.home(login)):
+                continue
+            try:
+                ul = _user_layout(login, parse_mail_location(mail) if mail else self.location,
+                                  home)
+            except LayoutError as exc:
+                if mail:
+                    out.append(Misplaced(login, mail, f"the userdb gives {login} the mail "
+                                                      f"location {mail!r} ({exc})"))
+                continue                     # no home: Dovecot cannot serve it either
+            try:
+                here = self.for_login(login)
+            except LayoutError:
+                here = None
+            if (here is not None and ul.location.format == here.location.format
+                    and (ul.root, ul.inbox_dir, ul.index_root, ul.control_root)
+                    == (here.root, here.inbox_dir, here.index_root, here.control_root)):
+                continue
+            if not self._has_mail(ul):
+                continue
+            what = (f"its own mail location {mail!r}" if mail and mail != self.location.text
+                    else f"the home {home}")
+            out.append(Misplaced(login, ul.root, f"the userdb gives {login} {what}, so Dovecot "
+                                                 f"keeps its mail outside the tree of "
+                                                 f"{self.location.text!r}"))
+        return out
 
     # -- enumeration ------------------------------------------------------------------
     def root_template(self) -> str:
@@ -884,6 +941,96 @@ def namespace_location(mail_location: str, namespaces: list[Namespace], conf: st
     return location
 
 
+def _tabunescape(b: bytes) -> str:
+    """Dovecot's str_tabunescape(): \\001 followed by 0 1 t r n stands for NUL \\001 TAB CR LF."""
+    if b"\x01" in b:
+        b = re.sub(rb"\x01(.)", lambda m: {b"0": b"\0", b"1": b"\x01", b"t": b"\t",
+                                           b"r": b"\r", b"n": b"\n"}.get(m.group(1), m.group(1)),
+                   b, flags=re.S)
+    return b.decode("utf-8", "surrogateescape")
+
+
+def _tabescape(s: str) -> bytes:
+    b = s.encode("utf-8", "surrogateescape")
+    for c, e in ((b"\x01", b"\x011"), (b"\0", b"\x010"), (b"\t", b"\x01t"), (b"\r", b"\x01r"),
+                 (b"\n", b"\x01n")):
+        b = b.replace(c, e)
+    return b
+
+
+USERDB_SERVICE = "imap"       # the lookups are made as IMAP's (a userdb may answer per service)
+_USERDB_BATCH = 500           # lookups in flight at once: the replies never fill the socket
+
+
+def userdb_users(socket_path: str, service: str = USERDB_SERVICE,
+                 timeout: float = 120.0) -> tuple[dict[str, dict[str, str]], bool] | None:
+    """Every login the running Dovecot's userdbs list, with the fields a lookup returns
+    (``home``, ``mail``, ...), over its ``auth-userdb`` socket (the auth-master protocol
+    ``doveadm user`` speaks: ``LIST`` then pipelined ``USER`` lookups, one connection:
+    about 70 ms for 5,000 passwd-file logins, where one ``doveadm user`` per login takes
+    15 ms each).  Returns ``(users, complete)``; ``complete`` is False when a userdb
+    could not list its users (a static userdb lists none; a passwd-file with a
+    %variable path, such as the hold file of docs/dovecot.md, fails its listing, the
+    other userdbs are still listed).  None when the socket cannot be reached (Dovecot
+    is not running, or this user may not connect)."""
+    import socket
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        return None
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(socket_path)
+        except OSError:
+            return None
+        f = sock.makefile("rwb")
+        f.write(b"VERSION\t1\t0\n")
+        f.write(b"LIST\t1\tservice=" + _tabescape(service) + b"\n")
+        f.flush()
+        logins: list[str] = []
+        complete = True
+        while True:
+            line = f.readline()
+            if not line.endswith(b"\n"):
+                raise OSError("the auth server closed the connection")
+            parts = line.rstrip(b"\n").split(b"\t")
+            if parts[0] == b"LIST" and len(parts) > 2 and parts[1] == b"1":
+                logins.append(_tabunescape(parts[2]))
+            elif parts[0] == b"DONE" and parts[1:2] == [b"1"]:
+                complete = b"fail" not in parts[2:]
+                break
+        users: dict[str, dict[str, str]] = {}
+        todo = list(dict.fromkeys(logins))       # a login in two userdbs is listed twice
+        for start in range(0, len(todo), _USERDB_BATCH):
+            batch = todo[start:start + _USERDB_BATCH]
+            for n, login in enumerate(batch, start + 2):
+                f.write(b"USER\t%d\t%s\tservice=%s\n" % (n, _tabescape(login), _tabescape(service)))
+            f.flush()
+            pending = len(batch)
+            while pending:
+                line = f.readline()
+                if not line.endswith(b"\n"):
+                    raise OSError("the auth server closed the connection")
+                parts = line.rstrip(b"\n").split(b"\t")
+                if parts[0] not in (b"USER", b"NOTFOUND", b"FAIL"):
+                    continue                     # VERSION, SPID
+                pending -= 1
+                if parts[0] == b"USER" and len(parts) > 2:
+                    fields = {}
+                    for kv in parts[3:]:
+                        k, _, v = _tabunescape(kv).partition("=")
+                        fields[k] = v
+                    users[_tabunescape(parts[2])] = fields
+                elif parts[0] == b"FAIL":
+                    complete = False             # a lookup failed: that login is unknown
+        return users, complete
+    except (OSError, ValueError):
+        return None
+    finally:
+        sock.close()
+
+
 def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreLayout:
     """The StoreLayout of a Dovecot configuration (``doveconf [-c CONF]``): mail_location,
     or the inbox namespace's own location (see :func:`namespace_location`)."""
@@ -904,4 +1051,8 @@ def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreL
                 f"{conf or 'the Dovecot configuration'} sets home= (static args, "
                 f"default_fields or override_fields) and mail_home is empty: give the "
                 f"home template explicitly")
-    return StoreLayout(loc, home)
+    sl = StoreLayout(loc, home)
+    base_dir = _doveconf([*base, "-h", "base_dir"], doveconf).strip()
+    if base_dir:
+        sl.userdb_socket = os.path.join(base_dir, "auth-userdb")
+    return sl

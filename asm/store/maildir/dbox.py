@@ -40,7 +40,7 @@ from asm.store import layout as layout_mod
 from asm.store import utf7
 from asm.store.base import FolderInfo, NoSuchUser, StoreError, StoreFull, Unlisted, UserExists, check_user_name
 from asm.store.maildir.doveadm import TIMEOUT, Doveadm
-from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, open_layout
+from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, misplaced_logins, open_layout
 
 _WRITES = ("create_folder", "delete_folder", "set_folder", "append", "set_flags", "expunge",
            "hold_deliveries", "release_deliveries", "delete_user")
@@ -338,7 +338,7 @@ class DboxStore(MaildirStore):
         return sorted(u for u in found if not u.startswith(".ims-"))
 
     def unlisted_users(self, partition: str):
-        return []
+        return misplaced_logins(self._dbox, partition)
 
     def user_partition(self, user: str) -> str:
         check_user_name(user)

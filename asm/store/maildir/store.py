@@ -68,7 +68,9 @@ def open_layout(config: Config, dbox: bool = False) -> "layout_mod.StoreLayout |
     if text == "doveconf":
         sl = layout_mod.from_doveconf(config.get("dovecot.config"))
         if home:
+            socket = sl.userdb_socket
             sl = layout_mod.StoreLayout(sl.location, home)
+            sl.userdb_socket = socket
     else:
         sl = layout_mod.StoreLayout(text, home)
     loc = sl.location
@@ -81,6 +83,27 @@ def open_layout(config: Config, dbox: bool = False) -> "layout_mod.StoreLayout |
                                      f"supported by the maildir driver")
     sl.root_template()                       # a %h it cannot follow back is refused now
     return sl
+
+
+MISPLACED_HINT = ("back this login up with an IMS_HOME of its own whose store.mail_location "
+                  "is that location, or move its mail where the template puts it (docs/dovecot.md)")
+
+
+def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary") -> list[Unlisted]:
+    """The logins the running Dovecot's userdb keeps apart from the layout's template
+    (their own ``mail=`` or ``home=``), as Unlisted users: they are in no backup.  Asked
+    once per layout, only when the layout came from ``doveconf`` and Dovecot's auth-userdb
+    socket answers (see docs/dovecot.md)."""
+    got = getattr(layout, "_misplaced", None)
+    if got is None:
+        got = []
+        if layout.userdb_socket:
+            users = layout_mod.userdb_users(layout.userdb_socket)
+            if users is not None:
+                got = [Unlisted("user", partition, m.login, None, m.path, m.reason, MISPLACED_HINT)
+                       for m in layout.misplaced(users[0])]
+        layout._misplaced = got
+    return list(got)
 
 
 def expanded_location(layout: "layout_mod.StoreLayout", login: str) -> str:
@@ -346,7 +369,8 @@ class MaildirStore(Store):
             if not self.check_partition(partition):
                 return []
             return [Unlisted("user", partition, os.path.relpath(s.path, root), None, s.path, s.reason)
-                    for s in self._logins()[1] if s.reason != "no mailbox in it"]
+                    for s in self._logins()[1] if s.reason != "no mailbox in it"] + \
+                misplaced_logins(self._layout, partition)
         try:
             entries = sorted(os.scandir(root), key=lambda e: e.name)
         except (FileNotFoundError, NotADirectoryError):
