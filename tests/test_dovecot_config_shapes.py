@@ -316,3 +316,42 @@ def test_a_login_the_userdb_keeps_elsewhere_is_named_and_the_backup_exits_1(shap
     shutil.rmtree(os.path.join(elsewhere, "carol", "Maildir"))
     run(home2, "imsrestore", "-f", a2, check=0)
     assert lab.client_state("carol") == before
+
+
+@pytest.mark.parametrize("shaped_lab,fmt", [
+    (LabLayout("userdb-moved", PLAIN_LOC, "{store}/%u", ("alice", "carol")), "maildir"),
+    (LabLayout("userdb-moved-sdbox", "sdbox:{store}/%u/sdbox", "{store}/%u", ("alice", "carol")),
+     "sdbox")], ids=["maildir", "sdbox"], indirect=["shaped_lab"])
+def test_a_restore_of_a_login_the_userdb_keeps_elsewhere_never_writes_the_template(shaped_lab, fmt,
+                                                                                   tmp_path):
+    """carol was backed up where the template put her; since then the userdb gives her
+    her own mail= (her new disk is empty).  A restore must not write her mail where
+    Dovecot no longer looks and exit 0: it names her and her location, restores the
+    others, and exits non-zero; nothing appears at the template's place.  (Before, the
+    restore exited 0 and wrote carol's message to mail/carol/Maildir, where Dovecot never
+    showed it.)"""
+    lab = shaped_lab
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+    before = lab.client_state("alice")
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    elsewhere = os.path.join(lab.dir, "elsewhere")
+    os.makedirs(elsewhere)
+    lab.fix_owner(elsewhere)
+    mail_dir = f"{elsewhere}/carol/" + ("Maildir" if fmt == "maildir" else "sdbox")
+    lab.add_user("carol", mail=f"{fmt}:{mail_dir}")
+    # what is left at the template's place is not carol's mail any more: named
+    p = run(home, "imsbackup", "-f", tmp_path / "b.ims", "/", check=1, text=True)
+    assert f"{lab.store}/carol/{'Maildir' if fmt == 'maildir' else 'sdbox'}): not backed up" \
+        in p.stderr, p.stderr
+    for u in lab.logins:
+        shutil.rmtree(os.path.join(lab.store, u))
+    p = run(home, "imsrestore", "-f", a, text=True)
+    assert p.returncode not in (0, 70), (p.returncode, p.stderr)
+    err = [line for line in p.stderr.splitlines() if "carol" in line]
+    assert err and mail_dir in err[0] and "Traceback" not in p.stderr, p.stderr
+    assert not os.path.exists(os.path.join(lab.store, "carol"))
+    assert lab.client_state("alice") == before

@@ -510,6 +510,9 @@ def test_misplaced_names_logins_whose_userdb_fields_lead_out_of_the_template(tmp
     assert [(m.login, m.path) for m in got] == [("carol", f"{other}/carol/Maildir"),
                                                 ("erin", f"mbox:{other}/erin")]
     assert "maildir:" in got[0].reason and "mbox format is not supported" in got[1].reason
+    # what a restore must know: dave's mail goes to his own location, empty or not
+    assert [m.login for m in sl.misplaced({"bob": {}, "dave": {"mail": f"maildir:{other}/dave/Maildir"}},
+                                          everyone=True)] == ["dave"]
     homes = StoreLayout("maildir:~/Maildir", f"{tmp_path}/home/%n")
     maildir(f"{tmp_path}/home/alice/Maildir")
     got = homes.misplaced({"alice": {"home": f"{tmp_path}/home/alice"},

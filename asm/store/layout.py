@@ -641,11 +641,12 @@ class StoreLayout:
         """Every path Dovecot uses for ``login``."""
         return _user_layout(login, self.location, self.home(login))
 
-    def misplaced(self, userdb: dict[str, dict[str, str]]) -> list[Misplaced]:
+    def misplaced(self, userdb: dict[str, dict[str, str]], everyone: bool = False) -> list[Misplaced]:
         """The logins of ``userdb`` ({login: its userdb fields}, see :func:`userdb_users`)
         whose own ``mail`` or ``home`` field puts mail where :meth:`for_login` does not
         look: :meth:`logins` walks the template, so that mail is in no backup.  A login
-        counts only when its real location holds a mailbox; fields that lead to exactly
+        counts only when its real location holds a mailbox (with ``everyone``: also when
+        it holds none yet, the thing a restore must know); fields that lead to exactly
         the template's directories change nothing."""
         out = []
         for login in sorted(userdb):
@@ -669,7 +670,7 @@ class StoreLayout:
                     and (ul.root, ul.inbox_dir, ul.index_root, ul.control_root)
                     == (here.root, here.inbox_dir, here.index_root, here.control_root)):
                 continue
-            if not self._has_mail(ul):
+            if not everyone and not self._has_mail(ul):
                 continue
             what = (f"its own mail location {mail!r}" if mail and mail != self.location.text
                     else f"the home {home}")

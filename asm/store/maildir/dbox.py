@@ -40,7 +40,8 @@ from asm.store import layout as layout_mod
 from asm.store import utf7
 from asm.store.base import FolderInfo, NoSuchUser, StoreError, StoreFull, Unlisted, UserExists, check_user_name
 from asm.store.maildir.doveadm import TIMEOUT, Doveadm
-from asm.store.maildir.store import MaildirStore, expanded_location, fixed_prefix, misplaced_logins, open_layout
+from asm.store.maildir.store import (MaildirStore, MisplacedLogin, _misplaced, expanded_location, fixed_prefix,
+                                    misplaced_logins, open_layout)
 
 _WRITES = ("create_folder", "delete_folder", "set_folder", "append", "set_flags", "expunge",
            "hold_deliveries", "release_deliveries", "delete_user")
@@ -129,6 +130,7 @@ class DboxStore(MaildirStore):
                          f"ends or stop it (fuser -k {path}/.lock), then run again")
 
     def _dbox_root(self, user: str) -> str:
+        self._not_misplaced(user)
         try:
             return self._dbox.for_login(check_user_name(user)).root
         except layout_mod.LayoutError as exc:
@@ -284,7 +286,16 @@ class DboxStore(MaildirStore):
 
     def _location_of(self, user: str) -> str:
         """The login's dbox location, every variable and ~ expanded (doveadm's target)."""
+        self._not_misplaced(user)
         return expanded_location(self._dbox, user)
+
+    def _not_misplaced(self, user: str) -> None:
+        """MisplacedLogin when the userdb keeps ``user`` apart from the template."""
+        away = _misplaced(self._dbox).get(user)
+        if away is not None:
+            m = away[1]
+            raise MisplacedLogin(f"{m.why} ({m.path}): ims-asm does not read or write it there; "
+                                 f"{m.hint}")
 
     def _give_back(self, user: str) -> None:
         """The changed copy becomes the login's dbox account, if Dovecot did not change
@@ -334,11 +345,16 @@ class DboxStore(MaildirStore):
         self.partition_path(partition)
         if not self.check_partition(partition):
             return []
-        found = set(self._dbox.logins()) | self._created
+        found = (set(self._dbox.logins()) - set(_misplaced(self._dbox))) | self._created
         return sorted(u for u in found if not u.startswith(".ims-"))
 
     def unlisted_users(self, partition: str):
-        return misplaced_logins(self._dbox, partition)
+        away = _misplaced(self._dbox)
+        stale = [Unlisted("user", partition, login, None, self._dbox.for_login(login).root,
+                          f"the userdb keeps {login}'s mail at {away[login][1].path}, not in this "
+                          f"directory the template gives it", away[login][1].hint)
+                 for login in sorted(set(self._dbox.logins()) & set(away))] if away else []
+        return stale + misplaced_logins(self._dbox, partition)
 
     def user_partition(self, user: str) -> str:
         check_user_name(user)

@@ -85,25 +85,40 @@ def open_layout(config: Config, dbox: bool = False) -> "layout_mod.StoreLayout |
     return sl
 
 
-MISPLACED_HINT = ("back this login up with an IMS_HOME of its own whose store.mail_location "
-                  "is that location, or move its mail where the template puts it (docs/dovecot.md)")
+class MisplacedLogin(StoreError):
+    """A login whose userdb mail=/home= puts its mail outside store.mail_location's
+    template: reading or writing it at the template's place would be the wrong mail."""
 
 
-def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary") -> list[Unlisted]:
+MISPLACED_HINT = ("give this login an IMS_HOME of its own whose store.mail_location is that "
+                  "location (it backs the login up and restores it there), or move its mail "
+                  "where the template puts it (docs/dovecot.md)")
+
+
+def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary",
+                     everyone: bool = False) -> list[Unlisted]:
     """The logins the running Dovecot's userdb keeps apart from the layout's template
-    (their own ``mail=`` or ``home=``), as Unlisted users: they are in no backup.  Asked
-    once per layout, only when the layout came from ``doveconf`` and Dovecot's auth-userdb
-    socket answers (see docs/dovecot.md)."""
+    (their own ``mail=`` or ``home=``) and that have mail there, as Unlisted users: they
+    are in no backup (``everyone``: also those without mail yet).  Asked once per layout,
+    only when the layout came from ``doveconf`` and Dovecot's auth-userdb socket answers
+    (see docs/dovecot.md)."""
+    return [u for has_mail, u in _misplaced(layout, partition).values() if everyone or has_mail]
+
+
+def _misplaced(layout: "layout_mod.StoreLayout", partition: str = "primary") -> dict:
+    """{login: (has mail there, Unlisted)} of misplaced_logins, asked once per layout."""
     got = getattr(layout, "_misplaced", None)
     if got is None:
-        got = []
+        got = {}
         if layout.userdb_socket:
             users = layout_mod.userdb_users(layout.userdb_socket)
             if users is not None:
-                got = [Unlisted("user", partition, m.login, None, m.path, m.reason, MISPLACED_HINT)
-                       for m in layout.misplaced(users[0])]
+                with_mail = {m.login for m in layout.misplaced(users[0])}
+                got = {m.login: (m.login in with_mail, Unlisted("user", partition, m.login, None, m.path,
+                                                                m.reason, MISPLACED_HINT))
+                       for m in layout.misplaced(users[0], everyone=True)}
         layout._misplaced = got
-    return list(got)
+    return got
 
 
 def expanded_location(layout: "layout_mod.StoreLayout", login: str) -> str:
@@ -327,13 +342,26 @@ class MaildirStore(Store):
     def _logins(self) -> tuple[dict, list]:
         found, skipped = self._layout.logins(with_skipped=True)
         found = {k: v for k, v in found.items() if not k.startswith(NEW_PREFIX)}
+        # a login the userdb keeps elsewhere: what the walk found at the template's place
+        # is not the mail Dovecot serves it (unlisted_users names that directory)
+        away = _misplaced(self._layout)
+        for login in [k for k in found if k in away]:
+            skipped.append(layout_mod.Skipped(found.pop(login).root, (
+                f"the userdb keeps {login}'s mail at {away[login][1].path}, not in this "
+                f"directory the template gives it")))
         self._uls.update(found)
         return found, skipped
 
     def _ul(self, user: str) -> "layout_mod.UserLayout":
-        """Where Dovecot keeps ``user``'s mail, index and control files (layout mode)."""
+        """Where Dovecot keeps ``user``'s mail, index and control files (layout mode);
+        MisplacedLogin for a login the userdb keeps apart from the template."""
         ul = self._uls.get(user)
         if ul is None:
+            away = _misplaced(self._layout).get(user)
+            if away is not None:
+                m = away[1]
+                raise MisplacedLogin(f"{m.why} ({m.path}): ims-asm does not read or write it "
+                                     f"there; {m.hint}")
             check_user_name(user)
             try:
                 ul = self._layout.for_login(user)
