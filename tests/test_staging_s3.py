@@ -12,7 +12,7 @@ from asm.config import Config
 from staging.catalog import Catalog
 from staging.retention import Policy, kept
 from tests.helpers import build, change_mail, imsstage, make_home, rows, user_view
-from tests.s3server import running
+from tests.s3server import RO_ACCESS, RO_SECRET, running
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +158,21 @@ def test_object_lock(tmp_path, seaweed):
     p = imsstage(home, "dump", "gB", env=seaweed.env())
     assert p.returncode == 2 and "has no object lock" in p.stderr
     assert seaweed.keys(nolock) == []
+
+
+def test_prune_without_delete_permission_fails(tmp_path, seaweed):
+    """Credentials that may read and list but not delete, on a bucket without object lock:
+    prune removes nothing, and says so -- counted failed, exit 12 (no permission), one line
+    naming the permission to give -- not 'under object lock' and exit 0, which cron would
+    take for retention working."""
+    home, store, b = area(tmp_path, seaweed, **{"staging.remote.keep": "1"})
+    imsstage(home, "dump", "gA", check=0, env=seaweed.env())
+    time.sleep(1.1)
+    imsstage(home, "dump", "gA", check=0, env=seaweed.env())
+    ro = seaweed.env(AWS_ACCESS_KEY_ID=RO_ACCESS, AWS_SECRET_ACCESS_KEY=RO_SECRET)
+    p = imsstage(home, "prune", "-v", env=ro)
+    assert p.returncode == 12, p.stderr
+    assert "0 under object lock, 1 failed" in p.stderr
+    line = [x for x in p.stderr.splitlines() if "could not be removed" in x]
+    assert len(line) == 1 and "permission to delete" in line[0] and "retention keeps it" not in line[0]
+    assert len(seaweed.keys(b)) == 2 and [x["push"] for x in rows(tmp_path / "stage")] == ["ok", "ok"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from plugins.s3 import retry
 from plugins.s3.download import S3Reader
-from plugins.s3.errors import S3Error, S3Locked, S3NotFound, S3VerifyFailed, code_of
+from plugins.s3.errors import S3AuthFailed, S3Error, S3Locked, S3NotFound, S3VerifyFailed, code_of
 from plugins.s3.settings import Settings, client
 from plugins.s3.spec import parse
 from plugins.s3.upload import S3Writer
@@ -135,10 +135,30 @@ def remove(remote_spec: str, config=None) -> bool:
     try:
         _delete(s3, settings, spec, h.get("VersionId"))
     except S3Error as exc:
-        if "AccessDenied" in str(exc) or "locked" in str(exc).lower():
+        denied = "AccessDenied" in str(exc)
+        if denied and not _may_be_locked(s3, spec, h):
+            # no retention, no legal hold, a bucket without object lock: the credentials
+            # may not delete, and retention will never run until they may
+            raise S3AuthFailed(f"no permission to delete {spec.url} (AccessDenied; the object is under no object "
+                               f"lock): give these credentials s3:DeleteObject and s3:DeleteObjectVersion on "
+                               f"bucket {spec.bucket}; nothing was removed") from None
+        if denied or "locked" in str(exc).lower():
             raise S3Locked(f"{spec.url} cannot be removed yet ({exc}): the bucket's retention keeps it") from None
         raise
     return True
+
+
+def _may_be_locked(s3, spec, head: dict) -> bool:
+    """Whether object lock can be what refused a delete: the object's HEAD shows a mode or a
+    legal hold, or (HEAD shows lock headers only to those who may read them) the bucket has
+    object lock enabled."""
+    if head.get("ObjectLockMode") or head.get("ObjectLockLegalHoldStatus") == "ON":
+        return True
+    try:
+        cfg = s3.get_object_lock_configuration(Bucket=spec.bucket)
+    except Exception:
+        return False
+    return (cfg.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") == "Enabled"
 
 
 def lock_supported(config, remote_spec: str) -> bool:
