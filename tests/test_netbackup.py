@@ -154,8 +154,29 @@ def test_a_failed_dump_is_not_counted_as_saved(ims_home, tmp_path, nbu):
                   r.stderr)
     assert m and (int(m.group(1)) + int(m.group(2)), int(m.group(3))) == (n, nbytes), (r.stderr, n, nbytes)
     r = notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", "FULL", "1")
-    m = re.search(r"this job saved \d+ dumps(?: \(\d+ more failed, not staged\))?, (\d+) messages, (\d+) links",
-                  r.stderr)
+    assert "this job saved" not in r.stderr, r.stderr
+    m = re.search(r"bpstart_notify staged \d+ dumps(?: \(\d+ more failed, not staged\))?, (\d+) messages, "
+                  r"(\d+) links", r.stderr)
+    assert m and int(m.group(1)) + int(m.group(2)) == n, r.stderr
+
+
+def test_a_failed_job_does_not_say_it_saved(ims_home, tmp_path, nbu):
+    """bpend_notify of a job NetBackup failed (84, media write error): the log says the
+    job failed and that what bpstart_notify staged is kept for the next attempt -- never
+    'this job saved ...', the line a monitor reads as the mail being saved.  A job that
+    succeeded still says what it saved."""
+    store, st, bindir, _ = nbu
+    assert notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "sched", "FULL").returncode == 0
+    n, _ = held(st, staged_files(st))
+    r = notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", "FULL", "84")
+    assert r.returncode == 0, r.stderr
+    assert "this job saved" not in r.stderr, r.stderr
+    line = [x for x in r.stderr.splitlines() if "failed (NetBackup status 84)" in x]
+    assert len(line) == 1 and "nothing of it counts as saved" in line[0] and "kept for the next attempt" in line[0]
+    assert all(d["engine"] == "failed" for d in rows(st)) and len(staged_files(st)) == len(rows(st))
+    assert notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "sched", "FULL").returncode == 0
+    r = notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", "FULL", "0")
+    m = re.search(r"this job saved \d+ dumps, (\d+) messages, (\d+) links", r.stderr)
     assert m and int(m.group(1)) + int(m.group(2)) == n, r.stderr
 
 

@@ -124,9 +124,16 @@ def _main(argv: list[str] | None) -> int:
                 + (f"{len(removed)} files removed" if int(status) == 0 else "files kept for the next attempt"))
             from staging import report as sreport
             doc = sreport.read(sreport.job_report_path(directory, key))
-            if doc is not None:
+            if doc is not None and int(status) == 0:
                 # the counts of what bpstart_notify staged for this job, in the job's log
                 log(f"{where}: this job saved {sreport.summary(doc)} (staging status {doc.get('status')})")
+            elif int(status) != 0:
+                # NetBackup did not save the job (1 is "partially successful": which files is
+                # not ours to know): nothing of it may be logged as saved
+                log(f"{where}: this job failed (NetBackup status {status}): nothing of it counts as saved"
+                    + (f"; bpstart_notify staged {sreport.summary(doc)} (staging status {doc.get('status')})"
+                       if doc is not None else "")
+                    + "; the files are kept for the next attempt (see NetBackup's job details for why it failed)")
             return EXIT_OK
         timeout = bpstart_timeout()
         budget = max(5, timeout - MARGIN)
