@@ -513,3 +513,39 @@ def test_move_rename_and_level_1_chains_on_both_drivers(tmp_path, ims_home, env,
     p = run(ims_home, "mkbackupdir", "-p", str(backup))
     assert p.returncode == 0, p.stderr
     assert os.path.isfile(backup / "primary" / "groupA" / "alice" / "Work") or resname == "users.res"
+
+
+def test_folder_renamed_during_the_savegroup_is_saved_that_night(tmp_path, env):
+    """Per-folder tree (examples/res/groupA.res): a folder renamed after the precmd
+    (mkbackupdir) and before save reaches its placeholder.  The placeholder's folder is
+    gone and the new name has none until tomorrow's precmd, so no record would hold its
+    mail tonight.  The record of the vanished placeholder takes the user's folders that
+    have no placeholder, says so in one line, and recovering it brings them back byte for
+    byte with their UIDs and flags."""
+    h = tmp_path / "h"
+    cfg = make_home(h, "maildir", **{"partition:primary.path": str(tmp_path / "part")})
+    store = open_store(cfg)
+    store.create_user("alice")
+    store.create_folder("alice", "Projects", subscribed=True)
+    for k in range(3):
+        store.append("alice", "Projects", io.BytesIO(b"Subject: p%d\r\n\r\nx\r\n" % k),
+                     flags=["\\Seen"] if k else ["\\Flagged"])
+    store.append("alice", "INBOX", io.BytesIO(b"Subject: i\r\n\r\ny\r\n"))
+    t = tmp_path / "t"
+    assert run(h, "mkbackupdir", "-p", str(t)).returncode == 0
+    want = state(store)[("alice", "Projects")]
+    os.rename(tmp_path / "part" / "alice" / "Maildir" / ".Projects",        # IMAP RENAME
+              tmp_path / "part" / "alice" / "Maildir" / ".Projects-2026")
+    udir = t / "primary" / "user" / "alice"
+    p = run(h, "imsasm", "-s", "Projects", "INBOX", cwd=str(udir))       # save runs the ASM as the .nsr says
+    err = p.stderr.decode()
+    assert p.returncode == 0, err
+    line = [x for x in err.splitlines() if "/primary/alice/Projects-2026" in x]
+    assert len(line) == 1 and "no placeholder" in line[0] and "saved in this record" in line[0], err
+    d = tmp_path / "d"
+    dcfg = make_home(d, "maildir", **{"partition:primary.path": str(tmp_path / "dpart")})
+    r = run(d, "imsasm", "-r", str(udir / "Projects"), input=p.stdout)
+    assert r.returncode == 0, r.stderr
+    got = state(open_store(dcfg))
+    assert got[("alice", "Projects-2026")][1] == want[1]
+    assert got.get(("alice", "INBOX"), (0, ()))[1] == ()          # only the record asked for

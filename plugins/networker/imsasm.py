@@ -123,6 +123,7 @@ class SaveRecord:
         self.name, self.root, self.rel, self.place, self.kind = name, root, rel, place, kind
         self.targets: list[Target] = []
         self.vanished: list[str] = []
+        self.adopted: list[str] = []        # folders saved here for want of a placeholder (logical)
 
 
 def plan_records(inst, paths: list[str], ppath: str | None):
@@ -185,12 +186,45 @@ def _resolve(inst, rec: SaveRecord) -> None:
         chosen = [f for f in folders if leaf.covers(part, leaf.user, None, f) and f not in have]
         if not chosen and not any(leaf.covers(part, leaf.user, None, f) for f in have):
             rec.vanished.append(leaf.logical())
+            # renamed since mkbackupdir? its new name has no placeholder until the next
+            # precmd, so tonight no record would hold it: this record takes it
+            orphans = [f for f in _unplaced(inst, rec.root, leaf, folders) if f not in t.folders]
+            t.folders.extend(orphans)
+            t.explicit.update(orphans)
+            rec.adopted += [f"/{part}/{leaf.user}/{f}" for f in orphans]
+            continue
         t.folders.extend(chosen)
         t.explicit.update(chosen)
     porder = {p: i for i, p in enumerate(partitions)}
     rec.targets = sorted(by_user.values(), key=lambda t: (porder.get(t.partition, 99), t.user))
     for t in rec.targets:
         t.folders.sort(key=lambda f: (f != "INBOX", f))
+
+
+def _unplaced(inst, root: str, leaf: tree.Place, folders: list[str]) -> list[str]:
+    """The user's folders that no placeholder of the tree covers (renamed or made since
+    mkbackupdir ran), among those mkbackupdir would have given one (store.backupexclude,
+    -i and -f as the tree's marker says)."""
+    from asm.backup import is_excluded
+    try:
+        only = tree.read_marker(root).get("only")
+    except tree.TreeError:
+        return []
+    exclude = inst.config.backup_exclude()
+    udir = os.path.join(root, leaf.partition or "", leaf.group or "", tree.encode(leaf.user))
+    places = []
+    for f in tree.walk_placeholders(udir) if os.path.isdir(udir) else ():
+        try:
+            places.append(tree.place_of(tree.relparts(root, f), False))
+        except (tree.TreeError, UnicodeDecodeError):
+            continue
+    out = []
+    for f in folders:
+        if is_excluded(f, exclude) or (only == "inbox" and f != "INBOX") or (only == "folders" and f == "INBOX"):
+            continue
+        if not any(p.covers(p.partition, leaf.user, None, f) for p in places):
+            out.append(f)
+    return out
 
 
 def _folder_names(store, user: str) -> list[str]:
@@ -251,6 +285,10 @@ def save(args, rep) -> int:
     for rec in records:
         for v in rec.vanished:
             warn(PROG, f"{rec.name}: {v} is no longer in the store (removed since mkbackupdir ran); skipped")
+        if rec.adopted:
+            warn(PROG, f"{rec.name}: {', '.join(rec.adopted)} had no placeholder (renamed or made since "
+                       f"mkbackupdir ran): saved in this record instead; recover them with it (or the user's "
+                       f"directory); the next mkbackupdir -p {rec.root} gives them their own")
     if args.estimate:
         n, h, d = estimate(inst, records, since, exclude)
         print(f"{n} {h} {d}")
@@ -315,6 +353,7 @@ def save(args, rep) -> int:
             started = time.time()
             sink = sw.record({"name": rec.name, "root": root, "path": "/".join(rec.rel), "kind": rec.kind,
                               "logical": rec.place.logical(), "since": since, "created": started,
+                              "adopted": rec.adopted,
                               "level": "incr" if base is not None else "full",
                               "base": base.archive_id if base is not None else None,
                               "host": socket.gethostname(), "ims_home": inst.config.home})
@@ -342,7 +381,7 @@ def save(args, rep) -> int:
                         "since": since, "level": "incr" if base is not None else "full",
                         "base": base.archive_id if base is not None else None,
                         "archive_id": (res.trailer or {}).get("archive_id"), "status": rstatus,
-                        "folders": res.folders, "messages": res.messages + res.links,
+                        "adopted": rec.adopted, "folders": res.folders, "messages": res.messages + res.links,
                         "bytes": res.bytes, "errors": [f"{e['mailbox']}: {e['error']}" for e in res.errors]})
             rep.fields["records"].append({"name": rec.name, "logical": rec.place.logical(), "status": rstatus,
                                           "level": "incr" if base is not None else "full",
