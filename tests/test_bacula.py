@@ -255,6 +255,34 @@ def test_select_and_restore_of_a_stream_without_the_selection(ims_home):
     assert b"everything" in imsbacula("select", check=True).stdout        # nothing was selected
 
 
+def test_a_selected_user_is_restored_from_a_stream_of_a_group_split_since(ims_home):
+    """A restore job of a group's stream taken before the groups changed (gA=[a-f].*
+    split into gA=[a-c].* and gB=[d-f].*): the old gA stream holds dave, today's gA
+    does not.  'imsbacula select /primary/dave' must restore dave from it (the stream
+    says what it holds, not today's backup-groups.conf); a stream that does not hold
+    dave is read to the end and skipped."""
+    store = open_store(make_home(ims_home, "classic"))
+    groups = ims_home / "config" / "backup-groups.conf"
+    groups.write_text("gA=[a-f].*\nrest=.*\n")
+    for u in ("alice", "dave", "zoe"):
+        store.create_user(u)
+        for i in range(3):
+            store.append(u, "INBOX", io.BytesIO(msg(u, "INBOX", i)), flags=FLAGS[i])
+    want = picture(store, ["dave"])
+    gA = imsbacula("backup", "--level", "Full", "/primary/gA", check=True).stdout
+    rest = imsbacula("backup", "--level", "Full", "/primary/rest", check=True).stdout
+    store.delete_user("dave")
+    groups.write_text("gA=[a-c].*\ngB=[d-f].*\nrest=.*\n")
+    imsbacula("select", "/primary/dave", check=True)
+    p = imsbacula("-E", "restore", "/primary/rest", input=rest, check=True)
+    assert b"nothing selected in this stream" in p.stderr, p.stderr
+    assert "dave" not in store.users("primary")
+    p = imsbacula("-E", "restore", "/primary/gA", input=gA, check=True)
+    assert b"nothing selected" not in p.stderr, p.stderr
+    assert picture(store, ["dave"]) == want
+    assert sorted(store.users("primary")) == ["alice", "dave", "zoe"]
+
+
 # -- with real daemons -------------------------------------------------------------------
 
 IMAP_BOXES = [("alice", "INBOX"), ("alice", "Work/2023"), ("bob", "INBOX"), ("joe", "INBOX"), ("joe", "Trash")]

@@ -436,6 +436,7 @@ def _one(args, rep) -> int:
                digest=(reader.trailer or {}).get("digest"),
                chain_base=chain_base(reader.header.get("since"), reader.header.get("base")),
                hostile=res.hostile, corrupt=res.corrupt, incomplete=res.incomplete,
+               unmatched=list(res.unmatched), pending=len(res.pending),
                restore_seconds=round(res.seconds, 3))
     for e in res.errors:
         if e.get("status") != EXIT_NOSPACE:        # a full disk is said once, below
