@@ -83,6 +83,8 @@ def test_encoding_round_trips_names_bpipe_would_split():
         word = encode(name)
         assert re.fullmatch(r"[A-Za-z0-9_.,+=@/%-]+", word), word
         assert decode(word) == name
+    latin1 = os.fsdecode(b"/p/j\xf6rg")            # a name that is not UTF-8: its bytes
+    assert encode(latin1) == "/p/j%F6rg" and decode("/p/j%F6rg") == latin1
     with pytest.raises(ValueError):
         decode("/primary/a b")
     with pytest.raises(ValueError):
@@ -141,6 +143,36 @@ def test_fileset_refuses_users_outside_every_group(ims_home):
     assert b"match no line of backup-groups.conf ('zed')" in p.stderr and b"rest=.*" in p.stderr
     p = imsbacula("fileset", "--name", "bad name")
     assert p.returncode == 2 and b"bad --name 'bad name'" in p.stderr
+
+
+def test_per_user_fileset_of_a_user_whose_name_is_not_utf8(ims_home, tmp_path):
+    """A Maildir user directory named with bytes that are not UTF-8 (b'j\\xf6rg'): the
+    per-user FileSet names it by its bytes (%F6), and its stream backs up, is recorded
+    by jobdone and restores under the same bytes."""
+    part = tmp_path / "part"
+    store = open_store(make_home(ims_home, "maildir", **{"partition:primary.path": str(part)}))
+    (ims_home / "config" / "backup-groups.conf").write_text("rest=.*\n")
+    md = os.path.join(os.fsencode(part), b"j\xf6rg", b"Maildir")
+    for sub in (b"cur", b"new", b"tmp"):
+        os.makedirs(os.path.join(md, sub))
+    with open(os.path.join(md, b"cur", b"1700000000.M1P1.h,S=14:2,S"), "wb") as f:
+        f.write(b"Subject: j\r\n\r\n")
+    p = imsbacula("fileset", "--per-user")
+    assert p.returncode == 0, p.stderr
+    lines = plugin_lines(p.stdout.decode("ascii"))
+    assert [fname for fname, _, _ in lines] == ["/MAILSTORE/primary/rest/j%F6rg"]
+    reader = lines[0][1]
+    imsbacula("jobstart", "--jobid", "3", "--level", "Full", check=True)
+    archive = imsbacula(*reader[1:], check=True).stdout
+    done = imsbacula("jobdone", "--jobid", "3", check=True)
+    assert b"/primary/rest/j\xf6rg full recorded as good: 1 messages" in done.stdout, done.stdout
+    assert b"/primary/rest/j\xf6rg\t3\t" in imsbacula("history", check=True).stdout
+    user = os.fsdecode(b"j\xf6rg")
+    want = picture(store, [user])
+    assert [r[1] for r in want[(user, "INBOX")][1]] == [("\\Seen",)]
+    store.delete_user(user)
+    imsbacula(*lines[0][2][1:], input=archive, check=True)
+    assert picture(store, [user]) == want
 
 
 def test_backup_fails_when_imsbackup_fails_and_records_nothing(ims_home):

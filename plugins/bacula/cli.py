@@ -101,7 +101,7 @@ def _log(home: str, fileset: str, line: str, echo: bool = True) -> None:
     """A line in $IMS_HOME/data/bacula/log/FILESET.log (the bpipe commands' stderr is not
     in Bacula's job log) and on stderr."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    with open(_log_path(home, fileset), "a", encoding="utf-8") as f:
+    with open(_log_path(home, fileset), "a", encoding="utf-8", errors="surrogateescape") as f:
         f.write(f"{stamp} {line}\n")
     if echo:
         print(f"{PROG}: {line}", file=sys.stderr, flush=True)

@@ -2,7 +2,9 @@
 
 bpipe splits its definition on ``:`` and Bacula splits each command on blanks and
 quotes, so every word we put there (paths, user IDs, IMS_HOME) is written with only
-``[A-Za-z0-9_.,+=@/-]`` and ``%XX`` (UTF-8 bytes); ``imsbacula`` decodes it.
+``[A-Za-z0-9_.,+=@/-]`` and ``%XX`` (UTF-8 bytes); ``imsbacula`` decodes it.  Names
+are encoded from their bytes: a user directory whose name is not UTF-8 (held as
+surrogate escapes, as os.fsdecode gives it) is its bytes as %XX and decodes back to them.
 """
 from __future__ import annotations
 
@@ -14,14 +16,14 @@ _OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" + SAF
 
 def encode(text: str) -> str:
     """``text`` with everything outside the safe set as %XX; round-trips with decode."""
-    return quote(text, safe=SAFE, encoding="utf-8", errors="strict")
+    return quote(text.encode("utf-8", "surrogateescape"), safe=SAFE)
 
 
 def decode(word: str) -> str:
     """The inverse of :func:`encode`; a malformed escape is refused."""
     if not set(word.replace("%", "")) <= _OK:
         raise ValueError(f"{word!r} is not a percent-encoded word (characters outside [A-Za-z0-9{SAFE}%])")
-    out = unquote(word, encoding="utf-8", errors="strict")
+    out = unquote(word, encoding="utf-8", errors="surrogateescape")
     if encode(out) != word:   # %zz, lower-case hex, or an escaped safe character: not ours
         raise ValueError(f"{word!r} is not a percent-encoded word as imsbacula writes them")
     return out

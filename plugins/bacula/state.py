@@ -51,6 +51,20 @@ def normalize_level(text: str) -> str:
     raise ValueError(f"unknown backup level {text!r}: use Full, Incremental or Differential")
 
 
+def _stored(path: str):
+    """A path as state.db keeps it: text, or its bytes (a BLOB) when it names a user
+    whose name is not UTF-8 (surrogate escapes, which sqlite cannot hold as text)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape")
+
+
+def _loaded(value) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
 class State:
     def __init__(self, home: str):
         self.dir = os.path.join(home, "data", "bacula")
@@ -93,13 +107,15 @@ class State:
     def stream_ok(self, fileset: str, jobid: int, path: str, level: str, started: float) -> None:
         with self.db() as con:
             con.execute("INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?, ?, ?)",
-                        (fileset, jobid, path, level, started, time.time()))
+                        (fileset, jobid, _stored(path), level, started, time.time()))
             # it was recorded as failed while it ran (cmd_backup)
-            con.execute("DELETE FROM failed WHERE fileset = ? AND jobid = ? AND path = ?", (fileset, jobid, path))
+            con.execute("DELETE FROM failed WHERE fileset = ? AND jobid = ? AND path = ?",
+                        (fileset, jobid, _stored(path)))
 
     def stream_failed(self, fileset: str, jobid: int, path: str, status: int) -> None:
         with self.db() as con:
-            con.execute("INSERT OR REPLACE INTO failed VALUES (?, ?, ?, ?)", (fileset, jobid, path, status))
+            con.execute("INSERT OR REPLACE INTO failed VALUES (?, ?, ?, ?)",
+                        (fileset, jobid, _stored(path), status))
 
     def job_done(self, fileset: str, jobid: int) -> tuple[list[tuple[str, str, float]], list[tuple[str, int]]]:
         """Commit the streams of a job that ended well; returns the committed
@@ -116,7 +132,7 @@ class State:
                             (path, jobid, fileset, level, started, finished, now))
             con.execute("DELETE FROM streams WHERE fileset = ? AND jobid = ?", (fileset, jobid))
             con.execute("DELETE FROM pending WHERE fileset = ? AND jobid = ?", (fileset, jobid))
-        return [(p, lv, s) for p, lv, s, _ in rows], [(p, st) for p, st in bad]
+        return [(_loaded(p), lv, s) for p, lv, s, _ in rows], [(_loaded(p), st) for p, st in bad]
 
     def job_failed(self, fileset: str, jobid: int) -> int:
         """Forget what a failed job streamed; returns how many streams were dropped."""
@@ -134,16 +150,17 @@ class State:
         with self.db() as con:
             if level == "Differential":
                 row = con.execute("SELECT started, jobid FROM good WHERE path = ? AND level = 'Full' "
-                                  "ORDER BY started DESC LIMIT 1", (path,)).fetchone()
+                                  "ORDER BY started DESC LIMIT 1", (_stored(path),)).fetchone()
             else:
                 row = con.execute("SELECT started, jobid FROM good WHERE path = ? ORDER BY started DESC LIMIT 1",
-                                  (path,)).fetchone()
+                                  (_stored(path),)).fetchone()
         return (row[0], row[1]) if row else None
 
     def history(self) -> list[tuple]:
         with self.db() as con:
-            return con.execute("SELECT path, jobid, fileset, level, started, finished FROM good "
+            rows = con.execute("SELECT path, jobid, fileset, level, started, finished FROM good "
                                "ORDER BY path, started").fetchall()
+        return [(_loaded(r[0]),) + tuple(r[1:]) for r in rows]
 
     # -- state files of the streams (the --base of the next incremental) -------------
     @staticmethod
@@ -192,7 +209,7 @@ class State:
     def _prune(self, path: str) -> None:
         with self.db() as con:
             fulls = [r[0] for r in con.execute("SELECT jobid FROM good WHERE path = ? AND level = 'Full' "
-                                               "ORDER BY started DESC LIMIT 2", (path,))]
+                                               "ORDER BY started DESC LIMIT 2", (_stored(path),))]
         if len(fulls) < 2:
             return
         d = os.path.dirname(self.good_files(path, 0)[0])
@@ -207,8 +224,8 @@ class State:
         with self.db() as con:
             con.execute("DELETE FROM selection")
             now = time.time()
-            con.executemany("INSERT OR REPLACE INTO selection VALUES (?, ?)", [(p, now) for p in paths])
+            con.executemany("INSERT OR REPLACE INTO selection VALUES (?, ?)", [(_stored(p), now) for p in paths])
 
     def selection(self) -> list[str]:
         with self.db() as con:
-            return [r[0] for r in con.execute("SELECT path FROM selection ORDER BY added, path")]
+            return [_loaded(r[0]) for r in con.execute("SELECT path FROM selection ORDER BY added, path")]
