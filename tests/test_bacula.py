@@ -315,6 +315,38 @@ def test_a_selected_user_is_restored_from_a_stream_of_a_group_split_since(ims_ho
     assert sorted(store.users("primary")) == ["alice", "dave", "zoe"]
 
 
+def test_a_restore_job_whose_selection_no_stream_holds_fails(ims_home):
+    """As the restore Job's RunScripts and bpipe call it: a selected user that no
+    stream of the job holds (the wrong group's file marked) is restored by nothing, so
+    'restoredone' (After, FailJobOnError) fails the job naming it; a job whose streams
+    held it passes."""
+    store = open_store(make_home(ims_home, "classic"))
+    (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
+    for u in ("alice", "bob"):
+        store.create_user(u)
+        store.append(u, "INBOX", io.BytesIO(msg(u, "INBOX", 1)))
+    gA = imsbacula("backup", "--level", "Full", "/primary/groupA", check=True).stdout
+    rest = imsbacula("backup", "--level", "Full", "/primary/rest", check=True).stdout
+    store.delete_user("bob")
+    imsbacula("select", "/primary/user/bob", check=True)
+    imsbacula("restorestart", "--jobid", "5", check=True)
+    p = imsbacula("-E", "restore", "/primary/groupA", input=gA, check=True)
+    assert b"nothing selected in this stream" in p.stderr
+    done = imsbacula("restoredone", "--jobid", "5")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert b"restore job 5: /primary/user/bob: no stream of this job holds it" in done.stdout, done.stdout
+    assert "bob" not in store.users("primary")
+    imsbacula("restorestart", "--jobid", "6", check=True)
+    imsbacula("-E", "restore", "/primary/groupA", input=gA, check=True)
+    imsbacula("-E", "restore", "/primary/rest", input=rest, check=True)
+    imsbacula("restoredone", "--jobid", "6", check=True)
+    assert [m.uid for m in store.messages("bob", "INBOX")] == [1]
+    # without a selection there is nothing to miss
+    imsbacula("select", "--clear", check=True)
+    imsbacula("restorestart", "--jobid", "7", check=True)
+    imsbacula("restoredone", "--jobid", "7", check=True)
+
+
 # -- with real daemons -------------------------------------------------------------------
 
 IMAP_BOXES = [("alice", "INBOX"), ("alice", "Work/2023"), ("bob", "INBOX"), ("joe", "INBOX"), ("joe", "Trash")]
@@ -488,6 +520,10 @@ def run_scenario(cfg, ims_home, bacula, server):
     imsbacula("select", "/primary/user/joe", check=True)
     job_ok(bacula, bacula.restore_files(full["JobId"], "ims-mail-restore", ["/MAILSTORE/primary/rest"]))
     same(picture(store, ["joe"]), {k: v for k, v in after_full.items() if k[0] == "joe"})
+    # the wrong group's file marked: no stream holds joe, the restore job fails naming him
+    wrong = bacula.restore_files(full["JobId"], "ims-mail-restore", ["/MAILSTORE/primary/groupA"])
+    assert wrong["JobStatus"] not in ("T", "W"), wrong
+    assert f"restore job {wrong['JobId']}: /primary/user/joe: no stream of this job holds it" in bacula.log()
     imsbacula("select", "--clear", check=True)
 
     # per-user streams: a user whose name bpipe would split (' ', ':') is its own file

@@ -5,7 +5,7 @@
     imsbacula restore [--only PATH ...] PATH  (bpipe writer: stdin to imsrestore -f -)
     imsbacula select [PATH ... | --clear]     (what the next restore jobs restore)
     imsbacula history [--check]               (the good jobs each path's chain is made of)
-    imsbacula jobstart|jobdone|jobfailed|restorestart --jobid N [--level L]  (Job RunScripts)
+    imsbacula jobstart|jobdone|jobfailed|restorestart|restoredone --jobid N [--level L]  (Job RunScripts)
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 import time
 
 from asm.cli.common import ArgParser, UsageError, run_command
-from asm.errors import EXIT_DEVICE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImsError
+from asm.errors import EXIT_DEVICE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ImsError
 from plugins.bacula.encoding import decode
 from plugins.bacula.state import State, normalize_level
 
@@ -69,7 +69,8 @@ def build_parser() -> ArgParser:
     for name, what in (("jobstart", "a backup job begins (client RunScript Before)"),
                        ("jobdone", "a backup job succeeded (client RunScript After, on success)"),
                        ("jobfailed", "a backup job failed (client RunScript After, on failure)"),
-                       ("restorestart", "a restore job begins: show the selection in the job log")):
+                       ("restorestart", "a restore job begins: show the selection in the job log"),
+                       ("restoredone", "a restore job ended: fail it when a selected path was in no stream")):
         j = sub.add_parser(name, help=what)
         j.add_argument("--jobid", type=int, required=True)
         if name == "jobstart":
@@ -244,7 +245,6 @@ def cmd_restore(args, home: str, state: State) -> int:
     import tempfile
 
     from asm.cli.context import open_installation
-    from asm.errors import EXIT_USAGE
     from asm.logical import PathError, parse
 
     path = _word(args.path, args.encoded, "path")
@@ -286,7 +286,11 @@ def cmd_restore(args, home: str, state: State) -> int:
         else:
             _log(home, args.fileset, f"{path}: restored what this stream holds of the selection; not in it: "
                  + ", ".join(unmatched))
+            if not args.only:
+                state.restore_held(args.fileset, [p for p in chosen if p not in unmatched])
         return EXIT_OK
+    if rc == EXIT_OK and chosen and not args.only:
+        state.restore_held(args.fileset, chosen)
     if rc != EXIT_OK:
         _log(home, args.fileset, f"{path}: imsrestore failed with exit status {rc}; the job must fail")
     return rc
@@ -427,8 +431,16 @@ def cmd_job(args, home: str, state: State) -> int:
                 print(f"{PROG}: log: {ln}")
         except OSError:
             pass
+    elif args.cmd == "restoredone":
+        missed = state.restore_done(args.fileset, args.jobid)
+        if missed:
+            for p in missed:
+                print(f"{PROG}: restore job {args.jobid}: {p}: no stream of this job holds it; nothing of it "
+                      f"was restored (mark the stream that holds it, or check 'imsbacula select')", flush=True)
+            return EXIT_USAGE           # as imsrestore for a path that matched nothing
     else:  # restorestart
         sel = state.selection()
+        state.restore_start(args.fileset, args.jobid, sel)
         print(f"{PROG}: restore job {args.jobid}: restoring "
               + ("only " + ", ".join(sel) + " (imsbacula select)" if sel else "everything in the selected streams"))
     return EXIT_OK

@@ -9,6 +9,9 @@
   ended well).  An incremental takes its ``-d`` date from here, so a job that failed
   anywhere (file daemon, storage daemon, another stream) never moves the date on.
 - ``selection``: what the next restores restore (``imsbacula select``).
+- ``restoring``/``restored``: the restore job a FileSet is running (``restorestart``)
+  and, per selected path, whether a stream of it held the path (``restoredone`` fails
+  the job when one was held by none).
 - ``states/``: the backup state (asm.backupstate) of every stream: written by imsbackup
   ``--state-out`` into ``states/pending/<fileset>-<jobid>/`` while the job runs, moved
   (rename, atomic) to ``states/good/<path key>/<jobid>.state`` by ``jobdone`` with the
@@ -37,6 +40,9 @@ CREATE TABLE IF NOT EXISTS good (path TEXT NOT NULL, jobid INTEGER NOT NULL, fil
 CREATE TABLE IF NOT EXISTS failed (fileset TEXT NOT NULL, jobid INTEGER NOT NULL, path TEXT NOT NULL,
     status INTEGER NOT NULL, PRIMARY KEY (fileset, jobid, path));
 CREATE TABLE IF NOT EXISTS selection (path TEXT PRIMARY KEY, added REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS restoring (fileset TEXT PRIMARY KEY, jobid INTEGER NOT NULL, started REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS restored (fileset TEXT NOT NULL, jobid INTEGER NOT NULL, path TEXT NOT NULL,
+    held INTEGER NOT NULL, PRIMARY KEY (fileset, jobid, path));
 """
 
 LEVELS = {"F": "Full", "I": "Incremental", "D": "Differential"}
@@ -229,3 +235,33 @@ class State:
     def selection(self) -> list[str]:
         with self.db() as con:
             return [_loaded(r[0]) for r in con.execute("SELECT path FROM selection ORDER BY added, path")]
+
+    # -- a restore job: which selected paths its streams held -------------------------
+    def restore_start(self, fileset: str, jobid: int, paths: list[str]) -> None:
+        with self.db() as con:
+            con.execute("DELETE FROM restored WHERE fileset = ?", (fileset,))
+            con.execute("INSERT OR REPLACE INTO restoring VALUES (?, ?, ?)", (fileset, jobid, time.time()))
+            con.executemany("INSERT OR REPLACE INTO restored VALUES (?, ?, ?, 0)",
+                            [(fileset, jobid, _stored(p)) for p in paths])
+
+    def restore_held(self, fileset: str, paths: list[str]) -> None:
+        """A stream of the running restore job held (and restored) these selected paths."""
+        with self.db() as con:
+            row = con.execute("SELECT jobid FROM restoring WHERE fileset = ?", (fileset,)).fetchone()
+            if row is None:
+                return
+            con.executemany("UPDATE restored SET held = 1 WHERE fileset = ? AND jobid = ? AND path = ?",
+                            [(fileset, row[0], _stored(p)) for p in paths])
+
+    def restore_done(self, fileset: str, jobid: int) -> list[str] | None:
+        """The selected paths no stream of the restore job held (None: the job did not
+        run 'restorestart')."""
+        with self.db() as con:
+            row = con.execute("SELECT jobid FROM restoring WHERE fileset = ? AND jobid = ?",
+                              (fileset, jobid)).fetchone()
+            missed = [_loaded(r[0]) for r in con.execute(
+                "SELECT path FROM restored WHERE fileset = ? AND jobid = ? AND held = 0 ORDER BY path",
+                (fileset, jobid))]
+            con.execute("DELETE FROM restored WHERE fileset = ?", (fileset,))
+            con.execute("DELETE FROM restoring WHERE fileset = ?", (fileset,))
+        return missed if row is not None else None
