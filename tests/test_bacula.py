@@ -227,6 +227,19 @@ def test_a_stream_killed_before_it_ended_fails_the_job(ims_home, tmp_path, sig):
     assert b"/primary/groupA full recorded as good" in done.stdout and b"FAILED" not in done.stdout
 
 
+def test_a_job_in_which_no_stream_ran_fails(ims_home):
+    """jobstart ran but no bpipe stream of the job started or was recorded (the file
+    daemon without 'Plugin Directory', imsbacula killed before it wrote a word): Bacula
+    ends such a job OK with 0 files; jobdone must fail it, saying why."""
+    store = open_store(make_home(ims_home, "classic"))
+    store.create_user("alice")
+    imsbacula("jobstart", "--jobid", "9", "--level", "Full", check=True)
+    done = imsbacula("jobdone", "--jobid", "9")
+    assert done.returncode == 1, done.stdout
+    assert b"job 9: no stream of this job ran to its end" in done.stdout, done.stdout
+    assert b"no good backup job recorded" in imsbacula("history", check=True).stdout
+
+
 def test_incremental_streams_build_on_the_last_good_state(ims_home):
     """Without daemons, as the RunScripts and bpipe call it: a Full, an Incremental on
     its state (carries only the change), a Differential on the Full's; history --check

@@ -408,6 +408,13 @@ def cmd_job(args, home: str, state: State) -> int:
         if rows:
             print(f"{PROG}: job {args.jobid}: {len(rows)} streams, {total['messages']} messages, "
                   f"{total['links']} links, {total['bytes']} bytes, {total['errors']} errors")
+        if not rows and not bad:
+            # not one stream started (bpipe not loaded: 'Plugin Directory' missing in
+            # bacula-fd.conf) or said a word: Bacula ends such a job OK with 0 files
+            print(f"{PROG}: job {args.jobid}: no stream of this job ran to its end (is 'Plugin Directory' set "
+                  f"in bacula-fd.conf, and the FileSet's Plugin lines there?); nothing recorded, the job "
+                  f"must fail", flush=True)
+            return EXIT_PARTIAL
         if not rows:
             print(f"{PROG}: job {args.jobid}: no stream of this job finished well; nothing recorded")
         if bad:
