@@ -19,7 +19,7 @@ from staging.errors import NoSpace
 
 BLOCK = 512
 # pax extended header + its records (two blocks once a message has its GUID record,
-# IMSASM.guid) + the ustar header
+# IMSASM.guid, and a Maildir message its base name, IMSASM.basename) + the ustar header
 MEMBER_OVERHEAD = 4 * BLOCK
 FOLDER_OVERHEAD = 3 * BLOCK
 USER_OVERHEAD = 3 * BLOCK

@@ -31,7 +31,8 @@ A :class:`Lab` offers ``deliver(rcpts, msg)`` (one LMTP transaction, per-recipie
 replies), ``imap(login)`` (a :class:`LabImap`: create/delete/rename/subscribe, append
 with flags and INTERNALDATE, UID COPY/MOVE/STORE/EXPUNGE, select with
 UIDVALIDITY/UIDNEXT), ``client_state(login)`` (what the client sees, over IMAP only),
-``doveadm(...)`` as the mail user with ``-c CONF``, ``doveconf(name)``,
+``pop3_uidls(login)`` (the UIDL list a POP3 client gets, for a lab made with
+``pop3_uidl_format=``), ``doveadm(...)`` as the mail user with ``-c CONF``, ``doveconf(name)``,
 ``mailbox_path(login, folder, kind)`` (Dovecot's own answer), ``hold(login)`` /
 ``release(login)`` (LMTP answers 451 for that login; docs/dovecot.md),
 ``add_user(login, mail=..., home=...)`` (e.g. a second login over a doveadm backup
@@ -60,6 +61,7 @@ import dataclasses
 import hashlib
 import imaplib
 import os
+import poplib
 import pwd
 import re
 import shutil
@@ -77,6 +79,7 @@ DOVECOT = "/usr/sbin/dovecot"
 DOVEADM = "/usr/bin/doveadm"
 DOVECONF = "/usr/bin/doveconf"
 LMTP_BINARY = "/usr/lib/dovecot/lmtp"
+POP3_BINARY = "/usr/lib/dovecot/pop3"
 MAIL_USER = "vmail"
 CI = os.environ.get("CI") == "true"
 
@@ -232,10 +235,26 @@ userdb {{
 
 # -- environment ----------------------------------------------------------------------
 
-def lab_missing() -> str | None:
-    """Why a lab cannot run here, or None when it can."""
-    for path, pkg in ((DOVECOT, "dovecot-imapd"), (LMTP_BINARY, "dovecot-lmtpd"),
-                      (DOVEADM, "dovecot-core")):
+POP3_LISTENER = """\
+pop3_uidl_format = {uidl_format}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}"""
+
+
+def lab_missing(pop3: bool = False) -> str | None:
+    """Why a lab cannot run here, or None when it can (``pop3``: with Dovecot's POP3
+    server too)."""
+    need = [(DOVECOT, "dovecot-imapd"), (LMTP_BINARY, "dovecot-lmtpd"), (DOVEADM, "dovecot-core")]
+    if pop3:
+        need.append((POP3_BINARY, "dovecot-pop3d"))
+    for path, pkg in need:
         if not os.path.exists(path):
             return f"{path} is not installed (scripts/install-servers installs {pkg})"
     if os.geteuid() != 0:
@@ -243,9 +262,9 @@ def lab_missing() -> str | None:
     return None
 
 
-def require_lab() -> None:
+def require_lab(pop3: bool = False) -> None:
     """Skip the calling test without Dovecot; fail instead under CI=true."""
-    why = lab_missing()
+    why = lab_missing(pop3)
     if why:
         if CI:
             pytest.fail(f"Dovecot is required in CI: {why}")
@@ -653,7 +672,8 @@ class Lab:
     host = "127.0.0.1"
 
     def __init__(self, layout: LabLayout | str, workdir: str,
-                 logins: Iterable[str] | None = None, extra: str = ""):
+                 logins: Iterable[str] | None = None, extra: str = "",
+                 pop3_uidl_format: str | None = None):
         self.layout = LAYOUTS[layout] if isinstance(layout, str) else layout
         self.dir = workdir
         self.store = os.path.join(workdir, "mail")
@@ -665,7 +685,8 @@ class Lab:
         self.mail_user = MAIL_USER
         self.uid, self.gid = ensure_mail_user()
         self.extra = extra
-        self.port = self.lport = 0
+        self.port = self.lport = self.pport = 0
+        self.pop3_uidl_format = pop3_uidl_format   # None: no POP3 server
         self.starts = 0
         self.run_dir = os.path.join(workdir, "run0")
         self.pid: int | None = None
@@ -770,6 +791,9 @@ class Lab:
                            mail_location=self.mail_location, user=self.mail_user,
                            mail_plugins=lay.mail_plugins, userdb=userdb, plugin=plugin,
                            extra=self._fill(lay.extra + "\n" + self.extra).strip())
+        if self.pop3_uidl_format is not None:
+            text = text.replace("protocols = imap lmtp", "protocols = imap pop3 lmtp", 1)
+            text += POP3_LISTENER.format(uidl_format=self.pop3_uidl_format, port=self.pport) + "\n"
         if lay.inbox_namespace:
             head = "namespace inbox {\n  inbox = yes\n  separator = /\n"
             text = text.replace(head, head + self._fill(lay.inbox_namespace).rstrip("\n") + "\n", 1)
@@ -786,6 +810,8 @@ class Lab:
         self.starts += 1
         self.run_dir = os.path.join(self.dir, f"run{self.starts}")
         self.port, self.lport = free_port(), free_port()
+        if self.pop3_uidl_format is not None:
+            self.pport = free_port()
         self.write_config()
         check = subprocess.run([DOVECOT, "-c", self.conf, "-n"], capture_output=True, text=True)
         if check.returncode:
@@ -804,7 +830,8 @@ class Lab:
                 if text:
                     self.pid = int(text)
             if self.pid is not None and self._answers(self.port, b"* OK") \
-                    and self._answers(self.lport, b"220"):
+                    and self._answers(self.lport, b"220") \
+                    and (not self.pport or self._answers(self.pport, b"+OK")):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"dovecot did not answer on {self.port}/{self.lport}: {self.log()}")
@@ -916,6 +943,24 @@ class Lab:
         return result
 
     # -- IMAP ---------------------------------------------------------------------
+    def pop3_uidls(self, login: str) -> list[tuple[int, str]]:
+        """What a POP3 client sees of ``login``'s INBOX: [(message number, UIDL)], by a
+        real POP3 login (the lab must have been made with ``pop3_uidl_format``)."""
+        if not self.pport:
+            raise RuntimeError("this lab has no POP3 server (Lab(..., pop3_uidl_format=...))")
+        p = poplib.POP3(self.host, self.pport, timeout=30)
+        try:
+            p.user(login)
+            p.pass_(self.passwords[login])
+            lines = p.uidl()[1]
+        finally:
+            p.quit()
+        out = []
+        for line in lines:
+            n, _, uidl = line.decode("ascii").partition(" ")
+            out.append((int(n), uidl))
+        return out
+
     def imap(self, login: str, timeout: float = 30) -> LabImap:
         return LabImap(self.host, self.port, login, self.passwords[login], timeout=timeout)
 
@@ -966,15 +1011,17 @@ class Lab:
 
 @contextlib.contextmanager
 def dovecot_lab(layout: LabLayout | str = "plain", workdir: str | None = None,
-                logins: Iterable[str] | None = None, extra: str = "") -> Iterator[Lab]:
-    """Start a private Dovecot in ``layout`` (temp dir by default); stop it after."""
-    require_lab()
+                logins: Iterable[str] | None = None, extra: str = "",
+                pop3_uidl_format: str | None = None) -> Iterator[Lab]:
+    """Start a private Dovecot in ``layout`` (temp dir by default); stop it after.
+    ``pop3_uidl_format``: serve POP3 too, with that UIDL format (:meth:`Lab.pop3_uidls`)."""
+    require_lab(pop3=pop3_uidl_format is not None)
     own = workdir is None
     if own:
         workdir = tempfile.mkdtemp(prefix="ims-lab-")   # not under pytest's 0700 tmp dirs:
     os.makedirs(workdir, exist_ok=True)                  # the mail user must reach the store
     os.chmod(workdir, 0o755)
-    lab = Lab(layout, workdir, logins=logins, extra=extra)
+    lab = Lab(layout, workdir, logins=logins, extra=extra, pop3_uidl_format=pop3_uidl_format)
     try:
         lab.start()
         yield lab

@@ -320,6 +320,46 @@ def test_a_record_whose_file_never_arrived_is_dropped(store):
         assert base not in f.read()
 
 
+def test_a_message_keeps_its_base_name_where_the_name_is_free(store):
+    """What POP3 clients know a message by with pop3_uidl_format = %f, the file's base
+    name, is kept; a base name the folder already has, or one that is no Maildir base
+    name, gives a new name (the GUID is kept as a G field)."""
+    base = "1700000000.M5P77.mx.example,S=%d,W=99" % len(MSG)
+    a = add(store, basename=base, guid=base)
+    assert os.path.basename(a.path) == base + ":2,"
+    with open(os.path.join(root(store), "dovecot-uidlist")) as f:
+        assert f.read().splitlines()[-1] == f"1 :{base}"
+    m = store.message("alice", "INBOX", 1)
+    assert (m.basename, m.guid) == (base, base)
+    assert int(m.stored) == 1700000000 and m.path == a.path
+    again = add(store, basename=base, guid=base)               # taken: a live folder
+    assert again.basename != base and again.guid == base
+    for bad in ("../x", ".hidden", "a/b", "a:2,S", "", "x" * 255):
+        other = add(store, basename=bad)
+        assert other.basename != bad and os.path.dirname(other.path) == os.path.join(root(store), "cur")
+    assert len(store.messages("alice", "INBOX")) == 8
+
+
+def test_a_record_under_a_kept_base_name_whose_file_never_arrived_is_dropped(store):
+    """A writer killed between recording a message under its archived base name and
+    renaming its file there leaves its file in tmp/ under a name of ours whose R field
+    is that base name's tag: the next writer drops both."""
+    from asm.store.maildir.store import _base_tag
+    add(store)
+    r = root(store)
+    kept = "1600000000.M1P5.old.example,S=%d" % len(MSG)
+    tmp = f"1700000000.M1P999999Q1R{_base_tag(kept)}.{store._hostname}"
+    with open(os.path.join(r, "tmp", tmp), "wb") as f:
+        f.write(MSG)
+    with open(os.path.join(r, "dovecot-uidlist"), "a") as f:
+        f.write(f"2 :{kept}\n")
+    b = add(store, basename=kept)              # UIDNEXT back to 2: UID 2 never showed
+    assert b.uid == 2 and b.basename == kept and os.listdir(os.path.join(r, "tmp")) == []
+    assert [m.uid for m in store.messages("alice", "INBOX")] == [1, 2]
+    with open(os.path.join(r, "dovecot-uidlist")) as f:
+        assert f.read().count(kept) == 1
+
+
 def test_missing_tmp_and_new_are_made_again(store):
     add(store)
     r = root(store)

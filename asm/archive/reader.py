@@ -24,7 +24,7 @@ class Member:
     __slots__ = ("kind", "name", "partition", "user", "folder", "uid", "flags", "keywords",
                  "internaldate", "stored", "nlink", "sha256", "size", "linkname", "group",
                  "uidvalidity", "uidnext", "subscribed", "uids", "state", "offset",
-                 "header_offset", "mtime", "records", "digest", "guid", "_reader")
+                 "header_offset", "mtime", "records", "digest", "guid", "basename", "_reader")
 
     def __init__(self, reader, kind, name):
         self._reader = reader
@@ -45,6 +45,7 @@ class Member:
         self.records = {}
         self.digest = None               # version 2: the member's record digest
         self.guid = None                 # message, link: the store's GUID (IMSASM.guid)
+        self.basename = None             # message, link: its Maildir file base name
 
     def open(self):
         """Readable stream of the message bytes; the read that reaches the end
@@ -824,6 +825,7 @@ def _decode(m, recs, e):
     m.nlink = values.decimal(get(spec.NLINK, "1"), spec.NLINK_MIN, spec.NLINK_MAX, spec.NLINK)
     m.sha256 = values.sha256(get(spec.SHA256))
     m.guid = values.guid(get(spec.GUID))
+    m.basename = values.basename(get(spec.BASENAME))
 
 
 def _need(recs, key):

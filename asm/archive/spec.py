@@ -45,6 +45,7 @@ STORED = "IMSASM.stored"
 NLINK = "IMSASM.nlink"
 SHA256 = "IMSASM.sha256"
 GUID = "IMSASM.guid"                # the store's GUID of a message (Dovecot's X-GUID), optional
+BASENAME = "IMSASM.basename"        # a Maildir message's file base name (POP3 UIDL %f), optional
 DIGEST = "IMSASM.digest"            # version 2: the member's record digest, its last record
 
 

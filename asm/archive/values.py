@@ -37,6 +37,19 @@ def guid(text):
     return text
 
 
+# a Maildir file's base name: what GUID_RE allows but '/', and no leading '.'
+BASENAME_RE = re.compile(r"[\x21-\x2d\x30-\x39\x3b-\x7e][\x21-\x2e\x30-\x39\x3b-\x7e]{0,254}\Z")
+
+
+def basename(text):
+    if text is None:
+        return None
+    if not BASENAME_RE.match(text):
+        raise ValueError(f"{spec.BASENAME} {_short(text)} is not 1..255 printable ASCII characters "
+                         f"without space, '/' or ':' that do not start with '.'")
+    return text
+
+
 def decimal(text, lo, hi, what):
     """A canonical decimal (no sign, no leading zero) in lo..hi."""
     if not isinstance(text, str) or not _DEC.match(text):

@@ -19,6 +19,11 @@ CHUNK = 1 << 20
 SPOOL_PREFIX = "restore-"       # restore-<pid>-<random>: one run's spool of first copies
 
 
+def pop3_of(m) -> dict:
+    """What POP3 clients know an archive's message by, as Store.append keywords."""
+    return {"basename": m.basename}
+
+
 def clean_spools(base: str) -> None:
     """Remove the spools of restores that are gone (killed: their own cleanup never ran)."""
     try:
@@ -253,7 +258,8 @@ class Applier:
         while plan.deferred:
             (m, flags, keywords), path, spooled = plan.deferred[-1]
             kwargs = dict(uid=None, flags=flags, keywords=keywords, internaldate=m.internaldate,
-                          stored=m.stored if self.store.restore_keeps_stored else None, guid=m.guid)
+                          stored=m.stored if self.store.restore_keeps_stored else None, guid=m.guid,
+                          **pop3_of(m))
             if spooled:
                 with open(path, "rb") as f:
                     info = self.store.append(plan.user, plan.folder, f, **kwargs)
@@ -295,7 +301,8 @@ class Applier:
         store = self.store
         flags, keywords = self.flags_for(plan, m)
         kwargs = dict(uid=uid, flags=flags, keywords=keywords, internaldate=m.internaldate,
-                      stored=m.stored if store.restore_keeps_stored else None, guid=m.guid)
+                      stored=m.stored if store.restore_keeps_stored else None, guid=m.guid,
+                      **pop3_of(m))
         link_from = self.placed.get(m.linkname if m.kind == "link" else m.name)
         if link_from is not None and os.path.exists(link_from):
             info = store.append(plan.user, plan.folder, None, link_from=link_from, **kwargs)
@@ -346,7 +353,7 @@ class Applier:
             "member": m.name, "target": m.linkname, "sha256": m.sha256, "size": m.size,
             "partition": plan.partition, "user": plan.user, "folder": plan.folder, "uid": m.uid,
             "uidvalidity": plan.uidvalidity, "flags": sorted(flags), "keywords": list(keywords),
-            "internaldate": m.internaldate, "stored": m.stored, "guid": m.guid})
+            "internaldate": m.internaldate, "stored": m.stored, "guid": m.guid, **pop3_of(m)})
         self.report(f"/{plan.partition}/{plan.user}/{plan.folder}/{m.uid}: first copy {m.linkname} is "
                     f"not available from this stream; recorded for imsrestore -r")
 

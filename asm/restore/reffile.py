@@ -134,7 +134,7 @@ def _complete(store: Store, reader, doc: dict, report, journal=None) -> RestoreR
                         kw = dict(uid=uid, flags=ref["flags"], keywords=ref["keywords"],
                                   internaldate=ref["internaldate"],
                                   stored=ref["stored"] if store.restore_keeps_stored else None,
-                                  guid=ref.get("guid"), fill=fill)
+                                  guid=ref.get("guid"), fill=fill, basename=ref.get("basename"))
                         if first_path:
                             got = store.append(user, folder, None, link_from=first_path, **kw)
                             res.links += 1

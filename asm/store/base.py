@@ -199,6 +199,7 @@ class MessageInfo:
     compressed: str = ""                     # "gz", "bz2", "xz": the file holds the
                                              # message compressed (Dovecot's zlib plugin);
                                              # size is then the message's, not the file's
+    basename: str = ""                       # Maildir: the file's base name (POP3 UIDL %f)
 
 
 SETTLE_NS = 2_000_000_000        # a fingerprint counts when nothing moved for this long
@@ -220,14 +221,14 @@ def settled(parts: list, seen: float) -> bool:
 
 
 _FIELDS = ("uid", "flags", "keywords", "internaldate", "stored", "size", "path", "dev", "ino",
-           "nlink", "guid", "changed", "compressed")
+           "nlink", "guid", "changed", "compressed", "basename")
 assert _FIELDS == tuple(f.name for f in dataclasses.fields(MessageInfo))
 _new = object.__new__
 _set = object.__setattr__
 
 
 def message_info(uid, flags, keywords, internaldate, stored, size, path, dev, ino, nlink, guid,
-                 changed, compressed) -> MessageInfo:
+                 changed, compressed, basename="") -> MessageInfo:
     """MessageInfo(every field, in order): the same frozen object, made without the
     dataclass's one object.__setattr__ per field (5x faster; a snapshot makes one per
     message)."""
@@ -235,7 +236,7 @@ def message_info(uid, flags, keywords, internaldate, stored, size, path, dev, in
     _set(m, "__dict__", {"uid": uid, "flags": flags, "keywords": keywords,
                          "internaldate": internaldate, "stored": stored, "size": size,
                          "path": path, "dev": dev, "ino": ino, "nlink": nlink, "guid": guid,
-                         "changed": changed, "compressed": compressed})
+                         "changed": changed, "compressed": compressed, "basename": basename})
     return m
 
 
@@ -415,7 +416,7 @@ class Store(abc.ABC):
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
                link_from: str | None = None, size_hint: int | None = None,
-               guid: str | None = None, fill: bool = False) -> MessageInfo:
+               guid: str | None = None, fill: bool = False, basename: str | None = None) -> MessageInfo:
         """Add one message and return it as stored.
 
         ``fill``: the given UID may be below the highest present, when no message has
@@ -423,7 +424,9 @@ class Store(abc.ABC):
         for it); UIDNEXT does not move.
 
         ``guid``: the message's GUID to keep (a restore gives the archived one); None
-        lets the store make one.
+        lets the store make one.  ``basename``: the Maildir file's base name, what
+        POP3 clients may know the message by (MessageInfo), to keep where the store
+        can; a store without base names ignores it.
 
         ``src`` is read to EOF in chunks (the bytes are written exactly).  With
         ``link_from`` (the ``path`` of a message in this store) the new message is a

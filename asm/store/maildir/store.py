@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import re
@@ -37,7 +38,7 @@ shutil = _lazy_module("shutil")                    # removing trees, copying fil
 CHUNK = 1 << 20
 HOLD_MARKER = ".ims-hold"
 # our message base names (_new_base): <secs>.M<usecs>P<pid>Q<seq>R<random>.<host>
-_OUR_BASE = re.compile(r"^\d+\.M\d+P(\d+)Q\d+R[0-9a-f]{8}\.(.+)$")
+_OUR_BASE = re.compile(r"^\d+\.M\d+P(\d+)Q\d+R([0-9a-f]{8})\.(.+)$")
 # temporaries of _write_file: <name>.<pid>.<thread>.tmp
 _WRITE_TMP = re.compile(r"^.+\.(\d+)\.\d+\.tmp$")
 QUEUE_DIR = ".ims-queue"
@@ -46,10 +47,18 @@ PRE_CUR = ".ims-cur"                # a new folder's cur/ before create_folder n
 NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 _LAST_UIDVALIDITY = [0]
 _GUID_OK = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # one uidlist field: no space or ':'
+# a base name to give a file: a uidlist field's characters but '/', no leading '.'
+_BASE_OK = re.compile(r"[\x21-\x2d\x30-\x39\x3b-\x7e][\x21-\x2e\x30-\x39\x3b-\x7e]{0,254}\Z")
 INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
 LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.list.index.log.2")
 MAILDIRSIZE = "maildirsize"           # Maildir++ quota (Dovecot's quota = maildir)
 MAILDIRSIZE_MAX = 5120                # bigger: recalculated (Maildir++, quota-maildir.c)
+
+
+def _base_tag(base: str) -> str:
+    """8 hex digits naming a base name: the R field of the tmp/ file of a message that
+    will have that base name (_new_base)."""
+    return hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
 def _ends_with_lf(fd: int, size: int) -> bool:
@@ -877,11 +886,20 @@ class MaildirStore(Store):
             entries = []
         for n in entries:
             m = _OUR_BASE.match(n)
-            if m and m.group(2) == self._hostname and not pid_alive(int(m.group(1))):
+            if m and m.group(3) == self._hostname and not pid_alive(int(m.group(1))):
                 stale[n] = os.path.join(d, "tmp", n)
         if stale:
             ul = st.uidlist
-            dead = [uid for uid, (_, base) in ul.records.items() if base.partition(",S=")[0] in stale]
+            # a message kept under its archived base name (append): its record names that
+            # base, whose _base_tag is the R field of its file in tmp/, and no file has it
+            tags = {_OUR_BASE.match(n).group(2) for n in stale}
+            kept = set()
+            if any(_base_tag(base) in tags for _, base in ul.records.values()):
+                on_disk = list_messages(d)[0]
+                kept = {base for _, base in ul.records.values()
+                        if _base_tag(base) in tags and base not in on_disk}
+            dead = [uid for uid, (_, base) in ul.records.items()
+                    if base.partition(",S=")[0] in stale or base in kept]
             for uid in dead:
                 del ul.records[uid]
             if dead:
@@ -1039,7 +1057,7 @@ class MaildirStore(Store):
         m = SIZE_RE.search(base)
         if not stat:
             return message_info(uid, flags, kws, 0.0, stored or 0.0, int(m.group(1)) if m else 0,
-                                path, 0, 0, 1, guid, stored or 0.0, "")
+                                path, 0, 0, 1, guid, stored or 0.0, "", base)
         s = os.stat(path)
         size, compressed = s.st_size, ""
         if m and int(m.group(1)) != size:
@@ -1052,7 +1070,8 @@ class MaildirStore(Store):
         # renamed (MOVE, a flag change): when it entered this folder.  A folder RENAME
         # renames the directory and leaves its files' ctimes (docs/operations.md, -d)
         return message_info(uid, flags, kws, s.st_mtime, stored if stored is not None else s.st_ctime,
-                            size, path, s.st_dev, s.st_ino, s.st_nlink, guid, s.st_ctime, compressed)
+                            size, path, s.st_dev, s.st_ino, s.st_nlink, guid, s.st_ctime, compressed,
+                            base)
 
     def _find(self, st: _State, uid: int, user: str, folder: str) -> tuple[str, str, str]:
         """(base, subdir, file name) of ``uid``; rescans once if the file moved."""
@@ -1595,11 +1614,27 @@ class MaildirStore(Store):
                           subscribed=folder in subs)
 
     # ------------------------------------------------------------------ messages
-    def _new_base(self, stored: float) -> str:
+    def _new_base(self, stored: float, keep: str | None = None) -> str:
+        """A new base name of ours.  ``keep``: the base name the message will have in
+        cur/ (append), whose tag is then the R field (_recover links the two)."""
         secs = int(stored)
         usecs = min(int(round((stored - secs) * 1e6)), 999_999)
         self._seq += 1
-        return f"{secs}.M{usecs}P{self._pid}Q{self._seq}R{self._random8()}.{self._hostname}"
+        r = self._random8() if keep is None else _base_tag(keep)
+        return f"{secs}.M{usecs}P{self._pid}Q{self._seq}R{r}.{self._hostname}"
+
+    def _free_base(self, st: _State, name: str | None, letters: str) -> str | None:
+        """``name`` when a message can have it as its base name in this folder: a
+        Maildir base name that no file and no uidlist record of the folder has (a
+        folder where it is taken, a live one, gets a new name)."""
+        if not name or not _BASE_OK.match(name) or len(name) + 3 + len(letters) > 255:
+            return None
+        files = st.files if st.files is not None else self._scan(st)
+        if st.bases is None:
+            st.bases = st.uidlist.by_base()
+        if name in files or name in st.bases:
+            return None
+        return name
 
     def _random8(self) -> str:
         """8 random hex digits (the R field of a new file's name, as Dovecot's), from
@@ -1617,7 +1652,7 @@ class MaildirStore(Store):
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
                link_from: str | None = None, size_hint: int | None = None,
-               guid: str | None = None, fill: bool = False) -> MessageInfo:
+               guid: str | None = None, fill: bool = False, basename: str | None = None) -> MessageInfo:
         folder = check_folder_name(folder)
         if src is None and link_from is None:
             raise StoreError("append needs the message bytes (src) or a file to link (link_from)")
@@ -1636,7 +1671,10 @@ class MaildirStore(Store):
                     if uid <= st.top_uid():
                         st.dirty = True       # the uidlist is rewritten in UID order
             letters = self._encode_flags(st, flags, keywords, uid=uid)
-            base = self._new_base(stored if stored is not None else now)
+            # the archived base name, where it is free: pop3_uidl_format = %f (the file
+            # name) gives POP3 clients the UIDL they know (docs/dovecot.md)
+            keep = self._free_base(st, basename, letters)
+            base = self._new_base(stored if stored is not None else now, keep)
             owner = self._folder_owner(st)
             tmp = os.path.join(st.dir, "tmp", base)
             size = None
@@ -1649,16 +1687,17 @@ class MaildirStore(Store):
                 finally:
                     if opened is not None:
                         opened.close()
-            full_base = f"{base},S={size}"
+            full_base = keep or f"{base},S={size}"
             # a kept GUID is the uidlist's G field (Dovecot honours it: docs/dovecot.md)
             ext = f"G{guid}" if guid and guid != full_base and _GUID_OK.match(guid) else ""
             path = self._commit(st, uid, tmp, full_base, letters, ext)
             s = os.stat(path)
             flags_set, kws = self._decode_flags(st, letters)
             return MessageInfo(uid=uid, flags=flags_set, keywords=kws, internaldate=s.st_mtime,
-                               stored=stored_from_name(base) or now, size=s.st_size, path=path,
+                               stored=stored_from_name(full_base) or now, size=s.st_size, path=path,
                                dev=s.st_dev, ino=s.st_ino, nlink=s.st_nlink,
-                               guid=guid_of(ext, full_base), changed=s.st_ctime)
+                               guid=guid_of(ext, full_base), changed=s.st_ctime,
+                               basename=full_base)
 
     # A message becomes visible in three steps, so that a kill between any two of them
     # leaves nothing a rerun could take for another message (docs/restore-design.md):

@@ -1,0 +1,64 @@
+"""POP3 clients must not download every message again after a restore.
+
+A POP3 client knows which messages it has fetched by their UIDLs.  Dovecot gives a
+Maildir message's UIDL by ``pop3_uidl_format``: the default ``%08Xu%08Xv`` (UID and
+UIDVALIDITY), or ``%f`` (the file's base name), among others.  Each test logs in over POP3 to a real Dovecot
+(tests/dovecot_lab.py), backs up, wipes every mail tree, restores, and logs in again:
+the UIDL list must be the one the client saw before.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+from tests.dovecot_lab import MAIL_USER, dovecot_lab, message
+from tests.helpers import run
+
+
+def _configure(lab, home) -> None:
+    run(home, "msconfig", "set", "store.driver", "maildir", check=0)
+    run(home, "msconfig", "set", "store.owner", MAIL_USER, check=0)
+    run(home, "msconfig", "set", "dovecot.config", lab.conf, check=0)
+    run(home, "msconfig", "set", "store.mail_location", "doveconf", check=0)
+
+
+def _wipe(lab) -> None:
+    for top in (lab.store, lab.idx, lab.ctl, lab.homes):
+        if os.path.isdir(top):
+            shutil.rmtree(top)
+        os.mkdir(top)
+        os.chown(top, lab.uid, lab.gid)
+
+
+def _fill(lab) -> None:
+    lab.deliver(lab.logins, message("to both", size=2000))
+    for u in lab.logins:
+        for i in range(3):
+            lab.deliver([u], message(f"m{i} {u}"))
+    with lab.imap("alice") as c:           # a COPY: the second file is a hard link
+        c.select("INBOX")
+        c.create("Keep")
+        c.uid_copy([2], "Keep")
+
+
+def _round_trip(lab, tmp_path, restore_args=()) -> None:
+    home = tmp_path / "ims"
+    _configure(lab, home)
+    archive = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", archive, "/")
+    _wipe(lab)
+    run(home, "imsrestore", "-f", archive, *restore_args)
+
+
+def test_pop3_uidls_by_file_name_survive_a_restore(tmp_path):
+    """pop3_uidl_format = %f: the UIDL is the Maildir file's base name, so a restore
+    must give every message back its own base name."""
+    with dovecot_lab("plain", logins=["alice", "bob"], pop3_uidl_format="%f") as lab:
+        _fill(lab)
+        before = {u: lab.pop3_uidls(u) for u in lab.logins}
+        imap_before = {u: lab.client_state(u) for u in lab.logins}
+        assert all(len(v) == 4 for v in before.values())
+        _round_trip(lab, tmp_path)
+        assert {u: lab.pop3_uidls(u) for u in lab.logins} == before
+        assert {u: lab.client_state(u) for u in lab.logins} == imap_before   # X-GUID too
+
