@@ -460,7 +460,8 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
                                    keywords=m.keywords, internaldate=m.internaldate, stored=m.stored,
                                    nlink=m.nlink, src_path=None if opened else m.path,
                                    src_file=opened, size=m.size, link_key=link_key, guid=m.guid,
-                                   src_data=data, basename=m.basename)
+                                   src_data=data, basename=m.basename, pop3_uidl=m.pop3_uidl,
+                                   pop3_order=m.pop3_order)
             except StoreError as exc:
                 fail(uid, str(exc))
                 break

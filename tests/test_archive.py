@@ -1082,3 +1082,47 @@ def test_a_members_extended_headers_are_bounded_before_they_are_parsed(tmp_path,
     assert errors and all(isinstance(e, CorruptMember) and e.status == 4 for e in errors), errors
     assert "pax records" in str(errors[0]) or "too large" in str(errors[0]), errors[0]
     assert len(got) >= 1                 # the members after it are read on
+
+
+def _pop3_archive(tmp_path, **kw):
+    w_raw = io.BytesIO()
+    w = ArchiveWriter(w_raw)
+    w.write_header({"driver": "maildir", "scope": ["/primary"]})
+    w.add_user("primary", "joe", "user")
+    w.add_folder("primary", "joe", "INBOX", uidvalidity=7, uidnext=3, subscribed=True, uids=[1, 2])
+    path = tmp_path / "m1"
+    path.write_bytes(msg_bytes(1))
+    w.add_message("primary", "joe", "INBOX", uid=1, flags=(), keywords=(), internaldate=1700000000,
+                  stored=1700000000, src_path=str(path), **kw)
+    w.add_message("primary", "joe", "INBOX", uid=2, flags=(), keywords=(), internaldate=1700000000,
+                  stored=1700000000, src_path=str(path))
+    w.close()
+    return w_raw.getvalue()
+
+
+def test_what_pop3_clients_know_a_message_by_is_carried_and_checked(tmp_path):
+    """IMSASM.basename, IMSASM.pop3_uidl, IMSASM.pop3_order: written when given, read back,
+    absent otherwise; a value out of its range (with every digest forged right) is
+    damage of that member alone; what a writer is given out of range it leaves out."""
+    from asm.archive import spec
+    from tests.archive_fuzz import emit, models
+    base = "1700000000.M5P77.mx.example,S=411,W=425"
+    data = _pop3_archive(tmp_path, basename=base, pop3_uidl="migr:1-a", pop3_order=2)
+    got = {m.uid: (m.basename, m.pop3_uidl, m.pop3_order)
+           for m in ArchiveReader(io.BytesIO(data)).members() if m.kind == "message"}
+    assert got == {1: (base, "migr:1-a", 2), 2: (None, None, None)}
+    for key, bad in ((spec.BASENAME, b"../escape"), (spec.BASENAME, b".hidden"), (spec.BASENAME, b"a/b"),
+                     (spec.BASENAME, b"a:2,S"), (spec.BASENAME, b"x" * 256), (spec.POP3_UIDL, b"a b"),
+                     (spec.POP3_UIDL, b""), (spec.POP3_ORDER, b"0"), (spec.POP3_ORDER, b"4294967296"),
+                     (spec.POP3_ORDER, b"01")):
+        ms = models(data)
+        victim = next(m for m in ms if m.name.endswith(b"/1.eml"))
+        victim.set(key, bad)
+        errors = []
+        uids = [m.uid for m in ArchiveReader(io.BytesIO(emit(ms))).members(on_error=errors.append)
+                if m.kind == "message"]
+        assert uids == [2] and len(errors) == 1 and type(errors[0]) is CorruptMember, (key, bad, errors)
+        assert key in str(errors[0])
+    data = _pop3_archive(tmp_path, basename="../x", pop3_uidl="a b", pop3_order=0)
+    m = next(m for m in ArchiveReader(io.BytesIO(data)).members() if m.kind == "message")
+    assert (m.basename, m.pop3_uidl, m.pop3_order) == (None, None, None)

@@ -1,14 +1,18 @@
 """POP3 clients must not download every message again after a restore.
 
 A POP3 client knows which messages it has fetched by their UIDLs.  Dovecot gives a
-Maildir message's UIDL by ``pop3_uidl_format``: the default ``%08Xu%08Xv`` (UID and
-UIDVALIDITY), or ``%f`` (the file's base name), among others.  Each test logs in over POP3 to a real Dovecot
+Maildir message's UIDL from its ``dovecot-uidlist`` record's ``P`` field when there is
+one (a UIDL migrated from another server, kept by migrations and dsync), else by
+``pop3_uidl_format``: the default ``%08Xu%08Xv`` (UID and UIDVALIDITY), or ``%f`` (the
+file's base name), among others.  Each test logs in over POP3 to a real Dovecot
 (tests/dovecot_lab.py), backs up, wipes every mail tree, restores, and logs in again:
 the UIDL list must be the one the client saw before.
 """
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
 
 from tests.dovecot_lab import MAIL_USER, dovecot_lab, message
@@ -62,3 +66,28 @@ def test_pop3_uidls_by_file_name_survive_a_restore(tmp_path):
         assert {u: lab.pop3_uidls(u) for u in lab.logins} == before
         assert {u: lab.client_state(u) for u in lab.logins} == imap_before   # X-GUID too
 
+
+def test_migrated_pop3_uidls_and_order_survive_a_restore(tmp_path):
+    """UIDLs kept in dovecot-uidlist's P field (a migration from another POP3 server)
+    and the POP3 order of its O field are given back as they were."""
+    with dovecot_lab("plain", logins=["alice", "bob"], pop3_uidl_format="%08Xu%08Xv") as lab:
+        _fill(lab)
+        lab.stop()
+        path = os.path.join(lab.store, "alice/Maildir/dovecot-uidlist")
+        with open(path) as f:
+            lines = f.read().splitlines()
+        # UIDs 1 and 3 carry migrated UIDLs (one with a ':', as real ones may); UID 2
+        # an empty P (Dovecot: "the base file name"); the POP3 order puts 3 before 1
+        extra = {1: "Pmigr:1-a O2", 2: "P", 3: "PUID-3@old.example O1"}
+        lines = [lines[0]] + [re.sub(r"^(\d+) ", lambda m: f"{m.group(1)} {extra.get(int(m.group(1)), '')} ", ln)
+                              for ln in lines[1:]]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        for p in glob.glob(os.path.join(lab.store, "alice/Maildir/dovecot.index*")):
+            os.unlink(p)
+        lab.start()
+        before = {u: lab.pop3_uidls(u) for u in lab.logins}
+        uidls = [uidl for _, uidl in before["alice"]]
+        assert uidls[:2] == ["UID-3@old.example", "migr:1-a"] and "." in uidls[2], before
+        _round_trip(lab, tmp_path)
+        assert {u: lab.pop3_uidls(u) for u in lab.logins} == before

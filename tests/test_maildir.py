@@ -320,17 +320,17 @@ def test_a_record_whose_file_never_arrived_is_dropped(store):
         assert base not in f.read()
 
 
-def test_a_message_keeps_its_base_name_where_the_name_is_free(store):
-    """What POP3 clients know a message by with pop3_uidl_format = %f, the file's base
-    name, is kept; a base name the folder already has, or one that is no Maildir base
-    name, gives a new name (the GUID is kept as a G field)."""
+def test_a_message_keeps_its_base_name_and_pop3_fields_where_the_name_is_free(store):
+    """What POP3 clients know a message by (pop3_uidl_format = %f: the file's base name;
+    the uidlist's P and O fields) is kept; a base name the folder already has, or one
+    that is no Maildir base name, gives a new name (the GUID is kept as a G field)."""
     base = "1700000000.M5P77.mx.example,S=%d,W=99" % len(MSG)
-    a = add(store, basename=base, guid=base)
+    a = add(store, basename=base, guid=base, pop3_uidl="migr:1-a", pop3_order=2)
     assert os.path.basename(a.path) == base + ":2,"
     with open(os.path.join(root(store), "dovecot-uidlist")) as f:
-        assert f.read().splitlines()[-1] == f"1 :{base}"
+        assert f.read().splitlines()[-1] == f"1 Pmigr:1-a O2 :{base}"
     m = store.message("alice", "INBOX", 1)
-    assert (m.basename, m.guid) == (base, base)
+    assert (m.basename, m.guid, m.pop3_uidl, m.pop3_order) == (base, base, "migr:1-a", 2)
     assert int(m.stored) == 1700000000 and m.path == a.path
     again = add(store, basename=base, guid=base)               # taken: a live folder
     assert again.basename != base and again.guid == base

@@ -24,7 +24,8 @@ class Member:
     __slots__ = ("kind", "name", "partition", "user", "folder", "uid", "flags", "keywords",
                  "internaldate", "stored", "nlink", "sha256", "size", "linkname", "group",
                  "uidvalidity", "uidnext", "subscribed", "uids", "state", "offset",
-                 "header_offset", "mtime", "records", "digest", "guid", "basename", "_reader")
+                 "header_offset", "mtime", "records", "digest", "guid", "basename", "pop3_uidl",
+                 "pop3_order", "_reader")
 
     def __init__(self, reader, kind, name):
         self._reader = reader
@@ -46,6 +47,8 @@ class Member:
         self.digest = None               # version 2: the member's record digest
         self.guid = None                 # message, link: the store's GUID (IMSASM.guid)
         self.basename = None             # message, link: its Maildir file base name
+        self.pop3_uidl = None            # message, link: its own POP3 UIDL
+        self.pop3_order = None           # message, link: its POP3 order number
 
     def open(self):
         """Readable stream of the message bytes; the read that reaches the end
@@ -826,6 +829,10 @@ def _decode(m, recs, e):
     m.sha256 = values.sha256(get(spec.SHA256))
     m.guid = values.guid(get(spec.GUID))
     m.basename = values.basename(get(spec.BASENAME))
+    m.pop3_uidl = values.pop3_uidl(get(spec.POP3_UIDL))
+    order = get(spec.POP3_ORDER)
+    if order is not None:
+        m.pop3_order = values.decimal(order, spec.POP3_ORDER_MIN, spec.POP3_ORDER_MAX, spec.POP3_ORDER)
 
 
 def _need(recs, key):

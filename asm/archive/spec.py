@@ -46,6 +46,8 @@ NLINK = "IMSASM.nlink"
 SHA256 = "IMSASM.sha256"
 GUID = "IMSASM.guid"                # the store's GUID of a message (Dovecot's X-GUID), optional
 BASENAME = "IMSASM.basename"        # a Maildir message's file base name (POP3 UIDL %f), optional
+POP3_UIDL = "IMSASM.pop3_uidl"      # the message's own POP3 UIDL (dovecot-uidlist P), optional
+POP3_ORDER = "IMSASM.pop3_order"    # its POP3 order number (dovecot-uidlist O), optional
 DIGEST = "IMSASM.digest"            # version 2: the member's record digest, its last record
 
 
@@ -64,6 +66,7 @@ UIDVALIDITY_MIN, UIDVALIDITY_MAX = 1, 2 ** 32 - 1
 UIDNEXT_MIN, UIDNEXT_MAX = 1, 2 ** 32       # one past the highest UID
 COUNT_MAX = UID_MAX
 NLINK_MIN, NLINK_MAX = 1, 2 ** 32 - 1
+POP3_ORDER_MIN, POP3_ORDER_MAX = 1, 2 ** 32 - 1
 SIZE_MAX = 2 ** 63 - 1                      # a member's data size
 TIME_MIN = -(2 ** 31)                       # 1901-12-13: any time a store's file can carry
 TIME_MAX = 253402300799                     # 9999-12-31 23:59:59 UTC: still a calendar date

@@ -39,6 +39,7 @@ def guid(text):
 
 # a Maildir file's base name: what GUID_RE allows but '/', and no leading '.'
 BASENAME_RE = re.compile(r"[\x21-\x2d\x30-\x39\x3b-\x7e][\x21-\x2e\x30-\x39\x3b-\x7e]{0,254}\Z")
+POP3_UIDL_RE = re.compile(r"[\x21-\x7e]{1,255}\Z")     # printable ASCII, no space
 
 
 def basename(text):
@@ -47,6 +48,15 @@ def basename(text):
     if not BASENAME_RE.match(text):
         raise ValueError(f"{spec.BASENAME} {_short(text)} is not 1..255 printable ASCII characters "
                          f"without space, '/' or ':' that do not start with '.'")
+    return text
+
+
+def pop3_uidl(text):
+    if text is None:
+        return None
+    if not POP3_UIDL_RE.match(text):
+        raise ValueError(f"{spec.POP3_UIDL} {_short(text)} is not 1..255 printable ASCII characters "
+                         f"without space")
     return text
 
 

@@ -19,7 +19,7 @@ _K = {k: pax.key(spec.wire(k)) for k in (
     spec.KIND, spec.VERSION_KEY, spec.PARTITION, spec.USER, spec.GROUP, spec.FOLDER,
     spec.UIDVALIDITY, spec.UIDNEXT, spec.SUBSCRIBED, spec.UIDS, spec.COUNT, spec.UID,
     spec.FLAGS, spec.KEYWORDS, spec.INTERNALDATE, spec.STORED, spec.NLINK, spec.SHA256,
-    spec.STATE, spec.GUID, spec.BASENAME)}
+    spec.STATE, spec.GUID, spec.BASENAME, spec.POP3_UIDL, spec.POP3_ORDER)}
 _R = pax.record
 _KIND_USER = _R(_K[spec.KIND], spec.K_USER.encode())
 _KIND_FOLDER = _R(_K[spec.KIND], spec.K_FOLDER.encode())
@@ -129,7 +129,7 @@ class ArchiveWriter:
         self._folder = None          # ((partition, user, folder), UidSet, member name
                                      # prefix, its ASCII bytes or None) being written
         self._guid = None            # the GUID of the message being added
-        self._more = b""             # its IMSASM.basename record
+        self._more = b""             # its IMSASM.basename/pop3_uidl/pop3_order records
         self.counts = {"users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
 
     @property
@@ -256,7 +256,7 @@ class ArchiveWriter:
 
     def add_message(self, partition, user, folder, *, uid, flags, keywords, internaldate,
                     stored, nlink=1, src_path=None, src_file=None, size=None, link_key=None,
-                    guid=None, src_data=None, basename=None):
+                    guid=None, src_data=None, basename=None, pop3_uidl=None, pop3_order=None):
         """Add one message; returns its member name.
 
         The bytes come from src_path (opened here; FileNotFoundError propagates)
@@ -277,8 +277,13 @@ class ArchiveWriter:
         # the store's GUID of the message (IMSASM.guid), when it is one a record can hold
         self._guid = guid if guid and values.GUID_RE.match(guid) else None
         # what POP3 clients know the message by (docs/format.md §2.5), when given
-        self._more = _R(_K[spec.BASENAME], basename.encode("ascii")) \
-            if basename and values.BASENAME_RE.match(basename) else b""
+        self._more = b"" if not (basename or pop3_uidl or pop3_order) else b"".join((
+            _R(_K[spec.BASENAME], basename.encode("ascii"))
+            if basename and values.BASENAME_RE.match(basename) else b"",
+            _R(_K[spec.POP3_UIDL], pop3_uidl.encode("ascii"))
+            if pop3_uidl and values.POP3_UIDL_RE.match(pop3_uidl) else b"",
+            _R(_K[spec.POP3_ORDER], b"%d" % pop3_order)
+            if type(pop3_order) is int and spec.POP3_ORDER_MIN <= pop3_order <= spec.POP3_ORDER_MAX else b""))
         if link_key is not None and link_key in self._links:
             target, sha, target_f = self._links[link_key]
             recs = self._message_records(_KIND_LINK, uid, flags, keywords, internaldate,

@@ -21,7 +21,7 @@ SPOOL_PREFIX = "restore-"       # restore-<pid>-<random>: one run's spool of fir
 
 def pop3_of(m) -> dict:
     """What POP3 clients know an archive's message by, as Store.append keywords."""
-    return {"basename": m.basename}
+    return {"basename": m.basename, "pop3_uidl": m.pop3_uidl, "pop3_order": m.pop3_order}
 
 
 def clean_spools(base: str) -> None:

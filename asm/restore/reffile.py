@@ -134,7 +134,8 @@ def _complete(store: Store, reader, doc: dict, report, journal=None) -> RestoreR
                         kw = dict(uid=uid, flags=ref["flags"], keywords=ref["keywords"],
                                   internaldate=ref["internaldate"],
                                   stored=ref["stored"] if store.restore_keeps_stored else None,
-                                  guid=ref.get("guid"), fill=fill, basename=ref.get("basename"))
+                                  guid=ref.get("guid"), fill=fill, basename=ref.get("basename"),
+                                  pop3_uidl=ref.get("pop3_uidl"), pop3_order=ref.get("pop3_order"))
                         if first_path:
                             got = store.append(user, folder, None, link_from=first_path, **kw)
                             res.links += 1

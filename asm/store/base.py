@@ -200,6 +200,9 @@ class MessageInfo:
                                              # message compressed (Dovecot's zlib plugin);
                                              # size is then the message's, not the file's
     basename: str = ""                       # Maildir: the file's base name (POP3 UIDL %f)
+    pop3_uidl: str = ""                      # the message's own POP3 UIDL (Dovecot: the
+                                             # uidlist's P field; an empty P: the base name)
+    pop3_order: int = 0                      # its POP3 order (the uidlist's O field), 0: none
 
 
 SETTLE_NS = 2_000_000_000        # a fingerprint counts when nothing moved for this long
@@ -221,14 +224,14 @@ def settled(parts: list, seen: float) -> bool:
 
 
 _FIELDS = ("uid", "flags", "keywords", "internaldate", "stored", "size", "path", "dev", "ino",
-           "nlink", "guid", "changed", "compressed", "basename")
+           "nlink", "guid", "changed", "compressed", "basename", "pop3_uidl", "pop3_order")
 assert _FIELDS == tuple(f.name for f in dataclasses.fields(MessageInfo))
 _new = object.__new__
 _set = object.__setattr__
 
 
 def message_info(uid, flags, keywords, internaldate, stored, size, path, dev, ino, nlink, guid,
-                 changed, compressed, basename="") -> MessageInfo:
+                 changed, compressed, basename="", pop3_uidl="", pop3_order=0) -> MessageInfo:
     """MessageInfo(every field, in order): the same frozen object, made without the
     dataclass's one object.__setattr__ per field (5x faster; a snapshot makes one per
     message)."""
@@ -236,7 +239,8 @@ def message_info(uid, flags, keywords, internaldate, stored, size, path, dev, in
     _set(m, "__dict__", {"uid": uid, "flags": flags, "keywords": keywords,
                          "internaldate": internaldate, "stored": stored, "size": size,
                          "path": path, "dev": dev, "ino": ino, "nlink": nlink, "guid": guid,
-                         "changed": changed, "compressed": compressed, "basename": basename})
+                         "changed": changed, "compressed": compressed, "basename": basename,
+                         "pop3_uidl": pop3_uidl, "pop3_order": pop3_order})
     return m
 
 
@@ -416,7 +420,8 @@ class Store(abc.ABC):
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
                link_from: str | None = None, size_hint: int | None = None,
-               guid: str | None = None, fill: bool = False, basename: str | None = None) -> MessageInfo:
+               guid: str | None = None, fill: bool = False, basename: str | None = None,
+               pop3_uidl: str | None = None, pop3_order: int | None = None) -> MessageInfo:
         """Add one message and return it as stored.
 
         ``fill``: the given UID may be below the highest present, when no message has
@@ -424,9 +429,9 @@ class Store(abc.ABC):
         for it); UIDNEXT does not move.
 
         ``guid``: the message's GUID to keep (a restore gives the archived one); None
-        lets the store make one.  ``basename``: the Maildir file's base name, what
-        POP3 clients may know the message by (MessageInfo), to keep where the store
-        can; a store without base names ignores it.
+        lets the store make one.  ``basename``, ``pop3_uidl``, ``pop3_order``: what
+        POP3 clients know the message by (MessageInfo), to keep where the store can
+        (a Maildir file's name, its uidlist record); a store without them ignores them.
 
         ``src`` is read to EOF in chunks (the bytes are written exactly).  With
         ``link_from`` (the ``path`` of a message in this store) the new message is a

@@ -801,7 +801,8 @@ class ClassicStore(Store):
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
                link_from: str | None = None, size_hint: int | None = None,
-               guid: str | None = None, fill: bool = False, basename: str | None = None) -> MessageInfo:
+               guid: str | None = None, fill: bool = False, basename: str | None = None,
+               pop3_uidl: str | None = None, pop3_order: int | None = None) -> MessageInfo:
         folder, _, _ = self._check_folder(user, folder)
         now = time.time()
         guid = guid or os.urandom(16).hex()

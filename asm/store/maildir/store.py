@@ -30,7 +30,7 @@ from asm.store.maildir.names import (
     KEYWORDS, SIZE_RE, folder_dirname, folder_from_dirname, split_name, stored_from_name,
 )
 from asm.store.maildir.subscriptions import SUBSCRIPTIONS
-from asm.store.maildir.uidlist import UIDLIST, Uidlist, guid_of, read_uidlist, read_uidlist_header
+from asm.store.maildir.uidlist import UIDLIST, Uidlist, guid_of, pop3_of, read_uidlist, read_uidlist_header
 
 layout_mod = _lazy_module("asm.store.layout")     # only a store.mail_location needs it (startup time)
 shutil = _lazy_module("shutil")                    # removing trees, copying files (startup time)
@@ -47,6 +47,7 @@ PRE_CUR = ".ims-cur"                # a new folder's cur/ before create_folder n
 NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 _LAST_UIDVALIDITY = [0]
 _GUID_OK = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # one uidlist field: no space or ':'
+_UIDL_OK = re.compile(r"[\x21-\x7e]{1,255}\Z")           # a P field's value: no space
 # a base name to give a file: a uidlist field's characters but '/', no leading '.'
 _BASE_OK = re.compile(r"[\x21-\x2d\x30-\x39\x3b-\x7e][\x21-\x2e\x30-\x39\x3b-\x7e]{0,254}\Z")
 INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
@@ -1052,12 +1053,13 @@ class MaildirStore(Store):
         path = f"{st.dir}/{sub}/{fname}"
         rec = st.uidlist.records.get(uid)
         guid = base if rec is None else (guid_of(rec[0], rec[1]) if rec[0] else rec[1])
+        uidl, order = pop3_of(rec[0], rec[1]) if rec is not None and rec[0] else ("", 0)
         if stored is None:
             stored = stored_from_name(base)
         m = SIZE_RE.search(base)
         if not stat:
             return message_info(uid, flags, kws, 0.0, stored or 0.0, int(m.group(1)) if m else 0,
-                                path, 0, 0, 1, guid, stored or 0.0, "", base)
+                                path, 0, 0, 1, guid, stored or 0.0, "", base, uidl, order)
         s = os.stat(path)
         size, compressed = s.st_size, ""
         if m and int(m.group(1)) != size:
@@ -1071,7 +1073,7 @@ class MaildirStore(Store):
         # renames the directory and leaves its files' ctimes (docs/operations.md, -d)
         return message_info(uid, flags, kws, s.st_mtime, stored if stored is not None else s.st_ctime,
                             size, path, s.st_dev, s.st_ino, s.st_nlink, guid, s.st_ctime, compressed,
-                            base)
+                            base, uidl, order)
 
     def _find(self, st: _State, uid: int, user: str, folder: str) -> tuple[str, str, str]:
         """(base, subdir, file name) of ``uid``; rescans once if the file moved."""
@@ -1652,7 +1654,8 @@ class MaildirStore(Store):
                flags: Iterable[str] = (), keywords: Iterable[str] = (),
                internaldate: float | None = None, stored: float | None = None,
                link_from: str | None = None, size_hint: int | None = None,
-               guid: str | None = None, fill: bool = False, basename: str | None = None) -> MessageInfo:
+               guid: str | None = None, fill: bool = False, basename: str | None = None,
+               pop3_uidl: str | None = None, pop3_order: int | None = None) -> MessageInfo:
         folder = check_folder_name(folder)
         if src is None and link_from is None:
             raise StoreError("append needs the message bytes (src) or a file to link (link_from)")
@@ -1688,16 +1691,21 @@ class MaildirStore(Store):
                     if opened is not None:
                         opened.close()
             full_base = keep or f"{base},S={size}"
-            # a kept GUID is the uidlist's G field (Dovecot honours it: docs/dovecot.md)
-            ext = f"G{guid}" if guid and guid != full_base and _GUID_OK.match(guid) else ""
+            # a kept GUID is the uidlist's G field (Dovecot honours it: docs/dovecot.md),
+            # a kept POP3 UIDL its P field, a POP3 order its O field
+            ext = " ".join(f for f in (
+                f"G{guid}" if guid and guid != full_base and _GUID_OK.match(guid) else "",
+                f"P{pop3_uidl}" if pop3_uidl and _UIDL_OK.match(pop3_uidl) else "",
+                f"O{pop3_order}" if type(pop3_order) is int and 0 < pop3_order < 1 << 32 else "") if f)
             path = self._commit(st, uid, tmp, full_base, letters, ext)
             s = os.stat(path)
             flags_set, kws = self._decode_flags(st, letters)
+            uidl, order = pop3_of(ext, full_base)
             return MessageInfo(uid=uid, flags=flags_set, keywords=kws, internaldate=s.st_mtime,
                                stored=stored_from_name(full_base) or now, size=s.st_size, path=path,
                                dev=s.st_dev, ino=s.st_ino, nlink=s.st_nlink,
                                guid=guid_of(ext, full_base), changed=s.st_ctime,
-                               basename=full_base)
+                               basename=full_base, pop3_uidl=uidl, pop3_order=order)
 
     # A message becomes visible in three steps, so that a kill between any two of them
     # leaves nothing a rerun could take for another message (docs/restore-design.md):

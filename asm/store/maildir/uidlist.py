@@ -140,6 +140,18 @@ def guid_of(ext: str, base: str) -> str:
     return base
 
 
+def pop3_of(ext: str, base: str) -> tuple[str, int]:
+    """(POP3 UIDL, POP3 order) of a record's ``P`` and ``O`` fields, as Dovecot's POP3
+    server gives them: a ``P`` without a value means the base name; ("", 0) for none."""
+    uidl, order = "", 0
+    for f in ext.split():
+        if f[:1] == "P":
+            uidl = f[1:] or base
+        elif f[:1] == "O" and f[1:].isdigit() and f[1:].isascii():
+            order = int(f[1:])
+    return uidl, order
+
+
 def append_record(folder_dir: str, uid: int, base: str, ext: str = "") -> int:
     """Append one record line to the folder's ``dovecot-uidlist`` (as Dovecot does for a
     new message, header untouched); returns the file's size before, for
