@@ -13,10 +13,10 @@ from __future__ import annotations
 import glob
 import os
 import re
-import shutil
 
 from tests.dovecot_lab import MAIL_USER, dovecot_lab, message
 from tests.helpers import run
+from tests.test_dovecot_layouts import wipe
 
 
 def _configure(lab, home) -> None:
@@ -24,14 +24,6 @@ def _configure(lab, home) -> None:
     run(home, "msconfig", "set", "store.owner", MAIL_USER, check=0)
     run(home, "msconfig", "set", "dovecot.config", lab.conf, check=0)
     run(home, "msconfig", "set", "store.mail_location", "doveconf", check=0)
-
-
-def _wipe(lab) -> None:
-    for top in (lab.store, lab.idx, lab.ctl, lab.homes):
-        if os.path.isdir(top):
-            shutil.rmtree(top)
-        os.mkdir(top)
-        os.chown(top, lab.uid, lab.gid)
 
 
 def _fill(lab) -> None:
@@ -50,7 +42,7 @@ def _round_trip(lab, tmp_path, restore_args=()) -> None:
     _configure(lab, home)
     archive = tmp_path / "full.ims"
     run(home, "imsbackup", "-f", archive, "/")
-    _wipe(lab)
+    wipe(lab)
     run(home, "imsrestore", "-f", archive, *restore_args)
 
 

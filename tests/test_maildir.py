@@ -323,7 +323,8 @@ def test_a_record_whose_file_never_arrived_is_dropped(store):
 def test_a_message_keeps_its_base_name_and_pop3_fields_where_the_name_is_free(store):
     """What POP3 clients know a message by (pop3_uidl_format = %f: the file's base name;
     the uidlist's P and O fields) is kept; a base name the folder already has, or one
-    that is no Maildir base name, gives a new name (the GUID is kept as a G field)."""
+    that is no Maildir base name, or whose S= is not the size of its bytes, gives a new
+    name (the GUID is kept as a G field)."""
     base = "1700000000.M5P77.mx.example,S=%d,W=99" % len(MSG)
     a = add(store, basename=base, guid=base, pop3_uidl="migr:1-a", pop3_order=2)
     assert os.path.basename(a.path) == base + ":2,"
@@ -334,10 +335,12 @@ def test_a_message_keeps_its_base_name_and_pop3_fields_where_the_name_is_free(st
     assert int(m.stored) == 1700000000 and m.path == a.path
     again = add(store, basename=base, guid=base)               # taken: a live folder
     assert again.basename != base and again.guid == base
-    for bad in ("../x", ".hidden", "a/b", "a:2,S", "", "x" * 255):
+    # an S= that is not the message's size: Dovecot fails FETCH of such a file
+    wrong = "1700000000.M6P77.mx.example,S=%d" % (len(MSG) + 1)
+    for bad in ("../x", ".hidden", "a/b", "a:2,S", "", "x" * 255, wrong):
         other = add(store, basename=bad)
         assert other.basename != bad and os.path.dirname(other.path) == os.path.join(root(store), "cur")
-    assert len(store.messages("alice", "INBOX")) == 8
+    assert len(store.messages("alice", "INBOX")) == 9
 
 
 def test_a_record_under_a_kept_base_name_whose_file_never_arrived_is_dropped(store):

@@ -1690,6 +1690,8 @@ class MaildirStore(Store):
                 finally:
                     if opened is not None:
                         opened.close()
+            if keep is not None and (m := SIZE_RE.search(keep)) is not None and int(m.group(1)) != size:
+                keep = None         # its S= is not these bytes' size: Dovecot would fail to read it
             full_base = keep or f"{base},S={size}"
             # a kept GUID is the uidlist's G field (Dovecot honours it: docs/dovecot.md),
             # a kept POP3 UIDL its P field, a POP3 order its O field
