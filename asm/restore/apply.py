@@ -105,7 +105,9 @@ class Applier:
         link of a chain, or the rest of an interrupted restore) even when another
         message has the same bytes.  Otherwise any message with the same bytes is it.
         A folder this archive's restore created is checked by UID alone when the
-        restore resumes (even with -i), and not at all the first time."""
+        restore resumes (even with -i), and not at all the first time.  With -i
+        nothing else is checked, except what a run of this same command cut short
+        stored (at or above ``plan.own_from``: docs/restore-design.md §2)."""
         if self.opts.ignore_duplicates and plan.own_from is not None and not plan.resumed:
             return self._own(plan, m)
         if (plan.mode == "exact" or self.opts.ignore_duplicates) and not plan.resumed:
