@@ -28,13 +28,17 @@ _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 GUID_RE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # printable ASCII, no space or ':'
 
 
-def guid(text):
+def _field(text, pattern, key, what):
+    """``text`` when ``pattern`` matches it all (None stays None), else ValueError naming ``key``."""
     if text is None:
         return None
-    if not GUID_RE.match(text):
-        raise ValueError(f"IMSASM.guid {_short(text)} is not 1..255 printable ASCII characters "
-                         f"without space or ':'")
+    if not pattern.match(text):
+        raise ValueError(f"{key} {_short(text)} is not 1..255 printable ASCII characters {what}")
     return text
+
+
+def guid(text):
+    return _field(text, GUID_RE, spec.GUID, "without space or ':'")
 
 
 # a Maildir file's base name: what GUID_RE allows but '/', and no leading '.'
@@ -43,21 +47,11 @@ POP3_UIDL_RE = re.compile(r"[\x21-\x7e]{1,255}\Z")     # printable ASCII, no spa
 
 
 def basename(text):
-    if text is None:
-        return None
-    if not BASENAME_RE.match(text):
-        raise ValueError(f"{spec.BASENAME} {_short(text)} is not 1..255 printable ASCII characters "
-                         f"without space, '/' or ':' that do not start with '.'")
-    return text
+    return _field(text, BASENAME_RE, spec.BASENAME, "without space, '/' or ':' that do not start with '.'")
 
 
 def pop3_uidl(text):
-    if text is None:
-        return None
-    if not POP3_UIDL_RE.match(text):
-        raise ValueError(f"{spec.POP3_UIDL} {_short(text)} is not 1..255 printable ASCII characters "
-                         f"without space")
-    return text
+    return _field(text, POP3_UIDL_RE, spec.POP3_UIDL, "without space")
 
 
 def decimal(text, lo, hi, what):
