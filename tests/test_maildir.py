@@ -323,9 +323,9 @@ def test_a_record_whose_file_never_arrived_is_dropped(store):
 def test_a_message_keeps_its_base_name_and_pop3_fields_where_the_name_is_free(store):
     """What POP3 clients know a message by (pop3_uidl_format = %f: the file's base name;
     the uidlist's P and O fields) is kept; a base name the folder already has, or one
-    that is no Maildir base name, or whose S= is not the size of its bytes, gives a new
-    name (the GUID is kept as a G field)."""
-    base = "1700000000.M5P77.mx.example,S=%d,W=99" % len(MSG)
+    that is no Maildir base name, or whose S= or W= is not the size of its bytes, gives a
+    new name (the GUID is kept as a G field)."""
+    base = "1700000000.M5P77.mx.example,S=%d,W=%d" % (len(MSG), len(MSG))   # CRLF: W = S
     a = add(store, basename=base, guid=base, pop3_uidl="migr:1-a", pop3_order=2)
     assert os.path.basename(a.path) == base + ":2,"
     with open(os.path.join(root(store), "dovecot-uidlist")) as f:
@@ -337,10 +337,18 @@ def test_a_message_keeps_its_base_name_and_pop3_fields_where_the_name_is_free(st
     assert again.basename != base and again.guid == base
     # an S= that is not the message's size: Dovecot fails FETCH of such a file
     wrong = "1700000000.M6P77.mx.example,S=%d" % (len(MSG) + 1)
-    for bad in ("../x", ".hidden", "a/b", "a:2,S", "", "x" * 255, wrong):
+    # a W= (the size with CRLF line ends) that is not the bytes': Dovecot serves the
+    # message cut to W= bytes (RFC822.SIZE and BODY[] both, seen on Dovecot 2.3.19)
+    wrong_w = "1700000000.M7P77.mx.example,S=%d,W=%d" % (len(MSG), len(MSG) - 10)
+    for bad in ("../x", ".hidden", "a/b", "a:2,S", "", "x" * 255, wrong, wrong_w):
         other = add(store, basename=bad)
         assert other.basename != bad and os.path.dirname(other.path) == os.path.join(root(store), "cur")
-    assert len(store.messages("alice", "INBOX")) == 9
+    # a bare LF counts two in W=, a CRLF split over two reads of the copy counts two
+    head = b"Subject: lf\n\n"
+    lf = head + b"x" * (65535 - len(head)) + b"\r\nbody\n"          # \r is byte 65,536
+    lf_base = "1700000000.M8P77.mx.example,S=%d,W=%d" % (len(lf), len(lf) + 3)
+    assert add(store, body=lf, basename=lf_base).basename == lf_base
+    assert len(store.messages("alice", "INBOX")) == 11
 
 
 def test_a_record_under_a_kept_base_name_whose_file_never_arrived_is_dropped(store):

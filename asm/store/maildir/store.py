@@ -46,6 +46,7 @@ DELETING = ".ims-deleting"          # a folder's cur/ while delete_folder remove
 PRE_CUR = ".ims-cur"                # a new folder's cur/ before create_folder names it so
 NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 _LAST_UIDVALIDITY = [0]
+_VSIZE_RE = re.compile(r",W=(\d+)")
 _GUID_OK = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # one uidlist field: no space or ':'
 _UIDL_OK = re.compile(r"[\x21-\x7e]{1,255}\Z")           # a P field's value: no space
 # a base name to give a file: a uidlist field's characters but '/', no leading '.'
@@ -113,6 +114,25 @@ def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary
     only when the layout came from ``doveconf`` and Dovecot's auth-userdb socket answers
     (see docs/dovecot.md)."""
     return [u for has_mail, u in _misplaced(layout, partition).values() if everyone or has_mail]
+
+
+def _sizes_match(base: str, size: int, path: str) -> bool:
+    """Whether the sizes a Maildir base name states are those of the file at ``path``
+    (``size`` bytes): ``S=`` its size, ``W=`` its size with every line end a CRLF.
+    Dovecot trusts both: a wrong S= fails FETCH ("Internal error"), a wrong W= serves
+    the message cut to W= bytes."""
+    m = SIZE_RE.search(base)
+    if m is not None and int(m.group(1)) != size:
+        return False
+    w = _VSIZE_RE.search(base)
+    if w is None:
+        return True
+    bare, last = 0, b""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            bare += chunk.count(b"\n") - chunk.count(b"\r\n") - (last == b"\r" and chunk[:1] == b"\n")
+            last = chunk[-1:]
+    return int(w.group(1)) == size + bare
 
 
 def _misplaced(layout: "layout_mod.StoreLayout", partition: str = "primary") -> dict:
@@ -1690,8 +1710,8 @@ class MaildirStore(Store):
                 finally:
                     if opened is not None:
                         opened.close()
-            if keep is not None and (m := SIZE_RE.search(keep)) is not None and int(m.group(1)) != size:
-                keep = None         # its S= is not these bytes' size: Dovecot would fail to read it
+            if keep is not None and not _sizes_match(keep, size, tmp):
+                keep = None         # Dovecot would fail to read it, or serve it cut short
             full_base = keep or f"{base},S={size}"
             # a kept GUID is the uidlist's G field (Dovecot honours it: docs/dovecot.md),
             # a kept POP3 UIDL its P field, a POP3 order its O field
