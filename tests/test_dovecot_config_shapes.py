@@ -4,6 +4,7 @@ archived or restored wrong with exit 0."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -355,3 +356,60 @@ def test_a_restore_of_a_login_the_userdb_keeps_elsewhere_never_writes_the_templa
     assert err and mail_dir in err[0] and "Traceback" not in p.stderr, p.stderr
     assert not os.path.exists(os.path.join(lab.store, "carol"))
     assert lab.client_state("alice") == before
+
+
+def _named(stderr: str, login: str) -> list[str]:
+    """What a command says of ``login``: each line's text from "/primary/<login>" on."""
+    return sorted("/primary/" + line.split("/primary/", 1)[1] for line in stderr.splitlines()
+                  if f"/primary/{login}" in line)
+
+
+@shaped(LabLayout("userdb-moved-dr", PLAIN_LOC, "{store}/%u", ("alice", "carol")))
+def test_imsdr_names_a_login_the_userdb_keeps_elsewhere_as_imsbackup_does(shaped_lab, tmp_path):
+    """imsdr backup walks store.mail_location's template as imsbackup does: a login the
+    userdb gives its own mail= is named, in imsbackup's words (where its mail is, and the
+    directory left at the template's place that is not its mail any more), with
+    imsbackup's exit status 1; none of that directory's files is captured.  A disaster
+    backup taken before the move never puts carol's files back at the template's place
+    (restore and -n name her, exit 1), and restores the others.  (Before, imsdr backup
+    exited 0 with carol's 9 stale index files captured and her moved mail in no bundle,
+    and imsdr restore --only indexes wrote them under mail/carol, exit 0.)"""
+    lab = shaped_lab
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+    with lab.imap("carol") as c:
+        c.create("Work")
+        c.append("Work", message("work"), [r"\Seen"])
+    home = tmp_path / "ims"
+    configure(lab, home)
+    before = tmp_path / "before.tar"
+    run(home, "imsdr", "backup", "-f", before, check=0)
+    elsewhere = os.path.join(lab.dir, "elsewhere")
+    os.makedirs(elsewhere)
+    lab.fix_owner(elsewhere)
+    lab.add_user("carol", mail=f"maildir:{elsewhere}/carol/Maildir")
+    lab.deliver(["carol"], message("for carol, moved"))
+    b = run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", check=1, text=True)
+    named = _named(b.stderr, "carol")
+    assert len(named) == 2 and any(f"{elsewhere}/carol/Maildir" in n for n in named), b.stderr
+    dr = tmp_path / "dr.tar"
+    p = run(home, "imsdr", "backup", "-f", dr, check=1, text=True)
+    assert _named(p.stderr, "carol") == named, p.stderr
+    assert "alice" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    items = json.loads(run(home, "imsdr", "show", "--json", "-f", dr, check=0, text=True).stdout)["items"]
+    assert not [i for i in items if i.get("login") == "carol"
+                or (i.get("target") or "").startswith(f"{lab.store}/carol/")], items
+    assert [i for i in items if i.get("login") == "alice"]
+
+    # the bundle of before the move: carol's files are not put where Dovecot no longer looks
+    for u in lab.logins:
+        shutil.rmtree(os.path.join(lab.store, u))
+    for dry in (True, False):
+        p = run(home, "imsdr", "restore", "--only", "indexes", "-f", before, *(["-n"] if dry else []),
+                check=1, text=True)
+        assert f"{lab.store}/carol" not in p.stdout, p.stdout
+        err = [line for line in p.stderr.splitlines() if "carol" in line]
+        assert len(err) == 1 and f"{elsewhere}/carol/Maildir" in err[0], p.stderr
+        assert "Traceback" not in p.stderr
+    assert not os.path.exists(os.path.join(lab.store, "carol"))
+    assert os.path.isfile(os.path.join(lab.store, "alice", "Maildir", "dovecot-uidlist"))

@@ -165,7 +165,7 @@ def _home() -> str:
 
 def _restore(args) -> int:
     from asm.digests import file_sha256
-    from asm.dr.bundle import plan_restore, put, read_manifest
+    from asm.dr.bundle import misplaced_now, plan_restore, put, read_manifest
     kinds = _kinds(args)
     home = _home()
     device = open_device(args.device, "rb", 20, None)
@@ -184,6 +184,13 @@ def _restore(args) -> int:
             cfg._load()
             cfg.path = os.path.join(home, "config", "msg.conf")
         plan = plan_restore(manifest, lambda: cfg, kinds)
+        away = misplaced_now(cfg, plan)
+        for login, u in sorted(away.items()):
+            n = sum(1 for item, _ in plan if item.get("login") == login)
+            warn(PROG, f"not restored: /{u.partition}/{login}: {u.why} ({u.path}): its {n} files of the "
+                       f"disaster backup are not put at the template's place, where Dovecot no longer "
+                       f"looks; {u.hint}")
+        plan = [(item, target) for item, target in plan if item.get("login") not in away]
         owner = None
         with contextlib.suppress(ImsError):
             owner = cfg.owner()
@@ -217,7 +224,7 @@ def _restore(args) -> int:
                   f"as of {_when(manifest.get('started'))}", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return EXIT_OK
+    return EXIT_PARTIAL if away else EXIT_OK
 
 
 # -- show ---------------------------------------------------------------------------------

@@ -195,6 +195,7 @@ class Capture:
                 self.report(f"mailbox list: {item['users']} users, {item['folders']} folders")
             self._classic_indexes(parts)
         elif layout is not None:
+            self._misplaced_problems(layout)
             self._layout_files(layout)
         else:
             self._maildir_control(parts)
@@ -306,12 +307,30 @@ class Capture:
         except (LayoutError, OSError):
             return None
 
+    def _misplaced_problems(self, layout) -> None:
+        """Name, in imsbackup's words, the mail under the template that is no login's
+        (a login the running Dovecot's userdb gives its own ``mail=``/``home=``: what is
+        left at the template's place, and where its mail really is): none of it is captured."""
+        from asm.store.maildir.store import MaildirStore
+        store = MaildirStore(self.config, create=False, layout=layout)
+        for u in store.unlisted_users("primary"):
+            self.problems.append(f"/{u.partition}/{u.user}: {u.why} ({u.path}): not backed up; "
+                                 f"{u.hint or store.unlisted_hint}")
+
+    @staticmethod
+    def _logins(layout) -> dict:
+        """{login: UserLayout} the template's walk finds, less the logins the userdb keeps
+        elsewhere (their files at the template's place are not the mail Dovecot serves)."""
+        from asm.store.maildir.store import _misplaced
+        away = _misplaced(layout)
+        return {k: v for k, v in sorted(layout.logins().items()) if k not in away}
+
     def _layout_files(self, layout) -> None:
         """Every file Dovecot keeps beside a login's messages, where the layout puts it:
         uidlists and keywords (CONTROL=), subscriptions and dovecot-uidvalidity (the
         control root), index files (INDEX=, else the folders).  Members are
         ``dovecot/<absolute path>``, put back at that path."""
-        for login, ul in sorted(layout.logins().items()):
+        for login, ul in self._logins(layout).items():
             self._abs(os.path.join(ul.control_root, ul.location.subscriptions), "indexes", login)
             with contextlib.suppress(OSError):
                 for n in sorted(os.listdir(ul.control_root)):
@@ -351,7 +370,7 @@ class Capture:
             # a login's dovecot-attributes (mail_attribute_dict = file:%h/dovecot-attributes,
             # or beside its mail or control files)
             homes = self._home_template(layout)
-            for login, ul in sorted(layout.logins().items()):
+            for login, ul in self._logins(layout).items():
                 found = []
                 home = ul.home
                 if home is None and homes:
@@ -487,6 +506,24 @@ def plan_restore(manifest: dict, config_for, kinds: tuple) -> list[tuple[dict, s
             continue
         out.append((item, target))
     return out
+
+
+def misplaced_now(config, plan: list[tuple[dict, str]]) -> dict:
+    """{login: Unlisted} of the logins with files in ``plan`` that the running Dovecot's
+    userdb now keeps apart from store.mail_location's template (their own ``mail=`` or
+    ``home=``): their files must not be put back at the template's place, where Dovecot
+    no longer looks.  Empty when the store has no layout or Dovecot's auth-userdb socket
+    does not answer (as for imsrestore, docs/dovecot.md)."""
+    logins = {item["login"] for item, _ in plan if item.get("login")}
+    if not logins or config.driver != "maildir" or not config.get("store.mail_location"):
+        return {}
+    from asm.store.layout import LayoutError
+    from asm.store.maildir.store import _misplaced, open_layout
+    try:
+        layout = open_layout(config, dbox=True)
+    except (LayoutError, ImsError, OSError):
+        return {}
+    return {login: u for login, (_has, u) in _misplaced(layout).items() if login in logins}
 
 
 def put(src: str, target: str, item: dict, owner=None) -> None:
