@@ -83,3 +83,48 @@ def test_migrated_pop3_uidls_and_order_survive_a_restore(tmp_path):
         assert uidls[:2] == ["UID-3@old.example", "migr:1-a"] and "." in uidls[2], before
         _round_trip(lab, tmp_path)
         assert {u: lab.pop3_uidls(u) for u in lab.logins} == before
+
+
+def test_reconstruct_gives_back_pop3_uidls_order_and_file_names_from_an_archive(tmp_path):
+    """A folder whose dovecot-uidlist (and index) is lost, its message files back from a
+    file backup, one of them under another name: reconstruct -a ARCHIVE gives back the
+    UIDs, the migrated UIDLs (P) and POP3 order (O) and, where it is free, the archived
+    base name (pop3_uidl_format = %f), so a POP3 client sees the UIDL list it saw.
+    (Before, the rebuilt uidlist had no P or O field and the renamed file kept its
+    name: 3 of alice's 4 UIDLs changed and the order was the UID order.)"""
+    with dovecot_lab("plain", logins=["alice", "bob"], pop3_uidl_format="%f") as lab:
+        _fill(lab)
+        lab.stop()
+        inbox = os.path.join(lab.store, "alice/Maildir")
+        path = os.path.join(inbox, "dovecot-uidlist")
+        with open(path) as f:
+            lines = f.read().splitlines()
+        extra = {1: "Pmigr:1-a O2", 3: "PUID-3@old.example O1"}
+        lines = [lines[0]] + [re.sub(r"^(\d+) ", lambda m: f"{m.group(1)} {extra.get(int(m.group(1)), '')} ", ln)
+                              for ln in lines[1:]]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        for p in glob.glob(os.path.join(inbox, "dovecot.index*")):
+            os.unlink(p)
+        lab.start()
+        before = lab.pop3_uidls("alice")
+        imap_before = lab.client_state("alice")
+        assert [u for _, u in before][:2] == ["UID-3@old.example", "migr:1-a"], before
+        home = tmp_path / "ims"
+        _configure(lab, home)
+        archive = tmp_path / "full.ims"
+        run(home, "imsbackup", "-f", archive, "/")
+        lab.stop()
+        # the uidlist and index are lost; UID 4's file came back under another name
+        for p in [path] + glob.glob(os.path.join(inbox, "dovecot.index*")):
+            os.unlink(p)
+        uid4 = [ln.split(":", 1)[1] for ln in lines[1:] if ln.startswith("4 ")][0]
+        old = glob.glob(os.path.join(inbox, "*", uid4 + ":*")) + glob.glob(os.path.join(inbox, "new", uid4))
+        assert len(old) == 1, (uid4, old)
+        renamed = "1700000000.M1P1.filebackup" + old[0].split("/")[-1][uid4.index(","):]
+        os.rename(old[0], os.path.join(os.path.dirname(old[0]), renamed))
+        p = run(home, "reconstruct", "-r", "-a", archive, "/primary/alice", check=0, text=True)
+        assert "POP3" in p.stdout + p.stderr and "file name" in p.stdout + p.stderr, (p.stdout, p.stderr)
+        lab.start()
+        assert lab.pop3_uidls("alice") == before
+        assert lab.client_state("alice") == imap_before

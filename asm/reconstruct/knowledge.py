@@ -9,7 +9,8 @@ reconstructor), two witnesses can answer:
   restore wrote, its UIDVALIDITY and the UIDNEXT the restore left;
 * archives (``imsbackup`` files) named on the command line, a chain in order: each
   folder's UIDVALIDITY, UIDNEXT and subscription, and for each message its UID,
-  SHA-256, flags, keywords and dates.  A later archive's word on a message wins.
+  SHA-256, flags, keywords, dates, and (Maildir) its file's base name, POP3 UIDL and
+  POP3 order.  A later archive's word on a message wins.
   They are read through their compression and encryption layers as imsrestore reads
   them (:mod:`asm.layers`: zstd, age with the identities given).
 
@@ -45,6 +46,7 @@ CREATE TABLE folders (user, folder, uidvalidity INTEGER, uidnext INTEGER, subscr
                       created REAL, source TEXT, PRIMARY KEY (user, folder, uidvalidity));
 CREATE TABLE msgs (user, folder, uidvalidity INTEGER, uid INTEGER, sha256 TEXT, flags TEXT,
                    keywords TEXT, internaldate REAL, stored REAL, created REAL, guid TEXT,
+                   basename TEXT, pop3_uidl TEXT, pop3_order INTEGER,
                    PRIMARY KEY (user, folder, uidvalidity, uid));
 CREATE INDEX msgs_digest ON msgs (user, folder, uidvalidity, sha256);
 CREATE TABLE listing (user, folder, uidvalidity INTEGER, created REAL, source TEXT,
@@ -80,6 +82,9 @@ class MessageWitness:
     source: str
     created: float = 0.0          # when the archive that last spoke of it was taken
     guid: str = ""                # the store's GUID the archive recorded ("" when none)
+    basename: str = ""            # the Maildir file's base name ("" when none)
+    pop3_uidl: str = ""           # its POP3 UIDL, the uidlist's P field ("" when none)
+    pop3_order: int = 0           # its POP3 order, the uidlist's O field (0 when none)
 
 
 @dataclass(frozen=True)
@@ -215,10 +220,11 @@ class Knowledge:
                         if uv is None:
                             continue
                         self.db.execute(
-                            "INSERT OR REPLACE INTO msgs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            "INSERT OR REPLACE INTO msgs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                             (names.to_db(m.user), names.to_db(m.folder), uv, m.uid, m.sha256,
                              " ".join(sorted(m.flags)), " ".join(m.keywords), m.internaldate,
-                             m.stored, created, m.guid or ""))
+                             m.stored, created, m.guid or "", m.basename or "", m.pop3_uidl or "",
+                             m.pop3_order or 0))
                         counts["messages"] += 1
             except (CorruptMember, HostileMember):
                 pass                              # already in problems via on_error
@@ -316,10 +322,12 @@ class Knowledge:
 
     def by_digest(self, user: str, folder: str, uidvalidity: int, sha256: str) -> list[MessageWitness]:
         """The archived messages of the folder with these bytes, by UID."""
-        rows = self.db.execute("SELECT uid, sha256, flags, keywords, internaldate, stored, guid FROM msgs WHERE "
+        rows = self.db.execute("SELECT uid, sha256, flags, keywords, internaldate, stored, guid, basename, "
+                               "pop3_uidl, pop3_order FROM msgs WHERE "
                                "user=? AND folder=? AND uidvalidity=? AND sha256=? ORDER BY uid",
                                (names.to_db(user), names.to_db(folder), uidvalidity, sha256)).fetchall()
-        return [MessageWitness(r[0], r[1], _split(r[2]), _split(r[3]), r[4], r[5], "archive", guid=r[6] or "")
+        return [MessageWitness(r[0], r[1], _split(r[2]), _split(r[3]), r[4], r[5], "archive", guid=r[6] or "",
+                               basename=r[7] or "", pop3_uidl=r[8] or "", pop3_order=r[9] or 0)
                 for r in rows]
 
     def has_messages(self, user: str, folder: str, uidvalidity: int) -> bool:

@@ -35,12 +35,24 @@ from asm.digests import file_sha256_or_none as _sha256
 from asm.reconstruct.dovecot import Dovecot
 from asm.reconstruct.knowledge import Knowledge
 from asm.store.base import check_folder_name, write_all
+from asm.store.maildir.names import SIZE_RE
+from asm.store.maildir.store import _BASE_OK, _UIDL_OK
 from asm.store.maildir import (
     INDEX_FILES, KEYWORDS, LIST_INDEX_FILES, LOCK_SUFFIX, SUBSCRIPTIONS, UIDLIST, MaildirStore, Uidlist,
     level_to_disk, split_name, stored_from_name,
 )
 
 TMP_STALE_SECS = 36 * 3600          # Dovecot removes tmp/ files older than this itself
+
+
+def _pop3_fields(w) -> str:
+    """A rebuilt uidlist record's P (POP3 UIDL) and O (POP3 order) fields, as the
+    archive's witness ``w`` knows them (a restore writes the same, docs/format.md)."""
+    if w is None:
+        return ""
+    return " ".join(f for f in (
+        f"P{w.pop3_uidl}" if w.pop3_uidl and _UIDL_OK.match(w.pop3_uidl) else "",
+        f"O{w.pop3_order}" if type(w.pop3_order) is int and 0 < w.pop3_order < 1 << 32 else "") if f)
 
 
 class _Parsed:
@@ -356,6 +368,7 @@ class MaildirReconstructor:
 
         # orphans: an archive may know them by their bytes
         assigned: dict = {}
+        witness: dict = {}               # base -> the archive's MessageWitness
         known = []
         taken = set(kept)
         if orphans and self.k.has_messages(user, folder, uidvalidity):
@@ -366,6 +379,7 @@ class MaildirReconstructor:
                 for w in self.k.by_digest(user, folder, uidvalidity, digest):
                     if w.uid not in taken:
                         assigned[base] = w.uid
+                        witness[base] = w
                         taken.add(w.uid)
                         known.append(w.uid)
                         break
@@ -382,6 +396,11 @@ class MaildirReconstructor:
         if known:
             self.report.add(REPAIRED, mb, f"{len(known)} messages missing from dovecot-uidlist: given back their "
                                           f"UIDs ({_uids(known)}) from the archives")
+            self._archived_names(mb, d, files, assigned, witness, {b for _, b in ul.records.values()})
+            pop3 = [b for b, w in witness.items() if w.pop3_uidl or w.pop3_order]
+            if pop3:
+                self.report.add(REPAIRED, mb, f"{len(pop3)} messages given back their POP3 UIDLs or POP3 order "
+                                              f"(the uidlist's P and O fields) from the archives")
         if unknown:
             if ul.header_ok and not seen_more and ul.exists:
                 self.report.add(NOTE, mb, f"{len(unknown)} messages not numbered yet (delivered by an MDA, or "
@@ -434,7 +453,7 @@ class MaildirReconstructor:
             return
         records = dict(kept)
         for base, uid in assigned.items():
-            records[uid] = ("", base)
+            records[uid] = (_pop3_fields(witness.get(base)), base)
         extra = ul.extra if ul.header_ok else [f"G{uuid.uuid4().hex}"]
         new = Uidlist(uidvalidity=uidvalidity, uidnext=uidnext, extra=extra, records=records)
         self._write(os.path.join(c, UIDLIST), new.render().encode("utf-8", "surrogateescape"), d)
@@ -448,6 +467,39 @@ class MaildirReconstructor:
                     os.unlink(os.path.join(lidx, n))
         self.touched[user] = self.store._home(user)
         self.rewritten[(user, folder)] = {base: uid for uid, (_, base) in records.items()}
+
+    def _archived_names(self, mb: str, d: str, files: dict, assigned: dict, witness: dict,
+                        listed: set) -> None:
+        """Give a message an archive knows back the base name it had (as a restore does,
+        docs/dovecot.md): pop3_uidl_format = %f gives POP3 clients the file name as the
+        UIDL.  Only where that name is free in the folder (no file, no uidlist line has
+        it) and its S= is the file's size; ``files`` and ``assigned`` follow the rename."""
+        renamed = []
+        for base in sorted(witness):
+            want = witness[base].basename
+            if not want or want == base or want in files or want in listed or not _BASE_OK.match(want):
+                continue
+            sub, fname = files[base]
+            new = want + fname[len(base):]
+            src = os.path.join(d, sub, fname)
+            m = SIZE_RE.search(want)
+            try:
+                if len(new) > 255 or (m is not None and int(m.group(1)) != os.stat(src).st_size):
+                    continue
+                if self.repair:
+                    os.rename(src, os.path.join(d, sub, new))
+            except OSError:
+                continue
+            renamed.append(want)
+            files[want] = (sub, new)
+            del files[base]
+            assigned[want] = assigned.pop(base)
+            witness[want] = witness.pop(base)
+        if renamed:
+            self.report.add(REPAIRED, mb, f"{len(renamed)} message files came back under other names: "
+                                          + ("given" if self.repair else "to be given")
+                                          + " back the file names the archives know (pop3_uidl_format = %f "
+                                            "gives POP3 clients the file name)")
 
     def _keywords(self, mb, user, folder, d, files, uid_of, uidvalidity) -> bool:
         # d: the folder's control directory (dovecot-keywords is there)
