@@ -13,6 +13,9 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
+
+import pytest
 
 from tests.dovecot_lab import MAIL_USER, dovecot_lab, message
 from tests.helpers import run
@@ -128,3 +131,39 @@ def test_reconstruct_gives_back_pop3_uidls_order_and_file_names_from_an_archive(
         lab.start()
         assert lab.pop3_uidls("alice") == before
         assert lab.client_state("alice") == imap_before
+
+
+@pytest.mark.parametrize("fmt", ["sdbox", "mdbox"])
+def test_pop3_uidls_and_order_on_dbox_survive_a_restore(fmt, tmp_path):
+    """sdbox/mdbox keep a migrated UIDL and POP3 order in Dovecot's own records (dbox
+    metadata, index); imsbackup and imsrestore carry a dbox login through dsync and a
+    Maildir: the UIDL list a POP3 client sees after a backup, a wiped store and a restore
+    is the one it saw, migrated UIDLs (put in by dsync from a Maildir whose uidlist
+    has P and O fields), their order, and the default %08Xu%08Xv ones."""
+    with dovecot_lab(fmt, logins=["alice", "bob"], pop3_uidl_format="%08Xu%08Xv") as lab:
+        _fill(lab)
+        # alice's mail migrated from another POP3 server: a Maildir copy whose uidlist
+        # carries the old server's UIDLs and order, synced back into an empty dbox
+        mig = os.path.join(lab.dir, "migrated")
+        os.makedirs(mig)
+        lab.fix_owner(mig)
+        lab.doveadm("backup", f"maildir:{mig}/Maildir", user="alice")
+        path = os.path.join(mig, "Maildir", "dovecot-uidlist")
+        with open(path) as f:
+            lines = f.read().splitlines()
+        extra = {1: "Pmigr:1-a O2", 3: "PUID-3@old.example O1"}
+        lines = [lines[0]] + [re.sub(r"^(\d+) ", lambda m: f"{m.group(1)} {extra.get(int(m.group(1)), '')} ", ln)
+                              for ln in lines[1:]]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        for p in glob.glob(os.path.join(mig, "Maildir", "dovecot.index*")):
+            os.unlink(p)
+        shutil.rmtree(os.path.join(lab.store, "alice"))
+        lab.doveadm("backup", "-R", f"maildir:{mig}/Maildir", user="alice")
+        before = {u: lab.pop3_uidls(u) for u in lab.logins}
+        uidls = [uidl for _, uidl in before["alice"]]
+        assert uidls[:2] == ["UID-3@old.example", "migr:1-a"] and len(uidls) == 4, before
+        imap_before = {u: lab.client_state(u) for u in lab.logins}
+        _round_trip(lab, tmp_path)
+        assert {u: lab.pop3_uidls(u) for u in lab.logins} == before
+        assert {u: lab.client_state(u) for u in lab.logins} == imap_before
