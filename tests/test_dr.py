@@ -283,3 +283,18 @@ def test_chain_reads_compressed_and_encrypted_archives(tmp_path):
     make_home(dest, "classic")
     run(dest, *argv, "--identity", key, check=0)
     assert state(open_store(make_home(dest, "classic"))) == state(store)
+
+
+def test_imsdr_backup_of_a_layout_whose_store_is_not_there_names_it_and_captures_the_rest(tmp_path):
+    """store.mail_location whose tree is not there (a disk not mounted): the disaster
+    backup still captures the configuration, names the store it could not look into in
+    one line, and exits 1, never 0 with no index of the store in it.  (Before the
+    userdb check it exited 0; with it, 17 and no bundle at all.)"""
+    home = tmp_path / "ims"
+    make_home(home, "maildir", **{"store.mail_location": f"maildir:{tmp_path}/notmounted/%u/Maildir"})
+    dr = tmp_path / "dr.tar"
+    p = run(home, "imsdr", "backup", "-f", dr, check=EXIT_PARTIAL, text=True)
+    err = [line for line in p.stderr.splitlines() if "notmounted" in line]
+    assert len(err) == 1 and "not captured" in err[0] and "Traceback" not in p.stderr, p.stderr
+    names = [m.name for m in members(dr)]
+    assert "ims-dr/config/msg.conf" in names, names

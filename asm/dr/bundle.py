@@ -311,9 +311,17 @@ class Capture:
         """Name, in imsbackup's words, the mail under the template that is no login's
         (a login the running Dovecot's userdb gives its own ``mail=``/``home=``: what is
         left at the template's place, and where its mail really is): none of it is captured."""
+        from asm.store.base import StoreError
         from asm.store.maildir.store import MaildirStore
         store = MaildirStore(self.config, create=False, layout=layout)
-        for u in store.unlisted_users("primary"):
+        try:
+            found = store.unlisted_users("primary")
+        except (StoreError, OSError) as exc:
+            # a tree not there (a disk not mounted): the rest is still worth capturing
+            self.problems.append(f"/primary: {getattr(exc, 'strerror', None) or exc}; none of the store's "
+                                 f"index and control files is captured")
+            return
+        for u in found:
             self.problems.append(f"/{u.partition}/{u.user}: {u.why} ({u.path}): not backed up; "
                                  f"{u.hint or store.unlisted_hint}")
 
