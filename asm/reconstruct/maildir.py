@@ -35,8 +35,7 @@ from asm.digests import file_sha256_or_none as _sha256
 from asm.reconstruct.dovecot import Dovecot
 from asm.reconstruct.knowledge import Knowledge
 from asm.store.base import check_folder_name, write_all
-from asm.store.maildir.names import SIZE_RE
-from asm.store.maildir.store import _BASE_OK, _UIDL_OK
+from asm.store.maildir.store import _BASE_OK, _UIDL_OK, sizes_match
 from asm.store.maildir import (
     INDEX_FILES, KEYWORDS, LIST_INDEX_FILES, LOCK_SUFFIX, SUBSCRIPTIONS, UIDLIST, MaildirStore, Uidlist,
     level_to_disk, split_name, stored_from_name,
@@ -473,7 +472,7 @@ class MaildirReconstructor:
         """Give a message an archive knows back the base name it had (as a restore does,
         docs/dovecot.md): pop3_uidl_format = %f gives POP3 clients the file name as the
         UIDL.  Only where that name is free in the folder (no file, no uidlist line has
-        it) and its S= is the file's size; ``files`` and ``assigned`` follow the rename."""
+        it) and its S= and W= are the file's sizes; ``files`` and ``assigned`` follow the rename."""
         renamed = []
         for base in sorted(witness):
             want = witness[base].basename
@@ -482,9 +481,8 @@ class MaildirReconstructor:
             sub, fname = files[base]
             new = want + fname[len(base):]
             src = os.path.join(d, sub, fname)
-            m = SIZE_RE.search(want)
             try:
-                if len(new) > 255 or (m is not None and int(m.group(1)) != os.stat(src).st_size):
+                if len(new) > 255 or not sizes_match(want, os.stat(src).st_size, src):
                     continue
                 if self.repair:
                     os.rename(src, os.path.join(d, sub, new))

@@ -116,7 +116,7 @@ def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary
     return [u for has_mail, u in _misplaced(layout, partition).values() if everyone or has_mail]
 
 
-def _sizes_match(base: str, size: int, path: str) -> bool:
+def sizes_match(base: str, size: int, path: str) -> bool:
     """Whether the sizes a Maildir base name states are those of the file at ``path``
     (``size`` bytes): ``S=`` its size, ``W=`` its size with every line end a CRLF.
     Dovecot trusts both: a wrong S= fails FETCH ("Internal error"), a wrong W= serves
@@ -1710,7 +1710,7 @@ class MaildirStore(Store):
                 finally:
                     if opened is not None:
                         opened.close()
-            if keep is not None and not _sizes_match(keep, size, tmp):
+            if keep is not None and not sizes_match(keep, size, tmp):
                 keep = None         # Dovecot would fail to read it, or serve it cut short
             full_base = keep or f"{base},S={size}"
             # a kept GUID is the uidlist's G field (Dovecot honours it: docs/dovecot.md),
