@@ -50,6 +50,14 @@ def test_the_seeds_override_example(home, tmp_path):
     assert p.returncode == 0, p.stderr
     assert folders_in(tmp_path / "trash.ims") == {("user1", "Trash")}
     assert len(messages_in(tmp_path / "trash.ims")) == 1
+    # asking that archive for the folder it left out says why, not only "nothing matches"
+    for how in ((), ("-t",)):
+        p = run(home, "imsrestore", "-f", tmp_path / "all.ims", *how, "/primary/user1/Trash")
+        assert p.returncode == EXIT_USAGE
+        assert p.stderr.decode() == (
+            "imsrestore: /primary/user1/Trash: nothing in the archive matches this path (the backup "
+            "left it out: store.backupexclude was 'Trash%Bulk Mail'; an archive of it needs a backup "
+            "naming it, e.g. imsbackup -f FILE /primary/user1/Trash)\n")
 
 
 @pytest.mark.parametrize("path,want", [

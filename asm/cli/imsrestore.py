@@ -178,8 +178,20 @@ def _toc(reader, sel: Selection, verbose: bool = False) -> int:
     unmatched = sel.unmatched()
     for p in unmatched:
         # as the restore with the same path says (and exits): never an empty listing with 0
-        warn(PROG, f"{p}: nothing in the archive matches this path")
+        warn(PROG, _unmatched(p, sel.near_misses(p), sel.left_out(p, reader.header)))
     return EXIT_USAGE if unmatched else EXIT_OK
+
+
+def _unmatched(path: str, near: list | None, left_out: str | None) -> str:
+    """The line for a path that matched nothing in the archive, with what it has under
+    another case, or the store.backupexclude that kept the folder out of the backup."""
+    why = ""
+    if near:
+        why = f" (it has {', '.join(near)}: folder names are matched exactly, but INBOX)"
+    elif left_out:
+        why = (f" (the backup left it out: store.backupexclude was {left_out!r}; an archive of it "
+               f"needs a backup naming it, e.g. imsbackup -f FILE {path})")
+    return f"{path}: nothing in the archive matches this path{why}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -451,9 +463,7 @@ def _one(args, rep) -> int:
         warn(PROG, f"{len(res.pending)} linked messages need their first copy from this archive: run "
              f"imsrestore -f {args.device} -r {args.refout or default_reffile(inst.config.home, reader.header)}")
     for p in res.unmatched:
-        near = res.near_misses.get(p)
-        warn(PROG, f"{p}: nothing in the archive matches this path"
-             + (f" (it has {', '.join(near)}: folder names are matched exactly, but INBOX)" if near else ""))
+        warn(PROG, _unmatched(p, res.near_misses.get(p), res.left_out.get(p)))
     if res.store_full:
         n = len(res.held)
         warn(PROG, res.store_full + (f" (deliveries to {n} user{'s' if n > 1 else ''} stay held until it "

@@ -58,6 +58,7 @@ class RestoreResult:
     store_full: str | None = None                    # the store filled up: the run stopped
     unmatched: list = field(default_factory=list)    # selection paths that matched nothing
     near_misses: dict = field(default_factory=dict)  # unmatched path -> folders differing in case
+    left_out: dict = field(default_factory=dict)     # unmatched path -> the store.backupexclude that left it out
     out_of_order: list = field(default_factory=list)  # folders refused: chain applied out of order
     seconds: float = 0.0
     held: list = field(default_factory=list)         # users whose deliveries stay held: the run

@@ -77,6 +77,19 @@ class Selection:
     def unmatched(self) -> list[str]:
         return [str(lp) for lp, n in zip(self.paths, self.hits) if n == 0]
 
+    def left_out(self, path: str, header: dict) -> str | None:
+        """For an unmatched ``path``: the store.backupexclude that left its folder out
+        of the backup of ``header`` (as that backup ran with it), or None."""
+        from asm.backup import is_excluded
+        exclude = (header.get("options") or {}).get("exclude") or []
+        if not isinstance(exclude, list) or not exclude:
+            return None
+        exclude = [str(x) for x in exclude]
+        if any(str(lp) == path and lp.folder is not None and is_excluded(lp.folder, exclude)
+               for lp in self.paths):
+            return "%".join(exclude)
+        return None
+
     def near_misses(self, path: str) -> list[str]:
         """Archived folders that ``path`` (an unmatched one) names but for case."""
         return sorted(set().union(*[self.near[i] for i, lp in enumerate(self.paths) if str(lp) == path]))
