@@ -170,11 +170,13 @@ def unlisted_errors(store: Store, groups: Groups, targets: list[Target], paths: 
         except (StoreError, OSError):
             continue                        # the user's own folders report the damage
         for u in found:
-            if left_out(t, u.folder, exclude):
+            # (folder None: the whole login could not be read, e.g. a dbox login that
+            # doveadm backup cannot copy; its folders are not known)
+            if u.folder is not None and left_out(t, u.folder, exclude):
                 continue
-            if any(lp.covers_user(t.partition, t.user, groups) and lp.covers_folder(u.folder)
+            if any(lp.covers_user(t.partition, t.user, groups) and (u.folder is None or lp.covers_folder(u.folder))
                    for lp in paths):
-                out.append({"mailbox": f"/{t.partition}/{t.user}/{u.folder}",
+                out.append({"mailbox": f"/{t.partition}/{t.user}" + ("" if u.folder is None else f"/{u.folder}"),
                             "error": f"{u.why} ({u.path}): not backed up; {u.hint or store.unlisted_hint}"})
     return out
 

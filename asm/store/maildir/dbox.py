@@ -32,6 +32,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 
 from asm.config import Config
@@ -78,6 +79,8 @@ class DboxStore(MaildirStore):
         self._seen: dict[str, str | None] = {}    # Dovecot's listing when the copy was made
         self._renamed: dict[str, list] = {}       # login -> its dbox folders the copy cannot hold
         self._names: dict[str, list] = {}         # login -> its folders, as its last copy had them
+        self._uncopied: dict[str, tuple] = {}     # login -> (why, what to do): doveadm backup failed
+        self._left_out: dict[str, set] = {}       # login -> its folders dsync stopped on, left out
 
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
         return None      # the Maildir read is a fresh copy each run: dbox itself is not looked at
@@ -142,6 +145,9 @@ class DboxStore(MaildirStore):
     def _export(self, user: str) -> None:
         """Copy the login's account to WORK; the copies of the logins read before go
         (a backup reads one login after the other: WORK holds one account at a time)."""
+        if user in self._uncopied:               # tried in this run: not again
+            why, todo = self._uncopied[user]
+            raise StoreError(f"{user}: {why}; {todo}")
         self._ensure_work()
         with self._mutex:
             busy = {u for (u, _f) in self._held}
@@ -156,27 +162,57 @@ class DboxStore(MaildirStore):
         # (its parents too, when they are: dsync creates them first)
         long = {n[:i] for n in names if _too_long(n)
                 for i in [*(k for k, c in enumerate(n) if c in "/."), len(n)] if _too_long(n[:i])}
+        self._left_out.pop(user, None)
         try:
             copy = self._copy(user, long)
         except StoreFull:
             raise
         except StoreError as exc:
-            # dsync reads '%XX' in a name as an escaped character: "x%2e" becomes "x."
-            # (in the Maildir++ copy a hierarchy: "Ends with hierarchy separator"),
-            # "%c3%a9" a folder the copy cannot list; doveadm backup -x does not leave
-            # such a folder out by its name, so the login cannot be copied: say which
-            escaped = sorted(n for n in names if _ESCAPE.search(n))
-            if not escaped:
-                raise
-            raise StoreError(
-                f"{user}: doveadm backup (dsync) cannot copy this login, whose dbox folder "
-                f"{', '.join(map(repr, escaped[:3]))}{' ...' if len(escaped) > 3 else ''} "
-                f"{_why(escaped[0], ' in its name')}; rename it {_without(escaped[0])} "
-                f"(doveadm mailbox rename -u {user} ...) and run the command again ({exc})") from None
+            copy = self._copy_without_escaped(user, names, long, exc)
         self._seen[user] = self._listing(user, modseq=True)
         self._exported.add(user)
         self._check_copy(user, names, copy)
         self._names[user] = super().folder_names(user)
+
+    def _copy_without_escaped(self, user: str, names: dict[str, tuple], long: set[str],
+                              exc: StoreError) -> dict[str, tuple]:
+        """The copy made again without the folders whose name holds '%' and two hex
+        digits, once ``doveadm backup`` of the whole login failed (``exc``).
+
+        dsync reads '%XX' in a name as an escaped character: "x%2e" becomes "x." (in the
+        Maildir++ copy a hierarchy: "Ends with hierarchy separator"), which stops the
+        copy of the whole login.  ``-x`` takes such a folder by its name with its '%'
+        written '%25' (dsync reads the pattern the same way; "v%252e" leaves out "v%2e"
+        and nothing else, its parents that hold an escape too).  The folders left out are
+        named by _check_copy as not copied, the login's others are read.  When that
+        fails too (or no folder has an escape) the login cannot be copied: a StoreError
+        naming it (the backup names the login as not backed up, unlisted_folders, and
+        reads the others; a restore into it fails)."""
+        escaped = sorted(n for n in names if _ESCAPE.search(n))
+        if escaped:
+            shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
+            parts = {n[:i] for n in escaped for i in [*(k for k, c in enumerate(n) if c == "/"), len(n)]
+                     if _ESCAPE.search(n[:i])}
+            try:
+                copy = self._copy(user, long | {n.replace("%", "%25") for n in parts})
+                self._left_out[user] = set(escaped)
+                return copy
+            except StoreFull:
+                raise
+            except StoreError as again:
+                exc = again
+        shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
+        if escaped:
+            what = (f"whose dbox folder {', '.join(map(repr, escaped[:3]))}{' ...' if len(escaped) > 3 else ''} "
+                    f"{_why(escaped[0], ' in its name')}")
+            todo = (f"rename it {_without(escaped[0])} (doveadm mailbox rename -u {user} ...) and run the "
+                    f"command again")
+        else:
+            what = "on which dsync stops"
+            todo = (f"repair or rename what dsync's error names (doveadm force-resync -u {user} '*', "
+                    f"doveadm mailbox rename -u {user} ...) and run the command again")
+        self._uncopied[user] = (f"doveadm backup (dsync) cannot copy this login, {what} ({exc})", todo)
+        raise StoreError(f"{user}: doveadm backup (dsync) cannot copy this login, {what}; {todo} ({exc})") from None
 
     def _copy(self, user: str, exclude: set[str]) -> dict[str, tuple]:
         """``doveadm backup`` of the login to WORK, leaving out ``exclude``; the copy's
@@ -244,14 +280,25 @@ class DboxStore(MaildirStore):
             # had, rather than a second doveadm backup of the whole account (a backup
             # lists every login's folders first, then reads them login by login)
             return list(self._names[user])
+        self.user_partition(user)                 # (copies the login when it has no copy)
+        if user in self._uncopied:
+            # named by unlisted_folders; whatever would write to it fails: one login
+            # dsync cannot copy stops no other
+            return []
         return super().folder_names(user)
 
     def unlisted_folders(self, user: str):
+        if user in self._uncopied:
+            why, todo = self._uncopied[user]
+            return [Unlisted("user", "primary", user, None, self._dbox_root(user), why, todo)]
         if user not in self._renamed:            # (known from the login's last copy)
             self._ensure_copy(user)
+        left_out = self._left_out.get(user, set())
         return [Unlisted("folder", "primary", user, name, self._dbox_root(user),
-                         f"doveadm backup (dsync) copies a dbox folder {_why(name)}; rename it "
-                         f"{_without(name)} (doveadm mailbox rename) and back up again")
+                         f"doveadm backup (dsync) copies a dbox folder "
+                         f"{_why(name, stops=name in left_out)}",
+                         f"rename it {_without(name)} (doveadm mailbox rename -u "
+                         f"{shlex.quote(user)} {shlex.quote(name)} NEW-NAME) and back up again")
                 for name in self._renamed.get(user, ())]
 
     def _refuse_renamed(self, user: str) -> None:
@@ -361,7 +408,15 @@ class DboxStore(MaildirStore):
         if user in self._exported or user in self._created:
             return "primary"
         if os.path.isdir(self._dbox_root(user)):
-            self._export(user)
+            try:
+                self._export(user)
+            except StoreFull:
+                raise
+            except StoreError:
+                if user not in self._uncopied:
+                    raise
+                # a login dsync cannot copy is still the store's: folder_names lists
+                # nothing of it, unlisted_folders names it, every write to it fails
             return "primary"
         raise NoSuchUser(user)
 
@@ -418,8 +473,13 @@ def _too_long(name: str) -> bool:
     return len(("." + utf7.encode(name)).encode()) > NAME_MAX
 
 
-def _why(name: str, where: str = "") -> str:
-    """What keeps doveadm backup from copying the folder to the temporary Maildir++."""
+def _why(name: str, where: str = "", stops: bool = False) -> str:
+    """What keeps doveadm backup from copying the folder to the temporary Maildir++
+    (``stops``: dsync stopped on it, so it was left out of the copy)."""
+    if stops:
+        return ("whose name holds '%' and two hex digits not at all (dsync reads '%XX' as an "
+                "escaped character, and one such name of this login stopped the copy of the whole "
+                "login: they were left out)")
     if _ESCAPE.search(name):
         return (f"has '%' and two hex digits{where} (dsync reads '%XX' as an escaped character)"
                 if where else "whose name holds '%' and two hex digits under another name "

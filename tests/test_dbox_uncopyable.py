@@ -1,0 +1,181 @@
+"""A dbox login (or folder) that ``doveadm backup`` (dsync) cannot copy, against a real
+Dovecot (one sdbox lab for the module).
+
+ims-asm reads an sdbox/mdbox account through a Maildir copy dsync makes
+(asm/store/maildir/dbox.py).  When dsync cannot copy one login, that login's folder (or,
+failing that, the login) is named as not backed up, every other login is in the archive
+and the backup exits 1, as for a Maildir folder it cannot read.  The next incremental
+carries what the full left out once dsync can copy it, and the chain restores it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+from asm.errors import EXIT_PARTIAL, EXIT_STORE
+from tests.dovecot_lab import MAIL_USER, lab_fixture, message
+from tests.helpers import run
+
+lab = lab_fixture("sdbox")
+USERS = ("alice", "bob", "carol")
+
+
+def configure(lab, home) -> None:
+    run(home, "msconfig", "set", "store.driver", "maildir", check=0)
+    run(home, "msconfig", "set", "store.owner", MAIL_USER, check=0)
+    run(home, "msconfig", "set", "dovecot.config", lab.conf, check=0)
+    run(home, "msconfig", "set", "store.mail_location", "doveconf", check=0)
+
+
+def view(lab, login):
+    st = lab.client_state(login)
+    return ({name: (f.uidvalidity, f.uidnext, f.subscribed,
+                    tuple((m.uid, m.flags, m.internaldate, m.size, m.sha256, m.guid) for m in f.messages))
+             for name, f in st.folders.items()}, st.subscriptions & set(st.folders))
+
+
+def views(lab):
+    return {u: view(lab, u) for u in USERS}
+
+
+def wipe(lab) -> None:
+    shutil.rmtree(lab.store)
+    os.mkdir(lab.store)
+    os.chown(lab.store, lab.uid, lab.gid)
+
+
+def fill(lab) -> None:
+    wipe(lab)
+    lab.deliver(list(USERS), message("hello", size=900))
+    for login in USERS:
+        with lab.imap(login) as c:
+            c.create("Work")
+            c.append("Work", message(f"work of {login}"), [r"\Seen", "$Label1"], "05-Mar-2024 12:00:00 +0100")
+
+
+def listing(home, archive) -> list[str]:
+    """The folders an archive holds, and its messages (its table of contents)."""
+    toc = run(home, "imsrestore", "-t", "-f", archive, check=0, text=True).stdout
+    return sorted(ln.split("\t")[0] for ln in toc.splitlines() if ln.startswith("/"))
+
+
+def trailer(archive) -> str:
+    return subprocess.run(["tar", "-xOf", str(archive), "ims-asm.trailer"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def errors(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if "could not back up" in ln]
+
+
+def since() -> str:
+    return time.strftime("%Y%m%d:%H%M%S", time.localtime(time.time() - 1))
+
+
+def test_a_dbox_folder_dsync_stops_on_is_named_and_the_rest_backed_up(lab, tmp_path):
+    """A '%XX' that dsync decodes to what the Maildir++ copy cannot hold ("v%2e" becomes
+    "v.", a hierarchy) stops doveadm backup of the whole login.  It stopped the backup
+    of every login: exit 17, no archive.  Now that folder (and one below it) is left out
+    of the copy (``-x`` with its '%' written '%25'), named with the rename to do, listed
+    in the trailer, exit 1; every other folder of every login is in the archive.  After
+    the user renames the folders, a --base incremental and a -d one carry them, and the
+    chain restores into an emptied store what the client saw."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    with lab.imap("bob") as c:
+        for box in ("v%2e", "x/v%2e/y"):
+            c.create(box)
+            c.append(box, message(f"in {box}"), [r"\Flagged"])
+    full = tmp_path / "full.ims"
+    p = run(home, "imsbackup", "-f", full, "--state-out", tmp_path / "full.state", "/",
+            check=EXIT_PARTIAL, text=True)
+    assert "Traceback" not in p.stderr
+    named = errors(p.stderr)
+    assert len(named) == 2, p.stderr
+    for line, box in zip(named, ("v%2e", "x/v%2e/y")):
+        assert line.startswith(f"imsbackup: could not back up /primary/bob/{box}: doveadm backup (dsync)"), line
+        assert f"rename it without '%' (doveadm mailbox rename -u bob {box} NEW-NAME)" in line, line
+    assert listing(home, full) == sorted(
+        [f"/primary/{u}/{f}{m}" for u in USERS for f in ("INBOX", "Work") for m in ("", "/1")])
+    t = trailer(full)
+    assert "/primary/bob/v%2e" in t and "/primary/bob/x/v%2e/y" in t, t
+    # the user renames them; the next incrementals bring them in
+    with lab.imap("bob") as c:
+        c.rename("v%2e", "v2e")
+        c.rename("x/v%2e/y", "x/y")
+    want = views(lab)
+    assert set(want["bob"][0]) == {"INBOX", "Work", "v2e", "x/y"}
+    incr, by_date = tmp_path / "incr.ims", tmp_path / "date.ims"
+    for archive, how in ((incr, ["--base", tmp_path / "full.state"]), (by_date, ["-d", since()])):
+        p = run(home, "imsbackup", "-f", archive, *how, "/", check=None, text=True)
+        assert (p.returncode, p.stderr) == (0, ""), p.stderr
+        assert {"/primary/bob/v2e/1", "/primary/bob/x/y/1"} <= set(listing(home, archive))
+        # (-d: each run's copy of a login is new, so all of its files are changed after
+        # the date: a -d incremental of a dbox store carries every message)
+        assert ("/primary/alice/INBOX/1" in listing(home, archive)) == (archive == by_date)
+    for chain in ([full, incr], [full, by_date]):
+        wipe(lab)
+        run(home, "imsrestore", *sum((["-f", a] for a in chain), []), check=0)
+        assert views(lab) == want, chain
+
+
+def test_a_dbox_login_dsync_cannot_copy_is_named_and_the_others_backed_up(lab, tmp_path):
+    """When doveadm backup of a login fails for a reason no folder name explains (here
+    a doveadm that fails carol's copy), the login is named as not backed up in one line
+    with dsync's error and what to do, in the trailer, exit 1; the other logins are in
+    the archive.  (Before: exit 17, no archive.)  The full's state file does not hold
+    carol: the next incremental carries her whole, and the chain restores her."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "doveadm").write_text(
+        "#!/bin/sh\ncase \" $* \" in *\" backup -u carol \"*)\n"
+        "  echo 'dsync(carol): Error: Mailbox Work: simulated failure' >&2; exit 75;;\nesac\n"
+        f"exec {shutil.which('doveadm') or '/usr/bin/doveadm'} \"$@\"\n")
+    (fake / "doveadm").chmod(0o755)
+    failing = {"PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    full = tmp_path / "full.ims"
+    p = run(home, "imsbackup", "-f", full, "--state-out", tmp_path / "full.state", "/",
+            env=failing, check=EXIT_PARTIAL, text=True)
+    assert "Traceback" not in p.stderr
+    named = errors(p.stderr)
+    assert len(named) == 1, p.stderr
+    assert named[0].startswith("imsbackup: could not back up /primary/carol: doveadm backup (dsync) "
+                               "cannot copy this login"), named[0]
+    assert "simulated failure" in named[0] and "doveadm mailbox rename" in named[0], named[0]
+    assert listing(home, full) == sorted(
+        [f"/primary/{u}/{f}{m}" for u in ("alice", "bob") for f in ("INBOX", "Work") for m in ("", "/1")])
+    assert "/primary/carol" in trailer(full)
+    p = run(home, "imsverify", "-f", full, check=EXIT_PARTIAL, text=True)
+    assert "1 backup errors" in p.stdout + p.stderr, p.stdout + p.stderr
+    want = views(lab)
+    incr, by_date = tmp_path / "incr.ims", tmp_path / "date.ims"
+    for archive, how in ((incr, ["--base", tmp_path / "full.state"]), (by_date, ["-d", since()])):
+        p = run(home, "imsbackup", "-f", archive, *how, "/", check=None, text=True)
+        assert (p.returncode, p.stderr) == (0, ""), p.stderr
+        assert {"/primary/carol/INBOX/1", "/primary/carol/Work/1"} <= set(listing(home, archive))
+    for chain in ([full, incr], [full, by_date]):
+        wipe(lab)
+        run(home, "imsrestore", *sum((["-f", a] for a in chain), []), check=0)
+        assert views(lab) == want, chain
+
+
+def test_dovecot_down_still_stops_a_dbox_backup(lab, tmp_path):
+    """Real errors are not one login's: with Dovecot stopped the backup of a dbox
+    store still stops (exit 17, no archive), as before."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    lab.stop()
+    try:
+        p = run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", check=None, text=True)
+    finally:
+        lab.start()
+    assert p.returncode == EXIT_STORE, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert not os.path.exists(tmp_path / "a.ims")
