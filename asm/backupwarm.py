@@ -163,10 +163,32 @@ class Warmer:
             self._w = -1
         if self._pid is not None:
             pid, self._pid = self._pid, None
+            _reap(pid)
+
+
+def _reap(pid: int, grace: float = 2.0) -> None:
+    """Wait for the child, which ends when its pipe closes; one that does not (stopped,
+    or blocked on a hung mount) is killed after ``grace`` seconds, and one the kill
+    cannot end at once is left to init: the read-ahead is only advice, and never holds
+    the backup."""
+    import signal
+    import time
+    deadline, killed = time.monotonic() + grace, False
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        if time.monotonic() >= deadline:
+            if killed:
+                return
             try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            deadline, killed = time.monotonic() + grace, True
+        time.sleep(0.005)
 
 
 _POS = None                              # struct "=qq": (plan, bytes taken in it), as sent
