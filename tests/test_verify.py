@@ -258,6 +258,37 @@ def test_chain_passes_whole_and_fails_broken(tmp_path, driver):
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_against_store_counts_mail_moved_copied_or_renamed_since_as_changes(tmp_path, driver):
+    """Dovecot's MOVE, COPY and RENAME keep a Maildir file's name, and so the time it
+    was stored: mail filed by a user after the backup looks older than the backup in
+    its new folder.  It is in the archive under its old folder (the same bytes): a
+    change since, not mail the backup missed (the daily check exited 19 after every
+    MOVE).  A message the archive lacks is still named, whatever its file's times."""
+    home, store, full, incr = _chain(tmp_path, driver)
+    inbox = store.messages("joe", "INBOX")
+    store.create_folder("joe", "Filed")
+    moved, copied = inbox[0], inbox[1]
+    for m in (moved, copied):
+        with open(m.path, "rb") as f:
+            store.append("joe", "Filed", f, flags=m.flags, internaldate=m.internaldate, stored=m.stored)
+    store.expunge("joe", "INBOX", [moved.uid])
+    store.create_folder("ann", "Done")                     # Work/2023 renamed Done
+    for m in store.messages("ann", "Work/2023"):
+        with open(m.path, "rb") as f:
+            store.append("ann", "Done", f, flags=m.flags, internaldate=m.internaldate, stored=m.stored)
+    store.delete_folder("ann", "Work/2023")
+    p = run(home, "imsverify", "-v", "-f", full, "-f", incr, "--against-store", text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+    assert "not in the archive" not in p.stderr
+    # one the chain never held, stored before the backup started: named
+    store.append("joe", "Filed", io.BytesIO(b"Subject: never archived\r\n\r\nx\r\n"),
+                 internaldate=1_600_000_000, stored=1_600_000_000)
+    p = run(home, "imsverify", "-v", "-f", full, "-f", incr, "--against-store", text=True)
+    assert p.returncode == EXIT_DIFFERS and "/primary/joe/Filed: 1 message the store received before the " \
+        "backup started is not in the archive" in p.stderr, (p.stdout, p.stderr)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_against_store_names_a_listed_message_whose_file_is_gone(tmp_path, driver):
     """A message the store lists (classic: its index) whose file is gone is damage the
     live comparison must name (exit 19), not a message 'expunged while we looked'.  In a

@@ -95,6 +95,7 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
     out = Comparison()
     created = view.created
     seen = set()
+    archived: dict = {}                 # (partition, user) -> the SHA-256 of all its archived mail
     for t in targets:
         for name in t.folders:
             key = (t.partition, t.user, name)
@@ -113,6 +114,22 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
             elif rec.uidvalidity != info.uidvalidity:
                 rec = None      # recreated since: its messages are new ones
             old = [m for m in msgs if (rec is None or m.uid not in rec.messages) and m.stored < created - SLACK]
+            if old:
+                # filed since the backup (MOVE, COPY, RENAME keep a Maildir file's name, and
+                # the time it was stored): the chain holds its bytes in another folder
+                have = archived.get((t.partition, t.user))
+                if have is None:
+                    have = archived[(t.partition, t.user)] = {
+                        v[0] for (p, u, _f), r in view.folders.items() if (p, u) == (t.partition, t.user)
+                        for v in r.messages.values()}
+                missed = []
+                for m in old:
+                    sha = stored_sha256(m, missing=OSError)
+                    if sha in have:
+                        out.changes["new"] += 1
+                    elif sha is not None:           # (None: expunged while we looked)
+                        missed.append(m)
+                old = missed
             if old:
                 out.add(f"{mailbox}: {len(old)} message{'s' if len(old) > 1 else ''} the store received before "
                         f"the backup started {'are' if len(old) > 1 else 'is'} not in the archive "
