@@ -1,5 +1,23 @@
-"""Sizes as people read them, for messages, summaries and plans."""
+"""Sizes as people read them, for messages, summaries and plans; dates as they type them."""
 from __future__ import annotations
+
+import re
+
+_DATE = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})(?::([0-9]{2})([0-9]{2})([0-9]{2}))?")
+
+
+def classic_date(text: str) -> float:
+    """``YYYYMMDD[:HHMMSS]`` in local time -> epoch seconds: exactly 8 digits, optionally
+    ``:`` and exactly 6, a real calendar date and time; ValueError for anything else
+    (strptime alone read ``2026115`` as 2026-11-05 and ``202611`` as 2026-01-01)."""
+    import datetime as dt
+    m = _DATE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"not YYYYMMDD[:HHMMSS]: {text!r}")
+    try:
+        return dt.datetime(*(int(g or 0) for g in m.groups())).timestamp()
+    except OverflowError:
+        raise ValueError(f"out of range: {text!r}") from None
 
 
 def human(n: float) -> str:

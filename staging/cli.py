@@ -257,7 +257,7 @@ def _dispatch(args, rep=None) -> int:
             return EXIT_OK
         groups = Groups.load(cfg.groups_path)
         user, target = user_of(args.path, groups)
-        at = parse_date(args.at) if args.at else None
+        at = parse_date(args.at) if args.at is not None else None
         places = [os.path.abspath(args.frm)] if args.frm else [directory]
         links = chain_for(cat, user, places, at)
         if target is None:

@@ -395,13 +395,14 @@ def blocking_factor(text: str) -> int:
 
 
 def parse_date(text: str) -> float:
-    """``YYYYMMDD[:HHMMSS]`` in local time, as the classic tools take it."""
-    import datetime as dt
-    fmt = "%Y%m%d:%H%M%S" if ":" in text else "%Y%m%d"
+    """``YYYYMMDD[:HHMMSS]`` in local time, as the classic tools take it, strictly
+    (asm.units.classic_date): a later "since" than meant would miss the mail in between."""
+    from asm.units import classic_date
     try:
-        return dt.datetime.strptime(text, fmt).timestamp()
+        return classic_date(text)
     except ValueError:
-        raise UsageError(f"bad date {text!r}: use YYYYMMDD or YYYYMMDD:HHMMSS, e.g. 20240501:131000") from None
+        raise UsageError(f"bad date {text!r}: use YYYYMMDD or YYYYMMDD:HHMMSS (8 digits, "
+                         "optionally ':' and 6), e.g. 20240501:131000") from None
 
 
 def read_list_file(path: str) -> list[str]:

@@ -110,7 +110,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _backup(args, rep) -> int:
-    since = parse_date(args.date) if args.date else None
+    since = parse_date(args.date) if args.date is not None else None
     names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
     if args.base:
         from asm.backupstate import load_base      # here: only an incremental needs it (startup time)

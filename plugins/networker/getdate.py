@@ -6,6 +6,7 @@ import re
 import time
 
 from asm.errors import EXIT_USAGE, ImsError
+from asm.units import classic_date
 
 
 class DateError(ImsError, ValueError):
@@ -14,7 +15,7 @@ class DateError(ImsError, ValueError):
     status = EXIT_USAGE
 
 
-_FORMATS = ("%Y%m%d:%H%M%S", "%Y%m%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S",
+_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S",
             "%Y-%m-%d", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%m/%d/%y %H:%M:%S",
             "%m/%d/%y %H:%M", "%m/%d/%y")
 _AGO = re.compile(r"^(\d+)\s*(second|minute|hour|day|week)s?\s+ago$", re.I)
@@ -31,6 +32,14 @@ def parse(text: str, now: float | None = None) -> float:
     m = _AGO.match(s)
     if m:
         return (now if now is not None else time.time()) - int(m.group(1)) * _UNIT[m.group(2).lower()]
+    if re.fullmatch(r"[0-9:]*", s):
+        # the imsbackup -d form, strictly: strptime took '2026115' as 2026-11-05
+        try:
+            return classic_date(s)
+        except ValueError:
+            raise DateError(f"bad time {text!r}: use seconds since 1970, YYYYMMDD[:HHMMSS] (8 digits, "
+                            "optionally ':' and 6), 'YYYY-MM-DD HH:MM:SS', 'MM/DD/YYYY HH:MM:SS' "
+                            "or 'N days ago'") from None
     for fmt in _FORMATS:
         try:
             return dt.datetime.strptime(s, fmt).timestamp()

@@ -268,7 +268,7 @@ def estimate(inst, records: list[SaveRecord], since: float | None, exclude: list
 
 def save(args, rep) -> int:
     try:
-        since = getdate.parse(args.time) if args.time else None
+        since = getdate.parse(args.time) if args.time is not None else None
     except getdate.DateError as exc:
         raise UsageError(f"-t: {exc}") from None
     if args.proto and not os.path.isfile(args.proto):

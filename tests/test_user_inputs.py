@@ -1,0 +1,77 @@
+"""Command-line input an administrator mistypes, table-driven: each gives one line on
+stderr naming what was given and what is expected, exit status 2 (usage error,
+docs/operations.md), no traceback, and does nothing (creates no file or directory)."""
+from __future__ import annotations
+
+import pytest
+
+from asm.errors import EXIT_USAGE
+from tests.helpers import in_home, make_home, put, run
+from asm.store import open_store
+
+
+@pytest.fixture
+def home(tmp_path):
+    h = tmp_path / "ims"
+    cfg = make_home(h, "classic")
+    with in_home(h):
+        store = open_store(cfg)
+        put(store, "bob", "INBOX", 1)
+    return h
+
+
+def _one_line(p):
+    err = p.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    return err
+
+
+# not YYYYMMDD[:HHMMSS]: strptime read '2026115' as 2026-11-05 and '202611' as 2026-01-01
+BAD_DATES = ["2026115", "202611", "20261126:0200", "20261126:020", "", " 20261126", "20261126:",
+             "2026-11-26", "20261126:240000", "20260230", "20261126:1200000", "２０２６１１２６"]
+
+
+@pytest.mark.parametrize("date", BAD_DATES, ids=range(len(BAD_DATES)))
+def test_bad_date_imsbackup(home, tmp_path, date):
+    out = tmp_path / "d.ims"
+    p = run(home, "imsbackup", "-f", out, "-d", date, "/primary/bob")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert repr(date) in err and "YYYYMMDD" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("date", ["2026115", "20261126:0200", ""])
+def test_bad_date_imsasm(home, date):
+    p = run(home, "imsasm", "-s", "-t", date, "/primary/bob")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    assert repr(date) in _one_line(p)
+
+
+def test_good_dates_still_taken(home, tmp_path):
+    for date in ("20200115", "20200115:235959"):
+        run(home, "imsbackup", "-f", tmp_path / "d.ims", "-d", date, "/primary/bob", check=0)
+
+
+@pytest.mark.parametrize("text", ["2026115", "202611", "20261126:0200", "", "20260230"])
+def test_bad_date_networker_getdate(text):
+    from plugins.networker import getdate
+    with pytest.raises(getdate.DateError, match="YYYYMMDD"):
+        getdate.parse(text)
+
+
+def test_networker_getdate_forms_still_taken():
+    from plugins.networker import getdate
+    assert getdate.parse("20240501:131000") == getdate.parse("2024-05-01 13:10:00")
+    assert getdate.parse("20240501") == getdate.parse("05/01/2024")
+    assert getdate.parse("1700000000") == 1700000000.0
+
+
+@pytest.mark.parametrize("date", ["2026115", "20261126:020", ""])
+def test_bad_date_imsstage_at(home, tmp_path, date):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    p = run(home, "imsstage", "locate", "-D", stage, "--at", date, "/primary/bob")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    assert repr(date) in _one_line(p)
