@@ -75,3 +75,22 @@ def test_bad_date_imsstage_at(home, tmp_path, date):
     p = run(home, "imsstage", "locate", "-D", stage, "--at", date, "/primary/bob")
     assert p.returncode == EXIT_USAGE, p.stderr
     assert repr(date) in _one_line(p)
+
+
+BACULA_COMMANDS = [["backup", "/primary/bob"], ["restore", "/primary/bob"], ["select", "/primary/bob"],
+                   ["select", "--clear"], ["history"], ["fileset"], ["jobstart", "--jobid", "1", "--level", "Full"],
+                   ["jobdone", "--jobid", "1"], ["jobfailed", "--jobid", "1"], ["restorestart", "--jobid", "1"],
+                   ["restoredone", "--jobid", "1"]]
+
+
+@pytest.mark.parametrize("argv", BACULA_COMMANDS, ids=[a[0] + str(i) for i, a in enumerate(BACULA_COMMANDS)])
+def test_imsbacula_mistyped_home_creates_nothing(home, argv):
+    """A mistyped --home (or IMS_HOME) is refused as every other command refuses it; it
+    used to be created (data/bacula/state.db) and then passed as an installation."""
+    typo = str(home) + "x"
+    for how in (["--home=" + typo], []):
+        p = run(None, "imsbacula", *how, *argv, input=b"", env={"IMS_HOME": None if how else typo})
+        assert p.returncode == EXIT_USAGE, (how, p.stderr)
+        err = _one_line(p)
+        assert f"IMS_HOME={typo} does not exist" in err, err
+        assert not (home.parent / (home.name + "x")).exists()

@@ -463,8 +463,11 @@ def _main(argv: list[str] | None) -> int:
         os.environ["IMS_ASM_PLUGINS"] = _word(args.plugins, True, "--plugins")
     if args.home is not None:
         os.environ["IMS_HOME"] = _word(args.home, True, "--home")
-    from asm.config import ims_home
+    from asm.config import NoInstallation, ims_home, installation_problem
     home = ims_home()
+    why = installation_problem(home)
+    if why:      # as every command: a mistyped --home is refused, never made (its state.db, its log)
+        raise NoInstallation(why)
     state = State(home)
     if args.cmd == "fileset":
         return cmd_fileset(args, home)
