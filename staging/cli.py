@@ -19,7 +19,7 @@ import os
 import sqlite3
 import sys
 
-from asm.cli.common import ArgParser, Progress, UsageError, die, human, parse_date, run_command
+from asm.cli.common import ArgParser, Progress, UsageError, die, human, number, parse_date, run_command
 from asm.cli.context import open_installation
 from asm.config import Config
 from asm.errors import EXIT_INTERRUPTED, EXIT_OK
@@ -54,22 +54,22 @@ def build_parser() -> ArgParser:
         m.add_argument("--cumulative", dest="mode", action="store_const", const="cinc",
                        help="since the last successful full dump (per group)")
         if name == "check":
-            s.add_argument("--max-age", type=float, default=24.0, metavar="HOURS",
+            s.add_argument("--max-age", type=number(0, whole=False, above=True, unit=" hours"), default=24.0, metavar="HOURS",
                            help="how old a dump may be (default 24)")
             s.add_argument("--job", metavar="NAME", help="claim the dumps for this engine job")
             continue
-        s.add_argument("-j", dest="jobs", type=int, metavar="N",
+        s.add_argument("-j", dest="jobs", type=number(1, 64), metavar="N",
                        help="dumps at a time (default: staging.jobs, else the number of cores)")
         s.add_argument("--after-batch", metavar="CMD",
                        help="shell command that saves a batch when the area cannot hold every group "
                             "(gets the files as \"$@\"); default: staging.afterbatch")
-        s.add_argument("--deadline", type=float, metavar="SECONDS",
+        s.add_argument("--deadline", type=number(0, whole=False, above=True, unit=" seconds"), metavar="SECONDS",
                        help="stop and remove unfinished dumps after this many seconds")
         s.add_argument("--job", metavar="NAME", help="claim the staged dumps for this engine job")
         if name == "dump":
             s.add_argument("--report", metavar="FILE",
                            help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
-        s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+        s.add_argument("--wait", type=number(0, whole=False, unit=" seconds"), default=0.0, metavar="SECONDS",
                        help="wait this long for another run on the area to finish (default: refuse at once)")
         if name == "dump":
             pm = s.add_mutually_exclusive_group()
@@ -83,18 +83,18 @@ def build_parser() -> ArgParser:
     _common(s)
     s.add_argument("--status", type=int, default=0, help="the engine's exit status (default 0)")
     s.add_argument("--job", metavar="NAME", help="only the dumps claimed by this job")
-    s.add_argument("--keep", type=int, metavar="N", help="keep the newest N per group (default: staging.keep)")
+    s.add_argument("--keep", type=number(0, 1000), metavar="N", help="keep the newest N per group (default: staging.keep)")
     s = sub.add_parser("push", help="push the dumps whose push failed or was never made")
     _common(s)
     s.add_argument("--to", metavar="SPEC", help="[user@]host[:port]:dir or s3://bucket/prefix/ "
                                                 "(default: staging.remote)")
-    s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    s.add_argument("--wait", type=number(0, whole=False, unit=" seconds"), default=0.0, metavar="SECONDS",
                    help="wait this long for another run on the area to finish (default: refuse at once)")
     s = sub.add_parser("prune", help="remove the remote copies the remote retention (staging.remote.keep*) "
                                      "no longer keeps")
     _common(s)
     s.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
-    s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    s.add_argument("--wait", type=number(0, whole=False, unit=" seconds"), default=0.0, metavar="SECONDS",
                    help="wait this long for another run on the area to finish (default: refuse at once)")
     s = sub.add_parser("list", help="print the catalog")
     _common(s)

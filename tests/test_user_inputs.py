@@ -94,3 +94,38 @@ def test_imsbacula_mistyped_home_creates_nothing(home, argv):
         err = _one_line(p)
         assert f"IMS_HOME={typo} does not exist" in err, err
         assert not (home.parent / (home.name + "x")).exists()
+
+
+BAD_STAGE_NUMBERS = [(["done", "--keep", "-1"], "--keep"), (["done", "--keep", "1001"], "--keep"),
+                     (["check", "--max-age", "-5"], "--max-age"), (["check", "--max-age", "0"], "--max-age"),
+                     (["check", "--max-age", "nan"], "--max-age"), (["check", "--max-age", "inf"], "--max-age"),
+                     (["dump", "-j", "0"], "-j"), (["dump", "-j", "-2"], "-j"), (["dump", "-j", "65"], "-j"),
+                     (["dump", "--deadline", "-1"], "--deadline"), (["dump", "--deadline", "nan"], "--deadline"),
+                     (["dump", "--wait", "-1"], "--wait"), (["push", "--wait", "nan"], "--wait")]
+
+
+@pytest.mark.parametrize("argv,option", BAD_STAGE_NUMBERS, ids=range(len(BAD_STAGE_NUMBERS)))
+def test_imsstage_bad_counts_and_ages(home, tmp_path, argv, option):
+    """imsstage done --keep -1 (meant: keep them all) removed every staged dump, the newest
+    included, exit 0; check --max-age -5 said 'younger than -5 h' (15)."""
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    run(home, "imsstage", "dump", "-D", stage, "-j", "1", check=0)
+    before = sorted(p.name for p in stage.iterdir())
+    p = run(home, "imsstage", *argv[:1], "-D", stage, *argv[1:])
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert option in err and repr(argv[-1]) in err, err
+    assert sorted(p.name for p in stage.iterdir()) == before
+
+
+@pytest.mark.parametrize("argv", [["--keep", "-1"], ["--max-age", "-5"], ["-j", "0"]])
+def test_imsnbu_install_bad_counts(home, tmp_path, argv):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (tmp_path / "stage").mkdir()
+    p = run(home, "imsnbu", "install", "--dir", bindir, "-D", tmp_path / "stage", *argv)
+    assert p.returncode == EXIT_USAGE, p.stderr
+    assert argv[0] in _one_line(p)
+    assert list(bindir.iterdir()) == []
+

@@ -16,7 +16,7 @@ from asm.errors import (
 )
 from asm.units import human  # noqa: F401  (the commands' size formatting)
 
-__all__ = ["ArgParser", "Progress", "UsageError", "blocking_factor", "die", "human", "parse_date",
+__all__ = ["ArgParser", "Progress", "UsageError", "blocking_factor", "die", "human", "number", "parse_date",
            "read_list_file", "run_command", "warn"]
 
 
@@ -392,6 +392,27 @@ def blocking_factor(text: str) -> int:
     if not 1 <= n <= MAX_BLOCKING_FACTOR:
         raise argparse.ArgumentTypeError(f"bad blocking factor {text!r}: use 1 to {MAX_BLOCKING_FACTOR}")
     return n
+
+
+def number(lo: float, hi: float | None = None, whole: bool = True,
+           above: bool = False, unit: str = "") -> Callable[[str], float]:
+    """argparse type for a count or a duration: a whole number (``whole``) or a finite
+    decimal from ``lo`` (excluded with ``above``) to ``hi``; anything else (``-1``,
+    ``nan``, ``1e999``) is refused naming the value and the range (argparse the option), so that
+    ``--keep -1`` cannot mean "remove every file" nor ``--max-age -5`` "always stale"."""
+    import math
+
+    def parse(text: str):
+        try:
+            v = int(text) if whole else float(text)
+        except ValueError:
+            v = None
+        if v is None or not math.isfinite(v) or v < lo or (above and v == lo) or (hi is not None and v > hi):
+            what = "a whole number" if whole else "a number"
+            rng = (f"above {lo:g}" if above else f"from {lo:g}") + (f" to {hi:g}" if hi is not None else "")
+            raise argparse.ArgumentTypeError(f"use {what} {rng}{unit}, not {text!r}")
+        return v
+    return parse
 
 
 def parse_date(text: str) -> float:

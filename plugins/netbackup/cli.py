@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 
-from asm.cli.common import ArgParser, parse_date, run_command
+from asm.cli.common import ArgParser, number, parse_date, run_command
 from asm.config import Config
 from asm.errors import EXIT_DEVICE, EXIT_MISSING, EXIT_OK, ImsError
 from asm.groups import Groups
@@ -31,9 +31,9 @@ def build_parser() -> ArgParser:
     s.add_argument("-D", dest="staging", metavar="DIR", help="staging directory (default: staging.dir)")
     s.add_argument("--check", action="store_true",
                    help="bpstart_notify only checks for fresh dumps staged ahead (e.g. from cron)")
-    s.add_argument("--max-age", type=float, default=24.0, metavar="HOURS", help="freshness for --check (24)")
-    s.add_argument("-j", dest="jobs", type=int, metavar="N", help="parallel dumps (default: staging.jobs or cores)")
-    s.add_argument("--keep", type=int, metavar="N", help="staged files kept after success (default: staging.keep)")
+    s.add_argument("--max-age", type=number(0, whole=False, above=True, unit=" hours"), default=24.0, metavar="HOURS", help="freshness for --check (24)")
+    s.add_argument("-j", dest="jobs", type=number(1, 64), metavar="N", help="parallel dumps (default: staging.jobs or cores)")
+    s.add_argument("--keep", type=number(0, 1000), metavar="N", help="staged files kept after success (default: staging.keep)")
     s.add_argument("--force", action="store_true", help="replace notify scripts not installed by imsnbu")
     s = sub.add_parser("restore", help="print the bprestore command for a user's files; restore once they are back")
     s.add_argument("path", help="/partition/user/joe, /partition/joe/Folder or a user name")
