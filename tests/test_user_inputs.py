@@ -129,3 +129,18 @@ def test_imsnbu_install_bad_counts(home, tmp_path, argv):
     assert argv[0] in _one_line(p)
     assert list(bindir.iterdir()) == []
 
+
+def test_local_name_with_colon_read_as_host(home, tmp_path):
+    """-f full-02:00.ims (a time in a local file name) is [user@]host:path for host
+    'full-02': the line says so and names ./full-02:00.ims; a host that does not
+    resolve is 10 (no connection), not 12 ('no SSH key to offer')."""
+    env = {"HOME": tmp_path, "SSH_AUTH_SOCK": None}
+    p = run(home, "imsbackup", "-f", "full-02:00.ims", "/primary/bob", env=env, cwd=tmp_path)
+    assert p.returncode == 10, p.stderr
+    err = _one_line(p)
+    assert "'full-02'" in err and "./full-02:00.ims" in err, err
+    assert list(tmp_path.glob("full-02*")) == []
+    p = run(home, "imsrestore", "-t", "-f", "nohost.invalid:/x.ims", env=env)
+    assert p.returncode == 10, p.stderr
+    assert "unknown host 'nohost.invalid'" in _one_line(p)
+

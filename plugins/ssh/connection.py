@@ -209,6 +209,10 @@ def connect(spec: RemoteSpec, settings: Settings) -> Connection:
             except (OSError, UnicodeDecodeError) as exc:
                 raise HostKeyUnknown(f"cannot read known_hosts file {f}: {exc}") from None
     client.set_missing_host_key_policy(_Refuse(settings, port))
+    try:        # an unknown host is no connection (10), whether or not there is a key to offer
+        socket.getaddrinfo(spec.host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConnectFailed(f"cannot connect to {name}: unknown host {spec.host!r} ({exc.strerror})") from None
     if not keys and not agent:
         raise AuthFailed(f"{name}: no SSH key to offer: create one with ssh-keygen, start ssh-agent, "
                          f"or msconfig set ssh.identity /path/to/private_key")

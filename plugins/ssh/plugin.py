@@ -31,9 +31,17 @@ def open_remote(spec: str, mode: str, blocking_factor: int = 20, config=None):
     # imported here: paramiko is loaded only when a remote device is really used
     from plugins.ssh import device
     from plugins.ssh.connection import Settings, connect
+    from plugins.ssh.errors import AuthFailed, ConnectFailed
     from plugins.ssh.spec import parse
     rs = parse(spec)
-    conn = connect(rs, Settings.from_config(config))
+    try:
+        conn = connect(rs, Settings.from_config(config))
+    except (ConnectFailed, AuthFailed) as exc:
+        if spec.startswith("ssh://"):
+            raise
+        # host:path is also how a local file with a colon reads (full-02:00.ims): say so
+        raise type(exc)(f"{exc} (device {spec!r} was read as [user@]host:path, host {rs.host!r}; "
+                        f"a local file with a colon in its name: ./{spec})", exc.errno) from None
     try:
         if mode == "wb":
             return device.open_write(spec, conn, rs.path, 512 * blocking_factor)
