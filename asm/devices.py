@@ -19,7 +19,7 @@ import stat
 import sys
 import weakref
 
-from asm.errors import EXIT_AUTH, EXIT_CONNECT, EXIT_DEVICE, EXIT_LINKLOST, EXIT_NOSPACE, ImsError
+from asm.errors import EXIT_AUTH, EXIT_CONNECT, EXIT_DEVICE, EXIT_LINKLOST, EXIT_NOSPACE, EXIT_USAGE, ImsError
 from asm.hookspecs import hookimpl
 
 _REMOTE_RE = re.compile(r"^(ssh://|(?:[^/@:]+@)?[^/:]+:)")
@@ -247,6 +247,10 @@ def open_device(spec: str, mode: str, blocking_factor: int = 20, config=None) ->
         if is_remote(spec, _localonly(config)):
             raise DeviceError(f"device {spec!r} names a remote host but no remote-device plugin is "
                               f"loaded: install the ssh plugin, or write ./{spec} for a local file")
+        if os.environ.get("IMS_ASM_PLUGINS", "").strip():
+            raise DeviceError(f"no device plugin can open {spec!r}: IMS_ASM_PLUGINS="
+                              f"{os.environ['IMS_ASM_PLUGINS'].strip()} leaves out localdevices (files, "
+                              f"stdin/stdout, FIFOs, tapes): add it, or unset IMS_ASM_PLUGINS", status=EXIT_USAGE)
         raise DeviceError(f"no device plugin can open {spec!r}")
     return dev
 

@@ -200,7 +200,13 @@ def get_manager() -> pluggy.PluginManager:
         pm.add_hookspecs(hookspecs)
         allowed = _allowed()
         pm._ims_eps = {}
-        for ep in sorted(entry_points(GROUP), key=lambda e: e.name):
+        eps = entry_points(GROUP)
+        unknown = sorted(allowed - {ep.name for ep in eps}) if allowed is not None else []
+        if unknown:      # a misspelt name must not read later as "no plugin can open FILE"
+            raise PluginError(f"IMS_ASM_PLUGINS names no installed plugin {', '.join(map(repr, unknown))}: "
+                              f"use names from {', '.join(sorted({ep.name for ep in eps}))} "
+                              f"(or unset it to load every one)")
+        for ep in sorted(eps, key=lambda e: e.name):
             if allowed is not None and ep.name not in allowed:
                 continue
             if pm.get_plugin(ep.name) is not None:

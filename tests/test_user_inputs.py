@@ -144,3 +144,24 @@ def test_local_name_with_colon_read_as_host(home, tmp_path):
     assert p.returncode == 10, p.stderr
     assert "unknown host 'nohost.invalid'" in _one_line(p)
 
+
+@pytest.mark.parametrize("plugins,unknown", [("classic,maildr", "maildr"), ("classic,localdevice", "localdevice"),
+                                             ("classic, localdevices ,sh", "sh")])
+def test_ims_asm_plugins_typo(home, tmp_path, plugins, unknown):
+    """A misspelt IMS_ASM_PLUGINS gave 'no device plugin can open FILE' (3), naming neither
+    the unknown name nor the variable."""
+    out = tmp_path / "a.ims"
+    for argv in (["imsbackup", "-f", out, "/primary/bob"], ["mboxutil", "-l"], ["imsplugins", "list"]):
+        p = run(home, *argv, env={"IMS_ASM_PLUGINS": plugins})
+        assert p.returncode == EXIT_USAGE, (argv, p.stderr)
+        err = _one_line(p)
+        assert "IMS_ASM_PLUGINS" in err and repr(unknown) in err and "localdevices" in err, err
+    assert not out.exists()
+
+
+def test_ims_asm_plugins_without_localdevices(home, tmp_path):
+    p = run(home, "imsbackup", "-f", tmp_path / "a.ims", "/primary/bob", env={"IMS_ASM_PLUGINS": "classic"})
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert "IMS_ASM_PLUGINS" in err and "localdevices" in err, err
+
