@@ -215,6 +215,8 @@ def test_imsdeliver_one_inode_for_three_users(config, ims_home, tmp_path):
 
 def test_imsdeliver_stdin_and_folder(config, ims_home):
     assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    # the folder must exist: imsdeliver creates none (a missing one gets INBOX, tests/test_user_inputs.py)
+    assert run(ims_home, "mboxutil", "-c", "user/joe/Lists/ietf").returncode == 0
     p = run(ims_home, "imsdeliver", "-d", "Lists/ietf", "joe", input=MSG)
     assert p.returncode == 0, err(p)
     s = fresh_store()

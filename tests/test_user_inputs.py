@@ -165,3 +165,35 @@ def test_ims_asm_plugins_without_localdevices(home, tmp_path):
     err = _one_line(p)
     assert "IMS_ASM_PLUGINS" in err and "localdevices" in err, err
 
+
+MSG = b"From: a@example.com\r\nSubject: typo\r\n\r\nbody\r\n"
+
+
+def test_imsdeliver_to_a_missing_folder_goes_to_inbox(home):
+    """imsdeliver -d Inbx made a folder 'Inbx' (configuration.md: imsdeliver creates
+    nothing). As Dovecot's LMTP/deliver (lda_mailbox_autocreate=no): into INBOX, said
+    on stderr; a folder that exists still gets it, one stored copy for both users."""
+    run(home, "mboxutil", "-c", "user/alice", check=0)
+    run(home, "mboxutil", "-c", "user/alice/Lists", check=0)
+    run(home, "mboxutil", "-c", "user/bob/Lists", check=0)
+    def folders():
+        return [ln.split()[-1] for ln in run(home, "mboxutil", "-l", check=0, text=True).stdout.splitlines()[1:]]
+    before = folders()
+    p = run(home, "imsdeliver", "-d", "Inbx", "alice", "bob", input=MSG, check=0)
+    assert p.stdout.decode().splitlines() == ["alice: UID 1", "bob: UID 2"]
+    assert "no folder 'Inbx'" in p.stderr.decode() and "INBOX" in p.stderr.decode()
+    assert folders() == before, "no folder created"
+    p = run(home, "imsdeliver", "-d", "Lists", "alice", "bob", input=MSG, check=0)
+    assert p.stdout.decode().splitlines() == ["alice: UID 1", "bob: UID 1"] and p.stderr == b""
+    p = run(home, "imsdeliver", "-d", "Lists", "alice", "mallory", input=MSG)
+    assert p.returncode == EXIT_USAGE
+    with in_home(home):
+        from asm.config import Config
+        s = open_store(Config())
+        assert [m.uid for m in s.messages("alice", "INBOX")] == [1]
+        assert [m.uid for m in s.messages("bob", "INBOX")] == [1, 2]
+        with s.open_message("alice", "INBOX", 1) as f:
+            assert f.read() == MSG
+        a, b = s.message("alice", "Lists", 1), s.message("bob", "Lists", 1)
+        assert (a.dev, a.ino) == (b.dev, b.ino), "one stored copy"
+

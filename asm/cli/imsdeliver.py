@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from asm.cli.common import ArgParser, UsageError, run_command
+from asm.cli.common import ArgParser, UsageError, run_command, warn
 from asm.cli.context import open_installation
 from asm.errors import EXIT_OK
 
@@ -33,9 +33,28 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(f"message file {args.m!r} does not exist") from None
     except OSError as exc:
         raise UsageError(f"cannot read message file {args.m!r}: {exc.strerror}") from None
+    # As Dovecot's LMTP/deliver (lda_mailbox_autocreate=no): a folder the user does not
+    # have gets nothing made; the message goes to INBOX, so a mistyped -d neither loses
+    # mail nor creates a folder (docs/configuration.md, "Which commands create what").
+    targets: dict[str, list[str]] = {}
+    for u in users:
+        to = args.d if args.d == "INBOX" or store.exists(u, args.d) else "INBOX"
+        if to != args.d:
+            warn(PROG, f"{u} has no folder {args.d!r}: delivered to INBOX (create the folder with "
+                       f"'mboxutil -c user/{u}/{args.d}')")
+        targets.setdefault(to, []).append(u)
+    out = {}
     with src, store.batch():                  # delivered means on disk when we say so
-        out = store.deliver(users, src, args.d)
-    for user, info in out.items():
+        if len(targets) > 1:                  # two folders: read the message once, store it twice
+            import shutil
+            import tempfile
+            spool = tempfile.TemporaryFile()
+            shutil.copyfileobj(src, spool, 1 << 20)
+            src = spool
+        for folder, group in targets.items():
+            src.seek(0) if len(targets) > 1 else None
+            out.update(store.deliver(group, src, folder))
+    for user, info in ((u, out[u]) for u in users):
         print(f"{user}: {'queued (deliveries held)' if info is None else f'UID {info.uid}'}")
     return EXIT_OK
 
