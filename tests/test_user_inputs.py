@@ -197,3 +197,14 @@ def test_imsdeliver_to_a_missing_folder_goes_to_inbox(home):
         a, b = s.message("alice", "Lists", 1), s.message("bob", "Lists", 1)
         assert (a.dev, a.ino) == (b.dev, b.ino), "one stored copy"
 
+
+def test_imsbackup_two_bases_refused(home, tmp_path):
+    run(home, "imsbackup", "-f", tmp_path / "f1.ims", "/", check=0)
+    run(home, "imsbackup", "-f", tmp_path / "f2.ims", "/", check=0)
+    out = tmp_path / "i.ims"
+    p = run(home, "imsbackup", "-f", out, "--base", tmp_path / "f1.ims.state", "--base",
+            tmp_path / "f2.ims.state", "/")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    assert "--base" in _one_line(p)
+    assert not out.exists()
+

@@ -16,7 +16,7 @@ from asm.errors import (
 )
 from asm.units import human  # noqa: F401  (the commands' size formatting)
 
-__all__ = ["ArgParser", "Progress", "UsageError", "blocking_factor", "die", "human", "number", "parse_date",
+__all__ = ["ArgParser", "Once", "Progress", "UsageError", "blocking_factor", "die", "human", "number", "parse_date",
            "read_list_file", "run_command", "warn"]
 
 
@@ -392,6 +392,17 @@ def blocking_factor(text: str) -> int:
     if not 1 <= n <= MAX_BLOCKING_FACTOR:
         raise argparse.ArgumentTypeError(f"bad blocking factor {text!r}: use 1 to {MAX_BLOCKING_FACTOR}")
     return n
+
+
+class Once(argparse.Action):
+    """``action=Once``: an option that may be given once; a second one is refused (two
+    ``--base`` options: argparse kept the last and silently dropped the first)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)!r} and {values!r}): "
+                         f"give it once")
+        setattr(namespace, self.dest, values)
 
 
 def number(lo: float, hi: float | None = None, whole: bool = True,

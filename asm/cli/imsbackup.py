@@ -15,7 +15,7 @@ import time
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup, select
 from asm.cli.common import (
-    ArgParser, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file, run_command, warn,
+    ArgParser, Once, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file, run_command, warn,
 )
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
@@ -53,11 +53,11 @@ def build_parser() -> ArgParser:
                         "the writing thread); the archive is the same whatever N")
     p.add_argument("-d", dest="date", metavar="YYYYMMDD[:HHMMSS]",
                    help="only messages stored at or after this local time (incremental)")
-    p.add_argument("--base", metavar="ARCHIVE|STATEFILE",
+    p.add_argument("--base", action=Once, metavar="ARCHIVE|STATEFILE",
                    help="incremental: carry what the backup named here (its state file, or its archive) "
                         "did not hold: new, moved, copied and restored messages, new folders whole, "
                         "and record every folder's UIDs and flags (docs/operations.md)")
-    p.add_argument("--state-out", dest="state_out", metavar="FILE",
+    p.add_argument("--state-out", dest="state_out", action=Once, metavar="FILE",
                    help="where to write this backup's state file, the --base of the next incremental "
                         "(default: DEVICE.state beside a plain-file archive)")
     p.add_argument("-u", dest="listfile", metavar="FILE", help="read the names to back up from FILE")
