@@ -17,7 +17,9 @@
   ``report.timeout`` seconds at most; a ping that fails is a warning, never the run's
   failure.
 
-Nothing here fails a run: every problem of reporting is returned as a warning line.
+Nothing here fails a run once it has started: every problem of reporting is returned
+as a warning line.  A ``--report`` file that cannot be written at all (no such
+directory, no permission, a directory) is refused before the run starts (exit 2).
 """
 from __future__ import annotations
 
@@ -256,12 +258,33 @@ class RunReport:
         return doc
 
 
+def check_writable(path: str) -> None:
+    """Refuse (EXIT_USAGE, before the run) a ``--report`` file that cannot be written: a
+    run that ended 0 with only a warning left the previous run's report in place, and
+    monitoring read that one as this run's."""
+    from asm.errors import EXIT_USAGE, ImsError
+    why = "it is a directory" if os.path.isdir(path) else None
+    if why is None:
+        import tempfile
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+    if why:
+        raise ImsError(f"--report {path}: cannot write the report there ({why}): name a file in an "
+                       f"existing, writable directory; nothing was done", status=EXIT_USAGE)
+
+
 def run_reported(command: str, path: str | None, body, warn) -> int:
     """Run ``body(report)`` -> exit status, and report it whatever happens: the JSON
     file, the textfile and the healthcheck get the status (an exception's, from
     :func:`asm.errors.status_of`, which is then raised on for the command to say);
     ``warn(line)`` says what could not be reported."""
     from asm.errors import status_of
+    if path:
+        check_writable(path)
     rep = RunReport(command, path)
     try:
         status = body(rep)

@@ -208,3 +208,18 @@ def test_imsbackup_two_bases_refused(home, tmp_path):
     assert "--base" in _one_line(p)
     assert not out.exists()
 
+
+@pytest.mark.parametrize("cmd", ["imsbackup", "imsrestore", "imsverify"])
+def test_unwritable_report_refused_before_the_run(home, tmp_path, cmd):
+    """--report to a path that cannot be written was a warning with exit 0: monitoring
+    then read the previous run's report. Refused (2) before anything is done."""
+    run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", check=0)
+    argv = {"imsbackup": ["-f", tmp_path / "b.ims", "/"], "imsrestore": ["-t", "-f", tmp_path / "a.ims"],
+            "imsverify": ["-f", tmp_path / "a.ims"]}[cmd]
+    for report in (tmp_path / "nodir" / "r.json", tmp_path):
+        p = run(home, cmd, *argv, "--report", report)
+        assert p.returncode == EXIT_USAGE, (report, p.stderr)
+        err = _one_line(p)
+        assert "--report" in err and str(report) in err, err
+    assert not (tmp_path / "b.ims").exists()
+
