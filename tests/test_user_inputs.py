@@ -223,3 +223,17 @@ def test_unwritable_report_refused_before_the_run(home, tmp_path, cmd):
         assert "--report" in err and str(report) in err, err
     assert not (tmp_path / "b.ims").exists()
 
+
+def test_mail_location_typo_names_store_mail_location(tmp_path):
+    """A typo in store.mail_location's root said 'check partition:primary.path (msconfig
+    show)': a key unused with store.mail_location."""
+    h = tmp_path / "ims"
+    make_home(h, "maildir")
+    (tmp_path / "vmail" / "alice" / "Maildir" / "cur").mkdir(parents=True)
+    run(h, "msconfig", "set", "store.mail_location", f"maildir:{tmp_path}/vmal/%u/Maildir", check=0)
+    p = run(h, "imsbackup", "-f", tmp_path / "a.ims", "/")
+    assert p.returncode == 17, p.stderr
+    err = _one_line(p)
+    assert "store.mail_location" in err and "partition:primary.path" not in err, err
+    assert f"{tmp_path}/vmal" in err
+

@@ -78,15 +78,19 @@ def unmounted_mount_point(path: str) -> str | None:
     return nearest
 
 
-def check_partition_dir(name: str, path: str, configured: bool = True, writing: bool = False) -> bool:
+def check_partition_dir(name: str, path: str, configured: bool = True, writing: bool = False,
+                        key: str | None = None) -> bool:
     """Raise PartitionUnavailable when partition ``name`` at ``path`` cannot be used.
 
     Returns True when the directory exists, False when it does not and that is fine:
     the default partition under IMS_HOME before the first user (``configured`` False),
     or a command that writes and will create it.  A configured partition that is
     missing is an error for a command that only reads: a mistyped path or a disk that
-    is not mounted must not look like an empty store.
+    is not mounted must not look like an empty store.  ``key``: the option that gives
+    ``path``, for the message (default ``partition:NAME.path``; a Dovecot layout's root
+    comes from store.mail_location).
     """
+    key = key or f"partition:{name}.path"
     point = unmounted_mount_point(path)
     if point is not None:
         raise PartitionUnavailable(
@@ -98,13 +102,13 @@ def check_partition_dir(name: str, path: str, configured: bool = True, writing: 
         if writing or not configured:
             return False
         raise PartitionUnavailable(
-            f"partition {name!r}: its directory {path} does not exist: check partition:{name}.path "
+            f"partition {name!r}: its directory {path} does not exist: check {key} "
             f"(msconfig show), or mount the partition's disk") from None
     except OSError as exc:
         raise PartitionUnavailable(f"partition {name!r}: cannot use {path}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise PartitionUnavailable(f"partition {name!r}: {path} is not a directory: check "
-                                   f"partition:{name}.path (msconfig show)")
+                                   f"{key} (msconfig show)")
     if not writing and not os.access(path, os.R_OK | os.X_OK):
         raise PartitionUnavailable(f"partition {name!r}: cannot read {path} (permission denied): run "
                                    f"as the store's owner or root")

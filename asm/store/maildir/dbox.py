@@ -383,7 +383,8 @@ class DboxStore(MaildirStore):
     def check_partition(self, partition: str, writing: bool = False) -> bool:
         from asm.store.partitions import check_partition_dir
         self.partition_path(partition)
-        return check_partition_dir(partition, self._prefix, True, writing)
+        return check_partition_dir(partition, self._prefix, True, writing,
+                                   key=f"store.mail_location ({self._dbox.location.text})")
 
     def sync_dirs(self) -> list[str]:
         return [self._prefix]

@@ -358,7 +358,8 @@ class MaildirStore(Store):
         if self._layout is None:
             return super().check_partition(partition, writing)
         from asm.store.partitions import check_partition_dir
-        return check_partition_dir(partition, self.partition_path(partition), True, writing)
+        return check_partition_dir(partition, self.partition_path(partition), True, writing,
+                                   key=f"store.mail_location ({self._layout.location.text})")
 
     def sync_dirs(self) -> list[str]:
         out = super().sync_dirs()
