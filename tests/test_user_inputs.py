@@ -237,3 +237,19 @@ def test_mail_location_typo_names_store_mail_location(tmp_path):
     assert "store.mail_location" in err and "partition:primary.path" not in err, err
     assert f"{tmp_path}/vmal" in err
 
+
+def test_msconfig_show_prints_the_documented_defaults(home):
+    """configuration.md gives store.root and partition:primary.path a default and says
+    'show NAME' prints 'its value or its default': both printed nothing (exit 0)."""
+    root = f"{home}/data/store"
+    p = run(home, "msconfig", "show", "store.root", check=0, text=True)
+    assert p.stdout == f"role.store.root = {root}\n"
+    p = run(home, "msconfig", "show", "partition:primary.path", check=0, text=True)
+    assert p.stdout == f"role.partition:primary.path = {root}/partition/primary\n"
+    listing = run(home, "msconfig", "show", check=0, text=True).stdout.splitlines()
+    assert f"role.store.root = {root}" in listing and listing == sorted(listing)
+    assert f"role.partition:primary.path = {root}/partition/primary" in listing
+    assert run(home, "msconfig", "show", "partition:other.path", check=0).stdout == b""
+    run(home, "msconfig", "set", "store.root", "/srv/ims", check=0)
+    assert run(home, "msconfig", "show", "store.root", check=0).stdout == b"role.store.root = /srv/ims\n"
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from asm.cli.common import ArgParser, run_command, warn
-from asm.config import OPTIONS, Config, lookup, plugin_options
+from asm.config import OPTIONS, PARTITION_RE, Config, lookup, plugin_options
 from asm.errors import EXIT_OK, EXIT_USAGE
 
 PROG = "msconfig"
@@ -34,13 +34,13 @@ def _main(argv: list[str] | None) -> int:
     if args.cmd == "show":
         if args.name is not None:
             lookup(args.name)
-            value = cfg.get(args.name)
+            value = _value(cfg, args.name)
             if value is not None:
                 print(f"role.{args.name} = {value}")
             return EXIT_OK
-        names = sorted(set(OPTIONS) | set(plugin_options()) | set(cfg.values))
+        names = sorted(set(OPTIONS) | set(plugin_options()) | set(cfg.values) | {"partition:primary.path"})
         for name in names:
-            value = cfg.get(name)
+            value = _value(cfg, name)
             if value is not None:
                 print(f"role.{name} = {value}")
             elif args.all:
@@ -56,6 +56,18 @@ def _main(argv: list[str] | None) -> int:
             warn(PROG, f"{args.name} was not set")
         return EXIT_OK
     return EXIT_USAGE
+
+def _value(cfg: Config, name: str) -> str | None:
+    """An option's value or its default, as configuration.md gives it: store.root and
+    partition:primary.path default to paths under IMS_HOME, which Config computes."""
+    value = cfg.get(name)
+    if value is None and name == "store.root":
+        return cfg.store_root
+    m = PARTITION_RE.match(name)
+    if value is None and m:
+        return cfg.partitions().get(m.group(1))
+    return value
+
 
 if __name__ == "__main__":
     sys.exit(main())
