@@ -28,9 +28,20 @@ def staging_dir(config, given: str | None) -> str:
         raise StagingError("no staging directory: pass -D DIR or run 'msconfig set staging.dir /path'")
     d = os.path.abspath(d)
     try:
-        os.makedirs(d, mode=0o700, exist_ok=True)
+        # one level, as mkdir makes it: a mistyped path (/nonexist/stage) must not be
+        # made with its parents and dumped into
+        os.mkdir(d, mode=0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        where = f"-D {given}" if given else f"staging.dir {d}"
+        raise StagingError(f"staging directory {d}: its parent {os.path.dirname(d)} does not exist: "
+                           f"check {where} (the staging directory is made only one level deep, as "
+                           f"mkdir does)") from None
     except OSError as exc:
         raise StagingError(f"cannot create staging directory {d!r}: {exc.strerror}") from None
+    if not os.path.isdir(d):
+        raise StagingError(f"staging directory {d!r} is not a directory")
     if not os.access(d, os.W_OK):
         raise StagingError(f"staging directory {d!r} is not writable")
     return d

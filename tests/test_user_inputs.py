@@ -253,3 +253,24 @@ def test_msconfig_show_prints_the_documented_defaults(home):
     run(home, "msconfig", "set", "store.root", "/srv/ims", check=0)
     assert run(home, "msconfig", "show", "store.root", check=0).stdout == b"role.store.root = /srv/ims\n"
 
+
+@pytest.mark.parametrize("how", ["staging.dir", "-D"])
+def test_mistyped_staging_dir_is_not_created(home, tmp_path, how):
+    """staging.dir /nonexist/stage was made with its parents and dumped into (exit 0).
+    The staging directory itself may be made, as mkdir makes it: its parent must exist."""
+    typo = tmp_path / "nonexist" / "stage"
+    if how == "-D":
+        argv = ["-D", typo]
+    else:
+        run(home, "msconfig", "set", "staging.dir", typo, check=0)
+        argv = []
+    p = run(home, "imsstage", "dump", *argv, "-j", "1")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert str(typo) in err and how in err and "does not exist" in err, err
+    assert not (tmp_path / "nonexist").exists()
+    argv = ["-D", tmp_path / "stage"] if how == "-D" else []
+    if how != "-D":
+        run(home, "msconfig", "set", "staging.dir", tmp_path / "stage", check=0)
+    run(home, "imsstage", "dump", *argv, "-j", "1", check=0)       # one level is made
+    assert any(p.suffix == ".ims" for p in (tmp_path / "stage").iterdir())
