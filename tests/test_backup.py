@@ -319,6 +319,19 @@ def test_unreadable_mailbox_is_named_and_archive_still_complete(populated, ims_h
     r, ms = members(a)
     assert r.complete and [e["mailbox"] for e in r.trailer["errors"]] == ["/primary/joe/Work"]
     assert ("joe", "Work/2023") in [(m.user, m.folder) for m in ms if m.kind == "folder"]
+    # a restore of that archive does not call itself complete: the folder its backup
+    # could not read is named (exit 1); one that does not reach that folder says nothing
+    for n, (paths, named) in enumerate([((), True), (("/primary/joe",), True), (("/primary/joe/Work",), True),
+                                        (("/primary/joe/Work/2023",), False), (("/primary/mary",), False)]):
+        home = tmp_path / f"to{n}"
+        make_home(home, populated.name)
+        p = run(home, "imsrestore", "-f", a, *paths)
+        if named:
+            assert p.returncode == 1 and p.stderr.decode().splitlines()[-1] == (
+                "imsrestore: /primary/joe/Work: the backup that made this archive could not read it, so no "
+                "restore from it brings that back (" + r.trailer["errors"][0]["error"] + ")"), p.stderr
+        else:
+            assert p.returncode == 0 and p.stderr == b"", p.stderr
 
 
 def test_full_disk_leaves_no_archive(store, ims_home, tmp_path):
