@@ -387,6 +387,36 @@ def test_backup_while_mail_flows_is_consistent(store, ims_home, tmp_path, config
     assert not errors and runs >= 2
 
 
+@pytest.mark.parametrize("watch", ["archive", "state"])
+def test_a_signal_once_the_archive_is_in_place_does_not_make_a_complete_run_a_failed_one(
+        store, ims_home, tmp_path, watch):
+    """A SIGTERM or Ctrl-C that comes as the archive is renamed into place, or as its
+    state file is written, either finds the run before that point (130, no archive) or
+    after it (exit 0, the archive and its state both there): never "interrupted" beside
+    a complete archive, nor an archive without its state."""
+    import signal
+    from asm.backupstate import load_base
+    for u in range(20):
+        for f in range(10):
+            for k in range(5):
+                put(store, f"user{u}", "INBOX" if f == 0 else f"F{f}", f * 10 + k, size=300)
+    for attempt in range(6):
+        target = tmp_path / f"a{attempt}.ims"
+        seen = target if watch == "archive" else tmp_path / f"a{attempt}.ims.state"
+        p = popen(ims_home, "imsbackup", "-f", target, "/", stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not seen.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM if attempt % 2 else signal.SIGINT)
+        err = p.communicate(timeout=60)[1]
+        if p.returncode == 0:
+            r, _ = members(target)
+            assert r.complete and load_base(str(target) + ".state"), err
+        else:
+            assert p.returncode == 130 and not target.exists() and not seen.exists(), (p.returncode, err)
+
+
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
 def test_killed_backup_leaves_no_complete_looking_archive(store, ims_home, tmp_path, sig):
     import signal

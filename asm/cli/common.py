@@ -4,6 +4,7 @@ progress line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import re
@@ -16,7 +17,7 @@ from asm.errors import (
 )
 from asm.units import human  # noqa: F401  (the commands' size formatting)
 
-__all__ = ["ArgParser", "Once", "Progress", "UsageError", "blocking_factor", "die", "human", "number", "parse_date",
+__all__ = ["ArgParser", "Commit", "Once", "Progress", "UsageError", "blocking_factor", "die", "human", "number", "parse_date",
            "read_list_file", "run_command", "warn"]
 
 
@@ -177,6 +178,38 @@ def _send_sigterm_again() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+class Commit:
+    """The moment a run's result is put in place (an archive renamed to its name, the
+    state file beside it): SIGINT and SIGTERM wait (blocked) from :meth:`begin`; after
+    :meth:`done` they are ignored for the rest of the command, which succeeded (a signal
+    then must not call a complete run "interrupted"); after :meth:`undo` (nothing was put
+    in place) one that came meanwhile is delivered as usual."""
+
+    def __init__(self):
+        self._old = None
+
+    def begin(self) -> "Commit":
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                self._old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        return self
+
+    def done(self) -> None:
+        import signal
+        if self._old is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)      # (a pending one is dropped)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.undo()
+
+    def undo(self) -> None:
+        import signal
+        old, self._old = self._old, None
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _trap_signals():
     """SIGTERM raises KeyboardInterrupt; returns the previous handlers (None off the main thread)."""
     import signal
@@ -200,7 +233,8 @@ def _untrap_signals(saved, outer: bool) -> None:
         return
     term, intr, hook = saved
     if outer:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:     # (ignored: a Commit done)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
     else:

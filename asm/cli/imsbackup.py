@@ -15,7 +15,8 @@ import time
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup, select
 from asm.cli.common import (
-    ArgParser, Once, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file, run_command, warn,
+    ArgParser, Commit, Once, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file,
+    run_command, warn,
 )
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
@@ -177,12 +178,16 @@ def _backup(args, rep) -> int:
         if isinstance(exc, ImsError):
             raise ImsError(f"{exc}; {args.device} is not a complete archive{removed}", status=exc.status) from exc
         raise
+    # a plain-file archive and its state file are put in place as one: a signal in
+    # between waits, and once both are there the run has succeeded (Commit)
+    commit = Commit().begin() if ok and getattr(device, "kind", "") == "file" else Commit()
     try:
         device.close(ok=ok)
     except (OSError, DeviceError) as exc:
         if status is None:
             status = die(PROG, f"cannot finish {args.device}: {_incomplete(exc, removed)}", device_status(exc))
     if status is not None:
+        commit.undo()
         return status
     rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,
                        "bytes": res.bytes},
@@ -195,9 +200,11 @@ def _backup(args, rep) -> int:
         try:
             write_state(state_out, res.header, res.state)
         except OSError as exc:
+            commit.done()
             warn(PROG, f"cannot write the state file {state_out}: {exc.strerror or exc}; the archive is "
                        f"complete: name it with --base for the next incremental")
             return EXIT_PARTIAL
+    commit.done()
     for e in res.errors:
         warn(PROG, f"could not back up {e['mailbox']}: {e['error']}")
     if res.vanished and args.verbose:
