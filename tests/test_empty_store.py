@@ -99,6 +99,47 @@ def test_a_lost_classic_mailbox_list(tmp_path):
     assert not (tmp_path / "a.ims").exists()
 
 
+def _tree(top) -> dict:
+    """Every file under ``top`` with its bytes' digest."""
+    import hashlib
+    out = {}
+    for d, _dirs, files in os.walk(top):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(d, f), top)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def test_a_lost_classic_mailbox_list_is_refused_by_every_writer(tmp_path):
+    """A command that writes a classic store whose list is lost stops as a reader does
+    (exit 17, the same line): a restore, mboxutil -c or a delivery made a new list
+    holding only what it touched, reset folders to the archive and reused UIDs."""
+    home = tmp_path / "ims"
+    db = _classic_with_seven_messages(home)
+    run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
+    (tmp_path / "map").write_text("joe=zed\n")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.unlink(db + suffix)
+    part = home / "data" / "store" / "partition"
+    before = _tree(part)
+    lines = set()
+    full = ["imsrestore", "-f", tmp_path / "full.ims"]
+    for argv in (full + ["/primary/joe"], full, full + ["/primary/joe/INBOX"], full + ["-n", "/primary/joe"],
+                 full + ["-m", tmp_path / "map", "/primary/joe"], full + ["-n"],
+                 ["mboxutil", "-c", "user/zoe"], ["mboxutil", "-c", "user/joe"], ["mboxutil", "-c", "user/joe/New"],
+                 ["mboxutil", "-d", "user/joe"], ["mboxutil", "-d", "user/joe/Work"], ["imsdeliver", "joe"]):
+        p = run(home, *argv, input=msg(99))
+        assert p.returncode == EXIT_STORE, (argv, p.stderr)
+        line = one_line(p)
+        assert f"mailbox list {db} is missing, but partition 'primary'" in line, line
+        assert "reconstruct -m" in line and "backing up" not in line, line
+        lines.add(line.split(": ", 1)[1])
+        assert not os.path.exists(db), f"{argv}: made a new mailbox list"
+        assert _tree(part) == before, f"{argv} wrote into the store"
+    assert len(lines) == 1, lines
+
+
 def test_a_replaced_classic_mailbox_list(tmp_path):
     """The list was replaced by an empty one (or an old copy): users it does not know are
     named, the ones it knows are backed up; a list that knows nobody is exit 17."""

@@ -102,6 +102,8 @@ _HASH = frozenset("0123456789abcdef")
 TMP_DIR = ".ims-tmp"        # per partition: message files being written
 REBUILD_HINT = ("the mailbox list (mboxlist/mailboxes.db) was lost or replaced: rebuild it from the "
                 "partitions with reconstruct -m before backing up")
+LOST_HINT = ("rebuild it from the partitions with reconstruct -m, then run the same command again "
+             "(nothing was changed)")
 
 
 class MailboxListLost(StoreError):
@@ -228,13 +230,16 @@ class ClassicStore(Store):
         self.owner = config.owner()
         self.lock_timeout = float(config.get_int("store.locktimeout"))
         db_path = os.path.join(self.root, "mboxlist", "mailboxes.db")
-        if create:
-            os.makedirs(os.path.join(self.root, "mboxlist"), exist_ok=True)
-        elif not os.path.exists(db_path):
-            # a command that only reads never makes a store: without a mailbox list the
-            # store is empty, unless its partitions say it was lost
+        if not os.path.exists(db_path):
+            # without a mailbox list the store is empty, unless its partitions say it was
+            # lost: then no command reads it as empty, and none writes a new list over the
+            # users it does not know (a restore would reset their folders to the archive
+            # and the next delivery reuse their UIDs)
             self._check_lost(db_path)
-            db_path = ":memory:"
+            if create:
+                os.makedirs(os.path.join(self.root, "mboxlist"), exist_ok=True)
+            else:
+                db_path = ":memory:"     # a command that only reads never makes a store
         try:
             self._db = sqlitedb.connect(db_path, self.lock_timeout, schema=_SCHEMA, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -263,7 +268,7 @@ class ClassicStore(Store):
                 shown = ", ".join(repr(u) for u in found[:3]) + (", ..." if len(found) > 3 else "")
                 raise MailboxListLost(
                     f"the classic store's mailbox list {db_path} is missing, but partition {part!r} "
-                    f"({ppath}) holds user directories ({shown}): {REBUILD_HINT}")
+                    f"({ppath}) holds user directories ({shown}): {LOST_HINT}")
 
     # -- paths -------------------------------------------------------------
     def partition_path(self, partition: str) -> str:
