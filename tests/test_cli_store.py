@@ -140,6 +140,25 @@ def test_mboxutil_errors(config, ims_home):
     assert run(ims_home, "mboxutil").returncode == 2
 
 
+def test_mboxutil_a_name_with_an_empty_level_is_never_its_parent(config, ims_home):
+    """mboxutil -d "user/joe/$FOLDER" with FOLDER empty deleted the whole user: a name
+    with an empty level is refused (exit 2, one line), whatever the option."""
+    assert run(ims_home, "mboxutil", "-c", "user/joe/Old").returncode == 0
+    run(ims_home, "imsdeliver", "joe", input=MSG, check=0)
+    before = out(run(ims_home, "mboxutil", "-l", check=0))
+    said = {"user/joe/": "bad mailbox name 'user/joe/': no folder after the last '/'",
+            "user//joe": "bad mailbox name 'user//joe'",
+            "user/joe//": "bad folder name '/'", "user/joe//Old": "bad folder name '/Old'",
+            "user/joe/Old/": "bad folder name 'Old/'", "user/joe/Old//": "bad folder name 'Old//'"}
+    for opt in ("-d", "-c"):
+        for name, line in said.items():
+            p = run(ims_home, "mboxutil", opt, name)
+            assert p.returncode == 2, (opt, name, err(p))
+            assert err(p).count("\n") == 1 and err(p).startswith(f"mboxutil: {line}"), (opt, err(p))
+    assert out(run(ims_home, "mboxutil", "-l", check=0)) == before
+    assert fresh_store().messages("joe", "INBOX")
+
+
 # -- imsimport --------------------------------------------------------------------
 def test_imsimport_mbox(config, ims_home, tmp_path):
     mbox = tmp_path / "joe.mbox"

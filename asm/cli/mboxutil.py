@@ -11,15 +11,23 @@ import sys
 from asm.cli.common import ArgParser, UsageError, run_command
 from asm.cli.context import open_installation
 from asm.errors import EXIT_OK
+from asm.store.base import check_folder_name
 
 PROG = "mboxutil"
 
 
 def split_mailbox(name: str) -> tuple[str, str | None]:
+    """(user, folder or None for the user).  A name with an empty level is refused, never
+    taken as its parent: ``-d "user/joe/$FOLDER"`` with FOLDER empty must not delete joe."""
     parts = name.split("/", 2)
     if len(parts) < 2 or parts[0] != "user" or not parts[1]:
         raise UsageError(f"bad mailbox name {name!r}: write user/<uid>[/<folder>], e.g. user/joe/INBOX")
-    return parts[1], (parts[2] if len(parts) == 3 and parts[2] else None)
+    if len(parts) == 2:
+        return parts[1], None
+    if not parts[2]:
+        raise UsageError(f"bad mailbox name {name!r}: no folder after the last '/': write user/{parts[1]} "
+                         f"for the user, user/{parts[1]}/<folder> for a folder")
+    return parts[1], check_folder_name(parts[2])
 
 
 def main(argv: list[str] | None = None) -> int:
