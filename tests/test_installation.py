@@ -212,6 +212,32 @@ def test_a_partition_that_is_a_file(tmp_path, driver):
     assert p.returncode == EXIT_STORE and "is not a directory" in one_line(p)
 
 
+def test_a_restore_into_an_unmounted_classic_partition_says_so(tmp_path):
+    """The restore said "the index of folder 'INBOX' ... cannot be read; the folder is
+    damaged" where imsbackup says the disk is not mounted: it says what imsbackup says,
+    and writes nothing on the empty mount point."""
+    home = tmp_path / "ims"
+    cfg = make_home(home, "classic")
+    s = open_store(cfg)
+    for u in ("joe", "kim"):
+        s.create_user(u)
+        s.append(u, "INBOX", io.BytesIO(msg(1)))
+    s.close()
+    run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
+    (tmp_path / "mnt").mkdir()
+    cfg.set("partition:primary.path", str(tmp_path / "mnt"))
+    said = one_line(run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/kim", check=EXIT_STORE))
+    assert said.endswith("is its disk mounted? (check partition:primary.path)\n"), said
+    for argv in (["imsrestore", "-f", tmp_path / "full.ims", "/primary/kim"],
+                 ["imsrestore", "-f", tmp_path / "full.ims", "/primary/kim/INBOX"],
+                 ["imsrestore", "-f", tmp_path / "full.ims"],
+                 ["imsdeliver", "kim"]):
+        p = run(home, *argv, input=msg(2))
+        assert p.returncode == EXIT_STORE, (argv, p.stderr)
+        assert said.split(": ", 1)[1] in one_line(p) and "damaged" not in one_line(p), (argv, p.stderr)
+        assert os.listdir(tmp_path / "mnt") == [], argv
+
+
 @pytest.mark.parametrize("driver", ["classic", "maildir"])
 def test_an_unmounted_partition_disk(tmp_path, monkeypatch, driver):
     """The partition's disk is mounted when the store is filled, then not: the mount

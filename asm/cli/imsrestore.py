@@ -398,6 +398,10 @@ def _one(args, rep) -> int:
             progress.update(f"{PROG}: {res.folders} folders, {res.messages + res.links + res.duplicates} "
                             f"messages, {human(res.bytes)}")
 
+        for part in inst.store.partitions():
+            # an unmounted disk is said as such before anything is written (a folder of
+            # it would otherwise read as damaged, or be made on the empty mount point)
+            inst.store.check_partition(part, writing=True)
         try:
             sig = None
             if refdoc is not None:

@@ -391,9 +391,10 @@ class ClassicStore(Store):
     def check_partition(self, partition: str, writing: bool = False) -> bool:
         """Also: a partition where the mailbox list places users but whose directory
         holds none of their hash directories is the empty mount point of a disk that
-        is not mounted (or the wrong directory)."""
+        is not mounted (or the wrong directory): for a writer too, which would make the
+        directories of users it restores or creates on the empty mount point."""
         there = super().check_partition(partition, writing)
-        if there and not writing:
+        if there:
             n = self._db.execute("SELECT COUNT(*) FROM users WHERE partition=?", (partition,)).fetchone()[0]
             ppath = self.partition_path(partition)
             if n and not any(_is_hash(e) for e in os.listdir(ppath)):
@@ -460,6 +461,10 @@ class ClassicStore(Store):
         try:
             meta = self._meta(self._index(self._folder_dir(user, folder)))
         except (sqlite3.Error, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                # an index missing with every user directory of its partition: the disk
+                # is not mounted, not the folder damaged (says so as a backup does)
+                self.check_partition(self._user_where(user)[0])
             raise StoreError(f"the index of folder {folder!r} of user {user!r} cannot be read "
                              f"({exc}); the folder is damaged") from None
         return FolderInfo(folder, uidvalidity, meta["uidnext"], bool(subscribed))
