@@ -176,6 +176,39 @@ def test_the_list_moves_a_user_and_drops_what_is_gone(tmp_path):
     run(home, "reconstruct", "-n", "-m", "-r", "/", check=0)
 
 
+def test_folders_with_children_inbox_too_are_a_healthy_store(tmp_path):
+    """INBOX/sub lives in <user>/=INBOX/=sub, beside INBOX's own files in <user>: the
+    =INBOX directory holding it was reported as a misplaced INBOX ("rename the
+    directory", exit 1) by the README's reconstruct -m -r -a on a healthy store."""
+    home = tmp_path / "ims"
+    run(home.parent, "msconfig", "set", "store.driver", "classic", env={"IMS_HOME": str(home)}, check=0)
+    names = ["INBOX/sub", "INBOX/sub/deeper", "Work", "Work/2023", "Archive/2023/Q1"]
+    for name in names:
+        run(home, "mboxutil", "-c", f"user/joe/{name}", check=0)
+    for n, name in enumerate(["INBOX"] + names):
+        run(home, "imsdeliver", "-d", name, "joe", input=msg(n), check=0)
+    (tmp_path / "backup").mkdir()
+    run(home, "imsbackup", "-f", tmp_path / "backup" / "full.ims", "/", check=0)
+    listing = run(home, "mboxutil", "-l", check=0).stdout
+    snap = tree(home / "data")
+    for argv in (["-n", "-r", "/"], ["-n", "-m", "-r", "-a", tmp_path / "backup", "/"],
+                 ["-m", "-r", "-a", tmp_path / "backup", "/"]):
+        p = run(home, "reconstruct", *argv)
+        assert p.returncode == 0 and lines(p) == [], (argv, p.stderr)
+    assert tree(home / "data") == snap
+    # the list lost: rebuilt with every folder, INBOX's children among them
+    db = home / "data" / "store" / "mboxlist" / "mailboxes.db"
+    db.unlink()
+    p = run(home, "reconstruct", "-m", "-r", "-a", tmp_path / "backup", "/")
+    assert p.returncode == 0, p.stderr
+    assert run(home, "mboxutil", "-l", check=0).stdout == listing
+    # mail put in =INBOX itself is still named: the folder INBOX is not there
+    s = fresh(home)
+    shutil.copy(os.path.join(s._user_path("joe"), "store.idx"), os.path.join(s._user_path("joe"), "=INBOX"))
+    p = run(home, "reconstruct", "-n", "-r", "/", check=EXIT_PARTIAL)
+    assert any("=INBOX holds mail but the folder 'INBOX' would be" in x for x in lines(p)), lines(p)
+
+
 def test_an_unmounted_partition_is_refused(tmp_path):
     home = tmp_path / "ims"
     second = tmp_path / "second"

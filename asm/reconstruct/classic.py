@@ -396,7 +396,10 @@ class ClassicReconstructor:
                     continue
                 sub = levels + [_dec(e.name[1:])]
                 name = "/".join(sub)
-                if _holds_mail(e.path) or name in listed or name in known:
+                # <user>/=INBOX holds INBOX's children (INBOX/sub is =INBOX/=sub), INBOX
+                # itself is <user>: that directory is INBOX misplaced only if it holds mail
+                children_of_inbox = not levels and e.name == "=INBOX"
+                if _holds_mail(e.path) or (not children_of_inbox and (name in listed or name in known)):
                     try:
                         norm = check_folder_name(name)
                         norm.encode("utf-8")
