@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.dovecot_lab import MAIL_USER, lab_fixture, message
+from tests.dovecot_lab import MAIL_USER, lab_fixture, message, quote
 from tests.helpers import run
 
 REUNIONS = "R&AOk-unions"          # "Réunions" as IMAP names it (modified UTF-7)
@@ -548,3 +548,97 @@ def test_a_login_whose_path_has_an_empty_level_is_backed_up(tmp_path, layout, sh
         lab.start()
         run(home, "imsrestore", "-f", a, check=0)
         assert seen(lab.client_state(short)) == seen(before)
+
+
+def condstore_select(c, folder: str) -> tuple[int, int]:
+    """SELECT folder (CONDSTORE): (UIDVALIDITY, HIGHESTMODSEQ), what a CONDSTORE client caches."""
+    c.conn.untagged_responses.clear()
+    c.command("SELECT", quote(folder), "(CONDSTORE)")
+    c.conn.state, c.selected = "SELECTED", folder
+    codes = b" ".join(x for x in c.conn.untagged_responses.get("OK", []) if isinstance(x, bytes))
+    uv = re.search(rb"UIDVALIDITY (\d+)", codes)
+    hms = re.search(rb"HIGHESTMODSEQ (\d+)", codes)
+    assert uv and hms, codes
+    return int(uv.group(1)), int(hms.group(1))
+
+
+def uid_flags(c, modseq: int | None = None) -> dict[int, frozenset]:
+    """{uid: flags} of UID FETCH 1:* (FLAGS), with (CHANGEDSINCE modseq) when given: the
+    messages a CONDSTORE client is told changed since the HIGHESTMODSEQ it cached."""
+    typ, data = c.conn.uid("FETCH", "1:*", "(FLAGS)" + (f" (CHANGEDSINCE {modseq})" if modseq else ""))
+    assert typ == "OK", data
+    out = {}
+    for d in data:
+        m = re.search(rb"UID (\d+)", d) if isinstance(d, bytes) else None
+        if m:
+            flags = re.search(rb"FLAGS \(([^)]*)\)", d).group(1).decode().split()
+            out[int(m.group(1))] = frozenset(f for f in flags if f != r"\Recent")
+    return out
+
+
+modseq_lab = lab_fixture(params=["plain", "idxctl", "sdbox", "mdbox"])
+stopped_modseq_lab = lab_fixture(params=["plain", "idxctl"])
+
+
+def test_condstore_clients_are_told_every_flag_the_restore_changed(modseq_lab, tmp_path):
+    """RFC 7162 after a disaster: the backup runs at 2 AM, the client keeps changing flags
+    and caches HIGHESTMODSEQ M at 10 AM, the store is lost at noon and restored.  The
+    messages come back with their 2 AM flags, same UIDVALIDITY and UIDs; UID FETCH 1:*
+    (FLAGS) (CHANGEDSINCE M) must name every message whose flags differ from the client's
+    (before: Dovecot rebuilt its index from the files at HIGHESTMODSEQ 2-4 < M and
+    answered nothing, so the client showed its 10 AM flags forever)."""
+    condstore_after_a_lost_disk(modseq_lab, tmp_path, stopped=False)
+
+
+def test_condstore_clients_are_told_every_flag_a_restore_with_dovecot_stopped_changed(
+        stopped_modseq_lab, tmp_path):
+    """The same, restored while Dovecot is stopped (the disaster-recovery runbook):
+    nothing of Dovecot's runs during the restore."""
+    condstore_after_a_lost_disk(stopped_modseq_lab, tmp_path, stopped=True)
+
+
+def condstore_after_a_lost_disk(lab, tmp_path, stopped: bool) -> None:
+    u = lab.logins[0]
+    lab.deliver([u], message("modseq inbox"))
+    with lab.imap(u) as c:
+        c.create("Sync")
+        uids = [c.append("Sync", message(f"s{i}"), [r"\Seen"])[1] for i in range(3)]
+        c.select("Sync")
+        for i in range(6):                     # raise HIGHESTMODSEQ well above a new index's
+            c.uid_store([uids[0]], "+FLAGS" if i % 2 == 0 else "-FLAGS", [r"\Answered"])
+        c.unselect()
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, f"/primary/{u}", check=0)      # 2 AM
+    cached = {}
+    with lab.imap(u) as c:                     # 10 AM: changes no archive has
+        c.select("Sync")
+        c.uid_store([uids[1]], "+FLAGS", [r"\Flagged"])
+        c.uid_store([uids[2]], "-FLAGS", [r"\Seen"])
+        c.unselect()
+        c.select("INBOX")
+        c.uid_store("1:*", "+FLAGS", [r"\Seen"])
+        c.unselect()
+        for folder in ("INBOX", "Sync"):
+            uv, m = condstore_select(c, folder)
+            cached[folder] = (uv, m, uid_flags(c))
+    if stopped:
+        lab.stop()
+    try:
+        wipe(lab)                              # noon: the disk is lost
+        run(home, "imsrestore", "-f", a, check=0)
+    finally:
+        if stopped:
+            lab.start()
+    with lab.imap(u) as c:
+        for folder, (uv, m, flags) in cached.items():
+            now_uv, now = condstore_select(c, folder)
+            server = uid_flags(c)
+            assert (now_uv, sorted(server)) == (uv, sorted(flags)), folder
+            differ = {uid for uid in flags if server[uid] != flags[uid]}
+            assert differ, (folder, flags, server)            # the 2 AM flags are back
+            told = uid_flags(c, m)
+            assert differ <= set(told), (folder, m, now, differ, told)
+            assert all(told[uid] == server[uid] for uid in told)
+            assert now > m, (folder, m, now)

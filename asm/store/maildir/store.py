@@ -10,6 +10,7 @@ import json
 import os
 import re
 import stat as stat_mod
+import struct
 import sys
 import threading
 import time
@@ -52,6 +53,11 @@ _UIDL_OK = re.compile(r"[\x21-\x7e]{1,255}\Z")           # a P field's value: no
 # a base name to give a file: a uidlist field's characters but '/', no leading '.'
 _BASE_OK = re.compile(r"[\x21-\x2d\x30-\x39\x3b-\x7e][\x21-\x2e\x30-\x39\x3b-\x7e]{0,254}\Z")
 INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
+# The header of Dovecot's transaction log (lib-index/mail-transaction-log.h, format 1.3):
+# major, minor, hdr_size, indexid, file_seq, prev_file_seq, prev_file_offset,
+# create_stamp, initial_modseq, compat_flags (1: little-endian), unused.  A folder whose
+# index Dovecot builds again starts its mod-sequences at initial_modseq (_new_index).
+_LOG_HEADER = struct.Struct("=BBHIIIIIQB3xI")
 LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.list.index.log.2")
 MAILDIRSIZE = "maildirsize"           # Maildir++ quota (Dovecot's quota = maildir)
 MAILDIRSIZE_MAX = 5120                # bigger: recalculated (Maildir++, quota-maildir.c)
@@ -1015,6 +1021,52 @@ class MaildirStore(Store):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(d, n))
 
+    @property
+    def _dovecot_site(self) -> bool:
+        """Dovecot serves this store: its configuration is named (as _doveadm decides)."""
+        return bool(self.config.get("dovecot.config")) or self.config.get("store.mail_location") == "doveconf"
+
+    def _new_index(self, idx: str | None, owner) -> None:
+        """A folder whose index files are gone (a new folder, or one whose index was
+        removed) gets a ``dovecot.index.log`` of a header only, whose initial_modseq is a
+        time-derived floor (milliseconds since 1970), before Dovecot builds its index from
+        the files.  Dovecot takes a log without an index as its own first step of making
+        one (mail-transaction-log-file.c: "creating index file ... use the indexid in
+        it"), so every message it then indexes gets a mod-sequence above the floor:
+        HIGHESTMODSEQ never goes down under the same UIDVALIDITY (RFC 7162), and a
+        CONDSTORE client that cached any value the lost index reached, even after the
+        backup, is told every message changed and fetches their flags again.  A higher
+        floor than a folder restored before (its value plus fewer than 1,000 changes a
+        second since) needs the clock right.  Not for a store no Dovecot is said to serve,
+        nor INDEX=MEMORY; a log Dovecot made meanwhile is left alone."""
+        if idx is None or not self._dovecot_site:
+            return
+        stamp = int(time.time())
+        hdr = _LOG_HEADER.pack(1, 3, _LOG_HEADER.size, (stamp & 0xFFFFFFFF) or 1, 1, 0, 0, stamp & 0xFFFFFFFF,
+                               time.time_ns() // 1_000_000, 1 if sys.byteorder == "little" else 0, 0)
+        self._makedirs(idx, owner)
+        path = os.path.join(idx, "dovecot.index.log")
+        tmp = f"{path}.{self._pid}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            try:
+                write_all(fd, hdr)
+                self._chown(fd, owner)
+            finally:
+                os.close(fd)
+            os.link(tmp, path)         # whole or not at all, and never over Dovecot's own
+        except FileExistsError:
+            pass
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _reset_index(self, idx: str | None, owner) -> None:
+        """Remove the folder's index files (Dovecot reads the uidlist and files again),
+        leaving it a mod-sequence floor (_new_index)."""
+        self._invalidate_index(idx)
+        self._new_index(idx, owner)
+
     # ------------------------------------------------------------------ scanning
     def _scan(self, st: _State) -> dict:
         """base -> (subdir, file name) for every message file in cur/ and new/."""
@@ -1395,6 +1447,7 @@ class MaildirStore(Store):
             ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=1,
                          extra=[f"G{os.urandom(16).hex()}"])
             self._write_file(os.path.join(new, UIDLIST), ul.render().encode(), owner)
+            self._new_index(new, owner)
             # subscribed, as IMAP clients do on first login
             self._write_file(os.path.join(new, SUBSCRIPTIONS), subscriptions.render(["INBOX"]), owner)
             try:
@@ -1442,6 +1495,9 @@ class MaildirStore(Store):
             for d, names in ((ul.index_dir("INBOX"), INDEX_FILES), (ul.list_index_dir, LIST_INDEX_FILES)):
                 if d is not None and d != ul.root:
                     self._invalidate_index(d, names)
+            inbox_idx = ul.index_dir("INBOX")
+            if inbox_idx == ul.root:
+                self._new_index(new, owner)
             try:
                 os.rename(new, ul.root)
             except OSError as exc:
@@ -1454,6 +1510,8 @@ class MaildirStore(Store):
         if ul.inbox_dir != ul.root:                  # INBOX= or DIRNAME: INBOX elsewhere
             for sub in ("new", "tmp", "cur"):
                 self._makedirs(os.path.join(ul.inbox_dir, sub), owner)
+        if inbox_idx != ul.root:                     # INDEX= (or INBOX=) elsewhere
+            self._new_index(inbox_idx, owner)
 
     def _clean_new_dirs(self, home: str) -> None:
         """Maildirs a killed create_user left half-built under their temporary names."""
@@ -1514,7 +1572,7 @@ class MaildirStore(Store):
                 if not os.path.exists(mf):
                     os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
                 self._own(mf, owner)
-            self._invalidate_index(idx)
+            self._reset_index(idx, owner)
             if ctl != d:                       # left by a folder whose mail was lost
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(ctl, KEYWORDS))
@@ -1623,7 +1681,7 @@ class MaildirStore(Store):
                 # index at its next sync; its index files are removed (and clients that
                 # have the folder selected are logged out) only when the identity changed
                 if renumbered and not st.index_invalidated:
-                    self._invalidate_index(st.idx)
+                    self._reset_index(st.idx, self._folder_owner(st))
                     self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
                     st.index_invalidated = True
                 # on disk now, not at unlock: messages appended next are recorded
@@ -1817,7 +1875,7 @@ class MaildirStore(Store):
         st.max_uid = max(st.top_uid(), uid)
         if uid < st.disk_uidnext and not st.index_invalidated:
             # Dovecot's index may already call this UID expunged: make it re-read
-            self._invalidate_index(st.idx)
+            self._reset_index(st.idx, self._folder_owner(st))
             st.index_invalidated = True
         try:
             if st.dirty:
