@@ -193,3 +193,28 @@ def _drop_failed(st: BaseState, trailer: dict) -> None:
         got = st.folders.get(key)
         if got is not None:
             st.folders[key] = (got[0], UidSet.of(u for u in got[1] if u not in uids))
+
+
+def refuse_base_overwrite(base_path: str, base: BaseState, device: str) -> None:
+    """Raise BaseError when the archive file ``device`` would replace is the base itself:
+    ``--base`` names it (by whatever path: a symlink, ``./``), or its state file (the
+    same archive id in its header, else beside it by name).  A cron line run twice the
+    same day (docs/operations.md) would otherwise overwrite its base with an
+    incremental of itself: the first run's new mail would be in no archive and the
+    chain broken."""
+    if not os.path.isfile(device):
+        return                           # a new file, a tape, a pipe, a remote device
+    real = os.path.realpath(device)
+    same = os.path.realpath(base_path) in (real, real + ".state")
+    if not same:
+        from asm.dr.chain import Unreadable, read_header
+        try:
+            info = read_header(device)
+        except Unreadable:
+            info = None
+        same = info is not None and info.archive_id == base.archive_id
+    if same:
+        raise BaseError(f"the base {base_path} is the backup in {device}, which this run would "
+                        f"overwrite: write this run to a file of its own (e.g. with the time in its name) "
+                        f"and keep --base {base_path}")
+

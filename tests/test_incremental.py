@@ -20,7 +20,7 @@ from asm.config import Config
 from asm.errors import EXIT_ORDER
 from asm.store import open_store
 from asm.store.base import SETTLE_NS
-from tests.helpers import make_home, msg, run, state
+from tests.helpers import make_home, msg, run, sha256, state
 
 pytestmark = pytest.mark.usefixtures("ims_home")
 
@@ -367,6 +367,42 @@ def test_a_bad_base_is_one_line_and_writes_nothing(tmp_path, driver, what):
     p = run(w.home, "imsbackup", "-f", out, "--base", base, "/", check=2)
     assert len(p.stderr.splitlines()) == 1 and str(base).encode() in p.stderr, p.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("how", ["state-symlink", "archive", "dot-slash", "device-symlink"])
+def test_a_base_that_is_the_archive_being_written_is_refused(tmp_path, driver, how):
+    """docs/operations.md's cron lines run again the same day: last.state points at the
+    state of the very archive the run would replace.  Refused before anything is written
+    (else the day's new mail is in no archive and the chain is broken), whatever path
+    names the base or the device."""
+    w = World(tmp_path, driver)
+    w.new()
+    full = w.backup("full.ims", base=False)
+    w.new()
+    incr = w.backup("incr.ims")
+    last = tmp_path / "last.state"
+    os.symlink("incr.ims.state", last)
+    w.new()                                           # more mail, then the re-run
+    device, base = incr, last
+    if how == "archive":
+        base = incr
+    elif how == "dot-slash":
+        device, base = "./incr.ims", "./last.state"
+    elif how == "device-symlink":
+        device, base = tmp_path / "today.ims", f"{incr}.state"
+        os.symlink("incr.ims", device)
+    before = (sha256(incr), sha256(f"{incr}.state"))
+    p = run(w.home, "imsbackup", "-f", device, "--base", base, "/", check=2, cwd=tmp_path)
+    err = p.stderr.decode()
+    assert len(err.splitlines()) == 1 and "overwrite" in err and "--base" in err, err
+    assert (sha256(incr), sha256(f"{incr}.state")) == before
+    assert sorted(os.listdir(tmp_path)) == sorted(["src", "full.ims", "full.ims.state", "incr.ims",
+                                                   "incr.ims.state", "last.state"]
+                                                  + (["today.ims"] if how == "device-symlink" else []))
+    # the re-run under a name of its own continues the chain: the new mail is carried
+    run(w.home, "imsbackup", "-f", tmp_path / "incr-2.ims", "--base", last, "/", check=0)
+    assert _carried(w.home, tmp_path / "incr-2.ims") == ["/primary/alice/INBOX/3"]
+    run(w.home, "imsverify", "-f", full, "-f", incr, "-f", tmp_path / "incr-2.ims", check=0)
 
 
 def test_a_message_the_base_failed_to_save_is_carried_next_time(tmp_path, driver):

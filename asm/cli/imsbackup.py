@@ -114,8 +114,9 @@ def _backup(args, rep) -> int:
     since = parse_date(args.date) if args.date is not None else None
     names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
     if args.base:
-        from asm.backupstate import load_base      # here: only an incremental needs it (startup time)
+        from asm.backupstate import load_base, refuse_base_overwrite   # here: only an incremental needs it
         base = load_base(args.base)
+        refuse_base_overwrite(args.base, base, args.device)
     else:
         base = None
     inst = open_installation(snapshot=args.snapshot)
