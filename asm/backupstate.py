@@ -79,6 +79,19 @@ def state_path_for(device: str) -> str:
     return f"{device}.state"
 
 
+def named_as_archive(path: str) -> bool:
+    """Whether a file of a backup directory is one of ours by its name or place, so that
+    it failing to read as an archive (0 bytes, zeros: what a crash can leave) is damage,
+    not "some other file": its name ends in ``.ims`` or holds ``.ims.`` (``x.ims.zst``;
+    a ``.state`` file is not an archive), or a state file ``NAME.state`` is beside it
+    (imsbackup writes one beside every plain-file archive).  A README, a catalog, a log
+    are none of these."""
+    name = os.path.basename(path)
+    if name.endswith(".state"):
+        return False
+    return name.endswith(".ims") or ".ims." in name or os.path.isfile(state_path_for(path))
+
+
 def _folder_doc(p, u, f, uv, uids, fingerprint=None, flags=None) -> dict:
     doc = {"partition": p, "user": u, "folder": f, "uidvalidity": uv, "uids": str(uids)}
     if fingerprint is not None and flags is not None:

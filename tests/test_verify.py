@@ -32,7 +32,7 @@ import pytest
 from asm.archive import spec
 from asm.archive.reader import ArchiveReader
 from asm.config import Config
-from asm.errors import EXIT_DEVICE, EXIT_DIFFERS, EXIT_INCOMPLETE, EXIT_OK, EXIT_ORDER
+from asm.errors import EXIT_DEVICE, EXIT_DIFFERS, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_OK, EXIT_ORDER
 from asm.store import open_store
 from tests import archive_fuzz as af
 from tests.helpers import DRIVERS, change_mail, free_port, make_home, put, require, run, state
@@ -183,6 +183,42 @@ def _chain(tmp_path, driver):
     change_mail(store, ["joe", "ann"])
     run(home, "imsbackup", "-f", incr, "-d", since, "/", check=EXIT_OK)
     return home, store, full, incr
+
+
+@pytest.mark.parametrize("how", ["empty", "zeros", "state-beside"])
+def test_a_destroyed_archive_of_a_directory_fails_the_check(tmp_path, how):
+    """imsverify -f /backup/ (the daily cron check): an archive whose bytes were lost (0
+    bytes, or zeros as XFS leaves after a crash) is one of ours by its name (.ims) or the
+    state file beside it: named and the run fails as when it is named (8), never skipped
+    as "not an archive"; a stray file of the directory (a README, an empty file) is."""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, "classic"))
+    put(store, "joe", "INBOX", 1)
+    d = tmp_path / "backup"
+    d.mkdir()
+    run(home, "imsbackup", "-f", d / "full.ims", "/", check=EXIT_OK)
+    put(store, "joe", "INBOX", 2)
+    run(home, "imsbackup", "-f", d / "incr.ims", "--base", d / "full.ims.state", "/", check=EXIT_OK)
+    (d / "README").write_text("weekly chain of the mail store\n")
+    (d / "empty").write_bytes(b"")
+    gone = d / "incr.ims"
+    if how == "state-beside":
+        os.rename(d / "incr.ims", d / "monday")
+        os.rename(d / "incr.ims.state", d / "monday.state")
+        gone = d / "monday"
+    size = gone.stat().st_size
+    gone.write_bytes(b"" if how == "empty" else bytes(size))
+    named = run(home, "imsverify", "-f", gone).returncode
+    assert named == EXIT_NOT_ARCHIVE
+    for extra in ([], ["-v"], ["--against-store"]):
+        p = run(home, "imsverify", *extra, "-f", d, text=True)
+        assert p.returncode == named, (extra, p.stdout, p.stderr)
+        assert "every check passed" not in p.stdout + p.stderr
+        if extra == ["-v"]:
+            assert str(gone) in p.stderr and "README" not in p.stderr, p.stderr
+    gone.unlink()                           # the stray files alone never fail the check
+    (d / ("monday.state" if how == "state-beside" else "incr.ims.state")).unlink()
+    run(home, "imsverify", "-f", d, check=EXIT_OK)
 
 
 def _drop_message(data: bytes) -> tuple[bytes, str]:

@@ -209,8 +209,16 @@ def _verify(args, report) -> int:
             continue
         if (not c.readable and all(p.status == EXIT_NOT_ARCHIVE for p in c.problems)
                 and any(os.path.dirname(dev) == d.rstrip("/") for d in from_dirs)):
-            skipped.append(dev)        # a file of a directory that is no archive (a catalog, a log)
-            continue
+            from asm.backupstate import named_as_archive
+            if not named_as_archive(dev):
+                skipped.append(dev)    # a file of a directory that is no archive (a catalog, a log)
+                continue
+            # one of ours by its name or its state file, and its bytes are gone (0 bytes,
+            # zeros): damage, as when it is named
+            c.problems = [Problem(EXIT_NOT_ARCHIVE, f"{dev}: its name or the state file beside it says it is "
+                                                    f"a backup, but it is no readable archive "
+                                                    f"({c.problems[0].text.removeprefix(dev + ': ')}): the mail "
+                                                    f"only it held is in no archive; take a full backup")]
         checks.append(c)
         problems.extend(c.problems)
         if args.verbose:
