@@ -253,6 +253,35 @@ def test_chain_orders_archives_and_names_gaps(tmp_path):
     assert "no complete full archive" in p.stderr.decode()
 
 
+@pytest.mark.parametrize("how", ["zeros", "empty", "named"])
+def test_chain_names_a_destroyed_incremental(tmp_path, how):
+    """The runbook's `imsdr chain --commands $BACKUP` with the newest incremental's bytes
+    lost (zeros or 0 bytes, as a crash can leave it): the file is one of the backups by
+    its name (.ims) and its state file, so it is named and the status is 1, as for any
+    archive that cannot be read; a stray file of the directory is not.  (Before: exit 0
+    and `imsrestore -f full.ims` alone: that incremental's mail silently not recovered.)"""
+    home = tmp_path / "src"
+    store = open_store(make_home(home, "classic"))
+    store.create_user("joe")
+    d = tmp_path / "backup"
+    d.mkdir()
+    store.deliver(["joe"], io.BytesIO(msg(1)))
+    run(home, "imsbackup", "-f", d / "full.ims", "/", check=0)
+    store.deliver(["joe"], io.BytesIO(msg(2)))
+    run(home, "imsbackup", "-f", d / "incr.ims", "--base", d / "full.ims.state", "/", check=0)
+    (d / "README").write_text("the mail store's weekly chain\n")
+    (d / "empty").write_bytes(b"")
+    size = (d / "incr.ims").stat().st_size
+    (d / "incr.ims").write_bytes(b"" if how == "empty" else bytes(size))
+    paths = [d / "full.ims", d / "incr.ims"] if how == "named" else [d]
+    p = run(home, "imsdr", "chain", "--commands", *paths, check=EXIT_PARTIAL, text=True)
+    assert str(d / "incr.ims") in p.stderr and "README" not in p.stderr, p.stderr
+    assert shlex.split(p.stdout) == ["imsrestore", "-f", str(d / "full.ims")]
+    (d / "incr.ims").unlink()
+    (d / "incr.ims.state").unlink()
+    run(home, "imsdr", "chain", "--commands", d, check=0)
+
+
 def test_chain_reads_compressed_and_encrypted_archives(tmp_path):
     """imsdr chain reads archives through their layers, as imsrestore does: a -z full
     and an age-encrypted incremental make one chain (with --identity); without an

@@ -281,10 +281,13 @@ def _chain(args) -> int:
         cfg.require()
     except ImsError:
         cfg = None
-    files, _others, unreadable = archive_files(args.paths, verify=args.verify,
-                                               identities=identity_loader(cfg, args.identity))
+    files, _others, unreadable, lost = archive_files(args.paths, verify=args.verify,
+                                                     identities=identity_loader(cfg, args.identity))
     for why in unreadable:
         warn(PROG, f"{why}: not used (give --identity FILE for an encrypted archive)")
+    for why in lost:
+        warn(PROG, f"{why}: not used; the mail only it held cannot be restored from these archives")
+    unreadable += lost
     found = chains(files)
     if not any(c.archives for c in found):
         raise ImsError(f"no complete full archive in {', '.join(args.paths)}: nothing to restore from"

@@ -83,10 +83,16 @@ def read_header(path: str, verify: bool = False, identities=()) -> ArchiveFile |
         return None
 
 
-def archive_files(paths: list[str], verify: bool = False, identities=()) -> tuple[list, list, list]:
+def archive_files(paths: list[str], verify: bool = False, identities=()) -> tuple[list, list, list, list]:
     """Every archive among ``paths`` (files, and the files of directories); the
-    files that are not archives; and those that may be but cannot be read (why)."""
-    found, others, unreadable = [], [], []
+    files that are not archives; those that may be but cannot be read (why: no
+    identity, a damaged layer); and those that should be and are not (why): a file
+    named, or a file of a directory that is one of the backups by its name or the
+    state file beside it (backupstate.named_as_archive), that holds no archive (0
+    bytes, zeros: its bytes were lost).  Another file of a directory (a README, a
+    catalog) is not an archive."""
+    from asm.backupstate import named_as_archive
+    found, others, unreadable, lost = [], [], [], []
     for p in paths:
         if os.path.isdir(p):
             names = sorted(os.path.join(p, n) for n in os.listdir(p)
@@ -99,8 +105,14 @@ def archive_files(paths: list[str], verify: bool = False, identities=()) -> tupl
             except Unreadable as exc:
                 unreadable.append(str(exc))
                 continue
-            (found.append(info) if info is not None else others.append(n))
-    return found, others, unreadable
+            if info is not None:
+                found.append(info)
+            elif n == p or named_as_archive(n):
+                lost.append(f"{n}: {'its name or the state file beside it says it is a backup, but ' if n != p else ''}"
+                            f"it holds no readable ims-asm archive (its bytes were lost?)")
+            else:
+                others.append(n)
+    return found, others, unreadable, lost
 
 
 def chains(files: list[ArchiveFile]) -> list[Chain]:
