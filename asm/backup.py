@@ -134,6 +134,21 @@ def check_not_empty(store: Store, partitions: list[str], targets: list[Target],
                          f"--allow-empty (or msconfig set backup.allowempty yes)")
 
 
+def check_not_emptied(store: Store, paths: list[LogicalPath], held: set) -> None:
+    """Refuse to compare archives with a store that lost every user of a partition the
+    archives hold users of (``held``: those partitions) and ``paths`` cover as a whole:
+    the disk did not mount, IMS_HOME names another installation.  EmptyStore, as a
+    backup of it is refused (an archive of an empty store matches an empty store)."""
+    empty = [p for p in whole_partitions(store, paths) if p in held and not store.users(p)]
+    if empty:
+        where = "; ".join(f"{p}: {store.partition_path(p)}" for p in empty)
+        what = ("the store holds no users" if len(empty) == len(store.partitions()) else
+                f"partition{'s' if len(empty) > 1 else ''} {', '.join(map(repr, empty))} "
+                f"hold{'' if len(empty) > 1 else 's'} no users")
+        raise EmptyStore(f"{what} ({where}), where the archives have users: nothing to compare; check "
+                         f"IMS_HOME and the partition paths (is the disk mounted?)")
+
+
 def select(store: Store, groups: Groups, paths: list[LogicalPath], allow_empty: bool = False) -> list[Target]:
     """The users and folders ``paths`` name; PathError when one names nothing, EmptyStore
     or UnlistedStore when a partition they cover holds no user (see check_not_empty).

@@ -32,7 +32,7 @@ import pytest
 from asm.archive import spec
 from asm.archive.reader import ArchiveReader
 from asm.config import Config
-from asm.errors import EXIT_DEVICE, EXIT_DIFFERS, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_OK, EXIT_ORDER
+from asm.errors import EXIT_DEVICE, EXIT_DIFFERS, EXIT_EMPTY, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_OK, EXIT_ORDER
 from asm.store import open_store
 from tests import archive_fuzz as af
 from tests.helpers import DRIVERS, change_mail, free_port, make_home, put, require, run, state
@@ -219,6 +219,34 @@ def test_a_destroyed_archive_of_a_directory_fails_the_check(tmp_path, how):
     gone.unlink()                           # the stray files alone never fail the check
     (d / ("monday.state" if how == "state-beside" else "incr.ims.state")).unlink()
     run(home, "imsverify", "-f", d, check=EXIT_OK)
+
+
+@pytest.mark.parametrize("how", ["unmounted", "other-home"])
+def test_against_a_store_that_lost_every_user_is_refused(tmp_path, how):
+    """imsverify --against-store (the daily cron check) against a store whose users are
+    all gone (the Maildir partition's disk did not mount, IMS_HOME names another
+    installation) is refused as imsbackup refuses it (18), never "0 messages compared
+    ... every check passed"; an archive of an empty store still matches an empty store."""
+    home = tmp_path / "src"
+    (tmp_path / "mail").mkdir()
+    (tmp_path / "empty").mkdir()
+    store = open_store(make_home(home, "maildir", **{"partition:primary.path": str(tmp_path / "mail")}))
+    put(store, "joe", "INBOX", 1)
+    put(store, "ann", "INBOX", 2)
+    full = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
+    if how == "unmounted":
+        run(home, "msconfig", "set", "partition:primary.path", tmp_path / "empty", check=EXIT_OK)
+    else:
+        home = tmp_path / "other"
+        make_home(home, "maildir", **{"partition:primary.path": str(tmp_path / "empty")})
+    backup = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/")
+    p = run(home, "imsverify", "-f", full, "--against-store", text=True)
+    assert p.returncode == backup.returncode == EXIT_EMPTY, (p.stdout, p.stderr)
+    assert p.stdout == "" and len(p.stderr.splitlines()) == 1 and "no users" in p.stderr, p.stderr
+    assert str(tmp_path / "empty") in p.stderr
+    run(home, "imsbackup", "--allow-empty", "-f", tmp_path / "e.ims", "/", check=EXIT_OK)
+    run(home, "imsverify", "-f", tmp_path / "e.ims", "--against-store", check=EXIT_OK)
 
 
 def _drop_message(data: bytes) -> tuple[bytes, str]:

@@ -271,11 +271,12 @@ def _verify(args, report) -> int:
             if args.keep_scratch:
                 warn(PROG, f"the scratch installation is kept: IMS_HOME={rt.home}")
     if args.against_store and views_to_use:
-        from asm.backup import select
+        from asm.backup import check_not_emptied, select
         from asm.logical import parse
         from asm.verify.compare import compare_live
         for v in views_to_use:
             paths = [parse(p, inst.groups) for p in v.scope]
+            check_not_emptied(inst.store, paths, {k[0] for k in (*v.users, *v.folders)})
             targets = select(inst.store, inst.groups, paths, allow_empty=True)
             exclude = (v.archives[-1].header.get("options") or {}).get("exclude") or []
             cmp = compare_live(v, inst.store, targets, exclude)
