@@ -291,6 +291,21 @@ def test_usage_errors_write_nothing(populated, ims_home, tmp_path, argv, needle)
     assert not a.exists() and os.listdir(tmp_path) == ["ims"]
 
 
+@pytest.mark.parametrize("content", ["", "# users of the legal hold\n\n   \n"])
+def test_a_list_file_that_names_nobody_is_refused(populated, ims_home, tmp_path, content):
+    """-u FILE that names nobody (empty, or comments only: the script that makes it
+    matched nobody) is refused, never taken as no name at all, which is the whole store."""
+    lst = tmp_path / "list"
+    lst.write_text(content)
+    a = tmp_path / "a.ims"
+    for names in ([], ["/primary/user/joe"]):
+        p = run(ims_home, "imsbackup", "-f", a, "-u", lst, *names)
+        assert p.returncode == 2, p.stderr
+        err = p.stderr.decode()
+        assert len(err.splitlines()) == 1 and str(lst) in err and "names no user" in err, err
+        assert not a.exists() and sorted(os.listdir(tmp_path)) == ["ims", "list"]
+
+
 def test_bad_groups_file_is_named(populated, ims_home, tmp_path):
     (ims_home / "config" / "backup-groups.conf").write_text("groupA=[a-l.*\n")
     p = run(ims_home, "imsbackup", "-f", tmp_path / "a.ims", "/")

@@ -112,7 +112,11 @@ def _main(argv: list[str] | None) -> int:
 
 def _backup(args, rep) -> int:
     since = parse_date(args.date) if args.date is not None else None
-    names = list(args.names) + (read_list_file(args.listfile) if args.listfile else [])
+    listed = read_list_file(args.listfile) if args.listfile else []
+    if args.listfile and not listed:
+        raise UsageError(f"-u {args.listfile} names no user (it is empty, or only comments and blank lines): "
+                         f"fix what writes it, or leave -u out (/ names the whole store)")
+    names = list(args.names) + listed
     if args.base:
         from asm.backupstate import load_base, refuse_base_overwrite   # here: only an incremental needs it
         base = load_base(args.base)
