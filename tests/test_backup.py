@@ -306,6 +306,20 @@ def test_a_list_file_that_names_nobody_is_refused(populated, ims_home, tmp_path,
         assert not a.exists() and sorted(os.listdir(tmp_path)) == ["ims", "list"]
 
 
+def test_a_date_in_the_future_is_refused(populated, ims_home, tmp_path):
+    """-d later than now (20621126 typed for 20261126) would write an archive that holds
+    no message: refused, with the date as it was understood; a date within the clock-skew
+    allowance (300 s) is taken."""
+    a = tmp_path / "a.ims"
+    p = run(ims_home, "imsbackup", "-f", a, "-d", "20621126", "/")
+    assert p.returncode == 2, p.stderr
+    err = p.stderr.decode()
+    assert len(err.splitlines()) == 1 and "2062-11-26 00:00:00" in err and "later than now" in err, err
+    assert not a.exists() and os.listdir(tmp_path) == ["ims"]
+    soon = time.strftime("%Y%m%d:%H%M%S", time.localtime(time.time() + 60))
+    run(ims_home, "imsbackup", "-f", a, "-d", soon, "/", check=0)
+
+
 def test_bad_groups_file_is_named(populated, ims_home, tmp_path):
     (ims_home / "config" / "backup-groups.conf").write_text("groupA=[a-l.*\n")
     p = run(ims_home, "imsbackup", "-f", tmp_path / "a.ims", "/")

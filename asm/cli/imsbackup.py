@@ -26,6 +26,8 @@ from asm.layers.options import write_layers
 from asm.logical import parse
 
 PROG = "imsbackup"
+#: how far in the future a -d may be (clocks of two hosts apart; docs/operations.md)
+DATE_SKEW = 300
 
 
 def jobs_count(text: str) -> int:
@@ -112,6 +114,10 @@ def _main(argv: list[str] | None) -> int:
 
 def _backup(args, rep) -> int:
     since = parse_date(args.date) if args.date is not None else None
+    if since is not None and since > time.time() + DATE_SKEW:
+        raise UsageError(f"-d {args.date} is {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} local "
+                         f"time, later than now: the archive would hold no message; give the start time "
+                         f"of the previous backup")
     listed = read_list_file(args.listfile) if args.listfile else []
     if args.listfile and not listed:
         raise UsageError(f"-u {args.listfile} names no user (it is empty, or only comments and blank lines): "
