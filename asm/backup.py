@@ -19,7 +19,7 @@ from asm.errors import EXIT_EMPTY, EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
 from asm.events import Run
 from asm.groups import PREDEFINED, Groups
 from asm.logical import LogicalPath, Target, resolve
-from asm.store.base import RENAME_RETRIES, MessageGone, Store, StoreError, open_stored
+from asm.store.base import RENAME_RETRIES, MessageGone, NoSuchFolder, Store, StoreError, open_stored
 
 
 class EmptyStore(ImsError):
@@ -233,16 +233,30 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
         for t in targets:
             writer.add_user(t.partition, t.user, t.group)
             res.users += 1
-            for f in t.folders:
+            # a backup of the whole user: a folder deleted or renamed since it was listed is
+            # a change (as an expunged message), and a name that appeared meanwhile is read
+            whole = any(lp.folder is None and lp.covers_user(t.partition, t.user, groups or Groups())
+                        for lp in paths)
+            queue, listed = list(t.folders), set(t.folders)
+            for i, f in enumerate(queue):          # (grows while it is walked)
                 mailbox = f"/{t.partition}/{t.user}/{f}"
                 if left_out(t, f, opts.exclude):
                     res.excluded.append(mailbox)
                     continue
-                if warm is not None:
+                if warm is not None and i < len(t.folders):
                     warm.enter(k)
                     k += 1
-                _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress, readers,
-                               warm)
+                if _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress, readers,
+                                  warm if i < len(t.folders) else None, gone_ok=whole) == "gone":
+                    if report:
+                        report(f"{mailbox}: deleted or renamed during the backup: not in the archive "
+                               f"(a new name is read)")
+                    try:
+                        now = store.folder_names(t.user)
+                    except StoreError:
+                        now = []
+                    queue += [n for n in now if n not in listed]
+                    listed.update(now)
         res.seconds = time.monotonic() - t0
         res.trailer = writer.close(errors=res.errors)
         status = EXIT_PARTIAL if res.errors else EXIT_OK
@@ -323,7 +337,10 @@ def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts:
 
 
 def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
-                   res: BackupResult, run: Run, report, progress, readers=None, warm=None) -> None:
+                   res: BackupResult, run: Run, report, progress, readers=None, warm=None,
+                   gone_ok: bool = False) -> str | None:
+    """Read one folder into the archive; "gone" (nothing written, no error) when
+    ``gone_ok`` and it no longer exists."""
     held = None                          # what the base held of this folder
     if opts.base is not None and _unchanged_folder(store, writer, t, folder, mailbox, opts, res,
                                                    run, report):
@@ -336,6 +353,8 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             held = got[1] if got is not None else None
         snap = store.snapshot(t.user, folder, since=opts.since, known=held)
     except Exception as exc:  # one unreadable mailbox must not stop the backup of the others
+        if gone_ok and isinstance(exc, NoSuchFolder):
+            return "gone"
         why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
         res.errors.append({"mailbox": mailbox, "error": why})
         plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})

@@ -416,6 +416,44 @@ def test_backup_while_mail_flows_is_consistent(store, ims_home, tmp_path, config
     assert not errors and runs >= 2
 
 
+def test_a_folder_deleted_or_renamed_during_the_backup_is_a_change_not_a_failure(store, ims_home, tmp_path):
+    """While a backup of whole users runs (held here by its reader), one of a later
+    user's folders is deleted and another renamed (made under the new name, the old one
+    deleted, as a client sees it): the deleted one vanished (no error, as an expunged
+    message), the renamed one is read under its new name; exit 0.  A folder named
+    explicitly that is gone is still an error."""
+    for n in range(40):
+        put(store, "amy", "INBOX", n, size=20_000)
+    put(store, "zed", "Doomed", 1)
+    for n in range(3):
+        put(store, "zed", "Old", 10 + n)
+    for paths, named in ((["/"], False), (["/primary/zed", "/primary/amy"], False),
+                         (["/primary/amy", "/primary/zed/Doomed", "/primary/zed/Old"], True)):
+        if not store.exists("zed", "Old"):
+            for n in range(3):
+                put(store, "zed", "Old", 10 + n)
+            store.delete_folder("zed", "New")
+            put(store, "zed", "Doomed", 1)
+        p = popen(ims_home, "imsbackup", "-f", "-", *paths, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = p.stdout.read(4096)                   # under way in amy's INBOX, blocked on us
+        store.delete_folder("zed", "Doomed")
+        store.create_folder("zed", "New")
+        for m in store.messages("zed", "Old"):
+            with open(m.path, "rb") as f:
+                store.append("zed", "New", f, flags=m.flags, internaldate=m.internaldate)
+        store.delete_folder("zed", "Old")
+        out, err = p.communicate(timeout=60)
+        a = tmp_path / "a.ims"
+        a.write_bytes(first + out)
+        if named:
+            assert p.returncode == 1 and b"could not back up /primary/zed/Doomed" in err, err
+            continue
+        assert p.returncode == 0, err
+        got = {(u, f) for u, f, _uid, _k in messages_in(a)}
+        assert ("zed", "New") in got and ("zed", "Doomed") not in got and ("zed", "Old") not in got
+        assert len([1 for u, f, _uid, _k in messages_in(a) if (u, f) == ("zed", "New")]) == 3
+
+
 @pytest.mark.parametrize("watch", ["archive", "state"])
 def test_a_signal_once_the_archive_is_in_place_does_not_make_a_complete_run_a_failed_one(
         store, ims_home, tmp_path, watch):
