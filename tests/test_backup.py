@@ -348,19 +348,35 @@ def test_unreadable_mailbox_is_named_and_archive_still_complete(populated, ims_h
     r, ms = members(a)
     assert r.complete and [e["mailbox"] for e in r.trailer["errors"]] == ["/primary/joe/Work"]
     assert ("joe", "Work/2023") in [(m.user, m.folder) for m in ms if m.kind == "folder"]
-    # a restore of that archive does not call itself complete: the folder its backup
-    # could not read is named (exit 1); one that does not reach that folder says nothing
+    # a restore of that archive names the folder its backup could not read (it restored
+    # what the archive holds: exit 0; a later backup brings the folder); one that does
+    # not reach that folder says nothing
     for n, (paths, named) in enumerate([((), True), (("/primary/joe",), True), (("/primary/joe/Work",), True),
                                         (("/primary/joe/Work/2023",), False), (("/primary/mary",), False)]):
         home = tmp_path / f"to{n}"
         make_home(home, populated.name)
         p = run(home, "imsrestore", "-f", a, *paths)
         if named:
-            assert p.returncode == 1 and p.stderr.decode().splitlines()[-1] == (
-                "imsrestore: /primary/joe/Work: the backup that made this archive could not read it, so no "
-                "restore from it brings that back (" + r.trailer["errors"][0]["error"] + ")"), p.stderr
+            assert p.returncode == 0 and p.stderr.decode().splitlines()[-1] == (
+                "imsrestore: /primary/joe/Work: the backup that made this archive could not read it: it is "
+                "not here as the store had it; restore it from a later backup that read it ("
+                + r.trailer["errors"][0]["error"] + ")"), p.stderr
         else:
             assert p.returncode == 0 and p.stderr == b"", p.stderr
+    p = run(tmp_path / "to0", "imsrestore", "-f", a, "-t", "/primary/joe")      # a listing says so too
+    assert p.returncode == 0 and p.stderr.decode().startswith(
+        "imsrestore: /primary/joe/Work: the backup that made this archive could not read it"), p.stderr
+    # asked for such a folder alone (no subfolder), a listing or a restore says why it is
+    # not there (exit 2)
+    _break_folder(populated, "joe", "Trash")
+    b = tmp_path / "b.ims"
+    assert run(ims_home, "imsbackup", "-f", b, "/primary/joe").returncode == 1
+    why = {e["mailbox"]: e["error"] for e in members(b)[0].trailer["errors"]}["/primary/joe/Trash"]
+    for how in (("-t",), ()):
+        p = run(tmp_path / "to0", "imsrestore", "-f", b, *how, "/primary/joe/Trash")
+        assert p.returncode == 2 and p.stderr.decode() == (
+            "imsrestore: /primary/joe/Trash: nothing in the archive matches this path (the backup that made "
+            "this archive could not read it: " + why + ")\n"), p.stderr
 
 
 def test_full_disk_leaves_no_archive(store, ims_home, tmp_path):

@@ -176,13 +176,26 @@ def _toc(reader, sel: Selection, verbose: bool = False) -> int:
         warn(PROG, "archive is incomplete: it has no trailer")
         return EXIT_INCOMPLETE
     unmatched = sel.unmatched()
+    # what the archive's backup could not read, where the paths reach it (as a restore says)
+    unread = {e.get("mailbox"): str(e.get("error")) for e in (reader.trailer or {}).get("errors") or ()
+              if isinstance(e, dict) and isinstance(e.get("mailbox"), str) and e["mailbox"].startswith("/")}
+    for mailbox, why in unread.items():
+        if mailbox not in unmatched and sel.reaches(mailbox):
+            warn(PROG, unread_line(mailbox, why))
     for p in unmatched:
         # as the restore with the same path says (and exits): never an empty listing with 0
-        warn(PROG, _unmatched(p, sel.near_misses(p), sel.left_out(p, reader.header)))
+        warn(PROG, _unmatched(p, sel.near_misses(p), sel.left_out(p, reader.header), unread.get(p)))
     return EXIT_USAGE if unmatched else EXIT_OK
 
 
-def _unmatched(path: str, near: list | None, left_out: str | None) -> str:
+def unread_line(mailbox: str, why: str) -> str:
+    """A mailbox the backup that made the archive could not read (its trailer says so):
+    the archive does not bring it back as the store had it; a later one may."""
+    return (f"{mailbox}: the backup that made this archive could not read it: it is not here as "
+            f"the store had it; restore it from a later backup that read it ({why})")
+
+
+def _unmatched(path: str, near: list | None, left_out: str | None, unread: str | None = None) -> str:
     """The line for a path that matched nothing in the archive, with what it has under
     another case, or the store.backupexclude that kept the folder out of the backup."""
     why = ""
@@ -191,6 +204,8 @@ def _unmatched(path: str, near: list | None, left_out: str | None) -> str:
     elif left_out:
         why = (f" (the backup left it out: store.backupexclude was {left_out!r}; an archive of it "
                f"needs a backup naming it, e.g. imsbackup -f FILE {path})")
+    elif unread:
+        why = f" (the backup that made this archive could not read it: {unread})"
     return f"{path}: nothing in the archive matches this path{why}"
 
 
@@ -457,6 +472,9 @@ def _one(args, rep) -> int:
     for e in res.errors:
         if e.get("status") != EXIT_NOSPACE:        # a full disk is said once, below
             warn(PROG, f"{e['mailbox']}: {e['error']}")
+    for mailbox, why in res.unread:
+        if mailbox not in res.unmatched:           # (said with the path, below)
+            warn(PROG, unread_line(mailbox, why))
     if args.verbose or sys.stderr.isatty():
         print(f"{PROG}: {res.users} users, {res.folders} folders, {res.messages} messages, {res.links} links, "
               f"{res.duplicates} already there, {res.renumbered} with new UIDs, {res.expunged} expunged, "
@@ -467,7 +485,7 @@ def _one(args, rep) -> int:
         warn(PROG, f"{len(res.pending)} linked messages need their first copy from this archive: run "
              f"imsrestore -f {args.device} -r {args.refout or default_reffile(inst.config.home, reader.header)}")
     for p in res.unmatched:
-        warn(PROG, _unmatched(p, res.near_misses.get(p), res.left_out.get(p)))
+        warn(PROG, _unmatched(p, res.near_misses.get(p), res.left_out.get(p), dict(res.unread).get(p)))
     if res.store_full:
         n = len(res.held)
         warn(PROG, res.store_full + (f" (deliveries to {n} user{'s' if n > 1 else ''} stay held until it "

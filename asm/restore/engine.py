@@ -327,25 +327,19 @@ class Restorer:
 
     def _name_unread(self) -> None:
         """What the backup that made this archive could not read (its trailer's errors),
-        where the selection reaches it: named (exit 1), for the restore did not bring
-        it back.  A chain's earlier links leave that to its last (opts.final set)."""
+        where the selection reaches it: named, for this archive does not bring it back.
+        Not a failure of the restore (which restored what the archive holds; an engine
+        restoring a chain record by record finds it in a later one): the status stays.
+        A chain's earlier links leave that to its last (opts.final set)."""
         trailer = getattr(self.reader, "trailer", None)
         if trailer is None or self.opts.final is not None:
             return
         for e in trailer.get("errors") or ():
             mailbox = e.get("mailbox") if isinstance(e, dict) else None
-            if not isinstance(mailbox, str) or not mailbox.startswith("/"):
+            if not isinstance(mailbox, str) or not mailbox.startswith("/") or not self.sel.reaches(mailbox):
                 continue
-            partition, user, folder = (mailbox[1:].split("/", 2) + [None, None])[:3]
-            if self.sel.paths and not any(
-                    (lp.partition is None or not partition or lp.partition == partition)
-                    and (lp.user is None and lp.group is None or user is None
-                         or lp.covers_user(partition, user, self.groups))
-                    and (folder is None or lp.covers_folder(folder))
-                    for lp in self.sel.paths):
-                continue
-            self._record_error(mailbox, f"the backup that made this archive could not read it, so no "
-                                        f"restore from it brings that back ({e.get('error')})", EXIT_PARTIAL)
+            self.res.unread.append((mailbox, str(e.get("error"))))
+            self.report(f"{mailbox}: not in this archive as the store had it: its backup could not read it")
 
     def _start_folder(self, m) -> None:
         if (m.partition, m.user) == self.cur_user:

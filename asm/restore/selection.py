@@ -77,6 +77,18 @@ class Selection:
     def unmatched(self) -> list[str]:
         return [str(lp) for lp, n in zip(self.paths, self.hits) if n == 0]
 
+    def reaches(self, mailbox: str) -> bool:
+        """Whether the paths reach ``mailbox`` ("/partition[/user[/folder]]", "/" the
+        whole store), as an archive trailer names what its backup could not read."""
+        if not self.paths:
+            return True
+        partition, user, folder = (mailbox[1:].split("/", 2) + [None, None])[:3]
+        return any((lp.partition is None or not partition or lp.partition == partition)
+                   and (lp.user is None and lp.group is None or user is None
+                        or lp.covers_user(partition, user, self.groups))
+                   and (folder is None or lp.covers_folder(folder))
+                   for lp in self.paths)
+
     def left_out(self, path: str, header: dict) -> str | None:
         """For an unmatched ``path``: the store.backupexclude that left its folder out
         of the backup of ``header`` (as that backup ran with it), or None."""
