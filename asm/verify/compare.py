@@ -116,7 +116,8 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
             old = [m for m in msgs if (rec is None or m.uid not in rec.messages) and m.stored < created - SLACK]
             if old:
                 # filed since the backup (MOVE, COPY, RENAME keep a Maildir file's name, and
-                # the time it was stored): the chain holds its bytes in another folder
+                # the time it was stored, but its file entered this folder since: ctime):
+                # the chain holds its bytes in another folder
                 have = archived.get((t.partition, t.user))
                 if have is None:
                     have = archived[(t.partition, t.user)] = {
@@ -124,6 +125,9 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
                         for v in r.messages.values()}
                 missed = []
                 for m in old:
+                    if m.changed < created - SLACK:
+                        missed.append(m)            # in this folder since before the backup
+                        continue
                     sha = stored_sha256(m, missing=OSError)
                     if sha in have:
                         out.changes["new"] += 1
