@@ -237,26 +237,33 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
             # a change (as an expunged message), and a name that appeared meanwhile is read
             whole = any(lp.folder is None and lp.covers_user(t.partition, t.user, groups or Groups())
                         for lp in paths)
-            queue, listed = list(t.folders), set(t.folders)
+            queue = list(t.folders)
+            done: dict = {}                        # folder -> the UIDVALIDITY read (None: unknown)
             for i, f in enumerate(queue):          # (grows while it is walked)
                 mailbox = f"/{t.partition}/{t.user}/{f}"
+                if f in done:
+                    continue
                 if left_out(t, f, opts.exclude):
                     res.excluded.append(mailbox)
+                    done[f] = None
                     continue
                 if warm is not None and i < len(t.folders):
                     warm.enter(k)
                     k += 1
-                if _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress, readers,
-                                  warm if i < len(t.folders) else None, gone_ok=whole) == "gone":
-                    if report:
-                        report(f"{mailbox}: deleted or renamed during the backup: not in the archive "
-                               f"(a new name is read)")
-                    try:
-                        now = store.folder_names(t.user)
-                    except StoreError:
-                        now = []
-                    queue += [n for n in now if n not in listed]
-                    listed.update(now)
+                n0 = len(res.state)
+                got = _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress, readers,
+                                     warm if i < len(t.folders) else None, gone_ok=whole)
+                if len(res.state) > n0 and res.state[-1][2] == f:
+                    done[f] = res.state[-1][3]      # its member is written (gone while read, maybe)
+                elif got != "gone":
+                    done[f] = None
+                if got != "gone":
+                    continue
+                if report:
+                    report(f"{mailbox}: deleted or renamed during the backup: not in the archive "
+                           f"(a new name is read)")
+                if len(queue) < 4 * len(t.folders) + 64:
+                    _renamed_meanwhile(store, t, queue, i, done, res)
         res.seconds = time.monotonic() - t0
         res.trailer = writer.close(errors=res.errors)
         status = EXIT_PARTIAL if res.errors else EXIT_OK
@@ -269,6 +276,34 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                       "links": res.links, "bytes": res.bytes}
         run.errors = [(e["mailbox"], e["error"]) for e in res.errors]
         plugins.run_end(run, status)
+
+
+def _renamed_meanwhile(store: Store, t: Target, queue: list, i: int, done: dict, res: BackupResult) -> None:
+    """A folder of ``t`` was gone when its turn came (queue[i]): its user's folders are
+    listed again.  A name not read yet and not still to come is read in this run (the
+    new name of a renamed folder, or an old one a rename gave back).  A name read
+    already whose UIDVALIDITY is not the one read was taken by another folder since (a
+    rename onto it): what it holds now was not read, and is named (exit 1)."""
+    try:
+        now = store.folder_names(t.user)
+    except StoreError:
+        return
+    coming = set(queue[i + 1:])
+    for n in now:
+        if n not in done:
+            if n not in coming:
+                queue.append(n)
+                coming.add(n)
+        elif done[n] is not None:
+            try:
+                uv = store.folder(t.user, n).uidvalidity
+            except StoreError:
+                continue
+            if uv != done[n]:
+                done[n] = None                  # named once
+                res.errors.append({"mailbox": f"/{t.partition}/{t.user}/{n}", "error": (
+                    "another folder was renamed to this name during the backup, after this name was read: "
+                    "the mail under it now is not in this archive; the next backup reads it")})
 
 
 def _warmer(store: Store, targets: list[Target], opts: BackupOptions):
@@ -412,12 +447,17 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     if readers is not None:
         ahead = readers.folder([m for m in snap.messages if carried(m)], writer.links_written,
                                opts.ignore_links)
+    gone: list = []
     try:
         n, nbytes = _write_messages(store, writer, t, folder, mailbox, snap, carried, opts, res,
-                                    report, progress, ahead, fail, lost, warm)
+                                    report, progress, ahead, fail, lost, warm, gone)
     finally:
         if ahead is not None:
             ahead.close()
+    if gone and not gone_ok:
+        # named explicitly, and deleted or renamed while it was read
+        res.errors.append({"mailbox": mailbox, "error": "deleted or renamed while it was read: the messages "
+                                                         "not read by then are not in this archive"})
     kept = UidSet.of(m.uid for m in snap.messages if m.uid not in lost)
     if snap.fingerprint is not None and not lost and not getattr(snap, "warnings", ()):
         # read whole and clean: the next incremental may take it from this record while
@@ -433,6 +473,9 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         report(f"{mailbox}: {n} messages, {nbytes} bytes" + (f", {len(failed)} failed" if failed else ""))
     plugins.mailbox_done(run, mailbox, {"status": "error" if failed else "ok", "messages": n,
                                         "bytes": nbytes, "error": failed[0] if failed else None})
+    if gone and gone_ok:
+        return "gone"                    # the run lists the user's folders again
+    return None
 
 
 class _Prefetch:
@@ -469,8 +512,9 @@ class _Prefetch:
 
 def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, carried,
                     opts: BackupOptions, res: BackupResult, report, progress, ahead, fail,
-                    lost: set, warm=None) -> tuple[int, int]:
-    """The folder's messages into the archive; (messages, bytes) written."""
+                    lost: set, warm=None, gone: list | None = None) -> tuple[int, int]:
+    """The folder's messages into the archive; (messages, bytes) written.  ``gone`` gets
+    an entry when the folder itself was found gone (deleted or renamed while read)."""
     n = nbytes = 0
     todo = [m for m in snap.messages if carried(m)]
     # the files asked for ahead: by the read-ahead child once it runs, else here, a few
@@ -508,6 +552,10 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
                     again = store.message(t.user, folder, uid)
                 except MessageGone:
                     again = None
+                except NoSuchFolder:         # the folder itself went (deleted or renamed)
+                    again = None
+                    if gone is not None and not gone:
+                        gone.append(folder)
                 if again is not None and attempt < RENAME_RETRIES:
                     m = again
                     continue

@@ -470,6 +470,75 @@ def test_a_folder_deleted_or_renamed_during_the_backup_is_a_change_not_a_failure
         assert len([1 for u, f, _uid, _k in messages_in(a) if (u, f) == ("zed", "New")]) == 3
 
 
+def test_a_folder_renamed_onto_a_name_already_read_is_named_and_one_renamed_back_is_read(store, ims_home, tmp_path):
+    """The backup has read zed's Archive and waits inside Big: the user rotates (Archive
+    to Old, Current to Archive).  What is under Archive now was not read: named (exit 1),
+    never a silent exit 0.  Then: Current renamed to Tmp and back while the backup waits:
+    Current is read (exit 0)."""
+    def rename(old, new):
+        store.create_folder("zed", new)
+        for m in store.messages("zed", old):
+            with open(m.path, "rb") as f:
+                store.append("zed", new, f, flags=m.flags, internaldate=m.internaldate)
+        store.delete_folder("zed", old)
+
+    for n in range(3):
+        put(store, "zed", "Archive", 100 + n)
+        put(store, "zed", "Current", 300 + n)
+    for n in range(40):
+        put(store, "zed", "Big", 200 + n, size=20_000)
+    for case in ("back", "rotate"):
+        p = popen(ims_home, "imsbackup", "-f", "-", "/", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = p.stdout.read(4096)                    # Archive read; inside Big, blocked on us
+        if case == "rotate":
+            rename("Archive", "Old")
+            rename("Current", "Archive")
+        else:
+            rename("Current", "Tmp")
+            rename("Tmp", "Current")
+        out, err = p.communicate(timeout=60)
+        a = tmp_path / f"{case}.ims"
+        a.write_bytes(first + out)
+        if case == "rotate":
+            assert p.returncode == 1 and b"could not back up /primary/zed/Archive: another folder was renamed " \
+                b"to this name during the backup" in err, err
+        else:
+            assert p.returncode == 0, err
+            assert len([1 for u, f, _uid, _k in messages_in(a) if (u, f) == ("zed", "Current")]) == 3
+
+
+def test_a_folder_deleted_or_renamed_while_it_is_read_ends_the_run_as_a_change(store, ims_home, tmp_path):
+    """The backup waits inside zed's Big (on its reader) when the user renames Big to
+    Large, then deletes Large: a rename is read under the new name (exit 0), a deletion
+    leaves what was read (exit 0); named explicitly, a deletion is that path's error
+    (exit 1).  Before, the whole run ended with 'no such folder' and exit 2."""
+    for n in range(40):
+        put(store, "zed", "Big", n, size=20_000)
+    p = popen(ims_home, "imsbackup", "-f", "-", "/", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.read(4096)
+    store.create_folder("zed", "Large")
+    for m in store.messages("zed", "Big"):
+        with open(m.path, "rb") as f:
+            store.append("zed", "Large", f, flags=m.flags, internaldate=m.internaldate)
+    store.delete_folder("zed", "Big")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    a = tmp_path / "a.ims"
+    a.write_bytes(first + out)
+    assert len([1 for u, f, _uid, _k in messages_in(a) if (u, f) == ("zed", "Large")]) == 40
+    for paths, want in ((["/primary/zed"], 0), (["/primary/zed/Large"], 1)):
+        if not store.exists("zed", "Large"):
+            for n in range(40):
+                put(store, "zed", "Large", n, size=20_000)
+        p = popen(ims_home, "imsbackup", "-f", "-", *paths, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdout.read(4096)
+        store.delete_folder("zed", "Large")
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == want, err
+        if want:
+            assert b"could not back up /primary/zed/Large: deleted or renamed while it was read" in err, err
+
+
 @pytest.mark.parametrize("watch", ["archive", "state"])
 def test_a_signal_once_the_archive_is_in_place_does_not_make_a_complete_run_a_failed_one(
         store, ims_home, tmp_path, watch):
