@@ -159,9 +159,11 @@ def select(store: Store, groups: Groups, paths: list[LogicalPath], allow_empty: 
 
 
 def unlisted_errors(store: Store, groups: Groups, targets: list[Target], paths: list[LogicalPath],
-                    exclude: list[str]) -> list[dict]:
+                    exclude: list[str], unreadable: dict | None = None) -> list[dict]:
     """Mail on disk in the backup's scope that the store does not list, as error
-    entries: a backup must name what it could not see, not skip it silently."""
+    entries: a backup must name what it could not see, not skip it silently.
+    ``unreadable`` gets {(partition, user): entry} of the targets whose whole login the
+    store could not read (its folders are not known)."""
     out = []
     for p in whole_partitions(store, paths) + [lp.partition for lp in paths
                                                 if lp.user is None and lp.group not in (None, PREDEFINED)]:
@@ -193,6 +195,8 @@ def unlisted_errors(store: Store, groups: Groups, targets: list[Target], paths: 
                    for lp in paths):
                 out.append({"mailbox": f"/{t.partition}/{t.user}" + ("" if u.folder is None else f"/{u.folder}"),
                             "error": f"{u.why} ({u.path}): not backed up; {u.hint or store.unlisted_hint}"})
+                if u.folder is None and unreadable is not None:
+                    unreadable.setdefault((t.partition, t.user), out[-1])
     return out
 
 
@@ -224,10 +228,18 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
     readers = Readers(opts.jobs)
     warm = None
     try:
-        for e in unlisted_errors(store, groups or Groups(), targets, paths, opts.exclude):
+        unreadable: dict = {}
+        for e in unlisted_errors(store, groups or Groups(), targets, paths, opts.exclude, unreadable):
             res.errors.append(e)
             if report:
                 report(f"error: {e['mailbox']}: {e['error']}")
+        # every login of the run named as not readable at all (e.g. doveadm backup of a
+        # dbox login failing for each, a host-wide error): nothing would be backed up, so
+        # the run fails (the archive is removed) rather than leave an archive of no user
+        lost = [unreadable.get((t.partition, t.user)) for t in targets]
+        if lost and all(lost):
+            status = EXIT_STORE
+            raise StoreError(f"no login could be backed up: {lost[0]['mailbox']}: {lost[0]['error']}")
         warm = _warmer(store, targets, opts)
         k = 0                            # the folder's place in the warmer's plans
         for t in targets:

@@ -179,3 +179,31 @@ def test_dovecot_down_still_stops_a_dbox_backup(lab, tmp_path):
     assert p.returncode == EXIT_STORE, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
     assert not os.path.exists(tmp_path / "a.ims")
+
+
+def test_a_dbox_backup_no_login_of_which_can_be_copied_fails(lab, tmp_path):
+    """When doveadm backup fails for every login of the run (a host-wide error: the
+    copy's file system read-only), nothing was backed up: the run fails as before one
+    login's failure became exit 1, exit 17, one line with the first error, no archive
+    (and no state file).  A run that copied some logins stays exit 1 (above)."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "doveadm").write_text(
+        "#!/bin/sh\ncase \" $* \" in *\" backup -u \"*)\n"
+        "  echo 'dsync: Error: mkdir(/x/Maildir) failed: Read-only file system' >&2; exit 75;;\nesac\n"
+        f"exec {shutil.which('doveadm') or '/usr/bin/doveadm'} \"$@\"\n")
+    (fake / "doveadm").chmod(0o755)
+    failing = {"PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    for names in (["/"], ["/primary/user/bob"]):
+        archive = tmp_path / "a.ims"
+        p = run(home, "imsbackup", "-f", archive, "--state-out", tmp_path / "a.state", *names,
+                env=failing, check=None, text=True)
+        assert p.returncode == EXIT_STORE, (names, p.returncode, p.stderr)
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+        assert "Read-only file system" in lines[0] and "cannot copy this login" in lines[0], lines[0]
+        assert "was removed" in lines[0], lines[0]
+        assert not os.path.exists(archive) and not os.path.exists(tmp_path / "a.state")
