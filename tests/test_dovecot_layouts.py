@@ -12,6 +12,7 @@ login, every message, nobody's mail under another login.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -642,3 +643,55 @@ def condstore_after_a_lost_disk(lab, tmp_path, stopped: bool) -> None:
             assert differ <= set(told), (folder, m, now, differ, told)
             assert all(told[uid] == server[uid] for uid in told)
             assert now > m, (folder, m, now)
+
+
+live_lab = lab_fixture("plain")
+
+
+def test_a_restore_into_a_folder_a_live_session_recreated_leaves_dovecot_a_clean_index(live_lab, tmp_path):
+    """A client deleted and re-created Sync (new UIDVALIDITY) and a live session has it
+    SELECTed when the restore puts back the archived UIDVALIDITY (the index is reset)
+    in the same second.  Dovecot's log holds no index error, the live session sees the
+    restored messages or is told to log in again, and a new session sees the source's
+    UIDVALIDITY, UIDs and flags.  (Before: the reset wrote a log whose indexid, the time
+    in seconds, was the one Dovecot had just given the folder: "Lost log for seq=1 ...
+    Missing middle file seq=3", fscking, and the live session saw the folder empty.)"""
+    lab = live_lab
+    u = lab.logins[0]
+    with lab.imap(u) as c:
+        c.create("Sync")
+        uids = [c.append("Sync", message(f"s{i}"), [r"\Seen"])[1] for i in range(4)]
+        c.select("Sync")
+        c.uid_store([uids[1]], "+FLAGS", [r"\Flagged"])
+        c.unselect()
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, f"/primary/{u}", check=0)
+    src = lab.client_state(u).folders["Sync"]
+    logfile = os.path.join(lab.dir, "dovecot.log")
+    start = os.path.getsize(logfile)
+    with lab.imap(u) as c:
+        c.delete("Sync")
+        c.create("Sync")
+    live = lab.imap(u).__enter__()
+    try:
+        live.select("Sync")
+        run(home, "imsrestore", "-f", a, f"/primary/{u}/Sync", check=0)
+        try:
+            live.conn.noop()
+            seen_live = sorted(uid_flags(live))
+        except Exception as exc:               # told to log in again: the old index is gone
+            seen_live = str(exc)
+    finally:
+        with contextlib.suppress(Exception):
+            live.__exit__(None, None, None)
+    got = lab.client_state(u).folders["Sync"]
+    assert (got.uidvalidity, [(m.uid, m.flags) for m in got.messages]) == \
+        (src.uidvalidity, [(m.uid, m.flags) for m in src.messages])
+    with open(logfile, errors="replace") as f:
+        f.seek(start)
+        log = [ln for ln in f.read().splitlines() if re.search(r"\b(imap|lmtp|doveadm)\(", ln)
+               and re.search(r"Error|Panic|Fatal|[Cc]orrupt|Lost log|fscking", ln)]
+    assert not log, log
+    assert seen_live == sorted(uids) or "relogin" in str(seen_live), seen_live

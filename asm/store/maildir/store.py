@@ -1063,9 +1063,43 @@ class MaildirStore(Store):
 
     def _reset_index(self, idx: str | None, owner) -> None:
         """Remove the folder's index files (Dovecot reads the uidlist and files again),
-        leaving it a mod-sequence floor (_new_index)."""
+        leaving it a mod-sequence floor (_new_index) where Dovecot has not indexed it.
+
+        A folder Dovecot has indexed may be open in a live session (a client re-created
+        it and SELECTed it): that session keeps its index in memory and, finding the log
+        gone, writes the next one itself (the same indexid, the next file_seq) and logs the
+        client out ("IMAP session state is inconsistent, please relogin").  A log of ours
+        there instead is a log of another index: with the indexid Dovecot gave (both are
+        the time in seconds) "Lost log for seq=1 ... Missing middle file seq=3", an fsck
+        and the folder seen empty; with another one "Corrupted transaction log file ...
+        indexid changed".  So such a folder's index files are only removed, as before the
+        floor.  A floor log of ours that Dovecot has not written to stays as it is (a
+        session that read it holds its indexid)."""
+        if idx is None:
+            return
+        if self._floor_log(idx):
+            self._invalidate_index(idx, [n for n in INDEX_FILES if n != "dovecot.index.log"])
+            return
+        indexed = any(os.path.lexists(os.path.join(idx, n)) for n in INDEX_FILES)
         self._invalidate_index(idx)
-        self._new_index(idx, owner)
+        if not indexed:
+            self._new_index(idx, owner)
+
+    @staticmethod
+    def _floor_log(idx: str) -> bool:
+        """The folder's dovecot.index.log is a header only that _new_index wrote: the
+        first log file (file_seq 1, none before it) and an initial_modseq a time floor
+        (milliseconds; Dovecot's own first log starts at 1, a later one continues its
+        index's value at a file_seq above 1)."""
+        try:
+            with open(os.path.join(idx, "dovecot.index.log"), "rb") as f:
+                data = f.read(_LOG_HEADER.size + 1)
+        except OSError:
+            return False
+        if len(data) != _LOG_HEADER.size:
+            return False
+        major, _minor, size, _id, seq, prev_seq, _off, _stamp, modseq, _compat, _u = _LOG_HEADER.unpack(data)
+        return major == 1 and size == _LOG_HEADER.size and seq == 1 and prev_seq == 0 and modseq >= 10**12
 
     # ------------------------------------------------------------------ scanning
     def _scan(self, st: _State) -> dict:
