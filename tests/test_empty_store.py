@@ -140,6 +140,39 @@ def test_a_lost_classic_mailbox_list_is_refused_by_every_writer(tmp_path):
     assert len(lines) == 1, lines
 
 
+def test_leftover_user_directories_without_mail_are_no_lost_list(tmp_path):
+    """A new installation whose partition keeps an empty leftover user directory (no
+    index, no message file at any depth) has lost no list: the restore makes the list
+    and brings the archive back with its UIDVALIDITY and UIDs (it stopped with exit 17,
+    and the advised reconstruct -m left a folder no command could read).  A leftover
+    directory that holds a message file, however deep, still counts as a lost list."""
+    from asm.store.classic import _user_dir
+    from tests.helpers import state
+    src = tmp_path / "src"
+    _classic_with_seven_messages(src)
+    run(src, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
+    want = state(open_store(make_home(src, "classic")))
+    home = tmp_path / "dst"
+    make_home(home, "classic")
+    part = home / "data" / "store" / "partition" / "primary"
+    (part / _user_dir("joe") / "=Work" / "00").mkdir(parents=True)   # no index, no message
+    (part / _user_dir("ann")).mkdir(parents=True)
+    (part / _user_dir("ann") / "store.lck").write_bytes(b"")
+    p = run(home, "imsrestore", "-f", tmp_path / "full.ims")
+    assert p.returncode == 0 and p.stderr == b"", p.stderr
+    assert state(open_store(make_home(home, "classic"))) == want
+    run(home, "mboxutil", "-l", check=0)
+
+    other = tmp_path / "other"
+    make_home(other, "classic")
+    deep = other / "data" / "store" / "partition" / "primary" / _user_dir("zed") / "=Work" / "00"
+    deep.mkdir(parents=True)
+    (deep / "1.msg").write_bytes(msg(1))
+    p = run(other, "imsrestore", "-f", tmp_path / "full.ims")
+    assert p.returncode == EXIT_STORE and "holds user directories ('zed')" in one_line(p)
+    assert not (other / "data" / "store" / "mboxlist" / "mailboxes.db").exists()
+
+
 def test_a_replaced_classic_mailbox_list(tmp_path):
     """The list was replaced by an empty one (or an old copy): users it does not know are
     named, the ones it knows are backed up; a list that knows nobody is exit 17."""

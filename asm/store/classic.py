@@ -139,6 +139,17 @@ def scan_user_dirs(ppath: str):
                     yield os.path.join(h1, h2, e.name), _dec(e.name[1:])
 
 
+def holds_mail(path: str) -> bool:
+    """Whether a directory holds mail at any depth: a folder index or a message file.
+    A leftover user directory with neither (an empty ``=joe``, empty hash directories,
+    a lock file) holds nothing a new mailbox list could lose."""
+    for _dirpath, _dirnames, filenames in os.walk(path):
+        for n in filenames:
+            if n.startswith("store.idx") or n.endswith(".msg"):
+                return True
+    return False
+
+
 def _flags_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(flags))
 
@@ -261,6 +272,8 @@ class ClassicStore(Store):
         for part, ppath in self.parts.items():
             found = []
             for rel, user in scan_user_dirs(ppath):
+                if not holds_mail(os.path.join(ppath, rel)):
+                    continue        # an empty leftover directory: no mail to lose
                 found.append(user)
                 if len(found) > 3:
                     break
