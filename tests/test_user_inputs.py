@@ -274,3 +274,26 @@ def test_mistyped_staging_dir_is_not_created(home, tmp_path, how):
         run(home, "msconfig", "set", "staging.dir", tmp_path / "stage", check=0)
     run(home, "imsstage", "dump", *argv, "-j", "1", check=0)       # one level is made
     assert any(p.suffix == ".ims" for p in (tmp_path / "stage").iterdir())
+
+
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_imsdeliver_to_a_folder_while_deliveries_are_held(tmp_path, driver):
+    """While a restore holds the user's deliveries the folder it restores may not be made
+    yet: imsdeliver -d Work queues the message for Work, not INBOX (it did, with 'no
+    folder Work' on stderr), and the release stores it in Work once the restore made it."""
+    h = tmp_path / "ims"
+    cfg = make_home(h, driver)
+    with in_home(h):
+        store = open_store(cfg)
+        put(store, "joe", "INBOX", 1)
+        store.hold_deliveries("joe")
+    p = run(h, "imsdeliver", "-d", "Work", "joe", input=MSG, check=0)
+    assert p.stdout == b"joe: queued (deliveries held)\n" and p.stderr == b"", p.stderr
+    with in_home(h):
+        store = open_store(cfg)
+        store.create_folder("joe", "Work")          # what the restore does, then releases
+        assert store.release_deliveries("joe") == 1
+        assert [m.uid for m in store.messages("joe", "INBOX")] == [1]
+        [m] = store.messages("joe", "Work")
+        with store.open_message("joe", "Work", m.uid) as f:
+            assert f.read() == MSG

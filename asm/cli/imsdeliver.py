@@ -36,9 +36,12 @@ def _main(argv: list[str] | None) -> int:
     # As Dovecot's LMTP/deliver (lda_mailbox_autocreate=no): a folder the user does not
     # have gets nothing made; the message goes to INBOX, so a mistyped -d neither loses
     # mail nor creates a folder (docs/configuration.md, "Which commands create what").
+    # A user whose deliveries are held (a restore runs) gets it queued for the folder
+    # asked: the restore may not have made it yet, and the release decides.
     targets: dict[str, list[str]] = {}
     for u in users:
-        to = args.d if args.d == "INBOX" or store.exists(u, args.d) else "INBOX"
+        to = (args.d if args.d == "INBOX" or store.exists(u, args.d) or store.deliveries_held(u)
+              else "INBOX")
         if to != args.d:
             warn(PROG, f"{u} has no folder {args.d!r}: delivered to INBOX (create the folder with "
                        f"'mboxutil -c user/{u}/{args.d}')")
