@@ -79,17 +79,41 @@ def state_path_for(device: str) -> str:
     return f"{device}.state"
 
 
+LAYER_SUFFIXES = (".zst", ".zstd", ".age")     # what the layers ims-asm writes add to a name
+
+
 def named_as_archive(path: str) -> bool:
     """Whether a file of a backup directory is one of ours by its name or place, so that
     it failing to read as an archive (0 bytes, zeros: what a crash can leave) is damage,
-    not "some other file": its name ends in ``.ims`` or holds ``.ims.`` (``x.ims.zst``;
-    a ``.state`` file is not an archive), or a state file ``NAME.state`` is beside it
-    (imsbackup writes one beside every plain-file archive).  A README, a catalog, a log
-    are none of these."""
+    not "some other file": its name ends in ``.ims``, or ``.ims`` followed only by layer
+    suffixes (``x.ims.zst``, ``x.ims.zst.age``), or a state file ``NAME.state`` is beside
+    it: a regular file (not the cron lines' ``last.state`` symlink) that is a state file
+    naming an archive id (imsbackup writes one beside every plain-file archive).  A
+    README, a catalog, a log, a checksum (``x.ims.sha256``), a date file are none of
+    these."""
     name = os.path.basename(path)
     if name.endswith(".state"):
         return False
-    return name.endswith(".ims") or ".ims." in name or os.path.isfile(state_path_for(path))
+    stem = name
+    while stem.endswith(LAYER_SUFFIXES):
+        stem = stem[:stem.rindex(".")]
+    if stem.endswith(".ims") and len(stem) > len(".ims"):
+        return True
+    return _is_state_file(state_path_for(path))
+
+
+def _is_state_file(path: str) -> bool:
+    """A regular file (a symlink is a pointer some cron line keeps, not the state
+    written beside an archive) holding a state document with its archive id."""
+    try:
+        if not os.path.isfile(path) or os.path.islink(path):
+            return False
+        with open(path, "rb") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(doc, dict) and doc.get("format") == STATE_FORMAT
+            and isinstance(doc.get("archive_id"), str) and bool(doc["archive_id"]))
 
 
 def _folder_doc(p, u, f, uv, uids, fingerprint=None, flags=None) -> dict:

@@ -282,6 +282,26 @@ def test_chain_names_a_destroyed_incremental(tmp_path, how):
     run(home, "imsdr", "chain", "--commands", d, check=0)
 
 
+def test_chain_passes_over_files_beside_the_archives(tmp_path):
+    """`imsdr chain --commands /backup` with a checksum beside an archive
+    (full-....ims.sha256) and the -d cron lines' date file `last` beside the --base cron
+    lines' `last.state` symlink: neither is a backup whose bytes were lost (exit 1 and
+    both named before), the chain is the full alone, exit 0."""
+    home = tmp_path / "src"
+    store = open_store(make_home(home, "classic"))
+    store.create_user("joe")
+    d = tmp_path / "backup"
+    d.mkdir()
+    store.deliver(["joe"], io.BytesIO(msg(1)))
+    n = "full-20261201-020000.ims"
+    run(home, "imsbackup", "-f", d / n, "/", check=0)
+    (d / (n + ".sha256")).write_text(f"{'0' * 64}  {n}\n")
+    os.symlink(n + ".state", d / "last.state")
+    (d / "last").write_text("20261124:020000\n")
+    p = run(home, "imsdr", "chain", "--commands", d, check=0, text=True)
+    assert shlex.split(p.stdout) == ["imsrestore", "-f", str(d / n)] and p.stderr == "", p.stderr
+
+
 def test_chain_reads_compressed_and_encrypted_archives(tmp_path):
     """imsdr chain reads archives through their layers, as imsrestore does: a -z full
     and an age-encrypted incremental make one chain (with --identity); without an

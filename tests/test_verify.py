@@ -221,6 +221,32 @@ def test_a_destroyed_archive_of_a_directory_fails_the_check(tmp_path, how):
     run(home, "imsverify", "-f", d, check=EXIT_OK)
 
 
+def test_files_beside_the_archives_of_a_directory_are_not_ours(tmp_path):
+    """imsverify -f /backup/ passes over what sits beside the archives: a checksum
+    (full-....ims.sha256 from sha256sum) and the -d cron lines' date file `last` beside
+    the --base cron lines' `last.state` symlink are no backups of ours (exit 8 before:
+    ".ims." in the name, "a NAME.state beside it").  A name ending in .ims with the
+    layer suffixes ims-asm writes (.zst, .age) still is one, damaged or not."""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, "classic"))
+    put(store, "joe", "INBOX", 1)
+    d = tmp_path / "backup"
+    d.mkdir()
+    n = "full-20261201-020000.ims"
+    run(home, "imsbackup", "-f", d / n, "/", check=EXIT_OK)
+    (d / (n + ".sha256")).write_text(f"{'0' * 64}  {n}\n")
+    (d / (n + ".md5")).write_text(f"{'0' * 32}  {n}\n")
+    os.symlink(n + ".state", d / "last.state")
+    (d / "last").write_text("20261124:020000\n")
+    p = run(home, "imsverify", "-v", "-f", d, text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+    for lost in ("incr.ims.zst", "incr.ims.age", "incr.ims.zst.age"):
+        (d / lost).write_bytes(b"")
+        p = run(home, "imsverify", "-v", "-f", d, text=True)
+        assert p.returncode == EXIT_NOT_ARCHIVE and lost in p.stderr, (lost, p.stderr)
+        (d / lost).unlink()
+
+
 @pytest.mark.parametrize("how", ["unmounted", "other-home"])
 def test_against_a_store_that_lost_every_user_is_refused(tmp_path, how):
     """imsverify --against-store (the daily cron check) against a store whose users are
