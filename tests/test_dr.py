@@ -334,6 +334,32 @@ def test_chain_reads_compressed_and_encrypted_archives(tmp_path):
     assert state(open_store(make_home(dest, "classic"))) == state(store)
 
 
+def test_imsdr_backup_names_a_lost_classic_mailbox_list(tmp_path):
+    """A classic store whose mailbox list is lost while its partition holds mail: the
+    disaster backup names it in one "not captured" line with the rebuild to run, exits 1
+    and captures the rest (indexes, configuration).  (Before: exit 0, nothing on stderr,
+    "mboxlist: none" in the bundle, while imsbackup stops with 17.)"""
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, "classic"))
+    store.create_user("joe")
+    store.deliver(["joe"], io.BytesIO(msg(1)))
+    store.close()
+    db = home / "data" / "store" / "mboxlist" / "mailboxes.db"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{db}{suffix}"):
+            os.unlink(f"{db}{suffix}")
+    dr = tmp_path / "dr.tar"
+    p = run(home, "imsdr", "backup", "-f", dr, check=EXIT_PARTIAL, text=True)
+    err = p.stderr.splitlines()
+    assert len(err) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert err[0].startswith(f"imsdr: not captured: {db}: ") and "'joe'" in err[0], err[0]
+    assert "reconstruct -m" in err[0], err[0]
+    names = [m.name for m in members(dr)]
+    assert "ims-dr/config/msg.conf" in names and not any(n.endswith("mailboxes.db") for n in names), names
+    assert any(n.endswith("store.idx") for n in names) or "ims-dr/files.jsonl" in names, names
+    assert not db.exists()
+
+
 def test_imsdr_backup_of_a_layout_whose_store_is_not_there_names_it_and_captures_the_rest(tmp_path):
     """store.mail_location whose tree is not there (a disk not mounted): the disaster
     backup still captures the configuration, names the store it could not look into in

@@ -193,6 +193,9 @@ class Capture:
             if item is not None:
                 item["source"] = os.path.join(root, "mboxlist", "mailboxes.db")
                 self.report(f"mailbox list: {item['users']} users, {item['folders']} folders")
+            else:
+                self._lost_list(parts, os.path.join(root, "mboxlist", "mailboxes.db"),
+                                os.path.join(listed, "mboxlist", "mailboxes.db"))
             self._classic_indexes(parts)
         elif layout is not None:
             self._misplaced_problems(layout)
@@ -243,6 +246,18 @@ class Capture:
             return {"users": None, "folders": None}
         finally:
             c.close()
+
+    def _lost_list(self, parts: dict, shown: str, db: str) -> None:
+        """A classic mailbox list that is missing while the partitions hold mail was
+        lost (as every other command says, exit 17): named, the rest still captured."""
+        from asm.store.classic import lost_list
+        if os.path.lexists(db):
+            return                      # there but not copied: _sqlite named it
+        why = lost_list(parts)
+        if why is not None:
+            self.problems.append(f"{shown}: the classic store's mailbox list is missing, but {why}: it was "
+                                 f"lost; rebuild it from the partitions with reconstruct -m, then run "
+                                 f"imsdr backup again")
 
     def _classic_indexes(self, parts: dict) -> None:
         from asm.store.classic import scan_user_dirs

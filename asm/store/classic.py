@@ -150,6 +150,23 @@ def holds_mail(path: str) -> bool:
     return False
 
 
+def lost_list(parts: dict) -> str | None:
+    """Why a missing mailbox list was lost: a partition holds user directories with
+    mail (``holds_mail``); None when none does (a store not made yet)."""
+    for part, ppath in parts.items():
+        found = []
+        for rel, user in scan_user_dirs(ppath):
+            if not holds_mail(os.path.join(ppath, rel)):
+                continue        # an empty leftover directory: no mail to lose
+            found.append(user)
+            if len(found) > 3:
+                break
+        if found:
+            shown = ", ".join(repr(u) for u in found[:3]) + (", ..." if len(found) > 3 else "")
+            return f"partition {part!r} ({ppath}) holds user directories ({shown})"
+    return None
+
+
 def _flags_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(flags))
 
@@ -269,19 +286,9 @@ class ClassicStore(Store):
         self._tmp_tag = os.urandom(4).hex()
 
     def _check_lost(self, db_path: str) -> None:
-        for part, ppath in self.parts.items():
-            found = []
-            for rel, user in scan_user_dirs(ppath):
-                if not holds_mail(os.path.join(ppath, rel)):
-                    continue        # an empty leftover directory: no mail to lose
-                found.append(user)
-                if len(found) > 3:
-                    break
-            if found:
-                shown = ", ".join(repr(u) for u in found[:3]) + (", ..." if len(found) > 3 else "")
-                raise MailboxListLost(
-                    f"the classic store's mailbox list {db_path} is missing, but partition {part!r} "
-                    f"({ppath}) holds user directories ({shown}): {LOST_HINT}")
+        why = lost_list(self.parts)
+        if why is not None:
+            raise MailboxListLost(f"the classic store's mailbox list {db_path} is missing, but {why}: {LOST_HINT}")
 
     # -- paths -------------------------------------------------------------
     def partition_path(self, partition: str) -> str:
