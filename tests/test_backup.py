@@ -555,7 +555,8 @@ def test_a_signal_once_the_archive_is_in_place_does_not_make_a_complete_run_a_fa
     for attempt in range(6):
         target = tmp_path / f"a{attempt}.ims"
         seen = target if watch == "archive" else tmp_path / f"a{attempt}.ims.state"
-        p = popen(ims_home, "imsbackup", "-f", target, "/", stderr=subprocess.PIPE)
+        p = popen(ims_home, "imsbackup", "-f", target, "/", stderr=subprocess.PIPE,
+                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # (as test_errors)
         deadline = time.monotonic() + 60
         while not seen.exists() and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.0002)

@@ -671,8 +671,11 @@ def test_a_signal_while_the_command_loads_is_one_line_and_130(tmp_path, sig):
         "        return None\n"
         "sys.meta_path.insert(0, Slow())\n")
     marker = tmp_path / "x.ims"
+    # (SIGINT as a terminal gives it: a test run started in the background of a shell
+    # without job control inherits SIGINT ignored, which a command rightly keeps)
     p = popen(None, "imsrestore", "-t", "-f", str(marker), env={"PYTHONPATH": str(hook)},
-              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not os.path.exists(f"{marker}.loading") and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.01)
