@@ -432,6 +432,16 @@ def test_backup_while_mail_flows_is_consistent(store, ims_home, tmp_path, config
     assert not errors and runs >= 2
 
 
+def rename_folder(store, user, old, new) -> None:
+    """A folder renamed as a client sees it (the store has no rename): made under the
+    new name with the old one's messages, the old one deleted."""
+    store.create_folder(user, new)
+    for m in store.messages(user, old):
+        with open(m.path, "rb") as f:
+            store.append(user, new, f, flags=m.flags, internaldate=m.internaldate)
+    store.delete_folder(user, old)
+
+
 def test_a_folder_deleted_or_renamed_during_the_backup_is_a_change_not_a_failure(store, ims_home, tmp_path):
     """While a backup of whole users runs (held here by its reader), one of a later
     user's folders is deleted and another renamed (made under the new name, the old one
@@ -453,11 +463,7 @@ def test_a_folder_deleted_or_renamed_during_the_backup_is_a_change_not_a_failure
         p = popen(ims_home, "imsbackup", "-f", "-", *paths, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         first = p.stdout.read(4096)                   # under way in amy's INBOX, blocked on us
         store.delete_folder("zed", "Doomed")
-        store.create_folder("zed", "New")
-        for m in store.messages("zed", "Old"):
-            with open(m.path, "rb") as f:
-                store.append("zed", "New", f, flags=m.flags, internaldate=m.internaldate)
-        store.delete_folder("zed", "Old")
+        rename_folder(store, "zed", "Old", "New")
         out, err = p.communicate(timeout=60)
         a = tmp_path / "a.ims"
         a.write_bytes(first + out)
@@ -476,11 +482,7 @@ def test_a_folder_renamed_onto_a_name_already_read_is_named_and_one_renamed_back
     never a silent exit 0.  Then: Current renamed to Tmp and back while the backup waits:
     Current is read (exit 0)."""
     def rename(old, new):
-        store.create_folder("zed", new)
-        for m in store.messages("zed", old):
-            with open(m.path, "rb") as f:
-                store.append("zed", new, f, flags=m.flags, internaldate=m.internaldate)
-        store.delete_folder("zed", old)
+        rename_folder(store, "zed", old, new)
 
     for n in range(3):
         put(store, "zed", "Archive", 100 + n)
@@ -516,11 +518,7 @@ def test_a_folder_deleted_or_renamed_while_it_is_read_ends_the_run_as_a_change(s
         put(store, "zed", "Big", n, size=20_000)
     p = popen(ims_home, "imsbackup", "-f", "-", "/", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = p.stdout.read(4096)
-    store.create_folder("zed", "Large")
-    for m in store.messages("zed", "Big"):
-        with open(m.path, "rb") as f:
-            store.append("zed", "Large", f, flags=m.flags, internaldate=m.internaldate)
-    store.delete_folder("zed", "Big")
+    rename_folder(store, "zed", "Big", "Large")
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     a = tmp_path / "a.ims"

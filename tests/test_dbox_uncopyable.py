@@ -15,35 +15,28 @@ import subprocess
 import time
 
 from asm.errors import EXIT_PARTIAL, EXIT_STORE
-from tests.dovecot_lab import MAIL_USER, lab_fixture, message
+from tests.dovecot_lab import lab_fixture, message
 from tests.helpers import run
+from tests.test_dbox_chain import configure, view, wipe
 
 lab = lab_fixture("sdbox")
 USERS = ("alice", "bob", "carol")
 
 
-def configure(lab, home) -> None:
-    run(home, "msconfig", "set", "store.driver", "maildir", check=0)
-    run(home, "msconfig", "set", "store.owner", MAIL_USER, check=0)
-    run(home, "msconfig", "set", "dovecot.config", lab.conf, check=0)
-    run(home, "msconfig", "set", "store.mail_location", "doveconf", check=0)
-
-
-def view(lab, login):
-    st = lab.client_state(login)
-    return ({name: (f.uidvalidity, f.uidnext, f.subscribed,
-                    tuple((m.uid, m.flags, m.internaldate, m.size, m.sha256, m.guid) for m in f.messages))
-             for name, f in st.folders.items()}, st.subscriptions & set(st.folders))
+def failing_doveadm(tmp_path, args: str, error: str) -> dict:
+    """The environment of a run whose doveadm fails (exit 75, ``error`` on stderr) when
+    its arguments hold ``args``, as dsync does; any other doveadm run is the real one."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "doveadm").write_text(
+        f"#!/bin/sh\ncase \" $* \" in *\"{args}\"*)\n  echo '{error}' >&2; exit 75;;\nesac\n"
+        f"exec {shutil.which('doveadm') or '/usr/bin/doveadm'} \"$@\"\n")
+    (fake / "doveadm").chmod(0o755)
+    return {"PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 
 
 def views(lab):
     return {u: view(lab, u) for u in USERS}
-
-
-def wipe(lab) -> None:
-    shutil.rmtree(lab.store)
-    os.mkdir(lab.store)
-    os.chown(lab.store, lab.uid, lab.gid)
 
 
 def fill(lab) -> None:
@@ -131,14 +124,7 @@ def test_a_dbox_login_dsync_cannot_copy_is_named_and_the_others_backed_up(lab, t
     home = tmp_path / "ims"
     configure(lab, home)
     fill(lab)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "doveadm").write_text(
-        "#!/bin/sh\ncase \" $* \" in *\" backup -u carol \"*)\n"
-        "  echo 'dsync(carol): Error: Mailbox Work: simulated failure' >&2; exit 75;;\nesac\n"
-        f"exec {shutil.which('doveadm') or '/usr/bin/doveadm'} \"$@\"\n")
-    (fake / "doveadm").chmod(0o755)
-    failing = {"PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    failing = failing_doveadm(tmp_path, " backup -u carol ", "dsync(carol): Error: Mailbox Work: simulated failure")
     full = tmp_path / "full.ims"
     p = run(home, "imsbackup", "-f", full, "--state-out", tmp_path / "full.state", "/",
             env=failing, check=EXIT_PARTIAL, text=True)
@@ -189,14 +175,7 @@ def test_a_dbox_backup_no_login_of_which_can_be_copied_fails(lab, tmp_path):
     home = tmp_path / "ims"
     configure(lab, home)
     fill(lab)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "doveadm").write_text(
-        "#!/bin/sh\ncase \" $* \" in *\" backup -u \"*)\n"
-        "  echo 'dsync: Error: mkdir(/x/Maildir) failed: Read-only file system' >&2; exit 75;;\nesac\n"
-        f"exec {shutil.which('doveadm') or '/usr/bin/doveadm'} \"$@\"\n")
-    (fake / "doveadm").chmod(0o755)
-    failing = {"PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    failing = failing_doveadm(tmp_path, " backup -u ", "dsync: Error: mkdir(/x/Maildir) failed: Read-only file system")
     for names in (["/"], ["/primary/user/bob"]):
         archive = tmp_path / "a.ims"
         p = run(home, "imsbackup", "-f", archive, "--state-out", tmp_path / "a.state", *names,

@@ -55,7 +55,8 @@ def _main(argv: list[str] | None) -> int:
             shutil.copyfileobj(src, spool, 1 << 20)
             src = spool
         for folder, group in targets.items():
-            src.seek(0) if len(targets) > 1 else None
+            if len(targets) > 1:
+                src.seek(0)
             out.update(store.deliver(group, src, folder))
     for user, info in ((u, out[u]) for u in users):
         print(f"{user}: {'queued (deliveries held)' if info is None else f'UID {info.uid}'}")
