@@ -35,7 +35,7 @@ from asm.digests import file_sha256_or_none as _sha256
 from asm.reconstruct.dovecot import Dovecot
 from asm.reconstruct.knowledge import Knowledge
 from asm.store.base import check_folder_name, write_all
-from asm.store.maildir.store import _BASE_OK, _UIDL_OK, sizes_match
+from asm.store.maildir.store import _BASE_OK, pop3_fields, sizes_match
 from asm.store.maildir import (
     INDEX_FILES, KEYWORDS, LIST_INDEX_FILES, LOCK_SUFFIX, SUBSCRIPTIONS, UIDLIST, MaildirStore, Uidlist,
     level_to_disk, split_name, stored_from_name,
@@ -47,11 +47,7 @@ TMP_STALE_SECS = 36 * 3600          # Dovecot removes tmp/ files older than this
 def _pop3_fields(w) -> str:
     """A rebuilt uidlist record's P (POP3 UIDL) and O (POP3 order) fields, as the
     archive's witness ``w`` knows them (a restore writes the same, docs/format.md)."""
-    if w is None:
-        return ""
-    return " ".join(f for f in (
-        f"P{w.pop3_uidl}" if w.pop3_uidl and _UIDL_OK.match(w.pop3_uidl) else "",
-        f"O{w.pop3_order}" if type(w.pop3_order) is int and 0 < w.pop3_order < 1 << 32 else "") if f)
+    return "" if w is None else pop3_fields(w.pop3_uidl, w.pop3_order)
 
 
 class _Parsed:

@@ -122,6 +122,14 @@ def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary
     return [u for has_mail, u in _misplaced(layout, partition).values() if everyone or has_mail]
 
 
+def pop3_fields(uidl: str | None, order: int | None) -> str:
+    """A uidlist record's P (POP3 UIDL) and O (POP3 order) fields for these values, each
+    only when Dovecot can read it back ("" for none)."""
+    return " ".join(f for f in (
+        f"P{uidl}" if uidl and _UIDL_OK.match(uidl) else "",
+        f"O{order}" if type(order) is int and 0 < order < 1 << 32 else "") if f)
+
+
 def sizes_match(base: str, size: int, path: str) -> bool:
     """Whether the sizes a Maildir base name states are those of the file at ``path``
     (``size`` bytes): ``S=`` its size, ``W=`` its size with every line end a CRLF.
@@ -1810,8 +1818,7 @@ class MaildirStore(Store):
             # a kept POP3 UIDL its P field, a POP3 order its O field
             ext = " ".join(f for f in (
                 f"G{guid}" if guid and guid != full_base and _GUID_OK.match(guid) else "",
-                f"P{pop3_uidl}" if pop3_uidl and _UIDL_OK.match(pop3_uidl) else "",
-                f"O{pop3_order}" if type(pop3_order) is int and 0 < pop3_order < 1 << 32 else "") if f)
+                pop3_fields(pop3_uidl, pop3_order)) if f)
             path = self._commit(st, uid, tmp, full_base, letters, ext)
             s = os.stat(path)
             flags_set, kws = self._decode_flags(st, letters)
