@@ -177,10 +177,9 @@ def _toc(reader, sel: Selection, verbose: bool = False) -> int:
         return EXIT_INCOMPLETE
     unmatched = sel.unmatched()
     # what the archive's backup could not read, where the paths reach it (as a restore says)
-    unread = {e.get("mailbox"): str(e.get("error")) for e in (reader.trailer or {}).get("errors") or ()
-              if isinstance(e, dict) and isinstance(e.get("mailbox"), str) and e["mailbox"].startswith("/")}
+    unread = dict(sel.unread(reader.trailer))
     for mailbox, why in unread.items():
-        if mailbox not in unmatched and sel.reaches(mailbox):
+        if mailbox not in unmatched:
             warn(PROG, unread_line(mailbox, why))
     for p in unmatched:
         # as the restore with the same path says (and exits): never an empty listing with 0

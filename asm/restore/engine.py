@@ -334,11 +334,8 @@ class Restorer:
         trailer = getattr(self.reader, "trailer", None)
         if trailer is None or self.opts.final is not None:
             return
-        for e in trailer.get("errors") or ():
-            mailbox = e.get("mailbox") if isinstance(e, dict) else None
-            if not isinstance(mailbox, str) or not mailbox.startswith("/") or not self.sel.reaches(mailbox):
-                continue
-            self.res.unread.append((mailbox, str(e.get("error"))))
+        self.res.unread = self.sel.unread(trailer)
+        for mailbox, _why in self.res.unread:
             self.report(f"{mailbox}: not in this archive as the store had it: its backup could not read it")
 
     def _start_folder(self, m) -> None:

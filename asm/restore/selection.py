@@ -89,6 +89,16 @@ class Selection:
                    and (folder is None or lp.covers_folder(folder))
                    for lp in self.paths)
 
+    def unread(self, trailer: dict | None) -> list[tuple[str, str]]:
+        """(mailbox, why) of an archive trailer's errors (what its backup could not read)
+        that the paths reach."""
+        out = []
+        for e in (trailer or {}).get("errors") or ():
+            mailbox = e.get("mailbox") if isinstance(e, dict) else None
+            if isinstance(mailbox, str) and mailbox.startswith("/") and self.reaches(mailbox):
+                out.append((mailbox, str(e.get("error"))))
+        return out
+
     def left_out(self, path: str, header: dict) -> str | None:
         """For an unmatched ``path``: the store.backupexclude that left its folder out
         of the backup of ``header`` (as that backup ran with it), or None."""
