@@ -40,6 +40,18 @@ def _fill(lab) -> None:
         c.uid_copy([2], "Keep")
 
 
+def _migrated(path, extra: dict) -> list[str]:
+    """The dovecot-uidlist at ``path`` with ``extra`` fields (UID -> "P... O...") put in
+    its records, as a migration from another POP3 server leaves them; its lines."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    lines = [lines[0]] + [re.sub(r"^(\d+) ", lambda m: f"{m.group(1)} {extra.get(int(m.group(1)), '')} ", ln)
+                          for ln in lines[1:]]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return lines
+
+
 def _round_trip(lab, tmp_path, restore_args=()) -> None:
     home = tmp_path / "ims"
     _configure(lab, home)
@@ -69,15 +81,9 @@ def test_migrated_pop3_uidls_and_order_survive_a_restore(tmp_path):
         _fill(lab)
         lab.stop()
         path = os.path.join(lab.store, "alice/Maildir/dovecot-uidlist")
-        with open(path) as f:
-            lines = f.read().splitlines()
         # UIDs 1 and 3 carry migrated UIDLs (one with a ':', as real ones may); UID 2
         # an empty P (Dovecot: "the base file name"); the POP3 order puts 3 before 1
-        extra = {1: "Pmigr:1-a O2", 2: "P", 3: "PUID-3@old.example O1"}
-        lines = [lines[0]] + [re.sub(r"^(\d+) ", lambda m: f"{m.group(1)} {extra.get(int(m.group(1)), '')} ", ln)
-                              for ln in lines[1:]]
-        with open(path, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        _migrated(path, {1: "Pmigr:1-a O2", 2: "P", 3: "PUID-3@old.example O1"})
         for p in glob.glob(os.path.join(lab.store, "alice/Maildir/dovecot.index*")):
             os.unlink(p)
         lab.start()
@@ -100,13 +106,7 @@ def test_reconstruct_gives_back_pop3_uidls_order_and_file_names_from_an_archive(
         lab.stop()
         inbox = os.path.join(lab.store, "alice/Maildir")
         path = os.path.join(inbox, "dovecot-uidlist")
-        with open(path) as f:
-            lines = f.read().splitlines()
-        extra = {1: "Pmigr:1-a O2", 3: "PUID-3@old.example O1"}
-        lines = [lines[0]] + [re.sub(r"^(\d+) ", lambda m: f"{m.group(1)} {extra.get(int(m.group(1)), '')} ", ln)
-                              for ln in lines[1:]]
-        with open(path, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        lines = _migrated(path, {1: "Pmigr:1-a O2", 3: "PUID-3@old.example O1"})
         for p in glob.glob(os.path.join(inbox, "dovecot.index*")):
             os.unlink(p)
         lab.start()
@@ -149,13 +149,7 @@ def test_pop3_uidls_and_order_on_dbox_survive_a_restore(fmt, tmp_path):
         lab.fix_owner(mig)
         lab.doveadm("backup", f"maildir:{mig}/Maildir", user="alice")
         path = os.path.join(mig, "Maildir", "dovecot-uidlist")
-        with open(path) as f:
-            lines = f.read().splitlines()
-        extra = {1: "Pmigr:1-a O2", 3: "PUID-3@old.example O1"}
-        lines = [lines[0]] + [re.sub(r"^(\d+) ", lambda m: f"{m.group(1)} {extra.get(int(m.group(1)), '')} ", ln)
-                              for ln in lines[1:]]
-        with open(path, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        _migrated(path, {1: "Pmigr:1-a O2", 3: "PUID-3@old.example O1"})
         for p in glob.glob(os.path.join(mig, "Maildir", "dovecot.index*")):
             os.unlink(p)
         shutil.rmtree(os.path.join(lab.store, "alice"))

@@ -198,12 +198,21 @@ def test_a_damaged_or_cut_bundle_restores_nothing(tmp_path):
         assert not (target / "config").exists(), name
 
 
-def test_chain_orders_archives_and_names_gaps(tmp_path):
-    home = tmp_path / "ims"
-    store = open_store(make_home(home, "classic"))
+def _joe_and_a_backup_dir(tmp_path, home: str = "src", mail: bool = True):
+    """A classic installation with user joe (one message in his INBOX unless ``mail`` is
+    False) and an empty backup directory: (home, store, directory)."""
+    path = tmp_path / home
+    store = open_store(make_home(path, "classic"))
     store.create_user("joe")
     d = tmp_path / "backup"
     d.mkdir()
+    if mail:
+        store.deliver(["joe"], io.BytesIO(msg(1)))
+    return path, store, d
+
+
+def test_chain_orders_archives_and_names_gaps(tmp_path):
+    home, store, d = _joe_and_a_backup_dir(tmp_path, home="ims", mail=False)
 
     def deliver():
         store.deliver(["joe"], io.BytesIO(msg(time.time())))
@@ -260,12 +269,7 @@ def test_chain_names_a_destroyed_incremental(tmp_path, how):
     its name (.ims) and its state file, so it is named and the status is 1, as for any
     archive that cannot be read; a stray file of the directory is not.  (Before: exit 0
     and `imsrestore -f full.ims` alone: that incremental's mail silently not recovered.)"""
-    home = tmp_path / "src"
-    store = open_store(make_home(home, "classic"))
-    store.create_user("joe")
-    d = tmp_path / "backup"
-    d.mkdir()
-    store.deliver(["joe"], io.BytesIO(msg(1)))
+    home, store, d = _joe_and_a_backup_dir(tmp_path)
     run(home, "imsbackup", "-f", d / "full.ims", "/", check=0)
     store.deliver(["joe"], io.BytesIO(msg(2)))
     run(home, "imsbackup", "-f", d / "incr.ims", "--base", d / "full.ims.state", "/", check=0)
@@ -287,12 +291,7 @@ def test_chain_passes_over_files_beside_the_archives(tmp_path):
     (full-....ims.sha256) and the -d cron lines' date file `last` beside the --base cron
     lines' `last.state` symlink: neither is a backup whose bytes were lost (exit 1 and
     both named before), the chain is the full alone, exit 0."""
-    home = tmp_path / "src"
-    store = open_store(make_home(home, "classic"))
-    store.create_user("joe")
-    d = tmp_path / "backup"
-    d.mkdir()
-    store.deliver(["joe"], io.BytesIO(msg(1)))
+    home, store, d = _joe_and_a_backup_dir(tmp_path)
     n = "full-20261201-020000.ims"
     run(home, "imsbackup", "-f", d / n, "/", check=0)
     (d / (n + ".sha256")).write_text(f"{'0' * 64}  {n}\n")
@@ -312,12 +311,7 @@ def test_chain_reads_compressed_and_encrypted_archives(tmp_path):
     key = tmp_path / "key.txt"
     subprocess.run([keygen, "-o", str(key)], check=True, capture_output=True)
     rcpt = subprocess.run([keygen, "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
-    home = tmp_path / "src"
-    store = open_store(make_home(home, "classic"))
-    store.create_user("joe")
-    d = tmp_path / "backup"
-    d.mkdir()
-    store.deliver(["joe"], io.BytesIO(msg(1)))
+    home, store, d = _joe_and_a_backup_dir(tmp_path)
     run(home, "imsbackup", "-z", "-f", d / "a-full.ims", "/", check=0)
     store.deliver(["joe"], io.BytesIO(msg(2)))
     run(home, "imsbackup", "--recipient", rcpt, "--base", f"{d}/a-full.ims.state", "-f", d / "b-incr.ims", "/",
