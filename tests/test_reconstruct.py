@@ -176,6 +176,34 @@ def test_the_list_moves_a_user_and_drops_what_is_gone(tmp_path):
     run(home, "reconstruct", "-n", "-m", "-r", "/", check=0)
 
 
+def test_a_leftover_user_directory_without_mail_is_not_listed(tmp_path):
+    """reconstruct -m found an empty leftover user directory (no index, no message file)
+    and listed it as a user whose INBOX had no index: mboxutil -l, imsbackup and
+    imsrestore then called the store damaged (exit 17).  It is named and left out, as the
+    store's writers leave it out; the user can then be created or restored into it."""
+    from asm.store.classic import _user_dir
+    home = tmp_path / "ims"
+    store, users = fill(home, "classic", 5, users=2, messages=20)
+    listing = run(home, "mboxutil", "-l", check=0).stdout
+    (tmp_path / "backup").mkdir()
+    run(home, "imsbackup", "-f", tmp_path / "backup" / "full.ims", "/", check=0)
+    part = home / "data" / "store" / "partition" / "primary"
+    (part / _user_dir("zoe")).mkdir(parents=True)
+    (part / _user_dir("ann") / "=Work" / "00").mkdir(parents=True)
+    (part / _user_dir("ann") / "store.lck").write_bytes(b"")
+    (home / "data" / "store" / "mboxlist" / "mailboxes.db").unlink()
+    p = run(home, "reconstruct", "-v", "-m", "-a", tmp_path / "backup", check=0)
+    said = lines(p)
+    for u in ("zoe", "ann"):
+        assert any(x.startswith(f"reconstruct: /primary/{u}: ") and "holds no mail" in x for x in said), said
+    assert run(home, "mboxutil", "-l", check=0).stdout == listing
+    run(home, "imsbackup", "-f", tmp_path / "again.ims", "/", check=0)
+    run(home, "mboxutil", "-c", "user/zoe", check=0)
+    assert run(home, "imsdeliver", "zoe", input=msg(1), check=0).stdout.strip().endswith(b"UID 1")
+    assert "zoe" in fresh(home).users("primary")
+    run(home, "reconstruct", "-n", "-m", "-r", "/", check=0)
+
+
 def test_folders_with_children_inbox_too_are_a_healthy_store(tmp_path):
     """INBOX/sub lives in <user>/=INBOX/=sub, beside INBOX's own files in <user>: the
     =INBOX directory holding it was reported as a misplaced INBOX ("rename the

@@ -36,7 +36,7 @@ from asm.reconstruct.knowledge import Knowledge
 from asm.reconstruct.sqlite import read_only_uri
 from asm.store.base import BadName, LockTimeout, StoreError, _syncfs, check_folder_name
 from asm.store.classic import (
-    _GUIDS, _IDX_SCHEMA, _SCHEMA, _dec, _enc, _open_lock, _user_dir, _uidvalidity, scan_user_dirs,
+    _GUIDS, _IDX_SCHEMA, _SCHEMA, _dec, _enc, _open_lock, _user_dir, _uidvalidity, holds_mail, scan_user_dirs,
 )
 from asm.store.partitions import PartitionUnavailable, check_partition_dir
 
@@ -321,6 +321,14 @@ class ClassicReconstructor:
                                                     "list it; rename its directory")
                     continue
                 old = listed.get(user)
+                if old is None and not holds_mail(os.path.join(ppath, rel)):
+                    # as the store's writers count it (docs/classic-store.md): a directory
+                    # without an index or a message file is no user, and listed it would be
+                    # an INBOX without an index that every command calls damaged
+                    self.report.add(NOTE, where, f"{os.path.join(ppath, rel)} holds no mail (no folder index, "
+                                                 f"no message file): a leftover directory, not added to the "
+                                                 f"mailbox list; remove it, or restore the user into it")
+                    continue
                 if old is not None and (old[0], old[1]) != (part, rel):
                     op = self.parts.get(old[0])
                     if op and os.path.isdir(os.path.join(op, old[1])):

@@ -432,9 +432,12 @@ class ClassicStore(Store):
     def unlisted_users(self, partition: str) -> list[Unlisted]:
         ppath = self.partition_path(partition)
         known = {r[0] for r in self._db.execute("SELECT dir FROM users WHERE partition=?", (partition,))}
+        # a leftover directory without an index or a message file holds nothing to
+        # back up, and is no sign of a lost list (holds_mail)
         return [Unlisted("user", partition, user, None, os.path.join(ppath, rel),
                          "a user directory the mailbox list does not know")
-                for rel, user in scan_user_dirs(ppath) if rel not in known]
+                for rel, user in scan_user_dirs(ppath)
+                if rel not in known and holds_mail(os.path.join(ppath, rel))]
 
     def unlisted_folders(self, user: str) -> list[Unlisted]:
         part, _ = self._user_where(user)
