@@ -147,3 +147,30 @@ def test_a_uidlist_older_than_dovecots_index(tmp_path):
         assert got["INBOX"].uidvalidity == want["INBOX"].uidvalidity
         assert len(late) == 3          # numbered anew, above every UID Dovecot had given
         assert min(u for u, m in inbox_got.items() if m.sha256 in late) >= want["INBOX"].uidnext
+
+
+def test_reconstruct_gives_back_guids_a_file_name_cannot_carry(tmp_path):
+    """On a zlib Maildir (zlib_save = gz) a file's name states the uncompressed size
+    (S=), so a file back from a file backup under another name cannot be given its
+    archived name again, and Dovecot takes the file's base name for its X-GUID unless the
+    uidlist's G field says otherwise: reconstruct -a writes the archived GUID as G, as a
+    restore does.  (Before, the rebuilt uidlist had no G field: the X-GUIDs of the
+    renamed files changed, UIDs, flags and bytes came back.)"""
+    with dovecot_lab("zlib", logins=["alice", "bob"]) as lab:
+        fill(lab)
+        before = view(lab)
+        home = setup(tmp_path, lab)
+        run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
+        lab.stop()
+        inbox = os.path.join(lab.store, "alice", "Maildir")
+        for p in [os.path.join(inbox, "dovecot-uidlist")] + glob.glob(os.path.join(inbox, "dovecot.index*")):
+            os.unlink(p)
+        files = sorted(glob.glob(os.path.join(inbox, "cur", "*")))
+        assert len(files) >= 2, files
+        for n, path in enumerate(files):
+            name = os.path.basename(path)
+            os.rename(path, os.path.join(inbox, "cur", f"1700000000.M{n}P1.filebackup" + name[name.index(","):]))
+        p = run(home, "reconstruct", "-r", "-a", tmp_path / "full.ims", "/primary/alice", check=0, text=True)
+        assert "Traceback" not in p.stderr, p.stderr
+        lab.start()
+        assert view(lab) == before                 # UIDs, flags, keywords, bytes, and the GUIDs

@@ -31,11 +31,11 @@ import uuid
 from asm.config import Config
 from asm.reconstruct import LOST, NOTE, REPAIRED, UNKNOWN, Report
 from asm.reconstruct import uid_list as _uids
-from asm.digests import file_sha256_or_none as _sha256
 from asm.reconstruct.dovecot import Dovecot
 from asm.reconstruct.knowledge import Knowledge
-from asm.store.base import check_folder_name, write_all
-from asm.store.maildir.store import _BASE_OK, pop3_fields, sizes_match
+from asm.store.base import check_folder_name, compression_of, path_sha256, write_all
+from asm.store.maildir.names import SIZE_RE
+from asm.store.maildir.store import BASE_OK, record_fields, sizes_match
 from asm.store.maildir import (
     INDEX_FILES, KEYWORDS, LIST_INDEX_FILES, LOCK_SUFFIX, SUBSCRIPTIONS, UIDLIST, MaildirStore, Uidlist,
     level_to_disk, split_name, stored_from_name,
@@ -44,10 +44,24 @@ from asm.store.maildir import (
 TMP_STALE_SECS = 36 * 3600          # Dovecot removes tmp/ files older than this itself
 
 
-def _pop3_fields(w) -> str:
-    """A rebuilt uidlist record's P (POP3 UIDL) and O (POP3 order) fields, as the
-    archive's witness ``w`` knows them (a restore writes the same, docs/format.md)."""
-    return "" if w is None else pop3_fields(w.pop3_uidl, w.pop3_order)
+def _message_sha256(path: str, base: str) -> str | None:
+    """The SHA-256 of the message as the archive records it (as a client gets it): of
+    the file decompressed where Dovecot's zlib plugin compressed it (a file whose size
+    is not its name's S=, as the store reads it); None when it cannot be read."""
+    m = SIZE_RE.search(base)
+    try:
+        compressed = compression_of(path) if m and int(m.group(1)) != os.stat(path).st_size else ""
+    except OSError:
+        return None
+    return path_sha256(path, compressed, missing=OSError)
+
+
+def _record_fields(base: str, w) -> str:
+    """A rebuilt uidlist record's G (GUID), P (POP3 UIDL) and O (POP3 order) fields, as
+    the archive's witness ``w`` knows them (a restore writes the same, docs/format.md):
+    where the file's name is not its GUID (a zlib Maildir's restored files, whose
+    archived names state the uncompressed size), Dovecot's X-GUID comes from G."""
+    return "" if w is None else record_fields(base, w.guid, w.pop3_uidl, w.pop3_order)
 
 
 class _Parsed:
@@ -368,7 +382,7 @@ class MaildirReconstructor:
         taken = set(kept)
         if orphans and self.k.has_messages(user, folder, uidvalidity):
             for base in sorted(orphans, key=lambda b: (stored_from_name(b) or float("inf"), b)):
-                digest = _sha256(os.path.join(d, *files[base]))
+                digest = _message_sha256(os.path.join(d, *files[base]), base)
                 if digest is None:
                     continue
                 for w in self.k.by_digest(user, folder, uidvalidity, digest):
@@ -448,7 +462,7 @@ class MaildirReconstructor:
             return
         records = dict(kept)
         for base, uid in assigned.items():
-            records[uid] = (_pop3_fields(witness.get(base)), base)
+            records[uid] = (_record_fields(base, witness.get(base)), base)
         extra = ul.extra if ul.header_ok else [f"G{uuid.uuid4().hex}"]
         new = Uidlist(uidvalidity=uidvalidity, uidnext=uidnext, extra=extra, records=records)
         self._write(os.path.join(c, UIDLIST), new.render().encode("utf-8", "surrogateescape"), d)
@@ -472,7 +486,7 @@ class MaildirReconstructor:
         renamed = []
         for base in sorted(witness):
             want = witness[base].basename
-            if not want or want == base or want in files or want in listed or not _BASE_OK.match(want):
+            if not want or want == base or want in files or want in listed or not BASE_OK.match(want):
                 continue
             sub, fname = files[base]
             new = want + fname[len(base):]

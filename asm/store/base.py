@@ -617,11 +617,16 @@ def open_stored(info: MessageInfo) -> BinaryIO:
     """The message's bytes as a client gets them: the file, decompressed when it is
     compressed (a seekable stream: rewinding reads it again).  FileNotFoundError
     propagates; a compression the standard library cannot read is a StoreError."""
-    if not info.compressed:
-        return open(info.path, "rb")
-    if info.compressed in ("gz", "bz2", "xz"):
-        return _Decompressed(info.path, info.compressed)
-    raise StoreError(f"{info.path} is compressed with {info.compressed}, which ims-asm cannot "
+    return open_stored_path(info.path, info.compressed)
+
+
+def open_stored_path(path: str, compressed: str) -> BinaryIO:
+    """:func:`open_stored` of the file at ``path`` ("" ``compressed`` for none)."""
+    if not compressed:
+        return open(path, "rb")
+    if compressed in ("gz", "bz2", "xz"):
+        return _Decompressed(path, compressed)
+    raise StoreError(f"{path} is compressed with {compressed}, which ims-asm cannot "
                      f"read (it reads gz, bz2 and xz): set zlib_save to gz in Dovecot for new "
                      f"mail; this message is not in the archive")
 
@@ -631,14 +636,20 @@ def stored_sha256(info: MessageInfo, missing=FileNotFoundError) -> str | None:
     the file, decompressed when it is compressed (Dovecot's zlib plugin); None when it
     cannot be read (``missing``: the errors that mean so; a compression ims-asm cannot
     read counts)."""
+    return path_sha256(info.path, info.compressed, missing)
+
+
+def path_sha256(path: str, compressed: str = "", missing=FileNotFoundError) -> str | None:
+    """:func:`stored_sha256` of the file at ``path`` holding the message compressed
+    with ``compressed`` ("" for none)."""
     import hashlib
 
     from asm.digests import CHUNK, file_sha256_or_none
-    if not info.compressed:
-        return file_sha256_or_none(info.path, missing=missing)
+    if not compressed:
+        return file_sha256_or_none(path, missing=missing)
     h = hashlib.sha256()
     try:
-        with open_stored(info) as f:
+        with open_stored_path(path, compressed) as f:
             for chunk in iter(lambda: f.read(CHUNK), b""):
                 h.update(chunk)
     except (StoreError, missing):

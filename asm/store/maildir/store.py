@@ -51,7 +51,7 @@ _VSIZE_RE = re.compile(r",W=(\d+)")
 _GUID_OK = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # one uidlist field: no space or ':'
 _UIDL_OK = re.compile(r"[\x21-\x7e]{1,255}\Z")           # a P field's value: no space
 # a base name to give a file: a uidlist field's characters but '/', no leading '.'
-_BASE_OK = re.compile(r"[\x21-\x2d\x30-\x39\x3b-\x7e][\x21-\x2e\x30-\x39\x3b-\x7e]{0,254}\Z")
+BASE_OK = re.compile(r"[\x21-\x2d\x30-\x39\x3b-\x7e][\x21-\x2e\x30-\x39\x3b-\x7e]{0,254}\Z")
 INDEX_FILES = ("dovecot.index", "dovecot.index.log", "dovecot.index.log.2", "dovecot.index.cache")
 # The header of Dovecot's transaction log (lib-index/mail-transaction-log.h, format 1.3):
 # major, minor, hdr_size, indexid, file_seq, prev_file_seq, prev_file_offset,
@@ -120,6 +120,16 @@ def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary
     only when the layout came from ``doveconf`` and Dovecot's auth-userdb socket answers
     (see docs/dovecot.md)."""
     return [u for has_mail, u in _misplaced(layout, partition).values() if everyone or has_mail]
+
+
+def record_fields(base: str, guid: str | None, uidl: str | None, order: int | None) -> str:
+    """A uidlist record's extension fields for a message whose file has base name
+    ``base``: G (its GUID, where it is not the base name, which Dovecot takes for the
+    GUID without one), then P and O (:func:`pop3_fields`); each only when Dovecot can
+    read it back ("" for none).  A restore and reconstruct write the same."""
+    return " ".join(f for f in (
+        f"G{guid}" if guid and guid != base and _GUID_OK.match(guid) else "",
+        pop3_fields(uidl, order)) if f)
 
 
 def pop3_fields(uidl: str | None, order: int | None) -> str:
@@ -1750,7 +1760,7 @@ class MaildirStore(Store):
         """``name`` when a message can have it as its base name in this folder: a
         Maildir base name that no file and no uidlist record of the folder has (a
         folder where it is taken, a live one, gets a new name)."""
-        if not name or not _BASE_OK.match(name) or len(name) + 3 + len(letters) > 255:
+        if not name or not BASE_OK.match(name) or len(name) + 3 + len(letters) > 255:
             return None
         files = st.files if st.files is not None else self._scan(st)
         if st.bases is None:
@@ -1816,9 +1826,7 @@ class MaildirStore(Store):
             full_base = keep or f"{base},S={size}"
             # a kept GUID is the uidlist's G field (Dovecot honours it: docs/dovecot.md),
             # a kept POP3 UIDL its P field, a POP3 order its O field
-            ext = " ".join(f for f in (
-                f"G{guid}" if guid and guid != full_base and _GUID_OK.match(guid) else "",
-                pop3_fields(pop3_uidl, pop3_order)) if f)
+            ext = record_fields(full_base, guid, pop3_uidl, pop3_order)
             path = self._commit(st, uid, tmp, full_base, letters, ext)
             s = os.stat(path)
             flags_set, kws = self._decode_flags(st, letters)
