@@ -297,3 +297,26 @@ def test_imsdeliver_to_a_folder_while_deliveries_are_held(tmp_path, driver):
         [m] = store.messages("joe", "Work")
         with store.open_message("joe", "Work", m.uid) as f:
             assert f.read() == MSG
+
+
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_a_held_delivery_to_a_folder_the_restore_never_made_goes_to_inbox(tmp_path, driver):
+    """A message queued for a folder that still does not exist when the deliveries are
+    released (the restore did not bring it: a typo, or a folder the archive lacks) is
+    stored in INBOX on both drivers, as imsdeliver does unheld (Dovecot's LDA default);
+    the classic release made the folder (the Maildir one did not)."""
+    h = tmp_path / "ims"
+    cfg = make_home(h, driver)
+    with in_home(h):
+        store = open_store(cfg)
+        put(store, "joe", "INBOX", 1)
+        store.hold_deliveries("joe")
+    p = run(h, "imsdeliver", "-d", "Wrok", "joe", input=MSG, check=0)
+    assert p.stdout == b"joe: queued (deliveries held)\n" and p.stderr == b"", p.stderr
+    with in_home(h):
+        store = open_store(cfg)
+        assert store.release_deliveries("joe") == 1
+        assert store.folder_names("joe") == ["INBOX"]
+        [_, m] = store.messages("joe", "INBOX")
+        with store.open_message("joe", "INBOX", m.uid) as f:
+            assert f.read() == MSG

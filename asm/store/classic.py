@@ -951,7 +951,7 @@ class ClassicStore(Store):
             mark = meta_path[:-5] + ".delivering"
             folder = meta["folder"]
             if not self.exists(user, folder):
-                self.create_folder(user, folder)
+                folder = "INBOX"    # not made by the restore: as imsdeliver unheld, and Maildir
             st = os.stat(msg_path)
             if not (os.path.exists(mark) and any((m.dev, m.ino) == (st.st_dev, st.st_ino)
                                                  for m in self.messages(user, folder))):
