@@ -7,6 +7,7 @@ randomized generator of changes between backups finds no lost, resurrected or
 duplicated message."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -20,7 +21,7 @@ from asm.config import Config
 from asm.errors import EXIT_ORDER
 from asm.store import open_store
 from asm.store.base import SETTLE_NS
-from tests.helpers import make_home, msg, run, sha256, state
+from tests.helpers import make_home, msg, put, run, sha256, state
 
 pytestmark = pytest.mark.usefixtures("ims_home")
 
@@ -866,3 +867,45 @@ def test_a_chain_in_one_command_merges_into_a_folder_made_again_since(tmp_path, 
     chain(w.home, [full, incr])
     got = {v[0] for k, v in view(w.store).items() if len(k) == 3}
     assert want <= got, len(want - got)
+
+
+def test_archived_messages_with_the_same_bytes_each_come_back(tmp_path, driver):
+    """A folder holding the same message twice (APPENDed again, or COPYed away and back):
+    each archived copy is its own message.  The user expunges everything and the chain
+    (full + incremental, one command) is restored into the live folder: both copies come
+    back with their own flags (the incremental's copy was taken for the copy the full's
+    link had just restored: 2 of 3 back, exit 0).  And from one archive into a folder that
+    kept one copy: the other copy comes back (it was taken for the kept one)."""
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, driver))
+    put(store, "alice", "INBOX", 1, flags=["\\Flagged"])
+    put(store, "alice", "INBOX", 2)
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    put(store, "alice", "INBOX", 1, flags=["\\Seen"])           # the same bytes again
+    run(home, "imsbackup", "-f", incr, "--base", str(full) + ".state", "/", check=0)
+
+    def flags():
+        s = open_store(Config(str(home)))
+        return sorted((sha256_of(s, m), tuple(sorted(m.flags))) for m in s.messages("alice", "INBOX"))
+
+    def sha256_of(s, m):
+        with s.open_message("alice", "INBOX", m.uid) as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    want = flags()
+    assert len(want) == 3
+    s = open_store(Config(str(home)))
+    s.expunge("alice", "INBOX", [m.uid for m in s.messages("alice", "INBOX")])
+    run(home, "imsrestore", "-f", full, "-f", incr, "/primary/alice/INBOX", check=0)
+    assert flags() == want
+    run(home, "imsrestore", "-f", full, "-f", incr, "/primary/alice/INBOX", check=0)
+    assert flags() == want                                       # a rerun adds nothing
+
+    full2 = tmp_path / "full2.ims"
+    run(home, "imsbackup", "-f", full2, "/", check=0)
+    s = open_store(Config(str(home)))
+    seen = [m.uid for m in s.messages("alice", "INBOX") if "\\Seen" in m.flags]
+    s.expunge("alice", "INBOX", seen)
+    run(home, "imsrestore", "-f", full2, "/primary/alice/INBOX", check=0)
+    assert flags() == want

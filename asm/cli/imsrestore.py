@@ -318,11 +318,13 @@ def _chain(args, rep) -> int:
 
     unmatched: list = [None]    # the paths no archive before this one matched (None: none yet)
     map_used: set = set()       # the map file's old names some archive of the chain had
+    claims: dict = {}           # RestoreOptions.claims, for every archive of the chain
     for i, d in enumerate(args.devices):
         last = i == len(args.devices) - 1
         one = argparse.Namespace(**vars(args))
         one.chain_unmatched = unmatched
         one.map_used = map_used
+        one.claims = claims
         one.map_last = last
         one.device = d
         one.hold = args.hold or not last
@@ -435,6 +437,7 @@ def _one(args, rep) -> int:
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
                     spool_limit=inst.config.get_int("restore.spoolmax") << 20,
                     run_token=token or "", chain_ids=getattr(args, "chain_ids", ()),
+                    claims=getattr(args, "claims", None) if getattr(args, "claims", None) is not None else {},
                     final=getattr(args, "final", None), final_unread=getattr(args, "final_unread", ()),
                     final_unseen=getattr(args, "final_unseen", None))
                 res = Restorer(inst.store, inst.groups, reader, opts, sel, journal, device=args.device,

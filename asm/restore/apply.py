@@ -72,6 +72,11 @@ class Applier:
         self.spooled: dict[str, str] = {}       # member name -> spool file
         self.spool_bytes = 0
         self._deferred_n = 0
+        # (user, folder, its UIDVALIDITY) -> {store UID: (archive UIDVALIDITY, archived UID)}:
+        # which archived message each message of a folder this command restored or took
+        # for a duplicate is, so two archived messages with the same bytes are never both
+        # taken for one message there (a chain's second link, a copy restored by the first)
+        self._claims: dict = opts.claims
         if opts.spool_dir:
             clean_spools(opts.spool_dir)
 
@@ -97,7 +102,27 @@ class Applier:
             d = plan.digests[fresh.path] = stored_sha256(fresh)
         return d == sha256
 
+    def _claims_of(self, plan: FolderPlan) -> dict:
+        return self._claims.setdefault((plan.user, plan.folder, plan.uidvalidity), {})
+
+    def _free(self, plan: FolderPlan, c, m) -> bool:
+        """Whether ``c`` may be archived message ``m``: no other archived message of this
+        run is it already."""
+        who = self._claims_of(plan).get(c.uid)
+        return who is None or (m.uid is not None and who == (plan.archive_uidvalidity, m.uid))
+
+    def _claim(self, plan: FolderPlan, uid: int, m) -> None:
+        if m.uid is not None:
+            self._claims_of(plan)[uid] = (plan.archive_uidvalidity, m.uid)
+
     def duplicate(self, plan: FolderPlan, m) -> object | None:
+        """:meth:`_duplicate`, claimed for ``m`` (see ``_claims``)."""
+        dup = self._duplicate(plan, m)
+        if dup is not None:
+            self._claim(plan, dup.uid, m)
+        return dup
+
+    def _duplicate(self, plan: FolderPlan, m) -> object | None:
         """The existing message this archived one already is, or None.
 
         In the same UIDVALIDITY the UID is the identity: a message at the archived UID
@@ -120,7 +145,7 @@ class Applier:
         if plan.uidvalidity == plan.archive_uidvalidity and same_uid is None and m.uid >= plan.uidnext:
             return None
         for c in plan.existing.get(m.size, []):
-            if self._same_bytes(plan, c, m.sha256):
+            if self._free(plan, c, m) and self._same_bytes(plan, c, m.sha256):
                 return c
         return None
 
@@ -128,7 +153,7 @@ class Applier:
         """-i: the message a run of this command cut short stored here already (at or
         above the UID it began at), or None."""
         for c in plan.existing.get(m.size, []):
-            if c.uid >= plan.own_from and self._same_bytes(plan, c, m.sha256):
+            if c.uid >= plan.own_from and self._free(plan, c, m) and self._same_bytes(plan, c, m.sha256):
                 return c
         return None
 
@@ -198,6 +223,7 @@ class Applier:
 
     def _done(self, plan: FolderPlan, m, info, renumbered: bool) -> None:
         self._place(m, info.path)
+        self._claim(plan, info.uid, m)
         if renumbered:
             self.res.renumbered += 1
             plan.renumbered += 1

@@ -28,6 +28,9 @@ class RestoreOptions:
     run_token: str = ""                 # -n, -i: this command's token (Journal.begin_run): a run
                                         # cut short and run again goes on beside where it began
                                         # (-n), and knows the messages it stored already (-i)
+    claims: dict = field(default_factory=dict)   # which archived message each message a run
+                                        # restored or took for a duplicate is (Applier._claims):
+                                        # one dict for the archives of a chain in one command
     final: dict | None = None           # a chain in one command, before its last archive:
                                         # {(user, folder): (uidvalidity, UidSet, EndFlags)} its
                                         # end holds (asm.restore.plan.chain_end)
