@@ -122,6 +122,11 @@ def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary
     return [u for has_mail, u in _misplaced(layout, partition).values() if everyone or has_mail]
 
 
+#: where Dovecot's IMAP DELETE renames a Maildir++ folder before removing it (its
+#: MAILDIR_UNLINK_DIRNAME): mail being deleted, which Dovecot's own listing leaves out
+DOVECOT_TRASHED = "..DOVECOT-TRASHED"
+
+
 def record_fields(base: str, guid: str | None, uidl: str | None, order: int | None) -> str:
     """A uidlist record's extension fields for a message whose file has base name
     ``base``: G (its GUID, where it is not the base name, which Dovecot takes for the
@@ -486,7 +491,8 @@ class MaildirStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             return []
         for e in entries:
-            if not e.name.startswith(".") or e.name in (".", "..") or not e.is_dir(follow_symlinks=False):
+            if not e.name.startswith(".") or e.name in (".", "..", DOVECOT_TRASHED) \
+                    or not e.is_dir(follow_symlinks=False):
                 continue
             logical = self.folder_from_dirname(e.name)
             if os.path.isdir(os.path.join(e.path, "cur")):
@@ -730,6 +736,9 @@ class MaildirStore(Store):
             except Unlocked:
                 lockpath = None
             except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    self._existing_folder_dir(user, folder)  # deleted or renamed meanwhile:
+                                                             # no such folder, not a write error
                 raise os_store_error(exc, f"{user}/{folder}") from None
             held = _Held(lockpath=lockpath, touched=time.time(), since=time.monotonic())
             with self._mutex:
@@ -743,6 +752,8 @@ class MaildirStore(Store):
                 try:
                     held.state = self._load_state(user, folder, create_uidlist and held.lockpath is not None)
                 except OSError as exc:
+                    if exc.errno == errno.ENOENT:
+                        self._existing_folder_dir(user, folder)     # gone meanwhile, as above
                     raise os_store_error(exc, f"{user}/{folder}") from None
             yield held.state
         finally:
