@@ -337,11 +337,24 @@ def lookup(name: str) -> Option:
     extra = plugin_options()
     if name in extra:
         return extra[name]
-    known = {**OPTIONS, **extra}
+    raise ConfigError(f"unknown option {_short(name)!r}{_hint(name, extra)}")
+
+
+def _hint(name: str, extra: dict[str, Option]) -> str:
+    """The nearest known name (a typo in either part: ``stroe.owner``,
+    ``partiton:primary.path``, ``Store.Driver``), else the namespace's options."""
+    import difflib
+    known = [*OPTIONS, *extra]
+    m = re.match(r"^[^:.]*:(.*)\.path$", name)
+    candidates = known + [f"partition:{m.group(1) if m else 'primary'}.path"]
+    near = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6) or \
+        difflib.get_close_matches(name.lower(), candidates, n=1, cutoff=0.6)
+    if near and len(name) <= 200:
+        return f" (did you mean {near[0]}? 'msconfig show -a' lists the known options)"
     close = [n for n in known if n.split(".")[0] == name.split(".")[0]]
-    hint = f" (known {name.split('.')[0]} options: {', '.join(close)})" if close else \
-        " (run 'msconfig show -a' for the known options)"
-    raise ConfigError(f"unknown option {_short(name)!r}{hint}")
+    if close:
+        return f" (known {name.split('.')[0]} options: {', '.join(close)})"
+    return " (run 'msconfig show -a' for the known options)"
 
 
 def _bad_char(value: str) -> str | None:
@@ -396,12 +409,25 @@ def _check_loaded(name: str, value: str) -> str:
     try:
         return check(name, value)
     except ConfigError:
-        if "." in name and name.split(".")[0] not in CORE_NAMESPACES and not PARTITION_RE.match(name) \
+        space = name.split(".")[0]
+        if "." in name and space not in CORE_NAMESPACES and not PARTITION_RE.match(name) \
                 and _bad_char(value) is None:
             try:
                 lookup(name)
             except ConfigError:
-                return value.strip()          # an option of a plugin not loaded now
+                # a plugin's options are named <entry point>.<option> (hook ims_options):
+                # only an installed plugin's that is not loaded now are kept unchecked.  Any
+                # other name (a typo in its first part: stroe.owner, Store.Driver) is
+                # unknown, as a typo after the dot is: kept, it would be silently ignored
+                from asm import plugins
+                installed = plugins.installed()
+                if space in installed and not plugins.is_loaded(space):
+                    return value.strip()
+                if space in installed or _hint(name, plugin_options()).startswith(" (did"):
+                    raise                     # a typo: the error names the nearest name
+                raise ConfigError(f"unknown option {_short(name)!r}: no installed plugin is named "
+                                  f"{_short(space)!r} (install the plugin whose option it is, or remove "
+                                  f"the line)") from None
         raise
 
 

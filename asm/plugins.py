@@ -221,6 +221,16 @@ def get_manager() -> pluggy.PluginManager:
     return _pm
 
 
+def installed() -> set[str]:
+    """The names of every installed plugin (its entry point), loaded or not: a plugin's
+    options in msg.conf are named ``<name>.<option>``."""
+    return {ep.name for ep in entry_points(GROUP)}
+
+
+def is_loaded(name: str) -> bool:
+    return get_manager().get_plugin(name) is not None
+
+
 def reset() -> None:
     """Forget the loaded plugins (tests use this after changing IMS_ASM_PLUGINS)."""
     global _pm

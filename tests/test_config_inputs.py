@@ -170,6 +170,12 @@ HAND_EDITED = [
     (b"ssh.port = 2\xc2\xa02\n", 1, "whole number"),               # a no-break space
     (b"store.driver = clas\xe2\x80\xa8sic\n", 1, "control characters"),
     (b"\n\n\nstore.locktimeout = 0\n", 4, "between 1 and 3600"),
+    # a typo in the first part of a name is no plugin's option (a plugin's namespace is
+    # its entry point name): refused, naming the nearest known option
+    (b"partiton:primary.path = /srv/mail\n", 1, "unknown option 'partiton:primary.path' (did you mean partition:primary.path?"),
+    (b"stroe.owner = vmail\n", 1, "unknown option 'stroe.owner' (did you mean store.owner?"),
+    (b"Store.Driver = maildir\n", 1, "unknown option 'Store.Driver' (did you mean store.driver?"),
+    (b"# x\nssh.identty = /k\n", 2, "unknown option 'ssh.identty' (did you mean ssh.identity?"),
     (b"x" * (2 << 20), None, "bigger than 1 MiB"),
 ]
 

@@ -108,9 +108,10 @@ def test_a_plugin_store_driver_and_its_own_options(ims_home, thirdparty):
     # the driver is the plugin's: a backup runs on it
     run(ims_home, "imsbackup", "-f", ims_home / "h.ims", "/", env={**env, "IMS_ASM_PLUGINS": ""},
         check=18)                                  # an empty store: exit 18, not a driver error
-    # without the plugin: its options are kept as written, a command that needs the
-    # driver says which is missing, msconfig still works; an unknown driver is refused
-    alone = {"PYTHONPATH": os.path.dirname(HERE)}
+    # the plugin installed but not loaded: its options are kept as written, a command
+    # that needs the driver says which is missing, msconfig still works; an unknown
+    # driver is refused
+    alone = _env(thirdparty, IMS_ASM_PLUGINS="classic,maildir,localdevices")
     bad = run(ims_home, "imsbackup", "-f", ims_home / "h.ims", "/", env=alone)
     assert bad.returncode == 2 and b"'hellostore' but no loaded plugin offers it" in bad.stderr
     bad = run(ims_home, "msconfig", "set", "store.driver", "nosuch", env=alone)
@@ -120,6 +121,10 @@ def test_a_plugin_store_driver_and_its_own_options(ims_home, thirdparty):
     assert "role.hello.greeting = bonjour" in shown
     bad = run(ims_home, "msconfig", "set", "hello.other", "x", env=env)
     assert bad.returncode == 2 and b"unknown option" in bad.stderr
+    # the plugin uninstalled: its option is no installed plugin's, as a typo's is not
+    gone = run(ims_home, "msconfig", "show", env={"PYTHONPATH": os.path.dirname(HERE)})
+    assert gone.returncode == 2 and len(gone.stderr.splitlines()) == 1
+    assert b"msg.conf:" in gone.stderr and b"no installed plugin is named 'hello'" in gone.stderr
 
 
 def test_registering_finds_what_pluggy_finds():
