@@ -413,3 +413,36 @@ def test_imsdr_names_a_login_the_userdb_keeps_elsewhere_as_imsbackup_does(shaped
         assert "Traceback" not in p.stderr
     assert not os.path.exists(os.path.join(lab.store, "carol"))
     assert os.path.isfile(os.path.join(lab.store, "alice", "Maildir", "dovecot-uidlist"))
+
+
+DOT_LEVEL = LabLayout("dot-level", "maildir:{store}/./%u/Maildir", "{store}/%u", ("alice", "bob"))
+
+
+@shaped(DOT_LEVEL)
+def test_a_mail_location_with_a_dot_level_is_restored(shaped_lab, tmp_path):
+    """mail_location maildir:/x/./%u/Maildir (Dovecot serves it; the '.' level is the
+    directory itself): the backup exited 0 but every restore exited 17, "bad user ID
+    'alice': it would be stored at /x/./alice/Maildir, outside the store".  The fixed
+    part of the path is read as the kernel reads it: the restore brings the folder back."""
+    lab = shaped_lab
+    lab.deliver(["alice", "bob"], message("hello", size=2000))
+    with lab.imap("alice") as c:
+        c.create("Work")
+        c.append("Work", message("w"), [r"\Seen"])
+    before = lab.client_state("alice")
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    assert "/primary/alice/Work/1\t" in listing and "/primary/bob/INBOX/1\t" in listing, listing
+    with lab.imap("alice") as c:
+        c.delete("Work")
+    run(home, "imsrestore", "-f", a, "/primary/alice/Work", check=0)
+    assert lab.client_state("alice").folders == before.folders
+    # the same location given to msconfig works the same way
+    run(home, "msconfig", "set", "store.mail_location", DOT_LEVEL.mail_location.format(store=lab.store), check=0)
+    with lab.imap("alice") as c:
+        c.delete("Work")
+    run(home, "imsrestore", "-f", a, "/primary/alice/Work", check=0)
+    assert lab.client_state("alice").folders == before.folders

@@ -390,6 +390,10 @@ def parse_mail_location(text: str) -> MailLocation:
     md = fields.get("mailboxdir", "")
     if md and not md.endswith("/"):
         fields["mailboxdir"] = md + "/"
+    root = _dot_levels(root, text)
+    for key in ("index", "control", "inbox"):
+        if fields.get(key):
+            fields[key] = _dot_levels(fields[key], text)
     loc = MailLocation(text=text, format=fmt, root=root, options=tuple(options), **fields)
     for p in loc.templates():
         _tokens(p)                      # refuse unknown variables now, not per login
@@ -397,6 +401,23 @@ def parse_mail_location(text: str) -> MailLocation:
             raise LayoutError(f"mail_location {text!r}: {p!r} is not an absolute path "
                               f"(Dovecot deprecates relative mail paths)")
     return loc
+
+
+def _dot_levels(template: str, text: str) -> str:
+    """``template`` without its literal ``.`` levels (``/srv/./mail/%u``: the kernel's
+    path is ``/srv/mail/%u``, where Dovecot keeps the mail), so each login's paths are
+    the ones a restore accepts; a ``.`` a variable gives a login stays refused there.
+    A literal ``..`` level is refused: the kernel resolves it through a symlink, which
+    ims-asm cannot follow as the same path."""
+    levels = template.split("/")
+    if ".." in levels:
+        raise LayoutError(f"mail_location {text!r}: the path {template!r} has a '..' level: "
+                          f"write it without '..' (the directory it names) in dovecot.conf "
+                          f"or store.mail_location")
+    kept = [lv for i, lv in enumerate(levels) if lv != "." or i == 0]
+    if len(kept) == len(levels):
+        return template
+    return "/".join(kept) if len(kept) > 1 else "/"
 
 
 # -- one login ------------------------------------------------------------------------
