@@ -190,6 +190,16 @@ def open_local(spec: str, mode: str) -> Device:
             seekable = False
         return _StdDevice(spec, stream, seekable)
     path = spec
+    if not spec:
+        # an unset variable in a cron line: refused before a backup reads the store
+        raise DeviceError("device '' is empty: give -f a file name, '-' or a device",
+                          status=EXIT_USAGE)
+    if mode == "wb" and spec.endswith("/") and not os.path.isdir(spec):
+        # a name ending in '/' can only be a directory; the archive would be written
+        # to a temporary file next to it and fail only at the end of the backup
+        raise DeviceError(f"device {spec!r} ends in '/' but no such directory exists: create it "
+                          f"and name a file in it ({spec}backup.ims), or drop the '/'",
+                          status=EXIT_USAGE)
     if mode == "wb":
         try:
             st = os.stat(path)

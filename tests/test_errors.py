@@ -683,3 +683,17 @@ def test_a_signal_while_the_command_loads_is_one_line_and_130(tmp_path, sig):
     _out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and err == b"imsrestore: interrupted while starting: nothing was done\n", \
         (p.returncode, err)
+
+
+@pytest.mark.parametrize("device", ["newdir/", "", "a.ims/"], ids=["missing-dir-slash", "empty", "file-slash"])
+def test_imsbackup_f_that_can_name_no_file_is_refused_before_reading(store, ims_home, tmp_path, device):
+    """imsbackup -f newdir/ (a missing directory) and -f "" (an unset variable in a cron
+    line) read the whole store, then failed with exit 3, "cannot finish newdir/: Not a
+    directory".  Refused up front: exit 2, one line naming the argument, nothing written."""
+    put(store, "joe", "INBOX", 3)
+    work = tmp_path / "work"
+    work.mkdir()
+    p = run(ims_home, "imsbackup", "-v", "-f", device, "/", cwd=work, text=True)
+    assert p.returncode == errors.EXIT_USAGE, p.stderr
+    assert len(p.stderr.splitlines()) == 1 and repr(device) in p.stderr, p.stderr
+    assert "/primary/joe" not in p.stderr and os.listdir(work) == []
