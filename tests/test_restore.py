@@ -110,6 +110,13 @@ def test_paths_select_and_map_users(source, ims_home, dest, tmp_path):
     p = run(dest, "imsrestore", "-m", mapfile, "-f", a, "/primary/user/joe/Sent", text=True)
     assert p.returncode == 2 and "'joe' is mapped a second time" in p.stderr, p.stderr
     assert not target.exists("a") and not target.exists("b")
+    # a user ID may hold '=' (joe=old): 'joe=old=joe2' was split at the first '=', so
+    # joe went to a new user 'old=joe2' with exit 0.  Any line with two '=' is refused
+    mapfile.write_text("ann=ann3\njoe=old=joe2\n")
+    p = run(dest, "imsrestore", "-m", mapfile, "-f", a, "/primary/user/joe/Sent", "/primary/user/ann", text=True)
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert f"{mapfile}:2: 'joe=old=joe2' has more than one '='" in p.stderr, p.stderr
+    assert not target.exists("old=joe2") and not target.exists("ann3")
     # a name the store cannot hold: refused before anything is restored (before: ann
     # restored, joe not, exit 17, as if the store had failed)
     for bad in ("a/b", "..", "x\x01y"):

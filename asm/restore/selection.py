@@ -23,6 +23,13 @@ def read_map(path: str) -> dict:
                 old, eq, new = s.partition("=")
                 if not eq or not old.strip() or not new.strip():
                     raise RestoreError(f"{path}:{lineno}: expected 'olduser=newuser', found {s[:80]!r}")
+                if "=" in new:
+                    # a user ID may hold '=': joe=old=joe2 is joe -> old=joe2 or joe=old -> joe2,
+                    # and no split can be chosen before the archive is read (a pipe)
+                    raise RestoreError(f"{path}:{lineno}: {s[:80]!r} has more than one '=', so it does "
+                                       f"not say which user is renamed: a map file cannot rename a "
+                                       f"user whose ID holds '=' or give that name (restore it "
+                                       f"under its own name)")
                 try:
                     check_user_name(new.strip())        # refused before anything is restored
                 except BadName as exc:
