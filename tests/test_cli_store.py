@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import time
 
@@ -125,6 +126,20 @@ def test_mboxutil_create_list_delete(config, ims_home):
     assert not fresh_store().exists("joe", "Work/2023")
     assert run(ims_home, "mboxutil", "-d", "user/ann").returncode == 0
     assert not fresh_store().exists("ann")
+
+
+def test_mboxutil_list_marks_unsubscribed_apart_from_the_name(config, ims_home):
+    """A subscribed folder named 'W  (unsubscribed)' printed exactly like an unsubscribed
+    'W': the marker was appended with two spaces, which a name may hold.  It now follows
+    a tab, which no name holds: the mailbox is the line's last column up to a tab."""
+    run(ims_home, "mboxutil", "-c", "user/joe/W", check=0)
+    run(ims_home, "mboxutil", "-c", "user/joe/W  (unsubscribed)", check=0)
+    fresh_store().set_folder("joe", "W", subscribed=False)
+    rows = out(run(ims_home, "mboxutil", "-l", check=0)).splitlines()[1:]
+    names = [re.match(r"^ *\d+ +\d+ +\d+ +\d+  (.*)$", r).group(1).split("\t") for r in rows]
+    assert sorted(names) == [["user/joe/INBOX"], ["user/joe/W", "(unsubscribed)"],
+                             ["user/joe/W  (unsubscribed)"]], rows
+    assert [r.split()[4] for r in rows] == ["user/joe/INBOX", "user/joe/W", "user/joe/W"]   # awk '{print $5}'
 
 
 def test_mboxutil_errors(config, ims_home):

@@ -53,8 +53,10 @@ def _main(argv: list[str] | None) -> int:
                     if args.p and not fnmatch.fnmatchcase(name, args.p):
                         continue
                     msgs = store.messages(user, f.name)
+                    # the marker follows a tab, which no name holds (check_folder_name): a
+                    # subscribed folder named "W  (unsubscribed)" is not an unsubscribed W
                     print(f"{len(msgs):>8} {sum(m.size for m in msgs):>12} {f.uidvalidity:>11} "
-                          f"{f.uidnext:>8}  {name}{'' if f.subscribed else '  (unsubscribed)'}")
+                          f"{f.uidnext:>8}  {name}{'' if f.subscribed else chr(9) + '(unsubscribed)'}")
         return EXIT_OK
     user, folder = split_mailbox(args.c or args.d)
     if args.c:
