@@ -390,6 +390,30 @@ def test_against_store_counts_mail_moved_copied_or_renamed_since_as_changes(tmp_
             "the backup started is not in the archive" in p.stderr, (p.stdout, p.stderr)
 
 
+def test_against_store_takes_a_folder_renamed_since_for_the_archived_one(tmp_path):
+    """Dovecot's RENAME of a Maildir folder is one rename(2): its dovecot-uidlist (its
+    UIDVALIDITY) and its files, with their times, go with it.  After a good backup and
+    one rename, imsverify --against-store exited 19 ('5 messages the store received
+    before the backup started are not in the archive'): the folder is the archived one
+    under a new name.  A message the archive lacks is still named there."""
+    home, store, full, incr = _chain(tmp_path, "maildir")
+    old = store._folder_dir("ann", "Work/2023")
+    n = len(store.messages("ann", "Work/2023"))
+    assert n
+    os.rename(old, os.path.join(os.path.dirname(old), ".Done"))
+    store = open_store(Config(str(home)))
+    assert len(store.messages("ann", "Done")) == n and not store.exists("ann", "Work/2023")
+    p = run(home, "imsverify", "-v", "-f", full, "-f", incr, "--against-store", text=True)
+    assert p.returncode == EXIT_OK and "not in the archive" not in p.stderr, (p.stdout, p.stderr)
+    store.expunge("ann", "Done", [store.messages("ann", "Done")[0].uid])
+    run(home, "imsverify", "-f", full, "-f", incr, "--against-store", check=EXIT_OK)
+    store.append("ann", "Done", io.BytesIO(b"Subject: never archived\r\n\r\nx\r\n"),
+                 internaldate=1_600_000_000, stored=1_600_000_000)
+    p = run(home, "imsverify", "-v", "-f", full, "-f", incr, "--against-store", text=True)
+    assert p.returncode == EXIT_DIFFERS and "/primary/ann/Done: 1 message the store received before the " \
+        "backup started is not in the archive" in p.stderr, (p.stdout, p.stderr)
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_against_store_names_a_listed_message_whose_file_is_gone(tmp_path, driver):
     """A message the store lists (classic: its index) whose file is gone is damage the

@@ -85,6 +85,16 @@ def compare_restored(view: ChainView, store: Store) -> Comparison:
     return out
 
 
+def _renamed_from(view: ChainView, store: Store, t, uidvalidity: int, taken: dict):
+    """The key of the chain's folder of this user that a folder not in the chain under
+    its name was renamed from: the only one with its UIDVALIDITY whose name the user
+    no longer has (None: a new folder)."""
+    found = [k for k, r in view.folders.items()
+             if k[:2] == (t.partition, t.user) and r.uidvalidity == uidvalidity and k not in taken]
+    found = [k for k in found if not store.exists(t.user, k[2])]
+    return found[0] if len(found) == 1 else None
+
+
 def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> Comparison:
     """The live store against the chain's view.  ``targets`` are the users and folders
     the archive's scope covers now (:func:`asm.backup.select`).  A problem is a message
@@ -96,6 +106,7 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
     created = view.created
     seen = set()
     archived: dict = {}                 # (partition, user) -> the SHA-256 of all its archived mail
+    renamed: dict = {}                  # the view's key of a folder renamed since -> its new key
     for t in targets:
         for name in t.folders:
             key = (t.partition, t.user, name)
@@ -110,7 +121,14 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
             except StoreError:
                 continue        # gone since it was listed
             if rec is None:
-                out.changes["folders_new"] += 1
+                was = _renamed_from(view, store, t, info.uidvalidity, renamed)
+                if was is not None:
+                    # renamed since the backup (IMAP RENAME keeps the folder's UIDVALIDITY
+                    # and its files, with their times): the chain holds it under its old name
+                    renamed[was] = key
+                    rec = view.folders[was]
+                else:
+                    out.changes["folders_new"] += 1
             elif rec.uidvalidity != info.uidvalidity:
                 rec = None      # recreated since: its messages are new ones
             old = [m for m in msgs if (rec is None or m.uid not in rec.messages) and m.stored < created - SLACK]
@@ -172,7 +190,7 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
                 present = {m.uid for m in msgs}
                 out.changes["expunged"] += sum(1 for u in rec.messages if u not in present)
     for key, rec in view.folders.items():
-        if key not in seen:
+        if key not in seen and key not in renamed:
             out.changes["folders_gone"] += 1
             out.changes["expunged"] += len(rec.messages)
     return out
