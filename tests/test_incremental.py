@@ -909,3 +909,46 @@ def test_archived_messages_with_the_same_bytes_each_come_back(tmp_path, driver):
     s.expunge("alice", "INBOX", seen)
     run(home, "imsrestore", "-f", full2, "/primary/alice/INBOX", check=0)
     assert flags() == want
+
+
+def test_a_backup_killed_between_its_archive_and_its_state_file_leaves_no_stale_state(tmp_path, driver):
+    """The same cron line again, killed (SIGKILL, a power cut) right after its new archive
+    was renamed over the old one: the old state file stayed beside it, naming the archive
+    that was gone; the next --base incremental followed it and the chain restore was
+    refused (exit 7) while imsverify passed.  The old state file is moved aside first:
+    what remains is no state file (the next --base of it is refused, exit 2, at backup
+    time) or the new one; naming the archive itself carries on the chain."""
+    import subprocess
+    import sys
+
+    from tests.helpers import command_env
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, driver))
+    for i in range(4):
+        put(store, "alice", "INBOX", i)
+    a, state_file = tmp_path / "x.ims", str(tmp_path / "x.ims.state")
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    with open(state_file) as f:
+        old_id = json.load(f)["archive_id"]
+    put(store, "alice", "INBOX", 9)
+    code = ("import os, sys\nimport asm.backupstate as b\n"
+            "b.write_state = lambda *a, **k: os.kill(os.getpid(), 9)\n"
+            "from asm.cli.imsbackup import main\nsys.exit(main(sys.argv[1:]))\n")
+    p = subprocess.run([sys.executable, "-c", code, "-f", str(a), "/"], env=command_env(home),
+                       capture_output=True)
+    assert p.returncode == -9, p.stderr
+    with open(a, "rb") as f:
+        new_id = ArchiveReader(f).header["archive_id"]
+    assert new_id != old_id
+    if os.path.exists(state_file):
+        with open(state_file) as f:
+            assert json.load(f)["archive_id"] == new_id
+    else:
+        p = run(home, "imsbackup", "-f", tmp_path / "i.ims", "--base", state_file, "/")
+        assert p.returncode == 2 and p.stderr.count(b"\n") == 1, p.stderr
+    put(store, "alice", "INBOX", 10)
+    run(home, "imsbackup", "-f", tmp_path / "i.ims", "--base", a, "/", check=0)
+    dst = tmp_path / "dst"
+    make_home(dst, driver)
+    run(dst, "imsrestore", "-f", a, "-f", tmp_path / "i.ims", check=0)
+    assert state(open_store(Config(str(dst)))) == state(open_store(Config(str(home))))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 
@@ -106,6 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, _main, argv)
 
 
+def _state_aside(state_out: str) -> str | None:
+    """Move an existing state file at ``state_out`` to a name of this process; that
+    name, or None when there was none (or it cannot be moved: then it is overwritten
+    later, as before)."""
+    aside = f"{state_out}.replaced-{os.getpid()}"
+    try:
+        os.replace(state_out, aside)
+    except OSError:
+        return None
+    return aside
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from asm.report import run_reported
@@ -192,12 +205,19 @@ def _backup(args, rep) -> int:
     # a plain-file archive and its state file are put in place as one: a signal in
     # between waits, and once both are there the run has succeeded (Commit)
     commit = Commit().begin() if ok and getattr(device, "kind", "") == "file" else Commit()
+    # the old state file goes aside first: a kill (SIGKILL, a power cut) between the
+    # archive's rename and the new state file leaves no state file, never one naming an
+    # archive that is gone (the next --base incremental would follow the wrong one)
+    aside = _state_aside(state_out) if ok and state_out else None
     try:
         device.close(ok=ok)
     except (OSError, DeviceError) as exc:
         if status is None:
             status = die(PROG, f"cannot finish {args.device}: {_incomplete(exc, removed)}", device_status(exc))
     if status is not None:
+        if aside is not None:
+            with contextlib.suppress(OSError):
+                os.replace(aside, state_out)          # nothing was put in place: as it was
         commit.undo()
         return status
     rep.update(counts={"users": res.users, "folders": res.folders, "messages": res.messages, "links": res.links,
@@ -210,6 +230,8 @@ def _backup(args, rep) -> int:
     if state_out:
         try:
             write_state(state_out, res.header, res.state)
+            if aside is not None:
+                os.unlink(aside)
         except OSError as exc:
             commit.done()
             warn(PROG, f"cannot write the state file {state_out}: {exc.strerror or exc}; the archive is "
