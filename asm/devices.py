@@ -124,12 +124,16 @@ class _FileDevice(Device):
     owning the device, a bug) is removed when the device is dropped or at exit."""
 
     def __init__(self, spec: str, target: str):
+        import socket
         import tempfile                     # only a plain-file archive needs it (startup time)
         d = os.path.dirname(os.path.abspath(target))
+        # .<name>.<host>.<pid>-<random>.partial: what a killed backup (SIGKILL, a power
+        # cut) of this host left for this name is removed by the next one
+        prefix = f".{os.path.basename(target)}.{socket.gethostname()}."
+        _sweep_partials(d, prefix)
         with _interrupts_deferred():        # the file exists only together with its remover
             try:
-                fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".partial",
-                                                dir=d)
+                fd, self.tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=".partial", dir=d)
             except OSError as exc:
                 raise DeviceError(f"cannot write device {spec!r}: {exc.strerror} ({d})") from None
             self._discard = weakref.finalize(self, _remove, self.tmp)
@@ -151,6 +155,20 @@ class _FileDevice(Device):
             else:
                 _remove(self.tmp)
             self._discard.detach()
+
+
+def _sweep_partials(d: str, prefix: str) -> None:
+    """Remove ``<prefix><pid>-*.partial`` files in ``d`` whose process is gone."""
+    from asm.locks import pid_alive
+    try:
+        names = [n for n in os.listdir(d) if n.startswith(prefix) and n.endswith(".partial")]
+    except OSError:
+        return
+    for n in names:
+        pid_s, dash, _ = n[len(prefix):].partition("-")
+        if dash and pid_s.isdigit() and int(pid_s) != os.getpid() and not pid_alive(int(pid_s)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(d, n))
 
 
 def _remove(path: str) -> None:

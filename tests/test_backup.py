@@ -591,4 +591,10 @@ def test_killed_backup_leaves_no_complete_looking_archive(store, ims_home, tmp_p
         assert p.returncode == 130 and b"interrupted" in err and b"was removed" in err
         assert left == []
     else:
-        assert p.returncode == -9 and all(f.startswith(".a.ims.") for f in left)
+        assert p.returncode == -9 and left and all(f.startswith(".a.ims.") for f in left)
+        # the next run of the same command removes what the killed one left (it stayed
+        # for ever, as large as what was written, one more at each kill -9 or power cut)
+        other = tmp_path / ".b.ims.x.1-y.partial"
+        other.write_bytes(b"another name's")
+        run(ims_home, "imsbackup", "-f", old, "/", check=0)
+        assert [f for f in os.listdir(tmp_path) if f.endswith(".partial")] == [other.name]
