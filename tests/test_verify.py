@@ -390,6 +390,29 @@ def test_against_store_counts_mail_moved_copied_or_renamed_since_as_changes(tmp_
             "the backup started is not in the archive" in p.stderr, (p.stdout, p.stderr)
 
 
+def test_a_full_of_another_chain_before_an_incremental_is_no_chain(tmp_path):
+    """Full A, full B, then an incremental I by base A: 'imsverify -f B -f I' said
+    'every check passed' (exit 0, a side note of a chain without its full) while
+    'imsrestore -f B -f I' refuses the pair (7).  Now 7 too; with A given, or I alone,
+    as before."""
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, "classic"))
+    for i in range(3):
+        put(store, "joe", "INBOX", i)
+    a, b, i = tmp_path / "a.ims", tmp_path / "b.ims", tmp_path / "i.ims"
+    run(home, "imsbackup", "-f", a, "/", check=EXIT_OK)
+    run(home, "imsbackup", "-f", b, "/", check=EXIT_OK)
+    put(store, "joe", "INBOX", 7)
+    run(home, "imsbackup", "-f", i, "--base", str(a) + ".state", "/", check=EXIT_OK)
+    p = run(home, "imsverify", "-v", "-f", b, "-f", i, text=True)
+    assert p.returncode == EXIT_ORDER and "full backup of another chain" in p.stderr, (p.stdout, p.stderr)
+    dst = tmp_path / "dst"
+    make_home(dst, "classic")
+    run(dst, "imsrestore", "-f", b, "-f", i, check=EXIT_ORDER)
+    run(home, "imsverify", "-f", a, "-f", b, "-f", i, check=EXIT_OK)
+    run(home, "imsverify", "-f", i, check=EXIT_OK)
+
+
 def test_against_store_takes_a_folder_renamed_since_for_the_archived_one(tmp_path):
     """Dovecot's RENAME of a Maildir folder is one rename(2): its dovecot-uidlist (its
     UIDVALIDITY) and its files, with their times, go with it.  After a good backup and

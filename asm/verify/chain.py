@@ -139,6 +139,16 @@ def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
         # archives are checked, and the continuity between them, but what came before the first
         # one cannot be; the summary says so
         view.base_missing = path[0].device
+        first = path[0]
+        fulls = [b for b in unique if not b.incremental and b.created < first.created
+                 and covers(tuple(b.header.get("scope") or ["/"]), tuple(first.header.get("scope") or ["/"]))]
+        if fulls:
+            # a full backup given before the chain a restore takes, of another chain: the
+            # archives given are no chain (imsrestore -f each of them in order refuses, 7)
+            problem(f"{first.device} is an incremental of archive {first.base or 'taken before it'}, which is "
+                    f"not among the archives given, and {fulls[-1].device} given before it is a full backup "
+                    f"of another chain: these archives restore as no chain; give the full backup of "
+                    f"{first.device}'s chain and every incremental after it")
     for k, a in enumerate(path):
         _apply(view, a, lambda text: None if text in seen_texts else problem(text), base=k == 0,
                groups=groups)
