@@ -131,6 +131,47 @@ def test_an_error_list_with_such_a_name(tmp_path, foreign):
     trailer.decode("utf-8")                                 # the member is valid UTF-8 JSON
 
 
+def test_folder_directories_not_spelled_as_their_folder_are_named(tmp_path):
+    """Folder directories another tool named with no canonical modified UTF-7 spelling
+    ('.a&b', an unterminated '.&AOk', '.&AOk-&AOk-' next to '.&AOkA6Q-' (both 'éé'),
+    '.&AGE-' next to '.a' (both 'a'), raw UTF-8 '.Privé' next to '.Priv&AOk-'): each
+    one is backed up under a name that restores to that very directory, or named with
+    exit 1; none is dropped or merged into another (the archive held 3 of 8, exit 0)."""
+    home = tmp_path / "src"
+    cfg = make_home(home, "maildir")
+    store = open_store(cfg)
+    store.create_user("joe")
+    root = os.path.join(os.fsencode(cfg.partitions()["primary"]), b"joe", b"Maildir")
+    odd = [b"a&b", b"&AOk", b"&AOk-&AOk-", b"&AGE-", b"Priv\xc3\xa9"]
+    canonical = [b"&AOkA6Q-", b"a", b"Priv&AOk-"]
+    for i, name in enumerate(odd + canonical):
+        maildir_folder(root, name, msg(i + 1), stamp=1700000000 + i)
+    archive = tmp_path / "full.ims"
+    p = run(home, "imsbackup", "-f", archive, "/")
+    assert p.returncode == 1, p.stderr
+    errs = p.stderr.decode("utf-8", "replace")
+    for name in odd:
+        assert f"/primary/joe/.{name.decode()} ".encode() in p.stderr or \
+            f"/Maildir/.{name.decode()})" in errs, (name, errs)
+    assert "it spells the folder 'Privé' in raw UTF-8, but that folder is the directory " \
+           ".Priv&AOk-" in errs
+    with open(archive, "rb") as f:
+        r = ArchiveReader(f)
+        members = list(r.members())
+    folders = sorted(m.folder for m in members if m.kind == "folder")
+    assert folders == sorted(["INBOX", "éé", "a", PRIVE_RAW])
+    assert sum(1 for m in members if m.kind == "message") == 3
+    assert len(r.trailer["errors"]) == len(odd)
+    # the folders it read restore to the directories they came from
+    dest = tmp_path / "dest"
+    dcfg = make_home(dest, "maildir")
+    p = run(dest, "imsrestore", "-f", archive)
+    droot = os.path.join(os.fsencode(dcfg.partitions()["primary"]), b"joe", b"Maildir")
+    for name in canonical:
+        assert len(os.listdir(os.path.join(droot, b"." + name, b"cur"))) == 1, name
+    assert not any(os.path.exists(os.path.join(droot, b"." + n)) for n in odd)
+
+
 def test_names_in_list_map_and_path_arguments(tmp_path, foreign):
     home, store = foreign
     lst = tmp_path / "users.txt"

@@ -68,7 +68,18 @@ def folder_from_dirname(name: str) -> str | None:
         if len(out) == 1:
             return None
         out[0] = "INBOX"
-    return "/".join(out)
+    folder = "/".join(out)
+    try:
+        canonical = folder_dirname(folder)
+    except BadName:
+        return None
+    if canonical != name and (name.isascii() or name != "." + folder.replace("/", ".")):
+        # not the directory the name is written to (.a&b, .&AOk-&AOk- for .&AOkA6Q-,
+        # .&AGE- for .a): reading it as that folder would restore its mail elsewhere, or
+        # merge two directories into one folder.  Only a whole name in raw UTF-8 (.Privé)
+        # is read where it is, and only while .Priv&AOk- does not exist (_folder_dir).
+        return None
+    return folder
 
 
 def stored_from_name(base: str) -> float | None:

@@ -495,17 +495,25 @@ class MaildirStore(Store):
                     or not e.is_dir(follow_symlinks=False):
                 continue
             logical = self.folder_from_dirname(e.name)
-            if os.path.isdir(os.path.join(e.path, "cur")):
-                if logical is not None:
-                    continue                 # a folder (new/ not looked at: not needed)
-                why = "its name is no Maildir++ folder name"
-            elif not os.path.isdir(os.path.join(e.path, "new")):
+            has_cur = os.path.isdir(os.path.join(e.path, "cur"))
+            if not has_cur and not os.path.isdir(os.path.join(e.path, "new")):
                 continue                     # not a folder (Dovecot's own directories)
-            elif logical is None:
+            hint = None
+            if logical is None:
                 why = "its name is no Maildir++ folder name"
+                hint = ("a folder's directory is its name in modified UTF-7 (RFC 3501 5.1.3, "
+                        "e.g. .Caf&AOk- for Café): rename it to the spelling Dovecot writes for "
+                        "the folder meant, or move its mail into that folder (docs/maildir.md)")
+            elif self._folder_dir(user, logical, root) != e.path:
+                why = (f"it spells the folder {logical!r} in raw UTF-8, but that folder is the "
+                       f"directory {self.folder_dirname(logical)}")
+                hint = "move its mail into that folder's directory (docs/maildir.md)"
+                logical = None
+            elif has_cur:
+                continue                     # a folder (new/ not looked at: not needed)
             else:
                 why = "it has new/ but no cur/"
-            out.append(Unlisted("folder", part, user, logical or e.name, e.path, why))
+            out.append(Unlisted("folder", part, user, logical or e.name, e.path, why, hint))
         return out
 
     def user_partition(self, user: str) -> str:
@@ -1240,7 +1248,9 @@ class MaildirStore(Store):
             for e in it:
                 if e.name.startswith(".") and e.is_dir():
                     logical = self.folder_from_dirname(e.name)
-                    if logical and os.path.isdir(os.path.join(e.path, "cur")):
+                    # (a raw UTF-8 .Privé next to .Priv&AOk-: not read, unlisted_folders names it)
+                    if logical and os.path.isdir(os.path.join(e.path, "cur")) and \
+                            self._folder_dir(user, logical, root) == e.path:
                         names.add(logical)
         return ["INBOX"] + sorted(names)
 
