@@ -21,6 +21,7 @@ import time
 
 import pytest
 
+from asm.errors import EXIT_DIFFERS
 from tests.dovecot_lab import MAIL_USER, lab_fixture, message, quote
 from tests.helpers import run
 
@@ -436,6 +437,54 @@ def test_a_directory_that_belongs_to_no_login_is_named_not_skipped(tmp_path):
     assert f"alice would live in {store}/a/l/alice/Maildir" in res.stderr
     assert f"{store}/b/o/alice/Maildir" in res.stderr
     assert {u for u, _ in archive_listing(home, tmp_path / "a.ims")} == {"alice", "bob"}
+
+
+@pytest.mark.parametrize("layout", ["plain", "fs"])
+def test_folder_directories_dovecot_would_not_open_are_named_not_skipped(tmp_path, layout):
+    """Folder directories another tool wrote with names that are not Dovecot's spelling
+    of any folder (raw UTF-8 'Café' next to Dovecot's 'Caf&AOk-', an unescaped 'a&b', a
+    non-canonical '&AOk-&AOk-'): imsbackup exited 0 with INBOX only, and imsverify
+    --against-store said all passed.  Each is now named (exit 1), every folder Dovecot
+    made is archived, and a name of bytes that are not UTF-8 is kept as those bytes."""
+    from tests.dovecot_lab import dovecot_lab
+    with dovecot_lab(layout, logins=["alice"]) as lab:
+        home = str(tmp_path / "ims")
+        configure(lab, home)
+        lab.deliver(["alice"], message("hello"))
+        with lab.imap("alice") as c:
+            c.create("Caf&AOk-")
+            c.append("Caf&AOk-", message("made by dovecot"))
+        root = os.fsencode(lab.mailbox_path("alice"))     # INBOX is the root in both layouts
+        before = tmp_path / "before.ims"
+        run(home, "imsbackup", "-f", before, "/", check=0)
+        foreign = [b"Caf\xc3\xa9", b"a&b", b"&AOk-&AOk-"]
+        for i, n in enumerate(foreign + [b"bad\xff"]):
+            d = os.path.join(root, (b"." if layout == "plain" else b"") + n)
+            for sub in (b"cur", b"new", b"tmp"):
+                os.makedirs(os.path.join(d, sub))
+            with open(os.path.join(d, b"cur", b"%d.M1P1.other,S=9:2,S" % (1700000000 + i)), "wb") as f:
+                f.write(b"\r\nkept %d\r\n" % i)
+        lab.fix_owner()
+        a = tmp_path / "a.ims"
+        p = run(home, "imsbackup", "-f", a, "/")
+        assert p.returncode == 1, p.stderr
+        named = [ln for ln in p.stderr.decode("utf-8", "replace").splitlines()
+                 if "its name is no folder name Dovecot writes" in ln]
+        assert len(named) == len(foreign), p.stderr
+        for n in foreign:
+            assert any(os.fsdecode(n) in ln or n.decode() in ln for ln in named), (n, named)
+        toc = run(home, "imsrestore", "-t", "-f", a).stdout
+        got = sorted(ln.split(b"\t")[0] for ln in toc.splitlines() if b"\tuidvalidity=" in ln)
+        assert got == [b"/primary/alice/Caf\xc3\xa9", b"/primary/alice/INBOX",
+                       b"/primary/alice/bad\xff"], got
+        assert sum(1 for ln in toc.splitlines() if re.match(rb"^/primary/alice/.*/\d+\t", ln)) == 3
+        v = run(home, "imsverify", "-v", "-f", a, "--against-store", text=True)
+        assert v.returncode != 0, v.stdout + v.stderr
+        # an archive from before they appeared: the live store holds mail no backup reads
+        v = run(home, "imsverify", "-v", "-f", before, "--against-store")
+        assert v.returncode == EXIT_DIFFERS, v.stdout + v.stderr
+        assert v.stderr.count(b"the store holds mail no backup reads") == len(foreign), v.stderr
+        assert b"a&b" in v.stderr
 
 
 def test_imsdr_and_reconstruct_refuse_a_dbox_location_and_a_snapshot(tmp_path):

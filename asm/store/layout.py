@@ -453,7 +453,7 @@ class UserLayout:
         if self.layout == "maildir++" and any("." in lv for lv in levels):
             raise LayoutError(f"folder {folder!r}: Maildir++ uses '.' between levels, so a "
                               f"level may not contain '.'")
-        enc = levels if self.location.utf8 else [utf7.encode(lv) for lv in levels]
+        enc = levels if self.location.utf8 else [_level_to_disk(lv) for lv in levels]
         return self.separator.join(enc)
 
     def _under(self, base: str, folder: str, with_dirname: bool) -> str:
@@ -545,7 +545,16 @@ class UserLayout:
             if len(out) == 1 and self._inbox_is_special():
                 return None
             out[0] = "INBOX"
-        return "/".join(out)
+        folder = "/".join(out)
+        try:
+            if self.storage_name(folder) != self.separator.join(levels):
+                # not the directory Dovecot opens for that name (.a&b, raw UTF-8 .Café,
+                # .&AOk-&AOk- for .&AOkA6Q-): reading it as that folder would restore its
+                # mail elsewhere or merge it into another folder (foreign_dirs names it)
+                return None
+        except LayoutError:
+            return None
+        return folder
 
     def folders(self) -> list[str]:
         """Folder names with a mail directory on disk (INBOX when it has one), sorted.
@@ -581,6 +590,48 @@ class UserLayout:
                         out.add(name)
                 stack.append(sub)
         return sorted(out)
+
+
+    def foreign_dirs(self) -> list[tuple[str, str, str]]:
+        """(name, path, why) of the directories holding mail (Maildir: cur/ or new/;
+        fs with DIRNAME: that directory) whose name is no folder name: they are not
+        read (:meth:`folders`), so a backup must name them.  Sorted by path."""
+        out = []
+        mail = ("cur", "new") if self.location.is_maildir else ()
+        why = "its name is no folder name Dovecot writes"
+        if self.layout == "maildir++":
+            for entry in _scandirs(self.root):
+                if entry.startswith(".") and self.folder_from_dirname(entry) is None and \
+                        entry not in (".", "..") and os.path.join(self.root, entry) != self.inbox_dir and \
+                        any(os.path.isdir(os.path.join(self.root, entry, m)) for m in mail):
+                    out.append((entry, os.path.join(self.root, entry), why))
+            return out
+        base = self.root + ("/" + self.location.mailboxdir.rstrip("/")
+                            if self.location.mailboxdir else "")
+        skip = {"cur", "new", "tmp", self.location.dirname}
+        markers = (self.location.dirname,) if self.location.dirname else mail
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            for entry in _scandirs(os.path.join(base, rel) if rel else base):
+                if entry in skip:
+                    continue
+                sub = f"{rel}/{entry}" if rel else entry
+                path = os.path.join(base, sub)
+                if path != self.inbox_dir and any(os.path.isdir(os.path.join(path, m)) for m in markers) \
+                        and self.folder_from_dirname(self.location.mailboxdir + sub) is None:
+                    out.append((sub, path, why))
+                stack.append(sub)
+        return sorted(out, key=lambda t: t[1])
+
+
+def _level_to_disk(level: str) -> str:
+    """One level in modified UTF-7, except one holding bytes that are not UTF-8 (made by
+    another tool, kept as those bytes: no UTF-7 carries them), as the maildir driver
+    writes it (asm.store.maildir.names.level_to_disk)."""
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in level):
+        return level
+    return utf7.encode(level)
 
 
 def _scandirs(path: str) -> list[str]:

@@ -341,6 +341,12 @@ class _Held:
         self.lost = lost                    # the dotlock could not be taken back: why
 
 
+#: What to do about a folder directory whose name is not the one its folder is written to.
+_FOREIGN_HINT = ("a folder's directory is its name in modified UTF-7 (RFC 3501 5.1.3, e.g. "
+                 ".Caf&AOk- for Café): rename it to the spelling Dovecot writes for the folder "
+                 "meant, or move its mail into that folder (docs/maildir.md)")
+
+
 class MaildirStore(Store):
     """Dovecot Maildir++ partitions behind the logical view."""
 
@@ -481,8 +487,10 @@ class MaildirStore(Store):
     def unlisted_folders(self, user: str) -> list[Unlisted]:
         """``.Name`` directories of the Maildir that hold mail (cur/ or new/) but are not
         read as folders: a name that is no Maildir++ folder name, or no cur/."""
-        if self._layout is not None and self._layout.location.layout != "maildir++":
-            return []
+        if self._layout is not None:
+            part = self.user_partition(user)
+            return [Unlisted("folder", part, user, name, path, why, _FOREIGN_HINT)
+                    for name, path, why in self._ul(user).foreign_dirs()]
         root = self._root(user)
         part = self.user_partition(user)
         out = []
@@ -501,9 +509,7 @@ class MaildirStore(Store):
             hint = None
             if logical is None:
                 why = "its name is no Maildir++ folder name"
-                hint = ("a folder's directory is its name in modified UTF-7 (RFC 3501 5.1.3, "
-                        "e.g. .Caf&AOk- for Café): rename it to the spelling Dovecot writes for "
-                        "the folder meant, or move its mail into that folder (docs/maildir.md)")
+                hint = _FOREIGN_HINT
             elif self._folder_dir(user, logical, root) != e.path:
                 why = (f"it spells the folder {logical!r} in raw UTF-8, but that folder is the "
                        f"directory {self.folder_dirname(logical)}")
