@@ -487,6 +487,35 @@ def test_folder_directories_dovecot_would_not_open_are_named_not_skipped(tmp_pat
         assert b"a&b" in v.stderr
 
 
+@pytest.mark.parametrize("layout", ["plain", "fs"])
+def test_a_dotless_i_inbox_and_its_children_are_backed_up_apart_from_inbox(tmp_path, layout):
+    """'ınbox' and 'ınbox/sub' (Turkish dotless i, how a Turkish client lower-cases
+    INBOX) are folders of their own to Dovecot; 'ınbox'.upper() == 'INBOX' made ims-asm
+    name the first as no folder (exit 1) and merge the second into INBOX/sub: its
+    message was in no archive, and both folders were gone after a restore."""
+    from tests.dovecot_lab import dovecot_lab
+    with dovecot_lab(layout, logins=["alice"]) as lab:
+        home = str(tmp_path / "ims")
+        configure(lab, home)
+        lab.deliver(["alice"], message("real inbox"))
+        with lab.imap("alice") as c:
+            for name in ("&ATE-nbox", "&ATE-nbox/sub", "INBOX/sub"):      # ınbox, ınbox/sub
+                c.create(name)
+                c.append(name, message(f"kept in {name}"), [r"\Seen"])
+        before = lab.client_state("alice")
+        assert {"&ATE-nbox", "&ATE-nbox/sub", "INBOX/sub"} <= set(before.folders)
+        a = tmp_path / "a.ims"
+        p = run(home, "imsbackup", "-f", a, "/", text=True)
+        assert p.returncode == 0, p.stderr
+        assert archive_listing(home, a) == {("alice", "INBOX"): 1, ("alice", "INBOX/sub"): 1,
+                                            ("alice", "\u0131nbox"): 1, ("alice", "\u0131nbox/sub"): 1}
+        lab.stop()
+        wipe(lab)
+        lab.start()
+        run(home, "imsrestore", "-f", a, check=0)
+        assert seen(lab.client_state("alice")) == seen(before)
+
+
 def test_imsdr_and_reconstruct_refuse_a_dbox_location_and_a_snapshot(tmp_path):
     """imsdr and reconstruct follow Maildir locations (tests/test_dovecot_layouts_dr.py);
     a dbox store's flags and UIDs live in Dovecot's indexes: its way back is archives."""

@@ -300,6 +300,30 @@ def test_imsdeliver_to_a_folder_while_deliveries_are_held(tmp_path, driver):
 
 
 @pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_a_dotless_i_inbox_is_a_folder_of_its_own(tmp_path, driver):
+    """'ınbox'.upper() == 'INBOX' in Python, but IMAP matches INBOX without regard to
+    ASCII case only: 'ınbox' (Turkish dotless i) and 'ınbox/sub' are folders of their
+    own.  imsdeliver -d ınbox delivered into INBOX, and 'ınbox/sub' was INBOX/sub."""
+    home = tmp_path / "ims"
+    make_home(home, driver)
+    for f in ("user/alice", "user/alice/\u0131nbox", "user/alice/\u0131nbox/sub", "user/alice/INBOX/sub"):
+        run(home, "mboxutil", "-c", f, check=0)
+    for folder in ("\u0131nbox", "\u0131nbox/sub", "INBOX/sub", "inbox"):
+        p = run(home, "imsdeliver", "-d", folder, "alice", input=MSG + folder.encode(), check=0)
+        assert p.stderr == b"", p.stderr
+    with in_home(home):
+        from asm.config import Config
+        s = open_store(Config())
+        def body(f, uid):
+            with s.open_message("alice", f, uid) as fh:
+                return fh.read()
+        got = {f: [body(f, m.uid) for m in s.messages("alice", f)] for f in s.folder_names("alice")}
+    assert got == {"INBOX": [MSG + b"inbox"], "INBOX/sub": [MSG + b"INBOX/sub"],
+                   "\u0131nbox": [MSG + "\u0131nbox".encode()],
+                   "\u0131nbox/sub": [MSG + "\u0131nbox/sub".encode()]}, got
+
+
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
 def test_a_held_delivery_to_a_folder_the_restore_never_made_goes_to_inbox(tmp_path, driver):
     """A message queued for a folder that still does not exist when the deliveries are
     released (the restore did not bring it: a typo, or a folder the archive lacks) is

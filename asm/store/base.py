@@ -749,6 +749,13 @@ def split_flags(all_flags: Iterable[str]) -> tuple[frozenset, tuple]:
     return frozenset(system), tuple(keywords)
 
 
+def is_inbox(level: str) -> bool:
+    """Whether a folder name (or its first level) is INBOX, which IMAP matches without
+    regard to ASCII case only (RFC 3501 5.1): 'ınbox' (dotless i) and 'ınbox/sub' are
+    folders of their own, though 'ınbox'.upper() == 'INBOX' in Python."""
+    return len(level) == 5 and level.isascii() and level.upper() == "INBOX"
+
+
 _GOOD_FOLDER_NAMES: dict = {}      # name -> normalised: names that passed (asked per message)
 
 
@@ -772,7 +779,7 @@ def _check_folder_name(name: str) -> str:
     if any(level in (".", "..") for level in name.split("/")):
         raise BadName(f"bad folder name {name!r}: '.' and '..' are not folder names")
     first, _, rest = name.partition("/")
-    if first.upper() == "INBOX":
+    if is_inbox(first):
         name = "INBOX" + ("/" + rest if rest else "")
     return name
 

@@ -46,6 +46,7 @@ from typing import Iterator
 
 from asm.errors import UsageError
 from asm.store import utf7
+from asm.store.base import is_inbox
 
 FORMATS = ("maildir", "sdbox", "mdbox")
 LAYOUTS = ("maildir++", "fs")
@@ -446,7 +447,7 @@ class UserLayout:
     def storage_name(self, folder: str) -> str:
         """Folder name (levels joined by '/') as Dovecot names it on disk."""
         levels = folder.split("/")
-        if levels[0].upper() == "INBOX":
+        if is_inbox(levels[0]):
             levels[0] = "INBOX"
         if any(not lv for lv in levels):
             raise LayoutError(f"folder {folder!r} has an empty level")
@@ -466,7 +467,7 @@ class UserLayout:
         return path
 
     def _is_inbox(self, folder: str) -> bool:
-        return folder.upper() == "INBOX"
+        return is_inbox(folder)
 
     def folder_dirname(self, folder: str) -> str:
         """The folder's mail directory relative to the root ('' for the root itself)."""
@@ -541,7 +542,7 @@ class UserLayout:
                 out.append(utf7.decode(lv))
             except ValueError:
                 out.append(lv)
-        if out[0].upper() == "INBOX":
+        if is_inbox(out[0]):
             if len(out) == 1 and self._inbox_is_special():
                 return None
             out[0] = "INBOX"

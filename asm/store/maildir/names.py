@@ -9,7 +9,7 @@ import re
 from typing import Iterable
 
 from asm.store import utf7
-from asm.store.base import BadName, StoreError, check_folder_name, split_flags
+from asm.store.base import BadName, StoreError, check_folder_name, is_inbox, split_flags
 
 KEYWORDS = "dovecot-keywords"
 FLAG_LETTER = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
@@ -64,7 +64,7 @@ def folder_from_dirname(name: str) -> str | None:
             out.append(utf7.decode(level))
         except ValueError:
             out.append(level)           # raw (e.g. UTF-8) name written by another tool
-    if out[0].upper() == "INBOX":
+    if is_inbox(out[0]):
         if len(out) == 1:
             return None
         out[0] = "INBOX"
