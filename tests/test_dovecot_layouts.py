@@ -516,6 +516,34 @@ def test_a_dotless_i_inbox_and_its_children_are_backed_up_apart_from_inbox(tmp_p
         assert seen(lab.client_state("alice")) == seen(before)
 
 
+def test_a_login_with_a_slash_is_named_not_skipped(tmp_path):
+    """A Dovecot that allows any login character (auth_username_chars =) keeps the mail
+    of 'x/y@example.com' at STORE/example.com/x/y/Maildir in the vdomain layout.  The
+    walk along the template did not find it: imsbackup / exited 0 without it, named
+    nothing, and imsverify --against-store passed.  No user ID of ims-asm holds '/',
+    so the login is named (exit 1) and the other logins are backed up."""
+    from tests.dovecot_lab import dovecot_lab
+    with dovecot_lab("vdomain", logins=["alice@example.com", "x/y@example.com"],
+                     extra="auth_username_chars =") as lab:
+        home = str(tmp_path / "ims")
+        configure(lab, home)
+        lab.deliver(["alice@example.com"], message("hello"))
+        before = tmp_path / "before.ims"
+        run(home, "imsbackup", "-f", before, "/", check=0)
+        with lab.imap("x/y@example.com") as c:
+            c.append("INBOX", message("precious for x/y", size=2000), [r"\Seen"])
+        where = os.path.join(lab.store, "example.com", "x", "y", "Maildir")
+        assert os.path.isdir(os.path.join(where, "cur"))
+        a = tmp_path / "a.ims"
+        p = run(home, "imsbackup", "-f", a, "/", text=True)
+        assert p.returncode == 1, p.stderr
+        line, = [ln for ln in p.stderr.splitlines() if "x/y@example.com" in ln]
+        assert where in line and "no user ID of ims-asm can hold" in line, line
+        assert archive_listing(home, a) == {("alice@example.com", "INBOX"): 1}
+        v = run(home, "imsverify", "-v", "-f", before, "--against-store", text=True)
+        assert v.returncode == EXIT_DIFFERS and "x/y@example.com" in v.stderr, v.stdout + v.stderr
+
+
 def test_imsdr_and_reconstruct_refuse_a_dbox_location_and_a_snapshot(tmp_path):
     """imsdr and reconstruct follow Maildir locations (tests/test_dovecot_layouts_dr.py);
     a dbox store's flags and UIDs live in Dovecot's indexes: its way back is archives."""

@@ -225,8 +225,11 @@ def test_hashed_levels_are_checked_not_trusted(tmp_path):
     found, skipped = sl.logins(with_skipped=True)
     assert list(found) == ["albert", "alice", "bob"]
     assert found["alice"].root == f"{tmp_path}/a/l/alice/Maildir"
+    # x/y/z/w: a login 'z/w' ('/' spans a level) would live elsewhere: mail of nobody,
+    # named (it used to match nothing and be passed over in silence)
     assert [(s.path, s.reason) for s in skipped] == [
-        (f"{tmp_path}/b/o/alice/Maildir", f"alice would live in {tmp_path}/a/l/alice/Maildir")]
+        (f"{tmp_path}/b/o/alice/Maildir", f"alice would live in {tmp_path}/a/l/alice/Maildir"),
+        (f"{tmp_path}/x/y/z/w/Maildir", f"z/w would live in {tmp_path}/z///z/w/Maildir")]
 
 
 def test_hash_buckets_are_checked(tmp_path):

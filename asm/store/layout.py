@@ -672,6 +672,7 @@ class Skipped:
 
     path: str
     reason: str
+    hint: str | None = None        # what to do, when not the store's usual hint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -816,6 +817,7 @@ class StoreLayout:
                               f"store cannot be listed")
         found: dict[str, UserLayout] = {}
         skipped: list[Skipped] = []
+        slashed: dict[str, str] = {}             # path -> login, of logins holding '/'
         for path, caps, short in self._walk("", compiled, {}):
             # short: a variable level was taken as empty (%1.1n of a one-letter login,
             # %d of a login without a domain: Dovecot's path then has '//'); such a
@@ -838,14 +840,28 @@ class StoreLayout:
             if not self._has_mail(ul):
                 skipped.append(Skipped(path, "no mailbox in it"))
                 continue
+            if "/" in login:
+                if not short or path not in slashed:     # a reading with every level wins
+                    slashed[path] = login
+                continue
             if login in found:
                 continue
             found[login] = ul
+        roots = {os.path.normpath(ul.root) for ul in found.values()}
+        for path, login in slashed.items():
+            if os.path.normpath(path) in roots:
+                continue         # another reading of a login found (example.com/alice, no domain)
+            # a path level of /primary/USER/FOLDER: no user ID of ims-asm holds '/'
+            skipped.append(Skipped(path, f"the mail of the login {login!r}, whose '/' no user "
+                                         f"ID of ims-asm can hold", (
+                "ims-asm cannot back it up or restore it: copy it with doveadm backup, or "
+                "rename the login without '/' (Dovecot's default auth_username_chars refuses "
+                "'/'; docs/dovecot.md)")))
         result = dict(sorted(found.items()))
         return (result, skipped) if with_skipped else result
 
     def _walk(self, prefix: str, compiled: list, caps: dict,
-              short: bool = False) -> Iterator[tuple[str, dict, bool]]:
+              short: bool = False, depth: int = 0) -> Iterator[tuple[str, dict, bool]]:
         if not compiled:
             yield prefix or "/", caps, short
             return
@@ -862,8 +878,19 @@ class StoreLayout:
             new = dict(caps)
             if all(new.setdefault(key, empty.group(g)) == empty.group(g) for g, key in groups):
                 yield from self._walk(prefix, rest, new, True)
-        for entry in _scandirs(prefix or "/"):
-            m = rx.fullmatch(entry)
+        yield from self._walk_level(prefix, "", rx, groups, rest, caps, short, depth)
+
+    #: How many directory levels one login part (%u, %n, %d) may span: Dovecot puts
+    #: the '/' of a login such as x/y@example.com (auth_username_chars allowing it)
+    #: into the path as it is, so x/y is two levels.
+    _MAX_SPAN = 4
+
+    def _walk_level(self, prefix: str, head: str, rx, groups, rest: list, caps: dict,
+                    short: bool, depth: int) -> Iterator[tuple[str, dict, bool]]:
+        base = f"{prefix}/{head}" if head else prefix
+        for entry in _scandirs(base or "/"):
+            value_text = f"{head}/{entry}" if head else entry
+            m = rx.fullmatch(value_text)
             if m is None:
                 continue
             new = dict(caps)
@@ -874,8 +901,17 @@ class StoreLayout:
                     ok = False
                     break
                 new[key] = value
-            if ok:
-                yield from self._walk(f"{prefix}/{entry}", rest, new, short)
+            if not ok:
+                continue
+            found = False
+            for hit in self._walk(f"{prefix}/{value_text}", rest, new, short, depth):
+                found = True
+                yield hit
+            # nothing of the template below it: a login part holding '/' spans more
+            # levels (rest non-empty: a level left with nothing below it tells that)
+            if not found and groups and rest and depth + value_text.count("/") < self._MAX_SPAN:
+                yield from self._walk_level(prefix, value_text, rx, groups, rest, caps, short,
+                                            depth)
 
     @staticmethod
     def _login_from(caps: dict) -> str | None:

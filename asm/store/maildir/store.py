@@ -462,7 +462,8 @@ class MaildirStore(Store):
         if self._layout is not None:
             if not self.check_partition(partition):
                 return []
-            return [Unlisted("user", partition, os.path.relpath(s.path, root), None, s.path, s.reason)
+            return [Unlisted("user", partition, os.path.relpath(s.path, root), None, s.path, s.reason,
+                             s.hint)
                     for s in self._logins()[1] if s.reason != "no mailbox in it"] + \
                 misplaced_logins(self._layout, partition)
         try:
