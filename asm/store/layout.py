@@ -582,7 +582,7 @@ class UserLayout:
         while stack:
             rel = stack.pop()
             for entry in _scandirs(os.path.join(base, rel) if rel else base):
-                if entry in skip:
+                if entry in skip or dovecot_trashed(entry):
                     continue
                 sub = f"{rel}/{entry}" if rel else entry
                 if os.path.isdir(os.path.join(base, sub, marker)):
@@ -603,7 +603,7 @@ class UserLayout:
         if self.layout == "maildir++":
             for entry in _scandirs(self.root):
                 if entry.startswith(".") and self.folder_from_dirname(entry) is None and \
-                        entry not in (".", "..") and os.path.join(self.root, entry) != self.inbox_dir and \
+                        entry not in (".", "..") and not dovecot_trashed(entry) and os.path.join(self.root, entry) != self.inbox_dir and \
                         any(os.path.isdir(os.path.join(self.root, entry, m)) for m in mail):
                     out.append((entry, os.path.join(self.root, entry), why))
             return out
@@ -624,6 +624,14 @@ class UserLayout:
                     out.append((sub, path, why))
                 stack.append(sub)
         return sorted(out, key=lambda t: t[1])
+
+
+def dovecot_trashed(name: str) -> bool:
+    """Whether a directory is where Dovecot's IMAP DELETE renamed a folder before
+    removing it (``..DOVECOT-TRASHED`` in a Maildir++ root, its MAILDIR_UNLINK_DIRNAME;
+    dotted otherwise in other layouts): mail being deleted, which Dovecot's own listing
+    leaves out, and so does a backup."""
+    return name.lstrip(".") == "DOVECOT-TRASHED"
 
 
 def _level_to_disk(level: str) -> str:

@@ -122,8 +122,8 @@ def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary
     return [u for has_mail, u in _misplaced(layout, partition).values() if everyone or has_mail]
 
 
-#: where Dovecot's IMAP DELETE renames a Maildir++ folder before removing it (its
-#: MAILDIR_UNLINK_DIRNAME): mail being deleted, which Dovecot's own listing leaves out
+#: where Dovecot's IMAP DELETE renames a Maildir++ folder before removing it
+#: (asm.store.layout.dovecot_trashed)
 DOVECOT_TRASHED = "..DOVECOT-TRASHED"
 
 
