@@ -67,6 +67,9 @@ class BackupResult:
         self.vanished: list = []            # "user/folder/uid"
         self.errors: list = []              # {"mailbox", "error"}
         self.excluded: list = []            # mailboxes left out by store.backupexclude
+        # what the administrator must know though nothing was lost: a folder renamed while
+        # its messages were read is in the archive under both names (one line each)
+        self.notes: list = []
         self.seconds = 0.0
         self.trailer: dict | None = None
         self.header: dict | None = None
@@ -251,6 +254,7 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                         for lp in paths)
             queue = list(t.folders)
             done: dict = {}                        # folder -> the UIDVALIDITY read (None: unknown)
+            cut: list = []                         # (folder, UIDVALIDITY): gone while read
             for i, f in enumerate(queue):          # (grows while it is walked)
                 mailbox = f"/{t.partition}/{t.user}/{f}"
                 if f in done:
@@ -271,11 +275,23 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                     done[f] = None
                 if got != "gone":
                     continue
+                if done.get(f) is not None:
+                    cut.append((f, done[f]))
                 if report:
                     report(f"{mailbox}: deleted or renamed during the backup: not in the archive "
                            f"(a new name is read)")
                 if len(queue) < 4 * len(t.folders) + 64:
                     _renamed_meanwhile(store, t, queue, i, done, res)
+            for f, uv in cut:
+                # its member is written with the messages read before it went; read again
+                # under its new name (the same UIDVALIDITY), it is in the archive twice
+                to = [n for n, v in done.items() if v == uv and n != f]
+                if to:
+                    res.notes.append(
+                        f"/{t.partition}/{t.user}/{f}: renamed to {to[0]!r} while its messages were read: "
+                        f"the archive holds it whole under {to[0]!r}, and under {f!r} the part read before "
+                        f"the rename; a restore of this archive alone brings {f!r} back too (delete it "
+                        f"after), a chain with the next incremental does not")
         res.seconds = time.monotonic() - t0
         res.trailer = writer.close(errors=res.errors)
         status = EXIT_PARTIAL if res.errors else EXIT_OK

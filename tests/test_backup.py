@@ -537,6 +537,37 @@ def test_a_folder_deleted_or_renamed_while_it_is_read_ends_the_run_as_a_change(s
             assert b"could not back up /primary/zed/Large: deleted or renamed while it was read" in err, err
 
 
+def test_a_folder_renamed_while_it_is_read_is_said_to_be_in_the_archive_twice(tmp_path):
+    """Dovecot's RENAME (one rename(2): the folder keeps its UIDVALIDITY) while the backup
+    waits inside the folder: the run reads it again under its new name (exit 0), and
+    the member already written under the old name holds the part read before.  The docs
+    said it was not in the archive, and nothing was said: a restore of that archive
+    brought the old name back.  One line now says so; nothing is lost."""
+    import os
+
+    from asm.store import open_store
+    from tests.helpers import make_home, popen
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, "maildir"))
+    for n in range(40):
+        put(store, "zed", "Big", n, size=20_000)
+    big = store._folder_dir("zed", "Big")
+    p = popen(home, "imsbackup", "-f", "-", "/", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.read(4096)
+    os.rename(big, os.path.join(os.path.dirname(big), ".Large"))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    a = tmp_path / "a.ims"
+    a.write_bytes(first + out)
+    got = [(f, uid) for u, f, uid, _k in messages_in(a) if u == "zed"]
+    assert sorted(uid for f, uid in got if f == "Large") == list(range(1, 41))
+    # (the pipe is full after the first messages: they were read under the old name)
+    old = [uid for f, uid in got if f == "Big"]
+    assert old and old == list(range(1, len(old) + 1)) and len(old) < 40, got
+    assert b"/primary/zed/Big: renamed to 'Large' while its messages were read" in err, err
+    assert err.count(b"\n") == 1, err
+
+
 @pytest.mark.parametrize("watch", ["archive", "state"])
 def test_a_signal_once_the_archive_is_in_place_does_not_make_a_complete_run_a_failed_one(
         store, ims_home, tmp_path, watch):

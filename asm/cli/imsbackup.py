@@ -240,6 +240,8 @@ def _backup(args, rep) -> int:
     commit.done()
     for e in res.errors:
         warn(PROG, f"could not back up {e['mailbox']}: {e['error']}")
+    for note in res.notes:
+        warn(PROG, note)
     if res.vanished and args.verbose:
         warn(PROG, f"{len(res.vanished)} messages were expunged during the backup and are not in the archive")
     if args.verbose or sys.stderr.isatty():
