@@ -952,3 +952,28 @@ def test_a_backup_killed_between_its_archive_and_its_state_file_leaves_no_stale_
     make_home(dst, driver)
     run(dst, "imsrestore", "-f", a, "-f", tmp_path / "i.ims", check=0)
     assert state(open_store(Config(str(dst)))) == state(open_store(Config(str(home))))
+
+
+def test_a_delivery_between_two_restores_of_a_chain_is_named_for_what_it_is(tmp_path, driver):
+    """The full restored (exit 0), a delivery, then the incremental restored as its own
+    command: the delivery took an archived UID, so that message gets a new one (exit 1,
+    restore-design.md §4), and the line said the folder was 'half restored' by 'an IMAP
+    APPEND, COPY or MOVE' -- neither happened.  Every message is there once."""
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, driver))
+    for i in range(3):
+        put(store, "joe", "INBOX", i)
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    for i in range(3, 5):
+        put(store, "joe", "INBOX", i)
+    run(home, "imsbackup", "-f", incr, "--base", str(full) + ".state", "/", check=0)
+    dst = tmp_path / "dst"
+    make_home(dst, driver)
+    run(dst, "imsrestore", "-f", full, check=0)
+    run(dst, "imsdeliver", "joe", input=msg(99), check=0)
+    p = run(dst, "imsrestore", "-f", incr, check=1)
+    assert b"stored in the folder since its restore began (a delivery" in p.stderr, p.stderr
+    assert b"half restored" not in p.stderr
+    d = open_store(Config(str(dst)))
+    assert len(d.messages("joe", "INBOX")) == 6

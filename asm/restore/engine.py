@@ -496,10 +496,12 @@ class Restorer:
             if complete and plan.taken:
                 self._record_error(mailbox, (
                     f"{len(plan.taken)} archived UIDs ({', '.join(map(str, plan.taken[:5]))}"
-                    f"{', ...' if len(plan.taken) > 5 else ''}) are held by other messages, stored while the "
-                    f"folder was half restored (an IMAP APPEND, COPY or MOVE): those archived messages got new "
-                    f"UIDs, every other message kept its own; a client that cached this folder before the "
-                    f"loss may show its old message for those UIDs until it is told to resync the folder"),
+                    f"{', ...' if len(plan.taken) > 5 else ''}) are held by other messages stored in the "
+                    f"folder since its restore began (a delivery, IMAP APPEND, COPY or MOVE, while it ran or "
+                    f"between the archives of its chain): those archived messages got new UIDs, every other "
+                    f"message kept its own; a client that cached this folder before the loss may show its "
+                    f"old message for those UIDs until it is told to resync the folder (a chain restored in "
+                    f"one command, or with -H until its last archive, holds deliveries throughout)"),
                     EXIT_PARTIAL)
             if complete:
                 # the folder mirrors the archive when it was created or continued from it
