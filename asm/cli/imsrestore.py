@@ -474,6 +474,8 @@ def _one(args, rep) -> int:
     for e in res.errors:
         if e.get("status") != EXIT_NOSPACE:        # a full disk is said once, below
             warn(PROG, f"{e['mailbox']}: {e['error']}")
+    for mailbox, line in res.kept:
+        warn(PROG, f"{mailbox}: {line}")
     for mailbox, why in res.unread:
         if mailbox not in res.unmatched:           # (said with the path, below)
             warn(PROG, unread_line(mailbox, why))

@@ -268,7 +268,8 @@ class Restorer:
         folder someone made or changed since, never INBOX), and only once the archive
         was read to a valid trailer.  A folder the trailer names as not backed up (or
         whose user or partition it names) was not deleted: the backup could not read
-        it.  It is kept as it is, and said so (exit 1)."""
+        it.  It is kept as it is, and said so (one line; the status stays, as
+        _name_unread's: a chain goes on to its later archives)."""
         from asm.backup import is_excluded
         trailer = getattr(self.reader, "trailer", None)
         if not self.gone or trailer is None:
@@ -300,9 +301,11 @@ class Restorer:
                         continue
                     why = unread_by(unread, partition, src_user, folder)
                     if why is not None:
-                        self._record_error(mailbox, f"not in this archive: the backup that wrote it could "
-                                                    f"not read it ({why}); kept as an earlier archive's "
-                                                    f"restore left it", EXIT_PARTIAL)
+                        # named, not a failure of this restore (as _name_unread): a chain
+                        # goes on to the archives after it, which may hold it again
+                        line = (f"not in this archive: the backup that wrote it could not read it "
+                                f"({why}); kept as an earlier archive's restore left it")
+                        self.res.kept.append((mailbox, line))       # (said by the command)
                         continue
                     with self.locks.hold(user, folder):
                         with self.store.lock(user, folder):

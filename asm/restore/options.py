@@ -63,6 +63,7 @@ class RestoreResult:
     near_misses: dict = field(default_factory=dict)  # unmatched path -> folders differing in case
     left_out: dict = field(default_factory=dict)     # unmatched path -> the store.backupexclude that left it out
     unread: list = field(default_factory=list)       # (mailbox, why): the archive's backup could not read it
+    kept: list = field(default_factory=list)         # (mailbox, line): not listed, unread by the backup: kept
     out_of_order: list = field(default_factory=list)  # folders refused: chain applied out of order
     seconds: float = 0.0
     held: list = field(default_factory=list)         # users whose deliveries stay held: the run
