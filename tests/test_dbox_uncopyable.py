@@ -151,6 +151,51 @@ def test_a_dbox_login_dsync_cannot_copy_is_named_and_the_others_backed_up(lab, t
         assert views(lab) == want, chain
 
 
+DESYNC = ("dsync(carol): Warning: Mailbox changes caused a desync. You may want to run dsync again: "
+          "Remote lost mailbox GUID 0123456789abcdef0123456789abcdef (maybe it was just deleted?)")
+
+
+def desyncing_doveadm(tmp_path, times: int) -> dict:
+    """A doveadm whose first ``times`` copies of carol end as dsync's do when her IMAP
+    client changed her folders meanwhile (the desync warning, exit 2); then the real one."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    count = tmp_path / "copies"
+    (fake / "doveadm").write_text(
+        f"#!/bin/sh\ncase \" $* \" in *\" backup -u carol maildir:\"*)\n"
+        f"  n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}\n"
+        f"  if [ $n -le {times} ]; then echo '{DESYNC}' >&2; exit 2; fi;;\nesac\n"
+        f"exec {shutil.which('doveadm') or '/usr/bin/doveadm'} \"$@\"\n")
+    (fake / "doveadm").chmod(0o755)
+    return {"PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+
+def test_a_dbox_login_copied_while_its_client_changes_it_is_copied_again(lab, tmp_path):
+    """dsync ends a copy with "Mailbox changes caused a desync. You may want to run
+    dsync again" (exit 2) when the user's IMAP client deletes and makes folders while
+    it copies.  The whole login was left out of the archive (exit 1) with advice to
+    force-resync or rename: a night without any of that user's mail for a passing race.
+    Now the copy is made again, as dsync asks (up to 3 times): two desyncs and the
+    backup exits 0 with carol whole; a login that desyncs every time is named as before
+    (exit 1), with dsync's warning and that the copy was tried 3 times."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", env=desyncing_doveadm(tmp_path, 2), check=None, text=True)
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    assert {"/primary/carol/INBOX/1", "/primary/carol/Work/1"} <= set(listing(home, a))
+    assert int((tmp_path / "copies").read_text()) >= 3      # (read again: listed, then read)
+    shutil.rmtree(tmp_path / "bin")
+    (tmp_path / "copies").unlink()
+    p = run(home, "imsbackup", "-f", tmp_path / "b.ims", "/", env=desyncing_doveadm(tmp_path, 99),
+            check=EXIT_PARTIAL, text=True)
+    named = errors(p.stderr)
+    assert len(named) == 1 and named[0].startswith("imsbackup: could not back up /primary/carol: "), p.stderr
+    assert "caused a desync" in named[0] and "3 times" in named[0], named[0]
+    assert (tmp_path / "copies").read_text().strip() == "3"             # not tried again in the run
+
+
 def test_dovecot_down_still_stops_a_dbox_backup(lab, tmp_path):
     """Real errors are not one login's: with Dovecot stopped the backup of a dbox
     store still stops (exit 17, no archive), as before."""

@@ -40,7 +40,7 @@ from asm.locks import flock_wait, pid_alive
 from asm.store import layout as layout_mod
 from asm.store import utf7
 from asm.store.base import FolderInfo, NoSuchUser, StoreError, StoreFull, Unlisted, UserExists, check_user_name
-from asm.store.maildir.doveadm import TIMEOUT, Doveadm
+from asm.store.maildir.doveadm import TIMEOUT, Doveadm, DsyncDesync
 from asm.store.maildir.store import (MaildirStore, MisplacedLogin, _misplaced, expanded_location, fixed_prefix,
                                     misplaced_logins, open_layout)
 
@@ -155,24 +155,41 @@ class DboxStore(MaildirStore):
             shutil.rmtree(os.path.join(self._work, other), ignore_errors=True)
             self._exported.discard(other)
             self._seen.pop(other, None)
-        shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
-        names = self._folders(user)
-        # a folder whose Maildir++ directory name would be longer than a file name may be
-        # stops doveadm backup of the whole login: left out of the copy (and named)
-        # (its parents too, when they are: dsync creates them first)
-        long = {n[:i] for n in names if _too_long(n)
-                for i in [*(k for k, c in enumerate(n) if c in "/."), len(n)] if _too_long(n[:i])}
-        self._left_out.pop(user, None)
-        try:
-            copy = self._copy(user, long)
-        except StoreFull:
-            raise
-        except StoreError as exc:
-            copy = self._copy_without_escaped(user, names, long, exc)
+        for attempt in range(1, DESYNC_TRIES + 1):
+            shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
+            names = self._folders(user)
+            # a folder whose Maildir++ directory name would be longer than a file name may be
+            # stops doveadm backup of the whole login: left out of the copy (and named)
+            # (its parents too, when they are: dsync creates them first)
+            long = {n[:i] for n in names if _too_long(n)
+                    for i in [*(k for k, c in enumerate(n) if c in "/."), len(n)] if _too_long(n[:i])}
+            self._left_out.pop(user, None)
+            try:
+                copy = self._copy(user, long)
+            except StoreFull:
+                raise
+            except DsyncDesync as exc:
+                # the user's client changed folders while dsync copied them: a fresh
+                # copy, as dsync asks ("You may want to run dsync again")
+                if attempt < DESYNC_TRIES:
+                    continue
+                self._uncopied[user] = self._desync_why(user, exc)
+                shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
+                raise StoreError(f"{user}: {'; '.join(self._uncopied[user])}") from None
+            except StoreError as exc:
+                copy = self._copy_without_escaped(user, names, long, exc)
+            break
         self._seen[user] = self._listing(user, modseq=True)
         self._exported.add(user)
         self._check_copy(user, names, copy)
         self._names[user] = super().folder_names(user)
+
+    @staticmethod
+    def _desync_why(user: str, exc: StoreError) -> tuple[str, str]:
+        return (f"doveadm backup (dsync) could not copy this login: its folders changed while it "
+                f"copied them, {DESYNC_TRIES} times ({exc})",
+                f"back up again when its IMAP client is less busy (or hold it, doveadm kick "
+                f"{shlex.quote(user)})")
 
     def _copy_without_escaped(self, user: str, names: dict[str, tuple], long: set[str],
                               exc: StoreError) -> dict[str, tuple]:
@@ -461,6 +478,10 @@ class DboxStore(MaildirStore):
         if failed:
             raise StoreError("; ".join(failed))
 
+
+#: copies of a login dsync ends on a desync (its folders changed meanwhile) before it is
+#: named as not backed up
+DESYNC_TRIES = 3
 
 #: what dsync (Dovecot 2.3) reads as an escaped character in a folder name: other '%' it keeps
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")

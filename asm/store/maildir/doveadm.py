@@ -18,6 +18,13 @@ from asm.store.base import StoreError, StoreFull
 TIMEOUT = 300
 #: how Dovecot says the disk or the quota is full (strerror of ENOSPC, EDQUOT)
 _FULL = re.compile(r"No space left on device|Disk quota exceeded")
+#: dsync's "run me again": a mailbox changed (deleted, made again) while it synced, exit 2
+_DESYNC = re.compile(r"Mailbox changes caused a desync\.[^\n]*")
+
+
+class DsyncDesync(StoreError):
+    """doveadm backup/sync ended on a desync: the mailboxes changed while it copied them
+    (an IMAP client at work); dsync asks to be run again."""
 
 
 class Doveadm:
@@ -61,6 +68,10 @@ class Doveadm:
             if full:          # the store's disk (or quota) is full: exit 13, not 17
                 raise StoreFull(f"{login}'s mail (doveadm {' '.join(args[:nwords])})", full.group(0))
             err = (text.strip().splitlines() or ["failed"])[-1]
+            desync = _DESYNC.search(text)
+            if desync:        # dsync: the mailboxes changed while it copied them
+                raise DsyncDesync(f"doveadm {' '.join(args[:nwords])} -u {login} ({self.conf}): "
+                                  f"{desync.group(0)}")
             raise StoreError(f"doveadm {' '.join(args[:nwords])} -u {login} ({self.conf}): {err}")
         return res.stdout.decode("utf-8", "surrogateescape")
 
