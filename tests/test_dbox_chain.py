@@ -509,6 +509,42 @@ def test_dbox_folders_the_maildir_copy_cannot_hold_are_named_not_renamed(lab, tm
     assert views(lab) == gone              # not renamed, not removed
 
 
+@pytest.mark.parametrize("how", ["never-delivered", "renamed-away"])
+def test_a_dbox_login_without_an_inbox_is_backed_up_and_restored(lab, tmp_path, how):
+    """A login whose INBOX Dovecot never made (folders and mail by IMAP only, nothing
+    delivered) or whose INBOX was renamed away (RENAME INBOX) has no INBOX in the dbox
+    account, while the Maildir copy always has one: every backup exited 1 naming
+    /primary/alice/INBOX as copied "under another name" (rename INBOX).  Now exit 0, the
+    login's folders are in the archive, and a restore into an emptied store gives the
+    client the same folders, UIDs, flags and bytes (INBOX empty, as before)."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    lab.deliver(["bob"], message("for bob"))
+    with lab.imap("alice") as c:
+        if how == "renamed-away":
+            c.append("INBOX", message("in the inbox"), [r"\Seen"])
+            c.rename("INBOX", "Old")
+        c.create("Work")
+        c.append("Work", message("draft"), [r"\Seen", "$Label1"], "05-Mar-2024 12:00:00 +0100")
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    want = ["/primary/alice/INBOX", "/primary/alice/Work", "/primary/alice/Work/1"]
+    if how == "renamed-away":
+        want[1:1] = ["/primary/alice/Old", "/primary/alice/Old/1"]
+    toc = run(home, "imsrestore", "-t", "-f", a, "/primary/alice", check=0, text=True).stdout
+    assert sorted(ln.split("\t")[0] for ln in toc.splitlines() if ln.startswith("/")) == want, toc
+    run(home, "imsrestore", "-f", a, check=0)          # into the live account: nothing to do
+
+    def seen(login):          # (an INBOX Dovecot makes when a client selects it: its own UIDVALIDITY)
+        folders, subs = view(lab, login)
+        return {n: (f if n != "INBOX" else f[3]) for n, f in folders.items()}, subs
+    before = {u: seen(u) for u in USERS}
+    assert before["alice"][0]["INBOX"] == ()
+    wipe(lab)
+    run(home, "imsrestore", "-f", a, check=0)
+    assert {u: seen(u) for u in USERS} == before
+
+
 @pytest.mark.parametrize("size", ["1m", "3m"])
 def test_a_full_dbox_store_exits_13_and_the_same_command_then_restores_it(lab, tmp_path, size):
     """A restore into a dbox store whose disk fills: doveadm's "No space left on device"

@@ -262,8 +262,11 @@ class DboxStore(MaildirStore):
         caught.  Both sides are named by doveadm (namespace prefix and separator as
         layout.dsync_namespace_options makes them); folders are removed from the copy
         with ``doveadm mailbox delete``, which keeps the copy's own indexes true."""
+        # (an INBOX the account does not have -- never delivered to, or renamed away --
+        # is one the Maildir copy has, empty: not a folder copied under another name)
         self._renamed[user] = sorted(n for n, (_m, guid) in names.items()
-                                     if n not in copy or copy[n][1] != guid)
+                                     if (n not in copy or copy[n][1] != guid)
+                                     and not (n == "INBOX" and guid == "" and n in copy and not copy[n][0]))
         opts = self._copy_options(user)
         for name in sorted(set(copy) - set(names), reverse=True):     # children first
             if self._renamed[user] or not copy[name][0]:
