@@ -129,3 +129,43 @@ def test_full_plus_incremental_chain(dovecot, setup, tmp_path):  # noqa: F811
     run(home, "imsrestore", "-H", "-f", full, check=0)
     run(home, "imsrestore", "-f", incr, check=0)
     assert snapshot(dovecot, "alice") == after
+
+
+@pytest.mark.parametrize("free_kib", [64, 100, 300])
+def test_pipe_restore_with_the_home_on_a_full_disk_then_the_same_command_keeps_every_uid(tmp_path, free_kib):
+    """``imsrestore -f - /primary/bob /primary/carol`` (LMTP stored each message once for
+    three logins: bob's and carol's are links to alice's first copies, which go through
+    the spool) with IMS_HOME (spool, reference files, journal) on a disk with little
+    room: the run stops or ends; space freed, the same command exits 0 and an IMAP
+    client sees every message at its UID and UIDNEXT as before.  (Before: exit 13, then
+    exit 0 with UIDs 21-40, UIDNEXT 41.)"""
+    from tests.dovecot_lab import dovecot_lab, message
+    from tests.helpers import small_tmpfs
+    from tests.test_dovecot_layouts import configure
+    with dovecot_lab("plain") as lab:
+        for i in range(20):
+            lab.deliver(lab.logins, message(f"m{i}", size=50000))
+        src = tmp_path / "src"
+        configure(lab, src)
+        archive = tmp_path / "full.ims"
+        run(src, "imsbackup", "-f", archive, "/", check=0)
+        before = {u: lab.client_state(u).folders for u in ("bob", "carol")}
+        for top in (lab.store, lab.homes):          # the mail is lost
+            shutil.rmtree(top)
+            os.mkdir(top)
+            os.chown(top, lab.uid, lab.gid)
+        data = archive.read_bytes()
+        argv = ["imsrestore", "-f", "-", "/primary/bob", "/primary/carol"]
+        with small_tmpfs(tmp_path / "small", "2m") as home:
+            configure(lab, home)
+            st = os.statvfs(home)
+            with open(home / "fill", "wb") as f:
+                f.write(b"\0" * max(st.f_bavail * st.f_frsize - free_kib * 1024, 0))
+            first = run(home, *argv, input=data)
+            os.unlink(home / "fill")
+            run(home, *argv, input=data, check=0)
+            after = {u: lab.client_state(u).folders for u in ("bob", "carol")}
+        for u in before:
+            assert after[u] == before[u], (
+                f"first run exit {first.returncode} {first.stderr[-300:]!r}; {u}'s INBOX UIDs "
+                f"{[m.uid for m in after[u]['INBOX'].messages][:4]}... UIDNEXT {after[u]['INBOX'].uidnext}")

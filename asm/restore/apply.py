@@ -140,6 +140,14 @@ class Applier:
         same_uid = plan.by_uid.get(m.uid) if plan.uidvalidity == plan.archive_uidvalidity else None
         if same_uid is not None and same_uid.size == m.size and self._same_bytes(plan, same_uid, m.sha256):
             return same_uid
+        if self.fills(plan, m):
+            # its UID was left free for it; it may be here only as a copy a run cut short
+            # stored under a new UID (outside the archive's UIDs), never as another
+            # archived message with the same bytes
+            for c in plan.existing.get(m.size, []):
+                if c.uid not in plan.archive_uids and self._same_bytes(plan, c, m.sha256):
+                    return c
+            return None
         if self.opts.ignore_duplicates:
             return self._own(plan, m) if plan.own_from is not None else None
         if plan.uidvalidity == plan.archive_uidvalidity and same_uid is None and m.uid >= plan.uidnext:
@@ -163,6 +171,16 @@ class Applier:
         (otherwise a pipe would discard them unhashed and a file would seek past)."""
         if m.kind == "message":
             m.check()
+
+    @staticmethod
+    def fills(plan: FolderPlan, m) -> bool:
+        """A folder this archive's restore made, resumed: an archived UID below the
+        folder's UIDNEXT that no message holds was left free for this message by a run
+        that could not write it (a link whose first copy a stream could not keep, a
+        message the store refused, a disk that filled after UIDNEXT was raised): it
+        goes there (``fill``), as ``imsrestore -r`` puts it, not under a new UID."""
+        return (plan.mode == "exact" and plan.resumed and plan.uidvalidity == plan.archive_uidvalidity
+                and m.uid < plan.uidnext and m.uid not in plan.by_uid)
 
     @staticmethod
     def target_uid(plan: FolderPlan, m) -> int | None:
@@ -196,8 +214,9 @@ class Applier:
                 store.set_flags(plan.user, plan.folder, dup.uid, m.flags, m.keywords)
             store.let_others_in(plan.user, plan.folder)
             return
-        uid = self.target_uid(plan, m)
-        if uid is not None and uid < plan.uidnext:
+        fill = self.fills(plan, m)
+        uid = m.uid if fill else self.target_uid(plan, m)
+        if uid is not None and uid < plan.uidnext and not fill:
             uid = None             # passed already (another writer came between batches)
         if same and m.uid in plan.by_uid and uid is None and not (
                 self.opts.ignore_duplicates and self._same_bytes(plan, plan.by_uid[m.uid], m.sha256)):
@@ -207,7 +226,7 @@ class Applier:
         if uid is None and later and self._defer(plan, m):
             return
         try:
-            info = self._append(plan, m, uid)
+            info = self._append(plan, m, uid, fill=fill)
         except UidInUse:           # someone took it meanwhile: a new UID instead
             plan.taken.append(m.uid)
             uid = None
@@ -323,14 +342,14 @@ class Applier:
             self.spool_dir = tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=base)
         return self.spool_dir
 
-    def _append(self, plan: FolderPlan, m, uid: int | None):
+    def _append(self, plan: FolderPlan, m, uid: int | None, fill: bool = False):
         """Store one message (as a hard link to its first copy when that is here);
         None when its bytes are not available from this stream (recorded as pending)."""
         store = self.store
         flags, keywords = self.flags_for(plan, m)
         kwargs = dict(uid=uid, flags=flags, keywords=keywords, internaldate=m.internaldate,
                       stored=m.stored if store.restore_keeps_stored else None, guid=m.guid,
-                      **pop3_kwargs(m))
+                      fill=fill, **pop3_kwargs(m))
         link_from = self.placed.get(m.linkname if m.kind == "link" else m.name)
         if link_from is not None and os.path.exists(link_from):
             info = store.append(plan.user, plan.folder, None, link_from=link_from, **kwargs)

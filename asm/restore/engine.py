@@ -15,7 +15,7 @@ from asm.events import Run
 from asm.groups import Groups
 from asm.restore.apply import Applier
 from asm.restore.folderlock import LOCK_FILE, RestoreLocks
-from asm.restore.errors import ArchiveReadFailed, ChainOrderError, StopRestore
+from asm.restore.errors import ArchiveReadFailed, ChainOrderError, RestoreError, StopRestore
 from asm.restore.journal import Journal, JournalError
 from asm.restore.options import RestoreOptions, RestoreResult, error_status
 from asm.restore.plan import FolderPlan, Planner
@@ -143,9 +143,18 @@ class Restorer:
         finally:
             self._end_folder(complete=False)
             self._drop_lock("")
-            # a run the same command must finish (the store filled up, Ctrl-C, a kill)
-            # leaves deliveries held: new mail would take the UIDs still to be restored
-            keep = self.opts.keep_held or not finished or self.res.store_full is not None
+            unwritten = None
+            if finished and self.res.pending and self.opts.reffile:
+                try:
+                    write_reffile(self.opts.reffile, self.header, self.res.pending)
+                except ImsError as exc:
+                    unwritten = exc
+                    status = exc.status
+            # a run the same command must finish (the store filled up, Ctrl-C, a kill, the
+            # reference file not written) leaves deliveries held: new mail would take the
+            # UIDs still to be restored
+            keep = self.opts.keep_held or not finished or self.res.store_full is not None \
+                or unwritten is not None
             for user in ([] if keep else self.held):
                 try:
                     self.store.release_deliveries(user, self.holder)
@@ -162,8 +171,11 @@ class Restorer:
                                "bytes": self.res.bytes}
             self.run.errors = [(e["mailbox"], e["error"]) for e in self.res.errors]
             plugins.run_end(self.run, status)
-        if self.res.pending and self.opts.reffile:
-            write_reffile(self.opts.reffile, self.header, self.res.pending)
+        if unwritten is not None:
+            n = len(self.res.held)
+            raise RestoreError(str(unwritten) + (f" (deliveries to {n} user{'s' if n > 1 else ''} stay held "
+                                                 f"until it completes)" if n else ""),
+                               status=unwritten.status) from None
 
     def _record_error(self, mailbox: str, msg: str, status: int) -> None:
         """An error met while winding up: recorded, never raised, nobody asked."""
@@ -510,10 +522,13 @@ class Restorer:
                 # the folder mirrors the archive when it was created or continued from it
                 # (or was a mirror of it already) and every message kept its UID: only
                 # then may a later link of the chain expunge
-                mirror = (plan.mode in ("exact", "chain") or plan.again) and not plan.renumbered \
-                    and not plan.failed
+                whole = (plan.mode in ("exact", "chain") or plan.again) and not plan.renumbered
+                mirror = whole and not plan.failed
+                # messages it could not write (links a stream could not resolve, messages
+                # the store refused) left their archived UIDs free: the same command run
+                # again puts them there (Planner.plan, Applier.fills)
                 done = (plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header, mirror,
-                        len(plan.by_uid))
+                        len(plan.by_uid), plan.failed if whole else 0)
                 self._journal(mailbox, functools.partial(self.journal.put, *done))
             plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
                                                      "messages": plan.restored, "bytes": 0, "error": None})

@@ -55,6 +55,10 @@ class JournalRow:
     count: int | None = None    # messages the folder held when the restore ended
     source: str | None = None   # the folder it was made beside (-n): not the archive's folder
                                 # of its own name, never removed as one
+    gaps: int = 0               # the restore that ended (running None) made or continued the
+                                # folder exactly but could not write this many of the archive's
+                                # messages (links whose first copy a stream could not keep, a
+                                # message the store refused): their archived UIDs are free
 
 
 class Journal:
@@ -74,11 +78,12 @@ class Journal:
             user TEXT, folder TEXT, uidvalidity INTEGER, uidnext INTEGER,
             archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,
             running TEXT, running_mode TEXT, chain TEXT, count INTEGER, run TEXT, source TEXT,
-            run_uid INTEGER, PRIMARY KEY (user, folder));
+            run_uid INTEGER, gaps INTEGER, PRIMARY KEY (user, folder));
             CREATE TABLE IF NOT EXISTS runs (signature TEXT PRIMARY KEY, token TEXT NOT NULL);""")
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(restored)")}
         for col, typ in (("running", "TEXT"), ("running_mode", "TEXT"), ("chain", "TEXT"),
-                         ("count", "INTEGER"), ("run", "TEXT"), ("source", "TEXT"), ("run_uid", "INTEGER")):
+                         ("count", "INTEGER"), ("run", "TEXT"), ("source", "TEXT"), ("run_uid", "INTEGER"),
+                         ("gaps", "INTEGER")):
             if col not in cols:             # a journal written by an older ims-asm
                 try:
                     sqlitedb.retry(lambda: self.db.execute(f"ALTER TABLE restored ADD COLUMN {col} {typ}"),
@@ -92,14 +97,15 @@ class Journal:
     @_journal_errors
     def get(self, user: str, folder: str) -> JournalRow | None:
         row = self.db.execute("SELECT uidvalidity, uidnext, archive_id, created, since, mirror, "
-                              "running, running_mode, chain, count, source FROM restored WHERE user=? "
+                              "running, running_mode, chain, count, source, gaps FROM restored WHERE user=? "
                               "AND folder=?", (names.to_db(user), names.to_db(folder))).fetchone()
         if row is None:
             return None
-        uidvalidity, uidnext, archive_id, created, since, mirror, running, running_mode, chain, count, source = row
+        uidvalidity, uidnext, archive_id, created, since, mirror, running, running_mode, chain, count, source, \
+            gaps = row
         return JournalRow(uidvalidity, uidnext, archive_id, created, since, bool(mirror),
                           running, running_mode, tuple((chain or "").split()), count,
-                          names.from_db(source) if source is not None else None)
+                          names.from_db(source) if source is not None else None, gaps or 0)
 
     @_journal_errors
     def folders(self, user: str) -> list[str]:
@@ -173,18 +179,19 @@ class Journal:
 
     @_journal_errors
     def put(self, user: str, folder: str, uidvalidity: int, uidnext: int, header: dict,
-            mirror: bool, count: int | None = None) -> None:
+            mirror: bool, count: int | None = None, gaps: int = 0) -> None:
         """The restore of the archive with ``header`` into the folder is complete; the
-        folder then held ``count`` messages."""
+        folder then held ``count`` messages, and ``gaps`` of the archive's (not a mirror)
+        were left out at free archived UIDs, for the same command run again to fill."""
         from asm.backupstate import header_chain
         # run and source (a folder made beside another) stay as start set them
         self.db.execute("INSERT INTO restored (user, folder, uidvalidity, uidnext, archive_id, "
-                        "created, since, mirror, running, running_mode, chain, count) "
-                        "VALUES (?,?,?,?,?,?,?,?,NULL,NULL,?,?) ON CONFLICT (user, folder) DO UPDATE SET "
+                        "created, since, mirror, running, running_mode, chain, count, gaps) "
+                        "VALUES (?,?,?,?,?,?,?,?,NULL,NULL,?,?,?) ON CONFLICT (user, folder) DO UPDATE SET "
                         "uidvalidity=excluded.uidvalidity, uidnext=excluded.uidnext, "
                         "archive_id=excluded.archive_id, created=excluded.created, since=excluded.since, "
                         "mirror=excluded.mirror, running=NULL, running_mode=NULL, chain=excluded.chain, "
-                        "count=excluded.count",
+                        "count=excluded.count, gaps=excluded.gaps",
                         (names.to_db(user), names.to_db(folder), uidvalidity, uidnext,
                          header.get("archive_id"), header.get("created"), header.get("since"),
-                         int(mirror), " ".join(header_chain(header)), count))
+                         int(mirror), " ".join(header_chain(header)), count, gaps or None))

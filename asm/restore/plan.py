@@ -2,6 +2,8 @@
 
 * ``exact``: the folder was created by this restore (or was never used): every
   message keeps its UID, no duplicate check.
+  Resumed (a run of this archive cut short in it, or one that ended leaving some of
+  its messages out at free UIDs), it gets what is missing at the archived UIDs.
 * ``merge``: a live folder: messages already there are skipped, the others keep
   their UID when it is free in the same UIDVALIDITY, else take new ones.
 * ``chain``: the folder mirrors the archive restored into it last and this one
@@ -170,11 +172,20 @@ class Planner:
         resumed = (not created and j is not None and j.running is not None
                    and j.running == aid and j.running_mode in ("exact", "chain")
                    and info.uidvalidity == m.uidvalidity)
-        again = False
+        again = refill = False
         if created:
             mode = "exact"
         elif resumed:
             mode = j.running_mode
+        elif (j is not None and j.running is None and j.gaps and j.archive_id == aid
+              and info.uidvalidity == m.uidvalidity == j.uidvalidity and info.uidnext == j.uidnext
+              and (j.count is None or j.count == len(store.messages(user, folder)))):
+            # this archive's restore made (or continued) the folder exactly but could not
+            # write some of its messages (links whose first copy a stream could not keep:
+            # a full spool, the reference file not written), and nothing changed here since:
+            # the same command run again resumes it, the messages going to the archived
+            # UIDs it left free for them
+            mode, resumed, refill = "exact", True, True
         elif (j is not None and j.running is not None and j.running != aid
               and j.running_mode == "chain" and j.mirror and info.uidvalidity == m.uidvalidity
               and (j.archive_id == aid or aid in j.chain)):
@@ -235,7 +246,7 @@ class Planner:
                 plan.existing.setdefault(msg.size, []).append(msg)
         if mode == "chain":
             self.check_gap(plan, j.created)
-        if mode in ("exact", "chain") and not resumed:
+        if mode in ("exact", "chain") and (not resumed or refill):
             self.journal.start(user, folder, self.header, mode, beside=mark)
         return plan
 

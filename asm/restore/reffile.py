@@ -32,10 +32,13 @@ def write_reffile(path: str, header: dict, pending: list) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         atomic_write(path, names.dump_json(doc, indent=1), mode=0o600)
     except OSError as exc:
-        status = EXIT_NOSPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_USAGE
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise RestoreError(f"cannot write the reference file {path}: {exc.strerror or exc}; {len(pending)} "
-                           f"linked messages were not restored: run again with -R naming another place",
-                           status=status) from None
+                           f"linked messages were not restored: "
+                           + ("free space there and run the same command again (it puts them at their "
+                              "archived UIDs), or run it again with -R naming another place" if full else
+                              "run the same command again with -R naming another place"),
+                           status=EXIT_NOSPACE if full else EXIT_USAGE) from None
 
 
 def read_reffile(path: str) -> dict:
