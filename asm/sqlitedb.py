@@ -8,10 +8,20 @@ with "database is locked" while another only holds it for a moment.
 * A write transaction starts with ``BEGIN IMMEDIATE`` (:func:`immediate`): it takes
   the write lock when it begins, so it never fails half-way when it would have to
   upgrade a read lock another writer made stale (that error skips the busy handler).
+* On a full disk a WAL database cannot be opened as usual: SQLite must make and size
+  its ``-shm`` file (32 KiB) and fails with "disk I/O error".  The connection is then
+  made again in ``locking_mode=EXCLUSIVE``, where SQLite keeps the WAL index in its own
+  memory (no ``-shm``) and holds an exclusive lock on the database for the connection's
+  life.  It reads what is committed, also in a ``-wal`` a writer left, and no other
+  process can write, or checkpoint into the file, while it reads (they wait, as for any
+  writer, and then fail "locked"); its own writes fail "database or disk is full".  Not
+  ``mode=ro`` (it needs the ``-shm`` too) nor ``immutable=1`` (it ignores the ``-wal``,
+  and a writer that comes once space is freed changes the file under it).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from typing import Iterator
@@ -22,15 +32,53 @@ def _busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
+FULL_BELOW = 256 * 1024     # bytes free under which a filesystem counts as full
+
+
+def nearly_full(path: str) -> bool:
+    """Whether the filesystem holding ``path`` (or its nearest existing parent) has
+    (almost) no space left."""
+    d = os.path.abspath(path)
+    while not os.path.exists(d) and os.path.dirname(d) != d:
+        d = os.path.dirname(d)
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_BELOW
+
+
+def disk_full(exc: sqlite3.Error, path: str) -> bool:
+    """Whether SQLite's error on the database ``path`` means its disk is full: it says
+    so, or it reports a ``-wal``/``-shm`` it could not make or grow there as an I/O error."""
+    text = str(exc)
+    return "full" in text or ("I/O" in text and nearly_full(path))
+
+
 def connect(path: str, timeout: float, *, journal_mode: str = "WAL", synchronous: str = "NORMAL",
             schema: str = "", check_same_thread: bool = True) -> sqlite3.Connection:
     """A connection in autocommit mode that waits ``timeout`` seconds for other writers,
-    in ``journal_mode`` with ``synchronous``, with ``schema`` (idempotent DDL) applied."""
+    in ``journal_mode`` with ``synchronous``, with ``schema`` (idempotent DDL) applied.
+    A WAL database on a full disk is opened with its WAL index in memory, holding it
+    exclusively (see the module's docstring)."""
+    try:
+        return _connect(path, timeout, [f"PRAGMA journal_mode={journal_mode}", f"PRAGMA synchronous={synchronous}"],
+                        schema, check_same_thread)
+    except sqlite3.OperationalError as exc:
+        if journal_mode != "WAL" or not os.path.exists(path) or not disk_full(exc, path):
+            raise
+        try:
+            return _connect(path, timeout, ["PRAGMA locking_mode=EXCLUSIVE",
+                                            "SELECT count(*) FROM sqlite_master"], schema, check_same_thread)
+        except sqlite3.Error:
+            raise exc from None
+
+
+def _connect(path: str, timeout: float, setup: list, schema: str, check_same_thread: bool) -> sqlite3.Connection:
     con = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=check_same_thread)
     try:
         con.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        setup = [f"PRAGMA journal_mode={journal_mode}", f"PRAGMA synchronous={synchronous}"]
-        retry(lambda: [con.execute(s) for s in setup], timeout)
+        retry(lambda: [con.execute(s).fetchall() for s in setup], timeout)
         if schema:
             retry(lambda: con.executescript(schema), timeout)
     except BaseException:

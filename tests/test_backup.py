@@ -3,6 +3,7 @@ store.backupexclude, -b, devices, -v and quiet cron runs, exit statuses, GNU tar
 consistency while mail flows."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pty
@@ -629,3 +630,40 @@ def test_killed_backup_leaves_no_complete_looking_archive(store, ims_home, tmp_p
         other.write_bytes(b"another name's")
         run(ims_home, "imsbackup", "-f", old, "/", check=0)
         assert [f for f in os.listdir(tmp_path) if f.endswith(".partial")] == [other.name]
+
+
+def test_a_classic_store_on_a_full_disk_is_still_read(tmp_path):
+    """The disk of a classic store (mailbox list, partition) is 100% full: what only reads
+    it still works (imsbackup to another disk, mboxutil -l, imsverify --against-store,
+    imsdr backup), and the archive is the store.  (Before: "mailbox list cannot be opened: disk I/O
+    error", exit 17: SQLite could not make the WAL's -shm file.)"""
+    from asm.config import Config
+    from asm.store import open_store
+    from tests.helpers import state
+    with small_tmpfs(tmp_path / "small", "4m") as small:
+        home = small / "ims"
+        make_home(home, "classic")
+        run(home, "mboxutil", "-c", "user/joe", check=0)
+        for i in range(3):
+            run(home, "imsdeliver", "joe", input=msg(i, 1000), check=0)
+        fd = os.open(small / "fill", os.O_WRONLY | os.O_CREAT)    # the mail disk fills up
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        assert os.statvfs(small).f_bavail == 0
+        p = run(home, "mboxutil", "-l")
+        assert p.returncode == 0 and b"user/joe" in p.stdout, p.stderr
+        a = tmp_path / "a.ims"
+        run(home, "imsbackup", "-f", a, "/", check=0)
+        run(home, "imsverify", "-f", a, "--against-store", check=0)
+        p = run(home, "imsdr", "backup", "-f", tmp_path / "dr.tar")
+        assert p.returncode == 0, p.stderr
+        os.unlink(small / "fill")
+        src = open_store(Config(str(home)), create=False)
+        want = state(src)
+        src.close()
+    make_home(tmp_path / "to", "classic")
+    run(tmp_path / "to", "imsrestore", "-f", a, check=0)
+    assert state(open_store(Config(str(tmp_path / "to")), create=False)) == want
+    assert len([k for k in want if len(k) == 3]) == 3

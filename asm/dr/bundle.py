@@ -42,7 +42,7 @@ import tarfile
 import tempfile
 import time
 
-from asm import __version__
+from asm import __version__, sqlitedb
 from asm.digests import file_sha256
 from asm.errors import EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_USAGE, ImsError
 from asm.reconstruct.sqlite import read_only_uri
@@ -73,9 +73,27 @@ class DamagedBundle(BundleError):
 
 
 def sqlite_copy(src: str, dst: str) -> None:
-    """A consistent copy of a live SQLite database (the online backup API)."""
-    con = sqlite3.connect(read_only_uri(src), uri=True, timeout=60)
+    """A consistent copy of a live SQLite database (the online backup API).  A WAL
+    database on a full disk, whose -shm cannot be made, is read holding it exclusively,
+    its WAL index in memory (asm/sqlitedb.py says why)."""
     try:
+        _sqlite_copy(read_only_uri(src), dst, [])
+    except sqlite3.OperationalError as exc:
+        if not sqlitedb.disk_full(exc, src):
+            raise
+        try:
+            # mode=rw: never creates it; nothing is written (a read-only connection needs the -shm)
+            _sqlite_copy(read_only_uri(src)[:-len("?mode=ro")] + "?mode=rw", dst,
+                         ["PRAGMA locking_mode=EXCLUSIVE", "SELECT count(*) FROM sqlite_master"])
+        except sqlite3.Error:
+            raise exc from None
+
+
+def _sqlite_copy(uri: str, dst: str, setup: list) -> None:
+    con = sqlite3.connect(uri, uri=True, timeout=60)
+    try:
+        for statement in setup:
+            con.execute(statement).fetchall()
         out = sqlite3.connect(dst)
         try:
             con.backup(out)
