@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -155,6 +156,41 @@ def test_store_owner_must_be_a_user_that_exists(ims_home, tmp_path, value, why):
         f.write(f"store.owner = {value}\n")
     p = run(ims_home, "imsrestore", "-f", tmp_path / "none.ims")
     assert p.returncode == EXIT_USAGE and why in one_line(p)
+
+
+@pytest.mark.parametrize("size", ["8k", "24k"])
+def test_a_full_disk_while_the_mailbox_list_or_journal_is_written_is_exit_13(tmp_path, size):
+    """The disk fills while the classic store's mailbox list (or the restore journal)
+    is made or written: exit 13 and one line that says the disk is full, not 17
+    ("database or disk is full" / "disk I/O error": a damaged store)."""
+    src = tmp_path / "src"
+    make_home(src, "classic")
+    run(src, "mboxutil", "-c", "user/joe", check=0)
+    run(src, "imsdeliver", "joe", input=b"Subject: m\r\n\r\nbody\r\n", check=0)
+    archive = tmp_path / "a.ims"
+    run(src, "imsbackup", "-f", archive, "/", check=0)
+    with small_tmpfs(tmp_path / "mnt", size) as mnt:
+        home = mnt / "ims"
+        os.makedirs(home / "config")
+        shutil.copy(src / "config" / "msg.conf", home / "config")
+        for argv, kw in ((("imsrestore", "-f", archive), {}), (("mboxutil", "-c", "user/ann"), {}),
+                         (("imsdeliver", "joe"), {"input": b"Subject: n\r\n\r\nbody\r\n"})):
+            p = run(home, *argv, **kw)
+            assert p.returncode == EXIT_NOSPACE, (argv, p.stderr)
+            assert "full" in one_line(p), (argv, p.stderr)
+    # the restore journal ($IMS_HOME/data) on the full disk, the store elsewhere
+    with small_tmpfs(tmp_path / "mnt2", "1m") as mnt:
+        home = mnt / "ims"
+        cfg = make_home(home, "classic")
+        cfg.set("partition:primary.path", str(tmp_path / "dst" / "primary"))
+        cfg.set("store.root", str(tmp_path / "dst" / "root"))
+        st = os.statvfs(mnt)
+        with open(mnt / "fill", "wb") as f:
+            f.write(b"\0" * (st.f_bavail * st.f_frsize - 16 * 1024))
+        p = run(home, "imsrestore", "-f", archive)
+        assert p.returncode == EXIT_NOSPACE, p.stderr
+        line = one_line(p)
+        assert "restore-journal.db" in line and "full" in line, line
 
 
 def test_store_owner_by_id_takes_that_users_group(ims_home):

@@ -29,7 +29,11 @@ def _journal_errors(fn):
             return fn(self, *args, **kwargs)
         except sqlite3.Error as exc:
             text = str(exc)
-            status = EXIT_NOSPACE if "full" in text else EXIT_LOCKED if "locked" in text else EXIT_STORE
+            if sqlitedb.disk_full(exc, self.path):
+                raise JournalError(f"the restore journal {self.path} cannot be written: its disk is full "
+                                   f"(SQLite: {text}): free space there and run the same command again",
+                                   status=EXIT_NOSPACE) from None
+            status = EXIT_LOCKED if "locked" in text else EXIT_STORE
             raise JournalError(f"the restore journal {self.path} failed: {text}", status=status) from None
         except OSError as exc:
             status = EXIT_NOSPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_STORE

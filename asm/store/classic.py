@@ -271,6 +271,9 @@ class ClassicStore(Store):
         try:
             self._db = sqlitedb.connect(db_path, self.lock_timeout, schema=_SCHEMA, check_same_thread=False)
         except sqlite3.Error as exc:
+            if db_path != ":memory:" and sqlitedb.disk_full(exc, db_path):
+                # (made, or its WAL files made, on a disk that is full: not a damaged list)
+                raise StoreFull(f"the mailbox list {db_path}", _full_why(exc)) from None
             raise StoreError(f"the classic store's mailbox list {db_path} cannot be opened: {exc}") from None
         self._held: dict[str, tuple[int, int]] = {}   # folder dir -> (fd, depth)
         self._idx: dict[str, sqlite3.Connection] = {}
