@@ -472,6 +472,36 @@ def test_full_store_disk_stops_cleanly_and_a_rerun_finishes(store, ims_home, tmp
         assert state(open_store(make_home(home, driver))) == state(store)
 
 
+def test_a_restore_stopped_by_a_full_disk_says_only_that(store, ims_home, tmp_path, driver):
+    """imsrestore of two users with IMS_HOME (its journal) on a disk that fills, the store
+    elsewhere: at every amount of free space where the run stops (exit 13), stderr is the
+    one line of the full disk, never also "/primary/cid: nothing in the archive matches
+    this path" (cid is in the archive; the run stopped before it)."""
+    for u in ("ann", "bob", "cid"):
+        for n in range(6):
+            put(store, u, "INBOX", n, size=60_000)
+    a = backup(ims_home, tmp_path / "a.ims")
+    stopped = 0
+    with small_tmpfs(tmp_path / "small", "2m") as mnt:
+        for free in range(16, 132, 12):
+            home = mnt / "home"
+            cfg = make_home(home, driver)
+            cfg.set("partition:primary.path", str(tmp_path / f"dst{free}" / "primary"))
+            cfg.set("store.root", str(tmp_path / f"dst{free}" / "root"))
+            st = os.statvfs(mnt)
+            with open(mnt / "fill", "wb") as f:
+                f.write(b"\0" * max(st.f_bavail * st.f_frsize - free * 1024, 0))
+            p = run(home, "imsrestore", "-f", a, "/primary/bob", "/primary/cid")
+            os.unlink(mnt / "fill")
+            assert p.returncode in (0, 13), (free, p.stderr)
+            if p.returncode == 13:
+                stopped += 1
+                assert b"nothing in the archive matches" not in p.stderr, (free, p.stderr)
+                assert p.stderr.count(b"\n") == 1 and b"full" in p.stderr, (free, p.stderr)
+            subprocess.run(["rm", "-rf", str(home)], check=True)
+    assert stopped, "the disk never filled"
+
+
 # -- any archive, however damaged or hostile (issue 12; tests/test_archive_fuzz.py fuzzes) --
 
 def _client_view(store) -> dict:

@@ -121,9 +121,8 @@ class Restorer:
         t0 = time.monotonic()
         plugins.run_start(self.run)
         status = EXIT_PARTIAL
-        finished = False
+        finished = stopped = False
         try:
-            stopped = False
             try:
                 for m in self.reader.members(on_error=self._member_error):
                     self._member(m)
@@ -162,7 +161,9 @@ class Restorer:
                     self._record_error(user, f"releasing held deliveries: {exc}", error_status(exc))
             self.res.held = list(self.held) if keep and not self.opts.keep_held else []
             self.applier.close()
-            self.res.unmatched = self.sel.unmatched()
+            # a run stopped (a full disk, an error with -c n) or killed did not read the whole
+            # archive: a path it did not get to is not one the archive lacks
+            self.res.unmatched = self.sel.unmatched() if finished and not stopped else []
             self.res.near_misses = {p: self.sel.near_misses(p) for p in self.res.unmatched}
             self.res.left_out = {p: x for p in self.res.unmatched if (x := self.sel.left_out(p, self.header))}
             self.res.seconds = time.monotonic() - t0
