@@ -367,3 +367,35 @@ def test_imsdr_backup_of_a_layout_whose_store_is_not_there_names_it_and_captures
     assert len(err) == 1 and "not captured" in err[0] and "Traceback" not in p.stderr, p.stderr
     names = [m.name for m in members(dr)]
     assert "ims-dr/config/msg.conf" in names, names
+
+
+def test_a_full_disk_under_imsdr_is_exit_13_naming_it_and_leaves_nothing_half_written(tmp_path):
+    """imsdr restore onto a disk that fills: exit 13 naming the file restored there (not
+    the private copy under TMPDIR), no *.imsdr-PID.tmp left; space freed, the same command
+    restores.  imsdr backup whose TMPDIR (its private copies) is full: exit 13 naming it,
+    no bundle left (before: exit 1, a bundle without the mailbox list)."""
+    from tests.helpers import small_tmpfs
+    src = tmp_path / "src"
+    make_home(src, "classic")
+    run(src, "mboxutil", "-c", "user/joe", check=0)
+    run(src, "imsdeliver", "joe", input=msg(1), check=0)
+    bundle = tmp_path / "dr.tar"
+    run(src, "imsdr", "backup", "-f", bundle, check=0)
+    with small_tmpfs(tmp_path / "small", "32k") as small:
+        home = small / "h"
+        p = run(home, "imsdr", "restore", "--all", "-f", bundle)
+        assert p.returncode == 13, p.stderr
+        err = p.stderr.decode()
+        assert err.count("\n") == 1 and f"{home}/" in err and "ims-dr-restore-" not in err, err
+        left = [os.path.join(d, f) for d, _, fs in os.walk(small) for f in fs if ".imsdr-" in f]
+        assert left == []
+        subprocess.run(["mount", "-o", "remount,size=2m", str(small)], check=True)
+        run(home, "imsdr", "restore", "--all", "-f", bundle, check=0)
+        assert b"user/joe" in run(home, "mboxutil", "-l", check=0).stdout
+    with small_tmpfs(tmp_path / "tmpdir", "8k") as tmpdir:
+        out = tmp_path / "dr2.tar"
+        p = run(src, "imsdr", "backup", "-f", out, env={"TMPDIR": str(tmpdir)})
+        assert p.returncode == 13, p.stderr
+        err = p.stderr.decode()
+        assert err.count("\n") == 1 and str(tmpdir) in err and "TMPDIR" in err, err
+        assert not out.exists()

@@ -44,7 +44,7 @@ import time
 
 from asm import __version__, sqlitedb
 from asm.digests import file_sha256
-from asm.errors import EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_USAGE, ImsError
+from asm.errors import EXIT_INCOMPLETE, EXIT_NOSPACE, EXIT_NOT_ARCHIVE, EXIT_USAGE, ImsError
 from asm.reconstruct.sqlite import read_only_uri
 
 FORMAT = "ims-asm-dr"
@@ -167,6 +167,11 @@ class Capture:
         try:
             sqlite_copy(src, dst)
         except sqlite3.Error as exc:
+            if sqlitedb.nearly_full(self.tmp) and ("full" in str(exc) or "I/O" in str(exc)):
+                # the private copy's disk (TMPDIR) is full, not the database
+                raise BundleError(f"no space left on {os.path.dirname(self.tmp)} (TMPDIR), where imsdr copies "
+                                  f"{src} ({exc}): free space there or set TMPDIR to another disk, and run "
+                                  f"the same command again", status=EXIT_NOSPACE) from None
             self.problems.append(f"{src}: cannot be copied ({exc})")
             return None
         try:
@@ -584,20 +589,27 @@ def put(src: str, target: str, item: dict, owner=None) -> None:
                 os.chown(p, *owner)
                 os.chmod(p, 0o700)
     tmp = f"{target}.imsdr-{os.getpid()}.tmp"
-    shutil.copyfile(src, tmp)
-    os.chmod(tmp, item.get("mode", 0o600) & 0o7777)
-    if os.geteuid() == 0:
-        uid, gid = owner if owner else (item.get("uid", 0), item.get("gid", 0))
-        with contextlib.suppress(OSError):
-            os.chown(tmp, uid, gid)
-    if item.get("mtime"):
-        # a folder index says "as of" by its time: reconstruct lets a newer archive's flags win
-        os.utime(tmp, (item["mtime"], item["mtime"]))
-    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, item.get("mode", 0o600) & 0o7777)
+        if os.geteuid() == 0:
+            uid, gid = owner if owner else (item.get("uid", 0), item.get("gid", 0))
+            with contextlib.suppress(OSError):
+                os.chown(tmp, uid, gid)
+        if item.get("mtime"):
+            # a folder index says "as of" by its time: reconstruct lets a newer archive's flags win
+            os.utime(tmp, (item["mtime"], item["mtime"]))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        # (a full disk: no half-written file left, and the error names the file being
+        # restored there, not the private copy it was read from)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OSError(exc.errno, exc.strerror, target) from None
     if item.get("method") == "sqlite-backup":
         for ext in ("-wal", "-shm", "-journal"):
             with contextlib.suppress(FileNotFoundError):
