@@ -276,19 +276,26 @@ def test_mistyped_staging_dir_is_not_created(home, tmp_path, how):
     assert any(p.suffix == ".ims" for p in (tmp_path / "stage").iterdir())
 
 
-@pytest.mark.parametrize("driver", ["classic", "maildir"])
-def test_imsdeliver_to_a_folder_while_deliveries_are_held(tmp_path, driver):
-    """While a restore holds the user's deliveries the folder it restores may not be made
-    yet: imsdeliver -d Work queues the message for Work, not INBOX (it did, with 'no
-    folder Work' on stderr), and the release stores it in Work once the restore made it."""
+def _queued_while_held(tmp_path, driver, folder):
+    """joe with one message in INBOX, his deliveries held, and 'imsdeliver -d FOLDER joe'
+    queued; (home, config)."""
     h = tmp_path / "ims"
     cfg = make_home(h, driver)
     with in_home(h):
         store = open_store(cfg)
         put(store, "joe", "INBOX", 1)
         store.hold_deliveries("joe")
-    p = run(h, "imsdeliver", "-d", "Work", "joe", input=MSG, check=0)
+    p = run(h, "imsdeliver", "-d", folder, "joe", input=MSG, check=0)
     assert p.stdout == b"joe: queued (deliveries held)\n" and p.stderr == b"", p.stderr
+    return h, cfg
+
+
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_imsdeliver_to_a_folder_while_deliveries_are_held(tmp_path, driver):
+    """While a restore holds the user's deliveries the folder it restores may not be made
+    yet: imsdeliver -d Work queues the message for Work, not INBOX (it did, with 'no
+    folder Work' on stderr), and the release stores it in Work once the restore made it."""
+    h, cfg = _queued_while_held(tmp_path, driver, "Work")
     with in_home(h):
         store = open_store(cfg)
         store.create_folder("joe", "Work")          # what the restore does, then releases
@@ -329,14 +336,7 @@ def test_a_held_delivery_to_a_folder_the_restore_never_made_goes_to_inbox(tmp_pa
     released (the restore did not bring it: a typo, or a folder the archive lacks) is
     stored in INBOX on both drivers, as imsdeliver does unheld (Dovecot's LDA default);
     the classic release made the folder (the Maildir one did not)."""
-    h = tmp_path / "ims"
-    cfg = make_home(h, driver)
-    with in_home(h):
-        store = open_store(cfg)
-        put(store, "joe", "INBOX", 1)
-        store.hold_deliveries("joe")
-    p = run(h, "imsdeliver", "-d", "Wrok", "joe", input=MSG, check=0)
-    assert p.stdout == b"joe: queued (deliveries held)\n" and p.stderr == b"", p.stderr
+    h, cfg = _queued_while_held(tmp_path, driver, "Wrok")
     with in_home(h):
         store = open_store(cfg)
         assert store.release_deliveries("joe") == 1
