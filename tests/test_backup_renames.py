@@ -218,7 +218,6 @@ def test_a_folder_dovecot_deletes_while_a_backup_reads_it_is_no_error(tmp_path, 
 
     from asm.store import open_store
     from asm.store.base import NoSuchFolder
-    from asm.store.maildir.store import DOVECOT_TRASHED
     from tests.helpers import make_home, put
     home = tmp_path / "ims"
     store = open_store(make_home(home, driver="maildir"))
@@ -243,7 +242,7 @@ def test_a_folder_dovecot_deletes_while_a_backup_reads_it_is_no_error(tmp_path, 
     assert not os.path.exists(gone)
 
     # Dovecot's DELETE, caught half way: the folder renamed to ..DOVECOT-TRASHED
-    trashed = os.path.join(os.path.dirname(gone), DOVECOT_TRASHED)
+    trashed = os.path.join(os.path.dirname(gone), "..DOVECOT-TRASHED")
     shutil.copytree(store._folder_dir("alice", "INBOX") + "/cur", os.path.join(trashed, "cur"))
     os.makedirs(os.path.join(trashed, "new"))
     p = run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)

@@ -454,6 +454,8 @@ def test_folder_directories_dovecot_would_not_open_are_named_not_skipped(tmp_pat
         with lab.imap("alice") as c:
             c.create("Caf&AOk-")
             c.append("Caf&AOk-", message("made by dovecot"))
+            c.create("DOVECOT-TRASHED")                    # a user's folder of that name: read
+            c.append("DOVECOT-TRASHED", message("a folder like any other"))
         root = os.fsencode(lab.mailbox_path("alice"))     # INBOX is the root in both layouts
         before = tmp_path / "before.ims"
         run(home, "imsbackup", "-f", before, "/", check=0)
@@ -466,7 +468,8 @@ def test_folder_directories_dovecot_would_not_open_are_named_not_skipped(tmp_pat
                 f.write(b"\r\nkept %d\r\n" % i)
         # and where Dovecot's DELETE renames a folder on its way out: passed over (a
         # folder deleted while a backup runs is no error), as Dovecot's listing does
-        trashed = os.path.join(root, b"..DOVECOT-TRASHED" if layout == "plain" else b".DOVECOT-TRASHED")
+        # (mailbox-list-maildir.h and mailbox-list-fs.h name it)
+        trashed = os.path.join(root, b"..DOVECOT-TRASHED" if layout == "plain" else b"..DOVECOT-TrasH")
         for sub in (b"cur", b"new", b"tmp"):
             os.makedirs(os.path.join(trashed, sub))
         with open(os.path.join(trashed, b"cur", b"1700000099.M1P1.other,S=9:2,S"), "wb") as f:
@@ -483,9 +486,9 @@ def test_folder_directories_dovecot_would_not_open_are_named_not_skipped(tmp_pat
             assert any(os.fsdecode(n) in ln or n.decode() in ln for ln in named), (n, named)
         toc = run(home, "imsrestore", "-t", "-f", a).stdout
         got = sorted(ln.split(b"\t")[0] for ln in toc.splitlines() if b"\tuidvalidity=" in ln)
-        assert got == [b"/primary/alice/Caf\xc3\xa9", b"/primary/alice/INBOX",
+        assert got == [b"/primary/alice/Caf\xc3\xa9", b"/primary/alice/DOVECOT-TRASHED", b"/primary/alice/INBOX",
                        b"/primary/alice/bad\xff"], got
-        assert sum(1 for ln in toc.splitlines() if re.match(rb"^/primary/alice/.*/\d+\t", ln)) == 3
+        assert sum(1 for ln in toc.splitlines() if re.match(rb"^/primary/alice/.*/\d+\t", ln)) == 4
         v = run(home, "imsverify", "-v", "-f", a, "--against-store", text=True)
         assert v.returncode != 0, v.stdout + v.stderr
         # an archive from before they appeared: the live store holds mail no backup reads

@@ -47,6 +47,7 @@ from typing import Iterator
 from asm.errors import UsageError
 from asm.store import utf7
 from asm.store.base import is_inbox
+from asm.store.maildir.names import dovecot_trashed, level_to_disk
 
 FORMATS = ("maildir", "sdbox", "mdbox")
 LAYOUTS = ("maildir++", "fs")
@@ -454,7 +455,7 @@ class UserLayout:
         if self.layout == "maildir++" and any("." in lv for lv in levels):
             raise LayoutError(f"folder {folder!r}: Maildir++ uses '.' between levels, so a "
                               f"level may not contain '.'")
-        enc = levels if self.location.utf8 else [_level_to_disk(lv) for lv in levels]
+        enc = levels if self.location.utf8 else [level_to_disk(lv) for lv in levels]
         return self.separator.join(enc)
 
     def _under(self, base: str, folder: str, with_dirname: bool) -> str:
@@ -592,7 +593,6 @@ class UserLayout:
                 stack.append(sub)
         return sorted(out)
 
-
     def foreign_dirs(self) -> list[tuple[str, str, str]]:
         """(name, path, why) of the directories holding mail (Maildir: cur/ or new/;
         fs with DIRNAME: that directory) whose name is no folder name: they are not
@@ -602,8 +602,9 @@ class UserLayout:
         why = "its name is no folder name Dovecot writes"
         if self.layout == "maildir++":
             for entry in _scandirs(self.root):
-                if entry.startswith(".") and self.folder_from_dirname(entry) is None and \
-                        entry not in (".", "..") and not dovecot_trashed(entry) and os.path.join(self.root, entry) != self.inbox_dir and \
+                if entry.startswith(".") and entry not in (".", "..") and not dovecot_trashed(entry) and \
+                        self.folder_from_dirname(entry) is None and \
+                        os.path.join(self.root, entry) != self.inbox_dir and \
                         any(os.path.isdir(os.path.join(self.root, entry, m)) for m in mail):
                     out.append((entry, os.path.join(self.root, entry), why))
             return out
@@ -624,23 +625,6 @@ class UserLayout:
                     out.append((sub, path, why))
                 stack.append(sub)
         return sorted(out, key=lambda t: t[1])
-
-
-def dovecot_trashed(name: str) -> bool:
-    """Whether a directory is where Dovecot's IMAP DELETE renamed a folder before
-    removing it (``..DOVECOT-TRASHED`` in a Maildir++ root, its MAILDIR_UNLINK_DIRNAME;
-    dotted otherwise in other layouts): mail being deleted, which Dovecot's own listing
-    leaves out, and so does a backup."""
-    return name.lstrip(".") == "DOVECOT-TRASHED"
-
-
-def _level_to_disk(level: str) -> str:
-    """One level in modified UTF-7, except one holding bytes that are not UTF-8 (made by
-    another tool, kept as those bytes: no UTF-7 carries them), as the maildir driver
-    writes it (asm.store.maildir.names.level_to_disk)."""
-    if any(0xDC80 <= ord(c) <= 0xDCFF for c in level):
-        return level
-    return utf7.encode(level)
 
 
 def _scandirs(path: str) -> list[str]:

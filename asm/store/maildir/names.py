@@ -29,6 +29,19 @@ def level_to_disk(level: str) -> str:
     return utf7.encode(level)
 
 
+#: Where Dovecot's IMAP DELETE renames a folder before removing it: ``..DOVECOT-TRASHED``
+#: in a Maildir++ root (mailbox-list-maildir.h), ``..DOVECOT-TrasH`` in an fs one
+#: (mailbox-list-fs.h).  No folder level starts with '..' in either (a user's folder
+#: named DOVECOT-TRASHED is .DOVECOT-TRASHED, or DOVECOT-TRASHED: read as any other).
+TRASH_DIRS = ("..DOVECOT-TRASHED", "..DOVECOT-TrasH")
+
+
+def dovecot_trashed(name: str) -> bool:
+    """Whether a directory is one Dovecot's DELETE is removing (:data:`TRASH_DIRS`):
+    mail being deleted, which Dovecot's own listing leaves out, and so does a backup."""
+    return name in TRASH_DIRS
+
+
 def host() -> str:
     """This host's name as Dovecot puts it in file names and lock files."""
     return os.uname().nodename.replace("/", r"\057").replace(":", r"\072")

@@ -28,7 +28,7 @@ from asm.store.base import (
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
 from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
 from asm.store.maildir.names import (
-    KEYWORDS, SIZE_RE, folder_dirname, folder_from_dirname, split_name, stored_from_name,
+    KEYWORDS, SIZE_RE, dovecot_trashed, folder_dirname, folder_from_dirname, split_name, stored_from_name,
 )
 from asm.store.maildir.subscriptions import SUBSCRIPTIONS
 from asm.store.maildir.uidlist import UIDLIST, Uidlist, guid_of, pop3_of, read_uidlist, read_uidlist_header
@@ -120,11 +120,6 @@ def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary
     only when the layout came from ``doveconf`` and Dovecot's auth-userdb socket answers
     (see docs/dovecot.md)."""
     return [u for has_mail, u in _misplaced(layout, partition).values() if everyone or has_mail]
-
-
-#: where Dovecot's IMAP DELETE renames a Maildir++ folder before removing it
-#: (asm.store.layout.dovecot_trashed)
-DOVECOT_TRASHED = "..DOVECOT-TRASHED"
 
 
 def record_fields(base: str, guid: str | None, uidl: str | None, order: int | None) -> str:
@@ -500,7 +495,7 @@ class MaildirStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             return []
         for e in entries:
-            if not e.name.startswith(".") or e.name in (".", "..", DOVECOT_TRASHED) \
+            if not e.name.startswith(".") or e.name in (".", "..") or dovecot_trashed(e.name) \
                     or not e.is_dir(follow_symlinks=False):
                 continue
             logical = self.folder_from_dirname(e.name)
