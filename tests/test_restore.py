@@ -625,3 +625,26 @@ def test_a_group_path_lists_and_restores_the_users_the_backup_recorded(source, i
     # a path that matches nothing: the listing says so and exits 2, as the restore does
     p = run(dest, "imsrestore", "-t", "-f", a, "/primary/user/nobody", text=True)
     assert p.returncode == 2 and "/primary/user/nobody: nothing in the archive matches" in p.stderr
+
+
+def test_a_resumed_restore_takes_one_kept_copy_for_one_archived_message_only():
+    """A folder a run cut short made, resumed: two archived messages with the same bytes
+    whose UIDs it left free (a full disk, a link a stream could not keep), and one copy of
+    those bytes that run stored under a new UID.  That copy stands for one of them; the
+    other is restored at its archived UID, never taken for the same copy (mail lost)."""
+    from types import SimpleNamespace
+
+    from asm.archive.values import UidSet
+    from asm.restore.apply import Applier
+    from asm.restore.options import RestoreOptions, RestoreResult
+    from asm.restore.plan import FolderPlan
+
+    kept = SimpleNamespace(uid=9, size=5, path="/kept")
+    plan = FolderPlan(partition="primary", src_user="u", user="u", folder="INBOX", src_folder="INBOX",
+                      mode="exact", archive_uidvalidity=7, archive_uidnext=4, archive_uids=UidSet.of([1, 2, 3]),
+                      uidvalidity=7, state=None, existing={5: [kept]}, by_uid={9: kept},
+                      digests={"/kept": "d"}, uidnext=10, resumed=True)
+    applier = Applier(None, None, RestoreOptions(), RestoreResult(), False, None)
+    first, second = (SimpleNamespace(uid=u, size=5, sha256="d") for u in (1, 2))
+    assert applier.duplicate(plan, first) is kept
+    assert applier.duplicate(plan, second) is None        # restored at UID 2, not lost

@@ -143,9 +143,10 @@ class Applier:
         if self.fills(plan, m):
             # its UID was left free for it; it may be here only as a copy a run cut short
             # stored under a new UID (outside the archive's UIDs), never as another
-            # archived message with the same bytes
+            # archived message with the same bytes, nor the copy another one was taken for
             for c in plan.existing.get(m.size, []):
-                if c.uid not in plan.archive_uids and self._same_bytes(plan, c, m.sha256):
+                if c.uid not in plan.archive_uids and self._free(plan, c, m) and self._same_bytes(
+                        plan, c, m.sha256):
                     return c
             return None
         if self.opts.ignore_duplicates:
