@@ -416,14 +416,16 @@ def test_imsdr_names_a_login_the_userdb_keeps_elsewhere_as_imsbackup_does(shaped
 
 
 DOT_LEVEL = LabLayout("dot-level", "maildir:{store}/./%u/Maildir", "{store}/%u", ("alice", "bob"))
+DOT_HOME = LabLayout("dot-home", "maildir:~/Maildir", "{store}/./%u", ("alice", "bob"))
 
 
-@shaped(DOT_LEVEL)
+@pytest.mark.parametrize("shaped_lab", [DOT_LEVEL, DOT_HOME], ids=["location", "home"], indirect=True)
 def test_a_mail_location_with_a_dot_level_is_restored(shaped_lab, tmp_path):
     """mail_location maildir:/x/./%u/Maildir (Dovecot serves it; the '.' level is the
     directory itself): the backup exited 0 but every restore exited 17, "bad user ID
     'alice': it would be stored at /x/./alice/Maildir, outside the store".  The fixed
-    part of the path is read as the kernel reads it: the restore brings the folder back."""
+    part of the path is read as the kernel reads it: the restore brings the folder back.
+    The same for a '.' level in the home template (userdb home=, store.mail_home)."""
     lab = shaped_lab
     lab.deliver(["alice", "bob"], message("hello", size=2000))
     with lab.imap("alice") as c:
@@ -441,7 +443,9 @@ def test_a_mail_location_with_a_dot_level_is_restored(shaped_lab, tmp_path):
     run(home, "imsrestore", "-f", a, "/primary/alice/Work", check=0)
     assert lab.client_state("alice").folders == before.folders
     # the same location given to msconfig works the same way
-    run(home, "msconfig", "set", "store.mail_location", DOT_LEVEL.mail_location.format(store=lab.store), check=0)
+    run(home, "msconfig", "set", "store.mail_location", lab.layout.mail_location.format(store=lab.store), check=0)
+    if lab.layout is DOT_HOME:
+        run(home, "msconfig", "set", "store.mail_home", DOT_HOME.home.format(store=lab.store), check=0)
     with lab.imap("alice") as c:
         c.delete("Work")
     run(home, "imsrestore", "-f", a, "/primary/alice/Work", check=0)

@@ -392,10 +392,10 @@ def parse_mail_location(text: str) -> MailLocation:
     md = fields.get("mailboxdir", "")
     if md and not md.endswith("/"):
         fields["mailboxdir"] = md + "/"
-    root = _dot_levels(root, text)
+    root = _dot_levels(root, f"mail_location {text!r}")
     for key in ("index", "control", "inbox"):
         if fields.get(key):
-            fields[key] = _dot_levels(fields[key], text)
+            fields[key] = _dot_levels(fields[key], f"mail_location {text!r}")
     loc = MailLocation(text=text, format=fmt, root=root, options=tuple(options), **fields)
     for p in loc.templates():
         _tokens(p)                      # refuse unknown variables now, not per login
@@ -405,7 +405,7 @@ def parse_mail_location(text: str) -> MailLocation:
     return loc
 
 
-def _dot_levels(template: str, text: str) -> str:
+def _dot_levels(template: str, what: str) -> str:
     """``template`` without its literal ``.`` levels (``/srv/./mail/%u``: the kernel's
     path is ``/srv/mail/%u``, where Dovecot keeps the mail), so each login's paths are
     the ones a restore accepts; a ``.`` a variable gives a login stays refused there.
@@ -413,12 +413,18 @@ def _dot_levels(template: str, text: str) -> str:
     ims-asm cannot follow as the same path."""
     levels = template.split("/")
     if ".." in levels:
-        raise LayoutError(f"mail_location {text!r}: the path {template!r} has a '..' level: "
+        raise LayoutError(f"{what}: the path {template!r} has a '..' level: "
                           f"write it without '..' (the directory it names) in dovecot.conf "
-                          f"or store.mail_location")
+                          f"or {'store.mail_home' if what.startswith('the home') else 'store.mail_location'}")
+    return _without_dots(template)
+
+
+def _without_dots(path: str) -> str:
+    """``path`` without its ``.`` levels after the first."""
+    levels = path.split("/")
     kept = [lv for i, lv in enumerate(levels) if lv != "." or i == 0]
     if len(kept) == len(levels):
-        return template
+        return path
     return "/".join(kept) if len(kept) > 1 else "/"
 
 
@@ -686,11 +692,12 @@ class StoreLayout:
     def __init__(self, location: MailLocation | str, home_template: str | None = None):
         self.location = (parse_mail_location(location) if isinstance(location, str)
                          else location)
-        self.home_template = home_template
         if home_template is not None:
             _tokens(home_template, "the home template")
             if "~" in home_template.split("/")[0] or not home_template.startswith("/"):
                 raise LayoutError(f"home template {home_template!r} must be an absolute path")
+            home_template = _dot_levels(home_template, f"the home template {home_template!r}")
+        self.home_template = home_template
         if self.location.needs_home() and home_template is None:
             raise LayoutError(f"mail_location {self.location.text!r} uses ~ or %h: give the "
                               f"userdb home template too (mail_home, or home= of the userdb)")
@@ -718,6 +725,8 @@ class StoreLayout:
         for login in sorted(userdb):
             fields = userdb[login]
             mail, home = fields.get("mail") or None, fields.get("home") or None
+            if home is not None:            # a literal '.' level is the directory itself
+                home = _without_dots(home)
             if mail is None and (home is None or home == self.home(login)):
                 continue
             try:
