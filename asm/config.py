@@ -340,17 +340,23 @@ def lookup(name: str) -> Option:
     raise ConfigError(f"unknown option {_short(name)!r}{_hint(name, extra)}")
 
 
-def _hint(name: str, extra: dict[str, Option]) -> str:
-    """The nearest known name (a typo in either part: ``stroe.owner``,
-    ``partiton:primary.path``, ``Store.Driver``), else the namespace's options."""
+def _nearest(name: str, extra: dict[str, Option]) -> str | None:
+    """The known option name nearest ``name`` (a typo in either part: ``stroe.owner``,
+    ``partiton:primary.path``, ``Store.Driver``), or None."""
     import difflib
-    known = [*OPTIONS, *extra]
     m = re.match(r"^[^:.]*:(.*)\.path$", name)
-    candidates = known + [f"partition:{m.group(1) if m else 'primary'}.path"]
+    candidates = [*OPTIONS, *extra, f"partition:{m.group(1) if m else 'primary'}.path"]
     near = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6) or \
         difflib.get_close_matches(name.lower(), candidates, n=1, cutoff=0.6)
-    if near and len(name) <= 200:
-        return f" (did you mean {near[0]}? 'msconfig show -a' lists the known options)"
+    return near[0] if near and len(name) <= 200 else None
+
+
+def _hint(name: str, extra: dict[str, Option]) -> str:
+    """The nearest known name, else the namespace's options."""
+    known = [*OPTIONS, *extra]
+    near = _nearest(name, extra)
+    if near:
+        return f" (did you mean {near}? 'msconfig show -a' lists the known options)"
     close = [n for n in known if n.split(".")[0] == name.split(".")[0]]
     if close:
         return f" (known {name.split('.')[0]} options: {', '.join(close)})"
@@ -423,7 +429,7 @@ def _check_loaded(name: str, value: str) -> str:
                 installed = plugins.installed()
                 if space in installed and not plugins.is_loaded(space):
                     return value.strip()
-                if space in installed or _hint(name, plugin_options()).startswith(" (did"):
+                if space in installed or _nearest(name, plugin_options()):
                     raise                     # a typo: the error names the nearest name
                 raise ConfigError(f"unknown option {_short(name)!r}: no installed plugin is named "
                                   f"{_short(space)!r} (install the plugin whose option it is, or remove "
