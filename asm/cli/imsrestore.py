@@ -437,6 +437,7 @@ def _one(args, rep) -> int:
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
                     spool_limit=inst.config.get_int("restore.spoolmax") << 20,
                     run_token=token or "", chain_ids=getattr(args, "chain_ids", ()),
+                    # (the chain's one dict even while it is empty: not ``or {}``)
                     claims=getattr(args, "claims", None) if getattr(args, "claims", None) is not None else {},
                     final=getattr(args, "final", None), final_unread=getattr(args, "final_unread", ()),
                     final_unseen=getattr(args, "final_unseen", None))
