@@ -21,6 +21,7 @@ from asm.config import Config
 from asm.errors import EXIT_ORDER
 from asm.store import open_store
 from asm.store.base import SETTLE_NS
+from tests.faults import run_with_fault
 from tests.helpers import make_home, msg, put, run, sha256, state
 
 pytestmark = pytest.mark.usefixtures("ims_home")
@@ -1023,3 +1024,32 @@ def test_a_delivery_between_two_restores_of_a_chain_is_named_for_what_it_is(tmp_
     assert b"half restored" not in p.stderr
     d = open_store(Config(str(dst)))
     assert len(d.messages("joe", "INBOX")) == 6
+
+
+@pytest.mark.parametrize("how", ["one command", "one archive per command"])
+def test_a_message_the_full_could_not_read_comes_back_from_the_incremental(tmp_path, driver, how):
+    """The full backup could not read one message (exit 1, named: "restore it from a
+    later backup that read it"); the next incremental read it.  The chain restored into an
+    empty store, in one command or one archive per command (NetWorker, Bacula): the
+    message came back under a new UID and was then expunged as not in the incremental's
+    list, exit 0 (mail lost).  It now comes back at its own UID, the store as the source."""
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, driver))
+    for i in range(5):
+        put(store, "alice", "INBOX", i, flags=["\\Seen"] if i == 0 else [])
+    want = view(store)
+    damaged = os.path.basename(store.message("alice", "INBOX", 2).path)
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    # message 2 cannot be read (EIO, a damaged disk), and can be again for the incremental
+    p = run_with_fault(["imsbackup", "-f", full, "/"], home, f"eio:{damaged}", env={"IMS_HOME": home})
+    assert p.returncode == 1 and b"message 2" in p.stderr, p.stderr
+    run(home, "imsbackup", "-f", incr, "--base", str(full) + ".state", "/", check=0)
+    dst = dest_home(tmp_path, driver)
+    if how == "one command":
+        chain(dst, [full, incr])
+    else:
+        chain(dst, [full])
+        chain(dst, [incr])
+    assert view(dest_store(dst)) == want
+    chain(dst, [full, incr])                          # run again: nothing changes
+    assert view(dest_store(dst)) == want

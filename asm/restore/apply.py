@@ -179,9 +179,13 @@ class Applier:
         folder's UIDNEXT that no message holds was left free for this message by a run
         that could not write it (a link whose first copy a stream could not keep, a
         message the store refused, a disk that filled after UIDNEXT was raised): it
-        goes there (``fill``), as ``imsrestore -r`` puts it, not under a new UID."""
-        return (plan.mode == "exact" and plan.resumed and plan.uidvalidity == plan.archive_uidvalidity
-                and m.uid < plan.uidnext and m.uid not in plan.by_uid)
+        goes there (``fill``), as ``imsrestore -r`` puts it, not under a new UID.
+        The same in a folder that mirrors the chain's earlier link: an archived UID it
+        lacks below its UIDNEXT is a message that link's backup could not read (its
+        state left it out, so this incremental carries it); nothing else can be there."""
+        if plan.uidvalidity != plan.archive_uidvalidity or m.uid >= plan.uidnext or m.uid in plan.by_uid:
+            return False
+        return (plan.mode == "exact" and plan.resumed) or (plan.mode == "chain" and m.uid in plan.archive_uids)
 
     @staticmethod
     def target_uid(plan: FolderPlan, m) -> int | None:
@@ -248,6 +252,7 @@ class Applier:
             self.res.renumbered += 1
             plan.renumbered += 1
         plan.restored += 1
+        plan.stored.add(info.uid)
         plan.by_uid.setdefault(info.uid, info)
         plan.uidnext = max(plan.uidnext, info.uid + 1)
 

@@ -489,8 +489,8 @@ class Restorer:
                 if complete:
                     if plan.mode == "chain":
                         keep = plan.archive_uids
-                        gone = [u for u in plan.by_uid if u not in keep]
-                        # messages restored in this run are in the archive's list by construction
+                        # (a message this run stored is the archive's, even under a new UID)
+                        gone = [u for u in plan.by_uid if u not in keep and u not in plan.stored]
                         self.res.expunged += store.expunge(plan.user, plan.folder, gone)
                         for uid in gone:
                             plan.by_uid.pop(uid, None)

@@ -49,6 +49,8 @@ class FolderPlan:
     restored: int = 0
     uidnext: int = 1            # the target's UIDNEXT as this run moves it
     renumbered: int = 0         # messages that took a new UID here
+    stored: set = field(default_factory=set)         # the UIDs this run stored here (never
+                                # expunged by its chain step: each is a message of the archive)
     failed: int = 0             # messages that could not be restored here
     deferred: list = field(default_factory=list)     # messages that take new UIDs at the
                                 # folder's end (Applier.finish_deferred), not amid the UIDs

@@ -10,6 +10,8 @@ writes), counted through Python's audit hooks (PEP 578) and SQLite's trace callb
     IMS_FAULT=kill:N            SIGKILL this process just before step N (1-based)
     IMS_FAULT=enospc:N          from step N on, every step fails with ENOSPC (a disk
                                 that filled up and stays full)
+    IMS_FAULT=eio:TEXT          every open of a path holding TEXT fails with EIO (a
+                                damaged disk's unreadable file); no step is counted
     IMS_FAULT_LOG=FILE          (with any of them) one line per step: "N what", so a
                                 test can find the step it must kill before
 
@@ -71,6 +73,10 @@ def _audit(event, args):
         return
     if event == "open":
         path, mode, flags = (tuple(args) + (None, None, None))[:3]
+        if _State.mode == "eio":
+            if isinstance(path, (str, bytes)) and _State.out in os.fsdecode(path):
+                raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+            return
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
             (mode is None and isinstance(flags, int) and flags & _WRITE_FLAGS)
         if writing and _under_root(path):
@@ -109,6 +115,8 @@ def _install(spec):
         atexit.register(dump)
     elif mode in ("kill", "enospc"):
         _State.n = int(arg)
+    elif mode == "eio":
+        _State.out = arg
     else:
         raise SystemExit(f"sitecustomize: bad IMS_FAULT {spec!r}")
     if os.environ.get("IMS_FAULT_LOG"):
