@@ -119,6 +119,23 @@ class Target:
         self.explicit = explicit    # folder names named explicitly (exclude does not apply)
 
 
+def _not_a_user_too(lp: LogicalPath, store: Store) -> None:
+    """``/partition/NAME[/...]`` reads as backup group NAME; when NAME is also a user of
+    that partition the short form means that user too, and one reading would silently
+    leave the other out: refused (the predefined group's long form is unambiguous)."""
+    if lp.group is None or lp.group == PREDEFINED:
+        return
+    try:
+        if store.user_partition(lp.group) != lp.partition:
+            return
+    except (NoSuchUser, BadName):
+        return
+    rest = "".join(f"/{p}" for p in (lp.user, lp.folder) if p)
+    raise PathError(f"{lp}: {lp.group!r} is both a backup group (backup-groups.conf) and a user: "
+                    f"/{lp.partition}/{PREDEFINED}/{lp.group}{rest} is the user; rename the group "
+                    f"to name the group")
+
+
 def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Target]:
     """Expand logical paths against the store; a path naming nothing is a PathError.
 
@@ -128,6 +145,7 @@ def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Targ
     partitions = store.partitions()
     by_user: dict[str, Target] = {}
     for lp in paths:
+        _not_a_user_too(lp, store)
         parts = [lp.partition] if lp.partition is not None else partitions
         if lp.partition is not None and lp.partition not in partitions:
             raise PathError(f"{lp}: no partition {lp.partition!r} (partitions: {', '.join(partitions)})")

@@ -176,3 +176,27 @@ def test_resolve_named_group_without_users(config):
         resolve([parse("/primary/groupA", groups)], s, groups)
     # the predefined group and a whole partition may be empty without error
     assert resolve([parse("/primary/user", groups)], open_store(config), groups)[0].user == "zoe"
+
+
+def test_a_group_named_like_a_user_is_refused_not_taken_for_the_group(config, tmp_path):
+    """backup-groups.conf 'bob=a.*' (a group named like the login bob): `imsbackup
+    /primary/bob` backed up the group (alice) and exited 0, bob in no archive.  A path
+    that reads both ways is refused, naming the path that means the user."""
+    from tests.helpers import make_home, run
+    s = open_store(config)
+    for u in ("alice", "bob"):
+        s.create_user(u)
+    groups = Groups.parse("bob=a.*\n")
+    for text in ("/primary/bob", "/primary/bob/alice"):
+        with pytest.raises(PathError, match=r"'bob' is both a backup group .* and a user: "
+                                            r"/primary/user/bob/?\S* is the user"):
+            resolve([parse(text, groups)], s, groups)
+    assert [t.user for t in resolve([parse("/primary/user/bob", groups)], s, groups)] == ["bob"]
+    home = tmp_path / "cli"
+    store = open_store(make_home(home, "classic"))
+    for u in ("alice", "bob"):
+        store.create_user(u)
+    (home / "config" / "backup-groups.conf").write_text("bob=a.*\n")
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/bob", check=2, text=True)
+    assert p.stderr.count("\n") == 1 and "/primary/user/bob is the user" in p.stderr, p.stderr
+    assert not (tmp_path / "x.ims").exists()
