@@ -399,3 +399,82 @@ def test_a_full_disk_under_imsdr_is_exit_13_naming_it_and_leaves_nothing_half_wr
         err = p.stderr.decode()
         assert err.count("\n") == 1 and str(tmpdir) in err and "TMPDIR" in err, err
         assert not out.exists()
+
+
+def craft(path, members: list, manifest: dict | None = None) -> None:
+    """A bundle as a hostile (or damaged) copy could be: ``members`` ((tar name, bytes,
+    tar type)) then ``manifest`` as ims-dr/manifest.json, the last member."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
+        for name, data, kind in members:
+            ti = tarfile.TarInfo(name)
+            ti.type = kind
+            if kind == tarfile.SYMTYPE:
+                ti.linkname = "/etc/passwd"
+                t.addfile(ti)
+                continue
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+        if manifest is not None:
+            data = json.dumps(manifest, indent=1).encode()
+            ti = tarfile.TarInfo("ims-dr/manifest.json")
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+
+
+def bundle_parts(path) -> tuple[list, dict]:
+    """A real bundle's members (as ``craft`` takes them) and its manifest."""
+    with tarfile.open(path) as t:
+        got = [(m.name, t.extractfile(m).read(), m.type) for m in t.getmembers()]
+    return [g for g in got if g[0] != "ims-dr/manifest.json"], json.loads(
+        [g for g in got if g[0] == "ims-dr/manifest.json"][0][1])
+
+
+def test_a_hostile_bundle_writes_nothing_anywhere(tmp_path):
+    """A bundle whose members or manifest would put a file outside where imsdr puts its
+    own: `imsdr show`, `restore -n` and `restore` exit 5 (hostile) in one line, and
+    write nothing, there or anywhere.  (Before: a member 'ims-dr//ABS/PATH' was written
+    at /ABS/PATH by `imsdr show` itself, exit 4; a manifest's target or partition path
+    was put back wherever it said.)"""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    src = tmp_path / "src"
+    make_home(src, "maildir")
+    run(src, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=0)
+    real, m = bundle_parts(tmp_path / "dr.tar")
+    data = b"written by a hostile bundle\n"
+    digest = hashlib.sha256(data).hexdigest()
+
+    def item(member, kind="keys", **extra):
+        return {"kind": kind, "member": member, "source": "/x", "method": "file", "captured": time.time(),
+                "size": len(data), "sha256": digest, "mode": 0o644, "uid": 0, "gid": 0, "mtime": None, **extra}
+
+    cases = {
+        # the tar names themselves
+        "absolute": ([(f"ims-dr/{victim}/OUTSIDE.txt", data, tarfile.REGTYPE)], None),
+        "dotdot": ([("ims-dr/config/../../../victim/OUTSIDE.txt", data, tarfile.REGTYPE)], None),
+        "symlink": ([("ims-dr/config/link", b"", tarfile.SYMTYPE)], None),
+        # sound names, and a manifest that sends them elsewhere
+        "key target": ([(f"ims-dr/keys/files{tmp_path}/keys/k.pem", data, tarfile.REGTYPE)],
+                       item(f"keys/files{tmp_path}/keys/k.pem", target=f"{victim}/OUTSIDE.txt")),
+        "dovecot target": ([(f"ims-dr/dovecot{tmp_path}/mail/joe/subscriptions", data, tarfile.REGTYPE)],
+                           item(f"dovecot{tmp_path}/mail/joe/subscriptions", kind="indexes",
+                                target=f"{victim}/OUTSIDE.txt")),
+        "partition path": ([("ims-dr/partition/primary/joe/dovecot-attributes", data, tarfile.REGTYPE)],
+                           item("partition/primary/joe/dovecot-attributes", partition="primary",
+                                path="../../../victim/OUTSIDE.txt")),
+    }
+    for name, (extra, it) in cases.items():
+        man = json.loads(json.dumps(m))
+        if it is not None:
+            man["items"].append(it)
+        evil = tmp_path / "evil.tar"
+        craft(evil, real + extra, man)
+        home = tmp_path / "new"
+        for argv in (["show"], ["restore", "-n"], ["restore", "--all", "--force"]):
+            p = run(home, "imsdr", *argv, "-f", evil, text=True)
+            assert p.returncode == 5, (name, argv, p.returncode, p.stderr)
+            assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, (name, p.stderr)
+            assert "hostile" in p.stderr, (name, p.stderr)
+            assert os.listdir(victim) == [], (name, argv)
+            assert not (home / "config").exists(), (name, argv)
+        assert not (tmp_path / "keys").exists() and not (tmp_path / "mail").exists(), name

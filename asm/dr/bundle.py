@@ -44,7 +44,7 @@ import time
 
 from asm import __version__, sqlitedb
 from asm.digests import file_sha256
-from asm.errors import EXIT_INCOMPLETE, EXIT_NOSPACE, EXIT_NOT_ARCHIVE, EXIT_USAGE, ImsError
+from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_NOSPACE, EXIT_NOT_ARCHIVE, EXIT_USAGE, ImsError
 from asm.reconstruct.sqlite import read_only_uri
 
 FORMAT = "ims-asm-dr"
@@ -70,6 +70,38 @@ class NotABundle(BundleError):
 
 class DamagedBundle(BundleError):
     status = EXIT_INCOMPLETE
+
+
+class HostileBundle(BundleError):
+    status = EXIT_HOSTILE
+
+
+def _hostile(what: str) -> HostileBundle:
+    return HostileBundle(f"hostile disaster backup: {what}, which imsdr never writes; nothing was written: "
+                         f"use a copy you trust")
+
+
+def _sound(name: str) -> bool:
+    """A member name (under ims-dr/) as imsdr writes them: relative, each level a name."""
+    return bool(name) and "\0" not in name and all(p not in ("", ".", "..") for p in name.split("/"))
+
+
+def _check_item(item: dict) -> None:
+    """Where an item would be put back is its member's name, as Capture wrote both: a
+    manifest whose ``target``, ``partition`` or ``path`` says otherwise is hostile."""
+    member = item.get("member")
+    if not isinstance(member, str) or not _sound(member):
+        raise _hostile(f"its manifest names a member {member!r}")
+    if member.startswith("partition/"):
+        _, part, path = (member.split("/", 2) + ["", ""])[:3]
+        if item.get("partition") != part or item.get("path") != path:
+            raise _hostile(f"its manifest puts member {member!r} at partition {item.get('partition')!r} "
+                           f"path {item.get('path')!r}")
+    for prefix in ("keys/files/", "dovecot/"):
+        if member.startswith(prefix):
+            where = member[len(prefix) - 1:]
+            if item.get("target", where) != where:
+                raise _hostile(f"its manifest puts member {member!r} at {item.get('target')!r}")
 
 
 def sqlite_copy(src: str, dst: str) -> None:
@@ -475,10 +507,24 @@ def read_manifest(stream) -> tuple[dict, str]:
             raise NotABundle(f"not a disaster backup (imsdr backup writes one): {exc}") from None
         manifest = None
         got: dict = {}
+        dirs: set = set()
         try:
             for m in tar:
-                if not m.name.startswith(PREFIX) or not m.isfile() or ".." in m.name.split("/"):
+                # nothing is written before its name is known to be one imsdr writes: a
+                # name that leaves the private directory, or a link, is hostile
+                name = m.name[len(PREFIX):] if m.name.startswith(PREFIX) else None
+                if name is None and (m.name.startswith("/") or ".." in m.name.split("/")):
+                    raise _hostile(f"it holds a member {m.name!r}")
+                if name is None or not (m.isfile() or m.issym() or m.islnk() or m.isdev()):
                     raise NotABundle(f"not a disaster backup: unexpected member {m.name!r}")
+                if not m.isfile() or not _sound(name):
+                    raise _hostile(f"it holds a member {m.name!r}" + ("" if m.isfile() else " (a link or device)"))
+                levels = name.split("/")
+                above = ["/".join(levels[:i]) for i in range(1, len(levels))]
+                if name in got or name in dirs or any(d in got for d in above) or \
+                        (m.name == MANIFEST and manifest is not None):
+                    raise _hostile(f"it holds member {m.name!r} twice (or as a file and a directory)")
+                dirs.update(above)
                 f = tar.extractfile(m)
                 if m.name == MANIFEST:
                     try:
@@ -486,27 +532,35 @@ def read_manifest(stream) -> tuple[dict, str]:
                     except ValueError as exc:
                         raise DamagedBundle(f"the manifest is not JSON ({exc})") from None
                     continue
-                dst = os.path.join(tmp, "m", m.name[len(PREFIX):])
+                dst = os.path.join(tmp, "m", name)
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 h = hashlib.sha256()
                 with open(dst, "wb") as out:
                     for chunk in iter(lambda: f.read(CHUNK), b""):
                         h.update(chunk)
                         out.write(chunk)
-                got[m.name[len(PREFIX):]] = h.hexdigest()
+                got[name] = h.hexdigest()
         except tarfile.TarError as exc:
             raise DamagedBundle(f"the disaster backup is damaged or cut short ({exc}); use another copy") from None
         if manifest is None:
             if not got:
                 raise NotABundle("not a disaster backup (imsdr backup writes one)")
             raise DamagedBundle("the disaster backup has no manifest (it was cut short); use another copy")
-        if manifest.get("format") != FORMAT:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise NotABundle("not a disaster backup (its manifest says another format)")
         items = list(manifest.get("items", []))
         if "files.jsonl" in got:
             with open(os.path.join(tmp, "m", "files.jsonl"), encoding="utf-8", errors="surrogateescape") as f:
-                items += [json.loads(line) for line in f if line.strip()]
-        bad = [it["member"] for it in items if got.get(it["member"]) != it["sha256"]]
+                try:
+                    items += [json.loads(line) for line in f if line.strip()]
+                except ValueError as exc:
+                    raise DamagedBundle(f"the disaster backup's file list is not JSON ({exc}); "
+                                        f"use another copy") from None
+        if not all(isinstance(it, dict) for it in items):
+            raise DamagedBundle("the disaster backup's manifest is damaged (an item is no record); use another copy")
+        for it in items:
+            _check_item(it)
+        bad = [it["member"] for it in items if got.get(it["member"]) != it.get("sha256")]
         if bad:
             raise DamagedBundle(f"{len(bad)} members of the disaster backup are missing or damaged "
                                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); use another copy")
