@@ -415,6 +415,9 @@ def craft(path, members: list, manifest: dict | None = None) -> None:
             ti.size = len(data)
             t.addfile(ti, io.BytesIO(data))
         if manifest is not None:
+            if "manifest_sha256" in manifest:
+                from asm.dr.bundle import manifest_digest
+                manifest["manifest_sha256"] = manifest_digest(manifest)     # as a forger would
             data = json.dumps(manifest, indent=1).encode()
             ti = tarfile.TarInfo("ims-dr/manifest.json")
             ti.size = len(data)
@@ -478,3 +481,39 @@ def test_a_hostile_bundle_writes_nothing_anywhere(tmp_path):
             assert os.listdir(victim) == [], (name, argv)
             assert not (home / "config").exists(), (name, argv)
         assert not (tmp_path / "keys").exists() and not (tmp_path / "mail").exists(), name
+
+
+def test_a_damaged_manifest_restores_nothing_and_an_older_bundle_still_restores(tmp_path):
+    """One damaged byte in the manifest (the kind of msg.conf's item, or its mode) is
+    damage like any other: `imsdr show` and `restore` exit 4 in one line and restore
+    nothing.  (Before: no digest covered the manifest; restore exited 0 without putting
+    msg.conf back.)  A bundle written before the manifest had its digest (version 1)
+    still restores, byte for byte."""
+    src = tmp_path / "src"
+    make_home(src, "classic")
+    run(src, "mboxutil", "-c", "user/joe", check=0)
+    run(src, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=0)
+    data = (tmp_path / "dr.tar").read_bytes()
+    start = data.rfind(b'"format": "ims-asm-dr"')
+    item = data.find(b'"kind": "config",\n   "member": "config/msg.conf"', data.rfind(b"{\n", 0, start))
+    mode = data.find(b'"mode": ', item) + len(b'"mode": ')
+    assert item > 0 and data[mode:mode + 1].isdigit()
+    for name, at, byte in (("kind", item + len(b'"kind": "conf'), b"1"),
+                           ("mode", mode, b"1" if data[mode:mode + 1] != b"1" else b"2")):
+        bad = tmp_path / f"{name}.tar"
+        bad.write_bytes(data[:at] + byte + data[at + 1:])
+        home = tmp_path / f"new-{name}"
+        for argv in (["show"], ["restore"]):
+            p = run(home, "imsdr", *argv, "-f", bad, text=True)
+            assert p.returncode == EXIT_INCOMPLETE, (name, argv, p.returncode, p.stdout, p.stderr)
+            assert p.stderr.count("\n") == 1 and "manifest" in p.stderr, (name, p.stderr)
+        assert not (home / "config").exists(), name
+    # version 1: no digest of the manifest
+    real, m = bundle_parts(tmp_path / "dr.tar")
+    assert m["version"] >= 2
+    del m["manifest_sha256"]
+    m["version"] = 1
+    craft(tmp_path / "v1.tar", real, m)
+    home = tmp_path / "new-v1"
+    run(home, "imsdr", "restore", "-f", tmp_path / "v1.tar", check=0)
+    assert (home / "config" / "msg.conf").read_bytes() == (src / "config" / "msg.conf").read_bytes()

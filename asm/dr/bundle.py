@@ -24,8 +24,9 @@ Every SQLite database is copied with SQLite's online backup API (a consistent co
 while the store is in use), never as a file; the text files are replaced atomically
 by their writers, so a read is one whole version.  The manifest (``ims-dr/
 manifest.json``, the last member) says what was captured, from where, by which
-method, when, and each member's size and SHA-256; ``imsdr restore`` checks them all
-before it puts anything in place.
+method, when, and each member's size and SHA-256, and its own SHA-256
+(``manifest_sha256``, from version 2); ``imsdr restore`` checks them all before it puts
+anything in place.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_NOSPACE, EXIT_NOT_ARC
 from asm.reconstruct.sqlite import read_only_uri
 
 FORMAT = "ims-asm-dr"
-VERSION = 1
+VERSION = 2                               # 2: the manifest carries its own digest (manifest_sha256)
 PREFIX = "ims-dr/"
 MANIFEST = PREFIX + "manifest.json"
 LISTING = PREFIX + "files.jsonl"          # one line per captured index/control file
@@ -79,6 +80,14 @@ class HostileBundle(BundleError):
 def _hostile(what: str) -> HostileBundle:
     return HostileBundle(f"hostile disaster backup: {what}, which imsdr never writes; nothing was written: "
                          f"use a copy you trust")
+
+
+def manifest_digest(manifest: dict) -> str:
+    """The SHA-256 of a manifest less its ``manifest_sha256``, in one canonical JSON form
+    (the same after the manifest is read back: damage to any byte of it changes it)."""
+    rest = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, ensure_ascii=True,
+                                     separators=(",", ":")).encode("ascii")).hexdigest()
 
 
 def _sound(name: str) -> bool:
@@ -281,6 +290,7 @@ class Capture:
             "order": ["mboxlist", "indexes", "journals", "catalog", "config", "keys"],
             "counts": self.counts, "items": self.items, "problems": self.problems,
         }
+        manifest["manifest_sha256"] = manifest_digest(manifest)
         data = json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8", "surrogateescape")
         info = tarfile.TarInfo(MANIFEST)
         info.size = len(data)
@@ -548,6 +558,12 @@ def read_manifest(stream) -> tuple[dict, str]:
             raise DamagedBundle("the disaster backup has no manifest (it was cut short); use another copy")
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise NotABundle("not a disaster backup (its manifest says another format)")
+        # version 1 (before ims-asm wrote manifest_sha256) is read unchecked; from 2 on, a
+        # manifest without its digest, or whose digest differs, is damaged
+        sealed = manifest.get("manifest_sha256")
+        if (sealed is not None or manifest.get("version") != 1) and sealed != manifest_digest(manifest):
+            raise DamagedBundle("the disaster backup's manifest is damaged (its SHA-256 "
+                                + ("is missing" if sealed is None else "does not match") + "); use another copy")
         items = list(manifest.get("items", []))
         if "files.jsonl" in got:
             with open(os.path.join(tmp, "m", "files.jsonl"), encoding="utf-8", errors="surrogateescape") as f:
@@ -560,6 +576,13 @@ def read_manifest(stream) -> tuple[dict, str]:
             raise DamagedBundle("the disaster backup's manifest is damaged (an item is no record); use another copy")
         for it in items:
             _check_item(it)
+        odd = sorted({str(it.get("kind")) for it in items} - set(KINDS) - {"listing"})
+        unlisted = sorted(set(got) - {it["member"] for it in items})
+        if odd or unlisted:
+            raise DamagedBundle("the disaster backup's manifest is damaged ("
+                                + (f"unknown kind {', '.join(map(repr, odd))}" if odd else
+                                   f"{len(unlisted)} members it does not list: {', '.join(unlisted[:3])}")
+                                + "); use another copy")
         bad = [it["member"] for it in items if got.get(it["member"]) != it.get("sha256")]
         if bad:
             raise DamagedBundle(f"{len(bad)} members of the disaster backup are missing or damaged "
