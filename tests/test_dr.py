@@ -517,3 +517,32 @@ def test_a_damaged_manifest_restores_nothing_and_an_older_bundle_still_restores(
     home = tmp_path / "new-v1"
     run(home, "imsdr", "restore", "-f", tmp_path / "v1.tar", check=0)
     assert (home / "config" / "msg.conf").read_bytes() == (src / "config" / "msg.conf").read_bytes()
+
+
+def test_chain_follows_a_narrow_link_as_imsrestore_does(tmp_path):
+    """The chain docs/operations.md documents: a full of /, then --base of one user,
+    then --base of / again.  `imsdr chain --commands` prints the three, exit 0, and the
+    command restores the store exactly.  (Before: "no complete full archive" for joe's
+    link, "the archive in between is not here" for the last, exit 1, and a command
+    restoring the full alone.)"""
+    home, store, d = _joe_and_a_backup_dir(tmp_path)
+    store.create_user("ann")
+    store.deliver(["ann"], io.BytesIO(msg(2)))
+    run(home, "imsbackup", "-f", d / "full.ims", "/", check=0)
+    store.deliver(["joe"], io.BytesIO(msg(3)))
+    run(home, "imsbackup", "-f", d / "incr-joe.ims", "--base", d / "full.ims.state", "/primary/user/joe", check=0)
+    store.deliver(["ann"], io.BytesIO(msg(4)))
+    run(home, "imsbackup", "-f", d / "incr2.ims", "--base", d / "incr-joe.ims.state", "/", check=0)
+    p = run(home, "imsdr", "chain", "--commands", d, check=0, text=True)
+    argv = shlex.split(p.stdout)
+    assert [os.path.basename(x) for x in argv[2::2]] == ["full.ims", "incr-joe.ims", "incr2.ims"], p.stdout
+    assert p.stderr == "", p.stderr
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    run(dest, *argv, check=0)
+    assert state(open_store(make_home(dest, "classic"))) == state(store)
+    # the link in between lost: the chain stops at the full, and says why
+    os.unlink(d / "incr-joe.ims")
+    p = run(home, "imsdr", "chain", "--commands", d, check=EXIT_PARTIAL, text=True)
+    assert shlex.split(p.stdout) == ["imsrestore", "-f", str(d / "full.ims")]
+    assert "incr2.ims" in p.stderr and "the chain stops" in p.stderr, p.stderr

@@ -4,10 +4,13 @@ Archives kept as plain files (``imsbackup -f /backup/...``, a staging directory,
 an engine put back) say in their header when they were taken (``created``), what
 they cover (``scope``) and whether they are incremental (``base``: the archive they
 follow; ``since``: an incremental by date).  For each scope,
-the chain is the newest full archive and, after it, every incremental taken later,
-oldest first.  An incremental whose base is not the archive before it, or (by date)
-whose ``since`` is after the archive before it was taken, leaves a gap (mail changed
-in between is in no archive): the chain stops there and the gap is named.
+the chain is the newest full archive and, after it, every incremental taken later that
+continues it, oldest first: by base whatever its scope (one user's incremental between
+two of the whole store is a link of the whole store's chain, as imsrestore takes it),
+by date of its scope or one covering it.  An incremental whose base is not the archive
+before it, or (by date) whose ``since`` is after the archive before it was taken, leaves
+a gap (mail changed in between is in no archive): the chain stops there and the gap is
+named.
 """
 from __future__ import annotations
 
@@ -116,44 +119,76 @@ def archive_files(paths: list[str], verify: bool = False, identities=()) -> tupl
 
 
 def chains(files: list[ArchiveFile]) -> list[Chain]:
-    """One chain per scope, scopes in the order of their full archive."""
-    by_scope: dict = {}
-    for a in files:
-        by_scope.setdefault(a.scope, []).append(a)
-    out = []
-    for scope, items in by_scope.items():
-        items.sort(key=lambda a: (a.created, a.path))
-        fulls = [a for a in items if a.full and a.complete is not False]
-        c = Chain(scope)
-        if not fulls:
-            c.gap = "no complete full archive"
-            c.dropped = items
-            out.append(c)
+    """One chain per newest complete full archive of a scope, chains in the order of
+    their full archive; then one (with no archive) per scope whose archives follow none.
+
+    An archive belongs to a chain as imsrestore follows one: an incremental by base to
+    the chain of the archive its base is, whatever its own scope (the chain "full of /,
+    then --base of one user, then --base of / again" is one chain); an incremental by
+    date, or one whose base is not here, to the chain of its scope, else to the newest
+    one taken before it whose scope covers its own.  In the chain each must follow the
+    archive before it, as imsrestore -f ... -f ... checks: else the chain stops there."""
+    from asm.verify.chain import covers
+    items = sorted(files, key=lambda a: (a.created, a.path))
+    roots: dict = {}
+    for a in items:
+        if a.full and a.complete is not False:
+            roots[a.scope] = a                      # the newest wins
+    by_id = {a.archive_id: a for a in items if a.archive_id}
+
+    def by_scope(a):
+        if a.scope in roots:
+            return roots[a.scope] if roots[a.scope].created < a.created else None
+        over = [r for r in roots.values() if r.created < a.created and covers(r.scope, a.scope)]
+        return max(over, key=lambda r: (r.created, r.path)) if over else None
+
+    def root_of(a):
+        x, seen = a, set()
+        while x.base is not None and x.base in by_id and x.archive_id not in seen:
+            seen.add(x.archive_id)
+            x = by_id[x.base]
+        if x.full:
+            # an older full's incremental taken after the newest full: a gap of that chain
+            return roots.get(x.scope)
+        return by_scope(x)
+
+    members: dict = {id(r): [] for r in roots.values()}
+    lost: dict = {}
+    for a in items:
+        if a.full and roots.get(a.scope) is a:
             continue
-        full = fulls[-1]
-        c.archives.append(full)
-        for a in items:
-            if a.created <= full.created or a.full:
-                continue
+        r = root_of(a) if not a.full else None
+        if r is not None:
+            if a.created > r.created:
+                members[id(r)].append(a)
+        elif a.scope not in roots:
+            lost.setdefault(a.scope, []).append(a)
+    out = []
+    for root in roots.values():
+        c = Chain(root.scope, [root])
+        for a in members[id(root)]:
             if c.gap is not None:
                 c.dropped.append(a)
                 continue
             prev = c.archives[-1]
+            ref = [b for b in c.archives if b.scope == a.scope] or \
+                [b for b in c.archives if covers(b.scope, a.scope)] or [prev]
             if a.complete is False:
                 c.gap = f"{a.path} is incomplete (no trailer)"
-                c.dropped.append(a)
             elif a.base is not None and a.base != prev.archive_id:
                 c.gap = (f"{a.path} is an incremental of archive {a.base}, but the archive before it "
                          f"({prev.path}) is {prev.archive_id}: the archive in between is not here")
-                c.dropped.append(a)
-            elif a.base is None and a.since > prev.created:
+            elif a.base is None and a.since > ref[-1].created:
                 c.gap = (f"{a.path} holds mail stored since {_fmt(a.since)}, but the archive before it "
-                         f"({prev.path}) was taken at {_fmt(prev.created)}: mail stored in between is in no "
-                         f"archive here")
+                         f"({ref[-1].path}) was taken at {_fmt(ref[-1].created)}: mail stored in between is in "
+                         f"no archive here")
+            if c.gap is not None:
                 c.dropped.append(a)
             else:
                 c.archives.append(a)
         out.append(c)
+    for scope, dropped in lost.items():
+        out.append(Chain(scope, [], "no complete full archive", dropped))
     out.sort(key=lambda c: (c.archives[0].created if c.archives else 0, c.scope))
     return out
 
