@@ -546,3 +546,29 @@ def test_chain_follows_a_narrow_link_as_imsrestore_does(tmp_path):
     p = run(home, "imsdr", "chain", "--commands", d, check=EXIT_PARTIAL, text=True)
     assert shlex.split(p.stdout) == ["imsrestore", "-f", str(d / "full.ims")]
     assert "incr2.ims" in p.stderr and "the chain stops" in p.stderr, p.stderr
+
+
+def test_chain_takes_a_second_copy_of_an_archive_for_the_same_archive(tmp_path):
+    """A `latest.ims` symlink beside the archives, or the same archives in a second
+    directory named: one archive (same id) seen twice is one archive, never a gap.
+    `imsdr chain --commands` prints the whole chain, exit 0.  (Before: "the archive in
+    between is not here", exit 1, and the command left the last incremental out.)"""
+    home, store, d = _joe_and_a_backup_dir(tmp_path)
+    run(home, "imsbackup", "-f", d / "full.ims", "/", check=0)
+    store.deliver(["joe"], io.BytesIO(msg(2)))
+    run(home, "imsbackup", "-f", d / "incr1.ims", "--base", d / "full.ims.state", "/", check=0)
+    store.deliver(["joe"], io.BytesIO(msg(3)))
+    run(home, "imsbackup", "-f", d / "incr2.ims", "--base", d / "incr1.ims.state", "/", check=0)
+    want = ["imsrestore", "-f", str(d / "full.ims"), "-f", str(d / "incr1.ims"), "-f", str(d / "incr2.ims")]
+    os.symlink("incr1.ims", d / "latest.ims")
+    p = run(home, "imsdr", "chain", "--commands", d, check=0, text=True)
+    assert shlex.split(p.stdout) == want and p.stderr == "", (p.stdout, p.stderr)
+    os.unlink(d / "latest.ims")
+    copy = tmp_path / "copy"
+    shutil.copytree(d, copy)
+    p = run(home, "imsdr", "chain", "--commands", d, copy, check=0, text=True)
+    assert shlex.split(p.stdout) == want and p.stderr == "", (p.stdout, p.stderr)
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    run(dest, *shlex.split(p.stdout), check=0)
+    assert state(open_store(make_home(dest, "classic"))) == state(store)

@@ -129,7 +129,15 @@ def chains(files: list[ArchiveFile]) -> list[Chain]:
     one taken before it whose scope covers its own.  In the chain each must follow the
     archive before it, as imsrestore -f ... -f ... checks: else the chain stops there."""
     from asm.verify.chain import covers
-    items = sorted(files, key=lambda a: (a.created, a.path))
+    # one archive (one id) seen twice -- a 'latest.ims' symlink, the same files in two
+    # directories named -- is one archive: the copy checked complete, a file rather than a
+    # symlink, else the one found first
+    best: dict = {}
+    for n, a in enumerate(files):
+        key = (a.complete is False, os.path.islink(a.path), n)
+        if not a.archive_id or a.archive_id not in best or key < best[a.archive_id][0]:
+            best[a.archive_id or id(a)] = (key, a)
+    items = sorted((a for _k, a in best.values()), key=lambda a: (a.created, a.path))
     roots: dict = {}
     for a in items:
         if a.full and a.complete is not False:
