@@ -572,3 +572,23 @@ def test_chain_takes_a_second_copy_of_an_archive_for_the_same_archive(tmp_path):
     make_home(dest, "classic")
     run(dest, *shlex.split(p.stdout), check=0)
     assert state(open_store(make_home(dest, "classic"))) == state(store)
+
+
+def test_show_and_restore_open_the_bundle_as_the_installation_says(tmp_path):
+    """device.localonly = yes: `imsdr backup -f dr-02:00.tar` writes the local file, and
+    `imsdr show` and `restore` read it back by that name (before: taken for host:path,
+    exit 10).  With no installation (the disaster case, or no IMS_HOME at all) they
+    still read a bundle."""
+    home = tmp_path / "ims"
+    make_home(home, "classic", **{"device.localonly": "yes"})
+    run(home, "mboxutil", "-c", "user/joe", check=0)
+    run(home, "imsdr", "backup", "-f", "dr-02:00.tar", cwd=tmp_path, check=0)
+    assert (tmp_path / "dr-02:00.tar").is_file()
+    p = run(home, "imsdr", "show", "-f", "dr-02:00.tar", cwd=tmp_path, check=0, text=True)
+    assert "msg.conf" in p.stdout
+    p = run(home, "imsdr", "restore", "-n", "-f", "dr-02:00.tar", cwd=tmp_path, check=0, text=True)
+    os.rename(tmp_path / "dr-02:00.tar", tmp_path / "dr.tar")
+    run(tmp_path / "none", "imsdr", "show", "-f", "dr.tar", cwd=tmp_path, check=0)
+    run(None, "imsdr", "show", "-f", "dr.tar", cwd=tmp_path, env={"IMS_HOME": None}, check=0)
+    run(tmp_path / "new", "imsdr", "restore", "-f", "dr.tar", cwd=tmp_path, check=0)
+    assert (tmp_path / "new" / "config" / "msg.conf").read_bytes() == (home / "config" / "msg.conf").read_bytes()

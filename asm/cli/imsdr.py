@@ -151,6 +151,20 @@ def _kinds(args) -> tuple:
     return kinds
 
 
+def _device_config() -> Config | None:
+    """The installation's configuration, to open -f as every command does (device.localonly,
+    ssh.*, s3.*), when IMS_HOME holds one; None when it holds none (the disaster case) or
+    IMS_HOME is not set (imsdr show needs no installation)."""
+    from asm.config import ConfigError, ims_home
+    try:
+        home = ims_home()
+    except ConfigError:
+        return None
+    if not os.path.isfile(os.path.join(home, "config", "msg.conf")):
+        return None
+    return Config(home)
+
+
 def _home() -> str:
     """IMS_HOME, made (one level, as msconfig set does) when a recovery starts from nothing."""
     from asm.config import ims_home
@@ -168,7 +182,7 @@ def _restore(args) -> int:
     from asm.dr.bundle import misplaced_now, plan_restore, put, read_manifest
     kinds = _kinds(args)
     home = _home()
-    device = open_device(args.device, "rb", 20, None)
+    device = open_device(args.device, "rb", 20, _device_config())
     try:
         manifest, tmp = read_manifest(device.file)
     finally:
@@ -230,7 +244,7 @@ def _restore(args) -> int:
 # -- show ---------------------------------------------------------------------------------
 def _show(args) -> int:
     from asm.dr.bundle import read_manifest
-    device = open_device(args.device, "rb", 20, None)
+    device = open_device(args.device, "rb", 20, _device_config())
     try:
         manifest, tmp = read_manifest(device.file)
     finally:
