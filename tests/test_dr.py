@@ -592,3 +592,22 @@ def test_show_and_restore_open_the_bundle_as_the_installation_says(tmp_path):
     run(None, "imsdr", "show", "-f", "dr.tar", cwd=tmp_path, env={"IMS_HOME": None}, check=0)
     run(tmp_path / "new", "imsdr", "restore", "-f", "dr.tar", cwd=tmp_path, check=0)
     assert (tmp_path / "new" / "config" / "msg.conf").read_bytes() == (home / "config" / "msg.conf").read_bytes()
+
+
+def test_restore_dry_run_writes_nothing_not_even_ims_home(tmp_path):
+    """`imsdr restore -n` into an IMS_HOME not made yet (the disaster case) says what it
+    would restore and writes nothing: IMS_HOME is not made (before: it was).  Nor is it
+    by a restore of a bundle that restores nothing (cut short)."""
+    src = tmp_path / "src"
+    make_home(src, "classic")
+    run(src, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=0)
+    home = tmp_path / "new"
+    p = run(home, "imsdr", "restore", "-n", "-f", tmp_path / "dr.tar", check=0, text=True)
+    assert f"would restore config: {home}/config/msg.conf" in p.stdout, p.stdout
+    assert not home.exists()
+    data = (tmp_path / "dr.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[:data.rfind(b'"format"')])     # in its manifest
+    run(home, "imsdr", "restore", "-f", tmp_path / "cut.tar", check=EXIT_INCOMPLETE)
+    assert not home.exists()
+    run(home, "imsdr", "restore", "-f", tmp_path / "dr.tar", check=0)
+    assert (home / "config" / "msg.conf").read_bytes() == (src / "config" / "msg.conf").read_bytes()

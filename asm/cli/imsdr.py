@@ -165,15 +165,17 @@ def _device_config() -> Config | None:
     return Config(home)
 
 
-def _home() -> str:
-    """IMS_HOME, made (one level, as msconfig set does) when a recovery starts from nothing."""
+def _home(create: bool) -> str:
+    """IMS_HOME, made with ``create`` (one level, as msconfig set does) when a recovery
+    starts from nothing; without, only checked that it could be (-n writes nothing)."""
     from asm.config import ims_home
     home = ims_home()
     if not os.path.isdir(home):
         parent = os.path.dirname(home)
         if not os.path.isdir(parent):
             raise NoInstallation(f"cannot create the installation IMS_HOME={home}: {parent} does not exist")
-        os.mkdir(home, 0o755)
+        if create:
+            os.mkdir(home, 0o755)
     return home
 
 
@@ -181,7 +183,7 @@ def _restore(args) -> int:
     from asm.digests import file_sha256
     from asm.dr.bundle import misplaced_now, plan_restore, put, read_manifest
     kinds = _kinds(args)
-    home = _home()
+    home = _home(create=False)          # made only once there is something to put there
     device = open_device(args.device, "rb", 20, _device_config())
     try:
         manifest, tmp = read_manifest(device.file)
@@ -222,6 +224,8 @@ def _restore(args) -> int:
             shown = ", ".join(conflicts[:3]) + (f", ... ({len(conflicts)} files)" if len(conflicts) > 3 else "")
             raise UsageError(f"{shown} already exist{'s' if len(conflicts) == 1 else ''} and differ from the disaster "
                              f"backup: nothing was restored; move them away, or use --force to replace them")
+        if todo and not args.dry:
+            _home(create=True)
         store_kinds = ("mboxlist", "indexes")
         for item, src, target in todo:
             if args.dry or args.verbose:
