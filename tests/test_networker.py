@@ -549,3 +549,31 @@ def test_folder_renamed_during_the_savegroup_is_saved_that_night(tmp_path, env):
     got = state(open_store(dcfg))
     assert got[("alice", "Projects-2026")][1] == want[1]
     assert got.get(("alice", "INBOX"), (0, ()))[1] == ()          # only the record asked for
+
+
+def test_concatenated_streams_with_end_restore_as_a_chain(tmp_path, ims_home, env):
+    """docs/networker.md: chained streams may repeat STREAM.  A full and an incremental,
+    each written without -e (so each ends in END), piped one after the other into
+    imsasm -r: both are restored, not the first alone with exit 0."""
+    cfg = home(ims_home, "classic")
+    store = open_store(cfg)
+    fill(store, ["alice"])
+    backup = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-u", "-p", str(backup)).returncode == 0
+    alice = str(backup / "primary" / "groupA" / "alice")
+    full = run(ims_home, "imsasm", "-s", alice, check=0).stdout
+    t0 = str(int(time.time()))
+    time.sleep(1.1)
+    store.append("alice", "INBOX", io.BytesIO(b"Subject: new\r\n\r\nnew\r\n"), flags=["\\Draft"])
+    incr = run(ims_home, "imsasm", "-s", "-t", t0, alice, check=0).stdout
+    want = state(store)
+    target, _ = _fresh(tmp_path, "new", "classic", env)
+    p = run(target, "imsasm", "-r", input=full + incr)
+    assert p.returncode == 0, p.stderr
+    assert state(open_store(Config(str(target)))) == want
+    # -n reads the second stream too, and whatever follows an END that is not a stream
+    # is refused loudly, not ignored
+    assert run(target, "imsasm", "-r", "-n", input=full + incr).returncode == 0
+    p = run(target, "imsasm", "-r", "-n", input=full + b"garbage!" * 4)
+    assert p.returncode == 4 and "after its END section" in p.stderr.decode(), p.stderr
+    assert p.stderr.decode().count("\n") == 1

@@ -4,13 +4,15 @@ Modelled on NetWorker's savefile2 (nsr_data(5)): a bucketless succession of
 self-describing sections, each a type, a length and bytes, XDR style::
 
     section := type:uint32-BE  length:uint32-BE  bytes[length]  zero pad to 4
+    input   := stream+                  (streams piped one after the other: a chain)
     stream  := STREAM  record*  [END]
     record  := BEGIN  DATA*  FINISH
 
 STREAM, BEGIN and FINISH carry UTF-8 JSON; the DATA sections of one record,
 concatenated, are exactly one imsbackup archive (readable by ``imsrestore -f -``).
-END (type 0, length 0) closes the stream; ``imsasm -s -e`` leaves it out so streams can
-be chained.  docs/networker.md documents every field.
+END (type 0, length 0) closes the stream; ``imsasm -s -e`` leaves it out.  Streams
+with or without END can be chained: the reader goes on with a STREAM section after
+END, and refuses anything else there.  docs/networker.md documents every field.
 """
 from __future__ import annotations
 
@@ -128,12 +130,17 @@ class StreamReader:
         kind, data = self._section(first=True)
         if kind != STREAM:
             raise NotAStream("it does not start with an imsasm STREAM section")
-        self.info = self._json(data, "STREAM")
-        if self.info.get("format") != FORMAT:
-            raise NotAStream("its first section is not an imsasm stream header")
-        if self.info.get("version") != VERSION:
-            raise NotAStream(f"stream version {self.info.get('version')!r} is not {VERSION}")
+        self.info = self._header(data, NotAStream)
         self._peeked = None
+
+    def _header(self, data: bytes, error=StreamError) -> dict:
+        """The JSON of a STREAM section, checked (``error`` when it is not ours)."""
+        info = self._json(data, "STREAM")
+        if info.get("format") != FORMAT:
+            raise error("its STREAM section is not an imsasm stream header")
+        if info.get("version") != VERSION:
+            raise error(f"stream version {info.get('version')!r} is not {VERSION}")
+        return info
 
     def _read(self, n: int) -> bytes:
         parts = []
@@ -192,10 +199,23 @@ class StreamReader:
                                           "it was cut after a whole record")
                 return                      # no END: a stream written with -e
             if kind == END:
-                self.ended = True
-                return
+                # streams piped one after the other (recover of a full and its
+                # incrementals) each end in END: what follows is EOF or the next stream
+                at = self.offset
+                try:
+                    kind, data = self._section()
+                except StreamError:
+                    kind = -1
+                if kind is None:
+                    self.ended = True
+                    return
+                if kind != STREAM:
+                    raise StreamError(f"the bytes after its END section (byte {at}) are not another save "
+                                      "stream; pipe in save streams only")
+                self.info = self._header(data)
+                continue
             if kind == STREAM:              # streams chained after -e
-                self.info = self._json(data, "STREAM")
+                self.info = self._header(data)
                 continue
             if kind != BEGIN:
                 raise StreamError(f"expected a BEGIN section at byte {self.offset}, found {NAMES[kind]}")
