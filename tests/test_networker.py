@@ -577,3 +577,30 @@ def test_concatenated_streams_with_end_restore_as_a_chain(tmp_path, ims_home, en
     p = run(target, "imsasm", "-r", "-n", input=full + b"garbage!" * 4)
     assert p.returncode == 4 and "after its END section" in p.stderr.decode(), p.stderr
     assert p.stderr.decode().count("\n") == 1
+
+
+def test_tree_names_its_installation_over_a_conflicting_ims_home(tmp_path, env):
+    """A second instance's tree (mkbackupdir -a ims2asm) names its IMS_HOME in
+    .imsasm-tree; NetWorker may run the ASM with the first instance's IMS_HOME in its
+    environment.  The save is of the installation the tree names (its placeholders'
+    names mean that installation's users), and stderr says IMS_HOME was overridden."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for h in (one, two):
+        store = open_store(home(h, "classic"))
+        store.create_user("joe")
+        store.append("joe", "INBOX", io.BytesIO(f"Subject: mail of {h.name}\r\n\r\nbody\r\n".encode()))
+    tree2 = tmp_path / "tree2"
+    assert run(two, "mkbackupdir", "-a", "ims2asm", "-p", str(tree2)).returncode == 0
+    ph = str(tree2 / "primary" / "groupA" / "joe" / "INBOX")
+    p = run(one, "imsasm", "-s", ph)
+    assert p.returncode == 0, p.stderr
+    assert b"mail of two" in p.stdout and b"mail of one" not in p.stdout
+    err = p.stderr.decode()
+    assert err.count("\n") == 1 and str(two) in err and str(one) in err, err
+    # the same IMS_HOME (or none) says nothing
+    assert run(two, "imsasm", "-s", ph).stderr == b""
+    assert run(None, "imsasm", "-s", ph, env={"IMS_HOME": None}).stderr == b""
+    # a tree whose installation is gone: one line naming the tree's marker, exit 2
+    os.rename(two, tmp_path / "moved")
+    p = run(one, "imsasm", "-s", ph)
+    assert p.returncode == 2 and tree.MARKER in p.stderr.decode() and p.stderr.decode().count("\n") == 1, p.stderr

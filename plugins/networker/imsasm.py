@@ -24,6 +24,7 @@ from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, run_backup
 from asm.cli.common import ArgParser, Progress, UsageError, die, human, run_command, warn
 from asm.cli.context import open_installation
+from asm.config import NoInstallation
 from asm.errors import (
     EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, device_status,
 )
@@ -94,11 +95,30 @@ def split_mode(argv: list[str]) -> tuple[str, list[str]]:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _installation(marker: dict | None = None, create: bool = False):
-    """The installation: IMS_HOME, else the one the tree's marker names.  Only a
-    recover (``create``) may make the store's directories."""
-    home = os.environ.get("IMS_HOME") or (marker or {}).get("ims_home")
-    return open_installation(home, create=create)
+def _installation(marker: dict | None = None, create: bool = False, root: str | None = None):
+    """The installation: the one the tree's marker names (a save), else IMS_HOME (a
+    recover restores where IMS_HOME says).  Only a recover (``create``) may make the
+    store's directories.
+
+    A save's placeholders are the users and folders of the installation mkbackupdir
+    read (its marker names it), so the tree wins over an IMS_HOME NetWorker's
+    environment holds for another instance; stderr says so, as saving the wrong
+    installation's mail under these save-set names would back up neither."""
+    env_home = os.environ.get("IMS_HOME")
+    tree_home = (marker or {}).get("ims_home")
+    if not tree_home:
+        return open_installation(env_home, create=create)
+    try:
+        inst = open_installation(tree_home, create=create)
+    except NoInstallation:
+        raise UsageError(f"{root}/{tree.MARKER} names the installation {tree_home}, which is not one "
+                         f"(missing, or without config/ and data/); run mkbackupdir -p {root} again with "
+                         f"IMS_HOME of the installation to back up") from None
+    if env_home and os.path.realpath(env_home) != os.path.realpath(inst.config.home):
+        warn(PROG, f"IMS_HOME={env_home} ignored: {root} is a tree of the installation {inst.config.home} "
+                   f"(its {tree.MARKER}); saving that one")
+    os.environ["IMS_HOME"] = inst.config.home
+    return inst
 
 
 def _log(inst, entry: dict) -> None:
@@ -274,7 +294,7 @@ def save(args, rep) -> int:
     if args.proto and not os.path.isfile(args.proto):
         raise UsageError(f"-f {args.proto}: no such prototype directive file")
     root, marker, records = plan_records(None, args.paths, args.ppath)
-    inst = _installation(marker)
+    inst = _installation(marker, root=root)
     for rec in records:
         _resolve(inst, rec)
     if not (args.dry or args.estimate) and sys.stdout.isatty():
