@@ -382,3 +382,124 @@ def test_a_link_lost_while_sftp_starts_is_a_lost_link_not_a_missing_subsystem(ex
         conn.sftp
     assert isinstance(got.value, LinkLost) == lost, got.value
     assert ("no SFTP subsystem" in str(got.value)) != lost
+
+
+# -- a far side that stops answering (frozen, not closed) ------------------------------
+@pytest.fixture(scope="module")
+def bulky(tmp_path_factory):
+    """A store of 16 MiB of incompressible mail and a local archive of it: more than
+    SSH's 2 MiB window, so a transfer is still going when the far side freezes."""
+    import io
+    import random
+    root = tmp_path_factory.mktemp("bulky")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMS_ASM_PLUGINS", PLUGINS)
+        cfg = make_home(root / "home", "classic")
+        store = open_store(cfg)
+        store.create_user("joe")
+        rnd = random.Random(5)
+        for i in range(16):
+            store.append("joe", "INBOX", io.BytesIO(b"Subject: m%d\r\n\r\n" % i + rnd.randbytes(1 << 20)))
+        run(cfg.home, "imsbackup", "-f", root / "bulky.ims", "/", check=0)
+    return {"home": cfg.home, "archive": root / "bulky.ims"}
+
+
+def _freeze_far_side(sshd, proc, ready, what):
+    """Stop ``proc`` (our client) once ``ready()``, freeze every process of the far
+    side's sessions (sshd and its command: a hung host, a paused VM), go on with the
+    client.  Returns the frozen pids (SIGCONT them afterwards)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.002)
+    assert proc.poll() is None, f"{what} finished before the far side could be frozen"
+    proc.send_signal(signal.SIGSTOP)
+    frozen = sshd.session_pids()
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    proc.send_signal(signal.SIGCONT)
+    return frozen
+
+
+def _remote_command(sshd, word):
+    def seen():
+        for pid in sshd.session_pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[0] == word:
+                        return True
+            except OSError:
+                pass
+        return False
+    return seen
+
+
+@pytest.mark.parametrize("target", ["file", "fifo-write", "fifo-read"])
+def test_frozen_far_side_fails_after_ssh_timeout(sshd, bulky, tmp_path, target):
+    """docs/ssh.md: a link that stops answering fails after ssh.timeout (exit 14) on the
+    exec channels too: `cat > TMP` (ssh.stream=auto), `dd of=FIFO` and `cat FIFO`
+    (a remote tape), not a command that waits for ever."""
+    d = sshd.remote_dir(f"frozen-{target}")
+    opts = {"ssh.identity": sshd.client_key, "ssh.knownhosts": sshd.known_hosts,
+            "ssh.timeout": "2", "ssh.keepalive": "1"}
+    fifo = os.path.join(d, "tape")
+    helper = None
+    if target == "file":
+        cfg = Config(str(bulky["home"]))
+        for k, v in opts.items():
+            cfg.set(k, v)
+        argv, ready = ["imsbackup", "-f", sshd.spec(f"{d}/x.ims"), "/"], _remote_command(sshd, b"cat")
+    else:
+        os.mkfifo(fifo)
+        os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
+        if target == "fifo-write":      # nobody reads the tape: dd blocks, the window fills
+            cfg = Config(str(bulky["home"]))
+            argv, ready = ["imsbackup", "-f", sshd.spec(fifo), "/"], _remote_command(sshd, b"dd")
+        else:
+            cfg = make_home(tmp_path / "dst", "classic")
+            helper = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", str(bulky["archive"]), fifo])
+            argv, ready = ["imsrestore", "-f", sshd.spec(fifo), "/"], _remote_command(sshd, b"cat")
+        for k, v in opts.items():
+            cfg.set(k, v)
+    proc = popen(cfg.home, *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    frozen = []
+    try:
+        frozen = _freeze_far_side(sshd, proc, ready, argv[0])
+        t0 = time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"{argv[0]} still waits 20 s after the far side stopped answering (ssh.timeout=2)")
+        assert proc.returncode == 14, err
+        assert "no answer within ssh.timeout" in one_line(err)
+        assert time.monotonic() - t0 < 15
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if helper is not None:
+            helper.kill()
+            helper.wait()
+        if target == "fifo-write":      # let the far dd open its tape and end
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            time.sleep(0.2)
+            os.close(fd)
+
+
+def test_busy_far_side_is_no_lost_link(sshd, source, tmp_path):
+    """A far command that is busy longer than ssh.timeout (a tape loading, a FIFO whose
+    reader comes late) while its sshd still answers is waited for, not a lost link."""
+    src = home_for(tmp_path, sshd, source, ssh_timeout="1")
+    d = sshd.remote_dir("busy")
+    fifo = os.path.join(d, "tape")
+    os.mkfifo(fifo)
+    os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
+    caught = tmp_path / "caught.ims"
+    reader = subprocess.Popen(["sh", "-c", 'sleep 4; cat "$1" > "$2"', "sh", fifo, str(caught)])
+    p = run(src.home, "imsbackup", "-f", sshd.spec(fifo), "/primary/user/alice", text=True)
+    reader.wait(30)
+    assert p.returncode == 0, p.stderr
+    assert caught.stat().st_size > 0
