@@ -503,3 +503,30 @@ def test_busy_far_side_is_no_lost_link(sshd, source, tmp_path):
     reader.wait(30)
     assert p.returncode == 0, p.stderr
     assert caught.stat().st_size > 0
+
+
+def test_known_hosts_with_the_old_and_new_key_of_a_rotation(sshd, source, tmp_path):
+    """A host key rotation leaves two lines of one key type for the host, the old key
+    first: OpenSSH accepts the host when any of them is the key it offers, so does
+    imsbackup.  A key that is none of them is still CHANGED (exit 11), both named."""
+    old, other = keygen(str(tmp_path / "old")), keygen(str(tmp_path / "other"))
+    lines = []
+    for k in (old, other):
+        with open(k + ".pub") as f:
+            kind, blob = f.read().split()[:2]
+        lines.append(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
+    with open(sshd.known_hosts) as f:
+        real = f.read()
+    kh = tmp_path / "known_hosts"
+    kh.write_text(lines[0] + real)
+    src = home_for(tmp_path, sshd, source, ssh_knownhosts=str(kh))
+    d = sshd.remote_dir("rotation")
+    p = run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/x.ims"), "/primary/user/alice", text=True)
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(d) == ["x.ims"]
+    kh.write_text(lines[0] + lines[1])
+    p = run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/y.ims"), "/primary/user/alice", text=True)
+    assert p.returncode == 11, p.stderr
+    line = one_line(p.stderr)
+    assert "CHANGED" in line and _fingerprint(old + ".pub") in line and _fingerprint(other + ".pub") in line
+    assert _fingerprint(sshd.host_key + ".pub") in line and os.listdir(d) == ["x.ims"]

@@ -61,9 +61,62 @@ class Settings:
         return self.knownhosts or os.path.expanduser("~/.ssh/known_hosts")
 
 
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH's ``SHA256:...`` form, as ``ssh-keygen -lf`` prints it."""
+def fingerprint(key) -> str:
+    """OpenSSH's ``SHA256:...`` form, as ``ssh-keygen -lf`` prints it (of each key of
+    an :class:`_AnyOf`, joined by "or")."""
+    if isinstance(key, _AnyOf):
+        return " or ".join(fingerprint(k) for k in key.keys)
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+class _AnyOf:
+    """The keys known_hosts lists for one host and key type (a key rotation keeps the
+    old and the new key): equal to a key when any of them is, as OpenSSH matches."""
+
+    def __init__(self, keys: list):
+        self.keys = keys
+
+    def __eq__(self, other):
+        return any(k == other for k in self.keys)
+
+    def __ne__(self, other):
+        return not self == other
+
+    __hash__ = None
+
+    def get_name(self) -> str:
+        return self.keys[0].get_name()
+
+    def get_base64(self) -> str:
+        return " or ".join(k.get_base64() for k in self.keys)
+
+
+class _ByType(dict):
+    """key type -> known key(s), the shape paramiko's SSHClient expects of a lookup."""
+
+    def keys(self):
+        return list(super().keys())
+
+
+class _KnownHosts(paramiko.HostKeys):
+    """paramiko's HostKeys gives a host one key per type (its first line), so the
+    host's new key on a second line read as CHANGED.  Here a lookup gives every key of
+    each type, and the offered key matches when it is any of them."""
+
+    def lookup(self, hostname):
+        found: dict[str, list] = {}
+        for e in self._entries:
+            if e.key is not None and self._hostname_matches(hostname, e):
+                keys = found.setdefault(e.key.get_name(), [])
+                if e.key not in keys:
+                    keys.append(e.key)
+        if not found:
+            return None
+        return _ByType({t: ks[0] if len(ks) == 1 else _AnyOf(ks) for t, ks in found.items()})
+
+    def check(self, hostname, key) -> bool:
+        known = self.lookup(hostname)
+        return known is not None and known.get(key.get_name()) == key
 
 
 def _keyscan_type(key: paramiko.PKey) -> str:
@@ -270,7 +323,7 @@ def connect(spec: RemoteSpec, settings: Settings) -> Connection:
     agent = bool(os.environ.get("SSH_AUTH_SOCK"))
     name = f"{user}@{host_entry(spec.host, port)}"
     client = paramiko.SSHClient()
-    hk = client.get_host_keys()
+    client._host_keys = hk = _KnownHosts()      # every key of a host, not its first line's
     revoked: list = []
     for f in settings.known_hosts_files():
         if os.path.isfile(f):
