@@ -317,6 +317,10 @@ def test_corrupt_member_is_named_and_skipped(source, ims_home, dest, tmp_path):
     assert p.returncode == 4
     stopped = open_store(make_home(home2, source.name))
     assert stopped.exists("ann") and not stopped.exists("joe", "Sent")   # stopped at the error
+    # ... and says so: never that the rest was restored (only the damaged member missing)
+    last = p.stderr.strip().splitlines()[-1]
+    assert b"the rest was restored" not in last and b"the rest of the archive was not restored" in last, \
+        p.stderr
 
 
 @pytest.mark.parametrize("mode", ["file", "pipe"])

@@ -499,7 +499,13 @@ def _one(args, rep) -> int:
         warn(PROG, f"{res.hostile} hostile members were refused; nothing was written outside the store")
     if res.incomplete:
         warn(PROG, res.incomplete)
-    if res.corrupt:
+    if res.stopped and res.store_full is None:
+        # -c n (or the answer n): the run ended at its first error, the rest was not read
+        warn(PROG, (f"{res.corrupt} damaged members were named above and not restored; " if res.corrupt else "")
+             + "the restore stopped at the error above, as asked (-c n): the rest of the archive was not "
+             "restored; run the same command with -c y to restore the rest (what is restored already is "
+             "recognised)" + (", and restore the damaged members from another copy" if res.corrupt else ""))
+    elif res.corrupt:
         warn(PROG, f"{res.corrupt} damaged members were named above and not restored; the rest was "
              "restored: restore those from another copy")
     if res.out_of_order:

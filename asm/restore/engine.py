@@ -129,7 +129,7 @@ class Restorer:
             except IncompleteArchive as exc:
                 self.res.incomplete = str(exc)
             except StopRestore:
-                stopped = True
+                stopped = self.res.stopped = True
             # a folder cut short keeps its UIDNEXT and journal as they were, so the same
             # command run again finishes it with the archived UIDs
             self._end_folder(complete=self.res.incomplete is None and not stopped)

@@ -69,6 +69,8 @@ class RestoreResult:
     held: list = field(default_factory=list)         # users whose deliveries stay held: the run
                                                      # did not finish (the store full, Ctrl-C)
     paths: int = 0                                   # selection paths given
+    stopped: bool = False                            # stopped at an error (-c n, or the
+                                                     # answer n): the rest was not read
 
     def status(self) -> int:
         """The run's exit status when several kinds of failure met (docs/operations.md,
