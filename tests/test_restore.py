@@ -226,6 +226,28 @@ def test_partial_restore_of_link_from_a_pipe(store, ims_home, tmp_path):
     assert not os.listdir(ims_home / "data" / "spool")            # spool cleaned up
 
 
+@pytest.mark.parametrize("path", ["/primary/user/zed", None])
+def test_a_pipe_restore_names_a_damaged_first_copy_its_link_needs(store, ims_home, tmp_path, path):
+    """A stream whose first copy of zed's link (under amy) is damaged: the restore names
+    that member and exits 4, as a file restore and imsrestore -t do, and never advises an
+    imsrestore -r from this archive (which can only meet the same damage)."""
+    _shared_setup(store)
+    a = backup(ims_home, tmp_path / "a.ims")
+    with tarfile.open(a) as t:
+        link = next(m for m in t.getmembers() if m.islnk() and m.name.startswith("primary/zed/"))
+        first = t.getmember(link.linkname)
+    data = bytearray(a.read_bytes())
+    data[first.offset_data + 3] ^= 0x01
+    home = tmp_path / "dest"
+    make_home(home, store.name)
+    p = run(home, "imsrestore", "-f", "-", *([path] if path else []), input=bytes(data))
+    assert p.returncode == 4, p.stderr
+    assert f"{first.name} is damaged".encode() in p.stderr
+    assert b" -r " not in p.stderr and b"need their first copy" not in p.stderr, p.stderr
+    got = open_store(make_home(home, store.name))
+    assert len(got.messages("zed", "INBOX")) == 1       # its own message: the rest goes on
+
+
 def test_reference_file_completes_a_pipe_restore(store, ims_home, tmp_path):
     _shared_setup(store)
     a = backup(ims_home, tmp_path / "a.ims")

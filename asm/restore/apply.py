@@ -71,6 +71,9 @@ class Applier:
         self.spool_dir: str | None = None
         self.spooled: dict[str, str] = {}       # member name -> spool file
         self.spool_bytes = 0
+        # first copies found damaged (member name -> its DigestMismatch): a link to one is
+        # damaged too, never a reference for imsrestore -r (this archive has no good copy)
+        self.damaged: dict[str, DigestMismatch] = {}
         self._deferred_n = 0
         # (user, folder, its UIDVALIDITY) -> {store UID: (archive UIDVALIDITY, archived UID)}:
         # which archived message each message of a folder this command restored or took
@@ -197,6 +200,14 @@ class Applier:
 
     # -- one message ------------------------------------------------------------
     def restore_message(self, plan: FolderPlan, m) -> None:
+        try:
+            self._restore_message(plan, m)
+        except DigestMismatch as exc:
+            if m.kind == "message" and m.nlink > 1:
+                self.damaged.setdefault(m.name, exc)    # the links to it cannot be restored
+            raise
+
+    def _restore_message(self, plan: FolderPlan, m) -> None:
         store = self.store
         if plan.mode == "skip":             # the folder holds this archive already
             self._check(m)
@@ -391,7 +402,11 @@ class Applier:
             self.placed.setdefault(m.name, path)
 
     def _link_source(self, m):
-        """The bytes of a link whose first copy was not restored in this run."""
+        """The bytes of a link whose first copy was not restored in this run (its
+        first copy's damage when that was found damaged: named, as a file's would be)."""
+        bad = self.damaged.get(m.linkname)
+        if bad is not None:
+            raise DigestMismatch(bad.name, bad.expected, bad.actual)
         spooled = self.spooled.get(m.linkname)
         if spooled is not None:
             return open(spooled, "rb")
@@ -435,9 +450,10 @@ class Applier:
                         os.unlink(path)
                         self.opts.spool_limit = self.spool_bytes
                         return
-        except DigestMismatch:
+        except DigestMismatch as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+            self.damaged.setdefault(m.name, exc)    # a link to it is named damaged, not pending
             return
         finally:
             if out is not None:
