@@ -534,6 +534,27 @@ def test_list_and_map_files_hold_names_whatever_their_bytes(store, ims_home, tmp
     assert not (tmp_path / "b.ims").exists() and glob.glob(str(tmp_path / "*crash*")) == []
 
 
+def test_a_map_to_a_name_the_store_cannot_keep_is_refused_before_anything(store, ims_home, tmp_path):
+    """imsrestore -m with a new user ID the target store cannot keep (the classic store:
+    bytes that are not UTF-8) is a bad map file: one line naming its line, EXIT_USAGE, and
+    nothing is written (not one error per folder and the store's status 17)."""
+    from tests.helpers import make_home
+    for f in ("INBOX", "Work", "Old"):
+        put(store, "alice", f, 1)
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    mapfile = tmp_path / "map"
+    mapfile.write_bytes(b"# new names\nalice=d\xffave\n")
+    p = run(dest, "imsrestore", "-m", mapfile, "-f", a, env=quiet(tmp_path))
+    err = no_traceback(p)
+    assert p.returncode == errors.EXIT_USAGE and len(err.splitlines()) == 1, (p.returncode, err)
+    assert f"{mapfile}:2:" in err and "not UTF-8" in err, err
+    from asm.store import open_store
+    assert open_store(make_home(dest, "classic")).users("primary") == []      # nothing written
+
+
 # ----------------------------------------------------------------------------- -b
 
 def test_one_blocking_factor_range_everywhere(store, ims_home, tmp_path):

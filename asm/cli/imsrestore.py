@@ -36,6 +36,7 @@ from asm.restore import (
     ChainOrderError, Journal, Restorer, RestoreOptions, Selection, chain_end, complete_references, default_reffile,
     read_map, read_reffile,
 )
+from asm.store.base import check_user_name
 
 PROG = "imsrestore"
 
@@ -296,6 +297,8 @@ def _chain(args, rep) -> int:
     if "-" in args.devices:
         raise UsageError("a chain of several -f cannot read stdin ('-'): name the archives")
     inst = open_installation(create=True)
+    if args.mapfile:
+        read_map(args.mapfile, inst.store.check_new_user)    # a bad map file: before the journal
     headers = [_read_header(d, args.bf, inst.config, args.identity) for d in args.devices]
     check_chain(args.devices, headers)
     # the end of the chain: what its last archive lists, folder by folder; the archives
@@ -367,7 +370,9 @@ def _run_signature(args, headers: list) -> str:
 def _one(args, rep) -> int:
     inst = open_installation(create=not (args.toc or args.header))
     paths = [parse(p, inst.groups) for p in args.paths]
-    user_map = read_map(args.mapfile) if args.mapfile else {}
+    # (a new name the store cannot keep is a bad map file: refused before anything is written)
+    user_map = read_map(args.mapfile, inst.store.check_new_user if not (args.toc or args.header) else
+                        check_user_name) if args.mapfile else {}
     if getattr(args, "map_used", None) is None:
         args.map_used = set()           # one archive: its own (a chain shares one, see _chain)
     refdoc = read_reffile(args.reffile) if args.reffile else None

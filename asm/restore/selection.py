@@ -8,7 +8,10 @@ from asm.restore.errors import RestoreError
 from asm.store.base import BadName, check_user_name
 
 
-def read_map(path: str) -> dict:
+def read_map(path: str, check=check_user_name) -> dict:
+    """The map file's {olduser: newuser}.  ``check(newuser)`` raises BadName for a new
+    name that cannot be used (the target store's Store.check_new_user): the line is
+    refused before anything is restored."""
     out = {}
     try:
         f = open(path, encoding="utf-8", errors="surrogateescape")   # names: any bytes
@@ -31,9 +34,10 @@ def read_map(path: str) -> dict:
                                        f"user whose ID holds '=' or give that name (restore it "
                                        f"under its own name)")
                 try:
-                    check_user_name(new.strip())        # refused before anything is restored
+                    check(new.strip())                  # refused before anything is restored
                 except BadName as exc:
-                    raise RestoreError(f"{path}:{lineno}: {exc}") from None
+                    raise RestoreError(f"{path}:{lineno}: {exc}: map {old.strip()!r} to another name "
+                                       f"(nothing was restored)") from None
                 if old.strip() in out:
                     raise RestoreError(f"{path}:{lineno}: {old.strip()!r} is mapped a second time (to "
                                        f"{new.strip()!r}; before to {out[old.strip()]!r}): keep one line")

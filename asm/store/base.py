@@ -387,6 +387,12 @@ class Store(abc.ABC):
             return False
 
     # -- write side -----------------------------------------------------------
+    def check_new_user(self, user: str) -> str:
+        """``user`` if this store can keep it as a user ID, else BadName saying why: a
+        name can be checked before anything is written (imsrestore -m).  Any valid
+        user ID by default; a driver with its own limits says so."""
+        return check_user_name(user)
+
     @abc.abstractmethod
     def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
         """Create ``user`` with an empty, subscribed INBOX (of UIDVALIDITY ``uidvalidity``

@@ -637,6 +637,14 @@ class ClassicStore(Store):
                         os.close(fd)   # closing drops the flock
 
     # -- write side ----------------------------------------------------------
+    def check_new_user(self, user: str) -> str:
+        """A user ID is kept as UTF-8 text (the mailbox list is SQLite)."""
+        if not _is_text(check_user_name(user)):
+            from asm.archive.names import shown
+            raise BadName(f"user ID '{shown(user)}' holds bytes that are not UTF-8, and the classic store "
+                          f"keeps names as UTF-8 text")
+        return user
+
     @_store_errors
     def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
         _utf8(check_user_name(user), "user ID")
