@@ -53,7 +53,10 @@ class LogicalPath:
         return self.text
 
 
-def parse(text: str, groups: Groups) -> LogicalPath:
+def parse(text: str, groups: Groups, members: bool = True) -> LogicalPath:
+    """``members``: a path /partition/GROUP/user must name a member of GROUP as
+    ``groups`` has it now.  A restore passes False: there membership is as the archive
+    recorded it (asm.restore.selection.Selection)."""
     raw = text
     if not text.startswith("/"):
         raise PathError(f"bad logical path {raw!r}: it must start with '/', e.g. /primary/user/joe")
@@ -79,10 +82,11 @@ def parse(text: str, groups: Groups) -> LogicalPath:
         folder = check_folder_name("/".join(rest)) if rest else None
     except BadName as exc:
         raise PathError(f"bad logical path {raw!r}: {exc}") from None
-    if group is not None and not groups.member(user, group):
-        raise PathError(f"user {user!r} is not in backup group {group!r} (it is in "
-                        f"{groups.group_of(user)!r}); use /{partition}/{groups.group_of(user)}/{user} "
-                        f"or /{partition}/{PREDEFINED}/{user}")
+    if members and group is not None and not groups.member(user, group):
+        now = groups.group_of(user)
+        raise PathError(f"user {user!r} is not in backup group {group!r} (it is in {now!r}); use "
+                        f"/{partition}/{now}/{user}"
+                        + (f" or /{partition}/{PREDEFINED}/{user}" if now != PREDEFINED else ""))
     return LogicalPath(raw, partition, group, user, folder)
 
 

@@ -53,6 +53,13 @@ def test_wrong_group_error_suggests_the_right_paths():
     assert "/primary/user/joe" in str(exc.value)
 
 
+def test_wrong_group_error_names_each_path_once():
+    """A user in no configured group: the one path is suggested once, not twice."""
+    with pytest.raises(PathError) as exc:
+        parse("/primary/groupB/zoe", GROUPS)
+    assert str(exc.value).count("/primary/user/zoe") == 1, str(exc.value)
+
+
 def test_covers_user():
     g = GROUPS
     assert parse("/", g).covers_user("second", "zoe", g)

@@ -653,6 +653,42 @@ def test_a_group_path_lists_and_restores_the_users_the_backup_recorded(source, i
     assert p.returncode == 2 and "/primary/user/nobody: nothing in the archive matches" in p.stderr
 
 
+def test_a_group_path_selects_the_group_the_archive_recorded_with_no_groups_file_here(
+        source, ims_home, tmp_path):
+    """The disaster case: a fresh installation (no backup-groups.conf), or one whose groups
+    changed since the backup.  /partition/GROUP[/user[/folder]] selects by the group each
+    user member of the archive records, as -t lists it; never 'nothing matches'."""
+    (ims_home / "config" / "backup-groups.conf").write_text("team=joe\n")
+    a = tmp_path / "team.ims"
+    run(ims_home, "imsbackup", "-f", a, "/primary/team", check=0)
+    want = state(source, users={"joe"})
+    cases = [("fresh", None, "/primary/team", {"joe"}),
+             ("fresh-user", None, "/primary/team/joe", {"joe"}),
+             ("fresh-folder", None, "/primary/team/joe/Work", {("joe", "Work/2023")}),
+             ("changed", "team=ann\n", "/primary/team/joe", {"joe"}),
+             ("other", "other=joe\n", "/primary/team", {"joe"})]
+    for name, groups, path, what in cases:
+        home = tmp_path / name
+        make_home(home, source.name)
+        if groups is not None:
+            (home / "config" / "backup-groups.conf").write_text(groups)
+        toc = run(home, "imsrestore", "-t", "-f", a, path, text=True)
+        p = run(home, "imsrestore", "-f", a, path)
+        assert p.returncode == 0 == toc.returncode, (name, p.stderr, toc.stderr)
+        got = state(open_store(make_home(home, source.name)))
+        if what == {"joe"}:
+            assert got == want, name
+        else:
+            assert {k[:2] for k in got if len(k) == 3} == what, (name, got.keys())
+        # -t lists what the restore takes
+        listed = {ln.split("\t")[0] for ln in toc.stdout.splitlines() if "\tuidvalidity=" in ln}
+        assert {f"/primary/{k[0]}/{k[1]}" for k in got if len(k) == 3} <= listed, (name, listed)
+        assert all(x.startswith(f"/primary/joe/{'Work' if 'folder' in name else ''}") for x in listed), listed
+    # a group the archive does not record, nor a user of that name: still refused, exit 2
+    p = run(tmp_path / "fresh", "imsrestore", "-f", a, "/primary/nobody")
+    assert p.returncode == 2 and b"/primary/nobody: nothing in the archive matches" in p.stderr
+
+
 def test_a_resumed_restore_takes_one_kept_copy_for_one_archived_message_only():
     """A folder a run cut short made, resumed: two archived messages with the same bytes
     whose UIDs it left free (a full disk, a link a stream could not keep), and one copy of

@@ -369,7 +369,9 @@ def _run_signature(args, headers: list) -> str:
 
 def _one(args, rep) -> int:
     inst = open_installation(create=not (args.toc or args.header))
-    paths = [parse(p, inst.groups) for p in args.paths]
+    # a group path selects by the group the archive recorded, not by backup-groups.conf now
+    # (which may not define it: a fresh installation): asm.restore.selection.Selection
+    paths = [parse(p, inst.groups, members=False) for p in args.paths]
     # (a new name the store cannot keep is a bad map file: refused before anything is written)
     user_map = read_map(args.mapfile, inst.store.check_new_user if not (args.toc or args.header) else
                         check_user_name) if args.mapfile else {}

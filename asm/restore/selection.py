@@ -5,7 +5,7 @@ from __future__ import annotations
 from asm.groups import Groups
 from asm.logical import LogicalPath
 from asm.restore.errors import RestoreError
-from asm.store.base import BadName, check_user_name
+from asm.store.base import BadName, check_folder_name, check_user_name
 
 
 def read_map(path: str, check=check_user_name) -> dict:
@@ -47,19 +47,54 @@ def read_map(path: str, check=check_user_name) -> dict:
     return out
 
 
+def as_recorded_group(lp: LogicalPath) -> LogicalPath | None:
+    """A short path /partition/NAME[/user[/folder]] (NAME is no group of this
+    installation's backup-groups.conf) read as /partition/GROUP/user/folder: NAME may be
+    a group the archive records (IMSASM.group) although no groups file here defines it
+    (a fresh installation after a loss, another host, groups changed since).  None for
+    a path that cannot be read so."""
+    if lp.group is not None or lp.user is None:
+        return None
+    rest = [p for p in lp.text.split("/")[1:] if p][2:]
+    try:
+        user = check_user_name(rest[0]) if rest else None
+        folder = check_folder_name("/".join(rest[1:])) if len(rest) > 1 else None
+    except BadName:
+        return None
+    return LogicalPath(lp.text, lp.partition, lp.user, user, folder)
+
+
 class Selection:
     """Which archived folders the paths select.  Folder names are matched exactly on
     restore (INBOX in any case): a stream cannot know beforehand whether an exact
     match is still to come.  A folder that differs only in case is remembered, so an
-    unmatched path can name what the archive has."""
+    unmatched path can name what the archive has.
+
+    A group is the one the archive records for each user, whatever backup-groups.conf
+    says now; a short path /partition/NAME/... also selects as /partition/GROUP/...
+    the users the archive records in a group NAME (as_recorded_group)."""
 
     def __init__(self, paths: list[LogicalPath], groups: Groups):
         self.paths = paths
         self.groups = groups
         self.hits = [0] * len(paths)
         self.near: list[set] = [set() for _ in paths]
+        self.recorded = {lp: as_recorded_group(lp) for lp in paths}
 
     def _user_ok(self, lp: LogicalPath, partition: str, user: str, group: str | None) -> bool:
+        """Whether ``lp`` (one of the paths, read either way) takes this user's folders."""
+        return any(ok for _lp, ok in self._readings(lp, partition, user, group))
+
+    def _readings(self, lp: LogicalPath, partition: str, user: str, group: str | None):
+        """(the path as read, whether it takes this user) for each way ``lp`` reads."""
+        yield lp, self._user_ok_as(lp, partition, user, group)
+        alt = self.recorded.get(lp)
+        if alt is not None:
+            # only by the group the archive recorded (NAME is no group here)
+            yield alt, group is not None and group == alt.group and alt.partition == partition \
+                and (alt.user is None or alt.user == user)
+
+    def _user_ok_as(self, lp: LogicalPath, partition: str, user: str, group: str | None) -> bool:
         if lp.partition is not None and lp.partition != partition:
             return False
         if lp.user is not None:
@@ -72,17 +107,21 @@ class Selection:
         if not self.paths:
             return True
         hit = False
-        for i, lp in enumerate(self.paths):
-            if not self._user_ok(lp, partition, user, group):
-                continue
-            if lp.covers_folder(folder):
+        for i, path in enumerate(self.paths):
+            took = False
+            for lp, ok in self._readings(path, partition, user, group):
+                if not ok:
+                    continue
+                if lp.covers_folder(folder):
+                    took = True
+                elif lp.folder is not None:
+                    depth = lp.folder.count("/") + 1
+                    prefix = "/".join(folder.split("/")[:depth])
+                    if prefix.casefold() == lp.folder.casefold():
+                        self.near[i].add(f"/{partition}/{user}/{prefix}")
+            if took:
                 self.hits[i] += 1
                 hit = True
-            elif lp.folder is not None:
-                depth = lp.folder.count("/") + 1
-                prefix = "/".join(folder.split("/")[:depth])
-                if prefix.casefold() == lp.folder.casefold():
-                    self.near[i].add(f"/{partition}/{user}/{prefix}")
         return hit
 
     def unmatched(self) -> list[str]:
