@@ -123,16 +123,19 @@ class Target:
         self.explicit = explicit    # folder names named explicitly (exclude does not apply)
 
 
-def _not_a_user_too(lp: LogicalPath, store: Store) -> None:
+def user_on(store: Store, partition: str | None, name: str) -> bool:
+    """Whether ``name`` is a user of ``store`` on ``partition``."""
+    try:
+        return store.user_partition(name) == partition
+    except (NoSuchUser, BadName):
+        return False
+
+
+def not_a_user_too(lp: LogicalPath, store: Store) -> None:
     """``/partition/NAME[/...]`` reads as backup group NAME; when NAME is also a user of
     that partition the short form means that user too, and one reading would silently
     leave the other out: refused (the predefined group's long form is unambiguous)."""
-    if lp.group is None or lp.group == PREDEFINED:
-        return
-    try:
-        if store.user_partition(lp.group) != lp.partition:
-            return
-    except (NoSuchUser, BadName):
+    if lp.group is None or lp.group == PREDEFINED or not user_on(store, lp.partition, lp.group):
         return
     rest = "".join(f"/{p}" for p in (lp.user, lp.folder) if p)
     raise PathError(f"{lp}: {lp.group!r} is both a backup group (backup-groups.conf) and a user: "
@@ -149,7 +152,7 @@ def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Targ
     partitions = store.partitions()
     by_user: dict[str, Target] = {}
     for lp in paths:
-        _not_a_user_too(lp, store)
+        not_a_user_too(lp, store)
         parts = [lp.partition] if lp.partition is not None else partitions
         if lp.partition is not None and lp.partition not in partitions:
             raise PathError(f"{lp}: no partition {lp.partition!r} (partitions: {', '.join(partitions)})")

@@ -689,6 +689,34 @@ def test_a_group_path_selects_the_group_the_archive_recorded_with_no_groups_file
     assert p.returncode == 2 and b"/primary/nobody: nothing in the archive matches" in p.stderr
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_path_that_names_a_group_and_a_user_here_means_the_user_or_is_refused(tmp_path, driver):
+    """/primary/bob where bob is a user of the store restored into and also a backup
+    group (configured here, or only recorded by the archive): restoring the group would
+    merge other users' archived mail into their live folders (bringing back what they
+    deleted), and bob's own was not restored.  A group configured here is refused as on
+    backup (exit 2, naming /primary/user/bob); a group only the archive records gives
+    way to the user, as the short form is documented."""
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, driver))
+    put(store, "alice", "INBOX", 1)
+    put(store, "alice", "INBOX", 2)
+    put(store, "bob", "INBOX", 3)
+    (home / "config" / "backup-groups.conf").write_text("bob=a.*\n")
+    a = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    s = open_store(make_home(home, driver))
+    s.expunge("alice", "INBOX", [m.uid for m in s.messages("alice", "INBOX")][:1])   # deleted on purpose
+    s.expunge("bob", "INBOX", [m.uid for m in s.messages("bob", "INBOX")])
+    p = run(home, "imsrestore", "-f", a, "/primary/bob", check=2, text=True)
+    assert "/primary/user/bob is the user" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    (home / "config" / "backup-groups.conf").unlink()       # a group only the archive records
+    run(home, "imsrestore", "-f", a, "/primary/bob", check=0)
+    s = open_store(make_home(home, driver))
+    assert len(s.messages("bob", "INBOX")) == 1
+    assert len(s.messages("alice", "INBOX")) == 1            # not brought back
+
+
 def test_a_resumed_restore_takes_one_kept_copy_for_one_archived_message_only():
     """A folder a run cut short made, resumed: two archived messages with the same bytes
     whose UIDs it left free (a full disk, a link a stream could not keep), and one copy of

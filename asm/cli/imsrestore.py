@@ -13,6 +13,7 @@ magic bytes, whoever made them (asm.layers).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -31,7 +32,7 @@ from asm.errors import (
 )
 from asm.layers import wrap_read
 from asm.layers.options import identity_loader
-from asm.logical import parse
+from asm.logical import not_a_user_too, parse, user_on
 from asm.restore import (
     ChainOrderError, Journal, Restorer, RestoreOptions, Selection, chain_end, complete_references, default_reffile,
     read_map, read_reffile,
@@ -372,6 +373,9 @@ def _one(args, rep) -> int:
     # a group path selects by the group the archive recorded, not by backup-groups.conf now
     # (which may not define it: a fresh installation): asm.restore.selection.Selection
     paths = [parse(p, inst.groups, members=False) for p in args.paths]
+    if not (args.toc or args.header):
+        for lp in paths:
+            not_a_user_too(lp, inst.store)     # a group here named like a user here: refused
     # (a new name the store cannot keep is a bad map file: refused before anything is written)
     user_map = read_map(args.mapfile, inst.store.check_new_user if not (args.toc or args.header) else
                         check_user_name) if args.mapfile else {}
@@ -403,7 +407,7 @@ def _one(args, rep) -> int:
                 print(f"layers: {' '.join(device.layers)}")
             _print_header(reader.header)
             return EXIT_OK
-        sel = Selection(paths, inst.groups)
+        sel = Selection(paths, inst.groups, is_user=None if args.toc or args.header else functools.partial(user_on, inst.store))
         if args.toc:
             try:
                 return _toc(reader, sel, args.verbose)

@@ -74,12 +74,16 @@ class Selection:
     says now; a short path /partition/NAME/... also selects as /partition/GROUP/...
     the users the archive records in a group NAME (as_recorded_group)."""
 
-    def __init__(self, paths: list[LogicalPath], groups: Groups):
+    def __init__(self, paths: list[LogicalPath], groups: Groups, is_user=None):
         self.paths = paths
         self.groups = groups
         self.hits = [0] * len(paths)
         self.near: list[set] = [set() for _ in paths]
-        self.recorded = {lp: as_recorded_group(lp) for lp in paths}
+        # (not when NAME is a user of the store restored into: there the short path means
+        # that user, and the group's users' archived mail would merge into their live
+        # folders; ``is_user(partition, user)``)
+        self.recorded = {lp: None if is_user is not None and lp.user is not None and is_user(lp.partition, lp.user)
+                         else as_recorded_group(lp) for lp in paths}
 
     def _user_ok(self, lp: LogicalPath, partition: str, user: str, group: str | None) -> bool:
         """Whether ``lp`` (one of the paths, read either way) takes this user's folders."""
