@@ -121,6 +121,35 @@ def test_archives_layered_by_hand_restore(tmp_path, source, driver, keys, pipeli
         assert names == [s.split()[0].replace("bzip2", "bzip2") for s in reversed(pipeline.split("|"))]
 
 
+@pytest.mark.parametrize("tool,trailer", [("gzip", 8), ("xz", 4), ("bzip2", 4)])
+def test_archive_compressed_by_hand_missing_its_trailer_restores_every_message(tmp_path, source, driver,
+                                                                               tool, trailer):
+    """gzip, xz, bzip2 by hand, the copy missing only the compressor's own trailer (gzip's
+    CRC and length, the end of xz's footer, bzip2's CRC): every byte of the archive is
+    still in the stream (``gzip -dc | imsrestore -f -`` restores it all), so imsrestore
+    of the file restores every message too, byte for byte at its UID (before: the last
+    decoded 64 KiB were thrown away with the error, and the last messages were neither
+    restored nor named: exit 4).  Its exit is 0, as for a zstd file whose seek table was
+    cut (docs/offsite.md): the archive was read whole, to its verified trailer; the
+    damage past it is imsverify's to report (exit 4, "after the archive's end")."""
+    home, store = source
+    plain = tmp_path / "plain.ims"
+    run(home, "imsbackup", "-f", plain, "/", check=0)
+    packed = subprocess.run([require(tool), "-c", str(plain)], check=True, capture_output=True).stdout
+    arch = tmp_path / f"cut.{tool}"
+    arch.write_bytes(packed[:-trailer])
+    want = state(store)
+    for dev in ("file", "pipe"):
+        d, s = fresh(tmp_path, driver, f"d{dev}")
+        p = run(d, "imsrestore", "-f", arch if dev == "file" else "-", text=True,
+                stdin=open(arch, "rb") if dev == "pipe" else None)
+        assert p.returncode == 0, p.stderr
+        assert state(s) == want, dev
+    p = run(home, "imsverify", "-v", "-f", arch, text=True)
+    assert p.returncode == 4 and f"after the archive's end: {tool}: the stream is cut short" in p.stderr, \
+        p.stderr
+
+
 def test_partial_restore_from_layered_file_seeks(tmp_path, keys):
     """A partial restore from a compressed and encrypted file works through the index
     (age chunks, zstd seek table): one user's folder comes back, links to first

@@ -54,7 +54,8 @@ class _Plain(StreamLayer):
 
 class _StdlibStream(StreamLayer):
     """gzip, xz, bzip2 through the standard library, one pass; a stream cut short or
-    corrupt is LayerDamaged."""
+    corrupt is LayerDamaged, raised only after every byte decoded before it was handed
+    on (a copy missing only gzip's CRC and length still holds the whole archive)."""
 
     def __init__(self, kind: str, src: Source):
         # imported here: only reading such an archive needs them (startup time)
@@ -69,13 +70,27 @@ class _StdlibStream(StreamLayer):
             self._f = gzip.GzipFile(fileobj=src, mode="rb")
         else:
             self._f = (lzma.LZMAFile if kind == "xz" else bz2.BZ2File)(src, mode="rb")
+        self._failed = None
 
     def _next(self):
-        try:
-            d = self._f.read(1 << 16)
-        except self._errors as exc:
-            raise LayerDamaged(f"{self.layer}: the stream is cut short or corrupt ({exc})") from None
-        return d or None
+        # read1: one decompression step each, whose output is ours before the next step
+        # can fail (read(n) loses what it decoded when a later step of the same call raises)
+        if self._failed is not None:
+            raise self._failed
+        parts, got = [], 0
+        while got < 1 << 16:
+            try:
+                d = self._f.read1(1 << 16)
+            except self._errors as exc:
+                self._failed = LayerDamaged(f"{self.layer}: the stream is cut short or corrupt ({exc})")
+                if not parts:
+                    raise self._failed from None
+                break
+            if not d:
+                break
+            parts.append(d)
+            got += len(d)
+        return b"".join(parts) or None
 
 
 def _seekable_size(raw) -> int | None:
