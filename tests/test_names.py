@@ -207,7 +207,8 @@ def test_journal_reffile_and_catalog_keep_the_bytes(tmp_path):
     assert (a.uidvalidity, a.uidnext, a.archive_id) == (7, 9, "a") and (b.uidvalidity, b.uidnext, b.archive_id) == (8, 10, "b")
     ref = tmp_path / "x.ref"
     pending = [{"member": f"p/{JORG}/{CAFE}/2.eml", "target": "p/ann/INBOX/1.eml", "partition": "p",
-                "user": JORG, "folder": CAFE, "uid": 2, "flags": [], "keywords": []}]
+                "user": JORG, "folder": CAFE, "uid": 2, "flags": [], "keywords": [],
+                "internaldate": 1_700_000_000}]
     write_reffile(str(ref), {"archive_id": "a"}, pending)
     assert read_reffile(str(ref))["references"] == pending
     c = Catalog(str(tmp_path))

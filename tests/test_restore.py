@@ -268,6 +268,48 @@ def test_reference_file_completes_a_pipe_restore(store, ims_home, tmp_path):
     assert b"already there" in p.stderr
 
 
+DAMAGED_REFERENCES = [
+    ("internaldate", None), ("internaldate", "yesterday"), ("internaldate", 1e300), ("internaldate", True),
+    ("stored", "x"), ("uid", 0), ("uid", 2 ** 32), ("uid", True), ("uidvalidity", -1),
+    ("flags", [1]), ("flags", ["\\Seen", "\\Seen"]), ("flags", ["Seen"]), ("keywords", [None]),
+    ("keywords", ["a b"]), ("keywords", "$Label1"), ("sha256", "abc"), ("size", -1), ("guid", "a b"),
+    ("basename", ".x"), ("pop3_uidl", 5), ("pop3_order", 0), ("user", "../joe"), ("folder", ""),
+    ("partition", None), ("target", 7), ("member", None)]
+
+
+def test_a_damaged_reference_in_a_reference_file_is_one_line_and_restores_nothing(store, ims_home, tmp_path):
+    """imsrestore -r with a reference file one of whose fields is missing (None above),
+    of another type or out of range (an edited or half-copied file): exit 2, one line
+    naming the reference file and the field, nothing restored (before: KeyError,
+    TypeError, OverflowError, AttributeError: exit 70, or a keyword "a b" stored); the
+    file as imsrestore wrote it still completes the restore."""
+    _shared_setup(store)
+    a = backup(ims_home, tmp_path / "a.ims")
+    want = state(store, users={"zed"})
+    store.delete_user("zed")
+    run(ims_home, "msconfig", "set", "restore.spoolmax", "0", check=0)
+    ref = tmp_path / "zed.ref"
+    run(ims_home, "imsrestore", "-R", ref, "-f", "-", "/primary/user/zed", input=a.read_bytes(), check=1)
+    doc = json.loads(ref.read_text())
+    before = state(store, users={"zed"})
+    for field, value in DAMAGED_REFERENCES:
+        bad = json.loads(ref.read_text())
+        if value is None:
+            del bad["references"][0][field]
+        else:
+            bad["references"][0][field] = value
+        damaged = tmp_path / "bad.ref"
+        damaged.write_text(json.dumps(bad))
+        p = run(ims_home, "imsrestore", "-f", a, "-r", damaged, text=True)
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, (field, value, p.stderr)
+        assert "damaged reference file" in p.stderr and field in p.stderr and "run the restore" in p.stderr, \
+            (field, value, p.stderr)
+        assert state(store, users={"zed"}) == before, (field, value)
+    assert json.loads(ref.read_text()) == doc
+    run(ims_home, "imsrestore", "-f", a, "-r", ref, check=0)
+    assert state(store, users={"zed"}) == want
+
+
 def test_store_owner_gets_restored_files(source, ims_home, dest, tmp_path):
     a = backup(ims_home, tmp_path / "a.ims")
     run(dest, "msconfig", "set", "store.owner", "nobody", check=0)

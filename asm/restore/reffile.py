@@ -7,7 +7,7 @@ import errno
 import json
 import os
 
-from asm.archive import names
+from asm.archive import names, spec, values
 from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
 from asm.errors import EXIT_NOSPACE, EXIT_USAGE
 from asm.restore.errors import RestoreError
@@ -52,13 +52,77 @@ def read_reffile(path: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != "ims-asm-references":
         raise RestoreError(f"{path!r} is not an imsrestore reference file")
     refs = doc.get("references")
-    keys = {"member": str, "target": str, "partition": str, "user": str, "folder": str, "uid": int,
-            "flags": list, "keywords": list}
-    if not isinstance(refs, list) or not all(
-            isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in keys.items()) for r in refs):
-        raise RestoreError(f"{path!r} is a damaged reference file (its references are not as imsrestore "
-                           "writes them): run the restore that wrote it again")
+    problem = "its references are not a list" if not isinstance(refs, list) else None
+    for i, r in enumerate(refs if problem is None else ()):
+        try:
+            _check_reference(r)
+        except ValueError as exc:
+            problem = f"reference {i + 1}: {exc}"
+            break
+    if problem:
+        raise RestoreError(f"{path!r} is a damaged reference file ({problem}; its references are not as "
+                           "imsrestore writes them): run the restore that wrote it again")
     return doc
+
+
+def _int(r: dict, key: str, lo: int, hi: int, optional: bool = False) -> None:
+    v = r.get(key)
+    if v is None and optional:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"{key} {values._short(v)} is not a number in {lo}..{hi}")
+
+
+def _name(r: dict, key: str) -> None:
+    v = r.get(key)
+    if not isinstance(v, str) or not v or "\x00" in v:
+        raise ValueError(f"{key} {values._short(v)} is not a name")
+
+
+def _check_reference(r) -> None:
+    """Every field of one reference as :meth:`Restorer._pending` writes it, with the
+    ranges the archive's own records have (asm.archive.values); ValueError names the
+    first that is not (missing, of another type, out of range)."""
+    if not isinstance(r, dict):
+        raise ValueError("not an object")
+    for key in ("member", "target"):
+        _name(r, key)
+        try:
+            names.parse(r[key])
+        except ValueError:
+            raise ValueError(f"{key} {values._short(r[key])} is not a message of an archive") from None
+    for key in ("partition", "user"):
+        _name(r, key)
+        if "/" in r[key] or r[key] in (".", ".."):
+            raise ValueError(f"{key} {values._short(r[key])} is not a name")
+    _name(r, "folder")
+    if any(level in ("", ".", "..") for level in r["folder"].split("/")):
+        raise ValueError(f"folder {values._short(r['folder'])} is not a folder name")
+    _int(r, "uid", spec.UID_MIN, spec.UID_MAX)
+    _int(r, "uidvalidity", spec.UIDVALIDITY_MIN, spec.UIDVALIDITY_MAX, optional=True)
+    _int(r, "size", 0, spec.SIZE_MAX, optional=True)
+    _int(r, "pop3_order", spec.POP3_ORDER_MIN, spec.POP3_ORDER_MAX, optional=True)
+    for key, check, what in (("flags", values.flags, "IMAP system flags"),
+                             ("keywords", values.keywords, "IMAP keywords")):
+        v = r.get(key)
+        try:
+            if not isinstance(v, list) or not all(isinstance(w, str) and w and " " not in w for w in v):
+                raise ValueError
+            check(" ".join(v))
+        except ValueError:
+            raise ValueError(f"{key} {values._short(v)} is not a list of {what}, each once") from None
+    values.json_time(r.get("internaldate"), "internaldate")
+    values.json_time(r.get("stored"), "stored", optional=True)
+    if r.get("sha256") is not None:
+        values.sha256(r["sha256"], "sha256")
+    for key, check in (("guid", values.guid), ("basename", values.basename), ("pop3_uidl", values.pop3_uidl)):
+        v = r.get(key)
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"{key} {values._short(v)} is not text")
+        try:
+            check(v)
+        except ValueError:
+            raise ValueError(f"{key} {values._short(v)} is not as an archive records it") from None
 
 
 def complete_references(store: Store, reader, doc: dict, report=None, journal=None) -> RestoreResult:
@@ -136,7 +200,7 @@ def _complete(store: Store, reader, doc: dict, report, journal=None) -> RestoreR
                         uid = ref["uid"] if same and (ref["uid"] >= info.uidnext or fill) else None
                         kw = dict(uid=uid, flags=ref["flags"], keywords=ref["keywords"],
                                   internaldate=ref["internaldate"],
-                                  stored=ref["stored"] if store.restore_keeps_stored else None,
+                                  stored=ref.get("stored") if store.restore_keeps_stored else None,
                                   guid=ref.get("guid"), fill=fill, basename=ref.get("basename"),
                                   pop3_uidl=ref.get("pop3_uidl"), pop3_order=ref.get("pop3_order"))
                         if first_path:
