@@ -504,8 +504,10 @@ def test_a_damaged_seek_table_entry_only_costs_the_seeking():
 
 def test_an_archive_with_a_wrong_seek_table_size_restores_exactly(tmp_path):
     """The case a mail administrator meets: one decompressed size in the seek table of
-    an imsbackup -z file changed (the frames intact): imsverify passes and imsrestore,
-    whole and partial (which seeks past frames), gives back the store exactly."""
+    an imsbackup -z file changed (the frames intact): imsrestore, whole and partial
+    (which seeks past frames), gives back the store exactly; imsverify says the file is
+    damaged (exit 4, the seek table named: the medium altered it, and a partial restore
+    now reads the file in one pass), where it said "every check passed"."""
     import struct
 
     from asm.layers.zstd import read_seek_table
@@ -519,14 +521,16 @@ def test_an_archive_with_a_wrong_seek_table_size_restores_exactly(tmp_path):
     want = state(store)
     arch = tmp_path / "a.ims"
     run(home, "imsbackup", "-z", "-f", arch, "/", check=0)
-    data = bytearray(arch.read_bytes())
+    good = arch.read_bytes()
+    data = bytearray(good)
     coff, doff = read_seek_table(io.BytesIO(bytes(data)), len(data))
     assert len(coff) > 4, "want several frames"
     entry = coff[-1] + 8 + 2 * 8 + 4        # frame 2's decompressed size
     assert struct.unpack_from("<I", data, entry)[0] == doff[3] - doff[2]
     data[entry] ^= 0x01
     arch.write_bytes(bytes(data))
-    run(home, "imsverify", "-f", arch, check=0)
+    p = run(home, "imsverify", "-v", "-f", arch, text=True)
+    assert p.returncode == 4 and "seek table" in p.stderr, p.stderr
     d, s = fresh(tmp_path, "classic")
     run(d, "imsrestore", "-f", arch, "/", check=0)
     assert state(s) == want
@@ -534,6 +538,24 @@ def test_an_archive_with_a_wrong_seek_table_size_restores_exactly(tmp_path):
     d2, s2 = fresh(tmp_path, "classic", "partial")
     run(d2, "imsrestore", "-f", arch, f"/primary/{user}", check=0)
     assert state(s2) == {k: v for k, v in want.items() if k[0] == user}
+    # every byte of the table's content (sizes, frame count, descriptor, footer magic)
+    # changed in turn: imsverify finds it, from the file (seeking) and from a pipe (one pass)
+    for pos in range(coff[-1] + 8, len(good)):
+        bad = bytearray(good)
+        bad[pos] ^= 0x01 if pos % 2 else 0x80
+        arch.write_bytes(bytes(bad))
+        for dev in ("file", "pipe"):
+            p = run(home, "imsverify", "-v", "-f", arch if dev == "file" else "-", text=True,
+                    stdin=open(arch, "rb") if dev == "pipe" else None)
+            assert p.returncode == 4 and "seek table" in p.stderr, (pos - len(good), dev, p.stderr)
+    d3, s3 = fresh(tmp_path, "classic", "last")
+    run(d3, "imsrestore", "-f", "-", stdin=open(arch, "rb"), check=0)
+    assert state(s3) == want
+    p = run(home, "imsrestore", "-t", "-f", arch, text=True)     # the listing checks it too
+    assert p.returncode == 4 and "seek table" in p.stderr, p.stderr
+    arch.write_bytes(good)
+    run(home, "imsverify", "-f", "-", stdin=open(arch, "rb"), check=0)
+    run(home, "imsrestore", "-t", "-f", arch, check=0)
 
 
 def test_layers_on_ssh_and_fifo_devices(tmp_path, sshd, keys):

@@ -118,12 +118,13 @@ def _print(line: str) -> None:
         raise _OutputFailed(exc) from exc
 
 
-def _toc(reader, sel: Selection, verbose: bool = False) -> int:
+def _toc(reader, sel: Selection, verbose: bool = False, layered=None) -> int:
     """List the selected folders and messages, and check the whole archive while reading
     it, as a restore would: every member's records (and, in a version 2 archive, their
     digests), every message's bytes against its SHA-256, every link against its first
-    copy, the trailer against the sequence.  Damage is named on stderr, exit 4; hostile
-    members exit 5."""
+    copy, the trailer against the sequence; ``layered`` (the stream of a compressed or
+    encrypted archive) is then read to the end of its layers, as imsverify does.  Damage
+    is named on stderr, exit 4; hostile members exit 5."""
     errors: list[str] = []
     counts = {"hostile": 0, "corrupt": 0, "messages": 0, "bytes": 0}
 
@@ -177,6 +178,17 @@ def _toc(reader, sel: Selection, verbose: bool = False) -> int:
     if not reader.complete:
         warn(PROG, "archive is incomplete: it has no trailer")
         return EXIT_INCOMPLETE
+    if layered is not None:
+        from asm.layers import read_to_end
+        from asm.layers.errors import LayerError
+        try:
+            damage = read_to_end(layered)
+        except LayerError as exc:
+            damage = [f"after the archive's end: {exc.strerror or exc}"]
+        for line in damage:
+            warn(PROG, line)
+        if damage:
+            return EXIT_INCOMPLETE
     unmatched = sel.unmatched()
     # what the archive's backup could not read, where the paths reach it (as a restore says)
     unread = dict(sel.unread(reader.trailer))
@@ -410,7 +422,7 @@ def _one(args, rep) -> int:
         sel = Selection(paths, inst.groups, is_user=None if args.toc or args.header else functools.partial(user_on, inst.store))
         if args.toc:
             try:
-                return _toc(reader, sel, args.verbose)
+                return _toc(reader, sel, args.verbose, device.file if getattr(device, "layers", None) else None)
             except _OutputFailed as exc:
                 raise exc.error from None
             except OSError as exc:

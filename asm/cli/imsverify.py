@@ -134,12 +134,13 @@ def _reading(dev: str, bf: int, cfg, identities: list[str]):
 
 def _to_the_end(raw, dev: str, c) -> None:
     """A compressed or encrypted archive is read to the end of its layers after the
-    archive's own end: a zstd file whose seek table was cut, or an age file cut after
-    the archive's last byte, is damaged even when every message was read whole."""
-    from asm.layers.errors import LayerError
+    archive's own end: a zstd file whose seek table was cut or is wrong, or an age file
+    cut after the archive's last byte, is damaged even when every message was read whole."""
+    from asm.layers import read_to_end
+    from asm.layers.errors import LayerDamaged, LayerError
     try:
-        while raw.read(1 << 20):
-            pass
+        for note in read_to_end(raw):
+            c.add(LayerDamaged.status, f"{dev}: {note}")
     except LayerError as exc:
         c.add(exc.status, f"{dev}: after the archive's end: {exc.strerror or exc}")
 

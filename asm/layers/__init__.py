@@ -26,7 +26,8 @@ from asm.layers.errors import (  # noqa: F401
 # asm.layers.stack's names, imported at first use (PEP 562): a command that writes no
 # layer (or imports only the errors, as asm.layers.options does) does not build its
 # stream classes at start.
-_STACK = ("KINDS", "LayeredDevice", "LayeredWriter", "layered_write", "open_read", "sniff", "wrap_read")
+_STACK = ("KINDS", "LayeredDevice", "LayeredWriter", "layered_write", "open_read", "read_to_end", "sniff",
+          "wrap_read")
 _SUBMODULES = ("age", "base", "bech32", "errors", "options", "stack", "zstd")
 
 __all__ = ["IdentityNeeded", "KeyProblem", "LayerDamaged", "LayerError", "LayerUnsupported", "wrap_write", *_STACK]

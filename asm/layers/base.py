@@ -77,9 +77,13 @@ class Source:
 
 
 class _Layer(io.RawIOBase):
-    """Common surface: a readable binary stream with ``layer`` (its name)."""
+    """Common surface: a readable binary stream with ``layer`` (its name) and
+    ``read_around``: damage the layer found and read around without losing a byte of what
+    it decodes (a zstd seek table that proved wrong), one line each.  A restore is whole
+    all the same; a check of the file must still say it is damaged."""
 
     layer = ""
+    read_around: list = []          # (an instance that finds some sets its own list)
 
     def readable(self) -> bool:
         return True

@@ -129,6 +129,7 @@ def open_read(raw, identities=(), record_size: int = 10240):
     KeyProblem, LayerUnsupported or LayerDamaged (all OSErrors and DeviceErrors)."""
     from asm.layers import age, zstd
     names: list[str] = []
+    stack: list = []
     cur = raw
     size = _seekable_size(raw)
     src = None
@@ -156,30 +157,44 @@ def open_read(raw, identities=(), record_size: int = 10240):
                 size = cur.size
             else:
                 cur, src = age.AgeStream(src, ids), None
+            stack.append(cur)
             continue
         if kind == "zstd":
             index = zstd.read_seek_table(cur, size) if size is not None else None
             if index is not None:
                 cur = zstd.ZstdSeekable(cur, index)
                 size = cur.size
+                stack.append(cur)
                 continue
             if size is not None:
                 cur.seek(0)
                 src = Source(cur, record_size if cur is raw else 1 << 16)
                 size = None
             cur, src = zstd.ZstdStream(src), None
+            stack.append(cur)
             continue
         if size is not None:
             cur.seek(0)
             src = Source(cur, record_size if cur is raw else 1 << 16)
             size = None
         cur, src = _StdlibStream(kind, src), None
+        stack.append(cur)
     if size is not None:
         cur.seek(0)
-        return cur, names
-    if src is not None:             # the last bytes peeked are still in the source
-        return _Plain(src), names
+    elif src is not None:           # the last bytes peeked are still in the source
+        cur = _Plain(src)
+    if stack:
+        cur.layer_stack = stack
     return cur, names
+
+
+def read_to_end(stream) -> list[str]:
+    """Read what :func:`open_read` gave to the end of its layers (after the archive's own
+    end: a check of the whole file); returns the damage its layers read around (see
+    ``read_around``), raises the LayerError of damage they could not."""
+    while stream.read(1 << 20):
+        pass
+    return [note for layer in getattr(stream, "layer_stack", ()) for note in layer.read_around]
 
 
 # ------------------------------------------------------------------------------ writing

@@ -156,7 +156,7 @@ def read_seek_table(raw, size: int):
     if len(foot) != 9:
         return None
     n, desc, magic = struct.unpack("<IBI", foot)
-    if magic != SEEKABLE_FOOTER or desc & 0x7C:
+    if magic != SEEKABLE_FOOTER or desc & 0x7F:         # reserved and unused bits: written 0
         return None
     esize = 12 if desc & 0x80 else 8
     tsize = n * esize + 9
@@ -211,16 +211,19 @@ class ZstdSeekable(SeekableLayer):
                 # every frame was checked (a total too small would end reads early)
                 self._check_before(len(self._coff) - 1)
             return out
-        except _TableWrong:
+        except _TableWrong as exc:
             if self._rebuilt:
                 raise
             self._rebuild()
+            # the frames are whole (the pass read them all): the table was wrong
+            self.read_around = [f"zstd: the seek table is damaged ({exc}); the frames' own sizes were used"]
             self._pos = at
             return super().read(n)
 
     def _rebuild(self) -> None:
         """The offsets of every frame, from the frames themselves: one pass of
-        :class:`ZstdStream`, which says where each frame ends."""
+        :class:`ZstdStream`, which says where each frame ends (LayerDamaged when a
+        frame is damaged)."""
         coff, doff = array("Q", [0]), array("Q", [0])
 
         def frame_end(compressed: int, out: int) -> None:
@@ -296,7 +299,10 @@ class ZstdSeekable(SeekableLayer):
 class ZstdStream(StreamLayer):
     """One pass over any zstd stream: frames and skippable frames in sequence; the end
     of the input must be the end of a frame.  ``on_frame(end, size)``, when given, is
-    told where each frame ends in the input and how many bytes it held."""
+    told where each frame ends in the input and how many bytes it held.  A seek table
+    (the skippable frame of the seekable format) is checked against the frames read
+    since the previous one: one that does not describe them is ``read_around`` (it
+    holds nothing of the plaintext)."""
 
     layer = "zstd"
 
@@ -310,14 +316,70 @@ class ZstdStream(StreamLayer):
         self._on_frame = on_frame
         self._frame_out = 0
         self.frames = 0
+        self._frame_start = 0
+        self._skippable = False
+        self._sizes = array("Q")        # (compressed, decompressed) of each frame since the last table
+        self.read_around = []
+
+    def _table(self) -> bool:
+        """At the start of a frame: a seek table, taken here (checked against the frames
+        before it) when its size is one such a table of them can have; else False."""
+        head = self.src.peek(8)
+        if len(head) < 8:
+            return False
+        magic, size = struct.unpack("<II", head)
+        if magic & 0xFFFFFFF0 != SKIPPABLE:
+            return False
+        self._skippable = True
+        if magic != SEEKTABLE_MAGIC:
+            return False
+        n = len(self._sizes) // 2
+        if size not in (n * 8 + 9, n * 12 + 9):
+            self.read_around.append(f"zstd: the seek table after frame {self.frames} is damaged: it is "
+                                    f"{size} bytes long, a table of {n} frames is {n * 8 + 9}")
+            return False                # skipped as any skippable frame is (a cut one is damage)
+        data = self.src.read(8 + size)
+        if len(data) < 8 + size:
+            raise LayerDamaged(f"zstd: the stream is cut short inside frame {self.frames} (the seek table, "
+                               f"after {self.src.consumed} compressed bytes)")
+        count, desc, footer = struct.unpack_from("<IBI", data, len(data) - 9)
+        esize = 12 if desc & 0x80 else 8
+        got = array("Q")
+        if size == n * esize + 9:
+            for i in range(n):
+                got.extend(struct.unpack_from("<II", data, 8 + i * esize))
+        if footer != SEEKABLE_FOOTER:
+            what = "its footer magic is wrong"
+        elif desc & 0x7F or size != n * esize + 9:
+            what = f"its descriptor 0x{desc:02x} is wrong"
+        elif count != n:
+            what = f"it counts {count} frames, {n} were read"
+        elif got != self._sizes:
+            i = next(i for i in range(len(got)) if got[i] != self._sizes[i])
+            what = (f"it gives frame {i // 2} {got[i]} {('compressed', 'decompressed')[i % 2]} bytes, "
+                    f"the frame has {self._sizes[i]}")
+        else:
+            what = None
+        if what:
+            self.read_around.append(f"zstd: the seek table after frame {self.frames} is damaged ({what})")
+        self._sizes = array("Q")
+        self.frames += 1
+        self._skippable = False
+        if self._on_frame is not None:
+            self._on_frame(self.src.consumed, 0)
+        return True
 
     def _next(self) -> bytes | None:
         while True:
             if self._obj is None:
                 if self.src.at_end():
                     return None
+                self._skippable = False
+                if self._table():
+                    continue
                 self._obj = self._d.decompressobj()
                 self._started = False
+                self._frame_start = self.src.consumed
             data = self.src.read_some(self._feed)
             if not data:
                 raise LayerDamaged(f"zstd: the stream is cut short inside frame {self.frames} (after "
@@ -337,6 +399,8 @@ class ZstdStream(StreamLayer):
                     self.src.unread(rest)
                 self._obj = None
                 self.frames += 1
+                if not self._skippable:
+                    self._sizes.extend((self.src.consumed - self._frame_start, self._frame_out))
                 if self._on_frame is not None:
                     self._on_frame(self.src.consumed, self._frame_out)
                 self._frame_out = 0
