@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 
 import pytest
 
 from asm.errors import EXIT_PARTIAL, EXIT_STORE
 from tests.dovecot_lab import MAIL_USER, lab_fixture, message, random_changes
-from tests.helpers import run
+from tests.helpers import popen, run
 
 lab = lab_fixture(params=["sdbox", "mdbox"], scope="function")
 USERS = ("alice", "bob")
@@ -186,6 +188,67 @@ def test_a_dbox_account_dovecot_changed_during_the_restore_is_not_overwritten(la
         store.sync()
     assert view(lab, "alice") == before
     assert len(before[0]["Work"][3]) == 1
+
+
+def paused_after_copy(tmp_path, home, *argv):
+    """``argv`` (an imsrestore) started with a doveadm that stops once it has copied a
+    login to WORK (``doveadm backup ... maildir:``) until the test has changed the
+    account: the point between the copy and the driver's next step.  Returns the
+    process and a function that lets it go on."""
+    real = shutil.which("doveadm", path="/usr/bin:/usr/sbin:/bin:/sbin")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    wrapper = bin_ / "doveadm"
+    wrapper.write_text(f"""#!/bin/sh
+{real} "$@"; rc=$?
+eval last=\\${{$#}}
+case "$last" in maildir:*)
+    if [ ! -e {bin_}/copied ]; then
+        : > {bin_}/copied
+        while [ ! -e {bin_}/go ]; do sleep 0.05; done
+    fi;;
+esac
+exit $rc
+""")
+    wrapper.chmod(0o755)
+    p = popen(home, *argv, env={"PATH": f"{bin_}:{os.environ['PATH']}"}, stdout=subprocess.PIPE,
+              stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (bin_ / "copied").exists():
+        assert p.poll() is None and time.monotonic() - t0 < 60, p.communicate()
+        time.sleep(0.05)
+    return p, lambda: (bin_ / "go").touch()
+
+
+@pytest.mark.parametrize("lab", ["mdbox"], indirect=True)
+def test_what_a_client_does_while_the_restore_copies_the_dbox_account_stays(lab, tmp_path):
+    """An IMAP APPEND, a flag set and a folder CREATEd after doveadm copied the account
+    (before, the listing compared at give-back was taken after the copy: it held the
+    client's changes, the copy did not, and the give-back undid them with exit 0)."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/primary/alice", check=0)
+    with lab.imap("alice") as c:
+        c.select("INBOX")
+        c.uid_expunge([1])
+        c.unselect()
+    p, go = paused_after_copy(tmp_path, home, "imsrestore", "-f", a, "/primary/alice/INBOX")
+    with lab.imap("alice") as c:
+        c.append("Old", message("appended during the restore"))
+        c.select("Old")
+        c.uid_store([1], "+FLAGS", [r"\Flagged"])
+        c.unselect()
+        c.create("Created")
+    client = view(lab, "alice")
+    go()
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == EXIT_STORE, err
+    assert "alice: Dovecot changed the dbox account" in err, err
+    assert view(lab, "alice") == client
+    assert len(client[0]["Old"][3]) == 2 and r"\Flagged" in client[0]["Old"][3][0][1]
+    assert "Created" in client[0]
 
 
 def listing(home, archive) -> list[str]:

@@ -13,7 +13,7 @@ Copying back makes the dbox account what the copy is, so whatever Dovecot did to
 account after the copy was taken would be undone.  Before it copies back the driver
 compares Dovecot's listing of the account (every folder's UIDVALIDITY, UIDNEXT,
 HIGHESTMODSEQ, message count; every message's folder, UID, GUID and flags) with the one
-it took when the copy was made: when they differ nothing is given back and the restore
+it took before the copy was made: when they differ nothing is given back and the restore
 fails (exit 17) naming the login.  After copying back it compares the dbox account with
 the copy (folders, UIDVALIDITY, UIDNEXT, UIDs, GUIDs, flags) and fails the same way when
 Dovecot did not keep them.
@@ -76,7 +76,7 @@ class DboxStore(MaildirStore):
         self._exported: set[str] = set()          # logins copied from dbox
         self._created: set[str] = set()           # logins this process builds
         self._pending: set[str] = set()           # copies changed since Dovecot had them
-        self._seen: dict[str, str | None] = {}    # Dovecot's listing when the copy was made
+        self._seen: dict[str, str | None] = {}    # Dovecot's listing before the copy was made
         self._renamed: dict[str, list] = {}       # login -> its dbox folders the copy cannot hold
         self._names: dict[str, list] = {}         # login -> its folders, as its last copy had them
         self._uncopied: dict[str, tuple] = {}     # login -> (why, what to do): doveadm backup failed
@@ -158,6 +158,11 @@ class DboxStore(MaildirStore):
         for attempt in range(1, DESYNC_TRIES + 1):
             shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
             names = self._folders(user)
+            # what Dovecot serves before the copy: a change made while doveadm copies (an
+            # APPEND to a folder it has copied) is in the account and not in the copy, so
+            # the give-back must see the account differ from this, not from a listing
+            # taken after the copy (it held the change: the give-back undid it, exit 0)
+            seen = self._listing(user, modseq=True)
             # a folder whose Maildir++ directory name would be longer than a file name may be
             # stops doveadm backup of the whole login: left out of the copy (and named)
             # (its parents too, when they are: dsync creates them first)
@@ -179,7 +184,7 @@ class DboxStore(MaildirStore):
             except StoreError as exc:
                 copy = self._copy_without_escaped(user, names, long, exc)
             break
-        self._seen[user] = self._listing(user, modseq=True)
+        self._seen[user] = seen
         self._exported.add(user)
         self._check_copy(user, names, copy)
         self._names[user] = super().folder_names(user)
