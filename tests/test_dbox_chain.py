@@ -251,6 +251,39 @@ def test_what_a_client_does_while_the_restore_copies_the_dbox_account_stays(lab,
     assert "Created" in client[0]
 
 
+@pytest.mark.parametrize("lab", ["mdbox"], indirect=True)
+def test_a_dbox_restore_refused_for_a_change_meanwhile_releases_held_deliveries(lab, tmp_path):
+    """The exit-17 refusal ("Dovecot changed the dbox account ...") wrote nothing to
+    Dovecot: the login's deliveries are released as at any end of a run (before, its
+    dovecot.holdfile line stayed and LMTP answered 451 after the command had gone), and
+    the refusal is said once, in one line."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    hold = os.path.join(lab.dir, "hold.lmtp")
+    open(hold, "w").close()
+    os.chmod(hold, 0o644)
+    run(home, "msconfig", "set", "dovecot.holdfile", hold, check=0)
+    fill(lab)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/primary/alice", check=0)
+    with lab.imap("alice") as c:
+        c.select("INBOX")
+        c.uid_expunge([2])                 # what the restore brings back
+        c.unselect()
+    p, go = paused_after_copy(tmp_path, home, "imsrestore", "-f", a, "/primary/alice")
+    with lab.imap("alice") as c:
+        c.select("INBOX")
+        c.uid_store([1], "+FLAGS", [r"\Flagged"])
+        c.unselect()
+    go()
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == EXIT_STORE, err
+    assert err.count("\n") == 1 and err.startswith("imsrestore: alice: Dovecot changed the dbox account"), err
+    assert "alice" not in open(hold).read(), (out, err)
+    time.sleep(1.1)                        # Dovecot reads the hold file again at most once a second
+    assert lab.deliver(["alice"], message("after the restore"), check=False)["alice"][0] == 250
+
+
 def listing(home, archive) -> list[str]:
     """The folders an archive holds (its table of contents)."""
     toc = run(home, "imsrestore", "-t", "-f", archive, check=0, text=True).stdout

@@ -14,7 +14,7 @@ account after the copy was taken would be undone.  Before it copies back the dri
 compares Dovecot's listing of the account (every folder's UIDVALIDITY, UIDNEXT,
 HIGHESTMODSEQ, message count; every message's folder, UID, GUID and flags) with the one
 it took before the copy was made: when they differ nothing is given back and the restore
-fails (exit 17) naming the login.  After copying back it compares the dbox account with
+fails (exit 17) naming the login, whose held deliveries are released.  After copying back it compares the dbox account with
 the copy (folders, UIDVALIDITY, UIDNEXT, UIDs, GUIDs, flags) and fails the same way when
 Dovecot did not keep them.
 
@@ -81,6 +81,7 @@ class DboxStore(MaildirStore):
         self._names: dict[str, list] = {}         # login -> its folders, as its last copy had them
         self._uncopied: dict[str, tuple] = {}     # login -> (why, what to do): doveadm backup failed
         self._left_out: dict[str, set] = {}       # login -> its folders dsync stopped on, left out
+        self._failed: list[str] = []              # give-backs that failed as deliveries were released
 
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
         return None      # the Maildir read is a fresh copy each run: dbox itself is not looked at
@@ -374,6 +375,10 @@ class DboxStore(MaildirStore):
         the account since the copy was made; checked afterwards."""
         if user not in self._pending:
             return
+        # given back or not (refused, half given back: a full disk), not again in this
+        # run: the account is no longer what the copy was made from, and the journal has
+        # not recorded the login's folders, so the same command run again redoes it
+        self._pending.discard(user)
         before = self._seen.get(user)
         now = self._listing(user, modseq=True)
         if now != before:
@@ -382,14 +387,8 @@ class DboxStore(MaildirStore):
                 f"copy of it (a delivery or an IMAP client); the restored mail was not given "
                 f"to Dovecot: run the restore again (dovecot.holdfile holds deliveries "
                 f"meanwhile, docs/dovecot.md)")
-        try:
-            self._dv.run(user, "backup", self._location_of(user),
-                         options=[f"mail_location=maildir:{self._maildir(user)}"])
-        finally:
-            # given back or not (half given back: a full disk), not again in this run:
-            # the account is no longer what the copy was made from, and the journal has
-            # not recorded the login's folders, so the same command run again redoes it
-            self._pending.discard(user)
+        self._dv.run(user, "backup", self._location_of(user),
+                     options=[f"mail_location=maildir:{self._maildir(user)}"])
         got, want = self._listing(user), self._listing(user, maildir=True)
         if got != want:
             raise StoreError(
@@ -469,13 +468,27 @@ class DboxStore(MaildirStore):
         return super().exists(user, folder)
 
     def release_deliveries(self, user: str, holder: str | None = None) -> int:
-        # Dovecot gets the restored mail while deliveries are still held
-        self._give_back(user)
+        # Dovecot gets the restored mail while deliveries are still held.  When it cannot
+        # (the account changed meanwhile, doveadm failed), nothing more is done for the
+        # login in this run: its hold goes as at any end of a run (kept, LMTP answered 451
+        # after the command had gone), and the failure, in its own words, ends the batch
+        # (sync): one line, not one more "releasing held deliveries" error.  A full disk
+        # (exit 13) keeps the hold: the same command must finish the restore.
+        try:
+            self._give_back(user)
+        except StoreFull:
+            raise
+        except StoreError as exc:
+            n = super().release_deliveries(user, holder)
+            if not self.in_batch:
+                raise
+            self._failed.append(str(exc))
+            return n
         return super().release_deliveries(user, holder)
 
     def sync(self) -> None:
         super().sync()
-        failed = []
+        failed, self._failed = self._failed, []
         for user in sorted(self._pending):
             try:
                 self._give_back(user)
