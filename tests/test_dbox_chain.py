@@ -284,6 +284,33 @@ def test_a_dbox_restore_refused_for_a_change_meanwhile_releases_held_deliveries(
     assert lab.deliver(["alice"], message("after the restore"), check=False)["alice"][0] == 250
 
 
+@pytest.mark.parametrize("lab", ["mdbox"], indirect=True)
+def test_a_dbox_restore_with_dovecot_stopped_is_refused_before_it_writes(lab, tmp_path):
+    """A dbox restore reaches Dovecot through doveadm, which needs the running Dovecot:
+    with Dovecot stopped (as docs/disaster-recovery.md said until step 6) the restore
+    ran to its end and failed every login with doveadm's "User lookup failed", exit 17,
+    one line per login.  Now one line says to start Dovecot, nothing is written, and
+    with Dovecot started the same command restores."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    want = views(lab)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    lab.stop()
+    wipe(lab)
+    try:
+        p = run(home, "imsrestore", "-f", a, text=True)
+        assert os.listdir(lab.store) == []
+    finally:
+        lab.start()
+    assert p.returncode == EXIT_STORE, p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("imsrestore: Dovecot is not running"), p.stderr
+    assert "start Dovecot" in p.stderr
+    run(home, "imsrestore", "-f", a, check=0)
+    assert views(lab) == want
+
+
 def listing(home, archive) -> list[str]:
     """The folders an archive holds (its table of contents)."""
     toc = run(home, "imsrestore", "-t", "-f", archive, check=0, text=True).stdout

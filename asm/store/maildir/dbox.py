@@ -82,6 +82,7 @@ class DboxStore(MaildirStore):
         self._uncopied: dict[str, tuple] = {}     # login -> (why, what to do): doveadm backup failed
         self._left_out: dict[str, set] = {}       # login -> its folders dsync stopped on, left out
         self._failed: list[str] = []              # give-backs that failed as deliveries were released
+        self._dovecot_runs = False                # its auth service answered (_check_dovecot_runs)
 
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
         return None      # the Maildir read is a fresh copy each run: dbox itself is not looked at
@@ -407,8 +408,43 @@ class DboxStore(MaildirStore):
     def check_partition(self, partition: str, writing: bool = False) -> bool:
         from asm.store.partitions import check_partition_dir
         self.partition_path(partition)
-        return check_partition_dir(partition, self._prefix, True, writing,
-                                   key=f"store.mail_location ({self._dbox.location.text})")
+        ok = check_partition_dir(partition, self._prefix, True, writing,
+                                 key=f"store.mail_location ({self._dbox.location.text})")
+        if writing:
+            self._check_dovecot_runs()
+        return ok
+
+    def _check_dovecot_runs(self) -> None:
+        """What a restore writes reaches the dbox accounts through ``doveadm backup -u
+        LOGIN``, which asks the running Dovecot's auth service for the login (its
+        auth-userdb socket): refused before anything is written when nothing answers
+        there.  (With Dovecot stopped, as the disaster-recovery runbook once said, a
+        restore ran to its end and then failed every login with doveadm's "User lookup
+        failed", exit 17.)  Once it answered, not asked again."""
+        if self._dovecot_runs:
+            return
+        import socket
+        conf = ["-c", self._dv.conf]
+        base = layout_mod._doveconf([*conf, "-h", "base_dir"], "doveconf").strip()
+        try:
+            name = layout_mod._doveconf([*conf, "-h", "auth_socket_path"], "doveconf").strip()
+        except layout_mod.LayoutError:
+            name = ""
+        path = os.path.join(base, name or "auth-userdb")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(path)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            what = ("Dovecot is not running" if isinstance(exc, (FileNotFoundError, ConnectionRefusedError))
+                    else "Dovecot's auth service cannot be reached")
+            raise StoreError(
+                f"{what} ({path}: {why}): an sdbox/mdbox store is written through doveadm, which "
+                f"asks the running Dovecot for each login; nothing was written: start Dovecot "
+                f"(deliveries held or LMTP closed, docs/disaster-recovery.md step 4a) and run the "
+                f"same command again") from None
+        self._dovecot_runs = True
 
     def sync_dirs(self) -> list[str]:
         return [self._prefix]
