@@ -248,13 +248,19 @@ def test_a_pipe_restore_names_a_damaged_first_copy_its_link_needs(store, ims_hom
     assert len(got.messages("zed", "INBOX")) == 1       # its own message: the rest goes on
 
 
-def test_reference_file_completes_a_pipe_restore(store, ims_home, tmp_path):
+def _zed_lost(store, ims_home, tmp_path):
+    """zed's mail (links to alice's first copies) archived, then lost, and no spool for a
+    stream's first copies: (the archive, zed as he was, where his reference file goes)."""
     _shared_setup(store)
     a = backup(ims_home, tmp_path / "a.ims")
     want = state(store, users={"zed"})
     store.delete_user("zed")
     run(ims_home, "msconfig", "set", "restore.spoolmax", "0", check=0)
-    ref = tmp_path / "zed.ref"
+    return a, want, tmp_path / "zed.ref"
+
+
+def test_reference_file_completes_a_pipe_restore(store, ims_home, tmp_path):
+    a, want, ref = _zed_lost(store, ims_home, tmp_path)
     p = run(ims_home, "imsrestore", "-R", ref, "-f", "-", "/primary/user/zed", input=a.read_bytes())
     assert p.returncode == 1 and f"-r {ref}".encode() in p.stderr
     assert len(store.messages("zed", "INBOX")) == 1
@@ -283,12 +289,7 @@ def test_a_damaged_reference_in_a_reference_file_is_one_line_and_restores_nothin
     naming the reference file and the field, nothing restored (before: KeyError,
     TypeError, OverflowError, AttributeError: exit 70, or a keyword "a b" stored); the
     file as imsrestore wrote it still completes the restore."""
-    _shared_setup(store)
-    a = backup(ims_home, tmp_path / "a.ims")
-    want = state(store, users={"zed"})
-    store.delete_user("zed")
-    run(ims_home, "msconfig", "set", "restore.spoolmax", "0", check=0)
-    ref = tmp_path / "zed.ref"
+    a, want, ref = _zed_lost(store, ims_home, tmp_path)
     run(ims_home, "imsrestore", "-R", ref, "-f", "-", "/primary/user/zed", input=a.read_bytes(), check=1)
     doc = json.loads(ref.read_text())
     before = state(store, users={"zed"})

@@ -117,15 +117,21 @@ def test_blocking_factor_and_listing_over_ssh(sshd, source, tmp_path):
     assert want and want <= listed
 
 
-def test_stream_through_remote_fifo(sshd, source, tmp_path):
-    """host:/path/fifo is a stream (exec channel), like tar -f host:/dev/rmt0."""
-    src = home_for(tmp_path, sshd, source)
-    d = sshd.remote_dir("fifo")
-    fifo = os.path.join(d, "pipe")
+def _fifo_read_later(sshd, tmp_path, where: str, name: str, after: int):
+    """A FIFO in the remote user's directory ``where`` and a reader that, ``after``
+    seconds, copies what comes through it: (its path, the copy, the reader)."""
+    fifo = os.path.join(sshd.remote_dir(where), name)
     os.mkfifo(fifo)
     os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
     caught = tmp_path / "caught.ims"
-    reader = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", fifo, str(caught)])
+    reader = subprocess.Popen(["sh", "-c", 'sleep "$3"; cat "$1" > "$2"', "sh", fifo, str(caught), str(after)])
+    return fifo, caught, reader
+
+
+def test_stream_through_remote_fifo(sshd, source, tmp_path):
+    """host:/path/fifo is a stream (exec channel), like tar -f host:/dev/rmt0."""
+    src = home_for(tmp_path, sshd, source)
+    fifo, caught, reader = _fifo_read_later(sshd, tmp_path, "fifo", "pipe", 0)
     p = run(src.home, "imsbackup", "-f", sshd.spec(fifo), "/", text=True)
     reader.wait(30)
     assert p.returncode == 0, p.stderr
@@ -493,12 +499,7 @@ def test_busy_far_side_is_no_lost_link(sshd, source, tmp_path):
     """A far command that is busy longer than ssh.timeout (a tape loading, a FIFO whose
     reader comes late) while its sshd still answers is waited for, not a lost link."""
     src = home_for(tmp_path, sshd, source, ssh_timeout="1")
-    d = sshd.remote_dir("busy")
-    fifo = os.path.join(d, "tape")
-    os.mkfifo(fifo)
-    os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
-    caught = tmp_path / "caught.ims"
-    reader = subprocess.Popen(["sh", "-c", 'sleep 4; cat "$1" > "$2"', "sh", fifo, str(caught)])
+    fifo, caught, reader = _fifo_read_later(sshd, tmp_path, "busy", "tape", 4)
     p = run(src.home, "imsbackup", "-f", sshd.spec(fifo), "/primary/user/alice", text=True)
     reader.wait(30)
     assert p.returncode == 0, p.stderr
