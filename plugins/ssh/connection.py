@@ -270,23 +270,16 @@ class Connection:
             self._stalled()
         return chan.recv_exit_status()
 
-    def run(self, command: str, patient: bool = False) -> tuple[int, str, str]:
-        """Run a short command; (exit status, stdout, stderr).  Status -1: no shell/lost.
-        It fails when it makes no progress for ssh.timeout, unless ``patient``: then it
-        takes as long as it takes while the far side answers (sha256sum of a big dump)."""
+    def run(self, command: str) -> tuple[int, str, str]:
+        """Run a short command; (exit status, stdout, stderr).  Status -1: no shell/lost."""
         chan = self.exec(command)
         try:
             chan.shutdown_write()          # stdin at EOF: a forced sftp-server exits
-            if patient:
-                out = b"".join(iter(lambda: self.recv(chan, 65536), b""))
-                err = b"".join(iter(lambda: self.recv(chan, 65536, stderr=True), b""))
-                status = self.exit_status(chan)
-            else:
-                out = chan.makefile("rb").read()
-                err = chan.makefile_stderr("rb").read()
-                if not chan.status_event.wait(self.settings.timeout):
-                    raise socket.timeout()
-                status = chan.recv_exit_status()
+            out = chan.makefile("rb").read()
+            err = chan.makefile_stderr("rb").read()
+            if not chan.status_event.wait(self.settings.timeout):
+                raise socket.timeout()
+            status = chan.recv_exit_status()
         except (socket.timeout, paramiko.SSHException, EOFError, OSError) as exc:
             raise LinkLost(f"{self.label}: remote command did not finish: {exc or 'timed out'}") from None
         finally:
