@@ -419,7 +419,8 @@ def _one(args, rep) -> int:
                 print(f"layers: {' '.join(device.layers)}")
             _print_header(reader.header)
             return EXIT_OK
-        sel = Selection(paths, inst.groups, is_user=None if args.toc or args.header else functools.partial(user_on, inst.store))
+        sel = Selection(paths, inst.groups,
+                        is_user=None if args.toc or args.header else functools.partial(user_on, inst.store))
         if args.toc:
             try:
                 return _toc(reader, sel, args.verbose, device.file if getattr(device, "layers", None) else None)
