@@ -117,21 +117,15 @@ def test_blocking_factor_and_listing_over_ssh(sshd, source, tmp_path):
     assert want and want <= listed
 
 
-def _fifo_read_later(sshd, tmp_path, where: str, name: str, after: int):
-    """A FIFO in the remote user's directory ``where`` and a reader that, ``after``
-    seconds, copies what comes through it: (its path, the copy, the reader)."""
-    fifo = os.path.join(sshd.remote_dir(where), name)
-    os.mkfifo(fifo)
-    os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
-    caught = tmp_path / "caught.ims"
-    reader = subprocess.Popen(["sh", "-c", 'sleep "$3"; cat "$1" > "$2"', "sh", fifo, str(caught), str(after)])
-    return fifo, caught, reader
-
-
 def test_stream_through_remote_fifo(sshd, source, tmp_path):
     """host:/path/fifo is a stream (exec channel), like tar -f host:/dev/rmt0."""
     src = home_for(tmp_path, sshd, source)
-    fifo, caught, reader = _fifo_read_later(sshd, tmp_path, "fifo", "pipe", 0)
+    d = sshd.remote_dir("fifo")
+    fifo = os.path.join(d, "pipe")
+    os.mkfifo(fifo)
+    os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
+    caught = tmp_path / "caught.ims"
+    reader = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", fifo, str(caught)])
     p = run(src.home, "imsbackup", "-f", sshd.spec(fifo), "/", text=True)
     reader.wait(30)
     assert p.returncode == 0, p.stderr
