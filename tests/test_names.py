@@ -266,3 +266,35 @@ def test_mboxutil_create_refuses_what_the_classic_store_cannot_keep(tmp_path, na
     run(other, "mboxutil", "-c", os.fsdecode(name), check=0)
     listed = run(other, "mboxutil", "-l", check=0).stdout
     assert b"  " + name + (b"/INBOX" if name.count(b"/") == 1 else b"") + b"\n" in listed, listed
+
+
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_a_user_id_too_long_for_one_directory_is_refused_up_front(tmp_path, driver):
+    """A user ID the store would keep as a directory name of more than 255 bytes was
+    exit 17 ("File name too long") from mboxutil -c, and from a restore after it had
+    started; it is now one line naming it, EXIT_USAGE, nothing made.  The limit is the
+    directory name's bytes: classic writes '%' as '%25', UTF-8 counts bytes."""
+    home = tmp_path / "home"
+    store = open_store(make_home(home, driver))
+    store.create_user("joe")
+    store.append("joe", "INBOX", io.BytesIO(msg(1)))
+    part = store.partition_path("primary")
+    before = sorted(os.walk(part))
+    fits = "u" * (254 if driver == "classic" else 255)
+    long_ids = ["u" * 300, "\u00e9" * 128, "x" + "u" * (255 if driver == "classic" else 256)]
+    if driver == "classic":
+        long_ids.append("%" * 90)             # 270 bytes once '%' is written '%25'
+    for user in long_ids:
+        p = run(home, "mboxutil", "-c", f"user/{user}", env={"IMS_DEBUG": None})
+        assert p.returncode == EXIT_USAGE, p.stderr
+        assert p.stderr.count(b"\n") == 1 and b"is too long for the" in p.stderr and b"at most 255" in p.stderr, p.stderr
+    assert sorted(os.walk(part)) == before
+    archive = tmp_path / "joe.ims"
+    run(home, "imsbackup", "-f", archive, "/primary/user/joe")
+    mapfile = tmp_path / "map"
+    mapfile.write_text(f"joe={long_ids[0]}\n")
+    p = run(home, "imsrestore", "-f", archive, "-m", mapfile, text=True)
+    assert p.returncode == EXIT_USAGE and "is too long for the" in p.stderr, p.stderr
+    assert sorted(os.walk(part)) == before
+    run(home, "mboxutil", "-c", f"user/{fits}")
+    assert fits in list(open_store(Config(str(home))).users("primary"))

@@ -795,3 +795,19 @@ def check_user_name(user: str) -> str:
             or any(ord(c) < 32 for c in user):
         raise BadName(f"bad user ID {user!r}: it may not be empty or contain '/' or control characters")
     return user
+
+
+NAME_MAX = 255      # bytes in one path level (Linux file systems)
+
+
+def check_user_level(user: str, level: str, store: str) -> str:
+    """``user`` if ``level``, the directory name a store keeps the user under, fits in
+    one path level; else BadName, before anything is written (it was an OSError, exit
+    17, "File name too long", after the command had started)."""
+    n = len(os.fsencode(level))
+    if n > NAME_MAX:
+        from asm.archive.names import shown
+        raise BadName(f"user ID '{shown(user)}' is too long for the {store} store: its directory name "
+                      f"would be {n} bytes, at most {NAME_MAX}; choose a shorter one "
+                      f"(imsrestore -m maps an archived user to another ID)")
+    return user

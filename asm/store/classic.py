@@ -36,7 +36,7 @@ from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
-    _what, check_folder_name, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
+    _what, check_folder_name, check_user_level, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
     split_flags, stat_part, this_holder,
 )
 
@@ -643,11 +643,12 @@ class ClassicStore(Store):
             from asm.archive.names import shown
             raise BadName(f"user ID '{shown(user)}' holds bytes that are not UTF-8, and the classic store "
                           f"keeps names as UTF-8 text")
-        return user
+        return check_user_level(user, os.path.basename(_user_dir(user)), "classic")
 
     @_store_errors
     def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
         _utf8(check_user_name(user), "user ID")
+        check_user_level(user, os.path.basename(_user_dir(user)), "classic")
         ppath = self.partition_path(partition)
         self.check_partition(partition, writing=True)
         if self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():

@@ -22,7 +22,7 @@ from asm.locks import pid_alive
 from asm.store.base import (
     BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, Unlisted, UserExists,
-    check_folder_name, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
+    check_folder_name, check_user_level, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
     settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
@@ -1494,12 +1494,17 @@ class MaildirStore(Store):
             dotlock.release(lockpath)
 
     # ------------------------------------------------------------------ users & folders
+    def check_new_user(self, user: str) -> str:
+        """Without a layout the user's home is one directory named as the user ID."""
+        check_user_name(user)
+        return user if self._layout is not None else check_user_level(user, user, "maildir")
+
     @store_os_errors
     def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
         """The user's Maildir is built complete (cur/ new/ tmp/, dovecot-uidlist with
         INBOX's UIDVALIDITY, subscriptions) under a temporary name in the home and
         renamed into place: a kill never leaves a Maildir without its INBOX."""
-        check_user_name(user)
+        self.check_new_user(user)
         if self.exists(user):
             raise UserExists(user)
         if self._layout is not None:
