@@ -185,3 +185,37 @@ def test_registering_finds_what_pluggy_finds():
         assert {f[0] for f in found(ours) if f[1] == "odd"} == {"ims_commands", "ims_run_end", "ims_mailbox_done"}
     finally:
         plugins.reset()
+
+
+def test_plugins_hear_the_status_the_end_of_the_restore_batch_gives(ims_home, config, store, tmp_path, monkeypatch):
+    """A store that hands its copy to the mail server when the restore's batch ends
+    (dbox: doveadm) can fail the run there, exit 17 ("run the restore again").  The
+    plugins (NetBackup notify scripts, the engines' status files) heard the status from
+    before that end: 0, so a job the command failed was reported done."""
+    from asm import plugins
+    from asm.cli import imsrestore
+    from asm.hookspecs import hookimpl
+    from asm.store.base import StoreError
+
+    put(store, "joe", "INBOX", 1)
+    archive = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", archive, "/")
+    store.delete_user("joe")
+    heard = []
+
+    class Recorder:
+        @hookimpl
+        def ims_run_end(self, run, status):
+            heard.append((run.kind, status))
+
+    def refused(self):
+        raise StoreError("the mail server did not take the copy of joe: run the restore again")
+
+    monkeypatch.setattr(type(store), "sync", refused)
+    plugins.get_manager().register(Recorder(), name="recorder")
+    try:
+        status = imsrestore.main(["-f", str(archive)])
+    finally:
+        plugins.get_manager().unregister(name="recorder")
+    assert status == 17
+    assert heard == [("restore", 17)]

@@ -100,13 +100,25 @@ class Restorer:
     def restore(self) -> RestoreResult:
         """Restore what the selection takes from the archive.  The whole run is one
         store batch: whatever ends it, what was written is durable when it returns."""
-        with self.store.batch():
-            self._restore()
-        for mailbox, record in self.deferred or ():
-            try:
-                record()
-            except JournalError as exc:
-                self._record_error(mailbox, str(exc), exc.status)
+        # the plugins hear how the run ended once the batch has ended too: a store that
+        # gives its copy to the mail server then (dbox) may fail the run there (exit 17)
+        self._end_status = EXIT_PARTIAL
+        try:
+            with self.store.batch():
+                self._restore()
+            for mailbox, record in self.deferred or ():
+                try:
+                    record()
+                except JournalError as exc:
+                    self._record_error(mailbox, str(exc), exc.status)
+                    self._end_status = self.res.status()
+        except Exception as exc:
+            plugins.run_end(self.run, exc.status if isinstance(exc, ImsError) else error_status(exc))
+            raise
+        except BaseException:
+            plugins.run_end(self.run, self._end_status)
+            raise
+        plugins.run_end(self.run, self._end_status)
         return self.res
 
     def _journal(self, mailbox: str, record) -> None:
@@ -171,7 +183,7 @@ class Restorer:
                                "messages": self.res.messages, "links": self.res.links,
                                "bytes": self.res.bytes}
             self.run.errors = [(e["mailbox"], e["error"]) for e in self.res.errors]
-            plugins.run_end(self.run, status)
+            self._end_status = status       # told to the plugins by restore()
         if unwritten is not None:
             n = len(self.res.held)
             raise RestoreError(str(unwritten) + (f" (deliveries to {n} user{'s' if n > 1 else ''} stay held "
