@@ -252,6 +252,34 @@ def test_what_a_client_does_while_the_restore_copies_the_dbox_account_stays(lab,
 
 
 @pytest.mark.parametrize("lab", ["mdbox"], indirect=True)
+def test_a_subscription_changed_while_the_restore_copies_the_dbox_account_stays(lab, tmp_path):
+    """A client that only SUBSCRIBEs and UNSUBSCRIBEs while the restore works on its copy
+    of the account: the listing compared at give-back held no subscriptions, so the
+    give-back undid both with exit 0.  Now it is the same refusal as for a new message
+    (17, "run the restore again"), the client's subscriptions kept."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/primary/alice", check=0)
+    with lab.imap("alice") as c:
+        c.select("INBOX")
+        c.uid_expunge([1])
+        c.unselect()
+    p, go = paused_after_copy(tmp_path, home, "imsrestore", "-f", a, "/primary/alice/INBOX")
+    with lab.imap("alice") as c:
+        c.subscribe("Tags")
+        c.unsubscribe("Old")
+    client = view(lab, "alice")
+    assert "Tags" in client[1] and "Old" not in client[1]
+    go()
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == EXIT_STORE, err
+    assert "alice: Dovecot changed the dbox account" in err, err
+    assert view(lab, "alice") == client
+
+
+@pytest.mark.parametrize("lab", ["mdbox"], indirect=True)
 def test_a_dbox_restore_refused_for_a_change_meanwhile_releases_held_deliveries(lab, tmp_path):
     """The exit-17 refusal ("Dovecot changed the dbox account ...") wrote nothing to
     Dovecot: the login's deliveries are released as at any end of a run (before, its

@@ -341,6 +341,8 @@ class DboxStore(MaildirStore):
         """What Dovecot serves of the login's dbox account (``maildir``: of its copy):
         every folder with UIDVALIDITY, UIDNEXT and message count (and HIGHESTMODSEQ with
         ``modseq``), every message's folder, UID, GUID and flags (without \\Recent).
+        With ``modseq`` (the listing that tells whether a client changed the account)
+        the subscriptions too: an IMAP SUBSCRIBE changes neither of the others.
         None when the login has no dbox account."""
         if not maildir and not os.path.isdir(self._dbox_root(user)):
             return None
@@ -356,7 +358,10 @@ class DboxStore(MaildirStore):
                 flags = " ".join(sorted(f for f in fields_.get("flags", "").split() if f != "\\Recent"))
                 msgs.append((fields_.get("mailbox", ""), int(fields_.get("uid", 0)),
                              fields_.get("guid", ""), flags))
-        return "\n".join(lines + [repr(m) for m in sorted(msgs)])
+        subs = []
+        if modseq:
+            subs = ["subscribed " + n for n in sorted(self._dv.run(user, "mailbox list -s", options=opts).splitlines())]
+        return "\n".join(lines + [repr(m) for m in sorted(msgs)] + subs)
 
     def _location_of(self, user: str) -> str:
         """The login's dbox location, every variable and ~ expanded (doveadm's target)."""
