@@ -393,6 +393,38 @@ def test_keywords_beyond_26_are_kept_through_dovecot_or_named(vdomain, tmp_path)
     assert "only in Dovecot's index" in trailer and "bob@example.com/Tags" in trailer
 
 
+kw_lab = lab_fixture("plain")
+
+
+def test_keywords_beyond_26_come_back_when_a_restore_with_dovecot_stopped_is_run_again(kw_lab, tmp_path):
+    """Keywords 27.. go to Dovecot's index through doveadm, which finds the login through
+    the running Dovecot.  A restore with Dovecot stopped (the disaster runbook's order)
+    stops there with 17, saying to start Dovecot and run again; that second run took the
+    message as already there (exit 0) and left keywords 27-30 lost.  It sets them now."""
+    lab = kw_lab
+    u = "alice"
+    lab.deliver([u], message("plain"))
+    with lab.imap(u) as c:
+        _, uid = c.append("INBOX", message("thirty keywords"), [r"\Seen", *KWS])
+    before = lab.client_state(u)
+    assert before["INBOX"].by_uid()[uid].flags == {r"\Seen", *KWS}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "kw.ims"
+    run(home, "imsbackup", "-f", a, f"/primary/{u}", check=0)
+    lab.stop()
+    try:
+        wipe(lab)
+        first = run(home, "imsrestore", "-f", a, text=True)
+    finally:
+        lab.start()
+    assert first.returncode == 17 and first.stderr.count("\n") == 1, first.stderr
+    assert "start Dovecot, then run the same command again" in first.stderr, first.stderr
+    again = run(home, "imsrestore", "-f", a, text=True)
+    assert again.returncode == 0, again.stderr
+    assert seen(lab.client_state(u)) == seen(before)
+
+
 sdbox = lab_fixture("sdbox")
 
 

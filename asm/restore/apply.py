@@ -225,9 +225,15 @@ class Applier:
                 plan.renumbered += 1
                 if m.uid in plan.by_uid:
                     plan.taken.append(m.uid)
-            self._place(m, dup.path)
-            if plan.mode == "chain" and dup.uid == m.uid:
-                store.set_flags(plan.user, plan.folder, dup.uid, m.flags, m.keywords)
+            path = dup.path
+            if dup.uid == m.uid and (plan.mode == "chain" or plan.resumed and (
+                    set(dup.flags) != set(m.flags) or set(dup.keywords) != set(m.keywords))):
+                # chain: the flags of this link; resumed: stored by the run cut short,
+                # whose flags did not all land (keywords beyond 26, given to Dovecot by
+                # doveadm when the folder is let go, which failed).  Set before the file
+                # is remembered for the links that follow: a new flag renames a Maildir file
+                path = store.set_flags(plan.user, plan.folder, dup.uid, m.flags, m.keywords).path
+            self._place(m, path)
             store.let_others_in(plan.user, plan.folder)
             return
         fill = self.fills(plan, m)

@@ -68,6 +68,10 @@ class Doveadm:
             if full:          # the store's disk (or quota) is full: exit 13, not 17
                 raise StoreFull(f"{login}'s mail (doveadm {' '.join(args[:nwords])})", full.group(0))
             err = (text.strip().splitlines() or ["failed"])[-1]
+            if "User lookup failed" in text:
+                # doveadm -u asks the running Dovecot's auth service for the login
+                err += (" (doveadm finds the login through the running Dovecot: start Dovecot, "
+                        "then run the same command again)")
             desync = _DESYNC.search(text)
             if desync:        # dsync: the mailboxes changed while it copied them
                 raise DsyncDesync(f"doveadm {' '.join(args[:nwords])} -u {login} ({self.conf}): "
