@@ -105,7 +105,8 @@ def test_mailbox_list_lost_is_rebuilt_from_the_partitions(tmp_path, seed):
     p = run(home, "reconstruct", "-r", f"/primary/{users[0]}", check=EXIT_STORE)
     assert len(lines(p)) == 1 and "reconstruct -m" in p.stderr.decode()
     p = run(home, "reconstruct", "-n", "-m", check=EXIT_PARTIAL)
-    assert any("the mailbox list is missing" in x for x in lines(p))
+    assert any("the mailbox list is missing: would be rebuilt" in x for x in lines(p)), lines(p)
+    assert not any("rebuilt from the partitions" in x and "would be" not in x for x in lines(p)), lines(p)
     assert tree(home / "data") == snap, "-n changed nothing"
 
     # the partitions alone: every user, folder, UIDVALIDITY (from each index) and message;

@@ -157,11 +157,13 @@ class _List:
                 con.close()
             self.salvaged = len(old_users) + len(old_folders)
             report.add(UNKNOWN if not self.salvaged else REPAIRED, self.path,
-                       f"the mailbox list {problem}: rebuilt from the partitions"
+                       f"the mailbox list {problem}: " + ("rebuilt" if repair else "would be rebuilt (run without -n)")
+                       + " from the partitions"
                        + (f" (kept {self.salvaged} rows that could still be read; the damaged file is "
                           f"kept as mailboxes.db.damaged-<time>)" if repair else ""))
         else:
-            report.add(REPAIRED, self.path, "the mailbox list is missing: rebuilt from the partitions")
+            report.add(REPAIRED, self.path, "the mailbox list is missing: " + (
+                "rebuilt from the partitions" if repair else "would be rebuilt from the partitions (run without -n)"))
         self.rebuilt = True
         self.damaged = problem is not None
         if repair:
