@@ -42,6 +42,8 @@ class Groups:
             raise GroupsError(f"{path} is a directory, not a file: remove it or move it away") from None
         except OSError as exc:
             raise GroupsError(f"cannot read {path}: {exc.strerror}") from None
+        if data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]       # a byte-order mark (an editor's UTF-8): not part of the first name
         text = data.decode("utf-8", "surrogateescape")   # user IDs are any bytes: so are patterns
         return cls.parse(text, path)
 

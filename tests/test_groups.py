@@ -61,6 +61,15 @@ def test_load_from_file(tmp_path):
     assert Groups.load(str(p)).group_of("mike") == "groupB"
 
 
+def test_a_file_saved_with_a_byte_order_mark_loads(tmp_path):
+    """An editor's UTF-8 byte-order mark before the first group name made that name
+    'bad' (exit 2 naming a name that looks right): the mark is not part of it."""
+    p = tmp_path / "backup-groups.conf"
+    p.write_bytes(b"\xef\xbb\xbf" + EXAMPLE.encode())
+    g = Groups.load(str(p))
+    assert g.group_of("mike") == "groupB" and g.names() == Groups.parse(EXAMPLE).names()
+
+
 @pytest.mark.parametrize("text,line,what", [
     ("groupA=[a-l.*\n", 1, "bad regular expression"),
     ("# c\ngroupA=a.*\n\ngroupA=b.*\n", 4, "already defined on line 2"),
