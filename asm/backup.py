@@ -152,6 +152,27 @@ def check_not_emptied(store: Store, paths: list[LogicalPath], held: set) -> None
                          f"IMS_HOME and the partition paths (is the disk mounted?)")
 
 
+def refuse_device_in_store(device: str, store: Store, home: str, localonly: bool = False) -> None:
+    """Refuse (UsageError, before anything is written) a local archive file in the
+    store's own directories or in ``IMS_HOME/data`` (the mailbox list, restore
+    journal, reference files): put in place, the archive would replace a message, an
+    index or the mailbox list, or add a file the store would read as its own (GNU tar
+    refuses to archive into its input).  The path is compared with symlinks and
+    ``..`` resolved; a directory of its own under IMS_HOME (backups/) is fine."""
+    from asm.devices import is_remote, url_scheme
+    from asm.errors import UsageError
+    if device == "-" or not device or url_scheme(device) or is_remote(device, localonly):
+        return
+    seen = os.path.normpath(os.path.abspath(device))
+    real = os.path.realpath(device)
+    data = os.path.realpath(os.path.join(home, "data"))
+    if real == data or real.startswith(data + "/") or store.holds_path(real) or store.holds_path(seen):
+        where = "" if real == seen else f" ({real})"
+        raise UsageError(f"-f {device} is inside the store this backup reads{where}: writing the archive "
+                         f"there would destroy or add to the store's own files; put the archive outside the "
+                         f"store and IMS_HOME/data (e.g. /backup/...); nothing was written")
+
+
 def select(store: Store, groups: Groups, paths: list[LogicalPath], allow_empty: bool = False) -> list[Target]:
     """The users and folders ``paths`` name; PathError when one names nothing, EmptyStore
     or UnlistedStore when a partition they cover holds no user (see check_not_empty).

@@ -209,6 +209,62 @@ def test_imsbackup_two_bases_refused(home, tmp_path):
     assert not out.exists()
 
 
+def _sha(path):
+    import hashlib
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_imsbackup_into_its_own_store_refused(home, tmp_path):
+    """-f naming the classic mailbox list exited 0 and renamed the archive over it: every
+    later command then failed with exit 17 ("file is not a database").  A file of the
+    store (by a symlink or '..' too) or of IMS_HOME/data is refused before anything is
+    written; a directory of its own under IMS_HOME is not the store."""
+    with in_home(home):
+        msgfile = open_store(make_home(home, "classic")).message("bob", "INBOX", 1).path
+    db = home / "data" / "store" / "mboxlist" / "mailboxes.db"
+    (tmp_path / "link").symlink_to(home / "data" / "store")
+    digest, listing = _sha(msgfile), run(home, "mboxutil", "-l", check=0).stdout
+    for dev in (db, msgfile, home / "data" / "store" / "new.ims", tmp_path / "link" / "mboxlist" / "mailboxes.db",
+                home / "backups" / ".." / "data" / "store" / "mboxlist" / "mailboxes.db",
+                home / "data" / "restore-journal.db"):
+        p = run(home, "imsbackup", "-f", dev, "/")
+        assert p.returncode == EXIT_USAGE, (dev, p.stderr)
+        err = _one_line(p)
+        assert str(dev) in err and "outside the store" in err, err
+        assert not (home / "data" / "restore-journal.db").exists()
+    assert _sha(msgfile) == digest and run(home, "mboxutil", "-l", check=0).stdout == listing
+    assert not (home / "data" / "store" / "new.ims").exists()
+    assert not [x for x in (home / "data" / "store" / "mboxlist").iterdir() if x.name.endswith(".partial")]
+    (home / "backups").mkdir()
+    run(home, "imsbackup", "-f", home / "backups" / "full.ims", "/", check=0)
+    run(home, "imsrestore", "-t", "-f", home / "backups" / "full.ims", check=0)
+
+
+def test_imsbackup_into_a_maildir_refused(tmp_path):
+    """The same for a Dovecot Maildir under store.mail_location: a login's message files
+    are the store's; a backup directory beside the logins (under the template's fixed
+    /vmail) is not."""
+    h = tmp_path / "ims"
+    make_home(h, "maildir")
+    vmail = tmp_path / "vmail"
+    run(h, "msconfig", "set", "store.mail_location", f"maildir:{vmail}/%u/Maildir", check=0)
+    with in_home(h):
+        from asm.config import Config
+        put(open_store(Config(home=str(h))), "alice", "INBOX", 1)
+    cur = vmail / "alice" / "Maildir" / "cur"
+    (msgfile,) = cur.iterdir()
+    digest = _sha(msgfile)
+    for dev in (msgfile, cur / "x.ims", vmail / "alice" / "Maildir" / "dovecot-uidlist",
+                vmail / "backups" / ".." / "alice" / "Maildir" / "cur" / msgfile.name):
+        p = run(h, "imsbackup", "-f", dev, "/")
+        assert p.returncode == EXIT_USAGE, (dev, p.stderr)
+        assert str(dev) in _one_line(p)
+    assert _sha(msgfile) == digest and list(cur.iterdir()) == [msgfile]
+    (vmail / "backups").mkdir()
+    run(h, "imsbackup", "-f", vmail / "backups" / "full.ims", "/", check=0)
+    run(h, "imsbackup", "-f", vmail / "alice" / "full.ims", "/", check=0)       # a home, not mail
+
+
 @pytest.mark.parametrize("cmd", ["imsbackup", "imsrestore", "imsverify"])
 def test_unwritable_report_refused_before_the_run(home, tmp_path, cmd):
     """--report to a path that cannot be written was a warning with exit 0: monitoring

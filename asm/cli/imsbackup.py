@@ -14,7 +14,7 @@ import sys
 import time
 
 from asm.archive.writer import ArchiveWriter
-from asm.backup import BackupOptions, run_backup, select
+from asm.backup import BackupOptions, refuse_device_in_store, run_backup, select
 from asm.cli.common import (
     ArgParser, Commit, Once, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file,
     run_command, warn,
@@ -143,6 +143,8 @@ def _backup(args, rep) -> int:
     else:
         base = None
     inst = open_installation(snapshot=args.snapshot)
+    refuse_device_in_store(args.device, inst.store, inst.config.home,
+                           inst.config.get("device.localonly") == "yes")
     paths = [parse(n, inst.groups) for n in (names or ["/"])]
     allow_empty = args.allow_empty or inst.config.get("backup.allowempty") == "yes"
     targets = select(inst.store, inst.groups, paths, allow_empty=allow_empty)

@@ -548,6 +548,14 @@ class Store(abc.ABC):
         """Directories whose filesystems hold the store: its partitions."""
         return [self.partition_path(p) for p in self.partitions()]
 
+    def holds_path(self, path: str) -> bool:
+        """Whether ``path`` (absolute, symlinks and ``..`` resolved; it need not exist)
+        lies in the store's own directories, where any file is the store's: a file
+        written there by another program (an archive) would replace or add a message,
+        a mailbox list, an index."""
+        return any(path == d or path.startswith(d.rstrip("/") + "/")
+                   for d in (os.path.realpath(x) for x in self.sync_dirs()))
+
     @abc.abstractmethod
     def partition_path(self, partition: str) -> str:
         """The directory holding ``partition``."""

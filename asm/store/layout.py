@@ -682,6 +682,42 @@ class Misplaced:
     reason: str
 
 
+def _compile_levels(template: str) -> list:
+    """A path template level by level: ("lit", text), or ("rx", (regex, groups,
+    can_be_empty)) for a level with variables, ``groups`` naming the login parts
+    (%u, %n, %d) it tells."""
+    compiled = []
+    for level in template.split("/")[1:]:
+        toks = _tokens(level)
+        if not any(isinstance(t, _Var) and t.key != "%" for t in toks):
+            compiled.append(("lit", expand(level, "x")))
+            continue
+        rx, groups = [], []
+        for t in toks:
+            if isinstance(t, str):
+                rx.append(re.escape(t))
+            elif t.key == "%":
+                rx.append(re.escape(expand(t.raw, "x")))
+            elif t.whole and t.key in "und":
+                g = f"{t.key}{len(groups)}"
+                groups.append((g, t.key))
+                rx.append(f"(?P<{g}>.+?)" if t.key != "d" else f"(?P<{g}>.*?)")
+            else:
+                rx.append(".*?")
+        # a level a short login leaves empty (%1.1n of "a", %d of "postmaster"):
+        # Dovecot's path has '//' there
+        try:
+            can_be_empty = expand(level, "a") == ""
+        except Exception:  # noqa: BLE001 - a level expand cannot take: never empty
+            can_be_empty = False
+        compiled.append(("rx", (re.compile("".join(rx), re.S), groups, can_be_empty)))
+    return compiled
+
+
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 class StoreLayout:
     """A mail_location plus (when it uses ``~``/``%h``) the userdb home template."""
 
@@ -758,7 +794,10 @@ class StoreLayout:
     def root_template(self) -> str:
         """The mail root as one path template (``~`` and ``%h`` replaced by the home
         template), the thing :meth:`logins` walks."""
-        root = self.location.root
+        return self._full_template(self.location.root)
+
+    def _full_template(self, root: str) -> str:
+        """A path template of the location with ``~`` and ``%h`` replaced by the home template."""
         if root.startswith("~"):
             root = self.home_template + root[1:]       # needs_home() made sure it is set
         out = []
@@ -785,33 +824,7 @@ class StoreLayout:
         With ``with_skipped`` returns ``(logins, skipped)`` to report the directories
         that matched the template but belong to no login.
         """
-        template = self.root_template()
-        levels = template.split("/")[1:]
-        compiled = []
-        for level in levels:
-            toks = _tokens(level)
-            if not any(isinstance(t, _Var) and t.key != "%" for t in toks):
-                compiled.append(("lit", expand(level, "x")))
-                continue
-            rx, groups = [], []
-            for t in toks:
-                if isinstance(t, str):
-                    rx.append(re.escape(t))
-                elif t.key == "%":
-                    rx.append(re.escape(expand(t.raw, "x")))
-                elif t.whole and t.key in "und":
-                    g = f"{t.key}{len(groups)}"
-                    groups.append((g, t.key))
-                    rx.append(f"(?P<{g}>.+?)" if t.key != "d" else f"(?P<{g}>.*?)")
-                else:
-                    rx.append(".*?")
-            # a level a short login leaves empty (%1.1n of "a", %d of "postmaster"):
-            # Dovecot's path has '//' there
-            try:
-                can_be_empty = expand(level, "a") == ""
-            except Exception:  # noqa: BLE001 - a level expand cannot take: never empty
-                can_be_empty = False
-            compiled.append(("rx", (re.compile("".join(rx), re.S), groups, can_be_empty)))
+        compiled = _compile_levels(self.root_template())
         if not any(kind == "rx" and spec[1] for kind, spec in compiled):
             raise LayoutError(f"mail_location {self.location.text!r}: no path level holds "
                               f"the login (%u, or %n with %d), so the logins under the "
@@ -860,6 +873,57 @@ class StoreLayout:
                 "'/'; docs/dovecot.md)")))
         result = dict(sorted(found.items()))
         return (result, skipped) if with_skipped else result
+
+    def _held_templates(self) -> list[str]:
+        """The location's directory templates, each also with its fixed leading directory
+        as its symlinks resolve (/var/vmail/%u with /var/vmail -> /srv/vmail)."""
+        out = []
+        for template in self.location.templates():
+            try:
+                full = self._full_template(template)
+            except LayoutError:
+                continue
+            out.append(full)
+            levels = full.split("/")[1:]
+            n = next((i for i, lv in enumerate(levels) if "%" in lv), len(levels))
+            fixed = "/" + "/".join(levels[:n])
+            real = os.path.realpath(fixed)
+            if real != os.path.normpath(fixed):
+                out.append(real.rstrip("/") + "/" + "/".join(levels[n:]))
+        return out
+
+    def login_holding(self, path: str) -> str | None:
+        """The login whose mail, index or control directories hold ``path`` (absolute,
+        normalised; it need not exist), read from the path by the templates, the
+        filesystem never walked: None when it is no login's (a backup directory beside
+        the mail, a home outside its Maildir)."""
+        levels = os.path.normpath(path).split("/")[1:]
+        for template in self._held_templates():
+            try:
+                compiled = _compile_levels(template)
+            except LayoutError:
+                continue
+            if len(compiled) > len(levels):
+                continue
+            caps: dict = {}
+            for (kind, spec), level in zip(compiled, levels):
+                if kind == "lit":
+                    if spec != level:
+                        break
+                    continue
+                m = spec[0].fullmatch(level)
+                if m is None or any(caps.setdefault(key, m.group(g)) != m.group(g) for g, key in spec[1]):
+                    break
+            else:
+                login = self._login_from(caps)
+                try:
+                    ul = self.for_login(login) if login is not None else None
+                except LayoutError:
+                    ul = None
+                if ul is not None and any(d and _under(os.path.normpath(path), os.path.normpath(d))
+                                          for d in (ul.root, ul.inbox_dir, ul.index_root, ul.control_root)):
+                    return login
+        return None
 
     def _walk(self, prefix: str, compiled: list, caps: dict,
               short: bool = False, depth: int = 0) -> Iterator[tuple[str, dict, bool]]:

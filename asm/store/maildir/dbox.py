@@ -454,6 +454,10 @@ class DboxStore(MaildirStore):
     def sync_dirs(self) -> list[str]:
         return [self._prefix]
 
+    def holds_path(self, path: str) -> bool:
+        return (self._dbox.login_holding(path) is not None
+                or path.startswith(os.path.join(os.path.realpath(self._prefix), ".ims-dbox-work.")))
+
     def users(self, partition: str) -> list[str]:
         self.partition_path(partition)
         if not self.check_partition(partition):

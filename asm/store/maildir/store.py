@@ -400,6 +400,13 @@ class MaildirStore(Store):
                 out.append(fixed_prefix(self._layout.home_template))
         return out
 
+    def holds_path(self, path: str) -> bool:
+        # a template's fixed directory (/home of /home/%u/Maildir) holds more than mail:
+        # only the directories of a login are the store's
+        if self._layout is None:
+            return super().holds_path(path)
+        return self._layout.login_holding(path) is not None
+
     def _logins(self) -> tuple[dict, list]:
         found, skipped = self._layout.logins(with_skipped=True)
         found = {k: v for k, v in found.items() if not k.startswith(NEW_PREFIX)}
