@@ -258,11 +258,47 @@ class RunReport:
         return doc
 
 
-def check_writable(path: str) -> None:
+def holds_backup(path: str, state_ok: bool = False) -> str | None:
+    """What ``path`` is when it is an existing file of a backup that a report or a state
+    file must never replace: "an ims-asm archive" (also one that cannot be read here:
+    encrypted, damaged layer) or (unless ``state_ok``) "a backup state file"; None
+    otherwise."""
+    from asm.backupstate import _is_state_file
+    real = os.path.realpath(path)
+    if not os.path.isfile(real):
+        return None
+    if _is_state_file(real):
+        return None if state_ok else "a backup state file"
+    from asm.dr.chain import Unreadable, read_header
+    try:
+        info = read_header(real)
+    except Unreadable:
+        return "an ims-asm archive"
+    return "an ims-asm archive" if info is not None else None
+
+
+def refuse_clobber(option: str, path: str, named, noun: str = "report", state_ok: bool = False) -> None:
+    """Refuse (EXIT_USAGE, before the run) an output file ``option path`` (the ``noun``)
+    that is a file the run reads or writes (``named``: (what it is, its path) pairs, by
+    any path: symlinks and '..' resolved) or an existing archive (or state file, unless
+    ``state_ok``): written at the end, it would replace the archive, its base or its
+    state file."""
+    from asm.errors import EXIT_USAGE, ImsError
+    real = os.path.realpath(path)
+    what = next((what for what, p in named if p and p != "-" and os.path.realpath(p) == real), None)
+    what = what or holds_backup(path, state_ok)
+    if what:
+        raise ImsError(f"{option} {path} is {what}, which the {noun} would replace: name a file of its "
+                       f"own; nothing was done", status=EXIT_USAGE)
+
+
+def check_writable(path: str, named=()) -> None:
     """Refuse (EXIT_USAGE, before the run) a ``--report`` file that cannot be written: a
     run that ended 0 with only a warning left the previous run's report in place, and
-    monitoring read that one as this run's."""
+    monitoring read that one as this run's.  Nor may it name a file the run reads or
+    writes (``named``, see :func:`refuse_clobber`), or an archive or state file."""
     from asm.errors import EXIT_USAGE, ImsError
+    refuse_clobber("--report", path, named)
     why = "it is a directory" if os.path.isdir(path) else None
     if why is None:
         import tempfile
@@ -277,14 +313,15 @@ def check_writable(path: str) -> None:
                        f"existing, writable directory; nothing was done", status=EXIT_USAGE)
 
 
-def run_reported(command: str, path: str | None, body, warn) -> int:
+def run_reported(command: str, path: str | None, body, warn, named=()) -> int:
     """Run ``body(report)`` -> exit status, and report it whatever happens: the JSON
     file, the textfile and the healthcheck get the status (an exception's, from
     :func:`asm.errors.status_of`, which is then raised on for the command to say);
-    ``warn(line)`` says what could not be reported."""
+    ``warn(line)`` says what could not be reported.  ``named``: the files the run reads
+    or writes ((what it is, path) pairs), which the report must not be."""
     from asm.errors import status_of
     if path:
-        check_writable(path)
+        check_writable(path, named)
     rep = RunReport(command, path)
     try:
         status = body(rep)

@@ -280,6 +280,37 @@ def test_unwritable_report_refused_before_the_run(home, tmp_path, cmd):
     assert not (tmp_path / "b.ims").exists()
 
 
+def test_report_or_state_out_over_an_archive_refused(home, tmp_path):
+    """--report (and imsbackup --state-out) naming the archive, a chain's archive or the
+    base was taken (exit 0) and the JSON replaced the only copy of the backup.  Refused
+    (2) before anything is done, by any path; a report or state file of its own is fine."""
+    full = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    (tmp_path / "link.ims").symlink_to(full)
+    digest, state = _sha(full), _sha(f"{full}.state")
+    cases = [
+        ("imsbackup", "-f", tmp_path / "a.ims", "--report", tmp_path / "a.ims", "/"),
+        ("imsbackup", "-f", tmp_path / "a.ims", "--state-out", tmp_path / "a.ims", "/"),
+        ("imsbackup", "-f", tmp_path / "a.ims", "--base", full, "--state-out", full, "/"),
+        ("imsbackup", "-f", tmp_path / "a.ims", "--base", f"{full}.state", "--report", f"{full}.state", "/"),
+        ("imsbackup", "-f", tmp_path / "a.ims", "--report", full, "/"),
+        ("imsverify", "-f", full, "--report", full),
+        ("imsverify", "-f", tmp_path, "--report", tmp_path / "link.ims"),
+        ("imsrestore", "-t", "-f", full, "--report", tmp_path / "link.ims"),
+        ("imsrestore", "-f", full, "--report", tmp_path / "x" / ".." / "full.ims"),
+    ]
+    for argv in cases:
+        p = run(home, *argv)
+        assert p.returncode == EXIT_USAGE, (argv, p.stderr)
+        err = _one_line(p)
+        assert ("--report" in err or "--state-out" in err) and "nothing was done" in err, err
+        assert _sha(full) == digest and _sha(f"{full}.state") == state, argv
+        assert not (tmp_path / "a.ims").exists(), argv
+    run(home, "imsbackup", "-f", tmp_path / "i.ims", "--base", f"{full}.state", "--state-out", f"{full}.state",
+        "--report", tmp_path / "r.json", "/", check=0)
+    run(home, "imsverify", "-f", full, "--report", tmp_path / "r.json", check=0)
+
+
 def test_mail_location_typo_names_store_mail_location(tmp_path):
     """A typo in store.mail_location's root said 'check partition:primary.path (msconfig
     show)': a key unused with store.mail_location."""

@@ -121,8 +121,15 @@ def _state_aside(state_out: str) -> str | None:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from asm.report import run_reported
-    return run_reported(PROG, args.report, lambda rep: _backup(args, rep), lambda w: warn(PROG, w))
+    from asm.report import refuse_clobber, run_reported
+    named = [(f"the archive of -f {args.device}", args.device),
+             (f"the archive's state file {args.device}.state", f"{args.device}.state"),
+             (f"the base --base {args.base}", args.base), (f"the state file --state-out {args.state_out}", args.state_out),
+             (f"the list -u {args.listfile}", args.listfile)]
+    named += [(f"the recipients file {f}", f) for f in args.recipients_file]
+    if args.state_out:
+        refuse_clobber("--state-out", args.state_out, named[:1] + named[4:], noun="state file", state_ok=True)
+    return run_reported(PROG, args.report, lambda rep: _backup(args, rep), lambda w: warn(PROG, w), named)
 
 
 def _backup(args, rep) -> int:

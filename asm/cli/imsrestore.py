@@ -292,7 +292,11 @@ def check_chain(specs: list, headers: list) -> None:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from asm.report import run_reported
-    return run_reported(PROG, args.report, lambda rep: _dispatch(args, rep), lambda w: warn(PROG, w))
+    named = [(f"the archive of -f {d}", d) for d in args.devices]
+    named += [(f"the reference file -r {args.reffile}", args.reffile),
+              (f"the reference file -R {args.refout}", args.refout), (f"the map file -m {args.mapfile}", args.mapfile)]
+    named += [(f"the identity file {f}", f) for f in args.identity]
+    return run_reported(PROG, args.report, lambda rep: _dispatch(args, rep), lambda w: warn(PROG, w), named)
 
 
 def _dispatch(args, rep) -> int:

@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from asm.report import run_reported
-    return run_reported(PROG, args.report, lambda rep: _verify(args, rep), lambda w: warn(PROG, w))
+    named = [(f"the archive of -f {d}", d) for d in args.devices] + [(f"the identity file {f}", f)
+                                                                      for f in args.identity]
+    return run_reported(PROG, args.report, lambda rep: _verify(args, rep), lambda w: warn(PROG, w), named)
 
 
 def _verify(args, report) -> int:
