@@ -311,6 +311,47 @@ def test_report_or_state_out_over_an_archive_refused(home, tmp_path):
     run(home, "imsverify", "-f", full, "--report", tmp_path / "r.json", check=0)
 
 
+REPEATED = [
+    ("imsbackup", ["-f", "{t}/a.ims", "-u", "{t}/u1", "-u", "{t}/u2"], "-u"),
+    ("imsbackup", ["-f", "{t}/a.ims", "-f", "{t}/b.ims", "/"], "-f"),
+    ("imsbackup", ["-f", "{t}/a.ims", "-d", "20000101", "-d", "20200101", "/"], "-d"),
+    ("imsbackup", ["-f", "{t}/a.ims", "-b", "20", "-b", "10", "/"], "-b"),
+    ("imsbackup", ["-f", "{t}/a.ims", "--report", "{t}/r1", "--report", "{t}/r2", "/"], "--report"),
+    ("imsrestore", ["-m", "{t}/m1", "-m", "{t}/m2", "-f", "{t}/full.ims"], "-m"),
+    ("imsrestore", ["-R", "{t}/a.ref", "-R", "{t}/b.ref", "-f", "{t}/full.ims"], "-R"),
+    ("imsrestore", ["-r", "{t}/a.ref", "-r", "{t}/b.ref", "-f", "{t}/full.ims"], "-r"),
+    ("imsrestore", ["-c", "y", "-c", "n", "-f", "{t}/full.ims"], "-c"),
+    ("imsrestore", ["--report", "{t}/r1", "--report", "{t}/r2", "-f", "{t}/full.ims"], "--report"),
+    ("imsverify", ["-b", "20", "-b", "10", "-f", "{t}/full.ims"], "-b"),
+    ("imsverify", ["--report", "{t}/r1", "--report", "{t}/r2", "-f", "{t}/full.ims"], "--report"),
+    ("imsdeliver", ["-d", "INBOX", "-d", "Work", "bob"], "-d"),
+]
+
+
+@pytest.mark.parametrize("cmd,argv,option", REPEATED, ids=[f"{c}{o}" for c, a, o in REPEATED])
+def test_option_given_twice_refused(home, tmp_path, cmd, argv, option):
+    """An option that takes one value, given twice, kept the last silently (exit 0):
+    -u users-a -u users-b backed up users-b's users only, -m m1 -m m2 restored joe as joe
+    and not as m1 said.  Refused (2) naming the option; nothing is done."""
+    t = tmp_path / "t"
+    t.mkdir()
+    run(home, "imsbackup", "-f", t / "full.ims", "/", check=0)
+    (t / "u1").write_text("/primary/bob\n")
+    (t / "u2").write_text("/primary/bob\n")
+    (t / "m1").write_text("bob=jim\n")
+    (t / "m2").write_text("bob=amy\n")
+    before = sorted(p.name for p in t.iterdir())
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    p = run(dest if cmd == "imsrestore" else home, cmd, *[a.format(t=t) for a in argv], input=b"Subject: x\r\n\r\nx\r\n")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert f"{option} given twice" in err, err
+    assert sorted(p.name for p in t.iterdir()) == before
+    assert not (dest / "data").exists()
+    assert run(home, "mboxutil", "-l", check=0).stdout.count(b"bob") == 1
+
+
 def test_mail_location_typo_names_store_mail_location(tmp_path):
     """A typo in store.mail_location's root said 'check partition:primary.path (msconfig
     show)': a key unused with store.mail_location."""

@@ -46,10 +46,13 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors are one line and exit EXIT_USAGE."""
+    """argparse whose errors are one line and exit EXIT_USAGE, and whose options that
+    take one value (action "store", the default) may be given once (:class:`Once`)."""
 
     def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+        self.register("action", None, Once)
+        self.register("action", "store", Once)
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
@@ -429,13 +432,16 @@ def blocking_factor(text: str) -> int:
 
 
 class Once(argparse.Action):
-    """``action=Once``: an option that may be given once; a second one is refused (two
-    ``--base`` options: argparse kept the last and silently dropped the first)."""
+    """``action=Once`` (every "store" option of an :class:`ArgParser`): an option that
+    may be given once; a second one is refused (``-u a -u b``, ``-m m1 -m m2``, two
+    ``--base``: argparse kept the last and silently dropped the first)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, self.dest, None) is not None:
-            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)!r} and {values!r}): "
-                         f"give it once")
+        if option_string is not None:
+            given = namespace.__dict__.setdefault("_ims_given", {})
+            if self.dest in given:
+                parser.error(f"{option_string} given twice ({given[self.dest]!r} and {values!r}): give it once")
+            given[self.dest] = values
         setattr(namespace, self.dest, values)
 
 
