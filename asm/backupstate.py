@@ -135,7 +135,9 @@ def write_state(path: str, header: dict, folders: list) -> None:
            "created": header.get("created"), "driver": header.get("driver"),
            "chain": header_chain(header), "scope": header.get("scope", []),
            "folders": [_folder_doc(*row) for row in folders]}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        os.mkdir(d)                     # one level, as mkdir (imsbackup refuses a missing --state-out directory)
     atomic_write(path, names.dump_json(doc, indent=None), mode=0o600)
 
 

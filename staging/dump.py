@@ -126,6 +126,7 @@ class Runner:
         dump = self.catalog.start(self.run_id, unit.partition, unit.group, unit.kind, unit.since, unit.base,
                                   unit.users, unit.estimate, lambda did, when: file_name(unit, did, when, area))
         tmp = os.path.join(self.directory, temp_name(dump.file))
+        os.makedirs(os.path.dirname(state_file(self.home, dump.id)), exist_ok=True)   # (--state-out's directory)
         argv = [sys.executable, "-m", "asm.cli.imsbackup", "-f", tmp, "-b", str(self.bf),
                 "--state-out", state_file(self.home, dump.id), "--report", report_file(self.directory, dump.file)]
         base_state = state_file(self.home, unit.base) if unit.base is not None else None

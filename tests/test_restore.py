@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from asm.errors import EXIT_USAGE
 from asm.store import open_store
 from tests.helpers import DRIVERS, inode_groups, make_home, msg, popen, put, run, small_tmpfs, state
 
@@ -272,6 +273,26 @@ def test_reference_file_completes_a_pipe_restore(store, ims_home, tmp_path):
     p = run(ims_home, "imsrestore", "-v", "-f", a, "-r", ref, check=0)
     assert state(store, users={"zed"}) == want          # a second -r adds nothing
     assert b"already there" in p.stderr
+
+
+def test_reference_file_in_a_missing_directory_is_refused_before_the_restore(store, ims_home, tmp_path):
+    """-R .../typo1/typo2/x.ref made the whole missing chain (mkdir -p) and wrote there,
+    exit 1.  A mistyped path is refused as --report's is: exit 2, one line naming -R and
+    the directory, nothing restored and nothing made; an existing directory is taken."""
+    a, want, ref = _zed_lost(store, ims_home, tmp_path)
+    typo = tmp_path / "typo1" / "typo2" / "x.ref"
+    p = run(ims_home, "imsrestore", "-R", typo, "-f", "-", "/primary/user/zed", input=a.read_bytes())
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = p.stderr.decode()
+    assert err.count("\n") == 1 and "-R" in err and str(typo.parent) in err and "does not exist" in err, err
+    assert not (tmp_path / "typo1").exists()
+    assert not store.exists("zed")
+    p = run(ims_home, "imsrestore", "-R", tmp_path, "-f", "-", "/primary/user/zed", input=a.read_bytes())
+    assert p.returncode == EXIT_USAGE and b"directory" in p.stderr, p.stderr      # -R names a directory
+    assert not store.exists("zed")
+    run(ims_home, "imsrestore", "-R", ref, "-f", "-", "/primary/user/zed", input=a.read_bytes(), check=1)
+    run(ims_home, "imsrestore", "-f", a, "-r", ref, check=0)
+    assert state(store, users={"zed"}) == want
 
 
 DAMAGED_REFERENCES = [

@@ -352,6 +352,18 @@ def test_option_given_twice_refused(home, tmp_path, cmd, argv, option):
     assert run(home, "mboxutil", "-l", check=0).stdout.count(b"bob") == 1
 
 
+def test_state_out_in_a_missing_directory_refused(home, tmp_path):
+    """imsbackup --state-out .../typo1/typo2/i.state made the missing chain (mkdir -p),
+    exit 0: refused as --report's missing directory is (2), nothing written or made."""
+    typo = tmp_path / "typo1" / "typo2" / "i.state"
+    p = run(home, "imsbackup", "-f", tmp_path / "i.ims", "--state-out", typo, "/")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert "--state-out" in err and str(typo.parent) in err and "does not exist" in err, err
+    assert not (tmp_path / "typo1").exists() and not (tmp_path / "i.ims").exists()
+    run(home, "imsbackup", "-f", tmp_path / "i.ims", "--state-out", tmp_path / "i.state", "/", check=0)
+
+
 def test_mail_location_typo_names_store_mail_location(tmp_path):
     """A typo in store.mail_location's root said 'check partition:primary.path (msconfig
     show)': a key unused with store.mail_location."""

@@ -17,7 +17,8 @@ from asm.errors import (
 )
 from asm.units import human  # noqa: F401  (the commands' size formatting)
 
-__all__ = ["ArgParser", "Commit", "Once", "Progress", "UsageError", "blocking_factor", "die", "human", "number", "parse_date",
+__all__ = ["ArgParser", "Commit", "Once", "Progress", "UsageError", "blocking_factor", "check_out_file", "die", "human",
+           "number", "parse_date",
            "read_list_file", "run_command", "warn"]
 
 
@@ -443,6 +444,18 @@ class Once(argparse.Action):
                 parser.error(f"{option_string} given twice ({given[self.dest]!r} and {values!r}): give it once")
             given[self.dest] = values
         setattr(namespace, self.dest, values)
+
+
+def check_out_file(option: str, path: str) -> None:
+    """A file an option names for the command to write (imsrestore -R, imsbackup
+    --state-out) is in an existing directory, as --report's is: a mistyped directory is
+    refused before the run (UsageError, exit 2), never made (mkdir -p made it)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a directory: name a file in it; nothing was done")
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise UsageError(f"{option} {path}: directory {d} does not exist: create it or name a file in an "
+                         f"existing directory; nothing was done")
 
 
 def number(lo: float, hi: float | None = None, whole: bool = True,

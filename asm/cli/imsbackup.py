@@ -16,8 +16,8 @@ import time
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, refuse_device_in_store, run_backup, select
 from asm.cli.common import (
-    ArgParser, Commit, Once, Progress, UsageError, blocking_factor, die, human, parse_date, read_list_file,
-    run_command, warn,
+    ArgParser, Commit, Once, Progress, UsageError, blocking_factor, check_out_file, die, human, parse_date,
+    read_list_file, run_command, warn,
 )
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
@@ -128,6 +128,7 @@ def _main(argv: list[str] | None) -> int:
              (f"the list -u {args.listfile}", args.listfile)]
     named += [(f"the recipients file {f}", f) for f in args.recipients_file]
     if args.state_out:
+        check_out_file("--state-out", args.state_out)
         refuse_clobber("--state-out", args.state_out, named[:1] + named[4:], noun="state file", state_ok=True)
     return run_reported(PROG, args.report, lambda rep: _backup(args, rep), lambda w: warn(PROG, w), named)
 

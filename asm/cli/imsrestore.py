@@ -21,7 +21,7 @@ import time
 from asm.archive.errors import ArchiveError, DigestMismatch, HostileMember, IncompleteArchive
 from asm.archive.reader import ArchiveReader
 from asm.cli.common import (
-    ArgParser, Progress, UsageError, blocking_factor, die, human, run_command, shown, warn,
+    ArgParser, Progress, UsageError, blocking_factor, check_out_file, die, human, run_command, shown, warn,
 )
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
@@ -291,6 +291,8 @@ def check_chain(specs: list, headers: list) -> None:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.refout:
+        check_out_file("-R", args.refout)
     from asm.report import run_reported
     named = [(f"the archive of -f {d}", d) for d in args.devices]
     named += [(f"the reference file -r {args.reffile}", args.reffile),

@@ -24,12 +24,15 @@ def default_reffile(home: str, header: dict) -> str:
 
 
 def write_reffile(path: str, header: dict, pending: list) -> None:
-    """Write the reference file (its directory is made when missing)."""
+    """Write the reference file (its directory is made when missing, one level as mkdir
+    does: $IMS_HOME/data/refs; imsrestore refuses a -R in a missing directory)."""
     from asm.config import atomic_write
     doc = {"format": "ims-asm-references", "version": 1, "archive_id": header.get("archive_id"),
            "created": header.get("created"), "references": pending}
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        d = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            os.mkdir(d)
         atomic_write(path, names.dump_json(doc, indent=1), mode=0o600)
     except OSError as exc:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
