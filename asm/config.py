@@ -344,15 +344,38 @@ def _nearest(name: str, extra: dict[str, Option]) -> str | None:
     """The known option name nearest ``name`` (a typo in either part: ``stroe.owner``,
     ``partiton:primary.path``, ``Store.Driver``), or None."""
     import difflib
-    m = re.match(r"^[^:.]*:(.*)\.path$", name)
-    candidates = [*OPTIONS, *extra, f"partition:{m.group(1) if m else 'primary'}.path"]
+    m = _PARTITION_SHAPE.match(name)
+    mine = f"partition:{m.group(1)}.path" if m else None
+    candidates = [*OPTIONS, *extra]
+    candidates.append(mine if mine and mine != name and PARTITION_RE.match(mine) else "partition:primary.path")
     near = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6) or \
         difflib.get_close_matches(name.lower(), candidates, n=1, cutoff=0.6)
     return near[0] if near and len(name) <= 200 else None
 
 
+#: a name shaped as partition:NAME.path, whatever its first part and NAME
+_PARTITION_SHAPE = re.compile(r"^[^:.]*:(.*)\.path$", re.S)
+
+
+def _partition_hint(name: str) -> str | None:
+    """For a name shaped as partition:NAME.path whose NAME no partition can have: what a
+    NAME may hold, and the name with each character it may not hold as ``_`` when that
+    is a name msconfig takes (never the name refused)."""
+    m = _PARTITION_SHAPE.match(name)
+    if m is None or len(name) > 200 or PARTITION_RE.match(f"partition:{m.group(1)}.path"):
+        return None
+    fixed = re.sub(r"[^A-Za-z0-9_.-]", "_", m.group(1))
+    fixed = "_" + fixed[1:] if fixed[:1] in (".", "-") else fixed
+    near = f"partition:{fixed}.path"
+    return (" (in partition:NAME.path, NAME is letters, digits, _, then also . and -"
+            + (f"; did you mean {near}?" if fixed and near != name and PARTITION_RE.match(near) else "") + ")")
+
+
 def _hint(name: str, extra: dict[str, Option]) -> str:
-    """The nearest known name, else the namespace's options."""
+    """What a partition NAME may hold, else the nearest known name, else the namespace's options."""
+    part = _partition_hint(name)
+    if part is not None:
+        return part
     known = [*OPTIONS, *extra]
     near = _nearest(name, extra)
     if near:

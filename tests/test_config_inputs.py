@@ -129,6 +129,27 @@ def test_bad_names_through_msconfig(home, name, why):
     assert (home / "config" / "msg.conf").read_bytes() == conf
 
 
+BAD_PARTITION_NAMES = ["partition:bad name.path", "partition:x y.path", "partition:a/b.path", "partition:\u00e9.path",
+                       "partition:-x.path", "partition:.path", "partiton:bad name.path", "Partition:a b.path"]
+
+
+@pytest.mark.parametrize("name", BAD_PARTITION_NAMES, ids=range(len(BAD_PARTITION_NAMES)))
+def test_a_bad_partition_name_is_never_suggested(home, name):
+    """msconfig set 'partition:bad name.path' was refused "(did you mean partition:bad
+    name.path?": the very name refused.  A suggestion is a different name msconfig takes,
+    and the line says what a partition NAME may hold."""
+    import re
+    from asm.config import lookup
+    p = run(home, "msconfig", "set", name, "/srv/mail2")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    line = _one_line(p)
+    m = re.search(r"did you mean (\S+)\?", line)
+    if m:
+        assert m.group(1) != name, line
+        lookup(m.group(1))                                   # taken
+    assert "letters, digits" in line, line
+
+
 @pytest.mark.parametrize("name,value,why", BAD_VALUES, ids=range(len(BAD_VALUES)))
 def test_bad_values_through_msconfig(home, name, value, why):
     conf = (home / "config" / "msg.conf").read_bytes()
