@@ -234,7 +234,7 @@ def test_imsdeliver_one_inode_for_three_users(config, ims_home, tmp_path):
         assert run(ims_home, "mboxutil", "-c", f"user/{u}").returncode == 0
     msg = tmp_path / "msg.eml"
     msg.write_bytes(MSG)
-    p = run(ims_home, "imsdeliver", "-m", str(msg), "joe", "ann", "joe", "bob")     # joe named twice
+    p = run(ims_home, "imsdeliver", "-v", "-m", str(msg), "joe", "ann", "joe", "bob")     # joe named twice
     assert p.returncode == 0, err(p)
     assert out(p).splitlines() == ["joe: UID 1", "ann: UID 1", "bob: UID 1"]
     s = fresh_store()
@@ -264,7 +264,7 @@ def test_imsdeliver_held_user_gets_it_queued(config, ims_home):
         assert run(ims_home, "mboxutil", "-c", f"user/{u}").returncode == 0
     s = fresh_store()
     s.hold_deliveries("ann")
-    p = run(ims_home, "imsdeliver", "joe", "ann", input=MSG)
+    p = run(ims_home, "imsdeliver", "-v", "joe", "ann", input=MSG)
     assert p.returncode == 0, err(p)
     assert out(p).splitlines() == ["joe: UID 1", "ann: queued (deliveries held)"]
     s = fresh_store()
@@ -274,6 +274,20 @@ def test_imsdeliver_held_user_gets_it_queued(config, ims_home):
     (m,) = s.messages("ann", "INBOX")
     with s.open_message("ann", "INBOX", m.uid) as f:
         assert f.read() == MSG
+
+
+def test_imsdeliver_is_quiet_without_v(config, ims_home):
+    """operations.md: without -v a successful run prints nothing (cron, an MTA's
+    mailbox_command mail what a command prints).  imsdeliver printed 'USER: UID N' for
+    every delivery; now only with -v."""
+    for u in ("joe", "ann"):
+        assert run(ims_home, "mboxutil", "-c", f"user/{u}").returncode == 0
+    fresh_store().hold_deliveries("ann")
+    p = run(ims_home, "imsdeliver", "joe", "ann", input=MSG)
+    assert p.returncode == 0 and p.stdout == b"" and p.stderr == b"", (p.stdout, p.stderr)
+    assert len(fresh_store().messages("joe", "INBOX")) == 1
+    p = run(ims_home, "imsdeliver", "-v", "joe", input=MSG)
+    assert p.returncode == 0 and out(p) == "joe: UID 2\n" and p.stderr == b"", (p.stdout, p.stderr)
 
 
 def test_imsdeliver_unknown_user_delivers_nothing(config, ims_home):

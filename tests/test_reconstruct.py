@@ -200,7 +200,7 @@ def test_a_leftover_user_directory_without_mail_is_not_listed(tmp_path):
     assert run(home, "mboxutil", "-l", check=0).stdout == listing
     run(home, "imsbackup", "-f", tmp_path / "again.ims", "/", check=0)
     run(home, "mboxutil", "-c", "user/zoe", check=0)
-    assert run(home, "imsdeliver", "zoe", input=msg(1), check=0).stdout.strip().endswith(b"UID 1")
+    assert run(home, "imsdeliver", "-v", "zoe", input=msg(1), check=0).stdout.strip().endswith(b"UID 1")
     assert "zoe" in fresh(home).users("primary")
     run(home, "reconstruct", "-n", "-m", "-r", "/", check=0)
 

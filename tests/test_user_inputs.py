@@ -179,11 +179,11 @@ def test_imsdeliver_to_a_missing_folder_goes_to_inbox(home):
     def folders():
         return [ln.split()[-1] for ln in run(home, "mboxutil", "-l", check=0, text=True).stdout.splitlines()[1:]]
     before = folders()
-    p = run(home, "imsdeliver", "-d", "Inbx", "alice", "bob", input=MSG, check=0)
+    p = run(home, "imsdeliver", "-v", "-d", "Inbx", "alice", "bob", input=MSG, check=0)
     assert p.stdout.decode().splitlines() == ["alice: UID 1", "bob: UID 2"]
     assert "no folder 'Inbx'" in p.stderr.decode() and "INBOX" in p.stderr.decode()
     assert folders() == before, "no folder created"
-    p = run(home, "imsdeliver", "-d", "Lists", "alice", "bob", input=MSG, check=0)
+    p = run(home, "imsdeliver", "-v", "-d", "Lists", "alice", "bob", input=MSG, check=0)
     assert p.stdout.decode().splitlines() == ["alice: UID 1", "bob: UID 1"] and p.stderr == b""
     p = run(home, "imsdeliver", "-d", "Lists", "alice", "mallory", input=MSG)
     assert p.returncode == EXIT_USAGE
@@ -425,7 +425,7 @@ def _queued_while_held(tmp_path, driver, folder):
         store = open_store(cfg)
         put(store, "joe", "INBOX", 1)
         store.hold_deliveries("joe")
-    p = run(h, "imsdeliver", "-d", folder, "joe", input=MSG, check=0)
+    p = run(h, "imsdeliver", "-v", "-d", folder, "joe", input=MSG, check=0)
     assert p.stdout == b"joe: queued (deliveries held)\n" and p.stderr == b"", p.stderr
     return h, cfg
 

@@ -21,6 +21,8 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("users", nargs="+", help="recipient user IDs")
     p.add_argument("-m", metavar="FILE", default="-", help="message file (default stdin)")
     p.add_argument("-d", metavar="FOLDER", default="INBOX", help="folder (default INBOX)")
+    p.add_argument("-v", dest="verbose", action="store_true",
+                   help="print 'USER: UID N' (or 'USER: queued (deliveries held)') for each recipient")
     args = p.parse_args(argv)
     store = open_installation().store
     users = list(dict.fromkeys(args.users))   # a recipient named twice gets one copy
@@ -58,8 +60,9 @@ def _main(argv: list[str] | None) -> int:
             if len(targets) > 1:
                 src.seek(0)
             out.update(store.deliver(group, src, folder))
-    for user, info in ((u, out[u]) for u in users):
-        print(f"{user}: {'queued (deliveries held)' if info is None else f'UID {info.uid}'}")
+    if args.verbose:                          # (a successful run is silent: docs/operations.md)
+        for user, info in ((u, out[u]) for u in users):
+            print(f"{user}: {'queued (deliveries held)' if info is None else f'UID {info.uid}'}")
     return EXIT_OK
 
 
