@@ -247,3 +247,25 @@ def test_unseen_files_get_uids_dovecot_agrees_with(dovecot, tmp_path):  # noqa: 
     got = imap_folder(c, "INBOX")
     c.logout()
     assert sorted(got["messages"]) == [1, 2] and got["messages"][2][2] == body(2)
+
+
+def test_driver_and_dovecot_share_dovecot_uidvalidity(dovecot, tmp_path):  # noqa: F811
+    """The driver gives a new folder its UIDVALIDITY as Dovecot does, through the user's
+    dovecot-uidvalidity: a folder Dovecot makes next gets a higher one, and a folder the
+    driver deletes and makes again never gets one that name or another had."""
+    s = MaildirStore(maildir_config(str(tmp_path / "ims"), dovecot.store))
+    s.create_user("alice")
+    dovecot.add_user("alice")
+    v1 = s.create_folder("alice", "Work").uidvalidity
+    c = dovecot.imap("alice")
+    try:
+        assert c.create("New")[0] == "OK"
+        typ, data = c.status("New", "(UIDVALIDITY)")
+        v_new = int(re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1))
+    finally:
+        c.logout()
+    assert v_new > v1
+    s.delete_folder("alice", "Work")
+    v2 = s.create_folder("alice", "Work").uidvalidity
+    assert v2 > v_new
+    assert "Error" not in dovecot.log() and "Panic" not in dovecot.log(), dovecot.log()

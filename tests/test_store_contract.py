@@ -295,3 +295,46 @@ def test_the_quick_message_info_is_the_dataclass_itself():
         assert dataclasses.replace(a, uid=7) == dataclasses.replace(b, uid=7)
         with pytest.raises(dataclasses.FrozenInstanceError):
             a.uid = 1
+
+
+def _fresh_process(monkeypatch, config, now):
+    """Another command (a new process) at the clock time ``now``."""
+    from asm.store import classic
+    from asm.store.maildir import store as maildir_store
+    monkeypatch.setattr(classic, "_last_uidvalidity", [0])
+    monkeypatch.setattr(maildir_store, "_LAST_UIDVALIDITY", [0])
+    monkeypatch.setattr(time, "time", lambda: now)
+    return open_store(config)
+
+
+def test_recreated_folder_never_reuses_uidvalidity(config, driver, monkeypatch):
+    """A folder (a user too, in the classic store) deleted and made again by another
+    command within the same second, or after the clock stepped back, gets a UIDVALIDITY
+    that name never had: its UID 1 is another message, which a client or an incremental
+    --base must not take for the old one (RFC 3501 2.3.1.1).  The maildir store keeps
+    Dovecot's dovecot-uidvalidity in the user's control root, which goes with the user."""
+    t = 1_700_000_000.25
+    seen = []
+    s = _fresh_process(monkeypatch, config, t)
+    s.create_user("kim")
+    inbox = [s.folder("kim", "INBOX").uidvalidity]
+    s = _fresh_process(monkeypatch, config, t)
+    seen.append(s.create_folder("kim", "Work").uidvalidity)
+    s.delete_folder("kim", "Work")
+    s = _fresh_process(monkeypatch, config, t)
+    seen.append(s.create_folder("kim", "Work").uidvalidity)
+    s.delete_folder("kim", "Work")
+    s = _fresh_process(monkeypatch, config, t - 3600)          # the clock stepped back
+    seen.append(s.create_folder("kim", "Work").uidvalidity)
+    assert len(set(seen)) == len(seen), seen
+    if driver == "classic":
+        s.delete_user("kim")
+        s = _fresh_process(monkeypatch, config, t)
+        s.create_user("kim")
+        inbox.append(s.folder("kim", "INBOX").uidvalidity)
+        s.delete_user("kim")
+        s = _fresh_process(monkeypatch, config, t - 3600)
+        s.create_user("kim")
+        inbox.append(s.folder("kim", "INBOX").uidvalidity)
+        assert len(set(inbox)) == len(inbox), inbox
+    assert all(0 < v <= 0xFFFFFFFF for v in seen + inbox)

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS holders (
 CREATE TABLE IF NOT EXISTS folders (
     user TEXT NOT NULL, name TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
     subscribed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (user, name));
+CREATE TABLE IF NOT EXISTS counters (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 """
 _IDX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
@@ -235,13 +236,18 @@ def _open_lock(fdir: str) -> int:
 
 
 _last_uidvalidity = [0]
+UV_MAX = 0x7FFFFFFF
 
 
-def _uidvalidity() -> int:
-    """A new folder's UIDVALIDITY: the time, but never one this process gave before, so a
-    folder deleted and made again within a second does not reuse its UIDs under the
-    same UIDVALIDITY (RFC 3501; an incremental by base would take them for the old ones)."""
-    v = max(int(time.time()) & 0x7FFFFFFF, _last_uidvalidity[0] + 1)
+def _uidvalidity(last: int = 0) -> int:
+    """A new folder's UIDVALIDITY: the time, but above ``last`` (the highest the store
+    ever gave, kept in the mailbox list) and any this process gave, so a folder or user
+    deleted and made again within a second, by another command, or after the clock
+    stepped back, does not reuse its UIDs under the same UIDVALIDITY (RFC 3501; an
+    incremental by base would take them for the old ones)."""
+    v = max(int(time.time()) & UV_MAX, _last_uidvalidity[0] + 1, last + 1)
+    if v > UV_MAX:
+        v = int(time.time()) & UV_MAX or 1      # 2038 reached by the counter: start over
     _last_uidvalidity[0] = v
     return v
 
@@ -681,12 +687,17 @@ class ClassicStore(Store):
         fdir = self._folder_dir(user, folder)
         if len(os.path.basename(fdir).encode()) > 255:
             raise BadName(f"folder name level too long for the classic store: {folder!r}")
-        uidvalidity = uidvalidity or _uidvalidity()
         # one mailbox-list transaction from the check to the row: two processes creating
-        # the same folder cannot both make (or remove) its index
+        # the same folder cannot both make (or remove) its index, nor get one UIDVALIDITY
         with sqlitedb.immediate(self._db):
             if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
                 raise FolderExists(user, folder)
+            row = self._db.execute("SELECT v FROM counters WHERE k='uidvalidity'").fetchone()
+            last = row[0] if row else 0
+            uidvalidity = uidvalidity or _uidvalidity(last)
+            if last < uidvalidity <= UV_MAX:       # a restored one too: new ones go above it
+                self._db.execute("INSERT OR REPLACE INTO counters VALUES ('uidvalidity', ?)",
+                                 (uidvalidity,))
             self._makedirs(fdir)
             idx = os.path.join(fdir, "store.idx")
             old = self._idx.pop(fdir, None)

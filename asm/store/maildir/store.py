@@ -47,6 +47,7 @@ DELETING = ".ims-deleting"          # a folder's cur/ while delete_folder remove
 PRE_CUR = ".ims-cur"                # a new folder's cur/ before create_folder names it so
 NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 _LAST_UIDVALIDITY = [0]
+UIDVALIDITY_FILE = "dovecot-uidvalidity"
 _VSIZE_RE = re.compile(r",W=(\d+)")
 _GUID_OK = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # one uidlist field: no space or ':'
 _UIDL_OK = re.compile(r"[\x21-\x7e]{1,255}\Z")           # a P field's value: no space
@@ -930,7 +931,7 @@ class MaildirStore(Store):
         ctl, idx = self._ctl_idx(user, folder, d)
         ul = read_uidlist(ctl)
         if ul is None:
-            ul = Uidlist(uidvalidity=self._new_uidvalidity(), uidnext=1,
+            ul = Uidlist(uidvalidity=self._folder_uidvalidity(user), uidnext=1,
                          extra=[f"G{os.urandom(16).hex()}"])
             st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=1, dirty=writing)
         else:
@@ -1027,12 +1028,53 @@ class MaildirStore(Store):
         st.uidlist.header_uidnext = st.uidlist.uidnext
 
     @staticmethod
-    def _new_uidvalidity() -> int:
+    def _new_uidvalidity(last: int = 0) -> int:
         # never one this process gave before: a folder deleted and made again within a
         # second must not reuse its UIDs under the same UIDVALIDITY (RFC 3501)
-        v = max(int(time.time()) & 0xFFFFFFFF or 1, _LAST_UIDVALIDITY[0] + 1)
+        v = max(int(time.time()) & 0xFFFFFFFF or 1, _LAST_UIDVALIDITY[0] + 1, last + 1)
+        if v > 0xFFFFFFFF:
+            v = int(time.time()) & 0xFFFFFFFF or 1
         _LAST_UIDVALIDITY[0] = v
         return v
+
+    def _folder_uidvalidity(self, user: str) -> int:
+        """A new folder's UIDVALIDITY by Dovecot's rule (mailbox-uidvalidity.c): above the
+        last one the user's mailbox list gave, kept in ``dovecot-uidvalidity`` (8 hex
+        digits) in the control root, with the empty ``dovecot-uidvalidity.<hex>`` renamed
+        to the new value (one rename: two processes cannot take the same).  A folder
+        deleted and made again by another command in the same second, or after the
+        clock stepped back, so gets a UIDVALIDITY its name never had.  When the file
+        cannot be used, the time (as Dovecot falls back)."""
+        try:
+            ctl = self._subs_root(user)
+            names = os.listdir(ctl)
+        except (OSError, StoreError):
+            return self._new_uidvalidity()
+        path = os.path.join(ctl, UIDVALIDITY_FILE)
+        owner = self._owner_for(ctl)
+        for _ in range(10):
+            marks = [int(n[len(UIDVALIDITY_FILE) + 1:], 16) for n in names
+                     if n.startswith(UIDVALIDITY_FILE + ".") and len(n) == len(UIDVALIDITY_FILE) + 9
+                     and all(c in "0123456789abcdefABCDEF" for c in n[-8:])]
+            cur = max(marks, default=0)
+            with contextlib.suppress(OSError, ValueError):
+                with open(path, "rb") as f:
+                    cur = max(cur, int(f.read(8), 16))
+            v = self._new_uidvalidity(cur)
+            dst = f"{path}.{v:08x}"
+            try:
+                if cur in marks:
+                    os.rename(f"{path}.{cur:08x}", dst)
+                else:
+                    os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                self._own(dst, owner)
+                self._write_file(path, f"{v:08x}".encode(), owner)
+                return v
+            except (FileNotFoundError, FileExistsError):
+                names = os.listdir(ctl)         # another process took it: the next one
+            except OSError:
+                return v
+        return self._new_uidvalidity()
 
     def _quota_stale(self, user: str) -> None:
         """Make Dovecot's Maildir++ quota count the user's mail again after this store
@@ -1663,7 +1705,7 @@ class MaildirStore(Store):
             if ctl != d:                       # left by a folder whose mail was lost
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(ctl, KEYWORDS))
-            ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=max(1, uidnext),
+            ul = Uidlist(uidvalidity=uidvalidity or self._folder_uidvalidity(user), uidnext=max(1, uidnext),
                          extra=[f"G{os.urandom(16).hex()}"])
             self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
             # cur/ last, made under another name and given to its owner first: the folder
