@@ -71,7 +71,7 @@ CLASSES = {
     "hostile-header": (INVALID, "header fields naming paths outside (archive_id), wrong versions, "
                                 "times and blocking factors"),
     "big-range": (None, "a valid folder listing UIDs 1:4294967295 (memory and time must stay bounded)"),
-    "extreme": (None, "valid values at their limits (UID and UIDVALIDITY 2^32-1, years 1901 and 9999, "
+    "extreme": (None, "valid values at their limits (UID and UIDVALIDITY 2^32-1, years 1 and 9999, "
                       "40 keywords, a 1000-character keyword, deeply nested JSON): whatever the store "
                       "makes of them, no traceback"),
 }
@@ -589,8 +589,8 @@ def _mutate_forged(cls: str, rng, data: bytes, base: str) -> tuple[bytes, str, s
             what = "UIDNEXT 4294967296"
         elif case == 2:
             m.set(spec.INTERNALDATE, b"253402300799")
-            m.set(spec.STORED, b"-2147483648")
-            what = "INTERNALDATE 9999-12-31, stored 1901"
+            m.set(spec.STORED, b"-62135596800")
+            what = "INTERNALDATE 9999-12-31, stored 0001-01-01"
         elif case == 3:
             m.set(spec.KEYWORDS, b" ".join(b"k%d" % i for i in range(40)))
             what = "40 keywords"

@@ -321,6 +321,27 @@ def test_a_date_in_the_future_is_refused(populated, ims_home, tmp_path):
     run(ims_home, "imsbackup", "-f", a, "-d", soon, "/", check=0)
 
 
+def test_messages_dated_before_1901_and_an_old_d_date_restore(ims_home, tmp_path):
+    """A message whose INTERNALDATE is before 1901 (an mbox From_ line of 1800, year 1)
+    is backed up and restored with its date; -d 19000101 ("take everything") writes an
+    archive every reader accepts.  (Classic store: a Maildir file's mtime on ext4 cannot
+    go below 1901.)"""
+    from asm.store import open_store
+    store = open_store(make_home(ims_home, "classic"))
+    dates = [-5364662400, -62135596800, -5364662400.25, 1_600_000_000]
+    for n, d in enumerate(dates):
+        put(store, "joe", "INBOX", n, internaldate=d)
+    before = [(m.uid, m.internaldate) for m in store.messages("joe", "INBOX")]
+    for n, extra in enumerate(([], ["-d", "19000101"], ["-d", "00010102"])):
+        a = tmp_path / f"a{n}.ims"
+        run(ims_home, "imsbackup", "-f", a, *extra, "/", check=0)
+        run(ims_home, "imsverify", "-f", a, check=0)
+        dest = tmp_path / f"dest{n}"
+        s2 = open_store(make_home(dest, "classic"))
+        run(dest, "imsrestore", "-f", a, check=0)
+        assert [(m.uid, m.internaldate) for m in s2.messages("joe", "INBOX")] == before
+
+
 def test_bad_groups_file_is_named(populated, ims_home, tmp_path):
     (ims_home / "config" / "backup-groups.conf").write_text("groupA=[a-l.*\n")
     p = run(ims_home, "imsbackup", "-f", tmp_path / "a.ims", "/")

@@ -68,7 +68,8 @@ COUNT_MAX = UID_MAX
 NLINK_MIN, NLINK_MAX = 1, 2 ** 32 - 1
 POP3_ORDER_MIN, POP3_ORDER_MAX = 1, 2 ** 32 - 1
 SIZE_MAX = 2 ** 63 - 1                      # a member's data size
-TIME_MIN = -(2 ** 31)                       # 1901-12-13: any time a store's file can carry
+TIME_MIN = -62135596800                     # 0001-01-01 00:00:00 UTC: the first date Python
+                                            # and IMAP carry (an mbox From_ line of 1800)
 TIME_MAX = 253402300799                     # 9999-12-31 23:59:59 UTC: still a calendar date
 MAX_PAX = 64 << 20                          # largest extended header accepted
 MAX_JSON = 64 << 20                         # largest header or trailer member accepted

@@ -70,7 +70,7 @@ def epoch(text, what):
         raise ValueError(f"{what} {_short(text)} is not a time")
     t = float(text) if "." in text else int(text)
     if not spec.TIME_MIN <= t <= spec.TIME_MAX:
-        raise ValueError(f"{what} {_short(text)} is out of range (years 1901..9999)")
+        raise ValueError(f"{what} {_short(text)} is out of range (years 1..9999)")
     return t
 
 
@@ -83,7 +83,7 @@ def json_time(v, what, optional=False):
     if isinstance(v, float) and not math.isfinite(v):
         raise ValueError(f"{what} {v} is not a finite time")
     if not spec.TIME_MIN <= v <= spec.TIME_MAX:
-        raise ValueError(f"{what} {_short(str(v))} is out of range (years 1901..9999)")
+        raise ValueError(f"{what} {_short(str(v))} is out of range (years 1..9999)")
     return v
 
 
