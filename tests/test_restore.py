@@ -342,6 +342,14 @@ def test_store_owner_gets_restored_files(source, ims_home, dest, tmp_path):
     for m in target.messages("ann", "INBOX"):
         st = os.stat(m.path)
         assert st.st_uid == nobody and st.st_mode & 0o077 == 0
+    # the store's own files too (the classic mailbox list, its SQLite files, the folder
+    # locks) and the restore lock: else the owner's mboxutil and imsdeliver fail (exit 17)
+    data = dest / "data"
+    not_owned = [str(p.relative_to(data)) for p in [data / "restore.lock", *(data / "store").rglob("*")]
+                 if p.exists() and p.stat().st_uid != nobody]
+    if source.name == "classic":
+        not_owned += [str(p.relative_to(data)) for p in [data / "store"] if p.stat().st_uid != nobody]
+    assert not_owned == []
 
 
 def test_restore_syncs_once(source, ims_home, dest, tmp_path, monkeypatch):

@@ -65,7 +65,9 @@ class Restorer:
         self.plan: FolderPlan | None = None
         self.lock_stack = contextlib.ExitStack()      # the store's lock of the folder being restored
         self.restore_lock = contextlib.ExitStack()    # and our restore lock of it (folderlock)
-        self.locks = RestoreLocks(os.path.join(os.path.dirname(os.path.abspath(journal.path)), LOCK_FILE))
+        config = getattr(store, "config", None)
+        self.locks = RestoreLocks(os.path.join(os.path.dirname(os.path.abspath(journal.path)), LOCK_FILE),
+                                  config.owner() if config is not None else None)
         self.user_groups: dict[tuple, str | None] = {}
         self.cur_user: tuple | None = None          # (partition, user) of the archive being read
         self.cur_folders: set = set()               # ... and its folders the archive lists

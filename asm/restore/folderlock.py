@@ -26,12 +26,14 @@ _files: dict[str, int] = {}            # path -> the one descriptor of this proc
 _mutex = threading.Lock()
 
 
-def _fd(path: str) -> int:
+def _fd(path: str, owner=None) -> int:
     with _mutex:
         fd = _files.get(path)
         if fd is None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = _files[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            if owner and os.geteuid() == 0 and os.fstat(fd).st_uid != owner[0]:
+                os.fchown(fd, *owner)        # the store owner's restores take it too
         return fd
 
 
@@ -54,14 +56,15 @@ def holder(fd: int, offset: int) -> int | None:
 class RestoreLocks:
     """The restore locks of one installation (``path``: its restore.lock)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, owner: tuple[int, int] | None = None):
         self.path = path
+        self.owner = owner                  # store.owner: who the file is given to
 
     @contextlib.contextmanager
     def hold(self, user: str, folder: str, waiting=None) -> Iterator[None]:
         """Hold the restore lock of ``user``'s ``folder``, waiting as long as another
         restore holds it; ``waiting(pid)`` is called once if it has to wait."""
-        fd = _fd(self.path)
+        fd = _fd(self.path, self.owner)
         offset = _offset(user, folder)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)

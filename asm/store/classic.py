@@ -271,7 +271,8 @@ class ClassicStore(Store):
             # and the next delivery reuse their UIDs)
             self._check_lost(db_path)
             if create:
-                os.makedirs(os.path.join(self.root, "mboxlist"), exist_ok=True)
+                os.makedirs(os.path.dirname(os.path.abspath(self.root)), exist_ok=True)
+                self._makedirs(os.path.join(self.root, "mboxlist"))    # the owner's (store.owner)
             else:
                 db_path = ":memory:"     # a command that only reads never makes a store
         try:
@@ -281,6 +282,11 @@ class ClassicStore(Store):
                 # (made, or its WAL files made, on a disk that is full: not a damaged list)
                 raise StoreFull(f"the mailbox list {db_path}", _full_why(exc)) from None
             raise StoreError(f"the classic store's mailbox list {db_path} cannot be opened: {exc}") from None
+        if db_path != ":memory:":
+            # the list and its -wal/-shm (made by this open): the owner's, or the owner's
+            # own commands could not open it (later ones SQLite makes as the list's owner)
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                self._own(db_path + suffix)
         self._held: dict[str, tuple[int, int]] = {}   # folder dir -> (fd, depth)
         self._idx: dict[str, sqlite3.Connection] = {}
         self._where: dict[str, tuple[str, str]] = {}  # user -> (partition, dir): never change
@@ -339,6 +345,21 @@ class ClassicStore(Store):
     def _chown(self, path: str) -> None:
         if self.owner and os.geteuid() == 0:
             os.chown(path, *self.owner)
+
+    def _own(self, path: str | int) -> None:
+        """``path`` (or an open descriptor), when it exists, given to store.owner if it
+        is not yet its (a file made by an open, such as a lock or SQLite's)."""
+        if not self.owner or os.geteuid() != 0:
+            return
+        try:
+            st = os.stat(path)
+            if (st.st_uid, st.st_gid) != tuple(self.owner):
+                os.chown(path, *self.owner)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.EROFS:     # a snapshot mounted read-only: nobody writes it
+                raise
 
     def _makedirs(self, path: str) -> None:
         if os.path.isdir(path):
@@ -600,6 +621,7 @@ class ClassicStore(Store):
             if not flock_wait(fd, self.lock_timeout if timeout is None else timeout):
                 os.close(fd)
                 raise LockTimeout(f"folder {folder!r} of user {user!r}")
+            self._own(fd)               # store.lck, made by the open
             self._clean_tmp(user)
             with self._mutex:
                 self._held[fdir] = (fd, 1)
