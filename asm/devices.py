@@ -233,6 +233,10 @@ def open_local(spec: str, mode: str) -> Device:
             return Device(spec, f, False, "fifo" if stat.S_ISFIFO(st.st_mode) else "tape")
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise DeviceError(f"device {spec!r} is a directory: name a file, e.g. {os.path.join(spec, 'backup.ims')}")
+        if os.path.islink(path):
+            # written through the link, as GNU tar -f does: the file it names gets the
+            # archive (the temporary file beside it, renamed over it), the link stays
+            path = os.path.realpath(path)
         if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise DeviceError(f"cannot write device {spec!r}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
         return _FileDevice(spec, path)

@@ -342,6 +342,25 @@ def test_messages_dated_before_1901_and_an_old_d_date_restore(ims_home, tmp_path
         assert [(m.uid, m.internaldate) for m in s2.messages("joe", "INBOX")] == before
 
 
+def test_f_names_a_symlink_the_archive_goes_to_its_target(store, ims_home, tmp_path):
+    """-f LINK writes the file the link names (as GNU tar -f does), the link stays: a
+    stable name into a staging disk gets today's archive, not yesterday's; a dangling
+    link's target is made.  The state file is ARCHIVE.state beside the archive."""
+    put(store, "joe", "INBOX", 1)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "current.ims").write_bytes(b"yesterday")
+    for name, target in (("current.ims", staging / "current.ims"), ("new.ims", staging / "new.ims")):
+        link = tmp_path / name
+        link.symlink_to(target)
+        run(ims_home, "imsbackup", "-f", link, "/", check=0)
+        assert link.is_symlink() and os.readlink(link) == str(target)
+        run(ims_home, "imsverify", "-f", target, check=0)
+        assert [m[:3] for m in messages_in(target)] == [("joe", "INBOX", 1)]
+    # the state file goes beside the archive, where a scan of the directory finds it
+    assert sorted(os.listdir(staging)) == ["current.ims", "current.ims.state", "new.ims", "new.ims.state"]
+
+
 def test_bad_groups_file_is_named(populated, ims_home, tmp_path):
     (ims_home / "config" / "backup-groups.conf").write_text("groupA=[a-l.*\n")
     p = run(ims_home, "imsbackup", "-f", tmp_path / "a.ims", "/")
