@@ -332,6 +332,33 @@ def test_a_damaged_reference_in_a_reference_file_is_one_line_and_restores_nothin
     assert state(store, users={"zed"}) == want
 
 
+def test_user_of_a_partition_not_configured_here_is_refused(driver, tmp_path):
+    """An archived user of partition 'second' restored where 'second' is not configured
+    (a forgotten or mistyped partition:second.path) is not put on 'primary' without a
+    word: refused in one line naming the partition and both ways on (exit 2 when nothing
+    else was restored, else 1); the other users are restored.  Made first on a configured partition, the user is restored there."""
+    src = tmp_path / "src"
+    (tmp_path / "p2").mkdir()
+    s = open_store(make_home(src, driver, **{"partition:second.path": str(tmp_path / "p2")}))
+    s.create_user("ann", "second")
+    put(s, "ann", "INBOX", 1)
+    put(s, "joe", "INBOX", 2)
+    a = backup(src, tmp_path / "a.ims")
+    for paths in ((), ("/second/ann",)):
+        dest = tmp_path / f"dest{len(paths)}"
+        target = open_store(make_home(dest, driver))
+        p = run(dest, "imsrestore", "-f", a, *paths, text=True)
+        assert p.returncode == (2 if paths else 1), p.stderr     # 1: joe was restored
+        err = [ln for ln in p.stderr.splitlines() if "second" in ln]
+        assert len(err) == 1 and "/second/ann" in err[0] and "partition:second.path" in err[0] \
+            and "mboxutil -c user/ann -p primary" in err[0], p.stderr
+        assert not target.exists("ann")
+        assert target.users("primary") == ([] if paths else ["joe"])
+    run(dest, "mboxutil", "-c", "user/ann", "-p", "primary", check=0)
+    run(dest, "imsrestore", "-f", a, "/second/ann", check=0)
+    assert len(open_store(make_home(dest, driver)).messages("ann", "INBOX")) == 1
+
+
 def test_store_owner_gets_restored_files(source, ims_home, dest, tmp_path):
     a = backup(ims_home, tmp_path / "a.ims")
     run(dest, "msconfig", "set", "store.owner", "nobody", check=0)

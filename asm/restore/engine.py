@@ -10,7 +10,7 @@ import time
 
 from asm import plugins
 from asm.archive.errors import CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
-from asm.errors import EXIT_NOSPACE, EXIT_PARTIAL, ImsError
+from asm.errors import EXIT_NOSPACE, EXIT_PARTIAL, EXIT_USAGE, ImsError
 from asm.events import Run
 from asm.groups import Groups
 from asm.restore.apply import Applier
@@ -69,6 +69,7 @@ class Restorer:
         self.locks = RestoreLocks(os.path.join(os.path.dirname(os.path.abspath(journal.path)), LOCK_FILE),
                                   config.owner() if config is not None else None)
         self.user_groups: dict[tuple, str | None] = {}
+        self.refused_users: set = set()             # of a partition not configured here
         self.cur_user: tuple | None = None          # (partition, user) of the archive being read
         self.cur_folders: set = set()               # ... and its folders the archive lists
         self.cur_damaged = False                    # ... a member of it was damaged (or a
@@ -398,6 +399,18 @@ class Restorer:
                 return
             else:
                 final_uids, final_flags = end[1], end[2]
+        if m.partition not in self.store.partitions() and not self.store.exists(user):
+            # a user of a partition this installation does not have (partition:NAME.path
+            # forgotten or mistyped) is not put on another without a word: refused, once
+            self.plan = None
+            if user not in self.refused_users:
+                self.refused_users.add(user)
+                self._error(f"/{m.partition}/{user}", (
+                    f"partition '{m.partition}' is not configured here: set it (msconfig set "
+                    f"partition:{m.partition}.path DIR) and run the restore again, or to restore the "
+                    f"user on another partition make it there first (mboxutil -c user/{user} -p primary); "
+                    f"nothing of this user was restored"), EXIT_USAGE)
+            return
         try:
             if not self.store.exists(user) and not self.opts.new_mailbox:
                 # an incremental refused for want of its base makes nothing, not even the user
@@ -463,7 +476,7 @@ class Restorer:
 
     def _ensure_user(self, partition: str, user: str, m) -> None:
         if not self.store.exists(user):
-            part = partition if partition in self.store.partitions() else "primary"
+            part = partition         # configured: _start_folder refuses a user of another
             try:
                 # INBOX has the archive's UIDVALIDITY from the start (when the archive
                 # holds INBOX, it comes first): no moment with another one on disk

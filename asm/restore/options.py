@@ -93,6 +93,8 @@ class RestoreResult:
             return EXIT_ORDER
         if self.paths and len(self.unmatched) == self.paths:
             return EXIT_USAGE
+        if statuses == {EXIT_USAGE} and not self.folders:
+            return EXIT_USAGE       # refused (a user of a partition not configured): nothing restored
         if self.errors or self.pending or self.unmatched:
             return EXIT_PARTIAL
         return EXIT_OK
