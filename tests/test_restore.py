@@ -359,6 +359,26 @@ def test_user_of_a_partition_not_configured_here_is_refused(driver, tmp_path):
     assert len(open_store(make_home(dest, driver)).messages("ann", "INBOX")) == 1
 
 
+def test_group_path_names_the_archived_user_of_that_name(store, ims_home, dest, tmp_path):
+    """backup-groups.conf here defines group 'sales' and the archive holds user 'sales':
+    /primary/sales reads as the group and matches nothing; the one-line refusal (exit 2)
+    says 'sales' is a group here and names the user's path /primary/user/sales, which
+    restores it."""
+    put(store, "sales", "INBOX", 1)
+    put(store, "ann", "INBOX", 2)
+    a = backup(ims_home, tmp_path / "a.ims")
+    (dest / "config").mkdir(exist_ok=True)
+    (dest / "config" / "backup-groups.conf").write_text("sales=[s-z].*\n")
+    for toc in (["-t"], []):
+        p = run(dest, "imsrestore", *toc, "-f", a, "/primary/sales", text=True)
+        assert p.returncode == 2, p.stderr
+        err = [ln for ln in p.stderr.splitlines() if "/primary/sales" in ln]
+        assert len(err) == 1 and "nothing in the archive matches" in err[0] \
+            and "backup group" in err[0] and "/primary/user/sales" in err[0], p.stderr
+    run(dest, "imsrestore", "-f", a, "/primary/user/sales", check=0)
+    assert open_store(make_home(dest, store.name)).users("primary") == ["sales"]
+
+
 def test_store_owner_gets_restored_files(source, ims_home, dest, tmp_path):
     a = backup(ims_home, tmp_path / "a.ims")
     run(dest, "msconfig", "set", "store.owner", "nobody", check=0)

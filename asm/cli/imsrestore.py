@@ -197,7 +197,8 @@ def _toc(reader, sel: Selection, verbose: bool = False, layered=None) -> int:
             warn(PROG, unread_line(mailbox, why))
     for p in unmatched:
         # as the restore with the same path says (and exits): never an empty listing with 0
-        warn(PROG, _unmatched(p, sel.near_misses(p), sel.left_out(p, reader.header), unread.get(p)))
+        warn(PROG, _unmatched(p, sel.near_misses(p), sel.left_out(p, reader.header), unread.get(p),
+                              sel.user_path(p)))
     return EXIT_USAGE if unmatched else EXIT_OK
 
 
@@ -208,11 +209,17 @@ def unread_line(mailbox: str, why: str) -> str:
             f"the store had it; restore it from a later backup that read it ({why})")
 
 
-def _unmatched(path: str, near: list | None, left_out: str | None, unread: str | None = None) -> str:
+def _unmatched(path: str, near: list | None, left_out: str | None, unread: str | None = None,
+               user_path: str | None = None) -> str:
     """The line for a path that matched nothing in the archive, with what it has under
-    another case, or the store.backupexclude that kept the folder out of the backup."""
+    another case, the store.backupexclude that kept the folder out of the backup, or
+    the path of the archived user that a /P/NAME read as a backup group here names."""
     why = ""
-    if near:
+    if user_path:
+        name = user_path.split("/")[3]
+        why = (f" ({name!r} is a backup group here (backup-groups.conf), and the archive holds a user "
+               f"{name!r}: restore it as {user_path})")
+    elif near:
         why = f" (it has {', '.join(near)}: folder names are matched exactly, but INBOX)"
     elif left_out:
         why = (f" (the backup left it out: store.backupexclude was {left_out!r}; an archive of it "
@@ -520,7 +527,8 @@ def _one(args, rep) -> int:
         warn(PROG, f"{len(res.pending)} linked messages need their first copy from this archive: run "
              f"imsrestore -f {args.device} -r {args.refout or default_reffile(inst.config.home, reader.header)}")
     for p in res.unmatched:
-        warn(PROG, _unmatched(p, res.near_misses.get(p), res.left_out.get(p), dict(res.unread).get(p)))
+        warn(PROG, _unmatched(p, res.near_misses.get(p), res.left_out.get(p), dict(res.unread).get(p),
+                              res.user_paths.get(p)))
     if res.store_full:
         n = len(res.held)
         warn(PROG, res.store_full + (f" (deliveries to {n} user{'s' if n > 1 else ''} stay held until it "

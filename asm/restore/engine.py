@@ -181,6 +181,7 @@ class Restorer:
             self.res.unmatched = self.sel.unmatched() if finished and not stopped else []
             self.res.near_misses = {p: self.sel.near_misses(p) for p in self.res.unmatched}
             self.res.left_out = {p: x for p in self.res.unmatched if (x := self.sel.left_out(p, self.header))}
+            self.res.user_paths = {p: x for p in self.res.unmatched if (x := self.sel.user_path(p))}
             self.res.seconds = time.monotonic() - t0
             self.run.counts = {"users": self.res.users, "folders": self.res.folders,
                                "messages": self.res.messages, "links": self.res.links,

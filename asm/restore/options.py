@@ -62,6 +62,7 @@ class RestoreResult:
     unmatched: list = field(default_factory=list)    # selection paths that matched nothing
     near_misses: dict = field(default_factory=dict)  # unmatched path -> folders differing in case
     left_out: dict = field(default_factory=dict)     # unmatched path -> the store.backupexclude that left it out
+    user_paths: dict = field(default_factory=dict)   # unmatched /P/GROUP path -> the archived user GROUP's path
     unread: list = field(default_factory=list)       # (mailbox, why): the archive's backup could not read it
     kept: list = field(default_factory=list)         # (mailbox, line): not listed, unread by the backup: kept
     out_of_order: list = field(default_factory=list)  # folders refused: chain applied out of order

@@ -2,7 +2,7 @@
 which users (the map file of -m)."""
 from __future__ import annotations
 
-from asm.groups import Groups
+from asm.groups import PREDEFINED, Groups
 from asm.logical import LogicalPath
 from asm.restore.errors import RestoreError
 from asm.store.base import BadName, check_folder_name, check_user_name
@@ -79,6 +79,9 @@ class Selection:
         self.groups = groups
         self.hits = [0] * len(paths)
         self.near: list[set] = [set() for _ in paths]
+        # /P/NAME read as the group NAME of backup-groups.conf while the archive holds a
+        # user NAME on P: that user's own path, for the line of an unmatched path
+        self.user_too: list[str | None] = [None] * len(paths)
         # (not when NAME is a user of the store restored into: there the short path means
         # that user, and the group's users' archived mail would merge into their live
         # folders; ``is_user(partition, user)``)
@@ -112,6 +115,9 @@ class Selection:
             return True
         hit = False
         for i, path in enumerate(self.paths):
+            if path.group == user and path.group != PREDEFINED and path.partition in (None, partition):
+                rest = [p for p in path.text.split("/") if p][2:]
+                self.user_too[i] = "/".join(["", partition, PREDEFINED, user, *rest])
             took = False
             for lp, ok in self._readings(path, partition, user, group):
                 if not ok:
@@ -165,6 +171,11 @@ class Selection:
                for lp in self.paths):
             return "%".join(exclude)
         return None
+
+    def user_path(self, path: str) -> str | None:
+        """For an unmatched ``path`` /P/NAME[/...] read as a backup group here: the path
+        of the archived user NAME (/P/user/NAME[/...]), or None."""
+        return next((u for lp, u in zip(self.paths, self.user_too) if str(lp) == path and u), None)
 
     def near_misses(self, path: str) -> list[str]:
         """Archived folders that ``path`` (an unmatched one) names but for case."""
