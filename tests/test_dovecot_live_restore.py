@@ -351,3 +351,60 @@ def test_a_message_stored_between_batches_costs_only_the_uids_it_took(tmp_path, 
         assert res.renumbered == 0 and state["in_use"] == 0 and not said and res.status() == 0
         assert got == {u: b for u, b in bodies.items()}
         assert journal.get("joe", "Big").mirror
+
+
+@pytest.mark.parametrize("client", [False, True], ids=["no-client-looked", "a-client-selected"])
+def test_a_restore_killed_between_a_uid_record_and_its_file_keeps_uids_clients_were_given(
+        lab, tmp_path, client):
+    """A restore killed after a message's dovecot-uidlist record and before its rename
+    into cur/ (tests/fault, the exact step): when no Dovecot read the folder meanwhile,
+    the same command run again puts it at its archived UID (exit 0); when a client
+    SELECTed it (Dovecot said UIDNEXT past the missing UID), the rerun does not store it
+    below that UIDNEXT: it gets a new UID above the archive's, named, exit 1."""
+    from tests.faults import run_with_fault
+    u, name = lab.logins[2], "Seen" if client else "Unseen"
+    home = tmp_path / "ims"
+    configure(lab, home)
+    with lab.imap(u) as c:
+        c.create(name)
+        for i in range(12):
+            c.append(name, message(f"k{i}", size=400))
+        want = {m["uid"]: c.fetch_body(m["uid"]) for m in (c.select(name), c.fetch_meta())[1]}
+    archive = tmp_path / "k.ims"
+    run(home, "imsbackup", "-f", archive, f"/primary/{u}/{name}", check=0)
+    d = lab.mailbox_path(u, name)
+    argv = ["imsrestore", "-f", archive, f"/primary/{u}/{name}"]
+    root, log = os.path.dirname(d), tmp_path / "steps.log"
+
+    def lose():
+        shutil.rmtree(d)
+        shutil.rmtree(home / "data", ignore_errors=True)
+    lose()
+    run_with_fault(argv, root, f"count:{tmp_path / 'n'}", env={"IMS_HOME": str(home), "IMS_FAULT_LOG": str(log)})
+    renames = [int(line.split()[0]) for line in open(log) if os.path.join(d, "tmp", "") in line]
+    point = renames[2 * 10 - 1]          # two steps a message (its file in tmp/, its rename): UID 10's rename
+    lose()
+    r = run_with_fault(argv, root, f"kill:{point}", env={"IMS_HOME": str(home)})
+    assert r.returncode == -9
+    with open(os.path.join(d, "dovecot-uidlist")) as f:
+        assert f.read().rstrip("\n").split("\n")[-1].startswith("10 ")     # recorded, file in tmp/
+    seen = None
+    if client:
+        with lab.imap(u) as c:
+            seen = c.select(name)
+            assert (seen["exists"], seen["uidnext"]) == (9, 11)
+    r = run(home, argv[0], "-v", *argv[1:])
+    with lab.imap(u) as c:
+        info = c.select(name)
+        got = {m["uid"]: c.fetch_body(m["uid"]) for m in c.fetch_meta()}
+    if not client:
+        assert r.returncode == 0, r.stderr
+        assert got == want and info["uidnext"] == 13
+        return
+    assert r.returncode == 1, r.stderr
+    assert b"1 archived UIDs (10) were given out as gone" in r.stderr
+    assert b"1 with new UIDs" in r.stdout + r.stderr
+    # every message back byte for byte; UID 10's under UID 13, none below the UIDNEXT seen
+    assert sorted(got) == [u_ for u_ in want if u_ != 10] + [13]
+    assert got[13] == want[10] and all(got[u_] == want[u_] for u_ in want if u_ != 10)
+    assert info["uidnext"] == 14

@@ -13,7 +13,7 @@ from asm.locks import pid_alive
 from asm.restore.errors import ArchiveReadFailed
 from asm.restore.options import RestoreOptions, RestoreResult
 from asm.restore.plan import FolderPlan
-from asm.store.base import Store, StoreError, UidInUse, stored_sha256
+from asm.store.base import Store, StoreError, UidInUse, UidPassed, stored_sha256
 
 CHUNK = 1 << 20
 SPOOL_PREFIX = "restore-"       # restore-<pid>-<random>: one run's spool of first copies
@@ -249,8 +249,9 @@ class Applier:
             return
         try:
             info = self._append(plan, m, uid, fill=fill)
-        except UidInUse:           # someone took it meanwhile: a new UID instead
-            plan.taken.append(m.uid)
+        except UidInUse as exc:    # someone took it meanwhile (or clients were told it
+            # is gone: UidPassed): a new UID instead
+            (plan.passed if isinstance(exc, UidPassed) else plan.taken).append(m.uid)
             uid = None
             if later and self._defer(plan, m):
                 return

@@ -547,6 +547,14 @@ class Restorer:
                     f"old message for those UIDs until it is told to resync the folder (a chain restored in "
                     f"one command, or with -H until its last archive, holds deliveries throughout)"),
                     EXIT_PARTIAL)
+            if complete and plan.passed:
+                self._record_error(mailbox, (
+                    f"{len(plan.passed)} archived UIDs ({', '.join(map(str, plan.passed[:5]))}"
+                    f"{', ...' if len(plan.passed) > 5 else ''}) were given out as gone: a restore killed "
+                    f"while writing them left their records, and Dovecot told a client UIDNEXT past them "
+                    f"before this run; those archived messages got new UIDs (a client never fetches a "
+                    f"UID below the UIDNEXT it was given), every other message kept its own"),
+                    EXIT_PARTIAL)
             if complete:
                 # the folder mirrors the archive when it was created or continued from it
                 # (or was a mirror of it already) and every message kept its UID: only

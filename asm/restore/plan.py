@@ -56,6 +56,8 @@ class FolderPlan:
                                 # folder's end (Applier.finish_deferred), not amid the UIDs
                                 # the rest of the archive keeps
     taken: list = field(default_factory=list)        # archived UIDs another message holds here
+    passed: list = field(default_factory=list)       # archived UIDs the store's server told its
+                                # clients are gone (a killed run's record Dovecot passed)
     resumed: bool = False       # an exact or chain restore of this archive cut short before:
                                 # what it restored is there (same UIDs), the rest follows
     again: bool = False         # the archive restored here last, into a folder that mirrors it

@@ -99,6 +99,15 @@ class UidInUse(StoreError):
         super().__init__(f"UID {uid} is already used in {user}/{folder}")
 
 
+class UidPassed(UidInUse):
+    """A fill at a UID the folder's server has told its clients is gone (UIDNEXT passed
+    it without a message): a message stored there now would never reach a client that
+    fetches from the UIDNEXT it was given (RFC 3501 2.3.1.1)."""
+
+    def __init__(self, user: str, folder: str, uid: int):
+        StoreError.__init__(self, f"UID {uid} of {user}/{folder} was given out as gone: it is not reused")
+
+
 class StoreFull(StoreError):
     """The store's filesystem (or its quota) is full: nothing more can be written."""
 
@@ -432,7 +441,8 @@ class Store(abc.ABC):
 
         ``fill``: the given UID may be below the highest present, when no message has
         it (``imsrestore -r`` putting a linked message at the UID its restore left free
-        for it); UIDNEXT does not move.
+        for it); UIDNEXT does not move.  A UID the store's server told clients is gone
+        is never filled (UidPassed).
 
         ``guid``: the message's GUID to keep (a restore gives the archived one); None
         lets the store make one.  ``basename``, ``pop3_uidl``, ``pop3_order``: what

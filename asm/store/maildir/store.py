@@ -21,7 +21,8 @@ from asm.lazy import module as _lazy_module
 from asm.locks import pid_alive
 from asm.store.base import (
     BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone,
-    MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, Unlisted, UserExists,
+    MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, UidPassed,
+    Unlisted, UserExists,
     check_folder_name, check_user_level, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
     settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
 )
@@ -35,6 +36,7 @@ from asm.store.maildir.uidlist import UIDLIST, Uidlist, guid_of, pop3_of, read_u
 
 layout_mod = _lazy_module("asm.store.layout")     # only a store.mail_location needs it (startup time)
 shutil = _lazy_module("shutil")                    # removing trees, copying files (startup time)
+rd = _lazy_module("asm.reconstruct.dovecot")       # doveadm dump, after a killed writer only
 
 CHUNK = 1 << 20
 HOLD_MARKER = ".ims-hold"
@@ -975,10 +977,16 @@ class MaildirStore(Store):
                         if _base_tag(base) in tags and base not in on_disk}
             dead = [uid for uid, (_, base) in ul.records.items()
                     if base.partition(",S=")[0] in stale or base in kept]
+            seen = self._indexed_uidnext(st) if dead else 0
             for uid in dead:
+                if uid < seen:
+                    # Dovecot read the record, found no file and told its clients UIDNEXT
+                    # past it: the record stays, fileless, as Dovecot keeps an expunged
+                    # message's, so the UID is never given to a message again (append)
+                    continue
                 del ul.records[uid]
             if dead:
-                ul.uidnext = max(ul.header_uidnext, max(ul.records, default=0) + 1)
+                ul.uidnext = max(ul.header_uidnext, max(ul.records, default=0) + 1, seen)
                 st.max_uid = None
                 st.dirty = True
                 self._flush_uidlist(st)
@@ -988,6 +996,21 @@ class MaildirStore(Store):
         self._clean_temporaries(d)
         if st.ctl != d:
             self._clean_temporaries(st.ctl)
+
+    def _indexed_uidnext(self, st: _State) -> int:
+        """The UIDNEXT Dovecot's index of the folder holds (what its clients were told),
+        read with ``doveadm dump``; 0 when it has none of its own (no index, INDEX=MEMORY,
+        only our floor log) or another UIDVALIDITY, or no doveadm is installed."""
+        if st.idx is None or self._floor_log(st.idx) or \
+                not any(os.path.exists(os.path.join(st.idx, n)) for n in INDEX_FILES):
+            return 0
+        exe = rd.find_doveadm()
+        if exe is None:
+            return 0
+        view = rd.Dovecot(exe).index_view(st.idx)
+        if view.uidvalidity not in (None, st.uidlist.uidvalidity):
+            return 0
+        return view.next_uid
 
     def _clean_temporaries(self, d: str) -> None:
         """Temporaries of _write_file (``<name>.<pid>.<thread>.tmp``) and of dotlocks
@@ -1875,6 +1898,10 @@ class MaildirStore(Store):
             else:
                 if uid <= 0:
                     raise StoreError(f"bad UID {uid}")
+                if fill and uid in ul.records and ul.records[uid][1] not in self._scan(st):
+                    # a record without its file: a message clients were told is gone, or
+                    # one a killed writer recorded whose UID Dovecot passed (_recover)
+                    raise UidPassed(user, folder, uid)
                 if uid <= st.top_uid():
                     self._prune(st)           # lines of files Dovecot expunged don't count
                     if uid <= st.top_uid() and (not fill or uid in ul.records):
