@@ -425,6 +425,50 @@ def test_keywords_beyond_26_come_back_when_a_restore_with_dovecot_stopped_is_run
     assert seen(lab.client_state(u)) == seen(before)
 
 
+def test_keywords_beyond_26_removed_in_a_later_link_stay_removed(kw_lab, tmp_path):
+    """A message with 30 keywords, a chain: full; +kw30 kw31; -kw00 kw27.  Keywords
+    beyond the 26 letters live in Dovecot's index only, and the restore only ever added
+    to it: the chain in one imsrestore into the emptied store exited 0 with kw00 and kw27
+    back (an earlier link's flags gave them to the index; the end's flags could not take
+    them away).  The restore sets the index's keywords to the archive's; into the live
+    store it changes nothing, unchanged or with those keywords set again by a client (a
+    merge leaves a client's flags, letters and index alike)."""
+    lab = kw_lab
+    u = "bob"
+    with lab.imap(u) as c:
+        _, uid = c.append("INBOX", message("thirty keywords"), [r"\Seen", *KWS])
+        c.append("INBOX", message("three keywords"), ["kw29", "kw00", "other"])
+    home = tmp_path / "ims"
+    configure(lab, home)
+    full, mid, incr = (tmp_path / n for n in ("full.ims", "mid.ims", "incr.ims"))
+    run(home, "imsbackup", "-f", full, f"/primary/{u}", check=0)
+    time.sleep(1.1)
+    with lab.imap(u) as c:
+        c.select("INBOX")
+        c.uid_store([uid], "+FLAGS", ["kw30", "kw31"])
+    run(home, "imsbackup", "-f", mid, "--base", f"{full}.state", f"/primary/{u}", check=0)
+    time.sleep(1.1)
+    with lab.imap(u) as c:
+        c.select("INBOX")
+        c.uid_store([uid], "-FLAGS", ["kw00", "kw27"])
+    run(home, "imsbackup", "-f", incr, "--base", f"{mid}.state", f"/primary/{u}", check=0)
+    before = lab.client_state(u)
+    want = {r"\Seen", "kw30", "kw31", *KWS} - {"kw00", "kw27"}
+    assert before["INBOX"].by_uid()[uid].flags == want
+    chain = ("-f", full, "-f", mid, "-f", incr)
+    run(home, "imsrestore", *chain, check=0)                  # into the unchanged live store
+    assert seen(lab.client_state(u)) == seen(before)
+    with lab.imap(u) as c:                                    # a client sets them again
+        c.select("INBOX")
+        c.uid_store([uid], "+FLAGS", ["kw00", "kw27"])
+    moved_on = lab.client_state(u)
+    run(home, "imsrestore", *chain, check=0)                  # a merge: the client's flags stay
+    assert seen(lab.client_state(u)) == seen(moved_on)
+    wipe(lab)
+    run(home, "imsrestore", *chain, check=0)                  # into the emptied store
+    assert seen(lab.client_state(u)) == seen(before)
+
+
 sdbox = lab_fixture("sdbox")
 
 

@@ -3,7 +3,8 @@
 A Maildir file name has 26 letters for keywords; Dovecot keeps a folder's further
 keywords in its index files only (docs/dovecot.md, "Keywords beyond 26").  A backup
 that reads files asks ``doveadm fetch`` for them; a restore that writes files gives
-them back with ``doveadm flags add``.  Both run while this driver does not hold the
+them back with ``doveadm flags add`` (and ``flags remove`` takes away those the index
+holds that a message no longer has).  Both run while this driver does not hold the
 folder's lock (doveadm takes it).
 """
 from __future__ import annotations
@@ -91,5 +92,12 @@ class Doveadm:
                                                   if not f.startswith("\\"))
         return result
 
-    def add_keywords(self, login: str, folder: str, uid: int, keywords) -> None:
-        self.run(login, "flags add", " ".join(keywords), "mailbox", folder, "uid", str(uid))
+    def change_keywords(self, login: str, folder: str, uids, add=(), remove=()) -> None:
+        """Add and remove keywords of the messages ``uids`` (in groups of 500 UIDs)."""
+        uids = sorted(uids)
+        for i in range(0, len(uids), 500):
+            part = ",".join(map(str, uids[i:i + 500]))
+            if add:
+                self.run(login, "flags add", " ".join(add), "mailbox", folder, "uid", part)
+            if remove:
+                self.run(login, "flags remove", " ".join(remove), "mailbox", folder, "uid", part)

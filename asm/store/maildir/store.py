@@ -311,7 +311,9 @@ class _State:
         self.bases = bases                  # base -> uid
         self.flag_cache = {} if flag_cache is None else flag_cache  # letters -> (flags, keywords)
         self.max_uid = max_uid              # highest UID in the uidlist (None: recompute)
-        self.overflow = {} if overflow is None else overflow        # uid -> keywords beyond the 26 letters
+        # uid -> every keyword of a message whose keywords Dovecot's index must be set to
+        # (some beyond the 26 letters, or the letters all taken: the index may hold more)
+        self.overflow = {} if overflow is None else overflow
         self.ul_fd = ul_fd                  # dovecot-uidlist open for appending, while the
         self.ul_size = ul_size              # lock is held (closed before any rewrite); its size
         self.owner = None                   # who new files belong to (_folder_owner), once
@@ -815,11 +817,24 @@ class MaildirStore(Store):
         return self._doveadm_cache
 
     def _give_dovecot_keywords(self, user: str, folder: str, overflow: dict) -> None:
-        """Keywords beyond the 26 file-name letters, into Dovecot's index (doveadm takes
-        the folder's lock: called after this driver let it go)."""
+        """Dovecot's index gets the keywords set for each message of ``overflow`` (uid ->
+        all its keywords): those beyond the 26 file-name letters are added, and keywords
+        only the index holds that the message no longer has are removed (an earlier link
+        of a chain, or a client, may have put them there; doveadm takes the folder's
+        lock: called after this driver let it go)."""
         dv = self._doveadm()
-        for uid, kws in sorted(overflow.items()):
-            dv.add_keywords(user, folder, uid, kws)
+        index = dv.keywords(user, folder)      # Dovecot reads the file names first
+        changes: dict[tuple, list] = {}
+        for uid, want in sorted(overflow.items()):
+            have = index.get(uid)
+            if have is None:
+                continue                       # expunged meanwhile (a client)
+            add = tuple(k for k in want if k not in have)
+            drop = tuple(k for k in have if k not in want)
+            if add or drop:
+                changes.setdefault((add, drop), []).append(uid)
+        for (add, drop), uids in changes.items():
+            dv.change_keywords(user, folder, uids, add, drop)
         overflow.clear()
 
     def _index_keywords(self, user: str, folder: str, ctl: str, snap: FolderSnapshot,
@@ -1248,15 +1263,23 @@ class MaildirStore(Store):
         return hit
 
     def _encode_flags(self, st: _State, flags: Iterable[str], keywords: Iterable[str],
-                      keep: str = "", uid: int | None = None) -> str:
+                      keep: str = "", uid: int | None = None, existing: bool = False) -> str:
+        """The flag letters of a file name (``existing``: for a message that has a UID
+        in Dovecot's index already, whose keywords are being set)."""
         _, kws = split_flags(list(flags) + list(keywords))
-        table = self._keywords(st) if kws else None
+        dv = self._doveadm() if uid is not None else None
+        table = self._keywords(st) if kws or dv is not None else None
         # keywords beyond the 26 letters: Dovecot's index keeps them (doveadm, at unlock)
-        overflow = [] if uid is not None and kws and self._doveadm() is not None else None
+        overflow = [] if dv is not None and kws else None
         letters, grew = mdnames.encode_letters(flags, keywords, table, keep, where=st.dir,
                                                overflow=overflow)
-        if overflow:
-            st.overflow[uid] = overflow
+        if dv is not None:
+            # with every letter taken, the index of a message there already may hold
+            # keywords it no longer has: it gets the whole set (removing those) at unlock
+            if overflow or existing and sum(1 for k in table if k) >= mdnames.MAX_KEYWORDS:
+                st.overflow[uid] = tuple(kws)
+            else:
+                st.overflow.pop(uid, None)
         if grew:
             st.keywords_dirty = True
             st.flag_cache.clear()
@@ -2105,7 +2128,8 @@ class MaildirStore(Store):
         with self._locked(user, folder) as st:
             for attempt in (0, 1):
                 base, sub, fname = self._find(st, uid, user, folder)
-                letters = self._encode_flags(st, flags, keywords, keep=split_name(fname)[1], uid=uid)
+                letters = self._encode_flags(st, flags, keywords, keep=split_name(fname)[1], uid=uid,
+                                             existing=True)
                 if st.keywords_dirty:
                     self._flush_keywords(st)
                 new = f"{base}:2,{letters}"
