@@ -469,6 +469,62 @@ def test_keywords_beyond_26_removed_in_a_later_link_stay_removed(kw_lab, tmp_pat
     assert seen(lab.client_state(u)) == seen(before)
 
 
+def test_restore_test_keeps_keywords_beyond_26_as_the_restore_does(kw_lab, tmp_path):
+    """imsverify --restore-test of a healthy archive of a message with 30 keywords
+    exited 17 ("Maildir file names hold at most 26 keywords"): its scratch store has no
+    Dovecot to give keywords 27.. to, while imsrestore into the real store is exact.  The
+    scratch store keeps them itself; the test passes, over IMAP too, and a keyword lost
+    from a file name is still named (never hidden by the kept ones)."""
+    import contextlib
+    import glob
+    import tempfile
+
+    from asm.config import Config
+    from asm.store import open_store
+    from asm.verify import build, check_archive
+    from asm.verify.compare import compare_restored
+    from asm.verify.scratch import _compare_served, _keeping, mail_owner, restore_test
+    lab = kw_lab
+    u = "carol"
+    lab.add_user(u)
+    with lab.imap(u) as c:
+        _, uid = c.append("INBOX", message("thirty keywords"), [r"\Seen", *KWS])
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "kw.ims"
+    run(home, "imsbackup", "-f", a, f"/primary/{u}", check=0)
+    parent = tempfile.mkdtemp(prefix="imsverify-test-", dir="/tmp")
+    os.chmod(parent, 0o755)
+    try:
+        p = run(home, "imsverify", "-v", "-f", a, "--restore-test", "--scratch", parent, text=True)
+        assert p.returncode == 0, p.stderr
+        assert "(and over IMAP)" in p.stdout, p.stdout
+        with open(a, "rb") as f:
+            view = build([check_archive(f, str(a))])
+
+        @contextlib.contextmanager
+        def reopen(c):
+            with open(c.device, "rb") as f:
+                yield f
+        rt = restore_test(view, reopen, "maildir", parent=parent, keep=True)
+        assert rt.served == "dovecot" and not rt.problems and not rt.comparison.problems, rt
+        # kw01 (letter b) lost from the file name: named by the store and the IMAP comparison
+        [path] = glob.glob(os.path.join(rt.home, "**", "Maildir", "cur", "*"), recursive=True)
+        assert path.endswith(":2,Sabcdefghijklmnopqrstuvwxyz"), path
+        os.rename(path, path.replace("abcdef", "acdef"))
+        scratch = _keeping(open_store(Config(rt.home)), rt.home)
+        texts = [p.text for p in compare_restored(view, scratch).problems]
+        assert len(texts) == 1 and f"message {uid} has flags" in texts[0], texts
+        rt.comparison = type(rt.comparison)()
+        _compare_served(view, scratch, rt.home, mail_owner(None), rt)
+        texts = [p.text for p in rt.comparison.problems]
+        assert len(texts) == 1 and f"UID {uid} has flags" in texts[0], texts
+        served = texts[0].split("', ")[0]
+        assert "kw01" not in served and "kw29" in served, texts
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
 sdbox = lab_fixture("sdbox")
 
 

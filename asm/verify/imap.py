@@ -275,10 +275,13 @@ def _served_as_stored(scratch, rec, uid: int, sha: str) -> str | None:
     return served if plain.hexdigest() == sha else None
 
 
-def compare_served(view: ChainView, dovecot: PrivateDovecot, out: Comparison, scratch=None) -> None:
+def compare_served(view: ChainView, dovecot: PrivateDovecot, out: Comparison, scratch=None,
+                   kept=None) -> None:
     """Every folder and message of ``view`` as Dovecot serves them; differences go to ``out``.
     ``scratch``: the store Dovecot serves, whose messages were compared byte for byte
-    with the archive's: a message with bare LF line ends is served with CRLF ones."""
+    with the archive's: a message with bare LF line ends is served with CRLF ones.
+    ``kept(user, folder)``: {uid: keywords} the scratch store kept beyond the folder's 26
+    letters, which the live store's Dovecot has in its index and this one cannot serve."""
     by_user: dict = {}
     for (part, user, name), rec in view.folders.items():
         by_user.setdefault(user, []).append(rec)
@@ -309,6 +312,11 @@ def compare_served(view: ChainView, dovecot: PrivateDovecot, out: Comparison, sc
                             f"{int(un)}, the archive says {rec.uidvalidity} and {rec.uidnext}")
                 meta = _meta(conn) if rec.messages or int(conn.untagged_responses.get("EXISTS", [b"0"])[-1]) \
                     else {}
+                beyond = kept(rec.user, rec.name) if kept is not None and meta else {}
+                for uid, kws in beyond.items():
+                    if uid in meta:          # (never a letter's keyword: a lost letter stays lost)
+                        f, k, d = meta[uid]
+                        meta[uid] = (f, tuple(sorted(set(k) | set(kws))), d)
                 for uid, (sha, flags, keywords, idate, size) in rec.messages.items():
                     got = meta.pop(uid, None)
                     if got is None:

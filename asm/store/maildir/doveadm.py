@@ -101,3 +101,57 @@ class Doveadm:
                 self.run(login, "flags add", " ".join(add), "mailbox", folder, "uid", part)
             if remove:
                 self.run(login, "flags remove", " ".join(remove), "mailbox", folder, "uid", part)
+
+
+class KeptKeywords:
+    """Dovecot's index stood in for where no Dovecot serves the store (the scratch store
+    of ``imsverify --restore-test``): the keywords of each message that the folder's 26
+    letters cannot hold, kept in the JSON file ``path`` by the message file's base name,
+    answered as :meth:`Doveadm.keywords` and :meth:`Doveadm.change_keywords` do (a
+    keyword the folder's letters hold is never kept here: a letter lost stays lost)."""
+
+    def __init__(self, store, path: str):
+        import json
+        self.store, self.path = store, path
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                self.kept = {tuple(k.split("\0", 1)): {b: set(v) for b, v in kw.items()}
+                             for k, kw in json.load(f).items()}
+        except FileNotFoundError:
+            self.kept = {}
+
+    def _folder(self, user: str, folder: str):
+        from asm.store.maildir.names import read_keywords
+        from asm.store.maildir.uidlist import read_uidlist
+        d = self.store._existing_folder_dir(user, folder)
+        ctl = self.store._ctl_idx(user, folder, d)[0]
+        ul = read_uidlist(ctl)
+        return ({} if ul is None else {uid: rec[1] for uid, rec in ul.records.items()}), read_keywords(ctl)
+
+    def index_only(self, user: str, folder: str) -> dict[int, tuple]:
+        """{uid: keywords} kept here (those no letter of the folder holds)."""
+        kept = self.kept.get((user, folder), {})
+        bases, _ = self._folder(user, folder)
+        return {uid: tuple(sorted(kept[b])) for uid, b in bases.items() if kept.get(b)}
+
+    def keywords(self, login: str, folder: str) -> dict[int, tuple]:
+        kept = self.kept.get((login, folder), {})
+        bases, _ = self._folder(login, folder)
+        return {uid: tuple(sorted(kept.get(b, ()))) for uid, b in bases.items()}
+
+    def change_keywords(self, login: str, folder: str, uids, add=(), remove=()) -> None:
+        import json
+        bases, table = self._folder(login, folder)
+        kept = self.kept.setdefault((login, folder), {})
+        for uid in uids:
+            b = bases.get(uid)
+            if b is None:
+                continue
+            have = kept.setdefault(b, set())
+            have.update(k for k in add if k not in table)
+            have.difference_update(remove)
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+            json.dump({"\0".join(k): {b: sorted(v) for b, v in kw.items() if v}
+                       for k, kw in self.kept.items()}, f)
+        os.replace(tmp, self.path)

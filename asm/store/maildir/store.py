@@ -816,6 +816,14 @@ class MaildirStore(Store):
             self._doveadm_cache = Doveadm.find(conf)
         return self._doveadm_cache
 
+    def keep_index_keywords(self, path: str):
+        """Where no Dovecot serves this store (the scratch store of ``imsverify
+        --restore-test``): keywords beyond the 26 file-name letters are kept in the file
+        ``path`` instead of Dovecot's index, and read back from it.  The keeper."""
+        from asm.store.maildir.doveadm import KeptKeywords
+        self._doveadm_cache = KeptKeywords(self, path)
+        return self._doveadm_cache
+
     def _give_dovecot_keywords(self, user: str, folder: str, overflow: dict) -> None:
         """Dovecot's index gets the keywords set for each message of ``overflow`` (uid ->
         all its keywords): those beyond the 26 file-name letters are added, and keywords
