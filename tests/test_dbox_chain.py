@@ -667,7 +667,11 @@ def test_a_dbox_login_without_an_inbox_is_backed_up_and_restored(lab, tmp_path, 
     account, while the Maildir copy always has one: every backup exited 1 naming
     /primary/alice/INBOX as copied "under another name" (rename INBOX).  Now exit 0, the
     login's folders are in the archive, and a restore into an emptied store gives the
-    client the same folders, UIDs, flags and bytes (INBOX empty, as before)."""
+    client the same folders, UIDs, flags and bytes (INBOX empty, as before).
+    That INBOX was archived with the UIDVALIDITY the Maildir copy made up (1-2 above the
+    one Dovecot then made for the first client), and a restore into the unchanged live
+    store gave the live INBOX that one, exit 0: the backup has Dovecot make the INBOX
+    first (as a client's login does), so every UIDVALIDITY archived is one Dovecot serves."""
     home = tmp_path / "ims"
     configure(lab, home)
     lab.deliver(["bob"], message("for bob"))
@@ -677,6 +681,7 @@ def test_a_dbox_login_without_an_inbox_is_backed_up_and_restored(lab, tmp_path, 
             c.rename("INBOX", "Old")
         c.create("Work")
         c.append("Work", message("draft"), [r"\Seen", "$Label1"], "05-Mar-2024 12:00:00 +0100")
+    time.sleep(1.1)                   # (a UIDVALIDITY made up later would differ)
     a = tmp_path / "a.ims"
     run(home, "imsbackup", "-f", a, "/", check=0)
     want = ["/primary/alice/INBOX", "/primary/alice/Work", "/primary/alice/Work/1"]
@@ -684,16 +689,17 @@ def test_a_dbox_login_without_an_inbox_is_backed_up_and_restored(lab, tmp_path, 
         want[1:1] = ["/primary/alice/Old", "/primary/alice/Old/1"]
     toc = run(home, "imsrestore", "-t", "-f", a, "/primary/alice", check=0, text=True).stdout
     assert sorted(ln.split("\t")[0] for ln in toc.splitlines() if ln.startswith("/")) == want, toc
+    before = {u: view(lab, u) for u in USERS}
+    assert before["alice"][0]["INBOX"][3] == ()
+    served = lab.doveadm("mailbox status", "uidvalidity", "INBOX", user="alice").stdout.decode()
+    archived = [ln for ln in toc.splitlines() if ln.startswith("/primary/alice/INBOX\t")][0]
+    assert f"uidvalidity={before['alice'][0]['INBOX'][0]} " in archived, (archived, served)
+    assert f"uidvalidity={before['alice'][0]['INBOX'][0]}" in served, served
     run(home, "imsrestore", "-f", a, check=0)          # into the live account: nothing to do
-
-    def seen(login):          # (an INBOX Dovecot makes when a client selects it: its own UIDVALIDITY)
-        folders, subs = view(lab, login)
-        return {n: (f if n != "INBOX" else f[3]) for n, f in folders.items()}, subs
-    before = {u: seen(u) for u in USERS}
-    assert before["alice"][0]["INBOX"] == ()
+    assert {u: view(lab, u) for u in USERS} == before
     wipe(lab)
     run(home, "imsrestore", "-f", a, check=0)
-    assert {u: seen(u) for u in USERS} == before
+    assert {u: view(lab, u) for u in USERS} == before
 
 
 @pytest.mark.parametrize("size", ["1m", "3m"])

@@ -160,6 +160,13 @@ class DboxStore(MaildirStore):
         for attempt in range(1, DESYNC_TRIES + 1):
             shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
             names = self._folders(user)
+            if names["INBOX"][1] == "" and os.path.isdir(self._dbox_root(user)):
+                # no INBOX in the account (renamed away, never delivered to): Dovecot makes
+                # one, with a UIDVALIDITY of its own, when it is first opened (a client's
+                # login, doveadm).  Opened here, so the copy, the archive and a restore
+                # have the UIDVALIDITY clients are served, not one the Maildir copy made up
+                self._dv.run(user, "mailbox status", "uidvalidity", "INBOX")
+                names = self._folders(user)
             # what Dovecot serves before the copy: a change made while doveadm copies (an
             # APPEND to a folder it has copied) is in the account and not in the copy, so
             # the give-back must see the account differ from this, not from a listing
