@@ -1000,7 +1000,7 @@ class MaildirStore(Store):
                         if _base_tag(base) in tags and base not in on_disk}
             dead = [uid for uid, (_, base) in ul.records.items()
                     if base.partition(",S=")[0] in stale or base in kept]
-            seen = self._indexed_uidnext(st) if dead else 0
+            seen = (self._indexed_uidnext(st) or 0) if dead else 0
             for uid in dead:
                 if uid < seen:
                     # Dovecot read the record, found no file and told its clients UIDNEXT
@@ -1020,19 +1020,19 @@ class MaildirStore(Store):
         if st.ctl != d:
             self._clean_temporaries(st.ctl)
 
-    def _indexed_uidnext(self, st: _State) -> int:
+    def _indexed_uidnext(self, st: _State) -> int | None:
         """The UIDNEXT Dovecot's index of the folder holds (what its clients were told),
-        read with ``doveadm dump``; 0 when it has none of its own (no index, INDEX=MEMORY,
+        read with ``doveadm dump``; None when it has none of its own (no index, INDEX=MEMORY,
         only our floor log) or another UIDVALIDITY, or no doveadm is installed."""
         if st.idx is None or self._floor_log(st.idx) or \
                 not any(os.path.exists(os.path.join(st.idx, n)) for n in INDEX_FILES):
-            return 0
+            return None
         exe = rd.find_doveadm()
         if exe is None:
-            return 0
+            return None
         view = rd.Dovecot(exe).index_view(st.idx)
         if view.uidvalidity not in (None, st.uidlist.uidvalidity):
-            return 0
+            return None
         return view.next_uid
 
     def _clean_temporaries(self, d: str) -> None:
