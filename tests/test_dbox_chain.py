@@ -220,11 +220,11 @@ exit $rc
     return p, lambda: (bin_ / "go").touch()
 
 
-@pytest.mark.parametrize("lab", ["mdbox"], indirect=True)
-def test_what_a_client_does_while_the_restore_copies_the_dbox_account_stays(lab, tmp_path):
-    """An IMAP APPEND, a flag set and a folder CREATEd after doveadm copied the account
-    (before, the listing compared at give-back was taken after the copy: it held the
-    client's changes, the copy did not, and the give-back undid them with exit 0)."""
+def _client_acts_while_the_restore_copies(lab, tmp_path, act):
+    """alice's INBOX restored (one message expunged since the backup) with the restore
+    paused after doveadm copied the account, ``act(imap)`` done by a client meanwhile:
+    the restore must refuse the give-back (17) and leave what the client sees.  Returns
+    that view."""
     home = tmp_path / "ims"
     configure(lab, home)
     fill(lab)
@@ -236,17 +236,28 @@ def test_what_a_client_does_while_the_restore_copies_the_dbox_account_stays(lab,
         c.unselect()
     p, go = paused_after_copy(tmp_path, home, "imsrestore", "-f", a, "/primary/alice/INBOX")
     with lab.imap("alice") as c:
-        c.append("Old", message("appended during the restore"))
-        c.select("Old")
-        c.uid_store([1], "+FLAGS", [r"\Flagged"])
-        c.unselect()
-        c.create("Created")
+        act(c)
     client = view(lab, "alice")
     go()
     out, err = p.communicate(timeout=300)
     assert p.returncode == EXIT_STORE, err
     assert "alice: Dovecot changed the dbox account" in err, err
     assert view(lab, "alice") == client
+    return client
+
+
+@pytest.mark.parametrize("lab", ["mdbox"], indirect=True)
+def test_what_a_client_does_while_the_restore_copies_the_dbox_account_stays(lab, tmp_path):
+    """An IMAP APPEND, a flag set and a folder CREATEd after doveadm copied the account
+    (before, the listing compared at give-back was taken after the copy: it held the
+    client's changes, the copy did not, and the give-back undid them with exit 0)."""
+    def act(c):
+        c.append("Old", message("appended during the restore"))
+        c.select("Old")
+        c.uid_store([1], "+FLAGS", [r"\Flagged"])
+        c.unselect()
+        c.create("Created")
+    client = _client_acts_while_the_restore_copies(lab, tmp_path, act)
     assert len(client[0]["Old"][3]) == 2 and r"\Flagged" in client[0]["Old"][3][0][1]
     assert "Created" in client[0]
 
@@ -257,26 +268,11 @@ def test_a_subscription_changed_while_the_restore_copies_the_dbox_account_stays(
     of the account: the listing compared at give-back held no subscriptions, so the
     give-back undid both with exit 0.  Now it is the same refusal as for a new message
     (17, "run the restore again"), the client's subscriptions kept."""
-    home = tmp_path / "ims"
-    configure(lab, home)
-    fill(lab)
-    a = tmp_path / "a.ims"
-    run(home, "imsbackup", "-f", a, "/primary/alice", check=0)
-    with lab.imap("alice") as c:
-        c.select("INBOX")
-        c.uid_expunge([1])
-        c.unselect()
-    p, go = paused_after_copy(tmp_path, home, "imsrestore", "-f", a, "/primary/alice/INBOX")
-    with lab.imap("alice") as c:
+    def act(c):
         c.subscribe("Tags")
         c.unsubscribe("Old")
-    client = view(lab, "alice")
+    client = _client_acts_while_the_restore_copies(lab, tmp_path, act)
     assert "Tags" in client[1] and "Old" not in client[1]
-    go()
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == EXIT_STORE, err
-    assert "alice: Dovecot changed the dbox account" in err, err
-    assert view(lab, "alice") == client
 
 
 @pytest.mark.parametrize("lab", ["mdbox"], indirect=True)
