@@ -409,3 +409,154 @@ def test_known_hosts_with_the_old_and_new_key_of_a_rotation(sshd, source, tmp_pa
     line = one_line(p.stderr)
     assert "CHANGED" in line and _fingerprint(old + ".pub") in line and _fingerprint(other + ".pub") in line
     assert _fingerprint(sshd.host_key + ".pub") in line and os.listdir(d) == ["x.ims"]
+
+
+# -- a far side that stops answering (frozen, not closed) ------------------------------
+@pytest.fixture(scope="module")
+def bulky(tmp_path_factory):
+    """A store of 16 MiB of incompressible mail and a local archive of it: more than
+    SSH's 2 MiB window, so a transfer is still going when the far side freezes."""
+    import io
+    import random
+    root = tmp_path_factory.mktemp("bulky")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMS_ASM_PLUGINS", PLUGINS)
+        cfg = make_home(root / "home", "classic")
+        store = open_store(cfg)
+        store.create_user("joe")
+        rnd = random.Random(5)
+        for i in range(16):
+            store.append("joe", "INBOX", io.BytesIO(b"Subject: m%d\r\n\r\n" % i + rnd.randbytes(1 << 20)))
+        run(cfg.home, "imsbackup", "-f", root / "bulky.ims", "/", check=0)
+    return {"home": cfg.home, "archive": root / "bulky.ims"}
+
+
+def _freeze_far_side(sshd, proc, ready, what):
+    """Stop ``proc`` (our client) once ``ready()``, freeze every process of the far
+    side's sessions (sshd and its command: a hung host, a paused VM), go on with the
+    client.  Returns the frozen pids (SIGCONT them afterwards)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.002)
+    assert proc.poll() is None, f"{what} finished before the far side could be frozen"
+    proc.send_signal(signal.SIGSTOP)
+    frozen = sshd.session_pids()
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    proc.send_signal(signal.SIGCONT)
+    return frozen
+
+
+def _remote_command(sshd, word):
+    def seen():
+        for pid in sshd.session_pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[0] == word:
+                        return True
+            except OSError:
+                pass
+        return False
+    return seen
+
+
+@pytest.mark.parametrize("target", ["file", "fifo-write", "fifo-read"])
+def test_frozen_far_side_fails_after_ssh_timeout(sshd, bulky, tmp_path, target):
+    """docs/ssh.md: a link that stops answering fails after ssh.timeout (exit 14) on the
+    exec channels too: `cat > TMP` (ssh.stream=auto), `dd of=FIFO` and `cat FIFO`
+    (a remote tape), not a command that waits for ever."""
+    d = sshd.remote_dir(f"frozen-{target}")
+    opts = {"ssh.identity": sshd.client_key, "ssh.knownhosts": sshd.known_hosts,
+            "ssh.timeout": "2", "ssh.keepalive": "1"}
+    fifo = os.path.join(d, "tape")
+    helper = None
+    if target == "file":
+        cfg = Config(str(bulky["home"]))
+        for k, v in opts.items():
+            cfg.set(k, v)
+        argv, ready = ["imsbackup", "-f", sshd.spec(f"{d}/x.ims"), "/"], _remote_command(sshd, b"cat")
+    else:
+        os.mkfifo(fifo)
+        os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
+        if target == "fifo-write":      # nobody reads the tape: dd blocks, the window fills
+            cfg = Config(str(bulky["home"]))
+            argv, ready = ["imsbackup", "-f", sshd.spec(fifo), "/"], _remote_command(sshd, b"dd")
+        else:
+            cfg = make_home(tmp_path / "dst", "classic")
+            helper = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", str(bulky["archive"]), fifo])
+            argv, ready = ["imsrestore", "-f", sshd.spec(fifo), "/"], _remote_command(sshd, b"cat")
+        for k, v in opts.items():
+            cfg.set(k, v)
+    proc = popen(cfg.home, *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    frozen = []
+    try:
+        frozen = _freeze_far_side(sshd, proc, ready, argv[0])
+        t0 = time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"{argv[0]} still waits 20 s after the far side stopped answering (ssh.timeout=2)")
+        assert proc.returncode == 14, err
+        assert "no answer within ssh.timeout" in one_line(err)
+        assert time.monotonic() - t0 < 15
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if helper is not None:
+            helper.kill()
+            helper.wait()
+        if target == "fifo-write":      # let the far dd open its tape and end
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            time.sleep(0.2)
+            os.close(fd)
+
+
+def test_busy_far_side_is_no_lost_link(sshd, source, tmp_path):
+    """A far command that is busy longer than ssh.timeout (a tape loading, a FIFO whose
+    reader comes late) while its sshd still answers is waited for, not a lost link."""
+    src = home_for(tmp_path, sshd, source, ssh_timeout="1")
+    d = sshd.remote_dir("busy")
+    fifo = os.path.join(d, "tape")
+    os.mkfifo(fifo)
+    os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
+    caught = tmp_path / "caught.ims"
+    reader = subprocess.Popen(["sh", "-c", 'sleep 4; cat "$1" > "$2"', "sh", fifo, str(caught)])
+    p = run(src.home, "imsbackup", "-f", sshd.spec(fifo), "/primary/user/alice", text=True)
+    reader.wait(30)
+    assert p.returncode == 0, p.stderr
+    assert caught.stat().st_size > 0
+
+
+def test_push_waits_for_a_slow_far_sha256sum(tmp_path, monkeypatch):
+    """docs/ssh.md: where the far side has a shell, push compares its sha256sum.  Hashing
+    a big dump may take longer than ssh.timeout (each answer of a link): that is a busy
+    far side, not a weaker check; push waits for it while the link answers."""
+    import shutil
+    import tempfile
+    import tests.sshd as sshd_mod
+    sshd_mod.require_sshd()
+    slow = tempfile.mkdtemp(prefix="ims-slowbin-")
+    try:
+        os.chmod(slow, 0o755)
+        with open(os.path.join(slow, "sha256sum"), "w") as f:
+            f.write('#!/bin/sh\nsleep 3\nexec /usr/bin/sha256sum "$@"\n')
+        os.chmod(os.path.join(slow, "sha256sum"), 0o755)
+        monkeypatch.setattr(sshd_mod, "CONF", sshd_mod.CONF.replace(
+            "Subsystem sftp", f"SetEnv PATH={slow}:/usr/bin:/bin\nSubsystem sftp"))
+        with sshd_mod.running_sshd() as server:
+            settings = Settings(identity=server.client_key, knownhosts=server.known_hosts, timeout=1)
+            d = server.remote_dir("slowsum")
+            local = tmp_path / "dump.ims"
+            local.write_bytes(os.urandom(1 << 20))
+            r = push(str(local), server.spec(d + "/"), settings)
+            assert r.verified == "sha256" and r.sha256 == hashlib.sha256(local.read_bytes()).hexdigest()
+            assert os.listdir(d) == ["dump.ims"]
+            back = tmp_path / "back.ims"
+            assert fetch(server.spec(f"{d}/dump.ims"), str(back), settings).verified == "sha256"
+    finally:
+        shutil.rmtree(slow, ignore_errors=True)

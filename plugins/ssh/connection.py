@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import socket
+import threading
 from dataclasses import dataclass
 
 import paramiko
@@ -192,24 +193,100 @@ class Connection:
         t = self.client.get_transport()
         return bool(t and t.is_active())
 
-    def exec(self, command: str, timeout: float | None = None) -> paramiko.Channel:
-        """An exec channel running ``command`` (already quoted) in the remote shell."""
+    def exec(self, command: str) -> paramiko.Channel:
+        """An exec channel running ``command`` (already quoted) in the remote shell.
+
+        Its timeout is ssh.timeout: a send, receive or wait that makes no progress for
+        that long raises socket.timeout (use :meth:`send_all`, :meth:`recv` and
+        :meth:`exit_status`, which tell a busy far side from one that stopped answering)."""
         try:
             chan = self.client.get_transport().open_session(timeout=self.settings.timeout)
-            chan.settimeout(timeout)
+            chan.settimeout(self.settings.timeout)
             chan.exec_command(command)
             return chan
         except (paramiko.SSHException, EOFError, OSError, AttributeError) as exc:
             raise LinkLost(f"{self.label}: cannot run a remote command: {exc or 'channel refused'}") from None
 
-    def run(self, command: str) -> tuple[int, str, str]:
-        """Run a short command; (exit status, stdout, stderr).  Status -1: no shell/lost."""
-        chan = self.exec(command, timeout=self.settings.timeout)
+    # -- waiting on an exec channel --------------------------------------------------
+    # A channel's command may be busy for long (dd on a tape that rewinds, cat of a
+    # FIFO nobody feeds yet, sha256sum of a big dump): that is no lost link.  So when a
+    # channel makes no progress for ssh.timeout, the far sshd is asked for an answer
+    # (a global request, as OpenSSH's ServerAliveInterval asks); no answer within
+    # ssh.timeout is a far side that stopped answering: the session is closed and
+    # socket.timeout raised (sftpio.translate: LinkLost, "no answer within ssh.timeout").
+
+    def answering(self) -> bool:
+        """Whether the far sshd answers a request within ssh.timeout."""
+        t = self.client.get_transport()
+        if t is None or not t.is_active():
+            return False
+        answered = threading.Event()
+
+        def ask():
+            try:
+                t.global_request("keepalive@openssh.com", wait=True)   # refused is an answer too
+            except Exception:
+                return
+            if t.is_active():
+                answered.set()
+        threading.Thread(target=ask, name="ims-ssh-probe", daemon=True).start()
+        return answered.wait(self.settings.timeout)
+
+    def _stalled(self) -> None:
+        """A channel made no progress for ssh.timeout: return if the far side still
+        answers, else end the session and raise socket.timeout."""
+        if self.answering():
+            return
+        try:
+            self.client.close()          # also ends the probe, which waits on the transport
+        except Exception:
+            pass
+        raise socket.timeout("no answer within ssh.timeout")
+
+    def send_all(self, chan: paramiko.Channel, data) -> None:
+        """Send every byte of ``data`` on ``chan`` while the far side answers."""
+        mv = memoryview(data)
+        while len(mv):
+            try:
+                n = chan.send(mv)
+            except socket.timeout:
+                self._stalled()
+                continue
+            if n <= 0:
+                raise BrokenPipeError(32, "the channel was closed")
+            mv = mv[n:]
+
+    def recv(self, chan: paramiko.Channel, n: int, stderr: bool = False) -> bytes:
+        """Up to ``n`` bytes from ``chan`` (b"" at its end) while the far side answers."""
+        while True:
+            try:
+                return chan.recv_stderr(n) if stderr else chan.recv(n)
+            except socket.timeout:
+                self._stalled()
+
+    def exit_status(self, chan: paramiko.Channel) -> int:
+        """The command's exit status (-1: none), waiting while the far side answers."""
+        while not chan.status_event.wait(self.settings.timeout):
+            self._stalled()
+        return chan.recv_exit_status()
+
+    def run(self, command: str, patient: bool = False) -> tuple[int, str, str]:
+        """Run a short command; (exit status, stdout, stderr).  Status -1: no shell/lost.
+        It fails when it makes no progress for ssh.timeout, unless ``patient``: then it
+        takes as long as it takes while the far side answers (sha256sum of a big dump)."""
+        chan = self.exec(command)
         try:
             chan.shutdown_write()          # stdin at EOF: a forced sftp-server exits
-            out = chan.makefile("rb").read()
-            err = chan.makefile_stderr("rb").read()
-            status = chan.recv_exit_status()
+            if patient:
+                out = b"".join(iter(lambda: self.recv(chan, 65536), b""))
+                err = b"".join(iter(lambda: self.recv(chan, 65536, stderr=True), b""))
+                status = self.exit_status(chan)
+            else:
+                out = chan.makefile("rb").read()
+                err = chan.makefile_stderr("rb").read()
+                if not chan.status_event.wait(self.settings.timeout):
+                    raise socket.timeout()
+                status = chan.recv_exit_status()
         except (socket.timeout, paramiko.SSHException, EOFError, OSError) as exc:
             raise LinkLost(f"{self.label}: remote command did not finish: {exc or 'timed out'}") from None
         finally:

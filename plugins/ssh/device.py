@@ -24,6 +24,17 @@ from plugins.ssh.errors import LinkLost, RemoteError, RemotePathError
 from plugins.ssh import sftpio
 
 
+def _stderr_lines(chan: paramiko.Channel) -> list[str]:
+    """What the remote command wrote on stderr and has arrived (never waits)."""
+    err = b""
+    try:
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(4096)
+    except Exception:      # the link is gone: the caller's error says so
+        pass
+    return err.decode("utf-8", "replace").strip().splitlines()
+
+
 def _stat(conn: Connection, path: str):
     try:
         return conn.sftp.stat(path)
@@ -103,16 +114,15 @@ class _CatSink:
             return None
         if status == -1:
             return ConnectionResetError(errno.ECONNRESET, "the channel closed without an exit status")
-        err = b""
-        while self.chan.recv_stderr_ready():
-            err += self.chan.recv_stderr(4096)
-        text = err.decode("utf-8", "replace").strip().splitlines()
+        text = _stderr_lines(self.chan)
         msg = text[-1] if text else f"cat exited {status}"
         return OSError(errno.ENOSPC if "No space left" in msg else errno.EIO, msg)
 
     def write(self, data: bytes) -> None:
         try:
-            self.chan.sendall(data)
+            self.conn.send_all(self.chan, data)
+        except socket.timeout:
+            raise                           # the far side stopped answering
         except (OSError, paramiko.SSHException, EOFError) as exc:
             why = self._failed()
             if why is not None:
@@ -121,7 +131,7 @@ class _CatSink:
 
     def finish(self) -> None:
         self.chan.shutdown_write()
-        self.chan.recv_exit_status()
+        self.conn.exit_status(self.chan)
         why = self._failed()
         if why is not None:
             raise why
@@ -289,16 +299,16 @@ class _ExecReader:
 
     def read(self, n: int = 65536) -> bytes:
         try:
-            data = self.chan.recv(n if n and n > 0 else 65536)
+            data = self.conn.recv(self.chan, n if n and n > 0 else 65536)
+            if data:
+                return data
+            status = self.conn.exit_status(self.chan)
         except (socket.timeout, paramiko.SSHException, EOFError, OSError) as exc:
             raise sftpio.translate(self.conn, exc, "reading", self.path) from None
-        if data:
-            return data
-        status = self.chan.recv_exit_status()
         if status == -1 or not self.conn.alive() and not self.chan.exit_status_ready():
             raise LinkLost(f"connection to {self.conn.label} lost while reading {self.path}")
         if status != 0:
-            err = self.chan.recv_stderr(4096).decode("utf-8", "replace").strip().splitlines()
+            err = _stderr_lines(self.chan)
             raise RemoteError(f"{self.conn.label}: reading {self.path} failed: "
                               f"{err[-1] if err else f'remote command exited {status}'}")
         return b""
@@ -316,7 +326,7 @@ class _ExecWriter:
 
     def write(self, data) -> int:
         try:
-            self.chan.sendall(data)
+            self.conn.send_all(self.chan, data)
         except (socket.timeout, paramiko.SSHException, EOFError, OSError) as exc:
             raise self._why(exc) from None
         return len(data)
@@ -326,7 +336,7 @@ class _ExecWriter:
 
     def _why(self, exc) -> RemoteError:
         if self.chan.exit_status_ready() and self.chan.recv_exit_status() not in (0, -1):
-            err = self.chan.recv_stderr(4096).decode("utf-8", "replace").strip().splitlines()
+            err = _stderr_lines(self.chan)
             return RemoteError(f"{self.conn.label}: writing {self.path} failed: {err[0] if err else exc}")
         return sftpio.translate(self.conn, exc, "writing", self.path)
 
@@ -343,12 +353,11 @@ class RemoteStreamWriter(Device):
             if ok:
                 try:
                     w.chan.shutdown_write()
-                    status = w.chan.recv_exit_status()
+                    status = self.conn.exit_status(w.chan)
                 except Exception as exc:
                     raise sftpio.translate(self.conn, exc, "finishing", w.path) from None
                 if status != 0:
-                    err = w.chan.recv_stderr(4096).decode("utf-8", "replace").strip().splitlines()
-                    err = [e for e in err if "records" not in e and "copied" not in e]
+                    err = [e for e in _stderr_lines(w.chan) if "records" not in e and "copied" not in e]
                     raise RemoteError(f"{self.conn.label}: writing {w.path} failed: "
                                       f"{err[0] if err else f'dd exited {status}'}")
         finally:

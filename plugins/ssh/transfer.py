@@ -50,9 +50,13 @@ def _settings(config) -> Settings:
 
 
 def remote_sha256(conn: Connection, path: str) -> str | None:
-    """The far side's ``sha256sum`` of ``path``, or None when it has no shell/tool."""
+    """The far side's ``sha256sum`` of ``path``, or None when it has no shell/tool.
+
+    Hashing a big file may take longer than ssh.timeout: it is waited for as long as
+    the far side answers (a check that timed out must not pass as a size check); a
+    far side that stops answering is LinkLost."""
     try:
-        status, out, _ = conn.run(f"sha256sum -- {shlex.quote(path)}")
+        status, out, _ = conn.run(f"sha256sum -- {shlex.quote(path)}", patient=True)
     except RemoteError:
         if not conn.alive():
             raise
