@@ -117,13 +117,18 @@ def test_blocking_factor_and_listing_over_ssh(sshd, source, tmp_path):
     assert want and want <= listed
 
 
+def _remote_fifo(d, name, sshd) -> str:
+    """A FIFO in the remote directory ``d`` that the test user of ``sshd`` owns."""
+    fifo = os.path.join(d, name)
+    os.mkfifo(fifo)
+    os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
+    return fifo
+
+
 def test_stream_through_remote_fifo(sshd, source, tmp_path):
     """host:/path/fifo is a stream (exec channel), like tar -f host:/dev/rmt0."""
     src = home_for(tmp_path, sshd, source)
-    d = sshd.remote_dir("fifo")
-    fifo = os.path.join(d, "pipe")
-    os.mkfifo(fifo)
-    os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
+    fifo = _remote_fifo(sshd.remote_dir("fifo"), "pipe", sshd)
     caught = tmp_path / "caught.ims"
     reader = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", fifo, str(caught)])
     p = run(src.home, "imsbackup", "-f", sshd.spec(fifo), "/", text=True)
@@ -476,8 +481,7 @@ def test_frozen_far_side_fails_after_ssh_timeout(sshd, bulky, tmp_path, target):
             cfg.set(k, v)
         argv, ready = ["imsbackup", "-f", sshd.spec(f"{d}/x.ims"), "/"], _remote_command(sshd, b"cat")
     else:
-        os.mkfifo(fifo)
-        os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
+        _remote_fifo(d, "tape", sshd)
         if target == "fifo-write":      # nobody reads the tape: dd blocks, the window fills
             cfg = Config(str(bulky["home"]))
             argv, ready = ["imsbackup", "-f", sshd.spec(fifo), "/"], _remote_command(sshd, b"dd")
@@ -520,10 +524,7 @@ def test_busy_far_side_is_no_lost_link(sshd, source, tmp_path):
     """A far command that is busy longer than ssh.timeout (a tape loading, a FIFO whose
     reader comes late) while its sshd still answers is waited for, not a lost link."""
     src = home_for(tmp_path, sshd, source, ssh_timeout="1")
-    d = sshd.remote_dir("busy")
-    fifo = os.path.join(d, "tape")
-    os.mkfifo(fifo)
-    os.chown(fifo, sshd.pw.pw_uid, sshd.pw.pw_gid)
+    fifo = _remote_fifo(sshd.remote_dir("busy"), "tape", sshd)
     caught = tmp_path / "caught.ims"
     reader = subprocess.Popen(["sh", "-c", 'sleep 4; cat "$1" > "$2"', "sh", fifo, str(caught)])
     p = run(src.home, "imsbackup", "-f", sshd.spec(fifo), "/primary/user/alice", text=True)
