@@ -604,3 +604,35 @@ def test_tree_names_its_installation_over_a_conflicting_ims_home(tmp_path, env):
     os.rename(two, tmp_path / "moved")
     p = run(one, "imsasm", "-s", ph)
     assert p.returncode == 2 and tree.MARKER in p.stderr.decode() and p.stderr.decode().count("\n") == 1, p.stderr
+
+
+# ----------------------------------------------------------------------------- the store's disk
+
+def _mounted_store(tmp_path):
+    """A Maildir store on its own partition directory (the disk), two users, a tree."""
+    h = tmp_path / "h"
+    cfg = make_home(h, "maildir", **{"partition:primary.path": str(tmp_path / "mail")})
+    (tmp_path / "mail").mkdir()
+    store = open_store(cfg)
+    for u in ("ann", "joe"):
+        store.create_user(u)
+        for k in range(3):
+            store.append(u, "INBOX", io.BytesIO(b"Subject: %d\r\n\r\nx\r\n" % k))
+    t = tmp_path / "t"
+    assert run(h, "mkbackupdir", "-p", str(t)).returncode == 0
+    return h, t
+
+
+def test_save_of_a_partition_whose_directory_is_gone_is_exit_17(tmp_path, env):
+    """The partition's disk is not mounted (its directory is gone) when NetWorker runs the
+    ASM: no save record 'skipping' every mailbox with exit 0, but exit 17 naming the
+    partition's directory (as imsbackup /), and no stream."""
+    h, t = _mounted_store(tmp_path)
+    os.rename(tmp_path / "mail", tmp_path / "mail.unmounted")
+    for path in (t / "primary" / "user" / "joe" / "INBOX", t / "primary", t):
+        for extra in ([], ["-n"], ["-b"]):
+            p = run(h, "imsasm", "-s", *extra, str(path))
+            err = p.stderr.decode()
+            assert p.returncode == 17, (path, extra, err)
+            assert "partition 'primary'" in err and str(tmp_path / "mail") in err and err.count("\n") == 1, err
+            assert p.stdout == b"" and "skipped" not in err

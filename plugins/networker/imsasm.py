@@ -185,6 +185,11 @@ def _resolve(inst, rec: SaveRecord) -> None:
     by_user: dict[str, Target] = {}
     order: list[str] = []
     partitions = store.partitions()
+    # a partition whose directory is gone (a disk not mounted, a wrong path) is the store's
+    # failure, as imsbackup says (exit 17): never every mailbox on it "removed since
+    # mkbackupdir ran" and an empty record with exit 0
+    for p in covered_partitions(partitions, rec.place, leaves):
+        store.check_partition(p)
     for leaf in leaves:
         if leaf.user is None:
             raise tree.TreeError(f"{rec.name}: a placeholder above the user level; "
@@ -219,6 +224,14 @@ def _resolve(inst, rec: SaveRecord) -> None:
     rec.targets = sorted(by_user.values(), key=lambda t: (porder.get(t.partition, 99), t.user))
     for t in rec.targets:
         t.folders.sort(key=lambda f: (f != "INBOX", f))
+
+
+def covered_partitions(partitions: list[str], place: tree.Place, leaves: list[tree.Place]) -> list[str]:
+    """The store's partitions a record reaches: the one its path names (every one for
+    the tree's root) and those of its placeholders."""
+    named = {place.partition} if place.partition is not None else set(partitions)
+    named |= {leaf.partition for leaf in leaves}
+    return [p for p in partitions if p in named]
 
 
 def _unplaced(inst, root: str, leaf: tree.Place, folders: list[str]) -> list[str]:
