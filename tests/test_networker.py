@@ -636,3 +636,41 @@ def test_save_of_a_partition_whose_directory_is_gone_is_exit_17(tmp_path, env):
             assert p.returncode == 17, (path, extra, err)
             assert "partition 'primary'" in err and str(tmp_path / "mail") in err and err.count("\n") == 1, err
             assert p.stdout == b"" and "skipped" not in err
+
+
+def test_an_empty_mount_point_is_exit_18_and_the_tree_is_kept(tmp_path, env, nsr_bin):
+    """The disk is not mounted and its mount point (the partition directory) is there and
+    empty.  The precmd mkbackupdir must not take that for a store whose users all left
+    (removing every placeholder, exit 0) and the ASM must not save nothing with exit 0:
+    both are exit 18 (the store holds no users; is the disk mounted?), as imsbackup /,
+    the tree is left as it was, and savepnpc runs no save.  An empty store that is
+    expected (--allow-empty, backup.allowempty yes) is saved as such."""
+    h, t = _mounted_store(tmp_path)
+    before = sorted(str(p.relative_to(t)) for p in t.rglob("*"))
+    marker = (t / tree.MARKER).read_bytes()
+    os.rename(tmp_path / "mail", tmp_path / "mail.disk")
+    (tmp_path / "mail").mkdir()
+    p = run(h, "mkbackupdir", "-p", str(t))
+    err = p.stderr.decode()
+    assert p.returncode == 18 and "holds no users" in err and "mounted" in err and err.count("\n") == 1, err
+    assert sorted(str(p.relative_to(t)) for p in t.rglob("*")) == before
+    assert (t / tree.MARKER).read_bytes() == marker
+    for path in (t / "primary", t / "primary" / "user" / "joe" / "INBOX", t):
+        p = run(h, "imsasm", "-s", str(path))
+        err = p.stderr.decode()
+        assert p.returncode == 18 and "holds no users" in err and err.count("\n") == 1, (path, err)
+        assert p.stdout == b""
+    # through savepnpc: the precmd fails, no save runs
+    res = tmp_path / "g.res"
+    res.write_text(f'type: savepnpc;\nprecmd: "mkbackupdir -p {t}";\npstcmd: "imsasmreport -p {t}";\n')
+    hn = Harness(nsr_bin, str(tmp_path / "catalog"), dict(env, IMS_HOME=str(h)))
+    done = hn.savepnpc(str(res), [str(t / "primary")])
+    assert done["precmd"][0][1] == 18 and done["saves"] == [] and hn.catalog.entries == []
+    # expected empty: the ASM saves the empty record, mkbackupdir empties the tree
+    p = run(h, "imsasm", "-s", "--allow-empty", str(t / "primary"))
+    assert p.returncode == 0 and p.stdout, p.stderr
+    Config(home=str(h)).set("backup.allowempty", "yes")
+    assert run(h, "imsasm", "-s", str(t / "primary")).returncode == 0
+    p = run(h, "mkbackupdir", "-p", str(t))
+    assert p.returncode == 0, p.stderr
+    assert not (t / "primary" / "user" / "joe").exists()

@@ -1,6 +1,6 @@
 """imsasm: the external NetWorker ASM for the message store (uasm(8) arguments).
 
-    imsasm -s [-benouv] [-ix] [-t time] [-f proto] [-p path] [--report FILE] path...
+    imsasm -s [-benouv] [-ix] [-t time] [-f proto] [-p path] [--allow-empty] [--report FILE] path...
     imsasm -r [-nuv] [-i {nNyYrR}] [-m src=dst] [-z suffix] [--report FILE] [path...]
     imsasm -c [-nuv] [path...]
 
@@ -21,7 +21,7 @@ from asm.archive.errors import ArchiveError, IncompleteArchive, NotAnArchive
 from asm.archive.names import dump_json
 from asm.archive.reader import ArchiveReader
 from asm.archive.writer import ArchiveWriter
-from asm.backup import BackupOptions, run_backup
+from asm.backup import BackupOptions, check_not_empty, run_backup
 from asm.cli.common import ArgParser, Progress, UsageError, die, human, run_command, warn
 from asm.cli.context import open_installation
 from asm.config import NoInstallation
@@ -58,6 +58,9 @@ def _save_parser() -> ArgParser:
     p.add_argument("-t", dest="time", metavar="TIME", help="only mail stored since TIME (incremental levels)")
     p.add_argument("-f", dest="proto", metavar="PROTO", help="prototype directive file (checked, not needed)")
     p.add_argument("-p", dest="ppath", metavar="PATH", help="directory relative paths are taken from")
+    p.add_argument("--allow-empty", dest="allow_empty", action="store_true",
+                   help="a partition the paths reach may hold no users (default: refuse, exit 18; "
+                        "or msconfig set backup.allowempty yes)")
     p.add_argument("--report", metavar="FILE",
                    help="write a JSON report of the run to FILE (docs/operations.md, \"Proving your backups\")")
     p.add_argument("paths", nargs="+", metavar="path", help="placeholders or directories of a mkbackupdir tree")
@@ -174,7 +177,7 @@ def plan_records(inst, paths: list[str], ppath: str | None):
     return root, marker, out
 
 
-def _resolve(inst, rec: SaveRecord) -> None:
+def _resolve(inst, rec: SaveRecord, allow_empty: bool = False) -> None:
     store, groups = inst.store, inst.groups
     leaves = []
     if rec.kind == "directory":
@@ -220,6 +223,11 @@ def _resolve(inst, rec: SaveRecord) -> None:
             continue
         t.folders.extend(chosen)
         t.explicit.update(chosen)
+    # a partition the record reaches that lists nobody (the empty mount point of a disk
+    # not mounted) is refused as imsbackup refuses it (exit 18), not saved as a record of
+    # mailboxes all "removed since mkbackupdir ran"
+    check_not_empty(store, covered_partitions(partitions, rec.place, leaves), list(by_user.values()),
+                    allow_empty or inst.config.get("backup.allowempty") == "yes")
     porder = {p: i for i, p in enumerate(partitions)}
     rec.targets = sorted(by_user.values(), key=lambda t: (porder.get(t.partition, 99), t.user))
     for t in rec.targets:
@@ -309,7 +317,7 @@ def save(args, rep) -> int:
     root, marker, records = plan_records(None, args.paths, args.ppath)
     inst = _installation(marker, root=root)
     for rec in records:
-        _resolve(inst, rec)
+        _resolve(inst, rec, args.allow_empty)
     if not (args.dry or args.estimate) and sys.stdout.isatty():
         raise UsageError("refusing to write a save stream to a terminal: redirect stdout")
     exclude = inst.config.backup_exclude()

@@ -1,12 +1,14 @@
 """mkbackupdir: build and synchronise the backup image tree NetWorker saves.
 
-    mkbackupdir [-a asm_name] [-i | -f] [-u] [-t threads] [-v] -p directory
+    mkbackupdir [-a asm_name] [-i | -f] [-u] [-t threads] [-v] [--allow-empty] -p directory
 
 ``directory/<partition>/<group>/<user>/<folder...>`` of zero-length placeholders, with a
 ``.nsr`` directive (``imsasm: *``) in every directory holding them.  Each run adds
 what is new and removes what vanished; every change is atomic (placeholders are created
 with O_EXCL, directives replaced by rename), so it is safe from a precmd while mail
-flows.  The name mapping is in :mod:`plugins.networker.tree`.
+flows.  The name mapping is in :mod:`plugins.networker.tree`.  A store that holds no
+users (a disk that is not mounted) is refused before anything is written, as a backup
+refuses it (exit 18), unless an empty store is expected (``--allow-empty``).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from asm.backup import is_excluded
+from asm.backup import check_not_empty, is_excluded
 from asm.cli.common import ArgParser, Progress, UsageError, die, run_command, warn
 from asm.cli.context import open_installation
 from asm.config import atomic_write
@@ -45,6 +47,9 @@ def build_parser() -> ArgParser:
     p.add_argument("-t", dest="threads", type=int, metavar="N",
                    help="threads writing the tree, 1 to 1024 (default: one per partition)")
     p.add_argument("-v", dest="verbose", action="store_true", help="report what was added and removed")
+    p.add_argument("--allow-empty", dest="allow_empty", action="store_true",
+                   help="a partition with no users is expected: empty its part of the tree "
+                        "(default: refuse, exit 18; or msconfig set backup.allowempty yes)")
     p.add_argument("-p", dest="directory", metavar="DIRECTORY", help="the backup image directory")
     return p
 
@@ -300,6 +305,12 @@ def _main(argv: list[str] | None) -> int:
     if not directory:
         raise UsageError("no backup directory: give -p DIRECTORY "
                          "(or set one with msconfig set store.backupdir DIRECTORY)")
+    # a partition that lists nobody is a disk not mounted (its empty mount point) far more
+    # often than a store whose users all left: refuse it as imsbackup does (exit 18, 17
+    # for a directory that is gone) before the tree loses a placeholder, so tonight's
+    # save still names every mailbox and fails loudly rather than saving nothing
+    check_not_empty(inst.store, inst.store.partitions(), [],
+                    args.allow_empty or inst.config.get("backup.allowempty") == "yes")
     directory = os.path.abspath(directory)
     uid, gid, who = _owner(inst)
     if os.path.exists(directory):
