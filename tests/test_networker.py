@@ -17,7 +17,7 @@ import pytest
 from asm.config import Config
 from asm.store import open_store
 from plugins.networker import tree
-from tests.helpers import command, make_home, run
+from tests.helpers import command, make_home, popen, run
 from tests.nsrharness import Harness, parse_res
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -636,6 +636,10 @@ def test_save_of_a_partition_whose_directory_is_gone_is_exit_17(tmp_path, env):
             assert p.returncode == 17, (path, extra, err)
             assert "partition 'primary'" in err and str(tmp_path / "mail") in err and err.count("\n") == 1, err
             assert p.stdout == b"" and "skipped" not in err
+    # the pstcmd sees the refused save sets failed (no record began, a line says why)
+    r = run(h, "imsasmreport", "-p", str(t))
+    assert r.returncode == 1 and "3 save records" in r.stdout.decode() and "0 ok, 3 failed" in r.stdout.decode()
+    assert "partition 'primary'" in r.stdout.decode(), r.stdout
 
 
 def test_an_empty_mount_point_is_exit_18_and_the_tree_is_kept(tmp_path, env, nsr_bin):
@@ -674,3 +678,47 @@ def test_an_empty_mount_point_is_exit_18_and_the_tree_is_kept(tmp_path, env, nsr
     p = run(h, "mkbackupdir", "-p", str(t))
     assert p.returncode == 0, p.stderr
     assert not (t / "primary" / "user" / "joe").exists()
+
+
+def test_pstcmd_names_a_save_cut_or_killed_as_failed(tmp_path, ims_home, env):
+    """A group of two save sets, one ASM each: ann's save is whole, bob's stream is cut
+    (NetWorker's end of the pipe went away: imsasm exit 3), then a save of bob is killed
+    outright (SIGKILL: imsasm writes nothing more).  The pstcmd must not say "1 ok, 0
+    failed" with exit 0: it names bob's record as failed and exits 1."""
+    import signal
+    import subprocess
+    cfg = home(ims_home, "classic")
+    store = open_store(cfg)
+    store.create_user("ann")
+    store.append("ann", "INBOX", io.BytesIO(b"Subject: a\r\n\r\nx\r\n"))
+    store.create_user("bob")
+    for k in range(20):
+        store.append("bob", "INBOX", io.BytesIO(b"Subject: b\r\n\r\n" + os.urandom(50000).hex().encode()))
+    backup = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-u", "-p", str(backup)).returncode == 0
+    ann, bob = (str(backup / "primary" / "groupA" / u) for u in ("ann", "bob"))
+    assert run(ims_home, "imsasm", "-s", ann).returncode == 0
+    p = popen(ims_home, "imsasm", "-s", bob, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(100000)
+    p.stdout.close()
+    assert p.wait(timeout=60) == 3 and b"it is incomplete" in p.stderr.read()
+    p.stderr.close()
+    r = run(ims_home, "imsasmreport", "-p", str(backup))
+    out = r.stdout.decode()
+    assert r.returncode == 1, out
+    assert "2 save records" in out and "1 ok, 1 failed" in out, out
+    assert re.search(r"^error\t" + re.escape(bob) + r"\t.*incomplete", out, re.M), out
+    # killed: only the line that said it started is left
+    p = popen(ims_home, "imsasm", "-s", bob, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p.stdout.read(1000)                 # it has begun the record; the pipe fills and it waits
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=60)
+    p.stdout.close()
+    r = run(ims_home, "imsasmreport", "-p", str(backup))
+    out = r.stdout.decode()
+    assert r.returncode == 1 and "3 save records" in out and "1 ok, 2 failed" in out, out
+    assert re.search(r"^error\t" + re.escape(bob) + r"\t.*never finished", out, re.M), out
+    # the next whole save of bob is its own record: ok, the failures are still named
+    assert run(ims_home, "imsasm", "-s", bob).returncode == 0
+    r = run(ims_home, "imsasmreport", "-p", str(backup))
+    assert r.returncode == 1 and "4 save records" in r.stdout.decode() and "2 ok, 2 failed" in r.stdout.decode()

@@ -26,7 +26,7 @@ from asm.cli.common import ArgParser, Progress, UsageError, die, human, run_comm
 from asm.cli.context import open_installation
 from asm.config import NoInstallation
 from asm.errors import (
-    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, device_status,
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImsError, device_status,
 )
 from asm.logical import LogicalPath, Target
 from asm.restore import Journal, Restorer, RestoreOptions, Selection, default_reffile
@@ -316,8 +316,17 @@ def save(args, rep) -> int:
         raise UsageError(f"-f {args.proto}: no such prototype directive file")
     root, marker, records = plan_records(None, args.paths, args.ppath)
     inst = _installation(marker, root=root)
-    for rec in records:
-        _resolve(inst, rec, args.allow_empty)
+    try:
+        for rec in records:
+            _resolve(inst, rec, args.allow_empty)
+    except ImsError as exc:
+        if not (args.dry or args.estimate):
+            # refused before any record began (a partition gone, the store empty): the
+            # pstcmd must still see these save sets failed
+            for rec in records:
+                _log(inst, {"time": time.time(), "mode": "save", "name": rec.name,
+                            "logical": rec.place.logical(), "status": "error", "errors": [str(exc)]})
+        raise
     if not (args.dry or args.estimate) and sys.stdout.isatty():
         raise UsageError("refusing to write a save stream to a terminal: redirect stdout")
     exclude = inst.config.backup_exclude()
@@ -353,6 +362,7 @@ def save(args, rep) -> int:
     rep.begin(inst.config, selection=[r.place.logical() for r in records], device="stdout (NetWorker save)",
               since=since, records=[])
     finished: list = []                 # (record name, started, full, result): states once the stream is whole
+    logged: list = []                   # (record, its log id, level): each record whose start line is written
     errors: list = []
 
     def report(line):
@@ -392,6 +402,13 @@ def save(args, rep) -> int:
                     report(f"{rec.name}: incremental on the save of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(os.path.basename(where).split('-')[0])))}")
             opts = BackupOptions(since=None, exclude=exclude, verbose=args.verbose, base=base)
             started = time.time()
+            # the start line, before the record's first byte: a record cut or killed (SIGKILL
+            # leaves nothing else) is one imsasmreport sees begun and never finished
+            rid = f"{socket.gethostname()}-{os.getpid()}-{started:.6f}-{len(logged)}"
+            level = "incr" if base is not None else "full"
+            logged.append((rec, rid, level))
+            _log(inst, {"time": started, "mode": "save", "event": "start", "record": rid, "name": rec.name,
+                        "logical": rec.place.logical(), "since": since, "level": level})
             sink = sw.record({"name": rec.name, "root": root, "path": "/".join(rec.rel), "kind": rec.kind,
                               "logical": rec.place.logical(), "since": since, "created": started,
                               "adopted": rec.adopted,
@@ -418,7 +435,8 @@ def save(args, rep) -> int:
                 done[k] += getattr(res, k)
             finished.append((rec, started, base is None, res))
             errors += res.errors
-            _log(inst, {"time": time.time(), "mode": "save", "name": rec.name, "logical": rec.place.logical(),
+            _log(inst, {"time": time.time(), "mode": "save", "record": rid, "name": rec.name,
+                        "logical": rec.place.logical(),
                         "since": since, "level": "incr" if base is not None else "full",
                         "base": base.archive_id if base is not None else None,
                         "archive_id": (res.trailer or {}).get("archive_id"), "status": rstatus,
@@ -442,11 +460,17 @@ def save(args, rep) -> int:
             out.flush()
     except KeyboardInterrupt:
         progress.clear()
+        _log_failed(inst, logged, len(finished), "interrupted: the save stream is incomplete")
         return die(PROG, "interrupted: the save stream is incomplete", EXIT_INTERRUPTED)
     except OSError as exc:
         progress.clear()
-        return die(PROG, f"cannot write the save stream: {exc.strerror or exc}; it is incomplete",
-                   device_status(exc))
+        why = f"cannot write the save stream: {exc.strerror or exc}; it is incomplete"
+        _log_failed(inst, logged, len(finished), why)
+        return die(PROG, why, device_status(exc))
+    except ImsError as exc:
+        progress.clear()
+        _log_failed(inst, logged, len(finished), str(exc))
+        raise
     progress.clear()
     rep.update(counts={k: done[k] for k in ("users", "folders", "messages", "links", "bytes")},
                errors=errors, vanished=sum((r.vanished for r in records), []))
@@ -463,6 +487,15 @@ def save(args, rep) -> int:
         warn(PROG, f"{done['records']} records, {done['messages'] + done['links']} messages, {human(done['bytes'])} "
                    f"in {time.monotonic() - t0:.1f}s")
     return status
+
+
+def _log_failed(inst, logged: list, nfinished: int, why: str) -> None:
+    """The save stream failed: NetWorker keeps no part of a failed save set, so every
+    record this run began is logged failed (the one cut with ``why``), for imsasmreport."""
+    for i, (rec, rid, level) in enumerate(logged):
+        err = why if i >= nfinished else f"the save stream failed after this record ({why})"
+        _log(inst, {"time": time.time(), "mode": "save", "record": rid, "name": rec.name,
+                    "logical": rec.place.logical(), "level": level, "status": "error", "errors": [err]})
 
 
 def _labels(records):

@@ -2,9 +2,11 @@
 
     imsasmreport [-p directory] [-v]
 
-Reads ``$IMS_HOME/log/imsasm.log`` (one JSON line per save record, written by imsasm)
-and reports the records saved since mkbackupdir last built the tree (the group's
-precmd).  Exit 0 when every record saved cleanly, 1 when one failed or none was saved.
+Reads ``$IMS_HOME/log/imsasm.log`` (written by imsasm: a line when a save record
+begins, another when it ends) and reports the records saved since mkbackupdir last
+built the tree (the group's precmd).  A record that began and has no line saying how it
+ended (its stream cut, imsasm killed) failed.  Exit 0 when every record saved cleanly,
+1 when one failed or none was saved.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def _main(argv: list[str] | None) -> int:
     since = marker.get("built", 0)
     log = os.path.join(cfg.home, "log", "imsasm.log")
     records = []
+    by_id: dict = {}        # a record's log id -> its entry in records (the last line about it wins)
     try:
         with open(log, encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -46,8 +49,23 @@ def _main(argv: list[str] | None) -> int:
                     e = json.loads(line)
                 except ValueError:
                     continue
-                if e.get("mode") == "save" and e.get("time", 0) >= since and "status" in e:
-                    records.append(e)
+                if not isinstance(e, dict) or e.get("mode") != "save" or not e.get("time", 0) >= since:
+                    continue
+                rid = e.get("record")
+                if e.get("event") == "start" and rid:
+                    # begun: failed until a line says how it ended (a stream cut, imsasm
+                    # killed, the host down: none leaves another line)
+                    when_started = time.strftime("%H:%M:%S", time.localtime(e.get("time", 0)))
+                    e = dict(e, status="error", errors=[f"started at {when_started} and never finished "
+                                                        f"(imsasm killed, or its stream cut): not saved"])
+                elif "status" not in e:
+                    continue
+                if rid and rid in by_id:
+                    records[by_id[rid]] = e
+                    continue
+                if rid:
+                    by_id[rid] = len(records)
+                records.append(e)
     except FileNotFoundError:
         pass
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
