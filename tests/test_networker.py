@@ -722,3 +722,47 @@ def test_pstcmd_names_a_save_cut_or_killed_as_failed(tmp_path, ims_home, env):
     assert run(ims_home, "imsasm", "-s", bob).returncode == 0
     r = run(ims_home, "imsasmreport", "-p", str(backup))
     assert r.returncode == 1 and "4 save records" in r.stdout.decode() and "2 ok, 2 failed" in r.stdout.decode()
+
+
+def test_recover_of_a_path_inside_a_record_that_matches_nothing(tmp_path, ims_home, env):
+    """imsasm -r (and -c) of a path inside a record that names no folder of it (a typo,
+    .../joe/Wrok) is exit 2 naming the path, as imsrestore says for the same archive, not
+    exit 0 having restored nothing; with another path that does match, that one is
+    restored and the other named, exit 1; in a chain a path need only match in one record
+    (a folder made after the full)."""
+    cfg = home(ims_home, "classic")
+    store = open_store(cfg)
+    fill(store, ["joe"])
+    backup = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-u", "-p", str(backup)).returncode == 0
+    joe = backup / "primary" / "groupA" / "joe"
+    full = run(ims_home, "imsasm", "-s", str(joe), check=0).stdout
+    typo = str(joe / "Wrok")
+    for mode in ("-r", "-c"):
+        target, _ = _fresh(tmp_path, f"t{mode}", "classic", env)
+        p = run(target, "imsasm", mode, typo, input=full)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and f"nothing in the save stream matches {typo}" in err, (mode, err)
+        assert err.count("\n") == 1, err
+        assert state(open_store(Config(str(target)))) == {}
+    target, _ = _fresh(tmp_path, "both", "classic", env)
+    p = run(target, "imsasm", "-r", str(joe / "Work"), typo, input=full)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and typo in err and str(joe / "Work") not in err, err
+    got = state(open_store(Config(str(target))))
+    assert {k[1] for k in got} >= {"Work", "Work/2023"} and "INBOX" not in {k[1] for k in got if got[k][1]}
+    # the whole record and a typo inside it: the record is restored, the typo named
+    target, _ = _fresh(tmp_path, "whole", "classic", env)
+    p = run(target, "imsasm", "-r", str(joe), typo, input=full)
+    assert p.returncode == 1 and typo in p.stderr.decode(), p.stderr
+    assert ("joe", "INBOX") in state(open_store(Config(str(target))))
+    # a chain: the folder is in the incremental only
+    t0 = str(int(time.time()))
+    time.sleep(1.1)
+    store.create_folder("joe", "New", subscribed=True)
+    store.append("joe", "New", io.BytesIO(b"Subject: n\r\n\r\nn\r\n"))
+    incr = run(ims_home, "imsasm", "-s", "-t", t0, str(joe), check=0).stdout
+    target, _ = _fresh(tmp_path, "chain", "classic", env)
+    p = run(target, "imsasm", "-r", str(joe / "New"), input=full + incr)
+    assert p.returncode == 0, p.stderr
+    assert len(state(open_store(Config(str(target))))[("joe", "New")][1]) == 1

@@ -528,21 +528,40 @@ class TreeSelection(Selection):
 
 
 def _match(rec_info: dict, want: list[str]):
-    """Which places of this record the recover paths select: None (skip the record),
-    [] (all of it) or a list of places inside it."""
+    """Which recover paths select this record: None (none: skip it), else (whole,
+    inside): the indexes of the paths at or above the record (they take it whole; with
+    no path, the record is taken whole too) and [(index, place)] of those inside it
+    (they select its folders)."""
     if not want:
-        return []
+        return [], []
     name = os.path.normpath(rec_info.get("name", ""))
     root = rec_info.get("root", "")
-    places = []
-    for w in want:
+    whole, inside = [], []
+    for i, w in enumerate(want):
         if w == name or name.startswith(w.rstrip("/") + "/") or w == "/":
-            return []
-        if w.startswith(name + "/"):
+            whole.append(i)
+        elif w.startswith(name + "/"):
             parts = tree.relparts(root, w)
             last_self = parts and parts[-1] == tree.SELF
-            places.append(tree.place_of(parts, is_dir=not last_self))
-    return places or None
+            inside.append((i, tree.place_of(parts, is_dir=not last_self)))
+    return (whole, inside) if whole or inside else None
+
+
+def _selected_places(want: list[str], whole: list[int], inside: list) -> list[tree.Place]:
+    """The places a record's selection holds: [] (all of it) when no path is inside it,
+    else the places inside it, after the whole record (Place()) when a path also takes
+    it whole: so each inside path's folders are counted (TreeSelection.hits)."""
+    places = [p for _, p in inside]
+    if places and (whole or not want):
+        places = [tree.Place()] + places
+    return places
+
+
+def _inside_hits(sel, want: list[str], whole: list[int], inside: list) -> dict:
+    """{path index: folders of the record it selected} for the paths inside a record."""
+    off = 1 if whole or not want else 0
+    hits = getattr(sel, "hits", None) if isinstance(sel, TreeSelection) else None
+    return {i: (hits[k + off] if hits is not None else 0) for k, (i, _) in enumerate(inside)}
 
 
 def _user_map(maps: list[str], root: str) -> dict:
@@ -656,22 +675,29 @@ def recover(mode: str, args, rep=None) -> int:
         return die(PROG, f"cannot read stdin: {exc.strerror or exc}", device_status(exc))
 
     matched = 0
+    hits = [0] * len(want)      # per path: records it takes whole, or folders it selects in one
     errors: list[str] = []
     status = EXIT_OK
     totals = {"records": 0, "folders": 0, "messages": 0, "links": 0, "duplicates": 0, "bytes": 0}
     try:
         for rec in reader.records():
-            places = _match(rec.info, want)
-            if places is None:
+            got = _match(rec.info, want)
+            if got is None:
                 continue
+            whole, inside = got
+            places = _selected_places(want, whole, inside)
+            for i in whole:
+                hits[i] += 1
             matched += 1
             totals["records"] += 1
-            report(f"{rec.name}" + (f" ({', '.join(p.logical() for p in places)})" if places else ""))
+            report(f"{rec.name}" + (f" ({', '.join(p.logical() for _, p in inside)})" if inside else ""))
             if rep is not None:
                 rep.fields["records"].append({"name": rec.name, "logical": rec.info.get("logical"),
                                               "level": rec.info.get("level"), "base": rec.info.get("base")})
             try:
                 if args.dry:
+                    for i, _ in inside:
+                        hits[i] += 1            # -n checks the stream, not which folders a path selects
                     _, _, errs = _verify(rec, report)
                     errors += [f"{rec.name}: {e}" for e in errs]
                     continue
@@ -679,10 +705,15 @@ def recover(mode: str, args, rep=None) -> int:
                     sel = TreeSelection(places, inst.groups) if places else None
                     diffs = _compare(inst, rec, sel, report)
                     errors += diffs
+                    for i, n in _inside_hits(sel, want, whole, inside).items():
+                        hits[i] += n
                     if diffs and args.stop:
                         break
                     continue
-                status = max(status, _restore_record(inst, rec, places, args, totals, errors, report, progress))
+                rstatus, sel = _restore_record(inst, rec, places, args, totals, errors, report, progress)
+                status = max(status, rstatus)
+                for i, n in _inside_hits(sel, want, whole, inside).items():
+                    hits[i] += n
                 if errors and args.stop:
                     break
             except NotAnArchive as exc:
@@ -710,14 +741,24 @@ def recover(mode: str, args, rep=None) -> int:
         warn(PROG, e)
     if rep is not None:
         rep.update(counts=dict(totals), errors=[{"mailbox": "", "error": e} for e in errors])
-    if want and not matched:
-        raise UsageError(f"nothing in the save stream matches {', '.join(want)}")
+    # a path that took no record, or selected no folder inside the records it lies in
+    # (a typo: .../joe/Wrok), is named as imsrestore names it: exit 2 when no path
+    # matched anything (nothing was restored), else a failure of this run (exit 1)
+    unmatched = [w for w, n in zip(want, hits) if n == 0]
+    if want and (not matched or len(unmatched) == len(want)):
+        raise UsageError(f"nothing in the save stream matches {', '.join(unmatched or want)}"
+                         + ("" if not matched else
+                            " (no folder of the records holding it has that name: folder names are "
+                            "matched exactly)"))
+    for w in unmatched:
+        warn(PROG, f"{w}: nothing in the save stream matches this path; the other paths were "
+                   f"{'compared' if mode == '-c' else 'checked' if args.dry else 'restored'}")
     if mode == "-r" and not args.dry and (args.verbose or sys.stderr.isatty()):
         warn(PROG, f"{totals['records']} records, {totals['folders']} folders, {totals['messages']} messages, "
                    f"{totals['links']} links, {totals['duplicates']} already there, {human(totals['bytes'])}")
     if mode == "-c" and args.verbose:
         warn(PROG, f"{totals['records']} records compared, {len(errors)} differences")
-    if errors and status == EXIT_OK:
+    if (errors or unmatched) and status == EXIT_OK:
         status = EXIT_PARTIAL
     return status
 
@@ -729,7 +770,7 @@ def _log_recover(inst, mode, rec, errors) -> None:
                     "errors": errors[-5:]})
 
 
-def _restore_record(inst, rec, places, args, totals, errors, report, progress) -> int:
+def _restore_record(inst, rec, places, args, totals, errors, report, progress) -> tuple:
     user_map = _user_map(args.maps, rec.info.get("root", "/")) if args.maps else {}
     answer = args.answer
     def exists(user, folder):
@@ -766,13 +807,13 @@ def _restore_record(inst, rec, places, args, totals, errors, report, progress) -
                       f"recover the save set holding it, then imsrestore -r {opts.reffile}")
     if res.hostile:
         errors.append(f"{rec.name}: {res.hostile} hostile members refused")
-        return EXIT_HOSTILE
+        return EXIT_HOSTILE, sel
     if res.incomplete:
         errors.append(f"{rec.name}: {res.incomplete}")
-        return EXIT_INCOMPLETE
+        return EXIT_INCOMPLETE, sel
     if res.corrupt:
-        return EXIT_INCOMPLETE
-    return EXIT_PARTIAL if res.errors or res.pending else EXIT_OK
+        return EXIT_INCOMPLETE, sel
+    return (EXIT_PARTIAL if res.errors or res.pending else EXIT_OK), sel
 
 
 # ----------------------------------------------------------------------------- main
