@@ -579,6 +579,35 @@ def test_concatenated_streams_with_end_restore_as_a_chain(tmp_path, ims_home, en
     assert p.stderr.decode().count("\n") == 1
 
 
+def test_an_incremental_recovered_before_its_full_exits_7(tmp_path, ims_home, env, drv):
+    """An incremental save set recovered alone (its full not recovered first) into a
+    store without the user: the folder is refused, as imsrestore refuses it, and the
+    exit status is 7 (chain out of order, docs/networker.md), not 1: imsasm's status
+    for a record collapsed the refusal into 'finished with named failures'."""
+    cfg = home(ims_home, drv)
+    store = open_store(cfg)
+    fill(store, ["alice"])
+    backup = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-u", "-p", str(backup)).returncode == 0
+    alice = str(backup / "primary" / "groupA" / "alice")
+    full = run(ims_home, "imsasm", "-s", alice, check=0).stdout
+    t0 = str(int(time.time()))
+    time.sleep(1.1)
+    store.append("alice", "INBOX", io.BytesIO(b"Subject: new\r\n\r\nnew\r\n"))
+    incr = run(ims_home, "imsasm", "-s", "-t", t0, alice, check=0).stdout
+    want = state(store)
+    target, _ = _fresh(tmp_path, "new", drv, env)
+    p = run(target, "imsasm", "-r", input=incr, check=7)
+    assert "this incremental holds only part of it" in p.stderr.decode(), p.stderr
+    t = open_store(Config(str(target)))                  # the refused folders are not made
+    assert not [f for f in ("INBOX", "Work") if t.exists("alice") and t.exists("alice", f)
+                and t.messages("alice", f)]
+    # the full first, then the incremental: the store it was taken from, exit 0
+    run(target, "imsasm", "-r", input=full, check=0)
+    run(target, "imsasm", "-r", input=incr, check=0)
+    assert state(open_store(Config(str(target)))) == want
+
+
 def test_tree_names_its_installation_over_a_conflicting_ims_home(tmp_path, env):
     """A second instance's tree (mkbackupdir -a ims2asm) names its IMS_HOME in
     .imsasm-tree; NetWorker may run the ASM with the first instance's IMS_HOME in its

@@ -26,7 +26,8 @@ from asm.cli.common import ArgParser, Progress, UsageError, die, human, run_comm
 from asm.cli.context import open_installation
 from asm.config import NoInstallation
 from asm.errors import (
-    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImsError, device_status,
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, ImsError,
+    device_status,
 )
 from asm.logical import LogicalPath, Target
 from asm.restore import Journal, Restorer, RestoreOptions, Selection, default_reffile
@@ -813,6 +814,10 @@ def _restore_record(inst, rec, places, args, totals, errors, report, progress) -
         return EXIT_INCOMPLETE, sel
     if res.corrupt:
         return EXIT_INCOMPLETE, sel
+    if res.out_of_order or any(e.get("status") == EXIT_ORDER for e in res.errors):
+        # folders refused: this save set does not follow what was recovered into them
+        # (its full, or the incremental before it, first): 7, as imsrestore says it
+        return EXIT_ORDER, sel
     return (EXIT_PARTIAL if res.errors or res.pending else EXIT_OK), sel
 
 
