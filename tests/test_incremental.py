@@ -233,6 +233,42 @@ def test_an_incremental_alone_into_an_empty_store_names_its_base(tmp_path, drive
     assert {(u, f[: -len(suffix)], uid): v[:3] for (u, f, uid), v in msgs.items()} == carried
 
 
+def test_an_incremental_of_another_full_after_a_restored_full_is_refused(tmp_path, driver):
+    """Archive by archive (as every engine restores: one job or save set per run), an
+    incremental whose base is another full than the one just restored was merged, exit 0,
+    and the mail only its own base held was silently missing (full F, full G, incremental
+    I of G: imsrestore -f F, then -f I: 0, UID 2 gone).  It is refused, exit 7, for the
+    folder that lacks that mail, naming the archive it holds and the base to restore
+    first; a folder that holds all of it merges as before."""
+    w = World(tmp_path, driver)
+    w.new()                                             # INBOX UID 1
+    w.new(folder="Work")
+    f = w.backup("F.ims", base=False)
+    w.new()                                             # UID 2: only in G
+    g = w.backup("G.ims", base=False)
+    w.new()                                             # UID 3: in I
+    i = w.backup("I.ims")
+    with open(f, "rb") as fh:
+        f_id = ArchiveReader(fh).header["archive_id"]
+    with open(g, "rb") as fh:
+        g_id = ArchiveReader(fh).header["archive_id"]
+    home = dest_home(tmp_path, driver)
+    run(home, "imsrestore", "-H", "-f", f, check=0)
+    d = dest_store(home)
+    before = view(d)
+    p = run(home, "imsrestore", "-f", i, check=EXIT_ORDER)
+    err = p.stderr.decode()
+    assert "user/alice/INBOX" in err and f_id in err and g_id in err, err
+    assert "user/alice/Work" not in err, err            # Work holds all I lists: merged
+    assert view(d) == before                             # INBOX untouched: UIDs [1]
+    assert [m.uid for m in d.messages("alice", "INBOX")] == [1]
+    # restoring G first, as the refusal says, then I gives the store I was taken from
+    run(home, "imsrestore", "-f", g, check=0)
+    run(home, "imsrestore", "-f", i, check=0)
+    assert [m.uid for m in d.messages("alice", "INBOX")] == [1, 2, 3]
+    assert view(d) == w.states[-1]
+
+
 # -- single archives into live folders: the classic merge -------------------------------
 
 def test_an_older_archive_merges_into_a_folder_that_moved_on(tmp_path, driver):

@@ -212,7 +212,8 @@ class Planner:
                     and j.uidnext == info.uidnext \
                     and (j.count is None or j.count == len(store.messages(user, folder))):
                 # the folder is as the restore of j's archive left it
-                rel = "skip" if self.header.get("archive_id") in j.chain else self.chain_mode(user, folder, j, m)
+                rel = "skip" if self.header.get("archive_id") in j.chain \
+                    else self.chain_mode(user, folder, j, m, final_uids)
                 if rel == "skip":
                     mode = "skip"   # the folder holds this archive already: a chain run again
                 elif info.uidvalidity == m.uidvalidity:
@@ -254,7 +255,7 @@ class Planner:
             self.journal.start(user, folder, self.header, mode, beside=mark)
         return plan
 
-    def chain_mode(self, user: str, folder: str, j: JournalRow, m) -> str:
+    def chain_mode(self, user: str, folder: str, j: JournalRow, m, final_uids=None) -> str:
         """The mode for a folder that mirrors archive ``j.archive_id`` and has not changed
         since: how this archive stands to that one."""
         h = self.header
@@ -277,7 +278,11 @@ class Planner:
                     f"and this incremental follows {base}, taken after it: restore the incremental(s) "
                     f"in between first, or the whole chain in one command (imsrestore -f FULL -f INCR1 "
                     f"-f INCR2 ...)")
-            return "merge"  # another chain: a classic merge
+            # another chain: a classic merge, unless the folder is as the restore of an
+            # older archive left it and lacks mail this incremental lists without carrying
+            # it (that mail is in its own base, which was not restored here)
+            self.check_other_chain(user, folder, j, m, final_uids)
+            return "merge"
         if created is not None and j.created is not None and created < j.created:
             # an older archive into a folder that is as a later archive's restore left it:
             # it is in there already as far as it still counts (a chain run again); one
@@ -286,16 +291,43 @@ class Planner:
         return "chain"
 
     @staticmethod
-    def check_gap(plan: FolderPlan, last_created) -> None:
+    def _missing(state, here, final_uids) -> int:
+        """How many messages of an incremental's state record (the messages it lists and
+        does not carry) the container of UIDs ``here`` lacks."""
+        # bounded by the folder here, however many UIDs the archive's record spans
+        if final_uids is None:
+            return len(state) - state.count_in(here)
+        # a chain in one command restores only what its end holds
+        return state.count_common(final_uids) - state.count_in(u for u in here if u in final_uids)
+
+    def check_other_chain(self, user: str, folder: str, j: JournalRow, m, final_uids=None) -> None:
+        """An incremental (by base) into a folder that mirrors the restore of an archive
+        not in its chain, taken before it: the messages it lists without carrying them
+        must be here, else they are in its base (or an archive before it), which was
+        never restored here.  An older incremental (mail back into a folder restored
+        from a later archive) is a classic merge."""
+        h = self.header
+        created = h.get("created")
+        if not m.state or (created is not None and j.created is not None and created < j.created):
+            return
+        if j.uidvalidity != m.uidvalidity:
+            return      # another folder of that name: its UIDs are not these (check_replaced)
+        here = {msg.uid for msg in self.store.messages(user, folder)}
+        missing = self._missing(m.state, here, final_uids)
+        if missing:
+            raise ChainOrderError(
+                f"user/{user}/{folder} holds archive {j.archive_id} (taken at {_fmt(j.created)}), which "
+                f"this incremental does not follow (its base is {h.get('base')}, of another chain): "
+                f"{missing} of its messages (UIDs {m.state.first_not_in(here)}...) are in that base or an "
+                f"archive before it, not here; restore its full and each incremental up to it first, or "
+                f"the chain in one command (imsrestore -f FULL -f INCR ...), or use -n to restore only "
+                f"what this archive carries")
+
+    @classmethod
+    def check_gap(cls, plan: FolderPlan, last_created) -> None:
         """An incremental lists (in its state record) the messages it does not carry;
         each of them must already be here, else an archive in between is missing."""
-        # bounded by the folder here, however many UIDs the archive's record spans
-        if plan.final_uids is None:
-            missing = len(plan.state) - plan.state.count_in(plan.by_uid)
-        else:
-            # a chain in one command restores only what its end holds
-            missing = plan.state.count_common(plan.final_uids) - plan.state.count_in(
-                u for u in plan.by_uid if u in plan.final_uids)
+        missing = cls._missing(plan.state, plan.by_uid, plan.final_uids)
         if missing:
             raise ChainOrderError(
                 f"user/{plan.user}/{plan.folder}: {missing} messages of this incremental's "
