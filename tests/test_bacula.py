@@ -559,3 +559,66 @@ def run_scenario(cfg, ims_home, bacula, server):
     history = imsbacula("history", check=True).stdout.decode()
     assert f"/primary/rest/bob\t{failed['JobId']}\t" in history
     assert f"/primary/rest/joe\t{failed['JobId']}\t" not in history
+
+
+def test_two_filesets_of_one_store_each_build_on_their_own_jobs(ims_home, bacula):
+    """Two FileSets of one store (imsbacula fileset --name: a local and an off-site set)
+    are two chains.  An Incremental of ims-mail took as its base the last good job of
+    ims-offsite (the module's record was per path, whatever the FileSet), so restoring
+    ims-mail's own chain (its Full, then its Incremental), both 'Restore OK', left joe's
+    INBOX at UIDs [1, 3]: UID 2, stored between the two FileSets' Fulls, was gone.  A
+    Differential, the Full it builds on, and pruning are each FileSet's own too."""
+    cfg = make_home(ims_home, "classic")
+    (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
+    store = open_store(cfg)
+    store.create_user("joe")
+    n = 0
+
+    def add():
+        nonlocal n
+        store.append("joe", "INBOX", io.BytesIO(msg("joe", "INBOX", n)))
+        n += 1
+
+    def inbox():
+        return [m.uid for m in store.messages("joe", "INBOX")] if store.exists("joe") else []
+
+    log = ims_home / "data" / "bacula" / "log" / "ims-mail.log"
+    add()
+    conf = "".join(imsbacula("fileset", "--name", name, "--client", bacula.client, check=True).stdout.decode()
+                   for name in ("ims-mail", "ims-offsite"))
+    bacula.start(conf)
+    full = bacula.run_job("ims-mail", "Full")
+    job_ok(bacula, full)
+    add()                                                   # UID 2: after ims-mail's Full
+    job_ok(bacula, bacula.run_job("ims-offsite", "Full"))
+    add()                                                   # UID 3
+    incr = bacula.run_job("ims-mail", "Incremental")
+    job_ok(bacula, incr)
+    assert f"/primary/rest: incremental backup of job {incr['JobId']}, what changed since job {full['JobId']}" \
+        in log.read_text(), log.read_text()
+    add()                                                   # UID 4
+    diff = bacula.run_job("ims-mail", "Differential")
+    job_ok(bacula, diff)
+    assert f"/primary/rest: differential backup of job {diff['JobId']}, what changed since job {full['JobId']}" \
+        in log.read_text(), log.read_text()
+    # two more Fulls of ims-offsite prune its own older states, never ims-mail's
+    job_ok(bacula, bacula.run_job("ims-offsite", "Full"))
+    job_ok(bacula, bacula.run_job("ims-offsite", "Full"))
+    out = imsbacula("history", "--check", check=True).stdout.decode()
+    assert f"/primary/rest: chain of 2 jobs intact: {full['JobId']} -> {diff['JobId']} (FileSet ims-mail)" in out, out
+
+    # ims-mail's chain restores the store: the Full then the Incremental, then the Differential
+    store.delete_user("joe")
+    job_ok(bacula, bacula.restore_job(full["JobId"], "ims-mail-restore"))
+    assert inbox() == [1]
+    job_ok(bacula, bacula.restore_job(incr["JobId"], "ims-mail-restore"))
+    assert inbox() == [1, 2, 3]
+    store.delete_user("joe")
+    job_ok(bacula, bacula.restore_job(full["JobId"], "ims-mail-restore"))
+    job_ok(bacula, bacula.restore_job(diff["JobId"], "ims-mail-restore"))
+    assert inbox() == [1, 2, 3, 4]
+    # and the next Incremental of ims-mail still builds on ims-mail's last job
+    add()
+    nxt = bacula.run_job("ims-mail", "Incremental")
+    job_ok(bacula, nxt)
+    assert f"incremental backup of job {nxt['JobId']}, what changed since job {diff['JobId']}" in log.read_text()

@@ -172,7 +172,7 @@ def cmd_backup(args, home: str, state: State) -> int:
             level = normalize_level(args.level)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    base = state.since(path, level)
+    base = state.since(path, level, args.fileset)
     argv = ["asm.cli.imsbackup", "-f", "-"]
     if level != "Full" and base is None:
         _log(home, args.fileset, f"{path}: no good earlier backup to build a {level.lower()} on: taking a full")
@@ -331,17 +331,17 @@ def cmd_select(args, home: str, state: State) -> int:
 
 
 def _check_history(rows, state: State) -> int:
-    """Each path's newest chain, walked back from its last good job through the bases its
-    state names (archive ids) to a full: every link must be a good job of that path with
-    its state kept."""
+    """Each path's newest chain in each FileSet, walked back from its last good job
+    through the bases its state names (archive ids) to a full: every link must be a good
+    job of that path and FileSet with its state kept."""
     import json
 
     from asm.errors import EXIT_ORDER
     by_path: dict = {}
-    for path, jobid, _fs, level, started, _fin in rows:
-        by_path.setdefault(path, []).append((started, jobid, level))
+    for path, jobid, fs, level, started, _fin in rows:
+        by_path.setdefault((path, fs), []).append((started, jobid, level))
     bad = 0
-    for path, jobs in by_path.items():
+    for (path, fs), jobs in by_path.items():
         ids = {}
         for _, jobid, level in jobs:
             try:
@@ -353,19 +353,21 @@ def _check_history(rows, state: State) -> int:
         newest = max(jobs)[1]
         cur = next((v for v in ids.values() if v[0] == newest), None)
         if cur is None:
-            print(f"{PROG}: {path}: the state of its newest good job {newest} is missing: its next "
-                  f"incremental will be a full")
+            print(f"{PROG}: {path}: the state of its newest good job {newest} (FileSet {fs}) is missing: "
+                  f"its next incremental will be a full")
             bad += 1
             continue
         chain = cur[2]
         missing = [a for a in chain if a not in ids]
         if missing:
             print(f"{PROG}: {path}: job {newest} continues archive(s) {', '.join(missing)} that no good job "
-                  f"of this path holds (states pruned or lost): the chain cannot be restored whole")
+                  f"of this path holds in FileSet {fs} (states pruned or lost): the chain cannot be "
+                  f"restored whole")
             bad += 1
             continue
         links = [ids[a][0] for a in chain] + [newest]
-        print(f"{PROG}: {path}: chain of {len(links)} jobs intact: " + " -> ".join(map(str, links)))
+        print(f"{PROG}: {path}: chain of {len(links)} jobs intact: " + " -> ".join(map(str, links))
+              + f" (FileSet {fs})")
     return EXIT_ORDER if bad else EXIT_OK
 
 

@@ -4,10 +4,13 @@
   Job's client RunScript before the backup (``imsbacula jobstart``);
 - ``streams``: each bpipe stream of that job that finished well (imsbackup exit 0 and
   every byte taken by the file daemon), with the time it started;
-- ``good``: per logical path, the streams of jobs that *succeeded*: copied from
-  ``streams`` only by ``imsbacula jobdone`` (the RunScript Bacula runs after a job that
-  ended well).  An incremental takes its ``-d`` date from here, so a job that failed
-  anywhere (file daemon, storage daemon, another stream) never moves the date on.
+- ``good``: per logical path, the streams of jobs that *succeeded*, each with its
+  FileSet: copied from ``streams`` only by ``imsbacula jobdone`` (the RunScript Bacula
+  runs after a job that ended well).  An incremental takes its base from here, so a job
+  that failed anywhere (file daemon, storage daemon, another stream) never moves it on,
+  and only from jobs of its own FileSet: two FileSets of one store (``imsbacula fileset
+  --name``) are two chains, each restored from its own jobs.  (Rows have always named
+  their FileSet: a state.db of an older module version needs no migration.)
 - ``selection``: what the next restores restore (``imsbacula select``).
 - ``restoring``/``restored``: the restore job a FileSet is running (``restorestart``)
   and, per selected path, whether a stream of it held the path (``restoredone`` fails
@@ -16,7 +19,9 @@
   ``--state-out`` into ``states/pending/<fileset>-<jobid>/`` while the job runs, moved
   (rename, atomic) to ``states/good/<path key>/<jobid>.state`` by ``jobdone`` with the
   stream's run report, removed by ``jobfailed``.  The next incremental of a path is
-  ``--base`` the state of its last good job, a differential's that of its last good Full.
+  ``--base`` the state of its FileSet's last good job of that path, a differential's
+  that of its FileSet's last good Full (JobIds are unique across FileSets, so the
+  states of several FileSets share the path's directory).
 """
 from __future__ import annotations
 
@@ -148,18 +153,21 @@ class State:
             con.execute("DELETE FROM pending WHERE fileset = ? AND jobid = ?", (fileset, jobid))
         return n
 
-    def since(self, path: str, level: str) -> tuple[float, int] | None:
-        """(start time, JobId) an incremental/differential of ``path`` starts from, or
-        None when there is no good job to build on (the caller then takes a full)."""
+    def since(self, path: str, level: str, fileset: str) -> tuple[float, int] | None:
+        """(start time, JobId) an incremental/differential of ``path`` in FileSet
+        ``fileset`` starts from (a good job of that FileSet: another FileSet's jobs are
+        another chain), or None when there is no good job to build on (the caller then
+        takes a full)."""
         if level == "Full":
             return None
         with self.db() as con:
             if level == "Differential":
-                row = con.execute("SELECT started, jobid FROM good WHERE path = ? AND level = 'Full' "
-                                  "ORDER BY started DESC LIMIT 1", (_stored(path),)).fetchone()
+                row = con.execute("SELECT started, jobid FROM good WHERE path = ? AND fileset = ? "
+                                  "AND level = 'Full' ORDER BY started DESC LIMIT 1",
+                                  (_stored(path), fileset)).fetchone()
             else:
-                row = con.execute("SELECT started, jobid FROM good WHERE path = ? ORDER BY started DESC LIMIT 1",
-                                  (_stored(path),)).fetchone()
+                row = con.execute("SELECT started, jobid FROM good WHERE path = ? AND fileset = ? "
+                                  "ORDER BY started DESC LIMIT 1", (_stored(path), fileset)).fetchone()
         return (row[0], row[1]) if row else None
 
     def history(self) -> list[tuple]:
@@ -205,23 +213,29 @@ class State:
             if os.path.exists(st):
                 os.replace(st, gst)
             reports[path] = doc
-            self._prune(path)
+            self._prune(path, fileset)
         shutil.rmtree(self.pending_dir(fileset, jobid), ignore_errors=True)
         return reports
 
     def drop_states(self, fileset: str, jobid: int) -> None:
         shutil.rmtree(self.pending_dir(fileset, jobid), ignore_errors=True)
 
-    def _prune(self, path: str) -> None:
+    def _prune(self, path: str, fileset: str) -> None:
+        """Remove the states of ``fileset``'s jobs of ``path`` older than its second-to-
+        last good Full (and of no job recorded as good at all): never another FileSet's,
+        whose chain goes on from its own jobs."""
         with self.db() as con:
-            fulls = [r[0] for r in con.execute("SELECT jobid FROM good WHERE path = ? AND level = 'Full' "
-                                               "ORDER BY started DESC LIMIT 2", (_stored(path),))]
+            fulls = [r[0] for r in con.execute("SELECT jobid FROM good WHERE path = ? AND fileset = ? "
+                                               "AND level = 'Full' ORDER BY started DESC LIMIT 2",
+                                               (_stored(path), fileset))]
+            owner = {r[0]: r[1] for r in con.execute("SELECT jobid, fileset FROM good WHERE path = ?",
+                                                      (_stored(path),))}
         if len(fulls) < 2:
             return
         d = os.path.dirname(self.good_files(path, 0)[0])
         for name in os.listdir(d):
             stem = name.split(".", 1)[0]
-            if stem.isdigit() and int(stem) < min(fulls):
+            if stem.isdigit() and int(stem) < min(fulls) and owner.get(int(stem), fileset) == fileset:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(d, name))
 
