@@ -286,7 +286,8 @@ OPTIONS: dict[str, Option] = {
                                  "shell command saving a staged batch when the area cannot hold every group"),
     "staging.remote": Option(_any, None, "[user@]host[:port]:dir or s3://bucket/prefix to push completed dumps to"),
     "staging.remote.keep": Option(_int(0, 100000), None,
-                                  "remote copies kept per group by 'imsstage prune': the newest N"),
+                                  "remote copies kept per group by 'imsstage prune': the newest N (0: off; all "
+                                  "four rules off or unset: prune refuses)"),
     "staging.remote.keepdaily": Option(_int(0, 100000), None,
                                        "... and the newest of each of the last N days that have dumps"),
     "staging.remote.keepweekly": Option(_int(0, 100000), None, "... of each of the last N weeks"),

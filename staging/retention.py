@@ -3,7 +3,11 @@
 ``keepweekly`` ISO weeks and ``keepmonthly`` months that have dumps (the rules of
 borg prune and restic forget), and every dump a kept incremental needs (its chain
 back to the full).  The remote copies of the rest are removed; one under object lock
-is kept until its lock ends (a later prune removes it).  Local files follow
+is kept until its lock ends (a later prune removes it).  A rule of 0 is off; a policy
+with every rule off (or unset) keeps nothing, so prune refuses it rather than remove
+every copy.  Whatever the policy, each group keeps its newest remote full when no kept
+chain has one (a kept incremental whose own full was never pushed), so the remote
+copies never lose the last full a restore starts from.  Local files follow
 ``staging.keep`` (``imsstage done``), independently."""
 from __future__ import annotations
 
@@ -28,10 +32,12 @@ class Policy:
 
     @classmethod
     def from_config(cls, config) -> "Policy | None":
+        """The policy of the ``staging.remote.keep*`` options; None when none of them
+        keeps anything (all unset or 0): such a policy would remove every remote copy."""
         vals = {k: config.get(f"staging.remote.{k}") for k in OPTIONS}
-        if all(v is None for v in vals.values()):
-            return None
         n = {k: int(v or 0) for k, v in vals.items()}
+        if not any(n.values()):
+            return None
         return cls(n["keep"], n["keepdaily"], n["keepweekly"], n["keepmonthly"])
 
     def describe(self) -> str:
@@ -67,14 +73,25 @@ def kept(dumps: list[Dump], policy: Policy, catalog: Catalog) -> set[int]:
                     break
                 seen.append(k)
                 keep.add(d.id)
-    # an incremental is worth nothing without its base chain
+    _add_chains(keep, catalog)
+    # the last remote full of a group is never removed: when no kept dump is a pushed
+    # full (the kept incremental's own full was never pushed), the newest pushed full
+    # stays -- a policy that keeps anything keeps something a restore can start from
+    for ds in groups.values():
+        fulls = [d for d in ds if d.kind == "full"]
+        if fulls and not any(d.id in keep for d in fulls):
+            keep.add(fulls[0].id)
+    return keep
+
+
+def _add_chains(keep: set[int], catalog: Catalog) -> None:
+    """An incremental is worth nothing without its base chain: add the chains."""
     todo = list(keep)
     while todo:
         d = catalog.get(todo.pop())
         if d is not None and d.base is not None and d.base not in keep:
             keep.add(d.base)
             todo.append(d.base)
-    return keep
 
 
 @dataclass
@@ -89,8 +106,10 @@ class PruneReport:
 def prune(config, directory: str, dry_run: bool = False, lock_wait: float = 0.0, say=lambda s: None) -> PruneReport:
     policy = Policy.from_config(config)
     if policy is None:
-        raise StagingError("no remote retention is set: msconfig set staging.remote.keepdaily 7 (and/or "
-                           "staging.remote.keep, keepweekly, keepmonthly); nothing was removed", EXIT_USAGE)
+        raise StagingError("no remote retention is set (staging.remote.keep, keepdaily, keepweekly and "
+                           "keepmonthly are all unset or 0, which would keep no copy): msconfig set "
+                           "staging.remote.keepdaily 7 (and/or staging.remote.keep, keepweekly, keepmonthly); "
+                           "nothing was removed", EXIT_USAGE)
     from staging.remote import backend
     lock = AreaLock(directory).acquire(lock_wait, "imsstage prune")
     cat = Catalog(directory)

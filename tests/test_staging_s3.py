@@ -136,6 +136,59 @@ def test_retention_periods():
     cat.close()
 
 
+def test_prune_refuses_a_policy_that_keeps_nothing(tmp_path, seaweed):
+    """staging.remote.keep 0 (and the other rules 0 or unset) keeps nothing: prune
+    refuses it as it refuses no policy at all -- exit 2, one line naming the options,
+    every remote copy (the last full included) still there and still pushed in the
+    catalog -- instead of deleting every off-site copy and exiting 0."""
+    home, store, b = area(tmp_path, seaweed, **{"staging.remote.keep": "0", "staging.remote.keepdaily": "0"})
+    users = store.users("primary")
+    imsstage(home, "dump", "--full", "gA", check=0, env=seaweed.env())
+    change_mail(store, users[:2])
+    imsstage(home, "dump", "--incremental", "gA", check=0, env=seaweed.env())
+    before = sorted(seaweed.keys(b))
+    assert len(before) == 2
+    for extra in ((), ("--dry-run",)):
+        p = imsstage(home, "prune", "-v", *extra, env=seaweed.env())
+        assert p.returncode == 2, p.stderr
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and "staging.remote.keep" in lines[0] and "nothing was removed" in lines[0]
+        assert "0 of 2" not in p.stderr
+    assert sorted(seaweed.keys(b)) == before
+    assert [r["push"] for r in rows(tmp_path / "stage")] == ["ok", "ok"]
+    Config(str(home)).set("staging.remote.keepweekly", "1")     # one rule above 0: a policy
+    p = imsstage(home, "prune", "-v", env=seaweed.env())
+    assert p.returncode == 0 and "2 of 2 remote copies kept" in p.stderr, p.stderr
+    assert sorted(seaweed.keys(b)) == before
+
+
+def test_retention_never_removes_the_last_remote_full():
+    """Whatever the policy keeps, each group keeps a full remote copy: when the kept
+    incremental's own full was never pushed (its push failed), the newest pushed full
+    stays, so the remote copies still restore the group."""
+    import tempfile
+    cat = Catalog(tempfile.mkdtemp())
+
+    def dump(kind, base, started, pushed=True):
+        d = cat.start("r", "primary", "gA", kind, None, base, ["u"], 1, lambda did, now: f"f{did}.ims")
+        cat.finish(d.id, 1, "0" * 64)
+        if pushed:
+            cat.push_ok(d.id, f"s3://b/f{d.id}.ims", "etag")
+        cat.db.execute("UPDATE dumps SET started=? WHERE id=?", (started, d.id))
+        return d.id
+
+    t = time.mktime((2026, 6, 1, 12, 0, 0, 0, 0, -1))
+    old_full = dump("full", None, t)
+    new_full = dump("full", None, t + 86400, pushed=False)
+    incr = dump("incr", new_full, t + 2 * 86400)
+    assert old_full in kept(cat.pushed(), Policy(keep=1), cat)
+    assert kept(cat.pushed(), Policy(keep=1), cat) & {d.id for d in cat.pushed()} == {incr, old_full}
+    from types import SimpleNamespace
+    zero = SimpleNamespace(get={"staging.remote.keep": "0", "staging.remote.keepdaily": "0"}.get)
+    assert Policy.from_config(zero) is None
+    cat.close()
+
+
 def test_object_lock(tmp_path, seaweed):
     """s3.lockdays: each pushed copy is under object lock; prune keeps a locked copy
     (and says until when) instead of failing; a bucket without object lock is refused
