@@ -239,6 +239,12 @@ class Catalog:
     def claim(self, ids, job: str) -> None:
         self.db.executemany("UPDATE dumps SET job=? WHERE id=?", [(job, i) for i in ids])
 
+    def reclaim(self, ids, job: str) -> None:
+        """Claim for ``job`` dumps an earlier job failed to save (or never reported on):
+        its verdict is cleared, so this job's bpend / ``imsstage done`` records its own."""
+        self.db.executemany("UPDATE dumps SET job=?, engine=NULL, engine_status=NULL, reported=NULL "
+                            "WHERE id=?", [(job, i) for i in ids])
+
     def report(self, ids, status: int) -> None:
         verdict = "ok" if status == 0 else "failed"
         self.db.executemany("UPDATE dumps SET engine=?, engine_status=?, reported=? WHERE id=?",
@@ -284,6 +290,12 @@ class Catalog:
         if job is None:
             return self._rows("WHERE status='complete' AND engine IS NULL ORDER BY started, id")
         return self._rows("WHERE status='complete' AND engine IS NULL AND job=? ORDER BY started, id", (job,))
+
+    def claimable(self) -> list[Dump]:
+        """Complete dumps whose file an engine may take: none has reported on it yet,
+        or the job that took it failed or never reported (``failed``, ``lost``)."""
+        return self._rows("WHERE status='complete' AND removed IS NULL "
+                          "AND (engine IS NULL OR engine IN ('failed', 'lost')) ORDER BY started, id")
 
     def last_base(self, partition: str, grp: str, full_only: bool) -> Dump | None:
         """The dump an incremental continues: the last complete one (of any kind, or the

@@ -236,19 +236,23 @@ def engine_done(directory: str, status: int, keep: int, job: str | None = None,
 def check_fresh(inst, directory: str, mode: str, max_age: float, job: str | None = None,
                 lock_wait: float = 0.0) -> list:
     """For backups staged ahead: every group must have a complete dump no engine has
-    taken yet, younger than ``max_age`` seconds (a full one when ``mode`` is full), whose
-    file is there with its recorded size.  Claims them for ``job``; raises Missing."""
+    saved -- none has taken it yet, or the job that took it failed or never reported,
+    so a retry takes the files kept for it -- younger than ``max_age`` seconds (a full
+    one when ``mode`` is full), whose file is there with its recorded size.  Claims them
+    for ``job`` (clearing a failed job's verdict); raises Missing."""
     lock = AreaLock(directory).acquire(lock_wait, "check")
     cat = Catalog(directory)
     try:
         units = group_units(inst.store, inst.groups)
         now = time.time()
         fresh, missing = [], []
-        pending = cat.unreported()
+        pending = cat.claimable()
         for u in units:
+            # an unreported dump another job claimed is that job's; one whose job failed
+            # or was lost is anyone's again
             cands = [d for d in pending if d.partition == u.partition and d.grp == u.group
                      and now - d.started <= max_age and (mode != "full" or d.kind == "full")
-                     and (d.job is None or d.job == job)]
+                     and (d.engine is not None or d.job is None or d.job == job)]
             cands = [d for d in cands if _present(directory, d)]
             if cands:
                 fresh.extend(cands)
@@ -259,7 +263,7 @@ def check_fresh(inst, directory: str, mode: str, max_age: float, job: str | None
                           f"{max_age / 3600:g} h) in {directory} for: {', '.join(missing)}; run "
                           f"'imsstage dump {'--full' if mode == 'full' else '--' + mode}' first (e.g. from cron)")
         if job:
-            cat.claim([d.id for d in fresh], job)
+            cat.reclaim([d.id for d in fresh], job)
         return fresh
     finally:
         cat.close()

@@ -206,6 +206,31 @@ def test_check_mode_with_staging_ahead(ims_home, tmp_path, nbu):
     assert staged_files(st) == []
 
 
+def test_check_mode_retry_after_a_failed_job_claims_the_kept_dumps(ims_home, tmp_path, nbu):
+    """Staging ahead: the job fails (bpend 84: "the files are kept for the next
+    attempt"); NetBackup's retry runs bpstart_notify --check again, which takes the same
+    fresh, complete full dumps again (exit 0, not 15 "no fresh complete full dump"),
+    and the retry's bpend 0 records them saved and cleans them up."""
+    store, st, bindir, _ = nbu
+    imsnbu(ims_home, "install", "--policy", "MAIL", "--check", "--dir", str(bindir), "--force", check=0)
+    args = ("mailhost", "MAIL", "full", "FULL")
+    imsstage(ims_home, "--full", check=0)           # the cron job
+    files = staged_files(st)
+    assert len(files) == 3
+    assert notify(bindir, "bpstart_notify.MAIL", *args).returncode == 0
+    r = notify(bindir, "bpend_notify.MAIL", *args, "84")
+    assert r.returncode == 0 and "kept for the next attempt" in r.stderr
+    assert [d["engine"] for d in rows(st)] == ["failed"] * 3 and staged_files(st) == files
+    r = notify(bindir, "bpstart_notify.MAIL", *args)          # NetBackup's retry
+    assert r.returncode == 0, r.stderr
+    assert "3 fresh staged dumps found" in r.stderr, r.stderr
+    rs = rows(st)
+    assert all(d["job"] == "netbackup:MAIL.full" and d["engine"] is None for d in rs)
+    r = notify(bindir, "bpend_notify.MAIL", *args, "0")
+    assert r.returncode == 0 and "bpend status 0 recorded on 3 dumps; 3 files removed" in r.stderr, r.stderr
+    assert [d["engine"] for d in rows(st)] == ["ok"] * 3 and staged_files(st) == []
+
+
 def test_bpstart_timeout_gives_the_deadline(ims_home, tmp_path, nbu):
     from plugins.netbackup.notify import bpstart_timeout
     conf = tmp_path / "bp.conf"
