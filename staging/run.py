@@ -74,6 +74,25 @@ def remote_of(config, given: str | None) -> str | None:
     return push_target(spec, "--push" if given else "staging.remote")
 
 
+def store_units(inst, names: list[str] | None, what: str) -> list:
+    """The (partition, group) units of ``names`` (None: the whole store), refusing an
+    empty store as a dump and a check alike."""
+    if not names:
+        # a whole-store run: a partition without users is a wrong path or a disk that
+        # is not mounted, not a group to skip in silence (as imsbackup / would say)
+        # (EmptyStore, UnlistedStore: asm.errors statuses of their own, as imsbackup's)
+        from asm.backup import check_not_empty
+        check_not_empty(inst.store, inst.store.partitions(), [],
+                        allow_empty=inst.config.get("backup.allowempty") == "yes")
+    try:
+        units = group_units(inst.store, inst.groups, names)
+    except ValueError as exc:
+        raise StagingError(str(exc)) from None
+    if not units:
+        raise StagingError(f"no backup group has users: nothing to {what}")
+    return units
+
+
 def stage(inst, directory: str, names: list[str] | None = None, mode: str = "full", jobs: int = 1,
           after_batch: str | None = None, deadline: float | None = None, job: str | None = None,
           lock_wait: float = 0.0, say=lambda s: None, progress=None, plan_only: bool = False,
@@ -93,19 +112,7 @@ def stage(inst, directory: str, names: list[str] | None = None, mode: str = "ful
         if stale or left:
             say(f"recovered from a killed run: {len(stale)} dumps marked failed, "
                 f"{len(left)} temporary files removed")
-        if not names:
-            # a whole-store run: a partition without users is a wrong path or a disk that
-            # is not mounted, not a group to skip in silence (as imsbackup / would say)
-            # (EmptyStore, UnlistedStore: asm.errors statuses of their own, as imsbackup's)
-            from asm.backup import check_not_empty
-            check_not_empty(inst.store, inst.store.partitions(), [],
-                            allow_empty=inst.config.get("backup.allowempty") == "yes")
-        try:
-            units = group_units(inst.store, inst.groups, names)
-        except ValueError as exc:
-            raise StagingError(str(exc)) from None
-        if not units:
-            raise StagingError("no backup group has users: nothing to stage")
+        units = store_units(inst, names, "stage")
         exclude = inst.config.backup_exclude()
         for u in units:
             if mode == "full":
@@ -240,10 +247,12 @@ def check_fresh(inst, directory: str, mode: str, max_age: float, job: str | None
     so a retry takes the files kept for it -- younger than ``max_age`` seconds (a full
     one when ``mode`` is full), whose file is there with its recorded size.  Claims them
     for ``job`` (clearing a failed job's verdict); raises Missing."""
+    # no group at all is no fresh dump for every group: an empty store (a disk that is
+    # not mounted) is refused as the dump refuses it (exit 18), not found vacuously fresh
+    units = store_units(inst, None, "check")
     lock = AreaLock(directory).acquire(lock_wait, "check")
     cat = Catalog(directory)
     try:
-        units = group_units(inst.store, inst.groups)
         now = time.time()
         fresh, missing = [], []
         pending = cat.claimable()

@@ -231,6 +231,42 @@ def test_check_mode_retry_after_a_failed_job_claims_the_kept_dumps(ims_home, tmp
     assert [d["engine"] for d in rows(st)] == ["ok"] * 3 and staged_files(st) == []
 
 
+def test_check_mode_refuses_an_empty_store(ims_home, tmp_path):
+    """Staging ahead with the mail disk not mounted (an empty mount point): the cron dump
+    exits 18, and so do bpstart_notify --check and imsstage check, with the dump's one
+    line -- not exit 0 with "0 fresh staged dumps found" (no group, so "every group has a
+    fresh dump" was vacuously true).  Nothing is claimed."""
+    import io
+
+    from tests.helpers import make_home, msg
+    mail = tmp_path / "mail"
+    mail.mkdir()
+    st = tmp_path / "staging"
+    store = open_store(make_home(ims_home, "maildir", **{"partition:primary.path": str(mail),
+                                                          "staging.dir": str(st)}))
+    store.create_user("joe")
+    store.append("joe", "INBOX", io.BytesIO(msg(1)))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    imsnbu(ims_home, "install", "--policy", "MAIL", "--check", "--dir", str(bindir), check=0)
+    imsstage(ims_home, "--full", check=0)            # yesterday's cron, taken by a good job
+    assert notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "full", "FULL").returncode == 0
+    assert notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "full", "FULL", "0").returncode == 0
+    imsstage(ims_home, "--full", check=0)            # and a full staged for tonight...
+    mail.rename(tmp_path / "mail.disk")              # ... when the disk is not mounted
+    mail.mkdir()
+    p = imsstage(ims_home, "--incremental")
+    assert p.returncode == 18, p.stderr
+    r = notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "incr", "INCR")
+    assert r.returncode == 18 and "the store holds no users" in r.stderr, r.stderr
+    assert "fresh staged dumps found" not in r.stderr
+    p = imsstage(ims_home, "check", "--incremental", "--job", "x")
+    assert p.returncode == 18, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the store holds no users" in lines[0] and "mounted" in lines[0]
+    assert [d["job"] for d in rows(st)] == ["netbackup:MAIL.full", None]
+
+
 def test_bpstart_timeout_gives_the_deadline(ims_home, tmp_path, nbu):
     from plugins.netbackup.notify import bpstart_timeout
     conf = tmp_path / "bp.conf"
