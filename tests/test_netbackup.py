@@ -69,6 +69,25 @@ def test_install_prints_policy_and_refuses_foreign_scripts(ims_home, tmp_path, n
     assert r.returncode == 2 and "--schedule needs --policy" in r.stderr
 
 
+def test_install_refuses_an_ims_home_that_is_no_installation(tmp_path):
+    """A mistyped IMS_HOME: imsnbu install exits 2 with one line naming IMS_HOME, as
+    every command (imsbacula fileset too) -- it writes no notify script (which would exit
+    2 every night, NetBackup status 73), makes no staging directory and prints no policy
+    advice; imsnbu restore refuses it the same way."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    typo = tmp_path / "srv" / "imss"
+    r = imsnbu(typo, "install", "--policy", "MAIL", "--dir", str(bindir), "-D", str(tmp_path / "stage"))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"IMS_HOME={typo} does not exist" in lines[0], r.stderr
+    assert os.listdir(bindir) == [] and not (tmp_path / "stage").exists() and r.stdout == ""
+    assert not typo.exists()
+    r = imsnbu(typo, "restore", "joe", "-D", str(tmp_path / "stage"))
+    assert r.returncode == 2 and f"IMS_HOME={typo} does not exist" in r.stderr, r.stderr
+    assert not (tmp_path / "stage").exists() and not typo.exists()
+
+
 def test_full_incr_cinc_cycles(ims_home, tmp_path, nbu):
     store, st, bindir, _ = nbu
     engine = tmp_path / "engine"

@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = Config()
+    # a mistyped IMS_HOME is refused (exit 2, installation_problem's line) before anything
+    # is written: notify scripts with it inside would fail every job (bpstart exits 2)
+    cfg = Config().require()
     try:
         if args.cmd == "install":
             return _install(args, cfg)
