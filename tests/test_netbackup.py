@@ -141,8 +141,13 @@ def test_full_incr_cinc_cycles(ims_home, tmp_path, nbu):
     notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "sched", "INCR")
     again = {d["grp"]: d for d in rows(st)[15:18]}
     assert all(again[g]["base"] == cinc[g]["id"] for g in again)
-    notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", "INCR", "0")
-    assert staged_files(st) == kept                 # the failed job's files stay
+    r = notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", "INCR", "0")
+    # NetBackup saved the whole directory, the failed job's files with it: they go too
+    # (staging.keep 0), their verdict stays failed -- failed jobs do not fill the area
+    assert "6 files removed" in r.stderr, r.stderr
+    assert staged_files(st) == []
+    assert [(d["engine"], d["removed"] is not None) for d in rows(st)[12:18]] == \
+        [("failed", True)] * 3 + [("ok", True)] * 3
 
     # user backups (e.g. bpbackup of a batch) stage nothing; bad arguments fail the job
     r = notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "user", "UBAK")
@@ -197,6 +202,30 @@ def test_a_failed_job_does_not_say_it_saved(ims_home, tmp_path, nbu):
     r = notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", "FULL", "0")
     m = re.search(r"this job saved \d+ dumps, (\d+) messages, (\d+) links", r.stderr)
     assert m and int(m.group(1)) + int(m.group(2)) == n, r.stderr
+
+
+def test_a_failed_jobs_dumps_are_cleaned_once_a_later_job_saved_them(ims_home, tmp_path, nbu):
+    """Dump mode, staging.keep 0: a job fails (bpend 84, files kept for the next attempt);
+    the next job stages afresh and succeeds.  NetBackup saved the whole staging directory,
+    the failed job's files with it, so its bpend 0 removes those too: the area does not
+    fill up with every failed job's dumps.  Their verdict stays 'failed' (no incremental
+    continues them); a failed job with no later success keeps its files."""
+    store, st, bindir, _ = nbu
+    args = ("mailhost", "MAIL", "sched", "FULL")
+    assert notify(bindir, "bpstart_notify.MAIL", *args).returncode == 0
+    assert notify(bindir, "bpend_notify.MAIL", *args, "84").returncode == 0
+    failed = staged_files(st)
+    assert len(failed) == 3
+    assert notify(bindir, "bpstart_notify.MAIL", *args).returncode == 0
+    assert notify(bindir, "bpend_notify.MAIL", *args, "84").returncode == 0
+    assert len(staged_files(st)) == 6                  # no success yet: every file stays
+    assert notify(bindir, "bpstart_notify.MAIL", *args).returncode == 0
+    r = notify(bindir, "bpend_notify.MAIL", *args, "0")
+    assert r.returncode == 0 and "9 files removed" in r.stderr, r.stderr
+    assert staged_files(st) == []
+    rs = rows(st)
+    assert [d["engine"] for d in rs] == ["failed"] * 6 + ["ok"] * 3
+    assert all(d["removed"] is not None for d in rs)
 
 
 def test_check_mode_with_staging_ahead(ims_home, tmp_path, nbu):

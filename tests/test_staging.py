@@ -110,15 +110,59 @@ def test_incremental_and_cleanup(ims_home, tmp_path):
     # a failed dump is no base: the next incremental falls back to a full
     r = imsstage(ims_home, "-D", str(st), "--incremental", "-v", "gA", check=0)
     assert "a full dump" in r.stderr and rows(st)[2]["kind"] == "full"
-    # success: saved files go, except the newest staging.keep per group
+    # success: saved files go, except the newest staging.keep per group; the engine saved
+    # the whole area, the failed chain's files with it, so they go as saved ones too
+    # (their verdict stays failed: no incremental continues them)
     Config(str(ims_home)).set("staging.keep", "1")
     imsstage(ims_home, "done", "-D", str(st), check=0)
-    assert staged_files(st) == sorted([rows(st)[0]["file"], rows(st)[1]["file"], rows(st)[2]["file"]])
+    assert staged_files(st) == [rows(st)[2]["file"]]
+    assert [(d["engine"], d["removed"] is not None) for d in rows(st)] == [
+        ("failed", True), ("failed", True), ("ok", False)]
     imsstage(ims_home, "-D", str(st), "--cumulative", "gA", check=0)
     assert rows(st)[3]["base"] == rows(st)[2]["id"]
     imsstage(ims_home, "done", "-D", str(st), check=0)
-    assert staged_files(st) == sorted([rows(st)[0]["file"], rows(st)[1]["file"], rows(st)[3]["file"]])
+    assert staged_files(st) == [rows(st)[3]["file"]]
     assert rows(st)[2]["removed"] is not None
+
+
+def test_cleanup_of_dumps_whose_job_failed(tmp_path):
+    """remove_saved after a success: a dump whose job failed or was lost goes when a later
+    successful job (not an after-batch command, which saves only its batch) saved the
+    directory with it, or when a newer full of its group was saved and no dump that stays
+    needs it as a base; a failed dump that nothing saved and that a staying incremental
+    continues stays, as does one no later success covers."""
+    from staging.catalog import Catalog
+    from staging.cleanup import remove_saved
+    cat = Catalog(str(tmp_path))
+    t0 = time.time() - 1000
+
+    def dump(grp, kind, at, engine=None, job=None, base=None):
+        d = cat.start("r", "primary", grp, kind, None, base, ["u"], 1, lambda did, now: f"{grp}-{did}.ims")
+        (tmp_path / d.file).write_bytes(b"x")
+        cat.finish(d.id, 1, "0" * 64)
+        cat.db.execute("UPDATE dumps SET started=?, finished=?, job=? WHERE id=?", (t0 + at, t0 + at + 5, job, d.id))
+        if engine == "lost":
+            cat.mark_lost([d.id])
+        elif engine is not None:
+            cat.report([d.id], 0 if engine == "ok" else 84)
+        return d.id
+
+    a_failed = dump("gA", "full", 0, "failed", "netbackup:M.s")
+    a_lost = dump("gA", "incr", 10, "lost", "netbackup:M.s", base=a_failed)
+    a_ok = dump("gA", "full", 50, "ok", "netbackup:M.s")              # a whole-area job: saved them
+    b_failed = dump("gB", "full", 60, "failed", "netbackup:M.s")      # only a batch job saved later
+    b_incr = dump("gB", "incr", 70, None, None, base=b_failed)          # unreported, continues it
+    c_failed = dump("gC", "full", 80, "failed", "netbackup:M.s")      # superseded, nothing needs it
+    dump("gB", "full", 100, "ok", "batch:r1:1")
+    dump("gC", "full", 100, "ok", "batch:r1:1")
+    d_failed = dump("gD", "full", 300, "failed", "netbackup:M.s")     # after the last success
+    removed = {d.id for d in remove_saved(cat, str(tmp_path), 1)}
+    assert removed == {a_failed, a_lost, c_failed}
+    left = {d.id for d in cat.all() if d.removed is None}
+    assert {a_ok, b_failed, b_incr, d_failed} <= left
+    assert sorted(os.listdir(tmp_path)) == sorted([d.file for d in cat.all() if d.removed is None] + ["catalog.db"])
+    assert [cat.get(i).engine for i in (a_failed, a_lost, c_failed)] == ["failed", "lost", "failed"]
+    cat.close()
 
 
 def test_user_restored_from_chain(ims_home, driver, tmp_path):
