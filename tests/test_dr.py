@@ -574,6 +574,93 @@ def test_chain_takes_a_second_copy_of_an_archive_for_the_same_archive(tmp_path):
     assert state(open_store(make_home(dest, "classic"))) == state(store)
 
 
+@pytest.mark.parametrize("fork", ["incremental", "weekly-full"])
+def test_chain_follows_the_newest_archive_past_a_fork(tmp_path, fork):
+    """The runbook's nightly `imsbackup ... && cp "$a.state" last.state`: a backup that
+    exits 1 (a complete archive, named failures) is not made the base, so the next
+    night's archive has the same base as it (a fork).  `imsdr chain --commands` prints
+    the chain of the newest archive (by base ids), exit 0, names the archive left out
+    with the command that restores its mail too, and the printed restore brings back
+    every message with its UID.  A base really gone is named, exit 1.  (Before: "the
+    archive in between is not here" for an archive that is here, exit 1, and a restore
+    leaving the newest nights out.)"""
+    home, store, d = _joe_and_a_backup_dir(tmp_path)
+
+    def night(name, base=None):
+        store.deliver(["joe"], io.BytesIO(msg(name)))
+        run(home, "imsbackup", "-f", d / f"{name}.ims", *(["--base", d / f"{base}.ims.state"] if base else []),
+            "/", check=0)
+
+    night("full-1")
+    if fork == "incremental":        # incr-2 not adopted: incr-3 is on full-1 as well
+        night("incr-2", "full-1")
+        gone = max(m.uid for m in store.messages("joe", "INBOX"))
+        lost = state(store)[("joe", "INBOX", gone)]
+        store.expunge("joe", "INBOX", [gone])          # in incr-2 alone
+        night("incr-3", "full-1")
+        night("incr-4", "incr-3")
+        want, branch = ["full-1", "incr-3", "incr-4"], ["full-1", "incr-2"]
+    else:                            # the weekly full-3 not adopted: incr-4 is on incr-2
+        night("incr-2", "full-1")
+        night("full-3")
+        gone = max(m.uid for m in store.messages("joe", "INBOX"))
+        lost = state(store)[("joe", "INBOX", gone)]
+        store.expunge("joe", "INBOX", [gone])          # in full-3 alone
+        night("incr-4", "incr-2")
+        night("incr-5", "incr-4")
+        want, branch = ["full-1", "incr-2", "incr-4", "incr-5"], ["full-3"]
+    p = run(home, "imsdr", "chain", "--commands", d, check=0, text=True)
+    argv = shlex.split(p.stdout)
+    assert argv[:1] == ["imsrestore"] and argv[1::2] == ["-f"] * len(want), p.stdout
+    assert [os.path.basename(x) for x in argv[2::2]] == [f"{n}.ims" for n in want], (p.stdout, p.stderr)
+    note, = p.stderr.splitlines()
+    assert f"{branch[-1]}.ims is on a branch no later archive builds on: it is left out" in note, note
+    more = shlex.split(note.split("run after the restore: ", 1)[1])
+    assert more[:2] == ["imsrestore", "-n"] and [os.path.basename(x) for x in more[3::2]] == \
+        [f"{n}.ims" for n in branch], note
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    run(dest, *argv, check=0)
+    restored = open_store(make_home(dest, "classic"))
+    assert state(restored) == state(store)
+    # the branch's command: its mail beside the restore, the restore itself unchanged
+    run(dest, *more, check=0)
+    after = state(restored)
+    assert {k: v for k, v in after.items() if k in state(store)} == state(store)
+    inbox = [k for k in after if len(k) == 2 and k[1].startswith("INBOX-")]
+    assert inbox and lost[0] in [v[0] for k, v in after.items() if k[:2] == inbox[0]], sorted(after)
+    # the archive in between really gone: the chain stops before the night it carried,
+    # names the incremental whose base is gone, exit 1
+    os.unlink(d / f"{want[-2]}.ims")
+    p = run(home, "imsdr", "chain", "--commands", d, check=EXIT_PARTIAL, text=True)
+    assert f"{want[-1]}.ims is an incremental of archive" in p.stderr and "the chain stops" in p.stderr, p.stderr
+    assert f"{want[-1]}.ims" not in p.stdout, p.stdout
+
+
+def test_chain_of_the_newest_archive_names_what_it_leaves_out():
+    """chains() on headers alone: the restore is the chain of the newest archive that has
+    one.  An archive it leaves out whose scope a later archive of that chain holds again
+    is only named (left_out); one whose mail the chain does not hold again (one user's
+    incremental on the full is the newest, the whole store's on the same full is left
+    out) is unsettled (imsdr exits 1); an incomplete archive taken after the chain's
+    end stops it (gap)."""
+    from asm.dr.chain import ArchiveFile, chains
+
+    def a(name, t, base=None, scope=("/",), complete=None):
+        return ArchiveFile(f"/b/{name}", t, None, scope, name, complete=complete, base=base)
+    full, incr2, incr3 = a("full", 1), a("incr2", 2, "full"), a("incr3", 3, "full", complete=False)
+    c, = chains([full, incr2, incr3, a("incr4", 4, "full"), a("incr5", 5, "incr4")])
+    assert [x.path for x in c.archives] == ["/b/full", "/b/incr4", "/b/incr5"] and c.gap is None
+    assert len(c.left_out) == 2 and not c.unsettled, c.left_out
+    assert "/b/incr2 is on a branch" in c.left_out[0] and "incomplete" in c.left_out[1], c.left_out
+    c, = chains([full, incr2, a("joe", 3, "full", ("/primary/user/joe",))])
+    assert [x.path for x in c.archives] == ["/b/full", "/b/joe"] and not c.left_out
+    assert "/b/incr2 is on a branch" in c.unsettled[0], c.unsettled
+    c, = chains([full, incr2, incr3])
+    assert [x.path for x in c.archives] == ["/b/full", "/b/incr2"] and "incomplete" in c.gap
+    assert c.dropped == [incr3]
+
+
 def test_show_and_restore_open_the_bundle_as_the_installation_says(tmp_path):
     """device.localonly = yes: `imsdr backup -f dr-02:00.tar` writes the local file, and
     `imsdr show` and `restore` read it back by that name (before: taken for host:path,

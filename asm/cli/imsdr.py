@@ -320,6 +320,11 @@ def _chain(args) -> int:
             print("imsrestore " + " ".join(f"-f {shlex.quote(a.path)}" for a in c.archives))
         for a in c.archives if not args.commands else ():
             print(a.path)
+        for note in c.left_out:
+            warn(PROG, f"scope {' '.join(c.scope)}: {note}")
+        for why in c.unsettled:
+            status = EXIT_PARTIAL
+            warn(PROG, f"scope {' '.join(c.scope)}: {why}")
         if c.gap:
             status = EXIT_PARTIAL
             warn(PROG, f"scope {' '.join(c.scope)}: the chain stops: {c.gap}"

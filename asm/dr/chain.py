@@ -4,17 +4,20 @@ Archives kept as plain files (``imsbackup -f /backup/...``, a staging directory,
 an engine put back) say in their header when they were taken (``created``), what
 they cover (``scope``) and whether they are incremental (``base``: the archive they
 follow; ``since``: an incremental by date).  For each scope,
-the chain is the newest full archive and, after it, every incremental taken later that
-continues it, oldest first: by base whatever its scope (one user's incremental between
-two of the whole store is a link of the whole store's chain, as imsrestore takes it),
-by date of its scope or one covering it.  An incremental whose base is not the archive
-before it, or (by date) whose ``since`` is after the archive before it was taken, leaves
-a gap (mail changed in between is in no archive): the chain stops there and the gap is
-named.
+the chain is the one ending in its newest archive, full first: each incremental follows
+its base by archive id whatever its scope (one user's incremental between two of the
+whole store is a link of the whole store's chain, as imsrestore takes it), by date the
+archives of its scope or one covering it.  Two archives may continue the same one (a
+fork: a backup that exited 1 was not made the next night's base); the newest archive's
+chain is the restore and the branch left out is named.  An archive taken after the
+chain's end whose base is not here, that is incomplete or (by date) whose ``since`` is
+after the archive before it was taken, leaves a gap (mail changed in between is in no
+archive): the chain stops there and the gap is named.
 """
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 
 from asm.archive.errors import ArchiveError
@@ -43,6 +46,8 @@ class Chain:
     archives: list = field(default_factory=list)
     gap: str | None = None                # why the chain stops early
     dropped: list = field(default_factory=list)   # incrementals after the gap
+    left_out: list = field(default_factory=list)  # branches a later archive of the chain holds again
+    unsettled: list = field(default_factory=list)  # branches whose mail the chain does not hold
 
 
 class Unreadable(Exception):
@@ -119,15 +124,23 @@ def archive_files(paths: list[str], verify: bool = False, identities=()) -> tupl
 
 
 def chains(files: list[ArchiveFile]) -> list[Chain]:
-    """One chain per newest complete full archive of a scope, chains in the order of
-    their full archive; then one (with no archive) per scope whose archives follow none.
+    """One chain per scope of a complete full archive, the chains in the order of their
+    first archive; then one (with no archive) per scope whose archives follow none.
 
-    An archive belongs to a chain as imsrestore follows one: an incremental by base to
-    the chain of the archive its base is, whatever its own scope (the chain "full of /,
+    Every archive that can be restored has a chain of its own, followed back as
+    imsrestore follows one: an incremental by base continues the archive its base is
+    (by archive id, whatever its scope or when it was taken: the chain "full of /,
     then --base of one user, then --base of / again" is one chain); an incremental by
-    date, or one whose base is not here, to the chain of its scope, else to the newest
-    one taken before it whose scope covers its own.  In the chain each must follow the
-    archive before it, as imsrestore -f ... -f ... checks: else the chain stops there."""
+    date continues the newest archive taken before it of its scope, or of one covering
+    it, if its ``since`` is not after that scope's last archive was taken.  Two
+    archives may continue the same one (a fork: a backup that exited 1 was not made the
+    next night's base, and the next night's incremental has the same base as it).  The
+    restore of a scope is the chain of its newest archive that has one; the archives
+    taken after that chain's full that it leaves out are named (``left_out``: a branch
+    no later archive builds on, whose scope a later archive of the chain holds again;
+    ``unsettled``: one whose mail the chain does not hold again).  An archive taken
+    after the chain's end that has no chain (its base is not here, it is incomplete,
+    or its ``since`` leaves a gap) stops the chain there: ``gap`` says why."""
     from asm.verify.chain import covers
     # one archive (one id) seen twice -- a 'latest.ims' symlink, the same files in two
     # directories named -- is one archive: the copy checked complete, a file rather than a
@@ -138,65 +151,108 @@ def chains(files: list[ArchiveFile]) -> list[Chain]:
         if not a.archive_id or a.archive_id not in best or key < best[a.archive_id][0]:
             best[a.archive_id or id(a)] = (key, a)
     items = sorted((a for _k, a in best.values()), key=lambda a: (a.created, a.path))
-    roots: dict = {}
-    for a in items:
-        if a.full and a.complete is not False:
-            roots[a.scope] = a                      # the newest wins
     by_id = {a.archive_id: a for a in items if a.archive_id}
+    chain_of: dict = {}                  # id(archive) -> its chain (full first)
+    why: dict = {}                       # id(archive) -> why it has none
 
-    def by_scope(a):
-        if a.scope in roots:
-            return roots[a.scope] if roots[a.scope].created < a.created else None
-        over = [r for r in roots.values() if r.created < a.created and covers(r.scope, a.scope)]
-        return max(over, key=lambda r: (r.created, r.path)) if over else None
+    def groups_for(a) -> list:
+        """The chains' scopes an incremental by date of ``a``'s scope may continue."""
+        own = {c[0].scope for c in chain_of.values() if c[0].created < a.created}
+        if a.scope in own:
+            return [a.scope]
+        return [s for s in own if covers(s, a.scope)]
 
-    def root_of(a):
-        x, seen = a, set()
-        while x.base is not None and x.base in by_id and x.archive_id not in seen:
-            seen.add(x.archive_id)
-            x = by_id[x.base]
-        if x.full:
-            # an older full's incremental taken after the newest full: a gap of that chain
-            return roots.get(x.scope)
-        return by_scope(x)
-
-    members: dict = {id(r): [] for r in roots.values()}
-    lost: dict = {}
     for a in items:
-        if a.full and roots.get(a.scope) is a:
-            continue
-        r = root_of(a) if not a.full else None
-        if r is not None:
-            if a.created > r.created:
-                members[id(r)].append(a)
-        elif a.scope not in roots:
-            lost.setdefault(a.scope, []).append(a)
-    out = []
-    for root in roots.values():
-        c = Chain(root.scope, [root])
-        for a in members[id(root)]:
-            if c.gap is not None:
-                c.dropped.append(a)
-                continue
-            prev = c.archives[-1]
-            ref = [b for b in c.archives if b.scope == a.scope] or \
-                [b for b in c.archives if covers(b.scope, a.scope)] or [prev]
-            if a.complete is False:
-                c.gap = f"{a.path} is incomplete (no trailer)"
-            elif a.base is not None and a.base != prev.archive_id:
-                c.gap = (f"{a.path} is an incremental of archive {a.base}, but the archive before it "
-                         f"({prev.path}) is {prev.archive_id}: the archive in between is not here")
-            elif a.base is None and a.since > ref[-1].created:
-                c.gap = (f"{a.path} holds mail stored since {_fmt(a.since)}, but the archive before it "
-                         f"({ref[-1].path}) was taken at {_fmt(ref[-1].created)}: mail stored in between is in "
-                         f"no archive here")
-            if c.gap is not None:
-                c.dropped.append(a)
+        if a.complete is False:
+            why[id(a)] = f"{a.path} is incomplete (no trailer)"
+        elif a.full:
+            chain_of[id(a)] = [a]
+        elif a.base is not None:
+            b = by_id.get(a.base)
+            if b is None:
+                why[id(a)] = (f"{a.path} is an incremental of archive {a.base}, which is not among these "
+                              f"archives: the archive in between is not here (find it -- another copy, the "
+                              f"backup engine -- and name it too)")
+            elif id(b) in chain_of:
+                chain_of[id(a)] = chain_of[id(b)] + [a]
             else:
-                c.archives.append(a)
+                why[id(a)] = (f"{a.path} continues {b.path}, and " + why[id(b)] if id(b) in why else
+                              f"{a.path}: its base {b.path} was taken after it")
+        else:
+            scopes = groups_for(a)
+            prev = [c for c in chain_of.values() if c[0].scope in scopes and c[-1].created < a.created]
+            if not prev:
+                why[id(a)] = f"{a.path} is an incremental by date, and no archive before it covers its scope"
+                continue
+            c = max(prev, key=lambda c: (c[-1].created, c[-1].path))
+            ref = [b for b in c if b.scope == a.scope] or [b for b in c if covers(b.scope, a.scope)] or [c[-1]]
+            if a.since > ref[-1].created:
+                why[id(a)] = (f"{a.path} holds mail stored since {_fmt(a.since)}, but the archive before it "
+                              f"({ref[-1].path}) was taken at {_fmt(ref[-1].created)}: mail stored in between "
+                              f"is in no archive here")
+            else:
+                chain_of[id(a)] = c + [a]
+
+    def scope_of(a):
+        """The scope of the chain an archive without one would belong to."""
+        x, seen = a, set()
+        while x.base is not None and x.base in by_id and id(x) not in seen:
+            seen.add(id(x))
+            x = by_id[x.base]
+        if id(x) in chain_of:
+            return chain_of[id(x)][0].scope
+        if x.full:
+            return x.scope
+        scopes = groups_for(x) or [s for s in {c[0].scope for c in chain_of.values()} if covers(s, x.scope)]
+        return x.scope if x.scope in scopes or not scopes else \
+            max(scopes, key=lambda s: max(c[0].created for c in chain_of.values() if c[0].scope == s))
+
+    ends: dict = {}                      # scope -> the newest archive with a chain
+    for a in items:
+        if id(a) in chain_of:
+            ends[chain_of[id(a)][0].scope] = a
+    members: dict = {}
+    for a in items:
+        members.setdefault(chain_of[id(a)][0].scope if id(a) in chain_of else scope_of(a), []).append(a)
+    out = []
+    for scope, mine in members.items():
+        if scope not in ends:
+            out.append(Chain(scope, [], "no complete full archive", mine))
+            continue
+        end = ends[scope]
+        c = Chain(scope, list(chain_of[id(end)]))
+        start = c.archives[0]
+        taken = {id(x) for x in c.archives}
+        later = [a for a in mine if id(a) not in taken and a.created > start.created]
+        after = [a for a in later if (a.created, a.path) > (end.created, end.path)]
+        if after:
+            c.gap = why.get(id(after[0])) or f"{after[0].path} does not continue the chain"
+            c.dropped = after
+        # a branch left out: name its last archive (with its chain, the command that
+        # restores it too); an archive of the branch before it is in that command
+        side = [a for a in later if (a.created, a.path) <= (end.created, end.path)]
+        inside = {id(x) for a in side if id(a) in chain_of for x in chain_of[id(a)][:-1]}
+        for a in side:
+            if id(a) in inside:
+                continue
+            again = [x for x in c.archives if (x.created, x.path) > (a.created, a.path) and covers(x.scope, a.scope)]
+            if id(a) in chain_of:
+                cmd = "imsrestore -n " + " ".join(f"-f {shlex.quote(x.path)}" for x in chain_of[id(a)])
+                how = f"to restore its mail too (beside the restore's folders), run after the restore: {cmd}"
+                if again:
+                    c.left_out.append(f"{a.path} is on a branch no later archive builds on: it is left out "
+                                      f"(the restore ends in {end.path}, taken after it); {how}")
+                else:
+                    c.unsettled.append(f"{a.path} is on a branch the restore does not follow, and no later "
+                                       f"archive of the chain holds its scope ({' '.join(a.scope)}) again: "
+                                       f"its mail is not in the restore; {how}")
+            elif again:
+                c.left_out.append(f"{why[id(a)]}: it is left out (the restore ends in {end.path}, taken "
+                                  f"after it)")
+            else:
+                c.unsettled.append(f"{why[id(a)]}: it is left out, and no later archive of the chain holds "
+                                   f"its scope ({' '.join(a.scope)}) again: its mail is not in the restore")
         out.append(c)
-    for scope, dropped in lost.items():
-        out.append(Chain(scope, [], "no complete full archive", dropped))
     out.sort(key=lambda c: (c.archives[0].created if c.archives else 0, c.scope))
     return out
 
