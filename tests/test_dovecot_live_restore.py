@@ -408,3 +408,44 @@ def test_a_restore_killed_between_a_uid_record_and_its_file_keeps_uids_clients_w
     assert sorted(got) == [u_ for u_ in want if u_ != 10] + [13]
     assert got[13] == want[10] and all(got[u_] == want[u_] for u_ in want if u_ != 10)
     assert info["uidnext"] == 14
+
+
+def test_a_reference_file_completing_a_merge_gives_new_uids_clients_will_fetch(lab, tmp_path):
+    """bob's copies of three messages are links to amy's (one LMTP transaction); after
+    the backup bob expunges two over IMAP and gets new mail, and his client syncs up to
+    that UIDNEXT.  A pipe restore of his INBOX without a spool writes a reference file
+    (exit 1); imsrestore -r completing it put the two back at their old UIDs, below the
+    UIDNEXT the client had (exit 0, "0 with new UIDs"): Dovecot served them where no
+    syncing client ever looks.  They get new UIDs above it, counted as renumbered."""
+    import glob
+    import json
+    dan, bob = "amy-ref", "bob-ref"
+    for login in (dan, bob):
+        lab.add_user(login)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    run(home, "msconfig", "set", "restore.spoolmax", "0", check=0)
+    for i in range(3):
+        lab.deliver([dan, bob], message(f"shared {i}"))
+    archive = tmp_path / "f.ims"
+    run(home, "imsbackup", "-f", archive, "/", check=0)
+    with lab.imap(bob) as c:
+        c.select("INBOX")
+        old = {m["uid"]: c.fetch_body(m["uid"]) for m in c.fetch_meta()}
+        c.uid_expunge([1, 2])
+        c.unselect()
+    lab.deliver([bob], message("new mail"))
+    with lab.imap(bob) as c:
+        seen = c.select("INBOX")["uidnext"]
+        known = [m["uid"] for m in c.fetch_meta()]
+    assert (known, seen) == ([3, 4], 5)
+    run(home, "imsrestore", "-f", "-", f"/primary/{bob}/INBOX", input=archive.read_bytes(), check=1)
+    ref, = glob.glob(str(home / "data" / "refs" / "*.ref"))
+    report = tmp_path / "r.json"
+    p = run(home, "imsrestore", "-v", "--report", report, "-f", archive, "-r", ref, text=True, check=0)
+    with lab.imap(bob) as c:
+        c.select("INBOX")
+        got = {m["uid"]: c.fetch_body(m["uid"]) for m in c.fetch_meta()}
+        assert [m["uid"] for m in c.fetch_meta("5:*")] == [5, 6]     # what a client that had UIDNEXT 5 fetches
+    assert sorted(got) == [3, 4, 5, 6] and (got[5], got[6]) == (old[1], old[2]), sorted(got)
+    assert ", 2 with new UIDs," in p.stderr and json.loads(report.read_text())["counts"]["renumbered"] == 2

@@ -332,6 +332,60 @@ def test_a_damaged_reference_in_a_reference_file_is_one_line_and_restores_nothin
     assert state(store, users={"zed"}) == want
 
 
+def _joe_moved_on(home, driver, tmp_path):
+    """ann and joe got three messages in one delivery (joe's copies are links to ann's,
+    one of them \\Flagged), a full backup was taken, then joe expunged UIDs 1 and 2 and
+    got new mail (UID 4, UIDNEXT 5): (his store, the archive, what joe's messages were)."""
+    st = open_store(make_home(home, driver, **{"restore.spoolmax": "0"}))
+    for u in ("ann", "joe"):
+        st.create_user(u)
+    for n in range(3):
+        st.deliver(["ann", "joe"], io.BytesIO(msg(n)))
+    st.set_flags("joe", "INBOX", 2, ["\\Flagged"], [])
+    a = tmp_path / f"{os.path.basename(home)}.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    was = state(st, users={"joe"})
+    st.expunge("joe", "INBOX", [1, 2])
+    put(st, "joe", "INBOX", 9)
+    assert st.folder("joe", "INBOX").uidnext == 5
+    return st, a, was
+
+
+def test_reference_file_never_reuses_uids_a_merge_passed(driver, tmp_path):
+    """A pipe restore of joe's INBOX (moved on since the backup: UIDs 1, 2 expunged,
+    UIDNEXT 5) cannot resolve its two links (no spool): exit 1 and a reference file.
+    imsrestore -r then put them back at UIDs 1 and 2, below UIDNEXT 5, exit 0, "0 with
+    new UIDs": a client that synced up to UIDNEXT 5 never sees them.  They get new UIDs
+    (5, 6), counted as renumbered, exactly as the same restore from the file in one pass."""
+    one, a1, was1 = _joe_moved_on(tmp_path / "one", driver, tmp_path)
+    report1 = tmp_path / "one.json"
+    run(tmp_path / "one", "imsrestore", "--report", report1, "-f", a1, "/primary/joe/INBOX", check=0)
+    two, a2, was2 = _joe_moved_on(tmp_path / "two", driver, tmp_path)
+    ref, report2 = tmp_path / "joe.ref", tmp_path / "two.json"
+    run(tmp_path / "two", "imsrestore", "-R", ref, "-f", "-", "/primary/joe/INBOX", input=a2.read_bytes(),
+        check=1)
+    assert len(json.loads(ref.read_text())["references"]) == 2
+    p = run(tmp_path / "two", "imsrestore", "-v", "--report", report2, "-f", a2, "-r", ref, text=True,
+            check=0)
+
+    def view(st, was):
+        uv = st.folder("joe", "INBOX").uidvalidity
+        got = {k[2]: v for k, v in state(st, users={"joe"}).items() if len(k) == 3}
+        old = {k[2]: v for k, v in was.items() if len(k) == 3}
+        assert sorted(got) == [3, 4, 5, 6], sorted(got)
+        assert (got[5], got[6]) == (old[1], old[2])       # bytes, flags, date as archived
+        return st.folder("joe", "INBOX").uidnext, uv == was[("joe", "INBOX")][0], \
+            {u: v[:3] for u, v in got.items()}
+
+    assert view(one, was1)[0] == 7                      # the one-pass restore
+    assert view(two, was2) == view(one, was1)
+    assert ", 2 with new UIDs," in p.stderr, p.stderr
+    counts = json.loads(report2.read_text())["counts"], json.loads(report1.read_text())["counts"]
+    assert counts[0]["renumbered"] == counts[1]["renumbered"] == 2, counts
+    p = run(tmp_path / "two", "imsrestore", "-v", "-f", a2, "-r", ref, text=True, check=0)
+    assert view(two, was2)[2] == view(one, was1)[2] and "already there" in p.stderr      # adds nothing
+
+
 def test_user_of_a_partition_not_configured_here_is_refused(driver, tmp_path):
     """An archived user of partition 'second' restored where 'second' is not configured
     (a forgotten or mistyped partition:second.path) is not put on 'primary' without a

@@ -131,18 +131,26 @@ def _check_reference(r) -> None:
 def complete_references(store: Store, reader, doc: dict, report=None, journal=None) -> RestoreResult:
     """Second pass: restore the link members a stream could not resolve, from the archive
     (one store batch: durable when it returns, however it ends).  A message keeps its
-    archived UID where the folder came from this archive's restore (``journal`` says so
-    and the folder has not moved on since) or where the UID is still free at or above
-    UIDNEXT; one already there (its UID, or the same bytes) is not added again."""
+    archived UID where that restore kept it free for it (``journal``: the restore made or
+    continued the folder exactly, and the folder has not moved on since) or where the UID
+    is still free at or above UIDNEXT; anywhere else (a restore merged into a live folder,
+    whose lower UIDs its clients saw expunged) it takes a new UID, counted as renumbered,
+    as the same restore from a file in one pass gives it.  One already there (its UID, or
+    the same bytes) is not added again."""
     with store.batch():
         return _complete(store, reader, doc, report, journal)
 
 
 def _from_this_archive(journal, user: str, folder: str, info, archive_id) -> bool:
+    """The restore of this archive made (or continued) the folder exactly and left the
+    archived UIDs of the messages it could not write free for them (the journal's
+    ``gaps``), and nothing moved the folder on since.  A restore that merged into a live
+    folder records no gaps: the archived UIDs below its UIDNEXT are UIDs its clients were
+    told are gone (RFC 3501: never given out again)."""
     if journal is None:
         return False
     j = journal.get(user, folder)
-    return (j is not None and j.archive_id == archive_id and j.running is None
+    return (j is not None and j.archive_id == archive_id and j.running is None and j.gaps > 0
             and (j.uidvalidity, j.uidnext) == (info.uidvalidity, info.uidnext))
 
 
@@ -160,6 +168,15 @@ def _already_there(store: Store, user: str, folder: str, ref: dict):
             if c.size == ref.get("size") and stored_sha256(c) == ref["sha256"]:
                 return c
     return None
+
+
+def _held(store: Store, user: str, folder: str, uid: int) -> bool:
+    """Another message holds ``uid`` in the folder."""
+    from asm.store.base import MessageGone
+    try:
+        return store.message(user, folder, uid) is not None
+    except MessageGone:
+        return False
 
 
 def _complete(store: Store, reader, doc: dict, report, journal=None) -> RestoreResult:
@@ -200,6 +217,8 @@ def _complete(store: Store, reader, doc: dict, report, journal=None) -> RestoreR
                             continue
                         same = info.uidvalidity == ref.get("uidvalidity")
                         fill = same and _from_this_archive(journal, user, folder, info, doc.get("archive_id"))
+                        if fill and ref["uid"] < info.uidnext:
+                            fill = not _held(store, user, folder, ref["uid"])
                         uid = ref["uid"] if same and (ref["uid"] >= info.uidnext or fill) else None
                         kw = dict(uid=uid, flags=ref["flags"], keywords=ref["keywords"],
                                   internaldate=ref["internaldate"],
@@ -213,7 +232,10 @@ def _complete(store: Store, reader, doc: dict, report, journal=None) -> RestoreR
                             with m.open() as src:
                                 got = store.append(user, folder, src, **kw)
                             res.messages += 1
+                            res.bytes += got.size
                             first_path = got.path
+                        if uid is None:
+                            res.renumbered += 1
                     report(f"/{ref['partition']}/{user}/{folder}/{got.uid}: restored from {m.name}")
                 except (StoreError, ArchiveError) as exc:
                     if isinstance(exc, DigestMismatch):
