@@ -13,7 +13,7 @@ import pytest
 
 from asm.archive.reader import ArchiveReader
 from asm.config import Config
-from asm.errors import EXIT_USAGE
+from asm.errors import EXIT_PARTIAL, EXIT_USAGE
 from asm.store import open_store
 from tests.helpers import make_home, msg, run, state
 
@@ -103,8 +103,8 @@ def test_backup_and_restore_of_names_that_are_not_utf8(tmp_path, foreign, dest_d
         assert state(open_store(make_home(dest, dest_driver))) == want
     else:
         # the classic store keeps names as UTF-8 text: those two mailboxes are named, the rest
-        # restored, and the status says the store could not hold them
-        assert p.returncode == 17, p.stderr
+        # restored: a named failure (1), not a store that cannot be read or written (17)
+        assert p.returncode == EXIT_PARTIAL, p.stderr
         errs = [ln for ln in p.stderr.decode("utf-8").splitlines()
                 if "not UTF-8" in ln and not ln.startswith("imsrestore: error:")]
         assert len(errs) == 2 and any("j\\xf6rg" in e for e in errs) and any("Caf\\xe9" in e for e in errs)
@@ -266,6 +266,37 @@ def test_mboxutil_create_refuses_what_the_classic_store_cannot_keep(tmp_path, na
     run(other, "mboxutil", "-c", os.fsdecode(name), check=0)
     listed = run(other, "mboxutil", "-l", check=0).stdout
     assert b"  " + name + (b"/INBOX" if name.count(b"/") == 1 else b"") + b"\n" in listed, listed
+
+
+def test_a_folder_name_the_restoring_store_cannot_keep_is_named_never_exit_17(tmp_path):
+    """A classic archive's folders "v1.2" (Maildir++ keeps '.' as its separator) and 120
+    'é' (241 bytes as a classic directory, 322 once Dovecot writes it in modified UTF-7)
+    restored into a maildir store: exit 17, "the store cannot be read or written", the
+    second as a raw "File name too long (path)".  Each is one line naming the folder and
+    the limit, the rest is restored: exit 1; restoring only those folders: exit 2."""
+    src = tmp_path / "src"
+    store = open_store(make_home(src, "classic"))
+    store.create_user("joe")
+    store.append("joe", "INBOX", io.BytesIO(msg(1)))
+    long = "\u00e9" * 120
+    for folder in ("v1.2", long):
+        store.create_folder("joe", folder)
+        store.append("joe", folder, io.BytesIO(msg(2)))
+    archive = tmp_path / "a.ims"
+    run(src, "imsbackup", "-f", archive, "/", check=0)
+    dest = tmp_path / "dest"
+    got = open_store(make_home(dest, "maildir"))
+    p = run(dest, "imsrestore", "-f", archive, text=True)
+    assert p.returncode == EXIT_PARTIAL, p.stderr
+    lines = p.stderr.splitlines()
+    assert any("/primary/joe/v1.2:" in ln and "may not contain '.'" in ln for ln in lines), p.stderr
+    assert any("is too long for the maildir store" in ln and "at most 255" in ln for ln in lines), p.stderr
+    assert "File name too long" not in p.stderr, p.stderr
+    assert got.folder_names("joe") == ["INBOX"] and len(got.messages("joe", "INBOX")) == 1
+    for folder in ("v1.2", long):
+        p = run(dest, "imsrestore", "-f", archive, f"/primary/joe/{folder}", text=True)
+        assert p.returncode == EXIT_USAGE, p.stderr
+    assert got.folder_names("joe") == ["INBOX"]
 
 
 @pytest.mark.parametrize("driver", ["classic", "maildir"])

@@ -14,6 +14,7 @@ import pytest
 
 from asm.errors import EXIT_USAGE
 from asm.store import open_store
+from asm.store.base import BadName
 from tests.helpers import DRIVERS, inode_groups, make_home, msg, popen, put, run, small_tmpfs, state
 
 
@@ -135,6 +136,39 @@ def test_new_mailbox_beside_existing(source, ims_home, tmp_path):
     new = [n for n in names if n.startswith("Sent-")]
     assert new == [f"Sent-{time.strftime('%Y%m%d')}"]
     assert len(source.messages("joe", new[0])) == 3 and len(source.messages("joe", "Sent")) == 3
+
+
+LONG_LEVELS = {"ascii": {"classic": "x" * 247, "maildir": "x" * 247},
+               "two-byte": {"classic": "\u00e9" * 125, "maildir": "\u00e9" * 92},
+               "nested": {"classic": "Work/" + "y" * 246, "maildir": "Work/" + "y" * 246}}
+
+
+@pytest.mark.parametrize("kind", LONG_LEVELS)
+def test_new_mailbox_beside_a_long_name_is_shortened_to_fit(store, ims_home, tmp_path, driver, kind):
+    """-n beside a folder whose name is legal but too long for NAME-YYYYMMDD (247 bytes;
+    125 or 92 two-byte characters: 251 bytes in a classic directory name, 249 once
+    Dovecot's Maildir++ writes them in modified UTF-7): the restore exited 17 ("the store
+    cannot be read or written") and restored nothing.  The original part is shortened, on
+    a character boundary, until the name fits the store (then -2, -3 the same), exit 0."""
+    level = LONG_LEVELS[kind][driver]
+    put(store, "joe", level, 1, flags=["\\Seen"])
+    a = backup(ims_home, tmp_path / "a.ims")
+    parent, _, last = level.rpartition("/")
+    made = []
+    for n in ("", "-2"):
+        p = run(ims_home, "imsrestore", "-n", "-f", a, f"/primary/joe/{level}", text=True)
+        assert p.returncode == 0, p.stderr
+        new = [f for f in store.folder_names("joe") if f not in (level, "INBOX", parent, *made)]
+        assert len(new) == 1, new
+        made.append(new[0])
+        tail = f"-{time.strftime('%Y%m%d')}{n}"
+        head, _, cut = new[0][:-len(tail)].rpartition("/")
+        assert new[0].endswith(tail) and head == parent and 0 < len(cut) < len(last) and last.startswith(cut)
+        longer = "/".join(filter(None, [parent, last[:len(cut) + 1] + tail]))
+        with pytest.raises(BadName):            # the longest that fits
+            store.check_new_folder("joe", longer)
+        assert [(m.size, m.flags) for m in store.messages("joe", new[0])] == \
+            [(m.size, m.flags) for m in store.messages("joe", level)]
 
 
 def test_list_and_header(source, ims_home, tmp_path):

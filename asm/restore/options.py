@@ -77,9 +77,9 @@ class RestoreResult:
         """The run's exit status when several kinds of failure met (docs/operations.md,
         "When several things fail"): the store filled up (13: the run stopped, the
         rest was not tried) before hostile members (5), a truncated or corrupt archive
-        (4), mailboxes the store could not hold (17), folders locked by another run
-        (6), chains applied out of order (7), paths that matched nothing at all (2),
-        and any other named failure (1)."""
+        (4), mailboxes the store could not write (17), folders locked by another run
+        (6), chains applied out of order (7), paths that matched nothing at all or
+        only names the store cannot keep (2), and any other named failure (1)."""
         statuses = {e.get("status", EXIT_PARTIAL) for e in self.errors}
         if self.store_full is not None or EXIT_NOSPACE in statuses:
             return EXIT_NOSPACE
@@ -103,19 +103,21 @@ class RestoreResult:
 
 def error_status(exc: BaseException) -> int:
     """The status one failed mailbox or message stands for in a restore: the store's
-    failures their own (full 13, locked 6, anything else 17: a name the store cannot
-    hold is the store's limit here, not a usage error), a chain out of order 7, a
-    hostile member 5, a damaged member 4 (the rest of the archive was read), another
-    error its own status."""
+    failures their own (full 13, locked 6, a name the store cannot keep 2: a usage
+    error, the store is fine; anything else 17), a chain out of order 7, a hostile
+    member 5, a damaged member 4 (the rest of the archive was read), another error its
+    own status."""
     from asm.archive.errors import ArchiveError, HostileMember
     from asm.restore.errors import ChainOrderError
-    from asm.store.base import LockTimeout, StoreError, StoreFull, os_store_error
+    from asm.store.base import BadName, LockTimeout, StoreError, StoreFull, os_store_error
     if isinstance(exc, OSError):
         exc = os_store_error(exc, "")
     if isinstance(exc, StoreFull):
         return EXIT_NOSPACE
     if isinstance(exc, LockTimeout):
         return EXIT_LOCKED
+    if isinstance(exc, BadName):
+        return EXIT_USAGE
     if isinstance(exc, StoreError):
         return EXIT_STORE
     if isinstance(exc, ChainOrderError):

@@ -27,7 +27,7 @@ from asm.backupstate import header_chain
 from asm.restore.errors import ChainOrderError
 from asm.restore.journal import Journal, JournalRow
 from asm.restore.options import RestoreOptions
-from asm.store.base import Store
+from asm.store.base import NameTooLong, Store
 
 
 @dataclass
@@ -374,8 +374,8 @@ class Planner:
         """A free name beside ``folder`` (-n), or the one this archive's restore beside it
         began under and did not finish (a killed run of the same command resumes it)."""
         suffix = self.opts.new_suffix or time.strftime("%Y%m%d")
-        base = f"{folder}-{suffix}"
-        name, n = base, 1
+        n = 1
+        name = self.fitting(user, folder, f"-{suffix}")
         ancestors = header_chain(self.header)
         while self.store.exists(user, name):
             j = self.journal.get(user, name)
@@ -386,5 +386,23 @@ class Planner:
                 # beside: the chain continues there (-n with a chain), not in one more
                 return name
             n += 1
-            name = f"{base}-{n}"
+            name = self.fitting(user, folder, f"-{suffix}-{n}")
         return name
+
+    def fitting(self, user: str, folder: str, tail: str) -> str:
+        """``folder`` + ``tail``, its last level shortened (a character at a time: never
+        within a UTF-8 character) until the store can keep the name: a legal name of
+        up to 255 bytes has no room for -YYYYMMDD.  A name the store refuses for
+        another reason, or one no shortening makes fit, is BadName (exit 2 or 1)."""
+        parent, sep, last = folder.rpartition("/")
+        cut = last
+        while True:
+            name = f"{parent}{sep}{cut}{tail}"
+            try:
+                self.store.check_new_folder(user, name)
+                return name
+            except NameTooLong:
+                if not cut:
+                    raise
+                # a long name costs one check per character: a few hundred at most
+                cut = cut[:-1]

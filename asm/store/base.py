@@ -168,6 +168,12 @@ class BadName(StoreError):
     status = EXIT_USAGE
 
 
+class NameTooLong(BadName):
+    """A folder name the driver would keep as a directory name of more than
+    :data:`NAME_MAX` bytes (a shorter name would do: imsrestore -n shortens the one it
+    makes)."""
+
+
 class Unlisted:
     """Mail on disk that the store's own lists do not know, so a backup would skip it
     without a word: a user directory the classic mailbox list lacks, a Maildir home
@@ -401,6 +407,13 @@ class Store(abc.ABC):
         name can be checked before anything is written (imsrestore -m).  Any valid
         user ID by default; a driver with its own limits says so."""
         return check_user_name(user)
+
+    def check_new_folder(self, user: str, folder: str) -> str:
+        """``folder`` (normalised) if this store can keep it as a folder of ``user`` (who
+        exists), else BadName saying why (NameTooLong when only its length is in the
+        way): a name can be checked before anything is written.  Any valid folder name
+        by default; a driver with its own limits says so."""
+        return check_folder_name(folder)
 
     @abc.abstractmethod
     def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
@@ -816,6 +829,18 @@ def check_user_name(user: str) -> str:
 
 
 NAME_MAX = 255      # bytes in one path level (Linux file systems)
+
+
+def check_folder_levels(folder: str, levels, store: str) -> str:
+    """``folder`` if each of ``levels``, the directory names a store keeps it under,
+    fits in one path level; else NameTooLong naming the folder, the bytes and the limit."""
+    for level in levels:
+        n = len(os.fsencode(level))
+        if n > NAME_MAX:
+            from asm.archive.names import shown
+            raise NameTooLong(f"folder name '{shown(folder)}' is too long for the {store} store: a directory "
+                              f"name of it would be {n} bytes, at most {NAME_MAX}; choose a shorter one")
+    return folder
 
 
 def check_user_level(user: str, level: str, store: str) -> str:

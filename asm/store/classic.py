@@ -36,7 +36,7 @@ from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
-    _what, check_folder_name, check_user_level, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
+    _what, check_folder_levels, check_folder_name, check_user_level, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
     split_flags, stat_part, this_holder,
 )
 
@@ -665,6 +665,12 @@ class ClassicStore(Store):
                         os.close(fd)   # closing drops the flock
 
     # -- write side ----------------------------------------------------------
+    def check_new_folder(self, user: str, folder: str) -> str:
+        """Names are kept as UTF-8 text, each level a directory ``=LEVEL`` ('%' and '/'
+        written as '%25', '%2F')."""
+        folder = _utf8(check_folder_name(folder), "folder name")
+        return check_folder_levels(folder, ("=" + _enc(level) for level in folder.split("/")), "classic")
+
     def check_new_user(self, user: str) -> str:
         """A user ID is kept as UTF-8 text (the mailbox list is SQLite)."""
         if not _is_text(check_user_name(user)):
@@ -704,11 +710,9 @@ class ClassicStore(Store):
     @_store_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
                       uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
-        folder = _utf8(check_folder_name(folder), "folder name")
+        folder = self.check_new_folder(user, folder)
         self._user_row(user)
         fdir = self._folder_dir(user, folder)
-        if len(os.path.basename(fdir).encode()) > 255:
-            raise BadName(f"folder name level too long for the classic store: {folder!r}")
         # one mailbox-list transaction from the check to the row: two processes creating
         # the same folder cannot both make (or remove) its index, nor get one UIDVALIDITY
         with sqlitedb.immediate(self._db):

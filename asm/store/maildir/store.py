@@ -23,7 +23,7 @@ from asm.store.base import (
     BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, UidPassed,
     Unlisted, UserExists,
-    check_folder_name, check_user_level, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
+    check_folder_levels, check_folder_name, check_user_level, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
     settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
@@ -1597,6 +1597,16 @@ class MaildirStore(Store):
             dotlock.release(lockpath)
 
     # ------------------------------------------------------------------ users & folders
+    def check_new_folder(self, user: str, folder: str) -> str:
+        """As Dovecot names it on disk (Maildir++ '.A.B' in modified UTF-7, or the
+        layout's levels), each directory of its mail, control and index paths fits in
+        one path level."""
+        folder = check_folder_name(folder)
+        d = self._folder_dir(user, folder)
+        ctl, idx = self._ctl_idx(user, folder, d)
+        levels = [level for path in {d, ctl, idx} if path for level in path.split(os.sep)]
+        return check_folder_levels(folder, levels, "maildir")
+
     def check_new_user(self, user: str) -> str:
         """Without a layout the user's home is one directory named as the user ID."""
         check_user_name(user)
@@ -1728,7 +1738,7 @@ class MaildirStore(Store):
         a folder exists (for Dovecot and for us) once cur/ does, so a kill leaves
         either no folder or a whole one; what a killed creation left is reused.  INBOX
         can be created only in a Maildir that lacks its cur/ (a damaged one)."""
-        folder = check_folder_name(folder)
+        folder = self.check_new_folder(user, folder)
         d = self._folder_dir(user, folder)
         if os.path.isdir(os.path.join(d, "cur")):
             raise FolderExists(user, folder)
