@@ -438,6 +438,67 @@ def test_against_store_takes_a_folder_renamed_since_for_the_archived_one(tmp_pat
         "backup started is not in the archive" in p.stderr, (p.stdout, p.stderr)
 
 
+@pytest.mark.parametrize("layout", ["vdomain", "sdbox"])
+def test_against_store_takes_a_folder_renamed_over_a_name_made_again_for_the_archived_one(tmp_path, layout):
+    """Mail clients rename a folder and make its name again (RENAME Trash "Old Trash",
+    CREATE Trash), or rename one onto a name just deleted (DELETE Work, RENAME Trash
+    Work).  Over a live Dovecot, after an exact backup, imsverify --against-store exited
+    19 ('/primary/alice@example.com/Old Trash: 2 messages the store received before the
+    backup started are not in the archive (UID 1, 2)', the same for bob's Work): a
+    renamed folder was taken for the archived one only when its old name was gone.  It
+    keeps its UIDVALIDITY, so it is the archived folder under a new name; a folder
+    deleted and made again (another UIDVALIDITY) with mail the archive lacks is still
+    named."""
+    from tests.dovecot_lab import MAIL_USER, dovecot_lab, message
+    with dovecot_lab(layout) as lab:
+        home = tmp_path / "ims"
+        for k, v in (("store.driver", "maildir"), ("store.owner", MAIL_USER), ("dovecot.config", lab.conf),
+                     ("store.mail_location", "doveconf")):
+            run(home, "msconfig", "set", k, v, check=EXIT_OK)
+        u, v = lab.logins[0], lab.logins[1]
+        for w in (u, v):
+            for i in range(3):
+                lab.deliver([w], message(f"msg {i} for {w}"))
+            with lab.imap(w) as c:
+                c.create("Trash")
+                c.create("Work")
+                c.select("INBOX")
+                c.uid_move([1, 2], "Trash")
+                c.uid_move([3], "Work")
+                c.unselect()
+        time.sleep(2.2)
+        full = tmp_path / "full.ims"
+        run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
+        run(home, "imsverify", "-f", full, "--against-store", check=EXIT_OK)
+        with lab.imap(u) as c:
+            c.rename("Trash", "Old Trash")
+            c.create("Trash")
+        with lab.imap(v) as c:
+            c.delete("Work")
+            c.rename("Trash", "Work")
+        p = run(home, "imsverify", "-v", "-f", full, "--against-store", text=True)
+        assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+        # 5 messages compared where they are now, none new; bob's deleted Work took its 1 with it
+        assert "live store: 5 messages compared, since the backup 0 new, 1 expunged" in p.stdout, p.stdout
+        # a folder deleted and made again (another UIDVALIDITY) is a new folder: the
+        # archived one's mail is expunged, and mail put in it before the backup started
+        # that the archive lacks is still named
+        with lab.imap(u) as c:
+            c.delete("Old Trash")
+            c.create("Old Trash")
+        p = run(home, "imsverify", "-f", full, "--against-store", text=True, check=EXIT_OK)
+        assert "live store: 3 messages compared, since the backup 0 new, 3 expunged" in p.stdout, p.stdout
+        if layout == "sdbox":
+            return                  # (a dbox message's time stored is when doveadm saved it: now)
+        store = open_store(Config(str(home)))
+        store.append(u, "Old Trash", io.BytesIO(b"Subject: never archived\r\n\r\nx\r\n"),
+                     internaldate=1_600_000_000, stored=1_600_000_000)
+        p = run(home, "imsverify", "-v", "-f", full, "--against-store", text=True)
+        assert p.returncode == EXIT_DIFFERS, (p.stdout, p.stderr)
+        assert f"/primary/{u}/Old Trash: 1 message the store received before the backup started is not in " \
+            "the archive" in p.stderr, p.stderr
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_against_store_names_a_listed_message_whose_file_is_gone(tmp_path, driver):
     """A message the store lists (classic: its index) whose file is gone is damage the

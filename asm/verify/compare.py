@@ -85,13 +85,22 @@ def compare_restored(view: ChainView, store: Store) -> Comparison:
     return out
 
 
-def _renamed_from(view: ChainView, store: Store, t, uidvalidity: int, taken: dict):
-    """The key of the chain's folder of this user that a folder not in the chain under
-    its name was renamed from: the only one with its UIDVALIDITY whose name the user
-    no longer has (None: a new folder)."""
+def _renamed_from(view: ChainView, store: Store, t, name: str, uidvalidity: int, taken: dict):
+    """The key of the chain's folder of this user that live folder ``name`` (not in the
+    chain under its name, or there with another UIDVALIDITY) was renamed from: the only
+    one with its UIDVALIDITY whose name the user no longer has, or has again for another
+    folder (another UIDVALIDITY: a client's RENAME Trash "Old Trash" then CREATE Trash,
+    or DELETE Work then RENAME Trash Work).  None: a new (or recreated) folder."""
     found = [k for k, r in view.folders.items()
-             if k[:2] == (t.partition, t.user) and r.uidvalidity == uidvalidity and k not in taken]
-    found = [k for k in found if not store.exists(t.user, k[2])]
+             if k[:2] == (t.partition, t.user) and k[2] != name and r.uidvalidity == uidvalidity
+             and k not in taken]
+
+    def vacated(old: str) -> bool:
+        try:
+            return store.folder(t.user, old).uidvalidity != uidvalidity
+        except StoreError:
+            return True             # gone (or no longer readable under that name)
+    found = [k for k in found if not store.exists(t.user, k[2]) or vacated(k[2])]
     return found[0] if len(found) == 1 else None
 
 
@@ -107,6 +116,7 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
     seen = set()
     archived: dict = {}                 # (partition, user) -> the SHA-256 of all its archived mail
     renamed: dict = {}                  # the view's key of a folder renamed since -> its new key
+    replaced: set = set()               # keys whose archived folder is gone, the name taken by another
     for t in targets:
         for name in t.folders:
             key = (t.partition, t.user, name)
@@ -120,17 +130,21 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
                 msgs = store.messages(t.user, name)
             except StoreError:
                 continue        # gone since it was listed
-            if rec is None:
-                was = _renamed_from(view, store, t, info.uidvalidity, renamed)
+            if rec is None or rec.uidvalidity != info.uidvalidity:
+                # not in the chain under this name, or there as another folder (another
+                # UIDVALIDITY): renamed since the backup (IMAP RENAME keeps the folder's
+                # UIDVALIDITY and its files, with their times; the old name may have been
+                # made again since) and the chain holds it under its old name, or a new
+                # folder (made or recreated since: its messages are new ones)
+                if rec is not None:
+                    replaced.add(key)       # the archived folder of this name is gone since
+                was = _renamed_from(view, store, t, name, info.uidvalidity, renamed)
                 if was is not None:
-                    # renamed since the backup (IMAP RENAME keeps the folder's UIDVALIDITY
-                    # and its files, with their times): the chain holds it under its old name
                     renamed[was] = key
                     rec = view.folders[was]
                 else:
+                    rec = None
                     out.changes["folders_new"] += 1
-            elif rec.uidvalidity != info.uidvalidity:
-                rec = None      # recreated since: its messages are new ones
             old = [m for m in msgs if (rec is None or m.uid not in rec.messages) and m.stored < created - SLACK]
             if old:
                 # filed since the backup (MOVE, COPY, RENAME keep a Maildir file's name, and
@@ -190,7 +204,7 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
                 present = {m.uid for m in msgs}
                 out.changes["expunged"] += sum(1 for u in rec.messages if u not in present)
     for key, rec in view.folders.items():
-        if key not in seen and key not in renamed:
+        if (key not in seen or key in replaced) and key not in renamed:
             out.changes["folders_gone"] += 1
             out.changes["expunged"] += len(rec.messages)
     return out
