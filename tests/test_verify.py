@@ -500,6 +500,57 @@ def test_against_store_takes_a_folder_renamed_over_a_name_made_again_for_the_arc
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_against_store_counts_a_user_or_folder_scope_deleted_since(tmp_path, driver):
+    """Archives of one folder (/primary/joe/Trash) and of users (/primary/ann,
+    /primary/zoe); since then joe deleted his Trash and ann was removed.  imsverify
+    --against-store exited 2 (usage error: "/primary/joe/Trash: user 'joe' has no folder
+    'Trash'", "/primary/ann: no user 'ann' in the store") and compared nothing, also over
+    a directory of per-user archives where one user left.  The scope is the archive's,
+    not the command line's: what it names that is gone is counted as deleted (and -v
+    says so); a real difference in another archive is still named; a path the
+    administrator types that names nothing is still a usage error."""
+    from asm.errors import EXIT_USAGE
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, driver))
+    for u in ("joe", "ann", "zoe"):
+        for i in range(2):
+            put(store, u, "Trash", i)
+    time.sleep(2.2)
+    d = tmp_path / "users"
+    d.mkdir()
+    trash, ann, zoe = tmp_path / "trash.ims", d / "ann.ims", d / "zoe.ims"
+    run(home, "imsbackup", "-f", trash, "/primary/joe/Trash", check=EXIT_OK)
+    run(home, "imsbackup", "-f", ann, "/primary/ann", check=EXIT_OK)
+    run(home, "imsbackup", "-f", zoe, "/primary/zoe", check=EXIT_OK)
+    store.delete_folder("joe", "Trash")
+    store.delete_user("ann")
+    p = run(home, "imsverify", "-v", "-f", trash, "--against-store", text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+    assert "live store: 0 messages compared, since the backup 0 new, 2 expunged, 0 with other flags, " \
+        "0 folders new and 1 deleted: every check passed" in p.stdout, p.stdout
+    assert "/primary/joe/Trash: user 'joe' has no folder 'Trash' now (deleted or renamed since the backup)" \
+        in p.stderr, p.stderr
+    p = run(home, "imsverify", "-v", "-f", ann, "--against-store", text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+    assert "0 messages compared, since the backup 0 new, 2 expunged, 0 with other flags, 0 folders new and " \
+        "2 deleted" in p.stdout, p.stdout          # (ann's INBOX and Trash)
+    assert "/primary/ann: no user 'ann' in the store now (removed since the backup)" in p.stderr, p.stderr
+    # the morning check over the directory: one departed user does not stop the others'
+    p = run(home, "imsverify", "-f", d, "--against-store", text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+    assert "live store: 2 messages compared, since the backup 0 new, 2 expunged" in p.stdout, p.stdout
+    store.append("zoe", "Trash", io.BytesIO(b"Subject: never archived\r\n\r\nx\r\n"),
+                 internaldate=1_600_000_000, stored=1_600_000_000)
+    p = run(home, "imsverify", "-v", "-f", d, "--against-store", text=True)
+    assert p.returncode == EXIT_DIFFERS, (p.stdout, p.stderr)
+    assert "/primary/zoe/Trash: 1 message the store received before the backup started is not in the " \
+        "archive" in p.stderr, p.stderr
+    # typed by the administrator, a path naming nothing is still refused
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/ann", text=True)
+    assert p.returncode == EXIT_USAGE and "no user 'ann'" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_against_store_names_a_listed_message_whose_file_is_gone(tmp_path, driver):
     """A message the store lists (classic: its index) whose file is gone is damage the
     live comparison must name (exit 19), not a message 'expunged while we looked'.  In a

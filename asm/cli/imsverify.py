@@ -274,14 +274,17 @@ def _verify(args, report) -> int:
             if args.keep_scratch:
                 warn(PROG, f"the scratch installation is kept: IMS_HOME={rt.home}")
     if args.against_store and views_to_use:
-        from asm.backup import check_not_emptied, select, unlisted_errors
-        from asm.logical import parse
-        from asm.verify.compare import compare_live
+        from asm.backup import check_not_emptied, unlisted_errors
+        from asm.verify.compare import compare_live, live_targets
         named = {e["mailbox"] for c in checks for e in getattr(c, "backup_errors", ())}
         for v in views_to_use:
-            paths = [parse(p, inst.groups) for p in v.scope]
+            # (the scope is the archive's, not the command line's: a user or folder deleted
+            # since is counted as deleted, never a usage error)
+            paths, targets, gone = live_targets(v, inst.store, inst.groups)
             check_not_emptied(inst.store, paths, {k[0] for k in (*v.users, *v.folders)})
-            targets = select(inst.store, inst.groups, paths, allow_empty=True)
+            if args.verbose:
+                for line in gone:
+                    warn(PROG, line)
             exclude = (v.archives[-1].header.get("options") or {}).get("exclude") or []
             cmp = compare_live(v, inst.store, targets, exclude)
             problems.extend(cmp.problems)
@@ -376,6 +379,8 @@ def _summary(checks, views, problems, status, tested, live, seconds, served=()) 
         compared, ch = live
         s += (f"; live store: {compared} messages compared, since the backup {ch.get('new', 0)} new, "
               f"{ch.get('expunged', 0)} expunged, {ch.get('flags', 0)} with other flags")
+        if ch.get("folders_new") or ch.get("folders_gone"):
+            s += f", {ch.get('folders_new', 0)} folders new and {ch.get('folders_gone', 0)} deleted"
     if status == EXIT_OK:
         return s + ": every check passed"
     kinds = {}

@@ -104,6 +104,75 @@ def _renamed_from(view: ChainView, store: Store, t, name: str, uidvalidity: int,
     return found[0] if len(found) == 1 else None
 
 
+def live_targets(view: ChainView, store: Store, groups) -> tuple[list, list, list]:
+    """(paths, targets, gone) for comparing the chain with the live store: its scope as
+    logical paths, the users and folders of the store it covers now (as
+    :func:`asm.backup.select` gives them) and, for each path of the scope that names
+    nothing now, one line saying so.  The scope comes from the archive, not from the
+    command line: a user removed or a folder deleted since the backup selects nothing
+    (:func:`compare_live` counts the archived folders as deleted), where ``select``
+    refuses a path naming nothing (a typo on imsbackup's command line, exit 2).  A
+    partition of the scope the store no longer has is EmptyStore (18), as a partition
+    that lost every user is: nothing can be compared there."""
+    from asm.backup import EmptyStore, check_not_empty, whole_partitions
+    from asm.logical import PathError, Target, match_folder, parse
+    from asm.store.base import NoSuchUser
+    partitions = store.partitions()
+    paths = [parse(p, groups, members=False) for p in view.scope]
+    lost = sorted({lp.partition for lp in paths if lp.partition is not None and lp.partition not in partitions})
+    if lost:
+        raise EmptyStore(f"the store has no partition {', '.join(map(repr, lost))} (partitions: "
+                         f"{', '.join(partitions)}), where the archives have users: nothing to compare; check "
+                         f"IMS_HOME and its partitions")
+    by_user: dict = {}
+    gone: list = []
+    for lp in paths:
+        parts = [lp.partition] if lp.partition is not None else partitions
+        if lp.user is not None:
+            try:
+                part = store.user_partition(lp.user)
+            except NoSuchUser:
+                gone.append(f"{lp}: no user {lp.user!r} in the store now (removed since the backup): its "
+                            f"archived folders are counted as deleted")
+                continue
+            if part != lp.partition:
+                gone.append(f"{lp}: user {lp.user!r} is on partition {part!r} now: its archived folders on "
+                            f"{lp.partition!r} are counted as deleted")
+                continue
+            store.check_partition(part)
+            users = [(part, lp.user)]
+        else:
+            users = [(p, u) for p in parts for u in store.users(p) if lp.covers_user(p, u, groups)]
+        for part, user in users:
+            names = store.folder_names(user)
+            if lp.folder is None:
+                chosen = names
+            else:
+                try:
+                    folder = match_folder(lp.folder, names)
+                except PathError:
+                    folder = lp.folder          # several by case: the one of this exact name, if any
+                chosen = [f for f in names if folder is not None and (f == folder or f.startswith(folder + "/"))]
+                if not chosen:
+                    gone.append(f"{lp}: user {user!r} has no folder {lp.folder!r} now (deleted or renamed "
+                                f"since the backup): its archived folders are counted as deleted")
+                    continue
+            t = by_user.get(user)
+            if t is None:
+                t = by_user[user] = Target(part, user, groups.group_of(user), [], set())
+            have = set(t.folders)
+            t.folders.extend(f for f in chosen if f not in have)
+            if lp.folder is not None:
+                t.explicit.update(chosen)
+    order = {p: i for i, p in enumerate(partitions)}
+    targets = sorted(by_user.values(), key=lambda t: (order.get(t.partition, 99), t.user))
+    for t in targets:
+        t.folders.sort(key=lambda f: (f != "INBOX", f))
+    # a partition it covers whose users are not listed but whose directories are there
+    check_not_empty(store, whole_partitions(store, paths), targets, allow_empty=True)
+    return paths, targets, gone
+
+
 def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> Comparison:
     """The live store against the chain's view.  ``targets`` are the users and folders
     the archive's scope covers now (:func:`asm.backup.select`).  A problem is a message
