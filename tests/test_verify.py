@@ -551,6 +551,64 @@ def test_against_store_counts_a_user_or_folder_scope_deleted_since(tmp_path, dri
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_against_store_takes_each_group_as_its_archive_recorded_it(tmp_path, driver):
+    """Group archives (/primary/groupA, /primary/groupB) in one directory, then the
+    administrator rebalanced backup-groups.conf (mike moved from groupB to groupA):
+    imsverify --against-store exited 19 ("/primary/mike/INBOX: 1 message the store
+    received before the backup started is not in the archive (UID 1)", and 1 expunged
+    in groupB's view) though every message is archived: it took each archive's scope
+    with today's groups.  A group's users are the ones its archive recorded (as
+    imsrestore reads it), also when the group has been renamed since, and a user's
+    own archive (/primary/zoe) is that user's though a group zoe was added since; mail
+    a group's archive lacks, and mail on disk the store does not list of a user moved
+    since, are still named."""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, driver))
+    for i, u in enumerate(("alice", "mike", "zoe")):
+        put(store, u, "INBOX", i)
+    groups = tmp_path / "src" / "config" / "backup-groups.conf"
+    groups.write_text("groupA=[a-l].*\ngroupB=.*\n")
+    time.sleep(2.2)
+    d = tmp_path / "bk"
+    d.mkdir()
+    for g in ("groupA", "groupB"):
+        run(home, "imsbackup", "-f", d / f"{g}.ims", f"/primary/{g}", check=EXIT_OK)
+    zoe = tmp_path / "zoe.ims"
+    run(home, "imsbackup", "-f", zoe, "/primary/zoe", check=EXIT_OK)
+    run(home, "imsverify", "-f", d, "--against-store", check=EXIT_OK)
+    for conf in ("groupA=[a-m].*\ngroupB=.*\n",          # mike moves to groupA
+                 "groupA=[a-m].*\nrest=.*\n",             # and groupB is called rest now
+                 "groupA=[a-m].*\nzoe=z.*\nrest=.*\n"):   # and a group is named as a user
+        groups.write_text(conf)
+        p = run(home, "imsverify", "-v", "-f", d, "--against-store", text=True)
+        assert p.returncode == EXIT_OK, (conf, p.stdout, p.stderr)
+        assert "live store: 3 messages compared, since the backup 0 new, 0 expunged, 0 with other flags: " \
+            "every check passed" in p.stdout, (conf, p.stdout)
+    p = run(home, "imsverify", "-v", "-f", zoe, "--against-store", text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+    assert "live store: 1 messages compared, since the backup 0 new, 0 expunged, 0 with other flags: " \
+        "every check passed" in p.stdout, p.stdout
+    # groupB's archive without mike's message: the store had it, the archive lacks it; and a
+    # folder of mike's on disk the store does not list: no backup read it
+    short, _name = _drop_message((d / "groupB.ims").read_bytes())
+    (d / "groupB.ims").write_bytes(short)
+    if driver == "classic":
+        lost = os.path.join(store._user_path("mike"), "=Lost")
+        os.makedirs(lost)
+        open(os.path.join(lost, "store.idx"), "wb").close()
+    else:
+        lost = os.path.join(store._root("mike"), ".Lost", "new")
+        os.makedirs(lost)
+        with open(os.path.join(lost, "1700000000.M1P1.host"), "wb") as f:
+            f.write(b"Subject: lost\r\n\r\nx\r\n")
+    p = run(home, "imsverify", "-v", "-f", d, "--against-store", text=True)
+    assert p.returncode == EXIT_DIFFERS, (p.stdout, p.stderr)
+    assert "/primary/mike/INBOX: 1 message the store received before the backup started is not in the " \
+        "archive" in p.stderr, p.stderr
+    assert "/primary/mike/Lost: the store holds mail no backup reads" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_against_store_names_a_listed_message_whose_file_is_gone(tmp_path, driver):
     """A message the store lists (classic: its index) whose file is gone is damage the
     live comparison must name (exit 19), not a message 'expunged while we looked'.  In a

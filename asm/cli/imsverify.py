@@ -275,12 +275,14 @@ def _verify(args, report) -> int:
                 warn(PROG, f"the scratch installation is kept: IMS_HOME={rt.home}")
     if args.against_store and views_to_use:
         from asm.backup import check_not_emptied, unlisted_errors
-        from asm.verify.compare import compare_live, live_targets
+        from asm.verify.compare import RecordedGroups, compare_live, live_targets
         named = {e["mailbox"] for c in checks for e in getattr(c, "backup_errors", ())}
         for v in views_to_use:
             # (the scope is the archive's, not the command line's: a user or folder deleted
-            # since is counted as deleted, never a usage error)
-            paths, targets, gone = live_targets(v, inst.store, inst.groups)
+            # since is counted as deleted, never a usage error; a group's users are the ones
+            # the archive recorded in it, whatever backup-groups.conf says now)
+            recorded = RecordedGroups(v, inst.groups)
+            paths, targets, gone = live_targets(v, inst.store, recorded)
             check_not_emptied(inst.store, paths, {k[0] for k in (*v.users, *v.folders)})
             if args.verbose:
                 for line in gone:
@@ -289,7 +291,7 @@ def _verify(args, report) -> int:
             cmp = compare_live(v, inst.store, targets, exclude)
             problems.extend(cmp.problems)
             # mail on disk the store does not list (as imsbackup names it): in no archive
-            for e in unlisted_errors(inst.store, inst.groups, targets, paths, exclude):
+            for e in unlisted_errors(inst.store, recorded, targets, paths, exclude):
                 if e["mailbox"] not in named:
                     named.add(e["mailbox"])
                     problems.append(Problem(EXIT_DIFFERS, f"{e['mailbox']}: the store holds mail no "

@@ -104,6 +104,27 @@ def _renamed_from(view: ChainView, store: Store, t, name: str, uidvalidity: int,
     return found[0] if len(found) == 1 else None
 
 
+class RecordedGroups:
+    """backup-groups.conf as a chain's archives recorded it: each user's group is the one
+    its archive records (IMSASM.group, the membership when the backup ran, as imsrestore
+    reads it), today's only for a user the chain records no group for.  What a logical
+    path of the archive's scope covers (:meth:`asm.logical.LogicalPath.covers_user`)."""
+
+    def __init__(self, view: ChainView, groups):
+        self.now = groups
+        self.of = {u: g for (_p, u), g in view.users.items() if g}
+
+    def is_group(self, name: str) -> bool:
+        return self.now.is_group(name)
+
+    def group_of(self, user: str) -> str:
+        return self.of.get(user) or self.now.group_of(user)
+
+    def member(self, user: str, group: str) -> bool:
+        from asm.groups import PREDEFINED
+        return group == PREDEFINED or self.group_of(user) == group
+
+
 def live_targets(view: ChainView, store: Store, groups) -> tuple[list, list, list]:
     """(paths, targets, gone) for comparing the chain with the live store: its scope as
     logical paths, the users and folders of the store it covers now (as
@@ -113,12 +134,42 @@ def live_targets(view: ChainView, store: Store, groups) -> tuple[list, list, lis
     (:func:`compare_live` counts the archived folders as deleted), where ``select``
     refuses a path naming nothing (a typo on imsbackup's command line, exit 2).  A
     partition of the scope the store no longer has is EmptyStore (18), as a partition
-    that lost every user is: nothing can be compared there."""
+    that lost every user is: nothing can be compared there.
+
+    A backup group's users are the ones the archives recorded in it (its membership
+    when the backup ran, as imsrestore reads it), whatever backup-groups.conf says
+    now: a user moved to another group since is compared with the archive of the group
+    it was in, not reported missing from the other one, and a user who joined the group
+    since is not compared (no archive of it holds that user).  A short path
+    /partition/NAME whose NAME is no group now but one the archives recorded is that
+    group; one whose NAME the archives record as a user (not as a group) is that user,
+    though backup-groups.conf has a group NAME now.  ``groups``: the installation's, or
+    the :class:`RecordedGroups` of ``view``."""
     from asm.backup import EmptyStore, check_not_empty, whole_partitions
-    from asm.logical import PathError, Target, match_folder, parse
+    from asm.groups import PREDEFINED, Groups
+    from asm.logical import PathError, Target, match_folder, parse, user_on
+    from asm.restore.selection import as_recorded_group
     from asm.store.base import NoSuchUser
+    if not isinstance(groups, RecordedGroups):
+        groups = RecordedGroups(view, groups)
     partitions = store.partitions()
-    paths = [parse(p, groups, members=False) for p in view.scope]
+
+    def recorded(partition: str | None, group: str) -> list:
+        """The users the chain records in ``group`` on ``partition``."""
+        return sorted(u for (p, u) in view.users if p == partition and groups.member(u, group))
+
+    def read(text: str):
+        """A path of the scope as the backup read it, whatever backup-groups.conf says now."""
+        lp = parse(text, groups, members=False)
+        if lp.group not in (None, PREDEFINED) and (lp.partition, lp.group) in view.users \
+                and not recorded(lp.partition, lp.group):
+            return parse(text, Groups(), members=False)     # a user then, a group of that name since
+        alt = as_recorded_group(lp)
+        if alt is not None and (lp.partition, lp.user) not in view.users and recorded(alt.partition, alt.group):
+            return alt              # a group the archives record, no group here now
+        return lp
+
+    paths = [read(text) for text in view.scope]
     lost = sorted({lp.partition for lp in paths if lp.partition is not None and lp.partition not in partitions})
     if lost:
         raise EmptyStore(f"the store has no partition {', '.join(map(repr, lost))} (partitions: "
@@ -141,6 +192,15 @@ def live_targets(view: ChainView, store: Store, groups) -> tuple[list, list, lis
                 continue
             store.check_partition(part)
             users = [(part, lp.user)]
+        elif lp.group is not None and lp.group != PREDEFINED:
+            users = []
+            for user in recorded(lp.partition, lp.group):
+                if user_on(store, lp.partition, user):
+                    users.append((lp.partition, user))
+                else:
+                    gone.append(f"{lp}: no user {user!r} (of group {lp.group!r} when the backup ran) on "
+                                f"partition {lp.partition!r} now (removed or moved since the backup): its "
+                                f"archived folders are counted as deleted")
         else:
             users = [(p, u) for p in parts for u in store.users(p) if lp.covers_user(p, u, groups)]
         for part, user in users:
