@@ -1,7 +1,7 @@
 """Devices an archive is written to or read from, and the local device plugin.
 
 ``-`` is stdout (write) or stdin (read); a path is a plain file, a FIFO or a
-character device (tape).  ``[user@]host:path`` is left to a remote-device plugin
+character device (tape).  A block device (a raw disk) is refused for writing (exit 2).  ``[user@]host:path`` is left to a remote-device plugin
 (``ims_open_device``); ``./host:path`` or ``device.localonly = yes`` forces a local
 file whose name holds a colon.
 
@@ -193,6 +193,14 @@ def _interrupts_deferred():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def block_device_message(spec: str, where: str = "", pipe_to: str = "") -> str:
+    """The one line that refuses a block device (a raw disk) as an archive to write;
+    ``where`` prefixes it (a remote host), ``pipe_to`` is the command that can write it."""
+    return (f"{where}device {spec!r} is a block device (a disk): archives are not written over a raw "
+            f"disk; make a file system on it and name a file there, or write -f - and pipe it "
+            f"into {pipe_to or 'dd of=' + spec}")
+
+
 def is_remote(spec: str, localonly: bool = False) -> bool:
     if localonly or spec.startswith(("/", "./", "../")):
         return False
@@ -231,6 +239,11 @@ def open_local(spec: str, mode: str) -> Device:
             except OSError as exc:
                 raise DeviceError(f"cannot open device {spec!r} for writing: {exc.strerror}") from None
             return Device(spec, f, False, "fifo" if stat.S_ISFIFO(st.st_mode) else "tape")
+        if st is not None and stat.S_ISBLK(st.st_mode):
+            # a raw disk: never a temporary file beside the node renamed over it (the disk
+            # untouched, the node replaced), and never written in place either (a failed
+            # backup would leave the disk's last archive half overwritten)
+            raise DeviceError(block_device_message(spec), status=EXIT_USAGE)
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise DeviceError(f"device {spec!r} is a directory: name a file, e.g. {os.path.join(spec, 'backup.ims')}")
         if os.path.islink(path):

@@ -359,6 +359,28 @@ def free_port() -> int:
 
 # -- filesystems ---------------------------------------------------------------------------
 @contextlib.contextmanager
+def block_device(path, size: int = 4 << 20):
+    """A block-device node at ``path`` (as /dev/sdX is) for a zero-filled loop device of
+    ``size`` bytes; yields the loop device's own path (to read the disk back)."""
+    import stat
+    losetup = require("losetup", "a loop device stands for a disk")
+    img = f"{path}.img"
+    with open(img, "wb") as f:
+        f.truncate(size)
+    p = subprocess.run([losetup, "-f", "--show", img], capture_output=True, text=True)
+    if p.returncode != 0:
+        os.unlink(img)
+        unavailable(f"losetup cannot attach a loop device: {p.stderr.strip()}")
+    loop = p.stdout.strip()
+    try:
+        os.mknod(path, 0o600 | stat.S_IFBLK, os.stat(loop).st_rdev)
+        yield loop
+    finally:
+        subprocess.run([losetup, "-d", loop])
+        os.unlink(img)
+
+
+@contextlib.contextmanager
 def small_tmpfs(path, size: str):
     """A tmpfs of ``size`` mounted on ``path`` (created) for full-disk tests;
     ``unavailable`` when it cannot be mounted (CI runs as root).  Detached lazily, so a

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from asm.archive.reader import ArchiveReader
-from tests.helpers import make_home, msg, popen, put, require, run, small_tmpfs
+from tests.helpers import block_device, make_home, msg, popen, put, require, run, small_tmpfs
 
 
 def members(path):
@@ -215,6 +215,26 @@ def test_devices_file_stdout_fifo_chardev(store, ims_home, tmp_path):
     assert len(got["data"]) % 10240 == 0 and stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert archive_view(got["data"]) == to_file
     run(ims_home, "imsbackup", "-f", "/dev/null", "/", check=0)   # a character device
+
+
+def test_block_device_is_refused_never_replaced(store, ims_home, tmp_path):
+    """-f naming a block device (a raw disk, a USB drive): refused, exit 2, one line; the
+    node stays a block device and the disk is not written (never an archive written to a
+    file beside the node and renamed over it, exit 0, the disk untouched)."""
+    put(store, "joe", "INBOX", 2)
+    node = tmp_path / "backupdisk"
+    with block_device(node) as loop:
+        link = tmp_path / "by-id"                   # as /dev/disk/by-id/usb-... is
+        os.symlink(node, link)
+        for dev in (node, link):
+            p = run(ims_home, "imsbackup", "-f", dev, "/", text=True)
+            assert p.returncode == 2, p.stderr
+            assert p.stderr.count("\n") == 1 and "block device" in p.stderr and str(dev) in p.stderr
+            assert "dd of=" in p.stderr
+            assert stat.S_ISBLK(os.lstat(node).st_mode) and os.path.islink(link)
+        assert not [n for n in os.listdir(tmp_path) if n.endswith(".partial")]
+        with open(loop, "rb") as f:
+            assert f.read() == bytes(4 << 20)
 
 
 def test_pipe_into_imsrestore(store, ims_home, tmp_path):

@@ -18,7 +18,7 @@ from asm.demo import build_demo
 from asm.store import open_store
 from plugins.ssh import AuthFailed, HostKeyUnknown, VerifyFailed, fetch, push
 from plugins.ssh.connection import Settings
-from tests.helpers import free_port, make_home, popen, run
+from tests.helpers import block_device, free_port, make_home, popen, run
 from tests.sshd import keygen
 
 PLUGINS = "classic,localdevices,ssh"
@@ -142,6 +142,23 @@ def test_stream_through_remote_fifo(sshd, source, tmp_path):
     feeder.wait(30)
     assert p.returncode == 0, p.stderr
     assert restored(dst.home) == source["snapshot"]
+
+
+def test_remote_block_device_is_refused_never_replaced(sshd, source, tmp_path):
+    """host:/dir/disk where disk is a block device: exit 2, one line, the node stays a
+    block device and the disk is not written (never a temporary file renamed over it)."""
+    src = home_for(tmp_path, sshd, source)
+    d = sshd.remote_dir("blk")
+    node = os.path.join(d, "disk")
+    with block_device(node) as loop:
+        os.chown(node, sshd.pw.pw_uid, sshd.pw.pw_gid)
+        p = run(src.home, "imsbackup", "-f", sshd.spec(node), "/primary/user/bob", text=True)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.count("\n") == 1 and "block device" in p.stderr and f"dd of={node}" in p.stderr
+        assert stat.S_ISBLK(os.lstat(node).st_mode)
+        assert not [n for n in os.listdir(d) if n.endswith(".partial")]
+        with open(loop, "rb") as f:
+            assert f.read() == bytes(4 << 20)
 
 
 def test_local_file_with_colon_stays_local(sshd, source, tmp_path, monkeypatch):

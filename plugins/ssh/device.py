@@ -7,6 +7,7 @@
 - A remote FIFO or character device (``host:/dev/nst0``, the ``tar -f host:/dev/rmt0``
   habit) is a stream through an exec channel: ``dd obs=RECORD of=PATH`` to write (the
   far ``dd`` re-blocks to whole records), ``cat`` to read.  That needs a POSIX shell.
+- A remote block device (a raw disk) is refused for writing (exit 2).
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import stat
 
 import paramiko
 
-from asm.devices import Device
+from asm.devices import Device, block_device_message
 from plugins.ssh.connection import Connection
 from plugins.ssh.errors import LinkLost, RemoteError, RemotePathError
+from plugins.ssh.spec import RemoteUsageError
 from plugins.ssh import sftpio
 
 
@@ -367,6 +369,10 @@ class RemoteStreamWriter(Device):
 
 def open_write(spec: str, conn: Connection, path: str, record_size: int) -> Device:
     st = _stat(conn, path)
+    if st is not None and stat.S_ISBLK(st.st_mode):
+        # a raw disk: never a temporary file renamed over the node (exit 0, disk untouched)
+        raise RemoteUsageError(block_device_message(
+            spec, f"{conn.label}: ", f"dd of={shlex.quote(path)} on that host (over ssh)"), errno.EINVAL)
     if st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
         return RemoteStreamWriter(spec, conn, path, record_size)
     return RemoteFileWriter(spec, conn, path, record_size)

@@ -13,7 +13,14 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from asm.errors import EXIT_USAGE
 from plugins.ssh.errors import RemotePathError
+
+
+class RemoteUsageError(RemotePathError):
+    """A device string or remote path that can name no archive (malformed, no file, a bad
+    port, a raw disk): a usage error, exit 2, nothing was done."""
+    status = EXIT_USAGE
 
 _SSH_URL = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]/]+\]|[^:/\[\]]+)(?::(?P<port>\d*))?(?P<path>/.*)?$")
 _SCP = re.compile(r"^(?:(?P<user>[^/@:]+)@)?(?P<host>\[[^\]/]+\]|[^/:\[\]]+):(?:(?P<port>\d+):)?(?P<path>.*)$", re.S)
