@@ -165,6 +165,9 @@ def _recipients(v: str) -> str:
                              f"recipients file") from None
         if hrp != "age" or len(data) != 32:
             raise ValueError(f"{x[:30]!r} is not an X25519 age recipient (age1...)")
+        from asm.layers.age import SMALL_ORDER_WHY, small_order
+        if small_order(data):
+            raise ValueError(f"{x[:30]!r} is an age recipient that cannot be used: {SMALL_ORDER_WHY}")
     if not items:
         raise ValueError("no recipient given")
     return " ".join(items)

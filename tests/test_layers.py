@@ -372,6 +372,33 @@ def test_key_mistakes_are_one_line_and_write_nothing(tmp_path, source, keys):
     assert p.returncode == 8 and "armor" in p.stderr
 
 
+# X25519 points of small order: every shared secret with them is all zeros (age refuses it)
+LOW_ORDER = [bytes(32), (1).to_bytes(32, "little"),
+             bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")]
+
+
+@pytest.mark.parametrize("point", range(len(LOW_ORDER)))
+def test_low_order_recipient_is_refused_in_one_line(tmp_path, source, point):
+    """A recipient that decodes (age1qqqq...5cu47z, the all-zero key) but whose key is of
+    small order: refused with exit 2 by msconfig, --recipient and a recipients file, never
+    an internal error (exit 70) from every backup."""
+    from asm.layers import bech32
+    home, _ = source
+    bad = bech32.encode("age", LOW_ORDER[point])
+    arch = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "--recipient", bad, "-f", arch, "/", text=True)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and "cannot be used" in p.stderr and not arch.exists()
+    listed = tmp_path / "recipients.txt"
+    listed.write_text(f"# backups\n{bad}\n")
+    p = run(home, "imsbackup", "--recipients-file", listed, "-f", arch, "/", text=True)
+    assert p.returncode == 2 and "cannot be used" in p.stderr and not arch.exists(), p.stderr
+    p = run(home, "msconfig", "set", "store.encrypt.recipients", bad, text=True)
+    assert p.returncode == 2 and "cannot be used" in p.stderr, p.stderr
+    p = run(home, "imsbackup", "-f", arch, "/", text=True)      # the setting was not written
+    assert p.returncode == 0 and arch.exists(), p.stderr
+
+
 def test_backups_never_read_identities_nor_carry_them(tmp_path, source, driver, keys):
     """A backup needs only the public recipients: configured identities that are
     missing change nothing, and the secret key is nowhere in the (decrypted) archive;

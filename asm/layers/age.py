@@ -76,7 +76,24 @@ class Recipient:
         if hrp != "age" or len(data) != 32:
             raise KeyProblem(f"{_short(t)!r} is not an X25519 age recipient{at}: recipients look like age1... "
                              f"(post-quantum and plugin recipients are not supported)")
+        if small_order(data):
+            raise KeyProblem(f"{_short(t)!r} is an age recipient that cannot be used{at}: {SMALL_ORDER_WHY}")
         return cls(data, t.lower())
+
+
+SMALL_ORDER_WHY = ("its X25519 key is of small order (every shared key with it is all zeros, which age "
+                   "refuses): give a recipient made by age-keygen ('age-keygen -y KEYFILE' prints it)")
+
+
+def small_order(public: bytes) -> bool:
+    """True for an X25519 public key of small order (the all-zero key, 1, ...): the shared
+    secret with it is all zeros for every private key, so no file key can be wrapped to it
+    (age's spec: such a share is rejected)."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return True
+    return False
 
 
 @dataclass(frozen=True)
