@@ -184,6 +184,7 @@ def test_the_statuses_errors_mean():
         se.HostKeyChanged("x"): errors.EXIT_HOSTKEY, se.AuthFailed("x"): errors.EXIT_AUTH,
         se.RemoteDiskFull("x"): errors.EXIT_NOSPACE, se.LinkLost("x"): errors.EXIT_LINKLOST,
         se.RemotePathError("x"): errors.EXIT_DEVICE, se.VerifyFailed("x"): errors.EXIT_DEVICE,
+        se.RemoteUsageError("x"): errors.EXIT_USAGE,
         st.StagingError("x"): errors.EXIT_USAGE, st.LockHeld("x"): errors.EXIT_LOCKED,
         st.NoSpace("x"): errors.EXIT_SPACE, st.Missing("x"): errors.EXIT_MISSING,
         stream.NotAStream("x"): errors.EXIT_NOT_ARCHIVE, stream.TruncatedStream("x"): errors.EXIT_INCOMPLETE,

@@ -161,6 +161,20 @@ def test_remote_block_device_is_refused_never_replaced(sshd, source, tmp_path):
             assert f.read() == bytes(4 << 20)
 
 
+@pytest.mark.parametrize("dev, said", [("backuphost:", "names no file"), ("ssh://backuphost/", "names no file"),
+                                       ("backuphost:~", "names no file"),
+                                       ("backuphost:99999:/x.ims", "bad port 99999"),
+                                       ("ssh://", "bad remote device")])
+def test_a_device_string_naming_no_remote_file_is_a_usage_error(sshd, source, tmp_path, dev, said):
+    """A -f that can name no archive file is exit 2 (bad path, nothing was done), as
+    s3://bkt is: never exit 3, which says a device failed and to fix the device."""
+    src = home_for(tmp_path, sshd, source)
+    for argv in (["imsbackup", "-f", dev, "/primary/user/bob"], ["imsrestore", "-t", "-f", dev]):
+        p = run(src.home, *argv, text=True)
+        assert p.returncode == 2, (argv, p.stderr)
+        assert said in one_line(p.stderr) and repr(dev) in p.stderr
+
+
 def test_local_file_with_colon_stays_local(sshd, source, tmp_path, monkeypatch):
     src = home_for(tmp_path, sshd, source)
     monkeypatch.chdir(tmp_path)

@@ -15,7 +15,7 @@
 See docs/ssh.md.
 """
 _ERRORS = {"AuthFailed", "ConnectFailed", "HostKeyChanged", "HostKeyUnknown", "LinkLost", "RemoteDiskFull",
-           "RemoteError", "RemotePathError", "VerifyFailed"}
+           "RemoteError", "RemotePathError", "RemoteUsageError", "VerifyFailed"}
 _TRANSFER = {"FetchResult", "PushResult", "fetch", "push", "remove"}
 
 

@@ -21,8 +21,7 @@ import paramiko
 
 from asm.devices import Device, block_device_message
 from plugins.ssh.connection import Connection
-from plugins.ssh.errors import LinkLost, RemoteError, RemotePathError
-from plugins.ssh.spec import RemoteUsageError
+from plugins.ssh.errors import LinkLost, RemoteError, RemotePathError, RemoteUsageError
 from plugins.ssh import sftpio
 
 

@@ -2,7 +2,8 @@
 
 They refine the remote-device failures of :mod:`asm.devices` (each a DeviceError with
 the exit status of its kind, EXIT_CONNECT, EXIT_HOSTKEY, EXIT_AUTH, EXIT_NOSPACE (far
-disk full), EXIT_LINKLOST, else EXIT_DEVICE, and an OSError with errno/strerror set).
+disk full), EXIT_LINKLOST, EXIT_USAGE (a device string or remote path that can name no
+archive), else EXIT_DEVICE, and an OSError with errno/strerror set).
 ``str(exc)`` is the message.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import errno as _errno
 
 from asm.devices import (RemoteAuthFailed, RemoteConnectFailed, RemoteDeviceError, RemoteLinkLost,
                          RemoteNoSpace, RemoteNotFound, RemoteVerifyFailed)
-from asm.errors import EXIT_HOSTKEY
+from asm.errors import EXIT_HOSTKEY, EXIT_USAGE
 
 
 class RemoteError(RemoteDeviceError):
@@ -42,6 +43,12 @@ class AuthFailed(RemoteError, RemoteAuthFailed):
 
 class RemotePathError(RemoteError, RemoteNotFound):
     """The remote path is missing, a directory, or not writable."""
+
+
+class RemoteUsageError(RemotePathError):
+    """A device string or remote path that can name no archive (malformed, no file, a bad
+    port, a raw disk): a usage error, exit 2, nothing was done."""
+    status = EXIT_USAGE
 
 
 class RemoteDiskFull(RemoteError, RemoteNoSpace):

@@ -13,14 +13,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from asm.errors import EXIT_USAGE
-from plugins.ssh.errors import RemotePathError
-
-
-class RemoteUsageError(RemotePathError):
-    """A device string or remote path that can name no archive (malformed, no file, a bad
-    port, a raw disk): a usage error, exit 2, nothing was done."""
-    status = EXIT_USAGE
+from plugins.ssh.errors import RemoteUsageError
 
 _SSH_URL = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]/]+\]|[^:/\[\]]+)(?::(?P<port>\d*))?(?P<path>/.*)?$")
 _SCP = re.compile(r"^(?:(?P<user>[^/@:]+)@)?(?P<host>\[[^\]/]+\]|[^/:\[\]]+):(?:(?P<port>\d+):)?(?P<path>.*)$", re.S)
@@ -43,16 +36,16 @@ def _port(text: str | None, spec: str) -> int | None:
         return None
     n = int(text)
     if not 1 <= n <= 65535:
-        raise RemotePathError(f"bad port {text} in device {spec!r}: use 1 to 65535", errno.EINVAL)
+        raise RemoteUsageError(f"bad port {text} in device {spec!r}: use 1 to 65535", errno.EINVAL)
     return n
 
 
 def parse(spec: str) -> RemoteSpec:
-    """Split a remote device string; raises RemotePathError (one line) when malformed."""
+    """Split a remote device string; raises RemoteUsageError (one line, exit 2) when malformed."""
     m = _SSH_URL.match(spec) if spec.startswith("ssh://") else _SCP.match(spec)
     if not m:
-        raise RemotePathError(f"bad remote device {spec!r}: write [user@]host[:port]:path "
-                              f"or ssh://[user@]host[:port]/path", errno.EINVAL)
+        raise RemoteUsageError(f"bad remote device {spec!r}: write [user@]host[:port]:path "
+                               f"or ssh://[user@]host[:port]/path", errno.EINVAL)
     host = m.group("host")
     if host.startswith("["):
         host = host[1:-1]
@@ -64,7 +57,7 @@ def parse(spec: str) -> RemoteSpec:
     elif path.startswith("~/"):
         path = path[2:]
     if path in ("", "/", "~"):
-        raise RemotePathError(f"remote device {spec!r} names no file: add a path, e.g. {host}:/backup/full.ims", errno.EINVAL)
+        raise RemoteUsageError(f"remote device {spec!r} names no file: add a path, e.g. {host}:/backup/full.ims", errno.EINVAL)
     user = m.group("user")
     return RemoteSpec(unquote(user) if user and spec.startswith("ssh://") else user, host,
                       _port(m.group("port"), spec), path, spec)
