@@ -244,6 +244,43 @@ def test_server_killed_during_a_download(tmp_path, comes_back):
         assert got and all(want[k] == v for k, v in got.items() if len(k) == 3)
 
 
+@pytest.mark.parametrize("server", ["seaweed", "rclone"])
+@pytest.mark.parametrize("how", ["seek", "resume"])
+def test_an_object_replaced_while_it_is_read_is_never_mixed_in(request, tmp_path, server, how, monkeypatch):
+    """s3://bkt/latest.ims opened as imsrestore opens it, then replaced (tonight's backup
+    to the same key): a later GET (a seek, a broken GET resumed) never returns bytes of
+    the new object, also from a server that ignores If-Match (rclone): it fails with one
+    line saying the object changed while it was read, exit 3 (an object that differs)."""
+    from asm.devices import open_device
+    from plugins.s3.errors import S3Error
+    srv = request.getfixturevalue(server)
+    b = bucket(srv)
+    c = srv.client()
+    old, new = os.urandom(3 << 20), os.urandom(3 << 20) + b"longer"
+    c.put_object(Bucket=b, Key="latest.ims", Body=old)
+    for k, v in srv.env().items():
+        monkeypatch.delenv(k, raising=False) if v is None else monkeypatch.setenv(k, v)
+    home = tmp_path / "ims"
+    setup(home)
+    dev = open_device(f"s3://{b}/latest.ims", "rb", 20, Config(str(home)))
+    try:
+        f = dev.file
+        assert f.read(4096) == old[:4096]
+        c.put_object(Bucket=b, Key="latest.ims", Body=new)
+        if how == "seek":
+            f.seek(2 << 20)
+        else:
+            reader = getattr(f, "raw", f)
+            reader._body.close()            # the GET breaks off: the read resumes at byte 4096
+        with pytest.raises(S3Error) as got:
+            f.read(4096)
+    finally:
+        dev.close()
+    msg = str(got.value)
+    assert got.value.status == 3 and "changed while it was read" in msg and f"s3://{b}/latest.ims" in msg
+    assert "\n" not in msg
+
+
 def test_full_disk_on_the_server(tmp_path):
     """SeaweedFS on a small tmpfs: the upload fails in one line with no object left
     visible and no upload left behind; the server cannot say 'disk full' in S3 terms

@@ -1,15 +1,20 @@
 """Reading an object: seekable through ranged GETs.  A read streams one open-ended
 ranged GET (``Range: bytes=POS-``) for as long as the reads are in sequence; a seek
 elsewhere (a partial restore skipping data, a link's first copy) starts a new one.
-A GET that breaks off is resumed at the byte where it stopped (``s3.retries`` times),
-and only from the same version of the object (``If-Match`` its ETag)."""
+A GET that breaks off is resumed at the byte where it stopped (``s3.retries`` times).
+
+Every GET must answer from the version of the object that was opened: it is sent with
+``If-Match`` the ETag the object had then, and its answer's ETag and size are checked
+too (a server may ignore If-Match: ``rclone serve s3`` does).  An object replaced while
+it is read (tonight's backup to the same key) is :class:`S3ObjectChanged`, exit 3, and
+no byte of the new object is ever returned spliced into the old one's."""
 from __future__ import annotations
 
 import io
 import time
 
 from plugins.s3 import retry
-from plugins.s3.errors import S3Error, S3LinkLost, S3NotFound, is_transient, translate
+from plugins.s3.errors import S3Error, S3LinkLost, S3NotFound, S3ObjectChanged, code_of, is_transient, translate
 from plugins.s3.settings import Settings
 from plugins.s3.spec import S3Spec
 
@@ -66,10 +71,30 @@ class S3Reader(io.RawIOBase):
         args = {"Bucket": self.spec.bucket, "Key": self.spec.key, "Range": f"bytes={self._pos}-"}
         if self.etag:
             args["IfMatch"] = self.etag
-        r = self.s3.get_object(**args)
+        try:
+            r = self.s3.get_object(**args)
+        except Exception as exc:
+            code, status, _ = code_of(exc)
+            if status == 412 or code == "PreconditionFailed":
+                raise self._changed(f"the server refused a GET of the version opened, ETag {self.etag}") from None
+            raise
         self.requests += 1
+        etag, total = r.get("ETag"), _total(r.get("ContentRange"))
+        if self.etag and etag and _tag(etag) != _tag(self.etag):
+            r["Body"].close()
+            raise self._changed(f"its ETag is now {etag}, it was {self.etag} when opened")
+        if total is not None and total != self.size:
+            r["Body"].close()
+            raise self._changed(f"it is now {total} bytes, it was {self.size} when opened")
+        if not self.etag and etag:
+            self.etag = etag             # a HEAD without an ETag: pin the first GET's
         self._body = r["Body"]
         self._body_pos = self._pos
+
+    def _changed(self, how: str) -> S3ObjectChanged:
+        return S3ObjectChanged(f"{self.spec.url} changed while it was read ({how}; at byte {self._pos} of "
+                               f"{self.size}): it was replaced, e.g. by a newer backup to the same key; nothing "
+                               f"of the new object was used: run again to read the object as it is now")
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
@@ -115,3 +140,14 @@ class S3Reader(io.RawIOBase):
     def close(self) -> None:
         self._drop()
         super().close()
+
+
+def _tag(etag: str) -> str:
+    """An ETag as compared: a HEAD and a GET may quote it differently."""
+    return etag.strip().removeprefix("W/").strip('"')
+
+
+def _total(content_range: str | None) -> int | None:
+    """The object's size from a ranged GET's ``Content-Range: bytes A-B/TOTAL``."""
+    tail = (content_range or "").rpartition("/")[2].strip()
+    return int(tail) if tail.isdigit() else None

@@ -48,6 +48,11 @@ class S3VerifyFailed(S3Error, RemoteVerifyFailed):
     """What the server stored is not what was sent (size, MD5, SHA-256)."""
 
 
+class S3ObjectChanged(S3Error):
+    """The object was replaced while it was read (its ETag or size is not the one it was
+    opened with): nothing of the new object was returned."""
+
+
 class S3Locked(S3Error):
     """An object under object lock (retention) cannot be removed yet."""
     default_errno = _errno.EPERM
