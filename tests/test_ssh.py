@@ -407,17 +407,104 @@ def test_a_link_lost_while_sftp_starts_is_a_lost_link_not_a_missing_subsystem(ex
         def is_active(self):
             return alive
 
-    class Client:
-        def open_sftp(self):
+        def open_session(self, timeout=None):
             raise exc
 
+    class Client:
         def get_transport(self):
             return Transport()
+
+        def close(self):
+            pass
     conn = Connection(Client(), parse("u@h:/x"), "u", 22, Settings())
     with pytest.raises(RemoteError) as got:
         conn.sftp
     assert isinstance(got.value, LinkLost) == lost, got.value
     assert ("no SFTP subsystem" in str(got.value)) != lost
+
+
+def test_sftp_server_that_never_answers_fails_after_ssh_timeout(tmp_path, monkeypatch):
+    """docs/ssh.md: ssh.timeout bounds each SFTP answer, the start of the SFTP session
+    too.  An sftp-server that never answers (a home directory on a dead NFS mount) is
+    exit 14 after ssh.timeout, naming what was being started, not a restore that waits
+    for ever."""
+    import tests.sshd as sshd_mod
+    sshd_mod.require_sshd()
+    monkeypatch.setattr(sshd_mod, "CONF", sshd_mod.CONF.replace(
+        "Subsystem sftp internal-sftp", "Subsystem sftp /bin/sleep 600"))
+    with sshd_mod.running_sshd() as server:
+        dst = home_for(tmp_path, server, ssh_timeout="2")
+        d = server.remote_dir("mute")
+        with open(os.path.join(d, "x.ims"), "wb") as f:
+            f.write(b"\0" * 10240)
+        proc = popen(dst.home, "imsrestore", "-t", "-f", server.spec(f"{d}/x.ims"),
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("imsrestore still waits 60 s for an SFTP server that never answers (ssh.timeout=2)")
+    assert proc.returncode == 14, err
+    line = one_line(err)
+    assert "no answer within ssh.timeout (2 s) while starting SFTP" in line and "run the command again" in line
+
+
+@pytest.mark.parametrize("when", ["before its channel", "after its channel"])
+def test_far_side_frozen_while_sftp_starts(sshd, monkeypatch, when):
+    """An sshd frozen right after the login (a paused VM, a hung host) while the SFTP
+    session starts: opening its channel, or requesting the subsystem, which paramiko
+    waits for without limit: LinkLost (exit 14) after ssh.timeout."""
+    import threading
+    from plugins.ssh.connection import connect
+    from plugins.ssh.errors import LinkLost
+    from plugins.ssh.spec import parse
+    settings = Settings(identity=sshd.client_key, knownhosts=sshd.known_hosts, timeout=2, keepalive=0)
+    before = set(sshd.session_pids())
+    conn = connect(parse(sshd.spec("/tmp/x")), settings)
+    deadline = time.monotonic() + 30       # the monitor forks the user's process after the login
+    while time.monotonic() < deadline and len(set(sshd.session_pids()) - before) < 2:
+        time.sleep(0.01)
+    frozen: list[int] = []
+
+    def freeze():
+        for pid in set(sshd.session_pids()) - before:
+            os.kill(pid, signal.SIGSTOP)
+            frozen.append(pid)
+    transport = conn.client.get_transport()
+    if when == "before its channel":
+        freeze()
+    else:
+        real = transport.open_session
+
+        def open_then_freeze(*a, **kw):
+            chan = real(*a, **kw)
+            freeze()
+            return chan
+        monkeypatch.setattr(transport, "open_session", open_then_freeze)
+    got: list[BaseException] = []
+
+    def start():
+        try:
+            conn.sftp
+        except BaseException as exc:       # noqa: B902 - handed to the test thread
+            got.append(exc)
+    try:
+        t0 = time.monotonic()
+        worker = threading.Thread(target=start, daemon=True)
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive(), "starting SFTP still waits 60 s on a frozen far side (ssh.timeout=2)"
+        assert time.monotonic() - t0 < 40
+        assert frozen and len(got) == 1 and isinstance(got[0], LinkLost), got
+        assert "no answer within ssh.timeout (2 s) while starting SFTP" in str(got[0])
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        conn.close()
 
 
 def test_known_hosts_with_the_old_and_new_key_of_a_rotation(sshd, source, tmp_path):

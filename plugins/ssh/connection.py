@@ -164,9 +164,26 @@ class Connection:
     @property
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
+            step = "opening its channel"
             try:
-                self._sftp = self.client.open_sftp()
-            except (paramiko.SSHException, EOFError, OSError) as exc:
+                t = self.client.get_transport()
+                if t is None or not t.is_active():
+                    raise EOFError()
+                # each step waits for the far side at most ssh.timeout: a frozen sshd, or an
+                # sftp-server stuck on a dead home directory, is a link that stopped answering
+                chan = self._answer_within(lambda: t.open_session(timeout=self.settings.timeout))
+                chan.settimeout(self.settings.timeout)
+                step = "requesting the sftp subsystem"
+                self._answer_within(lambda: chan.invoke_subsystem("sftp"))
+                step = "waiting for the SFTP server's version"
+                self._sftp = self._answer_within(lambda: paramiko.SFTPClient(chan))
+            except socket.timeout:
+                self.close()
+                raise LinkLost(f"{self.label}: no answer within ssh.timeout ({self.settings.timeout} s) "
+                               f"while starting SFTP ({step}): the far side stopped answering (a hung "
+                               f"server, or a home directory on a dead mount); run the command again "
+                               f"when it answers") from None
+            except (paramiko.SSHException, paramiko.SFTPError, EOFError, OSError) as exc:
                 if not self.alive() or isinstance(exc, (EOFError, ConnectionError)):
                     # the link went away, not the subsystem: a rerun may well go through
                     raise LinkLost(f"{self.label}: the connection was lost while starting SFTP "
@@ -175,6 +192,36 @@ class Connection:
                                   f"enable 'Subsystem sftp' in its sshd_config") from None
             self._sftp.get_channel().settimeout(self.settings.timeout)
         return self._sftp
+
+    def _answer_within(self, wait):
+        """``wait()`` (a step that waits for the far side, which paramiko may wait for
+        without limit), given ssh.timeout: when it has not returned by then, the session
+        is closed (which ends the wait) and socket.timeout raised."""
+        done, expired = threading.Event(), threading.Event()
+
+        def watch():
+            if done.wait(self.settings.timeout):
+                return
+            expired.set()
+            try:
+                self.client.close()
+            except Exception:
+                pass
+        watcher = threading.Thread(target=watch, name="ims-ssh-watch", daemon=True)
+        watcher.start()
+        try:
+            result = wait()
+        except Exception:
+            done.set()
+            watcher.join()
+            if expired.is_set():
+                raise socket.timeout("no answer within ssh.timeout") from None
+            raise
+        done.set()
+        watcher.join()
+        if expired.is_set():        # it answered as the time ran out: the session is closed
+            raise socket.timeout("no answer within ssh.timeout")
+        return result
 
     def has_shell(self) -> bool:
         """Whether the far side runs commands in a POSIX shell (not an sftp-only
