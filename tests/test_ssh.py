@@ -393,6 +393,25 @@ def test_far_disk_full(sshd, source, tmp_path, stream):
     assert os.listdir(d) == []
 
 
+@pytest.mark.parametrize("size", ["small", "bulky"])
+def test_full_remote_device(sshd, source, bulky, tmp_path, size):
+    """A far character device that is full (a tape at its end; here /dev/full) is exit
+    13 with "no space left", as the same device written locally is, for an archive
+    that fits SSH's window (one user) and one far larger (bulky)."""
+    what = "/"
+    if size == "small":
+        cfg, what = home_for(tmp_path, sshd, source), "/primary/user/alice"
+    else:
+        cfg = Config(str(bulky["home"]))
+        for k, v in (("ssh.identity", sshd.client_key), ("ssh.knownhosts", sshd.known_hosts),
+                     ("ssh.timeout", "10"), ("ssh.keepalive", "30")):
+            cfg.set(k, v)
+    p = run(cfg.home, "imsbackup", "-f", sshd.spec("/dev/full"), what, text=True)
+    assert p.returncode == 13, p.stderr
+    line = one_line(p.stderr)
+    assert "no space left on" in line and "/dev/full" in line and "incomplete" in line
+
+
 @pytest.mark.parametrize("exc, alive, lost", [(ConnectionResetError(104, "Connection reset by peer"), True, True),
                                               (EOFError(), True, True), (OSError("x"), False, True),
                                               (paramiko.SSHException("Channel closed."), True, False)])

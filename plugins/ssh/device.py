@@ -21,7 +21,7 @@ import paramiko
 
 from asm.devices import Device, block_device_message
 from plugins.ssh.connection import Connection
-from plugins.ssh.errors import LinkLost, RemoteError, RemotePathError, RemoteUsageError
+from plugins.ssh.errors import LinkLost, RemoteDiskFull, RemoteError, RemotePathError, RemoteUsageError
 from plugins.ssh import sftpio
 
 
@@ -337,9 +337,19 @@ class _ExecWriter:
 
     def _why(self, exc) -> RemoteError:
         if self.chan.exit_status_ready() and self.chan.recv_exit_status() not in (0, -1):
-            err = _stderr_lines(self.chan)
-            return RemoteError(f"{self.conn.label}: writing {self.path} failed: {err[0] if err else exc}")
+            return _dd_failed(self.conn, self.path, _stderr_lines(self.chan), str(exc))
         return sftpio.translate(self.conn, exc, "writing", self.path)
+
+
+def _dd_failed(conn: Connection, path: str, stderr: list[str], fallback: str) -> RemoteError:
+    """The error of a far ``dd of=PATH`` that failed: a full device (a tape at its end,
+    "No space left on device") is RemoteDiskFull (exit 13), as it is written locally."""
+    err = [e for e in stderr if "records" not in e and "copied" not in e]
+    msg = err[0] if err else fallback
+    if any("No space left" in e for e in err):
+        return RemoteDiskFull(f"no space left on {conn.label} in {path} while writing ({msg}): "
+                              f"load another medium or name another device")
+    return RemoteError(f"{conn.label}: writing {path} failed: {msg}")
 
 
 class RemoteStreamWriter(Device):
@@ -358,9 +368,7 @@ class RemoteStreamWriter(Device):
                 except Exception as exc:
                     raise sftpio.translate(self.conn, exc, "finishing", w.path) from None
                 if status != 0:
-                    err = [e for e in _stderr_lines(w.chan) if "records" not in e and "copied" not in e]
-                    raise RemoteError(f"{self.conn.label}: writing {w.path} failed: "
-                                      f"{err[0] if err else f'dd exited {status}'}")
+                    raise _dd_failed(self.conn, w.path, _stderr_lines(w.chan), f"dd exited {status}")
         finally:
             sftpio.quiet_close(w.chan)
             self.conn.close()
