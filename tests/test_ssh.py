@@ -311,6 +311,65 @@ def test_wrong_client_key_refused(sshd, source, tmp_path):
     assert os.listdir(d) == []
 
 
+def _client_key(tmp_path, kind: str, passphrase: str = "") -> str:
+    """A new client key: 'rsa' and 'ecdsa' in OpenSSH's format, 'rsa-pem' the old PEM one."""
+    path = str(tmp_path / f"key-{kind}")
+    t, extra = {"rsa": ("rsa", ["-b", "2048"]), "ecdsa": ("ecdsa", []),
+                "rsa-pem": ("rsa", ["-b", "2048", "-m", "PEM"]), "ed25519": ("ed25519", [])}[kind]
+    subprocess.run(["ssh-keygen", "-q", "-t", t, *extra, "-N", passphrase, "-C", "t", "-f", path], check=True)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa", "rsa-pem"])
+@pytest.mark.parametrize("where", ["ssh.identity", "~/.ssh"])
+def test_unaccepted_key_of_every_type_is_refused_authentication(sshd, tmp_path, kind, where):
+    """A key the server does not list is exit 12 "authentication failed ... add the
+    public key", whatever its type and format, as ssh.identity or as ~/.ssh/id_*: not
+    "cannot connect (exit 10): Invalid key" from paramiko's key loading."""
+    key = _client_key(tmp_path, kind)
+    if where == "~/.ssh":                        # HOME is tmp_path (the _env fixture)
+        (tmp_path / ".ssh").mkdir()
+        default = str(tmp_path / ".ssh" / ("id_ecdsa" if kind == "ecdsa" else "id_rsa"))
+        os.rename(key, default)
+        key = default
+        dst = home_for(tmp_path, sshd)
+        dst.unset("ssh.identity")
+    else:
+        dst = home_for(tmp_path, sshd, ssh_identity=key)
+    p = run(dst.home, "imsrestore", "-t", "-f", sshd.spec("/nonexistent/x.ims"), text=True)
+    assert p.returncode == 12, p.stderr
+    line = one_line(p.stderr)
+    assert "authentication failed" in line and key in line and "add the public key" in line
+
+
+def test_accepted_rsa_key_and_unusable_keys(sshd, tmp_path):
+    """An RSA key the server lists logs in; a passphrase-protected key, and an agent
+    that holds no key with no key file, are exit 12 saying so."""
+    rsa = _client_key(tmp_path, "rsa")
+    with open(rsa + ".pub") as f, open(os.path.join(sshd.dir, "authorized_keys", sshd.user), "a") as ak:
+        ak.write(f.read())
+    dst = home_for(tmp_path, sshd, ssh_identity=rsa)
+    p = run(dst.home, "imsrestore", "-t", "-f", sshd.spec("/nonexistent/x.ims"), text=True)
+    assert p.returncode == 3 and "does not exist" in one_line(p.stderr), p.stderr   # logged in
+    (tmp_path / "pp").mkdir()
+    locked = _client_key(tmp_path / "pp", "ed25519", passphrase="secret words")
+    dst.set("ssh.identity", locked)
+    p = run(dst.home, "imsrestore", "-t", "-f", sshd.spec("/nonexistent/x.ims"), text=True)
+    assert p.returncode == 12, p.stderr
+    assert "passphrase-protected" in one_line(p.stderr) and locked in p.stderr
+    dst.unset("ssh.identity")
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+    sock = agent.split("SSH_AUTH_SOCK=")[1].split(";")[0]
+    pid = int(agent.split("SSH_AGENT_PID=")[1].split(";")[0])
+    try:
+        p = run(dst.home, "imsrestore", "-t", "-f", sshd.spec("/nonexistent/x.ims"), text=True,
+                env={"SSH_AUTH_SOCK": sock})
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert p.returncode == 12, p.stderr
+    assert "no SSH key to offer" in one_line(p.stderr) and "the agent holds no key" in p.stderr
+
+
 def test_connection_refused(sshd, source, tmp_path):
     src = home_for(tmp_path, sshd, source)
     p = run(src.home, "imsbackup", "-f", f"imsbk@127.0.0.1:{free_port()}:/tmp/x.ims", "/", text=True)

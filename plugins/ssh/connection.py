@@ -355,6 +355,29 @@ class Connection:
             pass
 
 
+_PASSPHRASE = "passphrase-protected"
+
+
+def _load_key(path: str):
+    """(the private key in ``path``, None), or (None, why it cannot be used)."""
+    try:
+        return paramiko.PKey.from_path(path), None
+    except TypeError:           # cryptography: encrypted, and no password given
+        return None, _PASSPHRASE
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    except Exception:           # not a key from_path knows: ask each key class (older formats)
+        pass
+    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return cls.from_private_key_file(path), None
+        except paramiko.PasswordRequiredException:
+            return None, _PASSPHRASE
+        except Exception:
+            continue
+    return None, "not an ed25519, ecdsa or rsa private key (OpenSSH or PEM format)"
+
+
 def _key_files(settings: Settings) -> list[str]:
     if settings.identity:
         if not os.path.isfile(settings.identity):
@@ -369,14 +392,84 @@ def _key_files(settings: Settings) -> list[str]:
     return found
 
 
+class _Keys:
+    """The keys to offer, in the order docs/ssh.md gives: ssh.identity, the agent's,
+    ~/.ssh/id_*; and the key files that cannot be offered, with why."""
+
+    def __init__(self, settings: Settings, agent: bool):
+        self.files: list[str] = []              # loaded, offered
+        self.unusable: dict[str, str] = {}      # path -> why not
+        file_keys = []
+        for path in _key_files(settings):
+            key, why = _load_key(path)
+            if key is None:
+                if settings.identity and why != _PASSPHRASE:
+                    raise AuthFailed(f"ssh.identity {path} cannot be used as a key: {why}: "
+                                     f"msconfig set ssh.identity /path/to/private_key")
+                self.unusable[path] = why
+            else:
+                self.files.append(path)
+                file_keys.append(key)
+        self.agent = None
+        agent_keys: list = []
+        if agent:
+            try:
+                self.agent = paramiko.Agent()
+                agent_keys = list(self.agent.get_keys())
+            except (paramiko.SSHException, OSError):     # a stale SSH_AUTH_SOCK: no agent keys
+                agent_keys = []
+        self.agent_count = len(agent_keys)
+        self.keys = (file_keys[:1] + agent_keys + file_keys[1:]) if settings.identity else \
+            agent_keys + file_keys
+
+    def protected(self) -> list[str]:
+        return [p for p, why in self.unusable.items() if why == _PASSPHRASE]
+
+    def tried(self) -> str:
+        return ", ".join(self.files + ([f"the agent's {self.agent_count} key(s)"] if self.agent_count else [])) \
+            or "no key"
+
+    def close(self) -> None:
+        if self.agent is not None:
+            self.agent.close()
+
+
+class _Client(paramiko.SSHClient):
+    """paramiko's SSHClient, offering exactly our keys: its own key handling tries every
+    key class on each file and reports the last loader's error ("Invalid key") instead
+    of the server's refusal."""
+
+    ims_keys: list = []
+
+    def _auth(self, username, *_ignored):
+        refused = None
+        for key in self.ims_keys:
+            try:
+                self._transport.auth_publickey(username, key)
+            except paramiko.AuthenticationException as exc:
+                refused = exc
+                continue
+            if self._transport.is_authenticated():
+                return
+            refused = paramiko.AuthenticationException("more than a key is required")
+        raise refused or paramiko.AuthenticationException("no key was accepted")
+
+
 def connect(spec: RemoteSpec, settings: Settings) -> Connection:
     """An authenticated session to ``spec``'s host; raises a RemoteError subclass."""
     user = spec.user or settings.user or getpass.getuser()
     port = spec.port or settings.port
-    keys = _key_files(settings)
-    agent = bool(os.environ.get("SSH_AUTH_SOCK"))
     name = f"{user}@{host_entry(spec.host, port)}"
-    client = paramiko.SSHClient()
+    keys = _Keys(settings, bool(os.environ.get("SSH_AUTH_SOCK")))
+    try:
+        return _connect(spec, settings, user, port, name, keys)
+    finally:
+        keys.close()
+
+
+def _connect(spec: RemoteSpec, settings: Settings, user: str, port: int, name: str, keys: _Keys) -> Connection:
+    client = _Client()
+    client.ims_keys = keys.keys
     client._host_keys = hk = _KnownHosts()      # every key of a host, not its first line's
     revoked: list = []
     for f in settings.known_hosts_files():
@@ -390,12 +483,17 @@ def connect(spec: RemoteSpec, settings: Settings) -> Connection:
         socket.getaddrinfo(spec.host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ConnectFailed(f"cannot connect to {name}: unknown host {spec.host!r} ({exc.strerror})") from None
-    if not keys and not agent:
-        raise AuthFailed(f"{name}: no SSH key to offer: create one with ssh-keygen, start ssh-agent, "
-                         f"or msconfig set ssh.identity /path/to/private_key")
+    if not keys.keys:
+        if keys.protected():
+            raise AuthFailed(f"{name}: the key {', '.join(keys.protected())} is passphrase-protected: load it "
+                             f"into ssh-agent (ssh-add) and run again")
+        unusable = "".join(f"; {p}: {why}" for p, why in keys.unusable.items())
+        agent = "; the agent holds no key" if os.environ.get("SSH_AUTH_SOCK") else ""
+        raise AuthFailed(f"{name}: no SSH key to offer{agent}{unusable}: create one with ssh-keygen, "
+                         f"load one into ssh-agent (ssh-add), or msconfig set ssh.identity /path/to/private_key")
     try:
-        client.connect(spec.host, port=port, username=user, key_filename=keys or None,
-                       allow_agent=agent, look_for_keys=False, password=None,
+        client.connect(spec.host, port=port, username=user, key_filename=None,
+                       allow_agent=False, look_for_keys=False, password=None,
                        timeout=settings.timeout, banner_timeout=settings.timeout,
                        auth_timeout=settings.timeout)
     except HostKeyUnknown:
@@ -409,15 +507,13 @@ def connect(spec: RemoteSpec, settings: Settings) -> Connection:
             f"known_hosts has {fingerprint(exc.expected_key)}): this may be an attack; if the server's "
             f"key was really replaced, check the new fingerprint, run 'ssh-keygen -f "
             f"{shlex.quote(settings.accept_file())} -R {shlex.quote(entry)}' and accept the new key") from None
-    except paramiko.PasswordRequiredException:
-        client.close()
-        raise AuthFailed(f"{name}: the key {', '.join(keys)} is passphrase-protected: load it into "
-                         f"ssh-agent (ssh-add) and run again") from None
     except paramiko.AuthenticationException:
         client.close()
-        tried = ", ".join(keys + (["the agent's keys"] if agent else [])) or "no key"
-        raise AuthFailed(f"{name}: authentication failed (tried {tried}; keys only, no passwords): "
-                         f"add the public key to ~{user}/.ssh/authorized_keys there, or set ssh.identity") from None
+        skipped = "".join(f"; {p} is passphrase-protected: load it into ssh-agent (ssh-add)"
+                          for p in keys.protected())
+        raise AuthFailed(f"{name}: authentication failed (tried {keys.tried()}; keys only, no passwords"
+                         f"{skipped}): add the public key to ~{user}/.ssh/authorized_keys there, "
+                         f"or set ssh.identity") from None
     except socket.timeout:
         client.close()
         raise ConnectFailed(f"cannot connect to {name}: timed out after {settings.timeout}s "
