@@ -370,6 +370,39 @@ def test_accepted_rsa_key_and_unusable_keys(sshd, tmp_path):
     assert "no SSH key to offer" in one_line(p.stderr) and "the agent holds no key" in p.stderr
 
 
+def test_slow_authentication_is_a_timeout_not_a_refused_key(tmp_path, monkeypatch):
+    """A server that answers the (authorized) key only after ssh.timeout, as when its
+    AuthorizedKeysCommand waits on a hung LDAP server, is exit 10 "did not finish
+    authentication within ssh.timeout", never exit 12 "add the public key"."""
+    import shutil
+    import tempfile
+    import tests.sshd as sshd_mod
+    sshd_mod.require_sshd()
+    safe = tempfile.mkdtemp(prefix="ims-akc-", dir="/run")    # sshd runs the command only from root-owned dirs
+    try:
+        os.chmod(safe, 0o755)
+        keys = os.path.join(safe, "keys")
+        with open(os.path.join(safe, "slow-keys"), "w") as f:
+            f.write(f"#!/bin/sh\nsleep 60\ncat {keys}\n")
+        os.chmod(os.path.join(safe, "slow-keys"), 0o755)
+        monkeypatch.setattr(sshd_mod, "CONF", sshd_mod.CONF.replace(
+            "AuthorizedKeysFile {d}/authorized_keys/%u",
+            f"AuthorizedKeysCommand {safe}/slow-keys\nAuthorizedKeysCommandUser nobody\nAuthorizedKeysFile none"))
+        with sshd_mod.running_sshd() as server:
+            shutil.copy(server.client_key + ".pub", keys)
+            os.chmod(keys, 0o644)
+            dst = home_for(tmp_path, server, ssh_timeout="2")
+            t0 = time.monotonic()
+            p = run(dst.home, "imsrestore", "-t", "-f", server.spec("/nonexistent/x.ims"), text=True, timeout=50)
+            took = time.monotonic() - t0
+    finally:
+        shutil.rmtree(safe, ignore_errors=True)
+    assert p.returncode == 10, p.stderr
+    line = one_line(p.stderr)
+    assert "did not finish authentication within ssh.timeout (2 s)" in line and "add the public key" not in line
+    assert took < 40
+
+
 def test_connection_refused(sshd, source, tmp_path):
     src = home_for(tmp_path, sshd, source)
     p = run(src.home, "imsbackup", "-f", f"imsbk@127.0.0.1:{free_port()}:/tmp/x.ims", "/", text=True)

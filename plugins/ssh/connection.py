@@ -434,6 +434,10 @@ class _Keys:
             self.agent.close()
 
 
+class _AuthTimedOut(Exception):
+    """The server did not answer a key within ssh.timeout (paramiko's auth_timeout)."""
+
+
 class _Client(paramiko.SSHClient):
     """paramiko's SSHClient, offering exactly our keys: its own key handling tries every
     key class on each file and reports the last loader's error ("Invalid key") instead
@@ -447,6 +451,10 @@ class _Client(paramiko.SSHClient):
             try:
                 self._transport.auth_publickey(username, key)
             except paramiko.AuthenticationException as exc:
+                # paramiko says "Authentication timeout." when no answer came within
+                # auth_timeout: a server slow to look the key up, not a refusal
+                if "timeout" in str(exc).lower() and self._transport.is_active():
+                    raise _AuthTimedOut() from None
                 refused = exc
                 continue
             if self._transport.is_authenticated():
@@ -499,6 +507,12 @@ def _connect(spec: RemoteSpec, settings: Settings, user: str, port: int, name: s
     except HostKeyUnknown:
         client.close()
         raise
+    except _AuthTimedOut:
+        client.close()
+        raise ConnectFailed(f"cannot connect to {name}: the server did not finish authentication within "
+                            f"ssh.timeout ({settings.timeout} s) (a slow key lookup there, such as an "
+                            f"AuthorizedKeysCommand waiting on LDAP, or an overloaded host): check the "
+                            f"server, or raise ssh.timeout if it is only slow", 110) from None
     except paramiko.BadHostKeyException as exc:
         client.close()
         entry = host_entry(spec.host, port)
