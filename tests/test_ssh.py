@@ -301,6 +301,41 @@ def test_known_hosts_as_sites_keep_it(sshd, source, tmp_path):
     assert os.listdir(d) == ["x.ims"]
 
 
+@pytest.mark.parametrize("others", ["only @revoked", "also a plain line", "another key listed",
+                                    "hashed name, tabs"])
+def test_revoked_host_key_refused_before_authentication(sshd, tmp_path, others):
+    """A host key on a known_hosts @revoked line is refused (exit 11) saying it is
+    REVOKED, where, and not to accept it (never the ssh-keyscan advice for an unknown
+    key), before any client key is offered: here the client key is one the server
+    refuses, so reaching authentication would be exit 12.  The @revoked line may name
+    the host hashed (``ssh-keygen -H``) and separate its fields by tabs and runs of
+    blanks, as OpenSSH reads them; it never makes the key a known one."""
+    with open(sshd.known_hosts) as f:
+        plain = f.read()
+    impostor = keygen(str(tmp_path / "impostor"))
+    with open(impostor + ".pub") as f:
+        kind, blob = f.read().split()[:2]
+    entry = f"[127.0.0.1]:{sshd.port}"
+    before = {"only @revoked": "", "also a plain line": plain, "another key listed": f"{entry} {kind} {blob}\n",
+              "hashed name, tabs": "# retired 2026-11-30\n"}[others]
+    if others == "hashed name, tabs":
+        host_kind, host_blob = sshd.host_pub().split()
+        revoked = f"@revoked\t{paramiko.HostKeys.hash_host(entry)}  {host_kind}\t{host_blob} old key\n"
+    else:
+        revoked = f"@revoked {entry} {sshd.host_pub()}\n"
+    kh = tmp_path / "known_hosts"
+    kh.write_text(before + revoked)
+    dst = home_for(tmp_path, sshd, ssh_knownhosts=str(kh), ssh_identity=sshd.other_key)
+    p = run(dst.home, "imsrestore", "-t", "-f", sshd.spec("/nonexistent/x.ims"), text=True)
+    assert p.returncode == 11, p.stderr
+    line = one_line(p.stderr)
+    n = 2 if before else 1
+    assert f"of {entry} is REVOKED in {kh} line {n} (@revoked)" in line and "do not accept it" in line
+    assert _fingerprint(sshd.host_key + ".pub") in line
+    assert "ssh-keyscan" not in line and "not known" not in line and "CHANGED" not in line
+    assert kh.read_text() == before + revoked                  # nothing accepted, nothing written
+
+
 def test_wrong_client_key_refused(sshd, source, tmp_path):
     src = home_for(tmp_path, sshd, source, ssh_identity=sshd.other_key)
     d = sshd.remote_dir("wrongkey")

@@ -14,8 +14,8 @@
 
 See docs/ssh.md.
 """
-_ERRORS = {"AuthFailed", "ConnectFailed", "HostKeyChanged", "HostKeyUnknown", "LinkLost", "RemoteDiskFull",
-           "RemoteError", "RemotePathError", "RemoteUsageError", "VerifyFailed"}
+_ERRORS = {"AuthFailed", "ConnectFailed", "HostKeyChanged", "HostKeyRevoked", "HostKeyUnknown", "LinkLost",
+           "RemoteDiskFull", "RemoteError", "RemotePathError", "RemoteUsageError", "VerifyFailed"}
 _TRANSFER = {"FetchResult", "PushResult", "fetch", "push", "remove"}
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import paramiko
 
 from plugins.ssh.errors import (
-    AuthFailed, ConnectFailed, HostKeyChanged, HostKeyUnknown, LinkLost, RemoteError,
+    AuthFailed, ConnectFailed, HostKeyChanged, HostKeyRevoked, HostKeyUnknown, LinkLost, RemoteError,
 )
 from plugins.ssh.spec import RemoteSpec
 
@@ -131,14 +131,38 @@ def host_entry(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
-class _Refuse(paramiko.MissingHostKeyPolicy):
-    """An unknown host key is refused, with the fingerprint and how to accept it."""
+def _revoked(revoked: list, hostname: str, key) -> HostKeyRevoked | None:
+    """The HostKeyRevoked to raise when ``key`` is on a ``@revoked`` line (``revoked``:
+    (key, file, line number) of each), else None.  A revoked key is refused for every
+    host, whatever host names its line gives (a stolen key is no better elsewhere)."""
+    for bad, path, lineno in revoked:
+        if bad == key:
+            return HostKeyRevoked(
+                f"host key {key.get_name()} {fingerprint(key)} of {hostname} is REVOKED in {path} line "
+                f"{lineno} (@revoked): this may be an attack; do not accept it: ask the server's "
+                f"administrator for its current host key")
+    return None
 
-    def __init__(self, settings: Settings, port: int):
+
+def _refuse_revoked(revoked: list, hostname: str, key) -> None:
+    """Raise HostKeyRevoked when ``key`` is on a ``@revoked`` line, before anything is
+    sent to the host."""
+    exc = _revoked(revoked, hostname, key)
+    if exc is not None:
+        raise exc
+
+
+class _Refuse(paramiko.MissingHostKeyPolicy):
+    """An unknown host key is refused, with the fingerprint and how to accept it; a
+    revoked one, saying so (and never how to accept it)."""
+
+    def __init__(self, settings: Settings, port: int, revoked: list | None = None):
         self.settings = settings
         self.port = port
+        self.revoked = revoked or []
 
     def missing_host_key(self, client, hostname, key):
+        _refuse_revoked(self.revoked, hostname, key)
         host = hostname[1:hostname.rindex("]")] if hostname.startswith("[") else hostname
         scan = f"ssh-keyscan{'' if self.port == 22 else f' -p {self.port}'} -t {_keyscan_type(key)} {host}"
         raise HostKeyUnknown(
@@ -444,8 +468,13 @@ class _Client(paramiko.SSHClient):
     of the server's refusal."""
 
     ims_keys: list = []
+    ims_revoked: list = []          # (key, file, line) of known_hosts' @revoked lines
+    ims_hostname = ""
 
     def _auth(self, username, *_ignored):
+        # the host key was found in known_hosts: a @revoked line still refuses it,
+        # before any key is offered to that host
+        _refuse_revoked(self.ims_revoked, self.ims_hostname, self._transport.get_remote_server_key())
         refused = None
         for key in self.ims_keys:
             try:
@@ -486,7 +515,8 @@ def _connect(spec: RemoteSpec, settings: Settings, user: str, port: int, name: s
                 revoked += _load_known_hosts(hk, f)
             except (OSError, UnicodeDecodeError) as exc:
                 raise HostKeyUnknown(f"cannot read known_hosts file {f}: {exc}") from None
-    client.set_missing_host_key_policy(_Refuse(settings, port))
+    client.set_missing_host_key_policy(_Refuse(settings, port, revoked))
+    client.ims_revoked, client.ims_hostname = revoked, host_entry(spec.host, port)
     try:        # an unknown host is no connection (10), whether or not there is a key to offer
         socket.getaddrinfo(spec.host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -504,7 +534,7 @@ def _connect(spec: RemoteSpec, settings: Settings, user: str, port: int, name: s
                        allow_agent=False, look_for_keys=False, password=None,
                        timeout=settings.timeout, banner_timeout=settings.timeout,
                        auth_timeout=settings.timeout)
-    except HostKeyUnknown:
+    except (HostKeyUnknown, HostKeyRevoked):
         client.close()
         raise
     except _AuthTimedOut:
@@ -516,6 +546,9 @@ def _connect(spec: RemoteSpec, settings: Settings, user: str, port: int, name: s
     except paramiko.BadHostKeyException as exc:
         client.close()
         entry = host_entry(spec.host, port)
+        refused = _revoked(revoked, entry, exc.key)
+        if refused is not None:
+            raise refused from None
         raise HostKeyChanged(
             f"host key of {entry} has CHANGED (offered {exc.key.get_name()} {fingerprint(exc.key)}, "
             f"known_hosts has {fingerprint(exc.expected_key)}): this may be an attack; if the server's "
@@ -545,11 +578,6 @@ def _connect(spec: RemoteSpec, settings: Settings, user: str, port: int, name: s
         client.close()
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise ConnectFailed(f"cannot connect to {name}: {why}") from None
-    offered = client.get_transport().get_remote_server_key()
-    if any(k == offered for k in revoked):
-        client.close()
-        raise HostKeyChanged(f"host key of {host_entry(spec.host, port)} ({offered.get_name()} "
-                             f"{fingerprint(offered)}) is marked @revoked in known_hosts: refused")
     if settings.keepalive:
         client.get_transport().set_keepalive(settings.keepalive)
     return Connection(client, spec, user, port, settings)
@@ -558,26 +586,33 @@ def _connect(spec: RemoteSpec, settings: Settings, user: str, port: int, name: s
 def _load_known_hosts(hk: paramiko.HostKeys, path: str) -> list:
     """Load ``path`` into ``hk`` as OpenSSH reads it: lines it cannot parse are passed over,
     ``@cert-authority`` lines too (ims-asm uses no host certificates); returns the keys
-    of ``@revoked`` lines, which are refused whatever else the file says."""
+    of ``@revoked`` lines as (key, path, line number): refused whatever else the file says.
+    A ``@revoked`` line's key is never one of ``hk``'s.  (paramiko's own HostKeys.load
+    knows no markers: it reads ``@revoked`` as the host name and the key type as the key,
+    and stops the whole file with InvalidHostKey.)"""
     revoked = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
+            # fields are separated by any run of spaces and tabs, as OpenSSH reads them
+            # (paramiko's from_line takes exactly one: a @revoked line written with two
+            # would be passed over, and its key read as unknown)
+            fields = line.split()
             marker = None
-            if line.startswith("@"):
-                marker, _, line = line.partition(" ")
-                if marker != "@revoked":
+            if fields[0].startswith("@"):
+                marker = fields.pop(0)
+                if marker != "@revoked" or not fields:
                     continue
             try:
-                entry = paramiko.hostkeys.HostKeyEntry.from_line(line.strip(), lineno)
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(" ".join(fields[:3]), lineno)
             except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError):
                 continue
             if entry is None:
                 continue
             if marker == "@revoked":
-                revoked.append(entry.key)
+                revoked.append((entry.key, path, lineno))
                 continue
             for h in list(entry.hostnames):
                 if hk.check(h, entry.key):

@@ -37,6 +37,10 @@ class HostKeyChanged(HostKeyError):
     """The server offered a key different from the one known_hosts holds for it."""
 
 
+class HostKeyRevoked(HostKeyError):
+    """The server offered a key that a known_hosts ``@revoked`` line lists."""
+
+
 class AuthFailed(RemoteError, RemoteAuthFailed):
     """None of our keys was accepted (or there was no key to offer)."""
 
