@@ -195,7 +195,7 @@ class Connection:
                     raise EOFError()
                 # each step waits for the far side at most ssh.timeout: a frozen sshd, or an
                 # sftp-server stuck on a dead home directory, is a link that stopped answering
-                chan = self._answer_within(lambda: t.open_session(timeout=self.settings.timeout))
+                chan = self._answer_within(lambda: self._open_channel(t))
                 chan.settimeout(self.settings.timeout)
                 step = "requesting the sftp subsystem"
                 self._answer_within(lambda: chan.invoke_subsystem("sftp"))
@@ -216,6 +216,18 @@ class Connection:
                                   f"enable 'Subsystem sftp' in its sshd_config") from None
             self._sftp.get_channel().settimeout(self.settings.timeout)
         return self._sftp
+
+    def _open_channel(self, t: paramiko.Transport) -> paramiko.Channel:
+        """A session channel, waiting for the far side's answer at most ssh.timeout.
+        paramiko's own timer for it ends in an SSHException ("Timeout opening
+        channel."), not a refusal: it may fire just before :meth:`_answer_within`'s, and
+        is the same no answer (socket.timeout), never "no SFTP subsystem"."""
+        try:
+            return t.open_session(timeout=self.settings.timeout)
+        except paramiko.SSHException as exc:
+            if "timeout" in str(exc).lower():
+                raise socket.timeout("no answer within ssh.timeout") from None
+            raise
 
     def _answer_within(self, wait):
         """``wait()`` (a step that waits for the far side, which paramiko may wait for
