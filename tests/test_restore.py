@@ -735,6 +735,44 @@ def test_a_restore_stopped_by_a_full_disk_says_only_that(store, ims_home, tmp_pa
     assert stopped, "the disk never filled"
 
 
+
+@pytest.mark.parametrize("pages", [0, 1])
+def test_a_full_disk_under_the_dovecot_hold_file_is_named_as_that(tmp_path, pages):
+    """dovecot.holdfile on a filesystem that is full (/etc/dovecot, not the store): the
+    restore said "the store is full ... free space on the partition", sending the
+    administrator to a partition with room to spare (``pages``: pages left free).  It names the hold file's
+    filesystem (exit 13, one line), leaves no temporary file beside the hold file and no
+    mail half-written; with room made, the same command restores everything."""
+    src = open_store(make_home(tmp_path / "src", "maildir"))
+    for n in range(3):
+        put(src, "joe", "INBOX" if n % 2 else "Work", n, flags=["\\Seen"])
+    a = backup(tmp_path / "src", tmp_path / "a.ims")
+    home = tmp_path / "dest"
+    cfg = make_home(home, "maildir")
+    with small_tmpfs(tmp_path / "etc", "64k") as etc:
+        hold = etc / "hold.lmtp"
+        hold.write_text("carol:::::::userdb_tempfail=yes userdb_reason=admin\n")
+        filler = etc / "filler"
+        with open(filler, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"x" * 4096)
+            except OSError:
+                pass
+            # one page free: its lock file is made, the new hold file cannot be written
+            os.truncate(filler, max(0, os.fstat(f.fileno()).st_size - pages * 4096))
+        cfg.set("dovecot.holdfile", str(hold))
+        p = run(home, "imsrestore", "-f", a, text=True)
+        assert p.returncode == 13, p.stderr
+        assert p.stderr.count("\n") == 1 and f"Dovecot hold file {hold}" in p.stderr, p.stderr
+        assert "the store is full" not in p.stderr and f"filesystem holding {hold}" in p.stderr, p.stderr
+        assert sorted(os.listdir(etc)) == ["filler", "hold.lmtp"]
+        assert hold.read_text() == "carol:::::::userdb_tempfail=yes userdb_reason=admin\n"
+        filler.unlink()
+        run(home, "imsrestore", "-f", a, check=0)
+        assert state(open_store(make_home(home, "maildir"))) == state(src)
+        assert hold.read_text() == "carol:::::::userdb_tempfail=yes userdb_reason=admin\n"
+
 # -- any archive, however damaged or hostile (issue 12; tests/test_archive_fuzz.py fuzzes) --
 
 def _client_view(store) -> dict:

@@ -113,7 +113,13 @@ class StoreFull(StoreError):
 
     status = EXIT_NOSPACE
 
-    def __init__(self, what: str, why: str = "No space left on device"):
+    def __init__(self, what: str, why: str = "No space left on device", outside: str | None = None):
+        # ``outside``: the file written is not in the store (the Dovecot hold file), so the
+        # filesystem to free is that file's, not a partition's
+        if outside:
+            super().__init__(f"no space left ({why}) while writing {what}: free space on the filesystem "
+                             f"holding {outside} and run the same command again")
+            return
         super().__init__(f"the store is full ({why}) while writing {what}: free space on the "
                          f"partition and run the same command again")
 

@@ -50,12 +50,13 @@ def set_held(path: str, login: str, held: bool, timeout: float, pid: int, hostna
         else:
             lines = [ln for ln in lines if not _ours(ln, login)]
         tmp = f"{path}.{pid}.tmp"
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write("".join(ln + "\n" for ln in lines))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         try:
+            # a full disk or a kill here leaves no temporary file beside the hold file
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write("".join(ln + "\n" for ln in lines))
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -20,7 +20,7 @@ from asm.config import Config
 from asm.lazy import module as _lazy_module
 from asm.locks import pid_alive
 from asm.store.base import (
-    BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone,
+    BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone, StoreFull,
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, UidPassed,
     Unlisted, UserExists,
     check_folder_levels, check_folder_name, check_user_level, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
@@ -2253,6 +2253,9 @@ class MaildirStore(Store):
             try:
                 set_held(path, user, held, self._lock_timeout(), self._pid, self._hostname)
             except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreFull(f"the Dovecot hold file {path}", exc.strerror or str(exc),
+                                    outside=path) from None
                 raise os_store_error(exc, f"the Dovecot hold file {path}") from None
 
     def deliveries_held(self, user: str) -> bool:
