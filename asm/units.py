@@ -14,9 +14,14 @@ def classic_date(text: str) -> float:
     m = _DATE.fullmatch(text)
     if m is None:
         raise ValueError(f"not YYYYMMDD[:HHMMSS]: {text!r}")
+    when = dt.datetime(*(int(g or 0) for g in m.groups()))    # ValueError: no such date or time
     try:
-        return dt.datetime(*(int(g or 0) for g in m.groups())).timestamp()
-    except OverflowError:
+        return when.timestamp()
+    except (OverflowError, ValueError, OSError):
+        # local time cannot say when 0001-01-01 was (mktime's range): a date that early
+        # means "all the mail there is", which the same date read as UTC says as well
+        if when.year < 1970:
+            return (when - dt.datetime(1970, 1, 1)).total_seconds()
         raise ValueError(f"out of range: {text!r}") from None
 
 
