@@ -36,6 +36,25 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, or SIGTERM from an engine cancelling the job
 EXIT_PIPE = 141         # stdout was closed by its reader (e.g. `| head`): the output was cut
 
 
+#: When several failures meet in one run, its status is the first of these present
+#: (docs/operations.md, "Exit statuses"): a full store stopped the run; hostile, then
+#: damaged input; a store that could not be written; a lock held; a chain out of order;
+#: a name or path refused; any other named failure.  Not ranked by number: 7 is not
+#: worse than 5.
+SEVERITY = (EXIT_NOSPACE, EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_STORE, EXIT_LOCKED, EXIT_ORDER, EXIT_USAGE,
+            EXIT_PARTIAL)
+
+
+def worst(*statuses: int) -> int:
+    """The status a run exits with when ``statuses`` all happened in it (:data:`SEVERITY`;
+    one not listed there ranks after them, the higher first; EXIT_OK only when all are)."""
+    present = set(statuses) - {EXIT_OK}
+    for s in SEVERITY:
+        if s in present:
+            return s
+    return max(present, default=EXIT_OK)
+
+
 class ImsError(Exception):
     """An error a user can cause (or must know about): one line, one exit status.
 

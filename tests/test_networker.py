@@ -795,3 +795,57 @@ def test_recover_of_a_path_inside_a_record_that_matches_nothing(tmp_path, ims_ho
     p = run(target, "imsasm", "-r", str(joe / "New"), input=full + incr)
     assert p.returncode == 0, p.stderr
     assert len(state(open_store(Config(str(target))))[("joe", "New")][1]) == 1
+
+
+def test_recover_into_a_store_that_fills_up_is_exit_13_and_finishes_when_freed(tmp_path, ims_home, env, drv):
+    """imsasm -r of a save stream of two records (alice, then bob) into a store whose disk
+    fills during alice: exit 1, "finished, but named mailboxes failed", with bob's record
+    read and failing too.  The store's full disk is 13, one error, bob not tried and not
+    called unmatched; with room made, the same recover finishes exactly."""
+    from tests.helpers import small_tmpfs
+    cfg = home(ims_home, drv)
+    store = open_store(cfg)
+    fill(store, ["alice", "bob"])
+    for u in ("alice", "bob"):
+        for n in range(12):
+            body = f"From: x@example.com\r\nSubject: {u} big {n}\r\n\r\n".encode() + os.urandom(45_000).hex().encode()
+            store.append(u, "INBOX", io.BytesIO(body), flags=["\\Seen"])
+    want = state(store)
+    backup = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-u", "-p", str(backup)).returncode == 0
+    group = backup / "primary" / "groupA"
+    stream = run(ims_home, "imsasm", "-s", str(group / "alice"), str(group / "bob"), check=0).stdout
+    with small_tmpfs(tmp_path / "small", "1m") as part:
+        target, _ = _fresh(tmp_path, "target", drv, env)
+        Config(str(target)).set("partition:primary.path", str(part / "primary"))
+        args = ["imsasm", "-r", str(group / "alice"), str(group / "bob")]
+        p = run(target, *args, input=stream)
+        err = p.stderr.decode()
+        assert p.returncode == 13, err
+        assert "the store is full" in err and "nothing in the save stream matches" not in err, err
+        assert "bob" not in err, err
+        assert "bob" not in [u for pt in open_store(Config(str(target))).partitions()
+                             for u in open_store(Config(str(target))).users(pt)]
+        import subprocess
+        subprocess.run(["mount", "-o", "remount,size=64m", str(part)], check=True)
+        p = run(target, *args, input=stream)
+        assert p.returncode == 0, p.stderr
+        assert state(open_store(Config(str(target)))) == want
+
+
+def test_statuses_of_one_run_are_ranked_as_documented():
+    """imsasm ranked the statuses of several save sets by number: a chain out of order
+    (7) hid hostile members (5), damage (4) or a lock (6), and a store that could not be
+    written (17) hid a full one (13).  asm.errors.worst ranks them as docs/operations.md
+    says: 13, 5, 4, 17, 6, 7, 2, 1."""
+    from asm import errors as e
+    assert e.worst(e.EXIT_ORDER, e.EXIT_HOSTILE) == e.EXIT_HOSTILE
+    assert e.worst(e.EXIT_INCOMPLETE, e.EXIT_ORDER, e.EXIT_PARTIAL) == e.EXIT_INCOMPLETE
+    assert e.worst(e.EXIT_STORE, e.EXIT_NOSPACE) == e.EXIT_NOSPACE
+    assert e.worst(e.EXIT_LOCKED, e.EXIT_ORDER) == e.EXIT_LOCKED
+    assert e.worst(e.EXIT_STORE, e.EXIT_INCOMPLETE) == e.EXIT_INCOMPLETE
+    assert e.worst(e.EXIT_OK, e.EXIT_PARTIAL) == e.EXIT_PARTIAL and e.worst(e.EXIT_OK) == e.EXIT_OK
+    doc = open(os.path.join(ROOT, "docs", "operations.md"), encoding="utf-8").read()
+    ranked = re.search(r"the status is the first of these that happened: 13 [^:]*: ([^)]*)\), ([0-9, ]+) \(", doc)
+    assert ranked, "docs/operations.md no longer ranks the statuses"
+    assert [13] + [int(x) for x in ranked.group(2).split(",")] == list(e.SEVERITY)

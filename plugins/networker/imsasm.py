@@ -26,8 +26,8 @@ from asm.cli.common import ArgParser, Progress, UsageError, die, human, run_comm
 from asm.cli.context import open_installation
 from asm.config import NoInstallation
 from asm.errors import (
-    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, ImsError,
-    device_status,
+    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
+    EXIT_USAGE, ImsError, device_status, worst,
 )
 from asm.logical import LogicalPath, Target
 from asm.restore import Journal, Restorer, RestoreOptions, Selection, default_reffile
@@ -676,6 +676,7 @@ def recover(mode: str, args, rep=None) -> int:
         return die(PROG, f"cannot read stdin: {exc.strerror or exc}", device_status(exc))
 
     matched = 0
+    stopped = False             # the store filled up: the save sets after it were not read
     hits = [0] * len(want)      # per path: records it takes whole, or folders it selects in one
     errors: list[str] = []
     status = EXIT_OK
@@ -712,17 +713,20 @@ def recover(mode: str, args, rep=None) -> int:
                         break
                     continue
                 rstatus, sel = _restore_record(inst, rec, places, args, totals, errors, report, progress)
-                status = max(status, rstatus)
+                status = worst(status, rstatus)
                 for i, n in _inside_hits(sel, want, whole, inside).items():
                     hits[i] += n
+                if rstatus == EXIT_NOSPACE:
+                    stopped = True          # nothing more can be written: the rest is not read
+                    break
                 if errors and args.stop:
                     break
             except NotAnArchive as exc:
                 errors.append(f"{rec.name}: the record does not hold an imsbackup archive ({exc})")
-                status = max(status, EXIT_INCOMPLETE)
+                status = worst(status, EXIT_INCOMPLETE)
             except IncompleteArchive as exc:
                 errors.append(f"{rec.name}: {exc}")
-                status = max(status, EXIT_INCOMPLETE)
+                status = worst(status, EXIT_INCOMPLETE)
             finally:
                 _log_recover(inst, mode, rec, errors)
     except TruncatedStream as exc:
@@ -745,7 +749,7 @@ def recover(mode: str, args, rep=None) -> int:
     # a path that took no record, or selected no folder inside the records it lies in
     # (a typo: .../joe/Wrok), is named as imsrestore names it: exit 2 when no path
     # matched anything (nothing was restored), else a failure of this run (exit 1)
-    unmatched = [w for w, n in zip(want, hits) if n == 0]
+    unmatched = [w for w, n in zip(want, hits) if n == 0] if not stopped else []
     if want and (not matched or len(unmatched) == len(want)):
         raise UsageError(f"nothing in the save stream matches {', '.join(unmatched or want)}"
                          + ("" if not matched else
@@ -806,19 +810,28 @@ def _restore_record(inst, rec, places, args, totals, errors, report, progress) -
     if res.pending:
         errors.append(f"{rec.name}: {len(res.pending)} linked messages need their first copy; "
                       f"recover the save set holding it, then imsrestore -r {opts.reffile}")
+    # each failure keeps its own status (a full store 13, a store that cannot be written
+    # 17, a lock 6, folders refused because this save set does not follow what was
+    # recovered into them 7, as imsrestore says them), ranked as imsrestore ranks them
+    statuses = {e.get("status", EXIT_PARTIAL) for e in res.errors}
+    if EXIT_USAGE in statuses:
+        # a name the store cannot keep, named; imsasm's own exit 2 is for its paths
+        statuses = (statuses - {EXIT_USAGE}) | {EXIT_PARTIAL}
+    if res.pending:
+        statuses.add(EXIT_PARTIAL)
+    if res.store_full is not None:
+        statuses.add(EXIT_NOSPACE)
     if res.hostile:
         errors.append(f"{rec.name}: {res.hostile} hostile members refused")
-        return EXIT_HOSTILE, sel
+        statuses.add(EXIT_HOSTILE)
     if res.incomplete:
         errors.append(f"{rec.name}: {res.incomplete}")
-        return EXIT_INCOMPLETE, sel
+        statuses.add(EXIT_INCOMPLETE)
     if res.corrupt:
-        return EXIT_INCOMPLETE, sel
-    if res.out_of_order or any(e.get("status") == EXIT_ORDER for e in res.errors):
-        # folders refused: this save set does not follow what was recovered into them
-        # (its full, or the incremental before it, first): 7, as imsrestore says it
-        return EXIT_ORDER, sel
-    return (EXIT_PARTIAL if res.errors or res.pending else EXIT_OK), sel
+        statuses.add(EXIT_INCOMPLETE)
+    if res.out_of_order:
+        statuses.add(EXIT_ORDER)
+    return worst(*statuses), sel
 
 
 # ----------------------------------------------------------------------------- main
