@@ -725,3 +725,39 @@ def test_a_full_dbox_store_exits_13_and_the_same_command_then_restores_it(lab, t
         assert "Dovecot changed" not in p.stderr
     run(home, "imsrestore", "-f", full, check=0)
     assert views(lab) == want
+
+
+def test_a_backup_into_the_dbox_store_it_reads_is_refused(lab, tmp_path):
+    """imsbackup -f naming a dbox login's own files (a message file of sdbox, a storage
+    file of mdbox, an index, a new file among them, by a path with '..') is refused,
+    exit 2, one line naming it, before anything is written: the archive renamed there
+    would destroy a message or add a file Dovecot reads as its own.  A directory of its
+    own beside the logins, and a file in a login's home outside its mail, are fine."""
+    import hashlib
+    from asm.errors import EXIT_USAGE
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    before = views(lab)
+    mail = os.path.join(lab.store, "alice", lab.layout.name)
+    files = sorted(os.path.join(d, n) for d, _, ns in os.walk(mail) for n in ns)
+    data = next(f for f in files if os.path.basename(f).startswith(("u.", "m.")))
+    index = next(f for f in files if os.path.basename(f).startswith("dovecot.index"))
+
+    def snapshot():
+        out = {}
+        for f in files:
+            with open(f, "rb") as fh:
+                out[f] = hashlib.sha256(fh.read()).hexdigest()
+        return out, sorted(os.listdir(os.path.dirname(data)))
+    was = snapshot()
+    dotdot = os.path.join(lab.store, "backups", "..", os.path.relpath(data, lab.store))
+    for dev in (data, index, os.path.join(os.path.dirname(data), "x.ims"), dotdot):
+        p = run(home, "imsbackup", "-f", dev, "/", text=True)
+        assert p.returncode == EXIT_USAGE, (dev, p.stderr)
+        assert p.stderr.count("\n") == 1 and dev in p.stderr and "inside the store" in p.stderr, p.stderr
+    assert snapshot() == was and views(lab) == before
+    os.mkdir(os.path.join(lab.store, "backups"))
+    run(home, "imsbackup", "-f", os.path.join(lab.store, "backups", "full.ims"), "/", check=0)
+    run(home, "imsbackup", "-f", os.path.join(lab.store, "alice", "full.ims"), "/", check=0)
+    assert views(lab) == before
