@@ -10,6 +10,7 @@ import json
 import os
 import re
 import struct
+import sys
 import time
 
 import pytest
@@ -849,3 +850,55 @@ def test_statuses_of_one_run_are_ranked_as_documented():
     ranked = re.search(r"the status is the first of these that happened: 13 [^:]*: ([^)]*)\), ([0-9, ]+) \(", doc)
     assert ranked, "docs/operations.md no longer ranks the statuses"
     assert [13] + [int(x) for x in ranked.group(2).split(",")] == list(e.SEVERITY)
+
+
+SLOW_CLOCK = """\
+import sys, time, types
+import plugins.networker.imsasm as m
+real, ahead = time.time, [0.0]
+m.time = types.SimpleNamespace(time=lambda: real() + ahead[0], monotonic=time.monotonic,
+                               strftime=time.strftime, localtime=time.localtime)
+backup = m.run_backup
+def slow(*a, **k):      # each record takes 25 minutes of the clock
+    res = backup(*a, **k)
+    ahead[0] += 1500
+    return res
+m.run_backup = slow
+sys.argv[0] = "imsasm"
+sys.exit(m.main(sys.argv[1:]))
+"""
+
+
+def test_a_record_saved_late_in_a_long_save_finds_its_base(tmp_path, ims_home, env, drv):
+    """One imsasm -s of a group's three records, each taking 25 minutes: the state of the
+    second and third was filed under the time their record began, 25 and 50 minutes after
+    NetWorker's save time, past the 10 minutes a -t looks, so every night's incremental
+    saved them full again ("no state of an earlier save ... saving it full").  Filed
+    under the time the save began, each record's incremental builds on its own state."""
+    cfg = home(ims_home, drv)
+    store = open_store(cfg)
+    fill(store, ["alice", "bob", "carl"])
+    backup = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-u", "-p", str(backup)).returncode == 0
+    group = backup / "primary" / "groupA"
+    records = [str(group / u) for u in ("alice", "bob", "carl")]
+    script = tmp_path / "slow_clock.py"
+    script.write_text(SLOW_CLOCK)
+    e = dict(env, PYTHONPATH=ROOT)
+    asm = [sys.executable, script]
+    t0 = str(int(time.time()))
+    full = run(ims_home, *asm, "-s", *records, env=e, check=0).stdout
+    time.sleep(1.1)
+    for u in ("alice", "bob", "carl"):
+        store.append(u, "INBOX", io.BytesIO(f"Subject: new {u}\r\n\r\nnew\r\n".encode()), flags=["\\Draft"])
+    want = state(store)
+    rep = tmp_path / "incr.json"
+    p = run(ims_home, *asm, "-s", "-t", t0, "--report", rep, *records, env=e)
+    err = p.stderr.decode()
+    assert p.returncode == 0 and "saving it full" not in err, err
+    incr = p.stdout
+    levels = [(r["name"], r["level"], r["messages"]) for r in json.loads(rep.read_text())["records"]]
+    assert levels == [(r, "incr", 1) for r in records], levels
+    target, _ = _fresh(tmp_path, "new", drv, env)
+    run(target, "imsasm", "-r", input=full + incr, check=0)
+    assert state(open_store(Config(str(target)))) == want

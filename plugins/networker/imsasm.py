@@ -358,6 +358,10 @@ def save(args, rep) -> int:
     progress = Progress()
     status = EXIT_OK
     t0 = time.monotonic()
+    # every record's state is filed under the time this save began, the time NetWorker's
+    # save time (the next -t) is taken just before: a record that starts an hour into a
+    # group's save is still found by that -t (plugins/networker/state.py)
+    run_started = time.time()
     done = {"records": 0, "users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
     rep.labels = _labels(records)
     rep.begin(inst.config, selection=[r.place.logical() for r in records], device="stdout (NetWorker save)",
@@ -434,7 +438,7 @@ def save(args, rep) -> int:
             done["records"] += 1
             for k in ("users", "folders", "messages", "links", "bytes"):
                 done[k] += getattr(res, k)
-            finished.append((rec, started, base is None, res))
+            finished.append((rec, run_started, base is None, res))
             errors += res.errors
             _log(inst, {"time": time.time(), "mode": "save", "record": rid, "name": rec.name,
                         "logical": rec.place.logical(),
@@ -477,9 +481,9 @@ def save(args, rep) -> int:
                errors=errors, vanished=sum((r.vanished for r in records), []))
     # the whole stream reached NetWorker's pipe: what each record held is the base of its
     # next incremental (never before: a cut stream leaves the previous state the base)
-    for rec, started, full, res in finished:
+    for rec, began, full, res in finished:
         try:
-            nsrstate.save(home, rec.name, started, full, res.header, res.state)
+            nsrstate.save(home, rec.name, began, full, res.header, res.state)
         except OSError as exc:
             warn(PROG, f"{rec.name}: cannot record the state of this save ({exc.strerror or exc}); "
                        f"its next incremental will be a full")

@@ -10,7 +10,9 @@ turns ``-t`` back into the state of the backup NetWorker means:
 
 * the base is the **first** state of that record whose save started at or after ``-t``
   (NetWorker takes the save time just before it starts the ASM, so the backup at ``-t``
-  started then or a few seconds later) and no later than ``-t`` + :data:`SLACK`; a
+  started then or a few seconds later: ``<started>`` is when that imsasm run began, for
+  each of its records, however long the records before it took) and no later than
+  ``-t`` + :data:`SLACK`; a
   differential's ``-t`` is the last full's, so the incrementals after it are not taken;
 * a save NetWorker failed after imsasm wrote the stream has a state NetWorker never
   names: it started after the save NetWorker does name, so it is not the first one;
