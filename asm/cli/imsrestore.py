@@ -243,7 +243,7 @@ def _read_header(spec: str, bf: int, config, identities=()) -> dict:
     try:
         device = _open_layered(spec, bf, config, identities)
     except DeviceError as exc:
-        raise ImsError(f"cannot open {spec}: {exc}", status=exc.status if hasattr(exc, "status") else 3) from None
+        raise ImsError(f"cannot open {spec}: {exc}", status=device_status(exc)) from None
     with device:
         try:
             return ArchiveReader(device.file, bf).header
@@ -260,7 +260,7 @@ def _final_state(spec: str, bf: int, config, identities=()) -> tuple[dict, tuple
     try:
         device = _open_layered(spec, bf, config, identities)
     except DeviceError as exc:
-        raise ImsError(f"cannot open {spec}: {exc}", status=exc.status if hasattr(exc, "status") else 3) from None
+        raise ImsError(f"cannot open {spec}: {exc}", status=device_status(exc)) from None
     with device:
         try:
             reader = ArchiveReader(device.file, bf)
