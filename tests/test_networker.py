@@ -328,6 +328,17 @@ def test_per_user_records_estimate_compare_and_rename(tmp_path, ims_home, env, n
         p = run(ims_home, "imsasm", "-r", "-m", f"{backup}/primary/groupA/alice={backup}/primary/groupA/carol", stdin=f)
     assert p.returncode == 0, p.stderr
     assert state(store, {"carol"}) == {("carol", k[1]): v for k, v in saved.items()}
+    # two users relocated onto one (or one user to two): refused before anything is
+    # recovered, where it merged bob's mail into carol's folders with exit 0
+    g = f"{backup}/primary/groupA"
+    before = state(store)
+    for maps in ([f"{g}/alice={g}/dave", f"{g}/bob={g}/dave"], [f"{g}/alice={g}/dave", f"{g}/alice={g}/erin"]):
+        with open(ss, "rb") as f:
+            p = run(ims_home, "imsasm", "-r", *[x for m in maps for x in ("-m", m)], stdin=f)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and err.count("\n") == 1, err
+        assert "both mapped to 'dave'" in err or "already mapped to 'dave'" in err, err
+    assert state(store) == before
 
 
 def test_bad_input(tmp_path, ims_home, env):

@@ -112,6 +112,13 @@ def test_paths_select_and_map_users(source, ims_home, dest, tmp_path):
     p = run(dest, "imsrestore", "-m", mapfile, "-f", a, "/primary/user/joe/Sent", text=True)
     assert p.returncode == 2 and "'joe' is mapped a second time" in p.stderr, p.stderr
     assert not target.exists("a") and not target.exists("b")
+    # two users mapped to one: restored with exit 0, ann's mail merged into joe's folders
+    # (one UIDVALIDITY, ann's renumbered) without a word.  Refused, nothing done
+    mapfile.write_text("joe=pat\n# both\nann=pat\n")
+    p = run(dest, "imsrestore", "-m", mapfile, "-f", a, text=True)
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert f"{mapfile}:3: 'ann' and 'joe' are both mapped to 'pat'" in p.stderr, p.stderr
+    assert not target.exists("pat")
     # a user ID may hold '=' (joe=old): 'joe=old=joe2' was split at the first '=', so
     # joe went to a new user 'old=joe2' with exit 0.  Any line with two '=' is refused
     mapfile.write_text("ann=ann3\njoe=old=joe2\n")

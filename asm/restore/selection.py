@@ -41,6 +41,14 @@ def read_map(path: str, check=check_user_name) -> dict:
                 if old.strip() in out:
                     raise RestoreError(f"{path}:{lineno}: {old.strip()!r} is mapped a second time (to "
                                        f"{new.strip()!r}; before to {out[old.strip()]!r}): keep one line")
+                joined = [o for o, n in out.items() if n == new.strip()]
+                if joined:
+                    # two archived users into one: their folders would merge under one
+                    # UIDVALIDITY, and the clients of one of them would lose every UID
+                    raise RestoreError(f"{path}:{lineno}: {old.strip()!r} and {joined[0]!r} are both mapped to "
+                                       f"{new.strip()!r}: their mail would be merged into one user's "
+                                       f"folders; map each to a user of its own (to merge, restore them "
+                                       f"in two runs; nothing was restored)")
                 out[old.strip()] = new.strip()
         except UnicodeDecodeError:
             raise RestoreError(f"cannot read map file {path!r}: it is not UTF-8 text") from None

@@ -580,6 +580,13 @@ def _user_map(maps: list[str], root: str) -> dict:
         if ps.user is None or pd.user is None or ps.folder is not None or pd.folder is not None:
             raise UsageError(f"-m {m!r}: both sides must name a user directory of the tree "
                              f"(PARTITION/GROUP/USER below {root}); folders cannot be relocated")
+        if ps.user in out and out[ps.user] != pd.user:
+            raise UsageError(f"-m {m!r}: {ps.user!r} is already mapped to {out[ps.user]!r}: keep one -m")
+        joined = [u for u, d in out.items() if d == pd.user and u != ps.user]
+        if joined:
+            raise UsageError(f"-m {m!r}: {ps.user!r} and {joined[0]!r} are both mapped to {pd.user!r}: their "
+                             f"mail would be merged into one user's folders; map each to a user of its own "
+                             f"(to merge, recover them in two runs)")
         out[ps.user] = pd.user
     return out
 
