@@ -145,6 +145,34 @@ def test_new_mailbox_beside_existing(source, ims_home, tmp_path):
     assert len(source.messages("joe", new[0])) == 3 and len(source.messages("joe", "Sent")) == 3
 
 
+
+def test_map_into_a_folder_of_the_same_uidvalidity_is_a_plain_merge(store, ims_home, tmp_path, driver):
+    """alice's and bob's Trash made in the same second have the same UIDVALIDITY (Dovecot
+    takes the time; mass provisioning).  alice's Trash restored into bob's (-m alice=bob)
+    took bob's folder for alice's own: exit 1, "3 archived UIDs (1, 2, 3) are held by other
+    messages stored in the folder since its restore began", though nothing ran.  Another
+    user's folder is never the archived one: bob keeps UIDs 1-3 and UIDNEXT only grows,
+    alice's 10 messages come after them, exit 0."""
+    for n in range(10):
+        put(store, "alice", "Trash", n, flags=["\\Seen"] if n % 2 else [])
+    for n in range(3):
+        put(store, "bob", "Trash", 100 + n)
+    v = store.folder("alice", "Trash").uidvalidity
+    store.set_folder("bob", "Trash", uidvalidity=v)
+    a = tmp_path / "alice.ims"
+    run(ims_home, "imsbackup", "-f", a, "/primary/alice", check=0)
+    bob_before = [(m.uid, m.size) for m in store.messages("bob", "Trash")]
+    mapfile = tmp_path / "map"
+    mapfile.write_text("alice=bob\n")
+    p = run(ims_home, "imsrestore", "-m", mapfile, "-f", a, "/primary/alice/Trash", text=True)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    got = store.messages("bob", "Trash")
+    assert [(m.uid, m.size) for m in got[:3]] == bob_before
+    assert [m.uid for m in got[3:]] == list(range(4, 14))
+    assert sorted((m.size, tuple(m.flags)) for m in got[3:]) == \
+        sorted((m.size, tuple(m.flags)) for m in store.messages("alice", "Trash"))
+    assert store.folder("bob", "Trash").uidvalidity == v and store.folder("bob", "Trash").uidnext == 14
+
 LONG_LEVELS = {"ascii": {"classic": "x" * 247, "maildir": "x" * 247},
                "two-byte": {"classic": "\u00e9" * 125, "maildir": "\u00e9" * 92},
                "nested": {"classic": "Work/" + "y" * 246, "maildir": "Work/" + "y" * 246}}

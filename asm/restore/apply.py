@@ -140,7 +140,7 @@ class Applier:
             return self._own(plan, m)
         if (plan.mode == "exact" or self.opts.ignore_duplicates) and not plan.resumed:
             return None
-        same_uid = plan.by_uid.get(m.uid) if plan.uidvalidity == plan.archive_uidvalidity else None
+        same_uid = plan.by_uid.get(m.uid) if plan.same else None
         if same_uid is not None and same_uid.size == m.size and self._same_bytes(plan, same_uid, m.sha256):
             return same_uid
         if self.fills(plan, m):
@@ -154,7 +154,7 @@ class Applier:
             return None
         if self.opts.ignore_duplicates:
             return self._own(plan, m) if plan.own_from is not None else None
-        if plan.uidvalidity == plan.archive_uidvalidity and same_uid is None and m.uid >= plan.uidnext:
+        if plan.same and same_uid is None and m.uid >= plan.uidnext:
             return None
         for c in plan.existing.get(m.size, []):
             if self._free(plan, c, m) and self._same_bytes(plan, c, m.sha256):
@@ -186,7 +186,7 @@ class Applier:
         The same in a folder that mirrors the chain's earlier link: an archived UID it
         lacks below its UIDNEXT is a message that link's backup could not read (its
         state left it out, so this incremental carries it); nothing else can be there."""
-        if plan.uidvalidity != plan.archive_uidvalidity or m.uid >= plan.uidnext or m.uid in plan.by_uid:
+        if not plan.same or m.uid >= plan.uidnext or m.uid in plan.by_uid:
             return False
         return (plan.mode == "exact" and plan.resumed) or (plan.mode == "chain" and m.uid in plan.archive_uids)
 
@@ -194,7 +194,7 @@ class Applier:
     def target_uid(plan: FolderPlan, m) -> int | None:
         if plan.mode == "exact" and not plan.resumed:
             return m.uid
-        if plan.uidvalidity == plan.archive_uidvalidity and m.uid >= plan.uidnext:
+        if plan.same and m.uid >= plan.uidnext:
             return m.uid
         return None
 
@@ -214,7 +214,7 @@ class Applier:
             self.res.duplicates += 1
             return
         dup = self.duplicate(plan, m)
-        same = plan.uidvalidity == plan.archive_uidvalidity
+        same = plan.same
         if dup is not None:
             self._check(m)
             self.res.duplicates += 1

@@ -527,7 +527,7 @@ class Restorer:
                             if st is not None:
                                 store.set_flags(plan.user, plan.folder, uid, st[0], st[1])
                     info = store.folder(plan.user, plan.folder)
-                    if plan.uidvalidity == plan.archive_uidvalidity and info.uidnext < plan.archive_uidnext:
+                    if plan.same and info.uidnext < plan.archive_uidnext:
                         # never lower UIDNEXT: clients must not see a UID twice
                         info = store.set_folder(plan.user, plan.folder, uidnext=plan.archive_uidnext)
                     if plan.deferred:

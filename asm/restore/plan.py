@@ -67,6 +67,15 @@ class FolderPlan:
     final_uids: object = None   # a chain given in one command: the UIDs the folder holds at its
                                 # end (its last archive's list); no other message is restored
     final_flags: object = None  # ... and the flags they have there (EndFlags)
+    foreign: bool = False       # merged into another user's folder (-m): an equal UIDVALIDITY
+                                # there is a coincidence (two folders made in one second),
+                                # never the archived folder
+
+    @property
+    def same(self) -> bool:
+        """The target is the archived folder (its UIDVALIDITY): a UID names the same
+        message in both."""
+        return self.uidvalidity == self.archive_uidvalidity and not self.foreign
 
     @property
     def mailbox(self) -> str:
@@ -238,7 +247,8 @@ class Planner:
             store.set_folder(user, folder, subscribed=m.subscribed)
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
                           m.uids, info.uidvalidity, m.state, uidnext=info.uidnext,
-                          resumed=resumed, again=again, final_uids=final_uids, final_flags=final_flags)
+                          resumed=resumed, again=again, final_uids=final_uids, final_flags=final_flags,
+                          foreign=mode == "merge" and user != m.user)
         if self.opts.ignore_duplicates and self.opts.run_token and mode != "skip":
             # -i checks nothing already there, but a run of this command cut short stored
             # messages here: they are its own, recognised from the UID it began at
