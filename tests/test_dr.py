@@ -175,9 +175,28 @@ def test_restore_puts_the_installation_back_and_refuses_to_guess(tmp_path, drive
     p = run(home, "imsdr", "restore", "-f", tmp_path / "dr.tar", check=EXIT_USAGE)
     assert "backup-groups.conf" in p.stderr.decode() and "--force" in p.stderr.decode()
     assert not (home / "data" / "restore-journal.db").exists()
+    # --missing puts back only what is not there (a file backup's gaps) and leaves the rest
+    p = run(home, "imsdr", "restore", "--missing", "--force", "-f", tmp_path / "dr.tar", check=EXIT_USAGE)
+    assert "--missing" in p.stderr.decode() and not (home / "data" / "restore-journal.db").exists()
+    run(home, "imsdr", "restore", "--missing", "-f", tmp_path / "dr.tar", check=0)
+    assert (home / "data" / "restore-journal.db").exists()
+    assert (home / "config" / "backup-groups.conf").read_text() == "other=.*\n"
+    os.unlink(home / "data" / "restore-journal.db")
     run(home, "imsdr", "restore", "--force", "-f", tmp_path / "dr.tar", check=0)
     assert (home / "config" / "backup-groups.conf").read_text() != "other=.*\n"
     p = run(home, "imsdr", "restore", "--only", "nonsense", "-f", tmp_path / "dr.tar", check=EXIT_USAGE)
+
+    # --missing never makes a partition's folder directory again (one the file backup does
+    # not hold was deleted after the disaster backup): only files of directories that are there
+    parts = [i for i in m["items"] if i["kind"] == "indexes" and i["member"].startswith("partition/")]
+    assert parts
+    run(home, "imsdr", "restore", "--only", "indexes", "--missing", "-f", tmp_path / "dr.tar", check=0)
+    assert not any(os.path.exists(i["source"]) for i in parts)
+    os.makedirs(os.path.dirname(parts[0]["source"]))
+    run(home, "imsdr", "restore", "--only", "indexes", "--missing", "-f", tmp_path / "dr.tar", check=0)
+    back = [i["source"] for i in parts if os.path.exists(i["source"])]
+    assert parts[0]["source"] in back
+    assert all(os.path.dirname(b) == os.path.dirname(parts[0]["source"]) for b in back)
 
 
 def test_a_damaged_or_cut_bundle_restores_nothing(tmp_path):

@@ -251,6 +251,56 @@ def test_runbook_maildir_through_dovecot(tmp_path, route):
         shutil.rmtree(keys, ignore_errors=True)
 
 
+def test_runbook_drfiles_control_index_apart_keeps_uids_and_keywords(tmp_path):
+    """The file-level route on a layout keeping CONTROL= and INDEX= apart from the mail
+    (maildir:STORE/%u:INDEX=IDX/%u:CONTROL=CTL/%u): the file backup of $PARTITION holds no
+    uidlist, dovecot-keywords or subscriptions; the disaster backup taken just before it
+    does, and the route puts them back.  Clients see the same UIDVALIDITY, UIDs, UIDNEXT,
+    keywords and subscriptions as before the loss (a folder made after the full backup
+    too, and a folder whose expunge left a gap in its UIDs)."""
+    require("tar")
+    home, backup = tmp_path / "ims", tmp_path / "backup"
+    backup.mkdir()
+    with dovecot_lab("idxctl") as lab:
+        make_home(home, "maildir", **{"store.owner": lab.mail_user, "dovecot.config": lab.conf,
+                                      "store.mail_location": "doveconf"})
+        rb = Runbook(home, backup, lab.store, lab.mail_user)
+        rb.driver = "maildir"
+        lab.deliver(lab.logins, message("to all"))
+        with lab.imap("alice") as c:
+            c.create("Work")
+            c.subscribe("Work")
+            c.append("Work", message("w1"), flags=["\\Seen", "$Project"])
+        rb.run("backup-full")
+        time.sleep(1.1)
+        lab.deliver(lab.logins, message("day 1"))
+        lab.deliver(["bob"], message("day 1 spam"))
+        lab.deliver(["bob"], message("day 1 kept"))
+        with lab.imap("bob") as c:
+            c.select("INBOX")
+            c.uid_expunge([3])
+            c.unselect()
+        with lab.imap("alice") as c:
+            c.create("Later")
+            c.subscribe("Later")
+            c.append("Later", message("l1"), flags=["$Later"])
+        rb.run("backup-files")
+        want = views(lab)
+        assert [m.uid for m in lab.client_state("bob").folders["INBOX"].messages] == [1, 2, 4]
+        lab.stop()
+        shutil.rmtree(home)
+        for top in (lab.store, lab.idx, lab.ctl):
+            shutil.rmtree(top)
+            os.mkdir(top)
+            os.chown(top, lab.uid, lab.gid)
+        for name in ROUTES["files"]:
+            rb.run(name)
+        lab.start()
+        got = views(lab)
+        assert differences(got, want) == []
+        assert got["bob"]["INBOX"][1] == 5                      # UIDNEXT never goes down
+
+
 def test_an_incremental_by_date_sees_mail_copied_by_imap(tmp_path):
     """Found by the runbook (fixed by issue 13): an incremental (-d) selected Maildir
     messages by the time in their file name, which IMAP COPY and MOVE keep; it now

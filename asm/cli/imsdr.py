@@ -1,7 +1,7 @@
 """imsdr: the disaster backup of an installation, and what a recovery needs to start.
 
     imsdr backup  -f DEVICE [--snapshot SNAP=LIVE ...] [--dovecot-config FILE] [-v]
-    imsdr restore -f DEVICE [--only KIND,... | --all] [--force] [-n] [-v]
+    imsdr restore -f DEVICE [--only KIND,... | --all] [--force | --missing] [-n] [-v]
     imsdr show    -f DEVICE [--json]
     imsdr chain   [--verify] [--commands] PATH ...
 
@@ -50,6 +50,9 @@ def build_parser() -> ArgParser:
                    help="everything, also the mailbox list and indexes (file-level route: the partitions' "
                         "message files are back, reconstruct follows)")
     s.add_argument("--force", action="store_true", help="replace files that exist and differ")
+    s.add_argument("--missing", action="store_true",
+                   help="put back only the files that are not there (file-level route: what the file backup "
+                        "did not hold, such as a layout's CONTROL= and INDEX= trees); leave the others as they are")
     s.add_argument("-n", dest="dry", action="store_true", help="say what would be restored where; write nothing")
     s.add_argument("-v", dest="verbose", action="store_true")
     s = sub.add_parser("show", help="print a disaster backup's manifest")
@@ -183,6 +186,8 @@ def _restore(args) -> int:
     from asm.digests import file_sha256
     from asm.dr.bundle import misplaced_now, plan_restore, put, read_manifest
     kinds = _kinds(args)
+    if args.force and args.missing:
+        raise UsageError("--force replaces the files that exist, --missing leaves them: give one of them")
     home = _home(create=False)          # made only once there is something to put there
     device = open_device(args.device, "rb", 20, _device_config())
     try:
@@ -213,8 +218,11 @@ def _restore(args) -> int:
         conflicts, todo = [], []
         for item, target in plan:
             src = os.path.join(members, item["member"])
+            if args.missing and item["member"].startswith("partition/") and \
+                    not os.path.isdir(os.path.dirname(target)):
+                continue        # a folder the file backup does not hold was deleted: not made again
             if os.path.exists(target):
-                if file_sha256(target)[0] == item["sha256"]:
+                if args.missing or file_sha256(target)[0] == item["sha256"]:
                     continue
                 if not args.force:
                     conflicts.append(target)
