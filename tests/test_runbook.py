@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 
@@ -26,7 +27,7 @@ from asm.config import Config
 from asm.demo import build_demo
 from asm.store import open_store
 from tests.dovecot_lab import PLAIN, Lab, LabLayout, dovecot_lab, message
-from tests.helpers import BIN, change_mail, make_home, require
+from tests.helpers import BIN, change_mail, make_home, require, run
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "disaster-recovery.md")
 PLACEHOLDERS = {"IMS_HOME", "BACKUP", "PARTITION", "OWNER"}
@@ -299,6 +300,35 @@ def test_runbook_drfiles_control_index_apart_keeps_uids_and_keywords(tmp_path):
         got = views(lab)
         assert differences(got, want) == []
         assert got["bob"]["INBOX"][1] == 5                      # UIDNEXT never goes down
+
+
+def test_runbook_drfiles_partition_of_a_layout_is_its_mail_root(tmp_path):
+    """PARTITION is what `msconfig show partition:primary.path` prints: with
+    store.mail_location (here maildir:STORE/%d/%n/Maildir) that is the directory the mail
+    root template starts with, where the mail is, not a default under IMS_HOME; and a
+    file backup that fails leaves no files-*.tar for the recovery to take."""
+    require("tar")
+    home, backup = tmp_path / "ims", tmp_path / "backup"
+    backup.mkdir()
+    with dovecot_lab("vdomain") as lab:
+        make_home(home, "maildir", **{"store.owner": lab.mail_user, "dovecot.config": lab.conf,
+                                      "store.mail_location": "doveconf"})
+        lab.deliver(lab.logins, message("hello"))
+        shown = run(home, "msconfig", "show", "partition:primary.path", check=0, text=True).stdout
+        assert shown == f"role.partition:primary.path = {lab.store}\n"
+        listing = run(home, "msconfig", "show", check=0, text=True).stdout
+        assert f"role.partition:primary.path = {lab.store}\n" in listing
+        rb = Runbook(home, backup, lab.store, lab.mail_user)
+        rb.run("backup-files")
+        (tar,) = [n for n in os.listdir(backup) if n.startswith("files-")]
+        with tarfile.open(backup / tar) as t:
+            mail = [m for m in t.getmembers() if (m.isfile() or m.islnk()) and re.search(r"/(cur|new)/", m.name)]
+        assert len(mail) == len(lab.logins)
+        os.unlink(backup / tar)
+        rb.env["PARTITION"] = str(tmp_path / "not-there")
+        with pytest.raises(AssertionError, match="exited 2"):
+            rb.run("backup-files")
+        assert [n for n in os.listdir(backup) if n.startswith("files-")] == []
 
 
 def test_an_incremental_by_date_sees_mail_copied_by_imap(tmp_path):

@@ -5,7 +5,7 @@ import sys
 
 from asm.cli.common import ArgParser, run_command, warn
 from asm.config import OPTIONS, PARTITION_RE, Config, lookup, plugin_options
-from asm.errors import EXIT_OK, EXIT_USAGE
+from asm.errors import EXIT_OK, EXIT_USAGE, ImsError
 
 PROG = "msconfig"
 
@@ -40,7 +40,11 @@ def _main(argv: list[str] | None) -> int:
             return EXIT_OK
         names = sorted(set(OPTIONS) | set(plugin_options()) | set(cfg.values) | {"partition:primary.path"})
         for name in names:
-            value = _value(cfg, name)
+            try:
+                value = _value(cfg, name)
+            except ImsError as exc:          # a layout doveconf cannot read: say so, show the rest
+                warn(PROG, f"{name}: {exc}")
+                continue
             if value is not None:
                 print(f"role.{name} = {value}")
             elif args.all:
@@ -64,6 +68,11 @@ def _value(cfg: Config, name: str) -> str | None:
     if value is None and name == "store.root":
         return cfg.store_root
     m = PARTITION_RE.match(name)
+    if m and m.group(1) == "primary" and cfg.driver == "maildir" and cfg.get("store.mail_location"):
+        # a Dovecot layout is one partition, where its mail root template starts: the
+        # store reads that, whatever partition:primary.path says (docs/dovecot.md)
+        from asm.store.maildir.store import layout_partition_path
+        return layout_partition_path(cfg)
     if value is None and m:
         return cfg.partitions().get(m.group(1))
     return value

@@ -206,6 +206,16 @@ def fixed_prefix(template: str) -> str:
     return os.path.normpath("/" + "/".join(out))
 
 
+def layout_partition_path(config: Config) -> str | None:
+    """With store.mail_location set, the directory of the store's one partition,
+    ``primary``: the one its mail root template starts with (what the store reads, and
+    a file-level backup must save); None without a layout.  partition:primary.path is
+    not used then.  Raises LayoutError when the location cannot be read (doveconf)."""
+    if not config.get("store.mail_location"):
+        return None
+    return fixed_prefix(open_layout(config, dbox=True).root_template())
+
+
 def _fingerprint_stats(d: str, ctl: str) -> list:
     """[uidlist, cur/, new/, tmp/, dovecot-keywords] as (inode, size, mtime, ctime) lists,
     [] for a missing keywords file.  A Maildir changes only by names in cur/ and new/
