@@ -105,3 +105,43 @@ def test_imsdr_and_reconstruct_follow_the_layout(lab, tmp_path):
     lab.start()
     assert lab.client_state(u) == before[u]
 
+
+
+def test_drfiles_lost_control_tree_keeps_keywords_the_archive_and_index_know(tmp_path):
+    """Only the CONTROL= tree is lost (mail and INDEX= intact).  Message 1 had $Archived in
+    the archive and got $Later afterwards, message 2 has $Other: reconstruct names every
+    letter from the witnesses (the archive, Dovecot's index log), exits 0, and IMAP shows
+    the keywords the client saw, none as unknown-N."""
+    import shutil
+
+    from tests.dovecot_lab import dovecot_lab, message
+    from tests.helpers import make_home
+    home = tmp_path / "ims"
+    with dovecot_lab("idxctl") as lab:
+        make_home(home, "maildir", **{"store.owner": lab.mail_user, "dovecot.config": lab.conf,
+                                      "store.mail_location": "doveconf"})
+        for i in range(3):
+            lab.deliver(["alice"], message(f"m{i}"))
+        with lab.imap("alice") as c:
+            c.select("INBOX")
+            c.uid_store([2], "+FLAGS", ["$Other"])
+            c.uid_store([1], "+FLAGS", ["\\Seen", "$Archived"])
+            c.unselect()
+        full = tmp_path / "full.ims"
+        run(home, "imsbackup", "-f", full, "/", check=0)
+        with lab.imap("alice") as c:
+            c.select("INBOX")
+            c.uid_store([1], "+FLAGS", ["$Later"])
+            c.unselect()
+        want = {m.uid: m.flags for m in lab.client_state("alice").folders["INBOX"].messages}
+        assert want[1] == {"\\Seen", "$Archived", "$Later"} and want[2] == {"$Other"}
+        lab.stop()
+        shutil.rmtree(lab.ctl)
+        os.mkdir(lab.ctl)
+        os.chown(lab.ctl, lab.uid, lab.gid)
+        res = run(home, "reconstruct", "-r", "-a", full, "/", text=True)
+        assert "cannot be named" not in res.stderr, res.stderr
+        assert res.returncode == 0, res.stderr
+        lab.start()
+        got = {m.uid: m.flags for m in lab.client_state("alice").folders["INBOX"].messages}
+        assert got == want

@@ -30,6 +30,8 @@ _APPEND = re.compile(r"type=append\b")
 _UIDS = re.compile(r"uids=(.*)")
 _NOTE = re.compile(r"\([^)]*\)")              # "uids=1 (flags=8),2,4 (flags=2),6-9,"
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+_KW_RECORD = re.compile(r"type=keyword-(update|reset)\b")
+_KW_UPDATE = re.compile(r"modify=(\d+), name=(.*?), uids=")
 
 
 def find_doveadm() -> str | None:
@@ -113,6 +115,53 @@ class Dovecot:
                             view.next_uid = max(view.next_uid, int(r.group(2) or r.group(1)) + 1)
         view.files = tuple(seen)
         return view
+
+    def index_keywords(self, folder_dir: str) -> tuple[list, dict] | None:
+        """What the transaction logs of a folder's index say of its keywords: (names in
+        the order the folder first used them, {uid: names set}), replaying each
+        keyword-update (add, remove) and keyword-reset oldest first.  A Maildir gives
+        keyword letters in the same first-use order, so this names the letters of a lost
+        dovecot-keywords when it agrees with every message (the caller checks).  None
+        when no log is there or one cannot be read."""
+        order: list = []
+        per_uid: dict = {}
+        found = False
+        for name in ("dovecot.index.log.2", "dovecot.index.log"):
+            path = os.path.join(folder_dir, name)
+            if not os.path.exists(path):
+                continue
+            try:
+                p = subprocess.run([self.doveadm, "dump", path], capture_output=True, text=True,
+                                   errors="replace", timeout=120, cwd="/", env={"PATH": "/usr/bin:/bin"})
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+            if p.returncode != 0:
+                return None
+            found = True
+            lines = p.stdout.splitlines()
+            for n, line in enumerate(lines):
+                kind = _KW_RECORD.search(line)
+                if not kind:
+                    continue
+                detail = lines[n + 1] if n + 1 < len(lines) else ""
+                m = _UIDS.search(detail)
+                if not m:
+                    return None                     # a record this reader does not understand
+                uids = [u for r in _RANGE.finditer(_NOTE.sub("", m.group(1)))
+                        for u in range(int(r.group(1)), int(r.group(2) or r.group(1)) + 1)]
+                if kind.group(1) == "reset":
+                    for u in uids:
+                        per_uid[u] = set()
+                    continue
+                k = _KW_UPDATE.search(detail)
+                if not k or k.group(1) not in ("0", "1"):
+                    return None
+                if k.group(2) not in order:
+                    order.append(k.group(2))
+                for u in uids:
+                    names = per_uid.setdefault(u, set())
+                    (names.add if k.group(1) == "0" else names.discard)(k.group(2))
+        return (order, per_uid) if found else None
 
     # -- force-resync ---------------------------------------------------------------------
     def force_resync(self, user: str, home: str, owner: tuple[int, int] | None,

@@ -423,7 +423,10 @@ class MaildirReconstructor:
         # keywords: every letter a file name uses must be named in dovecot-keywords
         uid_of = {base: uid for uid, (_, base) in kept.items()}
         uid_of.update(assigned)
-        keywords_changed = self._keywords(mb, user, folder, c, files, uid_of, uidvalidity)
+        index_kw = None
+        if self.dovecot is not None and view is not None and view.uidvalidity == uidvalidity:
+            index_kw = self.dovecot.index_keywords(i)
+        keywords_changed = self._keywords(mb, user, folder, c, files, uid_of, uidvalidity, index_kw)
 
         # Dovecot's index
         index_files = [n for n in INDEX_FILES if i and os.path.exists(os.path.join(i, n))]
@@ -509,11 +512,14 @@ class MaildirReconstructor:
                                           + " back the file names the archives know (pop3_uidl_format = %f "
                                             "gives POP3 clients the file name)")
 
-    def _keywords(self, mb, user, folder, d, files, uid_of, uidvalidity) -> bool:
+    def _keywords(self, mb, user, folder, d, files, uid_of, uidvalidity, index_kw=None) -> bool:
         # d: the folder's control directory (dovecot-keywords is there)
         """Name the keyword letters of file names that dovecot-keywords lacks (it was lost,
         or put back from before those keywords were first used) from what archives say of
-        each message.  True when the file was (or would be) rewritten."""
+        each message, then from Dovecot's index log (``index_kw``, Dovecot.index_keywords:
+        the names in first-use order, which is the letters' order, taken only when it
+        agrees with every named letter and every message's keywords in the index).
+        True when the file was (or would be) rewritten."""
         path = os.path.join(d, KEYWORDS)
         table: list = []
         with contextlib.suppress(OSError):
@@ -525,7 +531,7 @@ class MaildirReconstructor:
                         table[int(i)] = name
         named = lambda c: ord(c) - 97 < len(table) and table[ord(c) - 97]  # noqa: E731
         learned: dict = {}
-        unknown_files = 0
+        pending: list = []                        # files with letters no witness named yet
         for base, (sub, fname) in files.items():
             letters = sorted({c for c in split_name(fname)[1] if "a" <= c <= "z"})
             missing = [c for c in letters if not named(c) and c not in learned]
@@ -534,19 +540,26 @@ class MaildirReconstructor:
             uid = uid_of.get(base)
             w = self.k.message(user, folder, uidvalidity, uid) if uid is not None else None
             if w is None:
-                unknown_files += 1
+                pending.append(letters)
                 continue
             have = {table[ord(c) - 97] for c in letters if named(c)} | {learned[c] for c in letters if c in learned}
             cands = [kw for kw in w.keywords if kw not in have and kw not in table and kw not in learned.values()]
             if len(cands) != len(missing):
-                unknown_files += 1
+                pending.append(letters)
                 continue
             for c, kw in zip(missing, cands):     # a Maildir's keywords are listed in letter order
                 learned[c] = kw
-        if learned:
-            self.report.add(REPAIRED, mb, "dovecot-keywords " + ("is missing" if not table else "lacks keywords "
-                                          "the file names use") + ": learned from the archives ("
-                            + ", ".join(f"{c}={kw}" for c, kw in sorted(learned.items())) + ")")
+        from_index: dict = {}
+        if pending and index_kw is not None:
+            from_index = self._index_letters(files, uid_of, table, learned, index_kw)
+            learned.update(from_index)
+        unknown_files = sum(1 for letters in pending if any(not named(c) and c not in learned for c in letters))
+        from_archives = {c: kw for c, kw in learned.items() if c not in from_index}
+        for source, got in (("the archives", from_archives), ("Dovecot's index log", from_index)):
+            if got:
+                self.report.add(REPAIRED, mb, "dovecot-keywords " + ("is missing" if not table else "lacks keywords "
+                                              "the file names use") + f": learned from {source} ("
+                                + ", ".join(f"{c}={kw}" for c, kw in sorted(got.items())) + ")")
         if unknown_files:
             self.report.add(UNKNOWN, mb, f"dovecot-keywords {'is missing' if not table else 'lacks letters'}: the "
                                          f"keywords of {unknown_files} messages (letters a-z in their file names) "
@@ -559,6 +572,28 @@ class MaildirReconstructor:
             text = "".join(f"{i} {k}\n" for i, k in enumerate(table) if k)
             self._write(path, text.encode("utf-8", "surrogateescape"), d)
         return bool(learned)
+
+    @staticmethod
+    def _index_letters(files, uid_of, table, learned, index_kw) -> dict:
+        """{letter: name} of the letters neither dovecot-keywords nor the archives named,
+        from Dovecot's index log: its names in first-use order are the letters a, b, ...;
+        taken only when that order gives every named letter its name and every message
+        file exactly the keywords the index says its UID has; else {} (nothing guessed)."""
+        order, per_uid = index_kw
+        known = {chr(97 + i): k for i, k in enumerate(table) if k}
+        known.update(learned)
+        if any(ord(c) - 97 >= len(order) or order[ord(c) - 97] != kw for c, kw in known.items()):
+            return {}
+        for base, (sub, fname) in files.items():
+            letters = {c for c in split_name(fname)[1] if "a" <= c <= "z"}
+            if any(ord(c) - 97 >= len(order) for c in letters):
+                return {}
+            uid = uid_of.get(base)
+            names = {order[ord(c) - 97] for c in letters}
+            if (uid is None and letters) or (uid is not None and names != per_uid.get(uid, set())):
+                return {}
+        used = {c for _, fname in files.values() for c in split_name(fname)[1] if "a" <= c <= "z"}
+        return {c: order[ord(c) - 97] for c in sorted(used) if c not in known}
 
     # -- files ------------------------------------------------------------------------------------
     def _owner_near(self, d: str):
