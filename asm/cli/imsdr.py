@@ -290,6 +290,8 @@ def _show(args) -> int:
         for i in mine:
             extra = f", {i['users']} users, {i['folders']} folders" if "users" in i else ""
             print(f"{kind}: {i['source']} ({i['method']}, {i['size']} bytes, as of {_when(i['captured'])}{extra})")
+    for n in manifest.get("notes") or []:
+        print(f"note: {n}")
     for p in manifest.get("problems") or []:
         print(f"not captured: {p}")
     return EXIT_OK

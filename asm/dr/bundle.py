@@ -12,7 +12,9 @@ that is not there):
    ``store.mail_location`` these where the layout keeps them (``CONTROL=``), each
    login's ``dovecot-uidvalidity*``, and Dovecot's ``dovecot.index*`` and
    ``dovecot.list.index*`` files (``INDEX=``, else in the folders), as
-   ``dovecot/<absolute path>`` members put back at that path;
+   ``dovecot/<absolute path>`` members put back at that path; for an sdbox or mdbox
+   location none (its mail and indexes come back from archives: the manifest's
+   ``notes`` says so, and everything below is captured as for any store);
 3. ``journals``: the restore journal (``$IMS_HOME/data/restore-journal.db``) and the
    Bacula module's state (``data/bacula/state.db``);
 4. ``catalog``: the staging catalog (``staging.dir``/``catalog.db``);
@@ -161,6 +163,7 @@ class Capture:
                             errors="surrogateescape")
         self.counts: dict = {k: 0 for k in KINDS}
         self.problems: list = []
+        self.notes: list = []              # what was left out by design (not a problem)
         self.dovecot_config = dovecot_config
         self.progress = progress or (lambda counts: None)
         self.started = time.time()
@@ -261,6 +264,14 @@ class Capture:
                 self._lost_list(parts, os.path.join(root, "mboxlist", "mailboxes.db"),
                                 os.path.join(listed, "mboxlist", "mailboxes.db"))
             self._classic_indexes(parts)
+        elif layout is not None and not layout.location.is_maildir:
+            # sdbox/mdbox: the messages, flags and UIDs live in Dovecot's own files, which
+            # only an archive (imsbackup) brings back whole; the rest is captured as for
+            # any store
+            self.notes.append(f"mail_location {layout.location.text!r} is a {layout.location.format} "
+                              f"store: its mail and index files are not captured (recover the mail from "
+                              f"archives, imsbackup; docs/disaster-recovery.md step 4a)")
+            self.report(self.notes[-1])
         elif layout is not None:
             self._misplaced_problems(layout)
             self._layout_files(layout)
@@ -290,6 +301,8 @@ class Capture:
             "order": ["mboxlist", "indexes", "journals", "catalog", "config", "keys"],
             "counts": self.counts, "items": self.items, "problems": self.problems,
         }
+        if self.notes:
+            manifest["notes"] = self.notes
         manifest["manifest_sha256"] = manifest_digest(manifest)
         data = json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8", "surrogateescape")
         info = tarfile.TarInfo(MANIFEST)
@@ -365,11 +378,6 @@ class Capture:
             layout = open_layout(self.config, dbox=True)
         except LayoutError as exc:
             raise ImsError(str(exc), status=EXIT_USAGE) from None
-        if not layout.location.is_maildir:
-            raise ImsError(f"imsdr backup: mail_location {layout.location.text!r} is a "
-                           f"{layout.location.format} store, whose flags and UIDs live in Dovecot's "
-                           f"index files: recover it from archives (imsbackup), not from files "
-                           f"(docs/disaster-recovery.md)", status=EXIT_USAGE)
         return layout
 
     def _home_template(self, layout) -> str | None:
