@@ -717,3 +717,38 @@ def test_restore_dry_run_writes_nothing_not_even_ims_home(tmp_path):
     assert not home.exists()
     run(home, "imsdr", "restore", "-f", tmp_path / "dr.tar", check=0)
     assert (home / "config" / "msg.conf").read_bytes() == (src / "config" / "msg.conf").read_bytes()
+
+
+def test_restore_only_of_kinds_the_bundle_lacks_names_them_and_writes_nothing(tmp_path):
+    """`imsdr restore --only catalog,keys` of a disaster backup taken without a staging
+    catalog or mail_crypt keys (or the wrong dr-*.tar) exited 0, silently, having written
+    nothing: the runbook's "catalog first" step seemed done.  Now the kinds asked for that
+    the bundle does not hold are named, nothing is written, exit 15 (files needed are not
+    there); the kinds it holds still restore when asked for alone, and the default
+    restore (no --only) takes what there is, exit 0."""
+    src = tmp_path / "src"
+    make_home(src, "classic")
+    run(src, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=0)
+    home = tmp_path / "new"
+    for argv in (["--only", "catalog,keys"], ["--only", "config,catalog"], ["-n", "--only", "keys,config"]):
+        p = run(home, "imsdr", "restore", *argv, "-f", tmp_path / "dr.tar", check=EXIT_MISSING, text=True)
+        lacking = [k for k in argv[-1].split(",") if k != "config"]
+        assert p.stderr.count("\n") == 1 and p.stderr.startswith("imsdr: "), p.stderr
+        assert f"holds no {', '.join(lacking)}" in p.stderr and "nothing was restored" in p.stderr, p.stderr
+        assert p.stdout == "" and not home.exists(), argv
+    run(home, "imsdr", "restore", "--only", "config", "-f", tmp_path / "dr.tar", check=0)
+    assert (home / "config" / "msg.conf").read_bytes() == (src / "config" / "msg.conf").read_bytes()
+    shutil.rmtree(home)
+    # a Maildir store never has a mailbox list: "--only mboxlist,indexes" (the records) takes
+    # its indexes; "--only mboxlist" alone restores nothing, and says so
+    maildir = tmp_path / "maildir"
+    build(maildir, "maildir", users=2, messages=6)
+    run(maildir, "imsdr", "backup", "-f", tmp_path / "md.tar", check=0)
+    p = run(home, "imsdr", "restore", "-n", "--only", "mboxlist", "-f", tmp_path / "md.tar", check=EXIT_MISSING,
+            text=True)
+    assert "holds no mboxlist" in p.stderr, p.stderr
+    p = run(home, "imsdr", "restore", "-n", "--only", "mboxlist,indexes", "-f", tmp_path / "md.tar", check=0,
+            text=True)
+    assert "would restore indexes: " in p.stdout and not home.exists(), p.stdout
+    run(home, "imsdr", "restore", "-f", tmp_path / "dr.tar", check=0)
+    assert (home / "config" / "msg.conf").read_bytes() == (src / "config" / "msg.conf").read_bytes()

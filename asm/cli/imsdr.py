@@ -45,7 +45,7 @@ def build_parser() -> ArgParser:
     s.add_argument("-f", dest="device", required=True, metavar="DEVICE", help="file to read ('-': stdin)")
     s.add_argument("--only", metavar="KIND,...",
                    help="what to restore: config, catalog, journals, keys, mboxlist, indexes "
-                        "(default: config,catalog,journals,keys)")
+                        "(default: config,catalog,journals,keys; a kind the backup does not hold: exit 15)")
     s.add_argument("--all", dest="everything", action="store_true",
                    help="everything, also the mailbox list and indexes (file-level route: the partitions' "
                         "message files are back, reconstruct follows)")
@@ -184,7 +184,7 @@ def _home(create: bool) -> str:
 
 def _restore(args) -> int:
     from asm.digests import file_sha256
-    from asm.dr.bundle import misplaced_now, plan_restore, put, read_manifest
+    from asm.dr.bundle import lacking_kinds, misplaced_now, plan_restore, put, read_manifest
     kinds = _kinds(args)
     if args.force and args.missing:
         raise UsageError("--force replaces the files that exist, --missing leaves them: give one of them")
@@ -196,6 +196,13 @@ def _restore(args) -> int:
         with contextlib.suppress(Exception):
             device.close()
     try:
+        lacking = lacking_kinds(manifest, kinds) if args.only else []
+        if lacking:
+            # kinds named on purpose: restoring the rest and exiting 0 would pass for the step done
+            raise ImsError(f"{args.device}: the disaster backup (taken on {manifest.get('host')} as of "
+                           f"{_when(manifest.get('started'))}) holds no {', '.join(lacking)}: nothing was "
+                           f"restored; leave {'it' if len(lacking) == 1 else 'them'} out of --only, or use "
+                           f"another disaster backup ('imsdr show -f' says what one holds)", status=EXIT_MISSING)
         members = os.path.join(tmp, "m")
         cfg = Config(home)
         if "config" in kinds and os.path.exists(os.path.join(members, "config", "msg.conf")):

@@ -602,6 +602,24 @@ def read_manifest(stream) -> tuple[dict, str]:
         raise
 
 
+def lacking_kinds(manifest: dict, kinds: tuple) -> list[str]:
+    """The kinds of ``kinds`` of which the bundle holds no file (a site without a staging
+    catalog or mail_crypt keys, the wrong bundle), in the order asked.  A kind its store
+    never has (a mailbox list beside a Maildir store's indexes: ``--only mboxlist,indexes``
+    says "the records", whatever the store) is not missing, unless nothing asked for is
+    held (``--only mboxlist`` of a Maildir store, ``--only indexes`` of an sdbox one)."""
+    held = {item.get("kind") for item in manifest["all_items"]}
+    never = set()
+    if manifest.get("driver") != "classic":
+        never.add("mboxlist")
+    if manifest.get("notes") and manifest.get("mail_location"):
+        never.add("indexes")             # sdbox/mdbox: their mail and indexes come from archives
+    lacking = [k for k in kinds if k not in held]
+    if any(k in held for k in kinds):
+        lacking = [k for k in lacking if k not in never]
+    return lacking
+
+
 def plan_restore(manifest: dict, config_for, kinds: tuple) -> list[tuple[dict, str]]:
     """(item, target path) for the chosen kinds; ``config_for()`` gives the installation's
     configuration as it will be once msg.conf is back (partitions, store root, staging)."""
