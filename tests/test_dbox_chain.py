@@ -20,7 +20,7 @@ import pytest
 
 from asm.errors import EXIT_PARTIAL, EXIT_STORE
 from tests.dovecot_lab import MAIL_USER, lab_fixture, message, random_changes
-from tests.helpers import popen, run
+from tests.helpers import BIN, popen, run
 
 lab = lab_fixture(params=["sdbox", "mdbox"], scope="function")
 USERS = ("alice", "bob")
@@ -789,3 +789,49 @@ def test_imsdr_backup_of_a_dbox_store_captures_the_installation_and_leaves_the_m
     shutil.rmtree(home)
     run(home, "imsdr", "restore", "-f", dr, check=0)
     assert (home / "config" / "msg.conf").read_bytes() == conf
+
+
+@pytest.mark.parametrize("lab", ["sdbox"], indirect=True)
+def test_the_runbooks_check_block_works_after_a_dbox_recovery(lab, tmp_path):
+    """docs/disaster-recovery.md step 5 ("Check") after step 4a restored an sdbox store:
+    its first line, `reconstruct -n -m -r /`, exited 2 ("the maildir driver reads maildir:
+    locations (sdbox is not supported)"), so under `sh -e` neither `mboxutil -l` nor the
+    fresh full backup ran.  Now reconstruct checks a dbox store through Dovecot, whose
+    index files are the authority there: every login's every mailbox is opened with
+    doveadm (exit 0, the counts in its summary), `reconstruct -r` (no -n) has Dovecot
+    resync them (doveadm force-resync), changing nothing a client sees, and the block
+    runs to its end."""
+    from tests.test_runbook import blocks
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    want = views(lab)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    run(home, "imsbackup", "-f", backup / "full-1.ims", "/", check=0)
+    wipe(lab)
+    run(home, "imsrestore", "-f", backup / "full-1.ims", check=0)
+    assert views(lab) == want
+    folders = sum(len(want[u][0]) for u in USERS)
+    messages = sum(len(f[3]) for u in USERS for f in want[u][0].values())
+    p = run(home, "reconstruct", "-n", "-v", "-m", "-r", "/", text=True, check=0)
+    assert f"reconstruct: 2 users, {folders} folders, {messages} messages checked; 0 problems found" in p.stderr, \
+        p.stderr
+    assert "Dovecot's index files" in p.stderr, p.stderr
+    p = run(home, "reconstruct", "-r", "/primary/alice", text=True, check=0)
+    assert p.stderr == "", p.stderr
+    assert views(lab) == want
+    lab.stop()                              # doveadm needs the running Dovecot: said, in one line
+    try:
+        p = run(home, "reconstruct", "-n", "-r", "/", text=True, check=EXIT_STORE)
+    finally:
+        lab.start()
+    assert p.stderr.count("\n") == 1 and "start Dovecot" in p.stderr, p.stderr
+    _, body = blocks()["check"]
+    p = subprocess.run(["bash", "-e", "-c", body], capture_output=True, text=True, cwd="/", timeout=600,
+                       env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "IMS_HOME": str(home),
+                            "BACKUP": str(backup)})
+    assert p.returncode == 0, p.stderr
+    listed = (home / "recovered-mailboxes.txt").read_text()
+    assert "user/alice/Work" in listed and "user/bob/INBOX" in listed, listed
+    assert [n for n in os.listdir(backup) if n.startswith("after-recovery-") and n.endswith(".ims")]

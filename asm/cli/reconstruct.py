@@ -14,6 +14,9 @@ Archives are read through their layers (zstd, age) as imsrestore reads them.  A 
 that is damaged, hostile or (in a directory given to ``-a``) cannot be read is named;
 the repair goes on from what could be read, and the run exits 4 (5: hostile members),
 as imsrestore does on the same archive, never 0.
+
+On an sdbox/mdbox store Dovecot's index files are the records: Dovecot checks them
+(asm/reconstruct/dbox.py).
 """
 from __future__ import annotations
 
@@ -51,7 +54,8 @@ def build_parser() -> ArgParser:
     p.add_argument("--dovecot-config", metavar="FILE",
                    help="dovecot.conf for doveadm (default: dovecot.config, else /etc/dovecot/dovecot.conf)")
     p.add_argument("--no-resync", dest="resync", action="store_false",
-                   help="maildir: do not run doveadm force-resync after the repairs")
+                   help="maildir: do not run doveadm force-resync after the repairs (sdbox/mdbox: before "
+                        "opening each mailbox)")
     p.add_argument("-v", dest="verbose", action="store_true", help="also print notes and a summary")
     p.add_argument("paths", nargs="*", metavar="path",
                    help="/partition/user[/folder] (with -r also /, /partition, /partition/group)")
@@ -175,6 +179,20 @@ def _classic(cfg, groups, k, report, repair, args, paths) -> None:
 def _maildir(cfg, groups, k, report, repair, args, paths) -> None:
     from asm.reconstruct.dovecot import Dovecot
     from asm.reconstruct.maildir import MaildirReconstructor
+    if cfg.get("store.mail_location"):
+        from asm.store.maildir.store import open_layout
+        layout = open_layout(cfg, dbox=True)
+        if not layout.location.is_maildir:
+            # sdbox/mdbox: Dovecot's index files are the records; Dovecot checks them
+            from asm.reconstruct.dbox import DboxReconstructor
+            rec = DboxReconstructor(cfg, report, repair and args.resync, layout)
+            if args.mboxlist:
+                rec.mailbox_list()
+            targets = []
+            for lp in paths:
+                targets += rec.targets(lp, groups, args.recursive)
+            rec.check(targets)
+            return
     dovecot = Dovecot.find(args.dovecot_config or cfg.get("dovecot.config"))
     try:
         rec = MaildirReconstructor(cfg, k, report, repair, dovecot)

@@ -538,6 +538,23 @@ class DboxStore(MaildirStore):
             return n
         return super().release_deliveries(user, holder)
 
+    # -- Dovecot's own view (reconstruct: its index files are the authority) ----------------
+    def account_status(self, user: str, mask: str = "*") -> dict[str, tuple[int, int, int]]:
+        """{folder: (messages, UIDVALIDITY, UIDNEXT)} of the login's dbox account as
+        Dovecot reads it (``doveadm mailbox status``): every mailbox matching ``mask``
+        opened, no copy made."""
+        out = self._dv.run(user, "mailbox status", "messages uidvalidity uidnext", mask, formatter="json")
+        try:
+            return {row["mailbox"]: (int(row["messages"]), int(row["uidvalidity"]), int(row["uidnext"]))
+                    for row in json.loads(out or "[]")}
+        except (ValueError, TypeError, KeyError):
+            raise StoreError(f"doveadm mailbox status -u {user}: unexpected output {out[:200]!r}") from None
+
+    def force_resync(self, user: str, mask: str = "*") -> None:
+        """Dovecot checks the login's mailboxes against its dbox files and fixes its
+        index files (``doveadm force-resync``): UIDs, flags and UIDVALIDITY it keeps."""
+        self._dv.run(user, "force-resync", mask)
+
     def sync(self) -> None:
         super().sync()
         failed, self._failed = self._failed, []
