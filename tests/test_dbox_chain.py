@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -835,3 +836,69 @@ def test_the_runbooks_check_block_works_after_a_dbox_recovery(lab, tmp_path):
     listed = (home / "recovered-mailboxes.txt").read_text()
     assert "user/alice/Work" in listed and "user/bob/INBOX" in listed, listed
     assert [n for n in os.listdir(backup) if n.startswith("after-recovery-") and n.endswith(".ims")]
+
+
+def _doveadm_acting_once(tmp_path, lab, match: str, act: str, error: str | None) -> dict:
+    """A doveadm on PATH that, the first time its arguments match ``match`` (a shell
+    case pattern; never on the login's Maildir copy), does ``act`` to the account as an
+    IMAP client would at that moment (with the real doveadm), then either fails as
+    Dovecot does when that client wins the race (``error`` on stderr, exit 68) or runs
+    the command.  The environment to run a command with."""
+    from tests.dovecot_lab import DOVEADM
+    bindir, mark = tmp_path / "bin", tmp_path / "acted"
+    bindir.mkdir()
+    real = f"{DOVEADM} -c {lab.conf}"
+    (bindir / "doveadm").write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *mail_location=maildir:*) ;;\n'
+        f'  {match})\n'
+        f"  if mkdir {mark} 2>/dev/null; then\n"
+        f"    {act.replace('DOVEADM', real)}\n"
+        + (f"    echo {shlex.quote(error)} >&2; exit 68\n" if error is not None else "")
+        + "  fi;;\n"
+        + "esac\n"
+        f'exec {DOVEADM} "$@"\n')
+    os.chmod(bindir / "doveadm", 0o755)
+    return {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+
+@pytest.mark.parametrize("race", ["folder-deleted", "deleted-under-us"])
+def test_dboxlive_a_client_changing_the_account_while_it_is_listed_fails_no_backup(lab, tmp_path, race):
+    """An IMAP client that deletes a folder, or expunges a message, while imsbackup lists
+    the dbox account before copying it made doveadm fail ("Mailbox doesn't exist: Tmp2",
+    "Message was expunged"): the whole backup exited 17, no archive, every login's
+    nightly backup lost to one busy mailbox.  The listing is taken again: exit 0, the
+    archive holds what the account holds (the folder or message gone is not in it)."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    with lab.imap("alice") as c:
+        c.create("Tmp2")
+        c.append("Tmp2", message("soon gone"))
+        c.select("INBOX")
+        uids = c.uids()
+        c.unselect()
+    if race == "message-expunged":
+        env = _doveadm_acting_once(
+            tmp_path, lab, "*\" fetch -u alice \"*", f"DOVEADM expunge -u alice mailbox INBOX uid {uids[-1]}",
+            f"doveadm(alice): Error: fetch(guid) failed for box=INBOX uid={uids[-1]}: Message was expunged")
+    else:
+        text = ("Mailbox doesn't exist: Tmp2" if race == "folder-deleted" else "Mailbox was deleted under us")
+        env = _doveadm_acting_once(
+            tmp_path, lab, "*\" mailbox status -u alice \"*", "DOVEADM mailbox delete -u alice Tmp2",
+            f"doveadm(alice): Error: Mailbox Tmp2: Failed to lookup mailbox status: {text}")
+    want = views(lab)
+    p = run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", env=env, check=0, text=True)
+    assert (tmp_path / "acted").is_dir()
+    assert p.stderr == "", p.stderr
+    got = views(lab)
+    if race == "message-expunged":
+        assert len(got["alice"][0]["INBOX"][3]) == len(want["alice"][0]["INBOX"][3]) - 1
+    else:
+        assert "Tmp2" not in got["alice"][0]
+    assert listing(home, tmp_path / "a.ims") == sorted(f"/primary/{u}/{f}" for u in USERS for f in got[u][0])
+    toc = run(home, "imsrestore", "-t", "-f", tmp_path / "a.ims", check=0, text=True).stdout
+    inbox = sorted(int(ln.split("\t")[0].rsplit("/", 1)[1]) for ln in toc.splitlines()
+                   if ln.startswith("/primary/alice/INBOX/"))
+    assert inbox == [m[0] for m in got["alice"][0]["INBOX"][3]], toc
+

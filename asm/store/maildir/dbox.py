@@ -34,13 +34,14 @@ import os
 import re
 import shlex
 import shutil
+import time
 
 from asm.config import Config
 from asm.locks import flock_wait, pid_alive
 from asm.store import layout as layout_mod
 from asm.store import utf7
 from asm.store.base import FolderInfo, NoSuchUser, StoreError, StoreFull, Unlisted, UserExists, check_user_name
-from asm.store.maildir.doveadm import TIMEOUT, Doveadm, DsyncDesync
+from asm.store.maildir.doveadm import TIMEOUT, Doveadm, DoveadmRace, DsyncDesync
 from asm.store.maildir.store import (MaildirStore, MisplacedLogin, _misplaced, expanded_location, fixed_prefix,
                                     misplaced_logins, open_layout)
 
@@ -159,19 +160,7 @@ class DboxStore(MaildirStore):
             self._seen.pop(other, None)
         for attempt in range(1, DESYNC_TRIES + 1):
             shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
-            names = self._folders(user)
-            if names["INBOX"][1] == "" and os.path.isdir(self._dbox_root(user)):
-                # no INBOX in the account (renamed away, never delivered to): Dovecot makes
-                # one, with a UIDVALIDITY of its own, when it is first opened (a client's
-                # login, doveadm).  Opened here, so the copy, the archive and a restore
-                # have the UIDVALIDITY clients are served, not one the Maildir copy made up
-                self._dv.run(user, "mailbox status", "uidvalidity", "INBOX")
-                names = self._folders(user)
-            # what Dovecot serves before the copy: a change made while doveadm copies (an
-            # APPEND to a folder it has copied) is in the account and not in the copy, so
-            # the give-back must see the account differ from this, not from a listing
-            # taken after the copy (it held the change: the give-back undid it, exit 0)
-            seen = self._listing(user, modseq=True)
+            names, seen = self._account_now(user)
             # a folder whose Maildir++ directory name would be longer than a file name may be
             # stops doveadm backup of the whole login: left out of the copy (and named)
             # (its parents too, when they are: dsync creates them first)
@@ -182,7 +171,7 @@ class DboxStore(MaildirStore):
                 copy = self._copy(user, long)
             except StoreFull:
                 raise
-            except DsyncDesync as exc:
+            except (DsyncDesync, DoveadmRace) as exc:
                 # the user's client changed folders while dsync copied them: a fresh
                 # copy, as dsync asks ("You may want to run dsync again")
                 if attempt < DESYNC_TRIES:
@@ -197,6 +186,38 @@ class DboxStore(MaildirStore):
         self._exported.add(user)
         self._check_copy(user, names, copy)
         self._names[user] = super().folder_names(user)
+
+    def _account_now(self, user: str) -> tuple[dict[str, tuple], str | None]:
+        """The login's folders (_folders) and what Dovecot serves of it (_listing), read
+        before the copy.  A client that deletes or renames a folder while doveadm
+        lists them stops doveadm ("Mailbox doesn't exist"): the listing is taken again, up to LISTING_TRIES times
+        (what is gone is gone: the copy and the archive do not have it, as a message a
+        Maildir backup finds expunged); after that the login is named as not backed up."""
+        for attempt in range(1, LISTING_TRIES + 1):
+            try:
+                names = self._folders(user)
+                if names["INBOX"][1] == "" and os.path.isdir(self._dbox_root(user)):
+                    # no INBOX in the account (renamed away, never delivered to): Dovecot makes
+                    # one, with a UIDVALIDITY of its own, when it is first opened (a client's
+                    # login, doveadm).  Opened here, so the copy, the archive and a restore
+                    # have the UIDVALIDITY clients are served, not one the Maildir copy made up
+                    self._dv.run(user, "mailbox status", "uidvalidity", "INBOX")
+                    names = self._folders(user)
+                # what Dovecot serves before the copy: a change made while doveadm copies (an
+                # APPEND to a folder it has copied) is in the account and not in the copy, so
+                # the give-back must see the account differ from this, not from a listing
+                # taken after the copy (it held the change: the give-back undid it, exit 0)
+                return names, self._listing(user, modseq=True)
+            except DoveadmRace as exc:
+                if attempt == LISTING_TRIES:
+                    self._uncopied[user] = (
+                        f"doveadm could not list this login: its folders or messages changed while "
+                        f"it listed them, {LISTING_TRIES} times ({exc})",
+                        f"back up again when its IMAP client is less busy (or hold it, doveadm kick "
+                        f"{shlex.quote(user)})")
+                    raise StoreError(f"{user}: {'; '.join(self._uncopied[user])}") from None
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _desync_why(user: str, exc: StoreError) -> tuple[str, str]:
@@ -572,6 +593,8 @@ class DboxStore(MaildirStore):
 #: copies of a login dsync ends on a desync (its folders changed meanwhile) before it is
 #: named as not backed up
 DESYNC_TRIES = 3
+#: listings of a login taken before its copy (_account_now) while a client changes it
+LISTING_TRIES = 10
 
 #: what dsync (Dovecot 2.3) reads as an escaped character in a folder name: other '%' it keeps
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")

@@ -23,6 +23,16 @@ _FULL = re.compile(r"No space left on device|Disk quota exceeded")
 _DESYNC = re.compile(r"Mailbox changes caused a desync\.[^\n]*")
 
 
+#: a folder or message an IMAP client removed while doveadm listed it (the listing, taken
+#: again, no longer has it)
+_RACE = re.compile(r"Mailbox doesn't exist|Mailbox was deleted under us")
+
+
+class DoveadmRace(StoreError):
+    """doveadm stopped on a folder or message deleted, renamed or expunged while it read
+    it (an IMAP client at work): the same command run again lists what is there now."""
+
+
 class DsyncDesync(StoreError):
     """doveadm backup/sync ended on a desync: the mailboxes changed while it copied them
     (an IMAP client at work); dsync asks to be run again."""
@@ -77,6 +87,8 @@ class Doveadm:
             if desync:        # dsync: the mailboxes changed while it copied them
                 raise DsyncDesync(f"doveadm {' '.join(args[:nwords])} -u {login} ({self.conf}): "
                                   f"{desync.group(0)}")
+            if _RACE.search(text):
+                raise DoveadmRace(f"doveadm {' '.join(args[:nwords])} -u {login} ({self.conf}): {err}")
             raise StoreError(f"doveadm {' '.join(args[:nwords])} -u {login} ({self.conf}): {err}")
         return res.stdout.decode("utf-8", "surrogateescape")
 
