@@ -902,3 +902,36 @@ def test_dboxlive_a_client_changing_the_account_while_it_is_listed_fails_no_back
                    if ln.startswith("/primary/alice/INBOX/"))
     assert inbox == [m[0] for m in got["alice"][0]["INBOX"][3]], toc
 
+
+@pytest.mark.parametrize("pct", [False, True])
+def test_dboxlive_a_folder_deleted_or_renamed_while_the_account_is_copied_is_gone_not_misnamed(lab, tmp_path, pct):
+    """A client deleting "Tmp0" and renaming "Projects" to "Projects-2" while doveadm
+    backup copied the dbox account: imsbackup exited 1 with "could not back up
+    /primary/alice/Tmp0: ... (the temporary Maildir++ copy cannot hold its name) ...
+    rename it ... (doveadm mailbox rename -u alice Tmp0 NEW-NAME)" for folders that no
+    longer exist, and (with a '%' folder named too) left "Projects-2" out of the archive
+    unnamed.  Now what went during the copy is gone (not named, exit 0 as for mail a
+    Maildir backup finds gone), what the copy holds under its new name is in the archive,
+    and only a folder the copy cannot hold is named."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    with lab.imap("alice") as c:
+        for box in ("Tmp0", *(["pct%50"] if pct else [])):
+            c.create(box)
+            c.append(box, message(f"in {box}"))
+    env = _doveadm_acting_once(
+        tmp_path, lab, "*\" backup -u alice maildir:\"*",
+        "DOVEADM mailbox delete -u alice Tmp0 && DOVEADM mailbox rename -u alice Projects Projects-2", None)
+    p = run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", env=env,
+            check=EXIT_PARTIAL if pct else 0, text=True)
+    assert (tmp_path / "acted").is_dir()
+    assert "Tmp0" not in p.stderr and "Projects" not in p.stderr, p.stderr
+    if pct:
+        assert "could not back up /primary/alice/pct%50: doveadm backup (dsync)" in p.stderr, p.stderr
+    got = views(lab)
+    assert "Tmp0" not in got["alice"][0] and "Projects" not in got["alice"][0]
+    assert listing(home, tmp_path / "a.ims") == sorted(f"/primary/{u}/{f}" for u in USERS for f in got[u][0]
+                                                       if f != "pct%50")
+    toc = run(home, "imsrestore", "-t", "-f", tmp_path / "a.ims", check=0, text=True).stdout
+    assert "/primary/alice/Projects-2/1\t" in toc, toc

@@ -289,7 +289,12 @@ class DboxStore(MaildirStore):
           copy is left out of it (_too_long).  Such a folder cannot be read or written
           through doveadm backup under its own name: a backup names it as not backed
           up (unlisted_folders), the copy's renamed folder is removed from the copy, and
-          nothing is written to the login (a copy given back would rename or remove it).
+          nothing is written to the login (a copy given back would rename or remove it);
+        * a folder an IMAP client deleted or renamed while doveadm copied (the account,
+          listed again after the copy, no longer has it under its name and GUID) is
+          gone: not in the copy, not named (the next incremental has it gone, as a
+          Maildir backup has a folder deleted while it runs); a folder made (or renamed
+          to) meanwhile that the copy holds is the account's and stays in the copy.
 
         A folder is the copy's when the copy has a folder of that name with the same
         mailbox GUID (dsync keeps GUIDs): a name is never guessed from its characters,
@@ -299,15 +304,34 @@ class DboxStore(MaildirStore):
         with ``doveadm mailbox delete``, which keeps the copy's own indexes true."""
         # (an INBOX the account does not have -- never delivered to, or renamed away --
         # is one the Maildir copy has, empty: not a folder copied under another name)
-        self._renamed[user] = sorted(n for n, (_m, guid) in names.items()
-                                     if (n not in copy or copy[n][1] != guid)
-                                     and not (n == "INBOX" and guid == "" and n in copy and not copy[n][0]))
+        missing = [n for n, (_m, guid) in names.items()
+                   if (n not in copy or copy[n][1] != guid)
+                   and not (n == "INBOX" and guid == "" and n in copy and not copy[n][0])]
+        extra = set(copy) - set(names)
+        # the account as it is after the copy: a client may have deleted or renamed a
+        # folder while doveadm copied (not in the copy, not in the account: gone, as a
+        # folder a Maildir backup finds gone, and the next incremental has it gone), or
+        # made one (in the copy and the account under its name with its GUID: backed up)
+        now = self._folders_after(user, names) if missing or extra else names
+        self._renamed[user] = sorted(n for n in missing if n in now and now[n][1] == names[n][1])
         opts = self._copy_options(user)
-        for name in sorted(set(copy) - set(names), reverse=True):     # children first
+        for name in sorted(extra, reverse=True):     # children first
+            if name in now and now[name][1] == copy[name][1] and copy[name][1]:
+                continue                              # the account's own folder, made meanwhile
             if self._renamed[user] or not copy[name][0]:
                 # (a copy with a '%' folder is never written or given back: its renamed
                 # folders go, mail and all; the account keeps them as they are)
                 self._dv.run(user, "mailbox delete", name, options=opts)
+
+    def _folders_after(self, user: str, before: dict[str, tuple]) -> dict[str, tuple]:
+        """The login's folders (_folders) listed again after its copy; ``before`` (the
+        listing taken before the copy) when clients keep changing them while doveadm lists."""
+        for attempt in range(1, LISTING_TRIES + 1):
+            try:
+                return self._folders(user)
+            except DoveadmRace:
+                time.sleep(0.05 * attempt)
+        return before
 
     def _copy_options(self, user: str) -> list[str]:
         """doveadm's settings for looking at the login's copy: its folders as its
