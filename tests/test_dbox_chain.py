@@ -862,7 +862,7 @@ def _doveadm_acting_once(tmp_path, lab, match: str, act: str, error: str | None)
     return {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 
 
-@pytest.mark.parametrize("race", ["folder-deleted", "deleted-under-us"])
+@pytest.mark.parametrize("race", ["folder-deleted", "deleted-under-us", "message-expunged"])
 def test_dboxlive_a_client_changing_the_account_while_it_is_listed_fails_no_backup(lab, tmp_path, race):
     """An IMAP client that deletes a folder, or expunges a message, while imsbackup lists
     the dbox account before copying it made doveadm fail ("Mailbox doesn't exist: Tmp2",

@@ -189,8 +189,9 @@ class DboxStore(MaildirStore):
 
     def _account_now(self, user: str) -> tuple[dict[str, tuple], str | None]:
         """The login's folders (_folders) and what Dovecot serves of it (_listing), read
-        before the copy.  A client that deletes or renames a folder while doveadm
-        lists them stops doveadm ("Mailbox doesn't exist"): the listing is taken again, up to LISTING_TRIES times
+        before the copy.  A client that deletes or renames a folder, or expunges a
+        message, while doveadm lists them stops doveadm ("Mailbox doesn't exist",
+        "Message was expunged"): the listing is taken again, up to LISTING_TRIES times
         (what is gone is gone: the copy and the archive do not have it, as a message a
         Maildir backup finds expunged); after that the login is named as not backed up."""
         for attempt in range(1, LISTING_TRIES + 1):

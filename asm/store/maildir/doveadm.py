@@ -25,7 +25,7 @@ _DESYNC = re.compile(r"Mailbox changes caused a desync\.[^\n]*")
 
 #: a folder or message an IMAP client removed while doveadm listed it (the listing, taken
 #: again, no longer has it)
-_RACE = re.compile(r"Mailbox doesn't exist|Mailbox was deleted under us")
+_RACE = re.compile(r"Mailbox doesn't exist|Mailbox was deleted under us|Message was expunged")
 
 
 class DoveadmRace(StoreError):
