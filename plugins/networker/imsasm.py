@@ -192,7 +192,8 @@ def _resolve(inst, rec: SaveRecord, allow_empty: bool = False) -> None:
     # a partition whose directory is gone (a disk not mounted, a wrong path) is the store's
     # failure, as imsbackup says (exit 17): never every mailbox on it "removed since
     # mkbackupdir ran" and an empty record with exit 0
-    for p in covered_partitions(partitions, rec.place, leaves):
+    covered = covered_partitions(partitions, rec.place, leaves)
+    for p in covered:
         store.check_partition(p)
     for leaf in leaves:
         if leaf.user is None:
@@ -227,7 +228,7 @@ def _resolve(inst, rec: SaveRecord, allow_empty: bool = False) -> None:
     # a partition the record reaches that lists nobody (the empty mount point of a disk
     # not mounted) is refused as imsbackup refuses it (exit 18), not saved as a record of
     # mailboxes all "removed since mkbackupdir ran"
-    check_not_empty(store, covered_partitions(partitions, rec.place, leaves), list(by_user.values()),
+    check_not_empty(store, covered, list(by_user.values()),
                     allow_empty or inst.config.get("backup.allowempty") == "yes")
     porder = {p: i for i, p in enumerate(partitions)}
     rec.targets = sorted(by_user.values(), key=lambda t: (porder.get(t.partition, 99), t.user))
