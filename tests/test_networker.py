@@ -563,12 +563,11 @@ def test_folder_renamed_during_the_savegroup_is_saved_that_night(tmp_path, env):
     assert got.get(("alice", "INBOX"), (0, ()))[1] == ()          # only the record asked for
 
 
-def test_concatenated_streams_with_end_restore_as_a_chain(tmp_path, ims_home, env):
-    """docs/networker.md: chained streams may repeat STREAM.  A full and an incremental,
-    each written without -e (so each ends in END), piped one after the other into
-    imsasm -r: both are restored, not the first alone with exit 0."""
-    cfg = home(ims_home, "classic")
-    store = open_store(cfg)
+def _alice_full_and_incremental(tmp_path, ims_home, drv, flags=()):
+    """alice's save record of a mkbackupdir -u tree saved full, a message delivered
+    (with ``flags``), then saved incremental (-t): (full stream, incremental stream, the
+    store's state after both)."""
+    store = open_store(home(ims_home, drv))
     fill(store, ["alice"])
     backup = tmp_path / "backup"
     assert run(ims_home, "mkbackupdir", "-u", "-p", str(backup)).returncode == 0
@@ -576,9 +575,16 @@ def test_concatenated_streams_with_end_restore_as_a_chain(tmp_path, ims_home, en
     full = run(ims_home, "imsasm", "-s", alice, check=0).stdout
     t0 = str(int(time.time()))
     time.sleep(1.1)
-    store.append("alice", "INBOX", io.BytesIO(b"Subject: new\r\n\r\nnew\r\n"), flags=["\\Draft"])
+    store.append("alice", "INBOX", io.BytesIO(b"Subject: new\r\n\r\nnew\r\n"), flags=list(flags))
     incr = run(ims_home, "imsasm", "-s", "-t", t0, alice, check=0).stdout
-    want = state(store)
+    return full, incr, state(store)
+
+
+def test_concatenated_streams_with_end_restore_as_a_chain(tmp_path, ims_home, env):
+    """docs/networker.md: chained streams may repeat STREAM.  A full and an incremental,
+    each written without -e (so each ends in END), piped one after the other into
+    imsasm -r: both are restored, not the first alone with exit 0."""
+    full, incr, want = _alice_full_and_incremental(tmp_path, ims_home, "classic", flags=["\\Draft"])
     target, _ = _fresh(tmp_path, "new", "classic", env)
     p = run(target, "imsasm", "-r", input=full + incr)
     assert p.returncode == 0, p.stderr
@@ -596,18 +602,7 @@ def test_an_incremental_recovered_before_its_full_exits_7(tmp_path, ims_home, en
     store without the user: the folder is refused, as imsrestore refuses it, and the
     exit status is 7 (chain out of order, docs/networker.md), not 1: imsasm's status
     for a record collapsed the refusal into 'finished with named failures'."""
-    cfg = home(ims_home, drv)
-    store = open_store(cfg)
-    fill(store, ["alice"])
-    backup = tmp_path / "backup"
-    assert run(ims_home, "mkbackupdir", "-u", "-p", str(backup)).returncode == 0
-    alice = str(backup / "primary" / "groupA" / "alice")
-    full = run(ims_home, "imsasm", "-s", alice, check=0).stdout
-    t0 = str(int(time.time()))
-    time.sleep(1.1)
-    store.append("alice", "INBOX", io.BytesIO(b"Subject: new\r\n\r\nnew\r\n"))
-    incr = run(ims_home, "imsasm", "-s", "-t", t0, alice, check=0).stdout
-    want = state(store)
+    full, incr, want = _alice_full_and_incremental(tmp_path, ims_home, drv)
     target, _ = _fresh(tmp_path, "new", drv, env)
     p = run(target, "imsasm", "-r", input=incr, check=7)
     assert "this incremental holds only part of it" in p.stderr.decode(), p.stderr
