@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from asm.errors import (
     EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_LOCKED, EXIT_NOSPACE, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, EXIT_STORE,
-    EXIT_USAGE, ImsError,
+    EXIT_USAGE, ImsError, worst,
 )
 
 
@@ -73,25 +73,32 @@ class RestoreResult:
     stopped: bool = False                            # stopped at an error (-c n, or the
                                                      # answer n): the rest was not read
 
+    def failures(self) -> set[int]:
+        """The statuses of the failures :data:`asm.errors.SEVERITY` ranks above a usage
+        error that met in this run: the store filled up (13: the run stopped, the rest
+        was not tried), hostile members (5), a truncated or corrupt archive (4),
+        mailboxes the store could not write (17), folders locked by another run (6),
+        chains applied out of order (7)."""
+        out = {e.get("status", EXIT_PARTIAL) for e in self.errors} & {EXIT_NOSPACE, EXIT_STORE, EXIT_LOCKED,
+                                                                         EXIT_ORDER}
+        if self.store_full is not None:
+            out.add(EXIT_NOSPACE)
+        if self.hostile:
+            out.add(EXIT_HOSTILE)
+        if self.incomplete or self.corrupt:
+            out.add(EXIT_INCOMPLETE)
+        if self.out_of_order:
+            out.add(EXIT_ORDER)
+        return out
+
     def status(self) -> int:
         """The run's exit status when several kinds of failure met (docs/operations.md,
-        "When several things fail"): the store filled up (13: the run stopped, the
-        rest was not tried) before hostile members (5), a truncated or corrupt archive
-        (4), mailboxes the store could not write (17), folders locked by another run
-        (6), chains applied out of order (7), paths that matched nothing at all or
-        only names the store cannot keep (2), and any other named failure (1)."""
+        "Exit statuses"): the worst of :meth:`failures`, else paths that matched nothing
+        at all or only names the store cannot keep (2), and any other named failure (1)."""
+        worst_failure = worst(*self.failures())
+        if worst_failure != EXIT_OK:
+            return worst_failure
         statuses = {e.get("status", EXIT_PARTIAL) for e in self.errors}
-        if self.store_full is not None or EXIT_NOSPACE in statuses:
-            return EXIT_NOSPACE
-        if self.hostile:
-            return EXIT_HOSTILE
-        if self.incomplete or self.corrupt:
-            return EXIT_INCOMPLETE
-        for s in (EXIT_STORE, EXIT_LOCKED):
-            if s in statuses:
-                return s
-        if self.out_of_order or EXIT_ORDER in statuses:
-            return EXIT_ORDER
         if self.paths and len(self.unmatched) == self.paths:
             return EXIT_USAGE
         if statuses == {EXIT_USAGE} and not self.folders:

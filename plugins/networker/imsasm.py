@@ -26,7 +26,7 @@ from asm.cli.common import ArgParser, Progress, UsageError, die, human, run_comm
 from asm.cli.context import open_installation
 from asm.config import NoInstallation
 from asm.errors import (
-    EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_ORDER, EXIT_PARTIAL,
+    EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL,
     EXIT_USAGE, ImsError, device_status, worst,
 )
 from asm.logical import LogicalPath, Target
@@ -825,24 +825,15 @@ def _restore_record(inst, rec, places, args, totals, errors, report, progress) -
     # each failure keeps its own status (a full store 13, a store that cannot be written
     # 17, a lock 6, folders refused because this save set does not follow what was
     # recovered into them 7, as imsrestore says them), ranked as imsrestore ranks them
-    statuses = {e.get("status", EXIT_PARTIAL) for e in res.errors}
-    if EXIT_USAGE in statuses:
-        # a name the store cannot keep, named; imsasm's own exit 2 is for its paths
-        statuses = (statuses - {EXIT_USAGE}) | {EXIT_PARTIAL}
+    # (a name the store cannot keep is named, 1: imsasm's own exit 2 is for its paths)
+    statuses = res.failures() | {EXIT_PARTIAL if e.get("status") == EXIT_USAGE else e.get("status", EXIT_PARTIAL)
+                                 for e in res.errors}
     if res.pending:
         statuses.add(EXIT_PARTIAL)
-    if res.store_full is not None:
-        statuses.add(EXIT_NOSPACE)
     if res.hostile:
         errors.append(f"{rec.name}: {res.hostile} hostile members refused")
-        statuses.add(EXIT_HOSTILE)
     if res.incomplete:
         errors.append(f"{rec.name}: {res.incomplete}")
-        statuses.add(EXIT_INCOMPLETE)
-    if res.corrupt:
-        statuses.add(EXIT_INCOMPLETE)
-    if res.out_of_order:
-        statuses.add(EXIT_ORDER)
     return worst(*statuses), sel
 
 
