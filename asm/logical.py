@@ -181,17 +181,29 @@ def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Targ
                     raise PathError(f"{lp}: user {user!r} has no folder {lp.folder!r}")
                 chosen = [f for f in names if f == folder or f.startswith(folder + "/")]
             found = True
-            t = by_user.get(user)
-            if t is None:
-                t = by_user[user] = Target(part, user, groups.group_of(user), [], set())
-            have = set(t.folders)
-            t.folders.extend(f for f in chosen if f not in have)
-            if lp.folder is not None:
-                t.explicit.update(chosen)
+            add_folders(by_user, part, user, groups.group_of(user), chosen, lp.folder is not None)
         if not found and lp.group is not None and lp.group != PREDEFINED and not users:
             # an empty group is not an error for whole-partition runs, but naming it is
             # worth a clear word rather than an empty archive
             raise PathError(f"{lp}: backup group {lp.group!r} has no users on partition {lp.partition!r}")
+    return sorted_targets(by_user, partitions)
+
+
+def add_folders(by_user: dict, part: str, user: str, group: str, chosen: list, explicit: bool) -> None:
+    """Add the folders ``chosen`` (of a path naming a folder: ``explicit``) to ``user``'s
+    Target in ``by_user`` (made on first use), each folder once."""
+    t = by_user.get(user)
+    if t is None:
+        t = by_user[user] = Target(part, user, group, [], set())
+    have = set(t.folders)
+    t.folders.extend(f for f in chosen if f not in have)
+    if explicit:
+        t.explicit.update(chosen)
+
+
+def sorted_targets(by_user: dict, partitions: list) -> list:
+    """The Targets of ``by_user`` in the store's order: by partition, then user; each
+    user's folders INBOX first, then by name."""
     order = {p: i for i, p in enumerate(partitions)}
     out = sorted(by_user.values(), key=lambda t: (order.get(t.partition, 99), t.user))
     for t in out:

@@ -147,7 +147,7 @@ def live_targets(view: ChainView, store: Store, groups) -> tuple[list, list, lis
     the :class:`RecordedGroups` of ``view``."""
     from asm.backup import EmptyStore, check_not_empty, whole_partitions
     from asm.groups import PREDEFINED, Groups
-    from asm.logical import PathError, Target, match_folder, parse, user_on
+    from asm.logical import PathError, add_folders, match_folder, parse, sorted_targets, user_on
     from asm.restore.selection import as_recorded_group
     from asm.store.base import NoSuchUser
     if not isinstance(groups, RecordedGroups):
@@ -217,17 +217,8 @@ def live_targets(view: ChainView, store: Store, groups) -> tuple[list, list, lis
                     gone.append(f"{lp}: user {user!r} has no folder {lp.folder!r} now (deleted or renamed "
                                 f"since the backup): its archived folders are counted as deleted")
                     continue
-            t = by_user.get(user)
-            if t is None:
-                t = by_user[user] = Target(part, user, groups.group_of(user), [], set())
-            have = set(t.folders)
-            t.folders.extend(f for f in chosen if f not in have)
-            if lp.folder is not None:
-                t.explicit.update(chosen)
-    order = {p: i for i, p in enumerate(partitions)}
-    targets = sorted(by_user.values(), key=lambda t: (order.get(t.partition, 99), t.user))
-    for t in targets:
-        t.folders.sort(key=lambda f: (f != "INBOX", f))
+            add_folders(by_user, part, user, groups.group_of(user), chosen, lp.folder is not None)
+    targets = sorted_targets(by_user, partitions)
     # a partition it covers whose users are not listed but whose directories are there
     check_not_empty(store, whole_partitions(store, paths), targets, allow_empty=True)
     return paths, targets, gone

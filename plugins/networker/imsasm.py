@@ -29,7 +29,7 @@ from asm.errors import (
     EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL,
     EXIT_USAGE, ImsError, device_status, worst,
 )
-from asm.logical import LogicalPath, Target
+from asm.logical import LogicalPath, Target, sorted_targets
 from asm.restore import Journal, Restorer, RestoreOptions, Selection, default_reffile
 from asm.store.base import MessageGone, NoSuchFolder, NoSuchUser, StoreError
 
@@ -230,10 +230,7 @@ def _resolve(inst, rec: SaveRecord, allow_empty: bool = False) -> None:
     # mailboxes all "removed since mkbackupdir ran"
     check_not_empty(store, covered, list(by_user.values()),
                     allow_empty or inst.config.get("backup.allowempty") == "yes")
-    porder = {p: i for i, p in enumerate(partitions)}
-    rec.targets = sorted(by_user.values(), key=lambda t: (porder.get(t.partition, 99), t.user))
-    for t in rec.targets:
-        t.folders.sort(key=lambda f: (f != "INBOX", f))
+    rec.targets = sorted_targets(by_user, partitions)
 
 
 def covered_partitions(partitions: list[str], place: tree.Place, leaves: list[tree.Place]) -> list[str]:
