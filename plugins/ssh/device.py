@@ -250,25 +250,13 @@ class _SFTPReader:
         chunks = [(off, min(self.CHUNK, self.pos + want - off))
                   for off in range(self.pos, self.pos + want, self.CHUNK)]
         try:
-            data = b"".join(self.f.readv(chunks)) if len(chunks) > 1 else \
-                self._read_at(chunks[0][0], chunks[0][1])
+            data = sftpio.read_many(self.f, chunks)
         except Exception as exc:
             raise sftpio.translate(self.conn, exc, "reading", self.path) from None
         self._buf, self._bufpos = data, self.pos
         out = data[:end - self.pos]
         self.pos += len(out)
         return out
-
-    def _read_at(self, off: int, n: int) -> bytes:
-        self.f.seek(off)
-        parts, got = [], 0
-        while got < n:
-            d = self.f.read(n - got)
-            if not d:
-                break
-            parts.append(d)
-            got += len(d)
-        return b"".join(parts)
 
     def close(self) -> None:
         sftpio.quiet_close(self.f)
@@ -394,7 +382,6 @@ def open_read(spec: str, conn: Connection, path: str) -> Device:
     if stat.S_ISREG(st.st_mode):
         try:
             f = conn.sftp.open(path, "r", bufsize=0)
-            sftpio.quiet_prefetch(f)
         except Exception as exc:
             raise sftpio.translate(conn, exc, "opening", path) from None
         return _ConnDevice(spec, _SFTPReader(conn, path, f, st.st_size), conn, True, "remote-file")

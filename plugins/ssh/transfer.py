@@ -167,7 +167,6 @@ def fetch(remote_spec: str, local_path: str, config=None, sha256: str | None = N
         try:
             st = sftp.stat(rs.path)
             src = sftp.open(rs.path, "r", bufsize=0)
-            sftpio.quiet_prefetch(src)
         except Exception as exc:
             raise sftpio.translate(conn, exc, "opening", rs.path) from None
         if not stat.S_ISREG(st.st_mode):
@@ -184,7 +183,7 @@ def fetch(remote_spec: str, local_path: str, config=None, sha256: str | None = N
                 want = min(st.st_size - off, 32 * 32768)
                 chunks = [(o, min(32768, off + want - o)) for o in range(off, off + want, 32768)]
                 try:
-                    data = b"".join(src.readv(chunks))
+                    data = sftpio.read_many(src, chunks)
                 except Exception as exc:
                     raise sftpio.translate(conn, exc, "reading", rs.path) from None
                 if not data:
