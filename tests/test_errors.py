@@ -246,6 +246,23 @@ def test_every_command_ends_through_run_command():
     assert missing == []
 
 
+def test_every_command_restarts_in_utf8_mode():
+    """asm/__init__.py knows every console script by name and every module a command is
+    run as with ``python -m`` (the notify scripts, imsstage's and imsbacula's children):
+    each restarts in Python's UTF-8 mode under a locale that is not UTF-8
+    (tests/test_names.py runs them under one)."""
+    import asm
+    assert set(SCRIPTS) <= asm._COMMANDS
+    mains = set()
+    for rel, path in _source_files():
+        with open(path, encoding="utf-8") as f:
+            if 'if __name__ == "__main__":' in f.read():
+                mains.add(rel[:-3].replace(os.sep, "."))
+    assert mains and [m for m in sorted(mains) if not (m.startswith("asm.cli.") or m in asm._COMMAND_MODULES)] == []
+    assert asm._dash_m(["-I", "-X", "utf8=0", "-m", "asm.cli.imsbackup", "-f", "x"]) == "asm.cli.imsbackup"
+    assert asm._dash_m(["-Imstaging.cli"]) == "staging.cli" and asm._dash_m(["-c", "-m x"]) is None
+
+
 # ----------------------------------------------------------------------------- closed pipes
 
 LONG = "a folder whose name is long enough to make every line of a listing a long one "

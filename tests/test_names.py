@@ -2,12 +2,15 @@
 holds bytes another tool wrote is listed, backed up, printed (-v, -t, mboxutil -l) and
 restored with those very bytes; a trailer's error list, the restore journal, reference
 files and the staging catalog keep them; the classic store, which keeps names as UTF-8
-text, refuses such a name with one line for that mailbox only."""
+text, refuses such a name with one line for that mailbox only.  And UTF-8 names stay
+those names under a locale whose character set is not UTF-8."""
 from __future__ import annotations
 
 import io
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +18,7 @@ from asm.archive.reader import ArchiveReader
 from asm.config import Config
 from asm.errors import EXIT_PARTIAL, EXIT_USAGE
 from asm.store import open_store
-from tests.helpers import make_home, msg, run, state
+from tests.helpers import command_env, make_home, msg, require, run, state, unavailable
 
 CAFE = os.fsdecode(b"Caf\xe9")          # Latin-1 'Café': not UTF-8
 JORG = os.fsdecode(b"j\xf6rg")          # Latin-1 'jörg'
@@ -329,3 +332,82 @@ def test_a_user_id_too_long_for_one_directory_is_refused_up_front(tmp_path, driv
     assert sorted(os.walk(part)) == before
     run(home, "mboxutil", "-c", f"user/{fits}")
     assert fits in list(open_store(Config(str(home))).users("primary"))
+
+
+@pytest.fixture(scope="module")
+def latin1(tmp_path_factory):
+    """The environment of an old cron job: the locale en_US.ISO-8859-1 (built with
+    localedef into a directory of its own, named by LOCPATH), no PYTHONUTF8."""
+    localedef = require("localedef", "to build an ISO-8859-1 locale")
+    loc = tmp_path_factory.mktemp("locales") / "en_US.ISO-8859-1"
+    p = subprocess.run([localedef, "-i", "en_US", "-f", "ISO-8859-1", str(loc)], capture_output=True, text=True)
+    if not loc.is_dir():
+        unavailable(f"localedef cannot build en_US.ISO-8859-1: {p.stderr[-300:]}")
+    env = {"LOCPATH": loc.parent, "LC_ALL": "en_US.ISO-8859-1", "LANG": "en_US.ISO-8859-1",
+           "PYTHONUTF8": None, "PYTHONIOENCODING": None, "PYTHONCOERCECLOCALE": None}
+    p = subprocess.run([sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"],
+                       env=command_env(None, env), capture_output=True, text=True)
+    assert p.stdout.strip() == "iso8859-1", "the locale is in force: Python alone would misread UTF-8 names"
+    return env
+
+
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_utf8_names_under_a_latin1_locale(tmp_path, latin1, driver):
+    """Under an ISO-8859-1 locale the commands read UTF-8 names as Latin-1 text: imsbackup
+    exited 0 having archived user jösé as 'jÃ¶sÃ©' (a maildir store; on a classic one it
+    called the user's directory missing, exit 1), imsrestore made a user of that name
+    (classic: a directory '=j\\xf6s\\xe9' the next mboxutil -l calls damaged, exit 17),
+    reconstruct -m replaced jösé by 'jÃ¶sÃ©' in the mailbox list, and imsrestore -t and
+    mboxutil -l ended in internal error 70 on a folder 日本.  Every command now runs in
+    Python's UTF-8 mode whatever the locale: the names are the same bytes as under UTF-8."""
+    home = tmp_path / "src"
+    store = open_store(make_home(home, driver))
+    store.create_user("jösé")
+    store.create_folder("jösé", "日本")
+    store.append("jösé", "INBOX", io.BytesIO(msg(1)))
+    store.append("jösé", "日本", io.BytesIO(msg(2)))
+    want = state(store)
+    listed = "user/jösé/日本".encode()
+    archive = tmp_path / "full.ims"
+    p = run(home, "imsbackup", "-f", archive, "/", env=latin1)
+    assert (p.returncode, p.stderr) == (0, b"")
+    for argv in (["imsrestore", "-t", "-f", archive], ["mboxutil", "-l"]):
+        p = run(home, *argv, env=latin1)
+        assert p.returncode == 0 and p.stderr == b"", (argv, p.stderr)
+        assert listed in p.stdout or "primary/jösé/日本/".encode() in p.stdout, (argv, p.stdout)
+    # as imsstage starts its children; and stdout is the names' bytes whatever PYTHONIOENCODING says
+    p = subprocess.run([sys.executable, "-m", "asm.cli.mboxutil", "-l"], capture_output=True, timeout=120,
+                       env=command_env(home, {**latin1, "PYTHONIOENCODING": "latin-1"}))
+    assert p.returncode == 0 and listed in p.stdout, p.stderr
+    if driver == "classic":
+        p = run(home, "reconstruct", "-m", env=latin1)
+        assert p.returncode == 0, p.stderr
+        assert b"repaired" not in p.stdout + p.stderr, p.stdout + p.stderr
+    p = run(home, "reconstruct", "--no-resync", "-r", "/primary/jösé", env=latin1)
+    assert p.returncode == 0, p.stderr
+    assert state(open_store(make_home(home, driver))) == want
+    assert run(home, "mboxutil", "-l").returncode == 0
+
+    dest = tmp_path / "dest"
+    make_home(dest, driver)
+    p = run(dest, "imsrestore", "-f", archive, env=latin1)
+    assert (p.returncode, p.stderr) == (0, b"")
+    got = state(open_store(make_home(dest, driver)))
+    assert sorted(got) == sorted(want)
+    assert [got[k][0] for k in sorted(got) if len(k) == 3] == [want[k][0] for k in sorted(want) if len(k) == 3]
+    p = run(dest, "mboxutil", "-l")
+    assert p.returncode == 0 and listed in p.stdout, p.stderr
+    assert run(dest, "imsbackup", "-f", tmp_path / "again.ims", "/").returncode == 0
+
+
+def test_a_command_that_cannot_run_in_utf8_mode_is_refused(tmp_path, latin1):
+    """A command's main() called by another program under such a locale cannot restart
+    itself: it refuses, one line saying what to do, exit 2, nothing done."""
+    home = tmp_path / "home"
+    store = open_store(make_home(home, "classic"))
+    code = "import sys; from asm.cli.mboxutil import main; sys.exit(main(['-c', 'user/jösé']))"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=command_env(home, {**latin1, "IMS_DEBUG": None}))
+    assert p.returncode == EXIT_USAGE, p.stderr
+    assert p.stderr.count("\n") == 1 and "not UTF-8" in p.stderr and "PYTHONUTF8=1" in p.stderr, p.stderr
+    assert list(store.users("primary")) == []

@@ -113,6 +113,8 @@ def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv:
     global _depth
     lossless_output()
     outer = _depth == 0
+    if outer and not utf8_names():
+        return _flush_stdout(prog, die(prog, _NOT_UTF8 % sys.getfilesystemencoding(), EXIT_USAGE))
     saved = _trap_signals()
     _depth += 1
     try:
@@ -127,6 +129,17 @@ def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv:
     except BaseException as exc:       # noqa: B036 - the one place every failure ends
         status = _report(prog, exc)
     return _flush_stdout(prog, status)
+
+
+_NOT_UTF8 = ("the locale's character set is %s, not UTF-8, and Python is not in its UTF-8 mode: names "
+             "would be misread; run the command with PYTHONUTF8=1 (or under a UTF-8 locale)")
+
+
+def utf8_names() -> bool:
+    """Whether names reach this process as UTF-8: Python's UTF-8 mode or a UTF-8 locale.
+    Every command sees to it when it starts (asm/__init__.py restarts it with -X utf8);
+    a main() called from another program under another locale is refused, nothing done."""
+    return bool(sys.flags.utf8_mode) or sys.getfilesystemencoding().lower().replace("-", "") == "utf8"
 
 
 def _shown(exc):
@@ -144,8 +157,9 @@ def _shown(exc):
 def lossless_output() -> None:
     """Names hold whatever bytes the filesystem allows.  stdout writes them as those
     very bytes (as ls and find do, so a listing can be fed back to a command); stderr,
-    read by people and logs, shows a byte that is not UTF-8 as \\xNN.  Never a
-    UnicodeEncodeError."""
+    read by people and logs, shows a byte that is not UTF-8 as \\xNN, and a character
+    its encoding lacks (PYTHONIOENCODING=latin-1 and a folder 日本) as \\uNNNN.  Never a
+    UnicodeEncodeError: stdout is UTF-8 whatever PYTHONIOENCODING says, as the names are."""
     import codecs
     try:
         codecs.lookup_error("ims-shown")
@@ -153,8 +167,11 @@ def lossless_output() -> None:
         codecs.register_error("ims-shown", _shown)
     for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "ims-shown")):
         try:
-            stream.reconfigure(errors=errors)
-        except (AttributeError, ValueError):
+            if stream is sys.stdout and codecs.lookup(stream.encoding).name != "utf-8":
+                stream.reconfigure(encoding="utf-8", errors=errors)
+            else:
+                stream.reconfigure(errors=errors)
+        except (AttributeError, LookupError, TypeError, ValueError):
             pass
 
 
