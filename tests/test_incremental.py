@@ -1089,3 +1089,54 @@ def test_a_message_the_full_could_not_read_comes_back_from_the_incremental(tmp_p
     assert view(dest_store(dst)) == want
     chain(dst, [full, incr])                          # run again: nothing changes
     assert view(dest_store(dst)) == want
+
+
+def test_a_d_date_the_clock_skips_or_repeats_is_its_earlier_instant(tmp_path):
+    """New York, 8 March 2026: clocks go from 02:00 EST to 03:00 EDT, so 02:30 is no
+    instant; `-d 20260308:023000` was read as 03:30 EDT, the later of its two readings,
+    and a message stored at 03:10 EDT was left out, exit 0.  A -d date errs toward more
+    mail: such a time is its earlier reading, 01:30 EST (02:30 EDT), as a time the clock
+    shows twice (1 November, 01:30 EDT and EST) already was.  The same for imsasm -t."""
+    from zoneinfo import ZoneInfo
+    import datetime as dt
+    from plugins.networker import getdate
+    ny = ZoneInfo("America/New_York")
+    home = tmp_path / "src"
+    store = open_store(make_home(home, "classic"))
+    store.create_user("joe")
+
+    def at(*when, fold=0):
+        return dt.datetime(*when, tzinfo=ny, fold=fold).timestamp()
+
+    stored = {
+        1: at(2026, 3, 8, 1, 20),                 # 01:20 EST: before 02:30 either way
+        2: at(2026, 3, 8, 1, 40),                 # 01:40 EST: after the earlier reading
+        3: at(2026, 3, 8, 3, 10),                 # 03:10 EDT: was left out
+        4: at(2026, 11, 1, 1, 20),                # 01:20 EDT, the first 01:20
+        5: at(2026, 11, 1, 1, 40),                # 01:40 EDT: after the first 01:30
+        6: at(2026, 11, 1, 1, 20, fold=1),        # 01:20 EST, the second 01:20
+    }
+    for uid, when in stored.items():
+        store.append("joe", "INBOX", io.BytesIO(msg(uid)), uid=uid, stored=when)
+    for date, want in (("20260308:023000", [2, 3, 4, 5, 6]), ("20261101:013000", [5, 6])):
+        archive = tmp_path / f"{date[:8]}.ims"
+        run(home, "imsbackup", "-f", archive, "-d", date, "/", env={"TZ": "America/New_York"}, check=0)
+        p = run(home, "imsrestore", "-t", "-f", archive, text=True, check=0)
+        got = sorted(int(ln.split("\t")[0].rsplit("/", 1)[1]) for ln in p.stdout.splitlines()
+                     if ln.startswith("/primary/joe/INBOX/"))
+        assert got == want, (date, p.stdout)
+    old = os.environ.get("TZ")
+    try:
+        os.environ["TZ"] = "America/New_York"
+        time.tzset()
+        assert getdate.parse("20260308:023000") == at(2026, 3, 8, 1, 30)
+        assert getdate.parse("2026-03-08 02:30:00") == at(2026, 3, 8, 1, 30)
+        assert getdate.parse("03/08/2026 02:30") == at(2026, 3, 8, 1, 30)
+        assert getdate.parse("20261101:013000") == at(2026, 11, 1, 1, 30) == getdate.parse("2026-11-01 01:30:00")
+        assert getdate.parse("20260601:120000") == at(2026, 6, 1, 12, 0)
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()

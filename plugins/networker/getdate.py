@@ -6,7 +6,7 @@ import re
 import time
 
 from asm.errors import EXIT_USAGE, ImsError
-from asm.units import classic_date
+from asm.units import classic_date, local_timestamp
 
 
 class DateError(ImsError, ValueError):
@@ -25,7 +25,8 @@ _UNIT = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 7 * 8640
 def parse(text: str, now: float | None = None) -> float:
     """Epoch seconds (``1700000000`` or ``@1700000000``), ``YYYYMMDD[:HHMMSS]`` (the
     imsbackup -d form), ``YYYY-MM-DD[ HH:MM[:SS]]``, ``MM/DD/YY[YY] [HH:MM[:SS]]`` or
-    ``N hours|days|weeks ago``; local time."""
+    ``N hours|days|weeks ago``; local time (one a daylight-saving change skips or repeats:
+    its earlier instant, asm.units.local_timestamp)."""
     s = text.strip()
     if re.fullmatch(r"@?\d{9,11}", s):
         return float(s.lstrip("@"))
@@ -42,7 +43,7 @@ def parse(text: str, now: float | None = None) -> float:
                             "or 'N days ago'") from None
     for fmt in _FORMATS:
         try:
-            return dt.datetime.strptime(s, fmt).timestamp()
+            return local_timestamp(dt.datetime.strptime(s, fmt))
         except ValueError:
             continue
     raise DateError(f"bad time {text!r}: use seconds since 1970, YYYYMMDD[:HHMMSS], "
