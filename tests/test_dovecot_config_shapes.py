@@ -450,3 +450,43 @@ def test_a_mail_location_with_a_dot_level_is_restored(shaped_lab, tmp_path):
         c.delete("Work")
     run(home, "imsrestore", "-f", a, "/primary/alice/Work", check=0)
     assert lab.client_state("alice").folders == before.folders
+
+
+HOME_SLASH = LabLayout("userdb-home-spelling", "maildir:~/Maildir", "{home}/%n", ("alice", "bob", "carol"),
+                       userdb="passwd-file")
+
+
+@shaped(HOME_SLASH)
+def test_a_userdb_home_spelt_otherwise_is_the_templates_directory(shaped_lab, tmp_path):
+    """A userdb home= of HOME/alice/ (as SQL userdbs often return it), HOME//bob or
+    HOME/./carol/ names the very directory of the home template: Dovecot serves the
+    mail of HOME/<login>/Maildir.  The backup reads all three, exits 0, and a restore
+    after a lost disk brings their folders back.  (Before, imsbackup exited 1 leaving
+    their mail out, "the userdb keeps alice's mail at HOME/alice//Maildir, not in this
+    directory the template gives it (HOME/alice/Maildir)", and after a loss imsrestore
+    exited 0 leaving alice an empty INBOX.)"""
+    lab = shaped_lab
+    spelt = {"alice": f"{lab.homes}/alice/", "bob": f"{lab.homes}//bob", "carol": f"{lab.homes}/./carol/"}
+    for u, h in spelt.items():
+        lab.add_user(u, home=h)
+        lab.deliver([u], message(f"for {u}"))
+        with lab.imap(u) as c:
+            c.create("Work")
+            c.append("Work", message(f"work {u}"), [r"\Seen"])
+        assert os.path.normpath(lab.mailbox_path(u)) == f"{lab.homes}/{u}/Maildir"
+    before = {u: lab.client_state(u) for u in lab.logins}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=0, text=True)
+    assert "userdb" not in p.stderr, p.stderr
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    for u in lab.logins:
+        assert f"/primary/{u}/INBOX/1\t" in listing and f"/primary/{u}/Work/1\t" in listing, listing
+    shutil.rmtree(lab.homes)
+    os.mkdir(lab.homes)
+    lab.fix_owner(lab.homes)
+    run(home, "imsrestore", "-f", a, check=0)
+    for u in lab.logins:
+        assert lab.client_state(u) == before[u], u
+

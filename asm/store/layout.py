@@ -714,6 +714,13 @@ def _compile_levels(template: str) -> list:
     return compiled
 
 
+def _norm(path: str) -> str:
+    """``path`` as the kernel reads it when it has no ``..`` level (``//``, ``/./`` and a
+    trailing ``/`` name the same directory); with ``..`` as written (a symlink may lead
+    elsewhere)."""
+    return path if ".." in path.split("/") else os.path.normpath(path)
+
+
 def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
@@ -761,9 +768,9 @@ class StoreLayout:
         for login in sorted(userdb):
             fields = userdb[login]
             mail, home = fields.get("mail") or None, fields.get("home") or None
-            if home is not None:            # a literal '.' level is the directory itself
-                home = _without_dots(home)
-            if mail is None and (home is None or home == self.home(login)):
+            if home is not None:            # HOME/alice/, HOME//alice, HOME/./alice: one directory
+                home = _norm(home)
+            if mail is None and (home is None or home == _norm(self.home(login) or "")):
                 continue
             try:
                 ul = _user_layout(login, parse_mail_location(mail) if mail else self.location,
@@ -778,8 +785,8 @@ class StoreLayout:
             except LayoutError:
                 here = None
             if (here is not None and ul.location.format == here.location.format
-                    and (ul.root, ul.inbox_dir, ul.index_root, ul.control_root)
-                    == (here.root, here.inbox_dir, here.index_root, here.control_root)):
+                    and [_norm(d) if d else d for d in (ul.root, ul.inbox_dir, ul.index_root, ul.control_root)]
+                    == [_norm(d) if d else d for d in (here.root, here.inbox_dir, here.index_root, here.control_root)]):
                 continue
             if not everyone and not self._has_mail(ul):
                 continue
