@@ -490,3 +490,30 @@ def test_a_userdb_home_spelt_otherwise_is_the_templates_directory(shaped_lab, tm
     for u in lab.logins:
         assert lab.client_state(u) == before[u], u
 
+
+@shaped(LabLayout("userdb-index-memory", PLAIN_LOC, "{store}/%u", ("alice", "carol")))
+def test_a_userdb_mail_that_only_keeps_no_index_is_the_templates_mail(shaped_lab, tmp_path):
+    """carol's userdb mail= is the template plus :INDEX=MEMORY: her mail and control
+    directories are the template's, only her index lives in memory.  The backup reads her
+    (exit 0) and a restore brings her folders back.  (Before, imsbackup exited 1 leaving
+    her mail out, naming the same directory twice and saying it "belongs to no login that
+    Dovecot would put there".)"""
+    lab = shaped_lab
+    lab.add_user("carol", mail=f"maildir:{lab.store}/%u/Maildir:INDEX=MEMORY")
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+        with lab.imap(u) as c:
+            c.create("Work")
+            c.append("Work", message(f"work {u}"), [r"\Seen"])
+    before = {u: lab.client_state(u) for u in lab.logins}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=0, text=True)
+    assert "carol" not in p.stderr, p.stderr
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    assert "/primary/carol/INBOX/1\t" in listing and "/primary/carol/Work/1\t" in listing, listing
+    shutil.rmtree(os.path.join(lab.store, "carol"))
+    run(home, "imsrestore", "-f", a, "/primary/carol", check=0)
+    assert lab.client_state("carol") == before["carol"]
+

@@ -785,8 +785,11 @@ class StoreLayout:
             except LayoutError:
                 here = None
             if (here is not None and ul.location.format == here.location.format
-                    and [_norm(d) if d else d for d in (ul.root, ul.inbox_dir, ul.index_root, ul.control_root)]
-                    == [_norm(d) if d else d for d in (here.root, here.inbox_dir, here.index_root, here.control_root)]):
+                    and [_norm(d) for d in (ul.root, ul.inbox_dir, ul.control_root)]
+                    == [_norm(d) for d in (here.root, here.inbox_dir, here.control_root)]
+                    # INDEX=MEMORY: Dovecot keeps no index of the login's, nothing to read or clear
+                    and (ul.index_root is None or here.index_root is not None
+                         and _norm(ul.index_root) == _norm(here.index_root))):
                 continue
             if not everyone and not self._has_mail(ul):
                 continue

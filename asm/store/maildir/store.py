@@ -429,7 +429,10 @@ class MaildirStore(Store):
         # is not the mail Dovecot serves it (unlisted_users names that directory)
         away = _misplaced(self._layout)
         for login in [k for k in found if k in away]:
-            skipped.append(layout_mod.Skipped(found.pop(login).root, (
+            root = found.pop(login).root
+            if os.path.normpath(root) == os.path.normpath(away[login][1].path):
+                continue             # its own location's directory: unlisted_users names it once
+            skipped.append(layout_mod.Skipped(root, (
                 f"the userdb keeps {login}'s mail at {away[login][1].path}, not in this "
                 f"directory the template gives it")))
         self._uls.update(found)
