@@ -517,3 +517,49 @@ def test_a_userdb_mail_that_only_keeps_no_index_is_the_templates_mail(shaped_lab
     run(home, "imsrestore", "-f", a, "/primary/carol", check=0)
     assert lab.client_state("carol") == before["carol"]
 
+
+@pytest.mark.parametrize("shaped_lab,option", [
+    (LabLayout("userdb-layout-fs", PLAIN_LOC, "{store}/%u", ("alice", "carol")), "LAYOUT=fs"),
+    (LabLayout("userdb-utf8", PLAIN_LOC, "{store}/%u", ("alice", "carol")), "UTF-8")],
+    ids=["layout-fs", "utf8"], indirect=["shaped_lab"])
+def test_a_login_whose_own_mail_names_folders_otherwise_is_named_not_half_read(shaped_lab, option,
+                                                                               tmp_path):
+    """A migrated login, carol, has mail=<the template>:LAYOUT=fs (or :UTF-8) in the
+    userdb: the same directory, folders named another way.  The backup names her, what
+    differs and what to do, and exits 1, never 0 with her INBOX only; a restore never
+    writes her at the template's place with the template's folder names.  (Before, with
+    LAYOUT=fs imsbackup, imsverify --against-store and imsrestore all exited 0 with her
+    folders Work, Work/2024 and Réunion gone; with UTF-8 the advice was to rename her
+    folder directories, which Dovecot writes that way for her.)"""
+    lab = shaped_lab
+    lab.add_user("carol", mail=f"maildir:{lab.store}/%u/Maildir:{option}")
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+        with lab.imap(u) as c:
+            for f in ("Work", "Work/2024", "R&AOk-union"):
+                c.create(f)
+            c.append("Work", message(f"work {u}"), [r"\Seen"])
+            c.append("Work/2024", message(f"2024 {u}"))
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=1, text=True)
+    err = [line for line in p.stderr.splitlines() if "carol" in line]
+    assert len(err) == 1 and option in err[0] and "IMS_HOME" in err[0], p.stderr
+    assert "rename" not in err[0] and "alice" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    assert "/primary/alice/Work/2024/1\t" in listing and "/primary/carol/" not in listing, listing
+    p = run(home, "imsverify", "--against-store", "-f", a, text=True)
+    assert p.returncode != 0, (p.returncode, p.stderr)
+    # the answer the message gives: an IMS_HOME of her own, her own location
+    before = lab.client_state("carol")
+    home2 = tmp_path / "ims-carol"
+    configure(lab, home2, f"maildir:{lab.store}/%u/Maildir:{option}")
+    a2 = tmp_path / "carol.ims"
+    run(home2, "imsbackup", "-f", a2, "/primary/carol", check=0)
+    shutil.rmtree(os.path.join(lab.store, "carol"))
+    p = run(home, "imsrestore", "-f", a2, text=True)
+    assert p.returncode not in (0, 70) and "carol" in p.stderr, (p.returncode, p.stderr)
+    assert not os.path.exists(os.path.join(lab.store, "carol"))
+    run(home2, "imsrestore", "-f", a2, check=0)
+    assert lab.client_state("carol") == before

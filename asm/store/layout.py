@@ -680,6 +680,7 @@ class Misplaced:
     login: str
     path: str                 # its mail root (or the userdb's mail field, unparsable)
     reason: str
+    hint: str | None = None   # what to do, when not the usual (a location of its own)
 
 
 def _compile_levels(template: str) -> list:
@@ -719,6 +720,25 @@ def _norm(path: str) -> str:
     trailing ``/`` name the same directory); with ``..`` as written (a symlink may lead
     elsewhere)."""
     return path if ".." in path.split("/") else os.path.normpath(path)
+
+
+#: the MailLocation fields that decide which directory names are folders and which
+#: folder each one is, with how a message states them
+_NAMING = (("layout", lambda v: f"LAYOUT={v}"), ("utf8", lambda v: "UTF-8" if v else "in mUTF-7"),
+           ("dirname", lambda v: f"DIRNAME={v}"), ("mailboxdir", lambda v: f"MAILBOXDIR={v}"),
+           ("subscriptions", lambda v: f"SUBSCRIPTIONS={v}"))
+
+#: What to do about a login whose own mail= keeps its mail where the template does but
+#: names its folders otherwise.
+SAME_DIR_HINT = ("back this login up from an IMS_HOME of its own whose store.mail_location is "
+                 "its own mail location (imsbackup /primary/{login} there; it restores it the "
+                 "same way), or give it the template's location in the userdb once Dovecot has "
+                 "converted its folders (doveadm sync; docs/dovecot.md)")
+
+
+def _naming_differs(mine: MailLocation, template: MailLocation) -> list[str]:
+    """How ``mine`` names folders unlike ``template`` (LAYOUT, UTF-8, DIRNAME, ...)."""
+    return [show(getattr(mine, f)) for f, show in _NAMING if getattr(mine, f) != getattr(template, f)]
 
 
 def _under(path: str, directory: str) -> bool:
@@ -784,14 +804,24 @@ class StoreLayout:
                 here = self.for_login(login)
             except LayoutError:
                 here = None
-            if (here is not None and ul.location.format == here.location.format
-                    and [_norm(d) for d in (ul.root, ul.inbox_dir, ul.control_root)]
-                    == [_norm(d) for d in (here.root, here.inbox_dir, here.control_root)]
-                    # INDEX=MEMORY: Dovecot keeps no index of the login's, nothing to read or clear
-                    and (ul.index_root is None or here.index_root is not None
-                         and _norm(ul.index_root) == _norm(here.index_root))):
+            same_dirs = here is not None and ul.location.format == here.location.format and (
+                [_norm(d) for d in (ul.root, ul.inbox_dir, ul.control_root)]
+                == [_norm(d) for d in (here.root, here.inbox_dir, here.control_root)]
+                # INDEX=MEMORY: Dovecot keeps no index of the login's, nothing to read or clear
+                and (ul.index_root is None or here.index_root is not None
+                     and _norm(ul.index_root) == _norm(here.index_root)))
+            differs = _naming_differs(ul.location, here.location) if here is not None else []
+            if same_dirs and not differs:
                 continue
             if not everyone and not self._has_mail(ul):
+                continue
+            if same_dirs:
+                out.append(Misplaced(login, ul.root, (
+                    f"the userdb gives {login} its own mail location {mail!r}, which keeps its "
+                    f"folders in the template's directory but names them {', '.join(differs)} "
+                    f"(store.mail_location {self.location.text!r} does not), so ims-asm would "
+                    f"not read its folders as Dovecot writes them"),
+                                     SAME_DIR_HINT.format(login=login)))
                 continue
             what = (f"its own mail location {mail!r}" if mail and mail != self.location.text
                     else f"the home {home}")

@@ -523,7 +523,10 @@ class DboxStore(MaildirStore):
         stale = [Unlisted("user", partition, login, None, self._dbox.for_login(login).root,
                           f"the userdb keeps {login}'s mail at {away[login][1].path}, not in this "
                           f"directory the template gives it", away[login][1].hint)
-                 for login in sorted(set(self._dbox.logins()) & set(away))] if away else []
+                 for login in sorted(set(self._dbox.logins()) & set(away))
+                 # its own location's directory (LAYOUT, UTF-8 apart): misplaced_logins names it
+                 if os.path.normpath(self._dbox.for_login(login).root)
+                 != os.path.normpath(away[login][1].path)] if away else []
         return stale + misplaced_logins(self._dbox, partition)
 
     def user_partition(self, user: str) -> str:

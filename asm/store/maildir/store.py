@@ -172,7 +172,7 @@ def _misplaced(layout: "layout_mod.StoreLayout", partition: str = "primary") -> 
             if users is not None:
                 with_mail = {m.login for m in layout.misplaced(users[0])}
                 got = {m.login: (m.login in with_mail, Unlisted("user", partition, m.login, None, m.path,
-                                                                m.reason, MISPLACED_HINT))
+                                                                m.reason, m.hint or MISPLACED_HINT))
                        for m in layout.misplaced(users[0], everyone=True)}
         layout._misplaced = got
     return got
