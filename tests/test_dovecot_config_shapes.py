@@ -563,3 +563,42 @@ def test_a_login_whose_own_mail_names_folders_otherwise_is_named_not_half_read(s
     assert not os.path.exists(os.path.join(lab.store, "carol"))
     run(home2, "imsrestore", "-f", a2, check=0)
     assert lab.client_state("carol") == before
+
+
+# the static userdb's args give every login mail= apart from mail_location
+STATIC_MAIL = LabLayout("userdb-static-mail", PLAIN_LOC, "{store}/%u mail=maildir:{store}/%u/Mail2",
+                        ("alice", "bob"))
+
+
+@shaped(STATIC_MAIL)
+def test_a_static_userdb_mail_is_the_location_backed_up(shaped_lab, tmp_path):
+    """mail_location is maildir:STORE/%u/Maildir but the static userdb's args say
+    home=STORE/%u mail=maildir:STORE/%u/Mail2: Dovecot serves Mail2, and so the backup
+    reads Mail2 and a restore writes there.  (Before, imsbackup exited 0 having archived
+    the stale STORE/%u/Maildir tree a migration left behind and none of the served mail.)"""
+    lab = shaped_lab
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+        with lab.imap(u) as c:
+            c.create("Work")
+            c.append("Work", message(f"work {u}"), [r"\Seen"])
+        old = os.path.join(lab.store, u, "Maildir")          # left behind by a migration
+        for d in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(old, d), exist_ok=True)
+        with open(os.path.join(old, "cur", "1000000000.M1P1.old,S=20:2,S"), "wb") as f:
+            f.write(b"Subject: old\n\nstale\n")
+        lab.fix_owner(os.path.join(lab.store, u))
+    assert lab.mailbox_path("alice").startswith(os.path.join(lab.store, "alice", "Mail2"))
+    before = {u: lab.client_state(u) for u in lab.logins}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    for u in lab.logins:
+        assert f"/primary/{u}/INBOX/1\t" in listing and f"/primary/{u}/Work/1\t" in listing, listing
+    for u in lab.logins:
+        shutil.rmtree(os.path.join(lab.store, u, "Mail2"))
+    run(home, "imsrestore", "-f", a, check=0)
+    for u in lab.logins:
+        assert lab.client_state(u) == before[u]

@@ -18,7 +18,7 @@ import pytest
 from asm.errors import EXIT_USAGE, ImsError
 from asm.store import layout as L
 from asm.store.layout import (
-    LayoutError, StoreLayout, expand, from_doveconf, parse_mail_location, parse_userdb_homes,
+    LayoutError, StoreLayout, expand, from_doveconf, parse_mail_location, parse_userdb_field, parse_userdb_homes,
 )
 from tests.dovecot_lab import LAYOUTS, LabLayout, dovecot_lab, lab_fixture, message
 
@@ -293,6 +293,27 @@ userdb {
 }
 """
     assert parse_userdb_homes(text) == ["/var/vmail/%d/%n", "/forced/%n"]
+    assert parse_userdb_field(text, "mail") == []
+    text = text.replace("home=/var/vmail/%d/%n", "home=/var/vmail/%d/%n mail=maildir:~/Mail2")
+    assert parse_userdb_field(text, "mail") == ["maildir:~/Mail2"]
+
+
+def test_from_doveconf_takes_the_userdbs_mail_or_refuses_two(tmp_path):
+    """A userdb's mail= for every login (static args, default_fields) replaces
+    mail_location, as in Dovecot; two userdbs with different mail= are refused."""
+    doveconf = "/usr/bin/doveconf"
+    if not os.path.exists(doveconf):
+        from tests.dovecot_lab import require_lab
+        require_lab()
+    conf = tmp_path / "dovecot.conf"
+    static = "userdb {\n  driver = static\n  args = home=/m/%u mail=maildir:/m/%u/Mail2\n}\n"
+    conf.write_text("mail_location = maildir:/m/%u/Maildir\n" + static)
+    assert from_doveconf(str(conf), doveconf=doveconf).location.text == "maildir:/m/%u/Mail2"
+    conf.write_text("mail_location = maildir:/m/%u/Maildir\n"
+                    "userdb {\n  driver = passwd-file\n  args = /nonexistent\n"
+                    "  default_fields = mail=maildir:/m/%u/Mail3\n}\n" + static)
+    with pytest.raises(LayoutError, match="different mail locations.*Mail3.*Mail2.*store.mail_location"):
+        from_doveconf(str(conf), doveconf=doveconf)
 
 
 def test_from_doveconf_home_from_mail_home_or_refused(tmp_path):

@@ -1064,7 +1064,15 @@ def parse_userdb_homes(text: str) -> list[str]:
     A static userdb gives ``home=`` in ``args``; other drivers in ``override_fields``
     (which wins) or ``default_fields``.
     """
-    homes = []
+    return parse_userdb_field(text, "home")
+
+
+def parse_userdb_field(text: str, name: str) -> list[str]:
+    """The values of the userdb field ``name`` (``home``, ``mail``) that the ``userdb { }``
+    sections printed by ``doveconf userdb`` give every login they serve: ``override_fields``
+    (which wins), a static userdb's ``args``, else ``default_fields``; one per section
+    setting it, in order."""
+    out = []
     for body in re.findall(r"userdb\s*(?:\S+\s*)?\{(.*?)\n\}", text, re.S):
         fields = {}
         for line in body.splitlines():
@@ -1073,11 +1081,11 @@ def parse_userdb_homes(text: str) -> list[str]:
                 fields[k] = v
         for key in ("override_fields", "args" if fields.get("driver") == "static" else "",
                     "default_fields"):
-            m = re.search(r"(?:^|\s)home=(\S+)", fields.get(key, ""))
+            m = re.search(rf"(?:^|\s){name}=(\S+)", fields.get(key, ""))
             if key and m:
-                homes.append(m.group(1))
+                out.append(m.group(1))
                 break
-    return homes
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1251,13 +1259,24 @@ def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreL
     or the inbox namespace's own location (see :func:`namespace_location`)."""
     base = ["-c", conf] if conf else []
     location = _doveconf([*base, "-h", "mail_location"], doveconf).strip()
+    userdbs = _doveconf([*base, "userdb"], doveconf)
+    # a userdb's mail= (static args, override_fields, default_fields) replaces
+    # mail_location for every login it serves: that is where Dovecot keeps their mail
+    mails = list(dict.fromkeys(parse_userdb_field(userdbs, "mail")))
+    if len(mails) > 1:
+        raise LayoutError(
+            f"{conf or 'the Dovecot configuration'}: its userdbs give their logins different "
+            f"mail locations ({', '.join(repr(m) for m in mails)}), and ims-asm backs up one: "
+            f"set store.mail_location to one of them in each IMS_HOME")
+    if mails:
+        location = mails[0]
     location = namespace_location(location, parse_namespaces(_doveconf([*base, "namespace"], doveconf)),
                                   conf)
     loc = parse_mail_location(location)
     home = None
     if loc.needs_home():
         # a home the userdb returns wins; mail_home is the default for users without one
-        homes = parse_userdb_homes(_doveconf([*base, "userdb"], doveconf))
+        homes = parse_userdb_homes(userdbs)
         home = homes[0] if homes else (
             _doveconf([*base, "-h", "mail_home"], doveconf).strip() or None)
         if home is None:
