@@ -602,3 +602,38 @@ def test_a_static_userdb_mail_is_the_location_backed_up(shaped_lab, tmp_path):
     run(home, "imsrestore", "-f", a, check=0)
     for u in lab.logins:
         assert lab.client_state(u) == before[u]
+
+
+@shaped(LabLayout("hashed-dot", "maildir:{store}/%1n/%1.1n/%n/Maildir", "{store}/%1n/%1.1n/%n",
+                  ("j.doe", "bob")))
+def test_a_login_whose_hashed_level_is_a_dot_is_restored(shaped_lab, tmp_path):
+    """With maildir:STORE/%1n/%1.1n/%n/Maildir the login j.doe gets the level '.' from
+    %1.1n: Dovecot keeps her at STORE/j/./j.doe = STORE/j/j.doe.  A backup of her alone
+    and a restore, into the emptied store or live, bring her mail back.  (Before, the
+    backup of / exited 0 but its restore exited 1, "bad user ID 'j.doe': it would be
+    stored at .../j/./j.doe/Maildir, outside the store", and imsbackup /primary/j.doe and
+    a live imsrestore of her exited 2 with the same words.)"""
+    lab = shaped_lab
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+    with lab.imap("j.doe") as c:
+        c.create("Work")
+        c.append("Work", message("work"), [r"\Seen"])
+    assert os.path.normpath(lab.mailbox_path("j.doe")) == f"{lab.store}/j/j.doe/Maildir"
+    before = {u: lab.client_state(u) for u in lab.logins}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a, one = tmp_path / "a.ims", tmp_path / "one.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    run(home, "imsbackup", "-f", one, "/primary/j.doe", check=0)
+    listing = run(home, "imsrestore", "-t", "-f", one, check=0, text=True).stdout
+    assert "/primary/j.doe/Work/1\t" in listing, listing
+    with lab.imap("j.doe") as c:
+        c.delete("Work")
+    run(home, "imsrestore", "-f", one, "/primary/j.doe", check=0)       # live
+    assert lab.client_state("j.doe") == before["j.doe"]
+    for top in os.listdir(lab.store):
+        shutil.rmtree(os.path.join(lab.store, top))
+    run(home, "imsrestore", "-f", a, check=0)
+    for u in lab.logins:
+        assert lab.client_state(u) == before[u], u

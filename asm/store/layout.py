@@ -644,7 +644,9 @@ def _scandirs(path: str) -> list[str]:
 def _user_layout(login: str, loc: MailLocation, home: str | None) -> UserLayout:
     """Every path Dovecot uses for ``login`` with location ``loc`` and home ``home``."""
     def path(template: str, what: str) -> str:
-        return _fix_path(expand(template, login, home, what), home, login, what)
+        # a '.' level a variable gives (%1.1n of j.doe) is the directory itself, as the
+        # kernel reads it: the path without it is the one a backup and a restore use
+        return _without_dots(_fix_path(expand(template, login, home, what), home, login, what))
 
     root = path(loc.root, "mail_location")
     index_root = None

@@ -453,8 +453,12 @@ class MaildirStore(Store):
                 ul = self._layout.for_login(user)
             except layout_mod.LayoutError as exc:
                 raise BadName(f"user {user!r}: {exc}") from None
+            # a '.' level (%1.1n of j.doe) is dropped by for_login, as the kernel drops it;
+            # '..', or a login part that is '.' (x@. under %d/%n: another login's
+            # directory), would leave the login's own place
+            name, _, domain = user.partition("@")
             for p in (ul.root, ul.control_root, ul.index_root, ul.inbox_dir):
-                if p and any(lv in (".", "..") for lv in p.split("/")):
+                if p and (".." in p.split("/") or "." in (name, domain) and "@" in user):
                     raise BadName(f"bad user ID {user!r}: it would be stored at {p}, outside "
                                   f"the store")
             self._uls[user] = ul
