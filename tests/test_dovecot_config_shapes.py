@@ -637,3 +637,41 @@ def test_a_login_whose_hashed_level_is_a_dot_is_restored(shaped_lab, tmp_path):
     run(home, "imsrestore", "-f", a, check=0)
     for u in lab.logins:
         assert lab.client_state(u) == before[u], u
+
+
+def _tree(top: str) -> set[str]:
+    return {os.path.relpath(os.path.join(d, n), top) for d, ds, fs in os.walk(top) for n in ds + fs}
+
+
+@shaped(LabLayout("vdomain-cur", "maildir:{store}/%d/%n", "{home}/%d/%n",
+                  ("cur@example.com", "alice@example.com")))
+def test_a_login_named_like_a_maildir_directory_is_no_phantom_domain_login(shaped_lab, tmp_path):
+    """maildir:STORE/%d/%n with the mailbox cur@example.com, whose root is
+    STORE/example.com/cur: STORE/example.com is no login's (no userdb has a login
+    "example.com" with an empty domain), it only holds cur@'s Maildir.  The backup reads
+    cur@example.com and alice, exits 0 and changes nothing in the store; the restore
+    writes no Dovecot file back as a message.  (Before, the walk took STORE/example.com
+    for the login "example.com": imsbackup wrote a dovecot-uidlist, dovecot-uidvalidity
+    files, new/ and tmp/ into the domain directory, archived cur@'s dovecot-uidlist,
+    index cache and maildirfolder as that login's "messages" and exited 1.)"""
+    lab = shaped_lab
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+    with lab.imap("cur@example.com") as c:
+        c.create("Work")
+        c.append("Work", message("work"), [r"\Seen"])
+    assert lab.mailbox_path("cur@example.com") == f"{lab.store}/example.com/cur"
+    before = {u: lab.client_state(u) for u in lab.logins}
+    files = _tree(lab.store)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=0, text=True)
+    assert p.stderr == "", p.stderr
+    assert _tree(lab.store) == files
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    assert "/primary/cur@example.com/Work/1\t" in listing and "/primary/example.com/" not in listing, listing
+    shutil.rmtree(os.path.join(lab.store, "example.com"))
+    run(home, "imsrestore", "-f", a, check=0)
+    for u in lab.logins:
+        assert lab.client_state(u) == before[u], u

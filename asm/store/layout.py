@@ -874,6 +874,7 @@ class StoreLayout:
         found: dict[str, UserLayout] = {}
         skipped: list[Skipped] = []
         slashed: dict[str, str] = {}             # path -> login, of logins holding '/'
+        shortened: set[str] = set()              # logins found by a reading with an empty level
         for path, caps, short in self._walk("", compiled, {}):
             # short: a variable level was taken as empty (%1.1n of a one-letter login,
             # %d of a login without a domain: Dovecot's path then has '//'); such a
@@ -901,8 +902,21 @@ class StoreLayout:
                     slashed[path] = login
                 continue
             if login in found:
+                if not short:
+                    shortened.discard(login)     # a reading with every level found it too
                 continue
             found[login] = ul
+            if short:
+                shortened.add(login)
+        # a reading with an empty level (%d of "example.com") whose directory holds another
+        # login's root (cur@example.com's STORE/example.com/cur under maildir:STORE/%d/%n)
+        # is that login's parent directory, no login of its own: its "INBOX" is the other
+        # login's Maildir, never to be read (or given a uidlist) as messages
+        held = [os.path.normpath(ul.root) for ul in found.values()]
+        for login in shortened:
+            top = os.path.normpath(found[login].root).rstrip("/") + "/"
+            if any(r.startswith(top) for r in held):
+                del found[login]
         roots = {os.path.normpath(ul.root) for ul in found.values()}
         for path, login in slashed.items():
             if os.path.normpath(path) in roots:
