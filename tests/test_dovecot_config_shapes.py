@@ -675,3 +675,37 @@ def test_a_login_named_like_a_maildir_directory_is_no_phantom_domain_login(shape
     run(home, "imsrestore", "-f", a, check=0)
     for u in lab.logins:
         assert lab.client_state(u) == before[u], u
+
+
+VIRTUAL_NS = LabLayout("ns-virtual", PLAIN_LOC, "{store}/%u", ("alice",), mail_plugins="virtual", extra="""\
+namespace virtual {
+  prefix = Virtual/
+  separator = /
+  location = virtual:{store}/%u/virtual
+  subscriptions = no
+}""")
+
+
+@shaped(VIRTUAL_NS)
+def test_a_virtual_namespace_is_views_of_mail_already_backed_up(shaped_lab, tmp_path):
+    """A virtual-plugin namespace (prefix Virtual/, location virtual:...) holds no mail
+    of its own: its folders are views of the folders backed up.  The backup reads the
+    mail (exit 0) and a restore brings it back.  (Before, every imsbackup exited 2,
+    claiming the namespace "keeps its mail at 'virtual:...'" and that "its folders
+    would be in no backup".)"""
+    lab = shaped_lab
+    lab.deliver(["alice"], message("in the inbox"))
+    with lab.imap("alice") as c:
+        c.create("Work")
+        c.append("Work", message("work"), [r"\Seen"])
+    before = lab.client_state("alice")
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=0, text=True)
+    assert p.stderr == "", p.stderr
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    assert "/primary/alice/INBOX/1\t" in listing and "/primary/alice/Work/1\t" in listing, listing
+    shutil.rmtree(os.path.join(lab.store, "alice", "Maildir"))
+    run(home, "imsrestore", "-f", a, check=0)
+    assert lab.client_state("alice") == before

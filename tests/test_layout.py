@@ -376,6 +376,16 @@ def test_from_doveconf_reads_namespaces(tmp_path):
         from_doveconf(str(conf), doveconf=doveconf)
 
 
+def test_a_virtual_namespace_holds_no_mail_of_its_own():
+    """virtual: namespaces are views of folders backed up: never refused as mail elsewhere."""
+    ns = [L.Namespace("inbox", inbox=True, separator="/"),
+          L.Namespace("virtual", prefix="Virtual/", location="virtual:/m/%u/virtual")]
+    assert L.namespace_location("maildir:/m/%u/Maildir", ns) == "maildir:/m/%u/Maildir"
+    with pytest.raises(LayoutError, match="namespace other"):
+        L.namespace_location("maildir:/m/%u/Maildir", ns + [L.Namespace("other", prefix="O/",
+                                                                        location="maildir:/o/%u")])
+
+
 def test_dsync_namespace_options_name_folders_without_prefix_and_with_slash(tmp_path):
     """What the dbox driver gives every doveadm (-o) so that the account and its Maildir
     copy name folders alike: the inbox namespace's prefix emptied and separator '/',

@@ -1163,8 +1163,10 @@ def namespace_location(mail_location: str, namespaces: list[Namespace], conf: st
     else mail_location.  A namespace keeping mail anywhere else (a second private or a
     public namespace with its own location) is refused by name: a backup of the one
     location would silently leave its folders out.  Shared namespaces are other users'
-    mail, backed up under those users; disabled ones hold nothing."""
-    active = [ns for ns in namespaces if not ns.disabled and ns.type != "shared"]
+    mail, backed up under those users; disabled ones hold nothing; a virtual-plugin
+    namespace (``location = virtual:...``) holds views of folders backed up, no mail."""
+    active = [ns for ns in namespaces if not ns.disabled and ns.type != "shared"
+              and not (ns.location.startswith("virtual:") and not ns.inbox)]
     inbox = next((ns for ns in active if ns.inbox and ns.location), None)
     location = inbox.location if inbox is not None else mail_location
     for ns in active:
