@@ -116,8 +116,10 @@ def _mail_location(v: str) -> str:
     if v == "doveconf":
         return v
     from asm.store.layout import LayoutError, parse_mail_location
+    from asm.store.maildir.store import check_driver_location
     try:
         loc = parse_mail_location(v)
+        check_driver_location(loc)
     except LayoutError as exc:
         raise ValueError(str(exc)) from None
     return loc.text

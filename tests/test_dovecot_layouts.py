@@ -321,6 +321,8 @@ def test_a_base_incremental_skips_exactly_the_folders_dovecot_left_alone(base_la
     ("maildir:/var/mail/%u:FOO=1", "FOO is not supported"),
     ("maildir:/var/mail/%{service}", "%{service}"),
     ("mbox:/var/mail/%u", "mbox format is not supported"),
+    # docs/dovecot.md: described by the layout module, not followed by the drivers
+    ("maildir:/var/mail/%u/Maildir:SUBSCRIPTIONS=subs.txt", "SUBSCRIPTIONS= is not supported"),
 ])
 def test_msconfig_refuses_a_location_it_cannot_follow(tmp_path, value, words):
     home = tmp_path / "ims"

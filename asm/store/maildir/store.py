@@ -98,11 +98,21 @@ def open_layout(config: Config, dbox: bool = False) -> "layout_mod.StoreLayout |
         raise layout_mod.LayoutError(
             f"mail_location {loc.text!r}: the maildir driver reads maildir: locations "
             f"({loc.format} is not supported)")
-    if loc.subscriptions != layout_mod.DEFAULT_SUBSCRIPTIONS:
-        raise layout_mod.LayoutError(f"mail_location {loc.text!r}: SUBSCRIPTIONS= is not "
-                                     f"supported by the maildir driver")
+    check_driver_location(loc)
     sl.root_template()                       # a %h it cannot follow back is refused now
     return sl
+
+
+def check_driver_location(loc: "layout_mod.MailLocation") -> None:
+    """LayoutError for what the layout module reads but the maildir and dbox drivers do
+    not follow (msconfig refuses it when store.mail_location is set, a command when it
+    comes from doveconf): a SUBSCRIPTIONS= file name, the subscriptions file being read
+    and written under its default name everywhere."""
+    if loc.subscriptions != layout_mod.DEFAULT_SUBSCRIPTIONS:
+        raise layout_mod.LayoutError(
+            f"mail_location {loc.text!r}: SUBSCRIPTIONS= is not supported by the maildir "
+            f"driver (it reads and writes the file 'subscriptions'): drop the key, after "
+            f"renaming each user's {loc.subscriptions} to subscriptions (docs/dovecot.md)")
 
 
 class MisplacedLogin(StoreError):
