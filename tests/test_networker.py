@@ -341,6 +341,36 @@ def test_per_user_records_estimate_compare_and_rename(tmp_path, ims_home, env, n
     assert state(store) == before
 
 
+def test_map_onto_a_user_the_recover_takes_too_is_refused(tmp_path, ims_home, env):
+    """imsasm -r -m alice=bob over a stream holding bob too: both landed in bob's folders
+    (bob's kept their UIDVALIDITY, alice's renumbered into them), exit 0.  Paths that
+    reach bob: refused, exit 2, one line, nothing recovered; no paths (the stream is
+    read once): whichever comes second is not recovered, exit 1, named; paths that
+    leave bob out: alice's mail is bob's, alone."""
+    store = open_store(home(ims_home, "classic"))
+    fill(store, ["alice", "bob"])
+    backup = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-u", "-p", str(backup)).returncode == 0
+    g = backup / "primary" / "groupA"
+    stream = run(ims_home, "imsasm", "-s", str(g / "alice"), str(g / "bob"), check=0).stdout
+    target, _ = _fresh(tmp_path, "new", "classic", env)
+    fresh = open_store(Config(str(target)))
+    for paths in ([g], [g / "alice", g / "bob"], [backup]):
+        p = run(target, "imsasm", "-r", "-m", f"{g}/alice={g}/bob", *map(str, paths), input=stream)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and err.count("\n") == 1, (paths, err)
+        assert "-m alice=bob: bob is recovered too in this run" in err, err
+        assert state(fresh) == {}
+    p = run(target, "imsasm", "-r", "-m", f"{g}/alice={g}/bob", input=stream)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and err.count("\n") == 1 and "alice=bob: bob is restored too in this run" in err, err
+    assert state(fresh, {"bob"}) == {("bob",) + k[1:]: v for k, v in state(store, {"alice"}).items()}
+    other, _ = _fresh(tmp_path, "other", "classic", env)
+    p = run(other, "imsasm", "-r", "-m", f"{g}/alice={g}/bob", str(g / "alice"), input=stream)
+    assert p.returncode == 0, p.stderr
+    assert state(open_store(Config(str(other)))) == {("bob",) + k[1:]: v for k, v in state(store, {"alice"}).items()}
+
+
 def test_bad_input(tmp_path, ims_home, env):
     cfg = home(ims_home, "classic")
     store = open_store(cfg)

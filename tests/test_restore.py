@@ -136,6 +136,52 @@ def test_paths_select_and_map_users(source, ims_home, dest, tmp_path):
         assert state(target) == before and not target.exists("ann3")
 
 
+def test_map_onto_a_user_the_run_restores_too_is_refused(source, ims_home, dest, tmp_path):
+    """-m joe=ann over an archive that holds ann too, restored under her own name in the
+    same run: both landed in ann's folders (ann's INBOX kept its UIDVALIDITY, joe's
+    messages renumbered into it), exit 0, nothing said.  Refused (exit 2, one line
+    naming both), nothing written; a map onto a user the selection leaves out (or the
+    archive does not hold) still restores."""
+    a = backup(ims_home, tmp_path / "a.ims")
+    target = open_store(make_home(dest, source.name))
+    mapfile = tmp_path / "map"
+    mapfile.write_text("joe=ann\n")
+    want = "joe=ann: ann is restored too in this run; restore ann alone in a run of its own"
+    before = state(target)
+    for paths in ([], ["/primary/user/joe", "/primary/user/ann/INBOX"], ["/primary"]):
+        p = run(dest, "imsrestore", "-m", mapfile, "-f", a, *paths, text=True)
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and want in p.stderr, (paths, p.stderr)
+        assert state(target) == before and not target.exists("ann")
+    # a file given as stdin is looked at first, as -f FILE is
+    with open(a, "rb") as f:
+        p = run(dest, "imsrestore", "-m", mapfile, "-f", "-", stdin=f, text=True)
+    assert p.returncode == 2 and want in p.stderr and state(target) == before, p.stderr
+    # a chain: its last archive says what it restores
+    inc = tmp_path / "b.ims"
+    run(ims_home, "imsbackup", "-f", inc, "--base", a, "/", check=0)
+    p = run(dest, "imsrestore", "-m", mapfile, "-f", a, "-f", inc, text=True)
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and want in p.stderr, p.stderr
+    assert state(target) == before
+    # ann left out by the paths, or renamed herself: joe's mail is ann's, alone
+    run(dest, "imsrestore", "-m", mapfile, "-f", a, "/primary/user/joe", check=0)
+    assert state(target, {"ann"}) == {("ann",) + k[1:]: v for k, v in state(source, {"joe"}).items()}
+    mapfile.write_text("joe=ann\nann=ann2\n")
+    run(dest, "imsrestore", "-m", mapfile, "-f", "-", input=a.read_bytes(), check=0)
+    assert state(target, {"ann2"}) == {("ann2",) + k[1:]: v for k, v in state(source, {"ann"}).items()}
+    # a pipe is read once and cannot be looked at first: the restore restores whichever
+    # of joe and ann it meets first into ann's folders, and none of the other's (exit
+    # 1, named), never the two merged
+    other = tmp_path / "other"
+    fresh = open_store(make_home(other, source.name))
+    mapfile.write_text("joe=ann\n")
+    p = run(other, "imsrestore", "-m", mapfile, "-f", "-", input=a.read_bytes())
+    err = p.stderr.decode()
+    assert p.returncode == 1 and len(err.splitlines()) == 1 and "joe=ann: ann is restored too in this run" in err, err
+    got = state(fresh, {"ann"})
+    assert got in ({("ann",) + k[1:]: v for k, v in state(source, {u}).items()} for u in ("joe", "ann")), got
+    assert state(fresh, {"joe"}) == {}
+
+
 def test_new_mailbox_beside_existing(source, ims_home, tmp_path):
     a = backup(ims_home, tmp_path / "a.ims")
     run(ims_home, "imsrestore", "-n", "-f", a, "/primary/user/joe/Sent", check=0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import stat
 import sys
 import time
 
@@ -253,10 +254,10 @@ def _read_header(spec: str, bf: int, config, identities=()) -> dict:
             raise ImsError(f"cannot read {spec}: {exc.strerror or exc}", status=device_status(exc)) from None
 
 
-def _final_state(spec: str, bf: int, config, identities=()) -> tuple[dict, tuple]:
+def _final_state(spec: str, bf: int, config, identities=(), seen: list | None = None) -> tuple[dict, tuple]:
     """(asm.restore.plan.chain_end of the chain's last archive, its trailer's errors:
     what its backup could not read) (read once to its end before anything is restored;
-    message data is skipped where it can be)."""
+    message data is skipped where it can be).  ``seen`` gets its user and folder members."""
     try:
         device = _open_layered(spec, bf, config, identities)
     except DeviceError as exc:
@@ -264,13 +265,68 @@ def _final_state(spec: str, bf: int, config, identities=()) -> tuple[dict, tuple
     with device:
         try:
             reader = ArchiveReader(device.file, bf)
-            out = chain_end(reader.members(on_error=lambda e: None))
+            members = reader.members(on_error=lambda e: None)
+            if seen is not None:
+                members = _tap(members, seen)
+            out = chain_end(members)
             unread = tuple((reader.trailer or {}).get("errors", []))
         except ArchiveError as exc:
             raise ImsError(f"{spec}: {exc}", status=exc.status) from None
         except OSError as exc:
             raise ImsError(f"cannot read {spec}: {exc.strerror or exc}", status=device_status(exc)) from None
     return out, unread
+
+
+def _map_targets_at_risk(user_map: dict, paths: list) -> list:
+    """The map's new names the selection may also take under their own names (users
+    the map does not rename themselves): only for them must the archive be looked at."""
+    from asm.restore.selection import may_take
+    return [new for old, new in user_map.items() if new != old and new not in user_map and may_take(paths, new)]
+
+
+def _check_map(args, inst, paths: list, user_map: dict, reader, layered: bool) -> None:
+    """Refuse, before anything is written, a map line whose new name is a user this run
+    restores under its own name too (asm.restore.selection.check_map_targets): the
+    archive's users are listed first, by seek on a plain archive file, else by reading
+    it once more (a pipe, FIFO or tape cannot be: there the restore refuses the second
+    of the two users it meets, and names it)."""
+    from asm.restore.selection import check_map_targets, restored_users
+    at_risk = _map_targets_at_risk(user_map, paths)
+    if not at_risk:
+        return
+    sel = Selection(paths, inst.groups, is_user=functools.partial(user_on, inst.store))
+    if reader.seekable and not layered:
+        check_map_targets(user_map, restored_users(reader.index(on_error=lambda e: None), sel, user_map))
+        return
+    spec = args.device
+    try:
+        st = os.stat(spec) if spec != "-" else None
+    except OSError:
+        st = False                      # a remote device (host:path, s3://): opened again
+    if spec == "-" or (st and not stat.S_ISREG(st.st_mode)):
+        # a pipe, FIFO or tape is read once: the restore itself refuses whichever of the
+        # two users comes second (RestoreOptions.map_targets), exit 1, never a merge
+        return
+    try:
+        device = _open_layered(spec, args.bf, inst.config, args.identity)
+    except DeviceError as exc:
+        raise ImsError(f"cannot open {spec}: {exc}", status=device_status(exc)) from None
+    with device:
+        try:
+            users = restored_users(ArchiveReader(device.file, args.bf).members(on_error=lambda e: None),
+                                   sel, user_map)
+        except ArchiveError as exc:
+            raise ImsError(f"{spec}: {exc}", status=exc.status) from None
+        except OSError as exc:
+            raise ImsError(f"cannot read {spec}: {exc.strerror or exc}", status=device_status(exc)) from None
+    check_map_targets(user_map, users)
+
+
+def _tap(members, seen: list):
+    for m in members:
+        if m.kind in ("user", "folder"):
+            seen.append(m)
+        yield m
 
 
 def check_chain(specs: list, headers: list) -> None:
@@ -323,13 +379,22 @@ def _chain(args, rep) -> int:
     if "-" in args.devices:
         raise UsageError("a chain of several -f cannot read stdin ('-'): name the archives")
     inst = open_installation(create=True)
-    if args.mapfile:
-        read_map(args.mapfile, inst.store.check_new_user)    # a bad map file: before the journal
+    # a bad map file: before the journal
+    user_map = read_map(args.mapfile, inst.store.check_new_user) if args.mapfile else {}
     headers = [_read_header(d, args.bf, inst.config, args.identity) for d in args.devices]
     check_chain(args.devices, headers)
     # the end of the chain: what its last archive lists, folder by folder; the archives
     # before it restore nothing else (no message or folder gone by then comes back)
-    final, unread = _final_state(args.devices[-1], args.bf, inst.config, args.identity)
+    paths = [parse(p, inst.groups, members=False) for p in args.paths]
+    at_risk = _map_targets_at_risk(user_map, paths)
+    seen: list | None = [] if at_risk else None
+    final, unread = _final_state(args.devices[-1], args.bf, inst.config, args.identity, seen)
+    if at_risk:
+        # the chain restores what its last archive holds: a map onto a user it restores
+        # under its own name too is refused before anything is written (_check_map)
+        from asm.restore.selection import check_map_targets, restored_users
+        check_map_targets(user_map, restored_users(
+            seen, Selection(paths, inst.groups, is_user=functools.partial(user_on, inst.store)), user_map))
     from asm.restore.selection import unseen_by
     unseen = unseen_by(headers[-1], inst.groups, {u for (u, _f) in final})
     status = EXIT_OK
@@ -347,12 +412,14 @@ def _chain(args, rep) -> int:
 
     unmatched: list = [None]    # the paths no archive before this one matched (None: none yet)
     map_used: set = set()       # the map file's old names some archive of the chain had
+    map_targets: dict = {}      # RestoreOptions.map_targets, for every archive of the chain
     claims: dict = {}           # RestoreOptions.claims, for every archive of the chain
     for i, d in enumerate(args.devices):
         last = i == len(args.devices) - 1
         one = argparse.Namespace(**vars(args))
         one.chain_unmatched = unmatched
         one.map_used = map_used
+        one.map_targets = map_targets
         one.claims = claims
         one.map_last = last
         one.device = d
@@ -441,6 +508,9 @@ def _one(args, rep) -> int:
                 raise exc.error from None
             except OSError as exc:
                 return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
+        if user_map and refdoc is None and not getattr(args, "chain_ids", ()):
+            # (a chain looks at its last archive: _chain)
+            _check_map(args, inst, paths, user_map, reader, bool(getattr(device, "layers", None)))
 
         def report(line):
             if args.verbose:
@@ -470,6 +540,8 @@ def _one(args, rep) -> int:
                     ask=_asker(progress) if args.cont is None and args.device != "-" and sys.stdin.isatty()
                     else None,
                     user_map=user_map, map_used=args.map_used, keep_held=args.hold,
+                    map_targets=getattr(args, "map_targets", None) if getattr(args, "map_targets", None)
+                    is not None else {},
                     reffile=args.refout or default_reffile(inst.config.home, reader.header),
                     spool_dir=os.path.join(inst.config.home, "data", "spool"), verbose=args.verbose,
                     spool_limit=inst.config.get_int("restore.spoolmax") << 20,

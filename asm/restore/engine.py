@@ -379,6 +379,22 @@ class Restorer:
             return
         user = self.opts.user_map.get(m.user, m.user)
         mailbox = f"/{m.partition}/{user}/{m.folder}"
+        if self.opts.user_map:
+            # two archived users restored as one (a map onto a user restored under its own
+            # name too): the commands refuse that before they write (they look at the
+            # archive first); a stream they could not look ahead in gets here: the user
+            # that comes second is not restored, and said so, never merged
+            came = self.opts.map_targets.setdefault(user, m.user)
+            if came != m.user:
+                self.plan = None
+                if (m.user, user) not in self.refused_users:
+                    self.refused_users.add((m.user, user))
+                    old = m.user if m.user in self.opts.user_map else came
+                    self._error(f"/{m.partition}/{user}", (
+                        f"{old}={user}: {user} is restored too in this run; {came}'s folders were "
+                        f"restored to {user}, {m.user}'s were not (they would be merged): restore "
+                        f"{m.user} in a run of its own"), EXIT_USAGE)
+                return
         final_uids = final_flags = None
         if self.opts.final is not None:
             end = self.opts.final.get((m.user, m.folder))

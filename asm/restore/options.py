@@ -18,6 +18,8 @@ class RestoreOptions:
     ask: object = None                  # ask(message) -> bool: the classic prompt on a terminal
     user_map: dict = field(default_factory=dict)   # -m: old -> new
     map_used: set = field(default_factory=set)     # ... the old names the archive(s) had
+    map_targets: dict = field(default_factory=dict)  # ... {user restored to: the archived user
+                                        # restored as it} (one dict for a chain or a stream)
     reffile: str | None = None          # where unresolved links are written
     spool_limit: int = 1 << 30          # bytes of first copies kept from a stream
     verbose: bool = False

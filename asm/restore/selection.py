@@ -55,6 +55,41 @@ def read_map(path: str, check=check_user_name) -> dict:
     return out
 
 
+def check_map_targets(user_map: dict, restored) -> None:
+    """Refuse (RestoreError, exit 2) a map line whose new name is a user this same run
+    also restores under its own name (``restored``: the archived users the selection
+    takes that the map does not rename): the two users' folders would be merged into
+    one folder set, one of them keeping its UIDVALIDITY and the other renumbered."""
+    restored = set(restored)
+    for old, new in user_map.items():
+        if new != old and new in restored and new not in user_map:
+            raise RestoreError(f"{old}={new}: {new} is restored too in this run; restore {new} alone in "
+                               f"a run of its own, or select the users with paths (nothing was restored)")
+
+
+def may_take(paths: list[LogicalPath], user: str) -> bool:
+    """Whether the selection ``paths`` (none: everything) can take the archived user
+    ``user`` under its own name (a group or partition path may: the archive says)."""
+    return not paths or any(lp.user is None or lp.user == user
+                            or (alt := as_recorded_group(lp)) is not None and alt.user == user for lp in paths)
+
+
+def restored_users(members, sel: "Selection", user_map: dict) -> set:
+    """The archived users ``sel`` (a Selection of its own: this counts its hits) takes
+    from ``members`` and the map leaves under their own names."""
+    out: set = set()
+    groups: dict = {}
+    for m in members:
+        if m.kind == "user":
+            groups[(m.partition, m.user)] = m.group
+            if not sel.paths and m.user not in user_map:
+                out.add(m.user)
+        elif m.kind == "folder" and m.user not in user_map and m.user not in out:
+            if sel.folder(m.partition, m.user, groups.get((m.partition, m.user), m.group), m.folder):
+                out.add(m.user)
+    return out
+
+
 def as_recorded_group(lp: LogicalPath) -> LogicalPath | None:
     """A short path /partition/NAME[/user[/folder]] (NAME is no group of this
     installation's backup-groups.conf) read as /partition/GROUP/user/folder: NAME may be

@@ -567,8 +567,14 @@ def _inside_hits(sel, want: list[str], whole: list[int], inside: list) -> dict:
     return {i: (hits[k + off] if hits is not None else 0) for k, (i, _) in enumerate(inside)}
 
 
-def _user_map(maps: list[str], root: str) -> dict:
+def _user_map(maps: list[str], root: str, want: list[str] = ()) -> dict:
+    """{source user: target user} of the -m SRC=DST; ``want``: the paths recovered.  A DST
+    those paths also reach, not renamed itself, would be recovered under its own name
+    too, its folders merged with SRC's: refused (exit 2) before anything is recovered.
+    (Without paths the stream, read once, cannot be looked ahead in: the restore engine
+    refuses whichever of the two comes second, RestoreOptions.map_targets.)"""
     out = {}
+    dsts = {}
     for m in maps:
         src, eq, dst = m.partition("=")
         if not eq or not src or not dst:
@@ -586,6 +592,16 @@ def _user_map(maps: list[str], root: str) -> dict:
                              f"mail would be merged into one user's folders; map each to a user of its own "
                              f"(to merge, recover them in two runs)")
         out[ps.user] = pd.user
+        dsts[pd.user] = tree.relparts(root, dst)
+    reach = [tree.relparts(root, w) for w in want]
+    for src, dst in out.items():
+        if dst == src or dst in out:
+            continue
+        d = dsts[dst]
+        if any(r[:len(d)] == d or d[:len(r)] == r for r in reach):
+            raise UsageError(f"-m {src}={dst}: {dst} is recovered too in this run (the paths reach it); "
+                             f"recover {dst} alone in a run of its own, or give the paths of the users to "
+                             f"recover (nothing was recovered)")
     return out
 
 
@@ -785,7 +801,7 @@ def _log_recover(inst, mode, rec, errors) -> None:
 
 
 def _restore_record(inst, rec, places, args, totals, errors, report, progress) -> tuple:
-    user_map = _user_map(args.maps, rec.info.get("root", "/")) if args.maps else {}
+    user_map = _user_map(args.maps, rec.info.get("root", "/"), args.paths) if args.maps else {}
     answer = args.answer
     def exists(user, folder):
         return inst.store.exists(user_map.get(user, user), folder)
@@ -797,7 +813,9 @@ def _restore_record(inst, rec, places, args, totals, errors, report, progress) -
         sel.hits = [0]
     home = inst.config.home
     reader = ArchiveReader(rec, BF)
-    opts = RestoreOptions(new_mailbox=answer in "rR", user_map=user_map,
+    if getattr(args, "map_targets", None) is None:
+        args.map_targets = {}           # one for the whole stream: its records are one run
+    opts = RestoreOptions(new_mailbox=answer in "rR", user_map=user_map, map_targets=args.map_targets,
                           new_suffix=args.suffix.lstrip(".") or "R",
                           continue_on_error=not args.stop,
                           reffile=default_reffile(home, reader.header),
