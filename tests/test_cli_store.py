@@ -276,6 +276,39 @@ def test_imsdeliver_held_user_gets_it_queued(config, ims_home):
         assert f.read() == MSG
 
 
+def test_imsdeliver_refuses_an_empty_message(config, ims_home, tmp_path):
+    """imsdeliver with nothing on stdin stored a 0-byte message (UID 1) and exited 0.
+    Refused: exit 2, one line, nothing stored or queued, no UID used; an empty -m file
+    too (said before the line about a missing -d folder)."""
+    for u in ("joe", "ann"):
+        assert run(ims_home, "mboxutil", "-c", f"user/{u}").returncode == 0
+    fresh_store().hold_deliveries("ann")
+    empty = tmp_path / "empty.eml"
+    empty.write_bytes(b"")
+    for argv, kw, line in ((["joe", "ann"], {"input": b""}, "no message on standard input: nothing delivered"),
+                           (["-m", str(empty), "-d", "Nope", "joe"], {},
+                            f"message file '{empty}' is empty (0 bytes): nothing delivered")):
+        p = run(ims_home, "imsdeliver", "-v", *argv, **kw)
+        assert p.returncode == 2 and err(p) == f"imsdeliver: {line}\n" and p.stdout == b"", err(p)
+        s = fresh_store()
+        assert s.messages("joe", "INBOX") == [] and s.folder("joe", "INBOX").uidnext == 1
+        assert s.release_deliveries("ann") == 0
+        s.hold_deliveries("ann")
+    p = run(ims_home, "imsdeliver", "-v", "joe", input=MSG)
+    assert p.returncode == 0 and out(p) == "joe: UID 1\n", err(p)
+    # the store refuses it whoever asks (a pipe cannot be peeked at: read, then refused)
+    from asm.store.base import EmptyMessage
+
+    class Pipe(io.RawIOBase):
+        def readinto(self, b):
+            return 0
+    for src in (io.BytesIO(b""), Pipe()):
+        with pytest.raises(EmptyMessage):
+            fresh_store().deliver(["joe", "ann"], src)
+    s = fresh_store()
+    assert [m.uid for m in s.messages("joe", "INBOX")] == [1] and s.release_deliveries("ann") == 0
+
+
 def test_imsdeliver_is_quiet_without_v(config, ims_home):
     """operations.md: without -v a successful run prints nothing (cron, an MTA's
     mailbox_command mail what a command prints).  imsdeliver printed 'USER: UID N' for

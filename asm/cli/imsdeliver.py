@@ -8,6 +8,7 @@ import sys
 from asm.cli.common import ArgParser, UsageError, run_command, warn
 from asm.cli.context import open_installation
 from asm.errors import EXIT_OK
+from asm.store.base import EmptyMessage, nonempty_message
 
 PROG = "imsdeliver"
 
@@ -35,6 +36,12 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(f"message file {args.m!r} does not exist") from None
     except OSError as exc:
         raise UsageError(f"cannot read message file {args.m!r}: {exc.strerror}") from None
+    try:
+        src = nonempty_message(src)          # (store.deliver refuses it too: before any line)
+    except EmptyMessage:
+        src.close()
+        raise UsageError("no message on standard input: nothing delivered" if args.m == "-" else
+                         f"message file {args.m!r} is empty (0 bytes): nothing delivered") from None
     # As Dovecot's LMTP/deliver (lda_mailbox_autocreate=no): a folder the user does not
     # have gets nothing made; the message goes to INBOX, so a mistyped -d neither loses
     # mail nor creates a folder (docs/configuration.md, "Which commands create what").

@@ -108,6 +108,50 @@ class UidPassed(UidInUse):
         StoreError.__init__(self, f"UID {uid} of {user}/{folder} was given out as gone: it is not reused")
 
 
+class EmptyMessage(StoreError):
+    """A message of 0 bytes offered for delivery: no mail server stores one (Dovecot's
+    LMTP and APPEND refuse it), and it would take a UID for nothing."""
+
+    status = EXIT_USAGE         # bad input: nothing was stored, no UID used
+
+    def __init__(self):
+        super().__init__("the message is empty (0 bytes): nothing delivered")
+
+
+class _Prefixed:
+    """The bytes ``head`` then the rest of ``src``: a stream whose first bytes were read
+    to see that it holds some (a pipe cannot be read again)."""
+
+    def __init__(self, head: bytes, src: BinaryIO):
+        self._head, self._src = head, src
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0:
+                out, self._head = self._head + self._src.read(), b""
+                return out
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        return self._src.read(n)
+
+    def close(self) -> None:
+        self._src.close()
+
+
+def nonempty_message(src: BinaryIO) -> BinaryIO:
+    """``src``, or a stream of the same bytes, when it holds at least one byte;
+    EmptyMessage when it holds none (before anything is written or a UID taken)."""
+    peek = getattr(src, "peek", None)
+    if peek is not None:
+        if peek(1):
+            return src
+        raise EmptyMessage()
+    head = src.read(COPY_CHUNK)
+    if not head:
+        raise EmptyMessage()
+    return _Prefixed(head, src)
+
+
 class StoreFull(StoreError):
     """The store's filesystem (or its quota) is full: nothing more can be written."""
 
@@ -537,7 +581,9 @@ class Store(abc.ABC):
                 internaldate: float | None = None) -> dict:
         """Deliver one message to several users as a single copy (hard links).
 
-        Held users get it queued.  Returns {user: MessageInfo or None if queued}.
+        Held users get it queued.  Returns {user: MessageInfo or None if queued}.  An
+        empty ``src`` raises EmptyMessage before anything is stored (drivers begin with
+        ``src = nonempty_message(src)``).
         """
 
     # -- durability -----------------------------------------------------------

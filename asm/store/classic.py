@@ -37,7 +37,7 @@ from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
     _what, check_folder_levels, check_folder_name, check_user_level, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
-    split_flags, stat_part, this_holder,
+    nonempty_message, split_flags, stat_part, this_holder,
 )
 
 shutil = lazy.module("shutil")      # removing trees, copying files (startup time)
@@ -1017,6 +1017,7 @@ class ClassicStore(Store):
     def deliver(self, users: list[str], src: BinaryIO, folder: str = "INBOX",
                 internaldate: float | None = None) -> dict:
         folder = check_folder_name(folder)
+        src = nonempty_message(src)             # 0 bytes: refused, no UID taken
         now = time.time()
         internaldate = now if internaldate is None else internaldate
         out: dict = {}

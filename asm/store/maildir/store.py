@@ -24,7 +24,7 @@ from asm.store.base import (
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, UidPassed,
     Unlisted, UserExists,
     check_folder_levels, check_folder_name, check_user_level, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
-    settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
+    nonempty_message, settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
 from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
@@ -2392,6 +2392,7 @@ class MaildirStore(Store):
         now = time.time()
         idate = internaldate if internaldate is not None else now
         folder = check_folder_name(folder)
+        src = nonempty_message(src)             # 0 bytes: refused, no UID taken
         first: str | None = None
         out: dict = {}
         for user in users:
