@@ -1,7 +1,10 @@
 """Streaming Unix mbox reader: one message at a time, never a whole file in memory.
 
-Messages are split on ``From `` lines that follow a blank line (or start the file);
-``>From `` quoting (mboxrd) is undone.  Each message is spooled to a temporary file
+Messages are split on ``From `` lines that follow a blank line (or start the file;
+blank lines before the first are skipped); ``>From `` quoting (mboxrd) is undone.  An
+empty file is an empty mailbox; a file whose first line that is not blank is no
+``From `` line, or that holds blank lines only, is NotAnMbox, raised before the first
+message is handed out.  Each message is spooled to a temporary file
 (in memory up to 1 MiB) and handed out with its envelope date and its flags taken
 from the ``Status:``/``X-Status:`` headers, which are kept in the bytes.
 """
@@ -58,6 +61,7 @@ def read_mbox(src: BinaryIO) -> Iterator[MboxMessage]:
     in_headers = False
     prev_blank = True
     pending_blank = b""
+    blank_only = False          # only blank lines read, no message yet
 
     def finish():
         spool.seek(0)
@@ -74,6 +78,7 @@ def read_mbox(src: BinaryIO) -> Iterator[MboxMessage]:
         if spool is None:
             if line.strip():
                 raise NotAnMbox("not an mbox file: it does not start with a 'From ' line")
+            blank_only = True
             continue
         stripped = line.rstrip(b"\r\n")
         if in_headers:
@@ -101,3 +106,8 @@ def read_mbox(src: BinaryIO) -> Iterator[MboxMessage]:
         size += len(line)
     if spool is not None:
         yield finish()
+    elif blank_only:
+        # an empty file is an empty mailbox; blank lines and nothing else are no mbox a
+        # mail program writes (a truncated or wrong file): refused, nothing is made
+        raise NotAnMbox("not an mbox file: it holds only blank lines, no 'From ' line (an empty "
+                        "mailbox is an empty file)")

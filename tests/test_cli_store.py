@@ -228,6 +228,25 @@ def test_imsimport_errors(config, ims_home, tmp_path):
     assert p.returncode == 2 and "does not exist" in err(p)
 
 
+def test_imsimport_empty_mbox_makes_the_folder_a_blank_file_is_refused(config, ims_home, tmp_path):
+    """An empty file is a valid empty mailbox: the folder is made, '0 messages', exit 0.
+    A non-empty file that is no mbox (blank lines only: it made the folder, exit 0, as
+    if empty) is refused, exit 2, one line, before any folder is made; from a pipe too."""
+    assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    empty = tmp_path / "empty.mbox"
+    empty.write_bytes(b"")
+    p = run(ims_home, "imsimport", "-v", "-u", "joe", "-s", str(empty), "-d", "Old")
+    assert p.returncode == 0 and err(p) == "imsimport: imported 0 messages into user/joe/Old\n", err(p)
+    assert fresh_store().exists("joe", "Old") and fresh_store().messages("joe", "Old") == []
+    blank = tmp_path / "blank.mbox"
+    blank.write_bytes(b"\n\n   \n")
+    for argv, kw, name in ((["-s", str(blank)], {}, str(blank)), (["-s", "-"], {"input": b"\n\n"}, "standard input")):
+        p = run(ims_home, "imsimport", "-v", "-u", "joe", "-d", "Blank", *argv, **kw)
+        assert p.returncode == 2 and err(p).count("\n") == 1, err(p)
+        assert err(p).startswith(f"imsimport: {name}: not an mbox file: it holds only blank lines"), err(p)
+        assert "no folder made" in err(p) and not fresh_store().exists("joe", "Blank")
+
+
 # -- imsdeliver -------------------------------------------------------------------
 def test_imsdeliver_one_inode_for_three_users(config, ims_home, tmp_path):
     for u in ("joe", "ann", "bob"):

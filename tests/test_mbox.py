@@ -58,6 +58,7 @@ def test_empty_file_has_no_messages():
     b"Subject: not an mbox\n\nbody\n",
     b"\x89PNG\r\n\x1a\n\x00\x00",
     b"\nReturn-Path: <a@b>\nFrom a@b Mon Jan  1 10:00:00 2024\n",
+    b"\n", b"\r\n\n  \n\t\n",           # blank lines only: no mbox (an empty mailbox is an empty file)
 ])
 def test_not_an_mbox(data):
     with pytest.raises(ValueError, match="not an mbox"):

@@ -50,7 +50,8 @@ def _main(argv: list[str] | None) -> int:
                                      internaldate=msg.internaldate)
                     n += 1
     except NotAnMbox as exc:
-        raise UsageError(f"{args.s}: {exc}") from None
+        raise UsageError(f"{'standard input' if args.s == '-' else args.s}: {exc}; nothing was imported "
+                         f"and no folder made") from None
     except StoreError as exc:
         raise ImsError(f"{exc} (after {n} messages)", status=exc.status) from None
     if args.v:
