@@ -245,6 +245,8 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
         # an incremental names its base and the chain it continues (full first)
         "base": base.archive_id if base is not None else None,
         "chain": base.lineage if base is not None else [],
+        # ... and what a user can look for when that base is lost (imsdr chain names it)
+        **({"base_recorded": base.recorded()} if base is not None and base.recorded() else {}),
         "options": {"ignore_links": opts.ignore_links, "exclude": opts.exclude,
                     **({"snapshot": opts.snapshot} if opts.snapshot else {})},
     })

@@ -35,16 +35,29 @@ class BaseState:
     incremental's start.)"""
 
     def __init__(self, archive_id: str, created: float | None, chain: list | None = None,
-                 driver: str | None = None):
+                 driver: str | None = None, device: str | None = None, scope: list | None = None,
+                 named: str | None = None):
         self.archive_id = archive_id
         self.created = created
         self.chain = [] if chain is None else chain     # ancestors of the archive, full first
         self.driver = driver
+        # what a user can look for when the base is lost: the device (or engine label) its
+        # archive was written to, its scope, and the --base the incremental was given
+        self.device = device
+        self.scope = scope
+        self.named = named
         self.folders: dict = {}         # (user, folder) -> (uidvalidity, UidSet)
         # (user, folder) -> (fingerprint, {flags-and-keywords: UidSet}) for the folders
         # the backup read whole and clean with a fingerprint: an incremental skips those
         # while the store says they are unchanged (Store.folder_unchanged)
         self.unchanged: dict = {}
+
+    def recorded(self) -> dict:
+        """What an incremental's header records of its base besides its id, so that a
+        chain missing it can name it (asm.dr.chain.describe_base): when it was taken, to
+        which device, of what scope, and the --base named."""
+        out = {"created": self.created, "device": self.device, "scope": self.scope, "named": self.named}
+        return {k: v for k, v in out.items() if v is not None}
 
     @property
     def lineage(self) -> list:
@@ -124,16 +137,18 @@ def _folder_doc(p, u, f, uv, uids, fingerprint=None, flags=None) -> dict:
     return doc
 
 
-def write_state(path: str, header: dict, folders: list) -> None:
+def write_state(path: str, header: dict, folders: list, device: str | None = None) -> None:
     """Write the state file of the backup with ``header``; ``folders``: [(partition,
     user, folder, uidvalidity, uids[, fingerprint, flags])]: a folder read whole and
     clean may carry its store fingerprint and the flags of every UID
     ({flags-and-keywords: UidSet}), which let the next incremental skip it while the
-    store says it is unchanged."""
+    store says it is unchanged.  ``device``: where the archive went (its -f, or an
+    engine's name for it), which the next incremental records of its base."""
     from asm.config import atomic_write
     doc = {"format": STATE_FORMAT, "version": STATE_VERSION, "archive_id": header.get("archive_id"),
            "created": header.get("created"), "driver": header.get("driver"),
            "chain": header_chain(header), "scope": header.get("scope", []),
+           **({"device": device} if device else {}),
            "folders": [_folder_doc(*row) for row in folders]}
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
@@ -146,7 +161,10 @@ def _from_state_doc(doc: dict, path: str) -> BaseState:
                     f"base archive itself with --base")
     try:
         st = BaseState(archive_id=str(doc["archive_id"]), created=doc.get("created"),
-                       chain=header_chain(doc), driver=doc.get("driver"))
+                       chain=header_chain(doc), driver=doc.get("driver"),
+                       device=doc["device"] if isinstance(doc.get("device"), str) else None,
+                       scope=doc["scope"] if isinstance(doc.get("scope"), list) else None,
+                       named=os.path.abspath(path))
         for f in doc["folders"]:
             key = (f["user"], f["folder"])
             uids = UidSet.parse(f["uids"])
@@ -203,7 +221,9 @@ def _from_archive(f, path: str) -> BaseState:
         reader = ArchiveReader(f)
         h = reader.header
         st = BaseState(archive_id=h["archive_id"], created=h.get("created"), chain=header_chain(h),
-                       driver=h.get("driver"))
+                       driver=h.get("driver"), device=os.path.abspath(path),
+                       scope=h["scope"] if isinstance(h.get("scope"), list) else None,
+                       named=os.path.abspath(path))
         for m in reader.members():
             if m.kind == "folder":
                 st.folders[(m.user, m.folder)] = (m.uidvalidity, m.uids)

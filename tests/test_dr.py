@@ -305,6 +305,41 @@ def test_chain_names_a_destroyed_incremental(tmp_path, how):
     run(home, "imsdr", "chain", "--commands", d, check=0)
 
 
+def test_chain_names_a_missing_base_by_what_a_user_can_look_for(tmp_path):
+    """`imsdr chain` over incrementals whose full is not among the archives given said
+    "no complete full archive in DIR: nothing to restore from" (exit 15), and a link's
+    missing base only as "an incremental of archive 0c5e...-...": an id no one can look
+    for.  Now the base is named as the incremental's header records it: when it was
+    taken, its scope, the file it was written to (and the state file named as --base
+    when elsewhere), then its id; and what to do."""
+    home, store, d = _joe_and_a_backup_dir(tmp_path)
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    run(home, "imsbackup", "-f", d / "full-mon.ims", "--state-out", vault / "mon.state", "/", check=0)
+    taken = time.strftime("%Y-%m-%d %H:%M", time.localtime(json.loads((vault / "mon.state").read_text())["created"]))
+    store.deliver(["joe"], io.BytesIO(msg(2)))
+    run(home, "imsbackup", "-f", d / "incr-tue.ims", "--base", vault / "mon.state", "/", check=0)
+    store.deliver(["joe"], io.BytesIO(msg(3)))
+    run(home, "imsbackup", "-f", d / "incr-wed.ims", "--base", d / "incr-tue.ims.state", "/", check=0)
+    os.rename(d / "full-mon.ims", tmp_path / "full-mon.ims")         # the full is elsewhere
+    want = (f"{d / 'incr-tue.ims'} is an incremental of archive ", f"(the full backup taken {taken}",
+            f", of /, written to {d / 'full-mon.ims'}, whose state file was {vault / 'mon.state'}), which is "
+            f"not among these archives: find that archive")
+    for paths in ([d], [d / "incr-tue.ims", d / "incr-wed.ims"]):
+        p = run(home, "imsdr", "chain", "--commands", *paths, check=EXIT_MISSING, text=True)
+        assert p.stderr.count("\n") == 1 and p.stderr.startswith("imsdr: no complete full archive in "), p.stderr
+        assert all(w in p.stderr for w in want), p.stderr
+    # the link in between lost: the chain stops at the full and names the link the same way
+    os.rename(tmp_path / "full-mon.ims", d / "full-mon.ims")
+    os.rename(d / "incr-tue.ims", tmp_path / "incr-tue.ims")
+    p = run(home, "imsdr", "chain", "--commands", d, check=EXIT_PARTIAL, text=True)
+    assert shlex.split(p.stdout) == ["imsrestore", "-f", str(d / "full-mon.ims")]
+    assert f"{d / 'incr-wed.ims'} is an incremental of archive " in p.stderr, p.stderr
+    assert "(the backup taken " in p.stderr and f"written to {d / 'incr-tue.ims'}), which is not" in p.stderr, p.stderr
+    os.rename(tmp_path / "incr-tue.ims", d / "incr-tue.ims")
+    run(home, "imsdr", "chain", "--commands", d, check=0)
+
+
 def test_chain_passes_over_files_beside_the_archives(tmp_path):
     """`imsdr chain --commands /backup` with a checksum beside an archive
     (full-....ims.sha256) and the -d cron lines' date file `last` beside the --base cron

@@ -239,7 +239,9 @@ def _backup(args, rep) -> int:
     progress.clear()
     if state_out:
         try:
-            write_state(state_out, res.header, res.state)
+            write_state(state_out, res.header, res.state,
+                        device=None if args.device == "-" else
+                        os.path.abspath(args.device) if os.path.exists(args.device) else args.device)
             if aside is not None:
                 os.unlink(aside)
         except OSError as exc:

@@ -325,8 +325,11 @@ def _chain(args) -> int:
     unreadable += lost
     found = chains(files)
     if not any(c.archives for c in found):
+        # the first chain's reason names what to find (the base its incrementals continue)
+        why = next((c.gap for c in found if c.gap and c.gap != "no complete full archive"), None)
         raise ImsError(f"no complete full archive in {', '.join(args.paths)}: nothing to restore from"
-                       + (f" ({len(unreadable)} files could not be read, named above)" if unreadable else ""),
+                       + (f" ({len(unreadable)} files could not be read, named above)" if unreadable else "")
+                       + (f"; {why[len('no complete full archive: '):]}" if why else ""),
                        status=EXIT_MISSING)
     status = EXIT_PARTIAL if unreadable else EXIT_OK
     for c in found:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from asm.archive.errors import ArchiveError
 from asm.archive.reader import ArchiveReader
+from asm.backupstate import header_chain
 
 
 @dataclass
@@ -34,6 +35,9 @@ class ArchiveFile:
     driver: str = ""
     complete: bool | None = None          # None: not checked (--verify reads to the trailer)
     base: str | None = None               # an incremental by base: its base's archive id
+    chain: tuple = ()                     # ... the ids of the archives it continues, full first
+    base_recorded: dict = field(default_factory=dict)   # ... what its header records of its
+                                          # base: created, device, scope, named (the --base)
 
     @property
     def full(self) -> bool:
@@ -53,6 +57,51 @@ class Chain:
 class Unreadable(Exception):
     """A file that may be an archive but cannot be read: encrypted with no identity
     that opens it, or a damaged compression or encryption layer."""
+
+
+def _recorded(doc) -> dict:
+    """The header's ``base_recorded``, each field checked (a forged header names nothing
+    it should not): created a time, device and named strings, scope a list of strings."""
+    import math
+    out: dict = {}
+    if not isinstance(doc, dict):
+        return out
+    t = doc.get("created")
+    if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0 < t < 253402300799:
+        out["created"] = float(t)
+    for k in ("device", "named"):
+        if isinstance(doc.get(k), str) and 0 < len(doc[k]) <= 4096:
+            out[k] = doc[k]
+    if isinstance(doc.get("scope"), list) and all(isinstance(x, str) for x in doc["scope"]):
+        out["scope"] = list(doc["scope"])
+    return out
+
+
+def describe_base(a: "ArchiveFile") -> str:
+    """The base of the incremental ``a`` as a user can look for it (besides its id, which
+    imsrestore -h -f ARCHIVE shows): when it was taken, of what, to which device (or
+    engine label), the state file named as its --base.  For an archive written before
+    incrementals recorded these: when ``a`` was taken, which it was before."""
+    r = a.base_recorded
+    what = "the full backup" if a.chain[:1] == (a.base,) else "the backup"
+    parts = []
+    if "created" in r:
+        parts.append(f"taken {_when(r['created'])}")
+    if "scope" in r:
+        parts.append(f"of {' '.join(r['scope']) or '/'}")
+    if "device" in r:
+        parts.append(f"written to {r['device']}")
+    if "named" in r and r["named"] not in (r.get("device"), f"{r.get('device')}.state"):
+        parts.append(f"whose state file was {r['named']}")
+    if not parts:
+        parts.append(f"taken before {_when(a.created)}")
+    return f"{what} {', '.join(parts)}"
+
+
+def _missing_base(a: "ArchiveFile") -> str:
+    return (f"{a.path} is an incremental of archive {a.base} ({describe_base(a)}), which is not among "
+            f"these archives: find that archive (another copy, the backup engine's restore of it) and "
+            f"name it too")
 
 
 def read_header(path: str, verify: bool = False, identities=()) -> ArchiveFile | None:
@@ -78,7 +127,8 @@ def read_header(path: str, verify: bool = False, identities=()) -> ArchiveFile |
             info = ArchiveFile(path, float(h.get("created") or 0.0), h.get("since"),
                                tuple(h.get("scope") or ["/"]), str(h.get("archive_id", "")),
                                str(h.get("driver", "")),
-                               base=h.get("base") if isinstance(h.get("base"), str) else None)
+                               base=h.get("base") if isinstance(h.get("base"), str) else None,
+                               chain=tuple(header_chain(h)), base_recorded=_recorded(h.get("base_recorded")))
             if verify:
                 try:
                     for _ in r.members(on_error=lambda e: None):
@@ -170,9 +220,7 @@ def chains(files: list[ArchiveFile]) -> list[Chain]:
         elif a.base is not None:
             b = by_id.get(a.base)
             if b is None:
-                why[id(a)] = (f"{a.path} is an incremental of archive {a.base}, which is not among these "
-                              f"archives: the archive in between is not here (find it -- another copy, the "
-                              f"backup engine -- and name it too)")
+                why[id(a)] = _missing_base(a)
             elif id(b) in chain_of:
                 chain_of[id(a)] = chain_of[id(b)] + [a]
             else:
@@ -217,7 +265,17 @@ def chains(files: list[ArchiveFile]) -> list[Chain]:
     out = []
     for scope, mine in members.items():
         if scope not in ends:
-            out.append(Chain(scope, [], "no complete full archive", mine))
+            # what the user must find: the base the earliest of them names, or a full
+            # taken before it
+            first = mine[0]
+            if id(first) in why and first.base is not None and first.base not in by_id:
+                gap = f"no complete full archive: {why[id(first)]}"
+            elif id(first) in why:
+                gap = (f"no complete full archive: {why[id(first)]}; find the full backup of "
+                       f"{' '.join(scope) or '/'} taken before {_when(first.created)} and name it too")
+            else:
+                gap = "no complete full archive"
+            out.append(Chain(scope, [], gap, mine))
             continue
         end = ends[scope]
         c = Chain(scope, list(chain_of[id(end)]))
@@ -255,6 +313,11 @@ def chains(files: list[ArchiveFile]) -> list[Chain]:
         out.append(c)
     out.sort(key=lambda c: (c.archives[0].created if c.archives else 0, c.scope))
     return out
+
+
+def _when(t) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
 
 
 def _fmt(t) -> str:

@@ -77,7 +77,7 @@ def save(home: str, name: str, started: float, full: bool, header: dict, folders
         with open(label, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(name + "\n")
     path = os.path.join(d, f"{started:.6f}-{'full' if full else 'incr'}.state")
-    write_state(path, header, folders)
+    write_state(path, header, folders, device=f"NetWorker save set {name}")
     prune(home, name)
     return path
 
