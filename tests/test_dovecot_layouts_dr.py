@@ -145,3 +145,54 @@ def test_drfiles_lost_control_tree_keeps_keywords_the_archive_and_index_know(tmp
         lab.start()
         got = {m.uid: m.flags for m in lab.client_state("alice").folders["INBOX"].messages}
         assert got == want
+
+
+def test_drfiles_lost_control_tree_keeps_keywords_of_a_rotated_index_log(tmp_path):
+    """As above, after Dovecot rotated its index log (a commit with a log past
+    mail_index_log_rotate_max_size, as a busy folder's log grows; doveadm force-resync
+    rotates too): $Archived was first used in a log since dropped, $Other is named only
+    in dovecot.index.log.2, $Later and $Third in dovecot.index.log, and no archive has
+    $Other or $Third.  reconstruct read only the logs' first-use order (which lacked
+    $Archived) and never saw the index's UIDVALIDITY (its dump's dotted form), so every
+    letter became unknown-N (exit 1).  The index names them all: exit 0, IMAP unchanged."""
+    import shutil
+
+    from tests.dovecot_lab import dovecot_lab, message
+    from tests.helpers import make_home
+    home = tmp_path / "ims"
+    with dovecot_lab("idxctl") as lab:
+        make_home(home, "maildir", **{"store.owner": lab.mail_user, "dovecot.config": lab.conf,
+                                      "store.mail_location": "doveconf"})
+        for i in range(3):
+            lab.deliver(["alice"], message(f"m{i}"))
+        with lab.imap("alice") as c:
+            c.select("INBOX")
+            c.uid_store([1], "+FLAGS", ["\\Seen", "$Archived"])
+            c.unselect()
+        full = tmp_path / "full.ims"
+        run(home, "imsbackup", "-f", full, "/", check=0)
+        lab.doveadm("flags add", "$Other", "mailbox", "INBOX", "uid", "2", user="alice",
+                    options=["mail_index_log_rotate_min_size=1", "mail_index_log_rotate_max_size=1"])
+        with lab.imap("alice") as c:
+            c.select("INBOX")
+            c.uid_store([1], "+FLAGS", ["$Later"])
+            c.uid_store([3], "+FLAGS", ["$Third"])
+            c.unselect()
+        want = {m.uid: m.flags for m in lab.client_state("alice").folders["INBOX"].messages}
+        assert want == {1: {"\\Seen", "$Archived", "$Later"}, 2: {"$Other"}, 3: {"$Third"}}
+        lab.stop()
+        idx = os.path.join(lab.idx, "alice", ".INBOX")
+
+        def named(log):
+            out = subprocess.run(["doveadm", "dump", os.path.join(idx, log)], capture_output=True, text=True).stdout
+            return {x.split("name=")[1].split(",")[0] for x in out.splitlines() if "name=" in x}
+        assert named("dovecot.index.log.2") == {"$Other"} and named("dovecot.index.log") == {"$Later", "$Third"}
+        shutil.rmtree(lab.ctl)
+        os.mkdir(lab.ctl)
+        os.chown(lab.ctl, lab.uid, lab.gid)
+        res = run(home, "reconstruct", "-r", "-a", full, "/", text=True)
+        assert "cannot be named" not in res.stderr and res.returncode == 0, res.stderr
+        assert "a=$Archived, b=$Other, c=$Later, d=$Third" in res.stderr, res.stderr
+        lab.start()
+        got = {m.uid: m.flags for m in lab.client_state("alice").folders["INBOX"].messages}
+        assert got == want

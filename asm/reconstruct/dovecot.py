@@ -24,14 +24,18 @@ DOVEADM_PATHS = ("/usr/bin/doveadm", "/usr/local/bin/doveadm", "/usr/sbin/dovead
 SITE_CONFIG = "/etc/dovecot/dovecot.conf"
 INDEX_FILES = ("dovecot.index", "dovecot.index.log.2", "dovecot.index.log")
 
-_UV = re.compile(r"uid[_ ]validity = (\d+)")
-_NEXT = re.compile(r"(?:next[_ ]uid|first_recent_uid) = (\d+)")
+# (a log's header update says "uid_validity = N"; the index's header, "uid validity ....... = N")
+_UV = re.compile(r"uid[_ ]validity[ .]*= (\d+)")
+_NEXT = re.compile(r"(?:next[_ ]uid|first[_ ]recent[_ ]uid)[ .]*= (\d+)")
 _APPEND = re.compile(r"type=append\b")
 _UIDS = re.compile(r"uids=(.*)")
 _NOTE = re.compile(r"\([^)]*\)")              # "uids=1 (flags=8),2,4 (flags=2),6-9,"
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 _KW_RECORD = re.compile(r"type=keyword-(update|reset)\b")
 _KW_UPDATE = re.compile(r"modify=(\d+), name=(.*?), uids=")
+_KW_NAME = re.compile(r"^\s+(\d+) = (.*)$")                  # the index's "-- Keywords --" list
+_RECORD = re.compile(r"^RECORD: seq=\d+, uid=(\d+)")
+_REC_KW = re.compile(r"^ - ext \d+ keywords\s*:.*\(([0-9a-fA-F]*)\)\s*$")
 
 
 def find_doveadm() -> str | None:
@@ -116,16 +120,69 @@ class Dovecot:
         view.files = tuple(seen)
         return view
 
+    def _index_snapshot(self, path: str) -> tuple[list, dict] | None:
+        """The keywords ``dovecot.index`` holds: (its names, in its order: the order the
+        folder first used them; {uid: names set} from each record's keyword bitmap), or
+        None when it cannot be read or has no keyword list."""
+        try:
+            p = subprocess.run([self.doveadm, "dump", path], capture_output=True, text=True,
+                               errors="replace", timeout=120, cwd="/", env={"PATH": "/usr/bin:/bin"})
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if p.returncode != 0:
+            return None
+        names: dict = {}
+        per_uid: dict = {}
+        section = uid = None
+        for line in p.stdout.splitlines():
+            if line.startswith("-- "):
+                section, uid = line.strip("- "), None
+                continue
+            if section == "Keywords":
+                m = _KW_NAME.match(line)
+                if m:
+                    names[int(m.group(1))] = m.group(2)
+                continue
+            r = _RECORD.match(line)
+            if r:
+                uid = int(r.group(1))
+                per_uid[uid] = set()
+                continue
+            k = _REC_KW.match(line) if uid is not None else None
+            if k:
+                bits = bytes.fromhex(k.group(1)) if len(k.group(1)) % 2 == 0 else b""
+                for i in range(len(bits) * 8):
+                    if bits[i // 8] >> (i % 8) & 1:
+                        if i not in names:
+                            return None             # a bit no name stands for: not understood
+                        per_uid[uid].add(names[i])
+        if not names or sorted(names) != list(range(len(names))):
+            return None
+        return [names[i] for i in range(len(names))], per_uid
+
     def index_keywords(self, folder_dir: str) -> tuple[list, dict] | None:
-        """What the transaction logs of a folder's index say of its keywords: (names in
-        the order the folder first used them, {uid: names set}), replaying each
-        keyword-update (add, remove) and keyword-reset oldest first.  A Maildir gives
-        keyword letters in the same first-use order, so this names the letters of a lost
-        dovecot-keywords when it agrees with every message (the caller checks).  None
-        when no log is there or one cannot be read."""
+        """What a folder's index says of its keywords: (names in the order the folder
+        first used them, {uid: names set}).  Dovecot's main index (``dovecot.index``)
+        holds the names in that order and each message's keywords as of when it was
+        last written; its transaction logs, the rotated one (``dovecot.index.log.2``)
+        then the current one, are replayed over it oldest first (each keyword-update,
+        add or remove, and keyword-reset; a name they use that the index does not know
+        comes after its names).  The logs alone hold only what happened since they were
+        last rotated: a keyword first used before that is named only by the index.  A
+        Maildir gives keyword letters in the same first-use order, so this names the
+        letters of a lost dovecot-keywords when it agrees with every message (the caller
+        checks).  None when neither the index nor a log is there, or a log cannot be
+        read."""
         order: list = []
         per_uid: dict = {}
         found = False
+        index = os.path.join(folder_dir, "dovecot.index")
+        snap = self._index_snapshot(index) if os.path.exists(index) else None
+        if snap is not None:
+            # (replaying log records the index already holds gives the same end state:
+            # each (uid, keyword) ends as the last record touching it says)
+            order, per_uid = snap
+            found = True
         for name in ("dovecot.index.log.2", "dovecot.index.log"):
             path = os.path.join(folder_dir, name)
             if not os.path.exists(path):

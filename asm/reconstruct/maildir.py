@@ -516,7 +516,7 @@ class MaildirReconstructor:
         # d: the folder's control directory (dovecot-keywords is there)
         """Name the keyword letters of file names that dovecot-keywords lacks (it was lost,
         or put back from before those keywords were first used) from what archives say of
-        each message, then from Dovecot's index log (``index_kw``, Dovecot.index_keywords:
+        each message, then from Dovecot's index and its logs (``index_kw``, Dovecot.index_keywords:
         the names in first-use order, which is the letters' order, taken only when it
         agrees with every named letter and every message's keywords in the index).
         True when the file was (or would be) rewritten."""
@@ -555,7 +555,7 @@ class MaildirReconstructor:
             learned.update(from_index)
         unknown_files = sum(1 for letters in pending if any(not named(c) and c not in learned for c in letters))
         from_archives = {c: kw for c, kw in learned.items() if c not in from_index}
-        for source, got in (("the archives", from_archives), ("Dovecot's index log", from_index)):
+        for source, got in (("the archives", from_archives), ("Dovecot's index and its logs", from_index)):
             if got:
                 self.report.add(REPAIRED, mb, "dovecot-keywords " + ("is missing" if not table else "lacks keywords "
                                               "the file names use") + f": learned from {source} ("
@@ -576,7 +576,7 @@ class MaildirReconstructor:
     @staticmethod
     def _index_letters(files, uid_of, table, learned, index_kw) -> dict:
         """{letter: name} of the letters neither dovecot-keywords nor the archives named,
-        from Dovecot's index log: its names in first-use order are the letters a, b, ...;
+        from Dovecot's index and its logs: its names in first-use order are the letters a, b, ...;
         taken only when that order gives every named letter its name and every message
         file exactly the keywords the index says its UID has; else {} (nothing guessed)."""
         order, per_uid = index_kw
