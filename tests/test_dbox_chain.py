@@ -935,3 +935,101 @@ def test_dboxlive_a_folder_deleted_or_renamed_while_the_account_is_copied_is_gon
                                                        if f != "pct%50")
     toc = run(home, "imsrestore", "-t", "-f", tmp_path / "a.ims", check=0, text=True).stdout
     assert "/primary/alice/Projects-2/1\t" in toc, toc
+
+
+DESYNC = ("dsync(alice): Warning: Mailbox changes caused a desync. You may want to run dsync again: "
+          "Remote lost mailbox GUID 0123456789abcdef0123456789abcdef (maybe it was just deleted?)")
+
+
+@pytest.mark.parametrize("flaky", [False, True])
+def test_dboxlive_a_login_whose_client_churns_a_folder_is_backed_up_folder_by_folder(lab, tmp_path, flaky):
+    """A client that creates and deletes a scratch folder all day makes every
+    ``doveadm backup`` of the whole login end on dsync's desync ("Mailbox changes caused
+    a desync. You may want to run dsync again"): imsbackup exited 17 "no login could be
+    backed up: /primary/alice: ... its folders changed while it copied them, 3 times",
+    no archive, though every real folder was stable (on Maildir the same churn backs up
+    fine).  Here the doveadm's whole-login copies of alice always desync; a folder
+    ("Tmp0") is deleted while the driver copies her folder by folder.  Her stable
+    folders are in the archive with their UIDs, UIDVALIDITY, flags, keywords and
+    subscriptions, the folder gone is gone (exit 0, not named); with ``flaky`` one
+    folder desyncs on its own copy every time: only it is named (exit 1), with what to
+    do."""
+    from tests.dovecot_lab import DOVEADM
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    with lab.imap("alice") as c:
+        for box in ("Tmp0", "Flaky"):
+            c.create(box)
+            c.append(box, message(f"in {box}"), [r"\Seen", "$Label2"])
+        c.subscribe("Flaky")
+    bindir, log = tmp_path / "bin", tmp_path / "copies"
+    bindir.mkdir()
+    real = f"{DOVEADM} -c {lab.conf}"
+    whole, flaky_copy = '*" backup -u alice maildir:"*', ' | *" backup -u alice -m Flaky maildir:"*'
+    (bindir / "doveadm").write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *mail_location=maildir:*) ;;\n'
+        f'  *" backup -u alice "*maildir:*) echo "$*" | sed "s/.* backup -u alice *//; s/ *maildir:.*//" >> {log};;\n'
+        "esac\n"
+        'case "$*" in *mail_location=maildir:*) ;;\n'
+        f"  {whole}{flaky_copy if flaky else ''})\n"
+        f"    echo {shlex.quote(DESYNC)} >&2; exit 2;;\n"
+        '  *" backup -u alice -m "*)\n'
+        f"    if mkdir {tmp_path / 'acted'} 2>/dev/null; then {real} mailbox delete -u alice Tmp0; fi;;\n"
+        "esac\n"
+        f'exec {DOVEADM} "$@"\n')
+    os.chmod(bindir / "doveadm", 0o755)
+    env = {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    before = views(lab)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", env=env, check=EXIT_PARTIAL if flaky else 0, text=True)
+    assert (tmp_path / "acted").is_dir()
+    # each copy of alice (listed, then read: k of them): the whole login 3 times, as dsync
+    # asks, then folder by folder, a folder that desyncs on its own 3 times
+    copies = log.read_text().splitlines()
+    k = copies.count("-m INBOX")
+    assert k >= 1 and copies.count("") == 3 * k and copies.count("-m Work") == k, copies
+    assert copies.count("-m Flaky") == (3 if flaky else 1) * k, copies
+    want = views(lab)
+    assert "Tmp0" not in want["alice"][0] and "Tmp0" in before["alice"][0]
+    if flaky:
+        named = [ln for ln in p.stderr.splitlines() if "could not back up" in ln]
+        assert len(named) == 1 and named[0].startswith("imsbackup: could not back up /primary/alice/Flaky: "), p.stderr
+        assert "changed while" in named[0] and "3 times" in named[0] and "caused a desync" in named[0], named[0]
+        assert "doveadm kick alice" in named[0], named[0]
+        del want["alice"][0]["Flaky"]
+        want["alice"] = (want["alice"][0], want["alice"][1] - {"Flaky"})
+    else:
+        assert p.stderr == "", p.stderr
+    assert "Tmp0" not in p.stderr
+    assert listing(home, a) == sorted(f"/primary/{u}/{f}" for u in USERS for f in want[u][0])
+    # a restore into the live login reads it through the same copy: a message expunged
+    # since comes back (a new UID, its bytes and GUID) through the give-back, nothing
+    # else changes; with a folder the copy lacks nothing is given back (the give-back
+    # would delete that folder in the account): exit 17, named, the account as it was
+    with lab.imap("alice") as c:
+        c.select("INBOX")
+        gone = c.uids()[-1]
+        c.uid_expunge([gone])
+        c.unselect()
+    live = views(lab)
+    p = run(home, "imsrestore", "-f", a, env=env, check=EXIT_STORE if flaky else 0, text=True)
+    after = views(lab)
+    if flaky:
+        assert "nothing restored into this login: its dbox folder 'Flaky' could not be copied" in p.stderr, p.stderr
+        assert "restore again when its IMAP client is less busy (or hold it, doveadm kick alice)" in p.stderr
+        assert after == live
+    else:
+        inbox = after["alice"][0]["INBOX"]
+        old = {m[0]: m for m in want["alice"][0]["INBOX"][3]}
+        back = [m for m in inbox[3] if m[0] not in old]
+        assert [(m[4], m[5]) for m in back] == [(old[gone][4], old[gone][5])], back
+        assert back[0][0] >= live["alice"][0]["INBOX"][1]
+        assert {n: f for n, f in after["alice"][0].items() if n != "INBOX"} == \
+            {n: f for n, f in live["alice"][0].items() if n != "INBOX"}
+        assert after["bob"] == live["bob"] and after["alice"][1] == live["alice"][1]
+    # what the archive holds is what the clients saw: restored into an emptied store
+    wipe(lab)
+    run(home, "imsrestore", "-f", a, check=0)
+    assert views(lab) == want

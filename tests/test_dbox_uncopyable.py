@@ -156,13 +156,14 @@ DESYNC = ("dsync(carol): Warning: Mailbox changes caused a desync. You may want 
 
 
 def desyncing_doveadm(tmp_path, times: int) -> dict:
-    """A doveadm whose first ``times`` copies of carol end as dsync's do when her IMAP
-    client changed her folders meanwhile (the desync warning, exit 2); then the real one."""
+    """A doveadm whose first ``times`` copies of carol (of the whole login or, ``-m``, of
+    one folder) end as dsync's do when her IMAP client changed her folders meanwhile (the
+    desync warning, exit 2); then the real one."""
     fake = tmp_path / "bin"
     fake.mkdir()
     count = tmp_path / "copies"
     (fake / "doveadm").write_text(
-        f"#!/bin/sh\ncase \" $* \" in *\" backup -u carol maildir:\"*)\n"
+        f"#!/bin/sh\ncase \" $* \" in *\" backup -u carol \"*maildir:*)\n"
         f"  n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}\n"
         f"  if [ $n -le {times} ]; then echo '{DESYNC}' >&2; exit 2; fi;;\nesac\n"
         f"exec {shutil.which('doveadm') or '/usr/bin/doveadm'} \"$@\"\n")
@@ -176,8 +177,10 @@ def test_a_dbox_login_copied_while_its_client_changes_it_is_copied_again(lab, tm
     it copies.  The whole login was left out of the archive (exit 1) with advice to
     force-resync or rename: a night without any of that user's mail for a passing race.
     Now the copy is made again, as dsync asks (up to 3 times): two desyncs and the
-    backup exits 0 with carol whole; a login that desyncs every time is named as before
-    (exit 1), with dsync's warning and that the copy was tried 3 times."""
+    backup exits 0 with carol whole; a login each copy of which desyncs every time (of
+    the whole login 3 times, then of each folder on its own 3 times) is named as before
+    (exit 1), with dsync's warning and that the copy was tried 3 times.
+    (test_dbox_chain.py: a login only whose whole copy desyncs is copied folder by folder.)"""
     home = tmp_path / "ims"
     configure(lab, home)
     fill(lab)
@@ -193,7 +196,8 @@ def test_a_dbox_login_copied_while_its_client_changes_it_is_copied_again(lab, tm
     named = errors(p.stderr)
     assert len(named) == 1 and named[0].startswith("imsbackup: could not back up /primary/carol: "), p.stderr
     assert "caused a desync" in named[0] and "3 times" in named[0], named[0]
-    assert (tmp_path / "copies").read_text().strip() == "3"             # not tried again in the run
+    # 3 copies of the whole login, 3 of each of her 2 folders; not tried again in the run
+    assert (tmp_path / "copies").read_text().strip() == "9"
 
 
 def test_dovecot_down_still_stops_a_dbox_backup(lab, tmp_path):

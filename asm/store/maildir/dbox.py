@@ -2,10 +2,12 @@
 
 ims-asm never parses dbox files.  A login's dbox account is copied to a Maildir
 (``doveadm -c CONF backup -u LOGIN maildir:WORK/LOGIN/Maildir``) the first time a command
-reads it, and the Maildir driver reads and writes that copy.  A restore that changed a
-copy (or built a new login's mail there) gives it to Dovecot before it releases the
-login's delivery hold, and at the end of its batch at the latest (``doveadm -c CONF -o
-mail_location=maildir:WORK/LOGIN/Maildir backup -u LOGIN <the login's dbox location>``).
+reads it (folder by folder, ``backup -m FOLDER``, when every copy of the whole login
+ends on a desync: _copy_by_folder), and the Maildir driver reads and writes that copy.  A
+restore that changed a copy (or built a new login's mail there) gives it to Dovecot
+before it releases the login's delivery hold, and at the end of its batch at the latest
+(``doveadm -c CONF -o mail_location=maildir:WORK/LOGIN/Maildir backup -u LOGIN <the
+login's dbox location>``).
 ``doveadm backup`` keeps UIDVALIDITY, UIDNEXT, UIDs, flags, keywords, INTERNALDATE and
 GUIDs in both directions (docs/dovecot.md); ``doveadm sync -1`` is never used.
 
@@ -82,6 +84,9 @@ class DboxStore(MaildirStore):
         self._names: dict[str, list] = {}         # login -> its folders, as its last copy had them
         self._uncopied: dict[str, tuple] = {}     # login -> (why, what to do): doveadm backup failed
         self._left_out: dict[str, set] = {}       # login -> its folders dsync stopped on, left out
+        self._unsynced: dict[str, dict] = {}      # login -> {folder: (why, what to do, what to do
+                                                  # before a restore)}: its own copy failed
+                                                  # (_copy_by_folder), not in the copy
         self._failed: list[str] = []              # give-backs that failed as deliveries were released
         self._dovecot_runs = False                # its auth service answered (_check_dovecot_runs)
 
@@ -167,25 +172,26 @@ class DboxStore(MaildirStore):
             long = {n[:i] for n in names if _too_long(n)
                     for i in [*(k for k, c in enumerate(n) if c in "/."), len(n)] if _too_long(n[:i])}
             self._left_out.pop(user, None)
+            self._unsynced.pop(user, None)
             try:
                 copy = self._copy(user, long)
             except StoreFull:
                 raise
             except (DsyncDesync, DoveadmRace) as exc:
                 # the user's client changed folders while dsync copied them: a fresh
-                # copy, as dsync asks ("You may want to run dsync again")
+                # copy, as dsync asks ("You may want to run dsync again"); after that
+                # folder by folder, so that a folder the client keeps making and deleting
+                # costs no other
                 if attempt < DESYNC_TRIES:
                     continue
-                self._uncopied[user] = self._desync_why(user, exc)
-                shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
-                raise StoreError(f"{user}: {'; '.join(self._uncopied[user])}") from None
+                copy = self._copy_by_folder(user, names, long, exc)
             except StoreError as exc:
                 copy = self._copy_without_escaped(user, names, long, exc)
             break
         self._seen[user] = seen
         self._exported.add(user)
         self._check_copy(user, names, copy)
-        self._names[user] = super().folder_names(user)
+        self._names[user] = self._copied_names(user)
 
     def _account_now(self, user: str) -> tuple[dict[str, tuple], str | None]:
         """The login's folders (_folders) and what Dovecot serves of it (_listing), read
@@ -223,9 +229,79 @@ class DboxStore(MaildirStore):
     @staticmethod
     def _desync_why(user: str, exc: StoreError) -> tuple[str, str]:
         return (f"doveadm backup (dsync) could not copy this login: its folders changed while it "
-                f"copied them, {DESYNC_TRIES} times ({exc})",
+                f"copied them, {DESYNC_TRIES} times, and so did each folder while it copied it "
+                f"on its own ({exc})",
                 f"back up again when its IMAP client is less busy (or hold it, doveadm kick "
                 f"{shlex.quote(user)})")
+
+    def _copy_by_folder(self, user: str, names: dict[str, tuple], long: set[str],
+                        exc: StoreError) -> dict[str, tuple]:
+        """The copy made folder by folder (``doveadm backup -m FOLDER``, each folder of the
+        listing taken before, INBOX first), once DESYNC_TRIES copies of the whole login
+        ended on a desync (``exc``): a client that makes and deletes a scratch folder all
+        day (or a filter) desyncs every copy of the whole login, while each of its other
+        folders, copied on its own, does not.
+
+        ``-m`` syncs that folder alone (its UIDVALIDITY, UIDNEXT, UIDs, flags, keywords,
+        GUIDs, as the whole copy does) and leaves the copy's other folders as they are.
+        A folder deleted meanwhile is not copied (``-m`` matches nothing): _check_copy
+        finds it gone.  A folder whose own copy desyncs DESYNC_TRIES times, or fails
+        otherwise, is left out of the copy and named (_unsynced, unlisted_folders; a
+        restore into the login is refused, _refuse_renamed); when no folder could be
+        copied the login is named as before.  The copy's subscriptions are then made
+        the account's (``-m`` carries only the folder's own)."""
+        root = os.path.join(self._work, user)
+        shutil.rmtree(root, ignore_errors=True)
+        target = f"maildir:{self._maildir(user)}"
+        excl = sum((["-x", n] for n in sorted(long)), [])
+        order = ["INBOX", *sorted(n for n in names if n != "INBOX" and n not in long)]
+        failed: dict[str, StoreError] = {}
+        desynced: dict[str, StoreError] = {}
+        for name in order:
+            for attempt in range(1, DESYNC_TRIES + 1):
+                try:
+                    self._dv.run(user, "backup", "-m", name, *excl, target)
+                except StoreFull:
+                    raise
+                except (DsyncDesync, DoveadmRace) as again:
+                    if attempt == DESYNC_TRIES:
+                        desynced[name] = again
+                    continue
+                except StoreError as other:
+                    failed[name] = other
+                break
+        if len(failed) + len(desynced) == len(order):      # not one folder copied
+            shutil.rmtree(root, ignore_errors=True)
+            if not failed:
+                self._uncopied[user] = self._desync_why(user, exc)
+                raise StoreError(f"{user}: {'; '.join(self._uncopied[user])}") from None
+            first = failed[min(failed)]
+            self._uncopied[user] = (
+                f"doveadm backup (dsync) cannot copy this login, on which dsync stops ({first})",
+                f"repair or rename what dsync's error names (doveadm force-resync -u {user} '*', "
+                f"doveadm mailbox rename -u {user} ...) and run the command again")
+            raise StoreError(f"{user}: {'; '.join(self._uncopied[user])}") from None
+        q = shlex.quote
+        busy = f"when its IMAP client is less busy (or hold it, doveadm kick {q(user)})"
+        self._unsynced[user] = {
+            **{name: (f"doveadm backup (dsync) could not copy this dbox folder: it changed while dsync "
+                      f"copied it, {DESYNC_TRIES} times, on its own as with the whole login ({err})",
+                      f"back up again {busy}", f"restore again {busy}")
+               for name, err in desynced.items()},
+            **{name: (f"doveadm backup (dsync) cannot copy this dbox folder ({err})",
+                      f"repair or rename it (doveadm force-resync -u {q(user)} {q(name)}, doveadm mailbox "
+                      f"rename -u {q(user)} {q(name)} NEW-NAME) and back up again",
+                      f"repair or rename it (doveadm force-resync -u {q(user)} {q(name)}, doveadm mailbox "
+                      f"rename -u {q(user)} {q(name)} NEW-NAME) and restore again")
+               for name, err in failed.items()}}
+        opts = self._copy_options(user)
+        want = set(self._dv.run(user, "mailbox list -s").splitlines())
+        have = set(self._dv.run(user, "mailbox list -s", options=opts).splitlines())
+        if want - have:
+            self._dv.run(user, "mailbox subscribe", *sorted(want - have), options=opts)
+        if have - want:
+            self._dv.run(user, "mailbox unsubscribe", *sorted(have - want), options=opts)
+        return self._folders(user, maildir=True)
 
     def _copy_without_escaped(self, user: str, names: dict[str, tuple], long: set[str],
                               exc: StoreError) -> dict[str, tuple]:
@@ -305,9 +381,10 @@ class DboxStore(MaildirStore):
         with ``doveadm mailbox delete``, which keeps the copy's own indexes true."""
         # (an INBOX the account does not have -- never delivered to, or renamed away --
         # is one the Maildir copy has, empty: not a folder copied under another name)
+        unsynced = self._unsynced.get(user, {})
         missing = [n for n, (_m, guid) in names.items()
-                   if (n not in copy or copy[n][1] != guid)
-                   and not (n == "INBOX" and guid == "" and n in copy and not copy[n][0])]
+                   if (n not in copy or copy[n][1] != guid or n in unsynced)
+                   and not (n == "INBOX" and guid == "" and n in copy and not copy[n][0] and n not in unsynced)]
         extra = set(copy) - set(names)
         # the account as it is after the copy: a client may have deleted or renamed a
         # folder while doveadm copied (not in the copy, not in the account: gone, as a
@@ -316,6 +393,12 @@ class DboxStore(MaildirStore):
         now = self._folders_after(user, names) if missing or extra else names
         self._renamed[user] = sorted(n for n in missing if n in now and now[n][1] == names[n][1])
         opts = self._copy_options(user)
+        # a folder whose own copy failed (_copy_by_folder) is named while the account has
+        # it, and what its copy holds (a part, or nothing) is never read
+        self._unsynced[user] = {n: v for n, v in unsynced.items() if n in self._renamed[user]}
+        for name in sorted(unsynced, reverse=True):
+            if name in copy and name != "INBOX":        # (the copy's INBOX: folder_names leaves it out)
+                self._dv.run(user, "mailbox delete", name, options=opts)
         for name in sorted(extra, reverse=True):     # children first
             if name in now and now[name][1] == copy[name][1] and copy[name][1]:
                 continue                              # the account's own folder, made meanwhile
@@ -365,7 +448,13 @@ class DboxStore(MaildirStore):
             # named by unlisted_folders; whatever would write to it fails: one login
             # dsync cannot copy stops no other
             return []
-        return super().folder_names(user)
+        return self._copied_names(user)
+
+    def _copied_names(self, user: str) -> list[str]:
+        """The copy's folders, without those whose own copy failed (_copy_by_folder): the
+        copy has an INBOX whatever dsync copied, which is then not the account's."""
+        unsynced = self._unsynced.get(user, {})
+        return [n for n in super().folder_names(user) if n not in unsynced]
 
     def unlisted_folders(self, user: str):
         if user in self._uncopied:
@@ -374,7 +463,10 @@ class DboxStore(MaildirStore):
         if user not in self._renamed:            # (known from the login's last copy)
             self._ensure_copy(user)
         left_out = self._left_out.get(user, set())
-        return [Unlisted("folder", "primary", user, name, self._dbox_root(user),
+        unsynced = self._unsynced.get(user, {})
+        return [Unlisted("folder", "primary", user, name, self._dbox_root(user), *unsynced[name][:2])
+                if name in unsynced else
+                Unlisted("folder", "primary", user, name, self._dbox_root(user),
                          f"doveadm backup (dsync) copies a dbox folder "
                          f"{_why(name, stops=name in left_out)}",
                          f"rename it {_without(name)} (doveadm mailbox rename -u "
@@ -383,6 +475,13 @@ class DboxStore(MaildirStore):
 
     def _refuse_renamed(self, user: str) -> None:
         names = self._renamed.get(user)
+        unsynced = self._unsynced.get(user, {})
+        if names and names[0] in unsynced:
+            why, _todo, todo = unsynced[names[0]]
+            raise StoreError(
+                f"{user}: nothing restored into this login: its dbox folder {names[0]!r} could not be "
+                f"copied from Dovecot ({why}), and Dovecot's doveadm backup (dsync), which gives the "
+                f"restored mail to the dbox account, would remove it; {todo}")
         if names:
             raise StoreError(
                 f"{user}: nothing restored into this login: its dbox folder {names[0]!r} "
