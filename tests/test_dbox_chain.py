@@ -862,13 +862,28 @@ def _doveadm_acting_once(tmp_path, lab, match: str, act: str, error: str | None)
     return {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 
 
-@pytest.mark.parametrize("race", ["folder-deleted", "deleted-under-us", "message-expunged"])
+#: how Dovecot 2.3.19 ends a doveadm whose folder Tmp2 a client deleted (and made again)
+#: under it, besides "Mailbox doesn't exist" (seen with 3 clients creating and deleting
+#: a folder each in a loop: mdbox's listing, sdbox's doveadm backup)
+LOG_SEQUENCE = ("Mailbox Tmp2: Failed to lookup mailbox status: Transaction log "
+                "MAIL/mailboxes/Tmp2/dbox-Mails/dovecot.index.log: duplicate transaction log sequence (2)")
+STAT_GONE = "Mailbox Tmp2: stat(MAIL/mailboxes/Tmp2/dbox-Mails) failed: No such file or directory"
+LOCK_GONE = ("Failed to lock mailbox Tmp2 for dsyncing: file_create_locked(MAIL/mailboxes/Tmp2/dbox-Mails/"
+             ".dovecot-box-sync.lock) failed: safe_mkstemp(MAIL/mailboxes/Tmp2/dbox-Mails/"
+             ".dovecot-box-sync.lock) failed: No such file or directory")
+
+
+@pytest.mark.parametrize("race", ["folder-deleted", "deleted-under-us", "message-expunged",
+                                  "log-sequence", "stat-gone"])
 def test_dboxlive_a_client_changing_the_account_while_it_is_listed_fails_no_backup(lab, tmp_path, race):
     """An IMAP client that deletes a folder, or expunges a message, while imsbackup lists
     the dbox account before copying it made doveadm fail ("Mailbox doesn't exist: Tmp2",
     "Message was expunged"): the whole backup exited 17, no archive, every login's
     nightly backup lost to one busy mailbox.  The listing is taken again: exit 0, the
-    archive holds what the account holds (the folder or message gone is not in it)."""
+    archive holds what the account holds (the folder or message gone is not in it).
+    A folder deleted and made again under doveadm may end it on the folder's index log
+    ("duplicate transaction log sequence") or its files gone ("stat(...) failed: No such
+    file or directory"): that login was named as not backed up (exit 1); the same now."""
     home = tmp_path / "ims"
     configure(lab, home)
     fill(lab)
@@ -882,6 +897,11 @@ def test_dboxlive_a_client_changing_the_account_while_it_is_listed_fails_no_back
         env = _doveadm_acting_once(
             tmp_path, lab, "*\" fetch -u alice \"*", f"DOVEADM expunge -u alice mailbox INBOX uid {uids[-1]}",
             f"doveadm(alice): Error: fetch(guid) failed for box=INBOX uid={uids[-1]}: Message was expunged")
+    elif race in ("log-sequence", "stat-gone"):
+        text = (LOG_SEQUENCE if race == "log-sequence" else STAT_GONE).replace("MAIL", f"{lab.store}/alice")
+        env = _doveadm_acting_once(
+            tmp_path, lab, "*\" mailbox status -u alice \"*", "DOVEADM mailbox delete -u alice Tmp2",
+            f"doveadm(alice): Error: {text}")
     else:
         text = ("Mailbox doesn't exist: Tmp2" if race == "folder-deleted" else "Mailbox was deleted under us")
         env = _doveadm_acting_once(
@@ -1033,3 +1053,87 @@ def test_dboxlive_a_login_whose_client_churns_a_folder_is_backed_up_folder_by_fo
     wipe(lab)
     run(home, "imsrestore", "-f", a, check=0)
     assert views(lab) == want
+
+
+def test_dboxlive_a_backup_while_clients_make_and_delete_folders_has_every_stable_folder(lab, tmp_path):
+    """Three IMAP clients of alice create and delete a scratch folder each in a loop
+    while imsbackup runs (a mail client or a filter that does so all day): the whole-login
+    copy desyncs now and then, and a login that desynced 3 times running was never
+    backed up (exit 17 with no other login, no archive).  Every backup exits 0 without
+    a word and holds every stable folder, as the clients see it (restored into an
+    emptied store)."""
+    import threading
+    from tests.dovecot_lab import LabImapError
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    with lab.imap("alice") as c:
+        for i in range(12):
+            c.create(f"F{i:02d}")
+            c.append(f"F{i:02d}", message(f"f{i}"), [r"\Seen", f"$K{i}"])
+    want = views(lab)
+    stop = threading.Event()
+
+    def churn(j):
+        with lab.imap("alice") as c:
+            while not stop.is_set():
+                try:
+                    c.create(f"Tmp{j}")
+                    c.delete(f"Tmp{j}")
+                except LabImapError:
+                    pass
+    threads = [threading.Thread(target=churn, args=(j,)) for j in range(3)]
+    for t in threads:
+        t.start()
+    got = []
+    try:
+        for n in range(3):
+            p = run(home, "imsbackup", "-f", tmp_path / f"b{n}.ims", "/", check=None, text=True)
+            got.append((p.returncode, p.stderr))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert got == [(0, "")] * 3, got
+    stable = sorted(f"/primary/{u}/{f}" for u in USERS for f in want[u][0])
+    for n in range(3):
+        assert [f for f in listing(home, tmp_path / f"b{n}.ims") if "/Tmp" not in f] == stable
+    with lab.imap("alice") as c:
+        for j in range(3):
+            if f"Tmp{j}" in c.list():
+                c.delete(f"Tmp{j}")
+    wipe(lab)
+    run(home, "imsrestore", "-f", tmp_path / "b2.ims", check=0)
+    after = views(lab)
+    after["alice"] = ({n: f for n, f in after["alice"][0].items() if not n.startswith("Tmp")},
+                      {n for n in after["alice"][1] if not n.startswith("Tmp")})
+    assert after == want
+
+
+@pytest.mark.parametrize("race", ["log-sequence", "stat-gone", "lock-gone"])
+def test_dboxlive_a_folder_made_again_while_the_account_is_copied_is_copied_again(lab, tmp_path, race):
+    """A folder deleted (and made again) while doveadm backup copies the whole login may
+    end dsync not on its desync warning but on the folder's index log ("Can't sync
+    mailbox Tmp2: Transaction log ...: duplicate transaction log sequence (2)", exit 75)
+    or its files gone ("Mailbox Tmp2: stat(...) failed: No such file or directory",
+    "Failed to lock mailbox Tmp2 for dsyncing: ... No such file or directory"): the login
+    was named as not backed up ("cannot copy this login, on which dsync stops"),
+    exit 1, for a scratch folder.  The copy is made again, as after a desync: exit 0,
+    every folder the account has in the archive, the one gone not."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    with lab.imap("alice") as c:
+        c.create("Tmp2")
+        c.append("Tmp2", message("soon gone"))
+    text = {"log-sequence": LOG_SEQUENCE.replace("Mailbox Tmp2: Failed to lookup mailbox status:",
+                                                 "Can't sync mailbox Tmp2:"),
+            "stat-gone": STAT_GONE, "lock-gone": LOCK_GONE}[race].replace("MAIL", f"{lab.store}/alice")
+    env = _doveadm_acting_once(tmp_path, lab, "*\" backup -u alice maildir:\"*",
+                               "DOVEADM mailbox delete -u alice Tmp2", f"dsync(alice): Error: {text}")
+    p = run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", env=env, check=None, text=True)
+    assert (tmp_path / "acted").is_dir()
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    got = views(lab)
+    assert "Tmp2" not in got["alice"][0]
+    assert listing(home, tmp_path / "a.ims") == sorted(f"/primary/{u}/{f}" for u in USERS for f in got[u][0])

@@ -24,8 +24,16 @@ _DESYNC = re.compile(r"Mailbox changes caused a desync\.[^\n]*")
 
 
 #: a folder or message an IMAP client removed while doveadm listed it (the listing, taken
-#: again, no longer has it)
-_RACE = re.compile(r"Mailbox doesn't exist|Mailbox was deleted under us|Message was expunged")
+#: again, no longer has it).  A folder deleted and made again under doveadm (a client that
+#: creates and deletes a scratch folder in a loop) also ends it on the folder's files gone
+#: ("Mailbox Tmp1: stat(.../Tmp1/dbox-Mails) failed: No such file or directory", "Failed
+#: to lock mailbox Tmp0 for dsyncing: file_create_locked(...) failed: ... No such file or
+#: directory", "... Temporary file ... was unexpectedly deleted") or on the new folder's
+#: index log ("Mailbox Tmp2: ... Transaction log .../dovecot.index.log: duplicate
+#: transaction log sequence (2)"), sdbox and mdbox alike (Dovecot 2.3.19, 3 clients doing so)
+_RACE = re.compile(r"Mailbox doesn't exist|Mailbox was deleted under us|Message was expunged"
+                   r"|[Mm]ailbox [^\n]*(?:failed: No such file or directory|was unexpectedly deleted)"
+                   r"|[Mm]ailbox [^\n]*Transaction log [^\n]*: duplicate transaction log sequence")
 
 
 class DoveadmRace(StoreError):
