@@ -19,7 +19,7 @@ from asm.errors import EXIT_EMPTY, EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
 from asm.events import Run
 from asm.groups import PREDEFINED, Groups
 from asm.logical import LogicalPath, Target, resolve
-from asm.store.base import RENAME_RETRIES, MessageGone, NoSuchFolder, Store, StoreError, open_stored
+from asm.store.base import RENAME_RETRIES, MessageGone, NoSuchFolder, NoSuchUser, Store, StoreError, open_stored
 
 
 class EmptyStore(ImsError):
@@ -275,6 +275,10 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
             # a change (as an expunged message), and a name that appeared meanwhile is read
             whole = any(lp.folder is None and lp.covers_user(t.partition, t.user, groups or Groups())
                         for lp in paths)
+            # covered by /, a partition or a group (not named): the user deleted during the
+            # run is a change too, its folders not read by then are not in the archive
+            implicit = any(lp.user is None and lp.covers_user(t.partition, t.user, groups or Groups())
+                           for lp in paths)
             queue = list(t.folders)
             done: dict = {}                        # folder -> the UIDVALIDITY read (None: unknown)
             cut: list = []                         # (folder, UIDVALIDITY): gone while read
@@ -292,6 +296,16 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                 n0 = len(res.state)
                 got = _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress, readers,
                                      warm if i < len(t.folders) else None, gone_ok=whole)
+                if got == "user gone":
+                    user = f"/{t.partition}/{t.user}"
+                    if implicit:
+                        if report:
+                            report(f"{user}: deleted during the backup: its folders not read by then are "
+                                   f"not in the archive")
+                    else:
+                        res.errors.append({"mailbox": user, "error": "deleted during the backup: its folders "
+                                                                     "not read by then are not in this archive"})
+                    break
                 if len(res.state) > n0 and res.state[-1][2] == f:
                     done[f] = res.state[-1][3]      # its member is written (gone while read, maybe)
                 elif got != "gone":
@@ -426,7 +440,8 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                    res: BackupResult, run: Run, report, progress, readers=None, warm=None,
                    gone_ok: bool = False) -> str | None:
     """Read one folder into the archive; "gone" (nothing written, no error) when
-    ``gone_ok`` and it no longer exists."""
+    ``gone_ok`` and it no longer exists; "user gone" (no error: the caller says what it
+    means) when its user no longer exists (deleted before or while it was read)."""
     held = None                          # what the base held of this folder
     if opts.base is not None and _unchanged_folder(store, writer, t, folder, mailbox, opts, res,
                                                    run, report):
@@ -439,6 +454,8 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             held = got[1] if got is not None else None
         snap = store.snapshot(t.user, folder, since=opts.since, known=held)
     except Exception as exc:  # one unreadable mailbox must not stop the backup of the others
+        if isinstance(exc, NoSuchUser) and exc.user == t.user:
+            return "user gone"
         if gone_ok and isinstance(exc, NoSuchFolder):
             return "gone"
         why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
@@ -458,6 +475,10 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             # message is needed in full
             try:
                 snap = store.snapshot(t.user, folder, since=opts.since)
+            except NoSuchUser as exc:
+                if exc.user == t.user:
+                    return "user gone"
+                raise
             except Exception as exc:  # as above
                 why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
                 res.errors.append({"mailbox": mailbox, "error": why})
@@ -505,7 +526,8 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     finally:
         if ahead is not None:
             ahead.close()
-    if gone and not gone_ok:
+    user_gone = any(isinstance(g, NoSuchUser) for g in gone)
+    if gone and not gone_ok and not user_gone:
         # named explicitly, and deleted or renamed while it was read
         res.errors.append({"mailbox": mailbox, "error": "deleted or renamed while it was read: the messages "
                                                          "not read by then are not in this archive"})
@@ -524,6 +546,8 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         report(f"{mailbox}: {n} messages, {nbytes} bytes" + (f", {len(failed)} failed" if failed else ""))
     plugins.mailbox_done(run, mailbox, {"status": "error" if failed else "ok", "messages": n,
                                         "bytes": nbytes, "error": failed[0] if failed else None})
+    if user_gone:
+        return "user gone"               # the run says so and goes on with the next user
     if gone and gone_ok:
         return "gone"                    # the run lists the user's folders again
     return None
@@ -565,7 +589,8 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
                     opts: BackupOptions, res: BackupResult, report, progress, ahead, fail,
                     lost: set, warm=None, gone: list | None = None) -> tuple[int, int]:
     """The folder's messages into the archive; (messages, bytes) written.  ``gone`` gets
-    an entry when the folder itself was found gone (deleted or renamed while read)."""
+    the NoSuchFolder (or NoSuchUser) that found the folder itself gone (deleted or renamed
+    while read, or its user deleted)."""
     n = nbytes = 0
     todo = [m for m in snap.messages if carried(m)]
     # the files asked for ahead: by the read-ahead child once it runs, else here, a few
@@ -603,10 +628,12 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
                     again = store.message(t.user, folder, uid)
                 except MessageGone:
                     again = None
-                except NoSuchFolder:         # the folder itself went (deleted or renamed)
+                except (NoSuchFolder, NoSuchUser) as exc:
+                    # the folder itself went (deleted or renamed), or its whole user
+                    # (mboxutil -d): the messages not read by then vanished
                     again = None
-                    if gone is not None and not gone:
-                        gone.append(folder)
+                    if gone is not None and not any(type(g) is type(exc) for g in gone):
+                        gone.append(exc)
                 if again is not None and attempt < RENAME_RETRIES:
                     m = again
                     continue

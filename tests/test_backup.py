@@ -601,6 +601,48 @@ def test_a_folder_deleted_or_renamed_while_it_is_read_ends_the_run_as_a_change(s
             assert b"could not back up /primary/zed/Large: deleted or renamed while it was read" in err, err
 
 
+@pytest.mark.parametrize("when", ["while-read", "before-read"])
+def test_a_user_deleted_during_a_backup_of_the_store_is_a_change_not_a_failure(store, ims_home, tmp_path, when):
+    """mboxutil -d user/zed while imsbackup / reads zed's INBOX (or before it reaches zed's
+    folders): zed vanished, as an expunged message; the archive is complete and holds
+    everyone else's mail; exit 0, no error in the trailer.  Before, the run ended with
+    'no such user' and exit 2 (no archive at all) or exit 1 naming each folder of zed.
+    Named explicitly (/primary/zed), a user deleted meanwhile is that path's error (exit 1)."""
+    put(store, "alice", "INBOX", 1)
+    if when == "while-read":
+        for n in range(40):
+            put(store, "zed", "INBOX", n, size=20_000)
+    else:
+        for n in range(40):
+            put(store, "alice", "Big", 100 + n, size=20_000)
+    for paths, want in ((["/"], 0), (["/primary/zed", "/primary/alice"], 1)):
+        if store.exists("zed"):
+            store.delete_user("zed")
+        for f in ("INBOX", "Work", "Trash") if when == "before-read" else ():
+            put(store, "zed", f, 1)
+        for n in range(40) if when == "while-read" else ():
+            put(store, "zed", "INBOX", n, size=20_000)
+        if want:
+            paths = paths[::-1] if when == "before-read" else paths
+        p = popen(ims_home, "imsbackup", "-f", "-", *paths, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = p.stdout.read(4096)                   # inside zed's (or alice's) big folder
+        assert run(ims_home, "mboxutil", "-d", "user/zed").returncode == 0
+        out, err = p.communicate(timeout=60)
+        a = tmp_path / f"{when}-{want}.ims"
+        a.write_bytes(first + out)
+        r, _ = members(a)
+        assert r.complete, err
+        got = messages_in(a)
+        assert len([1 for u, f, _uid, _k in got if u == "alice"]) == (1 if when == "while-read" else 41)
+        if want:
+            assert p.returncode == 1, err
+            assert b"could not back up /primary/zed: deleted during the backup" in err, err
+            assert [e["mailbox"] for e in r.trailer["errors"]] == ["/primary/zed"]
+        else:
+            assert p.returncode == 0 and err == b"", err
+            assert r.trailer["errors"] == []
+
+
 def test_a_folder_renamed_while_it_is_read_is_said_to_be_in_the_archive_twice(tmp_path):
     """Dovecot's RENAME (one rename(2): the folder keeps its UIDVALIDITY) while the backup
     waits inside the folder: the run reads it again under its new name (exit 0), and
