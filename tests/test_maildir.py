@@ -520,6 +520,70 @@ def test_fresh_foreign_dotlock_is_respected(store):
     store.snapshot("alice", "INBOX")
 
 
+def test_a_user_deleted_while_a_backup_reads_it_is_deleted_whole(tmp_path, monkeypatch):
+    """mboxutil -d user/bob while a backup reads bob: the backup's snapshot runs between
+    two steps of the removal (here: right after bob's Maildir/new is removed).  Before,
+    its repair step made Maildir/new again inside the tree being removed: the delete
+    failed (mboxutil exit 70, 'Directory not empty'), bob/Maildir/new was left, and
+    mboxutil -l failed for the whole store from then on (exit 2, no such folder INBOX of
+    bob).  Now the delete finishes, nothing of bob is left, the backup finds bob gone.
+    A removal that fails after the Maildir went aside leaves bob deleted, says so in one
+    line with the retry, and mboxutil -l and a backup of the others still work; run
+    again, the delete finishes."""
+    from asm.store.base import NoSuchUser, StoreError
+    from tests.helpers import run
+    s = make(tmp_path)
+    for user in ("alice", "bob"):
+        s.create_user(user)
+        for _ in range(3):
+            s.append(user, "INBOX", io.BytesIO(MSG))
+    s.create_folder("bob", "Work")
+    reader = make(tmp_path)
+    bob = os.path.join(s.partition_path("primary"), "bob")
+    # INBOX without new/ (as a killed creation leaves it): the backup's snapshot takes
+    # the folder's lock and repairs it
+    os.rmdir(os.path.join(bob, "Maildir", "new"))
+    real_unlink, seen = os.unlink, []
+
+    def unlink(path, *a, **kw):
+        if not seen:                  # the removal's first file: the backup reads bob now
+            seen.append(path)
+            try:
+                reader.snapshot("bob", "INBOX")
+            except (NoSuchUser, NoSuchFolder) as exc:
+                seen.append(exc)
+        return real_unlink(path, *a, **kw)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    s.delete_user("bob")
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    assert len(seen) == 2 and not os.path.lexists(bob), (seen, list(os.walk(bob)))
+    assert not s.exists("bob") and s.users("primary") == ["alice"]
+    p = run(tmp_path, "mboxutil", "-l")
+    assert p.returncode == 0 and b"alice" in p.stdout and b"bob" not in p.stdout, p.stderr
+
+    # the removal fails once the Maildir is aside: bob is deleted all the same
+    s.create_user("bob")
+    s.append("bob", "INBOX", io.BytesIO(MSG))
+    real_rmtree = shutil.rmtree
+
+    def refused(path, *a, **kw):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", refused)
+    with pytest.raises(StoreError) as e:
+        s.delete_user("bob")
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert "user 'bob' is deleted" in str(e.value) and "run mboxutil -d user/bob again" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert not s.exists("bob") and s.users("primary") == ["alice"]
+    assert run(tmp_path, "mboxutil", "-l").returncode == 0
+    p = run(tmp_path, "imsbackup", "-f", tmp_path / "a.ims", "/")
+    assert p.returncode == 0, p.stderr
+    p = run(tmp_path, "mboxutil", "-d", "user/bob")
+    assert p.returncode == 0 and not os.path.lexists(bob), p.stderr
+
+
 # -- deliveries ----------------------------------------------------------------------------
 
 def test_deliver_is_one_inode(store):

@@ -48,6 +48,7 @@ QUEUE_DIR = ".ims-queue"
 DELETING = ".ims-deleting"          # a folder's cur/ while delete_folder removes it
 PRE_CUR = ".ims-cur"                # a new folder's cur/ before create_folder names it so
 NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
+DELETED_PREFIX = ".ims-deleted-Maildir."   # a Maildir delete_user removes: <hex login>.<pid>.<random>
 _LAST_UIDVALIDITY = [0]
 UIDVALIDITY_FILE = "dovecot-uidvalidity"
 _VSIZE_RE = re.compile(r",W=(\d+)")
@@ -64,6 +65,11 @@ _LOG_HEADER = struct.Struct("=BBHIIIIIQB3xI")
 LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.list.index.log.2")
 MAILDIRSIZE = "maildirsize"           # Maildir++ quota (Dovecot's quota = maildir)
 MAILDIRSIZE_MAX = 5120                # bigger: recalculated (Maildir++, quota-maildir.c)
+
+
+def _hex_login(user: str) -> str:
+    """A login spelled in a file name of one level, unambiguously (delete_user's aside)."""
+    return os.fsencode(user).hex()
 
 
 def _base_tag(base: str) -> str:
@@ -434,7 +440,7 @@ class MaildirStore(Store):
 
     def _logins(self) -> tuple[dict, list]:
         found, skipped = self._layout.logins(with_skipped=True)
-        found = {k: v for k, v in found.items() if not k.startswith(NEW_PREFIX)}
+        found = {k: v for k, v in found.items() if not k.startswith((NEW_PREFIX, DELETED_PREFIX))}
         # a login the userdb keeps elsewhere: what the walk found at the template's place
         # is not the mail Dovecot serves it (unlisted_users names that directory)
         away = _misplaced(self._layout)
@@ -817,6 +823,8 @@ class MaildirStore(Store):
                         try:
                             self._flush(held.state)
                         except OSError as exc:
+                            if exc.errno == errno.ENOENT:
+                                self._existing_folder_dir(user, folder)   # deleted meanwhile
                             raise os_store_error(exc, f"{user}/{folder}") from None
                 finally:
                     if held.state is not None:
@@ -1003,6 +1011,10 @@ class MaildirStore(Store):
         owner = None
         for sub in ("new", "tmp"):
             if not os.path.isdir(os.path.join(d, sub)):
+                if not os.path.isdir(os.path.join(d, "cur")):
+                    # the folder (or its user) is being deleted: never make a directory in
+                    # it (delete_user would find its tree not empty); the caller says gone
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.path.join(d, "cur"))
                 owner = owner or self._owner_for(d)
                 with contextlib.suppress(FileExistsError):
                     self._mkdir(os.path.join(d, sub), owner)
@@ -1745,18 +1757,63 @@ class MaildirStore(Store):
             if pid_s.isdigit() and not pid_alive(int(pid_s)):
                 shutil.rmtree(os.path.join(home, n), ignore_errors=True)
 
+    @store_os_errors
     def delete_user(self, user: str) -> None:
-        if self._layout is None:
-            shutil.rmtree(self._home(user))
-            return
-        ul = self._ul(user)
-        self.user_partition(user)
-        loc = self._layout.location
-        shutil.rmtree(ul.root)
-        # control and index trees only when they are the user's own (a variable in them)
-        for path, template in ((ul.control_root, loc.control), (ul.index_root, loc.index)):
-            if path and template and "%" in template and path != ul.root:
-                shutil.rmtree(path, ignore_errors=True)
+        """The user's Maildir is renamed aside first (DELETED_PREFIX, next to it), in one
+        step: from then on the user is gone for every reader and writer (a backup that
+        was reading it finds it gone and can make nothing in it again), then removed.
+        Removal that fails leaves the user deleted and says so; run again, it finishes
+        what is left."""
+        try:
+            root = self._root(user)
+        except NoSuchUser:
+            remains = self._deleted_remains(user)
+            if not remains:
+                raise
+            return self._remove_deleted(user, remains)
+        aside = os.path.join(os.path.dirname(root), f"{DELETED_PREFIX}{_hex_login(user)}.{self._pid}."
+                                                    f"{os.urandom(4).hex()}")
+        try:
+            os.rename(root, aside)
+        except FileNotFoundError:
+            raise NoSuchUser(user) from None           # deleted meanwhile by another run
+        self._user_parts.pop(user, None)
+        self._remove_deleted(user, [aside])
+
+    def _deleted_remains(self, user: str) -> list[str]:
+        """What a delete_user of ``user`` renamed aside and could not remove."""
+        prefix = f"{DELETED_PREFIX}{_hex_login(user)}."
+        try:
+            check_user_name(user)
+            parents = [os.path.dirname(self._ul(user).root)] if self._layout is not None else \
+                [os.path.join(p, user) for p in self._parts.values()]
+        except StoreError:
+            return []
+        out = []
+        for parent in parents:
+            with contextlib.suppress(OSError):
+                out += [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(prefix)]
+        return out
+
+    def _remove_deleted(self, user: str, remains: list[str]) -> None:
+        """Remove a deleted user's Maildir renamed aside (``remains``) and the rest of
+        its home (control and index trees of its own with store.mail_location)."""
+        try:
+            for path in remains:
+                shutil.rmtree(path)
+            if self._layout is None:
+                shutil.rmtree(os.path.dirname(remains[0]))      # the home (delivery hold, ...)
+            else:
+                ul, loc = self._ul(user), self._layout.location
+                # control and index trees only when they are the user's own (a variable in them)
+                for path, template in ((ul.control_root, loc.control), (ul.index_root, loc.index)):
+                    if path and template and "%" in template and path != ul.root:
+                        shutil.rmtree(path, ignore_errors=True)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise StoreError(f"user {user!r} is deleted (no longer listed or backed up), but its mail could not "
+                             f"all be removed: {exc.strerror or exc}{where}; fix that and run "
+                             f"mboxutil -d user/{user} again to finish") from None
 
     @store_os_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
