@@ -32,3 +32,60 @@ def flock_wait(fd: int, timeout: float, poll: float = 0.02) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(poll)
+
+
+class FileLock:
+    """An exclusive flock on the file ``path`` (made when missing), which holds the
+    holder's pid: one run at a time for what the name stands for (imsbackup: one
+    archive name and its state file).  The kernel lets it go when the process ends
+    however it ends; :meth:`release` also removes the file.  Not waited for."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> int | None:
+        """None once held; else the pid of the holder (0 when it has not written it yet)."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    text = os.read(fd, 32).decode("ascii", "replace").strip()
+                finally:
+                    os.close(fd)
+                return int(text) if text.isdigit() else 0
+            except BaseException:
+                os.close(fd)
+                raise
+            # still the file at that name (a holder that ended removed it meanwhile)?
+            try:
+                now = os.stat(self.path)
+                mine = os.fstat(fd)
+                same = (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass                 # (a full disk: the lock holds all the same, without its pid)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fd = fd
+            return None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)     # while held: a run that opened it before tries again
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None

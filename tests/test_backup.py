@@ -705,6 +705,43 @@ def test_a_signal_once_the_archive_is_in_place_does_not_make_a_complete_run_a_fa
             assert p.returncode == 130 and not target.exists() and not seen.exists(), (p.returncode, err)
 
 
+def test_a_second_backup_to_the_same_archive_name_is_refused_while_the_first_runs(store, ims_home, tmp_path):
+    """cron started `imsbackup -f bk/nightly.ims /` twice: both exited 0 and the archive
+    could end up from one run and nightly.ims.state from the other (the next --base
+    incremental then would not follow the archive, exit 7 at restore).  The second is
+    refused now (exit 6, one line naming the first's pid), writes nothing, and the
+    archive and state file are the first run's; once it ended the name is free."""
+    import signal
+    from asm.backupstate import load_base
+    for n in range(20):
+        put(store, f"u{n % 4}", "INBOX", n, size=20_000)
+    bk = tmp_path / "bk"
+    bk.mkdir()
+    target = bk / "nightly.ims"
+    a = popen(ims_home, "imsbackup", "-b", "1", "-f", target, "/", stderr=subprocess.PIPE)
+    lock = bk / ".nightly.ims.lock"               # (docs/operations.md): holds its pid once taken
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_bytes().strip() == str(a.pid).encode()) and a.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.001)
+    a.send_signal(signal.SIGSTOP)                 # the first run, still writing
+    try:
+        assert a.poll() is None, "the first backup ended and never held .nightly.ims.lock"
+        b = run(ims_home, "imsbackup", "-f", target, "/")
+    finally:
+        a.send_signal(signal.SIGCONT)
+    err_a = a.communicate(timeout=60)[1]
+    assert b.returncode == 6, b.stderr
+    assert b.stderr.decode().startswith(f"imsbackup: another imsbackup (pid {a.pid}) is writing {target}")
+    assert b.stderr.count(b"\n") == 1 and b"nothing was written" in b.stderr
+    assert a.returncode == 0, err_a
+    r, _ = members(target)
+    assert r.complete and load_base(f"{target}.state").archive_id == r.header["archive_id"]
+    assert sorted(os.listdir(bk)) == ["nightly.ims", "nightly.ims.state"]
+    assert run(ims_home, "imsbackup", "-f", target, "/").returncode == 0
+    assert sorted(os.listdir(bk)) == ["nightly.ims", "nightly.ims.state"]
+
+
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
 def test_killed_backup_leaves_no_complete_looking_archive(store, ims_home, tmp_path, sig):
     import signal

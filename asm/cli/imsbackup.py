@@ -21,7 +21,7 @@ from asm.cli.common import (
 )
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
-from asm.errors import EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
+from asm.errors import EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
 from asm.layers import wrap_write
 from asm.layers.options import write_layers
 from asm.logical import parse
@@ -134,6 +134,37 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _backup(args, rep) -> int:
+    held: list = []                     # the lock on a local archive's name (_lock_target)
+    try:
+        return _backup_held(args, rep, held)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _lock_target(target: str, raw, held: list) -> None:
+    """One run at a time writes a local archive and its state file: a second run of the
+    same name (cron started twice) would leave the archive of one run beside the state
+    file of the other.  Refused (EXIT_LOCKED), its temporary removed, nothing written."""
+    from asm.locks import FileLock
+    lock = FileLock(os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)}.lock"))
+    try:
+        pid = lock.acquire()
+    except OSError as exc:
+        with contextlib.suppress(Exception):
+            raw.close(ok=False)
+        raise ImsError(f"cannot lock {target} ({lock.path}): {exc.strerror or exc}; nothing was written",
+                       status=device_status(exc)) from None
+    if pid is not None:
+        with contextlib.suppress(Exception):
+            raw.close(ok=False)
+        who = f"another imsbackup (pid {pid})" if pid else "another imsbackup"
+        raise ImsError(f"{who} is writing {target} and its state file: nothing was written; wait for it "
+                       f"to finish (a cron job started twice?), or use another -f name", status=EXIT_LOCKED)
+    held.append(lock)
+
+
+def _backup_held(args, rep, held: list) -> int:
     since = parse_date(args.date) if args.date is not None else None
     if since is not None and since > time.time() + DATE_SKEW:
         raise UsageError(f"-d {args.date} is {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} local "
@@ -174,6 +205,8 @@ def _backup(args, rep) -> int:
     # the state file goes beside a local plain-file archive only (a plugin's device that
     # calls itself a file has no place here to put one: --state-out names it)
     target = getattr(raw, "target", None)
+    if isinstance(target, str):
+        _lock_target(target, raw, held)
     if args.state_out or isinstance(target, str):
         from asm.backupstate import state_path_for, write_state
     state_out = args.state_out or (state_path_for(target) if isinstance(target, str) else None)
