@@ -443,6 +443,40 @@ def test_unreadable_mailbox_is_named_and_archive_still_complete(populated, ims_h
             "this archive could not read it: " + why + ")\n"), p.stderr
 
 
+def test_a_state_file_the_disk_has_no_room_for_is_exit_13_and_a_directory_in_its_way_is_refused(
+        store, ims_home, tmp_path):
+    """A disk with room for the archive but not its state file: the archive is kept and
+    the run said so, but exited 1 (the table's "mailboxes or messages failed"); a full
+    device is 13.  A directory named A.state beside -f A was moved aside to
+    A.state.replaced-PID, and the run said the state file could not be written although
+    it was (exit 1): refused up front now (exit 2), the directory left as it is, nothing
+    written."""
+    for u in range(20):
+        for f in range(25):
+            put(store, f"user{u:02d}", "INBOX" if f == 0 else f"Folder{f:02d}", f)
+    probe = tmp_path / "probe.ims"
+    run(ims_home, "imsbackup", "-f", probe, "/", check=0)
+    size, state = probe.stat().st_size, (tmp_path / "probe.ims.state").stat().st_size
+    assert state > 32 << 10
+    with small_tmpfs(tmp_path / "small", f"{(size + 3 * 4096) // 1024 + 4}k") as small:
+        p = run(ims_home, "imsbackup", "-f", small / "a.ims", "/")
+        assert p.returncode == 13, p.stderr
+        assert p.stderr.decode() == (f"imsbackup: cannot write the state file {small}/a.ims.state: No space left "
+                                     f"on device; the archive is complete: name it with --base for the next "
+                                     f"incremental\n")
+        r, _ = members(small / "a.ims")
+        assert r.complete and os.listdir(small) == ["a.ims"]
+    (tmp_path / "b.ims.state").mkdir()
+    (tmp_path / "b.ims.state" / "notes").write_text("mine")
+    p = run(ims_home, "imsbackup", "-f", tmp_path / "b.ims", "/")
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.decode() == (f"imsbackup: the state file of -f {tmp_path}/b.ims, {tmp_path}/b.ims.state, is a "
+                                 f"directory: move it away, or name the state file with --state-out; nothing "
+                                 f"was written\n")
+    assert (tmp_path / "b.ims.state" / "notes").read_text() == "mine"
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith(("b.", ".b."))) == ["b.ims.state"]
+
+
 def test_full_disk_leaves_no_archive(store, ims_home, tmp_path):
     put(store, "joe", "INBOX", 1, size=200_000)
     put(store, "joe", "INBOX", 2, size=200_000)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 import time
@@ -21,7 +22,9 @@ from asm.cli.common import (
 )
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
-from asm.errors import EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
+from asm.errors import (
+    EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL, ImsError, device_status, worst,
+)
 from asm.layers import wrap_write
 from asm.layers.options import write_layers
 from asm.logical import parse
@@ -112,6 +115,8 @@ def _state_aside(state_out: str) -> str | None:
     name, or None when there was none (or it cannot be moved: then it is overwritten
     later, as before)."""
     aside = f"{state_out}.replaced-{os.getpid()}"
+    if os.path.isdir(state_out) and not os.path.islink(state_out):
+        return None                      # not a state file (refused before the run): left alone
     try:
         os.replace(state_out, aside)
     except OSError:
@@ -210,6 +215,11 @@ def _backup_held(args, rep, held: list) -> int:
     if args.state_out or isinstance(target, str):
         from asm.backupstate import state_path_for, write_state
     state_out = args.state_out or (state_path_for(target) if isinstance(target, str) else None)
+    if state_out and not args.state_out and os.path.isdir(state_out):
+        with contextlib.suppress(Exception):
+            raw.close(ok=False)
+        raise UsageError(f"the state file of -f {args.device}, {state_out}, is a directory: move it away, or "
+                         f"name the state file with --state-out; nothing was written")
     device = wrap_write(raw, layers.level, layers.recipients, layers.threads, 512 * args.bf)
 
     progress = Progress()
@@ -270,18 +280,21 @@ def _backup_held(args, rep, held: list) -> int:
                archive_id=(res.trailer or {}).get("archive_id"), digest=(res.trailer or {}).get("digest"),
                backup_seconds=round(res.seconds, 3))
     progress.clear()
+    state_status = EXIT_OK
     if state_out:
         try:
             write_state(state_out, res.header, res.state,
                         device=None if args.device == "-" else
                         os.path.abspath(args.device) if os.path.exists(args.device) else args.device)
-            if aside is not None:
-                os.unlink(aside)
         except OSError as exc:
-            commit.done()
             warn(PROG, f"cannot write the state file {state_out}: {exc.strerror or exc}; the archive is "
                        f"complete: name it with --base for the next incremental")
-            return EXIT_PARTIAL
+            # a full disk is the table's 13 whatever is written; anything else 1
+            state_status = EXIT_NOSPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_PARTIAL
+        else:
+            if aside is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(aside)             # the state file is written: the old one goes
     commit.done()
     for e in res.errors:
         warn(PROG, f"could not back up {e['mailbox']}: {e['error']}")
@@ -303,8 +316,8 @@ def _backup_held(args, rep, held: list) -> int:
     if res.errors:
         warn(PROG, f"{len(res.errors)} mailboxes or messages could not be backed up (named above and in "
                    f"the archive's trailer); the archive is complete for the rest")
-        return EXIT_PARTIAL
-    return EXIT_OK
+        return worst(state_status, EXIT_PARTIAL)
+    return state_status
 
 
 if __name__ == "__main__":
