@@ -1126,3 +1126,32 @@ def test_what_pop3_clients_know_a_message_by_is_carried_and_checked(tmp_path):
     data = _pop3_archive(tmp_path, basename="../x", pop3_uidl="a b", pop3_order=0)
     m = next(m for m in ArchiveReader(io.BytesIO(data)).members() if m.kind == "message")
     assert (m.basename, m.pop3_uidl, m.pop3_order) == (None, None, None)
+
+
+# -- keywords that are not UTF-8 --------------------------------------------------------
+
+def test_a_keyword_that_is_not_utf8_is_archived_as_its_bytes(tmp_path):
+    """A keyword holding a Latin-1 byte (dovecot-keywords "0 bad\\xffkw") crashed the
+    whole backup (UnicodeEncodeError, exit 70, no archive for any user).  It is written
+    as its bytes, as names are, in the message's record and in an incremental's state,
+    and read back as the same bytes."""
+    kw = "bad\udcffkw"
+    src = tmp_path / "m"
+    src.write_bytes(b"Subject: x\r\n\r\nbody\r\n")
+    raw = io.BytesIO()
+    w = ArchiveWriter(raw)
+    w.write_header({"created": 1700000000})
+    w.add_user("primary", "joe", "")
+    w.add_folder("primary", "joe", "INBOX", uidvalidity=7, uidnext=3, subscribed=True, uids=[1, 2],
+                 state={f"\\Seen {kw}": [2]})
+    w.add_message("primary", "joe", "INBOX", uid=1, flags={"\\Seen"}, keywords=(kw, "$Label1"),
+                  internaldate=1e9, stored=1e9, src_path=str(src))
+    w.close()
+    assert b"imsasm.keywords=bad\xffkw $Label1\n" in raw.getvalue()
+    raw.seek(0)
+    errors = []
+    members = list(ArchiveReader(raw).members(errors.append))
+    assert errors == []
+    folder, message = members[1], members[2]
+    assert message.keywords == (kw, "$Label1")
+    assert folder.state.get(2) == (frozenset({"\\Seen"}), (kw,))

@@ -843,3 +843,49 @@ def test_a_classic_store_on_a_full_disk_is_still_read(tmp_path):
     run(tmp_path / "to", "imsrestore", "-f", a, check=0)
     assert state(open_store(Config(str(tmp_path / "to")), create=False)) == want
     assert len([k for k in want if len(k) == 3]) == 3
+
+
+# -- values the archive format cannot hold as the store has them --------------------------
+
+def _maildir_inbox(ims_home, user="joe", n=1):
+    """A maildir installation with ``n`` messages in user's INBOX; (store, INBOX dir)."""
+    from asm.store import open_store
+    store = open_store(make_home(ims_home, "maildir"))
+    for i in range(n):
+        m = put(store, user, "INBOX", i, internaldate=1e9)
+    return store, os.path.dirname(os.path.dirname(m.path))
+
+
+def _restored(tmp_path, archive, driver, name="dest", check=0):
+    """(store, imsrestore's CompletedProcess) of ``archive`` restored into a new store."""
+    from asm.store import open_store
+    dest = tmp_path / name
+    store = open_store(make_home(dest, driver))
+    p = run(dest, "imsrestore", "-f", archive, text=True, check=check)
+    return store, p
+
+
+def test_a_keyword_that_is_not_utf8_is_backed_up_and_restored_as_its_bytes(ims_home, tmp_path):
+    """dovecot-keywords "0 bad\\xffkw" (a client's Latin-1) made imsbackup of the whole
+    store crash (UnicodeEncodeError, exit 70): no archive for any user.  The keyword is
+    archived as its bytes and a maildir restore writes them back; the classic store,
+    which keeps keywords as UTF-8 text, names that message (exit 1) and restores the rest."""
+    store, inbox = _maildir_inbox(ims_home)
+    put(store, "ann", "INBOX", 5, internaldate=1e9)
+    with open(os.path.join(inbox, "dovecot-keywords"), "wb") as f:
+        f.write(b"0 bad\xffkw\n")
+    with open(os.path.join(inbox, "cur", "1700000000.M1P1Q1.host:2,Sa"), "wb") as f:
+        f.write(b"Subject: tagged\r\n\r\nbody\r\n")
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    s2, _ = _restored(tmp_path, a, "maildir")
+    assert [m.keywords for m in s2.messages("joe", "INBOX")] == [(), ("bad\udcffkw",)]
+    assert len(s2.messages("ann", "INBOX")) == 1
+    kw_file = os.path.join(s2.partition_path("primary"), "joe", "Maildir", "dovecot-keywords")
+    with open(kw_file, "rb") as f:
+        assert f.read() == b"0 bad\xffkw\n"
+    s3, p = _restored(tmp_path, a, "classic", name="classic", check=1)
+    assert "keyword 'bad\\xffkw' holds bytes that are not UTF-8" in p.stderr, p.stderr
+    assert [m.uid for m in s3.messages("joe", "INBOX")] == [1]
+    assert len(s3.messages("ann", "INBOX")) == 1
+    assert "internal error" not in p.stderr

@@ -62,7 +62,9 @@ def _words(items, what):
     for w in items:
         if not isinstance(w, str) or not w or any(c.isspace() for c in w):
             raise ValueError(f"bad {what} {w!r}: must be a non-empty word without spaces")
-    return " ".join(items).encode("utf-8")
+    # a keyword holding bytes that are not UTF-8 (a client's Latin-1) is kept as those
+    # bytes, as names are; the reader gives them back (surrogateescape)
+    return " ".join(items).encode("utf-8", "surrogateescape")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -207,7 +209,7 @@ class ArchiveWriter:
         extra = b""
         if state:
             extra = _R(_K[spec.STATE], _state_json(
-                {k: uid_ranges(v) for k, v in sorted(state.items())}).encode("utf-8"))
+                {k: uid_ranges(v) for k, v in sorted(state.items())}).encode("utf-8", "surrogateescape"))
         recs = b"".join((
             extra, _KIND_FOLDER, _R(_K[spec.PARTITION], _enc(partition)),
             _R(_K[spec.USER], _enc(user)), _R(_K[spec.FOLDER], _enc(folder)),

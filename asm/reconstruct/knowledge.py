@@ -95,7 +95,10 @@ class Listing:
     source: str
 
 
-def _split(text: str | None) -> tuple:
+def _split(text) -> tuple:
+    """Words of a flags or keywords column (a BLOB: keywords holding bytes that are not
+    UTF-8, names.to_db)."""
+    text = names.from_db(text)
     return tuple(text.split()) if text else ()
 
 
@@ -222,7 +225,7 @@ class Knowledge:
                         self.db.execute(
                             "INSERT OR REPLACE INTO msgs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                             (names.to_db(m.user), names.to_db(m.folder), uv, m.uid, m.sha256,
-                             " ".join(sorted(m.flags)), " ".join(m.keywords), m.internaldate,
+                             " ".join(sorted(m.flags)), names.to_db(" ".join(m.keywords)), m.internaldate,
                              m.stored, created, m.guid or "", m.basename or "", m.pop3_uidl or "",
                              m.pop3_order or 0))
                         counts["messages"] += 1
@@ -275,7 +278,7 @@ class Knowledge:
             return
         for fl, kw, uids in m.state.entries:
             flags = " ".join(sorted(fl))
-            kws = " ".join(kw)
+            kws = names.to_db(" ".join(kw))      # a keyword's bytes that are not UTF-8: a BLOB
             for uid in uids:
                 self.db.execute("UPDATE msgs SET flags=?, keywords=?, created=? WHERE user=? AND folder=? "
                                 "AND uidvalidity=? AND uid=? AND created<=?",

@@ -86,6 +86,20 @@ def _utf8(name: str, what: str) -> str:
     return name
 
 
+def _utf8_keywords(keywords) -> None:
+    """The classic store keeps keywords as UTF-8 text in SQLite too: a keyword holding
+    bytes that are not UTF-8 (a client's Latin-1, kept by a Maildir and its archive) is
+    refused before anything is written, and says so."""
+    for k in keywords:
+        try:
+            k.encode("utf-8")
+        except UnicodeEncodeError:
+            from asm.archive.names import shown
+            raise BadName(f"keyword '{shown(k)}' holds bytes that are not UTF-8; the classic store "
+                          f"keeps keywords as UTF-8 text: restore the message into a maildir store, "
+                          f"which keeps them") from None
+
+
 def _is_text(name: str) -> bool:
     try:
         name.encode("utf-8")
@@ -891,6 +905,7 @@ class ClassicStore(Store):
         internaldate = now if internaldate is None else internaldate
         stored = now if stored is None else stored
         sys_flags, extra = split_flags(list(flags) + list(keywords))
+        _utf8_keywords(extra)
         with self.lock(user, folder):
             fdir = self._folder_dir(user, folder)
             con = self._index(fdir)
@@ -920,6 +935,7 @@ class ClassicStore(Store):
                   keywords: Iterable[str] = ()) -> MessageInfo:
         folder, _, _ = self._check_folder(user, folder)
         sys_flags, extra = split_flags(list(flags) + list(keywords))
+        _utf8_keywords(extra)
         with self.lock(user, folder):
             fdir = self._folder_dir(user, folder)
             cur = self._index(fdir).execute("UPDATE msgs SET flags=?, keywords=? WHERE uid=?",
