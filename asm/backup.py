@@ -8,11 +8,13 @@ vanished, never a failure.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 from asm import __version__, backupwarm, plugins
-from asm.archive.errors import MessageChanged, UnreadableSource
+from asm.archive import spec, values
+from asm.archive.errors import MessageChanged, UnarchivableValue, UnreadableSource
 from asm.archive.values import UidSet
 from asm.backupread import Readers
 from asm.errors import EXIT_EMPTY, EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
@@ -399,6 +401,40 @@ def _warmer(store: Store, targets: list[Target], opts: BackupOptions):
     return backupwarm.Warmer(plans)
 
 
+def _fit_keywords(kws: tuple, notes: list) -> tuple:
+    """The keywords of ``kws`` an archive can hold (values.keywords: each once, at most
+    spec.MAX_WORD characters, no space or control character, not starting with '\\'),
+    with a note for each left out."""
+    keep: list = []
+    for k in kws:
+        try:
+            if not isinstance(k, str) or not k or any(c.isspace() for c in k):
+                raise ValueError(f"{spec.KEYWORDS} holds {values._short(k)}, which is not a keyword")
+            values.keywords(k)
+        except ValueError as exc:
+            notes.append(f"{exc} (at most {spec.MAX_WORD} characters, no space or control "
+                         f"character, not starting with '\\'): archived without it")
+            continue
+        if k not in keep:
+            keep.append(k)
+    return tuple(keep)
+
+
+def _fit(m, good: set, notes: list):
+    """``m``, or a copy with the keywords an archive can hold (the writer refuses what
+    its reader would, docs/format.md), ``notes`` saying what was left out: the message is
+    archived, not lost, and named (exit 1).  ``good``: keyword tuples found right
+    already (a set lookup per message)."""
+    kws = m.keywords
+    if not kws or kws in good:
+        return m
+    fixed = _fit_keywords(kws, notes)
+    if fixed == kws:
+        good.add(kws)
+        return m
+    return dataclasses.replace(m, keywords=fixed)
+
+
 def _flag_key(m, cache: dict) -> str:
     """The flags-and-keywords string of a message as an incremental's folder state keys it."""
     k = (m.flags, m.keywords)
@@ -425,8 +461,11 @@ def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts:
         return False
     if info is None or info.uidvalidity != base_uv:
         return False
-    writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
-                      subscribed=info.subscribed, uids=uids, state=flags)
+    try:
+        writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity,
+                          uidnext=info.uidnext, subscribed=info.subscribed, uids=uids, state=flags)
+    except UnarchivableValue:
+        return False                     # read it: _backup_folder names what is wrong
     res.folders += 1
     res.unchanged += 1
     res.state.append((t.partition, t.user, folder, info.uidvalidity, uids, fingerprint, flags))
@@ -486,6 +525,18 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                 return
             info = snap.info
             held = opts.base.holds(t.user, folder, info.uidvalidity)
+    # values the archive cannot hold as the store has them (a keyword of 2,000
+    # characters): the message archived with what it can hold, and named
+    good: set = set()
+    for i, m in enumerate(snap.messages):
+        notes: list = []
+        fixed = _fit(m, good, notes)
+        if fixed is not m:
+            snap.messages[i] = fixed
+            for why in notes:
+                res.errors.append({"mailbox": mailbox, "error": f"message {m.uid}: {why}"})
+                if report:
+                    report(f"error: {mailbox}: message {m.uid}: {why}")
 
     def carried(m) -> bool:
         if opts.base is None and opts.since is None:
@@ -501,8 +552,20 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         for m in snap.messages:
             if not carried(m):
                 state.setdefault(_flag_key(m, keys), []).append(m.uid)
-    writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
-                      subscribed=info.subscribed, uids=[m.uid for m in snap.messages], state=state)
+    try:
+        writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity,
+                          uidnext=info.uidnext, subscribed=info.subscribed,
+                          uids=[m.uid for m in snap.messages], state=state)
+    except UnarchivableValue as exc:
+        # the writer's last guard: a folder member the reader would refuse is never
+        # written (it would take every message of the folder with it); named, exit 1
+        why = (f"{exc.why}, which the archive format cannot hold: the folder and its "
+               f"{len(snap.messages)} messages are not in this archive")
+        res.errors.append({"mailbox": mailbox, "error": why})
+        if report:
+            report(f"error: {mailbox}: {why}")
+        plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})
+        return
     lost: set = set()                    # UIDs listed but not saved: the next backup retries them
     res.folders += 1
     failed: list[str] = []
@@ -635,7 +698,7 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
                     if gone is not None and not any(type(g) is type(exc) for g in gone):
                         gone.append(exc)
                 if again is not None and attempt < RENAME_RETRIES:
-                    m = again
+                    m = _fit(again, set(), [])   # (named already, from the snapshot)
                     continue
                 if again is not None:
                     fail(uid, f"its file {again.path} is missing although the store lists the message")
@@ -644,6 +707,11 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
                 lost.add(uid)
                 if report:
                     report(f"{mailbox}: message {uid} vanished during the backup (expunged); not in the archive")
+                break
+            except UnarchivableValue as exc:
+                # the writer's last guard: a value the reader would refuse (nothing written)
+                fail(uid, f"{exc.why}, which the archive format cannot hold; it is not in this "
+                          f"archive ({m.path})")
                 break
             except UnreadableSource as exc:
                 fail(uid, f"{exc.why} ({exc.source})")

@@ -1128,7 +1128,88 @@ def test_what_pop3_clients_know_a_message_by_is_carried_and_checked(tmp_path):
     assert (m.basename, m.pop3_uidl, m.pop3_order) == (None, None, None)
 
 
-# -- keywords that are not UTF-8 --------------------------------------------------------
+# -- the writer applies the reader's checks ----------------------------------------------
+
+_REFUSED_MESSAGES = [
+    # (what the store gave, the reader's reason the writer names)
+    (dict(internaldate=253402343999.0), "IMSASM.internaldate"),      # 10000-01-01 UTC
+    (dict(internaldate=253402300799.5), "IMSASM.internaldate"),
+    (dict(internaldate=-62135596800.5), "IMSASM.internaldate"),
+    (dict(internaldate=float("nan")), "IMSASM.internaldate"),
+    (dict(stored=1700000000123), "IMSASM.stored"),                   # a name's milliseconds
+    (dict(keywords=("Junk", "Junk")), "lists a keyword twice"),
+    (dict(keywords=("k" * 1001,)), "which is not a keyword"),
+    (dict(keywords=("\\Seen",)), "which is not a keyword"),
+    (dict(keywords=("a\x01b",)), "which is not a keyword"),
+    (dict(flags={"\\Recent"}), "not an IMAP system flag"),
+    (dict(nlink=0), "IMSASM.nlink"),
+]
+
+
+@pytest.mark.parametrize("bad, why", _REFUSED_MESSAGES)
+def test_the_writer_never_writes_a_message_member_the_reader_refuses(tmp_path, bad, why):
+    """imsbackup exited 0 with members its own reader refused (IMSASM.stored
+    1700000000123, a keyword listed twice, an INTERNALDATE of 10000-01-01): those messages
+    could be restored from no backup.  The writer checks every value with the reader's
+    functions: the member is not written, UnarchivableValue names it, and the archive
+    stays whole and restores every other message."""
+    from asm.archive.errors import UnarchivableValue
+    src = tmp_path / "m"
+    src.write_bytes(b"Subject: x\r\n\r\nbody\r\n")
+    raw = io.BytesIO()
+    w = ArchiveWriter(raw)
+    w.write_header({"created": 1700000000})
+    w.add_user("primary", "joe", "")
+    w.add_folder("primary", "joe", "INBOX", uidvalidity=7, uidnext=3, subscribed=True, uids=[1, 2])
+    kw = dict(uid=1, flags={"\\Seen"}, keywords=("$Label1",), internaldate=1700000000.25,
+              stored=1700000000, nlink=1, src_path=str(src))
+    kw.update(bad)
+    with pytest.raises(UnarchivableValue) as ei:
+        w.add_message("primary", "joe", "INBOX", **kw)
+    assert why in ei.value.why and "primary/joe/INBOX/1.eml" in str(ei.value)
+    assert ei.value.status == 1
+    w.add_message("primary", "joe", "INBOX", uid=2, flags=(), keywords=(), internaldate=1e9,
+                  stored=1e9, src_path=str(src))
+    w.close()
+    raw.seek(0)
+    errors = []
+    r = ArchiveReader(raw)
+    got = read_all(r, errors.append)
+    assert errors == [] and r.complete
+    assert got == {"primary/joe/INBOX/2.eml": src.read_bytes()}
+
+
+@pytest.mark.parametrize("bad, why", [
+    (dict(uidvalidity=0), "IMSASM.uidvalidity 0 is out of range"),
+    (dict(uidvalidity=2 ** 32), "IMSASM.uidvalidity 4294967296 is out of range"),
+    (dict(uidnext=2 ** 32 + 1), "IMSASM.uidnext"),
+    (dict(uids=[0, 1, 2]), "IMSASM.uids has a bad range '0:2'"),
+    (dict(uids=[1, 2 ** 32]), "IMSASM.uids holds a UID above"),
+    (dict(state={"\\Seen \\Seen": [1]}), "lists a flag twice"),
+    (dict(state={"\\Seen": [5]}), "names UIDs that IMSASM.uids does not list"),
+])
+def test_the_writer_never_writes_a_folder_member_the_reader_refuses(bad, why):
+    """A folder member the reader refuses takes every message of the folder with it
+    (a dovecot-uidlist of V0: 0 of 3 restored): the writer refuses it before a byte."""
+    from asm.archive.errors import UnarchivableValue
+    raw = io.BytesIO()
+    w = ArchiveWriter(raw)
+    w.write_header({"created": 1700000000})
+    w.add_user("primary", "joe", "")
+    before = w.offset
+    kw = dict(uidvalidity=7, uidnext=3, subscribed=True, uids=[1, 2])
+    kw.update(bad)
+    with pytest.raises(UnarchivableValue) as ei:
+        w.add_folder("primary", "joe", "INBOX", **kw)
+    assert why in ei.value.why and "primary/joe/INBOX/" in str(ei.value)
+    assert w.offset == before and w.counts["folders"] == 0
+    w.close()
+    raw.seek(0)
+    errors = []
+    r = ArchiveReader(raw)
+    assert [m.kind for m in r.members(errors.append)] == ["user"]
+    assert errors == [] and r.complete
+
 
 def test_a_keyword_that_is_not_utf8_is_archived_as_its_bytes(tmp_path):
     """A keyword holding a Latin-1 byte (dovecot-keywords "0 bad\\xffkw") crashed the

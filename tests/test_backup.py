@@ -889,3 +889,27 @@ def test_a_keyword_that_is_not_utf8_is_backed_up_and_restored_as_its_bytes(ims_h
     assert [m.uid for m in s3.messages("joe", "INBOX")] == [1]
     assert len(s3.messages("ann", "INBOX")) == 1
     assert "internal error" not in p.stderr
+
+
+def test_keywords_the_archive_cannot_hold_never_cost_the_message(ims_home, tmp_path):
+    """A dovecot-keywords naming Junk at two letters, and a keyword of 1001 characters,
+    were archived with exit 0 and refused by imsrestore ("lists a keyword twice", "is
+    not a keyword"), exit 4: 1 of 3 messages restored.  Junk at its second letter is no
+    keyword, as Dovecot reads the file; the long keyword is left out and the message
+    named (exit 1); all three messages restore."""
+    store, inbox = _maildir_inbox(ims_home)
+    long_kw = "k" * 1001
+    with open(os.path.join(inbox, "dovecot-keywords"), "w") as f:
+        f.write(f"0 Junk\n1 Junk\n2 {long_kw}\n3 $Label1\n")
+    with open(os.path.join(inbox, "cur", "1700000000.M1P1Q1.host:2,Sab"), "wb") as f:
+        f.write(b"Subject: junk twice\r\n\r\nbody\r\n")
+    with open(os.path.join(inbox, "cur", "1700000001.M1P1Q1.host:2,cd"), "wb") as f:
+        f.write(b"Subject: long keyword\r\n\r\nbody\r\n")
+    assert [m.keywords for m in store.messages("joe", "INBOX")] == [(), ("Junk",), (long_kw, "$Label1")]
+    a = tmp_path / "a.ims"
+    p = run(ims_home, "imsbackup", "-f", a, "/", text=True, check=1)
+    assert "could not back up /primary/joe/INBOX: message 3: IMSASM.keywords holds 'kkk" in p.stderr
+    assert "archived without it" in p.stderr and "message 2" not in p.stderr
+    s2, _ = _restored(tmp_path, a, "maildir")
+    assert [(m.uid, m.flags, m.keywords) for m in s2.messages("joe", "INBOX")] == [
+        (1, frozenset(), ()), (2, {"\\Seen"}, ("Junk",)), (3, frozenset(), ("$Label1",))]

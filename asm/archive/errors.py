@@ -148,3 +148,20 @@ class CorruptSource(MessageChanged):
     def __init__(self, name, source=None, why="its bytes changed after hashing"):
         super().__init__(name, source, why + "; its member in this archive will "
                          "fail its digest on restore")
+
+
+class UnarchivableValue(ArchiveError, ValueError):
+    """A value of a message or folder that the archive reader would refuse (a time
+    outside years 1..9999, a UID or UIDVALIDITY outside 1..2^32-1, a keyword listed twice
+    or longer than the format allows, ...): the writer never writes such a member, so
+    every archive it closes restores.  Nothing of the member was written; the caller
+    names it (exit 1), and, for a folder, its messages.  (A ValueError too, as the
+    writer's refusals of bad values always were.)"""
+
+    status = EXIT_PARTIAL
+
+    def __init__(self, name, why):
+        self.name = name
+        self.why = why
+        super().__init__(f"{name} was not archived: {why}, which the archive format "
+                         "cannot hold (docs/format.md)")

@@ -265,6 +265,16 @@ class UidSet:
         return None
 
 
+def check_uid_set(uids, what=spec.UIDS):
+    """``uids`` (a UidSet) when UidSet.parse would read str(uids) back, else the ValueError
+    it raises: every UID in 1..UID_MAX (the writer's check, two comparisons)."""
+    s, e = uids._starts, uids._ends
+    if s and not (type(s[0]) is int and s[0] >= spec.UID_MIN and e[-1] <= spec.UID_MAX):
+        UidSet.parse(str(uids), what)                   # raises with the reader's words
+        raise ValueError(f"{what} is not a UID set")    # (never: parse found it wrong)
+    return uids
+
+
 def _ranges_match(text):
     """Whether ``text`` has the form of a UID set ('1:3,5'), as a re match: the pattern
     is compiled at the first call, not at every command's start (~0.3 ms)."""

@@ -7,7 +7,7 @@ import stat
 import time
 
 from . import names, pax, spec
-from .errors import ArchiveError, CorruptSource, UnreadableSource
+from .errors import ArchiveError, CorruptSource, UnarchivableValue, UnreadableSource
 from .records import RecordWriter
 from . import values
 from .values import UidSet
@@ -61,26 +61,37 @@ def _words(items, what):
     items = list(items)
     for w in items:
         if not isinstance(w, str) or not w or any(c.isspace() for c in w):
-            raise ValueError(f"bad {what} {w!r}: must be a non-empty word without spaces")
-    # a keyword holding bytes that are not UTF-8 (a client's Latin-1) is kept as those
-    # bytes, as names are; the reader gives them back (surrogateescape)
-    return " ".join(items).encode("utf-8", "surrogateescape")
+            raise ValueError(f"{what} {values._short(w)} is not a word without spaces")
+    return " ".join(items)
 
 
 @functools.lru_cache(maxsize=1024)
 def _flags_rec(flags):
-    return _R(_K[spec.FLAGS], _words(sorted(flags), "flag"))
+    text = _words(sorted(flags), spec.FLAGS)
+    values.flags(text)               # what the reader accepts (ValueError: its reason)
+    return _R(_K[spec.FLAGS], text.encode("ascii"))
 
 
 @functools.lru_cache(maxsize=1024)
 def _keywords_rec(keywords):
-    return _R(_K[spec.KEYWORDS], _words(keywords, "keyword"))
+    # a keyword holding bytes that are not UTF-8 (a client's Latin-1) is kept as those
+    # bytes, as names are; the reader gives them back (surrogateescape)
+    text = _words(keywords, spec.KEYWORDS)
+    values.keywords(text)            # each once, at most MAX_WORD, no '\\' first, ...
+    return _R(_K[spec.KEYWORDS], _enc(text))
 
 
 @functools.lru_cache(maxsize=1024)
 def _fk_rec(flags, keywords):
-    """The flags and keywords records of a message, together (few distinct values)."""
+    """The flags and keywords records of a message, together (few distinct values);
+    ValueError when the reader would refuse them."""
     return _flags_rec(flags) + _keywords_rec(keywords)
+
+
+def _check_time(t, what):
+    """ValueError unless the reader takes ``t`` back (values.epoch: years 1..9999)."""
+    if type(t) not in (int, float) or not spec.TIME_MIN <= t <= spec.TIME_MAX:
+        values.json_time(t, what)    # the reader's range and reason (NaN fails the test above)
 
 
 _K_UID = _K[spec.UID]
@@ -207,9 +218,19 @@ class ArchiveWriter:
         name = names.folder_dir(partition, user, folder)
         uid_set = uids if isinstance(uids, UidSet) else UidSet.of(uids)
         extra = b""
-        if state:
-            extra = _R(_K[spec.STATE], _state_json(
-                {k: uid_ranges(v) for k, v in sorted(state.items())}).encode("utf-8", "surrogateescape"))
+        try:
+            # the reader's checks, so no folder member is written that it would refuse
+            # (with it every message of the folder)
+            values.decimal(str(uidvalidity), spec.UIDVALIDITY_MIN, spec.UIDVALIDITY_MAX,
+                           spec.UIDVALIDITY)
+            values.decimal(str(uidnext), spec.UIDNEXT_MIN, spec.UIDNEXT_MAX, spec.UIDNEXT)
+            values.check_uid_set(uid_set)
+            if state:
+                obj = {k: uid_ranges(v) for k, v in sorted(state.items())}
+                values.FolderState.from_obj(obj, uid_set)
+                extra = _R(_K[spec.STATE], _enc(_state_json(obj)))
+        except ValueError as exc:
+            raise UnarchivableValue(f"folder {name}", str(exc)) from None
         recs = b"".join((
             extra, _KIND_FOLDER, _R(_K[spec.PARTITION], _enc(partition)),
             _R(_K[spec.USER], _enc(user)), _R(_K[spec.FOLDER], _enc(folder)),
@@ -273,6 +294,17 @@ class ArchiveWriter:
         """
         self._check_open()
         name, name_f = self._message_name(partition, user, folder, uid)
+        try:
+            # the reader's checks (values.py), so no member is written that it would
+            # refuse: flags and keywords once per distinct set (cached), times by range
+            _fk_rec(flags if type(flags) is frozenset else frozenset(flags),
+                    keywords if type(keywords) is tuple else tuple(keywords))
+            _check_time(internaldate, spec.INTERNALDATE)
+            _check_time(stored, spec.STORED)
+            if type(nlink) is not int or not spec.NLINK_MIN <= nlink <= spec.NLINK_MAX:
+                values.decimal(str(nlink), spec.NLINK_MIN, spec.NLINK_MAX, spec.NLINK)
+        except ValueError as exc:
+            raise UnarchivableValue(f"message {name}", str(exc)) from None
         mtime = internaldate if isinstance(internaldate, int) else float(internaldate)
         if type(mtime) is float and mtime.is_integer() and 0 <= mtime < pax.MAX_OCTAL:
             mtime = int(mtime)           # the same header, built on the quick path

@@ -119,13 +119,17 @@ def split_name(fname: str) -> tuple[str, str]:
 # -- flags and keywords ---------------------------------------------------------------
 
 def read_keywords(folder_dir: str) -> list:
-    """The folder's keyword table: index -> keyword ('' for an unused letter)."""
+    """The folder's keyword table: index -> keyword ('' for an unused letter).  As
+    Dovecot reads it (maildir-keywords.c): a keyword named again at a later index is
+    skipped there, so that letter names no keyword and a message never has one keyword
+    twice."""
     kws: list = []
     try:
         with open(os.path.join(folder_dir, KEYWORDS), encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
                 idx, _, name = line.rstrip("\n").partition(" ")
-                if idx.isdigit() and name and int(idx) < MAX_KEYWORDS:
+                if idx.isdigit() and idx.isascii() and name and int(idx) < MAX_KEYWORDS \
+                        and name not in kws:
                     i = int(idx)
                     kws.extend([""] * (i + 1 - len(kws)))
                     kws[i] = name
