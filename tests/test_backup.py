@@ -865,6 +865,29 @@ def _restored(tmp_path, archive, driver, name="dest", check=0):
     return store, p
 
 
+def test_maildir_names_whose_number_is_no_time_are_backed_up_and_restored(ims_home, tmp_path):
+    """Names another MDA wrote, starting with milliseconds (1700000000123.M1P1.mx1) or a
+    date (20231103123045.4711.mx2), were archived with that number as the stored date
+    (IMSASM.stored=1700000000123): imsbackup exited 0, imsrestore refused the members
+    (exit 4) and 1 of 3 messages came back, from any backup.  Such a number is no time:
+    the file's ctime is the stored date, as for a name without one."""
+    store, inbox = _maildir_inbox(ims_home)
+    odd = ["1700000000123.M1P1.mx1", "20231103123045.4711.mx2"]
+    for i, base in enumerate(odd):
+        with open(os.path.join(inbox, "cur", base + ":2,S"), "wb") as f:
+            f.write(b"Subject: odd name %d\r\n\r\nbody\r\n" % i)
+    msgs = store.messages("joe", "INBOX")
+    assert len(msgs) == 3
+    for m in msgs[1:]:
+        assert m.stored == os.stat(m.path).st_ctime
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    s2, _ = _restored(tmp_path, a, "maildir")
+    got = s2.messages("joe", "INBOX")
+    assert [(m.uid, m.flags) for m in got] == [(1, frozenset()), (2, {"\\Seen"}), (3, {"\\Seen"})]
+    assert [m.basename for m in got[1:]] == odd
+
+
 def test_a_keyword_that_is_not_utf8_is_backed_up_and_restored_as_its_bytes(ims_home, tmp_path):
     """dovecot-keywords "0 bad\\xffkw" (a client's Latin-1) made imsbackup of the whole
     store crash (UnicodeEncodeError, exit 70): no archive for any user.  The keyword is

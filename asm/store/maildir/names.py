@@ -16,7 +16,7 @@ FLAG_LETTER = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S
 LETTER_FLAG = {v: k for k, v in FLAG_LETTER.items()}
 MAX_KEYWORDS = 26
 
-_TIME_RE = re.compile(r"^(\d+)(?:\.M(\d+)P)?")
+_TIME_RE = re.compile(r"^([0-9]+)(?:\.M([0-9]+)P)?")
 SIZE_RE = re.compile(r",S=(\d+)")
 
 
@@ -95,12 +95,23 @@ def folder_from_dirname(name: str) -> str | None:
     return folder
 
 
+#: The last second a name's leading number can be a delivery time at: 9999-12-31
+#: 23:59:59 UTC, the last an IMAP date (and an archive) holds.  A larger number is no
+#: Unix time but a millisecond timestamp (``1700000000123.M1P1.host``) or a date
+#: (``20231103123045.4711.host``) another MDA or a migration script put there.
+LATEST_STORED = 253402300799
+
+
 def stored_from_name(base: str) -> float | None:
-    """The delivery time Dovecot encoded at the start of a base name, or None."""
+    """The delivery time Dovecot encoded at the start of a base name, or None (then
+    the driver takes the file's ctime, as for a name without a number): a leading
+    number after :data:`LATEST_STORED` is no time."""
     m = _TIME_RE.match(base)
-    if not m:
+    if not m or len(m.group(1)) > 12:
         return None
     secs = int(m.group(1))
+    if secs > LATEST_STORED:
+        return None
     if m.group(2):
         usecs = int(m.group(2))
         if usecs < 1_000_000:
