@@ -888,6 +888,38 @@ def test_maildir_names_whose_number_is_no_time_are_backed_up_and_restored(ims_ho
     assert [m.basename for m in got[1:]] == odd
 
 
+@pytest.mark.parametrize("damage", ["3 V0 N5", "3 V4294967296 N5", "1 0 5", "uid 0"])
+def test_a_uidlist_dovecot_calls_broken_is_named_with_the_fix_not_archived(ims_home, tmp_path, damage):
+    """A dovecot-uidlist of V0 or V4294967296, or a line with UID 0, was archived with
+    exit 0, and imsrestore refused the folder member (IMSASM.uidvalidity 0 is out of
+    range) with its 3 messages: 0 of 3 restored, exit 4.  Dovecot deletes such a file and
+    numbers the folder again; the backup names the folder (exit 1) with the fix,
+    reconstruct, after which it is backed up whole."""
+    store, inbox = _maildir_inbox(ims_home, n=3)
+    put(store, "ann", "INBOX", 9, internaldate=1e9)
+    ul = os.path.join(inbox, "dovecot-uidlist")
+    with open(ul) as f:
+        lines = f.read().splitlines()
+    if damage == "uid 0":
+        lines[-1] = "0 " + lines[-1].split(" ", 1)[1]
+    else:
+        lines[0] = damage
+    with open(ul, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    a = tmp_path / "a.ims"
+    p = run(ims_home, "imsbackup", "-f", a, "/", text=True, check=1)
+    assert "could not back up /primary/joe/INBOX" in p.stderr and "dovecot-uidlist" in p.stderr
+    assert "reconstruct" in p.stderr, p.stderr
+    r, ms = members(a)
+    assert r.complete and ("joe", "INBOX") not in [(m.user, m.folder) for m in ms if m.kind == "folder"]
+    s2, _ = _restored(tmp_path, a, "maildir", check=None)
+    assert len(s2.messages("ann", "INBOX")) == 1
+    run(ims_home, "reconstruct", "/primary/joe/INBOX", check=None)
+    run(ims_home, "imsbackup", "-f", tmp_path / "b.ims", "/", check=0)
+    s3, _ = _restored(tmp_path, tmp_path / "b.ims", "maildir", name="dest3")
+    assert len(s3.messages("joe", "INBOX")) == 3
+
+
 def test_a_keyword_that_is_not_utf8_is_backed_up_and_restored_as_its_bytes(ims_home, tmp_path):
     """dovecot-keywords "0 bad\\xffkw" (a client's Latin-1) made imsbackup of the whole
     store crash (UnicodeEncodeError, exit 70): no archive for any user.  The keyword is

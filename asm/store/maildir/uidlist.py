@@ -13,6 +13,22 @@ from asm.store.base import StoreError, write_all
 
 UIDLIST = "dovecot-uidlist"
 
+# the ranges Dovecot reads (maildir-uidlist.c): a UIDVALIDITY of 0 or above 2^32-1 is a
+# "broken header", a UID of 0 "invalid data"; Dovecot then deletes the file and
+# rebuilds it, numbering the messages again.  (UIDNEXT may be 2^32, one past the last
+# UID, which this driver writes after a message with UID 2^32-1.)
+_UID_MAX = 2 ** 32 - 1
+_REPAIR = ("Dovecot would delete and rebuild this file, numbering the folder's messages "
+           "again; run reconstruct on the folder (docs/maildir.md, \"Reconstruct\")")
+
+
+def _number(text: str, lo: int, hi: int, what: str, path: str) -> int:
+    """A header number as Dovecot reads it (ASCII digits, lo..hi), else StoreError."""
+    if not (text.isdigit() and text.isascii() and len(text) <= 10 and lo <= int(text) <= hi):
+        raise StoreError(f"{path}: damaged header: {what} {text[:20]!r} is not a number in "
+                         f"{lo}..{hi}; {_REPAIR}")
+    return int(text)
+
 
 class Uidlist:
     """A parsed ``dovecot-uidlist``: header fields and ``uid -> (ext fields, base)``.
@@ -35,18 +51,21 @@ class Uidlist:
         if not head:
             raise StoreError(f"{path}: empty header")
         ul = cls()
+        uv = nx = None
         if head[0] == "3":
             for f in head[1:]:
                 if f[:1] == "V":
-                    ul.uidvalidity = int(f[1:])
+                    uv = f[1:]
                 elif f[:1] == "N":
-                    ul.uidnext = int(f[1:])
+                    nx = f[1:]
                 else:
                     ul.extra.append(f)
         elif head[0] == "1" and len(head) >= 3:
-            ul.uidvalidity, ul.uidnext = int(head[1]), int(head[2])
+            uv, nx = head[1], head[2]
         else:
             raise StoreError(f"{path}: unsupported dovecot-uidlist version {head[0]!r}")
+        ul.uidvalidity = _number(uv or "", 1, _UID_MAX, "UIDVALIDITY", path)
+        ul.uidnext = _number(nx or "", 1, _UID_MAX + 1, "UIDNEXT", path)
         ul.header_uidnext = ul.uidnext
         records = ul.records
         last = 0
@@ -59,13 +78,16 @@ class Uidlist:
                 continue
             uid_s, _, rest = line.partition(" ")
             try:
-                uid = int(uid_s)
-                if not rest:
+                if not (rest and uid_s.isdigit() and uid_s.isascii() and len(uid_s) <= 10):
                     raise ValueError(line)
+                uid = int(uid_s)
             except ValueError:
                 if ul.torn and n == len(lines):
                     continue
                 raise StoreError(f"{path}: bad line {line!r}") from None
+            if not 1 <= uid <= _UID_MAX:
+                raise StoreError(f"{path}: damaged line {line[:80]!r}: UID {uid} is not in "
+                                 f"1..{_UID_MAX}; {_REPAIR}")
             if rest[:1] == ":":
                 ext, name = "", rest[1:]
             else:
