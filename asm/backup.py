@@ -401,6 +401,25 @@ def _warmer(store: Store, targets: list[Target], opts: BackupOptions):
     return backupwarm.Warmer(plans)
 
 
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _fit_time(t, what: str, notes: list):
+    """``t`` (a message's INTERNALDATE or stored date), or the nearest time the archive
+    format holds (years 1..9999 UTC) when it is outside them, with a note saying so.
+    (A time that is no number at all is left to the writer's guard, which names it.)"""
+    if type(t) in (int, float) and spec.TIME_MIN <= t <= spec.TIME_MAX:
+        return t
+    if type(t) not in (int, float) or t != t:
+        return t
+    fit = spec.TIME_MAX if t > spec.TIME_MAX else spec.TIME_MIN
+    notes.append(f"its {what} {t:.0f} is {'after' if t > fit else 'before'} {_utc(fit)}, the "
+                 f"{'last' if t > fit else 'first'} time the archive format holds: archived with "
+                 f"{what} {_utc(fit)}")
+    return fit
+
+
 def _fit_keywords(kws: tuple, notes: list) -> tuple:
     """The keywords of ``kws`` an archive can hold (values.keywords: each once, at most
     spec.MAX_WORD characters, no space or control character, not starting with '\\'),
@@ -421,18 +440,23 @@ def _fit_keywords(kws: tuple, notes: list) -> tuple:
 
 
 def _fit(m, good: set, notes: list):
-    """``m``, or a copy with the keywords an archive can hold (the writer refuses what
-    its reader would, docs/format.md), ``notes`` saying what was left out: the message is
-    archived, not lost, and named (exit 1).  ``good``: keyword tuples found right
-    already (a set lookup per message)."""
-    kws = m.keywords
-    if not kws or kws in good:
+    """``m``, or a copy with the INTERNALDATE, stored date and keywords an archive can
+    hold (the writer refuses what its reader would, docs/format.md), ``notes`` saying
+    what was changed: the message is archived, not lost, and named (exit 1).  ``good``:
+    keyword tuples found right already.  Two comparisons and a set lookup per message."""
+    idate, stored, kws = m.internaldate, m.stored, m.keywords
+    if type(idate) in (int, float) and spec.TIME_MIN <= idate <= spec.TIME_MAX and \
+            type(stored) in (int, float) and spec.TIME_MIN <= stored <= spec.TIME_MAX and \
+            (not kws or kws in good):
         return m
-    fixed = _fit_keywords(kws, notes)
+    idate = _fit_time(idate, "INTERNALDATE", notes)
+    stored = _fit_time(stored, "stored date", notes)
+    fixed = _fit_keywords(kws, notes) if kws else kws
     if fixed == kws:
         good.add(kws)
-        return m
-    return dataclasses.replace(m, keywords=fixed)
+        if idate == m.internaldate and stored == m.stored:
+            return m
+    return dataclasses.replace(m, internaldate=idate, stored=stored, keywords=fixed)
 
 
 def _flag_key(m, cache: dict) -> str:
@@ -525,8 +549,8 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                 return
             info = snap.info
             held = opts.base.holds(t.user, folder, info.uidvalidity)
-    # values the archive cannot hold as the store has them (a keyword of 2,000
-    # characters): the message archived with what it can hold, and named
+    # values the archive cannot hold as the store has them (a time after 9999, a keyword
+    # of 2,000 characters): the message archived with the nearest it can, and named
     good: set = set()
     for i, m in enumerate(snap.messages):
         notes: list = []

@@ -8,6 +8,7 @@ import io
 import os
 import pty
 import select
+import shutil
 import stat
 import subprocess
 import threading
@@ -968,3 +969,58 @@ def test_keywords_the_archive_cannot_hold_never_cost_the_message(ims_home, tmp_p
     s2, _ = _restored(tmp_path, a, "maildir")
     assert [(m.uid, m.flags, m.keywords) for m in s2.messages("joe", "INBOX")] == [
         (1, frozenset(), ()), (2, {"\\Seen"}, ("Junk",)), (3, frozenset(), ("$Label1",))]
+
+
+@pytest.mark.parametrize("date, archived", [
+    (253402300799.5, 253402300799),        # half a second into year 10000
+    (253402343999.0, 253402300799),        # "31-Dec-9999 23:59:59 -1200"
+    (-62135596800.5, -62135596800),        # half a second before year 1
+])
+def test_an_internaldate_outside_years_1_to_9999_is_archived_at_the_nearest_and_named(
+        ims_home, tmp_path, date, archived):
+    """A classic INTERNALDATE of 253402300799.5 was archived with exit 0, and imsrestore
+    refused the member ("pax mtime ... out of range"), exit 4: the message could be
+    restored from no backup.  It is archived with the nearest date the format holds and
+    named (exit 1), and restores."""
+    from asm.store import open_store
+    store = open_store(make_home(ims_home, "classic"))
+    put(store, "joe", "INBOX", 1, internaldate=1e9)
+    put(store, "joe", "INBOX", 2, internaldate=date)
+    a = tmp_path / "a.ims"
+    p = run(ims_home, "imsbackup", "-f", a, "/", text=True, check=1)
+    assert "could not back up /primary/joe/INBOX: message 2: its INTERNALDATE" in p.stderr
+    assert "archived with INTERNALDATE" in p.stderr
+    s2, _ = _restored(tmp_path, a, "classic")
+    assert [(m.uid, m.internaldate) for m in s2.messages("joe", "INBOX")] == [(1, 1e9), (2, archived)]
+
+
+def test_a_maildir_file_time_past_9999_is_archived_at_the_last_date_and_named(ims_home, tmp_path):
+    """IMAP APPEND "31-Dec-9999 23:59:59 -1200" is 10000-01-01 11:59:59 UTC, and a file
+    system with 64-bit times (tmpfs, btrfs) keeps it as the file's mtime: imsbackup exited
+    0, imsrestore refused the member, exit 4, and the message was lost.  It is archived
+    with 9999-12-31 23:59:59 UTC and named (exit 1)."""
+    import tempfile
+    t = 253402343999.0
+    shm = tempfile.mkdtemp(prefix="ims-values-", dir="/dev/shm") if os.path.isdir("/dev/shm") else None
+    try:
+        if shm is None:
+            pytest.skip("no /dev/shm")
+        probe = os.path.join(shm, "probe")
+        open(probe, "w").close()
+        os.utime(probe, (t, t))
+        if os.stat(probe).st_mtime != t:
+            pytest.skip("/dev/shm keeps no time past 2446")
+        from asm.store import open_store
+        store = open_store(make_home(ims_home, "maildir", **{"partition:primary.path": os.path.join(shm, "mail")}))
+        put(store, "joe", "INBOX", 1, internaldate=1e9)
+        m = put(store, "joe", "INBOX", 2, internaldate=1e9)
+        os.utime(m.path, (t, t))
+        a = tmp_path / "a.ims"
+        p = run(ims_home, "imsbackup", "-f", a, "/", text=True, check=1)
+        assert ("message 2: its INTERNALDATE 253402343999 is after 9999-12-31 23:59:59 UTC, the last "
+                "time the archive format holds: archived with INTERNALDATE 9999-12-31 23:59:59 UTC") in p.stderr
+        s2, _ = _restored(tmp_path, a, "classic")
+        assert [(m.uid, m.internaldate) for m in s2.messages("joe", "INBOX")] == [(1, 1e9), (2, 253402300799)]
+    finally:
+        if shm is not None:
+            shutil.rmtree(shm, ignore_errors=True)
