@@ -38,18 +38,28 @@ class MboxMessage:
     flags: frozenset
 
 
+# the first and last second an IMAP INTERNALDATE (and an archive, docs/format.md) can
+# hold: 0001-01-01 00:00:00 and 9999-12-31 23:59:59 UTC
+FIRST_DATE, LAST_DATE = -62135596800, 253402300799
+
+
 def _envelope_date(line: bytes) -> float:
+    """The From_ line's date (local time unless it names its zone), or now when it has
+    none.  A date that is a calendar date in its zone but not in UTC (9999-12-31 23:59:59
+    in New York is 10000-01-01 UTC) becomes the nearest one IMAP holds."""
     m = _FROM_RE.match(line.rstrip(b"\r\n"))
     if m:
         text = m.group(1).decode("latin-1").strip()
+        t = None
         try:  # asctime form: "Mon Jan  1 10:00:00 2024"
-            return time.mktime(time.strptime(" ".join(text.split()[:5]), "%a %b %d %H:%M:%S %Y"))
-        except ValueError:
-            pass
-        try:
-            return email.utils.parsedate_to_datetime(text).timestamp()
-        except (TypeError, ValueError, IndexError):
-            pass
+            t = time.mktime(time.strptime(" ".join(text.split()[:5]), "%a %b %d %H:%M:%S %Y"))
+        except (ValueError, OverflowError):
+            try:
+                t = email.utils.parsedate_to_datetime(text).timestamp()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                pass
+        if t is not None:
+            return min(max(t, FIRST_DATE), LAST_DATE)
     return time.time()
 
 

@@ -201,6 +201,27 @@ def test_imsimport_mbox(config, ims_home, tmp_path):
     assert all(abs(m.stored - time.time()) < 120 for m in msgs)
 
 
+def test_imsimport_of_a_from_line_of_9999_local_time_backs_up_and_restores(config, ims_home, tmp_path):
+    """"From a@b Fri Dec 31 23:59:59 9999" under TZ=America/New_York is 10000-01-01
+    UTC: imsimport and imsbackup exited 0, imsrestore refused the member (pax mtime
+    253402318799 out of range), exit 4, 1 of 2 restored.  The date imported is the last
+    IMAP holds, 9999-12-31 23:59:59 UTC, and both messages back up and restore."""
+    env = {"TZ": "America/New_York"}
+    mbox = tmp_path / "m.mbox"
+    mbox.write_bytes(b"From a@b Fri Dec 31 23:59:59 9999\nSubject: a\n\nx\n\n"
+                     b"From a@b Mon Jan  1 10:00:00 2024\nSubject: b\n\ny\n")
+    run(ims_home, "mboxutil", "-c", "user/joe", check=0)
+    run(ims_home, "imsimport", "-u", "joe", "-s", str(mbox), env=env, check=0)
+    assert [m.internaldate for m in fresh_store().messages("joe", "INBOX")] == [253402300799, 1704121200]
+    run(ims_home, "imsbackup", "-f", tmp_path / "a.ims", "/", env=env, check=0)
+    dest = tmp_path / "dest"
+    os.makedirs(dest)
+    Config(home=str(dest)).set("store.driver", config.get("store.driver"))
+    run(dest, "imsrestore", "-f", tmp_path / "a.ims", env=env, check=0)
+    got = open_store(Config(home=str(dest))).messages("joe", "INBOX")
+    assert [m.internaldate for m in got] == [253402300799, 1704121200]
+
+
 def test_imsimport_from_stdin_into_inbox(config, ims_home):
     assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
     p = run(ims_home, "imsimport", "-u", "joe", "-s", "-", input=MBOX)

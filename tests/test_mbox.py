@@ -70,3 +70,25 @@ def test_large_message_spools_and_streams():
     data = b"From a@b Mon Jan  1 10:00:00 2024\n\n" + body * 30000
     (msg, _, _), = _read(data)
     assert msg == b"\n" + body * 30000
+
+
+@pytest.mark.parametrize("tz, line, want", [
+    # 9999-12-31 23:59:59 in New York is 10000-01-01 04:59:59 UTC: no IMAP date
+    ("America/New_York", b"From a@b Fri Dec 31 23:59:59 9999", 253402300799),
+    ("America/New_York", b"From a@b Fri, 31 Dec 9999 23:59:59 -1200", 253402300799),
+    # 0001-01-01 00:00:00 in Tokyo is 0000-12-31 15:00 UTC
+    ("Asia/Tokyo", b"From a@b Mon Jan  1 00:00:00 0001", -62135596800),
+    ("America/New_York", b"From a@b Mon Jan  1 10:00:00 2024", 1704121200),
+])
+def test_an_envelope_date_outside_years_1_to_9999_utc_is_the_nearest_imap_holds(monkeypatch, tz, line, want):
+    """imsimport read "Fri Dec 31 23:59:59 9999" as New York time, 253402318799: the
+    message was imported and backed up with exit 0 and could be restored from no backup
+    (pax mtime out of range, exit 4).  Such a date becomes the nearest one IMAP holds."""
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        (_, _, date), = _read(line + b"\nSubject: a\n\nx\n")
+        assert date == want
+    finally:
+        monkeypatch.undo()
+        time.tzset()
