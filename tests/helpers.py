@@ -394,3 +394,27 @@ def small_tmpfs(path, size: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)])
+
+
+@contextlib.contextmanager
+def small_ext4(path, size: str = "16M"):
+    """An ext4 file system of ``size`` on a loop device mounted on ``path`` (created):
+    one whose file times end where ext4's do (1901-12-13 .. 2446-05-10 at most), which
+    the tests' tmpfs scratch directory does not show; ``unavailable`` when it cannot be
+    made (CI runs as root)."""
+    mkfs = require("mkfs.ext4", "an ext4 file system's limits")
+    os.makedirs(path, exist_ok=True)
+    img = f"{path}.img"
+    r = subprocess.run([mkfs, "-q", "-F", img, size], capture_output=True, text=True)
+    if r.returncode == 0:
+        r = subprocess.run(["mount", "-o", "loop", img, str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        with contextlib.suppress(OSError):
+            os.unlink(img)
+        unavailable(f"cannot make and mount a {size} ext4 (needs root): {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)])
+        with contextlib.suppress(OSError):
+            os.unlink(img)

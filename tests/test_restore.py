@@ -1064,3 +1064,29 @@ def test_a_resumed_restore_takes_one_kept_copy_for_one_archived_message_only():
     first, second = (SimpleNamespace(uid=u, size=5, sha256="d") for u in (1, 2))
     assert applier.duplicate(plan, first) is kept
     assert applier.duplicate(plan, second) is None        # restored at UID 2, not lost
+
+
+def test_a_restore_that_cannot_keep_an_internaldate_names_the_message(tmp_path):
+    """A classic archive's INTERNALDATEs of 1800-01-01 and 3000-01-01 (the format holds
+    years 1..9999) restored into a maildir store on ext4 came back as 1901-12-13 and
+    2446-05-10 with exit 0 and no word: a Maildir's INTERNALDATE is its file's mtime, and
+    os.utime's result was never looked at.  Every message is restored; those whose date
+    the file system could not keep are named, exit 1."""
+    from tests.helpers import small_ext4
+    src = open_store(make_home(tmp_path / "classic", "classic"))
+    dates = {1: -5364662400.0, 2: 32503680000.0, 3: 1e9}
+    for uid, t in dates.items():
+        put(src, "joe", "INBOX", uid, internaldate=t)
+    a = tmp_path / "a.ims"
+    run(tmp_path / "classic", "imsbackup", "-f", a, "/", check=0)
+    with small_ext4(tmp_path / "ext4") as mnt:
+        dest = tmp_path / "maildir"
+        s2 = open_store(make_home(dest, "maildir", **{"partition:primary.path": str(mnt)}))
+        p = run(dest, "imsrestore", "-f", a, text=True, check=1)
+        got = {m.uid: m.internaldate for m in s2.messages("joe", "INBOX")}
+        assert sorted(got) == [1, 2, 3] and got[3] == 1e9
+        assert got[1] != dates[1] and got[2] != dates[2]
+        for uid, day in ((1, "1800-01-01 00:00:00 UTC"), (2, "3000-01-01 00:00:00 UTC")):
+            assert (f"/primary/joe/INBOX: message {uid}: its INTERNALDATE {day} could not be kept: "
+                    f"the store holds ") in p.stderr, p.stderr
+        assert "message 3" not in p.stderr

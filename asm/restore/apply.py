@@ -7,8 +7,10 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 
 from asm.archive.errors import DigestMismatch
+from asm.errors import EXIT_PARTIAL
 from asm.locks import pid_alive
 from asm.restore.errors import ArchiveReadFailed
 from asm.restore.options import RestoreOptions, RestoreResult
@@ -22,6 +24,25 @@ SPOOL_PREFIX = "restore-"       # restore-<pid>-<random>: one run's spool of fir
 def pop3_kwargs(m) -> dict:
     """What POP3 clients know an archive's message by, as Store.append keywords."""
     return {"basename": m.basename, "pop3_uidl": m.pop3_uidl, "pop3_order": m.pop3_order}
+
+
+def _day(t: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+    except (OverflowError, OSError, ValueError):
+        return f"{t:.0f}"
+
+
+def date_not_kept(uid: int, want: float, got: float) -> str | None:
+    """What to say when the store kept another INTERNALDATE than the archive's (a Maildir's
+    is the file's mtime, and ext4 holds only 1901-12-13 .. 2446-05-10), else None; the
+    message itself is restored.  Whole seconds count (sub-second precision is the file
+    system's)."""
+    if int(got) == int(want):
+        return None
+    return (f"message {uid}: its INTERNALDATE {_day(want)} could not be kept: the store holds "
+            f"{_day(got)} (a Maildir's INTERNALDATE is its file's mtime, and this file system "
+            f"cannot hold that date); the message is restored with that date")
 
 
 def clean_spools(base: str) -> None:
@@ -264,6 +285,11 @@ class Applier:
         store.let_others_in(plan.user, plan.folder)
 
     def _done(self, plan: FolderPlan, m, info, renumbered: bool) -> None:
+        why = date_not_kept(info.uid, m.internaldate, info.internaldate)
+        if why is not None:                  # restored, but named: exit 1
+            mailbox = f"/{plan.partition}/{plan.user}/{plan.folder}"
+            self.res.errors.append({"mailbox": mailbox, "error": why, "status": EXIT_PARTIAL})
+            self.report(f"error: {mailbox}: {why}")
         self._place(m, info.path)
         self._claim(plan, info.uid, m)
         if renumbered:

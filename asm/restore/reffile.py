@@ -9,7 +9,8 @@ import os
 
 from asm.archive import names, spec, values
 from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
-from asm.errors import EXIT_NOSPACE, EXIT_USAGE
+from asm.errors import EXIT_NOSPACE, EXIT_PARTIAL, EXIT_USAGE
+from asm.restore.apply import date_not_kept
 from asm.restore.errors import RestoreError
 from asm.restore.options import RestoreResult, error_status
 from asm.store.base import Store, StoreError
@@ -236,6 +237,10 @@ def _complete(store: Store, reader, doc: dict, report, journal=None) -> RestoreR
                             first_path = got.path
                         if uid is None:
                             res.renumbered += 1
+                        why = date_not_kept(got.uid, ref["internaldate"], got.internaldate)
+                        if why is not None:      # restored, but named: exit 1
+                            res.errors.append({"mailbox": f"/{ref['partition']}/{user}/{folder}",
+                                               "error": why, "status": EXIT_PARTIAL})
                     report(f"/{ref['partition']}/{user}/{folder}/{got.uid}: restored from {m.name}")
                 except (StoreError, ArchiveError) as exc:
                     if isinstance(exc, DigestMismatch):
