@@ -487,7 +487,8 @@ def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts:
         return False
     try:
         writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity,
-                          uidnext=info.uidnext, subscribed=info.subscribed, uids=uids, state=flags)
+                          uidnext=info.uidnext, subscribed=info.subscribed, uids=uids, state=flags,
+                          mailbox_guid=info.guid)
     except UnarchivableValue:
         return False                     # read it: _backup_folder names what is wrong
     res.folders += 1
@@ -579,7 +580,7 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     try:
         writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity,
                           uidnext=info.uidnext, subscribed=info.subscribed,
-                          uids=[m.uid for m in snap.messages], state=state)
+                          uids=[m.uid for m in snap.messages], state=state, mailbox_guid=info.guid)
     except UnarchivableValue as exc:
         # the writer's last guard: a folder member the reader would refuse is never
         # written (it would take every message of the folder with it); named, exit 1

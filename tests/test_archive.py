@@ -1236,3 +1236,50 @@ def test_a_keyword_that_is_not_utf8_is_archived_as_its_bytes(tmp_path):
     folder, message = members[1], members[2]
     assert message.keywords == (kw, "$Label1")
     assert folder.state.get(2) == (frozenset({"\\Seen"}), (kw,))
+
+def _mailbox_guid_archive(guids):
+    """An archive of joe's folders {name: mailbox GUID or None}, one message each."""
+    w_raw = io.BytesIO()
+    w = ArchiveWriter(w_raw)
+    w.write_header({"driver": "maildir", "scope": ["/primary"]})
+    w.add_user("primary", "joe", "user")
+    for folder, guid in guids.items():
+        w.add_folder("primary", "joe", folder, uidvalidity=7, uidnext=2, subscribed=True, uids=[1],
+                     mailbox_guid=guid)
+        w.add_message("primary", "joe", folder, uid=1, flags=(), keywords=(), internaldate=1700000000,
+                      stored=1700000000, src_file=io.BytesIO(msg_bytes(1)))
+    w.close()
+    return w_raw.getvalue()
+
+
+def test_a_folders_mailbox_guid_is_carried_and_checked():
+    """IMSASM.mailbox_guid (a Dovecot folder's mailbox GUID, which dsync replication knows
+    it by): written when the store has one, read back; an archive without it (older
+    ones, the classic store) reads as before; a value that is not 32 lowercase hex
+    digits (every digest forged right) is damage of that folder member, whose messages
+    are then not read; a writer refuses to write one."""
+    from asm.archive import spec
+    from tests.archive_fuzz import emit, models
+    g = "0123456789abcdef0123456789abcdef"
+    data = _mailbox_guid_archive({"INBOX": g, "Work": None})
+    assert f"{spec.wire(spec.MAILBOX_GUID)}={g}\n".encode() in data
+    got = {m.folder: m.mailbox_guid for m in ArchiveReader(io.BytesIO(data)).members() if m.kind == "folder"}
+    assert got == {"INBOX": g, "Work": None}
+    for bad in (g.upper().encode(), g[:-1].encode(), (g + "0").encode(), b"", b"G" + g[1:].encode(),
+                b"0123456789abcdef-0123456789abcde"):
+        ms = models(data)
+        victim = next(m for m in ms if m.name.endswith(b"/INBOX/"))
+        victim.set(spec.MAILBOX_GUID, bad)
+        errors = []
+        read = [(m.kind, m.folder) for m in ArchiveReader(io.BytesIO(emit(ms))).members(on_error=errors.append)
+                if m.kind != "user"]
+        assert read == [("folder", "Work"), ("message", "Work")], (bad, read)
+        assert errors and all(type(e) is CorruptMember for e in errors), (bad, errors)
+        assert spec.MAILBOX_GUID in str(errors[0]) and "INBOX" in str(errors[0]), errors[0]
+    for bad in (g.upper(), g[:-1], "x" * 32, "G" + g):
+        w = ArchiveWriter(io.BytesIO())
+        w.write_header({})
+        w.add_user("primary", "joe", "user")
+        with pytest.raises(ValueError, match="mailbox_guid"):
+            w.add_folder("primary", "joe", "INBOX", uidvalidity=7, uidnext=1, subscribed=True, uids=[],
+                         mailbox_guid=bad)

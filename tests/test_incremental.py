@@ -601,6 +601,26 @@ def test_backup_skipunchanged_no_reads_every_folder(tmp_path, driver):
     assert _unchanged(p) == 2, p.stderr
 
 
+def test_a_folder_written_from_its_base_record_carries_its_mailbox_guid(tmp_path, driver):
+    """An incremental that writes a settled folder from its base's record (not read
+    again) gives it the mailbox GUID the store has (IMSASM.mailbox_guid: a Maildir's
+    dovecot-uidlist G field), as a fresh read would; the classic store has none."""
+    w = World(tmp_path, driver)
+    for f in ("INBOX", "Work"):
+        w.new(folder=f)
+    time.sleep(SETTLE)
+    w.backup()
+    p = run(w.home, "imsbackup", "-v", "-f", tmp_path / "i.ims", "--base", f"{w.archives[0]}.state", "/",
+            check=0, text=True)
+    assert _unchanged(p) == 2, p.stderr
+    want = {f.name: f.guid or None for f in w.store.folders("alice")}
+    assert all(want.values()) == (driver == "maildir"), want
+    for a in (w.archives[0], tmp_path / "i.ims"):
+        with open(a, "rb") as f:
+            got = {m.folder: m.mailbox_guid for m in ArchiveReader(f).members() if m.kind == "folder"}
+        assert got == want, a
+
+
 # -- a folder the incremental's backup could not read ---------------------------------
 
 @pytest.mark.parametrize("by", ["base", "date"])

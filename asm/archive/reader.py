@@ -25,7 +25,7 @@ class Member:
                  "internaldate", "stored", "nlink", "sha256", "size", "linkname", "group",
                  "uidvalidity", "uidnext", "subscribed", "uids", "state", "offset",
                  "header_offset", "mtime", "records", "digest", "guid", "basename", "pop3_uidl",
-                 "pop3_order", "_reader")
+                 "pop3_order", "mailbox_guid", "_reader")
 
     def __init__(self, reader, kind, name):
         self._reader = reader
@@ -49,6 +49,7 @@ class Member:
         self.basename = None             # message, link: its Maildir file base name
         self.pop3_uidl = None            # message, link: its own POP3 UIDL
         self.pop3_order = None           # message, link: its POP3 order number
+        self.mailbox_guid = None         # folder: its mailbox GUID (IMSASM.mailbox_guid), if archived
 
     def open(self):
         """Readable stream of the message bytes; the read that reaches the end
@@ -812,6 +813,7 @@ def _decode(m, recs, e):
         state = get(spec.STATE)
         if state:
             m.state = FolderState.parse(state, m.uids)
+        m.mailbox_guid = values.mailbox_guid(get(spec.MAILBOX_GUID))
         return
     uid = values.decimal(_need(recs, spec.UID), spec.UID_MIN, spec.UID_MAX, spec.UID)
     if uid != m.uid:

@@ -48,6 +48,7 @@ GUID = "IMSASM.guid"                # the store's GUID of a message (Dovecot's X
 BASENAME = "IMSASM.basename"        # a Maildir message's file base name (POP3 UIDL %f), optional
 POP3_UIDL = "IMSASM.pop3_uidl"      # the message's own POP3 UIDL (dovecot-uidlist P), optional
 POP3_ORDER = "IMSASM.pop3_order"    # its POP3 order number (dovecot-uidlist O), optional
+MAILBOX_GUID = "IMSASM.mailbox_guid"  # a folder's mailbox GUID (dovecot-uidlist G), optional
 DIGEST = "IMSASM.digest"            # version 2: the member's record digest, its last record
 
 

@@ -41,6 +41,19 @@ def guid(text):
     return _field(text, GUID_RE, spec.GUID, "without space or ':'")
 
 
+# a folder's mailbox GUID (Dovecot's, 128 bits): 32 lowercase hex digits
+MAILBOX_GUID_RE = re.compile(r"[0-9a-f]{32}\Z")
+
+
+def mailbox_guid(text):
+    """IMSASM.mailbox_guid: None when absent, else 32 lowercase hex digits."""
+    if text is None:
+        return None
+    if not MAILBOX_GUID_RE.match(text):
+        raise ValueError(f"{spec.MAILBOX_GUID} {_short(text)} is not 32 lowercase hex digits")
+    return text
+
+
 # a Maildir file's base name: what GUID_RE allows but '/', and no leading '.'
 BASENAME_RE = re.compile(r"[\x21-\x2d\x30-\x39\x3b-\x7e][\x21-\x2e\x30-\x39\x3b-\x7e]{0,254}\Z")
 POP3_UIDL_RE = re.compile(r"[\x21-\x7e]{1,255}\Z")     # printable ASCII, no space

@@ -151,6 +151,7 @@ class Restorer:
             if self.res.incomplete is None and not stopped:
                 self._end_user()
                 self._remove_gone()
+                self._give_withheld_guids()
                 self._name_unread()
             finished = True
             status = self.res.status()
@@ -357,6 +358,24 @@ class Restorer:
                         exc = os_store_error(exc, f"{user}/{folder}")
                     self._record_error(mailbox, str(exc), exc.status)
 
+    def _give_withheld_guids(self) -> None:
+        """The folders this run made under their archived names whose archived mailbox
+        GUID another folder of the user had (Planner.own_guid): the folder the archive
+        no longer lists, renamed to this one between the backups, has gone
+        (_remove_gone); now that no other folder has it, they get it."""
+        for partition, user, folder, guid in self.planner.withheld:
+            mailbox = f"/{partition}/{user}/{folder}"
+            try:
+                if not self.store.exists(user, folder) or \
+                        any(f.guid == guid for f in self.store.folders(user)):
+                    continue
+                with self.locks.hold(user, folder):
+                    self.store.set_folder(user, folder, guid=guid)
+            except (StoreError, OSError) as exc:
+                if isinstance(exc, OSError):
+                    exc = os_store_error(exc, f"{user}/{folder}")
+                self._record_error(mailbox, str(exc), exc.status)
+
     def _name_unread(self) -> None:
         """What the backup that made this archive could not read (its trailer's errors),
         where the selection reaches it: named, for this archive does not bring it back.
@@ -497,7 +516,11 @@ class Restorer:
             try:
                 # INBOX has the archive's UIDVALIDITY from the start (when the archive
                 # holds INBOX, it comes first): no moment with another one on disk
-                self.store.create_user(user, part, uidvalidity=m.uidvalidity if m.folder == "INBOX" else None)
+                inbox = m.folder == "INBOX"
+                # ... and its mailbox GUID, when it is the archived user's own INBOX
+                # (Planner.own_guid: a new user has no other folder that could hold it)
+                self.store.create_user(user, part, uidvalidity=m.uidvalidity if inbox else None,
+                                       guid=(m.mailbox_guid or "") if inbox and user == m.user else "")
             except UserExists:
                 pass                              # another restore made it meanwhile
         if user not in self.users_seen:

@@ -141,6 +141,9 @@ class Planner:
         self.journal = journal
         self.header = header
         self.opts = opts
+        self._guids: dict = {}          # user -> {folder: mailbox GUID} (own_guid)
+        self.withheld: list = []        # (partition, user, folder, archived GUID) another
+                                        # folder had
 
     def plan(self, m, user: str, locks: contextlib.ExitStack, final_uids=None, final_flags=None) -> FolderPlan:
         """The plan for folder member ``m`` restored under ``user``; the target folder's
@@ -175,8 +178,9 @@ class Planner:
                 self.journal.start(user, folder, self.header, "exact", beside=mark)
             # UIDNEXT is raised to the archive's only when the folder is complete, so a
             # killed run, run again, still finds every remaining UID free
-            store.create_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
-                                subscribed=m.subscribed)
+            made = store.create_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
+                                       subscribed=m.subscribed, guid=self.own_guid(m, user, folder, beside))
+            self._guids.get(user, {})[folder] = made.guid
             created = True
         locks.enter_context(store.lock(user, folder))
         info = store.folder(user, folder)
@@ -212,8 +216,12 @@ class Planner:
             # never used (e.g. the INBOX of a user just created): adopt the archive's identity
             if not beside:
                 self.check_base(m, user, folder)
-            if info.uidvalidity != m.uidvalidity or info.subscribed != m.subscribed:
-                info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, subscribed=m.subscribed)
+            guid = self.own_guid(m, user, folder, beside)
+            if info.uidvalidity != m.uidvalidity or info.subscribed != m.subscribed or \
+                    (guid and guid != info.guid):
+                info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, subscribed=m.subscribed,
+                                        guid=guid or None)
+                self._guids.get(user, {})[folder] = info.guid
             mode = "exact"
         else:
             mode = "merge"
@@ -237,7 +245,9 @@ class Planner:
                     self.check_replaced(m, user, folder, info.uidvalidity)
                     store.expunge(user, folder, [msg.uid for msg in store.messages(user, folder)])
                     info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
-                                            subscribed=m.subscribed)
+                                            subscribed=m.subscribed,
+                                            guid=self.own_guid(m, user, folder, beside) or None)
+                    self._guids.get(user, {})[folder] = info.guid
                     mode = "exact"
         if mode == "merge" and not beside and info.uidvalidity != m.uidvalidity and not self.opts.chain_ids:
             # another folder of that name (made again, or renamed onto it): the messages
@@ -264,6 +274,27 @@ class Planner:
         if mode in ("exact", "chain") and (not resumed or refill):
             self.journal.start(user, folder, self.header, mode, beside=mark)
         return plan
+
+    def own_guid(self, m, user: str, folder: str, beside: bool) -> str:
+        """The archived mailbox GUID of folder member ``m`` for the folder this restore
+        makes (or makes the archived one: a new UIDVALIDITY) as ``user``'s ``folder``:
+        only under its archived name and user (not beside it, -n; not for another user,
+        -m), and only when no other folder of the user has that GUID (one renamed away
+        since the backup keeps it: two mailboxes of an account never share one).  ""
+        otherwise: the store gives the folder a GUID of its own.  A replica kept by dsync
+        knows the folder by it (docs/operations.md, "GUIDs")."""
+        guid = m.mailbox_guid
+        if not guid or beside or user != m.user or folder != m.folder:
+            return ""
+        known = self._guids.get(user)
+        if known is None:
+            known = self._guids[user] = {f.name: f.guid for f in self.store.folders(user)}
+        if any(g == guid for name, g in known.items() if name != folder):
+            # (a chain's folder renamed between its backups: the old name, which has
+            # it, goes at the end of this archive's restore; then this one gets it)
+            self.withheld.append((m.partition, user, folder, guid))
+            return ""
+        return guid
 
     def chain_mode(self, user: str, folder: str, j: JournalRow, m, final_uids=None) -> str:
         """The mode for a folder that mirrors archive ``j.archive_id`` and has not changed

@@ -311,12 +311,14 @@ def message_info(uid, flags, keywords, internaldate, stored, size, path, dev, in
 
 @dataclass(frozen=True)
 class FolderInfo:
-    """A folder's name, UIDVALIDITY, UIDNEXT and subscription."""
+    """A folder's name, UIDVALIDITY, UIDNEXT, subscription and mailbox GUID."""
 
     name: str                                # logical name, "/"-separated, "INBOX" first
     uidvalidity: int
     uidnext: int
     subscribed: bool = False
+    guid: str = ""                           # the store's mailbox GUID (32 lowercase hex
+                                             # digits: Dovecot's), "" when it has none
 
 
 @dataclass
@@ -466,9 +468,11 @@ class Store(abc.ABC):
         return check_folder_name(folder)
 
     @abc.abstractmethod
-    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
+    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None,
+                    guid: str = "") -> None:
         """Create ``user`` with an empty, subscribed INBOX (of UIDVALIDITY ``uidvalidity``
-        when given: a restore gives it the archive's from the start); raises UserExists."""
+        and mailbox GUID ``guid`` when given and the store has mailbox GUIDs: a restore
+        gives it the archive's from the start); raises UserExists."""
 
     @abc.abstractmethod
     def delete_user(self, user: str) -> None:
@@ -476,8 +480,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
-                      uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
-        """Create a folder (parents are implied); raises FolderExists."""
+                      uidnext: int = 1, subscribed: bool = False, guid: str = "") -> FolderInfo:
+        """Create a folder (parents are implied); raises FolderExists.  ``guid``: its
+        mailbox GUID (a store without mailbox GUIDs ignores it; "" makes a new one)."""
 
     @abc.abstractmethod
     def delete_folder(self, user: str, folder: str) -> None:
@@ -490,8 +495,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,
-                   uidnext: int | None = None, subscribed: bool | None = None) -> FolderInfo:
-        """Change folder metadata.  UIDNEXT never moves below max(UID)+1."""
+                   uidnext: int | None = None, subscribed: bool | None = None,
+                   guid: str | None = None) -> FolderInfo:
+        """Change folder metadata.  UIDNEXT never moves below max(UID)+1.  ``guid``: a new
+        mailbox GUID (a store without mailbox GUIDs ignores it)."""
 
     @abc.abstractmethod
     def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,

@@ -694,7 +694,9 @@ class ClassicStore(Store):
         return check_user_level(user, os.path.basename(_user_dir(user)), "classic")
 
     @_store_errors
-    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
+    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None,
+                    guid: str = "") -> None:
+        # (the classic store has no mailbox GUIDs: ``guid`` is ignored)
         _utf8(check_user_name(user), "user ID")
         check_user_level(user, os.path.basename(_user_dir(user)), "classic")
         ppath = self.partition_path(partition)
@@ -723,7 +725,7 @@ class ClassicStore(Store):
 
     @_store_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
-                      uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
+                      uidnext: int = 1, subscribed: bool = False, guid: str = "") -> FolderInfo:
         folder = self.check_new_folder(user, folder)
         self._user_row(user)
         fdir = self._folder_dir(user, folder)
@@ -784,7 +786,8 @@ class ClassicStore(Store):
 
     @_store_errors
     def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,
-                   uidnext: int | None = None, subscribed: bool | None = None) -> FolderInfo:
+                   uidnext: int | None = None, subscribed: bool | None = None,
+                   guid: str | None = None) -> FolderInfo:
         folder, _, _ = self._check_folder(user, folder)
         with self.lock(user, folder):
             row = self._rows[(user, folder)]

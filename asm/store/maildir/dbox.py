@@ -645,12 +645,13 @@ class DboxStore(MaildirStore):
             return "primary"
         raise NoSuchUser(user)
 
-    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
+    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None,
+                    guid: str = "") -> None:
         check_user_name(user)
         if self.exists(user):
             raise UserExists(user)
         self._ensure_work()
-        super().create_user(user, partition, uidvalidity)
+        super().create_user(user, partition, uidvalidity, guid)
         self._created.add(user)
         self._exported.add(user)
         self._pending.add(user)

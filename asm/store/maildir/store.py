@@ -1419,7 +1419,7 @@ class MaildirStore(Store):
                 with self._locked(user, folder) as st:
                     ul = st.uidlist
         return FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
-                          subscribed=folder in subs)
+                          subscribed=folder in subs, guid=uidlist_mod.mailbox_guid(ul.extra))
 
     def snapshot(self, user: str, folder: str, since: float | None = None,
                  known=None) -> FolderSnapshot:
@@ -1433,7 +1433,8 @@ class MaildirStore(Store):
             self._assign_uids(st)
             msgs = self._snapshot_messages(st, since, known)
             info = FolderInfo(name=folder, uidvalidity=st.uidlist.uidvalidity,
-                              uidnext=st.uidlist.uidnext, subscribed=folder in subs)
+                              uidnext=st.uidlist.uidnext, subscribed=folder in subs,
+                              guid=uidlist_mod.mailbox_guid(st.uidlist.extra))
             ctl = st.ctl
         snap = FolderSnapshot(info=info, messages=msgs)
         self._unseen_warning(st, snap)
@@ -1487,7 +1488,7 @@ class MaildirStore(Store):
             return None                      # changed under us
         msgs = self._snapshot_messages(st, since, known)
         info = FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
-                          subscribed=folder in subs)
+                          subscribed=folder in subs, guid=uidlist_mod.mailbox_guid(ul.extra))
         snap = FolderSnapshot(info=info, messages=msgs)
         self._unseen_warning(st, snap)
         if not self._index_keywords(user, folder, ctl, snap, no_table=not fp[4]) and \
@@ -1523,13 +1524,17 @@ class MaildirStore(Store):
                 d = self._folder_dir(user, folder)
                 ctl, _ = self._ctl_idx(user, folder, d)
                 subs_root = self._subs_root(user)
+            # the mailbox GUID from the header line, read before the check: a uidlist
+            # replaced after this read is not the fingerprint's
+            with open(os.path.join(ctl, UIDLIST), encoding="utf-8", errors="surrogateescape") as f:
+                guid = uidlist_mod.mailbox_guid(f.readline().split()[1:])
             if not _fingerprint_same(d, ctl, fingerprint[3:]) or \
                     os.path.lexists(os.path.join(ctl, UIDLIST + LOCK_SUFFIX)):
                 return None
         except (OSError, StoreError, layout_mod.LayoutError):
             return None
         return FolderInfo(name=folder, uidvalidity=fingerprint[1], uidnext=fingerprint[2],
-                          subscribed=folder in self._subs.get(subs_root))
+                          subscribed=folder in self._subs.get(subs_root), guid=guid)
 
     def _snapshot_messages(self, st: _State, since, known) -> list:
         """The folder's messages in UID order.  A uidlist line whose file is not there
@@ -1652,15 +1657,16 @@ class MaildirStore(Store):
         return user if self._layout is not None else check_user_level(user, user, "maildir")
 
     @store_os_errors
-    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None) -> None:
+    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None,
+                    guid: str = "") -> None:
         """The user's Maildir is built complete (cur/ new/ tmp/, dovecot-uidlist with
-        INBOX's UIDVALIDITY, subscriptions) under a temporary name in the home and
+        INBOX's UIDVALIDITY and mailbox GUID, subscriptions) under a temporary name in the home and
         renamed into place: a kill never leaves a Maildir without its INBOX."""
         self.check_new_user(user)
         if self.exists(user):
             raise UserExists(user)
         if self._layout is not None:
-            return self._create_layout_user(user, partition, uidvalidity)
+            return self._create_layout_user(user, partition, uidvalidity, guid)
         part = self.partition_path(partition)
         self.check_partition(partition, writing=True)
         os.makedirs(part, exist_ok=True)
@@ -1677,7 +1683,7 @@ class MaildirStore(Store):
             for sub in ("new", "tmp", "cur"):
                 self._mkdir(os.path.join(new, sub), owner)
             ul = Uidlist(uidvalidity=uidvalidity or self._new_uidvalidity(), uidnext=1,
-                         extra=[f"G{os.urandom(16).hex()}"])
+                         extra=uidlist_mod.with_mailbox_guid([], guid))
             self._write_file(os.path.join(new, UIDLIST), ul.render().encode(), owner)
             self._new_index(new, owner)
             # subscribed, as IMAP clients do on first login
@@ -1693,7 +1699,8 @@ class MaildirStore(Store):
             raise
         self._user_parts[user] = partition
 
-    def _create_layout_user(self, user: str, partition: str, uidvalidity: int | None) -> None:
+    def _create_layout_user(self, user: str, partition: str, uidvalidity: int | None,
+                            guid: str = "") -> None:
         """create_user where store.mail_location says: the Maildir is built under a
         temporary name next to its place and renamed; control and index files that a
         lost mail tree left behind (CONTROL=, INDEX= elsewhere) are replaced or removed,
@@ -1713,7 +1720,8 @@ class MaildirStore(Store):
                 for sub in ("new", "tmp", "cur"):
                     self._mkdir(os.path.join(new, sub), owner)
             uv = uidvalidity or self._new_uidvalidity()
-            ul_text = Uidlist(uidvalidity=uv, uidnext=1, extra=[f"G{os.urandom(16).hex()}"]).render().encode()
+            ul_text = Uidlist(uidvalidity=uv, uidnext=1,
+                              extra=uidlist_mod.with_mailbox_guid([], guid)).render().encode()
             for ctl, data in ((inbox_ctl, ul_text), (ul.control_root, subscriptions.render(["INBOX"]))):
                 name = UIDLIST if data is ul_text else SUBSCRIPTIONS
                 if ctl == ul.root:
@@ -1817,7 +1825,7 @@ class MaildirStore(Store):
 
     @store_os_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
-                      uidnext: int = 1, subscribed: bool = False) -> FolderInfo:
+                      uidnext: int = 1, subscribed: bool = False, guid: str = "") -> FolderInfo:
         """The folder's directories and dovecot-uidlist are made first and cur/ last:
         a folder exists (for Dovecot and for us) once cur/ does, so a kill leaves
         either no folder or a whole one; what a killed creation left is reused.  INBOX
@@ -1854,7 +1862,7 @@ class MaildirStore(Store):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(ctl, KEYWORDS))
             ul = Uidlist(uidvalidity=uidvalidity or self._folder_uidvalidity(user), uidnext=max(1, uidnext),
-                         extra=[f"G{os.urandom(16).hex()}"])
+                         extra=uidlist_mod.with_mailbox_guid([], guid))
             self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
             # cur/ last, made under another name and given to its owner first: the folder
             # appears in one rename, never with a cur/ root kept
@@ -1870,7 +1878,7 @@ class MaildirStore(Store):
         self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
         self._set_subscribed(user, folder, subscribed)
         return FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
-                          subscribed=subscribed)
+                          subscribed=subscribed, guid=uidlist_mod.mailbox_guid(ul.extra))
 
     @store_os_errors
     def delete_folder(self, user: str, folder: str) -> None:
@@ -1938,13 +1946,18 @@ class MaildirStore(Store):
 
     @store_os_errors
     def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,
-                   uidnext: int | None = None, subscribed: bool | None = None) -> FolderInfo:
+                   uidnext: int | None = None, subscribed: bool | None = None,
+                   guid: str | None = None) -> FolderInfo:
         folder = check_folder_name(folder)
         with self._locked(user, folder) as st:
             ul = st.uidlist
             changed = renumbered = False
             if uidvalidity is not None and uidvalidity != ul.uidvalidity:
                 ul.uidvalidity = uidvalidity
+                changed = renumbered = True
+            if guid and guid != uidlist_mod.mailbox_guid(ul.extra):
+                # another mailbox to Dovecot (its list index keeps GUIDs): as a new UIDVALIDITY
+                ul.extra = uidlist_mod.with_mailbox_guid(ul.extra, guid)
                 changed = renumbered = True
             if uidnext is not None:
                 floor = max(ul.records, default=0) + 1
@@ -1964,12 +1977,12 @@ class MaildirStore(Store):
                 # on disk now, not at unlock: messages appended next are recorded
                 # after this header (a kill must not leave them under another UIDVALIDITY)
                 self._flush_uidlist(st)
-            info_uv, info_un = ul.uidvalidity, ul.uidnext
+            info_uv, info_un, info_guid = ul.uidvalidity, ul.uidnext, uidlist_mod.mailbox_guid(ul.extra)
         if subscribed is not None:
             self._set_subscribed(user, folder, subscribed)
         subs = self._subs.get(self._subs_root(user))
         return FolderInfo(name=folder, uidvalidity=info_uv, uidnext=info_un,
-                          subscribed=folder in subs)
+                          subscribed=folder in subs, guid=info_guid)
 
     # ------------------------------------------------------------------ messages
     def _new_base(self, stored: float, keep: str | None = None) -> str:

@@ -153,6 +153,21 @@ def read_uidlist_header(folder_dir: str) -> Uidlist | None:
 
 
 
+def mailbox_guid(extra: list) -> str:
+    """The folder's mailbox GUID of a header's other fields (``G<32 hex digits>``, as
+    Dovecot writes it), in lower case; "" when it has none of that form."""
+    for f in extra:
+        if f[:1] == "G":
+            g = f[1:].lower()
+            return g if len(g) == 32 and all(c in "0123456789abcdef" for c in g) else ""
+    return ""
+
+
+def with_mailbox_guid(extra: list, guid: str = "") -> list:
+    """``extra`` with its ``G`` field set to ``guid`` (a new random one when "")."""
+    return [f"G{guid or os.urandom(16).hex()}", *(f for f in extra if f[:1] != "G")]
+
+
 def guid_of(ext: str, base: str) -> str:
     """A message's X-GUID as Dovecot gives it: the record's ``G`` field, else the base
     name (docs/dovecot.md, "Message GUIDs")."""
