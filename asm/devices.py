@@ -209,7 +209,11 @@ def is_remote(spec: str, localonly: bool = False) -> bool:
 
 def open_local(spec: str, mode: str) -> Device:
     if spec == "-":
-        stream = sys.stdout.buffer if mode == "wb" else sys.stdin.buffer
+        std = sys.stdout if mode == "wb" else sys.stdin
+        if std is None:                # (the commands' own refuse it: asm.cli.common.closed_streams)
+            name = "stdout" if mode == "wb" else "stdin"
+            raise DeviceError(f"device '-' is {name}, and {name} is closed: redirect it, or name a file with -f")
+        stream = std.buffer
         try:
             seekable = mode == "rb" and stream.seekable() and stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
         except (OSError, ValueError):

@@ -336,6 +336,40 @@ def test_archive_to_a_reader_that_leaves_is_a_device_error(store, ims_home, tmp_
     assert b"incomplete" in err
 
 
+def _closed(home, tmp, redirect: str, *argv):
+    """``argv`` run with a standard stream closed (``>&-``, ``2>&-``, ``<&-``)."""
+    from tests.helpers import argv_of, command_env
+    return subprocess.run(["/bin/sh", "-c", f'exec "$@" {redirect}', "sh", *argv_of(argv)],
+                          env=command_env(home, quiet(tmp)), capture_output=True, timeout=120)
+
+
+def test_a_closed_standard_stream_is_a_device_error_or_nothing_to_say(store, ims_home, tmp_path):
+    """A command started with stdin or stdout closed that needs it (-f -, a listing)
+    ends with one line naming the stream and EXIT_DEVICE: not a crash (70, AttributeError
+    on isatty), not exit 0 having listed nothing.  A closed stderr stops nothing: a backup
+    to a file is written and exits 0.  (Before: 70 for -f - and for 2>&- with no archive
+    written; 0 for -t and mboxutil -l.)"""
+    put(store, "joe", "INBOX", 1)
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    for redirect, argv in ((">&-", ["imsbackup", "-f", "-", "/"]),
+                           ("<&-", ["imsrestore", "-f", "-"]),
+                           ("<&-", ["imsverify", "-v", "-f", "-"]),
+                           (">&-", ["imsdr", "backup", "-f", "-"]),
+                           (">&-", ["imsrestore", "-t", "-f", a, "/"]),
+                           (">&-", ["mboxutil", "-l"])):
+        p = _closed(ims_home, tmp_path, redirect, *argv)
+        err = no_traceback(p, argv)
+        assert p.returncode == errors.EXIT_DEVICE, (argv, p.returncode, err)
+        stream = "stdout" if redirect == ">&-" else "stdin"
+        assert f"{stream} is closed" in err and len(err.splitlines()) <= 2, (argv, err)
+    b = tmp_path / "b.ims"
+    p = _closed(ims_home, tmp_path, "2>&-", "imsbackup", "-v", "-f", b, "/")
+    assert p.returncode == errors.EXIT_OK, p.returncode
+    assert _complete_archive(b)
+    assert glob.glob(str(tmp_path / "*crash*")) == []
+
+
 # ----------------------------------------------------------------------------- SIGTERM
 
 def _complete_archive(path) -> bool:

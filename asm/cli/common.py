@@ -111,8 +111,10 @@ def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv:
     Names print losslessly (:func:`lossless_output`).  No traceback reaches the user.
     """
     global _depth
-    lossless_output()
     outer = _depth == 0
+    if outer:
+        closed_streams()
+    lossless_output()
     if outer and not utf8_names():
         return _flush_stdout(prog, die(prog, _NOT_UTF8 % sys.getfilesystemencoding(), EXIT_USAGE))
     saved = _trap_signals()
@@ -140,6 +142,60 @@ def utf8_names() -> bool:
     Every command sees to it when it starts (asm/__init__.py restarts it with -X utf8);
     a main() called from another program under another locale is refused, nothing done."""
     return bool(sys.flags.utf8_mode) or sys.getfilesystemencoding().lower().replace("-", "") == "utf8"
+
+
+class _ClosedStream:
+    """sys.stdin or sys.stdout of a command started with it closed (``<&-``, ``>&-``):
+    never a terminal, and any use of it (reading, writing, ``-f -``) ends the command
+    with one line and EXIT_DEVICE; what the command never needs it for goes on."""
+
+    def __init__(self, name: str, redirect: str, use: str):
+        self.name, self._redirect, self._use = name, redirect, use
+
+    def isatty(self) -> bool:
+        return False
+
+    def _refuse(self, *args, **kwargs):
+        raise ImsError(f"{self.name} is closed (the command was started with {self._redirect}) and this run "
+                       f"needs it: {self._use}", status=EXIT_DEVICE)
+
+    write = writelines = read = readline = readlines = fileno = __iter__ = _refuse
+    buffer = property(_refuse)
+
+    def flush(self) -> None:
+        pass
+
+
+def closed_streams() -> None:
+    """A standard descriptor the command was started without (``>&-``, ``2>&-``,
+    ``<&-``) is opened on /dev/null first, so no file the command opens takes its
+    number (an archive written by print()).  A closed stderr is then /dev/null: a
+    message has nowhere to go, the work and its exit status stand.  A closed stdin or
+    stdout is :class:`_ClosedStream`: the run that needs it ends with one line on stderr
+    and EXIT_DEVICE, never exit 0 having listed nothing nor a crash."""
+    import io
+    for fd, name, flags in ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY), (2, "stderr", os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+            closed = getattr(sys, name) is None
+        except OSError:
+            closed = True
+            try:
+                null = os.open(os.devnull, flags)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+            except OSError:
+                continue
+        if not closed:
+            continue
+        if name == "stderr":
+            sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), errors="backslashreplace",
+                                          line_buffering=True)
+        elif name == "stdout":
+            sys.stdout = _ClosedStream("stdout", ">&-", "redirect it (> FILE, a pipe), or name a file with -f")
+        else:
+            sys.stdin = _ClosedStream("stdin", "<&-", "redirect it (< FILE, a pipe), or name a file with -f")
 
 
 def _shown(exc):
