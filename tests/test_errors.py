@@ -22,7 +22,7 @@ import pytest
 
 from asm import errors
 from asm.archive.reader import ArchiveReader
-from tests.helpers import NOTIFY, popen, put, require, run
+from tests.helpers import NOTIFY, in_home, popen, put, require, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATUSES = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
@@ -367,6 +367,35 @@ def test_a_closed_standard_stream_is_a_device_error_or_nothing_to_say(store, ims
     p = _closed(ims_home, tmp_path, "2>&-", "imsbackup", "-v", "-f", b, "/")
     assert p.returncode == errors.EXIT_OK, p.returncode
     assert _complete_archive(b)
+    assert glob.glob(str(tmp_path / "*crash*")) == []
+
+
+def test_v_lines_whose_reader_is_gone_are_dropped_and_the_work_stands(store, ims_home, tmp_path, driver):
+    """``imsbackup -v ... 2>&1 | head -1``, ``imsrestore -v ... 2>&1 | head -1`` (here: a
+    reader gone before the first line, every time): the -v lines are dropped and the
+    run does all its work and exits 0.  (Before: the restore stopped after the folder
+    whose line failed, exit 141, deliveries held; the backup exit 141 with no archive,
+    and 70 with only stderr piped.)"""
+    from tests.helpers import make_home, state
+    from asm.store import open_store
+    for i in range(60):
+        put(store, f"u{i % 4}", "INBOX" if i % 10 == 0 else f"F{i % 10}", i)
+    a, b = tmp_path / "a.ims", tmp_path / "b.ims"
+    for target, streams in ((a, {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}),
+                            (b, {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE})):
+        p = popen(ims_home, "imsbackup", "-v", "-f", target, "/", env=quiet(tmp_path), **streams)
+        (p.stdout or p.stderr).close()          # the reader is gone
+        assert p.wait(timeout=120) == errors.EXIT_OK, streams
+        assert _complete_archive(target)
+    home2 = tmp_path / "ims2"
+    make_home(home2, driver)
+    p = popen(home2, "imsrestore", "-v", "-f", a, env=quiet(tmp_path),
+              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p.stdout.close()
+    assert p.wait(timeout=120) == errors.EXIT_OK
+    with in_home(home2):
+        restored = state(open_store(make_home(home2, driver)))
+    assert restored == state(store)
     assert glob.glob(str(tmp_path / "*crash*")) == []
 
 

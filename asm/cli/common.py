@@ -117,20 +117,25 @@ def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv:
     lossless_output()
     if outer and not utf8_names():
         return _flush_stdout(prog, die(prog, _NOT_UTF8 % sys.getfilesystemencoding(), EXIT_USAGE))
+    diagnostics = _Diagnostics.install() if outer else None
     saved = _trap_signals()
     _depth += 1
     try:
         try:
-            status = body(argv)
-            status = EXIT_OK if status is None else int(status)
-        finally:
-            _depth -= 1
-            _untrap_signals(saved, outer)
-    except SystemExit as exc:          # argparse: --help (0) or a usage error it printed (2)
-        status = _exit_code(prog, exc.code)
-    except BaseException as exc:       # noqa: B036 - the one place every failure ends
-        status = _report(prog, exc)
-    return _flush_stdout(prog, status)
+            try:
+                status = body(argv)
+                status = EXIT_OK if status is None else int(status)
+            finally:
+                _depth -= 1
+                _untrap_signals(saved, outer)
+        except SystemExit as exc:          # argparse: --help (0) or a usage error it printed (2)
+            status = _exit_code(prog, exc.code)
+        except BaseException as exc:       # noqa: B036 - the one place every failure ends
+            status = _report(prog, exc)
+        return _flush_stdout(prog, status)
+    finally:
+        if diagnostics is not None:
+            diagnostics.uninstall()
 
 
 _NOT_UTF8 = ("the locale's character set is %s, not UTF-8, and Python is not in its UTF-8 mode: names "
@@ -196,6 +201,58 @@ def closed_streams() -> None:
             sys.stdout = _ClosedStream("stdout", ">&-", "redirect it (> FILE, a pipe), or name a file with -f")
         else:
             sys.stdin = _ClosedStream("stdin", "<&-", "redirect it (< FILE, a pipe), or name a file with -f")
+
+
+class _Diagnostics:
+    """sys.stderr while a command runs.  What goes there (-v lines, the progress line,
+    warnings, the final line) tells about the work; it is not the work: when it cannot
+    be written (its reader went away, ``2>&1 | head -1``, or its file's disk is full)
+    it is dropped, fd 2 is pointed at /dev/null, and the run goes on to its own exit
+    status.  (A BrokenPipeError from a -v line ended a restore half-way with 141.)"""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.lost = False
+
+    @classmethod
+    def install(cls) -> "_Diagnostics | None":
+        if sys.stderr is None or isinstance(sys.stderr, cls):
+            return None
+        sys.stderr = cls(sys.stderr)
+        return sys.stderr
+
+    def uninstall(self) -> None:
+        if sys.stderr is self:
+            sys.stderr = self._stream
+
+    def write(self, text):
+        if not self.lost:
+            try:
+                return self._stream.write(text)
+            except OSError:
+                self._lose()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self._stream.flush()
+            except OSError:
+                self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self._stream.fileno())
+            finally:
+                os.close(null)
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()       # what is still buffered goes to /dev/null now
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _shown(exc):
