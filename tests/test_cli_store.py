@@ -12,7 +12,7 @@ import pytest
 
 from asm.config import Config
 from asm.store import open_store
-from tests.helpers import MBOX, MBOX_ONE, MBOX_THREE, MBOX_TWO, local_time, popen, run
+from tests.helpers import MBOX, MBOX_ONE, MBOX_THREE, MBOX_TWO, command, command_env, local_time, popen, run
 
 MSG = b"From: a@example.com\r\nTo: joe@example.com, ann@example.com, bob@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -347,6 +347,23 @@ def test_imsdeliver_refuses_an_empty_message(config, ims_home, tmp_path):
             fresh_store().deliver(["joe", "ann"], src)
     s = fresh_store()
     assert [m.uid for m in s.messages("joe", "INBOX")] == [1] and s.release_deliveries("ann") == 0
+
+
+def test_imsdeliver_v_whose_reader_is_gone_exits_0_once_stored(config, ims_home, tmp_path):
+    """imsdeliver -v whose stdout reader went away (or stdout closed): the message is
+    stored, so the exit is 0 (141 told the MTA nothing happened: it retried and the
+    user got the mail twice)."""
+    assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    m = tmp_path / "m.eml"
+    m.write_bytes(MSG)
+    p = popen(ims_home, "imsdeliver", "-v", "-m", m, "joe", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()                        # the reader is gone before the line
+    assert p.wait(timeout=120) == 0, p.stderr.read()
+    p.stderr.close()
+    p = subprocess.run(["/bin/sh", "-c", 'exec "$@" >&-', "sh", command("imsdeliver"), "-v", "-m", str(m), "joe"],
+                       env=command_env(ims_home), capture_output=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == b"", p.stderr
+    assert len(fresh_store().messages("joe", "INBOX")) == 2
 
 
 def test_imsdeliver_is_quiet_without_v(config, ims_home):

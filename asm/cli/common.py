@@ -19,7 +19,7 @@ from asm.units import human  # noqa: F401  (the commands' size formatting)
 
 __all__ = ["ArgParser", "Commit", "Once", "Progress", "UsageError", "blocking_factor", "check_out_file", "die", "human",
            "number", "parse_date",
-           "read_list_file", "run_command", "warn"]
+           "read_list_file", "run_command", "tell", "warn"]
 
 
 def _columns() -> int:
@@ -62,6 +62,19 @@ class ArgParser(argparse.ArgumentParser):
 def die(prog: str, message: str, status: int) -> int:
     print(f"{prog}: {shown(message)}", file=sys.stderr)
     return status
+
+
+def tell(text: str) -> None:
+    """A line on stdout about work already done (``imsdeliver -v``): it is not the work,
+    so a reader that went away, a full disk or a closed stdout drops it (stdout then
+    points at /dev/null) and the run's status stands: never 141 after a delivery, which
+    an MTA would retry and deliver twice."""
+    if isinstance(sys.stdout, _ClosedStream) or sys.stdout is None:
+        return
+    try:
+        print(text, flush=True)
+    except OSError:
+        _quiet_stdout()
 
 
 def warn(prog: str, message: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from asm.cli.common import ArgParser, UsageError, run_command, warn
+from asm.cli.common import ArgParser, UsageError, run_command, tell, warn
 from asm.cli.context import open_installation
 from asm.errors import EXIT_OK
 from asm.store.base import EmptyMessage, nonempty_message
@@ -68,8 +68,8 @@ def _main(argv: list[str] | None) -> int:
                 src.seek(0)
             out.update(store.deliver(group, src, folder))
     if args.verbose:                          # (a successful run is silent: docs/operations.md)
-        for user, info in ((u, out[u]) for u in users):
-            print(f"{user}: {'queued (deliveries held)' if info is None else f'UID {info.uid}'}")
+        for user, info in ((u, out[u]) for u in users):   # delivered: a reader gone is no failure now
+            tell(f"{user}: {'queued (deliveries held)' if info is None else f'UID {info.uid}'}")
     return EXIT_OK
 
 
