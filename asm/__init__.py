@@ -2,7 +2,7 @@
 __version__ = "0.1.0"
 
 # Every console script imports this first, before the command's own modules load (which
-# takes a moment): a Ctrl-C or SIGTERM in that moment ends the command with one line and
+# takes a moment): a Ctrl-C, SIGTERM or SIGHUP (not ignored: nohup) in that moment ends the command with one line and
 # status 130, as later (asm.cli.common.run_command), not with a traceback or a bare signal
 # death.  Nothing has been done yet then.  (Python's own start, before this, is not covered.)
 
@@ -94,7 +94,7 @@ def _trap_while_starting() -> None:
 
     interrupted_while_starting.ims_early = True     # asm.cli.common.run_command replaces it
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
             if signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL):
                 signal.signal(sig, interrupted_while_starting)
     except ValueError:                  # not the main thread

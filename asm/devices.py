@@ -180,10 +180,10 @@ def _remove(path: str) -> None:
 
 @contextlib.contextmanager
 def _interrupts_deferred():
-    """SIGINT and SIGTERM wait until the end of the block (they are blocked, not lost)."""
+    """SIGINT, SIGTERM and SIGHUP wait until the end of the block (blocked, not lost)."""
     import signal
     try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     except (AttributeError, OSError, ValueError):
         yield
         return

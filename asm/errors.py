@@ -32,7 +32,7 @@ EXIT_STORE = 17         # the store cannot be read or written (read-only, damage
 EXIT_EMPTY = 18         # a backup (or imsverify --against-store) found no user in a store that should have some
 EXIT_DIFFERS = 19       # (imsverify) the archive is intact but a test restore or the live store differs from it
 EXIT_INTERNAL = 70      # a bug in ims-asm: one line on stderr, the details in a crash file
-EXIT_INTERRUPTED = 130  # Ctrl-C, or SIGTERM from an engine cancelling the job
+EXIT_INTERRUPTED = 130  # Ctrl-C, SIGTERM from an engine cancelling the job, or SIGHUP (not under nohup)
 EXIT_PIPE = 141         # stdout was closed by its reader (e.g. `| head`): the output was cut
 
 

@@ -442,6 +442,46 @@ def test_sigterm_at_any_moment_of_imsbackup(store, ims_home, tmp_path):
     assert glob.glob(str(tmp_path / "*crash*")) == []
 
 
+def _signal_when(p, pattern, sig, timeout=60):
+    """Send ``sig`` to ``p`` once a file matching ``pattern`` exists (the run is under way)."""
+    deadline = time.monotonic() + timeout
+    while not glob.glob(pattern, recursive=True) and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.005)
+    p.send_signal(sig)
+    return p.communicate(timeout=120)[1].decode("utf-8", "replace")
+
+
+def test_sighup_is_sigterm_unless_ignored(store, ims_home, tmp_path):
+    """SIGHUP (the operator's ssh session dropped) ends a run as SIGTERM does: 130, one
+    line, the hidden .partial removed, the --report written, a restore test's scratch
+    installation removed.  Under nohup (SIGHUP ignored) the backup goes on to exit 0.
+    (Before: a bare death by SIGHUP, 129, no line, the .partial and scratch left, no report.)"""
+    for i in range(200):
+        put(store, f"u{i % 4}", "INBOX", i, size=60_000)
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    target, report = tmp_path / "b.ims", tmp_path / "report.json"
+    p = popen(ims_home, "imsbackup", "-b", "1", "--report", report, "-f", target, "/", env=quiet(tmp_path),
+              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = _signal_when(p, str(tmp_path / ".b.ims.*.partial"), signal.SIGHUP)
+    assert p.returncode == errors.EXIT_INTERRUPTED, (p.returncode, err)
+    assert err.startswith("imsbackup: interrupted") and len(err.splitlines()) == 1, err
+    assert glob.glob(str(tmp_path / ".*.partial")) == [] and not target.exists()
+    assert report.exists()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    p = popen(ims_home, "imsverify", "--restore-test", "--scratch", scratch, "-f", a, env=quiet(tmp_path),
+              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = _signal_when(p, str(scratch / "imsverify-restore-*" / "**" / "*u1*"), signal.SIGHUP)
+    assert p.returncode == errors.EXIT_INTERRUPTED, (p.returncode, err)
+    assert os.listdir(scratch) == [], err
+    p = popen(ims_home, "imsbackup", "-f", target, "/", env=quiet(tmp_path), stdout=subprocess.DEVNULL,
+              stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    err = _signal_when(p, str(tmp_path / ".b.ims.*.partial"), signal.SIGHUP)
+    assert p.returncode == errors.EXIT_OK, (p.returncode, err)
+    assert _complete_archive(target)
+
+
 def test_an_interrupt_raised_where_python_cannot_pass_it_on_is_not_lost(tmp_path):
     """A SIGTERM whose KeyboardInterrupt is raised inside a weakref callback (as when it
     lands in the import machinery's module-lock callback, seen once in CI's neighbour
@@ -756,7 +796,7 @@ def test_messages_say_nothing_to_the_terminal_and_stay_one_line(capsys):
     assert err == "imsrestore: primary/ann/INBOX/1.eml\\x1b[31m: corrupt\\x0amember\n"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_signal_while_the_command_loads_is_one_line_and_130(tmp_path, sig):
     """Ctrl-C or SIGTERM while the command's modules still load (before run_command sets
     its handlers): one line, status 130, no traceback, nothing done.  The load is made

@@ -109,13 +109,14 @@ _depth = 0          # run_command calls in progress (imsplugins run nests a plug
 def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a command's ``body(argv)`` and return its exit status; every ``main()`` is this.
 
-    SIGTERM (a backup engine cancelling the job) unwinds like Ctrl-C from the first
+    SIGTERM (a backup engine cancelling the job) and SIGHUP (the operator's terminal or
+    ssh session closed; kept ignored under nohup) unwind like Ctrl-C from the first
     moment, so temporary files are removed and locks and delivery holds released.  What
     the body does not handle itself ends as one line on stderr, ``prog: message``, and
     a status from :mod:`asm.errors`:
 
     - :class:`~asm.errors.ImsError`: its message and its ``status``;
-    - KeyboardInterrupt (Ctrl-C, SIGTERM): "interrupted", EXIT_INTERRUPTED;
+    - KeyboardInterrupt (Ctrl-C, SIGTERM, SIGHUP): "interrupted", EXIT_INTERRUPTED;
     - stdout closed by its reader (``| head``): nothing more, EXIT_PIPE;
     - a full disk (ENOSPC, EDQUOT): EXIT_NOSPACE;
     - anything else is a bug: "internal error" with the traceback saved in a crash
@@ -325,9 +326,20 @@ def _send_sigterm_again() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+#: The signals that end a run as Ctrl-C does (KeyboardInterrupt, cleanup, 130): SIGHUP
+#: too (an operator's terminal or ssh session closed), unless the command was started
+#: with it ignored (nohup), which it keeps.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _stop_signals() -> set:
+    import signal
+    return {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
+
+
 class Commit:
     """The moment a run's result is put in place (an archive renamed to its name, the
-    state file beside it): SIGINT and SIGTERM wait (blocked) from :meth:`begin`; after
+    state file beside it): SIGINT, SIGTERM and SIGHUP wait (blocked) from :meth:`begin`; after
     :meth:`done` they are ignored for the rest of the command, which succeeded (a signal
     then must not call a complete run "interrupted"); after :meth:`undo` (nothing was put
     in place) one that came meanwhile is delivered as usual."""
@@ -340,14 +352,14 @@ class Commit:
         import threading
         if threading.current_thread() is threading.main_thread():
             with contextlib.suppress(AttributeError, OSError, ValueError):
-                self._old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                self._old = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
         return self
 
     def done(self) -> None:
         import signal
         if self._old is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)      # (a pending one is dropped)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            for sig in _stop_signals():
+                signal.signal(sig, signal.SIG_IGN)            # (a pending one is dropped)
             self.undo()
 
     def undo(self) -> None:
@@ -358,13 +370,18 @@ class Commit:
 
 
 def _trap_signals():
-    """SIGTERM raises KeyboardInterrupt; returns the previous handlers (None off the main thread)."""
+    """SIGTERM, and SIGHUP unless it is ignored (nohup), raise KeyboardInterrupt; returns
+    the previous handlers (None off the main thread)."""
     import signal
     import threading
     if threading.current_thread() is not threading.main_thread():
         return None
-    saved = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook)
+    hup = getattr(signal, "SIGHUP", None)
+    saved = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook,
+             signal.getsignal(hup) if hup is not None else None)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    if hup is not None and saved[3] is not signal.SIG_IGN:
+        signal.signal(hup, _raise_interrupt)
     if getattr(saved[1], "ims_early", False):           # asm.cli's, while the command loaded
         signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.unraisablehook = functools.partial(_redeliver_interrupt, sys.unraisablehook)
@@ -378,15 +395,18 @@ def _untrap_signals(saved, outer: bool) -> None:
     import signal
     if saved is None:
         return
-    term, intr, hook = saved
+    term, intr, hook, hup = saved
     if outer:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:     # (ignored: a Commit done)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:   # (ignored: a Commit done, nohup)
+                signal.signal(sig, signal.SIG_DFL)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
     else:
         signal.signal(signal.SIGTERM, term)
         signal.signal(signal.SIGINT, intr)
+        if hup is not None:
+            signal.signal(signal.SIGHUP, hup)
     sys.unraisablehook = hook            # last: no signal of ours can raise any more
 
 
