@@ -89,3 +89,26 @@ class FileLock:
             pass
         os.close(self.fd)
         self.fd = None
+
+
+def owned_tempdir(prefix: str, parent: str | None = None) -> str:
+    """``tempfile.mkdtemp`` named ``<prefix><host>.<pid>-XXXXXXXX`` in ``parent`` (default
+    $TMPDIR), after removing every ``<prefix><host>.<pid>-*`` there whose process on this
+    host is gone: a run killed outright (SIGKILL, a job timeout, the OOM killer) cannot
+    remove its own, and scratch stores or copies left run after run would fill the disk."""
+    import shutil
+    import socket
+    import tempfile
+    parent = parent if parent is not None else tempfile.gettempdir()
+    mine = f"{prefix}{socket.gethostname()}."
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(mine)]
+    except OSError:
+        names = []
+    for n in names:
+        pid_s, dash, _ = n[len(mine):].partition("-")
+        path = os.path.join(parent, n)
+        if (dash and pid_s.isdigit() and int(pid_s) != os.getpid() and not pid_alive(int(pid_s))
+                and os.path.isdir(path) and not os.path.islink(path)):
+            shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}-", dir=parent)

@@ -66,6 +66,29 @@ def installation(tmp_path, driver):
     return home, stage
 
 
+def test_a_killed_backup_s_private_copy_is_removed_by_the_next_one(tmp_path):
+    """imsdr backup killed with SIGKILL leaves its ims-dr-* copy of the databases in
+    $TMPDIR; the next imsdr backup or restore on this host removes those whose process is
+    gone (and no other).  (Before: they stayed, one per kill, until the disk filled.)"""
+    import socket
+    home = tmp_path / "ims"
+    build(home, "classic", users=2, messages=5)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = socket.gethostname()
+    stale = [tmp / f"ims-dr-{host}.{gone.pid}-abc", tmp / f"ims-dr-restore-{host}.{gone.pid}-abc"]
+    kept = [tmp / f"ims-dr-{host}.{os.getpid()}-abc", tmp / f"ims-dr-otherhost.{gone.pid}-abc", tmp / "unrelated"]
+    for d in stale + kept:
+        d.mkdir()
+        (d / "files.jsonl").write_text("{}")
+    run(home, "imsdr", "backup", "-f", tmp_path / "dr.tar", env={"TMPDIR": tmp}, check=0)
+    assert not stale[0].exists() and all(d.exists() for d in kept)
+    run(home, "imsdr", "show", "-f", tmp_path / "dr.tar", env={"TMPDIR": tmp}, check=0)
+    assert sorted(os.listdir(tmp)) == sorted(d.name for d in kept)
+
+
 @pytest.mark.parametrize("driver", ["classic", "maildir"])
 def test_backup_captures_the_installation_in_order_with_a_manifest(tmp_path, driver):
     home, stage = installation(tmp_path, driver)

@@ -1254,3 +1254,36 @@ def test_restore_test_of_a_layout_fs_store_keeps_its_layout(tmp_path):
                          "than the archive's"], texts
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_restore_test_killed_outright_leaves_no_scratch_store_behind_the_next_run(tmp_path):
+    """imsverify --restore-test killed with SIGKILL (a job timeout, the OOM killer) cannot
+    remove its scratch installation, a whole restored store; the next run removes it
+    (its process is gone) and keeps one whose process lives.  (Before: each kill left
+    one in --scratch and the next run, exit 0, neither removed nor mentioned it.)"""
+    import glob
+    import signal
+    import socket
+    from tests.helpers import popen
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, "classic"))
+    for i in range(120):
+        put(store, f"u{i % 4}", "INBOX", i, size=50_000)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=EXIT_OK)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    p = popen(home, "imsverify", "--restore-test", "--scratch", scratch, "-f", a,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not glob.glob(str(scratch / "imsverify-restore-*/**/*.msg"), recursive=True) \
+            and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.005)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    left = os.listdir(scratch)
+    assert len(left) == 1, left
+    live = scratch / f"imsverify-restore-{socket.gethostname()}.{os.getpid()}-x"   # a run that still lives
+    live.mkdir()
+    run(home, "imsverify", "--restore-test", "--scratch", scratch, "-f", a, check=EXIT_OK)
+    assert os.listdir(scratch) == [live.name]

@@ -42,11 +42,11 @@ import socket
 import sqlite3
 import subprocess
 import tarfile
-import tempfile
 import time
 
 from asm import __version__, sqlitedb
 from asm.digests import file_sha256
+from asm.locks import owned_tempdir
 from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_NOSPACE, EXIT_NOT_ARCHIVE, EXIT_USAGE, ImsError
 from asm.reconstruct.sqlite import read_only_uri
 
@@ -157,7 +157,7 @@ class Capture:
         self.report = report or (lambda line: None)
         self.tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT,
                                 encoding="utf-8", errors="surrogateescape")
-        self.tmp = tempfile.mkdtemp(prefix="ims-dr-")
+        self.tmp = owned_tempdir("ims-dr-")          # (a killed run's, left behind, removed)
         self.items: list = []
         self.listing = open(os.path.join(self.tmp, "files.jsonl"), "w", encoding="utf-8",
                             errors="surrogateescape")
@@ -517,7 +517,7 @@ def mail_crypt_key_files(config: str | None) -> list[str]:
 
 def read_manifest(stream) -> tuple[dict, str]:
     """The manifest, and a private directory holding every member (checked against it)."""
-    tmp = tempfile.mkdtemp(prefix="ims-dr-restore-")
+    tmp = owned_tempdir("ims-dr-restore-")
     try:
         try:
             tar = tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape")

@@ -56,7 +56,8 @@ def scratch_home(parent: str | None, driver: str, partitions: set, owner: str | 
                  options: str = "") -> str:
     """A fresh scratch installation; ``options``: the live Maildir store's layout options
     (:func:`layout_options`), kept by the scratch store under <home>/mail/<user>/Maildir."""
-    home = tempfile.mkdtemp(prefix="imsverify-restore-", dir=parent)
+    from asm.locks import owned_tempdir
+    home = owned_tempdir("imsverify-restore-", parent)     # (a killed run's, left behind, removed)
     if owner:
         os.chmod(home, 0o755)       # the mail user Dovecot serves as reaches the store inside
     cfg = Config(home)
