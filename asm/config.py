@@ -622,6 +622,7 @@ class Config:
                                  f"not exist (check IMS_HOME, or create {parent} first)")
         try:
             os.mkdir(self.home, 0o755)
+            os.chmod(self.home, 0o755)          # whatever the umask (make_dirs)
             self.created = True
         except FileExistsError:
             pass
@@ -633,7 +634,7 @@ class Config:
         d = os.path.dirname(self.path)
         try:
             self._make_home()
-            os.makedirs(d, exist_ok=True)
+            make_dirs(d)
             fd = os.open(os.path.join(d, ".msg.conf.lock"), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise ConfigWriteFailed(self.path, exc) from None
@@ -665,7 +666,7 @@ class Config:
 
     def save(self) -> None:
         d = os.path.dirname(self.path)
-        os.makedirs(d, exist_ok=True)
+        make_dirs(d)
         text = "# written by msconfig; edit with 'msconfig set NAME VALUE'\n" + "".join(
             f"{k} = {v}\n" for k, v in sorted(self.values.items()))
         atomic_write(self.path, text.encode("utf-8"), mode=0o644)
@@ -673,6 +674,26 @@ class Config:
 
 def _short(s: str) -> str:
     return s if len(s) <= 80 else s[:60] + f"...({len(s)} characters)"
+
+
+def make_dirs(path: str, mode: int = 0o755) -> None:
+    """``os.makedirs(path, exist_ok=True)`` that gives each directory it creates exactly
+    ``mode``, whatever the umask: the installation's own directories ($IMS_HOME/config,
+    $IMS_HOME/data) are 0755, never writable by others (os.makedirs made them 0777
+    under umask 000, and anyone could rename a msg.conf naming another store.owner into
+    config/).  Directories that exist are left as they are."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        make_dirs(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return
+    os.chmod(path, mode)
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:

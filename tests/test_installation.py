@@ -339,3 +339,28 @@ def test_an_archive_of_every_user_after_the_disk_comes_back(tmp_path):
     with open(tmp_path / "ok.ims", "rb") as f:
         users = sorted(m.user for m in ArchiveReader(f).members() if m.kind == "user")
     assert users == ["joe", "kim"]
+
+
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_the_installation_s_own_directories_are_not_writable_by_others_whatever_the_umask(tmp_path, driver):
+    """Under umask 000, msconfig and imsrestore made $IMS_HOME/config and $IMS_HOME/data
+    0777 (os.makedirs): anyone could rename a msg.conf naming another store.owner into
+    config/, and root's next restore gave the restored mail to that user.  They are
+    0755 (msg.conf 0644) whatever the umask, and nothing the commands make is
+    writable by group or others."""
+    import stat
+    home = tmp_path / "ims"
+    old = os.umask(0)
+    try:
+        run(home, "msconfig", "set", "store.driver", driver, check=0)
+        run(home, "mboxutil", "-c", "user/joe", check=0)
+        run(home, "imsdeliver", "joe", input=msg(1), check=0)
+        run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", check=0)
+        run(home, "imsrestore", "-f", tmp_path / "a.ims", check=0)
+    finally:
+        os.umask(old)
+    assert {d: oct(stat.S_IMODE(os.stat(home / d).st_mode)) for d in ("config", "data", "config/msg.conf")} \
+        == {"config": "0o755", "data": "0o755", "config/msg.conf": "0o644"}
+    writable = [os.path.join(r, n) for r, ds, fs in os.walk(home) for n in ds + fs
+                if not os.path.islink(os.path.join(r, n)) and os.lstat(os.path.join(r, n)).st_mode & 0o022]
+    assert writable == []

@@ -21,6 +21,8 @@ import struct
 import threading
 from typing import Iterator
 
+from asm.config import make_dirs
+
 LOCK_FILE = "restore.lock"             # in $IMS_HOME/data, beside the restore journal
 _files: dict[str, int] = {}            # path -> the one descriptor of this process
 _mutex = threading.Lock()
@@ -30,7 +32,7 @@ def _fd(path: str, owner=None) -> int:
     with _mutex:
         fd = _files.get(path)
         if fd is None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            make_dirs(os.path.dirname(path))       # $IMS_HOME/data: 0755 whatever the umask
             fd = _files[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             if owner and os.geteuid() == 0 and os.fstat(fd).st_uid != owner[0]:
                 os.fchown(fd, *owner)        # the store owner's restores take it too

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from asm import sqlitedb
 from asm.archive import names
+from asm.config import make_dirs
 from asm.errors import EXIT_LOCKED, EXIT_NOSPACE, EXIT_STORE, ImsError
 
 BUSY_MS = 30_000            # how long a statement waits for another restore's transaction
@@ -77,7 +78,7 @@ class Journal:
     @_journal_errors
     def __init__(self, path: str):
         self.path = path
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        make_dirs(os.path.dirname(path))           # $IMS_HOME/data: 0755 whatever the umask
         self.db = sqlitedb.connect(path, BUSY_MS / 1000, schema="""CREATE TABLE IF NOT EXISTS restored (
             user TEXT, folder TEXT, uidvalidity INTEGER, uidnext INTEGER,
             archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,

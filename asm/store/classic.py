@@ -30,6 +30,7 @@ import time
 from typing import BinaryIO, Iterable
 
 from asm import lazy, sqlitedb
+from asm.config import make_dirs
 from asm.errors import EXIT_STORE
 from asm.hookspecs import hookimpl
 from asm.locks import flock_wait, pid_alive
@@ -285,7 +286,7 @@ class ClassicStore(Store):
             # and the next delivery reuse their UIDs)
             self._check_lost(db_path)
             if create:
-                os.makedirs(os.path.dirname(os.path.abspath(self.root)), exist_ok=True)
+                make_dirs(os.path.dirname(os.path.abspath(self.root)))     # $IMS_HOME/data, whatever the umask
                 self._makedirs(os.path.join(self.root, "mboxlist"))    # the owner's (store.owner)
             else:
                 db_path = ":memory:"     # a command that only reads never makes a store

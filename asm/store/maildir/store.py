@@ -16,7 +16,7 @@ import threading
 import time
 from typing import BinaryIO, Iterable, Iterator
 
-from asm.config import Config
+from asm.config import Config, make_dirs
 from asm.lazy import module as _lazy_module
 from asm.locks import pid_alive
 from asm.store.base import (
@@ -1669,7 +1669,7 @@ class MaildirStore(Store):
             return self._create_layout_user(user, partition, uidvalidity, guid)
         part = self.partition_path(partition)
         self.check_partition(partition, writing=True)
-        os.makedirs(part, exist_ok=True)
+        make_dirs(part)                         # (0755 whatever the umask, as the partition docs say)
         owner = self._owner_for(part)
         home = os.path.join(part, user)
         if not os.path.isdir(home):
