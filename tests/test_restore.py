@@ -1090,3 +1090,68 @@ def test_a_restore_that_cannot_keep_an_internaldate_names_the_message(tmp_path):
             assert (f"/primary/joe/INBOX: message {uid}: its INTERNALDATE {day} could not be kept: "
                     f"the store holds ") in p.stderr, p.stderr
         assert "message 3" not in p.stderr
+
+
+def _held(store, user, folder) -> list:
+    """(bytes, flags, keywords) of each message of a folder, sorted: what a client has,
+    copies counted."""
+    out = []
+    for m in store.messages(user, folder):
+        with open(m.path, "rb") as f:
+            out.append((f.read(), tuple(sorted(m.flags)), tuple(sorted(m.keywords))))
+    return sorted(out)
+
+
+def _by_uid(store) -> dict:
+    out = {}
+    for m in store.messages("joe", "INBOX"):
+        with open(m.path, "rb") as f:
+            out[m.uid] = (f.read(), sorted(m.flags))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_restore_brings_back_each_expunged_copy_of_a_message_held_more_than_once(
+        store, ims_home, tmp_path, seed):
+    """A folder holds some messages several times (same bytes, 0-byte ones too), each copy
+    with flags of its own; some copies are expunged, a full restore into the live folder
+    (and a chain of a full and an incremental in one command) brings back exactly those:
+    each message there stands for one archived message, the one at its own UID first.
+    (Archived UID 1 was taken for the copy at UID 2, which archived UID 2 then matched too:
+    imsrestore exited 0 having restored nothing.)"""
+    import random
+    rnd = random.Random(seed)
+    pool = [b"", msg(1), msg(2, 10)]
+    flag_sets = [[], ["\\Flagged"], ["\\Seen"], ["\\Seen", "\\Answered"]]
+
+    def add(n):
+        for _ in range(n):
+            put_bytes = rnd.choice(pool)
+            if not store.exists("joe"):
+                store.create_user("joe")
+            store.append("joe", "INBOX", io.BytesIO(put_bytes), flags=rnd.choice(flag_sets),
+                         keywords=rnd.choice([[], ["$Label1"]]), internaldate=1e9 + rnd.randrange(1000))
+
+    add(rnd.randrange(3, 8))
+    full = backup(ims_home, tmp_path / "full.ims")
+    archived = _held(store, "joe", "INBOX")
+    uids = [m.uid for m in store.messages("joe", "INBOX")]
+    gone = rnd.sample(uids, rnd.randrange(1, len(uids)))
+    survivors = {u: v for u, v in _by_uid(store).items() if u not in gone}
+    store.expunge("joe", "INBOX", gone)
+    run(ims_home, "imsrestore", "-f", full, check=0)
+    assert _held(store, "joe", "INBOX") == archived, f"expunged UIDs {gone} of {uids}"
+    after = _by_uid(store)
+    assert {u: after.get(u) for u in survivors} == survivors    # the copies still there kept their UIDs
+    run(ims_home, "imsrestore", "-f", full, check=0)         # run again: nothing changes
+    assert _held(store, "joe", "INBOX") == archived
+
+    # a chain: more copies arrive, an incremental takes them; copies of both are expunged
+    add(rnd.randrange(1, 5))
+    incr = tmp_path / "incr.ims"
+    run(ims_home, "imsbackup", "-f", incr, "--base", full, "/", check=0)
+    archived = _held(store, "joe", "INBOX")
+    uids = [m.uid for m in store.messages("joe", "INBOX")]
+    store.expunge("joe", "INBOX", rnd.sample(uids, rnd.randrange(1, len(uids))))
+    run(ims_home, "imsrestore", "-f", full, "-f", incr, check=0)
+    assert _held(store, "joe", "INBOX") == archived

@@ -135,6 +135,20 @@ class Applier:
         who = self._claims_of(plan).get(c.uid)
         return who is None or (m.uid is not None and who == (plan.archive_uidvalidity, m.uid))
 
+    def _takes(self, plan: FolderPlan, c, m) -> bool:
+        """Whether ``c`` may be taken for archived message ``m`` it is not at the UID of:
+        free (:meth:`_free`), and, in the archive's UIDVALIDITY, at no UID of the
+        archive (nor of the chain's end): a message there is the archived message of its
+        own UID, which the same-UID match gives it, never a copy of another one with the
+        same bytes (a folder that held a message twice, one copy expunged, would get
+        nothing back: archived UID 1 taken for the copy at UID 2, which archived UID 2
+        then is too)."""
+        if not self._free(plan, c, m):
+            return False
+        if not plan.same or c.uid == m.uid:
+            return True
+        return c.uid not in plan.archive_uids and (plan.final_uids is None or c.uid not in plan.final_uids)
+
     def _claim(self, plan: FolderPlan, uid: int, m) -> None:
         if m.uid is not None:
             self._claims_of(plan)[uid] = (plan.archive_uidvalidity, m.uid)
@@ -152,7 +166,9 @@ class Applier:
         In the same UIDVALIDITY the UID is the identity: a message at the archived UID
         with the same bytes is it; an archived UID at or above UIDNEXT is new (the next
         link of a chain, or the rest of an interrupted restore) even when another
-        message has the same bytes.  Otherwise any message with the same bytes is it.
+        message has the same bytes.  Otherwise any message with the same bytes is it,
+        except one at another UID of the archive (or of the chain's end), which is that
+        UID's archived message (:meth:`_takes`): one live message per archived one.
         A folder this archive's restore created is checked by UID alone when the
         restore resumes (even with -i), and not at all the first time.  With -i
         nothing else is checked, except what a run of this same command cut short
@@ -162,7 +178,8 @@ class Applier:
         if (plan.mode == "exact" or self.opts.ignore_duplicates) and not plan.resumed:
             return None
         same_uid = plan.by_uid.get(m.uid) if plan.same else None
-        if same_uid is not None and same_uid.size == m.size and self._same_bytes(plan, same_uid, m.sha256):
+        if same_uid is not None and same_uid.size == m.size and self._free(plan, same_uid, m) \
+                and self._same_bytes(plan, same_uid, m.sha256):
             return same_uid
         if self.fills(plan, m):
             # its UID was left free for it; it may be here only as a copy a run cut short
@@ -178,15 +195,19 @@ class Applier:
         if plan.same and same_uid is None and m.uid >= plan.uidnext:
             return None
         for c in plan.existing.get(m.size, []):
-            if self._free(plan, c, m) and self._same_bytes(plan, c, m.sha256):
+            if self._takes(plan, c, m) and self._same_bytes(plan, c, m.sha256):
                 return c
         return None
 
     def _own(self, plan: FolderPlan, m) -> object | None:
         """-i: the message a run of this command cut short stored here already (at or
         above the UID it began at), or None."""
+        same_uid = plan.by_uid.get(m.uid) if plan.same else None
+        if same_uid is not None and same_uid.uid >= plan.own_from and same_uid.size == m.size \
+                and self._free(plan, same_uid, m) and self._same_bytes(plan, same_uid, m.sha256):
+            return same_uid
         for c in plan.existing.get(m.size, []):
-            if c.uid >= plan.own_from and self._free(plan, c, m) and self._same_bytes(plan, c, m.sha256):
+            if c.uid >= plan.own_from and self._takes(plan, c, m) and self._same_bytes(plan, c, m.sha256):
                 return c
         return None
 
