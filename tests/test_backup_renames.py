@@ -115,8 +115,8 @@ def test_a_uid_no_listing_found_while_the_folder_changed_at_every_read_is_named(
     hidden = os.path.basename(store.message("alice", "INBOX", 3).path).partition(":")[0]
     real = ms.list_messages
 
-    def unsettled(d, before=None):
-        files, whole = real(d, before)
+    def unsettled(d, before=None, clashes=None):
+        files, whole = real(d, before, clashes)
         assert whole
         return {b: v for b, v in files.items() if b != hidden}, False
     monkeypatch.setattr(ms, "list_messages", unsettled)
@@ -125,7 +125,7 @@ def test_a_uid_no_listing_found_while_the_folder_changed_at_every_read_is_named(
     assert len(snap.warnings) == 1 and "1 messages (UIDs 3) were not found" in snap.warnings[0]
 
     # the same listing, but the folder held still at the last read: UID 3 was expunged
-    monkeypatch.setattr(ms, "list_messages", lambda d, before=None: (unsettled(d, before)[0], True))
+    monkeypatch.setattr(ms, "list_messages", lambda d, before=None, clashes=None: (unsettled(d, before, clashes)[0], True))
     snap = store.snapshot("alice", "INBOX")
     assert [m.uid for m in snap.messages] == [1, 2, 4, 5] and snap.warnings == []
 

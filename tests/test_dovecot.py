@@ -269,3 +269,33 @@ def test_driver_and_dovecot_share_dovecot_uidvalidity(dovecot, tmp_path):  # noq
     v2 = s.create_folder("alice", "Work").uidvalidity
     assert v2 > v_new
     assert "Error" not in dovecot.log() and "Panic" not in dovecot.log(), dovecot.log()
+
+
+def test_two_files_with_one_base_name_are_two_messages_dovecot_agrees_with(dovecot, tmp_path):  # noqa: F811
+    """new/B beside cur/B:2,S and cur/C:2,S beside cur/C:2,F, each another message: the
+    backup gives the second of each pair a base name and a UID of its own (as Dovecot's
+    maildir_fix_duplicate does) and archives all five; Dovecot serving the store then has
+    the same five messages under the same UIDs, with the same flags."""
+    import os
+
+    from tests.helpers import run
+    from tests.test_maildir import archived_messages
+    home = tmp_path / "ims"
+    s = MaildirStore(maildir_config(str(home), dovecot.store))
+    s.create_user("fred")
+    dovecot.add_user("fred")
+    s.append("fred", "INBOX", io.BytesIO(body(1)), flags=["\\Seen"])
+    r = os.path.join(dovecot.store, "fred", "Maildir")
+    for name, n in (("new/1700000000.M1P1.mda", 2), ("cur/1700000000.M1P1.mda:2,S", 3),
+                    ("cur/1700000100.M2P2.mda:2,S", 4), ("cur/1700000100.M2P2.mda:2,F", 5)):
+        with open(os.path.join(r, name), "wb") as f:
+            f.write(body(n))
+    dovecot.fix_owner()
+    run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", check=0)
+    got = archived_messages(tmp_path / "a.ims")[("fred", "INBOX")]
+    assert sorted(data for data, _ in got.values()) == sorted(body(n) for n in range(1, 6))
+    c = dovecot.imap("fred")
+    seen = imap_folder(c, "INBOX")["messages"]
+    c.logout()
+    assert {uid: (data.replace(b"\r\n", b"\n"), flags) for uid, (flags, _d, data) in seen.items()} == \
+        {uid: (data.replace(b"\r\n", b"\n"), flags) for uid, (data, flags) in got.items()}

@@ -755,3 +755,63 @@ def test_a_run_killed_before_any_chown_leaves_nothing_to_root_after_the_rerun(tm
                        if os.lstat(os.path.join(d, n)).st_uid != 65534 and not n.endswith(".lock")]
         assert rootly == [], (k, rootly)
         assert sorted(s.folder_names("bob")) == ["Deep/er", "Empty", "INBOX", "Réunions", "Work", "Work/2024"]
+
+
+def archived_messages(path) -> dict:
+    """{(user, folder): {uid: (bytes, flags)}} of an archive's messages (links too)."""
+    from asm.archive.reader import ArchiveReader
+    out: dict = {}
+    by_name: dict = {}
+    with open(path, "rb") as f:
+        for m in ArchiveReader(f):
+            if m.kind not in ("message", "link"):
+                continue
+            if m.kind == "message":
+                with m.open() as src:
+                    data = by_name[m.name] = src.read()
+            else:
+                data = by_name[m.linkname]
+            out.setdefault((m.user, m.folder), {})[m.uid] = (data, frozenset(m.flags))
+    return out
+
+
+def test_two_message_files_with_one_base_name_are_both_backed_up(tmp_path):
+    """Two files of a Maildir with one base name (new/B and cur/B:2,S; cur/C:2,S and
+    cur/C:2,F), each another message: the backup listed files by base name, the later
+    one won, and imsbackup exited 0 with 3 of 5 messages archived.  As Dovecot does
+    (maildir_fix_duplicate), the second gets a base name and a UID of its own; the
+    archive holds all five, each with its flags, and the store says the same UIDs.  Two
+    hard links of one file under one base name are one message."""
+    from tests.helpers import make_home, run
+    home = tmp_path / "ims"
+    s = MaildirStore(make_home(home, "maildir"))
+    s.create_user("joe")
+    s.append("joe", "INBOX", io.BytesIO(b"Subject: normal\r\n\r\n1\r\n"), flags=["\\Seen"])
+    r = root(s, "joe")
+    c1, c2 = b"Subject: C one\r\n\r\n1\r\n", b"Subject: C two\r\n\r\n2\r\n"
+    assert len(c1) == len(c2) == 21
+    files = {
+        "new/1700000000.M1P1.host": (b"Subject: B new\r\n\r\nnew\r\n", frozenset()),
+        "cur/1700000000.M1P1.host:2,S": (b"Subject: B cur\r\n\r\ncur\r\n", frozenset({"\\Seen"})),
+        "cur/1700000100.M2P2.host,S=21:2,S": (c1, frozenset({"\\Seen"})),
+        "cur/1700000100.M2P2.host,S=21:2,F": (c2, frozenset({"\\Flagged"})),
+        "cur/1700000200.M3P3.host:2,S": (b"Subject: D\r\n\r\nlinked\r\n", frozenset({"\\Seen"})),
+    }
+    for name, (data, _flags) in files.items():
+        with open(os.path.join(r, name), "wb") as f:
+            f.write(data)
+    os.link(os.path.join(r, "cur/1700000200.M3P3.host:2,S"), os.path.join(r, "cur/1700000200.M3P3.host:2,ST"))
+    want = sorted([(b"Subject: normal\r\n\r\n1\r\n", frozenset({"\\Seen"}))] + list(files.values()))
+    p = run(home, "imsbackup", "-f", tmp_path / "a.ims", "/", check=0, text=True)
+    assert p.stderr == ""
+    got = archived_messages(tmp_path / "a.ims")[("joe", "INBOX")]
+    assert sorted(got.values()) == want                 # 6 messages, none lost
+    # the store (and Dovecot, which reads the same uidlist and names) agrees on the UIDs
+    store = {m.uid: (open(m.path, "rb").read(), frozenset(m.flags)) for m in s.messages("joe", "INBOX")}
+    assert store == got
+    bases = [n.partition(":")[0] for sub in ("new", "cur") for n in os.listdir(os.path.join(r, sub))]
+    assert len(bases) == 7 and len(set(bases)) == 6     # only the hard link shares a name
+    assert sum(b.endswith(",S=21") for b in bases) == 2     # the new name keeps S=
+    p = run(home, "imsbackup", "-f", tmp_path / "b.ims", "/", check=0, text=True)   # and stays so
+    assert archived_messages(tmp_path / "b.ims")[("joe", "INBOX")] == got
+

@@ -279,10 +279,17 @@ def _dir_parts(dirs) -> list:
     return out
 
 
-def list_messages(d: str, before: list | None = None) -> tuple[dict, bool]:
+def list_messages(d: str, before: list | None = None, clashes: list | None = None) -> tuple[dict, bool]:
     """(base -> (subdir, file name) for every message file in new/ and cur/ of the
     Maildir ``d``, whether that listing is whole).  cur/ wins when a name is in both: a
-    file only moves from new/ to cur/, and new/ is read first.
+    file only moves from new/ to cur/, and new/ is read first; in one directory the
+    smallest name wins.
+
+    Two files of one read with one base name (``new/B`` and ``cur/B:2,S``, ``cur/C:2,S``
+    and ``cur/C:2,F``) may be two messages (Dovecot's maildir_fix_duplicate gives the
+    second a base name of its own), or one file renamed while it was read, or two hard
+    links of one: the names that lost go to ``clashes`` (subdir, file name), for the
+    caller to tell (MaildirStore._fix_duplicates), never dropped unsaid.
 
     readdir() may miss a file that is renamed while the directory is read, and a client
     renames one at every flag change.  So a directory that changed while it was read
@@ -304,7 +311,15 @@ def list_messages(d: str, before: list | None = None) -> tuple[dict, bool]:
                 continue
             for fname in names:
                 if fname[:1] != ".":
-                    one[fname.partition(":")[0]] = (sub, fname)
+                    base = fname.partition(":")[0]
+                    had = one.get(base)
+                    one[base] = (sub, fname)
+                    if had is not None:
+                        # two names, one base: the one kept is cur/'s, then the smallest
+                        if had[0] == sub and had[1] < fname:
+                            one[base], had = had, (sub, fname)
+                        if clashes is not None:
+                            clashes.append(had)
         files.update(one)
         after = _dir_parts(dirs)
         if after == before:
@@ -1277,8 +1292,59 @@ class MaildirStore(Store):
     # ------------------------------------------------------------------ scanning
     def _scan(self, st: _State) -> dict:
         """base -> (subdir, file name) for every message file in cur/ and new/."""
-        st.files, st.whole = list_messages(st.dir)
+        clashes: list = []
+        st.files, st.whole = list_messages(st.dir, clashes=clashes)
+        if clashes:
+            self._fix_duplicates(st, clashes)
         return st.files
+
+    def _fix_duplicates(self, st: _State, clashes: list) -> None:
+        """Files whose base name a file kept in ``st.files`` has too (list_messages), as
+        Dovecot's maildir_fix_duplicate (maildir-sync.c) treats them: one gone since
+        was renamed while the folder was read, one that is the same inode is a hard
+        link of the same message; any other is a message of its own and is renamed to a
+        new base name (its S= and W= sizes, its flags and its subdirectory kept), under
+        which _assign_uids gives it a UID at UIDNEXT, as a file Dovecot has not seen
+        yet: the backup takes both, and Dovecot, reading the folder next, has both
+        under the same UIDs (it would rename the one it met second the same way).
+        A name that cannot be changed (a store read-only for us) is a StoreError
+        naming the two files: the folder is not backed up rather than one dropped."""
+        done = set()
+        for sub, fname in clashes:
+            if (sub, fname) in done:
+                continue
+            done.add((sub, fname))
+            base, sep, info = fname.partition(":")
+            kept = st.files.get(base)
+            if kept is None or kept == (sub, fname):
+                continue
+            path = os.path.join(st.dir, sub, fname)
+            try:
+                dup = os.lstat(path)
+            except FileNotFoundError:
+                continue                        # renamed while the folder was read
+            try:
+                one = os.lstat(os.path.join(st.dir, *kept))
+            except FileNotFoundError:
+                st.files[base] = (sub, fname)   # the kept name was the one renamed away
+                continue
+            if (one.st_dev, one.st_ino) == (dup.st_dev, dup.st_ino):
+                continue                        # two links of one file: one message
+            stored = stored_from_name(base)
+            sizes = "".join(m.group(0) for m in (SIZE_RE.search(base), _VSIZE_RE.search(base)) if m)
+            new_base = self._new_base(stored if stored is not None else dup.st_ctime) + sizes
+            new = new_base + sep + info
+            try:
+                os.rename(path, os.path.join(st.dir, sub, new))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreError(
+                    f"{path}: a second message file with the base name of {os.path.join(st.dir, *kept)} "
+                    f"(two messages, one name: Dovecot renames one) could not be given a name of its own "
+                    f"({exc.strerror}): run this as a user that may write the folder, or rename it to a "
+                    f"new unique name yourself") from None
+            st.files[new_base] = (sub, new)
 
     def _assign_uids(self, st: _State) -> None:
         """Give files Dovecot has not seen yet UIDs at UIDNEXT (as Dovecot would)."""
@@ -1472,10 +1538,11 @@ class MaildirStore(Store):
             for n in os.listdir(os.path.join(d, "tmp")):
                 if _OUR_BASE.match(n):
                     return None              # maybe a killed writer of ours: _recover
-            files, whole = list_messages(d, before=[fp[2], fp[1]])
+            clashes: list = []
+            files, whole = list_messages(d, before=[fp[2], fp[1]], clashes=clashes)
             by_base = ul.by_base()
-            if any(b not in by_base for b in files):
-                return None
+            if clashes or any(b not in by_base for b in files):
+                return None                  # (two files with one name: _fix_duplicates)
             st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=ul.uidnext,
                         files=files, bases=by_base)
             st.whole = whole
