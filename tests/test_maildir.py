@@ -815,3 +815,48 @@ def test_two_message_files_with_one_base_name_are_both_backed_up(tmp_path):
     p = run(home, "imsbackup", "-f", tmp_path / "b.ims", "/", check=0, text=True)   # and stays so
     assert archived_messages(tmp_path / "b.ims")[("joe", "INBOX")] == got
 
+
+@pytest.mark.parametrize("brk", ["\n", "\r", "\r\n"])
+def test_a_file_name_with_a_line_break_is_named_and_never_written_into_the_uidlist(tmp_path, brk):
+    """A message file whose name holds a line break: the backup gave it a UID and wrote
+    the name into dovecot-uidlist as it was, a record split over two lines ('5 '), then
+    exited 0; every later backup failed the folder ("bad line '5 '", exit 1).  It is
+    named (exit 1: rename it), never recorded; the uidlist stays good, the other
+    messages are backed up, and once renamed it is backed up too."""
+    from asm.store.maildir.uidlist import read_uidlist
+    from tests.helpers import make_home, run
+    home = tmp_path / "ims"
+    s = MaildirStore(make_home(home, "maildir"))
+    s.create_user("joe")
+    for n in range(2):
+        s.append("joe", "INBOX", io.BytesIO(b"Subject: %d\r\n\r\nok\r\n" % n))
+    r = root(s, "joe")
+    with open(os.path.join(r, "dovecot-uidlist"), "rb") as f:
+        before = f.read()
+    bad = os.path.join(r, "cur", f"1700000000.M1P1.h{brk}x:2,S")
+    with open(bad, "wb") as f:
+        f.write(b"Subject: odd name\r\n\r\nodd\r\n")
+    for archive in ("a.ims", "b.ims"):          # the next backup is no worse
+        p = run(home, "imsbackup", "-f", tmp_path / archive, "/", check=1, text=True)
+        assert "/primary/joe/INBOX" in p.stderr and repr(bad) in p.stderr and "rename it" in p.stderr
+        assert "bad line" not in p.stderr
+        got = archived_messages(tmp_path / archive)[("joe", "INBOX")]
+        assert sorted(got) == [1, 2]
+        with open(os.path.join(r, "dovecot-uidlist"), "rb") as f:
+            assert f.read() == before               # nothing of it written there
+    os.rename(bad, os.path.join(r, "cur", "1700000000.M1P1.hx:2,S"))
+    run(home, "imsbackup", "-f", tmp_path / "c.ims", "/", check=0)
+    got = archived_messages(tmp_path / "c.ims")[("joe", "INBOX")]
+    assert got[3] == (b"Subject: odd name\r\n\r\nodd\r\n", frozenset({"\\Seen"}))
+    assert sorted(read_uidlist(r).records) == [1, 2, 3]
+
+
+def test_the_uidlist_is_read_in_lines_ended_by_newline_only(tmp_path):
+    """A carriage return inside a record's name (Dovecot writes a name as it is) is part
+    of the name, not the end of a line: the reader took it for one ("bad line")."""
+    from asm.store.maildir.uidlist import read_uidlist, read_uidlist_header
+    with open(tmp_path / "dovecot-uidlist", "wb") as f:
+        f.write(b"3 V7 N3 Gabc\n1 :a\rb\n2 G1 :c\rd\n")
+    ul = read_uidlist(str(tmp_path))
+    assert ul.records == {1: ("", "a\rb"), 2: ("G1", "c\rd")} and ul.uidnext == 3
+    assert read_uidlist_header(str(tmp_path)).uidnext == 3

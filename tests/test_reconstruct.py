@@ -565,3 +565,27 @@ def test_indexes_older_than_the_messages(tmp_path, driver, seed):
         by_folder = lambda fp: sorted((k[0], k[1], v) for k, v in messages_only(fp).items())  # noqa: E731
         assert by_folder(got) == by_folder(want)
     assert got["links"] == want["links"] or driver == "maildir"
+
+
+def test_a_message_file_name_with_a_line_break_is_named_not_written_into_the_uidlist(tmp_path):
+    """reconstruct gives a message file no dovecot-uidlist record names a UID: one whose
+    name holds a line break split its record over two lines, and the rebuilt uidlist
+    could not be read again.  It is named (rename it), the uidlist stays readable."""
+    from asm.store.maildir.uidlist import read_uidlist
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, "maildir"))
+    store.create_user("joe")
+    for n in range(1, 3):
+        store.append("joe", "INBOX", io.BytesIO(msg(n)), flags=["\\Seen"])
+    d = os.path.dirname(os.path.dirname(store.messages("joe", "INBOX")[0].path))
+    bad = os.path.join(d, "cur", "1700000000.M1P1.h\nx:2,S")
+    with open(bad, "wb") as f:
+        f.write(msg(3))
+    p = run(home, "reconstruct", "/primary/joe", check=EXIT_PARTIAL)
+    said = "\n".join(lines(p))
+    assert repr(bad) in said and "rename it" in said
+    assert sorted(read_uidlist(d).records) == [1, 2]
+    assert [m.uid for m in fresh(home).messages("joe", "INBOX")] == [1, 2]
+    os.rename(bad, os.path.join(d, "cur", "1700000000.M1P1.hx:2,S"))
+    run(home, "reconstruct", "/primary/joe", check=0)                    # a new UID above UIDNEXT
+    assert [m.uid for m in fresh(home).messages("joe", "INBOX")] == [1, 2, 3]

@@ -36,6 +36,7 @@ from asm.reconstruct.knowledge import Knowledge
 from asm.store.base import check_folder_name, compression_of, path_sha256, write_all
 from asm.store.maildir.names import SIZE_RE
 from asm.store.maildir.store import BASE_OK, record_fields, sizes_match
+from asm.store.maildir.uidlist import open_uidlist
 from asm.store.maildir import (
     INDEX_FILES, KEYWORDS, LIST_INDEX_FILES, LOCK_SUFFIX, SUBSCRIPTIONS, UIDLIST, MaildirStore, Uidlist,
     level_to_disk, split_name, stored_from_name,
@@ -78,7 +79,7 @@ class _Parsed:
         self.bad_lines = 0
         self.mtime = 0.0
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            with open_uidlist(path) as f:
                 text = f.read()
             self.mtime = os.stat(path).st_mtime
         except FileNotFoundError:
@@ -285,6 +286,12 @@ class MaildirReconstructor:
                     self.report.add(UNKNOWN, mb, f"{e.path} is not a regular file; left alone (a backup names it)")
                     continue
                 base = split_name(e.name)[0]
+                if not Uidlist.can_hold(base):
+                    self.report.add(UNKNOWN, mb, f"{e.path!r}: the message file's name holds a line break, "
+                                                 f"which dovecot-uidlist (one line per message) cannot hold: "
+                                                 f"it has no UID; rename it to a name without one and run "
+                                                 f"reconstruct again")
+                    continue
                 if base in files:
                     self.report.add(NOTE, mb, f"{base} is in both new/ and cur/; the one in cur/ is read")
                 files[base] = (sub, e.name)

@@ -32,7 +32,9 @@ from asm.store.maildir.names import (
     KEYWORDS, SIZE_RE, dovecot_trashed, folder_dirname, folder_from_dirname, split_name, stored_from_name,
 )
 from asm.store.maildir.subscriptions import SUBSCRIPTIONS
-from asm.store.maildir.uidlist import UIDLIST, Uidlist, guid_of, pop3_of, read_uidlist, read_uidlist_header
+from asm.store.maildir.uidlist import (
+    UIDLIST, Uidlist, guid_of, open_uidlist, pop3_of, read_uidlist, read_uidlist_header,
+)
 
 layout_mod = _lazy_module("asm.store.layout")     # only a store.mail_location needs it (startup time)
 shutil = _lazy_module("shutil")                    # removing trees, copying files (startup time)
@@ -362,6 +364,7 @@ class _State:
         self.whole = True                   # files: False when new/ or cur/ changed at
                                             # every read of list_messages()
         self.unseen: list = []              # UIDs a snapshot did not find in an unwhole listing
+        self.unrecordable: list = []        # files no uidlist record can name (_assign_uids)
         self.mail_changed = False           # a message file added or removed (maildirsize)
 
     def top_uid(self) -> int:
@@ -1350,6 +1353,11 @@ class MaildirStore(Store):
         """Give files Dovecot has not seen yet UIDs at UIDNEXT (as Dovecot would)."""
         by_base = st.uidlist.by_base()
         new = [b for b in st.files if b not in by_base]
+        st.unrecordable = [os.path.join(st.dir, *st.files[b]) for b in new if not Uidlist.can_hold(b)]
+        if st.unrecordable:
+            # a name with a line break would split its record over two lines, and the
+            # uidlist could not be read again (by Dovecot either): no UID, named instead
+            new = [b for b in new if Uidlist.can_hold(b)]
         if new:
             def order(b: str):
                 t = stored_from_name(b)
@@ -1531,7 +1539,7 @@ class MaildirStore(Store):
             seen = time.time()
             fp = _fingerprint_stats(d, ctl)  # before anything is read: a change after it shows
             before = fp[0]
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            with open_uidlist(path) as f:
                 ul = Uidlist.parse(f.read(), path)
             if ul.torn:
                 return None
@@ -1646,6 +1654,11 @@ class MaildirStore(Store):
         return msgs
 
     def _unseen_warning(self, st: _State, snap: FolderSnapshot) -> None:
+        for path in st.unrecordable:
+            snap.warnings.append(
+                f"{path!r}: the message file's name holds a line break, which dovecot-uidlist (one "
+                f"line per message) cannot hold: it has no UID and is not in this archive; rename "
+                f"it to a name without one (Dovecot cannot keep it either), and back up again")
         if st.unseen:
             some = " ".join(str(u) for u in st.unseen[:10]) + (" ..." if len(st.unseen) > 10 else "")
             snap.warnings.append(

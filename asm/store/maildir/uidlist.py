@@ -108,6 +108,12 @@ class Uidlist:
         return ul
 
     @staticmethod
+    def can_hold(base: str) -> bool:
+        """Whether a record can name ``base``: not with a line break in it (a record is
+        one line; Dovecot's reader also takes a '\r' before the '\n' off its end)."""
+        return "\n" not in base and "\r" not in base
+
+    @staticmethod
     def record_line(uid: int, ext: str, base: str) -> str:
         return f"{uid} {ext} :{base}\n" if ext else f"{uid} :{base}\n"
 
@@ -123,10 +129,16 @@ class Uidlist:
         return {base: uid for uid, (_, base) in self.records.items()}
 
 
+def open_uidlist(path: str):
+    """The file as text in lines ended by '\n' alone (Dovecot's): a '\r' is part of a
+    record's name, never the end of a line (no universal newlines)."""
+    return open(path, encoding="utf-8", errors="surrogateescape", newline="\n")
+
+
 def read_uidlist(folder_dir: str) -> Uidlist | None:
     path = os.path.join(folder_dir, UIDLIST)
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open_uidlist(path) as f:
             return Uidlist.parse(f.read(), path)
     except FileNotFoundError:
         return None
@@ -136,7 +148,7 @@ def read_uidlist_header(folder_dir: str) -> Uidlist | None:
     """Only the header line (cheap); uidnext may be low if lines were appended."""
     path = os.path.join(folder_dir, UIDLIST)
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open_uidlist(path) as f:
             first = f.readline()
             rest = f.read()
     except FileNotFoundError:
