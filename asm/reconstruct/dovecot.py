@@ -120,21 +120,26 @@ class Dovecot:
         view.files = tuple(seen)
         return view
 
-    def _index_snapshot(self, path: str) -> tuple[list, dict] | None:
-        """The keywords ``dovecot.index`` holds: (its names, in its order: the order the
-        folder first used them; {uid: names set} from each record's keyword bitmap), or
-        None when it cannot be read or has no keyword list."""
+    def _dump(self, path: str) -> str | None:
+        """``doveadm dump`` of an index file or transaction log, or None when it fails."""
         try:
             p = subprocess.run([self.doveadm, "dump", path], capture_output=True, text=True,
                                errors="replace", timeout=120, cwd="/", env={"PATH": "/usr/bin:/bin"})
         except (OSError, subprocess.TimeoutExpired):
             return None
-        if p.returncode != 0:
+        return p.stdout if p.returncode == 0 else None
+
+    def _index_snapshot(self, path: str) -> tuple[list, dict] | None:
+        """The keywords ``dovecot.index`` holds: (its names, in its order: the order the
+        folder first used them; {uid: names set} from each record's keyword bitmap), or
+        None when it cannot be read or has no keyword list."""
+        out = self._dump(path)
+        if out is None:
             return None
         names: dict = {}
         per_uid: dict = {}
         section = uid = None
-        for line in p.stdout.splitlines():
+        for line in out.splitlines():
             if line.startswith("-- "):
                 section, uid = line.strip("- "), None
                 continue
@@ -187,15 +192,11 @@ class Dovecot:
             path = os.path.join(folder_dir, name)
             if not os.path.exists(path):
                 continue
-            try:
-                p = subprocess.run([self.doveadm, "dump", path], capture_output=True, text=True,
-                                   errors="replace", timeout=120, cwd="/", env={"PATH": "/usr/bin:/bin"})
-            except (OSError, subprocess.TimeoutExpired):
-                return None
-            if p.returncode != 0:
+            out = self._dump(path)
+            if out is None:
                 return None
             found = True
-            lines = p.stdout.splitlines()
+            lines = out.splitlines()
             for n, line in enumerate(lines):
                 kind = _KW_RECORD.search(line)
                 if not kind:
