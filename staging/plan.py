@@ -21,7 +21,7 @@ BLOCK = 512
 # pax extended header + its records (two blocks once a message has its GUID record,
 # IMSASM.guid, and a Maildir message its base name, IMSASM.basename) + the ustar header
 MEMBER_OVERHEAD = 4 * BLOCK
-FOLDER_OVERHEAD = 3 * BLOCK
+FOLDER_OVERHEAD = 4 * BLOCK       # (two blocks of records with the mailbox GUID, IMSASM.mailbox_guid)
 USER_OVERHEAD = 3 * BLOCK
 ARCHIVE_OVERHEAD = 8 * BLOCK + 20 * BLOCK   # header and trailer members, end blocks, last record
 
