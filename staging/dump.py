@@ -56,9 +56,10 @@ def fsync_dir(directory: str) -> None:
 
 
 def remove_leftovers(directory: str) -> list[str]:
-    """Temporary files of dumps that did not finish (ours and imsbackup's)."""
+    """Temporary files of dumps that did not finish (ours and imsbackup's: its lock file
+    next to the dump's temporary name stays behind when it is killed outright)."""
     gone = []
-    for pattern in (".*.partial", ".*.list", ".*.report.json"):
+    for pattern in (".*.partial", ".*.partial.lock", ".*.list", ".*.report.json"):
         for p in glob.glob(os.path.join(glob.escape(directory), pattern)):
             try:
                 os.unlink(p)
