@@ -35,6 +35,22 @@ def configure(lab, home, location: str = "doveconf") -> None:
     run(home, "msconfig", "set", "store.mail_location", location, check=0)
 
 
+def _mail_and_a_stale_maildir(lab, flags) -> None:
+    """Each login gets mail over LMTP and IMAP where Dovecot serves it, and a stale
+    ~/Maildir tree (one old message) that a move or migration left behind."""
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+        with lab.imap(u) as c:
+            c.create("Work")
+            c.append("Work", message(f"work {u}"), flags)
+        old = os.path.join(lab.store, u, "Maildir")
+        for d in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(old, d), exist_ok=True)
+        with open(os.path.join(old, "cur", "1000000000.M1P1.old,S=20:2,S"), "wb") as f:
+            f.write(b"Subject: old\n\nstale\n")
+        lab.fix_owner(os.path.join(lab.store, u))
+
+
 def stored_files(lab, login: str) -> list[str]:
     return sorted(glob.glob(os.path.join(lab.store, login, "Maildir", "cur", "*"))
                   + glob.glob(os.path.join(lab.store, login, "Maildir", "new", "*")))
@@ -136,17 +152,7 @@ def test_the_inbox_namespace_location_is_the_one_backed_up(shaped_lab, tmp_path)
     for ims-asm: the backup reads that tree, a restore writes there.  (Before, the
     stale tree left at mail_location was archived, the real mail lost, exit 0.)"""
     lab = shaped_lab
-    for u in lab.logins:
-        lab.deliver([u], message(f"for {u}"))
-        with lab.imap(u) as c:
-            c.create("Work")
-            c.append("Work", message(f"work {u}"), [r"\Seen", "$Label1"])
-        old = os.path.join(lab.store, u, "Maildir")          # left behind by a move
-        for d in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(old, d), exist_ok=True)
-        with open(os.path.join(old, "cur", "1000000000.M1P1.old,S=20:2,S"), "wb") as f:
-            f.write(b"Subject: old\n\nstale\n")
-        lab.fix_owner(os.path.join(lab.store, u))
+    _mail_and_a_stale_maildir(lab, [r"\Seen", "$Label1"])
     assert lab.mailbox_path("alice").startswith(os.path.join(lab.store, "alice", "Mail2"))
     before = {u: lab.client_state(u) for u in lab.logins}
     home = tmp_path / "ims"
@@ -577,17 +583,7 @@ def test_a_static_userdb_mail_is_the_location_backed_up(shaped_lab, tmp_path):
     reads Mail2 and a restore writes there.  (Before, imsbackup exited 0 having archived
     the stale STORE/%u/Maildir tree a migration left behind and none of the served mail.)"""
     lab = shaped_lab
-    for u in lab.logins:
-        lab.deliver([u], message(f"for {u}"))
-        with lab.imap(u) as c:
-            c.create("Work")
-            c.append("Work", message(f"work {u}"), [r"\Seen"])
-        old = os.path.join(lab.store, u, "Maildir")          # left behind by a migration
-        for d in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(old, d), exist_ok=True)
-        with open(os.path.join(old, "cur", "1000000000.M1P1.old,S=20:2,S"), "wb") as f:
-            f.write(b"Subject: old\n\nstale\n")
-        lab.fix_owner(os.path.join(lab.store, u))
+    _mail_and_a_stale_maildir(lab, [r"\Seen"])
     assert lab.mailbox_path("alice").startswith(os.path.join(lab.store, "alice", "Mail2"))
     before = {u: lab.client_state(u) for u in lab.logins}
     home = tmp_path / "ims"
