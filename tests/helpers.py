@@ -21,6 +21,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from typing import NoReturn
 
@@ -418,3 +419,48 @@ def small_ext4(path, size: str = "16M"):
         subprocess.run(["umount", "-l", str(path)])
         with contextlib.suppress(OSError):
             os.unlink(img)
+
+
+def verify_inprocess(argv: list, home: str | None = None, stdin: bytes | None = None) -> tuple[int, str]:
+    """imsverify's main(argv) in this process: its exit status and stderr+stdout text."""
+    from asm import plugins
+    from asm.cli import imsverify
+    out, err = io.BytesIO(), io.BytesIO()
+    so = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    se = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
+    saved = sys.stdout, sys.stderr, sys.stdin
+    saved_home = os.environ.get("IMS_HOME")
+    feeder = None
+    if stdin is not None:
+        r, w = os.pipe()
+
+        def feed():
+            try:
+                with os.fdopen(w, "wb") as f:
+                    f.write(stdin)
+            except OSError:
+                pass
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        sin = io.TextIOWrapper(os.fdopen(r, "rb"))
+    else:
+        sin = open(os.devnull)
+    try:
+        if home is None:
+            os.environ.pop("IMS_HOME", None)
+        else:
+            os.environ["IMS_HOME"] = home
+        sys.stdout, sys.stderr, sys.stdin = so, se, sin
+        plugins.reset()
+        status = imsverify.main(argv)
+    finally:
+        sys.stdout, sys.stderr, sys.stdin = saved
+        if saved_home is None:
+            os.environ.pop("IMS_HOME", None)
+        else:
+            os.environ["IMS_HOME"] = saved_home
+        sin.close()
+        if feeder:
+            feeder.join(10)
+        plugins.reset()
+    return status, (err.getvalue() + out.getvalue()).decode("utf-8", "replace")

@@ -23,7 +23,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
 
@@ -35,55 +34,10 @@ from asm.config import Config
 from asm.errors import EXIT_DEVICE, EXIT_DIFFERS, EXIT_EMPTY, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_OK, EXIT_ORDER
 from asm.store import open_store
 from tests import archive_fuzz as af
-from tests.helpers import DRIVERS, change_mail, free_port, make_home, put, require, run, state
+from tests.helpers import DRIVERS, change_mail, free_port, make_home, put, require, run, state, verify_inprocess
 
 COUNT = int(os.environ.get("IMS_FUZZ_COUNT", "150"))
 SEED = int(os.environ.get("IMS_FUZZ_SEED", str(random.SystemRandom().randrange(1 << 30))))
-
-
-def verify_inprocess(argv: list, home: str | None = None, stdin: bytes | None = None) -> tuple[int, str]:
-    """imsverify's main(argv) in this process: its exit status and stderr+stdout text."""
-    from asm import plugins
-    from asm.cli import imsverify
-    out, err = io.BytesIO(), io.BytesIO()
-    so = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
-    se = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
-    saved = sys.stdout, sys.stderr, sys.stdin
-    saved_home = os.environ.get("IMS_HOME")
-    feeder = None
-    if stdin is not None:
-        r, w = os.pipe()
-
-        def feed():
-            try:
-                with os.fdopen(w, "wb") as f:
-                    f.write(stdin)
-            except OSError:
-                pass
-        feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
-        sin = io.TextIOWrapper(os.fdopen(r, "rb"))
-    else:
-        sin = open(os.devnull)
-    try:
-        if home is None:
-            os.environ.pop("IMS_HOME", None)
-        else:
-            os.environ["IMS_HOME"] = home
-        sys.stdout, sys.stderr, sys.stdin = so, se, sin
-        plugins.reset()
-        status = imsverify.main(argv)
-    finally:
-        sys.stdout, sys.stderr, sys.stdin = saved
-        if saved_home is None:
-            os.environ.pop("IMS_HOME", None)
-        else:
-            os.environ["IMS_HOME"] = saved_home
-        sin.close()
-        if feeder:
-            feeder.join(10)
-        plugins.reset()
-    return status, (err.getvalue() + out.getvalue()).decode("utf-8", "replace")
 
 
 # ------------------------------------------------------------------ damage, any offset, any seed
