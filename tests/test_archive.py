@@ -1283,3 +1283,103 @@ def test_a_folders_mailbox_guid_is_carried_and_checked():
         with pytest.raises(ValueError, match="mailbox_guid"):
             w.add_folder("primary", "joe", "INBOX", uidvalidity=7, uidnext=1, subscribed=True, uids=[],
                          mailbox_guid=bad)
+
+
+def _acl_archive(acls):
+    """An archive of joe's folders {name: ACL text or None}, one message each."""
+    w_raw = io.BytesIO()
+    w = ArchiveWriter(w_raw)
+    w.write_header({"driver": "maildir", "scope": ["/primary"]})
+    w.add_user("primary", "joe", "user")
+    for folder, acl in acls.items():
+        w.add_folder("primary", "joe", folder, uidvalidity=7, uidnext=2, subscribed=True, uids=[1], acl=acl)
+        w.add_message("primary", "joe", folder, uid=1, flags=(), keywords=(), internaldate=1700000000,
+                      stored=1700000000, src_file=io.BytesIO(msg_bytes(1)))
+    w.close()
+    return w_raw.getvalue()
+
+
+# what Dovecot's acl plugin writes (and an administrator may add) in a dovecot-acl file
+GOOD_ACLS = ["", "anyone l\nuser=bob lr\n", "-user=carol w\n", "owner lrwstipekxa\n",
+             "authenticated lr\ngroup=staff lrs :seen-only\ngroup-override=ops a\n",
+             "# shared with the team\n\nuser=renée@example.com lrwi\n", "user=bob lr"]
+BAD_ACLS = [b"anyone\n", b"user=bob lz\n", b"nobody lr\n", b"user= lr\n", b"user=bob  lr\n",
+            b"user=bob lr\r\n", b"user=b\x00b lr\n", b"user=bob\tlr\n", b"user=b\xffb lr\n",
+            b"user=\"bob\" lr\n", b" anyone l\n", b"anyone l\n\x1b[2J\n", b"user=bob lr :\n",
+            b"anyone l\n" * 1001, b"user=" + b"b" * 256 + b" l\n",
+            b"# " + b"x" * 65536 + b"\n"]
+
+
+def test_a_folders_acl_is_carried_and_checked():
+    """IMSASM.acl (a Dovecot folder's dovecot-acl text, "" for a folder without one):
+    written when the store tells it, read back byte for byte; absent (older archives,
+    the classic and dbox stores) it reads as None; a value that is not an ACL file --
+    garbage, control characters, bytes that are not UTF-8, a line that is no
+    "identifier rights", too long -- with every digest forged right, is damage of that
+    folder member (exit 4), whose messages are then not read; the writer refuses one;
+    random mutations of a good ACL are either still ACLs or refused so."""
+    from asm.archive import spec, values
+    from tests.archive_fuzz import emit, models
+    data = _acl_archive({"INBOX": GOOD_ACLS[1], "Work": None, "Empty": ""})
+    assert f"{spec.wire(spec.ACL)}=anyone l\nuser=bob lr\n\n".encode() in data
+    got = {m.folder: m.acl for m in ArchiveReader(io.BytesIO(data)).members() if m.kind == "folder"}
+    assert got == {"INBOX": GOOD_ACLS[1], "Work": None, "Empty": ""}
+    # GNU tar-compatible still: tarfile reads the value back too
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        inbox = next(m for m in t.getmembers() if m.name.endswith("/INBOX"))
+        assert inbox.pax_headers[spec.wire(spec.ACL)] == GOOD_ACLS[1]
+
+    def forged(value: bytes):
+        ms = models(data)
+        victim = next(m for m in ms if m.name.endswith(b"/INBOX/"))
+        victim.set(spec.ACL, value)
+        errors = []
+        read = [(m.kind, m.folder, m.acl) for m in
+                ArchiveReader(io.BytesIO(emit(ms))).members(on_error=errors.append) if m.kind != "user"]
+        return read, errors
+
+    for good in GOOD_ACLS:
+        read, errors = forged(good.encode())
+        assert errors == [] and read[0] == ("folder", "INBOX", good), (good, read, errors)
+        assert values.acl(good) == good
+    for bad in BAD_ACLS:
+        read, errors = forged(bad)
+        assert [(k, f) for k, f, _a in read] == [("folder", "Work"), ("message", "Work"),
+                                                 ("folder", "Empty"), ("message", "Empty")], (bad[:40], read)
+        assert errors and all(type(e) is CorruptMember for e in errors), (bad[:40], errors)
+        assert spec.ACL in str(errors[0]) and "INBOX" in str(errors[0]), errors[0]
+        assert "\n" not in str(errors[0]) and "\x1b" not in str(errors[0]), errors[0]
+        w = ArchiveWriter(io.BytesIO())
+        w.write_header({})
+        w.add_user("primary", "joe", "user")
+        with pytest.raises(ValueError, match="acl"):
+            w.add_folder("primary", "joe", "INBOX", uidvalidity=7, uidnext=1, subscribed=True, uids=[],
+                         acl=bad.decode("utf-8", "surrogateescape"))
+    # a little fuzz: bytes of a good ACL changed, inserted or deleted at random; the
+    # reader takes exactly the values the reader's own function takes, the rest is damage
+    rnd = random.Random(4314)
+    base = b"anyone l\nuser=bob lrs\n-user=carol w\ngroup=staff lr :named\n"
+    for _ in range(150):
+        v = bytearray(base)
+        for _k in range(rnd.randint(1, 3)):
+            at = rnd.randrange(len(v) + 1)
+            op = rnd.random()
+            b = rnd.choice([rnd.randrange(256), ord(" "), ord("\n"), ord("="), ord(":"), ord("-")])
+            if op < 0.4 and at < len(v):
+                v[at] = b
+            elif op < 0.7:
+                v.insert(at, b)
+            elif at < len(v):
+                del v[at]
+        text = bytes(v).decode("utf-8", "surrogateescape")
+        try:
+            ok = values.acl(text) == text
+        except ValueError:
+            ok = False
+        read, errors = forged(bytes(v))
+        if ok:
+            assert errors == [] and read[0] == ("folder", "INBOX", text), (bytes(v), errors)
+        else:
+            assert errors and all(type(e) is CorruptMember for e in errors) and read[0][1] == "Work", \
+                (bytes(v), read)
+            assert spec.ACL in str(errors[0]), errors[0]

@@ -25,7 +25,7 @@ class Member:
                  "internaldate", "stored", "nlink", "sha256", "size", "linkname", "group",
                  "uidvalidity", "uidnext", "subscribed", "uids", "state", "offset",
                  "header_offset", "mtime", "records", "digest", "guid", "basename", "pop3_uidl",
-                 "pop3_order", "mailbox_guid", "_reader")
+                 "pop3_order", "mailbox_guid", "acl", "_reader")
 
     def __init__(self, reader, kind, name):
         self._reader = reader
@@ -50,6 +50,7 @@ class Member:
         self.pop3_uidl = None            # message, link: its own POP3 UIDL
         self.pop3_order = None           # message, link: its POP3 order number
         self.mailbox_guid = None         # folder: its mailbox GUID (IMSASM.mailbox_guid), if archived
+        self.acl = None                  # folder: its ACL file's text (IMSASM.acl, "" for none), if archived
 
     def open(self):
         """Readable stream of the message bytes; the read that reaches the end
@@ -814,6 +815,7 @@ def _decode(m, recs, e):
         if state:
             m.state = FolderState.parse(state, m.uids)
         m.mailbox_guid = values.mailbox_guid(get(spec.MAILBOX_GUID))
+        m.acl = values.acl(get(spec.ACL))
         return
     uid = values.decimal(_need(recs, spec.UID), spec.UID_MIN, spec.UID_MAX, spec.UID)
     if uid != m.uid:

@@ -49,6 +49,9 @@ BASENAME = "IMSASM.basename"        # a Maildir message's file base name (POP3 U
 POP3_UIDL = "IMSASM.pop3_uidl"      # the message's own POP3 UIDL (dovecot-uidlist P), optional
 POP3_ORDER = "IMSASM.pop3_order"    # its POP3 order number (dovecot-uidlist O), optional
 MAILBOX_GUID = "IMSASM.mailbox_guid"  # a folder's mailbox GUID (dovecot-uidlist G), optional
+ACL = "IMSASM.acl"                  # a folder's access control list (Dovecot's dovecot-acl), optional
+ACL_MAX_BYTES = 65536               # IMSASM.acl: at most this many bytes (UTF-8) ...
+ACL_MAX_LINES = 1000                # ... and lines (a pax header holds at most 4,096 records' lines)
 DIGEST = "IMSASM.digest"            # version 2: the member's record digest, its last record
 
 

@@ -54,6 +54,46 @@ def mailbox_guid(text):
     return text
 
 
+# a folder's access control list as Dovecot's acl plugin keeps it in a vfile
+# (dovecot-acl): lines "[-]IDENTIFIER RIGHTS", where RIGHTS are IMAP ACL letters
+# (RFC 4314, and the obsolete c and d) and/or ":named" rights; blank lines and "#"
+# comments are allowed (Dovecot skips them)
+_ACL_ID = re.compile(r"-?(anyone|authenticated|owner|(user|group|group-override)=[^\s\x00-\x1f\x7f\"]{1,255})\Z")
+_ACL_RIGHT = re.compile(r"([lrwstipekxacd]+|:[A-Za-z0-9_.$-]{1,64})\Z")
+_ACL_COMMENT = re.compile(r"#[^\x00-\x08\x0a-\x1f\x7f]*\Z")
+
+
+def acl(text):
+    """IMSASM.acl: None when absent, else the text of a Dovecot ACL file ("" for a
+    folder without one), each line "[-]identifier rights" (docs/format.md 4.2)."""
+    if text is None:
+        return None
+    what = spec.ACL
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not UTF-8 text") from None
+    if size > spec.ACL_MAX_BYTES:
+        raise ValueError(f"{what} has {size} bytes, more than {spec.ACL_MAX_BYTES}")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()                      # the file's last newline
+    if len(lines) > spec.ACL_MAX_LINES:
+        raise ValueError(f"{what} has {len(lines)} lines, more than {spec.ACL_MAX_LINES}")
+    for n, line in enumerate(lines, 1):
+        if line == "" or _ACL_COMMENT.match(line):
+            continue
+        ident, _, rights = line.partition(" ")
+        if not _ACL_ID.match(ident):
+            raise ValueError(f"{what} line {n} {_short(line)} does not start with an ACL identifier "
+                             f"(anyone, authenticated, owner, user=NAME, group=NAME, group-override=NAME)")
+        words = rights.split(" ")
+        if not rights or not all(_ACL_RIGHT.match(w) for w in words):
+            raise ValueError(f"{what} line {n} {_short(line)} does not give rights as IMAP ACL "
+                             f"letters (lrwstipekxa) or :named rights")
+    return text
+
+
 # a Maildir file's base name: what GUID_RE allows but '/', and no leading '.'
 BASENAME_RE = re.compile(r"[\x21-\x2d\x30-\x39\x3b-\x7e][\x21-\x2e\x30-\x39\x3b-\x7e]{0,254}\Z")
 POP3_UIDL_RE = re.compile(r"[\x21-\x7e]{1,255}\Z")     # printable ASCII, no space

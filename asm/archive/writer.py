@@ -19,7 +19,8 @@ _K = {k: pax.key(spec.wire(k)) for k in (
     spec.KIND, spec.VERSION_KEY, spec.PARTITION, spec.USER, spec.GROUP, spec.FOLDER,
     spec.UIDVALIDITY, spec.UIDNEXT, spec.SUBSCRIBED, spec.UIDS, spec.COUNT, spec.UID,
     spec.FLAGS, spec.KEYWORDS, spec.INTERNALDATE, spec.STORED, spec.NLINK, spec.SHA256,
-    spec.STATE, spec.GUID, spec.BASENAME, spec.POP3_UIDL, spec.POP3_ORDER, spec.MAILBOX_GUID)}
+    spec.STATE, spec.GUID, spec.BASENAME, spec.POP3_UIDL, spec.POP3_ORDER, spec.MAILBOX_GUID,
+    spec.ACL)}
 _R = pax.record
 _KIND_USER = _R(_K[spec.KIND], spec.K_USER.encode())
 _KIND_FOLDER = _R(_K[spec.KIND], spec.K_FOLDER.encode())
@@ -209,13 +210,16 @@ class ArchiveWriter:
         self.counts["users"] += 1
 
     def add_folder(self, partition, user, folder, *, uidvalidity, uidnext, subscribed, uids,
-                   state=None, mailbox_guid=None):
+                   state=None, mailbox_guid=None, acl=None):
         """``uids``: every UID of the folder; the folder's messages are added next.
         ``state`` (incremental archives): {flags-and-keywords string: [uid, ...]} for
         the messages listed in ``uids`` whose bytes this archive does not carry, so a
         restore of the chain can set their flags as they were at this backup.
         ``mailbox_guid``: the folder's mailbox GUID (32 lowercase hex digits), or
-        None/"" when the store has none; ValueError for one a reader would refuse."""
+        None/"" when the store has none; ValueError for one a reader would refuse.
+        ``acl``: the folder's access control list as its store keeps it (Dovecot's
+        dovecot-acl text, "" for a folder without one), or None when the store does
+        not say (no record is written)."""
         self._check_open()
         name = names.folder_dir(partition, user, folder)
         uid_set = uids if isinstance(uids, UidSet) else UidSet.of(uids)
@@ -229,6 +233,8 @@ class ArchiveWriter:
             values.check_uid_set(uid_set)
             if mailbox_guid:
                 values.mailbox_guid(mailbox_guid)
+            if acl is not None:
+                values.acl(acl)
             if state:
                 obj = {k: uid_ranges(v) for k, v in sorted(state.items())}
                 values.FolderState.from_obj(obj, uid_set)
@@ -242,7 +248,8 @@ class ArchiveWriter:
             _R(_K[spec.SUBSCRIBED], b"1" if subscribed else b"0"),
             _R(_K[spec.UIDS], str(uid_set).encode("ascii")),
             _R(_K[spec.COUNT], b"%d" % len(uid_set)),
-            _R(_K[spec.MAILBOX_GUID], mailbox_guid.encode("ascii")) if mailbox_guid else b""))
+            _R(_K[spec.MAILBOX_GUID], mailbox_guid.encode("ascii")) if mailbox_guid else b"",
+            _R(_K[spec.ACL], acl.encode("utf-8")) if acl is not None else b""))
         name_b = name.encode("ascii") if name.isascii() else None
         self._rw.write(self._member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs,
                                     name_f=name_b if name_b is not None and len(name_b) <= 100 else None))
