@@ -488,7 +488,7 @@ def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts:
     try:
         writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity,
                           uidnext=info.uidnext, subscribed=info.subscribed, uids=uids, state=flags,
-                          mailbox_guid=info.guid)
+                          mailbox_guid=info.guid, acl=info.acl)
     except UnarchivableValue:
         return False                     # read it: _backup_folder names what is wrong
     res.folders += 1
@@ -570,6 +570,20 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             return True                  # the base did not hold it (new, moved, copied, restored)
         return opts.since is not None and m.changed >= opts.since
 
+    acl = info.acl
+    if acl is not None:
+        try:
+            values.acl(acl)
+        except ValueError as exc:
+            # an ACL file the format cannot hold (not Dovecot's syntax, not UTF-8, too
+            # long): the folder and its mail are archived without it, and it is named
+            why = (f"its access control list is not archived ({exc}); the folder and its "
+                   f"mail are, and a restore leaves the folder's ACL as it finds it: fix the "
+                   f"ACL (doveadm acl set) and back up again")
+            res.errors.append({"mailbox": mailbox, "error": why})
+            if report:
+                report(f"error: {mailbox}: {why}")
+            acl = None
     state = None
     keys: dict = {}
     if opts.base is not None or opts.since is not None:
@@ -580,7 +594,8 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     try:
         writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity,
                           uidnext=info.uidnext, subscribed=info.subscribed,
-                          uids=[m.uid for m in snap.messages], state=state, mailbox_guid=info.guid)
+                          uids=[m.uid for m in snap.messages], state=state, mailbox_guid=info.guid,
+                          acl=acl)
     except UnarchivableValue as exc:
         # the writer's last guard: a folder member the reader would refuse is never
         # written (it would take every message of the folder with it); named, exit 1

@@ -131,6 +131,36 @@ LAYOUTS: dict[str, LabLayout] = {lay.name: lay for lay in [
 ]}
 MAILDIR_LAYOUTS = [n for n, lay in LAYOUTS.items() if lay.maildir]
 
+# The acl plugin with per-folder vfile ACLs (IMAP SETACL, doveadm acl set; "anyone"
+# allowed) and a shared namespace "shared/<owner>/" listed through a shared-mailboxes
+# dictionary, over the plain and idxctl locations (tests/test_dovecot_acl.py).  Not in
+# LAYOUTS: the layout-wide tests do not run them.
+_ACL_EXTRA = """\
+protocol imap {
+  mail_plugins = $mail_plugins imap_acl
+}
+plugin {
+  acl = vfile
+  acl_anyone = allow
+  acl_shared_dict = file:{dict}
+}
+namespace shared {
+  type = shared
+  separator = /
+  prefix = shared/%%u/
+  location = SHARED:INDEX={home}/%u/shared/%%u
+  subscriptions = no
+  list = children
+}
+"""
+ACL_LAYOUTS: dict[str, LabLayout] = {lay.name: lay for lay in [
+    LabLayout("acl", "maildir:{store}/%u/Maildir", "{store}/%u", PLAIN, mail_plugins="acl",
+              extra=_ACL_EXTRA.replace("SHARED", "maildir:{store}/%%u/Maildir")),
+    LabLayout("aclctl", "maildir:{store}/%u:INDEX={idx}/%u:CONTROL={ctl}/%u", "{home}/%u", PLAIN,
+              mail_plugins="acl",
+              extra=_ACL_EXTRA.replace("SHARED", "maildir:{store}/%%u:CONTROL={ctl}/%%u")),
+]}
+
 CONF = """\
 # private test Dovecot ({layout}); nothing from /etc/dovecot
 protocols = imap lmtp
@@ -674,10 +704,12 @@ class Lab:
     def __init__(self, layout: LabLayout | str, workdir: str,
                  logins: Iterable[str] | None = None, extra: str = "",
                  pop3_uidl_format: str | None = None):
-        self.layout = LAYOUTS[layout] if isinstance(layout, str) else layout
+        self.layout = ({**LAYOUTS, **ACL_LAYOUTS}[layout] if isinstance(layout, str)
+                       else layout)
         self.dir = workdir
         self.store = os.path.join(workdir, "mail")
         self.homes = os.path.join(workdir, "home")
+        self.dict = os.path.join(self.homes, "shared-mailboxes.db")   # acl_shared_dict (ACL_LAYOUTS)
         self.idx = os.path.join(workdir, "idx")
         self.ctl = os.path.join(workdir, "ctl")
         self.conf = os.path.join(workdir, "dovecot.conf")
@@ -701,7 +733,7 @@ class Lab:
     # -- paths --------------------------------------------------------------------
     def _fill(self, template: str) -> str:
         for key, value in (("{store}", self.store), ("{home}", self.homes),
-                           ("{idx}", self.idx), ("{ctl}", self.ctl)):
+                           ("{idx}", self.idx), ("{ctl}", self.ctl), ("{dict}", self.dict)):
             template = template.replace(key, value)       # not str.format: %{user}
         return template
 

@@ -414,6 +414,7 @@ def _chain(args, rep) -> int:
     map_used: set = set()       # the map file's old names some archive of the chain had
     map_targets: dict = {}      # RestoreOptions.map_targets, for every archive of the chain
     claims: dict = {}           # RestoreOptions.claims, for every archive of the chain
+    acl_users: dict = {}        # user -> [ACLs given, ACLs removed], over the chain
     for i, d in enumerate(args.devices):
         last = i == len(args.devices) - 1
         one = argparse.Namespace(**vars(args))
@@ -422,6 +423,7 @@ def _chain(args, rep) -> int:
         one.map_targets = map_targets
         one.claims = claims
         one.map_last = last
+        one.acl_users = acl_users
         one.device = d
         one.hold = args.hold or not last
         one.run_token = token
@@ -442,6 +444,30 @@ def _chain(args, rep) -> int:
     if sig:
         journal.end_run(sig)
     return status
+
+
+def acl_note(acl_users: dict) -> str:
+    """The one line after a restore that gave folders their archived access control
+    lists (or removed one): Dovecot lists a folder shared with others from its
+    acl_shared_dict, which a restore does not write (docs/dovecot.md, "Access control
+    lists"); the command that rebuilds it for these users."""
+    import shlex
+    users = sorted(acl_users)
+    given = sum(g for g, _r in acl_users.values())
+    removed = sum(r for _g, r in acl_users.values())
+    if len(users) == 1:
+        cmd = f"doveadm acl recalc -u {shlex.quote(users[0])}"
+    elif len(users) <= 20:
+        cmd = f"for u in {' '.join(shlex.quote(u) for u in users)}; do doveadm acl recalc -u \"$u\"; done"
+    else:
+        cmd = "doveadm acl recalc -A"
+    what = " and ".join(x for x in (
+        f"gave {given} folder{'s' if given != 1 else ''} the access control list archived with it" if given else "",
+        f"removed the access control list of {removed} folder{'s' if removed != 1 else ''} that had "
+        f"none at the backup" if removed else "") if x)
+    return (f"note: this restore {what} ({len(users)} user{'s' if len(users) != 1 else ''}); Dovecot finds "
+            f"the folders shared with a user through its acl_shared_dict, which a lost store may have taken "
+            f"with it and no restore writes: with Dovecot running, run {cmd}")
 
 
 def _journal(inst) -> Journal:
@@ -621,6 +647,15 @@ def _one(args, rep) -> int:
     if res.out_of_order:
         warn(PROG, f"{len(res.out_of_order)} folders were left as they were: this archive does not "
              f"follow the one restored last into them (see above)")
+    acl_users = getattr(args, "acl_users", None)
+    if acl_users is None:
+        acl_users = {}
+    for user, (given, removed) in res.acls.items():
+        got = acl_users.setdefault(user, [0, 0])
+        got[0] += given
+        got[1] += removed
+    if acl_users and getattr(args, "map_last", True):
+        warn(PROG, acl_note(acl_users))
     status = res.status()
     if sig and status == EXIT_OK:
         journal.end_run(sig)                # complete: the same command again begins anew

@@ -51,6 +51,7 @@ class Restorer:
         self.run = Run("restore", device, [str(p) for p in selection.paths], {
             "ignore_duplicates": opts.ignore_duplicates, "new_mailbox": opts.new_mailbox})
         self.planner = Planner(store, journal, self.header, opts)
+        self.planner.acls = self.res.acls
         # only some folders or messages are restored (paths, or a chain's end): a stream
         # keeps first copies that a restored link may need
         self.applier = Applier(store, reader, opts, self.res, bool(selection.paths) or opts.final is not None,

@@ -74,6 +74,8 @@ class RestoreResult:
     paths: int = 0                                   # selection paths given
     stopped: bool = False                            # stopped at an error (-c n, or the
                                                      # answer n): the rest was not read
+    acls: dict = field(default_factory=dict)         # user -> [folders given their archived
+                                                     # ACL, folders whose own ACL was removed]
 
     def failures(self) -> set[int]:
         """The statuses of the failures :data:`asm.errors.SEVERITY` ranks above a usage

@@ -144,6 +144,8 @@ class Planner:
         self._guids: dict = {}          # user -> {folder: mailbox GUID} (own_guid)
         self.withheld: list = []        # (partition, user, folder, archived GUID) another
                                         # folder had
+        self.acls: dict = {}            # user -> [folders given an ACL, folders whose own
+                                        # ACL was removed] (set_acl)
 
     def plan(self, m, user: str, locks: contextlib.ExitStack, final_uids=None, final_flags=None) -> FolderPlan:
         """The plan for folder member ``m`` restored under ``user``; the target folder's
@@ -255,6 +257,14 @@ class Planner:
             self.check_replaced(m, user, folder, info.uidvalidity)
         if mode in ("exact", "chain") and info.subscribed != m.subscribed:
             store.set_folder(user, folder, subscribed=m.subscribed)
+        if mode in ("exact", "chain") and m.acl is not None and not beside and user == m.user \
+                and folder == m.folder and store.set_acl(user, folder, m.acl):
+            # the folder is this archive's under its archived user and name: its access
+            # control list as archived (a chain's last link's; "" removes one).  Merged
+            # into, beside (-n) or under another user (-m), the live ACL stays: sharing
+            # is the owner's (docs/operations.md, "Access control lists")
+            got = self.acls.setdefault(user, [0, 0])
+            got[0 if m.acl else 1] += 1
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
                           m.uids, info.uidvalidity, m.state, uidnext=info.uidnext,
                           resumed=resumed, again=again, final_uids=final_uids, final_flags=final_flags,

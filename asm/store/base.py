@@ -319,6 +319,9 @@ class FolderInfo:
     subscribed: bool = False
     guid: str = ""                           # the store's mailbox GUID (32 lowercase hex
                                              # digits: Dovecot's), "" when it has none
+    acl: str | None = None                   # the folder's access control list as its store
+                                             # keeps it (Dovecot's dovecot-acl text, "" for
+                                             # none), None when the store does not say
 
 
 @dataclass
@@ -483,6 +486,17 @@ class Store(abc.ABC):
                       uidnext: int = 1, subscribed: bool = False, guid: str = "") -> FolderInfo:
         """Create a folder (parents are implied); raises FolderExists.  ``guid``: its
         mailbox GUID (a store without mailbox GUIDs ignores it; "" makes a new one)."""
+
+    #: True when snapshots tell a folder's access control list (FolderInfo.acl) and
+    #: set_acl writes one
+    carries_acl = False
+
+    def set_acl(self, user: str, folder: str, acl: str) -> bool:
+        """Give ``user``'s ``folder`` the access control list ``acl`` (as FolderInfo.acl
+        has it; "" removes the folder's own).  True when that changed the folder's
+        ACL; False when it was so already, or (nothing done) for a store that does not
+        keep ACLs."""
+        return False
 
     @abc.abstractmethod
     def delete_folder(self, user: str, folder: str) -> None:

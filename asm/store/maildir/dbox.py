@@ -93,6 +93,10 @@ class DboxStore(MaildirStore):
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
         return None      # the Maildir read is a fresh copy each run: dbox itself is not looked at
 
+    #: dsync does not copy the acl plugin's files: the copy has none, so a backup says
+    #: nothing of a dbox folder's ACL and a restore writes none (docs/dovecot.md)
+    carries_acl = False
+
     def readahead(self, user: str, folder: str) -> tuple | None:
         return None      # the copy doveadm just wrote is in the page cache; asking for its
                          # files would copy every login again (WORK holds one at a time)

@@ -53,6 +53,12 @@ NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 DELETED_PREFIX = ".ims-deleted-Maildir."   # a Maildir delete_user removes: <hex login>.<pid>.<random>
 _LAST_UIDVALIDITY = [0]
 UIDVALIDITY_FILE = "dovecot-uidvalidity"
+# the acl plugin's per-folder file (acl = vfile): in the folder's mail directory, in every
+# Maildir layout, CONTROL= or not (Dovecot 2.3 keeps it in the control directory only
+# for mbox); docs/dovecot.md, "Access control lists"
+ACL_FILE = "dovecot-acl"
+ACL_LIST_FILE = "dovecot-acl-list"  # in the mail root: the login's folders that have one
+ACL_MAX_BYTES = 65536               # what an archive holds (asm/archive/spec.py ACL_MAX_BYTES)
 _VSIZE_RE = re.compile(r",W=(\d+)")
 _GUID_OK = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}\Z")   # one uidlist field: no space or ':'
 _UIDL_OK = re.compile(r"[\x21-\x7e]{1,255}\Z")           # a P field's value: no space
@@ -235,16 +241,19 @@ def layout_partition_path(config: Config) -> str | None:
 
 
 def _fingerprint_stats(d: str, ctl: str) -> list:
-    """[uidlist, cur/, new/, tmp/, dovecot-keywords] as (inode, size, mtime, ctime) lists,
-    [] for a missing keywords file.  A Maildir changes only by names in cur/ and new/
-    (deliveries pass through tmp/), by dovecot-uidlist (rewritten or appended to) and by
-    its keyword table: the same lists mean the same messages, UIDs and flags."""
+    """[uidlist, cur/, new/, tmp/, dovecot-keywords, dovecot-acl] as (inode, size, mtime,
+    ctime) lists, [] for a missing keywords or ACL file.  A Maildir changes only by names
+    in cur/ and new/ (deliveries pass through tmp/), by dovecot-uidlist (rewritten or
+    appended to) and by its keyword table: the same lists mean the same messages, UIDs
+    and flags; and the same ACL file the same access control list (Dovecot replaces it
+    whole at every change)."""
     *files, keywords = _fingerprint_files(d, ctl)
     out = [stat_part(os.stat(p)) for p in files]
-    try:
-        out.append(stat_part(os.stat(keywords)))
-    except FileNotFoundError:
-        out.append([])
+    for path in (keywords, os.path.join(d, ACL_FILE)):
+        try:
+            out.append(stat_part(os.stat(path)))
+        except FileNotFoundError:
+            out.append([])
     return out
 
 
@@ -255,8 +264,10 @@ def _fingerprint_files(d: str, ctl: str) -> tuple:
 
 def _fingerprint_same(d: str, ctl: str, want: list) -> bool:
     """_fingerprint_stats(d, ctl) == want, the files stat()ed one by one up to the first
-    that differs (a folder that changed costs one or two stats, not five)."""
-    files = _fingerprint_files(d, ctl)
+    that differs (a folder that changed costs one or two stats, not six)."""
+    files = (*_fingerprint_files(d, ctl), os.path.join(d, ACL_FILE))
+    if len(want) != len(files):
+        return False                     # (a fingerprint from before the ACL was in it)
     for i, path in enumerate(files):
         try:
             st = os.stat(path)
@@ -745,9 +756,10 @@ class MaildirStore(Store):
         with contextlib.suppress(FileExistsError):
             self._mkdir(path, owner)
 
-    def _write_file(self, path: str, data: bytes, owner, fsync: bool | None = None) -> None:
-        """Write ``path`` atomically (temp + rename in the same directory); fsynced
-        unless inside a :meth:`batch`, whose end makes it durable with the rest."""
+    def _write_file(self, path: str, data: bytes, owner, fsync: bool | None = None,
+                    mode: int = 0o600) -> None:
+        """Write ``path`` atomically (temp + rename in the same directory), of ``mode``;
+        fsynced unless inside a :meth:`batch`, whose end makes it durable with the rest."""
         if fsync is None:
             fsync = not self.in_batch
         d, base = os.path.split(path)
@@ -757,6 +769,8 @@ class MaildirStore(Store):
             try:
                 write_all(fd, data)
                 self._chown(fd, owner)
+                if mode != 0o600:
+                    os.fchmod(fd, mode)
                 if fsync:
                     os.fsync(fd)
             finally:
@@ -1508,7 +1522,8 @@ class MaildirStore(Store):
             msgs = self._snapshot_messages(st, since, known)
             info = FolderInfo(name=folder, uidvalidity=st.uidlist.uidvalidity,
                               uidnext=st.uidlist.uidnext, subscribed=folder in subs,
-                              guid=uidlist_mod.mailbox_guid(st.uidlist.extra))
+                              guid=uidlist_mod.mailbox_guid(st.uidlist.extra),
+                              acl=self._read_acl(st.dir, user, folder))
             ctl = st.ctl
         snap = FolderSnapshot(info=info, messages=msgs)
         self._unseen_warning(st, snap)
@@ -1555,6 +1570,7 @@ class MaildirStore(Store):
                         files=files, bases=by_base)
             st.whole = whole
             after = os.stat(path)
+            acl = self._read_acl(d, user, folder)   # after the fingerprint: a change shows
         except (FileNotFoundError, StoreError):
             return None                      # the locked way says what is wrong
         except OSError as exc:
@@ -1563,7 +1579,7 @@ class MaildirStore(Store):
             return None                      # changed under us
         msgs = self._snapshot_messages(st, since, known)
         info = FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
-                          subscribed=folder in subs, guid=uidlist_mod.mailbox_guid(ul.extra))
+                          subscribed=folder in subs, guid=uidlist_mod.mailbox_guid(ul.extra), acl=acl)
         snap = FolderSnapshot(info=info, messages=msgs)
         self._unseen_warning(st, snap)
         if not self._index_keywords(user, folder, ctl, snap, no_table=not fp[4]) and \
@@ -1571,11 +1587,62 @@ class MaildirStore(Store):
             snap.fingerprint = ["maildir", ul.uidvalidity, ul.uidnext, *fp]
         return snap
 
+    # ------------------------------------------------------------------ access control lists
+    carries_acl = True
+
+    def _read_acl(self, d: str, user: str, folder: str) -> str | None:
+        """The text of the folder's dovecot-acl ("" when it has none; bytes that are not
+        UTF-8 kept as surrogates, for the backup to name), None when this store does
+        not carry ACLs.  At most one byte more than an archive holds is read."""
+        if not self.carries_acl:
+            return None
+        try:
+            with open(os.path.join(d, ACL_FILE), "rb") as f:
+                data = f.read(ACL_MAX_BYTES + 1)
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            raise os_store_error(exc, f"{user}/{folder}") from None
+        return data.decode("utf-8", "surrogateescape")
+
+    def set_acl(self, user: str, folder: str, acl: str) -> bool:
+        """Write the folder's dovecot-acl atomically (a temporary beside it, renamed),
+        owned as its folder and moded as Dovecot moded it (the folder directory's
+        permissions without execute bits); "" removes it.  True when the file changed.
+        Dovecot re-reads a changed file (acl_cache_secs)."""
+        if not self.carries_acl:
+            return False
+        d = self._existing_folder_dir(user, folder)
+        path = os.path.join(d, ACL_FILE)
+        try:
+            if acl == "":
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    return False
+            else:
+                try:
+                    with open(path, "rb") as f:
+                        if f.read(ACL_MAX_BYTES + 1) == acl.encode("utf-8", "surrogateescape"):
+                            return False     # as it is (a chain run again): not rewritten
+                except FileNotFoundError:
+                    pass
+                mode = stat_mod.S_IMODE(os.stat(d).st_mode) & 0o666
+                self._write_file(path, acl.encode("utf-8", "surrogateescape"), self._owner_for(d),
+                                 mode=mode or 0o600)
+            # the login's list of its folders with ACLs (LIST of a shared namespace reads
+            # it) no longer says what is on disk: Dovecot makes it again when it is missing
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._root(user), ACL_LIST_FILE))
+        except OSError as exc:
+            raise os_store_error(exc, f"{user}/{folder}") from None
+        return True
+
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
         """True to the fingerprint (dovecot-uidlist, cur/ new/ tmp/ and dovecot-keywords
         as they were, all settled before that snapshot read them): the folder holds the
         same messages under the same names, so the same UIDs and flags."""
-        if not (isinstance(fingerprint, list) and len(fingerprint) == 8
+        if not (isinstance(fingerprint, list) and len(fingerprint) == 9
                 and fingerprint[0] == "maildir") or (user, folder) in self._held:
             return None
         try:
@@ -1603,13 +1670,14 @@ class MaildirStore(Store):
             # replaced after this read is not the fingerprint's
             with open(os.path.join(ctl, UIDLIST), encoding="utf-8", errors="surrogateescape") as f:
                 guid = uidlist_mod.mailbox_guid(f.readline().split()[1:])
+            acl = self._read_acl(d, user, folder)   # (read before the check, as the GUID)
             if not _fingerprint_same(d, ctl, fingerprint[3:]) or \
                     os.path.lexists(os.path.join(ctl, UIDLIST + LOCK_SUFFIX)):
                 return None
         except (OSError, StoreError, layout_mod.LayoutError):
             return None
         return FolderInfo(name=folder, uidvalidity=fingerprint[1], uidnext=fingerprint[2],
-                          subscribed=folder in self._subs.get(subs_root), guid=guid)
+                          subscribed=folder in self._subs.get(subs_root), guid=guid, acl=acl)
 
     def _snapshot_messages(self, st: _State, since, known) -> list:
         """The folder's messages in UID order.  A uidlist line whose file is not there

@@ -1,0 +1,262 @@
+"""Dovecot access control lists (acl plugin, vfile) across backups and restores.
+
+A folder its owner shared (IMAP SETACL, ``doveadm acl set``) keeps its ``dovecot-acl``
+file in its mail directory (CONTROL= or not).  Before the archive carried it
+(IMSASM.acl), a restore into an emptied store gave every folder back to its owner alone,
+and the users it was shared with lost it from their shared namespace.  Here, against a
+real Dovecot with the acl plugin and a shared namespace (tests/dovecot_lab.py
+ACL_LAYOUTS): GETACL, MYRIGHTS, the other users' LIST and their reading of the shared
+folder are what they were after a restore into an emptied store (the shared-mailboxes
+dictionary lost with it, rebuilt by the command the restore names); a chain whose only
+change is an ACL ends with the last backup's ACL (by ``--base`` and by ``-d``); a
+restore beside (-n), under another user (-m) or merged into a live folder leaves the
+live ACL alone; an ACL file the format cannot hold is named and the folder's mail
+archived without it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import stat
+import time
+
+
+from asm.archive import ArchiveReader
+from tests.dovecot_lab import lab_fixture, message
+from tests.helpers import run
+from tests.test_dovecot_layouts import configure, wipe
+
+lab = lab_fixture(params=["acl", "aclctl"], scope="function")
+acl_lab = lab_fixture("acl", scope="function")
+
+OWNER = "alice"
+FOLDERS = ("INBOX", "Work", "Work/Sub", "Private")
+
+
+def fill(lab) -> None:
+    """alice's folders with mail, three of them shared: bob and anyone (negative rights
+    too) by IMAP SETACL, carol by doveadm acl set."""
+    lab.deliver([OWNER], message("inbox mail"))
+    with lab.imap(OWNER) as c:
+        for f in FOLDERS[1:]:
+            c.create(f)
+            c.append(f, message(f"mail in {f}"), [r"\Seen"])
+        c.command("SETACL", "Work", "bob", "lrs")
+        c.command("SETACL", "Work", "anyone", "l")
+        c.command("SETACL", "Work", "-carol", "w")
+        c.command("SETACL", "INBOX", "carol", "lr")
+    lab.doveadm("acl set", "Work/Sub", "user=carol", "lookup", "read", "write", "insert", user=OWNER)
+
+
+def acls(lab) -> dict:
+    """{folder: {identifier: rights}} as alice's IMAP GETACL answers."""
+    out = {}
+    with lab.imap(OWNER) as c:
+        for f in FOLDERS:
+            typ, data = c.conn.getacl(f)
+            assert typ == "OK", (f, data)
+            words = shlex.split(b" ".join(d for d in data if isinstance(d, bytes)).decode())
+            out[f] = {k: v for k, v in zip(words[1::2], words[2::2]) if k != OWNER}   # (the owner's own)
+    return out
+
+
+def shared_view(lab, login) -> dict:
+    """What ``login`` sees of alice's folders: LIST, MYRIGHTS and the subjects it reads."""
+    view = {}
+    with lab.imap(login) as c:
+        typ, data = c.conn.list('""', "shared/*")
+        names = sorted(re.sub(rb'^\(.*?\) "/" ', b"", d).decode().strip('"')
+                       for d in data if isinstance(d, bytes))
+        view["list"] = names
+        for name in names:
+            if not (name + "/").startswith(f"shared/{OWNER}/"):
+                continue                 # (shared/alice itself is alice's INBOX)
+            typ, data = c.conn.myrights(name)
+            view[name] = {"rights": data[0].decode().split()[-1] if typ == "OK" else typ}
+            typ, _ = c.conn.select(name, readonly=True)
+            if typ == "OK":
+                typ, data = c.conn.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+                view[name]["subjects"] = sorted(d[1].strip().decode() for d in data if isinstance(d, tuple))
+                c.conn.close()
+    return view
+
+
+def views(lab) -> dict:
+    return {u: shared_view(lab, u) for u in ("bob", "carol")}
+
+
+def acl_files(lab) -> dict:
+    """{path relative to the lab: (mode, uid, gid, text)} of every dovecot-acl file."""
+    out = {}
+    for top in (lab.store, lab.ctl, lab.idx):
+        for root, _dirs, files in os.walk(top):
+            if "dovecot-acl" in files:
+                p = os.path.join(root, "dovecot-acl")
+                st = os.stat(p)
+                with open(p) as f:
+                    out[os.path.relpath(p, lab.dir)] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, f.read())
+    return out
+
+
+def archived_acls(path) -> dict:
+    with open(path, "rb") as f:
+        return {m.folder: m.acl for m in ArchiveReader(f).members() if m.kind == "folder"}
+
+
+def recalc(lab, stderr: str) -> None:
+    """Run the command the restore's note names (as the mail user, Dovecot running)."""
+    line = next(ln for ln in stderr.splitlines() if "doveadm acl recalc" in ln)
+    cmd = line.split("run ", 1)[1].strip()
+    m = re.fullmatch(r"doveadm acl recalc -u (\S+)", cmd)
+    assert m, line
+    lab.doveadm("acl recalc", user=shlex.split(m.group(1))[0])
+
+
+def test_sharing_comes_back_with_a_restore_into_an_emptied_store(lab, tmp_path):
+    fill(lab)
+    before, seen_before, files = acls(lab), views(lab), acl_files(lab)
+    assert before["Work"] == {"bob": "lrs", "anyone": "l", "-carol": "w"} and before["Private"] == {}
+    assert before["Work/Sub"] == {"carol": "ilrw"} and before["INBOX"] == {"carol": "lr"}
+    assert seen_before["bob"]["list"] == ["shared/alice", "shared/alice/Work"]
+    assert seen_before["bob"]["shared/alice/Work"] == {"rights": "lrs", "subjects": ["Subject: mail in Work"]}
+    assert seen_before["carol"]["shared/alice"] == {"rights": "lr", "subjects": ["Subject: inbox mail"]}
+    assert seen_before["carol"]["shared/alice/Work/Sub"]["rights"] == "lrwi"
+    assert seen_before["carol"]["shared/alice/Work"] == {"rights": "l"}          # -carol w; anyone l
+    # Dovecot keeps each in the folder's mail directory (not CONTROL=), 0600, the mail user's
+    assert len(files) == 3 and all(k.startswith("mail/") for k in files), files
+    assert {v[:3] for v in files.values()} == {(0o600, lab.uid, lab.gid)}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    archive = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", archive, f"/primary/user/{OWNER}", check=0)
+    assert archived_acls(archive) == {"INBOX": "user=carol lr\n", "Work": files[next(
+        k for k in files if k.endswith(".Work/dovecot-acl"))][3], "Work/Sub": "user=carol ilrw\n",
+        "Private": ""}
+
+    wipe(lab)                               # mail, indexes, control files, the shared dict
+    res = run(home, "imsrestore", "-f", archive, check=0, text=True)
+    assert acl_files(lab) == files           # same bytes, mode and owner
+    notes = [ln for ln in res.stderr.splitlines() if "acl recalc" in ln]
+    assert notes == [f"imsrestore: note: this restore gave 3 folders the access control list archived "
+                     f"with it (1 user); Dovecot finds the folders shared with a user through its "
+                     f"acl_shared_dict, which a lost store may have taken with it and no restore writes: "
+                     f"with Dovecot running, run doveadm acl recalc -u {OWNER}"], res.stderr
+    lab.restart()
+    # without its dictionary Dovecot lists nothing shared (until something opens alice's
+    # mail list and rebuilds it): the note's command is needed
+    assert views(lab)["bob"]["list"] == []
+    recalc(lab, res.stderr)
+    assert views(lab) == seen_before
+    assert acls(lab) == before
+
+
+def test_a_chain_whose_only_change_is_an_acl_ends_with_the_last_acl(acl_lab, tmp_path):
+    lab = acl_lab
+    fill(lab)
+    time.sleep(2.1)         # settled: the full's state records every folder's fingerprint
+    home = tmp_path / "ims"
+    configure(lab, home)
+    full, state = tmp_path / "full.ims", tmp_path / "full.state"
+    run(home, "imsbackup", "-f", full, "--state-out", state, f"/primary/user/{OWNER}", check=0)
+    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(time.time() + 1))
+    first = acls(lab)
+    # only ACLs change: one widened, one removed whole, one added, one folder untouched
+    lab.doveadm("acl set", "Work", "user=bob", "lookup", "read", "write-seen", "write", user=OWNER)
+    lab.doveadm("acl delete", "Work/Sub", "user=carol", user=OWNER)
+    lab.doveadm("acl set", "Private", "anyone", "lookup", "read", user=OWNER)
+    after = acls(lab)
+    assert after["Work"]["bob"] == "lrws" and after["Work/Sub"] == {} and after["Private"] == {"anyone": "lr"}
+    incr, dincr = tmp_path / "incr.ims", tmp_path / "d.ims"
+    res = run(home, "imsbackup", "-v", "-f", incr, "--base", state, f"/primary/user/{OWNER}", check=0, text=True)
+    # INBOX alone is unchanged since the base: the fingerprint skips it, and not the others
+    assert [ln for ln in res.stderr.splitlines() if ln.endswith("(unchanged since the base)")] == \
+        [f"imsbackup: /primary/{OWNER}/INBOX: 0 messages, 0 bytes (unchanged since the base)"], res.stderr
+    res = run(home, "imsbackup", "-v", "-f", dincr, "-d", since, f"/primary/user/{OWNER}", check=0, text=True)
+    assert " 0 messages, 0 links," in res.stderr, res.stderr      # no mail changed: only ACLs
+    seen_after = views(lab)
+    for arch in (incr, dincr):
+        got = archived_acls(arch)
+        assert got["Work"].count("user=bob lrws") == 1 and got["Work/Sub"] == "" and \
+            got["Private"] == "anyone lr\n", (arch, got)
+    for chain, split in (([full, incr], False), ([full, incr], True), ([full, dincr], False)):
+        wipe(lab)
+        if split:
+            for a in chain:
+                res = run(home, "imsrestore", "-f", a, check=0, text=True)
+        else:
+            res = run(home, "imsrestore", *[x for a in chain for x in ("-f", a)], check=0, text=True)
+        assert acls(lab) == after, (chain, split)
+        recalc(lab, res.stderr)
+        assert views(lab) == seen_after, (chain, split)
+    assert first != after
+
+
+def test_a_restore_beside_under_another_user_or_merged_keeps_the_live_acl(acl_lab, tmp_path):
+    lab = acl_lab
+    fill(lab)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    archive = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", archive, f"/primary/user/{OWNER}", check=0)
+    with lab.imap(OWNER) as c:
+        c.command("SETACL", "Work", "bob", "l")          # the owner changed it since
+        c.command("DELETEACL", "Work", "anyone")
+        c.append("Work", message("since the backup"))
+    live = acls(lab)
+    res = run(home, "imsrestore", "-f", archive, f"/primary/{OWNER}/Work", check=0, text=True)
+    assert acls(lab) == live                 # merged into: the owner's ACL stays
+    assert "acl recalc" not in res.stderr
+    run(home, "imsrestore", "-n", "-f", archive, f"/primary/{OWNER}/Work", check=0)
+    with lab.imap(OWNER) as c:
+        beside = [f for f in c.list() if f.startswith("Work-")]
+        assert beside
+        for f in beside:
+            typ, data = c.conn.getacl(f)
+            assert typ == "OK" and data[0].decode().split()[1:] == [OWNER, "lrwstipekxacd"], (f, data)
+            # (the owner's rights only: no ACL of its own)
+    assert acls(lab) == live
+    mapfile = tmp_path / "map"
+    mapfile.write_text(f"{OWNER}=carol\n")
+    run(home, "imsrestore", "-m", mapfile, "-f", archive, check=0)
+    assert not [k for k in acl_files(lab) if "/carol/" in k]      # sharing is alice's, not carol's
+
+
+def test_an_acl_file_the_archive_cannot_hold_is_named_and_the_mail_backed_up(acl_lab, tmp_path):
+    lab = acl_lab
+    fill(lab)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    path = os.path.join(lab.store, OWNER, "Maildir", ".Private", "dovecot-acl")
+    with open(path, "wb") as f:
+        f.write(b"user=bob lr\nnot an acl line \xff\n")
+    lab.fix_owner(path)
+    archive = tmp_path / "full.ims"
+    res = run(home, "imsbackup", "-f", archive, f"/primary/user/{OWNER}", check=1, text=True)
+    assert "/primary/alice/Private: its access control list is not archived" in res.stderr, res.stderr
+    got = archived_acls(archive)
+    assert got["Private"] is None and got["Work"].count("user=bob lrs") == 1
+    with open(archive, "rb") as f:
+        assert [m.uid for m in ArchiveReader(f).members() if m.kind == "message" and m.folder == "Private"] == [1]
+    os.unlink(path)
+    wipe(lab)
+    run(home, "imsrestore", "-f", archive, check=0)
+    assert not os.path.exists(path)
+
+
+def test_a_shared_folder_restored_into_the_live_store_is_shared_again_at_once(acl_lab, tmp_path):
+    """The owner deleted a shared folder after the backup; the restore makes it again
+    under its name with its ACL, and the users it was shared with see it at once (the
+    login's dovecot-acl-list, which Dovecot had rewritten without it, is made again)."""
+    lab = acl_lab
+    fill(lab)
+    seen = views(lab)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    archive = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", archive, f"/primary/user/{OWNER}", check=0)
+    with lab.imap(OWNER) as c:
+        c.delete("Work/Sub")
+    assert "shared/alice/Work/Sub" not in views(lab)["carol"]["list"]
+    run(home, "imsrestore", "-f", archive, f"/primary/{OWNER}/Work/Sub", check=0)
+    assert views(lab) == seen
