@@ -93,8 +93,9 @@ class DboxStore(MaildirStore):
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
         return None      # the Maildir read is a fresh copy each run: dbox itself is not looked at
 
-    #: dsync does not copy the acl plugin's files: the copy has none, so a backup says
-    #: nothing of a dbox folder's ACL and a restore writes none (docs/dovecot.md)
+    #: doveadm backup copies the account's ACL files into the Maildir copy but not one
+    #: written into the copy back: a backup says nothing of a dbox folder's ACL and a
+    #: restore writes none (docs/dovecot.md, "Access control lists")
     carries_acl = False
 
     def readahead(self, user: str, folder: str) -> tuple | None:
