@@ -27,6 +27,10 @@ sdbox      sdbox:{store}/%u/sdbox                                      alice bob
 mdbox      mdbox:{store}/%u/mdbox                                      alice bob carol
 =========  ==========================================================  ===============
 
+``ACL_LAYOUTS`` (not in LAYOUTS): ``acl`` and ``aclctl``, plain's and idxctl's locations
+with the acl plugin (``acl = vfile``, ``anyone`` allowed), ``imap_acl``, a shared
+namespace ``shared/<owner>/`` and its shared-mailboxes dictionary ``Lab.dict``.
+
 A :class:`Lab` offers ``deliver(rcpts, msg)`` (one LMTP transaction, per-recipient
 replies), ``imap(login)`` (a :class:`LabImap`: create/delete/rename/subscribe, append
 with flags and INTERNALDATE, UID COPY/MOVE/STORE/EXPUNGE, select with

@@ -22,7 +22,8 @@ import stat
 import time
 
 
-from asm.archive import ArchiveReader
+from asm.archive import ArchiveReader, spec
+from tests.archive_fuzz import emit, models
 from tests.dovecot_lab import lab_fixture, message
 from tests.helpers import run
 from tests.test_dovecot_layouts import configure, wipe
@@ -242,6 +243,20 @@ def test_an_acl_file_the_archive_cannot_hold_is_named_and_the_mail_backed_up(acl
     wipe(lab)
     run(home, "imsrestore", "-f", archive, check=0)
     assert not os.path.exists(path)
+    # a hostile ACL in an archive (every digest forged right): that folder is refused
+    # as damaged in one line, exit 4, nothing of it written; the rest is restored
+    ms = models(archive.read_bytes())
+    victim = next(m for m in ms if m.name.endswith(b"/Work/"))
+    victim.set(spec.ACL, b"anyone lrwstipekxa\nuser=bob lr\x1b]0;pwned\x07\n")
+    forged = tmp_path / "forged.ims"
+    forged.write_bytes(emit(ms))
+    wipe(lab)
+    res = run(home, "imsrestore", "-f", forged, check=4, text=True)
+    bad = [ln for ln in res.stderr.splitlines() if "corrupt member" in ln and "IMSASM.acl" in ln]
+    assert len(bad) == 1 and "alice/Work/'" in bad[0] and "\x1b" not in res.stderr, res.stderr
+    assert not os.path.isdir(os.path.join(lab.store, OWNER, "Maildir", ".Work", "cur"))
+    assert sorted(acl_files(lab)) == [f"mail/{OWNER}/Maildir/.Work.Sub/dovecot-acl",
+                                      f"mail/{OWNER}/Maildir/dovecot-acl"]
 
 
 def test_an_acl_a_chain_link_gives_a_served_folder_is_seen_at_once(acl_lab, tmp_path):
