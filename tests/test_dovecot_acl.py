@@ -239,7 +239,18 @@ def test_an_acl_file_the_archive_cannot_hold_is_named_and_the_mail_backed_up(acl
     assert got["Private"] is None and got["Work"].count("user=bob lrs") == 1
     with open(archive, "rb") as f:
         assert [m.uid for m in ArchiveReader(f).members() if m.kind == "message" and m.folder == "Private"] == [1]
+    # one that cannot be read at all (here a directory): named the same way, mail archived
     os.unlink(path)
+    os.mkdir(path)
+    unread = tmp_path / "unread.ims"
+    res = run(home, "imsbackup", "-f", unread, f"/primary/user/{OWNER}", check=1, text=True)
+    assert "/primary/alice/Private: its access control list (dovecot-acl) could not be read" in res.stderr, \
+        res.stderr
+    got = archived_acls(unread)
+    assert got["Private"] is None and got["Work"].count("user=bob lrs") == 1
+    with open(unread, "rb") as f:
+        assert [m.uid for m in ArchiveReader(f).members() if m.kind == "message" and m.folder == "Private"] == [1]
+    os.rmdir(path)
     wipe(lab)
     run(home, "imsrestore", "-f", archive, check=0)
     assert not os.path.exists(path)

@@ -1520,12 +1520,21 @@ class MaildirStore(Store):
             self._scan(st)
             self._assign_uids(st)
             msgs = self._snapshot_messages(st, since, known)
+            unreadable = None
+            try:
+                acl = self._read_acl(st.dir, user, folder)
+            except OSError as exc:
+                # the mail is not lost for it: archived without the ACL, which is named
+                acl, unreadable = None, exc.strerror or str(exc)
             info = FolderInfo(name=folder, uidvalidity=st.uidlist.uidvalidity,
                               uidnext=st.uidlist.uidnext, subscribed=folder in subs,
-                              guid=uidlist_mod.mailbox_guid(st.uidlist.extra),
-                              acl=self._read_acl(st.dir, user, folder))
+                              guid=uidlist_mod.mailbox_guid(st.uidlist.extra), acl=acl)
             ctl = st.ctl
         snap = FolderSnapshot(info=info, messages=msgs)
+        if unreadable:
+            snap.warnings.append(f"its access control list ({ACL_FILE}) could not be read "
+                                 f"({unreadable}): the folder and its mail are archived without it, "
+                                 f"and a restore leaves the folder's ACL as it finds it")
         self._unseen_warning(st, snap)
         self._index_keywords(user, folder, ctl, snap)
         return snap
@@ -1570,7 +1579,10 @@ class MaildirStore(Store):
                         files=files, bases=by_base)
             st.whole = whole
             after = os.stat(path)
-            acl = self._read_acl(d, user, folder)   # after the fingerprint: a change shows
+            try:
+                acl = self._read_acl(d, user, folder)   # after the fingerprint: a change shows
+            except OSError:
+                return None                  # the locked way names it
         except (FileNotFoundError, StoreError):
             return None                      # the locked way says what is wrong
         except OSError as exc:
@@ -1593,7 +1605,8 @@ class MaildirStore(Store):
     def _read_acl(self, d: str, user: str, folder: str) -> str | None:
         """The text of the folder's dovecot-acl ("" when it has none; bytes that are not
         UTF-8 kept as surrogates, for the backup to name), None when this store does
-        not carry ACLs.  At most one byte more than an archive holds is read."""
+        not carry ACLs.  At most one byte more than an archive holds is read.  Raises
+        OSError when it cannot be read."""
         if not self.carries_acl:
             return None
         try:
@@ -1601,9 +1614,7 @@ class MaildirStore(Store):
                 data = f.read(ACL_MAX_BYTES + 1)
         except FileNotFoundError:
             return ""
-        except OSError as exc:
-            raise os_store_error(exc, f"{user}/{folder}") from None
-        return data.decode("utf-8", "surrogateescape")
+        return data.decode("utf-8", "surrogateescape")   # (OSError: the caller's)
 
     def set_acl(self, user: str, folder: str, acl: str) -> bool:
         """Write the folder's dovecot-acl atomically (a temporary beside it, renamed),
