@@ -271,8 +271,9 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
         warm = _warmer(store, targets, opts)
         k = 0                            # the folder's place in the warmer's plans
         for t in targets:
-            writer.add_user(t.partition, t.user, t.group)
-            res.users += 1
+            # the user's member goes just before its first folder's: a user deleted before
+            # the run reached it is not in the archive at all, as one deleted before the run
+            uw = _UserFirst(writer, t, res)
             # a backup of the whole user: a folder deleted or renamed since it was listed is
             # a change (as an expunged message), and a name that appeared meanwhile is read
             whole = any(lp.folder is None and lp.covers_user(t.partition, t.user, groups or Groups())
@@ -296,7 +297,7 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                     warm.enter(k)
                     k += 1
                 n0 = len(res.state)
-                got = _backup_folder(store, writer, t, f, mailbox, opts, res, run, report, progress, readers,
+                got = _backup_folder(store, uw, t, f, mailbox, opts, res, run, report, progress, readers,
                                      warm if i < len(t.folders) else None, gone_ok=whole)
                 if got == "user gone":
                     user = f"/{t.partition}/{t.user}"
@@ -321,6 +322,8 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                            f"(a new name is read)")
                 if len(queue) < 4 * len(t.folders) + 64:
                     _renamed_meanwhile(store, t, queue, i, done, res)
+            else:
+                uw.write()           # (a user whose folders were all left out or failed, as before)
             for f, uv in cut:
                 # its member is written with the messages read before it went; read again
                 # under its new name (the same UIDVALIDITY), it is in the archive twice
@@ -343,6 +346,31 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                       "links": res.links, "bytes": res.bytes}
         run.errors = [(e["mailbox"], e["error"]) for e in res.errors]
         plugins.run_end(run, status)
+
+
+class _UserFirst:
+    """The archive writer for one user's folders: the user's member is written when its
+    first folder's is (or when :meth:`write` is called), so a user gone before any of
+    its folders was read leaves no member: restored, an empty user entry would list the
+    user (imsrestore -t, the counts) and, in an incremental restored on its own, read
+    as a user kept whose every folder but INBOX was deleted (format.md, section 7)."""
+
+    def __init__(self, writer, t: Target, res: BackupResult):
+        self._writer, self._t, self._res = writer, t, res
+        self.written = False
+
+    def __getattr__(self, name):
+        return getattr(self._writer, name)
+
+    def write(self) -> None:
+        if not self.written:
+            self.written = True
+            self._writer.add_user(self._t.partition, self._t.user, self._t.group)
+            self._res.users += 1
+
+    def add_folder(self, *args, **kw):
+        self.write()
+        return self._writer.add_folder(*args, **kw)
 
 
 def _renamed_meanwhile(store: Store, t: Target, queue: list, i: int, done: dict, res: BackupResult) -> None:

@@ -678,6 +678,55 @@ def test_a_user_deleted_during_a_backup_of_the_store_is_a_change_not_a_failure(s
             assert r.trailer["errors"] == []
 
 
+@pytest.mark.parametrize("when", ["before-read", "while-read"])
+def test_a_user_gone_before_the_backup_reached_it_leaves_no_entry_and_a_chain_keeps_it_gone(
+        store, ims_home, tmp_path, when):
+    """mboxutil -d user/zed during an incremental of the whole store: before the run
+    reached zed (it waits in alice's Big), or while it reads zed's INBOX.  Every user
+    member of the archive has a folder member after it: a zed gone before any folder
+    of his was read is not in the archive at all, as a user deleted before the run.
+    The chain restored in one command has no zed (deleted by its end); its archives
+    restored one by one leave zed as the full had him, as for a user deleted between
+    the backups.  Before, an empty entry for zed was written: counted and listed as a
+    user, and the incremental restored on its own removed every folder of zed but
+    INBOX (a half account)."""
+    from asm.store import open_store
+    from tests.helpers import user_view
+    put(store, "alice", "INBOX", 1)
+    for f in ("INBOX", "Work"):
+        put(store, "zed", f, 1)
+    zed = user_view(store, "zed")
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(ims_home, "imsbackup", "-f", full, "/", check=0)
+    user, folder = ("alice", "Big") if when == "before-read" else ("zed", "INBOX")
+    for n in range(40):
+        put(store, user, folder, 100 + n, size=20_000)
+    p = popen(ims_home, "imsbackup", "-f", "-", "--base", full, "--state-out", tmp_path / "incr.state", "/",
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.read(4096)
+    assert run(ims_home, "mboxutil", "-d", "user/zed").returncode == 0
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    incr.write_bytes(first + out)
+    r, ms = members(incr)
+    assert r.complete and r.trailer["errors"] == []
+    with_member = [m.user for m in ms if m.kind == "user"]
+    with_folder = sorted({m.user for m in ms if m.kind == "folder"})
+    assert with_member == with_folder == (["alice"] if when == "before-read" else ["alice", "zed"])
+    assert r.trailer["counts"]["users"] == len(with_member)
+    chain, one_by_one = tmp_path / "chain", tmp_path / "one"
+    ended = open_store(make_home(chain, store.name))
+    got = open_store(make_home(one_by_one, store.name))
+    run(chain, "imsrestore", "-f", full, "-f", incr, check=0)
+    run(one_by_one, "imsrestore", "-f", full, check=0)
+    run(one_by_one, "imsrestore", "-f", incr, check=0)
+    if when == "before-read":
+        assert not ended.exists("zed")
+        assert user_view(got, "zed") == zed
+    else:
+        assert ended.exists("zed", "INBOX") and not ended.exists("zed", "Work")
+
+
 def test_a_folder_renamed_while_it_is_read_is_said_to_be_in_the_archive_twice(tmp_path):
     """Dovecot's RENAME (one rename(2): the folder keeps its UIDVALIDITY) while the backup
     waits inside the folder: the run reads it again under its new name (exit 0), and
