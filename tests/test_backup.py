@@ -413,21 +413,25 @@ def test_unreadable_mailbox_is_named_and_archive_still_complete(populated, ims_h
     r, ms = members(a)
     assert r.complete and [e["mailbox"] for e in r.trailer["errors"]] == ["/primary/joe/Work"]
     assert ("joe", "Work/2023") in [(m.user, m.folder) for m in ms if m.kind == "folder"]
-    # a restore of that archive names the folder its backup could not read (it restored
-    # what the archive holds: exit 0; a later backup brings the folder); one that does
-    # not reach that folder says nothing
+    # a restore of that archive names the folder its backup could not read, exit 1 (it
+    # restored what the archive holds, but not that folder as the store had it; a later
+    # backup brings it); one that does not reach that folder says nothing, exit 0
     for n, (paths, named) in enumerate([((), True), (("/primary/joe",), True), (("/primary/joe/Work",), True),
                                         (("/primary/joe/Work/2023",), False), (("/primary/mary",), False)]):
         home = tmp_path / f"to{n}"
         make_home(home, populated.name)
         p = run(home, "imsrestore", "-f", a, *paths)
         if named:
-            assert p.returncode == 0 and p.stderr.decode().splitlines()[-1] == (
+            assert p.returncode == 1 and p.stderr.decode().splitlines()[-1] == (
                 "imsrestore: /primary/joe/Work: the backup that made this archive could not read it: it is "
                 "not here as the store had it; restore it from a later backup that read it ("
                 + r.trailer["errors"][0]["error"] + ")"), p.stderr
         else:
             assert p.returncode == 0 and p.stderr == b"", p.stderr
+    # imsverify says the same of the archive, its restore test no more than that
+    p = run(ims_home, "imsverify", "-v", "-f", a, "--restore-test", text=True)
+    assert p.returncode == 1 and "the backup could not save /primary/joe/Work" in p.stderr, p.stderr
+    assert "did not restore cleanly" not in p.stderr, p.stderr
     p = run(tmp_path / "to0", "imsrestore", "-f", a, "-t", "/primary/joe")      # a listing says so too
     assert p.returncode == 0 and p.stderr.decode().startswith(
         "imsrestore: /primary/joe/Work: the backup that made this archive could not read it"), p.stderr

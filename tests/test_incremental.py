@@ -627,9 +627,10 @@ def test_a_folder_written_from_its_base_record_carries_its_mailbox_guid(tmp_path
 def test_a_folder_the_incremental_could_not_read_is_kept_not_removed(tmp_path, driver, by):
     """The incremental's backup could not read a folder (it named it, exit 1), so the
     folder is not in that archive.  It was not deleted: a chain restore keeps it as the
-    earlier archive has it, never removes it, and says so (its status its own: exit
-    0), in one command and one archive at a time.  (Before, both ways exited 0 without the folder and its
-    mail.)  A folder the incremental does not list because it was deleted is still
+    earlier archive has it, never removes it, and says so with exit 1 (the archive is
+    the chain's last: the user did not get the folder as the store had it), in one
+    command and one archive at a time.  (Before, both ways exited 0 without the folder
+    and its mail; then with it, still exit 0.)  A folder the incremental does not list because it was deleted is still
     removed, by --base and by -d alike."""
     from tests.test_backup import _break_folder
     w = World(tmp_path, driver)
@@ -652,16 +653,16 @@ def test_a_folder_the_incremental_could_not_read_is_kept_not_removed(tmp_path, d
 
     kept = b"/primary/alice/Work: not in this archive: the backup that wrote it could not read it"
     home = dest_home(tmp_path, driver)
-    p = chain(home, [full, incr], check=0)
+    p = chain(home, [full, incr], check=1)
     assert kept in p.stderr and b"kept as an earlier archive's restore left it" in p.stderr, p.stderr
     assert b"/primary/alice/Gone: removed" not in p.stderr    # never made: skipped
     assert view(dest_store(home)) == want
-    chain(home, [full, incr], check=0)                        # a rerun: the same
+    chain(home, [full, incr], check=1)                        # a rerun: the same
     assert view(dest_store(home)) == want
 
     home2 = dest_home(tmp_path, driver, "dst2")
     run(home2, "imsrestore", "-H", "-f", full, check=0)
-    p = run(home2, "imsrestore", "-v", "-f", incr, check=0)
+    p = run(home2, "imsrestore", "-v", "-f", incr, check=1)
     assert kept in p.stderr and b"/primary/alice/Gone: removed (the archive no longer lists it)" in p.stderr
     assert view(dest_store(home2)) == want
 
@@ -670,8 +671,9 @@ def test_a_chain_goes_on_past_a_link_whose_backup_could_not_read_a_folder(tmp_pa
     """A chain in one command whose middle link's backup could not read alice's Work
     (its trailer names it, the backup exited 1) restores the archives after it: Work is
     kept as the earlier archive has it and named, bob's later mail is restored, the
-    chain ends as its last backup had the store, exit 0 (a restore names what its
-    archive's backup could not read, its status its own).  Before, that link exited 1
+    chain ends as its last backup had the store, exit 0 (an earlier link of a chain in
+    one command names what its backup could not read, and leaves the status to the
+    last link, which read Work again).  Before, that link exited 1
     and "the chain stopped at" it: bob's mail of the last archive was missing, and a
     rerun stopped at the same link."""
     from tests.test_backup import _break_folder
@@ -1088,7 +1090,9 @@ def test_a_message_the_full_could_not_read_comes_back_from_the_incremental(tmp_p
     later backup that read it"); the next incremental read it.  The chain restored into an
     empty store, in one command or one archive per command (NetWorker, Bacula): the
     message came back under a new UID and was then expunged as not in the incremental's
-    list, exit 0 (mail lost).  It now comes back at its own UID, the store as the source."""
+    list, exit 0 (mail lost).  It now comes back at its own UID, the store as the source.
+    The full restored alone names the message's folder and exits 1 (it lacks the
+    message); in one command only the chain's last archive would."""
     home = tmp_path / "ims"
     store = open_store(make_home(home, driver))
     for i in range(5):
@@ -1104,7 +1108,7 @@ def test_a_message_the_full_could_not_read_comes_back_from_the_incremental(tmp_p
     if how == "one command":
         chain(dst, [full, incr])
     else:
-        chain(dst, [full])
+        chain(dst, [full], check=1)
         chain(dst, [incr])
     assert view(dest_store(dst)) == want
     chain(dst, [full, incr])                          # run again: nothing changes

@@ -938,3 +938,29 @@ def test_a_record_saved_late_in_a_long_save_finds_its_base(tmp_path, ims_home, e
     target, _ = _fresh(tmp_path, "new", drv, env)
     run(target, "imsasm", "-r", input=full + incr, check=0)
     assert state(open_store(Config(str(target)))) == want
+
+
+def test_recover_of_a_record_whose_backup_could_not_read_a_folder_exits_1_as_imsrestore(tmp_path, ims_home, env):
+    """A save record whose backup could not read joe's Work (its trailer names it; imsasm
+    -s exited 1): imsasm -r of it, or of a path reaching Work, restores the rest, names
+    Work with imsrestore's line and exits 1, as imsrestore and imsverify of the same
+    archive; a path that does not reach Work is exit 0.  Before, imsasm -r said
+    nothing of Work and exited 0."""
+    from tests.test_backup import _break_folder
+    cfg = home(ims_home, "classic")
+    store = open_store(cfg)
+    fill(store, ["joe"])
+    _break_folder(store, "joe", "Work")
+    backup = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-u", "-p", str(backup)).returncode == 0
+    joe = backup / "primary" / "groupA" / "joe"
+    full = run(ims_home, "imsasm", "-s", str(joe), check=1).stdout
+    line = "/primary/joe/Work: the backup that made this archive could not read it"
+    for n, (paths, want) in enumerate((((), 1), ((str(joe / "Work"),), 1), ((str(joe / "INBOX"),), 0))):
+        target, _ = _fresh(tmp_path, f"t{n}", "classic", env)
+        p = run(target, "imsasm", "-r", *paths, input=full)
+        err = p.stderr.decode()
+        assert p.returncode == want and err.count(line) == want, (paths, err)
+        got = state(open_store(Config(str(target))))
+        assert len(got[("joe", "INBOX" if n == 2 else "Work/2023")][1]) == 3, got
+        assert ("joe", "Work") not in got or not got[("joe", "Work")][1], got

@@ -440,6 +440,8 @@ def _chain(args, rep) -> int:
                 warn(PROG, f"the chain stopped at {d} (exit {st}): the archives after it were not restored; "
                            f"once the cause is fixed run the same command again (what is restored "
                            f"already is recognised)")
+            elif sig and getattr(one, "restored", None) == EXIT_OK:
+                journal.end_run(sig)        # complete (exit 1 for what its backup could not read)
             return st
     if sig:
         journal.end_run(sig)
@@ -606,6 +608,7 @@ def _one(args, rep) -> int:
                chain_base=chain_base(reader.header.get("since"), reader.header.get("base")),
                hostile=res.hostile, corrupt=res.corrupt, incomplete=res.incomplete,
                unmatched=list(res.unmatched), pending=len(res.pending),
+               unread=[mailbox for mailbox, _why in res.unread],
                restore_seconds=round(res.seconds, 3))
     for e in res.errors:
         if e.get("status") != EXIT_NOSPACE:        # a full disk is said once, below
@@ -657,7 +660,8 @@ def _one(args, rep) -> int:
     if acl_users and getattr(args, "map_last", True):
         warn(PROG, acl_note(acl_users))
     status = res.status()
-    if sig and status == EXIT_OK:
+    args.restored = res.restored_status()   # (1 for a mailbox the backup could not read alone:
+    if sig and args.restored == EXIT_OK:    # run again, it would do nothing more)
         journal.end_run(sig)                # complete: the same command again begins anew
     if user_map and refdoc is None and getattr(args, "map_last", True):
         unused = [k for k in user_map if k not in args.map_used]

@@ -299,8 +299,8 @@ class Restorer:
         folder someone made or changed since, never INBOX), and only once the archive
         was read to a valid trailer.  A folder the trailer names as not backed up (or
         whose user or partition it names) was not deleted: the backup could not read
-        it.  It is kept as it is, and said so (one line; the status stays, as
-        _name_unread's: a chain goes on to its later archives)."""
+        it.  It is kept as it is, and said so (one line; the status is _name_unread's,
+        which names the same mailbox: a chain's earlier links go on to its later archives)."""
         from asm.backup import is_excluded
         trailer = getattr(self.reader, "trailer", None)
         if not self.gone or trailer is None:
@@ -379,10 +379,10 @@ class Restorer:
 
     def _name_unread(self) -> None:
         """What the backup that made this archive could not read (its trailer's errors),
-        where the selection reaches it: named, for this archive does not bring it back.
-        Not a failure of the restore (which restored what the archive holds; an engine
-        restoring a chain record by record finds it in a later one): the status stays.
-        A chain's earlier links leave that to its last (opts.final set)."""
+        where the selection reaches it: named, for this archive does not bring it back,
+        and the run's status is 1 (RestoreResult.status: the user asked for it and did
+        not get it as the store had it).  A chain's earlier links leave that to its last
+        (opts.final set): a later archive may hold it again."""
         trailer = getattr(self.reader, "trailer", None)
         if trailer is None or self.opts.final is not None:
             return

@@ -96,9 +96,16 @@ class RestoreResult:
         return out
 
     def status(self) -> int:
-        """The run's exit status when several kinds of failure met (docs/operations.md,
-        "Exit statuses"): the worst of :meth:`failures`, else paths that matched nothing
-        at all or only names the store cannot keep (2), and any other named failure (1)."""
+        """The run's exit status (docs/operations.md, "Exit statuses"): :meth:`restored_status`,
+        and 1 when the selection reached a mailbox the archive's backup could not read
+        (``unread``: the user asked for it and did not get it as the store had it)."""
+        return worst(self.restored_status(), EXIT_PARTIAL if self.unread else EXIT_OK)
+
+    def restored_status(self) -> int:
+        """The status of the restore of what the archive holds, when several kinds of
+        failure met: the worst of :meth:`failures`, else paths that matched nothing
+        at all or only names the store cannot keep (2), and any other named failure (1).
+        EXIT_OK: the run is complete (run again, it would do nothing more)."""
         worst_failure = worst(*self.failures())
         if worst_failure != EXIT_OK:
             return worst_failure

@@ -277,7 +277,7 @@ def cmd_restore(args, home: str, state: State) -> int:
             os.unlink(report)
     unmatched = [p for p in doc.get("unmatched") or [] if isinstance(p, str)]
     if chosen and unmatched and rc in (EXIT_USAGE, EXIT_PARTIAL) and not doc.get("errors") \
-            and not doc.get("pending"):
+            and not doc.get("pending") and not doc.get("unread"):
         # the only failure is selected paths this stream does not hold (another group's
         # users, a group split since): other streams of the job hold them
         if len(unmatched) >= len(chosen):

@@ -529,6 +529,21 @@ class TreeSelection(Selection):
             return False
         return hit
 
+    def reaches(self, mailbox: str) -> bool:
+        """As Selection.reaches (what a record's trailer names as not backed up), by the
+        places: a user or partition named whole is reached by any place inside it."""
+        if not self.places:
+            return True
+        partition, user, folder = (mailbox[1:].split("/", 2) + [None, None])[:3]
+        for p in self.places:
+            if p.partition is not None and partition and partition != p.partition:
+                continue
+            if p.user is not None and user is not None and user != p.user:
+                continue
+            if folder is None or p.folder is None or p.covers(partition, user, None, folder):
+                return True
+        return False
+
 
 def _match(rec_info: dict, want: list[str]):
     """Which recover paths select this record: None (none: skip it), else (whole,
@@ -844,6 +859,12 @@ def _restore_record(inst, rec, places, args, totals, errors, report, progress) -
     statuses = res.failures() | {EXIT_PARTIAL if e.get("status") == EXIT_USAGE else e.get("status", EXIT_PARTIAL)
                                  for e in res.errors}
     if res.pending:
+        statuses.add(EXIT_PARTIAL)
+    # what the record's backup could not read, where the paths reach it: named and exit 1,
+    # as imsrestore of the same archive says it
+    from asm.cli.imsrestore import unread_line
+    for mailbox, why in res.unread:
+        errors.append(f"{rec.name}: {unread_line(mailbox, why)}")
         statuses.add(EXIT_PARTIAL)
     if res.hostile:
         errors.append(f"{rec.name}: {res.hostile} hostile members refused")
