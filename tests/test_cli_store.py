@@ -2,6 +2,7 @@
 administrator runs them, with the store checked afterwards through the driver."""
 from __future__ import annotations
 
+import email.utils
 import io
 import os
 import re
@@ -220,6 +221,42 @@ def test_imsimport_of_a_from_line_of_9999_local_time_backs_up_and_restores(confi
     run(dest, "imsrestore", "-f", tmp_path / "a.ims", env=env, check=0)
     got = open_store(Config(home=str(dest))).messages("joe", "INBOX")
     assert [m.internaldate for m in got] == [253402300799, 1704121200]
+
+
+def test_imsimport_into_a_maildir_on_ext4_names_each_date_it_cannot_keep(tmp_path):
+    """An mbox whose From_ lines carry dates ext4 cannot hold (before 1901-12-13 20:45:52
+    or after 2446-05-10) imported into a Maildir store on ext4 (INTERNALDATE is the
+    file's mtime): every message is imported, its bytes whole, and each one whose
+    INTERNALDATE the store could not keep, and only those, is named with its place in
+    the mbox and its UID, exit 1.  Before, they got another date and the run exited 0."""
+    from tests.helpers import make_home, small_ext4
+    days = ["Wed, 01 Jan 1800 00:00:00 +0000", "Fri, 13 Dec 1901 20:45:51 +0000",
+            "Fri, 13 Dec 1901 20:45:52 +0000", "Tue, 01 Jan 2030 12:00:00 +0000",
+            "Sat, 10 May 2446 00:00:00 +0000", "Wed, 01 Jan 3000 00:00:00 +0000",
+            "Fri, 31 Dec 9999 23:59:59 +0000"]
+    bodies = [f"Subject: {i}\n\nmessage {i}\n".encode() for i in range(len(days))]
+    mbox = tmp_path / "m.mbox"
+    mbox.write_bytes(b"\n".join(f"From a@b {d}\n".encode() + b for d, b in zip(days, bodies)))
+    with small_ext4(tmp_path / "ext4") as mnt:
+        home = tmp_path / "ims"
+        store = open_store(make_home(home, "maildir", **{"partition:primary.path": str(mnt)}))
+        store.create_user("joe")
+        p = run(home, "imsimport", "-u", "joe", "-s", mbox, text=True)
+        got = store.messages("joe", "INBOX")
+        assert len(got) == len(days)
+        for i, m in enumerate(got):
+            with open(m.path, "rb") as f:
+                assert f.read() == bodies[i]
+        want = [email.utils.parsedate_to_datetime(d).timestamp() for d in days]
+        lost = [i for i, m in enumerate(got) if int(m.internaldate) != int(want[i])]
+        assert {0, 1, 5, 6} <= set(lost) and not {2, 3} & set(lost), [m.internaldate for m in got]
+        assert p.returncode == 1, p.stderr
+        lines = p.stderr.splitlines()
+        assert len(lines) == len(lost), p.stderr
+        for line, i in zip(lines, lost):
+            assert line.startswith(f"imsimport: user/joe/INBOX: message {i + 1} of the mbox (UID {got[i].uid}): "
+                                   f"its INTERNALDATE "), line
+            assert "could not be kept" in line and line.endswith("the message is imported with that date"), line
 
 
 def test_imsimport_from_stdin_into_inbox(config, ims_home):

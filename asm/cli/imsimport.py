@@ -4,10 +4,11 @@ from __future__ import annotations
 import itertools
 import sys
 
-from asm.cli.common import ArgParser, UsageError, run_command
+from asm.cli.common import ArgParser, UsageError, run_command, warn
 from asm.cli.context import open_installation
-from asm.errors import EXIT_OK, ImsError
+from asm.errors import EXIT_OK, EXIT_PARTIAL, ImsError
 from asm.mbox import NotAnMbox, read_mbox
+from asm.restore.apply import date_not_kept
 from asm.store.base import StoreError, check_folder_name
 
 PROG = "imsimport"
@@ -35,6 +36,7 @@ def _main(argv: list[str] | None) -> int:
     except OSError as exc:
         raise UsageError(f"cannot read mbox file {args.s!r}: {exc.strerror}") from None
     n = 0
+    named = 0                                 # imported with another INTERNALDATE than the mbox's
     try:
         with src, store.batch():              # what was imported is on disk, however it ends
             # read the first message before touching the store, so a file that is not
@@ -46,9 +48,16 @@ def _main(argv: list[str] | None) -> int:
             with store.lock(args.u, args.d):
                 for msg in itertools.chain([first] if first else [], messages):
                     with msg.file:
-                        store.append(args.u, args.d, msg.file, flags=msg.flags,
-                                     internaldate=msg.internaldate)
+                        info = store.append(args.u, args.d, msg.file, flags=msg.flags,
+                                            internaldate=msg.internaldate)
                     n += 1
+                    # a date the store's file system cannot hold (a Maildir on ext4: its
+                    # INTERNALDATE is the file's mtime): imported, and named, exit 1
+                    why = date_not_kept(info.uid, msg.internaldate, info.internaldate, "imported",
+                                        f"message {n} of the mbox (UID {info.uid})")
+                    if why is not None:
+                        named += 1
+                        warn(PROG, f"user/{args.u}/{args.d}: {why}")
     except NotAnMbox as exc:
         raise UsageError(f"{'standard input' if args.s == '-' else args.s}: {exc}; nothing was imported "
                          f"and no folder made") from None
@@ -56,7 +65,7 @@ def _main(argv: list[str] | None) -> int:
         raise ImsError(f"{exc} (after {n} messages)", status=exc.status) from None
     if args.v:
         print(f"{PROG}: imported {n} messages into user/{args.u}/{args.d}", file=sys.stderr)
-    return EXIT_OK
+    return EXIT_PARTIAL if named else EXIT_OK
 
 
 if __name__ == "__main__":

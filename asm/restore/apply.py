@@ -33,16 +33,17 @@ def _day(t: float) -> str:
         return f"{t:.0f}"
 
 
-def date_not_kept(uid: int, want: float, got: float) -> str | None:
-    """What to say when the store kept another INTERNALDATE than the archive's (a Maildir's
-    is the file's mtime, and ext4 holds only 1901-12-13 .. 2446-05-10), else None; the
-    message itself is restored.  Whole seconds count (sub-second precision is the file
-    system's)."""
+def date_not_kept(uid: int, want: float, got: float, done: str = "restored", name: str = "") -> str | None:
+    """What to say when the store kept another INTERNALDATE than the archive's (or the
+    mbox's: ``done`` "imported", ``name`` the message as the line calls it, default
+    "message UID"); a Maildir's is the file's mtime, and ext4 holds only 1901-12-13 ..
+    2446-05-10), else None; the message itself is stored.  Whole seconds count
+    (sub-second precision is the file system's)."""
     if int(got) == int(want):
         return None
-    return (f"message {uid}: its INTERNALDATE {_day(want)} could not be kept: the store holds "
+    return (f"{name or f'message {uid}'}: its INTERNALDATE {_day(want)} could not be kept: the store holds "
             f"{_day(got)} (a Maildir's INTERNALDATE is its file's mtime, and this file system "
-            f"cannot hold that date); the message is restored with that date")
+            f"cannot hold that date); the message is {done} with that date")
 
 
 def clean_spools(base: str) -> None:
