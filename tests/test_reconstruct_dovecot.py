@@ -174,3 +174,73 @@ def test_reconstruct_gives_back_guids_a_file_name_cannot_carry(tmp_path):
         assert "Traceback" not in p.stderr, p.stderr
         lab.start()
         assert view(lab) == before                 # UIDs, flags, keywords, bytes, and the GUIDs
+
+
+def test_two_message_files_with_one_base_name_are_both_kept_and_dovecot_agrees(tmp_path):
+    """Two files of a Maildir with one base name, each another message (the delivered
+    file and a cur/ one beside it; two cur/ files of a base the uidlist lacks), and two
+    hard links of one file: reconstruct keeps every message as the backup and Dovecot's
+    maildir_fix_duplicate do.  The file the uidlist's UID stays with is cur/'s (then the
+    smallest name), the other gets a new unique base name (sizes and flags kept) and a
+    new UID, and each is said; the links stay one message.  Afterwards every file's
+    bytes are there under a base name of its own with a UID in the uidlist, and Dovecot
+    serving the folder shows each message once, under that UID.  Before, reconstruct
+    read one file per base name and numbered nothing for the other."""
+    import hashlib
+
+    from asm.store.maildir.uidlist import read_uidlist
+    with dovecot_lab("plain", logins=["alice"]) as lab:
+        home = setup(tmp_path, lab)
+        lab.deliver(["alice"], message("delivered"))
+        lab.stop()
+        inbox = os.path.join(lab.store, "alice", "Maildir")
+        (first,) = glob.glob(os.path.join(inbox, "new", "*")) + glob.glob(os.path.join(inbox, "cur", "*"))
+        base = os.path.basename(first).partition(":")[0]
+        other = os.path.join(inbox, "cur", base + ":2,S") if "/new/" in first else os.path.join(inbox, "new", base)
+        with open(first, "rb") as f:
+            bodies = {first: f.read()}
+        # (the same size: its name's S= and W= are the delivered file's)
+        for path, data in ((other, bodies[first].replace(b"delivered", b"Delivered")),
+                           (os.path.join(inbox, "cur", "1700000100.M2P2.mda:2,S"), message("C seen")),
+                           (os.path.join(inbox, "cur", "1700000100.M2P2.mda:2,F"), message("C flagged")),
+                           (os.path.join(inbox, "new", "1700000200.M3P3.mda"), message("D linked"))):
+            bodies[path] = data
+            with open(path, "wb") as f:
+                f.write(bodies[path])
+        os.link(os.path.join(inbox, "new", "1700000200.M3P3.mda"), os.path.join(inbox, "cur", "1700000200.M3P3.mda:2,"))
+        lab.fix_owner()
+        uid_before = read_uidlist(inbox).by_base()[base]
+        p = run(home, "reconstruct", "-v", "-r", "/primary/alice", check=0, text=True)
+        said = p.stderr
+        assert "Traceback" not in said, said
+        assert said.count("is a second message with the base name of") == 2, said
+        assert "are two links of one file: one message" in said, said
+
+        on_disk = {}                                  # base -> (bytes, flag letters), one per inode
+        inodes = set()
+        for sub in ("new", "cur"):
+            for name in sorted(os.listdir(os.path.join(inbox, sub))):
+                st = os.stat(os.path.join(inbox, sub, name))
+                if (st.st_dev, st.st_ino) in inodes:
+                    continue
+                inodes.add((st.st_dev, st.st_ino))
+                b, _, info = name.partition(":")
+                assert b not in on_disk, name
+                with open(os.path.join(inbox, sub, name), "rb") as f:
+                    on_disk[b] = (f.read(), info[2:])
+        assert sorted(d for d, _ in on_disk.values()) == sorted(set(bodies.values()))
+        uids = read_uidlist(inbox).by_base()
+        assert set(on_disk) <= set(uids), (sorted(on_disk), uids)
+        kept = os.path.join(inbox, "cur", base + ":2,S") if "/new/" in first else first
+        assert uids[base] == uid_before and on_disk[base][0] == bodies[kept]
+        assert {on_disk[b][1] for b in on_disk if on_disk[b][0] in (message("C seen"), message("C flagged"))} \
+            == {"S", "F"}
+        lab.start()
+        got = lab.client_state("alice")["INBOX"].messages
+
+        def served(data: bytes) -> str:              # (IMAP gives CRLF lines; Dovecot stores LF)
+            return hashlib.sha256(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")).hexdigest()
+        assert sorted((m.uid, m.sha256) for m in got) == sorted((uids[b], served(d)) for b, (d, _) in on_disk.items())
+        flags = {m.sha256: m.flags for m in got}
+        assert "\\Seen" in flags[hashlib.sha256(message("C seen")).hexdigest()]
+        assert "\\Flagged" in flags[hashlib.sha256(message("C flagged")).hexdigest()]

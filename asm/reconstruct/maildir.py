@@ -274,6 +274,7 @@ class MaildirReconstructor:
 
     def _scan(self, mb: str, d: str) -> dict:
         files: dict = {}
+        clashes: list = []                    # (subdir, file name) another file's base name has
         for sub in ("new", "cur"):            # cur/ wins when a name is in both
             try:
                 entries = list(os.scandir(os.path.join(d, sub)))
@@ -292,9 +293,16 @@ class MaildirReconstructor:
                                                  f"it has no UID; rename it to a name without one and run "
                                                  f"reconstruct again")
                     continue
-                if base in files:
-                    self.report.add(NOTE, mb, f"{base} is in both new/ and cur/; the one in cur/ is read")
+                had = files.get(base)
                 files[base] = (sub, e.name)
+                if had is not None:
+                    # two names, one base: the one kept is cur/'s, then the smallest (as
+                    # the backup's list_messages); the other is looked at below
+                    if had[0] == sub and had[1] < e.name:
+                        files[base], had = had, (sub, e.name)
+                    clashes.append(had)
+        for sub, fname in clashes:
+            self._duplicate(mb, d, files, sub, fname)
         stale = []
         with contextlib.suppress(OSError):
             now = time.time()
@@ -310,6 +318,38 @@ class MaildirReconstructor:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(p)
         return files
+
+    def _duplicate(self, mb: str, d: str, files: dict, sub: str, fname: str) -> None:
+        """A file whose base name the file kept in ``files`` has too (``new/B`` beside
+        ``cur/B:2,S``), as the backup (MaildirStore._fix_duplicates) and Dovecot's
+        maildir_fix_duplicate treat it: a hard link of the same inode is one message;
+        any other file is a message of its own, renamed to a new base name (its sizes,
+        flags and subdirectory kept), under which it is numbered as a new message."""
+        base, sep, info = fname.partition(":")
+        kept = os.path.join(d, *files[base])
+        path = os.path.join(d, sub, fname)
+        try:
+            one, dup = os.lstat(kept), os.lstat(path)
+        except OSError:
+            return
+        if (one.st_dev, one.st_ino) == (dup.st_dev, dup.st_ino):
+            self.report.add(NOTE, mb, f"{path} and {kept} are two links of one file: one message")
+            return
+        new_base = self.store.duplicate_base(base, dup.st_ctime)
+        new = new_base + sep + info
+        if self.repair:
+            try:
+                os.rename(path, os.path.join(d, sub, new))
+            except OSError as exc:
+                self.report.add(UNKNOWN, mb, f"{path}: a second message with the base name of {kept} could not "
+                                             f"be given a name of its own ({exc.strerror}): it has no UID; rename "
+                                             f"it to a new unique name and run reconstruct again")
+                return
+        self.report.add(REPAIRED, mb, f"{path} is a second message with the base name of {kept}: "
+                                      + ("renamed" if self.repair else "to be renamed")
+                                      + f" to {os.path.join(sub, new)} (as Dovecot does) and numbered as a new "
+                                        f"message")
+        files[new_base] = (sub, new if self.repair else fname)
 
     def _check(self, mb: str, user: str, folder: str, d: str, c: str | None = None,
                i: str | None = "") -> None:

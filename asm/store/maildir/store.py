@@ -1347,9 +1347,7 @@ class MaildirStore(Store):
                 continue
             if (one.st_dev, one.st_ino) == (dup.st_dev, dup.st_ino):
                 continue                        # two links of one file: one message
-            stored = stored_from_name(base)
-            sizes = "".join(m.group(0) for m in (SIZE_RE.search(base), _VSIZE_RE.search(base)) if m)
-            new_base = self._new_base(stored if stored is not None else dup.st_ctime) + sizes
+            new_base = self.duplicate_base(base, dup.st_ctime)
             new = new_base + sep + info
             try:
                 os.rename(path, os.path.join(st.dir, sub, new))
@@ -1362,6 +1360,14 @@ class MaildirStore(Store):
                     f"({exc.strerror}): run this as a user that may write the folder, or rename it to a "
                     f"new unique name yourself") from None
             st.files[new_base] = (sub, new)
+
+    def duplicate_base(self, base: str, ctime: float) -> str:
+        """A new base name for a second message file whose base name is ``base`` (as
+        Dovecot's maildir_fix_duplicate): of the time ``base`` names (else the file's
+        ``ctime``), its S= and W= sizes kept (also for reconstruct's own scan)."""
+        stored = stored_from_name(base)
+        sizes = "".join(m.group(0) for m in (SIZE_RE.search(base), _VSIZE_RE.search(base)) if m)
+        return self._new_base(stored if stored is not None else ctime) + sizes
 
     def _assign_uids(self, st: _State) -> None:
         """Give files Dovecot has not seen yet UIDs at UIDNEXT (as Dovecot would)."""
