@@ -252,7 +252,11 @@ def test_an_acl_file_the_archive_cannot_hold_is_named_and_the_mail_backed_up(acl
         assert [m.uid for m in ArchiveReader(f).members() if m.kind == "message" and m.folder == "Private"] == [1]
     os.rmdir(path)
     wipe(lab)
-    run(home, "imsrestore", "-f", archive, check=0)
+    # restored, the folder is named as its backup named it (its ACL is not as the store
+    # had it): exit 1, as for any mailbox the archive's trailer lists
+    res = run(home, "imsrestore", "-f", archive, check=1, text=True)
+    assert "/primary/alice/Private: the backup that made this archive could not read it" in res.stderr, \
+        res.stderr
     assert not os.path.exists(path)
     # a hostile ACL in an archive (every digest forged right): that folder is refused
     # as damaged in one line, exit 4, nothing of it written; the rest is restored
