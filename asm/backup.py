@@ -648,8 +648,7 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
 
     ahead = None
     if readers is not None:
-        ahead = readers.folder([m for m in snap.messages if carried(m)], writer.links_written,
-                               opts.ignore_links)
+        ahead = readers.folder([m for m in snap.messages if carried(m)])
     gone: list = []
     try:
         n, nbytes = _write_messages(store, writer, t, folder, mailbox, snap, carried, opts, res,
@@ -708,6 +707,8 @@ class _Prefetch:
                 (self.ahead < self.PREFETCH_BYTES or self.next == i):
             m = msgs[self.next]
             size = 0
+            # a later copy of a file read already shares its page cache (the same inode);
+            # one whose inode number was reused meanwhile is read cold: time, never bytes
             if not m.compressed and not (m.nlink > 1 and (m.dev, m.ino) in self.written):
                 size = m.size
                 backupwarm.willneed(m.path)

@@ -5,8 +5,9 @@ The archive is the same bytes as without them: members are still written one by 
 in store order by the writer, and a message whose file a thread could not read (gone,
 renamed, not a regular file, an I/O error, bigger than the writer's one-buffer size) is
 simply read again by the writer, which then says what is wrong as it always does.
-Single-copy links are resolved in archive order: a file whose (device, inode) an
-earlier member of the run already carries, or will carry, is not read ahead at all.
+Single-copy links are resolved in archive order by the writer, which compares a later
+copy's bytes with the first copy's before it writes a link (an inode number is reused
+once its file is gone): the later copies are read ahead as any other file.
 
 The threads overlap what releases the GIL: the waits for the disk (a cold cache), the
 copies out of the page cache and SHA-256 over the message (hashlib releases it for
@@ -25,8 +26,7 @@ WINDOW = 8 << 20                    # message bytes read ahead of the writer, at
 class ReadAhead:
     """One folder's messages read ahead, in the order they will be written."""
 
-    def __init__(self, pool, jobs: int, messages: list, written_links: dict, ignore_links: bool,
-                 window: int = WINDOW):
+    def __init__(self, pool, jobs: int, messages: list, window: int = WINDOW):
         self._pool = pool
         self._max = 4 * jobs
         self._window = window
@@ -34,14 +34,8 @@ class ReadAhead:
         self._ahead: dict = {}               # id(message) -> (future, size)
         self._queued = collections.deque()   # ids in order
         self._bytes = 0
-        seen: set = set()
-        self._skip: set = set()              # ids the writer must read itself
-        for m in messages:
-            key = None if ignore_links or m.nlink < 2 else (m.dev, m.ino)
-            if m.compressed or m.size > SMALL or (key is not None and (key in written_links or key in seen)):
-                self._skip.add(id(m))
-            if key is not None:
-                seen.add(key)
+        # ids the writer must read itself
+        self._skip: set = {id(m) for m in messages if m.compressed or m.size > SMALL}
         self._fill()
 
     def _fill(self) -> None:
@@ -99,13 +93,13 @@ class Readers:
         self.jobs = max(1, int(jobs))
         self._pool = None
 
-    def folder(self, messages: list, written_links: dict, ignore_links: bool) -> ReadAhead | None:
+    def folder(self, messages: list) -> ReadAhead | None:
         if self.jobs < 2 or len(messages) < 2:
             return None
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor   # only when there is work
             self._pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="imsbackup-read")
-        return ReadAhead(self._pool, self.jobs, messages, written_links, ignore_links)
+        return ReadAhead(self._pool, self.jobs, messages)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -299,8 +299,11 @@ class ArchiveWriter:
         src_data: (bytes, sha256 hex) of src_path read already (by a reader thread,
         :mod:`asm.backupread`), at most SMALL bytes; used instead of reading src_path
         unless the member is a link to a copy written before.
-        If link_key (e.g. (st_dev, st_ino)) was already written, a hard-link
-        member naming the first copy is written instead and nothing is read.
+        If link_key (e.g. (st_dev, st_ino)) was already written, the bytes are read
+        and hashed, and a hard-link member naming the first copy is written when they
+        have its SHA-256; other bytes (the inode number reused by another message once
+        the first copy's file was gone) are written in full, and the key names this
+        member from then on.
         CorruptSource: a big file changed between hashing and writing; its
         member is in the archive and will fail its digest on restore.
         """
@@ -330,14 +333,19 @@ class ArchiveWriter:
             if pop3_uidl and values.POP3_UIDL_RE.match(pop3_uidl) else b"",
             _R(_K[spec.POP3_ORDER], b"%d" % pop3_order)
             if type(pop3_order) is int and spec.POP3_ORDER_MIN <= pop3_order <= spec.POP3_ORDER_MAX else b""))
-        if link_key is not None and link_key in self._links:
-            target, sha, target_f = self._links[link_key]
-            recs = self._message_records(_KIND_LINK, uid, flags, keywords, internaldate,
-                                         stored, nlink, sha)
-            self._rw.write(self._member(name, pax.LNKTYPE, pax.MODE_0600, 0, mtime, recs,
-                                        linkname=target, name_f=name_f, link_f=target_f))
-            self.counts["links"] += 1
-            return name
+        hit = self._links.get(link_key) if link_key is not None else None
+        if hit is not None:
+            # the key says "the same file", but an inode number is reused once its file is
+            # gone (expunged during this run): a link only for the same bytes, else in full
+            target, sha, target_f = hit
+            src_data, same = self._compare(name, sha, src_data, src_path, src_file)
+            if same:
+                recs = self._message_records(_KIND_LINK, uid, flags, keywords, internaldate,
+                                             stored, nlink, sha)
+                self._rw.write(self._member(name, pax.LNKTYPE, pax.MODE_0600, 0, mtime, recs,
+                                            linkname=target, name_f=name_f, link_f=target_f))
+                self.counts["links"] += 1
+                return name
         if src_data is not None:
             data, sha = src_data
             n = len(data)
@@ -364,6 +372,44 @@ class ArchiveWriter:
         if link_key is not None:
             self._links[link_key] = (name, sha, name_f)
         return name
+
+    def _compare(self, name, sha, src_data, src_path, src_file):
+        """(src_data, same): whether the message's bytes have the SHA-256 ``sha`` of the
+        member a link would name.  src_data comes back as (bytes, sha256 hex) when the
+        bytes were read here and fit one buffer (the member is then written from them, so
+        what was compared is what is written), else as given; a src_file read to its end
+        is put back at its start."""
+        if src_data is not None:
+            return src_data, src_data[1] == sha
+        if src_path is None and src_file is None:
+            return None, False       # add_message says what is missing
+        f = _FdFile.open_message(src_path, name) if src_file is None else src_file
+        src = src_path if src_file is None else getattr(src_file, "name", None)
+        try:
+            try:
+                data = _read_start(f)
+                if len(data) <= SMALL:
+                    got = (data, hashlib.sha256(data).hexdigest())
+                    return got, got[1] == sha
+                h = hashlib.sha256(data)
+                del data
+                while True:
+                    chunk = f.read(CHUNK)
+                    if not chunk:
+                        break
+                    h.update(chunk)
+            except OSError as exc:
+                raise UnreadableSource(name, src, f"reading it failed: {exc.strerror or exc}") from None
+            if src_file is not None:
+                try:
+                    src_file.seek(0)
+                except (AttributeError, OSError) as e:
+                    raise ArchiveError(f"message {name} is bigger than 1 MiB and its source "
+                                       f"cannot be re-read ({e}); pass src_path or a seekable file") from e
+            return None, h.hexdigest() == sha
+        finally:
+            if src_file is None:
+                f.close()
 
     def _write_data(self, name, f, src, flags, keywords, uid, internaldate, stored, nlink, mtime,
                     name_f=None):
