@@ -693,8 +693,8 @@ class _Prefetch:
     PREFETCH_FILES = 64
     PREFETCH_BYTES = 16 << 20
 
-    def __init__(self, msgs: list, written) -> None:
-        self.msgs, self.written = msgs, written
+    def __init__(self, msgs: list) -> None:
+        self.msgs = msgs
         self.next = 0                # the first message not asked for yet
         self.sizes: list = []        # sizes asked for, by position
         self.ahead = 0               # bytes asked for and not written yet
@@ -707,9 +707,9 @@ class _Prefetch:
                 (self.ahead < self.PREFETCH_BYTES or self.next == i):
             m = msgs[self.next]
             size = 0
-            # a later copy of a file read already shares its page cache (the same inode);
-            # one whose inode number was reused meanwhile is read cold: time, never bytes
-            if not m.compressed and not (m.nlink > 1 and (m.dev, m.ino) in self.written):
+            # every copy is read, a later copy of a file written already too (the writer
+            # compares its bytes before it writes a link: docs/format.md 2.6)
+            if not m.compressed:
                 size = m.size
                 backupwarm.willneed(m.path)
             sizes.append(size)
@@ -727,7 +727,7 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
     todo = [m for m in snap.messages if carried(m)]
     # the files asked for ahead: by the read-ahead child once it runs, else here, a few
     # at a time
-    ahead_of = _Prefetch(todo, writer.links_written) \
+    ahead_of = _Prefetch(todo) \
         if ahead is None and (warm is None or not warm.running) else None
     for i, m in enumerate(todo):
         if ahead_of is not None:
