@@ -137,7 +137,8 @@ class ArchiveWriter:
         self.blocking_factor = blocking_factor
         self.header = None
         self.trailer = None
-        self._links = {}             # link_key -> (member name, sha256 hex, ustar name field or None)
+        self._links = {}             # link_key -> (member name, sha256 hex, ustar name field or
+                                     # None) of the last message member written under it
         self._sequence = hashlib.sha256()    # the trailer's digest: every member's digest
         self._mtime = 0
         self._folder = None          # ((partition, user, folder), UidSet, member name
@@ -297,8 +298,8 @@ class ArchiveWriter:
         The bytes come from src_path (opened here; FileNotFoundError propagates)
         or src_file (must be seekable if bigger than 1 MiB). size is only a hint.
         src_data: (bytes, sha256 hex) of src_path read already (by a reader thread,
-        :mod:`asm.backupread`), at most SMALL bytes; used instead of reading src_path
-        unless the member is a link to a copy written before.
+        :mod:`asm.backupread`), at most SMALL bytes; used instead of reading src_path,
+        to write the member or to compare it with a copy written before.
         If link_key (e.g. (st_dev, st_ino)) was already written, the bytes are read
         and hashed, and a hard-link member naming the first copy is written when they
         have its SHA-256; other bytes (the inode number reused by another message once
