@@ -224,18 +224,40 @@ def _from_archive(f, path: str) -> BaseState:
                        driver=h.get("driver"), device=os.path.abspath(path),
                        scope=h["scope"] if isinstance(h.get("scope"), list) else None,
                        named=os.path.abspath(path))
+        listed: dict = {}               # (user, folder) -> folder member
+        present: dict = {}              # (user, folder) -> [UID of a message or link member]
         for m in reader.members():
             if m.kind == "folder":
-                st.folders[(m.user, m.folder)] = (m.uidvalidity, m.uids)
+                listed[(m.user, m.folder)] = m
+                present[(m.user, m.folder)] = []
+            elif m.kind in ("message", "link"):
+                present[(m.user, m.folder)].append(m.uid)
         if not reader.complete:
             raise BaseError(f"the base archive {path} is incomplete (no trailer): it cannot be "
                             f"the base of an incremental")
+        for key, m in listed.items():
+            st.folders[key] = (m.uidvalidity, _held(m, present[key]))
         _drop_failed(st, reader.trailer or {})
     except ArchiveError as exc:
         raise BaseError(f"the base archive {path} cannot be read: {exc}") from None
     except OSError as exc:
         raise BaseError(f"cannot read the base {path}: {exc.strerror or exc}") from None
     return st
+
+
+def _held(folder, present: list) -> UidSet:
+    """The UIDs an archive's folder member holds for the chain: those its state record
+    names (not carried: an earlier link holds them) and those it carries, a member of
+    its own.  A UID it lists but neither names nor carries vanished while its backup ran
+    (expunged, or its folder renamed or deleted and brought back later): the state file
+    leaves it out, so the next incremental carries it; so must the archive itself."""
+    uids, state = folder.uids, folder.state
+    if len(uids) - len(state) == len(present):
+        return uids                      # every UID carried was written: nothing vanished
+    if not state:
+        return UidSet.of(present)        # a full backup: it holds what it wrote
+    have = set(present)
+    return UidSet.of(u for u in uids if u in have or state.get(u) is not None)
 
 
 def _drop_failed(st: BaseState, trailer: dict) -> None:

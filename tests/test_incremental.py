@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import subprocess
 import time
 
 import pytest
@@ -22,7 +23,7 @@ from asm.errors import EXIT_ORDER
 from asm.store import open_store
 from asm.store.base import SETTLE_NS
 from tests.faults import run_with_fault
-from tests.helpers import make_home, msg, put, run, sha256, state
+from tests.helpers import make_home, msg, popen, put, run, sha256, state
 
 pytestmark = pytest.mark.usefixtures("ims_home")
 
@@ -458,6 +459,40 @@ def test_a_message_the_base_failed_to_save_is_carried_next_time(tmp_path, driver
         incr = tmp_path / "incr.ims"
         run(w.home, "imsbackup", "-f", incr, "--base", base, "/", check=0)
         assert _carried(w.home, incr) == [f"/primary/alice/INBOX/{bad.uid}"], base
+
+
+def test_messages_that_vanished_from_the_base_archive_are_carried_by_archive_as_by_state(tmp_path, driver):
+    """The user deletes folder Big while the full backup reads it (the messages not read
+    by then vanish: listed in the folder member, not written); the administrator brings
+    it back from an older archive (the same UIDVALIDITY and UIDs).  ``--base FULL.ims``
+    counted the vanished messages as held (exit 0, none carried; the chain restore exit
+    7, Big short); it now carries what ``--base FULL.ims.state`` carries, and the chain
+    restores Big whole."""
+    w = World(tmp_path, driver)
+    for n in range(60):
+        put(w.store, "alice", "Big", n, size=20_000)
+    pre, full = tmp_path / "pre.ims", tmp_path / "full.ims"
+    run(w.home, "imsbackup", "-f", pre, "/", check=0)
+    p = popen(w.home, "imsbackup", "-f", "-", "--state-out", f"{full}.state", "/",
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.read(4096)                    # inside Big, blocked on us
+    w.store.delete_folder("alice", "Big")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    full.write_bytes(first + out)
+    written = [int(n.rsplit("/", 1)[1]) for n in _carried(w.home, full)]
+    assert 0 < len(written) < 60, written          # some vanished (else this tests nothing)
+    run(w.home, "imsrestore", "-f", pre, "/primary/alice/Big", check=0)
+    want = view(w.store)
+    carried = {}
+    for base in (f"{full}.state", full):
+        incr = tmp_path / f"incr-{len(carried)}.ims"
+        run(w.home, "imsbackup", "-f", incr, "--base", base, "--state-out", f"{incr}.st", "/", check=0)
+        carried[base] = [int(n.rsplit("/", 1)[1]) for n in _carried(w.home, incr)]
+        assert sorted(carried[base] + written) == list(range(1, 61)), base
+        dst = dest_home(tmp_path, driver, f"dst-{len(carried)}")
+        chain(dst, [full, incr])
+        assert view(dest_store(dst)) == want, base
 
 
 def test_imsdr_chain_follows_the_base_ids(tmp_path, driver):
