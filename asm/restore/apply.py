@@ -279,6 +279,9 @@ class Applier:
             self._place(m, path)
             store.let_others_in(plan.user, plan.folder)
             return
+        if same and plan.mode == "chain" and m.uid in plan.by_uid and m.uid < plan.uidnext \
+                and m.uid not in plan.stored:
+            self._replace(plan, m.uid)
         fill = self.fills(plan, m)
         uid = m.uid if fill else self.target_uid(plan, m)
         if uid is not None and uid < plan.uidnext and not fill:
@@ -305,6 +308,18 @@ class Applier:
         # the store's folder lock is held in short batches: IMAP and LMTP go on between
         # them (docs/restore-design.md, "Live restores")
         store.let_others_in(plan.user, plan.folder)
+
+    def _replace(self, plan: FolderPlan, uid: int) -> None:
+        """A link of the chain carries another message under a UID that the folder holds
+        from the link before it (and it mirrors that link): the store handed the UID out
+        again (put back from a file-level backup, it gave its old UIDs to new mail), and
+        the earlier message was gone when this link was taken.  Expunged here, so that
+        the carried message takes its UID (Applier.fills), as the store had it."""
+        self.res.expunged += self.store.expunge(plan.user, plan.folder, [uid])
+        gone = plan.by_uid.pop(uid, None)
+        if gone is not None:
+            plan.existing[gone.size] = [c for c in plan.existing.get(gone.size, []) if c.uid != uid]
+        self._claims_of(plan).pop(uid, None)
 
     def _done(self, plan: FolderPlan, m, info, renumbered: bool) -> None:
         why = date_not_kept(info.uid, m.internaldate, info.internaldate)
