@@ -17,6 +17,7 @@ from asm.archive import spec, values
 from asm.archive.errors import MessageChanged, UnarchivableValue, UnreadableSource
 from asm.archive.values import UidSet
 from asm.backupread import Readers
+from asm.backupstate import encode_ids, identity
 from asm.errors import EXIT_EMPTY, EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
 from asm.events import Run
 from asm.groups import PREDEFINED, Groups
@@ -496,6 +497,26 @@ def _flag_key(m, cache: dict) -> str:
     return got
 
 
+def _held_as_another(base, user: str, folder: str, held, snap) -> set:
+    """The UIDs of ``snap`` the base held with another message under them (another
+    identity: a GUID or Maildir base name that is not the one it recorded), which an
+    incremental carries: a store rolled back from outside (a file-level restore of it
+    or of one user) gives the UIDs it had handed out again to new mail."""
+    if held is None:
+        return set()
+    ids = base.identities(user, folder)
+    if not ids:
+        return set()
+    out = set()
+    for m in snap.messages:
+        was = ids.get(m.uid)
+        if was:
+            now = identity(m.guid, m.basename)
+            if now and now != was:
+                out.add(m.uid)
+    return out
+
+
 def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
                       res: BackupResult, run: Run, report) -> bool:
     """An incremental's folder that the store says is as its base saw it (the base read
@@ -521,7 +542,10 @@ def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts:
         return False                     # read it: _backup_folder names what is wrong
     res.folders += 1
     res.unchanged += 1
-    res.state.append((t.partition, t.user, folder, info.uidvalidity, uids, fingerprint, flags))
+    ids = opts.base.ids.get((t.user, folder))
+    if ids is not None and len(ids) != 4 * -(-4 * len(uids) // 3):
+        ids = None                       # not one per UID: not passed on
+    res.state.append((t.partition, t.user, folder, info.uidvalidity, uids, fingerprint, flags, ids))
     if report:
         report(f"{mailbox}: 0 messages, 0 bytes (unchanged since the base)")
     plugins.mailbox_done(run, mailbox, {"status": "ok", "messages": 0, "bytes": 0, "error": None})
@@ -535,6 +559,7 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     ``gone_ok`` and it no longer exists; "user gone" (no error: the caller says what it
     means) when its user no longer exists (deleted before or while it was read)."""
     held = None                          # what the base held of this folder
+    other: set = set()                   # ... under these UIDs as other messages
     if opts.base is not None and _unchanged_folder(store, writer, t, folder, mailbox, opts, res,
                                                    run, report):
         return
@@ -578,6 +603,24 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                 return
             info = snap.info
             held = opts.base.holds(t.user, folder, info.uidvalidity)
+        other = _held_as_another(opts.base, t.user, folder, held, snap)
+        if other and light:
+            # listed from their names only, as held: read again in full, so that the
+            # messages the base held as other ones can be written
+            try:
+                snap = store.snapshot(t.user, folder, since=opts.since)
+            except NoSuchUser as exc:
+                if exc.user == t.user:
+                    return "user gone"
+                raise
+            except Exception as exc:  # as above
+                why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+                res.errors.append({"mailbox": mailbox, "error": why})
+                plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})
+                return
+            info = snap.info
+            held = opts.base.holds(t.user, folder, info.uidvalidity)
+            other = _held_as_another(opts.base, t.user, folder, held, snap)
     # values the archive cannot hold as the store has them (a time after 9999, a keyword
     # of 2,000 characters): the message archived with the nearest it can, and named
     good: set = set()
@@ -594,8 +637,10 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     def carried(m) -> bool:
         if opts.base is None and opts.since is None:
             return True                  # a full backup
-        if opts.base is not None and (held is None or m.uid not in held):
-            return True                  # the base did not hold it (new, moved, copied, restored)
+        if opts.base is not None and (held is None or m.uid not in held or m.uid in other):
+            # the base did not hold it (new, moved, copied, restored), or held another
+            # message under its UID (the store was put back from a file-level backup)
+            return True
         return opts.since is not None and m.changed >= opts.since
 
     acl = info.acl
@@ -662,6 +707,8 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         res.errors.append({"mailbox": mailbox, "error": "deleted or renamed while it was read: the messages "
                                                          "not read by then are not in this archive"})
     kept = UidSet.of(m.uid for m in snap.messages if m.uid not in lost)
+    ids = sorted((m.uid, identity(m.guid, m.basename)) for m in snap.messages if m.uid not in lost)
+    ids = encode_ids([i for _, i in ids]) if any(i for _, i in ids) else None
     if snap.fingerprint is not None and not lost and not getattr(snap, "warnings", ()):
         # read whole and clean: the next incremental may take it from this record while
         # the store says it is unchanged
@@ -669,9 +716,9 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         for m in snap.messages:
             flags.setdefault(_flag_key(m, keys), []).append(m.uid)
         res.state.append((t.partition, t.user, folder, info.uidvalidity, kept, snap.fingerprint,
-                          {k: UidSet.of(v) for k, v in flags.items()}))
+                          {k: UidSet.of(v) for k, v in flags.items()}, ids))
     else:
-        res.state.append((t.partition, t.user, folder, info.uidvalidity, kept))
+        res.state.append((t.partition, t.user, folder, info.uidvalidity, kept, None, None, ids))
     if report:
         report(f"{mailbox}: {n} messages, {nbytes} bytes" + (f", {len(failed)} failed" if failed else ""))
     plugins.mailbox_done(run, mailbox, {"status": "error" if failed else "ok", "messages": n,

@@ -2,18 +2,23 @@
 
 Every backup writes a small **state file** (``<archive>.state`` beside a plain-file
 archive, or where ``--state-out`` says): its archive id, its chain of ancestors and,
-per folder, the name, UIDVALIDITY and complete UID set.  An incremental names its base
-(that state file, or the base archive itself) and carries every message whose (folder,
-UIDVALIDITY, UID) the base did not hold, whole folders the base did not have, and the
-flags of the rest: what changed is judged by what the base held, never by a date in a
-file name (docs/operations.md, "Incremental chains").
+per folder, the name, UIDVALIDITY, complete UID set and a short identity of the message
+under each UID.  An incremental names its base (that state file, or the base archive
+itself) and carries every message whose (folder, UIDVALIDITY, UID) the base did not
+hold, or held as another message (a store rolled back from outside hands its UIDs out
+again), whole folders the base did not have, and the flags of the rest: what changed is
+judged by what the base held, never by a date in a file name (docs/operations.md,
+"Incremental chains").
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
+import struct
+import zlib
 
-from asm.archive import names
+from asm.archive import names, values
 from asm.archive.errors import ArchiveError
 from asm.archive.values import FolderState, UidSet
 from asm.errors import EXIT_USAGE, ImsError
@@ -47,6 +52,9 @@ class BaseState:
         self.scope = scope
         self.named = named
         self.folders: dict = {}         # (user, folder) -> (uidvalidity, UidSet)
+        # (user, folder) -> the identities of its UIDs (encode_ids(): 4 bytes each, in
+        # UID order, 0 unknown), as the state file has them; decoded per folder read
+        self.ids: dict = {}
         # (user, folder) -> (fingerprint, {flags-and-keywords: UidSet}) for the folders
         # the backup read whole and clean with a fingerprint: an incremental skips those
         # while the store says they are unchanged (Store.folder_unchanged)
@@ -64,6 +72,16 @@ class BaseState:
         """The chain an incremental of this base records: its ancestors and the base."""
         return [*self.chain, self.archive_id]
 
+    def identities(self, user: str, folder: str) -> dict | None:
+        """{UID: identity} of what the base held in this folder (0: not known), or None
+        when it recorded none."""
+        text = self.ids.get((user, folder))
+        got = self.folders.get((user, folder))
+        if not text or got is None:
+            return None
+        ids = decode_ids(text, len(got[1]))
+        return None if ids is None else dict(zip(got[1], ids))
+
     def holds(self, user: str, folder: str, uidvalidity: int) -> UidSet | None:
         """The UIDs the base held in this folder under this UIDVALIDITY, or None when the
         base did not have the folder (by name and UIDVALIDITY): it is carried whole."""
@@ -71,6 +89,37 @@ class BaseState:
         if got is None or got[0] != uidvalidity:
             return None
         return got[1]
+
+
+def identity(guid, basename) -> int:
+    """A message's identity in a state file: the CRC-32 of its store GUID (IMSASM.guid:
+    Dovecot's X-GUID, the uidlist's G field or the file's base name; the classic store's
+    own), else of its Maildir base name; 0 when it has neither.  Two messages under one
+    UID with other identities are two messages (a store put back from a file-level
+    backup gives its old UIDs to new mail); a rare equal CRC of two different ones
+    leaves that UID judged by its number alone, as before identities."""
+    text = guid if guid and values.GUID_RE.match(guid) else basename
+    if not text:
+        return 0
+    return zlib.crc32(text.encode("utf-8", "surrogateescape")) or 1
+
+
+def encode_ids(ids: list) -> str:
+    """The identities of a folder's UIDs, in UID order, as a state file keeps them:
+    base64 of 4 bytes (big-endian) each."""
+    return base64.b64encode(struct.pack(f">{len(ids)}I", *ids)).decode("ascii")
+
+
+def decode_ids(text: str, n: int) -> tuple | None:
+    """encode_ids() read back: ``n`` identities, or None when ``text`` does not hold
+    exactly that many (a state file edited by hand, a bench's made-up one)."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        return None
+    if len(raw) != 4 * n:
+        return None
+    return struct.unpack(f">{n}I", raw)
 
 
 def header_chain(header: dict) -> list:
@@ -129,20 +178,22 @@ def _is_state_file(path: str) -> bool:
             and isinstance(doc.get("archive_id"), str) and bool(doc["archive_id"]))
 
 
-def _folder_doc(p, u, f, uv, uids, fingerprint=None, flags=None) -> dict:
+def _folder_doc(p, u, f, uv, uids, fingerprint=None, flags=None, ids=None) -> dict:
     doc = {"partition": p, "user": u, "folder": f, "uidvalidity": uv, "uids": str(uids)}
     if fingerprint is not None and flags is not None:
         doc["fingerprint"] = fingerprint
         doc["flags"] = {k: str(v) for k, v in sorted(flags.items())}
+    if ids:
+        doc["ids"] = ids
     return doc
 
 
 def write_state(path: str, header: dict, folders: list, device: str | None = None) -> None:
     """Write the state file of the backup with ``header``; ``folders``: [(partition,
-    user, folder, uidvalidity, uids[, fingerprint, flags])]: a folder read whole and
-    clean may carry its store fingerprint and the flags of every UID
+    user, folder, uidvalidity, uids[, fingerprint, flags[, ids]])]: a folder read whole
+    and clean may carry its store fingerprint and the flags of every UID
     ({flags-and-keywords: UidSet}), which let the next incremental skip it while the
-    store says it is unchanged.  ``device``: where the archive went (its -f, or an
+    store says it is unchanged; ``ids``: encode_ids() of its UIDs' identities, or None.  ``device``: where the archive went (its -f, or an
     engine's name for it), which the next incremental records of its base."""
     from asm.config import atomic_write
     doc = {"format": STATE_FORMAT, "version": STATE_VERSION, "archive_id": header.get("archive_id"),
@@ -169,6 +220,8 @@ def _from_state_doc(doc: dict, path: str) -> BaseState:
             key = (f["user"], f["folder"])
             uids = UidSet.parse(f["uids"])
             st.folders[key] = (int(f["uidvalidity"]), uids)
+            if isinstance(f.get("ids"), str):
+                st.ids[key] = f["ids"]          # checked when the folder is read (identities())
             fp, flags = f.get("fingerprint"), f.get("flags")
             if isinstance(fp, list) and isinstance(flags, dict):
                 # the flags must name exactly the folder's UIDs, each once (else the
@@ -226,17 +279,24 @@ def _from_archive(f, path: str) -> BaseState:
                        named=os.path.abspath(path))
         listed: dict = {}               # (user, folder) -> folder member
         present: dict = {}              # (user, folder) -> [UID of a message or link member]
+        ids: dict = {}                  # (user, folder) -> {UID: identity} of those
         for m in reader.members():
             if m.kind == "folder":
                 listed[(m.user, m.folder)] = m
                 present[(m.user, m.folder)] = []
+                ids[(m.user, m.folder)] = {}
             elif m.kind in ("message", "link"):
                 present[(m.user, m.folder)].append(m.uid)
+                ids[(m.user, m.folder)][m.uid] = identity(m.guid, m.basename)
         if not reader.complete:
             raise BaseError(f"the base archive {path} is incomplete (no trailer): it cannot be "
                             f"the base of an incremental")
         for key, m in listed.items():
-            st.folders[key] = (m.uidvalidity, _held(m, present[key]))
+            held = _held(m, present[key])
+            st.folders[key] = (m.uidvalidity, held)
+            known = ids[key]            # what it carries; what an earlier link holds: 0, not known
+            if known:
+                st.ids[key] = encode_ids([known.get(u, 0) for u in held])
         _drop_failed(st, reader.trailer or {})
     except ArchiveError as exc:
         raise BaseError(f"the base archive {path} cannot be read: {exc}") from None
@@ -273,7 +333,10 @@ def _drop_failed(st: BaseState, trailer: dict) -> None:
     for key, uids in failed.items():
         got = st.folders.get(key)
         if got is not None:
+            ids = st.identities(*key)
             st.folders[key] = (got[0], UidSet.of(u for u in got[1] if u not in uids))
+            if ids is not None:
+                st.ids[key] = encode_ids([ids[u] for u in st.folders[key][1]])
 
 
 def refuse_base_overwrite(base_path: str, base: BaseState, device: str) -> None:

@@ -68,6 +68,7 @@ def base_state(m: dict, path: str) -> None:
     is only read)."""
     import json
     from asm.archive.values import UidSet
+    from asm.backupstate import decode_ids, encode_ids
     env = {"IMS_HOME": m["home"]}
     full = path + ".full.ims"
     g.sh(f"{tool('imsbackup')} -f {shlex.quote(full)} /", env)
@@ -78,7 +79,12 @@ def base_state(m: dict, path: str) -> None:
     store = g.open_store(m["home"])
     for f in doc["folders"]:
         new = {x.uid for x in store.messages(f["user"], f["folder"]) if x.stored >= m["cutoff"]}
-        f["uids"] = str(UidSet.of(u for u in UidSet.parse(f["uids"]) if u not in new))
+        uids = UidSet.parse(f["uids"])
+        ids = decode_ids(f["ids"], len(uids)) if "ids" in f else None
+        f["uids"] = str(UidSet.of(u for u in uids if u not in new))
+        if ids is not None:
+            # the identity of each UID the base keeps (as the full recorded it)
+            f["ids"] = encode_ids([i for u, i in zip(uids, ids) if u not in new])
         if new:
             # a backup at the cut-off saw this folder before its new mail: its fingerprint
             # (the folder as it is now) would not be the one it recorded

@@ -12,12 +12,14 @@ import io
 import json
 import os
 import random
+import shutil
 import subprocess
 import time
 
 import pytest
 
 from asm.archive.reader import ArchiveReader
+from asm.backupstate import decode_ids, encode_ids, identity, load_base
 from asm.config import Config
 from asm.errors import EXIT_ORDER
 from asm.store import open_store
@@ -353,6 +355,14 @@ def test_random_changes_between_backups(tmp_path, driver, seed):
     for _ in range(3):
         _random_ops(w, rnd, 12)
         w.backup()
+    for a in w.archives:
+        # the archive as a base holds what its state file holds, and knows the identity
+        # of what it carries as the state file does
+        by_state, by_archive = load_base(f"{a}.state"), load_base(str(a))
+        assert by_archive.folders == by_state.folders, (seed, a)
+        for key in by_state.folders:
+            known, ids = by_archive.identities(*key) or {}, by_state.identities(*key)
+            assert ids is not None and all(ids[u] == i for u, i in known.items() if i), (seed, a, key)
     home = dest_home(tmp_path, driver)
     chain(home, w.archives)
     assert view(dest_store(home)) == w.states[-1], seed
@@ -493,6 +503,67 @@ def test_messages_that_vanished_from_the_base_archive_are_carried_by_archive_as_
         dst = dest_home(tmp_path, driver, f"dst-{len(carried)}")
         chain(dst, [full, incr])
         assert view(dest_store(dst)) == want, base
+
+
+def test_new_mail_under_uids_a_rollback_of_the_classic_store_hands_out_again_is_carried(tmp_path):
+    """The partition put back from a tar taken before the last incremental (the mailbox
+    list left as it is): imsdeliver gives the next mail UIDs 4 and 5 again, which that
+    incremental holds with other messages.  The next incremental by base carried
+    nothing (exit 0) and the chain restored the old messages under 4 and 5 (exit 0).
+    Now the GUID recorded per UID shows they are other messages: carried, by state file
+    or archive, and the chain (one command, or one archive at a time) is the store.  An
+    incremental by date (-d) carried them already, but its chain kept the old messages
+    under 4 and 5 and gave the new ones new UIDs (exit 1): the later link's message now
+    takes the UID."""
+    home, part = tmp_path / "ims", tmp_path / "store"
+    make_home(home, "classic", **{"partition:primary.path": str(part)})
+    os.makedirs(part)
+    run(home, "mboxutil", "-c", "user/joe", check=0)
+    for i in range(3):
+        run(home, "imsdeliver", "joe", input=msg(i), check=0)
+    full, incr1 = tmp_path / "full.ims", tmp_path / "incr1.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    subprocess.run(["tar", "-C", tmp_path, "-cpf", tmp_path / "files.tar", "store"], check=True)
+    for i in range(2):
+        run(home, "imsdeliver", "joe", input=msg(10 + i), check=0)
+    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(time.time() - 1))
+    run(home, "imsbackup", "-f", incr1, "--base", f"{full}.state", "/", check=0)
+    shutil.rmtree(part)
+    subprocess.run(["tar", "-C", tmp_path, "-xpf", tmp_path / "files.tar", "store"], check=True)
+    for i in range(2):
+        p = run(home, "imsdeliver", "-v", "joe", input=msg(20 + i), check=0)
+        assert f"UID {4 + i}".encode() in p.stdout      # handed out again
+    want = view(open_store(Config(home=str(home))))
+    for base in (f"{incr1}.state", incr1, "-d"):
+        incr2 = tmp_path / f"incr2-{os.path.basename(base)}"
+        how = ["-d", since] if base == "-d" else ["--base", base]
+        run(home, "imsbackup", "-f", incr2, *how, "--state-out", f"{incr2}.st", "/", check=0)
+        got = _carried(home, incr2)
+        if base == "-d":
+            got = [n for n in got if n.endswith(("/4", "/5"))]     # (-d: also 1-3, of that second)
+        assert got == ["/primary/joe/INBOX/4", "/primary/joe/INBOX/5"], base
+        for how in ("one command", "one at a time") if base != incr1 else ("one command",):
+            dst = tmp_path / f"dst-{os.path.basename(base)}-{how.replace(' ', '-')}"
+            make_home(dst, "classic", **{"partition:primary.path": str(dst / "store")})
+            if how == "one command":
+                chain(dst, [full, incr1, incr2])
+            else:
+                for i, a in enumerate([full, incr1, incr2]):
+                    run(dst, "imsrestore", *(["-H"] if i < 2 else []), "-f", a, check=0)
+            assert view(dest_store(dst)) == want, (base, how)
+
+
+def test_a_state_files_identities_read_back_and_a_bad_text_is_ignored():
+    rnd = random.Random(5)
+    for n in range(40):
+        ids = [rnd.choice([0, 1, 2**32 - 1, rnd.getrandbits(32)]) for _ in range(n)]
+        text = encode_ids(ids)
+        assert decode_ids(text, n) == tuple(ids)
+        assert decode_ids(text, n + 1) is None and decode_ids(text + "A", n) is None
+        assert n == 0 or decode_ids("*" + text[1:], n) is None
+    assert identity(None, None) == identity("", "") == 0
+    assert identity("not a guid", "1.M1P2.h,S=3") == identity(None, "1.M1P2.h,S=3") != 0
+    assert identity("0123abcd", "x") != identity("0123abce", "x")
 
 
 def test_imsdr_chain_follows_the_base_ids(tmp_path, driver):

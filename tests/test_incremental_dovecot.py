@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -322,3 +323,47 @@ def test_a_date_incremental_over_a_folder_rename_is_named_not_lost(lab, tmp_path
     run(lab.ims, "imsrestore", "-f", full, "-f", by_base, check=0)
     lab.start()
     assert view(lab) == want
+
+
+def test_new_mail_under_uids_a_rollback_hands_out_again_is_carried(lab, tmp_path):
+    """The store is put back from a file-level backup taken before the last incremental
+    (docs/disaster-recovery.md, 4b: tar -xp of the Maildirs): dovecot-uidlist goes back
+    under the same UIDVALIDITY and Dovecot gives the next APPENDs the UIDs that
+    incremental holds with other messages.  The next incremental by base (its state file
+    or its archive) carried none of them (exit 0, "0 messages"), and the chain restored
+    the old messages under those UIDs (exit 0): the new mail was in no archive.  Now the
+    identity recorded per UID (the GUID, which Dovecot takes from the file's base name)
+    shows they are other messages: carried, and the chain, in one command or one archive
+    at a time, is the store as Dovecot shows it."""
+    with lab.imap("alice") as imap:
+        imap.create("W")
+        for i in range(3):
+            imap.append("W", message(f"early {i}"))
+    full, incr1 = tmp_path / "full.ims", tmp_path / "incr1.ims"
+    run(lab.ims, "imsbackup", "-f", full, "/", check=0)
+    lab.stop()                                          # a file-level backup of the store
+    files = tmp_path / "files.tar"
+    subprocess.run(["tar", "-C", lab.store, "-cpf", files, "."], check=True)
+    lab.start()
+    with lab.imap("alice") as imap:
+        for i in range(2):
+            imap.append("W", message(f"X before the disk died {i}", body="XXXX"))
+    run(lab.ims, "imsbackup", "-f", incr1, "--base", f"{full}.state", "/", check=0)
+    lab.stop()                                          # the store put back from it
+    shutil.rmtree(os.path.join(lab.store, "alice"))
+    subprocess.run(["tar", "-C", lab.store, "-xpf", files], check=True)
+    lab.start()
+    with lab.imap("alice") as imap:
+        for i in range(2):
+            imap.append("W", message(f"Y after the recovery {i}", body="YYYY"))
+    want = view(lab)
+    assert [m[0] for m in want[0]["W"][3]] == [1, 2, 3, 4, 5]     # 4 and 5 again
+    c = Chain(lab, tmp_path)
+    for base in (f"{incr1}.state", incr1):
+        incr2 = tmp_path / f"incr2-{os.path.basename(base)}"
+        run(lab.ims, "imsbackup", "-f", incr2, "--base", base, "--state-out", f"{incr2}.st", "/", check=0)
+        toc = run(lab.ims, "imsrestore", "-t", "-f", incr2, check=0, text=True).stdout
+        assert sorted(line.split("\t")[0] for line in toc.splitlines() if "/W/" in line) == \
+            ["/primary/alice/W/4", "/primary/alice/W/5"], (base, toc)
+        for one_command in ((True, False) if base == f"{incr1}.state" else (True,)):
+            assert c.into_empty([full, incr1, incr2], one_command) == want, (base, one_command)
