@@ -91,6 +91,9 @@ class BaseState:
         return got[1]
 
 
+NO_ID = 0                               # a UID's identity that is not known
+
+
 def identity(guid, basename) -> int:
     """A message's identity in a state file: the CRC-32 of its store GUID (IMSASM.guid:
     Dovecot's X-GUID, the uidlist's G field or the file's base name; the classic store's
@@ -100,7 +103,7 @@ def identity(guid, basename) -> int:
     leaves that UID judged by its number alone, as before identities."""
     text = guid if guid and values.GUID_RE.match(guid) else basename
     if not text:
-        return 0
+        return NO_ID
     return zlib.crc32(text.encode("utf-8", "surrogateescape")) or 1
 
 

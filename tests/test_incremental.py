@@ -361,8 +361,9 @@ def test_random_changes_between_backups(tmp_path, driver, seed):
         by_state, by_archive = load_base(f"{a}.state"), load_base(str(a))
         assert by_archive.folders == by_state.folders, (seed, a)
         for key in by_state.folders:
-            known, ids = by_archive.identities(*key) or {}, by_state.identities(*key)
-            assert ids is not None and all(ids[u] == i for u, i in known.items() if i), (seed, a, key)
+            known, ids = by_archive.identities(*key) or {}, by_state.identities(*key) or {}
+            assert len(ids) == len(by_state.folders[key][1]), (seed, a, key)     # every UID's
+            assert all(ids[u] == i for u, i in known.items() if i), (seed, a, key)
     home = dest_home(tmp_path, driver)
     chain(home, w.archives)
     assert view(dest_store(home)) == w.states[-1], seed
