@@ -583,6 +583,12 @@ class LabImap:
         un = self.conn.response("UIDNEXT")[1]
         return {"exists": int(data[0]), "uidvalidity": int(uv[0]), "uidnext": int(un[0])}
 
+    def status(self, name: str) -> dict:
+        """STATUS name (MESSAGES UIDNEXT UIDVALIDITY): {'messages', 'uidnext', 'uidvalidity'}."""
+        data = self._ok(self.conn.status(quote(name), "(MESSAGES UIDNEXT UIDVALIDITY)"), f"STATUS {name}")
+        text = b" ".join(x if isinstance(x, bytes) else x[0] for x in data if x is not None).decode()
+        return {k.lower(): int(v) for k, v in re.findall(r"(MESSAGES|UIDNEXT|UIDVALIDITY) (\d+)", text)}
+
     def unselect(self) -> None:
         if self.selected is not None:
             self._ok(self.conn.close(), "CLOSE")    # no \Deleted anywhere we close

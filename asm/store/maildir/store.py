@@ -2132,13 +2132,18 @@ class MaildirStore(Store):
                     ul.uidnext = want
                     changed = True
             if changed:
-                # a higher UIDNEXT alone Dovecot takes from the uidlist's header into its
-                # index at its next sync; its index files are removed (and clients that
-                # have the folder selected are logged out) only when the identity changed
+                # its index files are removed (and clients that have the folder selected
+                # are logged out) only when the identity changed
                 if renumbered and not st.index_invalidated:
                     self._reset_index(st.idx, self._folder_owner(st))
                     self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
                     st.index_invalidated = True
+                elif not renumbered:
+                    # a higher UIDNEXT alone: Dovecot reads the uidlist again only when
+                    # cur/ or new/ changed, so cur/ is made to look changed first (before
+                    # the header: a kill between the two leaves the old UIDNEXT, which the
+                    # same command raises again, never a raised header Dovecot ignores)
+                    self._wake_dovecot(st.dir)
                 # on disk now, not at unlock: messages appended next are recorded
                 # after this header (a kill must not leave them under another UIDVALIDITY)
                 self._flush_uidlist(st)
@@ -2148,6 +2153,31 @@ class MaildirStore(Store):
         subs = self._subs.get(self._subs_root(user))
         return FolderInfo(name=folder, uidvalidity=info_uv, uidnext=info_un,
                           subscribed=folder in subs, guid=info_guid)
+
+    @staticmethod
+    def _wake_dovecot(d: str) -> None:
+        """Give the folder's cur/ a new mtime, so Dovecot's next look at the folder
+        reads dovecot-uidlist again.  Dovecot keeps UIDNEXT in its index and reads the
+        uidlist only when the mtime of cur/ or new/ differs from the one its index
+        recorded (or within a second of it: maildir-sync.c, maildir_sync_quick_check);
+        a header raised with no message file changed was otherwise never seen, and a
+        client was told the UIDNEXT the index held before, lower than the archive's
+        (docs/dovecot.md, "UIDNEXT and Dovecot's index")."""
+        cur = os.path.join(d, "cur")
+        old = os.stat(cur)
+        # never the same mtime (Dovecot compares seconds and nanoseconds, a 0 ns as any)
+        mtime = max(time.time_ns(), old.st_mtime_ns + 1_000_000)
+        if mtime % 1_000_000_000 == 0:
+            mtime += 1
+        try:
+            os.utime(cur, ns=(old.st_atime_ns, mtime))
+        except PermissionError:
+            # not cur/'s owner (nor root), only allowed to write in it: an entry made
+            # and removed changes its mtime too (a dot name, which no reader takes
+            # for a message)
+            probe = os.path.join(cur, f".ims-touch.{os.getpid()}.{threading.get_ident()}")
+            os.mkdir(probe)
+            os.rmdir(probe)
 
     # ------------------------------------------------------------------ messages
     def _new_base(self, stored: float, keep: str | None = None) -> str:
