@@ -16,6 +16,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 
@@ -1058,3 +1059,56 @@ def test_uidnext_above_the_last_uid_is_what_clients_see_after_any_restore(kw_lab
             assert all(got[f][2] >= want[f][2] for f in folders), where
         else:
             assert again.returncode == 0 and got == want, (where, got, want)
+
+
+def test_a_restore_killed_while_it_makes_a_folder_leaves_nothing_dovecot_cannot_open(kw_lab, tmp_path):
+    """A restore killed at each step of making a folder (Maildir++ ``.Work`` and
+    ``.Work.Sub``, store.owner vmail, run as root): every folder Dovecot then lists opens
+    (SELECT), and the same command run again gives the account back as it was.  Before,
+    the folder's directory was made under its own name and given to store.owner after:
+    killed between the two it was root's, 0700, without cur/ new/ tmp/, and Dovecot listed
+    it and failed SELECT with "[SERVERBUG] Internal error" (stat(.../tmp) Permission
+    denied) until the restore was run again (adv-chainfuzz finding 06)."""
+    from tests.faults import run_with_fault
+    lab = kw_lab
+    u = "bob"
+    with lab.imap(u) as c:
+        for f in ("Work", "Work/Sub"):
+            c.create(f)
+            c.append(f, message(f"in {f}"), [r"\Seen"])
+    before = lab.client_state(u)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    archive = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", archive, f"/primary/{u}", check=0)
+    argv = ["imsrestore", "-f", str(archive)]
+
+    def restart():
+        wipe(lab)
+        shutil.rmtree(home / "data", ignore_errors=True)
+
+    restart()
+    log = tmp_path / "steps.log"
+    run_with_fault(argv, lab.store, f"count:{tmp_path / 'n'}", env={"IMS_HOME": str(home), "IMS_FAULT_LOG": str(log)})
+    maildir = os.path.join(lab.store, u, "Maildir")
+    steps = [(int(n), what) for n, _, what in (line.rstrip("\n").partition(" ") for line in open(log))]
+    # the steps making the first folder's directory and its new/ tmp/ (a rename is
+    # logged by its source), and the step after them
+    work = os.path.join(maildir, ".Work")
+    dirs = {work, os.path.join(work, "new"), os.path.join(work, "tmp")}
+    making = [n for n, what in steps if what in dirs or "ims-mkdir" in what]
+    making = [n for n in making if n <= making[0] + 8]
+    assert len(making) >= 6, making
+    for point in [*making, making[-1] + 1]:
+        restart()
+        r = run_with_fault(argv, lab.store, f"kill:{point}", env={"IMS_HOME": str(home)})
+        assert r.returncode == -9, r.stderr
+        _client_looks(lab, u)
+        for n in os.listdir(maildir):         # the folders Dovecot lists are store.owner's
+            st = os.stat(os.path.join(maildir, n))
+            if n.startswith(".") and stat.S_ISDIR(st.st_mode):
+                assert (st.st_uid, st.st_gid) == (lab.uid, lab.gid), (point, n)
+    again = run(home, *argv, text=True)
+    assert again.returncode == 0, again.stderr
+    assert seen(lab.client_state(u)) == seen(before)
+    assert not [n for n in os.listdir(maildir) if "ims-mkdir" in n]

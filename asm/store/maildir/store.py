@@ -48,6 +48,8 @@ _OUR_BASE = re.compile(r"^\d+\.M\d+P(\d+)Q\d+R([0-9a-f]{8})\.(.+)$")
 _WRITE_TMP = re.compile(r"^.+\.(\d+)\.\d+\.tmp$")
 QUEUE_DIR = ".ims-queue"
 DELETING = ".ims-deleting"          # a folder's cur/ while delete_folder removes it
+STAGED_DIR = "ims-mkdir"             # a folder directory before _mkdir_staged names it
+_STAGED_RE = re.compile(r"^\.?ims-mkdir\.(\d+)\.[0-9a-f]{8}$")
 PRE_CUR = ".ims-cur"                # a new folder's cur/ before create_folder names it so
 NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 DELETED_PREFIX = ".ims-deleted-Maildir."   # a Maildir delete_user removes: <hex login>.<pid>.<random>
@@ -741,20 +743,67 @@ class MaildirStore(Store):
         """LAYOUT=fs: a folder's subfolders live in its directory."""
         return self._layout is not None and self._layout.location.layout == "fs"
 
-    def _makedirs(self, path: str, owner, top: bool = True, within: str | None = None) -> None:
+    def _makedirs(self, path: str, owner, top: bool = True, within: str | None = None,
+                  staged: tuple | None = None) -> None:
         """``path`` and its missing parents (each chowned), as Dovecot makes them;
         ``path`` itself given to ``owner`` if it is there already (a killed creation
         left it), and the parents that were there only below ``within`` (the login's
-        own directories: LAYOUT=fs parent levels)."""
+        own directories: LAYOUT=fs parent levels).  ``staged``: the directories are
+        folders Dovecot lists, each made whole (:meth:`_mkdir_staged`), ``path`` with
+        the subdirectories named."""
         if os.path.isdir(path):
             if top or (within and path.startswith(within.rstrip("/") + "/")):
                 self._own(path, owner)
             return
         parent = os.path.dirname(path)
         if parent != path:
-            self._makedirs(parent, owner, top=False, within=within)
+            self._makedirs(parent, owner, top=False, within=within,
+                           staged=None if staged is None else ())
         with contextlib.suppress(FileExistsError):
-            self._mkdir(path, owner)
+            if staged is None:
+                self._mkdir(path, owner)
+            else:
+                self._mkdir_staged(path, owner, staged if top else ())
+
+    def _mkdir_staged(self, path: str, owner, subs=()) -> None:
+        """A folder's directory, appearing whole or not at all: made under a temporary
+        name (Maildir++: a plain one, which Dovecot does not list; LAYOUT=fs: a dot one,
+        which Dovecot lists as \\Noselect meanwhile), given to ``owner`` with its
+        ``subs`` (new/ tmp/), then renamed into place (one a killed run left is removed
+        by the next folder made beside it, _clean_staged).  Made as ``path`` and
+        chowned after, a kill between the two left a directory of root's, 0700, that
+        Dovecot lists and cannot open ("[SERVERBUG] Internal error", stat(.../tmp)
+        Permission denied) until a rerun."""
+        if not owner:                   # nothing to give: no step to be killed between
+            os.mkdir(path, 0o700)
+            for sub in subs:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(os.path.join(path, sub), 0o700)
+            return
+        parent, name = os.path.split(path)
+        tmp = os.path.join(parent, f"{'' if name.startswith('.') else '.'}{STAGED_DIR}.{self._pid}.{self._random8()}")
+        os.mkdir(tmp, 0o700)
+        try:
+            self._chown(tmp, owner)
+            for sub in subs:
+                self._mkdir(os.path.join(tmp, sub), owner)
+            if os.path.lexists(path):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _clean_staged(self, parent: str) -> None:
+        """Directories _mkdir_staged of a process that is gone left in ``parent``."""
+        try:
+            entries = os.listdir(parent)
+        except OSError:
+            return
+        for n in entries:
+            m = _STAGED_RE.match(n)
+            if m and not pid_alive(int(m.group(1))):
+                shutil.rmtree(os.path.join(parent, n), ignore_errors=True)
 
     def _write_file(self, path: str, data: bytes, owner, fsync: bool | None = None,
                     mode: int = 0o600) -> None:
@@ -2003,8 +2052,10 @@ class MaildirStore(Store):
         owner = self._owner_for(root)
         ctl, idx = self._ctl_idx(user, folder, d)
         if folder != "INBOX" or self._layout is not None:
-            self._makedirs(d, owner, within=root)   # LAYOUT=fs: parent levels too (given
-                                                    # to the owner if a killed run left them)
+            # LAYOUT=fs: parent levels too (given to the owner if a killed run left them);
+            # each appears whole, the folder's with new/ and tmp/ (_mkdir_staged)
+            self._makedirs(d, owner, within=root, staged=("new", "tmp") if d != root else None)
+            self._clean_staged(os.path.dirname(d))
         if ctl != d:
             self._makedirs(ctl, owner)
         lockpath = os.path.join(ctl, UIDLIST + LOCK_SUFFIX)
