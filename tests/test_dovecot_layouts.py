@@ -1045,7 +1045,7 @@ def test_uidnext_above_the_last_uid_is_what_clients_see_after_any_restore(kw_lab
     restart()
     total, _ = count_steps(chain, lab.store, tmp_path, env={"IMS_HOME": str(home)})
     seed = time.time_ns() % 1_000_000
-    for point in spread(total, 4, seed):
+    for point in spread(total, 3, seed):
         restart()
         r = run_with_fault(chain, lab.store, f"kill:{point}", env={"IMS_HOME": str(home)})
         if os.path.isdir(os.path.join(lab.store, u, "Maildir")):
