@@ -77,6 +77,10 @@ class Restorer:
                                                     # folder refused): remove none of its folders
         self.gone: list = []                        # (partition, user, folders listed) of
                                                     # users whose gone folders are removed
+        self.held_users: set = set()                # (partition, user) the archive holds
+        self.damaged = False                        # a member was damaged: a user may be missing
+        self.gone_users: list = []                  # (partition, user) the archive no longer
+                                                    # holds, removed whole (_remove_users)
         self.whole_users = self._whole_users()
 
     # -- errors ---------------------------------------------------------------
@@ -151,7 +155,9 @@ class Restorer:
             self._end_folder(complete=self.res.incomplete is None and not stopped)
             if self.res.incomplete is None and not stopped:
                 self._end_user()
+                self._find_gone_users()
                 self._remove_gone()
+                self._remove_users()
                 self._give_withheld_guids()
                 self._name_unread()
             finished = True
@@ -205,6 +211,7 @@ class Restorer:
 
     def _member_error(self, exc: Exception) -> None:
         self.cur_damaged = True             # this user's folder list cannot be trusted
+        self.damaged = True                 # ... nor the archive's list of users
         if isinstance(exc, HostileMember):
             self.res.hostile += 1
         elif isinstance(exc, CorruptMember):
@@ -216,6 +223,7 @@ class Restorer:
             self._end_folder(complete=True)
             self._end_user()
             self.user_groups[(m.partition, m.user)] = m.group
+            self.held_users.add((m.partition, m.user))
             if m.user in self.opts.user_map:
                 self.opts.map_used.add(m.user)       # the map names a user the archive has
             self.cur_user = (m.partition, m.user)
@@ -359,6 +367,109 @@ class Restorer:
                         exc = os_store_error(exc, f"{user}/{folder}")
                     self._record_error(mailbox, str(exc), exc.status)
 
+    def _find_gone_users(self) -> None:
+        """The users this chain's restores made that the archive no longer holds although
+        its backup looked at them (the account was removed between the backups): a chain
+        given in one command never restores them, so this link removes them as it removes
+        a folder it no longer lists.  Their folders go by _remove_gone (all but INBOX),
+        then INBOX and the user by _remove_users, on the same conditions.  A user out of
+        the backup's scope (a group's backup: the user may have moved to another group) is
+        not looked at, as unseen_by says for a chain in one command."""
+        from asm.restore.selection import unseen_by
+        if not self._continues() or not self.whole_users or self.opts.new_mailbox or self.damaged:
+            return
+        held = {u for (_p, u) in self.held_users}
+        unseen = unseen_by(self.header, self.groups, held)
+        if unseen is None:
+            return
+        umap = self.opts.user_map
+        targets = {umap.get(u, u) for u in held}
+        back = {new: old for old, new in umap.items()}
+        try:
+            known = self.journal.users()
+        except JournalError as exc:
+            self._record_error("/", str(exc), exc.status)
+            return
+        for user in sorted(known):
+            src = back.get(user, user)
+            if user in targets or src in held or (src == user and user in umap):
+                continue            # held, or the journal's rows are of another restore's user
+            try:
+                if not self.store.exists(user):
+                    continue
+                partition = self.store.user_partition(user)
+            except (StoreError, OSError):
+                continue            # (no user here: nothing to remove)
+            if unseen(partition, src, None, "INBOX"):
+                continue
+            if self.sel.paths and not any(self.sel._user_ok(lp, partition, src, None) for lp in self.sel.paths):
+                continue
+            self.gone.append((partition, src, frozenset()))
+            self.gone_users.append((partition, src))
+
+    def _remove_users(self) -> None:
+        """Remove the users _find_gone_users found, now that _remove_gone removed their
+        other folders: only a user left with its INBOX alone, as a restore of this chain
+        left it (never one that got mail or a folder since, nor one whose backup could not
+        read it, nor one whose deliveries another restore holds).  Mail queued for the
+        user while deliveries were held is delivered first, and the user is then kept."""
+        trailer = getattr(self.reader, "trailer", None)
+        if trailer is None:
+            return
+        unread = trailer.get("errors", [])
+        for partition, src in self.gone_users:
+            user = self.opts.user_map.get(src, src)
+            mailbox = f"/{partition}/{user}"
+            kept = f"{mailbox}: not in this archive, but it holds what this chain's restores did not leave: kept"
+            try:
+                if not self.store.exists(user):
+                    self._journal(mailbox, functools.partial(self.journal.forget_user, user))
+                    continue
+                why = unread_by(unread, partition, src, "INBOX")
+                if why is not None:
+                    self.res.kept.append((f"{mailbox}/INBOX", (
+                        f"not in this archive: the backup that wrote it could not read it ({why}); "
+                        f"kept as an earlier archive's restore left it")))
+                    continue
+                j = self.journal.get(user, "INBOX")
+                if self.store.folder_names(user) != ["INBOX"] or self.store.unlisted_folders(user) \
+                        or j is None or not j.mirror or j.running or j.source is not None \
+                        or not self._follows(j):
+                    self.report(kept)
+                    continue
+                if getattr(self.store, "journal_after_sync", False):
+                    # (dbox: the restore works on a Maildir copy that it gives back to the
+                    # login; a login itself it cannot remove)
+                    self._record_error(mailbox, (
+                        "not in this archive (the account was removed between the backups), but a "
+                        "restore does not remove a dbox login: its INBOX is kept as an earlier "
+                        "archive's restore left it; remove the login's mail as Dovecot's own "
+                        "(its mail_location directory) if it is to stay removed"), EXIT_PARTIAL)
+                    continue
+                with self.locks.hold(user, ""), self.locks.hold(user, "INBOX"):
+                    if self.store.deliveries_held(user):
+                        # (mail queued meanwhile is delivered: the INBOX is then no mirror)
+                        self.store.release_deliveries(user, self.holder)
+                        if self.store.deliveries_held(user):
+                            self.report(f"{mailbox}: not in this archive, but another restore holds its "
+                                        f"deliveries: kept")
+                            continue
+                    with self.store.lock(user, "INBOX"):
+                        info = self.store.folder(user, "INBOX")
+                        count = len(self.store.messages(user, "INBOX"))
+                    if (info.uidvalidity, info.uidnext) != (j.uidvalidity, j.uidnext) or \
+                            (j.count is not None and j.count != count):
+                        self.report(kept)
+                        continue
+                    self.store.delete_user(user)
+                self._journal(mailbox, functools.partial(self.journal.forget_user, user))
+                self.res.removed.append(f"{mailbox}/INBOX")
+                self.report(f"{mailbox}: removed (the archive no longer holds the user)")
+            except (StoreError, JournalError, OSError) as exc:
+                if isinstance(exc, OSError):
+                    exc = os_store_error(exc, user)
+                self._record_error(mailbox, str(exc), exc.status)
+
     def _give_withheld_guids(self) -> None:
         """The folders this run made under their archived names whose archived mailbox
         GUID another folder of the user had (Planner.own_guid): the folder the archive
@@ -391,6 +502,7 @@ class Restorer:
             self.report(f"{mailbox}: not in this archive as the store had it: its backup could not read it")
 
     def _start_folder(self, m) -> None:
+        self.held_users.add((m.partition, m.user))
         if (m.partition, m.user) == self.cur_user:
             self.cur_folders.add(m.folder)
         group = self.user_groups.get((m.partition, m.user), m.group)

@@ -119,6 +119,16 @@ class Journal:
             "SELECT folder FROM restored WHERE user=?", (names.to_db(user),))]
 
     @_journal_errors
+    def users(self) -> list[str]:
+        """The users the journal knows a folder of."""
+        return [names.from_db(r[0]) for r in self.db.execute("SELECT DISTINCT user FROM restored")]
+
+    @_journal_errors
+    def forget_user(self, user: str) -> None:
+        """The user was removed: every row of its folders goes."""
+        self.db.execute("DELETE FROM restored WHERE user=?", (names.to_db(user),))
+
+    @_journal_errors
     def forget(self, user: str, folder: str) -> None:
         self.db.execute("DELETE FROM restored WHERE user=? AND folder=?", (names.to_db(user), names.to_db(folder)))
 
