@@ -2001,12 +2001,37 @@ class MaildirStore(Store):
             return self._remove_deleted(user, remains)
         aside = os.path.join(os.path.dirname(root), f"{DELETED_PREFIX}{_hex_login(user)}.{self._pid}."
                                                     f"{os.urandom(4).hex()}")
+        home = self._home(user) if self._layout is not None else None
         try:
             os.rename(root, aside)
         except FileNotFoundError:
             raise NoSuchUser(user) from None           # deleted meanwhile by another run
         self._user_parts.pop(user, None)
         self._remove_deleted(user, [aside])
+        if self._layout is not None:
+            self._remove_empty_levels(user, root, home)
+
+    def _remove_empty_levels(self, user: str, root: str, home: str) -> None:
+        """After a delete_user with store.mail_location: the directories that held only
+        the user's Maildir (``mail/%u`` of ``mail/%u/Maildir``), when empty, and the
+        user's delivery hold under $IMS_HOME/data/maildir-hold when it queues nothing,
+        so that nothing of the user is left (never the home, never a level the template
+        does not name by the user, never a directory that holds anything)."""
+        ul, template = self._ul(user), self._layout.location.root
+        top = fixed_prefix(template) if template.startswith("/") else None
+        d = os.path.dirname(os.path.normpath(root))
+        while top is not None and d.startswith(top.rstrip("/") + "/") and d != ul.home:
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+            d = os.path.dirname(d)
+        if os.path.dirname(home) == os.path.join(self.config.home, "data", "maildir-hold"):
+            for d in (os.path.join(home, QUEUE_DIR), home):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
 
     def _deleted_remains(self, user: str) -> list[str]:
         """What a delete_user of ``user`` renamed aside and could not remove."""
