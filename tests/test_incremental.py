@@ -1371,3 +1371,39 @@ def test_a_removed_user_that_changed_since_its_restore_is_kept(tmp_path, driver,
         assert after == {k: v for k, v in before.items() if k[:2] != ("bob", "Work")}
         assert ("bob", "INBOX", 1) in after and len(after) == len(before) - 2
     assert view(d, ["alice"]) == w.states[-1]
+
+
+def test_a_user_moved_to_another_group_comes_back_as_its_new_groups_last_backup_had_it(tmp_path, driver):
+    """alice moves from backup group A to C between the fulls and the incrementals of
+    each group, having expunged two messages, flagged a third and deleted her folder
+    Work.  After a total loss both chains are restored as imsdr chain's commands do,
+    A's (its full was taken first) then C's: she is as C's incremental, which holds her
+    whole, had her (the two messages and Work came back and the flags were lost, every
+    command exiting 0, imsverify passing)."""
+    w = World(tmp_path, driver)
+    for u in ("alice", "bob", "carol"):
+        for _ in range(4):
+            w.new(user=u)
+    w.new(user="alice", folder="Work")
+    groups = w.home / "config" / "backup-groups.conf"
+    groups.write_text("groupA=(alice|bob)\ngroupC=.*\n")
+    a = {k: tmp_path / f"{k}.ims" for k in ("A-full", "C-full", "A-incr", "C-incr")}
+    run(w.home, "imsbackup", "-f", a["A-full"], "/primary/groupA", check=0)
+    run(w.home, "imsbackup", "-f", a["C-full"], "/primary/groupC", check=0)
+    s = w.store
+    uids = [m.uid for m in s.messages("alice", "INBOX")]
+    s.expunge("alice", "INBOX", uids[:2])
+    s.set_flags("alice", "INBOX", uids[2], ["\\Seen"], ["done"])
+    s.delete_folder("alice", "Work")
+    w.new(user="alice")
+    groups.write_text("groupA=bob\ngroupC=.*\n")
+    time.sleep(0.01)
+    run(w.home, "imsbackup", "-f", a["A-incr"], "--base", f"{a['A-full']}.state", "/primary/groupA", check=0)
+    run(w.home, "imsbackup", "-f", a["C-incr"], "--base", f"{a['C-full']}.state", "/primary/groupC", check=0)
+    want = view(s)
+    home = dest_home(tmp_path, driver)
+    for c in (("A-full", "A-incr"), ("C-full", "C-incr")):
+        chain(home, [a[k] for k in c])
+    assert view(dest_store(home)) == want
+    run(w.home, "imsverify", *[x for k in ("A-full", "A-incr", "C-full", "C-incr") for x in ("-f", a[k])],
+        "--restore-test", check=0)

@@ -81,6 +81,8 @@ class Restorer:
         self.damaged = False                        # a member was damaged: a user may be missing
         self.gone_users: list = []                  # (partition, user) the archive no longer
                                                     # holds, removed whole (_remove_users)
+        self.whole: set = set()                     # (partition, user) whose every folder the
+                                                    # archive holds whole (its base had none)
         self.whole_users = self._whole_users()
 
     # -- errors ---------------------------------------------------------------
@@ -228,6 +230,7 @@ class Restorer:
                 self.opts.map_used.add(m.user)       # the map names a user the archive has
             self.cur_user = (m.partition, m.user)
             self.cur_folders = set()
+            self.whole.add(self.cur_user)
             self.cur_damaged = False
             return
         if m.kind == "folder":
@@ -301,6 +304,17 @@ class Restorer:
         return by_date(h) and j.archive_id != h.get("archive_id") \
             and j.created is not None and created is not None and j.created < created
 
+    def _newer_whole(self, j, partition: str, src_user: str) -> bool:
+        """This archive, an incremental of another chain than the one the journal row
+        ``j`` says its folder mirrors, holds the folder's user whole (its base had none of
+        the user: one moved from another backup group; its INBOX was continued from the
+        restore of the other chain, Planner.taken_over) and was taken after that archive:
+        the user as it was then, without the folders deleted since."""
+        created = self.header.get("created")
+        return (partition, src_user) in self.whole \
+            and self.opts.user_map.get(src_user, src_user) in self.planner.taken_over \
+            and j.created is not None and created is not None and j.created < created
+
     def _remove_gone(self) -> None:
         """Remove the folders the archive no longer lists, of the users it held whole:
         only those this chain's restores made and that are as they left them (never a
@@ -329,7 +343,7 @@ class Restorer:
                 try:
                     j = self.journal.get(user, folder)
                     if j is None or not j.mirror or j.running or j.source is not None \
-                            or not self._follows(j):
+                            or not (self._follows(j) or self._newer_whole(j, partition, src_user)):
                         continue
                     if not self.store.exists(user, folder):
                         # gone, or half removed by a run killed while removing it (the
@@ -503,6 +517,8 @@ class Restorer:
 
     def _start_folder(self, m) -> None:
         self.held_users.add((m.partition, m.user))
+        if m.state:
+            self.whole.discard((m.partition, m.user))
         if (m.partition, m.user) == self.cur_user:
             self.cur_folders.add(m.folder)
         group = self.user_groups.get((m.partition, m.user), m.group)

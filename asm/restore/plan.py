@@ -146,6 +146,8 @@ class Planner:
                                         # folder had
         self.acls: dict = {}            # user -> [folders given an ACL, folders whose own
                                         # ACL was removed] (set_acl)
+        self.taken_over: set = set()    # users whose INBOX this archive continues from the
+                                        # restore of another chain's older archive (chain_mode)
 
     def plan(self, m, user: str, locks: contextlib.ExitStack, final_uids=None, final_flags=None) -> FolderPlan:
         """The plan for folder member ``m`` restored under ``user``; the target folder's
@@ -329,6 +331,15 @@ class Planner:
                     f"and this incremental follows {base}, taken after it: restore the incremental(s) "
                     f"in between first, or the whole chain in one command (imsrestore -f FULL -f INCR1 "
                     f"-f INCR2 ...)")
+            if not m.state and created is not None and j.created is not None and created > j.created:
+                # another chain's incremental, taken after the archive the folder holds, that
+                # holds the folder whole (its base did not have it: the user moved from one
+                # backup group to another between the backups): the folder as it was then,
+                # as a full taken then would give it; never a merge that keeps the older
+                # archive's expunged mail and flags
+                if folder == "INBOX":
+                    self.taken_over.add(user)
+                return "chain"
             # another chain: a classic merge, unless the folder is as the restore of an
             # older archive left it and lacks mail this incremental lists without carrying
             # it (that mail is in its own base, which was not restored here)
