@@ -408,6 +408,8 @@ class Restorer:
             src = back.get(user, user)
             if user in targets or src in held or (src == user and user in umap):
                 continue            # held, or the journal's rows are of another restore's user
+            if unseen("", src, None, "INBOX"):
+                continue            # (a backup of some paths: first, before the store is asked)
             try:
                 if not self.store.exists(user):
                     continue
