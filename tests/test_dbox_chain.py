@@ -1137,3 +1137,55 @@ def test_dboxlive_a_folder_made_again_while_the_account_is_copied_is_copied_agai
     got = views(lab)
     assert "Tmp2" not in got["alice"][0]
     assert listing(home, tmp_path / "a.ims") == sorted(f"/primary/{u}/{f}" for u in USERS for f in got[u][0])
+
+
+def test_a_folder_renamed_between_backups_keeps_keywords_beyond_26_in_both_chain_forms(lab, tmp_path):
+    """A folder renamed between a full and a ``--base`` incremental is carried whole under
+    its new name with its mailbox GUID, which the old folder still has when the
+    incremental is restored on its own (``imsrestore -H -f full`` then ``-f incr``): the
+    folder is made without the GUID and gets it once the old one is removed.  Giving a
+    Maildir folder another GUID removes its Dovecot index, where keywords beyond the 26
+    file-name letters live: the messages' own keywords must survive it.  (Before, the
+    -H form lost every keyword beyond the 26th, exit 0, while the one-command form was
+    right: found by a helper's chain fuzzer on sdbox and mdbox.)  Random keyword sets,
+    random renames; both forms must give what the client saw at the incremental."""
+    import random
+    seed = random.randrange(1 << 30)
+    rnd = random.Random(seed)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    pool = [f"kw{i:02d}" for i in range(40)]
+    lab.deliver(list(USERS), message("one"))
+    with lab.imap("alice") as c:
+        for box in ("Tags", "Keep"):
+            c.create(box)
+            c.subscribe(box)
+            for i in range(rnd.randint(2, 4)):
+                n = rnd.randint(27, 35) if (box, i) == ("Tags", 0) else rnd.choice([0, 3, 27, 30])
+                kws = rnd.sample(pool, n)
+                c.append(box, message(f"{box} {i}"), [*rnd.sample([r"\Seen", r"\Flagged"], rnd.randint(0, 2)),
+                                                      *kws])
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "--state-out", tmp_path / "full.state", "/", check=0)
+    with lab.imap("alice") as c:
+        c.rename("Tags", "Tags-2026")
+        if rnd.random() < 0.5:
+            c.select("Tags-2026")
+            uids = c.uids()
+            c.uid_store(uids[:1], "+FLAGS", rnd.sample(pool, 2))
+            c.unselect()
+    run(home, "imsbackup", "-f", incr, "--base", tmp_path / "full.state", "/", check=0)
+    want = views(lab)
+    assert max(len(m[1]) for m in want["alice"][0]["Tags-2026"][3]) > 26
+    for split in (False, True):
+        wipe(lab)
+        if split:
+            assert run(home, "imsrestore", "-H", "-f", full).returncode == 0
+            r = run(home, "imsrestore", "-f", incr)
+        else:
+            r = run(home, "imsrestore", "-f", full, "-f", incr)
+        assert r.returncode == 0, r.stderr
+        got = views(lab)
+        lost = {(box, a[0]): sorted(a[1] - b[1]) for box, f in want["alice"][0].items()
+                for a, b in zip(f[3], got["alice"][0].get(box, (0, 0, 0, ()))[3]) if a != b}
+        assert got == want, (f"seed {seed}, -H form {split}: flags lost", lost)

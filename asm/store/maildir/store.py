@@ -2196,6 +2196,9 @@ class MaildirStore(Store):
                    uidnext: int | None = None, subscribed: bool | None = None,
                    guid: str | None = None) -> FolderInfo:
         folder = check_folder_name(folder)
+        # what Dovecot's index alone holds (keywords beyond the 26 letters) goes with it
+        # when the folder's identity changes: read first (doveadm takes the folder's lock)
+        kept = self._index_only_keywords(user, folder, uidvalidity, uidnext, guid)
         with self._locked(user, folder) as st:
             ul = st.uidlist
             changed = renumbered = False
@@ -2226,6 +2229,12 @@ class MaildirStore(Store):
                     # the header: a kill between the two leaves the old UIDNEXT, which the
                     # same command raises again, never a raised header Dovecot ignores)
                     self._wake_dovecot(st.dir)
+                if renumbered:
+                    # the new index gets them back at unlock (_give_dovecot_keywords);
+                    # keywords a write of this lock set are newer
+                    for uid, kws in kept.items():
+                        if uid in ul.records:
+                            st.overflow.setdefault(uid, kws)
                 # on disk now, not at unlock: messages appended next are recorded
                 # after this header (a kill must not leave them under another UIDVALIDITY)
                 self._flush_uidlist(st)
@@ -2260,6 +2269,33 @@ class MaildirStore(Store):
             probe = os.path.join(cur, f".ims-touch.{os.getpid()}.{threading.get_ident()}")
             os.mkdir(probe)
             os.rmdir(probe)
+
+    def _index_only_keywords(self, user: str, folder: str, uidvalidity: int | None,
+                             uidnext: int | None, guid: str | None) -> dict[int, tuple]:
+        """{uid: every keyword} of the folder's messages that have keywords only Dovecot's
+        index holds (beyond the 26 file-name letters, all taken), when set_folder with
+        these values would remove the index (a new UIDVALIDITY or mailbox GUID, a lower
+        UIDNEXT): else they were lost with it.  (A folder made without its archived GUID,
+        which it gets once the folder renamed away from it is removed -- a chain's
+        incremental restored on its own -- lost them so, exit 0.)  Read with doveadm,
+        so not while this process holds the folder's lock (a folder whose index does
+        not matter there: one just emptied or never used)."""
+        if (user, folder) in self._held or (uidvalidity is None and uidnext is None and not guid):
+            return {}
+        dv = self._doveadm()
+        if dv is None:
+            return {}
+        d = self._existing_folder_dir(user, folder)
+        ctl = self._ctl_idx(user, folder, d)[0]
+        ul = read_uidlist_header(ctl)
+        if ul is None or not ((uidvalidity is not None and uidvalidity != ul.uidvalidity)
+                              or (guid and guid != uidlist_mod.mailbox_guid(ul.extra))
+                              or (uidnext is not None and uidnext < ul.uidnext)):
+            return {}
+        table = mdnames.read_keywords(ctl)
+        if sum(1 for k in table if k) < mdnames.MAX_KEYWORDS:
+            return {}
+        return {uid: kws for uid, kws in dv.keywords(user, folder).items() if any(k not in table for k in kws)}
 
     # ------------------------------------------------------------------ messages
     def _new_base(self, stored: float, keep: str | None = None) -> str:
