@@ -209,7 +209,7 @@ class Planner:
             mode, resumed, refill = "exact", True, True
         elif (j is not None and j.running is not None and j.running != aid
               and j.running_mode == "chain" and j.mirror and info.uidvalidity == m.uidvalidity
-              and (j.archive_id == aid or aid in j.chain)):
+              and (j.archive_id == aid or aid in j.chain or self.earlier_in_command(aid, j.archive_id))):
             # this archive was restored here, and the restore of a later link of its
             # chain (j.running) began from it and was cut short: the folder is on its
             # way from this archive to that one, which, resumed, finishes it.  (Merged
@@ -315,6 +315,15 @@ class Planner:
         aid, base, created = h.get("archive_id"), h.get("base"), h.get("created")
         if j.archive_id == aid:
             return "merge"  # the same archive again: nothing changes
+        if self.earlier_in_command(aid, j.archive_id):
+            # the folder holds a later link of the chain this command restores (it was
+            # cut short after that link, and is run again): this one is in there as far as
+            # it still counts, and the links after it finish the folder.  (Its header
+            # need not name that link as an ancestor: a -d link names none, and a --base
+            # link before it is of another line.  Merged, the folder stopped being a
+            # mirror, and every later link merged too: their flags, and the chain end's
+            # subscriptions, were never set, exit 0.)
+            return "skip"
         if base is not None:
             if base == j.archive_id:
                 return "chain"
@@ -351,6 +360,12 @@ class Planner:
             # that moved on since takes it as a classic merge (see plan)
             return "skip"
         return "chain"
+
+    def earlier_in_command(self, aid, other) -> bool:
+        """Archive ``aid`` comes before ``other`` in the chain this command restores
+        (``imsrestore -f FULL -f INCR1 ...``, checked in order by check_chain)."""
+        ids = self.opts.chain_ids
+        return aid in ids and other in ids and ids.index(aid) < ids.index(other)
 
     @staticmethod
     def _missing(state, here, final_uids) -> int:

@@ -8,6 +8,8 @@ writes), counted through Python's audit hooks (PEP 578) and SQLite's trace callb
 
     IMS_FAULT=count:FILE        write the number of steps to FILE at exit
     IMS_FAULT=kill:N            SIGKILL this process just before step N (1-based)
+    IMS_FAULT=int:N             SIGINT (Ctrl-C) to this process just before step N, once:
+                                it winds up as an interrupted command does
     IMS_FAULT=enospc:N          from step N on, every step fails with ENOSPC (a disk
                                 that filled up and stays full)
     IMS_FAULT=eio:TEXT          every open of a path holding TEXT fails with EIO (a
@@ -64,6 +66,9 @@ def _step(what):
             _State.busy = False
     if _State.mode == "kill" and _State.steps >= _State.n:
         os.kill(os.getpid(), signal.SIGKILL)
+    if _State.mode == "int" and _State.steps >= _State.n:
+        _State.mode = ""
+        os.kill(os.getpid(), signal.SIGINT)
     if _State.mode == "enospc" and _State.steps >= _State.n:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), what)
 
@@ -113,7 +118,7 @@ def _install(spec):
             with open(_State.out, "w") as f:
                 f.write(str(_State.steps))
         atexit.register(dump)
-    elif mode in ("kill", "enospc"):
+    elif mode in ("kill", "int", "enospc"):
         _State.n = int(arg)
     elif mode == "eio":
         _State.out = arg
