@@ -552,6 +552,23 @@ def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts:
     return True
 
 
+def _read_folder(store, t: Target, folder: str, mailbox: str, opts: BackupOptions, res: BackupResult,
+                 run: Run, known=None, gone_ok: bool = False) -> tuple:
+    """(store.snapshot of one folder, None), or (None, what _backup_folder returns instead:
+    "user gone", "gone" with ``gone_ok``, or None once the error is recorded)."""
+    try:
+        return store.snapshot(t.user, folder, since=opts.since, known=known), None
+    except Exception as exc:  # one unreadable mailbox must not stop the backup of the others
+        if isinstance(exc, NoSuchUser) and exc.user == t.user:
+            return None, "user gone"
+        if gone_ok and isinstance(exc, NoSuchFolder):
+            return None, "gone"
+        why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+        res.errors.append({"mailbox": mailbox, "error": why})
+        plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})
+        return None, None
+
+
 def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
                    res: BackupResult, run: Run, report, progress, readers=None, warm=None,
                    gone_ok: bool = False) -> str | None:
@@ -563,22 +580,14 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     if opts.base is not None and _unchanged_folder(store, writer, t, folder, mailbox, opts, res,
                                                    run, report):
         return
-    try:
-        if opts.base is not None:
-            # the base's UIDs under the folder's UIDVALIDITY now (read again under the
-            # lock below: a folder recreated in between is carried whole)
-            got = opts.base.folders.get((t.user, folder))
-            held = got[1] if got is not None else None
-        snap = store.snapshot(t.user, folder, since=opts.since, known=held)
-    except Exception as exc:  # one unreadable mailbox must not stop the backup of the others
-        if isinstance(exc, NoSuchUser) and exc.user == t.user:
-            return "user gone"
-        if gone_ok and isinstance(exc, NoSuchFolder):
-            return "gone"
-        why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
-        res.errors.append({"mailbox": mailbox, "error": why})
-        plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})
-        return
+    if opts.base is not None:
+        # the base's UIDs under the folder's UIDVALIDITY now (read again under the
+        # lock below: a folder recreated in between is carried whole)
+        got = opts.base.folders.get((t.user, folder))
+        held = got[1] if got is not None else None
+    snap, out = _read_folder(store, t, folder, mailbox, opts, res, run, known=held, gone_ok=gone_ok)
+    if snap is None:
+        return out
     for why in getattr(snap, "warnings", ()):      # named in the trailer, exit 1
         res.errors.append({"mailbox": mailbox, "error": why})
         if report:
@@ -590,34 +599,18 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         if light and held is None:
             # made again since the base (another UIDVALIDITY): carried whole, so every
             # message is needed in full
-            try:
-                snap = store.snapshot(t.user, folder, since=opts.since)
-            except NoSuchUser as exc:
-                if exc.user == t.user:
-                    return "user gone"
-                raise
-            except Exception as exc:  # as above
-                why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
-                res.errors.append({"mailbox": mailbox, "error": why})
-                plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})
-                return
+            snap, out = _read_folder(store, t, folder, mailbox, opts, res, run)
+            if snap is None:
+                return out
             info = snap.info
             held = opts.base.holds(t.user, folder, info.uidvalidity)
         other = _held_as_another(opts.base, t.user, folder, held, snap)
         if other and light:
             # listed from their names only, as held: read again in full, so that the
             # messages the base held as other ones can be written
-            try:
-                snap = store.snapshot(t.user, folder, since=opts.since)
-            except NoSuchUser as exc:
-                if exc.user == t.user:
-                    return "user gone"
-                raise
-            except Exception as exc:  # as above
-                why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
-                res.errors.append({"mailbox": mailbox, "error": why})
-                plugins.mailbox_done(run, mailbox, {"status": "error", "messages": 0, "bytes": 0, "error": why})
-                return
+            snap, out = _read_folder(store, t, folder, mailbox, opts, res, run)
+            if snap is None:
+                return out
             info = snap.info
             held = opts.base.holds(t.user, folder, info.uidvalidity)
             other = _held_as_another(opts.base, t.user, folder, held, snap)
