@@ -1051,7 +1051,8 @@ def test_dboxlive_a_login_whose_client_churns_a_folder_is_backed_up_folder_by_fo
         assert after["bob"] == live["bob"] and after["alice"][1] == live["alice"][1]
     # what the archive holds is what the clients saw: restored into an emptied store
     wipe(lab)
-    run(home, "imsrestore", "-f", a, check=0)
+    # (a folder the archive's trailer names, not as the store had it: exit 1)
+    run(home, "imsrestore", "-f", a, check=EXIT_PARTIAL if flaky else 0)
     assert views(lab) == want
 
 

@@ -429,6 +429,7 @@ def _chain_trials(h: Harness, seed: int, n: int) -> None:
     """``n`` kill points spread over the harness's run, every third rerun killed once
     more: every trial must end right, and (nearly) every first run must be killed."""
     total = h.count()
+    n = max(n, total // 6 + 1)           # one point in every 6 steps however long the run
     rng = random.Random(seed)
     points = spread(total, n, seed)
     assert len(points) >= n and total < 6 * n, total
