@@ -596,18 +596,11 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     if opts.base is not None:
         light = held is not None
         held = opts.base.holds(t.user, folder, info.uidvalidity)
-        if light and held is None:
-            # made again since the base (another UIDVALIDITY): carried whole, so every
-            # message is needed in full
-            snap, out = _read_folder(store, t, folder, mailbox, opts, res, run)
-            if snap is None:
-                return out
-            info = snap.info
-            held = opts.base.holds(t.user, folder, info.uidvalidity)
         other = _held_as_another(opts.base, t.user, folder, held, snap)
-        if other and light:
-            # listed from their names only, as held: read again in full, so that the
-            # messages the base held as other ones can be written
+        if light and (held is None or other):
+            # listed from their names only, as held: read again in full (once) when the
+            # folder was made again since the base (another UIDVALIDITY: carried whole) or
+            # the base held some of its UIDs as other messages (those are written)
             snap, out = _read_folder(store, t, folder, mailbox, opts, res, run)
             if snap is None:
                 return out
