@@ -19,13 +19,15 @@ import os
 import re
 import shlex
 import stat
+import subprocess
+import threading
 import time
 
 
 from asm.archive import ArchiveReader, spec
 from tests.archive_fuzz import emit, models
 from tests.dovecot_lab import lab_fixture, message
-from tests.helpers import run
+from tests.helpers import popen, run
 from tests.test_dovecot_layouts import configure, wipe
 
 lab = lab_fixture(params=["acl", "aclctl"], scope="function")
@@ -296,3 +298,202 @@ def test_an_acl_a_chain_link_gives_a_served_folder_is_seen_at_once(acl_lab, tmp_
     assert "shared/alice/Private" not in views(lab)["bob"]["list"]
     run(home, "imsrestore", "-f", incr, check=0)
     assert views(lab) == seen
+
+
+TEAM = [f"Team{i}" for i in range(6)]
+ARCHIVED = "user=bob lrs\n"
+DAVES = 100
+CAROL = ("lr", "lrw", "lrs", "ilr")     # (letters as Dovecot writes them: sorted)
+
+
+def _acl_text(lab, folder: str) -> str:
+    with open(os.path.join(lab.store, OWNER, "Maildir", f".{folder}", "dovecot-acl")) as f:
+        return f.read()
+
+
+def _setacl_loop(lab, folder: str, start: threading.Event, stop: threading.Event, oks: list) -> None:
+    """SETACL carol on ``folder`` as fast as Dovecot answers, until ``stop``: each OK
+    with the rights it set, when it was sent and when its OK came (time.monotonic())."""
+    with lab.imap(OWNER) as c:
+        start.wait()
+        k = 0
+        while not stop.is_set():
+            rights = CAROL[k % len(CAROL)]
+            sent = time.monotonic()
+            typ, data = c.conn._simple_command("SETACL", folder, "carol", rights)
+            assert typ == "OK", (folder, data)
+            oks.append((rights, sent, time.monotonic()))
+            k += 1
+
+
+def test_setacl_racing_restores_is_never_lost_nor_mixed_with_the_restored_acl(acl_lab, tmp_path):
+    """IMAP clients change the ACLs of alice's folders in a loop while restores (each the
+    next full of the same folders: a chain link, which gives the archived ACL) run.  The
+    restore takes Dovecot's dovecot-acl.lock around its read-compare-write, so every
+    folder ends each round with the archived ACL, or with it and the client's last
+    SETACL (Dovecot applied it after the restore wrote): never the ACL from before the
+    restore (a SETACL that read it before the restore wrote and replaced the file
+    after: the restored ACL lost), a torn file, or the client's last OK'd change lost
+    when Dovecot answered it after the restore ended."""
+    lab = acl_lab
+    with lab.imap(OWNER) as c:
+        for f in TEAM:
+            c.create(f)
+            c.append(f, message(f"mail in {f}"))
+            c.command("SETACL", f, "bob", "lrs")
+    home = tmp_path / "ims"
+    configure(lab, home)
+    rounds = 3
+    fulls = []
+    for k in range(rounds + 1):
+        fulls.append(tmp_path / f"full{k}.ims")
+        run(home, "imsbackup", "-f", fulls[-1], f"/primary/user/{OWNER}", check=0)
+    assert {f: a for f, a in archived_acls(fulls[-1]).items() if f in TEAM} == {f: ARCHIVED for f in TEAM}
+    wipe(lab)
+    run(home, "imsrestore", "-f", fulls[0], check=0)
+    line = re.compile(r"user=(bob|carol|dave\d\d\d) [a-z]+\n")
+    raced = 0
+    for k in range(1, rounds + 1):
+        for f in TEAM:
+            # the live ACL is not the archived one: bob's and many more (a long file
+            # Dovecot reads, changes and writes back at each SETACL)
+            path = os.path.join(lab.store, OWNER, "Maildir", f".{f}", "dovecot-acl")
+            with open(path + ".new", "w") as out:
+                out.write("user=bob lrs\n" + "".join(f"user=dave{i:03d} l\n" for i in range(DAVES)))
+            lab.fix_owner(path + ".new")
+            os.rename(path + ".new", path)
+        start, stop = threading.Event(), threading.Event()
+        oks = {f: [] for f in TEAM}
+        clients = [threading.Thread(target=_setacl_loop, args=(lab, f, start, stop, oks[f])) for f in TEAM]
+        for t in clients:
+            t.start()
+        start.set()
+        time.sleep(0.05)
+        p = popen(home, "imsrestore", "-f", fulls[k], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        out, err = p.communicate(timeout=120)
+        ended = time.monotonic()
+        time.sleep(0.3)
+        stop.set()
+        for t in clients:
+            t.join(60)
+        assert p.returncode == 0, (k, err)
+        assert f"this restore gave {len(TEAM)} folders the access control list archived with it" in err, err
+        for f in TEAM:
+            text = _acl_text(lab, f)
+            lines = text.splitlines(keepends=True)
+            assert lines and all(line.fullmatch(ln) for ln in lines), (k, f, text)      # not torn
+            got = {k: "".join(sorted(v)) for k, v in (ln.split() for ln in lines)}
+            # the restore replaced the ACL from before it: no SETACL put it back
+            assert got.get("user=bob") == "lrs", (k, f, text)
+            assert set(got) <= {"user=bob", "user=carol"}, (k, f, text)
+            last, sent, _ok = oks[f][-1]
+            if "user=carol" in got or sent > ended:
+                # Dovecot's last OK'd SETACL (the last one sent after the restore ended
+                # is always there), never an older one: none lost.  (Its OK may come
+                # after the restore ended and its change not be there: Dovecot made it
+                # before the restore wrote, and rebuilt its lists before answering.)
+                assert got.get("user=carol") == last, (k, f, text, last, sent > ended)
+            raced += sum(t0 <= t <= ended for _r, _s, t in oks[f])
+    assert raced > rounds * len(TEAM), raced          # the clients did run while restores did
+
+
+def test_a_restore_waits_for_dovecots_acl_lock_and_names_one_it_cannot_have(acl_lab, tmp_path):
+    """``dovecot-acl.lock`` as Dovecot's acl plugin holds it while it updates a folder's
+    ACL (the lock file holds the new ACL, renamed onto dovecot-acl when done; no owner
+    written in it):
+
+    * held while the restore comes, then put in place: the restore waited for it and
+      then wrote the archived ACL (it read the file after Dovecot's change).  Written
+      through the lock, the restored ACL was replaced by Dovecot's with no word;
+    * held past store.locktimeout: the folder is named (exit 6), its mail restored and
+      its ACL left as it is, the lock too; the other folders get theirs."""
+    lab = acl_lab
+    fill(lab)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    full, state, incr = tmp_path / "full.ims", tmp_path / "full.state", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "--state-out", state, f"/primary/user/{OWNER}", check=0)
+    lab.doveadm("acl set", "Private", "user=bob", "lookup", "read", user=OWNER)
+    lab.doveadm("acl set", "Work/Sub", "user=bob", "lookup", user=OWNER)
+    with lab.imap(OWNER) as c:
+        c.append("Private", message("private since the full"))
+    after = acls(lab)
+    run(home, "imsbackup", "-f", incr, "--base", state, f"/primary/user/{OWNER}", check=0)
+    private = os.path.join(lab.store, OWNER, "Maildir", ".Private")
+    lock, acl_file = os.path.join(private, "dovecot-acl.lock"), os.path.join(private, "dovecot-acl")
+    for case in ("replaced", "held"):
+        run(home, "msconfig", "set", "store.locktimeout", "1" if case == "held" else "30", check=0)
+        wipe(lab)
+        run(home, "imsrestore", "-f", full, check=0)
+        assert not os.path.exists(acl_file)
+        with open(lock, "w") as f:
+            f.write("user=carol lr\n")          # a SETACL's new file, from the ACL it read
+        lab.fix_owner(lock)
+        t0 = time.monotonic()
+        p = popen(home, "imsrestore", "-f", incr, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if case == "replaced":
+            # the restore waits for the lock (its lock temporary is there), or wrote
+            # through it: then Dovecot's update ends, the lock renamed onto the file
+            deadline = time.monotonic() + 120
+            while not (os.path.exists(acl_file) or p.poll() is not None
+                       or [n for n in os.listdir(private) if n.startswith(".temp.") and n.endswith("dovecot-acl.lock")]):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            os.rename(lock, acl_file)
+        _out, err = p.communicate(timeout=120)
+        assert p.returncode == (6 if case == "held" else 0), (case, err)
+        got = acls(lab)
+        with lab.imap(OWNER) as c:
+            c.conn.select("Private", readonly=True)
+            typ, data = c.conn.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            subjects = sorted(d[1].strip().decode() for d in data if isinstance(d, tuple))
+        assert subjects == ["Subject: mail in Private", "Subject: private since the full"], (case, subjects)
+        assert got["Work/Sub"] == after["Work/Sub"] and got["Work"] == after["Work"], (case, got)
+        if case != "held":
+            assert got == after and not os.path.exists(lock), (case, got, err)
+            with open(acl_file) as f:
+                assert f.read() == "user=bob lr\n"
+            continue
+        assert time.monotonic() - t0 >= 1
+        named = [ln for ln in err.splitlines() if "dovecot-acl.lock" in ln]
+        assert len(named) == 1 and named[0].startswith(f"imsrestore: /primary/{OWNER}/Private: its mail is restored, ") and \
+            "its mail is restored, its access control list is not" in named[0] and \
+            f"doveadm acl set -u {OWNER} Private" in named[0] and "user=bob lr" in named[0], err
+        assert got["Private"] == {} and not os.path.exists(acl_file)
+        with open(lock) as f:
+            assert f.read() == "user=carol lr\n"             # another's lock: left alone
+
+
+def test_dovecots_acl_lock_is_stale_as_dovecot_judges_it(tmp_path, monkeypatch):
+    """A lock as Dovecot's acl plugin writes it (the new ACL, no owner) is stale only
+    when neither it nor dovecot-acl changed for 120 s (file-dotlock.c, stale_timeout;
+    mtime or ctime); one naming a process of this host is stale when that is gone."""
+    from asm.locks import pid_alive
+    from asm.store.maildir import dotlock
+    acl, lock = str(tmp_path / "dovecot-acl"), str(tmp_path / "dovecot-acl.lock")
+    with open(lock, "w") as f:
+        f.write("user=carol lr\n")
+    host = os.uname().nodename
+    now = time.time()
+
+    def stale_at(t: float) -> bool:
+        monkeypatch.setattr(dotlock.time, "time", lambda: now + t)
+        try:
+            return dotlock.written_lock_is_stale(lock, acl, host)
+        finally:
+            monkeypatch.undo()
+
+    assert [stale_at(t) for t in (0, 60, 119, 122)] == [False, False, False, True]
+    with open(acl, "w") as f:
+        f.write("user=bob lr\n")
+    os.utime(acl, (now + 60, now + 60))       # the file it protects changed later
+    assert [stale_at(t) for t in (122, 179, 182)] == [False, False, True]
+    with open(lock, "w") as f:
+        f.write(f"{os.getpid()}:{host}")      # ours (an imsrestore's), alive
+    assert not stale_at(0) and not stale_at(1000)
+    dead = 4194304 + 4321
+    assert not pid_alive(dead)
+    with open(lock, "w") as f:
+        f.write(f"{dead}:{host}")
+    assert stale_at(0)

@@ -10,7 +10,7 @@ import time
 
 from asm import plugins
 from asm.archive.errors import CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
-from asm.errors import EXIT_NOSPACE, EXIT_PARTIAL, EXIT_USAGE, ImsError
+from asm.errors import EXIT_LOCKED, EXIT_NOSPACE, EXIT_PARTIAL, EXIT_USAGE, ImsError
 from asm.events import Run
 from asm.groups import Groups
 from asm.restore.apply import Applier
@@ -589,7 +589,12 @@ class Restorer:
                 user, m.folder, waiting=lambda pid: self.report(
                     f"{mailbox}: waiting for another restore of it to finish"
                     + (f" (process {pid})" if pid else ""))))
-            plan = self.plan = self.planner.plan(m, user, self.lock_stack, final_uids, final_flags)
+            try:
+                plan = self.plan = self.planner.plan(m, user, self.lock_stack, final_uids, final_flags)
+            finally:
+                for _u, _f, why in self.planner.acl_locked:
+                    self._record_error(mailbox, why, EXIT_LOCKED)       # the mail goes on
+                self.planner.acl_locked.clear()
             self.res.folders += 1
             if plan.mode == "skip":
                 self.res.skipped += 1

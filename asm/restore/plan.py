@@ -27,7 +27,7 @@ from asm.backupstate import header_chain
 from asm.restore.errors import ChainOrderError
 from asm.restore.journal import Journal, JournalRow
 from asm.restore.options import RestoreOptions
-from asm.store.base import NameTooLong, Store
+from asm.store.base import LockTimeout, NameTooLong, Store
 
 
 @dataclass
@@ -146,6 +146,7 @@ class Planner:
                                         # folder had
         self.acls: dict = {}            # user -> [folders given an ACL, folders whose own
                                         # ACL was removed] (set_acl)
+        self.acl_locked: list = []      # (user, folder, why) of ACLs not written: locked
         self.taken_over: set = set()    # users whose INBOX this archive continues from the
                                         # restore of another chain's older archive (chain_mode)
 
@@ -260,7 +261,7 @@ class Planner:
         if mode in ("exact", "chain") and info.subscribed != m.subscribed:
             store.set_folder(user, folder, subscribed=m.subscribed)
         if mode in ("exact", "chain") and m.acl is not None and not beside and user == m.user \
-                and folder == m.folder and store.set_acl(user, folder, m.acl):
+                and folder == m.folder and self.set_acl(user, folder, m.acl):
             # the folder is this archive's under its archived user and name: its access
             # control list as archived (a chain's last link's; "" removes one).  Merged
             # into, beside (-n) or under another user (-m), the live ACL stays: sharing
@@ -286,6 +287,23 @@ class Planner:
         if mode in ("exact", "chain") and (not resumed or refill):
             self.journal.start(user, folder, self.header, mode, beside=mark)
         return plan
+
+    def set_acl(self, user: str, folder: str, acl: str) -> bool:
+        """store.set_acl; a lock of the ACL another process holds past store.locktimeout
+        (Dovecot changing it, or a lock left behind) is kept in :attr:`acl_locked` for
+        the restore to name, and the folder's mail is restored all the same."""
+        try:
+            return self.store.set_acl(user, folder, acl)
+        except LockTimeout as exc:
+            given = "; ".join(ln for ln in acl.split("\n") if ln and not ln.startswith("#")) or "none"
+            if len(given) > 200:
+                given = given[:200] + "..."
+            self.acl_locked.append((user, folder, (
+                f"its mail is restored, its access control list is not: another process held its lock "
+                f"{exc.path} past store.locktimeout (Dovecot holds it while it changes the ACL: IMAP SETACL, "
+                f"doveadm acl; one unchanged for 120 s is broken); once it is gone, set the archived ACL "
+                f"({given}) with doveadm acl set -u {user} {folder}")))
+            return False
 
     def own_guid(self, m, user: str, folder: str, beside: bool) -> str:
         """The archived mailbox GUID of folder member ``m`` for the folder this restore

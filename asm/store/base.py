@@ -208,8 +208,9 @@ def store_os_errors(fn):
 class LockTimeout(StoreError):
     status = EXIT_LOCKED
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, path: str = ""):
         super().__init__(f"could not lock {what}: another process holds it; try again later")
+        self.path = path or what
 
 
 class BadName(StoreError):

@@ -59,17 +59,44 @@ def lock_is_stale(path: str, hostname: str) -> bool:
     return not pid_alive(pid)
 
 
+def written_lock_is_stale(path: str, protected: str, hostname: str) -> bool:
+    """Dovecot's judgement (file-dotlock.c check_lock) of a lock taken with
+    file_dotlock_open, as the acl plugin takes ``dovecot-acl.lock``: the lock file
+    holds the new file being written, not its owner, so it is stale only when neither
+    it nor the file it protects changed for STALE_LOCK_SECS (Dovecot's stale_timeout
+    there, 120 s).  One that names a process of this host (ours) is stale when that
+    process is gone, as Dovecot judges it too."""
+    owner = owner_of(path)
+    if owner is not None and owner[1] in (hostname, os.uname().nodename, os.uname().nodename.split(".")[0]):
+        return not pid_alive(owner[0])
+    newest = 0.0
+    for p in (path, protected):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            if p == path:
+                return True
+            continue
+        newest = max(newest, st.st_mtime, st.st_ctime)
+    return time.time() - newest > STALE_LOCK_SECS
+
+
 def _temp_name(path: str, pid: int, hostname: str) -> str:
     d, base = os.path.split(path)
     return os.path.join(d, f".temp.{hostname}.{pid}.{os.urandom(4).hex()}.{base}")
 
 
-def acquire(path: str, timeout: float, what: str, pid: int, hostname: str, chown=None) -> None:
+def acquire(path: str, timeout: float, what: str, pid: int, hostname: str, chown=None,
+            stale=None) -> None:
     """Create the dotlock ``path`` as Dovecot does (a temporary file holding
     ``<pid>:<host>`` hard-linked to the lock name, so the lock never exists without its
     owner), waiting up to ``timeout`` seconds (LockTimeout); :class:`Unlocked` when it
     cannot be created at all (a read-only store).  ``chown(fd)`` gives the lock file to
-    the store's owner."""
+    the store's owner.  ``stale(path)`` judges a lock held by another (default
+    :func:`lock_is_stale`)."""
+    if stale is None:
+        def stale(p):
+            return lock_is_stale(p, hostname)
     deadline = time.monotonic() + timeout
     delay = 0.001
     tmp = _temp_name(path, pid, hostname)
@@ -94,11 +121,11 @@ def acquire(path: str, timeout: float, what: str, pid: int, hostname: str, chown
                 return
             except FileExistsError:
                 pass
-            if lock_is_stale(path, hostname):
+            if stale(path):
                 break_lock(path, hostname)
                 continue
             if time.monotonic() >= deadline:
-                raise LockTimeout(what) from None
+                raise LockTimeout(what, path) from None
             # short polls: writers release the lock between operations for only
             # a moment, and a waiter that sleeps long would starve behind them
             import random               # only while waiting for the lock (startup time)

@@ -1681,11 +1681,37 @@ class MaildirStore(Store):
         """Write the folder's dovecot-acl atomically (a temporary beside it, renamed),
         owned as its folder and moded as Dovecot moded it (the folder directory's
         permissions without execute bits); "" removes it.  True when the file changed.
-        Dovecot re-reads a changed file (acl_cache_secs)."""
+        Dovecot re-reads a changed file (acl_cache_secs).
+
+        The file is read, compared and written under Dovecot's own lock of it,
+        ``dovecot-acl.lock`` (acl-backend-vfile-update.c: IMAP SETACL/DELETEACL and
+        doveadm acl take it to read, change and replace the file), waited for as long
+        as store.locktimeout (30 s, Dovecot's timeout there too) and broken as Dovecot
+        breaks it (unchanged for 120 s): without it a SETACL that read the file before
+        this write replaced it after, and the restored ACL was gone with no word.
+        :class:`LockTimeout` when it cannot be had (nothing written)."""
         if not self.carries_acl:
             return False
         d = self._existing_folder_dir(user, folder)
         path = os.path.join(d, ACL_FILE)
+        lockpath = path + dotlock.LOCK_SUFFIX
+        try:
+            try:
+                dotlock.acquire(lockpath, self._lock_timeout(), f"the access control list of {user}/{folder} "
+                                f"({lockpath})", self._pid, self._hostname,
+                                lambda fd: self._chown(fd, self._owner_for(d)),
+                                stale=lambda p: dotlock.written_lock_is_stale(p, path, self._hostname))
+            except dotlock.Unlocked:
+                lockpath = None         # a read-only folder: the write below says so
+        except OSError as exc:
+            raise os_store_error(exc, f"{user}/{folder}") from None
+        try:
+            return self._set_acl_locked(user, d, path, acl, folder)
+        finally:
+            if lockpath is not None:
+                dotlock.release(lockpath)
+
+    def _set_acl_locked(self, user: str, d: str, path: str, acl: str, folder: str) -> bool:
         try:
             if acl == "":
                 try:
@@ -1700,8 +1726,10 @@ class MaildirStore(Store):
                 except FileNotFoundError:
                     pass
                 mode = stat_mod.S_IMODE(os.stat(d).st_mode) & 0o666
+                # fsynced before the rename, as Dovecot does ("we really don't want to
+                # lose ACL files' contents")
                 self._write_file(path, acl.encode("utf-8", "surrogateescape"), self._owner_for(d),
-                                 mode=mode or 0o600)
+                                 fsync=True, mode=mode or 0o600)
             # the login's list of its folders with ACLs (LIST of a shared namespace reads
             # it) no longer says what is on disk: Dovecot makes it again when it is missing
             with contextlib.suppress(FileNotFoundError):
