@@ -335,6 +335,9 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                         f"the archive holds it whole under {to[0]!r}, and under {f!r} the part read before "
                         f"the rename; a restore of this archive alone brings {f!r} back too (delete it "
                         f"after), a chain with the next incremental does not")
+        skipped_acls = getattr(store, "acls_not_archived", None)
+        if skipped_acls:
+            res.notes.append(_acl_not_archived_note(skipped_acls))
         res.seconds = time.monotonic() - t0
         res.trailer = writer.close(errors=res.errors)
         status = EXIT_PARTIAL if res.errors else EXIT_OK
@@ -432,6 +435,19 @@ def _warmer(store: Store, targets: list[Target], opts: BackupOptions):
 
 def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _acl_not_archived_note(folders: list) -> str:
+    """One line for the folders whose Dovecot ACL the store does not archive (sdbox/mdbox,
+    docs/dovecot.md "Access control lists"): said, never dropped without a word."""
+    users = {u for u, _f in folders}
+    shown = ", ".join(f"{u}/{f}" for u, f in folders[:3]) + (", ..." if len(folders) > 3 else "")
+    n = len(folders)
+    return (f"{n} folder{'s' if n > 1 else ''} of {len(users)} user{'s' if len(users) > 1 else ''} "
+            f"({shown}) {'have' if n > 1 else 'has'} a Dovecot access control list (dovecot-acl) that this "
+            f"archive does not hold: the ACLs of sdbox/mdbox folders are not archived, and a restore leaves "
+            f"the ACLs there as they are; back up ROOT/mailboxes/*/dbox-Mails/dovecot-acl with the homes, "
+            f"or set them again with doveadm acl set")
 
 
 def _fit_time(t, what: str, notes: list):

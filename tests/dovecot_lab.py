@@ -27,8 +27,8 @@ sdbox      sdbox:{store}/%u/sdbox                                      alice bob
 mdbox      mdbox:{store}/%u/mdbox                                      alice bob carol
 =========  ==========================================================  ===============
 
-``ACL_LAYOUTS`` (not in LAYOUTS): ``acl`` and ``aclctl``, plain's and idxctl's locations
-with the acl plugin (``acl = vfile``, ``anyone`` allowed), ``imap_acl``, a shared
+``ACL_LAYOUTS`` (not in LAYOUTS): ``acl``, ``aclctl`` and ``aclsdbox``, plain's, idxctl's
+and sdbox's locations with the acl plugin (``acl = vfile``, ``anyone`` allowed), ``imap_acl``, a shared
 namespace ``shared/<owner>/`` and its shared-mailboxes dictionary ``Lab.dict``.
 
 A :class:`Lab` offers ``deliver(rcpts, msg)`` (one LMTP transaction, per-recipient
@@ -163,6 +163,8 @@ ACL_LAYOUTS: dict[str, LabLayout] = {lay.name: lay for lay in [
     LabLayout("aclctl", "maildir:{store}/%u:INDEX={idx}/%u:CONTROL={ctl}/%u", "{home}/%u", PLAIN,
               mail_plugins="acl",
               extra=_ACL_EXTRA.replace("SHARED", "maildir:{store}/%%u:CONTROL={ctl}/%%u")),
+    LabLayout("aclsdbox", "sdbox:{store}/%u/sdbox", "{store}/%u", PLAIN, mail_plugins="acl",
+              extra=_ACL_EXTRA.replace("SHARED", "sdbox:{store}/%%u/sdbox")),
 ]}
 
 CONF = """\

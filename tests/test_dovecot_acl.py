@@ -497,3 +497,27 @@ def test_dovecots_acl_lock_is_stale_as_dovecot_judges_it(tmp_path, monkeypatch):
     with open(lock, "w") as f:
         f.write(f"{dead}:{host}")
     assert stale_at(0)
+
+
+sdbox_lab = lab_fixture("aclsdbox", scope="function")
+
+
+def test_a_backup_of_a_dbox_store_says_its_acls_are_not_archived(sdbox_lab, tmp_path):
+    """sdbox folders' ACLs are not archived (a restore could not give them back through
+    doveadm backup): a backup of them says so in one line naming the folders, exit 0
+    (the mail is all there), rather than dropping them without a word."""
+    lab = sdbox_lab
+    fill(lab)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    archive = tmp_path / "full.ims"
+    res = run(home, "imsbackup", "-f", archive, f"/primary/user/{OWNER}", check=0, text=True)
+    notes = [ln for ln in res.stderr.splitlines() if "access control list" in ln]
+    assert len(notes) == 1 and notes[0].startswith("imsbackup: 3 folders of 1 user (") and \
+        "have a Dovecot access control list (dovecot-acl) that this archive does not hold: the ACLs of " \
+        "sdbox/mdbox folders are not archived" in notes[0], res.stderr
+    assert all(f"{OWNER}/{f}" in notes[0] for f in ("INBOX", "Work", "Work/Sub")), notes
+    assert f"{OWNER}/Private" not in notes[0]
+    assert set(archived_acls(archive).values()) == {None}
+    with open(archive, "rb") as f:
+        assert len([m for m in ArchiveReader(f).members() if m.kind == "message"]) == 4

@@ -44,8 +44,8 @@ from asm.store import layout as layout_mod
 from asm.store import utf7
 from asm.store.base import FolderInfo, NoSuchUser, StoreError, StoreFull, Unlisted, UserExists, check_user_name
 from asm.store.maildir.doveadm import TIMEOUT, Doveadm, DoveadmRace, DsyncDesync
-from asm.store.maildir.store import (MaildirStore, MisplacedLogin, _misplaced, expanded_location, fixed_prefix,
-                                    misplaced_logins, open_layout)
+from asm.store.maildir.store import (ACL_FILE, MaildirStore, MisplacedLogin, _misplaced, expanded_location,
+                                    fixed_prefix, misplaced_logins, open_layout)
 
 _WRITES = ("create_folder", "delete_folder", "set_folder", "append", "set_flags", "expunge",
            "hold_deliveries", "release_deliveries", "delete_user")
@@ -89,6 +89,7 @@ class DboxStore(MaildirStore):
                                                   # (_copy_by_folder), not in the copy
         self._failed: list[str] = []              # give-backs that failed as deliveries were released
         self._dovecot_runs = False                # its auth service answered (_check_dovecot_runs)
+        self.acls_not_archived: list = []         # (login, folder) with an ACL not archived
 
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
         return None      # the Maildir read is a fresh copy each run: dbox itself is not looked at
@@ -97,6 +98,19 @@ class DboxStore(MaildirStore):
     #: written into the copy back: a backup says nothing of a dbox folder's ACL and a
     #: restore writes none (docs/dovecot.md, "Access control lists")
     carries_acl = False
+
+    def _read_acl(self, d: str, user: str, folder: str) -> None:
+        """None (not archived), but a folder whose copy holds an ACL (doveadm backup
+        copied the account's dovecot-acl) is kept in :attr:`acls_not_archived`, for
+        the backup to say that the archive does not hold it rather than drop it
+        without a word."""
+        try:
+            has = os.path.getsize(os.path.join(d, ACL_FILE)) > 0
+        except OSError:
+            has = False
+        if has and (user, folder) not in self.acls_not_archived:
+            self.acls_not_archived.append((user, folder))
+        return None
 
     def readahead(self, user: str, folder: str) -> tuple | None:
         return None      # the copy doveadm just wrote is in the page cache; asking for its
