@@ -521,3 +521,44 @@ def test_a_backup_of_a_dbox_store_says_its_acls_are_not_archived(sdbox_lab, tmp_
     assert set(archived_acls(archive).values()) == {None}
     with open(archive, "rb") as f:
         assert len([m for m in ArchiveReader(f).members() if m.kind == "message"]) == 4
+
+
+def test_imsverify_restore_test_compares_each_folders_acl_with_the_archive(acl_lab, tmp_path, monkeypatch, capsys):
+    """imsverify --restore-test compares each folder's ACL after the test restore with
+    the archived one (IMSASM.acl; by a --base chain, the last link's): intact, one
+    archive and the chain pass; a restore that does not give a folder the ACL its
+    archive holds (here one whose ACL write is made to give Work another ACL) fails,
+    exit 19 as for a message, the folder named."""
+    from asm.cli import imsverify
+    from asm.store.maildir.store import MaildirStore
+    from tests.helpers import in_home
+    lab = acl_lab
+    fill(lab)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    full, state, incr = tmp_path / "full.ims", tmp_path / "full.state", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "--state-out", state, f"/primary/user/{OWNER}", check=0)
+    lab.doveadm("acl set", "Private", "user=bob", "lookup", "read", user=OWNER)
+    lab.doveadm("acl delete", "Work/Sub", "user=carol", user=OWNER)
+    run(home, "imsbackup", "-f", incr, "--base", state, f"/primary/user/{OWNER}", check=0)
+    assert archived_acls(incr)["Private"] == "user=bob lr\n" and archived_acls(incr)["Work/Sub"] == ""
+    chains = ([full], [full, incr])
+    for chain in chains:
+        run(home, "imsverify", *[x for a in chain for x in ("-f", a)], "--restore-test", check=0)
+    real = MaildirStore.set_acl
+
+    def other_acl(self, user, folder, acl):
+        # a restore that gets one folder's ACL wrong
+        return real(self, user, folder, "user=bob lrswi\n" if folder in ("Work", "Private") else acl)
+    monkeypatch.setattr(MaildirStore, "set_acl", other_acl)
+    capsys.readouterr()
+    for chain in chains:
+        with in_home(home):
+            rc = imsverify.main([x for a in chain for x in ("-f", str(a))] + ["--restore-test", "-v"])
+        err = capsys.readouterr().err
+        assert rc == 19, (chain, err)
+        named = sorted(ln for ln in err.splitlines() if "access control list" in ln)
+        want = "'user=bob lr'" if len(chain) == 2 else "none"
+        assert len(named) == 2 and "/primary/alice/Private: its access control list is 'user=bob lrswi' after " \
+            f"the restore, {want} in the archive" in named[0] and "/primary/alice/Work: its access control " \
+            "list is 'user=bob lrswi' after the restore, '" in named[1], (chain, err)

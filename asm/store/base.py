@@ -499,6 +499,11 @@ class Store(abc.ABC):
         keep ACLs."""
         return False
 
+    def acl(self, user: str, folder: str) -> str | None:
+        """The folder's access control list as set_acl writes it ("" for none); None
+        for a store that does not keep ACLs (what imsverify compares a restore with)."""
+        return None
+
     @abc.abstractmethod
     def delete_folder(self, user: str, folder: str) -> None:
         """Remove one folder and its messages (not its subfolders)."""

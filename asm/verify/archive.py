@@ -37,6 +37,8 @@ class FolderRec:
     # uid -> (sha256, flags (sorted tuple), keywords (sorted tuple), int internaldate, size)
     messages: dict = field(default_factory=dict)
     created: float = 0.0   # when the archive that listed it last was started
+    acl: str | None = None  # its access control list (IMSASM.acl; None: not archived, a
+                            # restore leaves the folder's as it finds it)
 
     @property
     def mailbox(self) -> str:
@@ -122,7 +124,7 @@ def check_archive(raw, device: str, blocking_factor: int = 20, progress=None) ->
                 continue
             if m.kind == "folder":
                 folder = FolderRec(m.partition, m.user, m.folder, m.uidvalidity, m.uidnext, m.subscribed,
-                                   m.uids, m.state, created=created)
+                                   m.uids, m.state, created=created, acl=m.acl)
                 out.folders[(m.partition, m.user, m.folder)] = folder
                 out.counts["folders"] += 1
                 continue

@@ -163,7 +163,11 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups
     new: dict = {}
     for key, f in a.folders.items():
         g = FolderRec(f.partition, f.user, f.name, f.uidvalidity, f.uidnext, f.subscribed, f.uids, f.state,
-                      dict(f.messages), f.created)
+                      dict(f.messages), f.created, f.acl)
+        if g.acl is None:
+            old = view.folders.get(key)
+            if old is not None:
+                g.acl = old.acl     # not archived here: a restore leaves the earlier link's
         if incremental and not base:
             old = view.folders.get(key)
             if old is not None and old.uidvalidity == f.uidvalidity:

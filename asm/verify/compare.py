@@ -39,6 +39,15 @@ class Comparison:
         self.problems.append(Problem(EXIT_DIFFERS, text))
 
 
+def _acl_words(text: str) -> str:
+    """An ACL's text on one line: its entries between quotes, ``none`` when it has none."""
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    shown = "; ".join(lines)
+    if len(shown) > 300:
+        shown = shown[:300] + "..."
+    return repr(shown) if lines else "none"
+
+
 def _flags(m) -> tuple:
     return tuple(sorted(m.flags)), tuple(sorted(m.keywords))
 
@@ -59,6 +68,11 @@ def compare_restored(view: ChainView, store: Store) -> Comparison:
                                 ("subscription", rec.subscribed, f.subscribed)):
             if want != got:
                 out.add(f"restore test: {rec.mailbox}: {what} is {got} after the restore, {want} in the archive")
+        if rec.acl is not None:
+            got_acl = store.acl(rec.user, rec.name)
+            if got_acl is not None and got_acl != rec.acl:
+                out.add(f"restore test: {rec.mailbox}: its access control list is {_acl_words(got_acl)} after "
+                        f"the restore, {_acl_words(rec.acl)} in the archive")
         msgs = {m.uid: m for m in store.messages(rec.user, rec.name)}
         for uid, (sha, flags, keywords, idate, size) in rec.messages.items():
             m = msgs.pop(uid, None)

@@ -1677,6 +1677,12 @@ class MaildirStore(Store):
             return ""
         return data.decode("utf-8", "surrogateescape")   # (OSError: the caller's)
 
+    def acl(self, user: str, folder: str) -> str | None:
+        try:
+            return self._read_acl(self._existing_folder_dir(user, folder), user, folder)
+        except OSError as exc:
+            raise os_store_error(exc, f"{user}/{folder}") from None
+
     def set_acl(self, user: str, folder: str, acl: str) -> bool:
         """Write the folder's dovecot-acl atomically (a temporary beside it, renamed),
         owned as its folder and moded as Dovecot moded it (the folder directory's
