@@ -9,13 +9,19 @@ writes), counted through Python's audit hooks (PEP 578) and SQLite's trace callb
     IMS_FAULT=count:FILE        write the number of steps to FILE at exit
     IMS_FAULT=kill:N            SIGKILL this process just before step N (1-based)
     IMS_FAULT=int:N             SIGINT (Ctrl-C) to this process just before step N, once:
-                                it winds up as an interrupted command does
+                                it winds up as an interrupted command does (at a step that
+                                is an SQLite statement, just after it: sqlite3 drops any
+                                exception raised in its trace callback, so a SIGINT sent
+                                from there was lost and the run went on to exit 0; no
+                                signal lands there in a real run, which has no callbacks)
     IMS_FAULT=enospc:N          from step N on, every step fails with ENOSPC (a disk
                                 that filled up and stays full)
     IMS_FAULT=eio:TEXT          every open of a path holding TEXT fails with EIO (a
                                 damaged disk's unreadable file); no step is counted
     IMS_FAULT_LOG=FILE          (with any of them) one line per step: "N what", so a
                                 test can find the step it must kill before
+    IMS_FAULT_READS=1           (with any of them) an open for reading under the root is
+                                a step too: a backup reads the store and writes nothing there
 
 Killing *before* a step is the same as killing after the previous one, so N from 1 to
 the counted total (+1) covers every point between two changes on disk.
@@ -41,6 +47,8 @@ class _State:
     out = ""
     busy = False
     log = None
+    reads = False
+    int_pending = False     # a SIGINT due at an SQLite statement, sent once it has run
 
 
 def _under_root(path):
@@ -55,7 +63,7 @@ def _under_root(path):
     return bool(_ROOT) and os.path.abspath(path).startswith(_ROOT)
 
 
-def _step(what):
+def _step(what, sql=False):
     _State.steps += 1
     if _State.log is not None:
         _State.busy = True
@@ -68,7 +76,10 @@ def _step(what):
         os.kill(os.getpid(), signal.SIGKILL)
     if _State.mode == "int" and _State.steps >= _State.n:
         _State.mode = ""
-        os.kill(os.getpid(), signal.SIGINT)
+        if sql:
+            _State.int_pending = True
+        else:
+            os.kill(os.getpid(), signal.SIGINT)
     if _State.mode == "enospc" and _State.steps >= _State.n:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), what)
 
@@ -76,6 +87,9 @@ def _step(what):
 def _audit(event, args):
     if _State.busy:
         return
+    if _State.int_pending:                 # the first event after that statement
+        _State.int_pending = False
+        os.kill(os.getpid(), signal.SIGINT)
     if event == "open":
         path, mode, flags = (tuple(args) + (None, None, None))[:3]
         if _State.mode == "eio":
@@ -84,7 +98,7 @@ def _audit(event, args):
             return
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
             (mode is None and isinstance(flags, int) and flags & _WRITE_FLAGS)
-        if writing and _under_root(path):
+        if (writing or _State.reads) and _under_root(path):
             _step(path)
         return
     nargs = _PATH_EVENTS.get(event)
@@ -101,7 +115,7 @@ def _wrap_sqlite():
         if _under_root(database):
             def trace(stmt):
                 if stmt.lstrip().upper().startswith(_SQL_WRITES):
-                    _step(f"sqlite: {stmt[:40]}")
+                    _step(f"sqlite: {stmt[:40]}", sql=True)
             con.set_trace_callback(trace)
         return con
     sqlite3.connect = connect
@@ -120,10 +134,15 @@ def _install(spec):
         atexit.register(dump)
     elif mode in ("kill", "int", "enospc"):
         _State.n = int(arg)
+        if mode == "int" and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            # started as a background job of a script (sh ignores SIGINT there), which the
+            # command keeps, as it keeps SIGHUP under nohup: Ctrl-C as from a terminal
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     elif mode == "eio":
         _State.out = arg
     else:
         raise SystemExit(f"sitecustomize: bad IMS_FAULT {spec!r}")
+    _State.reads = os.environ.get("IMS_FAULT_READS") == "1"
     if os.environ.get("IMS_FAULT_LOG"):
         _State.log = open(os.environ["IMS_FAULT_LOG"], "a")
     sys.addaudithook(_audit)

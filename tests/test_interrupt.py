@@ -1,0 +1,136 @@
+"""Ctrl-C (SIGINT) at many points of imsrestore and imsbackup, both drivers: an
+interrupted command never says it succeeded.
+
+tests/fault's ``int:N`` sends SIGINT just before step N of the run (a write under the
+root; with IMS_FAULT_READS=1 a read too, so that a backup, which writes nothing in the
+store, can be stopped while it reads it).  Every point before the run's last step must
+end with status 130 and one line saying "interrupted"; only a point past the last step
+(the signal never sent: the work was all done) may exit 0.  Then:
+
+* imsrestore: the same command again exits 0 with the store as the archive has it
+  (tests/restore_faults.py judges it);
+* imsbackup: nothing is left under the archive's name but the complete archive and
+  state file an earlier run put there, byte for byte.
+
+(Before, a SIGINT sent at a step that was an SQLite statement was raised inside the
+fault harness's trace callback, where sqlite3 drops exceptions: the run went on and
+exited 0, which a helper took for a command swallowing Ctrl-C.  No real signal lands
+there: the product registers no SQLite callback.)
+
+IMS_KILL_SEED repeats a seed.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+
+from asm.errors import EXIT_INTERRUPTED
+from asm.store import open_store
+from tests.faults import count_steps, run_with_fault, spread
+from tests.helpers import DRIVERS, in_home, make_home, run, sha256
+from tests.restore_faults import Harness, Outcome, backup, build_source
+
+SEED = int(os.environ.get("IMS_KILL_SEED") or time.time_ns() % 1_000_000)
+POINTS = 8              # per driver and command, spread over the whole run (and, for a
+                        # restore, one more at a step that is an SQLite statement)
+
+
+def _source(tmp_path, driver):
+    home = tmp_path / "src"
+    with in_home(home):
+        store = open_store(make_home(home, driver))
+        build_source(store, users=2, messages=12, big=1000)
+        archive = backup(home, tmp_path / "a.ims")
+    return home, store, archive
+
+
+def _interrupted(p) -> list[str]:
+    err = p.stderr
+    if p.returncode != EXIT_INTERRUPTED or err.count(b"\n") != 1 or b"interrupted" not in err:
+        return [f"interrupted run: exit {p.returncode}, want {EXIT_INTERRUPTED} and one line: {err[-300:]!r}"]
+    return []
+
+
+class IntHarness(Harness):
+    """Each trial: SIGINT at one step of the restore, then the same command clean."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.total = None
+        self.sql = []           # the steps that are SQLite statements
+
+    def count(self) -> int:
+        home = self.fresh()
+        log = os.path.join(self.work, "steps.log")
+        n, p = count_steps(self.argv, home, self.work, env={"IMS_HOME": home, "IMS_FAULT_LOG": log})
+        assert p.returncode == 0, p.stderr
+        with open(log) as f:
+            self.sql = [int(k) for k, _, what in (ln.partition(" ") for ln in f)
+                        if k.isdigit() and what.startswith("sqlite:")]
+        return n
+
+    def kill_trial(self, point: int, second=None, mode="int") -> Outcome:
+        home = self.fresh()
+        p = self.run_fault(home, f"int:{point}")
+        out = Outcome(point, p.returncode)
+        if point <= self.total:
+            out.problems += _interrupted(p)
+        elif p.returncode != 0:
+            out.problems.append(f"not interrupted (past the last step): exit {p.returncode}: {p.stderr[-300:]!r}")
+        again = run(home, *self.argv, env={"IMS_HOME": home})
+        out.final = again.returncode
+        if again.returncode != 0:
+            out.problems.append(f"rerun: exit {again.returncode}: {again.stderr[-300:]!r}")
+        out.problems += self.judge(home)
+        return out
+
+
+def _report(outcomes, seed, total) -> str:
+    bad = [o for o in outcomes if not o.ok]
+    return (f"IMS_KILL_SEED={seed}: {total} steps, {len(bad)} of {len(outcomes)} points wrong:\n"
+            + "\n".join(f"  point {o.point}: {o.problems}" for o in bad[:5]))
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_ctrl_c_anywhere_in_a_restore_exits_130_and_the_same_command_finishes(tmp_path, driver):
+    _, store, archive = _source(tmp_path, driver)
+    h = IntHarness(tmp_path, store, archive, driver)
+    h.total = h.count()
+    seed = SEED * 10 + DRIVERS.index(driver)
+    points = sorted(set(spread(h.total, POINTS, seed)) | {random.Random(seed).choice(h.sql)})
+    outcomes = h.trials([dict(point=p) for p in points])
+    assert all(o.ok for o in outcomes), _report(outcomes, seed, h.total)
+    assert sum(o.first == EXIT_INTERRUPTED for o in outcomes) >= len(points) - 1
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_ctrl_c_anywhere_in_a_backup_exits_130_and_leaves_the_earlier_archive(tmp_path, driver):
+    home, _, _ = _source(tmp_path, driver)
+    target = tmp_path / "nightly.ims"
+    argv = ["imsbackup", "-f", str(target), "/"]
+    env = {"IMS_HOME": str(home), "IMS_FAULT_READS": "1"}
+    root = home / "data"                      # the store: every file the backup opens there is a step
+    total, p = count_steps(argv, root, tmp_path, env=env)
+    assert p.returncode == 0 and total > 40, (total, p.stderr)
+    backup(home, target)                      # the complete archive an earlier night left
+    before = {n: sha256(tmp_path / n) for n in os.listdir(tmp_path) if n.startswith("nightly")}
+    assert sorted(before) == ["nightly.ims", "nightly.ims.state"]
+    seed = SEED * 10 + 5 + DRIVERS.index(driver)
+    bad = []
+    for point in spread(total, POINTS, seed):
+        p = run_with_fault(argv, root, f"int:{point}", env=env)
+        problems = _interrupted(p) if point <= total else [] if p.returncode == 0 else [f"exit {p.returncode}"]
+        left = sorted(n for n in os.listdir(tmp_path) if "nightly" in n)
+        if left != sorted(before):
+            problems.append(f"left under the archive's name: {left}")
+        elif point <= total and {n: sha256(tmp_path / n) for n in left} != before:
+            problems.append("the earlier archive or its state file changed")
+        if problems:
+            bad.append((point, problems))
+        if problems or p.returncode == 0:
+            backup(home, target)
+            before = {n: sha256(tmp_path / n) for n in os.listdir(tmp_path) if n.startswith("nightly")}
+    assert bad == [], f"IMS_KILL_SEED={SEED}: {total} steps: {bad[:5]}"
