@@ -13,7 +13,7 @@ import os
 import time
 
 from asm import __version__, backupwarm, plugins
-from asm.archive import spec, values
+from asm.archive import fileid, spec, values
 from asm.archive.errors import MessageChanged, UnarchivableValue, UnreadableSource
 from asm.archive.values import UidSet
 from asm.backupread import Readers
@@ -695,7 +695,8 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
 
     ahead = None
     if readers is not None:
-        ahead = readers.folder([m for m in snap.messages if carried(m)])
+        ahead = readers.folder([m for m in snap.messages if carried(m)], writer.links_written,
+                               opts.ignore_links)
     gone: list = []
     try:
         n, nbytes = _write_messages(store, writer, t, folder, mailbox, snap, carried, opts, res,
@@ -742,8 +743,8 @@ class _Prefetch:
     PREFETCH_FILES = 64
     PREFETCH_BYTES = 16 << 20
 
-    def __init__(self, msgs: list) -> None:
-        self.msgs = msgs
+    def __init__(self, msgs: list, written=(), ignore_links: bool = False) -> None:
+        self.msgs, self.written, self.ignore_links = msgs, written, ignore_links
         self.next = 0                # the first message not asked for yet
         self.sizes: list = []        # sizes asked for, by position
         self.ahead = 0               # bytes asked for and not written yet
@@ -756,9 +757,12 @@ class _Prefetch:
                 (self.ahead < self.PREFETCH_BYTES or self.next == i):
             m = msgs[self.next]
             size = 0
-            # every copy is read, a later copy of a file written already too (the writer
-            # compares its bytes before it writes a link: docs/format.md 2.6)
-            if not m.compressed:
+            # a later copy of a file written already is linked on its identity without
+            # being read where the filesystem has generation numbers; elsewhere the writer
+            # compares its bytes (docs/format.md 2.6).  One whose inode number was reused
+            # meanwhile is then read cold: time, never bytes
+            if not m.compressed and not (m.nlink > 1 and not self.ignore_links and
+                                         (m.dev, m.ino) in self.written and fileid.proves(m.dev)):
                 size = m.size
                 backupwarm.willneed(m.path)
             sizes.append(size)
@@ -776,7 +780,7 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
     todo = [m for m in snap.messages if carried(m)]
     # the files asked for ahead: by the read-ahead child once it runs, else here, a few
     # at a time
-    ahead_of = _Prefetch(todo) \
+    ahead_of = _Prefetch(todo, writer.links_written, opts.ignore_links) \
         if ahead is None and (warm is None or not warm.running) else None
     for i, m in enumerate(todo):
         if ahead_of is not None:

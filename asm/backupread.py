@@ -5,9 +5,15 @@ The archive is the same bytes as without them: members are still written one by 
 in store order by the writer, and a message whose file a thread could not read (gone,
 renamed, not a regular file, an I/O error, bigger than the writer's one-buffer size) is
 simply read again by the writer, which then says what is wrong as it always does.
-Single-copy links are resolved in archive order by the writer, which compares a later
-copy's bytes with the first copy's before it writes a link (an inode number is reused
-once its file is gone): the later copies are read ahead as any other file.
+Single-copy links are resolved in archive order by the writer, which proves a later copy
+the first copy's inode before it writes a link (an inode number is reused once its file
+is gone; docs/format.md §2.6).  A thread takes the identity (asm.archive.fileid) of the
+file it read, with its bytes, for any copy that may be a link or the first of them.  A
+later copy of an inode, known by its listed (device, inode) to follow one written
+already or queued before it, is not read ahead where the filesystem has generation
+numbers: the writer links it on its identity without reading it (and reads it itself
+when that proof fails).  Elsewhere it is read ahead as any other file, as the writer
+compares its bytes.
 
 The threads overlap what releases the GIL: the waits for the disk (a cold cache), the
 copies out of the page cache and SHA-256 over the message (hashlib releases it for
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import collections
 
+from asm.archive import fileid
 from asm.archive.writer import SMALL, read_small
 
 WINDOW = 8 << 20                    # message bytes read ahead of the writer, at most
@@ -26,7 +33,8 @@ WINDOW = 8 << 20                    # message bytes read ahead of the writer, at
 class ReadAhead:
     """One folder's messages read ahead, in the order they will be written."""
 
-    def __init__(self, pool, jobs: int, messages: list, window: int = WINDOW):
+    def __init__(self, pool, jobs: int, messages: list, written_links=(), ignore_links: bool = False,
+                 window: int = WINDOW):
         self._pool = pool
         self._max = 4 * jobs
         self._window = window
@@ -34,8 +42,18 @@ class ReadAhead:
         self._ahead: dict = {}               # id(message) -> (future, size)
         self._queued = collections.deque()   # ids in order
         self._bytes = 0
-        # ids the writer must read itself
-        self._skip: set = {id(m) for m in messages if m.compressed or m.size > SMALL}
+        self._skip: set = set()              # ids the writer reads (or links) itself
+        self._ident: set = set()             # ids whose identity is taken with the bytes
+        seen: set = set()
+        for m in messages:
+            key = None if ignore_links or m.nlink < 2 else (m.dev, m.ino)
+            if m.compressed or m.size > SMALL or \
+                    (key is not None and (key in written_links or key in seen) and fileid.proves(m.dev)):
+                self._skip.add(id(m))
+            elif key is not None:
+                self._ident.add(id(m))
+            if key is not None:
+                seen.add(key)
         self._fill()
 
     def _fill(self) -> None:
@@ -47,12 +65,13 @@ class ReadAhead:
             if self._queued and self._bytes + m.size > self._window:
                 break
             self._todo.popleft()
-            self._ahead[id(m)] = (self._pool.submit(read_small, m.path), m.size)
+            self._ahead[id(m)] = (self._pool.submit(read_small, m.path, id(m) in self._ident), m.size)
             self._queued.append(id(m))
             self._bytes += m.size
 
     def take(self, m):
-        """(bytes, sha256 hex) of ``m`` read ahead, or None: the writer reads it."""
+        """(bytes, sha256 hex, identity or None) of ``m`` read ahead, or None: the
+        writer reads it."""
         hit = self._ahead.pop(id(m), None)
         if hit is None:
             self._fill()
@@ -93,13 +112,15 @@ class Readers:
         self.jobs = max(1, int(jobs))
         self._pool = None
 
-    def folder(self, messages: list) -> ReadAhead | None:
+    def folder(self, messages: list, written_links=(), ignore_links: bool = False) -> ReadAhead | None:
+        """The read-ahead of one folder's ``messages``; ``written_links``: the link keys
+        the writer holds already (ArchiveWriter.links_written), ``ignore_links``: -i."""
         if self.jobs < 2 or len(messages) < 2:
             return None
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor   # only when there is work
             self._pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="imsbackup-read")
-        return ReadAhead(self._pool, self.jobs, messages)
+        return ReadAhead(self._pool, self.jobs, messages, written_links, ignore_links)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -6,7 +6,7 @@ import os
 import stat
 import time
 
-from . import names, pax, spec
+from . import fileid, names, pax, spec
 from .errors import ArchiveError, CorruptSource, UnarchivableValue, UnreadableSource
 from .records import RecordWriter
 from . import values
@@ -138,7 +138,8 @@ class ArchiveWriter:
         self.header = None
         self.trailer = None
         self._links = {}             # link_key -> (member name, sha256 hex, ustar name field or
-                                     # None) of the last message member written under it
+                                     # None, fileid.identity or None) of the last message
+                                     # member written under it
         self._sequence = hashlib.sha256()    # the trailer's digest: every member's digest
         self._mtime = 0
         self._folder = None          # ((partition, user, folder), UidSet, member name
@@ -297,14 +298,19 @@ class ArchiveWriter:
 
         The bytes come from src_path (opened here; FileNotFoundError propagates)
         or src_file (must be seekable if bigger than 1 MiB). size is only a hint.
-        src_data: (bytes, sha256 hex) of src_path read already (by a reader thread,
-        :mod:`asm.backupread`), at most SMALL bytes; used instead of reading src_path,
-        to write the member or to compare it with a copy written before.
-        If link_key (e.g. (st_dev, st_ino)) was already written, the bytes are read
-        and hashed, and a hard-link member naming the first copy is written when they
-        have its SHA-256; other bytes (the inode number reused by another message once
-        the first copy's file was gone) are written in full, and the key names this
-        member from then on.
+        src_data: (bytes, sha256 hex[, identity]) of src_path read already (by a
+        reader thread, :mod:`asm.backupread`: :func:`read_small`), at most SMALL bytes;
+        used instead of reading src_path, to write the member or to compare it with a
+        copy written before.  identity is :func:`fileid.identity` of the file the bytes
+        were read from (or None).
+        If link_key (e.g. (st_dev, st_ino)) was already written, a hard-link member
+        naming the first copy is written when this copy is proven the same: the file
+        opened (or read ahead) has the identity the first copy's file had (the same
+        inode, generation, size and mtime), or, where the filesystem gives no
+        generation numbers or the identities differ, its bytes have the first copy's
+        SHA-256.  Other bytes (the inode number reused by another message once the
+        first copy's file was gone) are written in full, and the key names this member
+        from then on (docs/format.md §2.6).
         CorruptSource: a big file changed between hashing and writing; its
         member is in the archive and will fail its digest on restore.
         """
@@ -334,83 +340,96 @@ class ArchiveWriter:
             if pop3_uidl and values.POP3_UIDL_RE.match(pop3_uidl) else b"",
             _R(_K[spec.POP3_ORDER], b"%d" % pop3_order)
             if type(pop3_order) is int and spec.POP3_ORDER_MIN <= pop3_order <= spec.POP3_ORDER_MAX else b""))
-        hit = self._links.get(link_key) if link_key is not None else None
-        if hit is not None:
-            # the key says "the same file", but an inode number is reused once its file is
-            # gone (expunged during this run): a link only for the same bytes, else in full
-            target, sha, target_f = hit
-            src_data, same = self._compare(name, sha, src_data, src_path, src_file)
-            if same:
-                recs = self._message_records(_KIND_LINK, uid, flags, keywords, internaldate,
+        opened = None                # the file opened here, to prove and to write
+        ident = None                 # fileid.identity of the file the bytes come from
+        try:
+            if link_key is not None:
+                if src_data is not None:
+                    ident = src_data[2] if len(src_data) > 2 else None
+                elif src_file is None and src_path is not None:
+                    opened = _FdFile.open_message(src_path, name)
+                    ident = fileid.identity(opened.fd, opened.st)
+                hit = self._links.get(link_key)
+                if hit is not None:
+                    # the key says "the same file", but an inode number is reused once
+                    # its file is gone (expunged during this run): a link only for the
+                    # same inode (identity) or, short of that proof, the same bytes
+                    target, sha, target_f, known = hit
+                    same = ident is not None and ident == known
+                    if not same:
+                        src_data, same = self._compare(name, sha, src_data, opened or src_file,
+                                                       src_path if src_file is None else
+                                                       getattr(src_file, "name", None))
+                    if same:
+                        if ident is not None and ident != known:
+                            # proven by its bytes: its own other copies are proven by
+                            # their identity from now on (they have those bytes too)
+                            self._links[link_key] = (target, sha, target_f, ident)
+                        recs = self._message_records(_KIND_LINK, uid, flags, keywords, internaldate,
+                                                     stored, nlink, sha)
+                        self._rw.write(self._member(name, pax.LNKTYPE, pax.MODE_0600, 0, mtime, recs,
+                                                    linkname=target, name_f=name_f, link_f=target_f))
+                        self.counts["links"] += 1
+                        return name
+            if src_data is not None:
+                data, sha = src_data[0], src_data[1]
+                n = len(data)
+                if n > SMALL:
+                    raise ValueError("src_data is for messages up to SMALL bytes")
+                recs = self._message_records(_KIND_MESSAGE, uid, flags, keywords, internaldate,
                                              stored, nlink, sha)
-                self._rw.write(self._member(name, pax.LNKTYPE, pax.MODE_0600, 0, mtime, recs,
-                                            linkname=target, name_f=name_f, link_f=target_f))
-                self.counts["links"] += 1
-                return name
-        if src_data is not None:
-            data, sha = src_data
-            n = len(data)
-            if n > SMALL:
-                raise ValueError("src_data is for messages up to SMALL bytes")
-            recs = self._message_records(_KIND_MESSAGE, uid, flags, keywords, internaldate,
-                                         stored, nlink, sha)
-            self._rw.write(b"".join((self._member(name, pax.REGTYPE, pax.MODE_0600, n, mtime, recs,
-                                                  name_f=name_f),
-                                     data, pax._pad(n))))
-            self._count_message(n)
-        elif src_path is not None:
-            f = _FdFile.open_message(src_path, name)  # os.open: cheaper than open() per message
-            try:
-                sha, n = self._write_data(name, f, src_path, flags, keywords, uid,
+                self._rw.write(b"".join((self._member(name, pax.REGTYPE, pax.MODE_0600, n, mtime,
+                                                      recs, name_f=name_f),
+                                         data, pax._pad(n))))
+                self._count_message(n)
+            elif src_path is not None:
+                if opened is None:
+                    opened = _FdFile.open_message(src_path, name)  # os.open: cheaper than open()
+                sha, n = self._write_data(name, opened, src_path, flags, keywords, uid,
                                           internaldate, stored, nlink, mtime, name_f)
-            finally:
-                f.close()
-        elif src_file is not None:
-            sha, n = self._write_data(name, src_file, getattr(src_file, "name", None), flags,
-                                      keywords, uid, internaldate, stored, nlink, mtime, name_f)
-        else:
-            raise ValueError("add_message needs src_path or src_file")
+            elif src_file is not None:
+                sha, n = self._write_data(name, src_file, getattr(src_file, "name", None), flags,
+                                          keywords, uid, internaldate, stored, nlink, mtime, name_f)
+            else:
+                raise ValueError("add_message needs src_path or src_file")
+        finally:
+            if opened is not None:
+                opened.close()
         if link_key is not None:
-            self._links[link_key] = (name, sha, name_f)
+            self._links[link_key] = (name, sha, name_f, ident)
         return name
 
-    def _compare(self, name, sha, src_data, src_path, src_file):
+    def _compare(self, name, sha, src_data, f, src):
         """(src_data, same): whether the message's bytes have the SHA-256 ``sha`` of the
-        member a link would name.  src_data comes back as (bytes, sha256 hex) when the
-        bytes were read here and fit one buffer (the member is then written from them, so
-        what was compared is what is written), else as given; a src_file read to its end
-        is put back at its start."""
+        member a link would name.  They are src_data's when given, else read from the
+        open file ``f`` (``src`` names it in errors).  src_data comes back as (bytes,
+        sha256 hex) when the bytes were read here and fit one buffer (the member is then
+        written from them, so what was compared is what is written), else as given; f
+        read to its end is put back at its start."""
         if src_data is not None:
             return src_data, src_data[1] == sha
-        if src_path is None and src_file is None:
+        if f is None:
             return None, False       # add_message says what is missing
-        f = _FdFile.open_message(src_path, name) if src_file is None else src_file
-        src = src_path if src_file is None else getattr(src_file, "name", None)
         try:
-            try:
-                data = _read_start(f)
-                if len(data) <= SMALL:
-                    got = (data, hashlib.sha256(data).hexdigest())
-                    return got, got[1] == sha
-                h = hashlib.sha256(data)
-                del data
-                while True:
-                    chunk = f.read(CHUNK)
-                    if not chunk:
-                        break
-                    h.update(chunk)
-            except OSError as exc:
-                raise UnreadableSource(name, src, f"reading it failed: {exc.strerror or exc}") from None
-            if src_file is not None:
-                try:
-                    src_file.seek(0)
-                except (AttributeError, OSError) as e:
-                    raise ArchiveError(f"message {name} is bigger than 1 MiB and its source "
-                                       f"cannot be re-read ({e}); pass src_path or a seekable file") from e
-            return None, h.hexdigest() == sha
-        finally:
-            if src_file is None:
-                f.close()
+            data = _read_start(f)
+            if len(data) <= SMALL:
+                got = (data, hashlib.sha256(data).hexdigest())
+                return got, got[1] == sha
+            h = hashlib.sha256(data)
+            del data
+            while True:
+                chunk = f.read(CHUNK)
+                if not chunk:
+                    break
+                h.update(chunk)
+        except OSError as exc:
+            raise UnreadableSource(name, src, f"reading it failed: {exc.strerror or exc}") from None
+        try:
+            f.seek(0)
+        except (AttributeError, OSError) as e:
+            raise ArchiveError(f"message {name} is bigger than 1 MiB and its source "
+                               f"cannot be re-read ({e}); pass src_path or a seekable file") from e
+        return None, h.hexdigest() == sha
 
     def _write_data(self, name, f, src, flags, keywords, uid, internaldate, stored, nlink, mtime,
                     name_f=None):
@@ -517,18 +536,21 @@ class ArchiveWriter:
         return trailer
 
 
-def read_small(path):
-    """(bytes, sha256 hex) of the message file ``path`` when it is a regular file of at
-    most SMALL bytes, else None; any error propagates.  For reader threads: the checks
-    are those of add_message(src_path=...), which says what is wrong when this fails."""
+def read_small(path, ident=False):
+    """(bytes, sha256 hex, identity) of the message file ``path`` when it is a regular
+    file of at most SMALL bytes, else None; any error propagates.  identity is
+    :func:`fileid.identity` of the file read when ``ident`` (a copy add_message may make
+    a link, or the first of them), else None.  For reader threads: the checks are those
+    of add_message(src_path=...), which says what is wrong when this fails."""
     f = _FdFile.open_message(path, path)
     try:
+        who = fileid.identity(f.fd, f.st) if ident else None
         data = _read_start(f)
     finally:
         f.close()
     if len(data) > SMALL:
         return None
-    return data, hashlib.sha256(data).hexdigest()
+    return data, hashlib.sha256(data).hexdigest(), who
 
 
 def _first_read(f):
@@ -586,13 +608,15 @@ def _not_a_message(st):
 
 class _FdFile:
     """Minimal unbuffered file over os.open (read, seek, close); ``size`` is the
-    file's size when it was opened (fstat), a hint for the first read."""
+    file's size when it was opened (fstat), a hint for the first read; ``st`` that
+    fstat (None when opened by path alone)."""
 
-    __slots__ = ("fd", "size")
+    __slots__ = ("fd", "size", "st")
 
     def __init__(self, path):
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self.size = None
+        self.st = None
 
     @classmethod
     def open_message(cls, path, name):
@@ -629,6 +653,7 @@ class _FdFile:
             f = cls.__new__(cls)
             f.fd = fd
             f.size = st.st_size
+            f.st = st
             return f
         os.close(fd)
         raise UnreadableSource(name, path, why)
