@@ -5,7 +5,9 @@ their freed inode numbers.  The writer linked the new messages to the old ones' 
 by (st_dev, st_ino) alone: the new mail was lost, exit 0 from imsbackup, imsverify and
 imsrestore.  A later copy is a link member only when its bytes are the first copy's
 (docs/format.md §2.6): each message restores with its own bytes, and real hard links
-are still single copies."""
+are still single copies.  The proof is the copy's identity (inode, generation number,
+size, mtime: asm/archive/fileid.py) where the filesystem gives generation numbers (ext4),
+so a later copy is not read at all, and its bytes elsewhere (the tests' tmpfs)."""
 from __future__ import annotations
 
 import glob
@@ -274,3 +276,271 @@ def _dovecot_reuse(tmp_path, workdir, jobs):
         back = open_store(Config(home=str(home)))
         assert [(m.dev, m.ino) for m in back.messages("alice", "Zc")] == \
             [(m.dev, m.ino) for m in back.messages("alice", "Zd")]     # still single copies
+
+
+# -- the proof by identity (asm/archive/fileid.py): the inode's generation number --------
+
+# put before HOOKED: IMS_TEST_READS (a file) gets {"dev:ino": reads} of every message file
+# whose bytes were read (by the writer or a reader thread) at exit; IMS_TEST_BY_BYTES makes
+# the run prove every later copy by its bytes (fileid.GENERATIONS, the internal switch)
+COUNTED = r'''
+import atexit, json, os, threading
+import asm.archive.writer as w
+if os.environ.get("IMS_TEST_BY_BYTES"):
+    import asm.archive.fileid as fileid
+    fileid.GENERATIONS = False
+reads, lock = {}, threading.Lock()
+real_read_start = w._read_start
+def _read_start(f):
+    fd = getattr(f, "fd", None)
+    if fd is not None:
+        st = os.fstat(fd)
+        with lock:
+            k = f"{st.st_dev}:{st.st_ino}"
+            reads[k] = reads.get(k, 0) + 1
+    return real_read_start(f)
+w._read_start = _read_start
+def dump():
+    with open(os.environ["IMS_TEST_READS"], "w") as f:
+        json.dump(reads, f)
+atexit.register(dump)
+'''
+
+
+def test_ext4_gives_a_reused_inode_number_a_new_generation(tmp_path):
+    """What the proof stands on (docs/format.md §2.6), on the filesystem the tests can
+    make: a file with two links is removed and the next new file takes its inode number,
+    200 times over; every time the generation differs, so (st_dev, st_ino, generation)
+    never names two files."""
+    from asm.archive import fileid
+    with small_ext4(tmp_path / "ext4", "16M") as mnt:
+        seen, reused = {}, 0
+        for i in range(200):
+            p = os.path.join(mnt, f"m{i}")
+            with open(p, "wb") as f:
+                f.write(b"x" * 100)
+            os.link(p, p + ".2")
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                who = fileid.identity(fd, os.fstat(fd))
+            finally:
+                os.close(fd)
+            assert who is not None, "ext4 answered no generation number"
+            if who[1] in seen:
+                reused += 1
+                assert seen[who[1]] != who[2], f"inode {who[1]} reused with its generation"
+            seen[who[1]] = who[2]
+            os.unlink(p)
+            os.unlink(p + ".2")
+        assert reused >= 100, "ext4 reused no inode number: nothing tested"
+
+
+def _writer_on(mnt, n):
+    from asm.archive import ArchiveWriter
+    out = io.BytesIO()
+    w = ArchiveWriter(out)
+    w.write_header({"driver": "classic"})
+    w.add_user("primary", "joe", "user")
+    w.add_folder("primary", "joe", "INBOX", uidvalidity=1, uidnext=n + 1, subscribed=True,
+                 uids=range(1, n + 1))
+    return w, out
+
+
+def _members(out) -> dict:
+    r = ArchiveReader(io.BytesIO(out.getvalue()))
+    got = {}
+    for m in r:
+        if m.kind in ("message", "link"):
+            with m.open() as f:
+                got[m.uid] = (m.kind, f.read())
+    assert r.complete
+    return got
+
+
+def _count_reads(monkeypatch) -> dict:
+    """{st_ino: times the writer read the file's bytes} from now on."""
+    import asm.archive.writer as wmod
+    reads: dict = {}
+    real = wmod._read_start
+
+    def counted(f):
+        ino = os.fstat(f.fd).st_ino
+        reads[ino] = reads.get(ino, 0) + 1
+        return real(f)
+    monkeypatch.setattr(wmod, "_read_start", counted)
+    return reads
+
+
+def _fresh_fileid(monkeypatch):
+    from asm.archive import fileid
+    monkeypatch.setattr(fileid, "_none", set())
+    monkeypatch.setattr(fileid, "_first", {})
+    return fileid
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_reused_inode_number_with_a_new_generation_is_no_link(tmp_path, monkeypatch, seed):
+    """Property, writer level, on ext4: a message file with a second link is archived,
+    both links removed, and a new file made until it takes the same inode number, then
+    given the old one's size and mtime to the nanosecond (only the generation tells them
+    apart) and a second link; the writer gets both new copies under the old key.  The
+    new file is a full member with its own bytes (a link only when its bytes are the old
+    ones, proven by reading them), its second link a link member to it that is never
+    read; the first copy of each inode is read once."""
+    fileid = _fresh_fileid(monkeypatch)
+    rnd = random.Random(seed)
+    rounds = 12
+    with small_ext4(tmp_path / "ext4", "16M") as mnt:
+        w, out = _writer_on(mnt, 4 * rounds)
+        reads = _count_reads(monkeypatch)
+        want, uid = {}, 0
+        for r in range(rounds):
+            old = text(f"OLD {seed} {r}", rnd.choice([60, 3000, 90_000]))
+            a = os.path.join(mnt, f"a{r}")
+            with open(a, "wb") as f:
+                f.write(old)
+            os.link(a, a + ".2")
+            st = os.stat(a)
+            key = (st.st_dev, st.st_ino)
+            for p in (a, a + ".2"):
+                uid += 1
+                w.add_message("primary", "joe", "INBOX", uid=uid, flags=(), keywords=(),
+                              internaldate=1.7e9, stored=1.7e9, nlink=2, src_path=p, link_key=key)
+                want[uid] = ("message" if p == a else "link", old)
+            assert reads.pop(st.st_ino, 0) == 1          # the second link was not read
+            os.unlink(a)
+            os.unlink(a + ".2")
+            same = rnd.random() < 0.3
+            new = old if same else bytes(b ^ 1 if i == len(old) // 2 else b for i, b in enumerate(old))
+            for i in range(50):
+                b = os.path.join(mnt, f"b{r}.{i}")
+                with open(b, "wb") as f:
+                    f.write(new)
+                if os.stat(b).st_ino == st.st_ino:
+                    break
+            else:
+                pytest.fail("ext4 did not reuse the inode number: nothing tested")
+            os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.link(b, b + ".2")
+            fd = os.open(b, os.O_RDONLY)
+            try:
+                who = fileid.identity(fd, os.fstat(fd))
+            finally:
+                os.close(fd)
+            assert who[:2] == key and who[3:] == (st.st_size, st.st_mtime_ns)
+            for p in (b, b + ".2"):
+                uid += 1
+                w.add_message("primary", "joe", "INBOX", uid=uid, flags=(), keywords=(),
+                              internaldate=1.7e9, stored=1.7e9, nlink=2, src_path=p, link_key=key)
+                want[uid] = ("message" if p == b and not same else "link", new)
+            # the new file: read once (proven by its bytes or written); its link never
+            assert reads.pop(st.st_ino, 0) == 1
+        w.close()
+    assert _members(out) == want
+
+
+def _ioctl_says(monkeypatch, fileid, answer):
+    """fcntl.ioctl as fileid calls it: raising OSError(answer) or giving generation
+    ``answer`` for every file; returns the list of st_ino it was asked about."""
+    import struct
+    asked = []
+
+    def ioctl(fd, req, buf):
+        assert req == fileid.FS_IOC_GETVERSION
+        asked.append(os.fstat(fd).st_ino)
+        if isinstance(answer, OSError):
+            raise answer
+        return struct.pack("I", answer) + bytes(len(buf) - 4)
+    monkeypatch.setattr(fileid.fcntl, "ioctl", ioctl)
+    return asked
+
+
+@pytest.mark.parametrize("fallback", ["ENOTTY", "EOPNOTSUPP", "EINVAL", "one generation", "switch"])
+def test_without_generation_numbers_every_later_copy_is_proven_by_its_bytes(
+        tmp_path, monkeypatch, fallback):
+    """A filesystem that has no generation numbers (the ioctl refused: ENOTTY,
+    EOPNOTSUPP, EINVAL), that gives every inode the same one, or the internal switch
+    (fileid.GENERATIONS = False): every later copy is read and is a link only for the
+    first copy's bytes; files under a key whose bytes differ (another file under the
+    same number) are full members.  The filesystem is asked once, then never again
+    (remembered per st_dev)."""
+    import errno
+    fileid = _fresh_fileid(monkeypatch)
+    answer = {"one generation": 7}.get(fallback)
+    if fallback == "switch":
+        monkeypatch.setattr(fileid, "GENERATIONS", False)
+    elif answer is None:
+        answer = OSError(getattr(errno, fallback), os.strerror(getattr(errno, fallback)))
+    asked = _ioctl_says(monkeypatch, fileid, answer)
+    rnd = random.Random(fallback)
+    with small_ext4(tmp_path / "ext4", "16M") as mnt:
+        w, out = _writer_on(mnt, 40)
+        reads = _count_reads(monkeypatch)
+        files, want, last = [], {}, {}
+        for i in range(8):
+            p = os.path.join(mnt, f"f{i}")
+            with open(p, "wb") as f:
+                f.write(text(f"FILE {i}", rnd.choice([50, 5000])))
+            os.link(p, p + ".2")
+            files.append(p)
+        for uid in range(1, 41):
+            # a key: mostly a file's own, now and then another file's (its number reused)
+            p = rnd.choice(files) + rnd.choice(["", ".2"])
+            st = os.stat(p)
+            key = (st.st_dev, st.st_ino) if rnd.random() < 0.8 else \
+                (st.st_dev, os.stat(rnd.choice(files)).st_ino)
+            with open(p, "rb") as f:
+                data = f.read()
+            w.add_message("primary", "joe", "INBOX", uid=uid, flags=(), keywords=(),
+                          internaldate=1.7e9, stored=1.7e9, nlink=2, src_path=p, link_key=key)
+            link = last.get(key) == data
+            if not link:
+                last[key] = data
+            want[uid] = ("link" if link else "message", data)
+        w.close()
+    assert _members(out) == want
+    assert sum(reads.values()) == 40                 # every copy read
+    assert len(asked) == {"switch": 0, "one generation": 2}.get(fallback, 1), asked
+
+
+@pytest.mark.parametrize("proof,seed", [("generation", s) for s in range(4)] + [("bytes", 1), ("bytes", 2)])
+def test_each_inode_is_read_once_where_its_generation_proves_its_copies(tmp_path, proof, seed):
+    """Property over seeds, both drivers, -j 1..4, a store on ext4: messages delivered to 2-4 users
+    at once (one inode each) and to one user, some bigger than one read buffer.  Every
+    message restores as its own bytes, each inode's later copies are link members, and
+    each inode's bytes are read once in the whole run (by the writer or a reader thread)
+    where the filesystem's generation numbers prove the copies; with the proof by bytes
+    forced (fileid.GENERATIONS = False) every copy is read."""
+    rnd = random.Random(seed)
+    driver = ("classic", "maildir")[seed % 2]
+    jobs = seed + 1
+    with small_ext4(tmp_path / "ext4", "48M") as mnt:
+        home = mnt / "ims"
+        store = open_store(make_home(home, driver))
+        users = ["u1", "u2", "u3", "u4", "u5"]
+        for u in users:
+            store.create_user(u)
+        for i in range(rnd.randint(20, 40)):
+            size = rnd.choice([30, 900, 20_000, 200_000] + ([(1 << 20) + 5] if i == 3 else []))
+            store.deliver(rnd.sample(users, rnd.choice([1, 2, 2, 3, 4])), io.BytesIO(text(f"M {i}", size)))
+        live = {u: stored(store, u) for u in users}
+        copies: dict = {}
+        for u in users:
+            for _, (_, key) in live[u].items():
+                copies[key] = copies.get(key, 0) + 1
+        assert max(copies.values()) >= 3
+        a = tmp_path / "a.ims"
+        env = {"IMS_TEST_READS": tmp_path / "reads.json", "IMS_TEST_BY_BYTES": "1" if proof == "bytes" else None}
+        p = subprocess.Popen([sys.executable, "-c", COUNTED + HOOKED, "-j", str(jobs), "-f", str(a), "/"],
+                             env=command_env(home, env), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()[-2000:]
+        with open(tmp_path / "reads.json") as f:
+            reads = {tuple(int(x) for x in k.split(":")): n for k, n in json.load(f).items()}
+    got = archived(a)
+    assert {k: v[1] for k, v in got.items()} == \
+        {(u, "INBOX", uid): data for u in users for uid, (data, _) in live[u].items()}
+    assert sum(v[0] == "link" for v in got.values()) == sum(n - 1 for n in copies.values())
+    want = copies if proof == "bytes" else {k: 1 for k in copies}
+    assert reads == want, f"-j {jobs}"
