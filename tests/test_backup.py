@@ -848,7 +848,8 @@ def test_killed_backup_leaves_no_complete_looking_archive(store, ims_home, tmp_p
     assert old.read_bytes() == b"yesterday's good archive"        # never replaced by half of one
     left = [f for f in os.listdir(tmp_path) if f.endswith(".partial")]
     if sig == "SIGTERM":                                          # an engine cancelling the job
-        assert p.returncode == 130 and b"interrupted" in err and b"was removed" in err
+        assert p.returncode == 130 and b"interrupted" in err and b"its partial file was removed" in err
+        assert b"is kept as it was" in err        # the line says yesterday's archive stays
         assert left == []
     else:
         assert p.returncode == -9 and left and all(f.startswith(".a.ims.") for f in left)

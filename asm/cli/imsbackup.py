@@ -236,7 +236,11 @@ def _backup_held(args, rep, held: list) -> int:
             print(f"{PROG}: {line}", file=sys.stderr)
 
     ok, status = False, None
-    removed = " and was removed" if getattr(device, "kind", "") == "file" else ""
+    # the archive is written under a temporary name: what went is that partial file,
+    # never an earlier archive under the name asked for (an administrator reading
+    # "was removed" feared for last night's)
+    removed = (f" (its partial file was removed; a file already named {args.device}, if any, is kept as it was)"
+               if getattr(device, "kind", "") == "file" else "")
     try:
         writer = ArchiveWriter(device.file, args.bf)
         res = run_backup(inst.store, targets, paths, writer, opts, device=args.device,
