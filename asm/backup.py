@@ -553,7 +553,8 @@ def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts:
     try:
         writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity,
                           uidnext=info.uidnext, subscribed=info.subscribed, uids=uids, state=flags,
-                          mailbox_guid=info.guid, acl=info.acl)
+                          mailbox_guid=info.guid, acl=info.acl,
+                          state_ids=opts.base.identities(t.user, folder))
     except UnarchivableValue:
         return False                     # read it: _backup_folder names what is wrong
     res.folders += 1
@@ -660,17 +661,19 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
                 report(f"error: {mailbox}: {why}")
             acl = None
     state = None
-    keys: dict = {}
+    state_ids: dict = {}                 # ... and what is under each UID it lists: a --base of
+    keys: dict = {}                      # this archive knows them, as its state file does
     if opts.base is not None or opts.since is not None:
         state = {}
         for m in snap.messages:
             if not carried(m):
                 state.setdefault(_flag_key(m, keys), []).append(m.uid)
+                state_ids[m.uid] = identity(m.guid, m.basename)
     try:
         writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity,
                           uidnext=info.uidnext, subscribed=info.subscribed,
                           uids=[m.uid for m in snap.messages], state=state, mailbox_guid=info.guid,
-                          acl=acl)
+                          acl=acl, state_ids=state_ids)
     except UnarchivableValue as exc:
         # the writer's last guard: a folder member the reader would refuse is never
         # written (it would take every message of the folder with it); named, exit 1

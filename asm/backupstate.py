@@ -287,7 +287,10 @@ def _from_archive(f, path: str) -> BaseState:
             if m.kind == "folder":
                 listed[(m.user, m.folder)] = m
                 present[(m.user, m.folder)] = []
-                ids[(m.user, m.folder)] = {}
+                # what is under the UIDs it lists without carrying them (IMSASM.state_ids;
+                # archives before that record: not known)
+                ids[(m.user, m.folder)] = {} if not m.state_ids else dict(zip(
+                    m.state.uids(), struct.unpack(f">{len(m.state)}I", m.state_ids)))
             elif m.kind in ("message", "link"):
                 present[(m.user, m.folder)].append(m.uid)
                 ids[(m.user, m.folder)][m.uid] = identity(m.guid, m.basename)
@@ -297,8 +300,8 @@ def _from_archive(f, path: str) -> BaseState:
         for key, m in listed.items():
             held = _held(m, present[key])
             st.folders[key] = (m.uidvalidity, held)
-            known = ids[key]            # what it carries; what an earlier link holds: 0, not known
-            if known:
+            known = ids[key]            # what it carries and lists (0: not known)
+            if any(known.values()):
                 st.ids[key] = encode_ids([known.get(u, 0) for u in held])
         _drop_failed(st, reader.trailer or {})
     except ArchiveError as exc:

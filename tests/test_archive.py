@@ -1,10 +1,12 @@
 """The ims-asm archive format (docs/format.md): writer, reader, names, records."""
+import base64
 import hashlib
 import io
 import json
 import os
 import random
 import shutil
+import struct
 import subprocess
 import tarfile
 import threading
@@ -1431,3 +1433,41 @@ def test_a_folders_acl_is_carried_and_checked():
             assert errors and all(type(e) is CorruptMember for e in errors) and read[0][1] == "Work", \
                 (bytes(v), read)
             assert spec.ACL in str(errors[0]), errors[0]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_incrementals_state_ids_read_back_uid_by_uid(seed):
+    """IMSASM.state_ids: what is under each UID an incremental lists without carrying it
+    (imsbackup --base ARCHIVE reads it), in ascending UID order whatever the order of
+    the state's flag groups; none written when no identity is known; a text that is
+    not base64 of 4 bytes per listed UID is refused as a value out of form."""
+    from asm.archive import values
+    rnd = random.Random(seed)
+    uids = sorted(rnd.sample(range(1, 200), 40))
+    listed = rnd.sample(uids, 25)
+    state: dict = {}
+    for u in listed:
+        state.setdefault(rnd.choice(["", "\\Seen", "\\Flagged $Work"]), []).append(u)
+    ids = {u: rnd.choice([0, 1, 2 ** 32 - 1, rnd.getrandbits(32)]) for u in listed}
+    for given in (ids, {u: 0 for u in listed}):
+        raw = io.BytesIO()
+        w = ArchiveWriter(raw)
+        w.write_header({"created": 1700000000})
+        w.add_user("primary", "joe", "")
+        w.add_folder("primary", "joe", "INBOX", uidvalidity=7, uidnext=201, subscribed=True, uids=uids,
+                     state=state, state_ids=given)
+        w.close()
+        raw.seek(0)
+        errors = []
+        folder = list(ArchiveReader(raw).members(errors.append))[1]
+        assert errors == []
+        if not any(given.values()):
+            assert folder.state_ids is None
+            continue
+        got = struct.unpack(f">{len(listed)}I", folder.state_ids)
+        assert dict(zip(folder.state.uids(), got)) == ids
+        text = base64.b64encode(folder.state_ids).decode()
+        assert values.state_ids(text, folder.state) == folder.state_ids
+        for bad in (text[:-4], text + "AAAA", "*" + text[1:]):
+            with pytest.raises(ValueError, match="IMSASM.state_ids"):
+                values.state_ids(bad, folder.state)

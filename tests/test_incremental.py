@@ -554,6 +554,60 @@ def test_new_mail_under_uids_a_rollback_of_the_classic_store_hands_out_again_is_
             assert view(dest_store(dst)) == want, (base, how)
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_an_incremental_as_the_base_knows_what_its_earlier_links_hold_under_each_uid(tmp_path, seed):
+    """The partition put back from a tar taken before the full: the next mail gets UIDs
+    the full holds and the first incremental lists without carrying them.  With that
+    incremental's archive as the base (--base INCR1.ims) the second incremental judged
+    those UIDs by number (identities were known only for what INCR1 carries), carried
+    none of them, and the chain restored the old messages under them, exit 0: the new
+    mail was in no archive.  Now an incremental records the identity of each message it
+    lists without carrying it (IMSASM.state_ids): by archive as by state file, every new
+    message is carried and the chain is the store."""
+    rnd = random.Random(seed)
+    home, part = tmp_path / "ims", tmp_path / "store"
+    make_home(home, "classic", **{"partition:primary.path": str(part)})
+    os.makedirs(part)
+    n = iter(range(100))
+
+    def deliver(k):
+        s = open_store(Config(home=str(home)))     # (the store as the files now are)
+        if not s.exists("joe"):
+            s.create_user("joe")
+        return [s.append("joe", "INBOX", io.BytesIO(msg(next(n))), internaldate=1_600_000_000 + i).uid
+                for i in range(k)]
+
+    early = rnd.randint(1, 2)
+    deliver(early)
+    subprocess.run(["tar", "-C", tmp_path, "-cpf", tmp_path / "files.tar", "store"], check=True)
+    uids = deliver(rnd.randint(2, 4))
+    full, incr1 = tmp_path / "full.ims", tmp_path / "incr1.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    open_store(Config(home=str(home))).set_flags("joe", "INBOX", rnd.choice(uids), ["\\Seen"])
+    deliver(rnd.randint(0, 2))
+    run(home, "imsbackup", "-f", incr1, "--base", f"{full}.state", "/", check=0)
+    shutil.rmtree(part)
+    subprocess.run(["tar", "-C", tmp_path, "-xpf", tmp_path / "files.tar", "store"], check=True)
+    again = deliver(rnd.randint(2, 5))
+    assert again[0] == early + 1                        # handed out again
+    want = view(open_store(Config(home=str(home))))
+    new = sorted(f"/primary/joe/INBOX/{u}" for u in again)
+    for base in (incr1, f"{incr1}.state"):
+        incr2 = tmp_path / f"incr2-{os.path.basename(base)}"
+        run(home, "imsbackup", "-f", incr2, "--base", base, "--state-out", f"{incr2}.st", "/", check=0)
+        assert _carried(home, incr2) == new, base
+        if base != incr1:
+            continue                                    # (the chain restore: once)
+        dst = tmp_path / "dst"
+        make_home(dst, "classic", **{"partition:primary.path": str(dst / "store")})
+        chain(dst, [full, incr1, incr2])
+        got = view(dest_store(dst))
+        # (UIDNEXT: the chain's highest, never lowered: a client saw the UIDs incr1 held)
+        uv, uidnext, sub = got.pop(("joe", "INBOX"))
+        assert (uv, sub) == want[("joe", "INBOX")][::2] and uidnext >= want[("joe", "INBOX")][1]
+        assert got == {k: v for k, v in want.items() if len(k) == 3}, base
+
+
 def test_a_state_files_identities_read_back_and_a_bad_text_is_ignored():
     rnd = random.Random(5)
     for n in range(40):
@@ -1407,3 +1461,4 @@ def test_a_user_moved_to_another_group_comes_back_as_its_new_groups_last_backup_
     assert view(dest_store(home)) == want
     run(w.home, "imsverify", *[x for k in ("A-full", "A-incr", "C-full", "C-incr") for x in ("-f", a[k])],
         "--restore-test", check=0)
+

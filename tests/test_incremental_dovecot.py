@@ -369,6 +369,48 @@ def test_new_mail_under_uids_a_rollback_hands_out_again_is_carried(lab, tmp_path
         assert c.into_empty([full, incr1, incr2], one_command) == want, (base, one_command)
 
 
+def test_new_mail_under_uids_an_incrementals_earlier_links_hold_is_carried_by_its_archive(lab, tmp_path):
+    """The store put back from a tar taken before the full: Dovecot gives the next
+    APPENDs UIDs the full holds and the first incremental lists without carrying them.
+    With that incremental's archive as the base (--base INCR1.ims, not its state file)
+    the second incremental judged those UIDs by number and carried only the one INCR1
+    carries (exit 0); the chain restored the old messages under the others (exit 0).
+    Now INCR1 records what it lists under each UID (IMSASM.state_ids): every new
+    message is carried and the chain is the store as Dovecot shows it."""
+    with lab.imap("alice") as imap:
+        imap.create("W")
+        imap.append("W", message("early 0"))
+    lab.stop()                                          # a file-level backup of the store
+    files = tmp_path / "files.tar"
+    subprocess.run(["tar", "-C", lab.store, "-cpf", files, "."], check=True)
+    lab.start()
+    with lab.imap("alice") as imap:
+        for i in range(2):
+            imap.append("W", message(f"early {i + 1}"))
+        imap.select("W")
+        imap.uid_store([2], "+FLAGS", ["\\Seen"])
+        imap.unselect()
+    full, incr1, incr2 = (tmp_path / f"{n}.ims" for n in ("full", "incr1", "incr2"))
+    run(lab.ims, "imsbackup", "-f", full, "/", check=0)
+    with lab.imap("alice") as imap:
+        imap.append("W", message("X before the disk died", body="XXXX"))
+    run(lab.ims, "imsbackup", "-f", incr1, "--base", f"{full}.state", "/", check=0)
+    lab.stop()                                          # the store put back from it
+    shutil.rmtree(os.path.join(lab.store, "alice"))
+    subprocess.run(["tar", "-C", lab.store, "-xpf", files], check=True)
+    lab.start()
+    with lab.imap("alice") as imap:
+        for i in range(4):
+            imap.append("W", message(f"Y after the recovery {i}", body="YYYY"))
+    want = view(lab)
+    assert [m[0] for m in want[0]["W"][3]] == [1, 2, 3, 4, 5]     # 2 to 5 again
+    run(lab.ims, "imsbackup", "-f", incr2, "--base", incr1, "/", check=0)
+    toc = run(lab.ims, "imsrestore", "-t", "-f", incr2, check=0, text=True).stdout
+    assert sorted(line.split("\t")[0] for line in toc.splitlines() if "/W/" in line) == \
+        [f"/primary/alice/W/{u}" for u in (2, 3, 4, 5)], toc
+    assert Chain(lab, tmp_path).into_empty([full, incr1, incr2]) == want
+
+
 def test_an_account_removed_between_backups_stays_gone_archive_by_archive(lab, tmp_path):
     """bob's account is removed between the full and an incremental by base of /.  Into
     an empty store the chain archive by archive (-H, then the last) gives what the chain

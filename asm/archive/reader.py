@@ -25,7 +25,7 @@ class Member:
                  "internaldate", "stored", "nlink", "sha256", "size", "linkname", "group",
                  "uidvalidity", "uidnext", "subscribed", "uids", "state", "offset",
                  "header_offset", "mtime", "records", "digest", "guid", "basename", "pop3_uidl",
-                 "pop3_order", "mailbox_guid", "acl", "_reader")
+                 "pop3_order", "mailbox_guid", "acl", "state_ids", "_reader")
 
     def __init__(self, reader, kind, name):
         self._reader = reader
@@ -51,6 +51,7 @@ class Member:
         self.pop3_order = None           # message, link: its POP3 order number
         self.mailbox_guid = None         # folder: its mailbox GUID (IMSASM.mailbox_guid), if archived
         self.acl = None                  # folder: its ACL file's text (IMSASM.acl, "" for none), if archived
+        self.state_ids = None            # folder of an incremental: identities of the state's UIDs (bytes)
 
     def open(self):
         """Readable stream of the message bytes; the read that reaches the end
@@ -814,6 +815,7 @@ def _decode(m, recs, e):
         state = get(spec.STATE)
         if state:
             m.state = FolderState.parse(state, m.uids)
+        m.state_ids = values.state_ids(get(spec.STATE_IDS), m.state)
         m.mailbox_guid = values.mailbox_guid(get(spec.MAILBOX_GUID))
         m.acl = values.acl(get(spec.ACL))
         return

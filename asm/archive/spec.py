@@ -37,6 +37,7 @@ SUBSCRIBED = "IMSASM.subscribed"
 UIDS = "IMSASM.uids"
 COUNT = "IMSASM.count"
 STATE = "IMSASM.state"
+STATE_IDS = "IMSASM.state_ids"        # identities of the UIDs IMSASM.state names, optional
 UID = "IMSASM.uid"
 FLAGS = "IMSASM.flags"
 KEYWORDS = "IMSASM.keywords"

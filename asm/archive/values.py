@@ -375,6 +375,24 @@ def _state_words(words):
     return fl, kw
 
 
+def state_ids(text, state) -> bytes | None:
+    """IMSASM.state_ids: None when absent, else the identities (4 bytes each, big-endian)
+    of the UIDs ``state`` (a FolderState) names, in ascending UID order: base64 of
+    exactly 4 bytes per UID."""
+    if text is None:
+        return None
+    import base64
+    import binascii
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, binascii.Error, UnicodeEncodeError):
+        raise ValueError(f"{spec.STATE_IDS} {_short(text)} is not base64") from None
+    if len(raw) != 4 * len(state):
+        raise ValueError(f"{spec.STATE_IDS} holds {len(raw)} bytes, not 4 for each of the "
+                         f"{len(state)} UIDs of {spec.STATE}")
+    return raw
+
+
 class FolderState:
     """IMSASM.state: the flags and keywords of the messages an incremental archive lists
     but does not carry, as a few (flags, keywords, UidSet) entries."""
@@ -419,6 +437,10 @@ class FolderState:
             if not all(map(operator.gt, itertools.islice(starts, 1, None), ends)):
                 raise ValueError(f"{spec.STATE} gives one UID two states")
         return cls(entries)
+
+    def uids(self) -> list:
+        """Every UID listed here, ascending (the order of IMSASM.state_ids)."""
+        return sorted(u for _, _, s in self.entries for u in s)
 
     def get(self, uid):
         """(flags, keywords) recorded for uid, or None."""

@@ -20,7 +20,7 @@ _K = {k: pax.key(spec.wire(k)) for k in (
     spec.UIDVALIDITY, spec.UIDNEXT, spec.SUBSCRIBED, spec.UIDS, spec.COUNT, spec.UID,
     spec.FLAGS, spec.KEYWORDS, spec.INTERNALDATE, spec.STORED, spec.NLINK, spec.SHA256,
     spec.STATE, spec.GUID, spec.BASENAME, spec.POP3_UIDL, spec.POP3_ORDER, spec.MAILBOX_GUID,
-    spec.ACL)}
+    spec.ACL, spec.STATE_IDS)}
 _R = pax.record
 _KIND_USER = _R(_K[spec.KIND], spec.K_USER.encode())
 _KIND_FOLDER = _R(_K[spec.KIND], spec.K_FOLDER.encode())
@@ -46,6 +46,12 @@ def _tool_version():
         return __version__
     except Exception:  # pragma: no cover - archive package used on its own
         return "unknown"
+
+
+def _encode_ids(ids: list) -> bytes:
+    import base64
+    import struct
+    return base64.b64encode(struct.pack(f">{len(ids)}I", *ids))
 
 
 def uid_ranges(uids):
@@ -212,7 +218,7 @@ class ArchiveWriter:
         self.counts["users"] += 1
 
     def add_folder(self, partition, user, folder, *, uidvalidity, uidnext, subscribed, uids,
-                   state=None, mailbox_guid=None, acl=None):
+                   state=None, mailbox_guid=None, acl=None, state_ids=None):
         """``uids``: every UID of the folder; the folder's messages are added next.
         ``state`` (incremental archives): {flags-and-keywords string: [uid, ...]} for
         the messages listed in ``uids`` whose bytes this archive does not carry, so a
@@ -221,7 +227,10 @@ class ArchiveWriter:
         None/"" when the store has none; ValueError for one a reader would refuse.
         ``acl``: the folder's access control list as its store keeps it (Dovecot's
         dovecot-acl text, "" for a folder without one), or None when the store does
-        not say (no record is written)."""
+        not say (no record is written).  ``state_ids``: {UID: identity} (asm.backupstate.
+        identity) of the messages ``state`` names, so that an incremental taking this
+        archive as its base (--base ARCHIVE) knows what is under each UID it lists, as
+        its state file does (IMSASM.state_ids; not written when none is known)."""
         self._check_open()
         name = names.folder_dir(partition, user, folder)
         uid_set = uids if isinstance(uids, UidSet) else UidSet.of(uids)
@@ -239,8 +248,12 @@ class ArchiveWriter:
                 values.acl(acl)
             if state:
                 obj = {k: uid_ranges(v) for k, v in sorted(state.items())}
-                values.FolderState.from_obj(obj, uid_set)
+                checked = values.FolderState.from_obj(obj, uid_set)
                 extra = _R(_K[spec.STATE], _enc(_state_json(obj)))
+                if state_ids:
+                    ids = [state_ids.get(u, 0) for u in checked.uids()]
+                    if any(ids):
+                        extra += _R(_K[spec.STATE_IDS], _encode_ids(ids))
         except ValueError as exc:
             raise UnarchivableValue(f"folder {name}", str(exc)) from None
         recs = b"".join((
