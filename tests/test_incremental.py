@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import time
@@ -1461,4 +1462,69 @@ def test_a_user_moved_to_another_group_comes_back_as_its_new_groups_last_backup_
     assert view(dest_store(home)) == want
     run(w.home, "imsverify", *[x for k in ("A-full", "A-incr", "C-full", "C-incr") for x in ("-f", a[k])],
         "--restore-test", check=0)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_users_moved_between_groups_come_back_as_the_newest_backup_holding_them_had_them(tmp_path, driver,
+                                                                                          seed):
+    """Users move between backup groups A and C between the fulls and the incrementals
+    of each group, deleting a folder, expunging, flagging and getting mail on the way.
+    After a total loss the runbook's commands (imsdr chain --commands, one imsrestore
+    per group's chain) give every user as the newest backup holding it had it, whichever
+    group's full was taken first (even seeds: A's) and whichever command runs first.
+    (With C's full taken first, C's chain was restored first and A's then made again a
+    folder a user moved from A to C had deleted before C's incremental, exit 0.)
+    An older archive restored on purpose (no --recovery) still brings a deleted folder
+    back."""
+    rnd = random.Random(seed)
+    w = World(tmp_path, driver)
+    s = w.store
+    for u in ("alice", "bob", "carol", "dave"):
+        for _ in range(3):
+            w.new(user=u)
+        for f in ("Work", "Old"):
+            w.new(user=u, folder=f)
+    groups = w.home / "config" / "backup-groups.conf"
+    in_a = {"alice", "bob"}
+    groups.write_text(f"groupA=({'|'.join(sorted(in_a))})\ngroupC=.*\n")
+    d = tmp_path / "backup"
+    d.mkdir()
+
+    def backup(g, kind):
+        time.sleep(0.01)
+        base = ["--base", f"{d / g}-full.ims.state"] if kind == "incr" else []
+        run(w.home, "imsbackup", "-f", d / f"{g}-{kind}.ims", *base, f"/primary/group{g}", check=0)
+
+    for g in ("A", "C") if seed % 2 == 0 else ("C", "A"):
+        backup(g, "full")
+    movers = [u for u in ("alice", "carol") if rnd.random() < 0.6] or [rnd.choice(["alice", "carol"])]
+    deleted = {}
+    for u in ("alice", "bob", "carol", "dave"):
+        if u in movers or rnd.random() < 0.5:
+            deleted[u] = rnd.choice(["Work", "Old"])
+            s.delete_folder(u, deleted[u])
+        uids = [m.uid for m in s.messages(u, "INBOX")]
+        s.expunge(u, "INBOX", rnd.sample(uids, rnd.randint(0, 2)))
+        left = [m.uid for m in s.messages(u, "INBOX")]
+        if left:
+            s.set_flags(u, "INBOX", rnd.choice(left), ["\\Seen"], rnd.choice([[], ["done"]]))
+        if rnd.random() < 0.5:
+            w.new(user=u, folder=rnd.choice(["INBOX", "New"]))
+    in_a ^= set(movers)
+    groups.write_text(f"groupA=({'|'.join(sorted(in_a))})\ngroupC=.*\n")
+    for g in rnd.sample(["A", "C"], 2):
+        backup(g, "incr")
+    want = view(s)
+    lines = run(w.home, "imsdr", "chain", "--commands", d, check=0, text=True).stdout.splitlines()
+    assert len(lines) == 2 and all(shlex.split(x)[:2] == ["imsrestore", "--recovery"] for x in lines), lines
+    for name, order in (("dst", lines), ("dst2", lines[::-1])):
+        home = dest_home(tmp_path, driver, name)
+        for line in order:
+            run(home, *shlex.split(line), check=0)
+        assert view(dest_store(home)) == want, (movers, deleted, order)
+    # noon: the folder a mover deleted, back from the full of the group it left
+    u = movers[0]
+    run(home, "imsrestore", "-f", d / f"{'A' if u == 'alice' else 'C'}-full.ims", f"/primary/{u}/{deleted[u]}",
+        check=0)
+    assert [m.uid for m in dest_store(home).messages(u, deleted[u])] == [1]
 

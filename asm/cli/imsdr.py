@@ -332,12 +332,16 @@ def _chain(args) -> int:
                        + (f"; {why[len('no complete full archive: '):]}" if why else ""),
                        status=EXIT_MISSING)
     status = EXIT_PARTIAL if unreadable else EXIT_OK
+    # several chains (one per backup group): a user that moved between groups is in two;
+    # --recovery gives it as the newer archive holding it had it, whichever chain runs first
+    several = sum(1 for c in found if c.archives) > 1
     for c in found:
         if args.commands and c.archives:
             # one command per chain: it checks the chain before writing, holds deliveries
             # throughout, restores each message once (as the chain's end has it) and can
             # be run again after any interruption
-            print("imsrestore " + " ".join(f"-f {shlex.quote(a.path)}" for a in c.archives))
+            print("imsrestore " + ("--recovery " if several else "")
+                  + " ".join(f"-f {shlex.quote(a.path)}" for a in c.archives))
         for a in c.archives if not args.commands else ():
             print(a.path)
         for note in c.left_out:

@@ -67,6 +67,10 @@ def build_parser() -> ArgParser:
                         "terminal, continue otherwise)")
     p.add_argument("-H", "--hold", dest="hold", action="store_true",
                    help="leave deliveries held at the end (more archives of a chain follow)")
+    p.add_argument("--recovery", action="store_true",
+                   help="one chain of several restored into one store after a total loss (imsdr chain "
+                        "--commands writes it): a user another chain's restore gave from a later "
+                        "archive is left so, one it gave from an older archive is made anew")
     p.add_argument("-v", dest="verbose", action="store_true", help="report each mailbox and a summary")
     p.add_argument("--identity", action="append", default=[], metavar="FILE",
                    help="age identity file for an encrypted archive (repeatable; default: "
@@ -431,6 +435,7 @@ def _chain(args, rep) -> int:
         one.final = None if last else final
         one.final_unread = () if last else unread
         one.final_unseen = None if last else unseen
+        one.final_created = None if last else headers[-1].get("created")
         rep.fields.pop("counts", None)
         st = _one(one, rep)
         per.append({"device": d, "status": st, "counts": rep.fields.get("counts")})
@@ -577,7 +582,8 @@ def _one(args, rep) -> int:
                     # (the chain's one dict even while it is empty: not ``or {}``)
                     claims=getattr(args, "claims", None) if getattr(args, "claims", None) is not None else {},
                     final=getattr(args, "final", None), final_unread=getattr(args, "final_unread", ()),
-                    final_unseen=getattr(args, "final_unseen", None))
+                    final_unseen=getattr(args, "final_unseen", None),
+                    final_created=getattr(args, "final_created", None), recovery=getattr(args, "recovery", False))
                 res = Restorer(inst.store, inst.groups, reader, opts, sel, journal, device=args.device,
                                report=report, progress=show if progress.enabled else None).restore()
         except KeyboardInterrupt:

@@ -24,6 +24,10 @@ from asm.restore.selection import Selection
 from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_error, this_holder
 
 
+def _fmt(t) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
+
+
 def unread_by(errors, partition: str, user: str, folder: str) -> str | None:
     """Among an archive trailer's ``errors`` ({mailbox, error}: what its backup could
     not read), the one that covers this folder ("mailbox: error"): the folder itself,
@@ -84,6 +88,9 @@ class Restorer:
         self.whole: set = set()                     # (partition, user) whose every folder the
                                                     # archive holds whole (its base had none)
         self.whole_users = self._whole_users()
+        self.skip_users: set = set()                # (partition, user) --recovery leaves as a
+                                                    # later archive of another chain left it
+        self._final_users: set | None = None        # the users the chain's last archive holds
 
     # -- errors ---------------------------------------------------------------
     def _error(self, mailbox: str, exc: Exception | str, status: int | None = None) -> None:
@@ -232,6 +239,7 @@ class Restorer:
             self.cur_folders = set()
             self.whole.add(self.cur_user)
             self.cur_damaged = False
+            self._recovery_user(m.partition, m.user, m.group)
             return
         if m.kind == "folder":
             self._end_folder(complete=True)
@@ -277,14 +285,23 @@ class Restorer:
     def _end_user(self) -> None:
         """A user's folders are all read: a chain restore will remove the folders the
         archive no longer lists (deleted or renamed away between the backups), once the
-        archive is read to its trailer (_remove_gone)."""
+        archive is read to its trailer (_remove_gone).  The journal says this archive held
+        the user whole (imsrestore --recovery of another chain compares with it)."""
         cur, self.cur_user = self.cur_user, None
-        if cur is None or not self._continues() or not self.whole_users or self.opts.new_mailbox \
-                or self.cur_damaged:
+        if cur is None or not self.whole_users or self.opts.new_mailbox or self.cur_damaged \
+                or cur in self.skip_users:
             return                          # (a damaged member may be a folder's: remove nothing)
         partition, src_user = cur
         group = self.user_groups.get(cur)
         if self.sel.paths and not any(self.sel._user_ok(lp, partition, src_user, group) for lp in self.sel.paths):
+            return
+        user = self.opts.user_map.get(src_user, src_user)
+        if user in self.users_seen:
+            try:
+                self._journal(f"/{partition}/{user}", functools.partial(self.journal.put_held, user, self.header))
+            except JournalError as exc:
+                self._record_error(f"/{partition}/{user}", str(exc), exc.status)
+        if not self._continues():
             return
         self.gone.append((partition, src_user, frozenset(self.cur_folders)))
 
@@ -423,6 +440,84 @@ class Restorer:
             self.gone.append((partition, src, frozenset()))
             self.gone_users.append((partition, src))
 
+    def _recovery_user(self, partition: str, src_user: str, group) -> None:
+        """imsrestore --recovery (one chain of several restored into one store after a
+        total loss; imsdr chain --commands): a user that moved between backup groups is in
+        the chains of both, and comes back as the newest archive holding it had it,
+        whatever order the chains are restored in.  The journal names the newest archive
+        restored here that held the user whole (Journal.held_by).  When that archive is
+        of another chain and was taken after this chain's last archive holding the user
+        (the chain's end, when it holds the user; else this archive), this archive leaves
+        the user as it is (skip_users): it would make again a folder deleted before that
+        later backup.  When it was taken before, the user is removed first (_replace_user)
+        and this chain makes it as its archives hold it.  Without --recovery (an older
+        archive restored on purpose, to get a deleted folder back) none of this applies."""
+        if not self.opts.recovery or not self.whole_users or self.opts.new_mailbox:
+            return
+        if self.sel.paths and not any(self.sel._user_ok(lp, partition, src_user, group) for lp in self.sel.paths):
+            return
+        from asm.backupstate import header_chain
+        user = self.opts.user_map.get(src_user, src_user)
+        mailbox = f"/{partition}/{user}"
+        try:
+            held = self.journal.held_by(user)
+            if held is None or held[1] is None or not self.store.exists(user):
+                return
+            h = self.header
+            if held[0] in {h.get("archive_id"), *header_chain(h), *self.opts.chain_ids}:
+                return                      # this chain's own restore (or the same again)
+            created, at_end = h.get("created"), self.opts.final is None
+            if not at_end and self.opts.final_created is not None:
+                if self._final_users is None:
+                    self._final_users = {u for (u, _f) in self.opts.final}
+                if src_user in self._final_users:
+                    created, at_end = self.opts.final_created, True    # the chain's end holds the user
+            if created is None:
+                return
+            if held[1] > created:
+                self.skip_users.add((partition, src_user))
+                self.report(f"{mailbox}: left as the restore of a later archive of another chain gave it "
+                            f"(taken at {_fmt(held[1])}): this chain holds the user as it was before")
+            elif at_end:
+                # (a link whose chain's end does not hold the user, taken after the other
+                # chain's archive: the links before it were left out, and what it lists
+                # without carrying it is refused, never removed first)
+                self._replace_user(partition, user, mailbox, held[1])
+        except (StoreError, JournalError, OSError) as exc:
+            if isinstance(exc, OSError):
+                exc = os_store_error(exc, user)
+            self.skip_users.add((partition, src_user))
+            self._error(mailbox, exc, exc.status)
+
+    def _replace_user(self, partition: str, user: str, mailbox: str, when: float) -> None:
+        """--recovery: ``user`` here came from an older archive of another chain, which
+        this chain's later archive holds again: removed (every folder as a restore left
+        it), so this chain makes the user as its archives hold it, without the folders
+        deleted since.  A user with a folder someone made or changed, or whose deliveries
+        another restore holds, is kept and merged into (said with -v)."""
+        kept = f"{mailbox}: an older archive of another chain restored it, but it changed since: merged into"
+        if getattr(self.store, "journal_after_sync", False):
+            self.report(kept)               # (dbox: a restore does not remove a login)
+            return
+        with self.locks.hold(user, ""):
+            if self.store.deliveries_held(user) or self.store.unlisted_folders(user):
+                self.report(kept)
+                return
+            for folder in self.store.folder_names(user):
+                j = self.journal.get(user, folder)
+                with self.store.lock(user, folder):
+                    info = self.store.folder(user, folder)
+                    count = len(self.store.messages(user, folder))
+                if j is None or not j.mirror or j.running or j.source is not None \
+                        or (info.uidvalidity, info.uidnext) != (j.uidvalidity, j.uidnext) \
+                        or (j.count is not None and j.count != count):
+                    self.report(kept)
+                    return
+            self.store.delete_user(user)
+        self.journal.forget_user(user)
+        self.report(f"{mailbox}: removed first: the restore of an older archive of another chain "
+                    f"(taken at {_fmt(when)}) made it; this chain gives it as its archives hold it")
+
     def _remove_users(self) -> None:
         """Remove the users _find_gone_users found, now that _remove_gone removed their
         other folders: only a user left with its INBOX alone, as a restore of this chain
@@ -523,6 +618,9 @@ class Restorer:
             self.whole.discard((m.partition, m.user))
         if (m.partition, m.user) == self.cur_user:
             self.cur_folders.add(m.folder)
+        if (m.partition, m.user) in self.skip_users:
+            self.plan = None                # (--recovery: a later archive's restore has the user)
+            return
         group = self.user_groups.get((m.partition, m.user), m.group)
         if not self.sel.folder(m.partition, m.user, group, m.folder):
             self.plan = None

@@ -84,7 +84,9 @@ class Journal:
             archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,
             running TEXT, running_mode TEXT, chain TEXT, count INTEGER, run TEXT, source TEXT,
             run_uid INTEGER, gaps INTEGER, PRIMARY KEY (user, folder));
-            CREATE TABLE IF NOT EXISTS runs (signature TEXT PRIMARY KEY, token TEXT NOT NULL);""")
+            CREATE TABLE IF NOT EXISTS runs (signature TEXT PRIMARY KEY, token TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS users_held (user TEXT PRIMARY KEY, archive_id TEXT, created REAL,
+            chain TEXT);""")
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(restored)")}
         for col, typ in (("running", "TEXT"), ("running_mode", "TEXT"), ("chain", "TEXT"),
                          ("count", "INTEGER"), ("run", "TEXT"), ("source", "TEXT"), ("run_uid", "INTEGER"),
@@ -125,8 +127,34 @@ class Journal:
 
     @_journal_errors
     def forget_user(self, user: str) -> None:
-        """The user was removed: every row of its folders goes."""
-        self.db.execute("DELETE FROM restored WHERE user=?", (names.to_db(user),))
+        """The user was removed: every row of its folders goes, and the archive that held it."""
+        with sqlitedb.immediate(self.db):
+            self.db.execute("DELETE FROM restored WHERE user=?", (names.to_db(user),))
+            self.db.execute("DELETE FROM users_held WHERE user=?", (names.to_db(user),))
+
+    # -- the newest archive restored here that held a user whole (its every folder) ------
+    # A disaster recovery restores one chain per backup group (imsrestore --recovery): a
+    # user that moved between groups is in both, and comes back as the newer had it.
+
+    @_journal_errors
+    def held_by(self, user: str) -> tuple | None:
+        """(archive id, created, chain ids) of the newest archive restored here that held
+        ``user`` whole, or None."""
+        row = self.db.execute("SELECT archive_id, created, chain FROM users_held WHERE user=?",
+                              (names.to_db(user),)).fetchone()
+        return None if row is None else (row[0], row[1], tuple((row[2] or "").split()))
+
+    @_journal_errors
+    def put_held(self, user: str, header: dict) -> None:
+        """The archive with ``header`` held ``user`` whole and was restored: kept when it
+        is not older than the one the journal names."""
+        from asm.backupstate import header_chain
+        self.db.execute("INSERT INTO users_held (user, archive_id, created, chain) VALUES (?,?,?,?) "
+                        "ON CONFLICT (user) DO UPDATE SET archive_id=excluded.archive_id, "
+                        "created=excluded.created, chain=excluded.chain "
+                        "WHERE users_held.created IS NULL OR excluded.created >= users_held.created",
+                        (names.to_db(user), header.get("archive_id"), header.get("created"),
+                         " ".join(header_chain(header))))
 
     @_journal_errors
     def forget(self, user: str, folder: str) -> None:

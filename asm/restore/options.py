@@ -41,6 +41,11 @@ class RestoreOptions:
     final_unseen: object = None         # ... and a test (partition, user, group, folder) ->
                                         # True for a folder its backup did not look at (out
                                         # of its scope, or store.backupexclude left it out)
+    final_created: float | None = None  # ... and when that last archive was taken
+    recovery: bool = False              # --recovery: one chain of several restored into one
+                                        # store (a disaster recovery, imsdr chain --commands):
+                                        # a user another chain's restore brought from a later
+                                        # archive is left so; one from an older, made anew
 
 
 @dataclass
