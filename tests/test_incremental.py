@@ -1528,3 +1528,37 @@ def test_users_moved_between_groups_come_back_as_the_newest_backup_holding_them_
         check=0)
     assert [m.uid for m in dest_store(home).messages(u, deleted[u])] == [1]
 
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_a_recovery_replaces_a_user_an_older_chain_gave_only_as_that_restore_left_it(tmp_path, driver, changed):
+    """Fulls only: alice, in group A at A's full, moves to C and deletes Work before
+    C's full.  A's chain restored first, then C's with --recovery: alice is as C's full
+    has her (Work gone: a full after a full of another chain removed nothing).  When
+    mail came into Work after A's restore, alice is kept and merged into (nothing
+    lost), and -v says so."""
+    w = World(tmp_path, driver)
+    for u in ("alice", "bob"):
+        w.new(user=u)
+    w.new(user="alice", folder="Work")
+    groups = w.home / "config" / "backup-groups.conf"
+    groups.write_text("groupA=(alice)\ngroupC=.*\n")
+    run(w.home, "imsbackup", "-f", tmp_path / "A.ims", "/primary/groupA", check=0)
+    w.store.delete_folder("alice", "Work")
+    w.new(user="alice")
+    groups.write_text("groupA=(nobody)\ngroupC=.*\n")
+    time.sleep(0.01)
+    run(w.home, "imsbackup", "-f", tmp_path / "C.ims", "/primary/groupC", check=0)
+    want = view(w.store)
+    home = dest_home(tmp_path, driver)
+    run(home, "imsrestore", "--recovery", "-f", tmp_path / "A.ims", check=0)
+    if changed:
+        dest_store(home).append("alice", "Work", io.BytesIO(msg(99)), internaldate=1_700_000_000)
+    p = run(home, "imsrestore", "--recovery", "-v", "-f", tmp_path / "C.ims", check=0, text=True)
+    got = view(dest_store(home))
+    if not changed:
+        assert got == want and "/primary/alice: removed first" in p.stderr, p.stderr
+    else:
+        assert [m.uid for m in dest_store(home).messages("alice", "Work")] == [1, 2]
+        assert {k: v for k, v in got.items() if k[1] != "Work"} == want
+        assert "/primary/alice: an older archive of another chain restored it, but it changed since: " \
+               "merged into" in p.stderr, p.stderr
