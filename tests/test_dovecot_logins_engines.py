@@ -26,7 +26,8 @@ from tests.dovecot_lab import lab_fixture, message
 from tests.helpers import imsstage, rows, run, staged_files, users_of
 from tests.nsrharness import Harness
 from tests.test_dovecot_layouts import configure
-from tests.test_bacula import imsbacula, job_ok, plugin_lines
+from tests.test_bacula import imsbacula, plugin_lines
+from tests.test_bacula_jobs import job_ok
 from tests.test_networker import env, nsr_bin, res_file  # noqa: F401  (fixtures)
 
 lab = lab_fixture("vdomain", scope="function")
