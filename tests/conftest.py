@@ -73,8 +73,15 @@ def pytest_configure(config):
 # loadfile --no-loadscope-reorder) the run ends soon after its longest file, so none of
 # these should be left for last.  Only the order of whole files changes; a file's tests
 # keep theirs.  A file missing here (or gone) just runs in its usual place.
-LONGEST_FIRST = ["test_restore_kill.py", "test_bacula.py", "test_verify.py", "test_archive_fuzz.py",
-                 "test_errors.py", "test_s3.py", "test_dbox_chain.py", "test_dovecot_live_restore.py"]
+# test_ssh*.py, test_incremental_dovecot.py, test_dovecot_layouts.py, test_staging_s3.py
+# came last in name order although each takes minutes (test_ssh.py, one file then, 6 min
+# alone on a loaded machine): a file that long handed out last keeps one worker busy
+# after the others end.  This list alone sets the order: pytest 9 collects the files
+# scripts/test names first (its first=) in their directory's order.
+LONGEST_FIRST = ["test_restore_kill.py", "test_bacula_jobs.py", "test_verify.py", "test_archive_fuzz.py",
+                 "test_errors.py", "test_s3.py", "test_dbox_chain.py", "test_dovecot_live_restore.py",
+                 "test_reconstruct.py", "test_ssh_faults.py", "test_ssh.py", "test_incremental_dovecot.py",
+                 "test_dovecot_layouts.py", "test_staging_s3.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
