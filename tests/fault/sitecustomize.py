@@ -14,14 +14,21 @@ writes), counted through Python's audit hooks (PEP 578) and SQLite's trace callb
                                 exception raised in its trace callback, so a SIGINT sent
                                 from there was lost and the run went on to exit 0; no
                                 signal lands there in a real run, which has no callbacks)
+    IMS_FAULT=term:N            SIGTERM (an engine cancelling the job) just before step N, once;
+                                at an SQLite statement, just after it, as for int:N
     IMS_FAULT=enospc:N          from step N on, every step fails with ENOSPC (a disk
                                 that filled up and stays full)
+    IMS_FAULT=fill:N            just before step N, fill the filesystem of IMS_FAULT_FILL
+                                (a file made there, written until the disk is full): a
+                                real full disk from then on, for SQLite and children too
     IMS_FAULT=eio:TEXT          every open of a path holding TEXT fails with EIO (a
                                 damaged disk's unreadable file); no step is counted
     IMS_FAULT_LOG=FILE          (with any of them) one line per step: "N what", so a
                                 test can find the step it must kill before
     IMS_FAULT_READS=1           (with any of them) an open for reading under the root is
                                 a step too: a backup reads the store and writes nothing there
+    IMS_FAULT_INHERIT=no        (with any of them) only the process started with it runs
+                                under the fault, not the Python processes it starts
 
 Killing *before* a step is the same as killing after the previous one, so N from 1 to
 the counted total (+1) covers every point between two changes on disk.
@@ -48,7 +55,8 @@ class _State:
     busy = False
     log = None
     reads = False
-    int_pending = False     # a SIGINT due at an SQLite statement, sent once it has run
+    deferred = None     # a signal due at an SQLite statement, sent once it has run
+                        # (sqlite3 drops an exception raised in its trace callback)
 
 
 def _under_root(path):
@@ -74,22 +82,43 @@ def _step(what, sql=False):
             _State.busy = False
     if _State.mode == "kill" and _State.steps >= _State.n:
         os.kill(os.getpid(), signal.SIGKILL)
-    if _State.mode == "int" and _State.steps >= _State.n:
-        _State.mode = ""
+    if _State.mode in ("int", "term") and _State.steps >= _State.n:
+        sig = signal.SIGINT if _State.mode == "int" else signal.SIGTERM
         if sql:
-            _State.int_pending = True
-        else:
-            os.kill(os.getpid(), signal.SIGINT)
+            _State.deferred = sig
+            sig = None
+        _State.mode = ""
+        if sig is not None:
+            os.kill(os.getpid(), sig)
+    if _State.mode == "fill" and _State.steps >= _State.n:
+        _State.mode = ""
+        _fill(os.environ["IMS_FAULT_FILL"])
     if _State.mode == "enospc" and _State.steps >= _State.n:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), what)
+
+
+def _fill(path):
+    """Write ``path`` until its filesystem has no block left."""
+    _State.busy = True
+    try:
+        with open(path, "ab", buffering=0) as f:
+            for chunk in (1 << 20, 1 << 16, 4096, 512, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+    finally:
+        _State.busy = False
 
 
 def _audit(event, args):
     if _State.busy:
         return
-    if _State.int_pending:                 # the first event after that statement
-        _State.int_pending = False
-        os.kill(os.getpid(), signal.SIGINT)
+    if _State.deferred is not None:
+        sig, _State.deferred = _State.deferred, None
+        os.kill(os.getpid(), sig)
     if event == "open":
         path, mode, flags = (tuple(args) + (None, None, None))[:3]
         if _State.mode == "eio":
@@ -132,7 +161,7 @@ def _install(spec):
             with open(_State.out, "w") as f:
                 f.write(str(_State.steps))
         atexit.register(dump)
-    elif mode in ("kill", "int", "enospc"):
+    elif mode in ("kill", "int", "term", "enospc", "fill"):
         _State.n = int(arg)
         if mode == "int" and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
             # started as a background job of a script (sh ignores SIGINT there), which the
@@ -152,5 +181,14 @@ def _install(spec):
         pass
 
 
-if _SPEC:
+def _mine():
+    """Whether the fault is this process's (IMS_FAULT_INHERIT=no: only the first one's;
+    its pid stays across a re-exec)."""
+    if os.environ.get("IMS_FAULT_INHERIT") != "no":
+        return True
+    owner = os.environ.setdefault("IMS_FAULT_PID", str(os.getpid()))
+    return owner == str(os.getpid())
+
+
+if _SPEC and _mine():
     _install(_SPEC)
