@@ -22,8 +22,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from asm import sqlitedb
 from asm.archive.names import dump_json, from_db, to_db
-from asm.errors import EXIT_DEVICE, EXIT_INCOMPLETE
+from asm.errors import EXIT_DEVICE, EXIT_INCOMPLETE, EXIT_NOSPACE
 from staging.errors import StagingError
 
 CATALOG_NAME = "catalog.db"
@@ -37,12 +38,28 @@ def is_damage(exc) -> bool:
                                    "wrong # of entries", "row ", "page ", "btree"))
 
 
+def is_full(exc, path: str) -> bool:
+    """An SQLite error that means the disk holding the catalog ``path`` is full
+    (SQLITE_FULL, "database or disk is full", or an I/O error on a disk with no room)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL:
+        return True
+    return sqlitedb.disk_full(exc, path)
+
+
 class CatalogUnwritable(StagingError):
-    """The catalog could not be written (permissions, space, a read-only mount)."""
+    """The catalog could not be written (permissions, space, a read-only mount); a full
+    disk is EXIT_NOSPACE, as every full local disk."""
 
     status = EXIT_DEVICE
 
     def __init__(self, path: str, exc):
+        if is_full(exc, path):
+            super().__init__(f"the staging disk is full: cannot write the staging catalog {path} ({exc}); "
+                             f"dumps it could not record were removed and are not counted: free space in "
+                             f"{os.path.dirname(path) or '.'} and run the same command again (the catalog "
+                             f"itself is intact)", status=EXIT_NOSPACE)
+            return
         super().__init__(f"cannot write the staging catalog {path}: {exc}: check its permissions, the free "
                          f"space and the mount (the catalog itself is intact)")
 
@@ -56,6 +73,15 @@ class CatalogDamaged(StagingError):
         super().__init__(f"the staging catalog {path} is damaged ({exc}): restore it from the engine's "
                          f"backup of the staging directory (docs/staging.md, 'After a disaster'), then "
                          f"run the command again")
+
+def catalog_error(path: str, exc: sqlite3.DatabaseError) -> StagingError | None:
+    """The one-line error an SQLite error on the catalog ``path`` stands for (damaged,
+    or unwritable: a full disk is EXIT_NOSPACE); None for "locked" (another writer,
+    which the caller lets through)."""
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return None
+    return CatalogDamaged(path, exc) if is_damage(exc) else CatalogUnwritable(path, exc)
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dumps (
@@ -211,6 +237,7 @@ class Catalog:
         """Record a dump as running; ``make_name(id)`` gives its file name."""
         now = time.time()
         with self.db:
+            self.db.execute("BEGIN IMMEDIATE")      # the row with its name and users, or nothing
             cur = self.db.execute(
                 "INSERT INTO dumps (run, partition, grp, kind, since, base, started, file, estimate, status, pid)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -230,11 +257,22 @@ class Catalog:
                         (time.time(), error, did))
 
     def fail_stale(self) -> list[Dump]:
-        """Turn the ``running`` rows of a killed run into ``failed`` (call with the lock held)."""
+        """Turn the ``running`` rows of a killed run into ``failed`` (call with the lock held).
+        Their files are the caller's to remove (:meth:`failed_files`)."""
         stale = self._rows("WHERE status='running'")
         for d in stale:
-            self.fail(d.id, f"run killed before the dump finished (pid {d.pid})")
+            self.fail(d.id, f"run killed (or stopped by a full disk) before the dump finished (pid {d.pid})")
         return stale
+
+    def running_of(self, run: str) -> list[Dump]:
+        """The rows of run ``run`` still ``running``."""
+        return self._rows("WHERE run=? AND status='running' ORDER BY id", (run,))
+
+    def failed_files(self) -> list[Dump]:
+        """Failed dumps not marked removed: a failed dump never keeps a file, so whatever is
+        under such a name (a run that stopped between the rename and the catalog, before
+        that could not happen) is the caller's to remove (then :meth:`mark_removed`)."""
+        return self._rows("WHERE status='failed' AND removed IS NULL AND file != '' ORDER BY id")
 
     def claim(self, ids, job: str) -> None:
         self.db.executemany("UPDATE dumps SET job=? WHERE id=?", [(job, i) for i in ids])

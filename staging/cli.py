@@ -165,11 +165,11 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         return die(PROG, "interrupted: unfinished dumps were removed and marked failed", EXIT_INTERRUPTED)
     except sqlite3.DatabaseError as exc:
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-            raise
         # damage the catalog's first check did not reach, or a write it could not make
-        from staging.catalog import CatalogDamaged, CatalogUnwritable, is_damage
-        err = CatalogDamaged(CATALOG_NAME, exc) if is_damage(exc) else CatalogUnwritable(CATALOG_NAME, exc)
+        from staging.catalog import catalog_error
+        err = catalog_error(CATALOG_NAME, exc)
+        if err is None:
+            raise
         return die(PROG, str(err), err.status)
 
 

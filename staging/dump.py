@@ -11,11 +11,14 @@ area lock descriptor, so a killed run cannot leave a writer behind an unlocked a
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import glob
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -23,9 +26,11 @@ import time
 from dataclasses import dataclass
 
 from asm.digests import file_sha256
-from asm.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
+from asm.errors import EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL
 from staging.catalog import Catalog, Dump
 from staging.plan import GroupPlan
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 PR_SET_PDEATHSIG = 1
 
@@ -69,7 +74,38 @@ def remove_leftovers(directory: str) -> list[str]:
     return gone
 
 
+def remove_files_of(directory: str, dump: Dump) -> bool:
+    """Remove what a dump that did not complete may have left: its temporary file and
+    imsbackup's files beside it, its list and report, and its final name (a run stopped
+    between the rename and the catalog).  Whether a file under the final name was there."""
+    if not dump.file:
+        return False
+    for p in (temp_name(dump.file), f".{dump.file}.list", os.path.basename(report_file(directory, dump.file))):
+        _unlink(os.path.join(directory, p))
+    for p in glob.glob(os.path.join(glob.escape(directory), "." + glob.escape(temp_name(dump.file)) + ".*")):
+        _unlink(p)
+    return _unlink(os.path.join(directory, dump.file))
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """SIGINT, SIGTERM and SIGHUP wait (blocked, not lost) until the end of the block: a
+    step that must not be cut half-way (a row recorded and its child started; a file
+    renamed to its final name and recorded complete) ends before the interrupt lands."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _die_with_parent():
+    # the child starts with the parent's mask, taken while it was started (interrupts_held)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -85,6 +121,7 @@ class Outcome:
     dump: Dump
     ok: bool
     error: str = ""
+    status: int = EXIT_OK               # a failed dump's: EXIT_NOSPACE (the disk filled up) or EXIT_PARTIAL
     size: int = 0
     seconds: float = 0.0
     report: dict | None = None          # the dump's imsbackup run report (counts, archive id, errors)
@@ -108,7 +145,16 @@ def state_file(home: str, dump_id: int) -> str:
 
 
 class Runner:
-    """Dumps units ``jobs`` at a time into ``directory``, recording them in ``catalog``."""
+    """Dumps units ``jobs`` at a time into ``directory``, recording them in ``catalog``.
+
+    Whatever stops a run (a signal, a full disk, a catalog that cannot be written), it
+    ends with no dump of it left ``running`` and no file of a dump that did not complete:
+    the children still running are stopped, then every row of the run still ``running``
+    is marked failed and its files removed (:meth:`abandon`).  A file is renamed to its
+    final name and recorded complete with interrupts held; when the catalog cannot
+    record it, it is removed again: nothing is ever under a final name without a
+    ``complete`` row (a run killed outright leaves ``running`` rows, whose files the
+    next run removes)."""
 
     def __init__(self, home: str, directory: str, catalog: Catalog, run_id: str, jobs: int,
                  blocking_factor: int = 20, lock_fd: int | None = None, deadline: float | None = None,
@@ -122,10 +168,23 @@ class Runner:
         self.progress = progress
         self.timed_out = False
 
-    def _spawn(self, unit: GroupPlan) -> _Job:
+    def _spawn(self, unit: GroupPlan, running: list) -> None:
+        """Record the dump and start its child; both or neither happen before an interrupt
+        (held meanwhile), and the job is in ``running`` when they have."""
         area = self.catalog.area
-        dump = self.catalog.start(self.run_id, unit.partition, unit.group, unit.kind, unit.since, unit.base,
-                                  unit.users, unit.estimate, lambda did, when: file_name(unit, did, when, area))
+        with interrupts_held():
+            dump = self.catalog.start(self.run_id, unit.partition, unit.group, unit.kind, unit.since, unit.base,
+                                      unit.users, unit.estimate, lambda did, when: file_name(unit, did, when, area))
+            try:
+                running.append(self._start_child(unit, dump))
+            except BaseException as exc:
+                # the child could not be started (a full disk for its list file): the dump failed
+                remove_files_of(self.directory, dump)
+                self._fail_row(dump.id, f"cannot start imsbackup: {getattr(exc, 'strerror', None) or exc}")
+                raise
+        self.report(f"{unit.label}: {unit.kind} dump started as {dump.file}")
+
+    def _start_child(self, unit: GroupPlan, dump: Dump) -> _Job:
         tmp = os.path.join(self.directory, temp_name(dump.file))
         os.makedirs(os.path.dirname(state_file(self.home, dump.id)), exist_ok=True)   # (--state-out's directory)
         argv = [sys.executable, "-m", "asm.cli.imsbackup", "-f", tmp, "-b", str(self.bf),
@@ -147,10 +206,13 @@ class Runner:
             argv += unit.paths
         errfile = tempfile.TemporaryFile()
         env = dict(os.environ, IMS_HOME=self.home, IMS_REPORT_PARENT="imsstage")
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errfile,
-                                env=env, preexec_fn=_die_with_parent,
-                                pass_fds=(self.lock_fd,) if self.lock_fd is not None else ())
-        self.report(f"{unit.label}: {unit.kind} dump started as {dump.file}")
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errfile,
+                                    env=env, preexec_fn=_die_with_parent,
+                                    pass_fds=(self.lock_fd,) if self.lock_fd is not None else ())
+        except BaseException:
+            errfile.close()
+            raise
         return _Job(unit, dump, proc, tmp, listfile, errfile, time.monotonic())
 
     def _finish(self, job: _Job, rc: int) -> Outcome:
@@ -162,6 +224,7 @@ class Runner:
             _unlink(job.listfile)
         final = os.path.join(self.directory, job.dump.file)
         error = ""
+        status = EXIT_PARTIAL
         report = None
         rfile = report_file(self.directory, job.dump.file)
         try:
@@ -175,27 +238,59 @@ class Runner:
                 if os.path.exists(final):
                     raise OSError(f"{final} already exists")
                 size, digest = sha256_of(job.tmp)
-                os.rename(job.tmp, final)
-                fsync_dir(self.directory)
-                self.catalog.finish(job.dump.id, size, digest)
+                self._commit(job, final, size, digest)
                 self.report(f"{job.unit.label}: {job.dump.file} complete, {size} bytes in {secs:.1f}s")
                 return Outcome(job.unit, self.catalog.get(job.dump.id), True, size=size, seconds=secs,
                                report=report)
             except OSError as exc:
                 error = f"cannot finish {job.dump.file}: {exc.strerror or exc}"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    status = EXIT_NOSPACE
         elif rc < 0:
             error = f"imsbackup was killed by signal {-rc}"
         else:
             error = f"imsbackup exit {rc}: " + (err_lines[-1] if err_lines else "no message")
             if rc == EXIT_PARTIAL:
                 error += " (" + "; ".join(err_lines[-3:]) + ")" if len(err_lines) > 1 else ""
-        _unlink(job.tmp)
-        for p in glob.glob(os.path.join(glob.escape(self.directory), "." + glob.escape(temp_name(job.dump.file))
-                                        + ".*.partial")):
-            _unlink(p)
+            if rc == EXIT_NOSPACE:          # the staging disk (or the state file's) filled up
+                status = EXIT_NOSPACE
+        remove_files_of(self.directory, job.dump)
         self.catalog.fail(job.dump.id, error)
         self.report(f"{job.unit.label}: dump FAILED: {error}")
-        return Outcome(job.unit, self.catalog.get(job.dump.id), False, error=error, seconds=secs, report=report)
+        return Outcome(job.unit, self.catalog.get(job.dump.id), False, error=error, status=status,
+                       seconds=secs, report=report)
+
+    def _commit(self, job: _Job, final: str, size: int, digest: str) -> None:
+        """The file under its final name and its row complete, both or neither (interrupts
+        held meanwhile): when the row cannot be written, the file goes again."""
+        with interrupts_held():
+            os.rename(job.tmp, final)
+            try:
+                fsync_dir(self.directory)
+                self.catalog.finish(job.dump.id, size, digest)
+            except BaseException:
+                _unlink(final)
+                raise
+
+    def _fail_row(self, did: int, error: str) -> None:
+        """Mark ``did`` failed if the catalog can still be written (a full disk may not let
+        it: the row stays ``running`` for the next run, which fails it; its files are gone)."""
+        try:
+            self.catalog.fail(did, error)
+        except sqlite3.Error:
+            pass
+
+    def abandon(self, error: str) -> list[Dump]:
+        """Every dump of this run still ``running`` failed with ``error``: its files removed
+        (the temporary one, and the final one a rename may have made), its row marked."""
+        try:
+            rows = self.catalog.running_of(self.run_id)
+        except sqlite3.Error:
+            return []
+        for d in rows:
+            remove_files_of(self.directory, d)
+            self._fail_row(d.id, error)
+        return rows
 
     def run(self, units: list[GroupPlan]) -> list[Outcome]:
         queue = list(units)
@@ -208,21 +303,25 @@ class Runner:
                     queue.clear()
                     self._stop(running, signal.SIGTERM)
                 while queue and len(running) < self.jobs:
-                    running.append(self._spawn(queue.pop(0)))
+                    self._spawn(queue.pop(0), running)
                 for job in list(running):
                     rc = job.proc.poll()
                     if rc is not None:
-                        running.remove(job)
+                        # finished (complete or failed) before it leaves ``running``: an
+                        # interrupt meanwhile leaves it to the cleanup below
                         done.append(self._finish(job, rc))
+                        running.remove(job)
                 if self.progress:
                     self.progress(len(done), len(done) + len(running) + len(queue), running)
                 if running:
                     time.sleep(0.05)
-        except BaseException:
-            self._stop(running, signal.SIGTERM)
-            for job in running:
-                rc = job.proc.wait()
-                done.append(self._finish(job, rc))
+        except BaseException as exc:
+            with interrupts_held():         # a second SIGTERM must not cut the cleanup short
+                self._stop(running, signal.SIGTERM)
+                for job in running:
+                    with contextlib.suppress(OSError, ValueError):
+                        job.errfile.close()
+                self.abandon(_stopped_by(exc))
             raise
         return done
 
@@ -237,10 +336,21 @@ class Runner:
                 job.proc.wait(max(0.1, t_end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 job.proc.kill()
+                job.proc.wait()
 
 
-def _unlink(path: str) -> None:
+def _stopped_by(exc: BaseException) -> str:
+    """The error recorded on the dumps a run stopped before they finished."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGTERM, SIGINT or SIGHUP) before the dump finished"
+    if isinstance(exc, sqlite3.Error):
+        return f"the run stopped: the staging catalog could not be written ({exc})"
+    return f"the run stopped before the dump finished: {getattr(exc, 'strerror', None) or exc}"
+
+
+def _unlink(path: str) -> bool:
     try:
         os.unlink(path)
+        return True
     except FileNotFoundError:
-        pass
+        return False

@@ -5,16 +5,17 @@ batch to the engine, record, clean up.  The command line
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
 
-from asm.errors import EXIT_DEADLINE, EXIT_OK, EXIT_PARTIAL
+from asm.errors import EXIT_DEADLINE, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL, worst
 from asm.units import human
-from staging.catalog import Catalog
+from staging.catalog import Catalog, catalog_error
 from staging.cleanup import record_engine, remove_saved
-from staging.dump import Runner, remove_leftovers
+from staging.dump import Runner, remove_files_of, remove_leftovers
 from staging.errors import Missing, NoSpace, StagingError
 from staging.lock import AreaLock
 from staging.plan import describe_batches, estimate, free_space, group_units, make_plan
@@ -105,100 +106,126 @@ def stage(inst, directory: str, names: list[str] | None = None, mode: str = "ful
     lock = AreaLock(directory).acquire(lock_wait, "imsstage dump")
     cat = Catalog(directory)
     try:
-        res = StageResult(remote=remote)
-        stale = cat.fail_stale()
-        res.recovered = len(stale)
-        left = remove_leftovers(directory)
-        if stale or left:
-            say(f"recovered from a killed run: {len(stale)} dumps marked failed, "
-                f"{len(left)} temporary files removed")
-        units = store_units(inst, names, "stage")
-        exclude = inst.config.backup_exclude()
-        for u in units:
-            if mode == "full":
-                u.kind = "full"
-            else:
-                base = cat.last_base(u.partition, u.group, full_only=(mode == "cinc"))
-                if base is None:
-                    u.kind = "full"
-                    say(f"{u.label}: no earlier {'full ' if mode == 'cinc' else ''}dump to continue: a full dump")
-                else:
-                    u.kind, u.base, u.since = "incr", base.id, float(int(base.started))
-            estimate(inst.store, u, exclude, u.since)
-            say(f"{u.label}: {len(u.users)} users, {u.messages} messages, {u.kind}"
-                + (f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(u.since))}" if u.since else "")
-                + f", about {human(u.estimate)}")
-        plan = make_plan(units, directory, can_batch=bool(after_batch) or plan_only)
-        say(f"{len(units)} groups, about {human(plan.total)}; {human(plan.capacity)} free in {directory}")
-        if len(plan.batches) > 1:
-            say(f"the staging area cannot hold every group at once: {len(plan.batches)} batches "
-                f"({describe_batches(plan)}); "
-                + (f"'{after_batch}' saves each batch before the next" if after_batch
-                   else "a dump needs --after-batch COMMAND to save each batch before the next"))
-        if plan_only:
-            res.batches = len(plan.batches)
-            res.message = describe_batches(plan)
-            return res
-        run_id = uuid.uuid4().hex[:12]
-        runner = Runner(inst.config.home, directory, cat, run_id, jobs, lock_fd=lock.fd,
-                        deadline=t_end, report=say, progress=progress)
-        for i, batch in enumerate(plan.batches, 1):
-            if i > 1:
-                need = sum(u.estimate for u in batch)
-                free, reserve = free_space(directory)
-                if need > free - reserve:
-                    raise NoSpace(f"batch {i} needs about {human(need)} but only {human(free - reserve)} is "
-                                  f"free in {directory} after batch {i - 1} was saved: free space and run again")
-            outs = runner.run(batch)
-            res.dumps += outs
-            res.batches = i
-            if runner.timed_out:
-                res.status = EXIT_DEADLINE
-                res.message = (f"the dumps did not finish within {deadline:.0f}s; unfinished dumps were "
-                               f"stopped and removed: stage ahead (e.g. from cron) and only check at backup time")
-                return res
-            failed = [o for o in outs if not o.ok]
-            if failed:
-                res.status = EXIT_PARTIAL
-            ok_ids = [o.dump.id for o in outs if o.ok]
-            if remote and ok_ids:
-                from staging.remote import push_dumps
-                rep = push_dumps(cat, directory, [cat.get(i) for i in ok_ids], remote, inst.config,
-                                 say=say, progress=push_progress, deadline=t_end)
-                res.pushed += rep.pushed
-                res.push_failed += rep.failed
-                if rep.skipped:
-                    say(f"{len(rep.skipped)} dump(s) not pushed: {rep.skipped[0][1]}; 'imsstage push' sends them")
-                if rep.failed and not res.push_message:
-                    res.push_message = rep.message
-            if i < len(plan.batches):
-                files = [os.path.join(directory, o.dump.file) for o in outs if o.ok]
-                say(f"batch {i} of {len(plan.batches)} staged; running: {after_batch}")
-                rc = subprocess.run(["/bin/sh", "-c", after_batch, "sh", *files],
-                                    env=dict(os.environ, IMS_STAGING_DIR=directory, IMS_STAGING_BATCH=str(i))
-                                    ).returncode
-                cat.claim(ok_ids, f"batch:{run_id}:{i}")
-                record_engine(cat, rc, ids=ok_ids)
-                if rc != 0:
-                    res.status = EXIT_PARTIAL
-                    res.message = (f"the after-batch command failed (exit {rc}) on batch {i}: its files stay "
-                                   f"in {directory}; batches {i + 1}-{len(plan.batches)} were not dumped")
-                    return res
-                remove_saved(cat, directory, 0, only_ids=set(ok_ids))
-            elif job:
-                cat.claim(ok_ids, job)
-        if res.status != EXIT_OK:
-            bad = [o for o in res.dumps if not o.ok]
-            res.message = f"{len(bad)} of {len(res.dumps)} dumps failed: " + "; ".join(
-                f"{o.unit.label}: {o.error}" for o in bad)
-        if res.push_failed:
-            # the push's own status (10 connect, 11 host key, 12 auth, 13 far disk full,
-            # 14 link lost, 3 otherwise) says more than "some dumps failed"
-            res.status = res.push_failed[0][2]
-        return res
+        return _stage(inst, directory, cat, lock, names, mode, jobs, after_batch, deadline, t_end, job, say,
+                      progress, plan_only, remote, push_progress)
+    except sqlite3.DatabaseError as exc:
+        # a catalog that cannot be written (a full disk: 13) or is damaged: one line
+        err = catalog_error(cat.path, exc)
+        if err is None:
+            raise
+        raise err from None
     finally:
         cat.close()
         lock.release()
+
+
+def recover(cat: Catalog, directory: str) -> tuple[list, list]:
+    """What a run that was killed (or stopped by a full disk) left: its ``running`` rows
+    marked failed, and no file of a failed dump: temporary files, and a final name a
+    rename made before the catalog could record it.  Returns (rows failed now, files
+    removed)."""
+    stale = cat.fail_stale()
+    left = remove_leftovers(directory)
+    for d in cat.failed_files():
+        if remove_files_of(directory, d):
+            cat.mark_removed(d.id)
+            left.append(os.path.join(directory, d.file))
+    return stale, left
+
+
+def _stage(inst, directory, cat, lock, names, mode, jobs, after_batch, deadline, t_end, job, say, progress,
+           plan_only, remote, push_progress) -> StageResult:
+    res = StageResult(remote=remote)
+    stale, left = recover(cat, directory)
+    res.recovered = len(stale)
+    if stale or left:
+        say(f"recovered from a killed run: {len(stale)} dumps marked failed, "
+            f"{len(left)} leftover files removed")
+    units = store_units(inst, names, "stage")
+    exclude = inst.config.backup_exclude()
+    for u in units:
+        if mode == "full":
+            u.kind = "full"
+        else:
+            base = cat.last_base(u.partition, u.group, full_only=(mode == "cinc"))
+            if base is None:
+                u.kind = "full"
+                say(f"{u.label}: no earlier {'full ' if mode == 'cinc' else ''}dump to continue: a full dump")
+            else:
+                u.kind, u.base, u.since = "incr", base.id, float(int(base.started))
+        estimate(inst.store, u, exclude, u.since)
+        say(f"{u.label}: {len(u.users)} users, {u.messages} messages, {u.kind}"
+            + (f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(u.since))}" if u.since else "")
+            + f", about {human(u.estimate)}")
+    plan = make_plan(units, directory, can_batch=bool(after_batch) or plan_only)
+    say(f"{len(units)} groups, about {human(plan.total)}; {human(plan.capacity)} free in {directory}")
+    if len(plan.batches) > 1:
+        say(f"the staging area cannot hold every group at once: {len(plan.batches)} batches "
+            f"({describe_batches(plan)}); "
+            + (f"'{after_batch}' saves each batch before the next" if after_batch
+               else "a dump needs --after-batch COMMAND to save each batch before the next"))
+    if plan_only:
+        res.batches = len(plan.batches)
+        res.message = describe_batches(plan)
+        return res
+    run_id = uuid.uuid4().hex[:12]
+    runner = Runner(inst.config.home, directory, cat, run_id, jobs, lock_fd=lock.fd,
+                    deadline=t_end, report=say, progress=progress)
+    for i, batch in enumerate(plan.batches, 1):
+        if i > 1:
+            need = sum(u.estimate for u in batch)
+            free, reserve = free_space(directory)
+            if need > free - reserve:
+                raise NoSpace(f"batch {i} needs about {human(need)} but only {human(free - reserve)} is "
+                              f"free in {directory} after batch {i - 1} was saved: free space and run again")
+        outs = runner.run(batch)
+        res.dumps += outs
+        res.batches = i
+        if runner.timed_out:
+            res.status = EXIT_DEADLINE
+            res.message = (f"the dumps did not finish within {deadline:.0f}s; unfinished dumps were "
+                           f"stopped and removed: stage ahead (e.g. from cron) and only check at backup time")
+            return res
+        failed = [o for o in outs if not o.ok]
+        if failed:
+            # a dump stopped by a full staging disk is 13, as every full local disk
+            res.status = worst(res.status, *(o.status or EXIT_PARTIAL for o in failed))
+        ok_ids = [o.dump.id for o in outs if o.ok]
+        if remote and ok_ids:
+            from staging.remote import push_dumps
+            rep = push_dumps(cat, directory, [cat.get(i) for i in ok_ids], remote, inst.config,
+                             say=say, progress=push_progress, deadline=t_end)
+            res.pushed += rep.pushed
+            res.push_failed += rep.failed
+            if rep.skipped:
+                say(f"{len(rep.skipped)} dump(s) not pushed: {rep.skipped[0][1]}; 'imsstage push' sends them")
+            if rep.failed and not res.push_message:
+                res.push_message = rep.message
+        if i < len(plan.batches):
+            files = [os.path.join(directory, o.dump.file) for o in outs if o.ok]
+            say(f"batch {i} of {len(plan.batches)} staged; running: {after_batch}")
+            rc = subprocess.run(["/bin/sh", "-c", after_batch, "sh", *files],
+                                env=dict(os.environ, IMS_STAGING_DIR=directory, IMS_STAGING_BATCH=str(i))
+                                ).returncode
+            cat.claim(ok_ids, f"batch:{run_id}:{i}")
+            record_engine(cat, rc, ids=ok_ids)
+            if rc != 0:
+                res.status = EXIT_PARTIAL
+                res.message = (f"the after-batch command failed (exit {rc}) on batch {i}: its files stay "
+                               f"in {directory}; batches {i + 1}-{len(plan.batches)} were not dumped")
+                return res
+            remove_saved(cat, directory, 0, only_ids=set(ok_ids))
+        elif job:
+            cat.claim(ok_ids, job)
+    if res.status != EXIT_OK:
+        bad = [o for o in res.dumps if not o.ok]
+        res.message = f"{len(bad)} of {len(res.dumps)} dumps failed: " + "; ".join(
+            f"{o.unit.label}: {o.error}" for o in bad)
+    if res.push_failed and res.status != EXIT_NOSPACE:
+        # the push's own status (10 connect, 11 host key, 12 auth, 13 far disk full,
+        # 14 link lost, 3 otherwise) says more than "some dumps failed"
+        res.status = res.push_failed[0][2]
+    return res
 
 
 def push_pending(config, directory: str, spec: str | None = None, lock_wait: float = 0.0,
