@@ -750,7 +750,10 @@ def test_pstcmd_names_a_save_cut_or_killed_as_failed(tmp_path, ims_home, env):
     """A group of two save sets, one ASM each: ann's save is whole, bob's stream is cut
     (NetWorker's end of the pipe went away: imsasm exit 3), then a save of bob is killed
     outright (SIGKILL: imsasm writes nothing more).  The pstcmd must not say "1 ok, 0
-    failed" with exit 0: it names bob's record as failed and exits 1."""
+    failed" with exit 0: it names bob's record as failed and exits 1.  NetWorker's client
+    retry then saves bob whole: the save set is reported by its last attempt, "failed,
+    then saved on retry", and the pstcmd exits 0 (everything was saved); it is not
+    counted as a failure, nor twice."""
     import signal
     import subprocess
     cfg = home(ims_home, "classic")
@@ -782,12 +785,28 @@ def test_pstcmd_names_a_save_cut_or_killed_as_failed(tmp_path, ims_home, env):
     p.stdout.close()
     r = run(ims_home, "imsasmreport", "-p", str(backup))
     out = r.stdout.decode()
-    assert r.returncode == 1 and "3 save records" in out and "1 ok, 2 failed" in out, out
-    assert re.search(r"^error\t" + re.escape(bob) + r"\t.*never finished", out, re.M), out
-    # the next whole save of bob is its own record: ok, the failures are still named
+    # bob's save set by its last attempt: failed (killed), after a first that failed too
+    assert r.returncode == 1 and "2 save records" in out and "1 ok, 1 failed" in out, out
+    assert re.search(r"^error\t" + re.escape(bob) + r"\t.*never finished.*not saved on retry either "
+                     r"\(2 attempts; the first failure: .*incomplete", out, re.M), out
+    # the client retry saves bob whole: saved, said so, exit 0; its bytes counted once
     assert run(ims_home, "imsasm", "-s", bob).returncode == 0
     r = run(ims_home, "imsasmreport", "-p", str(backup))
-    assert r.returncode == 1 and "4 save records" in r.stdout.decode() and "2 ok, 2 failed" in r.stdout.decode()
+    out = r.stdout.decode()
+    assert r.returncode == 0, out
+    assert "2 save records" in out and "2 ok (1 failed, then saved on retry), 0 failed" in out, out
+    assert re.search(r"^ok\t" + re.escape(bob) + r"\t.*\tfailed, then saved on retry \(3 attempts; the first "
+                     r"failure: .*incomplete", out, re.M), out
+    assert "21 messages" in out, out
+    # and a later attempt that fails again makes it a failure once more (the last attempt counts)
+    p = popen(ims_home, "imsasm", "-s", bob, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p.stdout.read(100000)
+    p.stdout.close()
+    assert p.wait(timeout=60) == 3
+    r = run(ims_home, "imsasmreport", "-p", str(backup))
+    out = r.stdout.decode()
+    assert r.returncode == 1 and "2 save records" in out and "1 ok, 1 failed" in out, out
+    assert re.search(r"^error\t" + re.escape(bob) + r"\t.*the last of 4 attempts failed", out, re.M), out
 
 
 def test_recover_of_a_path_inside_a_record_that_matches_nothing(tmp_path, ims_home, env):
