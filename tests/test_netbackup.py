@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
+import time
 
 import pytest
 
@@ -336,8 +338,17 @@ def test_restore_prints_bprestore_then_restores(ims_home, tmp_path, nbu):
         assert notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "s", stype, "0").returncode == 0
     want = user_view(store, "heidi")
     back = tmp_path / "back ü"
-    r = imsnbu(ims_home, "restore", "/primary/user/heidi", "--from", str(back), "--client", "mailhost")
+    # the staging directory given with -D only (none configured): the command it says to
+    # run again must name it, and every other option given, as it was given
+    Config(str(ims_home)).unset("staging.dir")
+    r = imsnbu(ims_home, "restore", "/primary/user/heidi", "-D", str(st), "--from", str(back),
+               "--client", "mailhost", "--at", time.strftime("%Y%m%d:%H%M%S", time.localtime(time.time() + 60)))
     assert r.returncode == 15
+    again = [ln for ln in r.stdout.splitlines() if ln.startswith("then run again: ")]
+    assert len(again) == 1, r.stdout
+    again = shlex.split(again[0][len("then run again: "):])
+    assert again[:2] == ["imsnbu", "restore"] and again[again.index("-D") + 1] == str(st), again
+    assert again[again.index("--from") + 1] == str(back) and "--at" in again, again
     cmd = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("bprestore ")]
     assert len(cmd) == 1 and "-C mailhost" in cmd[0] and "-t 0" in cmd[0]
     gb = sorted(d["file"] for d in rows(st) if d["grp"] == "gB")
@@ -347,7 +358,7 @@ def test_restore_prints_bprestore_then_restores(ims_home, tmp_path, nbu):
     for f in gb:                                    # what bprestore -R would do
         shutil.copy(engine / f, back / f)
     store.delete_user("heidi")
-    imsnbu(ims_home, "restore", "/primary/user/heidi", "--from", str(back), check=0)
+    imsnbu(ims_home, *again[1:], check=0)          # the command it said, as it said it
     assert user_view(open_store(Config(str(ims_home))), "heidi") == want
     for f in gb:
         assert sha256(back / f) == [d["sha256"] for d in rows(st) if d["file"] == f][0]

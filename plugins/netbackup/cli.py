@@ -115,10 +115,25 @@ def _restore(args, cfg) -> int:
         cmd += [os.path.join(directory, lk.dump.file) for lk in missing]
         print("\nHave NetBackup put the missing files back:")
         print("  " + " ".join(shlex.quote(c) for c in cmd))
-        print(f"then run again: {PROG} restore {shlex.quote(args.path)}"
-              + (f" --from {shlex.quote(place)}" if args.frm else ""))
+        print("then run again: " + " ".join(shlex.quote(a) for a in rerun_argv(args, place)))
         return EXIT_MISSING  # the engine must put the files back
     return restore_chain(links, target, cfg.home, verbose=args.verbose, say=lambda s: print(s, file=sys.stderr))
+
+
+def rerun_argv(args, place: str) -> list[str]:
+    """The same ``imsnbu restore`` with every option given (the staging directory, where
+    the files go back, the date), to run once NetBackup has put the files back."""
+    argv = [PROG, "restore", args.path]
+    if args.staging:
+        argv += ["-D", os.path.abspath(args.staging)]
+    if args.frm:
+        argv += ["--from", place]
+    for opt, value in (("--client", args.client), ("--policy", args.policy), ("--at", args.at)):
+        if value is not None:
+            argv += [opt, value]
+    if args.verbose:
+        argv.append("-v")
+    return argv
 
 
 if __name__ == "__main__":
