@@ -131,7 +131,7 @@ class _FileDevice(Device):
         # cut) of this host left for this name is removed by the next one
         prefix = f".{os.path.basename(target)}.{socket.gethostname()}."
         _sweep_partials(d, prefix)
-        with _interrupts_deferred():        # the file exists only together with its remover
+        with interrupts_deferred():        # the file exists only together with its remover
             try:
                 fd, self.tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=".partial", dir=d)
             except OSError as exc:
@@ -179,7 +179,7 @@ def _remove(path: str) -> None:
 
 
 @contextlib.contextmanager
-def _interrupts_deferred():
+def interrupts_deferred():
     """SIGINT, SIGTERM and SIGHUP wait until the end of the block (blocked, not lost)."""
     import signal
     try:

@@ -247,8 +247,9 @@ def _backup_held(args, rep, held: list) -> int:
                          report=report, progress=show if progress.enabled else None, groups=inst.groups)
         ok = True
     except KeyboardInterrupt:
+        # said once the device is closed: its line names a temporary file that could not go
         progress.clear()
-        status = die(PROG, f"interrupted: {args.device} is not a complete archive{removed}", EXIT_INTERRUPTED)
+        status = EXIT_INTERRUPTED
     except (OSError, DeviceError) as exc:
         progress.clear()
         status = die(PROG, f"cannot write {args.device}: {_incomplete(exc, removed)}", device_status(exc))
@@ -266,11 +267,16 @@ def _backup_held(args, rep, held: list) -> int:
     # archive's rename and the new state file leaves no state file, never one naming an
     # archive that is gone (the next --base incremental would follow the wrong one)
     aside = _state_aside(state_out) if ok and state_out else None
+    left = ""
     try:
         device.close(ok=ok)
     except (OSError, DeviceError) as exc:
         if status is None:
             status = die(PROG, f"cannot finish {args.device}: {_incomplete(exc, removed)}", device_status(exc))
+        left = f"; {exc}"
+    if status == EXIT_INTERRUPTED:
+        die(PROG, f"interrupted: {args.device} is not a complete archive{'' if left else removed}{left}",
+            EXIT_INTERRUPTED)
     if status is not None:
         if aside is not None:
             with contextlib.suppress(OSError):
