@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from asm.devices import interrupts_deferred
 from asm.digests import file_sha256
 from asm.errors import EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL
 from staging.catalog import Catalog, Dump
@@ -87,24 +88,8 @@ def remove_files_of(directory: str, dump: Dump) -> bool:
     return _unlink(os.path.join(directory, dump.file))
 
 
-@contextlib.contextmanager
-def interrupts_held():
-    """SIGINT, SIGTERM and SIGHUP wait (blocked, not lost) until the end of the block: a
-    step that must not be cut half-way (a row recorded and its child started; a file
-    renamed to its final name and recorded complete) ends before the interrupt lands."""
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _die_with_parent():
-    # the child starts with the parent's mask, taken while it was started (interrupts_held)
+    # the child starts with the parent's mask, taken while it was started (interrupts_deferred)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -172,7 +157,7 @@ class Runner:
         """Record the dump and start its child; both or neither happen before an interrupt
         (held meanwhile), and the job is in ``running`` when they have."""
         area = self.catalog.area
-        with interrupts_held():
+        with interrupts_deferred():
             dump = self.catalog.start(self.run_id, unit.partition, unit.group, unit.kind, unit.since, unit.base,
                                       unit.users, unit.estimate, lambda did, when: file_name(unit, did, when, area))
             try:
@@ -263,7 +248,7 @@ class Runner:
     def _commit(self, job: _Job, final: str, size: int, digest: str) -> None:
         """The file under its final name and its row complete, both or neither (interrupts
         held meanwhile): when the row cannot be written, the file goes again."""
-        with interrupts_held():
+        with interrupts_deferred():
             os.rename(job.tmp, final)
             try:
                 fsync_dir(self.directory)
@@ -316,7 +301,7 @@ class Runner:
                 if running:
                     time.sleep(0.05)
         except BaseException as exc:
-            with interrupts_held():         # a second SIGTERM must not cut the cleanup short
+            with interrupts_deferred():         # a second SIGTERM must not cut the cleanup short
                 self._stop(running, signal.SIGTERM)
                 for job in running:
                     with contextlib.suppress(OSError, ValueError):
