@@ -520,3 +520,25 @@ def test_sigterm_mid_sftp_backup_leaves_no_partial_file(sshd, bulky, tmp_path):
         assert proc.returncode == 130, err
         assert "interrupted" in one_line(err), err
         assert os.listdir(d) == [], (delay, os.listdir(d), err)
+
+
+ 
+@pytest.mark.parametrize("layer,n", [("sftp", 10), ("sftp", 30), ("ssh", 12), ("ssh", 40)])
+def test_push_cut_by_a_signal_leaves_no_partial_file(sshd, tmp_path, monkeypatch, layer, n):
+    """The staging push (imsstage SIGTERM'd while it pushes a dump) writes as the SFTP
+    device does: a signal mid-request leaves nothing on the far side either."""
+    import paramiko.packet
+    import paramiko.sftp
+    d = sshd.remote_dir(f"push-cut-{layer}-{n}")
+    local = tmp_path / "g.ims"
+    local.write_bytes(os.urandom(3_000_000))
+    settings = Settings(identity=sshd.client_key, knownhosts=sshd.known_hosts, timeout=5)
+    if layer == "sftp":
+        _cut_after(monkeypatch, paramiko.sftp.BaseSFTP, "_write_all", n)
+    else:
+        _cut_after(monkeypatch, paramiko.packet.Packetizer, "write_all", n)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        push(str(local), sshd.spec(d + "/"), settings)
+    assert time.monotonic() - t0 < 4, "the removal waited for an answer that never comes"
+    assert os.listdir(d) == []

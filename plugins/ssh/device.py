@@ -95,10 +95,7 @@ class _SFTPSink:
         sftpio.finish_writes(self.f)
 
     def abort(self) -> None:
-        # no close request: its answer would come after those of the pipelined writes
-        # still unanswered, on a channel a signal may have cut mid-request (the caller
-        # closes the channel instead)
-        self.f._closed = True
+        sftpio.abandon(self.f)
 
 
 class _CatSink:
@@ -161,7 +158,6 @@ class RemoteFileWriter(Device):
             raise RemotePathError(f"{conn.label}: directory {d} does not exist: create it there first")
         self.tmp = sftpio.temp_name(path)
         self.f = None
-        self._new = None
         try:
             f = sftp.open(self.tmp, "wx", bufsize=0)
         except Exception as exc:
@@ -185,8 +181,6 @@ class RemoteFileWriter(Device):
             self.f = self.f or _SFTPSink(f)
             self._discard()
             conn.close()
-            if self._new is not None:
-                self._new.close()
             raise
         self.written = 0
         super().__init__(spec, _SFTPWriter(self, record_size), seekable=False, kind="remote-file")
@@ -214,49 +208,15 @@ class RemoteFileWriter(Device):
                                       f"({left}): it is not a complete archive; remove it there")
         finally:
             conn.close()
-            if self._new is not None:       # the session the removal made
-                self._new.close()
 
     def _discard(self) -> str | None:
-        """Remove the temporary file; None once it is gone, else why it may remain.
-
-        The session it was written on is left alone: a signal (an engine's SIGTERM) may
-        have cut an SFTP request half-sent, after which that channel answers nothing
-        sensible, or an SSH packet half-written, after which the whole session waits for
-        bytes that never come; and pipelined writes may still be unanswered.  The
-        removal goes over a new session, or, when none can be made, a new SFTP channel
-        of this one, each bounded by ssh.timeout.  Signals wait meanwhile (a second
-        SIGTERM must not leave the file after all)."""
+        """Remove the temporary file (:func:`sftpio.discard`: never over the channel it
+        was written on, which a signal may have cut); None once it is gone, else why it
+        may remain.  Signals wait meanwhile (a second SIGTERM must not leave the file
+        after all)."""
         with interrupts_deferred():
             self.f.abort()
-            why = "the connection is gone"
-            for fresh in (self._fresh_session, self._fresh_channel):
-                try:
-                    sftp = fresh()
-                    if sftp is None:
-                        continue
-                    try:
-                        sftp.remove(self.tmp)
-                    except FileNotFoundError:
-                        pass
-                    return None
-                except Exception as exc:       # noqa: BLE001 - the next way, then say why
-                    why = str(sftpio.translate(self.conn, exc, "removing", self.tmp))
-            return why
-
-    def _fresh_session(self):
-        """An SFTP client on a new session to the same host (this one stays open)."""
-        from plugins.ssh.connection import connect
-        self._new = connect(self.conn.spec, self.conn.settings)
-        return self._new.sftp
-
-    def _fresh_channel(self):
-        """An SFTP client on a new channel of this session (None when it is gone)."""
-        conn = self.conn
-        old, conn._sftp = conn._sftp, None
-        if old is not None:
-            sftpio.quiet_close(old)
-        return conn.sftp if conn.alive() else None
+            return sftpio.discard(self.conn, self.tmp)
 
 
 class _SFTPReader:

@@ -88,6 +88,53 @@ def finish_writes(f) -> None:
     f.close()
 
 
+def discard(conn, path: str) -> str | None:
+    """Remove the temporary file ``path`` a failed (or interrupted) write left; None once
+    it is gone, else why it may remain.
+
+    Never over the channel it was written on: a signal (an engine's SIGTERM) may have
+    cut an SFTP request half-sent (that channel then answers nothing sensible) or an SSH
+    packet half-written (the whole session then waits for bytes that never come), and
+    pipelined writes may still be unanswered.  A new session to the same host, or, when
+    none can be made, a new SFTP channel of ``conn``, each waiting at most ssh.timeout.
+    The caller holds signals meanwhile (asm.devices.interrupts_deferred)."""
+    from plugins.ssh.connection import connect
+    why = "the connection is gone"
+    try:
+        new = connect(conn.spec, conn.settings)
+        try:
+            _remove(new.sftp, path)
+            return None
+        finally:
+            new.close()
+    except Exception as exc:        # noqa: BLE001 - the next way, then say why
+        why = str(translate(conn, exc, "removing", path))
+    try:
+        old, conn._sftp = conn._sftp, None
+        if old is not None:
+            quiet_close(old)
+        if conn.alive():
+            _remove(conn.sftp, path)
+            return None
+    except Exception as exc:        # noqa: BLE001
+        why = str(translate(conn, exc, "removing", path))
+    return why
+
+
+def _remove(sftp, path: str) -> None:
+    try:
+        sftp.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def abandon(f) -> None:
+    """Let go of an SFTP file being written without a close request: its answer would
+    come after those of the pipelined writes still unanswered, on a channel a signal may
+    have cut mid-request (closing the channel, or the session, ends it instead)."""
+    f._closed = True
+
+
 def quiet_close(obj) -> None:
     """Close a channel or file whose link may be gone: the error that matters was
     already raised (or will be, by the caller)."""

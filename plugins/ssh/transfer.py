@@ -21,6 +21,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
+from asm.devices import interrupts_deferred
 from plugins.ssh import sftpio
 from plugins.ssh.connection import Connection, Settings, connect
 from plugins.ssh.errors import RemoteError, RemotePathError, VerifyFailed
@@ -109,12 +110,13 @@ def _push(conn: Connection, rs: RemoteSpec, src, local_path: str) -> PushResult:
     tmp = sftpio.temp_name(target)
     h = hashlib.sha256()
     n = 0
-    done = False
     try:
-        try:
-            f = sftp.open(tmp, "wx", bufsize=0)
-        except FileNotFoundError:
-            raise RemotePathError(f"{conn.label}: directory {d} does not exist: create it there first") from None
+        f = sftp.open(tmp, "wx", bufsize=0)
+    except FileNotFoundError:
+        raise RemotePathError(f"{conn.label}: directory {d} does not exist: create it there first") from None
+    except Exception as exc:
+        raise sftpio.translate(conn, exc, "writing", target) from None
+    try:
         try:
             f.chmod(0o600)
             f.set_pipelined(True)
@@ -126,8 +128,9 @@ def _push(conn: Connection, rs: RemoteSpec, src, local_path: str) -> PushResult:
                 f.write(chunk)
                 n += len(chunk)
             sftpio.finish_writes(f)
-        finally:
-            sftpio.quiet_close(f)
+        except BaseException:
+            sftpio.abandon(f)           # (no close request on a channel a signal may have cut)
+            raise
         size = sftp.stat(tmp).st_size
         if size != n:
             raise OSError(errno.EIO, f"{tmp} holds {size} bytes, {n} were sent")
@@ -138,16 +141,14 @@ def _push(conn: Connection, rs: RemoteSpec, src, local_path: str) -> PushResult:
                                f"({far} != {digest}): the copy was removed; try again")
         sftpio.fsync(sftp, tmp)
         sftpio.replace(sftp, tmp, target)
-        done = True
         return PushResult(target, n, digest, "sha256" if far else "size")
-    except Exception as exc:
-        raise sftpio.translate(conn, exc, "writing", target, leftover=None if conn.alive() else tmp) from None
-    finally:
-        if not done and conn.alive():
-            try:
-                sftp.remove(tmp)
-            except Exception:
-                pass
+    except BaseException as exc:
+        # the copy goes, also after a signal (SIGTERM to imsstage while it pushes)
+        with interrupts_deferred():
+            left = sftpio.discard(conn, tmp)
+        if not isinstance(exc, Exception):
+            raise
+        raise sftpio.translate(conn, exc, "writing", target, leftover=tmp if left else None) from None
 
 
 def fetch(remote_spec: str, local_path: str, config=None, sha256: str | None = None) -> FetchResult:
