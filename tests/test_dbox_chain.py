@@ -164,8 +164,9 @@ def test_an_older_archive_into_a_live_dbox_account_brings_back_what_went(lab, tm
 
 @pytest.mark.parametrize("meanwhile", ["lmtp", "flags", "expunge"])
 def test_a_dbox_account_dovecot_changed_during_the_restore_is_not_overwritten(lab, tmp_path, meanwhile):
-    """Dovecot changes the account after the restore copied it: nothing is given back,
-    the failure names the login, and what Dovecot did stays."""
+    """Dovecot changes the folder the restore wrote after the restore copied the
+    account: nothing is given back, the failure names the login and the folder, and
+    what Dovecot did stays."""
     import io
 
     from asm.config import Config
@@ -175,8 +176,8 @@ def test_a_dbox_account_dovecot_changed_during_the_restore_is_not_overwritten(la
     configure(lab, home)
     fill(lab)
     store = open_store(Config(home=str(home)))
-    assert store.exists("alice", "Work")                  # the copy is made here
-    store.append("alice", "Work", io.BytesIO(message("restored")), flags=("\\Seen",))
+    assert store.exists("alice", "INBOX")                 # the copy is made here
+    store.append("alice", "INBOX", io.BytesIO(message("restored")), flags=("\\Seen",))
     if meanwhile == "lmtp":
         lab.deliver(["alice"], message("delivered meanwhile"))
     with lab.imap("alice") as c:
@@ -187,10 +188,9 @@ def test_a_dbox_account_dovecot_changed_during_the_restore_is_not_overwritten(la
             c.uid_expunge(c.uids()[:1])
         c.unselect()
     before = view(lab, "alice")
-    with pytest.raises(StoreError, match="alice: Dovecot changed the dbox account"):
+    with pytest.raises(StoreError, match="alice: Dovecot changed the dbox account .*in 'INBOX'"):
         store.sync()
     assert view(lab, "alice") == before
-    assert len(before[0]["Work"][3]) == 1
 
 
 def paused_after_copy(tmp_path, home, *argv):
@@ -223,16 +223,19 @@ exit $rc
     return p, lambda: (bin_ / "go").touch()
 
 
-def _client_acts_while_the_restore_copies(lab, tmp_path, act):
+def _client_acts_while_the_restore_copies(lab, tmp_path, act, refused=True):
     """alice's INBOX restored (one message expunged since the backup) with the restore
-    paused after doveadm copied the account, ``act(imap)`` done by a client meanwhile:
-    the restore must refuse the give-back (17) and leave what the client sees.  Returns
-    that view."""
+    paused after doveadm copied the account, ``act(imap)`` done by a client meanwhile.
+    ``refused``: the client changed INBOX, so the restore must refuse the give-back (17)
+    and leave what the client sees; otherwise (other folders only) it gives INBOX back,
+    exit 0, and leaves the client's other folders as the client left them.  Returns the
+    view after the restore."""
     home = tmp_path / "ims"
     configure(lab, home)
     fill(lab)
     a = tmp_path / "a.ims"
     run(home, "imsbackup", "-f", a, "/primary/alice", check=0)
+    archived = view(lab, "alice")[0]["INBOX"]
     with lab.imap("alice") as c:
         c.select("INBOX")
         c.uid_expunge([1])
@@ -243,39 +246,64 @@ def _client_acts_while_the_restore_copies(lab, tmp_path, act):
     client = view(lab, "alice")
     go()
     out, err = p.communicate(timeout=300)
-    assert p.returncode == EXIT_STORE, err
-    assert "alice: Dovecot changed the dbox account" in err, err
-    assert view(lab, "alice") == client
-    return client
+    after = view(lab, "alice")
+    if refused:
+        assert p.returncode == EXIT_STORE, err
+        assert "alice: Dovecot changed the dbox account" in err and "in 'INBOX'" in err, err
+        assert after == client
+    else:
+        assert p.returncode == 0, err
+        assert after[0]["INBOX"] == archived
+        assert {k: v for k, v in after[0].items() if k != "INBOX"} == \
+            {k: v for k, v in client[0].items() if k != "INBOX"}
+        assert after[1] == client[1]
+    return after
 
 
 @pytest.mark.parametrize("lab", ["mdbox"], indirect=True)
 def test_what_a_client_does_while_the_restore_copies_the_dbox_account_stays(lab, tmp_path):
-    """An IMAP APPEND, a flag set and a folder CREATEd after doveadm copied the account
-    (before, the listing compared at give-back was taken after the copy: it held the
-    client's changes, the copy did not, and the give-back undid them with exit 0)."""
+    """An IMAP APPEND to the restored INBOX, a flag set and a folder CREATEd after doveadm
+    copied the account (before, the listing compared at give-back was taken after the
+    copy: it held the client's changes, the copy did not, and the give-back undid them
+    with exit 0): refused, all kept."""
+    def act(c):
+        c.append("INBOX", message("appended during the restore"))
+        c.select("Old")
+        c.uid_store([1], "+FLAGS", [r"\Flagged"])
+        c.unselect()
+        c.create("Created")
+    client = _client_acts_while_the_restore_copies(lab, tmp_path, act)
+    assert r"\Flagged" in client[0]["Old"][3][0][1]
+    assert "Created" in client[0]
+
+
+@pytest.mark.parametrize("lab", ["mdbox"], indirect=True)
+def test_what_a_client_does_to_other_folders_while_the_restore_copies_stays_and_inbox_is_restored(lab, tmp_path):
+    """The same in other folders than the one restored: INBOX is given back (exit 0) and
+    the APPEND, the flag and the new folder stay (before, the whole login was compared
+    and given back: refused, exit 17)."""
     def act(c):
         c.append("Old", message("appended during the restore"))
         c.select("Old")
         c.uid_store([1], "+FLAGS", [r"\Flagged"])
         c.unselect()
         c.create("Created")
-    client = _client_acts_while_the_restore_copies(lab, tmp_path, act)
-    assert len(client[0]["Old"][3]) == 2 and r"\Flagged" in client[0]["Old"][3][0][1]
-    assert "Created" in client[0]
+    after = _client_acts_while_the_restore_copies(lab, tmp_path, act, refused=False)
+    assert len(after[0]["Old"][3]) == 2 and r"\Flagged" in after[0]["Old"][3][0][1]
+    assert "Created" in after[0]
 
 
 @pytest.mark.parametrize("lab", ["mdbox"], indirect=True)
 def test_a_subscription_changed_while_the_restore_copies_the_dbox_account_stays(lab, tmp_path):
     """A client that only SUBSCRIBEs and UNSUBSCRIBEs while the restore works on its copy
     of the account: the listing compared at give-back held no subscriptions, so the
-    give-back undid both with exit 0.  Now it is the same refusal as for a new message
-    (17, "run the restore again"), the client's subscriptions kept."""
+    give-back undid both with exit 0.  Now only the restored folders are given back: the
+    client's subscriptions of other folders are kept, INBOX restored, exit 0."""
     def act(c):
         c.subscribe("Tags")
         c.unsubscribe("Old")
-    client = _client_acts_while_the_restore_copies(lab, tmp_path, act)
-    assert "Tags" in client[1] and "Old" not in client[1]
+    after = _client_acts_while_the_restore_copies(lab, tmp_path, act, refused=False)
+    assert "Tags" in after[1] and "Old" not in after[1]
 
 
 @pytest.mark.parametrize("lab", ["mdbox"], indirect=True)

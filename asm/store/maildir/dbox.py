@@ -79,7 +79,9 @@ class DboxStore(MaildirStore):
         self._exported: set[str] = set()          # logins copied from dbox
         self._created: set[str] = set()           # logins this process builds
         self._pending: set[str] = set()           # copies changed since Dovecot had them
-        self._seen: dict[str, str | None] = {}    # Dovecot's listing before the copy was made
+        self._touched: dict[str, set | None] = {}  # login -> the folders its copy changed in
+                                                  # (None: the whole login, _give_back)
+        self._seen: dict[str, dict | None] = {}   # Dovecot's listing before the copy was made
         self._renamed: dict[str, list] = {}       # login -> its dbox folders the copy cannot hold
         self._names: dict[str, list] = {}         # login -> its folders, as its last copy had them
         self._uncopied: dict[str, tuple] = {}     # login -> (why, what to do): doveadm backup failed
@@ -182,6 +184,7 @@ class DboxStore(MaildirStore):
             shutil.rmtree(os.path.join(self._work, other), ignore_errors=True)
             self._exported.discard(other)
             self._seen.pop(other, None)
+            self._touched.pop(other, None)
         for attempt in range(1, DESYNC_TRIES + 1):
             shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
             names, seen = self._account_now(user)
@@ -511,17 +514,19 @@ class DboxStore(MaildirStore):
                 f"folder {_without(names[0])} (doveadm mailbox rename -u {user} ...) and restore again")
 
     def _listing(self, user: str, maildir: bool = False, modseq: bool = False,
-                 by_folder: bool = False) -> str | None:
-        """What Dovecot serves of the login's dbox account (``maildir``: of its copy):
-        every folder with UIDVALIDITY, UIDNEXT and message count (and HIGHESTMODSEQ with
-        ``modseq``), every message's folder, UID, GUID and flags (without \\Recent).
+                 by_folder: bool = False) -> dict[str, str] | None:
+        """What Dovecot serves of the login's dbox account (``maildir``: of its copy), by
+        folder: {folder: its UIDVALIDITY, UIDNEXT and message count (and HIGHESTMODSEQ with
+        ``modseq``), every message's UID, GUID and flags (without \\Recent)}.
         With ``modseq`` (the listing that tells whether a client changed the account)
-        the subscriptions too: an IMAP SUBSCRIBE changes neither of the others.
+        the subscriptions too: an IMAP SUBSCRIBE changes neither of the others (a name
+        subscribed without a folder is a key of its own).
         None when the login has no dbox account.  ``by_folder``: each folder on its own,
         one that went (or changed) while doveadm read it left out, as one deleted before
         the listing (DoveadmRace only when the list of folders itself raced): a listing
         that lacks a folder the account has only makes a restore's give-back see a
-        changed account, never the reverse."""
+        changed account, never the reverse.  Kept by folder so that a give-back of some
+        folders (_give_back) looks at those folders only."""
         if not maildir and not os.path.isdir(self._dbox_root(user)):
             return None
         opts = self._copy_options(user) if maildir else []
@@ -530,18 +535,22 @@ class DboxStore(MaildirStore):
             status_parts, mail_parts = [], []
             for name in self._dv.run(user, "mailbox list", options=opts).splitlines():
                 try:
-                    st = self._dv.run(user, "mailbox status", fields, name, options=opts)
+                    st = self._dv.run(user, "mailbox status", fields, name, options=opts, formatter="json")
                     ms = self._dv.run(user, "fetch", "mailbox uid guid flags", "mailbox", name, "all",
                                       options=opts)
                 except StoreError:
                     continue      # gone, going, or a parent only (\Noselect)
-                status_parts.append(st)
+                status_parts += _json_rows(user, st)
                 mail_parts.append(ms)
-            status, mails = "".join(status_parts), "\f".join(mail_parts)
+            status, mails = status_parts, "\f".join(mail_parts)
         else:
-            status = self._dv.run(user, "mailbox status", fields, "*", options=opts)
+            status = _json_rows(user, self._dv.run(user, "mailbox status", fields, "*", options=opts,
+                                                   formatter="json"))
             mails = self._dv.run(user, "fetch", "mailbox uid guid flags", "all", options=opts)
-        lines = sorted(status.splitlines())
+        out: dict[str, list[str]] = {}
+        for row in status:
+            box = row.pop("mailbox", "")
+            out.setdefault(box, []).insert(0, " ".join(f"{k}={row[k]}" for k in sorted(row)))
         msgs = []
         for block in mails.split("\f"):
             fields_ = dict(re.findall(r"^(mailbox|uid|guid|flags): ?(.*)$", block, re.M))
@@ -549,10 +558,12 @@ class DboxStore(MaildirStore):
                 flags = " ".join(sorted(f for f in fields_.get("flags", "").split() if f != "\\Recent"))
                 msgs.append((fields_.get("mailbox", ""), int(fields_.get("uid", 0)),
                              fields_.get("guid", ""), flags))
-        subs = []
+        for box, uid, guid, flags in sorted(msgs):
+            out.setdefault(box, []).append(repr((uid, guid, flags)))
         if modseq:
-            subs = ["subscribed " + n for n in sorted(self._dv.run(user, "mailbox list -s", options=opts).splitlines())]
-        return "\n".join(lines + [repr(m) for m in sorted(msgs)] + subs)
+            for name in self._dv.run(user, "mailbox list -s", options=opts).splitlines():
+                out.setdefault(name, []).append("subscribed")
+        return {box: "\n".join(lines) for box, lines in out.items()}
 
     def _location_of(self, user: str) -> str:
         """The login's dbox location, every variable and ~ expanded (doveadm's target)."""
@@ -569,30 +580,102 @@ class DboxStore(MaildirStore):
 
     def _give_back(self, user: str) -> None:
         """The changed copy becomes the login's dbox account, if Dovecot did not change
-        the account since the copy was made; checked afterwards."""
+        the account since the copy was made; checked afterwards.
+
+        Only the folders the restore changed are given back, each with ``doveadm backup
+        -m FOLDER`` (dsync syncs that folder alone and leaves the account's others as
+        they are), and only those folders must be as the copy was made from: what a
+        client or a delivery does meanwhile to another folder is not Dovecot's to undo.
+        (The whole login was once given back: a client APPENDing to Drafts while doveadm
+        did so lost what Dovecot had answered OK [APPENDUID], and the error said nothing
+        of it.)  A login this run made (no copy made from Dovecot) or removed is given
+        back whole."""
         if user not in self._pending:
             return
         # given back or not (refused, half given back: a full disk), not again in this
         # run: the account is no longer what the copy was made from, and the journal has
         # not recorded the login's folders, so the same command run again redoes it
         self._pending.discard(user)
+        touched = self._touched.pop(user, None)
         before = self._seen.get(user)
+        scope = None if touched is None or before is None else sorted(touched)
         now = self._listing(user, modseq=True)
-        if now != before:
+        changed = _differs(before, now, scope)
+        if changed:
             raise StoreError(
                 f"{user}: Dovecot changed the dbox account while the restore worked on a "
-                f"copy of it (a delivery or an IMAP client); the restored mail was not given "
+                f"copy of it (a delivery or an IMAP client, in {', '.join(map(repr, changed[:3]))}"
+                f"{' ...' if len(changed) > 3 else ''}); the restored mail was not given "
                 f"to Dovecot: run the restore again (dovecot.holdfile holds deliveries "
                 f"meanwhile, docs/dovecot.md)")
-        self._dv.run(user, "backup", self._location_of(user),
-                     options=[f"mail_location=maildir:{self._maildir(user)}"])
+        copy = [f"mail_location=maildir:{self._maildir(user)}"]
+        dropped: dict[str, set[int]] = {}
+        if scope is None:
+            self._dv.run(user, "backup", self._location_of(user), options=copy)
+        else:
+            dropped = self._give_folders_back(user, scope, copy)
         got, want = self._listing(user), self._listing(user, maildir=True)
-        if got != want:
+        if _differs(want, got, scope) or dropped:
+            lost = _lost(now or {}, got or {}, want or {}, scope, dropped)
+            if lost:
+                raise StoreError(
+                    f"{user}: mail Dovecot stored while the restore gave the dbox account its "
+                    f"restored folders was removed by doveadm backup: "
+                    + "; ".join(f"{n} message{'s' if n not in ('1', 'at least 1') else ''} in {box!r} (UIDs {uids})"
+                                for box, n, uids in lost)
+                    + f"; the restored mail is there; those messages are gone from the account "
+                    f"(their senders or the clients that saved them may have them): restore a dbox "
+                    f"folder while no client writes to it (doveadm kick {shlex.quote(user)}; "
+                    f"dovecot.holdfile holds deliveries), docs/dovecot.md")
             raise StoreError(
                 f"{user}: doveadm backup did not give the dbox account the folders, UIDs, "
                 f"GUIDs or flags of the restored copy (docs/dovecot.md); compare "
                 f"'doveadm fetch -u {user} \"mailbox uid guid flags\" all' with the archive")
         self._seen[user] = self._listing(user, modseq=True)
+
+    def _give_folders_back(self, user: str, scope: list[str], copy: list[str]) -> dict[str, set[int]]:
+        """``doveadm backup -m FOLDER`` of each folder of ``scope`` the copy has; each it
+        no longer has (the restore removed it) removed from the account, children first;
+        the copy's subscriptions of those folders made the account's.  Returns {folder:
+        UIDs}: the folders dsync deleted in the account (and made again from the copy)
+        because they held a message under a UID the copy gives another."""
+        have = self._listing(user, maildir=True, modseq=True) or {}
+        target = self._location_of(user)
+        folders = [n for n in scope if "uidnext=" in have.get(n, "")]
+        dropped: dict[str, set[int]] = {}
+        for name in folders:
+            for attempt in range(1, DESYNC_TRIES + 1):
+                try:
+                    self._dv.run(user, "backup", "-m", name, target, options=copy)
+                    break
+                except StoreFull:
+                    raise
+                except StoreError as exc:
+                    # a message stored in the folder after the check, under a UID dsync
+                    # gives the copy's message too: dsync deletes the account's folder
+                    # ("Deleting mailbox 'Trash': UID=31 already exists locally for a
+                    # different mail") and stops; run again, it makes it from the copy
+                    conflict = _CONFLICT.findall(str(exc))
+                    if not conflict or attempt == DESYNC_TRIES:
+                        raise
+                    dropped.setdefault(name, set()).update(int(u) for _box, u in conflict)
+            if name in dropped:
+                # made again from the copy, with the copy's UIDNEXT: the UIDs Dovecot gave
+                # the messages dsync removed are not given to other mail
+                self._dv.run(user, "mailbox update", "--min-next-uid", str(max(dropped[name]) + 1), name)
+        for name in sorted((n for n in scope if n not in folders), reverse=True):
+            try:
+                self._dv.run(user, "mailbox delete", name)
+            except DoveadmRace:
+                pass                              # not there (any more): what the copy says
+        subs = set(self._dv.run(user, "mailbox list -s").splitlines())
+        want = {n for n in scope if have.get(n, "").endswith("subscribed")}
+        if want - subs:
+            self._dv.run(user, "mailbox subscribe", *sorted(want - subs))
+        gone = (subs & set(scope)) - want
+        if gone:
+            self._dv.run(user, "mailbox unsubscribe", *sorted(gone))
+        return dropped
 
     def _doveadm(self):
         """What the Maildir code asks doveadm (keywords beyond 26) concerns the copy."""
@@ -763,6 +846,53 @@ DESYNC_TRIES = 3
 #: listings of a login taken before its copy (_account_now) while a client changes it
 LISTING_TRIES = 10
 
+def _differs(before: dict | None, now: dict | None, scope: list[str] | None) -> list[str]:
+    """The folders (of ``scope``; None: every folder) whose listing (DboxStore._listing)
+    differs; ["*"] when the account came or went."""
+    if before is None or now is None:
+        return [] if before is now else ["*"]
+    names = sorted(set(before) | set(now)) if scope is None else scope
+    return [n for n in names if before.get(n) != now.get(n)]
+
+
+def _lost(now: dict, got: dict, want: dict, scope: list[str] | None,
+          dropped: dict[str, set[int]]) -> list[tuple[str, str, str]]:
+    """[(folder, count, UIDs)]: messages Dovecot stored in a folder while it was given
+    back, that the give-back removed: UIDs Dovecot gave out after the last check (from
+    the UIDNEXT the account and the copy had then, to the account's UIDNEXT now) that the
+    account no longer holds; in a folder dsync deleted and made again (``dropped``: the
+    UIDs its warning named), at least those, and any after them."""
+    def uidnext(text: str | None) -> int:
+        m = re.search(r"\buidnext=(\d+)", text or "")
+        return int(m.group(1)) if m else 0
+
+    def uids(text: str | None) -> set[int]:
+        return {int(m) for m in re.findall(r"^\((\d+), ", text or "", re.M)}
+    out = []
+    for box in (sorted(set(got) | set(now)) if scope is None else scope):
+        start = max(uidnext(now.get(box)), uidnext(want.get(box)))
+        gone = sorted(set(range(start, uidnext(got.get(box)))) - uids(got.get(box)))
+        if box in dropped:
+            gone = sorted(set(gone) | dropped[box])
+            out.append((box, f"at least {len(gone)}", f"{gone[0]} and any after it"))
+        elif gone:
+            out.append((box, str(len(gone)), f"{gone[0]}-{gone[-1]}" if len(gone) > 1 else str(gone[0])))
+    return out
+
+
+#: dsync's warning when, giving a folder back, it finds a message the check did not see
+_CONFLICT = re.compile(r"Deleting mailbox '([^']*)': UID=(\d+) already exists")
+
+
+def _json_rows(user: str, out: str) -> list[dict]:
+    """The rows of a ``doveadm -f json mailbox status``."""
+    try:
+        rows = json.loads(out or "[]")
+        return [{k: str(v) for k, v in row.items()} for row in rows]
+    except (ValueError, TypeError, AttributeError):
+        raise StoreError(f"doveadm mailbox status -u {user}: unexpected output {out[:200]!r}") from None
+
+
 #: what dsync (Dovecot 2.3) reads as an escaped character in a folder name: other '%' it keeps
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
@@ -833,6 +963,11 @@ def _writable(name: str):
             self._refuse_renamed(user)
             if user in self._exported:
                 self._pending.add(user)
+                touched = self._touched.setdefault(user, set())
+                if name in ("delete_user", "create_user") or touched is None:
+                    self._touched[user] = None          # the whole login
+                else:
+                    touched.add(args[0] if args else kwargs["folder"])
             self._names.pop(user, None)       # the copy's folders change: not kept
         return inner(self, user, *args, **kwargs)
     method.__name__ = name
