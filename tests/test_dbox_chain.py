@@ -193,11 +193,11 @@ def test_a_dbox_account_dovecot_changed_during_the_restore_is_not_overwritten(la
     assert view(lab, "alice") == before
 
 
-def paused_after_copy(tmp_path, home, *argv):
+def paused_after_copy(tmp_path, home, *argv, nth: int = 1):
     """``argv`` (an imsrestore) started with a doveadm that stops once it has copied a
-    login to WORK (``doveadm backup ... maildir:``) until the test has changed the
-    account: the point between the copy and the driver's next step.  Returns the
-    process and a function that lets it go on."""
+    login to WORK (``doveadm backup ... maildir:``; the ``nth`` time) until the test has
+    changed the account: the point between the copy and the driver's next step.
+    Returns the process and a function that lets it go on."""
     real = shutil.which("doveadm", path="/usr/bin:/usr/sbin:/bin:/sbin")
     bin_ = tmp_path / "bin"
     bin_.mkdir()
@@ -206,7 +206,8 @@ def paused_after_copy(tmp_path, home, *argv):
 {real} "$@"; rc=$?
 eval last=\\${{$#}}
 case "$last" in maildir:*)
-    if [ ! -e {bin_}/copied ]; then
+    echo >> {bin_}/copies
+    if [ ! -e {bin_}/copied ] && [ "$(wc -l < {bin_}/copies)" -ge {nth} ]; then
         : > {bin_}/copied
         while [ ! -e {bin_}/go ]; do sleep 0.05; done
     fi;;
@@ -325,7 +326,9 @@ def test_a_dbox_restore_refused_for_a_change_meanwhile_releases_held_deliveries(
         c.select("INBOX")
         c.uid_expunge([2])                 # what the restore brings back
         c.unselect()
-    p, go = paused_after_copy(tmp_path, home, "imsrestore", "-f", a, "/primary/alice")
+    # (the copy made when the command looks alice up is made again once the hold is
+    # in place: the change comes after that one)
+    p, go = paused_after_copy(tmp_path, home, "imsrestore", "-f", a, "/primary/alice", nth=2)
     with lab.imap("alice") as c:
         c.select("INBOX")
         c.uid_store([1], "+FLAGS", [r"\Flagged"])

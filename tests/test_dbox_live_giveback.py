@@ -1,5 +1,5 @@
 """A dbox restore into the account Dovecot serves while its clients and LMTP work
-(finding adv-live 01), against a real Dovecot, sdbox and mdbox.
+(findings adv-live 01 and 03), against a real Dovecot, sdbox and mdbox.
 
 What Dovecot acknowledged (an APPEND answered OK [APPENDUID], an LMTP 250) must be in
 the account afterwards, once, with its bytes, whatever the restore's exit status: the
@@ -223,3 +223,61 @@ def test_dboxlive_a_restore_while_clients_append_and_lmtp_delivers_loses_nothing
         assert p.returncode == EXIT_STORE and p.stderr.count("\n") == 1, p.stderr
         assert ("Dovecot changed the dbox account" in p.stderr
                 or "removed by doveadm backup" in p.stderr), p.stderr
+
+
+@pytest.mark.parametrize("lab", ["sdbox"], indirect=True)
+def test_dboxlive_with_the_hold_file_a_restore_of_the_folder_mail_arrives_in_succeeds(lab, tmp_path):
+    """dovecot.holdfile set, an MTA delivering to alice every 0.3 s (retrying what LMTP
+    answers 451 for, as an MTA queues it): a restore of her INBOX succeeds the first
+    time, and every message is delivered once.  (Before, the hold was taken after the
+    restore had copied the account: deliveries in between changed it, and every run of
+    the restore was refused, exit 17.)"""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    hold = os.path.join(lab.dir, "hold.lmtp")
+    open(hold, "w").close()
+    os.chmod(hold, 0o644)
+    run(home, "msconfig", "set", "dovecot.holdfile", hold, check=0)
+    for i in range(20):
+        lab.deliver(["alice"], message(f"before {i}", size=400 + 50 * i))
+    a = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", a, "/primary/alice", check=0)
+    archived = subjects(lab, "INBOX")
+    with lab.imap("alice") as c:
+        c.select("INBOX")
+        c.uid_expunge(c.uids())
+        c.unselect()
+    stop = threading.Event()
+    queue: list[bytes] = []
+    sent: list[str] = []
+    codes: dict[int, int] = {}
+
+    def mta():
+        i = 0
+        while not stop.is_set() or queue:
+            if not stop.is_set():
+                queue.append(message(f"lmtp {i}"))
+                sent.append(f"lmtp {i}")
+                i += 1
+            for m in list(queue):
+                code = lab.deliver(["alice"], m, check=False)["alice"][0]
+                codes[code] = codes.get(code, 0) + 1
+                if code == 250:
+                    queue.remove(m)
+                else:
+                    assert code == 451, code
+                    break
+            time.sleep(0.3)
+
+    t = threading.Thread(target=mta)
+    t.start()
+    time.sleep(1.0)
+    p = run(home, "imsrestore", "-f", a, "/primary/alice/INBOX", check=None, text=True)
+    time.sleep(1.5)                     # Dovecot reads the hold file again at most once a second
+    stop.set()
+    t.join(120)
+    assert p.returncode == 0, p.stderr
+    assert codes.get(451), codes        # deliveries were held meanwhile
+    got = subjects(lab, "INBOX")
+    assert [s for s in got if s in archived] == archived
+    assert sorted(s for s in got if s not in archived) == sorted(sent)

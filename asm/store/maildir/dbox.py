@@ -790,6 +790,27 @@ class DboxStore(MaildirStore):
         self._ensure_copy(user)
         return super().exists(user, folder)
 
+    def hold_deliveries(self, user: str, holder: str | None = None) -> None:
+        """Dovecot's hold (dovecot.holdfile) is taken, and has taken effect, before the
+        copy the restore writes is made: a delivery Dovecot accepted after the copy was
+        made changes the account, which then refuses the give-back.  The command looked
+        the login up before (the copy is made then): that copy, unchanged so far, is made
+        again once the hold is in place.  (Before, every restore of a dbox login that
+        got mail every 0.3 s was refused, each run again: "Dovecot changed the dbox
+        account ... run the restore again".)"""
+        added = self._dovecot_hold(user, True)       # waits until auth reads it (holdfile.SETTLE)
+        try:
+            if added and user in self._exported and user not in self._pending | self._created:
+                shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
+                self._exported.discard(user)
+                for kept in (self._seen, self._touched, self._names):
+                    kept.pop(user, None)
+            MaildirStore.hold_deliveries(self, user, holder)      # (copies the login again)
+        except BaseException:
+            if added:
+                self._dovecot_hold(user, False)
+            raise
+
     def release_deliveries(self, user: str, holder: str | None = None) -> int:
         # Dovecot gets the restored mail while deliveries are still held.  When it cannot
         # (the account changed meanwhile, doveadm failed), nothing more is done for the

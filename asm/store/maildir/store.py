@@ -2688,19 +2688,20 @@ class MaildirStore(Store):
             self._write_file(marker, "".join(h + "\n" for h in holders).encode(), owner)
         self._dovecot_hold(user, True)
 
-    def _dovecot_hold(self, user: str, held: bool) -> None:
+    def _dovecot_hold(self, user: str, held: bool) -> bool:
         """The login's line in dovecot.holdfile (Dovecot's LMTP answers 451 while it is
-        there), when that option is set."""
+        there), when that option is set; True when this call added or removed it."""
         path = self.config.get("dovecot.holdfile")
         if path:
             from asm.store.maildir.holdfile import set_held
             try:
-                set_held(path, user, held, self._lock_timeout(), self._pid, self._hostname)
+                return set_held(path, user, held, self._lock_timeout(), self._pid, self._hostname)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise StoreFull(f"the Dovecot hold file {path}", exc.strerror or str(exc),
                                     outside=path) from None
                 raise os_store_error(exc, f"the Dovecot hold file {path}") from None
+        return False
 
     def deliveries_held(self, user: str) -> bool:
         return os.path.exists(self._hold_marker(user))
