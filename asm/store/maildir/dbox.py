@@ -5,20 +5,24 @@ ims-asm never parses dbox files.  A login's dbox account is copied to a Maildir
 reads it (folder by folder, ``backup -m FOLDER``, when every copy of the whole login
 ends on a desync: _copy_by_folder), and the Maildir driver reads and writes that copy.  A
 restore that changed a copy (or built a new login's mail there) gives it to Dovecot
-before it releases the login's delivery hold, and at the end of its batch at the latest
-(``doveadm -c CONF -o mail_location=maildir:WORK/LOGIN/Maildir backup -u LOGIN <the
-login's dbox location>``).
+before it releases the login's delivery hold, and at the end of its batch at the latest:
+each folder it changed with ``doveadm -c CONF -o mail_location=maildir:WORK/LOGIN/Maildir
+backup -u LOGIN -m FOLDER <the login's dbox location>`` (the whole login, without ``-m``,
+when the restore made or removed the login), so that what Dovecot does meanwhile to the
+login's other folders stays.
 ``doveadm backup`` keeps UIDVALIDITY, UIDNEXT, UIDs, flags, keywords, INTERNALDATE and
 GUIDs in both directions (docs/dovecot.md); ``doveadm sync -1`` is never used.
 
-Copying back makes the dbox account what the copy is, so whatever Dovecot did to the
-account after the copy was taken would be undone.  Before it copies back the driver
-compares Dovecot's listing of the account (every folder's UIDVALIDITY, UIDNEXT,
-HIGHESTMODSEQ, message count; every message's folder, UID, GUID and flags) with the one
-it took before the copy was made: when they differ nothing is given back and the restore
-fails (exit 17) naming the login, whose held deliveries are released.  After copying back it compares the dbox account with
-the copy (folders, UIDVALIDITY, UIDNEXT, UIDs, GUIDs, flags) and fails the same way when
-Dovecot did not keep them.
+Copying back makes a folder what the copy's folder is, so whatever Dovecot did to it
+after the copy was taken would be undone.  Before it copies back the driver compares
+Dovecot's listing of those folders (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, message count,
+subscription; every message's UID, GUID and flags) with the one it took before the copy
+was made: when one differs nothing is given back and the restore fails (exit 17) naming
+the login, whose held deliveries are released.  After copying back it compares those
+folders with the copy and fails the same way when Dovecot did not keep them, naming any
+message Dovecot stored in a folder between the check and its give-back that the
+give-back removed (_lost).  The delivery hold (dovecot.holdfile) is taken before the
+copy a restore writes is made (hold_deliveries).
 
 WORK is ``<store>/.ims-dbox-work.<host>.<pid>``, on the store's disk and reachable by the
 mail user; it goes when the process ends.  The process holds an flock on ``WORK/.lock``
