@@ -2156,7 +2156,12 @@ class MaildirStore(Store):
             os.rename(pre, os.path.join(d, "cur"))
         finally:
             dotlock.release(lockpath)
-        self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
+        # Dovecot's mailbox list index (dovecot.list.index*) is left to Dovecot: it lists
+        # a folder made or removed on disk from the directory tree (a new session at once,
+        # an open one within a second) and checks a folder's STATUS cached there against
+        # the folder's own index log and dovecot-uidlist.  Removing it under a live
+        # Dovecot gave sessions a new indexid ("Corrupted transaction log ... indexid
+        # changed", "duplicate transaction log sequence", APPEND "[SERVERBUG]")
         self._set_subscribed(user, folder, subscribed)
         return FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=subscribed, guid=uidlist_mod.mailbox_guid(ul.extra))
@@ -2194,8 +2199,7 @@ class MaildirStore(Store):
         for where in dirs:
             with contextlib.suppress(OSError):
                 os.rmdir(where)
-        self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
-        self._quota_stale(user)
+        self._quota_stale(user)              # (the list index: as in create_folder)
         self._set_subscribed(user, folder, False)
 
     @staticmethod
@@ -2254,8 +2258,9 @@ class MaildirStore(Store):
                 # its index files are removed (and clients that have the folder selected
                 # are logged out) only when the identity changed
                 if renumbered and not st.index_invalidated:
+                    # (Dovecot's list index stays: the STATUS it caches is checked against
+                    # the folder's index log and uidlist, both new now; create_folder)
                     self._reset_index(st.idx, self._folder_owner(st))
-                    self._invalidate_index(self._list_index_dir(user), LIST_INDEX_FILES)
                     st.index_invalidated = True
                 elif not renumbered:
                     # a higher UIDNEXT alone: Dovecot reads the uidlist again only when
