@@ -83,7 +83,7 @@ LONGEST_FIRST = ["test_restore_kill.py", "test_bacula_jobs.py", "test_verify.py"
                  "test_reconstruct.py", "test_ssh_faults.py", "test_ssh.py", "test_incremental_dovecot.py",
                  "test_dovecot_layouts.py", "test_staging_s3.py", "test_dovecot_acl.py", "test_interrupt.py",
                  "test_dovecot_chain_kill.py", "test_incremental.py", "test_dbox_live_giveback.py",
-                 "test_staging_faults.py"]
+                 "test_staging_faults.py", "test_dovecot_list_index.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
