@@ -629,6 +629,10 @@ def _mutate_forged(cls: str, rng, data: bytes, base: str) -> tuple[bytes, str, s
         m.set(spec.COUNT, b"4294967295")
         if m.get(spec.STATE):
             m.set(spec.STATE, b'{"\\\\Seen":"1:4294967295"}')
+            # an incremental's IMSASM.state_ids holds 4 bytes per UID of its state: for
+            # 2^32-1 UIDs it cannot be valid, so the folder is forged as an incremental of
+            # a writer before that record (which readers still take) is
+            m.drop(spec.STATE_IDS)
             return emit(ms), f"{m.name.decode('utf-8', 'replace')}: UIDs and state 1:4294967295", "chain", False
         return emit(ms), f"{m.name.decode('utf-8', 'replace')}: UIDs 1:4294967295", None, False
     raise ValueError(cls)
