@@ -660,6 +660,18 @@ class DboxStore(MaildirStore):
                     # ("Deleting mailbox 'Trash': UID=31 already exists locally for a
                     # different mail") and stops; run again, it makes it from the copy
                     conflict = _CONFLICT.findall(str(exc))
+                    if not conflict and isinstance(exc, DsyncDesync):
+                        # a message stored in the folder after the check under a UID the
+                        # copy gives another (mdbox: "Mailbox changes caused a desync ...
+                        # UIDs changed due to UID conflicts"): dsync stopped; run again it
+                        # would make the folder the copy's and remove that message, so it
+                        # is not run again (what it left is compared below)
+                        raise StoreError(
+                            f"{user}: Dovecot stored mail in {name!r} while the restore gave it back, "
+                            f"and doveadm backup stopped on the UIDs both claim ({exc}); the folder may "
+                            f"hold restored messages under other UIDs: restore the folder again while no "
+                            f"client writes to it (doveadm kick {shlex.quote(user)}; dovecot.holdfile holds "
+                            f"deliveries), docs/dovecot.md") from None
                     if not conflict or attempt == DESYNC_TRIES:
                         raise
                     dropped.setdefault(name, set()).update(int(u) for _box, u in conflict)
