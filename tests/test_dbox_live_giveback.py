@@ -214,16 +214,25 @@ def test_dboxlive_a_restore_while_clients_append_and_lmtp_delivers_loses_nothing
     named = {box: int(n) for n, box in re.findall(r"(\d+) messages? in '(\w+)'", p.stderr)}
     for box, shas in acked.items():
         missing = [s for s in shas if s not in got[box]]
-        assert len(missing) == named.get(box, 0), (box, len(missing), p.stderr)
+        if box == "Trash" and missing:
+            # the window that remains (docs/dovecot.md): mail stored in the restored folder
+            # while dsync gives it back may go; never with exit 0, never unsaid
+            assert p.returncode == EXIT_STORE and ("removed by doveadm backup" in p.stderr
+                                                   or "may be gone from" in p.stderr), p.stderr
+        else:
+            assert len(missing) == named.get(box, 0), (box, len(missing), p.stderr)
         assert all(got[box].count(s) == 1 for s in shas if s not in missing), box
-    assert not errors, errors[:3]
+    # an APPEND to the restored folder while dsync had deleted it to make it again is
+    # refused (NO [TRYCREATE]): not acknowledged, so nothing lost; any other error counts
+    assert not [e for e in errors if not (e.startswith("Trash: ") and "TRYCREATE" in e)], errors[:3]
     if p.returncode == 0:
         assert [s for s in got["Trash"] if s in trash] == trash
     else:
         assert p.returncode == EXIT_STORE and p.stderr.count("\n") == 1, p.stderr
         assert ("Dovecot changed the dbox account" in p.stderr
                 or "removed by doveadm backup" in p.stderr
-                or "doveadm backup stopped on the UIDs both claim" in p.stderr), p.stderr
+                or "doveadm backup stopped on the UIDs both claim" in p.stderr
+                or "did not give the dbox account" in p.stderr), p.stderr
 
 
 @pytest.mark.parametrize("lab", ["sdbox"], indirect=True)

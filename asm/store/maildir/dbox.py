@@ -614,12 +614,16 @@ class DboxStore(MaildirStore):
                 f"meanwhile, docs/dovecot.md)")
         copy = [f"mail_location=maildir:{self._maildir(user)}"]
         dropped: dict[str, set[int]] = {}
+        stopped = None
         if scope is None:
             self._dv.run(user, "backup", self._location_of(user), options=copy)
         else:
-            dropped = self._give_folders_back(user, scope, copy)
+            try:
+                dropped = self._give_folders_back(user, scope, copy)
+            except _Stopped as exc:
+                stopped = exc           # what it left is compared: mail it removed is named
         got, want = self._listing(user), self._listing(user, maildir=True)
-        if _differs(want, got, scope) or dropped:
+        if stopped is not None or _differs(want, got, scope) or dropped:
             lost = _lost(now or {}, got or {}, want or {}, scope, dropped)
             if lost:
                 raise StoreError(
@@ -631,9 +635,13 @@ class DboxStore(MaildirStore):
                     f"(their senders or the clients that saved them may have them): restore a dbox "
                     f"folder while no client writes to it (doveadm kick {shlex.quote(user)}; "
                     f"dovecot.holdfile holds deliveries), docs/dovecot.md")
+            if stopped is not None:
+                raise StoreError(str(stopped))
+            where = "" if scope is None else f" ({', '.join(map(repr, scope[:3]))}{' ...' if len(scope) > 3 else ''})"
             raise StoreError(
                 f"{user}: doveadm backup did not give the dbox account the folders, UIDs, "
-                f"GUIDs or flags of the restored copy (docs/dovecot.md); compare "
+                f"GUIDs or flags of the restored copy (docs/dovecot.md); mail a client or a delivery "
+                f"stored in the restored folders{where} meanwhile may be gone from them; compare "
                 f"'doveadm fetch -u {user} \"mailbox uid guid flags\" all' with the archive")
         self._seen[user] = self._listing(user, modseq=True)
 
@@ -666,10 +674,11 @@ class DboxStore(MaildirStore):
                         # UIDs changed due to UID conflicts"): dsync stopped; run again it
                         # would make the folder the copy's and remove that message, so it
                         # is not run again (what it left is compared below)
-                        raise StoreError(
+                        raise _Stopped(
                             f"{user}: Dovecot stored mail in {name!r} while the restore gave it back, "
-                            f"and doveadm backup stopped on the UIDs both claim ({exc}); the folder may "
-                            f"hold restored messages under other UIDs: restore the folder again while no "
+                            f"and doveadm backup stopped on the UIDs both claim ({exc}); messages stored in it "
+                            f"meanwhile may be gone from it and restored ones may have other UIDs (their "
+                            f"senders or the clients that saved them may have them): restore the folder again while no "
                             f"client writes to it (doveadm kick {shlex.quote(user)}; dovecot.holdfile holds "
                             f"deliveries), docs/dovecot.md") from None
                     if not conflict or attempt == DESYNC_TRIES:
@@ -915,6 +924,10 @@ def _lost(now: dict, got: dict, want: dict, scope: list[str] | None,
         elif gone:
             out.append((box, str(len(gone)), f"{gone[0]}-{gone[-1]}" if len(gone) > 1 else str(gone[0])))
     return out
+
+
+class _Stopped(StoreError):
+    """A folder's give-back stopped on UIDs both sides claim (_give_folders_back)."""
 
 
 #: dsync's warning when, giving a folder back, it finds a message the check did not see
