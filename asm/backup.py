@@ -802,7 +802,9 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, c
                 data = ahead.take(m) if ahead is not None and attempt == 0 and not opened else None
                 writer.add_message(t.partition, t.user, folder, uid=uid, flags=m.flags,
                                    keywords=m.keywords, internaldate=m.internaldate, stored=m.stored,
-                                   nlink=m.nlink, src_path=None if opened else m.path,
+                                   # (0: the file was unlinked as it was listed, a
+                                   # race tmpfs shows; it was one file)
+                                   nlink=max(1, m.nlink), src_path=None if opened else m.path,
                                    src_file=opened, size=m.size, link_key=link_key, guid=m.guid,
                                    src_data=data, basename=m.basename, pop3_uidl=m.pop3_uidl,
                                    pop3_order=m.pop3_order)

@@ -162,6 +162,12 @@ class RemoteFileWriter(Device):
             f = sftp.open(self.tmp, "wx", bufsize=0)
         except Exception as exc:
             raise sftpio.translate(conn, exc, "creating", self.tmp) from None
+        except BaseException:
+            # a signal (an engine's SIGTERM) while the far side made it: it may be there
+            with interrupts_deferred():
+                sftpio.discard(conn, self.tmp)
+            conn.close()
+            raise
         try:
             try:
                 f.chmod(0o600)

@@ -668,6 +668,9 @@ class DboxStore(MaildirStore):
                     # ("Deleting mailbox 'Trash': UID=31 already exists locally for a
                     # different mail") and stops; run again, it makes it from the copy
                     conflict = _CONFLICT.findall(str(exc))
+                    if not conflict and isinstance(exc, DsyncDesync) and "UID conflict" not in str(exc) \
+                            and attempt < DESYNC_TRIES:
+                        continue        # another desync (e.g. a folder made again): run again, as dsync asks
                     if not conflict and isinstance(exc, DsyncDesync):
                         # a message stored in the folder after the check under a UID the
                         # copy gives another (mdbox: "Mailbox changes caused a desync ...
