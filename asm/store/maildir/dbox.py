@@ -668,22 +668,17 @@ class DboxStore(MaildirStore):
                     # ("Deleting mailbox 'Trash': UID=31 already exists locally for a
                     # different mail") and stops; run again, it makes it from the copy
                     conflict = _CONFLICT.findall(str(exc))
-                    if not conflict and isinstance(exc, DsyncDesync) and "UID conflict" not in str(exc) \
-                            and attempt < DESYNC_TRIES:
-                        continue        # another desync (e.g. a folder made again): run again, as dsync asks
-                    if not conflict and isinstance(exc, DsyncDesync):
-                        # a message stored in the folder after the check under a UID the
-                        # copy gives another (mdbox: "Mailbox changes caused a desync ...
-                        # UIDs changed due to UID conflicts"): dsync stopped; run again it
-                        # would make the folder the copy's and remove that message, so it
-                        # is not run again (what it left is compared below)
-                        raise _Stopped(
-                            f"{user}: Dovecot stored mail in {name!r} while the restore gave it back, "
-                            f"and doveadm backup stopped on the UIDs both claim ({exc}); messages stored in it "
-                            f"meanwhile may be gone from it and restored ones may have other UIDs (their "
-                            f"senders or the clients that saved them may have them): restore the folder again while no "
-                            f"client writes to it (doveadm kick {shlex.quote(user)}; dovecot.holdfile holds "
-                            f"deliveries), docs/dovecot.md") from None
+                    if isinstance(exc, DsyncDesync) and not conflict:
+                        # mdbox: "Mailbox changes caused a desync ... UIDs changed due to
+                        # UID conflicts": a message stored in the folder after the check
+                        # under a UID the copy gives another; run again, dsync would make
+                        # the folder the copy's and remove it: not run again.  Another
+                        # desync (a folder made again meanwhile) is run again, as dsync
+                        # asks, until the last try.  What it left is compared below.
+                        uids_claimed = "UID conflict" in str(exc)
+                        if not uids_claimed and attempt < DESYNC_TRIES:
+                            continue
+                        raise _Stopped(_stopped_why(user, name, str(exc), uids_claimed)) from None
                     if not conflict or attempt == DESYNC_TRIES:
                         raise
                     dropped.setdefault(name, set()).update(int(u) for _box, u in conflict)
@@ -930,7 +925,24 @@ def _lost(now: dict, got: dict, want: dict, scope: list[str] | None,
 
 
 class _Stopped(StoreError):
-    """A folder's give-back stopped on UIDs both sides claim (_give_folders_back)."""
+    """A folder's give-back stopped on a desync: UIDs both sides claim, or another one
+    still there after the last try (_give_folders_back)."""
+
+
+def _stopped_why(user: str, name: str, desync: str, uids_claimed: bool) -> str:
+    """The line of a folder's give-back that dsync stopped on a desync: UIDs both sides
+    claim (not run again), or another desync ``DESYNC_TRIES`` runs in a row."""
+    what = (f"Dovecot stored mail in {name!r} while the restore gave it back, and doveadm "
+            f"backup stopped on the UIDs both claim ({desync}); messages stored in it "
+            f"meanwhile may be gone from it and restored ones may have other UIDs"
+            if uids_claimed else
+            f"doveadm backup did not give the dbox account {name!r} as restored: it could not "
+            f"bring the folder in step after {DESYNC_TRIES} tries, each ending on a desync (the "
+            f"folder changed while dsync copied it: {desync}); messages stored in it meanwhile "
+            f"may be gone from it and it may not hold all the restored ones")
+    return (f"{user}: {what} (their senders or the clients that saved them may have them): "
+            f"restore the folder again while no client writes to it (doveadm kick "
+            f"{shlex.quote(user)}; dovecot.holdfile holds deliveries), docs/dovecot.md")
 
 
 #: dsync's warning when, giving a folder back, it finds a message the check did not see
