@@ -64,6 +64,8 @@ class JournalRow:
                                 # folder exactly but could not write this many of the archive's
                                 # messages (links whose first copy a stream could not keep, a
                                 # message the store refused): their archived UIDs are free
+    acl_owed: str | None = None  # the access control list a restore could not give the
+                                # folder (its lock held): the same command run again gives it
 
 
 class Journal:
@@ -83,14 +85,14 @@ class Journal:
             user TEXT, folder TEXT, uidvalidity INTEGER, uidnext INTEGER,
             archive_id TEXT, created REAL, since REAL, mirror INTEGER NOT NULL DEFAULT 0,
             running TEXT, running_mode TEXT, chain TEXT, count INTEGER, run TEXT, source TEXT,
-            run_uid INTEGER, gaps INTEGER, PRIMARY KEY (user, folder));
+            run_uid INTEGER, gaps INTEGER, acl_owed TEXT, PRIMARY KEY (user, folder));
             CREATE TABLE IF NOT EXISTS runs (signature TEXT PRIMARY KEY, token TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS users_held (user TEXT PRIMARY KEY, archive_id TEXT, created REAL,
             chain TEXT);""")
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(restored)")}
         for col, typ in (("running", "TEXT"), ("running_mode", "TEXT"), ("chain", "TEXT"),
                          ("count", "INTEGER"), ("run", "TEXT"), ("source", "TEXT"), ("run_uid", "INTEGER"),
-                         ("gaps", "INTEGER")):
+                         ("gaps", "INTEGER"), ("acl_owed", "TEXT")):
             if col not in cols:             # a journal written by an older ims-asm
                 try:
                     sqlitedb.retry(lambda: self.db.execute(f"ALTER TABLE restored ADD COLUMN {col} {typ}"),
@@ -104,15 +106,16 @@ class Journal:
     @_journal_errors
     def get(self, user: str, folder: str) -> JournalRow | None:
         row = self.db.execute("SELECT uidvalidity, uidnext, archive_id, created, since, mirror, "
-                              "running, running_mode, chain, count, source, gaps FROM restored WHERE user=? "
+                              "running, running_mode, chain, count, source, gaps, acl_owed FROM restored WHERE user=? "
                               "AND folder=?", (names.to_db(user), names.to_db(folder))).fetchone()
         if row is None:
             return None
         uidvalidity, uidnext, archive_id, created, since, mirror, running, running_mode, chain, count, source, \
-            gaps = row
+            gaps, acl_owed = row
         return JournalRow(uidvalidity, uidnext, archive_id, created, since, bool(mirror),
                           running, running_mode, tuple((chain or "").split()), count,
-                          names.from_db(source) if source is not None else None, gaps or 0)
+                          names.from_db(source) if source is not None else None, gaps or 0,
+                          names.from_db(acl_owed) if acl_owed is not None else None)
 
     @_journal_errors
     def folders(self, user: str) -> list[str]:
@@ -173,6 +176,18 @@ class Journal:
             if beside is not None:
                 self.db.execute("UPDATE restored SET run=?, source=? WHERE user=? AND folder=?",
                                 (beside[0], names.to_db(beside[1]), *key))
+
+    @_journal_errors
+    def owe_acl(self, user: str, folder: str, acl: str | None) -> None:
+        """The restore could not give the folder the access control list ``acl`` (its
+        lock held past store.locktimeout): kept until one gives it (None), so that the
+        same command run again, which finds the folder's mail restored, gives it then.
+        (:meth:`put` leaves it as it is.)"""
+        key = (names.to_db(user), names.to_db(folder))
+        with sqlitedb.immediate(self.db):
+            self.db.execute("INSERT OR IGNORE INTO restored (user, folder, mirror) VALUES (?,?,0)", key)
+            self.db.execute("UPDATE restored SET acl_owed=? WHERE user=? AND folder=?",
+                            (None if acl is None else names.to_db(acl), *key))
 
     # -- a -n command cut short and run again goes on in the folders it began beside ------
     # A command with -n makes new folders; run again after it completed it makes new ones

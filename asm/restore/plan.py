@@ -260,14 +260,24 @@ class Planner:
             self.check_replaced(m, user, folder, info.uidvalidity)
         if mode in ("exact", "chain") and info.subscribed != m.subscribed:
             store.set_folder(user, folder, subscribed=m.subscribed)
-        if mode in ("exact", "chain") and m.acl is not None and not beside and user == m.user \
-                and folder == m.folder and self.set_acl(user, folder, m.acl):
+        own = not beside and user == m.user and folder == m.folder
+        owed = j.acl_owed if j is not None and own else None
+        acl = None
+        if mode in ("exact", "chain") and m.acl is not None and own:
             # the folder is this archive's under its archived user and name: its access
             # control list as archived (a chain's last link's; "" removes one).  Merged
             # into, beside (-n) or under another user (-m), the live ACL stays: sharing
             # is the owner's (docs/operations.md, "Access control lists")
+            acl = m.acl
+        elif owed is not None and (j.archive_id == aid or aid in j.chain
+                                   or self.earlier_in_command(aid, j.archive_id)):
+            # the restore of this archive (or of a later link of its chain) into the
+            # folder could not write its ACL (its lock held): this run of the same
+            # command, which finds the folder's mail there, gives it
+            acl = owed
+        if acl is not None and self.set_acl(user, folder, acl, owed):
             got = self.acls.setdefault(user, [0, 0])
-            got[0 if m.acl else 1] += 1
+            got[0 if acl else 1] += 1
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
                           m.uids, info.uidvalidity, m.state, uidnext=info.uidnext,
                           resumed=resumed, again=again, final_uids=final_uids, final_flags=final_flags,
@@ -288,22 +298,30 @@ class Planner:
             self.journal.start(user, folder, self.header, mode, beside=mark)
         return plan
 
-    def set_acl(self, user: str, folder: str, acl: str) -> bool:
+    def set_acl(self, user: str, folder: str, acl: str, owed: str | None = None) -> bool:
         """store.set_acl; a lock of the ACL another process holds past store.locktimeout
         (Dovecot changing it, or a lock left behind) is kept in :attr:`acl_locked` for
-        the restore to name, and the folder's mail is restored all the same."""
+        the restore to name, and the folder's mail is restored all the same; the journal
+        keeps the ACL as owed (``owed``: the one it kept already), for the same command
+        run again to give."""
         try:
-            return self.store.set_acl(user, folder, acl)
+            changed = self.store.set_acl(user, folder, acl)
         except LockTimeout as exc:
+            if owed != acl:
+                self.journal.owe_acl(user, folder, acl)
             given = "; ".join(ln for ln in acl.split("\n") if ln and not ln.startswith("#")) or "none"
             if len(given) > 200:
                 given = given[:200] + "..."
             self.acl_locked.append((user, folder, (
                 f"its mail is restored, its access control list is not: another process held its lock "
                 f"{exc.path} past store.locktimeout (Dovecot holds it while it changes the ACL: IMAP SETACL, "
-                f"doveadm acl; one unchanged for 120 s is broken); once it is gone, set the archived ACL "
-                f"({given}) with doveadm acl set -u {user} {folder}")))
+                f"doveadm acl; one unchanged for 120 s is broken); once it is gone, run the same command "
+                f"again (it gives the folder its archived ACL, {given}), or set that with doveadm acl "
+                f"set -u {user} {folder}")))
             return False
+        if owed is not None:
+            self.journal.owe_acl(user, folder, None)
+        return changed
 
     def own_guid(self, m, user: str, folder: str, beside: bool) -> str:
         """The archived mailbox GUID of folder member ``m`` for the folder this restore
