@@ -644,3 +644,37 @@ def test_an_acl_a_restore_could_not_write_for_its_lock_is_given_by_the_same_comm
     run(home, "imsrestore", *argv, check=0)
     with open(acl_file) as f:
         assert f.read() == mine
+
+
+def test_imsverify_against_store_names_each_folder_whose_acl_changed_since_the_backup(lab, tmp_path):
+    """imsverify --against-store compares each folder's ACL in the store with the
+    archived one (by a --base chain, the last link's): just after the backup, and
+    after an incremental that carries the changes, it passes; an ACL set, changed or
+    removed since is named in one line for its folder (the store's ACL and the
+    archive's), exit 19 as --restore-test's, and no other folder is named.  (Before, the
+    comparison read no ACL: exit 0.)"""
+    fill(lab)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    full, state, incr = tmp_path / "full.ims", tmp_path / "full.state", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "--state-out", state, f"/primary/user/{OWNER}", check=0)
+    run(home, "imsverify", "-f", full, "--against-store", check=0)
+    lab.doveadm("acl set", "Private", "user=bob", "lookup", "read", user=OWNER)     # had none
+    lab.doveadm("acl set", "Work", "user=bob", "lookup", user=OWNER)                # lrs -> l
+    lab.doveadm("acl delete", "Work/Sub", "user=carol", user=OWNER)                # its only entry
+    p = run(home, "imsverify", "-f", full, "--against-store", "-v", text=True, check=19)
+    named = sorted(ln for ln in p.stderr.splitlines() if "access control list" in ln)
+    assert named == [
+        f"imsverify: /primary/{OWNER}/Private: its access control list is 'user=bob lr' in the store, none "
+        f"in the archive (changed since the backup: a restore from these archives gives the archived one; "
+        f"the next backup archives the store's)",
+        f"imsverify: /primary/{OWNER}/Work/Sub: its access control list is none in the store, "
+        f"'user=carol ilrw' in the archive (changed since the backup: a restore from these archives gives "
+        f"the archived one; the next backup archives the store's)",
+        f"imsverify: /primary/{OWNER}/Work: its access control list is 'anyone l; user=bob l; -user=carol w' "
+        f"in the store, 'anyone l; user=bob lrs; -user=carol w' in the archive (changed since the backup: a "
+        f"restore from these archives gives "
+        f"the archived one; the next backup archives the store's)"], p.stderr
+    assert "FAILED, 3 problems (3 differences)" in p.stderr, p.stderr
+    run(home, "imsbackup", "-f", incr, "--base", state, f"/primary/user/{OWNER}", check=0)
+    run(home, "imsverify", "-f", full, "-f", incr, "--against-store", check=0)

@@ -32,7 +32,8 @@ def build_parser() -> ArgParser:
                    help="blocking factor to read with (default 20; tapes: the writer's)")
     p.add_argument("--against-store", action="store_true",
                    help="compare with the live store of IMS_HOME: mail it had when the backup started that "
-                        "the archives lack, and what changed since")
+                        "the archives lack, a folder whose ACL differs from the archived one, and what changed "
+                        "since")
     p.add_argument("--restore-test", action="store_true",
                    help="restore into a scratch installation, compare it with the archives, remove it")
     p.add_argument("--scratch", metavar="DIR", help="where the scratch installation is made (default $TMPDIR)")

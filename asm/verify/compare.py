@@ -238,12 +238,27 @@ def live_targets(view: ChainView, store: Store, groups) -> tuple[list, list, lis
     return paths, targets, gone
 
 
+def _compare_live_acl(out: Comparison, store: Store, user: str, name: str, mailbox: str, archived: str) -> None:
+    """The live folder's access control list against the archived one (the chain's last
+    link's): a difference is named, as the restore test names one."""
+    try:
+        live = store.acl(user, name)
+    except StoreError:
+        return              # gone since it was listed
+    if live is not None and live != archived:
+        out.add(f"{mailbox}: its access control list is {_acl_words(live)} in the store, "
+                f"{_acl_words(archived)} in the archive (changed since the backup: a restore from these "
+                f"archives gives the archived one; the next backup archives the store's)")
+
+
 def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> Comparison:
     """The live store against the chain's view.  ``targets`` are the users and folders
     the archive's scope covers now (:func:`asm.backup.select`).  A problem is a message
     the store received before the last backup started and the chain does not hold
-    (it should), or a message whose bytes differ from the archive's; new mail,
-    expunges, flag changes and new or deleted folders since are counted as changes."""
+    (it should), a message whose bytes differ from the archive's, or a folder whose
+    access control list differs from the archived one (a store that keeps ACLs, an
+    archive that holds them); new mail, expunges, flag changes and new or deleted
+    folders since are counted as changes."""
     from asm.backup import left_out
     out = Comparison()
     created = view.created
@@ -279,6 +294,8 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
                 else:
                     rec = None
                     out.changes["folders_new"] += 1
+            if rec is not None and rec.acl is not None:
+                _compare_live_acl(out, store, t.user, name, mailbox, rec.acl)
             old = [m for m in msgs if (rec is None or m.uid not in rec.messages) and m.stored < created - SLACK]
             if old:
                 # filed since the backup (MOVE, COPY, RENAME keep a Maildir file's name, and

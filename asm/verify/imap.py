@@ -11,6 +11,10 @@ a name with a space, a quote, a ``%``, a colon, non-ASCII or not UTF-8 at all lo
 any other.  A folder Dovecot will not open by name (one beginning with ``~``, which it
 reads as a home directory; one whose name is not UTF-8) is compared through the store
 only, and named so (:attr:`Comparison.store_only`).
+
+Access control lists are not compared here: this Dovecot loads no acl plugin (GETACL is
+``imap_acl``'s, and an ACL naming the store's logins would not apply to ``u1``); the
+folders' ``dovecot-acl`` files are compared through the store (compare.compare_restored).
 """
 from __future__ import annotations
 
