@@ -32,8 +32,7 @@ def build_parser() -> ArgParser:
                    help="blocking factor to read with (default 20; tapes: the writer's)")
     p.add_argument("--against-store", action="store_true",
                    help="compare with the live store of IMS_HOME: mail it had when the backup started that "
-                        "the archives lack, a folder whose ACL differs from the archived one, and what changed "
-                        "since")
+                        "the archives lack, and what changed since (mail, flags, folders, ACLs)")
     p.add_argument("--restore-test", action="store_true",
                    help="restore into a scratch installation, compare it with the archives, remove it")
     p.add_argument("--scratch", metavar="DIR", help="where the scratch installation is made (default $TMPDIR)")
@@ -291,6 +290,9 @@ def _verify(args, report) -> int:
             exclude = (v.archives[-1].header.get("options") or {}).get("exclude") or []
             cmp = compare_live(v, inst.store, targets, exclude)
             problems.extend(cmp.problems)
+            if args.verbose:
+                for line in cmp.notes:
+                    warn(PROG, line)
             # mail on disk the store does not list (as imsbackup names it): in no archive
             for e in unlisted_errors(inst.store, recorded, targets, paths, exclude):
                 if e["mailbox"] not in named:
@@ -384,6 +386,8 @@ def _summary(checks, views, problems, status, tested, live, seconds, served=()) 
               f"{ch.get('expunged', 0)} expunged, {ch.get('flags', 0)} with other flags")
         if ch.get("folders_new") or ch.get("folders_gone"):
             s += f", {ch.get('folders_new', 0)} folders new and {ch.get('folders_gone', 0)} deleted"
+        if ch.get("acls"):
+            s += f", {ch['acls']} folder{'s' if ch['acls'] != 1 else ''} with another access control list"
     if status == EXIT_OK:
         return s + ": every check passed"
     kinds = {}

@@ -33,7 +33,9 @@ class Comparison:
     store_only: list = field(default_factory=list)
     # against the live store: what changed since the backup (not problems)
     changes: dict = field(default_factory=lambda: {"new": 0, "expunged": 0, "flags": 0,
-                                                   "folders_new": 0, "folders_gone": 0})
+                                                   "folders_new": 0, "folders_gone": 0, "acls": 0})
+    # against the live store: a line for each change -v names (a folder's ACL changed since)
+    notes: list = field(default_factory=list)
 
     def add(self, text: str) -> None:
         self.problems.append(Problem(EXIT_DIFFERS, text))
@@ -240,13 +242,16 @@ def live_targets(view: ChainView, store: Store, groups) -> tuple[list, list, lis
 
 def _compare_live_acl(out: Comparison, store: Store, user: str, name: str, mailbox: str, archived: str) -> None:
     """The live folder's access control list against the archived one (the chain's last
-    link's): a difference is named, as the restore test names one."""
+    link's): a difference is a change since the backup, as a flag change is (the backup
+    archived the ACL it read under the folder's snapshot, or named the folder it could
+    not read it for), counted, and named under -v."""
     try:
         live = store.acl(user, name)
     except StoreError:
         return              # gone since it was listed
     if live is not None and live != archived:
-        out.add(f"{mailbox}: its access control list is {_acl_words(live)} in the store, "
+        out.changes["acls"] += 1
+        out.notes.append(f"{mailbox}: its access control list is {_acl_words(live)} in the store, "
                 f"{_acl_words(archived)} in the archive (changed since the backup: a restore from these "
                 f"archives gives the archived one; the next backup archives the store's)")
 
@@ -255,10 +260,9 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
     """The live store against the chain's view.  ``targets`` are the users and folders
     the archive's scope covers now (:func:`asm.backup.select`).  A problem is a message
     the store received before the last backup started and the chain does not hold
-    (it should), a message whose bytes differ from the archive's, or a folder whose
-    access control list differs from the archived one (a store that keeps ACLs, an
-    archive that holds them); new mail, expunges, flag changes and new or deleted
-    folders since are counted as changes."""
+    (it should), or a message whose bytes differ from the archive's; new mail,
+    expunges, flag changes, access control lists changed (a store that keeps ACLs, an
+    archive that holds them) and new or deleted folders since are counted as changes."""
     from asm.backup import left_out
     out = Comparison()
     created = view.created
