@@ -2239,10 +2239,10 @@ class MaildirStore(Store):
         kept = self._index_only_keywords(user, folder, uidvalidity, uidnext, guid)
         with self._locked(user, folder) as st:
             ul = st.uidlist
-            changed = renumbered = False
+            changed = renumbered = new_uv = False
             if uidvalidity is not None and uidvalidity != ul.uidvalidity:
                 ul.uidvalidity = uidvalidity
-                changed = renumbered = True
+                changed = renumbered = new_uv = True
             if guid and guid != uidlist_mod.mailbox_guid(ul.extra):
                 # another mailbox to Dovecot (its list index keeps GUIDs): as a new UIDVALIDITY
                 ul.extra = uidlist_mod.with_mailbox_guid(ul.extra, guid)
@@ -2257,7 +2257,12 @@ class MaildirStore(Store):
             if changed:
                 # its index files are removed (and clients that have the folder selected
                 # are logged out) only when the identity changed
-                if renumbered and not st.index_invalidated:
+                if renumbered and new_uv and self._dovecot_resets(st):
+                    # Dovecot's own index stays: Dovecot resets it itself when it reads a
+                    # UIDVALIDITY in dovecot-uidlist that is not its index's (below)
+                    self._wake_dovecot(st.dir)
+                    st.disk_uidnext = ul.uidnext
+                elif renumbered and not st.index_invalidated:
                     # (Dovecot's list index stays: the STATUS it caches is checked against
                     # the folder's index log and uidlist, both new now; create_folder)
                     self._reset_index(st.idx, self._folder_owner(st))
@@ -2283,6 +2288,22 @@ class MaildirStore(Store):
         subs = self._subs.get(self._subs_root(user))
         return FolderInfo(name=folder, uidvalidity=info_uv, uidnext=info_un,
                           subscribed=folder in subs, guid=info_guid)
+
+    def _dovecot_resets(self, st: _State) -> bool:
+        """A new UIDVALIDITY for this folder is left to Dovecot to apply to its index:
+        Dovecot serves the store and has indexed the folder (index files of its own,
+        not only our floor log).  Dovecot, reading a dovecot-uidlist whose UIDVALIDITY is
+        not its index's, resets the index in a transaction of its own and indexes the
+        uidlist's messages and UIDNEXT under the new one (maildir-sync-index.c,
+        "UIDVALIDITY changed"; ``doveadm mailbox update --uid-validity`` resets it the
+        same way, but cannot lower UIDNEXT and would wait for the lock held here).  A
+        session that has the folder open is told to log in again.  Removing the index
+        files instead, a session opening the folder just then got "[SERVERBUG] Internal
+        error" ("Corrupted transaction log file ... indexid changed"), about half the
+        times (docs/dovecot.md, "Live restores")."""
+        idx = st.idx
+        return (idx is not None and self._dovecot_site and not self._floor_log(idx)
+                and any(os.path.lexists(os.path.join(idx, n)) for n in INDEX_FILES))
 
     @staticmethod
     def _wake_dovecot(d: str) -> None:
