@@ -766,7 +766,7 @@ class MaildirStore(Store):
             else:
                 self._mkdir_staged(path, owner, staged if top else ())
 
-    def _mkdir_staged(self, path: str, owner, subs=()) -> None:
+    def _mkdir_staged(self, path: str, owner, subs=(), fill=None) -> None:
         """A folder's directory, appearing whole or not at all: made under a temporary
         name (Maildir++: a plain one, which Dovecot does not list; LAYOUT=fs: a dot one,
         which Dovecot lists as \\Noselect meanwhile), given to ``owner`` with its
@@ -774,8 +774,9 @@ class MaildirStore(Store):
         by the next folder made beside it, _clean_staged).  Made as ``path`` and
         chowned after, a kill between the two left a directory of root's, 0700, that
         Dovecot lists and cannot open ("[SERVERBUG] Internal error", stat(.../tmp)
-        Permission denied) until a rerun."""
-        if not owner:                   # nothing to give: no step to be killed between
+        Permission denied) until a rerun.  ``fill(tmp)`` writes the rest of the folder
+        (its uidlist, cur/ last) before the rename."""
+        if not owner and fill is None:  # nothing to give: no step to be killed between
             os.mkdir(path, 0o700)
             for sub in subs:
                 with contextlib.suppress(FileExistsError):
@@ -788,6 +789,8 @@ class MaildirStore(Store):
             self._chown(tmp, owner)
             for sub in subs:
                 self._mkdir(os.path.join(tmp, sub), owner)
+            if fill is not None:
+                fill(tmp)
             if os.path.lexists(path):
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
             os.rename(tmp, path)
@@ -2105,10 +2108,16 @@ class MaildirStore(Store):
     @store_os_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
                       uidnext: int = 1, subscribed: bool = False, guid: str = "") -> FolderInfo:
-        """The folder's directories and dovecot-uidlist are made first and cur/ last:
-        a folder exists (for Dovecot and for us) once cur/ does, so a kill leaves
-        either no folder or a whole one; what a killed creation left is reused.  INBOX
-        can be created only in a Maildir that lacks its cur/ (a damaged one)."""
+        """A folder exists (for Dovecot and for us) once its cur/ does.  A new folder's
+        directory is made whole under a name Dovecot does not list -- new/ tmp/, its
+        maildirfolder and dovecot-uidlist (and index floor) where they live in it, cur/
+        last -- and renamed into place in one step (:meth:`_mkdir_staged`), so neither a
+        kill nor a client sees it half made.  (Made in place, a client's SELECT between
+        its new/ tmp/ and its cur/ made Dovecot add cur/ itself, with a uidlist and index
+        of its own, and the restore then refused: "folder already exists", exit 17.)
+        A directory that is there already without cur/ (a LAYOUT=fs level that holds
+        subfolders, a damaged INBOX) gets its files first and cur/ last, in place.
+        INBOX can be created only in a Maildir that lacks its cur/ (a damaged one)."""
         folder = self.check_new_folder(user, folder)
         d = self._folder_dir(user, folder)
         if os.path.isdir(os.path.join(d, "cur")):
@@ -2116,46 +2125,38 @@ class MaildirStore(Store):
         root = self._root(user)
         owner = self._owner_for(root)
         ctl, idx = self._ctl_idx(user, folder, d)
-        if folder != "INBOX" or self._layout is not None:
-            # LAYOUT=fs: parent levels too (given to the owner if a killed run left them);
-            # each appears whole, the folder's with new/ and tmp/ (_mkdir_staged)
-            self._makedirs(d, owner, within=root, staged=("new", "tmp") if d != root else None)
-            self._clean_staged(os.path.dirname(d))
+        ul = Uidlist(uidvalidity=uidvalidity or self._folder_uidvalidity(user), uidnext=max(1, uidnext),
+                     extra=uidlist_mod.with_mailbox_guid([], guid))
         if ctl != d:
             self._makedirs(ctl, owner)
         lockpath = os.path.join(ctl, UIDLIST + LOCK_SUFFIX)
-        try:
-            self._acquire_dotlock(lockpath, self._lock_timeout(), f"{user}/{folder} ({lockpath})")
-        except Unlocked:
-            raise StoreError(f"cannot create folder {folder!r} of user {user!r}: {d} is not writable") from None
-        try:
-            if os.path.isdir(os.path.join(d, "cur")):
-                raise FolderExists(user, folder)     # made meanwhile by another process
-            for sub in ("new", "tmp"):
-                self._mkdir_or_own(os.path.join(d, sub), owner)      # (a killed creation's)
-            if folder != "INBOX":
-                mf = os.path.join(d, "maildirfolder")
-                if not os.path.exists(mf):
-                    os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
-                self._own(mf, owner)
-            self._reset_index(idx, owner)
-            if ctl != d:                       # left by a folder whose mail was lost
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(ctl, KEYWORDS))
-            ul = Uidlist(uidvalidity=uidvalidity or self._folder_uidvalidity(user), uidnext=max(1, uidnext),
-                         extra=uidlist_mod.with_mailbox_guid([], guid))
-            self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
-            # cur/ last, made under another name and given to its owner first: the folder
-            # appears in one rename, never with a cur/ root kept
-            # (a dot name in a Maildir++ root would be a folder to Dovecot; a plain one
-            # in a LAYOUT=fs directory would)
-            pre = os.path.join(d, PRE_CUR if self._fs_layout or folder != "INBOX" else PRE_CUR[1:])
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(pre)                  # (left empty by a killed creation)
-            self._mkdir(pre, owner)
-            os.rename(pre, os.path.join(d, "cur"))
-        finally:
-            dotlock.release(lockpath)
+        staged = d != root and not os.path.lexists(d)
+        if staged:
+            # LAYOUT=fs: parent levels too (given to the owner if a killed run left them),
+            # each appearing whole (_mkdir_staged)
+            self._makedirs(os.path.dirname(d), owner, top=False, within=root, staged=())
+            self._clean_staged(os.path.dirname(d))
+        elif folder != "INBOX" or self._layout is not None:
+            self._makedirs(d, owner, within=root)
+            self._clean_staged(os.path.dirname(d))
+        if staged and ctl == d:
+            # nobody sees the folder before its rename: its lock would be in it
+            self._create_staged(user, d, ctl, idx, folder, ul, owner)
+        else:
+            try:
+                self._acquire_dotlock(lockpath, self._lock_timeout(), f"{user}/{folder} ({lockpath})")
+            except Unlocked:
+                raise StoreError(f"cannot create folder {folder!r} of user {user!r}: "
+                                 f"{d} is not writable") from None
+            try:
+                if os.path.isdir(os.path.join(d, "cur")):
+                    raise FolderExists(user, folder)     # made meanwhile by another process
+                if staged:
+                    self._create_staged(user, d, ctl, idx, folder, ul, owner)
+                else:
+                    self._create_in_place(d, ctl, idx, folder, ul, owner)
+            finally:
+                dotlock.release(lockpath)
         # Dovecot's mailbox list index (dovecot.list.index*) is left to Dovecot: it lists
         # a folder made or removed on disk from the directory tree (a new session at once,
         # an open one within a second) and checks a folder's STATUS cached there against
@@ -2165,6 +2166,50 @@ class MaildirStore(Store):
         self._set_subscribed(user, folder, subscribed)
         return FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=subscribed, guid=uidlist_mod.mailbox_guid(ul.extra))
+
+    def _folder_files(self, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist, owner) -> None:
+        """A new folder's files but cur/: maildirfolder in ``d``, its index files reset
+        (a floor, _new_index), keywords a lost folder left in ``ctl`` removed, its
+        dovecot-uidlist."""
+        if folder != "INBOX":
+            mf = os.path.join(d, "maildirfolder")
+            if not os.path.exists(mf):
+                os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
+            self._own(mf, owner)
+        self._reset_index(idx, owner)
+        if ctl != d:                       # left by a folder whose mail was lost
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(ctl, KEYWORDS))
+        self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
+
+    def _create_staged(self, user: str, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist,
+                       owner) -> None:
+        """The folder made whole under another name and renamed to ``d`` (which is not
+        there); the files that live in it (ctl, idx equal to ``d``) are written there."""
+        def fill(tmp: str) -> None:
+            self._folder_files(tmp, tmp if ctl == d else ctl, tmp if idx == d else idx, folder, ul, owner)
+            self._mkdir(os.path.join(tmp, "cur"), owner)
+        try:
+            self._mkdir_staged(d, owner, ("new", "tmp"), fill=fill)
+        except FileExistsError:
+            if os.path.isdir(os.path.join(d, "cur")):
+                raise FolderExists(user, folder) from None     # made meanwhile
+            raise
+
+    def _create_in_place(self, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist, owner) -> None:
+        """The files of a folder whose directory is there without cur/ (what a killed
+        creation left is reused), cur/ last: made under another name and given to its
+        owner first, it appears in one rename, never with a cur/ root kept (a dot name
+        in a Maildir++ root would be a folder to Dovecot; a plain one in a LAYOUT=fs
+        directory would)."""
+        for sub in ("new", "tmp"):
+            self._mkdir_or_own(os.path.join(d, sub), owner)      # (a killed creation's)
+        self._folder_files(d, ctl, idx, folder, ul, owner)
+        pre = os.path.join(d, PRE_CUR if self._fs_layout or folder != "INBOX" else PRE_CUR[1:])
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(pre)                  # (left empty by a killed creation)
+        self._mkdir(pre, owner)
+        os.rename(pre, os.path.join(d, "cur"))
 
     @store_os_errors
     def delete_folder(self, user: str, folder: str) -> None:
