@@ -554,7 +554,7 @@ def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts:
         writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity,
                           uidnext=info.uidnext, subscribed=info.subscribed, uids=uids, state=flags,
                           mailbox_guid=info.guid, acl=info.acl,
-                          state_ids=opts.base.identities(t.user, folder))
+                          state_ids=opts.base.packed_identities(t.user, folder))
     except UnarchivableValue:
         return False                     # read it: _backup_folder names what is wrong
     res.folders += 1

@@ -82,6 +82,20 @@ class BaseState:
         ids = decode_ids(text, len(got[1]))
         return None if ids is None else dict(zip(got[1], ids))
 
+    def packed_identities(self, user: str, folder: str) -> bytes | None:
+        """identities() as IMSASM.state_ids packs them (4 bytes a UID, big-endian, in
+        ascending UID order), or None when it would be None: for a folder written from
+        the base's record, whose state names every UID (ArchiveWriter.add_folder)."""
+        text = self.ids.get((user, folder))
+        got = self.folders.get((user, folder))
+        if not text or got is None:
+            return None
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (ValueError, TypeError):
+            return None
+        return raw if len(raw) == 4 * len(got[1]) else None
+
     def holds(self, user: str, folder: str, uidvalidity: int) -> UidSet | None:
         """The UIDs the base held in this folder under this UIDVALIDITY, or None when the
         base did not have the folder (by name and UIDVALIDITY): it is carried whole."""

@@ -1471,3 +1471,73 @@ def test_an_incrementals_state_ids_read_back_uid_by_uid(seed):
         for bad in (text[:-4], text + "AAAA", "*" + text[1:]):
             with pytest.raises(ValueError, match="IMSASM.state_ids"):
                 values.state_ids(bad, folder.state)
+
+
+def test_a_folder_state_is_checked_as_the_reader_checks_it_without_a_round_trip(monkeypatch):
+    """An incremental's folder member (IMSASM.state, IMSASM.state_ids), written from UID
+    sets or lists, whole or packed identities: refused (UnarchivableValue, the reader's
+    words) exactly when the reader would refuse the record, else read back as given;
+    and the writer never writes a UID set out to parse it back (issue 17: that round
+    trip was a quarter of an incremental's folder members)."""
+    from asm.archive import values
+    from asm.archive.errors import UnarchivableValue
+    rnd = random.Random(17)
+    words = ["", "\\Seen", "\\Seen \\Flagged", "$Work", "\\Answered $Later", "\\Seen \\Seen", "\\Bogus"]
+    real_parse = UidSet.parse
+    refused = written = 0
+    for n in range(600):
+        folder = UidSet.of(rnd.sample(range(1, 60), rnd.randint(1, 40)))
+        state: dict = {}
+        for u in folder:
+            if rnd.random() < 0.7:
+                state.setdefault(rnd.choice(words[:5] if rnd.random() < 0.9 else words), []).append(u)
+        if rnd.random() < 0.1 and state:                       # a UID the folder does not list
+            next(iter(state.values())).append(rnd.choice([0, 60, 61, 2 ** 32]))
+        if rnd.random() < 0.1 and len(state) > 1:              # one UID in two states
+            a, b = list(state)[:2]
+            state[b].append(state[a][0])
+        state = {k: (UidSet.of(v) if rnd.random() < 0.5 else v) for k, v in state.items()}
+        obj = {k: uid_ranges(v) for k, v in sorted(state.items())}
+        try:
+            want = FolderState.from_obj(obj, folder)
+            why = None
+        except ValueError as exc:
+            want, why = None, str(exc)
+        ids = {u: rnd.choice([0, rnd.getrandbits(32)]) for s in state.values() for u in s}
+        packed = None
+        if want is not None:
+            packed = struct.pack(f">{len(want)}I", *[ids[u] for u in want.uids()])
+        raw = io.BytesIO()
+        w = ArchiveWriter(raw)
+        w.write_header({"created": 1700000000})
+        w.add_user("primary", "joe", "")
+        if why is None:              # (a refusal may parse, for the reader's own words)
+            monkeypatch.setattr(UidSet, "parse", classmethod(lambda cls, *a, **k: pytest.fail("parsed back")))
+        try:
+            given = packed if packed is not None and n % 2 else ids
+            if why is not None:
+                with pytest.raises(UnarchivableValue) as got:
+                    w.add_folder("primary", "joe", "INBOX", uidvalidity=7, uidnext=100, subscribed=False,
+                                 uids=folder, state=state, state_ids=given)
+                assert got.value.why == why
+                refused += 1
+                continue
+            w.add_folder("primary", "joe", "INBOX", uidvalidity=7, uidnext=100, subscribed=False,
+                         uids=folder, state=state, state_ids=given)
+        finally:
+            monkeypatch.setattr(UidSet, "parse", real_parse)
+        w.close()
+        raw.seek(0)
+        errors = []
+        member = list(ArchiveReader(raw).members(errors.append))[1]
+        assert errors == []
+        assert [(f, k, list(u)) for f, k, u in member.state.entries] == \
+            [(f, k, list(u)) for f, k, u in want.entries]
+        if not any(ids.values()):
+            assert member.state_ids is None
+        else:
+            assert dict(zip(member.state.uids(), struct.unpack(f">{len(want)}I", member.state_ids))) == \
+                {u: ids[u] for u in want.uids()}
+            assert values.state_ids(base64.b64encode(member.state_ids).decode(), member.state) == member.state_ids
+        written += 1
+    assert refused > 50 and written > 300

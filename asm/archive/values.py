@@ -357,8 +357,18 @@ def _bad_ranges(text, what):
     raise ValueError(f"{what} is not a UID set")
 
 
+def ranges_disjoint(starts: list, ends: list) -> bool:
+    """Whether the ranges of the UID sets whose range starts and ends are ``starts`` and
+    ``ends`` (concatenated, each sorted here in place) share no UID: exactly when,
+    starts and ends sorted each on their own, every start comes after the end before
+    it (then both orders are the ranges')."""
+    starts.sort()
+    ends.sort()
+    return all(map(operator.gt, itertools.islice(starts, 1, None), ends))
+
+
 @functools.lru_cache(maxsize=1024)
-def _state_words(words):
+def state_words(words):
     """(flags, keywords) of a folder state's key ("\\Seen $Label1"); ValueError for
     anything that is not distinct system flags and keywords.  (Cached: a folder state
     has a few keys, the same in every folder.)"""
@@ -422,20 +432,15 @@ class FolderState:
         for words, ranges in obj.items():
             if not isinstance(ranges, str):
                 raise ValueError(f"{spec.STATE} maps a flag list to something that is not a UID list")
-            fl, kw = _state_words(words)
+            fl, kw = state_words(words)
             uids = UidSet.parse(ranges, spec.STATE)
             if not uids.issubset(folder_uids):
                 raise ValueError(f"{spec.STATE} names UIDs that {spec.UIDS} does not list")
             entries.append((fl, kw, uids))
             starts += uids._starts
             ends += uids._ends
-        if len(entries) > 1:
-            # ranges are disjoint exactly when, starts and ends sorted each on their own,
-            # every start comes after the end before it (then both orders are the ranges')
-            starts.sort()
-            ends.sort()
-            if not all(map(operator.gt, itertools.islice(starts, 1, None), ends)):
-                raise ValueError(f"{spec.STATE} gives one UID two states")
+        if len(entries) > 1 and not ranges_disjoint(starts, ends):
+            raise ValueError(f"{spec.STATE} gives one UID two states")
         return cls(entries)
 
     def uids(self) -> list:

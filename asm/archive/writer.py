@@ -1,4 +1,5 @@
 """ArchiveWriter: logical store content -> ims-asm pax archive (see docs/format.md)."""
+import base64
 import functools
 import hashlib
 import json
@@ -49,9 +50,31 @@ def _tool_version():
 
 
 def _encode_ids(ids: list) -> bytes:
-    import base64
     import struct
     return base64.b64encode(struct.pack(f">{len(ids)}I", *ids))
+
+
+def _checked_state(state, uid_set):
+    """(IMSASM.state as its JSON object, {flags-and-keywords: ranges} sorted by key; the
+    UidSets of its entries in that order; how many UIDs they name) of ``state``
+    ({flags-and-keywords: UidSet or UIDs}), checked as values.FolderState.from_obj
+    checks that object against the folder's ``uid_set`` (ValueError with its words),
+    without writing each UID set out and parsing it back: a flag list the reader takes,
+    UIDs it takes (values.check_uid_set), all in the folder's, none given two states."""
+    obj, sets, starts, ends = {}, [], [], []
+    for words, v in sorted(state.items()):
+        uids = v if isinstance(v, UidSet) else UidSet.of(v)
+        obj[words] = str(uids)
+        values.state_words(words)
+        values.check_uid_set(uids, spec.STATE)
+        if not uids.issubset(uid_set):
+            raise ValueError(f"{spec.STATE} names UIDs that {spec.UIDS} does not list")
+        sets.append(uids)
+        starts += uids._starts
+        ends += uids._ends
+    if len(sets) > 1 and not values.ranges_disjoint(starts, ends):
+        raise ValueError(f"{spec.STATE} gives one UID two states")
+    return obj, sets, sum(len(u) for u in sets)
 
 
 def uid_ranges(uids):
@@ -230,7 +253,9 @@ class ArchiveWriter:
         not say (no record is written).  ``state_ids``: {UID: identity} (asm.backupstate.
         identity) of the messages ``state`` names, so that an incremental taking this
         archive as its base (--base ARCHIVE) knows what is under each UID it lists, as
-        its state file does (IMSASM.state_ids; not written when none is known)."""
+        its state file does (IMSASM.state_ids; not written when none is known), or
+        those identities packed already as the record holds them (bytes: 4 a UID of
+        ``state``, in ascending UID order).  ``state``'s UID lists may be UidSets."""
         self._check_open()
         name = names.folder_dir(partition, user, folder)
         uid_set = uids if isinstance(uids, UidSet) else UidSet.of(uids)
@@ -247,11 +272,21 @@ class ArchiveWriter:
             if acl is not None:
                 values.acl(acl)
             if state:
-                obj = {k: uid_ranges(v) for k, v in sorted(state.items())}
-                checked = values.FolderState.from_obj(obj, uid_set)
+                obj, sets, n = _checked_state(state, uid_set)
                 extra = _R(_K[spec.STATE], _enc(_state_json(obj)))
-                if state_ids:
-                    ids = [state_ids.get(u, 0) for u in checked.uids()]
+                if type(state_ids) is bytes:
+                    # packed already (4 bytes a UID, in ascending UID order): an
+                    # incremental's folder taken from its base's record
+                    if len(state_ids) != 4 * n:
+                        raise ArchiveError(f"folder {name}: state_ids holds {len(state_ids)} bytes "
+                                           f"for {n} UIDs")
+                    if any(state_ids):
+                        extra += _R(_K[spec.STATE_IDS], base64.b64encode(state_ids))
+                elif state_ids:
+                    # the state's UIDs ascending (values.FolderState.uids()): the folder's
+                    # own when the state names every one of them
+                    order = uid_set if n == len(uid_set) else sorted(u for s in sets for u in s)
+                    ids = [state_ids.get(u, 0) for u in order]
                     if any(ids):
                         extra += _R(_K[spec.STATE_IDS], _encode_ids(ids))
         except ValueError as exc:
