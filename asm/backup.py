@@ -9,6 +9,8 @@ vanished, never a failure.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 import os
 import time
 
@@ -660,19 +662,34 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             if report:
                 report(f"error: {mailbox}: {why}")
             acl = None
+    msgs = snap.messages
+    # each message's flags-and-keywords key and identity, once: the folder member's state
+    # records and the state file's both take them
+    keys: dict = {}
+    fkeys = [_flag_key(m, keys) for m in msgs]
+    idents = [identity(m.guid, m.basename) for m in msgs]
+    uid_list = [m.uid for m in msgs]
+    uid_set = UidSet.of(uid_list)
+    # (a snapshot lists its messages in ascending UID order, each once; a driver that
+    # did not is taken the long way below)
+    ordered = len(uid_set) == len(uid_list) and all(map(operator.lt, uid_list, itertools.islice(uid_list, 1, None)))
     state = None
     state_ids: dict = {}                 # ... and what is under each UID it lists: a --base of
-    keys: dict = {}                      # this archive knows them, as its state file does
-    if opts.base is not None or opts.since is not None:
-        state = {}
-        for m in snap.messages:
-            if not carried(m):
-                state.setdefault(_flag_key(m, keys), []).append(m.uid)
-                state_ids[m.uid] = identity(m.guid, m.basename)
+    if opts.base is None and opts.since is None:   # this archive knows them, as its state file does
+        todo = msgs                      # a full backup carries every message
+    else:
+        todo, listed = [], {}
+        for m, k, i in zip(msgs, fkeys, idents):
+            if carried(m):
+                todo.append(m)
+            else:
+                listed.setdefault(k, []).append(m.uid)
+                state_ids[m.uid] = i
+        state = {k: UidSet.of(v) for k, v in listed.items()}
     try:
         writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity,
                           uidnext=info.uidnext, subscribed=info.subscribed,
-                          uids=[m.uid for m in snap.messages], state=state, mailbox_guid=info.guid,
+                          uids=uid_set, state=state, mailbox_guid=info.guid,
                           acl=acl, state_ids=state_ids)
     except UnarchivableValue as exc:
         # the writer's last guard: a folder member the reader would refuse is never
@@ -698,11 +715,10 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
 
     ahead = None
     if readers is not None:
-        ahead = readers.folder([m for m in snap.messages if carried(m)], writer.links_written,
-                               opts.ignore_links)
+        ahead = readers.folder(todo, writer.links_written, opts.ignore_links)
     gone: list = []
     try:
-        n, nbytes = _write_messages(store, writer, t, folder, mailbox, snap, carried, opts, res,
+        n, nbytes = _write_messages(store, writer, t, folder, mailbox, todo, opts, res,
                                     report, progress, ahead, fail, lost, warm, gone)
     finally:
         if ahead is not None:
@@ -712,17 +728,27 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         # named explicitly, and deleted or renamed while it was read
         res.errors.append({"mailbox": mailbox, "error": "deleted or renamed while it was read: the messages "
                                                          "not read by then are not in this archive"})
-    kept = UidSet.of(m.uid for m in snap.messages if m.uid not in lost)
-    ids = sorted((m.uid, identity(m.guid, m.basename)) for m in snap.messages if m.uid not in lost)
-    ids = encode_ids([i for _, i in ids]) if any(i for _, i in ids) else None
+    if not lost:
+        kept = uid_set
+        got = idents
+    else:
+        kept = UidSet.of(u for u in uid_list if u not in lost)
+        got = [i for u, i in zip(uid_list, idents) if u not in lost]
+    if not ordered:
+        got = [i for _, i in sorted((u, i) for u, i in zip(uid_list, idents) if u not in lost)]
+    ids = encode_ids(got) if any(got) else None
     if snap.fingerprint is not None and not lost and not getattr(snap, "warnings", ()):
         # read whole and clean: the next incremental may take it from this record while
         # the store says it is unchanged
-        flags: dict = {}
-        for m in snap.messages:
-            flags.setdefault(_flag_key(m, keys), []).append(m.uid)
+        if state is not None and not todo:
+            flags = state                # (nothing carried: the state names every UID)
+        else:
+            listed = {}
+            for u, k in zip(uid_list, fkeys):
+                listed.setdefault(k, []).append(u)
+            flags = {k: UidSet.of(v) for k, v in listed.items()}
         res.state.append((t.partition, t.user, folder, info.uidvalidity, kept, snap.fingerprint,
-                          {k: UidSet.of(v) for k, v in flags.items()}, ids))
+                          flags, ids))
     else:
         res.state.append((t.partition, t.user, folder, info.uidvalidity, kept, None, None, ids))
     if report:
@@ -773,14 +799,13 @@ class _Prefetch:
             self.next += 1
 
 
-def _write_messages(store, writer, t: Target, folder: str, mailbox: str, snap, carried,
+def _write_messages(store, writer, t: Target, folder: str, mailbox: str, todo: list,
                     opts: BackupOptions, res: BackupResult, report, progress, ahead, fail,
                     lost: set, warm=None, gone: list | None = None) -> tuple[int, int]:
-    """The folder's messages into the archive; (messages, bytes) written.  ``gone`` gets
-    the NoSuchFolder (or NoSuchUser) that found the folder itself gone (deleted or renamed
-    while read, or its user deleted)."""
+    """The folder's messages this run carries (``todo``) into the archive; (messages,
+    bytes) written.  ``gone`` gets the NoSuchFolder (or NoSuchUser) that found the
+    folder itself gone (deleted or renamed while read, or its user deleted)."""
     n = nbytes = 0
-    todo = [m for m in snap.messages if carried(m)]
     # the files asked for ahead: by the read-ahead child once it runs, else here, a few
     # at a time
     ahead_of = _Prefetch(todo, writer.links_written, opts.ignore_links) \

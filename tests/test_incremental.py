@@ -622,6 +622,55 @@ def test_a_state_files_identities_read_back_and_a_bad_text_is_ignored():
     assert identity("0123abcd", "x") != identity("0123abce", "x")
 
 
+def test_an_incremental_by_date_keys_each_message_once(tmp_path, driver, monkeypatch):
+    """imsbackup -d: each message listed gets its flags-and-keywords key and its identity
+    once, for the folder member's state records and the state file both (issue 17: they
+    were taken twice, a tenth of a -d run's Python); and what they record is the store's:
+    every message not carried is in IMSASM.state with its flags and its identity in
+    IMSASM.state_ids, and the state file names every UID's identity."""
+    import asm.backup
+    from asm.cli.imsbackup import main
+    w = World(tmp_path, driver)
+    rnd = random.Random(3)
+    for f in ("INBOX", "Work"):
+        for _ in range(25):
+            w.new(folder=f, flags=rnd.choice([(), ("\\Seen",), ("\\Seen", "\\Flagged")]),
+                  keywords=rnd.choice([(), ("$Work",)]))
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    new = [w.new(folder=f) for f in ("INBOX", "Work", "Work")]
+    calls = {"identity": 0, "_flag_key": 0}
+    for name in calls:
+        real = getattr(asm.backup, name)
+        def counted(*a, _real=real, _name=name):
+            calls[_name] += 1
+            return _real(*a)
+        monkeypatch.setattr(asm.backup, name, counted)
+    monkeypatch.setenv("IMS_HOME", str(w.home))
+    a = tmp_path / "d.ims"
+    assert main(["-f", str(a), "-d", since, "/"]) == 0
+    s = w.store
+    listed = {f: s.messages("alice", f) for f in ("INBOX", "Work")}
+    assert calls == {"identity": 53, "_flag_key": 53}, calls
+    doc = json.loads((tmp_path / "d.ims.state").read_text())
+    with open(a, "rb") as f:
+        folders = {m.folder: m for m in ArchiveReader(f).members() if m.kind == "folder"}
+    for f, msgs in listed.items():
+        kept = [m for m in msgs if m.uid not in {n.uid for n in new}]
+        member = folders[f]
+        assert {u: member.state.get(u) for u in member.state.uids()} == \
+            {m.uid: (frozenset(m.flags), tuple(m.keywords)) for m in kept}
+        assert struct_ids(member.state_ids) == [identity(m.guid, m.basename) for m in kept]
+        rec = next(d for d in doc["folders"] if d["folder"] == f)
+        assert decode_ids(rec["ids"], len(msgs)) == tuple(identity(m.guid, m.basename) for m in msgs)
+
+
+def struct_ids(raw: bytes) -> list:
+    import struct
+    return list(struct.unpack(f">{len(raw) // 4}I", raw))
+
+
 def test_imsdr_chain_follows_the_base_ids(tmp_path, driver):
     """imsdr chain (disaster recovery) orders incrementals by base, and names a missing one."""
     w = World(tmp_path, driver)
