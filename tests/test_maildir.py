@@ -655,6 +655,52 @@ def test_known_messages_are_not_stated(store, monkeypatch):
     assert snap.messages[-1].ino == new.ino
 
 
+def test_an_unchanged_folder_is_checked_without_opening_its_files(store, monkeypatch):
+    """--base on Maildir: a folder its base fingerprinted is found unchanged by its file
+    times alone (issue 17: its uidlist was opened for the mailbox GUID and its ACL for
+    the text, two opens of each of 1,218 folders): the fingerprint records the GUID of
+    the uidlist header it covers, and an ACL file is read only when there is one.  The
+    answer is the one a fresh read gives, and a fingerprint from before (no GUID) is
+    still taken, the GUID read from the header."""
+    import builtins
+    for folder in ("INBOX", "Shared"):
+        if folder != "INBOX":
+            store.create_folder("alice", folder)
+        for i in range(3):
+            add(store, folder, flags=["\\Seen"] if i else [])
+    store.set_acl("alice", "Shared", "user=bob lr\n")
+    time.sleep(2.1)                      # settled: the snapshots take fingerprints
+    opened = []
+    real_open = builtins.open
+
+    def counting(path, *a, **kw):
+        opened.append(os.path.basename(str(path)))
+        return real_open(path, *a, **kw)
+
+    for folder, acl in (("INBOX", ""), ("Shared", "user=bob lr\n")):
+        snap = store.snapshot("alice", folder)
+        assert snap.fingerprint is not None and snap.info.guid and snap.info.acl == acl
+        fresh = snap.info
+        for fp, opens in ((snap.fingerprint, [] if not acl else ["dovecot-acl"]),
+                          (snap.fingerprint[:9], ["dovecot-uidlist"] + ([] if not acl else ["dovecot-acl"]))):
+            opened.clear()
+            monkeypatch.setattr(builtins, "open", counting)
+            try:
+                info = store.folder_unchanged("alice", folder, fp)
+            finally:
+                monkeypatch.setattr(builtins, "open", real_open)
+            assert opened == opens, (folder, len(fp), opened)
+            assert (info.uidvalidity, info.uidnext, info.guid, info.acl, info.subscribed) == \
+                (fresh.uidvalidity, fresh.uidnext, fresh.guid, fresh.acl, fresh.subscribed), (folder, len(fp))
+        if not acl:                      # an ACL where there was none: read again
+            store.set_acl("alice", folder, "user=carol lr\n")
+            assert store.folder_unchanged("alice", folder, snap.fingerprint) is None
+            store.set_acl("alice", folder, "")
+            assert store.folder_unchanged("alice", folder, snap.fingerprint) is not None
+        add(store, folder)               # changed: read again
+        assert store.folder_unchanged("alice", folder, snap.fingerprint) is None
+
+
 def test_since_judges_by_ctime_which_copy_and_rename_set(store):
     """-d on Maildir: a message linked or renamed into a folder after the cut-off is new
     there, whatever the time in its file name (IMAP COPY and MOVE keep the name)."""

@@ -1660,7 +1660,9 @@ class MaildirStore(Store):
         self._unseen_warning(st, snap)
         if not self._index_keywords(user, folder, ctl, snap, no_table=not fp[4]) and \
                 settled(fp, seen) and st.whole:
-            snap.fingerprint = ["maildir", ul.uidvalidity, ul.uidnext, *fp]
+            # (and the mailbox GUID of the uidlist header the fingerprint covers: an
+            # unchanged folder's member is written without reading it again)
+            snap.fingerprint = ["maildir", ul.uidvalidity, ul.uidnext, *fp, info.guid]
         return snap
 
     # ------------------------------------------------------------------ access control lists
@@ -1748,11 +1750,17 @@ class MaildirStore(Store):
         return True
 
     def folder_unchanged(self, user: str, folder: str, fingerprint: list) -> FolderInfo | None:
-        """True to the fingerprint (dovecot-uidlist, cur/ new/ tmp/ and dovecot-keywords
-        as they were, all settled before that snapshot read them): the folder holds the
-        same messages under the same names, so the same UIDs and flags."""
-        if not (isinstance(fingerprint, list) and len(fingerprint) == 9
+        """True to the fingerprint (dovecot-uidlist, cur/ new/ tmp/, dovecot-keywords and
+        dovecot-acl as they were, all settled before that snapshot read them): the folder
+        holds the same messages under the same names, so the same UIDs and flags; and the
+        same uidlist header, so the mailbox GUID the fingerprint recorded (one from before
+        it did is read from the header), and the same ACL file (read only when there is
+        one: a folder without has the ACL "")."""
+        if not (isinstance(fingerprint, list) and len(fingerprint) in (9, 10)
                 and fingerprint[0] == "maildir") or (user, folder) in self._held:
+            return None
+        guid = fingerprint[9] if len(fingerprint) == 10 else None
+        if guid is not None and not isinstance(guid, str):
             return None
         try:
             folder = check_folder_name(folder)
@@ -1775,12 +1783,14 @@ class MaildirStore(Store):
                 d = self._folder_dir(user, folder)
                 ctl, _ = self._ctl_idx(user, folder, d)
                 subs_root = self._subs_root(user)
-            # the mailbox GUID from the header line, read before the check: a uidlist
-            # replaced after this read is not the fingerprint's
-            with open(os.path.join(ctl, UIDLIST), encoding="utf-8", errors="surrogateescape") as f:
-                guid = uidlist_mod.mailbox_guid(f.readline().split()[1:])
-            acl = self._read_acl(d, user, folder)   # (read before the check, as the GUID)
-            if not _fingerprint_same(d, ctl, fingerprint[3:]) or \
+            if guid is None:
+                # the mailbox GUID from the header line, read before the check: a uidlist
+                # replaced after this read is not the fingerprint's
+                with open(os.path.join(ctl, UIDLIST), encoding="utf-8", errors="surrogateescape") as f:
+                    guid = uidlist_mod.mailbox_guid(f.readline().split()[1:])
+            # (read before the check, as the GUID; none when the check finds none)
+            acl = self._read_acl(d, user, folder) if fingerprint[8] != [] else "" if self.carries_acl else None
+            if not _fingerprint_same(d, ctl, fingerprint[3:9]) or \
                     os.path.lexists(os.path.join(ctl, UIDLIST + LOCK_SUFFIX)):
                 return None
         except (OSError, StoreError, layout_mod.LayoutError):
