@@ -20,7 +20,7 @@ import zlib
 
 from asm.archive import names, values
 from asm.archive.errors import ArchiveError
-from asm.archive.values import FolderState, UidSet
+from asm.archive.values import CheckedState, FolderState, UidSet
 from asm.errors import EXIT_USAGE, ImsError
 
 STATE_FORMAT = "ims-asm-state"
@@ -248,7 +248,8 @@ def _from_state_doc(doc: dict, path: str) -> BaseState:
                 try:
                     checked = FolderState.from_obj(flags, uids)
                     if len(checked) == len(uids):
-                        st.unchanged[key] = (fp, {k: e[2] for k, e in zip(flags, checked.entries)})
+                        st.unchanged[key] = (fp, CheckedState(((k, e[2]) for k, e in zip(flags, checked.entries)),
+                                                              uids))
                 except (ValueError, TypeError):
                     pass
     except (KeyError, TypeError, ValueError):

@@ -1541,3 +1541,54 @@ def test_a_folder_state_is_checked_as_the_reader_checks_it_without_a_round_trip(
             assert values.state_ids(base64.b64encode(member.state_ids).decode(), member.state) == member.state_ids
         written += 1
     assert refused > 50 and written > 300
+
+
+def test_a_state_the_reader_checked_against_the_folder_is_written_without_a_second_check(monkeypatch):
+    """A folder an incremental writes from its base's record (values.CheckedState: the
+    state file's flags, taken by FolderState.from_obj as naming every UID of the folder
+    once) is written without checking that state again, the same member byte for byte
+    as the same state checked in full; against another UidSet object it is checked as
+    any state is (refused when the reader would refuse it).  And the state record's
+    JSON is json.dumps' own for any flags and keywords."""
+    from asm.archive import values, writer as writer_mod
+    from asm.archive.errors import UnarchivableValue
+    rnd = random.Random(21)
+    keys = ["", "\\Seen", "\\Seen \\Flagged", "$Work", "caf\u00e9", "a\"b", "back\\\\slash", "\udce9x", "\x7f"]
+    for _ in range(300):
+        obj = {rnd.choice(keys): rnd.choice(keys) for _ in range(rnd.randint(1, 5))}
+        assert writer_mod._state_json(obj) == json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+    def member(uids, state):
+        raw = io.BytesIO()
+        w = ArchiveWriter(raw)
+        w.write_header({"created": 1700000000})
+        w.add_user("primary", "joe", "")
+        w.add_folder("primary", "joe", "INBOX", uidvalidity=7, uidnext=100, subscribed=True, uids=uids,
+                     state=state, state_ids=b"\0\0\0\1" * len(uids))
+        return raw.getvalue()
+
+    for _ in range(100):
+        folder = UidSet.of(rnd.sample(range(1, 90), rnd.randint(1, 60)))
+        flags: dict = {}
+        for u in folder:
+            flags.setdefault(rnd.choice(["\\Seen", "", "\\Answered $Later"]), []).append(u)
+        text = {k: str(UidSet.of(v)) for k, v in sorted(flags.items(), key=lambda kv: rnd.random())}
+        checked = FolderState.from_obj(text, folder)
+        given = values.CheckedState(((k, e[2]) for k, e in zip(text, checked.entries)), folder)
+        want = member(folder, dict(given))
+        no = lambda *a, **k: pytest.fail("checked again")  # noqa: E731
+        monkeypatch.setattr(values, "state_words", no)
+        monkeypatch.setattr(UidSet, "issubset", no)
+        monkeypatch.setattr(values, "ranges_disjoint", no)
+        monkeypatch.setattr(values, "check_uid_set", lambda u, *a: u if u is folder else no())
+        try:
+            assert member(folder, given) == want
+        finally:
+            monkeypatch.undo()
+        # another UidSet, equal or not: checked in full
+        other = UidSet.parse(str(folder))
+        assert member(other, given) == want
+        smaller = UidSet.of(list(folder)[1:])
+        if len(folder) > 1:
+            with pytest.raises(UnarchivableValue, match="does not list"):
+                member(smaller, given)

@@ -403,6 +403,19 @@ def state_ids(text, state) -> bytes | None:
     return raw
 
 
+class CheckedState(dict):
+    """{flags-and-keywords: UidSet}: an IMSASM.state that FolderState.from_obj took, as
+    text, naming every UID of the UidSet ``folder`` (each once): the writer takes it
+    for that folder without checking it again (asm.backupstate: a state file's record
+    of a folder an incremental writes unread)."""
+
+    __slots__ = ("folder",)
+
+    def __init__(self, entries, folder):
+        super().__init__(entries)
+        self.folder = folder
+
+
 class FolderState:
     """IMSASM.state: the flags and keywords of the messages an incremental archive lists
     but does not carry, as a few (flags, keywords, UidSet) entries."""
