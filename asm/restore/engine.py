@@ -24,6 +24,12 @@ from asm.restore.selection import Selection
 from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_error, this_holder
 
 
+#: folders complete on disk are recorded so in the journal after one sync of the store
+#: (Restorer._record_done): when this many wait, or the first has waited this long
+DONE_FOLDERS = 1000
+DONE_SECONDS = 2.0
+
+
 def _fmt(t) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
 
@@ -65,6 +71,10 @@ class Restorer:
         # (dbox): folders it completed or removed are put in the journal only after
         # that, so a killed run's journal is never ahead of what the server has
         self.deferred: list | None = [] if getattr(store, "journal_after_sync", False) else None
+        # any other store: folders complete on disk and other journal changes, with the
+        # restore lock of each folder, recorded after a sync of the store covers them
+        self.done: list = []
+        self.done_since = 0.0
         self.holder = this_holder()
         self.users_seen: set = set()
         self.plan: FolderPlan | None = None
@@ -73,6 +83,7 @@ class Restorer:
         config = getattr(store, "config", None)
         self.locks = RestoreLocks(os.path.join(os.path.dirname(os.path.abspath(journal.path)), LOCK_FILE),
                                   config.owner() if config is not None else None)
+        self.locks.before_wait = self._record_done
         self.user_groups: dict[tuple, str | None] = {}
         self.refused_users: set = set()             # of a partition not configured here
         self.cur_user: tuple | None = None          # (partition, user) of the archive being read
@@ -138,13 +149,54 @@ class Restorer:
         plugins.run_end(self.run, self._end_status)
         return self.res
 
-    def _journal(self, mailbox: str, record) -> None:
-        """A journal change (``record()``) now, or, for a store that gives its copy to
-        the mail server when its batch ends, once that is done (self.deferred)."""
-        if self.deferred is None:
-            record()
-        else:
+    def _journal(self, mailbox: str, record, lock=None) -> None:
+        """A journal change (``record()``) once what the run wrote before it is durable:
+        after the next sync of the store (_record_done), or, for a store that gives its
+        copy to the mail server when its batch ends, once that is done (self.deferred).
+        ``lock``: the folder's restore lock, released once the change is recorded."""
+        if self.deferred is not None:
             self.deferred.append((mailbox, record))
+            if lock is not None:
+                lock.close()
+            return
+        if not self.done:
+            self.done_since = time.monotonic()
+        self.done.append((mailbox, record, lock))
+        if len(self.done) >= DONE_FOLDERS or time.monotonic() - self.done_since >= DONE_SECONDS:
+            self._record_done()
+
+    def _record_done(self) -> None:
+        """Record the journal changes waiting (self.done) after a sync of the store (one
+        syncfs per filesystem) made everything written before them durable, all in one
+        transaction, then release their folders' restore locks.  A folder is thus never
+        recorded complete while some of its files are only in the page cache (a power cut
+        then left the rerun taking it as done: mail lost, exit 0), and one sync serves
+        many folders.  A folder not recorded (the sync or the journal failed) stays under
+        way: the same command run again resumes it, as after a kill."""
+        done, self.done = self.done, []
+        if not done:
+            return
+        try:
+            try:
+                self.store.sync()
+            except (StoreError, OSError) as exc:
+                for mailbox, _record, _lock in done:
+                    self._record_error(mailbox, str(os_store_error(exc, mailbox.lstrip("/"))
+                                                     if isinstance(exc, OSError) else exc), error_status(exc))
+                return
+            try:
+                self.journal.together([record for _m, record, _l in done])
+            except JournalError:
+                for mailbox, record, _lock in done:       # one by one: each failure named
+                    try:
+                        record()
+                    except JournalError as exc:
+                        self._record_error(mailbox, str(exc), exc.status)
+        finally:
+            # after the journal: another restore of the folder waiting for it sees it done
+            for _m, _r, lock in done:
+                if lock is not None:
+                    lock.close()
 
     def _restore(self) -> None:
         t0 = time.monotonic()
@@ -164,6 +216,7 @@ class Restorer:
             self._end_folder(complete=self.res.incomplete is None and not stopped)
             if self.res.incomplete is None and not stopped:
                 self._end_user()
+                self._record_done()     # (what follows reads the journal)
                 self._find_gone_users()
                 self._remove_gone()
                 self._remove_users()
@@ -174,6 +227,8 @@ class Restorer:
         finally:
             self._end_folder(complete=False)
             self._drop_lock("")
+            # (before deliveries are released; whatever ended the run: Ctrl-C, a full disk)
+            self._record_done()
             unwritten = None
             if finished and self.res.pending and self.opts.reffile:
                 try:
@@ -839,7 +894,9 @@ class Restorer:
                 # again puts them there (Planner.plan, Applier.fills)
                 done = (plan.user, plan.folder, info.uidvalidity, info.uidnext, self.header, mirror,
                         len(plan.by_uid), plan.failed if whole else 0)
-                self._journal(mailbox, functools.partial(self.journal.put, *done))
+                # recorded after a sync covers its files; its restore lock held till then
+                lock, self.restore_lock = self.restore_lock, contextlib.ExitStack()
+                self._journal(mailbox, functools.partial(self.journal.put, *done), lock)
             plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
                                                      "messages": plan.restored, "bytes": 0, "error": None})
         except (StoreError, JournalError, OSError) as exc:
@@ -848,4 +905,4 @@ class Restorer:
                 exc = os_store_error(exc, f"{plan.user}/{plan.folder}")
             self._record_error(mailbox, str(exc), exc.status)
         finally:
-            self._release_restore_lock()        # after the journal: the next one sees it done
+            self._release_restore_lock()        # (a complete folder's: once it is recorded)

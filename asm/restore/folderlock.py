@@ -61,6 +61,10 @@ class RestoreLocks:
     def __init__(self, path: str, owner: tuple[int, int] | None = None):
         self.path = path
         self.owner = owner                  # store.owner: who the file is given to
+        # called before waiting for a lock another process holds: a restore lets go of the
+        # folders it holds until they are recorded complete (Restorer._record_done), so two
+        # restores never wait for each other
+        self.before_wait = None
 
     @contextlib.contextmanager
     def hold(self, user: str, folder: str, waiting=None) -> Iterator[None]:
@@ -71,6 +75,8 @@ class RestoreLocks:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
         except (BlockingIOError, PermissionError):
+            if self.before_wait is not None:
+                self.before_wait()
             if waiting is not None:
                 waiting(holder(fd, offset))
             # the kernel wakes us when the holder lets go (or dies); Ctrl-C still works

@@ -2,6 +2,7 @@
 restored into it last and what that left (docs/operations.md, "Incremental chains")."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -101,6 +102,19 @@ class Journal:
                     if "duplicate column" not in str(exc):
                         raise
 
+    def _tx(self):
+        """A write transaction of its own, or, inside :meth:`together`'s, that one."""
+        return contextlib.nullcontext() if self.db.in_transaction else sqlitedb.immediate(self.db)
+
+    @_journal_errors
+    def together(self, records) -> None:
+        """Make the journal changes ``records`` (callables: :meth:`put`, :meth:`forget`,
+        ...) in one transaction: one commit for the many folders a sync of the store made
+        durable (asm/restore/engine.py, Restorer._record_done); none if one fails."""
+        with sqlitedb.immediate(self.db):
+            for record in records:
+                record()
+
     # names are keys as names.to_db keeps them: any name the filesystem allows, losslessly
 
     @_journal_errors
@@ -131,7 +145,7 @@ class Journal:
     @_journal_errors
     def forget_user(self, user: str) -> None:
         """The user was removed: every row of its folders goes, and the archive that held it."""
-        with sqlitedb.immediate(self.db):
+        with self._tx():
             self.db.execute("DELETE FROM restored WHERE user=?", (names.to_db(user),))
             self.db.execute("DELETE FROM users_held WHERE user=?", (names.to_db(user),))
 
@@ -169,7 +183,7 @@ class Journal:
         ``beside``: (run token, source folder) of a folder a -n restore makes beside
         ``source`` (see :meth:`begin_run`, :meth:`beside_of`)."""
         key = (names.to_db(user), names.to_db(folder))
-        with sqlitedb.immediate(self.db):
+        with self._tx():
             self.db.execute("INSERT OR IGNORE INTO restored (user, folder, mirror) VALUES (?,?,0)", key)
             self.db.execute("UPDATE restored SET running=?, running_mode=? WHERE user=? AND folder=?",
                             (header.get("archive_id"), mode, *key))
@@ -200,7 +214,7 @@ class Journal:
     def begin_run(self, signature: str) -> str:
         """The token of the command with ``signature``: the one of its run that was cut
         short, if any, else a new one."""
-        with sqlitedb.immediate(self.db):
+        with self._tx():
             row = self.db.execute("SELECT token FROM runs WHERE signature=?", (signature,)).fetchone()
             if row is not None:
                 return row[0]
@@ -219,7 +233,7 @@ class Journal:
         is ``uidnext``: the UID from which the folder may hold what this command stored,
         the first time it came here (an earlier run of it, cut short), else ``uidnext``."""
         key = (names.to_db(user), names.to_db(folder))
-        with sqlitedb.immediate(self.db):
+        with self._tx():
             self.db.execute("INSERT OR IGNORE INTO restored (user, folder, mirror) VALUES (?,?,0)", key)
             row = self.db.execute("SELECT run, run_uid FROM restored WHERE user=? AND folder=?", key).fetchone()
             if row[0] == token and row[1] is not None:

@@ -23,6 +23,16 @@ writes), counted through Python's audit hooks (PEP 578) and SQLite's trace callb
                                 real full disk from then on, for SQLite and children too
     IMS_FAULT=eio:TEXT          every open of a path holding TEXT fails with EIO (a
                                 damaged disk's unreadable file); no step is counted
+    IMS_FAULT=order:FILE        no fault: one line per event to FILE, numbered in the
+                                order they happened, so a test can check what came before
+                                what (tests/test_restore_durability.py):
+                                  "N write PATH"   a step (PATH: what it made or changed,
+                                                   the new name of a rename or link)
+                                  "N sql DB STMT"  any SQLite statement on the database DB
+                                                   (under the root), bound values in
+                                  "N syncfs DEV"   syncfs(2) of the filesystem DEV (st_dev),
+                                                   called through ctypes, has returned 0
+                                  "N sync"         os.sync() has returned
     IMS_FAULT_LOG=FILE          (with any of them) one line per step: "N what", so a
                                 test can find the step it must kill before
     IMS_FAULT_READS=1           (with any of them) an open for reading under the root is
@@ -57,6 +67,8 @@ class _State:
     reads = False
     deferred = None     # a signal due at an SQLite statement, sent once it has run
                         # (sqlite3 drops an exception raised in its trace callback)
+    order = None        # IMS_FAULT=order: the file events are numbered in
+    order_n = 0
 
 
 def _under_root(path):
@@ -69,6 +81,13 @@ def _under_root(path):
     except TypeError:
         return False
     return bool(_ROOT) and os.path.abspath(path).startswith(_ROOT)
+
+
+def _order(line):
+    if _State.order is not None:
+        _State.order_n += 1
+        _State.order.write(f"{_State.order_n} {line}\n")
+        _State.order.flush()
 
 
 def _step(what, sql=False):
@@ -128,10 +147,15 @@ def _audit(event, args):
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
             (mode is None and isinstance(flags, int) and flags & _WRITE_FLAGS)
         if (writing or _State.reads) and _under_root(path):
+            if writing:
+                _order(f"write {os.fsdecode(path)}")
             _step(path)
         return
     nargs = _PATH_EVENTS.get(event)
     if nargs is not None and any(_under_root(a) for a in args[:nargs]):
+        target = args[nargs - 1]
+        if not isinstance(target, int):
+            _order(f"write {os.fsdecode(os.fspath(target))}")
         _step(args[0])
 
 
@@ -143,11 +167,39 @@ def _wrap_sqlite():
         con = real_connect(database, *a, **kw)
         if _under_root(database):
             def trace(stmt):
+                _order(f"sql {os.path.abspath(database)} {' '.join(stmt.split())}")
                 if stmt.lstrip().upper().startswith(_SQL_WRITES):
                     _step(f"sqlite: {stmt[:40]}", sql=True)
             con.set_trace_callback(trace)
         return con
     sqlite3.connect = connect
+
+
+def _log_syncs():
+    """IMS_FAULT=order: syncfs(2) through ctypes (any library's, as ``CDLL(...).syncfs``)
+    and os.sync() logged once they returned."""
+    import ctypes
+    real_sync = os.sync
+
+    def sync():
+        real_sync()
+        _order("sync")
+    os.sync = sync
+
+    class CDLL(ctypes.CDLL):
+        def __getattr__(self, name):
+            real = super().__getattr__(name)
+            if name != "syncfs":
+                return real
+
+            def syncfs(fd):
+                r = real(fd)
+                if r == 0:
+                    _order(f"syncfs {os.fstat(fd).st_dev}")
+                return r
+            setattr(self, name, syncfs)
+            return syncfs
+    ctypes.CDLL = CDLL
 
 
 def _install(spec):
@@ -169,6 +221,9 @@ def _install(spec):
             signal.signal(signal.SIGINT, signal.default_int_handler)
     elif mode == "eio":
         _State.out = arg
+    elif mode == "order":
+        _State.order = open(arg, "a")
+        _log_syncs()
     else:
         raise SystemExit(f"sitecustomize: bad IMS_FAULT {spec!r}")
     _State.reads = os.environ.get("IMS_FAULT_READS") == "1"
