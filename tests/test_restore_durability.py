@@ -12,21 +12,29 @@ users) was followed by a syncfs of its filesystem, or a sync, before that commit
 (Before, the journal recorded a folder complete as its last message was written, before
 the run's one closing syncfs: a WAL checkpoint could make that record durable while the
 folder's files were still only in the page cache, and after a power cut the same command
-run again took the folder as done, mail lost with exit 0.)  And the syncs are batched:
-far fewer than the folders.
+run again took the folder as done, mail lost with exit 0.)  The folder's restore lock is
+released only after that commit (another restore of it then finds it done).  And the
+syncs are batched: far fewer than the folders.
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import random
 import re
+import select
+import sqlite3
+import subprocess
+import time
 
 import pytest
 
+from asm.restore import folderlock
+from asm.restore.folderlock import RestoreLocks
 from asm.store import open_store
 from tests.faults import run_with_fault
-from tests.helpers import DRIVERS, in_home, make_home, run, small_tmpfs, state
+from tests.helpers import DRIVERS, in_home, make_home, popen, run, small_tmpfs, state
 from tests.restore_faults import backup, build_source
 
 JOURNAL = os.path.join("data", "restore-journal.db")
@@ -77,6 +85,8 @@ def _problems(events, home, store) -> tuple[list[str], int, int]:
             d = os.path.dirname(d)
         return ""
 
+    lock_file = os.path.join(os.path.abspath(str(home)), "data", folderlock.LOCK_FILE)
+    locked = {}             # restore lock offset -> its lockf calls (n, cmd)
     writes = []             # (n, owner, device)
     syncs = []              # (n, device or None: every filesystem)
     completes = []          # (n, (user, folder)) of the commit recording it complete
@@ -90,6 +100,10 @@ def _problems(events, home, store) -> tuple[list[str], int, int]:
             syncs.append((n, int(rest)))
         elif kind == "sync":
             syncs.append((n, None))
+        elif kind == "lockf":
+            cmd, offset, path = rest.split(" ", 2)
+            if path == lock_file:
+                locked.setdefault(int(offset), []).append((n, int(cmd)))
         elif kind == "sql":
             db, _, stmt = rest.partition(" ")
             if db != journal:
@@ -115,6 +129,11 @@ def _problems(events, home, store) -> tuple[list[str], int, int]:
                     completes.append((n, folder))
     problems = []
     for c, folder in completes:
+        # its restore lock is held until it is recorded: another restore of it finds it done
+        calls = [cmd for n, cmd in locked.get(folderlock._offset(*folder), []) if n < c]
+        if not calls or calls[-1] == fcntl.LOCK_UN:
+            problems.append(f"{'/'.join(folder)}: recorded complete (event {c}) after its restore lock "
+                            f"was released")
         for w, o, dev in writes:
             if w < c and o in (folder, "") and \
                     not any(w < s < c and d in (dev, None) for s, d in syncs):
@@ -229,3 +248,37 @@ def test_partitions_on_two_filesystems_are_each_synced_before_the_record(tmp_pat
             target = open_store(make_home(home, driver))
             assert target.user_partition("bob") == "second"
             assert state(target) == state(store)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_restore_waiting_for_another_holds_no_folder_it_has_not_recorded(tmp_path, driver):
+    """A folder complete on disk keeps its restore lock until it is recorded complete
+    (another restore of it then finds it done, never under way), but a restore that must
+    wait for a folder another restore holds records first what it finished and lets go
+    of those folders: two restores waiting for each other's folders would wait forever."""
+    src, _source_store = _source(tmp_path, driver, 5)
+    archive = backup(src, tmp_path / "a.ims")
+    home = tmp_path / "dst"
+    make_home(home, driver)
+    locks = RestoreLocks(str(home / "data" / "restore.lock"))
+    with locks.hold("u0", "Work"):
+        p = popen(home, "imsrestore", "-v", "-f", archive, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            err, deadline = b"", time.monotonic() + 60
+            while b"u0/Work: waiting for another restore" not in err:
+                assert time.monotonic() < deadline and p.poll() is None, err
+                if select.select([p.stderr], [], [], 1)[0]:
+                    err += os.read(p.stderr.fileno(), 65536)
+            with sqlite3.connect(home / JOURNAL) as db:
+                rows = dict(db.execute("SELECT folder, running FROM restored WHERE user='u0'").fetchall())
+            before = [f for f in rows if f != "Work"]
+            assert before and all(rows[f] is None for f in before), rows     # recorded complete
+            fd = folderlock._fd(locks.path)     # (closing another descriptor drops our lock)
+            for f in before:                                                 # and let go of
+                assert folderlock.holder(fd, folderlock._offset("u0", f)) is None, f
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
+    _, rest = p.communicate(timeout=120)
+    assert p.returncode == 0, rest

@@ -33,6 +33,8 @@ writes), counted through Python's audit hooks (PEP 578) and SQLite's trace callb
                                   "N syncfs DEV"   syncfs(2) of the filesystem DEV (st_dev),
                                                    called through ctypes, has returned 0
                                   "N sync"         os.sync() has returned
+                                  "N lockf CMD OFFSET PATH"  fcntl.lockf of PATH (under the
+                                                   root) at OFFSET, before it runs
     IMS_FAULT_LOG=FILE          (with any of them) one line per step: "N what", so a
                                 test can find the step it must kill before
     IMS_FAULT_READS=1           (with any of them) an open for reading under the root is
@@ -150,6 +152,15 @@ def _audit(event, args):
             if writing:
                 _order(f"write {os.fsdecode(path)}")
             _step(path)
+        return
+    if event == "fcntl.lockf" and _State.order is not None:
+        fd, cmd, _len, start = args[:4]
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return
+        if _under_root(path):
+            _order(f"lockf {cmd} {start} {path}")
         return
     nargs = _PATH_EVENTS.get(event)
     if nargs is not None and any(_under_root(a) for a in args[:nargs]):
