@@ -35,7 +35,7 @@ from asm.restore.folderlock import RestoreLocks
 from asm.store import open_store
 from tests.faults import run_with_fault
 from tests.helpers import DRIVERS, in_home, make_home, popen, run, small_tmpfs, state
-from tests.restore_faults import backup, build_source
+from tests.restore_faults import backup, build_source, message_files
 
 JOURNAL = os.path.join("data", "restore-journal.db")
 _PUT = re.compile(r"^INSERT INTO restored \(user, folder, uidvalidity.*?VALUES \('((?:[^']|'')*)','((?:[^']|'')*)'")
@@ -282,3 +282,39 @@ def test_a_restore_waiting_for_another_holds_no_folder_it_has_not_recorded(tmp_p
             raise
     _, rest = p.communicate(timeout=120)
     assert p.returncode == 0, rest
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_killed_with_folders_written_but_not_recorded_then_the_same_command_is_exact(tmp_path, driver):
+    """Killed while folders complete on disk wait for their record (just before the
+    journal transaction that records them, and inside it): each is still under way, and
+    the same command run again resumes it: no duplicate, no renumbered message, exit 0."""
+    src, source = _source(tmp_path, driver, 6)
+    archive = backup(src, tmp_path / "a.ims")
+    want = state(source)
+    log = tmp_path / "steps"
+    probe = tmp_path / "probe"
+    make_home(probe, driver)
+    with in_home(probe):
+        p = run_with_fault(["imsrestore", "-f", archive], probe, "count:/dev/null",
+                           env={"IMS_FAULT_LOG": str(log)})
+        assert p.returncode == 0, p.stderr
+    steps = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    records = [int(n) for n, what in steps if what.startswith("sqlite: INSERT INTO restored (user, folder, u")]
+    assert len(records) >= 16
+    for point in (records[0], records[1], records[-1]):
+        home = tmp_path / f"dst-{point}"
+        make_home(home, driver)
+        with in_home(home):
+            p = run_with_fault(["imsrestore", "-f", archive], home, f"kill:{point}")
+            assert p.returncode == -9, p.stderr
+            if point != records[-1]:        # (the run's only batch when it took under 2 s)
+                with sqlite3.connect(home / JOURNAL) as db:
+                    assert db.execute("SELECT count(*) FROM restored WHERE running IS NOT NULL").fetchone()[0]
+            p = run(home, "imsrestore", "-f", archive)
+            assert p.returncode == 0, p.stderr
+            target = open_store(make_home(home, driver))
+            assert state(target) == want
+            assert message_files(home, driver) == message_files(src, driver)
+            with sqlite3.connect(home / JOURNAL) as db:
+                assert db.execute("SELECT count(*) FROM restored WHERE running IS NOT NULL").fetchone()[0] == 0
