@@ -27,7 +27,7 @@ from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_er
 #: folders complete on disk are recorded so in the journal after one sync of the store
 #: (Restorer._record_done): when this many wait, or the first has waited this long
 DONE_FOLDERS = 1000
-DONE_SECONDS = 2.0
+DONE_SECONDS = 30.0
 
 
 def _fmt(t) -> str:
@@ -74,6 +74,7 @@ class Restorer:
         # any other store: folders complete on disk and other journal changes, with the
         # restore lock of each folder, recorded after a sync of the store covers them
         self.done: list = []
+        self.done_keys: set = set()                 # ... (user, folder) of those folders
         self.done_since = 0.0
         self.holder = this_holder()
         self.users_seen: set = set()
@@ -174,15 +175,19 @@ class Restorer:
         many folders.  A folder not recorded (the sync or the journal failed) stays under
         way: the same command run again resumes it, as after a kill."""
         done, self.done = self.done, []
+        self.done_keys.clear()
         if not done:
             return
         try:
             try:
                 self.store.sync()
             except (StoreError, OSError) as exc:
-                for mailbox, _record, _lock in done:
-                    self._record_error(mailbox, str(os_store_error(exc, mailbox.lstrip("/"))
-                                                     if isinstance(exc, OSError) else exc), error_status(exc))
+                if isinstance(exc, OSError):
+                    exc = os_store_error(exc, "the store")
+                n = sum(1 for _m, _r, lock in done if lock is not None)
+                self._record_error(done[0][0] if len(done) == 1 else "/", (
+                    f"{exc}: {n} restored folder{'s are' if n != 1 else ' is'} not recorded complete "
+                    f"(the same command run again finishes {'them' if n != 1 else 'it'})"), exc.status)
                 return
             try:
                 self.journal.together([record for _m, record, _l in done])
@@ -736,6 +741,10 @@ class Restorer:
                 # an incremental refused for want of its base makes nothing, not even the user
                 # (with -n what it carries goes beside, see FolderPlanner.plan)
                 self.planner.check_base(m, user, m.folder)
+            if (user, m.folder) in self.done_keys:
+                # (a folder the archive lists twice: the first is recorded first, and its
+                # restore lock, which this process would take again and release, is let go of)
+                self._record_done()
             with self.locks.hold(user, ""):        # one restore at a time makes a user
                 self._ensure_user(m.partition, user, m)
             self.restore_lock.enter_context(self.locks.hold(
@@ -896,6 +905,8 @@ class Restorer:
                         len(plan.by_uid), plan.failed if whole else 0)
                 # recorded after a sync covers its files; its restore lock held till then
                 lock, self.restore_lock = self.restore_lock, contextlib.ExitStack()
+                if self.deferred is None:
+                    self.done_keys.update({(plan.user, plan.folder), (plan.user, plan.src_folder)})
                 self._journal(mailbox, functools.partial(self.journal.put, *done), lock)
             plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
                                                      "messages": plan.restored, "bytes": 0, "error": None})
