@@ -83,3 +83,69 @@ def test_a_new_classic_index_left_half_built_by_a_killed_process_goes(tmp_path):
     assert sorted(n for n in os.listdir(fdir) if n.startswith("store.idx")) == ["store.idx"]
     f = open_store(Config(home=str(home))).folder("joe", "Work")
     assert (f.uidvalidity, f.uidnext) == (77, 5)
+
+
+# -- a Maildir restore's own work per folder and per message (fourteenth pass) -----------
+# One restore of a user of many small folders, traced once (strace -f): what it does to
+# each folder it makes and to each message it writes, by path.  Each rule below is a
+# system call that was made per folder (or message) and is not needed.
+
+_FOLDERS = [f"F{i:02d}" for i in range(12)]          # even ones subscribed
+
+
+@pytest.fixture(scope="module")
+def maildir_trace(tmp_path_factory):
+    """(trace lines, source store, restored store) of ``imsrestore -f A`` of joe's INBOX
+    and 12 folders of 2 messages each (a hard-linked copy among them) into an empty store."""
+    from tests.helpers import make_home, put, run
+    if STRACE is None:
+        pytest.skip("strace is not installed")
+    tmp = tmp_path_factory.mktemp("mdtrace")
+    src_home, dst_home = tmp / "src", tmp / "dst"
+    source = open_store(make_home(src_home, "maildir"))
+    put(source, "joe", "INBOX", 0, internaldate=1_600_000_000)
+    for i, folder in enumerate(_FOLDERS):
+        source.create_folder("joe", folder, subscribed=i % 2 == 0)
+        for j in range(2):
+            put(source, "joe", folder, 10 * i + j, flags=["\\Seen"] if j else [],
+                internaldate=1_600_000_000 + 100 * i + j)
+    first = source.messages("joe", "F00")[0].path
+    source.append("joe", "F01", None, link_from=first, internaldate=source.messages("joe", "F00")[0].internaldate)
+    archive = tmp / "a.ims"
+    run(src_home, "imsbackup", "-f", archive, "/", check=0)
+    make_home(dst_home, "maildir")
+    out = tmp / "trace"
+    from tests.helpers import command, command_env
+    subprocess.run([STRACE, "-f", "-qq", "-s", "300", "-o", str(out), command("imsrestore"), "-f", str(archive)],
+                   check=True, env=command_env(dst_home), stdin=subprocess.DEVNULL, capture_output=True)
+    with open(out, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    return lines, source, open_store(make_home(dst_home, "maildir"))
+
+
+def _calls(lines, pattern: str) -> list:
+    return [ln for ln in lines if re.search(pattern, ln)]
+
+
+def test_a_maildir_restore_restores_exactly_what_was_traced(maildir_trace):
+    from tests.helpers import state
+    lines, source, target = maildir_trace
+    assert state(target) == state(source)
+    assert target.folder("joe", "F00").subscribed and not target.folder("joe", "F01").subscribed
+    a, b = target.messages("joe", "F00")[0], target.messages("joe", "F01")[2]
+    assert os.stat(a.path).st_ino == os.stat(b.path).st_ino        # one copy, two links
+
+
+def test_a_folder_a_restore_makes_is_locked_once_and_never_read_back(maildir_trace):
+    """create_folder keeps the folder's dotlock for the restore (Store.create_folder_held):
+    its dovecot-uidlist, just written, is not read again, its directories not listed again
+    (nothing else can be in them), and the dotlock is taken once, not twice."""
+    lines = maildir_trace[0]
+    for folder in _FOLDERS:
+        d = rf"/Maildir/\.{folder}"
+        assert len(_calls(lines, rf'link\(".*", ".*{d}/dovecot-uidlist\.lock"\)')) == 1, folder
+        assert not _calls(lines, rf'open(at)?\(.*{d}/dovecot-uidlist", O_RDONLY'), folder
+        assert not _calls(lines, rf'open(at)?\(.*{d}(/(cur|new|tmp))?/?", .*O_DIRECTORY'), folder
+        # a directory just made has no index files of Dovecot's to look for or remove
+        assert not _calls(lines, rf'(unlink|newfstatat|lstat|stat)\(.*{d}/dovecot\.index'), folder
+

@@ -183,11 +183,14 @@ class Planner:
                 self.journal.start(user, folder, self.header, "exact", beside=mark)
             # UIDNEXT is raised to the archive's only when the folder is complete, so a
             # killed run, run again, still finds every remaining UID free
-            made = store.create_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
-                                       subscribed=m.subscribed, guid=self.own_guid(m, user, folder, beside))
+            # (its lock held from its creation on)
+            made = store.create_folder_held(locks, user, folder, uidvalidity=m.uidvalidity, uidnext=1,
+                                            subscribed=m.subscribed,
+                                            guid=self.own_guid(m, user, folder, beside))
             self._guids.get(user, {})[folder] = made.guid
             created = True
-        locks.enter_context(store.lock(user, folder))
+        else:
+            locks.enter_context(store.lock(user, folder))
         info = store.folder(user, folder)
         j = self.journal.get(user, folder)
         aid = self.header.get("archive_id")

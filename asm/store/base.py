@@ -488,6 +488,15 @@ class Store(abc.ABC):
         """Create a folder (parents are implied); raises FolderExists.  ``guid``: its
         mailbox GUID (a store without mailbox GUIDs ignores it; "" makes a new one)."""
 
+    def create_folder_held(self, locks: contextlib.ExitStack, user: str, folder: str,
+                           **kwargs) -> FolderInfo:
+        """:meth:`create_folder`, its :meth:`lock` entered on ``locks``.  A driver that
+        can keeps the lock it made the folder under (nothing can come in between, so
+        nothing it wrote has to be read again)."""
+        info = self.create_folder(user, folder, **kwargs)
+        locks.enter_context(self.lock(user, folder))
+        return info
+
     #: True when snapshots tell a folder's access control list (FolderInfo.acl) and
     #: set_acl writes one
     carries_acl = False

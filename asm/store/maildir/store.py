@@ -745,26 +745,30 @@ class MaildirStore(Store):
         return self._layout is not None and self._layout.location.layout == "fs"
 
     def _makedirs(self, path: str, owner, top: bool = True, within: str | None = None,
-                  staged: tuple | None = None) -> None:
+                  staged: tuple | None = None) -> bool:
         """``path`` and its missing parents (each chowned), as Dovecot makes them;
         ``path`` itself given to ``owner`` if it is there already (a killed creation
         left it), and the parents that were there only below ``within`` (the login's
         own directories: LAYOUT=fs parent levels).  ``staged``: the directories are
         folders Dovecot lists, each made whole (:meth:`_mkdir_staged`), ``path`` with
-        the subdirectories named."""
+        the subdirectories named.  True when this call made ``path`` itself (with
+        ``staged``: it holds only those subdirectories, all empty)."""
         if os.path.isdir(path):
             if top or (within and path.startswith(within.rstrip("/") + "/")):
                 self._own(path, owner)
-            return
+            return False
         parent = os.path.dirname(path)
         if parent != path:
             self._makedirs(parent, owner, top=False, within=within,
                            staged=None if staged is None else ())
-        with contextlib.suppress(FileExistsError):
+        try:
             if staged is None:
                 self._mkdir(path, owner)
             else:
                 self._mkdir_staged(path, owner, staged if top else ())
+        except FileExistsError:
+            return False
+        return True
 
     def _mkdir_staged(self, path: str, owner, subs=(), fill=None) -> None:
         """A folder's directory, appearing whole or not at all: made under a temporary
@@ -2117,7 +2121,8 @@ class MaildirStore(Store):
 
     @store_os_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
-                      uidnext: int = 1, subscribed: bool = False, guid: str = "") -> FolderInfo:
+                      uidnext: int = 1, subscribed: bool = False, guid: str = "",
+                      hold: contextlib.ExitStack | None = None) -> FolderInfo:
         """A folder exists (for Dovecot and for us) once its cur/ does.  A new folder's
         directory is made whole under a name Dovecot does not list -- new/ tmp/, its
         maildirfolder and dovecot-uidlist (and index floor) where they live in it, cur/
@@ -2127,7 +2132,11 @@ class MaildirStore(Store):
         of its own, and the restore then refused: "folder already exists", exit 17.)
         A directory that is there already without cur/ (a LAYOUT=fs level that holds
         subfolders, a damaged INBOX) gets its files first and cur/ last, in place.
-        INBOX can be created only in a Maildir that lacks its cur/ (a damaged one)."""
+        INBOX can be created only in a Maildir that lacks its cur/ (a damaged one).
+        ``hold``: the folder's lock (:meth:`lock`) is entered on it and held on from
+        the creation (a folder made under another name: its dotlock taken in it before
+        the rename, so it appears locked), with the state this made where this call made
+        the directory and its control files are in it (nothing to read again)."""
         folder = self.check_new_folder(user, folder)
         d = self._folder_dir(user, folder)
         if os.path.isdir(os.path.join(d, "cur")):
@@ -2149,9 +2158,12 @@ class MaildirStore(Store):
         elif folder != "INBOX" or self._layout is not None:
             self._makedirs(d, owner, within=root)
             self._clean_staged(os.path.dirname(d))
+        locked = False
         if staged and ctl == d:
-            # nobody sees the folder before its rename: its lock would be in it
-            self._create_staged(user, d, ctl, idx, folder, ul, owner)
+            # nobody sees the folder before its rename: its lock would be in it (taken
+            # there when the caller holds it on, so that the folder appears locked)
+            self._create_staged(user, d, ctl, idx, folder, ul, owner, lock=hold is not None)
+            locked = hold is not None
         else:
             try:
                 self._acquire_dotlock(lockpath, self._lock_timeout(), f"{user}/{folder} ({lockpath})")
@@ -2165,8 +2177,31 @@ class MaildirStore(Store):
                     self._create_staged(user, d, ctl, idx, folder, ul, owner)
                 else:
                     self._create_in_place(d, ctl, idx, folder, ul, owner)
+                locked = hold is not None
             finally:
+                if not locked:
+                    dotlock.release(lockpath)
+        ul.header_uidnext = ul.uidnext
+        if locked:
+            # the lock stays ours: the caller's hold, with the state just written (a
+            # directory this call made holds no message and nothing to recover; one a
+            # killed creation left, or control files elsewhere (CONTROL=), which may hold
+            # a killed writer's temporaries, are read and recovered as any, _load_state)
+            st = None
+            if staged and ctl == d:
+                st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=ul.uidnext, files={})
+                st.owner, st.owner_known = owner, True
+            kept = _Held(lockpath=lockpath, depth=0, state=st, touched=time.time(), since=time.monotonic())
+            with self._mutex:
+                self._held[(user, folder)] = kept
+                self._toucher.start()
+            try:
+                hold.enter_context(self._locked(user, folder))   # (its exit lets the lock go)
+            except BaseException:
+                with self._mutex:
+                    self._held.pop((user, folder), None)
                 dotlock.release(lockpath)
+                raise
         # Dovecot's mailbox list index (dovecot.list.index*) is left to Dovecot: it lists
         # a folder made or removed on disk from the directory tree (a new session at once,
         # an open one within a second) and checks a folder's STATUS cached there against
@@ -2177,28 +2212,39 @@ class MaildirStore(Store):
         return FolderInfo(name=folder, uidvalidity=ul.uidvalidity, uidnext=ul.uidnext,
                           subscribed=subscribed, guid=uidlist_mod.mailbox_guid(ul.extra))
 
-    def _folder_files(self, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist, owner) -> None:
+    def _folder_files(self, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist, owner,
+                      fresh: bool = False) -> None:
         """A new folder's files but cur/: maildirfolder in ``d``, its index files reset
         (a floor, _new_index), keywords a lost folder left in ``ctl`` removed, its
-        dovecot-uidlist."""
+        dovecot-uidlist.  ``fresh``: ``d`` was made just now and holds only new/ tmp/
+        (no index file to look for there)."""
         if folder != "INBOX":
             mf = os.path.join(d, "maildirfolder")
-            if not os.path.exists(mf):
+            if fresh or not os.path.exists(mf):
                 os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
             self._own(mf, owner)
-        self._reset_index(idx, owner)
+        if fresh and idx == d:
+            self._new_index(idx, owner)
+        else:
+            self._reset_index(idx, owner)
         if ctl != d:                       # left by a folder whose mail was lost
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(ctl, KEYWORDS))
         self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
 
     def _create_staged(self, user: str, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist,
-                       owner) -> None:
+                       owner, lock: bool = False) -> None:
         """The folder made whole under another name and renamed to ``d`` (which is not
-        there); the files that live in it (ctl, idx equal to ``d``) are written there."""
+        there); the files that live in it (ctl, idx equal to ``d``) are written there.
+        ``lock`` (ctl equal to ``d``): its dotlock is taken in it before the rename, so
+        it appears locked by this process."""
         def fill(tmp: str) -> None:
-            self._folder_files(tmp, tmp if ctl == d else ctl, tmp if idx == d else idx, folder, ul, owner)
+            self._folder_files(tmp, tmp if ctl == d else ctl, tmp if idx == d else idx, folder, ul, owner,
+                               fresh=True)
             self._mkdir(os.path.join(tmp, "cur"), owner)
+            if lock:
+                self._acquire_dotlock(os.path.join(tmp, UIDLIST + LOCK_SUFFIX), self._lock_timeout(),
+                                      f"{user}/{folder}")
         try:
             self._mkdir_staged(d, owner, ("new", "tmp"), fill=fill)
         except FileExistsError:
@@ -2220,6 +2266,10 @@ class MaildirStore(Store):
             os.rmdir(pre)                  # (left empty by a killed creation)
         self._mkdir(pre, owner)
         os.rename(pre, os.path.join(d, "cur"))
+
+    def create_folder_held(self, locks: contextlib.ExitStack, user: str, folder: str,
+                           **kwargs) -> FolderInfo:
+        return self.create_folder(user, folder, hold=locks, **kwargs)
 
     @store_os_errors
     def delete_folder(self, user: str, folder: str) -> None:
