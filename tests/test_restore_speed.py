@@ -149,3 +149,15 @@ def test_a_folder_a_restore_makes_is_locked_once_and_never_read_back(maildir_tra
         # a directory just made has no index files of Dovecot's to look for or remove
         assert not _calls(lines, rf'(unlink|newfstatat|lstat|stat)\(.*{d}/dovecot\.index'), folder
 
+
+def test_a_folder_a_restore_makes_costs_no_lock_it_does_not_need(maildir_trace):
+    """subscriptions is locked and rewritten only for a folder to be subscribed (one that
+    is not subscribed is left alone: not locked, not read under a lock), and not read back
+    after our own write; a folder with no ACL in the archive has no dovecot-acl to remove:
+    its lock is not taken."""
+    lines = maildir_trace[0]
+    subscribed = len(_FOLDERS[::2])
+    assert len(_calls(lines, r'link\(".*", ".*/Maildir/subscriptions\.lock"\)')) == subscribed
+    assert len(_calls(lines, r'open(at)?\(.*/Maildir/subscriptions", O_RDONLY')) <= subscribed + 1
+    assert not _calls(lines, r'dovecot-acl\.lock')
+

@@ -1709,6 +1709,10 @@ class MaildirStore(Store):
             return False
         d = self._existing_folder_dir(user, folder)
         path = os.path.join(d, ACL_FILE)
+        if acl == "" and not os.path.lexists(path):
+            # none to remove (a new folder): as the locked unlink would find, without the lock;
+            # a client's SETACL now comes after this
+            return False
         lockpath = path + dotlock.LOCK_SUFFIX
         try:
             try:
@@ -1895,6 +1899,10 @@ class MaildirStore(Store):
 
     def _set_subscribed(self, user: str, folder: str, on: bool) -> None:
         root = self._subs_root(user)
+        if (folder in self._subs.get(root)) == on:
+            # as asked already (the file is read whole without the lock: it is only ever
+            # replaced by a rename); a writer changing it now comes after this
+            return
         path = os.path.join(root, SUBSCRIPTIONS)
         lockpath = path + LOCK_SUFFIX
         try:
@@ -1908,6 +1916,7 @@ class MaildirStore(Store):
                 return
             subscribed = [n for n in subscribed if n != folder] + ([folder] if on else [])
             self._write_file(path, subscriptions.render(subscribed, self._utf8), self._owner_for(root))
+            self._subs.put(root, subscribed)        # (under its lock: not read back)
         finally:
             dotlock.release(lockpath)
 

@@ -80,3 +80,13 @@ class Cache:
         names = set(parse(lines, self.utf8))
         self._cache[root] = (key, names)
         return names
+
+    def put(self, root: str, names) -> None:
+        """``names`` were just written to ``root``'s file, under its lock (no other writer
+        can have replaced it since): kept, so the next :meth:`get` does not read it back."""
+        try:
+            st = os.stat(os.path.join(root, SUBSCRIPTIONS))
+        except FileNotFoundError:
+            self._cache.pop(root, None)
+            return
+        self._cache[root] = ((st.st_ino, st.st_mtime_ns, st.st_size), set(names))
