@@ -161,3 +161,16 @@ def test_a_folder_a_restore_makes_costs_no_lock_it_does_not_need(maildir_trace):
     assert len(_calls(lines, r'open(at)?\(.*/Maildir/subscriptions", O_RDONLY')) <= subscribed + 1
     assert not _calls(lines, r'dovecot-acl\.lock')
 
+
+def test_a_message_a_restore_writes_is_not_looked_up_again(maildir_trace):
+    """Its size and mtime come from the descriptor it was written through (or the inode it
+    was linked to): no stat of the file by its name in cur/ after the rename."""
+    lines = maildir_trace[0]
+    renamed = {re.search(r', "(.*/cur/[^"]+)"\)', ln).group(1)
+               for ln in _calls(lines, r'rename\(".*/tmp/[^"]+", ".*/cur/[^"]+"\)')}
+    assert len(renamed) == 1 + 2 * len(_FOLDERS) + 1
+    # (the first copy of a link is looked at as what the link is made from)
+    linked = {re.search(r'link\("([^"]+)"', ln).group(1) for ln in _calls(lines, r'^\d+ +link\(".*/cur/')}
+    assert len(linked) == 1
+    stats = _calls(lines, r'(newfstatat|stat|lstat|statx)\(AT_FDCWD, ".*/cur/[^"]+"')
+    assert not [ln for ln in stats if re.search(r'AT_FDCWD, "([^"]+)"', ln).group(1) in renamed - linked]

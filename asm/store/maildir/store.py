@@ -2540,16 +2540,18 @@ class MaildirStore(Store):
             base = self._new_base(stored if stored is not None else now, keep)
             owner = self._folder_owner(st)
             tmp = os.path.join(st.dir, "tmp", base)
-            size = None
+            s = None                # the new file's status, as it is when it leaves tmp/
             if link_from is not None:
-                size = self._link_tmp(link_from, tmp, internaldate)
-            if size is None:
+                s = self._link_tmp(link_from, tmp, internaldate)    # (of the inode before the link)
+            linked = s is not None
+            if s is None:
                 opened = open(link_from, "rb") if src is None else None
                 try:
-                    size = self._write_tmp(tmp, src if opened is None else opened, owner, internaldate)
+                    s = self._write_tmp(tmp, src if opened is None else opened, owner, internaldate)
                 finally:
                     if opened is not None:
                         opened.close()
+            size = s.st_size
             if keep is not None and not sizes_match(keep, size, tmp):
                 keep = None         # Dovecot would fail to read it, or serve it cut short
             full_base = keep or f"{base},S={size}"
@@ -2557,12 +2559,13 @@ class MaildirStore(Store):
             # a kept POP3 UIDL its P field, a POP3 order its O field
             ext = record_fields(full_base, guid, pop3_uidl, pop3_order)
             path = self._commit(st, uid, tmp, full_base, letters, ext)
-            s = os.stat(path)
+            # (its size and mtime as the file system keeps them: from the descriptor it
+            # was written through, or the inode it links to; a rename changes neither)
             flags_set, kws = self._decode_flags(st, letters)
             uidl, order = pop3_of(ext, full_base)
             return MessageInfo(uid=uid, flags=flags_set, keywords=kws, internaldate=s.st_mtime,
                                stored=stored_from_name(full_base) or now, size=s.st_size, path=path,
-                               dev=s.st_dev, ino=s.st_ino, nlink=s.st_nlink,
+                               dev=s.st_dev, ino=s.st_ino, nlink=s.st_nlink + linked,
                                guid=guid_of(ext, full_base), changed=s.st_ctime,
                                basename=full_base, pop3_uidl=uidl, pop3_order=order)
 
@@ -2572,8 +2575,9 @@ class MaildirStore(Store):
     # rename into cur/.  A record whose file is still in tmp/ was never visible: the
     # next writer of the folder drops both (_recover).
 
-    def _link_tmp(self, link_from: str, tmp: str, internaldate: float | None) -> int | None:
-        """Hard-link ``link_from`` to ``tmp``; its size, or None when it must be copied."""
+    def _link_tmp(self, link_from: str, tmp: str, internaldate: float | None) -> os.stat_result | None:
+        """Hard-link ``link_from`` to ``tmp``; its status before the link, or None when it
+        must be copied."""
         try:
             s = os.stat(link_from)
         except FileNotFoundError:
@@ -2586,7 +2590,7 @@ class MaildirStore(Store):
             if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 return None
             raise
-        return s.st_size
+        return s
 
     def _in_tmp(self, tmp: str, make):
         """Run ``make`` (which creates ``tmp``); a tmp/ that a killed creation or another
@@ -2600,15 +2604,17 @@ class MaildirStore(Store):
             self._mkdir_or_own(d, self._owner_for(os.path.dirname(d)))
             return make()
 
-    def _write_tmp(self, tmp: str, src: BinaryIO, owner, internaldate: float | None) -> int:
+    def _write_tmp(self, tmp: str, src: BinaryIO, owner, internaldate: float | None) -> os.stat_result:
+        """Write ``src`` to ``tmp``; its status (size, and mtime as the file system
+        kept the INTERNALDATE: one may hold a narrower range of times)."""
         fd = self._in_tmp(tmp, lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             try:
-                size = copy_to_fd(src, fd)
+                copy_to_fd(src, fd)
                 self._chown(fd, owner)
                 if internaldate is not None:
                     os.utime(fd, (internaldate, internaldate))
-                return size
+                return os.fstat(fd)
             finally:
                 os.close(fd)
         except BaseException:
