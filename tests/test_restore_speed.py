@@ -174,3 +174,32 @@ def test_a_message_a_restore_writes_is_not_looked_up_again(maildir_trace):
     assert len(linked) == 1
     stats = _calls(lines, r'(newfstatat|stat|lstat|statx)\(AT_FDCWD, ".*/cur/[^"]+"')
     assert not [ln for ln in stats if re.search(r'AT_FDCWD, "([^"]+)"', ln).group(1) in renamed - linked]
+
+
+def test_a_folder_made_with_its_control_files_elsewhere_is_recovered_as_before(tmp_path):
+    """CONTROL= elsewhere: a folder's control directory may outlive its mail (a lost mail
+    tree) and hold what a killed writer left there.  A folder made and held on
+    (create_folder_held) has that cleaned as any lock of it does; only a mail directory
+    this call made, holding the control files itself, is known to hold nothing."""
+    import contextlib
+    from asm.config import Config
+    base = tmp_path / "mail"
+    cfg = Config(home=str(tmp_path / "home"))
+    cfg.set("store.driver", "maildir")
+    cfg.set("store.mail_location", f"maildir:{base}/%u:CONTROL={base}/ctl/%u")
+    store = open_store(cfg)
+    store.create_user("joe")
+    d = store._folder_dir("joe", "Work")
+    ctl = store._ctl_idx("joe", "Work", d)[0]
+    assert ctl != d
+    os.makedirs(ctl)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = os.path.join(ctl, f"dovecot-uidlist.{dead.pid}.1.tmp")
+    open(left, "wb").close()
+    with contextlib.ExitStack() as locks:
+        store.create_folder_held(locks, "joe", "Work", uidvalidity=9, subscribed=True)
+        assert not os.path.exists(left)
+        store.append("joe", "Work", __import__("io").BytesIO(b"Subject: x\r\n\r\nx\r\n"), uid=3)
+    f = open_store(cfg).folder("joe", "Work")
+    assert (f.uidvalidity, f.uidnext, f.subscribed) == (9, 4, True)
