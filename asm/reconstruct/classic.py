@@ -36,7 +36,8 @@ from asm.reconstruct.knowledge import Knowledge
 from asm.reconstruct.sqlite import read_only_uri
 from asm.store.base import BadName, LockTimeout, StoreError, _syncfs, check_folder_name
 from asm.store.classic import (
-    _GUIDS, _IDX_SCHEMA, _SCHEMA, _dec, _enc, _open_lock, _user_dir, _uidvalidity, holds_mail, scan_user_dirs,
+    _GUIDS, _SCHEMA, _dec, _enc, _open_lock, _user_dir, _uidvalidity, aside_name, build_index, fsync_dir,
+    holds_mail, place_index, scan_user_dirs,
 )
 from asm.store.partitions import PartitionUnavailable, check_partition_dir
 
@@ -59,15 +60,6 @@ def _holds_mail(d: str) -> bool:
                        for e in it)
     except OSError:
         return False
-
-
-def _fsync_dir(d: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class _Index:
@@ -238,7 +230,7 @@ class _List:
                 else:
                     os.unlink(p)
         os.replace(self.new_path, self.path)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
 
 def _tmpdir() -> str:
@@ -724,32 +716,21 @@ class ClassicReconstructor:
             finally:
                 con.close()
             return
-        tmp = os.path.join(fdir, f"store.idx.new-{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        con = sqlite3.connect(tmp, isolation_level=None)
+        tmp = aside_name(fdir)
+
+        def keep_damaged() -> None:
+            if idx.exists:
+                os.rename(idx_path, f"{idx_path}.damaged-{_stamp()}")
+            for ext in ("-journal", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(idx_path + ext)
         try:
-            con.executescript("BEGIN;" + _IDX_SCHEMA)
-            con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (uidnext,))
-            con.execute("INSERT INTO meta VALUES ('uidvalidity', ?)", (uidvalidity,))
-            con.executemany("INSERT INTO msgs VALUES (?,?,?,?,?,?)", [rows[u] for u in sorted(rows)])
-            con.executemany("INSERT INTO guids VALUES (?,?)", sorted(guids.items()))
-            con.execute("COMMIT")
-        finally:
-            con.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._chown(tmp)
-        if idx.exists:
-            os.rename(idx_path, f"{idx_path}.damaged-{_stamp()}")
-        for ext in ("-journal", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(idx_path + ext)
-        os.replace(tmp, idx_path)
-        _fsync_dir(fdir)
+            build_index(tmp, uidnext, uidvalidity, [rows[u] for u in sorted(rows)], sorted(guids.items())).close()
+            place_index(tmp, idx_path, self._chown, before=keep_damaged)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def sync(self) -> None:
         """Make the repairs durable (syncfs on each partition and the store root)."""

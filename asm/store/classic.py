@@ -221,6 +221,74 @@ def _store_errors(fn):
     return wrapper
 
 
+def aside_name(fdir: str) -> str:
+    """Where this process builds a new index for the folder directory ``fdir``."""
+    return os.path.join(fdir, f"{_NEW_INDEX}{os.getpid()}")
+
+
+def drop_dead_asides(fdir: str) -> None:
+    """Remove the indexes that processes now gone were building aside in ``fdir``."""
+    for n in os.listdir(fdir):
+        pid = n[len(_NEW_INDEX):]
+        if n.startswith(_NEW_INDEX) and pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(fdir, n))
+
+
+def build_index(tmp: str, uidnext: int, uidvalidity: int, rows=(), guids=()) -> sqlite3.Connection:
+    """A folder index built aside under the temporary name ``tmp`` (nobody else opens
+    it): its schema, UIDNEXT and UIDVALIDITY (the folder's own record of it, which
+    reconstruct -m reads when the mailbox list is lost), and ``rows`` (msgs) and
+    ``guids``, committed; returned open for more.  Its rollback journal is kept in memory
+    and nothing is synced: nothing is to be rolled back or kept in a file nobody sees,
+    until :func:`place_index` syncs it once and renames it into place.  The one helper
+    of the store (a new folder) and of reconstruct (a lost or damaged index)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    con = sqlite3.connect(tmp, isolation_level=None, check_same_thread=False)
+    try:
+        con.execute("PRAGMA journal_mode=MEMORY")
+        con.execute("PRAGMA synchronous=OFF")
+        con.executescript("BEGIN;" + _IDX_SCHEMA)
+        con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (uidnext,))
+        con.execute("INSERT INTO meta VALUES ('uidvalidity', ?)", (uidvalidity,))
+        con.executemany("INSERT INTO msgs VALUES (?,?,?,?,?,?)", rows)
+        con.executemany("INSERT INTO guids VALUES (?,?)", guids)
+        con.execute("COMMIT")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def fsync_dir(d: str) -> None:
+    """Make a rename in ``d`` durable (as SQLite, a failure to sync a directory is ignored)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def place_index(tmp: str, idx: str, chown=None, before=None) -> None:
+    """Make the index built aside at ``tmp`` (closed) durable with one fdatasync and
+    rename it to ``idx``, the rename made durable with one fsync of its directory: the
+    index appears whole or not at all.  ``chown(path)`` gives it its owner first;
+    ``before()`` runs just before the rename (reconstruct keeps a damaged one aside)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    if chown is not None:
+        chown(tmp)
+    if before is not None:
+        before()
+    os.replace(tmp, idx)
+    fsync_dir(os.path.dirname(idx))
+
+
 _NO_FLAGS = frozenset()
 
 
@@ -418,53 +486,21 @@ class ClassicStore(Store):
         return con
 
     def _new_index(self, fdir: str, idx: str, uidnext: int, uidvalidity: int) -> None:
-        """A new folder's index, appearing whole in one rename: built under a temporary
-        name without a rollback journal (nothing to roll back in a file nobody else can
-        see yet), made durable with one fdatasync, renamed into place, and the rename
-        made durable with one fsync of the directory.  Created in place, its first commit
-        cost four syncs (the journal twice, the directory, the index), as many again as
-        the folder's messages cost, and more time than they on a restore of many small
-        folders.  A temporary a killed process left is removed here (the caller holds
-        the mailbox list's write lock: nobody else makes this folder meanwhile)."""
-        for n in os.listdir(fdir):
-            pid = n[len(_NEW_INDEX):]
-            if n.startswith(_NEW_INDEX) and pid.isdigit() and not pid_alive(int(pid)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(fdir, n))
-        tmp = f"{idx}{_NEW_INDEX[len('store.idx'):]}{os.getpid()}"
+        """A new folder's index, appearing whole in one rename (:func:`build_index`,
+        :func:`place_index`): created in place, its first commit cost four syncs (the
+        journal twice, the directory, the index), as many again as the folder's messages
+        cost, and more time than they on a restore of many small folders.  A temporary a
+        killed process left is removed here (the caller holds the mailbox list's write
+        lock: nobody else makes this folder meanwhile)."""
+        tmp = aside_name(fdir)
+        drop_dead_asides(fdir)
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            con = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                con.execute("PRAGMA journal_mode=OFF")      # synced once, below
-                con.execute("PRAGMA synchronous=OFF")
-                con.executescript("BEGIN;" + _IDX_SCHEMA)
-                con.execute("INSERT INTO meta VALUES ('uidnext', ?)", (uidnext,))
-                # the folder's own record of its UIDVALIDITY: reconstruct -m finds it here
-                # when the mailbox list is lost
-                con.execute("INSERT INTO meta VALUES ('uidvalidity', ?)", (uidvalidity,))
-                con.execute("COMMIT")
-            finally:
-                con.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            self._chown(tmp)
-            os.rename(tmp, idx)
+            build_index(tmp, uidnext, uidvalidity).close()
+            place_index(tmp, idx, self._chown)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        # (as SQLite, which ignores a failure to sync a directory)
-        with contextlib.suppress(OSError):
-            fd = os.open(fdir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
     @staticmethod
     def _guids(con: sqlite3.Connection, uid: int | None = None) -> dict:
