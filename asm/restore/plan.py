@@ -183,7 +183,8 @@ class Planner:
                 self.journal.start(user, folder, self.header, "exact", beside=mark)
             # UIDNEXT is raised to the archive's only when the folder is complete, so a
             # killed run, run again, still finds every remaining UID free
-            # (its lock held from its creation on)
+            # (its lock held from its creation on; the store may make it appear whole,
+            # filled, when that lock is released)
             made = store.create_folder_held(locks, user, folder, uidvalidity=m.uidvalidity, uidnext=1,
                                             subscribed=m.subscribed,
                                             guid=self.own_guid(m, user, folder, beside))

@@ -492,10 +492,20 @@ class Store(abc.ABC):
                            **kwargs) -> FolderInfo:
         """:meth:`create_folder`, its :meth:`lock` entered on ``locks``.  A driver that
         can keeps the lock it made the folder under (nothing can come in between, so
-        nothing it wrote has to be read again)."""
-        info = self.create_folder(user, folder, **kwargs)
+        nothing it wrote has to be read again); by default :meth:`create_folder_to_fill`
+        then the lock."""
+        info = self.create_folder_to_fill(user, folder, **kwargs)
         locks.enter_context(self.lock(user, folder))
         return info
+
+    def create_folder_to_fill(self, user: str, folder: str, uidvalidity: int | None = None,
+                              uidnext: int = 1, subscribed: bool = False, guid: str = "") -> FolderInfo:
+        """:meth:`create_folder` for a caller that takes the folder's lock next and
+        fills it under that lock (a restore): a driver may make the folder appear whole,
+        messages and all, when that lock is released (the classic store does, for fewer
+        syncs).  A folder listed but not filled yet reads as empty.  By default
+        create_folder."""
+        return self.create_folder(user, folder, uidvalidity, uidnext, subscribed, guid)
 
     #: True when snapshots tell a folder's access control list (FolderInfo.acl) and
     #: set_acl writes one

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -235,6 +236,20 @@ def drop_dead_asides(fdir: str) -> None:
                 os.unlink(os.path.join(fdir, n))
 
 
+def _unmade(fdir: str) -> bool:
+    """The folder directory holds an index being built aside and none in place: a
+    listed folder whose creation (with its messages) has not ended, or was cut short."""
+    idx = os.path.join(fdir, "store.idx")
+    if os.path.exists(idx):
+        return False
+    try:
+        names = os.listdir(fdir)
+    except OSError:
+        return False
+    # (looked at again: renamed into place while the directory was read)
+    return any(n.startswith(_NEW_INDEX) for n in names) and not os.path.exists(idx)
+
+
 def build_index(tmp: str, uidnext: int, uidvalidity: int, rows=(), guids=()) -> sqlite3.Connection:
     """A folder index built aside under the temporary name ``tmp`` (nobody else opens
     it): its schema, UIDNEXT and UIDVALIDITY (the folder's own record of it, which
@@ -243,8 +258,9 @@ def build_index(tmp: str, uidnext: int, uidvalidity: int, rows=(), guids=()) -> 
     and nothing is synced: nothing is to be rolled back or kept in a file nobody sees,
     until :func:`place_index` syncs it once and renames it into place.  The one helper
     of the store (a new folder) and of reconstruct (a lost or damaged index)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
+    if tmp != ":memory:":
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     con = sqlite3.connect(tmp, isolation_level=None, check_same_thread=False)
     try:
         con.execute("PRAGMA journal_mode=MEMORY")
@@ -298,7 +314,10 @@ def _index_fingerprint(fdir: str) -> list | None:
     path = os.path.join(fdir, "store.idx")
     if os.path.lexists(path + "-journal") or os.path.lexists(path + "-wal"):
         return None
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None         # a new folder whose index is being built aside (ClassicStore._filling)
     return stat_part(st)
 
 
@@ -383,6 +402,11 @@ class ClassicStore(Store):
         self._tmp_dirs: set[str] = set()             # temp dirs known to exist (see _write_file)
         self._tmp_seq = 0                            # temporaries: <pid>-<uid>-<seq><tag>
         self._tmp_tag = os.urandom(4).hex()
+        # a new folder a restore fills (create_folder_to_fill): folder dir -> its index
+        # being built aside, renamed into place when the folder's lock is released; and
+        # the folder's lock, taken before the folder was listed, until lock() takes it over
+        self._filling: dict[str, str] = {}
+        self._prelocked: dict[str, int] = {}
 
     def _check_lost(self, db_path: str) -> None:
         why = lost_list(self.parts)
@@ -463,10 +487,42 @@ class ClassicStore(Store):
         if con is None:
             path = os.path.join(fdir, "store.idx")
             if not os.path.exists(path):
+                if _unmade(fdir):
+                    # listed, its index still being built aside (or its builder killed):
+                    # nothing of it was ever visible; read as the empty folder it was made
+                    return build_index(":memory:", 1, 0)
                 raise FileNotFoundError(path)
             con = self._connect_index(path)
             self._cache_index(fdir, con)
         return con
+
+    def _adopt(self, fdir: str, uidvalidity: int) -> None:
+        """Under the folder's lock, a listed folder whose index was never placed (its
+        builder was killed; holding the lock, nobody builds it now): built aside anew,
+        empty, as its creation made it, and placed when the lock is released (a restore
+        run again fills it there, as the first run would have)."""
+        mine = aside_name(fdir)
+        for n in os.listdir(fdir):
+            if n.startswith(_NEW_INDEX) and os.path.join(fdir, n) != mine:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(fdir, n))
+        con = build_index(mine, 1, uidvalidity)
+        self._chown(mine)
+        self._filling[fdir] = mine
+        self._cache_index(fdir, con)
+
+    def _place_filled(self, fdir: str) -> None:
+        """The folder's lock is released: its index built aside, messages and all, is
+        committed, synced once and renamed into place (the folder appears whole)."""
+        tmp = self._filling.pop(fdir)
+        con = self._idx.pop(fdir, None)
+        if con is not None:
+            try:
+                if con.in_transaction:
+                    con.execute("COMMIT")
+            finally:
+                con.close()
+        place_index(tmp, os.path.join(fdir, "store.idx"))
 
     def _connect_index(self, path: str, new: bool = False) -> sqlite3.Connection:
         # a rollback journal with synchronous=FULL: a crash at any moment leaves the index
@@ -513,7 +569,7 @@ class ClassicStore(Store):
 
     def _cache_index(self, fdir: str, con: sqlite3.Connection) -> None:
         if len(self._idx) >= 64:
-            for k in [k for k in self._idx if k not in self._held][:32]:
+            for k in [k for k in self._idx if k not in self._held and k not in self._filling][:32]:
                 self._idx.pop(k).close()
         self._idx[fdir] = con
 
@@ -713,21 +769,25 @@ class ClassicStore(Store):
             else:
                 reentered = False
         if not reentered:
-            try:
-                fd = _open_lock(fdir)
-            except (FileNotFoundError, NotADirectoryError):
-                raise StoreError(f"folder {folder!r} of user {user!r}: its directory {fdir} is missing "
-                                 f"although the mailbox list has the folder; the store is damaged "
-                                 f"(is its partition's disk mounted?)") from None
-            if not flock_wait(fd, self.lock_timeout if timeout is None else timeout):
-                os.close(fd)
-                raise LockTimeout(f"folder {folder!r} of user {user!r}")
-            self._own(fd)               # store.lck, made by the open
+            fd = self._prelocked.pop(fdir, None)
+            if fd is None:
+                try:
+                    fd = _open_lock(fdir)
+                except (FileNotFoundError, NotADirectoryError):
+                    raise StoreError(f"folder {folder!r} of user {user!r}: its directory {fdir} is missing "
+                                     f"although the mailbox list has the folder; the store is damaged "
+                                     f"(is its partition's disk mounted?)") from None
+                if not flock_wait(fd, self.lock_timeout if timeout is None else timeout):
+                    os.close(fd)
+                    raise LockTimeout(f"folder {folder!r} of user {user!r}")
+                self._own(fd)               # store.lck, made by the open
             self._clean_tmp(user)
             with self._mutex:
                 self._held[fdir] = (fd, 1)
                 self._rows[(user, folder)] = [uidvalidity, subscribed]
             try:
+                if fdir not in self._idx and _unmade(fdir):
+                    self._adopt(fdir, uidvalidity)
                 # everything done under the lock is one index transaction: a folder
                 # restored under one lock costs one commit, not one per message
                 self._index(fdir).execute("BEGIN IMMEDIATE")
@@ -751,6 +811,15 @@ class ClassicStore(Store):
                     try:
                         # each change is complete on its own (file renamed before its
                         # row), so what was done is committed even after an error
+                        if fdir in self._filling:
+                            try:
+                                self._place_filled(fdir)
+                            except (sqlite3.Error, OSError) as exc:
+                                if "full" in str(exc) or ("I/O" in str(exc) and self._disk_full()) or \
+                                        getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+                                    raise StoreFull(f"the index of {user}/{folder}", _full_why(exc)
+                                                    if isinstance(exc, sqlite3.Error) else str(exc)) from None
+                                raise StoreError(f"the index of {user}/{folder} failed: {exc}") from None
                         con = self._idx.get(fdir)
                         if con is not None and con.in_transaction:
                             try:
@@ -803,6 +872,8 @@ class ClassicStore(Store):
         path = self._user_path(user)
         for k in [k for k in self._idx if k == path or k.startswith(path + os.sep)]:
             self._idx.pop(k).close()
+        for k in [k for k in self._filling if k == path or k.startswith(path + os.sep)]:
+            del self._filling[k]
         with sqlitedb.immediate(self._db):
             self._db.execute("DELETE FROM folders WHERE user=?", (user,))
             self._db.execute("DELETE FROM holders WHERE user=?", (user,))
@@ -840,6 +911,64 @@ class ClassicStore(Store):
         return FolderInfo(folder, uidvalidity, max(1, uidnext), subscribed)
 
     @_store_errors
+    def create_folder_to_fill(self, user: str, folder: str, uidvalidity: int | None = None,
+                              uidnext: int = 1, subscribed: bool = False, guid: str = "") -> FolderInfo:
+        """A new folder whose index is built aside until its lock is released, with the
+        messages put in it meanwhile, then synced once and renamed into place: the
+        folder appears whole or not at all, for one fdatasync and one directory fsync
+        (made in place, its messages' commit cost four syncs more).  The folder is
+        listed, and locked, from the start; until the rename a reader finds it empty,
+        as it is, and a process that takes its lock after the builder was killed builds
+        it again (:meth:`_adopt`).  The folder's lock is taken before the folder is
+        listed: nobody else can take it first and find the index missing."""
+        folder = self.check_new_folder(user, folder)
+        self._user_row(user)
+        fdir = self._folder_dir(user, folder)
+        if fdir in self._held or fdir in self._prelocked:
+            return self.create_folder(user, folder, uidvalidity, uidnext, subscribed, guid)
+        self._makedirs(fdir)
+        fd = _open_lock(fdir)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # (someone holds the lock of a folder not listed: made the usual way)
+            os.close(fd)
+            return self.create_folder(user, folder, uidvalidity, uidnext, subscribed, guid)
+        tmp = aside_name(fdir)
+        con = None
+        try:
+            self._own(fd)
+            with sqlitedb.immediate(self._db):
+                if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
+                    raise FolderExists(user, folder)
+                row = self._db.execute("SELECT v FROM counters WHERE k='uidvalidity'").fetchone()
+                last = row[0] if row else 0
+                uidvalidity = uidvalidity or _uidvalidity(last)
+                if last < uidvalidity <= UV_MAX:
+                    self._db.execute("INSERT OR REPLACE INTO counters VALUES ('uidvalidity', ?)",
+                                     (uidvalidity,))
+                old = self._idx.pop(fdir, None)
+                if old is not None:
+                    old.close()
+                _remove_index(os.path.join(fdir, "store.idx"))  # left by a crash: start clean
+                drop_dead_asides(fdir)
+                con = build_index(tmp, max(1, uidnext), uidvalidity)
+                self._chown(tmp)
+                self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,?)",
+                                 (user, folder, uidvalidity, int(subscribed)))
+        except BaseException:
+            if con is not None:
+                con.close()
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._filling[fdir] = tmp
+        self._prelocked[fdir] = fd
+        self._cache_index(fdir, con)
+        return FolderInfo(folder, uidvalidity, max(1, uidnext), subscribed)
+
+    @_store_errors
     def delete_folder(self, user: str, folder: str) -> None:
         folder, _, _ = self._check_folder(user, folder)
         if folder == "INBOX":
@@ -853,7 +982,12 @@ class ClassicStore(Store):
             con = self._idx.pop(fdir, None)
             if con:
                 con.close()
-            for entry in os.listdir(fdir):
+            self._filling.pop(fdir, None)       # (its index built aside goes with the rest)
+            # the message directories first, the index last, whatever order the directory
+            # lists them in: a kill between them leaves no message file behind
+            # (the index is made last now, by a rename, and some file systems list the
+            # newest entry first)
+            for entry in sorted(os.listdir(fdir), key=lambda e: (not _is_hash(e), e.startswith("store.idx"))):
                 if entry.startswith("="):
                     continue  # a subfolder
                 p = os.path.join(fdir, entry)
@@ -1165,6 +1299,9 @@ class ClassicStore(Store):
         for con in self._idx.values():
             con.close()
         self._idx.clear()
+        for fd in self._prelocked.values():
+            os.close(fd)
+        self._prelocked.clear()
         self._db.close()
 
 
