@@ -250,7 +250,7 @@ def _unmade(fdir: str) -> bool:
     return any(n.startswith(_NEW_INDEX) for n in names) and not os.path.exists(idx)
 
 
-def build_index(tmp: str, uidnext: int, uidvalidity: int, rows=(), guids=()) -> sqlite3.Connection:
+def build_index(tmp: str, uidnext: int, uidvalidity: int, rows=(), guids=(), fresh: bool = False) -> sqlite3.Connection:
     """A folder index built aside under the temporary name ``tmp`` (nobody else opens
     it): its schema, UIDNEXT and UIDVALIDITY (the folder's own record of it, which
     reconstruct -m reads when the mailbox list is lost), and ``rows`` (msgs) and
@@ -258,7 +258,7 @@ def build_index(tmp: str, uidnext: int, uidvalidity: int, rows=(), guids=()) -> 
     and nothing is synced: nothing is to be rolled back or kept in a file nobody sees,
     until :func:`place_index` syncs it once and renames it into place.  The one helper
     of the store (a new folder) and of reconstruct (a lost or damaged index)."""
-    if tmp != ":memory:":
+    if tmp != ":memory:" and not fresh:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     con = sqlite3.connect(tmp, isolation_level=None, check_same_thread=False)
@@ -306,6 +306,10 @@ def place_index(tmp: str, idx: str, chown=None, before=None) -> None:
 
 
 _NO_FLAGS = frozenset()
+# this process's ID, for temporaries' names (looked up once, not per message; a fork's child
+# has its own)
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 def _index_fingerprint(fdir: str) -> list | None:
@@ -365,6 +369,7 @@ class ClassicStore(Store):
         self.root = config.store_root
         self.parts = config.partitions()
         self.owner = config.owner()
+        self._give = bool(self.owner) and os.geteuid() == 0     # files are given to store.owner
         self.lock_timeout = float(config.get_int("store.locktimeout"))
         db_path = os.path.join(self.root, "mboxlist", "mailboxes.db")
         if not os.path.exists(db_path):
@@ -451,13 +456,13 @@ class ClassicStore(Store):
         return os.path.join(fdir, f"{uid >> 8:02x}", f"{uid}.msg")
 
     def _chown(self, path: str) -> None:
-        if self.owner and os.geteuid() == 0:
+        if self._give:
             os.chown(path, *self.owner)
 
     def _own(self, path: str | int) -> None:
         """``path`` (or an open descriptor), when it exists, given to store.owner if it
         is not yet its (a file made by an open, such as a lock or SQLite's)."""
-        if not self.owner or os.geteuid() != 0:
+        if not self._give:
             return
         try:
             st = os.stat(path)
@@ -926,6 +931,7 @@ class ClassicStore(Store):
         fdir = self._folder_dir(user, folder)
         if fdir in self._held or fdir in self._prelocked:
             return self.create_folder(user, folder, uidvalidity, uidnext, subscribed, guid)
+        fresh = not os.path.isdir(fdir)         # made now: nothing left in it to remove
         self._makedirs(fdir)
         fd = _open_lock(fdir)
         try:
@@ -950,9 +956,10 @@ class ClassicStore(Store):
                 old = self._idx.pop(fdir, None)
                 if old is not None:
                     old.close()
-                _remove_index(os.path.join(fdir, "store.idx"))  # left by a crash: start clean
-                drop_dead_asides(fdir)
-                con = build_index(tmp, max(1, uidnext), uidvalidity)
+                if not fresh:
+                    _remove_index(os.path.join(fdir, "store.idx"))  # left by a crash: start clean
+                    drop_dead_asides(fdir)
+                con = build_index(tmp, max(1, uidnext), uidvalidity, fresh=fresh)
                 self._chown(tmp)
                 self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,?)",
                                  (user, folder, uidvalidity, int(subscribed)))
@@ -1062,7 +1069,7 @@ class ClassicStore(Store):
         path = self._msg_path(fdir, uid)
         tdir = self._tmp_dir(user)
         self._tmp_seq += 1
-        tmp = os.path.join(tdir, f"{os.getpid()}-{uid}-{self._tmp_seq:x}{self._tmp_tag}")
+        tmp = os.path.join(tdir, f"{_pid[0]}-{uid}-{self._tmp_seq:x}{self._tmp_tag}")
         opened = None
         try:
             if link_from is not None:
@@ -1083,7 +1090,7 @@ class ClassicStore(Store):
             try:
                 copy_to_fd(src, fd)
                 os.utime(fd, (internaldate, internaldate))
-                if self.owner and os.geteuid() == 0:
+                if self._give:
                     os.fchown(fd, *self.owner)
                 st = os.fstat(fd)
             finally:
