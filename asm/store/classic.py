@@ -507,12 +507,14 @@ class ClassicStore(Store):
         empty, as its creation made it, and placed when the lock is released (a restore
         run again fills it there, as the first run would have)."""
         mine = aside_name(fdir)
+        # ours first, the dead ones after: killed in between, the folder still has an
+        # aside index (without one, and none in place, it would read as damaged)
+        con = build_index(mine, 1, uidvalidity)
+        self._chown(mine)
         for n in os.listdir(fdir):
             if n.startswith(_NEW_INDEX) and os.path.join(fdir, n) != mine:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(fdir, n))
-        con = build_index(mine, 1, uidvalidity)
-        self._chown(mine)
         self._filling[fdir] = mine
         self._cache_index(fdir, con)
 
