@@ -204,9 +204,8 @@ def test_a_folder_made_with_its_control_files_elsewhere_is_recovered_as_before(t
         store.append("joe", "Work", __import__("io").BytesIO(b"Subject: x\r\n\r\nx\r\n"), uid=3)
     f = open_store(cfg).folder("joe", "Work")
     assert (f.uidvalidity, f.uidnext, f.subscribed) == (9, 4, True)
-def _restore_syncs(tmp_path, folders: int, messages: int) -> int:
-    """fsync and fdatasync calls of imsrestore of one user holding INBOX and ``folders``
-    folders of ``messages`` messages each, into an empty classic store."""
+
+
 def _restore_syncs(tmp_path, folders: int, messages: int, calls=("fsync", "fdatasync")) -> int:
     """fsync and fdatasync calls (or ``calls``) of imsrestore of one user holding INBOX and
     ``folders`` folders of ``messages`` messages each, into an empty classic store."""
