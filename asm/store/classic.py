@@ -888,6 +888,19 @@ class ClassicStore(Store):
         self._where.pop(user, None)
         shutil.rmtree(path, ignore_errors=True)
 
+    def _new_folder_uidvalidity(self, user: str, folder: str, uidvalidity: int | None) -> int:
+        """Inside the mailbox list's write transaction: FolderExists if the folder is
+        listed, else its UIDVALIDITY (``uidvalidity``, or a new one), the counter raised
+        to it (a restored one too: new ones go above it)."""
+        if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
+            raise FolderExists(user, folder)
+        row = self._db.execute("SELECT v FROM counters WHERE k='uidvalidity'").fetchone()
+        last = row[0] if row else 0
+        uidvalidity = uidvalidity or _uidvalidity(last)
+        if last < uidvalidity <= UV_MAX:
+            self._db.execute("INSERT OR REPLACE INTO counters VALUES ('uidvalidity', ?)", (uidvalidity,))
+        return uidvalidity
+
     @_store_errors
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
                       uidnext: int = 1, subscribed: bool = False, guid: str = "") -> FolderInfo:
@@ -897,14 +910,7 @@ class ClassicStore(Store):
         # one mailbox-list transaction from the check to the row: two processes creating
         # the same folder cannot both make (or remove) its index, nor get one UIDVALIDITY
         with sqlitedb.immediate(self._db):
-            if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
-                raise FolderExists(user, folder)
-            row = self._db.execute("SELECT v FROM counters WHERE k='uidvalidity'").fetchone()
-            last = row[0] if row else 0
-            uidvalidity = uidvalidity or _uidvalidity(last)
-            if last < uidvalidity <= UV_MAX:       # a restored one too: new ones go above it
-                self._db.execute("INSERT OR REPLACE INTO counters VALUES ('uidvalidity', ?)",
-                                 (uidvalidity,))
+            uidvalidity = self._new_folder_uidvalidity(user, folder, uidvalidity)
             self._makedirs(fdir)
             idx = os.path.join(fdir, "store.idx")
             old = self._idx.pop(fdir, None)
@@ -947,14 +953,7 @@ class ClassicStore(Store):
         try:
             self._own(fd)
             with sqlitedb.immediate(self._db):
-                if self._db.execute("SELECT 1 FROM folders WHERE user=? AND name=?", (user, folder)).fetchone():
-                    raise FolderExists(user, folder)
-                row = self._db.execute("SELECT v FROM counters WHERE k='uidvalidity'").fetchone()
-                last = row[0] if row else 0
-                uidvalidity = uidvalidity or _uidvalidity(last)
-                if last < uidvalidity <= UV_MAX:
-                    self._db.execute("INSERT OR REPLACE INTO counters VALUES ('uidvalidity', ?)",
-                                     (uidvalidity,))
+                uidvalidity = self._new_folder_uidvalidity(user, folder, uidvalidity)
                 old = self._idx.pop(fdir, None)
                 if old is not None:
                     old.close()
