@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import time
 
-from tests.helpers import free_port, unavailable
+from tests.helpers import free_ports, unavailable
 
 SBIN = "/usr/sbin"
 DAEMONS = {"dir": f"{SBIN}/bacula-dir", "sd": f"{SBIN}/bacula-sd", "fd": f"{SBIN}/bacula-fd"}
@@ -198,7 +198,7 @@ class Bacula:
             f.write(include_text)
         with open(SCHEMA, "rb") as schema:
             subprocess.run(["sqlite3", self.db], stdin=schema, check=True, capture_output=True)
-        self.ports = {"dir": free_port(), "sd": free_port(), "fd": free_port()}
+        self.ports = dict(zip(("dir", "sd", "fd"), free_ports(3)))
         values = dict(d=d, query=QUERY, include=self.include, client=self.client,
                       dirport=self.ports["dir"], sdport=self.ports["sd"], fdport=self.ports["fd"],
                       dirpw=self.passwords["dir"], sdpw=self.passwords["sd"], fdpw=self.passwords["fd"])

@@ -320,9 +320,15 @@ def ensure_mail_user(name: str = MAIL_USER) -> tuple[int, int]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (tests/helpers.py; a Dovecot given one port for two
+    listeners, as one by one the kernel may hand out, refused its configuration,
+    "duplicate listener")."""
+    from tests.helpers import free_ports as ports
+    return ports(n)
 
 
 _STOPPING: list[tuple[int | None, str | None]] = []
@@ -853,9 +859,9 @@ class Lab:
         # the previous instance to finish shutting down (see restart())
         self.starts += 1
         self.run_dir = os.path.join(self.dir, f"run{self.starts}")
-        self.port, self.lport = free_port(), free_port()
+        self.port, self.lport, pport = free_ports(3)
         if self.pop3_uidl_format is not None:
-            self.pport = free_port()
+            self.pport = pport
         self.write_config()
         check = subprocess.run([DOVECOT, "-c", self.conf, "-n"], capture_output=True, text=True)
         if check.returncode:
