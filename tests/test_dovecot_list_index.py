@@ -60,7 +60,22 @@ def seen_by_new_session(lab, login) -> dict[str, tuple]:
     return out
 
 
-class Clients:
+class _Sessions:
+    """Client threads (:attr:`threads`) started on entry, stopped (:attr:`stop`) and
+    joined on exit."""
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+class Clients(_Sessions):
     """Sessions of ``login`` at work (APPEND; LIST and STATUS of every folder; SELECT,
     NOOP and FETCH of one) until stopped; every answer that names a broken index is kept."""
 
@@ -72,15 +87,6 @@ class Clients:
         self.threads = [threading.Thread(target=self._run, args=(f,), daemon=True)
                         for f in (self._appender, self._lister, self._selector)]
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
 
     def _run(self, work) -> None:
         while not self.stop.is_set():
@@ -199,7 +205,7 @@ def test_live_restores_that_make_and_remove_folders_leave_dovecots_list_index_to
         assert clients.commands > 20, clients.commands            # they really worked
 
 
-class Hammer:
+class Hammer(_Sessions):
     """Two sessions SELECTing, LISTing and STATUSing ``name`` as fast as Dovecot answers,
     while :attr:`go` is set (paused otherwise: :meth:`pause` returns once both are
     idle); every answer that names a broken index is kept."""
@@ -212,16 +218,10 @@ class Hammer:
         self.selects = 0
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in self.idle]
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
     def __exit__(self, *exc):
         self.stop.set()
-        self.go.set()
-        for t in self.threads:
-            t.join(timeout=60)
+        self.go.set()                      # (a paused session wakes to see stop)
+        super().__exit__(*exc)
 
     def pause(self) -> None:
         self.go.clear()
