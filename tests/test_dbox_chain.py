@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import time
 
 import pytest
 
 from asm.errors import EXIT_PARTIAL, EXIT_STORE
+from asm.restore import folderlock
+from asm.restore.folderlock import RestoreLocks
 from tests.dovecot_lab import MAIL_USER, lab_fixture, message, random_changes
-from tests.helpers import BIN, make_home, popen, run
+from tests.faults import run_with_fault
+from tests.helpers import BIN, in_home, make_home, popen, run
+from tests.test_restore_durability import lock_order_problems
 
 lab = lab_fixture(params=["sdbox", "mdbox"], scope="function")
 USERS = ("alice", "bob")
@@ -126,6 +132,66 @@ def test_a_chain_restores_into_an_empty_dbox_store_as_clients_saw_it(lab, tmp_pa
     lab.deliver(["alice"], message("after"))
     inbox = lab.client_state("alice")["INBOX"]
     assert inbox.messages[-1].uid == second["alice"][0]["INBOX"][1]
+
+
+def test_each_dbox_folder_is_recorded_before_its_restore_lock_is_released(lab, tmp_path):
+    """docs/restore-design.md §3 on dbox: a folder's restore lock is held until its
+    journal record, written once its copy was given back to Dovecot, and released
+    after it (the order log of tests/fault: the journal's statements and the restore
+    lock's lockf calls; doveadm writes the account in processes of its own).  Before,
+    a dbox restore released each folder's lock as soon as its copy was written, before
+    the give-back and the record: another restore could take the folder and find it
+    under way, or record it before this one's record landed over its own."""
+    home, full, incr, _first, second = chain(lab, tmp_path)
+    wipe(lab)
+    log = tmp_path / "order"
+    with in_home(home):
+        p = run_with_fault(["imsrestore", "-f", full, "-f", incr], home, f"order:{log}")
+    assert p.returncode == 0, p.stderr
+    assert views(lab) == second
+    problems, records = lock_order_problems(log, home)
+    assert problems == []
+    # every folder of both links, and the folder the incremental removed (the rename)
+    assert records >= 2 * sum(len(second[u][0]) for u in USERS) - 2
+
+
+def test_a_dbox_restore_waiting_for_another_gives_back_and_records_what_it_finished(lab, tmp_path):
+    """Holding each folder's restore lock until its record (above), a dbox restore that
+    must wait for a folder another restore holds first gives Dovecot what it finished,
+    records it and lets go of it, as the end of its batch would: two restores never
+    wait for each other's folders, and what the first finished is Dovecot's and done."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    fill(lab)
+    full = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    want = views(lab)
+    wipe(lab)
+    locks = RestoreLocks(str(home / "data" / "restore.lock"))
+    with locks.hold("alice", "Work"):
+        p = popen(home, "imsrestore", "-v", "-f", full, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            err, deadline = b"", time.monotonic() + 120
+            while b"alice/Work: waiting for another restore" not in err:
+                assert time.monotonic() < deadline and p.poll() is None, err
+                if select.select([p.stderr], [], [], 1)[0]:
+                    err += os.read(p.stderr.fileno(), 65536)
+            with sqlite3.connect(home / "data" / "restore-journal.db") as db:
+                rows = dict(db.execute("SELECT folder, running FROM restored WHERE user='alice'").fetchall())
+            before = [f for f in rows if f != "Work"]
+            assert "INBOX" in before and all(rows[f] is None for f in before), rows   # recorded
+            fd = folderlock._fd(locks.path)
+            for f in before:                                                       # let go of
+                assert folderlock.holder(fd, folderlock._offset("alice", f)) is None, f
+            got = view(lab, "alice")[0]                                          # Dovecot's
+            assert {f: got.get(f) for f in before} == {f: want["alice"][0][f] for f in before}
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
+    _, rest = p.communicate(timeout=300)
+    assert p.returncode == 0, rest
+    assert views(lab) == want
 
 
 def test_a_chain_restored_into_the_live_dbox_store_changes_nothing(lab, tmp_path):

@@ -3,6 +3,7 @@
 mailbox, deliveries held and released, the journal kept."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -70,7 +71,8 @@ class Restorer:
         # a store that writes a copy and gives it to the mail server when its batch ends
         # (dbox): folders it completed or removed are put in the journal only after
         # that, so a killed run's journal is never ahead of what the server has
-        self.deferred: list | None = [] if getattr(store, "journal_after_sync", False) else None
+        self.deferred: collections.deque | None = \
+            collections.deque() if getattr(store, "journal_after_sync", False) else None
         # any other store: folders complete on disk and other journal changes, with the
         # restore lock of each folder, recorded after a sync of the store covers them
         self.done: list = []
@@ -84,7 +86,7 @@ class Restorer:
         config = getattr(store, "config", None)
         self.locks = RestoreLocks(os.path.join(os.path.dirname(os.path.abspath(journal.path)), LOCK_FILE),
                                   config.owner() if config is not None else None)
-        self.locks.before_wait = self._record_done
+        self.locks.before_wait = self._settle
         self.user_groups: dict[tuple, str | None] = {}
         self.refused_users: set = set()             # of a partition not configured here
         self.cur_user: tuple | None = None          # (partition, user) of the archive being read
@@ -133,14 +135,14 @@ class Restorer:
         # gives its copy to the mail server then (dbox) may fail the run there (exit 17)
         self._end_status = EXIT_PARTIAL
         try:
-            with self.store.batch():
-                self._restore()
-            for mailbox, record in self.deferred or ():
-                try:
-                    record()
-                except JournalError as exc:
-                    self._record_error(mailbox, str(exc), exc.status)
+            try:
+                with self.store.batch():
+                    self._restore()
+                # (dbox) the batch gave the copies back: the folders are Dovecot's now
+                if self._record_deferred():
                     self._end_status = self.res.status()
+            finally:
+                self._release_deferred()        # not recorded (the batch failed): under way
         except Exception as exc:
             plugins.run_end(self.run, exc.status if isinstance(exc, ImsError) else error_status(exc))
             raise
@@ -156,15 +158,66 @@ class Restorer:
         copy to the mail server when its batch ends, once that is done (self.deferred).
         ``lock``: the folder's restore lock, released once the change is recorded."""
         if self.deferred is not None:
-            self.deferred.append((mailbox, record))
-            if lock is not None:
-                lock.close()
+            # its restore lock is held until then too (docs/restore-design.md §3: sync,
+            # record, then release): another restore of the folder finds it done, never
+            # under way, and its own record never comes before this one
+            self.deferred.append((mailbox, record, lock))
             return
         if not self.done:
             self.done_since = time.monotonic()
         self.done.append((mailbox, record, lock))
         if len(self.done) >= DONE_FOLDERS or time.monotonic() - self.done_since >= DONE_SECONDS:
             self._record_done()
+
+    def _settle(self) -> None:
+        """Record what waits to be recorded, and let go of those folders' restore locks:
+        before waiting for a restore lock another restore holds (two restores never wait
+        for each other's folders), and before a folder is taken a second time.  A store
+        that gives its copy to the mail server (dbox) gives it now, as its batch's end
+        would: the folders are recorded only once the server has them."""
+        if self.deferred is None:
+            self._record_done()
+            return
+        self.done_keys.clear()
+        if not self.deferred:
+            return
+        try:
+            self.store.sync()
+        except (StoreError, OSError) as exc:
+            if isinstance(exc, OSError):
+                exc = os_store_error(exc, "the store")
+            n = sum(1 for _m, _r, lock in self.deferred if lock is not None)
+            self._record_error(self.deferred[0][0] if len(self.deferred) == 1 else "/", (
+                f"{exc}: {n} restored folder{'s are' if n != 1 else ' is'} not recorded complete "
+                f"(the same command run again finishes {'them' if n != 1 else 'it'})"), exc.status)
+            self._release_deferred()
+            return
+        self._record_deferred()
+
+    def _record_deferred(self) -> bool:
+        """Record the journal changes of a store that gave its copy to the mail server
+        (self.deferred), each then releasing its folder's restore lock.  True when one
+        could not be recorded (named)."""
+        failed = False
+        while self.deferred:
+            mailbox, record, lock = self.deferred.popleft()
+            try:
+                record()
+            except JournalError as exc:
+                self._record_error(mailbox, str(exc), exc.status)
+                failed = True
+            finally:
+                if lock is not None:
+                    lock.close()
+        return failed
+
+    def _release_deferred(self) -> None:
+        """Let go of the restore locks of folders not recorded (the give-back failed):
+        they stay under way in the journal, and the same command run again finishes them."""
+        deferred, self.deferred = self.deferred, (collections.deque() if self.deferred is not None else None)
+        for _m, _r, lock in deferred or ():
+            if lock is not None:
+                lock.close()
 
     def _record_done(self) -> None:
         """Record the journal changes waiting (self.done) after a sync of the store (one
@@ -437,7 +490,10 @@ class Restorer:
                                 f"({why}); kept as an earlier archive's restore left it")
                         self.res.kept.append((mailbox, line))       # (said by the command)
                         continue
-                    with self.locks.hold(user, folder):
+                    lock = contextlib.ExitStack()
+                    with contextlib.ExitStack() as unless_removed:
+                        unless_removed.enter_context(lock)
+                        lock.enter_context(self.locks.hold(user, folder))
                         with self.store.lock(user, folder):
                             info = self.store.folder(user, folder)
                             msgs = self.store.messages(user, folder)
@@ -448,9 +504,12 @@ class Restorer:
                             continue
                         # (its own lock: a folder is removed with its lock file)
                         self.store.delete_folder(user, folder)
+                        unless_removed.pop_all()
                     # (a removal given to the server only when the batch ends is
-                    # forgotten only then: a run killed before it removes it again)
-                    self._journal(mailbox, functools.partial(self.journal.forget, user, folder))
+                    # forgotten only then: a run killed before it removes it again); its
+                    # restore lock is held till then: another restore that makes the
+                    # folder again meanwhile would have its record forgotten
+                    self._journal(mailbox, functools.partial(self.journal.forget, user, folder), lock)
                     self.res.removed.append(mailbox)
                     self.report(f"{mailbox}: removed (the archive no longer lists it)")
                 except (StoreError, JournalError, OSError) as exc:
@@ -744,7 +803,7 @@ class Restorer:
             if (user, m.folder) in self.done_keys:
                 # (a folder the archive lists twice: the first is recorded first, and its
                 # restore lock, which this process would take again and release, is let go of)
-                self._record_done()
+                self._settle()
             with self.locks.hold(user, ""):        # one restore at a time makes a user
                 self._ensure_user(m.partition, user, m)
             self.restore_lock.enter_context(self.locks.hold(
@@ -905,8 +964,7 @@ class Restorer:
                         len(plan.by_uid), plan.failed if whole else 0)
                 # recorded after a sync covers its files; its restore lock held till then
                 lock, self.restore_lock = self.restore_lock, contextlib.ExitStack()
-                if self.deferred is None:
-                    self.done_keys.update({(plan.user, plan.folder), (plan.user, plan.src_folder)})
+                self.done_keys.update({(plan.user, plan.folder), (plan.user, plan.src_folder)})
                 self._journal(mailbox, functools.partial(self.journal.put, *done), lock)
             plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
                                                      "messages": plan.restored, "bytes": 0, "error": None})
