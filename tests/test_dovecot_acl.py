@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sqlite3
 import stat
 import subprocess
 import threading
@@ -26,6 +27,7 @@ import time
 import pytest
 
 from asm.archive import ArchiveReader, spec
+from asm.store.aclcmds import entries
 from tests.archive_fuzz import emit, models
 from tests.dovecot_lab import lab_fixture, message
 from tests.helpers import popen, run
@@ -460,7 +462,8 @@ def test_a_restore_waits_for_dovecots_acl_lock_and_names_one_it_cannot_have(acl_
         named = [ln for ln in err.splitlines() if "dovecot-acl.lock" in ln]
         assert len(named) == 1 and named[0].startswith(f"imsrestore: /primary/{OWNER}/Private: its mail is restored, ") and \
             "its mail is restored, its access control list is not" in named[0] and \
-            f"doveadm acl set -u {OWNER} Private" in named[0] and "user=bob lr" in named[0], err
+            named[0].endswith(f"yourself: doveadm acl set -u {OWNER} -- Private user=bob lookup read") and \
+            "user=bob lr" in named[0], err
         assert got["Private"] == {} and not os.path.exists(acl_file)
         with open(lock) as f:
             assert f.read() == "user=carol lr\n"             # another's lock: left alone
@@ -679,3 +682,138 @@ def test_imsverify_against_store_counts_each_folder_whose_acl_changed_since_the_
     run(home, "imsbackup", "-f", incr, "--base", state, f"/primary/user/{OWNER}", check=0)
     p = run(home, "imsverify", "-f", full, "-f", incr, "--against-store", "-v", text=True, check=0)
     assert "access control list" not in p.stdout + p.stderr, (p.stdout, p.stderr)
+
+
+ODD = 'Q "1" 50%; Été'      # spaces, quotes, %, ; and non-ASCII: shell-quoted in a command
+
+
+def _acl_entries(lab, folder) -> dict:
+    """{identifier: sorted rights} of ``folder``'s dovecot-acl (none: {})."""
+    path = lab.doveadm("mailbox path", folder, user=OWNER).stdout.decode().strip()
+    try:
+        with open(os.path.join(path, "dovecot-acl")) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    return {k: sorted(v) for k, v in entries(text).items()}
+
+
+def _commands(line: str) -> list[list[str]]:
+    """The shell commands a line's advice ("... yourself: CMD; CMD") names, parsed as
+    sh parses them."""
+    assert " yourself: " in line, line
+    lex = shlex.shlex(line.split(" yourself: ", 1)[1], posix=True, punctuation_chars=";")
+    lex.whitespace_split = True
+    cmds, cur = [], []
+    for tok in lex:
+        if tok == ";":
+            cmds.append(cur)
+            cur = []
+        else:
+            cur.append(tok)
+    return cmds + ([cur] if cur else [])
+
+
+def test_an_acl_a_restore_could_not_write_is_named_with_the_doveadm_commands_that_give_it(acl_lab, tmp_path):
+    """The restore of an incremental finds the ACL locks of two folders held past
+    store.locktimeout (exit 6): Work, whose archived ACL is none (its owner removed
+    every entry), and a folder named with spaces, quotes, %, ; and non-ASCII, whose
+    archived ACL replaces one identifier and adds a negative right.  Each line names
+    the doveadm acl commands, shell-quoted, that make the folder's ACL the archived
+    one: ``delete`` of each identifier to go (before, the line said "doveadm acl set"
+    even where the archived ACL was none, with no identifier or rights, and the folder
+    name unquoted); run as the line gives them, the folders have the archived ACLs."""
+    lab = acl_lab
+    fill(lab)
+    lab.doveadm("mailbox create", ODD, user=OWNER)
+    lab.doveadm("acl set", ODD, "user=bob", "lookup", "read", user=OWNER)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    run(home, "msconfig", "set", "store.locktimeout", "1", check=0)
+    full, state, incr = tmp_path / "full.ims", tmp_path / "full.state", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "--state-out", state, f"/primary/user/{OWNER}", check=0)
+    for ident in ("user=bob", "anyone", "user=carol"):
+        lab.doveadm("acl delete", "Work", ident, user=OWNER)
+    lab.doveadm("acl delete", ODD, "user=bob", user=OWNER)
+    lab.doveadm("acl set", ODD, "user=carol", "lookup", "read", "insert", user=OWNER)
+    lab.doveadm("acl set", "--", ODD, "anyone", "-write", user=OWNER)
+    want = {f: _acl_entries(lab, f) for f in ("Work", ODD)}
+    assert want["Work"] == {} and want[ODD] == {"user=carol": ["insert", "lookup", "read"], "anyone": ["-write"]}
+    run(home, "imsbackup", "-f", incr, "--base", state, f"/primary/user/{OWNER}", check=0)
+    wipe(lab)
+    run(home, "imsrestore", "-f", full, check=0)
+    assert _acl_entries(lab, "Work") != {} and _acl_entries(lab, ODD) == {"user=bob": ["lookup", "read"]}
+    locks = []
+    for f in ("Work", ODD):
+        path = lab.doveadm("mailbox path", f, user=OWNER).stdout.decode().strip()
+        locks.append(os.path.join(path, "dovecot-acl.lock"))
+        with open(locks[-1], "w") as fh:
+            fh.write("user=dave l\n")
+        lab.fix_owner(locks[-1])
+    res = run(home, "imsrestore", "-f", incr, check=6, text=True)
+    named = {f: [ln for ln in res.stderr.splitlines() if ln.startswith(f"imsrestore: /primary/{OWNER}/{f}: ")]
+             for f in ("Work", ODD)}
+    assert all(len(v) == 1 for v in named.values()), res.stderr
+    work, odd = named["Work"][0], named[ODD][0]
+    assert "doveadm acl set" not in work and "its archived ACL, none" in work, work
+    assert [c[:7] for c in _commands(work)] == [["doveadm", "acl", "delete", "-u", OWNER, "--", "Work"]] * 3, work
+    assert shlex.quote(ODD) in odd, odd
+    for p in locks:
+        os.unlink(p)
+    for line in (work, odd):
+        for cmd in _commands(line):
+            assert cmd[:2] == ["doveadm", "acl"] and cmd[3] == "-u" and cmd[5] == "--", cmd
+            lab.doveadm(f"acl {cmd[2]}", *cmd[5:], user=cmd[4])
+    assert {f: _acl_entries(lab, f) for f in ("Work", ODD)} == want
+
+
+def test_an_owed_acl_gives_way_to_a_later_link_that_carries_none(acl_lab, tmp_path):
+    """An ACL the restore of an incremental owes a folder (its lock held, exit 6), then
+    the next incremental of the chain, whose backup could not archive that folder's ACL
+    (a line the format cannot hold: named, the folder's mail archived without it), is
+    restored: its state is the truth, the owed ACL is older than it, so it is owed no
+    more, and the live ACL stays as it is.  Before, it stayed owed for good, and the
+    first incremental's command run again (its folders skipped as already restored)
+    wrote that older ACL over the state of the later one, exit 0."""
+    lab = acl_lab
+    fill(lab)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    run(home, "msconfig", "set", "store.locktimeout", "1", check=0)
+    full, incr, incr2 = tmp_path / "full.ims", tmp_path / "incr.ims", tmp_path / "incr2.ims"
+    run(home, "imsbackup", "-f", full, "--state-out", tmp_path / "s1", f"/primary/user/{OWNER}", check=0)
+    lab.doveadm("acl set", "Private", "user=bob", "lookup", "read", user=OWNER)
+    run(home, "imsbackup", "-f", incr, "--base", tmp_path / "s1", "--state-out", tmp_path / "s2",
+        f"/primary/user/{OWNER}", check=0)
+    assert archived_acls(incr)["Private"] == "user=bob lr\n"
+    private = os.path.join(lab.store, OWNER, "Maildir", ".Private")
+    acl_file, lock = os.path.join(private, "dovecot-acl"), os.path.join(private, "dovecot-acl.lock")
+    with open(acl_file, "w") as f:
+        f.write('user=carol lr\n"user=x y" l\n')      # Dovecot's, but not an archive's
+    lab.fix_owner(acl_file)
+    with lab.imap(OWNER) as c:
+        c.append("Private", message("private after the first incremental"))
+    b = run(home, "imsbackup", "-f", incr2, "--base", tmp_path / "s2", f"/primary/user/{OWNER}", text=True)
+    assert b.returncode == 1 and "/primary/alice/Private: its access control list is not archived" in b.stderr, b.stderr
+    assert archived_acls(incr2)["Private"] is None
+    wipe(lab)
+    run(home, "imsrestore", "-f", full, check=0)
+    with open(lock, "w") as f:
+        f.write("user=dave l\n")
+    lab.fix_owner(lock)
+    run(home, "imsrestore", "-f", incr, check=6)
+    os.unlink(lock)
+    journal = home / "data" / "restore-journal.db"
+    with sqlite3.connect(journal) as db:
+        assert db.execute("SELECT acl_owed FROM restored WHERE folder='Private'").fetchone()[0] == "user=bob lr\n"
+    run(home, "imsrestore", "-f", incr2)          # (exit 0 or 1: its backup named Private's ACL)
+    with sqlite3.connect(journal) as db:
+        assert db.execute("SELECT acl_owed FROM restored WHERE folder='Private'").fetchone()[0] is None
+    assert not os.path.exists(acl_file)          # the live ACL (none) stays
+    lab.doveadm("acl set", "Private", "user=carol", "lookup", user=OWNER)      # the owner's, since
+    with open(acl_file) as f:
+        mine = f.read()
+    for argv in (["-f", incr], ["-f", full, "-f", incr]):
+        run(home, "imsrestore", *argv, check=0)
+        with open(acl_file) as f:
+            assert f.read() == mine, argv

@@ -27,7 +27,8 @@ from asm.backupstate import header_chain
 from asm.restore.errors import ChainOrderError
 from asm.restore.journal import Journal, JournalRow
 from asm.restore.options import RestoreOptions
-from asm.store.base import LockTimeout, NameTooLong, Store
+from asm.store.aclcmds import doveadm_acl_commands
+from asm.store.base import LockTimeout, NameTooLong, Store, StoreError
 
 
 @dataclass
@@ -279,6 +280,13 @@ class Planner:
             # folder could not write its ACL (its lock held): this run of the same
             # command, which finds the folder's mail there, gives it
             acl = owed
+        elif owed is not None and mode in ("exact", "chain") and own:
+            # a later archive of the folder, which carries no ACL for it (its backup
+            # could not read it): its state is the truth, and the ACL an earlier link
+            # owed is older than it: no longer owed (the live ACL stays as it is).
+            # Kept, it stayed owed for good, and the same command of the earlier links
+            # run again wrote it over the later state
+            self.journal.owe_acl(user, folder, None)
         if acl is not None and self.set_acl(user, folder, acl, owed):
             got = self.acls.setdefault(user, [0, 0])
             got[0 if acl else 1] += 1
@@ -313,19 +321,36 @@ class Planner:
         except LockTimeout as exc:
             if owed != acl:
                 self.journal.owe_acl(user, folder, acl)
-            given = "; ".join(ln for ln in acl.split("\n") if ln and not ln.startswith("#")) or "none"
-            if len(given) > 200:
-                given = given[:200] + "..."
-            self.acl_locked.append((user, folder, (
-                f"its mail is restored, its access control list is not: another process held its lock "
-                f"{exc.path} past store.locktimeout (Dovecot holds it while it changes the ACL: IMAP SETACL, "
-                f"doveadm acl; one unchanged for 120 s is broken); once it is gone, run the same command "
-                f"again (it gives the folder its archived ACL, {given}), or set that with doveadm acl "
-                f"set -u {user} {folder}")))
+            self.acl_locked.append((user, folder, self._acl_locked_why(user, folder, acl, exc.path)))
             return False
         if owed is not None:
             self.journal.owe_acl(user, folder, None)
         return changed
+
+    def _acl_locked_why(self, user: str, folder: str, acl: str, lockpath: str) -> str:
+        """What to do about an ACL not written for its lock: run the same command again,
+        or the doveadm acl commands that give the folder that ACL from the one it has
+        (``delete`` for each identifier it has that the archived ACL lacks, all of them
+        when the archived ACL is none; ``set`` for each one it gives), shell-quoted."""
+        given = "; ".join(ln for ln in acl.split("\n") if ln and not ln.startswith("#")) or "none"
+        if len(given) > 200:
+            given = given[:200] + "..."
+        try:
+            have = self.store.acl(user, folder) or ""
+        except (StoreError, OSError):
+            have = ""
+        cmds = doveadm_acl_commands(user, folder, acl, have)
+        text = "; ".join(cmds)
+        if not cmds:
+            todo = ""
+        elif len(text) > 1000:
+            todo = (f", or give it that with doveadm acl ({len(cmds)} commands, the first: {cmds[0]})")
+        else:
+            todo = f", or give it that yourself: {text}"
+        return (f"its mail is restored, its access control list is not: another process held its lock "
+                f"{lockpath} past store.locktimeout (Dovecot holds it while it changes the ACL: IMAP SETACL, "
+                f"doveadm acl; one unchanged for 120 s is broken); once it is gone, run the same command "
+                f"again (it gives the folder its archived ACL, {given}){todo}")
 
     def own_guid(self, m, user: str, folder: str, beside: bool) -> str:
         """The archived mailbox GUID of folder member ``m`` for the folder this restore
