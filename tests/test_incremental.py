@@ -1611,3 +1611,60 @@ def test_a_recovery_replaces_a_user_an_older_chain_gave_only_as_that_restore_lef
         assert {k: v for k, v in got.items() if k[1] != "Work"} == want
         assert "/primary/alice: an older archive of another chain restored it, but it changed since: " \
                "merged into" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("removed", [False, True])
+def test_a_user_made_after_the_full_comes_back_as_the_last_backup_had_it(tmp_path, driver, removed):
+    """Two backup groups, each a chain of a full and two --base incrementals.  dave is
+    made after the fulls, so the first incremental of group C holds him whole, and then
+    changes (a folder deleted, one made, an expunge, flags) or is removed altogether
+    before the second.  After a total loss (the groups file back with the installation,
+    as imsdr restore puts it) the runbook's commands (imsdr chain --commands: one
+    imsrestore --recovery per chain, either order) and the archives restored one by one
+    with --recovery give dave exactly as the last backup had him, or not at all.
+    (Before, a removed dave came back from the middle link, exit 0: a user the chain's
+    last archive of a group held nothing of was taken as one it never looked at.)"""
+    w = World(tmp_path, driver)
+    s = w.store
+    for u in ("alice", "bob"):
+        w.new(user=u)
+        w.new(user=u)
+    groups = w.home / "config" / "backup-groups.conf"
+    groups.write_text("groupA=(alice)\ngroupC=.*\n")
+    d = tmp_path / "backup"
+    d.mkdir()
+
+    def backup(kind, base=None):
+        for g in ("A", "C"):
+            time.sleep(0.01)
+            args = ["--base", f"{d / g}-{base}.ims.state"] if base else []
+            run(w.home, "imsbackup", "-f", d / f"{g}-{kind}.ims", *args, f"/primary/group{g}", check=0)
+
+    backup("full")
+    for f in ("INBOX", "INBOX", "Tmp", "Keep"):
+        w.new(user="dave", folder=f)
+    w.new(user="bob")
+    backup("incr1", "full")
+    if removed:
+        s.delete_user("dave")
+    else:
+        s.delete_folder("dave", "Tmp")
+        uids = [m.uid for m in s.messages("dave", "INBOX")]
+        s.expunge("dave", "INBOX", uids[:1])
+        s.set_flags("dave", "INBOX", uids[1], ["\\Seen"], ["done"])
+        w.new(user="dave", folder="New")
+    w.new(user="alice")
+    backup("incr2", "incr1")
+    want = view(s)
+    assert ("dave" in {k[0] for k in want}) is not removed
+    lines = run(w.home, "imsdr", "chain", "--commands", d, check=0, text=True).stdout.splitlines()
+    assert len(lines) == 2 and all(shlex.split(x)[:2] == ["imsrestore", "--recovery"] for x in lines), lines
+    one_by_one = [["imsrestore", "--recovery", "-f", str(d / f"{g}-{k}.ims")]
+                  for g in ("A", "C") for k in ("full", "incr1", "incr2")]
+    for name, commands in (("dst", [shlex.split(x) for x in lines]), ("dst2", [shlex.split(x) for x in lines[::-1]]),
+                           ("split", one_by_one)):
+        home = dest_home(tmp_path, driver, name)
+        shutil.copy(groups, home / "config" / "backup-groups.conf")
+        for argv in commands:
+            run(home, *argv, check=0)
+        assert view(dest_store(home)) == want, name

@@ -249,9 +249,21 @@ def unseen_by(header: dict, groups, held_users=None):
     explicit = {(lp.partition, lp.user, lp.folder) for lp in paths if lp.folder is not None}
     exclude = [str(x) for x in exclude]
 
+    parts = {lp.partition for lp in paths if lp.partition is not None}
+
     def unseen(partition: str, user: str, group, folder: str) -> bool:
+        if paths and not partition and parts:
+            # (partition not known yet: on none of the scope's partitions)
+            return all(unseen(p, user, group, folder) for p in parts)
         if paths and held_users is not None and user not in held_users:
-            return True
+            # a user the archive holds nothing of: one who left the scope since (moved
+            # to another group) was not looked at; one the groups here (the installation's,
+            # restored with it: those the backups ran with) still put in its scope was
+            # looked for and not found: removed from the store, so gone by then.  (Taken
+            # as unseen, a user made after a group's full and removed before its last
+            # incremental came back from the middle link, exit 0.)
+            if not sel.folder(partition, user, None, folder):
+                return True
         if paths and not sel.folder(partition, user, group, folder):
             return True
         return (partition, user, folder) not in explicit and is_excluded(folder, exclude)
