@@ -306,8 +306,8 @@ class DboxStore(MaildirStore):
             first = failed[min(failed)]
             self._uncopied[user] = (
                 f"doveadm backup (dsync) cannot copy this login, on which dsync stops ({first})",
-                f"repair or rename what dsync's error names (doveadm force-resync -u {user} '*', "
-                f"doveadm mailbox rename -u {user} ...) and run the command again")
+                f"repair or rename what dsync's error names (doveadm force-resync -u {shlex.quote(user)} '*', "
+                f"doveadm mailbox rename -u {shlex.quote(user)} ...) and run the command again")
             raise StoreError(f"{user}: {'; '.join(self._uncopied[user])}") from None
         q = shlex.quote
         busy = f"when its IMAP client is less busy (or hold it, doveadm kick {q(user)})"
@@ -362,12 +362,12 @@ class DboxStore(MaildirStore):
         if escaped:
             what = (f"whose dbox folder {', '.join(map(repr, escaped[:3]))}{' ...' if len(escaped) > 3 else ''} "
                     f"{_why(escaped[0], ' in its name')}")
-            todo = (f"rename it {_without(escaped[0])} (doveadm mailbox rename -u {user} ...) and run the "
-                    f"command again")
+            todo = (f"rename it {_without(escaped[0])} (doveadm mailbox rename -u {shlex.quote(user)} "
+                    f"{shlex.quote(escaped[0])} NEW-NAME) and run the command again")
         else:
             what = "on which dsync stops"
-            todo = (f"repair or rename what dsync's error names (doveadm force-resync -u {user} '*', "
-                    f"doveadm mailbox rename -u {user} ...) and run the command again")
+            todo = (f"repair or rename what dsync's error names (doveadm force-resync -u {shlex.quote(user)} "
+                    f"'*', doveadm mailbox rename -u {shlex.quote(user)} ...) and run the command again")
         self._uncopied[user] = (f"doveadm backup (dsync) cannot copy this login, {what} ({exc})", todo)
         raise StoreError(f"{user}: doveadm backup (dsync) cannot copy this login, {what}; {todo} ({exc})") from None
 
@@ -515,7 +515,8 @@ class DboxStore(MaildirStore):
                 f"{user}: nothing restored into this login: its dbox folder {names[0]!r} "
                 f"{_why(names[0], ' in its name')}, and Dovecot's doveadm backup (dsync), which gives "
                 f"the restored mail to the dbox account, would rename or remove it; rename the "
-                f"folder {_without(names[0])} (doveadm mailbox rename -u {user} ...) and restore again")
+                f"folder {_without(names[0])} (doveadm mailbox rename -u {shlex.quote(user)} "
+                f"{shlex.quote(names[0])} NEW-NAME) and restore again")
 
     def _listing(self, user: str, maildir: bool = False, modseq: bool = False,
                  by_folder: bool = False) -> dict[str, str] | None:
@@ -642,7 +643,8 @@ class DboxStore(MaildirStore):
                 f"{user}: doveadm backup did not give the dbox account the folders, UIDs, "
                 f"GUIDs or flags of the restored copy (docs/dovecot.md); mail a client or a delivery "
                 f"stored in the restored folders{where} meanwhile may be gone from them; compare "
-                f"'doveadm fetch -u {user} \"mailbox uid guid flags\" all' with the archive")
+                f"the output of doveadm fetch -u {shlex.quote(user)} 'mailbox uid guid flags' all "
+                f"with the archive")
         self._seen[user] = self._listing(user, modseq=True)
 
     def _give_folders_back(self, user: str, scope: list[str], copy: list[str]) -> dict[str, set[int]]:
