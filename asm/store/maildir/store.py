@@ -819,9 +819,11 @@ class MaildirStore(Store):
                 shutil.rmtree(os.path.join(parent, n), ignore_errors=True)
 
     def _write_file(self, path: str, data: bytes, owner, fsync: bool | None = None,
-                    mode: int = 0o600) -> None:
+                    mode: int = 0o600, newer_than: float | None = None) -> None:
         """Write ``path`` atomically (temp + rename in the same directory), of ``mode``;
-        fsynced unless inside a :meth:`batch`, whose end makes it durable with the rest."""
+        fsynced unless inside a :meth:`batch`, whose end makes it durable with the rest.
+        ``newer_than``: the new file's mtime is at least a whole second past it (the
+        file's mtime before), given before the rename."""
         if fsync is None:
             fsync = not self.in_batch
         d, base = os.path.split(path)
@@ -833,6 +835,8 @@ class MaildirStore(Store):
                 self._chown(fd, owner)
                 if mode != 0o600:
                     os.fchmod(fd, mode)
+                if newer_than is not None and int(os.fstat(fd).st_mtime) <= int(newer_than):
+                    os.utime(fd, (time.time(), int(newer_than) + 1))
                 if fsync:
                     os.fsync(fd)
             finally:
@@ -1195,8 +1199,18 @@ class MaildirStore(Store):
             self._flush_uidlist(st)
 
     def _flush_keywords(self, st: _State) -> None:
-        self._write_file(os.path.join(st.ctl, KEYWORDS), mdnames.render_keywords(st.keywords or []),
-                         self._owner_for(st.ctl))
+        # Dovecot reads dovecot-keywords again only when its mtime, in seconds, is not
+        # the one it read (maildir-keywords.c): a session that has the folder open would
+        # take a letter added within that second for a lost keyword ("unknown-1") and
+        # write that name into the file.  Its own writer makes the mtime grow every
+        # time; so does this one (docs/dovecot.md, "Live restores").
+        path = os.path.join(st.ctl, KEYWORDS)
+        try:
+            before = os.stat(path).st_mtime
+        except FileNotFoundError:
+            before = None
+        self._write_file(path, mdnames.render_keywords(st.keywords or []), self._owner_for(st.ctl),
+                         newer_than=before)
         st.keywords_dirty = False
 
     def _flush_uidlist(self, st: _State) -> None:
