@@ -24,7 +24,7 @@ from asm.store.base import (
     MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, UidPassed,
     Unlisted, UserExists,
     check_folder_levels, check_folder_name, check_user_level, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
-    nonempty_message, settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
+    nonempty_message, open_stored_path, settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
 from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
@@ -257,6 +257,18 @@ def _fingerprint_stats(d: str, ctl: str) -> list:
         except FileNotFoundError:
             out.append([])
     return out
+
+
+def _packed(path: str) -> str:
+    """The compression of the message file at ``path`` ("" for none): a file whose S=
+    is not its size and whose first bytes show one (Dovecot's zlib plugin)."""
+    m = SIZE_RE.search(os.path.basename(path))
+    try:
+        if not m or int(m.group(1)) == os.stat(path).st_size:
+            return ""
+    except FileNotFoundError:
+        return ""
+    return compression_of(path)
 
 
 def _fingerprint_files(d: str, ctl: str) -> tuple:
@@ -2559,7 +2571,9 @@ class MaildirStore(Store):
                 s = self._link_tmp(link_from, tmp, internaldate)    # (of the inode before the link)
             linked = s is not None
             if s is None:
-                opened = open(link_from, "rb") if src is None else None
+                # (a compressed file, Dovecot's zlib plugin, is copied as the message it
+                # holds, as a restore writes any: plain, S= its size)
+                opened = open_stored_path(link_from, _packed(link_from)) if src is None else None
                 try:
                     s = self._write_tmp(tmp, src if opened is None else opened, owner, internaldate)
                 finally:
@@ -2598,6 +2612,12 @@ class MaildirStore(Store):
             raise StoreError(f"cannot link {link_from}: it no longer exists") from None
         if internaldate is not None and int(internaldate) != int(s.st_mtime):
             return None                       # one inode has one mtime = one INTERNALDATE
+        m = SIZE_RE.search(os.path.basename(link_from))
+        if m and int(m.group(1)) != s.st_size and compression_of(link_from):
+            # a file Dovecot compressed (zlib plugin): its S= is the message's size, not
+            # the file's; linked under a name with the file's size, Dovecot failed every
+            # FETCH of it ("Cached message size smaller than expected")
+            return None
         try:
             self._in_tmp(tmp, lambda: os.link(link_from, tmp))
         except OSError as exc:
