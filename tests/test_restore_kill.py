@@ -664,3 +664,47 @@ def test_a_rerun_storing_a_message_whose_uid_was_taken_killed_anywhere_ends_as_u
     outcomes = h.trials([dict(point=p) for p in points])
     assert all(o.ok for o in outcomes), _report(outcomes, _seed(driver, 9))
     assert sum(o.first == -9 for o in outcomes) >= len(points) - 1
+
+
+def _subscriptions_source(tmp_path):
+    """Two Maildir users of several folders, most subscribed, one message each."""
+    home = tmp_path / "src"
+    cfg = make_home(home, "maildir")
+    with in_home(home):
+        store = open_store(cfg)
+        for u in ("ann", "bob"):
+            store.create_user(u)
+            for i, f in enumerate(["Sent", "Work", "Work/2023", "Réunions", "Junk"]):
+                store.create_folder(u, f, subscribed=i != 4)
+                store.append(u, f, io.BytesIO(b"Subject: %s %s\r\n\r\nx\r\n" % (u.encode(), f.encode())))
+        store.set_folder("bob", "INBOX", subscribed=False)
+        return store, backup(home, tmp_path / "a.ims")
+
+
+def test_a_restore_killed_anywhere_around_its_subscriptions_leaves_them_as_archived(tmp_path):
+    """A user's subscriptions are written once per sync of a batch, before the journal
+    records its folders complete (a folder recorded complete is merged into, not
+    resubscribed, by the same command run again): killed at every step from before the
+    first write of a subscriptions file to after the journal's record of the folders, and
+    at points spread over the rest of the run, the same command run again leaves every
+    folder subscribed (or not) as archived."""
+    store, archive = _subscriptions_source(tmp_path)
+    h = Harness(tmp_path, store, archive, "maildir")
+    assert {k[1]: v[2] for k, v in h.want.items() if len(k) == 2 and k[0] == "bob"} == {
+        "INBOX": False, "Sent": True, "Work": True, "Work/2023": True, "Réunions": True, "Junk": False}
+    home = h.fresh()
+    log = os.path.join(str(tmp_path), "steps.log")
+    total, p = count_steps(h.argv, home, tmp_path, env={"IMS_HOME": home, "IMS_FAULT_LOG": log})
+    assert p.returncode == 0, p.stderr
+    steps = [line.rstrip("\n").split(" ", 1) for line in open(log)]
+    # (the dotlock of subscriptions is taken only to rewrite it: its temporary just before)
+    subs = [int(n) for n, what in steps if what.endswith("/subscriptions.lock")]
+    puts = [int(n) for n, what in steps if what.startswith("sqlite: INSERT INTO restored (user, folder, uid")]
+    assert len(subs) == 2 and len(puts) == 12, (subs, puts)
+    window = range(min(subs) - 2, max(puts) + 3)        # (the journal's COMMIT after the puts)
+    seed = _seed("maildir", 2)
+    points = sorted(set(window) | set(spread(total, 6, seed)))
+    assert len(window) < 40 and len(points) < 50, (len(window), total)
+    outcomes = h.trials([dict(point=pt) for pt in points])
+    assert all(o.ok for o in outcomes), _report(outcomes, seed)
+    assert sum(o.first == -9 for o in outcomes) >= len(points) - 1

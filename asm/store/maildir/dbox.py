@@ -62,6 +62,9 @@ class DboxStore(MaildirStore):
     #: what a restore wrote is Dovecot's only once the batch gives the copy back: the
     #: restore journal records a folder only then (asm/restore/engine.py)
     journal_after_sync = True
+    # (a login's Maildir copy is given back to Dovecot when its deliveries are released,
+    # inside the batch: its subscriptions are written as they change, not at the sync)
+    defer_subscriptions = False
 
     def __init__(self, config: Config, create: bool = True, layout=None):
         dbox = layout or open_layout(config, dbox=True)

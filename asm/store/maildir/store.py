@@ -420,6 +420,8 @@ class MaildirStore(Store):
     """Dovecot Maildir++ partitions behind the logical view."""
 
     name = "maildir"
+    #: subscriptions changed in a batch are written at its next sync (_set_subscribed)
+    defer_subscriptions = True
     unlisted_hint = ("the maildir driver reads <partition>/<user>/Maildir: check partition:NAME.path "
                      "and the store's layout (docs/maildir.md)")
 
@@ -428,6 +430,8 @@ class MaildirStore(Store):
         self._parts = config.partitions()          # read once: asked for on every call
         self._owner = config.owner()
         self._subs = subscriptions.Cache()
+        self._subs_users: dict[str, str] = {}      # subscriptions root -> user, of the changes
+                                                   # a batch has not written yet (_set_subscribed)
         self._subs_swept: set = set()              # users whose subscriptions directory was cleaned
                                                    # of dead writers' leftovers (_sweep_subscriptions)
         self._staged_cleaned: set = set()          # parents cleaned of _mkdir_staged leftovers
@@ -1924,11 +1928,25 @@ class MaildirStore(Store):
         self._clean_temporaries(root)
 
     def _set_subscribed(self, user: str, folder: str, on: bool) -> None:
+        """Inside a :meth:`batch` the change waits (in the cache, which every read of
+        this store sees) and the next :meth:`sync` writes each user's changes in one
+        rewrite of the file, before its syncfs: a restore records a folder complete only
+        after a sync (asm/restore/engine.py, Restorer._record_done), so its subscription
+        is on disk by then, and a user of many folders costs one rewrite per sync, not
+        one per folder (each a rename over the file, which ext4 writes out at once)."""
         root = self._subs_root(user)
         if (folder in self._subs.get(root)) == on:
             # as asked already (the file is read whole without the lock: it is only ever
             # replaced by a rename); a writer changing it now comes after this
             return
+        if self.in_batch and self.defer_subscriptions:
+            self._subs.pending.setdefault(root, {})[folder] = on
+            self._subs_users[root] = user
+            return
+        self._write_subscriptions(user, root, {folder: on})
+
+    def _write_subscriptions(self, user: str, root: str, changes: dict) -> None:
+        """``changes`` ({folder: subscribed}) made to the file, under its lock."""
         path = os.path.join(root, SUBSCRIPTIONS)
         lockpath = path + LOCK_SUFFIX
         try:
@@ -1937,14 +1955,43 @@ class MaildirStore(Store):
             raise StoreError(f"cannot write {path}: permission denied") from None
         try:
             self._sweep_subscriptions(user)
-            subscribed = subscriptions.read(root, self._utf8)
-            if (folder in subscribed) == on:
+            now = subscriptions.read(root, self._utf8)
+            subscribed = subscriptions.apply(now, changes)
+            if subscribed == now:
                 return
-            subscribed = [n for n in subscribed if n != folder] + ([folder] if on else [])
             self._write_file(path, subscriptions.render(subscribed, self._utf8), self._owner_for(root))
             self._subs.put(root, subscribed)        # (under its lock: not read back)
         finally:
             dotlock.release(lockpath)
+
+    def _flush_subscriptions(self) -> None:
+        """Write the subscriptions a batch changed, one rewrite per user; each user's
+        that is written leaves the pending ones, so a failure (its lock held past
+        store.locktimeout, a full disk) leaves the others' and its own to the next sync.
+        The first failure is raised once every user was tried."""
+        failed = None
+        for root in list(self._subs.pending):
+            changes = self._subs.pending[root]
+            try:
+                self._write_subscriptions(self._subs_users[root], root, changes)
+            except FileNotFoundError:
+                pass                            # (the user's Maildir went: nothing to subscribe)
+            except (StoreError, OSError) as exc:
+                failed = failed or exc
+                continue
+            del self._subs.pending[root]
+            self._subs_users.pop(root, None)
+        if failed is not None:
+            raise failed
+
+    def sync(self) -> None:
+        """The subscriptions changed in the batch written (one rewrite per user), then
+        one syncfs per filesystem of the store: a failure to write them still syncs the
+        rest, and is raised after."""
+        try:
+            self._flush_subscriptions()
+        finally:
+            super().sync()
 
     # ------------------------------------------------------------------ users & folders
     def check_new_folder(self, user: str, folder: str) -> str:
@@ -2093,6 +2140,9 @@ class MaildirStore(Store):
         except FileNotFoundError:
             raise NoSuchUser(user) from None           # deleted meanwhile by another run
         self._user_parts.pop(user, None)
+        for r in [r for r, u in self._subs_users.items() if u == user]:
+            self._subs.pending.pop(r, None)         # (its subscriptions went with it)
+            del self._subs_users[r]
         self._remove_deleted(user, [aside])
         if self._layout is not None:
             self._remove_empty_levels(user, root, home)

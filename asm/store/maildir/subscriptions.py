@@ -55,14 +55,32 @@ def read(root: str, utf8: bool = False) -> list:
         return []
 
 
+def apply(names: list, changes: dict) -> list:
+    """``names`` (a file's, in order) with ``changes`` ({name: subscribed}) made: a name
+    unsubscribed goes, one subscribed and not there is added at the end, in the order
+    of ``changes``; the others keep their places."""
+    out = [n for n in names if changes.get(n, True)]
+    have = set(out)
+    return out + [n for n, on in changes.items() if on and n not in have]
+
+
 class Cache:
-    """Subscribed names per Maildir root, re-read only when the file changed."""
+    """Subscribed names per Maildir root, re-read only when the file changed, with the
+    changes not written yet (``pending``: root -> {name: subscribed}, in order) on top."""
 
     def __init__(self, utf8: bool = False):
         self._cache: dict[str, tuple] = {}     # Maildir root -> (stat key, names)
         self.utf8 = utf8
+        self.pending: dict[str, dict] = {}
 
     def get(self, root: str) -> set:
+        names = self._read(root)
+        changes = self.pending.get(root)
+        if changes:
+            names = (names - {n for n, on in changes.items() if not on}) | {n for n, on in changes.items() if on}
+        return names
+
+    def _read(self, root: str) -> set:
         path = os.path.join(root, SUBSCRIPTIONS)
         try:
             st = os.stat(path)
