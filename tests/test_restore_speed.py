@@ -317,3 +317,16 @@ def test_a_classic_restore_asks_the_kernel_its_ids_once_not_per_message(tmp_path
     few = _restore_syncs(tmp_path, 1, 1, calls=("getpid", "geteuid"))
     many = _restore_syncs(tmp_path, 2, 40, calls=("getpid", "geteuid"))
     assert (many - few) / 79 < 0.5, (few, many)
+
+
+def test_a_folder_a_restore_makes_does_not_look_for_its_user_again_and_again(maildir_trace):
+    """Each store call checked that the user's Maildir is there (a stat), about 13 times
+    per folder made and more per message (209 looks here, 17 a folder of two messages): a folder found in the Maildir where the user was last found says
+    the user is there (its cur/ is looked at, not the Maildir first), and the root,
+    subscriptions and quota file of a user just found are not looked for again; whether
+    the process runs as root (to give files to store.owner) is asked once."""
+    lines = maildir_trace[0]
+    looks = _calls(lines, r'(newfstatat|stat|lstat|statx)\(AT_FDCWD, "[^"]*/joe/Maildir"')
+    assert len(looks) / len(_FOLDERS) <= 10, len(looks)
+    assert len(_calls(lines, r'\bgeteuid\(\)')) <= 4
+

@@ -440,6 +440,7 @@ class MaildirStore(Store):
         self._mutex = threading.RLock()
         self._seq = 0
         self._pid = os.getpid()
+        self._root_euid = os.geteuid() == 0         # (asked once: files are given away only as root)
         self._rand, self._rand_at, self._rand_pid = "", 0, 0   # hex digits for R fields
         self._hostname = mdnames.host()
         self._toucher = dotlock.Toucher(lambda: [h for h in self._held.values() if h.lockpath], self._mutex)
@@ -644,12 +645,25 @@ class MaildirStore(Store):
             return self._ul(user).root
         return os.path.join(self._home(user), "Maildir")
 
-    def _subs_root(self, user: str) -> str:
-        """The directory of the user's subscriptions file."""
+    def _subs_root(self, user: str, seen: bool = False) -> str:
+        """The directory of the user's subscriptions file.  ``seen``: the caller has
+        just found the user's Maildir there (a folder in it), or needs no check (it only
+        opens a file there): it is not looked for again."""
+        if seen:
+            found = self._seen_root(user)
+            if found is not None:
+                return self._ul(user).control_root if self._layout is not None else found
         if self._layout is not None:
             self.user_partition(user)
             return self._ul(user).control_root
         return self._root(user)
+
+    def _seen_root(self, user: str) -> str | None:
+        """The user's Maildir where it was last found (no look at the disk), or None."""
+        if self._layout is not None:
+            return self._ul(user).root
+        part = self._user_parts.get(user)
+        return None if part is None else os.path.join(self._parts[part], user, "Maildir")
 
     def _list_index_dir(self, user: str) -> str | None:
         if self._layout is not None:
@@ -693,6 +707,14 @@ class MaildirStore(Store):
         return d
 
     def _existing_folder_dir(self, user: str, folder: str) -> str:
+        root = self._seen_root(user)
+        if root is not None and self._layout is None:
+            # its cur/ in the Maildir where the user was last found says the user is
+            # there still: not looked for first (a restore asked that about 5 times a
+            # folder, a stat each); not there, the user is looked for as ever
+            d = self._folder_dir(user, folder, root)
+            if os.path.isdir(os.path.join(d, "cur")):
+                return d
         d = self._folder_dir(user, folder)
         if not os.path.isdir(os.path.join(d, "cur")):
             raise NoSuchFolder(user, check_folder_name(folder))
@@ -700,7 +722,7 @@ class MaildirStore(Store):
 
     # ------------------------------------------------------------------ ownership
     def _owner_for(self, near: str) -> tuple[int, int] | None:
-        if os.geteuid() != 0:
+        if not self._root_euid:
             return None
         owner = self._owner
         if owner:
@@ -1294,7 +1316,8 @@ class MaildirStore(Store):
         (Dovecot does not unlink it either, for that reason).  The totals the lines add
         up to are unchanged for a reader that does not recalculate; no file, nothing to do."""
         try:
-            path = os.path.join(self._subs_root(user), MAILDIRSIZE)
+            # (no file there, the user's gone or never had one: nothing to do)
+            path = os.path.join(self._subs_root(user, seen=True), MAILDIRSIZE)
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (OSError, StoreError):
             return
@@ -1591,7 +1614,7 @@ class MaildirStore(Store):
     def folder(self, user: str, folder: str) -> FolderInfo:
         folder = check_folder_name(folder)
         self._existing_folder_dir(user, folder)
-        return self._folder_info(user, folder, self._subs.get(self._subs_root(user)))
+        return self._folder_info(user, folder, self._subs.get(self._subs_root(user, seen=True)))
 
     def _folder_info(self, user: str, folder: str, subs: set) -> FolderInfo:
         key = (user, folder)
@@ -1934,7 +1957,7 @@ class MaildirStore(Store):
         after a sync (asm/restore/engine.py, Restorer._record_done), so its subscription
         is on disk by then, and a user of many folders costs one rewrite per sync, not
         one per folder (each a rename over the file, which ext4 writes out at once)."""
-        root = self._subs_root(user)
+        root = self._subs_root(user, seen=True)      # (every caller has just found the folder)
         if (folder in self._subs.get(root)) == on:
             # as asked already (the file is read whole without the lock: it is only ever
             # replaced by a rename); a writer changing it now comes after this
