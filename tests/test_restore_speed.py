@@ -330,3 +330,34 @@ def test_a_folder_a_restore_makes_does_not_look_for_its_user_again_and_again(mai
     assert len(looks) / len(_FOLDERS) <= 10, len(looks)
     assert len(_calls(lines, r'\bgeteuid\(\)')) <= 4
 
+
+def test_a_folder_a_restore_makes_costs_the_journal_five_statements(tmp_path):
+    """Per folder the journal is read once (its row), told the folder is under way in
+    one write transaction of one statement (a row made or its running set: it was an
+    INSERT OR IGNORE and an UPDATE), and told it is complete in the batch's transaction:
+    five SQLite statements, not six; what it records is unchanged."""
+    from asm.restore.journal import Journal
+    from tests.faults import run_with_fault
+    from tests.helpers import make_home, put, run
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    source = open_store(make_home(src, "maildir"))
+    put(source, "joe", "INBOX", 0)
+    for i in range(8):
+        source.create_folder("joe", f"F{i}", subscribed=True)
+        put(source, "joe", f"F{i}", i)
+    archive = tmp_path / "a.ims"
+    run(src, "imsbackup", "-f", archive, "/", check=0)
+    make_home(dst, "maildir")
+    log = tmp_path / "order"
+    p = run_with_fault(["imsrestore", "-f", str(archive)], dst, f"order:{log}", env={"IMS_HOME": str(dst)})
+    assert p.returncode == 0, p.stderr
+    journal = os.path.join(str(dst), "data", "restore-journal.db")
+    stmts = [ln.split(" ", 3)[3] for ln in open(log) if ln.split(" ", 3)[1:3] == ["sql", journal]]
+    per_folder = [s for s in stmts if not s.startswith(("PRAGMA", "CREATE", "INSERT INTO users_held"))]
+    assert len(per_folder) / 9 <= 5 + 2 / 9, per_folder       # (+ the batch's BEGIN and COMMIT)
+    j = Journal(journal)
+    for f in ["INBOX"] + [f"F{i}" for i in range(8)]:
+        row = j.get("joe", f)
+        info = source.folder("joe", f)
+        assert (row.running, row.running_mode, row.mirror, row.uidvalidity, row.uidnext, row.count) == \
+            (None, None, True, info.uidvalidity, info.uidnext, 1), f

@@ -183,13 +183,19 @@ class Journal:
         ``beside``: (run token, source folder) of a folder a -n restore makes beside
         ``source`` (see :meth:`begin_run`, :meth:`beside_of`)."""
         key = (names.to_db(user), names.to_db(folder))
+        # one statement (a row made, or its running set): the per-folder work of a restore
         with self._tx():
-            self.db.execute("INSERT OR IGNORE INTO restored (user, folder, mirror) VALUES (?,?,0)", key)
-            self.db.execute("UPDATE restored SET running=?, running_mode=? WHERE user=? AND folder=?",
-                            (header.get("archive_id"), mode, *key))
-            if beside is not None:
-                self.db.execute("UPDATE restored SET run=?, source=? WHERE user=? AND folder=?",
-                                (beside[0], names.to_db(beside[1]), *key))
+            if beside is None:
+                self.db.execute("INSERT INTO restored (user, folder, mirror, running, running_mode) "
+                                "VALUES (?,?,0,?,?) ON CONFLICT (user, folder) DO UPDATE SET "
+                                "running=excluded.running, running_mode=excluded.running_mode",
+                                (*key, header.get("archive_id"), mode))
+            else:
+                self.db.execute("INSERT INTO restored (user, folder, mirror, running, running_mode, run, source) "
+                                "VALUES (?,?,0,?,?,?,?) ON CONFLICT (user, folder) DO UPDATE SET "
+                                "running=excluded.running, running_mode=excluded.running_mode, "
+                                "run=excluded.run, source=excluded.source",
+                                (*key, header.get("archive_id"), mode, beside[0], names.to_db(beside[1])))
 
     @_journal_errors
     def owe_acl(self, user: str, folder: str, acl: str | None) -> None:
