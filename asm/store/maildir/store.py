@@ -47,10 +47,12 @@ _OUR_BASE = re.compile(r"^\d+\.M\d+P(\d+)Q\d+R([0-9a-f]{8})\.(.+)$")
 # temporaries of _write_file: <name>.<pid>.<thread>.tmp
 _WRITE_TMP = re.compile(r"^.+\.(\d+)\.\d+\.tmp$")
 QUEUE_DIR = ".ims-queue"
-DELETING = ".ims-deleting"          # a folder's cur/ while delete_folder removes it
+DELETING = ".ims-deleting"          # a folder's cur/ aside, left by a deletion of an older version
 STAGED_DIR = "ims-mkdir"             # a folder directory before _mkdir_staged names it
-_STAGED_RE = re.compile(r"^\.?ims-mkdir\.(\d+)\.[0-9a-f]{8}$")
-PRE_CUR = ".ims-cur"                # a new folder's cur/ before create_folder names it so
+# directories of ours that Dovecot never lists, <kind>.<pid>.<random> (_staged_name): a
+# folder directory being made (mkdir), removed (deleting), a cur/ or tmp/ to be named so
+_STAGED_RE = re.compile(r"^\.?ims-(?:mkdir|deleting|cur|tmp)\.(\d+)\.[0-9a-f]{8}$")
+PRE_CUR = ".ims-cur"                # a new folder's cur/, left by an older version
 NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 DELETED_PREFIX = ".ims-deleted-Maildir."   # a Maildir delete_user removes: <hex login>.<pid>.<random>
 _LAST_UIDVALIDITY = [0]
@@ -788,8 +790,9 @@ class MaildirStore(Store):
         ``path`` itself given to ``owner`` if it is there already (a killed creation
         left it), and the parents that were there only below ``within`` (the login's
         own directories: LAYOUT=fs parent levels).  ``staged``: the directories are
-        folders Dovecot lists, each made whole (:meth:`_mkdir_staged`), ``path`` with
-        the subdirectories named.  True when this call made ``path`` itself (with
+        folders Dovecot lists, each made whole (:meth:`_mkdir_staged`, staged where
+        :meth:`_staging` says for the Maildir ``within``), ``path`` with the
+        subdirectories named.  True when this call made ``path`` itself (with
         ``staged``: it holds only those subdirectories, all empty)."""
         if os.path.isdir(path):
             if top or (within and path.startswith(within.rstrip("/") + "/")):
@@ -803,29 +806,56 @@ class MaildirStore(Store):
             if staged is None:
                 self._mkdir(path, owner)
             else:
-                self._mkdir_staged(path, owner, staged if top else ())
+                self._mkdir_staged(path, owner, staged if top else (), root=within)
         except FileExistsError:
             return False
         return True
 
-    def _mkdir_staged(self, path: str, owner, subs=(), fill=None) -> None:
+    def _staging(self, parent: str, root: str | None) -> tuple[str, str]:
+        """(directory, prefix) of a directory that is to appear in ``parent`` (of the
+        Maildir ``root``) while it is made, or of one removed from there, under a name
+        Dovecot never lists (:meth:`_staged_name`), on ``parent``'s filesystem (one
+        rename).  Maildir++: ``parent`` itself, a plain name (Dovecot lists only dot
+        names in the Maildir, nothing within a folder).  LAYOUT=fs, where Dovecot lists
+        every directory name but cur, new and tmp (a dot name too, as a folder
+        \\Noselect or not): the Maildir's own tmp/ (INBOX's), whose entries Dovecot
+        never lists; a dot name in ``parent`` only when that tmp/ is missing or on
+        another filesystem."""
+        if not self._fs_layout or root is None:
+            return parent, ""
+        hidden = os.path.join(root, "tmp")
+        try:
+            if os.stat(hidden).st_dev == os.stat(parent).st_dev and os.path.isdir(hidden):
+                return hidden, ""
+        except OSError:
+            pass
+        return parent, "."
+
+    def _staged_name(self, parent: str, root: str | None, kind: str) -> str:
+        """A new path for a directory of ours of ``kind`` (mkdir, deleting, cur, tmp)
+        meant for ``parent``, where Dovecot never lists it (:meth:`_staging`); one a
+        killed run left is removed by the next :meth:`_clean_staged` there."""
+        where, dot = self._staging(parent, root)
+        return os.path.join(where, f"{dot}ims-{kind}.{self._pid}.{self._random8()}")
+
+    def _mkdir_staged(self, path: str, owner, subs=(), fill=None, root: str | None = None) -> None:
         """A folder's directory, appearing whole or not at all: made under a temporary
-        name (Maildir++: a plain one, which Dovecot does not list; LAYOUT=fs: a dot one,
-        which Dovecot lists as \\Noselect meanwhile), given to ``owner`` with its
-        ``subs`` (new/ tmp/), then renamed into place (one a killed run left is removed
-        by the next folder made beside it, _clean_staged).  Made as ``path`` and
-        chowned after, a kill between the two left a directory of root's, 0700, that
-        Dovecot lists and cannot open ("[SERVERBUG] Internal error", stat(.../tmp)
-        Permission denied) until a rerun.  ``fill(tmp)`` writes the rest of the folder
-        (its uidlist, cur/ last) before the rename."""
+        name Dovecot does not list (:meth:`_staging`, ``root`` the login's Maildir),
+        given to ``owner`` with its ``subs`` (new/ tmp/), then renamed into place (one
+        a killed run left is removed by the next folder made beside it,
+        _clean_staged).  Made as ``path`` and chowned after, a kill between the two
+        left a directory of root's, 0700, that Dovecot lists and cannot open
+        ("[SERVERBUG] Internal error", stat(.../tmp) Permission denied) until a rerun.
+        (Under LAYOUT=fs the temporary name was a dot name beside ``path``, which a
+        client's LIST showed as a folder for the moment.)  ``fill(tmp)`` writes the
+        rest of the folder (its uidlist, cur/ last) before the rename."""
         if not owner and fill is None:  # nothing to give: no step to be killed between
             os.mkdir(path, 0o700)
             for sub in subs:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(os.path.join(path, sub), 0o700)
             return
-        parent, name = os.path.split(path)
-        tmp = os.path.join(parent, f"{'' if name.startswith('.') else '.'}{STAGED_DIR}.{self._pid}.{self._random8()}")
+        tmp = self._staged_name(os.path.dirname(path), root, "mkdir")
         os.mkdir(tmp, 0o700)
         try:
             self._chown(tmp, owner)
@@ -840,21 +870,26 @@ class MaildirStore(Store):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _clean_staged(self, parent: str) -> None:
-        """Directories _mkdir_staged of a process that is gone left in ``parent`` (looked
-        for once per parent and store object: a restore making 10,000 folders in one
-        Maildir reads it once, not 10,000 times)."""
-        if parent in self._staged_cleaned:
-            return
-        self._staged_cleaned.add(parent)
-        try:
-            entries = os.listdir(parent)
-        except OSError:
-            return
-        for n in entries:
-            m = _STAGED_RE.match(n)
-            if m and not pid_alive(int(m.group(1))):
-                shutil.rmtree(os.path.join(parent, n), ignore_errors=True)
+    def _clean_staged(self, parent: str, root: str | None = None, again: bool = False) -> bool:
+        """Directories of ours (:meth:`_staged_name`) of a process that is gone left
+        where those meant for ``parent`` are made (looked for once per place and store
+        object, unless ``again``: a restore making 10,000 folders in one Maildir reads
+        it once, not 10,000 times).  True when one was removed."""
+        found = False
+        for where in dict.fromkeys((parent, self._staging(parent, root)[0])):
+            if where in self._staged_cleaned and not again:
+                continue
+            self._staged_cleaned.add(where)
+            try:
+                entries = os.listdir(where)
+            except OSError:
+                continue
+            for n in entries:
+                m = _STAGED_RE.match(n)
+                if m and not pid_alive(int(m.group(1))):
+                    shutil.rmtree(os.path.join(where, n), ignore_errors=True)
+                    found = True
+        return found
 
     def _write_file(self, path: str, data: bytes, owner, fsync: bool | None = None,
                     mode: int = 0o600, newer_than: float | None = None) -> None:
@@ -2262,15 +2297,15 @@ class MaildirStore(Store):
             # LAYOUT=fs: parent levels too (given to the owner if a killed run left them),
             # each appearing whole (_mkdir_staged)
             self._makedirs(os.path.dirname(d), owner, top=False, within=root, staged=())
-            self._clean_staged(os.path.dirname(d))
+            self._clean_staged(os.path.dirname(d), root)
         elif folder != "INBOX" or self._layout is not None:
             self._makedirs(d, owner, within=root)
-            self._clean_staged(os.path.dirname(d))
+            self._clean_staged(os.path.dirname(d), root)
         locked = False
         if staged and ctl == d:
             # nobody sees the folder before its rename: its lock would be in it (taken
             # there when the caller holds it on, so that the folder appears locked)
-            self._create_staged(user, d, ctl, idx, folder, ul, owner, lock=hold is not None)
+            self._create_staged(user, d, ctl, idx, folder, ul, owner, root, lock=hold is not None)
             locked = hold is not None
         else:
             try:
@@ -2282,9 +2317,9 @@ class MaildirStore(Store):
                 if os.path.isdir(os.path.join(d, "cur")):
                     raise FolderExists(user, folder)     # made meanwhile by another process
                 if staged:
-                    self._create_staged(user, d, ctl, idx, folder, ul, owner)
+                    self._create_staged(user, d, ctl, idx, folder, ul, owner, root)
                 else:
-                    self._create_in_place(d, ctl, idx, folder, ul, owner)
+                    self._create_in_place(d, ctl, idx, folder, ul, owner, root)
                 locked = hold is not None
             finally:
                 if not locked:
@@ -2341,7 +2376,7 @@ class MaildirStore(Store):
         self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
 
     def _create_staged(self, user: str, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist,
-                       owner, lock: bool = False) -> None:
+                       owner, root: str, lock: bool = False) -> None:
         """The folder made whole under another name and renamed to ``d`` (which is not
         there); the files that live in it (ctl, idx equal to ``d``) are written there.
         ``lock`` (ctl equal to ``d``): its dotlock is taken in it before the rename, so
@@ -2354,26 +2389,48 @@ class MaildirStore(Store):
                 self._acquire_dotlock(os.path.join(tmp, UIDLIST + LOCK_SUFFIX), self._lock_timeout(),
                                       f"{user}/{folder}")
         try:
-            self._mkdir_staged(d, owner, ("new", "tmp"), fill=fill)
+            self._mkdir_staged(d, owner, ("new", "tmp"), fill=fill, root=root)
         except FileExistsError:
             if os.path.isdir(os.path.join(d, "cur")):
                 raise FolderExists(user, folder) from None     # made meanwhile
             raise
 
-    def _create_in_place(self, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist, owner) -> None:
-        """The files of a folder whose directory is there without cur/ (what a killed
-        creation left is reused), cur/ last: made under another name and given to its
-        owner first, it appears in one rename, never with a cur/ root kept (a dot name
-        in a Maildir++ root would be a folder to Dovecot; a plain one in a LAYOUT=fs
-        directory would)."""
-        for sub in ("new", "tmp"):
-            self._mkdir_or_own(os.path.join(d, sub), owner)      # (a killed creation's)
+    def _create_in_place(self, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist, owner,
+                         root: str) -> None:
+        """The files of a folder whose directory is there without cur/ (a LAYOUT=fs
+        level that holds subfolders, a damaged folder; what a killed creation left is
+        reused), in the order that keeps Dovecot from opening it half made: Dovecot
+        opens a Maildir folder only when its tmp/ is there, and adds a missing cur/
+        itself when it does (maildir_check_tmp, maildir_set_deleted), so a tmp/ there
+        without cur/ goes aside first; then its index floor, maildirfolder and
+        dovecot-uidlist, new/, cur/, and tmp/ last, cur/ and tmp/ each made under a name
+        Dovecot never lists, given to the owner and renamed into place (:meth:`_staging`).
+        (Made new/ tmp/ first and cur/ last, a client's SELECT in between made Dovecot
+        add cur/ and an index of its own, which the index floor then replaced: its
+        sessions logged "duplicate transaction log sequence" and answered
+        "[SERVERBUG]"; its staged cur/, a dot name in the folder, was listed under
+        LAYOUT=fs.)  Under Maildir++ Dovecot adds cur/ new/ tmp/ to any folder
+        directory it is asked to open, made half or not: cur/ and tmp/ renamed onto
+        the empty ones it made are the same folder."""
+        parent = os.path.dirname(d) if d != root else d
+        tmp_dir = os.path.join(d, "tmp")
+        if os.path.isdir(tmp_dir) and not os.path.isdir(os.path.join(d, "cur")):
+            aside = self._staged_name(parent, root, "tmp")
+            if aside.startswith(tmp_dir + "/"):      # (INBOX's tmp/ is the staging place)
+                aside = os.path.join(parent, "." + os.path.basename(aside))
+            os.rename(tmp_dir, aside)       # (a killed creation's, or a damaged folder's)
+            shutil.rmtree(aside, ignore_errors=True)
         self._folder_files(d, ctl, idx, folder, ul, owner)
-        pre = os.path.join(d, PRE_CUR if self._fs_layout or folder != "INBOX" else PRE_CUR[1:])
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(pre)                  # (left empty by a killed creation)
-        self._mkdir(pre, owner)
-        os.rename(pre, os.path.join(d, "cur"))
+        self._mkdir_or_own(os.path.join(d, "new"), owner)       # (mail of a damaged folder stays)
+        for sub in ("cur", "tmp"):
+            pre = self._staged_name(parent, root, sub)
+            self._mkdir(pre, owner)
+            try:
+                os.rename(pre, os.path.join(d, sub))    # (onto an empty one Dovecot made: the same)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                os.rmdir(pre)               # one Dovecot made and used meanwhile: kept
 
     def create_folder_held(self, locks: contextlib.ExitStack, user: str, folder: str,
                            **kwargs) -> FolderInfo:
@@ -2381,15 +2438,31 @@ class MaildirStore(Store):
 
     @store_os_errors
     def delete_folder(self, user: str, folder: str) -> None:
+        """The folder goes for Dovecot in one step: its directory renamed to a name
+        Dovecot never lists (:meth:`_staging`), under its lock, then removed.  (cur/
+        renamed aside first and the rest removed after, a client's SELECT in between
+        made Dovecot add cur/ new/ tmp/ again -- it does so to any folder directory
+        it opens, maildir_set_deleted -- and the folder stayed, listed, without its
+        mail.)  Under LAYOUT=fs a folder that holds subfolders keeps its directory:
+        its tmp/ goes first (Dovecot opens no folder without it), then cur/ and new/,
+        each renamed aside.  Killed anywhere, the folder is whole or gone, and what
+        is left (an aside directory, control and index files elsewhere, the
+        subscription) is finished by the next call (:meth:`folder_remains`)."""
         folder = check_folder_name(folder)
         if folder == "INBOX":
             raise BadName("INBOX cannot be deleted (delete its messages, or the user)")
         d = self._folder_dir(user, folder)
-        if self._half_deleted(d):
-            # a deletion killed after cur/ went (the folder is gone for us, not yet its
-            # directory, which Dovecot still lists): finished now
+        root = self._root(user)
+        parent = os.path.dirname(d)
+        asides: list[str] = []
+        if not os.path.isdir(os.path.join(d, "cur")):
+            # gone, or a deletion killed half way (the folder is gone for us, not all its
+            # files): finished now
             ctl, idx = self._ctl_idx(user, folder, d)
-            dirs = dict.fromkeys(x for x in (d, ctl, idx) if x)
+            dirs = dict.fromkeys(x for x in (d, ctl, idx) if x and os.path.isdir(x))
+            cleaned = self._clean_staged(parent, root, again=True)
+            if not dirs and not cleaned and folder not in self._subs.get(self._subs_root(user)):
+                raise NoSuchFolder(user, folder)
             self._clear_folder(dirs)
             lock = os.path.join(ctl, UIDLIST + LOCK_SUFFIX)
             if os.path.lexists(lock) and dotlock.lock_is_stale(lock, self._hostname):
@@ -2398,31 +2471,54 @@ class MaildirStore(Store):
         else:
             with self._locked(user, folder, create_uidlist=False) as st:
                 d = st.dir
-                # cur/ goes in one step, renamed aside: killed later, the folder is gone
-                # (never a folder that lost some mail), and its remains are finished by
-                # the next delete_folder (folder_remains)
-                gone = os.path.join(d, DELETING)
-                shutil.rmtree(gone, ignore_errors=True)
-                os.rename(os.path.join(d, "cur"), gone)
-                for sub in (DELETING, "new", "tmp"):
-                    shutil.rmtree(os.path.join(d, sub), ignore_errors=True)
-                dirs = dict.fromkeys(x for x in (d, st.ctl, st.idx) if x)
-                self._clear_folder(dirs)
+                if self._fs_layout and self._has_subfolders(d):
+                    for sub in ("tmp", "cur", "new", DELETING):
+                        if os.path.isdir(os.path.join(d, sub)):
+                            asides.append(self._staged_name(parent, root, "deleting"))
+                            os.rename(os.path.join(d, sub), asides[-1])
+                else:
+                    asides.append(self._staged_name(parent, root, "deleting"))
+                    os.rename(d, asides[-1])        # (its lock goes with it when it is there)
                 st.dirty = st.keywords_dirty = False
+                dirs = dict.fromkeys(x for x in (d, st.ctl, st.idx) if x and os.path.isdir(x))
+                self._clear_folder(dirs)
+        for aside in asides:
+            shutil.rmtree(aside, ignore_errors=True)
         for where in dirs:
             with contextlib.suppress(OSError):
                 os.rmdir(where)
         self._quota_stale(user)              # (the list index: as in create_folder)
         self._set_subscribed(user, folder, False)
 
+    def _has_subfolders(self, d: str) -> bool:
+        """LAYOUT=fs: ``d`` holds a directory that is no part of its own folder."""
+        with os.scandir(d) as it:
+            return any(e.is_dir(follow_symlinks=False) and e.name not in ("cur", "new", "tmp", DELETING)
+                       and not _STAGED_RE.match(e.name) for e in it)
+
     @staticmethod
     def _half_deleted(d: str) -> bool:
         return os.path.isdir(d) and not os.path.isdir(os.path.join(d, "cur"))
 
     def folder_remains(self, user: str, folder: str) -> bool:
-        # delete_folder takes cur/ first: killed after that, the directory stays
+        # a deletion killed after the folder went for Dovecot: its directory (LAYOUT=fs:
+        # one that holds subfolders) without cur/, an aside directory, its subscription
         try:
-            return folder != "INBOX" and self._half_deleted(self._folder_dir(user, check_folder_name(folder)))
+            folder = check_folder_name(folder)
+            if folder == "INBOX":
+                return False
+            d = self._folder_dir(user, folder)
+            if self._half_deleted(d):
+                return True
+            if os.path.isdir(os.path.join(d, "cur")):
+                return False
+            if folder in self._subs.get(self._subs_root(user)):
+                return True
+            root = self._root(user)
+            parent = os.path.dirname(d)
+            return any(_STAGED_RE.match(n) and not pid_alive(int(_STAGED_RE.match(n).group(1)))
+                       for where in dict.fromkeys((parent, self._staging(parent, root)[0]))
+                       for n in (os.listdir(where) if os.path.isdir(where) else ()))
         except (StoreError, OSError):
             return False
 
