@@ -223,3 +223,49 @@ def test_folders_made_while_clients_list_and_select_them_appear_whole(lab, tmp_p
                 (r, clients.hammer.broken[:3], clients.lister.broken[:3])
     assert not _logged(log, start)
 
+
+def test_a_new_mailbox_guid_alone_leaves_dovecots_index_and_sessions_alone(lab, tmp_path):
+    """set_folder giving an indexed folder another mailbox GUID under the same
+    UIDVALIDITY (a restore of a folder a client made again with its old UIDVALIDITY,
+    or an archive of another copy), round after round, while a session has the folder
+    selected and others SELECT, LIST and STATUS it: Dovecot reports the new GUID at
+    once (doveadm, a new session), the selected session goes on (NOOP, its UIDs and
+    flags unchanged), and no session is answered [SERVERBUG].  Before, the driver
+    removed the folder's dovecot.index* files as for a new UIDVALIDITY, and the session
+    that had it selected was logged out ("IMAP session state is inconsistent, please
+    relogin") -- a Maildir's GUID is only the uidlist header's, no index holds it."""
+    from tests.test_dovecot_list_index import guids
+    login = lab.logins[1]
+    store = _setup(lab, tmp_path, login)
+    name = "Kept"
+    with lab.imap(login) as c:
+        c.create(name)
+        for i in range(4):
+            c.append(name, message(f"kept {i}"), [r"\Seen"] if i % 2 else [])
+        want = c.status(name)
+    lab.fix_owner()
+    log, start = _log_from(lab)
+    with Clients(lab, login, name) as clients, lab.imap(login) as held:
+        held.select(name)
+        flags = held.fetch_meta()
+        for r in range(12):
+            guid = uuid.uuid4().hex
+            clients.resume()
+            with store.lock(login, name):
+                info = store.set_folder(login, name, guid=guid)
+            clients.pause()
+            assert (info.guid, info.uidvalidity) == (guid, want["uidvalidity"])
+            held.command("NOOP")
+            assert held.fetch_meta() == flags, r
+            # (Dovecot's list index, which doveadm reads, takes it from the folder once a
+            # session has looked at the folder again: within a second or two)
+            t = time.monotonic()
+            while guids(lab, login)[name] != guid and time.monotonic() - t < 3:
+                held.command("NOOP")
+                time.sleep(0.2)
+            assert guids(lab, login)[name] == guid, r
+            with lab.imap(login) as c:
+                assert c.status(name) == want, r
+        assert not clients.hammer.broken and not clients.lister.broken, \
+            (clients.hammer.broken[:3], clients.lister.broken[:3])
+    assert not _logged(log, start)

@@ -2548,14 +2548,14 @@ class MaildirStore(Store):
         kept = self._index_only_keywords(user, folder, uidvalidity, uidnext, guid)
         with self._locked(user, folder) as st:
             ul = st.uidlist
-            changed = renumbered = new_uv = False
+            changed = renumbered = new_uv = new_guid = False
             if uidvalidity is not None and uidvalidity != ul.uidvalidity:
                 ul.uidvalidity = uidvalidity
                 changed = renumbered = new_uv = True
             if guid and guid != uidlist_mod.mailbox_guid(ul.extra):
-                # another mailbox to Dovecot (its list index keeps GUIDs): as a new UIDVALIDITY
+                # another mailbox to Dovecot (its list index keeps GUIDs)
                 ul.extra = uidlist_mod.with_mailbox_guid(ul.extra, guid)
-                changed = renumbered = True
+                changed = new_guid = True
             if uidnext is not None:
                 floor = max(ul.records, default=0) + 1
                 want = max(uidnext, floor)
@@ -2566,12 +2566,15 @@ class MaildirStore(Store):
             if changed:
                 # its index files are removed (and clients that have the folder selected
                 # are logged out) only when the identity changed
-                if renumbered and new_uv and self._dovecot_resets(st):
+                dovecot_keeps = (new_uv or new_guid) and self._dovecot_resets(st)
+                if dovecot_keeps and (new_uv or not renumbered):
                     # Dovecot's own index stays: Dovecot resets it itself when it reads a
-                    # UIDVALIDITY in dovecot-uidlist that is not its index's (below)
+                    # UIDVALIDITY in dovecot-uidlist that is not its index's (below); a
+                    # Maildir's mailbox GUID is the uidlist header's alone (no index holds
+                    # it: maildir_uidlist_get_mailbox_guid), read again with the uidlist
                     self._wake_dovecot(st.dir)
                     st.disk_uidnext = ul.uidnext
-                elif renumbered and not st.index_invalidated:
+                elif (renumbered or new_guid) and not st.index_invalidated:
                     # (Dovecot's list index stays: the STATUS it caches is checked against
                     # the folder's index log and uidlist, both new now; create_folder)
                     self._reset_index(st.idx, self._folder_owner(st))
@@ -2582,7 +2585,7 @@ class MaildirStore(Store):
                     # the header: a kill between the two leaves the old UIDNEXT, which the
                     # same command raises again, never a raised header Dovecot ignores)
                     self._wake_dovecot(st.dir)
-                if renumbered:
+                if renumbered or (new_guid and st.index_invalidated):
                     # the new index gets them back at unlock (_give_dovecot_keywords);
                     # keywords a write of this lock set are newer
                     for uid, kws in kept.items():
@@ -2591,6 +2594,10 @@ class MaildirStore(Store):
                 # on disk now, not at unlock: messages appended next are recorded
                 # after this header (a kill must not leave them under another UIDVALIDITY)
                 self._flush_uidlist(st)
+                if dovecot_keeps and not new_uv:
+                    # again: a session that looked between the first and the header took
+                    # the old GUID with the new mtime, and would not read the uidlist again
+                    self._wake_dovecot(st.dir)
             info_uv, info_un, info_guid = ul.uidvalidity, ul.uidnext, uidlist_mod.mailbox_guid(ul.extra)
         if subscribed is not None:
             self._set_subscribed(user, folder, subscribed)
