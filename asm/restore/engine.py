@@ -876,8 +876,11 @@ class Restorer:
                 inbox = m.folder == "INBOX"
                 # ... and its mailbox GUID, when it is the archived user's own INBOX
                 # (Planner.own_guid: a new user has no other folder that could hold it)
-                self.store.create_user(user, part, uidvalidity=m.uidvalidity if inbox else None,
-                                       guid=(m.mailbox_guid or "") if inbox and user == m.user else "")
+                # (an INBOX filled next may be made to appear whole, filled, when its
+                # lock is released: Store.create_user_to_fill)
+                make = self.store.create_user_to_fill if inbox else self.store.create_user
+                make(user, part, uidvalidity=m.uidvalidity if inbox else None,
+                     guid=(m.mailbox_guid or "") if inbox and user == m.user else "")
             except UserExists:
                 pass                              # another restore made it meanwhile
         if user not in self.users_seen:

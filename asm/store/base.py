@@ -478,6 +478,13 @@ class Store(abc.ABC):
         and mailbox GUID ``guid`` when given and the store has mailbox GUIDs: a restore
         gives it the archive's from the start); raises UserExists."""
 
+    def create_user_to_fill(self, user: str, partition: str = "primary", uidvalidity: int | None = None,
+                            guid: str = "") -> None:
+        """:meth:`create_user` for a caller that fills INBOX next under its lock (a
+        restore): a driver may make INBOX appear whole, messages and all, when that lock
+        is released (the classic store does, for fewer syncs).  By default create_user."""
+        self.create_user(user, partition, uidvalidity, guid)
+
     @abc.abstractmethod
     def delete_user(self, user: str) -> None:
         """Remove the user and every folder and message."""

@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS folders (
     user TEXT NOT NULL, name TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
     subscribed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (user, name));
 CREATE TABLE IF NOT EXISTS counters (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS unplaced (
+    user TEXT NOT NULL, name TEXT NOT NULL, pid INTEGER NOT NULL, PRIMARY KEY (user, name));
+CREATE TABLE IF NOT EXISTS remains (user TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (user, name));
 """
 _IDX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
@@ -236,12 +239,15 @@ def drop_dead_asides(fdir: str) -> None:
                 os.unlink(os.path.join(fdir, n))
 
 
-def _unmade(fdir: str) -> bool:
-    """The folder directory holds an index being built aside and none in place: a
+def _unmade(fdir: str, marked: bool = False) -> bool:
+    """The folder has no index in place, and ``marked`` (the mailbox list says its index
+    is still to be placed: ``unplaced``) or its directory holds one being built aside: a
     listed folder whose creation (with its messages) has not ended, or was cut short."""
     idx = os.path.join(fdir, "store.idx")
     if os.path.exists(idx):
         return False
+    if marked:
+        return True
     try:
         names = os.listdir(fdir)
     except OSError:
@@ -412,6 +418,12 @@ class ClassicStore(Store):
         # the folder's lock, taken before the folder was listed, until lock() takes it over
         self._filling: dict[str, str] = {}
         self._prelocked: dict[str, int] = {}
+        # the folders (user, name) whose index was placed since the last sync, and those
+        # the last sync covered: their mark in ``unplaced`` goes at the next sync (or
+        # close), never before a sync made the index and its directory durable
+        self._making: dict[str, tuple[str, str]] = {}
+        self._placed: list[tuple[str, str]] = []
+        self._covered: list[tuple[str, str]] = []
 
     def _check_lost(self, db_path: str) -> None:
         why = lost_list(self.parts)
@@ -487,12 +499,12 @@ class ClassicStore(Store):
             pass
 
     # -- index -------------------------------------------------------------
-    def _index(self, fdir: str) -> sqlite3.Connection:
+    def _index(self, fdir: str, where: tuple[str, str] | None = None) -> sqlite3.Connection:
         con = self._idx.get(fdir)
         if con is None:
             path = os.path.join(fdir, "store.idx")
             if not os.path.exists(path):
-                if _unmade(fdir):
+                if _unmade(fdir, where is not None and self._mark(*where) is not None):
                     # listed, its index still being built aside (or its builder killed):
                     # nothing of it was ever visible; read as the empty folder it was made
                     return build_index(":memory:", 1, 0)
@@ -500,6 +512,45 @@ class ClassicStore(Store):
             con = self._connect_index(path)
             self._cache_index(fdir, con)
         return con
+
+    def _mark(self, user: str, folder: str) -> int | None:
+        """The process that listed the folder before its index was placed, while the
+        mailbox list still says so (``unplaced``); None for a folder whose index is placed."""
+        row = self._db.execute("SELECT pid FROM unplaced WHERE user=? AND name=?", (user, folder)).fetchone()
+        return None if row is None else row[0]
+
+    def _drop_stale_mark(self, user: str, folder: str, fdir: str) -> None:
+        """A folder listed with its mark and its index in place: the process that placed
+        it is gone (killed before a sync let it drop the mark).  Its directory and every
+        one above it up to the partition are synced first (the index itself was synced
+        before it was renamed into place): only then may the list stop saying that the
+        folder can be without an index.  Only after a kill; never on the way of a run."""
+        part, _ = self._user_where(user)
+        top = os.path.realpath(self.partition_path(part))
+        d = fdir
+        while True:
+            fsync_dir(d)
+            if os.path.realpath(d) == top or os.path.dirname(d) == d:
+                break
+            d = os.path.dirname(d)
+        with sqlitedb.immediate(self._db):
+            self._db.execute("DELETE FROM unplaced WHERE user=? AND name=?", (user, folder))
+
+    def _drop_marks(self, folders: list) -> None:
+        """Drop the marks of folders whose index (and directory) a sync made durable."""
+        with sqlitedb.immediate(self._db):
+            self._db.executemany("DELETE FROM unplaced WHERE user=? AND name=?", folders)
+
+    def sync(self) -> None:
+        """Also: the marks of the folders whose index the previous sync covered are
+        dropped first, so that this sync covers that too; those placed since go at the
+        next one (their directories are durable only from this sync on)."""
+        if self._covered:
+            covered, self._covered = self._covered, []
+            with contextlib.suppress(sqlite3.Error):     # (kept, a mark is harmless: dropped later)
+                self._drop_marks(covered)
+        super().sync()
+        self._covered, self._placed = self._placed, []
 
     def _adopt(self, fdir: str, uidvalidity: int) -> None:
         """Under the folder's lock, a listed folder whose index was never placed (its
@@ -530,6 +581,9 @@ class ClassicStore(Store):
             finally:
                 con.close()
         place_index(tmp, os.path.join(fdir, "store.idx"))
+        made = self._making.pop(fdir, None)
+        if made is not None:
+            self._placed.append(made)       # its mark goes once a sync covered this
 
     def _connect_index(self, path: str, new: bool = False) -> sqlite3.Connection:
         # a rollback journal with synchronous=FULL: a crash at any moment leaves the index
@@ -676,7 +730,7 @@ class ClassicStore(Store):
     def folder(self, user: str, folder: str) -> FolderInfo:
         folder, uidvalidity, subscribed = self._check_folder(user, folder)
         try:
-            meta = self._meta(self._index(self._folder_dir(user, folder)))
+            meta = self._meta(self._index(self._folder_dir(user, folder), (user, folder)))
         except (sqlite3.Error, OSError) as exc:
             if isinstance(exc, FileNotFoundError):
                 # an index missing with every user directory of its partition: the disk
@@ -756,7 +810,7 @@ class ClassicStore(Store):
     def message(self, user: str, folder: str, uid: int) -> MessageInfo:
         folder, _, _ = self._check_folder(user, folder)
         fdir = self._folder_dir(user, folder)
-        con = self._index(fdir)
+        con = self._index(fdir, (user, folder))
         row = con.execute(
             "SELECT uid, flags, keywords, internaldate, stored, size FROM msgs WHERE uid=?", (uid,)).fetchone()
         if row is None:
@@ -777,9 +831,17 @@ class ClassicStore(Store):
                 reentered = False
         if not reentered:
             fd = self._prelocked.pop(fdir, None)
+            mark = None if fdir in self._idx else self._mark(user, folder)
             if fd is None:
                 try:
-                    fd = _open_lock(fdir)
+                    try:
+                        fd = _open_lock(fdir)
+                    except FileNotFoundError:
+                        if mark is None:
+                            raise
+                        # listed before its directory was durable (a power cut): made now
+                        self._makedirs(fdir)
+                        fd = _open_lock(fdir)
                 except (FileNotFoundError, NotADirectoryError):
                     raise StoreError(f"folder {folder!r} of user {user!r}: its directory {fdir} is missing "
                                      f"although the mailbox list has the folder; the store is damaged "
@@ -793,8 +855,13 @@ class ClassicStore(Store):
                 self._held[fdir] = (fd, 1)
                 self._rows[(user, folder)] = [uidvalidity, subscribed]
             try:
-                if fdir not in self._idx and _unmade(fdir):
-                    self._adopt(fdir, uidvalidity)
+                if fdir not in self._idx:
+                    if _unmade(fdir, mark is not None):
+                        self._adopt(fdir, uidvalidity)
+                        self._making[fdir] = (user, folder)
+                    elif mark is not None and fdir not in self._filling and mark != _pid[0] \
+                            and not pid_alive(mark):
+                        self._drop_stale_mark(user, folder, fdir)
                 # everything done under the lock is one index transaction: a folder
                 # restored under one lock costs one commit, not one per message
                 self._index(fdir).execute("BEGIN IMMEDIATE")
@@ -875,14 +942,49 @@ class ClassicStore(Store):
         # a kill here leaves a user without INBOX: the next create_folder("INBOX") makes it
         self.create_folder(user, "INBOX", uidvalidity=uidvalidity, subscribed=True)
 
+    @_store_errors
+    def create_user_to_fill(self, user: str, partition: str = "primary", uidvalidity: int | None = None,
+                            guid: str = "") -> None:
+        """The user and INBOX listed in one commit, INBOX with its mark (``unplaced``)
+        and no index yet: it reads as the empty INBOX it is, and the restore that fills
+        it next builds its index aside under its lock (:meth:`_adopt`) and places it,
+        messages and all, when that lock is released: 2 syncs in all, where an index
+        made at once (2) and then committed in place with the INBOX's messages (4 more)
+        cost 6.  The lock is not taken here: the restore takes it under its restore
+        lock, and a reader or a writer coming first finds an empty INBOX and places it."""
+        _utf8(check_user_name(user), "user ID")
+        check_user_level(user, os.path.basename(_user_dir(user)), "classic")
+        ppath = self.partition_path(partition)
+        self.check_partition(partition, writing=True)
+        if self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():
+            raise UserExists(user)
+        d = _user_dir(user)
+        udir = os.path.join(ppath, d)
+        self._makedirs(udir)
+        try:
+            with sqlitedb.immediate(self._db):
+                uidvalidity = self._new_folder_uidvalidity(user, "INBOX", uidvalidity)
+                self._db.execute("INSERT INTO users (user, partition, dir) VALUES (?,?,?)", (user, partition, d))
+                # (an index a killed creation of this user left is not this INBOX's)
+                _remove_index(os.path.join(udir, "store.idx"))
+                self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,1)",
+                                 (user, "INBOX", uidvalidity))
+                self._db.execute("INSERT OR REPLACE INTO unplaced VALUES (?,?,?)", (user, "INBOX", _pid[0]))
+        except sqlite3.IntegrityError:
+            raise UserExists(user) from None        # created meanwhile by another process
+
     def delete_user(self, user: str) -> None:
         path = self._user_path(user)
         for k in [k for k in self._idx if k == path or k.startswith(path + os.sep)]:
             self._idx.pop(k).close()
         for k in [k for k in self._filling if k == path or k.startswith(path + os.sep)]:
             del self._filling[k]
+        for k in [k for k in self._making if k == path or k.startswith(path + os.sep)]:
+            del self._making[k]
         with sqlitedb.immediate(self._db):
             self._db.execute("DELETE FROM folders WHERE user=?", (user,))
+            self._db.execute("DELETE FROM unplaced WHERE user=?", (user,))
+            self._db.execute("DELETE FROM remains WHERE user=?", (user,))
             self._db.execute("DELETE FROM holders WHERE user=?", (user,))
             self._db.execute("DELETE FROM users WHERE user=?", (user,))
         self._where.pop(user, None)
@@ -964,6 +1066,10 @@ class ClassicStore(Store):
                 self._chown(tmp)
                 self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,?)",
                                  (user, folder, uidvalidity, int(subscribed)))
+                # listed with its mark, in one commit: whatever of its directory and
+                # aside index a power cut loses, the folder reads as the empty one it is
+                # until its index is placed and a sync covered that (ClassicStore.sync)
+                self._db.execute("INSERT OR REPLACE INTO unplaced VALUES (?,?,?)", (user, folder, _pid[0]))
         except BaseException:
             if con is not None:
                 con.close()
@@ -972,6 +1078,7 @@ class ClassicStore(Store):
                 os.unlink(tmp)
             raise
         self._filling[fdir] = tmp
+        self._making[fdir] = (user, folder)
         self._prelocked[fdir] = fd
         self._cache_index(fdir, con)
         return FolderInfo(folder, uidvalidity, max(1, uidnext), subscribed)
@@ -1310,6 +1417,12 @@ class ClassicStore(Store):
         for fd in self._prelocked.values():
             os.close(fd)
         self._prelocked.clear()
+        if self._covered:
+            # (a sync covered their indexes; the ones placed since keep their mark, which
+            # the next lock of the folder drops once this process is gone)
+            with contextlib.suppress(sqlite3.Error):
+                self._drop_marks(self._covered)
+            self._covered = []
         self._db.close()
 
 

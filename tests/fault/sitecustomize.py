@@ -33,6 +33,9 @@ writes), counted through Python's audit hooks (PEP 578) and SQLite's trace callb
                                   "N syncfs DEV"   syncfs(2) of the filesystem DEV (st_dev),
                                                    called through ctypes, has returned 0
                                   "N sync"         os.sync() has returned
+                                  "N fsync PATH", "N fdatasync PATH"  os.fsync/os.fdatasync
+                                                   of the file or directory PATH (under
+                                                   the root) has returned
                                   "N lockf CMD OFFSET PATH"  fcntl.lockf of PATH (under the
                                                    root) at OFFSET, before it runs
     IMS_FAULT_LOG=FILE          (with any of them) one line per step: "N what", so a
@@ -196,6 +199,21 @@ def _log_syncs():
         real_sync()
         _order("sync")
     os.sync = sync
+
+    def file_sync(name):
+        real = getattr(os, name)
+
+        def synced(fd):
+            real(fd)
+            try:
+                path = os.readlink(f"/proc/self/fd/{fd if isinstance(fd, int) else fd.fileno()}")
+            except OSError:
+                return
+            if _under_root(path):
+                _order(f"{name} {path}")
+        setattr(os, name, synced)
+    file_sync("fsync")
+    file_sync("fdatasync")
 
     class CDLL(ctypes.CDLL):
         def __getattr__(self, name):
