@@ -690,6 +690,8 @@ class ClassicStore(Store):
     def unlisted_folders(self, user: str) -> list[Unlisted]:
         part, _ = self._user_where(user)
         known = set(self.folder_names(user))
+        # (what a deletion cut short left is no unknown folder: its next deletion finishes it)
+        known |= {r[0] for r in self._db.execute("SELECT name FROM remains WHERE user=?", (user,))}
         out: list[Unlisted] = []
 
         def walk(d: str, name: str | None) -> None:
@@ -1008,6 +1010,8 @@ class ClassicStore(Store):
                       uidnext: int = 1, subscribed: bool = False, guid: str = "") -> FolderInfo:
         folder = self.check_new_folder(user, folder)
         self._user_row(user)
+        if self._remains(user, folder):
+            self._finish_remains(user, folder)      # (a deletion cut short: its files go first)
         fdir = self._folder_dir(user, folder)
         # one mailbox-list transaction from the check to the row: two processes creating
         # the same folder cannot both make (or remove) its index, nor get one UIDVALIDITY
@@ -1038,6 +1042,8 @@ class ClassicStore(Store):
         listed: nobody else can take it first and find the index missing."""
         folder = self.check_new_folder(user, folder)
         self._user_row(user)
+        if self._remains(user, folder):
+            self._finish_remains(user, folder)      # (a deletion cut short: its files go first)
         fdir = self._folder_dir(user, folder)
         if fdir in self._held or fdir in self._prelocked:
             return self.create_folder(user, folder, uidvalidity, uidnext, subscribed, guid)
@@ -1085,6 +1091,16 @@ class ClassicStore(Store):
 
     @_store_errors
     def delete_folder(self, user: str, folder: str) -> None:
+        """The folder goes from the mailbox list, and its remains are recorded there
+        (``remains``), in one commit synced before any of its files goes: a kill or a
+        power cut at any later point leaves no folder, never a listed one that lost
+        messages or its index, and what is left of its files is removed by the same
+        call run again (:meth:`folder_remains`), or when a folder of that name is made
+        again, before anything of the new one is written."""
+        folder = check_folder_name(folder)
+        if folder != "INBOX" and _is_text(user) and _is_text(folder) and self._remains(user, folder):
+            self._finish_remains(user, folder)
+            return
         folder, _, _ = self._check_folder(user, folder)
         if folder == "INBOX":
             # INBOX always exists: empty it instead
@@ -1093,25 +1109,80 @@ class ClassicStore(Store):
             return
         fdir = self._folder_dir(user, folder)
         with self.lock(user, folder):
-            self._db.execute("DELETE FROM folders WHERE user=? AND name=?", (user, folder))
+            self._db.execute("PRAGMA synchronous=FULL")     # (this commit: the WAL synced)
+            try:
+                with sqlitedb.immediate(self._db):
+                    self._db.execute("DELETE FROM folders WHERE user=? AND name=?", (user, folder))
+                    self._db.execute("DELETE FROM unplaced WHERE user=? AND name=?", (user, folder))
+                    self._db.execute("INSERT OR REPLACE INTO remains VALUES (?,?)", (user, folder))
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             con = self._idx.pop(fdir, None)
             if con:
                 con.close()
             self._filling.pop(fdir, None)       # (its index built aside goes with the rest)
-            # the message directories first, the index last, whatever order the directory
-            # lists them in: a kill between them leaves no message file behind
-            # (the index is made last now, by a rename, and some file systems list the
-            # newest entry first)
-            for entry in sorted(os.listdir(fdir), key=lambda e: (not _is_hash(e), e.startswith("store.idx"))):
-                if entry.startswith("="):
-                    continue  # a subfolder
-                p = os.path.join(fdir, entry)
-                if os.path.isdir(p):
-                    shutil.rmtree(p)
-                elif entry != "store.lck":
+            self._making.pop(fdir, None)
+            self._clear_remains(fdir)
+        self._end_remains(user, folder, fdir)
+
+    def _remains(self, user: str, folder: str) -> bool:
+        return self._db.execute("SELECT 1 FROM remains WHERE user=? AND name=?", (user, folder)).fetchone() is not None
+
+    def folder_remains(self, user: str, folder: str) -> bool:
+        # delete_folder unlists the folder first: killed after that, its files stay
+        try:
+            folder = check_folder_name(folder)
+            return folder != "INBOX" and _is_text(user) and _is_text(folder) and self._remains(user, folder)
+        except (StoreError, sqlite3.Error):
+            return False
+
+    def _finish_remains(self, user: str, folder: str) -> None:
+        """Remove what a deletion cut short left of a folder no longer listed (under
+        its lock file: nobody else makes or removes it meanwhile)."""
+        fdir = self._folder_dir(user, folder)
+        try:
+            fd = _open_lock(fdir)
+        except (FileNotFoundError, NotADirectoryError):
+            fd = None       # nothing left but the record
+        try:
+            if fd is not None:
+                if not flock_wait(fd, self.lock_timeout):
+                    raise LockTimeout(f"folder {folder!r} of user {user!r}")
+                if self._remains(user, folder):     # (not finished meanwhile by another)
+                    self._clear_remains(fdir)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self._end_remains(user, folder, fdir)
+
+    def _clear_remains(self, fdir: str) -> None:
+        """A removed folder's message files, one by one, their directories, then its
+        index (last); its subfolders (``=...``) and its lock file stay."""
+        try:
+            names = os.listdir(fdir)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in sorted(names, key=lambda e: (not _is_hash(e), e.startswith("store.idx"), e)):
+            if entry.startswith("=") or entry == "store.lck":
+                continue  # a subfolder; the lock, held
+            p = os.path.join(fdir, entry)
+            if os.path.isdir(p) and not os.path.islink(p):
+                for n in os.listdir(p):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(p, n))
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(p)
+            else:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
-        if not any(e.startswith("=") for e in os.listdir(fdir)):
-            shutil.rmtree(fdir, ignore_errors=True)
+
+    def _end_remains(self, user: str, folder: str, fdir: str) -> None:
+        """The folder's directory goes when no subfolder is left, then its record."""
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            if not any(e.startswith("=") for e in os.listdir(fdir)):
+                shutil.rmtree(fdir, ignore_errors=True)
+        with sqlitedb.immediate(self._db):
+            self._db.execute("DELETE FROM remains WHERE user=? AND name=?", (user, folder))
 
     @_store_errors
     def set_folder(self, user: str, folder: str, *, uidvalidity: int | None = None,

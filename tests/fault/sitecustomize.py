@@ -5,6 +5,8 @@ environment sets ``IMS_FAULT``; the product never sees it.  A "step" is one chan
 process makes to files under ``IMS_FAULT_ROOT`` (an open for writing, a rename, link,
 unlink, mkdir, rmdir, utime, chmod, chown, truncate, or one SQLite statement that
 writes), counted through Python's audit hooks (PEP 578) and SQLite's trace callback.
+A removal relative to a directory descriptor (each file and directory shutil.rmtree
+removes) is a step too, named by its full path.
 
     IMS_FAULT=count:FILE        write the number of steps to FILE at exit
     IMS_FAULT=kill:N            SIGKILL this process just before step N (1-based)
@@ -166,6 +168,16 @@ def _audit(event, args):
             _order(f"lockf {cmd} {start} {path}")
         return
     nargs = _PATH_EVENTS.get(event)
+    if event in ("os.remove", "os.rmdir") and len(args) > 1 and isinstance(args[1], int) \
+            and args[1] >= 0 and isinstance(args[0], (str, bytes)):
+        # relative to a directory descriptor (shutil.rmtree removes a tree so): each
+        # file and directory it removes is a step of its own
+        try:
+            base = os.readlink(f"/proc/self/fd/{args[1]}")
+        except OSError:
+            base = None
+        if base is not None:
+            args = (os.path.join(base, os.fsdecode(args[0])),) + tuple(args[1:])
     if nargs is not None and any(_under_root(a) for a in args[:nargs]):
         target = args[nargs - 1]
         if not isinstance(target, int):
