@@ -46,6 +46,12 @@ removes) is a step too, named by its full path.
                                 a step too: a backup reads the store and writes nothing there
     IMS_FAULT_INHERIT=no        (with any of them) only the process started with it runs
                                 under the fault, not the Python processes it starts
+    IMS_FAULT_DURABLE=FILE      (with any of them) the restore journal
+                                ($IMS_HOME/data/restore-journal.db) as a power cut would
+                                leave it: its committed state copied to FILE at the start
+                                and after every syncfs(2) or sync(2) that returned (its
+                                WAL is synced by nothing else in a run); removed when there
+                                is no journal then
 
 Killing *before* a step is the same as killing after the previous one, so N from 1 to
 the counted total (+1) covers every point between two changes on disk.
@@ -187,7 +193,7 @@ def _audit(event, args):
 
 def _wrap_sqlite():
     import sqlite3
-    real_connect = sqlite3.connect
+    real_connect = _State.real_connect = sqlite3.connect
 
     def connect(database, *a, **kw):
         con = real_connect(database, *a, **kw)
@@ -201,15 +207,39 @@ def _wrap_sqlite():
     sqlite3.connect = connect
 
 
+def _durable():
+    """IMS_FAULT_DURABLE: copy the journal's committed state aside (not a step)."""
+    out = os.environ.get("IMS_FAULT_DURABLE")
+    if not out:
+        return
+    src = os.path.join(os.environ.get("IMS_HOME", ""), "data", "restore-journal.db")
+    _State.busy = True
+    try:
+        for p in (out, out + "-journal"):
+            if os.path.exists(p):
+                os.unlink(p)
+        if os.path.exists(src):
+            con = _State.real_connect(src)
+            dst = _State.real_connect(out)
+            try:
+                con.backup(dst)
+            finally:
+                dst.close()
+                con.close()
+    finally:
+        _State.busy = False
+
+
 def _log_syncs():
     """IMS_FAULT=order: syncfs(2) through ctypes (any library's, as ``CDLL(...).syncfs``)
-    and os.sync() logged once they returned."""
+    and os.sync() logged once they returned (and IMS_FAULT_DURABLE's copy made)."""
     import ctypes
     real_sync = os.sync
 
     def sync():
         real_sync()
         _order("sync")
+        _durable()
     os.sync = sync
 
     def file_sync(name):
@@ -237,6 +267,7 @@ def _log_syncs():
                 r = real(fd)
                 if r == 0:
                     _order(f"syncfs {os.fstat(fd).st_dev}")
+                    _durable()
                 return r
             setattr(self, name, syncfs)
             return syncfs
@@ -267,6 +298,8 @@ def _install(spec):
         _log_syncs()
     else:
         raise SystemExit(f"sitecustomize: bad IMS_FAULT {spec!r}")
+    if os.environ.get("IMS_FAULT_DURABLE") and mode != "order":
+        _log_syncs()
     _State.reads = os.environ.get("IMS_FAULT_READS") == "1"
     if os.environ.get("IMS_FAULT_LOG"):
         _State.log = open(os.environ["IMS_FAULT_LOG"], "a")
@@ -275,6 +308,8 @@ def _install(spec):
         _wrap_sqlite()
     except ImportError:
         pass
+    else:
+        _durable()
 
 
 def _mine():
