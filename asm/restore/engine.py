@@ -22,7 +22,7 @@ from asm.restore.options import RestoreOptions, RestoreResult, error_status
 from asm.restore.plan import FolderPlan, Planner
 from asm.restore.reffile import write_reffile
 from asm.restore.selection import Selection
-from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_error, this_holder
+from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_error, syncfs_dirs, this_holder
 
 
 #: folders complete on disk are recorded so in the journal after one sync of the store
@@ -78,6 +78,10 @@ class Restorer:
         self.done: list = []
         self.done_keys: set = set()                 # ... (user, folder) of those folders
         self.done_since = 0.0
+        # marks left in folders (Store.mark_restoring) whose journal records are committed:
+        # (user, folder, mark), removed after the next sync makes those records durable
+        self.unmark: list = []
+        self.journal_dirs = self._journal_dirs()
         self.holder = this_holder()
         self.users_seen: set = set()
         self.plan: FolderPlan | None = None
@@ -138,6 +142,17 @@ class Restorer:
             try:
                 with self.store.batch():
                     self._restore()
+                self.unmark += self.planner.stale
+                self.planner.stale = []
+                if self.unmark:
+                    # the batch's sync made the last records durable (the journal's own
+                    # filesystem too): their marks go
+                    try:
+                        syncfs_dirs(self.journal_dirs)
+                    except OSError:
+                        pass
+                    else:
+                        self._unmark()
                 # (dbox) the batch gave the copies back: the folders are Dovecot's now
                 if self._record_deferred():
                     self._end_status = self.res.status()
@@ -152,11 +167,34 @@ class Restorer:
         plugins.run_end(self.run, self._end_status)
         return self.res
 
-    def _journal(self, mailbox: str, record, lock=None) -> None:
+    def _journal_dirs(self) -> list:
+        """The journal's directory when no sync of the store covers its filesystem (its
+        records are durable only once it is synced too), else nothing."""
+        d = os.path.dirname(os.path.abspath(self.journal.path))
+        try:
+            mine = os.stat(d).st_dev
+            devs = {os.stat(x).st_dev for x in self.store.sync_dirs() if os.path.exists(x)}
+        except OSError:
+            return [d]
+        return [] if mine in devs else [d]
+
+    def _unmark(self) -> None:
+        """Remove the marks whose journal records a sync made durable: the journal says
+        now what they said (a folder whose mark goes first could be taken for a stranger's
+        by a rerun after a power cut)."""
+        marks, self.unmark = self.unmark, []
+        for user, folder, mark in marks:
+            try:
+                self.store.unmark_restoring(user, folder, mark)
+            except (StoreError, OSError):
+                pass                    # (found again, and removed, by a later restore)
+
+    def _journal(self, mailbox: str, record, lock=None, mark=None) -> None:
         """A journal change (``record()``) once what the run wrote before it is durable:
         after the next sync of the store (_record_done), or, for a store that gives its
         copy to the mail server when its batch ends, once that is done (self.deferred).
-        ``lock``: the folder's restore lock, released once the change is recorded."""
+        ``lock``: the folder's restore lock, released once the change is recorded.
+        ``mark``: (user, folder, mark) of the folder's mark, removed once that is durable."""
         if self.deferred is not None:
             # its restore lock is held until then too (docs/restore-design.md §3: sync,
             # record, then release): another restore of the folder finds it done, never
@@ -165,7 +203,7 @@ class Restorer:
             return
         if not self.done:
             self.done_since = time.monotonic()
-        self.done.append((mailbox, record, lock))
+        self.done.append((mailbox, record, lock, mark))
         if len(self.done) >= DONE_FOLDERS or time.monotonic() - self.done_since >= DONE_SECONDS:
             self._record_done()
 
@@ -234,25 +272,33 @@ class Restorer:
         try:
             try:
                 self.store.sync()
+                syncfs_dirs(self.journal_dirs)
             except (StoreError, OSError) as exc:
                 if isinstance(exc, OSError):
                     exc = os_store_error(exc, "the store")
-                n = sum(1 for _m, _r, lock in done if lock is not None)
+                n = sum(1 for _m, _r, lock, _k in done if lock is not None)
                 self._record_error(done[0][0] if len(done) == 1 else "/", (
                     f"{exc}: {n} restored folder{'s are' if n != 1 else ' is'} not recorded complete "
                     f"(the same command run again finishes {'them' if n != 1 else 'it'})"), exc.status)
                 return
+            # the records that sync made durable: their marks are not needed any more
+            self._unmark()
+            self.unmark += self.planner.stale
+            self.planner.stale = []
             try:
-                self.journal.together([record for _m, record, _l in done])
+                self.journal.together([record for _m, record, _l, _k in done])
+                self.unmark += [mark for _m, _r, _l, mark in done if mark is not None]
             except JournalError:
-                for mailbox, record, _lock in done:       # one by one: each failure named
+                for mailbox, record, _lock, mark in done:       # one by one: each failure named
                     try:
                         record()
+                        if mark is not None:
+                            self.unmark.append(mark)
                     except JournalError as exc:
                         self._record_error(mailbox, str(exc), exc.status)
         finally:
             # after the journal: another restore of the folder waiting for it sees it done
-            for _m, _r, lock in done:
+            for _m, _r, lock, _k in done:
                 if lock is not None:
                     lock.close()
 
@@ -968,7 +1014,8 @@ class Restorer:
                 # recorded after a sync covers its files; its restore lock held till then
                 lock, self.restore_lock = self.restore_lock, contextlib.ExitStack()
                 self.done_keys.update({(plan.user, plan.folder), (plan.user, plan.src_folder)})
-                self._journal(mailbox, functools.partial(self.journal.put, *done), lock)
+                self._journal(mailbox, functools.partial(self.journal.put, *done), lock,
+                              (plan.user, plan.folder, plan.mark) if plan.mark else None)
             plugins.mailbox_done(self.run, mailbox, {"status": "ok" if complete else "error",
                                                      "messages": plan.restored, "bytes": 0, "error": None})
         except (StoreError, JournalError, OSError) as exc:

@@ -71,6 +71,8 @@ class FolderPlan:
     foreign: bool = False       # merged into another user's folder (-m): an equal UIDVALIDITY
                                 # there is a coincidence (two folders made in one second),
                                 # never the archived folder
+    mark: str | None = None     # the mark this restore left in the folder (exact, chain),
+                                # removed once the journal's completion record is on disk
 
     @property
     def same(self) -> bool:
@@ -130,6 +132,12 @@ def chain_end(members) -> dict:
     return out
 
 
+def mark_name(archive_id, mode: str, base) -> str:
+    """The mark (Store.mark_restoring) of a restore of ``archive_id`` in ``mode`` into a
+    folder whose journal row named ``base`` (None: no archive) when it began."""
+    return f"{archive_id}.{mode}.{base or '-'}"
+
+
 def _fmt(t: float | None) -> str:
     return time.strftime("%Y%m%d:%H%M%S", time.localtime(t)) if t else "?"
 
@@ -150,6 +158,8 @@ class Planner:
         self.acl_locked: list = []      # (user, folder, why) of ACLs not written: locked
         self.taken_over: set = set()    # users whose INBOX this archive continues from the
                                         # restore of another chain's older archive (chain_mode)
+        self.stale: list = []           # (user, folder, mark) of marks a restore left in a
+                                        # folder that no longer count: removed after a sync
 
     def plan(self, m, user: str, locks: contextlib.ExitStack, final_uids=None, final_flags=None) -> FolderPlan:
         """The plan for folder member ``m`` restored under ``user``; the target folder's
@@ -199,11 +209,22 @@ class Planner:
         resumed = (not created and j is not None and j.running is not None
                    and j.running == aid and j.running_mode in ("exact", "chain")
                    and info.uidvalidity == m.uidvalidity)
+        base = j.archive_id if j is not None else None      # the row as before this restore
+        marks = [] if created else store.restoring_marks(user, folder)
+        marked = None
+        if not created and not resumed and (j is None or j.running is None) and marks \
+                and info.uidvalidity == m.uidvalidity and info.uidnext <= max(1, m.uidnext):
+            # a restore of this archive marked the folder (Store.mark_restoring) when it
+            # created or continued it from the row the journal still has, and the record
+            # that it was under way is lost (a power cut: it was not synced), or so is
+            # its completion record: it is resumed as the journal would have had it
+            marked = next((md for md in ("exact", "chain") if mark_name(aid, md, base) in marks), None)
+            resumed = marked is not None
         again = refill = False
         if created:
             mode = "exact"
         elif resumed:
-            mode = j.running_mode
+            mode = marked or j.running_mode
         elif (j is not None and j.running is None and j.gaps and j.archive_id == aid
               and info.uidvalidity == m.uidvalidity == j.uidvalidity and info.uidnext == j.uidnext
               and (j.count is None or j.count == len(store.messages(user, folder)))):
@@ -306,8 +327,20 @@ class Planner:
                 plan.existing.setdefault(msg.size, []).append(msg)
         if mode == "chain":
             self.check_gap(plan, j.created)
-        if mode in ("exact", "chain") and (not resumed or refill):
+        if mode in ("exact", "chain") and (not resumed or refill or marked):
             self.journal.start(user, folder, self.header, mode, beside=mark)
+        if mode in ("exact", "chain"):
+            # the same in the folder, before anything of this restore is written to it
+            # (the journal's record is not synced: a power cut may lose it, docs/restore-
+            # design.md section 3); earlier marks are of restores this one follows
+            plan.mark = mark_name(aid, mode, base)
+            if plan.mark not in marks:
+                store.mark_restoring(user, folder, plan.mark)
+            self.stale += [(user, folder, x) for x in marks if x != plan.mark]
+        else:
+            # marks of restores the journal has the completion record of
+            self.stale += [(user, folder, x) for x in marks
+                           if j is not None and j.running is None and x.split(".")[0] == j.archive_id]
         return plan
 
     def set_acl(self, user: str, folder: str, acl: str, owed: str | None = None) -> bool:

@@ -639,6 +639,26 @@ class Store(abc.ABC):
         ``src = nonempty_message(src)``).
         """
 
+    # -- a restore under way, recorded in the folder itself ---------------------
+    # The restore journal's "under way" record (Journal.start) is not synced when it is
+    # written: after a power cut the folder's files may be there without it.  So a
+    # restore also marks the folder it creates or continues, in the folder, before it
+    # writes anything there, such that no later change of the folder is on disk without
+    # the mark; the mark goes once the journal's completion record is (docs/restore-design.md
+    # section 3).  A store that cannot keep one keeps none (restoring_marks: []).
+
+    def mark_restoring(self, user: str, folder: str, mark: str) -> None:
+        """Under the folder's lock, before the restore writes anything into it: record
+        ``mark`` (letters, digits, '.', '-') in the folder, so that whatever of the
+        restore's later changes reaches the disk, the mark does too, without a sync."""
+
+    def restoring_marks(self, user: str, folder: str) -> list[str]:
+        """The marks :meth:`mark_restoring` left in the folder."""
+        return []
+
+    def unmark_restoring(self, user: str, folder: str, mark: str) -> None:
+        """Remove ``mark`` from the folder (gone already, or the folder: nothing)."""
+
     # -- durability -----------------------------------------------------------
     @contextlib.contextmanager
     def batch(self) -> Iterator["Store"]:

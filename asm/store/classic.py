@@ -910,6 +910,24 @@ class ClassicStore(Store):
                     finally:
                         os.close(fd)   # closing drops the flock
 
+    # -- a restore under way (Store.mark_restoring) --------------------------------
+    # Kept in the folder index's meta table, in the transaction that holds everything
+    # written under the folder's lock (a folder restored under one lock is one commit,
+    # or, made new, one index renamed into place): the mark is on disk exactly when the
+    # restore's changes are.  Left there after (removing it would cost the index a
+    # commit, four syncs): a reader never sees it, and it counts only for the same
+    # archive while the journal has no record of that restore (Planner.plan).
+
+    def mark_restoring(self, user: str, folder: str, mark: str) -> None:
+        fdir = self._folder_dir(user, folder)
+        if fdir not in self._held:
+            raise StoreError(f"{user}/{folder}: marked as being restored without its lock")
+        self._index(fdir).execute("INSERT OR REPLACE INTO meta VALUES ('restoring', ?)", (mark,))
+
+    def restoring_marks(self, user: str, folder: str) -> list[str]:
+        mark = self._meta(self._index(self._folder_dir(user, folder))).get("restoring")
+        return [mark] if isinstance(mark, str) else []
+
     # -- write side ----------------------------------------------------------
     def check_new_folder(self, user: str, folder: str) -> str:
         """Names are kept as UTF-8 text, each level a directory ``=LEVEL`` ('%' and '/'

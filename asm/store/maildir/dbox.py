@@ -66,6 +66,17 @@ class DboxStore(MaildirStore):
     # inside the batch: its subscriptions are written as they change, not at the sync)
     defer_subscriptions = False
 
+    # its journal is written after the copy is given back (journal_after_sync): no mark
+    # in the copy, which Dovecot would be given
+    def mark_restoring(self, user: str, folder: str, mark: str) -> None:
+        pass
+
+    def restoring_marks(self, user: str, folder: str) -> list[str]:
+        return []
+
+    def unmark_restoring(self, user: str, folder: str, mark: str) -> None:
+        pass
+
     def __init__(self, config: Config, create: bool = True, layout=None):
         dbox = layout or open_layout(config, dbox=True)
         super().__init__(config, create, layout=False)

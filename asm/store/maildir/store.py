@@ -48,6 +48,7 @@ _OUR_BASE = re.compile(r"^\d+\.M\d+P(\d+)Q\d+R([0-9a-f]{8})\.(.+)$")
 _WRITE_TMP = re.compile(r"^.+\.(\d+)\.\d+\.tmp$")
 QUEUE_DIR = ".ims-queue"
 DELETING = ".ims-deleting"          # a folder's cur/ aside, left by a deletion of an older version
+RESTORE_MARK = "ims-restoring"        # ims-restoring.<mark>: a restore under way (mark_restoring)
 STAGED_DIR = "ims-mkdir"             # a folder directory before _mkdir_staged names it
 # directories of ours that Dovecot never lists, <kind>.<pid>.<random> (_staged_name): a
 # folder directory being made (mkdir), removed (deleting), a cur/ or tmp/ to be named so
@@ -2435,6 +2436,33 @@ class MaildirStore(Store):
     def create_folder_held(self, locks: contextlib.ExitStack, user: str, folder: str,
                            **kwargs) -> FolderInfo:
         return self.create_folder(user, folder, hold=locks, **kwargs)
+
+    # -- a restore under way (Store.mark_restoring) --------------------------------
+    # An empty file ``ims-restoring.<mark>`` in the folder's directory, beside cur/:
+    # the mark is in its name (a file's data may be lost in a power cut that keeps its
+    # name), and it is made before any message of the restore is renamed into cur/, so
+    # the filesystem's journal, which keeps changes to names in the order they were
+    # made, never has such a message without it.  Dovecot takes neither it for mail
+    # (not in cur/ or new/) nor for a folder (not a directory, no leading dot); it is
+    # removed once the journal's record of the restore is on disk.
+
+    def mark_restoring(self, user: str, folder: str, mark: str) -> None:
+        d = self._existing_folder_dir(user, folder)
+        path = os.path.join(d, f"{RESTORE_MARK}.{mark}")
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            self._own(path, self._owner_for(d))
+
+    def restoring_marks(self, user: str, folder: str) -> list[str]:
+        try:
+            names = os.listdir(self._existing_folder_dir(user, folder))
+        except OSError:
+            return []
+        return [n[len(RESTORE_MARK) + 1:] for n in names if n.startswith(RESTORE_MARK + ".")]
+
+    def unmark_restoring(self, user: str, folder: str, mark: str) -> None:
+        with contextlib.suppress(OSError, StoreError):
+            os.unlink(os.path.join(self._folder_dir(user, folder), f"{RESTORE_MARK}.{mark}"))
 
     @store_os_errors
     def delete_folder(self, user: str, folder: str) -> None:
