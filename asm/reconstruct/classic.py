@@ -73,6 +73,7 @@ class _Index:
         self.meta: dict = {}
         self.rows: dict = {}             # uid -> (uid, flags, keywords, internaldate, stored, size)
         self.guids: dict = {}            # uid -> the store's GUID of the message (what can be read)
+        self.expunged: set = set()       # UIDs an expunge removed, their files maybe not yet
         if not self.exists:
             return
         try:
@@ -99,6 +100,10 @@ class _Index:
                 self.guids = {u: g for u, g in con.execute("SELECT uid, guid FROM guids") if g}
             except sqlite3.Error:
                 pass                     # an index from before GUIDs, or its table is damaged
+            try:
+                self.expunged = {r[0] for r in con.execute("SELECT uid FROM expunged")}
+            except sqlite3.Error:
+                pass                     # no expunge recorded in it (ClassicStore.expunge)
             self.healthy = self.error is None and "uidnext" in self.meta
             if self.error is None and not self.healthy:
                 self.error = "it has no UIDNEXT"
@@ -576,6 +581,18 @@ class ClassicReconstructor:
         idx_path = os.path.join(fdir, "store.idx")
         idx = _Index(idx_path)
         files = self._scan(mb, fdir)
+        # files of an expunge cut short (its rows' removal committed, the files not yet
+        # unlinked): removed as the expunge would have, not taken for messages the index
+        # lost (only from a healthy index, which also says no message took the UID again)
+        cut = sorted(u for u in idx.expunged if u in files and u not in idx.rows) if idx.healthy else []
+        if cut:
+            self.report.add(NOTE, mb, f"{len(cut)} message files of an expunge cut short (UIDs {_uids(cut)}): "
+                                      + ("removed" if self.repair else "reconstruct removes them"))
+            for uid in cut:
+                if self.repair:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(files[uid])
+                del files[uid]
         self.report.messages += len(files)
         witness = self.k.folder(user, folder, uidvalidity)
         # the index's state is as of its last change: an archive taken later knows newer flags
@@ -692,7 +709,7 @@ class ClassicReconstructor:
         if idx.meta.get("uidvalidity") not in (None, uidvalidity):
             self.report.add(REPAIRED, mb, f"the index said UIDVALIDITY {idx.meta['uidvalidity']}, the mailbox "
                                           f"list {uidvalidity}: set to the list's")
-        changed = (not idx.healthy or added_known or added_unknown or gone or resized or reflagged
+        changed = (not idx.healthy or added_known or added_unknown or gone or resized or reflagged or idx.expunged
                    or int(idx.meta.get("uidnext", 0)) != uidnext or idx.meta.get("uidvalidity") != uidvalidity)
         if not (self.repair and changed):
             return
@@ -707,6 +724,8 @@ class ClassicReconstructor:
                 con.execute(_GUIDS)
                 for uid in gone:
                     con.execute("DELETE FROM guids WHERE uid=?", (uid,))
+                if idx.expunged:
+                    con.execute("DELETE FROM expunged")     # (its files removed above)
                 for uid in added_known + added_unknown:
                     if uid in guids and uid not in idx.guids:
                         con.execute("INSERT OR REPLACE INTO guids VALUES (?,?)", (uid, guids[uid]))

@@ -68,6 +68,8 @@ CREATE INDEX IF NOT EXISTS msgs_stored ON msgs (stored);
 CREATE TABLE IF NOT EXISTS guids (uid INTEGER PRIMARY KEY, guid TEXT NOT NULL);
 """
 _GUIDS = "CREATE TABLE IF NOT EXISTS guids (uid INTEGER PRIMARY KEY, guid TEXT NOT NULL)"
+# the UIDs an expunge removed whose files may still be there (ClassicStore.expunge)
+_EXPUNGED = "CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY)"
 _NEW_INDEX = "store.idx.new-"     # store.idx.new-<pid>: a new folder's index being built
 
 
@@ -1367,15 +1369,31 @@ class ClassicStore(Store):
 
     @_store_errors
     def expunge(self, user: str, folder: str, uids: Iterable[int]) -> int:
+        """The rows go, and their UIDs are recorded in the index's ``expunged`` table, in
+        one commit (the one an expunge always cost), before the files are unlinked: a
+        kill or a power cut after it leaves files that the table names, which the next
+        expunge of the folder (a restore run again makes one), or reconstruct, removes;
+        never a listed message without its file.  The record is dropped by that next
+        expunge, in its own commit: no commit is added."""
         folder, _, _ = self._check_folder(user, folder)
-        uids = list(uids)
-        n = 0
+        uids = sorted(set(uids))
         with self.lock(user, folder):
             fdir = self._folder_dir(user, folder)
             con = self._index(fdir)
-            gone = [uid for uid in uids if con.execute("DELETE FROM msgs WHERE uid=?", (uid,)).rowcount]
-            for uid in gone:
-                con.execute("DELETE FROM guids WHERE uid=?", (uid,))
+            self._finish_expunged(con, fdir)
+            gone = []
+            for i in range(0, len(uids), 500):
+                chunk = uids[i:i + 500]
+                q = ",".join("?" * len(chunk))
+                gone += [r[0] for r in con.execute(f"SELECT uid FROM msgs WHERE uid IN ({q})", chunk)]
+            if gone:
+                con.execute(_EXPUNGED)
+            for i in range(0, len(gone), 500):
+                chunk = gone[i:i + 500]
+                q = ",".join("?" * len(chunk))
+                con.execute(f"INSERT OR IGNORE INTO expunged SELECT uid FROM msgs WHERE uid IN ({q})", chunk)
+                con.execute(f"DELETE FROM msgs WHERE uid IN ({q})", chunk)
+                con.execute(f"DELETE FROM guids WHERE uid IN ({q})", chunk)
             self._counters.pop(fdir, None)
             if gone and con.in_transaction:
                 con.execute("COMMIT")        # rows go first: a crash never lists a missing file
@@ -1383,8 +1401,23 @@ class ClassicStore(Store):
             for uid in gone:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._msg_path(fdir, uid))
-            n = len(gone)
-        return n
+        return len(gone)
+
+    def _finish_expunged(self, con: sqlite3.Connection, fdir: str) -> None:
+        """Under the folder's lock, in its transaction: the files of an earlier expunge
+        (``expunged``) are removed, unless a message took the UID again since (a
+        restore puts an archived message at its UID), then the record."""
+        try:
+            left = [r[0] for r in con.execute(
+                "SELECT uid FROM expunged WHERE uid NOT IN (SELECT uid FROM msgs)")]
+            if not left and not con.execute("SELECT 1 FROM expunged LIMIT 1").fetchone():
+                return
+        except sqlite3.OperationalError:
+            return                      # (an index no expunge has recorded in)
+        for uid in left:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._msg_path(fdir, uid))
+        con.execute("DELETE FROM expunged")
 
     # -- deliveries --------------------------------------------------------
     def _queue_dir(self, user: str) -> str:
