@@ -50,7 +50,8 @@ def _syncs(home, n: int, out) -> int:
 def test_a_new_classic_folder_costs_two_syncs_not_four(tmp_path, driver):
     """Its index is built aside and renamed into place: one sync of the file, one of the
     directory (made in place, its first SQLite commit synced the journal twice, the
-    directory and the index)."""
+    directory and the index); and one of its parent, so that the folder's directory is
+    durable before its row (tests/test_classic_create.py)."""
     from asm.config import Config
     costs = []
     for n in (0, 12):
@@ -61,7 +62,7 @@ def test_a_new_classic_folder_costs_two_syncs_not_four(tmp_path, driver):
         for i in range(n):                  # and each folder is as asked, its index whole
             f = store.folder("joe", f"F{i}")
             assert (f.uidvalidity, f.uidnext) == (1000 + i, 7)
-    assert (costs[1] - costs[0]) / 12 <= 2, costs
+    assert (costs[1] - costs[0]) / 12 <= 3, costs
 
 
 def test_a_new_classic_index_left_half_built_by_a_killed_process_goes(tmp_path):

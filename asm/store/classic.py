@@ -426,6 +426,7 @@ class ClassicStore(Store):
         self._making: dict[str, tuple[str, str]] = {}
         self._placed: list[tuple[str, str]] = []
         self._covered: list[tuple[str, str]] = []
+        self._made_dirs: list[str] = []     # a new user's directories, synced with its INBOX
 
     def _check_lost(self, db_path: str) -> None:
         why = lost_list(self.parts)
@@ -488,17 +489,29 @@ class ClassicStore(Store):
             if exc.errno != errno.EROFS:     # a snapshot mounted read-only: nobody writes it
                 raise
 
-    def _makedirs(self, path: str) -> None:
+    def _makedirs(self, path: str, made: list | None = None) -> None:
+        """Make ``path`` and its missing parents (0700, the owner's); each directory
+        made is appended to ``made``."""
         if os.path.isdir(path):
             return
         parent = os.path.dirname(path)
         if parent and parent != path:
-            self._makedirs(parent)
+            self._makedirs(parent, made)
         try:
             os.mkdir(path, 0o700)
             self._chown(path)
         except FileExistsError:
-            pass
+            return
+        if made is not None:
+            made.append(path)
+
+    @staticmethod
+    def _sync_entries(made: list, fdir: str) -> None:
+        """Make durable the entries of the directories ``made`` and of the folder
+        directory ``fdir`` in their parents (one fsync per parent): before a folder's
+        mailbox-list row, which may reach the disk at once, says it is there."""
+        for d in sorted({os.path.dirname(x) for x in made} | {os.path.dirname(fdir)}):
+            fsync_dir(d)
 
     # -- index -------------------------------------------------------------
     def _index(self, fdir: str, where: tuple[str, str] | None = None) -> sqlite3.Connection:
@@ -956,13 +969,19 @@ class ClassicStore(Store):
         if self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():
             raise UserExists(user)
         d = _user_dir(user)
-        self._makedirs(os.path.join(ppath, d))
+        made: list = []
+        self._makedirs(os.path.join(ppath, d), made)
         try:
             self._db.execute("INSERT INTO users (user, partition, dir) VALUES (?,?,?)", (user, partition, d))
         except sqlite3.IntegrityError:
             raise UserExists(user) from None        # created meanwhile by another process
         # a kill here leaves a user without INBOX: the next create_folder("INBOX") makes it
-        self.create_folder(user, "INBOX", uidvalidity=uidvalidity, subscribed=True)
+        # (and the user's directories made here are synced with INBOX's)
+        self._made_dirs = made
+        try:
+            self.create_folder(user, "INBOX", uidvalidity=uidvalidity, subscribed=True)
+        finally:
+            self._made_dirs = []
 
     @_store_errors
     def create_user_to_fill(self, user: str, partition: str = "primary", uidvalidity: int | None = None,
@@ -1037,13 +1056,18 @@ class ClassicStore(Store):
         # the same folder cannot both make (or remove) its index, nor get one UIDVALIDITY
         with sqlitedb.immediate(self._db):
             uidvalidity = self._new_folder_uidvalidity(user, folder, uidvalidity)
-            self._makedirs(fdir)
+            made = list(self._made_dirs)
+            self._makedirs(fdir, made)
             idx = os.path.join(fdir, "store.idx")
             old = self._idx.pop(fdir, None)
             if old is not None:
                 old.close()
             _remove_index(idx)       # left by a crash between index and mailbox list: start clean
             self._new_index(fdir, idx, max(1, uidnext), uidvalidity)
+            # the index is durable in its directory (place_index); the directory itself
+            # and those made for it, in theirs, before the row (one fsync for a folder
+            # one level deep: a power cut must not leave it listed with its directory gone)
+            self._sync_entries(made, fdir)
             self._cache_index(fdir, self._connect_index(idx, new=True))
             self._db.execute("INSERT INTO folders (user, name, uidvalidity, subscribed) VALUES (?,?,?,?)",
                              (user, folder, uidvalidity, int(subscribed)))
