@@ -18,6 +18,11 @@ What each record is rebuilt from (docs/classic-store.md, "Reconstruct"):
 A healthy index or mailbox list is corrected in place, in one transaction; a missing
 or damaged one is built beside it and renamed over it (a damaged one is kept as
 ``*.damaged-<time>``).  Each folder is worked on under its lock (``store.lck``).
+
+What a kill cut short is finished as the store would (docs/classic-store.md,
+"Reconstruct"): a deletion's ``remains``; the files of an expunge (``expunged``); a
+folder a restore was making (``unplaced``, no index in place) is left to the restore;
+a restore's mark in an index (``meta.restoring``) is kept.
 """
 from __future__ import annotations
 
@@ -36,8 +41,8 @@ from asm.reconstruct.knowledge import Knowledge
 from asm.reconstruct.sqlite import read_only_uri
 from asm.store.base import BadName, LockTimeout, StoreError, _syncfs, check_folder_name
 from asm.store.classic import (
-    _GUIDS, _SCHEMA, _dec, _enc, _open_lock, _user_dir, _uidvalidity, aside_name, build_index, fsync_dir,
-    holds_mail, place_index, scan_user_dirs,
+    _GUIDS, _NEW_INDEX, _SCHEMA, _dec, _enc, _open_lock, _user_dir, _uidvalidity, aside_name, build_index,
+    clear_remains, end_remains_dir, fsync_dir, holds_mail, place_index, scan_user_dirs,
 )
 from asm.store.partitions import PartitionUnavailable, check_partition_dir
 
@@ -51,6 +56,14 @@ def _when(t: float) -> str:
 
 def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _asides(d: str) -> list:
+    """The names of the indexes being built aside in the folder directory ``d``."""
+    try:
+        return sorted(n for n in os.listdir(d) if n.startswith(_NEW_INDEX))
+    except OSError:
+        return []
 
 
 def _holds_mail(d: str) -> bool:
@@ -128,6 +141,7 @@ class _List:
         self.salvaged = 0
         old_users: dict = {}
         old_folders: dict = {}
+        old_marks: list = []             # (table, row) of unplaced and remains
         problem = None
         if os.path.exists(self.path):
             try:
@@ -151,6 +165,9 @@ class _List:
                 with contextlib.suppress(sqlite3.Error):
                     for u, n, uv, s in con.execute("SELECT user, name, uidvalidity, subscribed FROM folders"):
                         old_folders[(u, n)] = (uv, s)
+                for table in ("unplaced", "remains"):
+                    with contextlib.suppress(sqlite3.Error):
+                        old_marks += [(table, r) for r in con.execute(f"SELECT * FROM {table}")]
                 con.close()
             self.salvaged = len(old_users) + len(old_folders)
             report.add(UNKNOWN if not self.salvaged else REPAIRED, self.path,
@@ -175,6 +192,9 @@ class _List:
             self.con.execute("INSERT OR REPLACE INTO users VALUES (?,?,?,?)", (u, p, d, h))
         for (u, n), (uv, s) in old_folders.items():
             self.con.execute("INSERT OR REPLACE INTO folders VALUES (?,?,?,?)", (u, n, uv, s))
+        for table, row in old_marks:
+            with contextlib.suppress(sqlite3.Error):
+                self.con.execute(f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * len(row))})", row)
 
     # reading
     def user(self, user: str):
@@ -191,8 +211,17 @@ class _List:
     def put_user(self, user, partition, d, held=0) -> None:
         self.con.execute("INSERT OR REPLACE INTO users VALUES (?,?,?,?)", (user, partition, d, held))
 
+    def unplaced(self, user: str) -> set:
+        """The user's folders listed before their index was placed (a restore making them)."""
+        return {r[0] for r in self.con.execute("SELECT name FROM unplaced WHERE user=?", (user,))}
+
+    def remains(self, user: str) -> set:
+        """The user's folders whose deletion began (unlisted, files maybe left)."""
+        return {r[0] for r in self.con.execute("SELECT name FROM remains WHERE user=?", (user,))}
+
     def drop_user(self, user) -> None:
-        self.con.execute("DELETE FROM folders WHERE user=?", (user,))
+        for table in ("folders", "unplaced", "remains"):
+            self.con.execute(f"DELETE FROM {table} WHERE user=?", (user,))
         self.con.execute("DELETE FROM users WHERE user=?", (user,))
 
     def put_folder(self, user, name, uidvalidity, subscribed) -> None:
@@ -201,6 +230,14 @@ class _List:
 
     def drop_folder(self, user, name) -> None:
         self.con.execute("DELETE FROM folders WHERE user=? AND name=?", (user, name))
+        self.con.execute("DELETE FROM unplaced WHERE user=? AND name=?", (user, name))
+
+    def put_unplaced(self, user, name) -> None:
+        # (this process: gone when the store next locks the folder, which places its index)
+        self.con.execute("INSERT OR REPLACE INTO unplaced VALUES (?,?,?)", (user, name, os.getpid()))
+
+    def drop_remains(self, user, name) -> None:
+        self.con.execute("DELETE FROM remains WHERE user=? AND name=?", (user, name))
 
     def finish(self, owner) -> None:
         """Commit (repair) or roll back (check); a rebuilt list replaces the old file."""
@@ -255,6 +292,7 @@ class ClassicReconstructor:
         self.owner = config.owner()
         self.timeout = float(config.get_int("store.locktimeout"))
         self.list: _List | None = None
+        self.marked: set = set()         # (user, folder) listed by a restore before their index was placed
 
     # -- helpers -------------------------------------------------------------------
     def _open_list(self) -> _List:
@@ -391,6 +429,8 @@ class ClassicReconstructor:
         part, udir = where
         listed = lst.folders(user)
         known = set(self.k.folder_names(user))   # an empty folder lost its index: a witness knows it
+        marked = lst.unplaced(user)              # listed by a restore before their index was placed
+        deleted = lst.remains(user) - set(listed)     # a deletion cut short: not listed again
         found = {"INBOX": udir}
 
         def walk(d: str, levels: list) -> None:
@@ -406,7 +446,9 @@ class ClassicReconstructor:
                 # <user>/=INBOX holds INBOX's children (INBOX/sub is =INBOX/=sub), INBOX
                 # itself is <user>: that directory is INBOX misplaced only if it holds mail
                 children_of_inbox = not levels and e.name == "=INBOX"
-                if _holds_mail(e.path) or (not children_of_inbox and (name in listed or name in known)):
+                if name in deleted:
+                    pass                # (its remains are finished below; its subfolders are folders)
+                elif _holds_mail(e.path) or (not children_of_inbox and (name in listed or name in known)):
                     try:
                         norm = check_folder_name(name)
                         norm.encode("utf-8")
@@ -423,7 +465,25 @@ class ClassicReconstructor:
                             found[norm] = e.path
                 walk(e.path, sub)
         walk(udir, [])
+        for name in sorted(lst.remains(user) & set(listed)):
+            # listed again since its deletion began (by an older reconstruct): its files are
+            # what is there now, and the record would have the store remove them
+            self.report.add(NOTE, self.mailbox(part, user, name),
+                            "its deletion had been cut short, but it is listed: kept, the record of its "
+                            "deletion dropped")
+            lst.drop_remains(user, name)
+        for name in sorted(deleted):
+            self._finish_deletion(part, user, name, self.folder_dir(udir, name))
         for name in sorted(listed):
+            if name not in found and name in marked:
+                # a restore listed it and was cut short before its directory was durable:
+                # it reads as the empty folder it was made, and the store makes its
+                # directory again (the same restore run again fills it)
+                self.report.add(NOTE, self.mailbox(part, user, name),
+                                f"its directory ({self.folder_dir(udir, name)}) is missing, but a restore was "
+                                f"making the folder (listed before its index was placed): kept, read as empty "
+                                f"until the same imsrestore run again fills it")
+                continue
             if name not in found and not os.path.isdir(self.folder_dir(udir, name)):
                 self.report.add(LOST, self.mailbox(part, user, name),
                                 f"the folder's directory ({self.folder_dir(udir, name)}) is missing: removed "
@@ -436,6 +496,16 @@ class ClassicReconstructor:
             idx = _Index(os.path.join(fdir, "store.idx"))
             own = idx.meta.get("uidvalidity")
             row = listed.get(name)
+            being_made = not idx.exists and _asides(fdir)
+            if being_made and row is None:
+                # no index in place, one being built aside: a restore was making it (its
+                # mark lost with the list); listed with the mark, it reads as the empty
+                # folder it was made, never as damaged, and the restore run again fills it
+                own = own or _Index(os.path.join(fdir, being_made[0])).meta.get("uidvalidity") or None
+                lst.put_unplaced(user, name)
+                self.report.add(NOTE, self.mailbox(part, user, name),
+                                "a restore was making it (its index still aside, no index in place): listed with "
+                                "that mark, read as empty until the same imsrestore run again fills it")
             where_m = self.mailbox(part, user, name)
             if row is not None:
                 if own is not None and own != row[0]:
@@ -462,6 +532,32 @@ class ClassicReconstructor:
                             f"the subscription of {len(unsubscribed_unknown)} folders is known nowhere (no archive "
                             f"has it): subscribed, so clients show them ({shown})")
         return sorted(found, key=lambda n: (n != "INBOX", n))
+
+    def _finish_deletion(self, part: str, user: str, name: str, fdir: str) -> None:
+        """What a deletion cut short left of a folder no longer listed (``remains``):
+        removed as the deletion would have (its subfolders kept), under its lock, then
+        the record (with the list)."""
+        where = self.mailbox(part, user, name)
+        left = _holds_mail(fdir)
+        self.report.add(REPAIRED if left else NOTE, where,
+                        "its deletion was cut short: " + ("what was left of its files " if left else "its record ")
+                        + ("removed" if self.repair else "to be removed (run without -n)"))
+        if not self.repair:
+            return
+        try:
+            fd = _open_lock(fdir)
+        except (FileNotFoundError, NotADirectoryError):
+            fd = None
+        try:
+            if fd is not None:
+                if not flock_wait(fd, self.timeout):
+                    raise LockTimeout(f"folder {name!r} of user {user!r}")
+                clear_remains(fdir)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        end_remains_dir(fdir)
+        self._open_list().drop_remains(user, name)
 
     def _uidvalidity(self, user: str, folder: str, own: int | None):
         """(UIDVALIDITY, where it came from or None, subscribed) for a folder the list lacks."""
@@ -510,6 +606,7 @@ class ClassicReconstructor:
                 names = ["INBOX"]
             part, udir = self.user_dir(user)
             rows = lst.folders(user)
+            self.marked |= {(user, n) for n in lst.unplaced(user)}
             for n in names:
                 if n in rows:
                     out.append((part, user, n, self.folder_dir(udir, n), rows[n][0]))
@@ -521,6 +618,18 @@ class ClassicReconstructor:
         from :meth:`targets` (the mailbox list may be committed in between)."""
         part, user, folder, fdir, uidvalidity = target
         mb = self.mailbox(part, user, folder)
+        if (user, folder) in self.marked and not os.path.exists(os.path.join(fdir, "store.idx")):
+            # listed by a restore before its index was placed, and the restore was cut
+            # short: nothing of it was ever visible (it reads as empty); its message files
+            # are the restore's, which, run again, writes them at their archived UIDs with
+            # their flags (indexed here, their flags would be known nowhere)
+            self.report.folders += 1
+            n = sum(len(os.listdir(os.path.join(fdir, d))) for d in os.listdir(fdir)
+                    if _HASHDIR.match(d) and os.path.isdir(os.path.join(fdir, d))) if os.path.isdir(fdir) else 0
+            self.report.add(NOTE, mb, f"a restore was making this folder and was cut short before its index was "
+                                      f"placed ({n} message files of it are there): left for the restore, it reads "
+                                      f"as empty until the same imsrestore run again fills it")
+            return
         if not os.path.isdir(fdir):
             self.report.add(LOST, mb, f"the folder's directory {fdir} is missing; restore it from an archive")
             return
@@ -744,7 +853,13 @@ class ClassicReconstructor:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(idx_path + ext)
         try:
-            build_index(tmp, uidnext, uidvalidity, [rows[u] for u in sorted(rows)], sorted(guids.items())).close()
+            con = build_index(tmp, uidnext, uidvalidity, [rows[u] for u in sorted(rows)], sorted(guids.items()))
+            try:
+                if isinstance(idx.meta.get("restoring"), str):
+                    # a restore's mark (Store.mark_restoring), kept for the restore to resolve
+                    con.execute("INSERT OR REPLACE INTO meta VALUES ('restoring', ?)", (idx.meta["restoring"],))
+            finally:
+                con.close()
             place_index(tmp, idx_path, self._chown, before=keep_damaged)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -313,6 +313,36 @@ def place_index(tmp: str, idx: str, chown=None, before=None) -> None:
     fsync_dir(os.path.dirname(idx))
 
 
+def clear_remains(fdir: str) -> None:
+    """A removed folder's message files, one by one, their directories, then its index
+    (last); its subfolders (``=...``) and its lock file stay.  (Its deletion's, and
+    reconstruct's when it finds one cut short.)"""
+    try:
+        names = os.listdir(fdir)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in sorted(names, key=lambda e: (not _is_hash(e), e.startswith("store.idx"), e)):
+        if entry.startswith("=") or entry == "store.lck":
+            continue  # a subfolder; the lock, held
+        p = os.path.join(fdir, entry)
+        if os.path.isdir(p) and not os.path.islink(p):
+            for n in os.listdir(p):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(p, n))
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(p)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+
+def end_remains_dir(fdir: str) -> None:
+    """A removed folder's directory goes when no subfolder is left in it."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        if not any(e.startswith("=") for e in os.listdir(fdir)):
+            shutil.rmtree(fdir, ignore_errors=True)
+
+
 _NO_FLAGS = frozenset()
 # this process's ID, for temporaries' names (looked up once, not per message; a fork's child
 # has its own)
@@ -1199,32 +1229,13 @@ class ClassicStore(Store):
                 os.close(fd)
         self._end_remains(user, folder, fdir)
 
-    def _clear_remains(self, fdir: str) -> None:
-        """A removed folder's message files, one by one, their directories, then its
-        index (last); its subfolders (``=...``) and its lock file stay."""
-        try:
-            names = os.listdir(fdir)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for entry in sorted(names, key=lambda e: (not _is_hash(e), e.startswith("store.idx"), e)):
-            if entry.startswith("=") or entry == "store.lck":
-                continue  # a subfolder; the lock, held
-            p = os.path.join(fdir, entry)
-            if os.path.isdir(p) and not os.path.islink(p):
-                for n in os.listdir(p):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(p, n))
-                with contextlib.suppress(FileNotFoundError):
-                    os.rmdir(p)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(p)
+    @staticmethod
+    def _clear_remains(fdir: str) -> None:
+        clear_remains(fdir)
 
     def _end_remains(self, user: str, folder: str, fdir: str) -> None:
         """The folder's directory goes when no subfolder is left, then its record."""
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            if not any(e.startswith("=") for e in os.listdir(fdir)):
-                shutil.rmtree(fdir, ignore_errors=True)
+        end_remains_dir(fdir)
         with sqlitedb.immediate(self._db):
             self._db.execute("DELETE FROM remains WHERE user=? AND name=?", (user, folder))
 
