@@ -1083,11 +1083,8 @@ def parse_userdb_homes(text: str) -> list[str]:
     return parse_userdb_field(text, "home")
 
 
-def parse_userdb_field(text: str, name: str) -> list[str]:
-    """The values of the userdb field ``name`` (``home``, ``mail``) that the ``userdb { }``
-    sections printed by ``doveconf userdb`` give every login they serve: ``override_fields``
-    (which wins), a static userdb's ``args``, else ``default_fields``; one per section
-    setting it, in order."""
+def _userdb_sections(text: str) -> list[dict[str, str]]:
+    """The settings of each ``userdb { }`` section printed by ``doveconf userdb``."""
     out = []
     for body in re.findall(r"userdb\s*(?:\S+\s*)?\{(.*?)\n\}", text, re.S):
         fields = {}
@@ -1095,6 +1092,49 @@ def parse_userdb_field(text: str, name: str) -> list[str]:
             k, eq, v = line.strip().partition(" = ")
             if eq:
                 fields[k] = v
+        out.append(fields)
+    return out
+
+
+# userdb drivers that cannot list their users (no iterate_init in Dovecot 2.3's auth)
+_UNLISTABLE_USERDBS = frozenset({"static", "prefetch", "checkpassword"})
+
+
+def userdbs_listable(text: str) -> bool:
+    """Whether a userdb listing (``LIST`` on auth-userdb, ``doveadm user '*'``) of the
+    ``userdb { }`` sections printed by ``doveconf userdb`` can name anybody.  Dovecot
+    lists the global userdbs only (those inside ``protocol lmtp { }``, such as the
+    delivery hold of docs/dovecot.md, are neither listed nor printed), skips those
+    that cannot list, and when no userdb can (a static userdb alone) it logs "Error:
+    Trying to iterate users, but userdbs don't support it" for every listing: so none
+    is asked for then.  A passwd-file with a %variable path cannot list either, and
+    logs an error for each listing ("User iteration isn't currently supported with
+    %variable paths")."""
+    for fields in _userdb_sections(text):
+        driver = fields.get("driver", "")
+        if driver in _UNLISTABLE_USERDBS:
+            continue
+        if driver == "passwd-file" and _passwd_file_has_variables(fields.get("args", "")):
+            continue
+        return True
+    return False
+
+
+def _passwd_file_has_variables(args: str) -> bool:
+    """A passwd-file userdb's path (its ``args`` after ``username_format=``) holds a
+    %variable (db-passwd-file.c: a % not doubled)."""
+    if args.startswith("username_format="):
+        args = args.partition(" ")[2]
+    return "%" in args.replace("%%", "")
+
+
+def parse_userdb_field(text: str, name: str) -> list[str]:
+    """The values of the userdb field ``name`` (``home``, ``mail``) that the ``userdb { }``
+    sections printed by ``doveconf userdb`` give every login they serve: ``override_fields``
+    (which wins), a static userdb's ``args``, else ``default_fields``; one per section
+    setting it, in order."""
+    out = []
+    for fields in _userdb_sections(text):
         for key in ("override_fields", "args" if fields.get("driver") == "static" else "",
                     "default_fields"):
             m = re.search(rf"(?:^|\s){name}=(\S+)", fields.get(key, ""))
@@ -1211,8 +1251,8 @@ def userdb_users(socket_path: str, service: str = USERDB_SERVICE,
     about 70 ms for 5,000 passwd-file logins, where one ``doveadm user`` per login takes
     15 ms each).  Returns ``(users, complete)``; ``complete`` is False when a userdb
     could not list its users (a static userdb lists none; a passwd-file with a
-    %variable path, such as the hold file of docs/dovecot.md, fails its listing, the
-    other userdbs are still listed).  None when the socket cannot be reached (Dovecot
+    %variable path fails its listing, the other userdbs are still listed; see
+    :func:`userdbs_listable`: :func:`from_doveconf` gives no socket when none can).  None when the socket cannot be reached (Dovecot
     is not running, or this user may not connect)."""
     import socket
     try:
@@ -1305,6 +1345,6 @@ def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreL
                 f"home template explicitly")
     sl = StoreLayout(loc, home)
     base_dir = _doveconf([*base, "-h", "base_dir"], doveconf).strip()
-    if base_dir:
+    if base_dir and userdbs_listable(userdbs):
         sl.userdb_socket = os.path.join(base_dir, "auth-userdb")
     return sl
