@@ -234,14 +234,19 @@ plugin {{
 {extra}
 """
 
-# First userdb: a per-service passwd-file.  Logins listed in hold.lmtp get the userdb
-# field "tempfail", so LMTP answers 451 4.3.0 for them (the MTA queues and retries)
-# while IMAP (hold.imap does not exist: "missing passwd file" = unknown, next userdb)
-# works as usual.  See Lab.hold().
+# LMTP's first userdb, as docs/dovecot.md ("Holding deliveries") configures it: a
+# passwd-file in "protocol lmtp".  Logins listed in hold.lmtp get the userdb field
+# "tempfail", so LMTP answers 451 4.3.0 for them (the MTA queues and retries); IMAP,
+# doveadm and the userdb listing (LIST on auth-userdb, doveadm user '*') use the global
+# userdbs only, so they neither see the hold nor try to list its file.  (The hold was
+# once a global passwd-file at hold.%s: every listing logged "Error: ... User iteration
+# isn't currently supported with %variable paths".)  See Lab.hold().
 USERDB_HOLD = """\
-userdb {{
-  driver = passwd-file
-  args = username_format=%u {d}/hold.%s
+protocol lmtp {{
+  userdb {{
+    driver = passwd-file
+    args = username_format=%u {d}/hold.lmtp
+  }}
 }}
 """
 
@@ -721,7 +726,7 @@ class Lab:
 
     def __init__(self, layout: LabLayout | str, workdir: str,
                  logins: Iterable[str] | None = None, extra: str = "",
-                 pop3_uidl_format: str | None = None):
+                 pop3_uidl_format: str | None = None, override_userdb: bool = True):
         self.layout = ({**LAYOUTS, **ACL_LAYOUTS}[layout] if isinstance(layout, str)
                        else layout)
         self.dir = workdir
@@ -735,6 +740,9 @@ class Lab:
         self.mail_user = MAIL_USER
         self.uid, self.gid = ensure_mail_user()
         self.extra = extra
+        # False: the userdbs docs/dovecot.md documents and nothing else (no userdb.override,
+        # so no add_user(mail=, home=))
+        self.override_userdb = override_userdb
         self.port = self.lport = self.pport = 0
         self.pop3_uidl_format = pop3_uidl_format   # None: no POP3 server
         self.starts = 0
@@ -742,11 +750,15 @@ class Lab:
         self.pid: int | None = None
         self.passwords: dict[str, str] = {}
         self.userdb_fields: dict[str, str] = {}
-        self.held: dict[str, set[str]] = {}
+        self.held: set[str] = set()
         self.overrides: dict[str, str] = {}
         self.logins = list(logins if logins is not None else self.layout.logins)
         for login in self.logins:
             self.add_user(login)
+        # both passwd-files exist, empty, before Dovecot starts: auth opens a fixed path
+        # at start ("Error: ... open(...) failed" for a missing one) and lists it
+        self._write_overrides()
+        self._write_holds(settle=False)
 
     # -- paths --------------------------------------------------------------------
     def _fill(self, template: str) -> str:
@@ -774,6 +786,8 @@ class Lab:
         if userdb is not None:
             self.userdb_fields[login] = userdb
         if mail is not None or home is not None:
+            if not self.override_userdb:
+                raise ValueError("this lab has no override userdb (override_userdb=False)")
             home = home or os.path.join(self.homes, login)
             self.overrides[login] = " ".join(
                 f"userdb_{k}={v}" for k, v in (("mail", mail), ("home", home)) if v)
@@ -809,24 +823,24 @@ class Lab:
             # auth re-reads a passwd-file at most once a second (db-passwd-file.c)
             time.sleep(1.1)
 
-    def hold(self, login: str, service: str = "lmtp") -> None:
-        """Make Dovecot refuse ``service`` for ``login`` with a temporary failure (LMTP:
-        451 4.3.0 at RCPT TO), other services unchanged."""
-        self.held.setdefault(service, set()).add(login)
-        self._write_holds(service)
+    def hold(self, login: str) -> None:
+        """Make Dovecot's LMTP refuse ``login`` with a temporary failure (451 4.3.0 at
+        RCPT TO), other services unchanged."""
+        self.held.add(login)
+        self._write_holds()
 
-    def release(self, login: str, service: str = "lmtp") -> None:
-        self.held.get(service, set()).discard(login)
-        self._write_holds(service)
+    def release(self, login: str) -> None:
+        self.held.discard(login)
+        self._write_holds()
 
-    def _write_holds(self, service: str) -> None:
-        path = os.path.join(self.dir, f"hold.{service}")
+    def _write_holds(self, settle: bool = True) -> None:
+        path = os.path.join(self.dir, "hold.lmtp")
         with open(path + ".tmp", "w") as f:
-            for login in sorted(self.held[service]):
+            for login in sorted(self.held):
                 f.write(f"{login}:::::::userdb_tempfail=yes userdb_reason=delivery_held\n")
         os.chmod(path + ".tmp", 0o644)
         os.replace(path + ".tmp", path)
-        if self.pid is not None:
+        if self.pid is not None and settle:
             time.sleep(1.1)         # auth re-reads a passwd-file at most once a second
 
     # -- server -------------------------------------------------------------------
@@ -834,7 +848,8 @@ class Lab:
         lay = self.layout
         userdb = USERDB_PASSWD_FILE if lay.userdb == "passwd-file" else USERDB_STATIC
         userdb = "".join(u.format(user=self.mail_user, home=self.home_template, d=self.dir)
-                         for u in (USERDB_HOLD, USERDB_OVERRIDE, userdb))
+                         for u in (USERDB_HOLD, USERDB_OVERRIDE if self.override_userdb else "",
+                                   userdb))
         plugin = "\n".join(f"  {k} = {v}" for k, v in lay.plugin)
         text = CONF.format(layout=lay.name, d=self.dir, port=self.port, lport=self.lport,
                            run=self.run_dir,
@@ -1062,16 +1077,19 @@ class Lab:
 @contextlib.contextmanager
 def dovecot_lab(layout: LabLayout | str = "plain", workdir: str | None = None,
                 logins: Iterable[str] | None = None, extra: str = "",
-                pop3_uidl_format: str | None = None) -> Iterator[Lab]:
+                pop3_uidl_format: str | None = None, override_userdb: bool = True) -> Iterator[Lab]:
     """Start a private Dovecot in ``layout`` (temp dir by default); stop it after.
-    ``pop3_uidl_format``: serve POP3 too, with that UIDL format (:meth:`Lab.pop3_uidls`)."""
+    ``pop3_uidl_format``: serve POP3 too, with that UIDL format (:meth:`Lab.pop3_uidls`);
+    ``override_userdb=False``: only the userdbs docs/dovecot.md documents (the layout's
+    and LMTP's hold file), not the lab's per-login override file."""
     require_lab(pop3=pop3_uidl_format is not None)
     own = workdir is None
     if own:
         workdir = tempfile.mkdtemp(prefix="ims-lab-")   # not under pytest's 0700 tmp dirs:
     os.makedirs(workdir, exist_ok=True)                  # the mail user must reach the store
     os.chmod(workdir, 0o755)
-    lab = Lab(layout, workdir, logins=logins, extra=extra, pop3_uidl_format=pop3_uidl_format)
+    lab = Lab(layout, workdir, logins=logins, extra=extra, pop3_uidl_format=pop3_uidl_format,
+              override_userdb=override_userdb)
     try:
         lab.start()
         yield lab

@@ -1,12 +1,15 @@
 """A delivery hold that Dovecot itself honours: a passwd-file its LMTP service reads.
 
 Dovecot's LMTP answers ``451 4.3.0`` (the MTA queues and retries) for a login whose
-userdb lookup returns the field ``tempfail``.  With a per-service passwd-file first
-among the userdbs (docs/dovecot.md, "Holding deliveries")::
+userdb lookup returns the field ``tempfail``.  With a passwd-file as LMTP's own first
+userdb (docs/dovecot.md, "Holding deliveries"; inside ``protocol lmtp`` it is not one
+Dovecot lists for ``doveadm user '*'``, which a ``%s`` path would fail with an error)::
 
-    userdb {
-      driver = passwd-file
-      args = username_format=%u /etc/dovecot/hold.%s
+    protocol lmtp {
+      userdb {
+        driver = passwd-file
+        args = username_format=%u /etc/dovecot/hold.lmtp
+      }
     }
 
 ``dovecot.holdfile = /etc/dovecot/hold.lmtp`` makes the maildir driver's delivery hold
