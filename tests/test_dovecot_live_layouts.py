@@ -496,6 +496,19 @@ def test_a_keyword_the_restore_adds_is_read_by_a_session_that_has_the_folder_ope
         assert "unknown" not in f.read()
 
 
+idxctl_lab = lab_fixture("idxctl")
+
+
+def test_a_keyword_the_restore_adds_under_control_elsewhere_is_read_by_an_open_session(idxctl_lab, tmp_path):
+    """The same race where CONTROL= puts dovecot-keywords apart from the mail
+    (``maildir:STORE/%u:INDEX=IDX/%u:CONTROL=CTL/%u``): the file the driver rewrites there
+    gets the mtime a second past the old one too (the test reads the file where Dovecot
+    says it is, ``doveadm mailbox path -t control``)."""
+    lab = idxctl_lab
+    assert lab.mailbox_path(lab.logins[-1], "INBOX", "control").startswith(lab.ctl + "/")
+    test_a_keyword_the_restore_adds_is_read_by_a_session_that_has_the_folder_open(lab, tmp_path)
+
+
 zlib_lab = lab_fixture("zlib")
 
 
