@@ -10,8 +10,8 @@ listed at all ("Trying to iterate users, but userdbs don't support it").
 
 Here a Dovecot with exactly the documented userdbs (the layout's static or passwd-file
 userdb, and the hold in ``protocol lmtp``; no test-only userdb) is filled over LMTP and
-IMAP, backed up full and ``--base`` incremental, wiped, and restored full then
-incremental with ``dovecot.holdfile`` set: every login comes back as its client saw it,
+IMAP, backed up full and ``--base`` incremental, wiped, and the chain restored with
+``dovecot.holdfile`` set: every login comes back as its client saw it,
 deliveries are held while a login is restored, logins are still listed from a userdb
 that can list them, and Dovecot logs no ``Error:``, ``Panic:`` or ``Fatal:`` line.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 import pytest
 
@@ -92,14 +91,12 @@ def test_backups_and_restores_with_the_documented_setup_log_no_error(documented_
         store.release_deliveries(u, "test@hold")
 
     wipe(lab)
-    for archive in (full, incr):
-        res = run(home, "imsrestore", "-f", archive, text=True)
-        assert res.returncode == 0, res.stderr
+    # the chain in one command (each login held once: a hold waits 1.1 s for auth)
+    res = run(home, "imsrestore", "-f", full, "-f", incr, text=True)
+    assert res.returncode == 0, res.stderr
     for x in lab.logins:
         assert seen(lab.client_state(x)) == seen(before[x]), x
-    assert lab.logins[0] not in open(hold).read()
-    time.sleep(1.1)
-    assert lab.deliver([u], message("after the restore"), check=False)[u][0] == 250
+    assert "ims-asm" not in open(hold).read()        # every hold released
     # the only error: the delivery this test sent to a held login (Dovecot's LMTP logs
     # every userdb tempfail as one, lmtp-local.c; docs/dovecot.md "Holding deliveries")
     held = f"lmtp-server: conn .*: rcpt {u}: Failed to lookup user {u}: delivery_held_by_ims-asm$"
