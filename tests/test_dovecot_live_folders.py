@@ -10,6 +10,7 @@ driver's own (a staged or removed directory), and Dovecot logs no error
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
@@ -268,4 +269,72 @@ def test_a_new_mailbox_guid_alone_leaves_dovecots_index_and_sessions_alone(lab, 
                 assert c.status(name) == want, r
         assert not clients.hammer.broken and not clients.lister.broken, \
             (clients.hammer.broken[:3], clients.lister.broken[:3])
+    assert not _logged(log, start)
+
+
+def _next_command(c) -> str:
+    """What a session's next NOOP gets: "OK", "NO ..." or "BYE ..." (the server ended it)."""
+    import imaplib
+    try:
+        typ, data = c.conn.noop()
+    except (imaplib.IMAP4.abort, OSError) as e:
+        return f"BYE {e}"
+    no = c.conn.untagged_responses.pop("NO", None)
+    bye = c.conn.untagged_responses.pop("BYE", None)
+    if bye:
+        return f"BYE {bye!r}"
+    return f"NO {no!r}" if typ != "OK" or no else "OK"
+
+
+def test_a_folder_removed_and_made_again_at_once_ends_the_old_one_cleanly(lab, tmp_path):
+    """A folder Dovecot has indexed, selected in a session, removed and made again at
+    once under its name with a new UIDVALIDITY (a chain in one command: a link that no
+    longer lists it, then one that lists a new folder of that name), round after round,
+    while other clients SELECT, LIST and STATUS it: the session that had the old one
+    selected is logged out on its next command, as for any new UIDVALIDITY ("IMAP
+    session state is inconsistent"), a new session sees the new folder exactly
+    (UIDVALIDITY, UIDNEXT, UIDs, flags), and Dovecot logs no broken index.  Before,
+    the new folder's index log (a floor, file_seq 1, indexid the time in seconds) was
+    another index's log to that session: "duplicate transaction log sequence (1)"
+    within the same second, "indexid changed" after it, and "NO Internal error" to
+    the client -- as Dovecot's own DELETE and CREATE give when a client opens the new
+    folder before the old session looks again."""
+    login = lab.logins[1]
+    store = _setup(lab, tmp_path, login)
+    log, start = _log_from(lab)
+    name = "Again"
+    with lab.imap(login) as c:
+        if name in c.list():
+            c.delete(name)
+        c.create(name)
+        for i in range(3):
+            c.append(name, message(f"again {i}"), [r"\Seen"] if i % 2 else [])
+    lab.fix_owner()
+    answers = []
+    with Clients(lab, login, name) as clients:
+        for r in range(8):
+            held = lab.imap(login)
+            try:
+                held.select(name)                  # (Dovecot indexes it, the session holds it)
+                if r % 2:
+                    time.sleep(1.05)               # (the new index in another second)
+                clients.resume()
+                uv = 7000 + r
+                store.delete_folder(login, name)
+                store.create_folder(login, name, uidvalidity=uv, guid=uuid.uuid4().hex)
+                _fill(store, login, name, 1 + r % 3, r)
+                lab.fix_owner()
+                time.sleep(0.05)
+                clients.pause()
+                answers.append(_next_command(held))
+            finally:
+                with contextlib.suppress(Exception):
+                    held.close()
+            with lab.imap(login) as c:
+                assert c.select(name) == {"exists": 1 + r % 3, "uidvalidity": uv, "uidnext": 2 + r % 3}, r
+                assert [(m["uid"], m["flags"]) for m in c.fetch_meta()] == \
+                    [(i + 1, frozenset([r"\Seen"] if i % 2 else [])) for i in range(1 + r % 3)], r
+        assert not clients.hammer.broken and not clients.lister.broken, \
+            (clients.hammer.broken[:3], clients.lister.broken[:3])
+    assert all(a.startswith("BYE") and "inconsistent" in a for a in answers), answers
     assert not _logged(log, start)

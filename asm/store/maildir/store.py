@@ -14,6 +14,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from typing import BinaryIO, Iterable, Iterator
 
 from asm.config import Config, make_dirs
@@ -52,7 +53,7 @@ RESTORE_MARK = "ims-restoring"        # ims-restoring.<mark>: a restore under wa
 STAGED_DIR = "ims-mkdir"             # a folder directory before _mkdir_staged names it
 # directories of ours that Dovecot never lists, <kind>.<pid>.<random> (_staged_name): a
 # folder directory being made (mkdir), removed (deleting), a cur/ or tmp/ to be named so
-_STAGED_RE = re.compile(r"^\.?ims-(?:mkdir|deleting|cur|tmp)\.(\d+)\.[0-9a-f]{8}$")
+_STAGED_RE = re.compile(r"^\.?ims-(?:mkdir|deleting|cur|tmp|index)\.(\d+)\.[0-9a-f]{8}$")
 PRE_CUR = ".ims-cur"                # a new folder's cur/, left by an older version
 NEW_PREFIX = ".ims-new-Maildir."     # a Maildir being built by create_user
 DELETED_PREFIX = ".ims-deleted-Maildir."   # a Maildir delete_user removes: <hex login>.<pid>.<random>
@@ -78,6 +79,12 @@ _LOG_HEADER = struct.Struct("=BBHIIIIIQB3xI")
 LIST_INDEX_FILES = ("dovecot.list.index", "dovecot.list.index.log", "dovecot.list.index.log.2")
 MAILDIRSIZE = "maildirsize"           # Maildir++ quota (Dovecot's quota = maildir)
 MAILDIRSIZE_MAX = 5120                # bigger: recalculated (Maildir++, quota-maildir.c)
+
+
+def _drop_kept(kept: dict) -> None:
+    for _uv, where in list(kept.values()):
+        shutil.rmtree(where, ignore_errors=True)
+    kept.clear()
 
 
 def _hex_login(user: str) -> str:
@@ -440,6 +447,10 @@ class MaildirStore(Store):
         self._staged_cleaned: set = set()          # parents cleaned of _mkdir_staged leftovers
         self._user_parts: dict[str, str] = {}       # user -> partition (checked on use)
         self._held: dict[tuple[str, str], _Held] = {}
+        # index directory -> (UIDVALIDITY, where its index files are kept) of a folder
+        # this object removed there (_keep_index); what is not taken back goes at exit
+        self._kept_index: dict[str, tuple[int, str]] = {}
+        weakref.finalize(self, _drop_kept, self._kept_index)
         self._mutex = threading.RLock()
         self._seq = 0
         self._pid = os.getpid()
@@ -2357,17 +2368,21 @@ class MaildirStore(Store):
                           subscribed=subscribed, guid=uidlist_mod.mailbox_guid(ul.extra))
 
     def _folder_files(self, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist, owner,
-                      fresh: bool = False) -> None:
+                      fresh: bool = False, place: str | None = None) -> None:
         """A new folder's files but cur/: maildirfolder in ``d``, its index files reset
-        (a floor, _new_index), keywords a lost folder left in ``ctl`` removed, its
+        (a floor, _new_index) or those of the folder removed there just before taken
+        back (_take_kept_index), keywords a lost folder left in ``ctl`` removed, its
         dovecot-uidlist.  ``fresh``: ``d`` was made just now and holds only new/ tmp/
-        (no index file to look for there)."""
+        (no index file to look for there).  ``place``: where ``idx`` is to be once the
+        folder is in place (``idx`` itself unless staged)."""
         if folder != "INBOX":
             mf = os.path.join(d, "maildirfolder")
             if fresh or not os.path.exists(mf):
                 os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
             self._own(mf, owner)
-        if fresh and idx == d:
+        if self._take_kept_index(place or idx, idx, ul.uidvalidity, owner):
+            pass
+        elif fresh and idx == d:
             self._new_index(idx, owner)
         else:
             self._reset_index(idx, owner)
@@ -2384,7 +2399,7 @@ class MaildirStore(Store):
         it appears locked by this process."""
         def fill(tmp: str) -> None:
             self._folder_files(tmp, tmp if ctl == d else ctl, tmp if idx == d else idx, folder, ul, owner,
-                               fresh=True)
+                               fresh=True, place=idx)
             self._mkdir(os.path.join(tmp, "cur"), owner)
             if lock:
                 self._acquire_dotlock(os.path.join(tmp, UIDLIST + LOCK_SUFFIX), self._lock_timeout(),
@@ -2504,9 +2519,12 @@ class MaildirStore(Store):
                         if os.path.isdir(os.path.join(d, sub)):
                             asides.append(self._staged_name(parent, root, "deleting"))
                             os.rename(os.path.join(d, sub), asides[-1])
+                    self._keep_index(st.idx, st.idx, st.uidlist.uidvalidity, parent, root, st.idx == d)
                 else:
                     asides.append(self._staged_name(parent, root, "deleting"))
                     os.rename(d, asides[-1])        # (its lock goes with it when it is there)
+                    self._keep_index(st.idx, asides[-1] if st.idx == d else st.idx,
+                                     st.uidlist.uidvalidity, parent, root, st.idx == d)
                 st.dirty = st.keywords_dirty = False
                 dirs = dict.fromkeys(x for x in (d, st.ctl, st.idx) if x and os.path.isdir(x))
                 self._clear_folder(dirs)
@@ -2517,6 +2535,63 @@ class MaildirStore(Store):
                 os.rmdir(where)
         self._quota_stale(user)              # (the list index: as in create_folder)
         self._set_subscribed(user, folder, False)
+
+    def _keep_index(self, idx: str | None, now: str | None, uidvalidity: int, parent: str,
+                    root: str, in_mail: bool) -> None:
+        """The index files of a folder being removed (in ``now``: its index directory
+        ``idx``, or the directory it was renamed to) are kept aside, under a name Dovecot
+        never lists on their filesystem, for a folder this object makes there again
+        (_take_kept_index): a session that had the old folder selected holds its index
+        log open and, if it looks again after the new folder got a log of its own, takes
+        that for its index's next log -- "duplicate transaction log sequence" (the same
+        indexid: both are the time in seconds), else "indexid changed", and "NO Internal
+        error" to its client, as after Dovecot's own DELETE and CREATE when a client
+        opens the new folder first.  Given the same log back, with the new folder's
+        UIDVALIDITY in its uidlist, Dovecot resets that index itself (as for any new
+        UIDVALIDITY, _dovecot_resets) and the session is logged out ("IMAP session
+        state is inconsistent, please relogin").  Only where Dovecot is said to serve
+        the store; the files not taken back go when the process ends (or, killed, with
+        the next folder made or removed beside them, _clean_staged)."""
+        if idx is None or now is None or not self._dovecot_site:
+            return
+        names = [n for n in INDEX_FILES if os.path.lexists(os.path.join(now, n))]
+        if "dovecot.index.log" not in names:
+            return
+        if in_mail:
+            where = self._staged_name(parent, root, "index")
+        else:                               # (INDEX= elsewhere: on its filesystem)
+            where = os.path.join(os.path.dirname(idx), f"ims-index.{self._pid}.{self._random8()}")
+        try:
+            os.mkdir(where, 0o700)
+            for n in names:
+                os.rename(os.path.join(now, n), os.path.join(where, n))
+        except OSError:
+            shutil.rmtree(where, ignore_errors=True)
+            return
+        old = self._kept_index.pop(idx, None)
+        if old is not None:
+            shutil.rmtree(old[1], ignore_errors=True)
+        self._kept_index[idx] = (uidvalidity, where)
+
+    def _take_kept_index(self, place: str | None, idx: str | None, uidvalidity: int, owner) -> bool:
+        """The index files _keep_index kept of the folder removed at ``place`` are put in
+        ``idx`` (the new folder's index directory, staged or in place), when the new
+        folder has another UIDVALIDITY (under the same one Dovecot would keep the old
+        index's UIDNEXT) and no index of its own.  True when they were."""
+        kept = self._kept_index.pop(place, None) if place is not None else None
+        if kept is None:
+            return False
+        old_uv, where = kept
+        try:
+            if old_uv == uidvalidity or idx is None or \
+                    any(os.path.lexists(os.path.join(idx, n)) for n in INDEX_FILES):
+                return False
+            self._makedirs(idx, owner)
+            for n in os.listdir(where):
+                os.rename(os.path.join(where, n), os.path.join(idx, n))
+            return True
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
 
     def _has_subfolders(self, d: str) -> bool:
         """LAYOUT=fs: ``d`` holds a directory that is no part of its own folder."""
