@@ -22,7 +22,7 @@ from tests.dovecot_lab import LabImapError, lab_fixture, message
 from tests.test_dovecot_layouts import configure
 from tests.test_dovecot_list_index import BROKEN, Hammer, _Sessions
 
-lab = lab_fixture(params=["plain", "fs", "idxctl"])
+lab = lab_fixture(params=["plain", "fs", "idxctl", "vdomain"])
 
 ROUNDS = 40
 
@@ -272,6 +272,93 @@ def test_a_new_mailbox_guid_alone_leaves_dovecots_index_and_sessions_alone(lab, 
     assert not _logged(log, start)
 
 
+def _kid_view(lab, login, name) -> tuple:
+    """What a new session sees of ``name``: UIDVALIDITY, UIDNEXT and (uid, flags) rows."""
+    with lab.imap(login) as c:
+        sel = c.select(name)
+        return sel["uidvalidity"], sel["uidnext"], sorted((m["uid"], m["flags"], m["guid"])
+                                                          for m in c.fetch_meta())
+
+
+def _gone_for_a_new_session(lab, login, name, where) -> None:
+    r"""``name`` cannot be selected, and is listed at most as the parent of a folder
+    (as Dovecot lists it after its own DELETE of it: Maildir++ ``\HasChildren``)."""
+    with lab.imap(login) as c:
+        listed = c.list()
+        assert name not in listed or {r"\HasChildren", r"\Noselect", r"\NonExistent"} & set(listed[name]), \
+            (where, listed.get(name))
+        try:
+            c.select(name)
+        except LabImapError:
+            pass
+        else:
+            raise AssertionError(f"{where}: {name} can still be selected")
+
+
+def test_a_folder_that_holds_subfolders_removed_while_clients_select_it_goes_whole(lab, tmp_path):
+    """delete_folder of a folder with mail that holds a subfolder (LAYOUT=fs keeps its
+    directory, the subfolder lives in it), round after round, while clients SELECT,
+    LIST and STATUS it: after each removal a new session cannot select it nor lists it
+    as a folder, the subfolder is as it was (UIDVALIDITY, UIDNEXT, UIDs, flags, GUIDs),
+    no session is shown a name of the driver's or answered [SERVERBUG], Dovecot logs
+    no error.  Before, under LAYOUT=fs its tmp/, cur/ and new/ were renamed aside one
+    after the other: a session that had opened the folder and synced in between found
+    cur/ (or new/) gone with the directory there and made cur/ new/ tmp/ again
+    (maildir_set_deleted), and the folder stayed, listed and selectable, empty."""
+    login = lab.logins[0]
+    store = _setup(lab, tmp_path, login)
+    log, start = _log_from(lab)
+    name, kid = "Par", "Par/Kid"
+    store.create_folder(login, kid, uidvalidity=4321, guid=uuid.uuid4().hex)
+    _fill(store, login, kid, 3, 0)
+    lab.fix_owner()
+    want = _kid_view(lab, login, kid)
+    fs = lab.layout.name == "fs"
+    # the login of the same name in another domain (vdomain: alice@other.org) has
+    # folders of these names too, which stay as they are
+    twins = [x for x in lab.logins[1:] if x.split("@")[0] == login.split("@")[0]]
+    for twin in twins:
+        with lab.imap(twin) as c:
+            for f in (kid, name):
+                try:
+                    c.status(f)
+                except LabImapError:
+                    c.create(f)
+                    c.append(f, message(f"twin {f}"), [r"\Flagged"])
+    lab.fix_owner()
+    twin_want = {(t, f): _kid_view(lab, t, f) for t in twins for f in (kid, name)}
+    # (LAYOUT=fs: the level Par/ that holds only Kid/ is no folder, nor what a removal
+    # left: before, any directory without cur/ was taken for one half removed)
+    assert not store.folder_remains(login, name)
+    with Clients(lab, login, name) as clients:
+        for r in range(ROUNDS // 2):
+            store.create_folder(login, name, uidvalidity=5000 + r, guid=uuid.uuid4().hex)
+            _fill(store, login, name, 1 + r % 3, r)
+            lab.fix_owner()
+            clients.resume()
+            time.sleep(0.002 * (r % 5))
+            store.delete_folder(login, name)
+            time.sleep(0.01)
+            clients.pause()
+            d = store._folder_dir(login, name)
+            assert name not in store.folder_names(login), r
+            if fs:
+                # the level its subfolder lives in, and at most the dovecot-uidlist a
+                # session that waited for the folder's lock wrote once it was free
+                # (Dovecot cannot open it: no tmp/)
+                assert set(os.listdir(d)) <= {"Kid", "dovecot-uidlist"}, (r, sorted(os.listdir(d)))
+            else:
+                assert not store.folder_remains(login, name), r
+                assert not os.path.lexists(d), r
+            _gone_for_a_new_session(lab, login, name, r)
+            assert _kid_view(lab, login, kid) == want, r
+        assert {(t, f): _kid_view(lab, t, f) for t, f in twin_want} == twin_want
+        assert not clients.lister.seen, sorted(clients.lister.seen)[:5]
+        assert not clients.hammer.broken and not clients.lister.broken, \
+            (clients.hammer.broken[:3], clients.lister.broken[:3])
+    assert not _logged(log, start)
+
+
 def _next_command(c) -> str:
     """What a session's next NOOP gets: "OK", "NO ..." or "BYE ..." (the server ended it)."""
     import imaplib
@@ -299,7 +386,7 @@ def test_a_folder_removed_and_made_again_at_once_ends_the_old_one_cleanly(lab, t
     within the same second, "indexid changed" after it, and "NO Internal error" to
     the client -- as Dovecot's own DELETE and CREATE give when a client opens the new
     folder before the old session looks again."""
-    login = lab.logins[1]
+    login = lab.logins[2]
     store = _setup(lab, tmp_path, login)
     log, start = _log_from(lab)
     name = "Again"
@@ -309,7 +396,17 @@ def test_a_folder_removed_and_made_again_at_once_ends_the_old_one_cleanly(lab, t
         c.create(name)
         for i in range(3):
             c.append(name, message(f"again {i}"), [r"\Seen"] if i % 2 else [])
+    # (vdomain: the login of the same name in another domain has its own, left alone)
+    twins = [x for x in lab.logins if x != login and x.split("@")[0] == login.split("@")[0]]
+    for twin in twins:
+        with lab.imap(twin) as c:
+            try:
+                c.status(name)
+            except LabImapError:
+                c.create(name)
+                c.append(name, message(f"twin {name}"), [r"\Flagged"])
     lab.fix_owner()
+    twin_want = {t: _kid_view(lab, t, name) for t in twins}
     answers = []
     with Clients(lab, login, name) as clients:
         for r in range(8):
@@ -337,4 +434,5 @@ def test_a_folder_removed_and_made_again_at_once_ends_the_old_one_cleanly(lab, t
         assert not clients.hammer.broken and not clients.lister.broken, \
             (clients.hammer.broken[:3], clients.lister.broken[:3])
     assert all(a.startswith("BYE") and "inconsistent" in a for a in answers), answers
+    assert {t: _kid_view(lab, t, name) for t in twins} == twin_want
     assert not _logged(log, start)

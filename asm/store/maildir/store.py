@@ -2599,9 +2599,21 @@ class MaildirStore(Store):
             return any(e.is_dir(follow_symlinks=False) and e.name not in ("cur", "new", "tmp", DELETING)
                        and not _STAGED_RE.match(e.name) for e in it)
 
-    @staticmethod
-    def _half_deleted(d: str) -> bool:
-        return os.path.isdir(d) and not os.path.isdir(os.path.join(d, "cur"))
+    def _half_deleted(self, d: str) -> bool:
+        """``d`` is there without cur/ and holds what a deletion killed half way left
+        (under LAYOUT=fs: anything but subfolders, where a level that holds only
+        subfolders is what a deletion that ended, or Dovecot's CREATE of ``X/Kid``,
+        leaves of ``X``)."""
+        if not os.path.isdir(d) or os.path.isdir(os.path.join(d, "cur")):
+            return False
+        if not self._fs_layout:
+            return True
+        try:
+            with os.scandir(d) as it:
+                return any(not e.is_dir(follow_symlinks=False) or e.name in ("new", "tmp", DELETING)
+                           for e in it)
+        except OSError:
+            return False
 
     def folder_remains(self, user: str, folder: str) -> bool:
         # a deletion killed after the folder went for Dovecot: its directory (LAYOUT=fs:
