@@ -436,3 +436,70 @@ def test_a_folder_removed_and_made_again_at_once_ends_the_old_one_cleanly(lab, t
     assert all(a.startswith("BYE") and "inconsistent" in a for a in answers), answers
     assert {t: _kid_view(lab, t, name) for t in twins} == twin_want
     assert not _logged(log, start)
+
+
+def test_a_chain_that_removes_and_makes_folders_again_under_clients_ends_exact(lab, tmp_path):
+    """The chain's next links restored in one command into a login Dovecot serves,
+    while clients SELECT, LIST and STATUS the folders it changes and a session has one
+    selected: a link whose archive no longer lists ``P`` but lists ``P/Kid``, no longer
+    ``Q`` nor ``Q/Kid``, nor ``X``, and a last link that lists a new ``X`` (the user
+    made it again: a new UIDVALIDITY).  The command exits 0; a new session cannot
+    select ``P`` (listed at most as ``P/Kid``'s parent), lists neither ``Q`` nor
+    ``Q/Kid``, and sees ``P/Kid`` and ``X`` as the user had them (UIDVALIDITY, UIDNEXT,
+    UIDs, flags); the session that had the old ``X`` selected is logged out as for any
+    new UIDVALIDITY; no session lists a name of ours or is answered [SERVERBUG];
+    Dovecot logs no broken index."""
+    from tests.helpers import run
+    src, dst = lab.logins[0], lab.logins[1]
+    home = tmp_path / "ims"
+    configure(lab, home)
+    with lab.imap(src) as c:
+        listed = c.list()
+        for f in ("P", "P/Kid", "Q", "Q/Kid", "X"):
+            if f not in listed or not {r"\Noselect", r"\NonExistent"}.isdisjoint(listed[f]) or f == "P":
+                try:
+                    c.create(f)
+                except LabImapError:
+                    pass
+            for i in range(2):
+                c.append(f, message(f"chain {f} {i}"), [r"\Seen"] if i else [r"\Flagged", "$Chain"])
+    lab.fix_owner()
+    full, incr1, incr2 = (tmp_path / f"{n}.ims" for n in ("full", "incr1", "incr2"))
+    run(home, "imsbackup", "-f", full, f"/primary/{src}", check=0)
+    with lab.imap(src) as c:
+        for f in ("P", "Q/Kid", "Q", "X"):
+            c.delete(f)
+    run(home, "imsbackup", "-f", incr1, "--base", f"{full}.state", f"/primary/{src}", check=0)
+    time.sleep(1.1)                        # (a new UIDVALIDITY for X: Dovecot's is the time)
+    with lab.imap(src) as c:
+        c.create("X")
+        c.append("X", message("chain X again"), [r"\Answered"])
+    lab.fix_owner()
+    run(home, "imsbackup", "-f", incr2, "--base", f"{incr1}.state", f"/primary/{src}", check=0)
+    want = {f: _kid_view(lab, src, f) for f in ("P/Kid", "X")}
+    mapfile = tmp_path / "map"
+    mapfile.write_text(f"{src}={dst}\n")
+    res = run(home, "imsrestore", "-m", mapfile, "-f", full, f"/primary/{src}", text=True)
+    assert res.returncode == 0, res.stderr
+    lab.fix_owner()
+    log, start = _log_from(lab)
+    with Clients(lab, dst, "P") as clients, Hammer(lab, dst, "X") as other, lab.imap(dst) as held:
+        held.select("X")
+        clients.resume()
+        other.resume()
+        res = run(home, "imsrestore", "-m", mapfile, "-f", incr1, "-f", incr2, f"/primary/{src}", text=True)
+        time.sleep(0.05)
+        clients.pause()
+        other.pause()
+        answer = _next_command(held)
+        assert res.returncode == 0, res.stderr
+        assert not clients.lister.seen, sorted(clients.lister.seen)[:5]
+        broken = clients.hammer.broken + clients.lister.broken + other.broken
+        assert not broken, broken[:3]
+    assert answer.startswith("BYE") and "inconsistent" in answer, answer
+    _gone_for_a_new_session(lab, dst, "P", "P")
+    with lab.imap(dst) as c:
+        listed = c.list()
+    assert "Q" not in listed and "Q/Kid" not in listed, listed
+    assert {f: _kid_view(lab, dst, f) for f in want} == want
+    assert not _logged(log, start)

@@ -14,7 +14,7 @@ import struct
 import sys
 import threading
 import time
-import weakref
+import atexit
 from typing import BinaryIO, Iterable, Iterator
 
 from asm.config import Config, make_dirs
@@ -81,10 +81,18 @@ MAILDIRSIZE = "maildirsize"           # Maildir++ quota (Dovecot's quota = maild
 MAILDIRSIZE_MAX = 5120                # bigger: recalculated (Maildir++, quota-maildir.c)
 
 
-def _drop_kept(kept: dict) -> None:
-    for _uv, where in list(kept.values()):
+# index directory -> (UIDVALIDITY, where its index files are kept) of a folder this
+# process removed there (MaildirStore._keep_index: a restore opens a store per archive
+# of a chain, the next link's may make it again); what is not taken back goes at exit
+_KEPT_INDEX: dict[str, tuple[int, str]] = {}
+_KEPT_LOCK = threading.Lock()
+
+
+@atexit.register
+def _drop_kept() -> None:
+    for _uv, where in list(_KEPT_INDEX.values()):
         shutil.rmtree(where, ignore_errors=True)
-    kept.clear()
+    _KEPT_INDEX.clear()
 
 
 def _hex_login(user: str) -> str:
@@ -447,10 +455,7 @@ class MaildirStore(Store):
         self._staged_cleaned: set = set()          # parents cleaned of _mkdir_staged leftovers
         self._user_parts: dict[str, str] = {}       # user -> partition (checked on use)
         self._held: dict[tuple[str, str], _Held] = {}
-        # index directory -> (UIDVALIDITY, where its index files are kept) of a folder
-        # this object removed there (_keep_index); what is not taken back goes at exit
-        self._kept_index: dict[str, tuple[int, str]] = {}
-        weakref.finalize(self, _drop_kept, self._kept_index)
+        self._kept_index = _KEPT_INDEX
         self._mutex = threading.RLock()
         self._seq = 0
         self._pid = os.getpid()
@@ -2550,8 +2555,9 @@ class MaildirStore(Store):
         UIDVALIDITY in its uidlist, Dovecot resets that index itself (as for any new
         UIDVALIDITY, _dovecot_resets) and the session is logged out ("IMAP session
         state is inconsistent, please relogin").  Only where Dovecot is said to serve
-        the store; the files not taken back go when the process ends (or, killed, with
-        the next folder made or removed beside them, _clean_staged)."""
+        the store; kept for the process (a restore opens a store per archive of a
+        chain), the files not taken back go when it ends (or, killed, with the next
+        folder made or removed beside them, _clean_staged)."""
         if idx is None or now is None or not self._dovecot_site:
             return
         names = [n for n in INDEX_FILES if os.path.lexists(os.path.join(now, n))]
@@ -2568,17 +2574,19 @@ class MaildirStore(Store):
         except OSError:
             shutil.rmtree(where, ignore_errors=True)
             return
-        old = self._kept_index.pop(idx, None)
+        with _KEPT_LOCK:
+            old = self._kept_index.pop(idx, None)
+            self._kept_index[idx] = (uidvalidity, where)
         if old is not None:
             shutil.rmtree(old[1], ignore_errors=True)
-        self._kept_index[idx] = (uidvalidity, where)
 
     def _take_kept_index(self, place: str | None, idx: str | None, uidvalidity: int, owner) -> bool:
         """The index files _keep_index kept of the folder removed at ``place`` are put in
         ``idx`` (the new folder's index directory, staged or in place), when the new
         folder has another UIDVALIDITY (under the same one Dovecot would keep the old
         index's UIDNEXT) and no index of its own.  True when they were."""
-        kept = self._kept_index.pop(place, None) if place is not None else None
+        with _KEPT_LOCK:
+            kept = self._kept_index.pop(place, None) if place is not None else None
         if kept is None:
             return False
         old_uv, where = kept
