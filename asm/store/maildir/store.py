@@ -2595,8 +2595,11 @@ class MaildirStore(Store):
                     any(os.path.lexists(os.path.join(idx, n)) for n in INDEX_FILES):
                 return False
             self._makedirs(idx, owner)
-            for n in os.listdir(where):
-                os.rename(os.path.join(where, n), os.path.join(idx, n))
+            try:
+                for n in os.listdir(where):
+                    os.rename(os.path.join(where, n), os.path.join(idx, n))
+            except OSError:
+                return False        # (gone with its user meanwhile: a new index, as before)
             return True
         finally:
             shutil.rmtree(where, ignore_errors=True)
