@@ -219,14 +219,23 @@ class Journal:
     @_journal_errors
     def begin_run(self, signature: str) -> str:
         """The token of the command with ``signature``: the one of its run that was cut
-        short, if any, else a new one."""
+        short, if any, else a new one, made durable before it is returned (one sync per
+        command): the folders the command makes carry it (Planner.began_here), and a
+        rerun after a power cut that lost it would not know them for its own."""
         with self._tx():
             row = self.db.execute("SELECT token FROM runs WHERE signature=?", (signature,)).fetchone()
             if row is not None:
                 return row[0]
             token = os.urandom(8).hex()
             self.db.execute("INSERT INTO runs (signature, token) VALUES (?,?)", (signature, token))
-            return token
+        self.sync()
+        return token
+
+    def sync(self) -> None:
+        """Make the journal's commits durable (WAL, synchronous=NORMAL: a power cut loses
+        the commits no sync covered): one syncfs of its filesystem."""
+        from asm.store.base import syncfs_dirs
+        syncfs_dirs([os.path.dirname(os.path.abspath(self.path))])
 
     @_journal_errors
     def end_run(self, signature: str) -> None:

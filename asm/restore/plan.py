@@ -132,10 +132,12 @@ def chain_end(members) -> dict:
     return out
 
 
-def mark_name(archive_id, mode: str, base) -> str:
+def mark_name(archive_id, mode: str, base, run: str | None = None) -> str:
     """The mark (Store.mark_restoring) of a restore of ``archive_id`` in ``mode`` into a
-    folder whose journal row named ``base`` (None: no archive) when it began."""
-    return f"{archive_id}.{mode}.{base or '-'}"
+    folder whose journal row named ``base`` (None: no archive) when it began; ``run``:
+    the token of the -n command that restores it (Journal.begin_run), which a rerun
+    after a power cut goes on with in the folders it finds it in."""
+    return f"{archive_id}.{mode}.{base or '-'}" + (f".{run}" if run else "")
 
 
 def _fmt(t: float | None) -> str:
@@ -169,8 +171,10 @@ class Planner:
         store = self.store
         folder = m.folder
         beside = False
-        began = self.journal.beside_of(user, folder, self.opts.run_token) \
-            if self.opts.new_mailbox and self.opts.run_token else None
+        run = self.opts.run_token if self.opts.new_mailbox and self.opts.run_token else None
+        began = self.journal.beside_of(user, folder, run) if run else None
+        if began is None and run and self.began_here(user, folder, m):
+            began = folder      # (its journal row lost in a power cut: see began_here)
         if began is not None:
             # this -n command, cut short, began this folder (beside, or under its own name
             # when there was none): it goes on there
@@ -181,7 +185,7 @@ class Planner:
             # restored, never a folder passed off as this archive's whole folder
             existing = store.messages(user, folder) if store.exists(user, folder) else ()
             if existing or folder != "INBOX" or m.state:
-                folder = self.new_name(user, folder)
+                folder = self.new_name(user, folder, m)
                 beside = True
         created = False
         mark = (self.opts.run_token, m.folder) if self.opts.new_mailbox and self.opts.run_token else None
@@ -218,7 +222,7 @@ class Planner:
             # created or continued it from the row the journal still has, and the record
             # that it was under way is lost (a power cut: it was not synced), or so is
             # its completion record: it is resumed as the journal would have had it
-            marked = next((md for md in ("exact", "chain") if mark_name(aid, md, base) in marks), None)
+            marked = next((md for md in ("exact", "chain") if mark_name(aid, md, base, run) in marks), None)
             resumed = marked is not None
         again = refill = False
         if created:
@@ -333,7 +337,7 @@ class Planner:
             # the same in the folder, before anything of this restore is written to it
             # (the journal's record is not synced: a power cut may lose it, docs/restore-
             # design.md section 3); earlier marks are of restores this one follows
-            plan.mark = mark_name(aid, mode, base)
+            plan.mark = mark_name(aid, mode, base, run)
             if plan.mark not in marks:
                 store.mark_restoring(user, folder, plan.mark)
             self.stale += [(user, folder, x) for x in marks if x != plan.mark]
@@ -545,7 +549,7 @@ class Planner:
             f"{len(m.state)} of its messages are in {what}{renamed}; restore the chain in order "
             f"(imsrestore -f FULL -f INCR ...), or use -n to restore only what this archive carries")
 
-    def new_name(self, user: str, folder: str) -> str:
+    def new_name(self, user: str, folder: str, m=None) -> str:
         """A free name beside ``folder`` (-n), or the one this archive's restore beside it
         began under and did not finish (a killed run of the same command resumes it)."""
         suffix = self.opts.new_suffix or time.strftime("%Y%m%d")
@@ -553,6 +557,8 @@ class Planner:
         name = self.fitting(user, folder, f"-{suffix}")
         ancestors = header_chain(self.header)
         while self.store.exists(user, name):
+            if m is not None and self.opts.run_token and self.began_here(user, name, m):
+                return name
             j = self.journal.get(user, name)
             if j is not None and j.running is not None and j.running == self.header.get("archive_id"):
                 return name
@@ -563,6 +569,24 @@ class Planner:
             n += 1
             name = self.fitting(user, folder, f"-{suffix}-{n}")
         return name
+
+    def began_here(self, user: str, folder: str, m) -> bool:
+        """Whether this -n command, cut short by a power cut, began restoring folder
+        member ``m`` into the folder: the journal lost the row that said so
+        (Journal.start is not synced), and the folder kept the mark with the command's
+        token (made durable with the token, Journal.begin_run), or, cut before the
+        mark or its index reached the disk, is as the command made it: never used, of
+        the archived UIDVALIDITY.  Without this, the same command run again made one
+        more folder beside and left this one half restored, or empty."""
+        aid, run = self.header.get("archive_id"), self.opts.run_token
+        if self.journal.get(user, folder) is not None:
+            return False
+        if any(x.split(".")[0] == aid and x.endswith(f".{run}")
+               for x in self.store.restoring_marks(user, folder)):
+            return True
+        info = self.store.folder(user, folder)
+        return info.uidvalidity == m.uidvalidity and info.uidnext == 1 \
+            and not self.store.messages(user, folder)
 
     def fitting(self, user: str, folder: str, tail: str) -> str:
         """``folder`` + ``tail``, its last level shortened (a character at a time: never
