@@ -266,7 +266,10 @@ class Applier:
                 # new one by a run cut short since): the folder is no mirror of the archive,
                 # and another message may hold the archived UID
                 plan.renumbered += 1
-                if m.uid in plan.by_uid:
+                if m.uid in plan.by_uid and not (
+                        self.opts.ignore_duplicates and self._same_bytes(plan, plan.by_uid[m.uid], m.sha256)):
+                    # (with -i, the message there before the command, whose copy this run
+                    # stored at a new UID as asked, is not another message)
                     plan.taken.append(m.uid)
             path = dup.path
             if dup.uid == m.uid and (plan.mode == "chain" or plan.resumed and (

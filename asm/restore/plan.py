@@ -322,7 +322,20 @@ class Planner:
         if self.opts.ignore_duplicates and self.opts.run_token and mode != "skip":
             # -i checks nothing already there, but a run of this command cut short stored
             # messages here: they are its own, recognised from the UID it began at
-            plan.own_from = self.journal.mark_run(user, folder, self.opts.run_token, info.uidnext)
+            token = self.opts.run_token
+            plan.own_from = self.journal.mark_run(user, folder, token, info.uidnext)
+            if mode == "merge":
+                # the same in the folder (Store.mark_restoring), which a power cut does not
+                # lose: the journal's record of it is not synced, and a rerun that lost it
+                # stored a second copy of everything the cut run had stored here
+                own = [int(x.split(".")[2]) for x in marks
+                       if x.split(".")[:2] == [aid, "own"] and x.endswith(f".{token}")
+                       and x.split(".")[2].isdigit()]
+                if own:
+                    plan.own_from = min(plan.own_from, *own)
+                plan.mark = mark_name(aid, "own", str(plan.own_from), token)
+                if plan.mark not in marks:
+                    store.mark_restoring(user, folder, plan.mark)
             if plan.own_from >= info.uidnext:
                 plan.own_from = None            # nothing stored here since it began
         if mode not in ("exact", "skip") or resumed:
