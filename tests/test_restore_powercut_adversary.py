@@ -15,10 +15,10 @@ import pytest
 
 from asm.config import Config
 from asm.store import open_store
-from tests.faults import count_steps, spread
-from tests.helpers import DRIVERS, in_home, make_home, state
+from tests.faults import count_steps, run_with_fault, spread
+from tests.helpers import DRIVERS, in_home, make_home, run, state
 from tests.restore_faults import Harness, backup, build_source, message_files
-from tests.test_restore_powercut import PowerCutHarness, _links, _rows
+from tests.test_restore_powercut import JOURNAL, PowerCutHarness, _links, _rows
 
 SEED = int(os.environ.get("IMS_KILL_SEED") or __import__("time").time_ns() % 1_000_000)
 
@@ -130,3 +130,65 @@ def test_cut_ignore_duplicates_restore_then_the_same_command_stores_one_copy(tmp
         outcomes += [(("cut" if cut else "killed"), o) for o in _trials(h, seed + cut, 3)]
         assert h.lost or not cut, "no trial lost journal records: the cut is not simulated"
     _judged(outcomes)
+
+
+def _mail(st: dict) -> set:
+    """(user, folder, sha256) of every message of a ``state``."""
+    return {(k[0], k[1], v[0]) for k, v in st.items() if len(k) == 3}
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_marks_of_a_cut_link_go_once_another_restore_merges_into_its_folders(tmp_path, driver):
+    """The full restored; its next link cut by a power cut (the folders it had begun
+    keep its mark, the journal lost that they were under way); then the full restored
+    again over them (a merge: the mail deleted between the two backups comes back, as
+    the administrator asked); then the next link's command again.  The merge takes the
+    link's marks away (with the folder's change: the classic index's transaction), and
+    nothing either archive holds is lost from the folders the link had begun.  (Before,
+    a merge removed only the marks of the archive the journal named: the link's stayed
+    in those folders for good, each cut run's one more file beside cur/, and one of them
+    found by a later run of the link's command resumed it as a chain over the merge,
+    expunging again what the merge had brought back, when the folder's UIDNEXT
+    allowed it.)"""
+    from tests.test_restore_powercut import _source as chain_source
+    _store, full, incr, at_full, at_incr = chain_source(tmp_path, driver)
+    home = str(tmp_path / "dst")
+    make_home(home, driver)
+    env = {"IMS_HOME": home}
+    run(home, "imsrestore", "-c", "y", "-f", full, check=0)
+    argv = ["imsrestore", "-c", "y", "-f", incr]
+    durable = str(tmp_path / "durable.db")
+    probe = str(tmp_path / "probe")
+    shutil.copytree(home, probe, symlinks=True)
+    shutil.copytree(home, probe + ".0", symlinks=True)
+    total, p = count_steps(argv, probe, tmp_path, env={"IMS_HOME": probe})
+    assert p.returncode == 0, p.stderr
+    begun = set()
+    for k in (6, 5, 4, 3, 7):
+        # a point where the link began folders and the journal lost that it had
+        shutil.rmtree(home)
+        shutil.copytree(probe + ".0", home, symlinks=True)
+        p = run_with_fault(argv, home, f"kill:{total * k // 8}", env={**env, "IMS_FAULT_DURABLE": durable})
+        assert p.returncode == -9, p.stderr
+        for ext in ("", "-wal", "-shm", "-journal"):
+            if os.path.exists(os.path.join(home, JOURNAL + ext)):
+                os.unlink(os.path.join(home, JOURNAL + ext))
+        shutil.copyfile(durable, os.path.join(home, JOURNAL))
+        if any(r[2] for r in _rows(home).values()):
+            continue                # an 'under way' record left: not this case
+        store = open_store(Config(home), create=False)
+        begun = {(u, f) for u in store.users("primary") for f in store.folder_names(u)
+                 if any(".chain." in x for x in store.restoring_marks(u, f))}
+        if begun:
+            break
+    assert begun
+    run(home, "imsrestore", "-c", "y", "-f", full, check=0)
+    store = open_store(Config(home), create=False)
+    left = {(u, f): x for (u, f) in begun for x in store.restoring_marks(u, f) if ".chain." in x}
+    assert not left, f"the link's marks left in {len(left)} folders merged into: {sorted(left.items())[:2]}"
+    run(home, "imsrestore", "-c", "y", "-f", incr, check=0)
+    # (a folder the link had not begun mirrors the full again: the link continues it)
+    got = _mail(state(open_store(Config(home), create=False)))
+    lost = {x for x in (_mail(at_full[0]) | _mail(at_incr[0])) - got if x[:2] in begun}
+    assert not lost, f"{len(lost)} messages expunged, e.g. {sorted(lost)[:3]}"
+    assert driver == "classic" or not _marks(home)

@@ -354,6 +354,15 @@ class Planner:
             if plan.mark not in marks:
                 store.mark_restoring(user, folder, plan.mark)
             self.stale += [(user, folder, x) for x in marks if x != plan.mark]
+        elif mode == "merge" and (j is None or j.running is None):
+            # marks of restores that no longer count: this one merges into what they left
+            # (a folder no restore is under way in), and one of them found later would
+            # resume over this merge (a chain link's expunged again the mail this merge
+            # brought back).  Removed now, under the folder's lock (classic: in its
+            # transaction; a removal a power cut loses keeps the mark, as before)
+            for x in marks:
+                if x != plan.mark:              # (-i: its own, above)
+                    store.unmark_restoring(user, folder, x)
         else:
             # marks of restores the journal has the completion record of
             self.stale += [(user, folder, x) for x in marks

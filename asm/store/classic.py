@@ -961,7 +961,8 @@ class ClassicStore(Store):
     # or, made new, one index renamed into place): the mark is on disk exactly when the
     # restore's changes are.  Left there after (removing it would cost the index a
     # commit, four syncs): a reader never sees it, and it counts only for the same
-    # archive while the journal has no record of that restore (Planner.plan).
+    # archive while the journal has no record of that restore (Planner.plan); another
+    # restore replaces it, or removes it in its own transaction when it merges.
 
     def mark_restoring(self, user: str, folder: str, mark: str) -> None:
         fdir = self._folder_dir(user, folder)
@@ -972,6 +973,16 @@ class ClassicStore(Store):
     def restoring_marks(self, user: str, folder: str) -> list[str]:
         mark = self._meta(self._index(self._folder_dir(user, folder))).get("restoring")
         return [mark] if isinstance(mark, str) else []
+
+    def unmark_restoring(self, user: str, folder: str, mark: str) -> None:
+        # only under the folder's lock, in its one transaction (no commit of its own):
+        # otherwise it stays, as said above
+        try:
+            fdir = self._folder_dir(user, folder)
+        except StoreError:
+            return
+        if fdir in self._held:
+            self._index(fdir).execute("DELETE FROM meta WHERE k='restoring' AND v=?", (mark,))
 
     # -- write side ----------------------------------------------------------
     def check_new_folder(self, user: str, folder: str) -> str:
