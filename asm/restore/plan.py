@@ -173,7 +173,7 @@ class Planner:
         beside = False
         run = self.opts.run_token if self.opts.new_mailbox and self.opts.run_token else None
         began = self.journal.beside_of(user, folder, run) if run else None
-        if began is None and run and self.began_here(user, folder, m):
+        if began is None and run and store.exists(user, folder) and self.began_here(user, folder, m):
             began = folder      # (its journal row lost in a power cut: see began_here)
         if began is not None:
             # this -n command, cut short, began this folder (beside, or under its own name
@@ -603,8 +603,13 @@ class Planner:
         aid, run = self.header.get("archive_id"), self.opts.run_token
         if self.journal.get(user, folder) is not None:
             return False
-        if any(x.split(".")[0] == aid and x.endswith(f".{run}")
-               for x in self.store.restoring_marks(user, folder)):
+        try:
+            # (read without the folder's lock: a classic folder a killed run made may
+            # have no index yet, which its lock makes again)
+            marks = self.store.restoring_marks(user, folder)
+        except (StoreError, OSError):
+            marks = []
+        if any(x.split(".")[0] == aid and x.endswith(f".{run}") for x in marks):
             return True
         info = self.store.folder(user, folder)
         return info.uidvalidity == m.uidvalidity and info.uidnext == 1 \
