@@ -16,6 +16,7 @@ import pytest
 from asm.config import Config
 from asm.store import open_store
 from tests.faults import count_steps, run_with_fault, spread
+from tests.dovecot_lab import lab_fixture
 from tests.helpers import DRIVERS, in_home, make_home, run, state
 from tests.restore_faults import Harness, backup, build_source, message_files
 from tests.test_restore_powercut import JOURNAL, PowerCutHarness, _links, _rows
@@ -195,3 +196,55 @@ def test_marks_of_a_cut_link_go_once_another_restore_merges_into_its_folders(tmp
     lost = {x for x in (_mail(at_full[0]) | _mail(at_incr[0])) - got if x[:2] in begun}
     assert not lost, f"{len(lost)} messages expunged, e.g. {sorted(lost)[:3]}"
     assert driver == "classic" or not _marks(home)
+
+
+def _durable_rows(home, argv, tmp_path) -> tuple[dict, dict]:
+    """Run ``argv`` (it must exit 0); the journal rows it left, and those a power cut right
+    after it exited leaves (the journal's state at its last sync)."""
+    os.makedirs(tmp_path, exist_ok=True)
+    durable = str(tmp_path / "durable-after.db")
+    with in_home(home):
+        p = run_with_fault(argv, home, f"count:{tmp_path / 'steps'}",
+                           env={"IMS_HOME": str(home), "IMS_FAULT_DURABLE": durable})
+    assert p.returncode == 0, p.stderr
+    live = _rows(home)
+    cut = str(tmp_path / "cut")
+    os.makedirs(os.path.join(cut, "data"), exist_ok=True)
+    shutil.copyfile(durable, os.path.join(cut, JOURNAL))
+    return live, _rows(cut)
+
+
+dbox_lab = lab_fixture(params=["sdbox"], scope="function")
+
+
+def test_a_dbox_restore_that_exits_0_has_its_journal_on_disk(dbox_lab, tmp_path):
+    """A chain restored link by link into a dbox store Dovecot serves: when each command
+    has exited 0, the journal a power cut leaves is the one it wrote (every folder a
+    mirror of its link), so the next link continues the chain.  (Before, a dbox store
+    recorded its folders after its batch had given them back to Dovecot, which is after
+    the batch's last sync, and nothing synced the journal after that: a power cut in the
+    seconds after exit 0 took every record of the run back, Dovecot serving the folders
+    all the same, and the next link merged into them: the mail deleted between the
+    backups kept, exit 0.)"""
+    from tests.test_dbox_chain import chain, wipe
+    home, full, incr, _first, _second = chain(dbox_lab, tmp_path)
+    wipe(dbox_lab)
+    for n, archive in enumerate((full, incr)):
+        live, cut = _durable_rows(home, ["imsrestore", "-f", archive], tmp_path / f"r{n}")
+        assert live and all(r[1] == 1 and r[2] is None for r in live.values()), live
+        differ = sorted(k for k in set(live) | set(cut) if live.get(k) != cut.get(k))
+        assert not differ, f"a power cut after exit 0 loses {len(differ)} journal rows, e.g. " \
+            f"{differ[0]}: {cut.get(differ[0])} for {live.get(differ[0])}"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_restore_that_exits_0_has_its_journal_on_disk(tmp_path, driver):
+    """The same on the classic and maildir stores, a full then its next link."""
+    from tests.test_restore_powercut import _source as chain_source
+    _store, full, incr, _at_full, _at_incr = chain_source(tmp_path, driver)
+    home = tmp_path / "dst"
+    make_home(home, driver)
+    for n, archive in enumerate((full, incr)):
+        live, cut = _durable_rows(home, ["imsrestore", "-f", archive], tmp_path / f"r{n}")
+        assert live == cut
+        assert not _marks(home)

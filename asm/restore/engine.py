@@ -234,19 +234,34 @@ class Restorer:
 
     def _record_deferred(self) -> bool:
         """Record the journal changes of a store that gave its copy to the mail server
-        (self.deferred), each then releasing its folder's restore lock.  True when one
-        could not be recorded (named)."""
+        (self.deferred), sync the journal, then release their folders' restore locks.
+        True when one could not be recorded (named)."""
         failed = False
-        while self.deferred:
-            mailbox, record, lock = self.deferred.popleft()
-            try:
-                record()
-            except JournalError as exc:
-                self._record_error(mailbox, str(exc), exc.status)
-                failed = True
-            finally:
+        locks: list = []
+        recorded = 0
+        try:
+            while self.deferred:
+                mailbox, record, lock = self.deferred.popleft()
+                recorded += 1
                 if lock is not None:
-                    lock.close()
+                    locks.append(lock)
+                try:
+                    record()
+                except JournalError as exc:
+                    self._record_error(mailbox, str(exc), exc.status)
+                    failed = True
+            if recorded:
+                # durable before the locks go and the run ends: these records come after
+                # the batch's last sync, and a power cut after exit 0 took them all back
+                # (Dovecot serving the folders, the next link merging into them)
+                try:
+                    self.journal.sync()
+                except JournalError as exc:
+                    self._record_error("/", str(exc), exc.status)
+                    failed = True
+        finally:
+            for lock in locks:
+                lock.close()
         return failed
 
     def _release_deferred(self) -> None:

@@ -231,6 +231,7 @@ class Journal:
         self.sync()
         return token
 
+    @_journal_errors
     def sync(self) -> None:
         """Make the journal's commits durable (WAL, synchronous=NORMAL: a power cut loses
         the commits no sync covered): one syncfs of its filesystem."""
