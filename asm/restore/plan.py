@@ -328,9 +328,8 @@ class Planner:
                 # the same in the folder (Store.mark_restoring), which a power cut does not
                 # lose: the journal's record of it is not synced, and a rerun that lost it
                 # stored a second copy of everything the cut run had stored here
-                own = [int(x.split(".")[2]) for x in marks
-                       if x.split(".")[:2] == [aid, "own"] and x.endswith(f".{token}")
-                       and x.split(".")[2].isdigit()]
+                own = [int(p[2]) for p in (x.split(".") for x in marks)
+                       if len(p) == 4 and p[:2] == [aid, "own"] and p[3] == token and p[2].isdigit()]
                 if own:
                     plan.own_from = min(plan.own_from, *own)
                 plan.mark = mark_name(aid, "own", str(plan.own_from), token)
@@ -611,9 +610,12 @@ class Planner:
             marks = []
         if any(x.split(".")[0] == aid and x.endswith(f".{run}") for x in marks):
             return True
-        info = self.store.folder(user, folder)
-        return info.uidvalidity == m.uidvalidity and info.uidnext == 1 \
-            and not self.store.messages(user, folder)
+        try:
+            info = self.store.folder(user, folder)
+            return info.uidvalidity == m.uidvalidity and info.uidnext == 1 \
+                and not self.store.messages(user, folder)
+        except StoreError:
+            return False                # (damaged: not taken for anything of ours)
 
     def fitting(self, user: str, folder: str, tail: str) -> str:
         """``folder`` + ``tail``, its last level shortened (a character at a time: never
