@@ -2482,7 +2482,8 @@ class MaildirStore(Store):
 
     def unmark_restoring(self, user: str, folder: str, mark: str) -> None:
         with contextlib.suppress(OSError, StoreError):
-            os.unlink(os.path.join(self._folder_dir(user, folder), f"{RESTORE_MARK}.{mark}"))
+            # (where the user was last found: not looked for again, a stat per folder)
+            os.unlink(os.path.join(self._existing_folder_dir(user, folder), f"{RESTORE_MARK}.{mark}"))
 
     @store_os_errors
     def delete_folder(self, user: str, folder: str) -> None:
