@@ -1363,7 +1363,7 @@ def test_a_mixed_chain_cut_short_in_one_command_is_its_end_when_run_again(lab, t
     # of those records end the links; the last link begins after the third group
     # (with the user each archive held whole, users_held, recorded among them)
     puts = [int(ln.split()[0]) for ln in log.read_text().splitlines()
-            if "INSERT INTO restored (user" in ln or "INSERT INTO users_held (user" in ln]
+            if "INSERT INTO restored (user, folder, uidv" in ln or "INSERT INTO users_held (user" in ln]
     groups = [n for i, n in enumerate(puts) if i + 1 == len(puts) or puts[i + 1] != n + 1]
     assert len(groups) == len(archives), groups
     seed = random.randrange(1 << 30)

@@ -62,6 +62,10 @@ class DboxStore(MaildirStore):
     #: what a restore wrote is Dovecot's only once the batch gives the copy back: the
     #: restore journal records a folder only then (asm/restore/engine.py)
     journal_after_sync = True
+    #: the copy doveadm backup reads, whose list index keeps the old mailbox GUID: a new
+    #: GUID resets the copy's index (no session of a client has it open); keeping it
+    #: made doveadm backup refuse a renamed folder's GUID, exit 17
+    guid_keeps_index = False
     # (a login's Maildir copy is given back to Dovecot when its deliveries are released,
     # inside the batch: its subscriptions are written as they change, not at the sync)
     defer_subscriptions = False

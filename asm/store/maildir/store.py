@@ -438,6 +438,9 @@ class MaildirStore(Store):
     """Dovecot Maildir++ partitions behind the logical view."""
 
     name = "maildir"
+    #: a new mailbox GUID alone keeps Dovecot's index of a folder Dovecot has indexed
+    #: (set_folder): its sessions stay; the dbox driver's copy resets it (DboxStore)
+    guid_keeps_index = True
     #: subscriptions changed in a batch are written at its next sync (_set_subscribed)
     defer_subscriptions = True
     unlisted_hint = ("the maildir driver reads <partition>/<user>/Maildir: check partition:NAME.path "
@@ -2052,6 +2055,9 @@ class MaildirStore(Store):
             except FileNotFoundError:
                 pass                            # (the user's Maildir went: nothing to subscribe)
             except (StoreError, OSError) as exc:
+                if isinstance(exc, OSError):
+                    # a store failure, with its status (a full disk: exit 13), never the device's
+                    exc = os_store_error(exc, f"{self._subs_users[root]}: subscriptions")
                 failed = failed or exc
                 continue
             del self._subs.pending[root]
@@ -2466,6 +2472,7 @@ class MaildirStore(Store):
     # (not in cur/ or new/) nor for a folder (not a directory, no leading dot); it is
     # removed once the journal's record of the restore is on disk.
 
+    @store_os_errors
     def mark_restoring(self, user: str, folder: str, mark: str) -> None:
         d = self._existing_folder_dir(user, folder)
         path = os.path.join(d, f"{RESTORE_MARK}.{mark}")
@@ -2693,7 +2700,7 @@ class MaildirStore(Store):
             if changed:
                 # its index files are removed (and clients that have the folder selected
                 # are logged out) only when the identity changed
-                dovecot_keeps = (new_uv or new_guid) and self._dovecot_resets(st)
+                dovecot_keeps = (new_uv or (new_guid and self.guid_keeps_index)) and self._dovecot_resets(st)
                 if dovecot_keeps and (new_uv or not renumbered):
                     # Dovecot's own index stays: Dovecot resets it itself when it reads a
                     # UIDVALIDITY in dovecot-uidlist that is not its index's (below); a
