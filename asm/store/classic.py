@@ -999,17 +999,22 @@ class ClassicStore(Store):
                           f"keeps names as UTF-8 text")
         return check_user_level(user, os.path.basename(_user_dir(user)), "classic")
 
-    @_store_errors
-    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None,
-                    guid: str = "") -> None:
-        # (the classic store has no mailbox GUIDs: ``guid`` is ignored)
+    def _new_user(self, user: str, partition: str) -> tuple[str, str]:
+        """(partition path, user directory) of a user about to be made; its name checked,
+        the partition writable, and no user of that name listed (else UserExists)."""
         _utf8(check_user_name(user), "user ID")
         check_user_level(user, os.path.basename(_user_dir(user)), "classic")
         ppath = self.partition_path(partition)
         self.check_partition(partition, writing=True)
         if self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():
             raise UserExists(user)
-        d = _user_dir(user)
+        return ppath, _user_dir(user)
+
+    @_store_errors
+    def create_user(self, user: str, partition: str = "primary", uidvalidity: int | None = None,
+                    guid: str = "") -> None:
+        # (the classic store has no mailbox GUIDs: ``guid`` is ignored)
+        ppath, d = self._new_user(user, partition)
         made: list = []
         self._makedirs(os.path.join(ppath, d), made)
         try:
@@ -1034,13 +1039,7 @@ class ClassicStore(Store):
         made at once (2) and then committed in place with the INBOX's messages (4 more)
         cost 6.  The lock is not taken here: the restore takes it under its restore
         lock, and a reader or a writer coming first finds an empty INBOX and places it."""
-        _utf8(check_user_name(user), "user ID")
-        check_user_level(user, os.path.basename(_user_dir(user)), "classic")
-        ppath = self.partition_path(partition)
-        self.check_partition(partition, writing=True)
-        if self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():
-            raise UserExists(user)
-        d = _user_dir(user)
+        ppath, d = self._new_user(user, partition)
         udir = os.path.join(ppath, d)
         self._makedirs(udir)
         try:
