@@ -173,8 +173,13 @@ class Planner:
         beside = False
         run = self.opts.run_token if self.opts.new_mailbox and self.opts.run_token else None
         began = self.journal.beside_of(user, folder, run) if run else None
-        if began is None and run and store.exists(user, folder) and self.began_here(user, folder, m):
-            began = folder      # (its journal row lost in a power cut: see began_here)
+        if began is None and run and not m.state and store.exists(user, folder) \
+                and self.began_here(user, folder, m):
+            # (its journal row lost in a power cut: see began_here).  Only a folder this
+            # archive carries whole is ever restored under its own name with -n; an
+            # incremental's folder goes beside, and the user's new INBOX, of the archived
+            # UIDVALIDITY, is not one it began
+            began = folder
         if began is not None:
             # this -n command, cut short, began this folder (beside, or under its own name
             # when there was none): it goes on there
