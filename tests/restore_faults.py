@@ -189,7 +189,9 @@ class Harness:
             out.problems.append(f"faulted run: exit {p.returncode}: {p.stderr[-400:]!r}")
         if mode == "enospc" and p.returncode == 13 and p.stderr.count(b"\n") != 1:
             out.problems.append(f"full disk: not one line: {p.stderr[-400:]!r}")
-        if second is not None:
+        if second is not None and (self.rerun_completed or p.returncode != 0):
+            # (a point past the run's last step lets it complete: where a completed command
+            # run again does more (-i: one more copy), it is not run again)
             p2 = self.run_fault(home, f"kill:{second}")
             out.second = p2.returncode
             if p2.returncode not in (-signal.SIGKILL, 0):
