@@ -16,6 +16,7 @@ dovecot-uidlist, and no session is answered [SERVERBUG].
 """
 from __future__ import annotations
 
+import imaplib
 import json
 import os
 import random
@@ -33,6 +34,39 @@ lab = lab_fixture(params=["plain", "idxctl"])
 
 BROKEN = re.compile(r"Corrupted transaction log|indexid changed|duplicate transaction log sequence|"
                     r"SERVERBUG|Internal error|marked corrupted")
+# a Dovecot process that died: never taken for a quiet log
+CRASHED = re.compile(r"Panic:|Fatal:|killed with signal")
+# Dovecot 2.3.19's SELECT of a folder that goes while it opens it, where the folder's
+# index is kept apart from its mail (INDEX=): the mail directory gone and the index
+# directory not made yet, mailbox_open() undeletes a box without an index and the imap
+# process dies in mail_index_get_modification_time() (SIGSEGV; the backtrace from its
+# core, 2026-12-04).  Dovecot's own DELETE does it as well (measured: 1 run in 6 of the
+# removal test with CREATE/APPEND/DELETE by IMAP); fixed after 2.3.19 (dovecot/core
+# d4e4182200, "Fix crash when reverting a failed mailbox deletion").
+KNOWN_SELECT_CRASH = re.compile(r"Fatal: master: service\(imap\): child \d+ killed with signal 11\b")
+
+
+def index_apart(lab) -> bool:
+    """Whether the lab's layout keeps folders' indexes apart from their mail."""
+    return ":INDEX=" in lab.layout.mail_location
+
+
+def dovecot_failures(log: str, start: int, lab, *hammers: "Hammer") -> list[str]:
+    """The lines of Dovecot's log from ``start`` on that name a broken index or a
+    process that died, and the sessions of ``hammers`` Dovecot dropped otherwise than
+    by its known SELECT crash (KNOWN_SELECT_CRASH): that one is taken only where the
+    layout keeps indexes apart, as many times as the hammers had a SELECT dropped."""
+    with open(log, "rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    bad = [ln for ln in lines if BROKEN.search(ln) or CRASHED.search(ln)]
+    drops = [d for h in hammers for d in h.dropped]
+    known = [ln for ln in bad if KNOWN_SELECT_CRASH.search(ln)]
+    if drops and index_apart(lab) and set(drops) == {"SELECT"} and len(known) == len(drops):
+        bad = [ln for ln in bad if ln not in known]
+    elif drops:
+        bad.append(f"sessions dropped by Dovecot: {drops}")
+    return bad
 
 
 def guids(lab, login) -> dict[str, str]:
@@ -215,6 +249,7 @@ class Hammer(_Sessions):
         self.go, self.stop = threading.Event(), threading.Event()
         self.idle = [threading.Event(), threading.Event()]
         self.broken: list[str] = []
+        self.dropped: list[str] = []       # the command of each session Dovecot dropped
         self.selects = 0
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in self.idle]
 
@@ -233,21 +268,31 @@ class Hammer(_Sessions):
         self.go.set()
 
     def _run(self, idle) -> None:
-        with self.lab.imap(self.login, timeout=20) as c:
-            while not self.stop.is_set():
-                if not self.go.is_set():
-                    idle.set()
-                    self.go.wait()
-                    continue
-                for work in (lambda: c.select(self.name), lambda: c.conn.list('""', quote(self.name)),
-                             lambda: c.status(self.name)):
-                    try:
-                        work()
-                        self.selects += 1
-                    except LabImapError as e:           # not there (yet): NO
-                        if BROKEN.search(str(e)):
-                            self.broken.append(str(e))
-                    c.selected = None
+        while not self.stop.is_set():
+            # (a session Dovecot drops is kept in :attr:`dropped`, see dovecot_failures,
+            # and another one logged in)
+            with self.lab.imap(self.login, timeout=20) as c:
+                self._session(c, idle)
+
+    def _session(self, c, idle) -> None:
+        while not self.stop.is_set():
+            if not self.go.is_set():
+                idle.set()
+                self.go.wait()
+                continue
+            for what, work in (("SELECT", lambda: c.select(self.name)),
+                               ("LIST", lambda: c.conn.list('""', quote(self.name))),
+                               ("STATUS", lambda: c.status(self.name))):
+                try:
+                    work()
+                    self.selects += 1
+                except LabImapError as e:           # not there (yet): NO
+                    if BROKEN.search(str(e)):
+                        self.broken.append(str(e))
+                except imaplib.IMAP4.abort:
+                    self.dropped.append(what)
+                    return
+                c.selected = None
 
 
 ROUNDS = 80
@@ -311,8 +356,6 @@ def test_a_folder_made_while_a_client_selects_it_is_made_whole(lab, tmp_path):
             assert res.returncode == 0, (r, res.stderr)
             assert seen_by_new_session(lab, login)["Trash"] == want, r
             assert [(m.uid, m.flags) for m in lab.client_state(login).folders["Trash"].messages] == want_msgs
-    with open(log, "rb") as f:
-        f.seek(log_start)
-        logged = [ln for ln in f.read().decode(errors="replace").splitlines() if BROKEN.search(ln)]
+    logged = dovecot_failures(log, log_start, lab, hammer)
     assert not logged and not hammer.broken, (logged[:5], hammer.broken[:5])
     assert made == ROUNDS and hammer.selects > ROUNDS, (made, hammer.selects)
