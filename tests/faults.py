@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 
 from tests.helpers import run
@@ -46,3 +47,28 @@ def spread(total: int, n: int, seed: int) -> list[int]:
         return list(range(1, total + 2))
     edges = [1 + i * (total + 1) // n for i in range(n + 1)]
     return [rng.randrange(edges[i], edges[i + 1]) for i in range(n)]
+
+
+def killed_at_each(argv, base, points, tmp, judge_killed, judge_done, steps=()) -> list:
+    """For each kill point: ``argv`` killed at that point in a copy of the installation
+    ``base`` (it must die of SIGKILL), the copy judged by ``judge_killed(home)``, the
+    same command run again (exit 0) and the copy judged by ``judge_done(home)`` (each a
+    list of problems).  [(point, its step in ``steps`` (n, what), problems)] of the
+    points where anything is wrong; the copies of the others are removed."""
+    bad = []
+    what = dict(steps)
+    for point in points:
+        home = os.path.join(str(tmp), f"k{point}")
+        shutil.copytree(base, home)
+        p = run_with_fault(argv, home, f"kill:{point}", env={"IMS_HOME": home})
+        assert p.returncode == -9, (point, p.stderr)
+        problems = judge_killed(home)
+        p = run(home, *argv, env={"IMS_HOME": home})
+        if p.returncode != 0:
+            problems.append(f"rerun exits {p.returncode}: {p.stderr!r}")
+        problems += judge_done(home)
+        if problems:
+            bad.append((point, what.get(point), problems))
+        else:
+            shutil.rmtree(home)
+    return bad

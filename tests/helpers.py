@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import os
+import shlex
 import shutil
 import socket
 import sqlite3
@@ -105,6 +106,21 @@ def _shown(data) -> str:
         return ""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     return text if len(text) < 4000 else text[:2000] + "\n...\n" + text[-2000:]
+
+
+def sh_commands(text: str) -> list[list[str]]:
+    """The commands of ``text`` as sh reads them (separated by ';'): what a line of
+    advice tells an administrator to run."""
+    lex = shlex.shlex(text, posix=True, punctuation_chars=";")
+    lex.whitespace_split = True
+    cmds, cur = [], []
+    for tok in lex:
+        if tok == ";":
+            cmds.append(cur)
+            cur = []
+        else:
+            cur.append(tok)
+    return cmds + ([cur] if cur else [])
 
 
 def run(home, *argv, input=None, env=None, check=None, timeout=TIMEOUT, stdin=None, text=False, cwd=None):

@@ -13,7 +13,7 @@ import shutil
 
 from asm.config import Config
 from asm.store import open_store
-from tests.faults import run_with_fault
+from tests.faults import killed_at_each, run_with_fault
 from tests.helpers import in_home, make_home, run, state
 
 OLD = ("alice", "Old")
@@ -114,21 +114,9 @@ def test_mboxutil_d_killed_at_every_step_then_run_again(tmp_path):
     assert _judge_done(probe, after, [OLD], files) == []
     # (before the list's change nothing of the deletion happened: one point is enough)
     first = next(n for n, what in steps if what.startswith("sqlite: DELETE FROM folders"))
-    bad = []
-    for point, _what in [(n, w) for n, w in steps if n >= first - 1]:
-        home = tmp_path / f"k{point}"
-        shutil.copytree(base, home)
-        p = run_with_fault(argv, home, f"kill:{point}", env={"IMS_HOME": str(home)})
-        assert p.returncode == -9, (point, p.stderr)
-        problems = _judge_killed(home, want, [OLD])
-        p = run(home, *argv, env={"IMS_HOME": str(home)})
-        if p.returncode != 0:
-            problems.append(f"rerun exits {p.returncode}: {p.stderr!r}")
-        problems += _judge_done(home, after, [OLD], files)
-        if problems:
-            bad.append((point, _what, problems))
-        else:
-            shutil.rmtree(home)
+    bad = killed_at_each(argv, base, [n for n, _ in steps if n >= first - 1], tmp_path,
+                         lambda home: _judge_killed(home, want, [OLD]),
+                         lambda home: _judge_done(home, after, [OLD], files), steps)
     assert bad == [], bad[:3]
     assert len(steps) - first >= 8          # (each message file one step)
 
@@ -165,19 +153,7 @@ def test_a_restore_removing_a_folder_killed_at_every_step_of_the_removal(tmp_pat
     last = max(n for n, what in steps if what.startswith(os.path.dirname(fdir) + "/=Old"))
     points = list(range(first, last + 2))
     assert len(points) >= 6
-    bad = []
-    for point in points:
-        home = tmp_path / f"k{point}"
-        shutil.copytree(base, home)
-        p = run_with_fault(argv, home, f"kill:{point}", env={"IMS_HOME": str(home)})
-        assert p.returncode == -9, (point, p.stderr)
-        problems = _judge_killed(home, {k: v for k, v in before.items() if k[:2] in gone}, gone)
-        p = run(home, *argv, env={"IMS_HOME": str(home)})
-        if p.returncode != 0:
-            problems.append(f"rerun exits {p.returncode}: {p.stderr!r}")
-        problems += _judge_done(home, want, gone, files)
-        if problems:
-            bad.append((point, problems))
-        else:
-            shutil.rmtree(home)
+    bad = killed_at_each(argv, base, points, tmp_path,
+                         lambda home: _judge_killed(home, {k: v for k, v in before.items() if k[:2] in gone}, gone),
+                         lambda home: _judge_done(home, want, gone, files), steps)
     assert bad == [], bad[:3]

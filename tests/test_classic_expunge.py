@@ -17,7 +17,7 @@ import sqlite3
 
 from asm.config import Config
 from asm.store import open_store
-from tests.faults import run_with_fault
+from tests.faults import killed_at_each, run_with_fault
 from tests.helpers import in_home, make_home, run, state
 
 WORK = ("alice", "Work")
@@ -145,21 +145,8 @@ def test_a_chain_link_killed_at_every_step_of_its_expunge_then_run_again(tmp_pat
                ("1.msg", "3.msg", "4.msg"))
     points = list(range(first - 1, last + 2))
     assert len(points) >= 7
-    bad = []
-    for point in points:
-        home = tmp_path / f"k{point}"
-        shutil.copytree(base, home)
-        p = run_with_fault(argv, home, f"kill:{point}", env={"IMS_HOME": str(home)})
-        assert p.returncode == -9, (point, p.stderr)
-        problems = _judge_killed(home, at_full, at_incr)
-        p = run(home, *argv, env={"IMS_HOME": str(home)})
-        if p.returncode != 0:
-            problems.append(f"rerun exits {p.returncode}: {p.stderr!r}")
-        problems += _judge_done(home, at_incr)
-        if problems:
-            bad.append((point, dict(steps).get(point), problems))
-        else:
-            shutil.rmtree(home)
+    bad = killed_at_each(argv, base, points, tmp_path, lambda home: _judge_killed(home, at_full, at_incr),
+                         lambda home: _judge_done(home, at_incr), steps)
     assert bad == [], bad[:3]
 
 

@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shlex
 import shutil
-import sqlite3
 import subprocess
 import time
 
 import pytest
 
 from asm.errors import EXIT_PARTIAL, EXIT_STORE
-from asm.restore import folderlock
-from asm.restore.folderlock import RestoreLocks
 from tests.dovecot_lab import MAIL_USER, lab_fixture, message, random_changes
 from tests.faults import run_with_fault
 from tests.helpers import BIN, in_home, make_home, popen, run
-from tests.test_restore_durability import lock_order_problems
+from tests.test_restore_durability import lock_order_problems, restore_waiting_for
 
 lab = lab_fixture(params=["sdbox", "mdbox"], scope="function")
 USERS = ("alice", "bob")
@@ -167,30 +163,10 @@ def test_a_dbox_restore_waiting_for_another_gives_back_and_records_what_it_finis
     run(home, "imsbackup", "-f", full, "/", check=0)
     want = views(lab)
     wipe(lab)
-    locks = RestoreLocks(str(home / "data" / "restore.lock"))
-    with locks.hold("alice", "Work"):
-        p = popen(home, "imsrestore", "-v", "-f", full, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            err, deadline = b"", time.monotonic() + 120
-            while b"alice/Work: waiting for another restore" not in err:
-                assert time.monotonic() < deadline and p.poll() is None, err
-                if select.select([p.stderr], [], [], 1)[0]:
-                    err += os.read(p.stderr.fileno(), 65536)
-            with sqlite3.connect(home / "data" / "restore-journal.db") as db:
-                rows = dict(db.execute("SELECT folder, running FROM restored WHERE user='alice'").fetchall())
-            before = [f for f in rows if f != "Work"]
-            assert "INBOX" in before and all(rows[f] is None for f in before), rows   # recorded
-            fd = folderlock._fd(locks.path)
-            for f in before:                                                       # let go of
-                assert folderlock.holder(fd, folderlock._offset("alice", f)) is None, f
-            got = view(lab, "alice")[0]                                          # Dovecot's
-            assert {f: got.get(f) for f in before} == {f: want["alice"][0][f] for f in before}
-        except BaseException:
-            p.kill()
-            p.wait()
-            raise
-    _, rest = p.communicate(timeout=300)
-    assert p.returncode == 0, rest
+    with restore_waiting_for(home, "alice", "Work", "-f", full) as before:
+        assert "INBOX" in before, before                                   # recorded, let go of
+        got = view(lab, "alice")[0]                                        # and Dovecot's
+        assert {f: got.get(f) for f in before} == {f: want["alice"][0][f] for f in before}
     assert views(lab) == want
 
 

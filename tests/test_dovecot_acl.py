@@ -30,7 +30,7 @@ from asm.archive import ArchiveReader, spec
 from asm.store.aclcmds import entries
 from tests.archive_fuzz import emit, models
 from tests.dovecot_lab import lab_fixture, message
-from tests.helpers import popen, run
+from tests.helpers import popen, run, sh_commands
 from tests.test_dovecot_layouts import configure, wipe
 
 lab = lab_fixture(params=["acl", "aclctl"], scope="function")
@@ -702,16 +702,7 @@ def _commands(line: str) -> list[list[str]]:
     """The shell commands a line's advice ("... yourself: CMD; CMD") names, parsed as
     sh parses them."""
     assert " yourself: " in line, line
-    lex = shlex.shlex(line.split(" yourself: ", 1)[1], posix=True, punctuation_chars=";")
-    lex.whitespace_split = True
-    cmds, cur = [], []
-    for tok in lex:
-        if tok == ";":
-            cmds.append(cur)
-            cur = []
-        else:
-            cur.append(tok)
-    return cmds + ([cur] if cur else [])
+    return sh_commands(line.split(" yourself: ", 1)[1])
 
 
 def test_an_acl_a_restore_could_not_write_is_named_with_the_doveadm_commands_that_give_it(acl_lab, tmp_path):

@@ -109,6 +109,25 @@ class _Sessions:
             t.join(timeout=60)
 
 
+
+class _Paused(_Sessions):
+    """Sessions at work while :attr:`go` is set, paused otherwise: :meth:`pause` returns
+    once each of them (an event of :attr:`idle`) is idle."""
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.go.set()                      # (a paused session wakes to see stop)
+        super().__exit__(*exc)
+
+    def pause(self) -> None:
+        self.go.clear()
+        assert all(i.wait(20) for i in self.idle)
+
+    def resume(self) -> None:
+        for i in self.idle:
+            i.clear()
+        self.go.set()
+
 class Clients(_Sessions):
     """Sessions of ``login`` at work (APPEND; LIST and STATUS of every folder; SELECT,
     NOOP and FETCH of one) until stopped; every answer that names a broken index is kept."""
@@ -239,7 +258,7 @@ def test_live_restores_that_make_and_remove_folders_leave_dovecots_list_index_to
         assert clients.commands > 20, clients.commands            # they really worked
 
 
-class Hammer(_Sessions):
+class Hammer(_Paused):
     """Two sessions SELECTing, LISTing and STATUSing ``name`` as fast as Dovecot answers,
     while :attr:`go` is set (paused otherwise: :meth:`pause` returns once both are
     idle); every answer that names a broken index is kept."""
@@ -252,20 +271,6 @@ class Hammer(_Sessions):
         self.dropped: list[str] = []       # the command of each session Dovecot dropped
         self.selects = 0
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in self.idle]
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.go.set()                      # (a paused session wakes to see stop)
-        super().__exit__(*exc)
-
-    def pause(self) -> None:
-        self.go.clear()
-        assert all(i.wait(20) for i in self.idle)
-
-    def resume(self) -> None:
-        for i in self.idle:
-            i.clear()
-        self.go.set()
 
     def _run(self, idle) -> None:
         while not self.stop.is_set():

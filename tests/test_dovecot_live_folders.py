@@ -20,14 +20,14 @@ import uuid
 
 from tests.dovecot_lab import LabImapError, lab_fixture, message
 from tests.test_dovecot_layouts import configure
-from tests.test_dovecot_list_index import BROKEN, Hammer, _Sessions, dovecot_failures
+from tests.test_dovecot_list_index import BROKEN, Hammer, _Paused, dovecot_failures
 
 lab = lab_fixture(params=["plain", "fs", "idxctl", "vdomain"])
 
 ROUNDS = 40
 
 
-class Lister(_Sessions):
+class Lister(_Paused):
     """Sessions LISTing every folder as fast as Dovecot answers while :attr:`go` is set:
     one logged in throughout, two logging in again for every LIST (a new session reads
     the directory tree at once, an open one within a second); every listed name that is
@@ -42,20 +42,6 @@ class Lister(_Sessions):
         self.lists = 0
         self.threads = [threading.Thread(target=self._run, args=(i, fresh), daemon=True)
                         for i, fresh in zip(self.idle, (False, True, True))]
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.go.set()
-        super().__exit__(*exc)
-
-    def pause(self) -> None:
-        self.go.clear()
-        assert all(i.wait(20) for i in self.idle)
-
-    def resume(self) -> None:
-        for i in self.idle:
-            i.clear()
-        self.go.set()
 
     def _run(self, idle, fresh: bool) -> None:
         c = None
@@ -277,6 +263,27 @@ def _kid_view(lab, login, name) -> tuple:
                                                           for m in c.fetch_meta())
 
 
+def _twins(lab, login, folders) -> dict:
+    """{(twin, folder): what a new session sees} of ``folders`` of each login of the
+    same name in another domain (vdomain: alice@other.org), each made with a message
+    where it is not there: they must stay as they are."""
+    twins = [x for x in lab.logins if x != login and x.split("@")[0] == login.split("@")[0]]
+    for twin in twins:
+        with lab.imap(twin) as c:
+            for f in folders:
+                try:
+                    c.status(f)
+                except LabImapError:
+                    c.create(f)
+                    c.append(f, message(f"twin {f}"), [r"\Flagged"])
+    lab.fix_owner()
+    return _views(lab, {(t, f): None for t in twins for f in folders})
+
+
+def _views(lab, of: dict) -> dict:
+    return {(t, f): _kid_view(lab, t, f) for t, f in of}
+
+
 def _gone_for_a_new_session(lab, login, name, where) -> None:
     r"""``name`` cannot be selected, and is listed at most as the parent of a folder
     (as Dovecot lists it after its own DELETE of it: Maildir++ ``\HasChildren``)."""
@@ -311,19 +318,7 @@ def test_a_folder_that_holds_subfolders_removed_while_clients_select_it_goes_who
     lab.fix_owner()
     want = _kid_view(lab, login, kid)
     fs = lab.layout.name == "fs"
-    # the login of the same name in another domain (vdomain: alice@other.org) has
-    # folders of these names too, which stay as they are
-    twins = [x for x in lab.logins[1:] if x.split("@")[0] == login.split("@")[0]]
-    for twin in twins:
-        with lab.imap(twin) as c:
-            for f in (kid, name):
-                try:
-                    c.status(f)
-                except LabImapError:
-                    c.create(f)
-                    c.append(f, message(f"twin {f}"), [r"\Flagged"])
-    lab.fix_owner()
-    twin_want = {(t, f): _kid_view(lab, t, f) for t in twins for f in (kid, name)}
+    twin_want = _twins(lab, login, (kid, name))
     # (LAYOUT=fs: the level Par/ that holds only Kid/ is no folder, nor what a removal
     # left: before, any directory without cur/ was taken for one half removed)
     assert not store.folder_remains(login, name)
@@ -349,7 +344,7 @@ def test_a_folder_that_holds_subfolders_removed_while_clients_select_it_goes_who
                 assert not os.path.lexists(d), r
             _gone_for_a_new_session(lab, login, name, r)
             assert _kid_view(lab, login, kid) == want, r
-        assert {(t, f): _kid_view(lab, t, f) for t, f in twin_want} == twin_want
+        assert _views(lab, twin_want) == twin_want
         assert not clients.lister.seen, sorted(clients.lister.seen)[:5]
         assert not clients.hammer.broken and not clients.lister.broken, \
             (clients.hammer.broken[:3], clients.lister.broken[:3])
@@ -393,17 +388,7 @@ def test_a_folder_removed_and_made_again_at_once_ends_the_old_one_cleanly(lab, t
         c.create(name)
         for i in range(3):
             c.append(name, message(f"again {i}"), [r"\Seen"] if i % 2 else [])
-    # (vdomain: the login of the same name in another domain has its own, left alone)
-    twins = [x for x in lab.logins if x != login and x.split("@")[0] == login.split("@")[0]]
-    for twin in twins:
-        with lab.imap(twin) as c:
-            try:
-                c.status(name)
-            except LabImapError:
-                c.create(name)
-                c.append(name, message(f"twin {name}"), [r"\Flagged"])
-    lab.fix_owner()
-    twin_want = {t: _kid_view(lab, t, name) for t in twins}
+    twin_want = _twins(lab, login, (name,))
     answers = []
     with Clients(lab, login, name) as clients:
         for r in range(8):
@@ -431,7 +416,7 @@ def test_a_folder_removed_and_made_again_at_once_ends_the_old_one_cleanly(lab, t
         assert not clients.hammer.broken and not clients.lister.broken, \
             (clients.hammer.broken[:3], clients.lister.broken[:3])
     assert all(a.startswith("BYE") and "inconsistent" in a for a in answers), answers
-    assert {t: _kid_view(lab, t, name) for t in twins} == twin_want
+    assert _views(lab, twin_want) == twin_want
     assert not dovecot_failures(log, start, lab, clients.hammer)
 
 

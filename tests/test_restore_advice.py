@@ -7,7 +7,6 @@ identifiers (tests/test_dovecot_acl.py runs the ACL commands against a real Dove
 from __future__ import annotations
 
 import re
-import shlex
 import types
 
 import pytest
@@ -16,23 +15,10 @@ from asm.restore.plan import Planner
 from asm.store.base import StoreError
 from asm.store.maildir import dbox
 from asm.store.maildir.dbox import DboxStore
+from tests.helpers import sh_commands
 
 USERS = ["alice", "o'brien smith@example.com", 'a"b;c%d@exämple.org']
 FOLDERS = ['Q "1" 50%; Été', "Work/it's; rm -rf x", "v%2e", "100%"]
-
-
-def _sh(text: str) -> list[list[str]]:
-    """The commands of ``text`` as sh reads them (separated by ';')."""
-    lex = shlex.shlex(text, posix=True, punctuation_chars=";")
-    lex.whitespace_split = True
-    cmds, cur = [], []
-    for tok in lex:
-        if tok == ";":
-            cmds.append(cur)
-            cur = []
-        else:
-            cur.append(tok)
-    return cmds + ([cur] if cur else [])
 
 
 def _store(**kw) -> DboxStore:
@@ -50,7 +36,7 @@ def test_a_dbox_folder_the_copy_cannot_hold_is_named_with_the_rename_to_run(user
         _store(_renamed={user: [folder]})._refuse_renamed(user)
     m = re.search(r"\((doveadm mailbox rename .*?NEW-NAME)\) and restore again$", str(e.value))
     assert m, str(e.value)
-    assert _sh(m.group(1)) == [["doveadm", "mailbox", "rename", "-u", user, folder, "NEW-NAME"]]
+    assert sh_commands(m.group(1)) == [["doveadm", "mailbox", "rename", "-u", user, folder, "NEW-NAME"]]
 
 
 @pytest.mark.parametrize("user", USERS)
@@ -69,7 +55,7 @@ def test_a_dbox_give_back_doveadm_did_not_keep_names_the_fetch_to_compare(user, 
         s._give_back(user)
     m = re.search(r"compare the output of (doveadm fetch .*? all) with the archive$", str(e.value))
     assert m, str(e.value)
-    assert _sh(m.group(1)) == [["doveadm", "fetch", "-u", user, "mailbox uid guid flags", "all"]]
+    assert sh_commands(m.group(1)) == [["doveadm", "fetch", "-u", user, "mailbox uid guid flags", "all"]]
     assert repr(folder) in str(e.value)
 
 
@@ -78,7 +64,7 @@ def test_a_dbox_give_back_doveadm_did_not_keep_names_the_fetch_to_compare(user, 
 def test_a_dbox_give_back_stopped_on_a_desync_names_the_kick(user, claimed):
     line = dbox._stopped_why(user, FOLDERS[0], "desync", claimed)
     m = re.search(r"\((doveadm kick .*?); dovecot.holdfile", line)
-    assert m and _sh(m.group(1)) == [["doveadm", "kick", user]], line
+    assert m and sh_commands(m.group(1)) == [["doveadm", "kick", user]], line
     assert repr(FOLDERS[0]) in line
 
 
@@ -90,7 +76,7 @@ def test_a_dbox_give_back_stopped_on_a_desync_names_the_kick(user, claimed):
 def test_an_acl_lock_timeout_names_the_doveadm_acl_commands(user, folder, acl, have):
     planner = types.SimpleNamespace(store=types.SimpleNamespace(acl=lambda u, f: have))
     line = Planner._acl_locked_why(planner, user, folder, acl, "/x/dovecot-acl.lock")
-    cmds = _sh(line.split(" yourself: ", 1)[1])
+    cmds = sh_commands(line.split(" yourself: ", 1)[1])
     assert all(c[:3] in (["doveadm", "acl", "set"], ["doveadm", "acl", "delete"]) and
                c[3:7] == ["-u", user, "--", folder] for c in cmds), line
     sets = {c[7]: c[8:] for c in cmds if c[2] == "set"}

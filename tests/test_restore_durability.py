@@ -18,6 +18,7 @@ syncs are batched: far fewer than the folders.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
@@ -60,12 +61,55 @@ def _dev(path: str) -> int:
     return os.stat(path).st_dev
 
 
+class _Journal:
+    """What an order log says of a restore's journal and restore locks: :attr:`records`,
+    (n of the commit that makes it durable, (user, folder)) of each journal statement one
+    of ``patterns`` matches, and the restore lock's calls (:meth:`lock_calls`)."""
+
+    def __init__(self, home, patterns):
+        self.path = os.path.join(os.path.abspath(str(home)), JOURNAL)
+        self.lock_file = os.path.join(os.path.abspath(str(home)), "data", folderlock.LOCK_FILE)
+        self.patterns = patterns
+        self.records: list[tuple[int, tuple[str, str]]] = []
+        self.locked: dict[int, list[tuple[int, int]]] = {}   # lock offset -> (n, lockf cmd)
+        self._pending, self._in_tx = [], False
+
+    def took(self, n: int, kind: str, rest: str) -> bool:
+        """Whether event ``n`` was a restore lock call or a journal statement (taken)."""
+        if kind == "lockf":
+            cmd, offset, path = rest.split(" ", 2)
+            if path == self.lock_file:
+                self.locked.setdefault(int(offset), []).append((n, int(cmd)))
+            return True
+        db, _, stmt = rest.partition(" ")
+        if kind != "sql" or db != self.path:
+            return False
+        word = stmt.split(" ", 1)[0].upper()
+        m = next((m for m in (p.match(stmt) for p in self.patterns) if m), None)
+        if word == "BEGIN":
+            self._in_tx = True
+        elif word in ("COMMIT", "END"):
+            self.records += [(n, f) for f in self._pending]
+            self._pending, self._in_tx = [], False
+        elif word == "ROLLBACK":
+            self._pending, self._in_tx = [], False
+        elif m:
+            folder = (m.group(1).replace("''", "'"), m.group(2).replace("''", "'"))
+            if self._in_tx:
+                self._pending.append(folder)
+            else:
+                self.records.append((n, folder))
+        return True
+
+    def lock_calls(self, folder) -> list[tuple[int, int]]:
+        return self.locked.get(folderlock._offset(*folder), [])
+
+
 def _problems(events, home, store) -> tuple[list[str], int, int]:
     """(what came in the wrong order, folders recorded complete, syncs): every change
     made before a commit recording a folder complete, to that folder or to the store
     outside any folder, must be followed by a syncfs of its filesystem (or a sync)
     before that commit."""
-    journal = os.path.join(os.path.abspath(str(home)), JOURNAL)
     store_dirs = [os.path.realpath(d) for d in store.sync_dirs()]
     dirs = {}           # folder directory -> (user, folder), as the store lays them out
     for user in _users(store):
@@ -85,13 +129,12 @@ def _problems(events, home, store) -> tuple[list[str], int, int]:
             d = os.path.dirname(d)
         return ""
 
-    lock_file = os.path.join(os.path.abspath(str(home)), "data", folderlock.LOCK_FILE)
-    locked = {}             # restore lock offset -> its lockf calls (n, cmd)
+    journal = _Journal(home, (_PUT,))       # records: the commits recording a folder complete
     writes = []             # (n, owner, device)
     syncs = []              # (n, device or None: every filesystem)
-    completes = []          # (n, (user, folder)) of the commit recording it complete
-    pending, in_tx = [], False
     for n, kind, rest in events:
+        if journal.took(n, kind, rest):
+            continue
         if kind == "write":
             o = owner(rest)
             if o is not None:
@@ -100,37 +143,17 @@ def _problems(events, home, store) -> tuple[list[str], int, int]:
             syncs.append((n, int(rest)))
         elif kind == "sync":
             syncs.append((n, None))
-        elif kind == "lockf":
-            cmd, offset, path = rest.split(" ", 2)
-            if path == lock_file:
-                locked.setdefault(int(offset), []).append((n, int(cmd)))
         elif kind == "sql":
             db, _, stmt = rest.partition(" ")
-            if db != journal:
-                o = owner(db)
-                if o is not None and stmt.split(" ", 1)[0].upper() in (
-                        "INSERT", "UPDATE", "DELETE", "REPLACE", "COMMIT", "CREATE"):
-                    writes.append((n, o, _dev(db)))
-                continue
-            word = stmt.split(" ", 1)[0].upper()
-            m = _PUT.match(stmt)
-            if word == "BEGIN":
-                in_tx = True
-            elif word in ("COMMIT", "END"):
-                completes += [(n, f) for f in pending]
-                pending, in_tx = [], False
-            elif word == "ROLLBACK":
-                pending, in_tx = [], False
-            elif m:
-                folder = (m.group(1).replace("''", "'"), m.group(2).replace("''", "'"))
-                if in_tx:
-                    pending.append(folder)
-                else:
-                    completes.append((n, folder))
+            o = owner(db)
+            if o is not None and stmt.split(" ", 1)[0].upper() in (
+                    "INSERT", "UPDATE", "DELETE", "REPLACE", "COMMIT", "CREATE"):
+                writes.append((n, o, _dev(db)))
+    completes = journal.records
     problems = []
     for c, folder in completes:
         # its restore lock is held until it is recorded: another restore of it finds it done
-        calls = [cmd for n, cmd in locked.get(folderlock._offset(*folder), []) if n < c]
+        calls = [cmd for n, cmd in journal.lock_calls(folder) if n < c]
         if not calls or calls[-1] == fcntl.LOCK_UN:
             problems.append(f"{'/'.join(folder)}: recorded complete (event {c}) after its restore lock "
                             f"was released")
@@ -152,38 +175,13 @@ def lock_order_problems(log, home) -> tuple[list[str], int]:
     forgets a folder the restore removed) comes while the restore holds the folder's
     restore lock, which it releases after that commit.  Checked for any store, dbox
     too, whose files another process (doveadm) writes."""
-    journal = os.path.join(os.path.abspath(str(home)), JOURNAL)
-    lock_file = os.path.join(os.path.abspath(str(home)), "data", folderlock.LOCK_FILE)
-    locked = {}             # restore lock offset -> its lockf calls (n, cmd)
-    records = []            # (n of the commit, (user, folder))
-    pending, in_tx = [], False
+    journal = _Journal(home, (_PUT, _FORGET))
     for n, kind, rest in _events(log):
-        if kind == "lockf":
-            cmd, offset, path = rest.split(" ", 2)
-            if path == lock_file:
-                locked.setdefault(int(offset), []).append((n, int(cmd)))
-        elif kind == "sql":
-            db, _, stmt = rest.partition(" ")
-            if db != journal:
-                continue
-            word = stmt.split(" ", 1)[0].upper()
-            m = _PUT.match(stmt) or _FORGET.match(stmt)
-            if word == "BEGIN":
-                in_tx = True
-            elif word in ("COMMIT", "END"):
-                records += [(n, f) for f in pending]
-                pending, in_tx = [], False
-            elif word == "ROLLBACK":
-                pending, in_tx = [], False
-            elif m:
-                folder = (m.group(1).replace("''", "'"), m.group(2).replace("''", "'"))
-                if in_tx:
-                    pending.append(folder)
-                else:
-                    records.append((n, folder))
+        journal.took(n, kind, rest)
+    records = journal.records
     problems = []
     for c, folder in records:
-        calls = locked.get(folderlock._offset(*folder), [])
+        calls = journal.lock_calls(folder)
         before = [cmd for n, cmd in calls if n < c]
         if not before or before[-1] == fcntl.LOCK_UN:
             problems.append(f"{'/'.join(folder)}: recorded (event {c}) after its restore lock was released"
@@ -323,6 +321,38 @@ def test_partitions_on_two_filesystems_are_each_synced_before_the_record(tmp_pat
             assert state(target) == state(store)
 
 
+@contextlib.contextmanager
+def restore_waiting_for(home, user: str, folder: str, *argv, timeout: float = 120):
+    """``imsrestore -v ARGV`` into ``home`` started while this process holds the restore
+    lock of ``user``'s ``folder``; once it says it waits for that folder, every other
+    folder of ``user`` the journal has is recorded complete and let go of (its restore
+    lock free), and their names are yielded; after the block the lock goes and the
+    restore must end with exit 0."""
+    locks = RestoreLocks(str(home / "data" / "restore.lock"))
+    with locks.hold(user, folder):
+        p = popen(home, "imsrestore", "-v", *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            err, deadline = b"", time.monotonic() + timeout
+            while f"{user}/{folder}: waiting for another restore".encode() not in err:
+                assert time.monotonic() < deadline and p.poll() is None, err
+                if select.select([p.stderr], [], [], 1)[0]:
+                    err += os.read(p.stderr.fileno(), 65536)
+            with sqlite3.connect(home / JOURNAL) as db:
+                rows = dict(db.execute("SELECT folder, running FROM restored WHERE user=?", (user,)).fetchall())
+            before = [f for f in rows if f != folder]
+            assert all(rows[f] is None for f in before), rows                # recorded complete
+            fd = folderlock._fd(locks.path)     # (closing another descriptor drops our lock)
+            for f in before:                                                 # and let go of
+                assert folderlock.holder(fd, folderlock._offset(user, f)) is None, f
+            yield before
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
+    _, rest = p.communicate(timeout=300)
+    assert p.returncode == 0, rest
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_a_restore_waiting_for_another_holds_no_folder_it_has_not_recorded(tmp_path, driver):
     """A folder complete on disk keeps its restore lock until it is recorded complete
@@ -333,28 +363,8 @@ def test_a_restore_waiting_for_another_holds_no_folder_it_has_not_recorded(tmp_p
     archive = backup(src, tmp_path / "a.ims")
     home = tmp_path / "dst"
     make_home(home, driver)
-    locks = RestoreLocks(str(home / "data" / "restore.lock"))
-    with locks.hold("u0", "Work"):
-        p = popen(home, "imsrestore", "-v", "-f", archive, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            err, deadline = b"", time.monotonic() + 60
-            while b"u0/Work: waiting for another restore" not in err:
-                assert time.monotonic() < deadline and p.poll() is None, err
-                if select.select([p.stderr], [], [], 1)[0]:
-                    err += os.read(p.stderr.fileno(), 65536)
-            with sqlite3.connect(home / JOURNAL) as db:
-                rows = dict(db.execute("SELECT folder, running FROM restored WHERE user='u0'").fetchall())
-            before = [f for f in rows if f != "Work"]
-            assert before and all(rows[f] is None for f in before), rows     # recorded complete
-            fd = folderlock._fd(locks.path)     # (closing another descriptor drops our lock)
-            for f in before:                                                 # and let go of
-                assert folderlock.holder(fd, folderlock._offset("u0", f)) is None, f
-        except BaseException:
-            p.kill()
-            p.wait()
-            raise
-    _, rest = p.communicate(timeout=120)
-    assert p.returncode == 0, rest
+    with restore_waiting_for(home, "u0", "Work", "-f", archive) as before:
+        assert before
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

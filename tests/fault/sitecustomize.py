@@ -84,6 +84,14 @@ class _State:
     order_n = 0
 
 
+def _fd_path(fd):
+    """The path descriptor ``fd`` is open on, or None (gone, or not ours to read)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
 def _under_root(path):
     if isinstance(path, int) or path is None:
         return False
@@ -166,11 +174,8 @@ def _audit(event, args):
         return
     if event == "fcntl.lockf" and _State.order is not None:
         fd, cmd, _len, start = args[:4]
-        try:
-            path = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            return
-        if _under_root(path):
+        path = _fd_path(fd)
+        if path is not None and _under_root(path):
             _order(f"lockf {cmd} {start} {path}")
         return
     nargs = _PATH_EVENTS.get(event)
@@ -178,10 +183,7 @@ def _audit(event, args):
             and args[1] >= 0 and isinstance(args[0], (str, bytes)):
         # relative to a directory descriptor (shutil.rmtree removes a tree so): each
         # file and directory it removes is a step of its own
-        try:
-            base = os.readlink(f"/proc/self/fd/{args[1]}")
-        except OSError:
-            base = None
+        base = _fd_path(args[1])
         if base is not None:
             args = (os.path.join(base, os.fsdecode(args[0])),) + tuple(args[1:])
     if nargs is not None and any(_under_root(a) for a in args[:nargs]):
@@ -247,11 +249,8 @@ def _log_syncs():
 
         def synced(fd):
             real(fd)
-            try:
-                path = os.readlink(f"/proc/self/fd/{fd if isinstance(fd, int) else fd.fileno()}")
-            except OSError:
-                return
-            if _under_root(path):
+            path = _fd_path(fd if isinstance(fd, int) else fd.fileno())
+            if path is not None and _under_root(path):
                 _order(f"{name} {path}")
         setattr(os, name, synced)
     file_sync("fsync")
