@@ -53,11 +53,12 @@ def index_apart(lab) -> bool:
     return ":INDEX=" in lab.layout.mail_location
 
 
-def dovecot_failures(log: str, start: int, lab, *hammers: "Hammer") -> list[str]:
+def dovecot_failures(log: str, start: int, lab, *clients: "_Paused") -> list[str]:
     """The lines of Dovecot's log from ``start`` on that name a broken index or a
-    process that died, and the sessions of ``hammers`` Dovecot dropped otherwise than
-    by its known crash (KNOWN_SELECT_CRASH): that one is taken only where the layout
-    keeps indexes apart, as many times as the hammers had a session dropped.  (Its core
+    process that died, and the sessions of ``clients`` (each a Hammer or a Lister,
+    keeping their :attr:`dropped`) Dovecot dropped otherwise than by its known crash
+    (KNOWN_SELECT_CRASH): that one is taken only where the layout keeps indexes apart,
+    as many times as the clients had a session dropped.  (Its core
     was taken in a SELECT; a session that has the folder selected meets it at its next
     command too, as a LIST did once in CI: the imap process looks at its selected
     folder after every command.)"""
@@ -65,7 +66,7 @@ def dovecot_failures(log: str, start: int, lab, *hammers: "Hammer") -> list[str]
         f.seek(start)
         lines = f.read().decode(errors="replace").splitlines()
     bad = [ln for ln in lines if BROKEN.search(ln) or CRASHED.search(ln)]
-    drops = [d for h in hammers for d in h.dropped]
+    drops = [d for c in clients for d in c.dropped]
     known = [ln for ln in bad if KNOWN_SELECT_CRASH.search(ln)]
     if drops and index_apart(lab) and len(known) == len(drops):
         bad = [ln for ln in bad if ln not in known]
@@ -114,7 +115,6 @@ class _Sessions:
             t.join(timeout=60)
 
 
-
 class _Paused(_Sessions):
     """Sessions at work while :attr:`go` is set, paused otherwise: :meth:`pause` returns
     once each of them (an event of :attr:`idle`) is idle."""
@@ -132,6 +132,7 @@ class _Paused(_Sessions):
         for i in self.idle:
             i.clear()
         self.go.set()
+
 
 class Clients(_Sessions):
     """Sessions of ``login`` at work (APPEND; LIST and STATUS of every folder; SELECT,

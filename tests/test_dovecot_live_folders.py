@@ -179,9 +179,9 @@ def test_folders_made_while_clients_list_and_select_them_appear_whole(lab, tmp_p
     # many, as fast as they go (the SELECTs elsewhere: a session that has a folder
     # selected while it is removed and made again at once is another matter, see
     # docs/dovecot.md "Live restores")
-    hammers = []
+    sessions = []
     with Clients(lab, login, "INBOX") as clients:
-        hammers += [clients.hammer, clients.lister]
+        sessions += [clients.hammer, clients.lister]
         clients.resume()
         t = time.monotonic()
         while time.monotonic() - t < 1.5 or clients.lister.lists < 60:
@@ -197,7 +197,7 @@ def test_folders_made_while_clients_list_and_select_them_appear_whole(lab, tmp_p
             _fill(store, login, f"{name}/Kid", 1, r)
             lab.fix_owner()
         with Clients(lab, login, name) as clients:
-            hammers += [clients.hammer, clients.lister]
+            sessions += [clients.hammer, clients.lister]
             clients.resume()
             time.sleep(0.002 * (r % 5))
             uv, guid = 3000 + r, uuid.uuid4().hex
@@ -212,7 +212,7 @@ def test_folders_made_while_clients_list_and_select_them_appear_whole(lab, tmp_p
             assert not clients.lister.seen, (r, sorted(clients.lister.seen)[:5])
             assert not clients.hammer.broken and not clients.lister.broken, \
                 (r, clients.hammer.broken[:3], clients.lister.broken[:3])
-    assert not dovecot_failures(log, start, lab, *hammers)
+    assert not dovecot_failures(log, start, lab, *sessions)
 
 
 def test_a_new_mailbox_guid_alone_leaves_dovecots_index_and_sessions_alone(lab, tmp_path):
@@ -284,10 +284,11 @@ def _twins(lab, login, folders) -> dict:
                     c.create(f)
                     c.append(f, message(f"twin {f}"), [r"\Flagged"])
     lab.fix_owner()
-    return _views(lab, {(t, f): None for t in twins for f in folders})
+    return _views(lab, [(t, f) for t in twins for f in folders])
 
 
-def _views(lab, of: dict) -> dict:
+def _views(lab, of) -> dict:
+    """{(login, folder): what a new session sees} of each pair of ``of``."""
     return {(t, f): _kid_view(lab, t, f) for t, f in of}
 
 
