@@ -10,12 +10,14 @@ true by itself (it lists the folder tree it finds on disk, and checks the STATUS
 caches there against the folder's own index log and dovecot-uidlist), so here, while
 clients APPEND, LIST, STATUS, SELECT and NOOP: no such error in Dovecot's log or in an
 answer, and right after each command a new session's LIST, STATUS and SELECT agree with
-what the command left (docs/maildir.md, "Indexes").  A folder given a new UIDVALIDITY keeps
+what the command left, the clients paused while it looks (seen_by_new_session says why;
+docs/maildir.md, "Indexes").  A folder given a new UIDVALIDITY keeps
 its own index files too: Dovecot resets its index itself when it reads the new one in
 dovecot-uidlist, and no session is answered [SERVERBUG].
 """
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import json
 import os
@@ -85,7 +87,16 @@ LIVE = ("INBOX", "Drafts")        # the folders the clients append to
 
 def seen_by_new_session(lab, login) -> dict[str, tuple]:
     """{folder: (STATUS messages, uidnext, uidvalidity)} of a session opened now, each
-    checked against its SELECT (but the folders clients append to)."""
+    checked against its SELECT (but the folders clients append to).
+
+    Taken with no other session at work (Clients.at_rest): Dovecot's STATUS of a Maildir
+    folder only tries the folder's dovecot-uidlist lock (index_storage_get_status syncs
+    with MAILBOX_SYNC_FLAG_FAST, maildir-sync.c: MAILDIR_UIDLIST_SYNC_TRYLOCK) and, while
+    another session holds it to sync the folder, answers what the folder's index held
+    before: for a folder made outside Dovecot and not yet indexed, MESSAGES 0, UIDNEXT 1,
+    UIDVALIDITY 0 (measured: with dovecot-uidlist.lock present, a folder imsrestore -n
+    made; docs/dovecot.md, "Live restores").  A STATUS Dovecot keeps wrong with no session
+    at work (its list index) is what this checks."""
     out = {}
     with lab.imap(login) as c:
         for name, attrs in c.list().items():
@@ -134,24 +145,31 @@ class _Paused(_Sessions):
         self.go.set()
 
 
-class Clients(_Sessions):
+class Clients(_Paused):
     """Sessions of ``login`` at work (APPEND; LIST and STATUS of every folder; SELECT,
-    NOOP and FETCH of one) until stopped; every answer that names a broken index is kept."""
+    NOOP and FETCH of one) until stopped, paused by :meth:`pause`; every answer that
+    names a broken index is kept."""
 
     def __init__(self, lab, login, rnd: random.Random):
         self.lab, self.login, self.rnd = lab, login, random.Random(rnd.random())
-        self.stop = threading.Event()
+        self.go, self.stop = threading.Event(), threading.Event()
+        self.go.set()
         self.broken: list[str] = []
         self.commands = 0
-        self.threads = [threading.Thread(target=self._run, args=(f,), daemon=True)
-                        for f in (self._appender, self._lister, self._selector)]
+        work = (self._appender, self._lister, self._selector)
+        self.idle = [threading.Event() for _ in work]
+        self.threads = [threading.Thread(target=self._run, args=(f, i), daemon=True)
+                        for f, i in zip(work, self.idle)]
 
-
-    def _run(self, work) -> None:
+    def _run(self, work, idle) -> None:
         while not self.stop.is_set():
             try:
                 with self.lab.imap(self.login, timeout=20) as c:
                     while not self.stop.is_set():
+                        if not self.go.is_set():
+                            idle.set()
+                            self.go.wait()
+                            continue
                         try:
                             work(c)
                         except LabImapError as e:     # a folder gone meanwhile: NO
@@ -163,6 +181,15 @@ class Clients(_Sessions):
             except Exception as e:                    # the session was closed by the server
                 if BROKEN.search(str(e)):
                     self.broken.append(repr(e))
+
+    @contextlib.contextmanager
+    def at_rest(self):
+        """The sessions paused for the block (see seen_by_new_session)."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
 
     def _appender(self, c) -> None:
         c.append(self.rnd.choice(LIVE), message(f"live {self.rnd.random()}"))
@@ -220,19 +247,22 @@ def test_live_restores_that_make_and_remove_folders_leave_dovecots_list_index_to
 
         def beside():          # a folder made: Trash-... beside Trash
             run(home, "imsrestore", "-n", "-f", archive, f"/primary/{login}/Trash", check=0)
-            new = [n for n in seen_by_new_session(lab, login) if n.startswith("Trash-")]
-            assert len(new) == 1, new
-            assert seen_by_new_session(lab, login)[new[0]][0] == backed["Trash"][0]
+            with clients.at_rest():
+                new = [n for n in seen_by_new_session(lab, login) if n.startswith("Trash-")]
+                assert len(new) == 1, new
+                assert seen_by_new_session(lab, login)[new[0]][0] == backed["Trash"][0]
 
         def again():           # Archive made again: the archived UIDVALIDITY and GUID
             store.delete_folder(login, "Archive")            # (mboxutil -d)
             run(home, "imsrestore", "-f", archive, f"/primary/{login}/Archive", check=0)
-            assert seen_by_new_session(lab, login)["Archive"] == backed["Archive"]
-            assert guids(lab, login)["Archive"] == backed_guids["Archive"]
+            with clients.at_rest():
+                assert seen_by_new_session(lab, login)["Archive"] == backed["Archive"]
+                assert guids(lab, login)["Archive"] == backed_guids["Archive"]
 
         def removed():         # a folder removed
             store.delete_folder(login, "Old")
-            assert "Old" not in seen_by_new_session(lab, login)
+            with clients.at_rest():
+                assert "Old" not in seen_by_new_session(lab, login)
 
         def identity():        # Work's UIDVALIDITY, GUID and UIDNEXT changed (set_folder)
             uv, guid = rnd.randrange(1, 1 << 31), uuid.uuid4().hex
@@ -241,8 +271,9 @@ def test_live_restores_that_make_and_remove_folders_leave_dovecots_list_index_to
                 top = max((m.uid for m in store.messages(login, "Work")), default=0)
                 info = store.set_folder(login, "Work", uidvalidity=uv, uidnext=top + 1, guid=guid)
             # (UIDNEXT stays above a UID Dovecot has not yet taken out of dovecot-uidlist)
-            assert seen_by_new_session(lab, login)["Work"] == (n, info.uidnext, uv)
-            assert guids(lab, login)["Work"] == guid
+            with clients.at_rest():
+                assert seen_by_new_session(lab, login)["Work"] == (n, info.uidnext, uv)
+                assert guids(lab, login)["Work"] == guid
 
         steps = [beside, again, removed, identity]
         rnd.shuffle(steps)
