@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Callable
 
+from asm import atend
 from asm.errors import (
     EXIT_DEVICE, EXIT_INTERNAL, EXIT_NOSPACE, EXIT_OK, EXIT_PIPE, EXIT_USAGE, ImsError, UsageError, status_of,
 )
@@ -133,6 +134,7 @@ def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv:
         return _flush_stdout(prog, die(prog, _NOT_UTF8 % sys.getfilesystemencoding(), EXIT_USAGE))
     diagnostics = _Diagnostics.install() if outer else None
     saved = _trap_signals()
+    own_work = atend.mark()
     _depth += 1
     try:
         try:
@@ -141,7 +143,11 @@ def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv:
                 status = EXIT_OK if status is None else int(status)
             finally:
                 _depth -= 1
-                _untrap_signals(saved, outer)
+                try:
+                    if outer:
+                        atend.finish(own_work)      # (while a signal is still "interrupted")
+                finally:
+                    _untrap_signals(saved, outer)
         except SystemExit as exc:          # argparse: --help (0) or a usage error it printed (2)
             status = _exit_code(prog, exc.code)
         except BaseException as exc:       # noqa: B036 - the one place every failure ends

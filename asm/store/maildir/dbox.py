@@ -25,15 +25,15 @@ give-back removed (_lost).  The delivery hold (dovecot.holdfile) is taken before
 copy a restore writes is made (hold_deliveries).
 
 WORK is ``<store>/.ims-dbox-work.<host>.<pid>``, on the store's disk and reachable by the
-mail user; it goes when the process ends.  The process holds an flock on ``WORK/.lock``
-and every doveadm it starts inherits that descriptor: a doveadm whose ims process was
-killed (``kill -9`` of the process, not its group) keeps the lock while it goes on
-copying, and the next run on this host waits until it has ended before it removes the
-killed run's WORK and copies anything (else both wrote the same dbox account at once).
+mail user; it goes when the command ends (asm.atend; at exit outside a command).  The
+process holds an flock on ``WORK/.lock`` and every doveadm it starts inherits that
+descriptor: a doveadm whose ims process was killed (``kill -9`` of the process, not its
+group) keeps the lock while it goes on copying, and the next run on this host waits
+until it has ended before it removes the killed run's WORK and copies anything (else
+both wrote the same dbox account at once).
 """
 from __future__ import annotations
 
-import atexit
 import fcntl
 import json
 import os
@@ -42,6 +42,7 @@ import shlex
 import shutil
 import time
 
+from asm import atend
 from asm.config import Config
 from asm.locks import flock_wait, pid_alive
 from asm.store import layout as layout_mod
@@ -147,7 +148,7 @@ class DboxStore(MaildirStore):
             os.mkdir(self._work, 0o700)
             owner = self._owner_for(self._prefix)
             self._chown(self._work, owner)
-            atexit.register(shutil.rmtree, self._work, True)
+            atend.at_end(shutil.rmtree, self._work, True)
             fd = os.open(os.path.join(self._work, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._dv.hold_fd = fd          # every doveadm child holds it too

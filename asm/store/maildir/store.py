@@ -17,6 +17,7 @@ import time
 import atexit
 from typing import BinaryIO, Iterable, Iterator
 
+from asm import atend
 from asm.config import Config, make_dirs
 from asm.lazy import module as _lazy_module
 from asm.locks import pid_alive
@@ -83,7 +84,8 @@ MAILDIRSIZE_MAX = 5120                # bigger: recalculated (Maildir++, quota-m
 
 # index directory -> (UIDVALIDITY, where its index files are kept) of a folder this
 # process removed there (MaildirStore._keep_index: a restore opens a store per archive
-# of a chain, the next link's may make it again); what is not taken back goes at exit
+# of a chain, the next link's may make it again); what is not taken back goes at the
+# command's end (asm.atend), or at exit
 _KEPT_INDEX: dict[str, tuple[int, str]] = {}
 _KEPT_LOCK = threading.Lock()
 
@@ -2585,6 +2587,7 @@ class MaildirStore(Store):
         with _KEPT_LOCK:
             old = self._kept_index.pop(idx, None)
             self._kept_index[idx] = (uidvalidity, where)
+        atend.at_end(_drop_kept)            # (the command's end; atexit outside one)
         if old is not None:
             shutil.rmtree(old[1], ignore_errors=True)
 
