@@ -1,5 +1,6 @@
 """Work left to the end of a command: what a store made for the run and removes when
-it ends (a dbox store's WORK directory, Maildir index files kept aside).
+it ends (a dbox store's WORK directory, Maildir index files kept aside, a DR snapshot's
+private copy of its mailbox list).
 
 A command (asm.cli.common.run_command) does it inside the command, while Ctrl-C,
 SIGTERM and SIGHUP still end the run as "interrupted" (one line, exit 130): before,

@@ -15,11 +15,11 @@ opens there (asm/store/classic.py), and the maildir driver reads without its dot
 """
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import tempfile
 
+from asm import atend
 from asm.config import Config
 from asm.errors import EXIT_USAGE, ImsError
 
@@ -86,7 +86,7 @@ class SnapshotConfig(Config):
         if self._copy is None:
             src = os.path.join(self._map(self._base_root), "mboxlist")
             self._copy = tempfile.mkdtemp(prefix="ims-snapshot-")
-            atexit.register(shutil.rmtree, self._copy, True)
+            atend.at_end(shutil.rmtree, self._copy, True)
             dst = os.path.join(self._copy, "mboxlist")
             os.mkdir(dst, 0o700)
             for name in ("mailboxes.db", "mailboxes.db-wal"):
