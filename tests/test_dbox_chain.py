@@ -1316,7 +1316,8 @@ def test_a_mixed_chain_cut_short_in_one_command_is_its_end_when_run_again(lab, t
     one the folder holds is skipped, as a full older than it is.  Kill points: a
     SIGKILL just after the link before the last one is journaled (its copies given
     back), and one point anywhere and one in the removal of the run's dbox WORK that
-    ends it (Ctrl-C on sdbox, SIGKILL on mdbox); a Ctrl-C is "interrupted", 130; each rerun exits 0 with the client view of the last backup and no WORK left."""
+    ends it (Ctrl-C on sdbox, SIGKILL on mdbox); a Ctrl-C is "interrupted", 130; each
+    rerun exits 0 with the client view of the last backup and no WORK left."""
     import random
     import signal
 
