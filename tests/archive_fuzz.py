@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from asm.archive import names, pax, spec
 from asm.store import open_store
-from tests.helpers import change_mail, command_env, make_home, msg, next_second, put, state
+from tests.helpers import change_mail, command_env, make_home, msg, put, state
 
 BIG = (1 << 20) + 4321              # a message the writer hashes and writes in two passes
 TIMEOUT = 60.0                      # seconds before one command counts as hung
@@ -134,7 +134,7 @@ def build_corpus(root: str, driver: str) -> Corpus:
     expected = {"full": state(store)}
     full = os.path.join(root, "full.ims")
     run(src, "imsbackup", "-f", full, "/", check=0)
-    next_second()
+    time.sleep(1.1)
     since = time.strftime("%Y%m%d:%H%M%S")
     change_mail(store, ["joe", "ann"])
     expected["incr"] = state(store)

@@ -41,17 +41,6 @@ TIMEOUT = 300                                  # seconds before a hung command f
 
 
 # -- what a test needs ------------------------------------------------------------------
-def next_second() -> None:
-    """Sleep into the next second of the clock, and 50 ms past its start: what is done
-    after is in a later whole second than all that was done before (``-d``, dumps and
-    archive names, Dovecot's UIDVALIDITY and file times count whole seconds; file times
-    come from a coarser clock, a few ms behind).  Before, a 1.1 s sleep: this one is half
-    of that on average.  Not for a server that looks again at most once a second
-    (Dovecot's passwd-file, its delivery hold file): those sleep 1.1 s."""
-    now = time.time()
-    time.sleep(int(now) + 1.05 - now)
-
-
 def unavailable(why: str) -> NoReturn:
     """A server, tool or privilege the test needs is missing: under CI=true (where
     .ci/run installs everything and runs as root) the test fails, elsewhere it skips."""
@@ -258,7 +247,7 @@ def build(home, driver: str, users: int = 16, messages: int = 160, groups: str =
         f.write(groups)
     store = open_store(Config(str(home)))
     build_demo(store, users=users, messages=messages)
-    next_second()     # dumps record their start by the second: keep the build out of it
+    time.sleep(1.1)     # dumps record their start by the second: keep the build out of it
     return store
 
 
@@ -282,7 +271,7 @@ def sized_store(home, groups: dict):
 
 def change_mail(store, users, n: int = 6):
     """A day of mail: new deliveries (one to several users), a flag change, an expunge."""
-    next_second()     # incrementals are taken by the second
+    time.sleep(1.1)     # incrementals are taken by the second
     tag = b"%f" % time.time()       # each round's mail differs from the last one's
     for i in range(n):
         rcpts = users[i % len(users): i % len(users) + (2 if i % 3 == 0 else 1)]

@@ -22,7 +22,7 @@ import pytest
 from asm.errors import EXIT_PARTIAL, EXIT_STORE
 from tests.dovecot_lab import MAIL_USER, lab_fixture, message, random_changes
 from tests.faults import run_with_fault
-from tests.helpers import BIN, in_home, make_home, next_second, popen, run
+from tests.helpers import BIN, in_home, make_home, popen, run
 from tests.test_restore_durability import lock_order_problems, restore_waiting_for
 
 lab = lab_fixture(params=["sdbox", "mdbox"], scope="function")
@@ -754,7 +754,7 @@ def test_a_dbox_login_without_an_inbox_is_backed_up_and_restored(lab, tmp_path, 
             c.rename("INBOX", "Old")
         c.create("Work")
         c.append("Work", message("draft"), [r"\Seen", "$Label1"], "05-Mar-2024 12:00:00 +0100")
-    next_second()                   # (a UIDVALIDITY made up later would differ)
+    time.sleep(1.1)                   # (a UIDVALIDITY made up later would differ)
     a = tmp_path / "a.ims"
     run(home, "imsbackup", "-f", a, "/", check=0)
     want = ["/primary/alice/INBOX", "/primary/alice/Work", "/primary/alice/Work/1"]
@@ -1289,9 +1289,9 @@ def _mixed_chain(lab, tmp_path):
     run(home, "imsbackup", "-f", a[0], "--state-out", f"{a[0]}.state", "/", check=0)
     flags("alice", "INBOX", "FLAGS", [r"\Flagged", "$Todo", "kw17"])
     run(home, "imsbackup", "-f", a[1], "--base", f"{a[0]}.state", "--state-out", f"{a[1]}.state", "/", check=0)
-    next_second()
+    time.sleep(1.1)
     since = time.strftime("%Y%m%d:%H%M%S")
-    next_second()
+    time.sleep(1.1)
     flags("alice", "Work", "FLAGS", [r"\Answered", "kw38"])
     lab.deliver(["bob"], message("three"))
     run(home, "imsbackup", "-f", a[2], "-d", since, "--state-out", f"{a[2]}.state", "/", check=0)

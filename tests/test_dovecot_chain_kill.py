@@ -24,7 +24,7 @@ import time
 
 from tests.dovecot_lab import MAIL_USER, lab_fixture, message, random_changes
 from tests.faults import count_steps, run_with_fault, spread
-from tests.helpers import next_second, run
+from tests.helpers import run
 
 LOGINS = ("alice", "carol")        # the clients that change mail between links
 VIEWED = ("alice", "bob", "carol")  # (bob gets LMTP mail only)
@@ -111,16 +111,16 @@ def _build_chain(lab, tmp_path, seed: int) -> tuple[list, dict]:
 
     changes("one")
     run(home, "imsbackup", "-f", a[1], "--base", f"{a[0]}.state", "--state-out", f"{a[1]}.state", "/", check=0)
-    next_second()
+    time.sleep(1.1)
     since = time.strftime("%Y%m%d:%H%M%S")
-    next_second()
+    time.sleep(1.1)
     changes("two")
     run(home, "imsbackup", "-f", a[2], "-d", since, "--state-out", f"{a[2]}.state", "/", check=0)
     changes("three")
     run(home, "imsbackup", "-f", a[3], "--base", f"{a[2]}.state", "--state-out", f"{a[3]}.state", "/", check=0)
-    next_second()
+    time.sleep(1.1)
     since = time.strftime("%Y%m%d:%H%M%S")
-    next_second()
+    time.sleep(1.1)
     changes("four")
     run(home, "imsbackup", "-f", a[4], "-d", since, "/", check=0)
     return [str(x) for x in a], view(lab)

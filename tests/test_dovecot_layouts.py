@@ -24,7 +24,7 @@ import pytest
 
 from asm.errors import EXIT_DIFFERS
 from tests.dovecot_lab import MAIL_USER, lab_fixture, message, quote
-from tests.helpers import make_home, next_second, run
+from tests.helpers import make_home, run
 
 REUNIONS = "R&AOk-unions"          # "Réunions" as IMAP names it (modified UTF-7)
 LAYOUTS = ["plain", "login", "vdomain", "hashed", "nhash", "home", "fs", "idxctl", "zlib", "sdbox", "mdbox"]
@@ -259,9 +259,9 @@ def test_a_full_and_an_incremental_backup_restore_into_an_empty_store(chain_lab,
     configure(lab, home)
     full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
     run(home, "imsbackup", "-f", full, "/", check=0)
-    next_second()
+    time.sleep(1.1)
     since = time.strftime("%Y%m%d:%H%M%S")
-    next_second()
+    time.sleep(1.1)
     lab.deliver([u, other], message("after the full backup"))
     with lab.imap(u) as c:
         c.create("Later")
@@ -447,12 +447,12 @@ def test_keywords_beyond_26_removed_in_a_later_link_stay_removed(kw_lab, tmp_pat
     configure(lab, home)
     full, mid, incr = (tmp_path / n for n in ("full.ims", "mid.ims", "incr.ims"))
     run(home, "imsbackup", "-f", full, f"/primary/{u}", check=0)
-    next_second()
+    time.sleep(1.1)
     with lab.imap(u) as c:
         c.select("INBOX")
         c.uid_store([uid], "+FLAGS", ["kw30", "kw31"])
     run(home, "imsbackup", "-f", mid, "--base", f"{full}.state", f"/primary/{u}", check=0)
-    next_second()
+    time.sleep(1.1)
     with lab.imap(u) as c:
         c.select("INBOX")
         c.uid_store([uid], "-FLAGS", ["kw00", "kw27"])

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 from plugins.networker import tree
 from tests.dovecot_lab import lab_fixture, message
-from tests.helpers import imsstage, next_second, rows, run, staged_files, users_of
+from tests.helpers import imsstage, rows, run, staged_files, users_of
 from tests.nsrharness import Harness
 from tests.test_dovecot_layouts import configure
 from tests.test_bacula import imsbacula, plugin_lines
@@ -85,7 +86,7 @@ def test_staging_names_catalogs_and_restores_full_logins(lab, tmp_path):
     for f in staged_files(st):
         shutil.copy(st / f, engine / f)
     imsstage(home, "done", "-D", str(st), check=0)
-    next_second()
+    time.sleep(1.1)
     change(lab)
     imsstage(home, "-D", str(st), "--incremental", check=0)
     for f in staged_files(st):

@@ -22,7 +22,7 @@ import pytest
 
 from asm.config import Config
 from asm.store import open_store
-from tests.helpers import build, imsstage, make_home, msg, next_second, require, run, state
+from tests.helpers import build, imsstage, make_home, msg, require, run, state
 
 EXIT_PARTIAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_MISSING = 1, 2, 4, 8, 15
 
@@ -258,13 +258,13 @@ def test_chain_orders_archives_and_names_gaps(tmp_path):
 
     def deliver():
         store.deliver(["joe"], io.BytesIO(msg(time.time())))
-        next_second()
+        time.sleep(1.1)
 
     def backup(name, since=None):
         args = ["-d", time.strftime("%Y%m%d:%H%M%S", time.localtime(since))] if since else []
         run(home, "imsbackup", "-f", d / name, *args, "/", check=0)
         t = time.time()
-        next_second()
+        time.sleep(1.1)
         return t
 
     deliver()
@@ -292,7 +292,7 @@ def test_chain_orders_archives_and_names_gaps(tmp_path):
     # an incremental taken from a later date than the archive before it leaves a gap
     deliver()
     t4 = time.time()
-    next_second()
+    time.sleep(1.1)
     deliver()
     backup("d-incr4.ims", since=t4)
     p = run(home, "imsdr", "chain", d, check=EXIT_PARTIAL, text=True)

@@ -26,7 +26,7 @@ from asm.errors import EXIT_ORDER
 from asm.store import open_store
 from asm.store.base import SETTLE_NS
 from tests.faults import run_with_fault
-from tests.helpers import make_home, msg, next_second, popen, put, run, sha256, state
+from tests.helpers import make_home, msg, popen, put, run, sha256, state
 
 pytestmark = pytest.mark.usefixtures("ims_home")
 
@@ -636,9 +636,9 @@ def test_an_incremental_by_date_keys_each_message_once(tmp_path, driver, monkeyp
         for _ in range(25):
             w.new(folder=f, flags=rnd.choice([(), ("\\Seen",), ("\\Seen", "\\Flagged")]),
                   keywords=rnd.choice([(), ("$Work",)]))
-    next_second()
+    time.sleep(1.1)
     since = time.strftime("%Y%m%d:%H%M%S")
-    next_second()
+    time.sleep(1.1)
     new = [w.new(folder=f) for f in ("INBOX", "Work", "Work")]
     calls = {"identity": 0, "_flag_key": 0}
     for name in calls:
@@ -849,10 +849,10 @@ def test_a_folder_the_incremental_could_not_read_is_kept_not_removed(tmp_path, d
     w.new(folder="Work")
     w.new(folder="Work", flags=["\\Seen"])
     w.new(folder="Gone")
-    next_second()                              # -d has whole seconds
+    time.sleep(1.1)                              # -d has whole seconds
     since = time.strftime("%Y%m%d:%H%M%S")
     full = w.backup()
-    next_second()
+    time.sleep(1.1)
     w.new()                                      # new mail after the full
     w.store.delete_folder("alice", "Gone")
     want = view(w.store)
@@ -966,9 +966,9 @@ def test_a_chain_into_a_live_store_brings_lost_mail_back_as_the_last_backup_had_
     since = None
     for i in range(3):
         if by == "date" and i:
-            next_second()                  # -d has whole seconds
+            time.sleep(1.1)                  # -d has whole seconds
             since = time.strftime("%Y%m%d:%H%M%S")
-            next_second()
+            time.sleep(1.1)
         if i:
             # (-d does not carry a renamed folder's mail: a documented limit, exit 7)
             _random_ops(w, rnd, 10, OPS if by == "base" else [o for o in OPS if o != "rename"])
@@ -1059,9 +1059,9 @@ def test_a_folder_renamed_onto_a_name_the_full_had_is_refused_archive_by_archive
     for _ in range(3):
         w.new(folder="B")
     full = w.backup(base=False)
-    next_second()
+    time.sleep(1.1)
     since = time.strftime("%Y%m%d:%H%M%S", time.localtime(time.time()))
-    next_second()
+    time.sleep(1.1)
     if how == "replace":
         w.store.delete_folder("alice", "B")
         w.rename("alice", "A", "B")
@@ -1105,7 +1105,7 @@ def test_a_whole_store_incremental_after_one_users_incremental_is_the_store(tmp_
     want_kid = view(w.store)[("bob", "Kid", kid.uid)][0]
     t0 = time.time()
     full = w.backup(base=False)
-    next_second()
+    time.sleep(1.1)
     w.new(user="alice")
     b1 = tmp_path / "b1.ims"
     if narrow == "base":
@@ -1178,7 +1178,7 @@ def test_a_chain_in_one_command_merges_into_a_folder_made_again_since(tmp_path, 
     incr = w.backup("incr.ims")
     want = {v[0] for k, v in view(w.store).items() if len(k) == 3}
     w.store.delete_folder("alice", "Work")
-    next_second()                     # another UIDVALIDITY
+    time.sleep(1.1)                     # another UIDVALIDITY
     w.new(folder="Work")
     chain(w.home, [full, incr])
     got = {v[0] for k, v in view(w.store).items() if len(k) == 3}
@@ -1419,9 +1419,9 @@ def test_users_removed_between_links_are_gone_archive_by_archive_as_in_one_comma
             _user_ops(w, rnd)
         prev = since
         if by == "date":                     # (the next -d: the start of this backup)
-            next_second()                  # -d has whole seconds
+            time.sleep(1.1)                  # -d has whole seconds
             since = time.strftime("%Y%m%d:%H%M%S")
-            next_second()
+            time.sleep(1.1)
         if by == "date" and i:
             a = tmp_path / f"d{i}.ims"
             run(w.home, "imsbackup", "-f", a, "-d", prev, "/", check=0)

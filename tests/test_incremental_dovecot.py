@@ -15,7 +15,7 @@ import pytest
 from asm.errors import EXIT_ORDER
 from asm.store.base import SETTLE_NS
 from tests.dovecot_lab import dovecot_lab, message, move_and_rename_start, random_changes
-from tests.helpers import make_home, next_second, run
+from tests.helpers import make_home, run
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_the_issue_scenario_move_and_rename(lab, tmp_path):
     move_and_rename_start(lab)
     c.backup()
     t0 = time.strftime("%Y%m%d:%H%M%S")
-    next_second()
+    time.sleep(1.1)
     with lab.imap("alice") as imap:
         imap.select("INBOX")
         imap.uid_move(imap.uids(), "Archive")
@@ -236,11 +236,11 @@ def test_random_imap_changes_between_date_incrementals(lab, tmp_path, seed):
     c = Chain(lab, tmp_path)
     four_folders(lab)
     random_changes(lab, rnd, 10, "full", logins=["alice"], exclude={"rename"})
-    next_second()                          # -d has whole seconds
+    time.sleep(1.1)                          # -d has whole seconds
     started = time.time()
     c.backup(base=False)
     for i in range(3):
-        next_second()
+        time.sleep(1.1)
         random_changes(lab, rnd, 8, f"incr{i}", logins=["alice"], exclude={"rename"})
         since = time.strftime("%Y%m%d:%H%M%S", time.localtime(started))
         started = time.time()
@@ -295,11 +295,11 @@ def test_a_date_incremental_over_a_folder_rename_is_named_not_lost(lab, tmp_path
         imap.unselect()                     # otherwise do, changing their ctimes)
         imap.create("Work")
     lab.deliver(["alice"], message("inbox"))
-    next_second()                         # -d has whole seconds: all that is older
+    time.sleep(1.1)                         # -d has whole seconds: all that is older
     full = tmp_path / "full.ims"
     started = time.time()
     run(lab.ims, "imsbackup", "-f", full, "/", check=0)
-    next_second()
+    time.sleep(1.1)
     with lab.imap("alice") as imap:
         imap.rename("Old", "Renamed")
         imap.append("Work", message("new in work"))

@@ -18,7 +18,7 @@ import pytest
 from asm.config import Config
 from asm.store import open_store
 from plugins.networker import tree
-from tests.helpers import command, make_home, next_second, popen, run
+from tests.helpers import command, make_home, popen, run
 from tests.nsrharness import Harness, parse_res
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -260,7 +260,7 @@ def test_savepnpc_full_and_incremental_round_trips(tmp_path, ims_home, env, nsr_
 
     # incremental: new mail, an expunge and a flag change since the full (-t as save
     # passes it: the full's save time, which imsasm turns into the full's state)
-    next_second()
+    time.sleep(1.1)
     for u in ("alice", "zoë 日本"):
         store.append(u, "INBOX", io.BytesIO(f"Subject: new for {u}\r\n\r\nnew\r\n".encode()), flags=["\\Draft"])
         first = store.messages(u, "Work")[0].uid
@@ -452,7 +452,7 @@ def test_dovecot_move_and_rename_chain_through_networker(tmp_path, env, nsr_bin)
         done = h.savepnpc(res, sets)
         assert [c[1] for c in done["precmd"]] == [0] and set(done["saves"]) == {0}, (done, h.log)
         assert done["pstcmd"][0][1] == 0 and "3 messages" in done["pstcmd"][0][2], done["pstcmd"]
-        next_second()
+        time.sleep(1.1)
         with lab.imap("alice") as imap:
             imap.select("INBOX")
             imap.uid_move(imap.uids()[:1], "Archive")
@@ -518,7 +518,7 @@ def test_move_rename_and_level_1_chains_on_both_drivers(tmp_path, ims_home, env,
     sets = [str(backup / "primary" / "groupA")]
     done = h.savepnpc(res, sets)
     assert set(done["saves"]) == {0}, (done, h.log)
-    next_second()
+    time.sleep(1.1)
     m = store.messages("alice", "INBOX")[0]
     store.append("alice", "Sent", None, link_from=m.path, flags=m.flags, keywords=m.keywords,
                  internaldate=m.internaldate)
@@ -538,7 +538,7 @@ def test_move_rename_and_level_1_chains_on_both_drivers(tmp_path, ims_home, env,
     assert all(rc == 0 for rc, _ in out), out
     assert state(open_store(Config(str(target)))) == want
     # level 1: on the full's state (NetWorker's -t is the full's save time), not the incremental's
-    next_second()
+    time.sleep(1.1)
     x = store.messages("bob", "INBOX")[0]
     store.set_flags("bob", "INBOX", x.uid, ["\\Seen", "\\Answered"], ["$Done"])
     before = len(open(ims_home / "log" / "imsasm.log", encoding="utf-8").readlines())
@@ -604,7 +604,7 @@ def _alice_full_and_incremental(tmp_path, ims_home, drv, flags=()):
     alice = str(backup / "primary" / "groupA" / "alice")
     full = run(ims_home, "imsasm", "-s", alice, check=0).stdout
     t0 = str(int(time.time()))
-    next_second()
+    time.sleep(1.1)
     store.append("alice", "INBOX", io.BytesIO(b"Subject: new\r\n\r\nnew\r\n"), flags=list(flags))
     incr = run(ims_home, "imsasm", "-s", "-t", t0, alice, check=0).stdout
     return full, incr, state(store)
@@ -843,7 +843,7 @@ def test_recover_of_a_path_inside_a_record_that_matches_nothing(tmp_path, ims_ho
     assert ("joe", "INBOX") in state(open_store(Config(str(target))))
     # a chain: the folder is in the incremental only
     t0 = str(int(time.time()))
-    next_second()
+    time.sleep(1.1)
     store.create_folder("joe", "New", subscribed=True)
     store.append("joe", "New", io.BytesIO(b"Subject: n\r\n\r\nn\r\n"))
     incr = run(ims_home, "imsasm", "-s", "-t", t0, str(joe), check=0).stdout
@@ -943,7 +943,7 @@ def test_a_record_saved_late_in_a_long_save_finds_its_base(tmp_path, ims_home, e
     asm = [sys.executable, script]
     t0 = str(int(time.time()))
     full = run(ims_home, *asm, "-s", *records, env=e, check=0).stdout
-    next_second()
+    time.sleep(1.1)
     for u in ("alice", "bob", "carl"):
         store.append(u, "INBOX", io.BytesIO(f"Subject: new {u}\r\n\r\nnew\r\n".encode()), flags=["\\Draft"])
     want = state(store)

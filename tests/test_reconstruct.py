@@ -24,7 +24,7 @@ from asm.cli.demo import fingerprint
 from asm.config import Config
 from asm.demo import build_demo
 from asm.store import open_store
-from tests.helpers import change_mail, make_home, msg, next_second, require, run
+from tests.helpers import change_mail, make_home, msg, require, run
 
 EXIT_PARTIAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_HOSTILE, EXIT_NOT_ARCHIVE, EXIT_STORE = 1, 2, 4, 5, 8, 17
 SEEDS = [1, 2, 3]
@@ -439,7 +439,7 @@ def test_compressed_and_encrypted_archives_are_witnesses(tmp_path):
     backups = tmp_path / "backup"
     backups.mkdir()
     run(home, "imsbackup", "-z", "-f", backups / "full-z.ims", "/", check=0)
-    next_second()
+    time.sleep(1.1)
     run(home, "imsbackup", "--recipient", rcpt, "-f", backups / "full-age.ims", "/", check=0)
     (backups / "dr-1.tar").write_bytes(b"a file backup, no archive" * 100)
 
@@ -510,9 +510,9 @@ def _capture_then_change(tmp_path, home, driver, seed):
     files copied at T2 as a file-level backup would (cp -a keeps hard links)."""
     store, users = fill(home, driver, seed)
     run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
-    next_second()
+    time.sleep(1.1)
     since = time.strftime("%Y%m%d:%H%M%S")
-    next_second()
+    time.sleep(1.1)
     run(home, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=0)
     change_mail(fresh(home), users, n=8)
     store = fresh(home)

@@ -11,7 +11,7 @@ import pytest
 from asm.config import Config
 from staging.catalog import Catalog
 from staging.retention import Policy, kept
-from tests.helpers import build, change_mail, imsstage, make_home, next_second, rows, user_view
+from tests.helpers import build, change_mail, imsstage, make_home, rows, user_view
 from tests.s3server import RO_ACCESS, RO_SECRET, running
 
 
@@ -90,7 +90,7 @@ def test_retention_keeps_chains_whole(tmp_path, seaweed):
         imsstage(home, "dump", "--incremental", "gA", check=0, env=seaweed.env())
     p = imsstage(home, "prune", "-v", check=0, env=seaweed.env())
     assert "0 remote copies removed" in p.stderr and len(seaweed.keys(b)) == 3
-    next_second()
+    time.sleep(1.1)
     imsstage(home, "dump", "--full", "gA", check=0, env=seaweed.env())
     p = imsstage(home, "prune", "--dry-run", check=0, env=seaweed.env())
     assert "3 remote copies to remove" in p.stderr and len(seaweed.keys(b)) == 4
@@ -195,7 +195,7 @@ def test_object_lock(tmp_path, seaweed):
     before anything is sent."""
     home, store, b = area(tmp_path, seaweed, lock=True, **{"s3.lockdays": "1", "staging.remote.keep": "1"})
     imsstage(home, "dump", "gA", check=0, env=seaweed.env())
-    next_second()
+    time.sleep(1.1)
     imsstage(home, "dump", "gA", check=0, env=seaweed.env())
     rs = rows(tmp_path / "stage")
     assert all(r["remote_until"] and r["remote_until"] > time.time() + 80000 for r in rs)
@@ -220,7 +220,7 @@ def test_prune_without_delete_permission_fails(tmp_path, seaweed):
     take for retention working."""
     home, store, b = area(tmp_path, seaweed, **{"staging.remote.keep": "1"})
     imsstage(home, "dump", "gA", check=0, env=seaweed.env())
-    next_second()
+    time.sleep(1.1)
     imsstage(home, "dump", "gA", check=0, env=seaweed.env())
     ro = seaweed.env(AWS_ACCESS_KEY_ID=RO_ACCESS, AWS_SECRET_ACCESS_KEY=RO_SECRET)
     p = imsstage(home, "prune", "-v", env=ro)

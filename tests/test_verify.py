@@ -34,7 +34,7 @@ from asm.config import Config
 from asm.errors import EXIT_DEVICE, EXIT_DIFFERS, EXIT_EMPTY, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_OK, EXIT_ORDER
 from asm.store import open_store
 from tests import archive_fuzz as af
-from tests.helpers import DRIVERS, change_mail, free_port, make_home, next_second, put, require, run, state, verify_inprocess
+from tests.helpers import DRIVERS, change_mail, free_port, make_home, put, require, run, state, verify_inprocess
 
 COUNT = int(os.environ.get("IMS_FUZZ_COUNT", "150"))
 SEED = int(os.environ.get("IMS_FUZZ_SEED", str(random.SystemRandom().randrange(1 << 30))))
@@ -129,9 +129,9 @@ def _chain(tmp_path, driver):
     for i in range(12):
         put(store, ["joe", "ann"][i % 2], ["INBOX", "Work/2023"][i % 3 == 0], i, flags=["\\Seen"] if i % 2 else [],
             internaldate=1_600_000_000 + i)
-    next_second()                 # -d takes whole seconds: the mail above is before it
+    time.sleep(1.1)                 # -d takes whole seconds: the mail above is before it
     since = time.strftime("%Y%m%d:%H%M%S")
-    next_second()
+    time.sleep(1.1)
     full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
     run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
     change_mail(store, ["joe", "ann"])
@@ -280,9 +280,9 @@ def test_chain_passes_whole_and_fails_broken(tmp_path, driver):
     assert "not in the archive" in p.stderr
 
     # a gap: an incremental whose -d is after the archive before it was taken
-    next_second()
+    time.sleep(1.1)
     late = time.strftime("%Y%m%d:%H%M%S")
-    next_second()
+    time.sleep(1.1)
     gap = tmp_path / "gap.ims"
     run(home, "imsbackup", "-f", gap, "-d", late, "/", check=EXIT_OK)
     p = run(home, "imsverify", "-v", "-f", full, "-f", gap, text=True, check=EXIT_ORDER)
@@ -701,9 +701,9 @@ def test_every_cycle_is_checked_and_a_date_incremental_follows_its_own_scope(tmp
     bad.write_bytes(short)
     run(home, "imsverify", "-f", bad, "-f", incr, check=EXIT_ORDER)
     full2, incr2 = tmp_path / "full2.ims", tmp_path / "incr2.ims"
-    next_second()
+    time.sleep(1.1)
     since = time.strftime("%Y%m%d:%H%M%S")
-    next_second()
+    time.sleep(1.1)
     run(home, "imsbackup", "-f", full2, "/", check=EXIT_OK)
     joe = tmp_path / "joe.ims"
     run(home, "imsbackup", "-f", joe, "--base", f"{full2}.state", "/primary/user/joe", check=EXIT_OK)
@@ -731,9 +731,9 @@ def test_one_users_date_incremental_after_a_full_of_the_store_verifies_as_restor
     store = open_store(make_home(home, driver))
     for i in range(8):              # (joe's first: the archive's first message is his)
         put(store, ["joe", "zoe"][i % 2], "INBOX", i, internaldate=1_600_000_000 + i)
-    next_second()
+    time.sleep(1.1)
     since = time.strftime("%Y%m%d:%H%M%S")
-    next_second()
+    time.sleep(1.1)
     full, joe = tmp_path / "full.ims", tmp_path / "joe.ims"
     run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
     change_mail(store, ["joe"])
