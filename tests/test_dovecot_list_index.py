@@ -144,6 +144,15 @@ class _Paused(_Sessions):
             i.clear()
         self.go.set()
 
+    @contextlib.contextmanager
+    def at_rest(self):
+        """The sessions paused for the block (see seen_by_new_session)."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
 
 class Clients(_Paused):
     """Sessions of ``login`` at work (APPEND; LIST and STATUS of every folder; SELECT,
@@ -181,15 +190,6 @@ class Clients(_Paused):
             except Exception as e:                    # the session was closed by the server
                 if BROKEN.search(str(e)):
                     self.broken.append(repr(e))
-
-    @contextlib.contextmanager
-    def at_rest(self):
-        """The sessions paused for the block (see seen_by_new_session)."""
-        self.pause()
-        try:
-            yield
-        finally:
-            self.resume()
 
     def _appender(self, c) -> None:
         c.append(self.rnd.choice(LIVE), message(f"live {self.rnd.random()}"))
