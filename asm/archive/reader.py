@@ -9,7 +9,7 @@ trailer's digest over the whole sequence, and the zeros after it.
 import hashlib
 import io
 import json
-import uuid
+import re
 
 from . import names, pax, spec, values
 from .errors import (ArchiveError, CorruptHeader, CorruptMember, DigestMismatch, HostileMember,
@@ -848,15 +848,16 @@ def _need(recs, key):
     return v
 
 
+# a UUID as str(uuid.UUID(x)) writes it (checked so, without importing uuid and platform
+# with it at every start)
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
 def _check_header(h):
     """Every field of the header's JSON that a reader uses, by type and range
     (ValueError names the first wrong one).  Unknown keys are left alone."""
     aid = h.get("archive_id")
-    try:
-        ok = isinstance(aid, str) and str(uuid.UUID(aid)) == aid
-    except ValueError:
-        ok = False
-    if not ok:
+    if not (isinstance(aid, str) and _UUID.match(aid)):
         raise ValueError(f"archive_id {str(aid)[:60]!r} is not a UUID")
     values.json_time(h.get("created"), "created")
     values.json_time(h.get("since"), "since", optional=True)
