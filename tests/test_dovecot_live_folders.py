@@ -118,6 +118,15 @@ def _log_from(lab) -> tuple[str, int]:
         return log, f.seek(0, os.SEEK_END)
 
 
+def _logged(log: str, start: int) -> list[str]:
+    """Dovecot's error lines from ``start`` on, for an assertion's message: a session
+    answered [SERVERBUG] says only "refer to server log"."""
+    with open(log, "rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    return [ln for ln in lines if "Error:" in ln or "Panic:" in ln or "Fatal:" in ln][-8:]
+
+
 def _fill(store, login, folder, n: int, seed: int) -> None:
     for i in range(n):
         store.append(login, folder, io.BytesIO(message(f"{folder} {seed} {i}")),
@@ -156,7 +165,7 @@ def test_a_folder_removed_while_clients_select_it_goes_whole(lab, tmp_path):
         assert not clients.lister.seen, sorted(clients.lister.seen)[:5]
         assert clients.hammer.selects > ROUNDS and clients.lister.lists > ROUNDS
         assert not clients.hammer.broken and not clients.lister.broken, \
-            (clients.hammer.broken[:3], clients.lister.broken[:3])
+            (clients.hammer.broken[:3], clients.lister.broken[:3], _logged(log, start))
     assert not dovecot_failures(log, start, lab, clients.hammer, clients.lister)
 
 
@@ -211,7 +220,7 @@ def test_folders_made_while_clients_list_and_select_them_appear_whole(lab, tmp_p
                     assert c.status(f"{name}/Kid")["messages"] == 1
             assert not clients.lister.seen, (r, sorted(clients.lister.seen)[:5])
             assert not clients.hammer.broken and not clients.lister.broken, \
-                (r, clients.hammer.broken[:3], clients.lister.broken[:3])
+                (r, clients.hammer.broken[:3], clients.lister.broken[:3], _logged(log, start))
     assert not dovecot_failures(log, start, lab, *sessions)
 
 
@@ -258,7 +267,7 @@ def test_a_new_mailbox_guid_alone_leaves_dovecots_index_and_sessions_alone(lab, 
             with lab.imap(login) as c:
                 assert c.status(name) == want, r
         assert not clients.hammer.broken and not clients.lister.broken, \
-            (clients.hammer.broken[:3], clients.lister.broken[:3])
+            (clients.hammer.broken[:3], clients.lister.broken[:3], _logged(log, start))
     assert not dovecot_failures(log, start, lab, clients.hammer, clients.lister)
 
 
@@ -355,7 +364,7 @@ def test_a_folder_that_holds_subfolders_removed_while_clients_select_it_goes_who
         assert _views(lab, twin_want) == twin_want
         assert not clients.lister.seen, sorted(clients.lister.seen)[:5]
         assert not clients.hammer.broken and not clients.lister.broken, \
-            (clients.hammer.broken[:3], clients.lister.broken[:3])
+            (clients.hammer.broken[:3], clients.lister.broken[:3], _logged(log, start))
     assert not dovecot_failures(log, start, lab, clients.hammer, clients.lister)
 
 
@@ -421,7 +430,7 @@ def test_a_folder_removed_and_made_again_at_once_ends_the_old_one_cleanly(lab, t
                 assert [(m["uid"], m["flags"]) for m in c.fetch_meta()] == \
                     [(i + 1, frozenset([r"\Seen"] if i % 2 else [])) for i in range(1 + r % 3)], r
         assert not clients.hammer.broken and not clients.lister.broken, \
-            (clients.hammer.broken[:3], clients.lister.broken[:3])
+            (clients.hammer.broken[:3], clients.lister.broken[:3], _logged(log, start))
     assert all(a.startswith("BYE") and "inconsistent" in a for a in answers), answers
     assert _views(lab, twin_want) == twin_want
     assert not dovecot_failures(log, start, lab, clients.hammer, clients.lister)
@@ -484,7 +493,7 @@ def test_a_chain_that_removes_and_makes_folders_again_under_clients_ends_exact(l
         assert res.returncode == 0, res.stderr
         assert not clients.lister.seen, sorted(clients.lister.seen)[:5]
         broken = clients.hammer.broken + clients.lister.broken + other.broken
-        assert not broken, broken[:3]
+        assert not broken, (broken[:3], _logged(log, start))
     assert answer.startswith("BYE") and "inconsistent" in answer, answer
     _gone_for_a_new_session(lab, dst, "P", "P")
     with lab.imap(dst) as c:
