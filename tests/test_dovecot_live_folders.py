@@ -15,6 +15,7 @@ import imaplib
 import io
 import os
 import random
+import shutil
 import threading
 import time
 import uuid
@@ -366,6 +367,42 @@ def test_a_folder_that_holds_subfolders_removed_while_clients_select_it_goes_who
         assert not clients.hammer.broken and not clients.lister.broken, \
             (clients.hammer.broken[:3], clients.lister.broken[:3], _logged(log, start))
     assert not dovecot_failures(log, start, lab, clients.hammer, clients.lister)
+
+
+def test_a_folder_made_again_where_its_index_was_left_is_a_new_index_to_every_session(lab, tmp_path):
+    """A folder whose mail directory went (removed by hand, lost with a disk) while its
+    index and control files stayed (INDEX= and CONTROL= apart from the mail), made again
+    by a restore with a new UIDVALIDITY: a session that had the old folder selected and
+    closed it in the last 10 s (Dovecot keeps that index open and gives it to the next
+    SELECT of the same index directory, known by its inode) and a new session that
+    indexes the new folder first both SELECT it and see it as restored, and Dovecot logs
+    no broken index.  Before, the index directory was kept (its files removed): the
+    first session took its old index back and found the other's log there ("Corrupted
+    transaction log ... indexid changed", "[SERVERBUG] Internal error"), as one run in
+    40 of the subfolder test above did under load, where a session had written into the
+    index directory again while the folder was removed."""
+    login = lab.logins[1]
+    store = _setup(lab, tmp_path, login)
+    log, start = _log_from(lab)
+    name = "Lost"
+    store.create_folder(login, name, uidvalidity=7001, guid=uuid.uuid4().hex)
+    _fill(store, login, name, 2, 0)
+    lab.fix_owner()
+    with lab.imap(login) as old:
+        assert old.select(name) == {"exists": 2, "uidvalidity": 7001, "uidnext": 3}
+        old.select("INBOX")                 # the folder closed: its index kept open 10 s
+        shutil.rmtree(store._folder_dir(login, name))      # its mail lost, nothing else
+        time.sleep(1.1)                     # (an index's id is the time in seconds)
+        store.create_folder(login, name, uidvalidity=7002, guid=uuid.uuid4().hex)
+        _fill(store, login, name, 3, 1)
+        lab.fix_owner()
+        want = {"exists": 3, "uidvalidity": 7002, "uidnext": 4}
+        with lab.imap(login) as new:
+            assert new.select(name) == want
+        assert old.select(name) == want
+        assert [(m["uid"], m["flags"]) for m in old.fetch_meta()] == \
+            [(1, frozenset()), (2, frozenset([r"\Seen"])), (3, frozenset())]
+    assert not dovecot_failures(log, start, lab), _logged(log, start)
 
 
 def _next_command(c) -> str:

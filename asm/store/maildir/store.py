@@ -2393,6 +2393,8 @@ class MaildirStore(Store):
             if fresh or not os.path.exists(mf):
                 os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
             self._own(mf, owner)
+        if folder != "INBOX":             # (its index directory: the user's, every folder's)
+            self._renew_index_dir(idx, d, ctl)
         if self._take_kept_index(place or idx, idx, ul.uidvalidity, owner):
             pass
         elif fresh and idx == d:
@@ -2403,6 +2405,46 @@ class MaildirStore(Store):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(ctl, KEYWORDS))
         self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
+
+    def _renew_index_dir(self, idx: str | None, d: str, ctl: str) -> None:
+        """A folder made where an index directory of its own is there already (INDEX=
+        apart from the mail: what a session that had the old folder open wrote there
+        again while it was removed, or a folder lost there) gets that directory as a new
+        one, its files moved in, before they are looked at (_take_kept_index,
+        _reset_index).  Dovecot keeps a closed folder's index open for 10 s and gives it
+        to the next SELECT of the same index directory, known by its inode
+        (mail_index_alloc_cache); two sessions that had each made an index of their own
+        there took theirs back, and the one that looked second found the other's log:
+        "Corrupted transaction log file ... indexid changed" and "[SERVERBUG] Internal
+        error" to its client (1 run in 40 of test_dovecot_live_folders' subfolder test
+        under load).  Left as it is when it holds a directory (LAYOUT=fs: its subfolders'
+        indexes), or is the mail or control directory; INBOX's is never looked at (the
+        user's index directory: the mailbox list index, every folder's)."""
+        if idx is None or idx in (d, ctl):
+            return
+        try:
+            st = os.lstat(idx)
+            if not stat_mod.S_ISDIR(st.st_mode):
+                return
+            with os.scandir(idx) as it:
+                if any(e.is_dir(follow_symlinks=False) for e in it):
+                    return
+        except FileNotFoundError:
+            return
+        aside = os.path.join(os.path.dirname(idx), f"ims-index.{self._pid}.{self._random8()}")
+        os.rename(idx, aside)
+        try:
+            try:
+                os.mkdir(idx, 0o700)
+            except FileExistsError:
+                return                      # made meanwhile by a session: a new one, its own
+            os.chmod(idx, stat_mod.S_IMODE(st.st_mode))
+            if self._root_euid:
+                os.lchown(idx, st.st_uid, st.st_gid)
+            for n in os.listdir(aside):
+                os.rename(os.path.join(aside, n), os.path.join(idx, n))
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
 
     def _create_staged(self, user: str, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist,
                        owner, root: str, lock: bool = False) -> None:
