@@ -371,7 +371,8 @@ def test_a_folder_that_holds_subfolders_removed_while_clients_select_it_goes_who
 
 def test_a_folder_made_again_where_its_index_was_left_is_a_new_index_to_every_session(lab, tmp_path):
     """A folder whose mail directory went (removed by hand, lost with a disk) while its
-    index and control files stayed (INDEX= and CONTROL= apart from the mail), made again
+    index and control files stayed (idxctl: INDEX= and CONTROL= apart from the mail; the
+    other layouts lose the index with the mail, and are held to the same), made again
     by a restore with a new UIDVALIDITY: a session that had the old folder selected and
     closed it in the last 10 s (Dovecot keeps that index open and gives it to the next
     SELECT of the same index directory, known by its inode) and a new session that
