@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import os
 import re
 import sys
@@ -107,6 +108,16 @@ def shown(message: str) -> str:
 _depth = 0          # run_command calls in progress (imsplugins run nests a plugin's command)
 
 
+def _resume_gc() -> None:
+    """The garbage collector asm/__init__.py paused while the command's modules loaded
+    runs again, with what they made frozen (never garbage: modules, classes, functions)."""
+    import asm
+    if asm._gc_paused:
+        asm._gc_paused = False
+        gc.freeze()
+        gc.enable()
+
+
 def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a command's ``body(argv)`` and return its exit status; every ``main()`` is this.
 
@@ -128,6 +139,7 @@ def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv:
     global _depth
     outer = _depth == 0
     if outer:
+        _resume_gc()
         closed_streams()
     lossless_output()
     if outer and not utf8_names():
