@@ -78,10 +78,16 @@ def _utf8_mode() -> None:
         pass                            # run_command refuses, with a message saying what to do
 
 
-def _trap_while_starting() -> None:
+def _console_script() -> bool:
+    """Whether this process is one of the console scripts (not a test, a plugin host,
+    ``python -c`` ... importing asm)."""
     main = _sys.modules.get("__main__")
-    if _os.path.basename(getattr(main, "__file__", None) or "") not in _COMMANDS:
-        return                          # imported by a test, a plugin host, python -c ...
+    return _os.path.basename(getattr(main, "__file__", None) or "") in _COMMANDS
+
+
+def _trap_while_starting() -> None:
+    if not _console_script():
+        return
     from asm.errors import EXIT_INTERRUPTED     # (small: errno only; imported now, not in the handler)
     import signal
 
@@ -111,9 +117,8 @@ _gc_paused = False
 
 def _pause_gc_while_starting() -> None:
     global _gc_paused
-    main = _sys.modules.get("__main__")
-    if _os.path.basename(getattr(main, "__file__", None) or "") not in _COMMANDS:
-        return                          # imported by a test, a plugin host, python -c ...
+    if not _console_script():
+        return
     import gc
     if gc.isenabled():
         gc.disable()

@@ -2406,6 +2406,11 @@ class MaildirStore(Store):
                 os.unlink(os.path.join(ctl, KEYWORDS))
         self._write_file(os.path.join(ctl, UIDLIST), ul.render().encode(), owner)
 
+    def _index_aside(self, idx: str) -> str:
+        """A name beside the index directory ``idx`` (INDEX= apart from the mail), on its
+        filesystem, that Dovecot never lists (_STAGED_RE's ``ims-index``)."""
+        return os.path.join(os.path.dirname(idx), f"ims-index.{self._pid}.{self._random8()}")
+
     def _renew_index_dir(self, idx: str | None, d: str, ctl: str) -> None:
         """A folder made where an index directory of its own is there already (INDEX=
         apart from the mail: what a session that had the old folder open wrote there
@@ -2431,7 +2436,7 @@ class MaildirStore(Store):
                     return
         except FileNotFoundError:
             return
-        aside = os.path.join(os.path.dirname(idx), f"ims-index.{self._pid}.{self._random8()}")
+        aside = self._index_aside(idx)
         os.rename(idx, aside)
         try:
             try:
@@ -2618,7 +2623,7 @@ class MaildirStore(Store):
         if in_mail:
             where = self._staged_name(parent, root, "index")
         else:                               # (INDEX= elsewhere: on its filesystem)
-            where = os.path.join(os.path.dirname(idx), f"ims-index.{self._pid}.{self._random8()}")
+            where = self._index_aside(idx)
         try:
             os.mkdir(where, 0o700)
             for n in names:
