@@ -23,7 +23,7 @@ from asm.backupstate import encode_ids, identity
 from asm.errors import EXIT_EMPTY, EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
 from asm.events import Run
 from asm.groups import PREDEFINED, Groups
-from asm.logical import LogicalPath, Target, resolve
+from asm.logical import LogicalPath, Target, is_excluded, resolve
 from asm.store.base import RENAME_RETRIES, MessageGone, NoSuchFolder, NoSuchUser, Store, StoreError, open_stored
 
 
@@ -84,16 +84,6 @@ class BackupResult:
         # fingerprint and every UID's flags, for asm.backupstate
         self.state: list = []
         self.unchanged = 0                  # folders an incremental took from its base unread
-
-
-def is_excluded(folder: str, exclude: list[str]) -> bool:
-    """store.backupexclude names a folder (case-insensitively) and everything below it."""
-    low = folder.lower()
-    for name in exclude:
-        n = name.lower()
-        if low == n or low.startswith(n + "/"):
-            return True
-    return False
 
 
 def left_out(t: Target, folder: str, exclude: list[str]) -> bool:

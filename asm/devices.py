@@ -124,12 +124,12 @@ class _FileDevice(Device):
     owning the device, a bug) is removed when the device is dropped or at exit."""
 
     def __init__(self, spec: str, target: str):
-        import socket
         import tempfile                     # only a plain-file archive needs it (startup time)
+        from asm.locks import hostname
         d = os.path.dirname(os.path.abspath(target))
         # .<name>.<host>.<pid>-<random>.partial: what a killed backup (SIGKILL, a power
         # cut) of this host left for this name is removed by the next one
-        prefix = f".{os.path.basename(target)}.{socket.gethostname()}."
+        prefix = f".{os.path.basename(target)}.{hostname()}."
         _sweep_partials(d, prefix)
         with interrupts_deferred():        # the file exists only together with its remover
             try:

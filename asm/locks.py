@@ -7,6 +7,12 @@ import os
 import time
 
 
+def hostname() -> str:
+    """This host's name, as socket.gethostname() gives it (glibc's gethostname is
+    uname's nodename), without importing socket at every command's start."""
+    return os.uname().nodename
+
+
 def pid_alive(pid: int) -> bool:
     """True unless no process ``pid`` exists on this host (one we may not signal lives)."""
     try:
@@ -97,10 +103,9 @@ def owned_tempdir(prefix: str, parent: str | None = None) -> str:
     host is gone: a run killed outright (SIGKILL, a job timeout, the OOM killer) cannot
     remove its own, and scratch stores or copies left run after run would fill the disk."""
     import shutil
-    import socket
     import tempfile
     parent = parent if parent is not None else tempfile.gettempdir()
-    mine = f"{prefix}{socket.gethostname()}."
+    mine = f"{prefix}{hostname()}."
     try:
         names = [n for n in os.listdir(parent) if n.startswith(mine)]
     except OSError:

@@ -209,3 +209,14 @@ def sorted_targets(by_user: dict, partitions: list) -> list:
     for t in out:
         t.folders.sort(key=lambda f: (f != "INBOX", f))
     return out
+
+
+def is_excluded(folder: str, exclude: list[str]) -> bool:
+    """store.backupexclude names a folder (case-insensitively) and everything below it
+    (here, not in asm.backup, so that a restore starts without the backup's modules)."""
+    low = folder.lower()
+    for name in exclude:
+        n = name.lower()
+        if low == n or low.startswith(n + "/"):
+            return True
+    return False

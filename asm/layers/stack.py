@@ -126,8 +126,10 @@ def open_read(raw, identities=(), record_size: int = 10240):
     ``identities`` is a list of :class:`asm.layers.age.Identity` or a callable giving
     one, called only when an age layer is found (so an identity file that is missing
     or unreadable matters only for encrypted archives).  Raises IdentityNeeded,
-    KeyProblem, LayerUnsupported or LayerDamaged (all OSErrors and DeviceErrors)."""
-    from asm.layers import age, zstd
+    KeyProblem, LayerUnsupported or LayerDamaged (all OSErrors and DeviceErrors).
+
+    A layer's module (and cryptography or zstandard under it) is imported only when that
+    layer is found: a plain archive's restore starts without them."""
     names: list[str] = []
     stack: list = []
     cur = raw
@@ -151,6 +153,7 @@ def open_read(raw, identities=(), record_size: int = 10240):
                                    "read: run 'age -d -i KEY FILE | imsrestore -f - ...'")
         names.append(kind)
         if kind == "age":
+            from asm.layers import age
             ids = identities() if callable(identities) else list(identities)
             if size is not None:
                 cur = age.AgeSeekable(cur, size, ids, record_size if cur is raw else 1 << 16)
@@ -160,6 +163,7 @@ def open_read(raw, identities=(), record_size: int = 10240):
             stack.append(cur)
             continue
         if kind == "zstd":
+            from asm.layers import zstd
             index = zstd.read_seek_table(cur, size) if size is not None else None
             if index is not None:
                 cur = zstd.ZstdSeekable(cur, index)
@@ -252,16 +256,17 @@ class LayeredWriter:
 
     def __init__(self, raw, compress_level: int | None, recipients: list, threads: int = 0,
                  record_size: int = 10240):
-        from asm.layers import age, zstd
         self._sink = _Reblock(raw, record_size)
         self._stages: list = [self._sink]
         top = self._sink
         self.names: list[str] = []
         if recipients:
+            from asm.layers import age
             top = age.AgeWriter(top, recipients)
             self._stages.insert(0, top)
             self.names.insert(0, "age")
         if compress_level is not None:
+            from asm.layers import zstd
             top = zstd.ZstdWriter(top, compress_level, threads)
             self._stages.insert(0, top)
             self.names.insert(0, f"zstd:{compress_level}")

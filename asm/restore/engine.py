@@ -514,7 +514,7 @@ class Restorer:
         whose user or partition it names) was not deleted: the backup could not read
         it.  It is kept as it is, and said so (one line; the status is _name_unread's,
         which names the same mailbox: a chain's earlier links go on to its later archives)."""
-        from asm.backup import is_excluded
+        from asm.logical import is_excluded
         trailer = getattr(self.reader, "trailer", None)
         if not self.gone or trailer is None:
             return

@@ -205,7 +205,7 @@ class Selection:
     def left_out(self, path: str, header: dict) -> str | None:
         """For an unmatched ``path``: the store.backupexclude that left its folder out
         of the backup of ``header`` (as that backup ran with it), or None."""
-        from asm.backup import is_excluded
+        from asm.logical import is_excluded
         exclude = (header.get("options") or {}).get("exclude") or []
         if not isinstance(exclude, list) or not exclude:
             return None
@@ -233,7 +233,7 @@ def unseen_by(header: dict, groups, held_users=None):
     user's mail did not look at that user (one who left its group since, say).  None when
     its scope cannot be read with today's groups (then every folder counts as looked at,
     as before)."""
-    from asm.backup import is_excluded
+    from asm.logical import is_excluded
     from asm.logical import PathError, parse
     scope = header.get("scope") or ["/"]
     exclude = (header.get("options") or {}).get("exclude") or []
