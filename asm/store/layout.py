@@ -1312,12 +1312,44 @@ def userdb_users(socket_path: str, service: str = USERDB_SERVICE,
         sock.close()
 
 
+#: what :func:`from_doveconf` reads of a configuration, in one run of doveconf (each run
+#: parses the whole configuration again: five of them cost every command start 20 ms)
+_LAYOUT_SETTINGS = ("mail_location", "mail_home", "base_dir")
+_LAYOUT_SECTIONS = ("userdb", "namespace")
+
+
+def _doveconf_all(base: list[str], doveconf: str, names=_LAYOUT_SETTINGS + _LAYOUT_SECTIONS
+                  ) -> tuple[dict[str, str], dict[str, str]]:
+    """``doveconf [-c CONF] NAME...`` (default: mail_location mail_home base_dir userdb
+    namespace), split into the settings (name -> value, stripped) and the text of each
+    kind of section (all its top-level ``userdb { }`` sections, as ``doveconf userdb``
+    alone prints them; the same for ``namespace``).  doveconf prints a top-level section
+    from its unindented header line to an unindented ``}``, and a setting as ``name =
+    value``."""
+    text = _doveconf([*base, *names], doveconf)
+    settings: dict[str, str] = {}
+    sections: dict[str, list[str]] = {}
+    block: list[str] | None = None
+    for line in text.splitlines():
+        if block is not None:
+            block.append(line)
+            if line == "}":
+                block = None
+        elif (m := re.match(r"(\w+) =(.*)$", line)):
+            settings[m.group(1)] = m.group(2).strip()
+        elif line.rstrip().endswith("{"):
+            block = sections.setdefault(line.split(None, 1)[0], [])
+            block.append(line)
+    return settings, {k: "\n".join(v) + "\n" for k, v in sections.items()}
+
+
 def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreLayout:
     """The StoreLayout of a Dovecot configuration (``doveconf [-c CONF]``): mail_location,
     or the inbox namespace's own location (see :func:`namespace_location`)."""
     base = ["-c", conf] if conf else []
-    location = _doveconf([*base, "-h", "mail_location"], doveconf).strip()
-    userdbs = _doveconf([*base, "userdb"], doveconf)
+    settings, sections = _doveconf_all(base, doveconf)
+    location = settings.get("mail_location", "")
+    userdbs = sections.get("userdb", "")
     # a userdb's mail= (static args, override_fields, default_fields) replaces
     # mail_location for every login it serves: that is where Dovecot keeps their mail
     mails = list(dict.fromkeys(parse_userdb_field(userdbs, "mail")))
@@ -1328,15 +1360,13 @@ def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreL
             f"set store.mail_location to one of them in each IMS_HOME")
     if mails:
         location = mails[0]
-    location = namespace_location(location, parse_namespaces(_doveconf([*base, "namespace"], doveconf)),
-                                  conf)
+    location = namespace_location(location, parse_namespaces(sections.get("namespace", "")), conf)
     loc = parse_mail_location(location)
     home = None
     if loc.needs_home():
         # a home the userdb returns wins; mail_home is the default for users without one
         homes = parse_userdb_homes(userdbs)
-        home = homes[0] if homes else (
-            _doveconf([*base, "-h", "mail_home"], doveconf).strip() or None)
+        home = homes[0] if homes else (settings.get("mail_home") or None)
         if home is None:
             raise LayoutError(
                 f"mail_location {location!r} uses ~ but no userdb in "
@@ -1344,7 +1374,7 @@ def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreL
                 f"default_fields or override_fields) and mail_home is empty: give the "
                 f"home template explicitly")
     sl = StoreLayout(loc, home)
-    base_dir = _doveconf([*base, "-h", "base_dir"], doveconf).strip()
+    base_dir = settings.get("base_dir", "")
     if base_dir and userdbs_listable(userdbs):
         sl.userdb_socket = os.path.join(base_dir, "auth-userdb")
     return sl

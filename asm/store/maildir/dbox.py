@@ -748,11 +748,11 @@ class DboxStore(MaildirStore):
             return
         import socket
         conf = ["-c", self._dv.conf]
-        base = layout_mod._doveconf([*conf, "-h", "base_dir"], "doveconf").strip()
-        try:
-            name = layout_mod._doveconf([*conf, "-h", "auth_socket_path"], "doveconf").strip()
+        try:                            # one doveconf for both where it knows both
+            settings, _ = layout_mod._doveconf_all(conf, "doveconf", ("base_dir", "auth_socket_path"))
         except layout_mod.LayoutError:
-            name = ""
+            settings, _ = layout_mod._doveconf_all(conf, "doveconf", ("base_dir",))
+        base, name = settings.get("base_dir", ""), settings.get("auth_socket_path", "")
         path = os.path.join(base, name or "auth-userdb")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
