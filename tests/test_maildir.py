@@ -906,3 +906,37 @@ def test_the_uidlist_is_read_in_lines_ended_by_newline_only(tmp_path):
     ul = read_uidlist(str(tmp_path))
     assert ul.records == {1: ("", "a\rb"), 2: ("G1", "c\rd")} and ul.uidnext == 3
     assert read_uidlist_header(str(tmp_path)).uidnext == 3
+
+
+def test_an_index_directory_set_aside_by_a_killed_process_is_removed_by_the_next(tmp_path):
+    """INDEX= apart from the mail: a folder made where its index directory was left gets
+    that directory as a new one, its files moved in through a directory set aside beside
+    it (``ims-index.PID.RANDOM``, MaildirStore._renew_index_dir).  A process killed
+    between those renames leaves the directory aside in the user's index tree; the next
+    one that makes a folder there removes it, and never one of a process that still
+    runs.  The folder made again is whole, with its index directory."""
+    import subprocess
+    o = {"store.mail_location": f"maildir:{tmp_path}/mail/%u:INDEX={tmp_path}/idx/%u:CONTROL={tmp_path}/ctl/%u"}
+    s = make(tmp_path, **o)
+    s.create_user("bob")
+    s.create_folder("bob", "Work", uidvalidity=5)
+    s.append("bob", "Work", io.BytesIO(MSG))
+    idx = tmp_path / "idx" / "bob" / ".Work"
+    idx.mkdir(parents=True)                             # as Dovecot makes it, serving the folder
+    (idx / "dovecot.index.log").write_bytes(b"an index of the folder")
+    p = subprocess.Popen(["true"])
+    p.wait()                                            # a pid that is gone
+    dead = idx.parent / f"ims-index.{p.pid}.0123abcd"
+    live = idx.parent / f"ims-index.{os.getpid()}.89abcdef"
+    for aside in (dead, live):
+        aside.mkdir()
+        (aside / "dovecot.index.log").write_bytes(b"set aside")
+    shutil.rmtree(tmp_path / "mail" / "bob" / ".Work")  # the folder's mail lost, its index left
+    s = make(tmp_path, **o)                             # the next process
+    s.create_folder("bob", "Work", uidvalidity=6)
+    assert not dead.exists()
+    assert (live / "dovecot.index.log").read_bytes() == b"set aside"
+    assert idx.is_dir()
+    assert s.folder("bob", "Work").uidvalidity == 6
+    assert s.messages("bob", "Work") == []
+    assert sorted(n for n in os.listdir(idx.parent) if n.startswith("ims-")) == [live.name]

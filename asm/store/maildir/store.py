@@ -2424,9 +2424,12 @@ class MaildirStore(Store):
         error" to its client (1 run in 40 of test_dovecot_live_folders' subfolder test
         under load).  Left as it is when it holds a directory (LAYOUT=fs: its subfolders'
         indexes), or is the mail or control directory; INBOX's is never looked at (the
-        user's index directory: the mailbox list index, every folder's)."""
+        user's index directory: the mailbox list index, every folder's).  A directory
+        set aside here by a process that is gone (SIGKILL between the renames) is removed
+        first, as :meth:`_clean_staged` removes those beside the mail."""
         if idx is None or idx in (d, ctl):
             return
+        self._clean_staged(os.path.dirname(idx))
         try:
             st = os.lstat(idx)
             if not stat_mod.S_ISDIR(st.st_mode):
