@@ -233,8 +233,7 @@ def unseen_by(header: dict, groups, held_users=None):
     user's mail did not look at that user (one who left its group since, say).  None when
     its scope cannot be read with today's groups (then every folder counts as looked at,
     as before)."""
-    from asm.logical import is_excluded
-    from asm.logical import PathError, parse
+    from asm.logical import PathError, is_excluded, parse
     scope = header.get("scope") or ["/"]
     exclude = (header.get("options") or {}).get("exclude") or []
     if not isinstance(scope, list) or not isinstance(exclude, list):
