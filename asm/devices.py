@@ -125,11 +125,10 @@ class _FileDevice(Device):
 
     def __init__(self, spec: str, target: str):
         import tempfile                     # only a plain-file archive needs it (startup time)
-        from asm.locks import hostname
         d = os.path.dirname(os.path.abspath(target))
         # .<name>.<host>.<pid>-<random>.partial: what a killed backup (SIGKILL, a power
         # cut) of this host left for this name is removed by the next one
-        prefix = f".{os.path.basename(target)}.{hostname()}."
+        prefix = f".{os.path.basename(target)}.{os.uname().nodename}."
         _sweep_partials(d, prefix)
         with interrupts_deferred():        # the file exists only together with its remover
             try:

@@ -7,12 +7,6 @@ import os
 import time
 
 
-def hostname() -> str:
-    """This host's name, as socket.gethostname() gives it (glibc's gethostname is
-    uname's nodename), without importing socket at every command's start."""
-    return os.uname().nodename
-
-
 def pid_alive(pid: int) -> bool:
     """True unless no process ``pid`` exists on this host (one we may not signal lives)."""
     try:
@@ -105,7 +99,7 @@ def owned_tempdir(prefix: str, parent: str | None = None) -> str:
     import shutil
     import tempfile
     parent = parent if parent is not None else tempfile.gettempdir()
-    mine = f"{prefix}{hostname()}."
+    mine = f"{prefix}{os.uname().nodename}."    # (socket.gethostname(): glibc reads uname)
     try:
         names = [n for n in os.listdir(parent) if n.startswith(mine)]
     except OSError:

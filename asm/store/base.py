@@ -821,18 +821,17 @@ def path_sha256(path: str, compressed: str = "", missing=FileNotFoundError) -> s
 
 def this_holder() -> str:
     """This process as a holder of deliveries: ``<pid>@<host>``."""
-    from asm.locks import hostname
-    return f"{os.getpid()}@{hostname()}"
+    return f"{os.getpid()}@{os.uname().nodename}"
 
 
 def holder_gone(holder: str) -> bool:
     """True when ``holder`` names a process of this host that no longer exists, or is
     no holder name at all (an older hold marker's content)."""
-    from asm.locks import hostname, pid_alive
+    from asm.locks import pid_alive
     pid_s, at, host = holder.partition("@")
     if not at or not pid_s.isdigit():
         return True
-    return host == hostname() and not pid_alive(int(pid_s))
+    return host == os.uname().nodename and not pid_alive(int(pid_s))
 
 
 COPY_CHUNK = 1 << 20
