@@ -387,11 +387,11 @@ class Capture:
             return layout.home_template
         if not self.dovecot_config or not os.path.exists(self.dovecot_config):
             return None
-        from asm.store.layout import LayoutError, _doveconf, parse_userdb_homes
+        from asm.store.layout import LayoutError, _doveconf_all, parse_userdb_homes
         try:
-            homes = parse_userdb_homes(_doveconf(["-c", self.dovecot_config, "userdb"], "doveconf"))
-            return homes[0] if homes else (
-                _doveconf(["-c", self.dovecot_config, "-h", "mail_home"], "doveconf").strip() or None)
+            settings, sections = _doveconf_all(["-c", self.dovecot_config], "doveconf", ("mail_home", "userdb"))
+            homes = parse_userdb_homes(sections.get("userdb", ""))
+            return homes[0] if homes else (settings.get("mail_home") or None)
         except (LayoutError, OSError):
             return None
 
