@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import shutil
 import socket
 import sqlite3
@@ -225,9 +226,20 @@ class Capture:
         finally:
             os.unlink(dst)
 
-    def _file(self, member: str, src: str, kind: str, listed: bool = False, **extra) -> dict | None:
+    def _file(self, member: str, src: str, kind: str, listed: bool = False, mail: bool | None = None,
+              **extra) -> dict | None:
+        """``mail``: ``src`` is in a mail directory (default: for kind "indexes"), where a
+        symbolic link is never followed: its user may have made it, and it could name any
+        file on the system.  It is named as not captured."""
+        if mail is None:
+            mail = kind == "indexes"
         try:
-            st = os.stat(src)
+            st = os.lstat(src) if mail else os.stat(src)
+            if mail and stat.S_ISLNK(st.st_mode):
+                self.problems.append(f"{src}: a symbolic link, which imsdr never follows in a mail "
+                                     f"directory (it could name any file on the system); replace it "
+                                     f"with the file it names")
+                return None
             dst = os.path.join(self.tmp, "file")
             shutil.copyfile(src, dst)
         except FileNotFoundError:
@@ -361,7 +373,8 @@ class Capture:
                 for name in MAILDIR_USER:
                     self._control(part, ppath, os.path.join(root, name))
                 dirs = [root] + sorted(os.path.join(root, n) for n in os.listdir(root)
-                                       if n.startswith(".") and os.path.isdir(os.path.join(root, n, "cur")))
+                                       if n.startswith(".") and os.path.isdir(os.path.join(root, n, "cur"))
+                                       and not os.path.islink(os.path.join(root, n)))
                 for d in dirs:
                     for name in MAILDIR_CONTROL:
                         self._control(part, ppath, os.path.join(d, name))
@@ -451,7 +464,8 @@ class Capture:
 
     def _abs(self, path: str, kind: str, login: str) -> None:
         if os.path.isfile(path):
-            self._file(f"dovecot{path}", path, kind, listed=(kind == "indexes"), target=path, login=login)
+            self._file(f"dovecot{path}", path, kind, listed=(kind == "indexes"), mail=True, target=path,
+                       login=login)
 
     def _control(self, part: str, ppath: str, path: str) -> None:
         sub = os.path.relpath(path, ppath)
@@ -486,7 +500,8 @@ class Capture:
                         p = os.path.join(ppath, user, sub)
                         if os.path.isfile(p):
                             rel = os.path.relpath(p, ppath)
-                            self._file(f"partition/{part}/{rel}", p, "keys", partition=part, path=rel)
+                            self._file(f"partition/{part}/{rel}", p, "keys", mail=True, partition=part,
+                                       path=rel)
 
 
 def mail_crypt_key_files(config: str | None) -> list[str]:

@@ -225,6 +225,17 @@ class NameTooLong(BadName):
     makes)."""
 
 
+class LinkInStore(StoreError):
+    """A symbolic link where a mail directory or a control file of a folder should be
+    (docs/operations.md): never followed, by a backup or a restore."""
+
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"{path} is a symbolic link: ims-asm never follows one in a mail directory "
+                         "(it could name any file or directory on the system); replace it with the "
+                         "directory or file it names")
+
+
 class Unlisted:
     """Mail on disk that the store's own lists do not know, so a backup would skip it
     without a word: a user directory the classic mailbox list lacks, a Maildir home

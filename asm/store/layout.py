@@ -632,6 +632,43 @@ class UserLayout:
                 stack.append(sub)
         return sorted(out, key=lambda t: t[1])
 
+    def linked_dirs(self) -> list[tuple[str, str]]:
+        """(name, path) of the symbolic links to directories where a folder's directory
+        could be (Maildir++: ``.Name`` entries of the root; fs: any level of the tree):
+        never followed (:meth:`folders` lists directories only), so a backup must name
+        them.  ``name`` is the folder the link would be, where its name is one."""
+        out = []
+        if self.layout == "maildir++":
+            for entry in _scanlinks(self.root):
+                if entry.startswith(".") and entry not in (".", "..") and not dovecot_trashed(entry):
+                    out.append((self.folder_from_dirname(entry) or entry, os.path.join(self.root, entry)))
+            return out
+        base = self.root + ("/" + self.location.mailboxdir.rstrip("/")
+                            if self.location.mailboxdir else "")
+        skip = {"cur", "new", "tmp", self.location.dirname}
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            here = os.path.join(base, rel) if rel else base
+            for entry in _scanlinks(here):
+                if entry not in skip and not dovecot_trashed(entry):
+                    sub = f"{rel}/{entry}" if rel else entry
+                    out.append((self.folder_from_dirname(self.location.mailboxdir + sub) or sub,
+                                os.path.join(base, sub)))
+            for entry in _scandirs(here):
+                if entry not in skip:
+                    stack.append(f"{rel}/{entry}" if rel else entry)
+        return sorted(out, key=lambda t: t[1])
+
+
+def _scanlinks(path: str) -> list[str]:
+    """The entries of ``path`` that are symbolic links to directories, sorted."""
+    try:
+        with os.scandir(path) as it:
+            return sorted(e.name for e in it if e.is_symlink() and e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
 
 def _scandirs(path: str) -> list[str]:
     try:

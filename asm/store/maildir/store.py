@@ -23,7 +23,7 @@ from asm.lazy import module as _lazy_module
 from asm.locks import pid_alive
 from asm.store.base import (
     BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone, StoreFull,
-    MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, UidPassed,
+    LinkInStore, MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, UidPassed,
     Unlisted, UserExists,
     check_folder_levels, check_folder_name, check_user_level, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
     nonempty_message, open_stored_path, settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
@@ -149,6 +149,41 @@ def check_driver_location(loc: "layout_mod.MailLocation") -> None:
             f"mail_location {loc.text!r}: SUBSCRIPTIONS= is not supported by the maildir "
             f"driver (it reads and writes the file 'subscriptions'): drop the key, after "
             f"renaming each user's {loc.subscriptions} to subscriptions (docs/dovecot.md)")
+
+
+_LINK_WHY = ("it is a symbolic link to a directory, which ims-asm never follows in a mail "
+             "directory (it could name any directory on the system)")
+_LINK_HINT = ("make it a directory of the Maildir (move the mail it names into it), or leave "
+              "the folder out (store.backupexclude)")
+
+
+def _open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that never follows a symbolic link at ``path`` (:class:`LinkInStore`):
+    for the files of a mail directory, which its user may have replaced with one."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LinkInStore(path) from None
+        raise
+
+
+def _nofollow_opener(path: str, flags: int) -> int:
+    return _open_nofollow(path, flags, 0o666)
+
+
+def _link_below(root: str, d: str) -> str | None:
+    """The first level of ``d`` below ``root`` (``d`` itself included) that is a
+    symbolic link, or None.  ``root`` itself, and a ``d`` outside it (INBOX= elsewhere), are
+    the administrator's paths: not looked at."""
+    if not d.startswith(root + "/"):
+        return None
+    p = root
+    for level in d[len(root) + 1:].split("/"):
+        p = f"{p}/{level}"
+        if os.path.islink(p):
+            return p
+    return None
 
 
 class MisplacedLogin(StoreError):
@@ -458,6 +493,8 @@ class MaildirStore(Store):
         self._subs_swept: set = set()              # users whose subscriptions directory was cleaned
                                                    # of dead writers' leftovers (_sweep_subscriptions)
         self._staged_cleaned: set = set()          # parents cleaned of _mkdir_staged leftovers
+        self._no_links: set = set()                # folder directories found free of symbolic
+                                                   # links (_refuse_links)
         self._user_parts: dict[str, str] = {}       # user -> partition (checked on use)
         self._held: dict[tuple[str, str], _Held] = {}
         self._kept_index = _KEPT_INDEX
@@ -603,8 +640,11 @@ class MaildirStore(Store):
         read as folders: a name that is no Maildir++ folder name, or no cur/."""
         if self._layout is not None:
             part = self.user_partition(user)
-            return [Unlisted("folder", part, user, name, path, why, _FOREIGN_HINT)
-                    for name, path, why in self._ul(user).foreign_dirs()]
+            ul = self._ul(user)
+            return sorted([Unlisted("folder", part, user, name, path, why, _FOREIGN_HINT)
+                           for name, path, why in ul.foreign_dirs()]
+                          + [Unlisted("folder", part, user, name, path, _LINK_WHY, _LINK_HINT)
+                             for name, path in ul.linked_dirs()], key=lambda u: u.path)
         root = self._root(user)
         part = self.user_partition(user)
         out = []
@@ -613,8 +653,14 @@ class MaildirStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             return []
         for e in entries:
-            if not e.name.startswith(".") or e.name in (".", "..") or dovecot_trashed(e.name) \
-                    or not e.is_dir(follow_symlinks=False):
+            if not e.name.startswith(".") or e.name in (".", "..") or dovecot_trashed(e.name):
+                continue
+            if e.is_symlink():
+                if e.is_dir():                # a link to a directory: Dovecot would list it
+                    out.append(Unlisted("folder", part, user, self.folder_from_dirname(e.name) or e.name,
+                                        e.path, _LINK_WHY, _LINK_HINT))
+                continue
+            if not e.is_dir(follow_symlinks=False):
                 continue
             logical = self.folder_from_dirname(e.name)
             has_cur = os.path.isdir(os.path.join(e.path, "cur"))
@@ -738,11 +784,32 @@ class MaildirStore(Store):
             # folder, a stat each); not there, the user is looked for as ever
             d = self._folder_dir(user, folder, root)
             if os.path.isdir(os.path.join(d, "cur")):
+                if d not in self._no_links:
+                    self._refuse_links(user, folder, d, root)
                 return d
         d = self._folder_dir(user, folder)
         if not os.path.isdir(os.path.join(d, "cur")):
             raise NoSuchFolder(user, check_folder_name(folder))
+        if d not in self._no_links:
+            self._refuse_links(user, folder, d, self._root(user))
         return d
+
+    def _refuse_links(self, user: str, folder: str, d: str, root: str) -> None:
+        """A folder whose directory (or a level of it below the user's Maildir), cur/,
+        new/, tmp/, control directory, dovecot-uidlist or dovecot-keywords is a symbolic
+        link is neither read nor written (:class:`LinkInStore`): the commands run as root,
+        and a link in a mail directory, which its user may have made, could name any file
+        or directory on the system.  Checked once per folder directory and process."""
+        ctl = self._ctl_idx(user, folder, d)[0]
+        hit = _link_below(root, d)
+        if hit is None:
+            paths = [f"{d}/cur", f"{d}/new", f"{d}/tmp", f"{ctl}/{UIDLIST}", f"{ctl}/{KEYWORDS}"]
+            if ctl != d:
+                paths.insert(0, ctl)
+            hit = next((p for p in paths if os.path.islink(p)), None)
+        if hit is not None:
+            raise LinkInStore(hit)
+        self._no_links.add(d)
 
     # ------------------------------------------------------------------ ownership
     def _owner_for(self, near: str) -> tuple[int, int] | None:
@@ -1346,7 +1413,7 @@ class MaildirStore(Store):
                      and all(c in "0123456789abcdefABCDEF" for c in n[-8:])]
             cur = max(marks, default=0)
             with contextlib.suppress(OSError, ValueError):
-                with open(path, "rb") as f:
+                with open(path, "rb", opener=_nofollow_opener) as f:
                     cur = max(cur, int(f.read(8), 16))
             v = self._new_uidvalidity(cur)
             dst = f"{path}.{v:08x}"
@@ -1656,7 +1723,8 @@ class MaildirStore(Store):
         names = set()
         with os.scandir(root) as it:
             for e in it:
-                if e.name.startswith(".") and e.is_dir():
+                if e.name.startswith(".") and e.is_dir(follow_symlinks=False):
+                    # (a link to a directory is not read: unlisted_folders names it)
                     logical = self.folder_from_dirname(e.name)
                     # (a raw UTF-8 .Privé next to .Priv&AOk-: not read, unlisted_folders names it)
                     if logical and os.path.isdir(os.path.join(e.path, "cur")) and \
@@ -1790,7 +1858,7 @@ class MaildirStore(Store):
         if not self.carries_acl:
             return None
         try:
-            with open(os.path.join(d, ACL_FILE), "rb") as f:
+            with open(os.path.join(d, ACL_FILE), "rb", opener=_nofollow_opener) as f:
                 data = f.read(ACL_MAX_BYTES + 1)
         except FileNotFoundError:
             return ""
@@ -1849,7 +1917,7 @@ class MaildirStore(Store):
                     return False
             else:
                 try:
-                    with open(path, "rb") as f:
+                    with open(path, "rb", opener=_nofollow_opener) as f:
                         if f.read(ACL_MAX_BYTES + 1) == acl.encode("utf-8", "surrogateescape"):
                             return False     # as it is (a chain run again): not rewritten
                 except FileNotFoundError:
@@ -2307,9 +2375,12 @@ class MaildirStore(Store):
         the directory and its control files are in it (nothing to read again)."""
         folder = self.check_new_folder(user, folder)
         d = self._folder_dir(user, folder)
+        root = self._root(user)
+        link = _link_below(root, d)
+        if link is not None:
+            raise LinkInStore(link)       # nothing made through it (_refuse_links)
         if os.path.isdir(os.path.join(d, "cur")):
             raise FolderExists(user, folder)
-        root = self._root(user)
         owner = self._owner_for(root)
         ctl, idx = self._ctl_idx(user, folder, d)
         ul = Uidlist(uidvalidity=uidvalidity or self._folder_uidvalidity(user), uidnext=max(1, uidnext),
@@ -2391,7 +2462,7 @@ class MaildirStore(Store):
         if folder != "INBOX":
             mf = os.path.join(d, "maildirfolder")
             if fresh or not os.path.exists(mf):
-                os.close(os.open(mf, os.O_WRONLY | os.O_CREAT, 0o600))
+                os.close(_open_nofollow(mf, os.O_WRONLY | os.O_CREAT))
             self._own(mf, owner)
         if folder != "INBOX":             # (its index directory: the user's, every folder's)
             self._renew_index_dir(idx, d, ctl)
@@ -2529,7 +2600,7 @@ class MaildirStore(Store):
         d = self._existing_folder_dir(user, folder)
         path = os.path.join(d, f"{RESTORE_MARK}.{mark}")
         if not os.path.exists(path):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.close(_open_nofollow(path, os.O_WRONLY | os.O_CREAT))
             self._own(path, self._owner_for(d))
 
     def restoring_marks(self, user: str, folder: str) -> list[str]:
@@ -3074,7 +3145,7 @@ class MaildirStore(Store):
         :func:`uidlist.append_record`, through a descriptor kept open while the lock is
         held: one write per message); returns the file's size before it."""
         if st.ul_fd is None:
-            fd = os.open(os.path.join(st.ctl, UIDLIST), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            fd = os.open(os.path.join(st.ctl, UIDLIST), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
                 st.ul_size = os.fstat(fd).st_size
             except BaseException:

@@ -3,10 +3,11 @@ subscribed folder per line with TAB between its levels (modified UTF-7); version
 files hold Maildir++ names (``Work.2023``).  Changed under ``subscriptions.lock``."""
 from __future__ import annotations
 
+import errno
 import os
 
 from asm.store import utf7
-from asm.store.base import BadName, check_folder_name
+from asm.store.base import BadName, LinkInStore, check_folder_name
 from asm.store.maildir.names import level_to_disk
 
 SUBSCRIPTIONS = "subscriptions"
@@ -46,10 +47,25 @@ def render(names: list, utf8: bool = False) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+def _nofollow(path, flags):
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _open(path: str):
+    """The file as text, never through a symbolic link (:class:`LinkInStore`: one in a
+    Maildir could name any file on the system)."""
+    try:
+        return open(path, encoding="utf-8", errors="surrogateescape", opener=_nofollow)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LinkInStore(path) from None
+        raise
+
+
 def read(root: str, utf8: bool = False) -> list:
     """The names in ``root``'s subscriptions file ([] when there is none)."""
     try:
-        with open(os.path.join(root, SUBSCRIPTIONS), encoding="utf-8", errors="surrogateescape") as f:
+        with _open(os.path.join(root, SUBSCRIPTIONS)) as f:
             return parse(f.read().split("\n"), utf8)
     except FileNotFoundError:
         return []
@@ -83,7 +99,7 @@ class Cache:
     def _read(self, root: str) -> set:
         path = os.path.join(root, SUBSCRIPTIONS)
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except FileNotFoundError:
             return set()
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -91,7 +107,7 @@ class Cache:
         if hit is not None and hit[0] == key:
             return hit[1]
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            with _open(path) as f:
                 lines = f.read().split("\n")
         except FileNotFoundError:
             return set()
@@ -103,7 +119,7 @@ class Cache:
         """``names`` were just written to ``root``'s file, under its lock (no other writer
         can have replaced it since): kept, so the next :meth:`get` does not read it back."""
         try:
-            st = os.stat(os.path.join(root, SUBSCRIPTIONS))
+            st = os.lstat(os.path.join(root, SUBSCRIPTIONS))
         except FileNotFoundError:
             self._cache.pop(root, None)
             return
