@@ -990,7 +990,7 @@ class MaildirStore(Store):
             fsync = not self.in_batch
         d, base = os.path.split(path)
         tmp = os.path.join(d, f"{base}.{self._pid}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = _open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)   # (a link planted there: named)
         try:
             try:
                 write_all(fd, data)
@@ -1491,7 +1491,7 @@ class MaildirStore(Store):
         self._makedirs(idx, owner)
         path = os.path.join(idx, "dovecot.index.log")
         tmp = f"{path}.{self._pid}.{threading.get_ident()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = _open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)   # (a link planted there: named)
         try:
             try:
                 write_all(fd, hdr)

@@ -132,7 +132,11 @@ class Uidlist:
 def open_uidlist(path: str):
     """The file as text in lines ended by '\n' alone (Dovecot's): a '\r' is part of a
     record's name, never the end of a line (no universal newlines)."""
-    return open(path, encoding="utf-8", errors="surrogateescape", newline="\n")
+    return open(path, encoding="utf-8", errors="surrogateescape", newline="\n", opener=_nofollow)
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)      # a link there is never read through
 
 
 def read_uidlist(folder_dir: str) -> Uidlist | None:
@@ -207,7 +211,7 @@ def append_record(folder_dir: str, uid: int, base: str, ext: str = "") -> int:
     :func:`undo_append`.  A line that could not be written whole is cut off again."""
     path = os.path.join(folder_dir, UIDLIST)
     data = Uidlist.record_line(uid, ext, base).encode("utf-8", "surrogateescape")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)   # (never through a link)
     try:
         before = os.fstat(fd).st_size
         try:
@@ -222,7 +226,7 @@ def append_record(folder_dir: str, uid: int, base: str, ext: str = "") -> int:
 
 def undo_append(folder_dir: str, size: int) -> None:
     """Cut the file back to ``size`` (the last appended record never took effect)."""
-    fd = os.open(os.path.join(folder_dir, UIDLIST), os.O_WRONLY)
+    fd = os.open(os.path.join(folder_dir, UIDLIST), os.O_WRONLY | os.O_NOFOLLOW)
     try:
         os.ftruncate(fd, size)
     finally:
