@@ -210,3 +210,25 @@ def test_the_partition_layout_names_a_linked_folder_and_never_follows_it(tmp_pat
         p = run(home, "imsrestore", *argv)
         assert_named(p, link, EXIT_STORE)
         assert tree(o) == before
+
+
+def test_a_link_planted_at_a_temporary_name_is_never_written_through(tmp_path):
+    """A rewrite's temporary is ``<file>.<pid>.<thread>.tmp``: a name its user can
+    guess.  A link planted there is named, and the file it names keeps its bytes."""
+    import threading
+
+    from asm.store.base import LinkInStore
+    store = open_store(make_home(tmp_path / "ims", "maildir"))
+    store.create_user("joe")
+    root = os.path.join(str(tmp_path / "ims"), "data", "maildir", "primary", "joe", "Maildir")
+    o = outside(tmp_path)
+    before = tree(o)
+    tid = threading.get_ident()
+    planted = [os.path.join(root, f"{n}.{os.getpid()}.{tid}.tmp")
+               for n in ("dovecot-uidvalidity", "subscriptions")]
+    for p in planted:
+        os.symlink(os.path.join(o, "secret"), p)
+    with pytest.raises(LinkInStore) as exc:
+        store.create_folder("joe", "Work", subscribed=True)
+    assert exc.value.path in planted
+    assert tree(o) == before
