@@ -232,3 +232,50 @@ def test_a_link_planted_at_a_temporary_name_is_never_written_through(tmp_path):
         store.create_folder("joe", "Work", subscribed=True)
     assert exc.value.path in planted
     assert tree(o) == before
+
+
+vd = lab_fixture("vdomain", scope="function")
+
+
+def test_a_domain_or_home_moved_behind_a_link_is_backed_up_and_an_alias_once(vd, tmp_path):
+    """The links above the mail directories are the administrator's, and followed: a
+    domain moved to another disk (``other.org -> /disk2/other.org``) and a home moved so
+    are backed up like any; a domain alias (``example.net -> example.com``) is the same
+    mail, backed up once, as the logins whose path has no link."""
+    fill(vd)
+    disk2 = os.path.join(vd.dir, "disk2")
+    os.mkdir(disk2)
+    shutil.move(os.path.join(vd.store, "other.org"), os.path.join(disk2, "other.org"))
+    os.symlink(os.path.join(disk2, "other.org"), os.path.join(vd.store, "other.org"))
+    shutil.move(os.path.join(vd.store, "example.com", "bob"), os.path.join(disk2, "bob"))
+    os.symlink(os.path.join(disk2, "bob"), os.path.join(vd.store, "example.com", "bob"))
+    os.symlink(os.path.join(vd.store, "example.com"), os.path.join(vd.store, "example.net"))
+    want = {u: vd.client_state(u) for u in vd.logins}
+    home = tmp_path / "ims"
+    configure(vd, home)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/")
+    assert p.returncode == 0, p.stderr
+    toc = run(home, "imsrestore", "-t", "-f", a, check=0).stdout.decode()
+    users = {line.split("/")[2] for line in toc.splitlines() if line.startswith("/primary/")}
+    assert users == set(vd.logins)
+    p = run(home, "imsverify", "-f", a, "--against-store")
+    assert p.returncode == 0, p.stderr
+
+    bundle = tmp_path / "dr.tar"
+    run(home, "imsdr", "backup", "-f", bundle, check=0)
+    with tarfile.open(bundle) as t:
+        names = t.getnames()
+    for login in ("alice@other.org", "bob@example.com"):
+        assert any(n.endswith("dovecot-uidlist") and ("other.org/alice" if login.endswith("other.org")
+                                                       else "example.com/bob") in n for n in names), names
+
+    # and it all comes back, to the byte, where the links lead
+    for login in vd.logins:
+        root = os.path.join(vd.store, *reversed(login.split("@")))
+        for entry in os.listdir(root):
+            p = os.path.join(root, entry)
+            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+    run(home, "imsrestore", "-f", a, check=0)
+    assert os.path.islink(os.path.join(vd.store, "other.org"))
+    assert {u: vd.client_state(u) for u in vd.logins} == want

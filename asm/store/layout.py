@@ -661,6 +661,21 @@ class UserLayout:
         return sorted(out, key=lambda t: t[1])
 
 
+def _drop_aliases(found: dict) -> None:
+    """Logins whose mail directory is another found login's, through a symbolic link
+    above the mail (a domain alias, ``example.net -> example.com``): one mail, read once,
+    as the login whose path has no link (else the first by name)."""
+    by_real: dict[str, list] = {}
+    for login, ul in found.items():
+        by_real.setdefault(os.path.realpath(ul.root), []).append(login)
+    for real, logins in by_real.items():
+        if len(logins) > 1:
+            keep = min(logins, key=lambda lg: (os.path.normpath(found[lg].root) != real, lg))
+            for login in logins:
+                if login != keep:
+                    del found[login]
+
+
 def _scanlinks(path: str) -> list[str]:
     """The entries of ``path`` that are symbolic links to directories, sorted."""
     try:
@@ -670,10 +685,14 @@ def _scanlinks(path: str) -> list[str]:
         return []
 
 
-def _scandirs(path: str) -> list[str]:
+def _scandirs(path: str, links: bool = False) -> list[str]:
+    """The directories in ``path``, sorted; ``links``: with the symbolic links to
+    directories (the levels above the mail directories, which are the administrator's:
+    a domain or a home moved to another disk)."""
     try:
         with os.scandir(path) as it:
-            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False)
+                          or (links and e.is_symlink() and e.is_dir()))
     except (FileNotFoundError, NotADirectoryError):
         return []
 
@@ -954,9 +973,10 @@ class StoreLayout:
             top = os.path.normpath(found[login].root).rstrip("/") + "/"
             if any(r.startswith(top) for r in held):
                 del found[login]
-        roots = {os.path.normpath(ul.root) for ul in found.values()}
+        _drop_aliases(found)
+        roots = {os.path.realpath(ul.root) for ul in found.values()}
         for path, login in slashed.items():
-            if os.path.normpath(path) in roots:
+            if os.path.realpath(path) in roots:
                 continue         # another reading of a login found (example.com/alice, no domain)
             # a path level of /primary/USER/FOLDER: no user ID of ims-asm holds '/'
             skipped.append(Skipped(path, f"the mail of the login {login!r}, whose '/' no user "
@@ -1046,7 +1066,7 @@ class StoreLayout:
     def _walk_level(self, prefix: str, head: str, rx, groups, rest: list, caps: dict,
                     short: bool, depth: int) -> Iterator[tuple[str, dict, bool]]:
         base = f"{prefix}/{head}" if head else prefix
-        for entry in _scandirs(base or "/"):
+        for entry in _scandirs(base or "/", links=True):
             value_text = f"{head}/{entry}" if head else entry
             m = rx.fullmatch(value_text)
             if m is None:
