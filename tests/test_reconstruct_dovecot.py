@@ -244,3 +244,27 @@ def test_two_message_files_with_one_base_name_are_both_kept_and_dovecot_agrees(t
         flags = {m.sha256: m.flags for m in got}
         assert "\\Seen" in flags[hashlib.sha256(message("C seen")).hexdigest()]
         assert "\\Flagged" in flags[hashlib.sha256(message("C flagged")).hexdigest()]
+
+
+def test_a_folder_whose_cur_is_gone_with_its_messages_is_named_lost(tmp_path):
+    """A file-level recovery that did not bring a folder's messages back (an INBOX=
+    tree the file backup did not hold), with its uidlist put back from the disaster
+    backup: its lines are lost mail, not expunged (Dovecot never removes cur/), so
+    reconstruct names them and exits 1; a file Dovecot expunged (cur/ there) is a note."""
+    with dovecot_lab("plain") as lab:
+        home = setup(tmp_path, lab)
+        fill(lab)
+        lab.stop()
+        bob = os.path.join(lab.store, "bob", "Maildir")
+        shutil.rmtree(os.path.join(bob, "cur"))
+        shutil.rmtree(os.path.join(bob, "new"))
+        p = run(home, "reconstruct", "-r", "--no-journal", "/primary/bob", check=EXIT_PARTIAL)
+        said = p.stderr.decode()
+        assert "/primary/bob/INBOX" in said and "lost, not expunged" in said, said
+        assert "imsrestore -f ARCHIVE /primary/bob/INBOX" in said, said
+        # a message file gone from a folder whose cur/ is there: Dovecot's expunge, exit 0
+        carol = sorted(glob.glob(os.path.join(lab.store, "carol", "Maildir", "new", "*"))
+                       + glob.glob(os.path.join(lab.store, "carol", "Maildir", "cur", "*")))
+        os.unlink(carol[0])
+        p = run(home, "reconstruct", "-v", "-r", "--no-journal", "/primary/carol", check=0)
+        assert "expunged by Dovecot, or lost" in p.stderr.decode()

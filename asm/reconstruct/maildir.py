@@ -133,6 +133,7 @@ class MaildirReconstructor:
         self.timeout = float(config.get_int("store.locktimeout"))
         self.touched: dict = {}          # user -> home: users whose files this run changed
         self.rewritten: dict = {}        # (user, folder) -> {base: uid} written, checked after resync
+        self._cur_missing = False        # the folder being checked had no cur/ (folder)
 
     def mailbox(self, part: str, user: str, folder: str | None = None) -> str:
         return f"/{part}/{user}" + (f"/{folder}" if folder else "")
@@ -245,6 +246,9 @@ class MaildirReconstructor:
             self.report.add(LOST, mb, f"the folder's directory {d} is missing; restore it from an archive")
             return
         self.report.folders += 1
+        # (Dovecot never removes a folder's cur/: a uidlist listing messages of a folder
+        # without one lost them, it did not expunge them; _check says so)
+        self._cur_missing = not os.path.isdir(os.path.join(d, "cur"))
         for sub in ("cur", "new", "tmp"):
             p = os.path.join(d, sub)
             if not os.path.isdir(p):
@@ -404,7 +408,12 @@ class MaildirReconstructor:
             if base in files:
                 kept[uid] = (ext, base)
         dead = sorted(set(ul.records) - set(kept))
-        if dead:
+        if dead and self._cur_missing:
+            self.report.add(LOST, mb, f"{len(dead)} uidlist lines have no file (UIDs {_uids(dead)}) and the "
+                                      f"folder's cur/ was missing, which Dovecot never removes: its messages "
+                                      f"were lost, not expunged; dropped; restore them from an archive "
+                                      f"(imsrestore -f ARCHIVE {mb})")
+        elif dead:
             self.report.add(NOTE, mb, f"{len(dead)} uidlist lines have no file (UIDs {_uids(dead)}): expunged by "
                                       f"Dovecot, or lost; dropped (if they were not expunged, restore them from "
                                       f"an archive)")
