@@ -233,6 +233,7 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
               {"since": opts.since, "ignore_links": opts.ignore_links})
     plugins.run_start(run)
     t0 = time.monotonic()
+    started = time.time()
     base = opts.base
     res.header = writer.write_header({
         "tool_version": __version__, "host": os.uname().nodename, "driver": store.name,
@@ -276,6 +277,10 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
             implicit = any(lp.user is None and lp.covers_user(t.partition, t.user, groups or Groups())
                            for lp in paths)
             queue = list(t.folders)
+            # a full backup: what came into a folder after it was read, from one read
+            # after it left, is in no folder of the archive (_moved_in names it)
+            watch = {"files": set(), "folders": {}} if opts.base is None and opts.since is None \
+                and type(store).arrivals is not Store.arrivals else None
             done: dict = {}                        # folder -> the UIDVALIDITY read (None: unknown)
             cut: list = []                         # (folder, UIDVALIDITY): gone while read
             for i, f in enumerate(queue):          # (grows while it is walked)
@@ -291,7 +296,7 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                     k += 1
                 n0 = len(res.state)
                 got = _backup_folder(store, uw, t, f, mailbox, opts, res, run, report, progress, readers,
-                                     warm if i < len(t.folders) else None, gone_ok=whole)
+                                     warm if i < len(t.folders) else None, gone_ok=whole, watch=watch)
                 if got == "user gone":
                     user = f"/{t.partition}/{t.user}"
                     if implicit:
@@ -317,6 +322,8 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                     _renamed_meanwhile(store, t, queue, i, done, res)
             else:
                 uw.write()           # (a user whose folders were all left out or failed, as before)
+            if watch is not None and watch["folders"]:
+                _moved_in(store, t, watch, started, res, report)
             for f, uv in cut:
                 # its member is written with the messages read before it went; read again
                 # under its new name (the same UIDVALIDITY), it is in the archive twice
@@ -342,6 +349,51 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                       "links": res.links, "bytes": res.bytes}
         run.errors = [(e["mailbox"], e["error"]) for e in res.errors]
         plugins.run_end(run, status)
+
+
+def _moved_in(store: Store, t: Target, watch: dict, started: float, res: BackupResult, report) -> None:
+    """The messages a client moved, during this full backup, into a folder already read
+    from one not read yet: in neither folder's snapshot, so in no folder of the archive.
+    Each folder read is asked for what came in after its snapshot (:meth:`Store.arrivals`);
+    a file this run read in another folder is there (a move from a folder read before,
+    or a copy), one that came into the store during the run was delivered (the next
+    backup has it, as every delivery during a run); one that was in the store before
+    the run is named (exit 1).  The folders are asked twice, in their order and then
+    the other way: a client moving a message on while they are asked would have to
+    move it past both passes for it to go unnamed."""
+    files = watch["files"]
+    found: dict = {}                     # file (dev, ino) -> (folder, uid) where first seen
+    order = list(watch["folders"].items())
+    for folder, (uidnext, fingerprint) in order + order[::-1]:
+        try:
+            came = store.arrivals(t.user, folder, uidnext, fingerprint)
+        except Exception:  # noqa: BLE001 - a check after the fact: the folder's own read said what was wrong
+            continue
+        for uid, _path, st, born in came:
+            key = (st.st_dev << 64) | st.st_ino
+            # in the store before the run: its name says so, or its time (INTERNALDATE,
+            # kept by a move; whole seconds: a delivery in the run's first second is not)
+            old = (born is not None and born < started) or st.st_mtime < int(started)
+            if old and key not in files and key not in found:
+                found[key] = (folder, uid)
+    by_folder: dict = {}
+    for folder, uid in found.values():
+        by_folder.setdefault(folder, []).append(uid)
+    for folder, _ in order:
+        missed = sorted(by_folder.get(folder, ()))
+        if not missed:
+            continue
+        mailbox = f"/{t.partition}/{t.user}/{folder}"
+        n = len(missed)
+        why = (f"{n} message{'s' if n > 1 else ''} (UID{'s' if n > 1 else ''} {UidSet.of(missed)}) came into "
+               f"this folder during the backup, after it was read, and {'were' if n > 1 else 'was'} in the store "
+               f"before the run but read in no other folder: moved in by a client from a folder read after "
+               f"{'they' if n > 1 else 'it'} left it, {'they are' if n > 1 else 'it is'} in no folder of this "
+               f"archive; the next backup has {'them' if n > 1 else 'it'} (a snapshot closes the window: "
+               f"--snapshot)")
+        res.errors.append({"mailbox": mailbox, "error": why})
+        if report:
+            report(f"error: {mailbox}: {why}")
 
 
 class _UserFirst:
@@ -580,10 +632,12 @@ def _read_folder(store, t: Target, folder: str, mailbox: str, opts: BackupOption
 
 def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
                    res: BackupResult, run: Run, report, progress, readers=None, warm=None,
-                   gone_ok: bool = False) -> str | None:
+                   gone_ok: bool = False, watch: dict | None = None) -> str | None:
     """Read one folder into the archive; "gone" (nothing written, no error) when
     ``gone_ok`` and it no longer exists; "user gone" (no error: the caller says what it
-    means) when its user no longer exists (deleted before or while it was read)."""
+    means) when its user no longer exists (deleted before or while it was read).
+    ``watch``: the user's files read and each folder's UIDNEXT as read, for
+    :func:`_moved_in`."""
     held = None                          # what the base held of this folder
     other: set = set()                   # ... under these UIDs as other messages
     if opts.base is not None and _unchanged_folder(store, writer, t, folder, mailbox, opts, res,
@@ -616,6 +670,8 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             info = snap.info
             held = opts.base.holds(t.user, folder, info.uidvalidity)
             other = _held_as_another(opts.base, t.user, folder, held, snap)
+    if watch is not None:
+        watch["folders"][folder] = (info.uidnext, snap.fingerprint)
     # values the archive cannot hold as the store has them (a time after 9999, a keyword
     # of 2,000 characters): the message archived with the nearest it can, and named
     good: set = set()
@@ -713,6 +769,11 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     finally:
         if ahead is not None:
             ahead.close()
+    if watch is not None:
+        # the files read (not one that vanished before it was: moved away meanwhile, it
+        # is in no folder of the archive unless _moved_in finds it where it went)
+        # (one int per file, not a tuple: a user of 100,000 messages costs about 5 MB)
+        watch["files"].update(((m.dev or 0) << 64) | (m.ino or 0) for m in todo if m.uid not in lost)
     user_gone = any(isinstance(g, NoSuchUser) for g in gone)
     if gone and not gone_ok and not user_gone:
         # named explicitly, and deleted or renamed while it was read

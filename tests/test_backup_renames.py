@@ -134,7 +134,8 @@ def test_mail_no_client_moved_is_in_every_archive_taken_while_clients_work(lab, 
     """Backups of the whole store while every login's client works at random (flags on
     some or all messages, COPY, MOVE, EXPUNGE, APPEND, LMTP): each message that was there
     when the backup began, and that no client expunged or moved until it ended, is in
-    the archive under its UID; every backup exits 0."""
+    the archive under its UID; every backup exits 0, or 1 naming only messages moved
+    past it (tests/test_backup_moves.py)."""
     import random
     import time
     rnd = random.Random(7)
@@ -202,7 +203,12 @@ def test_mail_no_client_moved_is_in_every_archive_taken_while_clients_work(lab, 
             for t in threads:
                 t.join(timeout=60)
         assert not failed, failed
-        assert p.returncode == 0 and ops[0] >= 10, (p.returncode, ops[0], p.stderr[-500:])
+        assert ops[0] >= 10, ops[0]
+        # exit 0; or 1 naming only what a client moved into a folder already read from
+        # one read after it left (in no folder of the archive: tests/test_backup_moves.py)
+        errors = [ln for ln in p.stderr.splitlines() if ln.startswith("imsbackup: could not back up")]
+        assert p.returncode == 0 or (p.returncode == 1 and errors and all(
+            "came into this folder during the backup" in ln for ln in errors)), (p.returncode, p.stderr[-800:])
         got = listed(home, archive)[1]
         assert sorted(kept - got) == [], (r, len(kept - got))
 

@@ -433,6 +433,16 @@ class Store(abc.ABC):
         None.  A driver that cannot tell answers None: the folder is then read again."""
         return None
 
+    def arrivals(self, user: str, folder: str, uidnext: int, fingerprint: list | None = None) -> list:
+        """The messages that came into the folder after a snapshot that gave ``uidnext``
+        (and ``fingerprint``, when it recorded one): ``(uid, path, os.stat_result, born)``
+        of each file under a UID at or above ``uidnext``, ascending; ``born``: when the
+        message first came into the store as far as its name tells (None: it does not).  A full backup asks it
+        of each folder it read once the folder's user is done, to name the messages a
+        client moved in from a folder read after they left it (docs/operations.md).  []
+        when the driver cannot tell."""
+        return []
+
     def readahead(self, user: str, folder: str) -> tuple | None:
         """Where a whole read of the folder (a snapshot, then every message) looks, for
         a full backup's cold-cache read-ahead (asm/backupwarm.py): ``(files, dirs,

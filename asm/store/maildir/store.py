@@ -1847,6 +1847,42 @@ class MaildirStore(Store):
             snap.fingerprint = ["maildir", ul.uidvalidity, ul.uidnext, *fp, info.guid]
         return snap
 
+    def arrivals(self, user: str, folder: str, uidnext: int, fingerprint: list | None = None) -> list:
+        """Dovecot gives a message moved or copied in its UID when it does it (a client's
+        COPYUID names it): the uidlist's records at or above ``uidnext``.  A uidlist whose
+        status is the fingerprint's is not read (one stat)."""
+        try:
+            folder = check_folder_name(folder)
+            d = self._existing_folder_dir(user, folder)
+            ctl = self._ctl_idx(user, folder, d)[0]
+            if fingerprint is not None and len(fingerprint) > 3 and \
+                    stat_part(os.stat(os.path.join(ctl, UIDLIST))) == fingerprint[3]:
+                return []
+            ul = read_uidlist(ctl)
+        except (StoreError, OSError):
+            return []                        # gone, or unreadable: its own backup said so
+        if ul is None or ul.uidnext <= uidnext:
+            return []
+        new = {rec[1]: uid for uid, rec in ul.records.items() if uid >= uidnext}
+        if not new:
+            return []
+        files, _whole = list_messages(d)
+        out = []
+        for base, uid in new.items():
+            hit = files.get(base)
+            if hit is None:
+                continue
+            path = os.path.join(d, *hit)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            # a file Dovecot moved or copied keeps its base name (the message's GUID,
+            # maildir-copy.c) most often, whose time is when the message first came into
+            # the store; a delivery's is the delivery's
+            out.append((uid, path, st, stored_from_name(base)))
+        return sorted(out, key=lambda t: t[0])
+
     # ------------------------------------------------------------------ access control lists
     carries_acl = True
 
