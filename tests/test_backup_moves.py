@@ -84,14 +84,19 @@ def backup_stopped(home, archive, stop: str) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def test_a_message_moved_into_a_folder_already_read_is_named_never_lost_in_silence(lab, tmp_path):
+def filled(lab, tmp_path) -> tuple:
+    """(login, IMS_HOME, the folders in the order a backup reads them) of a filled lab."""
     u = lab.logins[0]
     fill(lab, u)
     home = tmp_path / "ims"
     configure(lab, home)
     first = tmp_path / "first.ims"
     run(home, "imsbackup", "-f", first, "/", check=0)
-    seq = [f for f in order(home, first) if f in FOLDERS]
+    return u, home, [f for f in order(home, first) if f in FOLDERS]
+
+
+def test_a_message_moved_into_a_folder_already_read_is_named_never_lost_in_silence(lab, tmp_path):
+    u, home, seq = filled(lab, tmp_path)
     read, later, last = seq[0], seq[2], seq[3]          # read before the moves; read after them
     start = live(home, u)
 
@@ -136,13 +141,7 @@ def test_a_message_moved_into_a_folder_already_read_is_named_never_lost_in_silen
 def test_moves_that_the_archive_holds_are_no_error(lab, tmp_path):
     """The other directions only: a move from a folder read into one not read yet, a
     copy into a folder read from one read later, a delivery and an append during the run."""
-    u = lab.logins[0]
-    fill(lab, u)
-    home = tmp_path / "ims"
-    configure(lab, home)
-    first = tmp_path / "first.ims"
-    run(home, "imsbackup", "-f", first, "/", check=0)
-    seq = [f for f in order(home, first) if f in FOLDERS]
+    u, home, seq = filled(lab, tmp_path)
     read, later = seq[1], seq[3]
     a = tmp_path / "a.ims"
     p = backup_stopped(home, a, f"{u}/{read}")

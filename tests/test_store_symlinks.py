@@ -85,6 +85,17 @@ def seen(lab, login: str) -> dict:
         return {f: c.folder_state(f, True) for f in ("INBOX", "Work", "Keep")}
 
 
+def backed_up_past(home, tmp_path, path: str, o: str, before: dict):
+    """A backup of the store with the link at ``path``: named, exit 1, no byte from
+    beyond it in the archive, nothing beyond it changed.  Returns the archive."""
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/")
+    assert_named(p, path, EXIT_PARTIAL)
+    assert SECRET not in a.read_bytes()
+    assert tree(o) == before
+    return a
+
+
 def assert_named(p, path: str, status: int) -> None:
     err = p.stderr.decode("utf-8", "replace")
     assert p.returncode == status, err
@@ -112,11 +123,7 @@ def test_a_folder_that_is_a_link_is_named_and_never_followed(lab, tmp_path):
     os.symlink(os.path.join(o, "maildir"), link)
     before = tree(o)
 
-    a = tmp_path / "a.ims"
-    p = run(home, "imsbackup", "-f", a, "/")
-    assert_named(p, link, EXIT_PARTIAL)
-    assert SECRET not in a.read_bytes()
-    assert tree(o) == before
+    a = backed_up_past(home, tmp_path, link, o, before)
     toc = run(home, "imsrestore", "-t", "-f", a, check=0).stdout.decode()
     assert "/Work/" in toc and "/Linked" not in toc          # the rest of the archive is whole
 
@@ -164,12 +171,7 @@ def test_a_control_file_or_mail_directory_that_is_a_link_is_named_and_never_foll
     os.symlink(target, path)
     before = tree(o)
 
-    a = tmp_path / "a.ims"
-    p = run(home, "imsbackup", "-f", a, "/")
-    assert_named(p, path, EXIT_PARTIAL)
-    assert SECRET not in a.read_bytes()
-    assert tree(o) == before
-
+    backed_up_past(home, tmp_path, path, o, before)
     p = run(home, "imsrestore", "-f", full)
     assert_named(p, path, EXIT_STORE)
     assert tree(o) == before
