@@ -47,6 +47,8 @@ def _rows(home) -> dict:
         return {}
     con = sqlite3.connect(path)
     try:
+        if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'restored'").fetchone() is None:
+            return {}        # cut before the journal's first commit made its tables: no rows
         return {(u, f): rest for u, f, *rest in con.execute(
             "SELECT user, folder, archive_id, mirror, running, uidvalidity, uidnext, count, gaps "
             "FROM restored")}
