@@ -106,34 +106,51 @@ def acquire(path: str, timeout: float, what: str, pid: int, hostname: str, chown
         if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES):
             raise Unlocked() from exc
         raise
+    got = False
     try:
         try:
-            data = f"{pid}:{hostname}".encode()
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
-            if chown is not None:
-                chown(fd)
-        finally:
-            os.close(fd)
-        while True:
             try:
-                os.link(tmp, path)
-                return
-            except FileExistsError:
-                pass
-            if stale(path):
-                break_lock(path, hostname)
-                continue
-            if time.monotonic() >= deadline:
-                raise LockTimeout(what, path) from None
-            # short polls: writers release the lock between operations for only
-            # a moment, and a waiter that sleeps long would starve behind them
-            import random               # only while waiting for the lock (startup time)
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.01)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+                data = f"{pid}:{hostname}".encode()
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+                if chown is not None:
+                    chown(fd)
+            finally:
+                os.close(fd)
+            while True:
+                try:
+                    os.link(tmp, path)
+                    got = True
+                    return
+                except FileExistsError:
+                    pass
+                if stale(path):
+                    break_lock(path, hostname)
+                    continue
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(what, path) from None
+                # short polls: writers release the lock between operations for only
+                # a moment, and a waiter that sleeps long would starve behind them
+                import random               # only while waiting for the lock (startup time)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.01)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    except BaseException:
+        # a Ctrl-C once the lock was made (as its temporary is removed): the caller never
+        # learns it holds it, so it goes here.  Kept, it named this live process, and a
+        # dbox restore's doveadm waited for it for ever as the run stopped.
+        if got or _same_file(tmp, path):
+            release(path)
+        raise
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def clean_temps(directory: str, hostname: str) -> None:
@@ -152,9 +169,17 @@ def clean_temps(directory: str, hostname: str) -> None:
 
 def release(path: str) -> None:
     """Remove our lock.  A lock that cannot be removed (the disk failed under it) is
-    left to be judged stale: it names this process, which is about to end."""
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+    left to be judged stale: it names this process, which is about to end.  A Ctrl-C
+    (KeyboardInterrupt) arriving as it is removed does not keep it: the lock goes, then
+    the interrupt goes on.  (Kept, it named this live process, so the doveadm that gives
+    a dbox restore's finished folders back as the run stops waited for it for ever.)"""
+    try:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    except KeyboardInterrupt:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
 
 
 def break_lock(path: str, hostname: str) -> None:
