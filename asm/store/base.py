@@ -236,6 +236,22 @@ class LinkInStore(StoreError):
                          "directory or file it names")
 
 
+def open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that never follows a symbolic link at ``path`` (:class:`LinkInStore`):
+    for the files of a mail directory, which its user may have replaced with one."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LinkInStore(path) from None
+        raise
+
+
+def nofollow_opener(path: str, flags: int) -> int:
+    """``open(..., opener=nofollow_opener)``: :func:`open_nofollow` for ``open``."""
+    return open_nofollow(path, flags, 0o666)
+
+
 class Unlisted:
     """Mail on disk that the store's own lists do not know, so a backup would skip it
     without a word: a user directory the classic mailbox list lacks, a Maildir home

@@ -649,13 +649,13 @@ class UserLayout:
         stack = [""]
         while stack:
             rel = stack.pop()
-            here = os.path.join(base, rel) if rel else base
-            for entry in _scanlinks(here):
+            dirs, links = _scan(os.path.join(base, rel) if rel else base)    # (one read a level)
+            for entry in links:
                 if entry not in skip and not dovecot_trashed(entry):
                     sub = f"{rel}/{entry}" if rel else entry
                     out.append((self.folder_from_dirname(self.location.mailboxdir + sub) or sub,
                                 os.path.join(base, sub)))
-            for entry in _scandirs(here):
+            for entry in dirs:
                 if entry not in skip:
                     stack.append(f"{rel}/{entry}" if rel else entry)
         return sorted(out, key=lambda t: t[1])
@@ -676,25 +676,32 @@ def _drop_aliases(found: dict) -> None:
                     del found[login]
 
 
-def _scanlinks(path: str) -> list[str]:
-    """The entries of ``path`` that are symbolic links to directories, sorted."""
+def _scan(path: str) -> tuple[list[str], list[str]]:
+    """(directories, symbolic links to directories) in ``path``, each sorted."""
+    dirs, links = [], []
     try:
         with os.scandir(path) as it:
-            return sorted(e.name for e in it if e.is_symlink() and e.is_dir())
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    dirs.append(e.name)
+                elif e.is_symlink() and e.is_dir():
+                    links.append(e.name)
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        pass
+    return sorted(dirs), sorted(links)
+
+
+def _scanlinks(path: str) -> list[str]:
+    """The entries of ``path`` that are symbolic links to directories, sorted."""
+    return _scan(path)[1]
 
 
 def _scandirs(path: str, links: bool = False) -> list[str]:
     """The directories in ``path``, sorted; ``links``: with the symbolic links to
     directories (the levels above the mail directories, which are the administrator's:
     a domain or a home moved to another disk)."""
-    try:
-        with os.scandir(path) as it:
-            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False)
-                          or (links and e.is_symlink() and e.is_dir()))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    dirs, linked = _scan(path)
+    return sorted(dirs + linked) if links else dirs
 
 
 def _user_layout(login: str, loc: MailLocation, home: str | None) -> UserLayout:

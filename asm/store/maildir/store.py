@@ -26,7 +26,7 @@ from asm.store.base import (
     LinkInStore, MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, UidPassed,
     Unlisted, UserExists,
     check_folder_levels, check_folder_name, check_user_level, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
-    nonempty_message, open_stored_path, settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
+    nofollow_opener, nonempty_message, open_nofollow, open_stored_path, settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
 from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
@@ -155,21 +155,6 @@ _LINK_WHY = ("it is a symbolic link to a directory, which ims-asm never follows 
              "directory (it could name any directory on the system)")
 _LINK_HINT = ("make it a directory of the Maildir (move the mail it names into it), or leave "
               "the folder out (store.backupexclude)")
-
-
-def _open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
-    """``os.open`` that never follows a symbolic link at ``path`` (:class:`LinkInStore`):
-    for the files of a mail directory, which its user may have replaced with one."""
-    try:
-        return os.open(path, flags | os.O_NOFOLLOW, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise LinkInStore(path) from None
-        raise
-
-
-def _nofollow_opener(path: str, flags: int) -> int:
-    return _open_nofollow(path, flags, 0o666)
 
 
 def _link_below(root: str, d: str) -> str | None:
@@ -990,7 +975,7 @@ class MaildirStore(Store):
             fsync = not self.in_batch
         d, base = os.path.split(path)
         tmp = os.path.join(d, f"{base}.{self._pid}.{threading.get_ident()}.tmp")
-        fd = _open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)   # (a link planted there: named)
+        fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)   # (a link planted there: named)
         try:
             try:
                 write_all(fd, data)
@@ -1413,7 +1398,7 @@ class MaildirStore(Store):
                      and all(c in "0123456789abcdefABCDEF" for c in n[-8:])]
             cur = max(marks, default=0)
             with contextlib.suppress(OSError, ValueError):
-                with open(path, "rb", opener=_nofollow_opener) as f:
+                with open(path, "rb", opener=nofollow_opener) as f:
                     cur = max(cur, int(f.read(8), 16))
             v = self._new_uidvalidity(cur)
             dst = f"{path}.{v:08x}"
@@ -1491,7 +1476,7 @@ class MaildirStore(Store):
         self._makedirs(idx, owner)
         path = os.path.join(idx, "dovecot.index.log")
         tmp = f"{path}.{self._pid}.{threading.get_ident()}.tmp"
-        fd = _open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)   # (a link planted there: named)
+        fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)   # (a link planted there: named)
         try:
             try:
                 write_all(fd, hdr)
@@ -1894,7 +1879,7 @@ class MaildirStore(Store):
         if not self.carries_acl:
             return None
         try:
-            with open(os.path.join(d, ACL_FILE), "rb", opener=_nofollow_opener) as f:
+            with open(os.path.join(d, ACL_FILE), "rb", opener=nofollow_opener) as f:
                 data = f.read(ACL_MAX_BYTES + 1)
         except FileNotFoundError:
             return ""
@@ -1953,7 +1938,7 @@ class MaildirStore(Store):
                     return False
             else:
                 try:
-                    with open(path, "rb", opener=_nofollow_opener) as f:
+                    with open(path, "rb", opener=nofollow_opener) as f:
                         if f.read(ACL_MAX_BYTES + 1) == acl.encode("utf-8", "surrogateescape"):
                             return False     # as it is (a chain run again): not rewritten
                 except FileNotFoundError:
@@ -2498,7 +2483,7 @@ class MaildirStore(Store):
         if folder != "INBOX":
             mf = os.path.join(d, "maildirfolder")
             if fresh or not os.path.exists(mf):
-                os.close(_open_nofollow(mf, os.O_WRONLY | os.O_CREAT))
+                os.close(open_nofollow(mf, os.O_WRONLY | os.O_CREAT))
             self._own(mf, owner)
         if folder != "INBOX":             # (its index directory: the user's, every folder's)
             self._renew_index_dir(idx, d, ctl)
@@ -2636,7 +2621,7 @@ class MaildirStore(Store):
         d = self._existing_folder_dir(user, folder)
         path = os.path.join(d, f"{RESTORE_MARK}.{mark}")
         if not os.path.exists(path):
-            os.close(_open_nofollow(path, os.O_WRONLY | os.O_CREAT))
+            os.close(open_nofollow(path, os.O_WRONLY | os.O_CREAT))
             self._own(path, self._owner_for(d))
 
     def restoring_marks(self, user: str, folder: str) -> list[str]:

@@ -3,11 +3,10 @@ subscribed folder per line with TAB between its levels (modified UTF-7); version
 files hold Maildir++ names (``Work.2023``).  Changed under ``subscriptions.lock``."""
 from __future__ import annotations
 
-import errno
 import os
 
 from asm.store import utf7
-from asm.store.base import BadName, LinkInStore, check_folder_name
+from asm.store.base import BadName, check_folder_name, nofollow_opener
 from asm.store.maildir.names import level_to_disk
 
 SUBSCRIPTIONS = "subscriptions"
@@ -47,19 +46,10 @@ def render(names: list, utf8: bool = False) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def _nofollow(path, flags):
-    return os.open(path, flags | os.O_NOFOLLOW)
-
-
 def _open(path: str):
     """The file as text, never through a symbolic link (:class:`LinkInStore`: one in a
     Maildir could name any file on the system)."""
-    try:
-        return open(path, encoding="utf-8", errors="surrogateescape", opener=_nofollow)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise LinkInStore(path) from None
-        raise
+    return open(path, encoding="utf-8", errors="surrogateescape", opener=nofollow_opener)
 
 
 def read(root: str, utf8: bool = False) -> list:
