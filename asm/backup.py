@@ -371,10 +371,9 @@ def _moved_in(store: Store, t: Target, watch: dict, started: float, res: BackupR
             continue
         for uid, _path, st, born in came:
             key = (st.st_dev << 64) | st.st_ino
-            # in the store before the run: its name says so, or its time (INTERNALDATE,
-            # kept by a move; whole seconds: a delivery in the run's first second is not)
-            old = (born is not None and born < started) or st.st_mtime < int(started)
-            if old and key not in files and key not in found:
+            # in the store before the run, as its GUID's time says (not its INTERNALDATE:
+            # a delivery or an APPEND during the run may carry any)
+            if born is not None and born < started and key not in files and key not in found:
                 found[key] = (folder, uid)
     by_folder: dict = {}
     for folder, uid in found.values():

@@ -453,7 +453,7 @@ class Store(abc.ABC):
         """The messages that came into the folder after a snapshot that gave ``uidnext``
         (and ``fingerprint``, when it recorded one): ``(uid, path, os.stat_result, born)``
         of each file under a UID at or above ``uidnext``, ascending; ``born``: when the
-        message first came into the store as far as its name tells (None: it does not).  A full backup asks it
+        message first came into the store as far as its GUID tells (None: it does not).  A full backup asks it
         of each folder it read once the folder's user is done, to name the messages a
         client moved in from a folder read after they left it (docs/operations.md).  []
         when the driver cannot tell."""

@@ -1848,12 +1848,12 @@ class MaildirStore(Store):
             return []                        # gone, or unreadable: its own backup said so
         if ul is None or ul.uidnext <= uidnext:
             return []
-        new = {rec[1]: uid for uid, rec in ul.records.items() if uid >= uidnext}
+        new = {rec[1]: (uid, rec[0]) for uid, rec in ul.records.items() if uid >= uidnext}
         if not new:
             return []
         files, _whole = list_messages(d)
         out = []
-        for base, uid in new.items():
+        for base, (uid, ext) in new.items():
             hit = files.get(base)
             if hit is None:
                 continue
@@ -1862,10 +1862,11 @@ class MaildirStore(Store):
                 st = os.lstat(path)
             except FileNotFoundError:
                 continue
-            # a file Dovecot moved or copied keeps its base name (the message's GUID,
-            # maildir-copy.c) most often, whose time is when the message first came into
-            # the store; a delivery's is the delivery's
-            out.append((uid, path, st, stored_from_name(base)))
+            # a file Dovecot moved or copied keeps its GUID (maildir-copy.c): as its base
+            # name, or, under a new name, in the record's G field; a GUID that is a Maildir
+            # name tells when the message first came into the store.  A delivery's is the
+            # delivery's, whatever its INTERNALDATE
+            out.append((uid, path, st, stored_from_name(guid_of(ext, base))))
         return sorted(out, key=lambda t: t[0])
 
     # ------------------------------------------------------------------ access control lists
