@@ -942,6 +942,9 @@ def _doveadm_acting_once(tmp_path, lab, match: str, act: str, error: str | None)
 #: a folder each in a loop: mdbox's listing, sdbox's doveadm backup)
 LOG_SEQUENCE = ("Mailbox Tmp2: Failed to lookup mailbox status: Transaction log "
                 "MAIL/mailboxes/Tmp2/dbox-Mails/dovecot.index.log: duplicate transaction log sequence (2)")
+INDEXID = ("Mailbox Tmp2: Failed to lookup mailbox status: Corrupted transaction log file "
+           "MAIL/mailboxes/Tmp2/dbox-Mails/dovecot.index.log seq 2: indexid changed: 1796438667 -> "
+           "1796438668 (sync_offset=0)")
 STAT_GONE = "Mailbox Tmp2: stat(MAIL/mailboxes/Tmp2/dbox-Mails) failed: No such file or directory"
 LOCK_GONE = ("Failed to lock mailbox Tmp2 for dsyncing: file_create_locked(MAIL/mailboxes/Tmp2/dbox-Mails/"
              ".dovecot-box-sync.lock) failed: safe_mkstemp(MAIL/mailboxes/Tmp2/dbox-Mails/"
@@ -949,7 +952,7 @@ LOCK_GONE = ("Failed to lock mailbox Tmp2 for dsyncing: file_create_locked(MAIL/
 
 
 @pytest.mark.parametrize("race", ["folder-deleted", "deleted-under-us", "message-expunged",
-                                  "log-sequence", "stat-gone"])
+                                  "log-sequence", "indexid-changed", "stat-gone"])
 def test_dboxlive_a_client_changing_the_account_while_it_is_listed_fails_no_backup(lab, tmp_path, race):
     """An IMAP client that deletes a folder, or expunges a message, while imsbackup lists
     the dbox account before copying it made doveadm fail ("Mailbox doesn't exist: Tmp2",
@@ -958,7 +961,9 @@ def test_dboxlive_a_client_changing_the_account_while_it_is_listed_fails_no_back
     archive holds what the account holds (the folder or message gone is not in it).
     A folder deleted and made again under doveadm may end it on the folder's index log
     ("duplicate transaction log sequence") or its files gone ("stat(...) failed: No such
-    file or directory"): that login was named as not backed up (exit 1); the same now."""
+    file or directory"), or on a new index's id ("Corrupted transaction log file ...
+    indexid changed", which ended the whole backup with exit 17): that login was named as
+    not backed up (exit 1); the same now."""
     home = tmp_path / "ims"
     configure(lab, home)
     fill(lab)
@@ -972,8 +977,9 @@ def test_dboxlive_a_client_changing_the_account_while_it_is_listed_fails_no_back
         env = _doveadm_acting_once(
             tmp_path, lab, "*\" fetch -u alice \"*", f"DOVEADM expunge -u alice mailbox INBOX uid {uids[-1]}",
             f"doveadm(alice): Error: fetch(guid) failed for box=INBOX uid={uids[-1]}: Message was expunged")
-    elif race in ("log-sequence", "stat-gone"):
-        text = (LOG_SEQUENCE if race == "log-sequence" else STAT_GONE).replace("MAIL", f"{lab.store}/alice")
+    elif race in ("log-sequence", "indexid-changed", "stat-gone"):
+        text = {"log-sequence": LOG_SEQUENCE, "indexid-changed": INDEXID,
+                "stat-gone": STAT_GONE}[race].replace("MAIL", f"{lab.store}/alice")
         env = _doveadm_acting_once(
             tmp_path, lab, "*\" mailbox status -u alice \"*", "DOVEADM mailbox delete -u alice Tmp2",
             f"doveadm(alice): Error: {text}")
@@ -1186,7 +1192,7 @@ def test_dboxlive_a_backup_while_clients_make_and_delete_folders_has_every_stabl
     assert after == want
 
 
-@pytest.mark.parametrize("race", ["log-sequence", "stat-gone", "lock-gone"])
+@pytest.mark.parametrize("race", ["log-sequence", "indexid-changed", "stat-gone", "lock-gone"])
 def test_dboxlive_a_folder_made_again_while_the_account_is_copied_is_copied_again(lab, tmp_path, race):
     """A folder deleted (and made again) while doveadm backup copies the whole login may
     end dsync not on its desync warning but on the folder's index log ("Can't sync
@@ -1204,6 +1210,8 @@ def test_dboxlive_a_folder_made_again_while_the_account_is_copied_is_copied_agai
         c.append("Tmp2", message("soon gone"))
     text = {"log-sequence": LOG_SEQUENCE.replace("Mailbox Tmp2: Failed to lookup mailbox status:",
                                                  "Can't sync mailbox Tmp2:"),
+            "indexid-changed": INDEXID.replace("Mailbox Tmp2: Failed to lookup mailbox status:",
+                                               "Can't sync mailbox Tmp2:"),
             "stat-gone": STAT_GONE, "lock-gone": LOCK_GONE}[race].replace("MAIL", f"{lab.store}/alice")
     env = _doveadm_acting_once(tmp_path, lab, "*\" backup -u alice maildir:\"*",
                                "DOVEADM mailbox delete -u alice Tmp2", f"dsync(alice): Error: {text}")

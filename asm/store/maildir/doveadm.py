@@ -30,10 +30,14 @@ _DESYNC = re.compile(r"Mailbox changes caused a desync\.[^\n]*")
 #: to lock mailbox Tmp0 for dsyncing: file_create_locked(...) failed: ... No such file or
 #: directory", "... Temporary file ... was unexpectedly deleted") or on the new folder's
 #: index log ("Mailbox Tmp2: ... Transaction log .../dovecot.index.log: duplicate
-#: transaction log sequence (2)"), sdbox and mdbox alike (Dovecot 2.3.19, 3 clients doing so)
+#: transaction log sequence (2)", "Mailbox Tmp1: Failed to lookup mailbox status: Corrupted
+#: transaction log file .../dovecot.index.log seq 2: indexid changed: X -> Y"), sdbox and
+#: mdbox alike (Dovecot 2.3.19, 3 clients doing so).  A folder really damaged so fails
+#: every time: after LISTING_TRIES the login is named, as before
 _RACE = re.compile(r"Mailbox doesn't exist|Mailbox was deleted under us|Message was expunged"
                    r"|[Mm]ailbox [^\n]*(?:failed: No such file or directory|was unexpectedly deleted)"
-                   r"|[Mm]ailbox [^\n]*Transaction log [^\n]*: duplicate transaction log sequence")
+                   r"|[Mm]ailbox [^\n]*Transaction log [^\n]*: duplicate transaction log sequence"
+                   r"|[Mm]ailbox [^\n]*Corrupted transaction log file [^\n]*: indexid changed")
 
 
 class DoveadmRace(StoreError):
