@@ -277,16 +277,19 @@ def test_a_dbox_store_with_the_sites_namespace_is_backed_up_and_restored(shaped_
         assert lab.client_state(u) == before[u]
 
 
+@pytest.mark.parametrize("dovecot", ["running", "stopped"])
 @pytest.mark.parametrize("shaped_lab,override", [("plain", "mail"), ("home", "home")],
                          ids=["userdb-mail", "userdb-home"], indirect=["shaped_lab"])
 def test_a_login_the_userdb_keeps_elsewhere_is_named_and_the_backup_exits_1(shaped_lab, override,
-                                                                             tmp_path):
+                                                                             dovecot, tmp_path):
     """A userdb may give one login its own mail= (passwd-file userdb_mail=) or, with
     mail_location maildir:~/Maildir, a home= apart from the home template: Dovecot keeps
     that login's mail there, outside the tree store.mail_location's template describes.
     The backup names the login and where its mail is, and exits 1 (partial), never 0; a
     userdb field that puts a login exactly where the template does changes nothing.
-    (Before, imsbackup / exited 0 and carol's 3 messages were in no archive.)"""
+    (Before, imsbackup / exited 0 and carol's 3 messages were in no archive.)
+    The same with Dovecot stopped (a cold backup): its userdbs' passwd-files are read
+    (before, nothing could be asked, and the backup exited 0 without carol)."""
     lab = shaped_lab
     elsewhere = os.path.join(lab.dir, "elsewhere")
     os.makedirs(elsewhere)
@@ -308,6 +311,8 @@ def test_a_login_the_userdb_keeps_elsewhere_is_named_and_the_backup_exits_1(shap
     home = tmp_path / "ims"
     configure(lab, home)
     a = tmp_path / "a.ims"
+    if dovecot == "stopped":
+        lab.stop()
     p = run(home, "imsbackup", "-f", a, "/", check=1, text=True)
     err = [line for line in p.stderr.splitlines() if "carol" in line]
     assert len(err) == 1 and f"{elsewhere}/carol/Maildir" in err[0], p.stderr
@@ -315,6 +320,8 @@ def test_a_login_the_userdb_keeps_elsewhere_is_named_and_the_backup_exits_1(shap
     listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
     assert "/primary/alice/INBOX/1\t" in listing and "/primary/bob/INBOX/1\t" in listing, listing
     assert "/primary/carol/" not in listing
+    if dovecot == "stopped":
+        lab.start()
     # the administrator's answer the message gives: an IMS_HOME of its own whose
     # store.mail_location is carol's location backs her up, and restores her there
     before = lab.client_state("carol")
@@ -325,6 +332,35 @@ def test_a_login_the_userdb_keeps_elsewhere_is_named_and_the_backup_exits_1(shap
     shutil.rmtree(os.path.join(elsewhere, "carol", "Maildir"))
     run(home2, "imsrestore", "-f", a2, check=0)
     assert lab.client_state("carol") == before
+
+
+def test_with_dovecot_stopped_an_sql_userdb_that_cannot_be_asked_is_named_and_the_backup_exits_1(tmp_path):
+    """Dovecot stopped, its userdb in SQL: nobody can say which logins it gives their
+    own mail= or home=, so nobody can say the backup holds all the store's mail.  The
+    backup still saves every login it finds, names what it could not ask and why, and
+    exits 1 (it exited 0).  A restore from that archive brings back what it holds and
+    says the same (exit 1): the archive cannot say it has all the store's mail."""
+    conf = tmp_path / "dovecot.conf"
+    mail = tmp_path / "mail"
+    conf.write_text(f"base_dir = {tmp_path}/run\nmail_location = maildir:{mail}/%u/Maildir\n"
+                    f"userdb {{\n  driver = sql\n  args = {tmp_path}/sql.conf\n}}\n")
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(mail / "alice" / "Maildir" / sub)
+    (mail / "alice" / "Maildir" / "new" / "1700000000.M1P1.host").write_bytes(message("hi"))
+    home = tmp_path / "ims"
+    make_home(home, "maildir", **{"dovecot.config": str(conf), "store.mail_location": "doveconf"})
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=1, text=True)
+    assert f"Dovecot's auth service does not answer ({tmp_path}/run/auth-userdb)" in p.stderr, p.stderr
+    assert "sql userdb can only be asked through Dovecot's auth service" in p.stderr, p.stderr
+    assert "start Dovecot and run the command again" in p.stderr and "Traceback" not in p.stderr
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    assert "/primary/alice/INBOX/1\t" in listing, listing
+    shutil.rmtree(mail / "alice")
+    p = run(home, "imsrestore", "-f", a, check=1, text=True)
+    assert "/primary: the backup that made this archive could not read it" in p.stderr, p.stderr
+    assert "sql userdb can only be asked" in p.stderr, p.stderr
+    assert [f.read_bytes() for f in (mail / "alice" / "Maildir" / "cur").iterdir()] == [message("hi")]
 
 
 @pytest.mark.parametrize("shaped_lab,fmt", [

@@ -298,6 +298,53 @@ userdb {
     assert parse_userdb_field(text, "mail") == ["maildir:~/Mail2"]
 
 
+def _userdb(driver: str, args: str = "", default: str = "", override: str = "") -> str:
+    """One ``userdb { }`` section as ``doveconf userdb`` prints it."""
+    return (f"userdb {{\n  args = {args}\n  default_fields = {default}\n  driver = {driver}\n"
+            f"  override_fields = {override}\n  result_success = return-ok\n}}\n")
+
+
+def test_userdb_from_files_reads_passwd_files_as_dovecots_auth_does(tmp_path):
+    """With Dovecot stopped, the logins a listing would give and the home and mail a
+    lookup would return, from the passwd-files themselves: only userdb_ extra fields
+    (the rest of the line after the 7th ':', colons and all), the home field, default
+    fields under them, override fields over them; comments, passdb-only lines and
+    uid 0 are no login; the first userdb that knows a login answers for it (a static
+    one knows everybody)."""
+    users = tmp_path / "users"
+    users.write_text(
+        "# a comment:x:1:1::/nowhere::userdb_mail=maildir:/no\n"
+        "alice:{PLAIN}pw::::::\n"
+        "bob:{PLAIN}pw:1000:1000::/srv/bob::userdb_mail=maildir:~/Mail:INDEX=/idx/%u mail=passdb-only\n"
+        "passonly:{PLAIN}pw\n"
+        "root:x:0:0::/root::\n"
+        "carol:x:::::: userdb_home=/else/%n nice=10\n")
+    text = _userdb("passwd-file", f"username_format=%u {users}", default="uid=vmail home=/m/%u")
+    got, why = L.userdb_from_files(text)
+    assert why == ""
+    assert got == {"alice": {"uid": "vmail", "home": "/m/alice"},
+                   "bob": {"uid": "vmail", "home": "/srv/bob", "mail": "maildir:~/Mail:INDEX=/idx/bob"},
+                   "carol": {"uid": "vmail", "home": "/else/carol"}}
+    over = _userdb("passwd-file", str(users), override="home=/forced/%u")
+    got, _ = L.userdb_from_files(over)
+    assert {u: f["home"] for u, f in got.items()} == {u: f"/forced/{u}" for u in ("alice", "bob", "carol")}
+    # a static userdb first answers every lookup; one after only for logins no file has
+    static = _userdb("static", "uid=vmail home=/st/%u mail=maildir:/st/%u/M")
+    got, _ = L.userdb_from_files(static + text)
+    assert got["bob"] == {"uid": "vmail", "home": "/st/bob", "mail": "maildir:/st/bob/M"}
+    got, _ = L.userdb_from_files(text + static)
+    assert got["bob"]["home"] == "/srv/bob" and set(got) == {"alice", "bob", "carol"}
+    # a passwd-file with a %variable path lists nobody, as in Dovecot
+    assert L.userdb_from_files(_userdb("passwd-file", "/etc/%d/passwd") + text)[0].keys() == got.keys()
+
+
+def test_userdb_from_files_says_what_it_cannot_read(tmp_path):
+    got, why = L.userdb_from_files(_userdb("sql", "/etc/dovecot/sql.conf"))
+    assert got is None and "sql userdb can only be asked through Dovecot" in why
+    got, why = L.userdb_from_files(_userdb("passwd-file", str(tmp_path / "missing")))
+    assert got is None and f"cannot read the userdb passwd-file {tmp_path}/missing" in why
+
+
 def test_from_doveconf_takes_the_userdbs_mail_or_refuses_two(tmp_path):
     """A userdb's mail= for every login (static args, default_fields) replaces
     mail_location, as in Dovecot; two userdbs with different mail= are refused."""

@@ -33,7 +33,7 @@ from asm.reconstruct import LOST, NOTE, REPAIRED, UNKNOWN, Report
 from asm.reconstruct import uid_list as _uids
 from asm.reconstruct.dovecot import Dovecot
 from asm.reconstruct.knowledge import Knowledge
-from asm.store.base import check_folder_name, compression_of, path_sha256, write_all
+from asm.store.base import StoreError, check_folder_name, compression_of, path_sha256, write_all
 from asm.store.maildir.names import SIZE_RE
 from asm.store.maildir.store import BASE_OK, record_fields, sizes_match
 from asm.store.maildir.uidlist import open_uidlist
@@ -144,7 +144,12 @@ class MaildirReconstructor:
         for part in self.store.partitions():
             users = self.store.users(part)
             n += len(users)
-            for u in self.store.unlisted_users(part):
+            try:
+                unlisted = self.store.unlisted_users(part)
+            except StoreError as exc:         # (Dovecot stopped, an sql userdb: who is elsewhere)
+                self.report.add(UNKNOWN, f"/{part}", str(exc))
+                unlisted = []
+            for u in unlisted:
                 self.report.add(UNKNOWN, self.mailbox(part, u.user),
                                 f"{u.path}: {u.why}; the maildir driver reads <partition>/<user>/Maildir: "
                                 f"move the mail there by hand")

@@ -816,6 +816,9 @@ class StoreLayout:
     #: the running Dovecot's auth-userdb socket (set by :func:`from_doveconf`): where
     #: :func:`userdb_users` asks which logins exist and where their mail is
     userdb_socket: str | None = None
+    #: the ``userdb { }`` sections of that Dovecot's configuration: what
+    #: :func:`userdb_from_files` reads when the socket does not answer
+    userdb_text: str = ""
 
     def __init__(self, location: MailLocation | str, home_template: str | None = None):
         self.location = (parse_mail_location(location) if isinstance(location, str)
@@ -1376,6 +1379,100 @@ def userdb_users(socket_path: str, service: str = USERDB_SERVICE,
         sock.close()
 
 
+def userdb_from_files(text: str) -> tuple[dict[str, dict[str, str]] | None, str]:
+    """What :func:`userdb_users` gets from the running Dovecot, read from the userdbs'
+    own files when Dovecot is not running (a cold backup, a restore before Dovecot is
+    started again): every login the ``userdb { }`` sections ``text`` list, with the
+    ``home`` and ``mail`` a lookup returns.  As Dovecot's auth does (userdb-passwd-file.c,
+    2.3): a passwd-file of a fixed path lists the names of its lines with a uid field
+    (not ``#`` comments, not passdb-only lines); a lookup takes the first userdb that
+    knows the login (a static one knows everybody), its home field, its ``userdb_``
+    extra fields, under its ``override_fields`` and over its ``default_fields``; a
+    login whose uid is 0 is unknown.  The system ``passwd`` userdb is read with pwd.
+    ``(None, why)`` when a userdb that lists its logins keeps them where only Dovecot's
+    auth can ask (sql, ldap, lua, dict, ...), or its file cannot be read."""
+    sections = _userdb_sections(text)
+    files: list[dict[str, tuple[str, list[str]]] | None] = []
+    listed: list[str] = []
+    for fields in sections:
+        driver = fields.get("driver", "")
+        args = fields.get("args", "")
+        if driver == "passwd-file" and not _passwd_file_has_variables(args):
+            path = args.partition(" ")[2] if args.startswith("username_format=") else args
+            try:
+                entries = _read_passwd_file(path.strip())
+            except OSError as exc:
+                return None, f"cannot read the userdb passwd-file {path.strip()}: {exc.strerror or exc}"
+            files.append(entries)
+            listed += entries
+        elif driver == "passwd":
+            import pwd
+            entries = {pw.pw_name: (pw.pw_dir, []) for pw in pwd.getpwall() if pw.pw_uid != 0}
+            files.append(entries)
+            listed += entries
+        elif driver in _UNLISTABLE_USERDBS or driver == "passwd-file":
+            files.append(None)
+        else:
+            return None, f"the {driver or 'unnamed'} userdb can only be asked through Dovecot's auth service"
+    users: dict[str, dict[str, str]] = {}
+    for login in dict.fromkeys(listed):
+        for fields, entries in zip(sections, files):
+            driver = fields.get("driver", "")
+            if driver == "static":
+                got = _field_words(fields.get("args", ""))
+            elif entries is not None and login in entries:
+                home, extra = entries[login]
+                got = {"home": home} if home else {}
+                for word in extra:
+                    if word.startswith("userdb_"):
+                        k, _, v = word[7:].partition("=")
+                        got[k] = v
+            else:
+                continue
+            result = {**_field_words(fields.get("default_fields", "")), **got,
+                      **_field_words(fields.get("override_fields", ""))}
+            for key in ("home", "mail"):
+                if key in result:
+                    try:
+                        result[key] = expand(result[key], login, result.get("home") if key == "mail" else None,
+                                             what=f"the userdb's {key}")
+                    except LayoutError:
+                        pass              # a %variable ims-asm does not know: as written
+            users[login] = result
+            break
+    return users, ""
+
+
+def _field_words(text: str) -> dict[str, str]:
+    """{key: value} of a userdb's ``args``/``default_fields``/``override_fields``."""
+    out = {}
+    for word in text.split():
+        k, eq, v = word.partition("=")
+        if eq:
+            out[k] = v
+    return out
+
+
+def _read_passwd_file(path: str) -> dict[str, tuple[str, list[str]]]:
+    """{name: (its home field, its extra fields)} of the lines of a passwd-file that a
+    userdb lists (db-passwd-file.c): a uid field present and not 0; ``#`` comments and
+    lines of a name and password only skipped; the extra fields are the rest of the
+    line after the seventh ':', split at spaces."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+            if not line or line[0] in ":#":
+                continue
+            parts = line.split(":", 7)
+            if len(parts) < 3 or parts[2].strip() == "0":
+                continue
+            home = parts[5] if len(parts) > 5 else ""
+            extra = parts[7].split() if len(parts) > 7 else []
+            out.setdefault(parts[0], (home, extra))
+    return out
+
+
 #: what :func:`from_doveconf` reads of a configuration, in one run of doveconf (each run
 #: parses the whole configuration again: five of them cost 20 ms of CPU at every start of
 #: a command on a store with store.mail_location = doveconf)
@@ -1442,4 +1539,5 @@ def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreL
     base_dir = settings.get("base_dir", "")
     if base_dir and userdbs_listable(userdbs):
         sl.userdb_socket = os.path.join(base_dir, "auth-userdb")
+        sl.userdb_text = userdbs
     return sl

@@ -124,9 +124,9 @@ def open_layout(config: Config, dbox: bool = False) -> "layout_mod.StoreLayout |
     if text == "doveconf":
         sl = layout_mod.from_doveconf(config.get("dovecot.config"))
         if home:
-            socket = sl.userdb_socket
+            socket, userdbs = sl.userdb_socket, sl.userdb_text
             sl = layout_mod.StoreLayout(sl.location, home)
-            sl.userdb_socket = socket
+            sl.userdb_socket, sl.userdb_text = socket, userdbs
     else:
         sl = layout_mod.StoreLayout(text, home)
     loc = sl.location
@@ -186,9 +186,15 @@ def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary
     """The logins the running Dovecot's userdb keeps apart from the layout's template
     (their own ``mail=`` or ``home=``) and that have mail there, as Unlisted users: they
     are in no backup (``everyone``: also those without mail yet).  Asked once per layout,
-    only when the layout came from ``doveconf`` and Dovecot's auth-userdb socket answers
-    (see docs/dovecot.md)."""
-    return [u for has_mail, u in _misplaced(layout, partition).values() if everyone or has_mail]
+    only when the layout came from ``doveconf``: of Dovecot's auth-userdb socket, else
+    (Dovecot stopped) of the userdbs' passwd-files; StoreError (without ``everyone``)
+    when neither can be read (an sql or ldap userdb with Dovecot stopped): a backup
+    names that, it cannot say its scope is whole (see docs/dovecot.md)."""
+    got = [u for has_mail, u in _misplaced(layout, partition).values() if everyone or has_mail]
+    why = getattr(layout, "_userdb_unread", None)
+    if why is not None and not everyone:
+        raise StoreError(why)
+    return got
 
 
 def record_fields(base: str, guid: str | None, uidl: str | None, order: int | None) -> str:
@@ -235,6 +241,16 @@ def _misplaced(layout: "layout_mod.StoreLayout", partition: str = "primary") -> 
         got = {}
         if layout.userdb_socket:
             users = layout_mod.userdb_users(layout.userdb_socket)
+            if users is None:
+                # Dovecot is not running: its userdbs' own files say the same
+                users, why = layout_mod.userdb_from_files(layout.userdb_text)
+                if users is None:
+                    layout._userdb_unread = (
+                        f"Dovecot's auth service does not answer ({layout.userdb_socket}) and {why}, "
+                        f"so a login whose userdb entry gives it its own mail= or home= cannot be "
+                        f"found; start Dovecot and run the command again")
+                else:
+                    users = (users, True)
             if users is not None:
                 with_mail = {m.login for m in layout.misplaced(users[0])}
                 got = {m.login: (m.login in with_mail, Unlisted("user", partition, m.login, None, m.path,
