@@ -356,6 +356,13 @@ def test_with_dovecot_stopped_an_sql_userdb_that_cannot_be_asked_is_named_and_th
     assert "start Dovecot and run the command again" in p.stderr and "Traceback" not in p.stderr
     listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
     assert "/primary/alice/INBOX/1\t" in listing, listing
+    # imsdr backup says the same, and still captures the store's files
+    p = run(home, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=1, text=True)
+    assert "sql userdb can only be asked through Dovecot's auth service" in p.stderr, p.stderr
+    assert "none of the store's index and control files" not in p.stderr, p.stderr
+    items = json.loads(run(home, "imsdr", "show", "--json", "-f", tmp_path / "dr.tar", check=0,
+                           text=True).stdout)["items"]
+    assert [i for i in items if i.get("login") == "alice"], items
     shutil.rmtree(mail / "alice")
     p = run(home, "imsrestore", "-f", a, check=1, text=True)
     assert "/primary: the backup that made this archive could not read it" in p.stderr, p.stderr
@@ -409,7 +416,8 @@ def _named(stderr: str, login: str) -> list[str]:
 
 
 @shaped(LabLayout("userdb-moved-dr", PLAIN_LOC, "{store}/%u", ("alice", "carol")))
-def test_imsdr_names_a_login_the_userdb_keeps_elsewhere_as_imsbackup_does(shaped_lab, tmp_path):
+@pytest.mark.parametrize("dovecot", ["running", "stopped"])
+def test_imsdr_names_a_login_the_userdb_keeps_elsewhere_as_imsbackup_does(shaped_lab, dovecot, tmp_path):
     """imsdr backup walks store.mail_location's template as imsbackup does: a login the
     userdb gives its own mail= is named, in imsbackup's words (where its mail is, and the
     directory left at the template's place that is not its mail any more), with
@@ -417,7 +425,9 @@ def test_imsdr_names_a_login_the_userdb_keeps_elsewhere_as_imsbackup_does(shaped
     backup taken before the move never puts carol's files back at the template's place
     (restore and -n name her, exit 1), and restores the others.  (Before, imsdr backup
     exited 0 with carol's 9 stale index files captured and her moved mail in no bundle,
-    and imsdr restore --only indexes wrote them under mail/carol, exit 0.)"""
+    and imsdr restore --only indexes wrote them under mail/carol, exit 0.)  The restore
+    the same with Dovecot stopped, as the runbook has it: the userdb's passwd-files are
+    read (before, carol's files went back under mail/carol, exit 0)."""
     lab = shaped_lab
     for u in lab.logins:
         lab.deliver([u], message(f"for {u}"))
@@ -448,6 +458,8 @@ def test_imsdr_names_a_login_the_userdb_keeps_elsewhere_as_imsbackup_does(shaped
     # the bundle of before the move: carol's files are not put where Dovecot no longer looks
     for u in lab.logins:
         shutil.rmtree(os.path.join(lab.store, u))
+    if dovecot == "stopped":
+        lab.stop()
     for dry in (True, False):
         p = run(home, "imsdr", "restore", "--only", "indexes", "-f", before, *(["-n"] if dry else []),
                 check=1, text=True)

@@ -413,10 +413,14 @@ class Capture:
         (a login the running Dovecot's userdb gives its own ``mail=``/``home=``: what is
         left at the template's place, and where its mail really is): none of it is captured."""
         from asm.store.base import StoreError
-        from asm.store.maildir.store import MaildirStore
+        from asm.store.maildir.store import MaildirStore, UserdbUnread
         store = MaildirStore(self.config, create=False, layout=layout)
         try:
             found = store.unlisted_users("primary")
+        except UserdbUnread as exc:
+            # (the files are still captured: only who the userdb keeps elsewhere is unknown)
+            self.problems.append(f"/primary: {exc}")
+            return
         except (StoreError, OSError) as exc:
             # a tree not there (a disk not mounted): the rest is still worth capturing
             self.problems.append(f"/primary: {getattr(exc, 'strerror', None) or exc}; none of the store's "

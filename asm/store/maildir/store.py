@@ -176,6 +176,11 @@ class MisplacedLogin(StoreError):
     template: reading or writing it at the template's place would be the wrong mail."""
 
 
+class UserdbUnread(StoreError):
+    """Dovecot is not running and its userdb can only be asked through it (sql, ldap):
+    which logins it keeps apart from the template (their own mail=/home=) is not known."""
+
+
 MISPLACED_HINT = ("give this login an IMS_HOME of its own whose store.mail_location is that "
                   "location (it backs the login up and restores it there), or move its mail "
                   "where the template puts it (docs/dovecot.md)")
@@ -193,7 +198,7 @@ def misplaced_logins(layout: "layout_mod.StoreLayout", partition: str = "primary
     got = [u for has_mail, u in _misplaced(layout, partition).values() if everyone or has_mail]
     why = getattr(layout, "_userdb_unread", None)
     if why is not None and not everyone:
-        raise StoreError(why)
+        raise UserdbUnread(why)
     return got
 
 
