@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 from asm.store import utf7
-from tests.dovecot_lab import lab_fixture
+from tests.dovecot_lab import lab_fixture, message
 from tests.helpers import run
 from tests.test_dovecot_layouts import configure, fill, wipe
 
@@ -92,6 +93,8 @@ def test_imsdr_and_reconstruct_follow_the_layout(lab, tmp_path):
     for u in lab.logins:
         assert lab.client_state(u) == before[u], u
     assert open(attrs).read().endswith("0123\n")
+    # the proof the runbook asks for before clients are let in: the store is the archive
+    run(home, "imsverify", "-f", full, "--against-store", "--exact", check=0)
 
     # a lost uidlist where the layout keeps it: reconstruct gives the UIDs back
     u = lab.logins[0]
@@ -104,6 +107,14 @@ def test_imsdr_and_reconstruct_follow_the_layout(lab, tmp_path):
     assert "dovecot-uidlist is missing" in res.stdout + res.stderr
     lab.start()
     assert lab.client_state(u) == before[u]
+    run(home, "imsverify", "-f", full, "--against-store", "--exact", check=0)
+    # mail Dovecot delivers after the restore is no longer the archive's store
+    lab.deliver([u], message("after the restore"))
+    p = run(home, "imsverify", "-v", "-f", full, "--against-store", "--exact", text=True)
+    assert p.returncode == 19 and re.search(
+        rf"exact: /primary/{re.escape(u)}/INBOX: message \d+ is there after the restore but not "
+        rf"in the archive", p.stderr), p.stderr
+    run(home, "imsverify", "-f", full, "--against-store", check=0)       # a change since, plainly
 
 
 

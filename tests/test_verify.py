@@ -775,6 +775,57 @@ def test_cumulative_incrementals_of_one_full_verify_as_the_chain_a_restore_takes
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_against_store_exact_proves_a_restored_store_and_names_every_difference(tmp_path, driver):
+    """After a disaster restore, before clients are let in, the administrator proves the
+    store is the archives: --against-store --exact exits 0 on the store the chain was just
+    restored into, and 19 naming the folder and message for any difference a client
+    would see -- mail plain --against-store counts as "since the backup" (a new
+    message, one expunged, other flags) included, and a UIDNEXT, a subscription, a
+    message's bytes, a folder more.  (Before, imsverify had no way to say a restored
+    store equals its archives: --against-store exited 0 with mail missing or added.)"""
+    _home, _store, full, incr = _chain(tmp_path, driver)
+    home = str(tmp_path / "restored")
+    store = open_store(make_home(home, driver))
+    run(home, "imsrestore", "-f", full, "-f", incr, check=EXIT_OK)
+    p = run(home, "imsverify", "-f", full, "-f", incr, "--against-store", "--exact", check=EXIT_OK, text=True)
+    n = sum(len(store.messages(u, f.name)) for u in ("joe", "ann") for f in store.folders(u))
+    assert f"live store: {n} messages compared, exactly as the archives hold them" in p.stdout, p.stdout
+    joe = store.messages("joe", "INBOX")
+    ann = store.messages("ann", "INBOX")
+    changes = [
+        ("new mail", lambda: put(store, "ann", "INBOX", 999),
+         f"/primary/ann/INBOX: message {ann[-1].uid + 1} is there after the restore but not in the archive"),
+        ("expunge", lambda: store.expunge("joe", "INBOX", [joe[1].uid]),
+         f"/primary/joe/INBOX: message {joe[1].uid} was not restored"),
+        ("flags", lambda: store.set_flags("joe", "INBOX", joe[0].uid, ["\\Draft"], []),
+         f"/primary/joe/INBOX: message {joe[0].uid} has flags"),
+        ("uidnext", lambda: store.set_folder("ann", "Work/2023",
+                                             uidnext=store.folder("ann", "Work/2023").uidnext + 5),
+         "/primary/ann/Work/2023: UIDNEXT is"),
+        ("subscription", lambda: store.set_folder("joe", "Work/2023", subscribed=False),
+         "/primary/joe/Work/2023: subscription is False after the restore, True in the archive"),
+        ("folder", lambda: put(store, "joe", "New", 998),
+         "/primary/joe/New is there after the restore but not in the archive"),
+    ]
+    for what, change, line in changes:
+        change()
+        p = run(home, "imsverify", "-v", "-f", full, "-f", incr, "--against-store", "--exact", text=True)
+        assert p.returncode == EXIT_DIFFERS and f"imsverify: exact: {line}" in p.stderr, (what, p.stderr)
+    # the same store, as a live store checked daily: those are changes since, not problems
+    run(home, "imsverify", "-f", full, "-f", incr, "--against-store", check=EXIT_OK)
+    # bytes: a message file rewritten in place
+    m = store.messages("ann", "INBOX")[0]
+    with open(m.path, "r+b") as f:
+        f.write(b"X")
+    p = run(home, "imsverify", "-v", "-f", full, "-f", incr, "--against-store", "--exact", text=True)
+    assert p.returncode == EXIT_DIFFERS and f"/primary/ann/INBOX: message {m.uid} came back with other bytes" \
+        in p.stderr, p.stderr
+    p = run(home, "imsverify", "-f", full, "--exact", text=True)
+    assert p.returncode == 2 and "--exact compares the store with the archives: give --against-store too" \
+        in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_restore_test_names_every_difference(tmp_path, driver):
     """The comparison behind --restore-test: a scratch store that differs from the
     archive in any way a client would see is named (exit 19's reason)."""

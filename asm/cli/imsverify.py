@@ -1,6 +1,6 @@
 """imsverify: prove that archives restore.
 
-    imsverify -f device [-f device ...] [-b N] [--against-store] [--restore-test [--scratch DIR]
+    imsverify -f device [-f device ...] [-b N] [--against-store [--exact]] [--restore-test [--scratch DIR]
               [--keep-scratch]] [--report FILE] [-v]
 """
 from __future__ import annotations
@@ -33,6 +33,10 @@ def build_parser() -> ArgParser:
     p.add_argument("--against-store", action="store_true",
                    help="compare with the live store of IMS_HOME: mail it had when the backup started that "
                         "the archives lack, and what changed since (mail, flags, folders, ACLs)")
+    p.add_argument("--exact", action="store_true",
+                   help="with --against-store: the store was just restored from these archives and must "
+                        "equal them (UIDs, bytes, flags, folders, UIDVALIDITY, UIDNEXT, subscriptions); "
+                        "any difference, mail since included, is a problem")
     p.add_argument("--restore-test", action="store_true",
                    help="restore into a scratch installation, compare it with the archives, remove it")
     p.add_argument("--scratch", metavar="DIR", help="where the scratch installation is made (default $TMPDIR)")
@@ -165,6 +169,8 @@ def _verify(args, report) -> int:
     if args.restore_test and "-" in args.devices:
         raise UsageError("--restore-test reads each archive twice (check, then restore): give a file, "
                          "not stdin")
+    if args.exact and not args.against_store:
+        raise UsageError("--exact compares the store with the archives: give --against-store too")
     if args.scratch and not os.path.isdir(args.scratch):
         raise UsageError(f"--scratch {args.scratch}: no such directory")
     from_dirs = [d for d in args.devices if d != "-" and os.path.isdir(d)]
@@ -275,7 +281,7 @@ def _verify(args, report) -> int:
                 warn(PROG, f"the scratch installation is kept: IMS_HOME={rt.home}")
     if args.against_store and views_to_use:
         from asm.backup import check_not_emptied, unlisted_errors
-        from asm.verify.compare import RecordedGroups, compare_live, live_targets
+        from asm.verify.compare import RecordedGroups, compare_exact, compare_live, live_targets
         named = {e["mailbox"] for c in checks for e in getattr(c, "backup_errors", ())}
         for v in views_to_use:
             # (the scope is the archive's, not the command line's: a user or folder deleted
@@ -288,7 +294,7 @@ def _verify(args, report) -> int:
                 for line in gone:
                     warn(PROG, line)
             exclude = (v.archives[-1].header.get("options") or {}).get("exclude") or []
-            cmp = compare_live(v, inst.store, targets, exclude)
+            cmp = (compare_exact if args.exact else compare_live)(v, inst.store, targets, exclude)
             problems.extend(cmp.problems)
             if args.verbose:
                 for line in cmp.notes:
@@ -314,7 +320,8 @@ def _verify(args, report) -> int:
         for mailbox, why in store_only:
             warn(PROG, f"restore test: {mailbox} compared through the store only, not over IMAP ({why})")
     line = _summary(checks, views, problems, status, tested if args.restore_test else None,
-                    (compared, changes) if args.against_store else None, time.monotonic() - t0, served)
+                    (compared, changes) if args.against_store else None, time.monotonic() - t0, served,
+                    exact=args.exact)
     if status == EXIT_OK:
         print(f"{PROG}: {line}")
     else:
@@ -327,7 +334,8 @@ def _verify(args, report) -> int:
                   restore_test=({"messages_compared": tested, "imap": "dovecot" in served,
                                  "not_over_imap": [w for w in served if w != "dovecot"]}
                                 if args.restore_test else None),
-                  against_store=({"messages_compared": compared, **changes} if args.against_store else None))
+                  against_store=({"messages_compared": compared, **changes, "exact": args.exact}
+                                 if args.against_store else None))
     return status
 
 
@@ -369,7 +377,7 @@ def _archive_info(c) -> dict:
             "intact": c.intact, "counts": c.counts, "problems": len(c.problems)}
 
 
-def _summary(checks, views, problems, status, tested, live, seconds, served=()) -> str:
+def _summary(checks, views, problems, status, tested, live, seconds, served=(), exact=False) -> str:
     t = _totals(checks)
     s = (f"{t['archives']} archive{'s' if t['archives'] != 1 else ''}"
          + (f" ({len(views)} chain{'s' if len(views) != 1 else ''})" if t["archives"] > 1 else "")
@@ -380,7 +388,9 @@ def _summary(checks, views, problems, status, tested, live, seconds, served=()) 
         s += f"; {len(partial)} chain{'s' if len(partial) > 1 else ''} without {'their' if len(partial) > 1 else 'its'} full archive (what came before not checked)"
     if tested is not None:
         s += f"; restore test: {tested} messages compared" + (" (and over IMAP)" if "dovecot" in served else "")
-    if live is not None:
+    if live is not None and exact:
+        s += f"; live store: {live[0]} messages compared, exactly as the archives hold them"
+    elif live is not None:
         compared, ch = live
         s += (f"; live store: {compared} messages compared, since the backup {ch.get('new', 0)} new, "
               f"{ch.get('expunged', 0)} expunged, {ch.get('flags', 0)} with other flags")

@@ -54,51 +54,79 @@ def _flags(m) -> tuple:
     return tuple(sorted(m.flags)), tuple(sorted(m.keywords))
 
 
-def compare_restored(view: ChainView, store: Store) -> Comparison:
+def compare_restored(view: ChainView, store: Store, have: dict | None = None,
+                     label: str = "restore test") -> Comparison:
     """The scratch store a test restore wrote against the chain's view: the same
-    folders (UIDVALIDITY, UIDNEXT, subscription), the same UIDs, and each message's
-    bytes, flags, keywords and INTERNALDATE."""
+    folders (UIDVALIDITY, UIDNEXT, subscription, ACL), the same UIDs, and each message's
+    bytes, flags, keywords and INTERNALDATE; nothing else.  ``have``: the store's
+    folders to compare ((partition, user, folder) -> FolderInfo; default all of them);
+    ``label`` starts each line."""
     out = Comparison()
-    have = _store_folders(store)
+    if have is None:
+        have = _store_folders(store)
+    else:
+        have = dict(have)
     for key, rec in view.folders.items():
         f = have.pop(key, None)
         if f is None:
-            out.add(f"restore test: {rec.mailbox} was not restored")
+            out.add(f"{label}: {rec.mailbox} was not restored")
             continue
         for what, want, got in (("UIDVALIDITY", rec.uidvalidity, f.uidvalidity),
                                 ("UIDNEXT", rec.uidnext, f.uidnext),
                                 ("subscription", rec.subscribed, f.subscribed)):
             if want != got:
-                out.add(f"restore test: {rec.mailbox}: {what} is {got} after the restore, {want} in the archive")
+                out.add(f"{label}: {rec.mailbox}: {what} is {got} after the restore, {want} in the archive")
         if rec.acl is not None:
             got_acl = store.acl(rec.user, rec.name)
             if got_acl is not None and got_acl != rec.acl:
-                out.add(f"restore test: {rec.mailbox}: its access control list is {_acl_words(got_acl)} after "
+                out.add(f"{label}: {rec.mailbox}: its access control list is {_acl_words(got_acl)} after "
                         f"the restore, {_acl_words(rec.acl)} in the archive")
         msgs = {m.uid: m for m in store.messages(rec.user, rec.name)}
         for uid, (sha, flags, keywords, idate, size) in rec.messages.items():
             m = msgs.pop(uid, None)
             if m is None:
-                out.add(f"restore test: {rec.mailbox}: message {uid} was not restored")
+                out.add(f"{label}: {rec.mailbox}: message {uid} was not restored")
                 continue
             out.compared += 1
             got = stored_sha256(m, missing=OSError)
             if got != sha:
-                out.add(f"restore test: {rec.mailbox}: message {uid} came back with other bytes "
+                out.add(f"{label}: {rec.mailbox}: message {uid} came back with other bytes "
                         f"(SHA-256 {got or 'unreadable'}, {sha} in the archive)")
             if _flags(m) != (flags, keywords):
-                out.add(f"restore test: {rec.mailbox}: message {uid} has flags {' '.join(_flags(m)[0] + _flags(m)[1])!r}"
+                out.add(f"{label}: {rec.mailbox}: message {uid} has flags {' '.join(_flags(m)[0] + _flags(m)[1])!r}"
                         f" after the restore, {' '.join(flags + keywords)!r} in the archive")
             if int(m.internaldate) != idate:
-                out.add(f"restore test: {rec.mailbox}: message {uid} has INTERNALDATE {int(m.internaldate)} "
+                out.add(f"{label}: {rec.mailbox}: message {uid} has INTERNALDATE {int(m.internaldate)} "
                         f"after the restore, {idate} in the archive")
         for uid in sorted(msgs):
-            out.add(f"restore test: {rec.mailbox}: message {uid} is there after the restore but not in the archive")
+            out.add(f"{label}: {rec.mailbox}: message {uid} is there after the restore but not in the archive")
     for (part, user, name), f in sorted(have.items()):
         if name == "INBOX" and not store.messages(user, name):
             continue            # a user's INBOX is made with the user
-        out.add(f"restore test: /{part}/{user}/{name} is there after the restore but not in the archive")
+        out.add(f"{label}: /{part}/{user}/{name} is there after the restore but not in the archive")
     return out
+
+
+def compare_exact(view: ChainView, store: Store, targets: list, exclude=None) -> Comparison:
+    """``--against-store --exact``: the live store, just restored from the chain,
+    against the chain as a restore test's scratch store is (:func:`compare_restored`):
+    every archived folder there with its UIDVALIDITY, UIDNEXT, subscription and ACL,
+    every message with its UID, bytes, flags, keywords and INTERNALDATE, and nothing
+    more in the folders of the scope (``targets``, :func:`live_targets`; a folder
+    store.backupexclude keeps out is not looked at).  Any difference is a problem: the
+    proof that a restore brought the store back as the archives hold it, before
+    clients and deliveries are let in."""
+    from asm.backup import left_out
+    have = {}
+    for t in targets:
+        for name in t.folders:
+            if exclude and left_out(t, name, exclude):
+                continue
+            try:
+                have[(t.partition, t.user, name)] = store.folder(t.user, name)
+            except StoreError:
+                continue          # gone since it was listed: "was not restored" if archived
+    return compare_restored(view, store, have, label="exact")
 
 
 def _renamed_from(view: ChainView, store: Store, t, name: str, uidvalidity: int, taken: dict):
