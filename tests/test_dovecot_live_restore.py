@@ -454,3 +454,39 @@ def test_a_reference_file_completing_a_merge_gives_new_uids_clients_will_fetch(l
         assert [m["uid"] for m in c.fetch_meta("5:*")] == [5, 6]     # what a client that had UIDNEXT 5 fetches
     assert sorted(got) == [3, 4, 5, 6] and (got[5], got[6]) == (old[1], old[2]), sorted(got)
     assert ", 2 with new UIDs," in p.stderr and json.loads(report.read_text())["counts"]["renumbered"] == 2
+
+
+def test_a_delivery_into_the_emptied_store_before_the_restore_is_named_not_silent(lab, tmp_path):
+    """The store emptied for a restore, deliveries not held: LMTP makes alice's INBOX
+    again (Dovecot's own UIDVALIDITY) before the restore reaches it.  The restore merges
+    the archived INBOX into it -- every message back, none with its archived UID -- and
+    exited 0 without a word.  It still exits 0 (the mail is all there), but names the
+    folder on stderr with both UIDVALIDITYs; the folders Dovecot did not make again keep
+    their UIDs and are not named."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    for i in range(4):
+        lab.deliver(["alice"], message(f"before {i}"))
+    with lab.imap("alice") as c:
+        c.create("Work")
+        c.append("Work", message("work"), [r"\Seen"])
+    before = lab.client_state("alice")
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/primary/alice", check=0)
+    lab.stop()
+    shutil.rmtree(os.path.join(lab.store, "alice"))
+    lab.start()
+    time.sleep(1.1)                        # Dovecot's UIDVALIDITY is a time in seconds
+    lab.deliver(["alice"], message("while the store was empty"))
+    p = run(home, "imsrestore", "-f", a, check=0, text=True)
+    notes = [ln for ln in p.stderr.splitlines() if "new UIDs" in ln]
+    assert len(notes) == 1 and notes[0].startswith(
+        "imsrestore: note: /primary/alice/INBOX: its 4 archived messages were added with new UIDs: "
+        "the folder there has UIDVALIDITY "), p.stderr
+    after = lab.client_state("alice")
+    assert strip_guid(after.folders["Work"]) == strip_guid(before.folders["Work"])
+    inbox = after.folders["INBOX"]
+    assert inbox.uidvalidity != before.folders["INBOX"].uidvalidity
+    assert f"the archived one {before.folders['INBOX'].uidvalidity} " in notes[0], notes[0]
+    assert sorted(m.sha256 for m in inbox.messages) == sorted(
+        [m.sha256 for m in before.folders["INBOX"].messages] + [inbox.messages[0].sha256])

@@ -1159,3 +1159,40 @@ def test_a_restore_brings_back_each_expunged_copy_of_a_message_held_more_than_on
     store.expunge("joe", "INBOX", rnd.sample(uids, rnd.randrange(1, len(uids))))
     run(ims_home, "imsrestore", "-f", full, "-f", incr, check=0)
     assert _held(store, "joe", "INBOX") == archived
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_restore_into_a_folder_made_again_names_it_with_new_uids(tmp_path, driver):
+    """A folder found under its own name with another UIDVALIDITY (deleted and made again
+    since the backup, or made by a delivery into a store emptied for a restore) takes
+    every archived message with a new UID: clients that cached it fetch it all again.
+    The restore exited 0 without a word (only -v's count "N with new UIDs").  It still
+    exits 0 -- every message is there, a merge is what the rules say -- but names each
+    such folder, its count and both UIDVALIDITYs, on stderr and in --report; a folder
+    merged into under its own UIDVALIDITY, whose messages keep their UIDs, is not named."""
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, driver))
+    for i in range(5):
+        put(store, "joe", "Work", i)
+        put(store, "joe", "INBOX", 10 + i)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    old = store.folder("joe", "Work").uidvalidity
+    store.delete_folder("joe", "Work")
+    time.sleep(1.1)                                 # a UIDVALIDITY is a time in seconds
+    put(store, "joe", "Work", 99)
+    new = store.folder("joe", "Work").uidvalidity
+    assert new != old
+    store.expunge("joe", "INBOX", [m.uid for m in store.messages("joe", "INBOX")][:2])
+    report = tmp_path / "r.json"
+    p = run(home, "imsrestore", "-f", a, "--report", report, check=0, text=True)
+    notes = [ln for ln in p.stderr.splitlines() if "new UIDs" in ln]
+    assert notes == [f"imsrestore: note: /primary/joe/Work: its 5 archived messages were added with new UIDs: "
+                     f"the folder there has UIDVALIDITY {new}, the archived one {old} (made again since the "
+                     f"backup, or by a delivery while the store was empty: hold deliveries during a restore, "
+                     f"docs/dovecot.md); clients that cached the archived folder fetch its mail again"], p.stderr
+    assert json.loads(report.read_text())["new_uids"] == [
+        {"mailbox": "/primary/joe/Work", "messages": 5, "uidvalidity": new, "archived_uidvalidity": old}]
+    assert len(store.messages("joe", "Work")) == 6 and len(store.messages("joe", "INBOX")) == 5
+    p = run(home, "imsrestore", "-f", a, "--report", report, check=0, text=True)
+    assert "new UIDs" not in p.stderr and json.loads(report.read_text())["new_uids"] == []

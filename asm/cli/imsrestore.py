@@ -453,6 +453,24 @@ def _chain(args, rep) -> int:
     return status
 
 
+def merged_lines(merged: list, most: int = 10) -> list[str]:
+    """A note for each folder restored into another folder of its name (another
+    UIDVALIDITY: made again since the backup, or by a delivery into an emptied store
+    while the restore ran): its messages are all there, but with new UIDs, so clients
+    that cached the archived folder fetch it again.  Not an error (a merge into the
+    live folder is what was asked), but never silent: a disaster restore that wanted the
+    archived UIDs learns why it did not get them.  At most ``most`` lines, then a count."""
+    out = [f"note: {mailbox}: its {n} archived message{'s' if n != 1 else ''} were added with new UIDs: "
+           f"the folder there has UIDVALIDITY {have}, the archived one {want} (made again since the "
+           f"backup, or by a delivery while the store was empty: hold deliveries during a restore, "
+           f"docs/dovecot.md); clients that cached the archived folder fetch its mail again"
+           for mailbox, n, have, want in merged[:most]]
+    if len(merged) > most:
+        out.append(f"note: {len(merged) - most} more folders were restored so, with new UIDs (--report names "
+                   f"each)")
+    return out
+
+
 def acl_note(acl_users: dict) -> str:
     """The one line after a restore that gave folders their archived access control
     lists (or removed one): Dovecot lists a folder shared with others from its
@@ -615,6 +633,8 @@ def _one(args, rep) -> int:
                hostile=res.hostile, corrupt=res.corrupt, incomplete=res.incomplete,
                unmatched=list(res.unmatched), pending=len(res.pending),
                unread=[mailbox for mailbox, _why in res.unread],
+               new_uids=[{"mailbox": mb, "messages": n, "uidvalidity": have, "archived_uidvalidity": want}
+                         for mb, n, have, want in res.merged],
                restore_seconds=round(res.seconds, 3))
     for e in res.errors:
         if e.get("status") != EXIT_NOSPACE:        # a full disk is said once, below
@@ -624,6 +644,8 @@ def _one(args, rep) -> int:
     for mailbox, why in res.unread:
         if mailbox not in res.unmatched:           # (said with the path, below)
             warn(PROG, unread_line(mailbox, why))
+    for line in merged_lines(res.merged):
+        warn(PROG, line)
     if args.verbose or sys.stderr.isatty():
         print(f"{PROG}: {res.users} users, {res.folders} folders, {res.messages} messages, {res.links} links, "
               f"{res.duplicates} already there, {res.renumbered} with new UIDs, {res.expunged} expunged, "

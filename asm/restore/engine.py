@@ -1015,6 +1015,12 @@ class Restorer:
                     f"before this run; those archived messages got new UIDs (a client never fetches a "
                     f"UID below the UIDNEXT it was given), every other message kept its own"),
                     EXIT_PARTIAL)
+            if complete and plan.mode == "merge" and plan.renumbered and info.uidvalidity != \
+                    plan.archive_uidvalidity and (plan.user, plan.folder) == (plan.src_user, plan.src_folder):
+                # its own name, but another folder there (made again since the backup, or by
+                # a delivery into the emptied store): every message a new UID, which the
+                # command names (a client that cached the archived folder fetches it again)
+                self.res.merged.append((mailbox, plan.renumbered, info.uidvalidity, plan.archive_uidvalidity))
             if complete:
                 # the folder mirrors the archive when it was created or continued from it
                 # (or was a mirror of it already) and every message kept its UID: only

@@ -72,6 +72,9 @@ class RestoreResult:
     user_paths: dict = field(default_factory=dict)   # unmatched /P/GROUP path -> the archived user GROUP's path
     unread: list = field(default_factory=list)       # (mailbox, why): the archive's backup could not read it
     kept: list = field(default_factory=list)         # (mailbox, line): not listed, unread by the backup: kept
+    merged: list = field(default_factory=list)       # (mailbox, messages given new UIDs, the folder's
+                                                     # UIDVALIDITY, the archived one): its own folder
+                                                     # found there as another (made again, or by a delivery)
     out_of_order: list = field(default_factory=list)  # folders refused: chain applied out of order
     seconds: float = 0.0
     held: list = field(default_factory=list)         # users whose deliveries stay held: the run
