@@ -457,7 +457,7 @@ def test_a_reference_file_completing_a_merge_gives_new_uids_clients_will_fetch(l
 
 
 def test_a_delivery_into_the_emptied_store_before_the_restore_is_named_not_silent(lab, tmp_path):
-    """The store emptied for a restore, deliveries not held: LMTP makes alice's INBOX
+    """The store emptied for a restore, deliveries not held: LMTP makes a login's INBOX
     again (Dovecot's own UIDVALIDITY) before the restore reaches it.  The restore merges
     the archived INBOX into it -- every message back, none with its archived UID -- and
     exited 0 without a word.  It still exits 0 (the mail is all there), but names the
@@ -465,25 +465,27 @@ def test_a_delivery_into_the_emptied_store_before_the_restore_is_named_not_silen
     their UIDs and are not named."""
     home = tmp_path / "ims"
     configure(lab, home)
+    u = "erin"                             # (the module's lab: a login no other test fills)
+    lab.add_user(u)
     for i in range(4):
-        lab.deliver(["alice"], message(f"before {i}"))
-    with lab.imap("alice") as c:
+        lab.deliver([u], message(f"before {i}"))
+    with lab.imap(u) as c:
         c.create("Work")
         c.append("Work", message("work"), [r"\Seen"])
-    before = lab.client_state("alice")
+    before = lab.client_state(u)
     a = tmp_path / "a.ims"
-    run(home, "imsbackup", "-f", a, "/primary/alice", check=0)
+    run(home, "imsbackup", "-f", a, f"/primary/{u}", check=0)
     lab.stop()
-    shutil.rmtree(os.path.join(lab.store, "alice"))
+    shutil.rmtree(os.path.join(lab.store, u))
     lab.start()
     time.sleep(1.1)                        # Dovecot's UIDVALIDITY is a time in seconds
-    lab.deliver(["alice"], message("while the store was empty"))
+    lab.deliver([u], message("while the store was empty"))
     p = run(home, "imsrestore", "-f", a, check=0, text=True)
     notes = [ln for ln in p.stderr.splitlines() if "new UIDs" in ln]
     assert len(notes) == 1 and notes[0].startswith(
-        "imsrestore: note: /primary/alice/INBOX: its 4 archived messages were added with new UIDs: "
+        f"imsrestore: note: /primary/{u}/INBOX: its 4 archived messages were added with new UIDs: "
         "the folder there has UIDVALIDITY "), p.stderr
-    after = lab.client_state("alice")
+    after = lab.client_state(u)
     assert strip_guid(after.folders["Work"]) == strip_guid(before.folders["Work"])
     inbox = after.folders["INBOX"]
     assert inbox.uidvalidity != before.folders["INBOX"].uidvalidity
