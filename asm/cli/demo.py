@@ -3,7 +3,8 @@
 Builds a demo classic store, backs it up with ``imsbackup`` (full), changes it (new
 mail, expunges, flag changes), takes an incremental, restores full + incremental with
 ``imsrestore`` into an empty store, proves the chain with ``imsverify --restore-test
---against-store``, and checks that every message is back byte for
+--against-store`` and the restored store with ``imsverify --against-store --exact``,
+and checks that every message is back byte for
 byte with the same UIDs, flags, dates, folders and single-copy links.
 """
 from __future__ import annotations
@@ -133,6 +134,12 @@ def _main(argv: list[str] | None) -> int:
         verified = r.returncode == EXIT_OK
         say("imsverify:    " + ((r.stdout or r.stderr).strip().splitlines() or ["(no output)"])[-1]
             .removeprefix("imsverify: ") + ("" if verified else f" (exit {r.returncode})"))
+        # and the restored store is the chain, exactly (what a disaster recovery proves
+        # before clients come back)
+        r = _cmd(dst_home, "asm.cli.imsverify", "-f", full, "-f", incr, "--against-store", "--exact")
+        verified = verified and r.returncode == EXIT_OK
+        say("imsverify of the restored store: " + ((r.stdout or r.stderr).strip().splitlines() or ["(no output)"])[-1]
+            .removeprefix("imsverify: ") + ("" if r.returncode == EXIT_OK else f" (exit {r.returncode})"))
 
         a, b = fingerprint(src), fingerprint(open_store(Config(dst_home)))
         msgs = [k for k in a if isinstance(k, tuple) and len(k) == 3]
