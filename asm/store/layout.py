@@ -1383,64 +1383,144 @@ def userdb_from_files(text: str) -> tuple[dict[str, dict[str, str]] | None, str]
     """What :func:`userdb_users` gets from the running Dovecot, read from the userdbs'
     own files when Dovecot is not running (a cold backup, a restore before Dovecot is
     started again): every login the ``userdb { }`` sections ``text`` list, with the
-    ``home`` and ``mail`` a lookup returns.  As Dovecot's auth does (userdb-passwd-file.c,
-    2.3): a passwd-file of a fixed path lists the names of its lines with a uid field
-    (not ``#`` comments, not passdb-only lines); a lookup takes the first userdb that
-    knows the login (a static one knows everybody), its home field, its ``userdb_``
-    extra fields, under its ``override_fields`` and over its ``default_fields``; a
-    login whose uid is 0 is unknown.  The system ``passwd`` userdb is read with pwd.
+    fields a lookup returns (``home``, ``mail``, ...).  As Dovecot 2.3's auth does
+    (db-passwd-file.c, userdb-passwd-file.c; compared with ``doveadm user`` line shape
+    by line shape):
+
+    * a listing names the lines of each passwd-file of a fixed path (``%%`` in it is
+      ``%``); a passwd-file whose path holds a %variable lists nobody, but is asked in
+      a lookup (its path expanded for the login);
+    * a line is a login only with a valid uid and gid when it has a uid (a number above
+      0 or a system user; an empty uid and gid leave them to the fields), in lower case
+      (auth_username_format's default %Lu), no space around it;
+    * a lookup asks the userdbs in order: ``default_fields`` first, then the line's home
+      field (as written) and ``userdb_`` extra fields (or, in the old format, the mail
+      location after an empty ninth field), each expanded with the home known so far,
+      then ``override_fields``; ``result_success`` (default return-ok) ends it or
+      (continue, continue-ok) goes on to the next userdb, whose fields are added over;
+      ``result_failure`` (default continue) likewise; a static userdb knows everybody;
+    * the system ``passwd`` userdb is read with pwd (its listing's first_valid_uid is
+      not applied).
+
     ``(None, why)`` when a userdb that lists its logins keeps them where only Dovecot's
-    auth can ask (sql, ldap, lua, dict, ...), or its file cannot be read."""
+    auth can ask (sql, ldap, lua, dict, ...), or a file it needs cannot be read."""
     sections = _userdb_sections(text)
-    files: list[dict[str, tuple[str, list[str]]] | None] = []
+    cache: dict[str, dict] = {}
     listed: list[str] = []
     for fields in sections:
         driver = fields.get("driver", "")
-        args = fields.get("args", "")
-        if driver == "passwd-file" and not _passwd_file_has_variables(args):
-            path = args.partition(" ")[2] if args.startswith("username_format=") else args
+        if driver == "passwd-file":
+            fmt, path = _passwd_file_args(fields.get("args", ""))
+            if "%" in path.replace("%%", ""):
+                continue                    # lists nobody (Dovecot logs an error)
             try:
-                entries = _read_passwd_file(path.strip())
+                listed += _passwd_file(path.replace("%%", "%"), cache)
             except OSError as exc:
-                return None, f"cannot read the userdb passwd-file {path.strip()}: {exc.strerror or exc}"
-            files.append(entries)
-            listed += entries
+                return None, f"cannot read the userdb passwd-file {path}: {exc.strerror or exc}"
         elif driver == "passwd":
             import pwd
-            entries = {pw.pw_name: (pw.pw_dir, []) for pw in pwd.getpwall() if pw.pw_uid != 0}
-            files.append(entries)
-            listed += entries
-        elif driver in _UNLISTABLE_USERDBS or driver == "passwd-file":
-            files.append(None)
-        else:
+            listed += [pw.pw_name for pw in pwd.getpwall() if pw.pw_uid != 0]
+        elif driver not in _UNLISTABLE_USERDBS:
             return None, f"the {driver or 'unnamed'} userdb can only be asked through Dovecot's auth service"
     users: dict[str, dict[str, str]] = {}
     for login in dict.fromkeys(listed):
-        for fields, entries in zip(sections, files):
-            driver = fields.get("driver", "")
-            if driver == "static":
-                got = _field_words(fields.get("args", ""))
-            elif entries is not None and login in entries:
-                home, extra = entries[login]
+        try:
+            got = _userdb_lookup(sections, login, cache)
+        except OSError as exc:
+            return None, f"cannot read a userdb passwd-file: {exc.strerror or exc}"
+        if got is not None:
+            users[login] = got
+    return users, ""
+
+
+def _passwd_file_args(args: str) -> tuple[str, str]:
+    """(username_format, path) of a passwd-file userdb's ``args``."""
+    fmt = "%u"
+    if args.startswith("username_format="):
+        fmt, _, args = args[len("username_format="):].partition(" ")
+    return fmt, args.strip()
+
+
+def _passwd_file(path: str, cache: dict) -> dict[str, tuple[str, list[str]]]:
+    """The logins of a passwd-file (_read_passwd_file), read once per path."""
+    got = cache.get(path)
+    if got is None:
+        got = cache[path] = _read_passwd_file(path)
+    return got
+
+
+def _expand_value(value: str, login: str, home: str | None) -> str:
+    try:
+        return expand(value, login, home, what="a userdb field")
+    except LayoutError:
+        return value                    # a %variable ims-asm does not know: as written
+
+
+def _userdb_lookup(sections: list, login: str, cache: dict) -> dict[str, str] | None:
+    """The fields a userdb lookup of ``login`` returns (see :func:`userdb_from_files`),
+    None when no userdb knows it."""
+    import pwd
+    result: dict[str, str] = {}
+    found = False
+    for fields in sections:
+        driver = fields.get("driver", "")
+        got: dict[str, str] | None = None
+        # default_fields: set before the lookup, what it returns goes over them
+        defaults = {k: _expand_value(v, login, result.get("home"))
+                    for k, v in _field_words(fields.get("default_fields", "")).items()}
+        known_home = defaults.get("home") or result.get("home")
+        if driver == "static":
+            got = {}
+            for k, v in _field_words(fields.get("args", "")).items():
+                got[k] = _expand_value(v, login, got.get("home") or known_home)
+        elif driver == "passwd-file":
+            fmt, path = _passwd_file_args(fields.get("args", ""))
+            if "%" in path.replace("%%", ""):
+                try:
+                    path = expand(path, login, None, what="a passwd-file path")
+                except LayoutError:
+                    continue
+                entries = _passwd_file(path, cache) if os.path.exists(path) else {}
+            else:
+                entries = _passwd_file(path.replace("%%", "%"), cache)
+            try:
+                key = expand(fmt, login, None, what="username_format")
+            except LayoutError:
+                key = login
+            entry = entries.get(key)
+            if entry is not None:
+                home, extra = entry
                 got = {"home": home} if home else {}
                 for word in extra:
                     if word.startswith("userdb_"):
                         k, _, v = word[7:].partition("=")
-                        got[k] = v
-            else:
-                continue
-            result = {**_field_words(fields.get("default_fields", "")), **got,
-                      **_field_words(fields.get("override_fields", ""))}
-            for key in ("home", "mail"):
-                if key in result:
-                    try:
-                        result[key] = expand(result[key], login, result.get("home") if key == "mail" else None,
-                                             what=f"the userdb's {key}")
-                    except LayoutError:
-                        pass              # a %variable ims-asm does not know: as written
-            users[login] = result
+                        # (%h: the line's own home field only, "" without one: Dovecot
+                        # 2.3 expands the extra fields before default_fields apply)
+                        got[k] = _expand_value(v, login, got.get("home") or "")
+        elif driver == "passwd":
+            try:
+                pw = pwd.getpwnam(login)
+            except KeyError:
+                pw = None
+            if pw is not None and pw.pw_uid != 0:
+                got = {"home": pw.pw_dir}
+        if got is None:
+            if fields.get("result_failure", "continue").startswith("return"):
+                break
+            continue
+        for k, v in defaults.items():
+            if k not in result:
+                result[k] = v
+        result.update(got)
+        for k, v in _field_words(fields.get("override_fields", "")).items():
+            result[k] = _expand_value(v, login, result.get("home"))
+        found = True
+        success = fields.get("result_success", "return-ok")
+        if success == "return-fail":
+            return None
+        if success.startswith("return"):
             break
-    return users, ""
+    return result if found else None
 
 
 def _field_words(text: str) -> dict[str, str]:
@@ -1453,23 +1533,52 @@ def _field_words(text: str) -> dict[str, str]:
     return out
 
 
+def _id_ok(value: str, kind: str) -> bool:
+    """A passwd-file uid or gid Dovecot takes: a number above 0, or a system user
+    (group) name."""
+    if value.isdigit():
+        return int(value) > 0
+    try:
+        if kind == "uid":
+            import pwd
+            return pwd.getpwnam(value).pw_uid > 0
+        import grp
+        return grp.getgrnam(value).gr_gid > 0
+    except KeyError:
+        return False
+
+
 def _read_passwd_file(path: str) -> dict[str, tuple[str, list[str]]]:
     """{name: (its home field, its extra fields)} of the lines of a passwd-file that a
-    userdb lists (db-passwd-file.c): a uid field present and not 0; ``#`` comments and
-    lines of a name and password only skipped; the extra fields are the rest of the
-    line after the seventh ':', split at spaces."""
+    userdb serves (db-passwd-file.c, Dovecot 2.3): ``#`` comments, lines without a
+    password field and lines of a name only skipped; a uid, when given, a number above
+    0 or a system user, and then a gid too (0 or unknown: no login); the name in lower
+    case without surrounding space (auth_username_format %Lu finds no other); the home
+    field as written; the extra fields the rest of the line after the seventh ':',
+    split at spaces, or (the old format: that field empty) ``userdb_mail=`` and what
+    follows it.  A name given twice: its first line."""
     out: dict[str, tuple[str, list[str]]] = {}
     with open(path, "rb") as f:
         for raw in f:
             line = raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
             if not line or line[0] in ":#":
                 continue
-            parts = line.split(":", 7)
-            if len(parts) < 3 or parts[2].strip() == "0":
+            parts = line.split(":")
+            name = parts[0]
+            if len(parts) < 3 or name != name.strip() or name != name.lower():
+                continue
+            uid, gid = parts[2], (parts[3] if len(parts) > 3 else "")
+            if uid and (not _id_ok(uid, "uid") or not gid or not _id_ok(gid, "gid")):
+                continue
+            if not uid and gid and not _id_ok(gid, "gid"):
                 continue
             home = parts[5] if len(parts) > 5 else ""
-            extra = parts[7].split() if len(parts) > 7 else []
-            out.setdefault(parts[0], (home, extra))
+            rest = parts[7:]
+            if rest and rest[0] == "":
+                extra = [f"userdb_mail={':'.join(rest[1:])}"] if len(rest) > 1 and rest[1] else []
+            else:
+                extra = [w for w in ":".join(rest).split(" ") if w]    # (at spaces only)
+            out.setdefault(name, (home, extra))
     return out
 
 
