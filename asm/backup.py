@@ -267,11 +267,11 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
         for t in targets:
             # the user's member goes just before its first folder's: a user deleted before
             # the run reached it is not in the archive at all, as one deleted before the run
-            uw = _UserFirst(writer, t, res)
             # a backup of the whole user: a folder deleted or renamed since it was listed is
             # a change (as an expunged message), and a name that appeared meanwhile is read
             whole = any(lp.folder is None and lp.covers_user(t.partition, t.user, groups or Groups())
                         for lp in paths)
+            uw = _UserFirst(writer, t, res, store if whole else None)
             # covered by /, a partition or a group (not named): the user deleted during the
             # run is a change too, its folders not read by then are not in the archive
             implicit = any(lp.user is None and lp.covers_user(t.partition, t.user, groups or Groups())
@@ -402,8 +402,11 @@ class _UserFirst:
     user (imsrestore -t, the counts) and, in an incremental restored on its own, read
     as a user kept whose every folder but INBOX was deleted (format.md, section 7)."""
 
-    def __init__(self, writer, t: Target, res: BackupResult):
+    def __init__(self, writer, t: Target, res: BackupResult, store: Store | None = None):
         self._writer, self._t, self._res = writer, t, res
+        #: the store, for a backup of the whole user: its subscriptions to names that are
+        #: no folder go with its member (a backup of some of its folders has none)
+        self._store = store
         self.written = False
 
     def __getattr__(self, name):
@@ -412,7 +415,16 @@ class _UserFirst:
     def write(self) -> None:
         if not self.written:
             self.written = True
-            self._writer.add_user(self._t.partition, self._t.user, self._t.group)
+            subs = None
+            if self._store is not None:
+                try:
+                    subs = self._store.other_subscriptions(self._t.user, self._t.folders)
+                except (StoreError, OSError):
+                    subs = None          # (the folders' own reads name an unreadable file)
+            try:
+                self._writer.add_user(self._t.partition, self._t.user, self._t.group, subs)
+            except ValueError:           # (names the store would not list: never written)
+                self._writer.add_user(self._t.partition, self._t.user, self._t.group)
             self._res.users += 1
 
     def add_folder(self, *args, **kw):

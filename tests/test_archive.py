@@ -1592,3 +1592,62 @@ def test_a_state_the_reader_checked_against_the_folder_is_written_without_a_seco
         if len(folder) > 1:
             with pytest.raises(UnarchivableValue, match="does not list"):
                 member(smaller, given)
+
+
+def test_a_users_subscriptions_to_names_that_are_no_folder_are_carried_and_checked():
+    """IMSASM.subscriptions (a user member's subscribed names that are no folder: what
+    Dovecot keeps after an IMAP DELETE or RENAME): written when given, read back name for
+    name (Unicode and bytes that are not UTF-8 too); [] for none; absent (older archives,
+    a backup of some folders) it reads as None; a value that is no JSON array of folder names -- an empty name, '..', a control
+    character, a leading '/', a name twice, too many -- with every digest forged right,
+    is damage of that user member (exit 4); the writer refuses one.  A JSON array on one
+    record line: 1,000 names fit (a pax header holds at most 4,096 lines)."""
+    from asm.archive import spec
+    from tests.archive_fuzz import emit, models
+    names = ["Gone", "Old/Sub", "Ürün 2024", "bad\udcffname", "with space & 'quote' %s;"]
+    w_raw = io.BytesIO()
+    w = ArchiveWriter(w_raw)
+    w.write_header({"driver": "maildir", "scope": ["/primary"]})
+    w.add_user("primary", "joe", "user", names)
+    w.add_folder("primary", "joe", "INBOX", uidvalidity=7, uidnext=1, subscribed=True, uids=[])
+    w.add_user("primary", "ann", "user")
+    w.add_folder("primary", "ann", "INBOX", uidvalidity=7, uidnext=1, subscribed=True, uids=[])
+    w.add_user("primary", "bea", "user", [])
+    w.close()
+    data = w_raw.getvalue()
+    got = {m.user: m.subscriptions for m in ArchiveReader(io.BytesIO(data)).members() if m.kind == "user"}
+    assert got == {"joe": names, "ann": None, "bea": []}      # None: not recorded; []: none
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        joe = next(m for m in t.getmembers() if m.name == "primary/joe")
+        assert json.loads(joe.pax_headers[spec.wire(spec.SUBSCRIPTIONS)]) == names
+    # many names are one record line (a pax header holds at most 4,096 lines)
+    many = [f"Old/{i}" for i in range(spec.SUBSCRIPTIONS_MAX)]
+    w = ArchiveWriter(io.BytesIO())
+    w.write_header({})
+    w.add_user("primary", "joe", "user", many)
+
+    def enc(names):
+        return json.dumps(names).encode()
+    bad_values = [b"", b"Gone", b"{}", b'["Gone", 7]', enc([""]), enc(["Old/../x"]), enc(["/Gone"]),
+                  enc(["Gone/"]), enc(["a//b"]), enc(["Go\x1bne"]), enc(["x\nY"]), enc(["Gone", "Gone"]),
+                  enc([f"n{i}" for i in range(spec.SUBSCRIPTIONS_MAX + 1)])]
+    for bad in bad_values:
+        ms = models(data)
+        victim = next(m for m in ms if m.name == b"primary/joe/")
+        victim.set(spec.SUBSCRIPTIONS, bad)
+        errors = []
+        read = [(m.kind, m.user, m.subscriptions) for m in
+                ArchiveReader(io.BytesIO(emit(ms))).members(on_error=errors.append) if m.kind == "user"]
+        assert errors and all(type(e) is CorruptMember for e in errors), (bad[:40], errors)
+        assert spec.SUBSCRIPTIONS in str(errors[0]) and "\n" not in str(errors[0]) \
+            and "\x1b" not in str(errors[0]), errors[0]
+        assert ("user", "ann", None) in read, read
+        try:
+            listed = json.loads(bad)
+        except ValueError:
+            continue
+        if isinstance(listed, list) and listed and all(isinstance(n, str) for n in listed):
+            w = ArchiveWriter(io.BytesIO())
+            w.write_header({})
+            with pytest.raises(ValueError, match="subscriptions"):
+                w.add_user("primary", "joe", "user", listed)

@@ -41,14 +41,18 @@ def configure(lab, home, location: str = "doveconf") -> None:
 
 
 def fill(lab) -> None:
-    """Dovecot fills every login: LMTP (one message to all), then IMAP per login."""
+    """Dovecot fills every login: LMTP (one message to all), then IMAP per login; each
+    login keeps a subscription to a folder it deleted (Dovecot keeps it: LSUB shows
+    "Old" as \\NonExistent), which a restore must give back too."""
     tag = lab.layout.name
     lab.deliver(lab.logins, message(f"to everyone in {tag}", size=3000))
     for i, u in enumerate(lab.logins):
         lab.deliver([u], message(f"only for {u}", body=f"private to {u}"))
         with lab.imap(u) as c:
-            for f in ("Work", "Work/2024", REUNIONS):
+            for f in ("Work", "Work/2024", REUNIONS, "Old"):
                 c.create(f)
+            c.subscribe("Old")
+            c.delete("Old")
             c.subscribe("Work/2024")
             c.subscribe(REUNIONS)
             c.append("Work", message(f"a1 {u}"), [r"\Seen", "$Label1"], "05-Mar-2024 12:00:00 +0100")
@@ -1180,3 +1184,71 @@ def test_a_restore_killed_while_it_makes_a_folder_leaves_nothing_dovecot_cannot_
     assert again.returncode == 0, again.stderr
     assert seen(lab.client_state(u)) == seen(before)
     assert not [n for n in os.listdir(maildir) if "ims-mkdir" in n]
+
+
+subs_lab = lab_fixture(params=["plain", "vdomain", "sdbox"])
+
+
+@pytest.mark.parametrize("kind", ["base", "d"])
+@pytest.mark.parametrize("how", ["one command", "one per archive"])
+def test_subscriptions_to_deleted_folders_follow_the_chain(subs_lab, tmp_path, kind, how):
+    """Dovecot keeps a subscription after an IMAP DELETE; a chain must end with the
+    subscriptions its last backup saw.  A full (R and X, subscribed), an incremental
+    after DELETE R and DELETE X (both subscriptions kept), another after UNSUBSCRIBE R and
+    X made again unsubscribed: restored into an emptied store, in one command or one
+    archive per command, LSUB and LIST are as the clients saw them, and imsverify
+    --exact passes.  (An adversarial check found, per command, both subscriptions lost
+    with exit 0 -- the removal of the gone folder came after they were given -- and, in
+    one command, R subscribed again: the last archive had no way to say "none".)"""
+    lab = subs_lab
+    u = lab.logins[0]
+    home = tmp_path / "ims"
+    configure(lab, home)
+    with lab.imap(u) as c:
+        for f in ("R", "X"):              # (the module's lab: as an earlier test left it)
+            if f in c.list():
+                c.delete(f)
+            if f in c.list(lsub=True):
+                c.unsubscribe(f)
+        for f in ("R", "X"):
+            c.create(f)
+            c.subscribe(f)
+            c.append(f, message(f"m {f}"), [r"\Seen"])
+    a = [tmp_path / f"a{i}.ims" for i in range(3)]
+    starts = [time.strftime("%Y%m%d:%H%M%S")]
+    time.sleep(1.1)
+    run(home, "imsbackup", "-f", a[0], "/", check=0)
+    time.sleep(1.1)
+    with lab.imap(u) as c:
+        c.delete("R")
+        c.delete("X")
+    starts.append(time.strftime("%Y%m%d:%H%M%S"))
+    time.sleep(1.1)
+    run(home, "imsbackup", "-f", a[1], *(["--base", a[0]] if kind == "base" else ["-d", starts[0]]), "/", check=0)
+    mid = lab.client_state(u).subscriptions
+    assert {"R", "X"} <= mid, mid
+    time.sleep(1.1)
+    with lab.imap(u) as c:
+        c.unsubscribe("R")
+        c.create("X")
+        c.unsubscribe("X")
+        c.append("X", message("new x"))
+    run(home, "imsbackup", "-f", a[2], *(["--base", a[1]] if kind == "base" else ["-d", starts[1]]), "/", check=0)
+    before = lab.client_state(u)
+    assert "R" not in before.subscriptions and "X" not in before.subscriptions
+    lab.stop()
+    wipe(lab)
+    lab.start()
+    if how == "one command":
+        run(home, "imsrestore", *sum((["-f", x] for x in a), []), check=0)
+    else:
+        for i, x in enumerate(a):
+            run(home, "imsrestore", *(["-H"] if i < 2 else []), "-f", x, check=0)
+    assert lab.client_state(u) == before
+    run(home, "imsverify", *sum((["-f", x] for x in a), []), "--against-store", "--exact", check=0)
+    # and the middle of the chain: the subscriptions of the deleted folders come back
+    lab.stop()
+    wipe(lab)
+    lab.start()
+    run(home, "imsrestore", "-f", a[0], "-f", a[1], check=0)
+    assert lab.client_state(u).subscriptions == mid

@@ -25,7 +25,7 @@ class Member:
                  "internaldate", "stored", "nlink", "sha256", "size", "linkname", "group",
                  "uidvalidity", "uidnext", "subscribed", "uids", "state", "offset",
                  "header_offset", "mtime", "records", "digest", "guid", "basename", "pop3_uidl",
-                 "pop3_order", "mailbox_guid", "acl", "state_ids", "_reader")
+                 "pop3_order", "mailbox_guid", "acl", "state_ids", "subscriptions", "_reader")
 
     def __init__(self, reader, kind, name):
         self._reader = reader
@@ -52,6 +52,8 @@ class Member:
         self.mailbox_guid = None         # folder: its mailbox GUID (IMSASM.mailbox_guid), if archived
         self.acl = None                  # folder: its ACL file's text (IMSASM.acl, "" for none), if archived
         self.state_ids = None            # folder of an incremental: identities of the state's UIDs (bytes)
+        self.subscriptions = None        # user: its subscribed names that are no folder (None:
+                                         # the archive does not say: older, or some folders only)
 
     def open(self):
         """Readable stream of the message bytes; the read that reaches the end
@@ -798,6 +800,7 @@ def _decode(m, recs, e):
     get = recs.get
     if m.kind == spec.K_USER:
         m.group = get(spec.GROUP, "")
+        m.subscriptions = values.subscriptions(get(spec.SUBSCRIPTIONS))
         return
     if m.kind == spec.K_FOLDER:
         m.uidvalidity = values.decimal(_need(recs, spec.UIDVALIDITY), spec.UIDVALIDITY_MIN,

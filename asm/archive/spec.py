@@ -53,6 +53,8 @@ MAILBOX_GUID = "IMSASM.mailbox_guid"  # a folder's mailbox GUID (dovecot-uidlist
 ACL = "IMSASM.acl"                  # a folder's access control list (Dovecot's dovecot-acl), optional
 ACL_MAX_BYTES = 65536               # IMSASM.acl: at most this many bytes (UTF-8) ...
 ACL_MAX_LINES = 1000                # ... and lines (a pax header holds at most 4,096 records' lines)
+SUBSCRIPTIONS = "IMSASM.subscriptions"  # a user's subscribed names that are no folder, optional
+SUBSCRIPTIONS_MAX = 10000           # IMSASM.subscriptions: at most this many names
 DIGEST = "IMSASM.digest"            # version 2: the member's record digest, its last record
 
 

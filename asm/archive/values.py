@@ -63,6 +63,35 @@ _ACL_RIGHT = re.compile(r"([lrwstipekxacd]+|:[A-Za-z0-9_.$-]{1,64})\Z")
 _ACL_COMMENT = re.compile(r"#[^\x00-\x08\x0a-\x1f\x7f]*\Z")
 
 
+def subscriptions(text):
+    """IMSASM.subscriptions: None when absent, else a JSON array of the names (one record
+    line, whatever the names hold: a pax header counts lines), each a folder name
+    (docs/format.md 4.2: levels separated by single '/', no control characters, no '.'
+    or '..' level), none twice, at most SUBSCRIPTIONS_MAX."""
+    if text is None:
+        return None
+    what = spec.SUBSCRIPTIONS
+    if len(text) > spec.SUBSCRIPTIONS_MAX * 1024:
+        raise ValueError(f"{what} has {len(text)} characters, more than {spec.SUBSCRIPTIONS_MAX * 1024}")
+    try:
+        names = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{what} is not a JSON array of names") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{what} is not a JSON array of names")
+    if len(names) > spec.SUBSCRIPTIONS_MAX:
+        raise ValueError(f"{what} has {len(names)} names, more than {spec.SUBSCRIPTIONS_MAX}")
+    for name in names:
+        if (not name or name[0] == "/" or name[-1] == "/" or "//" in name
+                or any(ord(c) < 32 for c in name)
+                or any(level in (".", "..") for level in name.split("/"))):
+            raise ValueError(f"{what} holds {_short(name)}, which is no folder name (levels separated "
+                             f"by single '/', no control character, no '.' or '..' level)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names a folder twice")
+    return names
+
+
 def acl(text):
     """IMSASM.acl: None when absent, else the text of a Dovecot ACL file ("" for a
     folder without one), each line "[-]identifier rights" (docs/format.md 4.2)."""

@@ -21,6 +21,7 @@ _K = {k: pax.key(spec.wire(k)) for k in (
     spec.UIDVALIDITY, spec.UIDNEXT, spec.SUBSCRIBED, spec.UIDS, spec.COUNT, spec.UID,
     spec.FLAGS, spec.KEYWORDS, spec.INTERNALDATE, spec.STORED, spec.NLINK, spec.SHA256,
     spec.STATE, spec.GUID, spec.BASENAME, spec.POP3_UIDL, spec.POP3_ORDER, spec.MAILBOX_GUID,
+    spec.SUBSCRIPTIONS,
     spec.ACL, spec.STATE_IDS)}
 _R = pax.record
 _KIND_USER = _R(_K[spec.KIND], spec.K_USER.encode())
@@ -239,12 +240,20 @@ class ArchiveWriter:
         self.header = hdr
         return hdr
 
-    def add_user(self, partition, user, group):
+    def add_user(self, partition, user, group, subscriptions=None):
+        """``subscriptions``: the user's subscribed names that are no folder of it (an
+        IMAP client's subscription Dovecot kept after a DELETE or RENAME, a parent that
+        only holds folders), [] for none; None: not recorded (a backup of some of its
+        folders).  ValueError for a list a reader would refuse."""
         self._check_open()
         self._folder = None
         name = names.user_dir(partition, user)
         recs = b"".join((_KIND_USER, _R(_K[spec.PARTITION], _enc(partition)),
                          _R(_K[spec.USER], _enc(user)), _R(_K[spec.GROUP], _enc(group or ""))))
+        if subscriptions is not None:
+            text = json.dumps(list(subscriptions))      # (ASCII, one line: \uXXXX for the rest)
+            values.subscriptions(text)
+            recs += _R(_K[spec.SUBSCRIPTIONS], text.encode("ascii"))
         self._rw.write(self._member(name, pax.DIRTYPE, pax.MODE_0700, 0, self._mtime, recs))
         self.counts["users"] += 1
 

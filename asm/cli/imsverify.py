@@ -294,7 +294,8 @@ def _verify(args, report) -> int:
                 for line in gone:
                     warn(PROG, line)
             exclude = (v.archives[-1].header.get("options") or {}).get("exclude") or []
-            cmp = (compare_exact if args.exact else compare_live)(v, inst.store, targets, exclude)
+            cmp = (compare_exact(v, inst.store, targets, exclude, paths) if args.exact
+                   else compare_live(v, inst.store, targets, exclude))
             problems.extend(cmp.problems)
             if args.verbose:
                 for line in cmp.notes:

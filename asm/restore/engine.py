@@ -97,6 +97,10 @@ class Restorer:
         self.cur_folders: set = set()               # ... and its folders the archive lists
         self.cur_damaged = False                    # ... a member of it was damaged (or a
                                                     # folder refused): remove none of its folders
+        self.cur_subscriptions: list | None = None  # ... its subscribed names that are no folder
+                                                    # (None: the archive does not say)
+        self.subs_todo: list = []                   # (partition, user, names, replace) for
+                                                    # _give_subscriptions, after _remove_gone
         self.gone: list = []                        # (partition, user, folders listed) of
                                                     # users whose gone folders are removed
         self.held_users: set = set()                # (partition, user) the archive holds
@@ -339,6 +343,7 @@ class Restorer:
                 self._find_gone_users()
                 self._remove_gone()
                 self._remove_users()
+                self._give_subscriptions()
                 self._give_withheld_guids()
                 self._name_unread()
             finished = True
@@ -410,6 +415,7 @@ class Restorer:
             if m.user in self.opts.user_map:
                 self.opts.map_used.add(m.user)       # the map names a user the archive has
             self.cur_user = (m.partition, m.user)
+            self.cur_subscriptions = m.subscriptions
             self.cur_folders = set()
             self.whole.add(self.cur_user)
             self.cur_damaged = False
@@ -470,6 +476,10 @@ class Restorer:
         if self.sel.paths and not any(self.sel._user_ok(lp, partition, src_user, group) for lp in self.sel.paths):
             return
         user = self.opts.user_map.get(src_user, src_user)
+        if self.cur_subscriptions is not None and user == src_user:
+            # (given once the gone folders are removed: a folder deleted between the links
+            # of a chain takes its subscription with it, which the later link then names)
+            self.subs_todo.append((partition, user, self.cur_subscriptions, self._continues()))
         if user in self.users_seen:
             try:
                 self._journal(f"/{partition}/{user}", functools.partial(self.journal.put_held, user, self.header))
@@ -478,6 +488,30 @@ class Restorer:
         if not self._continues():
             return
         self.gone.append((partition, src_user, frozenset(self.cur_folders)))
+
+    def _give_subscriptions(self) -> None:
+        """Each user restored whole under its own name gets the subscriptions to names
+        that are no folder its archive records (IMSASM.subscriptions: Dovecot keeps them
+        after a DELETE or RENAME, LSUB shows them): added; and an archive that continues a
+        chain (an incremental) also ends those it does not record, as it removes the
+        folders it no longer has.  A full archive merged into a live user removes none."""
+        for partition, user, names, replace in self.subs_todo:
+            mailbox = f"/{partition}/{user}"
+            try:
+                if not self.store.exists(user):
+                    continue
+                if replace:
+                    stale = sorted(set(self.store.other_subscriptions(user)) - set(names))
+                    if stale:
+                        self.store.unsubscribe_names(user, stale)
+                if names:
+                    self.store.subscribe_names(user, names)
+            except (StoreError, OSError) as exc:
+                if isinstance(exc, OSError):
+                    exc = os_store_error(exc, user)
+                self._record_error(mailbox, f"its subscriptions to names that are no folder were not "
+                                            f"restored: {exc}", exc.status)
+        self.subs_todo = []
 
     def _continues(self) -> bool:
         """This archive can continue a chain restored before it: an incremental that names

@@ -571,6 +571,22 @@ class Store(abc.ABC):
     def delete_folder(self, user: str, folder: str) -> None:
         """Remove one folder and its messages (not its subfolders)."""
 
+    def other_subscriptions(self, user: str, folders: Iterable[str] | None = None) -> list[str]:
+        """The user's subscribed names that are no folder of it, sorted: an IMAP
+        client's subscription its server keeps after a DELETE or RENAME, a parent that
+        only holds folders.  ``folders``: the user's folder names, when the caller has
+        just listed them.  A store whose subscriptions are its folders' own has none."""
+        return []
+
+    def subscribe_names(self, user: str, names: Iterable[str]) -> None:
+        """Subscribe ``names`` (folders or not) that are not subscribed yet; never
+        unsubscribes.  A store whose subscriptions are its folders' own does nothing."""
+        return None
+
+    def unsubscribe_names(self, user: str, names: Iterable[str]) -> None:
+        """End the subscriptions to ``names`` (that are no folder of the user)."""
+        return None
+
     def folder_remains(self, user: str, folder: str) -> bool:
         """True when a folder that does not exist left something behind that its
         server still shows (a deletion killed half way): delete_folder finishes it."""

@@ -52,6 +52,8 @@ class ArchiveCheck:
     header: dict = field(default_factory=dict)
     trailer: dict | None = None
     users: dict = field(default_factory=dict)       # (partition, user) -> group
+    subscriptions: dict = field(default_factory=dict)  # (partition, user) -> its subscribed names
+                                                       # that are no folder (IMSASM.subscriptions)
     folders: dict = field(default_factory=dict)     # (partition, user, folder) -> FolderRec
     counts: dict = field(default_factory=lambda: {"users": 0, "folders": 0, "messages": 0, "links": 0,
                                                   "bytes": 0})
@@ -120,6 +122,8 @@ def check_archive(raw, device: str, blocking_factor: int = 20, progress=None) ->
         for m in reader.members(on_error=on_error):
             if m.kind == "user":
                 out.users[(m.partition, m.user)] = m.group
+                if m.subscriptions is not None:
+                    out.subscriptions[(m.partition, m.user)] = m.subscriptions
                 out.counts["users"] += 1
                 continue
             if m.kind == "folder":

@@ -22,6 +22,9 @@ class ChainView:
     """What restoring the chain gives: folders by (partition, user, folder)."""
     folders: dict = field(default_factory=dict)
     users: dict = field(default_factory=dict)
+    # (partition, user) -> the subscribed names that are no folder, as the last archive of
+    # the chain that records them has them (a restore of an incremental ends the others)
+    subscriptions: dict = field(default_factory=dict)
     archives: list = field(default_factory=list)     # ArchiveChecks, oldest first
     problems: list = field(default_factory=list)
     base_missing: str | None = None                  # the first archive is an incremental
@@ -210,3 +213,5 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups
             users[(f.partition, f.user)] = view.users[(f.partition, f.user)]
     view.folders = new
     view.users = users
+    for key, names in a.subscriptions.items():
+        view.subscriptions[key] = sorted(names)

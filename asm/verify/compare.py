@@ -107,13 +107,15 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
     return out
 
 
-def compare_exact(view: ChainView, store: Store, targets: list, exclude=None) -> Comparison:
+def compare_exact(view: ChainView, store: Store, targets: list, exclude=None, paths=None) -> Comparison:
     """``--against-store --exact``: the live store, just restored from the chain,
     against the chain as a restore test's scratch store is (:func:`compare_restored`):
     every archived folder there with its UIDVALIDITY, UIDNEXT, subscription and ACL,
     every message with its UID, bytes, flags, keywords and INTERNALDATE, and nothing
     more in the folders of the scope (``targets``, :func:`live_targets`; a folder
-    store.backupexclude keeps out is not looked at).  Any difference is a problem: the
+    store.backupexclude keeps out is not looked at), and, when the scope's ``paths`` are
+    whole users, each user's subscriptions to names that are no folder as the chain's
+    archives hold them (IMSASM.subscriptions).  Any difference is a problem: the
     proof that a restore brought the store back as the archives hold it, before
     clients and deliveries are let in."""
     from asm.backup import left_out
@@ -126,7 +128,24 @@ def compare_exact(view: ChainView, store: Store, targets: list, exclude=None) ->
                 have[(t.partition, t.user, name)] = store.folder(t.user, name)
             except StoreError:
                 continue          # gone since it was listed: "was not restored" if archived
-    return compare_restored(view, store, have, label="exact")
+    out = compare_restored(view, store, have, label="exact")
+    if paths is None or any(lp.folder is not None for lp in paths):
+        return out          # (an archive of some folders holds no user's other subscriptions)
+    for t in targets:
+        if (t.partition, t.user) not in view.users or (t.partition, t.user) not in view.subscriptions:
+            continue            # (an archive that does not record them: older)
+        want = set(view.subscriptions[(t.partition, t.user)])
+        try:
+            got = set(store.other_subscriptions(t.user))
+        except StoreError as exc:
+            out.add(f"exact: /{t.partition}/{t.user}: its subscriptions cannot be read: {exc}")
+            continue
+        for name in sorted(want - got):
+            out.add(f"exact: /{t.partition}/{t.user}: the subscription to {name!r} (no folder) was not restored")
+        for name in sorted(got - want):
+            out.add(f"exact: /{t.partition}/{t.user}: a subscription to {name!r} (no folder) is there after "
+                    f"the restore but not in the archive")
+    return out
 
 
 def _renamed_from(view: ChainView, store: Store, t, name: str, uidvalidity: int, taken: dict):

@@ -47,7 +47,8 @@ from asm.config import Config
 from asm.locks import flock_wait, pid_alive
 from asm.store import layout as layout_mod
 from asm.store import utf7
-from asm.store.base import FolderInfo, NoSuchUser, StoreError, StoreFull, Unlisted, UserExists, check_user_name
+from asm.store.base import (BadName, FolderInfo, NoSuchUser, StoreError, StoreFull, Unlisted, UserExists,
+                             check_folder_name, check_user_name)
 from asm.store.maildir.doveadm import TIMEOUT, Doveadm, DoveadmRace, DsyncDesync
 from asm.store.maildir.store import (ACL_FILE, MaildirStore, MisplacedLogin, _misplaced, expanded_location,
                                     fixed_prefix, misplaced_logins, open_layout)
@@ -102,6 +103,8 @@ class DboxStore(MaildirStore):
         self._exported: set[str] = set()          # logins copied from dbox
         self._created: set[str] = set()           # logins this process builds
         self._pending: set[str] = set()           # copies changed since Dovecot had them
+        self._subs_after: dict[str, list] = {}    # names to subscribe once the login's copy
+                                                  # is given back (subscribe_names)
         self._touched: dict[str, set | None] = {}  # login -> the folders its copy changed in
                                                   # (None: the whole login, _give_back)
         self._seen: dict[str, dict | None] = {}   # Dovecot's listing before the copy was made
@@ -664,6 +667,9 @@ class DboxStore(MaildirStore):
                 f"stored in the restored folders{where} meanwhile may be gone from them; compare "
                 f"the output of doveadm fetch -u {shlex.quote(user)} 'mailbox uid guid flags' all "
                 f"with the archive")
+        later = self._subs_after.pop(user, None)
+        if later:
+            self._subscribe_now(user, later)
         self._seen[user] = self._listing(user, modseq=True)
 
     def _give_folders_back(self, user: str, scope: list[str], copy: list[str]) -> dict[str, set[int]]:
@@ -720,6 +726,48 @@ class DboxStore(MaildirStore):
         if gone:
             self._dv.run(user, "mailbox unsubscribe", *sorted(gone))
         return dropped
+
+    def other_subscriptions(self, user: str, folders=None) -> list[str]:
+        """The account's subscribed names that are no folder of it, as doveadm lists
+        them (``mailbox list -s``: Dovecot keeps a subscription after DELETE or RENAME)."""
+        if not os.path.isdir(self._dbox_root(user)):
+            return []
+        subs = set(self._dv.run(user, "mailbox list -s").splitlines())
+        have = set(self.folder_names(user) if folders is None else folders)
+        out = []
+        for name in sorted(subs - have):
+            try:
+                if check_folder_name(name) not in have:
+                    out.append(name)
+            except BadName:
+                continue
+        return out
+
+    def subscribe_names(self, user: str, names) -> None:
+        """``doveadm mailbox subscribe`` of the names the account has not subscribed
+        (Dovecot takes names that are no folder; an IMAP SUBSCRIBE does not); after the
+        login's restored copy is given back, when one is to be (a change to the account
+        before would read as Dovecot's, and the give-back of the whole login would undo it)."""
+        self._subscriptions(user, names, True)
+
+    def unsubscribe_names(self, user: str, names) -> None:
+        self._subscriptions(user, names, False)
+
+    def _subscriptions(self, user: str, names, on: bool) -> None:
+        names = [check_folder_name(n) for n in names]
+        if not names:
+            return
+        if user in self._pending:
+            self._subs_after.setdefault(user, []).extend((n, on) for n in names)
+            return
+        self._subscribe_now(user, [(n, on) for n in names])
+
+    def _subscribe_now(self, user: str, changes: list) -> None:
+        have = set(self._dv.run(user, "mailbox list -s").splitlines())
+        for on, verb in ((False, "mailbox unsubscribe"), (True, "mailbox subscribe")):
+            todo = sorted({n for n, o in changes if o == on and (n in have) != on})
+            if todo:
+                self._dv.run(user, verb, *todo)
 
     def _doveadm(self):
         """What the Maildir code asks doveadm (keywords beyond 26) concerns the copy."""

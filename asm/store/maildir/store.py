@@ -2104,6 +2104,32 @@ class MaildirStore(Store):
         raise MessageGone(user, folder, uid)
 
     # ------------------------------------------------------------------ subscriptions
+    def other_subscriptions(self, user: str, folders=None) -> list[str]:
+        """The names of the user's subscriptions file that are no folder of it (Dovecot
+        keeps a subscription after an IMAP DELETE or RENAME; LSUB shows it)."""
+        names = self._subs.get(self._subs_root(user))
+        if not names:
+            return []
+        return sorted(names - set(self.folder_names(user) if folders is None else folders))
+
+    def subscribe_names(self, user: str, names, on: bool = True) -> None:
+        names = [check_folder_name(n) for n in names]
+        if not names:
+            return
+        root = self._subs_root(user)
+        have = self._subs.get(root)
+        changes = {n: on for n in names if (n in have) != on}
+        if not changes:
+            return
+        if self.in_batch and self.defer_subscriptions:
+            self._subs.pending.setdefault(root, {}).update(changes)
+            self._subs_users[root] = user
+            return
+        self._write_subscriptions(user, root, changes)
+
+    def unsubscribe_names(self, user: str, names) -> None:
+        self.subscribe_names(user, names, on=False)
+
     def _sweep_subscriptions(self, user: str) -> None:
         """Once per user: what a killed writer of the subscriptions left (its temporary
         file, its lock, its lock's temporary), which no later write may come to clean (the
