@@ -1196,3 +1196,28 @@ def test_a_restore_into_a_folder_made_again_names_it_with_new_uids(tmp_path, dri
     assert len(store.messages("joe", "Work")) == 6 and len(store.messages("joe", "INBOX")) == 5
     p = run(home, "imsrestore", "-f", a, "--report", report, check=0, text=True)
     assert "new UIDs" not in p.stderr and json.loads(report.read_text())["new_uids"] == []
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_chain_restore_reports_every_folder_it_gave_new_uids(tmp_path, driver):
+    """The same note from a chain given in one command, and its --report's new_uids
+    names the folder (it was [] though the note was printed); one message is "was"."""
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, driver))
+    put(store, "joe", "Work", 1)
+    put(store, "joe", "INBOX", 2)
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    put(store, "joe", "INBOX", 3)
+    run(home, "imsbackup", "-f", incr, "-d", since, "/", check=0)
+    store.delete_folder("joe", "Work")
+    time.sleep(1.1)
+    put(store, "joe", "Work", 99)
+    report = tmp_path / "r.json"
+    p = run(home, "imsrestore", "-f", full, "-f", incr, "--report", report, check=0, text=True)
+    assert "imsrestore: note: /primary/joe/Work: its 1 archived message was added with new UIDs" in p.stderr, p.stderr
+    got = json.loads(report.read_text())["new_uids"]
+    assert [(e["mailbox"], e["messages"]) for e in got] == [("/primary/joe/Work", 1)], got

@@ -806,6 +806,7 @@ def test_against_store_exact_proves_a_restored_store_and_names_every_difference(
          "/primary/joe/Work/2023: subscription is False after the restore, True in the archive"),
         ("folder", lambda: put(store, "joe", "New", 998),
          "/primary/joe/New is there after the restore but not in the archive"),
+        ("user", lambda: store.create_user("yan"), "/primary/yan is there after the restore but not in the archive"),
     ]
     if driver == "maildir":       # (the classic store keeps no subscription without its folder)
         changes.append(("subscription to no folder", lambda: store.subscribe_names("ann", ["Gone/Away"]),

@@ -406,13 +406,14 @@ def _chain(args, rep) -> int:
     journal = _journal(inst) if sig else None
     token = journal.begin_run(sig) if sig else ""
     per: list = []              # the run report: each archive's status and counts, and their sum
+    new_uids: list = []         # ... and every archive's folders restored with new UIDs
 
     def report_chain() -> None:
         total: dict = {}
         for p in per:
             for k, v in (p["counts"] or {}).items():
                 total[k] = total.get(k, 0) + v
-        rep.update(device=list(args.devices), chain=per, counts=total)
+        rep.update(device=list(args.devices), chain=per, counts=total, new_uids=new_uids)
 
     unmatched: list = [None]    # the paths no archive before this one matched (None: none yet)
     map_used: set = set()       # the map file's old names some archive of the chain had
@@ -437,7 +438,9 @@ def _chain(args, rep) -> int:
         one.final_unseen = None if last else unseen
         one.final_created = None if last else headers[-1].get("created")
         rep.fields.pop("counts", None)
+        rep.fields.pop("new_uids", None)
         st = _one(one, rep)
+        new_uids.extend(rep.fields.get("new_uids") or [])
         per.append({"device": d, "status": st, "counts": rep.fields.get("counts")})
         report_chain()
         if st != EXIT_OK:
@@ -460,7 +463,7 @@ def merged_lines(merged: list, most: int = 10) -> list[str]:
     that cached the archived folder fetch it again.  Not an error (a merge into the
     live folder is what was asked), but never silent: a disaster restore that wanted the
     archived UIDs learns why it did not get them.  At most ``most`` lines, then a count."""
-    out = [f"note: {mailbox}: its {n} archived message{'s' if n != 1 else ''} were added with new UIDs: "
+    out = [f"note: {mailbox}: its {n} archived message{'s were' if n != 1 else ' was'} added with new UIDs: "
            f"the folder there has UIDVALIDITY {have}, the archived one {want} (made again since the "
            f"backup, or by a delivery while the store was empty: hold deliveries during a restore, "
            f"docs/dovecot.md); clients that cached the archived folder fetch its mail again"

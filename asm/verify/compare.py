@@ -129,6 +129,9 @@ def compare_exact(view: ChainView, store: Store, targets: list, exclude=None, pa
             except StoreError:
                 continue          # gone since it was listed: "was not restored" if archived
     out = compare_restored(view, store, have, label="exact")
+    for t in targets:
+        if (t.partition, t.user) not in view.users:
+            out.add(f"exact: /{t.partition}/{t.user} is there after the restore but not in the archive")
     if paths is None or any(lp.folder is not None for lp in paths):
         return out          # (an archive of some folders holds no user's other subscriptions)
     for t in targets:
