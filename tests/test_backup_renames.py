@@ -129,6 +129,22 @@ def test_a_uid_no_listing_found_while_the_folder_changed_at_every_read_is_named(
     snap = store.snapshot("alice", "INBOX")
     assert [m.uid for m in snap.messages] == [1, 2, 4, 5] and snap.warnings == []
 
+    # renamed out of sight at the first listings only (3 clients setting flags on 1:*
+    # kept 80 of a folder's messages out of 11 listings back to back, CI): looked for in
+    # listings a little apart, it is found, and nothing is named
+    for hidden_for in (1, 3, 8):
+        calls = [0]
+
+        def for_a_while(d, before=None, clashes=None, n=hidden_for):
+            calls[0] += 1
+            files, _whole = real(d, before, clashes)
+            if calls[0] <= n:
+                return {b: v for b, v in files.items() if b != hidden}, False
+            return files, False
+        monkeypatch.setattr(ms, "list_messages", for_a_while)
+        snap = store.snapshot("alice", "INBOX")
+        assert [m.uid for m in snap.messages] == [1, 2, 3, 4, 5] and snap.warnings == [], (hidden_for, snap.warnings)
+
 
 def test_mail_no_client_moved_is_in_every_archive_taken_while_clients_work(lab, tmp_path):
     """Backups of the whole store while every login's client works at random (flags on
