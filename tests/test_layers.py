@@ -625,3 +625,29 @@ def test_layers_on_ssh_and_fifo_devices(tmp_path, sshd, keys):
     run(d2, "imsrestore", "-f", fifo, check=0)
     feeder.wait(60)
     assert state(s2) == want
+
+
+@pytest.mark.parametrize("driver", ["classic"])
+def test_a_wrong_identity_is_named_even_for_a_plain_archive(tmp_path, source, keys):
+    """`imsrestore --identity FILE` of a plain archive exited 0 without a look at FILE:
+    a typo in the path, or a key anyone can read, went unnoticed until the day an
+    encrypted archive had to be restored.  Such a file is named now, whatever the
+    archive, before anything is written (exit 2); a good one changes nothing."""
+    home, _store = source
+    key, _rcpt = keys
+    arch = tmp_path / "plain.ims"
+    run(home, "imsbackup", "-f", arch, "/", check=0)
+    d, dst = fresh(tmp_path, "classic")
+    missing = tmp_path / "no-such-key.txt"
+    p = run(d, "imsrestore", "--identity", missing, "-f", arch, text=True)
+    assert p.returncode == 2 and f"cannot read identity file {missing}: No such file or directory" in p.stderr, p.stderr
+    assert dst.users("primary") == []
+    loose = tmp_path / "loose.txt"
+    loose.write_text(open(key).read())
+    os.chmod(loose, 0o644)
+    p = run(d, "imsrestore", "--identity", loose, "-f", arch, text=True)
+    assert p.returncode == 2 and "chmod 600" in p.stderr and dst.users("primary") == []
+    p = run(d, "imsverify", "-v", "--identity", missing, "-f", arch, text=True)
+    assert p.returncode == 2 and str(missing) in p.stderr, p.stderr
+    run(d, "imsrestore", "--identity", key, "-f", arch, check=0)
+    assert dst.users("primary")

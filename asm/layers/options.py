@@ -84,7 +84,18 @@ def write_layers(config, compress: str | None = None, z: bool = False, encrypt: 
 
 def identity_loader(config, files: list[str] = ()):
     """A callable giving the identities of ``files`` (--identity), else of
-    store.encrypt.identities; called only when an archive turns out to be encrypted."""
+    store.encrypt.identities; called only when an archive turns out to be encrypted.
+    Files given with --identity are read now, whatever the archive: a typo in one (a
+    file missing, readable by all, holding no key) is named before anything is read or
+    written, not only when an archive happens to be encrypted (a plain archive restored
+    with a wrong --identity exited 0 without a look at it)."""
+    if files:
+        from asm.layers import age
+        given = []
+        for p in files:
+            given += age.read_identities(p)
+        return lambda: given
+
     def load():
         from asm.layers import age
         paths = list(files) or _tokens(config.get("store.encrypt.identities") if config is not None else None)
