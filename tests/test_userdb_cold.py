@@ -24,7 +24,8 @@ import time
 import pytest
 
 from asm.store import layout as L
-from tests.dovecot_lab import CONF, DOVEADM, DOVECOT, MAIL_USER, ensure_mail_user, free_ports, require_lab
+from tests.dovecot_lab import (CONF, DOVEADM, DOVECOT, MAIL_USER, _wait_gone, ensure_mail_user, free_ports,
+                               require_lab)
 
 
 def _udb(driver: str, args: str, extra: str = "") -> str:
@@ -111,13 +112,7 @@ class _Dovecot:
         with open(os.path.join(self.run, "master.pid")) as f:
             pid = int(f.read())
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
+        _wait_gone(pid)
 
 
 def _shown(fields: dict | None):

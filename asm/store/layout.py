@@ -1190,9 +1190,7 @@ def userdbs_listable(text: str) -> bool:
 def _passwd_file_has_variables(args: str) -> bool:
     """A passwd-file userdb's path (its ``args`` after ``username_format=``) holds a
     %variable (db-passwd-file.c: a % not doubled)."""
-    if args.startswith("username_format="):
-        args = args.partition(" ")[2]
-    return "%" in args.replace("%%", "")
+    return "%" in _passwd_file_args(args)[1].replace("%%", "")
 
 
 def parse_userdb_field(text: str, name: str) -> list[str]:
@@ -1410,9 +1408,9 @@ def userdb_from_files(text: str) -> tuple[dict[str, dict[str, str]] | None, str]
     for fields in sections:
         driver = fields.get("driver", "")
         if driver == "passwd-file":
-            fmt, path = _passwd_file_args(fields.get("args", ""))
-            if "%" in path.replace("%%", ""):
+            if _passwd_file_has_variables(fields.get("args", "")):
                 continue                    # lists nobody (Dovecot logs an error)
+            path = _passwd_file_args(fields.get("args", ""))[1]
             try:
                 listed += _passwd_file(path.replace("%%", "%"), cache)
             except OSError as exc:
@@ -1475,7 +1473,7 @@ def _userdb_lookup(sections: list, login: str, cache: dict) -> dict[str, str] | 
                 got[k] = _expand_value(v, login, got.get("home") or known_home)
         elif driver == "passwd-file":
             fmt, path = _passwd_file_args(fields.get("args", ""))
-            if "%" in path.replace("%%", ""):
+            if _passwd_file_has_variables(fields.get("args", "")):
                 try:
                     path = expand(path, login, None, what="a passwd-file path")
                 except LayoutError:
