@@ -560,6 +560,114 @@ def test_a_hostile_bundle_writes_nothing_anywhere(tmp_path):
         assert not (tmp_path / "keys").exists() and not (tmp_path / "mail").exists(), name
 
 
+def test_a_forged_manifest_whose_names_say_where_writes_nothing(tmp_path):
+    """A manifest's digest is anyone's to compute: a forger can add an item whose member
+    name itself says where it goes (keys/files/<any path>, dovecot/<any path>).  Every
+    member is one imsdr writes (its name, kind, mode and method), a key file goes only
+    where Dovecot's configuration names a mail_crypt key, a Dovecot file only where
+    store.mail_location keeps that file of its login.  Anything else: exit 5 (exit 2
+    when no Dovecot configuration can say where keys go), one line, nothing written.
+    (Before: the default `imsdr restore` of a classic store's bundle with one added
+    item wrote keys/files/etc/cron.d/evil at /etc/cron.d/evil, exit 0.)"""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    mail = tmp_path / "mail"
+    for d in ("cur", "new", "tmp"):
+        (mail / "joe" / "Maildir" / d).mkdir(parents=True)
+    (mail / "joe" / "Maildir" / "subscriptions").write_bytes(b"V\t2\n\nINBOX\n")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "priv.pem").write_bytes(b"private key\n")
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text(f"plugin {{\n  mail_crypt_global_private_key = <{keys}/priv.pem\n}}\n")
+    src = tmp_path / "src"
+    make_home(src, "maildir", **{"store.mail_location": f"maildir:{mail}/%u/Maildir"})
+    p = run(src, "imsdr", "backup", "--dovecot-config", conf, "-f", tmp_path / "dr.tar", text=True)
+    assert p.returncode == 0, p.stderr
+    real, m = bundle_parts(tmp_path / "dr.tar")
+    names = {i["member"] for i in m["items"]}
+    assert f"keys/files{keys}/priv.pem" in names, names
+    data = b"written by a forged bundle\n"
+    digest = hashlib.sha256(data).hexdigest()
+
+    def item(member, kind="keys", **extra):
+        return {"kind": kind, "member": member, "source": "/x", "method": "file", "captured": time.time(),
+                "size": len(data), "sha256": digest, "mode": 0o644, "uid": 0, "gid": 0, "mtime": None, **extra}
+
+    def case(member, kind="keys", **extra):
+        return [(f"ims-dr/{member}", data, tarfile.REGTYPE)], item(member, kind, **extra)
+
+    uidlist = f"{mail}/joe/Maildir/.Evil/dovecot-uidlist"
+    show_refuses = {
+        "a Dovecot file imsdr never captures": case(f"dovecot{victim}/cron-evil", "indexes", login="joe"),
+        "a key kind on a Dovecot file": case(f"dovecot{victim}/dovecot-uidlist", "keys", login="joe"),
+        "a partition file imsdr never captures": case("partition/primary/joe/.bashrc", "indexes",
+                                                      partition="primary", path="joe/.bashrc"),
+        "another configuration file": case("config/evil.conf", "config"),
+        "a journal as a key": case("data/restore-journal.db", "keys"),
+        "a key file as an index": case(f"keys/files{victim}/k.pem", "indexes"),
+        "a mode that is no number": case(f"keys/files{victim}/k.pem", mode="0644"),
+        "an index copied as a database": case(uidlist, "indexes", login="joe", method="sqlite-backup"),
+        "an unknown member class": case("etc/passwd", "config"),
+    }
+    restore_refuses = {
+        "a key file the configuration names not": case(f"keys/files{victim}/k.pem"),
+        "a key beside the named one": case(f"keys/files{keys}/other.pem"),
+        "a Dovecot file outside the layout": case(f"dovecot{victim}/dovecot-uidlist", "indexes", login="joe"),
+        "a Dovecot file of another login's": case(f"dovecot{uidlist}", "indexes", login="eve"),
+        "a login that climbs": case(f"dovecot{mail}/joe/Maildir/dovecot-keywords", "indexes", login=".."),
+        "attributes outside the home": case(f"dovecot{victim}/dovecot-attributes", "keys", login="joe"),
+    }
+    home = tmp_path / "new"
+    for name, (extra, it) in {**show_refuses, **restore_refuses}.items():
+        man = json.loads(json.dumps(m))
+        man["items"].append(it)
+        evil = tmp_path / "evil.tar"
+        craft(evil, real + [e for e in extra if not any(r[0] == e[0] for r in real)], man)
+        dc = ["--dovecot-config", conf]
+        for argv in (["show"], ["restore", "-n", *dc], ["restore", *dc], ["restore", "--all", "--force", *dc]):
+            p = run(home, "imsdr", *argv, "-f", evil, text=True)
+            # (an index is restored by --all only: without, the forged item is not asked for)
+            asked = "--all" in argv or it["kind"] != "indexes"
+            want = 0 if name in restore_refuses and (argv == ["show"] or not asked) else 5
+            assert p.returncode == want, (name, argv, p.returncode, p.stderr)
+            if want:
+                assert p.stderr.count("\n") == 1 and "hostile" in p.stderr, (name, argv, p.stderr)
+                assert not home.exists(), (name, argv)
+            assert os.listdir(victim) == [], (name, argv)
+            shutil.rmtree(home, ignore_errors=True)
+        assert sorted(os.listdir(keys)) == ["priv.pem"], name
+        assert not (mail / "eve").exists() and not (mail / "joe" / "Maildir" / ".Evil").exists(), name
+
+    # the real bundle restores, its key where the configuration it was taken with names it
+    (keys / "priv.pem").unlink()
+    os.unlink(mail / "joe" / "Maildir" / "subscriptions")
+    p = run(home, "imsdr", "restore", "--all", "-f", tmp_path / "dr.tar", text=True)
+    assert p.returncode == 2 and f"give --dovecot-config {conf}" in p.stderr, p.stderr
+    assert not home.exists()
+    p = run(home, "imsdr", "restore", "--all", "--dovecot-config", conf, "-f", tmp_path / "dr.tar", text=True)
+    assert p.returncode == 0, p.stderr
+    assert (keys / "priv.pem").read_bytes() == b"private key\n"
+    assert (mail / "joe" / "Maildir" / "subscriptions").read_bytes() == b"V\t2\n\nINBOX\n"
+    # with no Dovecot configuration to say where keys go: exit 2, nothing written
+    (keys / "priv.pem").unlink()
+    shutil.rmtree(home)
+    for conf_arg in (tmp_path / "no-such.conf",):
+        p = run(home, "imsdr", "restore", "--dovecot-config", conf_arg, "-f", tmp_path / "dr.tar", text=True)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.count("\n") == 1 and "--dovecot-config" in p.stderr and "no-such.conf" in p.stderr, p.stderr
+        assert not home.exists() and not (keys / "priv.pem").exists()
+    # a key restored with the set-user-ID bit its forged item asks: never set-id
+    man = json.loads(json.dumps(m))
+    for i in man["items"]:
+        if i["member"] == "config/msg.conf":
+            i["mode"] = 0o4755
+    craft(tmp_path / "setid.tar", real, man)
+    p = run(home, "imsdr", "restore", "--only", "config", "-f", tmp_path / "setid.tar", text=True)
+    assert p.returncode == 0, p.stderr
+    assert os.stat(home / "config" / "msg.conf").st_mode & 0o7777 == 0o755
+
+
 def test_a_damaged_manifest_restores_nothing_and_an_older_bundle_still_restores(tmp_path):
     """One damaged byte in the manifest (the kind of msg.conf's item, or its mode) is
     damage like any other: `imsdr show` and `restore` exit 4 in one line and restore

@@ -54,6 +54,9 @@ def build_parser() -> ArgParser:
                    help="put back only the files that are not there (file-level route: what the file backup "
                         "did not hold, such as a layout's CONTROL= and INDEX= trees); leave the others as they are")
     s.add_argument("-n", dest="dry", action="store_true", help="say what would be restored where; write nothing")
+    s.add_argument("--dovecot-config", metavar="FILE",
+                   help="Dovecot's configuration naming the mail_crypt key files (default: dovecot.config, "
+                        "else /etc/dovecot/dovecot.conf)")
     s.add_argument("-v", dest="verbose", action="store_true")
     s = sub.add_parser("show", help="print a disaster backup's manifest")
     s.add_argument("-f", dest="device", required=True, metavar="DEVICE")
@@ -184,7 +187,7 @@ def _home(create: bool) -> str:
 
 def _restore(args) -> int:
     from asm.digests import file_sha256
-    from asm.dr.bundle import lacking_kinds, misplaced_now, plan_restore, put, read_manifest
+    from asm.dr.bundle import confine, lacking_kinds, misplaced_now, plan_restore, put, read_manifest
     kinds = _kinds(args)
     if args.force and args.missing:
         raise UsageError("--force replaces the files that exist, --missing leaves them: give one of them")
@@ -212,6 +215,11 @@ def _restore(args) -> int:
             cfg._load()
             cfg.path = os.path.join(home, "config", "msg.conf")
         plan = plan_restore(manifest, lambda: cfg, kinds)
+        dovecot_config = args.dovecot_config or cfg.get("dovecot.config")
+        if dovecot_config is None:
+            from asm.reconstruct.dovecot import SITE_CONFIG
+            dovecot_config = SITE_CONFIG
+        confine(cfg, plan, dovecot_config, manifest.get("dovecot_config"))
         away = misplaced_now(cfg, plan)
         for login, u in sorted(away.items()):
             n = sum(1 for item, _ in plan if item.get("login") == login)

@@ -98,12 +98,55 @@ def _sound(name: str) -> bool:
     return bool(name) and "\0" not in name and all(p not in ("", ".", "..") for p in name.split("/"))
 
 
+#: the members imsdr writes under fixed names, and their kinds
+FIXED_MEMBERS = {"config/msg.conf": "config", "config/backup-groups.conf": "config",
+                 "data/restore-journal.db": "journals", "data/bacula/state.db": "journals",
+                 "staging/catalog.db": "catalog", "store/mboxlist/mailboxes.db": "mboxlist",
+                 "files.jsonl": "listing"}
+#: the files a partition/ member may be, by kind: a classic folder's index, a Maildir
+#: folder's control files and a user's subscriptions, a user's dovecot-attributes (keys)
+PARTITION_FILES = {"indexes": ("store.idx",) + MAILDIR_CONTROL + MAILDIR_USER, "keys": (ATTRIBUTES,)}
+#: the files a dovecot/ member may be (Dovecot's, where store.mail_location puts them)
+DOVECOT_FILES = MAILDIR_CONTROL + MAILDIR_USER
+DOVECOT_PREFIXES = ("dovecot-uidvalidity", "dovecot.index", "dovecot.list.index")
+
+
+def _dovecot_file(kind: str, name: str) -> bool:
+    """``name`` is a file imsdr captures of kind ``kind`` from a Dovecot layout."""
+    if kind == "keys":
+        return name == ATTRIBUTES
+    return kind == "indexes" and (name in DOVECOT_FILES or name.startswith(DOVECOT_PREFIXES))
+
+
 def _check_item(item: dict) -> None:
     """Where an item would be put back is its member's name, as Capture wrote both: a
-    manifest whose ``target``, ``partition`` or ``path`` says otherwise is hostile."""
+    manifest whose ``target``, ``partition`` or ``path`` says otherwise is hostile.  So is
+    a member imsdr never writes: a name outside the ones it uses, a kind its name never
+    has, a file that is not one of the index, control or key files it captures (a forged
+    manifest carries a digest anyone can compute: what it may name is bounded here, and
+    where those files may go by the installation, :func:`confine`)."""
     member = item.get("member")
     if not isinstance(member, str) or not _sound(member):
         raise _hostile(f"its manifest names a member {member!r}")
+    kind = item.get("kind")
+    name = member.rsplit("/", 1)[-1]
+    if member in FIXED_MEMBERS:
+        ok = FIXED_MEMBERS[member] == kind
+    elif member.startswith("partition/"):
+        ok = member.count("/") >= 2 and name in PARTITION_FILES.get(kind, ())
+    elif member.startswith("keys/files/"):
+        ok = kind == "keys"
+    elif member.startswith("dovecot/"):
+        ok = _dovecot_file(kind, name)
+    else:
+        ok = False
+    if ok and any(not isinstance(item.get(k, 0), int) or isinstance(item.get(k), bool) or item.get(k, 0) < 0
+                  for k in ("mode", "uid", "gid")):
+        raise _hostile(f"its manifest gives member {member!r} a mode or owner that is no number")
+    if ok and item.get("method") == "sqlite-backup":
+        ok = member.endswith((".db", "/store.idx"))      # (its -wal/-shm/-journal are removed)
+    if not ok:
+        raise _hostile(f"its manifest names member {member!r} of kind {kind!r}")
     if member.startswith("partition/"):
         _, part, path = (member.split("/", 2) + ["", ""])[:3]
         if item.get("partition") != part or item.get("path") != path:
@@ -310,6 +353,7 @@ class Capture:
             "store_root": cfg.store_root if not snapshot else cfg.snapshot_store_root(),
             "partitions": parts, "staging_dir": staging, "snapshot": snapshot,
             "mail_location": layout.location.text if layout is not None else None,
+            "dovecot_config": self.dovecot_config,
             "order": ["mboxlist", "indexes", "journals", "catalog", "config", "keys"],
             "counts": self.counts, "items": self.items, "problems": self.problems,
         }
@@ -394,19 +438,7 @@ class Capture:
         return layout
 
     def _home_template(self, layout) -> str | None:
-        """Where homes are, for a location that does not use them (its keys may be
-        there): the layout's, else the userdb's or mail_home of Dovecot's configuration."""
-        if layout.home_template:
-            return layout.home_template
-        if not self.dovecot_config or not os.path.exists(self.dovecot_config):
-            return None
-        from asm.store.layout import LayoutError, _doveconf_all, parse_userdb_homes
-        try:
-            settings, sections = _doveconf_all(["-c", self.dovecot_config], "doveconf", ("mail_home", "userdb"))
-            homes = parse_userdb_homes(sections.get("userdb", ""))
-            return homes[0] if homes else (settings.get("mail_home") or None)
-        except (LayoutError, OSError):
-            return None
+        return home_template(layout, self.dovecot_config)
 
     def _misplaced_problems(self, layout) -> None:
         """Name, in imsbackup's words, the mail under the template that is no login's
@@ -508,19 +540,43 @@ class Capture:
                                        path=rel)
 
 
-def mail_crypt_key_files(config: str | None) -> list[str]:
-    """Files Dovecot's mail_crypt settings read (``mail_crypt_*key* = </path``)."""
-    if not config or not os.path.exists(config):
+def home_template(layout, dovecot_config: str | None) -> str | None:
+    """Where homes are, for a location that does not use them (its keys may be
+    there): the layout's, else the userdb's or mail_home of Dovecot's configuration."""
+    if layout.home_template:
+        return layout.home_template
+    if not dovecot_config or not os.path.exists(dovecot_config):
+        return None
+    from asm.store.layout import LayoutError, _doveconf_all, parse_userdb_homes
+    try:
+        settings, sections = _doveconf_all(["-c", dovecot_config], "doveconf", ("mail_home", "userdb"))
+        homes = parse_userdb_homes(sections.get("userdb", ""))
+        return homes[0] if homes else (settings.get("mail_home") or None)
+    except (LayoutError, OSError):
+        return None
+
+
+def mail_crypt_key_files(config: str | None, strict: bool = False) -> list[str]:
+    """Files Dovecot's mail_crypt settings read (``mail_crypt_*key* = </path``).
+    ``strict``: a configuration that cannot be read is a BundleError, not none."""
+    def unread(why: str) -> list[str]:
+        if strict:
+            raise BundleError(why)
         return []
+    if not config or not os.path.exists(config):
+        return unread(f"Dovecot's configuration {config or '(none: give --dovecot-config FILE)'} does not exist")
     doveconf = shutil.which("doveconf") or ("/usr/bin/doveconf" if os.path.exists("/usr/bin/doveconf") else None)
     if doveconf is None:
-        return []
+        return unread("doveconf is not installed, to read Dovecot's configuration")
     try:
         # -P: doveconf hides the values of key settings unless asked
-        out = subprocess.run([doveconf, "-c", config, "-n", "-P"], capture_output=True, text=True, timeout=60,
-                             errors="replace").stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
+        proc = subprocess.run([doveconf, "-c", config, "-n", "-P"], capture_output=True, text=True, timeout=60,
+                              errors="replace")
+        out = proc.stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return unread(f"doveconf -c {config} failed ({exc})")
+    if strict and proc.returncode != 0:
+        return unread(f"doveconf -c {config} failed ({(proc.stderr.strip().splitlines() or ['exit %d' % proc.returncode])[-1]})")
     found = []
     for line in out.splitlines():
         name, eq, value = line.strip().partition(" = ")
@@ -676,6 +732,92 @@ def plan_restore(manifest: dict, config_for, kinds: tuple) -> list[tuple[dict, s
     return out
 
 
+def _login_sound(login) -> bool:
+    return isinstance(login, str) and login not in ("", ".", "..") and "/" not in login and "\0" not in login
+
+
+def _layout_keeps(layout, dovecot_config: str | None, login: str, kind: str, target: str) -> bool:
+    """``target`` is where this installation's layout keeps a file of ``kind`` of ``login``
+    (as Capture found them: :meth:`Capture._layout_files`, :meth:`Capture._keys`)."""
+    from asm.store.layout import LayoutError, _under, expand
+    try:
+        ul = layout.for_login(login)
+    except LayoutError:
+        return False
+    d, name = os.path.split(target)
+    if kind == "keys":
+        homes = [ul.home]
+        template = home_template(layout, dovecot_config) if ul.home is None else None
+        if template:
+            with contextlib.suppress(LayoutError):
+                homes.append(expand(template, login, what="the home template"))
+        return name == ATTRIBUTES and d in [h for h in homes + [ul.root, ul.control_root] if h]
+    if target == ul.subscriptions_path or (name.startswith("dovecot-uidvalidity") and d == ul.control_root):
+        return True
+    if name in MAILDIR_CONTROL:
+        roots = (ul.root, ul.inbox_dir, ul.control_root)
+    elif name.startswith(("dovecot.index", "dovecot.list.index")):
+        roots = (ul.root, ul.inbox_dir, ul.index_root, ul.list_index_dir)
+    else:
+        return False
+    return any(r and _under(d, r) for r in roots)
+
+
+def confine(config, plan: list[tuple[dict, str]], dovecot_config: str | None, taken_with=None) -> None:
+    """Refuse, before anything is written, a plan that puts a file where this installation
+    keeps none of its kind: a key file Dovecot's configuration (``dovecot_config``) names
+    in no ``mail_crypt_*key`` setting (HostileBundle), a Dovecot file outside the
+    directories store.mail_location gives its login (HostileBundle).  A configuration
+    that cannot say (no Dovecot configuration, no store.mail_location): BundleError,
+    exit 2; so is a key file the configuration names not when the disaster backup was
+    taken with another (``taken_with``: give that one).  A member's name alone cannot be
+    trusted: a forged manifest's digest is anyone's to compute."""
+    keys = [t for item, t in plan if item["member"].startswith("keys/files/")]
+    if keys:
+        try:
+            named = mail_crypt_key_files(dovecot_config, strict=True)
+        except BundleError as exc:
+            raise BundleError(f"the disaster backup holds {len(keys)} mail_crypt key files ({', '.join(keys[:2])}"
+                              f"{', ...' if len(keys) > 2 else ''}), put back only where Dovecot's configuration "
+                              f"names them, and {exc}: nothing was restored; restore Dovecot's configuration "
+                              f"first (or name it with --dovecot-config FILE), or leave the keys out "
+                              f"(--only config,catalog,journals)") from None
+        real = {os.path.realpath(n) for n in named}
+        for t in keys:
+            if t not in named and os.path.realpath(t) not in real:
+                if isinstance(taken_with, str) and taken_with != dovecot_config:
+                    raise BundleError(f"the disaster backup holds the mail_crypt key file {t}, which Dovecot's "
+                                      f"configuration {dovecot_config} names in no mail_crypt_*key setting; "
+                                      f"it was taken with {taken_with}: nothing was restored; give "
+                                      f"--dovecot-config {taken_with} (once it is back), or leave the keys "
+                                      f"out (--only config,catalog,journals)")
+                raise _hostile(f"its manifest puts a key file at {t!r}, which Dovecot's configuration "
+                               f"({dovecot_config}) names in no mail_crypt_*key setting")
+    dov = [(item, t) for item, t in plan if item["member"].startswith("dovecot/")]
+    if not dov:
+        return
+    from asm.store.layout import LayoutError
+    from asm.store.maildir.store import open_layout
+    why = None
+    layout = None
+    if config.driver != "maildir" or not config.get("store.mail_location"):
+        why = "the configuration names no store.mail_location to say where they go"
+    else:
+        try:
+            layout = open_layout(config, dbox=True)
+        except (LayoutError, ImsError, OSError) as exc:
+            why = f"store.mail_location cannot be read ({exc})"
+    if layout is None:
+        raise BundleError(f"the disaster backup holds {len(dov)} files of a Dovecot layout and {why}: nothing "
+                          f"was restored; restore the configuration with them (a default kind), or set "
+                          f"store.mail_location as it was")
+    for item, t in dov:
+        login = item.get("login")
+        if not _login_sound(login) or not _layout_keeps(layout, dovecot_config, login, item["kind"], t):
+            raise _hostile(f"its manifest puts member {item['member']!r} of login {login!r} where "
+                           f"store.mail_location ({layout.location.text}) keeps no such file of it")
+
+
 def misplaced_now(config, plan: list[tuple[dict, str]]) -> dict:
     """{login: Unlisted} of the logins with files in ``plan`` that the running Dovecot's
     userdb now keeps apart from store.mail_location's template (their own ``mail=`` or
@@ -713,7 +855,7 @@ def put(src: str, target: str, item: dict, owner=None) -> None:
     tmp = f"{target}.imsdr-{os.getpid()}.tmp"
     try:
         shutil.copyfile(src, tmp)
-        os.chmod(tmp, item.get("mode", 0o600) & 0o7777)
+        os.chmod(tmp, item.get("mode", 0o600) & 0o777)      # (never set-id: no file imsdr writes is)
         if os.geteuid() == 0:
             uid, gid = owner if owner else (item.get("uid", 0), item.get("gid", 0))
             with contextlib.suppress(OSError):
