@@ -226,6 +226,109 @@ def test_a_stream_killed_before_it_ended_fails_the_job(ims_home, tmp_path, sig):
     assert b"/primary/groupA full recorded as good" in done.stdout and b"FAILED" not in done.stdout
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """``pid`` (not our child: the wrapper's) is no more, or a zombie, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.parametrize("sig", ["TERM", "KILL"])
+@pytest.mark.parametrize("direction", ["backup", "restore"])
+def test_the_wrapper_stopped_alone_stops_its_tool(ims_home, tmp_path, direction, sig):
+    """Bacula cancelling a job, a timeout or an admin signals imsbacula itself, not its
+    process group.  Before, the wrapper exited 130 "interrupted" while its imsbackup went
+    on writing the whole archive to the stream, or its imsrestore went on restoring
+    (908 messages after the wrapper had exited with 54 restored), unseen.  Now, at every
+    point of the run: SIGTERM: the wrapper stops the tool and waits for it (gone when
+    the wrapper exits 130); SIGKILL: the tool gets SIGTERM as its parent dies and ends
+    at once.  Nothing moves after that, and a restore run again is exact."""
+    import contextlib
+    import signal
+    import subprocess
+
+    from tests.helpers import popen
+    store = open_store(make_home(ims_home, "classic"))
+    (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
+    for u in ("alice", "amy"):
+        store.create_user(u)
+        for f in ("INBOX", "Sent", "Trash"):
+            if f != "INBOX":
+                store.create_folder(u, f)
+            for i in range(120):
+                store.append(u, f, io.BytesIO(msg(u, f, i, size=20_000)), flags=FLAGS[i % len(FLAGS)])
+    want = picture(store)
+    archive = tmp_path / "stream.ims"
+    with open(archive, "wb") as out:
+        assert popen(None, "imsbacula", "-E", "backup", "/primary/groupA", stdout=out).wait() == 0
+    dest = tmp_path / "dest"
+    got = open_store(make_home(dest, "classic"))
+    (dest / "config" / "backup-groups.conf").write_text(GROUPS)
+
+    def restored() -> int:
+        return sum(len(got.messages(u, f.name)) for u in got.users("primary") for f in got.folders(u))
+
+    signum = getattr(signal, f"SIG{sig}")
+    data = archive.read_bytes()
+    # the test reads the stream (writes it, for a restore) itself, slowly: the tool is
+    # mid-run at each point, however fast or busy the machine
+    for at in (1, 64 << 10, 1 << 20, 3 << 20, len(data) // 2, len(data) * 4 // 5):
+        if direction == "backup":
+            p = popen(None, "imsbacula", "-E", "backup", "/primary/groupA", stdout=subprocess.PIPE,
+                      stderr=subprocess.DEVNULL)
+            done = 0
+            while done < at:
+                done += len(p.stdout.read1(min(1 << 16, at - done)) or b"x" * (at - done))
+        else:
+            p = popen(dest, "imsbacula", "-E", "restore", "/primary/groupA", stdin=subprocess.PIPE,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={"IMS_HOME": str(dest)})
+            p.stdin.write(data[:at])
+            p.stdin.flush()
+            deadline = time.monotonic() + 30
+            while not _children(p.pid) and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(0.1)
+        kids = _children(p.pid)
+        p.send_signal(signum)
+        if direction == "restore":
+            with contextlib.suppress(BrokenPipeError):
+                p.stdin.close()
+        rc = p.wait()
+        assert rc == (130 if sig == "TERM" else -9), (at, rc)
+        assert kids, f"no tool was running {at} bytes in"
+        for k in kids:
+            # SIGTERM: gone when the wrapper exits; SIGKILL: told at once, gone promptly
+            assert _gone(k, 0.01 if sig == "TERM" else 30), (at, k)
+        if direction == "backup":
+            left = p.stdout.read()          # to the end: no writer is left
+            p.stdout.close()
+            assert len(left) < (2 << 20), (at, len(left))
+        count = restored()
+        time.sleep(0.3)
+        assert restored() == count, at
+    if direction == "restore":
+        with open(archive, "rb") as src:
+            p = popen(dest, "imsbacula", "-E", "restore", "/primary/groupA", stdin=src, stdout=subprocess.DEVNULL,
+                      env={"IMS_HOME": str(dest)})
+            assert p.wait() == 0
+        assert picture(got) == want
+
+
 def test_a_job_in_which_no_stream_ran_fails(ims_home):
     """jobstart ran but no bpipe stream of the job started or was recorded (the file
     daemon without 'Plugin Directory', imsbacula killed before it wrote a word): Bacula

@@ -108,13 +108,57 @@ def _log(home: str, fileset: str, line: str, echo: bool = True) -> None:
         print(f"{PROG}: {line}", file=sys.stderr, flush=True)
 
 
+_STOPS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _child_setup(parent: int) -> None:
+    """In the child, before the tool starts: the stop signals the wrapper held while it
+    started the tool are let through again, and the tool gets SIGTERM when this wrapper
+    dies, even of a SIGKILL (Linux's PR_SET_PDEATHSIG), so no tool goes on writing to a
+    stream or a store its job no longer owns; a wrapper already gone: at once."""
+    import ctypes
+    import signal
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [getattr(signal, n) for n in _STOPS])
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)    # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _run_tool(home: str, fileset: str, argv: list[str], stdin=None) -> int:
     """Run an ims tool with our stdin/stdout (the bpipe pipe, never copied through
-    Python) and copy its stderr lines to the log."""
-    proc = subprocess.Popen([sys.executable, "-m"] + argv, stdin=stdin, stdout=None, stderr=subprocess.PIPE)
-    for raw in proc.stderr:
-        _log(home, fileset, raw.decode("utf-8", "replace").rstrip("\n"))
-    return proc.wait()
+    Python) and copy its stderr lines to the log.  When this wrapper is stopped (SIGTERM,
+    SIGINT, SIGHUP: Bacula cancelling the job, a timeout) the tool is stopped too, and
+    waited for, before the wrapper exits 130: an exit that says "interrupted" while the
+    tool still writes the archive or the store would be a lie."""
+    import functools
+    import signal
+    stops = [getattr(signal, n) for n in _STOPS]
+    # (held while the tool starts: a stop signal then would leave a tool no one waits for)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m"] + argv, stdin=stdin, stdout=None, stderr=subprocess.PIPE,
+                                preexec_fn=functools.partial(_child_setup, os.getpid()))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    try:
+        for raw in proc.stderr:
+            _log(home, fileset, raw.decode("utf-8", "replace").rstrip("\n"))
+        return proc.wait()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            # the tool ends as it would on its own SIGTERM (nothing half-written), and
+            # says why on its stderr, which still goes to the job's log
+            for raw in proc.stderr:
+                _log(home, fileset, raw.decode("utf-8", "replace").rstrip("\n"))
+            proc.wait(timeout=60)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
+        raise
 
 
 def _tool_name(argv):
