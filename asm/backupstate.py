@@ -181,6 +181,33 @@ def named_as_archive(path: str) -> bool:
     return _is_state_file(state_path_for(path))
 
 
+def directory_archives(d: str) -> tuple[list[str], list[str]]:
+    """The files of a backup directory ``d`` (regular files, or symbolic links to them;
+    not its dot files), sorted; and why each entry that is one of the backups by its name
+    (``named_as_archive``) cannot be one: a symbolic link whose archive is gone (an
+    incremental kept on other storage, deleted there), a directory, a FIFO, a device.
+    Passing over those would pass over the mail only they held."""
+    files, lost = [], []
+    for n in sorted(os.listdir(d)):
+        if n.startswith("."):
+            continue
+        p = os.path.join(d, n)
+        if os.path.isfile(p):
+            files.append(p)
+            continue
+        if not named_as_archive(p):
+            continue
+        if os.path.islink(p):
+            why = f"a symbolic link to {os.readlink(p)}, which " + \
+                  ("is no file" if os.path.exists(p) else "does not exist")
+        elif os.path.isdir(p):
+            why = "a directory"
+        else:
+            why = "not a regular file (a FIFO, a socket or a device)"
+        lost.append(f"{p}: its name or the state file beside it says it is a backup, but it is {why}")
+    return files, lost
+
+
 def _is_state_file(path: str) -> bool:
     """A regular file (a symlink is a pointer some cron line keeps, not the state
     written beside an archive) holding a state document with its archive id."""

@@ -175,6 +175,48 @@ def test_a_destroyed_archive_of_a_directory_fails_the_check(tmp_path, how):
     run(home, "imsverify", "-f", d, check=EXIT_OK)
 
 
+@pytest.mark.parametrize("how", ["dangling-link", "fifo", "directory", "link-to-directory"])
+def test_an_archive_name_of_a_directory_that_is_no_file_fails_the_check(tmp_path, how):
+    """imsverify -f /backup/ where incr.ims is a symbolic link to an incremental kept on
+    other storage that is gone (or, by some accident, a FIFO or a directory): one of the
+    backups by its name, so named and the run fails (8), as for a 0-byte one.  (Before:
+    passed over, exit 0 "every check passed", and the incremental's mail in no archive.)
+    The same directory without the name passes."""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, "classic"))
+    put(store, "joe", "INBOX", 1)
+    d = tmp_path / "backup"
+    d.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run(home, "imsbackup", "-f", d / "full.ims", "/", check=EXIT_OK)
+    put(store, "joe", "INBOX", 2)
+    run(home, "imsbackup", "-f", elsewhere / "incr.ims", "--base", d / "full.ims.state", "/", check=EXIT_OK)
+    gone = d / "incr.ims"
+    os.symlink(elsewhere / "incr.ims", gone)
+    run(home, "imsverify", "-f", d, check=EXIT_OK)          # the link to the archive: read as it
+    gone.unlink()
+    if how == "dangling-link":
+        os.symlink(elsewhere / "incr.ims", gone)
+        (elsewhere / "incr.ims").unlink()
+    elif how == "fifo":
+        os.mkfifo(gone)
+    elif how == "directory":
+        gone.mkdir()
+    else:
+        os.symlink(elsewhere, gone)
+    for extra in ([], ["-v"], ["--against-store"]):
+        p = run(home, "imsverify", *extra, "-f", d, text=True, timeout=60)
+        assert p.returncode == EXIT_NOT_ARCHIVE, (extra, p.stdout, p.stderr)
+        assert "every check passed" not in p.stdout + p.stderr
+        if extra == ["-v"]:
+            assert str(gone) in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = run(home, "imsdr", "chain", d, text=True, timeout=60)
+    assert p.returncode == 1 and str(gone) in p.stderr, (p.stdout, p.stderr)
+    os.rmdir(gone) if how == "directory" else gone.unlink()
+    run(home, "imsverify", "-f", d, check=EXIT_OK)
+
+
 def test_files_beside_the_archives_of_a_directory_are_not_ours(tmp_path):
     """imsverify -f /backup/ passes over what sits beside the archives: a checksum
     (full-....ims.sha256 from sha256sum) and the -d cron lines' date file `last` beside

@@ -108,19 +108,22 @@ def _groups(cfg):
         return Groups()
 
 
-def _expand(devices: list[str]) -> list[str]:
-    """Devices as given; a local directory stands for the archive files in it."""
-    out = []
+def _expand(devices: list[str]) -> tuple[list[str], list[str]]:
+    """Devices as given; a local directory stands for the archive files in it.  And why
+    each entry of such a directory that is a backup by its name is none (backupstate.
+    directory_archives: a symbolic link whose archive is gone)."""
+    from asm.backupstate import directory_archives
+    out, lost = [], []
     for d in devices:
         if d != "-" and os.path.isdir(d):
-            names = sorted(n for n in os.listdir(d) if not n.startswith("."))
-            files = [os.path.join(d, n) for n in names if os.path.isfile(os.path.join(d, n))]
-            if not files:
+            files, gone = directory_archives(d)
+            if not files and not gone:
                 raise UsageError(f"{d} is a directory without files: name archive files or a directory holding them")
             out.extend(files)
+            lost.extend(gone)
         else:
             out.append(d)
-    return out
+    return out, lost
 
 
 @contextlib.contextmanager
@@ -174,7 +177,7 @@ def _verify(args, report) -> int:
     if args.scratch and not os.path.isdir(args.scratch):
         raise UsageError(f"--scratch {args.scratch}: no such directory")
     from_dirs = [d for d in args.devices if d != "-" and os.path.isdir(d)]
-    devices = _expand(args.devices)
+    devices, lost = _expand(args.devices)
     cfg = _config()
     inst = None
     if args.against_store:
@@ -191,7 +194,8 @@ def _verify(args, report) -> int:
 
     progress = Progress(enabled=None)
     t0 = time.monotonic()
-    problems: list[Problem] = []
+    problems: list[Problem] = [Problem(EXIT_NOT_ARCHIVE, f"{why}: the mail only it held is in no "
+                                                                    f"archive; take a full backup") for why in lost]
     checks = []
     skipped = []
     for dev in devices:

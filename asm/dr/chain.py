@@ -149,12 +149,12 @@ def archive_files(paths: list[str], verify: bool = False, identities=()) -> tupl
     state file beside it (backupstate.named_as_archive), that holds no archive (0
     bytes, zeros: its bytes were lost).  Another file of a directory (a README, a
     catalog) is not an archive."""
-    from asm.backupstate import named_as_archive
+    from asm.backupstate import directory_archives, named_as_archive
     found, others, unreadable, lost = [], [], [], []
     for p in paths:
         if os.path.isdir(p):
-            names = sorted(os.path.join(p, n) for n in os.listdir(p)
-                           if not n.startswith(".") and os.path.isfile(os.path.join(p, n)))
+            names, gone = directory_archives(p)
+            lost += gone
         else:
             names = [p]
         for n in names:
