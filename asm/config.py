@@ -635,7 +635,8 @@ class Config:
         try:
             self._make_home()
             make_dirs(d)
-            fd = os.open(os.path.join(d, ".msg.conf.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            from asm.locks import open_lock_file
+            fd = open_lock_file(os.path.join(d, ".msg.conf.lock"), 0o644)
         except OSError as exc:
             raise ConfigWriteFailed(self.path, exc) from None
         try:

@@ -2,9 +2,17 @@
 and whether a process named in a lock or a temporary's name still lives."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import time
+
+from asm.errors import ImsError
+
+
+class UnsafeLockFile(ImsError):
+    """A lock file that is a link: nothing was done."""
 
 
 def pid_alive(pid: int) -> bool:
@@ -34,6 +42,29 @@ def flock_wait(fd: int, timeout: float, poll: float = 0.02) -> bool:
             time.sleep(poll)
 
 
+def open_lock_file(path: str, mode: int = 0o600) -> int:
+    """Open (make) the lock file ``path`` for reading and writing, never through a
+    symbolic link or onto a file with other names (hard links): a lock beside an archive
+    or in a staging area lives in a directory others may write (a shared /backup), and
+    one who plants ``.full.ims.lock -> /etc/shadow`` there must not have root truncate
+    that file to write a pid in it.  UnsafeLockFile (exit 2) names such a file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        fd = None
+    if fd is not None:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return fd
+        os.close(fd)
+    raise UnsafeLockFile(f"{path}: the lock file is a symbolic link, a hard link or no regular file, which "
+                         f"ims-asm never writes through (someone who can write {os.path.dirname(path) or '.'} "
+                         f"may have made it); remove it, make the directory writable only by the backup's "
+                         f"user, and run again")
+
+
 class FileLock:
     """An exclusive flock on the file ``path`` (made when missing), which holds the
     holder's pid: one run at a time for what the name stands for (imsbackup: one
@@ -47,7 +78,7 @@ class FileLock:
     def acquire(self) -> int | None:
         """None once held; else the pid of the holder (0 when it has not written it yet)."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = open_lock_file(self.path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from asm.locks import flock_wait
+from asm.locks import flock_wait, open_lock_file
 from staging.errors import LockHeld
 
 LOCK_NAME = ".lock"
@@ -20,7 +20,7 @@ class AreaLock:
         self.fd: int | None = None
 
     def acquire(self, wait: float = 0.0, what: str = "imsstage") -> "AreaLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(self.path, 0o644)
         if not flock_wait(fd, wait, poll=0.2):
             try:
                 holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"

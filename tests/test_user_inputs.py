@@ -484,3 +484,45 @@ def test_a_held_delivery_to_a_folder_the_restore_never_made_goes_to_inbox(tmp_pa
         [_, m] = store.messages("joe", "INBOX")
         with store.open_message("joe", "INBOX", m.uid) as f:
             assert f.read() == MSG
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+@pytest.mark.parametrize("what", ["imsbackup", "imsstage", "msconfig", "mkbackupdir"])
+def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(home, tmp_path, what, link):
+    """A lock beside an archive or in a staging area lives in a directory others may
+    write (a shared /backup): one who plants '.full.ims.lock -> /etc/shadow' there had
+    root truncate that file and write its pid in it (imsbackup exit 0).  Every lock file
+    is opened without following a link, and one with other names is refused: exit 2,
+    one line naming it, the file it points to as it was, nothing done."""
+    import os
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    os.chmod(victim, 0o600)
+    if what == "imsbackup":
+        lock, argv = shared / ".full.ims.lock", ["imsbackup", "-f", shared / "full.ims", "/"]
+    elif what == "imsstage":
+        lock, argv = shared / ".lock", ["imsstage", "dump", "-D", shared, "-j", "1"]
+    elif what == "msconfig":
+        lock, argv = home / "config" / ".msg.conf.lock", ["msconfig", "set", "store.backupexclude", "Junk"]
+    else:
+        run(home, "mkbackupdir", "-p", shared, check=0)
+        lock, argv = shared / ".imsasm-tree.lock", ["mkbackupdir", "-p", shared]
+    before = sorted(os.listdir(lock.parent))
+    with __import__("contextlib").suppress(FileNotFoundError):
+        lock.unlink()
+    if link == "symlink":
+        os.symlink(victim, lock)
+    else:
+        os.link(victim, lock)
+    p = run(home, *argv)
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert str(lock) in err and "link" in err, err
+    assert victim.read_bytes() == b"precious\n"
+    lock.unlink()
+    assert sorted(n for n in os.listdir(lock.parent) if n != lock.name) == \
+        sorted(n for n in before if n != lock.name)             # nothing done
+    run(home, *argv, check=0)                                   # the link gone: as always
+    assert victim.read_bytes() == b"precious\n"

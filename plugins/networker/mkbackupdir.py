@@ -341,7 +341,8 @@ def _main(argv: list[str] | None) -> int:
     owner = (uid, gid) if inst.config.owner() else None
     if owner and os.geteuid() == 0:
         os.chown(directory, uid, gid)
-    lockfd = os.open(os.path.join(directory, tree.LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    from asm.locks import open_lock_file
+    lockfd = open_lock_file(os.path.join(directory, tree.LOCK), 0o644)
     try:
         try:
             fcntl.flock(lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
