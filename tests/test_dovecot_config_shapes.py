@@ -277,6 +277,57 @@ def test_a_dbox_store_with_the_sites_namespace_is_backed_up_and_restored(shaped_
         assert lab.client_state(u) == before[u]
 
 
+def maildir_ns(name: str, lines: str, layout: str = "") -> LabLayout:
+    return LabLayout(f"{name}-maildir{layout.replace(':LAYOUT=', '-')}", f"maildir:{{store}}/%u/Maildir{layout}",
+                     "{store}/%u", ("alice",), inbox_namespace=lines)
+
+
+KEYWORDS_30 = [f"kw{i:02d}" for i in range(30)]
+
+
+@pytest.mark.parametrize("shaped_lab,prefix,sep", [
+    (maildir_ns("courier", COURIER_NS), "INBOX.", "."),
+    (maildir_ns("courier", COURIER_NS, ":LAYOUT=fs"), "INBOX.", "."),
+    (maildir_ns("sepdot", "  separator = ."), "", "."),
+    (maildir_ns("sepdot", "  separator = .", ":LAYOUT=fs"), "", ".")],
+    ids=["courier", "courier-fs", "sepdot", "sepdot-fs"], indirect=["shaped_lab"])
+def test_keywords_beyond_26_of_a_maildir_store_with_the_sites_namespace_round_trip(shaped_lab, prefix, sep,
+                                                                                    tmp_path):
+    """A Maildir store whose inbox namespace has Courier's prefix INBOX. and separator
+    '.', or only the separator '.': a message's keywords beyond the 26 file-name letters
+    (Dovecot keeps them in its index only) are asked of doveadm by folder name, as the
+    driver names folders (Work/Sub), which such a namespace does not.  Before: with the
+    prefix, those of every folder but INBOX were left out of the archive and the restore
+    (exit 0: kw26..kw29 gone for good); with the '.' separator, every nested folder failed
+    every backup (exit 1, "Name must not have '/' characters") and every restore (exit
+    17).  Now: the backup exits 0, the archive holds all 30, and a restore into the
+    emptied store gives IMAP clients every keyword back."""
+    lab = shaped_lab
+    from asm.store.utf7 import encode
+    boxes = [prefix + "Tags", prefix + "Work", prefix + "Work" + sep + "Sub",
+             prefix + encode("Été") + sep + encode("Ünter")]
+    with lab.imap("alice") as c:
+        c.append("INBOX", message("inbox"), KEYWORDS_30)
+        for box in boxes:
+            c.create(box)
+            c.append(box, message(f"in {box}"), [r"\Seen"] + KEYWORDS_30)
+            c.append(box, message(f"second in {box}"), KEYWORDS_30[20:])
+    before = lab.client_state("alice")
+    for box in ["INBOX"] + boxes:
+        assert all(set(KEYWORDS_30[20:]) <= set(m.flags) for m in before[box].messages), (box, before[box])
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", check=None, text=True)
+    assert p.returncode == 0, p.stderr
+    shutil.rmtree(lab.store)
+    os.mkdir(lab.store)
+    lab.fix_owner(lab.store)
+    p = run(home, "imsrestore", "-f", a, check=None, text=True)
+    assert p.returncode == 0, p.stderr
+    assert lab.client_state("alice") == before
+
+
 @pytest.mark.parametrize("dovecot", ["running", "stopped"])
 @pytest.mark.parametrize("shaped_lab,override", [("plain", "mail"), ("home", "home")],
                          ids=["userdb-mail", "userdb-home"], indirect=["shaped_lab"])

@@ -1114,7 +1114,14 @@ class MaildirStore(Store):
             conf = self.config.get("dovecot.config")
             if conf is None and self.config.get("store.mail_location") == "doveconf":
                 conf = "/etc/dovecot/dovecot.conf"
-            self._doveadm_cache = Doveadm.find(conf)
+            dv = Doveadm.find(conf)
+            if dv is not None:
+                # folders named as this driver names them (Work/Sub), whatever the inbox
+                # namespace's prefix and separator (Courier's INBOX. and '.', Debian's '.'):
+                # 'mailbox Work/Sub' was refused there ("Name must not have '/'"), and with
+                # prefix INBOX. 'mailbox Tags' was no folder; the files are the same either way
+                dv.settings = layout_mod.dsync_namespace_options(layout_mod.doveconf_namespaces(dv.conf))
+            self._doveadm_cache = dv
         return self._doveadm_cache
 
     def keep_index_keywords(self, path: str):
@@ -1176,6 +1183,13 @@ class MaildirStore(Store):
         except StoreError as exc:
             snap.warnings.append(f"keywords beyond the {mdnames.MAX_KEYWORDS} file-name letters "
                                  f"could not be read, not in the archive: {exc}")
+            return True
+        if not any(m.uid in index for m in snap.messages):
+            # doveadm answered for no message of the folder: another folder than this one
+            # (a namespace that names it otherwise), not "no keyword beyond the letters"
+            snap.warnings.append(f"keywords beyond the {mdnames.MAX_KEYWORDS} file-name letters could not "
+                                 f"be read, not in the archive: doveadm fetch -u {user} 'uid flags' mailbox "
+                                 f"{folder!r} answered for none of the folder's {len(snap.messages)} messages")
             return True
         out = []
         for m in snap.messages:
