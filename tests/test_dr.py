@@ -431,6 +431,39 @@ def test_imsdr_backup_names_a_lost_classic_mailbox_list(tmp_path):
     assert not db.exists()
 
 
+@pytest.mark.parametrize("how", ["empty-mount-point", "partition-missing"])
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_imsdr_backup_of_a_store_whose_disk_is_not_mounted_names_it(tmp_path, driver, how):
+    """The nightly disaster backup of a store whose disk is not mounted (the partition and
+    store root an empty mount point, or the partition directory missing) exited 0 with a
+    bundle holding no mailbox list and no index: the runbook's first step passed for
+    done.  It names the store as imsbackup does (which exits 18 or 17 there), captures
+    the rest (configuration, journals) and exits 1; with backup.allowempty (an empty store
+    expected) it passes."""
+    home = tmp_path / "home"
+    cfg = make_home(home, driver)
+    store = open_store(cfg)
+    for u in ("joe", "ann"):
+        store.create_user(u)
+        store.append(u, "INBOX", io.BytesIO(msg(1)))
+    run(home, "imsdr", "backup", "-f", tmp_path / "good.tar", check=0)
+    mnt = tmp_path / "mnt"
+    (mnt / "root").mkdir(parents=True)
+    (mnt / "part").mkdir()
+    cfg.set("store.root", str(mnt / "root"))
+    cfg.set("partition:primary.path", str(mnt / "part"))
+    if how == "partition-missing":
+        (mnt / "part").rmdir()
+    run(home, "imsbackup", "-f", tmp_path / "x.ims", "/", check=18 if how == "empty-mount-point" else 17)
+    p = run(home, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=EXIT_PARTIAL, text=True)
+    assert str(mnt / "part") in p.stderr and "is the disk mounted?" in p.stderr, p.stderr
+    assert p.stderr.count("\n") == 1, p.stderr
+    names = {m.name for m in members(tmp_path / "dr.tar")}
+    assert "ims-dr/config/msg.conf" in names                # the rest is captured
+    cfg.set("backup.allowempty", "yes")
+    run(home, "imsdr", "backup", "-f", tmp_path / "dr2.tar", check=0)
+
+
 def test_imsdr_backup_of_a_layout_whose_store_is_not_there_names_it_and_captures_the_rest(tmp_path):
     """store.mail_location whose tree is not there (a disk not mounted): the disaster
     backup still captures the configuration, names the store it could not look into in
@@ -518,7 +551,7 @@ def test_a_hostile_bundle_writes_nothing_anywhere(tmp_path):
     victim = tmp_path / "victim"
     victim.mkdir()
     src = tmp_path / "src"
-    make_home(src, "maildir")
+    make_home(src, "maildir", **{"backup.allowempty": "yes"})
     run(src, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=0)
     real, m = bundle_parts(tmp_path / "dr.tar")
     data = b"written by a hostile bundle\n"
@@ -871,7 +904,7 @@ def test_restore_dry_run_writes_nothing_not_even_ims_home(tmp_path):
     would restore and writes nothing: IMS_HOME is not made (before: it was).  Nor is it
     by a restore of a bundle that restores nothing (cut short)."""
     src = tmp_path / "src"
-    make_home(src, "classic")
+    make_home(src, "classic", **{"backup.allowempty": "yes"})
     run(src, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=0)
     home = tmp_path / "new"
     p = run(home, "imsdr", "restore", "-n", "-f", tmp_path / "dr.tar", check=0, text=True)
@@ -893,7 +926,7 @@ def test_restore_only_of_kinds_the_bundle_lacks_names_them_and_writes_nothing(tm
     there); the kinds it holds still restore when asked for alone, and the default
     restore (no --only) takes what there is, exit 0."""
     src = tmp_path / "src"
-    make_home(src, "classic")
+    make_home(src, "classic", **{"backup.allowempty": "yes"})
     run(src, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=0)
     home = tmp_path / "new"
     for argv in (["--only", "catalog,keys"], ["--only", "config,catalog"], ["-n", "--only", "keys,config"]):

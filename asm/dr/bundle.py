@@ -319,6 +319,8 @@ class Capture:
                 self._lost_list(parts, os.path.join(root, "mboxlist", "mailboxes.db"),
                                 os.path.join(listed, "mboxlist", "mailboxes.db"))
             self._classic_indexes(parts)
+            if (item is None or not item.get("users")) and not self.problems:
+                self._no_store(cfg, parts, root)
         elif layout is not None and not layout.location.is_maildir:
             # sdbox/mdbox: the messages, flags and UIDs live in Dovecot's own files, which
             # only an archive (imsbackup) brings back whole; the rest is captured as for
@@ -332,6 +334,9 @@ class Capture:
             self._layout_files(layout)
         else:
             self._maildir_control(parts)
+            if not any(os.path.isdir(os.path.join(d, u, "Maildir")) for d in parts.values() if os.path.isdir(d)
+                       for u in os.listdir(d)):
+                self._no_store(cfg, parts, None)
         self.report(f"indexes: {self.counts['indexes']} files")
         self._sqlite("data/restore-journal.db", os.path.join(home, "data", "restore-journal.db"), "journals")
         self._sqlite("data/bacula/state.db", os.path.join(home, "data", "bacula", "state.db"), "journals")
@@ -380,6 +385,23 @@ class Capture:
             return {"users": None, "folders": None}
         finally:
             c.close()
+
+    def _no_store(self, cfg, parts: dict, root: str | None) -> None:
+        """A store of which nothing was found (no mailbox list with users, no user
+        directory): named as imsbackup names it (exit 18 there), unless an empty store
+        is expected (backup.allowempty): the nightly disaster backup of a store whose
+        disk is not mounted would otherwise pass for one, with nothing of the store."""
+        if cfg.get("backup.allowempty") == "yes":
+            return
+        missing = [f"partition:{p}.path {d}" for p, d in parts.items() if not os.path.isdir(d)]
+        if missing:
+            why = f"{', '.join(missing)} does not exist"
+        else:
+            why = (f"the store holds no users ({', '.join(f'{p}: {d}' for p, d in parts.items())}"
+                   + (f"; no mailbox list in {root}" if root else "") + ")")
+        self.problems.append(f"{why}: nothing of the store was captured; check IMS_HOME and the partition "
+                             f"paths (is the disk mounted?); if an empty store is expected, msconfig set "
+                             f"backup.allowempty yes")
 
     def _lost_list(self, parts: dict, shown: str, db: str) -> None:
         """A classic mailbox list that is missing while the partitions hold mail was
