@@ -479,15 +479,21 @@ def _forged(data: bytes, user: str, how: str) -> bytes:
         ms[i].typeflag, ms[i].link_f, ms[i].data, ms[i].size_f = b"2", b"/etc/passwd", b"", 0
         return af.emit(ms)
     out = bytearray(data)
-    out[af.layout(data)[0][i].ustar_at + 20] ^= 1               # a bit of its name
+    if how == "data":
+        out[af.layout(data)[0][i].data_at + 7] ^= 1             # a bit of its bytes
+    else:
+        out[af.layout(data)[0][i].ustar_at + 20] ^= 1           # a bit of its name
     return bytes(out)
 
 
-@pytest.mark.parametrize("how, status", [("hostile", EXIT_HOSTILE), ("damaged", EXIT_INCOMPLETE)])
+@pytest.mark.parametrize("how, status", [("hostile", EXIT_HOSTILE), ("damaged", EXIT_INCOMPLETE),
+                                         ("data", EXIT_INCOMPLETE)])
 def test_a_hostile_or_damaged_witness_is_not_exit_0(tmp_path, how, status):
     """An archive whose members are hostile or damaged (as imsrestore -t says, 5 or 4) is
     still a witness for what is intact in it: the repair goes on from those members, the
-    bad one is named, and the status is imsrestore's, never 0."""
+    bad one is named, and the status is imsrestore's, never 0.  A message whose bytes
+    are damaged (its records intact) too: reconstruct reads only records, but the
+    admin may restore from that witness next (before: exit 0, not a word)."""
     home = tmp_path / "ims"
     store, users = fill(home, "classic", 3, users=2, messages=20)
     before = fingerprint(store)

@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass
 
 from asm.archive import names
-from asm.archive.errors import ArchiveError, CorruptMember, HostileMember, NotAnArchive
+from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, NotAnArchive
 from asm.archive.reader import ArchiveReader
 from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, ImsError
 from asm.layers.errors import LayerError
@@ -229,6 +229,14 @@ class Knowledge:
                              m.stored, created, m.guid or "", m.basename or "", m.pop3_uidl or "",
                              m.pop3_order or 0))
                         counts["messages"] += 1
+                        if m.kind == "message":
+                            # the bytes are read to their SHA-256, as imsrestore -t reads them:
+                            # a witness whose mail is damaged is named (4), though only its
+                            # records are used here; the admin may restore from it next
+                            try:
+                                m.check()
+                            except DigestMismatch as exc:
+                                self.problem(f"{path}: {exc}", exc.status)
             except (CorruptMember, HostileMember):
                 pass                              # already in problems via on_error
             except ArchiveError as exc:
