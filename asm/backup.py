@@ -161,7 +161,9 @@ def refuse_device_in_store(device: str, store: Store, home: str, localonly: bool
     seen = os.path.normpath(os.path.abspath(device))
     real = os.path.realpath(device)
     data = os.path.realpath(os.path.join(home, "data"))
-    if real == data or real.startswith(data + "/") or store.holds_path(real) or store.holds_path(seen):
+    config = os.path.realpath(os.path.join(home, "config"))
+    if real == data or real.startswith(data + "/") or real.startswith(config + "/") or \
+            store.holds_path(real) or store.holds_path(seen):
         where = "" if real == seen else f" ({real})"
         raise UsageError(f"-f {device} is inside the store this backup reads{where}: writing the archive "
                          f"there would destroy or add to the store's own files; put the archive outside the "

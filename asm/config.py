@@ -478,6 +478,39 @@ def ims_home(home: str | None = None) -> str:
     return home
 
 
+def own_file(path: str, home: str | None = None) -> str | None:
+    """What ``path`` is of the installation IMS_HOME (``home``) when an output file there
+    would replace or add to its own files: its configuration (IMS_HOME/config), its store
+    (the store root, a partition) or one of its databases (IMS_HOME/data/*.db: the
+    restore journal, Bacula's state).  None otherwise, and when there is no installation.
+    (A mistyped --report or --state-out replaced msg.conf or the mailbox list, exit 0.)"""
+    try:
+        home = ims_home(home)
+    except ImsError:
+        return None
+    if not os.path.isfile(os.path.join(home, "config", "msg.conf")):
+        return None
+    real = os.path.realpath(path)
+
+    def under(d: str) -> bool:
+        d = os.path.realpath(d)
+        return real == d or real.startswith(d.rstrip("/") + "/")
+    if under(os.path.join(home, "config")):
+        return f"in the installation's configuration ({os.path.join(home, 'config')})"
+    try:
+        cfg = Config(home)
+        stores = [cfg.store_root, *cfg.partitions().values()]
+    except (ImsError, OSError, ValueError):
+        stores = []
+    for d in stores:
+        if d and under(d):
+            return f"in the store ({d})"
+    data = os.path.join(home, "data")
+    if under(data) and os.path.basename(real).partition(".db")[1]:
+        return f"one of the installation's databases ({data})"
+    return None
+
+
 def installation_problem(home: str) -> str | None:
     """Why ``home`` is not an installation a command may read, or None.
 

@@ -252,6 +252,7 @@ def open_local(spec: str, mode: str) -> Device:
         if os.path.islink(path):
             # written through the link, as GNU tar -f does: the file it names gets the
             # archive (the temporary file beside it, renamed over it), the link stays
+            _refuse_planted_link(spec, path)
             path = os.path.realpath(path)
         if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise DeviceError(f"cannot write device {spec!r}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
@@ -266,6 +267,34 @@ def open_local(spec: str, mode: str) -> Device:
         raise DeviceError(f"cannot open device {spec!r} for reading: {exc.strerror}") from None
     st = os.fstat(f.fileno())
     return Device(spec, f, stat.S_ISREG(st.st_mode), "file" if stat.S_ISREG(st.st_mode) else "stream")
+
+
+def _refuse_planted_link(spec: str, path: str) -> None:
+    """An archive is written through a symbolic link only when each link on the way was
+    made by this run's user, root or the owner of the directory holding it (the kernel's
+    fs.protected_symlinks rule): one who can write a shared /backup could otherwise plant
+    tonight's archive name as a link to any file root would then replace."""
+    euid = os.geteuid()
+    for _ in range(40):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        if not stat.S_ISLNK(st.st_mode):
+            return
+        d = os.path.dirname(os.path.abspath(path))
+        try:
+            owner = os.stat(d).st_uid
+        except OSError:
+            owner = None
+        if st.st_uid not in (euid, 0, owner):
+            raise DeviceError(f"device {spec!r}: {path} is a symbolic link made by uid {st.st_uid}, neither "
+                              f"this run's user nor the owner of {d}: an archive is never written through it "
+                              f"(someone who can write {d} could have planted it to replace any file); "
+                              f"remove it, or make it as the backup's user; nothing was written",
+                              status=EXIT_USAGE)
+        target = os.readlink(path)
+        path = target if os.path.isabs(target) else os.path.join(d, target)
 
 
 class _StdDevice(Device):

@@ -287,6 +287,9 @@ def refuse_clobber(option: str, path: str, named, noun: str = "report", state_ok
     real = os.path.realpath(path)
     what = next((what for what, p in named if p and p != "-" and os.path.realpath(p) == real), None)
     what = what or holds_backup(path, state_ok)
+    if not what:
+        from asm.config import own_file
+        what = own_file(path)
     if what:
         raise ImsError(f"{option} {path} is {what}, which the {noun} would replace: name a file of its "
                        f"own; nothing was done", status=EXIT_USAGE)

@@ -526,3 +526,76 @@ def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(home,
         sorted(n for n in before if n != lock.name)             # nothing done
     run(home, *argv, check=0)                                   # the link gone: as always
     assert victim.read_bytes() == b"precious\n"
+
+
+OWN_FILES = {"msg.conf": ("config", "msg.conf"), "groups": ("config", "backup-groups.conf"),
+             "mailbox list": ("data", "store", "mboxlist", "mailboxes.db"),
+             "journal": ("data", "restore-journal.db"), "new file in the store": ("data", "store", "report.json")}
+OUTPUTS = {
+    "imsbackup --report": lambda t, out: ["imsbackup", "-f", t / "a.ims", "--report", out, "/"],
+    "imsbackup --state-out": lambda t, out: ["imsbackup", "-f", t / "a.ims", "--state-out", out, "/"],
+    "imsverify --report": lambda t, out: ["imsverify", "-f", t / "full.ims", "--report", out],
+    "imsrestore -t --report": lambda t, out: ["imsrestore", "-t", "-f", t / "full.ims", "--report", out],
+    "imsbackup -f": lambda t, out: ["imsbackup", "-f", out, "/"],
+    "imsdr backup -f": lambda t, out: ["imsdr", "backup", "-f", out],
+    "imsbacula fileset -o": lambda t, out: ["imsbacula", "fileset", "-o", out],
+}
+
+
+@pytest.mark.parametrize("which", list(OWN_FILES))
+@pytest.mark.parametrize("command", list(OUTPUTS))
+def test_an_output_file_that_is_the_installations_own_is_refused(home, tmp_path, command, which):
+    """A mistyped --report, --state-out, -f or -o naming the installation's own files (its
+    msg.conf, the mailbox list, a database, a file in the store): exit 2 before the run,
+    one line, the file as it was.  (Before: exit 0, and msg.conf or the mailbox list held
+    a JSON report, a state file or a tar: every later command failed.)"""
+    import os
+    run(home, "msconfig", "set", "store.root", home / "data" / "store", check=0)
+    run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
+    run(home, "imsrestore", "-f", tmp_path / "full.ims", "-t", check=0)    # the journal is there
+    if which == "journal" and not (home / "data" / "restore-journal.db").exists():
+        (home / "data" / "restore-journal.db").write_bytes(b"SQLite format 3\0")
+    out = home.joinpath(*OWN_FILES[which])
+    before = out.read_bytes() if out.exists() else None
+    p = run(home, *OUTPUTS[command](tmp_path, out), env={"IMS_ASM_PLUGINS": "classic,maildir,localdevices,bacula"})
+    assert p.returncode == EXIT_USAGE, (p.returncode, p.stderr)
+    err = _one_line(p)
+    assert str(out) in err, err
+    after = out.read_bytes() if out.exists() else None
+    if out.suffix == ".db":
+        # (a database's header counters move as the store is opened: still the database)
+        assert after[:16] == before[:16] == b"SQLite format 3\0"
+    else:
+        assert after == before
+    assert run(home, "mboxutil", "-l").returncode == 0
+    assert not os.path.exists(tmp_path / "a.ims")
+
+
+@pytest.mark.parametrize("command", ["imsbackup", "imsdr"])
+def test_an_archive_name_planted_as_another_users_link_is_refused(home, tmp_path, command):
+    """Tonight's archive name planted in a shared backup directory as a symbolic link by
+    another user (uid 65534 here) to a file root owns: root replaced that file with the
+    archive, exit 0.  An archive is written through a link only when it was made by this
+    run's user, root or the directory's owner (as the kernel's fs.protected_symlinks
+    rule): exit 2, one line, the file as it was.  A link of the directory's owner is
+    followed as before (tests/test_backup.py: links of this run's user)."""
+    import os
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    victim = tmp_path / "root-only" / "victim"
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious\n")
+    name = shared / "full-20261206.ims"
+    os.symlink(victim, name)
+    os.lchown(name, 65534, 65534)
+    argv = ["imsbackup", "-f", name, "/"] if command == "imsbackup" else ["imsdr", "backup", "-f", name]
+    p = run(home, *argv)
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert str(name) in err and "65534" in err, err
+    assert victim.read_bytes() == b"precious\n" and sorted(os.listdir(victim.parent)) == ["victim"]
+    os.chown(shared, 65534, 65534)                  # the directory's owner made it: followed
+    p = run(home, *argv)
+    assert p.returncode == 0, p.stderr
+    assert victim.read_bytes() != b"precious\n" and os.path.islink(name)

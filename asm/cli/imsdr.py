@@ -98,6 +98,13 @@ def _backup(args) -> int:
         cfg = SnapshotConfig(cfg, [parse_snapshot(s) for s in args.snapshot])
     if args.device == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a disaster backup to a terminal: redirect stdout or name a file with -f")
+    from asm.config import own_file
+    from asm.devices import is_remote, url_scheme
+    mine = None if args.device == "-" or url_scheme(args.device) or \
+        is_remote(args.device, cfg.get("device.localonly") == "yes") else own_file(args.device, cfg.home)
+    if mine:
+        raise UsageError(f"-f {args.device} is {mine}, which the disaster backup would replace: put it outside "
+                         f"IMS_HOME/config, IMS_HOME/data and the store (e.g. /backup/...); nothing was written")
     dovecot_config = args.dovecot_config or cfg.get("dovecot.config")
     if dovecot_config is None and cfg.driver == "maildir":
         from asm.reconstruct.dovecot import SITE_CONFIG

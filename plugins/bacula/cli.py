@@ -194,6 +194,11 @@ def cmd_fileset(args, home: str) -> int:
         out = os.path.abspath(args.output)
         if not os.path.isdir(os.path.dirname(out)):
             raise UsageError(f"cannot write {args.output!r}: its directory does not exist")
+        from asm.config import own_file
+        mine = own_file(out, home)
+        if mine:
+            raise UsageError(f"-o {args.output} is {mine}, which the FileSet would replace: name a file of its "
+                             f"own (e.g. in /etc/bacula); nothing was written")
         atomic_write(out, text.encode("utf-8"), mode=0o640)
     else:
         sys.stdout.write(text)
