@@ -666,6 +666,13 @@ def test_tree_names_its_installation_over_a_conflicting_ims_home(tmp_path, env):
     # the same IMS_HOME (or none) says nothing
     assert run(two, "imsasm", "-s", ph).stderr == b""
     assert run(None, "imsasm", "-s", ph, env={"IMS_HOME": None}).stderr == b""
+    # mkbackupdir with the other installation's IMS_HOME leaves the tree as it is, exit 2
+    # (before: exit 0, the tree re-pointed to 'one', two's placeholders made one's)
+    marker = (tree2 / tree.MARKER).read_bytes()
+    p = run(one, "mkbackupdir", "-a", "ims2asm", "-p", str(tree2))
+    assert p.returncode == 2 and str(two) in p.stderr.decode() and p.stderr.decode().count("\n") == 1, p.stderr
+    assert (tree2 / tree.MARKER).read_bytes() == marker
+    assert run(two, "mkbackupdir", "-a", "ims2asm", "-p", str(tree2)).returncode == 0
     # a tree whose installation is gone: one line naming the tree's marker, exit 2
     os.rename(two, tmp_path / "moved")
     p = run(one, "imsasm", "-s", ph)

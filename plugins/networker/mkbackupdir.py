@@ -319,6 +319,15 @@ def _main(argv: list[str] | None) -> int:
         if not os.path.exists(os.path.join(directory, tree.MARKER)) and os.listdir(directory):
             raise UsageError(f"-p {directory}: the directory is not empty and mkbackupdir did not "
                              "build it; give an empty or new directory")
+        if os.path.exists(os.path.join(directory, tree.MARKER)):
+            # another installation's tree (two instances on one host, the other's IMS_HOME
+            # in the environment): rebuilt for this one, its save sets would save this
+            # installation's mail under the other's names and none of the other's
+            built_for = tree.read_marker(directory).get("ims_home")
+            if isinstance(built_for, str) and os.path.realpath(built_for) != os.path.realpath(inst.config.home):
+                raise UsageError(f"-p {directory} is the tree of the installation {built_for}, and this is "
+                                 f"IMS_HOME={inst.config.home}: nothing was changed; give this installation's "
+                                 f"tree (store.backupdir), or remove {directory} to build it for this one")
     else:
         parent = os.path.dirname(directory)
         if not os.path.isdir(parent):
