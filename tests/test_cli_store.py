@@ -165,7 +165,8 @@ def test_mboxutil_a_name_with_an_empty_level_is_never_its_parent(config, ims_hom
     said = {"user/joe/": "bad mailbox name 'user/joe/': no folder after the last '/'",
             "user//joe": "bad mailbox name 'user//joe'",
             "user/joe//": "bad folder name '/'", "user/joe//Old": "bad folder name '/Old'",
-            "user/joe/Old/": "bad folder name 'Old/'", "user/joe/Old//": "bad folder name 'Old//'"}
+            "user/joe/Old/": "bad folder name 'Old/'", "user/joe/Old//": "bad folder name 'Old//'",
+            "": "bad mailbox name ''"}          # (-c '': an internal error, 70, before)
     for opt in ("-d", "-c"):
         for name, line in said.items():
             p = run(ims_home, "mboxutil", opt, name)
@@ -334,6 +335,19 @@ def test_imsdeliver_stdin_and_folder(config, ims_home):
     (m,) = s.messages("joe", "Lists/ietf")
     with s.open_message("joe", "Lists/ietf", m.uid) as f:
         assert f.read() == MSG
+
+
+def test_imsdeliver_delivers_whatever_backup_groups_conf_holds(config, ims_home):
+    """A typo in backup-groups.conf, a backup setting, stopped every delivery (exit 2: an
+    MTA bounces the mail to its senders).  imsdeliver never uses the groups: it delivers;
+    a backup still names the typo."""
+    assert run(ims_home, "mboxutil", "-c", "user/alice").returncode == 0
+    (ims_home / "config" / "backup-groups.conf").write_text("groupA=[a-l.*\n")
+    p = run(ims_home, "imsdeliver", "alice", input=MSG)
+    assert p.returncode == 0, err(p)
+    assert len(fresh_store().messages("alice", "INBOX")) == 1
+    p = run(ims_home, "imsbackup", "-f", ims_home / "x.ims", "/")
+    assert p.returncode == 2 and b"backup-groups.conf:1" in p.stderr, err(p)
 
 
 def test_imsdeliver_held_user_gets_it_queued(config, ims_home):

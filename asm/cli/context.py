@@ -18,10 +18,11 @@ class Installation:
 
 
 def open_installation(home: str | None = None, create: bool = False,
-                      snapshot: list[str] | None = None) -> Installation:
+                      snapshot: list[str] | None = None, groups: bool = True) -> Installation:
     """Raises ConfigError, GroupsError or StoreError with a one-line message.
 
     IMS_HOME must be an existing installation (only ``msconfig set`` makes one).
+    ``groups=False``: backup-groups.conf is not read (imsdeliver, which never uses it).
     Commands that write a store pass ``create`` (imsrestore, ``mboxutil -c``, the
     engines' recover commands): they may make the store's directories and mailbox list
     inside it.  Every other command makes nothing (docs/configuration.md, "Which
@@ -29,7 +30,9 @@ def open_installation(home: str | None = None, create: bool = False,
     """
     cfg = Config(home)
     cfg.require()
-    groups = Groups.load(cfg.groups_path)
+    # ``groups`` False: a command that never uses backup groups (imsdeliver) is not stopped
+    # by a mistake in backup-groups.conf, a backup setting: mail must still be delivered
+    groups = Groups.load(cfg.groups_path) if groups else Groups()
     if snapshot:
         # --snapshot SNAP=LIVE: read the store's directories under snapshot mounts (asm/dr/snapshot.py)
         from asm.dr.snapshot import SnapshotConfig, parse_snapshot

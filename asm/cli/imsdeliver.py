@@ -25,7 +25,7 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("-v", dest="verbose", action="store_true",
                    help="print 'USER: UID N' (or 'USER: queued (deliveries held)') for each recipient")
     args = p.parse_args(argv)
-    store = open_installation().store
+    store = open_installation(groups=False).store
     users = list(dict.fromkeys(args.users))   # a recipient named twice gets one copy
     for u in users:
         if not store.exists(u):

@@ -58,7 +58,7 @@ def _main(argv: list[str] | None) -> int:
                     print(f"{len(msgs):>8} {sum(m.size for m in msgs):>12} {f.uidvalidity:>11} "
                           f"{f.uidnext:>8}  {name}{'' if f.subscribed else chr(9) + '(unsubscribed)'}")
         return EXIT_OK
-    user, folder = split_mailbox(args.c or args.d)
+    user, folder = split_mailbox(args.c if args.c is not None else args.d)
     if args.c:
         if folder is None:
             store.create_user(user, args.p or "primary")
