@@ -165,7 +165,12 @@ def test_remote_block_device_is_refused_never_replaced(sshd, source, tmp_path):
 @pytest.mark.parametrize("dev, said", [("backuphost:", "names no file"), ("ssh://backuphost/", "names no file"),
                                        ("backuphost:~", "names no file"),
                                        ("backuphost:99999:/x.ims", "bad port 99999"),
-                                       ("ssh://", "bad remote device")])
+                                       ("ssh://", "bad remote device"),
+                                       # mistyped hosts: an internal error (70) before
+                                       ("backup..example.com:/b/x.ims", "is no host name"),
+                                       (".example.com:/b/x.ims", "is no host name"),
+                                       ("a" * 64 + ".example.com:/b/x.ims", "is no host name"),
+                                       ("ssh://backup..example.com/b/x.ims", "is no host name")])
 def test_a_device_string_naming_no_remote_file_is_a_usage_error(sshd, source, tmp_path, dev, said):
     """A -f that can name no archive file is exit 2 (bad path, nothing was done), as
     s3://bkt is: never exit 3, which says a device failed and to fix the device."""

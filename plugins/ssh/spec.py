@@ -59,5 +59,31 @@ def parse(spec: str) -> RemoteSpec:
     if path in ("", "/", "~"):
         raise RemoteUsageError(f"remote device {spec!r} names no file: add a path, e.g. {host}:/backup/full.ims", errno.EINVAL)
     user = m.group("user")
-    return RemoteSpec(unquote(user) if user and spec.startswith("ssh://") else user, host,
-                      _port(m.group("port"), spec), path, spec)
+    user = unquote(user) if user and spec.startswith("ssh://") else user
+    _check_names(spec, user, host)
+    return RemoteSpec(user, host, _port(m.group("port"), spec), path, spec)
+
+
+def _check_names(spec: str, user: str | None, host: str) -> None:
+    """A host name the resolver cannot take (an empty or over-long label: backup..example.com,
+    .host, a mistyped 64-character label) or a user or host that is not UTF-8: one line,
+    exit 2, before any connection (they ended in an internal error, exit 70)."""
+    for what, value in (("user", user), ("host", host)):
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RemoteUsageError(f"bad remote device {spec!r}: its {what} name is not UTF-8", errno.EINVAL) \
+                from None
+    if ":" in host:
+        return                          # an IPv6 address
+    labels = host.rstrip(".").split(".") if host != "." else [""]
+    if any(not label or len(label.encode("utf-8")) > 63 for label in labels) or len(host) > 253:
+        raise RemoteUsageError(f"bad remote device {spec!r}: {host!r} is no host name (an empty or longer than "
+                               f"63 characters part between its dots): check the host", errno.EINVAL)
+    try:
+        host.encode("idna")
+    except UnicodeError as exc:
+        raise RemoteUsageError(f"bad remote device {spec!r}: {host!r} is no host name ({exc}): check the host",
+                               errno.EINVAL) from None
