@@ -1339,3 +1339,68 @@ def test_a_restore_test_killed_outright_leaves_no_scratch_store_behind_the_next_
     live.mkdir()
     run(home, "imsverify", "--restore-test", "--scratch", scratch, "-f", a, check=EXIT_OK)
     assert os.listdir(scratch) == [live.name]
+
+
+def test_the_private_dovecot_of_a_restore_test_is_for_imsverify_alone(tmp_path):
+    """--restore-test's private Dovecot serves the scratch store (a whole restored store)
+    on 127.0.0.1: its password file was world-readable (0644, one password for every
+    login), so any local user could log in and read the restored mail; and imsverify
+    killed outright (SIGKILL) left it serving.  Now the file is Dovecot's auth user's
+    alone (0600), and the Dovecot dies with the process that started it."""
+    import pwd
+    import signal
+    import sys
+    import tempfile
+    import textwrap
+    from tests.dovecot import require_dovecot
+    require_dovecot()
+    parent = tempfile.mkdtemp(prefix="imsverify-test-", dir="/tmp")
+    os.chmod(parent, 0o755)
+    maildir = os.path.join(parent, "mail")
+    for d in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(maildir, d))
+    with open(os.path.join(maildir, "cur", "1.host:2,S"), "wb") as f:
+        f.write(b"Subject: secret\r\n\r\nbody\r\n")
+    owner = pwd.getpwnam("nobody")
+    subprocess.run(["chown", "-R", f"{owner.pw_uid}:{owner.pw_gid}", maildir], check=True)
+    work = os.path.join(parent, "dovecot")
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {os.getcwd()!r})
+        from asm.verify.imap import PrivateDovecot
+        d = PrivateDovecot({work!r}, {{"joe": {maildir!r}}}, {owner.pw_uid}, {owner.pw_gid})
+        d.start()
+        c = d.login("joe")
+        print(d.pid, d.password, flush=True)
+        time.sleep(120)
+    """)
+    p, pid = None, None
+    try:
+        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        line = p.stdout.readline().split()
+        assert line, "the private Dovecot did not start"
+        pid, password = int(line[0]), line[1]
+        st = os.stat(os.path.join(work, "users"))
+        assert st.st_mode & 0o077 == 0, oct(st.st_mode)
+        with open(os.path.join(work, "users")) as f:
+            assert password in f.read()
+        os.kill(p.pid, signal.SIGKILL)              # imsverify killed outright
+        p.wait()
+        deadline = time.monotonic() + 20
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.05)
+        with open(f"/proc/{pid}/stat") if os.path.exists(f"/proc/{pid}") else open(os.devnull) as f:
+            state = f.read().rsplit(")", 1)[-1].split()[:1]
+        assert state in ([], ["Z"]), f"the private Dovecot {pid} still runs after its imsverify was killed"
+        pid = None
+    finally:
+        import contextlib
+        import shutil
+        for kill in (p.pid if p else None, pid):     # (a failed run leaves neither running)
+            if kill:
+                with contextlib.suppress(OSError):
+                    os.kill(kill, signal.SIGKILL if kill != pid else signal.SIGTERM)
+        shutil.rmtree(parent, ignore_errors=True)

@@ -120,6 +120,14 @@ def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _die_with_parent() -> None:
+    """In Dovecot's process, before it starts: SIGTERM when imsverify dies, even of a
+    SIGKILL (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+
+
 class PrivateDovecot:
     def __init__(self, workdir: str, users: dict, uid: int, gid: int, options: str = ""):
         """``users``: {user: that user's Maildir}; ``options``: what follows the path in
@@ -132,6 +140,7 @@ class PrivateDovecot:
         self.password = secrets.token_hex(16)
         self.port = 0
         self.pid = None
+        self._proc = None
 
     def start(self) -> None:
         os.makedirs(self.dir, exist_ok=True)
@@ -149,27 +158,32 @@ class PrivateDovecot:
                 os.chown(home, self.uid, self.gid)
                 os.symlink(root, os.path.join(home, "Maildir"))
                 f.write(f"{login}:{{PLAIN}}{self.password}:{self.uid}:{self.gid}::{home}::\n")
-        os.chmod(os.path.join(self.dir, "users"), 0o644)
+        # the password (every login's) is readable by Dovecot's auth process alone (it
+        # runs as the internal user 'dovecot'): any local user who read it could log in
+        # on the port and read the restored mail
+        users = os.path.join(self.dir, "users")
+        os.chmod(users, 0o600)
+        with contextlib.suppress(KeyError, OSError):
+            import pwd
+            os.chown(users, pwd.getpwnam("dovecot").pw_uid, 0)
         conf = os.path.join(self.dir, "dovecot.conf")
         with open(conf, "w") as f:
             f.write(CONF.format(d=self.dir, port=self.port, uid=self.uid, gid=self.gid, options=self.options))
+        # in the foreground, a child of this process that dies with it (PR_SET_PDEATHSIG):
+        # an imsverify killed outright leaves no Dovecot serving the scratch store
         with open(os.path.join(self.dir, "start.err"), "wb") as err:
-            rc = subprocess.run([DOVECOT, "-c", conf], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, timeout=60).returncode
-        if rc:
-            raise RuntimeError(f"dovecot did not start (exit {rc}): {self.log()}")
-        pidfile = os.path.join(self.dir, "run", "master.pid")
+            proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, preexec_fn=_die_with_parent)
+        self.pid, self._proc = proc.pid, proc
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if self.pid is None and os.path.exists(pidfile):
-                with open(pidfile) as f:
-                    text = f.read().strip()
-                if text:
-                    self.pid = int(text)
-            if self.pid is not None:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
-                    if s.recv(100).startswith(b"* OK"):
-                        return
+            rc = proc.poll()
+            if rc is not None:
+                self.pid = None
+                raise RuntimeError(f"dovecot did not start (exit {rc}): {self.log()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
+                if s.recv(100).startswith(b"* OK"):
+                    return
             time.sleep(0.05)
         raise RuntimeError(f"dovecot did not answer on port {self.port}: {self.log()}")
 
@@ -179,15 +193,12 @@ class PrivateDovecot:
         pid, self.pid = self.pid, None
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._proc.wait()
 
     def log(self) -> str:
         try:
