@@ -221,7 +221,7 @@ def _dispatch(args, rep=None) -> int:
             print(f"{PROG}: {res.push_message}", file=sys.stderr)
         return res.status
     cfg = Config()
-    directory = staging_dir(cfg, args.dir)
+    directory = staging_dir(cfg, args.dir, create=False)
     if args.cmd == "done":
         keep = args.keep if args.keep is not None else cfg.get_int("staging.keep")
         reported, removed = engine_done(directory, args.status, keep, job=args.job)

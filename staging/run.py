@@ -23,11 +23,18 @@ from staging.plan import describe_batches, estimate, free_space, group_units, ma
 MODES = ("full", "incr", "cinc")   # full; since the last dump of any kind; since the last full
 
 
-def staging_dir(config, given: str | None) -> str:
+def staging_dir(config, given: str | None, create: bool = True) -> str:
+    """The staging directory (-D, else staging.dir), checked.  ``create``: made if it is
+    missing, one level deep (dump, plan, check); else a missing one is named (list,
+    done, locate, restore, ...): a mistyped -D read as an empty catalog, exit 0 (and
+    'done --status 0' recorded the engine's verdict on no dump)."""
     d = given or config.get("staging.dir")
     if not d:
         raise StagingError("no staging directory: pass -D DIR or run 'msconfig set staging.dir /path'")
     d = os.path.abspath(d)
+    if not create and not os.path.isdir(d):
+        where = f"-D {given}" if given else f"staging.dir {d}"
+        raise StagingError(f"staging directory {d} does not exist: check {where}; nothing was done")
     try:
         # one level, as mkdir makes it: a mistyped path (/nonexist/stage) must not be
         # made with its parents and dumped into

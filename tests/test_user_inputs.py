@@ -414,6 +414,15 @@ def test_mistyped_staging_dir_is_not_created(home, tmp_path, how):
         run(home, "msconfig", "set", "staging.dir", tmp_path / "stage", check=0)
     run(home, "imsstage", "dump", *argv, "-j", "1", check=0)       # one level is made
     assert any(p.suffix == ".ims" for p in (tmp_path / "stage").iterdir())
+    # the commands that read a staging area make none: a typo in -D read as an empty
+    # catalog (list exit 0; done --status 0 recorded the engine's verdict on no dump)
+    typo = tmp_path / "stagign"
+    for sub in (["list"], ["done", "--status", "0"], ["locate", "bob"], ["restore", "bob"]):
+        p = run(home, "imsstage", *sub, "-D", typo)
+        assert p.returncode == EXIT_USAGE, (sub, p.stderr)
+        err = _one_line(p)
+        assert str(typo) in err and "does not exist" in err, err
+        assert not typo.exists(), sub
 
 
 def _queued_while_held(tmp_path, driver, folder):

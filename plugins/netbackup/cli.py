@@ -84,7 +84,7 @@ def _restore(args, cfg) -> int:
     from staging.cli import print_chain, user_of
     from staging.lookup import chain_for, restore_chain
     from staging.run import staging_dir
-    directory = staging_dir(cfg, args.staging)
+    directory = staging_dir(cfg, args.staging, create=False)
     user, target = user_of(args.path, Groups.load(cfg.groups_path))
     at = parse_date(args.at) if args.at is not None else None
     place = os.path.abspath(args.frm) if args.frm else directory
