@@ -198,6 +198,22 @@ class Catalog:
             self._area = row[0]
         return self._area
 
+    def claim_installation(self, home: str) -> str | None:
+        """Record that this staging area holds the dumps of the installation ``home``
+        (IMS_HOME, resolved) if no installation is recorded yet; the one recorded when it
+        is another (None when it is this one).  Two installations staging into one area
+        (a mistyped -D, two instances' staging.dir alike) made one's incrementals
+        continue the other's full, exit 0, a chain that cannot be restored."""
+        home = os.path.realpath(home)
+        self.db.execute("CREATE TABLE IF NOT EXISTS installation (home TEXT NOT NULL)")
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT home FROM installation").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO installation VALUES (?)", (home,))
+                return None
+        return None if row[0] == home else row[0]
+
     def _upgrade(self) -> None:
         """Add the columns newer code writes to a catalog made by older code."""
         have = {r[1] for r in self.db.execute("PRAGMA table_info(dumps)")}

@@ -143,6 +143,12 @@ def recover(cat: Catalog, directory: str) -> tuple[list, list]:
 def _stage(inst, directory, cat, lock, names, mode, jobs, after_batch, deadline, t_end, job, say, progress,
            plan_only, remote, push_progress) -> StageResult:
     res = StageResult(remote=remote)
+    other = cat.claim_installation(inst.config.home)
+    if other is not None:
+        raise StagingError(f"staging directory {directory} holds the dumps of the installation {other}, and "
+                           f"this is IMS_HOME={inst.config.home}: nothing was staged; give each installation "
+                           f"a staging directory of its own (-D, staging.dir); an installation moved from "
+                           f"{other} starts again with a full dump in a new one")
     stale, left = recover(cat, directory)
     res.recovered = len(stale)
     if stale or left:

@@ -125,6 +125,29 @@ def test_incremental_and_cleanup(ims_home, tmp_path):
     assert rows(st)[2]["removed"] is not None
 
 
+def test_a_staging_area_of_another_installation_is_refused(ims_home, tmp_path):
+    """Two installations staging into one area (a mistyped -D, two instances whose
+    staging.dir is alike): the second's --incremental continued the first's full of the
+    same group name, exit 0, and its restore then failed (7) leaving neither's mail.
+    The area keeps the installation it stages for: another's dump is refused, exit 2,
+    one line naming both, nothing staged; its own area works as before."""
+    build(ims_home, "classic")
+    other = tmp_path / "other"
+    build(other, "classic")
+    st = tmp_path / "st"
+    imsstage(ims_home, "-D", str(st), "gA", check=0)
+    before = rows(st)
+    for mode in ("--incremental", "--full"):
+        p = imsstage(other, "-D", str(st), mode, "gA")
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.count("\n") == 1 and str(ims_home) in p.stderr and str(other) in p.stderr, p.stderr
+        assert rows(st) == before and len(staged_files(st)) == len(before)
+    imsstage(other, "-D", str(tmp_path / "own"), "--incremental", "gA", check=0)
+    assert rows(tmp_path / "own")[0]["kind"] == "full"
+    imsstage(ims_home, "-D", str(st), "--incremental", "gA", check=0)
+    assert rows(st)[-1]["kind"] == "incr"
+
+
 def test_cleanup_of_dumps_whose_job_failed(tmp_path):
     """remove_saved after a success: a dump whose job failed or was lost goes when a later
     successful job (not an after-batch command, which saves only its batch) saved the
