@@ -951,3 +951,22 @@ def test_restore_only_of_kinds_the_bundle_lacks_names_them_and_writes_nothing(tm
     assert "would restore indexes: " in p.stdout and not home.exists(), p.stdout
     run(home, "imsdr", "restore", "-f", tmp_path / "dr.tar", check=0)
     assert (home / "config" / "msg.conf").read_bytes() == (src / "config" / "msg.conf").read_bytes()
+
+
+def test_show_and_restore_name_a_command_the_configuration_would_run(tmp_path):
+    """A disaster backup restores msg.conf, whose staging.afterbatch is a shell command
+    imsstage runs: the manifest's digest proves no origin, so `imsdr show` prints that
+    command and `imsdr restore` names it on stderr (the restore goes on: the
+    configuration is the one taken, and the administrator checks it)."""
+    src = tmp_path / "src"
+    make_home(src, "classic", **{"backup.allowempty": "yes", "staging.afterbatch": "touch /tmp/x; echo saved"})
+    run(src, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=0)
+    p = run(src, "imsdr", "show", "-f", tmp_path / "dr.tar", check=0, text=True)
+    assert "configuration: staging.afterbatch = touch /tmp/x; echo saved (a shell command" in p.stdout, p.stdout
+    home = tmp_path / "new"
+    p = run(home, "imsdr", "restore", "-f", tmp_path / "dr.tar", check=0, text=True)
+    assert "staging.afterbatch = touch /tmp/x; echo saved, a shell command imsstage runs" in p.stderr, p.stderr
+    plain = tmp_path / "plain"
+    make_home(plain, "classic", **{"backup.allowempty": "yes"})
+    run(plain, "imsdr", "backup", "-f", tmp_path / "plain.tar", check=0)
+    assert "shell command" not in run(plain, "imsdr", "show", "-f", tmp_path / "plain.tar", check=0, text=True).stdout

@@ -221,6 +221,10 @@ def _restore(args) -> int:
             cfg.values = {}
             cfg._load()
             cfg.path = os.path.join(home, "config", "msg.conf")
+        if "config" in kinds:
+            for name, value in _commands_of(os.path.join(members, "config", "msg.conf")):
+                warn(PROG, f"the configuration restored sets {name} = {value}, a shell command imsstage runs: "
+                           f"check it is yours")
         plan = plan_restore(manifest, lambda: cfg, kinds)
         dovecot_config = args.dovecot_config or cfg.get("dovecot.config")
         if dovecot_config is None:
@@ -275,6 +279,23 @@ def _restore(args) -> int:
     return EXIT_PARTIAL if away else EXIT_OK
 
 
+#: settings whose value is a command some ims-asm command runs: what a disaster backup's
+#: configuration may make this host run, named by show and restore (the manifest's digest
+#: proves no origin: a bundle is as trusted as where it was kept)
+COMMAND_SETTINGS = ("staging.afterbatch",)
+
+
+def _commands_of(msg_conf: str) -> list[tuple[str, str]]:
+    """(setting, value) of the COMMAND_SETTINGS a bundle's msg.conf sets."""
+    if not os.path.isfile(msg_conf):
+        return []
+    cfg = Config(os.path.dirname(os.path.dirname(msg_conf)))
+    try:
+        return [(k, cfg.get(k)) for k in COMMAND_SETTINGS if cfg.get(k)]
+    except ImsError:
+        return []
+
+
 # -- show ---------------------------------------------------------------------------------
 def _show(args) -> int:
     from asm.dr.bundle import read_manifest
@@ -284,7 +305,10 @@ def _show(args) -> int:
     finally:
         with contextlib.suppress(Exception):
             device.close()
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        commands = _commands_of(os.path.join(tmp, "m", "config", "msg.conf"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     items = manifest.pop("all_items")
     if args.json:
         manifest["items"] = items
@@ -312,6 +336,9 @@ def _show(args) -> int:
         for i in mine:
             extra = f", {i['users']} users, {i['folders']} folders" if "users" in i else ""
             print(f"{kind}: {i['source']} ({i['method']}, {i['size']} bytes, as of {_when(i['captured'])}{extra})")
+    for name, value in commands:
+        print(f"configuration: {name} = {value} (a shell command, run as imsstage's user: check it is yours "
+              f"before restoring the configuration)")
     for n in manifest.get("notes") or []:
         print(f"note: {n}")
     for p in manifest.get("problems") or []:
