@@ -328,6 +328,36 @@ def test_keywords_beyond_26_of_a_maildir_store_with_the_sites_namespace_round_tr
     assert lab.client_state("alice") == before
 
 
+@pytest.mark.parametrize("shaped_lab", [LabLayout("dirname", "maildir:{store}/%u/Maildir:LAYOUT=fs:DIRNAME=mdir",
+                                                    "{store}/%u", ("alice", "bob"))],
+                         ids=["dirname"], indirect=True)
+def test_a_dirname_store_restores_into_the_emptied_store(shaped_lab, tmp_path):
+    """maildir:...:LAYOUT=fs:DIRNAME=mdir keeps INBOX's files in Maildir/INBOX/mdir.  A
+    restore into the emptied store (the disaster case) made that directory before the
+    Maildir it builds aside was renamed into place: the rename failed, the user was taken
+    as existing and every folder failed, exit 17 ("no such folder: 'INBOX'"), until a
+    client had logged in.  Now every user comes back as IMAP clients saw it."""
+    lab = shaped_lab
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+    with lab.imap("alice") as c:
+        c.create("Work")
+        c.append("Work", message("work"), [r"\Seen", "$Label1"])
+    before = {u: lab.client_state(u) for u in lab.logins}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    shutil.rmtree(lab.store)
+    os.mkdir(lab.store)
+    lab.fix_owner(lab.store)
+    p = run(home, "imsrestore", "-f", a, check=None, text=True)
+    assert p.returncode == 0, p.stderr
+    for u in lab.logins:
+        assert os.path.isdir(os.path.join(lab.store, u, "Maildir", "INBOX", "mdir", "cur"))
+        assert lab.client_state(u) == before[u]
+
+
 @pytest.mark.parametrize("dovecot", ["running", "stopped"])
 @pytest.mark.parametrize("shaped_lab,override", [("plain", "mail"), ("home", "home")],
                          ids=["userdb-mail", "userdb-home"], indirect=["shaped_lab"])

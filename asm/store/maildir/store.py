@@ -2330,7 +2330,16 @@ class MaildirStore(Store):
         self._makedirs(parent, owner)
         self._clean_new_dirs(parent)
         new = os.path.join(parent, f"{NEW_PREFIX}{self._hostname}.{self._pid}.{os.urandom(4).hex()}")
-        inbox_ctl = ul.control_dir("INBOX")
+
+        def built(path: str) -> str:
+            # a path under the mail root is made in the Maildir being built (DIRNAME: INBOX's
+            # files are in ROOT/INBOX/DIRNAME): made at its place first, the root would be
+            # there before the rename, which then failed (the user taken as existing, its
+            # INBOX missing: a restore into an emptied store failed every folder, exit 17)
+            if path == ul.root or path.startswith(ul.root + "/"):
+                return new + path[len(ul.root):]
+            return path
+        inbox_ctl = built(ul.control_dir("INBOX"))
         try:
             self._mkdir(new, owner)
             if ul.inbox_dir == ul.root:
@@ -2339,9 +2348,9 @@ class MaildirStore(Store):
             uv = uidvalidity or self._new_uidvalidity()
             ul_text = Uidlist(uidvalidity=uv, uidnext=1,
                               extra=uidlist_mod.with_mailbox_guid([], guid)).render().encode()
-            for ctl, data in ((inbox_ctl, ul_text), (ul.control_root, subscriptions.render(["INBOX"]))):
+            for ctl, data in ((inbox_ctl, ul_text), (built(ul.control_root), subscriptions.render(["INBOX"]))):
                 name = UIDLIST if data is ul_text else SUBSCRIPTIONS
-                if ctl == ul.root:
+                if ctl == new:
                     self._write_file(os.path.join(new, name), data, owner)
                 else:
                     self._makedirs(ctl, owner)
@@ -2350,7 +2359,7 @@ class MaildirStore(Store):
                             os.unlink(os.path.join(ctl, KEYWORDS))
                     self._write_file(os.path.join(ctl, name), data, owner)
             for d, names in ((ul.index_dir("INBOX"), INDEX_FILES), (ul.list_index_dir, LIST_INDEX_FILES)):
-                if d is not None and d != ul.root:
+                if d is not None and built(d) == d:         # (under the root: nothing there yet)
                     self._invalidate_index(d, names)
             inbox_idx = ul.index_dir("INBOX")
             if inbox_idx == ul.root:
