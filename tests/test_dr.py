@@ -970,3 +970,95 @@ def test_show_and_restore_name_a_command_the_configuration_would_run(tmp_path):
     make_home(plain, "classic", **{"backup.allowempty": "yes"})
     run(plain, "imsdr", "backup", "-f", tmp_path / "plain.tar", check=0)
     assert "shell command" not in run(plain, "imsdr", "show", "-f", tmp_path / "plain.tar", check=0, text=True).stdout
+
+
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_a_stopped_or_killed_restore_leaves_no_temporary_copy_once_run_again(tmp_path, driver):
+    """imsdr restore writes each file as NAME.imsdr-PID.tmp beside it, then renames it.
+    Stopped by SIGTERM (exit 130) it left that copy in the store's folder directories, and
+    one a SIGKILL left was never removed by the re-run, which exited 0.  Now SIGTERM removes
+    its own, and a re-run removes those of runs that are gone (not of one that lives)."""
+    import glob
+    import signal
+    from tests.helpers import popen
+    home, stage = installation(tmp_path, driver)
+    run(home, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=0)
+    dest = home                                 # the installation lost, restored where it was
+
+    def leftovers():
+        return sorted(glob.glob(str(dest / "**" / "*.imsdr-*.tmp"), recursive=True))
+    shutil.rmtree(dest)
+    shutil.rmtree(stage)
+    t0 = time.monotonic()
+    run(dest, "imsdr", "restore", "--all", "-f", tmp_path / "dr.tar", check=0)
+    took = time.monotonic() - t0
+    stopped = 0
+    for delay in (took * k / 10 for k in range(2, 10)):       # spread over a whole run
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        p = popen(dest, "imsdr", "restore", "--all", "-f", tmp_path / "dr.tar",
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait()
+        assert rc in (0, 130), rc
+        stopped += rc == 130
+        assert leftovers() == [], (delay, leftovers())
+        run(dest, "imsdr", "restore", "--all", "--missing", "-f", tmp_path / "dr.tar", check=0)
+    # a copy left by a run killed outright (its pid gone), and one of a run that lives
+    run(dest, "imsdr", "restore", "--all", "--force", "-f", tmp_path / "dr.tar", check=0)
+    target = next(t for t in glob.glob(str(dest / "**" / ("store.idx" if driver == "classic" else "dovecot-uidlist")),
+                                       recursive=True))
+    dead, live = f"{target}.imsdr-999999999.tmp", f"{target}.imsdr-{os.getpid()}.tmp"
+    for f in (dead, live):
+        with open(f, "wb") as out:
+            out.write(b"half a copy")
+    run(dest, "imsdr", "restore", "--all", "--missing", "-f", tmp_path / "dr.tar", check=0)
+    assert leftovers() == [live]
+    os.unlink(live)
+    assert stopped >= 2, stopped                # (most points fall inside the run)
+
+
+@pytest.mark.parametrize("typeflag", [b"x", b"L"])
+def test_a_header_claiming_gigabytes_is_not_a_bundle(tmp_path, typeflag):
+    """A stream whose first tar header is a pax extended header (or a GNU long name)
+    claiming 8 GiB: imsdr read it whole (Python's tarfile does), MemoryError and a
+    traceback.  Now exit 8 in one line, at once."""
+    import contextlib
+    block = bytearray(512)
+    block[0:9] = b"ims-dr/x\0"
+    block[100:108] = b"0000644\0"
+    block[124:136] = b"77777777777\0"            # 8 GiB - 1
+    block[156:157] = typeflag
+    block[257:263] = b"ustar\0"
+    block[263:265] = b"00"
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    import resource
+    import threading
+    from tests.helpers import command_env, command
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    for cmd in (["show"], ["restore", "-n"]):
+        # from a pipe that goes on with zeros (up to 3 GiB), under a 1 GiB address space
+        p = subprocess.Popen([command("imsdr"), *cmd, "-f", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, env=command_env(tmp_path / "new", None), preexec_fn=limited)
+
+        def feed():
+            try:
+                p.stdin.write(bytes(block))
+                zeros = bytes(1 << 20)
+                for _ in range(3072):
+                    p.stdin.write(zeros)
+            except (BrokenPipeError, OSError):
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    p.stdin.close()
+        t = threading.Thread(target=feed, daemon=True)
+        t.start()
+        err = p.stderr.read().decode("utf-8", "replace")
+        assert p.wait(timeout=120) == EXIT_NOT_ARCHIVE, (cmd, p.returncode, err[-300:])
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        t.join(timeout=60)

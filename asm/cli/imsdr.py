@@ -258,6 +258,10 @@ def _restore(args) -> int:
             shown = ", ".join(conflicts[:3]) + (f", ... ({len(conflicts)} files)" if len(conflicts) > 3 else "")
             raise UsageError(f"{shown} already exist{'s' if len(conflicts) == 1 else ''} and differ from the disaster "
                              f"backup: nothing was restored; move them away, or use --force to replace them")
+        if not args.dry:
+            from asm.dr.bundle import sweep_dead_copies
+            for d in sorted({os.path.dirname(t) for _, t in plan}):
+                sweep_dead_copies(d)         # (what a restore killed outright left, where it stays)
         if todo and not args.dry:
             _home(create=True)
         store_kinds = ("mboxlist", "indexes")

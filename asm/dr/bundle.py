@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import shutil
 import socket
@@ -612,12 +613,30 @@ def mail_crypt_key_files(config: str | None, strict: bool = False) -> list[str]:
 # ---------------------------------------------------------------------------------------
 # reading and restoring
 
+#: the largest pax or GNU long-name header imsdr reads (its own are a few hundred bytes):
+#: tarfile reads such a header whole, and a file claiming gigabytes made it fail for memory
+HEADER_LIMIT = 1 << 20
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    def _proc_pax(self, tarfile_):
+        if self.size > HEADER_LIMIT:
+            raise tarfile.ReadError(f"an extended header of {self.size} bytes")
+        return super()._proc_pax(tarfile_)
+
+    def _proc_gnulong(self, tarfile_):
+        if self.size > HEADER_LIMIT:
+            raise tarfile.ReadError(f"a long name header of {self.size} bytes")
+        return super()._proc_gnulong(tarfile_)
+
+
 def read_manifest(stream) -> tuple[dict, str]:
     """The manifest, and a private directory holding every member (checked against it)."""
     tmp = owned_tempdir("ims-dr-restore-")
     try:
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape")
+            tar = tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape",
+                               tarinfo=_BoundedTarInfo)
         except tarfile.TarError as exc:
             raise NotABundle(f"not a disaster backup (imsdr backup writes one): {exc}") from None
         manifest = None
@@ -858,6 +877,28 @@ def misplaced_now(config, plan: list[tuple[dict, str]]) -> dict:
     return {login: u for login, (_has, u) in _misplaced(layout).items() if login in logins}
 
 
+_swept: set = set()
+
+
+def sweep_dead_copies(d: str) -> None:
+    """Remove the temporary copies (``NAME.imsdr-PID.tmp``) an imsdr restore killed
+    outright left in ``d`` (its process gone): a re-run finishes with none left in the
+    store's folder directories.  Once per directory and run."""
+    if d in _swept:
+        return
+    _swept.add(d)
+    from asm.locks import pid_alive
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for n in names:
+        m = re.fullmatch(r".+\.imsdr-(\d+)\.tmp", n)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(d, n))
+
+
 def put(src: str, target: str, item: dict, owner=None) -> None:
     """Put one restored file in place atomically, with its recorded mode and owner."""
     d = os.path.dirname(target)
@@ -874,6 +915,7 @@ def put(src: str, target: str, item: dict, owner=None) -> None:
             with contextlib.suppress(OSError):
                 os.chown(p, *owner)
                 os.chmod(p, 0o700)
+    sweep_dead_copies(d)
     tmp = f"{target}.imsdr-{os.getpid()}.tmp"
     try:
         shutil.copyfile(src, tmp)
@@ -896,6 +938,10 @@ def put(src: str, target: str, item: dict, owner=None) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise OSError(exc.errno, exc.strerror, target) from None
+    except BaseException:
+        with contextlib.suppress(OSError):       # (SIGTERM, Ctrl-C: exit 130, nothing half-written)
+            os.unlink(tmp)
+        raise
     if item.get("method") == "sqlite-backup":
         for ext in ("-wal", "-shm", "-journal"):
             with contextlib.suppress(FileNotFoundError):
