@@ -24,6 +24,9 @@ _QUOTED_RE = re.compile(rb"^>+From ")
 _STATUS = {b"R": "\\Seen", b"A": "\\Answered", b"F": "\\Flagged", b"D": "\\Deleted", b"T": "\\Draft"}
 
 
+MBOX_LINE = 64 << 20
+
+
 class NotAnMbox(ImsError, ValueError):
     """The input is not a Unix mbox file."""
 
@@ -77,7 +80,9 @@ def read_mbox(src: BinaryIO) -> Iterator[MboxMessage]:
         spool.seek(0)
         return MboxMessage(spool, size, date, frozenset(flags))
 
-    for line in src:
+    # lines read at most MBOX_LINE at a time (a file with no line break, /dev/zero, was
+    # read whole: MemoryError); a longer line is taken in parts, as a message line
+    for line in iter(lambda: src.readline(MBOX_LINE), b""):
         if prev_blank and line.startswith(b"From "):
             if spool is not None:
                 yield finish()

@@ -608,3 +608,26 @@ def test_an_archive_name_planted_as_another_users_link_is_refused(home, tmp_path
     p = run(home, *argv)
     assert p.returncode == 0, p.stderr
     assert victim.read_bytes() != b"precious\n" and os.path.islink(name)
+
+
+@pytest.mark.parametrize("which", ["imsimport -s", "imsbackup -u", "imsrestore -m", "imsrestore -r"])
+def test_an_input_file_with_no_line_break_is_refused_in_bounded_memory(home, tmp_path, which):
+    """/dev/zero (or a binary given by mistake) as an mbox, a -u list, a -m map or a -r
+    reference file: each was read as one unbounded line (MemoryError, exit 70, or the
+    host's memory).  Now exit 2 in one line, under a 1 GiB address space."""
+    import resource
+    import subprocess
+    from tests.helpers import command, command_env
+    run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
+    argv = {"imsimport -s": ["imsimport", "-u", "bob", "-s", "/dev/zero"],
+            "imsbackup -u": ["imsbackup", "-f", tmp_path / "z.ims", "-u", "/dev/zero"],
+            "imsrestore -m": ["imsrestore", "-f", tmp_path / "full.ims", "-m", "/dev/zero", "/primary/bob"],
+            "imsrestore -r": ["imsrestore", "-f", tmp_path / "full.ims", "-r", "/dev/zero"]}[which]
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    p = subprocess.run([command(argv[0]), *map(str, argv[1:])], env=command_env(home, None), capture_output=True,
+                       stdin=subprocess.DEVNULL, preexec_fn=limited, timeout=120)
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert "/dev/zero" in err, err

@@ -48,7 +48,12 @@ def write_reffile(path: str, header: dict, pending: list) -> None:
 def read_reffile(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+            # (a reference file is a JSON object: anything else is refused before it is
+            # read whole, /dev/zero or a binary given by mistake)
+            head = f.read(1 << 10)
+            if not head.lstrip().startswith("{"):
+                raise ValueError("not a JSON object")
+            doc = json.loads(head + f.read())
     except OSError as exc:
         raise RestoreError(f"cannot read reference file {path!r}: {exc.strerror}") from None
     except ValueError:
