@@ -353,6 +353,14 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
         plugins.run_end(run, status)
 
 
+#: seconds between the time a delivery's file name records and its UID, at most: a
+#: delivery begun 2-4 ms before a run and ended after its folder was read was named as a
+#: message a client moved in (exit 1) on a loaded machine.  (Small: a message delivered
+#: longer before the run and moved by a client during it must still be named; every
+#: command's start alone takes longer.)
+DELIVERY_SLACK = 0.05
+
+
 def _moved_in(store: Store, t: Target, watch: dict, started: float, res: BackupResult, report) -> None:
     """The messages a client moved, during this full backup, into a folder already read
     from one not read yet: in neither folder's snapshot, so in no folder of the archive.
@@ -374,8 +382,10 @@ def _moved_in(store: Store, t: Target, watch: dict, started: float, res: BackupR
         for uid, _path, st, born in came:
             key = (st.st_dev << 64) | st.st_ino
             # in the store before the run, as its GUID's time says (not its INTERNALDATE:
-            # a delivery or an APPEND during the run may carry any)
-            if born is not None and born < started and key not in files and key not in found:
+            # a delivery or an APPEND during the run may carry any); a GUID's time is when
+            # its delivery began, which may end (its UID given) after the folder was read:
+            # one begun just before the run is a delivery
+            if born is not None and born < started - DELIVERY_SLACK and key not in files and key not in found:
                 found[key] = (folder, uid)
     by_folder: dict = {}
     for folder, uid in found.values():
