@@ -284,9 +284,46 @@ def _from_state_doc(doc: dict, path: str) -> BaseState:
     return st
 
 
+def recover_replaced(state_path: str) -> None:
+    """What an imsbackup killed outright while it replaced an archive of the same name
+    left: its predecessor's state file moved aside to ``STATE.replaced-PID`` (PID gone).
+    Put back when no state file is at ``state_path`` and the archive beside it is still
+    the one that state describes (the kill came before the new archive was put in place:
+    the next --base would have been refused for want of it); else removed (the new
+    archive and its state are there)."""
+    import glob
+    import re
+    from asm.locks import pid_alive
+    for aside in sorted(glob.glob(glob.escape(state_path) + ".replaced-*")):
+        m = re.fullmatch(r"\.replaced-(\d+)", aside[len(state_path):])
+        if m is None or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+            continue
+        back = False
+        if not os.path.lexists(state_path):
+            try:
+                with open(aside, "rb") as f:
+                    doc = json.loads(f.read(64 << 20) or b"null")
+                archive = doc.get("device") if isinstance(doc, dict) else None
+                archive = archive if isinstance(archive, str) else state_path[:-len(".state")]
+                from asm.dr.chain import Unreadable, read_header
+                info = read_header(archive)
+                back = info is not None and info.archive_id == doc.get("archive_id")
+            except (OSError, ValueError, AttributeError, Unreadable):
+                back = False
+        try:
+            if back:
+                os.replace(aside, state_path)
+            else:
+                os.unlink(aside)
+        except OSError:
+            pass
+
+
 def load_base(path: str) -> BaseState:
     """The state of the backup ``path`` names: a state file, or an archive (read to its
     end: every folder member's UID list; message data is skipped)."""
+    if path.endswith(".state"):
+        recover_replaced(path)
     try:
         f = open(path, "rb")
     except OSError as exc:

@@ -134,3 +134,39 @@ def test_ctrl_c_anywhere_in_a_backup_exits_130_and_leaves_the_earlier_archive(tm
             backup(home, target)
             before = {n: sha256(tmp_path / n) for n in os.listdir(tmp_path) if n.startswith("nightly")}
     assert bad == [], f"IMS_KILL_SEED={SEED}: {total} steps: {bad[:5]}"
+
+
+def test_a_state_file_a_killed_replacement_moved_aside_is_put_back_or_removed(tmp_path):
+    """imsbackup replacing an archive of the same name moves the old state file aside
+    (STATE.replaced-PID) before it puts the new archive in place.  Killed outright in
+    between (6 of 60 kills), the old archive stayed without its state file: the next
+    `--base` was refused, and the moved-aside files piled up.  Now the next --base of
+    that state, or the next backup of that name, puts it back when the archive is still
+    the one it describes, and removes it when the new archive is there."""
+    from asm.store import open_store
+    from tests.helpers import make_home, put, run
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, "classic"))
+    put(store, "joe", "INBOX", 1)
+    full = tmp_path / "full.ims"
+    state = tmp_path / "full.ims.state"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    dead = 999999999
+    os.replace(state, f"{state}.replaced-{dead}")           # killed: the old archive, its state aside
+    put(store, "joe", "INBOX", 2)
+    run(home, "imsbackup", "-f", tmp_path / "incr.ims", "--base", state, "/", check=0)
+    assert state.exists() and not list(tmp_path.glob("full.ims.state.replaced-*"))
+    # killed after the new archive was put in place: the old state goes
+    old = state.read_bytes()
+    run(home, "imsbackup", "-f", full, "/", check=0)         # a new full of the same name
+    (tmp_path / f"full.ims.state.replaced-{dead}").write_bytes(old)
+    os.unlink(state)
+    p = run(home, "imsbackup", "-f", tmp_path / "incr2.ims", "--base", state, "/")
+    assert p.returncode == 2 and b"full.ims.state" in p.stderr, p.stderr
+    assert not list(tmp_path.glob("full.ims.state.replaced-*"))
+    # the next backup of that name sweeps one left beside it; a live run's is kept
+    live = tmp_path / f"full.ims.state.replaced-{os.getpid()}"
+    for aside in (tmp_path / f"full.ims.state.replaced-{dead}", live):
+        aside.write_bytes(old)
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    assert sorted(tmp_path.glob("full.ims.state.replaced-*")) == [live]

@@ -215,6 +215,9 @@ def _backup_held(args, rep, held: list) -> int:
     if args.state_out or isinstance(target, str):
         from asm.backupstate import state_path_for, write_state
     state_out = args.state_out or (state_path_for(target) if isinstance(target, str) else None)
+    if state_out and isinstance(target, str):
+        from asm.backupstate import recover_replaced
+        recover_replaced(state_out)          # (under the name's lock: no other run writes it)
     if state_out and not args.state_out and os.path.isdir(state_out):
         with contextlib.suppress(Exception):
             raw.close(ok=False)
