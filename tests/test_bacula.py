@@ -329,6 +329,34 @@ def test_the_wrapper_stopped_alone_stops_its_tool(ims_home, tmp_path, direction,
         assert picture(got) == want
 
 
+def test_a_full_disk_under_the_job_state_is_13_in_one_line(ims_home, tmp_path):
+    """IMS_HOME/data/bacula on a full disk: the RunScripts and the stream said "internal
+    error (OperationalError: database or disk is full)", exit 70, in the job's log.  Now
+    13 in one line, as every command says of a full disk; once space is freed, the same
+    job runs."""
+    from tests.helpers import small_tmpfs
+    store = open_store(make_home(ims_home, "classic"))
+    store.create_user("alice")
+    (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
+    state = ims_home / "data" / "bacula"
+    with small_tmpfs(state, "1m"):
+        fd = os.open(state / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"x" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        for argv in (["jobstart", "--jobid", "5", "--level", "Full"], ["-E", "backup", "/primary/groupA"]):
+            p = imsbacula(*argv)
+            assert p.returncode == 13, (argv, p.stderr)
+            err = p.stderr.decode()
+            assert err.count("\n") == 1 and "disk is full" in err and "internal error" not in err, err
+        os.unlink(state / "filler")
+        imsbacula("jobstart", "--jobid", "5", "--level", "Full", check=True)
+
+
 def test_a_job_in_which_no_stream_ran_fails(ims_home):
     """jobstart ran but no bpipe stream of the job started or was recorded (the file
     daemon without 'Plugin Directory', imsbacula killed before it wrote a word): Bacula

@@ -83,17 +83,38 @@ class State:
 
     @contextlib.contextmanager
     def db(self):
-        os.makedirs(self.dir, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        from asm.errors import EXIT_NOSPACE, EXIT_STORE, ImsError
+        from asm.sqlitedb import disk_full
         try:
-            con.execute("PRAGMA busy_timeout = 60000")
-            con.executescript(SCHEMA)
-            con.execute("BEGIN IMMEDIATE")
+            os.makedirs(self.dir, exist_ok=True)
+            con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise ImsError(f"cannot open the job state {self.path}: {getattr(exc, 'strerror', None) or exc}; "
+                           f"the job must fail", status=EXIT_STORE) from None
+        try:
+            try:
+                con.execute("PRAGMA busy_timeout = 60000")
+                con.executescript(SCHEMA)
+                con.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                # a full disk under IMS_HOME/data: 13 (free space, run the job again), not 70
+                if disk_full(exc, self.path):
+                    raise ImsError(f"cannot write the job state {self.path}: its disk is full ({exc}): free "
+                                   f"space there and run the job again", status=EXIT_NOSPACE) from None
+                raise
             try:
                 yield con
                 con.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+                if disk_full(exc, self.path):
+                    raise ImsError(f"cannot write the job state {self.path}: its disk is full ({exc}): free "
+                                   f"space there and run the job again", status=EXIT_NOSPACE) from None
+                raise
             except BaseException:
-                con.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
                 raise
         finally:
             con.close()
