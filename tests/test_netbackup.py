@@ -69,6 +69,11 @@ def test_install_prints_policy_and_refuses_foreign_scripts(ims_home, tmp_path, n
     assert (bindir / "bpstart_notify").read_text() == "#!/bin/sh\nexit 0\n"
     r = imsnbu(ims_home, "install", "--schedule", "S", "--dir", str(bindir))
     assert r.returncode == 2 and "--schedule needs --policy" in r.stderr
+    before = sorted(os.listdir(bindir))
+    for bad in ("M\ntouch X", "a/b", ".hidden", "tab\there", ""):         # (a newline was installed, exit 0)
+        r = imsnbu(ims_home, "install", "--policy", bad, "--dir", str(bindir))
+        assert r.returncode == 2 and "bad policy or schedule name" in r.stderr, (bad, r.stderr)
+        assert sorted(os.listdir(bindir)) == before
 
 
 def test_install_refuses_an_ims_home_that_is_no_installation(tmp_path):

@@ -3,7 +3,9 @@ IMS_HOME, Python and staging directory written in, under the names NetBackup loo
 for (``bpstart_notify``, ``.POLICY`` or ``.POLICY.SCHEDULE`` suffixes)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shlex
 import socket
 import sys
@@ -62,8 +64,12 @@ def install(bindir: str, policy: str | None, schedule: str | None, home: str, di
     if schedule and not policy:
         raise InstallError("--schedule needs --policy (NetBackup names the script bpstart_notify.POLICY.SCHEDULE)")
     for name in (policy, schedule):
-        if name is not None and (not name or "/" in name or name.startswith(".")):
-            raise InstallError(f"bad policy or schedule name {name!r}")
+        # a name is part of the scripts' file names: no '/', no leading '.', and no control
+        # character (a name with a newline was installed as scripts no policy runs, exit 0)
+        if name is not None and (not name or "/" in name or name.startswith(".")
+                                 or re.search(r"[\x00-\x1f\x7f]", name) or len(name) > 128):
+            raise InstallError(f"bad policy or schedule name {name!r}: give the name as NetBackup shows it "
+                               f"(no '/', control character or leading '.')")
     if not os.path.isdir(bindir):
         raise InstallError(f"{bindir} does not exist: is the NetBackup client installed? (or pass --dir)")
     start, end = script_names(policy, schedule)
@@ -77,10 +83,16 @@ def install(bindir: str, policy: str | None, schedule: str | None, home: str, di
     for which, p in zip(("start", "end"), paths):
         text = script_text(which, home, directory, mode, max_age, jobs, keep, after_batch)
         tmp = p + ".imsnbu-tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, p)
+        try:
+            # (a path that is not UTF-8 is written as its bytes: the script quotes it)
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(text)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return paths
 
 
