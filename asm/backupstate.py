@@ -287,10 +287,11 @@ def _from_state_doc(doc: dict, path: str) -> BaseState:
 def recover_replaced(state_path: str) -> None:
     """What an imsbackup killed outright while it replaced an archive of the same name
     left: its predecessor's state file moved aside to ``STATE.replaced-PID`` (PID gone).
-    Put back when no state file is at ``state_path`` and the archive beside it is still
-    the one that state describes (the kill came before the new archive was put in place:
-    the next --base would have been refused for want of it); else removed (the new
-    archive and its state are there)."""
+    When the archive it describes is a local file that can be read: put back if no state
+    file is at ``state_path`` and that archive is still there (the kill came before the
+    new archive was put in place: the next --base would have been refused for want of
+    it), removed if another archive is there now (its own state beside it).  Left as it
+    is when that cannot be told (a remote or encrypted archive, one not there)."""
     import glob
     import re
     from asm.locks import pid_alive
@@ -298,25 +299,27 @@ def recover_replaced(state_path: str) -> None:
         m = re.fullmatch(r"\.replaced-(\d+)", aside[len(state_path):])
         if m is None or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
             continue
-        back = False
-        if not os.path.lexists(state_path):
-            try:
-                with open(aside, "rb") as f:
-                    doc = json.loads(f.read(64 << 20) or b"null")
-                archive = doc.get("device") if isinstance(doc, dict) else None
-                archive = archive if isinstance(archive, str) else state_path[:-len(".state")]
-                from asm.dr.chain import Unreadable, read_header
-                info = read_header(archive)
-                back = info is not None and info.archive_id == doc.get("archive_id")
-            except (OSError, ValueError, AttributeError, Unreadable):
-                back = False
         try:
-            if back:
-                os.replace(aside, state_path)
+            with open(aside, "rb") as f:
+                doc = json.loads(f.read(64 << 20) or b"null")
+            archive = doc.get("device") if isinstance(doc, dict) else None
+            archive = archive if isinstance(archive, str) else state_path[:-len(".state")]
+            if not os.path.isfile(archive):
+                continue
+            from asm.dr.chain import Unreadable, read_header
+            try:
+                info = read_header(archive)
+            except Unreadable:
+                continue
+            if info is None:
+                continue
+            if info.archive_id == doc.get("archive_id"):
+                if not os.path.lexists(state_path):
+                    os.replace(aside, state_path)
             else:
                 os.unlink(aside)
-        except OSError:
-            pass
+        except (OSError, ValueError, AttributeError):
+            continue
 
 
 def load_base(path: str) -> BaseState:
