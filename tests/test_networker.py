@@ -191,6 +191,52 @@ def test_mkbackupdir_tree_incremental_and_refusals(tmp_path, ims_home, env):
     assert sorted(os.listdir(other)) == ["keep"]
 
 
+def test_a_first_mkbackupdir_stopped_anywhere_is_finished_by_the_same_command(tmp_path, ims_home, env):
+    """A first mkbackupdir stopped by SIGTERM (exit 130, "run again") or SIGKILL left a tree
+    without its marker, which every later run refused as a directory mkbackupdir did not
+    build (exit 2): a savepnpc precmd then failed every night.  The tree is marked first
+    (as being built); the same command run again finishes it, exactly as one run builds
+    it, and imsasm refuses to save from a tree whose first build did not end."""
+    import signal
+    import subprocess
+    from tests.helpers import popen
+    cfg = home(ims_home, "classic")
+    store = open_store(cfg)
+    for i in range(60):
+        store.create_user(f"user{i:02d}")
+        for f in ("Sent", "Trash", "Work/2024"):
+            store.create_folder(f"user{i:02d}", f)
+
+    def tree_of(d):
+        return sorted(os.path.relpath(os.path.join(r, n), d) for r, ds, fs in os.walk(d) for n in ds + fs
+                      if n != tree.LOCK and n != tree.MARKER)
+    want = tmp_path / "want"
+    t0 = time.monotonic()
+    run(ims_home, "mkbackupdir", "-p", str(want), check=0)
+    took = time.monotonic() - t0
+    stopped = 0
+    for k, sig in enumerate([signal.SIGTERM, signal.SIGKILL] * 5):
+        d = tmp_path / f"t{k}"
+        p = popen(ims_home, "mkbackupdir", "-p", str(d), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(took * (k + 1) / 12)             # spread over a whole run
+        p.send_signal(sig)
+        rc = p.wait()
+        if rc == 0:
+            continue
+        stopped += 1
+        if (d / tree.MARKER).exists() and json.loads((d / tree.MARKER).read_text()).get("building"):
+            placeholder = next((os.path.join(r, n) for r, _ds, fs in os.walk(d) for n in fs
+                                if n == "INBOX"), None)
+            if placeholder:
+                q = run(ims_home, "imsasm", "-s", placeholder)
+                assert q.returncode == 2 and "did not end" in q.stderr.decode(), q.stderr
+        p = run(ims_home, "mkbackupdir", "-p", str(d))
+        assert p.returncode == 0, (k, rc, p.stderr)
+        assert tree_of(d) == tree_of(want), k
+        assert not json.loads((d / tree.MARKER).read_text()).get("building")
+    assert stopped >= 3, stopped
+
+
 def test_mkbackupdir_refuses_directory_owner_cannot_write(tmp_path, ims_home, env):
     cfg = home(ims_home, "classic")
     open_store(cfg).create_user("alice")

@@ -166,6 +166,9 @@ def plan_records(inst, paths: list[str], ppath: str | None):
                              "run mkbackupdir -p DIR and save paths below DIR")
         if root is None:
             root, marker = r, tree.read_marker(r)
+            if marker.get("building"):
+                raise UsageError(f"{r}: mkbackupdir's first build of this tree did not end (stopped or "
+                                 f"killed): run mkbackupdir -p {r} again, then save")
         elif r != root:
             raise UsageError(f"{path} is in another backup tree ({r}, not {root}); save each tree separately")
         rel = tree.relparts(root, path)

@@ -316,7 +316,10 @@ def _main(argv: list[str] | None) -> int:
     if os.path.exists(directory):
         if not os.path.isdir(directory):
             raise UsageError(f"-p {directory}: not a directory")
-        if not os.path.exists(os.path.join(directory, tree.MARKER)) and os.listdir(directory):
+        # (its lock, and a temporary file of its marker, are what a first run stopped before
+        # it marked the tree leaves: that is an empty directory)
+        if not os.path.exists(os.path.join(directory, tree.MARKER)) and \
+                [n for n in os.listdir(directory) if n != tree.LOCK and not n.startswith(".tmp-")]:
             raise UsageError(f"-p {directory}: the directory is not empty and mkbackupdir did not "
                              "build it; give an empty or new directory")
         if os.path.exists(os.path.join(directory, tree.MARKER)):
@@ -358,6 +361,18 @@ def _main(argv: list[str] | None) -> int:
         except BlockingIOError:
             return die(PROG, f"another mkbackupdir is building {directory}; try again when it is done", EXIT_LOCKED)
         t0 = time.time()
+        marker_path = os.path.join(directory, tree.MARKER)
+        if not os.path.exists(marker_path):
+            # a first build marks the tree as this installation's, being built, before it
+            # makes anything: stopped (exit 130, SIGKILL) it is built on by the same command
+            # run again, not refused as a directory mkbackupdir did not build; imsasm
+            # refuses to save from it until a build ends
+            atomic_write(marker_path, (json.dumps({"format": "ims-asm-backupdir", "version": 1,
+                                                   "ims_home": inst.config.home, "asm": args.asm,
+                                                   "building": True, "built": t0}, indent=1,
+                                                  ensure_ascii=False) + "\n").encode("utf-8"))
+            if owner and os.geteuid() == 0:
+                os.chown(marker_path, uid, gid)
         progress.update(f"{PROG}: scanning the store", force=True)
         want, nsr, users = desired_tree(inst, args)
         threads = args.threads or max(1, len(inst.store.partitions()))
