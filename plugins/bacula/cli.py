@@ -139,9 +139,13 @@ def _run_tool(home: str, fileset: str, argv: list[str], stdin=None) -> int:
     try:
         proc = subprocess.Popen([sys.executable, "-m"] + argv, stdin=stdin, stdout=None, stderr=subprocess.PIPE,
                                 preexec_fn=functools.partial(_child_setup, os.getpid()))
-    finally:
+    except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
     try:
+        # (a stop signal that came while the tool started is raised here, where the
+        # tool is stopped and waited for)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         for raw in proc.stderr:
             _log(home, fileset, raw.decode("utf-8", "replace").rstrip("\n"))
         return proc.wait()

@@ -1120,7 +1120,10 @@ class MaildirStore(Store):
                 # namespace's prefix and separator (Courier's INBOX. and '.', Debian's '.'):
                 # 'mailbox Work/Sub' was refused there ("Name must not have '/'"), and with
                 # prefix INBOX. 'mailbox Tags' was no folder; the files are the same either way
-                dv.settings = layout_mod.dsync_namespace_options(layout_mod.doveconf_namespaces(dv.conf))
+                try:
+                    dv.settings = layout_mod.dsync_namespace_options(layout_mod.doveconf_namespaces(dv.conf))
+                except (layout_mod.LayoutError, OSError):
+                    pass             # (doveconf fails: doveadm will too, and that is named there)
             self._doveadm_cache = dv
         return self._doveadm_cache
 
