@@ -671,28 +671,10 @@ def parse_date(text: str) -> float:
                          "optionally ':' and 6), e.g. 20240501:131000") from None
 
 
-#: the longest line a list or map file may hold (a name is at most a few hundred bytes):
-#: a file with no line break (/dev/zero, a binary given by mistake) was read whole
-LINE_LIMIT = 64 << 10
-
-
-def bounded_lines(f, path: str, what: str, error=None):
-    """The lines of the text file ``f``, each at most LINE_LIMIT characters: a longer one
-    is ``error`` (default UsageError), naming the file and line, not a MemoryError."""
-    n = 0
-    while True:
-        line = f.readline(LINE_LIMIT + 1)
-        if not line:
-            return
-        n += 1
-        if len(line) > LINE_LIMIT and not line.endswith("\n"):
-            raise (error or UsageError)(f"{path}:{n}: a line longer than {LINE_LIMIT // 1024} KiB: not {what}")
-        yield line
-
-
 def read_list_file(path: str) -> list[str]:
     """Names from a -u file: one per line, blank lines and # comments ignored; a name
     that is not UTF-8 is kept as its bytes."""
+    from asm.lines import bounded_lines
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             return [ln.strip() for ln in bounded_lines(f, path, "a list of names, one a line")

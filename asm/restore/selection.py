@@ -19,7 +19,7 @@ def read_map(path: str, check=check_user_name) -> dict:
         raise RestoreError(f"cannot read map file {path!r}: {exc.strerror}") from None
     with f:
         try:
-            from asm.cli.common import bounded_lines
+            from asm.lines import bounded_lines
             for lineno, line in enumerate(bounded_lines(f, path, "a map file (olduser=newuser lines)",
                                                         RestoreError), 1):
                 s = line.strip()
