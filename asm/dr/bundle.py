@@ -932,6 +932,11 @@ def put(src: str, target: str, item: dict, owner=None) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if item.get("method") == "sqlite-backup":
+            for ext in ("-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target + ext)
+        os.replace(tmp, target)
     except OSError as exc:
         # (a full disk: no half-written file left, and the error names the file being
         # restored there, not the private copy it was read from)
@@ -939,11 +944,7 @@ def put(src: str, target: str, item: dict, owner=None) -> None:
             os.unlink(tmp)
         raise OSError(exc.errno, exc.strerror, target) from None
     except BaseException:
-        with contextlib.suppress(OSError):       # (SIGTERM, Ctrl-C: exit 130, nothing half-written)
+        # (SIGTERM, Ctrl-C, up to the rename: exit 130, nothing half-written left)
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if item.get("method") == "sqlite-backup":
-        for ext in ("-wal", "-shm", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(target + ext)
-    os.replace(tmp, target)
