@@ -145,12 +145,13 @@ def run_command(prog: str, body: Callable[[list[str] | None], int | None], argv:
     if outer and not utf8_names():
         return _flush_stdout(prog, die(prog, _NOT_UTF8 % sys.getfilesystemencoding(), EXIT_USAGE))
     diagnostics = _Diagnostics.install() if outer else None
-    saved = _trap_signals()
+    saved = _signals_now()
     own_work = atend.mark()
     _depth += 1
     try:
         try:
             try:
+                _trap_signals(saved)       # (inside the try: a SIGTERM from its first moment is "interrupted")
                 status = body(argv)
                 status = EXIT_OK if status is None else int(status)
             finally:
@@ -387,23 +388,31 @@ class Commit:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _trap_signals():
-    """SIGTERM, and SIGHUP unless it is ignored (nohup), raise KeyboardInterrupt; returns
-    the previous handlers (None off the main thread)."""
+def _signals_now():
+    """The handlers :func:`_trap_signals` replaces and :func:`_untrap_signals` gives back
+    (None off the main thread, where signals cannot be handled)."""
     import signal
     import threading
     if threading.current_thread() is not threading.main_thread():
         return None
     hup = getattr(signal, "SIGHUP", None)
-    saved = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook,
-             signal.getsignal(hup) if hup is not None else None)
+    return (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook,
+            signal.getsignal(hup) if hup is not None else None)
+
+
+def _trap_signals(saved) -> None:
+    """SIGTERM, and SIGHUP unless it is ignored (nohup), raise KeyboardInterrupt; *saved*
+    is :func:`_signals_now`, taken before."""
+    import signal
+    if saved is None:
+        return
+    hup = getattr(signal, "SIGHUP", None)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     if hup is not None and saved[3] is not signal.SIG_IGN:
         signal.signal(hup, _raise_interrupt)
     if getattr(saved[1], "ims_early", False):           # asm.cli's, while the command loaded
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    sys.unraisablehook = functools.partial(_redeliver_interrupt, sys.unraisablehook)
-    return saved
+    sys.unraisablehook = functools.partial(_redeliver_interrupt, saved[2])
 
 
 def _untrap_signals(saved, outer: bool) -> None:
