@@ -668,6 +668,71 @@ def test_a_dotless_i_inbox_and_its_children_are_backed_up_apart_from_inbox(tmp_p
         assert seen(lab.client_state("alice")) == seen(before)
 
 
+RESERVED_FS = ("subscriptions", "subscriptions/sub", "dovecot-keywords", "dovecot.index", "maildirfolder")
+
+
+def test_lay_out_fs_folders_named_as_inbox_files_are_backed_up_and_restored(tmp_path):
+    """LAYOUT=fs keeps INBOX in the Maildir's root, beside the folders' directories, so a
+    folder Dovecot lets a client create as 'subscriptions' or 'dovecot-keywords' takes
+    the place of the user's subscriptions file or INBOX's keyword table (Dovecot then
+    keeps none of those: LSUB fails; LIST does not show 'subscriptions').  Every backup
+    of such a user failed ("Is a directory", exit 1, INBOX in no archive).  Now each
+    such folder is backed up and restored exactly (UIDVALIDITY, UIDs, flags, bytes), and
+    a restore where the subscriptions file holds real subscriptions refuses that one
+    folder in a line saying to move the file aside, which then works."""
+    from tests.dovecot_lab import dovecot_lab
+    with dovecot_lab("fs", logins=["alice"]) as lab:
+        home = str(tmp_path / "ims")
+        configure(lab, home)
+        lab.deliver(["alice"], message("hello", size=2000))
+        with lab.imap("alice") as c:
+            for i, n in enumerate(RESERVED_FS):
+                c.create(n)
+                c.append(n, message(f"in {n}", size=500 + i), [r"\Seen", "$Label1"] if i % 2 else [r"\Flagged"])
+                c.append(n, message(f"second in {n}"))
+            assert "subscriptions" not in c.list()         # (Dovecot hides it, keeps its mail)
+
+        def state():
+            with lab.imap("alice") as c:
+                out = {}
+                for n in sorted(set(c.list()) | set(RESERVED_FS)):
+                    info = c.select(n, readonly=True)
+                    out[n] = (info["uidvalidity"], info["uidnext"],
+                              [(m, c.fetch_body(m["uid"])) for m in c.fetch_meta()])
+                return out
+
+        before = state()
+        assert all(len(before[n][2]) == 2 for n in RESERVED_FS) and len(before["INBOX"][2]) == 1
+        a = tmp_path / "a.ims"
+        p = run(home, "imsbackup", "-f", a, "/", text=True)
+        assert p.returncode == 0, p.stderr
+        assert archive_listing(home, a) == {("alice", "INBOX"): 1, **{("alice", n): 2 for n in RESERVED_FS}}
+        lab.stop()
+        wipe(lab)
+        lab.start()
+        p = run(home, "imsrestore", "-f", a, text=True)
+        assert p.returncode == 0, p.stderr
+        assert state() == before
+        # the user's subscriptions file holds a subscription: that folder is refused, named
+        lab.stop()
+        wipe(lab)
+        lab.start()
+        with lab.imap("alice") as c:
+            c.create("Work")
+            c.subscribe("Work")
+        subs = os.path.join(lab.mailbox_path("alice"), "subscriptions")
+        assert os.path.isfile(subs)
+        p = run(home, "imsrestore", "-f", a, text=True)
+        assert p.returncode != 0
+        refused = [ln for ln in p.stderr.splitlines() if "subscriptions file" in ln]
+        assert len(refused) == 1 and "move that file aside" in refused[0] and subs in refused[0], p.stderr
+        os.rename(subs, subs + ".aside")
+        p = run(home, "imsrestore", "-f", a, text=True)
+        assert p.returncode == 0, p.stderr
+        after = state()
+        assert {n: after[n] for n in before} == before
+
+
 def test_a_login_with_a_slash_is_named_not_skipped(tmp_path):
     """A Dovecot that allows any login character (auth_username_chars =) keeps the mail
     of 'x/y@example.com' at STORE/example.com/x/y/Maildir in the vdomain layout.  The

@@ -144,8 +144,8 @@ def read_keywords(folder_dir: str) -> list:
                     i = int(idx)
                     kws.extend([""] * (i + 1 - len(kws)))
                     kws[i] = name
-    except FileNotFoundError:
-        pass
+    except (FileNotFoundError, IsADirectoryError):
+        pass            # (a LAYOUT=fs folder of that name in INBOX's place: Dovecot reads no table either)
     return kws
 
 

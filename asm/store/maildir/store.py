@@ -2481,6 +2481,25 @@ class MaildirStore(Store):
                              f"mboxutil -d user/{user} again to finish") from None
 
     @store_os_errors
+    def _make_way_for_a_subscriptions_folder(self, user: str, folder: str, d: str) -> None:
+        """A LAYOUT=fs folder named ``subscriptions`` (Dovecot makes one when asked: it
+        then keeps no subscription for the user, LSUB and SUBSCRIBE fail) has its
+        directory where the subscriptions file would be.  Where that file holds no more
+        than INBOX (what :meth:`create_user` writes) it gives way; one with the user's
+        subscriptions is kept, and the folder refused in one line."""
+        if not os.path.isfile(d) or os.path.islink(d):
+            return
+        path = os.path.join(self._subs_root(user), SUBSCRIPTIONS)
+        if os.path.normpath(path) != os.path.normpath(d):
+            return
+        if set(subscriptions.read(os.path.dirname(path), self._utf8)) <= {"INBOX"}:
+            os.unlink(path)
+            self._subs.put(os.path.dirname(path), [])
+            return
+        raise StoreError(f"cannot create folder {folder!r} of user {user!r}: with LAYOUT=fs its directory is "
+                         f"{d}, the user's subscriptions file, which holds subscriptions (Dovecot cannot keep "
+                         f"both): move that file aside, then run the restore again")
+
     def create_folder(self, user: str, folder: str, uidvalidity: int | None = None,
                       uidnext: int = 1, subscribed: bool = False, guid: str = "",
                       hold: contextlib.ExitStack | None = None) -> FolderInfo:
@@ -2506,6 +2525,7 @@ class MaildirStore(Store):
             raise LinkInStore(link)       # nothing made through it (_refuse_links)
         if os.path.isdir(os.path.join(d, "cur")):
             raise FolderExists(user, folder)
+        self._make_way_for_a_subscriptions_folder(user, folder, d)
         owner = self._owner_for(root)
         ctl, idx = self._ctl_idx(user, folder, d)
         ul = Uidlist(uidvalidity=uidvalidity or self._folder_uidvalidity(user), uidnext=max(1, uidnext),

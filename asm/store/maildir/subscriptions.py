@@ -4,6 +4,7 @@ files hold Maildir++ names (``Work.2023``).  Changed under ``subscriptions.lock`
 from __future__ import annotations
 
 import os
+import stat
 
 from asm.store import utf7
 from asm.store.base import BadName, check_folder_name, nofollow_opener
@@ -53,11 +54,13 @@ def _open(path: str):
 
 
 def read(root: str, utf8: bool = False) -> list:
-    """The names in ``root``'s subscriptions file ([] when there is none)."""
+    """The names in ``root``'s subscriptions file ([] when there is none, or when a
+    folder of LAYOUT=fs named ``subscriptions`` has its place: Dovecot then keeps no
+    subscription for the user, its SUBSCRIBE and LSUB fail)."""
     try:
         with _open(os.path.join(root, SUBSCRIPTIONS)) as f:
             return parse(f.read().split("\n"), utf8)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         return []
 
 
@@ -91,6 +94,8 @@ class Cache:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
+            return set()
+        if stat.S_ISDIR(st.st_mode):         # a LAYOUT=fs folder named so: none (read())
             return set()
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         hit = self._cache.get(root)
