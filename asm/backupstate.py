@@ -342,6 +342,16 @@ def load_base(path: str) -> BaseState:
                 raise BaseError(f"{path} is not a backup state file (not JSON)") from None
             if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
                 raise BaseError(f"{path} is not a backup state file")
+            version = doc.get("version")
+            if version != STATE_VERSION:
+                # (a newer ims-asm's may say what this one cannot read: its folders taken
+                # as this one reads them would leave mail out of the incremental)
+                newer = isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION
+                raise BaseError(f"{path} is a backup state file of version {version!r}, which this ims-asm "
+                                f"does not read (it reads version {STATE_VERSION})"
+                                + ("; it was written by a newer ims-asm: run this backup with that one, "
+                                   "or name the previous backup's archive with --base" if newer else
+                                   ": it is damaged; name the previous backup's archive with --base"))
             return _from_state_doc(doc, path)
         f.seek(0)
         return _from_archive(f, path)

@@ -301,6 +301,9 @@ def check_writable(path: str, named=()) -> None:
     monitoring read that one as this run's.  Nor may it name a file the run reads or
     writes (``named``, see :func:`refuse_clobber`), or an archive or state file."""
     from asm.errors import EXIT_USAGE, ImsError
+    if path == "-":         # (it wrote a file named '-': every other option means stdout by it)
+        raise ImsError("--report - : the report is written to a file, never standard output: name a file "
+                       "(./- for one named '-'); nothing was done", status=EXIT_USAGE)
     refuse_clobber("--report", path, named)
     why = "it is a directory" if os.path.isdir(path) else None
     if why is None:

@@ -631,3 +631,62 @@ def test_an_input_file_with_no_line_break_is_refused_in_bounded_memory(home, tmp
     assert p.returncode == EXIT_USAGE, p.stderr
     err = _one_line(p)
     assert "/dev/zero" in err, err
+
+
+@pytest.mark.parametrize("cmd,argv", [
+    ("imsbackup", ["--state-out", "-", "-f", "a.ims", "/"]),
+    ("imsbackup", ["--report", "-", "-f", "a.ims", "/"]),
+    ("imsrestore", ["-R", "-", "-f", "a.ims", "/"]),
+    ("imsrestore", ["--report", "-", "-f", "a.ims", "/"]),
+    ("imsverify", ["--report", "-", "-f", "a.ims"]),
+], ids=["state-out", "backup-report", "restore-R", "restore-report", "verify-report"])
+def test_an_output_file_option_given_dash_is_refused(home, tmp_path, cmd, argv):
+    """'-' means standard input or output to every -f of these commands; --state-out -,
+    -R - and --report - wrote a file named '-' in the working directory instead (exit 0).
+    Refused, one line saying to name a file, nothing written."""
+    work = tmp_path / "work"
+    work.mkdir()
+    run(home, "imsbackup", "-f", work / "a.ims", "/", check=0)
+    before = sorted(p.name for p in work.iterdir())
+    p = run(home, cmd, *argv, cwd=work)
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert " - : " in err and "name a file" in err, err
+    assert sorted(p.name for p in work.iterdir()) == before
+
+
+def test_z_with_compress_none_is_refused(home, tmp_path):
+    """-z (compress) with --compress none wrote an uncompressed archive, exit 0: one of
+    the two was not done.  Refused, nothing written; -z with a zstd level is taken."""
+    out = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-z", "--compress", "none", "-f", out, "/")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    assert "-z" in _one_line(p) and not out.exists()
+    run(home, "imsbackup", "-z", "--compress", "zstd:5", "-f", out, "/", check=0)
+    assert out.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"          # zstd's magic number
+
+
+@pytest.mark.parametrize("version", [99, 0, "1", None])
+def test_a_state_file_of_another_version_is_refused_as_a_base(home, tmp_path, version):
+    """A state file whose version this ims-asm does not read (a newer one's, or damaged)
+    was read as if it were its own, exit 0: what a newer version says differently would
+    leave mail out of the incremental.  Refused, one line (a newer one's says to use
+    that ims-asm or the archive as the base), nothing written; the archive then works."""
+    import json
+    full = tmp_path / "full.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    doc = json.loads((tmp_path / "full.ims.state").read_text())
+    if version is None:
+        del doc["version"]
+    else:
+        doc["version"] = version
+    odd = tmp_path / "odd.state"
+    odd.write_text(json.dumps(doc))
+    out = tmp_path / "incr.ims"
+    p = run(home, "imsbackup", "--base", odd, "-f", out, "/")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert f"version {version!r}" in err and str(odd) in err, err
+    assert ("newer ims-asm" in err) == (version == 99), err
+    assert not out.exists() and not (tmp_path / "incr.ims.state").exists()
+    run(home, "imsbackup", "--base", full, "-f", out, "/", check=0)

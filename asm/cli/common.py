@@ -639,7 +639,11 @@ class Once(argparse.Action):
 def check_out_file(option: str, path: str) -> None:
     """A file an option names for the command to write (imsrestore -R, imsbackup
     --state-out) is in an existing directory, as --report's is: a mistyped directory is
-    refused before the run (UsageError, exit 2), never made (mkdir -p made it)."""
+    refused before the run (UsageError, exit 2), never made (mkdir -p made it).  ``-``
+    is refused too: it wrote a file named '-' where every other option means stdout."""
+    if path == "-":
+        raise UsageError(f"{option} - : this option writes a file, never standard output: name a file "
+                         f"(./- for one named '-'); nothing was done")
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a directory: name a file in it; nothing was done")
     d = os.path.dirname(os.path.abspath(path))

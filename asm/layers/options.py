@@ -65,6 +65,8 @@ def write_layers(config, compress: str | None = None, z: bool = False, encrypt: 
     conf = config.get("store.compress") if config is not None else "none"
     if compress is not None:
         level = parse_compress(compress)
+        if z and not level:
+            raise UsageError(f"-z (compress) contradicts --compress {compress}: give one or the other")
     elif z:
         level = parse_compress(conf) if conf and conf != "none" else DEFAULT_LEVEL
     else:
