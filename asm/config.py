@@ -624,6 +624,15 @@ class Config:
             parts["primary"] = os.path.join(self.home, "data", sub, "primary")
         return dict(sorted(parts.items(), key=lambda kv: (kv[0] != "primary", kv[0])))
 
+    def checked_partitions(self) -> dict[str, str]:
+        """:meth:`partitions`, refused (ConfigError) when two name one directory or one
+        lies inside another: a backup read each user twice or took one partition's users
+        for a lost mailbox list, a restore could not tell where a user was."""
+        problem = partition_overlap(self.partitions())
+        if problem:
+            raise ConfigError(problem)
+        return self.partitions()
+
     def backup_exclude(self) -> list[str]:
         raw = self.get("store.backupexclude")
         return exclude_names(raw) if raw else []
@@ -686,7 +695,15 @@ class Config:
     def set(self, name: str, value: str) -> str:
         value = check(name, value)
         with self._writing():
+            old = self.values.get(name)
             self.values[name] = value
+            problem = partition_overlap(self.partitions()) if PARTITION_RE.match(name) else None
+            if problem:
+                if old is None:
+                    del self.values[name]
+                else:
+                    self.values[name] = old
+                raise ConfigError(problem)
             self.save()
         return value
 
@@ -704,6 +721,28 @@ class Config:
         text = "# written by msconfig; edit with 'msconfig set NAME VALUE'\n" + "".join(
             f"{k} = {v}\n" for k, v in sorted(self.values.items()))
         atomic_write(self.path, text.encode("utf-8"), mode=0o644)
+
+
+def partition_overlap(parts: dict[str, str]) -> str | None:
+    """The line naming two partitions (``parts``: {name: path}, primary first) whose
+    directories are one (after symbolic links) or one inside the other, or None."""
+    seen: list = []
+    for name, path in parts.items():
+        real = os.path.realpath(path)
+        for other, opath, oreal in seen:
+            if real == oreal:
+                how = f"is the directory of partition {other!r} ({opath})"
+            elif real.startswith(oreal.rstrip("/") + "/"):
+                how = f"lies inside partition {other!r} ({opath})"
+            elif oreal.startswith(real.rstrip("/") + "/"):
+                how = f"holds partition {other!r} ({opath})"
+            else:
+                continue
+            return (f"partition {name!r} ({path}) {how}: each partition needs a directory of its own, "
+                    f"outside the others': msconfig set partition:{name}.path to another directory, or "
+                    f"msconfig unset partition:{name}.path")
+        seen.append((name, path, real))
+    return None
 
 
 def _short(s: str) -> str:

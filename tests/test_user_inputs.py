@@ -3,6 +3,8 @@ stderr naming what was given and what is expected, exit status 2 (usage error,
 docs/operations.md), no traceback, and does nothing (creates no file or directory)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from asm.errors import EXIT_USAGE
@@ -690,3 +692,41 @@ def test_a_state_file_of_another_version_is_refused_as_a_base(home, tmp_path, ve
     assert ("newer ims-asm" in err) == (version == 99), err
     assert not out.exists() and not (tmp_path / "incr.ims.state").exists()
     run(home, "imsbackup", "--base", full, "-f", out, "/", check=0)
+
+
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+@pytest.mark.parametrize("how", ["same", "inside", "holds", "symlink"])
+def test_two_partitions_in_one_directory_are_refused(tmp_path, driver, how):
+    """Two partitions naming one directory (or one inside the other): msconfig took it;
+    then the classic backup failed saying the mailbox list was lost and to rebuild it
+    with reconstruct -m (advice that would give the users to the wrong partition).
+    msconfig set now refuses it, naming both partitions and how to fix it, and a msg.conf
+    edited by hand so is refused by every command, the same line, nothing written."""
+    h = tmp_path / "ims"
+    cfg = make_home(h, driver)
+    with in_home(h):
+        put(open_store(cfg), "bob", "INBOX", 1)
+    primary = cfg.partitions()["primary"]
+    good = tmp_path / "good.ims"
+    run(h, "imsbackup", "-f", good, "/", check=0)
+    if how == "symlink":
+        os.symlink(primary, tmp_path / "alias")
+    bad = {"same": primary, "inside": os.path.join(primary, "bob"), "holds": os.path.dirname(primary),
+           "symlink": str(tmp_path / "alias")}[how]
+    p = run(h, "msconfig", "set", "partition:second.path", bad)
+    assert p.returncode == EXIT_USAGE, p.stderr
+    err = _one_line(p)
+    assert "partition 'second'" in err and "partition 'primary'" in err and "msconfig" in err, err
+    assert "partition:second" not in (h / "config" / "msg.conf").read_text()
+    # by hand
+    with open(h / "config" / "msg.conf", "a") as f:
+        f.write(f"partition:second.path = {bad}\n")
+    out = tmp_path / "a.ims"
+    p = run(h, "imsbackup", "-f", out, "/")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    assert _one_line(p).split(": ", 1)[1] == err.split(": ", 1)[1]
+    assert not out.exists()
+    p = run(h, "imsrestore", "-f", good, "/")
+    assert p.returncode == EXIT_USAGE and "partition 'second'" in _one_line(p), p.stderr
+    run(h, "msconfig", "unset", "partition:second.path", check=0)
+    run(h, "imsbackup", "-f", out, "/", check=0)

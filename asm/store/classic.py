@@ -405,7 +405,7 @@ class ClassicStore(Store):
     def __init__(self, config, create: bool = True):
         self.config = config
         self.root = config.store_root
-        self.parts = config.partitions()
+        self.parts = config.checked_partitions()
         self.owner = config.owner()
         self._give = bool(self.owner) and os.geteuid() == 0     # files are given to store.owner
         self.lock_timeout = float(config.get_int("store.locktimeout"))

@@ -491,7 +491,7 @@ class MaildirStore(Store):
 
     def __init__(self, config: Config, create: bool = True, layout=None):
         self.config = config
-        self._parts = config.partitions()          # read once: asked for on every call
+        self._parts = config.checked_partitions()  # read once: asked for on every call
         self._owner = config.owner()
         self._subs = subscriptions.Cache()
         self._subs_users: dict[str, str] = {}      # subscriptions root -> user, of the changes
