@@ -236,6 +236,11 @@ class _Parser:
                 if ord(hi) < ord(lo):
                     raise EreError(f"bad range {lo}-{hi}: its end comes before its start", at)
                 ranges.append((ord(lo), ord(hi)))
+                if self.peek() == "-" and self.i + 1 < len(s) and s[self.i + 1] != "]":
+                    # [a-c-e]: GNU grep -E and regcomp say "Invalid range end"; read as
+                    # a-c, '-', e it matched what grep's users do not expect
+                    raise EreError(f"'-' after the range {lo}-{hi} starts no range: write it last "
+                                   f"([...-]) to mean the character '-'", self.i)
             else:
                 ranges.append((ord(lo), ord(lo)))
         return ("set", negated, tuple(ranges))

@@ -39,6 +39,8 @@ def test_posix_bracket_classes_match():
     ("[^]a]+", "bcd", True),
     ("[^]a]+", "b]d", False),
     ("[a-]+", "a-a", True),                  # '-' last is a member
+    ("[a-c-]+", "b-a", True),                # '-' last after a range too
+    ("[--a]+", "5A-", True),                 # '-' first starting a range ('-' to 'a')
     ("[\\d]+", "\\d", True),                 # '\' is literal inside brackets (POSIX)
     ("[\\d]+", "12", False),
     ("x[[.-.]y]z", "x-z", True),
@@ -76,6 +78,8 @@ def test_posix_cases(expr, user, hit):
     ("[[.space.]]", "the collating element [.space.] cannot be translated"),
     ("[[=ae=]]", "the equivalence class [=ae=] cannot be translated"),
     ("[z-a]", "bad range z-a"),
+    ("[a-c-e]", "'-' after the range a-c starts no range"),      # grep -E: "Invalid range end"
+    ("[0-9-z]", "'-' after the range 0-9 starts no range"),
     ("[[:digit:]-z]", "a character class cannot start a range"),
     ("a{3,2}", "bad repetition count {3,2}"),
     ("a{256}", "repetition count above 255"),
