@@ -187,6 +187,11 @@ def test_backup_fails_when_imsbackup_fails_and_records_nothing(ims_home):
     assert b"no good backup job recorded" in imsbacula("history", check=True).stdout
     p = imsbacula("-E", "backup", "/primary/a b")
     assert p.returncode == 2 and b"not a percent-encoded word" in p.stderr
+    # %00, a NUL byte: no path, IMS_HOME or plugin list can hold one (was an internal error)
+    for argv in (["-E", "backup", "/primary/user/jo%00e"], ["--home", "/tmp/h%00", "-E", "backup", "/primary"],
+                 ["--plugins", "%00", "-E", "backup", "/primary"]):
+        p = imsbacula(*argv)
+        assert p.returncode == 2 and p.stderr.count(b"\n") == 1 and b"%00, a NUL byte" in p.stderr, (argv, p.stderr)
 
 
 @pytest.mark.parametrize("sig", ["TERM", "KILL"])

@@ -26,6 +26,8 @@ def decode(word: str) -> str:
     out = unquote(word, encoding="utf-8", errors="surrogateescape")
     if encode(out) != word:   # %zz, lower-case hex, or an escaped safe character: not ours
         raise ValueError(f"{word!r} is not a percent-encoded word as imsbacula writes them")
+    if "\0" in out:          # (no path, name or list can hold one: it was an internal error)
+        raise ValueError(f"{word!r} holds %00, a NUL byte, which no path or name can hold")
     return out
 
 
