@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import imaplib
 import os
@@ -30,6 +31,7 @@ import socket
 import subprocess
 import time
 
+from asm.children import die_with_parent
 from asm.verify.compare import Comparison
 from asm.verify.chain import ChainView
 
@@ -120,14 +122,6 @@ def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _die_with_parent() -> None:
-    """In Dovecot's process, before it starts: SIGTERM when imsverify dies, even of a
-    SIGKILL (Linux's PR_SET_PDEATHSIG)."""
-    import ctypes
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
-
-
 class PrivateDovecot:
     def __init__(self, workdir: str, users: dict, uid: int, gid: int, options: str = ""):
         """``users``: {user: that user's Maildir}; ``options``: what follows the path in
@@ -173,7 +167,7 @@ class PrivateDovecot:
         # an imsverify killed outright leaves no Dovecot serving the scratch store
         with open(os.path.join(self.dir, "start.err"), "wb") as err:
             proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err, preexec_fn=_die_with_parent)
+                                    stderr=err, preexec_fn=functools.partial(die_with_parent, os.getpid()))
         self.pid, self._proc = proc.pid, proc
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -116,13 +116,10 @@ def _child_setup(parent: int) -> None:
     started the tool are let through again, and the tool gets SIGTERM when this wrapper
     dies, even of a SIGKILL (Linux's PR_SET_PDEATHSIG), so no tool goes on writing to a
     stream or a store its job no longer owns; a wrapper already gone: at once."""
-    import ctypes
     import signal
+    from asm.children import die_with_parent
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [getattr(signal, n) for n in _STOPS])
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)    # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
+    die_with_parent(parent)
 
 
 def _run_tool(home: str, fileset: str, argv: list[str], stdin=None) -> int:
