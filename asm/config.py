@@ -506,7 +506,7 @@ def own_file(path: str, home: str | None = None) -> str | None:
         if d and under(d):
             return f"in the store ({d})"
     data = os.path.join(home, "data")
-    if under(data) and os.path.basename(real).partition(".db")[1]:
+    if under(data) and re.search(r"\.db(-wal|-shm|-journal)?$", os.path.basename(real)):
         return f"one of the installation's databases ({data})"
     return None
 

@@ -730,3 +730,20 @@ def test_two_partitions_in_one_directory_are_refused(tmp_path, driver, how):
     assert p.returncode == EXIT_USAGE and "partition 'second'" in _one_line(p), p.stderr
     run(h, "msconfig", "unset", "partition:second.path", check=0)
     run(h, "imsbackup", "-f", out, "/", check=0)
+
+
+@pytest.mark.parametrize("name,refused", [("restore-journal.db", True), ("restore-journal.db-wal", True),
+                                          ("state.db-journal", True), ("reports.dbx.json", False),
+                                          ("nightly.db.json", False), ("a.dbreport", False)])
+def test_only_a_database_under_data_counts_as_the_installations_own(home, tmp_path, name, refused):
+    """Under IMS_HOME/data a database (*.db, and SQLite's -wal, -shm, -journal beside it)
+    is refused as a --report; any other name that merely holds '.db' was refused too
+    (a report named nightly.db.json, exit 2) and is now written."""
+    out = home / "data" / name
+    p = run(home, "imsbackup", "-f", tmp_path / "a.ims", "--report", out, "/")
+    if refused:
+        assert p.returncode == EXIT_USAGE and "databases" in _one_line(p), p.stderr
+        assert not out.exists() or out.read_bytes()[:1] != b"{"
+    else:
+        assert p.returncode == 0, p.stderr
+        assert out.read_bytes()[:1] == b"{"
