@@ -198,13 +198,20 @@ class Catalog:
             self._area = row[0]
         return self._area
 
-    def claim_installation(self, home: str) -> str | None:
+    def claim_installation(self, home: str, record: bool = True) -> str | None:
         """Record that this staging area holds the dumps of the installation ``home``
         (IMS_HOME, resolved) if no installation is recorded yet; the one recorded when it
         is another (None when it is this one).  Two installations staging into one area
         (a mistyped -D, two instances' staging.dir alike) made one's incrementals
-        continue the other's full, exit 0, a chain that cannot be restored."""
+        continue the other's full, exit 0, a chain that cannot be restored.  ``record``
+        False (imsstage plan, which dumps nothing): only the check, nothing written."""
         home = os.path.realpath(home)
+        if not record:
+            try:
+                row = self.db.execute("SELECT home FROM installation").fetchone()
+            except sqlite3.OperationalError:        # (no such table: nobody claimed it)
+                return None
+            return None if row is None or row[0] == home else row[0]
         self.db.execute("CREATE TABLE IF NOT EXISTS installation (home TEXT NOT NULL)")
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")

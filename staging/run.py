@@ -143,7 +143,7 @@ def recover(cat: Catalog, directory: str) -> tuple[list, list]:
 def _stage(inst, directory, cat, lock, names, mode, jobs, after_batch, deadline, t_end, job, say, progress,
            plan_only, remote, push_progress) -> StageResult:
     res = StageResult(remote=remote)
-    other = cat.claim_installation(inst.config.home)
+    other = cat.claim_installation(inst.config.home, record=not plan_only)
     if other is not None:
         raise StagingError(f"staging directory {directory} holds the dumps of the installation {other}, and "
                            f"this is IMS_HOME={inst.config.home}: nothing was staged; give each installation "

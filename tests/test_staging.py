@@ -146,6 +146,13 @@ def test_a_staging_area_of_another_installation_is_refused(ims_home, tmp_path):
     assert rows(tmp_path / "own")[0]["kind"] == "full"
     imsstage(ims_home, "-D", str(st), "--incremental", "gA", check=0)
     assert rows(st)[-1]["kind"] == "incr"
+    # imsstage plan dumps nothing, so claims no area: another installation may stage there after
+    fresh = tmp_path / "fresh"
+    p = imsstage(other, "plan", "-D", str(fresh), "gA")
+    assert p.returncode == 0, p.stderr
+    imsstage(ims_home, "-D", str(fresh), "gA", check=0)
+    p = imsstage(other, "plan", "-D", str(fresh), "gA")        # and it checks the claim
+    assert p.returncode == 2 and str(ims_home) in p.stderr, p.stderr
 
 
 def test_cleanup_of_dumps_whose_job_failed(tmp_path):
