@@ -1404,3 +1404,37 @@ def test_the_private_dovecot_of_a_restore_test_is_for_imsverify_alone(tmp_path):
                 with contextlib.suppress(OSError):
                     os.kill(kill, signal.SIGKILL if kill != pid else signal.SIGTERM)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("driver,how", [("classic", "garbage-index"), ("maildir", "bad-uidlist"),
+                                        ("maildir", "cur-symlink")])
+def test_against_store_names_a_folder_it_cannot_read(tmp_path, driver, how):
+    """A folder the store lists but cannot read (a garbage store.idx, a dovecot-uidlist
+    with a damaged header, a cur/ that is a symbolic link) was skipped as if deleted
+    while the check ran: its mail in no count, "every check passed", exit 0, on a store
+    whose backup exits 1.  It is named now, exit 17 (the store cannot be read)."""
+    from asm.errors import EXIT_STORE
+    home, store, full, incr = _chain(tmp_path, driver)
+    inbox = os.path.dirname(store.messages("ann", "INBOX")[0].path)
+    if how == "garbage-index":
+        idx = os.path.join(os.path.dirname(inbox), "store.idx")
+        assert os.path.isfile(idx), os.listdir(inbox)
+        with open(idx, "r+b") as f:
+            f.write(random.Random(1).randbytes(100))
+    elif how == "bad-uidlist":
+        ul = os.path.join(os.path.dirname(inbox), "dovecot-uidlist")
+        with open(ul, "rb") as f:
+            data = f.read()
+        first, rest = data.split(b"\n", 1)
+        with open(ul, "wb") as f:
+            f.write(b" ".join([first.split(b" ")[0], b"V0"] + first.split(b" ")[2:]) + b"\n" + rest)
+    else:
+        aside = tmp_path / "cur-aside"
+        os.rename(inbox, aside)
+        os.symlink(aside, inbox)
+    p = run(home, "imsverify", "-v", "-f", full, "-f", incr, "--against-store", text=True)
+    assert p.returncode == EXIT_STORE, (p.returncode, p.stdout, p.stderr)
+    assert "/primary/ann/INBOX: cannot be read in the store, so it was not compared" in p.stderr, p.stderr
+    assert "every check passed" not in p.stdout + p.stderr
+    b = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/", text=True)
+    assert b.returncode == 1 and "ann/INBOX" in b.stderr, b.stderr        # (the backup names it too)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from asm.errors import EXIT_DIFFERS
-from asm.store.base import MessageGone, Store, StoreError, stored_sha256
+from asm.errors import EXIT_DIFFERS, EXIT_STORE
+from asm.store.base import MessageGone, NoSuchFolder, NoSuchUser, Store, StoreError, stored_sha256
 from asm.verify.archive import Problem
 from asm.verify.chain import ChainView
 
@@ -331,8 +331,14 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
             try:
                 info = store.folder(t.user, name)
                 msgs = store.messages(t.user, name)
-            except StoreError:
+            except (NoSuchFolder, NoSuchUser):
                 continue        # gone since it was listed
+            except StoreError as exc:
+                # (skipped silently, its mail was in no count and the check passed: a folder
+                # tonight's backup cannot read either, exit 1 there)
+                out.problems.append(Problem(EXIT_STORE, f"{mailbox}: cannot be read in the store, so it was not "
+                                                        f"compared: {exc}"))
+                continue
             if rec is None or rec.uidvalidity != info.uidvalidity:
                 # not in the chain under this name, or there as another folder (another
                 # UIDVALIDITY): renamed since the backup (IMAP RENAME keeps the folder's
