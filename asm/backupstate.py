@@ -205,7 +205,39 @@ def directory_archives(d: str) -> tuple[list[str], list[str]]:
         else:
             why = "not a regular file (a FIFO, a socket or a device)"
         lost.append(f"{p}: its name or the state file beside it says it is a backup, but it is {why}")
+    lost += _newest_archive_gone(d, files)
     return files, lost
+
+
+def _newest_archive_gone(d: str, files: list[str]) -> list[str]:
+    """A state file imsbackup wrote beside its archive (``NAME.state``, naming NAME as
+    its device) whose archive is gone, when that backup is newer than every archive
+    still there: the newest backup was lost, and the mail only it held with it (a check
+    of the directory passed on the ones left).  An older one's (archives pruned, their
+    state files left) is no loss to the chain the directory holds."""
+    have, gone = [], []
+    for p in files:
+        if not p.endswith(".state"):
+            continue
+        try:
+            with open(p, "rb") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+            continue
+        created = doc.get("created")
+        if not isinstance(created, (int, float)):
+            continue
+        archive = p[:-len(".state")]
+        if os.path.lexists(archive):
+            have.append(created)
+        elif doc.get("device") in (archive, os.path.abspath(archive)):
+            gone.append((created, p, archive, doc.get("archive_id")))
+    newest = max(have, default=None)
+    return [f"{p}: the state file of archive {archive} ({aid}), which is gone: that backup is newer than every "
+            f"archive here, so the mail only it held is in none of them; find it, or take a full backup"
+            for created, p, archive, aid in sorted(gone) if newest is not None and created > newest]
 
 
 def _is_state_file(path: str) -> bool:
