@@ -175,6 +175,38 @@ def test_a_destroyed_archive_of_a_directory_fails_the_check(tmp_path, how):
     run(home, "imsverify", "-f", d, check=EXIT_OK)
 
 
+def test_the_newest_archive_of_a_directory_gone_with_its_state_file_left_fails_the_check(tmp_path):
+    """imsverify -f /backup/ after the newest archive was deleted (its state file beside
+    it left): the two left passed, exit 0, though the mail only the newest held was in
+    none of them.  The state file says a newer backup was written there: named, 8, also
+    for imsdr chain; the state files of older archives pruned since fail nothing."""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, "classic"))
+    put(store, "joe", "INBOX", 1)
+    d = tmp_path / "backup"
+    d.mkdir()
+    run(home, "imsbackup", "-f", d / "full.ims", "/", check=EXIT_OK)
+    for i in (1, 2):
+        put(store, "joe", "INBOX", 10 + i)
+        run(home, "imsbackup", "-f", d / f"i{i}.ims", "--base", d / f"{'full' if i == 1 else 'i1'}.ims.state",
+            "/", check=EXIT_OK)
+    run(home, "imsverify", "-f", d, check=EXIT_OK)
+    (d / "i2.ims").unlink()
+    p = run(home, "imsverify", "-v", "-f", d, text=True)
+    assert p.returncode == EXIT_NOT_ARCHIVE, (p.stdout, p.stderr)
+    assert f"{d}/i2.ims.state: the state file of archive {d}/i2.ims" in p.stderr and "is gone" in p.stderr, p.stderr
+    p = run(home, "imsdr", "chain", str(d), text=True)
+    assert p.returncode != EXIT_OK and "i2.ims.state" in p.stdout + p.stderr, (p.stdout, p.stderr)
+    # an older archive pruned, its state file left: no loss to the chain that is there
+    (d / "i2.ims.state").unlink()
+    os.rename(d / "full.ims", tmp_path / "full.ims")
+    (d / "i1.ims").unlink()
+    (d / "i1.ims.state").unlink()
+    run(home, "imsbackup", "-f", d / "full2.ims", "/", check=EXIT_OK)
+    assert (d / "full.ims.state").exists()
+    run(home, "imsverify", "-f", d, check=EXIT_OK)
+
+
 @pytest.mark.parametrize("how", ["dangling-link", "fifo", "directory", "link-to-directory"])
 def test_an_archive_name_of_a_directory_that_is_no_file_fails_the_check(tmp_path, how):
     """imsverify -f /backup/ where incr.ims is a symbolic link to an incremental kept on
@@ -1438,3 +1470,79 @@ def test_against_store_names_a_folder_it_cannot_read(tmp_path, driver, how):
     assert "every check passed" not in p.stdout + p.stderr
     b = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/", text=True)
     assert b.returncode == 1 and "ann/INBOX" in b.stderr, b.stderr        # (the backup names it too)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_against_store_compares_every_user_of_a_chain_whose_last_link_is_one_users(tmp_path, driver):
+    """A full of the whole store, then one user's incremental (an ad hoc backup of alice
+    dropped in the backup directory): the comparison took the last link's scope alone,
+    so every other user's folders were "deleted since", their mail not compared, and a
+    message of bob's that the full missed passed (exit 0); --exact failed a correct
+    restore of the chain ("bob/INBOX was not restored").  The chain's scope is all its
+    links' now."""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, driver))
+    for i in range(9):
+        put(store, ["alice", "bob", "carol"][i % 3], "INBOX", i)
+    bk = tmp_path / "bk"
+    bk.mkdir()
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    run(home, "imsbackup", "-f", bk / "full.ims", "/", check=EXIT_OK)
+    put(store, "alice", "INBOX", 100)
+    run(home, "imsbackup", "-f", bk / "alice.ims", "-d", since, "/primary/alice", check=EXIT_OK)
+    p = run(home, "imsverify", "-v", "-f", f"{bk}/", "--against-store", text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+    assert "10 messages compared" in p.stdout and " 0 expunged" in p.stdout and "deleted" not in p.stdout, p.stdout
+    # a message of bob's changed in the store (damage): found, so bob is compared
+    victim = store.messages("bob", "INBOX")[0]
+    with open(victim.path, "r+b") as f:
+        data = f.read()
+        f.seek(0)
+        f.write(data.replace(b"body", b"BODY", 1))
+    p = run(home, "imsverify", "-v", "-f", f"{bk}/", "--against-store", text=True)
+    assert p.returncode == EXIT_DIFFERS and f"/primary/bob/INBOX: message {victim.uid} differs" in p.stderr, \
+        (p.stdout, p.stderr)
+    with open(victim.path, "wb") as f:
+        f.write(data)
+    # the chain restored into an empty installation is exact, every user in it
+    dest = str(tmp_path / "dest")
+    make_home(dest, driver)
+    run(dest, "imsrestore", "-f", bk / "full.ims", "-f", bk / "alice.ims", check=EXIT_OK)
+    p = run(dest, "imsverify", "-v", "-f", f"{bk}/", "--against-store", "--exact", text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_chain_by_base_is_ordered_by_its_links_after_a_clock_step_back(tmp_path, driver):
+    """The incremental taken after the wall clock stepped back an hour (NTP, a VM resumed
+    from a snapshot) records a start before its base's: the chain was ordered by those
+    times, so the restore test took the full alone (the incremental's mail untested,
+    exit 0) and --exact failed a correct restore of the chain.  An incremental by base
+    comes after its base now."""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, driver))
+    for i in range(6):
+        put(store, ["alice", "bob"][i % 2], "INBOX", i)
+    bk = tmp_path / "bk"
+    bk.mkdir()
+    run(home, "imsbackup", "-f", bk / "full.ims", "/", check=EXIT_OK)
+    put(store, "alice", "INBOX", 50)
+    back = tmp_path / "imsbackup"           # (named as the command: asm takes its signals)
+    back.write_text("import sys, time\n_real = time.time\ntime.time = lambda: _real() - 3600\n"
+                    "from asm.cli.imsbackup import main\nsys.exit(main())\n")
+    import sys
+    run(home, sys.executable, back, "-f", bk / "incr.ims", "--base", bk / "full.ims.state", "/", check=EXIT_OK)
+    (tmp_path / "scratch").mkdir()
+    p = run(home, "imsverify", "-v", "-f", f"{bk}/", "--restore-test", "--scratch", tmp_path / "scratch",
+            "--report", tmp_path / "rep.json", text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+    assert "restore test: 7 messages compared" in p.stdout, p.stdout
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    full_id = json.loads((bk / "full.ims.state").read_text())["archive_id"]
+    assert rep["chain_base"] == [full_id], rep.get("chain_base")
+    dest = str(tmp_path / "dest")
+    make_home(dest, driver)
+    run(dest, "imsrestore", "-f", bk / "full.ims", "-f", bk / "incr.ims", check=EXIT_OK)
+    p = run(dest, "imsverify", "-v", "-f", f"{bk}/", "--against-store", "--exact", text=True)
+    assert p.returncode == EXIT_OK, (p.stdout, p.stderr)

@@ -36,7 +36,16 @@ class ChainView:
 
     @property
     def scope(self) -> list:
-        return list(self.archives[-1].header.get("scope") or ["/"]) if self.archives else []
+        """The paths the chain's backups were given, all its links' (one user's incremental
+        after a full of the whole store: the whole store; the last link's alone narrowed a
+        comparison to that user, every other user's folders counted deleted)."""
+        links = self.chain or self.archives[-1:]
+        out: list = []
+        for a in links:
+            for p in a.header.get("scope") or ["/"]:
+                if p not in out:
+                    out.append(p)
+        return [p for p in out if not any(q != p and covers((q,), (p,)) for q in out)]
 
 
 def _when(t) -> str:
@@ -52,8 +61,29 @@ def covers(outer: tuple, inner: tuple) -> bool:
 
 
 def order(checks: list[ArchiveCheck]) -> list[ArchiveCheck]:
-    """Readable archives oldest first (by the time their backup started)."""
-    return sorted((c for c in checks if c.readable), key=lambda c: c.created)
+    """Readable archives oldest first (by the time their backup started), except that an
+    incremental by base comes after its base whatever the clocks said: a clock stepped
+    back between the two backups (NTP, a VM resumed from a snapshot) made the newest link
+    look older than the full, and it was left out of the restore test."""
+    arcs = sorted((c for c in checks if c.readable), key=lambda c: c.created)
+    by_id: dict = {}
+    for c in arcs:
+        by_id.setdefault(c.archive_id, []).append(c)
+    out: list = []
+    placed: set = set()
+    for c in arcs:
+        todo, ids, x = [], set(), c
+        while x is not None and id(x) not in placed and x.archive_id not in ids:
+            ids.add(x.archive_id)
+            todo.append(x)
+            base = x.base if x.incremental else None
+            x = by_id[base][0] if base in by_id else None
+        for y in reversed(todo):
+            for z in by_id[y.archive_id]:
+                if id(z) not in placed:
+                    placed.add(id(z))
+                    out.append(z)
+    return out
 
 
 def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
