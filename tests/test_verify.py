@@ -1546,3 +1546,44 @@ def test_a_chain_by_base_is_ordered_by_its_links_after_a_clock_step_back(tmp_pat
     run(dest, "imsrestore", "-f", bk / "full.ims", "-f", bk / "incr.ims", check=EXIT_OK)
     p = run(dest, "imsverify", "-v", "-f", f"{bk}/", "--against-store", "--exact", text=True)
     assert p.returncode == EXIT_OK, (p.stdout, p.stderr)
+
+
+def test_a_users_archive_verified_keeps_the_label_its_backup_gave_it(tmp_path):
+    """imsbackup labels /primary/groupA/alice (and /primary/alice) user:alice in the
+    textfile; imsverify labelled the same archive group groupA (or alice), so a passing
+    check of alice's archive replaced the failing status of the group's damaged one:
+    the recommended alert (ims_verify_last_status != 0) never fired.  Both commands give
+    an archive one label now, and the group's failure stays."""
+    import glob
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, "classic", **{"report.textfile": str(prom)}))
+    for u in ("alice", "bob"):
+        put(store, u, "INBOX", 1)
+    with open(os.path.join(home, "config", "backup-groups.conf"), "w") as f:
+        f.write("groupA=[a-b].*\n")
+    g, ga, a = tmp_path / "gA.ims", tmp_path / "gA-alice.ims", tmp_path / "alice.ims"
+    run(home, "imsbackup", "-f", g, "/primary/groupA", check=EXIT_OK)
+    run(home, "imsbackup", "-f", ga, "/primary/groupA/alice", check=EXIT_OK)
+    run(home, "imsbackup", "-f", a, "/primary/alice", check=EXIT_OK)
+    bad = tmp_path / "gA-bad.ims"
+    data = bytearray(g.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    assert run(home, "imsverify", "-f", bad).returncode == EXIT_INCOMPLETE
+    for x in (ga, a):
+        run(home, "imsverify", "-f", x, check=EXIT_OK)
+
+    def status(kind):
+        out = {}
+        for f in glob.glob(str(prom / f"ims_{kind}_*.prom")):
+            for line in open(f):
+                if line.startswith(f"ims_{kind}_last_status{{"):
+                    labels, value = line.rsplit(" ", 1)
+                    out[labels.split("{", 1)[1]] = int(float(value))
+        return out
+    verify = status("verify")
+    assert verify == {'partition="primary",group="groupA"}': EXIT_INCOMPLETE,
+                      'partition="primary",group="user:alice"}': EXIT_OK}, verify
+    assert set(status("backup")) == set(verify)

@@ -108,6 +108,21 @@ def _groups(cfg):
         return Groups()
 
 
+def _labels(scopes: list[str], groups) -> tuple[str, str]:
+    """The monitoring labels of the archives' scopes, as imsbackup gave them to the
+    backups: /primary/groupA/alice and /primary/alice are user:alice (read as a group,
+    a user's passing check replaced the group's failing status in the textfile)."""
+    from asm.logical import PathError, parse
+    from asm.report import labels_of
+    paths = []
+    for text in scopes:
+        try:
+            paths.append(parse(text, groups, members=False))
+        except (PathError, ValueError):
+            paths.append(text)
+    return labels_of(paths)
+
+
 def _expand(devices: list[str]) -> tuple[list[str], list[str]]:
     """Devices as given; a local directory stands for the archive files in it.  And why
     each entry of such a directory that is a backup by its name is none (backupstate.
@@ -332,6 +347,7 @@ def _verify(args, report) -> int:
     else:
         warn(PROG, line + ("" if args.verbose else " (-v names each problem)"))
     scopes = sorted({s for c in checks if c.readable for s in (c.header.get("scope") or ["/"])})
+    report.labels = _labels(scopes, groups)
     report.update(summary=line, selection=scopes, counts=_totals(checks),
                   errors=[p.text for p in problems], chains=len(views),
                   archives=[_archive_info(c) for c in checks],
