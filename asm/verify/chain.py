@@ -184,14 +184,17 @@ def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
                     f"{first.device}'s chain and every incremental after it")
     for k, a in enumerate(path):
         _apply(view, a, lambda text: None if text in seen_texts else problem(text), base=k == 0,
-               groups=groups)
+               groups=groups, unchecked=view.base_missing is not None)
         view.chain.append(a)
     return view
 
 
-def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups=None) -> None:
+def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups=None,
+           unchecked: bool = False) -> None:
     """Lay archive ``a`` over the view: its folders replace theirs; an incremental's
-    listed-but-not-carried messages come from the view, with the flags it recorded."""
+    listed-but-not-carried messages come from the view, with the flags it recorded.
+    ``unchecked``: the chain's full archive was not given, so a message no earlier link
+    carries may be in it (two incrementals alone were a broken chain, one was not)."""
     incremental = a.incremental
     new: dict = {}
     for key, f in a.folders.items():
@@ -220,7 +223,7 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups
             else:
                 missing = len(f.uids) - len(g.messages)
                 first_missing = f.uids.first_not_in(g.messages) if missing > 0 else None
-            if missing > 0:
+            if missing > 0 and not (unchecked and (old is None or old.uidvalidity == f.uidvalidity)):
                 why = ("no earlier archive of the chain holds this folder" if old is None else
                        "its UIDVALIDITY differs from the earlier archive's (the folder was recreated)"
                        if old.uidvalidity != f.uidvalidity else "they are in no earlier archive of the chain")
