@@ -367,9 +367,18 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
                         v[0] for (p, u, _f), r in view.folders.items() if (p, u) == (t.partition, t.user)
                         for v in r.messages.values()}
                 missed = []
+                here = view.folders.get(key)        # (the archived folder of this name, any UIDVALIDITY)
+                here = {v[0] for v in here.messages.values()} if here is not None else set()
+                renumbered = []
                 for m in old:
                     if m.changed < created - SLACK:
-                        missed.append(m)            # in this folder since before the backup
+                        # in this folder since before the backup: not in the archive, or
+                        # there under another UID (the store renumbered it: its UID list lost)
+                        if here and stored_sha256(m, missing=OSError) in here:
+                            renumbered.append(m.uid)
+                            out.changes["new"] += 1
+                        else:
+                            missed.append(m)
                         continue
                     sha = stored_sha256(m, missing=OSError)
                     if sha in have:
@@ -377,6 +386,12 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
                     elif sha is not None:           # (None: expunged while we looked)
                         missed.append(m)
                 old = missed
+                if renumbered:
+                    out.notes.append(f"{mailbox}: {len(renumbered)} message{'s' if len(renumbered) > 1 else ''} of "
+                                     f"the archive {'are' if len(renumbered) > 1 else 'is'} in the store under "
+                                     f"another UID (UID {', '.join(map(str, renumbered[:5]))}"
+                                     f"{', ...' if len(renumbered) > 5 else ''}): renumbered since the backup "
+                                     f"(the folder's UID list was rebuilt), counted as new")
             if old:
                 out.add(f"{mailbox}: {len(old)} message{'s' if len(old) > 1 else ''} the store received before "
                         f"the backup started {'are' if len(old) > 1 else 'is'} not in the archive "
