@@ -875,3 +875,21 @@ def test_imsbackup_f_that_can_name_no_file_is_refused_before_reading(store, ims_
     assert p.returncode == errors.EXIT_USAGE, p.stderr
     assert len(p.stderr.splitlines()) == 1 and repr(device) in p.stderr, p.stderr
     assert "/primary/joe" not in p.stderr and os.listdir(work) == []
+
+
+def test_a_device_failing_during_the_backup_is_in_the_reports_errors(store, ims_home, tmp_path):
+    """The device failing during the run (stdout's reader gone) or at its end: the line
+    was on stderr and the status in --report, but the report's errors were [] (a
+    monitor reading the JSON saw no reason); a failure found before the run had it."""
+    import json
+    for i in range(40):
+        put(store, f"u{i % 4}", "INBOX", i, size=20_000)
+    rep = tmp_path / "rep.json"
+    p = popen(ims_home, "imsbackup", "-f", "-", "--report", rep, "/", env=quiet(tmp_path),
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()                         # the reader goes away at once
+    err = p.communicate(timeout=120)[1].decode()
+    assert p.returncode == errors.EXIT_DEVICE, (p.returncode, err)
+    doc = json.loads(rep.read_text())
+    assert doc["status"] == errors.EXIT_DEVICE
+    assert [e["error"] for e in doc["errors"]] == [err.strip().split(": ", 1)[1]], (doc["errors"], err)

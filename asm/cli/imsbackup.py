@@ -138,6 +138,13 @@ def _main(argv: list[str] | None) -> int:
     return run_reported(PROG, args.report, lambda rep: _backup(args, rep), lambda w: warn(PROG, w), named)
 
 
+def _failed(rep, text: str, status: int) -> int:
+    """``die`` with the line in the run report's ``errors`` too (a device that failed
+    during or at the end of the run left ``errors: []``: a monitor saw no reason)."""
+    rep.update(errors=list(rep.fields.get("errors") or []) + [{"mailbox": "", "error": text}])
+    return die(PROG, text, status)
+
+
 def _backup(args, rep) -> int:
     held: list = []                     # the lock on a local archive's name (_lock_target)
     try:
@@ -255,7 +262,7 @@ def _backup_held(args, rep, held: list) -> int:
         status = EXIT_INTERRUPTED
     except (OSError, DeviceError) as exc:
         progress.clear()
-        status = die(PROG, f"cannot write {args.device}: {_incomplete(exc, removed)}", device_status(exc))
+        status = _failed(rep, f"cannot write {args.device}: {_incomplete(exc, removed)}", device_status(exc))
     except BaseException as exc:       # the store failed, or a bug: never leave a partial archive behind
         progress.clear()
         with contextlib.suppress(Exception):
@@ -275,11 +282,11 @@ def _backup_held(args, rep, held: list) -> int:
         device.close(ok=ok)
     except (OSError, DeviceError) as exc:
         if status is None:
-            status = die(PROG, f"cannot finish {args.device}: {_incomplete(exc, removed)}", device_status(exc))
+            status = _failed(rep, f"cannot finish {args.device}: {_incomplete(exc, removed)}", device_status(exc))
         left = f"; {exc}"
     if status == EXIT_INTERRUPTED:
-        die(PROG, f"interrupted: {args.device} is not a complete archive{'' if left else removed}{left}",
-            EXIT_INTERRUPTED)
+        _failed(rep, f"interrupted: {args.device} is not a complete archive{'' if left else removed}{left}",
+                EXIT_INTERRUPTED)
     if status is not None:
         if aside is not None:
             with contextlib.suppress(OSError):
