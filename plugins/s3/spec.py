@@ -42,4 +42,16 @@ def parse(spec: str, directory: bool = False) -> S3Spec:
         raise S3ConfigError(f"S3 device {spec!r} names no object: add a key, e.g. s3://{bucket}/mail/full.ims")
     if len(key.encode("utf-8", "surrogateescape")) > 1024:
         raise S3ConfigError(f"the key of {spec!r} is longer than S3's 1024 bytes")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        # (an S3 key is UTF-8: it failed after the whole backup, with Python's words)
+        raise S3ConfigError(f"the key of {ascii(spec)} holds bytes that are not UTF-8, which no S3 key can: "
+                            f"name the object in UTF-8") from None
+    levels = key.rstrip("/").split("/") if key else []
+    if any(level in ("", ".", "..") for level in levels):
+        # s3://bkt/d//x.ims: one server stored it as d/x.ims (over an archive of that name),
+        # another refused it after the whole backup
+        raise S3ConfigError(f"the key of {spec!r} has an empty, '.' or '..' level, which S3 servers store "
+                            f"under other names or refuse: write each level once, e.g. s3://{bucket}/mail/full.ims")
     return S3Spec(bucket, key, spec)
