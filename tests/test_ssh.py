@@ -181,6 +181,19 @@ def test_a_device_string_naming_no_remote_file_is_a_usage_error(sshd, source, tm
         assert said in one_line(p.stderr) and repr(dev) in p.stderr
 
 
+def test_a_remote_path_that_is_not_utf8_is_a_usage_error(sshd, source, tmp_path):
+    """A remote path holding bytes that are not UTF-8 (SFTP names it in UTF-8 here)
+    failed after connecting, exit 3, with Python's UnicodeEncodeError as its reason.
+    Refused before any connection: exit 2, one line saying what is wrong."""
+    src = home_for(tmp_path, sshd, source)
+    dev = sshd.spec(sshd.remote_dir("nu") + "/" + os.fsdecode(b"\xff.ims"))
+    for argv in (["imsbackup", "-f", dev, "/primary/user/bob"], ["imsrestore", "-t", "-f", dev]):
+        p = run(src.home, *argv)
+        err = p.stderr.decode("utf-8", "replace")
+        assert p.returncode == 2, (argv, err)
+        assert "not UTF-8" in one_line(err) and "UnicodeEncodeError" not in err, err
+
+
 def test_local_file_with_colon_stays_local(sshd, source, tmp_path, monkeypatch):
     src = home_for(tmp_path, sshd, source)
     monkeypatch.chdir(tmp_path)

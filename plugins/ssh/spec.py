@@ -61,6 +61,13 @@ def parse(spec: str) -> RemoteSpec:
     user = m.group("user")
     user = unquote(user) if user and spec.startswith("ssh://") else user
     _check_names(spec, user, host)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        # (SFTP takes the path as UTF-8 here: it failed after the connection, exit 3, in
+        # Python's words)
+        raise RemoteUsageError(f"bad remote device {ascii(spec)}: its path holds bytes that are not UTF-8, which "
+                               f"the remote device cannot name: name the file in UTF-8", errno.EINVAL) from None
     return RemoteSpec(user, host, _port(m.group("port"), spec), path, spec)
 
 
