@@ -1636,3 +1636,18 @@ def test_against_store_counts_mail_the_store_renumbered_as_new_not_missed(tmp_pa
     assert re.search(r"/primary/ann/INBOX: \d+ messages? of the archive (are|is) in the store under another UID "
                      r"\(UID 10\d", p.stderr), p.stderr
     assert "not in the archive" not in p.stderr
+
+
+def test_one_problem_is_said_without_v(tmp_path):
+    """Without -v the only line was "FAILED, 1 problem (1 status 3) (-v names each
+    problem)": neither what was wrong (a missing archive, a wrong identity) nor what to
+    do.  One problem is said in that line now, its kind in words; several still ask -v."""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, "classic"))
+    put(store, "joe", "INBOX", 1)
+    missing = tmp_path / "nothere.ims"
+    p = run(home, "imsverify", "-f", missing, text=True)
+    assert p.returncode == EXIT_DEVICE, p.stderr
+    assert p.stderr.count("\n") == 1 and "1 problem (1 device): " in p.stderr and str(missing) in p.stderr, p.stderr
+    p = run(home, "imsverify", "-f", missing, "-f", tmp_path / "other.ims", text=True)
+    assert p.returncode == EXIT_DEVICE and "2 problems (2 device) (-v names each problem)" in p.stderr, p.stderr

@@ -13,9 +13,8 @@ import time
 from asm.cli.common import ArgParser, Progress, UsageError, blocking_factor, human, run_command, warn
 from asm.config import Config, ConfigError
 from asm.devices import open_device
-from asm.errors import (EXIT_DIFFERS, EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE, EXIT_OK, EXIT_ORDER,
-                        EXIT_PARTIAL, ImsError,
-                        device_status)
+from asm.errors import (EXIT_DEVICE, EXIT_DIFFERS, EXIT_EMPTY, EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_NOT_ARCHIVE,
+                        EXIT_OK, EXIT_ORDER, EXIT_PARTIAL, EXIT_STORE, EXIT_USAGE, ImsError, device_status)
 from asm.verify import Problem, build, check_archive, verdict
 
 PROG = "imsverify"
@@ -345,7 +344,9 @@ def _verify(args, report) -> int:
     if status == EXIT_OK:
         print(f"{PROG}: {line}")
     else:
-        warn(PROG, line + ("" if args.verbose else " (-v names each problem)"))
+        # (one problem: said here, what is wrong and what to do; several: -v names each)
+        warn(PROG, line + ("" if args.verbose else f": {problems[0].text}" if len(problems) == 1 else
+                           " (-v names each problem)"))
     scopes = sorted({s for c in checks if c.readable for s in (c.header.get("scope") or ["/"])})
     report.labels = _labels(scopes, groups)
     report.update(summary=line, selection=scopes, counts=_totals(checks),
@@ -425,7 +426,8 @@ def _summary(checks, views, problems, status, tested, live, seconds, served=(), 
     for p in problems:
         kinds[p.status] = kinds.get(p.status, 0) + 1
     names = {EXIT_HOSTILE: "hostile", EXIT_INCOMPLETE: "damage", EXIT_ORDER: "chain", EXIT_DIFFERS: "differences",
-             EXIT_PARTIAL: "backup errors"}
+             EXIT_PARTIAL: "backup errors", EXIT_USAGE: "usage or identity", EXIT_DEVICE: "device",
+             EXIT_NOT_ARCHIVE: "not an archive", EXIT_STORE: "store", EXIT_EMPTY: "empty store"}
     what = ", ".join(f"{n} {names.get(k, f'status {k}')}" for k, n in sorted(kinds.items()))
     return s + f": FAILED, {len(problems)} problem{'s' if len(problems) != 1 else ''} ({what})"
 
