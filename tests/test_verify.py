@@ -1651,3 +1651,22 @@ def test_one_problem_is_said_without_v(tmp_path):
     assert p.stderr.count("\n") == 1 and "1 problem (1 device): " in p.stderr and str(missing) in p.stderr, p.stderr
     p = run(home, "imsverify", "-f", missing, "-f", tmp_path / "other.ims", text=True)
     assert p.returncode == EXIT_DEVICE and "2 problems (2 device) (-v names each problem)" in p.stderr, p.stderr
+
+
+def test_a_link_left_out_is_one_problem_not_another_chain(tmp_path):
+    """full + incr2 with incr1 left out: exit 7 with the missing link named, and then a
+    second line calling the full "a full backup of another chain", which it is not
+    (incr2's header lists it): one problem now."""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, "classic"))
+    put(store, "joe", "INBOX", 1)
+    full, i1, i2 = (tmp_path / f"{n}.ims" for n in ("full", "i1", "i2"))
+    run(home, "imsbackup", "-f", full, "/", check=EXIT_OK)
+    put(store, "joe", "INBOX", 2)
+    run(home, "imsbackup", "-f", i1, "--base", full, "/", check=EXIT_OK)
+    put(store, "joe", "INBOX", 3)
+    run(home, "imsbackup", "-f", i2, "--base", i1, "/", check=EXIT_OK)
+    p = run(home, "imsverify", "-v", "-f", full, "-f", i2, text=True)
+    assert p.returncode == EXIT_ORDER, p.stderr
+    assert "a link of the chain is missing" in p.stderr and "of another chain" not in p.stderr, p.stderr
+    assert "1 problem (1 chain)" in p.stderr, p.stderr

@@ -174,7 +174,8 @@ def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
         view.base_missing = path[0].device
         first = path[0]
         fulls = [b for b in unique if not b.incremental and b.created < first.created
-                 and covers(tuple(b.header.get("scope") or ["/"]), tuple(first.header.get("scope") or ["/"]))]
+                 and covers(tuple(b.header.get("scope") or ["/"]), tuple(first.header.get("scope") or ["/"]))
+                 and b.archive_id not in header_chain(first.header)]     # (its own: a link left out, said above)
         if fulls:
             # a full backup given before the chain a restore takes, of another chain: the
             # archives given are no chain (imsrestore -f each of them in order refuses, 7)
