@@ -439,3 +439,45 @@ def test_a_key_no_s3_server_keeps_as_written_is_refused_before_the_backup(tmp_pa
             continue
         assert p.returncode == 2 and err.count("\n") == 1, (argv, p.returncode, err)
         assert "level" in err or "not UTF-8" in err, err
+
+
+@pytest.mark.parametrize("when", ["part", "complete"])
+def test_a_server_gone_in_the_middle_of_an_upload_is_the_link_lost(seaweed, monkeypatch, when):
+    """The S3 server went away after it had taken parts of the upload (a crash, a
+    restart): every retry then meets "connection refused", which said "cannot connect
+    to the S3 endpoint" (exit 10, as for a server never reached).  The link was lost in
+    the middle of the transfer: exit 14, as the docs give it."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from asm.errors import EXIT_LINKLOST, status_of
+    from plugins.s3.errors import S3Error
+    from plugins.s3.spec import parse
+    from plugins.s3.upload import S3Writer
+    settings, real = _seaweed_client(seaweed, monkeypatch)
+    calls = {"n": 0}
+
+    class GoneMidway:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def upload_part(self, **kw):
+            calls["n"] += 1
+            if when == "part" and calls["n"] > 1:
+                raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+            return real.upload_part(**kw)
+
+        def complete_multipart_upload(self, **kw):
+            if when == "complete":
+                raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+            return real.complete_multipart_upload(**kw)
+
+    b = bucket(seaweed)
+    w = S3Writer(GoneMidway(), settings, parse(f"s3://{b}/m.ims"))
+    with pytest.raises(S3Error) as exc:
+        for _ in range(12):
+            w.write(os.urandom(1 << 20))
+        w.close()
+    assert status_of(exc.value) == EXIT_LINKLOST, (status_of(exc.value), str(exc.value))
+    assert "lost in the middle of the transfer" in str(exc.value)
+    w.abort()
+    assert seaweed.keys(b) == []

@@ -145,7 +145,7 @@ class S3Writer:
         where = f"part {n} of {self.spec.url}"
         r = retry.call(self.settings, "uploading", where, self.s3.upload_part, Bucket=self.spec.bucket,
                        Key=self.spec.key, UploadId=self._upload_id, PartNumber=n, Body=chunk,
-                       ContentMD5=base64.b64encode(md5).decode())
+                       ContentMD5=base64.b64encode(md5).decode(), midway=True)
         etag = r.get("ETag", "").strip('"')
         if _MD5.match(etag) and _etag_is_md5(r) and etag != md5.hex():
             raise S3VerifyFailed(f"the server stored {where} with MD5 {etag}, but {md5.hex()} was sent")
@@ -190,7 +190,7 @@ class S3Writer:
         parts = [{"PartNumber": n, "ETag": self._parts[n][0]} for n in sorted(self._parts)]
         r = retry.call(self.settings, "completing", self.spec.url, self.s3.complete_multipart_upload,
                        Bucket=self.spec.bucket, Key=self.spec.key, UploadId=self._upload_id,
-                       MultipartUpload={"Parts": parts})
+                       MultipartUpload={"Parts": parts}, midway=True)
         journal.forget(self._journal)
         self._upload_id_done = self._upload_id
         self.etag = r.get("ETag", "").strip('"')
