@@ -1670,3 +1670,16 @@ def test_a_link_left_out_is_one_problem_not_another_chain(tmp_path):
     assert p.returncode == EXIT_ORDER, p.stderr
     assert "a link of the chain is missing" in p.stderr and "of another chain" not in p.stderr, p.stderr
     assert "1 problem (1 chain)" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("dev", ["backuphost:/backup/", "joe@backuphost:2222:/backup/week-48/",
+                                 "ssh://backuphost/backup/"])
+def test_a_remote_directory_is_a_usage_error(tmp_path, dev):
+    """imsverify reads the archives of a local directory; -f host:/dir/ failed as a
+    device (exit 3, "is a directory, not an archive") after connecting.  Refused before
+    any connection now: exit 2, one line saying to name the archive files there."""
+    home = str(tmp_path / "src")
+    make_home(home, "classic")
+    p = run(home, "imsverify", "-f", dev, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "names a directory on a remote host: name its archive files there" in p.stderr, p.stderr

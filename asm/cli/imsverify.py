@@ -190,6 +190,13 @@ def _verify(args, report) -> int:
         raise UsageError("--exact compares the store with the archives: give --against-store too")
     if args.scratch and not os.path.isdir(args.scratch):
         raise UsageError(f"--scratch {args.scratch}: no such directory")
+    from asm.devices import is_remote
+    for d in args.devices:
+        if d.endswith("/") and is_remote(d) and not d.startswith("s3://"):
+            # (only a local directory is read for its archives: this one failed as a device, 3)
+            raise UsageError(f"-f {d} names a directory on a remote host: name its archive files there "
+                             f"(-f HOST:/dir/full.ims -f HOST:/dir/incr.ims), or copy them here and give the "
+                             f"local directory")
     from_dirs = [d for d in args.devices if d != "-" and os.path.isdir(d)]
     devices, lost = _expand(args.devices)
     cfg = _config()
