@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
+from asm import atend
 from asm.archive.errors import ArchiveError
 from asm.archive.reader import ArchiveReader
 from asm.config import Config
@@ -121,6 +122,10 @@ def restore_test(view: ChainView, open_raw, driver: str, parent: str | None = No
                 out.served = "no mail user to serve the scratch store as (set store.owner)"
     options = layout_options(location) if driver == "maildir" and partitions <= {"primary"} else ""
     out.home = home = scratch_home(parent, driver, partitions, owner, options)
+    if not keep:
+        # (also when a signal cuts the removal below short: the command finishes it, asm/atend.py;
+        # a SIGTERM in it left restored mail in --scratch)
+        atend.at_end(shutil.rmtree, home, True)
     try:
         cfg = Config(home)
         store = _keeping(open_store(cfg, create=True), home)
@@ -196,6 +201,7 @@ def _compare_served(view: ChainView, scratch, home: str, owner: str, out: Restor
             os.chmod(d, 0o755)
     # Dovecot's sockets live in its base_dir: a short path (a socket's is at most 107 bytes)
     work = tempfile.mkdtemp(prefix="imsverify-dovecot-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    atend.at_end(shutil.rmtree, work, True)
     os.chmod(work, 0o755)
     layout = getattr(scratch, "_layout", None)
     dov = imapview.PrivateDovecot(work, users, pw.pw_uid, pw.pw_gid,
