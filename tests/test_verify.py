@@ -1721,3 +1721,17 @@ def test_a_sigterm_while_the_restore_test_removes_its_scratch_store_still_remove
     assert p.returncode == 130 and "interrupted" in p.stderr and "Traceback" not in p.stderr, \
         (p.returncode, p.stderr)
     assert os.listdir(scratch) == [], os.listdir(scratch)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_chain_counts_each_user_and_folder_once(tmp_path, driver):
+    """A full and an incremental of a store of 2 users and 4 folders said "4 users, 8
+    folders" (each incremental lists every user and folder again), in the summary and
+    the report's counts a monitor compares with the store."""
+    import json
+    home, store, full, incr = _chain(tmp_path, driver)
+    p = run(home, "imsverify", "-f", full, "-f", incr, "--report", tmp_path / "r.json", text=True)
+    assert p.returncode == EXIT_OK, p.stderr
+    assert "2 archives (1 chain), 2 users, 4 folders," in p.stdout, p.stdout
+    counts = json.loads((tmp_path / "r.json").read_text())["counts"]
+    assert (counts["users"], counts["folders"]) == (2, 4), counts

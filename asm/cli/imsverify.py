@@ -393,10 +393,23 @@ def _describe(c) -> str:
 
 
 def _totals(checks) -> dict:
+    """Messages, links and bytes summed over the archives (each holds its own); users and
+    folders counted once however many archives list them (a week's chain said 7 times
+    the store's users)."""
     out = {"archives": len(checks), "users": 0, "folders": 0, "messages": 0, "links": 0, "bytes": 0}
+    users, folders = set(), set()
     for c in checks:
-        for k in ("users", "folders", "messages", "links", "bytes"):
+        for k in ("messages", "links", "bytes"):
             out[k] += c.counts[k]
+        if c.users or c.folders:
+            users.update(c.users)
+            users.update((p, u) for p, u, _f in c.folders)
+            folders.update(c.folders)
+        else:                       # (an archive not read that far: its own counts)
+            out["users"] += c.counts["users"]
+            out["folders"] += c.counts["folders"]
+    out["users"] += len(users)
+    out["folders"] += len(folders)
     return out
 
 
