@@ -338,6 +338,9 @@ class ArchiveReader:
     """Reads one archive from raw (a pipe, or a seekable file)."""
 
     def __init__(self, raw, blocking_factor=spec.DEFAULT_BLOCKING_FACTOR):
+        stack = getattr(raw, "layer_stack", None)          # (asm.layers.stack.open_read's stream)
+        self._layer = "+".join(x.layer for x in stack if getattr(x, "layer", "")) if stack else ""
+        self._raw = raw
         self._rr = RecordReader(raw, blocking_factor)
         self.seekable = self._rr.seekable
         self.trailer = None
@@ -360,6 +363,21 @@ class ArchiveReader:
         self.errors.append(e)
 
     # ------------------------------------------------------------ headers
+    def _layer_damage(self, offset, why) -> None:
+        """Before "not an archive" of what a compression layer decoded: the rest of that
+        layer read, and its own damage (a bzip2 block's CRC, checked after the block was
+        decoded, garbled, into the archive header) makes it damage, not a wrong name."""
+        if not self._layer:
+            return
+        from asm.errors import EXIT_INCOMPLETE
+        try:
+            while self._raw.read(1 << 20):
+                pass
+        except (ArchiveError, OSError, EOFError, ValueError) as exc:
+            if getattr(exc, "status", None) == EXIT_INCOMPLETE:       # (asm.layers' LayerDamaged)
+                raise CorruptHeader(offset, f"{why}, and the {self._layer} layer it was decoded from is "
+                                            f"damaged ({exc})") from None
+
     def _read_archive_header(self):
         try:
             e = self._read_entry(None)
@@ -372,6 +390,7 @@ class ArchiveReader:
         except _Corrupt as c:
             if self._looks_ours():
                 raise CorruptHeader(c.offset, c.why) from None
+            self._layer_damage(c.offset, c.why)
             raise NotAnArchive(f"no valid tar header at the start ({c.why})") from None
         except _End:
             raise NotAnArchive("it is an empty tar archive") from None
