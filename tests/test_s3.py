@@ -392,10 +392,19 @@ def test_link_lost_after_the_upload_completed(seaweed, monkeypatch, reachable):
     settings, real = _seaweed_client(seaweed, monkeypatch)
 
     class LinkGone:
+        completed = False          # (the writer also looks at the key before it starts)
+
         def __getattr__(self, name):
             return getattr(real, name)
 
+        def complete_multipart_upload(self, **kw):
+            r = real.complete_multipart_upload(**kw)
+            self.completed = True
+            return r
+
         def head_object(self, **kw):
+            if not self.completed:
+                return real.head_object(**kw)
             raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
 
         def delete_object(self, **kw):
@@ -481,3 +490,85 @@ def test_a_server_gone_in_the_middle_of_an_upload_is_the_link_lost(seaweed, monk
     assert "lost in the middle of the transfer" in str(exc.value)
     w.abort()
     assert seaweed.keys(b) == []
+
+
+# --------------------------------------------------------------------------- two writers of one key
+
+def _archive_id(home, srv, url) -> str:
+    """The archive id in the header of the archive at ``url`` (imsrestore -h)."""
+    import json
+    p = run(home, "imsrestore", "-h", "-f", url, env=srv.env(), check=0, text=True)
+    ids = [w.strip('",') for ln in p.stdout.splitlines() for w in ln.split() if len(w.strip('",')) >= 16
+           and "archive_id" in ln]
+    return ids[-1] if ids else json.dumps(p.stdout)
+
+
+def _other_writer_env(tmp_path, srv, stage: str) -> dict:
+    """The environment of an imsbackup that loads tests/s3otherwriter.py as a plugin."""
+    site = tmp_path / "site"
+    dist = site / "s3otherwriter-0.1.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: s3otherwriter\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ims_asm]\ns3otherwriter = tests.s3otherwriter\n")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return srv.env(PYTHONPATH=str(site) + os.pathsep + here, IMS_TEST_S3_OTHER_WRITER=stage)
+
+
+@pytest.mark.parametrize("server", ["seaweed", "rclone"])
+@pytest.mark.parametrize("size", ["put", "multipart"])
+def test_an_object_replaced_after_the_upload_fails_the_run(request, tmp_path, server, size):
+    """Another writer (another host) writes the same key just after this run completed
+    its object and before the run checks it: the run must not exit 0 for an archive that
+    is not there.  Exit 6, one line saying the object was replaced by another writer, no
+    state file (an incremental must not follow it), and the other writer's object is
+    left as it is (not removed as if it were a bad copy of ours)."""
+    from tests.s3otherwriter import OTHER
+    srv = request.getfixturevalue(server)
+    b = bucket(srv)
+    home = tmp_path / "src"
+    setup(home)
+    if size == "put":
+        build(home, "classic", users=2, messages=5)
+    else:
+        big_store(home, mib=12)
+    url = f"s3://{b}/same.ims"
+    p = run(home, "imsbackup", "-f", url, "--state-out", tmp_path / "x.state", "/",
+            env=_other_writer_env(tmp_path, srv, "completed"), text=True)
+    assert p.returncode == 6, p.stderr
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{url} was replaced by another writer after this run uploaded it" in err, err
+    assert "incomplete" not in err
+    assert not (tmp_path / "x.state").exists()
+    assert srv.keys(b) == ["same.ims"] and srv.get(b, "same.ims") == OTHER and srv.uploads(b) == []
+
+
+@pytest.mark.parametrize("server", ["seaweed", "rclone"])
+def test_another_writer_completing_first(request, tmp_path, server):
+    """Another writer completes the same key while this run uploads it.  SeaweedFS
+    (like AWS) checks the condition this run completes on (If-None-Match: * here, the
+    key being new when the run began): it refuses to replace the other's object, and the
+    run fails, exit 6, one line, no state file, the other object kept, no upload left.
+    rclone ignores conditions: this run's object replaces the other's and is checked
+    to be this run's, exit 0 and its state file names what is there."""
+    import json
+
+    from tests.s3otherwriter import OTHER
+    srv = request.getfixturevalue(server)
+    b = bucket(srv)
+    home = tmp_path / "src"
+    setup(home)
+    big_store(home, mib=12)
+    url = f"s3://{b}/same.ims"
+    p = run(home, "imsbackup", "-f", url, "--state-out", tmp_path / "x.state", "/",
+            env=_other_writer_env(tmp_path, srv, "completing"), text=True)
+    assert srv.uploads(b) == [] and srv.keys(b) == ["same.ims"]
+    if server == "rclone":
+        assert p.returncode == 0, p.stderr
+        assert _archive_id(home, srv, url) == json.loads((tmp_path / "x.state").read_text())["archive_id"]
+        return
+    assert p.returncode == 6, p.stderr
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{url} was written by another writer while this run uploaded it" in err and "refused" in err, err
+    assert not (tmp_path / "x.state").exists() and srv.get(b, "same.ims") == OTHER

@@ -14,7 +14,7 @@ the archive device ``s3://bucket/key`` and the staging area's remote copies.
 See docs/offsite.md.
 """
 _ERRORS = {"S3AuthFailed", "S3ConfigError", "S3ConnectFailed", "S3Error", "S3LinkLost", "S3Locked", "S3NoSpace",
-           "S3NotFound", "S3ObjectChanged", "S3VerifyFailed"}
+           "S3NotFound", "S3ObjectChanged", "S3Replaced", "S3VerifyFailed"}
 
 
 def __getattr__(name):

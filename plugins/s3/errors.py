@@ -10,7 +10,7 @@ import errno as _errno
 
 from asm.devices import (RemoteAuthFailed, RemoteConnectFailed, RemoteDeviceError, RemoteLinkLost,
                          RemoteNoSpace, RemoteNotFound, RemoteVerifyFailed)
-from asm.errors import EXIT_USAGE
+from asm.errors import EXIT_LOCKED, EXIT_USAGE
 
 
 class S3Error(RemoteDeviceError):
@@ -53,6 +53,15 @@ class S3ObjectChanged(S3Error):
     opened with): nothing of the new object was returned."""
 
 
+class S3Replaced(S3Error):
+    """Another writer wrote the same key while this one uploaded it: the server refused
+    to replace the other's object (a conditional write), or the object at the key after
+    the upload is not this writer's.  Exit 6, as for a name another run holds."""
+    default_errno = _errno.EBUSY
+    status = EXIT_LOCKED
+    outcome_said = True
+
+
 class S3Locked(S3Error):
     """An object under object lock (retention) cannot be removed yet."""
     default_errno = _errno.EPERM
@@ -61,7 +70,9 @@ class S3Locked(S3Error):
 AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken",
               "TokenRefreshRequired", "AllAccessDisabled", "InvalidSecurity", "Forbidden", "403"}
 SPACE_CODES = {"XMinioStorageFull", "InsufficientStorage", "StorageFull", "QuotaExceeded", "507"}
-TRANSIENT_CODES = {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "BadDigest",
+# (ConditionalRequestConflict: AWS's 409 for two conditional writes at once, to be retried)
+TRANSIENT_CODES = {"ConditionalRequestConflict",
+                   "RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "BadDigest",
                    "RequestTimeTooSkewed", "Throttling", "500", "502", "503", "504"}
 
 

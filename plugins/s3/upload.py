@@ -13,6 +13,16 @@ the parts' MD5s with their count (``...-N``), the multipart ETag every S3
 implementation computes; and its size must be the bytes sent.  The SHA-256 of the
 whole object (the staging catalog's digest of an archive) goes with it as the user
 metadata ``sha256`` when it is known beforehand, and is checked when it is fetched.
+
+Two writers of one key (two hosts backing up to the same name, a cron job started
+twice): the object at the key when the writer starts is noted (its ETag, or none), and
+the upload is completed on that condition (``If-Match`` that ETag, ``If-None-Match: *``
+when there was none), so a server that supports conditional writes (AWS, SeaweedFS)
+refuses to replace an object another writer completed meanwhile.  Whatever the server,
+the object at the key after completion must then be this writer's: its ``ims-writer``
+metadata (a token of this writer) or, on a server that keeps no metadata, its ETag.
+Either failure is :class:`S3Replaced` (exit 6), never success.  One installation's own
+runs are kept apart earlier, by a lock on the name (:func:`lock_path`).
 """
 from __future__ import annotations
 
@@ -21,14 +31,39 @@ import collections
 import concurrent.futures
 import datetime as dt
 import hashlib
+import os
 import re
+import secrets
+import socket
 
 from plugins.s3 import journal, retry
-from plugins.s3.errors import S3ConfigError, S3Error, S3NotFound, S3VerifyFailed, code_of, translate
+from plugins.s3.errors import (S3ConfigError, S3Error, S3NotFound, S3Replaced, S3VerifyFailed, code_of,
+                               translate)
 from plugins.s3.settings import Settings
 from plugins.s3.spec import S3Spec
 
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
+WRITER = "ims-writer"          # user metadata: the token of the writer that made the object
+
+#: a hook for the tests only: called as ``hook(writer, stage)`` with stage "completing"
+#: (just before the object is completed) and "completed" (just after, before the check),
+#: to play another writer at a moment no real race can be made to hit on purpose
+test_hook = None
+
+
+def lock_path(settings: Settings, spec: S3Spec) -> str | None:
+    """The installation's lock file for the object ``spec`` on this endpoint, under
+    ``$IMS_HOME/data/s3-locks/`` (None without an installation): one run at a time of
+    the installation writes one key."""
+    if not settings.home:
+        return None
+    name = "\0".join((settings.endpoint_shown() or "aws", spec.bucket, spec.key))
+    return os.path.join(settings.home, "data", "s3-locks",
+                        hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".lock")
+
+
+class _Refused(S3Error):
+    """The server answered 412 PreconditionFailed to a conditional completion."""
 
 
 def _etag_is_md5(r: dict) -> bool:
@@ -95,8 +130,86 @@ class S3Writer:
         self.version: str | None = None
         self.closed = False
         self.lock = lock_args(settings)
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        self.metadata[WRITER] = self.token
         check_bucket(s3, settings, spec)
         clean_stale(s3, settings)
+        self._before: str | None = None      # the ETag of the object at the key now, if any
+        self.note_before()
+
+    def note_before(self) -> None:
+        """Note the object now at the key (its ETag, or that there is none): the upload
+        completes only if it is still that one (where the server checks conditions)."""
+        self._before = None
+        try:
+            h = retry.call(self.settings, "examining", self.spec.url, self.s3.head_object, Bucket=self.spec.bucket,
+                           Key=self.spec.key)
+        except S3Error as exc:
+            if isinstance(exc, S3NotFound) or "404" in str(exc) or "NoSuchKey" in str(exc):
+                return
+            raise
+        self._before = h.get("ETag") or None
+
+    def _condition(self) -> dict:
+        return {"IfMatch": self._before} if self._before else {"IfNoneMatch": "*"}
+
+    def _conditional(self, doing: str, fn, midway: bool = False, **kw):
+        """``fn(**kw)`` on the condition that the key still holds what it held at the start;
+        a server that does not implement conditions is asked again without them (the
+        check after completion still applies)."""
+        cond = self._condition()
+
+        def attempt():
+            try:
+                return fn(**kw, **cond)
+            except Exception as exc:
+                code, status, _ = code_of(exc)
+                if code in ("PreconditionFailed", "412") or status == 412:
+                    raise _Refused(f"{code or status}") from None
+                if cond and (code == "NotImplemented" or status == 501):
+                    cond.clear()
+                    return fn(**kw)
+                raise
+        try:
+            return retry.call(self.settings, doing, self.spec.url, attempt, midway=midway)
+        except _Refused:
+            # a completion tried again after a reply that was lost may find our own object
+            h = self._head_now()
+            if h is not None and self._mine(h, strict=True):
+                return {"ETag": h.get("ETag", ""), "VersionId": h.get("VersionId")}
+            raise S3Replaced(f"{self.spec.url} was written by another writer while this run uploaded it (the "
+                             f"server refused to replace that object: PreconditionFailed): this run's object was "
+                             f"not stored, the other one is kept; two runs write the same name (another host, or "
+                             f"a cron job started twice?): give each its own name, or run again") from None
+
+    def _head_now(self) -> dict | None:
+        try:
+            return retry.call(self.settings, "checking", self.spec.url, self.s3.head_object,
+                              Bucket=self.spec.bucket, Key=self.spec.key)
+        except S3Error as exc:
+            if isinstance(exc, S3NotFound) or "404" in str(exc) or "NoSuchKey" in str(exc):
+                return None
+            raise
+
+    def _mine(self, h: dict, strict: bool = False) -> bool:
+        """Whether the object HEAD ``h`` describes is the one this writer made: its writer
+        token when the server keeps metadata, else its version, else its ETag.  (rclone
+        answers a HEAD of a multipart object with the MD5 of the whole, which this writer
+        does not compute: with no token either, that ETag proves nothing and is let pass
+        unless ``strict``.)"""
+        meta = {str(k).lower(): v for k, v in (h.get("Metadata") or {}).items()}
+        if WRITER in meta:
+            return meta[WRITER] == self.token
+        if self.version and h.get("VersionId"):
+            return h["VersionId"] == self.version
+        etag = (h.get("ETag") or "").strip('"')
+        if self.etag and etag:
+            if etag == self.etag:
+                return True
+            if "-" in self.etag and "-" not in etag:
+                return not strict
+            return False
+        return not strict
 
     # -- the stream ------------------------------------------------------------------
     def write(self, data) -> int:
@@ -169,9 +282,13 @@ class S3Writer:
     def _put_whole(self) -> None:
         body = bytes(self._buf)
         md5 = hashlib.md5(body).digest()
-        r = retry.call(self.settings, "writing", self.spec.url, self.s3.put_object, Bucket=self.spec.bucket,
-                       Key=self.spec.key, Body=body, ContentMD5=base64.b64encode(md5).decode(),
-                       Metadata=self.metadata, **self.lock)
+        if test_hook is not None:
+            test_hook(self, "completing")
+        r = self._conditional("writing", self.s3.put_object, Bucket=self.spec.bucket,
+                              Key=self.spec.key, Body=body, ContentMD5=base64.b64encode(md5).decode(),
+                              Metadata=self.metadata, **self.lock)
+        if test_hook is not None:
+            test_hook(self, "completed")
         self.etag = r.get("ETag", "").strip('"')
         self.version = r.get("VersionId")
         if _MD5.match(self.etag) and _etag_is_md5(r) and self.etag != md5.hex():
@@ -188,9 +305,13 @@ class S3Writer:
             self._collect(self._pending.popleft())
         self._pool.shutdown(wait=True)
         parts = [{"PartNumber": n, "ETag": self._parts[n][0]} for n in sorted(self._parts)]
-        r = retry.call(self.settings, "completing", self.spec.url, self.s3.complete_multipart_upload,
-                       Bucket=self.spec.bucket, Key=self.spec.key, UploadId=self._upload_id,
-                       MultipartUpload={"Parts": parts}, midway=True)
+        if test_hook is not None:
+            test_hook(self, "completing")
+        r = self._conditional("completing", self.s3.complete_multipart_upload,
+                              Bucket=self.spec.bucket, Key=self.spec.key, UploadId=self._upload_id,
+                              MultipartUpload={"Parts": parts}, midway=True)
+        if test_hook is not None:
+            test_hook(self, "completed")
         journal.forget(self._journal)
         self._upload_id_done = self._upload_id
         self.etag = r.get("ETag", "").strip('"')
@@ -202,8 +323,8 @@ class S3Writer:
                                  f"make {want}: the object was removed")
         try:
             self._check_size()
-        except S3VerifyFailed:
-            raise
+        except (S3VerifyFailed, S3Replaced):
+            raise                # (another writer's object is not ours to remove)
         except S3Error as exc:
             # completed, then the link failed: the object is there, whole by its ETag but not
             # checked; removed if the server can still be reached, else said so
@@ -216,8 +337,21 @@ class S3Writer:
             raise said from None
 
     def _check_size(self) -> None:
-        h = retry.call(self.settings, "checking", self.spec.url, self.s3.head_object, Bucket=self.spec.bucket,
-                       Key=self.spec.key, **({"VersionId": self.version} if self.version else {}))
+        # the object now at the key (no VersionId: the current one), which must be ours:
+        # another writer's, completed after ours, is neither checked nor removed
+        h = self._head_now()
+        if h is None or not self._mine(h):
+            if h is None:
+                what = "no object is there any more"
+            else:
+                meta = {str(k).lower(): v for k, v in (h.get("Metadata") or {}).items()}
+                what = f"the object there has ETag {(h.get('ETag') or '?').strip(chr(34))}" + (
+                    f" and was written by {meta[WRITER]}" if WRITER in meta else "") + \
+                    f"; this run's had {self.etag}"
+            raise S3Replaced(f"{self.spec.url} was replaced by another writer after this run uploaded it ({what}): "
+                             f"this run's object is not at that name, so it is not a backup; two runs write the "
+                             f"same name (another host, or a cron job started twice?): give each its own name, "
+                             f"and run again")
         if h.get("ContentLength") != self.size:
             self._remove_bad()
             raise S3VerifyFailed(f"{self.spec.url} holds {h.get('ContentLength')} bytes on the server, {self.size} "
