@@ -503,6 +503,43 @@ def _archive_id(home, srv, url) -> str:
     return ids[-1] if ids else json.dumps(p.stdout)
 
 
+def test_two_runs_of_one_installation_to_one_key(tmp_path, seaweed):
+    """Two imsbackup runs of one installation to the same s3://bkt/key (a cron job
+    started twice): the second is refused as for a local file, exit 6 with one line
+    naming the first's pid, before it sends anything (no upload, no state file); the
+    first finishes, and the object at the key is its archive, the one its state file
+    names.  (Before, both exited 0 and only the second's archive was left.)"""
+    import json
+    b = bucket(seaweed)
+    home = tmp_path / "src"
+    setup(home, **{"s3.concurrency": "1"})
+    store = big_store(home, mib=24)
+    url = f"s3://{b}/same.ims"
+    first = popen(home, "imsbackup", "-f", url, "--state-out", tmp_path / "one.state", "/", env=seaweed.env(),
+                  stderr=subprocess.PIPE)
+    _wait(lambda: seaweed.uploads(b) or first.poll() is not None, what="the first run's upload")
+    assert first.poll() is None, "the first run finished before the second started: make the store bigger"
+    second = run(home, "imsbackup", "-f", url, "--state-out", tmp_path / "two.state", "/", env=seaweed.env(),
+                 text=True)
+    assert second.returncode == 6, second.stderr
+    err = second.stderr.strip()
+    assert len(err.splitlines()) == 1 and f"another imsbackup (pid {first.pid}) is writing {url}" in err, err
+    assert "nothing was written" in err and "Traceback" not in err
+    assert not (tmp_path / "two.state").exists() and len(seaweed.uploads(b)) == 1
+    _, ferr = first.communicate(timeout=300)
+    assert first.returncode == 0, ferr
+    assert seaweed.keys(b) == ["same.ims"] and seaweed.uploads(b) == []
+    meta = seaweed.client().head_object(Bucket=b, Key="same.ims")["Metadata"]
+    assert meta["ims-writer"].split(":")[1] == str(first.pid)
+    one = json.loads((tmp_path / "one.state").read_text())
+    assert _archive_id(home, seaweed, url) == one["archive_id"]
+    d, s = fresh(tmp_path, "classic", "d")
+    run(d, "imsrestore", "-f", url, env=seaweed.env(), check=0)
+    assert state(s) == state(store)
+    # the lock went with the run: the next one writes
+    run(home, "imsbackup", "-f", url, "/primary/user/" + store.users("primary")[0], env=seaweed.env(), check=0)
+
+
 def _other_writer_env(tmp_path, srv, stage: str) -> dict:
     """The environment of an imsbackup that loads tests/s3otherwriter.py as a plugin."""
     site = tmp_path / "site"

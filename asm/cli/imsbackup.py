@@ -154,12 +154,25 @@ def _backup(args, rep) -> int:
             lock.release()
 
 
-def _lock_target(target: str, raw, held: list) -> None:
+def _lock_target(target: str, raw, held: list, path: str | None = None, state: bool = True) -> None:
     """One run at a time writes a local archive and its state file: a second run of the
     same name (cron started twice) would leave the archive of one run beside the state
-    file of the other.  Refused (EXIT_LOCKED), its temporary removed, nothing written."""
+    file of the other.  Refused (EXIT_LOCKED), its temporary removed, nothing written.
+    ``path``: the lock file a device plugin names for a remote object (an S3 key: the
+    installation's lock on it, so the object of one run is not replaced by the other's
+    while the first reports success)."""
     from asm.locks import FileLock
-    lock = FileLock(os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)}.lock"))
+    if path is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)}.lock")
+    else:
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                raw.close(ok=False)
+            raise ImsError(f"cannot lock {target} ({path}): {exc.strerror or exc}; nothing was written",
+                           status=device_status(exc)) from None
+    lock = FileLock(path)
     try:
         pid = lock.acquire()
     except OSError as exc:
@@ -171,7 +184,8 @@ def _lock_target(target: str, raw, held: list) -> None:
         with contextlib.suppress(Exception):
             raw.close(ok=False)
         who = f"another imsbackup (pid {pid})" if pid else "another imsbackup"
-        raise ImsError(f"{who} is writing {target} and its state file: nothing was written; wait for it "
+        raise ImsError(f"{who} is writing {target}{' and its state file' if state else ''}: nothing was "
+                       f"written; wait for it "
                        f"to finish (a cron job started twice?), or use another -f name", status=EXIT_LOCKED)
     held.append(lock)
 
@@ -219,6 +233,8 @@ def _backup_held(args, rep, held: list) -> int:
     target = getattr(raw, "target", None)
     if isinstance(target, str):
         _lock_target(target, raw, held)
+    elif isinstance(getattr(raw, "lock_path", None), str):
+        _lock_target(args.device, raw, held, path=raw.lock_path, state=bool(args.state_out))
     if args.state_out or isinstance(target, str):
         from asm.backupstate import state_path_for, write_state
     state_out = args.state_out or (state_path_for(target) if isinstance(target, str) else None)

@@ -6,7 +6,7 @@ from asm.devices import Device
 from plugins.s3.download import S3Reader
 from plugins.s3.settings import Settings, client
 from plugins.s3.spec import parse
-from plugins.s3.upload import S3Writer
+from plugins.s3.upload import S3Writer, lock_path
 
 
 class S3WriteDevice(Device):
@@ -27,5 +27,9 @@ def open_device(spec: str, mode: str, config=None) -> Device:
     settings = Settings.from_config(config)
     s3 = client(settings)
     if mode == "wb":
-        return S3WriteDevice(spec, S3Writer(s3, settings, s), seekable=False, kind="s3")
+        dev = S3WriteDevice(spec, S3Writer(s3, settings, s), seekable=False, kind="s3")
+        # the installation's lock file for this object: imsbackup holds it while it writes,
+        # so a second run of the installation to the same key is refused (exit 6)
+        dev.lock_path = lock_path(settings, s)
+        return dev
     return S3ReadDevice(spec, S3Reader(s3, settings, s), seekable=True, kind="s3")
