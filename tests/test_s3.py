@@ -540,6 +540,30 @@ def test_two_runs_of_one_installation_to_one_key(tmp_path, seaweed):
     run(home, "imsbackup", "-f", url, "/primary/user/" + store.users("primary")[0], env=seaweed.env(), check=0)
 
 
+def test_two_runs_started_at_once(tmp_path, seaweed):
+    """The tester's case as it was met: two imsbackup runs to one key started at the
+    same moment, each with its state file.  Exactly one succeeds and the other is refused
+    (exit 6, no state file); the object at the key is the winner's, the archive its state
+    file names, so an incremental from it follows an archive that exists."""
+    import json
+    b = bucket(seaweed)
+    home = tmp_path / "src"
+    setup(home)
+    big_store(home, mib=12)
+    url = f"s3://{b}/same.ims"
+    runs = [popen(home, "imsbackup", "-f", url, "--state-out", tmp_path / f"{i}.state", "/", env=seaweed.env(),
+                  stderr=subprocess.PIPE) for i in (1, 2)]
+    errs = [p.communicate(timeout=300)[1].decode() for p in runs]
+    codes = [p.returncode for p in runs]
+    assert sorted(codes) == [0, 6], (codes, errs)
+    won, lost = (1, 2) if codes[0] == 0 else (2, 1)
+    assert "is writing" in errs[lost - 1] and "nothing was written" in errs[lost - 1], errs
+    assert not (tmp_path / f"{lost}.state").exists()
+    st = json.loads((tmp_path / f"{won}.state").read_text())
+    assert seaweed.keys(b) == ["same.ims"] and seaweed.uploads(b) == []
+    assert _archive_id(home, seaweed, url) == st["archive_id"]
+
+
 def _other_writer_env(tmp_path, srv, stage: str) -> dict:
     """The environment of an imsbackup that loads tests/s3otherwriter.py as a plugin."""
     site = tmp_path / "site"
