@@ -633,3 +633,43 @@ def test_another_writer_completing_first(request, tmp_path, server):
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert f"{url} was written by another writer while this run uploaded it" in err and "refused" in err, err
     assert not (tmp_path / "x.state").exists() and srv.get(b, "same.ims") == OTHER
+
+
+@pytest.mark.parametrize("answer", ["lost-reply", "not-implemented"])
+def test_conditional_completion_edge_cases(seaweed, monkeypatch, answer):
+    """The condition never fails a run that wrote alone.  ``lost-reply``: the server
+    completed the object but its answer was lost; the completion tried again meets the
+    condition (the key now holds an object) and must find that object is this writer's
+    own.  ``not-implemented``: a server that answers a conditional request 501 is asked
+    again without the condition; the check after the upload still applies."""
+    from botocore.exceptions import ClientError, ConnectionClosedError
+
+    from plugins.s3.spec import parse
+    from plugins.s3.upload import S3Writer
+    settings, real = _seaweed_client(seaweed, monkeypatch)
+    settings.retries = 2
+    seen = []
+
+    class Server:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def complete_multipart_upload(self, **kw):
+            seen.append(sorted(k for k in kw if k.startswith("If")))
+            if answer == "not-implemented" and "IfNoneMatch" in kw:
+                raise ClientError({"Error": {"Code": "NotImplemented", "Message": "no conditions here"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 501}}, "CompleteMultipartUpload")
+            r = real.complete_multipart_upload(**kw)
+            if answer == "lost-reply" and len(seen) == 1:
+                raise ConnectionClosedError(endpoint_url=seaweed.endpoint)
+            return r
+
+    b = bucket(seaweed)
+    w = S3Writer(Server(), settings, parse(f"s3://{b}/v.ims"))
+    data = os.urandom(12 << 20)
+    w.write(data)
+    w.close()
+    assert seaweed.get(b, "v.ims") == data and seaweed.uploads(b) == []
+    assert seen[0] == ["IfNoneMatch"] and len(seen) == 2
+    if answer == "not-implemented":
+        assert seen[1] == []
