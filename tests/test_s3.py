@@ -519,8 +519,12 @@ def test_two_runs_of_one_installation_to_one_key(tmp_path, seaweed):
                   stderr=subprocess.PIPE)
     _wait(lambda: seaweed.uploads(b) or first.poll() is not None, what="the first run's upload")
     assert first.poll() is None, "the first run finished before the second started: make the store bigger"
-    second = run(home, "imsbackup", "-f", url, "--state-out", tmp_path / "two.state", "/", env=seaweed.env(),
-                 text=True)
+    first.send_signal(signal.SIGSTOP)        # it holds the name while the second tries (a loaded CI)
+    try:
+        second = run(home, "imsbackup", "-f", url, "--state-out", tmp_path / "two.state", "/", env=seaweed.env(),
+                     text=True)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 6, second.stderr
     err = second.stderr.strip()
     assert len(err.splitlines()) == 1 and f"another imsbackup (pid {first.pid}) is writing {url}" in err, err
@@ -548,8 +552,8 @@ def test_two_runs_started_at_once(tmp_path, seaweed):
     import json
     b = bucket(seaweed)
     home = tmp_path / "src"
-    setup(home)
-    big_store(home, mib=12)
+    setup(home, **{"s3.concurrency": "1"})
+    big_store(home, mib=24)                  # long enough for the two to overlap
     url = f"s3://{b}/same.ims"
     runs = [popen(home, "imsbackup", "-f", url, "--state-out", tmp_path / f"{i}.state", "/", env=seaweed.env(),
                   stderr=subprocess.PIPE) for i in (1, 2)]
