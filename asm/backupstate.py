@@ -205,11 +205,11 @@ def directory_archives(d: str) -> tuple[list[str], list[str]]:
         else:
             why = "not a regular file (a FIFO, a socket or a device)"
         lost.append(f"{p}: its name or the state file beside it says it is a backup, but it is {why}")
-    lost += _newest_archive_gone(d, files)
+    lost += _newest_archive_gone(files)
     return files, lost
 
 
-def _newest_archive_gone(d: str, files: list[str]) -> list[str]:
+def _newest_archive_gone(files: list[str]) -> list[str]:
     """A state file imsbackup wrote beside its archive (``NAME.state``, naming NAME as
     its device) whose archive is gone, when that backup is newer than every archive
     still there: the newest backup was lost, and the mail only it held with it (a check

@@ -367,14 +367,23 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
                         v[0] for (p, u, _f), r in view.folders.items() if (p, u) == (t.partition, t.user)
                         for v in r.messages.values()}
                 missed = []
-                here = view.folders.get(key)        # (the archived folder of this name, any UIDVALIDITY)
-                here = {v[0] for v in here.messages.values()} if here is not None else set()
+                # the archived messages of this folder's name (any UIDVALIDITY) that are not
+                # at their UIDs now: each may be one the store renumbered (its UID list lost)
+                here: dict = {}
+                was = view.folders.get(key)
+                if was is not None:
+                    now = {m.uid for m in msgs} if rec is was else set()
+                    for uid, v in was.messages.items():
+                        if uid not in now:
+                            here[v[0]] = here.get(v[0], 0) + 1
                 renumbered = []
                 for m in old:
                     if m.changed < created - SLACK:
                         # in this folder since before the backup: not in the archive, or
-                        # there under another UID (the store renumbered it: its UID list lost)
-                        if here and stored_sha256(m, missing=OSError) in here:
+                        # there under another UID (one archived copy each: a twin missed stays missed)
+                        sha = stored_sha256(m, missing=OSError) if here else None
+                        if here.get(sha):
+                            here[sha] -= 1
                             renumbered.append(m.uid)
                             out.changes["new"] += 1
                         else:
