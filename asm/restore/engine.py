@@ -575,6 +575,7 @@ class Restorer:
                         # store finishes that)
                         if self.store.folder_remains(user, folder):
                             self.store.delete_folder(user, folder)
+                            self.store.remove_empty_levels(user, folder)
                         self._journal(mailbox, functools.partial(self.journal.forget, user, folder))
                         continue
                     why = unread_by(unread, partition, src_user, folder)
@@ -600,6 +601,9 @@ class Restorer:
                         # (its own lock: a folder is removed with its lock file)
                         self.store.delete_folder(user, folder)
                         unless_removed.pop_all()
+                    # the levels above it it leaves empty go too (LIST would show them
+                    # \Noselect, where the chain in one command never made them)
+                    self.store.remove_empty_levels(user, folder)
                     # (a removal given to the server only when the batch ends is
                     # forgotten only then: a run killed before it removes it again); its
                     # restore lock is held till then: another restore that makes the

@@ -587,6 +587,15 @@ class Store(abc.ABC):
         """End the subscriptions to ``names`` (that are no folder of the user)."""
         return None
 
+    def remove_empty_levels(self, user: str, folder: str) -> None:
+        """After ``folder`` was removed: the levels above it that hold no folder any
+        more and are no folder themselves go too (a server that keeps such a level,
+        LAYOUT=fs or dbox, lists it as \\Noselect).  Dovecot's RENAME removes them so;
+        a chain in one command never makes them, and a chain restored archive by archive
+        must end as it does.  A level that holds anything stays.  A store whose parents
+        are no directories of their own does nothing."""
+        return None
+
     def folder_remains(self, user: str, folder: str) -> bool:
         """True when a folder that does not exist left something behind that its
         server still shows (a deletion killed half way): delete_folder finishes it."""

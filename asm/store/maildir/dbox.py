@@ -116,6 +116,8 @@ class DboxStore(MaildirStore):
                                                   # before a restore)}: its own copy failed
                                                   # (_copy_by_folder), not in the copy
         self._failed: list[str] = []              # give-backs that failed as deliveries were released
+        self._levels: dict[str, set] = {}         # login -> folders removed whose empty levels
+                                                  # go once the copy is given back
         self._dovecot_runs = False                # its auth service answered (_check_dovecot_runs)
         self.acls_not_archived: list = []         # (login, folder) with an ACL not archived
 
@@ -670,7 +672,43 @@ class DboxStore(MaildirStore):
         later = self._subs_after.pop(user, None)
         if later:
             self._subscribe_now(user, later)
+        self._remove_levels_now(user, self._levels.pop(user, ()))
         self._seen[user] = self._listing(user, modseq=True)
+
+    def remove_empty_levels(self, user: str, folder: str) -> None:
+        """The account's levels above the removed ``folder`` that hold no folder any more
+        (a dbox account keeps a directory for each: IMAP LIST shows it \\Noselect
+        \\HasNoChildren) are removed, deepest first, once the copy is given back (the
+        copy, Maildir++, has none): Dovecot's RENAME removes them so, and a chain in one
+        command never makes them."""
+        folder = check_folder_name(folder)
+        if "/" not in folder:
+            return
+        if user in self._pending:
+            self._levels.setdefault(user, set()).add(folder)
+        else:
+            self._remove_levels_now(user, [folder])
+
+    def _remove_levels_now(self, user: str, removed) -> None:
+        """``doveadm mailbox delete`` of each level above the folders ``removed`` that is
+        no folder of the account (Dovecot refuses a level that still holds one: "Mailbox
+        has children"), deepest first; a level that is no longer there, or that Dovecot
+        keeps, ends the walk up from that folder."""
+        if not removed:
+            return
+        folders = set(self._folders(user))           # (the selectable ones: never deleted)
+        for name in sorted(removed, reverse=True):
+            parts = name.split("/")
+            for i in range(len(parts) - 1, 0, -1):
+                level = "/".join(parts[:i])
+                if level == "INBOX" or level in folders:
+                    break
+                try:
+                    self._dv.run(user, "mailbox delete", level)
+                except StoreFull:
+                    raise
+                except StoreError:
+                    break                         # holds a folder, or is not there
 
     def _give_folders_back(self, user: str, scope: list[str], copy: list[str]) -> dict[str, set[int]]:
         """``doveadm backup -m FOLDER`` of each folder of ``scope`` the copy has; each it

@@ -2903,6 +2903,37 @@ class MaildirStore(Store):
         except OSError:
             return False
 
+    def remove_empty_levels(self, user: str, folder: str) -> None:
+        """LAYOUT=fs: each level above the removed ``folder`` that is no folder (no cur/)
+        and holds nothing any more is removed, deepest first, as Dovecot's RENAME removes
+        the levels it leaves empty (else IMAP LIST shows it \\Noselect \\HasNoChildren,
+        where the chain in one command never made it).  rmdir removes only an empty
+        directory: a level that holds a folder, a file, or a subfolder a client made
+        meanwhile stays, and so do the levels above it.  Maildir++ names levels, it
+        keeps no directory for them: nothing to do."""
+        if not self._fs_layout:
+            return
+        folder = check_folder_name(folder)
+        parts = folder.split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            name = "/".join(parts[:i])
+            if name == "INBOX":
+                return
+            try:
+                d = self._folder_dir(user, name)
+                if os.path.isdir(os.path.join(d, "cur")):
+                    return                   # a folder of its own
+                ctl, idx = self._ctl_idx(user, name, d)
+                os.rmdir(d)
+            except FileNotFoundError:
+                continue                     # (no directory of its own: the level above may be)
+            except (OSError, StoreError):
+                return                       # holds something: it stays, and what is above it
+            for other in dict.fromkeys((ctl, idx)):
+                if other and other != d:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(other)      # (CONTROL=/INDEX= elsewhere: an empty level there)
+
     def folder_remains(self, user: str, folder: str) -> bool:
         # a deletion killed after the folder went for Dovecot: its directory (LAYOUT=fs:
         # one that holds subfolders) without cur/, an aside directory, its subscription
