@@ -637,6 +637,8 @@ class DboxStore(MaildirStore):
                 f"{' ...' if len(changed) > 3 else ''}); the restored mail was not given "
                 f"to Dovecot: run the restore again (dovecot.holdfile holds deliveries "
                 f"meanwhile, docs/dovecot.md)")
+        if self._move_guids(user, scope):
+            now = self._listing(user, modseq=True)
         copy = [f"mail_location=maildir:{self._maildir(user)}"]
         dropped: dict[str, set[int]] = {}
         stopped = None
@@ -674,6 +676,45 @@ class DboxStore(MaildirStore):
             self._subscribe_now(user, later)
         self._remove_levels_now(user, self._levels.pop(user, ()))
         self._seen[user] = self._listing(user, modseq=True)
+
+    def _move_guids(self, user: str, scope: list[str] | None) -> bool:
+        """The account's folders renamed (``doveadm mailbox rename``, which keeps a
+        folder's GUID) to the names the copy gives their mailbox GUIDs, for the folders
+        of ``scope`` (None: every folder of the copy).  A chain's folders renamed,
+        swapped or shifted between its backups and restored archive by archive are
+        made under their old names by the full, and the incremental's restore gives
+        the copy's folders their GUIDs under the new ones: dsync of one folder (-m)
+        cannot move a GUID from one name to another (nor could dsync of the whole
+        login: A and B swapped, or C->D, B->C, A->B, ended with exit 17, folders left
+        empty).  A move waits for its name to be free (its folder moved away first);
+        a cycle goes through a name of its own for a moment.  A name the account uses
+        for a folder that does not move is never taken: that move is left to dsync.
+        True when a folder was renamed."""
+        copy = self._folders(user, maildir=True)
+        names = sorted(copy) if scope is None else scope
+        done = False
+        for step in range(2 * len(names) + 2):
+            # listed again after each rename: Dovecot renames a folder with its children
+            account = self._folders(user)
+            where = {guid: name for name, (_n, guid) in account.items() if guid}
+            moves = {}                               # account name -> copy name
+            for name in names:
+                guid = copy.get(name, (0, ""))[1]
+                src = where.get(guid) if guid else None
+                if src is not None and src != name and "INBOX" not in (src, name):
+                    moves[src] = name
+            # a name the account uses for a folder that is not moved away: left to dsync
+            moves = {src: dst for src, dst in moves.items() if dst not in account or dst in moves}
+            if not moves:
+                break
+            ready = sorted(src for src, dst in moves.items() if dst not in account)
+            if ready:
+                self._dv.run(user, "mailbox rename", ready[0], moves[ready[0]])
+            else:
+                # only cycles left (A and B swapped): one goes aside under a name of its own
+                self._dv.run(user, "mailbox rename", sorted(moves)[0], f"ims-moving-{os.getpid()}-{step}")
+            done = True
+        return done
 
     def remove_empty_levels(self, user: str, folder: str) -> None:
         """The account's levels above the removed ``folder`` that hold no folder any more
