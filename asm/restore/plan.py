@@ -20,6 +20,7 @@ was never restored into an absent folder) is refused, exit 7.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -284,9 +285,14 @@ class Planner:
                     # earlier archive under the old name, not here)
                     self.check_replaced(m, user, folder, info.uidvalidity)
                     store.expunge(user, folder, [msg.uid for msg in store.messages(user, folder)])
+                    # another mailbox than the one there: never the old one's GUID, which
+                    # the folder it was renamed to between the backups has (A and B
+                    # swapped: each kept the other's, and neither could then be given its
+                    # own, exit 0); a new one until its own is free (_give_withheld_guids)
+                    guid = self.own_guid(m, user, folder, beside) or \
+                        (os.urandom(16).hex() if m.mailbox_guid and info.guid else None)
                     info = store.set_folder(user, folder, uidvalidity=m.uidvalidity, uidnext=1,
-                                            subscribed=m.subscribed,
-                                            guid=self.own_guid(m, user, folder, beside) or None)
+                                            subscribed=m.subscribed, guid=guid)
                     self._guids.get(user, {})[folder] = info.guid
                     mode = "exact"
         if mode == "merge" and not beside and info.uidvalidity != m.uidvalidity and not self.opts.chain_ids:

@@ -443,6 +443,9 @@ class _State:
         # uid -> every keyword of a message whose keywords Dovecot's index must be set to
         # (some beyond the 26 letters, or the letters all taken: the index may hold more)
         self.overflow = {} if overflow is None else overflow
+        # a mailbox GUID set alone while Dovecot keeps the folder's index: Dovecot's
+        # mailbox list index is told at unlock (_give_dovecot_guid)
+        self.dovecot_guid: str | None = None
         self.ul_fd = ul_fd                  # dovecot-uidlist open for appending, while the
         self.ul_size = ul_size              # lock is held (closed before any rewrite); its size
         self.owner = None                   # who new files belong to (_folder_owner), once
@@ -1105,6 +1108,12 @@ class MaildirStore(Store):
                     else:                     # the error in flight is the one to report
                         with contextlib.suppress(StoreError):
                             self._give_dovecot_keywords(user, folder, held.state.overflow)
+                if held.state is not None and held.state.dovecot_guid:
+                    if sys.exc_info()[1] is None:
+                        self._give_dovecot_guid(user, folder, held.state.dovecot_guid)
+                    else:
+                        with contextlib.suppress(StoreError):
+                            self._give_dovecot_guid(user, folder, held.state.dovecot_guid)
 
     def _doveadm(self):
         """doveadm of the Dovecot configuration (dovecot.config; with store.mail_location
@@ -1155,6 +1164,22 @@ class MaildirStore(Store):
         for (add, drop), uids in changes.items():
             dv.change_keywords(user, folder, uids, add, drop)
         overflow.clear()
+
+    def _give_dovecot_guid(self, user: str, folder: str, guid: str) -> None:
+        """Dovecot's mailbox list index (``mailbox_list_index = yes``, Dovecot 2.3's
+        default) caches each folder's mailbox GUID and, for a folder whose index Dovecot
+        keeps, learns a GUID written in its dovecot-uidlist only once something opens the
+        folder: ``doveadm mailbox status guid`` and dsync went on serving the old one.
+        ``doveadm mailbox update --mailbox-guid`` sets it as Dovecot's own (the uidlist
+        header it writes is the one written here).  (A chain restored archive by archive
+        gives a renamed folder its archived GUID only once the old name is gone; the
+        folder had been opened meanwhile, for keywords beyond the 26th or by a client,
+        and kept the GUID it was made with, exit 0.)  doveadm takes the folder's lock:
+        called after this driver let it go."""
+        dv = self._doveadm()
+        if dv is None or not hasattr(dv, "run"):
+            return                             # (no Dovecot: nothing caches it)
+        dv.run(user, "mailbox update", "--mailbox-guid", guid, folder)
 
     def _index_keywords(self, user: str, folder: str, ctl: str, snap: FolderSnapshot,
                         no_table: bool = False) -> bool:
@@ -1267,6 +1292,7 @@ class MaildirStore(Store):
         except OSError as exc:
             raise os_store_error(exc, f"{user}/{folder}") from None
         held.state.overflow = st.overflow     # keywords for Dovecot's index, given at unlock
+        held.state.dovecot_guid = st.dovecot_guid
         return True
 
     def _load_state(self, user: str, folder: str, writing: bool) -> _State:
@@ -3001,6 +3027,8 @@ class MaildirStore(Store):
                 # its index files are removed (and clients that have the folder selected
                 # are logged out) only when the identity changed
                 dovecot_keeps = (new_uv or (new_guid and self.guid_keeps_index)) and self._dovecot_resets(st)
+                if new_guid and dovecot_keeps:
+                    st.dovecot_guid = uidlist_mod.mailbox_guid(ul.extra)
                 if dovecot_keeps and (new_uv or not renumbered):
                     # Dovecot's own index stays: Dovecot resets it itself when it reads a
                     # UIDVALIDITY in dovecot-uidlist that is not its index's (below); a
