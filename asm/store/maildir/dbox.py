@@ -637,7 +637,8 @@ class DboxStore(MaildirStore):
                 f"{' ...' if len(changed) > 3 else ''}); the restored mail was not given "
                 f"to Dovecot: run the restore again (dovecot.holdfile holds deliveries "
                 f"meanwhile, docs/dovecot.md)")
-        if self._move_guids(user, scope):
+        # (a login the restore made has no folder to move: two doveadm runs saved)
+        if before is not None and self._move_guids(user, scope):
             now = self._listing(user, modseq=True)
         copy = [f"mail_location=maildir:{self._maildir(user)}"]
         dropped: dict[str, set[int]] = {}
