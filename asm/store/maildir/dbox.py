@@ -738,7 +738,10 @@ class DboxStore(MaildirStore):
         keeps, ends the walk up from that folder."""
         if not removed:
             return
-        folders = set(self._folders(user))           # (the selectable ones: never deleted)
+        try:
+            folders = set(self._folders(user))       # (the selectable ones: never deleted)
+        except DoveadmRace:
+            return        # (a client at work: its levels stay, as Dovecot's DELETE leaves them)
         for name in sorted(removed, reverse=True):
             parts = name.split("/")
             for i in range(len(parts) - 1, 0, -1):
