@@ -69,7 +69,8 @@ def chain_both_ways(lab, home, full, incr, want, first=None) -> None:
 
 def test_folders_that_swapped_or_shifted_names_keep_their_mailbox_guids_archive_by_archive(any_lab, tmp_path):
     """Between the full and the incremental a client swaps A and B (A -> T, B -> A, T -> B)
-    and shifts C -> D, E -> C; the folders hold keywords beyond the 26th.  Restored archive
+    and P (with P/k) and Q, and shifts C -> D, E -> C; the folders hold keywords beyond
+    the 26th.  Restored archive
     by archive, the full makes A, B, C, E under their old names, and the incremental's
     restore found each new name taken by the folder holding the GUID it wants.  Before,
     each swapped folder kept the other's GUID (exit 0: a dsync replica or a client that
@@ -80,7 +81,7 @@ def test_folders_that_swapped_or_shifted_names_keep_their_mailbox_guids_archive_
     configure(lab, home)
     lab.deliver(["alice"], message("first"))
     with lab.imap("alice") as c:
-        for box in ("A", "B", "C", "E"):
+        for box in ("A", "B", "C", "E", "P", "P/k", "Q"):
             c.create(box)
             c.subscribe(box)
             c.append(box, message(f"in {box}"), ["$Label1"])
@@ -95,11 +96,15 @@ def test_folders_that_swapped_or_shifted_names_keep_their_mailbox_guids_archive_
         c.rename("T", "B")
         c.rename("C", "D")
         c.rename("E", "C")
+        c.rename("P", "T")                     # P/k goes with it
+        c.rename("Q", "P")
+        c.rename("T", "Q")
         c.select("B")
         c.uid_store(c.uids(), "+FLAGS", ["$Moved"])
         c.unselect()
     want = view(lab, "alice")
     assert want[1]["A"][0] == first[1]["B"][0] and want[1]["D"][0] == first[1]["C"][0]
+    assert want[1]["Q/k"][0] == first[1]["P/k"][0]
     run(home, "imsbackup", "-f", incr, "--base", f"{full}.state", "/", check=0)
     chain_both_ways(lab, home, full, incr, want, first)
 

@@ -708,7 +708,13 @@ class DboxStore(MaildirStore):
             moves = {src: dst for src, dst in moves.items() if dst not in account or dst in moves}
             if not moves:
                 break
-            ready = sorted(src for src, dst in moves.items() if dst not in account)
+            # a folder before those going under it: a child moved first makes its new
+            # parent's name a level Dovecot will not rename another folder onto
+            # ("Target mailbox already exists": P and Q swapped, P/k going with P)
+            dsts = set(moves.values())
+            ready = sorted((src for src, dst in moves.items() if dst not in account
+                            and not any(dst.startswith(d + "/") for d in dsts)),
+                           key=lambda src: (moves[src].count("/"), src))
             if ready:
                 self._dv.run(user, "mailbox rename", ready[0], moves[ready[0]])
             else:
