@@ -653,6 +653,18 @@ def _read_folder(store, t: Target, folder: str, mailbox: str, opts: BackupOption
         return None, None
 
 
+def _fit_pop3(pop3: dict) -> dict:
+    """The POP3 UIDLs and orders the format can hold (as the writer keeps a carried
+    message's: a UIDL of printable ASCII without space, an order in range)."""
+    out = {}
+    for uid, (uidl, order) in pop3.items():
+        uidl = uidl if uidl and values.POP3_UIDL_RE.match(uidl) else ""
+        order = order if type(order) is int and spec.POP3_ORDER_MIN <= order <= spec.POP3_ORDER_MAX else 0
+        if uidl or order:
+            out[uid] = (uidl, order)
+    return out
+
+
 def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
                    res: BackupResult, run: Run, report, progress, readers=None, warm=None,
                    gone_ok: bool = False, watch: dict | None = None) -> str | None:
@@ -743,6 +755,9 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     # did not is taken the long way below)
     ordered = len(uid_set) == len(uid_list) and all(map(operator.lt, uid_list, itertools.islice(uid_list, 1, None)))
     state = None
+    state_pop3: dict = {}                # ... their POP3 UIDLs and orders (the uidlist's P and O,
+                                         # saved by Dovecot's pop3_save_uidl after the base
+                                         # carried them: a chain restore gives them back)
     state_ids: dict = {}                 # ... and what is under each UID it lists: a --base of
     if opts.base is None and opts.since is None:   # this archive knows them, as its state file does
         todo = msgs                      # a full backup carries every message
@@ -754,12 +769,14 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             else:
                 listed.setdefault(k, []).append(m.uid)
                 state_ids[m.uid] = i
+                if m.pop3_uidl or m.pop3_order:
+                    state_pop3[m.uid] = (m.pop3_uidl, m.pop3_order)
         state = {k: UidSet.of(v) for k, v in listed.items()}
     try:
         writer.add_folder(t.partition, t.user, folder, uidvalidity=info.uidvalidity,
                           uidnext=info.uidnext, subscribed=info.subscribed,
                           uids=uid_set, state=state, mailbox_guid=info.guid,
-                          acl=acl, state_ids=state_ids)
+                          acl=acl, state_ids=state_ids, state_pop3=_fit_pop3(state_pop3))
     except UnarchivableValue as exc:
         # the writer's last guard: a folder member the reader would refuse is never
         # written (it would take every message of the folder with it); named, exit 1

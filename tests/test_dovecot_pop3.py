@@ -14,6 +14,7 @@ import glob
 import os
 import re
 import shutil
+import time
 
 import pytest
 
@@ -161,3 +162,64 @@ def test_pop3_uidls_and_order_on_dbox_survive_a_restore(fmt, tmp_path):
         _round_trip(lab, tmp_path)
         assert {u: lab.pop3_uidls(u) for u in lab.logins} == before
         assert {u: lab.client_state(u) for u in lab.logins} == imap_before
+
+
+def _uidlist_pop3(lab, login) -> dict:
+    """{UID: the P and O fields} of the login's INBOX dovecot-uidlist records (a P
+    without a value, which Dovecot reads as the file's base name, written with it)."""
+    path = os.path.join(lab.mailbox_path(login, "INBOX", "control"), "dovecot-uidlist")
+    with open(path) as f:
+        lines = f.read().splitlines()[1:]
+    out = {}
+    for ln in lines:
+        uid, _, rest = ln.partition(" ")
+        fields, _, base = rest.partition(":")
+        out[int(uid)] = " ".join(f if f != "P" else f"P{base}" for f in fields.split() if f[:1] in ("P", "O"))
+    return out
+
+
+@pytest.mark.parametrize("how", ["base", "date"])
+def test_pop3_uidls_saved_after_the_full_come_back_with_the_chain(how, tmp_path):
+    """pop3_save_uidl = yes: POP3 clients log in after the full backup and Dovecot saves
+    the UIDL it gave each message (P fields in dovecot-uidlist); then the administrator
+    changes pop3_uidl_format, and an incremental (--base, or -d: the login moved the files
+    from new/ to cur/, so -d carries them again) follows.  The chain restored into the
+    wiped store, in one command and archive by archive, must give each message the UIDL
+    the clients saw (else every POP3 client downloads all its mail again): the
+    incremental carries the UIDLs of the messages it lists, as their flags.  (Found by
+    an adversarial check: the UIDLs of the messages the full carried were lost.)"""
+    with dovecot_lab("plain", logins=["alice", "bob"], pop3_uidl_format="%08Xu%08Xv",
+                     extra="pop3_save_uidl = yes") as lab:
+        home = tmp_path / "ims"
+        _configure(lab, home)
+        _fill(lab)
+        time.sleep(1.1)                          # -d has whole seconds
+        started = time.time()
+        full = tmp_path / "full.ims"
+        run(home, "imsbackup", "-f", full, "/", check=0)
+        time.sleep(1.1)
+        seen = {u: lab.pop3_uidls(u) for u in lab.logins}      # Dovecot saves them now
+        lab.pop3_uidl_format = "%g"
+        lab.restart()
+        want = {u: lab.pop3_uidls(u) for u in lab.logins}
+        assert want == seen                      # the saved UIDLs, not the new format's
+        fields = {u: _uidlist_pop3(lab, u) for u in lab.logins}
+        assert all(v.startswith("P") for u in lab.logins for v in fields[u].values()), fields
+        lab.deliver(["alice"], message("after the change"))     # a %g UIDL, never saved
+        want = {u: lab.pop3_uidls(u) for u in lab.logins}
+        fields = {u: _uidlist_pop3(lab, u) for u in lab.logins}
+        imap = {u: lab.client_state(u) for u in lab.logins}
+        incr = tmp_path / "incr.ims"
+        since = time.strftime("%Y%m%d:%H%M%S", time.localtime(started))
+        args = ["--base", f"{full}.state"] if how == "base" else ["-d", since]
+        run(home, "imsbackup", "-f", incr, *args, "/", check=0)
+        for one_command in (True, False):
+            wipe(lab)
+            if one_command:
+                run(home, "imsrestore", "-f", full, "-f", incr, check=0)
+            else:
+                run(home, "imsrestore", "-H", "-f", full, check=0)
+                run(home, "imsrestore", "-f", incr, check=0)
+            assert {u: _uidlist_pop3(lab, u) for u in lab.logins} == fields, one_command
+            assert {u: lab.pop3_uidls(u) for u in lab.logins} == want, one_command
+            assert {u: lab.client_state(u) for u in lab.logins} == imap, one_command

@@ -25,7 +25,7 @@ class Member:
                  "internaldate", "stored", "nlink", "sha256", "size", "linkname", "group",
                  "uidvalidity", "uidnext", "subscribed", "uids", "state", "offset",
                  "header_offset", "mtime", "records", "digest", "guid", "basename", "pop3_uidl",
-                 "pop3_order", "mailbox_guid", "acl", "state_ids", "subscriptions", "_reader")
+                 "pop3_order", "mailbox_guid", "acl", "state_ids", "state_pop3", "subscriptions", "_reader")
 
     def __init__(self, reader, kind, name):
         self._reader = reader
@@ -52,6 +52,7 @@ class Member:
         self.mailbox_guid = None         # folder: its mailbox GUID (IMSASM.mailbox_guid), if archived
         self.acl = None                  # folder: its ACL file's text (IMSASM.acl, "" for none), if archived
         self.state_ids = None            # folder of an incremental: identities of the state's UIDs (bytes)
+        self.state_pop3 = None           # ... and their POP3 UIDLs and orders: {uid: (uidl, order)}
         self.subscriptions = None        # user: its subscribed names that are no folder (None:
                                          # the archive does not say: older, or some folders only)
 
@@ -838,6 +839,7 @@ def _decode(m, recs, e):
         if state:
             m.state = FolderState.parse(state, m.uids)
         m.state_ids = values.state_ids(get(spec.STATE_IDS), m.state)
+        m.state_pop3 = values.state_pop3(get(spec.STATE_POP3), m.state)
         m.mailbox_guid = values.mailbox_guid(get(spec.MAILBOX_GUID))
         m.acl = values.acl(get(spec.ACL))
         return

@@ -38,6 +38,7 @@ UIDS = "IMSASM.uids"
 COUNT = "IMSASM.count"
 STATE = "IMSASM.state"
 STATE_IDS = "IMSASM.state_ids"        # identities of the UIDs IMSASM.state names, optional
+STATE_POP3 = "IMSASM.state_pop3"      # POP3 UIDLs and orders of the UIDs IMSASM.state names, optional
 UID = "IMSASM.uid"
 FLAGS = "IMSASM.flags"
 KEYWORDS = "IMSASM.keywords"

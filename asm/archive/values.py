@@ -432,6 +432,44 @@ def state_ids(text, state) -> bytes | None:
     return raw
 
 
+def state_pop3_text(pop3: dict) -> str:
+    """IMSASM.state_pop3 as written: a JSON object {"UID": [UIDL, order]}, ascending UID,
+    UIDL "" for none and order 0 for none (a UID with neither is left out)."""
+    return json.dumps({str(uid): [uidl or "", order or 0] for uid, (uidl, order) in sorted(pop3.items())
+                       if uidl or order}, separators=(",", ":"))
+
+
+def state_pop3(text, state) -> dict | None:
+    """IMSASM.state_pop3: None when absent, else {uid: (uidl, order)}: each UID one that
+    ``state`` (a FolderState) names, each UIDL as IMSASM.pop3_uidl ("" for none), each
+    order as IMSASM.pop3_order (0 for none)."""
+    if text is None:
+        return None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError(f"{spec.STATE_POP3} is not JSON") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{spec.STATE_POP3} is not a JSON object")
+    out = {}
+    for key, val in obj.items():
+        uid = decimal(key, spec.UID_MIN, spec.UID_MAX, spec.STATE_POP3)
+        if state is None or state.get(uid) is None:
+            raise ValueError(f"{spec.STATE_POP3} names UID {uid}, which {spec.STATE} does not")
+        if not (isinstance(val, list) and len(val) == 2 and isinstance(val[0], str)
+                and type(val[1]) is int):
+            raise ValueError(f"{spec.STATE_POP3} gives UID {uid} {_short(str(val))}, not [UIDL, order]")
+        uidl, order = val
+        if uidl:
+            pop3_uidl(uidl)
+        if order and not spec.POP3_ORDER_MIN <= order <= spec.POP3_ORDER_MAX:
+            raise ValueError(f"{spec.STATE_POP3} gives UID {uid} the order {order}, out of range")
+        if not (uidl or order):
+            raise ValueError(f"{spec.STATE_POP3} gives UID {uid} neither a UIDL nor an order")
+        out[uid] = (uidl, order)
+    return out
+
+
 class CheckedState(dict):
     """{flags-and-keywords: UidSet}: an IMSASM.state that FolderState.from_obj took, as
     text, naming every UID of the UidSet ``folder`` (each once): the writer takes it

@@ -22,7 +22,7 @@ _K = {k: pax.key(spec.wire(k)) for k in (
     spec.FLAGS, spec.KEYWORDS, spec.INTERNALDATE, spec.STORED, spec.NLINK, spec.SHA256,
     spec.STATE, spec.GUID, spec.BASENAME, spec.POP3_UIDL, spec.POP3_ORDER, spec.MAILBOX_GUID,
     spec.SUBSCRIPTIONS,
-    spec.ACL, spec.STATE_IDS)}
+    spec.ACL, spec.STATE_IDS, spec.STATE_POP3)}
 _R = pax.record
 _KIND_USER = _R(_K[spec.KIND], spec.K_USER.encode())
 _KIND_FOLDER = _R(_K[spec.KIND], spec.K_FOLDER.encode())
@@ -81,6 +81,16 @@ def _checked_state(state, uid_set):
     if len(sets) > 1 and not values.ranges_disjoint(starts, ends):
         raise ValueError(f"{spec.STATE} gives one UID two states")
     return obj, sets, sum(len(u) for u in sets)
+
+
+class _Named:
+    """The UIDs an IMSASM.state names (its UidSets), as values.state_pop3 asks them."""
+
+    def __init__(self, sets):
+        self.sets = sets
+
+    def get(self, uid):
+        return True if any(uid in s for s in self.sets) else None
 
 
 def uid_ranges(uids):
@@ -258,7 +268,7 @@ class ArchiveWriter:
         self.counts["users"] += 1
 
     def add_folder(self, partition, user, folder, *, uidvalidity, uidnext, subscribed, uids,
-                   state=None, mailbox_guid=None, acl=None, state_ids=None):
+                   state=None, mailbox_guid=None, acl=None, state_ids=None, state_pop3=None):
         """``uids``: every UID of the folder; the folder's messages are added next.
         ``state`` (incremental archives): {flags-and-keywords string: [uid, ...]} for
         the messages listed in ``uids`` whose bytes this archive does not carry, so a
@@ -272,7 +282,11 @@ class ArchiveWriter:
         archive as its base (--base ARCHIVE) knows what is under each UID it lists, as
         its state file does (IMSASM.state_ids; not written when none is known), or
         those identities packed already as the record holds them (bytes: 4 a UID of
-        ``state``, in ascending UID order).  ``state``'s UID lists may be UidSets."""
+        ``state``, in ascending UID order).  ``state``'s UID lists may be UidSets.
+        ``state_pop3``: {UID: (POP3 UIDL or "", POP3 order or 0)} of the messages
+        ``state`` names that have either (Dovecot's uidlist P and O fields: saved by
+        pop3_save_uidl when a POP3 client logged in, after the backup that carried the
+        message), so a chain restore gives them back (IMSASM.state_pop3)."""
         self._check_open()
         name = names.folder_dir(partition, user, folder)
         uid_set = uids if isinstance(uids, UidSet) else UidSet.of(uids)
@@ -306,6 +320,10 @@ class ArchiveWriter:
                     ids = [state_ids.get(u, 0) for u in order]
                     if any(ids):
                         extra += _R(_K[spec.STATE_IDS], _encode_ids(ids))
+                if state_pop3:
+                    text = values.state_pop3_text(state_pop3)
+                    values.state_pop3(text, _Named(sets))     # the reader's check
+                    extra += _R(_K[spec.STATE_POP3], text.encode("ascii"))
         except ValueError as exc:
             raise UnarchivableValue(f"folder {name}", str(exc)) from None
         recs = b"".join((

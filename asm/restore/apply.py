@@ -279,6 +279,12 @@ class Applier:
                 # doveadm when the folder is let go, which failed).  Set before the file
                 # is remembered for the links that follow: a new flag renames a Maildir file
                 path = store.set_flags(plan.user, plan.folder, dup.uid, m.flags, m.keywords).path
+            if dup.uid == m.uid and plan.mode == "chain" and \
+                    (m.pop3_uidl or "", m.pop3_order or 0) != (dup.pop3_uidl or "", dup.pop3_order or 0):
+                # carried again by this link (an incremental by date: Dovecot renamed the
+                # file, from new/ to cur/ at a POP3 login) with the POP3 UIDL Dovecot saved
+                # since the link before (pop3_save_uidl): the chain's UIDL, not the older one
+                store.set_pop3(plan.user, plan.folder, dup.uid, m.pop3_uidl or "", m.pop3_order or 0)
             self._place(m, path)
             store.let_others_in(plan.user, plan.folder)
             return

@@ -1024,6 +1024,11 @@ class Restorer:
                             st = plan.state.get(uid) if uid in keep else None
                             if st is not None:
                                 store.set_flags(plan.user, plan.folder, uid, st[0], st[1])
+                        # POP3 UIDLs Dovecot saved (pop3_save_uidl) since the archive that
+                        # carried the message: clients must not fetch it all again
+                        for uid, (uidl, order) in (plan.pop3 or {}).items():
+                            if uid in plan.by_uid and uid in keep:
+                                store.set_pop3(plan.user, plan.folder, uid, uidl, order)
                     info = store.folder(plan.user, plan.folder)
                     if plan.same and info.uidnext < plan.archive_uidnext:
                         # never lower UIDNEXT: clients must not see a UID twice

@@ -69,6 +69,9 @@ class FolderPlan:
     final_uids: object = None   # a chain given in one command: the UIDs the folder holds at its
                                 # end (its last archive's list); no other message is restored
     final_flags: object = None  # ... and the flags they have there (EndFlags)
+    pop3: object = None         # {uid: (uidl, order)}: the POP3 UIDLs and orders of the
+                                # messages an incremental lists without carrying them
+                                # (IMSASM.state_pop3), set as they were at its backup
     foreign: bool = False       # merged into another user's folder (-m): an equal UIDVALIDITY
                                 # there is a coincidence (two folders made in one second),
                                 # never the archived folder
@@ -329,6 +332,7 @@ class Planner:
         plan = FolderPlan(m.partition, m.user, user, folder, m.folder, mode, m.uidvalidity, m.uidnext,
                           m.uids, info.uidvalidity, m.state, uidnext=info.uidnext,
                           resumed=resumed, again=again, final_uids=final_uids, final_flags=final_flags,
+                          pop3=getattr(m, "state_pop3", None),
                           foreign=mode == "merge" and user != m.user)
         if self.opts.ignore_duplicates and self.opts.run_token and mode != "skip":
             # -i checks nothing already there, but a run of this command cut short stored

@@ -641,6 +641,13 @@ class Store(abc.ABC):
                   keywords: Iterable[str] = ()) -> MessageInfo:
         """Replace a message's flags and keywords."""
 
+    def set_pop3(self, user: str, folder: str, uid: int, uidl: str, order: int) -> bool:
+        """Give a message this POP3 UIDL and POP3 order ("" and 0: none; Dovecot's
+        uidlist P and O fields), as an incremental's state record has them; True when
+        the store keeps them.  A store without POP3 UIDLs of its own (the classic
+        store) keeps none: False."""
+        return False
+
     @abc.abstractmethod
     def expunge(self, user: str, folder: str, uids: Iterable[int]) -> int:
         """Remove the messages with these UIDs; returns how many were removed."""

@@ -3424,6 +3424,22 @@ class MaildirStore(Store):
             raise MessageGone(user, folder, uid)
 
     @store_os_errors
+    def set_pop3(self, user: str, folder: str, uid: int, uidl: str, order: int) -> bool:
+        """The record's P and O fields replaced by these (its G field kept): written
+        with the uidlist when the lock is let go of, as an expunge's."""
+        folder = check_folder_name(folder)
+        with self._locked(user, folder) as st:
+            self._find(st, uid, user, folder)            # MessageGone for none
+            ext, base = st.uidlist.records[uid]
+            fields = [f for f in ext.split() if f[:1] not in ("P", "O")]
+            pop3 = pop3_fields(uidl, order)
+            new = " ".join(fields + ([pop3] if pop3 else []))
+            if new != ext:
+                st.uidlist.records[uid] = (new, base)
+                st.dirty = True
+        return True
+
+    @store_os_errors
     def expunge(self, user: str, folder: str, uids: Iterable[int]) -> int:
         folder = check_folder_name(folder)
         n = 0
