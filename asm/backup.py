@@ -637,11 +637,13 @@ def _unchanged_folder(store, writer, t: Target, folder: str, mailbox: str, opts:
 
 
 def _read_folder(store, t: Target, folder: str, mailbox: str, opts: BackupOptions, res: BackupResult,
-                 run: Run, known=None, gone_ok: bool = False) -> tuple:
+                 run: Run, known=None, gone_ok: bool = False, whole: bool = False) -> tuple:
     """(store.snapshot of one folder, None), or (None, what _backup_folder returns instead:
-    "user gone", "gone" with ``gone_ok``, or None once the error is recorded)."""
+    "user gone", "gone" with ``gone_ok``, or None once the error is recorded).  ``whole``:
+    every message read in full (the folder is carried whole)."""
     try:
-        return store.snapshot(t.user, folder, since=opts.since, known=known), None
+        return store.snapshot(t.user, folder, since=None if whole else opts.since,
+                              known=None if whole else known), None
     except Exception as exc:  # one unreadable mailbox must not stop the backup of the others
         if isinstance(exc, NoSuchUser) and exc.user == t.user:
             return None, "user gone"
@@ -663,6 +665,17 @@ def _fit_pop3(pop3: dict) -> dict:
         if uidl or order:
             out[uid] = (uidl, order)
     return out
+
+
+def _made_since(opts: BackupOptions, info) -> bool:
+    """An incremental by date (-d) of a folder whose UIDVALIDITY is the date or later.
+    Dovecot and both store drivers give a new folder (or a Maildir whose dovecot-uidlist
+    was lost and made again) the time as its UIDVALIDITY, at least, so this folder is
+    not the one of that name the backups before the date held: its messages are under
+    other UIDs there, and an incremental that listed them without carrying them could
+    not be restored (the chain's earlier links hold no message under these UIDs).  A
+    UIDVALIDITY above the time (many folders made in one second) only carries more."""
+    return opts.since is not None and info.uidvalidity >= opts.since
 
 
 def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
@@ -705,6 +718,21 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             info = snap.info
             held = opts.base.holds(t.user, folder, info.uidvalidity)
             other = _held_as_another(opts.base, t.user, folder, held, snap)
+    made_since = _made_since(opts, info)
+    if made_since and any(m.changed < opts.since for m in snap.messages):
+        # an incremental by date (-d) of a folder whose UIDVALIDITY is not older than the
+        # date: the folder was made (again), renamed onto its name or its UID list was
+        # rebuilt (Dovecot gives a new UIDVALIDITY, its time) after that date, so its UIDs
+        # are not the ones the earlier backups hold, whatever the files' dates say: read
+        # again in full, carried whole (else the chain could not restore it: exit 7)
+        snap, out = _read_folder(store, t, folder, mailbox, opts, res, run, whole=True)
+        if snap is None:
+            return out
+        info = snap.info
+        made_since = _made_since(opts, info)
+        if opts.base is not None:
+            held = opts.base.holds(t.user, folder, info.uidvalidity)
+            other = _held_as_another(opts.base, t.user, folder, held, snap)
     if watch is not None:
         watch["folders"][folder] = (info.uidnext, snap.fingerprint)
     # values the archive cannot hold as the store has them (a time after 9999, a keyword
@@ -727,7 +755,7 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             # the base did not hold it (new, moved, copied, restored), or held another
             # message under its UID (the store was put back from a file-level backup)
             return True
-        return opts.since is not None and m.changed >= opts.since
+        return opts.since is not None and (made_since or m.changed >= opts.since)
 
     acl = info.acl
     if acl is not None:

@@ -1386,3 +1386,54 @@ def test_a_mixed_chain_cut_short_in_one_command_is_its_end_when_run_again(lab, t
                              for box in want[u][0] if want[u][0][box] != got[u][0].get(box)]
                          for u in USERS if want[u] != got[u]}))
     assert bad == [], (f"seed {seed}, {total} steps, points {points}", bad)
+
+
+def test_a_date_chain_over_a_dbox_folder_whose_uidvalidity_changed_restores_it(lab, tmp_path):
+    """F13 on dbox: between a full and an incremental by date (-d) a folder gets a new
+    UIDVALIDITY with its mail files untouched (its index lost, simulated damage, and
+    rebuilt by doveadm force-resync), and another is deleted and made again with its
+    mail copied back.  The chain, restored into the wiped store in one command and
+    archive by archive, gives what the clients saw at the incremental: never exit 7 with
+    advice to do what was done."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    with lab.imap("alice") as c:
+        for box in ("Work", "Again"):
+            c.create(box)
+            for i in range(3):
+                c.append(box, message(f"{box} {i}"), [r"\Seen"])
+    lab.deliver(list(USERS), message("inbox"))
+    time.sleep(2.1)                              # -d has whole seconds
+    started = time.time()
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    first = views(lab)
+    time.sleep(1.1)
+    path = lab.mailbox_path("alice", "Work", "index")
+    for name in os.listdir(path):
+        if name.startswith("dovecot.index"):
+            os.unlink(os.path.join(path, name))
+    lab.doveadm("force-resync", "Work", user="alice")
+    with lab.imap("alice") as c:
+        c.select("Again")
+        c.uid_copy(c.uids(), "INBOX")
+        c.unselect()
+        c.delete("Again")
+        c.create("Again")
+        c.select("INBOX")
+        c.uid_copy(c.uids()[-3:], "Again")
+        c.unselect()
+        c.append("Work", message("new in work"))
+    second = views(lab)
+    assert second["alice"][0]["Again"][0] != first["alice"][0]["Again"][0]
+    assert second["alice"][0]["Work"][0] != first["alice"][0]["Work"][0]      # rebuilt
+    since = time.strftime("%Y%m%d:%H%M%S", time.localtime(started))
+    run(home, "imsbackup", "-f", incr, "-d", since, "/", check=0)
+    for split in (False, True):
+        wipe(lab)
+        if split:
+            run(home, "imsrestore", "-H", "-f", full, check=0)
+            run(home, "imsrestore", "-f", incr, check=0)
+        else:
+            run(home, "imsrestore", "-f", full, "-f", incr, check=0)
+        assert views(lab) == second, split

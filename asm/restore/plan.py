@@ -286,7 +286,7 @@ class Planner:
                     # holds the new folder whole (one that lists messages it does not carry
                     # had them from a folder renamed onto this name: they are in an
                     # earlier archive under the old name, not here)
-                    self.check_replaced(m, user, folder, info.uidvalidity)
+                    self.check_replaced(m, user, folder, info.uidvalidity, chained=True)
                     store.expunge(user, folder, [msg.uid for msg in store.messages(user, folder)])
                     # another mailbox than the one there: never the old one's GUID, which
                     # the folder it was renamed to between the backups has (A and B
@@ -550,13 +550,16 @@ class Planner:
                 f"the archive restored last "
                 f"was taken at {_fmt(last_created)}; restore the incremental(s) taken in between first")
 
-    def check_replaced(self, m, user: str, folder: str, here: int) -> None:
+    def check_replaced(self, m, user: str, folder: str, here: int, chained: bool = False) -> None:
         """A folder made again (or renamed onto this name) between the backups, whose
         messages from before are not carried by this incremental: refused, as a folder
         that is not here at all (check_base), before anything of it is replaced."""
         if not m.state:
             return
         h = self.header
+        if h.get("base") is None and chained:
+            # the folder is as the chain's earlier link left it, under another UIDVALIDITY
+            self.by_date_partial(m, user, folder)
         how = ("an incremental by date does not carry the mail of a renamed folder, which is in the "
                "earlier backup under its old name; --base incrementals carry renamed folders whole"
                if h.get("base") is None else "the archive that carries them is missing")
@@ -574,6 +577,11 @@ class Planner:
             return
         h = self.header
         base = h.get("base")
+        if base is None and (self.journal.get(user, folder) is not None or self.in_chain_command()):
+            # an incremental by date after earlier links of the chain (in this command, or
+            # restored here before): they were restored, and hold no folder of this name
+            # and UIDVALIDITY ("restore the chain in order" would be what was done)
+            self.by_date_partial(m, user, folder)
         what = (f"its base archive {base}" if base else
                 f"the backup(s) taken before {_fmt(h.get('since'))}")
         renamed = "" if base else (
@@ -584,6 +592,32 @@ class Planner:
             f"user/{user}/{folder} is not here and this incremental holds only part of it: "
             f"{len(m.state)} of its messages are in {what}{renamed}; restore the chain in order "
             f"(imsrestore -f FULL -f INCR ...), or use -n to restore only what this archive carries")
+
+    def in_chain_command(self) -> bool:
+        """This archive comes after another in the chain this command restores."""
+        ids = self.opts.chain_ids
+        aid = self.header.get("archive_id")
+        return aid in ids and ids.index(aid) > 0
+
+    def by_date_partial(self, m, user: str, folder: str) -> None:
+        """An incremental by date (-d) lists messages of a folder under a UIDVALIDITY no
+        earlier link restored here has (the folder was made again, renamed onto its name,
+        or its UID list rebuilt, after the date, and the backup did not carry the files
+        older than the date: an archive written before imsbackup carried such a folder
+        whole, or a UIDVALIDITY below the date): no archive of the chain holds those
+        messages under these UIDs.  Restoring the chain again, or in order, cannot help;
+        the advice is what does: the folder from the links before, and this one beside."""
+        h = self.header
+        raise ChainOrderError(
+            f"user/{user}/{folder}: this incremental by date (-d {_fmt(h.get('since'))}) lists "
+            f"{len(m.state)} messages (UIDs {m.state.first_not_in(())}...) under UIDVALIDITY {m.uidvalidity} "
+            f"that it does not carry, and no earlier archive of the chain holds the folder under this name "
+            f"and UIDVALIDITY (it was made again, renamed onto the name or had its UID list rebuilt after "
+            f"that date), so the chain cannot restore it exactly; its older mail is in the earlier "
+            f"archives: restore the folder from them alone (imsrestore -f FULL [-f INCR ...] "
+            f"/{m.partition}/{user}/{folder}, or the folder's earlier name if it was renamed), then what "
+            f"this incremental carries beside it (imsrestore -n -f THIS-INCR /{m.partition}/{user}/{folder}); "
+            f"for exact chains take incrementals with --base, or a new full backup now")
 
     def new_name(self, user: str, folder: str, m=None) -> str:
         """A free name beside ``folder`` (-n), or the one this archive's restore beside it
