@@ -667,6 +667,9 @@ def _fit_pop3(pop3: dict) -> dict:
     return out
 
 
+UIDVALIDITY_AHEAD = 86400   # _made_since: how far ahead of the clock a UIDVALIDITY may be a time
+
+
 def _made_since(opts: BackupOptions, info) -> bool:
     """An incremental by date (-d) of a folder whose UIDVALIDITY is the date or later.
     Dovecot and both store drivers give a new folder (or a Maildir whose dovecot-uidlist
@@ -674,8 +677,11 @@ def _made_since(opts: BackupOptions, info) -> bool:
     not the one of that name the backups before the date held: its messages are under
     other UIDs there, and an incremental that listed them without carrying them could
     not be restored (the chain's earlier links hold no message under these UIDs).  A
-    UIDVALIDITY above the time (many folders made in one second) only carries more."""
-    return opts.since is not None and info.uidvalidity >= opts.since
+    UIDVALIDITY above the time (many folders made in one second) only carries more; one
+    more than a day ahead of the clock is no time (a store migrated from a server with
+    UIDVALIDITYs of its own): such a folder is judged by its messages' dates, as before,
+    rather than carried whole by every incremental."""
+    return opts.since is not None and opts.since <= info.uidvalidity <= time.time() + UIDVALIDITY_AHEAD
 
 
 def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
