@@ -58,6 +58,7 @@ class BackupOptions:
         # an incremental writes folders its base's fingerprints say are unchanged from the
         # base's record (None: as backup.skipunchanged says, default yes)
         self.skip_unchanged = skip_unchanged
+        self.given_since: dict = {}         # -d: user -> Store.uidvalidity_given_since (once a user)
 
 
 class BackupResult:
@@ -667,21 +668,25 @@ def _fit_pop3(pop3: dict) -> dict:
     return out
 
 
-UIDVALIDITY_AHEAD = 86400   # _made_since: how far ahead of the clock a UIDVALIDITY may be a time
-
-
-def _made_since(opts: BackupOptions, info) -> bool:
-    """An incremental by date (-d) of a folder whose UIDVALIDITY is the date or later.
-    Dovecot and both store drivers give a new folder (or a Maildir whose dovecot-uidlist
-    was lost and made again) the time as its UIDVALIDITY, at least, so this folder is
-    not the one of that name the backups before the date held: its messages are under
-    other UIDs there, and an incremental that listed them without carrying them could
-    not be restored (the chain's earlier links hold no message under these UIDs).  A
-    UIDVALIDITY above the time (many folders made in one second) only carries more; one
-    more than a day ahead of the clock is no time (a store migrated from a server with
-    UIDVALIDITYs of its own): such a folder is judged by its messages' dates, as before,
-    rather than carried whole by every incremental."""
-    return opts.since is not None and opts.since <= info.uidvalidity <= time.time() + UIDVALIDITY_AHEAD
+def _made_since(store, user: str, opts: BackupOptions, info) -> bool:
+    """An incremental by date (-d) of a folder that got its UIDVALIDITY after the date:
+    made (again), or its UID list rebuilt (Dovecot makes a new dovecot-uidlist for a lost
+    one: new UIDVALIDITY, UIDs from 1, the files and their dates as they were), so its
+    UIDs are not the ones the backups before the date hold: an incremental that listed
+    its older files without carrying them could not be restored (the chain's earlier
+    links hold no message under these UIDs).  Dovecot gives a new UIDVALIDITY one above
+    the user's last (not the time), so only the store can tell which it gave since the
+    date (Store.uidvalidity_given_since: the last one, when its counter changed since).
+    A folder it cannot tell (several made since) is judged by its messages' dates, as
+    before, and its restore stops with what gets the mail back (exit 7), never silently."""
+    if opts.since is None:
+        return False
+    if user not in opts.given_since:    # (once a user: a Maildir++ root lists every folder)
+        try:
+            opts.given_since[user] = store.uidvalidity_given_since(user, opts.since)
+        except Exception:  # the store cannot tell: the dates judge, as before
+            opts.given_since[user] = None
+    return info.uidvalidity == opts.given_since[user]
 
 
 def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: BackupOptions,
@@ -724,7 +729,7 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
             info = snap.info
             held = opts.base.holds(t.user, folder, info.uidvalidity)
             other = _held_as_another(opts.base, t.user, folder, held, snap)
-    made_since = _made_since(opts, info)
+    made_since = _made_since(store, t.user, opts, info)
     if made_since and any(m.changed < opts.since for m in snap.messages):
         # an incremental by date (-d) of a folder whose UIDVALIDITY is not older than the
         # date: the folder was made (again), renamed onto its name or its UID list was
@@ -735,7 +740,7 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
         if snap is None:
             return out
         info = snap.info
-        made_since = _made_since(opts, info)
+        made_since = _made_since(store, t.user, opts, info)
         if opts.base is not None:
             held = opts.base.holds(t.user, folder, info.uidvalidity)
             other = _held_as_another(opts.base, t.user, folder, held, snap)

@@ -641,6 +641,13 @@ class Store(abc.ABC):
                   keywords: Iterable[str] = ()) -> MessageInfo:
         """Replace a message's flags and keywords."""
 
+    def uidvalidity_given_since(self, user: str, since: float) -> int | None:
+        """The UIDVALIDITY the store gave one of ``user``'s folders last, when it gave it
+        at or after ``since`` (a folder made, or its UID list made again, since), else
+        None; None when the store cannot tell (imsbackup -d then judges the folder by its
+        messages' dates alone)."""
+        return None
+
     def set_pop3(self, user: str, folder: str, uid: int, uidl: str, order: int) -> bool:
         """Give a message this POP3 UIDL and POP3 order ("" and 0: none; Dovecot's
         uidlist P and O fields), as an incremental's state record has them; True when

@@ -61,6 +61,11 @@ class DboxStore(MaildirStore):
     """A Dovecot sdbox/mdbox store seen through temporary Maildir copies."""
 
     unlisted_hint = "the store is read through doveadm backup (sdbox/mdbox)"
+
+    def uidvalidity_given_since(self, user: str, since: float) -> int | None:
+        # (the Maildir copy's counter is dsync's, not the account's; a dbox folder
+        # rebuilt since is carried by its messages' dates already)
+        return None
     #: what a restore wrote is Dovecot's only once the batch gives the copy back: the
     #: restore journal records a folder only then (asm/restore/engine.py)
     journal_after_sync = True

@@ -1480,6 +1480,30 @@ class MaildirStore(Store):
                 return v
         return self._new_uidvalidity()
 
+    def uidvalidity_given_since(self, user: str, since: float) -> int | None:
+        """Dovecot's counter (``dovecot-uidvalidity`` and its ``.<hex>`` mark in the control
+        root, see _folder_uidvalidity): its value when the counter was last moved at or
+        after ``since`` (the file's mtime, the mark's ctime: a rename), else None."""
+        try:
+            ctl = self._subs_root(user)
+            names = os.listdir(ctl)
+        except (OSError, StoreError):
+            return None
+        best, when = None, 0.0
+        path = os.path.join(ctl, UIDVALIDITY_FILE)
+        with contextlib.suppress(OSError, ValueError):
+            with open(path, "rb", opener=nofollow_opener) as f:
+                best, when = int(f.read(8), 16), os.fstat(f.fileno()).st_mtime
+        for n in names:
+            if n.startswith(UIDVALIDITY_FILE + ".") and len(n) == len(UIDVALIDITY_FILE) + 9 \
+                    and all(c in "0123456789abcdefABCDEF" for c in n[-8:]):
+                v = int(n[-8:], 16)
+                if best is None or v >= best:
+                    with contextlib.suppress(OSError):
+                        st = os.lstat(os.path.join(ctl, n))
+                        best, when = v, max(when if v == best else 0.0, st.st_ctime)
+        return best if best is not None and when >= since else None
+
     def _quota_stale(self, user: str) -> None:
         """Make Dovecot's Maildir++ quota count the user's mail again after this store
         added or removed message files: its ``maildirsize`` (in the control root) is
