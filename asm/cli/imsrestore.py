@@ -680,7 +680,8 @@ def _one(args, rep) -> int:
              "restored: restore those from another copy")
     if res.out_of_order:
         warn(PROG, f"{len(res.out_of_order)} folders were left as they were: this archive does not "
-             f"follow the one restored last into them (see above)")
+             f"follow the one restored last into them, or lists mail no archive given holds under its "
+             f"UIDs (see above: each line says what to do)")
     acl_users = getattr(args, "acl_users", None)
     if acl_users is None:
         acl_users = {}
