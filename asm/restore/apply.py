@@ -21,9 +21,16 @@ CHUNK = 1 << 20
 SPOOL_PREFIX = "restore-"       # restore-<pid>-<random>: one run's spool of first copies
 
 
-def pop3_kwargs(m) -> dict:
-    """What POP3 clients know an archive's message by, as Store.append keywords."""
-    return {"basename": m.basename, "pop3_uidl": m.pop3_uidl, "pop3_order": m.pop3_order}
+def pop3_kwargs(m, plan=None) -> dict:
+    """What POP3 clients know an archive's message by, as Store.append keywords: with a
+    chain given in one command (``plan.final_flags``), the POP3 UIDL and order its end
+    records for the UID (Dovecot's pop3_save_uidl saved them after the archive that
+    carries the message), as its flags are the end's."""
+    uidl, order = m.pop3_uidl, m.pop3_order
+    end = plan.final_flags.pop3_of(m.uid) if plan is not None and plan.final_flags is not None else None
+    if end is not None:
+        uidl, order = end
+    return {"basename": m.basename, "pop3_uidl": uidl, "pop3_order": order}
 
 
 def _day(t: float) -> str:
@@ -402,7 +409,7 @@ class Applier:
             (m, flags, keywords), path, spooled = plan.deferred[-1]
             kwargs = dict(uid=None, flags=flags, keywords=keywords, internaldate=m.internaldate,
                           stored=m.stored if self.store.restore_keeps_stored else None, guid=m.guid,
-                          **pop3_kwargs(m))
+                          **pop3_kwargs(m, plan))
             if spooled:
                 with open(path, "rb") as f:
                     info = self.store.append(plan.user, plan.folder, f, **kwargs)
@@ -445,7 +452,7 @@ class Applier:
         flags, keywords = self.flags_for(plan, m)
         kwargs = dict(uid=uid, flags=flags, keywords=keywords, internaldate=m.internaldate,
                       stored=m.stored if store.restore_keeps_stored else None, guid=m.guid,
-                      fill=fill, **pop3_kwargs(m))
+                      fill=fill, **pop3_kwargs(m, plan))
         link_from = self.placed.get(m.linkname if m.kind == "link" else m.name)
         if link_from is not None and os.path.exists(link_from):
             info = store.append(plan.user, plan.folder, None, link_from=link_from, **kwargs)
@@ -500,7 +507,7 @@ class Applier:
             "member": m.name, "target": m.linkname, "sha256": m.sha256, "size": m.size,
             "partition": plan.partition, "user": plan.user, "folder": plan.folder, "uid": m.uid,
             "uidvalidity": plan.uidvalidity, "flags": sorted(flags), "keywords": list(keywords),
-            "internaldate": m.internaldate, "stored": m.stored, "guid": m.guid, **pop3_kwargs(m)})
+            "internaldate": m.internaldate, "stored": m.stored, "guid": m.guid, **pop3_kwargs(m, plan)})
         self.report(f"/{plan.partition}/{plan.user}/{plan.folder}/{m.uid}: first copy {m.linkname} is "
                     f"not available from this stream; recorded for imsrestore -r")
 

@@ -97,15 +97,24 @@ class EndFlags:
     later link sets them.  Kept as UID sets per distinct (flags, keywords): a few
     entries per folder, not one per message."""
 
-    __slots__ = ("state", "_carried", "_carried_state")
+    __slots__ = ("state", "_carried", "_carried_state", "pop3")
 
-    def __init__(self, state):
+    def __init__(self, state, pop3=None):
         self.state = state                      # FolderState of the last archive's folder
         self._carried: dict = {}                # (flags, keywords) -> [uid, ...] while read
         self._carried_state = None              # ... then as a FolderState of its own
+        # {uid: (POP3 UIDL, order)}: its IMSASM.state_pop3 and the messages it carries that
+        # have either (only those: a few per folder, where POP3 clients saved UIDLs)
+        self.pop3 = dict(pop3) if pop3 else {}
 
-    def carried(self, uid: int, flags, keywords) -> None:
+    def carried(self, uid: int, flags, keywords, pop3=None) -> None:
         self._carried.setdefault((frozenset(flags), tuple(keywords)), []).append(uid)
+        if pop3 is not None and (pop3[0] or pop3[1]):
+            self.pop3[uid] = pop3
+
+    def pop3_of(self, uid: int):
+        """(POP3 UIDL, order) the chain's end gives ``uid``, or None when it gives none."""
+        return self.pop3.get(uid)
 
     def done(self) -> None:
         """The folder's members are all read: the carried UIDs become sets."""
@@ -127,10 +136,10 @@ def chain_end(members) -> dict:
         if m.kind == "folder":
             if cur is not None:
                 cur.done()
-            cur = EndFlags(m.state)
+            cur = EndFlags(m.state, getattr(m, "state_pop3", None))
             out[(m.user, m.folder)] = (m.uidvalidity, m.uids, cur)
         elif m.kind in ("message", "link") and cur is not None and m.uid is not None:
-            cur.carried(m.uid, m.flags, m.keywords)
+            cur.carried(m.uid, m.flags, m.keywords, (m.pop3_uidl or "", m.pop3_order or 0))
     if cur is not None:
         cur.done()
     return out
