@@ -378,6 +378,20 @@ def test_what_the_server_answers_is_checked(seaweed, monkeypatch, lie):
     assert seaweed.keys(b) == [] and seaweed.uploads(b) == []
 
 
+def _failing_upload(client, settings, url):
+    """12 MiB written through an S3Writer over ``client`` to ``url`` and closed, which must
+    raise S3Error: (the writer, pytest's ExceptionInfo)."""
+    from plugins.s3.errors import S3Error
+    from plugins.s3.spec import parse
+    from plugins.s3.upload import S3Writer
+    w = S3Writer(client, settings, parse(url))
+    with pytest.raises(S3Error) as exc:
+        for _ in range(12):
+            w.write(os.urandom(1 << 20))
+        w.close()
+    return w, exc
+
+
 @pytest.mark.parametrize("reachable", [True, False])
 def test_link_lost_after_the_upload_completed(seaweed, monkeypatch, reachable):
     """The server completes the object, then the link fails before it could be checked:
@@ -386,9 +400,6 @@ def test_link_lost_after_the_upload_completed(seaweed, monkeypatch, reachable):
     unchecked, and how to check it, not that the archive is incomplete."""
     from botocore.exceptions import EndpointConnectionError
 
-    from plugins.s3.errors import S3Error
-    from plugins.s3.spec import parse
-    from plugins.s3.upload import S3Writer
     settings, real = _seaweed_client(seaweed, monkeypatch)
 
     class LinkGone:
@@ -413,11 +424,7 @@ def test_link_lost_after_the_upload_completed(seaweed, monkeypatch, reachable):
             raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
 
     b = bucket(seaweed)
-    w = S3Writer(LinkGone(), settings, parse(f"s3://{b}/v.ims"))
-    with pytest.raises(S3Error) as exc:
-        for _ in range(12):
-            w.write(os.urandom(1 << 20))
-        w.close()
+    _w, exc = _failing_upload(LinkGone(), settings, f"s3://{b}/v.ims")
     text = str(exc.value)
     assert "completed on the server" in text and "incomplete" not in text, text
     from asm.cli.imsbackup import _incomplete
@@ -459,9 +466,6 @@ def test_a_server_gone_in_the_middle_of_an_upload_is_the_link_lost(seaweed, monk
     from botocore.exceptions import EndpointConnectionError
 
     from asm.errors import EXIT_LINKLOST, status_of
-    from plugins.s3.errors import S3Error
-    from plugins.s3.spec import parse
-    from plugins.s3.upload import S3Writer
     settings, real = _seaweed_client(seaweed, monkeypatch)
     calls = {"n": 0}
 
@@ -481,11 +485,7 @@ def test_a_server_gone_in_the_middle_of_an_upload_is_the_link_lost(seaweed, monk
             return real.complete_multipart_upload(**kw)
 
     b = bucket(seaweed)
-    w = S3Writer(GoneMidway(), settings, parse(f"s3://{b}/m.ims"))
-    with pytest.raises(S3Error) as exc:
-        for _ in range(12):
-            w.write(os.urandom(1 << 20))
-        w.close()
+    w, exc = _failing_upload(GoneMidway(), settings, f"s3://{b}/m.ims")
     assert status_of(exc.value) == EXIT_LINKLOST, (status_of(exc.value), str(exc.value))
     assert "lost in the middle of the transfer" in str(exc.value)
     w.abort()

@@ -139,18 +139,25 @@ def _chain(tmp_path, driver):
     return home, store, full, incr
 
 
-@pytest.mark.parametrize("how", ["empty", "zeros", "state-beside"])
-def test_a_destroyed_archive_of_a_directory_fails_the_check(tmp_path, how):
-    """imsverify -f /backup/ (the daily cron check): an archive whose bytes were lost (0
-    bytes, or zeros as XFS leaves after a crash) is one of ours by its name (.ims) or the
-    state file beside it: named and the run fails as when it is named (8), never skipped
-    as "not an archive"; a stray file of the directory (a README, an empty file) is."""
+def _backup_dir_with_a_full(tmp_path):
+    """(IMS_HOME, its classic store holding one message of joe's, a backup directory
+    holding a full archive full.ims and its state file)."""
     home = str(tmp_path / "src")
     store = open_store(make_home(home, "classic"))
     put(store, "joe", "INBOX", 1)
     d = tmp_path / "backup"
     d.mkdir()
     run(home, "imsbackup", "-f", d / "full.ims", "/", check=EXIT_OK)
+    return home, store, d
+
+
+@pytest.mark.parametrize("how", ["empty", "zeros", "state-beside"])
+def test_a_destroyed_archive_of_a_directory_fails_the_check(tmp_path, how):
+    """imsverify -f /backup/ (the daily cron check): an archive whose bytes were lost (0
+    bytes, or zeros as XFS leaves after a crash) is one of ours by its name (.ims) or the
+    state file beside it: named and the run fails as when it is named (8), never skipped
+    as "not an archive"; a stray file of the directory (a README, an empty file) is."""
+    home, store, d = _backup_dir_with_a_full(tmp_path)
     put(store, "joe", "INBOX", 2)
     run(home, "imsbackup", "-f", d / "incr.ims", "--base", d / "full.ims.state", "/", check=EXIT_OK)
     (d / "README").write_text("weekly chain of the mail store\n")
@@ -180,12 +187,7 @@ def test_the_newest_archive_of_a_directory_gone_with_its_state_file_left_fails_t
     it left): the two left passed, exit 0, though the mail only the newest held was in
     none of them.  The state file says a newer backup was written there: named, 8, also
     for imsdr chain; the state files of older archives pruned since fail nothing."""
-    home = str(tmp_path / "src")
-    store = open_store(make_home(home, "classic"))
-    put(store, "joe", "INBOX", 1)
-    d = tmp_path / "backup"
-    d.mkdir()
-    run(home, "imsbackup", "-f", d / "full.ims", "/", check=EXIT_OK)
+    home, store, d = _backup_dir_with_a_full(tmp_path)
     for i in (1, 2):
         put(store, "joe", "INBOX", 10 + i)
         run(home, "imsbackup", "-f", d / f"i{i}.ims", "--base", d / f"{'full' if i == 1 else 'i1'}.ims.state",
@@ -1340,6 +1342,20 @@ def test_restore_test_of_a_layout_fs_store_keeps_its_layout(tmp_path):
         shutil.rmtree(parent, ignore_errors=True)
 
 
+def _archive_and_scratch(tmp_path, n: int, size: int):
+    """(IMS_HOME, a full archive of n messages of ``size`` bytes over 4 users, an empty
+    --scratch directory): what a restore test is run on."""
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, "classic"))
+    for i in range(n):
+        put(store, f"u{i % 4}", "INBOX", i, size=size)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=EXIT_OK)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return home, a, scratch
+
+
 def test_a_restore_test_killed_outright_leaves_no_scratch_store_behind_the_next_run(tmp_path):
     """imsverify --restore-test killed with SIGKILL (a job timeout, the OOM killer) cannot
     remove its scratch installation, a whole restored store; the next run removes it
@@ -1349,14 +1365,7 @@ def test_a_restore_test_killed_outright_leaves_no_scratch_store_behind_the_next_
     import signal
     import socket
     from tests.helpers import popen
-    home = tmp_path / "ims"
-    store = open_store(make_home(home, "classic"))
-    for i in range(120):
-        put(store, f"u{i % 4}", "INBOX", i, size=50_000)
-    a = tmp_path / "a.ims"
-    run(home, "imsbackup", "-f", a, "/", check=EXIT_OK)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    home, a, scratch = _archive_and_scratch(tmp_path, 120, 50_000)
     p = popen(home, "imsverify", "--restore-test", "--scratch", scratch, "-f", a,
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -1691,14 +1700,7 @@ def test_a_sigterm_while_the_restore_test_removes_its_scratch_store_still_remove
     restored store left in --scratch (2 of about 25 tries).  The signal is sent from
     inside that removal here, every time: 130, one line, --scratch empty."""
     import sys
-    home = tmp_path / "ims"
-    store = open_store(make_home(home, "classic"))
-    for i in range(20):
-        put(store, f"u{i % 4}", "INBOX", i, size=5_000)
-    a = tmp_path / "a.ims"
-    run(home, "imsbackup", "-f", a, "/", check=EXIT_OK)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    home, a, scratch = _archive_and_scratch(tmp_path, 20, 5_000)
     script = tmp_path / "imsverify"         # (named as the command: asm takes its early signals)
     script.write_text(
         "import os, signal, sys\n"
