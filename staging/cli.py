@@ -325,8 +325,13 @@ def _verify_chain(links, user: str, cfg, args) -> int:
     from staging.dump import sha256_of
     missing = [lk.dump.file for lk in links if not lk.found]
     if missing:
+        # (those pushed off-site come back with fetch, as restore takes them: the advice
+        # pointed at the backup engine only)
+        remote = [lk for lk in links if not lk.found and lk.remote]
+        how = (f"fetch them (imsstage fetch {user}), or have the engine restore them into --from DIR"
+               if remote else "have the engine restore them into --from DIR")
         raise Missing(f"{len(missing)} of the {len(links)} files of {user}'s chain are not here: "
-                      f"{', '.join(missing)}; have the engine restore them into --from DIR (see 'locate')")
+                      f"{', '.join(missing)}; {how} (see 'locate'), then run this again")
     for lk in links:
         _, digest = sha256_of(lk.found)
         if digest != lk.dump.sha256:

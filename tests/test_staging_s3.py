@@ -55,6 +55,13 @@ def test_push_fetch_and_restore(tmp_path, seaweed, driver):
     want = user_view(store, users[0])
     imsstage(home, "done", "--keep", "0", check=0)
     assert not [n for n in os.listdir(tmp_path / "stage") if n.endswith(".ims")]
+    # verify cannot prove a chain it does not have: it says to fetch it (it said only to
+    # have the backup engine restore it), and the advice works
+    p = imsstage(home, "verify", users[0], env=seaweed.env())
+    assert p.returncode == 15 and f"imsstage fetch {users[0]}" in p.stderr, p.stderr
+    imsstage(home, "fetch", users[0], check=0, env=seaweed.env())
+    imsstage(home, "verify", users[0], check=0, env=seaweed.env())
+    imsstage(home, "done", "--keep", "0", check=0)
     dst = tmp_path / "dst"
     make_home(dst, driver)
     for k in ("staging.dir", "staging.remote", "s3.retries"):
