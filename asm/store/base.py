@@ -75,6 +75,14 @@ class FolderExists(StoreError):
         self.user, self.folder = user, folder
 
 
+class NotNumbered(StoreError):
+    """A folder whose messages have no UIDs on disk that this process may give them
+    (a Maildir without dovecot-uidlist whose Dovecot index, which holds the UIDVALIDITY
+    Dovecot will keep, cannot be read; or a read-only command that would have to choose
+    a new UIDVALIDITY or rename a file): the folder is not read, nothing is written,
+    and the command names it."""
+
+
 class UserExists(StoreError):
     status = EXIT_USAGE
 
@@ -374,6 +382,10 @@ class Store(abc.ABC):
 
     name = "abstract"
     _batch_depth = 0
+    #: set by a command that must not change the store (imsverify --against-store):
+    #: a driver that would write to read (number a folder's new messages, give it a
+    #: uidlist) names the folder instead (NotNumbered)
+    read_only = False
     #: What to do about :meth:`unlisted_users` found where the store lists nobody.
     unlisted_hint = "the store's own list of users does not know them"
     #: A restored message keeps the archived "stored" date (True), or the store dates it

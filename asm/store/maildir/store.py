@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import stat as stat_mod
 import struct
 import sys
@@ -24,7 +25,7 @@ from asm.locks import pid_alive
 from asm.store.base import (
     BadName, FolderExists, LockTimeout, FolderInfo, FolderSnapshot, MessageGone, StoreFull,
     LinkInStore, MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, UidPassed,
-    Unlisted, UserExists,
+    NotNumbered, Unlisted, UserExists,
     check_folder_levels, check_folder_name, check_user_level, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
     nofollow_opener, nonempty_message, open_nofollow, open_stored_path, settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
 )
@@ -1049,12 +1050,16 @@ class MaildirStore(Store):
             d = self._existing_folder_dir(user, folder)
             self._sweep_subscriptions(user)
             ctl = self._ctl_idx(user, folder, d)[0]
-            if ctl != d and not os.path.isdir(ctl):
+            if ctl != d and not self.read_only and not os.path.isdir(ctl):
                 # control files elsewhere (CONTROL=) and not made yet for this folder
                 with contextlib.suppress(OSError):
                     self._makedirs(ctl, self._owner_for(self._subs_root(user)))
             lockpath = os.path.join(ctl, UIDLIST + LOCK_SUFFIX)
             try:
+                if self.read_only:
+                    # a command that must not change the store: read as a store we may
+                    # not write is read (no lock file, nothing recovered or flushed)
+                    raise Unlocked(lockpath)
                 self._acquire_dotlock(lockpath, self._lock_timeout() if timeout is None else timeout,
                                       f"{user}/{folder} ({lockpath})")
             except Unlocked:
@@ -1074,7 +1079,8 @@ class MaildirStore(Store):
                 raise held.lost
             if held.state is None:
                 try:
-                    held.state = self._load_state(user, folder, create_uidlist and held.lockpath is not None)
+                    held.state = self._load_state(user, folder, create_uidlist and held.lockpath is not None,
+                                                  numbering=create_uidlist)
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:
                         self._existing_folder_dir(user, folder)     # gone meanwhile, as above
@@ -1295,14 +1301,15 @@ class MaildirStore(Store):
         held.state.dovecot_guid = st.dovecot_guid
         return True
 
-    def _load_state(self, user: str, folder: str, writing: bool) -> _State:
+    def _load_state(self, user: str, folder: str, writing: bool, numbering: bool = True) -> _State:
         d = self._existing_folder_dir(user, folder)
         ctl, idx = self._ctl_idx(user, folder, d)
         ul = read_uidlist(ctl)
         if ul is None:
-            ul = Uidlist(uidvalidity=self._folder_uidvalidity(user), uidnext=1,
+            uv, un = self._indexed_numbering(user, folder, ctl, idx) if numbering else (None, 1)
+            ul = Uidlist(uidvalidity=uv or self._folder_uidvalidity(user), uidnext=un,
                          extra=[f"G{os.urandom(16).hex()}"])
-            st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=1, dirty=writing)
+            st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=un, dirty=writing)
         else:
             # a last line cut off by a crash: rewrite before appending to it
             st = _State(dir=d, ctl=ctl, idx=idx, uidlist=ul, disk_uidnext=ul.uidnext,
@@ -1310,6 +1317,49 @@ class MaildirStore(Store):
         if writing:
             self._recover(st)
         return st
+
+    def _dovecot_indexed(self, idx: str | None) -> bool:
+        """Dovecot has an index of the folder (one that can hold its UIDVALIDITY): a
+        ``dovecot.index`` or a transaction log that is not only our floor log."""
+        if idx is None:
+            return False                     # INDEX=MEMORY
+        if os.path.exists(os.path.join(idx, "dovecot.index")) or \
+                os.path.exists(os.path.join(idx, "dovecot.index.log.2")):
+            return True
+        return os.path.exists(os.path.join(idx, "dovecot.index.log")) and not self._floor_log(idx)
+
+    def _indexed_numbering(self, user: str, folder: str, ctl: str, idx: str | None) -> tuple[int | None, int]:
+        """(UIDVALIDITY, UIDNEXT) for a folder that has no dovecot-uidlist, as Dovecot
+        numbers it when it opens it (maildir_sync_index: the uidlist takes the
+        UIDVALIDITY and next UID of the index header): Dovecot's index's, read with
+        ``doveadm dump``, when it has one (a folder Dovecot made, CREATE writes the index
+        first, or whose uidlist was lost or removed); (None, 1) where it has none (a
+        folder another tool made: a new UIDVALIDITY by Dovecot's rule, as Dovecot gives
+        it).  A uidlist with a UIDVALIDITY of our own over Dovecot's index would make
+        every client drop its cache and download the folder again.  NotNumbered where the
+        index is there but cannot be read (no doveadm): the numbering is left to
+        Dovecot, nothing is written.  A read-only command that would have to choose a
+        new UIDVALIDITY chooses one in memory (it writes no dovecot-uidvalidity)."""
+        path = os.path.join(ctl, UIDLIST)
+        if self._dovecot_indexed(idx):
+            exe = rd.find_doveadm()
+            view = rd.Dovecot(exe).index_view(idx) if exe is not None else None
+            if view is None or not view.files:
+                raise NotNumbered(
+                    f"its {UIDLIST} ({path}) is missing and Dovecot's index of the folder, which holds its "
+                    f"UIDVALIDITY, could not be read ({'no doveadm is installed' if exe is None else 'doveadm dump failed'}): "
+                    f"not read and nothing written (a {UIDLIST} with a new UIDVALIDITY would make every "
+                    f"client download the folder again); Dovecot numbers the messages again under the "
+                    f"folder's UIDVALIDITY when it next opens the folder (a client's SELECT, or doveadm "
+                    f"force-resync -u {shlex.quote(user)} {shlex.quote(folder)}): back it up after that")
+            if view.uidvalidity:
+                return view.uidvalidity, max(1, view.next_uid)
+        if self.read_only:
+            # a command that writes nothing (no dovecot-uidvalidity either): a UIDVALIDITY
+            # of this reading only, which no client has seen (Dovecot, opening the folder,
+            # chooses one as the next backup does); the folder reads as one made since
+            return self._new_uidvalidity(), 1
+        return None, 1
 
     def _recover(self, st: _State) -> None:
         """What a writer killed in this folder left (we hold its lock now): the message
@@ -1659,6 +1709,11 @@ class MaildirStore(Store):
                 continue
             if (one.st_dev, one.st_ino) == (dup.st_dev, dup.st_ino):
                 continue                        # two links of one file: one message
+            if self.read_only:
+                raise NotNumbered(
+                    f"{path}: a second message file with the base name of {os.path.join(st.dir, *kept)} "
+                    f"(two messages, one name): not read (this command writes nothing); the next backup, "
+                    f"or Dovecot when it opens the folder, gives it a name of its own and a UID")
             new_base = self.duplicate_base(base, dup.st_ctime)
             new = new_base + sep + info
             try:
@@ -2232,7 +2287,7 @@ class MaildirStore(Store):
         file, its lock, its lock's temporary), which no later write may come to clean (the
         file was already right).  Maildir++ sweeps the root with INBOX; a restore beside
         (-n) or another layout may never lock INBOX."""
-        if user in self._subs_swept:        # (every folder lock asks: no path work then)
+        if user in self._subs_swept or self.read_only:   # (every folder lock asks: no path work then)
             return
         self._subs_swept.add(user)
         try:
