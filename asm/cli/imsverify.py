@@ -204,6 +204,9 @@ def _verify(args, report) -> int:
     if args.against_store:
         from asm.cli.context import open_installation
         inst = open_installation()
+        # a check: the live store is read and never changed (no uidlist written, no
+        # UID given, no file renamed); a folder that would need it is named instead
+        inst.store.read_only = True
         cfg = inst.config
     if args.healthcheck:
         from asm.config import _url
