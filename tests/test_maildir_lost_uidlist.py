@@ -124,3 +124,27 @@ def test_verify_against_the_store_numbers_no_folder_and_the_backup_does(tmp_path
         assert os.path.exists(os.path.join(other, "dovecot-uidlist"))
         with open(os.path.join(root, "dovecot-uidlist")) as f:
             assert "1700000001.M2P2.other" in f.read()
+
+
+def test_an_index_that_cannot_be_read_leaves_the_numbering_to_dovecot(tmp_path, monkeypatch):
+    """No doveadm to read the UIDVALIDITY in Dovecot's index: nothing is written, the
+    folder is named (NotNumbered), and Dovecot's next SELECT keeps the UIDVALIDITY."""
+    import pytest
+
+    from asm.reconstruct import dovecot as rd
+    from asm.store import open_store
+    from asm.store.base import NotNumbered
+    with dovecot_lab("plain", logins=["alice"]) as lab:
+        home, root, full, before = _lab_with_lost_uidlist(tmp_path, lab)
+        cfg = make_home(home, "maildir", **{"store.owner": MAIL_USER, "dovecot.config": lab.conf,
+                                            "store.mail_location": "doveconf"})
+        monkeypatch.setattr(rd, "find_doveadm", lambda: None)
+        tree = _tree(os.path.dirname(root))
+        store = open_store(cfg, create=False)
+        with pytest.raises(NotNumbered, match="could not be read .no doveadm is installed"):
+            store.snapshot("alice", "INBOX")
+        with pytest.raises(NotNumbered):
+            store.folder("alice", "INBOX")
+        assert _tree(os.path.dirname(root)) == tree
+        with lab.imap("alice") as c:
+            assert c.select("INBOX")["uidvalidity"] == before["uidvalidity"]
