@@ -365,15 +365,18 @@ class ArchiveReader:
 
     # ------------------------------------------------------------ headers
     def _layer_damage(self, offset, why) -> None:
-        """Before "not an archive" of what a compression layer decoded: the rest of that
-        layer read, and its own damage (a bzip2 block's CRC, checked after the block was
+        """Before "not an archive" of what a compression layer decoded: more of that
+        layer read (16 MiB at most), and its own damage (a bzip2 block's CRC, checked after the block was
         decoded, garbled, into the archive header) makes it damage, not a wrong name."""
         if not self._layer:
             return
         from asm.errors import EXIT_INCOMPLETE
         try:
-            while self._raw.read(1 << 20):
-                pass
+            # (16 MiB: past a bzip2 block, 900 kB, whose CRC is what tells; a large file
+            # given by mistake is not decoded to its end before "not an archive")
+            for _ in range(16):
+                if not self._raw.read(1 << 20):
+                    break
         except (ArchiveError, OSError, EOFError, ValueError) as exc:
             if getattr(exc, "status", None) == EXIT_INCOMPLETE:       # (asm.layers' LayerDamaged)
                 raise CorruptHeader(offset, f"{why}, and the {self._layer} layer it was decoded from is "
