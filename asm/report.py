@@ -65,7 +65,9 @@ def labels_of(paths) -> tuple[str, str]:
             levels = [x for x in p.split("/") if x]
             part = levels[0] if levels else None
             group = levels[1] if len(levels) > 1 else None
-            user = levels[2] if len(levels) > 2 else None        # /p/user/u and /p/GROUP/u alike
+            # (/p/GROUP/u/... is the group's: NetWorker's save sets of a group's folders are
+            # counted as the group's; imsverify and imsbackup give LogicalPaths)
+            user = levels[2] if len(levels) > 2 and levels[1] == "user" else None
             group = None if user else group
         g = f"user:{user}" if user else (group or "all")
         for lst, v in ((parts, part or "all"), (groups, g)):
