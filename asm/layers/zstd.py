@@ -331,9 +331,17 @@ class ZstdStream(StreamLayer):
         if magic & 0xFFFFFFF0 != SKIPPABLE:
             return False
         self._skippable = True
-        if magic != SEEKTABLE_MAGIC:
-            return False
         n = len(self._sizes) // 2
+        if magic != SEEKTABLE_MAGIC:
+            # another skippable frame, or our table with its magic damaged (one bit makes
+            # it another skippable magic, which zstd skips unread): a frame of a table's
+            # size that ends with the table's footer is the latter
+            if size in (n * 8 + 9, n * 12 + 9):
+                data = self.src.peek(8 + size)
+                if len(data) == 8 + size and struct.unpack_from("<I", data, len(data) - 4)[0] == SEEKABLE_FOOTER:
+                    self.read_around.append(f"zstd: the seek table after frame {self.frames} is damaged (its "
+                                            f"frame magic is 0x{magic:08x}, not 0x{SEEKTABLE_MAGIC:08x})")
+            return False
         if size not in (n * 8 + 9, n * 12 + 9):
             self.read_around.append(f"zstd: the seek table after frame {self.frames} is damaged: it is "
                                     f"{size} bytes long, a table of {n} frames is {n * 8 + 9}")
