@@ -217,14 +217,8 @@ def _newest_archive_gone(files: list[str]) -> list[str]:
     state files left) is no loss to the chain the directory holds."""
     have, gone = [], []
     for p in files:
-        if not p.endswith(".state"):
-            continue
-        try:
-            with open(p, "rb") as f:
-                doc = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+        doc = _state_doc(p) if p.endswith(".state") else None
+        if doc is None:
             continue
         created = doc.get("created")
         if not isinstance(created, (int, float)):
@@ -243,15 +237,20 @@ def _newest_archive_gone(files: list[str]) -> list[str]:
 def _is_state_file(path: str) -> bool:
     """A regular file (a symlink is a pointer some cron line keeps, not the state
     written beside an archive) holding a state document with its archive id."""
+    if not os.path.isfile(path) or os.path.islink(path):
+        return False
+    doc = _state_doc(path)
+    return doc is not None and isinstance(doc.get("archive_id"), str) and bool(doc["archive_id"])
+
+
+def _state_doc(path: str) -> dict | None:
+    """The state document in the file ``path``, or None when it holds none."""
     try:
-        if not os.path.isfile(path) or os.path.islink(path):
-            return False
         with open(path, "rb") as f:
             doc = json.load(f)
     except (OSError, ValueError):
-        return False
-    return (isinstance(doc, dict) and doc.get("format") == STATE_FORMAT
-            and isinstance(doc.get("archive_id"), str) and bool(doc["archive_id"]))
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == STATE_FORMAT else None
 
 
 def _folder_doc(p, u, f, uv, uids, fingerprint=None, flags=None, ids=None) -> dict:

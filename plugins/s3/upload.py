@@ -62,6 +62,11 @@ def lock_path(settings: Settings, spec: S3Spec) -> str | None:
                         hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".lock")
 
 
+def _metadata(h: dict) -> dict:
+    """A HEAD's user metadata with lower-case keys (rclone capitalises them)."""
+    return {str(k).lower(): v for k, v in (h.get("Metadata") or {}).items()}
+
+
 class _Refused(S3Error):
     """The server answered 412 PreconditionFailed to a conditional completion."""
 
@@ -140,15 +145,8 @@ class S3Writer:
     def note_before(self) -> None:
         """Note the object now at the key (its ETag, or that there is none): the upload
         completes only if it is still that one (where the server checks conditions)."""
-        self._before = None
-        try:
-            h = retry.call(self.settings, "examining", self.spec.url, self.s3.head_object, Bucket=self.spec.bucket,
-                           Key=self.spec.key)
-        except S3Error as exc:
-            if isinstance(exc, S3NotFound) or "404" in str(exc) or "NoSuchKey" in str(exc):
-                return
-            raise
-        self._before = h.get("ETag") or None
+        h = self._head_now("examining")
+        self._before = (h.get("ETag") or None) if h is not None else None
 
     def _condition(self) -> dict:
         return {"IfMatch": self._before} if self._before else {"IfNoneMatch": "*"}
@@ -182,9 +180,10 @@ class S3Writer:
                              f"not stored, the other one is kept; two runs write the same name (another host, or "
                              f"a cron job started twice?): give each its own name, or run again") from None
 
-    def _head_now(self) -> dict | None:
+    def _head_now(self, doing: str = "checking") -> dict | None:
+        """HEAD of the object now at the key; None when there is none."""
         try:
-            return retry.call(self.settings, "checking", self.spec.url, self.s3.head_object,
+            return retry.call(self.settings, doing, self.spec.url, self.s3.head_object,
                               Bucket=self.spec.bucket, Key=self.spec.key)
         except S3Error as exc:
             if isinstance(exc, S3NotFound) or "404" in str(exc) or "NoSuchKey" in str(exc):
@@ -197,7 +196,7 @@ class S3Writer:
         answers a HEAD of a multipart object with the MD5 of the whole, which this writer
         does not compute: with no token either, that ETag proves nothing and is let pass
         unless ``strict``.)"""
-        meta = {str(k).lower(): v for k, v in (h.get("Metadata") or {}).items()}
+        meta = _metadata(h)
         if WRITER in meta:
             return meta[WRITER] == self.token
         if self.version and h.get("VersionId"):
@@ -344,7 +343,7 @@ class S3Writer:
             if h is None:
                 what = "no object is there any more"
             else:
-                meta = {str(k).lower(): v for k, v in (h.get("Metadata") or {}).items()}
+                meta = _metadata(h)
                 what = f"the object there has ETag {(h.get('ETag') or '?').strip(chr(34))}" + (
                     f" and was written by {meta[WRITER]}" if WRITER in meta else "") + \
                     f"; this run's had {self.etag}"
