@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import re
 import shutil
 import time
 
@@ -940,3 +941,72 @@ def test_an_index_directory_set_aside_by_a_killed_process_is_removed_by_the_next
     assert s.folder("bob", "Work").uidvalidity == 6
     assert s.messages("bob", "Work") == []
     assert sorted(n for n in os.listdir(idx.parent) if n.startswith("ims-")) == [live.name]
+
+
+_TEMPORARY = re.compile(r"(\.tmp$|^\.temp\.|\.lock$|^\.?ims-(mkdir|deleting|cur|tmp|index)\.\d+\.[0-9a-f]{8}$)")
+
+
+@pytest.mark.parametrize("fs", [False, True], ids=["maildir++", "LAYOUT=fs"])
+def test_no_directory_or_file_dovecot_opens_is_ever_root_s_under_its_name(tmp_path, monkeypatch, fs):
+    """Run as root with store.owner set, every directory and file appears under the name
+    Dovecot opens already the owner's: made under a temporary name, given, renamed in.
+    Looked at before each chown, chmod and rename, while folders are removed and made
+    again at once under their names, with INDEX= and CONTROL= apart from the mail (an
+    index directory a session wrote into meanwhile renewed), and written to.  Before,
+    a folder's control directory was made under its name as root, 0700, then chowned: a
+    client's SELECT that had found the old folder's mail directory before the removal
+    and opened its dovecot-uidlist between the two was refused, "[SERVERBUG] Internal
+    error", open(.../ctl/carol/.Again/dovecot-uidlist) failed: Permission denied (one CI
+    run, a chain restore in one command under clients); and a renewed index directory
+    likewise."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    loc = f"maildir:{tmp_path}/mail/%u:INDEX={tmp_path}/idx/%u:CONTROL={tmp_path}/ctl/%u"
+    if fs:
+        loc = loc.replace(":INDEX", ":LAYOUT=fs:INDEX")
+    s = make(tmp_path, **{"store.owner": "65534", "store.mail_location": loc})
+    s.create_user("carol")
+    trees = [tmp_path / t / "carol" for t in ("mail", "ctl", "idx")]
+    seen: list = []
+    armed = False
+
+    def rootly_now() -> list:
+        out = []
+        for top in trees:
+            for d, dirs, files in os.walk(top):
+                dirs[:] = [n for n in dirs if not _TEMPORARY.search(n)]
+                if os.path.basename(d) == "tmp":          # (Dovecot opens nothing in tmp/)
+                    continue
+                for n in dirs + files:
+                    p = os.path.join(d, n)
+                    if not _TEMPORARY.search(n) and os.lstat(p).st_uid != 65534:
+                        out.append(p)
+        return out
+
+    def looking(real):
+        def call(*a, **kw):
+            if armed:
+                seen.extend(p for p in rootly_now() if p not in seen)
+            return real(*a, **kw)
+        return call
+    for name in ("chown", "lchown", "fchown", "chmod", "rename", "replace"):
+        monkeypatch.setattr(os, name, looking(getattr(os, name)))
+    for r in range(3):
+        for f in ("Again", "Work/2024"):
+            if s.exists("carol", f):
+                s.delete_folder("carol", f)
+            idx = tmp_path / "idx" / "carol" / MaildirStore.folder_dirname(f).lstrip("/") \
+                if not fs else tmp_path / "idx" / "carol" / f
+            armed = False
+            if r:                                   # (what a session wrote there meanwhile)
+                os.makedirs(idx, exist_ok=True)
+                (idx / "dovecot.index.log").write_bytes(b"x")
+                for p in [idx / "dovecot.index.log", idx, *idx.parents]:
+                    if p == tmp_path / "idx":
+                        break
+                    shutil.chown(p, 65534, 65534)
+            armed = True
+            s.create_folder("carol", f, uidvalidity=7000 + r)
+            s.append("carol", f, io.BytesIO(MSG), flags=["\\Seen"], keywords=["$Label1"])
+    assert seen == []
+    assert rootly_now() == []

@@ -870,6 +870,32 @@ class MaildirStore(Store):
         os.mkdir(path, 0o700)
         self._chown(path, owner)
 
+    def _mkdir_aside(self, path: str, owner) -> None:
+        """_mkdir of a control or index directory (CONTROL=, INDEX= apart from the mail;
+        Dovecot lists neither) that appears already the owner's: made under a name of
+        ours beside it (_STAGED_RE's ``ims-mkdir``, removed by the next call there when a
+        kill left it), given, renamed in.  (Made under its name as root, 0700, then
+        chowned, a client's SELECT that had found the old folder's mail before a folder
+        was removed and made again at once opened its dovecot-uidlist between the two:
+        "Permission denied", "[SERVERBUG] Internal error" to the client.)
+        FileExistsError when ``path`` is there already."""
+        if not owner:
+            os.mkdir(path, 0o700)
+            return
+        parent = os.path.dirname(path)
+        self._clean_staged(parent)
+        tmp = os.path.join(parent, f"ims-mkdir.{self._pid}.{self._random8()}")
+        os.mkdir(tmp, 0o700)
+        try:
+            self._chown(tmp, owner)
+            if os.path.lexists(path):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rmdir(tmp)
+            raise
+
     def _mkdir_or_own(self, path: str, owner) -> None:
         """_mkdir, or, when ``path`` is there already (a killed run made it and may have
         died before its chown), _own."""
@@ -884,14 +910,15 @@ class MaildirStore(Store):
         return self._layout is not None and self._layout.location.layout == "fs"
 
     def _makedirs(self, path: str, owner, top: bool = True, within: str | None = None,
-                  staged: tuple | None = None) -> bool:
+                  staged: tuple | None = None, aside: bool = False) -> bool:
         """``path`` and its missing parents (each chowned), as Dovecot makes them;
         ``path`` itself given to ``owner`` if it is there already (a killed creation
         left it), and the parents that were there only below ``within`` (the login's
         own directories: LAYOUT=fs parent levels).  ``staged``: the directories are
         folders Dovecot lists, each made whole (:meth:`_mkdir_staged`, staged where
         :meth:`_staging` says for the Maildir ``within``), ``path`` with the
-        subdirectories named.  True when this call made ``path`` itself (with
+        subdirectories named.  ``aside``: control or index directories, each made
+        whole (:meth:`_mkdir_aside`).  True when this call made ``path`` itself (with
         ``staged``: it holds only those subdirectories, all empty)."""
         if os.path.isdir(path):
             if top or (within and path.startswith(within.rstrip("/") + "/")):
@@ -900,9 +927,11 @@ class MaildirStore(Store):
         parent = os.path.dirname(path)
         if parent != path:
             self._makedirs(parent, owner, top=False, within=within,
-                           staged=None if staged is None else ())
+                           staged=None if staged is None else (), aside=aside)
         try:
-            if staged is None:
+            if aside:
+                self._mkdir_aside(path, owner)
+            elif staged is None:
                 self._mkdir(path, owner)
             else:
                 self._mkdir_staged(path, owner, staged if top else (), root=within)
@@ -1053,7 +1082,7 @@ class MaildirStore(Store):
             if ctl != d and not self.read_only and not os.path.isdir(ctl):
                 # control files elsewhere (CONTROL=) and not made yet for this folder
                 with contextlib.suppress(OSError):
-                    self._makedirs(ctl, self._owner_for(self._subs_root(user)))
+                    self._makedirs(ctl, self._owner_for(self._subs_root(user)), aside=True)
             lockpath = os.path.join(ctl, UIDLIST + LOCK_SUFFIX)
             try:
                 if self.read_only:
@@ -1611,7 +1640,7 @@ class MaildirStore(Store):
         stamp = int(time.time())
         hdr = _LOG_HEADER.pack(1, 3, _LOG_HEADER.size, (stamp & 0xFFFFFFFF) or 1, 1, 0, 0, stamp & 0xFFFFFFFF,
                                time.time_ns() // 1_000_000, 1 if sys.byteorder == "little" else 0, 0)
-        self._makedirs(idx, owner)
+        self._makedirs(idx, owner, aside=True)
         path = os.path.join(idx, "dovecot.index.log")
         tmp = f"{path}.{self._pid}.{threading.get_ident()}.tmp"
         fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)   # (a link planted there: named)
@@ -2636,7 +2665,7 @@ class MaildirStore(Store):
         ul = Uidlist(uidvalidity=uidvalidity or self._folder_uidvalidity(user), uidnext=max(1, uidnext),
                      extra=uidlist_mod.with_mailbox_guid([], guid))
         if ctl != d:
-            self._makedirs(ctl, owner)
+            self._makedirs(ctl, owner, aside=True)
         lockpath = os.path.join(ctl, UIDLIST + LOCK_SUFFIX)
         staged = d != root and not os.path.lexists(d)
         if staged:
@@ -2760,16 +2789,27 @@ class MaildirStore(Store):
                     return
         except FileNotFoundError:
             return
+        new = self._index_aside(idx)        # (given first: never root's under its name)
+        os.mkdir(new, 0o700)
+        try:
+            os.chmod(new, stat_mod.S_IMODE(st.st_mode))
+            if self._root_euid:
+                os.lchown(new, st.st_uid, st.st_gid)
+        except BaseException:
+            os.rmdir(new)
+            raise
         aside = self._index_aside(idx)
         os.rename(idx, aside)
         try:
             try:
-                os.mkdir(idx, 0o700)
-            except FileExistsError:
+                os.rename(new, idx)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
                 return                      # made meanwhile by a session: a new one, its own
-            os.chmod(idx, stat_mod.S_IMODE(st.st_mode))
-            if self._root_euid:
-                os.lchown(idx, st.st_uid, st.st_gid)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.rmdir(new)
             for n in os.listdir(aside):
                 os.rename(os.path.join(aside, n), os.path.join(idx, n))
         finally:
@@ -2976,7 +3016,7 @@ class MaildirStore(Store):
             if old_uv == uidvalidity or idx is None or \
                     any(os.path.lexists(os.path.join(idx, n)) for n in INDEX_FILES):
                 return False
-            self._makedirs(idx, owner)
+            self._makedirs(idx, owner, aside=True)
             try:
                 for n in os.listdir(where):
                     os.rename(os.path.join(where, n), os.path.join(idx, n))
