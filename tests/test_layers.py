@@ -666,3 +666,48 @@ def test_a_wrong_identity_is_named_even_for_a_plain_archive(tmp_path, source, ke
     assert p.returncode == 2 and str(missing) in p.stderr, p.stderr
     run(d, "imsrestore", "--identity", key, "-f", arch, check=0)
     assert dst.users("primary")
+
+
+def test_a_damaged_recipient_stanza_is_never_said_to_be_only_a_wrong_identity(keys):
+    """Each byte of an archive's age header changed in turn (the right identity given):
+    it is read exactly, or refused as damaged (exit 4's LayerDamaged), or refused as
+    opened by no identity given with advice that names a damaged header and another
+    copy beside the identity -- never only "give the identity" (adv9 F16: a flip in the
+    stanza gave "give the identity whose recipient it was encrypted to", and its type
+    X35519 was named as if it were a recipient of some other key)."""
+    key, rcpt = keys
+    ident = age.read_identities(key)
+    out = io.BytesIO()
+    w = age.AgeWriter(out, [age.Recipient.parse(rcpt)])
+    plain = os.urandom(70000)
+    w.write(plain)
+    w.close()
+    data = out.getvalue()
+    head_end = data.index(b"\n---") + 1
+    said = {"exact": 0, "damaged": 0, "no identity": 0}
+    for off in range(len(age.MAGIC), head_end):
+        for bit in (0, 5):
+            bad = bytearray(data)
+            bad[off] ^= 1 << bit
+            try:
+                r = age.AgeStream(Source(io.BytesIO(bytes(bad)), 512), ident)
+                got = b""
+                while True:
+                    d = r.read(1 << 16)
+                    if not d:
+                        break
+                    got += d
+                assert got == plain, off
+                said["exact"] += 1
+            except LayerDamaged:
+                said["damaged"] += 1
+            except IdentityNeeded as exc:
+                msg = str(exc)
+                assert "damaged" in msg and "another copy" in msg, (off, bit, msg)
+                said["no identity"] += 1
+    assert said["damaged"] and said["no identity"], said
+    bad = data.replace(b"-> X25519 ", b"-> X35519 ", 1)
+    with pytest.raises(IdentityNeeded) as e:
+        age.AgeStream(Source(io.BytesIO(bad), 512), ident).read(10)
+    assert "X35519" in str(e.value) and "header is damaged" in str(e.value) \
+        and "another copy" in str(e.value) and "identities given" not in str(e.value)

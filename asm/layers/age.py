@@ -383,10 +383,22 @@ def _unwrap(header: Header, identities: list[Identity]) -> bytes:
             if not hmac.compare_digest(_mac(file_key, header.signed), header.mac):
                 raise LayerDamaged("age: the header's MAC does not match (the header was altered)")
             return file_key
+    # A stanza that parses and does not unwrap is a wrong identity or a damaged header,
+    # which nothing tells apart (the MAC needs the file key); a type that is not X25519
+    # may be another age tool's recipient (x25519 in lower case is one to the age test
+    # vectors: "no match") or a damaged one.  Both are named (adv9 F16: the advice
+    # named only the identity, and sent the operator looking for a key that is not).
     kinds = sorted({a[0].decode("ascii", "replace") for a, _ in header.stanzas})
+    stanzas = f"{len(header.stanzas)} recipient stanza(s): {', '.join(kinds)}"
+    if not x:
+        raise IdentityNeeded(f"no recipient stanza of this age-encrypted archive is of the type ims-asm reads "
+                             f"(X25519; it has {stanzas}): either its header is damaged (one imsbackup "
+                             f"--recipient made has X25519 stanzas: use another copy of the archive), or "
+                             f"another age tool encrypted it (decrypt it with that tool: "
+                             f"'age -d -i KEY FILE | imsrestore -f - ...')")
     raise IdentityNeeded(f"none of the {len(identities)} identities given opens this age-encrypted archive "
-                         f"(it has {len(header.stanzas)} recipient stanza(s): {', '.join(kinds)}): give the "
-                         f"identity whose recipient it was encrypted to")
+                         f"(it has {stanzas}): give the identity whose recipient it was encrypted to; "
+                         f"if that identity was given, the archive's header is damaged: use another copy")
 
 
 def _x25519(secret: bytes, share: bytes) -> bytes:
