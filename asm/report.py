@@ -45,6 +45,23 @@ METRICS = (
 )
 
 
+def _readable(value):
+    """``value`` with every name's bytes that are not UTF-8 (held as lone surrogates,
+    surrogateescape) written ``\\xNN``, as messages write them: JSON with a lone
+    surrogate escape is refused by strict readers and turned into U+FFFD by jq (adv9
+    F18)."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(lambda m: "\\x%02x" % (ord(m.group()) - 0xDC00), value)
+    if isinstance(value, dict):
+        return {_readable(k): _readable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_readable(v) for v in value]
+    return value
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
 def chain_base(since, base) -> dict | None:
     """A report's ``chain_base`` for an incremental archive, None for a full one: its
     ``-d`` date (``since``) and the archive id of its ``--base`` (``base``), as far as set."""
@@ -242,8 +259,8 @@ class RunReport:
         self.doc = doc
         if self.path:
             try:
-                _write_atomic(self.path, (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-                              .encode("ascii"))
+                _write_atomic(self.path, (json.dumps(_readable(doc), indent=2, sort_keys=True, default=str)
+                                          + "\n").encode("ascii"))
             except OSError as exc:
                 self.warnings.append(f"cannot write the report {self.path}: {exc.strerror or exc}")
         if self.textdir:

@@ -1039,6 +1039,23 @@ def test_reports_say_what_happened(tmp_path, driver):
     _promtool(prom / "ims_verify_all_all.prom")
     assert _metrics(prom / "ims_verify_all_all.prom")["ims_verify_last_status"] == EXIT_INCOMPLETE
 
+    # a directory: its archives are the devices checked, its state file is passed over;
+    # a name whose bytes are not UTF-8 is \xNN in strict JSON (adv9 F18: the state file
+    # among the devices, and "\udcff" that strict readers refuse)
+    d = tmp_path / "dir"
+    d.mkdir()
+    run(home, "imsbackup", "-f", d / "full.ims", "--state-out", d / "full.ims.state", "/", check=EXIT_OK)
+    odd = os.path.join(os.fsencode(d), b"\xff full \xe9.ims")
+    with open(odd, "wb") as out:
+        out.write(arch.read_bytes())
+    run(home, "imsverify", "-f", f"{d}/", "--report", tmp_path / "v3.json", check=EXIT_OK)
+    raw = (tmp_path / "v3.json").read_bytes()
+    assert b"\\udc" not in raw
+    v3 = json.loads(raw, object_pairs_hook=lambda kv: dict(kv))
+    assert sorted(v3["devices"]) == sorted([f"{d}/full.ims", f"{d}/\\xff full \\xe9.ims"]), v3["devices"]
+    assert v3["passed_over"] == [f"{d}/full.ims.state"]
+    assert len(v3["archives"]) == 2
+
 
 class _Hook(http.server.BaseHTTPRequestHandler):
     hits: list = []

@@ -264,6 +264,8 @@ def _verify(args, report) -> int:
     progress.clear()
     if not checks and skipped:
         raise UsageError(f"no archive among the files of {', '.join(from_dirs)}")
+    if skipped:     # (the archives checked; a directory's other files apart: adv9 F18)
+        report.update(devices=[d for d in devices if d not in skipped], passed_over=skipped)
 
     views = []
     groups = inst.groups if inst is not None else _groups(cfg)
