@@ -677,3 +677,42 @@ def test_conditional_completion_edge_cases(seaweed, monkeypatch, answer):
     assert seen[0] == ["IfNoneMatch"] and len(seen) == 2
     if answer == "not-implemented":
         assert seen[1] == []
+
+
+def test_imsdr_to_a_key_another_run_of_the_installation_writes_is_refused(tmp_path, seaweed, monkeypatch):
+    """imsdr backup -f s3://bkt/key holds the installation's lock on the key as imsbackup
+    does: while another run holds it, exit 6 with one line naming that run, before
+    anything is sent (no object, no upload); once it is let go the disaster backup is
+    written.  (Before, imsdr took no lock: two runs captured everything, and the second's
+    completion was refused after it, "the disaster backup is incomplete", while the
+    object held the first's.)"""
+    from asm.locks import FileLock
+    from plugins.s3.settings import Settings
+    from plugins.s3.spec import parse
+    from plugins.s3.upload import lock_path
+    b = bucket(seaweed)
+    home = tmp_path / "src"
+    setup(home)
+    build(home, "classic", users=2, messages=6)
+    url = f"s3://{b}/dr.tar"
+    env = seaweed.env()
+    for k, v in env.items():
+        if v is None:
+            monkeypatch.delenv(k, raising=False)
+        else:
+            monkeypatch.setenv(k, v)
+    path = lock_path(Settings.from_config(Config(str(home))), parse(url))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = FileLock(path)
+    assert lock.acquire() is None
+    try:
+        p = run(home, "imsdr", "backup", "-f", url, env=env, text=True)
+    finally:
+        lock.release()
+    err = p.stderr.strip()
+    assert p.returncode == 6, err
+    assert len(err.splitlines()) == 1 and f"another imsdr (pid {os.getpid()}) is writing {url}" in err, err
+    assert "nothing was written" in err and "Traceback" not in err
+    assert seaweed.keys(b) == [] and seaweed.uploads(b) == []
+    run(home, "imsdr", "backup", "-f", url, env=env, check=0)
+    assert seaweed.keys(b) == ["dr.tar"] and not os.path.exists(path)

@@ -15,11 +15,12 @@ from typing import Callable
 
 from asm import atend
 from asm.errors import (
-    EXIT_DEVICE, EXIT_INTERNAL, EXIT_NOSPACE, EXIT_OK, EXIT_PIPE, EXIT_USAGE, ImsError, UsageError, status_of,
+    EXIT_DEVICE, EXIT_INTERNAL, EXIT_LOCKED, EXIT_NOSPACE, EXIT_OK, EXIT_PIPE, EXIT_USAGE, ImsError, UsageError,
+    device_status, status_of,
 )
 from asm.units import human  # noqa: F401  (the commands' size formatting)
 
-__all__ = ["ArgParser", "Commit", "Once", "Progress", "UsageError", "blocking_factor", "check_out_file", "die", "human",
+__all__ = ["ArgParser", "Commit", "Once", "Progress", "UsageError", "blocking_factor", "check_out_file", "die", "human", "lock_target",
            "number", "parse_date",
            "read_list_file", "run_command", "tell", "warn"]
 
@@ -694,3 +695,42 @@ def read_list_file(path: str) -> list[str]:
                     if ln.strip() and not ln.lstrip().startswith("#")]
     except OSError as exc:
         raise UsageError(f"cannot read {path!r}: {exc.strerror}") from None
+
+
+# ----------------------------------------------------------------------------- lock_target
+
+def lock_target(prog: str, target: str, raw, held: list, path: str | None = None, state: bool = True) -> None:
+    """One run at a time writes a local archive and its state file: a second run of the
+    same name (cron started twice) would leave the archive of one run beside the state
+    file of the other.  Refused (EXIT_LOCKED), its temporary removed, nothing written.
+    ``path``: the lock file a device plugin names for a remote object (an S3 key: the
+    installation's lock on it, so the object of one run is not replaced by the other's
+    while the first reports success).  ``prog``: the command (imsbackup, imsdr) said
+    to hold it."""
+    from asm.locks import FileLock
+    if path is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)}.lock")
+    else:
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                raw.close(ok=False)
+            raise ImsError(f"cannot lock {target} ({path}): {exc.strerror or exc}; nothing was written",
+                           status=device_status(exc)) from None
+    lock = FileLock(path)
+    try:
+        pid = lock.acquire()
+    except OSError as exc:
+        with contextlib.suppress(Exception):
+            raw.close(ok=False)
+        raise ImsError(f"cannot lock {target} ({lock.path}): {exc.strerror or exc}; nothing was written",
+                       status=device_status(exc)) from None
+    if pid is not None:
+        with contextlib.suppress(Exception):
+            raw.close(ok=False)
+        who = f"another {prog} (pid {pid})" if pid else f"another {prog}"
+        raise ImsError(f"{who} is writing {target}{' and its state file' if state else ''}: nothing was "
+                       f"written; wait for it "
+                       f"to finish (a cron job started twice?), or use another -f name", status=EXIT_LOCKED)
+    held.append(lock)

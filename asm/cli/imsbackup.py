@@ -17,13 +17,13 @@ import time
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, refuse_device_in_store, run_backup, select
 from asm.cli.common import (
-    ArgParser, Commit, Once, Progress, UsageError, blocking_factor, check_out_file, die, human, parse_date,
-    read_list_file, run_command, warn,
+    ArgParser, Commit, Once, Progress, UsageError, blocking_factor, check_out_file, die, human, lock_target,
+    parse_date, read_list_file, run_command, warn,
 )
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
 from asm.errors import (
-    EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL, ImsError, device_status, worst,
+    EXIT_EMPTY, EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL, ImsError, device_status, worst,
 )
 from asm.layers import wrap_write
 from asm.layers.options import write_layers
@@ -146,48 +146,12 @@ def _failed(rep, text: str, status: int) -> int:
 
 
 def _backup(args, rep) -> int:
-    held: list = []                     # the lock on a local archive's name (_lock_target)
+    held: list = []                     # the lock on a local archive's name (lock_target)
     try:
         return _backup_held(args, rep, held)
     finally:
         for lock in held:
             lock.release()
-
-
-def _lock_target(target: str, raw, held: list, path: str | None = None, state: bool = True) -> None:
-    """One run at a time writes a local archive and its state file: a second run of the
-    same name (cron started twice) would leave the archive of one run beside the state
-    file of the other.  Refused (EXIT_LOCKED), its temporary removed, nothing written.
-    ``path``: the lock file a device plugin names for a remote object (an S3 key: the
-    installation's lock on it, so the object of one run is not replaced by the other's
-    while the first reports success)."""
-    from asm.locks import FileLock
-    if path is None:
-        path = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)}.lock")
-    else:
-        try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        except OSError as exc:
-            with contextlib.suppress(Exception):
-                raw.close(ok=False)
-            raise ImsError(f"cannot lock {target} ({path}): {exc.strerror or exc}; nothing was written",
-                           status=device_status(exc)) from None
-    lock = FileLock(path)
-    try:
-        pid = lock.acquire()
-    except OSError as exc:
-        with contextlib.suppress(Exception):
-            raw.close(ok=False)
-        raise ImsError(f"cannot lock {target} ({lock.path}): {exc.strerror or exc}; nothing was written",
-                       status=device_status(exc)) from None
-    if pid is not None:
-        with contextlib.suppress(Exception):
-            raw.close(ok=False)
-        who = f"another imsbackup (pid {pid})" if pid else "another imsbackup"
-        raise ImsError(f"{who} is writing {target}{' and its state file' if state else ''}: nothing was "
-                       f"written; wait for it "
-                       f"to finish (a cron job started twice?), or use another -f name", status=EXIT_LOCKED)
-    held.append(lock)
 
 
 def _backup_held(args, rep, held: list) -> int:
@@ -232,9 +196,9 @@ def _backup_held(args, rep, held: list) -> int:
     # calls itself a file has no place here to put one: --state-out names it)
     target = getattr(raw, "target", None)
     if isinstance(target, str):
-        _lock_target(target, raw, held)
+        lock_target(PROG, target, raw, held)
     elif isinstance(getattr(raw, "lock_path", None), str):
-        _lock_target(args.device, raw, held, path=raw.lock_path, state=bool(args.state_out))
+        lock_target(PROG, args.device, raw, held, path=raw.lock_path, state=bool(args.state_out))
     if args.state_out or isinstance(target, str):
         from asm.backupstate import state_path_for, write_state
     state_out = args.state_out or (state_path_for(target) if isinstance(target, str) else None)

@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 
-from asm.cli.common import ArgParser, Progress, UsageError, run_command, warn
+from asm.cli.common import ArgParser, Progress, UsageError, lock_target, run_command, warn
 from asm.config import Config, NoInstallation
 from asm.devices import DeviceError, open_device
 from asm.errors import EXIT_MISSING, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
@@ -87,6 +87,15 @@ def _when(t) -> str:
 
 # -- backup ------------------------------------------------------------------------------
 def _backup(args) -> int:
+    held: list = []                     # the lock on the archive's name or S3 key (lock_target)
+    try:
+        return _backup_held(args, held)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _backup_held(args, held: list) -> int:
     from asm.dr.bundle import Capture
     cfg = Config()
     cfg.require()
@@ -110,6 +119,12 @@ def _backup(args) -> int:
         from asm.reconstruct.dovecot import SITE_CONFIG
         dovecot_config = SITE_CONFIG if os.path.exists(SITE_CONFIG) else None
     device = open_device(args.device, "wb", 20, cfg)
+    # one run of the installation at a time writes one S3 key: two, the second's
+    # completion was refused after the whole capture ("the disaster backup is
+    # incomplete") while the object held the first's.  (Two runs to one local file each
+    # rename a whole bundle of their own into place: the last one is there, whole.)
+    if isinstance(getattr(device, "lock_path", None), str):
+        lock_target(PROG, args.device, device, held, path=device.lock_path, state=False)
     progress = Progress()
     say = (lambda line: (progress.clear(), warn(PROG, line))) if args.verbose else None
     cap = Capture(cfg, device.file, report=say, dovecot_config=dovecot_config,
