@@ -47,7 +47,7 @@ class BackupOptions:
 
     def __init__(self, since: float | None = None, ignore_links: bool = False, exclude: list | None = None,
                  verbose: bool = False, snapshot: dict | None = None, base: object = None, jobs: int = 1,
-                 skip_unchanged: bool | None = None):
+                 skip_unchanged: bool | None = None, installation: str | None = None):
         self.since = since                  # -d: only messages stored at or after
         self.ignore_links = ignore_links    # -i: every copy in full
         self.exclude = [] if exclude is None else exclude   # store.backupexclude folder names
@@ -59,6 +59,7 @@ class BackupOptions:
         # base's record (None: as backup.skipunchanged says, default yes)
         self.skip_unchanged = skip_unchanged
         self.given_since: dict = {}         # -d: user -> Store.uidvalidity_given_since (once a user)
+        self.installation = installation    # Config.installation_id: in the header
 
 
 class BackupResult:
@@ -240,6 +241,8 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
     base = opts.base
     res.header = writer.write_header({
         "tool_version": __version__, "host": os.uname().nodename, "driver": store.name,
+        # whose chain it continues: an incremental of another installation is none of ours
+        **({"installation": opts.installation} if opts.installation else {}),
         "scope": [str(p) for p in paths], "since": opts.since,
         # an incremental names its base and the chain it continues (full first)
         "base": base.archive_id if base is not None else None,

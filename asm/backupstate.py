@@ -41,8 +41,9 @@ class BaseState:
 
     def __init__(self, archive_id: str, created: float | None, chain: list | None = None,
                  driver: str | None = None, device: str | None = None, scope: list | None = None,
-                 named: str | None = None):
+                 named: str | None = None, installation: str | None = None):
         self.archive_id = archive_id
+        self.installation = installation    # the installation.id its header named (None: none)
         self.created = created
         self.chain = [] if chain is None else chain     # ancestors of the archive, full first
         self.driver = driver
@@ -273,6 +274,7 @@ def write_state(path: str, header: dict, folders: list, device: str | None = Non
     from asm.config import atomic_write
     doc = {"format": STATE_FORMAT, "version": STATE_VERSION, "archive_id": header.get("archive_id"),
            "created": header.get("created"), "driver": header.get("driver"),
+           **({"installation": header["installation"]} if isinstance(header.get("installation"), str) else {}),
            "chain": header_chain(header), "scope": header.get("scope", []),
            **({"device": device} if device else {}),
            "folders": [_folder_doc(*row) for row in folders]}
@@ -290,7 +292,8 @@ def _from_state_doc(doc: dict, path: str) -> BaseState:
                        chain=header_chain(doc), driver=doc.get("driver"),
                        device=doc["device"] if isinstance(doc.get("device"), str) else None,
                        scope=doc["scope"] if isinstance(doc.get("scope"), list) else None,
-                       named=os.path.abspath(path))
+                       named=os.path.abspath(path),
+                       installation=doc["installation"] if isinstance(doc.get("installation"), str) else None)
         for f in doc["folders"]:
             key = (f["user"], f["folder"])
             uids = UidSet.parse(f["uids"])
@@ -402,7 +405,8 @@ def _from_archive(f, path: str) -> BaseState:
         st = BaseState(archive_id=h["archive_id"], created=h.get("created"), chain=header_chain(h),
                        driver=h.get("driver"), device=os.path.abspath(path),
                        scope=h["scope"] if isinstance(h.get("scope"), list) else None,
-                       named=os.path.abspath(path))
+                       named=os.path.abspath(path),
+                       installation=h["installation"] if isinstance(h.get("installation"), str) else None)
         listed: dict = {}               # (user, folder) -> folder member
         present: dict = {}              # (user, folder) -> [UID of a message or link member]
         ids: dict = {}                  # (user, folder) -> {UID: identity} of those

@@ -197,6 +197,12 @@ def _bool(v: str) -> str:
     raise ValueError("must be yes or no")
 
 
+def _installation_id(v: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", v):
+        raise ValueError("must be 32 hexadecimal digits (imsbackup writes it; leave it as it is)")
+    return v
+
+
 def _any(v: str) -> str:
     if "\n" in v:
         raise ValueError("may not contain a newline")
@@ -304,6 +310,10 @@ OPTIONS: dict[str, Option] = {
                                  "URL pinged at the start (URL/start), success (URL) and failure (URL/fail) "
                                  "of each backup, healthchecks.io style"),
     "report.timeout": Option(_int(1, 300), "10", "seconds a healthcheck ping may take"),
+    "installation.id": Option(_installation_id, None,
+                              "this installation's identity, in every archive's header: an incremental "
+                              "of another installation is no link of this one's chains (written by the "
+                              "first backup; kept by imsdr; never change it)"),
 }
 
 PARTITION_RE = re.compile(r"^partition:([A-Za-z0-9_][A-Za-z0-9_.-]*)\.path$")
@@ -640,6 +650,26 @@ class Config:
     def partition_configured(self, name: str) -> bool:
         """True when ``partition:NAME.path`` is set (not the default under IMS_HOME)."""
         return f"partition:{name}.path" in self.values
+
+    def installation_id(self, create: bool = False) -> str | None:
+        """The installation's identity (``installation.id``), written into every
+        archive's header; with ``create``, made (a random one, kept in msg.conf, which
+        imsdr backs up) when the installation has none yet.  None when it has none and
+        cannot be given one (msg.conf not writable): the archive then names none, as
+        archives of earlier versions do."""
+        v = self.get("installation.id")
+        if v or not create:
+            return v or None
+        import uuid
+        try:
+            with self._writing():       # (two first backups at once: one identity)
+                v = self.values.get("installation.id")
+                if not v:
+                    v = self.values["installation.id"] = uuid.uuid4().hex
+                    self.save()
+            return v
+        except (OSError, ConfigError):
+            return None
 
     def owner(self) -> tuple[int, int] | None:
         """(uid, gid) of store.owner, or None when files keep the running user's."""

@@ -888,7 +888,7 @@ def _check_header(h):
         raise ValueError(f"archive_id {str(aid)[:60]!r} is not a UUID")
     values.json_time(h.get("created"), "created")
     values.json_time(h.get("since"), "since", optional=True)
-    for k in ("tool_version", "host", "driver"):
+    for k in ("tool_version", "host", "driver", "installation"):
         v = h.get(k)
         if v is not None and (not isinstance(v, str) or len(v) > 1000):
             raise ValueError(f"{k} is not a short string")

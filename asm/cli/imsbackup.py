@@ -182,10 +182,18 @@ def _backup_held(args, rep, held: list) -> int:
     opts = BackupOptions(since=since, ignore_links=args.ignore_links,
                          exclude=inst.config.backup_exclude(), verbose=args.verbose,
                          snapshot=inst.config.describe() if args.snapshot else None, base=base,
-                         jobs=args.jobs)
+                         jobs=args.jobs, installation=inst.config.installation_id(create=True))
     if base is not None and base.driver and base.driver != inst.store.name:
         raise UsageError(f"the base {args.base} is a backup of a {base.driver} store, this store is "
                          f"{inst.store.name}: take a full backup")
+    if base is not None and base.installation and base.installation != opts.installation:
+        # (a cron line with the wrong IMS_HOME, two installations sharing /backup and its
+        # last.state: the incremental would pass as a link of the other's chain, adv9 F1)
+        raise UsageError(f"the base {args.base} is a backup of another installation (installation.id "
+                         f"{base.installation}; this one, IMS_HOME={inst.config.home}, is "
+                         f"{opts.installation or 'unset'}): check IMS_HOME, or take a full backup; if this "
+                         f"is that installation with its configuration rebuilt by hand, msconfig set "
+                         f"installation.id {base.installation}")
     from asm.report import chain_base, labels_of
     rep.labels = labels_of(paths)
     rep.begin(inst.config, selection=[str(p) for p in paths], device=args.device, since=since,

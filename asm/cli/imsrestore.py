@@ -336,8 +336,22 @@ def _tap(members, seen: list):
 def check_chain(specs: list, headers: list) -> None:
     """Each archive after the first must follow the one before it: an incremental names
     it as its base; an archive that names no base (a full, or an incremental by date
-    alone) must have been taken after it.  ChainOrderError (exit 7) names the first
-    that does not, before anything is restored."""
+    alone) must have been taken after it; and each is a backup of the installation the
+    others are (those that name one).  ChainOrderError (exit 7) names the first that
+    does not, before anything is restored."""
+    first = None
+    for spec, h in zip(specs, headers):
+        inst = h.get("installation")
+        if not isinstance(inst, str) or not inst:
+            continue
+        if first is None:
+            first = (spec, inst)
+        elif inst != first[1]:
+            raise ChainOrderError(
+                f"{spec} is a backup of another installation (installation.id {inst}) than {first[0]} "
+                f"({first[1]}): it is no link of that chain (a cron line with the wrong IMS_HOME, two "
+                f"installations sharing a backup directory?); give the archives of one installation; "
+                f"nothing was restored")
     for i in range(1, len(headers)):
         prev, h = headers[i - 1], headers[i]
         base = h.get("base")

@@ -86,6 +86,13 @@ def order(checks: list[ArchiveCheck]) -> list[ArchiveCheck]:
     return out
 
 
+def _installation(a: ArchiveCheck) -> str | None:
+    """The installation.id the archive's header names (None: written before archives
+    named one, or by an installation that could not be given one)."""
+    v = a.header.get("installation")
+    return v if isinstance(v, str) and v else None
+
+
 def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
     """The chain of ``checks`` (any order; unreadable ones are left out, their own
     problems say why) and the problems of its continuity (EXIT_ORDER).
@@ -139,11 +146,18 @@ def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
                                                         tuple(a.header.get("scope") or ["/"]))]
             if not same:
                 continue
-            p = same[-1]
+            # (archives of two installations in one directory: its own installation's)
+            mine = [b for b in same if _installation(b) in (None, _installation(a))]
+            p = (mine or same)[-1]
             if a.since > p.created:
                 problem(f"{a.device} holds mail stored since {_when(a.since)}, but the archive before "
                         f"it ({p.device}) was taken at {_when(p.created)}: mail stored in between "
                         "is in no archive of this chain")
+        if _installation(a) and _installation(p) and _installation(a) != _installation(p):
+            problem(f"{a.device} is a backup of another installation (installation.id {_installation(a)}) "
+                    f"than {p.device} ({_installation(p)}), whose chain it would continue: it is no link "
+                    f"of that chain (a cron line with the wrong IMS_HOME, two installations sharing a "
+                    f"backup directory?); give the archives of one installation")
         parent[a.archive_id] = p
 
     def path_to(a) -> list:

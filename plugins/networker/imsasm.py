@@ -406,7 +406,8 @@ def save(args, rep) -> int:
                                 "since": since, "why": where})
                 else:
                     report(f"{rec.name}: incremental on the save of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(os.path.basename(where).split('-')[0])))}")
-            opts = BackupOptions(since=None, exclude=exclude, verbose=args.verbose, base=base)
+            opts = BackupOptions(since=None, exclude=exclude, verbose=args.verbose, base=base,
+                                 installation=inst.config.installation_id(create=True))
             started = time.time()
             # the start line, before the record's first byte: a record cut or killed (SIGKILL
             # leaves nothing else) is one imsasmreport sees begun and never finished
