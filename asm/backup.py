@@ -59,7 +59,7 @@ class BackupOptions:
         # base's record (None: as backup.skipunchanged says, default yes)
         self.skip_unchanged = skip_unchanged
         self.given_since: dict = {}         # -d: user -> Store.uidvalidity_given_since (once a user)
-        self.installation = installation    # Config.installation_id: in the header
+        self.installation = installation    # Config.installation_id(): in the header
 
 
 class BackupResult:

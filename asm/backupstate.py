@@ -43,7 +43,7 @@ class BaseState:
                  driver: str | None = None, device: str | None = None, scope: list | None = None,
                  named: str | None = None, installation: str | None = None):
         self.archive_id = archive_id
-        self.installation = installation    # the installation.id its header named (None: none)
+        self.installation = installation    # the installation identity its header named (None: none)
         self.created = created
         self.chain = [] if chain is None else chain     # ancestors of the archive, full first
         self.driver = driver

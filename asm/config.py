@@ -197,12 +197,6 @@ def _bool(v: str) -> str:
     raise ValueError("must be yes or no")
 
 
-def _installation_id(v: str) -> str:
-    if not re.fullmatch(r"[0-9a-f]{32}", v):
-        raise ValueError("must be 32 hexadecimal digits (imsbackup writes it; leave it as it is)")
-    return v
-
-
 def _any(v: str) -> str:
     if "\n" in v:
         raise ValueError("may not contain a newline")
@@ -310,10 +304,6 @@ OPTIONS: dict[str, Option] = {
                                  "URL pinged at the start (URL/start), success (URL) and failure (URL/fail) "
                                  "of each backup, healthchecks.io style"),
     "report.timeout": Option(_int(1, 300), "10", "seconds a healthcheck ping may take"),
-    "installation.id": Option(_installation_id, None,
-                              "this installation's identity, in every archive's header: an incremental "
-                              "of another installation is no link of this one's chains (written by the "
-                              "first backup; kept by imsdr; never change it)"),
 }
 
 PARTITION_RE = re.compile(r"^partition:([A-Za-z0-9_][A-Za-z0-9_.-]*)\.path$")
@@ -651,25 +641,51 @@ class Config:
         """True when ``partition:NAME.path`` is set (not the default under IMS_HOME)."""
         return f"partition:{name}.path" in self.values
 
+    @property
+    def installation_id_path(self) -> str:
+        return os.path.join(self.home, "data", "installation.id")
+
     def installation_id(self, create: bool = False) -> str | None:
-        """The installation's identity (``installation.id``), written into every
-        archive's header; with ``create``, made (a random one, kept in msg.conf, which
-        imsdr backs up) when the installation has none yet.  None when it has none and
-        cannot be given one (msg.conf not writable): the archive then names none, as
-        archives of earlier versions do."""
-        v = self.get("installation.id")
-        if v or not create:
-            return v or None
-        import uuid
+        """The installation's identity, written into every archive's header: 32
+        hexadecimal digits in ``$IMS_HOME/data/installation.id`` (not in msg.conf, which
+        configuration management may write again from a template; imsdr backs it up);
+        with ``create``, made (a random one) when the installation has none yet.  None
+        when it has none and cannot be given one (``data/`` not writable): the archive
+        then names none, as archives of earlier versions do.  ConfigError when the file
+        holds anything else."""
+        path = self.installation_id_path
         try:
-            with self._writing():       # (two first backups at once: one identity)
-                v = self.values.get("installation.id")
-                if not v:
-                    v = self.values["installation.id"] = uuid.uuid4().hex
-                    self.save()
+            with open(path, "rb") as f:
+                text = f.read(100)
+        except FileNotFoundError:
+            text = None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if text is not None:
+            v = text.decode("ascii", "replace").strip()
+            if not re.fullmatch(r"[0-9a-f]{32}", v):
+                raise ConfigError(f"{path} is damaged (it holds no installation identity, 32 hexadecimal "
+                                  f"digits): restore it from the disaster backup (imsdr restore), or remove "
+                                  f"it, and the next backup starts new chains")
             return v
-        except (OSError, ConfigError):
+        if not create:
             return None
+        import uuid
+        v = uuid.uuid4().hex
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            make_dirs(os.path.dirname(path))
+            atomic_write(tmp, (v + "\n").encode(), mode=0o644)
+            try:
+                os.link(tmp, path)          # (two first backups at once: one identity)
+            except FileExistsError:
+                return self.installation_id()
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        except OSError:
+            return None
+        return v
 
     def owner(self) -> tuple[int, int] | None:
         """(uid, gid) of store.owner, or None when files keep the running user's."""

@@ -1,4 +1,4 @@
-"""An installation's identity (``installation.id``, docs/operations.md): every archive's
+"""An installation's identity (``$IMS_HOME/data/installation.id``, docs/operations.md): every archive's
 header names the installation that wrote it, and an incremental of another installation
 is never taken as a link of this one's chain -- by imsbackup --base, imsverify or a chain
 restored in one command -- while a disaster recovery (imsdr) keeps the identity, so the
@@ -25,8 +25,8 @@ def _header(path) -> dict:
         return ArchiveReader(f).header
 
 
-def _id(home) -> str:
-    return Config(str(home)).get("installation.id")
+def _id(home) -> str | None:
+    return Config(str(home)).installation_id()
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -101,7 +101,8 @@ def test_a_disaster_recovery_keeps_the_identity_and_the_chain_goes_on(tmp_path):
     run(home, "imsdr", "backup", "-f", tmp_path / "dr.tar", check=EXIT_OK)
     change_mail(store, store.users("primary"))
     want = state(store)
-    shutil.rmtree(home / "config")                   # the disaster: the configuration is gone
+    shutil.rmtree(home / "config")                   # the disaster: IMS_HOME is gone
+    (home / "data" / "installation.id").unlink()
     run(home, "imsdr", "restore", "-f", tmp_path / "dr.tar", check=EXIT_OK)
     assert _id(home) == one
     incr = tmp_path / "incr.ims"
@@ -112,8 +113,19 @@ def test_a_disaster_recovery_keeps_the_identity_and_the_chain_goes_on(tmp_path):
     make_home(dst, "classic")
     run(dst, "imsrestore", "-f", full, "-f", incr, check=EXIT_OK)
     assert state(open_store(Config(str(dst)))) == want
+    # msg.conf written again from a template (configuration management) keeps it
+    conf = home / "config" / "msg.conf"
+    conf.write_text(conf.read_text())
+    assert _id(home) == one
     # rebuilt by hand instead (no identity): refused with the line that sets it back
-    (home / "config" / "msg.conf").write_text(
-        re.sub(r"(?m)^installation\.id = .*\n", "", (home / "config" / "msg.conf").read_text()))
+    (home / "data" / "installation.id").unlink()
     p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "--base", tmp_path / "full.ims.state", "/", text=True)
-    assert p.returncode == EXIT_USAGE and f"msconfig set installation.id {one}" in p.stderr, p.stderr
+    ident = home / "data" / "installation.id"
+    assert p.returncode == EXIT_USAGE and f"echo {one} > {ident}" in p.stderr, p.stderr
+    ident.write_text(one + "\n")
+    run(home, "imsbackup", "-f", tmp_path / "x.ims", "--base", tmp_path / "full.ims.state", "/", check=EXIT_OK)
+    # a damaged identity file: every backup refuses, naming it
+    ident.write_text("not an identity\n")
+    p = run(home, "imsbackup", "-f", tmp_path / "y.ims", "/", text=True)
+    assert p.returncode == EXIT_USAGE and str(ident) in p.stderr and "damaged" in p.stderr, p.stderr
+    assert not (tmp_path / "y.ims").exists()

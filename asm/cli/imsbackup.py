@@ -189,11 +189,11 @@ def _backup_held(args, rep, held: list) -> int:
     if base is not None and base.installation and base.installation != opts.installation:
         # (a cron line with the wrong IMS_HOME, two installations sharing /backup and its
         # last.state: the incremental would pass as a link of the other's chain, adv9 F1)
-        raise UsageError(f"the base {args.base} is a backup of another installation (installation.id "
+        raise UsageError(f"the base {args.base} is a backup of another installation (identity "
                          f"{base.installation}; this one, IMS_HOME={inst.config.home}, is "
-                         f"{opts.installation or 'unset'}): check IMS_HOME, or take a full backup; if this "
-                         f"is that installation with its configuration rebuilt by hand, msconfig set "
-                         f"installation.id {base.installation}")
+                         f"{opts.installation or 'none'}): check IMS_HOME, or take a full backup; if this "
+                         f"is that installation with IMS_HOME/data rebuilt by hand, echo {base.installation} "
+                         f"> {inst.config.installation_id_path}")
     from asm.report import chain_base, labels_of
     rep.labels = labels_of(paths)
     rep.begin(inst.config, selection=[str(p) for p in paths], device=args.device, since=since,

@@ -348,7 +348,7 @@ def check_chain(specs: list, headers: list) -> None:
             first = (spec, inst)
         elif inst != first[1]:
             raise ChainOrderError(
-                f"{spec} is a backup of another installation (installation.id {inst}) than {first[0]} "
+                f"{spec} is a backup of another installation (identity {inst}) than {first[0]} "
                 f"({first[1]}): it is no link of that chain (a cron line with the wrong IMS_HOME, two "
                 f"installations sharing a backup directory?); give the archives of one installation; "
                 f"nothing was restored")

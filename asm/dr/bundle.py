@@ -101,6 +101,7 @@ def _sound(name: str) -> bool:
 
 #: the members imsdr writes under fixed names, and their kinds
 FIXED_MEMBERS = {"config/msg.conf": "config", "config/backup-groups.conf": "config",
+                 "data/installation.id": "config",
                  "data/restore-journal.db": "journals", "data/bacula/state.db": "journals",
                  "staging/catalog.db": "catalog", "store/mboxlist/mailboxes.db": "mboxlist",
                  "files.jsonl": "listing"}
@@ -346,6 +347,8 @@ class Capture:
             self._sqlite("staging/catalog.db", os.path.join(staging, "catalog.db"), "catalog")
         for name in ("msg.conf", "backup-groups.conf"):
             self._file(f"config/{name}", os.path.join(home, "config", name), "config")
+        # the installation's identity: the chains its archives make go on after a recovery
+        self._file("data/installation.id", os.path.join(home, "data", "installation.id"), "config")
         self._keys(parts, layout)
         finished = time.time()
         self.listing.close()

@@ -87,7 +87,7 @@ def order(checks: list[ArchiveCheck]) -> list[ArchiveCheck]:
 
 
 def _installation(a: ArchiveCheck) -> str | None:
-    """The installation.id the archive's header names (None: written before archives
+    """The installation identity the archive's header names (None: written before archives
     named one, or by an installation that could not be given one)."""
     v = a.header.get("installation")
     return v if isinstance(v, str) and v else None
@@ -154,7 +154,7 @@ def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
                         f"it ({p.device}) was taken at {_when(p.created)}: mail stored in between "
                         "is in no archive of this chain")
         if _installation(a) and _installation(p) and _installation(a) != _installation(p):
-            problem(f"{a.device} is a backup of another installation (installation.id {_installation(a)}) "
+            problem(f"{a.device} is a backup of another installation (identity {_installation(a)}) "
                     f"than {p.device} ({_installation(p)}), whose chain it would continue: it is no link "
                     f"of that chain (a cron line with the wrong IMS_HOME, two installations sharing a "
                     f"backup directory?); give the archives of one installation")
