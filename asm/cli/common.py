@@ -20,8 +20,8 @@ from asm.errors import (
 )
 from asm.units import human  # noqa: F401  (the commands' size formatting)
 
-__all__ = ["ArgParser", "Commit", "Once", "Progress", "UsageError", "blocking_factor", "check_out_file", "die", "human", "lock_target",
-           "number", "parse_date",
+__all__ = ["ArgParser", "Commit", "Once", "Progress", "UsageError", "blocking_factor", "check_out_file", "die", "human",
+           "lock_target", "number", "parse_date",
            "read_list_file", "run_command", "tell", "warn"]
 
 

@@ -890,7 +890,12 @@ class MaildirStore(Store):
             self._chown(tmp, owner)
             if os.path.lexists(path):
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-            os.rename(tmp, path)
+            try:
+                os.rename(tmp, path)
+            except OSError as exc:          # (one a session made meanwhile, holding files)
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path) from None
         except BaseException:
             with contextlib.suppress(OSError):
                 os.rmdir(tmp)
@@ -993,7 +998,12 @@ class MaildirStore(Store):
                 fill(tmp)
             if os.path.lexists(path):
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-            os.rename(tmp, path)
+            try:
+                os.rename(tmp, path)
+            except OSError as exc:          # (one a session made meanwhile, holding files)
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
