@@ -91,6 +91,19 @@ _KEPT_INDEX: dict[str, tuple[int, str]] = {}
 _KEPT_LOCK = threading.Lock()
 
 
+def _rename_in(tmp: str, path: str) -> None:
+    """The directory ``tmp`` renamed to ``path``; FileExistsError when ``path`` is there
+    (made meanwhile, by a session or another run: empty, rename would replace it)."""
+    if os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+    try:
+        os.rename(tmp, path)
+    except OSError as exc:                  # (one made meanwhile, holding files)
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path) from None
+
+
 @atexit.register
 def _drop_kept() -> None:
     for _uv, where in list(_KEPT_INDEX.values()):
@@ -888,14 +901,7 @@ class MaildirStore(Store):
         os.mkdir(tmp, 0o700)
         try:
             self._chown(tmp, owner)
-            if os.path.lexists(path):
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-            try:
-                os.rename(tmp, path)
-            except OSError as exc:          # (one a session made meanwhile, holding files)
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path) from None
+            _rename_in(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.rmdir(tmp)
@@ -996,14 +1002,7 @@ class MaildirStore(Store):
                 self._mkdir(os.path.join(tmp, sub), owner)
             if fill is not None:
                 fill(tmp)
-            if os.path.lexists(path):
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-            try:
-                os.rename(tmp, path)
-            except OSError as exc:          # (one a session made meanwhile, holding files)
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path) from None
+            _rename_in(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
