@@ -223,6 +223,17 @@ def test_pop3_uidls_saved_after_the_full_come_back_with_the_chain(how, tmp_path)
             assert {u: _uidlist_pop3(lab, u) for u in lab.logins} == fields, one_command
             assert {u: lab.pop3_uidls(u) for u in lab.logins} == want, one_command
             assert {u: lab.client_state(u) for u in lab.logins} == imap, one_command
+        # alice's uidlist and index lost after the restore, rebuilt by reconstruct from the
+        # chain: the UIDLs the incremental lists without carrying come from it too
+        # (IMSASM.state_pop3; before, reconstruct read only the messages' own records)
+        lab.stop()
+        inbox = os.path.join(lab.store, "alice/Maildir")
+        for p in [os.path.join(inbox, "dovecot-uidlist")] + glob.glob(os.path.join(inbox, "dovecot.index*")):
+            os.unlink(p)
+        run(home, "reconstruct", "-r", "-a", full, "-a", incr, "/primary/alice", check=0)
+        lab.start()
+        assert _uidlist_pop3(lab, "alice") == fields["alice"]
+        assert lab.pop3_uidls("alice") == want["alice"]
         # bob's mailbox moves on (a message deleted by mistake, new mail) and the chain is
         # restored into it in one command (a classic merge): the message comes back under
         # a new UID with the UIDL its POP3 client saw, the chain end's (not the full's none)

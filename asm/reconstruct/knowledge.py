@@ -281,7 +281,10 @@ class Knowledge:
 
     def _state(self, m, created) -> None:
         """An incremental's folder member lists the flags of messages it does not carry
-        (the reader has parsed and checked its IMSASM.state record)."""
+        (the reader has parsed and checked its IMSASM.state record), and their POP3
+        UIDLs and orders (IMSASM.state_pop3: saved by Dovecot when a POP3 client logged
+        in after the archive that carried the message; before, a reconstruct from a
+        chain gave such a message none, and its POP3 client downloaded it again)."""
         if len(m.uids) > MAX_LISTED:
             return
         for fl, kw, uids in m.state.entries:
@@ -292,6 +295,11 @@ class Knowledge:
                                 "AND uidvalidity=? AND uid=? AND created<=?",
                                 (flags, kws, created, names.to_db(m.user), names.to_db(m.folder),
                                  m.uidvalidity, uid, created))
+        for uid, (uidl, order) in (getattr(m, "state_pop3", None) or {}).items():
+            self.db.execute("UPDATE msgs SET pop3_uidl=?, pop3_order=? WHERE user=? AND folder=? "
+                            "AND uidvalidity=? AND uid=? AND created<=?",
+                            (uidl or "", order or 0, names.to_db(m.user), names.to_db(m.folder),
+                             m.uidvalidity, uid, created))
 
     # -- asking -------------------------------------------------------------------
     def folders(self, user: str, folder: str) -> list[FolderWitness]:
