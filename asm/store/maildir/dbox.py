@@ -123,6 +123,9 @@ class DboxStore(MaildirStore):
         self._failed: list[str] = []              # give-backs that failed as deliveries were released
         self._levels: dict[str, set] = {}         # login -> folders removed whose empty levels
                                                   # go once the copy is given back
+        self._holding: set[str] = set()           # logins whose deliveries this run holds
+        self._aside: dict[str, dict] = {}         # login -> {folder: GUID}: a killed run's
+                                                  # folders moved aside, not in the copy (_take_aside)
         self._dovecot_runs = False                # its auth service answered (_check_dovecot_runs)
         self.acls_not_archived: list = []         # (login, folder) with an ACL not archived
 
@@ -246,7 +249,29 @@ class DboxStore(MaildirStore):
         self._seen[user] = seen
         self._exported.add(user)
         self._check_copy(user, names, copy)
+        self._aside.pop(user, None)
+        if user in self._holding:
+            self._take_aside(user)
         self._names[user] = self._copied_names(user)
+
+    def _take_aside(self, user: str) -> None:
+        """A run killed while it moved the account's folders (_move_guids) left a folder
+        aside, ``ims-moving-PID-N`` (an IMAP client lists it), holding the mailbox GUID
+        the archive gives another name.  Copied as a folder of the account's own, its
+        GUID was another folder's in the copy: the restore run again gave the folder
+        that wants it a new one (Planner.own_guid), and the folder aside stayed, exit 0.
+        Such a folder of a process that is gone (pid_alive; never a live run's) is
+        ours: it is removed from the copy a restore writes (the deliveries it holds,
+        hold_deliveries: a backup copies it as it is), so the restore gives its GUID to
+        the folder the archive has it under, and the give-back renames it there (the
+        rename keeps its mail); one the copy wants under no name is named (_give_back)."""
+        opts = self._copy_options(user)
+        aside = self._aside.setdefault(user, {})
+        for name, (_n, guid) in sorted(self._folders(user, maildir=True).items(), reverse=True):
+            m = _ASIDE.match(name.split("/")[0])
+            if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+                self._dv.run(user, "mailbox delete", name, options=opts)       # children first
+                aside[name] = guid
 
     def _account_now(self, user: str) -> tuple[dict[str, tuple], str | None]:
         """The login's folders (_folders) and what Dovecot serves of it (_listing), read
@@ -645,6 +670,10 @@ class DboxStore(MaildirStore):
         # (a login the restore made has no folder to move: two doveadm runs saved)
         if before is not None and self._move_guids(user, scope):
             now = self._listing(user, modseq=True)
+        aside = self._aside.pop(user, {})
+        left = sorted(n for n in self._folders(user) if n in aside) if aside else []
+        if left and scope is None:
+            raise StoreError(self._aside_why(user, left, "the restored mail was not given to Dovecot"))
         copy = [f"mail_location=maildir:{self._maildir(user)}"]
         dropped: dict[str, set[int]] = {}
         stopped = None
@@ -682,6 +711,17 @@ class DboxStore(MaildirStore):
             self._subscribe_now(user, later)
         self._remove_levels_now(user, self._levels.pop(user, ()))
         self._seen[user] = self._listing(user, modseq=True)
+        if left:
+            raise StoreError(self._aside_why(user, left, "the restored mail was given to Dovecot"))
+
+    @staticmethod
+    def _aside_why(user: str, left: list[str], done: str) -> str:
+        """Why a folder a killed run moved aside (_take_aside) stays: the restored copy
+        has its mailbox GUID under no name (another archive than that run's)."""
+        return (f"{user}: {done}; the dbox folder {left[0]!r}{' ...' if len(left) > 1 else ''} was moved "
+                f"aside by a restore that was killed, and the archive gives its mailbox GUID no "
+                f"folder: run the killed restore's command again, or rename it (doveadm mailbox rename -u "
+                f"{shlex.quote(user)} {shlex.quote(left[0])} NEW-NAME)")
 
     def _move_guids(self, user: str, scope: list[str] | None) -> bool:
         """The account's folders renamed (``doveadm mailbox rename``, which keeps a
@@ -991,7 +1031,10 @@ class DboxStore(MaildirStore):
                 self._exported.discard(user)
                 for kept in (self._seen, self._touched, self._names):
                     kept.pop(user, None)
+            self._holding.add(user)
             MaildirStore.hold_deliveries(self, user, holder)      # (copies the login again)
+            if user in self._exported and user not in self._aside:
+                self._take_aside(user)            # (a copy made before the hold was taken)
         except BaseException:
             if added:
                 self._dovecot_hold(user, False)
@@ -1108,6 +1151,7 @@ def _stopped_why(user: str, name: str, desync: str, uids_claimed: bool) -> str:
             f"{shlex.quote(user)}; dovecot.holdfile holds deliveries), docs/dovecot.md")
 
 
+_ASIDE = re.compile(r"ims-moving-(\d+)-\d+\Z")     # _move_guids's name for a folder aside
 #: dsync's warning when, giving a folder back, it finds a message the check did not see
 _CONFLICT = re.compile(r"Deleting mailbox '([^']*)': UID=(\d+) already exists")
 
