@@ -26,15 +26,20 @@ from tests.test_dovecot_layouts import configure
 lab = lab_fixture(params=["sdbox", "mdbox"], scope="function")
 
 
-def killing_doveadm(tmp_path) -> dict:
-    """The environment of a run whose ``doveadm mailbox rename X ims-moving-...`` is
-    done by Dovecot's doveadm, then imsrestore (its parent) is SIGKILLed."""
+def killing_doveadm(tmp_path, later: int = 0) -> dict:
+    """The environment of a run whose ``doveadm mailbox rename X ims-moving-...`` (and
+    ``later`` renames after it) is done by Dovecot's doveadm, then imsrestore (its
+    parent) is SIGKILLed."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
+    count = tmp_path / "renames"
     (bindir / "doveadm").write_text(
         "#!/bin/sh\n"
-        'case "$*" in *"mailbox rename "*" ims-moving-"*)\n'
-        f'  {DOVEADM} "$@"; rc=$?; kill -9 $PPID; exit $rc;;\nesac\n'
+        'case "$*" in *"mailbox rename "*" ims-moving-"*) echo 0 > ' f"{count};;\nesac\n"
+        f'case "$*" in *"mailbox rename "*) if [ -f {count} ]; then\n'
+        f'  n=$(cat {count}); echo $((n + 1)) > {count}\n'
+        f'  if [ "$n" -ge {later} ]; then {DOVEADM} "$@"; rc=$?; kill -9 $PPID; exit $rc; fi\n'
+        "fi;;\nesac\n"
         f'exec {DOVEADM} "$@"\n')
     os.chmod(bindir / "doveadm", 0o755)
     return {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
@@ -81,12 +86,14 @@ def aside(lab) -> list[str]:
     return [n for n in view(lab, "alice")[0] if n.startswith("ims-moving-")]
 
 
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_a_restore_killed_with_a_folder_moved_aside_ends_exact_when_run_again(lab, tmp_path, scenario):
+@pytest.mark.parametrize("scenario,later", [("swap", 0), ("cycle", 0), ("cycle", 1)])
+def test_a_restore_killed_with_a_folder_moved_aside_ends_exact_when_run_again(lab, tmp_path, scenario, later):
+    """Killed just after the rename aside, or (the cycle) after the rename that follows
+    it (R -> P: the folder aside has no name of its own to go back to)."""
     home = tmp_path / "ims"
     configure(lab, home)
     incr, want = chain(lab, home, tmp_path, scenario)
-    killed = run(home, "imsrestore", "-f", incr, "/", env=killing_doveadm(tmp_path))
+    killed = run(home, "imsrestore", "-f", incr, "/", env=killing_doveadm(tmp_path, later))
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-500:])
     assert aside(lab), "the kill came before a folder was moved aside"
     again = run(home, "imsrestore", "-f", incr, "/", text=True)
