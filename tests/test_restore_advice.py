@@ -23,10 +23,21 @@ FOLDERS = ['Q "1" 50%; Été', "Work/it's; rm -rf x", "v%2e", "100%"]
 
 def _store(**kw) -> DboxStore:
     s = DboxStore.__new__(DboxStore)        # (no Dovecot: only the messages are looked at)
-    s._renamed, s._unsynced = {}, {}
+    s._renamed, s._unsynced, s._aside = {}, {}, {}
     for k, v in kw.items():
         setattr(s, k, v)
     return s
+
+
+@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_a_dbox_folder_a_killed_restore_left_aside_is_named_with_the_rename_to_run(user, folder):
+    """(tests/test_dbox_moving_killed.py: a folder moved aside that the archive gives no
+    name) the rename the line names runs as one command whatever the names hold."""
+    why = DboxStore._aside_why(user, [folder], "the restored mail was given to Dovecot")
+    m = re.search(r"\((doveadm mailbox rename .*?NEW-NAME)\)$", why)
+    assert m, why
+    assert sh_commands(m.group(1)) == [["doveadm", "mailbox", "rename", "-u", user, folder, "NEW-NAME"]]
 
 
 @pytest.mark.parametrize("user", USERS)
