@@ -47,19 +47,17 @@ METRICS = (
 
 def _readable(value):
     """``value`` with every name's bytes that are not UTF-8 (held as lone surrogates,
-    surrogateescape) written ``\\xNN``, as messages write them: JSON with a lone
-    surrogate escape is refused by strict readers and turned into U+FFFD by jq (adv9
-    F18)."""
+    surrogateescape) written ``\\xNN``, as messages write them (names.shown): JSON with
+    a lone surrogate escape is refused by strict readers and turned into U+FFFD by jq
+    (adv9 F18)."""
+    from asm.archive.names import shown     # (only when a report is written)
     if isinstance(value, str):
-        return _SURROGATE.sub(lambda m: "\\x%02x" % (ord(m.group()) - 0xDC00), value)
+        return shown(value)
     if isinstance(value, dict):
         return {_readable(k): _readable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_readable(v) for v in value]
     return value
-
-
-_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def chain_base(since, base) -> dict | None:
