@@ -891,21 +891,11 @@ class MaildirStore(Store):
         chowned, a client's SELECT that had found the old folder's mail before a folder
         was removed and made again at once opened its dovecot-uidlist between the two:
         "Permission denied", "[SERVERBUG] Internal error" to the client.)
-        FileExistsError when ``path`` is there already."""
-        if not owner:
-            os.mkdir(path, 0o700)
-            return
-        parent = os.path.dirname(path)
-        self._clean_staged(parent)
-        tmp = os.path.join(parent, f"ims-mkdir.{self._pid}.{self._random8()}")
-        os.mkdir(tmp, 0o700)
-        try:
-            self._chown(tmp, owner)
-            _rename_in(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.rmdir(tmp)
-            raise
+        FileExistsError when ``path`` is there already.  (_mkdir_staged with no Maildir
+        to stage in: the name is made beside ``path``.)"""
+        if owner:
+            self._clean_staged(os.path.dirname(path))
+        self._mkdir_staged(path, owner)
 
     def _mkdir_or_own(self, path: str, owner) -> None:
         """_mkdir, or, when ``path`` is there already (a killed run made it and may have
