@@ -389,6 +389,7 @@ def save(args, rep) -> int:
             return None, f"the state of the earlier save is of a {b.driver} store"
         return b, got[2]
 
+    installation = inst.config.installation_id(create=True)     # (each record's header)
     try:
         sw.start({"host": socket.gethostname(), "created": time.time(), "since": since,
                   "root": root, "ims_home": inst.config.home, "asm": os.path.basename(sys.argv[0]) or PROG,
@@ -407,7 +408,7 @@ def save(args, rep) -> int:
                 else:
                     report(f"{rec.name}: incremental on the save of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(os.path.basename(where).split('-')[0])))}")
             opts = BackupOptions(since=None, exclude=exclude, verbose=args.verbose, base=base,
-                                 installation=inst.config.installation_id(create=True))
+                                 installation=installation)
             started = time.time()
             # the start line, before the record's first byte: a record cut or killed (SIGKILL
             # leaves nothing else) is one imsasmreport sees begun and never finished
