@@ -265,8 +265,10 @@ class DboxStore(MaildirStore):
         hold_deliveries: a backup copies it as it is), so the restore gives its GUID to
         the folder the archive has it under, and the give-back renames it there (the
         rename keeps its mail); one the copy wants under no name is named (_give_back)."""
-        opts = self._copy_options(user)
         aside = self._aside.setdefault(user, {})
+        if not any(_ASIDE.match(n.split("/")[0]) for n in MaildirStore.folder_names(self, user)):
+            return          # (the copy's own listing: no doveadm run for a login without one)
+        opts = self._copy_options(user)
         for name, (_n, guid) in sorted(self._folders(user, maildir=True).items(), reverse=True):
             m = _ASIDE.match(name.split("/")[0])
             if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
