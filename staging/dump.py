@@ -184,7 +184,9 @@ class Runner:
         listfile = None
         if len(unit.paths) > 1:
             listfile = os.path.join(self.directory, f".{dump.file}.list")
-            with open(listfile, "w", encoding="utf-8") as f:
+            # (a user directory whose name is not UTF-8 is written as its bytes, as
+            # imsbackup -u reads it: strict UTF-8 stopped the whole run, exit 70)
+            with open(listfile, "w", encoding="utf-8", errors="surrogateescape") as f:
                 f.writelines(p + "\n" for p in unit.paths)
             argv += ["-u", listfile]
         else:

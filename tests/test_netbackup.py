@@ -372,3 +372,50 @@ def test_restore_prints_bprestore_then_restores(ims_home, tmp_path, nbu):
 def test_plugin_registers_imsnbu():
     from asm import plugins
     assert "imsnbu" in plugins.commands()
+
+
+@pytest.mark.parametrize("odd", [os.fsdecode(b"j\xf6rg")], ids=["not-utf8"])
+def test_every_user_of_the_predefined_group_is_staged_whatever_its_name(ims_home, tmp_path, odd):
+    """The predefined group ``user`` is dumped from a list of user paths (imsbackup -u).
+    A Maildir user directory whose name is not UTF-8 stopped the whole bpstart_notify
+    with an internal error (exit 70, no group staged); a user ID ending with a blank
+    was read back from the list without it (``/primary/zed`` twice), left out of the
+    dump, and the job exited 0 saying it saved everything else (FINDINGS-G 1 and 4).
+    Through the installed notify scripts and a restore of what NetBackup took, each
+    user comes back with its bytes, UIDs and flags."""
+    from tests.helpers import make_home, put
+    cfg = make_home(ims_home, "maildir")
+    with open(cfg.groups_path, "w") as f:
+        f.write("gA=[a-f].*\n")              # everyone else is in the predefined group 'user'
+    store = open_store(cfg)
+    for i, u in enumerate(["alice", "zed", odd, "xavier"]):
+        put(store, u, "INBOX", i, flags=["\\Seen"])
+        put(store, u, "Work", 10 + i, flags=["\\Flagged"], keywords=["$Label1"])
+    want = {u: user_view(store, u) for u in store.users("primary")}
+    assert odd in want and len(want) == 4
+    st = tmp_path / "staging"
+    Config(str(ims_home)).set("staging.dir", str(st))
+    bindir = tmp_path / "openv" / "bin"
+    bindir.mkdir(parents=True)
+    imsnbu(ims_home, "install", "--policy", "MAIL", "--dir", str(bindir), check=0)
+
+    r = notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "sched", "FULL")
+    assert r.returncode == 0, r.stderr
+    engine = tmp_path / "engine"                 # what NetBackup takes of the selection
+    engine.mkdir()
+    files = staged_files(st)
+    for f in files:
+        shutil.copy(st / f, engine / f)
+    r = notify(bindir, "bpend_notify.MAIL", "mailhost", "MAIL", "sched", "FULL", "0")
+    assert r.returncode == 0, r.stderr
+    assert "this job saved 2 dumps, 8 messages" in r.stderr, r.stderr
+
+    target = tmp_path / "target"
+    make_home(target, "maildir")
+    for f in files:
+        r = run(target, "imsrestore", "-f", engine / f, text=True)
+        assert r.returncode == 0, r.stderr
+    got = open_store(Config(str(target)))
+    assert sorted(got.users("primary")) == sorted(want)
+    for u in want:
+        assert user_view(got, u) == want[u], u
