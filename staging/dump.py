@@ -36,6 +36,14 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 PR_SET_PDEATHSIG = 1
 
 
+def _listable(path: str) -> bool:
+    """Does ``path`` come back from an ``imsbackup -u`` list exactly as written?  The
+    list is read with universal newlines, each line stripped of blanks, and lines that
+    are empty or begin with ``#`` are skipped (asm.cli.common.read_list_file)."""
+    return bool(path) and path == path.strip() and "\n" not in path and "\r" not in path \
+        and not path.startswith("#")
+
+
 def file_name(unit: GroupPlan, did: int, when: float, area: str = "") -> str:
     """PARTITION-GROUP-YYYYMMDD-HHMMSS-KIND-ID-AREA.ims: ``area`` is the staging area's tag
     (Catalog.area), so two areas pushing to one remote directory never share a name."""
@@ -182,15 +190,21 @@ class Runner:
             # a base dumped before dumps kept their state: by date (docs/operations.md)
             argv += ["-d", time.strftime("%Y%m%d:%H%M%S", time.localtime(unit.since))]
         listfile = None
-        if len(unit.paths) > 1:
+        # imsbackup -u drops the blanks around each line and splits at \r too: a path
+        # the list would not give back as written (user 'zed ' read as 'zed') goes on
+        # the command line, or that user was left out of the dump with exit 0
+        listed = [p for p in unit.paths if _listable(p)]
+        named = [p for p in unit.paths if not _listable(p)]
+        if len(listed) > 1:
             listfile = os.path.join(self.directory, f".{dump.file}.list")
             # (a user directory whose name is not UTF-8 is written as its bytes, as
             # imsbackup -u reads it: strict UTF-8 stopped the whole run, exit 70)
             with open(listfile, "w", encoding="utf-8", errors="surrogateescape") as f:
-                f.writelines(p + "\n" for p in unit.paths)
+                f.writelines(p + "\n" for p in listed)
             argv += ["-u", listfile]
         else:
-            argv += unit.paths
+            named = unit.paths
+        argv += named              # (logical paths: each begins with '/')
         errfile = tempfile.TemporaryFile()
         env = dict(os.environ, IMS_HOME=self.home, IMS_REPORT_PARENT="imsstage")
         try:

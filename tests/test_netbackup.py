@@ -374,7 +374,7 @@ def test_plugin_registers_imsnbu():
     assert "imsnbu" in plugins.commands()
 
 
-@pytest.mark.parametrize("odd", [os.fsdecode(b"j\xf6rg")], ids=["not-utf8"])
+@pytest.mark.parametrize("odd", [os.fsdecode(b"j\xf6rg"), "zed "], ids=["not-utf8", "trailing-blank"])
 def test_every_user_of_the_predefined_group_is_staged_whatever_its_name(ims_home, tmp_path, odd):
     """The predefined group ``user`` is dumped from a list of user paths (imsbackup -u).
     A Maildir user directory whose name is not UTF-8 stopped the whole bpstart_notify
