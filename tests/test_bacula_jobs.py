@@ -282,3 +282,51 @@ def test_two_filesets_of_one_store_each_build_on_their_own_jobs(ims_home, bacula
     nxt = bacula.run_job("ims-mail", "Incremental")
     job_ok(bacula, nxt)
     assert f"incremental backup of job {nxt['JobId']}, what changed since job {diff['JobId']}" in log.read_text()
+
+
+def test_a_user_the_fileset_has_no_stream_for_fails_the_job(ims_home, bacula):
+    """'imsbacula fileset' writes a Plugin line per group that has users (per user with
+    --per-user).  A user made afterwards in a group that had none, or any new user of a
+    per-user FileSet, was in no stream: every stream exited 0, jobdone recorded the job
+    as good and Bacula said "Backup OK" night after night while that mail was in no
+    backup (FINDINGS-G 2).  The job now fails, its log naming the user and what to do;
+    the FileSet written again backs the user up."""
+    cfg = make_home(ims_home, "classic")
+    (ims_home / "config" / "backup-groups.conf").write_text("groupA=a.*\ngroupB=b.*\nrest=.*\n")
+    store = open_store(cfg)
+    for u in ("alice", "joe"):
+        store.create_user(u)
+        store.append(u, "INBOX", io.BytesIO(msg(u, "INBOX", 0)), flags=["\\Seen"])
+
+    def filesets():
+        return "".join(imsbacula("fileset", *extra, "--client", bacula.client, check=True).stdout.decode()
+                       for extra in ([], ["--per-user", "--name", "ims-users"]))
+
+    conf = filesets()
+    assert len(plugin_lines(conf)) == 2 + 2          # groupA, rest; alice, joe: no groupB line
+    bacula.start(conf)
+    job_ok(bacula, bacula.run_job("ims-mail", "Full"))
+    job_ok(bacula, bacula.run_job("ims-users", "Full"))
+
+    store.create_user("bob")                          # groupB: no Plugin line in either FileSet
+    store.append("bob", "INBOX", io.BytesIO(msg("bob", "INBOX", 0)))
+    for name in ("ims-mail", "ims-users"):
+        job = bacula.run_job(name, "Incremental")
+        assert job["JobStatus"] not in ("T", "W"), (job, bacula.log())
+        log = bacula.log()
+        assert f"job {job['JobId']}: /primary/groupB/bob: in no stream of this job's FileSet: NOT BACKED UP" \
+            in log, log
+        assert "write it again (imsbacula fileset -o ...)" in log, log
+
+    # the FileSet written again holds bob: the job is good, and bob's mail restores
+    conf = filesets()
+    assert len(plugin_lines(conf)) == 3 + 3
+    with open(bacula.include, "w") as f:
+        f.write(conf)
+    bacula.console("reload\n")
+    full = bacula.run_job("ims-mail", "Full")
+    job_ok(bacula, full)
+    want = picture(store, ["bob"])
+    store.delete_user("bob")
+    job_ok(bacula, bacula.restore_job(full["JobId"], "ims-mail-restore"))
+    same(picture(store, ["bob"]), want)

@@ -434,6 +434,40 @@ def cmd_history(args, home: str, state: State) -> int:
     return EXIT_OK
 
 
+MISSED_SHOWN = 20       # users named one a line in the job log; the rest counted
+
+
+def _uncovered(home: str, paths: list[str]) -> list[str]:
+    """Lines naming the users of the store that no stream of the job (``paths``: the
+    logical paths it streamed, well or not) covers: made since 'imsbacula fileset' wrote
+    the FileSet (in a group that had no user then, with --per-user, on a new partition)
+    or moved by backup-groups.conf into a group without a Plugin line.  Every stream of
+    such a job exits 0 and Bacula says "Backup OK" while their mail is in no backup."""
+    from asm.cli.common import shown
+    from asm.cli.context import open_installation
+    from asm.logical import PathError, parse
+
+    inst = open_installation(home)
+    streams = []
+    for p in paths:
+        try:
+            streams.append(parse(p, inst.groups, members=False))
+        except PathError:
+            continue
+    missed = [(part, user) for part in inst.store.partitions() for user in inst.store.users(part)
+              if not any(s.covers_user(part, user, inst.groups) for s in streams)]
+    if not missed:
+        return []
+    lines = [shown(f"/{part}/{inst.groups.group_of(user)}/{user}: in no stream of this job's FileSet: "
+                   f"NOT BACKED UP") for part, user in missed[:MISSED_SHOWN]]
+    if len(missed) > MISSED_SHOWN:
+        lines.append(f"... and {len(missed) - MISSED_SHOWN} more users in no stream: NOT BACKED UP")
+    lines.append(f"{len(missed)} users of the store are in no Plugin line of the FileSet (made since "
+                 f"'imsbacula fileset' wrote it, or moved to another group): write it again "
+                 f"(imsbacula fileset -o ...), reload the director and run a job; this job must fail")
+    return lines
+
+
 def cmd_job(args, home: str, state: State) -> int:
     if args.cmd == "jobstart":
         try:
@@ -469,6 +503,9 @@ def cmd_job(args, home: str, state: State) -> int:
             return EXIT_PARTIAL
         if not rows:
             print(f"{PROG}: job {args.jobid}: no stream of this job finished well; nothing recorded")
+        missed = _uncovered(home, [p for p, _, _ in rows] + [p for p, _ in bad])
+        for line in missed:
+            print(f"{PROG}: job {args.jobid}: {line}", flush=True)
         if bad:
             # Bacula 9.6 counts a failed bpipe stream as a warning ("Backup OK -- with
             # warnings"); failing this RunScript (FailJobOnError) makes the job fail.
@@ -478,6 +515,8 @@ def cmd_job(args, home: str, state: State) -> int:
                 print(f"{PROG}: job {args.jobid}: {path} FAILED ({why}); "
                       f"its next incremental starts from its last good job", flush=True)
             return EXIT_PARTIAL         # some stream of the job failed: the job must fail
+        if missed:
+            return EXIT_PARTIAL         # mail of the store is in no stream: the job must fail
     elif args.cmd == "jobfailed":
         n = state.job_failed(args.fileset, args.jobid)
         state.drop_states(args.fileset, args.jobid)
