@@ -144,6 +144,29 @@ def test_fileset_refuses_users_outside_every_group(ims_home):
     assert p.returncode == 2 and b"bad --name 'bad name'" in p.stderr
 
 
+@pytest.mark.parametrize("fileset", ["../../../../esc", "../esc", "a/b", "x\n", "", ".hidden", "-x"])
+def test_a_fileset_name_that_is_not_a_bacula_name_is_refused_before_anything_is_written(ims_home, tmp_path,
+                                                                                       fileset):
+    """--fileset names the job state's log file under $IMS_HOME/data/bacula/log: a name
+    that is a path ('../../../../esc' wrote esc.log outside the installation, exit 0;
+    into a missing directory: exit 70) is a usage error, exit 2, one line, nothing
+    written anywhere."""
+    store = open_store(make_home(ims_home, "classic"))
+    store.create_user("alice")
+    (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
+    before = {p for p in tmp_path.rglob("*")}
+    for args in (["backup", "/primary/groupA"], ["jobstart", "--jobid", "1", "--level", "Full"],
+                 ["jobdone", "--jobid", "1"], ["select", "/primary/groupA"], ["history"]):
+        p = imsbacula(f"--fileset={fileset}", *args)
+        assert p.returncode == 2, (args, p.returncode, p.stderr)
+        assert p.stdout == b"" and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+        assert b"bad --fileset" in p.stderr, (args, p.stderr)
+    assert {p for p in tmp_path.rglob("*")} == before
+    assert not (tmp_path.parent / "esc.log").exists() and not (ims_home / "data" / "bacula").exists()
+    p = imsbacula("fileset", "--name", "x\n")
+    assert p.returncode == 2 and b"bad --name" in p.stderr
+
+
 def test_per_user_fileset_of_a_user_whose_name_is_not_utf8(ims_home, tmp_path):
     """A Maildir user directory named with bytes that are not UTF-8 (b'j\\xf6rg'): the
     per-user FileSet names it by its bytes (%F6), and its stream backs up, is recorded

@@ -559,6 +559,13 @@ def _main(argv: list[str] | None) -> int:
     why = installation_problem(home)
     if why:      # as every command: a mistyped --home is refused, never made (its state.db, its log)
         raise NoInstallation(why)
+    if args.cmd != "fileset":
+        # the job state's FileSet names a log file under $IMS_HOME/data/bacula/log: a
+        # Bacula resource name, never a path ('../../x' wrote outside the installation)
+        from plugins.bacula.fileset import NAME_RE
+        if not NAME_RE.match(args.fileset):
+            raise UsageError(f"bad --fileset {args.fileset!r}: use the FileSet's name as 'imsbacula fileset "
+                             f"--name' wrote it (letters, digits, '_', '.', '-')")
     state = State(home)
     if args.cmd == "fileset":
         return cmd_fileset(args, home)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from asm.errors import EXIT_USAGE, ImsError
 from plugins.bacula.encoding import encode, is_plain, runscript_escape
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}\Z")   # (\Z: "$" lets a newline end it)
 
 
 class FilesetError(ImsError):
