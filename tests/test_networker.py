@@ -417,6 +417,40 @@ def test_map_onto_a_user_the_recover_takes_too_is_refused(tmp_path, ims_home, en
     assert state(open_store(Config(str(other)))) == {("bob",) + k[1:]: v for k, v in state(store, {"alice"}).items()}
 
 
+def test_a_user_whose_name_holds_an_equals_sign_is_relocated_and_a_suffix_with_a_slash_refused(tmp_path, ims_home,
+                                                                                                  env):
+    """-m SRC=DST splits where both sides name a user directory of the tree: a user
+    'e=x' (a directory .../e=x) is relocated, and relocated onto; before, the first '='
+    was taken, exit 2 'x=... is not inside the backup tree'.  -z with a '/' made a
+    folder 'INBOX-/x' under a parent that is not there, exit 0: now exit 2, one line,
+    nothing recovered."""
+    store = open_store(home(ims_home, "classic"))
+    fill(store, ["e=x", "dan"])
+    backup = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-u", "-p", str(backup)).returncode == 0
+    g = backup / "primary" / "groupA"
+    assert (g / "e=x").is_file()
+    stream = run(ims_home, "imsasm", "-s", str(g / "e=x"), str(g / "dan"), check=0).stdout
+    want = {u: state(store, {u}) for u in ("e=x", "dan")}
+    target, _ = _fresh(tmp_path, "new", "classic", env)
+    fresh = open_store(Config(str(target)))
+    p = run(target, "imsasm", "-r", "-m", f"{g}/e=x={g}/zz", str(g / "e=x"), input=stream)
+    assert p.returncode == 0, p.stderr
+    assert state(fresh) == {("zz",) + k[1:]: v for k, v in want["e=x"].items()}
+    p = run(target, "imsasm", "-r", "-m", f"{g}/dan={g}/f=y", str(g / "dan"), input=stream)
+    assert p.returncode == 0, p.stderr
+    assert state(fresh, {"f=y"}) == {("f=y",) + k[1:]: v for k, v in want["dan"].items()}
+    before = state(fresh)
+    for suffix in ("/x", ".a/b", "a\nb", "\x7f"):
+        p = run(target, "imsasm", "-r", "-i", "r", "-z", suffix, input=stream)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and err.count("\n") == 1 and "-z " in err and "'/'" in err, (suffix, err)
+        assert state(fresh) == before
+    p = run(target, "imsasm", "-r", "-i", "r", "-z", ".R", str(g / "dan"), input=stream)
+    assert p.returncode == 0, p.stderr
+    assert fresh.exists("dan", "INBOX") and not fresh.exists("dan", "INBOX-R")     # (dan was not there)
+
+
 def test_bad_input(tmp_path, ims_home, env):
     cfg = home(ims_home, "classic")
     store = open_store(cfg)

@@ -587,6 +587,37 @@ def _inside_hits(sel, want: list[str], whole: list[int], inside: list) -> dict:
     return {i: (hits[k + off] if hits is not None else 0) for k, (i, _) in enumerate(inside)}
 
 
+def _split_map(m: str, root: str) -> tuple:
+    """(SRC, DST, their places) of one -m SRC=DST.  A user name may hold '=' (a user
+    'e=x' is a directory .../e=x of the tree), so the '=' taken is the one at which both
+    sides name a user directory of the tree; two such '=' are refused as ambiguous."""
+    if "=" not in m:
+        raise UsageError(f"-m {m!r}: expected SRC=DST, e.g. -m /backup/primary/groupA/joe=/backup/primary/groupA/ann")
+    fits, first_error = [], None
+    at = m.find("=")
+    while at >= 0:
+        src, dst = m[:at], m[at + 1:]
+        if src and dst:
+            try:
+                ps = tree.place_of(tree.relparts(root, src), True)
+                pd = tree.place_of(tree.relparts(root, dst), True)
+            except tree.TreeError as exc:
+                first_error = first_error or exc
+            else:
+                if ps.user is not None and pd.user is not None and ps.folder is None and pd.folder is None:
+                    fits.append((src, dst, ps, pd))
+        at = m.find("=", at + 1)
+    if len(fits) > 1:
+        raise UsageError(f"-m {m!r}: it can be split at more than one '=' ({fits[0][0]!r} or {fits[1][0]!r} "
+                         f"as the source); recover that user in a run of its own without -m")
+    if not fits and first_error is not None:
+        raise first_error
+    if not fits:
+        raise UsageError(f"-m {m!r}: both sides must name a user directory of the tree "
+                         f"(PARTITION/GROUP/USER below {root}); folders cannot be relocated")
+    return fits[0]
+
+
 def _user_map(maps: list[str], root: str, want: list[str] = ()) -> dict:
     """{source user: target user} of the -m SRC=DST; ``want``: the paths recovered.  A DST
     those paths also reach, not renamed itself, would be recovered under its own name
@@ -596,14 +627,7 @@ def _user_map(maps: list[str], root: str, want: list[str] = ()) -> dict:
     out = {}
     dsts = {}
     for m in maps:
-        src, eq, dst = m.partition("=")
-        if not eq or not src or not dst:
-            raise UsageError(f"-m {m!r}: expected SRC=DST, e.g. -m /backup/primary/groupA/joe=/backup/primary/groupA/ann")
-        ps = tree.place_of(tree.relparts(root, src), True)
-        pd = tree.place_of(tree.relparts(root, dst), True)
-        if ps.user is None or pd.user is None or ps.folder is not None or pd.folder is not None:
-            raise UsageError(f"-m {m!r}: both sides must name a user directory of the tree "
-                             f"(PARTITION/GROUP/USER below {root}); folders cannot be relocated")
+        src, dst, ps, pd = _split_map(m, root)
         if ps.user in out and out[ps.user] != pd.user:
             raise UsageError(f"-m {m!r}: {ps.user!r} is already mapped to {out[ps.user]!r}: keep one -m")
         joined = [u for u, d in out.items() if d == pd.user and u != ps.user]
@@ -699,6 +723,11 @@ def _compare(inst, rec, sel, report) -> list[str]:
 
 def recover(mode: str, args, rep=None) -> int:
     want = [os.path.normpath(os.path.abspath(p)) for p in args.paths]
+    suffix = getattr(args, "suffix", "")
+    if "/" in suffix or any(ord(c) < 32 or ord(c) == 127 for c in suffix):
+        # ('-z /x' made a folder 'INBOX-/x': a child of an 'INBOX-' that is not there)
+        raise UsageError(f"-z {suffix!r}: a suffix may not hold '/' (the folder separator) or control "
+                         f"characters; give one such as -z .R")
     inst = None if args.dry else _installation(create=mode == "-r")
     if rep is not None:
         from asm.report import labels_of
