@@ -326,6 +326,37 @@ def test_savepnpc_full_and_incremental_round_trips(tmp_path, ims_home, env, nsr_
         assert got == {k: v for k, v in final.items() if users is None or k[0] in users}
 
 
+def test_the_example_client_resources_save_every_user_of_the_example_groups(tmp_path, ims_home, env, nsr_bin):
+    """examples/res (client.nsr's save sets, groupA.res's precmd and pstcmd, and
+    backup-groups.conf) taken as shipped: users no line of backup-groups.conf matches
+    ('Bob', '2pac', 'émile') are in the predefined group 'user', which had no save set:
+    3 users of 5 in no backup while imsasmreport said '0 failed', exit 0.  Every user's
+    mail comes back from a recover of the whole tree."""
+    cfg = home(ims_home, "classic")
+    with open(os.path.join(ROOT, "examples", "res", "backup-groups.conf"), encoding="utf-8") as f:
+        groups = f.read()
+    with open(cfg.groups_path, "w", encoding="utf-8") as f:
+        f.write(groups)
+    store = open_store(cfg)
+    fill(store, ["alice", "mike", "Bob", "2pac", "émile"])
+    backup = tmp_path / "backup"
+    with open(os.path.join(ROOT, "examples", "res", "client.nsr"), encoding="utf-8") as f:
+        client = "\n".join(line for line in f.read().splitlines() if not line.lstrip().startswith("#"))
+    sets = [v.strip().replace("/backup", str(backup)) for m in re.finditer(r"save set:\s*([^;]*);", client)
+            for v in m.group(1).split(",")]
+    assert len(sets) >= 2
+    h = Harness(nsr_bin, str(tmp_path / "catalog"), env)
+    done = h.savepnpc(res_file(tmp_path, "groupA.res", ims_home, backup), sets)
+    assert [c[1] for c in done["precmd"]] == [0] and set(done["saves"]) == {0}, h.log
+    assert done["pstcmd"][0][1] == 0
+    built = {p.parent.name for p in backup.glob("primary/*/*/INBOX")}
+    assert built == {tree.encode(u) for u in ("alice", "mike", "Bob", "2pac", "émile")}
+    target, e = _fresh(tmp_path, "all", "classic", env)
+    out = h.recover(str(backup), env=e)
+    assert out and all(rc == 0 for rc, _ in out), out
+    assert state(open_store(Config(str(target)))) == state(store)
+
+
 def test_failing_precmd_means_no_save(tmp_path, ims_home, env, nsr_bin):
     home(ims_home, "classic")
     open_store(Config()).create_user("alice")
