@@ -285,8 +285,11 @@ def _restore(args) -> int:
                 print(f"{'would restore' if args.dry else 'restored'} {item['kind']}: {target}"
                       f" (as of {_when(item['captured'])})")
             if not args.dry:
-                put(src, target, item, owner if item["kind"] in store_kinds or item["member"].startswith("partition/")
-                    else None)
+                # a file of the store -- a login's dovecot-attributes (keys) too -- and the
+                # directories made for it belong to store.owner, whatever uid the old machine
+                # recorded: Dovecot must read it, and make new logins' directories beside it
+                put(src, target, item, owner if item["kind"] in store_kinds
+                    or item["member"].startswith(("partition/", "dovecot/")) else None)
         if not args.dry:
             syncfs_dirs({os.path.dirname(t) for _, _, t in todo}, ignore_errors=True)
         if args.verbose or sys.stderr.isatty():

@@ -903,7 +903,8 @@ def sweep_dead_copies(d: str) -> None:
 
 
 def put(src: str, target: str, item: dict, owner=None) -> None:
-    """Put one restored file in place atomically, with its recorded mode and owner."""
+    """Put one restored file in place atomically, with its recorded mode and owner, or
+    ``owner`` (store.owner) for a file of the store and the directories made for it."""
     d = os.path.dirname(target)
     missing = []
     p = d
