@@ -1064,3 +1064,30 @@ def test_a_header_claiming_gigabytes_is_not_a_bundle(tmp_path, typeflag):
         assert p.wait(timeout=120) == EXIT_NOT_ARCHIVE, (cmd, p.returncode, err[-300:])
         assert err.count("\n") == 1 and "Traceback" not in err, err
         t.join(timeout=60)
+
+
+def test_chain_does_not_continue_an_installation_with_another_s_incremental_by_date(tmp_path):
+    """IMS_HOME made again without its disaster backup has a new identity: its ``-d``
+    incrementals exit 0 (nothing names a base to refuse), but continue no archive of the
+    old installation.  `imsdr chain` must not print them as links of the old chain (the
+    imsrestore line would refuse the whole chain, exit 7, at the recovery): it prints the
+    chain that restores, names the other installation's incremental, exit 1."""
+    home, store, d = _joe_and_a_backup_dir(tmp_path, home="ims")
+    since = time.strftime("%Y%m%d:%H%M%S")            # the start of the full: the next -d
+    run(home, "imsbackup", "-f", d / "full-1.ims", "/", check=0)
+    time.sleep(1.1)
+    store.deliver(["joe"], io.BytesIO(msg(2)))
+    run(home, "imsbackup", "-f", d / "incr-2.ims", "-d", since, "/", check=0)
+    time.sleep(1.1)
+    os.unlink(home / "data" / "installation.id")         # IMS_HOME rebuilt by hand
+    store.deliver(["joe"], io.BytesIO(msg(3)))
+    run(home, "imsbackup", "-f", d / "incr-3.ims", "-d", since, "/", check=0)
+    p = run(home, "imsdr", "chain", "--commands", d, check=EXIT_PARTIAL, text=True)
+    line, = p.stdout.splitlines()
+    argv = shlex.split(line)
+    assert [os.path.basename(x) for x in argv[2::2]] == ["full-1.ims", "incr-2.ims"]
+    assert "incr-3.ims is an incremental by date of another installation" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    run(dest, *argv, check=0)                         # the chain printed restores

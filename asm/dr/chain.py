@@ -38,6 +38,7 @@ class ArchiveFile:
     chain: tuple = ()                     # ... the ids of the archives it continues, full first
     base_recorded: dict = field(default_factory=dict)   # ... what its header records of its
                                           # base: created, device, scope, named (the --base)
+    installation: str | None = None       # the installation identity its header names
 
     @property
     def full(self) -> bool:
@@ -128,7 +129,9 @@ def read_header(path: str, verify: bool = False, identities=()) -> ArchiveFile |
                                tuple(h.get("scope") or ["/"]), str(h.get("archive_id", "")),
                                str(h.get("driver", "")),
                                base=h.get("base") if isinstance(h.get("base"), str) else None,
-                               chain=tuple(header_chain(h)), base_recorded=_recorded(h.get("base_recorded")))
+                               chain=tuple(header_chain(h)), base_recorded=_recorded(h.get("base_recorded")),
+                               installation=h["installation"] if isinstance(h.get("installation"), str)
+                               and h["installation"] else None)
             if verify:
                 try:
                     for _ in r.members(on_error=lambda e: None):
@@ -229,6 +232,20 @@ def chains(files: list[ArchiveFile]) -> list[Chain]:
         else:
             scopes = groups_for(a)
             prev = [c for c in chain_of.values() if c[0].scope in scopes and c[-1].created < a.created]
+            # an incremental by date continues only archives of its own installation (as
+            # imsrestore checks, exit 7): an IMS_HOME made again without its disaster
+            # backup has a new identity, and its -d incrementals continue no old chain
+            other = [c for c in prev if not _one_installation(c + [a])]
+            prev = [c for c in prev if _one_installation(c + [a])]
+            if not prev and other:
+                c = max(other, key=lambda c: (c[-1].created, c[-1].path))
+                why[id(a)] = (f"{a.path} is an incremental by date of another installation (identity "
+                              f"{a.installation}) than the archives before it ({c[-1].path}: "
+                              f"{_installation_of(c)}): it continues none of them (an IMS_HOME made again "
+                              f"without its disaster backup, a cron line with the wrong IMS_HOME?), and "
+                              f"the mail it holds is not in this restore: find that installation's full "
+                              f"backup and name it too")
+                continue
             if not prev:
                 why[id(a)] = f"{a.path} is an incremental by date, and no archive before it covers its scope"
                 continue
@@ -313,6 +330,15 @@ def chains(files: list[ArchiveFile]) -> list[Chain]:
         out.append(c)
     out.sort(key=lambda c: (c.archives[0].created if c.archives else 0, c.scope))
     return out
+
+
+def _one_installation(archives) -> bool:
+    """The archives that name an installation all name the same one."""
+    return len({a.installation for a in archives if a.installation}) <= 1
+
+
+def _installation_of(archives) -> str:
+    return next((a.installation for a in archives if a.installation), "?")
 
 
 def _when(t) -> str:
