@@ -1091,3 +1091,18 @@ def test_chain_does_not_continue_an_installation_with_another_s_incremental_by_d
     dest = tmp_path / "dest"
     make_home(dest, "classic")
     run(dest, *argv, check=0)                         # the chain printed restores
+
+
+def test_a_dovecot_configuration_not_back_yet_is_named_with_what_to_do(tmp_path):
+    """Runbook step 3 puts msg.conf back before Dovecot's configuration may be there
+    (step 2 done out of order, /etc/dovecot not restored yet): with store.mail_location
+    = doveconf every command needs it.  One line naming dovecot.config and the step, exit
+    2, nothing written -- not doveconf's bare "Fatal: open(...) failed"."""
+    conf = tmp_path / "etc" / "dovecot.conf"
+    home = tmp_path / "ims"
+    make_home(home, "maildir", **{"store.mail_location": "doveconf", "dovecot.config": str(conf)})
+    for argv in (["imsbackup", "-f", tmp_path / "x.ims", "/"], ["reconstruct", "-n", "-m", "-r", "/"]):
+        p = run(home, *argv, check=EXIT_USAGE, text=True)
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert f"dovecot.config {conf} does not exist" in p.stderr and "step 2" in p.stderr, p.stderr
+    assert not (tmp_path / "x.ims").exists()

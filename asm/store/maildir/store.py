@@ -136,7 +136,16 @@ def open_layout(config: Config, dbox: bool = False) -> "layout_mod.StoreLayout |
         return None
     home = config.get("store.mail_home")
     if text == "doveconf":
-        sl = layout_mod.from_doveconf(config.get("dovecot.config"))
+        conf = config.get("dovecot.config")
+        if conf and not os.path.exists(conf):
+            # (doveconf's own "Fatal: open(...) failed" said nothing of what to do; after a
+            # total loss this is the step the runbook does before the restore)
+            raise layout_mod.LayoutError(
+                f"dovecot.config {conf} does not exist, and store.mail_location = doveconf reads "
+                f"the store's layout from it: install or restore Dovecot's configuration there "
+                f"first (docs/disaster-recovery.md, step 2), or msconfig set dovecot.config to "
+                f"where it is")
+        sl = layout_mod.from_doveconf(conf)
         if home:
             socket, userdbs = sl.userdb_socket, sl.userdb_text
             sl = layout_mod.StoreLayout(sl.location, home)
