@@ -656,6 +656,34 @@ def test_list_and_map_files_hold_names_whatever_their_bytes(store, ims_home, tmp
     assert not (tmp_path / "b.ims").exists() and glob.glob(str(tmp_path / "*crash*")) == []
 
 
+def test_list_and_map_files_saved_with_a_byte_order_mark(store, ims_home, tmp_path):
+    """A -m map file or -u list saved by an editor that writes a UTF-8 byte-order mark
+    (Notepad) and CRLF line ends: the mark is not part of the first name, as in msg.conf
+    and backup-groups.conf.  Read as a name, the first map line matched no archived user
+    and that user's mail was restored under its own name (into another person's mailbox
+    on a live store), exit 1; the first -u line was a bad path."""
+    from tests.helpers import make_home
+    from asm.store import open_store
+    put(store, "joe", "INBOX", 1)
+    put(store, "ann", "INBOX", 2)
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    mapfile = tmp_path / "map"
+    mapfile.write_bytes(b"\xef\xbb\xbfjoe=newjoe\r\nann=newann\r\n")
+    p = run(dest, "imsrestore", "-m", mapfile, "-f", a, env=quiet(tmp_path))
+    assert p.returncode == 0 and p.stderr == b"", (p.returncode, p.stderr)
+    assert sorted(open_store(make_home(dest, "classic")).users("primary")) == ["newann", "newjoe"]
+    users = tmp_path / "users"
+    users.write_bytes(b"\xef\xbb\xbf/primary/joe\r\n# ann too\r\n/primary/ann\r\n")
+    b = tmp_path / "b.ims"
+    p = run(ims_home, "imsbackup", "-u", users, "-f", b, env=quiet(tmp_path))
+    assert p.returncode == 0 and p.stderr == b"", (p.returncode, p.stderr)
+    listed = run(ims_home, "imsrestore", "-t", "-f", b, check=0).stdout
+    assert b"/primary/joe/INBOX\t" in listed and b"/primary/ann/INBOX\t" in listed, listed
+
+
 def test_a_map_to_a_name_the_store_cannot_keep_is_refused_before_anything(store, ims_home, tmp_path):
     """imsrestore -m with a new user ID the target store cannot keep (the classic store:
     bytes that are not UTF-8) is a bad map file: one line naming its line, EXIT_USAGE, and

@@ -687,10 +687,11 @@ def parse_date(text: str) -> float:
 
 def read_list_file(path: str) -> list[str]:
     """Names from a -u file: one per line, blank lines and # comments ignored; a name
-    that is not UTF-8 is kept as its bytes."""
+    that is not UTF-8 is kept as its bytes; a leading byte-order mark (an editor's) is
+    not part of the first name."""
     from asm.lines import bounded_lines
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
             return [ln.strip() for ln in bounded_lines(f, path, "a list of names, one a line")
                     if ln.strip() and not ln.lstrip().startswith("#")]
     except OSError as exc:

@@ -14,7 +14,10 @@ def read_map(path: str, check=check_user_name) -> dict:
     refused before anything is restored."""
     out = {}
     try:
-        f = open(path, encoding="utf-8", errors="surrogateescape")   # names: any bytes
+        # names: any bytes; utf-8-sig: a byte-order mark an editor wrote (Notepad) is not
+        # part of the first old name, which would match nobody and leave that user's mail
+        # restored under its own name
+        f = open(path, encoding="utf-8-sig", errors="surrogateescape")
     except OSError as exc:
         raise RestoreError(f"cannot read map file {path!r}: {exc.strerror}") from None
     with f:
