@@ -684,6 +684,42 @@ def test_list_and_map_files_saved_with_a_byte_order_mark(store, ims_home, tmp_pa
     assert b"/primary/joe/INBOX\t" in listed and b"/primary/ann/INBOX\t" in listed, listed
 
 
+def test_a_classic_store_the_user_cannot_read_is_the_store_status(tmp_path):
+    """A cron line in the wrong crontab: the classic store (0700, its owner's) cannot be
+    read by the user running the command.  Every command that opens it says so in one
+    line, EXIT_STORE, and names what to do; it was an internal error (70, "please report
+    it", a crash file), as the unreadable mailbox list looked missing and the search of
+    the partitions for its lost users met the permission error (reconstruct said the
+    list was missing and told to rebuild it)."""
+    import shutil
+    from asm.store import open_store
+    from tests.helpers import command, make_home
+    capsh = shutil.which("capsh") or "/usr/sbin/capsh"
+    if os.geteuid() != 0 or not os.access(capsh, os.X_OK):
+        pytest.skip("needs root and capsh to run a command without the right to read others' files")
+    home = tmp_path / "ims"
+    cfg = make_home(home, "classic")
+    with in_home(home):
+        put(open_store(cfg), "joe", "INBOX", 1)
+    root = home / "data" / "store"
+    for d, _dirs, files in os.walk(root):
+        for n in [d, *(os.path.join(d, f) for f in files)]:
+            os.chown(n, 65534, 65534)           # the store owner's, as after msconfig set store.owner
+    os.chmod(root, 0o700)
+    as_other = [capsh, "--drop=cap_dac_override,cap_dac_read_search,cap_fowner", "--", "-c", 'exec "$0" "$@"']
+    try:
+        for argv in (["imsbackup", "-f", tmp_path / "a.ims", "/"], ["mboxutil", "-l"],
+                     ["reconstruct", "-n", "-r", "/"]):
+            p = run(home, *as_other, command(argv[0]), *argv[1:], env=quiet(tmp_path))
+            err = no_traceback(p, argv[0])
+            assert p.returncode == errors.EXIT_STORE and len(err.splitlines()) == 1, (argv, p.returncode, err)
+            assert f"cannot read {root}" in err and "run as the store's owner" in err, err
+            assert "is missing" not in err, err
+        assert not (tmp_path / "a.ims").exists() and glob.glob(str(tmp_path / "*crash*")) == []
+    finally:
+        os.chmod(root, 0o755)
+
+
 def test_a_map_to_a_name_the_store_cannot_keep_is_refused_before_anything(store, ims_home, tmp_path):
     """imsrestore -m with a new user ID the target store cannot keep (the classic store:
     bytes that are not UTF-8) is a bad map file: one line naming its line, EXIT_USAGE, and

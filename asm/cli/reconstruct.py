@@ -150,8 +150,9 @@ def _main(argv: list[str] | None) -> int:
 
 def _classic(cfg, groups, k, report, repair, args, paths) -> None:
     from asm.reconstruct.classic import ClassicReconstructor
+    from asm.store.classic import mailbox_list_exists
     db = os.path.join(cfg.store_root, "mboxlist", "mailboxes.db")
-    if not args.mboxlist and not os.path.exists(db):
+    if not mailbox_list_exists(cfg.store_root) and not args.mboxlist:
         raise StoreError(f"the classic store's mailbox list {db} is missing: rebuild it first with reconstruct -m",
                          status=EXIT_STORE)
     rec = ClassicReconstructor(cfg, k, report, repair)

@@ -173,6 +173,31 @@ def holds_mail(path: str) -> bool:
     return False
 
 
+def mailbox_list_exists(root: str) -> bool:
+    """Whether the classic store under ``root`` has its mailbox list (``os.path.exists``
+    that tells a list this user cannot reach from a missing one).  StoreError when it
+    cannot be looked for: a directory on the way this user may not read (the command run
+    as another user than the store's owner, a cron line in the wrong crontab) must not
+    look like a store without a list, whose partitions are then searched for lost users
+    or which a repair would give a new, empty list."""
+    db_path = os.path.join(root, "mboxlist", "mailboxes.db")
+    try:
+        os.stat(db_path)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        where = db_path
+        for d in (root, os.path.dirname(db_path)):
+            if os.path.isdir(d) and not os.access(d, os.R_OK | os.X_OK):
+                where = d
+                break
+        hint = ("run as the store's owner or root" if exc.errno in (errno.EACCES, errno.EPERM)
+                else "check the store's disk")
+        raise StoreError(f"cannot read {where}, the classic store's mailbox list ({db_path}): "
+                         f"{exc.strerror or exc}: {hint}") from None
+
+
 def lost_list(parts: dict) -> str | None:
     """Why a missing mailbox list was lost: a partition holds user directories with
     mail (``holds_mail``); None when none does (a store not made yet)."""
@@ -410,7 +435,7 @@ class ClassicStore(Store):
         self._give = bool(self.owner) and os.geteuid() == 0     # files are given to store.owner
         self.lock_timeout = float(config.get_int("store.locktimeout"))
         db_path = os.path.join(self.root, "mboxlist", "mailboxes.db")
-        if not os.path.exists(db_path):
+        if not mailbox_list_exists(self.root):
             # without a mailbox list the store is empty, unless its partitions say it was
             # lost: then no command reads it as empty, and none writes a new list over the
             # users it does not know (a restore would reset their folders to the archive
