@@ -156,6 +156,22 @@ def test_mboxutil_errors(config, ims_home):
     assert run(ims_home, "mboxutil").returncode == 2
 
 
+def test_mboxutil_p_is_never_passed_over(config, ims_home):
+    """-p is the partition of a user -c makes (or the pattern of -l).  Given where it
+    is not used, it was passed over, exit 0: a folder made for an existing user with a
+    mistyped partition (-p nopart), or -d with -p.  Refused (exit 2, one line, nothing
+    done); a -p that names the user's own partition is fine."""
+    assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
+    for argv, says in ((["-c", "user/joe/Z", "-p", "nopart"], "user 'joe' is on partition 'primary', not 'nopart'"),
+                       (["-d", "user/joe", "-p", "primary"], "-p is not used with -d")):
+        p = run(ims_home, "mboxutil", *argv)
+        assert p.returncode == 2 and says in err(p) and err(p).count("\n") == 1, (argv, p.returncode, err(p))
+    names = out(run(ims_home, "mboxutil", "-l", check=0))
+    assert "user/joe/INBOX" in names and "user/joe/Z" not in names, names      # nothing made, nothing deleted
+    assert run(ims_home, "mboxutil", "-c", "user/joe/Z", "-p", "primary").returncode == 0
+    assert run(ims_home, "mboxutil", "-c", "user/ann/Sent", "-p", "primary").returncode == 0   # makes ann there
+
+
 def test_mboxutil_a_name_with_an_empty_level_is_never_its_parent(config, ims_home):
     """mboxutil -d "user/joe/$FOLDER" with FOLDER empty deleted the whole user: a name
     with an empty level is refused (exit 2, one line), whatever the option."""

@@ -59,12 +59,21 @@ def _main(argv: list[str] | None) -> int:
                           f"{f.uidnext:>8}  {name}{'' if f.subscribed else chr(9) + '(unsubscribed)'}")
         return EXIT_OK
     user, folder = split_mailbox(args.c if args.c is not None else args.d)
+    if args.d is not None and args.p is not None:
+        # (passed over, exit 0: the administrator meant something by it)
+        raise UsageError(f"-p is not used with -d (it names the partition of a user -c makes, or the "
+                         f"pattern of -l): leave it out to delete {args.d}")
     if args.c:
         if folder is None:
             store.create_user(user, args.p or "primary")
         else:
             if not store.exists(user):
                 store.create_user(user, args.p or "primary")
+            elif args.p is not None and args.p != store.user_partition(user):
+                # a mistyped partition was passed over, exit 0, the folder made where joe is
+                raise UsageError(f"user {user!r} is on partition {store.user_partition(user)!r}, not "
+                                 f"{args.p!r}: -p names the partition of a new user; leave it out to make "
+                                 f"a folder of {user!r}")
             store.create_folder(user, folder, subscribed=True)
     elif folder is None:
         store.delete_user(user)
