@@ -492,3 +492,53 @@ def test_a_delivery_into_the_emptied_store_before_the_restore_is_named_not_silen
     assert f"the archived one {before.folders['INBOX'].uidvalidity} " in notes[0], notes[0]
     assert sorted(m.sha256 for m in inbox.messages) == sorted(
         [m.sha256 for m in before.folders["INBOX"].messages] + [inbox.messages[0].sha256])
+
+
+def test_a_killed_restore_run_again_keeps_the_flags_a_client_changed_meanwhile(lab, tmp_path):
+    """A restore of a deleted folder is killed half-way; the user's client, which sees
+    the half-restored folder, flags one message and marks another unread; the same
+    command run again finishes the folder (exit 0) and leaves both as the client set
+    them, as a merge into a live folder does ("Messages already there ... are
+    skipped").  Before, the rerun set every message it found there to the archived
+    flags: the client's \\Flagged vanished and the unread message was \\Seen again,
+    exit 0 (FINDINGS-I.md, finding 2)."""
+    from tests.faults import run_with_fault
+    u, name = lab.logins[1], "Halfway"
+    home = tmp_path / "ims"
+    configure(lab, home)
+    with lab.imap(u) as c:
+        c.create(name)
+        for i in range(12):
+            c.append(name, message(f"h{i}", size=400), [r"\Seen"] if i % 2 else [])
+        c.select(name)
+        archived = {m["uid"]: m["flags"] for m in c.fetch_meta()}
+    assert archived[2] == {r"\Seen"} and archived[1] == frozenset()
+    archive = tmp_path / "h.ims"
+    run(home, "imsbackup", "-f", archive, f"/primary/{u}/{name}", check=0)
+    d = lab.mailbox_path(u, name)
+    argv = ["imsrestore", "-f", archive, f"/primary/{u}/{name}"]
+    root, log = os.path.dirname(d), tmp_path / "steps.log"
+
+    def lose():
+        shutil.rmtree(d)
+        shutil.rmtree(home / "data", ignore_errors=True)
+    lose()
+    run(home, *argv)                     # (the account's own files, as in the test above)
+    lose()
+    run_with_fault(argv, root, f"count:{tmp_path / 'n'}", env={"IMS_HOME": str(home), "IMS_FAULT_LOG": str(log)})
+    renames = [int(line.split()[0]) for line in open(log) if os.path.join(d, "tmp", "") in line]
+    lose()
+    r = run_with_fault(argv, root, f"kill:{renames[2 * 8 - 1] + 1}", env={"IMS_HOME": str(home)})
+    assert r.returncode == -9
+    with lab.imap(u) as c:
+        c.select(name)
+        assert set(c.uids()) >= {1, 2}
+        c.uid_store([1], "+FLAGS", [r"\Flagged"])
+        c.uid_store([2], "-FLAGS", [r"\Seen"])
+    r = run(home, *argv)
+    assert r.returncode == 0, r.stderr
+    with lab.imap(u) as c:
+        c.select(name)
+        got = {m["uid"]: m["flags"] for m in c.fetch_meta()}
+    want = {**archived, 1: frozenset({r"\Flagged"}), 2: frozenset()}
+    assert got == want

@@ -241,6 +241,16 @@ class Applier:
         return (plan.mode == "exact" and plan.resumed) or (plan.mode == "chain" and m.uid in plan.archive_uids)
 
     @staticmethod
+    def unlanded(dup, m) -> bool:
+        """A message a run cut short stored (``dup``, at the archived UID of ``m``) lacks
+        archived keywords that did not land (beyond 26: given to Dovecot by doveadm when
+        the folder is let go, which the kill prevented).  Any other difference is a
+        client's, made in the folder between the runs (a flag set, a message marked
+        unread): kept, as a merge keeps what is there; the system flags are written with
+        the file and always land."""
+        return set(dup.flags) == set(m.flags) and set(dup.keywords) < set(m.keywords)
+
+    @staticmethod
     def target_uid(plan: FolderPlan, m) -> int | None:
         if plan.mode == "exact" and not plan.resumed:
             return m.uid
@@ -279,8 +289,7 @@ class Applier:
                     # stored at a new UID as asked, is not another message)
                     plan.taken.append(m.uid)
             path = dup.path
-            if dup.uid == m.uid and (plan.mode == "chain" or plan.resumed and (
-                    set(dup.flags) != set(m.flags) or set(dup.keywords) != set(m.keywords))):
+            if dup.uid == m.uid and (plan.mode == "chain" or plan.resumed and self.unlanded(dup, m)):
                 # chain: the flags of this link; resumed: stored by the run cut short,
                 # whose flags did not all land (keywords beyond 26, given to Dovecot by
                 # doveadm when the folder is let go, which failed).  Set before the file
