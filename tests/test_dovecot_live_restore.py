@@ -542,3 +542,64 @@ def test_a_killed_restore_run_again_keeps_the_flags_a_client_changed_meanwhile(l
         got = {m["uid"]: m["flags"] for m in c.fetch_meta()}
     want = {**archived, 1: frozenset({r"\Flagged"}), 2: frozenset()}
     assert got == want
+
+
+def test_a_folder_renamed_by_a_client_during_its_restore_is_named_in_one_line(lab, tmp_path):
+    """Another session RENAMEs the folder a restore is writing into: the restore names
+    it in one line (what happened, what to do), exit 1, and writes nothing more; the
+    renamed folder keeps what was restored into it, without duplicates; the same command
+    run again restores the folder whole under its name, archived UIDVALIDITY and UIDs.
+    Before, every remaining message was an error line of its own ("cannot write
+    alice/Work: No such file or directory (.../.Work/tmp/...)", 2,710 lines for 4,000
+    messages), then "no such folder", exit 17, whose advice is to mount a disk
+    (FINDINGS-I.md, finding 3)."""
+    from asm.config import Config
+    from asm.store import open_store
+    u, name, n = lab.logins[2], "Busy", 4000
+    home = tmp_path / "ims"
+    configure(lab, home)
+    with lab.imap(u) as c:
+        c.create(name)
+    store = open_store(Config(home=str(home)))
+    with store.batch(), store.lock(u, name):
+        for i in range(n):
+            store.append(u, name, io.BytesIO(message(f"busy {i}", body=f"m {i}", size=500 + i % 700)),
+                         flags=[r"\Seen"] if i % 3 else [], internaldate=1700000000 + i)
+    lab.fix_owner()
+    with lab.imap(u) as c:
+        archived = c.select(name)
+    archive = tmp_path / "busy.ims"
+    run(home, "imsbackup", "-f", archive, f"/primary/{u}/{name}", check=0)
+    d = lab.mailbox_path(u, name)
+    shutil.rmtree(d)                        # the user deleted it; a restore brings it back
+    argv = ["imsrestore", "-f", archive, f"/primary/{u}/{name}"]
+    proc = popen(home, *argv, stdout=open(tmp_path / "out", "w"), stderr=open(tmp_path / "err", "w"))
+    uidlist = os.path.join(d, "dovecot-uidlist")
+
+    def records() -> int:
+        try:
+            with open(uidlist) as f:
+                return sum(1 for _ in f) - 1
+        except FileNotFoundError:
+            return 0
+    deadline = time.monotonic() + 60
+    while records() < 20 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the restore ended before the client could rename the folder"
+    with lab.imap(u) as c:
+        c.rename(name, "Renamed")
+    assert proc.wait(timeout=300) == 1, (tmp_path / "err").read_text()
+    err = (tmp_path / "err").read_text().splitlines()
+    assert len(err) == 1 and "deleted or renamed while it was restored" in err[0] \
+        and "run the same command again" in err[0], err[:3]
+    with lab.imap(u) as c:
+        c.select("Renamed")
+        bodies = [c.fetch_body(uid) for uid in c.uids()]
+        assert 0 < len(bodies) < n and len(set(bodies)) == len(bodies)
+    r = run(home, *argv)
+    assert r.returncode == 0, r.stderr
+    with lab.imap(u) as c:
+        again = c.select(name)
+        assert (again["uidvalidity"], again["exists"], again["uidnext"]) == \
+            (archived["uidvalidity"], n, archived["uidnext"])
+    assert "Error:" not in lab.log()

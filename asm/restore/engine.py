@@ -22,7 +22,8 @@ from asm.restore.options import RestoreOptions, RestoreResult, error_status
 from asm.restore.plan import FolderPlan, Planner
 from asm.restore.reffile import write_reffile
 from asm.restore.selection import Selection
-from asm.store.base import Store, StoreError, StoreFull, UserExists, os_store_error, syncfs_dirs, this_holder
+from asm.store.base import (NoSuchFolder, Store, StoreError, StoreFull, UserExists, os_store_error, syncfs_dirs,
+                            this_holder)
 
 
 #: folders complete on disk are recorded so in the journal after one sync of the store
@@ -432,6 +433,10 @@ class Restorer:
         if not selected:
             self.applier.maybe_spool(m)
             return
+        if plan.vanished:                        # (see _vanished: named once)
+            plan.failed += 1
+            self.applier.maybe_spool(m)          # (a first copy later links may need)
+            return
         try:
             self.applier.restore_message(plan, m)
         except ArchiveReadFailed as exc:
@@ -446,9 +451,29 @@ class Restorer:
                 exc = os_store_error(exc, f"{plan.user}/{plan.folder}")
             if isinstance(exc, StoreFull):
                 self._store_full(plan.mailbox, exc)
-            self._error(f"{plan.mailbox}/{m.uid}", exc)
+            if plan.vanished:
+                pass                             # named once (below); the rest are counted
+            elif self._vanished(plan):
+                plan.vanished = True
+                self._error(plan.mailbox, (
+                    f"the folder was deleted or renamed while it was restored (by an IMAP client?): "
+                    f"the messages from archived UID {m.uid} on were not restored; run the same "
+                    f"command again to restore them to this name"), EXIT_PARTIAL)
+            else:
+                self._error(f"{plan.mailbox}/{m.uid}", exc)
         if self.progress:
             self.progress(self.res)
+
+    def _vanished(self, plan: FolderPlan) -> bool:
+        """The folder a message could not be written to is no longer the one this run
+        restores into: gone (a client's DELETE or RENAME) or made again (another
+        UIDVALIDITY).  Every later message would fail the same way, one line each."""
+        try:
+            return self.store.folder(plan.user, plan.folder).uidvalidity != plan.uidvalidity
+        except NoSuchFolder:
+            return True
+        except (StoreError, OSError):
+            return False
 
     # -- folders --------------------------------------------------------------
     def _whole_users(self) -> bool:
@@ -1002,6 +1027,19 @@ class Restorer:
         store = self.store
         mailbox = plan.mailbox
         info = None
+        if plan.vanished:
+            # named when it was seen; not recorded as restored (the same command run
+            # again restores the folder under its name); its locks went with it
+            try:
+                self.applier.drop_deferred(plan)
+                self._release_lock()
+            except (StoreError, OSError):
+                pass
+            finally:
+                self._release_restore_lock()
+            plugins.mailbox_done(self.run, mailbox, {"status": "error", "messages": plan.restored,
+                                                     "bytes": 0, "error": "deleted or renamed while restored"})
+            return
         if plan.mode == "skip":
             try:
                 self._release_lock()

@@ -72,6 +72,8 @@ class FolderPlan:
     pop3: object = None         # {uid: (uidl, order)}: the POP3 UIDLs and orders of the
                                 # messages an incremental lists without carrying them
                                 # (IMSASM.state_pop3), set as they were at its backup
+    vanished: bool = False      # the folder was deleted or renamed (by a client) while this
+                                # run restored into it: named once, the rest not written
     foreign: bool = False       # merged into another user's folder (-m): an equal UIDVALIDITY
                                 # there is a coincidence (two folders made in one second),
                                 # never the archived folder
