@@ -603,3 +603,39 @@ def test_a_folder_renamed_by_a_client_during_its_restore_is_named_in_one_line(la
         assert (again["uidvalidity"], again["exists"], again["uidnext"]) == \
             (archived["uidvalidity"], n, archived["uidnext"])
     assert "Error:" not in lab.log()
+
+
+def test_a_chain_restore_of_a_folder_renamed_away_before_its_last_backup_says_so(lab, tmp_path):
+    """The admin restores one folder from a chain (full, then a -d incremental) but the
+    user renamed it between the two backups: the chain's end has no such folder, so
+    nothing of it is restored; the command says so in one line, with what to do, and
+    exits 1.  The renamed folder is left as it is.  Following the advice (the full
+    alone) brings the folder back.  Before, exit 0 and nothing on stderr (only -v said
+    "skipped"): the admin was told the folder was restored (FINDINGS-I.md, finding 7)."""
+    import datetime
+    u = lab.logins[1]
+    home = tmp_path / "ims"
+    configure(lab, home)
+    with lab.imap(u) as c:
+        c.create("Gone")
+        for i in range(3):
+            c.append("Gone", message(f"g{i}"), [r"\Seen"])
+    full, inc = tmp_path / "full.ims", tmp_path / "inc.ims"
+    run(home, "imsbackup", "-f", full, f"/primary/{u}", check=0)
+    time.sleep(1.1)
+    since = datetime.datetime.now().strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    with lab.imap(u) as c:
+        c.rename("Gone", "Moved")
+    lab.fix_owner()
+    run(home, "imsbackup", "-f", inc, "-d", since, f"/primary/{u}", check=0)
+    before = lab.client_state(u)
+    r = run(home, "imsrestore", "-f", full, "-f", inc, f"/primary/{u}/Gone")
+    assert r.returncode == 1, r.stderr
+    err = r.stderr.decode().splitlines()
+    assert len(err) == 1 and f"/primary/{u}/Gone: not restored" in err[0] and \
+        "renamed away" in err[0] and "imsrestore -n -f ARCHIVE" in err[0], err
+    assert lab.client_state(u) == before
+    run(home, "imsrestore", "-n", "-f", full, f"/primary/{u}/Gone", check=0)
+    with lab.imap(u) as c:
+        assert c.select("Gone")["exists"] == 3

@@ -430,6 +430,7 @@ def _chain(args, rep) -> int:
         rep.update(device=list(args.devices), chain=per, counts=total, new_uids=new_uids)
 
     unmatched: list = [None]    # the paths no archive before this one matched (None: none yet)
+    chain_gone: list = []       # RestoreResult.gone_asked over the chain, named after its last archive
     map_used: set = set()       # the map file's old names some archive of the chain had
     map_targets: dict = {}      # RestoreOptions.map_targets, for every archive of the chain
     claims: dict = {}           # RestoreOptions.claims, for every archive of the chain
@@ -438,6 +439,7 @@ def _chain(args, rep) -> int:
         last = i == len(args.devices) - 1
         one = argparse.Namespace(**vars(args))
         one.chain_unmatched = unmatched
+        one.chain_gone = chain_gone
         one.map_used = map_used
         one.map_targets = map_targets
         one.claims = claims
@@ -719,6 +721,17 @@ def _one(args, rep) -> int:
                        + f": nothing was restored to {user_map[k]!r} (names are matched exactly)")
         if unused and status == EXIT_OK:
             status = EXIT_PARTIAL
+    gone = getattr(args, "chain_gone", None)
+    if gone is not None:
+        gone.extend(mb for mb in res.gone_asked if mb not in gone)
+        if args.final is None and gone:
+            # a path named a folder the chain's end does not have: none of it was restored
+            for mailbox in gone:
+                warn(PROG, f"{mailbox}: not restored: the chain's last archive does not hold this folder "
+                           f"(deleted or renamed away before its backup); to get it as an earlier archive "
+                           f"holds it, restore from that archive alone (imsrestore -n -f ARCHIVE {mailbox})")
+            if status == EXIT_OK:
+                status = EXIT_PARTIAL
     return status
 
 

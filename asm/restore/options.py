@@ -72,6 +72,8 @@ class RestoreResult:
     user_paths: dict = field(default_factory=dict)   # unmatched /P/GROUP path -> the archived user GROUP's path
     unread: list = field(default_factory=list)       # (mailbox, why): the archive's backup could not read it
     kept: list = field(default_factory=list)         # (mailbox, line): not listed, unread by the backup: kept
+    gone_asked: list = field(default_factory=list)   # folders a path names that the chain's
+                             # last archive no longer holds (deleted or renamed away): not restored
     merged: list = field(default_factory=list)       # (mailbox, messages given new UIDs, the folder's
                                                      # UIDVALIDITY, the archived one): its own folder
                                                      # found there as another (made again, or by a delivery)
