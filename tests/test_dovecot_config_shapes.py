@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from tests.dovecot_lab import MAIL_USER, LabLayout, dovecot_lab, message
+from tests.dovecot_lab import MAIL_USER, LabLayout, dovecot_lab, ensure_mail_user, message
 from tests.helpers import make_home, run
 
 PLAIN_LOC = "maildir:{store}/%u/Maildir"
@@ -836,3 +836,58 @@ def test_a_virtual_namespace_is_views_of_mail_already_backed_up(shaped_lab, tmp_
     shutil.rmtree(os.path.join(lab.store, "alice", "Maildir"))
     run(home, "imsrestore", "-f", a, check=0)
     assert lab.client_state("alice") == before
+
+
+OWN_UID = LabLayout("ownuid", "maildir:~/Maildir", "{store}/%u", ("alice", "bob"), userdb="passwd-file")
+
+
+@shaped(OWN_UID)
+def test_a_restore_never_writes_mail_dovecot_runs_its_login_as_another_uid_for(shaped_lab, tmp_path):
+    """Dovecot runs a login as the uid its userdb gives it (system users, a passwd-file's
+    uid, an SQL uid column), else as mail_uid, and keeps its directories 0700.  The
+    restore gave everything to store.owner: alice, whom the userdb runs as her own
+    system user, got a Maildir of vmail's, exit 0, and every IMAP command of hers
+    answered "[SERVERBUG] Internal error" (Permission denied).  Now her folders are
+    named and nothing of hers is written (exit 17); bob, run as mail_uid = store.owner,
+    comes back whole.  A store.owner that is not Dovecot's mail_uid is refused the
+    same way, for a folder restored into the live store too."""
+    lab = shaped_lab
+    uid, gid = ensure_mail_user("imsalice")
+    lab.set_userdb_fields("alice", "uid=imsalice gid=imsalice")
+    os.makedirs(os.path.join(lab.store, "alice"), exist_ok=True)
+    os.chown(os.path.join(lab.store, "alice"), uid, gid)
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+        with lab.imap(u) as c:
+            c.create("Work")
+            c.subscribe("Work")
+            c.append("Work", message(f"work {u}"), [r"\Seen", "$Label1"])
+    assert os.stat(os.path.join(lab.store, "alice", "Maildir", "cur")).st_uid == uid
+    before = {u: lab.client_state(u) for u in lab.logins}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    for u in lab.logins:
+        shutil.rmtree(os.path.join(lab.store, u, "Maildir"))
+    p = run(home, "imsrestore", "-f", a, text=True)
+    assert p.returncode == 17, p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) == 2 and all(f"Dovecot runs alice as uid {uid} (the userdb's uid={uid})" in line
+                                   for line in lines), p.stderr
+    assert {re.match(r"imsrestore: (\S+):", line).group(1) for line in lines} == \
+        {"/primary/alice/INBOX", "/primary/alice/Work"}, p.stderr
+    assert not os.path.exists(os.path.join(lab.store, "alice", "Maildir"))
+    assert lab.client_state("bob") == before["bob"]
+    # a store.owner that is not Dovecot's mail user: bob's folder restored into his live
+    # account is refused before anything is written
+    other, _ = ensure_mail_user("imsalice")
+    with lab.imap("bob") as c:
+        c.delete("Work")
+    configure(lab, home)
+    make_home(home, "maildir", **{"store.owner": "imsalice"})
+    p = run(home, "imsrestore", "-f", a, "/primary/bob/Work", text=True)
+    assert p.returncode == 17 and p.stderr.count("\n") == 1, p.stderr
+    assert f"Dovecot runs bob as uid {lab.uid} (" in p.stderr, p.stderr
+    assert f"but store.owner is uid {other}, so Dovecot could not open" in p.stderr, p.stderr
+    assert "Work" not in lab.client_state("bob").folders

@@ -1001,6 +1001,8 @@ class Restorer:
         stack.close()
 
     def _ensure_user(self, partition: str, user: str, m) -> None:
+        # files Dovecot could not open are not written at all (the folder is named, exit 17)
+        self.store.check_writer(user)
         if not self.store.exists(user):
             part = partition         # configured: _start_folder refuses a user of another
             try:

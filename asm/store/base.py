@@ -513,6 +513,11 @@ class Store(abc.ABC):
         user ID by default; a driver with its own limits says so."""
         return check_user_name(user)
 
+    def check_writer(self, user: str) -> None:
+        """A StoreError when what a restore writes for ``user`` could not be read by the
+        mail server that serves it (the maildir driver: files of another uid than the one
+        Dovecot runs the login as).  Nothing by default."""
+
     def check_new_folder(self, user: str, folder: str) -> str:
         """``folder`` (normalised) if this store can keep it as a folder of ``user`` (who
         exists), else BadName saying why (NameTooLong when only its length is in the

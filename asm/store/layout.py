@@ -819,6 +819,13 @@ class StoreLayout:
     #: the ``userdb { }`` sections of that Dovecot's configuration: what
     #: :func:`userdb_from_files` reads when the socket does not answer
     userdb_text: str = ""
+    #: that Dovecot's ``mail_uid`` and ``mail_gid`` (as written: a name or a number; ""
+    #: unset): who it runs a login as when the userdb gives no ``uid``/``gid``
+    mail_uid: str = ""
+    mail_gid: str = ""
+    #: the ``uid=`` a userdb gives every login it serves (static ``args``,
+    #: ``default_fields``, ``override_fields``; "" none): it wins over ``mail_uid``
+    userdb_uid: str = ""
 
     def __init__(self, location: MailLocation | str, home_template: str | None = None):
         self.location = (parse_mail_location(location) if isinstance(location, str)
@@ -1546,6 +1553,24 @@ def _id_ok(value: str, kind: str) -> bool:
         return False
 
 
+def system_id(value: str, kind: str) -> int | None:
+    """A userdb's or mail_uid's ``uid``/``gid`` (``kind``) as a number: a number, or a
+    system user (group) name; None for "" or a name the system does not know."""
+    value = value.strip()
+    if value.isdigit():
+        return int(value)
+    if not value:
+        return None
+    try:
+        if kind == "uid":
+            import pwd
+            return pwd.getpwnam(value).pw_uid
+        import grp
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        return None
+
+
 def _read_passwd_file(path: str) -> dict[str, tuple[str, list[str]]]:
     """{name: (its home field, its extra fields)} of the lines of a passwd-file that a
     userdb serves (db-passwd-file.c, Dovecot 2.3): ``#`` comments, lines without a
@@ -1583,7 +1608,7 @@ def _read_passwd_file(path: str) -> dict[str, tuple[str, list[str]]]:
 #: what :func:`from_doveconf` reads of a configuration, in one run of doveconf (each run
 #: parses the whole configuration again: five of them cost 20 ms of CPU at every start of
 #: a command on a store with store.mail_location = doveconf)
-_LAYOUT_SETTINGS = ("mail_location", "mail_home", "base_dir")
+_LAYOUT_SETTINGS = ("mail_location", "mail_home", "base_dir", "mail_uid", "mail_gid")
 _LAYOUT_SECTIONS = ("userdb", "namespace")
 
 
@@ -1643,6 +1668,10 @@ def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreL
                 f"default_fields or override_fields) and mail_home is empty: give the "
                 f"home template explicitly")
     sl = StoreLayout(loc, home)
+    sl.mail_uid, sl.mail_gid = settings.get("mail_uid", ""), settings.get("mail_gid", "")
+    # a uid= every login of a userdb gets (a static userdb's args, default_fields,
+    # override_fields) wins over mail_uid, as in Dovecot
+    sl.userdb_uid = next(iter(parse_userdb_field(userdbs, "uid")), "")
     base_dir = settings.get("base_dir", "")
     if base_dir and userdbs_listable(userdbs):
         sl.userdb_socket = os.path.join(base_dir, "auth-userdb")

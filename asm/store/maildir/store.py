@@ -199,6 +199,11 @@ class MisplacedLogin(StoreError):
     template: reading or writing it at the template's place would be the wrong mail."""
 
 
+class NotDovecotsOwner(StoreError):
+    """A login Dovecot runs as another uid than the one a restore would give its files:
+    Dovecot could not open what the restore wrote."""
+
+
 class UserdbUnread(StoreError):
     """Dovecot is not running and its userdb can only be asked through it (sql, ldap):
     which logins it keeps apart from the template (their own mail=/home=) is not known."""
@@ -280,6 +285,7 @@ def _misplaced(layout: "layout_mod.StoreLayout", partition: str = "primary") -> 
                 else:
                     users = (users, True)
             if users is not None:
+                layout._userdb_fields = users[0]     # (the uid/gid: MaildirStore.check_writer)
                 with_mail = {m.login for m in layout.misplaced(users[0])}
                 got = {m.login: (m.login in with_mail, Unlisted("user", partition, m.login, None, m.path,
                                                                 m.reason, m.hint or MISPLACED_HINT))
@@ -528,6 +534,7 @@ class MaildirStore(Store):
         self._no_links: set = set()                # folder directories found free of symbolic
                                                    # links (_refuse_links)
         self._user_parts: dict[str, str] = {}       # user -> partition (checked on use)
+        self._writers_checked: set = set()         # users check_writer found Dovecot can read
         self._held: dict[tuple[str, str], _Held] = {}
         self._kept_index = _KEPT_INDEX
         self._mutex = threading.RLock()
@@ -844,6 +851,55 @@ class MaildirStore(Store):
         self._no_links.add(d)
 
     # ------------------------------------------------------------------ ownership
+    def _dovecot_uid(self, user: str) -> tuple[int, str] | None:
+        """(uid, what says so) Dovecot runs ``user`` as: the ``uid`` its userdb gives the
+        login (asked with the misplaced logins, :func:`_misplaced`), else the one a userdb
+        gives every login (a static userdb's ``args``), else ``mail_uid``;
+        None when the layout was not read from Dovecot's configuration or neither is
+        known."""
+        lay = self._layout
+        if lay is None or not (lay.userdb_socket or lay.userdb_uid or lay.mail_uid):
+            return None
+        _misplaced(lay)
+        fields = (getattr(lay, "_userdb_fields", None) or {}).get(user) or {}
+        for value, what in ((fields.get("uid", ""), f"the userdb's uid={fields.get('uid', '')}"),
+                            (lay.userdb_uid, f"the userdb's uid={lay.userdb_uid}"),
+                            (lay.mail_uid, f"mail_uid = {lay.mail_uid}")):
+            uid = layout_mod.system_id(value, "uid")
+            if uid is not None:
+                return uid, what
+        return None
+
+    def check_writer(self, user: str) -> None:
+        """NotDovecotsOwner when the files a restore writes for ``user`` would belong to
+        another uid than the one Dovecot runs the login as (a userdb giving logins their
+        own uid: system users, a passwd-file's or SQL's uid; a store.owner that is not
+        Dovecot's mail_uid): Dovecot, which keeps a login's directories 0700 and files
+        0600, could not open them ("Permission denied", "[SERVERBUG] Internal error" to
+        every client), and the restore would have exited 0.  Checked once per login."""
+        checked = self._writers_checked
+        if user in checked:
+            return
+        got = self._dovecot_uid(user)
+        if got is not None:
+            want, what = got
+            if not self._root_euid:
+                writer, how = os.geteuid(), "this command runs as uid"
+            elif self._owner:
+                writer, how = self._owner[0], "store.owner is uid"
+            else:
+                near = self._ul(user).root
+                while not os.path.exists(near) and os.path.dirname(near) != near:
+                    near = os.path.dirname(near)
+                writer, how = os.stat(near).st_uid, f"store.owner is unset and {near} belongs to uid"
+            if writer != want:
+                raise NotDovecotsOwner(
+                    f"Dovecot runs {user} as uid {want} ({what}) but {how} {writer}, so Dovecot "
+                    f"could not open what a restore writes: nothing of {user} restored; set "
+                    f"store.owner to Dovecot's mail user, or restore a login the userdb gives "
+                    f"its own uid with an IMS_HOME whose store.owner is that user")
+        checked.add(user)
+
     def _owner_for(self, near: str) -> tuple[int, int] | None:
         if not self._root_euid:
             return None
