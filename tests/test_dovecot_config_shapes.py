@@ -879,15 +879,53 @@ def test_a_restore_never_writes_mail_dovecot_runs_its_login_as_another_uid_for(s
         {"/primary/alice/INBOX", "/primary/alice/Work"}, p.stderr
     assert not os.path.exists(os.path.join(lab.store, "alice", "Maildir"))
     assert lab.client_state("bob") == before["bob"]
-    # a store.owner that is not Dovecot's mail user: bob's folder restored into his live
-    # account is refused before anything is written
-    other, _ = ensure_mail_user("imsalice")
+    # inside a login's existing Maildir the files go to the uid Dovecot runs it as, even
+    # under a store.owner that is not Dovecot's mail user: bob's folder comes back readable
     with lab.imap("bob") as c:
         c.delete("Work")
-    configure(lab, home)
     make_home(home, "maildir", **{"store.owner": "imsalice"})
     p = run(home, "imsrestore", "-f", a, "/primary/bob/Work", text=True)
-    assert p.returncode == 17 and p.stderr.count("\n") == 1, p.stderr
-    assert f"Dovecot runs bob as uid {lab.uid} (" in p.stderr, p.stderr
-    assert f"but store.owner is uid {other}, so Dovecot could not open" in p.stderr, p.stderr
-    assert "Work" not in lab.client_state("bob").folders
+    assert p.returncode == 0, p.stderr
+    assert lab.client_state("bob") == before["bob"]
+    assert os.stat(os.path.join(lab.store, "bob", "Maildir", ".Work", "cur")).st_uid == lab.uid
+
+
+@shaped(OWN_UID)
+def test_files_written_in_a_login_dovecot_runs_as_its_own_uid_stay_readable_to_it(shaped_lab, tmp_path):
+    """alice's userdb entry runs her as her own system user; store.owner is vmail
+    (mail_uid).  A file an MDA dropped in her new/ gets its UID from the backup, which
+    rewrote her dovecot-uidlist as store.owner: imsbackup exited 0 and from then on
+    every SELECT INBOX of hers answered "[SERVERBUG] Internal error" (Permission
+    denied); imsdeliver's message file and mboxutil -c's folder and subscriptions file
+    likewise.  What is written inside her Maildir now belongs to her uid."""
+    lab = shaped_lab
+    uid, gid = ensure_mail_user("imsalice")
+    lab.set_userdb_fields("alice", "uid=imsalice gid=imsalice")
+    alice = os.path.join(lab.store, "alice")
+    os.makedirs(alice, exist_ok=True)
+    os.chown(alice, uid, gid)
+    lab.deliver(["alice"], message("over lmtp"))
+    with lab.imap("alice") as c:
+        c.create("Work")
+        c.subscribe("Work")
+        c.append("Work", message("work"), [r"\Seen"])
+    mda = os.path.join(alice, "Maildir", "new", "1796400000.M1P1.mx,S=19")
+    with open(mda, "wb") as f:
+        f.write(b"Subject: mda\n\nbody\n")
+    os.chown(mda, uid, gid)
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    assert os.stat(os.path.join(alice, "Maildir", "dovecot-uidlist")).st_uid == uid
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    assert "/primary/alice/INBOX/2\t" in listing, listing
+    state = lab.client_state("alice")
+    assert [m.uid for m in state["INBOX"].messages] == [1, 2]
+    m = tmp_path / "m.eml"
+    m.write_bytes(message("via imsdeliver"))
+    run(home, "imsdeliver", "-m", m, "alice", check=0)
+    run(home, "mboxutil", "-c", "user/alice/Made", check=0)
+    state = lab.client_state("alice")
+    assert [m.uid for m in state["INBOX"].messages] == [1, 2, 3]
+    assert state["Made"].messages == () and state.subscriptions >= {"Work"}

@@ -826,6 +826,7 @@ class StoreLayout:
     #: the ``uid=`` a userdb gives every login it serves (static ``args``,
     #: ``default_fields``, ``override_fields``; "" none): it wins over ``mail_uid``
     userdb_uid: str = ""
+    userdb_gid: str = ""
 
     def __init__(self, location: MailLocation | str, home_template: str | None = None):
         self.location = (parse_mail_location(location) if isinstance(location, str)
@@ -1672,6 +1673,7 @@ def from_doveconf(conf: str | None = None, doveconf: str = "doveconf") -> StoreL
     # a uid= every login of a userdb gets (a static userdb's args, default_fields,
     # override_fields) wins over mail_uid, as in Dovecot
     sl.userdb_uid = next(iter(parse_userdb_field(userdbs, "uid")), "")
+    sl.userdb_gid = next(iter(parse_userdb_field(userdbs, "gid")), "")
     base_dir = settings.get("base_dir", "")
     if base_dir and userdbs_listable(userdbs):
         sl.userdb_socket = os.path.join(base_dir, "auth-userdb")

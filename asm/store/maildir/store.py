@@ -535,6 +535,7 @@ class MaildirStore(Store):
                                                    # links (_refuse_links)
         self._user_parts: dict[str, str] = {}       # user -> partition (checked on use)
         self._writers_checked: set = set()         # users check_writer found Dovecot can read
+        self._login_owners: dict = {}              # path -> Dovecot's owner of its login (_login_owner)
         self._held: dict[tuple[str, str], _Held] = {}
         self._kept_index = _KEPT_INDEX
         self._mutex = threading.RLock()
@@ -876,22 +877,27 @@ class MaildirStore(Store):
         own uid: system users, a passwd-file's or SQL's uid; a store.owner that is not
         Dovecot's mail_uid): Dovecot, which keeps a login's directories 0700 and files
         0600, could not open them ("Permission denied", "[SERVERBUG] Internal error" to
-        every client), and the restore would have exited 0.  Checked once per login."""
+        every client), and the restore would have exited 0.  Inside a login's existing
+        mail root the files go to Dovecot's owner (:meth:`_login_owner`); a login whose
+        mail root must be made is made as the partition's owner (store.owner, else the
+        owner of the store's top directory), which is checked.  Once per login."""
         checked = self._writers_checked
         if user in checked:
             return
         got = self._dovecot_uid(user)
         if got is not None:
             want, what = got
+            root = self._ul(user).root
             if not self._root_euid:
                 writer, how = os.geteuid(), "this command runs as uid"
-            elif self._owner:
-                writer, how = self._owner[0], "store.owner is uid"
             else:
-                near = self._ul(user).root
-                while not os.path.exists(near) and os.path.dirname(near) != near:
-                    near = os.path.dirname(near)
-                writer, how = os.stat(near).st_uid, f"store.owner is unset and {near} belongs to uid"
+                near = root if os.path.isdir(root) else self.partition_path("primary")
+                owner = self._owner_for(near)
+                writer = owner[0] if owner else 0
+                how = ("store.owner is uid" if self._owner else
+                       f"store.owner is unset and {near} belongs to uid")
+                if near != root:
+                    how = f"its mail root {root} would be made, and {how}"
             if writer != want:
                 raise NotDovecotsOwner(
                     f"Dovecot runs {user} as uid {want} ({what}) but {how} {writer}, so Dovecot "
@@ -900,12 +906,48 @@ class MaildirStore(Store):
                     f"its own uid with an IMS_HOME whose store.owner is that user")
         checked.add(user)
 
+    def _dovecot_owner(self, user: str) -> tuple[int, int] | None:
+        """(uid, gid) Dovecot runs ``user`` as (:meth:`_dovecot_uid`; the gid likewise:
+        the userdb's, a userdb's for every login, mail_gid, else the uid's own group);
+        None when not known."""
+        got = self._dovecot_uid(user)
+        if got is None:
+            return None
+        lay = self._layout
+        fields = (getattr(lay, "_userdb_fields", None) or {}).get(user) or {}
+        for value in (fields.get("gid", ""), lay.userdb_gid, lay.mail_gid):
+            gid = layout_mod.system_id(value, "gid")
+            if gid is not None:
+                return got[0], gid
+        import pwd
+        try:
+            return got[0], pwd.getpwuid(got[0]).pw_gid
+        except KeyError:
+            return got[0], self._owner[1] if self._owner else got[0]
+
+    def _login_owner(self, near: str) -> tuple[int, int] | None:
+        """Dovecot's owner of the login whose mail, control or index directories hold
+        ``near`` (:meth:`_dovecot_owner`), None for a path of no login's or when Dovecot's
+        configuration does not say: a file written there is given to the uid Dovecot
+        opens it as, whatever store.owner says (a backup numbering an MDA's new files
+        rewrote dovecot-uidlist as store.owner: a login the userdb runs as its own uid
+        got "Permission denied", [SERVERBUG] at every SELECT, after an imsbackup that
+        exited 0; imsdeliver and mboxutil -c the same)."""
+        lay = self._layout
+        if lay is None or not (lay.userdb_socket or lay.userdb_uid or lay.mail_uid):
+            return None
+        cache = self._login_owners
+        if near not in cache:
+            login = lay.login_holding(near)
+            cache[near] = self._dovecot_owner(login) if login is not None else None
+        return cache[near]
+
     def _owner_for(self, near: str) -> tuple[int, int] | None:
         if not self._root_euid:
             return None
         owner = self._owner
         if owner:
-            return owner
+            return self._login_owner(near) or owner
         try:                     # unset store.owner: keep what the store already uses
             st = os.stat(near)
         except OSError:
