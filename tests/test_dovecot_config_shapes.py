@@ -929,3 +929,36 @@ def test_files_written_in_a_login_dovecot_runs_as_its_own_uid_stay_readable_to_i
     state = lab.client_state("alice")
     assert [m.uid for m in state["INBOX"].messages] == [1, 2, 3]
     assert state["Made"].messages == () and state.subscriptions >= {"Work"}
+
+
+LISTESCAPE = LabLayout("listescape", PLAIN_LOC, "{store}/%u", ("alice",), mail_plugins="listescape")
+
+
+@shaped(LISTESCAPE)
+def test_keywords_beyond_26_of_a_folder_listescape_names_are_backed_up_and_restored(shaped_lab, tmp_path):
+    """With Dovecot's listescape plugin a folder v1.2 is the directory .v1\\2e2, which
+    the Maildir driver names v1\\2e2 (docs/maildir.md).  Its keywords beyond the 26
+    file-name letters were asked of doveadm under that name, which Dovecot does not
+    know: "answered for none of the folder's 2 messages", the folder left out of the
+    backup, exit 1.  doveadm now gets Dovecot's own name, and the folder round-trips."""
+    lab = shaped_lab
+    with lab.imap("alice") as c:
+        for box in ("v1.2", "~t/x.y"):
+            c.create(box)
+            c.subscribe(box)
+            c.append(box, message(f"thirty in {box}"), [r"\Seen", *KEYWORDS_30])
+            c.append(box, message(f"two in {box}"), ["kw29", "other"])
+    before = lab.client_state("alice")
+    assert before["v1.2"].messages[0].flags == {r"\Seen", *KEYWORDS_30}
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", text=True)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    listing = run(home, "imsrestore", "-t", "-f", a, check=0, text=True).stdout
+    assert "/primary/alice/v1\\2e2/2\t" in listing and "/primary/alice/\\7et/x\\2ey/2\t" in listing, listing
+    with lab.imap("alice") as c:
+        c.delete("~t/x.y")
+        c.delete("v1.2")
+    run(home, "imsrestore", "-f", a, check=0)
+    assert lab.client_state("alice") == before

@@ -1265,6 +1265,24 @@ def dsync_namespace_options(namespaces: list[Namespace]) -> list[str]:
     return [f"namespace/{inbox.name}/prefix=", f"namespace/{inbox.name}/separator=/"]
 
 
+def listescape_char(conf: str | None = None, doveconf: str = "doveconf") -> str:
+    """The listescape plugin's escape character ("\\" unless ``plugin { listescape_char
+    }`` says otherwise) when ``mail_plugins`` loads it, else ""; "" too when doveconf
+    fails (doveadm fails then as well, and is named there)."""
+    try:
+        text = _doveconf([*(["-c", conf] if conf else []), "-h", "mail_plugins"], doveconf)
+    except (LayoutError, OSError):
+        return ""
+    if "listescape" not in text.split():
+        return ""
+    try:
+        char = _doveconf([*(["-c", conf] if conf else []), "-h", "plugin/listescape_char"],
+                         doveconf).strip()
+    except (LayoutError, OSError):
+        char = ""
+    return char[:1] or "\\"
+
+
 def doveconf_namespaces(conf: str | None = None, doveconf: str = "doveconf") -> list[Namespace]:
     """The namespaces of a Dovecot configuration (``doveconf [-c CONF] namespace``)."""
     return parse_namespaces(_doveconf([*(["-c", conf] if conf else []), "namespace"], doveconf))

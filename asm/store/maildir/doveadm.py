@@ -59,6 +59,19 @@ class Doveadm:
         self.conf, self.binary = conf, binary
         #: ``-o`` settings of every run (DboxStore: how the inbox namespace names folders)
         self.settings = list(settings)
+        #: the listescape plugin's escape character when Dovecot loads it ("" without):
+        #: the Maildir driver names a folder as its directory says (``v1\2e2``), Dovecot
+        #: by its unescaped name (``v1.2``), which doveadm must be given (:meth:`mailbox`)
+        self.listescape = ""
+
+    def mailbox(self, folder: str) -> str:
+        """The name doveadm knows the driver's ``folder`` by: with the listescape plugin,
+        each escape (the escape character and two hex digits) as the character it
+        stands for (Dovecot escapes the separators, '~' and the escape character)."""
+        if not self.listescape:
+            return folder
+        esc = re.escape(self.listescape)
+        return re.sub(esc + r"([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), folder)
 
     @classmethod
     def find(cls, conf: str | None) -> "Doveadm | None":
@@ -106,7 +119,7 @@ class Doveadm:
 
     def keywords(self, login: str, folder: str) -> dict[int, tuple]:
         """{uid: keywords} of every message of the folder, as Dovecot's index has them."""
-        out = self.run(login, "fetch", "uid flags", "mailbox", folder, "all")
+        out = self.run(login, "fetch", "uid flags", "mailbox", self.mailbox(folder), "all")
         result = {}
         for block in out.split("\f"):
             uid = re.search(r"^uid: (\d+)$", block, re.M)
@@ -122,9 +135,9 @@ class Doveadm:
         for i in range(0, len(uids), 500):
             part = ",".join(map(str, uids[i:i + 500]))
             if add:
-                self.run(login, "flags add", " ".join(add), "mailbox", folder, "uid", part)
+                self.run(login, "flags add", " ".join(add), "mailbox", self.mailbox(folder), "uid", part)
             if remove:
-                self.run(login, "flags remove", " ".join(remove), "mailbox", folder, "uid", part)
+                self.run(login, "flags remove", " ".join(remove), "mailbox", self.mailbox(folder), "uid", part)
 
 
 class KeptKeywords:

@@ -1274,6 +1274,11 @@ class MaildirStore(Store):
                     dv.settings = layout_mod.dsync_namespace_options(layout_mod.doveconf_namespaces(dv.conf))
                 except (layout_mod.LayoutError, OSError):
                     pass             # (doveconf fails: doveadm will too, and that is named there)
+                # the listescape plugin: this driver names a folder by its directory
+                # (v1\2e2), Dovecot by the unescaped name (v1.2): "doveadm fetch ...
+                # mailbox 'v1\2e2'" answered for no message, and a folder with keywords
+                # beyond 26 was left out of every backup (exit 1)
+                dv.listescape = layout_mod.listescape_char(dv.conf)
             self._doveadm_cache = dv
         return self._doveadm_cache
 
@@ -1320,7 +1325,7 @@ class MaildirStore(Store):
         dv = self._doveadm()
         if dv is None or not hasattr(dv, "run"):
             return                             # (no Dovecot: nothing caches it)
-        dv.run(user, "mailbox update", "--mailbox-guid", guid, folder)
+        dv.run(user, "mailbox update", "--mailbox-guid", guid, dv.mailbox(folder))
 
     def _index_keywords(self, user: str, folder: str, ctl: str, snap: FolderSnapshot,
                         no_table: bool = False) -> bool:
