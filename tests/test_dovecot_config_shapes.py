@@ -962,3 +962,42 @@ def test_keywords_beyond_26_of_a_folder_listescape_names_are_backed_up_and_resto
         c.delete("v1.2")
     run(home, "imsrestore", "-f", a, check=0)
     assert lab.client_state("alice") == before
+
+
+@shaped(OWN_UID)
+def test_with_dovecot_stopped_the_restore_reads_whom_the_userdb_runs_a_login_as(shaped_lab, tmp_path):
+    """The disaster runbook restores with Dovecot stopped: the userdb is then read from
+    its files.  A passwd-file line's uid and gid columns (alice:{PLAIN}pw:UID:GID::...,
+    the classic shape) were not read: alice was taken to run as the default_fields'
+    vmail, her lost Maildir was made as vmail, exit 0, and Dovecot, started again, could
+    not open it.  Now her folders are named, exit 17, nothing of hers written."""
+    lab = shaped_lab
+    uid, gid = ensure_mail_user("imsalice")
+    alice = os.path.join(lab.store, "alice")
+    os.makedirs(alice, exist_ok=True)
+    os.chown(alice, uid, gid)
+    with open(lab.users_file) as f:
+        text = f.read()
+    with open(lab.users_file, "w") as f:
+        f.write(text.replace("alice:{PLAIN}pw-alice::", f"alice:{{PLAIN}}pw-alice:{uid}:{gid}:", 1))
+    lab.restart()
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+    assert os.stat(os.path.join(alice, "Maildir", "cur")).st_uid == uid
+    before = lab.client_state("bob")
+    home = tmp_path / "ims"
+    configure(lab, home)
+    a = tmp_path / "a.ims"
+    run(home, "imsbackup", "-f", a, "/", check=0)
+    lab.stop()
+    try:
+        for u in lab.logins:
+            shutil.rmtree(os.path.join(lab.store, u, "Maildir"))
+        p = run(home, "imsrestore", "-f", a, text=True)
+    finally:
+        lab.start()
+    assert p.returncode == 17 and p.stderr.count("\n") == 1, p.stderr
+    assert f"imsrestore: /primary/alice/INBOX: Dovecot runs alice as uid {uid} (the userdb's uid={uid})" \
+        in p.stderr, p.stderr
+    assert not os.path.exists(os.path.join(alice, "Maildir"))
+    assert lab.client_state("bob") == before

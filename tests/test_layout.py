@@ -323,7 +323,8 @@ def test_userdb_from_files_reads_passwd_files_as_dovecots_auth_does(tmp_path):
     got, why = L.userdb_from_files(text)
     assert why == ""
     assert got == {"alice": {"uid": "vmail", "home": "/m/alice"},
-                   "bob": {"uid": "vmail", "home": "/srv/bob", "mail": "maildir:~/Mail:INDEX=/idx/bob"},
+                   # (the line's uid and gid columns over default_fields, as Dovecot returns them)
+                   "bob": {"uid": "1000", "gid": "1000", "home": "/srv/bob", "mail": "maildir:~/Mail:INDEX=/idx/bob"},
                    "carol": {"uid": "vmail", "home": "/else/carol"}}
     over = _userdb("passwd-file", str(users), override="home=/forced/%u")
     got, _ = L.userdb_from_files(over)

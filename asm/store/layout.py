@@ -1527,7 +1527,7 @@ def _userdb_lookup(sections: list, login: str, cache: dict) -> dict[str, str] | 
             except KeyError:
                 pw = None
             if pw is not None and pw.pw_uid != 0:
-                got = {"home": pw.pw_dir}
+                got = {"home": pw.pw_dir, "uid": str(pw.pw_uid), "gid": str(pw.pw_gid)}
         if got is None:
             if fields.get("result_failure", "continue").startswith("return"):
                 break
@@ -1598,7 +1598,8 @@ def _read_passwd_file(path: str) -> dict[str, tuple[str, list[str]]]:
     case without surrounding space (auth_username_format %Lu finds no other); the home
     field as written; the extra fields the rest of the line after the seventh ':',
     split at spaces, or (the old format: that field empty) ``userdb_mail=`` and what
-    follows it.  A name given twice: its first line."""
+    follows it, after ``userdb_uid=``/``userdb_gid=`` of the uid and gid columns when
+    given.  A name given twice: its first line."""
     out: dict[str, tuple[str, list[str]]] = {}
     with open(path, "rb") as f:
         for raw in f:
@@ -1620,7 +1621,10 @@ def _read_passwd_file(path: str) -> dict[str, tuple[str, list[str]]]:
                 extra = [f"userdb_mail={':'.join(rest[1:])}"] if len(rest) > 1 and rest[1] else []
             else:
                 extra = [w for w in ":".join(rest).split(" ") if w]    # (at spaces only)
-            out.setdefault(name, (home, extra))
+            # the uid and gid columns, as Dovecot returns them (under the extra fields):
+            # who it runs the login as (MaildirStore.check_writer, _login_owner)
+            ids = [f"userdb_{k}={v}" for k, v in (("uid", uid), ("gid", gid)) if v]
+            out.setdefault(name, (home, ids + extra))
     return out
 
 
