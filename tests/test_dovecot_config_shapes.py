@@ -1001,3 +1001,38 @@ def test_with_dovecot_stopped_the_restore_reads_whom_the_userdb_runs_a_login_as(
         in p.stderr, p.stderr
     assert not os.path.exists(os.path.join(alice, "Maildir"))
     assert lab.client_state("bob") == before
+
+
+@shaped(LabLayout("ownuid-sdbox", "sdbox:~/sdbox", "{store}/%u", ("alice", "bob"), userdb="passwd-file"))
+def test_a_dbox_login_dovecot_runs_as_its_own_uid_is_named_with_what_works(shaped_lab, tmp_path):
+    """sdbox, alice run as her own system user: doveadm backup, running as her, cannot
+    write the Maildir copy made as store.owner.  The backup named her with dsync's
+    "Permission denied" and advised force-resync and renames, which cannot help.  Now it
+    says why and what works (exit 1, bob in the archive): an IMS_HOME whose
+    store.owner is her user backs her up and restores her as IMAP clients saw her."""
+    lab = shaped_lab
+    uid, gid = ensure_mail_user("imsalice")
+    lab.set_userdb_fields("alice", "uid=imsalice gid=imsalice")
+    os.makedirs(os.path.join(lab.store, "alice"), exist_ok=True)
+    os.chown(os.path.join(lab.store, "alice"), uid, gid)
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+        with lab.imap(u) as c:
+            c.create("Work")
+            c.subscribe("Work")
+            c.append("Work", message(f"work {u}"), [r"\Seen", "$Label1"])
+    before = lab.client_state("alice")
+    home = tmp_path / "ims"
+    configure(lab, home)
+    p = run(home, "imsbackup", "-f", tmp_path / "all.ims", "/", text=True)
+    assert p.returncode == 1, p.stderr
+    assert f"/primary/alice: Dovecot runs this login as uid {uid} (the userdb's uid={uid})" in p.stderr, p.stderr
+    assert "IMS_HOME whose store.owner is that user" in p.stderr and "force-resync" not in p.stderr, p.stderr
+    own = tmp_path / "ims-alice"
+    configure(lab, own)
+    make_home(own, "maildir", **{"store.owner": "imsalice"})
+    a = tmp_path / "alice.ims"
+    run(own, "imsbackup", "-f", a, "/primary/alice", check=0)
+    shutil.rmtree(os.path.join(lab.store, "alice", "sdbox"))
+    run(own, "imsrestore", "-f", a, check=0)
+    assert lab.client_state("alice") == before

@@ -207,6 +207,26 @@ class DboxStore(MaildirStore):
     def _maildir(self, user: str) -> str:
         return os.path.join(self._work, user, "Maildir")
 
+    def _check_copier(self, user: str) -> None:
+        """StoreError when Dovecot runs ``user`` as another uid than the one WORK (the
+        login's Maildir copy) belongs to: doveadm backup, running as the login, cannot
+        write the copy there ("stat(.../subscriptions) failed: Permission denied"), and
+        the error used to advise force-resync and renames, which cannot help."""
+        got = self._dovecot_uid(user, self._dbox) if self._root_euid else None
+        if got is None:
+            return
+        want, what = got
+        have = os.stat(self._work).st_uid
+        if have != want:
+            self._uncopied[user] = (
+                f"Dovecot runs this login as uid {want} ({what}), and doveadm backup, running as "
+                f"it, cannot write the Maildir copy this driver makes as uid {have} "
+                f"(store.owner, else the owner of {self._prefix})",
+                f"back this login up (and restore it) from an IMS_HOME whose store.owner is that "
+                f"user; sdbox/mdbox logins Dovecot runs as uids of their own are not otherwise "
+                f"supported (docs/dovecot.md)")
+            raise StoreError(f"{user}: {'; '.join(self._uncopied[user])}")
+
     def _export(self, user: str) -> None:
         """Copy the login's account to WORK; the copies of the logins read before go
         (a backup reads one login after the other: WORK holds one account at a time)."""
@@ -214,6 +234,7 @@ class DboxStore(MaildirStore):
             why, todo = self._uncopied[user]
             raise StoreError(f"{user}: {why}; {todo}")
         self._ensure_work()
+        self._check_copier(user)
         with self._mutex:
             busy = {u for (u, _f) in self._held}
         for other in sorted(self._exported - self._created - self._pending - busy):

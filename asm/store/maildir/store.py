@@ -852,13 +852,13 @@ class MaildirStore(Store):
         self._no_links.add(d)
 
     # ------------------------------------------------------------------ ownership
-    def _dovecot_uid(self, user: str) -> tuple[int, str] | None:
+    def _dovecot_uid(self, user: str, lay=None) -> tuple[int, str] | None:
         """(uid, what says so) Dovecot runs ``user`` as: the ``uid`` its userdb gives the
         login (asked with the misplaced logins, :func:`_misplaced`), else the one a userdb
         gives every login (a static userdb's ``args``), else ``mail_uid``;
         None when the layout was not read from Dovecot's configuration or neither is
-        known."""
-        lay = self._layout
+        known.  ``lay``: another layout than the store's (the dbox accounts')."""
+        lay = lay or self._layout
         if lay is None or not (lay.userdb_socket or lay.userdb_uid or lay.mail_uid):
             return None
         _misplaced(lay)
