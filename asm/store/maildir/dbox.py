@@ -222,9 +222,9 @@ class DboxStore(MaildirStore):
                 f"Dovecot runs this login as uid {want} ({what}), and doveadm backup, running as "
                 f"it, cannot write the Maildir copy this driver makes as uid {have} "
                 f"(store.owner, else the owner of {self._prefix})",
-                f"back this login up (and restore it) from an IMS_HOME whose store.owner is that "
-                f"user; sdbox/mdbox logins Dovecot runs as uids of their own are not otherwise "
-                f"supported (docs/dovecot.md)")
+                "back this login up (and restore it) from an IMS_HOME whose store.owner is that "
+                "user; sdbox/mdbox logins Dovecot runs as uids of their own are not otherwise "
+                "supported (docs/dovecot.md)")
             raise StoreError(f"{user}: {'; '.join(self._uncopied[user])}")
 
     def _export(self, user: str) -> None:
