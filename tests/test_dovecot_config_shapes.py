@@ -838,6 +838,22 @@ def test_a_virtual_namespace_is_views_of_mail_already_backed_up(shaped_lab, tmp_
     assert lab.client_state("alice") == before
 
 
+def _alice_runs_as_her_own_user(lab) -> tuple[int, int]:
+    """The userdb runs alice as a system user of her own (her home hers); every login
+    gets a delivery and a subscribed Work folder with a flagged message.  (uid, gid)."""
+    uid, gid = ensure_mail_user("imsalice")
+    lab.set_userdb_fields("alice", "uid=imsalice gid=imsalice")
+    os.makedirs(os.path.join(lab.store, "alice"), exist_ok=True)
+    os.chown(os.path.join(lab.store, "alice"), uid, gid)
+    for u in lab.logins:
+        lab.deliver([u], message(f"for {u}"))
+        with lab.imap(u) as c:
+            c.create("Work")
+            c.subscribe("Work")
+            c.append("Work", message(f"work {u}"), [r"\Seen", "$Label1"])
+    return uid, gid
+
+
 OWN_UID = LabLayout("ownuid", "maildir:~/Maildir", "{store}/%u", ("alice", "bob"), userdb="passwd-file")
 
 
@@ -852,16 +868,7 @@ def test_a_restore_never_writes_mail_dovecot_runs_its_login_as_another_uid_for(s
     comes back whole.  A store.owner that is not Dovecot's mail_uid is refused the
     same way, for a folder restored into the live store too."""
     lab = shaped_lab
-    uid, gid = ensure_mail_user("imsalice")
-    lab.set_userdb_fields("alice", "uid=imsalice gid=imsalice")
-    os.makedirs(os.path.join(lab.store, "alice"), exist_ok=True)
-    os.chown(os.path.join(lab.store, "alice"), uid, gid)
-    for u in lab.logins:
-        lab.deliver([u], message(f"for {u}"))
-        with lab.imap(u) as c:
-            c.create("Work")
-            c.subscribe("Work")
-            c.append("Work", message(f"work {u}"), [r"\Seen", "$Label1"])
+    uid, gid = _alice_runs_as_her_own_user(lab)
     assert os.stat(os.path.join(lab.store, "alice", "Maildir", "cur")).st_uid == uid
     before = {u: lab.client_state(u) for u in lab.logins}
     home = tmp_path / "ims"
@@ -1011,16 +1018,7 @@ def test_a_dbox_login_dovecot_runs_as_its_own_uid_is_named_with_what_works(shape
     says why and what works (exit 1, bob in the archive): an IMS_HOME whose
     store.owner is her user backs her up and restores her as IMAP clients saw her."""
     lab = shaped_lab
-    uid, gid = ensure_mail_user("imsalice")
-    lab.set_userdb_fields("alice", "uid=imsalice gid=imsalice")
-    os.makedirs(os.path.join(lab.store, "alice"), exist_ok=True)
-    os.chown(os.path.join(lab.store, "alice"), uid, gid)
-    for u in lab.logins:
-        lab.deliver([u], message(f"for {u}"))
-        with lab.imap(u) as c:
-            c.create("Work")
-            c.subscribe("Work")
-            c.append("Work", message(f"work {u}"), [r"\Seen", "$Label1"])
+    uid, gid = _alice_runs_as_her_own_user(lab)
     before = lab.client_state("alice")
     home = tmp_path / "ims"
     configure(lab, home)

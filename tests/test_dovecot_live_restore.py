@@ -35,6 +35,21 @@ def strip_guid(fs):
     return dataclasses.replace(fs, messages=tuple(dataclasses.replace(m, guid="") for m in fs.messages))
 
 
+def wait_for_records(uidlist: str, proc, then: str, records: int = 20) -> None:
+    """Until the restore ``proc`` has written ``records`` records into ``uidlist`` (a
+    minute at most); it must still be running then."""
+    def count() -> int:
+        try:
+            with open(uidlist) as f:
+                return sum(1 for _ in f) - 1
+        except FileNotFoundError:
+            return 0
+    deadline = time.monotonic() + 60
+    while count() < records and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the restore ended before {then}"
+
+
 def fill_big_inbox(lab, home, u: str) -> None:
     """A large INBOX: Dovecot delivers and flags a few messages, the driver adds
     thousands (fast), Dovecot expunges some (UIDs with gaps)."""
@@ -85,18 +100,7 @@ def test_an_imap_client_goes_on_during_a_restore_and_lmtp_is_held_until_it_ends(
     lmtp_replies: list[int] = []
     client = lab.imap(u, timeout=10)    # far above the bound: a blocked client fails
     try:
-        uidlist = os.path.join(inbox_dir, "dovecot-uidlist")
-
-        def records() -> int:
-            try:
-                with open(uidlist) as f:
-                    return sum(1 for _ in f) - 1
-            except FileNotFoundError:
-                return 0
-        deadline = time.monotonic() + 60
-        while records() < 20 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, "the restore ended before the client could watch it"
+        wait_for_records(os.path.join(inbox_dir, "dovecot-uidlist"), proc, "the client could watch it")
 
         def timed(what, fn, *args):
             t = time.monotonic()
@@ -574,18 +578,7 @@ def test_a_folder_renamed_by_a_client_during_its_restore_is_named_in_one_line(la
     shutil.rmtree(d)                        # the user deleted it; a restore brings it back
     argv = ["imsrestore", "-f", archive, f"/primary/{u}/{name}"]
     proc = popen(home, *argv, stdout=open(tmp_path / "out", "w"), stderr=open(tmp_path / "err", "w"))
-    uidlist = os.path.join(d, "dovecot-uidlist")
-
-    def records() -> int:
-        try:
-            with open(uidlist) as f:
-                return sum(1 for _ in f) - 1
-        except FileNotFoundError:
-            return 0
-    deadline = time.monotonic() + 60
-    while records() < 20 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the restore ended before the client could rename the folder"
+    wait_for_records(os.path.join(d, "dovecot-uidlist"), proc, "the client could rename the folder")
     with lab.imap(u) as c:
         c.rename(name, "Renamed")
     assert proc.wait(timeout=300) == 1, (tmp_path / "err").read_text()
