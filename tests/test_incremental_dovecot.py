@@ -224,6 +224,34 @@ def four_folders(lab) -> None:
             imap.append(box, message(f"first in {box}"), flags=["\\Seen"])
 
 
+def test_date_incremental_carries_the_files_a_lost_uidlist_left_unnumbered(lab, tmp_path):
+    """dovecot-uidlist lost (the indexes kept) after the full, then an LMTP delivery:
+    Dovecot writes a new uidlist holding only the new message (same UIDVALIDITY), and
+    the older files in cur/ have no UID until someone numbers them.  imsbackup -d numbers
+    them (UIDNEXT on, as Dovecot would) but their ctimes are before the date: it listed
+    them without carrying them and exited 0, and the chain could not be restored
+    (exit 7, "restore the incremental(s) taken in between first": there are none).
+    A UID the backup gives now is new since any date: the -d incremental carries it."""
+    c = Chain(lab, tmp_path)
+    for i in range(5):
+        lab.deliver(["alice"], message(f"old {i}", size=400 * i))
+    with lab.imap("alice") as imap:             # into cur/, numbered 1..5
+        imap.select("INBOX")
+        imap.unselect()
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    c.backup(base=False)
+    time.sleep(1.1)
+    os.unlink(os.path.join(lab.mailbox_path("alice", "INBOX", "control"), "dovecot-uidlist"))
+    lab.deliver(["alice"], message("after the loss"))
+    c.backup("-d", since, base=False)
+    want = c.views[-1]
+    assert len(want[0]["INBOX"][3]) == 6, want  # the old five under new UIDs, and the new one
+    assert c.into_empty(c.archives) == want
+    assert c.into_empty(c.archives, one_command=False) == want
+
+
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_random_imap_changes_between_date_incrementals(lab, tmp_path, seed):
     """A chain of incrementals by date (-d since the start of the backup before), with

@@ -2032,8 +2032,18 @@ class MaildirStore(Store):
             return snap
         with self._locked(user, folder) as st:
             self._scan(st)
+            numbered = st.uidlist.uidnext
             self._assign_uids(st)
+            numbered_at = time.time()
             msgs = self._snapshot_messages(st, since, known)
+            if st.uidlist.uidnext > numbered:
+                # files no uidlist line named (new mail Dovecot has not seen yet, or every
+                # file of a folder whose dovecot-uidlist was lost and made again by a
+                # delivery) got their UIDs here, now: they entered the folder's numbering
+                # now, whatever their ctimes say, and no earlier backup holds them under
+                # these UIDs, so an incremental by date (-d) must carry them
+                msgs = [dataclasses.replace(m, changed=max(m.changed, numbered_at))
+                        if m.uid >= numbered else m for m in msgs]
             unreadable = None
             try:
                 acl = self._read_acl(st.dir, user, folder)
