@@ -252,6 +252,45 @@ def test_date_incremental_carries_the_files_a_lost_uidlist_left_unnumbered(lab, 
     assert c.into_empty(c.archives, one_command=False) == want
 
 
+def test_date_incremental_after_dovecot_numbered_a_lost_uidlist_again_says_what_to_do(lab, tmp_path):
+    """dovecot-uidlist lost (the indexes kept) after the full, then a SELECT: Dovecot
+    numbers the old files again itself (same UIDVALIDITY, UIDs 6..10), and nothing on
+    disk tells a backup by date that these UIDs are new: the -d incremental lists them
+    without carrying them (exit 0), and the chain's restore stops for the folder with
+    exit 7 (docs/operations.md).  Its advice was "restore the incremental(s) taken in
+    between first", and there are none; it names the renumbering and the way back too,
+    and following it gets the mail back."""
+    c = Chain(lab, tmp_path)
+    for i in range(5):
+        lab.deliver(["alice"], message(f"old {i}", size=400 * i))
+    with lab.imap("alice") as imap:
+        imap.select("INBOX")
+        imap.unselect()
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    # no client reads the mail in between (after Chain.backup's client view, Dovecot
+    # answered UIDNEXT 6 to this SELECT: it did not number the files again)
+    full = tmp_path / "full.ims"
+    run(lab.ims, "imsbackup", "-f", full, "/", check=0)
+    time.sleep(1.1)
+    os.unlink(os.path.join(lab.mailbox_path("alice", "INBOX", "control"), "dovecot-uidlist"))
+    with lab.imap("alice") as imap:
+        assert imap.select("INBOX")["uidnext"] == 11
+        imap.unselect()
+    incr = c.backup("-d", since, base=False)
+    lab.stop()
+    shutil.rmtree(os.path.join(lab.store, "alice"))
+    p = run(lab.ims, "imsrestore", "-f", full, "-f", incr, check=EXIT_ORDER, text=True)
+    assert "numbered again" in p.stderr and "imsrestore -n -f THIS-INCR /primary/alice/INBOX" in p.stderr, p.stderr
+    run(lab.ims, "imsrestore", "-f", full, "/primary/alice/INBOX", check=0)
+    run(lab.ims, "imsrestore", "-n", "-f", incr, "/primary/alice/INBOX", check=0)
+    lab.start()
+    got = lab.client_state("alice")
+    assert sorted(m.sha256 for m in got["INBOX"].messages) == \
+        sorted(m[4] for m in c.views[-1][0]["INBOX"][3])
+
+
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_random_imap_changes_between_date_incrementals(lab, tmp_path, seed):
     """A chain of incrementals by date (-d since the start of the backup before), with

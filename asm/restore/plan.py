@@ -368,7 +368,7 @@ class Planner:
                 plan.by_uid[msg.uid] = msg
                 plan.existing.setdefault(msg.size, []).append(msg)
         if mode == "chain":
-            self.check_gap(plan, j.created)
+            self.check_gap(plan, j.created, by_date=self.header.get("base") is None)
         if mode in ("exact", "chain") and (not resumed or refill or marked):
             self.journal.start(user, folder, self.header, mode, beside=mark)
         if mode in ("exact", "chain"):
@@ -550,16 +550,29 @@ class Planner:
                 f"what this archive carries")
 
     @classmethod
-    def check_gap(cls, plan: FolderPlan, last_created) -> None:
+    def check_gap(cls, plan: FolderPlan, last_created, by_date: bool = False) -> None:
         """An incremental lists (in its state record) the messages it does not carry;
-        each of them must already be here, else an archive in between is missing."""
+        each of them must already be here, else an archive in between is missing, or
+        (``by_date``: an incremental by date) the folder's UIDs were given again after
+        its date under the same UIDVALIDITY (Dovecot numbers the files again when a
+        dovecot-uidlist is lost and its index kept), which no archive holds."""
         missing = cls._missing(plan.state, plan.by_uid, plan.final_uids)
         if missing:
+            path = f"/{plan.partition}/{plan.user}/{plan.folder}"
+            renumbered = (
+                f", or, when none was taken in between, the folder's files were numbered again "
+                f"after this incremental's date under the same UIDVALIDITY (Dovecot does so when a "
+                f"folder's dovecot-uidlist is lost and its index kept), which an incremental by date "
+                f"does not carry: restore the folder from the earlier archives alone (imsrestore -f "
+                f"FULL [-f INCR ...] {path}), then what this incremental carries beside it "
+                f"(imsrestore -n -f THIS-INCR {path}); for exact chains take incrementals with --base, "
+                f"or a new full backup now") if by_date else ""
             raise ChainOrderError(
                 f"user/{plan.user}/{plan.folder}: {missing} messages of this incremental's "
                 f"folder (UIDs {plan.state.first_not_in(plan.by_uid)}...) are neither here nor in it: "
                 f"the archive restored last "
-                f"was taken at {_fmt(last_created)}; restore the incremental(s) taken in between first")
+                f"was taken at {_fmt(last_created)}; restore the incremental(s) taken in between first"
+                f"{renumbered}")
 
     def check_replaced(self, m, user: str, folder: str, here: int, chained: bool = False) -> None:
         """A folder made again (or renamed onto this name) between the backups, whose
