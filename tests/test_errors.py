@@ -722,6 +722,44 @@ def test_a_classic_store_the_user_cannot_read_is_the_store_status(tmp_path):
         os.chmod(root, 0o755)
 
 
+@pytest.mark.parametrize("drv", ["classic", "maildir"])
+def test_a_disaster_backup_of_a_store_the_user_cannot_read_is_the_store_status(tmp_path, drv):
+    """imsdr backup run by a user who cannot read the store (the cron line in the wrong
+    crontab): the classic mailbox list looked missing and the partitions' search for
+    lost users met the permission error, which the capture took for the device's,
+    "cannot write DEVICE", exit 3; a Maildir partition it could not list was passed
+    over, every user's control files left out.  Now the store's status, 17, one line
+    naming what it cannot read and what to do, and no bundle kept; as root, exit 0."""
+    import shutil
+    from asm.store import open_store
+    from tests.helpers import command, make_home, require
+    capsh = shutil.which("capsh") or require("/usr/sbin/capsh", "to run a command without the right to read "
+                                                               "others' files")
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to drop its right to read others' files")
+    home = tmp_path / "ims"
+    cfg = make_home(home, drv)
+    with in_home(home):
+        put(open_store(cfg), "joe", "INBOX", 1)
+    top = home / "data" / ("store" if drv == "classic" else "maildir/primary")
+    for d, _dirs, files in os.walk(top):
+        for n in [d, *(os.path.join(d, f) for f in files)]:
+            os.chown(n, 65534, 65534)
+    os.chmod(top, 0o700)
+    bundle = tmp_path / "dr.tar"
+    as_other = [capsh, "--drop=cap_dac_override,cap_dac_read_search,cap_fowner", "--", "-c", 'exec "$0" "$@"']
+    try:
+        p = run(home, *as_other, command("imsdr"), "backup", "-f", bundle, env=quiet(tmp_path))
+        err = no_traceback(p, "imsdr")
+        assert p.returncode == errors.EXIT_STORE and len(err.splitlines()) == 1, (p.returncode, err)
+        assert f"cannot read {top}" in err and "run as the store's owner or root" in err, err
+        assert "cannot write" not in err and not bundle.exists(), err
+    finally:
+        os.chmod(top, 0o755)
+    p = run(home, "imsdr", "backup", "-f", bundle, env=quiet(tmp_path))
+    assert p.returncode == 0 and bundle.exists(), p.stderr
+
+
 def test_a_map_to_a_name_the_store_cannot_keep_is_refused_before_anything(store, ims_home, tmp_path):
     """imsrestore -m with a new user ID the target store cannot keep (the classic store:
     bytes that are not UTF-8) is a bad map file: one line naming its line, EXIT_USAGE, and

@@ -33,6 +33,7 @@ anything in place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -248,9 +249,12 @@ class Capture:
 
     def _sqlite(self, member: str, src: str, kind: str, listed: bool = False, inspect=None,
                 **extra) -> dict | None:
-        if not os.path.exists(src):
+        try:
+            st = os.stat(src)
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        st = os.stat(src)
+        except OSError as exc:       # (taken for missing: "cannot write DEVICE", exit 3)
+            raise _store_unreadable(src, exc, "a database the disaster backup holds") from None
         dst = os.path.join(self.tmp, "db")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(dst)
@@ -421,9 +425,17 @@ class Capture:
 
     def _classic_indexes(self, parts: dict) -> None:
         from asm.store.classic import scan_user_dirs
+
+        def unreadable(exc: OSError):
+            if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):   # (gone meanwhile)
+                raise _store_unreadable(exc.filename or ppath, exc)
         for part, ppath in parts.items():
-            for rel, _user in scan_user_dirs(ppath):
-                for dirpath, dirnames, filenames in os.walk(os.path.join(ppath, rel)):
+            try:
+                users = list(scan_user_dirs(ppath))
+            except OSError as exc:
+                raise _store_unreadable(exc.filename or ppath, exc) from None
+            for rel, _user in users:
+                for dirpath, dirnames, filenames in os.walk(os.path.join(ppath, rel), onerror=unreadable):
                     dirnames[:] = sorted(d for d in dirnames if d.startswith("="))
                     if "store.idx" in filenames:
                         sub = os.path.relpath(os.path.join(dirpath, "store.idx"), ppath)
@@ -434,15 +446,23 @@ class Capture:
         for part, ppath in parts.items():
             try:
                 homes = sorted(os.listdir(ppath))
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue
+            except OSError as exc:           # (passed over, the bundle lacked every user's files)
+                raise _store_unreadable(ppath, exc) from None
             for user in homes:
                 root = os.path.join(ppath, user, "Maildir")
-                if not os.path.isdir(root):
+                try:
+                    if not stat.S_ISDIR(os.stat(root).st_mode):
+                        continue
+                    names = os.listdir(root)
+                except (FileNotFoundError, NotADirectoryError):
                     continue
+                except OSError as exc:
+                    raise _store_unreadable(root, exc) from None
                 for name in MAILDIR_USER:
                     self._control(part, ppath, os.path.join(root, name))
-                dirs = [root] + sorted(os.path.join(root, n) for n in os.listdir(root)
+                dirs = [root] + sorted(os.path.join(root, n) for n in names
                                        if n.startswith(".") and os.path.isdir(os.path.join(root, n, "cur"))
                                        and not os.path.islink(os.path.join(root, n)))
                 for d in dirs:
@@ -900,6 +920,16 @@ def sweep_dead_copies(d: str) -> None:
         if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(d, n))
+
+
+def _store_unreadable(path: str, exc: OSError, what: str = "a directory of the store"):
+    """The error for a part of the store a disaster backup cannot read: the store's
+    status (17), not the device's, which a wrapping "cannot write DEVICE" gave (3)."""
+    from asm.store.base import StoreError
+    hint = ("run as the store's owner or root" if exc.errno in (errno.EACCES, errno.EPERM)
+            else "check the store's disk")
+    return StoreError(f"cannot read {path}, {what}: {exc.strerror or exc}: {hint}; "
+                      f"the disaster backup is incomplete and was not kept")
 
 
 def put(src: str, target: str, item: dict, owner=None) -> None:
