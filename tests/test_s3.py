@@ -125,11 +125,15 @@ def test_settings_from_msconfig_and_a_credentials_file(tmp_path, seaweed):
 # --------------------------------------------------------------------------- faults
 
 def test_wrong_credentials_and_missing_bucket(tmp_path, seaweed, rclone):
+    """Wrong credentials are exit 12, a missing bucket or object exit 3, whatever the names
+    hold: a bucket or key holding "404" (or a server on port 40473, as one CI run had)
+    was a missing bucket to wrong credentials, since the error's text was searched for
+    "404"."""
     home = tmp_path / "src"
     setup(home)
     build(home, "classic", users=2, messages=10)
     for srv in (seaweed, rclone):
-        b = bucket(srv)
+        b = srv.bucket(f"t{os.getpid()}-404-{srv.kind}")
         p = run(home, "imsbackup", "-f", f"s3://{b}/x.ims", "/", env=srv.env(AWS_SECRET_ACCESS_KEY="wrong"), text=True)
         assert p.returncode == 12, p.stderr
         assert "refused the credentials" in p.stderr and len(p.stderr.strip().splitlines()) == 1
@@ -392,8 +396,9 @@ def _failing_upload(client, settings, url):
     return w, exc
 
 
+@pytest.mark.parametrize("name", ["v.ims", "v404.ims"])
 @pytest.mark.parametrize("reachable", [True, False])
-def test_link_lost_after_the_upload_completed(seaweed, monkeypatch, reachable):
+def test_link_lost_after_the_upload_completed(seaweed, monkeypatch, reachable, name):
     """The server completes the object, then the link fails before it could be checked:
     the writer fails (never exit 0 for an unchecked object), removes the object when the
     server can still be reached, and otherwise says it may be left there, whole but
@@ -424,16 +429,17 @@ def test_link_lost_after_the_upload_completed(seaweed, monkeypatch, reachable):
             raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
 
     b = bucket(seaweed)
-    _w, exc = _failing_upload(LinkGone(), settings, f"s3://{b}/v.ims")
+    _w, exc = _failing_upload(LinkGone(), settings, f"s3://{b}/{name}")
     text = str(exc.value)
+    # (a key holding "404" was taken for a missing object: "replaced by another writer")
     assert "completed on the server" in text and "incomplete" not in text, text
     from asm.cli.imsbackup import _incomplete
     assert exc.value.outcome_said and _incomplete(exc.value, "") == text    # imsbackup adds nothing
     if reachable:
         assert "was removed" in text and seaweed.keys(b) == []
     else:
-        assert "could not be removed" in text and f"imsverify -f s3://{b}/v.ims" in text
-        assert seaweed.keys(b) == ["v.ims"]
+        assert "could not be removed" in text and f"imsverify -f s3://{b}/{name}" in text
+        assert seaweed.keys(b) == [name]
     assert seaweed.uploads(b) == []
 
 

@@ -30,7 +30,9 @@ class S3Reader(io.RawIOBase):
         try:
             h = retry.call(settings, "opening", spec.url, s3.head_object, Bucket=spec.bucket, Key=spec.key)
         except S3Error as exc:
-            if isinstance(exc, S3NotFound) or "404" in str(exc):
+            # (by its class: the text names the endpoint, bucket and key, and a port 40473
+            # or a name holding "404" is not a missing object)
+            if isinstance(exc, S3NotFound):
                 raise S3NotFound(f"{spec.url} does not exist at {settings.endpoint_shown() or 'AWS'}: check the "
                                  f"bucket and key (-f argument)") from None
             raise

@@ -86,11 +86,9 @@ def check_bucket(s3, settings: Settings, spec: S3Spec) -> None:
     except S3NotFound:
         raise S3NotFound(f"bucket {spec.bucket!r} does not exist at {settings.endpoint_shown() or 'AWS'}: create "
                          f"it first (or check the name in {spec.text})") from None
-    except S3Error as exc:
-        if "404" in str(exc) or "NoSuchBucket" in str(exc):
-            raise S3NotFound(f"bucket {spec.bucket!r} does not exist at {settings.endpoint_shown() or 'AWS'}: "
-                             f"create it first (or check the name in {spec.text})") from None
-        raise
+    # (any other S3Error is what it says: its text names the endpoint, the bucket and the
+    # key, so "404" in it was an endpoint on port 40473 or a bucket "t404", and wrong
+    # credentials were reported as a missing bucket)
     if settings.lockdays:
         enabled = False
         try:
@@ -186,7 +184,7 @@ class S3Writer:
             return retry.call(self.settings, doing, self.spec.url, self.s3.head_object,
                               Bucket=self.spec.bucket, Key=self.spec.key)
         except S3Error as exc:
-            if isinstance(exc, S3NotFound) or "404" in str(exc) or "NoSuchKey" in str(exc):
+            if isinstance(exc, S3NotFound):    # (by its class: the text names endpoint and key)
                 return None
             raise
 
