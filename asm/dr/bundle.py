@@ -33,7 +33,6 @@ anything in place.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
@@ -925,10 +924,8 @@ def sweep_dead_copies(d: str) -> None:
 def _store_unreadable(path: str, exc: OSError, what: str = "a directory of the store"):
     """The error for a part of the store a disaster backup cannot read: the store's
     status (17), not the device's, which a wrapping "cannot write DEVICE" gave (3)."""
-    from asm.store.base import StoreError
-    hint = ("run as the store's owner or root" if exc.errno in (errno.EACCES, errno.EPERM)
-            else "check the store's disk")
-    return StoreError(f"cannot read {path}, {what}: {exc.strerror or exc}: {hint}; "
+    from asm.store.base import StoreError, unreadable_hint
+    return StoreError(f"cannot read {path}, {what}: {exc.strerror or exc}: {unreadable_hint(exc)}; "
                       f"the disaster backup is incomplete and was not kept")
 
 

@@ -176,6 +176,13 @@ class StoreFull(StoreError):
                          f"partition and run the same command again")
 
 
+def unreadable_hint(exc: OSError) -> str:
+    """What to do about a part of the store this process cannot read: a permission
+    refused is another user's store (a cron line in the wrong crontab)."""
+    return ("run as the store's owner or root" if exc.errno in (errno.EACCES, errno.EPERM)
+            else "check the store's disk")
+
+
 def os_store_error(exc: OSError, what: str) -> StoreError:
     """The StoreError a failed filesystem call on the store stands for: a full disk is
     StoreFull (exit 13); anything else (a read-only filesystem, a name too long for it,

@@ -39,6 +39,7 @@ from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
     _what, check_folder_levels, check_folder_name, check_user_level, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
+    unreadable_hint,
     nonempty_message, split_flags, stat_part, this_holder,
 )
 
@@ -192,10 +193,8 @@ def mailbox_list_exists(root: str) -> bool:
             if os.path.isdir(d) and not os.access(d, os.R_OK | os.X_OK):
                 where = d
                 break
-        hint = ("run as the store's owner or root" if exc.errno in (errno.EACCES, errno.EPERM)
-                else "check the store's disk")
         raise StoreError(f"cannot read {where}, the classic store's mailbox list ({db_path}): "
-                         f"{exc.strerror or exc}: {hint}") from None
+                         f"{exc.strerror or exc}: {unreadable_hint(exc)}") from None
 
 
 def lost_list(parts: dict) -> str | None:

@@ -1559,17 +1559,8 @@ def _field_words(text: str) -> dict[str, str]:
 
 def _id_ok(value: str, kind: str) -> bool:
     """A passwd-file uid or gid Dovecot takes: a number above 0, or a system user
-    (group) name."""
-    if value.isdigit():
-        return int(value) > 0
-    try:
-        if kind == "uid":
-            import pwd
-            return pwd.getpwnam(value).pw_uid > 0
-        import grp
-        return grp.getgrnam(value).gr_gid > 0
-    except KeyError:
-        return False
+    (group) name, as written (no blanks around it)."""
+    return value == value.strip() and (system_id(value, kind) or 0) > 0
 
 
 def system_id(value: str, kind: str) -> int | None:

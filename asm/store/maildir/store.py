@@ -294,6 +294,19 @@ def _misplaced(layout: "layout_mod.StoreLayout", partition: str = "primary") -> 
     return got
 
 
+def _asks_dovecot(layout) -> bool:
+    """The layout came from Dovecot's configuration with something that says whom it
+    runs a login as (a userdb to ask, a userdb's uid= for all, mail_uid)."""
+    return layout is not None and bool(layout.userdb_socket or layout.userdb_uid or layout.mail_uid)
+
+
+def _login_fields(layout, login: str) -> dict:
+    """The fields the userdb gives ``login`` (uid, gid, ...), asked once per layout with
+    the misplaced logins (:func:`_misplaced`); {} when it gives none or was not asked."""
+    _misplaced(layout)
+    return (getattr(layout, "_userdb_fields", None) or {}).get(login) or {}
+
+
 def expanded_location(layout: "layout_mod.StoreLayout", login: str) -> str:
     """The login's mail_location with every variable and ~ expanded: what doveadm is
     given with ``-o mail_location=`` to work on one account without a userdb lookup."""
@@ -859,10 +872,9 @@ class MaildirStore(Store):
         None when the layout was not read from Dovecot's configuration or neither is
         known.  ``lay``: another layout than the store's (the dbox accounts')."""
         lay = lay or self._layout
-        if lay is None or not (lay.userdb_socket or lay.userdb_uid or lay.mail_uid):
+        if not _asks_dovecot(lay):
             return None
-        _misplaced(lay)
-        fields = (getattr(lay, "_userdb_fields", None) or {}).get(user) or {}
+        fields = _login_fields(lay, user)
         for value, what in ((fields.get("uid", ""), f"the userdb's uid={fields.get('uid', '')}"),
                             (lay.userdb_uid, f"the userdb's uid={lay.userdb_uid}"),
                             (lay.mail_uid, f"mail_uid = {lay.mail_uid}")):
@@ -914,7 +926,7 @@ class MaildirStore(Store):
         if got is None:
             return None
         lay = self._layout
-        fields = (getattr(lay, "_userdb_fields", None) or {}).get(user) or {}
+        fields = _login_fields(lay, user)
         for value in (fields.get("gid", ""), lay.userdb_gid, lay.mail_gid):
             gid = layout_mod.system_id(value, "gid")
             if gid is not None:
@@ -934,7 +946,7 @@ class MaildirStore(Store):
         got "Permission denied", [SERVERBUG] at every SELECT, after an imsbackup that
         exited 0; imsdeliver and mboxutil -c the same)."""
         lay = self._layout
-        if lay is None or not (lay.userdb_socket or lay.userdb_uid or lay.mail_uid):
+        if not _asks_dovecot(lay):
             return None
         cache = self._login_owners
         if near not in cache:
