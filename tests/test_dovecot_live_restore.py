@@ -50,6 +50,32 @@ def wait_for_records(uidlist: str, proc, then: str, records: int = 20) -> None:
     assert proc.poll() is None, f"the restore ended before {then}"
 
 
+def lost_folder_steps(lab, home, tmp_path, u: str, name: str) -> tuple:
+    """Folder ``name`` of login ``u`` backed up, then lost with the restore journal, and
+    its restore's on-disk steps counted (tests/faults.py): (its directory, the restore's
+    argv, the fault root, the step numbers of the renames out of tmp/, ``lose()`` that
+    loses the folder and journal again).  A first restore into this login writes what
+    every later one finds there already (the account's own files: INBOX's uidlist read
+    for the folders' mailbox GUIDs, the uidvalidity file): the steps are counted from
+    the state the killed run starts in."""
+    from tests.faults import run_with_fault
+    archive = tmp_path / f"{name}.ims"
+    run(home, "imsbackup", "-f", archive, f"/primary/{u}/{name}", check=0)
+    d = lab.mailbox_path(u, name)
+    argv = ["imsrestore", "-f", archive, f"/primary/{u}/{name}"]
+    root, log = os.path.dirname(d), tmp_path / "steps.log"
+
+    def lose():
+        shutil.rmtree(d)
+        shutil.rmtree(home / "data", ignore_errors=True)
+    lose()
+    run(home, *argv)
+    lose()
+    run_with_fault(argv, root, f"count:{tmp_path / 'n'}", env={"IMS_HOME": str(home), "IMS_FAULT_LOG": str(log)})
+    renames = [int(line.split()[0]) for line in open(log) if os.path.join(d, "tmp", "") in line]
+    return d, argv, root, renames, lose
+
+
 def fill_big_inbox(lab, home, u: str) -> None:
     """A large INBOX: Dovecot delivers and flags a few messages, the driver adds
     thousands (fast), Dovecot expunges some (UIDs with gaps)."""
@@ -374,23 +400,7 @@ def test_a_restore_killed_between_a_uid_record_and_its_file_keeps_uids_clients_w
         for i in range(12):
             c.append(name, message(f"k{i}", size=400))
         want = {m["uid"]: c.fetch_body(m["uid"]) for m in (c.select(name), c.fetch_meta())[1]}
-    archive = tmp_path / "k.ims"
-    run(home, "imsbackup", "-f", archive, f"/primary/{u}/{name}", check=0)
-    d = lab.mailbox_path(u, name)
-    argv = ["imsrestore", "-f", archive, f"/primary/{u}/{name}"]
-    root, log = os.path.dirname(d), tmp_path / "steps.log"
-
-    def lose():
-        shutil.rmtree(d)
-        shutil.rmtree(home / "data", ignore_errors=True)
-    lose()
-    # a first restore into this login writes what every later one finds there already
-    # (the account's own files: INBOX's uidlist read for the folders' mailbox GUIDs, the
-    # uidvalidity file): the steps are counted from the state the killed run starts in
-    run(home, *argv)
-    lose()
-    run_with_fault(argv, root, f"count:{tmp_path / 'n'}", env={"IMS_HOME": str(home), "IMS_FAULT_LOG": str(log)})
-    renames = [int(line.split()[0]) for line in open(log) if os.path.join(d, "tmp", "") in line]
+    d, argv, root, renames, lose = lost_folder_steps(lab, home, tmp_path, u, name)
     point = renames[2 * 10 - 1]          # two steps a message (its file in tmp/, its rename): UID 10's rename
     lose()
     r = run_with_fault(argv, root, f"kill:{point}", env={"IMS_HOME": str(home)})
@@ -517,20 +527,7 @@ def test_a_killed_restore_run_again_keeps_the_flags_a_client_changed_meanwhile(l
         c.select(name)
         archived = {m["uid"]: m["flags"] for m in c.fetch_meta()}
     assert archived[2] == {r"\Seen"} and archived[1] == frozenset()
-    archive = tmp_path / "h.ims"
-    run(home, "imsbackup", "-f", archive, f"/primary/{u}/{name}", check=0)
-    d = lab.mailbox_path(u, name)
-    argv = ["imsrestore", "-f", archive, f"/primary/{u}/{name}"]
-    root, log = os.path.dirname(d), tmp_path / "steps.log"
-
-    def lose():
-        shutil.rmtree(d)
-        shutil.rmtree(home / "data", ignore_errors=True)
-    lose()
-    run(home, *argv)                     # (the account's own files, as in the test above)
-    lose()
-    run_with_fault(argv, root, f"count:{tmp_path / 'n'}", env={"IMS_HOME": str(home), "IMS_FAULT_LOG": str(log)})
-    renames = [int(line.split()[0]) for line in open(log) if os.path.join(d, "tmp", "") in line]
+    d, argv, root, renames, lose = lost_folder_steps(lab, home, tmp_path, u, name)
     lose()
     r = run_with_fault(argv, root, f"kill:{renames[2 * 8 - 1] + 1}", env={"IMS_HOME": str(home)})
     assert r.returncode == -9

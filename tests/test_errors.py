@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import contextlib
 import glob
 import importlib
 import os
@@ -684,6 +685,34 @@ def test_list_and_map_files_saved_with_a_byte_order_mark(store, ims_home, tmp_pa
     assert b"/primary/joe/INBOX\t" in listed and b"/primary/ann/INBOX\t" in listed, listed
 
 
+@contextlib.contextmanager
+def store_of_another_user(tmp_path, drv: str, top: str):
+    """An installation of driver ``drv`` with joe's INBOX, whose store directory ``top``
+    (relative to IMS_HOME) belongs to another user, 0700, as after msconfig set
+    store.owner: yields (IMS_HOME, the argv prefix that runs a command as root without
+    the right to read others' files, through capsh).  Mode 0755 again at the end."""
+    import shutil
+    from asm.store import open_store
+    from tests.helpers import make_home, require
+    capsh = shutil.which("capsh") or require("/usr/sbin/capsh", "to run a command without the right to read "
+                                                               "others' files")
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to drop its right to read others' files")
+    home = tmp_path / "ims"
+    cfg = make_home(home, drv)
+    with in_home(home):
+        put(open_store(cfg), "joe", "INBOX", 1)
+    top = home / top
+    for d, _dirs, files in os.walk(top):
+        for n in [d, *(os.path.join(d, f) for f in files)]:
+            os.chown(n, 65534, 65534)
+    os.chmod(top, 0o700)
+    try:
+        yield home, [capsh, "--drop=cap_dac_override,cap_dac_read_search,cap_fowner", "--", "-c", 'exec "$0" "$@"']
+    finally:
+        os.chmod(top, 0o755)
+
+
 def test_a_classic_store_the_user_cannot_read_is_the_store_status(tmp_path):
     """A cron line in the wrong crontab: the classic store (0700, its owner's) cannot be
     read by the user running the command.  Every command that opens it says so in one
@@ -691,25 +720,9 @@ def test_a_classic_store_the_user_cannot_read_is_the_store_status(tmp_path):
     it", a crash file), as the unreadable mailbox list looked missing and the search of
     the partitions for its lost users met the permission error (reconstruct said the
     list was missing and told to rebuild it)."""
-    import shutil
-    from asm.store import open_store
-    from tests.helpers import command, make_home
-    from tests.helpers import require
-    capsh = shutil.which("capsh") or require("/usr/sbin/capsh", "to run a command without the right to read "
-                                                               "others' files")
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to drop its right to read others' files")
-    home = tmp_path / "ims"
-    cfg = make_home(home, "classic")
-    with in_home(home):
-        put(open_store(cfg), "joe", "INBOX", 1)
-    root = home / "data" / "store"
-    for d, _dirs, files in os.walk(root):
-        for n in [d, *(os.path.join(d, f) for f in files)]:
-            os.chown(n, 65534, 65534)           # the store owner's, as after msconfig set store.owner
-    os.chmod(root, 0o700)
-    as_other = [capsh, "--drop=cap_dac_override,cap_dac_read_search,cap_fowner", "--", "-c", 'exec "$0" "$@"']
-    try:
+    from tests.helpers import command
+    with store_of_another_user(tmp_path, "classic", "data/store") as (home, as_other):
+        root = home / "data" / "store"
         for argv in (["imsbackup", "-f", tmp_path / "a.ims", "/"], ["mboxutil", "-l"],
                      ["reconstruct", "-n", "-r", "/"]):
             p = run(home, *as_other, command(argv[0]), *argv[1:], env=quiet(tmp_path))
@@ -718,8 +731,6 @@ def test_a_classic_store_the_user_cannot_read_is_the_store_status(tmp_path):
             assert f"cannot read {root}" in err and "run as the store's owner" in err, err
             assert "is missing" not in err, err
         assert not (tmp_path / "a.ims").exists() and glob.glob(str(tmp_path / "*crash*")) == []
-    finally:
-        os.chmod(root, 0o755)
 
 
 @pytest.mark.parametrize("drv", ["classic", "maildir"])
@@ -730,32 +741,15 @@ def test_a_disaster_backup_of_a_store_the_user_cannot_read_is_the_store_status(t
     "cannot write DEVICE", exit 3; a Maildir partition it could not list was passed
     over, every user's control files left out.  Now the store's status, 17, one line
     naming what it cannot read and what to do, and no bundle kept; as root, exit 0."""
-    import shutil
-    from asm.store import open_store
-    from tests.helpers import command, make_home, require
-    capsh = shutil.which("capsh") or require("/usr/sbin/capsh", "to run a command without the right to read "
-                                                               "others' files")
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to drop its right to read others' files")
-    home = tmp_path / "ims"
-    cfg = make_home(home, drv)
-    with in_home(home):
-        put(open_store(cfg), "joe", "INBOX", 1)
-    top = home / "data" / ("store" if drv == "classic" else "maildir/primary")
-    for d, _dirs, files in os.walk(top):
-        for n in [d, *(os.path.join(d, f) for f in files)]:
-            os.chown(n, 65534, 65534)
-    os.chmod(top, 0o700)
+    from tests.helpers import command
+    top = "data/store" if drv == "classic" else "data/maildir/primary"
     bundle = tmp_path / "dr.tar"
-    as_other = [capsh, "--drop=cap_dac_override,cap_dac_read_search,cap_fowner", "--", "-c", 'exec "$0" "$@"']
-    try:
+    with store_of_another_user(tmp_path, drv, top) as (home, as_other):
         p = run(home, *as_other, command("imsdr"), "backup", "-f", bundle, env=quiet(tmp_path))
         err = no_traceback(p, "imsdr")
         assert p.returncode == errors.EXIT_STORE and len(err.splitlines()) == 1, (p.returncode, err)
-        assert f"cannot read {top}" in err and "run as the store's owner or root" in err, err
+        assert f"cannot read {home / top}" in err and "run as the store's owner or root" in err, err
         assert "cannot write" not in err and not bundle.exists(), err
-    finally:
-        os.chmod(top, 0o755)
     p = run(home, "imsdr", "backup", "-f", bundle, env=quiet(tmp_path))
     assert p.returncode == 0 and bundle.exists(), p.stderr
 
