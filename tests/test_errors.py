@@ -657,6 +657,20 @@ def test_list_and_map_files_hold_names_whatever_their_bytes(store, ims_home, tmp
     assert not (tmp_path / "b.ims").exists() and glob.glob(str(tmp_path / "*crash*")) == []
 
 
+def restore_mapped(ims_home, tmp_path, mapping: bytes) -> tuple:
+    """The store of ``ims_home`` backed up and restored into a new classic installation
+    with ``imsrestore -m`` of a map file holding ``mapping``: (the restore's
+    CompletedProcess, the new IMS_HOME, the map file)."""
+    from tests.helpers import make_home
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    mapfile = tmp_path / "map"
+    mapfile.write_bytes(mapping)
+    return run(dest, "imsrestore", "-m", mapfile, "-f", a, env=quiet(tmp_path)), dest, mapfile
+
+
 def test_list_and_map_files_saved_with_a_byte_order_mark(store, ims_home, tmp_path):
     """A -m map file or -u list saved by an editor that writes a UTF-8 byte-order mark
     (Notepad) and CRLF line ends: the mark is not part of the first name, as in msg.conf
@@ -667,13 +681,7 @@ def test_list_and_map_files_saved_with_a_byte_order_mark(store, ims_home, tmp_pa
     from asm.store import open_store
     put(store, "joe", "INBOX", 1)
     put(store, "ann", "INBOX", 2)
-    a = tmp_path / "a.ims"
-    run(ims_home, "imsbackup", "-f", a, "/", check=0)
-    dest = tmp_path / "dest"
-    make_home(dest, "classic")
-    mapfile = tmp_path / "map"
-    mapfile.write_bytes(b"\xef\xbb\xbfjoe=newjoe\r\nann=newann\r\n")
-    p = run(dest, "imsrestore", "-m", mapfile, "-f", a, env=quiet(tmp_path))
+    p, dest, _map = restore_mapped(ims_home, tmp_path, b"\xef\xbb\xbfjoe=newjoe\r\nann=newann\r\n")
     assert p.returncode == 0 and p.stderr == b"", (p.returncode, p.stderr)
     assert sorted(open_store(make_home(dest, "classic")).users("primary")) == ["newann", "newjoe"]
     users = tmp_path / "users"
@@ -761,13 +769,7 @@ def test_a_map_to_a_name_the_store_cannot_keep_is_refused_before_anything(store,
     from tests.helpers import make_home
     for f in ("INBOX", "Work", "Old"):
         put(store, "alice", f, 1)
-    a = tmp_path / "a.ims"
-    run(ims_home, "imsbackup", "-f", a, "/", check=0)
-    dest = tmp_path / "dest"
-    make_home(dest, "classic")
-    mapfile = tmp_path / "map"
-    mapfile.write_bytes(b"# new names\nalice=d\xffave\n")
-    p = run(dest, "imsrestore", "-m", mapfile, "-f", a, env=quiet(tmp_path))
+    p, dest, mapfile = restore_mapped(ims_home, tmp_path, b"# new names\nalice=d\xffave\n")
     err = no_traceback(p)
     assert p.returncode == errors.EXIT_USAGE and len(err.splitlines()) == 1, (p.returncode, err)
     assert f"{mapfile}:2:" in err and "not UTF-8" in err, err
