@@ -21,6 +21,7 @@ import weakref
 
 from asm.errors import EXIT_AUTH, EXIT_CONNECT, EXIT_DEVICE, EXIT_LINKLOST, EXIT_NOSPACE, EXIT_USAGE, ImsError
 from asm.hookspecs import hookimpl
+from asm.interrupts import interrupts_deferred  # noqa: F401 - (the device plugins take it from here)
 
 _REMOTE_RE = re.compile(r"^(ssh://|(?:[^/@:]+@)?[^/:]+:)")
 _URL_RE = re.compile(r"^([a-z][a-z0-9+.-]*)://")
@@ -175,21 +176,6 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """SIGINT, SIGTERM and SIGHUP wait until the end of the block (blocked, not lost)."""
-    import signal
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def block_device_message(spec: str, where: str = "", pipe_to: str = "") -> str:

@@ -346,47 +346,31 @@ def _send_sigterm_again() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-#: The signals that end a run as Ctrl-C does (KeyboardInterrupt, cleanup, 130): SIGHUP
-#: too (an operator's terminal or ssh session closed), unless the command was started
-#: with it ignored (nohup), which it keeps.
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
-
-
-def _stop_signals() -> set:
-    import signal
-    return {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
+#: The devices whose ``close(ok=True)`` renames a whole archive into place (a local
+#: file, a remote one over SFTP): their close is a :class:`Commit`.
+COMMITTED = ("file", "remote-file")
 
 
 class Commit:
     """The moment a run's result is put in place (an archive renamed to its name, the
-    state file beside it): SIGINT, SIGTERM and SIGHUP wait (blocked) from :meth:`begin`; after
-    :meth:`done` they are ignored for the rest of the command, which succeeded (a signal
-    then must not call a complete run "interrupted"); after :meth:`undo` (nothing was put
-    in place) one that came meanwhile is delivered as usual."""
+    state file beside it): SIGINT, SIGTERM and SIGHUP wait (held: :class:`asm.interrupts.Hold`)
+    from :meth:`begin`; after :meth:`done` they are ignored for the rest of the command,
+    which succeeded (a signal then must not call a complete run "interrupted"); after
+    :meth:`undo` (nothing was put in place) one that came meanwhile is delivered as usual."""
 
     def __init__(self):
-        self._old = None
+        from asm.interrupts import Hold
+        self._hold = Hold()
 
     def begin(self) -> "Commit":
-        import signal
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            with contextlib.suppress(AttributeError, OSError, ValueError):
-                self._old = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
+        self._hold.begin()
         return self
 
     def done(self) -> None:
-        import signal
-        if self._old is not None:
-            for sig in _stop_signals():
-                signal.signal(sig, signal.SIG_IGN)            # (a pending one is dropped)
-            self.undo()
+        self._hold.drop()
 
     def undo(self) -> None:
-        import signal
-        old, self._old = self._old, None
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self._hold.release()
 
 
 def _signals_now():

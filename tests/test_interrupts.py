@@ -1,0 +1,122 @@
+"""asm.interrupts: the stop signals held over a step that must not be cut, with other
+threads running (paramiko's transport, S3 and compression workers).  A mask alone held
+nothing then: the kernel gave the signal to another thread and CPython ran the main
+thread's handler at once (an SFTP backup SIGTERM'd as it finished left its temporary
+file).  Each case runs in a child process of its own, its signals sent by the kernel."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PRELUDE = """
+import os, signal, sys, threading, time
+from asm.interrupts import Hold, interrupts_deferred
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, interrupt)
+signal.signal(signal.SIGHUP, interrupt)
+stop = threading.Event()
+workers = [threading.Thread(target=stop.wait, daemon=True) for _ in range(4)]
+for w in workers:
+    w.start()
+def send(*sigs):
+    for s in sigs:
+        os.kill(os.getpid(), s)
+    time.sleep(0.2)           # (delivered by now, to some thread)
+"""
+
+
+def child(body: str, threads: bool = True) -> subprocess.CompletedProcess:
+    code = PRELUDE + textwrap.dedent(body)
+    if not threads:
+        code = code.replace("range(4)", "range(0)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=__file__.rsplit("/tests/", 1)[0])
+
+
+@pytest.mark.parametrize("threads", [True, False])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_signal_in_a_hold_comes_after_it_once(threads, sig):
+    p = child(f"""
+        try:
+            with interrupts_deferred():
+                send(signal.{sig}, signal.{sig})
+                print("step done", flush=True)
+            print("NOT DELIVERED")
+        except KeyboardInterrupt:
+            print("interrupted after the step")
+        try:
+            time.sleep(0.2)
+            print("once")
+        except KeyboardInterrupt:
+            print("TWICE")
+        """, threads)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n") == ["step done", "interrupted after the step", "once", ""], p.stdout
+
+
+def test_holds_nest_and_the_outer_one_delivers():
+    p = child("""
+        try:
+            with interrupts_deferred():
+                with interrupts_deferred():
+                    send(signal.SIGTERM)
+                print("inner let go", flush=True)
+                send(signal.SIGINT)
+                print("outer step done", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted")
+        """)
+    assert p.stdout.split("\n") == ["inner let go", "outer step done", "interrupted", ""], (p.stdout, p.stderr)
+
+
+def test_a_dropped_hold_ignores_the_signal_that_came_and_those_after():
+    p = child("""
+        h = Hold().begin()
+        send(signal.SIGTERM)
+        h.drop()
+        send(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        print("succeeded", signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)
+        """)
+    assert (p.returncode, p.stdout) == (0, "succeeded True\n"), p.stderr
+
+
+def test_the_default_action_comes_after_the_step():
+    """No handler of ours (library code outside a command): SIGTERM's default, the end
+    of the process, waits for the step."""
+    p = child("""
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with interrupts_deferred():
+            send(signal.SIGTERM)
+            print("step done", flush=True)
+        print("NOT ENDED")
+        """)
+    assert (p.returncode, p.stdout) == (-signal.SIGTERM, "step done\n"), p.stderr
+
+
+def test_an_ignored_signal_stays_ignored():
+    """nohup: SIGHUP ignored before the hold is ignored after it."""
+    p = child("""
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        with interrupts_deferred():
+            send(signal.SIGHUP)
+        send(signal.SIGHUP)
+        print("kept", signal.getsignal(signal.SIGHUP) is signal.SIG_IGN)
+        """)
+    assert (p.returncode, p.stdout) == (0, "kept True\n"), p.stderr
+
+
+def test_off_the_main_thread_a_hold_does_nothing():
+    p = child("""
+        out = []
+        def work():
+            with interrupts_deferred():
+                out.append("ran")
+        t = threading.Thread(target=work); t.start(); t.join()
+        print(out, signal.getsignal(signal.SIGTERM) is interrupt)
+        """)
+    assert (p.returncode, p.stdout) == (0, "['ran'] True\n"), p.stderr
