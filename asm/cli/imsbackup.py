@@ -17,8 +17,8 @@ import time
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, refuse_device_in_store, run_backup, select
 from asm.cli.common import (
-    ArgParser, Commit, Once, Progress, UsageError, blocking_factor, check_out_file, die, human, lock_target,
-    parse_date, read_list_file, run_command, warn,
+    COMMITTED, ArgParser, Commit, Once, Progress, UsageError, blocking_factor, check_out_file, die, human,
+    lock_target, parse_date, read_list_file, run_command, warn,
 )
 from asm.cli.context import open_installation
 from asm.devices import DeviceError, open_device
@@ -258,9 +258,9 @@ def _backup_held(args, rep, held: list) -> int:
         if isinstance(exc, ImsError):
             raise ImsError(f"{exc}; {args.device} is not a complete archive{removed}", status=exc.status) from exc
         raise
-    # a plain-file archive and its state file are put in place as one: a signal in
-    # between waits, and once both are there the run has succeeded (Commit)
-    commit = Commit().begin() if ok and getattr(device, "kind", "") == "file" else Commit()
+    # a plain-file archive (here, or over SFTP) and its state file are put in place as
+    # one: a signal meanwhile waits, and once both are there the run has succeeded (Commit)
+    commit = Commit().begin() if ok and getattr(device, "kind", "") in COMMITTED else Commit()
     # the old state file goes aside first: a kill (SIGKILL, a power cut) between the
     # archive's rename and the new state file leaves no state file, never one naming an
     # archive that is gone (the next --base incremental would follow the wrong one)

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import posixpath
 import shlex
@@ -19,6 +20,7 @@ import stat
 
 import paramiko
 
+from asm.atend import at_end
 from asm.devices import Device, block_device_message, interrupts_deferred
 from plugins.ssh.connection import Connection
 from plugins.ssh.errors import LinkLost, RemoteDiskFull, RemoteError, RemotePathError, RemoteUsageError
@@ -189,10 +191,20 @@ class RemoteFileWriter(Device):
             conn.close()
             raise
         self.written = 0
+        # never closed (a signal between here and the caller's try, a bug): removed when
+        # the command ends, while the link is still up (no finalizer can reach the far side)
+        self._closed = False
+        at_end(self._left_open)
         super().__init__(spec, _SFTPWriter(self, record_size), seekable=False, kind="remote-file")
+
+    def _left_open(self) -> None:
+        if not self._closed:
+            with contextlib.suppress(Exception):
+                self.close(ok=False)
 
     def close(self, ok: bool = True) -> None:
         conn, sftp = self.conn, self.conn._sftp
+        self._closed = True
         try:
             if ok:
                 try:
@@ -202,7 +214,17 @@ class RemoteFileWriter(Device):
                     if size != self.written:
                         raise OSError(errno.EIO, f"{self.tmp} holds {size} bytes, {self.written} were sent")
                     sftpio.fsync(sftp, self.tmp)
-                    sftpio.replace(sftp, self.tmp, self.path)
+                except Exception as exc:
+                    err = sftpio.translate(conn, exc, "finishing", self.path, leftover=self.tmp)
+                    self._discard()
+                    raise err from None
+                except BaseException:
+                    # a signal (an engine's SIGTERM) while it finished: not an archive
+                    self._discard()
+                    raise
+                try:
+                    with interrupts_deferred():      # renamed, or not: never cut in between
+                        sftpio.replace(sftp, self.tmp, self.path)
                 except Exception as exc:
                     err = sftpio.translate(conn, exc, "finishing", self.path, leftover=self.tmp)
                     self._discard()
