@@ -101,13 +101,27 @@ class RemoteVerifyFailed(RemoteDeviceError):
 
 class Device:
     """An open device: ``file`` is the raw binary stream; ``seekable`` tells whether
-    the restore may seek in it.  ``close(ok)`` commits (True) or abandons (False)."""
+    the restore may seek in it.  ``close(ok)`` commits (True) or abandons (False).
+
+    Written in two steps when ``puts_in_place`` is True (a file renamed over its name,
+    an S3 object completed): :meth:`prepare` does all the slow work short of that
+    (every byte sent, answered, checked, synced) and may be cut by a signal (then
+    ``close(ok=False)`` abandons it); ``close(ok=True)`` after it only puts the archive
+    in place, a short step the commands hold signals over (asm.cli.common.Commit), so
+    an archive that is there is never reported "interrupted".  ``close(ok=True)`` alone
+    prepares first."""
+
+    #: close(ok=True) after prepare() only puts a complete archive in place
+    puts_in_place = False
 
     def __init__(self, spec: str, file, seekable: bool = False, kind: str = "stream"):
         self.spec = spec
         self.file = file
         self.seekable = seekable
         self.kind = kind
+
+    def prepare(self) -> None:
+        """Everything before the archive is put in place (nothing by default)."""
 
     def close(self, ok: bool = True) -> None:
         self.file.close()
@@ -123,6 +137,8 @@ class _FileDevice(Device):
     """A plain file written through a temporary name, renamed on success.  A temporary
     file that is never closed (a Ctrl-C or SIGTERM between its creation and the caller
     owning the device, a bug) is removed when the device is dropped or at exit."""
+
+    puts_in_place = True
 
     def __init__(self, spec: str, target: str):
         import tempfile                     # only a plain-file archive needs it (startup time)
@@ -140,13 +156,19 @@ class _FileDevice(Device):
         os.fchmod(fd, 0o600)
         super().__init__(spec, os.fdopen(fd, "wb", buffering=0), seekable=True, kind="file")
         self.target = target
+        self._synced = False
+
+    def prepare(self) -> None:
+        if not self._synced:
+            os.fsync(self.file.fileno())
+            self._synced = True
 
     def close(self, ok: bool = True) -> None:
         try:
             if ok:
-                os.fsync(self.file.fileno())
+                self.prepare()
             self.file.close()
-        except OSError:
+        except BaseException:          # (a signal too: nothing is put in place)
             ok = False
             raise
         finally:

@@ -43,6 +43,9 @@ def ims_open_device(spec, mode, blocking_factor, config):
     The first non-None answer wins; plugins registered later are asked first, so a
     remote-device plugin sees ``host:path`` before the local plugin.  Raise
     :class:`asm.devices.DeviceError` for a device this plugin owns but cannot open.
+    A device that puts a complete archive in place at its end says so
+    (``puts_in_place``) and splits that end into ``prepare()`` and ``close(ok=True)``
+    (:class:`asm.devices.Device`).
     """
 
 

@@ -212,6 +212,54 @@ def test_backup_killed_outright_leaves_nothing_visible(tmp_path, seaweed):
     assert seaweed.keys(b) == ["k.ims"] and seaweed.uploads(b) == []
 
 
+def test_sigterm_anywhere_in_an_s3_backup_leaves_nothing_visible(tmp_path, seaweed):
+    """imsbackup -f s3://... (multipart: 5 MiB parts, 3 at once) SIGTERM'd by its
+    engine at 24 points spread over a whole run, 10 of them over its end -- before the
+    upload starts, while parts go up, as it completes: exit 130, one line "interrupted", no object under the name
+    and no upload left open; or, once the object is complete, exit 0 and the object
+    whole (never "interrupted" beside a complete object)."""
+    import io
+
+    from asm.archive.reader import ArchiveReader
+    b = bucket(seaweed)
+    home = tmp_path / "src"
+    setup(home)
+    store = big_store(home, mib=14)
+    count = sum(len(store.messages(u, f)) for u in store.users("primary") for f in store.folder_names(u))
+
+    def whole() -> bool:
+        r = ArchiveReader(io.BytesIO(seaweed.get(b, "k.ims")))
+        n = sum(1 for m in r.members() if m.kind in ("message", "link"))   # (a link: a copy kept once)
+        counts = r.trailer["counts"] if r.complete else {}
+        return counts.get("messages", 0) + counts.get("links", 0) == n == count
+
+    for _ in range(2):                   # (the second, warm, run is timed)
+        t0 = time.monotonic()
+        run(home, "imsbackup", "-f", f"s3://{b}/k.ims", "/", env=seaweed.env(), check=0)
+        took = time.monotonic() - t0
+        assert whole()
+        seaweed.client().delete_object(Bucket=b, Key="k.ims")
+    outcomes = []
+    # 14 points over the whole run, 10 more over its end (the upload completed)
+    points = [1.1 * (k + 0.5) / 14 for k in range(14)] + [0.75 + 0.3 * k / 9 for k in range(10)]
+    for k, at in enumerate(points):
+        p = popen(home, "imsbackup", "-f", f"s3://{b}/k.ims", "/", env=seaweed.env(),
+                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(took * at)
+        p.send_signal(signal.SIGTERM)
+        err = p.communicate(timeout=90)[1]
+        if p.returncode == 0:
+            assert err == "" and seaweed.keys(b) == ["k.ims"] and whole(), (k, err)
+            seaweed.client().delete_object(Bucket=b, Key="k.ims")
+        else:
+            assert p.returncode == 130, (k, p.returncode, err)
+            assert "interrupted" in err and err.count("\n") == 1, err
+            assert seaweed.keys(b) == [], (k, err)
+        assert seaweed.uploads(b) == [], (k, p.returncode, err)
+        outcomes.append(p.returncode)
+    assert outcomes.count(130) >= 7, outcomes
+
+
 @pytest.mark.parametrize("comes_back", [False, True])
 def test_server_killed_during_a_download(tmp_path, comes_back):
     """Killed while imsrestore reads: the restore stops with one line and a remote

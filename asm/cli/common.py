@@ -346,11 +346,6 @@ def _send_sigterm_again() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-#: The devices whose ``close(ok=True)`` renames a whole archive into place (a local
-#: file, a remote one over SFTP): their close is a :class:`Commit`.
-COMMITTED = ("file", "remote-file")
-
-
 class Commit:
     """The moment a run's result is put in place (an archive renamed to its name, the
     state file beside it): SIGINT, SIGTERM and SIGHUP wait (held: :class:`asm.interrupts.Hold`)

@@ -17,7 +17,7 @@ import time
 from asm.archive.writer import ArchiveWriter
 from asm.backup import BackupOptions, refuse_device_in_store, run_backup, select
 from asm.cli.common import (
-    COMMITTED, ArgParser, Commit, Once, Progress, UsageError, blocking_factor, check_out_file, die, human,
+    ArgParser, Commit, Once, Progress, UsageError, blocking_factor, check_out_file, die, human,
     lock_target, parse_date, read_list_file, run_command, warn,
 )
 from asm.cli.context import open_installation
@@ -258,9 +258,22 @@ def _backup_held(args, rep, held: list) -> int:
         if isinstance(exc, ImsError):
             raise ImsError(f"{exc}; {args.device} is not a complete archive{removed}", status=exc.status) from exc
         raise
-    # a plain-file archive (here, or over SFTP) and its state file are put in place as
-    # one: a signal meanwhile waits, and once both are there the run has succeeded (Commit)
-    commit = Commit().begin() if ok and getattr(device, "kind", "") in COMMITTED else Commit()
+    if ok:
+        # the slow end (the layers' last frames, every byte answered, checked and synced)
+        # may still be cut by a signal, which abandons the archive; putting it in place may not
+        try:
+            device.prepare()
+        except KeyboardInterrupt:
+            progress.clear()
+            ok, status = False, EXIT_INTERRUPTED
+        except (OSError, DeviceError) as exc:
+            progress.clear()
+            ok = False
+            status = _failed(rep, f"cannot finish {args.device}: {_incomplete(exc, removed)}", device_status(exc))
+    # an archive put in place (a file renamed, here or over SFTP; an S3 object completed)
+    # and its state file go as one: a signal meanwhile waits, and once both are there the
+    # run has succeeded (Commit)
+    commit = Commit().begin() if ok and getattr(device, "puts_in_place", False) else Commit()
     # the old state file goes aside first: a kill (SIGKILL, a power cut) between the
     # archive's rename and the new state file leaves no state file, never one naming an
     # archive that is gone (the next --base incremental would follow the wrong one)

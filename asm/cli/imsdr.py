@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 
-from asm.cli.common import COMMITTED, ArgParser, Commit, Progress, UsageError, lock_target, run_command, warn
+from asm.cli.common import ArgParser, Commit, Progress, UsageError, lock_target, run_command, warn
 from asm.config import Config, NoInstallation
 from asm.devices import DeviceError, open_device
 from asm.errors import EXIT_MISSING, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
@@ -148,16 +148,28 @@ def _backup_held(args, held: list) -> int:
     finally:
         cap.close()
     progress.clear()
-    # the bundle renamed into place is the run's success: a signal meanwhile waits, and
-    # once it is there none calls it "interrupted" (Commit)
-    commit = Commit().begin() if getattr(device, "kind", "") in COMMITTED else Commit()
+
+    def cannot_finish(exc) -> ImsError:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return ImsError(f"cannot finish {args.device}: {why}; the disaster backup is incomplete{removed}",
+                        status=device_status(exc))
+
+    try:
+        device.prepare()              # (a signal here abandons the bundle)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            device.close(ok=False)
+        if isinstance(exc, (OSError, DeviceError)):
+            raise cannot_finish(exc) from None
+        raise
+    # the bundle put in place is the run's success: a signal meanwhile waits, and once
+    # it is there none calls it "interrupted" (Commit)
+    commit = Commit().begin() if getattr(device, "puts_in_place", False) else Commit()
     try:
         device.close(ok=ok)
     except (OSError, DeviceError) as exc:
         commit.undo()
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ImsError(f"cannot finish {args.device}: {why}; the disaster backup is incomplete{removed}",
-                       status=device_status(exc)) from None
+        raise cannot_finish(exc) from None
     except BaseException:
         commit.undo()
         raise

@@ -308,17 +308,40 @@ class LayeredDevice(Device):
         self.inner = inner
         self.layers = names
         self.writing = writing
+        self._finished = False      # the layers' last frames written (prepare)
+        self._gone = False          # abandoned by a failed prepare: closed already
 
-    def close(self, ok: bool = True) -> None:
-        if self.writing:
+    @property
+    def puts_in_place(self) -> bool:
+        return self.inner.puts_in_place
+
+    def prepare(self) -> None:
+        """The layers finished (their last frames written), then the device prepared; a
+        failure abandons the device (no half archive)."""
+        if self.writing and not self._finished:
             try:
-                if ok:
-                    self.file.close()
-                else:
-                    self.file.abandon()
+                self.file.close()
+                self._finished = True
+                self.inner.prepare()
             except BaseException:
                 self.file.abandon()
                 self.inner.close(ok=False)
+                self._gone = True
+                raise
+
+    def close(self, ok: bool = True) -> None:
+        if self._gone:
+            return
+        if self.writing and not self._finished:
+            try:
+                if ok:
+                    self.prepare()
+                else:
+                    self.file.abandon()
+            except BaseException:
+                if not self._gone:
+                    self.file.abandon()
+                    self.inner.close(ok=False)
                 raise
         self.inner.close(ok=ok)
 

@@ -10,6 +10,11 @@ from plugins.s3.upload import S3Writer, lock_path
 
 
 class S3WriteDevice(Device):
+    puts_in_place = True          # (the object appears when its upload is completed)
+
+    def prepare(self) -> None:
+        self.file.prepare()
+
     def close(self, ok: bool = True) -> None:
         if ok:
             self.file.close()

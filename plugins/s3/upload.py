@@ -36,6 +36,7 @@ import re
 import secrets
 import socket
 
+from asm.interrupts import interrupts_deferred
 from plugins.s3 import journal, retry
 from plugins.s3.errors import (S3ConfigError, S3Error, S3NotFound, S3Replaced, S3VerifyFailed, code_of,
                                translate)
@@ -132,6 +133,7 @@ class S3Writer:
         self.etag: str | None = None
         self.version: str | None = None
         self.closed = False
+        self._prepared = False
         self.lock = lock_args(settings)
         self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
         self.metadata[WRITER] = self.token
@@ -231,11 +233,13 @@ class S3Writer:
 
     # -- parts -------------------------------------------------------------------------
     def _start(self) -> None:
-        r = retry.call(self.settings, "starting the upload of", self.spec.url, self.s3.create_multipart_upload,
-                       Bucket=self.spec.bucket, Key=self.spec.key, Metadata=self.metadata, **self.lock)
-        self._upload_id = r["UploadId"]
-        self._journal = journal.record(self.settings.home, self.settings.endpoint_shown(), self.spec.bucket,
-                                       self.spec.key, self._upload_id)
+        # (signals wait: an upload the server made is known, to be aborted, and journalled)
+        with interrupts_deferred():
+            r = retry.call(self.settings, "starting the upload of", self.spec.url, self.s3.create_multipart_upload,
+                           Bucket=self.spec.bucket, Key=self.spec.key, Metadata=self.metadata, **self.lock)
+            self._upload_id = r["UploadId"]
+            self._journal = journal.record(self.settings.home, self.settings.endpoint_shown(), self.spec.bucket,
+                                           self.spec.key, self._upload_id)
         self._pool = concurrent.futures.ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="s3-part")
 
     def _submit(self, chunk: bytes) -> None:
@@ -262,6 +266,21 @@ class S3Writer:
         return n, r.get("ETag", ""), md5
 
     # -- the end -----------------------------------------------------------------------
+    def prepare(self) -> None:
+        """A multipart upload: the last part sent and every part answered -- all but the
+        completion, which makes the object visible.  (An archive smaller than a part
+        goes in one PutObject, at close: that is its completion.)  A failure, or a
+        signal, leaves it to :meth:`abort`."""
+        if self._prepared or self._upload_id is None:
+            return
+        if self._buf or not self._number:
+            self._submit(bytes(self._buf))
+            self._buf.clear()
+        while self._pending:
+            self._collect(self._pending.popleft())
+        self._pool.shutdown(wait=True)
+        self._prepared = True
+
     def close(self) -> None:
         """Complete the object and check it; on any failure it is not left visible."""
         if self.closed:
@@ -295,12 +314,7 @@ class S3Writer:
         self._check_size()
 
     def _complete(self) -> None:
-        if self._buf or not self._number:
-            self._submit(bytes(self._buf))
-            self._buf.clear()
-        while self._pending:
-            self._collect(self._pending.popleft())
-        self._pool.shutdown(wait=True)
+        self.prepare()
         parts = [{"PartNumber": n, "ETag": self._parts[n][0]} for n in sorted(self._parts)]
         if test_hook is not None:
             test_hook(self, "completing")

@@ -147,6 +147,8 @@ class _CatSink:
 class RemoteFileWriter(Device):
     """A remote regular file written through a temporary name, renamed on success."""
 
+    puts_in_place = True
+
     def __init__(self, spec: str, conn: Connection, path: str, record_size: int):
         self.conn, self.path = conn, path
         sftp = conn.sftp
@@ -193,7 +195,7 @@ class RemoteFileWriter(Device):
         self.written = 0
         # never closed (a signal between here and the caller's try, a bug): removed when
         # the command ends, while the link is still up (no finalizer can reach the far side)
-        self._closed = False
+        self._closed = self._prepared = False
         at_end(self._left_open)
         super().__init__(spec, _SFTPWriter(self, record_size), seekable=False, kind="remote-file")
 
@@ -202,24 +204,32 @@ class RemoteFileWriter(Device):
             with contextlib.suppress(Exception):
                 self.close(ok=False)
 
+    def prepare(self) -> None:
+        """Every write answered (or for ``cat`` to exit 0), the size checked, the far
+        side asked to fsync: all but the rename."""
+        if self._prepared:
+            return
+        conn, sftp = self.conn, self.conn._sftp
+        try:
+            self.file.flush()
+            self.f.finish()                   # every write answered, or the error
+            size = sftp.stat(self.tmp).st_size
+            if size != self.written:
+                raise OSError(errno.EIO, f"{self.tmp} holds {size} bytes, {self.written} were sent")
+            sftpio.fsync(sftp, self.tmp)
+        except Exception as exc:
+            raise sftpio.translate(conn, exc, "finishing", self.path, leftover=self.tmp) from None
+        self._prepared = True
+
     def close(self, ok: bool = True) -> None:
         conn, sftp = self.conn, self.conn._sftp
         self._closed = True
         try:
             if ok:
                 try:
-                    self.file.flush()
-                    self.f.finish()                   # every write answered, or the error
-                    size = sftp.stat(self.tmp).st_size
-                    if size != self.written:
-                        raise OSError(errno.EIO, f"{self.tmp} holds {size} bytes, {self.written} were sent")
-                    sftpio.fsync(sftp, self.tmp)
-                except Exception as exc:
-                    err = sftpio.translate(conn, exc, "finishing", self.path, leftover=self.tmp)
-                    self._discard()
-                    raise err from None
+                    self.prepare()
                 except BaseException:
-                    # a signal (an engine's SIGTERM) while it finished: not an archive
+                    # failed, or a signal (an engine's SIGTERM) while it finished: not an archive
                     self._discard()
                     raise
                 try:
