@@ -56,14 +56,27 @@ class Hold:
             self.pending.append(signum)
 
     def _give_back(self, ignore: bool) -> None:
-        handlers, self._handlers = self._handlers, None
+        handlers = self._handlers
         if handlers is None:
             return
-        for sig, old in handlers.items():
-            signal.signal(sig, signal.SIG_IGN if ignore else old)
+        # the mask first: one blocked meanwhile is delivered here, to _arrived (no
+        # exception half way through, which would leave the mask blocked for good)
         mask, self._mask = self._mask, None
         if mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)   # (one blocked meanwhile: delivered here)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self._handlers = None
+        came = None
+        for sig, old in handlers.items():
+            while True:
+                try:
+                    signal.signal(sig, signal.SIG_IGN if ignore else old)
+                    break
+                except KeyboardInterrupt as exc:
+                    # raised by a handler given back already (signal.signal runs pending
+                    # handlers first, then sets): the rest are given back too, then it goes on
+                    came = came or exc
+        if came is not None:
+            raise came
 
     def release(self) -> None:
         """Let go: a signal that came meanwhile is delivered now, to its own handler."""

@@ -270,6 +270,11 @@ def _backup_held(args, rep, held: list) -> int:
             progress.clear()
             ok = False
             status = _failed(rep, f"cannot finish {args.device}: {_incomplete(exc, removed)}", device_status(exc))
+        except BaseException:          # (a bug: never leave a partial archive behind)
+            progress.clear()
+            with contextlib.suppress(Exception):
+                device.close(ok=False)
+            raise
     # an archive put in place (a file renamed, here or over SFTP; an S3 object completed)
     # and its state file go as one: a signal meanwhile waits, and once both are there the
     # run has succeeded (Commit)

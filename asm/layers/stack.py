@@ -324,9 +324,9 @@ class LayeredDevice(Device):
                 self._finished = True
                 self.inner.prepare()
             except BaseException:
+                self._gone = True
                 self.file.abandon()
                 self.inner.close(ok=False)
-                self._gone = True
                 raise
 
     def close(self, ok: bool = True) -> None:
