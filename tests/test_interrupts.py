@@ -19,6 +19,7 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, interrupt)
 signal.signal(signal.SIGHUP, interrupt)
+signal.signal(signal.SIGINT, signal.default_int_handler)   # (a background job starts with it ignored)
 stop = threading.Event()
 workers = [threading.Thread(target=stop.wait, daemon=True) for _ in range(4)]
 for w in workers:
