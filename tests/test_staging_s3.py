@@ -236,3 +236,32 @@ def test_prune_without_delete_permission_fails(tmp_path, seaweed):
     line = [x for x in p.stderr.splitlines() if "could not be removed" in x]
     assert len(line) == 1 and "permission to delete" in line[0] and "retention keeps it" not in line[0]
     assert len(seaweed.keys(b)) == 2 and [x["push"] for x in rows(tmp_path / "stage")] == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("key", ["unlocked/x.ims", "AccessDenied/x.ims"])
+def test_a_remove_that_fails_is_told_by_the_servers_answer_not_by_the_names(tmp_path, monkeypatch, key):
+    """prune's remove: the server gone between the HEAD and the DELETE (a crash, a cut
+    cable) is that failure (S3ConnectFailed: prune counts it failed, with its status) -- also when
+    the bucket or the prefix holds "locked" or "AccessDenied".  Read in the error's text,
+    which names them, it was "under object lock" (kept, exit 0: retention looked fine)."""
+    from plugins.s3 import transfer
+    from plugins.s3.errors import S3ConnectFailed, S3Locked
+    with running("seaweedfs", str(tmp_path / "srv")) as srv:
+        b = srv.bucket(f"st{os.getpid()}-names")
+        srv.client().put_object(Bucket=b, Key=key, Body=b"x" * 100)
+        for k, v in srv.env(**{"AWS_MAX_ATTEMPTS": "1"}).items():
+            if v is None:
+                monkeypatch.delenv(k, raising=False)
+            else:
+                monkeypatch.setenv(k, v)
+        real = transfer._delete
+
+        def server_gone(s3, settings, spec, version=None):
+            srv.kill()
+            return real(s3, settings, spec, version)
+
+        monkeypatch.setattr(transfer, "_delete", server_gone)
+        cfg = make_home(tmp_path / "home", "classic", **{"s3.retries": "0", "s3.timeout": "5"})
+        with pytest.raises(S3ConnectFailed) as e:
+            transfer.remove(f"s3://{b}/{key}", cfg)
+        assert not isinstance(e.value, S3Locked)

@@ -14,7 +14,10 @@ from asm.errors import EXIT_LOCKED, EXIT_USAGE
 
 
 class S3Error(RemoteDeviceError):
-    """An S3 request failed; the message says which object, what and why."""
+    """An S3 request failed; the message says which object, what and why.  ``code`` and
+    ``server_message``: what the server answered, when it answered (see translate)."""
+    code = ""
+    server_message = ""
 
 
 class S3ConfigError(S3Error):
@@ -123,24 +126,33 @@ def translate(exc: BaseException, doing: str, where: str, endpoint: str = "") ->
         return S3ConnectFailed(f"TLS to the S3 endpoint{at} failed while {doing} {where}: {exc}")
     if isinstance(exc, be.ClientError):
         code, status, msg = code_of(exc)
-        detail = f"{code}{': ' + msg if msg and msg != code else ''}"
-        if code in AUTH_CODES or status == 403:
-            return S3AuthFailed(f"the S3 server{at} refused the credentials while {doing} {where} ({detail}): "
-                                f"check the access key and secret (AWS_ACCESS_KEY_ID, ~/.aws/credentials, "
-                                f"s3.profile) and their permissions on the bucket")
-        if code == "NoSuchBucket":
-            return S3NotFound(f"bucket of {where} does not exist{at}: create it first (or check the name)")
-        if code in ("NoSuchKey", "404", "NotFound"):
-            return S3NotFound(f"{where} does not exist{at}")
-        if code == "NoSuchUpload":
-            lost = S3LinkLost(f"the server forgot the upload of {where} ({detail}); the archive is incomplete")
-            lost.outcome_said = True
-            return lost
-        if code in SPACE_CODES or _looks_full(msg):
-            return S3NoSpace(f"the S3 server{at} has no space left while {doing} {where} ({detail}): the object "
-                             f"was not completed; free space there or choose another bucket")
-        return S3Error(f"S3 {doing} {where} failed{at}: {detail}")
+        err = _refused(code, status, msg, doing, where, at)
+        # what the server answered, apart from the names in the message: a caller that
+        # must tell one refusal from another looks at these, never at str(err)
+        err.code, err.server_message = code, msg
+        return err
     if is_transient(exc):
         return S3LinkLost(f"connection to the S3 endpoint{at} lost while {doing} {where} ({exc}), and the "
                           f"retries did not bring it back; the object is not complete")
     return S3Error(f"S3 {doing} {where} failed{at}: {type(exc).__name__}: {exc}")
+
+
+def _refused(code: str, status: int, msg: str, doing: str, where: str, at: str) -> S3Error:
+    """The S3Error for an error the server answered (a ClientError)."""
+    detail = f"{code}{': ' + msg if msg and msg != code else ''}"
+    if code in AUTH_CODES or status == 403:
+        return S3AuthFailed(f"the S3 server{at} refused the credentials while {doing} {where} ({detail}): "
+                            f"check the access key and secret (AWS_ACCESS_KEY_ID, ~/.aws/credentials, "
+                            f"s3.profile) and their permissions on the bucket")
+    if code == "NoSuchBucket":
+        return S3NotFound(f"bucket of {where} does not exist{at}: create it first (or check the name)")
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return S3NotFound(f"{where} does not exist{at}")
+    if code == "NoSuchUpload":
+        lost = S3LinkLost(f"the server forgot the upload of {where} ({detail}); the archive is incomplete")
+        lost.outcome_said = True
+        return lost
+    if code in SPACE_CODES or _looks_full(msg):
+        return S3NoSpace(f"the S3 server{at} has no space left while {doing} {where} ({detail}): the object "
+                         f"was not completed; free space there or choose another bucket")
+    return S3Error(f"S3 {doing} {where} failed{at}: {detail}")

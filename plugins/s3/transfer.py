@@ -135,14 +135,15 @@ def remove(remote_spec: str, config=None) -> bool:
     try:
         _delete(s3, settings, spec, h.get("VersionId"))
     except S3Error as exc:
-        denied = "AccessDenied" in str(exc)
+        # (by the server's answer: the message also names the bucket and the key)
+        denied = exc.code == "AccessDenied"
         if denied and not _may_be_locked(s3, spec, h):
             # no retention, no legal hold, a bucket without object lock: the credentials
             # may not delete, and retention will never run until they may
             raise S3AuthFailed(f"no permission to delete {spec.url} (AccessDenied; the object is under no object "
                                f"lock): give these credentials s3:DeleteObject and s3:DeleteObjectVersion on "
                                f"bucket {spec.bucket}; nothing was removed") from None
-        if denied or "locked" in str(exc).lower():
+        if denied or "locked" in f"{exc.code} {exc.server_message}".lower():
             raise S3Locked(f"{spec.url} cannot be removed yet ({exc}): the bucket's retention keeps it") from None
         raise
     return True
