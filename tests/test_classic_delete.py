@@ -157,3 +157,55 @@ def test_a_restore_removing_a_folder_killed_at_every_step_of_the_removal(tmp_pat
                          lambda home: _judge_killed(home, {k: v for k, v in before.items() if k[:2] in gone}, gone),
                          lambda home: _judge_done(home, want, gone, files), steps)
     assert bad == [], bad[:3]
+
+
+def _user_files(home, user_dir) -> list[str]:
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(user_dir) for f in fs)
+
+
+def test_mboxutil_d_of_a_user_stopped_by_a_signal_at_every_step(tmp_path):
+    """mboxutil -d user/alice SIGTERM'd (or Ctrl-C'd) before each of its steps on disk:
+    exit 130 with alice whole (listed, every message), or exit 0 with alice gone and no
+    file of hers left; after a 130 the same command exits 0 and leaves nothing of her.
+    (A signal while her files were removed, after the mailbox list no longer had her,
+    exited 130 and left them, unlisted; run again: "no such user", exit 2.)"""
+    from tests.faults import spread
+    base = tmp_path / "base"
+    source = _store(base)
+    for i in range(40):
+        source.append("alice", "Keep", io.BytesIO(f"Subject: more {i}\r\n\r\nbody\r\n".encode()))
+    want = state(source)
+    user_dir = os.path.relpath(source._user_path("alice"), base)
+    source.close()
+    probe = tmp_path / "probe"
+    shutil.copytree(base, probe)
+    argv = ["mboxutil", "-d", "user/alice"]
+    steps = _steps(argv, probe, tmp_path)
+    assert not os.path.exists(probe / user_dir)
+    first = next(n for n, what in steps if what.startswith("sqlite: DELETE FROM folders"))
+    assert len(steps) - first >= 40          # (each file rmtree removes one step)
+    bad, outcomes = [], []
+    for i, point in enumerate([first - 1] + spread(len(steps) - first, 15, 7)):
+        point = point if i == 0 else first + point - 1
+        mode = "int" if i % 4 == 3 else "term"
+        home = tmp_path / f"k{point}"
+        shutil.copytree(base, home)
+        p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+        outcomes.append(p.returncode)
+        store = open_store(Config(str(home)), create=False)
+        got, listed = state(store), store.exists("alice")
+        store.close()
+        if p.returncode == 130:
+            if p.stderr.decode().strip() != "mboxutil: interrupted" or got != want or not listed:
+                bad.append((point, mode, "130 but alice not whole", p.stderr))
+            p = run(home, *argv, env={"IMS_HOME": str(home)})
+            if p.returncode != 0:
+                bad.append((point, mode, f"rerun exits {p.returncode}", p.stderr))
+        elif p.returncode != 0 or p.stderr:
+            bad.append((point, mode, p.returncode, p.stderr))
+        store = open_store(Config(str(home)), create=False)
+        if store.exists("alice") or _user_files(home, home / user_dir):
+            bad.append((point, mode, "left of alice", _user_files(home, home / user_dir)[:3]))
+        store.close()
+    assert bad == [], bad[:3]
+    assert outcomes.count(0) >= 10, outcomes        # (the points fell in the removal)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import sys
 
-from asm.cli.common import ArgParser, UsageError, run_command
+from asm.cli.common import ArgParser, Commit, UsageError, run_command
 from asm.cli.context import open_installation
 from asm.errors import EXIT_OK
 from asm.store.base import check_folder_name
@@ -76,7 +76,15 @@ def _main(argv: list[str] | None) -> int:
                                  f"a folder of {user!r}")
             store.create_folder(user, folder, subscribed=True)
     elif folder is None:
-        store.delete_user(user)
+        # once the user is gone (its files with it: delete_user holds the signals), the run
+        # succeeded: a signal that came meanwhile must not call it "interrupted"
+        commit = Commit().begin()
+        try:
+            store.delete_user(user)
+        except BaseException:
+            commit.undo()
+            raise
+        commit.done()
     else:
         store.delete_folder(user, folder)
     return EXIT_OK

@@ -1086,14 +1086,19 @@ class ClassicStore(Store):
             del self._filling[k]
         for k in [k for k in self._making if k == path or k.startswith(path + os.sep)]:
             del self._making[k]
-        with sqlitedb.immediate(self._db):
-            self._db.execute("DELETE FROM folders WHERE user=?", (user,))
-            self._db.execute("DELETE FROM unplaced WHERE user=?", (user,))
-            self._db.execute("DELETE FROM remains WHERE user=?", (user,))
-            self._db.execute("DELETE FROM holders WHERE user=?", (user,))
-            self._db.execute("DELETE FROM users WHERE user=?", (user,))
-        self._where.pop(user, None)
-        shutil.rmtree(path, ignore_errors=True)
+        # the user goes from the mailbox list and its files with it: a SIGTERM or Ctrl-C
+        # between the two once left its directory, unlisted, which nothing removed after
+        # (the same command run again: "no such user")
+        from asm.interrupts import interrupts_deferred
+        with interrupts_deferred():
+            with sqlitedb.immediate(self._db):
+                self._db.execute("DELETE FROM folders WHERE user=?", (user,))
+                self._db.execute("DELETE FROM unplaced WHERE user=?", (user,))
+                self._db.execute("DELETE FROM remains WHERE user=?", (user,))
+                self._db.execute("DELETE FROM holders WHERE user=?", (user,))
+                self._db.execute("DELETE FROM users WHERE user=?", (user,))
+            self._where.pop(user, None)
+            shutil.rmtree(path, ignore_errors=True)
 
     def _new_folder_uidvalidity(self, user: str, folder: str, uidvalidity: int | None) -> int:
         """Inside the mailbox list's write transaction: FolderExists if the folder is
