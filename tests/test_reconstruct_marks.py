@@ -185,3 +185,65 @@ def test_reconstruct_keeps_a_restores_mark_when_it_rebuilds_an_index(tmp_path):
     store = open_store(Config(str(home)), create=False)
     assert store.restoring_marks("alice", "Keep") == [mark]
     assert state(store) == before
+
+
+def test_reconstruct_m_stopped_by_a_signal_at_every_step_leaves_one_list(tmp_path):
+    """reconstruct -m of a store that lost its mailbox list, SIGTERM'd (or Ctrl-C'd)
+    before each of its steps on disk: exit 130 ("interrupted" the last line, never an
+    internal error) or its own status, and in both cases no list half-made left beside
+    mailboxes.db; after a 130 the same command lists every user and folder.  (A signal
+    while the rebuilt list was committed and renamed into place ended in exit 70, the
+    roll-back failing on the committed list, and left mailboxes.db.new-PID, which no
+    later run removes; one while the list was begun left it too.)"""
+    from tests.faults import spread
+    base = tmp_path / "base"
+    store = _store(base)
+    store.create_user("bob")
+    store.create_folder("bob", "Work", subscribed=True)
+    store.close()
+    listed = state(open_store(Config(str(base)), create=False))
+    shutil.rmtree(base / "data" / "store" / "mboxlist")
+    argv = ["reconstruct", "-m"]
+    probe = tmp_path / "probe"
+    shutil.copytree(base, probe)
+    log = tmp_path / "steps-probe"
+    clean = run_with_fault(argv, probe, "count:/dev/null", env={"IMS_HOME": str(probe), "IMS_FAULT_LOG": str(log)})
+    steps = [line for line in log.read_text().splitlines() if line.split(" ", 1)[0].isdigit()]
+    assert clean.returncode in (0, 1), clean.stderr
+
+    def judge(home) -> list:
+        problems = []
+        d = home / "data" / "store" / "mboxlist"
+        aside = [n for n in os.listdir(d) if ".new-" in n] if d.exists() else []
+        if aside:
+            problems.append(f"left: {aside}")
+        return problems
+
+    def folders(home):
+        return sorted(k for k in state(open_store(Config(str(home)), create=False)) if len(k) == 2)
+
+    assert judge(probe) == [] and folders(probe) == sorted(k for k in listed if len(k) == 2)
+    bad, outcomes = [], []
+    for i, point in enumerate(spread(len(steps), 18, SEED)):
+        mode = "int" if i % 4 == 3 else "term"
+        home = tmp_path / f"k{point}"
+        shutil.copytree(base, home)
+        p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+        outcomes.append(p.returncode)
+        err = p.stderr.decode()
+        problems = judge(home)
+        if p.returncode == 130:
+            if err.strip().splitlines()[-1] != "reconstruct: interrupted":
+                problems.append(f"130 says {err[-300:]!r}")
+            p = run(home, *argv, env={"IMS_HOME": str(home)})
+            if p.returncode not in (0, 1):
+                problems.append(f"rerun exits {p.returncode}: {p.stderr[-300:]!r}")
+            problems += judge(home)
+        elif p.returncode != clean.returncode:
+            problems.append(f"exit {p.returncode}: {err[-300:]!r}")
+        if not problems and folders(home) != folders(probe):
+            problems.append("the list differs")
+        if problems:
+            bad.append((point, mode, steps[point - 1] if point <= len(steps) else "end", problems))
+    assert bad == [], (SEED, bad[:3])
+    assert outcomes.count(130) >= 9, outcomes

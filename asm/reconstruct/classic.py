@@ -33,6 +33,7 @@ import sqlite3
 import time
 
 from asm.config import Config
+from asm.interrupts import interrupts_deferred
 from asm.locks import flock_wait
 from asm.reconstruct import LOST, NOTE, REPAIRED, UNKNOWN, Report
 from asm.reconstruct import uid_list as _uids
@@ -185,16 +186,26 @@ class _List:
         self.new_path = os.path.join(self.dir if repair else _tmpdir(), f"mailboxes.db.new-{os.getpid()}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.new_path)
-        self.con = sqlite3.connect(self.new_path, isolation_level=None)
-        self.con.executescript(_SCHEMA)
-        self.con.execute("BEGIN")
-        for u, (p, d, h) in old_users.items():
-            self.con.execute("INSERT OR REPLACE INTO users VALUES (?,?,?,?)", (u, p, d, h))
-        for (u, n), (uv, s) in old_folders.items():
-            self.con.execute("INSERT OR REPLACE INTO folders VALUES (?,?,?,?)", (u, n, uv, s))
-        for table, row in old_marks:
-            with contextlib.suppress(sqlite3.Error):
-                self.con.execute(f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * len(row))})", row)
+        try:
+            self.con = sqlite3.connect(self.new_path, isolation_level=None)
+            self.con.executescript(_SCHEMA)
+            self.con.execute("BEGIN")
+            for u, (p, d, h) in old_users.items():
+                self.con.execute("INSERT OR REPLACE INTO users VALUES (?,?,?,?)", (u, p, d, h))
+            for (u, n), (uv, s) in old_folders.items():
+                self.con.execute("INSERT OR REPLACE INTO folders VALUES (?,?,?,?)", (u, n, uv, s))
+            for table, row in old_marks:
+                with contextlib.suppress(sqlite3.Error):
+                    self.con.execute(f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * len(row))})", row)
+        except BaseException:
+            # (a SIGTERM here, before the caller has the list to roll back: the list begun
+            # aside goes, as the roll-back removes it; it was left, named by a pid no run
+            # has again)
+            with contextlib.suppress(Exception):
+                self.con.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.new_path)
+            raise
 
     # reading
     def user(self, user: str):
@@ -242,7 +253,8 @@ class _List:
     def finish(self, owner) -> None:
         """Commit (repair) or roll back (check); a rebuilt list replaces the old file."""
         if not self.repair:
-            self.con.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):    # (committed already, and the rename failed)
+                self.con.execute("ROLLBACK")
             self.con.close()
             if self.new_path:
                 with contextlib.suppress(FileNotFoundError):
@@ -570,9 +582,14 @@ class ClassicReconstructor:
         return _uidvalidity(), None, subscribed
 
     def commit_list(self) -> None:
-        if self.list is not None:
-            self.list.finish(self.owner)
-            self.list = None
+        # held: a signal while the list is put in place waits until it is there (one
+        # between the commit and the rename left the rebuilt list aside, and the roll-back
+        # that followed failed on the committed connection: exit 70); the signal, delivered
+        # after, finds no list left to roll back
+        with interrupts_deferred():
+            if self.list is not None:
+                self.list.finish(self.owner)
+                self.list = None
 
     # -- which folders a path names -------------------------------------------------------
     def targets(self, lp, groups, recursive: bool) -> list[tuple]:
