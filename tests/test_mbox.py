@@ -92,3 +92,78 @@ def test_an_envelope_date_outside_years_1_to_9999_utc_is_the_nearest_imap_holds(
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_imsimport_stopped_by_a_signal_at_every_step_imports_all_or_nothing(tmp_path, driver):
+    """imsimport SIGTERM'd (or Ctrl-C'd) before each of its steps on disk: exit 130 and
+    none of the mbox's messages in the folder, or exit 0 and each of them once; after a
+    130 the same command imports each once.  (It exited 130 with the messages imported
+    so far left in, and the run again imported them a second time.)"""
+    import os
+    import shutil
+    from asm.config import Config
+    from asm.store import open_store
+    from tests.faults import run_with_fault, spread
+    from tests.helpers import in_home, make_home, run
+    base = tmp_path / "base"
+    cfg = make_home(base, driver)
+    with in_home(base):
+        store = open_store(cfg)
+        store.create_user("alice")
+        store.create_folder("alice", "Keep", subscribed=True)
+        store.append("alice", "Keep", io.BytesIO(b"Subject: old\r\n\r\nbody\r\n"))
+        getattr(store, "close", lambda: None)()
+    mbox = tmp_path / "in.mbox"
+    mbox.write_bytes(b"".join(b"From a@b Sat Jan  3 01:05:34 1996\nSubject: m%d\n\nbody %d\n\n" % (i, i)
+                              for i in range(12)))
+
+    def subjects(home, folder):
+        store = open_store(Config(str(home)), create=False)
+        try:
+            if not store.exists("alice", folder):
+                return []
+            out = []
+            for m in store.messages("alice", folder):
+                with open(m.path, "rb") as f:
+                    out.append(f.readline().strip().decode())
+            return sorted(out)
+        finally:
+            getattr(store, "close", lambda: None)()
+
+    everything = sorted([f"Subject: m{i}" for i in range(12)])
+    bad, outcomes = [], []
+    for folder, before in (("Keep", ["Subject: old"]), ("New", [])):
+        argv = ["imsimport", "-u", "alice", "-d", folder, "-s", str(mbox)]
+        probe = tmp_path / f"probe-{folder}"
+        shutil.copytree(base, probe)
+        log = tmp_path / f"steps-{folder}"
+        p = run_with_fault(argv, probe, "count:/dev/null", env={"IMS_HOME": str(probe), "IMS_FAULT_LOG": str(log)})
+        assert p.returncode == 0, p.stderr
+        assert subjects(probe, folder) == sorted(before + everything)
+        steps = [line for line in log.read_text().splitlines() if line.split(" ", 1)[0].isdigit()]
+        for i, point in enumerate(spread(len(steps), 9, 3)):
+            mode = "int" if i % 3 == 2 else "term"
+            home = tmp_path / f"k-{folder}-{point}"
+            shutil.copytree(base, home)
+            p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+            outcomes.append(p.returncode)
+            problems = []
+            if p.returncode == 130:
+                if p.stderr.decode().strip() != "imsimport: interrupted":
+                    problems.append(p.stderr)
+                if subjects(home, folder) != before:
+                    problems.append(("130 with", subjects(home, folder)))
+                p = run(home, *argv, env={"IMS_HOME": str(home)})
+                if p.returncode != 0:
+                    problems.append(("rerun", p.returncode, p.stderr))
+            elif p.returncode != 0 or p.stderr:
+                problems.append((p.returncode, p.stderr))
+            if subjects(home, folder) != sorted(before + everything):
+                problems.append(("at the end", subjects(home, folder)))
+            if problems:
+                bad.append((folder, point, mode, steps[point - 1] if point <= len(steps) else "end", problems))
+            else:
+                shutil.rmtree(home)
+    assert bad == [], bad[:3]
+    assert outcomes.count(130) >= 6, outcomes       # (the points fell inside the runs)
