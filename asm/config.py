@@ -675,8 +675,8 @@ class Config:
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             make_dirs(os.path.dirname(path))
-            atomic_write(tmp, (v + "\n").encode(), mode=0o644)
             try:
+                atomic_write(tmp, (v + "\n").encode(), mode=0o644)
                 os.link(tmp, path)          # (two first backups at once: one identity)
             except FileExistsError:
                 return self.installation_id()
@@ -819,8 +819,12 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so readers see the old or the new file, never half."""
     d = os.path.dirname(path) or "."
     import tempfile                 # only writing needs it (startup time)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    from asm.interrupts import interrupts_deferred
+    tmp = None
     try:
+        # (held: a SIGTERM as mkstemp returned left the file, no one to remove it)
+        with interrupts_deferred():
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -829,7 +833,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         os.replace(tmp, path)
     except BaseException:
         try:
-            os.unlink(tmp)
+            if tmp is not None:
+                os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise

@@ -102,8 +102,11 @@ def _file_part(v: str) -> str:
 def _write_atomic(path: str, data: bytes) -> None:
     d = os.path.dirname(os.path.abspath(path))
     import tempfile                 # only a report file needs it (startup time)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=d)
+    from asm.interrupts import interrupts_deferred
+    tmp = None
     try:
+        with interrupts_deferred():         # (a SIGTERM as mkstemp returned left the file)
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=d)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -112,7 +115,8 @@ def _write_atomic(path: str, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         try:
-            os.unlink(tmp)
+            if tmp is not None:
+                os.unlink(tmp)
         except OSError:
             pass
         raise

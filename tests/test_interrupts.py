@@ -163,3 +163,79 @@ def test_a_storm_of_signals_never_cuts_a_step_and_leaves_the_handlers_as_they_we
               sorted(set(blocked) & {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}))
         """)
     assert (p.returncode, p.stdout) == (0, "0 True True True []\n"), (p.stdout, p.stderr)
+
+
+ATOMIC = """
+import os, signal, sys, tempfile
+from asm import config, report
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, interrupt)
+calls = [0]
+at = int(sys.argv[1])
+def after(f):
+    def wrapped(*a, **kw):
+        out = f(*a, **kw)
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), signal.SIGTERM)     # (handled before this returns)
+        return out
+    return wrapped
+for mod, name in ((tempfile, "mkstemp"), (os, "fdopen"), (os, "fsync"), (os, "chmod"), (os, "replace"),
+                  (os, "open"), (os, "close"), (os, "link"), (os, "unlink"), (os, "makedirs")):
+    setattr(mod, name, after(getattr(mod, name)))
+d = sys.argv[2]
+outcome = []
+for what in ("atomic_write", "report", "identity"):
+    try:
+        if what == "atomic_write":
+            config.atomic_write(os.path.join(d, "a", "f"), b"new", 0o644)
+        elif what == "report":
+            report._write_atomic(os.path.join(d, "r", "f"), b"new")
+        else:
+            config.Config(os.path.join(d, "home")).installation_id(create=True)
+        outcome.append("done")
+    except KeyboardInterrupt:
+        outcome.append("interrupted")
+print(" ".join(outcome), calls[0])
+"""
+
+
+def test_an_atomic_write_stopped_by_a_signal_after_any_call_leaves_old_or_new_and_nothing_else(tmp_path):
+    """config.atomic_write (msg.conf, state files, mkbackupdir's directives), the report
+    file's writer and the installation identity, each SIGTERM'd just after each of the
+    system calls they make: the file is the old one or the new one, whole, and no
+    temporary file is left beside it.  (A signal as mkstemp returned, before the try
+    that removes it, left .tmp-XXXX: mkbackupdir SIGTERM'd left one in its tree.)"""
+    def run_at(point: int, d) -> str:
+        for sub in ("a", "r", "home/data"):
+            os.makedirs(d / sub, exist_ok=True)
+        for sub in ("a", "r"):
+            (d / sub / "f").write_bytes(b"old")
+        p = subprocess.run([sys.executable, "-c", ATOMIC, str(point), str(d)], capture_output=True, text=True,
+                           timeout=60, cwd=__file__.rsplit("/tests/", 1)[0])
+        assert p.returncode == 0, p.stderr
+        return p.stdout.split()
+
+    import os
+    clean = run_at(0, tmp_path / "clean")
+    assert clean[:3] == ["done"] * 3
+    total = int(clean[3])
+    assert total >= 20
+    bad = []
+    for point in range(1, total + 1):
+        d = tmp_path / f"p{point}"
+        out = run_at(point, d)
+        problems = []
+        for sub in ("a", "r"):
+            left = sorted(os.listdir(d / sub))
+            if left != ["f"] or (d / sub / "f").read_bytes() not in (b"old", b"new"):
+                problems.append((sub, left))
+        left = sorted(os.listdir(d / "home" / "data"))
+        if left not in ([], ["installation.id"]):
+            problems.append(("identity", left))
+        if "interrupted" not in out:
+            problems.append(("no interrupt", out))
+        if problems:
+            bad.append((point, out, problems))
+    assert bad == [], bad[:3]
