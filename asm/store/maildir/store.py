@@ -3457,26 +3457,34 @@ class MaildirStore(Store):
             owner = self._folder_owner(st)
             tmp = os.path.join(st.dir, "tmp", base)
             s = None                # the new file's status, as it is when it leaves tmp/
-            if link_from is not None:
-                s = self._link_tmp(link_from, tmp, internaldate)    # (of the inode before the link)
-            linked = s is not None
-            if s is None:
-                # (a compressed file, Dovecot's zlib plugin, is copied as the message it
-                # holds, as a restore writes any: plain, S= its size)
-                opened = open_stored_path(link_from, _packed(link_from)) if src is None else None
-                try:
-                    s = self._write_tmp(tmp, src if opened is None else opened, owner, internaldate)
-                finally:
-                    if opened is not None:
-                        opened.close()
-            size = s.st_size
-            if keep is not None and not sizes_match(keep, size, tmp):
-                keep = None         # Dovecot would fail to read it, or serve it cut short
-            full_base = keep or f"{base},S={size}"
-            # a kept GUID is the uidlist's G field (Dovecot honours it: docs/dovecot.md),
-            # a kept POP3 UIDL its P field, a POP3 order its O field
-            ext = record_fields(full_base, guid, pop3_uidl, pop3_order)
-            path = self._commit(st, uid, tmp, full_base, letters, ext)
+            try:
+                if link_from is not None:
+                    s = self._link_tmp(link_from, tmp, internaldate)    # (of the inode before the link)
+                linked = s is not None
+                if s is None:
+                    # (a compressed file, Dovecot's zlib plugin, is copied as the message it
+                    # holds, as a restore writes any: plain, S= its size)
+                    opened = open_stored_path(link_from, _packed(link_from)) if src is None else None
+                    try:
+                        s = self._write_tmp(tmp, src if opened is None else opened, owner, internaldate)
+                    finally:
+                        if opened is not None:
+                            opened.close()
+                size = s.st_size
+                if keep is not None and not sizes_match(keep, size, tmp):
+                    keep = None         # Dovecot would fail to read it, or serve it cut short
+                full_base = keep or f"{base},S={size}"
+                # a kept GUID is the uidlist's G field (Dovecot honours it: docs/dovecot.md),
+                # a kept POP3 UIDL its P field, a POP3 order its O field
+                ext = record_fields(full_base, guid, pop3_uidl, pop3_order)
+                path = self._commit(st, uid, tmp, full_base, letters, ext)
+            except BaseException:
+                # (a SIGTERM or Ctrl-C during the open or link that made the file is raised
+                # as it returns, before the try that removes it: it was left in tmp/; once
+                # in cur/, it is no longer there)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
             # (its size and mtime as the file system keeps them: from the descriptor it
             # was written through, or the inode it links to; a rename changes neither)
             flags_set, kws = self._decode_flags(st, letters)
