@@ -543,3 +543,64 @@ def test_a_restore_job_whose_selection_no_stream_holds_fails(ims_home):
     imsbacula("select", "--clear", check=True)
     imsbacula("restorestart", "--jobid", "7", check=True)
     imsbacula("restoredone", "--jobid", "7", check=True)
+
+
+def test_jobdone_stopped_by_a_signal_at_every_step_records_the_job_whole_or_not_at_all(ims_home, tmp_path):
+    """imsbacula jobdone (the Job's After RunScript) SIGTERM'd or Ctrl-C'd before each of
+    its steps on disk: exit 130 (the job fails) with the job recorded good for no path,
+    or exit 0 with it good for every path and each path's state in place (history
+    --check: intact); after a 130 the same command records it as a run never stopped.
+    (A signal between the state database and the state files exited 130 with the job
+    good in state.db: the next incremental built on a job Bacula had failed.)"""
+    import shutil
+    from tests.faults import run_with_fault, spread
+    store = open_store(make_home(ims_home, "classic"))
+    (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
+    for i in range(3):
+        store.create_user(f"a{i}")
+        store.append(f"a{i}", "INBOX", io.BytesIO(msg(f"a{i}", "INBOX", i)))
+        store.create_user(f"r{i}")
+        store.append(f"r{i}", "INBOX", io.BytesIO(msg(f"r{i}", "INBOX", i)))
+    imsbacula("jobstart", "--jobid", "1", "--level", "Full", check=True)
+    paths = ["/primary/groupA", "/primary/rest"]
+    for path in paths:
+        imsbacula("-E", "backup", path, check=True)
+    argv = ["imsbacula", "jobdone", "--jobid", "1"]
+
+    def judge(home) -> tuple[set, int]:
+        """(paths job 1 is good for, history --check's exit status)"""
+        env = {"IMS_HOME": str(home), "IMS_ASM_PLUGINS": PLUGINS}
+        out = run(home, "imsbacula", "history", env=env).stdout.decode()
+        good = {line.split("\t")[0] for line in out.splitlines() if "\t1\t" in line}
+        return good, run(home, "imsbacula", "history", "--check", env=env).returncode
+
+    probe = tmp_path / "probe"
+    shutil.copytree(ims_home, probe)
+    log = tmp_path / "steps"
+    p = run_with_fault(argv, probe, "count:/dev/null", env={"IMS_HOME": str(probe), "IMS_FAULT_LOG": str(log)})
+    assert p.returncode == 0, p.stderr
+    assert judge(probe) == (set(paths), 0)
+    steps = [line for line in log.read_text().splitlines() if line.split(" ", 1)[0].isdigit()]
+    bad, outcomes = [], []
+    for i, point in enumerate(spread(len(steps), 16, 5)):
+        mode = "int" if i % 4 == 3 else "term"
+        home = tmp_path / f"k{point}"
+        shutil.copytree(ims_home, home)
+        p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+        outcomes.append(p.returncode)
+        got = judge(home)
+        problems = []
+        if p.returncode == 130:
+            if got[0]:
+                problems.append(("130, yet good for", got))
+            p = run(home, *argv, env={"IMS_HOME": str(home), "IMS_ASM_PLUGINS": PLUGINS})
+            if p.returncode != 0:
+                problems.append(("rerun", p.returncode, p.stdout[-300:]))
+            got = judge(home)
+        elif p.returncode != 0:
+            problems.append((p.returncode, p.stderr[-300:]))
+        if got != (set(paths), 0):
+            problems.append(("at the end", got))
+        if problems:
+            bad.append((point, mode, steps[point - 1] if point <= len(steps) else "end", problems))
+    assert bad == [], bad[:3]

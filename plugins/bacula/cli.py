@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from asm.cli.common import ArgParser, UsageError, run_command
+from asm.cli.common import ArgParser, Commit, UsageError, run_command
 from asm.errors import EXIT_DEVICE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ImsError
 from plugins.bacula.encoding import decode
 from plugins.bacula.state import State, normalize_level
@@ -477,8 +477,18 @@ def cmd_job(args, home: str, state: State) -> int:
         state.job_start(args.fileset, args.jobid, level)
         print(f"{PROG}: job {args.jobid}: {level.lower()} backup of FileSet {args.fileset}")
     elif args.cmd == "jobdone":
-        rows, bad = state.job_done(args.fileset, args.jobid)
-        reports = state.commit_states(args.fileset, args.jobid, rows)
+        # the job recorded good and its streams' states put in place, or neither: a signal
+        # between the two exited 130 (the job failed) with the job good in state.db, the
+        # states of its streams left in pending/ or moved, and the next incremental built
+        # on a job Bacula failed; once both are done, the run succeeded (Commit)
+        commit = Commit().begin()
+        try:
+            rows, bad = state.job_done(args.fileset, args.jobid)
+            reports = state.commit_states(args.fileset, args.jobid, rows)
+        except BaseException:
+            commit.undo()
+            raise
+        commit.done()
         total = {"messages": 0, "links": 0, "bytes": 0, "folders": 0, "errors": 0}
         for path, level, started in rows:
             doc = reports.get(path) or {}
