@@ -170,3 +170,50 @@ def test_a_state_file_a_killed_replacement_moved_aside_is_put_back_or_removed(tm
         aside.write_bytes(old)
     run(home, "imsbackup", "-f", full, "/", check=0)
     assert sorted(tmp_path.glob("full.ims.state.replaced-*")) == [live]
+
+
+def test_a_signal_as_a_streamed_backup_writes_its_state_file_leaves_the_old_one_or_a_whole_run(tmp_path):
+    """imsbackup -f - --state-out S (the archive a stream on stdout, its state file the
+    only thing put in place) SIGTERM'd or Ctrl-C'd before each step of replacing S:
+    exit 130 with S as it was and nothing beside it, or exit 0 with the new S and the
+    whole archive on stdout.  (A signal after the old S went aside exited 130 with S
+    gone; one after the new S was written, 130 or 143 with S naming the stream the
+    engine discarded: the next --base incremental built on it.)"""
+    from asm.archive.reader import ArchiveReader
+    import io
+    home, _, _ = _source(tmp_path, "classic")
+    out = tmp_path / "out"
+    out.mkdir()
+    state = out / "S.state"
+    argv = ["imsbackup", "-f", "-", "--state-out", str(state), "/"]
+    assert run(home, *argv).returncode == 0
+    old = sha256(state)
+    env = {"IMS_HOME": str(home)}
+    total, p = count_steps(argv, out, tmp_path, env=env)
+    assert p.returncode == 0 and total >= 4, (total, p.stderr)
+    assert sha256(state) != old
+    bad = []
+    for mode in ("term", "int"):
+        for point in range(1, total + 2):
+            run(home, *argv)                                # the earlier night's S
+            old = sha256(state)
+            p = run_with_fault(argv, out, f"{mode}:{point}", env=env)
+            problems = []
+            if p.returncode == 130:
+                if p.stderr.count(b"\n") != 1 or b"interrupted" not in p.stderr:
+                    problems.append(p.stderr[-300:])
+                if not state.exists() or sha256(state) != old:
+                    problems.append("130, and S is not the old one")
+            elif p.returncode == 0:
+                r = ArchiveReader(io.BytesIO(p.stdout))
+                n = sum(1 for _ in r.members())
+                if sha256(state) == old or not r.complete or n == 0:
+                    problems.append("0, and S or the archive is not the new whole one")
+            else:
+                problems.append(f"exit {p.returncode}: {p.stderr[-300:]!r}")
+            left = sorted(os.listdir(out))
+            if left != ["S.state"]:
+                problems.append(f"left: {left}")
+            if problems:
+                bad.append((mode, point, problems))
+    assert bad == [], f"{total} steps: {bad[:4]}"

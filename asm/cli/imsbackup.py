@@ -277,8 +277,11 @@ def _backup_held(args, rep, held: list) -> int:
             raise
     # an archive put in place (a file renamed, here or over SFTP; an S3 object completed)
     # and its state file go as one: a signal meanwhile waits, and once both are there the
-    # run has succeeded (Commit)
-    commit = Commit().begin() if ok and getattr(device, "puts_in_place", False) else Commit()
+    # run has succeeded (Commit).  A stream (-f -, a pipe) has no place: its state file
+    # is what commits it, and a signal as the old one went aside, or once the new one
+    # was written, exited 130 (143) with the state file gone, or naming the stream the
+    # engine then discarded as failed
+    commit = Commit().begin() if ok and (getattr(device, "puts_in_place", False) or state_out) else Commit()
     # the old state file goes aside first: a kill (SIGKILL, a power cut) between the
     # archive's rename and the new state file leaves no state file, never one naming an
     # archive that is gone (the next --base incremental would follow the wrong one)
