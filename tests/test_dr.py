@@ -1106,3 +1106,57 @@ def test_a_dovecot_configuration_not_back_yet_is_named_with_what_to_do(tmp_path)
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert f"dovecot.config {conf} does not exist" in p.stderr and "step 2" in p.stderr, p.stderr
     assert not (tmp_path / "x.ims").exists()
+
+
+def test_imsdr_restore_force_stopped_at_every_step_leaves_each_database_old_or_new(tmp_path):
+    """imsdr restore --force over a mailbox list whose last transactions are still in its
+    WAL (not checkpointed), SIGTERM'd or Ctrl-C'd before each of its steps: exit 130
+    with the list as it was (those transactions included) or as the bundle has it, never
+    a third thing (the list as it was without them).  (The old -wal was removed, then the signal came before the new file
+    was renamed over the old one: exit 130 and the list had lost them.)"""
+    from tests.faults import count_steps, run_with_fault
+    home = tmp_path / "h"
+    cfg = make_home(home, "classic")
+    store = open_store(cfg)
+    store.create_user("alice")
+    store.create_user("bob")
+    bundle = tmp_path / "dr.tar"
+    run(home, "imsdr", "backup", "-f", bundle, check=0)
+    store.delete_user("bob")
+    store.close()
+    db = home / "data" / "store" / "mboxlist" / "mailboxes.db"
+    # a user made after the bundle, its commit in the WAL alone (the process gone)
+    code = ("import sqlite3, os, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('PRAGMA wal_autocheckpoint=0'); "
+            "c.execute(\"INSERT INTO users (user, partition, dir) VALUES ('walonly', 'primary', 'x/y/=walonly')\"); "
+            "os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(db)], check=True)
+    assert os.path.getsize(str(db) + "-wal") > 0
+    base = tmp_path / "base"
+    shutil.copytree(home, base)
+
+    def users(h) -> list:
+        c = sqlite3.connect(f"file:{h / 'data' / 'store' / 'mboxlist' / 'mailboxes.db'}?mode=ro", uri=True)
+        try:
+            return sorted(r[0] for r in c.execute("SELECT user FROM users"))
+        finally:
+            c.close()
+
+    assert users(base) == ["alice", "walonly"]
+    argv = ["imsdr", "restore", "-f", str(bundle), "--only", "mboxlist", "--force"]
+    probe = tmp_path / "probe"
+    shutil.copytree(base, probe)
+    total, p = count_steps(argv, probe / "data", tmp_path, env={"IMS_HOME": str(probe)})
+    assert p.returncode == 0 and users(probe) == ["alice", "bob"], p.stderr
+    bad = []
+    for mode in ("term", "int"):
+        for point in range(1, total + 2):
+            h = tmp_path / f"{mode}{point}"
+            shutil.copytree(base, h)
+            p = run_with_fault(argv, h / "data", f"{mode}:{point}", env={"IMS_HOME": str(h)})
+            got = users(h)
+            if p.returncode not in (0, 130) or got not in (["alice", "walonly"], ["alice", "bob"]) \
+                    or (p.returncode == 0 and got != ["alice", "bob"]):
+                bad.append((mode, point, p.returncode, got, p.stderr[-200:]))
+            shutil.rmtree(h)
+    assert bad == [], f"{total} steps: {bad[:4]}"

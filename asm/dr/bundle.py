@@ -48,6 +48,7 @@ import time
 
 from asm import __version__, sqlitedb
 from asm.digests import file_sha256
+from asm.interrupts import interrupts_deferred
 from asm.locks import owned_tempdir
 from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_NOSPACE, EXIT_NOT_ARCHIVE, EXIT_USAGE, ImsError
 from asm.reconstruct.sqlite import read_only_uri
@@ -963,11 +964,14 @@ def put(src: str, target: str, item: dict, owner=None) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if item.get("method") == "sqlite-backup":
-            for ext in ("-wal", "-shm", "-journal"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(target + ext)
-        os.replace(tmp, target)
+        # (held: a signal between the two left the old database without its WAL, the
+        # transactions not yet checkpointed into it lost, and exited 130)
+        with interrupts_deferred():
+            if item.get("method") == "sqlite-backup":
+                for ext in ("-wal", "-shm", "-journal"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(target + ext)
+            os.replace(tmp, target)
     except OSError as exc:
         # (a full disk: no half-written file left, and the error names the file being
         # restored there, not the private copy it was read from)
