@@ -247,3 +247,45 @@ def test_reconstruct_m_stopped_by_a_signal_at_every_step_leaves_one_list(tmp_pat
             bad.append((point, mode, steps[point - 1] if point <= len(steps) else "end", problems))
     assert bad == [], (SEED, bad[:3])
     assert outcomes.count(130) >= 9, outcomes
+
+
+def test_reconstruct_of_a_damaged_index_stopped_at_every_step_never_leaves_the_folder_without_one(tmp_path):
+    """reconstruct -r of a folder whose index is damaged (kept aside as
+    store.idx.damaged-<time>, a new one put in its place), SIGTERM'd or Ctrl-C'd before
+    each of its steps: exit 130 or 0, and every listed folder has an index; run again,
+    every message is there.  (A signal after the damaged index was moved aside and
+    before the new one was renamed in exited 130 with the folder holding none.)"""
+    base = tmp_path / "base"
+    store = _store(base)
+    idx = os.path.join(store._folder_dir("alice", "Keep"), "store.idx")
+    store.close()
+    with open(idx, "r+b") as f:
+        f.write(b"this is no SQLite database" * 4)
+    argv = ["reconstruct", "-r", "/primary/alice"]
+    probe = tmp_path / "probe"
+    shutil.copytree(base, probe)
+    log = tmp_path / "steps-damaged"
+    p = run_with_fault(argv, probe, "count:/dev/null", env={"IMS_HOME": str(probe), "IMS_FAULT_LOG": str(log)})
+    assert p.returncode == 1, p.stderr                # (repaired, with unknowns: the flags it held)
+    steps = [ln for ln in log.read_text().splitlines() if ln.split(" ", 1)[0].isdigit()]
+    want = state(open_store(Config(str(probe)), create=False))
+    rel = os.path.relpath(idx, base)
+    bad = []
+    for mode in ("term", "int"):
+        for point in range(1, len(steps) + 2):
+            home = tmp_path / f"{mode}{point}"
+            shutil.copytree(base, home)
+            p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+            problems = []
+            if p.returncode not in (1, 130):
+                problems.append(f"exit {p.returncode}: {p.stderr[-300:]!r}")
+            if not os.path.exists(home / rel):
+                problems.append(f"exit {p.returncode}, and Keep has no index")
+            p = run(home, *argv, env={"IMS_HOME": str(home)})
+            if p.returncode not in (0, 1) or state(open_store(Config(str(home)), create=False)) != want:
+                problems.append(f"rerun: exit {p.returncode}, or the store is not as a run never stopped")
+            if problems:
+                bad.append((mode, point, steps[point - 1] if point <= len(steps) else "end", problems))
+            else:
+                shutil.rmtree(home)
+    assert bad == [], bad[:3]

@@ -331,9 +331,13 @@ def place_index(tmp: str, idx: str, chown=None, before=None) -> None:
         os.close(fd)
     if chown is not None:
         chown(tmp)
-    if before is not None:
-        before()
-    os.replace(tmp, idx)
+    from asm.interrupts import interrupts_deferred
+    # (held: a signal after before() moved a damaged index aside and before the rename
+    # left the folder without one, exit 130)
+    with interrupts_deferred():
+        if before is not None:
+            before()
+        os.replace(tmp, idx)
     fsync_dir(os.path.dirname(idx))
 
 
