@@ -289,3 +289,59 @@ def test_reconstruct_of_a_damaged_index_stopped_at_every_step_never_leaves_the_f
             else:
                 shutil.rmtree(home)
     assert bad == [], bad[:3]
+
+
+def test_reconstruct_of_a_lost_uidlist_stopped_at_every_step_leaves_no_copy_beside_it(tmp_path):
+    """reconstruct --no-resync -r of a Maildir folder that lost its dovecot-uidlist,
+    SIGTERM'd or Ctrl-C'd before each of its steps (each step of writing the new
+    uidlist among them): exit 130 or its own status, and no
+    dovecot-uidlist.reconstruct-PID.tmp left; run again, the folder is as a run never
+    stopped leaves it.  (The copy was written with no removal on the way: a signal
+    before its rename left it, under a name no later run removes.)"""
+    from tests.faults import spread
+    base = tmp_path / "base"
+    cfg = make_home(base, "maildir")
+    with in_home(base):
+        store = open_store(cfg)
+        store.create_user("alice")
+        store.create_folder("alice", "Keep", subscribed=True)
+        for i in range(3):
+            store.append("alice", "Keep", io.BytesIO(f"Subject: k {i}\r\n\r\nbody\r\n".encode()))
+        folder_dir = os.path.dirname(store.messages("alice", "Keep")[0].path)
+    os.unlink(os.path.join(os.path.dirname(folder_dir), "dovecot-uidlist"))
+    argv = ["reconstruct", "--no-resync", "-r", "/primary/alice"]
+    probe = tmp_path / "probe"
+    shutil.copytree(base, probe)
+    log = tmp_path / "steps-uidlist"
+    p = run_with_fault(argv, probe, "count:/dev/null", env={"IMS_HOME": str(probe), "IMS_FAULT_LOG": str(log)})
+    assert p.returncode == 1, p.stderr                # (rebuilt, with unknowns: a new UIDVALIDITY)
+    steps = [ln for ln in log.read_text().splitlines() if ln.split(" ", 1)[0].isdigit()]
+    writes = [i + 1 for i, ln in enumerate(steps) if ".reconstruct-" in ln]
+    assert writes
+
+    def copies(home) -> list:
+        return [f for d, _, fs in os.walk(home) for f in fs if ".reconstruct-" in f]
+
+    def picture(home) -> list:
+        with in_home(home):
+            s = open_store(Config(str(home)), create=False)
+            return sorted((m.uid, m.size) for m in s.messages("alice", "Keep"))
+
+    want = picture(probe)
+    bad = []
+    for i, point in enumerate(sorted(set(spread(len(steps), 12, SEED)) | set(writes))):
+        mode = "int" if i % 3 == 2 else "term"
+        home = tmp_path / f"u{point}"
+        shutil.copytree(base, home)
+        p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+        problems = [] if p.returncode in (1, 130) else [f"exit {p.returncode}: {p.stderr[-300:]!r}"]
+        if copies(home):
+            problems.append(f"exit {p.returncode}, left: {copies(home)}")
+        p = run(home, *argv, env={"IMS_HOME": str(home)})
+        if p.returncode not in (0, 1) or copies(home) or picture(home) != want:
+            problems.append(f"rerun: exit {p.returncode}, or the folder is not as a run never stopped")
+        if problems:
+            bad.append((mode, point, steps[point - 1] if point <= len(steps) else "end", problems))
+        else:
+            shutil.rmtree(home)
+    assert bad == [], (SEED, bad[:3])

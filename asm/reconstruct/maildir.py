@@ -688,16 +688,23 @@ class MaildirReconstructor:
 
     def _write(self, path: str, data: bytes, near: str) -> None:
         tmp = f"{path}.reconstruct-{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            write_all(fd, data)
-            owner = self._owner_near(near)
-            if owner:
-                os.fchown(fd, *owner)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                write_all(fd, data)
+                owner = self._owner_near(near)
+                if owner:
+                    os.fchown(fd, *owner)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            # (a SIGTERM, a full disk: the copy was left beside the uidlist, by no name a
+            # later run removes)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     # -- Dovecot ------------------------------------------------------------------------------------
     def resync(self, users: list[str] | None = None) -> None:
