@@ -1112,8 +1112,9 @@ def test_imsdr_restore_force_stopped_at_every_step_leaves_each_database_old_or_n
     """imsdr restore --force over a mailbox list whose last transactions are still in its
     WAL (not checkpointed), SIGTERM'd or Ctrl-C'd before each of its steps: exit 130
     with the list as it was (those transactions included) or as the bundle has it, never
-    a third thing (the list as it was without them).  (The old -wal was removed, then the signal came before the new file
-    was renamed over the old one: exit 130 and the list had lost them.)"""
+    a third thing (the list as it was without them).  (The old -wal was removed, then
+    the signal came before the new file was renamed over the old one: exit 130 and the
+    list had lost them.)"""
     from tests.faults import count_steps, run_with_fault
     home = tmp_path / "h"
     cfg = make_home(home, "classic")
