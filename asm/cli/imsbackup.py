@@ -277,15 +277,13 @@ def _backup_held(args, rep, held: list) -> int:
             raise
     # an archive put in place (a file renamed, here or over SFTP; an S3 object completed)
     # and its state file go as one: a signal meanwhile waits, and once both are there the
-    # run has succeeded (Commit).  A stream (-f -, a pipe) has no place: its state file
-    # is what commits it, and a signal as the old one went aside, or once the new one
-    # was written, exited 130 (143) with the state file gone, or naming the stream the
-    # engine then discarded as failed
-    commit = Commit().begin() if ok and (getattr(device, "puts_in_place", False) or state_out) else Commit()
+    # run has succeeded (Commit)
+    placed = ok and getattr(device, "puts_in_place", False)
+    commit = Commit().begin() if placed else Commit()
     # the old state file goes aside first: a kill (SIGKILL, a power cut) between the
     # archive's rename and the new state file leaves no state file, never one naming an
     # archive that is gone (the next --base incremental would follow the wrong one)
-    aside = _state_aside(state_out) if ok and state_out else None
+    aside = _state_aside(state_out) if placed and state_out else None
     left = ""
     try:
         device.close(ok=ok)
@@ -293,6 +291,14 @@ def _backup_held(args, rep, held: list) -> int:
         if status is None:
             status = _failed(rep, f"cannot finish {args.device}: {_incomplete(exc, removed)}", device_status(exc))
         left = f"; {exc}"
+    if status is None and state_out and not placed:
+        # a stream (-f -, a pipe) has no place: once its last bytes went (a signal while
+        # they wait for a slow reader still ends the run, the state file untouched), its
+        # state file is what commits it.  A signal as the old one went aside, or once the
+        # new one was written, exited 130 (143) with the state file gone, or naming the
+        # stream the engine then discarded as failed
+        commit.begin()
+        aside = _state_aside(state_out)
     if status == EXIT_INTERRUPTED:
         _failed(rep, f"interrupted: {args.device} is not a complete archive{'' if left else removed}{left}",
                 EXIT_INTERRUPTED)
