@@ -338,3 +338,44 @@ def test_recreated_folder_never_reuses_uidvalidity(config, driver, monkeypatch):
         inbox.append(s.folder("kim", "INBOX").uidvalidity)
         assert len(set(inbox)) == len(inbox), inbox
     assert all(0 < v <= 0xFFFFFFFF for v in seen + inbox)
+
+
+def test_a_delivery_queued_as_the_last_hold_goes_is_stored(store, config):
+    """imsdeliver saw the hold, then the restore released it (its last drain ran) before
+    the message was queued: the message stayed queued with nobody to store it, imsdeliver
+    having said "queued" (exit 0).  Many timings: the delivery pauses between seeing the
+    hold and queuing, the release comes at a random moment; every message ends in INBOX
+    once both are done, none stays queued, the user is not held."""
+    import random
+    store.create_user("joe")
+    rnd = random.Random(12)
+    for r in range(25):
+        store.hold_deliveries("joe", "1@a-host-far-away")
+        deliverer = open_store(config)
+        seen = deliverer.deliveries_held
+
+        def held_then_pause(user, seen=seen):
+            held = seen(user)
+            if held:
+                time.sleep(rnd.random() * 0.02)
+            return held
+        deliverer.deliveries_held = held_then_pause
+        before = len(store.messages("joe", "INBOX"))
+        pause = rnd.random() * 0.06
+        errors: list = []
+
+        def deliver(deliverer=deliverer):
+            try:
+                for i in range(4):
+                    deliverer.deliver(["joe"], io.BytesIO(MSG + b"%d-%d" % (r, i)))
+            except BaseException as exc:         # (seen below, not lost in the thread)
+                errors.append(exc)
+        t = threading.Thread(target=deliver)
+        t.start()
+        time.sleep(pause)
+        store.release_deliveries("joe", "1@a-host-far-away")
+        t.join(30)
+        assert not errors, errors
+        assert not store.deliveries_held("joe"), f"round {r}"
+        got = len(store.messages("joe", "INBOX")) - before
+        assert got == 4, f"round {r} (release after {pause:.3f} s): {got} of 4 messages stored, the rest queued"

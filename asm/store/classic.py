@@ -1561,6 +1561,24 @@ class ClassicStore(Store):
             os.unlink(mark)
         return n
 
+    def _enqueue(self, user: str, src: BinaryIO, first: str | None, folder: str, internaldate: float,
+                 now: float) -> str:
+        """Queue the message for ``user`` (a hard link to ``first``, the copy queued or
+        stored for a user before, when there is one); its queued file's path."""
+        qdir = self._queue_dir(user)
+        self._makedirs(qdir)
+        base = os.path.join(qdir, f"{time.time_ns():020d}-{os.urandom(4).hex()}")
+        if first is not None:
+            os.link(first, base + ".msg")
+        else:
+            with open(base + ".msg.tmp", "wb") as f:
+                shutil.copyfileobj(src, f, CHUNK)
+            os.replace(base + ".msg.tmp", base + ".msg")
+        with open(base + ".json.tmp", "w", encoding="utf-8") as f:
+            json.dump({"folder": folder, "internaldate": internaldate, "stored": now}, f)
+        os.replace(base + ".json.tmp", base + ".json")
+        return base + ".msg"
+
     @_store_errors
     def deliver(self, users: list[str], src: BinaryIO, folder: str = "INBOX",
                 internaldate: float | None = None) -> dict:
@@ -1571,21 +1589,18 @@ class ClassicStore(Store):
         out: dict = {}
         first: str | None = None
         for user in users:
+            queued = None
             if self.deliveries_held(user):
+                # queued in the same write transaction that saw the hold: a release's
+                # "held=0" waits for it, so its last drain finds the message (checked
+                # outside, a release ending in between left it queued for good while
+                # imsdeliver said "queued")
+                with sqlitedb.immediate(self._db):
+                    if self.deliveries_held(user):
+                        queued = self._enqueue(user, src, first, folder, internaldate, now)
+            if queued is not None:
                 out[user] = None
-                qdir = self._queue_dir(user)
-                self._makedirs(qdir)
-                base = os.path.join(qdir, f"{time.time_ns():020d}-{os.urandom(4).hex()}")
-                if first is not None:
-                    os.link(first, base + ".msg")
-                else:
-                    with open(base + ".msg.tmp", "wb") as f:
-                        shutil.copyfileobj(src, f, CHUNK)
-                    os.replace(base + ".msg.tmp", base + ".msg")
-                    first = base + ".msg"
-                with open(base + ".json.tmp", "w", encoding="utf-8") as f:
-                    json.dump({"folder": folder, "internaldate": internaldate, "stored": now}, f)
-                os.replace(base + ".json.tmp", base + ".json")
+                first = first or queued
                 continue
             if not self.exists(user, folder):
                 self.create_folder(user, folder)

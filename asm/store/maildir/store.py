@@ -3908,8 +3908,16 @@ class MaildirStore(Store):
         first: str | None = None
         out: dict = {}
         for user in users:
+            path = None
             if self.deliveries_held(user):
-                path = self._enqueue(user, src if first is None else None, first, folder, idate, now)
+                # queued under the hold's lock, the hold seen again there: a release
+                # removes the marker under it, so its last drain finds the message
+                # (checked outside, a release ending in between left it queued for good
+                # while imsdeliver said "queued")
+                with self._hold_lock(user):
+                    if self.deliveries_held(user):
+                        path = self._enqueue(user, src if first is None else None, first, folder, idate, now)
+            if path is not None:
                 first = first or path
                 out[user] = None
             else:
