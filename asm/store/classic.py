@@ -1537,9 +1537,23 @@ class ClassicStore(Store):
         drain killed in between left it, and the message is stored again only if its
         folder lacks that file."""
         qdir = self._queue_dir(user)
-        n = 0
         if not os.path.isdir(qdir):
             return 0
+        # one drain at a time: two restores of the user ending together (the last holder
+        # draining while another held, restored and released) read the same queue, and
+        # the second failed on a message the first had stored and taken away meanwhile
+        fd = os.open(os.path.join(qdir, ".drain.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     0o600)
+        try:
+            if not flock_wait(fd, self.lock_timeout):
+                raise LockTimeout(f"the delivery queue of user {user!r}")
+            self._own(fd)
+            return self._drain_held(user, qdir)
+        finally:
+            os.close(fd)
+
+    def _drain_held(self, user: str, qdir: str) -> int:
+        n = 0
         for name in sorted(e for e in os.listdir(qdir) if e.endswith(".json")):
             meta_path = os.path.join(qdir, name)
             with open(meta_path, encoding="utf-8") as f:
