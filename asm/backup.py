@@ -847,7 +847,7 @@ def _backup_folder(store, writer, t: Target, folder: str, mailbox: str, opts: Ba
     gone: list = []
     try:
         n, nbytes = _write_messages(store, writer, t, folder, mailbox, todo, opts, res,
-                                    report, progress, ahead, fail, lost, warm, gone)
+                                    report, progress, ahead, fail, lost, warm, gone, info.uidvalidity)
     finally:
         if ahead is not None:
             ahead.close()
@@ -934,10 +934,12 @@ class _Prefetch:
 
 def _write_messages(store, writer, t: Target, folder: str, mailbox: str, todo: list,
                     opts: BackupOptions, res: BackupResult, report, progress, ahead, fail,
-                    lost: set, warm=None, gone: list | None = None) -> tuple[int, int]:
+                    lost: set, warm=None, gone: list | None = None,
+                    uidvalidity: int | None = None) -> tuple[int, int]:
     """The folder's messages this run carries (``todo``) into the archive; (messages,
     bytes) written.  ``gone`` gets the NoSuchFolder (or NoSuchUser) that found the
-    folder itself gone (deleted or renamed while read, or its user deleted)."""
+    folder itself gone (deleted or renamed while read, or its user deleted; or another
+    folder, of another ``uidvalidity``, under its name now)."""
     n = nbytes = 0
     # the files asked for ahead: by the read-ahead child once it runs, else here, a few
     # at a time
@@ -974,8 +976,23 @@ def _write_messages(store, writer, t: Target, folder: str, mailbox: str, todo: l
                 # again, as often as a client may rename it meanwhile
                 try:
                     again = store.message(t.user, folder, uid)
+                    if uidvalidity is not None and store.folder(t.user, folder).uidvalidity != uidvalidity:
+                        # the folder deleted and made again under its name meanwhile (a
+                        # client's DELETE then CREATE): the folder went, as when its name
+                        # is gone.  (Taken for an expunge or a rename, the archive held
+                        # part of a folder the store no longer has, or the new folder's
+                        # message under the old one's UIDVALIDITY, exit 0.)
+                        raise NoSuchFolder(t.user, folder)
                 except MessageGone:
                     again = None
+                    if uidvalidity is not None and gone is not None and not gone:
+                        try:
+                            if store.folder(t.user, folder).uidvalidity != uidvalidity:
+                                gone.append(NoSuchFolder(t.user, folder))    # (as above)
+                        except (NoSuchFolder, NoSuchUser) as exc:
+                            gone.append(exc)
+                        except StoreError:
+                            pass
                 except (NoSuchFolder, NoSuchUser) as exc:
                     # the folder itself went (deleted or renamed), or its whole user
                     # (mboxutil -d): the messages not read by then vanished
