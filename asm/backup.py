@@ -322,8 +322,9 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                 if done.get(f) is not None:
                     cut.append((f, done[f]))
                 if report:
-                    report(f"{mailbox}: deleted or renamed during the backup: not in the archive "
-                           f"(a new name is read)")
+                    report(f"{mailbox}: deleted or renamed during the backup: " + (
+                        "the messages read before it went are in the archive" if done.get(f) is not None
+                        else "not in the archive") + " (a new name is read)")
                 if len(queue) < 4 * len(t.folders) + 64:
                     _renamed_meanwhile(store, t, queue, i, done, res)
             else:
@@ -340,6 +341,13 @@ def run_backup(store: Store, targets: list[Target], paths: list[LogicalPath], wr
                         f"the archive holds it whole under {to[0]!r}, and under {f!r} the part read before "
                         f"the rename; a restore of this archive alone brings {f!r} back too (delete it "
                         f"after), a chain with the next incremental does not")
+                else:
+                    # (the -v line said "not in the archive": its member was written, with
+                    # the messages read before, and a restore brought the folder back)
+                    res.notes.append(
+                        f"/{t.partition}/{t.user}/{f}: deleted while its messages were read: the archive "
+                        f"holds the part read before; a restore of this archive alone brings {f!r} back "
+                        f"with it (delete it after), a chain with the next incremental does not")
         skipped_acls = getattr(store, "acls_not_archived", None)
         if skipped_acls:
             res.notes.append(_acl_not_archived_note(skipped_acls))

@@ -760,6 +760,43 @@ def test_a_folder_renamed_while_it_is_read_is_said_to_be_in_the_archive_twice(tm
     assert err.count(b"\n") == 1, err
 
 
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_a_folder_deleted_while_it_is_read_is_said_to_be_in_the_archive_in_part(tmp_path, driver):
+    """A client's DELETE while the backup waits inside the folder: the member already
+    written holds the part read before (none, when the wait came before its first
+    message), exit 0 (nothing the store still has is lost).  -v said "not in the
+    archive", and a restore of that archive brought the deleted folder back.  One line
+    now says so, and what it says holds: the archive alone brings the folder back with
+    that part, a chain with the next incremental does not."""
+    from asm.store import open_store
+    home = tmp_path / "ims"
+    store = open_store(make_home(home, driver))
+    put(store, "zed", "INBOX", 1)
+    for n in range(40):
+        put(store, "zed", "Big", n, size=20_000)
+    p = popen(home, "imsbackup", "-v", "-f", "-", "--state-out", tmp_path / "a.state", "/",
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.read(4096)
+    store.delete_folder("zed", "Big")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    a = tmp_path / "a.ims"
+    a.write_bytes(first + out)
+    got = sorted(uid for u, f, uid, _k in messages_in(a) if f == "Big")
+    assert got == list(range(1, len(got) + 1)) and len(got) < 40, got
+    text = err.decode()
+    assert "/primary/zed/Big: deleted while its messages were read: the archive holds the part read before; " \
+           "a restore of this archive alone brings 'Big' back" in text, text
+    assert "/primary/zed/Big: deleted or renamed during the backup: not in the archive" not in text, text
+    run(home, "imsbackup", "-f", tmp_path / "b.ims", "--base", tmp_path / "a.state", "/", check=0)
+    alone = open_store(make_home(tmp_path / "alone", driver))
+    chain = open_store(make_home(tmp_path / "chain", driver))
+    run(tmp_path / "alone", "imsrestore", "-f", a, check=0)
+    run(tmp_path / "chain", "imsrestore", "-f", a, "-f", tmp_path / "b.ims", check=0)
+    assert alone.exists("zed", "Big") and [m.uid for m in alone.messages("zed", "Big")] == got
+    assert not chain.exists("zed", "Big") and chain.exists("zed", "INBOX")
+
+
 @pytest.mark.parametrize("watch", ["archive", "state"])
 def test_a_signal_once_the_archive_is_in_place_does_not_make_a_complete_run_a_failed_one(
         store, ims_home, tmp_path, watch):
