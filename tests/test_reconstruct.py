@@ -595,3 +595,85 @@ def test_a_message_file_name_with_a_line_break_is_named_not_written_into_the_uid
     os.rename(bad, os.path.join(d, "cur", "1700000000.M1P1.hx:2,S"))
     run(home, "reconstruct", "/primary/joe", check=0)                    # a new UID above UIDNEXT
     assert [m.uid for m in fresh(home).messages("joe", "INBOX")] == [1, 2, 3]
+
+
+def _lost_records(home, driver) -> None:
+    """The classic mailbox list and every index, or every dovecot-uidlist, gone."""
+    if driver == "classic":
+        shutil.rmtree(home / "data" / "store" / "mboxlist")
+    for dirpath, _, files in os.walk(home / "data"):
+        for n in files:
+            if n in ("store.idx", "dovecot-uidlist"):
+                os.unlink(os.path.join(dirpath, n))
+
+
+@pytest.mark.parametrize("driver", ["classic"])
+def test_a_full_disk_anywhere_in_reconstruct_is_13_and_the_rerun_is_exact(tmp_path, driver):
+    """The store's disk fills up (a real tmpfs written full) before each of reconstruct's
+    own steps in turn: the mailbox list rebuilt beside the old one, an index built aside.
+    Before, SQLite's "database or disk is full" of the classic list or an index reached
+    the user as an internal error (exit 70, a crash file), and the list's rollback after
+    a failed COMMIT ("cannot rollback") hid it the same way; the list's
+    mailboxes.db.new-PID stayed for good, the rerun did not remove it.  Now: exit 13 naming what was written, nothing
+    of the kind left, and the same command with room again gives the store an
+    uninterrupted run gives."""
+    from tests.faults import count_steps, run_with_fault, spread
+    from tests.helpers import small_tmpfs, state
+    base = tmp_path / "base"
+    store = open_store(make_home(base, driver))
+    for u in ("ann", "joe"):
+        for f in ("INBOX", "Work", "Work/Sub"):
+            if not store.exists(u):
+                store.create_user(u)
+            if not store.exists(u, f):
+                store.create_folder(u, f, subscribed=True)
+            for i in range(5):
+                store.append(u, f, io.BytesIO(msg(i, 1500 * i)), flags=["\\Seen"] if i % 2 else [])
+    getattr(store, "close", lambda: None)()
+    run(base, "imsbackup", "-f", base / "a.ims", "/", check=0)
+    _lost_records(base, driver)
+    mnt = tmp_path / "mnt"
+    with small_tmpfs(mnt, "8m"):
+        home, filler = mnt / "h", mnt / "filler"
+
+        def argv():
+            return (["reconstruct", "-r", "-a", str(home / "a.ims"), "/"]
+                    + (["-m"] if driver == "classic" else []))
+
+        def snapshot():
+            s = open_store(Config(str(home)))
+            try:
+                view = state(s)
+            finally:
+                getattr(s, "close", lambda: None)()     # (the classic store's list, open in this process)
+            files = sorted(os.path.relpath(os.path.join(d, n), home) for d, _, fs in os.walk(home) for n in fs
+                           if not n.endswith(("-wal", "-shm", ".lck", ".lock")) and "/cur/" not in d + "/")
+            return view, files
+
+        shutil.copytree(base, home, symlinks=True)
+        total, p = count_steps(argv(), mnt, tmp_path, env={"IMS_HOME": str(home)})
+        assert p.returncode in (0, 1), p.stderr
+        want = snapshot()
+        shutil.rmtree(home)
+        statuses = set()
+        for k in spread(total, 12, 7):
+            shutil.copytree(base, home, symlinks=True)
+            r = run_with_fault(argv(), mnt, f"fill:{k}", env={"IMS_HOME": str(home), "IMS_FAULT_FILL": str(filler)})
+            out = r.stderr.decode()
+            statuses.add(r.returncode)
+            assert r.returncode in (0, 1, 13), (k, out)
+            if r.returncode == 13:
+                last = out.splitlines()[-1]
+                assert "internal error" not in out and ("is full" in last or "No space" in last), (k, out)
+                assert str(home) in last or "/primary/" in last, (k, out)      # what could not be written
+                # (the lines before it are the repairs reported as they were made)
+                assert [x for x in out.splitlines()[:-1] if "No space" in x or "is full" in x] == [], (k, out)
+            left = [os.path.join(d, n) for d, _, fs in os.walk(home) for n in fs
+                    if ".new-" in n or ".reconstruct-" in n]
+            assert left == [], (k, left)
+            os.unlink(filler)
+            p = run(home, *argv())
+            assert p.returncode in (0, 1), (k, p.stderr)
+            assert snapshot() == want, k
+            shutil.rmtree(home)
+        assert 13 in statuses, statuses

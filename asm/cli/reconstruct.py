@@ -149,7 +149,11 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _classic(cfg, groups, k, report, repair, args, paths) -> None:
+    import sqlite3
+
     from asm.reconstruct.classic import ClassicReconstructor
+    from asm.sqlitedb import disk_full
+    from asm.store.base import StoreFull
     from asm.store.classic import mailbox_list_exists
     db = os.path.join(cfg.store_root, "mboxlist", "mailboxes.db")
     if not mailbox_list_exists(cfg.store_root) and not args.mboxlist:
@@ -165,10 +169,12 @@ def _classic(cfg, groups, k, report, repair, args, paths) -> None:
                 if t not in targets:
                     targets.append(t)
         rec.commit_list()
-    except BaseException:
+    except BaseException as exc:
         if rec.list is not None:
             rec.list.repair = False          # nothing half-done: roll the list back
             rec.commit_list()
+        if isinstance(exc, sqlite3.Error) and ("full" in str(exc) or disk_full(exc, db)):
+            raise StoreFull(f"the mailbox list {db}", str(exc)) from None
         raise
     for t in targets:
         rec.folder(t)

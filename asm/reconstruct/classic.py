@@ -27,6 +27,7 @@ a restore's mark in an index (``meta.restoring``) is kept.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import sqlite3
@@ -40,10 +41,13 @@ from asm.reconstruct import uid_list as _uids
 from asm.digests import file_sha256_or_none as _sha256
 from asm.reconstruct.knowledge import Knowledge
 from asm.reconstruct.sqlite import read_only_uri
-from asm.store.base import BadName, LockTimeout, StoreError, _syncfs, check_folder_name
+from asm.sqlitedb import disk_full
+from asm.store.base import (
+    BadName, LockTimeout, StoreError, StoreFull, _syncfs, check_folder_name, os_store_error,
+)
 from asm.store.classic import (
-    _GUIDS, _NEW_INDEX, _SCHEMA, _dec, _enc, _open_lock, _user_dir, _uidvalidity, aside_name, build_index,
-    clear_remains, end_remains_dir, fsync_dir, holds_mail, place_index, scan_user_dirs,
+    _GUIDS, _NEW_INDEX, _SCHEMA, _dec, _enc, _full_why, _open_lock, _user_dir, _uidvalidity, aside_name,
+    build_index, clear_remains, end_remains_dir, fsync_dir, holds_mail, place_index, scan_user_dirs,
 )
 from asm.store.partitions import PartitionUnavailable, check_partition_dir
 
@@ -198,9 +202,9 @@ class _List:
                 with contextlib.suppress(sqlite3.Error):
                     self.con.execute(f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * len(row))})", row)
         except BaseException:
-            # (a SIGTERM here, before the caller has the list to roll back: the list begun
-            # aside goes, as the roll-back removes it; it was left, named by a pid no run
-            # has again)
+            # (a SIGTERM here, or a full disk under the new list, before the caller has the
+            # list to roll back: the list begun aside goes, as the roll-back removes it; it
+            # was left, named by a pid no run has again)
             with contextlib.suppress(Exception):
                 self.con.close()
             with contextlib.suppress(OSError):
@@ -253,7 +257,10 @@ class _List:
     def finish(self, owner) -> None:
         """Commit (repair) or roll back (check); a rebuilt list replaces the old file."""
         if not self.repair:
-            with contextlib.suppress(sqlite3.Error):    # (committed already, and the rename failed)
+            # (also what a failed run undoes: committed already and the rename failed, or a
+            # COMMIT that failed on a full disk, rolled back by SQLite already: "cannot
+            # rollback" hid the full disk as exit 70)
+            with contextlib.suppress(sqlite3.Error):
                 self.con.execute("ROLLBACK")
             self.con.close()
             if self.new_path:
@@ -655,7 +662,19 @@ class ClassicReconstructor:
         try:
             if fd is not None and not flock_wait(fd, self.timeout):
                 raise LockTimeout(f"folder {folder!r} of user {user!r}")
-            self._rebuild(mb, user, folder, fdir, uidvalidity)
+            try:
+                self._rebuild(mb, user, folder, fdir, uidvalidity)
+            except sqlite3.Error as exc:
+                # the index built aside (or updated in place) on a full disk: SQLite says
+                # "database or disk is full" (or an I/O error of its journal), which
+                # reached the user as an internal error, exit 70
+                if "full" in str(exc) or disk_full(exc, fdir):
+                    raise StoreFull(f"the index of {mb}", _full_why(exc)) from None
+                raise
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise os_store_error(exc, f"the index of {mb}") from None
+                raise
         finally:
             if fd is not None:
                 os.close(fd)
