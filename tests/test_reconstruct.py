@@ -607,14 +607,15 @@ def _lost_records(home, driver) -> None:
                 os.unlink(os.path.join(dirpath, n))
 
 
-@pytest.mark.parametrize("driver", ["classic"])
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
 def test_a_full_disk_anywhere_in_reconstruct_is_13_and_the_rerun_is_exact(tmp_path, driver):
     """The store's disk fills up (a real tmpfs written full) before each of reconstruct's
-    own steps in turn: the mailbox list rebuilt beside the old one, an index built aside.
-    Before, SQLite's "database or disk is full" of the classic list or an index reached
-    the user as an internal error (exit 70, a crash file), and the list's rollback after
-    a failed COMMIT ("cannot rollback") hid it the same way; the list's
-    mailboxes.db.new-PID stayed for good, the rerun did not remove it.  Now: exit 13 naming what was written, nothing
+    own steps in turn: the mailbox list rebuilt beside the old one, an index built aside,
+    a dovecot-uidlist written.  Before, SQLite's "database or disk is full" of the classic
+    list or an index reached the user as an internal error (exit 70, a crash file), and
+    the list's rollback after a failed COMMIT ("cannot rollback") hid it the same way; the
+    list's mailboxes.db.new-PID or a dovecot-uidlist.reconstruct-PID.tmp cut short stayed
+    for good, the rerun did not remove it.  Now: exit 13 naming what was written, nothing
     of the kind left, and the same command with room again gives the store an
     uninterrupted run gives."""
     from tests.faults import count_steps, run_with_fault, spread

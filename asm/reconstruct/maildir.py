@@ -24,6 +24,7 @@ force-resync`` then rebuilds them, as the mail user, where Dovecot is installed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 import uuid
@@ -33,7 +34,9 @@ from asm.reconstruct import LOST, NOTE, REPAIRED, UNKNOWN, Report
 from asm.reconstruct import uid_list as _uids
 from asm.reconstruct.dovecot import Dovecot
 from asm.reconstruct.knowledge import Knowledge
-from asm.store.base import StoreError, check_folder_name, compression_of, path_sha256, write_all
+from asm.store.base import (
+    StoreError, check_folder_name, compression_of, os_store_error, path_sha256, write_all,
+)
 from asm.store.maildir.names import SIZE_RE
 from asm.store.maildir.store import BASE_OK, record_fields, sizes_match
 from asm.store.maildir.uidlist import open_uidlist
@@ -687,6 +690,9 @@ class MaildirReconstructor:
             self._mkdir(path, near)
 
     def _write(self, path: str, data: bytes, near: str) -> None:
+        """``path`` replaced by ``data`` whole, or left as it was: the temporary file goes
+        however the write ends (a full disk left it there, cut short, for good: no later
+        run removes it), and a full disk names the file that could not be written."""
         tmp = f"{path}.reconstruct-{os.getpid()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -699,11 +705,13 @@ class MaildirReconstructor:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             # (a SIGTERM, a full disk: the copy was left beside the uidlist, by no name a
             # later run removes)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise os_store_error(exc, path) from None
             raise
 
     # -- Dovecot ------------------------------------------------------------------------------------

@@ -111,8 +111,13 @@ def acquire(path: str, timeout: float, what: str, pid: int, hostname: str, chown
         try:
             try:
                 data = f"{pid}:{hostname}".encode()
-                if os.write(fd, data) != len(data):
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+                try:
+                    written = os.write(fd, data)
+                except OSError as exc:
+                    # (a full disk: named, not "No space left on device: free space there")
+                    raise OSError(exc.errno, exc.strerror, path) from None
+                if written != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
                 if chown is not None:
                     chown(fd)
             finally:
