@@ -276,6 +276,66 @@ def test_imsimport_into_a_maildir_on_ext4_names_each_date_it_cannot_keep(tmp_pat
             assert "could not be kept" in line and line.endswith("the message is imported with that date"), line
 
 
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_imsimport_on_a_disk_that_fills_up_anywhere_then_run_again_imports_the_mbox_once(tmp_path, driver):
+    """The store's disk fills up (a real tmpfs written full) before each of imsimport's
+    steps in turn: exit 13, one line, and the same command run again once there is room,
+    as that line says, leaves the folder with the mbox's messages once each, as one run
+    with room does.  Before, a Maildir kept every message imported before the disk
+    filled and the rerun imported them again (the classic store's index rolled them
+    back): up to 29 of 30 messages twice; the line said "(after N messages)" of a
+    classic import that had left none."""
+    import hashlib
+    import shutil
+    from tests.faults import count_steps, run_with_fault, spread
+    from tests.helpers import make_home, small_tmpfs
+    mnt = tmp_path / "mnt"
+    with small_tmpfs(mnt, "4m"):
+        base, home, filler = tmp_path / "base", mnt / "h", mnt / "filler"
+        store = open_store(make_home(base, driver))
+        store.create_user("joe")
+        store.append("joe", "INBOX", io.BytesIO(b"Subject: there before\r\n\r\nold\r\n"))
+        getattr(store, "close", lambda: None)()
+        with open(base / "in.mbox", "wb") as f:
+            for i in range(30):
+                f.write(b"From a@b Mon Jan  1 10:00:00 2024\nSubject: m%d\n\n" % i + b"y" * (2000 * (i % 5)) + b"\n\n")
+        argv = ["imsimport", "-u", "joe", "-s", str(home / "in.mbox")]
+
+        def inbox():
+            s = open_store(Config(str(home)))
+            try:
+                got = []
+                for m in s.messages("joe", "INBOX"):
+                    with open(m.path, "rb") as f:
+                        got.append((hashlib.sha256(f.read()).hexdigest(), sorted(m.flags), int(m.internaldate)))
+                return sorted(got)
+            finally:
+                getattr(s, "close", lambda: None)()
+
+        shutil.copytree(base, home)
+        total, p = count_steps(argv, mnt, tmp_path, env={"IMS_HOME": str(home)})
+        assert p.returncode == 0, p.stderr
+        want = inbox()
+        assert len(want) == 31
+        shutil.rmtree(home)
+        statuses = set()
+        for k in spread(total, 14, 5):
+            shutil.copytree(base, home)
+            r = run_with_fault(argv, mnt, f"fill:{k}", env={"IMS_HOME": str(home), "IMS_FAULT_FILL": str(filler)})
+            statuses.add(r.returncode)
+            assert r.returncode in (0, 13), (k, err(r))
+            if r.returncode == 13:
+                assert err(r).count("\n") == 1 and "full" in err(r) and "nothing was imported" in err(r), (k, err(r))
+                assert len(inbox()) == 1, k                 # as it was: nothing half imported
+            if filler.exists():                             # (not after the last step)
+                os.unlink(filler)
+            if r.returncode == 13:
+                run(home, *argv, env={"IMS_HOME": str(home)}, check=0)
+            assert inbox() == want, k
+            shutil.rmtree(home)
+        assert 13 in statuses, statuses
+
+
 def test_imsimport_from_stdin_into_inbox(config, ims_home):
     assert run(ims_home, "mboxutil", "-c", "user/joe").returncode == 0
     p = run(ims_home, "imsimport", "-u", "joe", "-s", "-", input=MBOX)

@@ -39,6 +39,7 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(f"cannot read mbox file {args.s!r}: {exc.strerror}") from None
     n = 0
     named = 0                                 # imported with another INTERNALDATE than the mbox's
+    imported: list[int] = []                  # the UIDs this run appended
     commit = Commit()
     try:
         try:
@@ -49,11 +50,12 @@ def _main(argv: list[str] | None) -> int:
                 first = next(messages, None)
                 if not store.exists(args.u, args.d):
                     store.create_folder(args.u, args.d, subscribed=True)
-                with store.lock(args.u, args.d), _all_or_none(store, args.u, args.d):
+                with store.lock(args.u, args.d), _all_or_none(store, args.u, args.d, imported):
                     for msg in itertools.chain([first] if first else [], messages):
                         with msg.file:
                             info = store.append(args.u, args.d, msg.file, flags=msg.flags,
                                                 internaldate=msg.internaldate)
+                        imported.append(info.uid)
                         n += 1
                         # a date the store's file system cannot hold (a Maildir on ext4: its
                         # INTERNALDATE is the file's mtime): imported, and named, exit 1
@@ -69,7 +71,7 @@ def _main(argv: list[str] | None) -> int:
             raise UsageError(f"{'standard input' if args.s == '-' else args.s}: {exc}; nothing was imported "
                              f"and no folder made") from None
         except StoreError as exc:
-            raise ImsError(f"{exc} (after {n} messages)", status=exc.status) from None
+            raise ImsError(f"{exc} ({_undo(store, args.u, args.d, imported)})", status=exc.status) from None
     except BaseException:
         commit.undo()
         raise
@@ -80,18 +82,39 @@ def _main(argv: list[str] | None) -> int:
 
 
 @contextlib.contextmanager
-def _all_or_none(store, user: str, folder: str):
+def _all_or_none(store, user: str, folder: str, imported: list[int]):
     """Under the folder's lock: stopped by a signal (SIGTERM, Ctrl-C), the import takes
-    back the messages it put in (held: not cut half way), so the same command run again
-    imports the mbox once.  (It exited 130 with the first messages imported, and the
-    run again imported them a second time.)"""
-    start = store.folder(user, folder).uidnext
+    back the messages it put in (``imported``; held: not cut half way), so the same
+    command run again imports the mbox once.  (It exited 130 with the first messages
+    imported, and the run again imported them a second time.)  A store failure is
+    undone by :func:`_undo`, once the store has rolled back what it does."""
     try:
         yield
     except KeyboardInterrupt:
-        with interrupts_deferred():
-            store.expunge(user, folder, [m.uid for m in store.messages(user, folder) if m.uid >= start])
+        if imported:
+            with interrupts_deferred():
+                left = set(imported) & {m.uid for m in store.messages(user, folder)}
+                if left:
+                    store.expunge(user, folder, sorted(left))
         raise
+
+
+def _undo(store, user: str, folder: str, imported: list[int]) -> str:
+    """An import that failed part way (its disk full) is undone, so that the same command
+    run again, as the error says, imports the mbox once: the messages it appended that are
+    still in the folder are expunged.  A store whose index rolled back with the failure
+    (classic) has none left; a Maildir kept each one, and the rerun imported them twice.
+    What to say of them."""
+    if not imported:
+        return "nothing was imported"          # (the store is not asked: its lock may be the failure)
+    try:
+        left = sorted(set(imported) & {m.uid for m in store.messages(user, folder)})
+        if left:
+            store.expunge(user, folder, left)
+    except (StoreError, OSError) as exc:
+        return (f"{len(imported)} messages were imported before it, and could not be removed ({exc}): "
+                f"expunge them from user/{user}/{folder} before running it again")
+    return f"nothing was imported: the {len(imported)} messages imported before it were removed"
 
 
 if __name__ == "__main__":
