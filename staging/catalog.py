@@ -53,12 +53,12 @@ class CatalogUnwritable(StagingError):
 
     status = EXIT_DEVICE
 
-    def __init__(self, path: str, exc):
+    def __init__(self, path: str, exc, dumping: bool = True):
         if is_full(exc, path):
+            lost = "dumps it could not record were removed and are not counted: " if dumping else ""
             super().__init__(f"the staging disk is full: cannot write the staging catalog {path} ({exc}); "
-                             f"dumps it could not record were removed and are not counted: free space in "
-                             f"{os.path.dirname(path) or '.'} and run the same command again (the catalog "
-                             f"itself is intact)", status=EXIT_NOSPACE)
+                             f"{lost}free space in {os.path.dirname(path) or '.'} and run the same command "
+                             f"again (the catalog itself is intact)", status=EXIT_NOSPACE)
             return
         super().__init__(f"cannot write the staging catalog {path}: {exc}: check its permissions, the free "
                          f"space and the mount (the catalog itself is intact)")
@@ -74,13 +74,13 @@ class CatalogDamaged(StagingError):
                          f"backup of the staging directory (docs/staging.md, 'After a disaster'), then "
                          f"run the command again")
 
-def catalog_error(path: str, exc: sqlite3.DatabaseError) -> StagingError | None:
+def catalog_error(path: str, exc: sqlite3.DatabaseError, dumping: bool = True) -> StagingError | None:
     """The one-line error an SQLite error on the catalog ``path`` stands for (damaged,
     or unwritable: a full disk is EXIT_NOSPACE); None for "locked" (another writer,
     which the caller lets through)."""
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
         return None
-    return CatalogDamaged(path, exc) if is_damage(exc) else CatalogUnwritable(path, exc)
+    return CatalogDamaged(path, exc) if is_damage(exc) else CatalogUnwritable(path, exc, dumping)
 
 
 SCHEMA = """

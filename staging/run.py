@@ -275,6 +275,13 @@ def engine_done(directory: str, status: int, keep: int, job: str | None = None,
         reported = record_engine(cat, status, job=job)
         removed = remove_saved(cat, directory, keep) if status == 0 else []
         return reported, removed
+    except sqlite3.DatabaseError as exc:
+        # a full staging disk: 13 in one line, as a dump says it (bpend_notify, which
+        # calls this directly, said "internal error", exit 70)
+        err = catalog_error(cat.path, exc, dumping=False)
+        if err is None:
+            raise
+        raise err from None
     finally:
         cat.close()
         lock.release()
@@ -314,6 +321,11 @@ def check_fresh(inst, directory: str, mode: str, max_age: float, job: str | None
         if job:
             cat.reclaim([d.id for d in fresh], job)
         return fresh
+    except sqlite3.DatabaseError as exc:
+        err = catalog_error(cat.path, exc, dumping=False)
+        if err is None:
+            raise
+        raise err from None
     finally:
         cat.close()
         lock.release()

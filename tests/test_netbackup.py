@@ -419,3 +419,57 @@ def test_every_user_of_the_predefined_group_is_staged_whatever_its_name(ims_home
     assert sorted(got.users("primary")) == sorted(want)
     for u in want:
         assert user_view(got, u) == want[u], u
+
+
+def test_bpend_notify_on_a_full_staging_disk_is_13_in_one_line_and_the_retry_records_the_job(
+        ims_home, tmp_path, nbu):
+    """The staging disk fills up (a real tmpfs written full) before each of bpend_notify's
+    steps in turn: the job's verdict written to the catalog, each saved file removed and
+    marked so.  bpend_notify called the catalog's writes itself, outside imsstage's
+    handling of a full catalog: SQLite's "database or disk is full" was an internal error
+    (exit 70, a crash file, "please report it").  Now: exit 13, one line naming the
+    catalog; and the same script run again with room records the job and removes its
+    files as a run with room does."""
+    import sqlite3
+    from tests.faults import count_steps, run_with_fault, spread
+    from tests.helpers import small_tmpfs
+    _, st, bindir, _ = nbu
+    bare = {"IMS_HOME": None, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    with small_tmpfs(st, "16m"):            # (the staging directory the scripts were installed with)
+        filler, base = st / "filler", tmp_path / "staged"
+        r = notify(bindir, "bpstart_notify.MAIL", "mailhost", "MAIL", "sched", "FULL")
+        assert r.returncode == 0, r.stderr
+        shutil.copytree(st, base)
+        argv = [bindir / "bpend_notify.MAIL", "mailhost", "MAIL", "sched", "FULL", "0"]
+
+        def catalog():
+            db = sqlite3.connect(st / "catalog.db")
+            try:
+                got = db.execute("SELECT grp, status, engine, engine_status, removed IS NULL FROM dumps "
+                                 "ORDER BY id").fetchall()
+            finally:
+                db.close()
+            return got, staged_files(st)
+
+        total, p = count_steps(argv, st, tmp_path, env=bare)
+        assert p.returncode == 0, p.stderr
+        want = catalog()
+        assert want[1] == [] and {row[2] for row in want[0]} == {"ok"}, want
+        statuses = set()
+        for k in spread(total, 12, 3):
+            for n in os.listdir(st):
+                os.unlink(st / n)
+            shutil.copytree(base, st, dirs_exist_ok=True)
+            r = run_with_fault(argv, st, f"fill:{k}", env={**bare, "IMS_FAULT_FILL": str(filler)})
+            out = r.stderr.decode()
+            statuses.add(r.returncode)
+            assert r.returncode in (0, 13), (k, out)
+            if r.returncode == 13:
+                assert out.count("\n") == 1 and "full" in out and f"{st}/catalog.db" in out, (k, out)
+                assert "internal error" not in out, (k, out)
+            if filler.exists():
+                os.unlink(filler)
+            r = run(None, *argv, env=bare, text=True)
+            assert r.returncode == 0, (k, r.stderr)
+            assert catalog() == want, k
+        assert 13 in statuses, statuses
