@@ -1007,6 +1007,49 @@ def test_recover_into_a_store_that_fills_up_is_exit_13_and_finishes_when_freed(t
         assert state(open_store(Config(str(target)))) == want
 
 
+def test_a_save_whose_state_disk_fills_up_anywhere_is_13_and_the_next_save_records_it(tmp_path, ims_home):
+    """IMS_HOME/data/networker (the state of each save, the base of its next incremental)
+    on a disk that fills up (a real tmpfs written full) before each step of the saves'
+    states in turn.  The stream reached NetWorker whole, but the state could not be
+    recorded: exit 1 ("mailboxes or messages failed", none had), where the status table,
+    and imsbackup for its state file, say a full disk is 13; the line named the record
+    but not the disk to free; and a label file cut short by the full disk stayed empty
+    for good.  Now: 13, the state directory named, no empty label left, and the next
+    save with room records every record's state."""
+    import shutil
+    from plugins.networker import state as nsrstate
+    from tests.faults import count_steps, run_with_fault, spread
+    from tests.helpers import small_tmpfs
+    store = open_store(home(ims_home, "classic"))
+    fill(store, ["alice", "bob", "carol"])
+    backup = tmp_path / "backup"
+    run(ims_home, "mkbackupdir", "-u", "-p", str(backup), check=0)
+    records = sorted(str(p) for p in (backup / "primary").iterdir() if not p.name.startswith("."))
+    argv = ["imsasm", "-s", *records]
+    with small_tmpfs(ims_home / "data" / "networker", "1m") as nw:
+        filler = nw / "filler"
+        total, p = count_steps(argv, nw, tmp_path)
+        assert p.returncode == 0, p.stderr
+        statuses = set()
+        for k in spread(total, 12, 11):
+            shutil.rmtree(nw / "state", ignore_errors=True)
+            r = run_with_fault(argv, nw, f"fill:{k}", env={"IMS_FAULT_FILL": str(filler)})
+            out = r.stderr.decode()
+            statuses.add(r.returncode)
+            assert r.returncode in (0, 13), (k, out)
+            if r.returncode == 13:
+                assert "internal error" not in out and f"{nw}/state" in out and "free space there" in out, (k, out)
+                assert out.count("cannot record the state") >= 1, (k, out)
+            labels = [os.path.join(d, n) for d, _, fs in os.walk(nw / "state") for n in fs if n == "name"]
+            assert [x for x in labels if os.path.getsize(x) == 0] == [], (k, labels)
+            if filler.exists():
+                os.unlink(filler)
+            run(ims_home, *argv, check=0)
+            for rec in records:
+                assert nsrstate.states(str(ims_home), rec), (k, rec)
+        assert 13 in statuses, statuses
+
+
 def test_statuses_of_one_run_are_ranked_as_documented():
     """imsasm ranked the statuses of several save sets by number: a chain out of order
     (7) hid hostile members (5), damage (4) or a lock (6), and a store that could not be

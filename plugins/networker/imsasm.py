@@ -11,6 +11,7 @@ format is in :mod:`plugins.networker.stream` and docs/networker.md.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -488,9 +489,13 @@ def save(args, rep) -> int:
         try:
             nsrstate.save(home, rec.name, began, full, res.header, res.state)
         except OSError as exc:
-            warn(PROG, f"{rec.name}: cannot record the state of this save ({exc.strerror or exc}); "
-                       f"its next incremental will be a full")
-            status = max(status, EXIT_PARTIAL)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            where = f" in {os.path.join(home, 'data', 'networker', 'state')}" if full else ""
+            warn(PROG, f"{rec.name}: cannot record the state of this save{where} ({exc.strerror or exc}); "
+                       f"its next incremental will be a full" + ("; free space there" if full else ""))
+            # a full disk is the status table's 13 whatever was written, as imsbackup's
+            # state file (it was 1, "mailboxes or messages failed", which none had)
+            status = worst(status, EXIT_NOSPACE if full else EXIT_PARTIAL)
     if args.verbose:
         warn(PROG, f"{done['records']} records, {done['messages'] + done['links']} messages, {human(done['bytes'])} "
                    f"in {time.monotonic() - t0:.1f}s")

@@ -29,6 +29,7 @@ name them: an incremental's base is the last backup, a differential's the last f
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -74,8 +75,14 @@ def save(home: str, name: str, started: float, full: bool, header: dict, folders
     os.makedirs(d, exist_ok=True)
     label = os.path.join(d, "name")
     if not os.path.exists(label):
-        with open(label, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(name + "\n")
+        try:
+            with open(label, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(name + "\n")
+        except BaseException:
+            # (a full disk: an empty label, never written again, was left for good)
+            with contextlib.suppress(OSError):
+                os.unlink(label)
+            raise
     path = os.path.join(d, f"{started:.6f}-{'full' if full else 'incr'}.state")
     write_state(path, header, folders, device=f"NetWorker save set {name}")
     prune(home, name)
