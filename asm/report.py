@@ -23,6 +23,7 @@ directory, no permission, a directory) is refused before the run starts (exit 2)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -264,7 +265,14 @@ class RunReport:
                 _write_atomic(self.path, (json.dumps(_readable(doc), indent=2, sort_keys=True, default=str)
                                           + "\n").encode("ascii"))
             except OSError as exc:
-                self.warnings.append(f"cannot write the report {self.path}: {exc.strerror or exc}")
+                # the previous run's report must not stand for this one (a full disk let
+                # check_writable's empty probe through, then kept last night's "ok": true)
+                gone = ""
+                with contextlib.suppress(OSError):
+                    if os.path.isfile(self.path) and not os.path.islink(self.path):
+                        os.unlink(self.path)
+                        gone = "; the previous report there was removed, so that it is not read as this run's"
+                self.warnings.append(f"cannot write the report {self.path}: {exc.strerror or exc}{gone}")
         if self.textdir:
             part, group = labels or self.labels or labels_of(doc.get("selection"))
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pty
 import select
@@ -490,6 +491,41 @@ def test_full_disk_leaves_no_archive(store, ims_home, tmp_path):
         assert p.returncode == 13
         assert b"No space left on device" in p.stderr and b"incomplete" in p.stderr
         assert os.listdir(small) == []
+
+
+def test_a_report_the_full_disk_cannot_hold_never_leaves_the_previous_one_as_this_runs(store, ims_home, tmp_path):
+    """--report FILE on a disk that fills up: checked writable before the run (an empty
+    probe file, which a full tmpfs still creates), then not writable at its end.  The
+    run keeps its status and warns (docs/operations.md), but the previous run's report
+    stayed under the name, "ok": true with the other archive: a monitor read it as this
+    run's.  At every fill level the file is now this run's report or none at all."""
+    put(store, "joe", "INBOX", 1)
+    with small_tmpfs(tmp_path / "small", "128k") as small:
+        rep = small / "last.json"
+        seen = set()
+        for i, left in enumerate(range(0, 12 << 10, 512)):
+            for n in os.listdir(small):
+                os.unlink(small / n)
+            run(ims_home, "imsbackup", "-f", tmp_path / "old.ims", "--report", rep, "/", check=0)
+            fd = os.open(small / "fill", os.O_WRONLY | os.O_CREAT)
+            try:
+                free = os.statvfs(small).f_bavail * os.statvfs(small).f_frsize
+                if free > left:
+                    os.posix_fallocate(fd, 0, free - left)
+            finally:
+                os.close(fd)
+            new = tmp_path / f"new{i}.ims"
+            p = run(ims_home, "imsbackup", "-f", new, "--report", rep, "/")
+            assert p.returncode == 0, (left, p.stderr)
+            seen.add(rep.exists())
+            if rep.exists():
+                doc = json.loads(rep.read_text())
+                assert doc["device"] == str(new) and doc["archive_id"] == members(new)[0].header["archive_id"], left
+                assert p.stderr == b"", (left, p.stderr)
+            else:
+                assert p.stderr.decode().count("\n") == 1 and "previous report there was removed" in p.stderr.decode()
+            assert sorted(os.listdir(small)) in (["fill"], ["fill", "last.json"]), (left, os.listdir(small))
+        assert seen == {True, False}, seen         # both ends of the fill levels were reached
 
 
 def test_backup_while_mail_flows_is_consistent(store, ims_home, tmp_path, config):
