@@ -192,6 +192,47 @@ def test_mboxutil_a_name_with_an_empty_level_is_never_its_parent(config, ims_hom
     assert fresh_store().messages("joe", "INBOX")
 
 
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_mboxutil_c_user_on_a_disk_that_fills_up_anywhere_then_run_again_makes_the_user(tmp_path, driver):
+    """``mboxutil -c user/newbie`` with the store's disk filling up (a real tmpfs written
+    full) before each of its steps in turn: exit 13 ("run the same command again"), and
+    the same command with room makes the user with its INBOX.  Before, in the classic
+    store, a full disk once the user was listed but before its INBOX was made left a
+    user without INBOX, and the same command said "user already exists", exit 2."""
+    import shutil
+    from tests.faults import count_steps, run_with_fault, spread
+    from tests.helpers import make_home, small_tmpfs
+    mnt = tmp_path / "mnt"
+    with small_tmpfs(mnt, "4m"):
+        base, home, filler = tmp_path / "base", mnt / "h", mnt / "filler"
+        store = open_store(make_home(base, driver))
+        store.create_user("joe")
+        getattr(store, "close", lambda: None)()
+        argv = ["mboxutil", "-c", "user/newbie"]
+        shutil.copytree(base, home)
+        total, p = count_steps(argv, mnt, tmp_path, env={"IMS_HOME": str(home)})
+        assert p.returncode == 0, p.stderr
+        shutil.rmtree(home)
+        statuses = set()
+        for k in spread(total, 14, 2):
+            shutil.copytree(base, home)
+            r = run_with_fault(argv, mnt, f"fill:{k}", env={"IMS_HOME": str(home), "IMS_FAULT_FILL": str(filler)})
+            statuses.add(r.returncode)
+            assert r.returncode in (0, 13), (k, err(r))
+            if filler.exists():
+                os.unlink(filler)
+            if r.returncode == 13:
+                assert err(r).count("\n") == 1 and "full" in err(r), (k, err(r))
+                run(home, *argv, env={"IMS_HOME": str(home)}, check=0)
+            s = open_store(Config(str(home)))
+            try:
+                assert [f.name for f in s.folders("newbie")] == ["INBOX"], k
+            finally:
+                getattr(s, "close", lambda: None)()
+            shutil.rmtree(home)
+        assert 13 in statuses, statuses
+
+
 # -- imsimport --------------------------------------------------------------------
 def test_imsimport_mbox(config, ims_home, tmp_path):
     mbox = tmp_path / "joe.mbox"

@@ -11,7 +11,7 @@ import sys
 from asm.cli.common import ArgParser, Commit, UsageError, run_command
 from asm.cli.context import open_installation
 from asm.errors import EXIT_OK
-from asm.store.base import check_folder_name
+from asm.store.base import UserExists, check_folder_name
 
 PROG = "mboxutil"
 
@@ -65,7 +65,15 @@ def _main(argv: list[str] | None) -> int:
                          f"pattern of -l): leave it out to delete {args.d}")
     if args.c:
         if folder is None:
-            store.create_user(user, args.p or "primary")
+            try:
+                store.create_user(user, args.p or "primary")
+            except UserExists:
+                # a creation cut short once the user was listed (its disk full: "run the
+                # same command again", which then said "user already exists" of a user
+                # without INBOX) is finished: its INBOX is made now
+                if store.exists(user, "INBOX") or (args.p is not None and args.p != store.user_partition(user)):
+                    raise
+                store.create_folder(user, "INBOX", subscribed=True)
         else:
             if not store.exists(user):
                 store.create_user(user, args.p or "primary")
