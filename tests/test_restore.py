@@ -790,6 +790,59 @@ def test_full_store_disk_stops_cleanly_and_a_rerun_finishes(store, ims_home, tmp
         assert state(open_store(make_home(home, driver))) == state(store)
 
 
+def test_a_full_disk_as_a_classic_folder_is_adopted_is_13_and_the_rerun_is_exact(tmp_path):
+    """imsrestore into a classic store whose disk fills up (a real tmpfs written full) just
+    before it builds, under a folder's lock, the empty index of a folder it listed (the
+    steps that open a store.idx.new-PID), and at points spread over the rest of the run.
+    lock() is no store operation that turns SQLite errors into StoreError: "database or
+    disk is full" there was "internal error", exit 70.  Now 13, one line, and the same
+    command with room gives the store an uninterrupted restore gives."""
+    import shutil
+    from asm.config import Config
+    from tests.faults import count_steps, run_with_fault, spread
+    src = open_store(make_home(tmp_path / "src", "classic"))
+    for u in ("joe", "ann"):
+        for f in ("INBOX", "Work"):
+            for i in range(6):
+                put(src, u, f, i, size=3000 * i, flags=["\\Seen"] if i % 2 else [])
+    src.close()
+    a = backup(tmp_path / "src", tmp_path / "a.ims")
+    with small_tmpfs(tmp_path / "small", "4m") as mnt:
+        home, filler, log = mnt / "h", mnt / "filler", tmp_path / "steps.log"
+        argv = ["imsrestore", "-f", str(a)]
+
+        def fresh():
+            shutil.rmtree(home, ignore_errors=True)
+            make_home(home, "classic")
+
+        fresh()
+        total, p = count_steps(argv, mnt, tmp_path, env={"IMS_HOME": str(home), "IMS_FAULT_LOG": str(log)})
+        assert p.returncode == 0, p.stderr
+        s = open_store(Config(str(home)))
+        want = state(s)
+        s.close()
+        steps = [line.split(" ", 1) for line in log.read_text().splitlines()]
+        adopt = {int(n) for n, what in steps if "store.idx.new-" in what}
+        assert adopt, steps
+        statuses = set()
+        for k in sorted(adopt | set(spread(total, 8, 4))):
+            fresh()
+            r = run_with_fault(argv, mnt, f"fill:{k}", env={"IMS_HOME": str(home), "IMS_FAULT_FILL": str(filler)})
+            statuses.add(r.returncode)
+            assert r.returncode in (0, 13), (k, r.stderr)
+            if r.returncode == 13:
+                assert r.stderr.count(b"\n") == 1 and b"full" in r.stderr, (k, r.stderr)
+            if filler.exists():
+                os.unlink(filler)
+            run(home, *argv, env={"IMS_HOME": str(home)}, check=0)
+            s = open_store(Config(str(home)))
+            try:
+                assert state(s) == want, k
+            finally:
+                s.close()
+        assert 13 in statuses, statuses
+
+
 def test_a_restore_stopped_by_a_full_disk_says_only_that(store, ims_home, tmp_path, driver):
     """imsrestore of two users with IMS_HOME (its journal) on a disk that fills, the store
     elsewhere: at every amount of free space where the run stops (exit 13), stderr is the

@@ -940,11 +940,17 @@ class ClassicStore(Store):
                 # everything done under the lock is one index transaction: a folder
                 # restored under one lock costs one commit, not one per message
                 self._index(fdir).execute("BEGIN IMMEDIATE")
-            except BaseException:
+            except BaseException as exc:
                 with self._mutex:
                     del self._held[fdir]
                     self._rows.pop((user, folder), None)
                 os.close(fd)
+                if isinstance(exc, sqlite3.Error) and ("full" in str(exc) or (
+                        "I/O" in str(exc) and self._disk_full())):
+                    # the empty index of a folder never placed, built aside on a full disk
+                    # (_adopt): lock() is no _store_errors operation, and imsrestore said
+                    # "internal error (OperationalError: database or disk is full)", exit 70
+                    raise StoreFull(f"the index of {user}/{folder}", _full_why(exc)) from None
                 raise
         try:
             yield
