@@ -100,7 +100,6 @@ def test_imsimport_stopped_by_a_signal_at_every_step_imports_all_or_nothing(tmp_
     none of the mbox's messages in the folder, or exit 0 and each of them once; after a
     130 the same command imports each once.  (It exited 130 with the messages imported
     so far left in, and the run again imported them a second time.)"""
-    import os
     import shutil
     from asm.config import Config
     from asm.store import open_store
