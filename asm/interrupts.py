@@ -37,18 +37,23 @@ class Hold:
     def begin(self) -> "Hold":
         if threading.current_thread() is not threading.main_thread() or self._handlers is not None:
             return self
-        handlers = {}
         try:
             self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals())
         except (AttributeError, OSError, ValueError):
             self._mask = None
-        for sig in stop_signals():
-            old = signal.getsignal(sig)
-            if old is None or old is signal.SIG_IGN:     # (set outside Python; ignored: nohup)
-                continue
-            handlers[sig] = old
-            signal.signal(sig, self._arrived)
-        self._handlers = handlers
+        self._handlers = handlers = {}
+        try:
+            for sig in stop_signals():
+                old = signal.getsignal(sig)
+                if old is None or old is signal.SIG_IGN:     # (set outside Python; ignored: nohup)
+                    continue
+                signal.signal(sig, self._arrived)            # (runs a pending handler first)
+                handlers[sig] = old
+        except BaseException:
+            # a signal that came just before, raised half way: what was swapped goes back
+            # (a recorder left in place would have swallowed every later Ctrl-C)
+            self.release()
+            raise
         return self
 
     def _arrived(self, signum, frame) -> None:
