@@ -72,3 +72,10 @@ def killed_at_each(argv, base, points, tmp, judge_killed, judge_done, steps=()) 
         else:
             shutil.rmtree(home)
     return bad
+
+
+def signalled_copy(argv, base, home, mode: str, point: int) -> subprocess.CompletedProcess:
+    """``argv`` run on a fresh copy of the installation ``base`` at ``home``, stopped by
+    ``mode`` ("term": SIGTERM, "int": SIGINT) before its ``point``-th step."""
+    shutil.copytree(base, home)
+    return run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})

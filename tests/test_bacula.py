@@ -553,7 +553,7 @@ def test_jobdone_stopped_by_a_signal_at_every_step_records_the_job_whole_or_not_
     (A signal between the state database and the state files exited 130 with the job
     good in state.db: the next incremental built on a job Bacula had failed.)"""
     import shutil
-    from tests.faults import run_with_fault, spread
+    from tests.faults import run_with_fault, signalled_copy, spread
     store = open_store(make_home(ims_home, "classic"))
     (ims_home / "config" / "backup-groups.conf").write_text(GROUPS)
     for i in range(3):
@@ -585,8 +585,7 @@ def test_jobdone_stopped_by_a_signal_at_every_step_records_the_job_whole_or_not_
     for i, point in enumerate(spread(len(steps), 16, 5)):
         mode = "int" if i % 4 == 3 else "term"
         home = tmp_path / f"k{point}"
-        shutil.copytree(ims_home, home)
-        p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+        p = signalled_copy(argv, ims_home, home, mode, point)
         outcomes.append(p.returncode)
         got = judge(home)
         problems = []

@@ -13,7 +13,7 @@ import shutil
 
 from asm.config import Config
 from asm.store import open_store
-from tests.faults import killed_at_each, run_with_fault
+from tests.faults import killed_at_each, run_with_fault, signalled_copy
 from tests.helpers import in_home, make_home, run, state
 
 OLD = ("alice", "Old")
@@ -189,8 +189,7 @@ def test_mboxutil_d_of_a_user_stopped_by_a_signal_at_every_step(tmp_path):
         point = point if i == 0 else first + point - 1
         mode = "int" if i % 4 == 3 else "term"
         home = tmp_path / f"k{point}"
-        shutil.copytree(base, home)
-        p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+        p = signalled_copy(argv, base, home, mode, point)
         outcomes.append(p.returncode)
         store = open_store(Config(str(home)), create=False)
         got, listed = state(store), store.exists("alice")

@@ -192,6 +192,28 @@ def test_mboxutil_a_name_with_an_empty_level_is_never_its_parent(config, ims_hom
     assert fresh_store().messages("joe", "INBOX")
 
 
+def _filled_runs(argv, mnt, tmp_path, base, n: int, seed: int, after_count=None):
+    """``argv`` run once with room (its steps counted; ``after_count()`` then sees that
+    store), then once per fill point -- the store's disk, ``mnt``, written full before
+    one of its steps, ``n`` points spread over them -- each on a fresh copy of ``base``
+    at ``mnt/h``.  Yields (point, result, the filler file); the copy goes after each."""
+    import shutil
+    from tests.faults import count_steps, run_with_fault, spread
+    home, filler = mnt / "h", mnt / "filler"
+    shutil.copytree(base, home)
+    total, p = count_steps(argv, mnt, tmp_path, env={"IMS_HOME": str(home)})
+    assert p.returncode == 0, p.stderr
+    if after_count is not None:
+        after_count()
+    shutil.rmtree(home)
+    for k in spread(total, n, seed):
+        shutil.copytree(base, home)
+        r = run_with_fault(argv, mnt, f"fill:{k}", env={"IMS_HOME": str(home), "IMS_FAULT_FILL": str(filler)})
+        assert r.returncode in (0, 13), (k, err(r))
+        yield k, r, filler
+        shutil.rmtree(home)
+
+
 @pytest.mark.parametrize("driver", ["classic", "maildir"])
 def test_mboxutil_c_user_on_a_disk_that_fills_up_anywhere_then_run_again_makes_the_user(tmp_path, driver):
     """``mboxutil -c user/newbie`` with the store's disk filling up (a real tmpfs written
@@ -199,26 +221,17 @@ def test_mboxutil_c_user_on_a_disk_that_fills_up_anywhere_then_run_again_makes_t
     the same command with room makes the user with its INBOX.  Before, in the classic
     store, a full disk once the user was listed but before its INBOX was made left a
     user without INBOX, and the same command said "user already exists", exit 2."""
-    import shutil
-    from tests.faults import count_steps, run_with_fault, spread
     from tests.helpers import make_home, small_tmpfs
     mnt = tmp_path / "mnt"
     with small_tmpfs(mnt, "4m"):
-        base, home, filler = tmp_path / "base", mnt / "h", mnt / "filler"
+        base, home = tmp_path / "base", mnt / "h"
         store = open_store(make_home(base, driver))
         store.create_user("joe")
         getattr(store, "close", lambda: None)()
         argv = ["mboxutil", "-c", "user/newbie"]
-        shutil.copytree(base, home)
-        total, p = count_steps(argv, mnt, tmp_path, env={"IMS_HOME": str(home)})
-        assert p.returncode == 0, p.stderr
-        shutil.rmtree(home)
         statuses = set()
-        for k in spread(total, 14, 2):
-            shutil.copytree(base, home)
-            r = run_with_fault(argv, mnt, f"fill:{k}", env={"IMS_HOME": str(home), "IMS_FAULT_FILL": str(filler)})
+        for k, r, filler in _filled_runs(argv, mnt, tmp_path, base, 14, 2):
             statuses.add(r.returncode)
-            assert r.returncode in (0, 13), (k, err(r))
             if filler.exists():
                 os.unlink(filler)
             if r.returncode == 13:
@@ -229,7 +242,6 @@ def test_mboxutil_c_user_on_a_disk_that_fills_up_anywhere_then_run_again_makes_t
                 assert [f.name for f in s.folders("newbie")] == ["INBOX"], k
             finally:
                 getattr(s, "close", lambda: None)()
-            shutil.rmtree(home)
         assert 13 in statuses, statuses
 
 
@@ -327,12 +339,10 @@ def test_imsimport_on_a_disk_that_fills_up_anywhere_then_run_again_imports_the_m
     back): up to 29 of 30 messages twice; the line said "(after N messages)" of a
     classic import that had left none."""
     import hashlib
-    import shutil
-    from tests.faults import count_steps, run_with_fault, spread
     from tests.helpers import make_home, small_tmpfs
     mnt = tmp_path / "mnt"
     with small_tmpfs(mnt, "4m"):
-        base, home, filler = tmp_path / "base", mnt / "h", mnt / "filler"
+        base, home = tmp_path / "base", mnt / "h"
         store = open_store(make_home(base, driver))
         store.create_user("joe")
         store.append("joe", "INBOX", io.BytesIO(b"Subject: there before\r\n\r\nold\r\n"))
@@ -353,18 +363,11 @@ def test_imsimport_on_a_disk_that_fills_up_anywhere_then_run_again_imports_the_m
             finally:
                 getattr(s, "close", lambda: None)()
 
-        shutil.copytree(base, home)
-        total, p = count_steps(argv, mnt, tmp_path, env={"IMS_HOME": str(home)})
-        assert p.returncode == 0, p.stderr
-        want = inbox()
-        assert len(want) == 31
-        shutil.rmtree(home)
+        want = []
         statuses = set()
-        for k in spread(total, 14, 5):
-            shutil.copytree(base, home)
-            r = run_with_fault(argv, mnt, f"fill:{k}", env={"IMS_HOME": str(home), "IMS_FAULT_FILL": str(filler)})
+        for k, r, filler in _filled_runs(argv, mnt, tmp_path, base, 14, 5, lambda: want.extend(inbox())):
+            assert len(want) == 31
             statuses.add(r.returncode)
-            assert r.returncode in (0, 13), (k, err(r))
             if r.returncode == 13:
                 assert err(r).count("\n") == 1 and "full" in err(r) and "nothing was imported" in err(r), (k, err(r))
                 assert len(inbox()) == 1, k                 # as it was: nothing half imported
@@ -373,7 +376,6 @@ def test_imsimport_on_a_disk_that_fills_up_anywhere_then_run_again_imports_the_m
             if r.returncode == 13:
                 run(home, *argv, env={"IMS_HOME": str(home)}, check=0)
             assert inbox() == want, k
-            shutil.rmtree(home)
         assert 13 in statuses, statuses
 
 

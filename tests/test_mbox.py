@@ -103,7 +103,7 @@ def test_imsimport_stopped_by_a_signal_at_every_step_imports_all_or_nothing(tmp_
     import shutil
     from asm.config import Config
     from asm.store import open_store
-    from tests.faults import run_with_fault, spread
+    from tests.faults import run_with_fault, signalled_copy, spread
     from tests.helpers import in_home, make_home, run
     base = tmp_path / "base"
     cfg = make_home(base, driver)
@@ -144,8 +144,7 @@ def test_imsimport_stopped_by_a_signal_at_every_step_imports_all_or_nothing(tmp_
         for i, point in enumerate(spread(len(steps), 9, 3)):
             mode = "int" if i % 3 == 2 else "term"
             home = tmp_path / f"k-{folder}-{point}"
-            shutil.copytree(base, home)
-            p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+            p = signalled_copy(argv, base, home, mode, point)
             outcomes.append(p.returncode)
             problems = []
             if p.returncode == 130:

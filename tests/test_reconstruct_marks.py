@@ -16,7 +16,7 @@ import time
 
 from asm.config import Config
 from asm.store import open_store
-from tests.faults import run_with_fault
+from tests.faults import run_with_fault, signalled_copy
 from tests.helpers import in_home, make_home, run, state
 
 SEED = int(os.environ.get("IMS_KILL_SEED") or time.time_ns() % 1_000_000)
@@ -227,8 +227,7 @@ def test_reconstruct_m_stopped_by_a_signal_at_every_step_leaves_one_list(tmp_pat
     for i, point in enumerate(spread(len(steps), 18, SEED)):
         mode = "int" if i % 4 == 3 else "term"
         home = tmp_path / f"k{point}"
-        shutil.copytree(base, home)
-        p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+        p = signalled_copy(argv, base, home, mode, point)
         outcomes.append(p.returncode)
         err = p.stderr.decode()
         problems = judge(home)
@@ -274,8 +273,7 @@ def test_reconstruct_of_a_damaged_index_stopped_at_every_step_never_leaves_the_f
     for mode in ("term", "int"):
         for point in range(1, len(steps) + 2):
             home = tmp_path / f"{mode}{point}"
-            shutil.copytree(base, home)
-            p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+            p = signalled_copy(argv, base, home, mode, point)
             problems = []
             if p.returncode not in (1, 130):
                 problems.append(f"exit {p.returncode}: {p.stderr[-300:]!r}")
@@ -332,8 +330,7 @@ def test_reconstruct_of_a_lost_uidlist_stopped_at_every_step_leaves_no_copy_besi
     for i, point in enumerate(sorted(set(spread(len(steps), 12, SEED)) | set(writes))):
         mode = "int" if i % 3 == 2 else "term"
         home = tmp_path / f"u{point}"
-        shutil.copytree(base, home)
-        p = run_with_fault(argv, home, f"{mode}:{point}", env={"IMS_HOME": str(home)})
+        p = signalled_copy(argv, base, home, mode, point)
         problems = [] if p.returncode in (1, 130) else [f"exit {p.returncode}: {p.stderr[-300:]!r}"]
         if copies(home):
             problems.append(f"exit {p.returncode}, left: {copies(home)}")
