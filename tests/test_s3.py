@@ -252,9 +252,12 @@ def test_sigterm_anywhere_in_an_s3_backup_leaves_nothing_visible(tmp_path, seawe
             assert err == "" and seaweed.keys(b) == ["k.ims"] and whole(), (k, err)
             seaweed.client().delete_object(Bucket=b, Key="k.ims")
         else:
-            assert p.returncode == 130, (k, p.returncode, err)
-            assert "interrupted" in err and err.count("\n") == 1, err
-            assert seaweed.keys(b) == [], (k, err)
+            # (-15: in its first tenths of a second, while Python starts, as the signal
+            # does by default -- nothing done yet, docs/operations.md)
+            assert p.returncode in (130, -signal.SIGTERM), (k, p.returncode, err)
+            if p.returncode == 130:
+                assert "interrupted" in err and err.count("\n") == 1, err
+            assert seaweed.keys(b) == [], (k, p.returncode, err)
         assert seaweed.uploads(b) == [], (k, p.returncode, err)
         outcomes.append(p.returncode)
     assert outcomes.count(130) >= 7, outcomes

@@ -500,7 +500,8 @@ def test_sigterm_anywhere_in_a_remote_backup_leaves_no_partial_file(sshd, bulky,
     """imsbackup -f HOST:PATH (ssh.stream sftp, and auto: cat on an exec channel)
     SIGTERM'd by its engine at 14 points spread over a whole run -- before the file is
     made, while it is written, while it is finished (every write answered, checked,
-    renamed): exit 130, one line, and nothing left on the far side; or, once the archive
+    renamed): exit 130, one line, and nothing left on the far side (or, in its first
+    tenths of a second, the default end of SIGTERM, nothing begun); or, once the archive
     is in place, exit 0 (no "interrupted" for a complete archive) and the archive whole.
     (Once a SIGTERM while an SFTP backup finished left its temporary file: the signal
     was "held" by the main thread's mask, and paramiko's thread took it.)"""
@@ -534,9 +535,12 @@ def test_sigterm_anywhere_in_a_remote_backup_leaves_no_partial_file(sshd, bulky,
             assert err == "" and whole(os.path.join(d, "full.ims")), (delay, err)
             os.unlink(os.path.join(d, "full.ims"))
         else:
-            assert proc.returncode == 130, (delay, proc.returncode, err)
-            assert "interrupted" in one_line(err), err
-            assert os.listdir(d) == [], (delay, os.listdir(d), err)
+            # (-15: in its first tenths of a second, while Python starts, as the signal
+            # does by default -- nothing done yet, docs/operations.md)
+            assert proc.returncode in (130, -signal.SIGTERM), (delay, proc.returncode, err)
+            if proc.returncode == 130:
+                assert "interrupted" in one_line(err), err
+            assert os.listdir(d) == [], (delay, proc.returncode, os.listdir(d), err)
         outcomes.append(proc.returncode)
     assert outcomes.count(130) >= 7, outcomes       # (the points fell inside the runs)
 
