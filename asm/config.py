@@ -835,7 +835,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         try:
             if tmp is not None:
                 os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:             # (the failure that matters is the one raised)
             pass
         raise
     dfd = os.open(d, os.O_RDONLY)

@@ -21,7 +21,7 @@ import weakref
 
 from asm.errors import EXIT_AUTH, EXIT_CONNECT, EXIT_DEVICE, EXIT_LINKLOST, EXIT_NOSPACE, EXIT_USAGE, ImsError
 from asm.hookspecs import hookimpl
-from asm.interrupts import interrupts_deferred  # noqa: F401 - (the device plugins take it from here)
+from asm.interrupts import interrupts_deferred
 
 _REMOTE_RE = re.compile(r"^(ssh://|(?:[^/@:]+@)?[^/:]+:)")
 _URL_RE = re.compile(r"^([a-z][a-z0-9+.-]*)://")

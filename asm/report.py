@@ -101,26 +101,8 @@ def _file_part(v: str) -> str:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    import tempfile                 # only a report file needs it (startup time)
-    from asm.interrupts import interrupts_deferred
-    tmp = None
-    try:
-        with interrupts_deferred():         # (a SIGTERM as mkstemp returned left the file)
-            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=d)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            if tmp is not None:
-                os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from asm.config import atomic_write
+    atomic_write(os.path.abspath(path), data, 0o644)
 
 
 def _number(v) -> str:

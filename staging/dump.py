@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from asm.devices import interrupts_deferred
+from asm.interrupts import interrupts_deferred
 from asm.digests import file_sha256
 from asm.errors import EXIT_INTERRUPTED, EXIT_NOSPACE, EXIT_OK, EXIT_PARTIAL
 from staging.catalog import Catalog, Dump

@@ -34,6 +34,7 @@ from asm import lazy, sqlitedb
 from asm.config import make_dirs
 from asm.errors import EXIT_STORE
 from asm.hookspecs import hookimpl
+from asm.interrupts import interrupts_deferred
 from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
@@ -331,7 +332,6 @@ def place_index(tmp: str, idx: str, chown=None, before=None) -> None:
         os.close(fd)
     if chown is not None:
         chown(tmp)
-    from asm.interrupts import interrupts_deferred
     # (held: a signal after before() moved a damaged index aside and before the rename
     # left the folder without one, exit 130)
     with interrupts_deferred():
@@ -1099,7 +1099,6 @@ class ClassicStore(Store):
         # the user goes from the mailbox list and its files with it: a SIGTERM or Ctrl-C
         # between the two once left its directory, unlisted, which nothing removed after
         # (the same command run again: "no such user")
-        from asm.interrupts import interrupts_deferred
         with interrupts_deferred():
             with sqlitedb.immediate(self._db):
                 self._db.execute("DELETE FROM folders WHERE user=?", (user,))

@@ -21,7 +21,8 @@ import stat
 import paramiko
 
 from asm.atend import at_end
-from asm.devices import Device, block_device_message, interrupts_deferred
+from asm.devices import Device, block_device_message
+from asm.interrupts import interrupts_deferred
 from plugins.ssh.connection import Connection
 from plugins.ssh.errors import LinkLost, RemoteDiskFull, RemoteError, RemotePathError, RemoteUsageError
 from plugins.ssh import sftpio

@@ -97,7 +97,7 @@ def discard(conn, path: str) -> str | None:
     packet half-written (the whole session then waits for bytes that never come), and
     pipelined writes may still be unanswered.  A new session to the same host, or, when
     none can be made, a new SFTP channel of ``conn``, each waiting at most ssh.timeout.
-    The caller holds signals meanwhile (asm.devices.interrupts_deferred)."""
+    The caller holds signals meanwhile (asm.interrupts.interrupts_deferred)."""
     from plugins.ssh.connection import connect
     why = "the connection is gone"
     try:

@@ -21,7 +21,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from asm.devices import interrupts_deferred
+from asm.interrupts import interrupts_deferred
 from plugins.ssh import sftpio
 from plugins.ssh.connection import Connection, Settings, connect
 from plugins.ssh.errors import RemoteError, RemotePathError, VerifyFailed
