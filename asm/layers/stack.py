@@ -333,16 +333,14 @@ class LayeredDevice(Device):
         if self._gone:
             return
         if self.writing and not self._finished:
-            try:
-                if ok:
-                    self.prepare()
-                else:
+            if ok:
+                self.prepare()              # (a failure there has abandoned the device)
+            else:
+                try:
                     self.file.abandon()
-            except BaseException:
-                if not self._gone:
-                    self.file.abandon()
+                except BaseException:
                     self.inner.close(ok=False)
-                raise
+                    raise
         self.inner.close(ok=ok)
 
     def __getattr__(self, name):
