@@ -17,8 +17,11 @@ Only the main thread can hold (it alone runs handlers); elsewhere a hold does no
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
+import types
 
 
 def stop_signals() -> list:
@@ -106,3 +109,82 @@ def interrupts_deferred():
         yield
     finally:
         hold.release()
+
+
+# -- not inside a library that cannot be cut ------------------------------------------
+# A stop signal raises KeyboardInterrupt in the main thread at the next bytecode
+# boundary, wherever that is.  Inside paramiko that can be between a lock's acquire()
+# and the try that releases it (Channel._send, Transport._send_user_message, ...): the
+# lock stays taken, and the cleanup that then closes the channel -- and paramiko's own
+# thread, feeding the channel's window -- wait for it for ever.  An SSH backup
+# SIGTERM'd by its engine hung instead of ending (1 run in about 250).  So a handler
+# that would raise asks :func:`put_aside` first: when the main thread is inside such a
+# library, the signal waits until the outermost call into it has returned, and is then
+# delivered, to the handler of that moment, just before the next call the main thread
+# makes (raised there, the callee never runs: nothing of the library's is cut).  Every
+# call our code makes into paramiko is bounded by ssh.timeout, so a signal waits at most
+# that long (only a far side that stopped answering makes it wait at all).
+
+#: Path parts of the libraries whose code must not be cut by an exception.
+UNCUTTABLE = (f"{os.sep}paramiko{os.sep}", f"{os.sep}logging{os.sep}")
+
+
+class _Aside:
+    pending: list = []
+    target = None            # the outermost frame of the library the main thread is in
+    left = False             # that call has returned: deliver at the next call
+    previous = None          # the profile function that was set (chained meanwhile)
+    delivering = False
+
+
+def _uncuttable(code) -> bool:
+    name = code.co_filename
+    return any(part in name for part in UNCUTTABLE)
+
+
+def put_aside(signum: int, frame) -> bool:
+    """For a Python signal handler about to raise (``frame``: the one it was given):
+    True when the signal was put aside until the main thread is out of an uncuttable
+    library (:data:`UNCUTTABLE`), then delivered again; False when it may raise now."""
+    if _Aside.delivering or threading.current_thread() is not threading.main_thread():
+        return False
+    if _Aside.pending:
+        if signum not in _Aside.pending:
+            _Aside.pending.append(signum)
+        return True
+    target = None
+    f = frame
+    while f is not None:
+        if _uncuttable(f.f_code):
+            target = f
+        f = f.f_back
+    if target is None:
+        return False
+    previous = sys.getprofile()
+    if previous is not None and not isinstance(previous, types.FunctionType):
+        return False             # a C profiler (cProfile): nothing can be chained to it
+    _Aside.pending, _Aside.target, _Aside.left, _Aside.previous = [signum], target, False, previous
+    sys.setprofile(_watch)
+    return True
+
+
+def _watch(frame, event, arg) -> None:
+    if _Aside.previous is not None:
+        _Aside.previous(frame, event, arg)
+    if not _Aside.left:
+        if event == "return" and frame is _Aside.target:
+            _Aside.left, _Aside.target = True, None
+        return
+    if event == "call" and _uncuttable(frame.f_code):
+        _Aside.target, _Aside.left = frame, False        # back in: wait for that call too
+        return
+    if event not in ("call", "c_call"):
+        return
+    sys.setprofile(_Aside.previous)
+    pending, _Aside.pending, _Aside.previous = _Aside.pending, [], None
+    _Aside.delivering = True
+    try:
+        for sig in pending:
+            signal.raise_signal(sig)         # its handler raises here: the call is not made
+    finally:
+        _Aside.delivering = False

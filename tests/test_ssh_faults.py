@@ -19,8 +19,9 @@ from asm.store import open_store
 from plugins.ssh import fetch, push
 from plugins.ssh.connection import Settings
 from tests import test_ssh
+from tests.faults import run_with_fault, spread
 from tests.helpers import make_home, popen, run
-from tests.test_ssh import PLUGINS, _remote_fifo, home_for, one_line
+from tests.test_ssh import PLUGINS, _remote_fifo, home_for, one_line, restored
 
 # the fixtures of tests/test_ssh.py, each built again for this module (module scope)
 _env, source, stream = test_ssh._env, test_ssh.source, test_ssh.stream
@@ -543,6 +544,88 @@ def test_sigterm_anywhere_in_a_remote_backup_leaves_no_partial_file(sshd, bulky,
             assert os.listdir(d) == [], (delay, proc.returncode, os.listdir(d), err)
         outcomes.append(proc.returncode)
     assert outcomes.count(130) >= 7, outcomes       # (the points fell inside the runs)
+
+
+@pytest.mark.parametrize("stream", ["auto", "sftp"])
+def test_a_sigterm_landing_inside_paramiko_anywhere_ends_the_backup_cleanly(sshd, bulky, tmp_path, stream):
+    """SIGTERM raised inside paramiko's own code (tests/fault: at the N-th return of a
+    built-in call made from paramiko -- a lock's acquire(), a socket send, a cipher
+    update -- on the main thread), at 30 points spread over a whole remote backup, both
+    streams: each run ends within a minute, exit 130 "interrupted" and nothing on the far
+    side, or exit 0 with the whole archive in place.  (A SIGTERM from an engine once
+    landed between a paramiko lock's acquire() and its try: the lock stayed taken and
+    the backup, closing its channel, waited for it for ever -- 1 run in about 250.)"""
+    from asm.archive.reader import ArchiveReader
+    big = Config(str(bulky["home"]))
+    src = home_for(tmp_path, sshd, name="src", ssh_stream=stream, store_root=big.store_root,
+                   **{"partition:primary_path": big.partitions()["primary"]})
+    d = sshd.remote_dir(f"inside-{stream}")
+    argv = ["imsbackup", "-f", sshd.spec(f"{d}/full.ims"), "/"]
+    env = {"IMS_HOME": src.home}
+    out = tmp_path / "points"
+    run_with_fault(argv, tmp_path, f"sshcount:{out}", env=env).check_returncode()
+    total = int(out.read_text())
+    assert total > 1000, total                  # (the count reaches paramiko's sends)
+    os.unlink(os.path.join(d, "full.ims"))
+    bad, outcomes = [], []
+    for n in spread(total, 30, seed=17 if stream == "auto" else 29):
+        try:
+            p = run_with_fault(argv, tmp_path, f"sshterm:{n}", env=env, timeout=60)
+        except subprocess.TimeoutExpired:
+            bad.append((n, "hung: no end within 60 s"))
+            break
+        err = p.stderr.decode("utf-8", "replace")
+        left = sorted(os.listdir(d))
+        outcomes.append(p.returncode)
+        if p.returncode == 0:
+            with open(os.path.join(d, "full.ims"), "rb") as f:
+                r = ArchiveReader(f)
+                members = sum(1 for _ in r.members())
+            if left != ["full.ims"] or not r.complete or members <= 16 or err:
+                bad.append((n, 0, left, err))
+        elif p.returncode != 130 or "interrupted" not in one_line(err) or left:
+            bad.append((n, p.returncode, left, err))
+        for name in left:
+            os.unlink(os.path.join(d, name))
+    assert not bad, bad
+    assert outcomes.count(130) >= 20, outcomes       # (the points fell inside the runs)
+
+
+def test_a_sigterm_landing_inside_paramiko_anywhere_ends_the_restore_and_a_rerun_is_exact(sshd, bulky, tmp_path):
+    """The same for a restore reading a remote archive over SFTP, at 16 points: each run
+    ends within a minute, exit 130 "interrupted" (or 0); run again, the store is the
+    backed-up one, byte for byte."""
+    import shutil
+    want = test_ssh.snapshot(open_store(Config(str(bulky["home"]))))
+    d = sshd.remote_dir("inside-restore")
+    shutil.copyfile(bulky["archive"], os.path.join(d, "full.ims"))
+    os.chown(os.path.join(d, "full.ims"), sshd.pw.pw_uid, sshd.pw.pw_gid)
+    argv = ["imsrestore", "-f", sshd.spec(f"{d}/full.ims"), "/"]
+    probe = home_for(tmp_path, sshd, name="probe")
+    out = tmp_path / "points"
+    run_with_fault(argv, tmp_path, f"sshcount:{out}", env={"IMS_HOME": probe.home}).check_returncode()
+    total = int(out.read_text())
+    assert total > 1000, total
+    bad, outcomes = [], []
+    for i, n in enumerate(spread(total, 16, seed=41)):
+        dst = home_for(tmp_path, sshd, name=f"dst{i}")
+        try:
+            p = run_with_fault(argv, tmp_path, f"sshterm:{n}", env={"IMS_HOME": dst.home}, timeout=60)
+        except subprocess.TimeoutExpired:
+            bad.append((n, "hung: no end within 60 s"))
+            break
+        err = p.stderr.decode("utf-8", "replace")
+        outcomes.append(p.returncode)
+        if p.returncode not in (0, 130) or (p.returncode == 130) != ("interrupted" in err) \
+                or (p.returncode == 130 and len([ln for ln in err.splitlines() if ln.strip()]) != 1):
+            bad.append((n, p.returncode, err))
+            continue
+        again = run(dst.home, *argv)
+        if again.returncode != 0 or restored(dst.home) != want:
+            bad.append((n, "rerun", again.returncode, again.stderr[-300:]))
+        shutil.rmtree(dst.home)
+    assert not bad, bad
+    assert outcomes.count(130) >= 10, outcomes
 
 
 @pytest.mark.parametrize("layer,n", [("sftp", 10), ("sftp", 30), ("ssh", 12), ("ssh", 40)])

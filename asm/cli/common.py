@@ -323,6 +323,9 @@ def lossless_output() -> None:
 
 
 def _raise_interrupt(signum, frame):
+    from asm.interrupts import put_aside
+    if put_aside(signum, frame):        # inside paramiko: once that call has returned
+        return
     raise KeyboardInterrupt
 
 
@@ -381,8 +384,9 @@ def _signals_now():
 
 
 def _trap_signals(saved) -> None:
-    """SIGTERM, and SIGHUP unless it is ignored (nohup), raise KeyboardInterrupt; *saved*
-    is :func:`_signals_now`, taken before."""
+    """SIGTERM, SIGINT, and SIGHUP unless it is ignored (nohup), raise KeyboardInterrupt
+    (put aside while the main thread is inside paramiko: asm.interrupts.put_aside);
+    *saved* is :func:`_signals_now`, taken before."""
     import signal
     if saved is None:
         return
@@ -390,8 +394,8 @@ def _trap_signals(saved) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     if hup is not None and saved[3] is not signal.SIG_IGN:
         signal.signal(hup, _raise_interrupt)
-    if getattr(saved[1], "ims_early", False):           # asm.cli's, while the command loaded
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if getattr(saved[1], "ims_early", False) or saved[1] is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_interrupt)    # (asm's, while the command loaded)
     sys.unraisablehook = functools.partial(_redeliver_interrupt, saved[2])
 
 
@@ -407,7 +411,7 @@ def _untrap_signals(saved, outer: bool) -> None:
         for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:   # (ignored: a Commit done, nohup)
                 signal.signal(sig, signal.SIG_DFL)
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _raise_interrupt):
             signal.signal(signal.SIGINT, signal.SIG_DFL)
     else:
         signal.signal(signal.SIGTERM, term)

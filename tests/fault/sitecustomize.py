@@ -40,6 +40,15 @@ removes) is a step too, named by its full path.
                                                    the root) has returned
                                   "N lockf CMD OFFSET PATH"  fcntl.lockf of PATH (under the
                                                    root) at OFFSET, before it runs
+    IMS_FAULT=sshcount:FILE     write to FILE how many "paramiko points" the main thread
+                                passed: each return of a built-in call made from paramiko's
+                                own code (a lock's acquire(), a socket's send, a cipher's
+                                update, ...), counted through a profile function
+    IMS_FAULT=sshterm:N         SIGTERM raised, once, at the N-th paramiko point, right
+                                there: its handler runs inside paramiko, between a lock's
+                                acquire() and the try that releases it when that is where
+                                the point falls (a signal from outside lands there now and
+                                then; this lands there on purpose)
     IMS_FAULT_LOG=FILE          (with any of them) one line per step: "N what", so a
                                 test can find the step it must kill before
     IMS_FAULT_READS=1           (with any of them) an open for reading under the root is
@@ -273,9 +282,34 @@ def _log_syncs():
     ctypes.CDLL = CDLL
 
 
+def _paramiko_points(spec):
+    mode, _, arg = spec.partition(":")
+    state = {"n": 0, "at": int(arg) if mode == "sshterm" else 0}
+    sep = os.sep
+
+    def points(frame, event, _arg):
+        if event != "c_return" or f"{sep}paramiko{sep}" not in frame.f_code.co_filename:
+            return
+        state["n"] += 1
+        if state["n"] == state["at"]:
+            state["at"] = 0
+            signal.raise_signal(signal.SIGTERM)
+    if mode == "sshcount":
+        import atexit
+
+        def dump():
+            with open(arg, "w") as f:
+                f.write(str(state["n"]))
+        atexit.register(dump)
+    sys.setprofile(points)
+
+
 def _install(spec):
     mode, _, arg = spec.partition(":")
     _State.mode = mode
+    if mode in ("sshcount", "sshterm"):
+        _paramiko_points(spec)
+        return
     if mode == "count":
         import atexit
         _State.out = arg
