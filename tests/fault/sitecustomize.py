@@ -49,6 +49,7 @@ removes) is a step too, named by its full path.
                                 acquire() and the try that releases it when that is where
                                 the point falls (a signal from outside lands there now and
                                 then; this lands there on purpose)
+    IMS_FAULT_SENT=FILE         (with int: or term:) a line to FILE when the signal is sent
     IMS_FAULT_LOG=FILE          (with any of them) one line per step: "N what", so a
                                 test can find the step it must kill before
     IMS_FAULT_READS=1           (with any of them) an open for reading under the root is
@@ -138,12 +139,23 @@ def _step(what, sql=False):
             sig = None
         _State.mode = ""
         if sig is not None:
+            _sent()
             os.kill(os.getpid(), sig)
     if _State.mode == "fill" and _State.steps >= _State.n:
         _State.mode = ""
         _fill(os.environ["IMS_FAULT_FILL"])
     if _State.mode == "enospc" and _State.steps >= _State.n:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), what)
+
+
+def _sent():
+    """IMS_FAULT_SENT: say that the int:/term: signal was sent (a run whose steps came
+    fewer than counted -- reader threads that read a file twice, or once, as timing has
+    it -- never reaches N, and exits 0 rightly)."""
+    out = os.environ.get("IMS_FAULT_SENT")
+    if out:
+        with open(out, "a") as f:
+            f.write(f"{_State.steps}\n")
 
 
 def _fill(path):
@@ -167,6 +179,7 @@ def _audit(event, args):
         return
     if _State.deferred is not None:
         sig, _State.deferred = _State.deferred, None
+        _sent()
         os.kill(os.getpid(), sig)
     if event == "open":
         path, mode, flags = (tuple(args) + (None, None, None))[:3]
