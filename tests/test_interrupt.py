@@ -179,6 +179,48 @@ def test_a_state_file_a_killed_replacement_moved_aside_is_put_back_or_removed(tm
     assert sorted(tmp_path.glob("full.ims.state.replaced-*")) == [live]
 
 
+def test_a_signal_after_a_streamed_backup_sent_its_last_byte_is_no_failure(tmp_path):
+    """imsbackup -v -f - without a state file, SIGTERM'd (or Ctrl-C'd) once the whole
+    stream went out (its summary line said so): the run has succeeded, exit 0 and no
+    other word -- at 24 delays spread over what is left of the run.  (It exited -15, or
+    130 "interrupted", and the engine discarded a whole archive as a failed job.)"""
+    import io
+    import signal
+    import subprocess
+    import threading
+    from asm.archive.reader import ArchiveReader
+    from tests.helpers import popen
+    home, _, _ = _source(tmp_path, "classic")
+    bad, ran = [], 0
+    for k in range(24):
+        sig = signal.SIGTERM if k % 2 == 0 else signal.SIGINT
+        proc = popen(home, "imsbackup", "-v", "-f", "-", "/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     env={"IMS_HOME": home}, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        got = []
+        reader = threading.Thread(target=lambda: got.append(proc.stdout.read()))
+        reader.start()
+        summary = b""
+        while b" users, " not in summary:              # said once the archive went whole
+            line = proc.stderr.readline()
+            if not line:
+                break
+            summary += line
+        time.sleep(0.0002 * k)                         # 0 to 5 ms after
+        if proc.poll() is None:
+            ran += 1
+            proc.send_signal(sig)
+        err = summary + proc.stderr.read()
+        proc.wait(60)
+        reader.join(60)
+        r = ArchiveReader(io.BytesIO(got[0]))
+        n = sum(1 for _ in r.members())
+        if proc.returncode != 0 or b" users, " not in summary or err != summary \
+                or not r.complete or n == 0:
+            bad.append((k, sig.name, proc.returncode, err[-200:]))
+    assert bad == [], bad
+    assert ran >= 12, ran                              # (signals that came before the end)
+
+
 def test_a_signal_as_a_streamed_backup_writes_its_state_file_leaves_the_old_one_or_a_whole_run(tmp_path):
     """imsbackup -f - --state-out S (the archive a stream on stdout, its state file the
     only thing put in place) SIGTERM'd or Ctrl-C'd before each step of replacing S:

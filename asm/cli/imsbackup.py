@@ -291,14 +291,16 @@ def _backup_held(args, rep, held: list) -> int:
         if status is None:
             status = _failed(rep, f"cannot finish {args.device}: {_incomplete(exc, removed)}", device_status(exc))
         left = f"; {exc}"
-    if status is None and state_out and not placed:
+    if status is None and not placed:
         # a stream (-f -, a pipe) has no place: once its last bytes went (a signal while
         # they wait for a slow reader still ends the run, the state file untouched), its
         # state file is what commits it.  A signal as the old one went aside, or once the
         # new one was written, exited 130 (143) with the state file gone, or naming the
-        # stream the engine then discarded as failed
+        # stream the engine then discarded as failed.  Without a state file the run has
+        # succeeded here: a signal later ended a whole stream as -15, without a word
         commit.begin()
-        aside = _state_aside(state_out)
+        if state_out:
+            aside = _state_aside(state_out)
     if status == EXIT_INTERRUPTED:
         _failed(rep, f"interrupted: {args.device} is not a complete archive{'' if left else removed}{left}",
                 EXIT_INTERRUPTED)
