@@ -245,6 +245,66 @@ def test_mboxutil_c_user_on_a_disk_that_fills_up_anywhere_then_run_again_makes_t
         assert 13 in statuses, statuses
 
 
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_imsdeliver_to_several_users_on_a_disk_that_fills_up_anywhere_names_who_has_it(tmp_path, driver):
+    """``imsdeliver -m FILE alice bob carol`` with the store's disk written full before
+    each of 16 of its steps: exit 13 and one line; when some recipients have the message
+    already, the line names them and the others, and a delivery to the others only
+    leaves every recipient with exactly one copy, byte for byte.  (It said only "no space
+    left", and the mail server's retry to all three gave the first ones two copies.)"""
+    from tests.helpers import make_home, small_tmpfs
+    users = ["alice", "bob", "carol"]
+    body = b"Subject: once\r\n\r\n" + b"x" * 40_000 + b"\r\n"
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(body)
+    mnt = tmp_path / "mnt"
+    with small_tmpfs(mnt, "4m"):
+        base, home = tmp_path / "base", mnt / "h"
+        store = open_store(make_home(base, driver))
+        for u in users:
+            store.create_user(u)
+        getattr(store, "close", lambda: None)()
+        argv = ["imsdeliver", "-m", str(msg)] + users
+        partly, bad = 0, []
+        for k, r, filler in _filled_runs(argv, mnt, tmp_path, base, 16, 7):
+            if filler.exists():
+                os.unlink(filler)
+            s = open_store(Config(str(home)))
+            try:
+                have = [u for u in users if s.messages(u, "INBOX")]
+            finally:
+                getattr(s, "close", lambda: None)()
+            rest = [u for u in users if u not in have]
+            if r.returncode == 13:
+                line = err(r)
+                if line.count("\n") != 1:
+                    bad.append((k, "lines", line))
+                elif have:
+                    partly += 1
+                    named = line.partition("delivered already to ")[2].partition(" (they keep it)")[0].split()
+                    again = line.partition("deliver it again to ")[2].partition(" only")[0].split()
+                    if named != have or again != rest or "same command" in line:
+                        bad.append((k, have, line))
+                if rest:
+                    run(home, "imsdeliver", "-m", msg, *rest, env={"IMS_HOME": str(home)}, check=0)
+            elif have != users:
+                bad.append((k, "exit 0", have))
+            s = open_store(Config(str(home)))
+            try:
+                got = {}
+                for u in users:
+                    got[u] = []
+                    for m in s.messages(u, "INBOX"):
+                        with s.open_message(u, "INBOX", m.uid) as f:
+                            got[u].append(f.read())
+            finally:
+                getattr(s, "close", lambda: None)()
+            if got != {u: [body] for u in users}:
+                bad.append((k, "copies", {u: len(v) for u, v in got.items()}))
+        assert bad == [], bad
+        assert partly >= 1
+
+
 # -- imsimport --------------------------------------------------------------------
 def test_imsimport_mbox(config, ims_home, tmp_path):
     mbox = tmp_path / "joe.mbox"

@@ -3,11 +3,12 @@ as a mail server does for a message with several recipients.  Users whose delive
 are held (a restore is running) get it queued and stored when the hold is released."""
 from __future__ import annotations
 
+import shlex
 import sys
 
 from asm.cli.common import ArgParser, UsageError, run_command, tell, warn
 from asm.cli.context import open_installation
-from asm.errors import EXIT_OK
+from asm.errors import EXIT_INTERNAL, EXIT_OK, ImsError, status_of
 from asm.store.base import EmptyMessage, nonempty_message
 
 PROG = "imsdeliver"
@@ -56,21 +57,53 @@ def _main(argv: list[str] | None) -> int:
                        f"'mboxutil -c user/{u}/{args.d}')")
         targets.setdefault(to, []).append(u)
     out = {}
-    with src, store.batch():                  # delivered means on disk when we say so
-        if len(targets) > 1:                  # two folders: read the message once, store it twice
-            import shutil
-            import tempfile
-            spool = tempfile.TemporaryFile()
-            shutil.copyfileobj(src, spool, 1 << 20)
-            src = spool
-        for folder, group in targets.items():
-            if len(targets) > 1:
-                src.seek(0)
-            out.update(store.deliver(group, src, folder))
+    try:
+        with src, store.batch():              # delivered means on disk when we say so
+            if len(targets) > 1:              # two folders: read the message once, store it twice
+                import shutil
+                import tempfile
+                spool = tempfile.TemporaryFile()
+                shutil.copyfileobj(src, spool, 1 << 20)
+                src = spool
+            for folder, group in targets.items():
+                if len(targets) > 1:
+                    src.seek(0)
+                try:
+                    out.update(store.deliver(group, src, folder))
+                except BaseException as exc:
+                    out.update(getattr(exc, "delivered", None) or {})
+                    raise
+    except BaseException as exc:
+        partly = _partly(exc, users, out)
+        if partly is None:
+            raise
+        raise partly from exc
     if args.verbose:                          # (a successful run is silent: docs/operations.md)
         for user, info in ((u, out[u]) for u in users):   # delivered: a reader gone is no failure now
             tell(f"{user}: {'queued (deliveries held)' if info is None else f'UID {info.uid}'}")
     return EXIT_OK
+
+
+def _partly(exc: BaseException, users: list[str], out: dict) -> ImsError | None:
+    """A failure (a full disk, a signal, a store error) after some recipients got the
+    message: the same line and status, naming who has it and who must get it again.
+    (It said only "no space left", exit 13, and the mail server's retry to every
+    recipient gave the first ones the message twice.)"""
+    got = [u for u in users if u in out]
+    if not got or status_of(exc) == EXIT_INTERNAL:
+        return None
+    rest = [u for u in users if u not in out]
+    if isinstance(exc, ImsError):
+        what = str(exc).replace(" and run the same command again", "")   # (not the same: the rest)
+    elif isinstance(exc, KeyboardInterrupt):
+        what = "interrupted"
+    else:
+        where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+        what = f"{getattr(exc, 'strerror', None) or exc}{where}"
+    again = (f"deliver it again to {' '.join(shlex.quote(u) for u in rest)} only" if rest
+             else "do not deliver it again")
+    return ImsError(f"{what}; delivered already to {' '.join(shlex.quote(u) for u in got)} (they keep it): "
+                    f"{again}", status=status_of(exc))
 
 
 if __name__ == "__main__":

@@ -146,6 +146,16 @@ class _Prefixed:
         self._src.close()
 
 
+def partly_delivered(exc: BaseException, out: dict) -> None:
+    """For a driver's ``deliver`` that failed (or was interrupted) part way: ``out``,
+    the {user: MessageInfo or None (queued)} of the recipients that have the message
+    already, goes with the exception as ``exc.delivered`` (imsdeliver names them, so a
+    retry goes to the others only and nobody gets it twice)."""
+    if out:
+        with contextlib.suppress(AttributeError, TypeError):
+            exc.delivered = dict(out)
+
+
 def nonempty_message(src: BinaryIO) -> BinaryIO:
     """``src``, or a stream of the same bytes, when it holds at least one byte;
     EmptyMessage when it holds none (before anything is written or a UID taken)."""

@@ -39,7 +39,7 @@ from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
-    _what, check_folder_levels, check_folder_name, check_user_level, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
+    _what, partly_delivered, check_folder_levels, check_folder_name, check_user_level, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
     unreadable_hint,
     nonempty_message, split_flags, stat_part, this_holder,
 )
@@ -1606,6 +1606,14 @@ class ClassicStore(Store):
         now = time.time()
         internaldate = now if internaldate is None else internaldate
         out: dict = {}
+        try:
+            self._deliver_each(users, src, folder, internaldate, now, out)
+        except BaseException as exc:
+            partly_delivered(exc, out)
+            raise
+        return out
+
+    def _deliver_each(self, users, src, folder, internaldate, now, out: dict) -> None:
         first: str | None = None
         for user in users:
             queued = None
@@ -1627,7 +1635,6 @@ class ClassicStore(Store):
                                stored=now, link_from=first)
             first = first or info.path
             out[user] = info
-        return out
 
     def _disk_full(self) -> bool:
         """Whether a filesystem holding the store has (almost) no space left."""
