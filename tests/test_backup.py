@@ -833,6 +833,44 @@ def test_a_folder_deleted_while_it_is_read_is_said_to_be_in_the_archive_in_part(
     assert not chain.exists("zed", "Big") and chain.exists("zed", "INBOX")
 
 
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_a_folder_deleted_at_any_point_of_its_read_is_a_whole_prefix_said_so(tmp_path, driver):
+    """The same DELETE at 10 points spread over the folder's read (after 4 KiB to 1 MiB
+    of the stream): always exit 0; the archive holds messages 1..k of the folder, in
+    order, none missing; when k < 40 one line says the archive holds the part read
+    before, and a restore of the archive alone brings exactly those k back."""
+    import random
+    from asm.store import open_store
+    rnd = random.Random(23 if driver == "classic" else 31)
+    cuts = [rnd.randrange(4096 << i, 4096 << (i + 1)) for i in range(8)] + [4096, 900_000]
+    bad = []
+    for i, cut in enumerate(cuts):
+        home = tmp_path / f"ims{i}"
+        store = open_store(make_home(home, driver))
+        put(store, "zed", "INBOX", 1)
+        for n in range(40):
+            put(store, "zed", "Big", n, size=20_000)
+        p = popen(home, "imsbackup", "-v", "-f", "-", "/", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = p.stdout.read(cut)
+        store.delete_folder("zed", "Big")
+        out = p.stdout.read()                  # (the rest: communicate() would skip what
+        err = p.stderr.read()                  # the reader holds in its buffer)
+        p.wait(60)
+        a = tmp_path / f"a{i}.ims"
+        a.write_bytes(first + out)
+        got = sorted(uid for u, f, uid, _k in messages_in(a) if f == "Big")
+        said = b"/primary/zed/Big: deleted while its messages were read: the archive holds the part read before" in err
+        if p.returncode != 0 or got != list(range(1, len(got) + 1)) or (len(got) < 40 and not said):
+            bad.append((cut, p.returncode, len(got), err[-300:]))
+            continue
+        alone = open_store(make_home(tmp_path / f"alone{i}", driver))
+        run(tmp_path / f"alone{i}", "imsrestore", "-f", a, check=0)
+        back = [m.uid for m in alone.messages("zed", "Big")] if alone.exists("zed", "Big") else []
+        if back != got:
+            bad.append((cut, "restored", len(back), len(got)))
+    assert bad == [], bad
+
+
 @pytest.mark.parametrize("watch", ["archive", "state"])
 def test_a_signal_once_the_archive_is_in_place_does_not_make_a_complete_run_a_failed_one(
         store, ims_home, tmp_path, watch):
