@@ -46,4 +46,20 @@ def finish(since: int = 0) -> None:
                 _work.pop()
 
 
+def scratch_dir(prefix: str, parent: str | None = None, mode: int | None = None) -> str:
+    """A new private directory (``tempfile.mkdtemp``) removed, with what it holds, when
+    the command ends.  Made and registered with the stop signals held: one that came as
+    mkdtemp returned left the directory behind with no one to remove it."""
+    import shutil
+    import tempfile
+    from asm.interrupts import interrupts_deferred
+    with interrupts_deferred():
+        path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        at_end(shutil.rmtree, path, True)
+    if mode is not None:
+        import os
+        os.chmod(path, mode)
+    return path
+
+
 atexit.register(finish)

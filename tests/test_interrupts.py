@@ -239,3 +239,34 @@ def test_an_atomic_write_stopped_by_a_signal_after_any_call_leaves_old_or_new_an
         if problems:
             bad.append((point, out, problems))
     assert bad == [], bad[:3]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_scratch_directory_is_removed_when_a_signal_comes_as_it_is_made(sig):
+    """asm.atend.scratch_dir (imsverify's private Dovecot, a DR snapshot's mailbox list):
+    a signal that comes as mkdtemp returns is delivered once the directory is registered
+    for removal, so the end of the command removes it.  (Made, then registered, a signal
+    in between left it in /tmp for good.)"""
+    p = child(f"""
+    import tempfile
+    from asm import atend
+    made = []
+    real = tempfile.mkdtemp
+    def mkdtemp(*a, **kw):
+        made.append(real(*a, **kw))
+        os.kill(os.getpid(), signal.{sig})
+        time.sleep(0.2)                  # (delivered by now, to some thread)
+        return made[-1]
+    tempfile.mkdtemp = mkdtemp
+    mark = atend.mark()
+    try:
+        atend.scratch_dir("ims-test-")
+        print("no interrupt")
+    except KeyboardInterrupt:
+        print("interrupted")
+    assert len(made) == 1 and os.path.isdir(made[0])
+    atend.finish(mark)
+    print("gone" if not os.path.exists(made[0]) else "left")
+    """)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["interrupted", "gone"], p.stdout

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 
 from asm import atend
 from asm.config import Config
@@ -85,8 +84,7 @@ class SnapshotConfig(Config):
         """A private directory holding a copy of the snapshot's mailbox list."""
         if self._copy is None:
             src = os.path.join(self._map(self._base_root), "mboxlist")
-            self._copy = tempfile.mkdtemp(prefix="ims-snapshot-")
-            atend.at_end(shutil.rmtree, self._copy, True)
+            self._copy = atend.scratch_dir("ims-snapshot-")
             dst = os.path.join(self._copy, "mboxlist")
             os.mkdir(dst, 0o700)
             for name in ("mailboxes.db", "mailboxes.db-wal"):

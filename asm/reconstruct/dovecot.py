@@ -20,6 +20,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+from asm.interrupts import interrupts_deferred
+
 DOVEADM_PATHS = ("/usr/bin/doveadm", "/usr/local/bin/doveadm", "/usr/sbin/doveadm")
 SITE_CONFIG = "/etc/dovecot/dovecot.conf"
 INDEX_FILES = ("dovecot.index", "dovecot.index.log.2", "dovecot.index.log")
@@ -83,7 +85,8 @@ class Dovecot:
         if self.config:
             return self.config
         if self._tmp is None:
-            self._tmp = tempfile.mkdtemp(prefix="ims-doveadm-")
+            with interrupts_deferred():       # (a signal as it was made: no one removed it)
+                self._tmp = tempfile.mkdtemp(prefix="ims-doveadm-")
             os.chmod(self._tmp, 0o755)
             with open(os.path.join(self._tmp, "dovecot.conf"), "w") as f:
                 f.write("# ims-asm reconstruct: the maildir driver's layout\n"

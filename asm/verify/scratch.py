@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 
 from asm import atend
@@ -200,9 +199,7 @@ def _compare_served(view: ChainView, scratch, home: str, owner: str, out: Restor
         if os.path.isdir(d):
             os.chmod(d, 0o755)
     # Dovecot's sockets live in its base_dir: a short path (a socket's is at most 107 bytes)
-    work = tempfile.mkdtemp(prefix="imsverify-dovecot-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    atend.at_end(shutil.rmtree, work, True)
-    os.chmod(work, 0o755)
+    work = atend.scratch_dir("imsverify-dovecot-", "/tmp" if os.path.isdir("/tmp") else None, 0o755)
     layout = getattr(scratch, "_layout", None)
     dov = imapview.PrivateDovecot(work, users, pw.pw_uid, pw.pw_gid,
                                   layout_options(layout.location if layout is not None else None))
