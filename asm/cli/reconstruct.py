@@ -25,11 +25,11 @@ import sys
 
 from asm.cli.common import ArgParser, Progress, UsageError, run_command, warn
 from asm.config import Config
-from asm.errors import EXIT_OK, EXIT_PARTIAL, EXIT_STORE
+from asm.errors import EXIT_OK, EXIT_PARTIAL, EXIT_STORE, ImsError
 from asm.groups import Groups
 from asm.layers.options import identity_loader
 from asm.logical import parse
-from asm.reconstruct import NOTE, Report
+from asm.reconstruct import NOTE, REPAIRED, UNKNOWN, Report
 from asm.reconstruct.knowledge import Knowledge, KnowledgeError, archive_created
 from asm.store.base import StoreError
 
@@ -160,6 +160,7 @@ def _classic(cfg, groups, k, report, repair, args, paths) -> None:
         raise StoreError(f"the classic store's mailbox list {db} is missing: rebuild it first with reconstruct -m",
                          status=EXIT_STORE)
     rec = ClassicReconstructor(cfg, k, report, repair)
+    said = len(report.findings)
     try:
         if args.mboxlist:
             rec.mailbox_list()
@@ -173,14 +174,27 @@ def _classic(cfg, groups, k, report, repair, args, paths) -> None:
         if rec.list is not None:
             rec.list.repair = False          # nothing half-done: roll the list back
             rec.commit_list()
+        undone = len([f for f in report.findings[said:] if f.kind in (REPAIRED, UNKNOWN)]) if repair else 0
         if isinstance(exc, sqlite3.Error) and ("full" in str(exc) or disk_full(exc, db)):
-            raise StoreFull(f"the mailbox list {db}", str(exc)) from None
+            raise _not_kept(StoreFull(f"the mailbox list {db}", str(exc)), undone) from None
+        if isinstance(exc, ImsError):
+            raise _not_kept(exc, undone) from None
         raise
     for t in targets:
         rec.folder(t)
         report.progress()
     if repair:
         rec.sync()
+
+
+def _not_kept(exc: ImsError, undone: int) -> ImsError:
+    """``exc``, saying that the mailbox list repairs printed above (``undone`` of them)
+    were rolled back with it: the lines said "repaired" for a repair the failure undid."""
+    if undone:
+        what = f"the {undone} repairs of the mailbox list listed above were" if undone > 1 else \
+            "the repair of the mailbox list listed above was"
+        exc.args = (f"{exc}; {what} not kept",)
+    return exc
 
 
 def _maildir(cfg, groups, k, report, repair, args, paths) -> None:
