@@ -743,7 +743,9 @@ class Config:
         with self._writing():
             old = self.values.get(name)
             self.values[name] = value
-            problem = partition_overlap(self.partitions()) if PARTITION_RE.match(name) else None
+            problem = None
+            if PARTITION_RE.match(name):
+                problem = self._misplaced(name, value) or partition_overlap(self.partitions())
             if problem:
                 if old is None:
                     del self.values[name]
@@ -752,6 +754,20 @@ class Config:
                 raise ConfigError(problem)
             self.save()
         return value
+
+    def _misplaced(self, name: str, value: str) -> str | None:
+        """Why ``value`` cannot be the directory of a partition: ``/``, IMS_HOME itself or
+        the store's root (each holds files that are no mail: a restore would write users
+        beside them, a backup would read them as users), else None."""
+        real = os.path.realpath(value)
+        why = ("is the root directory" if real == "/" else
+               f"is IMS_HOME ({self.home}), which holds the installation's own files"
+               if real == os.path.realpath(self.home) else
+               f"is the store's root ({self.store_root})" if real == os.path.realpath(self.store_root) else None)
+        if why is None:
+            return None
+        return (f"{name} {value} {why}: a partition needs a directory of its own (e.g. "
+                f"{os.path.join(self.home, 'partitions', name.split(':', 1)[1][:-5])}): set another")
 
     def unset(self, name: str) -> bool:
         lookup(name)

@@ -249,6 +249,27 @@ def test_a_partition_that_is_a_file(tmp_path, driver):
     assert p.returncode == EXIT_STORE and "is not a directory" in one_line(p)
 
 
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_a_partition_cannot_be_the_root_directory_ims_home_or_the_store_root(tmp_path, driver):
+    """msconfig set partition:NAME.path to /, to IMS_HOME (also through a symbolic link
+    or with a trailing /) or to the store's root: exit 2, one line naming what the path
+    is, and the configuration as it was.  (Taken, a restore wrote users beside the
+    installation's own files, and a backup read those as users.)"""
+    home = tmp_path / "ims"
+    cfg = make_home(home, driver)
+    before = (home / "config" / "msg.conf").read_bytes()
+    os.symlink(home, tmp_path / "link")
+    cases = [("partition:primary.path", "/", "is the root directory"),
+             ("partition:primary.path", f"{home}/", "is IMS_HOME"),
+             ("partition:extra.path", str(tmp_path / "link"), "is IMS_HOME"),
+             ("partition:extra.path", cfg.store_root, "is the store's root")]
+    for name, value, why in cases:
+        p = run(home, "msconfig", "set", name, value)
+        assert p.returncode == 2 and why in one_line(p) and name in one_line(p), (value, p.stderr)
+        assert (home / "config" / "msg.conf").read_bytes() == before
+    run(home, "msconfig", "set", "partition:extra.path", tmp_path / "extra", check=0)
+
+
 def test_a_restore_into_an_unmounted_classic_partition_says_so(tmp_path):
     """The restore said "the index of folder 'INBOX' ... cannot be read; the folder is
     damaged" where imsbackup says the disk is not mounted: it says what imsbackup says,
