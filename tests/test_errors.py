@@ -358,12 +358,14 @@ def test_a_closed_standard_stream_is_a_device_error_or_nothing_to_say(store, ims
                            ("<&-", ["imsverify", "-v", "-f", "-"]),
                            (">&-", ["imsdr", "backup", "-f", "-"]),
                            (">&-", ["imsrestore", "-t", "-f", a, "/"]),
-                           (">&-", ["mboxutil", "-l"])):
+                           (">&-", ["mboxutil", "-l"]),
+                           ("<&-", ["imsdeliver", "joe"])):       # (its option is -m, not -f)
         p = _closed(ims_home, tmp_path, redirect, *argv)
         err = no_traceback(p, argv)
         assert p.returncode == errors.EXIT_DEVICE, (argv, p.returncode, err)
         stream = "stdout" if redirect == ">&-" else "stdin"
         assert f"{stream} is closed" in err and len(err.splitlines()) <= 2, (argv, err)
+        assert "-f" not in err.partition(" is closed")[2], err     # (every command's hint, J5)
     b = tmp_path / "b.ims"
     p = _closed(ims_home, tmp_path, "2>&-", "imsbackup", "-v", "-f", b, "/")
     assert p.returncode == errors.EXIT_OK, p.returncode

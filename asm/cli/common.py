@@ -232,9 +232,9 @@ def closed_streams() -> None:
             sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), errors="backslashreplace",
                                           line_buffering=True)
         elif name == "stdout":
-            sys.stdout = _ClosedStream("stdout", ">&-", "redirect it (> FILE, a pipe), or name a file with -f")
+            sys.stdout = _ClosedStream("stdout", ">&-", "redirect it (> FILE, a pipe)")
         else:
-            sys.stdin = _ClosedStream("stdin", "<&-", "redirect it (< FILE, a pipe), or name a file with -f")
+            sys.stdin = _ClosedStream("stdin", "<&-", "redirect it (< FILE, a pipe)")
 
 
 class _Diagnostics:
