@@ -760,10 +760,18 @@ class Config:
         the store's root (each holds files that are no mail: a restore would write users
         beside them, a backup would read them as users), else None."""
         real = os.path.realpath(value)
+        home = os.path.realpath(self.home)
+        conf = os.path.join(home, "config")
+        root = os.path.realpath(self.store_root)
+
+        def within(a: str, b: str) -> bool:          # a is b or lies inside it
+            return a == b or a.startswith(b.rstrip("/") + "/")
         why = ("is the root directory" if real == "/" else
-               f"is IMS_HOME ({self.home}), which holds the installation's own files"
-               if real == os.path.realpath(self.home) else
-               f"is the store's root ({self.store_root})" if real == os.path.realpath(self.store_root) else None)
+               f"is IMS_HOME ({self.home}), which holds the installation's own files" if real == home else
+               f"holds IMS_HOME ({self.home}), the installation's own files" if within(home, real) else
+               f"lies in IMS_HOME's configuration directory ({conf})" if within(real, conf) else
+               f"is the store's root ({self.store_root})" if real == root else
+               f"holds the store's root ({self.store_root})" if within(root, real) else None)
         if why is None:
             return None
         return (f"{name} {value} {why}: a partition needs a directory of its own (e.g. "

@@ -252,7 +252,8 @@ def test_a_partition_that_is_a_file(tmp_path, driver):
 @pytest.mark.parametrize("driver", ["classic", "maildir"])
 def test_a_partition_cannot_be_the_root_directory_ims_home_or_the_store_root(tmp_path, driver):
     """msconfig set partition:NAME.path to /, to IMS_HOME (also through a symbolic link
-    or with a trailing /) or to the store's root: exit 2, one line naming what the path
+    or with a trailing /) or a directory holding it, into its config/, or to the store's
+    root or a directory holding it: exit 2, one line naming what the path
     is, and the configuration as it was.  (Taken, a restore wrote users beside the
     installation's own files, and a backup read those as users.)"""
     home = tmp_path / "ims"
@@ -262,7 +263,10 @@ def test_a_partition_cannot_be_the_root_directory_ims_home_or_the_store_root(tmp
     cases = [("partition:primary.path", "/", "is the root directory"),
              ("partition:primary.path", f"{home}/", "is IMS_HOME"),
              ("partition:extra.path", str(tmp_path / "link"), "is IMS_HOME"),
-             ("partition:extra.path", cfg.store_root, "is the store's root")]
+             ("partition:extra.path", cfg.store_root, "is the store's root"),
+             ("partition:extra.path", str(tmp_path), "holds IMS_HOME"),
+             ("partition:extra.path", str(home / "config" / "p"), "configuration directory"),
+             ("partition:extra.path", str(home / "data"), "holds the store's root")]
     for name, value, why in cases:
         p = run(home, "msconfig", "set", name, value)
         assert p.returncode == 2 and why in one_line(p) and name in one_line(p), (value, p.stderr)
