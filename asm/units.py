@@ -18,6 +18,19 @@ def local_timestamp(when) -> float:
     return min(when.timestamp(), when.replace(fold=1).timestamp())
 
 
+class NoSuchDate(ValueError):
+    """YYYYMMDD[:HHMMSS] in form, but no day or time of the calendar (20250230, 24:00:00)."""
+
+
+def _real_day(y: int, mo: int, d: int) -> bool:
+    import datetime as dt
+    try:
+        dt.date(y, mo, d)
+        return True
+    except ValueError:
+        return False
+
+
 def classic_date(text: str) -> float:
     """``YYYYMMDD[:HHMMSS]`` in local time -> epoch seconds: exactly 8 digits, optionally
     ``:`` and exactly 6, a real calendar date and time; ValueError for anything else
@@ -28,7 +41,15 @@ def classic_date(text: str) -> float:
     m = _DATE.fullmatch(text)
     if m is None:
         raise ValueError(f"not YYYYMMDD[:HHMMSS]: {text!r}")
-    when = dt.datetime(*(int(g or 0) for g in m.groups()))    # ValueError: no such date or time
+    parts = [int(g or 0) for g in m.groups()]
+    try:
+        when = dt.datetime(*parts)
+    except ValueError:
+        y, mo, d, h, mi, sec = parts
+        raise NoSuchDate(f"there is no {y:04d}-{mo:02d}-{d:02d}" if h < 24 and mi < 60 and sec < 60 or
+                         not _real_day(y, mo, d) else
+                         f"there is no time {h:02d}:{mi:02d}:{sec:02d} (hours 00-23, minutes and "
+                         f"seconds 00-59)") from None
     try:
         return local_timestamp(when)
     except (OverflowError, ValueError, OSError):

@@ -314,6 +314,23 @@ def test_usage_errors_write_nothing(populated, ims_home, tmp_path, argv, needle)
     assert not a.exists() and os.listdir(tmp_path) == ["ims"]
 
 
+def test_a_list_on_standard_input_and_dates_no_calendar_has(populated, ims_home, tmp_path):
+    """-u - reads the names from standard input, as -f - writes there (it was "cannot
+    read '-'"); a date in the right form that no calendar has (20250230, 24:00:00) says
+    which part does not exist, exit 2, nothing written (it said the form was wrong)."""
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "-u", "-", input=b"\xef\xbb\xbf/primary/user/joe\n# x\n", check=0)
+    users = {u for u, _f, _uid, _k in messages_in(a)}
+    assert users == {"joe"}, users
+    for date, said in (("20250230", "there is no 2025-02-30"),
+                       ("20250101:240000", "there is no time 24:00:00"),
+                       ("20230229:120000", "there is no 2023-02-29")):
+        b = tmp_path / "b.ims"
+        p = run(ims_home, "imsbackup", "-f", b, "-d", date, "/")
+        assert p.returncode == 2 and said.encode() in p.stderr and p.stderr.count(b"\n") == 1, p.stderr
+        assert not b.exists()
+
+
 @pytest.mark.parametrize("content", ["", "# users of the legal hold\n\n   \n"])
 def test_a_list_file_that_names_nobody_is_refused(populated, ims_home, tmp_path, content):
     """-u FILE that names nobody (empty, or comments only: the script that makes it

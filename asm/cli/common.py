@@ -660,25 +660,38 @@ def number(lo: float, hi: float | None = None, whole: bool = True,
 def parse_date(text: str) -> float:
     """``YYYYMMDD[:HHMMSS]`` in local time, as the classic tools take it, strictly
     (asm.units.classic_date): a later "since" than meant would miss the mail in between."""
-    from asm.units import classic_date
+    from asm.units import NoSuchDate, classic_date
     try:
         return classic_date(text)
+    except NoSuchDate as exc:
+        raise UsageError(f"bad date {text!r}: {exc}; give a real day and time, e.g. 20240501:131000") from None
     except ValueError:
         raise UsageError(f"bad date {text!r}: use YYYYMMDD or YYYYMMDD:HHMMSS (8 digits, "
                          "optionally ':' and 6), e.g. 20240501:131000") from None
 
 
 def read_list_file(path: str) -> list[str]:
-    """Names from a -u file: one per line, blank lines and # comments ignored; a name
-    that is not UTF-8 is kept as its bytes; a leading byte-order mark (an editor's) is
-    not part of the first name."""
+    """Names from a -u file (``-``: standard input, as ``-f -`` is): one per line, blank
+    lines and # comments ignored; a name that is not UTF-8 is kept as its bytes; a
+    leading byte-order mark (an editor's) is not part of the first name."""
+    import io
     from asm.lines import bounded_lines
+
+    def names(f, shown):
+        return [ln.strip() for ln in bounded_lines(f, shown, "a list of names, one a line")
+                if ln.strip() and not ln.lstrip().startswith("#")]
     try:
+        if path == "-":          # (a closed stdin: its own line, EXIT_DEVICE)
+            f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape")
+            try:
+                return names(f, "standard input")
+            finally:
+                f.detach()
         with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
-            return [ln.strip() for ln in bounded_lines(f, path, "a list of names, one a line")
-                    if ln.strip() and not ln.lstrip().startswith("#")]
+            return names(f, path)
     except OSError as exc:
-        raise UsageError(f"cannot read {path!r}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {'standard input' if path == '-' else repr(path)}: "
+                         f"{exc.strerror or exc}") from None
 
 
 # ----------------------------------------------------------------------------- lock_target

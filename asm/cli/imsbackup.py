@@ -67,7 +67,7 @@ def build_parser() -> ArgParser:
     p.add_argument("--state-out", dest="state_out", action=Once, metavar="FILE",
                    help="where to write this backup's state file, the --base of the next incremental "
                         "(default: DEVICE.state beside a plain-file archive)")
-    p.add_argument("-u", dest="listfile", metavar="FILE", help="read the names to back up from FILE")
+    p.add_argument("-u", dest="listfile", metavar="FILE", help="read the names to back up from FILE (- for standard input)")
     p.add_argument("-i", dest="ignore_links", action="store_true",
                    help="write every copy of a message in full (no single-copy links)")
     p.add_argument("-v", dest="verbose", action="store_true", help="report each mailbox and a summary")
