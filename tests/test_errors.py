@@ -818,7 +818,8 @@ def test_store_errors_end_with_their_own_status(store, ims_home, tmp_path):
     p = run(ims_home, "mboxutil", "-c", "user/ann", "-p", "nowhere")
     assert p.returncode == errors.EXIT_USAGE and "no partition 'nowhere'" in no_traceback(p)
     p = run(ims_home, "imsdeliver", "joe", "nobody", input=b"Subject: x\r\n\r\nx\r\n")
-    assert p.returncode == errors.EXIT_USAGE and no_traceback(p) == "imsdeliver: no user 'nobody'\n"
+    assert p.returncode == errors.EXIT_USAGE and no_traceback(p) == (
+        "imsdeliver: no user 'nobody': nothing delivered; check the name (mboxutil -l lists the users' mailboxes)\n")
     run(ims_home, "msconfig", "set", "store.locktimeout", "1", check=0)
     with store.lock("joe", "INBOX"):
         p = run(ims_home, "imsimport", "-u", "joe", "-s", "-",

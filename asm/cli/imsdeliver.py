@@ -30,7 +30,7 @@ def _main(argv: list[str] | None) -> int:
     users = list(dict.fromkeys(args.users))   # a recipient named twice gets one copy
     for u in users:
         if not store.exists(u):
-            raise UsageError(f"no user {u!r}")
+            raise UsageError(f"no user {u!r}: nothing delivered; check the name (mboxutil -l lists the users' mailboxes)")
     try:
         src = sys.stdin.buffer if args.m == "-" else open(args.m, "rb")
     except FileNotFoundError:
