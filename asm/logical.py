@@ -185,7 +185,8 @@ def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Targ
         if not found and lp.group is not None and lp.group != PREDEFINED and not users:
             # an empty group is not an error for whole-partition runs, but naming it is
             # worth a clear word rather than an empty archive
-            raise PathError(f"{lp}: backup group {lp.group!r} has no users on partition {lp.partition!r}")
+            raise PathError(f"{lp}: backup group {lp.group!r} has no users on partition {lp.partition!r}: "
+                            f"check its patterns in backup-groups.conf, or the partition")
     return sorted_targets(by_user, partitions)
 
 

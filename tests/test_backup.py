@@ -409,6 +409,18 @@ def test_bad_groups_file_is_named(populated, ims_home, tmp_path):
     assert p.returncode == 2 and b"backup-groups.conf:1: bad regular expression" in p.stderr
 
 
+def test_a_named_group_with_no_users_says_where_to_look(populated, ims_home, tmp_path):
+    """/primary/GROUP naming a group whose patterns match no user there: exit 2, one line
+    naming the group and what to check, nothing written."""
+    (ims_home / "config" / "backup-groups.conf").write_text("groupA=[a-l].*\ngroupQ=q.*\n")
+    a = tmp_path / "a.ims"
+    p = run(ims_home, "imsbackup", "-f", a, "/primary/groupQ")
+    assert p.returncode == 2 and p.stderr.count(b"\n") == 1, p.stderr
+    assert b"backup group 'groupQ' has no users on partition 'primary': check its patterns in " \
+           b"backup-groups.conf" in p.stderr, p.stderr
+    assert not a.exists()
+
+
 def _break_folder(store, user, folder):
     """Make one folder unreadable the way a damaged disk would."""
     if store.name == "classic":
