@@ -66,6 +66,17 @@ def installation(tmp_path, driver):
     return home, stage
 
 
+def test_chain_given_f_says_it_takes_paths_and_other_stray_options_are_named(tmp_path):
+    """imsdr chain -f FILE (the habit of every other command): exit 2 and one line saying
+    chain takes the paths as they are; any other unknown option is named as before."""
+    home = tmp_path / "ims"
+    make_home(home, "classic")
+    p = run(home, "imsdr", "chain", "-f", tmp_path / "x.ims", text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "without -f: imsdr chain PATH" in p.stderr, p.stderr
+    p = run(home, "imsdr", "chain", tmp_path / "x.ims", "--bogus", text=True)
+    assert p.returncode == 2 and "unrecognized arguments: --bogus" in p.stderr, p.stderr
+
+
 def test_a_killed_backup_s_private_copy_is_removed_by_the_next_one(tmp_path):
     """imsdr backup killed with SIGKILL leaves its ims-dr-* copy of the databases in
     $TMPDIR; the next imsdr backup or restore on this host removes those whose process is

@@ -77,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.cmd == "chain" and "-f" in extra:
+            parser.error("chain takes the archive files (or directories holding them) as they are, "
+                         "without -f: imsdr chain PATH ...")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return {"backup": _backup, "restore": _restore, "show": _show, "chain": _chain}[args.cmd](args)
 
 
