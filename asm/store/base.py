@@ -214,7 +214,7 @@ _USER_ONLY = ("create_user", "delete_user", "hold_deliveries", "release_deliveri
 
 def _what(fn, args) -> str:
     named = args[:1] if fn.__name__ in _USER_ONLY else args[:2]
-    return "/".join(str(a) for a in named if isinstance(a, str)) or fn.__name__
+    return "/".join(str(a) for a in named if isinstance(a, str)) or fn.__name__.replace("_deliver_each", "deliver")
 
 
 def store_os_errors(fn):
@@ -739,15 +739,31 @@ class Store(abc.ABC):
             if not already:
                 self.release_deliveries(user)
 
-    @abc.abstractmethod
     def deliver(self, users: list[str], src: BinaryIO, folder: str = "INBOX",
                 internaldate: float | None = None) -> dict:
         """Deliver one message to several users as a single copy (hard links).
 
         Held users get it queued.  Returns {user: MessageInfo or None if queued}.  An
-        empty ``src`` raises EmptyMessage before anything is stored (drivers begin with
-        ``src = nonempty_message(src)``).
+        empty ``src`` raises EmptyMessage before anything is stored.  A failure part way
+        carries the recipients served already as ``exc.delivered`` (:func:`partly_delivered`).
         """
+        import time
+        folder = check_folder_name(folder)
+        src = nonempty_message(src)             # 0 bytes: refused, no UID taken
+        now = time.time()
+        out: dict = {}
+        try:
+            self._deliver_each(users, src, folder, now if internaldate is None else internaldate, now, out)
+        except BaseException as exc:
+            partly_delivered(exc, out)
+            raise
+        return out
+
+    @abc.abstractmethod
+    def _deliver_each(self, users: list[str], src: BinaryIO, folder: str, internaldate: float,
+                      now: float, out: dict) -> None:
+        """:meth:`deliver`'s work, the driver's: each user's copy (the first stored, the
+        others linked to it; queued for a held user), ``out[user]`` set as each is."""
 
     # -- a restore under way, recorded in the folder itself ---------------------
     # The restore journal's "under way" record (Journal.start) is not synced when it is

@@ -39,9 +39,9 @@ from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
     NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
-    _what, partly_delivered, check_folder_levels, check_folder_name, check_user_level, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
+    _what, check_folder_levels, check_folder_name, check_user_level, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
     unreadable_hint,
-    nonempty_message, split_flags, stat_part, this_holder,
+    split_flags, stat_part, this_holder,
 )
 
 shutil = lazy.module("shutil")      # removing trees, copying files (startup time)
@@ -1599,20 +1599,6 @@ class ClassicStore(Store):
         return base + ".msg"
 
     @_store_errors
-    def deliver(self, users: list[str], src: BinaryIO, folder: str = "INBOX",
-                internaldate: float | None = None) -> dict:
-        folder = check_folder_name(folder)
-        src = nonempty_message(src)             # 0 bytes: refused, no UID taken
-        now = time.time()
-        internaldate = now if internaldate is None else internaldate
-        out: dict = {}
-        try:
-            self._deliver_each(users, src, folder, internaldate, now, out)
-        except BaseException as exc:
-            partly_delivered(exc, out)
-            raise
-        return out
-
     def _deliver_each(self, users, src, folder, internaldate, now, out: dict) -> None:
         first: str | None = None
         for user in users:

@@ -27,7 +27,7 @@ from asm.store.base import (
     LinkInStore, MessageInfo, NoSuchFolder, NoSuchPartition, NoSuchUser, RENAME_RETRIES, Store, StoreError, UidInUse, UidPassed,
     NotNumbered, Unlisted, UserExists,
     check_folder_levels, check_folder_name, check_user_level, check_user_name, compression_of, copy_to_fd, holder_gone, message_info, os_store_error,
-    nofollow_opener, nonempty_message, partly_delivered, open_nofollow, open_stored_path, settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
+    nofollow_opener, open_nofollow, open_stored_path, settled, split_flags, stat_part, store_os_errors, this_holder, write_all,
 )
 from asm.store.maildir import dotlock, names as mdnames, subscriptions, uidlist as uidlist_mod
 from asm.store.maildir.dotlock import LOCK_SUFFIX, Unlocked
@@ -3899,20 +3899,6 @@ class MaildirStore(Store):
         return final
 
     @store_os_errors
-    def deliver(self, users: list[str], src: BinaryIO, folder: str = "INBOX",
-                internaldate: float | None = None) -> dict:
-        now = time.time()
-        idate = internaldate if internaldate is not None else now
-        folder = check_folder_name(folder)
-        src = nonempty_message(src)             # 0 bytes: refused, no UID taken
-        out: dict = {}
-        try:
-            self._deliver_each(users, src, folder, idate, now, out)
-        except BaseException as exc:
-            partly_delivered(exc, out)
-            raise
-        return out
-
     def _deliver_each(self, users, src, folder, idate, now, out: dict) -> None:
         first: str | None = None
         for user in users:
