@@ -17,7 +17,6 @@ Only the main thread can hold (it alone runs handlers); elsewhere a hold does no
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -125,8 +124,10 @@ def interrupts_deferred():
 # call our code makes into paramiko is bounded by ssh.timeout, so a signal waits at most
 # that long (only a far side that stopped answering makes it wait at all).
 
-#: Path parts of the libraries whose code must not be cut by an exception.
-UNCUTTABLE = (f"{os.sep}paramiko{os.sep}", f"{os.sep}logging{os.sep}")
+#: The packages whose code must not be cut by an exception (by module name: a path
+#: would also match an installation under a directory of that name, whose every frame
+#: would then put a signal aside for good).
+UNCUTTABLE = ("paramiko", "logging")
 
 
 class _Aside:
@@ -137,9 +138,9 @@ class _Aside:
     delivering = False
 
 
-def _uncuttable(code) -> bool:
-    name = code.co_filename
-    return any(part in name for part in UNCUTTABLE)
+def _uncuttable(frame) -> bool:
+    name = frame.f_globals.get("__name__") or ""
+    return name.partition(".")[0] in UNCUTTABLE
 
 
 def put_aside(signum: int, frame) -> bool:
@@ -149,13 +150,15 @@ def put_aside(signum: int, frame) -> bool:
     if _Aside.delivering or threading.current_thread() is not threading.main_thread():
         return False
     if _Aside.pending:
-        if signum not in _Aside.pending:
-            _Aside.pending.append(signum)
-        return True
+        if sys.getprofile() is _watch:
+            if signum not in _Aside.pending:
+                _Aside.pending.append(signum)
+            return True
+        _Aside.pending = []      # (the watch was taken away: not waited on for ever)
     target = None
     f = frame
     while f is not None:
-        if _uncuttable(f.f_code):
+        if _uncuttable(f):
             target = f
         f = f.f_back
     if target is None:
@@ -175,7 +178,7 @@ def _watch(frame, event, arg) -> None:
         if event == "return" and frame is _Aside.target:
             _Aside.left, _Aside.target = True, None
         return
-    if event == "call" and _uncuttable(frame.f_code):
+    if event == "call" and _uncuttable(frame):
         _Aside.target, _Aside.left = frame, False        # back in: wait for that call too
         return
     if event not in ("call", "c_call"):
