@@ -756,9 +756,10 @@ class Config:
         return value
 
     def _misplaced(self, name: str, value: str) -> str | None:
-        """Why ``value`` cannot be the directory of a partition: ``/``, IMS_HOME itself or
-        the store's root (each holds files that are no mail: a restore would write users
-        beside them, a backup would read them as users), else None."""
+        """Why ``value`` cannot be the directory of a partition: ``/``, IMS_HOME or a
+        directory holding it, one in IMS_HOME's config/, the store's root or a directory
+        holding it (each holds files that are no mail: a restore would write users beside
+        them, a backup would read them as users), else None."""
         real = os.path.realpath(value)
         home = os.path.realpath(self.home)
         conf = os.path.join(home, "config")

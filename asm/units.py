@@ -46,9 +46,9 @@ def classic_date(text: str) -> float:
         when = dt.datetime(*parts)
     except ValueError:
         y, mo, d, h, mi, sec = parts
-        raise NoSuchDate(f"there is no {y:04d}-{mo:02d}-{d:02d}" if h < 24 and mi < 60 and sec < 60 or
-                         not _real_day(y, mo, d) else
-                         f"there is no time {h:02d}:{mi:02d}:{sec:02d} (hours 00-23, minutes and "
+        if not _real_day(y, mo, d):
+            raise NoSuchDate(f"there is no {y:04d}-{mo:02d}-{d:02d}") from None
+        raise NoSuchDate(f"there is no time {h:02d}:{mi:02d}:{sec:02d} (hours 00-23, minutes and "
                          f"seconds 00-59)") from None
     try:
         return local_timestamp(when)

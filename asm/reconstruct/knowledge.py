@@ -36,8 +36,8 @@ from asm.archive import names
 from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, NotAnArchive
 from asm.archive.reader import ArchiveReader
 from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, ImsError
-from asm.layers.errors import LayerError
 from asm.interrupts import interrupts_deferred
+from asm.layers.errors import LayerError
 from asm.reconstruct.sqlite import read_only_uri
 
 MAX_LISTED = 10_000_000     # UIDs one archived folder may list for reconstruct to take it as a witness
