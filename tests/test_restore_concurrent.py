@@ -150,3 +150,30 @@ def test_a_restore_waits_for_the_folder_another_restore_holds(sources, tmp_path)
     reader.join(timeout=60)
     users = {"grace", "heidi"}
     assert state(open_store(Config(str(home)), create=False), users=users) == state(store, users=users)
+
+
+def test_a_store_another_command_makes_as_this_one_opens_is_no_lost_list(tmp_path, monkeypatch):
+    """Restores of group archives started together into an empty classic store: one
+    looked for the mailbox list, found none, and meanwhile another made the store, list
+    first, then its users; the first then found users in the partition and refused the
+    list as lost (exit 17, 1 start in 80 of test_group_archives_restored_in_parallel).
+    The list is looked for again then: it is there, the store opens with its user."""
+    import io
+    import asm.store.classic as classic
+    home = tmp_path / "ims"
+    cfg = make_home(home, "classic")
+    other = open_store(cfg)                        # the other command: its list, its user
+    other.create_user("alice")
+    other.append("alice", "INBOX", io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"))
+    real, looks = classic.mailbox_list_exists, []
+
+    def not_yet(root):                             # this command's first look came before
+        looks.append(root)
+        return False if len(looks) == 1 else real(root)
+    monkeypatch.setattr(classic, "mailbox_list_exists", not_yet)
+    store = open_store(Config(str(home)))
+    assert store.users("primary") == ["alice"] and len(looks) >= 2
+    monkeypatch.undo()
+    os.unlink(os.path.join(cfg.store_root, "mboxlist", "mailboxes.db"))   # now truly lost
+    with pytest.raises(classic.MailboxListLost):
+        open_store(Config(str(home)))

@@ -444,7 +444,9 @@ class ClassicStore(Store):
             # users it does not know (a restore would reset their folders to the archive
             # and the next delivery reuse their UIDs)
             self._check_lost(db_path)
-            if create:
+            if mailbox_list_exists(self.root):
+                pass                     # made meanwhile by another command (see _check_lost)
+            elif create:
                 make_dirs(os.path.dirname(os.path.abspath(self.root)))     # $IMS_HOME/data, whatever the umask
                 self._makedirs(os.path.join(self.root, "mboxlist"))    # the owner's (store.owner)
             else:
@@ -488,7 +490,11 @@ class ClassicStore(Store):
 
     def _check_lost(self, db_path: str) -> None:
         why = lost_list(self.parts)
-        if why is not None:
+        # the list looked again at once: another command (restores of several group
+        # archives started together into an empty store) may have made the store, list
+        # first, between the look that found no list and the partitions' users -- 1 of
+        # 80 such starts was refused as a lost list, exit 17
+        if why is not None and not mailbox_list_exists(self.root):
             raise MailboxListLost(f"the classic store's mailbox list {db_path} is missing, but {why}: {LOST_HINT}")
 
     # -- paths -------------------------------------------------------------
