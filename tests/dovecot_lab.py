@@ -941,6 +941,23 @@ class Lab:
         except FileNotFoundError:
             return "(no log)"
 
+    def logged(self, text: str, timeout: float = 15.0) -> bool:
+        """Whether Dovecot's log says ``text``, waiting up to ``timeout`` for it: its log
+        process writes a line a moment after the session that caused it has ended (on a
+        loaded machine, after the test had looked once and found nothing)."""
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(os.path.join(self.dir, "dovecot.log"), errors="replace") as f:
+                    if text in f.read():
+                        return True
+            except FileNotFoundError:
+                pass
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
     def fix_owner(self, path: str | None = None) -> None:
         """chown -R the mail user (for files a test wrote as root): ``path``, or every
         mail tree (never Dovecot's run directory: a login directory owned by the mail
