@@ -214,7 +214,7 @@ _USER_ONLY = ("create_user", "delete_user", "hold_deliveries", "release_deliveri
 
 def _what(fn, args) -> str:
     named = args[:1] if fn.__name__ in _USER_ONLY else args[:2]
-    return "/".join(str(a) for a in named if isinstance(a, str)) or fn.__name__.replace("_deliver_each", "deliver")
+    return "/".join(str(a) for a in named if isinstance(a, str)) or fn.__name__
 
 
 def store_os_errors(fn):
@@ -753,17 +753,18 @@ class Store(abc.ABC):
         now = time.time()
         out: dict = {}
         try:
-            self._deliver_each(users, src, folder, now if internaldate is None else internaldate, now, out)
+            self._deliver_each(folder, users, src, now if internaldate is None else internaldate, now, out)
         except BaseException as exc:
             partly_delivered(exc, out)
             raise
         return out
 
     @abc.abstractmethod
-    def _deliver_each(self, users: list[str], src: BinaryIO, folder: str, internaldate: float,
+    def _deliver_each(self, folder: str, users: list[str], src: BinaryIO, internaldate: float,
                       now: float, out: dict) -> None:
         """:meth:`deliver`'s work, the driver's: each user's copy (the first stored, the
-        others linked to it; queued for a held user), ``out[user]`` set as each is."""
+        others linked to it; queued for a held user), ``out[user]`` set as each is.  The
+        folder comes first: a driver's error decorator names what failed by it."""
 
     # -- a restore under way, recorded in the folder itself ---------------------
     # The restore journal's "under way" record (Journal.start) is not synced when it is

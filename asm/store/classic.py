@@ -1605,7 +1605,7 @@ class ClassicStore(Store):
         return base + ".msg"
 
     @_store_errors
-    def _deliver_each(self, users, src, folder, internaldate, now, out: dict) -> None:
+    def _deliver_each(self, folder, users, src, internaldate, now, out: dict) -> None:
         first: str | None = None
         for user in users:
             queued = None

@@ -3899,7 +3899,7 @@ class MaildirStore(Store):
         return final
 
     @store_os_errors
-    def _deliver_each(self, users, src, folder, idate, now, out: dict) -> None:
+    def _deliver_each(self, folder, users, src, idate, now, out: dict) -> None:
         first: str | None = None
         for user in users:
             path = None
