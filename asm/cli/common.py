@@ -20,8 +20,8 @@ from asm.errors import (
 )
 from asm.units import human  # noqa: F401  (the commands' size formatting)
 
-__all__ = ["ArgParser", "Commit", "Once", "Progress", "UsageError", "blocking_factor", "check_out_file", "die", "human",
-           "lock_target", "number", "parse_date",
+__all__ = ["ArgParser", "Commit", "Once", "Progress", "UsageError", "blocking_factor", "check_out_file", "die",
+           "failure_text", "human", "lock_target", "number", "parse_date",
            "read_list_file", "run_command", "tell", "warn"]
 
 
@@ -448,15 +448,22 @@ def _report(prog: str, exc: BaseException) -> int:
     status = status_of(exc)
     if status == EXIT_INTERNAL:
         return _internal_error(prog, exc)
-    if isinstance(exc, ImsError):
-        _say(prog, str(exc) or type(exc).__name__)
-    elif isinstance(exc, KeyboardInterrupt):
-        _say(prog, "interrupted")
+    if isinstance(exc, (ImsError, KeyboardInterrupt)):
+        _say(prog, failure_text(exc))
     else:                              # a full disk (status_of: EXIT_NOSPACE)
-        where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
-        _say(prog, f"{getattr(exc, 'strerror', None) or 'no space left on device'}{where}: free space there "
-                   f"and run the same command again")
+        _say(prog, f"{failure_text(exc)}: free space there and run the same command again")
     return status
+
+
+def failure_text(exc: BaseException) -> str:
+    """What a command's last line says of a failure that is no bug (an ImsError, a
+    signal, a full disk), before any what-to-do of its own (:func:`_report`)."""
+    if isinstance(exc, ImsError):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+    return f"{getattr(exc, 'strerror', None) or 'no space left on device'}{where}"
 
 
 def _internal_error(prog: str, exc: BaseException) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from asm.cli.common import ArgParser, UsageError, run_command, tell, warn
+from asm.cli.common import ArgParser, UsageError, failure_text, run_command, tell, warn
 from asm.cli.context import open_installation
 from asm.errors import EXIT_INTERNAL, EXIT_OK, ImsError, status_of
 from asm.store.base import EmptyMessage, nonempty_message
@@ -93,13 +93,7 @@ def _partly(exc: BaseException, users: list[str], out: dict) -> ImsError | None:
     if not got or status_of(exc) == EXIT_INTERNAL:
         return None
     rest = [u for u in users if u not in out]
-    if isinstance(exc, ImsError):
-        what = str(exc).replace(" and run the same command again", "")   # (not the same: the rest)
-    elif isinstance(exc, KeyboardInterrupt):
-        what = "interrupted"
-    else:
-        where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
-        what = f"{getattr(exc, 'strerror', None) or exc}{where}"
+    what = failure_text(exc).replace(" and run the same command again", "")   # (not the same: the rest)
     again = (f"deliver it again to {' '.join(shlex.quote(u) for u in rest)} only" if rest
              else "do not deliver it again")
     return ImsError(f"{what}; delivered already to {' '.join(shlex.quote(u) for u in got)} (they keep it): "
