@@ -17,10 +17,9 @@ import pwd
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 
-from asm.interrupts import interrupts_deferred
+from asm.atend import scratch_dir
 
 DOVEADM_PATHS = ("/usr/bin/doveadm", "/usr/local/bin/doveadm", "/usr/sbin/doveadm")
 SITE_CONFIG = "/etc/dovecot/dovecot.conf"
@@ -85,9 +84,7 @@ class Dovecot:
         if self.config:
             return self.config
         if self._tmp is None:
-            with interrupts_deferred():       # (a signal as it was made: no one removed it)
-                self._tmp = tempfile.mkdtemp(prefix="ims-doveadm-")
-            os.chmod(self._tmp, 0o755)
+            self._tmp = scratch_dir("ims-doveadm-", mode=0o755)   # (removed at the end, whatever happens)
             with open(os.path.join(self._tmp, "dovecot.conf"), "w") as f:
                 f.write("# ims-asm reconstruct: the maildir driver's layout\n"
                         "mail_location = maildir:~/Maildir\n")

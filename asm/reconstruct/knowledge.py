@@ -29,14 +29,13 @@ import contextlib
 import os
 import shutil
 import sqlite3
-import tempfile
 from dataclasses import dataclass
 
 from asm.archive import names
 from asm.archive.errors import ArchiveError, CorruptMember, DigestMismatch, HostileMember, NotAnArchive
 from asm.archive.reader import ArchiveReader
+from asm.atend import scratch_dir
 from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, ImsError
-from asm.interrupts import interrupts_deferred
 from asm.layers.errors import LayerError
 from asm.reconstruct.sqlite import read_only_uri
 
@@ -143,21 +142,13 @@ class Knowledge:
     """The journal and archives, asked per folder and per message."""
 
     def __init__(self):
-        # made with the signals held, and removed if the rest fails: a signal, or a full
-        # /tmp, before the caller's "with" owned it left the directory behind
-        with interrupts_deferred():
-            self._dir = tempfile.mkdtemp(prefix="ims-reconstruct-")
-        try:
-            self.db = sqlite3.connect(os.path.join(self._dir, "knowledge.db"), isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=OFF")
-            self.db.execute("PRAGMA synchronous=OFF")
-            self.db.executescript(_SCHEMA)
-        except BaseException:
-            with interrupts_deferred():
-                with contextlib.suppress(Exception):
-                    self.db.close()
-                shutil.rmtree(self._dir, ignore_errors=True)
-            raise
+        # removed when the command ends, also when what follows fails (a signal, or a full
+        # /tmp, before the caller's "with" owned it left the directory behind)
+        self._dir = scratch_dir("ims-reconstruct-")
+        self.db = sqlite3.connect(os.path.join(self._dir, "knowledge.db"), isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.executescript(_SCHEMA)
         self.sources: list[str] = []          # what was read, for the report
         self.problems: list[str] = []         # archive damage met while reading (named)
         self.notes: list[str] = []            # witnesses passed over that are no archive (the journal)
