@@ -764,15 +764,12 @@ class Config:
         home = os.path.realpath(self.home)
         conf = os.path.join(home, "config")
         root = os.path.realpath(self.store_root)
-
-        def within(a: str, b: str) -> bool:          # a is b or lies inside it
-            return a == b or a.startswith(b.rstrip("/") + "/")
         why = ("is the root directory" if real == "/" else
                f"is IMS_HOME ({self.home}), which holds the installation's own files" if real == home else
-               f"holds IMS_HOME ({self.home}), the installation's own files" if within(home, real) else
-               f"lies in IMS_HOME's configuration directory ({conf})" if within(real, conf) else
+               f"holds IMS_HOME ({self.home}), the installation's own files" if _within(home, real) else
+               f"lies in IMS_HOME's configuration directory ({conf})" if _within(real, conf) else
                f"is the store's root ({self.store_root})" if real == root else
-               f"holds the store's root ({self.store_root})" if within(root, real) else None)
+               f"holds the store's root ({self.store_root})" if _within(root, real) else None)
         if why is None:
             return None
         return (f"{name} {value} {why}: a partition needs a directory of its own (e.g. "
@@ -794,6 +791,11 @@ class Config:
         atomic_write(self.path, text.encode("utf-8"), mode=0o644)
 
 
+def _within(a: str, b: str) -> bool:
+    """Whether the (real) path ``a`` is ``b`` or lies inside it."""
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
 def partition_overlap(parts: dict[str, str]) -> str | None:
     """The line naming two partitions (``parts``: {name: path}, primary first) whose
     directories are one (after symbolic links) or one inside the other, or None."""
@@ -803,9 +805,9 @@ def partition_overlap(parts: dict[str, str]) -> str | None:
         for other, opath, oreal in seen:
             if real == oreal:
                 how = f"is the directory of partition {other!r} ({opath})"
-            elif real.startswith(oreal.rstrip("/") + "/"):
+            elif _within(real, oreal):
                 how = f"lies inside partition {other!r} ({opath})"
-            elif oreal.startswith(real.rstrip("/") + "/"):
+            elif _within(oreal, real):
                 how = f"holds partition {other!r} ({opath})"
             else:
                 continue
