@@ -268,6 +268,15 @@ def bulky(tmp_path_factory):
     return {"home": cfg.home, "archive": root / "bulky.ims"}
 
 
+def _whole_bulky(path) -> bool:
+    """Whether ``path`` is a complete archive of the bulky store (its 16 messages)."""
+    from asm.archive.reader import ArchiveReader
+    with open(path, "rb") as f:
+        r = ArchiveReader(f)
+        n = sum(1 for _ in r.members())
+    return r.complete and r.trailer["counts"]["messages"] == 16 and n > 16
+
+
 def _freeze_far_side(sshd, proc, ready, what):
     """Stop ``proc`` (our client) once ``ready()``, freeze every process of the far
     side's sessions (sshd and its command: a hung host, a paused VM), go on with the
@@ -506,22 +515,14 @@ def test_sigterm_anywhere_in_a_remote_backup_leaves_no_partial_file(sshd, bulky,
     is in place, exit 0 (no "interrupted" for a complete archive) and the archive whole.
     (Once a SIGTERM while an SFTP backup finished left its temporary file: the signal
     was "held" by the main thread's mask, and paramiko's thread took it.)"""
-    from asm.archive.reader import ArchiveReader
     big = Config(str(bulky["home"]))
     src = home_for(tmp_path, sshd, name="src", ssh_stream=stream, store_root=big.store_root,
                    **{"partition:primary_path": big.partitions()["primary"]})
     d = sshd.remote_dir(f"sigterm-{stream}")
-
-    def whole(path) -> bool:
-        with open(path, "rb") as f:
-            r = ArchiveReader(f)
-            n = sum(1 for _ in r.members())
-        return r.complete and r.trailer["counts"]["messages"] == 16 and n > 16
-
     t0 = time.monotonic()
     run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/full.ims"), "/", check=0)
     took = time.monotonic() - t0
-    assert whole(os.path.join(d, "full.ims"))
+    assert _whole_bulky(os.path.join(d, "full.ims"))
     os.unlink(os.path.join(d, "full.ims"))
     outcomes = []
     for k in range(14):
@@ -533,7 +534,7 @@ def test_sigterm_anywhere_in_a_remote_backup_leaves_no_partial_file(sshd, bulky,
         _, err = proc.communicate(timeout=60)
         if proc.returncode == 0:
             assert os.listdir(d) == ["full.ims"], (delay, os.listdir(d), err)
-            assert err == "" and whole(os.path.join(d, "full.ims")), (delay, err)
+            assert err == "" and _whole_bulky(os.path.join(d, "full.ims")), (delay, err)
             os.unlink(os.path.join(d, "full.ims"))
         else:
             # (-15: in its first tenths of a second, while Python starts, as the signal
@@ -555,7 +556,6 @@ def test_a_sigterm_landing_inside_paramiko_anywhere_ends_the_backup_cleanly(sshd
     side, or exit 0 with the whole archive in place.  (A SIGTERM from an engine once
     landed between a paramiko lock's acquire() and its try: the lock stayed taken and
     the backup, closing its channel, waited for it for ever -- 1 run in about 250.)"""
-    from asm.archive.reader import ArchiveReader
     big = Config(str(bulky["home"]))
     src = home_for(tmp_path, sshd, name="src", ssh_stream=stream, store_root=big.store_root,
                    **{"partition:primary_path": big.partitions()["primary"]})
@@ -578,10 +578,7 @@ def test_a_sigterm_landing_inside_paramiko_anywhere_ends_the_backup_cleanly(sshd
         left = sorted(os.listdir(d))
         outcomes.append(p.returncode)
         if p.returncode == 0:
-            with open(os.path.join(d, "full.ims"), "rb") as f:
-                r = ArchiveReader(f)
-                members = sum(1 for _ in r.members())
-            if left != ["full.ims"] or not r.complete or members <= 16 or err:
+            if left != ["full.ims"] or not _whole_bulky(os.path.join(d, "full.ims")) or err:
                 bad.append((n, 0, left, err))
         elif p.returncode != 130 or "interrupted" not in one_line(err) or left:
             bad.append((n, p.returncode, left, err))
