@@ -627,11 +627,16 @@ class Config:
     def checked_partitions(self) -> dict[str, str]:
         """:meth:`partitions`, refused (ConfigError) when two name one directory or one
         lies inside another: a backup read each user twice or took one partition's users
-        for a lost mailbox list, a restore could not tell where a user was."""
-        problem = partition_overlap(self.partitions())
+        for a lost mailbox list, a restore could not tell where a user was; and when one
+        set in msg.conf by hand is a directory :meth:`_misplaced` names (``/``, IMS_HOME,
+        the store's root...), as ``msconfig set`` refuses it."""
+        parts = self.partitions()
+        problem = next((why for why in (self._misplaced(f"partition:{n}.path", p) for n, p in parts.items()
+                                        if self.partition_configured(n)) if why),
+                       None) or partition_overlap(parts)
         if problem:
             raise ConfigError(problem)
-        return self.partitions()
+        return parts
 
     def backup_exclude(self) -> list[str]:
         raw = self.get("store.backupexclude")

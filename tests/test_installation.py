@@ -274,6 +274,48 @@ def test_a_partition_cannot_be_the_root_directory_ims_home_or_the_store_root(tmp
     run(home, "msconfig", "set", "partition:extra.path", tmp_path / "extra", check=0)
 
 
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_a_partition_written_into_msg_conf_by_hand_is_checked_as_msconfig_checks_it(tmp_path, driver):
+    """The same partition paths written into msg.conf by hand (configuration management,
+    an editor): every command that opens the store exits 2 with the line msconfig set
+    gives, and none writes anything into the directory named (a restore of a whole
+    archive would have put its users beside the installation's own files)."""
+    home = tmp_path / "ims"
+    cfg = make_home(home, driver)
+    s = open_store(cfg)
+    s.create_user("joe")
+    s.append("joe", "INBOX", io.BytesIO(msg(1)))
+    getattr(s, "close", lambda: None)()
+    run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
+    conf = home / "config" / "msg.conf"
+    good = conf.read_text()
+    os.symlink(home, tmp_path / "link")
+    cases = [("partition:primary.path", "/", "is the root directory"),
+             ("partition:primary.path", f"{home}/", "is IMS_HOME"),
+             ("partition:extra.path", str(tmp_path / "link"), "is IMS_HOME"),
+             ("partition:extra.path", cfg.store_root, "is the store's root"),
+             ("partition:extra.path", str(tmp_path), "holds IMS_HOME"),
+             ("partition:extra.path", str(home / "config" / "p"), "configuration directory"),
+             ("partition:extra.path", str(home / "data"), "holds the store's root")]
+
+    def tree() -> list:
+        return sorted((os.path.relpath(os.path.join(d, n), tmp_path), os.lstat(os.path.join(d, n)).st_mtime_ns)
+                      for d, ds, fs in os.walk(tmp_path) for n in ds + fs)
+
+    for name, value, why in cases:
+        conf.write_text(good + f"{name} = {value}\n")
+        before = tree()
+        for argv in (["imsbackup", "-f", tmp_path / "x.ims", "/"],
+                     ["imsrestore", "-f", tmp_path / "full.ims"],
+                     ["imsdeliver", "joe"]):
+            p = run(home, *argv, input=msg(2))
+            said = one_line(p)
+            assert p.returncode == 2 and why in said and name in said, (value, argv, p.returncode, p.stderr)
+        assert tree() == before, value
+    conf.write_text(good)
+    run(home, "imsrestore", "-f", tmp_path / "full.ims", check=0)
+
+
 def test_a_restore_into_an_unmounted_classic_partition_says_so(tmp_path):
     """The restore said "the index of folder 'INBOX' ... cannot be read; the folder is
     damaged" where imsbackup says the disk is not mounted: it says what imsbackup says,
