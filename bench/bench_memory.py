@@ -9,7 +9,8 @@
   1 MiB message.  ``imsbackup -f - / | cat >/dev/null``, and the same archive piped
   into ``imsrestore -f -`` (an empty store): the peak RSS must not grow with the size.
 * Message count: stores of --messages (default 100,000) small messages and of a tenth of
-  that, in 200 users.  Target: under 64 MB for 100,000 messages (issue 17; issue 3 asked 100 MB).  When --messages is
+  that, in 200 users, backed up (``imsbackup -f - / | cat``) and restored from the pipe
+  into an empty store; the larger of the two peaks is judged.  Target: under 64 MB for 100,000 messages (issue 17; issue 3 asked 100 MB).  When --messages is
   below 100,000 the figure for 100,000 is extrapolated linearly from the two points
   (and the output says so).
 
@@ -163,10 +164,19 @@ def bench_driver(args, driver: str) -> dict:
 
     for n in (args.messages // 10, args.messages):
         m = g.ensure_store(args.dir, driver, n, args.users, "small", args.seed, 0.01)
-        rss, wall = peak_rss(ib_argv, {"IMS_HOME": m["home"]})
-        r["count"].append({"messages": m["instances"], "rss": rss, "seconds": wall, "store": m})
+        brss, wall = peak_rss(ib_argv, {"IMS_HOME": m["home"]})
+        dst = os.path.join(scratch, "ims")
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        g.make_home(dst, driver, g.mail_owner() if driver == "maildir" else None)
+        rrss, rwall = restore_rss(ib_argv, {"IMS_HOME": m["home"]}, ir_argv, {"IMS_HOME": dst})
+        shutil.rmtree(scratch)
+        rss = max(brss, rrss)
+        r["count"].append({"messages": m["instances"], "rss": rss, "seconds": wall, "store": m,
+                           "backup_rss": brss, "restore_rss": rrss, "restore_s": rwall})
         print(f"   {m['instances']} messages ({m['users']} users, {m['bytes_files'] / 1e6:.0f} MB): "
-              f"imsbackup peak RSS {mb(rss)} ({wall:.1f} s)", flush=True)
+              f"imsbackup peak RSS {mb(brss)} ({wall:.1f} s); imsrestore from the pipe peak RSS "
+              f"{mb(rrss)} ({rwall:.1f} s)", flush=True)
     a, b = r["count"]
     per_msg = (b["rss"] - a["rss"]) / max(1, b["messages"] - a["messages"])
     at_target = b["rss"] + per_msg * (TARGET_MESSAGES - b["messages"])
@@ -197,7 +207,9 @@ def markdown(results: list[dict], args) -> str:
             f"| {mb(s2['size'])}: backup {mb(s2['backup_rss'])} ({s2['backup_s']:.1f} s), "
             f"restore {mb(s2['restore_rss'])} ({s2['restore_s']:.1f} s) "
             f"| {mb(grow)} {'met' if r['size_ok'] else 'missed'} "
-            f"| {c1['messages']} msgs: {mb(c1['rss'])} | {c2['messages']} msgs: {mb(c2['rss'])} ({c2['seconds']:.1f} s) "
+            f"| {c1['messages']} msgs: backup {mb(c1['backup_rss'])}, restore {mb(c1['restore_rss'])} "
+            f"| {c2['messages']} msgs: backup {mb(c2['backup_rss'])} ({c2['seconds']:.1f} s), "
+            f"restore {mb(c2['restore_rss'])} ({c2['restore_s']:.1f} s) "
             f"| **{mb(r['at_100k'])}**{' (extrapolated)' if r['extrapolated'] else ''} "
             f"{'met' if r['count_ok'] else 'missed'} |")
     return "\n".join(out)

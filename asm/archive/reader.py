@@ -10,12 +10,22 @@ import hashlib
 import io
 import json
 import re
+import struct
 
 from . import names, pax, spec, values
 from .errors import (ArchiveError, CorruptHeader, CorruptMember, DigestMismatch, HostileMember,
                      IncompleteArchive, LinkTargetUnavailable, NotAnArchive)
 from .records import RecordReader
 from .values import FolderState, UidSet
+
+# Each message's place, kept for the links that may follow: one bytes object (offset and
+# size packed, then the SHA-256 as written) -- 113 bytes where a tuple of two ints and a
+# string took about 240, a tenth of a restore's peak memory at 100,000 messages.
+_PLACE = struct.Struct("<QQ")
+
+
+def _target(m) -> bytes:
+    return _PLACE.pack(m.offset, m.size) + m.sha256.encode("utf-8", "surrogateescape")
 
 
 class Member:
@@ -173,7 +183,7 @@ class MemberIterator:
     def __init__(self, reader, on_error=None):
         self.r = reader
         self.on_error = on_error
-        self.targets = {}            # message name -> (data offset, size, sha256)
+        self.targets = {}            # message name -> _target(data offset, size, sha256)
         self.digest = hashlib.sha256()       # version 1 trailer digest (message lines)
         self.sequence = hashlib.sha256()     # version 2 trailer digest (member digests)
         if reader.header_digest:
@@ -704,10 +714,10 @@ class ArchiveReader:
                                   "message in this archive (missing, damaged or out of order)")
                 raise hostile(f"hard link to {e.linkname[:200]!r}, which is not a message of "
                               "this archive")
-            if target[2] != m.sha256:
+            if target[_PLACE.size:] != m.sha256.encode("utf-8", "surrogateescape"):
                 raise corrupt(f"hard link to {e.linkname[:200]!r}, whose SHA-256 is not the "
                               "link's: the link or its target was changed")
-            m.offset, m.size = target[0], target[1]
+            m.offset, m.size = _PLACE.unpack_from(target)
         return self._place(m, it, corrupt)
 
     def _place(self, m, it, corrupt):
@@ -749,7 +759,7 @@ class ArchiveReader:
         it.orphans = None
         line = b"%s %s\n" % (m.sha256.encode(), m.name.encode("utf-8", "surrogateescape"))
         if m.kind == spec.K_MESSAGE:
-            it.targets[m.name] = (m.offset, m.size, m.sha256)
+            it.targets[m.name] = _target(m)
             it.counts["messages"] += 1
             it.counts["bytes"] += m.size
         else:
