@@ -1337,7 +1337,7 @@ class MaildirStore(Store):
         dv = self._doveadm()
         if dv is None or not hasattr(dv, "run"):
             return                             # (no Dovecot: nothing caches it)
-        dv.run(user, "mailbox update", "--mailbox-guid", guid, dv.mailbox(folder))
+        dv.run(user, "mailbox update", "--mailbox-guid", guid, "--", dv.mailbox(folder))
 
     def _index_keywords(self, user: str, folder: str, ctl: str, snap: FolderSnapshot,
                         no_table: bool = False) -> bool:
