@@ -528,6 +528,66 @@ def test_a_dbox_folder_with_percent_that_dsync_keeps_is_backed_up_without_a_word
     assert views(lab) == before
 
 
+def test_a_dbox_folder_with_percent_that_dsync_keeps_is_restored_into_a_live_account(lab, tmp_path):
+    """Giving a folder whose name holds '%' back to an account that has it, dsync
+    (Dovecot 2.3.19) always ends on a desync, "Mailbox 100%25 mailbox_rename conflict:
+    Can't rename mailbox to itself", and gives the folder back all the same.  Every
+    restore into such a login once failed: the incremental of a chain restored archive
+    by archive, a chain restored into the live store, the full brought back into an
+    account whose client expunged mail since, each exit 17 after 3 tries ("could not
+    bring the folder in step"), the incremental's mail not given to Dovecot.  Now each
+    exits 0 and the client sees what it saw at the backup (what went comes back; what
+    is there stays)."""
+    home = tmp_path / "ims"
+    configure(lab, home)
+    lab.deliver(list(USERS), message("hello"))
+    names = ("100%", "%%", "a%2Fb", "Work/50%")
+    with lab.imap("alice") as c:
+        for box in names:
+            c.create(box)
+            c.append(box, message(f"in {box}"), [r"\Seen"], "05-Mar-2024 12:00:00 +0100")
+            c.append(box, message(f"also in {box}", size=900), [r"\Flagged", "$Label1"])
+        c.subscribe("100%")
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    first = views(lab)
+    lab.deliver(list(USERS), message("between"))
+    with lab.imap("alice") as c:
+        for box in names:
+            c.append(box, message(f"later in {box}"), ["$Later"])
+            c.select(box)
+            c.uid_store(c.uids()[:1], "+FLAGS", [r"\Answered", "Done"])
+            c.unselect()
+    run(home, "imsbackup", "-f", incr, "--base", f"{full}.state", "/", check=0)
+    second = views(lab)
+    assert second != first
+    wipe(lab)
+    run(home, "imsrestore", "-H", "-f", full, check=0)
+    assert views(lab) == first
+    p = run(home, "imsrestore", "-f", incr, check=None, text=True)
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    assert views(lab) == second
+    p = run(home, "imsrestore", "-f", full, "-f", incr, check=None, text=True)
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    assert views(lab) == second
+    # the client expunges the first message of each: the full brings it back, above UIDNEXT
+    with lab.imap("alice") as c:
+        for box in names:
+            c.select(box)
+            c.uid_expunge(c.uids()[:1])
+            c.unselect()
+    gone = views(lab)
+    p = run(home, "imsrestore", "-f", full, check=None, text=True)
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    back = views(lab)
+    for box in names:
+        was, now = gone["alice"][0][box], back["alice"][0][box]
+        assert set(was[3]) <= set(now[3]) and len(now[3]) == len(was[3]) + 1, box
+        (uid, _fl, _date, _size, sha, guid), = [m for m in now[3] if m not in was[3]]
+        assert uid >= was[1] and (sha, guid) == first["alice"][0][box][3][0][4:], box
+    assert back["bob"] == gone["bob"]
+
+
 def test_a_dbox_folder_dsync_cannot_copy_at_all_is_named_with_what_to_do(lab, tmp_path):
     """A '%XX' that dsync decodes to a character the Maildir++ copy cannot hold ("v%2e"
     becomes "v.", a hierarchy) stops doveadm backup of the whole login, and `-x v%2e`

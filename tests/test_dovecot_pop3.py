@@ -250,3 +250,43 @@ def test_pop3_uidls_saved_after_the_full_come_back_with_the_chain(how, tmp_path)
             (fields["bob"], back)
         uidls = [uidl for _, uidl in lab.pop3_uidls("bob")]
         assert set(uidl for _, uidl in want["bob"]) <= set(uidls), (want["bob"], uidls)
+
+
+def test_a_message_expunged_since_the_backup_comes_back_with_its_pop3_uidl(tmp_path):
+    """pop3_uidl_format = %f: a message expunged since the backup (a POP3 client's
+    DELE, an IMAP expunge) and restored into the live folder comes back under its old
+    base name, so its UIDL is the one the POP3 client knows and nothing is downloaded
+    again.  Dovecot keeps the expunged message's uidlist line until it next rewrites
+    the list; that line once counted as the name being taken, and every such message
+    came back under a new name (a new UIDL; in another folder a new X-GUID, which is
+    the base name).  Several rounds, each expunging other
+    messages (the last UID, a middle one, a COPY's hard link, all of a folder), with
+    an IMAP session holding the folder open through the restore: no Dovecot error."""
+    with dovecot_lab("plain", logins=["alice", "bob"], pop3_uidl_format="%f") as lab:
+        _fill(lab)
+        for i in range(4):
+            lab.deliver(["alice"], message(f"more {i}", size=300 * i))
+        with lab.imap("alice") as c:
+            c.append("Keep", message("kept"), [r"\Seen", "$Label1"], "05-Mar-2024 12:00:00 +0100")
+        home = tmp_path / "ims"
+        _configure(lab, home)
+        picks = [("INBOX", lambda uids: uids[-1:]), ("INBOX", lambda uids: uids[1:3]),
+                 ("Keep", lambda uids: uids[:1]), ("Keep", lambda uids: uids)]
+        for rnd, (box, pick) in enumerate(picks):
+            archive = tmp_path / f"full{rnd}.ims"
+            run(home, "imsbackup", "-f", archive, "/", check=0)
+            before = sorted(u for _, u in lab.pop3_uidls("alice"))
+            mail = {(f, m.sha256, m.guid) for f, m in lab.client_state("alice").all_messages()}
+            with lab.imap("alice") as watcher, lab.imap("alice") as c:
+                watcher.select(box)
+                c.select(box)
+                c.uid_expunge(pick(c.uids()))
+                c.unselect()
+                assert box != "INBOX" or sorted(u for _, u in lab.pop3_uidls("alice")) != before
+                p = run(home, "imsrestore", "-f", archive, "/primary/alice", check=None, text=True)
+                assert p.returncode == 0, p.stderr
+                watcher.command("NOOP")
+                assert len(watcher.fetch_meta()) == len(lab.client_state("alice")[box].messages)
+            assert sorted(u for _, u in lab.pop3_uidls("alice")) == before, (rnd, box)
+            assert {(f, m.sha256, m.guid) for f, m in lab.client_state("alice").all_messages()} == mail
+        assert not re.search(r"Error:|Panic:|Fatal:|Warning:", lab.log()), lab.log()

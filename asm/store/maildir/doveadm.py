@@ -119,7 +119,7 @@ class Doveadm:
 
     def keywords(self, login: str, folder: str) -> dict[int, tuple]:
         """{uid: keywords} of every message of the folder, as Dovecot's index has them."""
-        out = self.run(login, "fetch", "uid flags", "mailbox", self.mailbox(folder), "all")
+        out = self.run(login, "fetch", "--", "uid flags", "mailbox", self.mailbox(folder), "all")
         result = {}
         for block in out.split("\f"):
             uid = re.search(r"^uid: (\d+)$", block, re.M)
@@ -135,9 +135,9 @@ class Doveadm:
         for i in range(0, len(uids), 500):
             part = ",".join(map(str, uids[i:i + 500]))
             if add:
-                self.run(login, "flags add", " ".join(add), "mailbox", self.mailbox(folder), "uid", part)
+                self.run(login, "flags add", "--", " ".join(add), "mailbox", self.mailbox(folder), "uid", part)
             if remove:
-                self.run(login, "flags remove", " ".join(remove), "mailbox", self.mailbox(folder), "uid", part)
+                self.run(login, "flags remove", "--", " ".join(remove), "mailbox", self.mailbox(folder), "uid", part)
 
 
 class KeptKeywords:

@@ -1337,7 +1337,7 @@ class MaildirStore(Store):
         dv = self._doveadm()
         if dv is None or not hasattr(dv, "run"):
             return                             # (no Dovecot: nothing caches it)
-        dv.run(user, "mailbox update", "--mailbox-guid", guid, dv.mailbox(folder))
+        dv.run(user, "mailbox update", "--mailbox-guid", guid, "--", dv.mailbox(folder))
 
     def _index_keywords(self, user: str, folder: str, ctl: str, snap: FolderSnapshot,
                         no_table: bool = False) -> bool:
@@ -3400,14 +3400,25 @@ class MaildirStore(Store):
     def _free_base(self, st: _State, name: str | None, letters: str) -> str | None:
         """``name`` when a message can have it as its base name in this folder: a
         Maildir base name that no file and no uidlist record of the folder has (a
-        folder where it is taken, a live one, gets a new name)."""
+        folder where it is taken, a live one, gets a new name).  A record whose file is
+        gone (Dovecot expunged the message and keeps the line until it next rewrites the
+        list) does not take it: that line is dropped, as any such line when the list is
+        written, so the name is never in two records.  (Before, a message expunged since
+        the backup came back under a new name: with pop3_uidl_format = %f a new UIDL, so
+        a POP3 client downloaded it again.)"""
         if not name or not BASE_OK.match(name) or len(name) + 3 + len(letters) > 255:
             return None
         files = st.files if st.files is not None else self._scan(st)
         if st.bases is None:
             st.bases = st.uidlist.by_base()
-        if name in files or name in st.bases:
+        if name in files:
             return None
+        if name in st.bases:
+            if name in self._scan(st):
+                return None
+            del st.uidlist.records[st.bases.pop(name)]
+            st.max_uid = None
+            st.dirty = True
         return name
 
     def _random8(self) -> str:
