@@ -664,6 +664,14 @@ class ArchiveReader:
             if level is not None and "/" in level:
                 raise hostile(f"a {what} name with a '/' (escaped in the member name), which would "
                               "name another place than the store")
+        if folder is not None:
+            # a folder's levels are the member's directories, each encoded on its own: a
+            # level whose escapes decode to hold '/' (%2F) is never written, and would give
+            # the folder other levels, or empty ones ('Trash%2F' -> 'Trash/')
+            raw = name[:-1] if name.endswith("/") else name[:name.rindex("/")]
+            if raw.count("/") - 2 != folder.count("/"):
+                raise corrupt("a folder level whose escapes decode to hold '/' (%2F), which ims-asm "
+                              "never writes")
         if t == pax.DIRTYPE:
             want = spec.K_USER if folder is None else spec.K_FOLDER
             if kind != want or user is None or uid is not None:
