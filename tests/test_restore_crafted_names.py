@@ -117,3 +117,43 @@ def test_the_listing_writes_control_characters_of_names_as_escapes(archive, tmp_
         assert all(x.count("\t") == 3 for x in lines if x not in folder_lines), lines
         assert not any(x.startswith("/primary/joe/INBOX/77") for x in lines), lines
         assert any("\\x1b" in x or "\\x0a" in x or "\\x0d" in x for x in lines), lines
+
+
+@pytest.mark.parametrize("spelling", [b"inbox", b"Inbox", b"iNBOX"])
+def test_the_inbox_in_another_case_is_the_inbox(store, archive, tmp_path, driver, spelling):
+    """IMAP's INBOX is one folder whatever its ASCII case (RFC 3501 5.1), and every store
+    names it INBOX.  Before, a member 'primary/joe/inbox/' made the classic store's restore
+    fail with exit 17 and 'cannot write joe/inbox: .../=inbox/store.idx' (a store it took
+    for damaged), and the maildir one merge a second "INBOX" into the first, exit 0."""
+    source = state(store)
+    # the archive's INBOX spelled otherwise: restored as the INBOX, exactly
+    ms = _rename_folder(af.models(archive), "joe", "INBOX", spelling, spelling)
+    alone = tmp_path / "alone.ims"
+    alone.write_bytes(af.emit(ms))
+    # and the same beside the INBOX (Trash respelled): that folder is there twice
+    ms = _rename_folder(af.models(archive), "joe", "Trash", spelling, spelling)
+    twice = tmp_path / "twice.ims"
+    twice.write_bytes(af.emit(ms))
+    for how in ("file", "pipe"):
+        home = _fresh(tmp_path, driver, f"alone-{how}")
+        dev = ["-f", "-"] if how == "pipe" else ["-f", alone]
+        feed = alone.read_bytes() if how == "pipe" else None
+        r = run(home, "imsrestore", *dev, input=feed)
+        t = run(home, "imsrestore", "-t", *dev, input=feed)
+        assert r.returncode == 0 and t.returncode == 0, (how, r.stderr, t.stderr)
+        assert state(open_store(make_home(home, driver))) == source
+        home = _fresh(tmp_path, driver, f"twice-{how}")
+        dev = ["-f", "-"] if how == "pipe" else ["-f", twice]
+        feed = twice.read_bytes() if how == "pipe" else None
+        r = run(home, "imsrestore", *dev, input=feed)
+        t = run(home, "imsrestore", "-t", *dev, input=feed)
+        for what, p in (("restore", r), ("-t", t)):
+            err = p.stderr.decode("utf-8", "replace")
+            assert p.returncode == 4, (how, what, p.returncode, err)
+            assert f"primary/joe/{spelling.decode()}/" in err and "twice" in err, (how, what, err)
+        got = state(open_store(make_home(home, driver)))
+        # the INBOX as archived, nothing of the second one in it; the rest restored
+        assert {k: v for k, v in got.items() if k[:2] == ("joe", "INBOX")} == \
+            {k: v for k, v in source.items() if k[:2] == ("joe", "INBOX")}
+        assert {k: v for k, v in got.items() if k[1] != "Trash"} == \
+            {k: v for k, v in source.items() if k[1] != "Trash"}

@@ -695,6 +695,13 @@ class ArchiveReader:
             rv = recs.get(k)
             if rv is not None and rv != v:
                 raise corrupt(f"{k} {rv[:60]!r} does not match the member name")
+        if folder is not None:
+            first, sep, rest = folder.partition("/")
+            if first != "INBOX" and len(first) == 5 and first.isascii() and first.upper() == "INBOX":
+                # IMAP's INBOX whatever its ASCII case (RFC 3501 5.1), as every store names
+                # it: 'inbox/' is the INBOX, and after 'INBOX/' a folder twice (writers
+                # write 'INBOX'; a store given 'inbox' kept it apart from its INBOX)
+                m.folder = "INBOX" + sep + rest
         try:
             _decode(m, recs, e)
         except ValueError as ex:
