@@ -13,7 +13,7 @@ import re
 
 from . import names, pax, spec, values
 from .errors import (ArchiveError, CorruptHeader, CorruptMember, DigestMismatch, HostileMember,
-                     IncompleteArchive, LinkTargetUnavailable, NotAnArchive)
+                     IncompleteArchive, LinkTargetUnavailable, NotAnArchive, TrailingData)
 from .records import RecordReader
 from .values import FolderState, UidSet
 
@@ -306,8 +306,9 @@ class MemberIterator:
                                 + " do not match the members read", spec.TRAILER_NAME)
         why = r._check_end(e)
         if why:
-            r.verified = False
-            raise CorruptMember(e.header_offset, why, spec.TRAILER_NAME)
+            # (no member damaged, a message's bytes included, and the trailer matched)
+            whole, r.verified = r.verified and not r.errors, False
+            raise (TrailingData if whole else CorruptMember)(e.header_offset, why, spec.TRAILER_NAME)
         raise StopIteration
 
     def _resync(self, start):

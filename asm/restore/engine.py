@@ -10,7 +10,7 @@ import os
 import time
 
 from asm import plugins
-from asm.archive.errors import CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
+from asm.archive.errors import CorruptMember, DigestMismatch, HostileMember, IncompleteArchive, TrailingData
 from asm.errors import EXIT_LOCKED, EXIT_NOSPACE, EXIT_PARTIAL, EXIT_USAGE, ImsError
 from asm.events import Run
 from asm.groups import Groups
@@ -403,6 +403,8 @@ class Restorer:
         self.damaged = True                 # ... nor the archive's list of users
         if isinstance(exc, HostileMember):
             self.res.hostile += 1
+        elif isinstance(exc, TrailingData):
+            self.res.trailing = str(exc)    # (no member is missing: not counted as one)
         elif isinstance(exc, CorruptMember):
             self.res.corrupt += 1
         self._error(getattr(exc, "name", None) or "archive", exc)
