@@ -77,3 +77,37 @@ def test_the_link_after_a_damaged_one_never_merges_with_exit_0(store, ims_home, 
         assert state(open_store(make_home(home, driver))) == want, p.name
     # the refusal was met (a message incr2 lists without carrying it), and not for all
     assert outcomes and len(outcomes) < len(victims), outcomes
+
+
+def test_a_message_lost_to_a_damaged_header_leaves_its_uid_for_the_intact_copy(store, ims_home, tmp_path, driver):
+    """A message member whose header block is damaged is lost (the reader goes on at the
+    next member): its folder was recorded as a mirror of the archive all the same, so the
+    same archive from an intact copy merged into it, giving the message a new UID (exit 0,
+    clients fetch it again), and the next link was refused as if one had been skipped.
+    Now the folder keeps the message's UID free, as for damaged bytes."""
+    full, incr, incr2, want = _chain(store, ims_home, tmp_path)
+    data = full.read_bytes()
+    parts, _ = af.layout(data)
+    victims = [p for p in parts if p.ustar[156:157] == pax.REGTYPE and p.name.endswith(".eml")]
+    assert len(victims) >= 6, [p.name for p in victims]
+    for i, p in enumerate(victims):
+        bad = bytearray(data)
+        bad[p.ustar_at + 20] ^= 0x01                # a byte of its name: the checksum fails
+        damaged = tmp_path / f"damaged-{i}.ims"
+        damaged.write_bytes(bytes(bad))
+        home = tmp_path / f"dest-{i}"
+        make_home(home, driver)
+        r = run(home, "imsrestore", "-H", "-f", damaged)
+        assert r.returncode == 4, (p.name, r.returncode, r.stderr)
+        r = run(home, "imsrestore", "-H", "-f", incr)
+        err = r.stderr.decode()
+        assert r.returncode in (0, 7), (p.name, r.returncode, err)
+        if r.returncode == 7:
+            assert "could not write" in err and "restore that archive again" in err, (p.name, err)
+        # the intact copy, then the chain: every message at its archived UID, exit 0
+        for a in (full, incr):
+            r = run(home, "imsrestore", "-H", "-f", a)
+            assert r.returncode == 0 and b"with new UIDs" not in r.stderr, (p.name, a.name, r.stderr)
+        r = run(home, "imsrestore", "-v", "-f", incr2)
+        assert r.returncode == 0 and b" 0 with new UIDs" in r.stderr, (p.name, r.stderr[-500:])
+        assert state(open_store(make_home(home, driver))) == want, p.name

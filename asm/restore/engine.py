@@ -407,6 +407,14 @@ class Restorer:
             self.res.trailing = str(exc)    # (no member is missing: not counted as one)
         elif isinstance(exc, CorruptMember):
             self.res.corrupt += 1
+            if self.plan is not None and getattr(exc, "name", None) != "ims-asm.trailer":
+                # a member lost within the folder being restored (a damaged header: the
+                # reader went on at the next one) may be one of its messages: the folder
+                # is no mirror of the archive, its archived UIDs kept free (journal gaps),
+                # as for a message whose bytes are damaged.  Recorded as a mirror, the
+                # same archive from an intact copy gave the message a new UID (exit 0),
+                # and the next link was refused as if one had been skipped
+                self.plan.failed += 1
         self._error(getattr(exc, "name", None) or "archive", exc)
 
     def _member(self, m) -> None:
