@@ -48,6 +48,24 @@ class CorruptMember(ArchiveError):
             "restore it from another backup")
 
 
+class TrailingData(CorruptMember):
+    """Bytes that are not zeros after the trailer, within the writer's last record, when
+    the members before them matched the trailer's digest and counts and none read was
+    damaged: nothing of the archive is missing, but its medium holds bytes the writer did not write
+    (``tar -r`` appended a member, a device wrote over the archive's end).  Damage all the
+    same (exit 4, docs/format.md §2.7), named for what it is, not as a member skipped."""
+
+    def __init__(self, offset, why, name=None):
+        self.offset = offset
+        self.name = name
+        self.why = why
+        ArchiveError.__init__(
+            self, f"corrupt member {name!r} at byte {offset}: {why}: something was written after the "
+            "archive's end (tar -r, another archive, a device's data); the members before it match the "
+            "trailer's digest and counts, and none read was damaged: nothing of the archive is missing; "
+            "keep an intact copy of it")
+
+
 class CorruptHeader(CorruptMember):
     """The archive's header member is damaged (its digest, its JSON or a field of it):
     nothing in the archive can be trusted to belong to it, so nothing is read."""

@@ -14,7 +14,7 @@ import struct
 
 from . import names, pax, spec, values
 from .errors import (ArchiveError, CorruptHeader, CorruptMember, DigestMismatch, HostileMember,
-                     IncompleteArchive, LinkTargetUnavailable, NotAnArchive)
+                     IncompleteArchive, LinkTargetUnavailable, NotAnArchive, TrailingData)
 from .records import RecordReader
 from .values import FolderState, UidSet
 
@@ -316,8 +316,9 @@ class MemberIterator:
                                 + " do not match the members read", spec.TRAILER_NAME)
         why = r._check_end(e)
         if why:
-            r.verified = False
-            raise CorruptMember(e.header_offset, why, spec.TRAILER_NAME)
+            # (no member damaged, a message's bytes included, and the trailer matched)
+            whole, r.verified = r.verified and not r.errors, False
+            raise (TrailingData if whole else CorruptMember)(e.header_offset, why, spec.TRAILER_NAME)
         raise StopIteration
 
     def _resync(self, start):
@@ -674,6 +675,14 @@ class ArchiveReader:
             if level is not None and "/" in level:
                 raise hostile(f"a {what} name with a '/' (escaped in the member name), which would "
                               "name another place than the store")
+        if folder is not None:
+            # a folder's levels are the member's directories, each encoded on its own: a
+            # level whose escapes decode to hold '/' (%2F) is never written, and would give
+            # the folder other levels, or empty ones ('Trash%2F' -> 'Trash/')
+            raw = name[:-1] if name.endswith("/") else name[:name.rindex("/")]
+            if raw.count("/") - 2 != folder.count("/"):
+                raise corrupt("a folder level whose escapes decode to hold '/' (%2F), which ims-asm "
+                              "never writes")
         if t == pax.DIRTYPE:
             want = spec.K_USER if folder is None else spec.K_FOLDER
             if kind != want or user is None or uid is not None:
@@ -697,6 +706,13 @@ class ArchiveReader:
             rv = recs.get(k)
             if rv is not None and rv != v:
                 raise corrupt(f"{k} {rv[:60]!r} does not match the member name")
+        if folder is not None:
+            first, sep, rest = folder.partition("/")
+            if first != "INBOX" and len(first) == 5 and first.isascii() and first.upper() == "INBOX":
+                # IMAP's INBOX whatever its ASCII case (RFC 3501 5.1), as every store names
+                # it: 'inbox/' is the INBOX, and after 'INBOX/' a folder twice (writers
+                # write 'INBOX'; a store given 'inbox' kept it apart from its INBOX)
+                m.folder = "INBOX" + sep + rest
         try:
             _decode(m, recs, e)
         except ValueError as ex:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import stat
 import sys
 import time
@@ -116,6 +117,18 @@ class _OutputFailed(Exception):
         self.error = error
 
 
+# control characters (C0 with TAB and newline, DEL, C1): no store keeps a C0 one in a
+# folder or user name, but a forged archive may claim any, and the listing must neither
+# drive the terminal of whoever checks a tape nor gain lines or fields (tab-separated)
+_LISTED_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _listed(name) -> str:
+    """A name from the archive as the listing prints it: as it is (bytes that are not
+    UTF-8 too, as ls and find print them), but each control character as \\xNN."""
+    return _LISTED_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(name))
+
+
 def _print(line: str) -> None:
     try:
         print(line)
@@ -149,7 +162,7 @@ def _toc(reader, sel: Selection, verbose: bool = False, layered=None) -> int:
                 current_ok = sel.folder(m.partition, m.user, recorded.get((m.partition, m.user), m.group),
                                         m.folder)
                 if current_ok:
-                    _print(f"/{m.partition}/{m.user}/{m.folder}\tuidvalidity={m.uidvalidity} "
+                    _print(f"{_listed(f'/{m.partition}/{m.user}/{m.folder}')}\tuidvalidity={m.uidvalidity} "
                           f"uidnext={m.uidnext} uids={len(m.uids)}{' subscribed' if m.subscribed else ''}")
                 continue
             if m.kind == "message":
@@ -162,9 +175,9 @@ def _toc(reader, sel: Selection, verbose: bool = False, layered=None) -> int:
             if not current_ok:
                 continue
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.internaldate or 0))
-            flags = " ".join(sorted(m.flags) + list(m.keywords))
-            what = f"link to {m.linkname}" if m.kind == "link" else f"{m.size}"
-            _print(f"/{m.partition}/{m.user}/{m.folder}/{m.uid}\t{what}\t{when}\t{flags}")
+            flags = _listed(" ".join(sorted(m.flags) + list(m.keywords)))
+            what = f"link to {_listed(m.linkname)}" if m.kind == "link" else f"{m.size}"
+            _print(f"{_listed(f'/{m.partition}/{m.user}/{m.folder}')}/{m.uid}\t{what}\t{when}\t{flags}")
     except IncompleteArchive as exc:
         for e in errors:
             warn(PROG, e)

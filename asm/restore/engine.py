@@ -10,7 +10,7 @@ import os
 import time
 
 from asm import plugins
-from asm.archive.errors import CorruptMember, DigestMismatch, HostileMember, IncompleteArchive
+from asm.archive.errors import CorruptMember, DigestMismatch, HostileMember, IncompleteArchive, TrailingData
 from asm.errors import EXIT_LOCKED, EXIT_NOSPACE, EXIT_PARTIAL, EXIT_USAGE, ImsError
 from asm.events import Run
 from asm.groups import Groups
@@ -403,8 +403,18 @@ class Restorer:
         self.damaged = True                 # ... nor the archive's list of users
         if isinstance(exc, HostileMember):
             self.res.hostile += 1
+        elif isinstance(exc, TrailingData):
+            self.res.trailing = str(exc)    # (no member is missing: not counted as one)
         elif isinstance(exc, CorruptMember):
             self.res.corrupt += 1
+            if self.plan is not None and getattr(exc, "name", None) != "ims-asm.trailer":
+                # a member lost within the folder being restored (a damaged header: the
+                # reader went on at the next one) may be one of its messages: the folder
+                # is no mirror of the archive, its archived UIDs kept free (journal gaps),
+                # as for a message whose bytes are damaged.  Recorded as a mirror, the
+                # same archive from an intact copy gave the message a new UID (exit 0),
+                # and the next link was refused as if one had been skipped
+                self.plan.failed += 1
         self._error(getattr(exc, "name", None) or "archive", exc)
 
     def _member(self, m) -> None:

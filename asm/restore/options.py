@@ -65,6 +65,7 @@ class RestoreResult:
     incomplete: str | None = None                    # why the archive ended early
     hostile: int = 0                                 # members refused as hostile (exit 5)
     corrupt: int = 0                                 # members damaged: digest, checksum, records (exit 4)
+    trailing: str | None = None                      # bytes after the trailer, every member whole (exit 4)
     store_full: str | None = None                    # the store filled up: the run stopped
     unmatched: list = field(default_factory=list)    # selection paths that matched nothing
     near_misses: dict = field(default_factory=dict)  # unmatched path -> folders differing in case
@@ -99,7 +100,7 @@ class RestoreResult:
             out.add(EXIT_NOSPACE)
         if self.hostile:
             out.add(EXIT_HOSTILE)
-        if self.incomplete or self.corrupt:
+        if self.incomplete or self.corrupt or self.trailing:
             out.add(EXIT_INCOMPLETE)
         if self.out_of_order:
             out.add(EXIT_ORDER)

@@ -280,7 +280,13 @@ class Planner:
             mode = "exact"
         else:
             mode = "merge"
-            if j is not None and j.mirror and j.uidvalidity == info.uidvalidity \
+            # (a folder the restore of j's archive made or continued exactly but for the
+            # messages it could not write, damaged ones, whose archived UIDs it left free:
+            # no mirror, yet the next link of its chain continues it, and is refused for it
+            # when it lists them without carrying them (check_gap).  Merged, as before, it
+            # exited 0 with the chain's expunges and flags left out, and that mail missing)
+            gapped = j is not None and not j.mirror and j.gaps > 0 and j.running is None
+            if j is not None and (j.mirror or gapped) and j.uidvalidity == info.uidvalidity \
                     and j.uidnext == info.uidnext \
                     and (j.count is None or j.count == len(store.messages(user, folder))):
                 # the folder is as the restore of j's archive left it
@@ -368,7 +374,8 @@ class Planner:
                 plan.by_uid[msg.uid] = msg
                 plan.existing.setdefault(msg.size, []).append(msg)
         if mode == "chain":
-            self.check_gap(plan, j.created, by_date=self.header.get("base") is None)
+            self.check_gap(plan, j.created, by_date=self.header.get("base") is None,
+                           gaps=(j.archive_id, j.gaps) if j.gaps and not j.mirror else None)
         if mode in ("exact", "chain") and (not resumed or refill or marked):
             self.journal.start(user, folder, self.header, mode, beside=mark)
         if mode in ("exact", "chain"):
@@ -550,13 +557,23 @@ class Planner:
                 f"what this archive carries")
 
     @classmethod
-    def check_gap(cls, plan: FolderPlan, last_created, by_date: bool = False) -> None:
+    def check_gap(cls, plan: FolderPlan, last_created, by_date: bool = False, gaps=None) -> None:
         """An incremental lists (in its state record) the messages it does not carry;
         each of them must already be here, else an archive in between is missing, or
-        (``by_date``: an incremental by date) the folder's UIDs were given again after
-        its date under the same UIDVALIDITY (Dovecot numbers the files again when a
-        dovecot-uidlist is lost and its index kept), which no archive holds."""
+        (``gaps``: (archive id, count)) the restore of the archive before it could not
+        write some of its messages, or (``by_date``: an incremental by date) the folder's
+        UIDs were given again after its date under the same UIDVALIDITY (Dovecot numbers
+        the files again when a dovecot-uidlist is lost and its index kept), which no
+        archive holds."""
         missing = cls._missing(plan.state, plan.by_uid, plan.final_uids)
+        if missing and gaps is not None:
+            raise ChainOrderError(
+                f"user/{plan.user}/{plan.folder}: {missing} messages of this incremental's folder "
+                f"(UIDs {plan.state.first_not_in(plan.by_uid)}...) are neither here nor in it: the restore "
+                f"of archive {gaps[0]} (taken at {_fmt(last_created)}), which it follows, could not write "
+                f"{gaps[1]} of its messages (damaged, named when it ran); restore that archive again from "
+                f"an intact copy (or complete it with the reference file its restore named: imsrestore "
+                f"-r REFFILE), then this one; the folder is left as it was")
         if missing:
             path = f"/{plan.partition}/{plan.user}/{plan.folder}"
             renumbered = (

@@ -152,7 +152,7 @@ def restore_test(view: ChainView, open_raw, driver: str, parent: str | None = No
                 out.problems.append(Problem(e.get("status", status) or status,
                                             f"restore test: {a.device}: {e['mailbox']}: {e['error']}"))
             if status != EXIT_OK and not res.errors:
-                why = res.incomplete or (f"{res.corrupt} damaged members" if res.corrupt else
+                why = res.incomplete or res.trailing or (f"{res.corrupt} damaged members" if res.corrupt else
                                          f"{res.hostile} hostile members" if res.hostile else
                                          f"{len(res.pending)} links left unresolved" if res.pending else
                                          "it did not restore cleanly")
