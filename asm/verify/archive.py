@@ -39,6 +39,12 @@ class FolderRec:
     created: float = 0.0   # when the archive that listed it last was started
     acl: str | None = None  # its access control list (IMSASM.acl; None: not archived, a
                             # restore leaves the folder's as it finds it)
+    mailbox_guid: str | None = None     # its mailbox GUID (IMSASM.mailbox_guid; None: not archived)
+    # uid -> (GUID, Maildir base name, POP3 UIDL, POP3 order) of each message ("", 0: none),
+    # what a restore gives it back (dsync, POP3 clients)
+    ids: dict = field(default_factory=dict)
+    state_pop3: dict | None = None      # {uid: (POP3 UIDL, order)} of the messages an
+                                        # incremental keeps (IMSASM.state_pop3)
 
     @property
     def mailbox(self) -> str:
@@ -128,7 +134,8 @@ def check_archive(raw, device: str, blocking_factor: int = 20, progress=None) ->
                 continue
             if m.kind == "folder":
                 folder = FolderRec(m.partition, m.user, m.folder, m.uidvalidity, m.uidnext, m.subscribed,
-                                   m.uids, m.state, created=created, acl=m.acl)
+                                   m.uids, m.state, created=created, acl=m.acl,
+                                   mailbox_guid=m.mailbox_guid, state_pop3=m.state_pop3)
                 out.folders[(m.partition, m.user, m.folder)] = folder
                 out.counts["folders"] += 1
                 continue
@@ -148,6 +155,7 @@ def check_archive(raw, device: str, blocking_factor: int = 20, progress=None) ->
                     m.partition, m.user, m.folder):
                 folder.messages[m.uid] = (m.sha256, tuple(sorted(m.flags)), tuple(sorted(m.keywords)),
                                           int(m.internaldate or 0), m.size)
+                folder.ids[m.uid] = (m.guid or "", m.basename or "", m.pop3_uidl or "", m.pop3_order or 0)
             if progress:
                 progress(out)
     except IncompleteArchive as exc:

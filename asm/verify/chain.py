@@ -214,11 +214,12 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups
     new: dict = {}
     for key, f in a.folders.items():
         g = FolderRec(f.partition, f.user, f.name, f.uidvalidity, f.uidnext, f.subscribed, f.uids, f.state,
-                      dict(f.messages), f.created, f.acl)
-        if g.acl is None:
-            old = view.folders.get(key)
-            if old is not None:
-                g.acl = old.acl     # not archived here: a restore leaves the earlier link's
+                      dict(f.messages), f.created, f.acl, f.mailbox_guid, dict(f.ids), f.state_pop3)
+        old = view.folders.get(key)
+        if g.acl is None and old is not None:
+            g.acl = old.acl         # not archived here: a restore leaves the earlier link's
+        if g.mailbox_guid is None and old is not None and old.uidvalidity == f.uidvalidity:
+            g.mailbox_guid = old.mailbox_guid       # (an archive from before they were archived)
         if incremental and not base:
             old = view.folders.get(key)
             if old is not None and old.uidvalidity == f.uidvalidity:
@@ -230,6 +231,12 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups
                         if st is not None:
                             have = (have[0], tuple(sorted(st[0])), tuple(sorted(st[1])), have[3], have[4])
                         g.messages[uid] = have
+                        ids = old.ids.get(uid)
+                        if ids is not None:
+                            # its POP3 UIDL and order as this backup recorded them (a POP3
+                            # client's login since saved them), else as the earlier link's
+                            pop3 = (f.state_pop3 or {}).get(uid)
+                            g.ids[uid] = ids if pop3 is None else (ids[0], ids[1], pop3[0] or "", pop3[1] or 0)
             if f.state:
                 # the messages it records as kept from before (stored before its -d date); a
                 # listed UID that is neither carried nor recorded vanished during that backup

@@ -76,6 +76,10 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
                                 ("subscription", rec.subscribed, f.subscribed)):
             if want != got:
                 out.add(f"{label}: {rec.mailbox}: {what} is {got} after the restore, {want} in the archive")
+        if rec.mailbox_guid and f.guid and f.guid != rec.mailbox_guid:
+            # (dsync knows a folder by it: a replica takes the folder for one it lost)
+            out.add(f"{label}: {rec.mailbox}: its mailbox GUID is {f.guid} after the restore, "
+                    f"{rec.mailbox_guid} in the archive")
         if rec.acl is not None:
             got_acl = store.acl(rec.user, rec.name)
             if got_acl is not None and got_acl != rec.acl:
@@ -98,6 +102,11 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
             if int(m.internaldate) != idate:
                 out.add(f"{label}: {rec.mailbox}: message {uid} has INTERNALDATE {int(m.internaldate)} "
                         f"after the restore, {idate} in the archive")
+            ids = rec.ids.get(uid)
+            if ids is not None:
+                for what, here, want in store.identity_differences(m, *ids):
+                    out.add(f"{label}: {rec.mailbox}: message {uid} has {what} {here!r} after the restore, "
+                            f"{want!r} in the archive")
         for uid in sorted(msgs):
             out.add(f"{label}: {rec.mailbox}: message {uid} is there after the restore but not in the archive")
     for (part, user, name), f in sorted(have.items()):
@@ -140,21 +149,30 @@ def compare_exact(view: ChainView, store: Store, targets: list, exclude=None, pa
             out.add(f"exact: /{t.partition}/{t.user} is there after the restore but not in the archive")
     if paths is None or any(lp.folder is not None for lp in paths):
         return out          # (an archive of some folders holds no user's other subscriptions)
-    for t in targets:
-        if (t.partition, t.user) not in view.users or (t.partition, t.user) not in view.subscriptions:
-            continue            # (an archive that does not record them: older)
-        want = set(view.subscriptions[(t.partition, t.user)])
+    compare_subscriptions(out, view, store, [(t.partition, t.user) for t in targets], "exact")
+    return out
+
+
+def compare_subscriptions(out: Comparison, view: ChainView, store: Store, users, label: str) -> None:
+    """Each of ``users`` ((partition, user)) that the chain holds and records the
+    subscriptions of (IMSASM.subscriptions: a backup of the whole user) subscribes in
+    ``store`` to the names that are no folder that the chain's last such record names,
+    no more and no fewer; differences go to ``out``, each line starting with ``label``."""
+    for key in users:
+        if key not in view.users or key not in view.subscriptions:
+            continue            # (an archive that does not record them: older, or of some folders)
+        part, user = key
+        want = set(view.subscriptions[key])
         try:
-            got = set(store.other_subscriptions(t.user))
+            got = set(store.other_subscriptions(user))
         except StoreError as exc:
-            out.add(f"exact: /{t.partition}/{t.user}: its subscriptions cannot be read: {exc}")
+            out.add(f"{label}: /{part}/{user}: its subscriptions cannot be read: {exc}")
             continue
         for name in sorted(want - got):
-            out.add(f"exact: /{t.partition}/{t.user}: the subscription to {name!r} (no folder) was not restored")
+            out.add(f"{label}: /{part}/{user}: the subscription to {name!r} (no folder) was not restored")
         for name in sorted(got - want):
-            out.add(f"exact: /{t.partition}/{t.user}: a subscription to {name!r} (no folder) is there after "
+            out.add(f"{label}: /{part}/{user}: a subscription to {name!r} (no folder) is there after "
                     f"the restore but not in the archive")
-    return out
 
 
 def _renamed_from(view: ChainView, store: Store, t, name: str, uidvalidity: int, taken: dict):
