@@ -2,7 +2,9 @@
 beyond bytes, flags and UIDs: each message's GUID (Dovecot's X-GUID: dsync,
 ``pop3_uidl_format = %g``), its Maildir base name (``%f``) and POP3 UIDL and order (the
 uidlist's P and O fields), each folder's mailbox GUID (dsync knows a folder by it), and
-(the restore test) each user's subscriptions to names that are no folder.
+(the restore test) each user's subscriptions to names that are no folder; and that the
+copies of a message that were one file at backup time (a link member and its first
+copy) are one file again ("Single copy", docs/operations.md).
 
 Before, both exited 0 ("every check passed", "exactly as the archives hold them") on a
 store where any of these differed from the archives: the proof a disaster-recovery
@@ -22,7 +24,7 @@ import pytest
 from asm.config import Config
 from asm.errors import EXIT_DIFFERS, EXIT_OK
 from asm.store import open_store
-from tests.helpers import DRIVERS, change_mail, make_home, put, run, verify_inprocess
+from tests.helpers import DRIVERS, change_mail, inode_groups, make_home, put, run, verify_inprocess
 
 
 def _chain(tmp_path, driver):
@@ -174,3 +176,75 @@ def test_restore_test_fails_a_restore_that_loses_what_dsync_and_pop3_clients_kno
                "restored" in text, text
     n = sum(1 for ln in lines if re.search(r"message \d+ has (X-)?GUID", ln))
     assert n >= 12, text          # every message the chain holds, not one
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_exact_and_restore_test_fail_a_single_copy_stored_twice(tmp_path, driver, monkeypatch):
+    """Messages delivered to several users (one file) in a full and an incremental: the
+    chain restored gives them back as one file each, --exact and --restore-test pass.
+    Each copy made a file of its own (as cp without -l, or a restore that copied instead
+    of linking, leaves it) is named by --exact, exit 19, and --restore-test of a restore
+    that copies every link names every link.  (Before, both passed: 500 users' copies
+    of one message restored as 500 files.)"""
+    home = str(tmp_path / "src")
+    store = open_store(make_home(home, driver))
+    for user in ("joe", "ann", "bob"):
+        store.create_user(user)
+    for i in range(4):
+        store.deliver(["joe", "ann", "bob"][: 2 + i % 2], io.BytesIO(b"Subject: all %d\r\n\r\nx\r\n" % i),
+                      internaldate=1_650_000_000 + i)
+    put(store, "joe", "INBOX", 99, internaldate=1_600_000_000)
+    time.sleep(1.1)
+    since = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    a = [tmp_path / "full.ims", tmp_path / "incr.ims"]
+    run(home, "imsbackup", "-f", a[0], "/", check=EXIT_OK)
+    time.sleep(1.1)
+    for i in range(2):
+        store.deliver(["ann", "bob", "joe"], io.BytesIO(b"Subject: later %d\r\n\r\ny\r\n" % i),
+                      internaldate=1_700_000_000 + i)
+    run(home, "imsbackup", "-f", a[1], "-d", since, "/", check=EXIT_OK)
+    chain = [x for f in a for x in ("-f", str(f))]
+    dst = str(tmp_path / "restored")
+    restored = open_store(make_home(dst, driver))
+    run(dst, "imsrestore", *chain, check=EXIT_OK)
+    groups = inode_groups(restored)
+    assert groups == inode_groups(store) and len(groups) == 6, groups
+    run(dst, "imsverify", *chain, "--against-store", "--exact", check=EXIT_OK)
+    status, text = verify_inprocess(chain + ["--restore-test"], home)
+    assert status == EXIT_OK, text
+
+    # each copy a file of its own, one at a time
+    for group in groups:
+        user, folder, uid = group[-1]
+        m = restored.message(user, folder, uid)
+        tmp = m.path + ".copy"
+        with open(m.path, "rb") as f, open(tmp, "wb") as out:
+            out.write(f.read())
+        os.utime(tmp, (m.internaldate, m.internaldate))
+        os.rename(tmp, m.path)
+        p = run(dst, "imsverify", "-v", *chain, "--against-store", "--exact", text=True)
+        lines = [ln for ln in p.stderr.splitlines() if " exact: " in ln]
+        assert p.returncode == EXIT_DIFFERS and len(lines) == 1 and \
+            f"exact: /primary/{user}/{folder}: message {uid} is a file of its own after the restore" in lines[0], \
+            (group, p.stderr)
+        os.unlink(m.path)               # one file again, as the restore made it
+        os.link(restored.message(*group[0]).path, m.path)
+    run(dst, "imsverify", *chain, "--against-store", "--exact", check=EXIT_OK)
+
+    # a restore that copies each link instead of linking it
+    from asm.store.classic import ClassicStore
+    from asm.store.maildir.store import MaildirStore
+    cls = ClassicStore if driver == "classic" else MaildirStore
+    append = cls.append
+
+    def copying(self, user, folder, src, **kw):
+        link_from = kw.pop("link_from", None)
+        if src is None and link_from is not None:
+            with open(link_from, "rb") as f:
+                return append(self, user, folder, f, **kw)
+        return append(self, user, folder, src, link_from=link_from, **kw)
+    monkeypatch.setattr(cls, "append", copying)
+    status, text = verify_inprocess(chain + ["--restore-test", "-v"], home)
+    named = [ln for ln in text.splitlines() if "is a file of its own after the restore" in ln]
+    assert status == EXIT_DIFFERS and len(named) == sum(len(g) - 1 for g in groups), text

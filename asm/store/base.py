@@ -601,6 +601,10 @@ class Store(abc.ABC):
         for a store that does not keep ACLs (what imsverify compares a restore with)."""
         return None
 
+    #: True when a restore stores the copies of one message (a link member and its first
+    #: copy) as one file (hard links) and keeps them so: what imsverify compares
+    single_copies = False
+
     def identity_differences(self, m: MessageInfo, guid: str, basename: str, pop3_uidl: str,
                              pop3_order: int) -> list[tuple[str, object, object]]:
         """What of message ``m`` (restored) is not what a restore gives a message archived

@@ -1404,6 +1404,8 @@ class ClassicStore(Store):
             self._makedirs(hdir)
             os.replace(tmp, path)
 
+    single_copies = True
+
     def identity_differences(self, m: MessageInfo, guid: str, basename: str, pop3_uidl: str,
                              pop3_order: int) -> list[tuple[str, object, object]]:
         # (the classic store keeps a message's GUID as given, and no base name or POP3 field)

@@ -45,6 +45,9 @@ class FolderRec:
     ids: dict = field(default_factory=dict)
     state_pop3: dict | None = None      # {uid: (POP3 UIDL, order)} of the messages an
                                         # incremental keeps (IMSASM.state_pop3)
+    # uid -> ((partition, user, folder), uid, UIDVALIDITY) of the message a link member is
+    # one file with (its first copy): a restore makes them one file again (single copy)
+    copies: dict = field(default_factory=dict)
 
     @property
     def mailbox(self) -> str:
@@ -124,6 +127,7 @@ def check_archive(raw, device: str, blocking_factor: int = 20, progress=None) ->
         out.add(_status(exc), f"{device}: {exc}")
 
     folder = None
+    first: dict = {}        # a message member's name -> (folder key, uid, UIDVALIDITY): a link's target
     try:
         for m in reader.members(on_error=on_error):
             if m.kind == "user":
@@ -153,6 +157,11 @@ def check_archive(raw, device: str, blocking_factor: int = 20, progress=None) ->
                 out.counts["links"] += 1
             if folder is not None and (folder.partition, folder.user, folder.name) == (
                     m.partition, m.user, m.folder):
+                here = (folder.partition, folder.user, folder.name)
+                if m.kind == "message":
+                    first[m.name] = (here, m.uid, folder.uidvalidity)
+                elif m.linkname in first:
+                    folder.copies[m.uid] = first[m.linkname]
                 folder.messages[m.uid] = (m.sha256, tuple(sorted(m.flags)), tuple(sorted(m.keywords)),
                                           int(m.internaldate or 0), m.size)
                 folder.ids[m.uid] = (m.guid or "", m.basename or "", m.pop3_uidl or "", m.pop3_order or 0)

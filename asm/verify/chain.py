@@ -214,7 +214,8 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups
     new: dict = {}
     for key, f in a.folders.items():
         g = FolderRec(f.partition, f.user, f.name, f.uidvalidity, f.uidnext, f.subscribed, f.uids, f.state,
-                      dict(f.messages), f.created, f.acl, f.mailbox_guid, dict(f.ids), f.state_pop3)
+                      dict(f.messages), f.created, f.acl, f.mailbox_guid, dict(f.ids), f.state_pop3,
+                      dict(f.copies))
         old = view.folders.get(key)
         if g.acl is None and old is not None:
             g.acl = old.acl         # not archived here: a restore leaves the earlier link's
@@ -231,6 +232,8 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups
                         if st is not None:
                             have = (have[0], tuple(sorted(st[0])), tuple(sorted(st[1])), have[3], have[4])
                         g.messages[uid] = have
+                        if uid in old.copies:
+                            g.copies[uid] = old.copies[uid]
                         ids = old.ids.get(uid)
                         if ids is not None:
                             # its POP3 UIDL and order as this backup recorded them (a POP3

@@ -66,6 +66,7 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
         have = _store_folders(store)
     else:
         have = dict(have)
+    restored: dict = {}             # ((partition, user, folder), uid) -> the store's MessageInfo
     for key, rec in view.folders.items():
         f = have.pop(key, None)
         if f is None:
@@ -92,6 +93,7 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
                 out.add(f"{label}: {rec.mailbox}: message {uid} was not restored")
                 continue
             out.compared += 1
+            restored[(key, uid)] = m
             got = stored_sha256(m, missing=OSError)
             if got != sha:
                 out.add(f"{label}: {rec.mailbox}: message {uid} came back with other bytes "
@@ -113,7 +115,33 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
         if name == "INBOX" and not store.messages(user, name):
             continue            # a user's INBOX is made with the user
         out.add(f"{label}: /{part}/{user}/{name} is there after the restore but not in the archive")
+    if store.single_copies:
+        _compare_copies(out, view, restored, label)
     return out
+
+
+def _compare_copies(out: Comparison, view: ChainView, restored: dict, label: str) -> None:
+    """Each message the archive holds as a link to its first copy (one file at backup
+    time) is one file with it after the restore, as a restore makes them (docs/operations.md,
+    "Single copy"): a message delivered to 500 users restored as 500 files takes 500 times
+    the disk.  Not asked where one file cannot be both (another INTERNALDATE: one mtime on
+    a Maildir; other bytes), nor across file systems or of a compressed file."""
+    for key, rec in view.folders.items():
+        for uid, (tkey, tuid, tuv) in sorted(rec.copies.items()):
+            t = view.folders.get(tkey)
+            if t is None or t.uidvalidity != tuv:
+                continue            # (that folder is another one at the chain's end)
+            a, b = rec.messages.get(uid), t.messages.get(tuid)
+            if a is None or b is None or a[0] != b[0] or a[3] != b[3]:
+                continue
+            ma, mb = restored.get((key, uid)), restored.get((tkey, tuid))
+            if ma is None or mb is None or not (ma.ino and mb.ino) or ma.dev != mb.dev \
+                    or ma.compressed or mb.compressed:
+                continue
+            if ma.ino != mb.ino:
+                out.add(f"{label}: {rec.mailbox}: message {uid} is a file of its own after the restore, one "
+                        f"file with {t.mailbox} message {tuid} in the archive (a single copy lost: the "
+                        f"message is stored twice)")
 
 
 def compare_exact(view: ChainView, store: Store, targets: list, exclude=None, paths=None) -> Comparison:

@@ -77,6 +77,8 @@ class DboxStore(MaildirStore):
     # inside the batch: its subscriptions are written as they change, not at the sync)
     defer_subscriptions = False
 
+    single_copies = False       # (Dovecot's own files: no hard links of ours)
+
     def identity_differences(self, m, guid: str, basename: str, pop3_uidl: str,
                              pop3_order: int) -> list:
         # (the account's messages keep their GUIDs through doveadm backup; the base names

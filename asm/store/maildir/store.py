@@ -2200,6 +2200,8 @@ class MaildirStore(Store):
             return ""
         return data.decode("utf-8", "surrogateescape")   # (OSError: the caller's)
 
+    single_copies = True
+
     def identity_differences(self, m: MessageInfo, guid: str, basename: str, pop3_uidl: str,
                              pop3_order: int) -> list[tuple[str, object, object]]:
         """As a restore's append keeps them: the GUID a uidlist G field can hold (or the
