@@ -55,12 +55,14 @@ def _flags(m) -> tuple:
 
 
 def compare_restored(view: ChainView, store: Store, have: dict | None = None,
-                     label: str = "restore test") -> Comparison:
+                     label: str = "restore test", unread=()) -> Comparison:
     """The scratch store a test restore wrote against the chain's view: the same
     folders (UIDVALIDITY, UIDNEXT, subscription, ACL), the same UIDs, and each message's
     bytes, flags, keywords and INTERNALDATE; nothing else.  ``have``: the store's
     folders to compare ((partition, user, folder) -> FolderInfo; default all of them);
-    ``label`` starts each line."""
+    ``label`` starts each line; ``unread``: keys of folders the store has but could not
+    read, named already (never "not restored").  A folder whose messages cannot be read
+    as they are is named and not compared, the others are."""
     out = Comparison()
     if have is None:
         have = _store_folders(store)
@@ -70,7 +72,18 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
     for key, rec in view.folders.items():
         f = have.pop(key, None)
         if f is None:
-            out.add(f"{label}: {rec.mailbox} was not restored")
+            if key not in unread:
+                out.add(f"{label}: {rec.mailbox} was not restored")
+            continue
+        try:
+            listed = store.messages(rec.user, rec.name)
+        except NotNumbered as exc:
+            # (a check writes nothing: a folder it could read only by writing is named)
+            out.add(f"{label}: {rec.mailbox}: not compared: {exc}")
+            continue
+        except StoreError as exc:
+            out.problems.append(Problem(EXIT_STORE, f"{label}: {rec.mailbox}: cannot be read in the store, so "
+                                                    f"it was not compared: {exc}"))
             continue
         for what, want, got in (("UIDVALIDITY", rec.uidvalidity, f.uidvalidity),
                                 ("UIDNEXT", rec.uidnext, f.uidnext),
@@ -86,7 +99,7 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
             if got_acl is not None and got_acl != rec.acl:
                 out.add(f"{label}: {rec.mailbox}: its access control list is {_acl_words(got_acl)} after "
                         f"the restore, {_acl_words(rec.acl)} in the archive")
-        msgs = {m.uid: m for m in store.messages(rec.user, rec.name)}
+        msgs = {m.uid: m for m in listed}
         for uid, (sha, flags, keywords, idate, size) in rec.messages.items():
             m = msgs.pop(uid, None)
             if m is None:
@@ -112,12 +125,20 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
         for uid in sorted(msgs):
             out.add(f"{label}: {rec.mailbox}: message {uid} is there after the restore but not in the archive")
     for (part, user, name), f in sorted(have.items()):
-        if name == "INBOX" and not store.messages(user, name):
+        if name == "INBOX" and _empty(store, user, name):
             continue            # a user's INBOX is made with the user
         out.add(f"{label}: /{part}/{user}/{name} is there after the restore but not in the archive")
     if store.single_copies:
         _compare_copies(out, view, restored, label)
     return out
+
+
+def _empty(store: Store, user: str, folder: str) -> bool:
+    """The folder holds no message (one that cannot be read as it is: not known so)."""
+    try:
+        return not store.messages(user, folder)
+    except StoreError:
+        return False
 
 
 def _compare_copies(out: Comparison, view: ChainView, restored: dict, label: str) -> None:
@@ -158,20 +179,28 @@ def compare_exact(view: ChainView, store: Store, targets: list, exclude=None, pa
     from asm.backup import left_out
     have = {}
     out_first: list = []
+    unread: set = set()
     for t in targets:
         for name in t.folders:
             if exclude and left_out(t, name, exclude):
                 continue
+            key = (t.partition, t.user, name)
             try:
-                have[(t.partition, t.user, name)] = store.folder(t.user, name)
+                have[key] = store.folder(t.user, name)
             except NotNumbered as exc:
-                out_first.append(f"exact: /{t.partition}/{t.user}/{name}: not compared: {exc}")
-                continue
-            except StoreError:
+                out_first.append(Problem(EXIT_DIFFERS, f"exact: /{t.partition}/{t.user}/{name}: not compared: "
+                                                       f"{exc}"))
+                unread.add(key)
+            except (NoSuchFolder, NoSuchUser):
                 continue          # gone since it was listed: "was not restored" if archived
-    out = compare_restored(view, store, have, label="exact")
-    for line in out_first:
-        out.add(line)
+            except StoreError as exc:
+                # (listed, but its records cannot be read: not "not restored", which a
+                # restore run again would not change; as plain --against-store names it)
+                out_first.append(Problem(EXIT_STORE, f"exact: /{t.partition}/{t.user}/{name}: cannot be read in "
+                                                     f"the store, so it was not compared: {exc}"))
+                unread.add(key)
+    out = compare_restored(view, store, have, label="exact", unread=unread)
+    out.problems.extend(out_first)
     for t in targets:
         if (t.partition, t.user) not in view.users:
             out.add(f"exact: /{t.partition}/{t.user} is there after the restore but not in the archive")
