@@ -28,6 +28,9 @@ class ChainView:
     archives: list = field(default_factory=list)     # ArchiveChecks, oldest first
     problems: list = field(default_factory=list)
     base_missing: str | None = None                  # the first archive is an incremental
+    # the first archive of each older chain given (an earlier cycle's) that is an
+    # incremental: what came before it was not checked either
+    older_missing: list = field(default_factory=list)
     chain: list = field(default_factory=list)        # what a restore takes: the last full and what follows
 
     @property
@@ -171,10 +174,17 @@ def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
     # what a restore takes
     continued = {p.archive_id for p in parent.values()}
     seen_texts: set = set()
+    newest = path_to(unique[-1])[0]
+    missing_bases = {newest.base} if newest.incremental and newest.base is not None else set()
     for leaf in [a for a in unique if a.archive_id not in continued and a is not unique[-1]]:
         other = ChainView()
         found: list = []
-        for k, a in enumerate(path_to(leaf)):
+        links = path_to(leaf)
+        if links[0].incremental and (links[0].base is None or links[0].base not in missing_bases):
+            # (cumulative incrementals of one full not given are one chain without it)
+            view.older_missing.append(links[0].device)
+            missing_bases.add(links[0].base)
+        for k, a in enumerate(links):
             _apply(other, a, found.append, base=k == 0, groups=groups)
         for text in found:
             if text not in seen_texts:
