@@ -19,6 +19,7 @@ from asm.store import utf7
 from tests.dovecot_lab import lab_fixture, message
 from tests.helpers import run
 from tests.test_dovecot_layouts import configure, fill, wipe
+from tests.test_dovecot_mailbox_guid import guids as mailbox_guids
 
 lab = lab_fixture(params=["idxctl", "vdomain", "fs", "home"])
 
@@ -99,6 +100,7 @@ def test_imsdr_and_reconstruct_follow_the_layout(lab, tmp_path):
     # a lost uidlist where the layout keeps it: reconstruct gives the UIDs back
     u = lab.logins[0]
     lost = os.path.join(lab.mailbox_path(u, "Work", "control"), "dovecot-uidlist")
+    guids = mailbox_guids(lab, u)
     lab.stop()
     os.unlink(lost)
     res = run(home, "reconstruct", "-r", "-a", full, f"/primary/{u}", text=True)
@@ -107,6 +109,9 @@ def test_imsdr_and_reconstruct_follow_the_layout(lab, tmp_path):
     assert "dovecot-uidlist is missing" in res.stdout + res.stderr
     lab.start()
     assert lab.client_state(u) == before[u]
+    # and the folder's mailbox GUID, which the archive holds: dsync knows the folder by it
+    # (reconstruct gave it a new one, and --exact passed)
+    assert mailbox_guids(lab, u) == guids
     run(home, "imsverify", "-f", full, "--against-store", "--exact", check=0)
     # mail Dovecot delivers after the restore is no longer the archive's store
     lab.deliver([u], message("after the restore"))

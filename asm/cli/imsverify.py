@@ -430,7 +430,7 @@ def _summary(checks, views, problems, status, tested, live, seconds, served=(), 
          + (f" ({len(views)} chain{'s' if len(views) != 1 else ''})" if t["archives"] > 1 else "")
          + f", {t['users']} users, {t['folders']} folders, {t['messages']} messages, {t['links']} links, "
          f"{human(t['bytes'])} in {seconds:.1f}s")
-    partial = [v.base_missing for v in views if v.base_missing]
+    partial = [v.base_missing for v in views if v.base_missing] + [d for v in views for d in v.older_missing]
     if partial:
         s += f"; {len(partial)} chain{'s' if len(partial) > 1 else ''} without {'their' if len(partial) > 1 else 'its'} full archive (what came before not checked)"
     if tested is not None:

@@ -43,7 +43,7 @@ MAX_LISTED = 10_000_000     # UIDs one archived folder may list for reconstruct 
 
 _SCHEMA = """
 CREATE TABLE folders (user, folder, uidvalidity INTEGER, uidnext INTEGER, subscribed INTEGER,
-                      created REAL, source TEXT, PRIMARY KEY (user, folder, uidvalidity));
+                      created REAL, source TEXT, mailbox_guid TEXT, PRIMARY KEY (user, folder, uidvalidity));
 CREATE TABLE msgs (user, folder, uidvalidity INTEGER, uid INTEGER, sha256 TEXT, flags TEXT,
                    keywords TEXT, internaldate REAL, stored REAL, created REAL, guid TEXT,
                    basename TEXT, pop3_uidl TEXT, pop3_order INTEGER,
@@ -69,6 +69,7 @@ class FolderWitness:
     subscribed: bool | None       # None: this witness does not know
     created: float                # when the witness saw it (archive creation, journal entry)
     source: str                   # "journal", or the archive's path
+    mailbox_guid: str = ""        # its mailbox GUID (IMSASM.mailbox_guid), "" when no witness knows
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ class Knowledge:
                     if m.kind == "folder":
                         current[(m.user, m.folder)] = m.uidvalidity
                         self._folder(m.user, m.folder, m.uidvalidity, m.uidnext, bool(m.subscribed),
-                                     created, path)
+                                     created, path, m.mailbox_guid)
                         self._state(m, created)
                         self._listing(m, created, path)
                         counts["folders"] += 1
@@ -250,24 +251,28 @@ class Knowledge:
         self.sources.append(path)
         return counts
 
-    def _folder(self, user, folder, uv, un, subscribed, created, source) -> None:
-        row = self.db.execute("SELECT created, uidnext FROM folders WHERE user=? AND folder=? AND uidvalidity=?",
-                              (names.to_db(user), names.to_db(folder), uv)).fetchone()
+    def _folder(self, user, folder, uv, un, subscribed, created, source, mailbox_guid=None) -> None:
+        row = self.db.execute("SELECT created, uidnext, mailbox_guid FROM folders WHERE user=? AND folder=? AND "
+                              "uidvalidity=?", (names.to_db(user), names.to_db(folder), uv)).fetchone()
         if row is not None and row[0] > created:
             # an older witness may still know a higher UIDNEXT (never lower it)
             if un > row[1]:
                 self.db.execute("UPDATE folders SET uidnext=? WHERE user=? AND folder=? AND uidvalidity=?",
                                 (un, names.to_db(user), names.to_db(folder), uv))
+            if mailbox_guid and not row[2]:
+                self.db.execute("UPDATE folders SET mailbox_guid=? WHERE user=? AND folder=? AND uidvalidity=?",
+                                (mailbox_guid, names.to_db(user), names.to_db(folder), uv))
             return
         if row is not None:
             un = max(un, row[1])
+            mailbox_guid = mailbox_guid or row[2]     # (the journal, an older archive: none)
             if subscribed is None:
                 old = self.db.execute("SELECT subscribed FROM folders WHERE user=? AND folder=? AND "
                                       "uidvalidity=?", (names.to_db(user), names.to_db(folder), uv)).fetchone()
                 subscribed = None if old[0] is None else bool(old[0])
-        self.db.execute("INSERT OR REPLACE INTO folders VALUES (?,?,?,?,?,?,?)",
+        self.db.execute("INSERT OR REPLACE INTO folders VALUES (?,?,?,?,?,?,?,?)",
                         (names.to_db(user), names.to_db(folder), uv, un,
-                         None if subscribed is None else int(subscribed), created, source))
+                         None if subscribed is None else int(subscribed), created, source, mailbox_guid or ""))
 
     def _listing(self, m, created, source) -> None:
         key = (names.to_db(m.user), names.to_db(m.folder), m.uidvalidity)
@@ -306,10 +311,11 @@ class Knowledge:
     # -- asking -------------------------------------------------------------------
     def folders(self, user: str, folder: str) -> list[FolderWitness]:
         """Every UIDVALIDITY a witness knows for the folder, the newest first."""
-        rows = self.db.execute("SELECT uidvalidity, uidnext, subscribed, created, source FROM folders "
+        rows = self.db.execute("SELECT uidvalidity, uidnext, subscribed, created, source, mailbox_guid FROM folders "
                                "WHERE user=? AND folder=? ORDER BY created DESC",
                                (names.to_db(user), names.to_db(folder))).fetchall()
-        return [FolderWitness(r[0], r[1], None if r[2] is None else bool(r[2]), r[3], r[4]) for r in rows]
+        return [FolderWitness(r[0], r[1], None if r[2] is None else bool(r[2]), r[3], r[4], r[5] or "")
+                for r in rows]
 
     def folder(self, user: str, folder: str, uidvalidity: int | None = None) -> FolderWitness | None:
         """The newest witness of the folder (with that UIDVALIDITY, when given)."""

@@ -39,7 +39,7 @@ from asm.store.base import (
 )
 from asm.store.maildir.names import SIZE_RE
 from asm.store.maildir.store import BASE_OK, record_fields, sizes_match
-from asm.store.maildir.uidlist import open_uidlist
+from asm.store.maildir.uidlist import mailbox_guid, open_uidlist
 from asm.store.maildir import (
     INDEX_FILES, KEYWORDS, LIST_INDEX_FILES, LOCK_SUFFIX, SUBSCRIPTIONS, UIDLIST, MaildirStore, Uidlist,
     level_to_disk, split_name, stored_from_name,
@@ -283,6 +283,33 @@ class MaildirReconstructor:
             if locked:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(lockpath)
+
+    def _mailbox_guid(self, user: str, folder: str, uidvalidity: int) -> str:
+        """The mailbox GUID of a folder whose uidlist header is rebuilt: the one a witness
+        archived for it (the same name and UIDVALIDITY), as a restore gives it back, when no
+        other folder of the user has it now (two mailboxes of an account never share
+        one); else a new one.  dsync knows a folder by it: with a new one, a replica took
+        the repaired folder for one it lost (docs/operations.md, "GUIDs")."""
+        w = self.k.folder(user, folder, uidvalidity)
+        guid = w.mailbox_guid if w is not None else ""
+        if guid and not self._guid_taken(user, folder, guid):
+            return guid
+        return uuid.uuid4().hex
+
+    def _guid_taken(self, user: str, folder: str, guid: str) -> bool:
+        """Whether another folder of ``user`` has mailbox GUID ``guid`` in its uidlist header."""
+        for n in self._folder_names(user):
+            if n == folder:
+                continue
+            try:
+                d = self.store._folder_dir(user, check_folder_name(n))
+                c, _i = self.store._ctl_idx(user, n, d)
+            except StoreError:
+                continue
+            ul = _Parsed(os.path.join(c, UIDLIST))
+            if ul.header_ok and mailbox_guid(ul.extra) == guid:
+                return True
+        return False
 
     def _scan(self, mb: str, d: str) -> dict:
         files: dict = {}
@@ -530,7 +557,7 @@ class MaildirReconstructor:
         records = dict(kept)
         for base, uid in assigned.items():
             records[uid] = (_record_fields(base, witness.get(base)), base)
-        extra = ul.extra if ul.header_ok else [f"G{uuid.uuid4().hex}"]
+        extra = ul.extra if ul.header_ok else [f"G{self._mailbox_guid(user, folder, uidvalidity)}"]
         new = Uidlist(uidvalidity=uidvalidity, uidnext=uidnext, extra=extra, records=records)
         self._write(os.path.join(c, UIDLIST), new.render().encode("utf-8", "surrogateescape"), d)
         if invalidate:

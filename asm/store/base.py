@@ -601,6 +601,20 @@ class Store(abc.ABC):
         for a store that does not keep ACLs (what imsverify compares a restore with)."""
         return None
 
+    #: True when a restore stores the copies of one message (a link member and its first
+    #: copy) as one file (hard links) and keeps them so: what imsverify compares
+    single_copies = False
+
+    def identity_differences(self, m: MessageInfo, guid: str, basename: str, pop3_uidl: str,
+                             pop3_order: int) -> list[tuple[str, object, object]]:
+        """What of message ``m`` (restored) is not what a restore gives a message archived
+        with these identities (IMSASM.guid, the Maildir base name, the POP3 UIDL and
+        order; "" and 0 for none): [(what, here, archived)], empty when it is all kept.
+        Only what this store keeps is compared (imsverify --restore-test and --exact: a
+        lost GUID breaks dsync and a pop3_uidl_format of %g, a lost base name or P field
+        makes POP3 clients download mail again).  This store keeps none of them."""
+        return []
+
     @abc.abstractmethod
     def delete_folder(self, user: str, folder: str) -> None:
         """Remove one folder and its messages (not its subfolders)."""

@@ -1404,6 +1404,13 @@ class ClassicStore(Store):
             self._makedirs(hdir)
             os.replace(tmp, path)
 
+    single_copies = True
+
+    def identity_differences(self, m: MessageInfo, guid: str, basename: str, pop3_uidl: str,
+                             pop3_order: int) -> list[tuple[str, object, object]]:
+        # (the classic store keeps a message's GUID as given, and no base name or POP3 field)
+        return [("GUID", m.guid, guid)] if guid and m.guid != guid else []
+
     @_store_errors
     def append(self, user: str, folder: str, src: BinaryIO | None, *, uid: int | None = None,
                flags: Iterable[str] = (), keywords: Iterable[str] = (),

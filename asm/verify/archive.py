@@ -39,6 +39,15 @@ class FolderRec:
     created: float = 0.0   # when the archive that listed it last was started
     acl: str | None = None  # its access control list (IMSASM.acl; None: not archived, a
                             # restore leaves the folder's as it finds it)
+    mailbox_guid: str | None = None     # its mailbox GUID (IMSASM.mailbox_guid; None: not archived)
+    # uid -> (GUID, Maildir base name, POP3 UIDL, POP3 order) of each message ("", 0: none),
+    # what a restore gives it back (dsync, POP3 clients)
+    ids: dict = field(default_factory=dict)
+    state_pop3: dict | None = None      # {uid: (POP3 UIDL, order)} of the messages an
+                                        # incremental keeps (IMSASM.state_pop3)
+    # uid -> ((partition, user, folder), uid, UIDVALIDITY) of the message a link member is
+    # one file with (its first copy): a restore makes them one file again (single copy)
+    copies: dict = field(default_factory=dict)
 
     @property
     def mailbox(self) -> str:
@@ -118,6 +127,7 @@ def check_archive(raw, device: str, blocking_factor: int = 20, progress=None) ->
         out.add(_status(exc), f"{device}: {exc}")
 
     folder = None
+    first: dict = {}        # a message member's name -> (folder key, uid, UIDVALIDITY): a link's target
     try:
         for m in reader.members(on_error=on_error):
             if m.kind == "user":
@@ -128,7 +138,8 @@ def check_archive(raw, device: str, blocking_factor: int = 20, progress=None) ->
                 continue
             if m.kind == "folder":
                 folder = FolderRec(m.partition, m.user, m.folder, m.uidvalidity, m.uidnext, m.subscribed,
-                                   m.uids, m.state, created=created, acl=m.acl)
+                                   m.uids, m.state, created=created, acl=m.acl,
+                                   mailbox_guid=m.mailbox_guid, state_pop3=m.state_pop3)
                 out.folders[(m.partition, m.user, m.folder)] = folder
                 out.counts["folders"] += 1
                 continue
@@ -146,8 +157,14 @@ def check_archive(raw, device: str, blocking_factor: int = 20, progress=None) ->
                 out.counts["links"] += 1
             if folder is not None and (folder.partition, folder.user, folder.name) == (
                     m.partition, m.user, m.folder):
+                here = (folder.partition, folder.user, folder.name)
+                if m.kind == "message":
+                    first[m.name] = (here, m.uid, folder.uidvalidity)
+                elif m.linkname in first:
+                    folder.copies[m.uid] = first[m.linkname]
                 folder.messages[m.uid] = (m.sha256, tuple(sorted(m.flags)), tuple(sorted(m.keywords)),
                                           int(m.internaldate or 0), m.size)
+                folder.ids[m.uid] = (m.guid or "", m.basename or "", m.pop3_uidl or "", m.pop3_order or 0)
             if progress:
                 progress(out)
     except IncompleteArchive as exc:

@@ -28,6 +28,9 @@ class ChainView:
     archives: list = field(default_factory=list)     # ArchiveChecks, oldest first
     problems: list = field(default_factory=list)
     base_missing: str | None = None                  # the first archive is an incremental
+    # the first archive of each older chain given (an earlier cycle's) that is an
+    # incremental: what came before it was not checked either
+    older_missing: list = field(default_factory=list)
     chain: list = field(default_factory=list)        # what a restore takes: the last full and what follows
 
     @property
@@ -171,10 +174,17 @@ def build(checks: list[ArchiveCheck], groups=None) -> ChainView:
     # what a restore takes
     continued = {p.archive_id for p in parent.values()}
     seen_texts: set = set()
+    newest = path_to(unique[-1])[0]
+    missing_bases = {newest.base} if newest.incremental and newest.base is not None else set()
     for leaf in [a for a in unique if a.archive_id not in continued and a is not unique[-1]]:
         other = ChainView()
         found: list = []
-        for k, a in enumerate(path_to(leaf)):
+        links = path_to(leaf)
+        if links[0].incremental and (links[0].base is None or links[0].base not in missing_bases):
+            # (cumulative incrementals of one full not given are one chain without it)
+            view.older_missing.append(links[0].device)
+            missing_bases.add(links[0].base)
+        for k, a in enumerate(links):
             _apply(other, a, found.append, base=k == 0, groups=groups)
         for text in found:
             if text not in seen_texts:
@@ -214,11 +224,13 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups
     new: dict = {}
     for key, f in a.folders.items():
         g = FolderRec(f.partition, f.user, f.name, f.uidvalidity, f.uidnext, f.subscribed, f.uids, f.state,
-                      dict(f.messages), f.created, f.acl)
-        if g.acl is None:
-            old = view.folders.get(key)
-            if old is not None:
-                g.acl = old.acl     # not archived here: a restore leaves the earlier link's
+                      dict(f.messages), f.created, f.acl, f.mailbox_guid, dict(f.ids), f.state_pop3,
+                      dict(f.copies))
+        old = view.folders.get(key)
+        if g.acl is None and old is not None:
+            g.acl = old.acl         # not archived here: a restore leaves the earlier link's
+        if g.mailbox_guid is None and old is not None and old.uidvalidity == f.uidvalidity:
+            g.mailbox_guid = old.mailbox_guid       # (an archive from before they were archived)
         if incremental and not base:
             old = view.folders.get(key)
             if old is not None and old.uidvalidity == f.uidvalidity:
@@ -230,6 +242,14 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups
                         if st is not None:
                             have = (have[0], tuple(sorted(st[0])), tuple(sorted(st[1])), have[3], have[4])
                         g.messages[uid] = have
+                        if uid in old.copies:
+                            g.copies[uid] = old.copies[uid]
+                        ids = old.ids.get(uid)
+                        if ids is not None:
+                            # its POP3 UIDL and order as this backup recorded them (a POP3
+                            # client's login since saved them), else as the earlier link's
+                            pop3 = (f.state_pop3 or {}).get(uid)
+                            g.ids[uid] = ids if pop3 is None else (ids[0], ids[1], pop3[0] or "", pop3[1] or 0)
             if f.state:
                 # the messages it records as kept from before (stored before its -d date); a
                 # listed UID that is neither carried nor recorded vanished during that backup

@@ -55,39 +55,58 @@ def _flags(m) -> tuple:
 
 
 def compare_restored(view: ChainView, store: Store, have: dict | None = None,
-                     label: str = "restore test") -> Comparison:
+                     label: str = "restore test", unread=()) -> Comparison:
     """The scratch store a test restore wrote against the chain's view: the same
     folders (UIDVALIDITY, UIDNEXT, subscription, ACL), the same UIDs, and each message's
     bytes, flags, keywords and INTERNALDATE; nothing else.  ``have``: the store's
     folders to compare ((partition, user, folder) -> FolderInfo; default all of them);
-    ``label`` starts each line."""
+    ``label`` starts each line; ``unread``: keys of folders the store has but could not
+    read, named already (never "not restored").  A folder whose messages cannot be read
+    as they are is named and not compared, the others are."""
     out = Comparison()
     if have is None:
         have = _store_folders(store)
     else:
         have = dict(have)
+    restored: dict = {}             # ((partition, user, folder), uid) -> the store's MessageInfo
     for key, rec in view.folders.items():
         f = have.pop(key, None)
         if f is None:
-            out.add(f"{label}: {rec.mailbox} was not restored")
+            if key not in unread:
+                out.add(f"{label}: {rec.mailbox} was not restored")
+            continue
+        try:
+            listed = store.messages(rec.user, rec.name)
+        except NotNumbered as exc:
+            # (a check writes nothing: a folder it could read only by writing is named)
+            out.add(f"{label}: {rec.mailbox}: not compared: {exc}")
+            continue
+        except StoreError as exc:
+            out.problems.append(Problem(EXIT_STORE, f"{label}: {rec.mailbox}: cannot be read in the store, so "
+                                                    f"it was not compared: {exc}"))
             continue
         for what, want, got in (("UIDVALIDITY", rec.uidvalidity, f.uidvalidity),
                                 ("UIDNEXT", rec.uidnext, f.uidnext),
                                 ("subscription", rec.subscribed, f.subscribed)):
             if want != got:
                 out.add(f"{label}: {rec.mailbox}: {what} is {got} after the restore, {want} in the archive")
+        if rec.mailbox_guid and f.guid and f.guid != rec.mailbox_guid:
+            # (dsync knows a folder by it: a replica takes the folder for one it lost)
+            out.add(f"{label}: {rec.mailbox}: its mailbox GUID is {f.guid} after the restore, "
+                    f"{rec.mailbox_guid} in the archive")
         if rec.acl is not None:
             got_acl = store.acl(rec.user, rec.name)
             if got_acl is not None and got_acl != rec.acl:
                 out.add(f"{label}: {rec.mailbox}: its access control list is {_acl_words(got_acl)} after "
                         f"the restore, {_acl_words(rec.acl)} in the archive")
-        msgs = {m.uid: m for m in store.messages(rec.user, rec.name)}
+        msgs = {m.uid: m for m in listed}
         for uid, (sha, flags, keywords, idate, size) in rec.messages.items():
             m = msgs.pop(uid, None)
             if m is None:
                 out.add(f"{label}: {rec.mailbox}: message {uid} was not restored")
                 continue
             out.compared += 1
+            restored[(key, uid)] = m
             got = stored_sha256(m, missing=OSError)
             if got != sha:
                 out.add(f"{label}: {rec.mailbox}: message {uid} came back with other bytes "
@@ -98,13 +117,52 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
             if int(m.internaldate) != idate:
                 out.add(f"{label}: {rec.mailbox}: message {uid} has INTERNALDATE {int(m.internaldate)} "
                         f"after the restore, {idate} in the archive")
+            ids = rec.ids.get(uid)
+            if ids is not None:
+                for what, here, want in store.identity_differences(m, *ids):
+                    out.add(f"{label}: {rec.mailbox}: message {uid} has {what} {here!r} after the restore, "
+                            f"{want!r} in the archive")
         for uid in sorted(msgs):
             out.add(f"{label}: {rec.mailbox}: message {uid} is there after the restore but not in the archive")
     for (part, user, name), f in sorted(have.items()):
-        if name == "INBOX" and not store.messages(user, name):
+        if name == "INBOX" and _empty(store, user, name):
             continue            # a user's INBOX is made with the user
         out.add(f"{label}: /{part}/{user}/{name} is there after the restore but not in the archive")
+    if store.single_copies:
+        _compare_copies(out, view, restored, label)
     return out
+
+
+def _empty(store: Store, user: str, folder: str) -> bool:
+    """The folder holds no message (one that cannot be read as it is: not known so)."""
+    try:
+        return not store.messages(user, folder)
+    except StoreError:
+        return False
+
+
+def _compare_copies(out: Comparison, view: ChainView, restored: dict, label: str) -> None:
+    """Each message the archive holds as a link to its first copy (one file at backup
+    time) is one file with it after the restore, as a restore makes them (docs/operations.md,
+    "Single copy"): a message delivered to 500 users restored as 500 files takes 500 times
+    the disk.  Not asked where one file cannot be both (another INTERNALDATE: one mtime on
+    a Maildir; other bytes), nor across file systems or of a compressed file."""
+    for key, rec in view.folders.items():
+        for uid, (tkey, tuid, tuv) in sorted(rec.copies.items()):
+            t = view.folders.get(tkey)
+            if t is None or t.uidvalidity != tuv:
+                continue            # (that folder is another one at the chain's end)
+            a, b = rec.messages.get(uid), t.messages.get(tuid)
+            if a is None or b is None or a[0] != b[0] or a[3] != b[3]:
+                continue
+            ma, mb = restored.get((key, uid)), restored.get((tkey, tuid))
+            if ma is None or mb is None or not (ma.ino and mb.ino) or ma.dev != mb.dev \
+                    or ma.compressed or mb.compressed:
+                continue
+            if ma.ino != mb.ino:
+                out.add(f"{label}: {rec.mailbox}: message {uid} is a file of its own after the restore, one "
+                        f"file with {t.mailbox} message {tuid} in the archive (a single copy lost: the "
+                        f"message is stored twice)")
 
 
 def compare_exact(view: ChainView, store: Store, targets: list, exclude=None, paths=None) -> Comparison:
@@ -121,40 +179,57 @@ def compare_exact(view: ChainView, store: Store, targets: list, exclude=None, pa
     from asm.backup import left_out
     have = {}
     out_first: list = []
+    unread: set = set()
     for t in targets:
         for name in t.folders:
             if exclude and left_out(t, name, exclude):
                 continue
+            key = (t.partition, t.user, name)
             try:
-                have[(t.partition, t.user, name)] = store.folder(t.user, name)
+                have[key] = store.folder(t.user, name)
             except NotNumbered as exc:
-                out_first.append(f"exact: /{t.partition}/{t.user}/{name}: not compared: {exc}")
-                continue
-            except StoreError:
+                out_first.append(Problem(EXIT_DIFFERS, f"exact: /{t.partition}/{t.user}/{name}: not compared: "
+                                                       f"{exc}"))
+                unread.add(key)
+            except (NoSuchFolder, NoSuchUser):
                 continue          # gone since it was listed: "was not restored" if archived
-    out = compare_restored(view, store, have, label="exact")
-    for line in out_first:
-        out.add(line)
+            except StoreError as exc:
+                # (listed, but its records cannot be read: not "not restored", which a
+                # restore run again would not change; as plain --against-store names it)
+                out_first.append(Problem(EXIT_STORE, f"exact: /{t.partition}/{t.user}/{name}: cannot be read in "
+                                                     f"the store, so it was not compared: {exc}"))
+                unread.add(key)
+    out = compare_restored(view, store, have, label="exact", unread=unread)
+    out.problems.extend(out_first)
     for t in targets:
         if (t.partition, t.user) not in view.users:
             out.add(f"exact: /{t.partition}/{t.user} is there after the restore but not in the archive")
     if paths is None or any(lp.folder is not None for lp in paths):
         return out          # (an archive of some folders holds no user's other subscriptions)
-    for t in targets:
-        if (t.partition, t.user) not in view.users or (t.partition, t.user) not in view.subscriptions:
-            continue            # (an archive that does not record them: older)
-        want = set(view.subscriptions[(t.partition, t.user)])
+    compare_subscriptions(out, view, store, [(t.partition, t.user) for t in targets], "exact")
+    return out
+
+
+def compare_subscriptions(out: Comparison, view: ChainView, store: Store, users, label: str) -> None:
+    """Each of ``users`` ((partition, user)) that the chain holds and records the
+    subscriptions of (IMSASM.subscriptions: a backup of the whole user) subscribes in
+    ``store`` to the names that are no folder that the chain's last such record names,
+    no more and no fewer; differences go to ``out``, each line starting with ``label``."""
+    for key in users:
+        if key not in view.users or key not in view.subscriptions:
+            continue            # (an archive that does not record them: older, or of some folders)
+        part, user = key
+        want = set(view.subscriptions[key])
         try:
-            got = set(store.other_subscriptions(t.user))
+            got = set(store.other_subscriptions(user))
         except StoreError as exc:
-            out.add(f"exact: /{t.partition}/{t.user}: its subscriptions cannot be read: {exc}")
+            out.add(f"{label}: /{part}/{user}: its subscriptions cannot be read: {exc}")
             continue
         for name in sorted(want - got):
-            out.add(f"exact: /{t.partition}/{t.user}: the subscription to {name!r} (no folder) was not restored")
+            out.add(f"{label}: /{part}/{user}: the subscription to {name!r} (no folder) was not restored")
         for name in sorted(got - want):
-            out.add(f"exact: /{t.partition}/{t.user}: a subscription to {name!r} (no folder) is there after "
+            out.add(f"{label}: /{part}/{user}: a subscription to {name!r} (no folder) is there after "
                     f"the restore but not in the archive")
-    return out
 
 
 def _renamed_from(view: ChainView, store: Store, t, name: str, uidvalidity: int, taken: dict):

@@ -23,7 +23,7 @@ from asm.groups import Groups
 from asm.store import open_store
 from asm.verify.archive import Problem
 from asm.verify.chain import ChainView
-from asm.verify.compare import Comparison, compare_restored
+from asm.verify.compare import Comparison, compare_restored, compare_subscriptions
 
 _PARTITION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
@@ -159,6 +159,10 @@ def restore_test(view: ChainView, open_raw, driver: str, parent: str | None = No
                 out.problems.append(Problem(status, f"restore test: {a.device}: {why}"))
         scratch = _keeping(open_store(Config(home)), home)
         out.comparison = compare_restored(view, scratch)
+        if scratch.name == view.archives[-1].header.get("driver"):
+            # (a store of another driver may keep none: the classic store keeps no
+            # subscription without its folder)
+            compare_subscriptions(out.comparison, view, scratch, sorted(view.subscriptions), "restore test")
         if owner is not None:
             _compare_served(view, scratch, home, owner, out)
     except ImsError as exc:

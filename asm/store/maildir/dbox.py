@@ -77,6 +77,14 @@ class DboxStore(MaildirStore):
     # inside the batch: its subscriptions are written as they change, not at the sync)
     defer_subscriptions = False
 
+    single_copies = False       # (Dovecot's own files: no hard links of ours)
+
+    def identity_differences(self, m, guid: str, basename: str, pop3_uidl: str,
+                             pop3_order: int) -> list:
+        # (the account's messages keep their GUIDs through doveadm backup; the base names
+        # are the temporary Maildir copy's, made again by every copy)
+        return [("X-GUID", m.guid, guid)] if guid and m.guid and m.guid != guid else []
+
     # its journal is written after the copy is given back (journal_after_sync): no mark
     # in the copy, which Dovecot would be given
     def mark_restoring(self, user: str, folder: str, mark: str) -> None:

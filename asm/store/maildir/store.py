@@ -248,6 +248,15 @@ def pop3_fields(uidl: str | None, order: int | None) -> str:
         f"O{order}" if type(order) is int and 0 < order < 1 << 32 else "") if f)
 
 
+def _sizes_match_or_none(base: str, m: MessageInfo) -> bool:
+    """:func:`sizes_match` of message ``m``'s file; False when it cannot be read (gone
+    since it was listed: its bytes are compared, and named, apart)."""
+    try:
+        return sizes_match(base, m.size, m.path)
+    except OSError:
+        return False
+
+
 def sizes_match(base: str, size: int, path: str) -> bool:
     """Whether the sizes a Maildir base name states are those of the file at ``path``
     (``size`` bytes): ``S=`` its size, ``W=`` its size with every line end a CRLF.
@@ -2190,6 +2199,28 @@ class MaildirStore(Store):
         except FileNotFoundError:
             return ""
         return data.decode("utf-8", "surrogateescape")   # (OSError: the caller's)
+
+    single_copies = True
+
+    def identity_differences(self, m: MessageInfo, guid: str, basename: str, pop3_uidl: str,
+                             pop3_order: int) -> list[tuple[str, object, object]]:
+        """As a restore's append keeps them: the GUID a uidlist G field can hold (or the
+        base name it is), the archived base name where a file can have it (a Maildir
+        name whose S= and W= are the restored file's sizes, short enough for its flag
+        letters), the P and O fields Dovecot can read back."""
+        out: list = []
+        if guid and m.guid != guid and _GUID_OK.match(guid):
+            out.append(("X-GUID", m.guid, guid))
+        letters = os.path.basename(m.path).partition(":2,")[2]
+        if (basename and m.basename and m.basename != basename and not m.compressed
+                and BASE_OK.match(basename) and len(basename) + 3 + len(letters) <= 255
+                and _sizes_match_or_none(basename, m)):
+            out.append(("base name (POP3 UIDL %f)", m.basename, basename))
+        want = (pop3_uidl if pop3_uidl and _UIDL_OK.match(pop3_uidl) else "",
+                pop3_order if type(pop3_order) is int and 0 < pop3_order < 1 << 32 else 0)
+        if (m.pop3_uidl, m.pop3_order) != want:
+            out.append(("POP3 UIDL and order (uidlist P and O)", (m.pop3_uidl, m.pop3_order), want))
+        return out
 
     def acl(self, user: str, folder: str) -> str | None:
         try:
