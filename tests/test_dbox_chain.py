@@ -499,13 +499,9 @@ def test_a_dbox_folder_named_with_percent_is_named_not_renamed(lab, tmp_path):
     assert before["bob"] == gone["bob"]
 
 
-def test_a_dbox_folder_with_percent_that_dsync_keeps_is_backed_up_without_a_word(lab, tmp_path):
-    """Most '%' in a folder name goes through doveadm backup unchanged: only "%" and two
-    hex digits are read as an escaped character ("pct%50", above).  "100%", "%%",
-    "a%2Fb", "Work/50%" are backed up under their names with exit 0 and nothing on
-    stderr, and a restore into the emptied store gives the client every folder, UID and
-    flag back.  (Before, each was named "could not back up ... rename it without '%'"
-    and the backup exited 1, while the archive held the folder and restored it right.)"""
+def _percent_folders(lab, tmp_path, date=None):
+    """(an installation on the lab, the folder names): alice's folders whose names hold
+    '%' that dsync keeps, two messages each (the first with INTERNALDATE ``date``)."""
     home = tmp_path / "ims"
     configure(lab, home)
     lab.deliver(list(USERS), message("hello"))
@@ -513,9 +509,20 @@ def test_a_dbox_folder_with_percent_that_dsync_keeps_is_backed_up_without_a_word
     with lab.imap("alice") as c:
         for box in names:
             c.create(box)
-            c.append(box, message(f"in {box}"), [r"\Seen"])
+            c.append(box, message(f"in {box}"), [r"\Seen"], date)
             c.append(box, message(f"also in {box}", size=900), [r"\Flagged", "$Label1"])
         c.subscribe("100%")
+    return home, names
+
+
+def test_a_dbox_folder_with_percent_that_dsync_keeps_is_backed_up_without_a_word(lab, tmp_path):
+    """Most '%' in a folder name goes through doveadm backup unchanged: only "%" and two
+    hex digits are read as an escaped character ("pct%50", above).  "100%", "%%",
+    "a%2Fb", "Work/50%" are backed up under their names with exit 0 and nothing on
+    stderr, and a restore into the emptied store gives the client every folder, UID and
+    flag back.  (Before, each was named "could not back up ... rename it without '%'"
+    and the backup exited 1, while the archive held the folder and restored it right.)"""
+    home, names = _percent_folders(lab, tmp_path)
     before = views(lab)
     assert set(names) <= set(before["alice"][0])
     a = tmp_path / "a.ims"
@@ -538,16 +545,7 @@ def test_a_dbox_folder_with_percent_that_dsync_keeps_is_restored_into_a_live_acc
     bring the folder in step"), the incremental's mail not given to Dovecot.  Now each
     exits 0 and the client sees what it saw at the backup (what went comes back; what
     is there stays)."""
-    home = tmp_path / "ims"
-    configure(lab, home)
-    lab.deliver(list(USERS), message("hello"))
-    names = ("100%", "%%", "a%2Fb", "Work/50%")
-    with lab.imap("alice") as c:
-        for box in names:
-            c.create(box)
-            c.append(box, message(f"in {box}"), [r"\Seen"], "05-Mar-2024 12:00:00 +0100")
-            c.append(box, message(f"also in {box}", size=900), [r"\Flagged", "$Label1"])
-        c.subscribe("100%")
+    home, names = _percent_folders(lab, tmp_path, "05-Mar-2024 12:00:00 +0100")
     full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
     run(home, "imsbackup", "-f", full, "/", check=0)
     first = views(lab)

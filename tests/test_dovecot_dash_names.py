@@ -14,8 +14,6 @@ saw at each backup.
 """
 from __future__ import annotations
 
-import pytest
-
 from tests.dovecot_lab import lab_fixture, message
 from tests.helpers import run
 from tests.test_dovecot_layouts import configure, wipe

@@ -249,6 +249,20 @@ def test_a_partition_that_is_a_file(tmp_path, driver):
     assert p.returncode == EXIT_STORE and "is not a directory" in one_line(p)
 
 
+def _misplaced_partitions(tmp_path, home, cfg) -> list:
+    """(option, path, what the refusal says) for each directory a partition cannot be
+    (/, IMS_HOME also through a symbolic link or with a trailing /, a directory holding
+    it, its config/, the store's root or a directory holding it)."""
+    os.symlink(home, tmp_path / "link")
+    return [("partition:primary.path", "/", "is the root directory"),
+            ("partition:primary.path", f"{home}/", "is IMS_HOME"),
+            ("partition:extra.path", str(tmp_path / "link"), "is IMS_HOME"),
+            ("partition:extra.path", cfg.store_root, "is the store's root"),
+            ("partition:extra.path", str(tmp_path), "holds IMS_HOME"),
+            ("partition:extra.path", str(home / "config" / "p"), "configuration directory"),
+            ("partition:extra.path", str(home / "data"), "holds the store's root")]
+
+
 @pytest.mark.parametrize("driver", ["classic", "maildir"])
 def test_a_partition_cannot_be_the_root_directory_ims_home_or_the_store_root(tmp_path, driver):
     """msconfig set partition:NAME.path to /, to IMS_HOME (also through a symbolic link
@@ -259,14 +273,7 @@ def test_a_partition_cannot_be_the_root_directory_ims_home_or_the_store_root(tmp
     home = tmp_path / "ims"
     cfg = make_home(home, driver)
     before = (home / "config" / "msg.conf").read_bytes()
-    os.symlink(home, tmp_path / "link")
-    cases = [("partition:primary.path", "/", "is the root directory"),
-             ("partition:primary.path", f"{home}/", "is IMS_HOME"),
-             ("partition:extra.path", str(tmp_path / "link"), "is IMS_HOME"),
-             ("partition:extra.path", cfg.store_root, "is the store's root"),
-             ("partition:extra.path", str(tmp_path), "holds IMS_HOME"),
-             ("partition:extra.path", str(home / "config" / "p"), "configuration directory"),
-             ("partition:extra.path", str(home / "data"), "holds the store's root")]
+    cases = _misplaced_partitions(tmp_path, home, cfg)
     for name, value, why in cases:
         p = run(home, "msconfig", "set", name, value)
         assert p.returncode == 2 and why in one_line(p) and name in one_line(p), (value, p.stderr)
@@ -289,14 +296,7 @@ def test_a_partition_written_into_msg_conf_by_hand_is_checked_as_msconfig_checks
     run(home, "imsbackup", "-f", tmp_path / "full.ims", "/", check=0)
     conf = home / "config" / "msg.conf"
     good = conf.read_text()
-    os.symlink(home, tmp_path / "link")
-    cases = [("partition:primary.path", "/", "is the root directory"),
-             ("partition:primary.path", f"{home}/", "is IMS_HOME"),
-             ("partition:extra.path", str(tmp_path / "link"), "is IMS_HOME"),
-             ("partition:extra.path", cfg.store_root, "is the store's root"),
-             ("partition:extra.path", str(tmp_path), "holds IMS_HOME"),
-             ("partition:extra.path", str(home / "config" / "p"), "configuration directory"),
-             ("partition:extra.path", str(home / "data"), "holds the store's root")]
+    cases = _misplaced_partitions(tmp_path, home, cfg)
 
     def tree() -> list:
         return sorted((os.path.relpath(os.path.join(d, n), tmp_path), os.lstat(os.path.join(d, n)).st_mtime_ns)

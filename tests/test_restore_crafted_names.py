@@ -53,6 +53,16 @@ def _fresh(tmp_path, driver, tag):
     return home
 
 
+def _both_ways(tmp_path, driver, archive, tag):
+    """For ``-f FILE`` and ``-f -`` (a pipe): (how, a new installation, the restore of
+    ``archive`` into it, ``imsrestore -t`` of it)."""
+    for how in ("file", "pipe"):
+        home = _fresh(tmp_path, driver, f"{tag}-{how}")
+        dev = ["-f", "-"] if how == "pipe" else ["-f", archive]
+        feed = archive.read_bytes() if how == "pipe" else None
+        yield how, home, run(home, "imsrestore", *dev, input=feed), run(home, "imsrestore", "-t", *dev, input=feed)
+
+
 @pytest.mark.parametrize("member,status", [
     (b"Trash%2F", 4), (b"%2FTrash", 4), (b"Tr%2F%2Fash", 4), (b"Tr%2Fash", 4),
     (b"%2F%2E%2E%2Fesc", 5),            # a '..' level among them: hostile, as before
@@ -62,12 +72,7 @@ def test_a_folder_level_that_decodes_to_hold_a_slash_is_damage(archive, tmp_path
     ms = _rename_folder(af.models(archive), "joe", "Trash", member, logical)
     forged = tmp_path / "forged.ims"
     forged.write_bytes(af.emit(ms))
-    for how in ("file", "pipe"):
-        home = _fresh(tmp_path, driver, f"home-{how}")
-        dev = ["-f", "-"] if how == "pipe" else ["-f", forged]
-        feed = forged.read_bytes() if how == "pipe" else None
-        r = run(home, "imsrestore", *dev, input=feed)
-        t = run(home, "imsrestore", "-t", *dev, input=feed)
+    for how, home, r, t in _both_ways(tmp_path, driver, forged, "home"):
         for what, p in (("restore", r), ("-t", t)):
             err = p.stderr.decode("utf-8", "replace")
             assert p.returncode == status, (how, what, p.returncode, err)
@@ -134,19 +139,10 @@ def test_the_inbox_in_another_case_is_the_inbox(store, archive, tmp_path, driver
     ms = _rename_folder(af.models(archive), "joe", "Trash", spelling, spelling)
     twice = tmp_path / "twice.ims"
     twice.write_bytes(af.emit(ms))
-    for how in ("file", "pipe"):
-        home = _fresh(tmp_path, driver, f"alone-{how}")
-        dev = ["-f", "-"] if how == "pipe" else ["-f", alone]
-        feed = alone.read_bytes() if how == "pipe" else None
-        r = run(home, "imsrestore", *dev, input=feed)
-        t = run(home, "imsrestore", "-t", *dev, input=feed)
+    for how, home, r, t in _both_ways(tmp_path, driver, alone, "alone"):
         assert r.returncode == 0 and t.returncode == 0, (how, r.stderr, t.stderr)
         assert state(open_store(make_home(home, driver))) == source
-        home = _fresh(tmp_path, driver, f"twice-{how}")
-        dev = ["-f", "-"] if how == "pipe" else ["-f", twice]
-        feed = twice.read_bytes() if how == "pipe" else None
-        r = run(home, "imsrestore", *dev, input=feed)
-        t = run(home, "imsrestore", "-t", *dev, input=feed)
+    for how, home, r, t in _both_ways(tmp_path, driver, twice, "twice"):
         for what, p in (("restore", r), ("-t", t)):
             err = p.stderr.decode("utf-8", "replace")
             assert p.returncode == 4, (how, what, p.returncode, err)

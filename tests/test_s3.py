@@ -212,19 +212,16 @@ def test_backup_killed_outright_leaves_nothing_visible(tmp_path, seaweed):
     assert seaweed.keys(b) == ["k.ims"] and seaweed.uploads(b) == []
 
 
-def test_sigterm_anywhere_in_an_s3_backup_leaves_nothing_visible(tmp_path, seaweed):
-    """imsbackup -f s3://... (multipart: 5 MiB parts, 3 at once) SIGTERM'd by its
-    engine at 24 points spread over a whole run, 10 of them over its end -- before the
-    upload starts, while parts go up, as it completes: exit 130, one line "interrupted", no object under the name
-    and no upload left open; or, once the object is complete, exit 0 and the object
-    whole (never "interrupted" beside a complete object)."""
+def _bulky_source(tmp_path, seaweed, mib: int):
+    """(a new bucket, an installation holding a store of about ``mib`` MiB, a function
+    telling whether object k.ims of that bucket is a whole archive of that store)."""
     import io
 
     from asm.archive.reader import ArchiveReader
     b = bucket(seaweed)
     home = tmp_path / "src"
     setup(home)
-    store = big_store(home, mib=14)
+    store = big_store(home, mib=mib)
     count = sum(len(store.messages(u, f)) for u in store.users("primary") for f in store.folder_names(u))
 
     def whole() -> bool:
@@ -232,6 +229,16 @@ def test_sigterm_anywhere_in_an_s3_backup_leaves_nothing_visible(tmp_path, seawe
         n = sum(1 for m in r.members() if m.kind in ("message", "link"))   # (a link: a copy kept once)
         counts = r.trailer["counts"] if r.complete else {}
         return counts.get("messages", 0) + counts.get("links", 0) == n == count
+    return b, home, whole
+
+
+def test_sigterm_anywhere_in_an_s3_backup_leaves_nothing_visible(tmp_path, seaweed):
+    """imsbackup -f s3://... (multipart: 5 MiB parts, 3 at once) SIGTERM'd by its
+    engine at 24 points spread over a whole run, 10 of them over its end -- before the
+    upload starts, while parts go up, as it completes: exit 130, one line "interrupted", no object under the name
+    and no upload left open; or, once the object is complete, exit 0 and the object
+    whole (never "interrupted" beside a complete object)."""
+    b, home, whole = _bulky_source(tmp_path, seaweed, 14)
 
     for _ in range(2):                   # (the second, warm, run is timed)
         t0 = time.monotonic()
@@ -272,21 +279,8 @@ def test_a_sigterm_landing_inside_the_s3_client_anywhere_ends_the_backup_cleanly
     in a library between a lock's acquire() and the try that releases it leaves the lock
     taken, and the cleanup that aborts the upload through the same client can wait on it
     for ever: paramiko did that, docs/ssh.md.)"""
-    import io
-
-    from asm.archive.reader import ArchiveReader
     from tests.faults import run_with_fault, spread
-    b = bucket(seaweed)
-    home = tmp_path / "src"
-    setup(home)
-    store = big_store(home, mib=12)
-    count = sum(len(store.messages(u, f)) for u in store.users("primary") for f in store.folder_names(u))
-
-    def whole() -> bool:
-        r = ArchiveReader(io.BytesIO(seaweed.get(b, "k.ims")))
-        n = sum(1 for m in r.members() if m.kind in ("message", "link"))
-        counts = r.trailer["counts"] if r.complete else {}
-        return counts.get("messages", 0) + counts.get("links", 0) == n == count
+    b, home, whole = _bulky_source(tmp_path, seaweed, 12)
 
     argv = ["imsbackup", "-f", f"s3://{b}/k.ims", "/"]
     env = dict(seaweed.env(), IMS_HOME=str(home), IMS_FAULT_LIBS="botocore,urllib3,http,boto3")

@@ -21,7 +21,6 @@ import time
 
 import pytest
 
-from asm.config import Config
 from asm.errors import EXIT_DIFFERS, EXIT_OK
 from asm.store import open_store
 from tests.helpers import DRIVERS, change_mail, inode_groups, make_home, put, run, verify_inprocess
