@@ -519,11 +519,13 @@ def test_sigterm_anywhere_in_a_remote_backup_leaves_no_partial_file(sshd, bulky,
     src = home_for(tmp_path, sshd, name="src", ssh_stream=stream, store_root=big.store_root,
                    **{"partition:primary_path": big.partitions()["primary"]})
     d = sshd.remote_dir(f"sigterm-{stream}")
-    t0 = time.monotonic()
-    run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/full.ims"), "/", check=0)
-    took = time.monotonic() - t0
-    assert _whole_bulky(os.path.join(d, "full.ims"))
-    os.unlink(os.path.join(d, "full.ims"))
+    took = 1e9
+    for _ in range(2):          # (the faster of two: a first, cold, run set points past the end)
+        t0 = time.monotonic()
+        run(src.home, "imsbackup", "-f", sshd.spec(f"{d}/full.ims"), "/", check=0)
+        took = min(took, time.monotonic() - t0)
+        assert _whole_bulky(os.path.join(d, "full.ims"))
+        os.unlink(os.path.join(d, "full.ims"))
     outcomes = []
     for k in range(14):
         delay = took * 1.1 * (k + 0.5) / 14

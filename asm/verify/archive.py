@@ -23,6 +23,23 @@ class Problem:
     text: str            # one line: where, and what is wrong
 
 
+def pack_ids(guid, basename, pop3_uidl, pop3_order) -> str:
+    """A message's identities (IMSASM.guid, its Maildir base name, POP3 UIDL and order;
+    None or 0: none) as one string, kept for each message a check reads: a tuple of four
+    took about 90 bytes more a message (imsverify at 100,000 messages)."""
+    if not (guid or basename or pop3_uidl or pop3_order):
+        return ""
+    return f"{guid or ''}\0{basename or ''}\0{pop3_uidl or ''}\0{pop3_order or 0}"
+
+
+def unpack_ids(packed: str) -> tuple[str, str, str, int]:
+    """(GUID, base name, POP3 UIDL, POP3 order) of :func:`pack_ids`' string ("" and 0: none)."""
+    if not packed:
+        return "", "", "", 0
+    guid, basename, uidl, order = packed.split("\0")
+    return guid, basename, uidl, int(order)
+
+
 @dataclass
 class FolderRec:
     """A folder as an archive (or a chain of them) says it was at backup time."""
@@ -40,7 +57,7 @@ class FolderRec:
     acl: str | None = None  # its access control list (IMSASM.acl; None: not archived, a
                             # restore leaves the folder's as it finds it)
     mailbox_guid: str | None = None     # its mailbox GUID (IMSASM.mailbox_guid; None: not archived)
-    # uid -> (GUID, Maildir base name, POP3 UIDL, POP3 order) of each message ("", 0: none),
+    # uid -> pack_ids(GUID, Maildir base name, POP3 UIDL, POP3 order) of each message,
     # what a restore gives it back (dsync, POP3 clients)
     ids: dict = field(default_factory=dict)
     state_pop3: dict | None = None      # {uid: (POP3 UIDL, order)} of the messages an
@@ -159,12 +176,13 @@ def check_archive(raw, device: str, blocking_factor: int = 20, progress=None) ->
                     m.partition, m.user, m.folder):
                 here = (folder.partition, folder.user, folder.name)
                 if m.kind == "message":
-                    first[m.name] = (here, m.uid, folder.uidvalidity)
+                    if m.nlink > 1:         # (only a file with other links is a link's target)
+                        first[m.name] = (here, m.uid, folder.uidvalidity)
                 elif m.linkname in first:
                     folder.copies[m.uid] = first[m.linkname]
                 folder.messages[m.uid] = (m.sha256, tuple(sorted(m.flags)), tuple(sorted(m.keywords)),
                                           int(m.internaldate or 0), m.size)
-                folder.ids[m.uid] = (m.guid or "", m.basename or "", m.pop3_uidl or "", m.pop3_order or 0)
+                folder.ids[m.uid] = pack_ids(m.guid, m.basename, m.pop3_uidl, m.pop3_order)
             if progress:
                 progress(out)
     except IncompleteArchive as exc:

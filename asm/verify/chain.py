@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from asm.backupstate import header_chain
 from asm.errors import EXIT_ORDER
-from asm.verify.archive import ArchiveCheck, FolderRec, Problem
+from asm.verify.archive import ArchiveCheck, FolderRec, Problem, pack_ids, unpack_ids
 
 
 @dataclass
@@ -249,7 +249,10 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups
                             # its POP3 UIDL and order as this backup recorded them (a POP3
                             # client's login since saved them), else as the earlier link's
                             pop3 = (f.state_pop3 or {}).get(uid)
-                            g.ids[uid] = ids if pop3 is None else (ids[0], ids[1], pop3[0] or "", pop3[1] or 0)
+                            if pop3 is not None:
+                                guid, basename, _u, _o = unpack_ids(ids)
+                                ids = pack_ids(guid, basename, pop3[0], pop3[1])
+                            g.ids[uid] = ids
             if f.state:
                 # the messages it records as kept from before (stored before its -d date); a
                 # listed UID that is neither carried nor recorded vanished during that backup
