@@ -81,13 +81,8 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
             continue
         try:
             listed = store.messages(rec.user, rec.name)
-        except NotNumbered as exc:
-            # (a check writes nothing: a folder it could read only by writing is named)
-            out.add(f"{label}: {rec.mailbox}: not compared: {exc}")
-            continue
         except StoreError as exc:
-            out.problems.append(Problem(EXIT_STORE, f"{label}: {rec.mailbox}: cannot be read in the store, so "
-                                                    f"it was not compared: {exc}"))
+            out.problems.append(_not_compared(f"{label}: {rec.mailbox}", exc))
             continue
         for what, want, got in (("UIDVALIDITY", rec.uidvalidity, f.uidvalidity),
                                 ("UIDNEXT", rec.uidnext, f.uidnext),
@@ -136,6 +131,15 @@ def compare_restored(view: ChainView, store: Store, have: dict | None = None,
     if store.single_copies:
         _compare_copies(out, view, restored, label)
     return out
+
+
+def _not_compared(where: str, exc: StoreError) -> Problem:
+    """The line for a folder a check could not read as it is, ``where`` its start: one
+    it could read only by writing (NotNumbered; a check writes nothing) is not compared,
+    not a pass (19); any other error is the store's (17)."""
+    if isinstance(exc, NotNumbered):
+        return Problem(EXIT_DIFFERS, f"{where}: not compared: {exc}")
+    return Problem(EXIT_STORE, f"{where}: cannot be read in the store, so it was not compared: {exc}")
 
 
 def _empty(store: Store, user: str, folder: str) -> bool:
@@ -202,17 +206,12 @@ def compare_exact(view: ChainView, store: Store, targets: list, exclude=None, pa
             key = (t.partition, t.user, name)
             try:
                 have[key] = store.folder(t.user, name)
-            except NotNumbered as exc:
-                out_first.append(Problem(EXIT_DIFFERS, f"exact: /{t.partition}/{t.user}/{name}: not compared: "
-                                                       f"{exc}"))
-                unread.add(key)
             except (NoSuchFolder, NoSuchUser):
                 continue          # gone since it was listed: "was not restored" if archived
             except StoreError as exc:
-                # (listed, but its records cannot be read: not "not restored", which a
-                # restore run again would not change; as plain --against-store names it)
-                out_first.append(Problem(EXIT_STORE, f"exact: /{t.partition}/{t.user}/{name}: cannot be read in "
-                                                     f"the store, so it was not compared: {exc}"))
+                # (listed, but not read as it is: not "not restored", which a restore run
+                # again would not change; as plain --against-store names it)
+                out_first.append(_not_compared(f"exact: /{t.partition}/{t.user}/{name}", exc))
                 unread.add(key)
     out = compare_restored(view, store, have, label="exact", unread=unread)
     out.problems.extend(out_first)
@@ -429,15 +428,10 @@ def compare_live(view: ChainView, store: Store, targets: list, exclude=None) -> 
                 msgs = store.messages(t.user, name)
             except (NoSuchFolder, NoSuchUser):
                 continue        # gone since it was listed
-            except NotNumbered as exc:
-                # not read as it is (a check writes nothing): not compared, not a pass
-                out.add(f"{mailbox}: not compared: {exc}")
-                continue
             except StoreError as exc:
-                # (skipped silently, its mail was in no count and the check passed: a folder
-                # tonight's backup cannot read either, exit 1 there)
-                out.problems.append(Problem(EXIT_STORE, f"{mailbox}: cannot be read in the store, so it was not "
-                                                        f"compared: {exc}"))
+                # (once skipped silently: its mail was in no count and the check passed, a
+                # folder tonight's backup cannot read either, exit 1 there)
+                out.problems.append(_not_compared(mailbox, exc))
                 continue
             if rec is None or rec.uidvalidity != info.uidvalidity:
                 # not in the chain under this name, or there as another folder (another

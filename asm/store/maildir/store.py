@@ -243,9 +243,21 @@ def record_fields(base: str, guid: str | None, uidl: str | None, order: int | No
 def pop3_fields(uidl: str | None, order: int | None) -> str:
     """A uidlist record's P (POP3 UIDL) and O (POP3 order) fields for these values, each
     only when Dovecot can read it back ("" for none)."""
-    return " ".join(f for f in (
-        f"P{uidl}" if uidl and _UIDL_OK.match(uidl) else "",
-        f"O{order}" if type(order) is int and 0 < order < 1 << 32 else "") if f)
+    uidl, order = _kept_pop3(uidl, order)
+    return " ".join(f for f in (f"P{uidl}" if uidl else "", f"O{order}" if order else "") if f)
+
+
+def _kept_pop3(uidl: str | None, order: int | None) -> tuple[str, int]:
+    """(POP3 UIDL, order) as a uidlist record keeps them: each only when Dovecot can read
+    it back ("" and 0 for none)."""
+    return (uidl if uidl and _UIDL_OK.match(uidl) else "",
+            order if type(order) is int and 0 < order < 1 << 32 else 0)
+
+
+def _base_fits(name: str | None, letters: str) -> bool:
+    """Whether a message file can have the base name ``name`` with these flag letters: a
+    Maildir base name, short enough for its ":2," and letters."""
+    return bool(name) and BASE_OK.match(name) is not None and len(name) + 3 + len(letters) <= 255
 
 
 def _sizes_match_or_none(base: str, m: MessageInfo) -> bool:
@@ -2212,12 +2224,10 @@ class MaildirStore(Store):
         if guid and m.guid != guid and _GUID_OK.match(guid):
             out.append(("X-GUID", m.guid, guid))
         letters = os.path.basename(m.path).partition(":2,")[2]
-        if (basename and m.basename and m.basename != basename and not m.compressed
-                and BASE_OK.match(basename) and len(basename) + 3 + len(letters) <= 255
+        if (m.basename and m.basename != basename and not m.compressed and _base_fits(basename, letters)
                 and _sizes_match_or_none(basename, m)):
             out.append(("base name (POP3 UIDL %f)", m.basename, basename))
-        want = (pop3_uidl if pop3_uidl and _UIDL_OK.match(pop3_uidl) else "",
-                pop3_order if type(pop3_order) is int and 0 < pop3_order < 1 << 32 else 0)
+        want = _kept_pop3(pop3_uidl, pop3_order)
         if (m.pop3_uidl, m.pop3_order) != want:
             out.append(("POP3 UIDL and order (uidlist P and O)", (m.pop3_uidl, m.pop3_order), want))
         return out
@@ -3437,7 +3447,7 @@ class MaildirStore(Store):
         written, so the name is never in two records.  (Before, a message expunged since
         the backup came back under a new name: with pop3_uidl_format = %f a new UIDL, so
         a POP3 client downloaded it again.)"""
-        if not name or not BASE_OK.match(name) or len(name) + 3 + len(letters) > 255:
+        if not _base_fits(name, letters):
             return None
         files = st.files if st.files is not None else self._scan(st)
         if st.bases is None:
