@@ -73,3 +73,66 @@ def test_bytes_after_the_archives_end_are_named_for_what_they_are(store, archive
             err = p.stderr.decode()
             assert p.returncode == 4, (args, err)
             assert "is damaged" in err and "nothing of the archive is missing" not in err, (args, err)
+
+
+@pytest.mark.parametrize("compress", [[], ["-z"]])
+def test_archives_joined_into_one_stream_are_refused_with_what_to_do(store, ims_home, tmp_path, driver, compress):
+    """`cat FULL INCR | imsrestore -f -` restored the full alone and exited 0: the
+    incremental's mail (new messages, an expunge, a flag change) silently missing.  Now
+    the first archive is restored whole, the run exits 4 naming the joined archive and
+    the chain command; that command, run next, gives the chain's state exactly.  Zeros
+    after an archive (a tape's or dd's padding) stay no error."""
+    for n in range(4):
+        put(store, "joe", "INBOX", n, size=300 * n, flags=["\\Seen"] if n % 2 else [])
+    put(store, "ann", "Work", 9)
+    full, incr = tmp_path / "full.ims", tmp_path / "incr.ims"
+    run(ims_home, "imsbackup", *compress, "-f", full, "/", check=0)
+    first = state(store)
+    put(store, "joe", "INBOX", 20, size=900)
+    put(store, "ann", "Work", 21)
+    store.expunge("joe", "INBOX", [1])
+    store.set_flags("joe", "INBOX", 2, ["\\Flagged"], [])
+    run(ims_home, "imsbackup", *compress, "-f", incr, "--base", f"{full}.state", "/", check=0)
+    want = state(store)
+    assert want != first
+    joined = full.read_bytes() + incr.read_bytes()
+    (tmp_path / "joined.ims").write_bytes(joined)
+    for n, (dev, feed) in enumerate(((["-f", tmp_path / "joined.ims"], None), (["-f", "-"], joined))):
+        home = tmp_path / f"dest-{n}"
+        make_home(home, driver)
+        for args in ([], ["-t"]):
+            p = run(home, "imsrestore", *args, *dev, input=feed)
+            err = p.stderr.decode()
+            assert p.returncode == 4, (args, p.returncode, err)
+            assert "another ims-asm archive begins at byte" in err, (args, err)
+            assert "imsrestore -f FULL -f INCR" in err and "nothing of it is missing" in err, (args, err)
+            assert len(err.splitlines()) == 1, (args, err)
+        assert state(open_store(make_home(home, driver))) == first
+        p = run(home, "imsverify", *dev, input=feed)
+        assert p.returncode == 4 and "another ims-asm archive begins" in p.stdout.decode() + p.stderr.decode()
+        run(home, "imsrestore", "-f", full, "-f", incr, check=0)
+        assert state(open_store(make_home(home, driver))) == want
+    # zeros after the end (a 64 KiB tape block's padding) and after a whole record: no error
+    for pad in (65536 - len(full.read_bytes()) % 65536, 3 * 65536 + 5):
+        home = tmp_path / f"padded-{pad}"
+        make_home(home, driver)
+        padded = full.read_bytes() + bytes(pad)
+        run(home, "imsrestore", "-f", "-", input=padded, check=0)
+        assert state(open_store(make_home(home, driver))) == first
+    # anything else past the record is damage, named as bytes after the archive, exit 4
+    home = tmp_path / "junk"
+    make_home(home, driver)
+    junk = full.read_bytes() + bytes(70000) + b"\x01" + bytes(511)
+    p = run(home, "imsrestore", "-f", "-", input=junk)
+    err = p.stderr.decode()
+    if compress:
+        # the zstd layer's damage past the archive's verified trailer (zeros after its
+        # last frame, then not zeros) is imsverify's to name, as a cut seek table is
+        assert p.returncode == 0, err
+        v = run(home, "imsverify", "-v", "-f", "-", input=junk)
+        err = v.stderr.decode()
+        assert v.returncode == 4 and "after the archive's end: zstd: the bytes after frame" in err, err
+    else:
+        assert p.returncode == 4 and "bytes that are not zeros follow the end of the archive's last record" in err, err
+        assert "nothing of the archive is missing" in err and len(err.splitlines()) == 1, err
+    assert state(open_store(make_home(home, driver))) == first

@@ -66,6 +66,21 @@ class TrailingData(CorruptMember):
             "keep an intact copy of it")
 
 
+class JoinedArchives(TrailingData):
+    """Another ims-asm archive after this one's end, in the same file or stream
+    (``cat FULL INCR | imsrestore -f -``): this archive was read whole, the next was not.
+    Exit 4 (as any data after an archive's end), with what to do instead."""
+
+    def __init__(self, offset, why, name=None):
+        self.offset = offset
+        self.name = name
+        self.why = why
+        ArchiveError.__init__(
+            self, f"{why}: archives joined into one file or stream (as `cat FULL INCR |` makes); only the "
+            "first was read (nothing of it is missing), what follows it was not: give each archive its own "
+            "file and -f, in the order they were taken (imsrestore -f FULL -f INCR)")
+
+
 class CorruptHeader(CorruptMember):
     """The archive's header member is damaged (its digest, its JSON or a field of it):
     nothing in the archive can be trusted to belong to it, so nothing is read."""

@@ -14,7 +14,7 @@ import struct
 
 from . import names, pax, spec, values
 from .errors import (ArchiveError, CorruptHeader, CorruptMember, DigestMismatch, HostileMember,
-                     IncompleteArchive, LinkTargetUnavailable, NotAnArchive, TrailingData)
+                     IncompleteArchive, JoinedArchives, LinkTargetUnavailable, NotAnArchive, TrailingData)
 from .records import RecordReader
 from .values import FolderState, UidSet
 
@@ -173,6 +173,8 @@ class _Folder:
         self.last = 0
 
 
+# an archive header's pax record, as written and in the spelling readers accept too
+_HEADER_KINDS = tuple(f" {k}={spec.K_HEADER}\n".encode() for k in (spec.wire(spec.KIND), spec.KIND))
 _SKIP = object()        # a member named already (one error for a run of them): not returned
 
 
@@ -318,6 +320,8 @@ class MemberIterator:
         if why:
             # (no member damaged, a message's bytes included, and the trailer matched)
             whole, r.verified = r.verified and not r.errors, False
+            if whole and r.joined_at is not None:
+                raise JoinedArchives(e.header_offset, why, spec.TRAILER_NAME)
             raise (TrailingData if whole else CorruptMember)(e.header_offset, why, spec.TRAILER_NAME)
         raise StopIteration
 
@@ -359,6 +363,7 @@ class ArchiveReader:
         self.verified = None         # trailer digest and counts matched (after iteration)
         self.errors = []             # every error reported so far
         self._pushback = None        # (offset, block) re-read after a resync on a stream
+        self.joined_at = None        # where another archive begins after this one's end
         self._iter = None
         self.version = None
         self.header_digest = None
@@ -499,11 +504,35 @@ class ArchiveReader:
         while here < end:
             b = self._rr.read(min(end - here, 1 << 20))
             if not b:
-                break
+                return None
             if b.count(0) != len(b):
                 return "the bytes after the trailer are not zeros"
             here += len(b)
-        return None
+        # Past the writer's record, to the end of the data: zeros (a tape's or a copy's
+        # padding) or nothing.  Anything else was joined to the archive: `cat FULL INCR |
+        # imsrestore -f -` restored the full alone and said nothing of the incremental.
+        try:
+            while True:
+                b = self._rr.read(1 << 20)
+                if not b:
+                    return None
+                if b.count(0) != len(b):
+                    break
+                here += len(b)
+        except OSError:
+            # a layer's damage past the archive (a zstd seek table, gzip's CRC cut off):
+            # the archive was read whole, to its verified trailer; imsverify, which reads
+            # the layers to their end, names it (docs/offsite.md)
+            return None
+        skip = len(b) - len(b.lstrip(b"\0"))
+        start = here + skip - (here + skip) % spec.BLOCK
+        head = b[start - here:]
+        if len(head) < 8 * spec.BLOCK:
+            head += self._rr.read(8 * spec.BLOCK)
+        if any(k in head[:8 * spec.BLOCK] for k in _HEADER_KINDS):
+            self.joined_at = start
+            return f"another ims-asm archive begins at byte {start}, after this one's end"
+        return f"bytes that are not zeros follow the end of the archive's last record (at byte {start})"
 
     def _read_block(self, last):
         if self._pushback is not None:

@@ -33,6 +33,7 @@ from asm.errors import (
     device_status,
 )
 from asm.layers import wrap_read
+from asm.layers.errors import LayerDamaged
 from asm.layers.options import identity_loader
 from asm.logical import not_a_user_too, parse, user_on
 from asm.restore import (
@@ -643,7 +644,12 @@ def _one(args, rep) -> int:
                        "being restored stay held until it completes)", EXIT_INTERRUPTED)
         except OSError as exc:         # the device (a store failure is a StoreError, with its status)
             progress.clear()
-            return die(PROG, f"cannot read {args.device}: {exc.strerror or exc}", device_status(exc))
+            why = f"cannot read {args.device}: {exc.strerror or exc}"
+            if isinstance(exc, LayerDamaged):
+                why += (": what the archive held before the damage was restored, message by message; the same "
+                        "command with an intact copy of the archive (imsverify -f COPY checks one) restores the "
+                        "rest, without duplicates")
+            return die(PROG, why, device_status(exc))
     progress.clear()
     unmatched = getattr(args, "chain_unmatched", None)
     if unmatched is not None:

@@ -377,6 +377,18 @@ class ZstdStream(StreamLayer):
             self._on_frame(self.src.consumed, 0)
         return True
 
+    def _padding(self) -> bool:
+        """Zeros from here (no frame starts with them) to the end of the input: a tape's
+        or dd's padding after the last frame, read as the end of the stream."""
+        at = self.src.consumed
+        while True:
+            data = self.src.read_some(1 << 20)
+            if not data:
+                return True
+            if data.count(0) != len(data):
+                raise LayerDamaged(f"zstd: the bytes after frame {self.frames} (at {at} compressed bytes) "
+                                   "are zeros, then not zeros: not zstd")
+
     def _next(self) -> bytes | None:
         while True:
             if self._obj is None:
@@ -385,6 +397,8 @@ class ZstdStream(StreamLayer):
                 self._skippable = False
                 if self._table():
                     continue
+                if self.src.peek(4) == b"\0\0\0\0" and self._padding():
+                    return None
                 self._obj = self._d.decompressobj()
                 self._started = False
                 self._frame_start = self.src.consumed
