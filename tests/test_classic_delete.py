@@ -208,3 +208,75 @@ def test_mboxutil_d_of_a_user_stopped_by_a_signal_at_every_step(tmp_path):
         store.close()
     assert bad == [], bad[:3]
     assert outcomes.count(0) >= 10, outcomes        # (the points fell in the removal)
+
+
+def test_mboxutil_d_of_a_user_killed_at_any_step_leaves_no_user_to_find_again(tmp_path):
+    """mboxutil -d user/alice SIGKILLed (or the power cut) at points spread over the
+    whole run, most while her files are removed: alice is whole and listed, or gone;
+    what a kill left of her files is never "a user directory the mailbox list does not
+    know" (every backup of / exited 1 naming it, and its advice, reconstruct -m, listed
+    her again: the deleted mail back).  After the kill: the next backup exits 0 without
+    a word of her; then, in turn, the same command run again (exit 0), reconstruct -m
+    -r /, or a new user alice removes what was left, and a new alice is empty."""
+    from tests.faults import spread
+    base = tmp_path / "base"
+    source = _store(base)
+    for i in range(40):
+        source.append("alice", "Keep", io.BytesIO(f"Subject: more {i}\r\n\r\nbody\r\n".encode()))
+    source.create_user("bob")
+    source.append("bob", "INBOX", io.BytesIO(b"Subject: bob\r\n\r\nbody\r\n"))
+    whole = state(source)
+    bob = {k: v for k, v in whole.items() if k[0] == "bob"}
+    user_dir = os.path.relpath(source._user_path("alice"), base)
+    source.close()
+    probe = tmp_path / "probe"
+    shutil.copytree(base, probe)
+    argv = ["mboxutil", "-d", "user/alice"]
+    steps = _steps(argv, probe, tmp_path)
+    first = next(n for n, what in steps if what.startswith("sqlite: DELETE FROM folders"))
+    points = spread(first - 1, 4, 3) + [first + p - 1 for p in spread(len(steps) - first, 16, 5)]
+    bad = []
+    for i, point in enumerate(points):
+        home = tmp_path / f"k{point}"
+        shutil.copytree(base, home)
+        env = {"IMS_HOME": str(home)}
+        p = run_with_fault(argv, home, f"kill:{point}", env=env)
+        if p.returncode != -9:
+            bad.append((point, "not killed", p.returncode, p.stderr))
+            continue
+        store = open_store(Config(str(home)), create=False)
+        got, listed = state(store), store.exists("alice")
+        store.close()
+        if got not in (whole, bob) or listed != (got == whole):
+            bad.append((point, "neither whole nor gone", listed))
+        b = run(home, "imsbackup", "-f", tmp_path / f"b{point}.ims", "/", env=env)
+        if b.returncode != 0 or b.stderr:
+            bad.append((point, "backup after the kill", b.returncode, b.stderr[-300:]))
+        how = ("again", "reconstruct", "new user")[i % 3]
+        if how == "again" or listed:
+            r = run(home, *argv, env=env)
+        elif how == "reconstruct":
+            r = run(home, "reconstruct", "-m", "-r", "/", env=env)
+        else:
+            r = run(home, "mboxutil", "-c", "user/alice", env=env)
+        if r.returncode != 0:
+            bad.append((point, how, r.returncode, r.stderr[-300:]))
+        store = open_store(Config(str(home)), create=False)
+        got = state(store)
+        store.close()
+        want = dict(bob)
+        if how == "new user" and not listed:
+            want.update({k: v for k, v in got.items() if k[0] == "alice"})
+            if [k for k in got if k[0] == "alice"] != [("alice", "INBOX")]:
+                bad.append((point, how, "the new alice is not empty", sorted(k for k in got if k[0] == "alice")))
+        if got != want:
+            bad.append((point, how, "state", sorted(set(got) ^ set(want))))
+        left = _user_files(home, home / user_dir)
+        if how != "new user" and left:
+            bad.append((point, how, "left of alice", left[:3]))
+        if how == "new user" and any(f.endswith(".msg") for f in left):
+            bad.append((point, how, "old messages under the new alice", left[:3]))
+        b = run(home, "imsbackup", "-f", tmp_path / f"c{point}.ims", "/", env=env)
+        if b.returncode != 0:
+            bad.append((point, how, "backup after", b.returncode, b.stderr[-300:]))
+    assert bad == [], bad[:4]

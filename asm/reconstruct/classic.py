@@ -30,6 +30,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import sqlite3
 import time
 
@@ -232,7 +233,14 @@ class _List:
 
     def remains(self, user: str) -> set:
         """The user's folders whose deletion began (unlisted, files maybe left)."""
-        return {r[0] for r in self.con.execute("SELECT name FROM remains WHERE user=?", (user,))}
+        return {r[0] for r in self.con.execute("SELECT name FROM remains WHERE user=? AND substr(name, 1, 1)<>'/'",
+                                               (user,))}
+
+    def user_remains(self) -> dict:
+        """(partition, directory) -> user, of each user whose deletion was cut short (a
+        row named "/PARTITION/DIR": the store's delete_user)."""
+        return {tuple(n[1:].split("/", 1)): u for u, n in self.con.execute(
+            "SELECT user, name FROM remains WHERE substr(name, 1, 1)='/'")}
 
     def drop_user(self, user) -> None:
         for table in ("folders", "unplaced", "remains"):
@@ -345,6 +353,7 @@ class ClassicReconstructor:
         lst = self._open_list()
         listed = lst.users()
         found: dict = {}                 # user -> (partition, rel)
+        gone = lst.user_remains()        # (partition, rel) -> user: deletions cut short
         for part in self.parts:
             ppath = self._partition_path(part)
             on_part = [u for u, (p, _, _) in listed.items() if p == part]
@@ -363,6 +372,17 @@ class ClassicReconstructor:
                     f"nothing was changed")
             for rel, user in entries:
                 where = self.mailbox(part, user)
+                if (part, rel) in gone and user not in listed:
+                    # deleted (mboxutil -d), killed before its files were gone: never a
+                    # user to list again (that brought the deleted mail back)
+                    self.report.add(REPAIRED, where, f"its deletion was cut short: what was left of its files "
+                                                     f"({os.path.join(ppath, rel)}) "
+                                                     + ("removed" if self.repair else "to be removed (run without -n)"))
+                    if self.repair:
+                        shutil.rmtree(os.path.join(ppath, rel), ignore_errors=True)
+                        if not os.path.lexists(os.path.join(ppath, rel)):
+                            lst.drop_remains(gone.pop((part, rel)), f"/{part}/{rel}")
+                    continue
                 if user in found:
                     fp, frel = found[user]
                     self.report.add(UNKNOWN, where,
@@ -407,6 +427,11 @@ class ClassicReconstructor:
                 if rel != _user_dir(user):
                     self.report.add(NOTE, where, f"the user directory is {rel}, not {_user_dir(user)} where "
                                                  f"the classic store puts it; it is used where it is")
+        if self.repair:
+            for (part, rel), user in gone.items():
+                ppath = self._partition_path(part) if part in self.parts else None
+                if ppath is not None and not os.path.lexists(os.path.join(ppath, rel)):
+                    lst.drop_remains(user, f"/{part}/{rel}")     # (its files were gone already)
         for user, (part, d, _) in listed.items():
             if user not in found:
                 ppath = self.parts.get(part)

@@ -759,6 +759,7 @@ class ClassicStore(Store):
     def unlisted_users(self, partition: str) -> list[Unlisted]:
         ppath = self.partition_path(partition)
         known = {r[0] for r in self._db.execute("SELECT dir FROM users WHERE partition=?", (partition,))}
+        known |= self.user_remains_dirs(partition)     # (a deletion cut short: no lost user)
         # a leftover directory without an index or a message file holds nothing to
         # back up, and is no sign of a lost list (holds_mail)
         return [Unlisted("user", partition, user, None, os.path.join(ppath, rel),
@@ -1048,6 +1049,8 @@ class ClassicStore(Store):
         self.check_partition(partition, writing=True)
         if self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():
             raise UserExists(user)
+        if self._user_remains(user):
+            self._finish_user_remains(user)      # (a deletion cut short: its files go first)
         return ppath, _user_dir(user)
 
     @_store_errors
@@ -1095,6 +1098,11 @@ class ClassicStore(Store):
             raise UserExists(user) from None        # created meanwhile by another process
 
     def delete_user(self, user: str) -> None:
+        if self._user_remains(user):
+            if not self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():
+                self._finish_user_remains(user)      # the same command, after a kill: finished
+                return
+        part, rel = self._user_where(user)
         path = self._user_path(user)
         for k in [k for k in self._idx if k == path or k.startswith(path + os.sep)]:
             self._idx.pop(k).close()
@@ -1105,15 +1113,53 @@ class ClassicStore(Store):
         # the user goes from the mailbox list and its files with it: a SIGTERM or Ctrl-C
         # between the two once left its directory, unlisted, which nothing removed after
         # (the same command run again: "no such user")
+        # A SIGKILL or a power cut cannot be deferred: the commit records the user's
+        # remains (a row named "/PARTITION/DIR", which no folder name can be), synced
+        # before any file goes, and the row goes only once they are gone.  What a kill
+        # left is no "user directory the mailbox list does not know" (every backup
+        # exited 1 naming it, and reconstruct -m, its advice, brought the deleted mail
+        # back): the same command run again, a new user of that name, or reconstruct
+        # removes it.
         with interrupts_deferred():
-            with sqlitedb.immediate(self._db):
-                self._db.execute("DELETE FROM folders WHERE user=?", (user,))
-                self._db.execute("DELETE FROM unplaced WHERE user=?", (user,))
-                self._db.execute("DELETE FROM remains WHERE user=?", (user,))
-                self._db.execute("DELETE FROM holders WHERE user=?", (user,))
-                self._db.execute("DELETE FROM users WHERE user=?", (user,))
+            self._db.execute("PRAGMA synchronous=FULL")     # (this commit: the WAL synced)
+            try:
+                with sqlitedb.immediate(self._db):
+                    self._db.execute("DELETE FROM folders WHERE user=?", (user,))
+                    self._db.execute("DELETE FROM unplaced WHERE user=?", (user,))
+                    self._db.execute("DELETE FROM remains WHERE user=?", (user,))
+                    self._db.execute("DELETE FROM holders WHERE user=?", (user,))
+                    self._db.execute("DELETE FROM users WHERE user=?", (user,))
+                    self._db.execute("INSERT OR REPLACE INTO remains VALUES (?,?)", (user, f"/{part}/{rel}"))
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             self._where.pop(user, None)
-            shutil.rmtree(path, ignore_errors=True)
+            self._finish_user_remains(user)
+
+    def _user_remains(self, user: str) -> list[tuple[str, str]]:
+        """(partition, directory) of each deletion of ``user`` cut short."""
+        return [tuple(r[0][1:].split("/", 1)) for r in self._db.execute(
+            "SELECT name FROM remains WHERE user=? AND substr(name, 1, 1)='/'", (user,))]
+
+    def user_remains_dirs(self, partition: str) -> set:
+        """The directories (relative to the partition) of users whose deletion was cut short."""
+        return {r[0][len(partition) + 2:] for r in self._db.execute(
+            "SELECT name FROM remains WHERE substr(name, 1, ?)=?", (len(partition) + 2, f"/{partition}/"))}
+
+    def _finish_user_remains(self, user: str) -> None:
+        """Remove what a deletion of ``user`` cut short left (nobody lists it: nobody
+        writes there), then its record."""
+        for part, rel in self._user_remains(user):
+            try:
+                ppath = self.partition_path(part)
+            except StoreError:
+                ppath = None                # (the partition since dropped from msg.conf)
+            if ppath is not None:
+                shutil.rmtree(os.path.join(ppath, rel), ignore_errors=True)
+                if os.path.lexists(os.path.join(ppath, rel)):
+                    raise StoreError(f"cannot remove {os.path.join(ppath, rel)}, what the deletion of user "
+                                     f"{user!r} left: remove it by hand")
+            with sqlitedb.immediate(self._db):
+                self._db.execute("DELETE FROM remains WHERE user=? AND name=?", (user, f"/{part}/{rel}"))
 
     def _new_folder_uidvalidity(self, user: str, folder: str, uidvalidity: int | None) -> int:
         """Inside the mailbox list's write transaction: FolderExists if the folder is
