@@ -136,3 +136,37 @@ def test_archives_joined_into_one_stream_are_refused_with_what_to_do(store, ims_
         assert p.returncode == 4 and "bytes that are not zeros follow the end of the archive's last record" in err, err
         assert "nothing of the archive is missing" in err and len(err.splitlines()) == 1, err
     assert state(open_store(make_home(home, driver))) == first
+
+
+def test_on_a_tape_the_reader_stops_at_the_archives_record(store, ims_home, tmp_path):
+    """A tape holds the next archive as its next tape file, behind a file mark: the
+    reader stops at the end of the writer's last record there, as before, so `mt fsf`
+    counts files as the operator expects; from a pipe or a file it reads on to the end
+    (the joined archives above).  The tape is stood in for by a stream whose descriptor
+    is a character device."""
+    import io as _io
+    from asm.archive.errors import JoinedArchives
+    from asm.archive.reader import ArchiveReader
+
+    put(store, "joe", "INBOX", 1)
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/", check=0)
+    data = a.read_bytes()
+    nul = open("/dev/null", "rb")
+
+    class Tape(_io.BytesIO):
+        def fileno(self):
+            return nul.fileno()
+
+    for raw, joined in ((Tape(data + data), False), (_io.BytesIO(data + data), True)):
+        read = []
+        r = ArchiveReader(raw)
+        try:
+            for m in r.members():
+                read.append(m.kind)
+        except JoinedArchives:
+            read.append("joined")
+        assert ("joined" in read) == joined, read
+        if not joined:          # (read to the end of its own data, not into the next file)
+            assert raw.tell() == len(data) and r.verified
+    nul.close()

@@ -9,7 +9,9 @@ trailer's digest over the whole sequence, and the zeros after it.
 import hashlib
 import io
 import json
+import os
 import re
+import stat
 import struct
 
 from . import names, pax, spec, values
@@ -171,6 +173,14 @@ class _Folder:
         self.key = key
         self.uids = uids
         self.last = 0
+
+
+def _on_tape(raw) -> bool:
+    """True when raw reads a character device (a tape) itself."""
+    try:
+        return stat.S_ISCHR(os.fstat(raw.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
 
 
 # an archive header's pax record, as written and in the spelling readers accept too
@@ -508,9 +518,13 @@ class ArchiveReader:
             if b.count(0) != len(b):
                 return "the bytes after the trailer are not zeros"
             here += len(b)
-        # Past the writer's record, to the end of the data: zeros (a tape's or a copy's
-        # padding) or nothing.  Anything else was joined to the archive: `cat FULL INCR |
-        # imsrestore -f -` restored the full alone and said nothing of the incremental.
+        # Past the writer's record, to the end of the data: zeros (a copy's padding) or
+        # nothing.  Anything else was joined to the archive: `cat FULL INCR | imsrestore
+        # -f -` restored the full alone and said nothing of the incremental.  Not on a
+        # tape (a character device): the next archive there is the next tape file, and a
+        # read past this one's end would pass its file mark (`mt fsf` then skips one too many).
+        if _on_tape(self._raw):
+            return None
         try:
             while True:
                 b = self._rr.read(1 << 20)
