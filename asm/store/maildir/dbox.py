@@ -408,8 +408,8 @@ class DboxStore(MaildirStore):
                       f"rename -u {q(user)} {q(name)} NEW-NAME) and restore again")
                for name, err in failed.items()}}
         opts = self._copy_options(user)
-        want = set(self._dv.run(user, "mailbox list -s").splitlines())
-        have = set(self._dv.run(user, "mailbox list -s", options=opts).splitlines())
+        want = set(self._dv.names(user, "mailbox list -s"))
+        have = set(self._dv.names(user, "mailbox list -s", options=opts))
         if want - have:
             self._dv.run(user, "mailbox subscribe", "--", *sorted(want - have), options=opts)
         if have - want:
@@ -623,7 +623,7 @@ class DboxStore(MaildirStore):
         fields = "uidvalidity uidnext messages" + (" highestmodseq" if modseq else "")
         if by_folder:
             status_parts, mail_parts = [], []
-            for name in self._dv.run(user, "mailbox list", options=opts).splitlines():
+            for name in self._dv.names(user, "mailbox list", options=opts):
                 try:
                     st = self._dv.run(user, "mailbox status", "--", fields, name, options=opts, formatter="json")
                     ms = self._dv.run(user, "fetch", "--", "mailbox uid guid flags", "mailbox", name, "all",
@@ -651,7 +651,7 @@ class DboxStore(MaildirStore):
         for box, uid, guid, flags in sorted(msgs):
             out.setdefault(box, []).append(repr((uid, guid, flags)))
         if modseq:
-            for name in self._dv.run(user, "mailbox list -s", options=opts).splitlines():
+            for name in self._dv.names(user, "mailbox list -s", options=opts):
                 out.setdefault(name, []).append("subscribed")
         return {box: "\n".join(lines) for box, lines in out.items()}
 
@@ -889,7 +889,7 @@ class DboxStore(MaildirStore):
                 self._dv.run(user, "mailbox delete", "--", name)
             except DoveadmRace:
                 pass                              # not there (any more): what the copy says
-        subs = set(self._dv.run(user, "mailbox list -s").splitlines())
+        subs = set(self._dv.names(user, "mailbox list -s"))
         want = {n for n in scope if have.get(n, "").endswith("subscribed")}
         if want - subs:
             self._dv.run(user, "mailbox subscribe", "--", *sorted(want - subs))
@@ -903,7 +903,7 @@ class DboxStore(MaildirStore):
         them (``mailbox list -s``: Dovecot keeps a subscription after DELETE or RENAME)."""
         if not os.path.isdir(self._dbox_root(user)):
             return []
-        subs = set(self._dv.run(user, "mailbox list -s").splitlines())
+        subs = set(self._dv.names(user, "mailbox list -s"))
         have = set(self.folder_names(user) if folders is None else folders)
         out = []
         for name in sorted(subs - have):
@@ -934,7 +934,7 @@ class DboxStore(MaildirStore):
         self._subscribe_now(user, [(n, on) for n in names])
 
     def _subscribe_now(self, user: str, changes: list) -> None:
-        have = set(self._dv.run(user, "mailbox list -s").splitlines())
+        have = set(self._dv.names(user, "mailbox list -s"))
         for on, verb in ((False, "mailbox unsubscribe"), (True, "mailbox subscribe")):
             todo = sorted({n for n, o in changes if o == on and (n in have) != on})
             if todo:

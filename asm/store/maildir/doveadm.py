@@ -117,6 +117,13 @@ class Doveadm:
             raise StoreError(f"doveadm {' '.join(args[:nwords])} -u {login} ({self.conf}): {err}")
         return res.stdout.decode("utf-8", "surrogateescape")
 
+    def names(self, login: str, command: str, *args: str, options=()) -> list[str]:
+        """The names ``command`` prints one a line (``mailbox list``, ``mailbox list
+        -s``), split at ``\n`` only: str.splitlines() also splits at U+0085, U+2028 and
+        U+2029, which a folder name may hold (Dovecot refuses only ASCII control
+        characters), and made two names of one."""
+        return [n for n in self.run(login, command, *args, options=options).split("\n") if n]
+
     def keywords(self, login: str, folder: str) -> dict[int, tuple]:
         """{uid: keywords} of every message of the folder, as Dovecot's index has them."""
         out = self.run(login, "fetch", "--", "uid flags", "mailbox", self.mailbox(folder), "all")

@@ -1,0 +1,49 @@
+"""Legitimate but odd names, end to end: folder names that hold characters Python
+counts as line breaks though no file or tool here does (U+0085 NEXT LINE, which a
+client's cp1252 '…' read as Latin-1 gives; U+2028 LINE SEPARATOR, U+2029), names
+with brackets that look like IMAP syntax, and the like."""
+from __future__ import annotations
+
+import pytest
+
+from tests.dovecot_lab import dovecot_lab, message
+from tests.helpers import run
+from tests.test_dovecot_layouts import configure, seen, wipe
+
+# IMAP (modified UTF-7) names: 'Notes\x85', 'a\u2028b', 'x\u2029y\x85z'
+LINE_BREAKERS = ["Notes&AIU-", "a&ICg-b", "x&ICk-y&AIU-z"]
+
+
+@pytest.mark.parametrize("layout", ["sdbox", "plain"])
+def test_names_holding_unicode_line_breaks_keep_their_subscriptions(tmp_path, layout):
+    """doveadm prints one name a line; its output was split with str.splitlines(), which
+    also breaks at U+0085, U+2028 and U+2029, so a dbox account's subscription to such a
+    name that is no folder (Dovecot keeps it after a DELETE) was archived as subscriptions
+    to the pieces ('Notes', 'a', 'b', ...): the restore gave the client those and not
+    the name it had, exit 0, and imsverify --against-store agreed."""
+    with dovecot_lab(layout, logins=["alice"]) as lab:
+        home = str(tmp_path / "ims")
+        configure(lab, home)
+        lab.deliver(["alice"], message("hello"))
+        with lab.imap("alice") as c:
+            for name in LINE_BREAKERS + ["Kept&AIU-"]:
+                c.create(name)
+                c.subscribe(name)
+                c.append(name, message(f"in {name}"), [r"\Seen"])
+            for name in LINE_BREAKERS:
+                c.delete(name)                   # the subscription stays, as Dovecot keeps it
+        before = lab.client_state("alice")
+        assert set(LINE_BREAKERS) <= before.subscriptions and "Kept&AIU-" in before.folders
+        a = tmp_path / "a.ims"
+        p = run(home, "imsbackup", "-f", a, "/", text=True)
+        assert (p.returncode, p.stderr) == (0, ""), p.stderr
+        lab.stop()
+        wipe(lab)
+        lab.start()
+        p = run(home, "imsrestore", "-f", a, text=True)
+        assert (p.returncode, p.stderr) == (0, ""), p.stderr
+        after = lab.client_state("alice")
+        assert after.subscriptions == before.subscriptions
+        assert seen(after) == seen(before)
+        p = run(home, "imsverify", "-f", a, "--against-store", "--exact", text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
