@@ -3,7 +3,7 @@ which users (the map file of -m)."""
 from __future__ import annotations
 
 from asm.groups import PREDEFINED, Groups
-from asm.logical import LogicalPath
+from asm.logical import LogicalPath, fold
 from asm.restore.errors import RestoreError
 from asm.store.base import BadName, check_folder_name, check_user_name
 
@@ -175,7 +175,7 @@ class Selection:
                 elif lp.folder is not None:
                     depth = lp.folder.count("/") + 1
                     prefix = "/".join(folder.split("/")[:depth])
-                    if prefix.casefold() == lp.folder.casefold():
+                    if fold(prefix) == fold(lp.folder):
                         self.near[i].add(f"/{partition}/{user}/{prefix}")
             if took:
                 self.hits[i] += 1
