@@ -4,6 +4,8 @@ client's cp1252 '…' read as Latin-1 gives; U+2028 LINE SEPARATOR, U+2029), nam
 with brackets that look like IMAP syntax, and the like."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.dovecot_lab import dovecot_lab, message
@@ -47,3 +49,20 @@ def test_names_holding_unicode_line_breaks_keep_their_subscriptions(tmp_path, la
         assert seen(after) == seen(before)
         p = run(home, "imsverify", "-f", a, "--against-store", "--exact", text=True)
         assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_the_hold_file_keeps_lines_holding_unicode_line_breaks(tmp_path, monkeypatch):
+    """dovecot.holdfile: the administrator's lines are kept as they are.  The file was
+    read with str.splitlines(), so a line holding U+2028, U+0085 or a form feed (a
+    comment, a GECOS field) was written back as two lines by every hold and release."""
+    from asm.store.maildir import holdfile
+    monkeypatch.setattr(holdfile, "SETTLE", 0)
+    path = tmp_path / "hold.lmtp"
+    mine = ("# held by hand for Ren\u00e9e\u2028(ticket 7)\n"
+            "carol:::::::userdb_tempfail=yes # Jos\u00e9\x85 \x0c moved\n")
+    path.write_text(mine, encoding="utf-8")
+    assert holdfile.set_held(str(path), "alice", True, 5, os.getpid(), "host")
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith(mine) and text.count("\n") == 3 and "alice:" in text.splitlines()[-1]
+    assert holdfile.set_held(str(path), "alice", False, 5, os.getpid(), "host")
+    assert path.read_text(encoding="utf-8") == mine
