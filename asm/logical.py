@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from asm.errors import EXIT_USAGE, ImsError
 from asm.groups import PREDEFINED, Groups
-from asm.store.base import BadName, NoSuchUser, Store, check_folder_name, check_user_name
+from asm.store.base import BadName, NoSuchUser, Store, StoreError, check_folder_name, check_user_name
 
 
 class PathError(ImsError):
@@ -168,7 +168,17 @@ def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Targ
             try:
                 part = store.user_partition(lp.user)
             except NoSuchUser:
-                raise PathError(f"{lp}: no user {lp.user!r} in the store") from None
+                import unicodedata
+                nfd = unicodedata.normalize("NFD", lp.user)
+                try:
+                    alike = sorted(u for p in partitions for u in store.users(p)
+                                   if u != lp.user and unicodedata.normalize("NFD", u) == nfd)
+                except (StoreError, OSError):
+                    alike = []          # (only a hint: an unreadable partition is said by what reads it)
+                raise PathError(f"{lp}: no user {lp.user!r} in the store"
+                                + (f" (it has {', '.join(repr(u) for u in alike)}: the same letters, written in "
+                                   f"other Unicode code points (accents as separate characters, or not); user "
+                                   f"IDs are matched exactly: copy the ID from mboxutil -l)" if alike else "")) from None
             if part != lp.partition:
                 raise PathError(f"{lp}: user {lp.user!r} is on partition {part!r}, not {lp.partition!r}")
             store.check_partition(part)

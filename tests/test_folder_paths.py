@@ -164,3 +164,18 @@ def test_an_exact_name_wins_over_one_in_another_unicode_form(home, tmp_path):
         assert folders_in(tmp_path / "x.ims") == {("joe", f)}
     p = run(home, "imsbackup", "-f", tmp_path / "x.ims", f"/primary/joe/{NFC.lower()}")
     assert p.returncode == EXIT_USAGE and "when case is ignored, and none exactly" in p.stderr.decode(), p.stderr
+
+
+def test_a_user_path_typed_in_another_unicode_form_says_so(home, tmp_path):
+    """User IDs are matched exactly; one typed with its accents in another Unicode form
+    than the store's was "no user 'jörg' in the store", the user plainly in mboxutil -l."""
+    store = open_store(Config(str(home)))
+    store.create_user("jo\u0308rg")
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/j\u00f6rg", text=True)
+    assert p.returncode == EXIT_USAGE
+    assert p.stderr == ("imsbackup: /primary/j\u00f6rg: no user 'j\u00f6rg' in the store (it has 'jo\u0308rg': the "
+                        "same letters, written in other Unicode code points (accents as separate characters, "
+                        "or not); user IDs are matched exactly: copy the ID from mboxutil -l)\n"), p.stderr
+    assert not (tmp_path / "x.ims").exists()
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/nobody", text=True)
+    assert p.stderr == "imsbackup: /primary/nobody: no user 'nobody' in the store\n"
