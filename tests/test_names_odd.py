@@ -66,3 +66,35 @@ def test_the_hold_file_keeps_lines_holding_unicode_line_breaks(tmp_path, monkeyp
     assert text.startswith(mine) and text.count("\n") == 3 and "alice:" in text.splitlines()[-1]
     assert holdfile.set_held(str(path), "alice", False, 5, os.getpid(), "host")
     assert path.read_text(encoding="utf-8") == mine
+
+
+KWS = [f"kw{i:02d}" for i in range(30)]          # beyond the 26 file-name letters: Dovecot's index only
+
+
+def test_keywords_of_folders_whose_names_hold_imap_wildcards_stay_their_own(tmp_path):
+    """doveadm reads a search's 'mailbox NAME' as a pattern: for folder '*x' the keywords
+    beyond the 26th (asked of doveadm by folder) were those of 'ax' and '*x' merged by
+    UID, and restoring them added them to 'ax' too; '%y' likewise with 'by'."""
+    with dovecot_lab("plain", logins=["alice"]) as lab:
+        home = str(tmp_path / "ims")
+        configure(lab, home)
+        lab.deliver(["alice"], message("hello"))
+        with lab.imap("alice") as c:
+            for i, name in enumerate(["*x", "ax", "%y", "by"]):
+                c.create(name)
+                mine = KWS[:26] + [f"only{i}a", f"only{i}b"]
+                c.append(name, message(f"in {name}"), mine)
+                c.append(name, message(f"second in {name}"), KWS[:26] + [f"second{i}"])
+        before = lab.client_state("alice")
+        a = tmp_path / "a.ims"
+        p = run(home, "imsbackup", "-f", a, "/", text=True)
+        assert (p.returncode, p.stderr) == (0, ""), p.stderr
+        lab.stop()
+        wipe(lab)
+        lab.start()
+        p = run(home, "imsrestore", "-f", a, text=True)
+        assert (p.returncode, p.stderr) == (0, ""), p.stderr
+        after = lab.client_state("alice")
+        for name in ["*x", "ax", "%y", "by"]:
+            assert after[name] == before[name], name
+        assert seen(after) == seen(before)
