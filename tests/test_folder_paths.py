@@ -179,3 +179,23 @@ def test_a_user_path_typed_in_another_unicode_form_says_so(home, tmp_path):
     assert not (tmp_path / "x.ims").exists()
     p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/nobody", text=True)
     assert p.stderr == "imsbackup: /primary/nobody: no user 'nobody' in the store\n"
+
+
+def test_a_restore_path_naming_a_user_in_another_unicode_form_says_so(tmp_path):
+    src = tmp_path / "src"
+    store = open_store(make_home(src, "maildir"))
+    store.create_user("jo\u0308rg")
+    store.append("jo\u0308rg", "INBOX", io.BytesIO(msg(1)))
+    run(src, "imsbackup", "-f", tmp_path / "a.ims", "/", check=0)
+    dest = tmp_path / "dest"
+    make_home(dest, "maildir")
+    for path, shown in (("/primary/j\u00f6rg", "/primary/jo\u0308rg"),
+                        ("/primary/j\u00f6rg/INBOX", "/primary/jo\u0308rg/INBOX")):
+        p = run(dest, "imsrestore", "-f", tmp_path / "a.ims", path, text=True)
+        assert p.returncode == EXIT_USAGE
+        assert p.stderr == (f"imsrestore: {path}: nothing in the archive matches this path (it has {shown}: "
+                            "user IDs and folder names are matched exactly, but INBOX; the same letters, "
+                            "written in other Unicode code points (accents as separate characters, or not): "
+                            "copy the path from imsrestore -t)\n"), p.stderr
+    p = run(dest, "imsrestore", "-f", tmp_path / "a.ims", "/primary/jo\u0308rg", text=True)
+    assert p.returncode == 0, p.stderr

@@ -240,7 +240,10 @@ def _unmatched(path: str, near: list | None, left_out: str | None, unread: str |
     elif near:
         import unicodedata
         same_case = [n for n in near if unicodedata.normalize("NFD", n) == unicodedata.normalize("NFD", path)]
-        why = (f" (it has {', '.join(near)}: folder names are matched exactly, but INBOX"
+        # (a near miss whose user is not one this path names differs in its user ID)
+        users = any(n.split("/")[2] not in path.split("/")[2:] for n in near if n.count("/") >= 2)
+        why = (f" (it has {', '.join(near)}: "
+               + ("user IDs and folder names" if users else "folder names") + " are matched exactly, but INBOX"
                + ("; the same letters, written in other Unicode code points (accents as separate "
                   "characters, or not): copy the path from imsrestore -t" if same_case else "") + ")")
     elif left_out:

@@ -112,6 +112,11 @@ def as_recorded_group(lp: LogicalPath) -> LogicalPath | None:
     return LogicalPath(lp.text, lp.partition, lp.user, user, folder)
 
 
+def _nfd(name: str) -> str:
+    import unicodedata
+    return unicodedata.normalize("NFD", name)
+
+
 class Selection:
     """Which archived folders the paths select.  Folder names are matched exactly on
     restore (INBOX in any case): a stream cannot know beforehand whether an exact
@@ -169,6 +174,10 @@ class Selection:
             took = False
             for lp, ok in self._readings(path, partition, user, group):
                 if not ok:
+                    if lp.user is not None and lp.user != user and not (lp.user.isascii() and user.isascii()) \
+                            and lp.partition in (None, partition) and _nfd(lp.user) == _nfd(user):
+                        # the same ID in another Unicode form: named if nothing matches
+                        self.near[i].add(f"/{partition}/{user}" + (f"/{lp.folder}" if lp.folder else ""))
                     continue
                 if lp.covers_folder(folder):
                     took = True
