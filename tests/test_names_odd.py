@@ -98,3 +98,25 @@ def test_keywords_of_folders_whose_names_hold_imap_wildcards_stay_their_own(tmp_
         for name in ["*x", "ax", "%y", "by"]:
             assert after[name] == before[name], name
         assert seen(after) == seen(before)
+
+
+def test_a_dbox_listing_by_folder_is_the_listing_when_names_hold_imap_wildcards(tmp_path):
+    """The dbox account's listing by folder (taken when the whole-account one raced three
+    times) asked doveadm 'mailbox status ... *x' and 'fetch ... mailbox *x', patterns
+    that also take 'ax': its rows and messages were listed twice, and the listing read
+    as an account a client had changed."""
+    from asm.config import Config
+    from asm.store import open_store
+    with dovecot_lab("sdbox", logins=["alice"]) as lab:
+        home = str(tmp_path / "ims")
+        configure(lab, home)
+        lab.deliver(["alice"], message("hello"))
+        with lab.imap("alice") as c:
+            for name in ["*x", "ax", "%y", "by"]:
+                c.create(name)
+                c.subscribe(name)
+                c.append(name, message(f"in {name}"), [r"\Seen", "kw"])
+        store = open_store(Config(home))
+        whole = store._listing("alice", modseq=True)
+        assert set(whole) >= {"*x", "ax", "%y", "by"}
+        assert store._listing("alice", modseq=True, by_folder=True) == whole

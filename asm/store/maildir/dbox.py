@@ -630,8 +630,9 @@ class DboxStore(MaildirStore):
                                       options=opts)
                 except StoreError:
                     continue      # gone, going, or a parent only (\Noselect)
-                status_parts += _json_rows(user, st)
-                mail_parts.append(ms)
+                # (doveadm reads NAME as a pattern: '*x' also takes 'ax', listed on its own)
+                status_parts += [r for r in _json_rows(user, st) if r.get("mailbox") == name]
+                mail_parts += [b for b in ms.split("\f") if _block_mailbox(b) == name]
             status, mails = status_parts, "\f".join(mail_parts)
         else:
             status = _json_rows(user, self._dv.run(user, "mailbox status", fields, "*", options=opts,
@@ -1210,6 +1211,12 @@ def _renamed_to_itself(desync: str, name: str | None = None) -> bool:
 _ASIDE = re.compile(r"ims-moving-(\d+)-\d+\Z")     # _move_guids's name for a folder aside
 #: dsync's warning when, giving a folder back, it finds a message the check did not see
 _CONFLICT = re.compile(r"Deleting mailbox '([^']*)': UID=(\d+) already exists")
+
+
+def _block_mailbox(block: str) -> str | None:
+    """The ``mailbox:`` field of one block of a ``doveadm fetch``, or None."""
+    m = re.search(r"^mailbox: (.*)$", block, re.M)
+    return m.group(1) if m else None
 
 
 def _json_rows(user: str, out: str) -> list[dict]:
