@@ -1,7 +1,7 @@
 """Legitimate but odd names, end to end: folder names that hold characters Python
 counts as line breaks though no file or tool here does (U+0085 NEXT LINE, which a
-client's cp1252 '…' read as Latin-1 gives; U+2028 LINE SEPARATOR, U+2029), names
-with brackets that look like IMAP syntax, and the like."""
+client's cp1252 '…' read as Latin-1 gives; U+2028 LINE SEPARATOR, U+2029), and
+folder names holding '*' or '%', which doveadm reads as patterns."""
 from __future__ import annotations
 
 import os
