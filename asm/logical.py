@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from asm.errors import EXIT_USAGE, ImsError
 from asm.groups import PREDEFINED, Groups
-from asm.store.base import BadName, NoSuchUser, Store, check_folder_name, check_user_name
+from asm.store.base import BadName, NoSuchUser, Store, StoreError, check_folder_name, check_user_name
 
 
 class PathError(ImsError):
@@ -90,21 +90,29 @@ def parse(text: str, groups: Groups, members: bool = True) -> LogicalPath:
     return LogicalPath(raw, partition, group, user, folder)
 
 
+def fold(name: str) -> str:
+    """``name`` without regard to case, nor to the Unicode form its accents are written in
+    (a Mac client's or a copied name's 'Cafe' + U+0301 is 'Café' typed as one character:
+    the same text on every screen, other code points; Unicode's canonical caseless match)."""
+    import unicodedata
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
 def match_folder(requested: str, names: list[str]) -> str | None:
     """The folder of ``names`` that a path's folder ``requested`` means, or None.
 
     IMAP folder names are case-sensitive, except INBOX (already normalised by
     check_folder_name).  An exact match wins (the folder, or a parent of folders, by
     that name); else the one folder whose name matches without regard to case (the
-    seed's own example writes /primary/user/user1/trash for Trash); several such
-    folders are a PathError naming them.
+    seed's own example writes /primary/user/user1/trash for Trash) or to the Unicode
+    form of its accents (:func:`fold`); several such folders are a PathError naming them.
     """
     if any(n == requested or n.startswith(requested + "/") for n in names):
         return requested
     depth = requested.count("/") + 1
-    want = requested.casefold()
+    want = fold(requested)
     cands = sorted({"/".join(n.split("/")[:depth]) for n in names if n.count("/") + 1 >= depth})
-    cands = [c for c in cands if c.casefold() == want]
+    cands = [c for c in cands if fold(c) == want]
     if len(cands) > 1:
         raise PathError(f"folder {requested!r} matches {', '.join(repr(c) for c in cands)} when case is "
                         f"ignored, and none exactly: name one of them exactly")
@@ -160,7 +168,17 @@ def resolve(paths: list[LogicalPath], store: Store, groups: Groups) -> list[Targ
             try:
                 part = store.user_partition(lp.user)
             except NoSuchUser:
-                raise PathError(f"{lp}: no user {lp.user!r} in the store") from None
+                import unicodedata
+                nfd = unicodedata.normalize("NFD", lp.user)
+                try:
+                    alike = sorted(u for p in partitions for u in store.users(p)
+                                   if u != lp.user and unicodedata.normalize("NFD", u) == nfd)
+                except (StoreError, OSError):
+                    alike = []          # (only a hint: an unreadable partition is said by what reads it)
+                raise PathError(f"{lp}: no user {lp.user!r} in the store"
+                                + (f" (it has {', '.join(repr(u) for u in alike)}: the same letters, written in "
+                                   f"other Unicode code points (accents as separate characters, or not); user "
+                                   f"IDs are matched exactly: copy the ID from mboxutil -l)" if alike else "")) from None
             if part != lp.partition:
                 raise PathError(f"{lp}: user {lp.user!r} is on partition {part!r}, not {lp.partition!r}")
             store.check_partition(part)

@@ -421,7 +421,7 @@ def parse_sexp(buf: bytes, pos: int = 0) -> tuple[list, int]:
         else:
             m = re.compile(rb"[^ ()\r\n\[]+(\[[^\]]*\](<[0-9.]+>)?)?").match(buf, pos)
             if m is None:       # a lone '[' : take it as an atom character
-                m = re.compile(rb"\[[^ ()]*").match(buf, pos)
+                m = re.compile(rb"\[[^ ()\r\n]*").match(buf, pos)
             tok = m.group(0).decode("utf-8", "surrogateescape")
             items.append(NIL if tok.upper() == "NIL" else tok)
             pos = m.end()

@@ -90,6 +90,33 @@ def test_encoding_round_trips_names_bpipe_would_split():
         decode("%zz")
 
 
+def test_a_user_id_or_ims_home_with_a_tilde_gives_words_imsbacula_reads(ims_home, tmp_path):
+    """quote() keeps '~' whatever it is told: the per-user FileSet named user '~joe' as
+    '/primary/user/~joe' and IMS_HOME /srv/~ims as '--home=/srv/~ims', words imsbacula
+    refused ("not a percent-encoded word", exit 2): that stream (with such an IMS_HOME,
+    every stream and RunScript) failed every night.  They are %7E now, and a FileSet
+    written before, with '~' as itself, is read too."""
+    for name in ["~joe", "/srv/~ims/x~y", "~"]:
+        word = encode(name)
+        assert re.fullmatch(r"[A-Za-z0-9_.,+=@/%-]+", word) and "%7E" in word, word
+        assert decode(word) == name and decode(word.replace("%7E", "~")) == name
+    home = tmp_path / "~ims"
+    store = open_store(make_home(home, "maildir"))
+    store.create_user("~joe")
+    store.append("~joe", "INBOX", io.BytesIO(b"Subject: t\r\n\r\ntilde\r\n"))
+    env = {"IMS_HOME": str(home)}
+    p = run(home, "imsbacula", "fileset", "--per-user", env=env)
+    assert p.returncode == 0, p.stderr
+    (fname, reader, writer), = plugin_lines(p.stdout.decode("ascii"))
+    assert fname == "/MAILSTORE/primary/user/%7Ejoe" and f"--home={str(home).replace('~', '%7E')}" in reader
+    run(None, "imsbacula", f"--home={encode(str(home))}", "jobstart", "--jobid", "3", "--level", "Full", check=0)
+    archive = run(None, *reader, check=0).stdout
+    want = picture(store, ["~joe"])
+    store.delete_user("~joe")
+    run(None, *writer, input=archive, check=0)
+    assert picture(store, ["~joe"]) == want
+
+
 def plugin_lines(text: str) -> list[list[str]]:
     """Each Plugin line split the way bpipe splits it: name, file, reader, writer."""
     out = []

@@ -1,6 +1,7 @@
 """Folder names in logical paths: INBOX in any case, an exact name first, else the one
 folder that matches without regard to case (the seed's own example writes
-/primary/user/user1/trash), else an error naming the candidates; and
+/primary/user/user1/trash) or to the Unicode form of its accents, else an error naming
+the candidates; and
 store.backupexclude names trimmed of the spaces around '%'."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import pytest
 
 from asm.archive.reader import ArchiveReader
+from asm.config import Config
 from asm.errors import EXIT_USAGE
 from asm.store import open_store
 from tests.helpers import make_home, msg, run
@@ -113,4 +115,87 @@ def test_restore_names_what_a_path_missed_by_case(home, tmp_path):
                                  "path (it has /primary/user1/Trash: folder names are matched exactly, "
                                  "but INBOX)\n")
     p = run(dest, "imsrestore", "-f", tmp_path / "all.ims", "/primary/user1/Trash")
+    assert p.returncode == 0, p.stderr
+
+
+NFC, NFD = "R\u00e9sum\u00e9s", "Re\u0301sume\u0301s"     # the same text: accents as one or two code points
+
+
+@pytest.mark.parametrize("typed,stored", [(NFC, NFD), (NFD, NFC), (NFC.upper(), NFD)])
+def test_a_path_typed_in_another_unicode_form_names_the_folder(home, tmp_path, typed, stored):
+    """A folder a Mac client (or a name copied from a file listing) wrote with its accents
+    as combining characters, and a path typed with them as one character: the same text
+    on every screen.  imsbackup said "user 'joe' has no folder 'Résumés'" (exit 2), the
+    folder plainly there in mboxutil -l; and a restore's path matched nothing, the line
+    naming a folder that read like the path itself.  A backup now takes the one folder
+    that is that text (as it takes one that differs in case), an exact name first; a
+    restore (which matches exactly) says the two differ in their code points and where
+    to copy the name from."""
+    store = open_store(Config(str(home)))
+    store.create_folder("joe", stored)
+    store.create_folder("joe", stored + "/2026")
+    store.append("joe", stored, io.BytesIO(msg(90)))
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", f"/primary/joe/{typed}")
+    assert p.returncode == 0, p.stderr
+    assert folders_in(tmp_path / "x.ims") == {("joe", stored), ("joe", stored + "/2026")}
+    p = run(home, "imsbackup", "-f", tmp_path / "all.ims", "/")
+    assert p.returncode == 0, p.stderr
+    dest = tmp_path / "dest"
+    make_home(dest, "maildir")
+    p = run(dest, "imsrestore", "-f", tmp_path / "all.ims", f"/primary/joe/{typed}", text=True)
+    assert p.returncode == EXIT_USAGE
+    assert p.stderr == (f"imsrestore: /primary/joe/{typed}: nothing in the archive matches this path (it has "
+                        f"/primary/joe/{stored}: folder names are matched exactly, but INBOX"
+                        + ("; the same letters, written in other Unicode code points (accents as separate "
+                           "characters, or not): copy the path from imsrestore -t" if typed != NFC.upper() else "")
+                        + ")\n")
+    p = run(dest, "imsrestore", "-f", tmp_path / "all.ims", f"/primary/joe/{stored}", text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_an_exact_name_wins_over_one_in_another_unicode_form(home, tmp_path):
+    store = open_store(Config(str(home)))
+    for i, f in enumerate((NFC, NFD)):
+        store.create_folder("joe", f)
+        store.append("joe", f, io.BytesIO(msg(80 + i)))
+    for f in (NFC, NFD):
+        p = run(home, "imsbackup", "-f", tmp_path / "x.ims", f"/primary/joe/{f}")
+        assert p.returncode == 0, p.stderr
+        assert folders_in(tmp_path / "x.ims") == {("joe", f)}
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", f"/primary/joe/{NFC.lower()}")
+    assert p.returncode == EXIT_USAGE and "when case is ignored, and none exactly" in p.stderr.decode(), p.stderr
+
+
+def test_a_user_path_typed_in_another_unicode_form_says_so(home, tmp_path):
+    """User IDs are matched exactly; one typed with its accents in another Unicode form
+    than the store's was "no user 'jörg' in the store", the user plainly in mboxutil -l."""
+    store = open_store(Config(str(home)))
+    store.create_user("jo\u0308rg")
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/j\u00f6rg", text=True)
+    assert p.returncode == EXIT_USAGE
+    assert p.stderr == ("imsbackup: /primary/j\u00f6rg: no user 'j\u00f6rg' in the store (it has 'jo\u0308rg': the "
+                        "same letters, written in other Unicode code points (accents as separate characters, "
+                        "or not); user IDs are matched exactly: copy the ID from mboxutil -l)\n"), p.stderr
+    assert not (tmp_path / "x.ims").exists()
+    p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/nobody", text=True)
+    assert p.stderr == "imsbackup: /primary/nobody: no user 'nobody' in the store\n"
+
+
+def test_a_restore_path_naming_a_user_in_another_unicode_form_says_so(tmp_path):
+    src = tmp_path / "src"
+    store = open_store(make_home(src, "maildir"))
+    store.create_user("jo\u0308rg")
+    store.append("jo\u0308rg", "INBOX", io.BytesIO(msg(1)))
+    run(src, "imsbackup", "-f", tmp_path / "a.ims", "/", check=0)
+    dest = tmp_path / "dest"
+    make_home(dest, "maildir")
+    for path, shown in (("/primary/j\u00f6rg", "/primary/jo\u0308rg"),
+                        ("/primary/j\u00f6rg/INBOX", "/primary/jo\u0308rg/INBOX")):
+        p = run(dest, "imsrestore", "-f", tmp_path / "a.ims", path, text=True)
+        assert p.returncode == EXIT_USAGE
+        assert p.stderr == (f"imsrestore: {path}: nothing in the archive matches this path (it has {shown}: "
+                            "user IDs and folder names are matched exactly, but INBOX; the same letters, "
+                            "written in other Unicode code points (accents as separate characters, or not): "
+                            "copy the path from imsrestore -t)\n"), p.stderr
+    p = run(dest, "imsrestore", "-f", tmp_path / "a.ims", "/primary/jo\u0308rg", text=True)
     assert p.returncode == 0, p.stderr

@@ -18,6 +18,7 @@ from asm.archive.reader import ArchiveReader
 from asm.config import Config
 from asm.errors import EXIT_PARTIAL, EXIT_USAGE
 from asm.store import open_store
+from asm.store.base import NameTooLong
 from tests.helpers import command_env, make_home, msg, require, run, state, unavailable
 
 CAFE = os.fsdecode(b"Caf\xe9")          # Latin-1 'Café': not UTF-8
@@ -300,6 +301,76 @@ def test_a_folder_name_the_restoring_store_cannot_keep_is_named_never_exit_17(tm
         p = run(dest, "imsrestore", "-f", archive, f"/primary/joe/{folder}", text=True)
         assert p.returncode == EXIT_USAGE, p.stderr
     assert got.folder_names("joe") == ["INBOX"]
+
+
+def _deep(levels: int) -> str:
+    return "/".join(f"level{i:02d}" for i in range(levels))
+
+
+def test_a_classic_folder_whose_index_path_sqlite_cannot_open_is_named(tmp_path):
+    """SQLite opens no database whose path is longer than 504 bytes (its 512, less a
+    journal's suffix), and a classic folder's directory is its levels below the user's:
+    a folder 40 levels deep, or one restored into a partition of a longer path than the
+    store it was backed up from, was "the store's index failed: unable to open database
+    file", exit 17, after the command had started.  At every length around the limit a
+    folder is now made (and used, and read again) or refused as too long, naming the
+    bytes and the limit: never that error."""
+    made = refused = 0
+    for pad in range(0, 40, 3):                 # the partition's path, pad bytes longer
+        home = tmp_path / f"h{pad}"
+        store = open_store(make_home(home, "classic", **{"partition:primary.path": str(home / ("p" * (pad + 1)))}))
+        store.create_user("joe")
+        base = len(os.fsencode(os.path.realpath(store.partition_path("primary"))))
+        for depth in range(max(1, (440 - base) // 9), (520 - base) // 9):
+            folder = _deep(depth)
+            try:
+                store.create_folder("joe", folder)
+            except NameTooLong as exc:
+                assert "SQLite's limit" in str(exc) and "at most 504" in str(exc), exc
+                refused += 1
+                continue
+            store.append("joe", folder, io.BytesIO(msg(depth)), flags=["\\Seen"])
+            again = open_store(Config(str(home)))
+            assert [m.uid for m in again.messages("joe", folder)] == [1]
+            made += 1
+        assert "joe" in open_store(Config(str(home))).users("primary")
+    assert made and refused
+
+
+def test_a_deep_folder_restored_into_a_longer_partition_path_is_named_never_exit_17(tmp_path):
+    """The deepest folder a classic store keeps, restored into one whose partition path
+    is longer: exit 17 after INBOX was restored; now that folder is named (exit 1)."""
+    src = tmp_path / "s"
+    store = open_store(make_home(src, "classic"))
+    store.create_user("joe")
+    store.append("joe", "INBOX", io.BytesIO(msg(1)))
+    deep = "level00"
+    for _ in range(200):                         # the deepest folder this store keeps
+        try:
+            store.check_new_folder("joe", deep + "/next")
+        except NameTooLong:
+            break
+        deep += "/next"
+    else:
+        pytest.fail("no folder is too deep for the classic store")
+    store.create_folder("joe", deep)
+    store.append("joe", deep, io.BytesIO(msg(2)))
+    archive = tmp_path / "a.ims"
+    run(src, "imsbackup", "-f", archive, "/", check=0)
+    dest = tmp_path / "a-longer-installation-path" / "dest"
+    got = open_store(make_home(dest, "classic"))
+    p = run(dest, "imsrestore", "-f", archive, text=True)
+    assert p.returncode == EXIT_PARTIAL, p.stderr
+    assert "unable to open database file" not in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert f"folder name '{deep}' of user 'joe' is too long for the classic store here" in p.stderr
+    assert got.folder_names("joe") == ["INBOX"] and len(got.messages("joe", "INBOX")) == 1
+    p = run(dest, "mboxutil", "-c", f"user/joe/{deep}", text=True)
+    assert p.returncode == EXIT_USAGE and "SQLite's limit" in p.stderr, p.stderr
+    # the same archive into a store as short as the first: all of it
+    same = tmp_path / "d"
+    make_home(same, "classic")
+    run(same, "imsrestore", "-f", archive, check=0)
+    assert state(open_store(Config(str(same)))) == state(store)
 
 
 @pytest.mark.parametrize("driver", ["classic", "maildir"])

@@ -263,6 +263,33 @@ def test_mkbackupdir_warns_about_64_characters(tmp_path, ims_home, env):
     assert f"is {longest} characters" in err and f"use a -p of at most {fits} characters" in err
 
 
+def test_a_folder_whose_placeholder_name_would_be_too_long_is_named_with_the_way_out(tmp_path, ims_home, env, drv):
+    """A folder level the store keeps (at most 255 bytes as the store writes it) whose
+    placeholder is longer: the tree writes '%' and a leading '.' as 3 bytes.  mkbackupdir
+    stopped with "name '...' is too long for a file name" naming neither the user nor
+    the folder; the precmd fails and nobody is saved that night.  Now the one line names
+    the mailbox and the way out (rename it, or -u), the tree is left as it was, and -u
+    builds a tree that saves it."""
+    cfg = home(ims_home, drv)
+    store = open_store(cfg)
+    store.create_user("alice")
+    store.append("alice", "INBOX", io.BytesIO(b"Subject: a\r\n\r\nx\r\n"))
+    d = tmp_path / "backup"
+    assert run(ims_home, "mkbackupdir", "-p", str(d)).returncode == 0
+    before = sorted(os.walk(d))
+    folder = "." + "b" * 253 if drv == "classic" else "a" * 240 + "%" * 6
+    store.create_folder("alice", folder)
+    store.append("alice", folder, io.BytesIO(b"Subject: b\r\n\r\nx\r\n"))
+    p = run(ims_home, "mkbackupdir", "-p", str(d), text=True)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith(f"mkbackupdir: /primary/alice/{folder}: "), p.stderr
+    assert "mkbackupdir -u" in p.stderr and "nothing of the tree was changed" in p.stderr, p.stderr
+    assert sorted(os.walk(d)) == before
+    u = tmp_path / "per-user"
+    assert run(ims_home, "mkbackupdir", "-u", "-p", str(u)).returncode == 0
+    assert os.path.isfile(u / "primary" / "groupA" / "alice")
+
+
 # ----------------------------------------------------------------------------- round trips
 
 def _fresh(tmp_path, name, drv, env):

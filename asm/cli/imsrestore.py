@@ -239,7 +239,14 @@ def _unmatched(path: str, near: list | None, left_out: str | None, unread: str |
         why = (f" ({name!r} is a backup group here (backup-groups.conf), and the archive holds a user "
                f"{name!r}: restore it as {user_path})")
     elif near:
-        why = f" (it has {', '.join(near)}: folder names are matched exactly, but INBOX)"
+        import unicodedata
+        same_case = [n for n in near if unicodedata.normalize("NFD", n) == unicodedata.normalize("NFD", path)]
+        # (a near miss whose user is not one this path names differs in its user ID)
+        users = any(n.split("/")[2] not in path.split("/")[2:] for n in near if n.count("/") >= 2)
+        why = (f" (it has {', '.join(near)}: "
+               + ("user IDs and folder names" if users else "folder names") + " are matched exactly, but INBOX"
+               + ("; the same letters, written in other Unicode code points (accents as separate "
+                  "characters, or not): copy the path from imsrestore -t" if same_case else "") + ")")
     elif left_out:
         why = (f" (the backup left it out: store.backupexclude was {left_out!r}; an archive of it "
                f"needs a backup naming it, e.g. imsbackup -f FILE {path})")

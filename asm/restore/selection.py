@@ -3,7 +3,7 @@ which users (the map file of -m)."""
 from __future__ import annotations
 
 from asm.groups import PREDEFINED, Groups
-from asm.logical import LogicalPath
+from asm.logical import LogicalPath, fold
 from asm.restore.errors import RestoreError
 from asm.store.base import BadName, check_folder_name, check_user_name
 
@@ -112,6 +112,11 @@ def as_recorded_group(lp: LogicalPath) -> LogicalPath | None:
     return LogicalPath(lp.text, lp.partition, lp.user, user, folder)
 
 
+def _nfd(name: str) -> str:
+    import unicodedata
+    return unicodedata.normalize("NFD", name)
+
+
 class Selection:
     """Which archived folders the paths select.  Folder names are matched exactly on
     restore (INBOX in any case): a stream cannot know beforehand whether an exact
@@ -169,13 +174,17 @@ class Selection:
             took = False
             for lp, ok in self._readings(path, partition, user, group):
                 if not ok:
+                    if lp.user is not None and lp.user != user and not (lp.user.isascii() and user.isascii()) \
+                            and lp.partition in (None, partition) and _nfd(lp.user) == _nfd(user):
+                        # the same ID in another Unicode form: named if nothing matches
+                        self.near[i].add(f"/{partition}/{user}" + (f"/{lp.folder}" if lp.folder else ""))
                     continue
                 if lp.covers_folder(folder):
                     took = True
                 elif lp.folder is not None:
                     depth = lp.folder.count("/") + 1
                     prefix = "/".join(folder.split("/")[:depth])
-                    if prefix.casefold() == lp.folder.casefold():
+                    if fold(prefix) == fold(lp.folder):
                         self.near[i].add(f"/{partition}/{user}/{prefix}")
             if took:
                 self.hits[i] += 1

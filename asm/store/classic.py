@@ -38,7 +38,7 @@ from asm.interrupts import interrupts_deferred
 from asm.locks import flock_wait, pid_alive
 from asm.store.base import (
     BadName, FolderExists, FolderInfo, FolderSnapshot, LockTimeout, MessageGone, MessageInfo,
-    NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
+    NameTooLong, NoSuchFolder, NoSuchPartition, NoSuchUser, Store, StoreError, StoreFull, UidInUse, Unlisted, UserExists,
     _what, check_folder_levels, check_folder_name, check_user_level, check_user_name, copy_to_fd, holder_gone, message_info, os_store_error, settled,
     unreadable_hint,
     split_flags, stat_part, this_holder,
@@ -73,6 +73,39 @@ _GUIDS = "CREATE TABLE IF NOT EXISTS guids (uid INTEGER PRIMARY KEY, guid TEXT N
 # the UIDs an expunge removed whose files may still be there (ClassicStore.expunge)
 _EXPUNGED = "CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY)"
 _NEW_INDEX = "store.idx.new-"     # store.idx.new-<pid>: a new folder's index being built
+#: SQLite's unix VFS opens no database whose full path (symbolic links resolved) is longer
+#: than its MAX_PATHNAME, 512 bytes, less the 8 its journal's name adds ("unable to open
+#: database file"); the longest name a folder's index has is store.idx.new-<pid>
+INDEX_PATH_MAX = 512 - 8
+
+
+@functools.lru_cache(maxsize=1)
+def _longest_index() -> int:
+    """The length of the longest store.idx.new-<pid> on this system (kernel.pid_max; 7
+    digits, its largest, when it cannot be read)."""
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as f:
+            digits = len(str(int(f.read()) - 1))
+    except (OSError, ValueError):
+        digits = 7
+    return len(_NEW_INDEX) + min(max(digits, 1), 7)
+
+
+def _index_fits(folder: str, user: str, base: str) -> str:
+    """``folder`` if the index of its directory below the user directory ``base`` has a
+    path SQLite opens (INDEX_PATH_MAX); else NameTooLong naming the bytes (a deep folder,
+    or one restored into a partition of a longer path, failed with the store's index
+    "unable to open database file", exit 17, after the command had started)."""
+    real = os.path.realpath(base)
+    levels = [] if folder == "INBOX" else folder.split("/")
+    n = len(os.fsencode(real)) + sum(len(os.fsencode(_enc(level))) + 2 for level in levels) + 1 + _longest_index()
+    if n > INDEX_PATH_MAX:
+        from asm.archive.names import shown
+        raise NameTooLong(f"folder name '{shown(folder)}' of user '{shown(user)}' is too long for the classic "
+                          f"store here: the path of its index would be {n} bytes (in {real}), at most "
+                          f"{INDEX_PATH_MAX} (SQLite's limit); choose a shorter name or fewer levels, or a "
+                          f"partition whose path is shorter")
+    return folder
 
 
 def _enc(level: str) -> str:
@@ -1030,7 +1063,12 @@ class ClassicStore(Store):
         """Names are kept as UTF-8 text, each level a directory ``=LEVEL`` ('%' and '/'
         written as '%25', '%2F')."""
         folder = _utf8(check_folder_name(folder), "folder name")
-        return check_folder_levels(folder, ("=" + _enc(level) for level in folder.split("/")), "classic")
+        check_folder_levels(folder, ("=" + _enc(level) for level in folder.split("/")), "classic")
+        try:
+            base = self._user_path(user)
+        except NoSuchUser:
+            return folder           # (checked again when the folder is made, the user then there)
+        return _index_fits(folder, user, base)
 
     def check_new_user(self, user: str) -> str:
         """A user ID is kept as UTF-8 text (the mailbox list is SQLite)."""
@@ -1049,6 +1087,14 @@ class ClassicStore(Store):
         self.check_partition(partition, writing=True)
         if self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():
             raise UserExists(user)
+        real = os.path.realpath(ppath)
+        n = len(os.fsencode(os.path.join(real, _user_dir(user)))) + 1 + _longest_index()
+        if n > INDEX_PATH_MAX:
+            from asm.archive.names import shown
+            raise BadName(f"user ID '{shown(user)}' is too long for the classic store's partition {partition!r} "
+                          f"({real}): the path of its INBOX's index would be {n} bytes, at most {INDEX_PATH_MAX} "
+                          f"(SQLite's limit); choose a shorter one (imsrestore -m maps an archived user to "
+                          f"another ID), or a partition whose path is shorter")
         if self._user_remains(user):
             self._finish_user_remains(user)      # (a deletion cut short: its files go first)
         return ppath, _user_dir(user)

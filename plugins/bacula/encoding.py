@@ -15,12 +15,16 @@ _OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" + SAF
 
 
 def encode(text: str) -> str:
-    """``text`` with everything outside the safe set as %XX; round-trips with decode."""
-    return quote(text.encode("utf-8", "surrogateescape"), safe=SAFE)
+    """``text`` with everything outside the safe set as %XX; round-trips with decode.
+    (quote() keeps '~' whatever ``safe`` says: it is written %7E here, or a user ID or
+    IMS_HOME holding one gave a word decode refused, and that stream failed every night.)"""
+    return quote(text.encode("utf-8", "surrogateescape"), safe=SAFE).replace("~", "%7E")
 
 
 def decode(word: str) -> str:
     """The inverse of :func:`encode`; a malformed escape is refused."""
+    # (a FileSet written before '~' was encoded holds it as itself: read as %7E)
+    word = word.replace("~", "%7E")
     if not set(word.replace("%", "")) <= _OK:
         raise ValueError(f"{word!r} is not a percent-encoded word (characters outside [A-Za-z0-9{SAFE}%])")
     out = unquote(word, encoding="utf-8", errors="surrogateescape")

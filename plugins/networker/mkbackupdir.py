@@ -72,7 +72,7 @@ def desired_tree(inst, args) -> tuple[dict, dict, int]:
             gdir = f"{part}/{group}"
             want[gdir] = "dir"
             users += 1
-            udir = f"{gdir}/{tree.encode(user)}"
+            udir = f"{gdir}/{_placeholder(tree.encode, user, f'/{part}/{user}', args)}"
             if args.per_user:
                 want[udir] = "file"
                 nsr[gdir] = _comment("one placeholder per user") + handed
@@ -91,7 +91,7 @@ def desired_tree(inst, args) -> tuple[dict, dict, int]:
             for name in names:
                 if args.folders and name == "INBOX":
                     continue
-                levels = tree.folder_path(name)
+                levels = _placeholder(tree.folder_path, name, f"/{part}/{user}/{name}", args)
                 for i in range(1, len(levels)):        # parents are directories
                     d = udir + "/" + "/".join(levels[:i])
                     want[d] = "dir"
@@ -112,6 +112,21 @@ def desired_tree(inst, args) -> tuple[dict, dict, int]:
         if kind == "dir":
             nsr.setdefault(d, _comment("subfolders") + handed)
     return want, nsr, users
+
+
+def _placeholder(encode, name: str, mailbox: str, args):
+    """``encode(name)``; a name whose placeholder would be too long for a file name is a
+    TreeError naming the mailbox and what to do (it was "name '...' is too long for a
+    file name", naming neither the user nor the folder, nor the way out)."""
+    try:
+        return encode(name)
+    except tree.TreeError as exc:
+        from asm.archive.names import shown
+        way = ("move that user's mail to a shorter user ID" if encode is tree.encode else
+               "rename that folder, or build the tree with one placeholder per user (mkbackupdir -u)")
+        raise tree.TreeError(f"{shown(mailbox)}: {exc}, where '%', '/', control characters and a leading '.' "
+                             f"take 3 bytes each: nothing of the tree was changed; {way} and run mkbackupdir "
+                             f"again") from None
 
 
 def _comment(what: str) -> str:

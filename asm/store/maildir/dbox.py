@@ -408,8 +408,8 @@ class DboxStore(MaildirStore):
                       f"rename -u {q(user)} {q(name)} NEW-NAME) and restore again")
                for name, err in failed.items()}}
         opts = self._copy_options(user)
-        want = set(self._dv.run(user, "mailbox list -s").splitlines())
-        have = set(self._dv.run(user, "mailbox list -s", options=opts).splitlines())
+        want = set(self._dv.names(user, "mailbox list -s"))
+        have = set(self._dv.names(user, "mailbox list -s", options=opts))
         if want - have:
             self._dv.run(user, "mailbox subscribe", "--", *sorted(want - have), options=opts)
         if have - want:
@@ -623,15 +623,16 @@ class DboxStore(MaildirStore):
         fields = "uidvalidity uidnext messages" + (" highestmodseq" if modseq else "")
         if by_folder:
             status_parts, mail_parts = [], []
-            for name in self._dv.run(user, "mailbox list", options=opts).splitlines():
+            for name in self._dv.names(user, "mailbox list", options=opts):
                 try:
                     st = self._dv.run(user, "mailbox status", "--", fields, name, options=opts, formatter="json")
                     ms = self._dv.run(user, "fetch", "--", "mailbox uid guid flags", "mailbox", name, "all",
                                       options=opts)
                 except StoreError:
                     continue      # gone, going, or a parent only (\Noselect)
-                status_parts += _json_rows(user, st)
-                mail_parts.append(ms)
+                # (doveadm reads NAME as a pattern: '*x' also takes 'ax', listed on its own)
+                status_parts += [r for r in _json_rows(user, st) if r.get("mailbox") == name]
+                mail_parts += [b for b in ms.split("\f") if _block_mailbox(b) == name]
             status, mails = status_parts, "\f".join(mail_parts)
         else:
             status = _json_rows(user, self._dv.run(user, "mailbox status", fields, "*", options=opts,
@@ -651,7 +652,7 @@ class DboxStore(MaildirStore):
         for box, uid, guid, flags in sorted(msgs):
             out.setdefault(box, []).append(repr((uid, guid, flags)))
         if modseq:
-            for name in self._dv.run(user, "mailbox list -s", options=opts).splitlines():
+            for name in self._dv.names(user, "mailbox list -s", options=opts):
                 out.setdefault(name, []).append("subscribed")
         return {box: "\n".join(lines) for box, lines in out.items()}
 
@@ -889,7 +890,7 @@ class DboxStore(MaildirStore):
                 self._dv.run(user, "mailbox delete", "--", name)
             except DoveadmRace:
                 pass                              # not there (any more): what the copy says
-        subs = set(self._dv.run(user, "mailbox list -s").splitlines())
+        subs = set(self._dv.names(user, "mailbox list -s"))
         want = {n for n in scope if have.get(n, "").endswith("subscribed")}
         if want - subs:
             self._dv.run(user, "mailbox subscribe", "--", *sorted(want - subs))
@@ -903,7 +904,7 @@ class DboxStore(MaildirStore):
         them (``mailbox list -s``: Dovecot keeps a subscription after DELETE or RENAME)."""
         if not os.path.isdir(self._dbox_root(user)):
             return []
-        subs = set(self._dv.run(user, "mailbox list -s").splitlines())
+        subs = set(self._dv.names(user, "mailbox list -s"))
         have = set(self.folder_names(user) if folders is None else folders)
         out = []
         for name in sorted(subs - have):
@@ -934,7 +935,7 @@ class DboxStore(MaildirStore):
         self._subscribe_now(user, [(n, on) for n in names])
 
     def _subscribe_now(self, user: str, changes: list) -> None:
-        have = set(self._dv.run(user, "mailbox list -s").splitlines())
+        have = set(self._dv.names(user, "mailbox list -s"))
         for on, verb in ((False, "mailbox unsubscribe"), (True, "mailbox subscribe")):
             todo = sorted({n for n, o in changes if o == on and (n in have) != on})
             if todo:
@@ -1210,6 +1211,12 @@ def _renamed_to_itself(desync: str, name: str | None = None) -> bool:
 _ASIDE = re.compile(r"ims-moving-(\d+)-\d+\Z")     # _move_guids's name for a folder aside
 #: dsync's warning when, giving a folder back, it finds a message the check did not see
 _CONFLICT = re.compile(r"Deleting mailbox '([^']*)': UID=(\d+) already exists")
+
+
+def _block_mailbox(block: str) -> str | None:
+    """The ``mailbox:`` field of one block of a ``doveadm fetch``, or None."""
+    m = re.search(r"^mailbox: (.*)$", block, re.M)
+    return m.group(1) if m else None
 
 
 def _json_rows(user: str, out: str) -> list[dict]:

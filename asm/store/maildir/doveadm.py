@@ -117,9 +117,36 @@ class Doveadm:
             raise StoreError(f"doveadm {' '.join(args[:nwords])} -u {login} ({self.conf}): {err}")
         return res.stdout.decode("utf-8", "surrogateescape")
 
+    def names(self, login: str, command: str, *args: str, options=()) -> list[str]:
+        """The names ``command`` prints one a line (``mailbox list``, ``mailbox list
+        -s``), split at ``\n`` only: str.splitlines() also splits at U+0085, U+2028 and
+        U+2029, which a folder name may hold (Dovecot refuses only ASCII control
+        characters), and made two names of one."""
+        return [n for n in self.run(login, command, *args, options=options).split("\n") if n]
+
+    def search(self, login: str, folder: str) -> list[str]:
+        """The doveadm search words for the folder's messages: ``mailbox NAME``, whose
+        NAME doveadm reads as a pattern, so a name holding '*' or '%' is given by its
+        GUID (``mailbox-guid``): 'mailbox *x' also searched 'ax', whose keywords beyond
+        the 26th were read as those of '*x' and had those of '*x' added on a restore."""
+        name = self.mailbox(folder)
+        if "*" not in name and "%" not in name:
+            return ["mailbox", name]
+        import json
+        text = self.run(login, "mailbox status", "--", "guid", name, formatter="json")
+        try:
+            rows = json.loads(text or "[]")
+        except ValueError:
+            rows = []
+        guids = [r.get("guid") for r in rows if isinstance(r, dict) and r.get("mailbox") == name]
+        if len(guids) != 1 or not guids[0]:
+            raise StoreError(f"doveadm mailbox status -u {login} ({self.conf}): no one mailbox GUID for "
+                             f"{name!r} in {text.strip()[:200]!r}")
+        return ["mailbox-guid", guids[0]]
+
     def keywords(self, login: str, folder: str) -> dict[int, tuple]:
         """{uid: keywords} of every message of the folder, as Dovecot's index has them."""
-        out = self.run(login, "fetch", "--", "uid flags", "mailbox", self.mailbox(folder), "all")
+        out = self.run(login, "fetch", "--", "uid flags", *self.search(login, folder), "all")
         result = {}
         for block in out.split("\f"):
             uid = re.search(r"^uid: (\d+)$", block, re.M)
@@ -132,12 +159,13 @@ class Doveadm:
     def change_keywords(self, login: str, folder: str, uids, add=(), remove=()) -> None:
         """Add and remove keywords of the messages ``uids`` (in groups of 500 UIDs)."""
         uids = sorted(uids)
+        where = self.search(login, folder) if uids and (add or remove) else []
         for i in range(0, len(uids), 500):
             part = ",".join(map(str, uids[i:i + 500]))
             if add:
-                self.run(login, "flags add", "--", " ".join(add), "mailbox", self.mailbox(folder), "uid", part)
+                self.run(login, "flags add", "--", " ".join(add), *where, "uid", part)
             if remove:
-                self.run(login, "flags remove", "--", " ".join(remove), "mailbox", self.mailbox(folder), "uid", part)
+                self.run(login, "flags remove", "--", " ".join(remove), *where, "uid", part)
 
 
 class KeptKeywords:

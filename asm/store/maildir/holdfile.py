@@ -41,7 +41,11 @@ def set_held(path: str, login: str, held: bool, timeout: float, pid: int, hostna
     try:
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                lines = f.read().splitlines()
+                # (at '\n' only: str.splitlines() also splits at U+0085, U+2028, form feeds...,
+                # which a line the administrator wrote may hold: it was written back as two)
+                lines = f.read().split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
             mode = os.stat(path).st_mode & 0o7777
         except FileNotFoundError:
             lines, mode = [], 0o644
