@@ -1144,7 +1144,7 @@ class ClassicStore(Store):
             raise UserExists(user) from None        # created meanwhile by another process
 
     def delete_user(self, user: str) -> None:
-        if self._user_remains(user):
+        if _is_text(user) and self._user_remains(user):
             if not self._db.execute("SELECT 1 FROM users WHERE user=?", (user,)).fetchone():
                 self._finish_user_remains(user)      # the same command, after a kill: finished
                 return
