@@ -427,7 +427,7 @@ def _chain(args, rep) -> int:
         check_map_targets(user_map, restored_users(
             seen, Selection(paths, inst.groups, is_user=functools.partial(user_on, inst.store)), user_map))
     from asm.restore.selection import unseen_by
-    unseen = unseen_by(headers[-1], inst.groups, {u for (u, _f) in final})
+    unseen = unseen_by(headers[-1], inst.groups, {u for (u, _f) in final}, final)
     status = EXIT_OK
     sig = _run_signature(args, headers) if args.new or args.ignore else None
     journal = _journal(inst) if sig else None

@@ -1,0 +1,114 @@
+"""Chains of backups of a selection (a folder path, store.backupexclude): a restore of
+the chain gives the selection as the chain's last backup saw it, nothing the backups
+between them deleted."""
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+from asm.store import open_store
+from tests.helpers import make_home, msg, run, state
+
+
+def _folders(store, user):
+    return sorted(k[1] for k in state(store, {user}) if len(k) == 2)
+
+
+@pytest.mark.parametrize("path,exclude", [
+    ("/primary/user/joe/Trash", "Trash"),       # named explicitly: its subfolders are backed up too
+    ("/primary/joe/trash", None),               # a folder named but for case (match_folder)
+    ("/primary/joe/trash", "Trash%Junk"),
+    ("/primary/user/joe/Work", "Work/old"),     # a parent named: the excluded child is taken
+])
+def test_a_subfolder_deleted_between_backups_of_a_folder_path_stays_deleted(tmp_path, driver, path, exclude):
+    """A full and an incremental of /primary/user/joe/Trash with store.backupexclude =
+    Trash (the path names Trash, so the backup takes Trash and Trash/old anyway), and
+    Trash/old deleted between them: a restore of the chain brought Trash/old back from
+    the full, exit 0 ("outside what the chain's last archive covers"), although the
+    incremental's backup looked at Trash/old and found it gone.  The same with the path
+    written /primary/joe/trash (the backup takes Trash: folder names match but for case
+    when nothing matches exactly), with or without an exclude."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_home(src, driver)
+    if exclude:
+        run(src, "msconfig", "set", "store.backupexclude", exclude, check=0)
+    store = open_store(make_home(src, driver))
+    top = "Work" if "Work" in path else "Trash"
+    gone, kept = f"{top}/old", f"{top}/new"
+    store.create_user("joe")
+    for n, f in enumerate([top, gone, kept, "Other"]):
+        store.create_folder("joe", f, subscribed=True)
+        for k in range(3):
+            store.append("joe", f, io.BytesIO(msg(n * 10 + k)), flags=["\\Seen"] if k else [])
+    time.sleep(1.1)
+    full, inc = tmp_path / "full.ims", tmp_path / "inc.ims"
+    run(src, "imsbackup", "-f", full, path, check=0)
+    store.delete_folder("joe", gone)
+    store.append("joe", kept, io.BytesIO(msg(99)), flags=[])
+    time.sleep(1.1)
+    run(src, "imsbackup", "-f", inc, "--base", full, path, check=0)
+    want = {k: v for k, v in state(store, {"joe"}).items() if k[1].startswith(top)}
+    make_home(dst, driver)
+    p = run(dst, "imsrestore", "-f", full, "-f", inc, text=True)
+    assert p.returncode == 0, p.stderr
+    target = open_store(make_home(dst, driver))
+    assert _folders(target, "joe") == ["INBOX", top, kept]
+    got = state(target, {"joe"})
+    assert {k: v for k, v in got.items() if k[1] != "INBOX"} == want
+    # a second run of the same chain changes nothing
+    run(dst, "imsrestore", "-f", full, "-f", inc, check=0)
+    assert state(target, {"joe"}) == got
+    # imsverify's view of the chain is the restore's
+    p = run(src, "imsverify", "-f", full, "-f", inc, "--restore-test", text=True)
+    assert p.returncode == 0, p.stderr
+    # the full, then the incremental, one at a time (a restore of a chain archive by
+    # archive removes what the next link no longer lists): the same store.  Before, the
+    # removal was only for archives of whole users: Trash/old stayed, exit 0
+    dst2 = tmp_path / "dst2"
+    make_home(dst2, driver)
+    run(dst2, "imsrestore", "-H", "-f", full, check=0)
+    p = run(dst2, "imsrestore", "-v", "-f", inc, text=True)
+    assert p.returncode == 0, p.stderr
+    got2 = state(open_store(make_home(dst2, driver)), {"joe"})
+    assert {k: v for k, v in got2.items() if k[1] != "INBOX"} == want, p.stderr
+
+
+@pytest.mark.parametrize("exclude", [None, "Trash"])
+def test_an_incremental_of_one_folder_on_a_full_of_the_store_removes_nothing_else(tmp_path, driver, exclude):
+    """A full of / and an incremental of /primary/user/joe/Trash alone (its backup looked
+    at Trash and its subfolders, nothing else): restored archive by archive or in one
+    command, a folder deleted under Trash stays deleted and every other folder (joe's
+    and ann's, deleted since or not) is as the full holds it."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_home(src, driver)
+    store = open_store(make_home(src, driver))
+    for user in ("joe", "ann"):
+        store.create_user(user)
+        for n, f in enumerate(["Trash", "Trash/old", "Other", "Other/sub"]):
+            store.create_folder(user, f, subscribed=True)
+            store.append(user, f, io.BytesIO(msg(n)), flags=[])
+    time.sleep(1.1)
+    full, inc = tmp_path / "full.ims", tmp_path / "inc.ims"
+    run(src, "imsbackup", "-f", full, "/", check=0)
+    at_full = state(store)
+    for user in ("joe", "ann"):
+        store.delete_folder(user, "Trash/old")
+        store.delete_folder(user, "Other/sub")
+    if exclude:
+        run(src, "msconfig", "set", "store.backupexclude", exclude, check=0)
+    time.sleep(1.1)
+    run(src, "imsbackup", "-f", inc, "--base", full, "/primary/user/joe/Trash", check=0)
+    want = {k: v for k, v in at_full.items() if k[:2] != ("joe", "Trash/old") and k[:2] != ("joe", "Trash")}
+    want.update({k: v for k, v in state(store, {"joe"}).items() if k[1] == "Trash"})
+    for how in ("chain", "one by one"):
+        home = dst / how.replace(" ", "")
+        make_home(home, driver)
+        if how == "chain":
+            p = run(home, "imsrestore", "-f", full, "-f", inc, text=True)
+        else:
+            run(home, "imsrestore", "-H", "-f", full, check=0)
+            p = run(home, "imsrestore", "-f", inc, text=True)
+        assert p.returncode == 0, p.stderr
+        assert state(open_store(make_home(home, driver))) == want, how
