@@ -9,7 +9,9 @@ import time
 import pytest
 
 from asm.store import open_store
+from tests.dovecot_lab import lab_fixture, message
 from tests.helpers import make_home, msg, run, state
+from tests.test_dovecot_layouts import configure
 
 
 def _folders(store, user):
@@ -112,3 +114,48 @@ def test_an_incremental_of_one_folder_on_a_full_of_the_store_removes_nothing_els
             p = run(home, "imsrestore", "-f", inc, text=True)
         assert p.returncode == 0, p.stderr
         assert state(open_store(make_home(home, driver))) == want, how
+
+
+lab = lab_fixture("plain")
+
+
+def test_a_folder_path_chain_archive_by_archive_on_dovecot_as_a_client_sees_it(lab, tmp_path):
+    """On a live Dovecot: the user's Trash backed up by path (store.backupexclude = Trash,
+    so named explicitly), Trash/old deleted over IMAP, the incremental, then Trash lost
+    and the chain restored archive by archive while LMTP delivers: the client sees Trash
+    as at the incremental (Trash/old gone, as before the loss), every delivery in INBOX,
+    and Work, which no backup of the chain looked at since the full, untouched."""
+    u = lab.logins[0]
+    home = tmp_path / "ims"
+    configure(lab, home)
+    run(home, "msconfig", "set", "store.backupexclude", "Trash", check=0)
+    with lab.imap(u) as c:
+        for f in ("Trash", "Trash/old", "Trash/keep", "Work"):
+            c.create(f)
+            c.subscribe(f)
+            for i in range(3):
+                c.append(f, message(f"{f} {i}"), [r"\Seen"] if i else [])
+    full, inc = tmp_path / "full.ims", tmp_path / "inc.ims"
+    run(home, "imsbackup", "-f", full, f"/primary/user/{u}/Trash", check=0)
+    time.sleep(1.1)
+    with lab.imap(u) as c:
+        c.delete("Trash/old")
+        c.append("Trash/keep", message("new"), [])
+    lab.fix_owner()
+    run(home, "imsbackup", "-f", inc, "--base", full, f"/primary/user/{u}/Trash", check=0)
+    want = lab.client_state(u)
+    with lab.imap(u) as c:
+        c.delete("Trash/keep")
+        c.delete("Trash")
+    run(home, "imsrestore", "-H", "-f", full, check=0)
+    lab.deliver([u], message("during the chain"))
+    p = run(home, "imsrestore", "-f", inc, text=True)
+    assert p.returncode == 0, p.stderr
+    lab.deliver([u], message("after the chain"))
+    got = lab.client_state(u)
+    assert sorted(got.folders) == sorted(want.folders), p.stderr
+    for name in ("Trash", "Trash/keep", "Work"):
+        assert [(m.uid, m.flags, m.sha256) for m in got[name].messages] == \
+               [(m.uid, m.flags, m.sha256) for m in want[name].messages], name
+        assert (got[name].uidvalidity, got[name].uidnext) == (want[name].uidvalidity, want[name].uidnext), name
+    assert len(got["INBOX"].messages) == len(want["INBOX"].messages) + 2
