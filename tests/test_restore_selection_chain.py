@@ -159,3 +159,57 @@ def test_a_folder_path_chain_archive_by_archive_on_dovecot_as_a_client_sees_it(l
                [(m.uid, m.flags, m.sha256) for m in want[name].messages], name
         assert (got[name].uidvalidity, got[name].uidnext) == (want[name].uidvalidity, want[name].uidnext), name
     assert len(got["INBOX"].messages) == len(want["INBOX"].messages) + 2
+
+
+@pytest.mark.parametrize("path", ["/primary/joe/Trash", "/primary/user/joe/Trash/", "/primary/joe/Trash/old"])
+def test_a_folder_path_restored_archive_by_archive_loses_its_deleted_subfolders(tmp_path, driver, path):
+    """Backups of the whole store (a full, an incremental); joe's Trash/old and Other/sub
+    deleted between them.  The full restored whole, then the incremental with a path
+    naming Trash: Trash/old stayed (exit 0, '1 expunged' for Trash's own change), where the
+    same path given to the chain in one command leaves it out.  Now the incremental
+    removes it; Other/sub, which the path does not take, is left as the full's restore
+    made it, and so is ann."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_home(src, driver)
+    store = open_store(make_home(src, driver))
+    for user in ("joe", "ann"):
+        store.create_user(user)
+        for n, f in enumerate(["Trash", "Trash/old", "Other", "Other/sub"]):
+            store.create_folder(user, f, subscribed=True)
+            store.append(user, f, io.BytesIO(msg(n)), flags=[])
+            store.append(user, f, io.BytesIO(msg(n + 10)), flags=["\\Seen"])
+    time.sleep(1.1)
+    full, inc = tmp_path / "full.ims", tmp_path / "inc.ims"
+    run(src, "imsbackup", "-f", full, "/", check=0)
+    at_full = state(store)
+    for user in ("joe", "ann"):
+        store.delete_folder(user, "Trash/old")
+        store.delete_folder(user, "Other/sub")
+    store.expunge("joe", "Trash", [1])
+    time.sleep(1.1)
+    run(src, "imsbackup", "-f", inc, "--base", full, "/", check=0)
+    at_inc = state(store)
+    make_home(dst, driver)
+    run(dst, "imsrestore", "-H", "-f", full, check=0)
+    p = run(dst, "imsrestore", "-f", inc, path, text=True)
+    want = dict(at_full)
+    for k in list(want):
+        if k[0] == "joe" and (k[1] == "Trash/old" or k[1] == "Trash" and "old" not in path):
+            del want[k]
+    want.update({k: v for k, v in at_inc.items() if k[0] == "joe" and k[1] == "Trash" and "old" not in path})
+    got = state(open_store(make_home(dst, driver)))
+    if path.endswith("old"):
+        # the path names the deleted folder itself: it matches nothing in the incremental
+        # (exit 2, nothing written), and the folder is left as the full's restore made it
+        assert p.returncode == 2 and "nothing in the archive matches" in p.stderr, p.stderr
+        assert got == at_full
+        return
+    assert p.returncode == 0, p.stderr
+    assert got == want
+    # the chain in one command with the same path, into an empty store: the same folders
+    dst2 = tmp_path / "dst2"
+    make_home(dst2, driver)
+    run(dst2, "imsrestore", "-f", full, "-f", inc, path, check=0)
+    assert state(open_store(make_home(dst2, driver)), {"joe"}) == \
+        {k: v for k, v in want.items() if k[0] == "joe" and k[1].startswith("Trash")} | \
+        {k: v for k, v in state(open_store(make_home(dst2, driver)), {"joe"}).items() if k[1] == "INBOX"}

@@ -111,9 +111,9 @@ class Restorer:
         self.whole: set = set()                     # (partition, user) whose every folder the
                                                     # archive holds whole (its base had none)
         self.whole_users = self._whole_users()
-        # an archive of folder paths (imsbackup /primary/user/joe/Trash) restored whole (no
-        # folder path here): the folders its backup looked at that it no longer lists were
-        # deleted between the backups as well (_remove_gone, unseen_by)
+        # an archive of folder paths (imsbackup /primary/user/joe/Trash), or a restore of
+        # folder paths: the folders its backup looked at that it no longer lists, and the
+        # paths take, were deleted between the backups as well (_remove_gone, unseen_by)
         self.scoped_users = not self.whole_users and self._scoped_users()
         self.skip_users: set = set()                # (partition, user) --recovery leaves as a
                                                     # later archive of another chain left it
@@ -502,15 +502,23 @@ class Restorer:
             return False
 
     def _scoped_users(self) -> bool:
-        """This restore takes whole users (no folder paths) from an archive whose backup
-        was given folder paths."""
+        """The scope of this archive's backup can be read here (its paths, with today's
+        groups): what it looked at is known (unseen_by)."""
         from asm.logical import parse
-        if any(lp.folder is not None for lp in self.sel.paths):
-            return False
         try:
-            return any(parse(p, self.groups).folder is not None for p in self.header.get("scope") or ["/"])
+            return all(parse(p, self.groups) is not None for p in self.header.get("scope") or ["/"])
         except ImsError:
             return False
+
+    def _taken(self, partition: str, src_user: str, folder: str) -> bool:
+        """A path of this restore that matched in this archive takes ``folder`` (every
+        folder without paths)."""
+        if not self.sel.paths:
+            return True
+        group = self.user_groups.get((partition, src_user))
+        return any(self.sel.hits[i] and ok and lp.covers_folder(folder)
+                   for i, path in enumerate(self.sel.paths)
+                   for lp, ok in self.sel._readings(path, partition, src_user, group))
 
     def _end_user(self) -> None:
         """A user's folders are all read: a chain restore will remove the folders the
@@ -625,9 +633,9 @@ class Restorer:
                 continue
             for folder in sorted(known, reverse=True):          # subfolders before their parents
                 if folder in listed or folder == "INBOX" or (
-                        unseen(partition, src_user, None, folder) if unseen is not None
-                        else is_excluded(folder, exclude)):
-                    continue                # (not looked at by its backup: not deleted)
+                        unseen(partition, src_user, None, folder) or not self._taken(partition, src_user, folder)
+                        if unseen is not None else is_excluded(folder, exclude)):
+                    continue                # (not looked at by its backup, or not asked for: kept)
                 mailbox = f"/{partition}/{user}/{folder}"
                 try:
                     j = self.journal.get(user, folder)
