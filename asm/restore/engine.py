@@ -633,7 +633,8 @@ class Restorer:
                 continue
             for folder in sorted(known, reverse=True):          # subfolders before their parents
                 if folder in listed or folder == "INBOX" or (
-                        unseen(partition, src_user, None, folder) or not self._taken(partition, src_user, folder)
+                        unseen(partition, src_user, self.user_groups.get((partition, src_user)), folder)
+                        or not self._taken(partition, src_user, folder)
                         if unseen is not None else is_excluded(folder, exclude)):
                     continue                # (not looked at by its backup, or not asked for: kept)
                 mailbox = f"/{partition}/{user}/{folder}"
