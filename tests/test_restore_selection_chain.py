@@ -213,3 +213,39 @@ def test_a_folder_path_restored_archive_by_archive_loses_its_deleted_subfolders(
     assert state(open_store(make_home(dst2, driver)), {"joe"}) == \
         {k: v for k, v in want.items() if k[0] == "joe" and k[1].startswith("Trash")} | \
         {k: v for k, v in state(open_store(make_home(dst2, driver)), {"joe"}).items() if k[1] == "INBOX"}
+
+
+def test_the_listing_takes_what_the_restore_with_the_same_paths_takes(tmp_path, driver):
+    """An archive of backup group gA (ann), listed and restored where no group gA is
+    configured: /primary/gA selects the users the archive records in gA, for -t and the
+    restore alike.  Where gA is also a user of the store, the restore reads /primary/gA as
+    that user (nothing of the group's users merges into it) and matches nothing (exit 2),
+    while -t listed ann, exit 0: a check of the tape promised what the restore did not do."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    cfg = make_home(src, driver)
+    with open(cfg.groups_path, "w") as f:
+        f.write("gA=[a-f].*\n")
+    store = open_store(make_home(src, driver))
+    store.create_user("ann")
+    store.append("ann", "INBOX", io.BytesIO(msg(1)), flags=[])
+    a = tmp_path / "a.ims"
+    run(src, "imsbackup", "-f", a, "/primary/gA", check=0)
+    make_home(dst, driver)
+    target = open_store(make_home(dst, driver))
+    # no gA here: the group the archive records
+    t = run(dst, "imsrestore", "-t", "-f", a, "/primary/gA", text=True)
+    assert t.returncode == 0 and [ln.split("\t")[0] for ln in t.stdout.splitlines()
+                                  if "\tuidvalidity=" in ln] == ["/primary/ann/INBOX"], t.stderr
+    # gA a user here: the path is that user, for the restore and the listing
+    target.create_user("gA")
+    before = state(target)
+    t = run(dst, "imsrestore", "-t", "-f", a, "/primary/gA", text=True)
+    p = run(dst, "imsrestore", "-f", a, "/primary/gA", text=True)
+    assert p.returncode == 2 and "/primary/gA: nothing in the archive matches" in p.stderr, p.stderr
+    assert state(target) == before
+    assert t.returncode == 2 and t.stdout == "" and "/primary/gA: nothing in the archive matches" in t.stderr, \
+        (t.stdout, t.stderr)
+    # the restore with no such user takes ann, as listed
+    target.delete_user("gA")
+    run(dst, "imsrestore", "-f", a, "/primary/gA", check=0)
+    assert state(target, {"ann"}) == state(store, {"ann"})
