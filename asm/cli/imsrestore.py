@@ -221,6 +221,15 @@ def _toc(reader, sel: Selection, verbose: bool = False, layered=None) -> int:
     return EXIT_USAGE if unmatched else EXIT_OK
 
 
+def _user_here(store, partition, name) -> bool:
+    """user_on for -t, which may list a tape where no store is (an installation that
+    cannot read its own store lists as if it had no users)."""
+    try:
+        return user_on(store, partition, name)
+    except (ImsError, OSError):
+        return False
+
+
 def unread_line(mailbox: str, why: str) -> str:
     """A mailbox the backup that made the archive could not read (its trailer says so):
     the archive does not bring it back as the store had it; a later one may."""
@@ -435,7 +444,7 @@ def _chain(args, rep) -> int:
         check_map_targets(user_map, restored_users(
             seen, Selection(paths, inst.groups, is_user=functools.partial(user_on, inst.store)), user_map))
     from asm.restore.selection import unseen_by
-    unseen = unseen_by(headers[-1], inst.groups, {u for (u, _f) in final})
+    unseen = unseen_by(headers[-1], inst.groups, {u for (u, _f) in final}, final)
     status = EXIT_OK
     sig = _run_signature(args, headers) if args.new or args.ignore else None
     journal = _journal(inst) if sig else None
@@ -590,8 +599,10 @@ def _one(args, rep) -> int:
                 print(f"layers: {' '.join(device.layers)}")
             _print_header(reader.header)
             return EXIT_OK
-        sel = Selection(paths, inst.groups,
-                        is_user=None if args.toc or args.header else functools.partial(user_on, inst.store))
+        # (-t too: it lists what the restore with the same paths takes, and a short path
+        # /P/NAME naming a user of this store is that user alone there)
+        sel = Selection(paths, inst.groups, is_user=functools.partial(_user_here, inst.store) if args.toc
+                        else functools.partial(user_on, inst.store))
         if args.toc:
             try:
                 return _toc(reader, sel, args.verbose, device.file if getattr(device, "layers", None) else None)

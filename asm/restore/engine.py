@@ -111,6 +111,10 @@ class Restorer:
         self.whole: set = set()                     # (partition, user) whose every folder the
                                                     # archive holds whole (its base had none)
         self.whole_users = self._whole_users()
+        # an archive of folder paths (imsbackup /primary/user/joe/Trash), or a restore of
+        # folder paths: the folders its backup looked at that it no longer lists, and the
+        # paths take, were deleted between the backups as well (_remove_gone, unseen_by)
+        self.scoped_users = not self.whole_users and self._scoped_users()
         self.skip_users: set = set()                # (partition, user) --recovery leaves as a
                                                     # later archive of another chain left it
         self._final_users: set | None = None        # the users the chain's last archive holds
@@ -497,18 +501,42 @@ class Restorer:
         except ImsError:
             return False
 
+    def _scoped_users(self) -> bool:
+        """The scope of this archive's backup can be read here (its paths, with today's
+        groups): what it looked at is known (unseen_by)."""
+        from asm.logical import parse
+        try:
+            return all(parse(p, self.groups) is not None for p in self.header.get("scope") or ["/"])
+        except ImsError:
+            return False
+
+    def _taken(self, partition: str, src_user: str, folder: str) -> bool:
+        """A path of this restore that matched in this archive takes ``folder`` (every
+        folder without paths)."""
+        if not self.sel.paths:
+            return True
+        group = self.user_groups.get((partition, src_user))
+        return any(self.sel.hits[i] and ok and lp.covers_folder(folder)
+                   for i, path in enumerate(self.sel.paths)
+                   for lp, ok in self.sel._readings(path, partition, src_user, group))
+
     def _end_user(self) -> None:
         """A user's folders are all read: a chain restore will remove the folders the
         archive no longer lists (deleted or renamed away between the backups), once the
         archive is read to its trailer (_remove_gone).  The journal says this archive held
         the user whole (imsrestore --recovery of another chain compares with it)."""
         cur, self.cur_user = self.cur_user, None
-        if cur is None or not self.whole_users or self.opts.new_mailbox or self.cur_damaged \
-                or cur in self.skip_users:
+        if cur is None or not (self.whole_users or self.scoped_users) or self.opts.new_mailbox \
+                or self.cur_damaged or cur in self.skip_users:
             return                          # (a damaged member may be a folder's: remove nothing)
         partition, src_user = cur
         group = self.user_groups.get(cur)
         if self.sel.paths and not any(self.sel._user_ok(lp, partition, src_user, group) for lp in self.sel.paths):
+            return
+        if not self.whole_users:
+            # (some folders of the user: neither its subscriptions nor the user held whole)
+            if self._continues():
+                self.gone.append((partition, src_user, frozenset(self.cur_folders)))
             return
         user = self.opts.user_map.get(src_user, src_user)
         if self.cur_subscriptions is not None and user == src_user:
@@ -589,6 +617,13 @@ class Restorer:
             return
         unread = trailer.get("errors", [])
         exclude = (self.header.get("options") or {}).get("exclude") or []
+        unseen = None
+        if self.scoped_users:
+            from asm.restore.selection import unseen_by
+            unseen = unseen_by(self.header, self.groups, {u for (_p, u, _l) in self.gone},
+                               {(u, f) for (_p, u, listed) in self.gone for f in listed})
+            if unseen is None:
+                return                      # (its scope cannot be read here: remove nothing)
         for partition, src_user, listed in self.gone:
             user = self.opts.user_map.get(src_user, src_user)
             try:
@@ -597,8 +632,11 @@ class Restorer:
                 self._record_error(f"/{partition}/{user}", str(exc), exc.status)
                 continue
             for folder in sorted(known, reverse=True):          # subfolders before their parents
-                if folder in listed or folder == "INBOX" or is_excluded(folder, exclude):
-                    continue
+                if folder in listed or folder == "INBOX" or (
+                        unseen(partition, src_user, self.user_groups.get((partition, src_user)), folder)
+                        or not self._taken(partition, src_user, folder)
+                        if unseen is not None else is_excluded(folder, exclude)):
+                    continue                # (not looked at by its backup, or not asked for: kept)
                 mailbox = f"/{partition}/{user}/{folder}"
                 try:
                     j = self.journal.get(user, folder)

@@ -239,14 +239,17 @@ class Selection:
         return sorted(set().union(*[self.near[i] for i, lp in enumerate(self.paths) if str(lp) == path]))
 
 
-def unseen_by(header: dict, groups, held_users=None):
+def unseen_by(header: dict, groups, held_users=None, held_folders=None):
     """A test (partition, user, group, folder) -> True for a folder the backup of
     ``header`` did not look at: outside its scope, or left out by the store.backupexclude
     it ran with (a folder it names explicitly never is).  ``held_users``: the users that
     archive holds; a backup of some paths (not the whole store) that holds none of a
-    user's mail did not look at that user (one who left its group since, say).  None when
-    its scope cannot be read with today's groups (then every folder counts as looked at,
-    as before)."""
+    user's mail did not look at that user (one who left its group since, say).
+    ``held_folders``: the (user, folder) that archive holds: a scope path naming a folder
+    but for case (/primary/joe/trash) took the folder asm.logical.match_folder chose among
+    the user's folders then, which the archive holds (a backup refuses a path that names
+    no folder).  None when its scope cannot be read with today's groups (then every
+    folder counts as looked at, as before)."""
     from asm.logical import PathError, is_excluded, parse
     scope = header.get("scope") or ["/"]
     exclude = (header.get("options") or {}).get("exclude") or []
@@ -258,8 +261,12 @@ def unseen_by(header: dict, groups, held_users=None):
         return None
     if any(lp.partition is None for lp in paths):
         paths = []                          # '/': every folder is in its scope
+    if held_folders is not None:
+        paths = [_as_resolved(lp, held_folders) for lp in paths]
     sel = Selection(paths, groups)
-    explicit = {(lp.partition, lp.user, lp.folder) for lp in paths if lp.folder is not None}
+    # a path naming a folder names its subfolders too: the backup takes them, excluded
+    # or not, as it takes the folder (asm.logical.add_folders)
+    explicit = [lp for lp in paths if lp.folder is not None]
     exclude = [str(x) for x in exclude]
 
     parts = {lp.partition for lp in paths if lp.partition is not None}
@@ -279,5 +286,21 @@ def unseen_by(header: dict, groups, held_users=None):
                 return True
         if paths and not sel.folder(partition, user, group, folder):
             return True
-        return (partition, user, folder) not in explicit and is_excluded(folder, exclude)
+        return not any(lp.partition == partition and lp.user == user and lp.covers_folder(folder)
+                       for lp in explicit) and is_excluded(folder, exclude)
     return unseen
+
+
+def _as_resolved(lp: LogicalPath, held_folders) -> LogicalPath:
+    """A backup's scope path ``lp`` naming a folder, with the folder its backup took
+    (asm.logical.match_folder among the folders the archive holds of that user)."""
+    from dataclasses import replace
+
+    from asm.logical import PathError, match_folder
+    if lp.folder is None:
+        return lp
+    try:
+        folder = match_folder(lp.folder, [f for (u, f) in held_folders if u == lp.user])
+    except PathError:
+        return lp
+    return lp if folder is None or folder == lp.folder else replace(lp, folder=folder)

@@ -273,7 +273,8 @@ def _apply(view: ChainView, a: ArchiveCheck, problem, base: bool = False, groups
         # its store.backupexclude) is not deleted: a restore of the chain keeps it as it was
         from asm.groups import Groups
         from asm.restore.selection import unseen_by
-        unseen = unseen_by(a.header, groups if groups is not None else Groups(), {u for (_p, u) in a.users})
+        unseen = unseen_by(a.header, groups if groups is not None else Groups(), {u for (_p, u) in a.users},
+                           {(f.user, f.name) for f in a.folders.values()})
         if unseen is not None:
             for key, old in view.folders.items():
                 if key not in new and unseen(old.partition, old.user, None, old.name):
