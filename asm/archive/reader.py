@@ -542,7 +542,10 @@ class ArchiveReader:
         start = here + skip - (here + skip) % spec.BLOCK
         head = b[start - here:]
         if len(head) < 8 * spec.BLOCK:
-            head += self._rr.read(8 * spec.BLOCK)
+            try:
+                head += self._rr.read(8 * spec.BLOCK)
+            except OSError:
+                pass                    # (as above: the layer's damage, past the archive)
         if any(k in head[:8 * spec.BLOCK] for k in _HEADER_KINDS):
             self.joined_at = start
             return f"another ims-asm archive begins at byte {start}, after this one's end"
