@@ -163,6 +163,28 @@ def _user_files(home, user_dir) -> list[str]:
     return sorted(os.path.join(d, f) for d, _, fs in os.walk(user_dir) for f in fs)
 
 
+def _user_deletion(base, tmp, with_bob: bool = False):
+    """alice with 45 messages (and bob with one) at ``base``; what ``mboxutil -d
+    user/alice`` does there, counted in a copy: (state, alice's directory relative to
+    base, argv, its steps, the step that unlists her)."""
+    source = _store(base)
+    for i in range(40):
+        source.append("alice", "Keep", io.BytesIO(f"Subject: more {i}\r\n\r\nbody\r\n".encode()))
+    if with_bob:
+        source.create_user("bob")
+        source.append("bob", "INBOX", io.BytesIO(b"Subject: bob\r\n\r\nbody\r\n"))
+    want = state(source)
+    user_dir = os.path.relpath(source._user_path("alice"), base)
+    source.close()
+    probe = tmp / "probe"
+    shutil.copytree(base, probe)
+    argv = ["mboxutil", "-d", "user/alice"]
+    steps = _steps(argv, probe, tmp)
+    assert not os.path.exists(probe / user_dir)
+    first = next(n for n, what in steps if what.startswith("sqlite: DELETE FROM folders"))
+    return want, user_dir, argv, steps, first
+
+
 def test_mboxutil_d_of_a_user_stopped_by_a_signal_at_every_step(tmp_path):
     """mboxutil -d user/alice SIGTERM'd (or Ctrl-C'd) before each of its steps on disk:
     exit 130 with alice whole (listed, every message), or exit 0 with alice gone and no
@@ -171,18 +193,7 @@ def test_mboxutil_d_of_a_user_stopped_by_a_signal_at_every_step(tmp_path):
     exited 130 and left them, unlisted; run again: "no such user", exit 2.)"""
     from tests.faults import spread
     base = tmp_path / "base"
-    source = _store(base)
-    for i in range(40):
-        source.append("alice", "Keep", io.BytesIO(f"Subject: more {i}\r\n\r\nbody\r\n".encode()))
-    want = state(source)
-    user_dir = os.path.relpath(source._user_path("alice"), base)
-    source.close()
-    probe = tmp_path / "probe"
-    shutil.copytree(base, probe)
-    argv = ["mboxutil", "-d", "user/alice"]
-    steps = _steps(argv, probe, tmp_path)
-    assert not os.path.exists(probe / user_dir)
-    first = next(n for n, what in steps if what.startswith("sqlite: DELETE FROM folders"))
+    want, user_dir, argv, steps, first = _user_deletion(base, tmp_path)
     assert len(steps) - first >= 40          # (each file rmtree removes one step)
     bad, outcomes = [], []
     for i, point in enumerate([first - 1] + spread(len(steps) - first, 15, 7)):
@@ -220,20 +231,8 @@ def test_mboxutil_d_of_a_user_killed_at_any_step_leaves_no_user_to_find_again(tm
     -r /, or a new user alice removes what was left, and a new alice is empty."""
     from tests.faults import spread
     base = tmp_path / "base"
-    source = _store(base)
-    for i in range(40):
-        source.append("alice", "Keep", io.BytesIO(f"Subject: more {i}\r\n\r\nbody\r\n".encode()))
-    source.create_user("bob")
-    source.append("bob", "INBOX", io.BytesIO(b"Subject: bob\r\n\r\nbody\r\n"))
-    whole = state(source)
+    whole, user_dir, argv, steps, first = _user_deletion(base, tmp_path, with_bob=True)
     bob = {k: v for k, v in whole.items() if k[0] == "bob"}
-    user_dir = os.path.relpath(source._user_path("alice"), base)
-    source.close()
-    probe = tmp_path / "probe"
-    shutil.copytree(base, probe)
-    argv = ["mboxutil", "-d", "user/alice"]
-    steps = _steps(argv, probe, tmp_path)
-    first = next(n for n, what in steps if what.startswith("sqlite: DELETE FROM folders"))
     points = spread(first - 1, 4, 3) + [first + p - 1 for p in spread(len(steps) - first, 16, 5)]
     bad = []
     for i, point in enumerate(points):

@@ -16,6 +16,20 @@ from tests.test_dovecot_layouts import configure, seen, wipe
 LINE_BREAKERS = ["Notes&AIU-", "a&ICg-b", "x&ICk-y&AIU-z"]
 
 
+def _round_trip(lab, home, tmp_path):
+    """imsbackup of / (exit 0, silent), every mail tree wiped, imsrestore (exit 0,
+    silent): alice as her client sees her then."""
+    a = tmp_path / "a.ims"
+    p = run(home, "imsbackup", "-f", a, "/", text=True)
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    lab.stop()
+    wipe(lab)
+    lab.start()
+    p = run(home, "imsrestore", "-f", a, text=True)
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    return lab.client_state("alice")
+
+
 @pytest.mark.parametrize("layout", ["sdbox", "plain"])
 def test_names_holding_unicode_line_breaks_keep_their_subscriptions(tmp_path, layout):
     """doveadm prints one name a line; its output was split with str.splitlines(), which
@@ -36,18 +50,10 @@ def test_names_holding_unicode_line_breaks_keep_their_subscriptions(tmp_path, la
                 c.delete(name)                   # the subscription stays, as Dovecot keeps it
         before = lab.client_state("alice")
         assert set(LINE_BREAKERS) <= before.subscriptions and "Kept&AIU-" in before.folders
-        a = tmp_path / "a.ims"
-        p = run(home, "imsbackup", "-f", a, "/", text=True)
-        assert (p.returncode, p.stderr) == (0, ""), p.stderr
-        lab.stop()
-        wipe(lab)
-        lab.start()
-        p = run(home, "imsrestore", "-f", a, text=True)
-        assert (p.returncode, p.stderr) == (0, ""), p.stderr
-        after = lab.client_state("alice")
+        after = _round_trip(lab, home, tmp_path)
         assert after.subscriptions == before.subscriptions
         assert seen(after) == seen(before)
-        p = run(home, "imsverify", "-f", a, "--against-store", "--exact", text=True)
+        p = run(home, "imsverify", "-f", tmp_path / "a.ims", "--against-store", "--exact", text=True)
         assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -86,15 +92,7 @@ def test_keywords_of_folders_whose_names_hold_imap_wildcards_stay_their_own(tmp_
                 c.append(name, message(f"in {name}"), mine)
                 c.append(name, message(f"second in {name}"), KWS[:26] + [f"second{i}"])
         before = lab.client_state("alice")
-        a = tmp_path / "a.ims"
-        p = run(home, "imsbackup", "-f", a, "/", text=True)
-        assert (p.returncode, p.stderr) == (0, ""), p.stderr
-        lab.stop()
-        wipe(lab)
-        lab.start()
-        p = run(home, "imsrestore", "-f", a, text=True)
-        assert (p.returncode, p.stderr) == (0, ""), p.stderr
-        after = lab.client_state("alice")
+        after = _round_trip(lab, home, tmp_path)
         for name in ["*x", "ax", "%y", "by"]:
             assert after[name] == before[name], name
         assert seen(after) == seen(before)

@@ -77,6 +77,33 @@ def test_a_subfolder_deleted_between_backups_of_a_folder_path_stays_deleted(tmp_
     assert {k: v for k, v in got2.items() if k[1] != "INBOX"} == want, p.stderr
 
 
+
+def _joe_and_ann(src, driver, seen_too: bool = False):
+    """joe and ann, each with Trash, Trash/old, Other and Other/sub (subscribed), one
+    message in each (a second, \\Seen, with ``seen_too``); then a second passes."""
+    store = open_store(make_home(src, driver))
+    for user in ("joe", "ann"):
+        store.create_user(user)
+        for n, f in enumerate(["Trash", "Trash/old", "Other", "Other/sub"]):
+            store.create_folder(user, f, subscribed=True)
+            store.append(user, f, io.BytesIO(msg(n)), flags=[])
+            if seen_too:
+                store.append(user, f, io.BytesIO(msg(n + 10)), flags=["\\Seen"])
+    time.sleep(1.1)
+    return store
+
+
+def _full_then_deletions(src, store, tmp_path):
+    """A full of / (full.ims), then Trash/old and Other/sub of both users deleted:
+    (full.ims, the incremental's name inc.ims, the state at the full)."""
+    full, inc = tmp_path / "full.ims", tmp_path / "inc.ims"
+    run(src, "imsbackup", "-f", full, "/", check=0)
+    at_full = state(store)
+    for user in ("joe", "ann"):
+        store.delete_folder(user, "Trash/old")
+        store.delete_folder(user, "Other/sub")
+    return full, inc, at_full
+
 @pytest.mark.parametrize("exclude", [None, "Trash"])
 def test_an_incremental_of_one_folder_on_a_full_of_the_store_removes_nothing_else(tmp_path, driver, exclude):
     """A full of / and an incremental of /primary/user/joe/Trash alone (its backup looked
@@ -84,20 +111,8 @@ def test_an_incremental_of_one_folder_on_a_full_of_the_store_removes_nothing_els
     command, a folder deleted under Trash stays deleted and every other folder (joe's
     and ann's, deleted since or not) is as the full holds it."""
     src, dst = tmp_path / "src", tmp_path / "dst"
-    make_home(src, driver)
-    store = open_store(make_home(src, driver))
-    for user in ("joe", "ann"):
-        store.create_user(user)
-        for n, f in enumerate(["Trash", "Trash/old", "Other", "Other/sub"]):
-            store.create_folder(user, f, subscribed=True)
-            store.append(user, f, io.BytesIO(msg(n)), flags=[])
-    time.sleep(1.1)
-    full, inc = tmp_path / "full.ims", tmp_path / "inc.ims"
-    run(src, "imsbackup", "-f", full, "/", check=0)
-    at_full = state(store)
-    for user in ("joe", "ann"):
-        store.delete_folder(user, "Trash/old")
-        store.delete_folder(user, "Other/sub")
+    store = _joe_and_ann(src, driver)
+    full, inc, at_full = _full_then_deletions(src, store, tmp_path)
     if exclude:
         run(src, "msconfig", "set", "store.backupexclude", exclude, check=0)
     time.sleep(1.1)
@@ -170,21 +185,8 @@ def test_a_folder_path_restored_archive_by_archive_loses_its_deleted_subfolders(
     removes it; Other/sub, which the path does not take, is left as the full's restore
     made it, and so is ann."""
     src, dst = tmp_path / "src", tmp_path / "dst"
-    make_home(src, driver)
-    store = open_store(make_home(src, driver))
-    for user in ("joe", "ann"):
-        store.create_user(user)
-        for n, f in enumerate(["Trash", "Trash/old", "Other", "Other/sub"]):
-            store.create_folder(user, f, subscribed=True)
-            store.append(user, f, io.BytesIO(msg(n)), flags=[])
-            store.append(user, f, io.BytesIO(msg(n + 10)), flags=["\\Seen"])
-    time.sleep(1.1)
-    full, inc = tmp_path / "full.ims", tmp_path / "inc.ims"
-    run(src, "imsbackup", "-f", full, "/", check=0)
-    at_full = state(store)
-    for user in ("joe", "ann"):
-        store.delete_folder(user, "Trash/old")
-        store.delete_folder(user, "Other/sub")
+    store = _joe_and_ann(src, driver, seen_too=True)
+    full, inc, at_full = _full_then_deletions(src, store, tmp_path)
     store.expunge("joe", "Trash", [1])
     time.sleep(1.1)
     run(src, "imsbackup", "-f", inc, "--base", full, "/", check=0)

@@ -59,11 +59,14 @@ class TrailingData(CorruptMember):
         self.offset = offset
         self.name = name
         self.why = why
-        ArchiveError.__init__(
-            self, f"corrupt member {name!r} at byte {offset}: {why}: something was written after the "
-            "archive's end (tar -r, another archive, a device's data); the members before it match the "
-            "trailer's digest and counts, and none read was damaged: nothing of the archive is missing; "
-            "keep an intact copy of it")
+        ArchiveError.__init__(self, self._line(offset, why, name))
+
+    @staticmethod
+    def _line(offset, why, name) -> str:
+        return (f"corrupt member {name!r} at byte {offset}: {why}: something was written after the "
+                "archive's end (tar -r, another archive, a device's data); the members before it match the "
+                "trailer's digest and counts, and none read was damaged: nothing of the archive is missing; "
+                "keep an intact copy of it")
 
 
 class JoinedArchives(TrailingData):
@@ -71,14 +74,11 @@ class JoinedArchives(TrailingData):
     (``cat FULL INCR | imsrestore -f -``): this archive was read whole, the next was not.
     Exit 4 (as any data after an archive's end), with what to do instead."""
 
-    def __init__(self, offset, why, name=None):
-        self.offset = offset
-        self.name = name
-        self.why = why
-        ArchiveError.__init__(
-            self, f"{why}: archives joined into one file or stream (as `cat FULL INCR |` makes); only the "
-            "first was read (nothing of it is missing), what follows it was not: give each archive its own "
-            "file and -f, in the order they were taken (imsrestore -f FULL -f INCR)")
+    @staticmethod
+    def _line(offset, why, name) -> str:
+        return (f"{why}: archives joined into one file or stream (as `cat FULL INCR |` makes); only the "
+                "first was read (nothing of it is missing), what follows it was not: give each archive its "
+                "own file and -f, in the order they were taken (imsrestore -f FULL -f INCR)")
 
 
 class CorruptHeader(CorruptMember):
