@@ -48,6 +48,24 @@ def nearly_full(path: str) -> bool:
     return st.f_bavail * st.f_frsize < FULL_BELOW
 
 
+#: SQLite's unix VFS opens no database whose full path (symbolic links resolved) is longer
+#: than its MAX_PATHNAME, 512 bytes, less the 8 its journal's name adds: it fails "unable
+#: to open database file", which reads as a permission or a disk problem.
+PATH_MAX = 512 - 8
+
+
+def path_too_long(path: str) -> str | None:
+    """Why SQLite cannot open the database ``path`` when its path is too long for it
+    (PATH_MAX), else None."""
+    try:
+        n = len(os.fsencode(os.path.realpath(path)))
+    except (OSError, ValueError):
+        return None
+    if n <= PATH_MAX:
+        return None
+    return f"its path is {n} bytes long (links resolved), longer than SQLite opens ({PATH_MAX} bytes)"
+
+
 def disk_full(exc: sqlite3.Error, path: str) -> bool:
     """Whether SQLite's error on the database ``path`` means its disk is full: it says
     so, or it reports a ``-wal``/``-shm`` it could not make or grow there as an I/O error."""

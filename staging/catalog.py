@@ -60,6 +60,11 @@ class CatalogUnwritable(StagingError):
                              f"{lost}free space in {os.path.dirname(path) or '.'} and run the same command "
                              f"again (the catalog itself is intact)", status=EXIT_NOSPACE)
             return
+        long = sqlitedb.path_too_long(path)
+        if long:
+            super().__init__(f"cannot write the staging catalog {path}: {long}: give a staging directory "
+                             f"whose path is shorter (-D, or staging.dir)")
+            return
         super().__init__(f"cannot write the staging catalog {path}: {exc}: check its permissions, the free "
                          f"space and the mount (the catalog itself is intact)")
 
@@ -166,7 +171,10 @@ class Catalog:
     def __init__(self, directory: str):
         self.directory = directory
         self.path = os.path.join(directory, CATALOG_NAME)
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        except sqlite3.DatabaseError as exc:       # (named with its directory, as below)
+            raise CatalogUnwritable(self.path, exc) from None
         try:
             self.db.execute("PRAGMA journal_mode=DELETE")
             self.db.executescript(SCHEMA)

@@ -65,6 +65,34 @@ def test_named_groups_and_bad_names(ims_home, tmp_path):
     assert len(rows(st)) == 2
 
 
+def test_a_staging_directory_too_long_for_sqlite_is_named_so(ims_home, tmp_path):
+    """A -D directory whose catalog's path is longer than SQLite opens (504 bytes, links
+    resolved) failed "cannot write the staging catalog catalog.db: unable to open database
+    file: check its permissions, the free space and the mount": neither the directory nor
+    the cause.  Now the line names the catalog's whole path, its length and the limit;
+    a directory of a path just short enough is used as any."""
+    from asm.sqlitedb import PATH_MAX
+    build(ims_home, "classic", users=4, messages=20)
+    real = os.path.realpath(tmp_path)
+    for extra, ok in ((0, False), (3, True)):
+        # the catalog's path: PATH_MAX + 1 bytes, or 2 bytes under the limit
+        d = os.path.join(real, f"x{extra}")
+        need = PATH_MAX + 1 - extra - len("/catalog.db") - len(d)     # bytes of "/ddd..." levels
+        while need > 101:
+            d, need = os.path.join(d, "d" * 99), need - 100
+        d = os.path.join(d, "d" * (need - 1))
+        os.makedirs(d)
+        assert len(os.path.join(d, "catalog.db").encode()) == PATH_MAX + 1 - extra
+        r = imsstage(ims_home, "-D", d, "gA")
+        if ok:
+            assert r.returncode == 0, r.stderr
+            continue
+        err = r.stderr.decode() if isinstance(r.stderr, bytes) else r.stderr
+        assert r.returncode == 3 and len(err.splitlines()) == 1, err
+        assert f"{d}/catalog.db: its path is {PATH_MAX + 1} bytes long" in err, err
+        assert f"longer than SQLite opens ({PATH_MAX} bytes)" in err and "-D" in err, err
+
+
 def test_two_areas_never_name_a_dump_alike_and_a_damaged_catalog_is_one_line(ims_home, tmp_path):
     """Two staging areas (two hosts, or two -D) dumping the same group in the same second
     used to write the same file name, and a push of one replaced the other's remote

@@ -73,10 +73,9 @@ _GUIDS = "CREATE TABLE IF NOT EXISTS guids (uid INTEGER PRIMARY KEY, guid TEXT N
 # the UIDs an expunge removed whose files may still be there (ClassicStore.expunge)
 _EXPUNGED = "CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY)"
 _NEW_INDEX = "store.idx.new-"     # store.idx.new-<pid>: a new folder's index being built
-#: SQLite's unix VFS opens no database whose full path (symbolic links resolved) is longer
-#: than its MAX_PATHNAME, 512 bytes, less the 8 its journal's name adds ("unable to open
-#: database file"); the longest name a folder's index has is store.idx.new-<pid>
-INDEX_PATH_MAX = 512 - 8
+#: the longest path of a folder's index SQLite opens (sqlitedb.PATH_MAX); the longest name
+#: a folder's index has is store.idx.new-<pid>
+INDEX_PATH_MAX = sqlitedb.PATH_MAX
 
 
 @functools.lru_cache(maxsize=1)
