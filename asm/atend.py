@@ -50,12 +50,12 @@ def scratch_dir(prefix: str, parent: str | None = None, mode: int | None = None)
     """A new private directory (``tempfile.mkdtemp``) removed, with what it holds, when
     the command ends.  Made and registered with the stop signals held: one that came as
     mkdtemp returned left the directory behind with no one to remove it."""
-    import shutil
     import tempfile
     from asm.interrupts import interrupts_deferred
+    from asm.trees import remove_tree
     with interrupts_deferred():
         path = tempfile.mkdtemp(prefix=prefix, dir=parent)
-        at_end(shutil.rmtree, path, True)
+        at_end(remove_tree, path)
     if mode is not None:
         import os
         os.chmod(path, mode)

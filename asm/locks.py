@@ -9,6 +9,7 @@ import stat
 import time
 
 from asm.errors import ImsError
+from asm.trees import remove_tree
 
 
 class UnsafeLockFile(ImsError):
@@ -127,7 +128,6 @@ def owned_tempdir(prefix: str, parent: str | None = None) -> str:
     $TMPDIR), after removing every ``<prefix><host>.<pid>-*`` there whose process on this
     host is gone: a run killed outright (SIGKILL, a job timeout, the OOM killer) cannot
     remove its own, and scratch stores or copies left run after run would fill the disk."""
-    import shutil
     import tempfile
     parent = parent if parent is not None else tempfile.gettempdir()
     mine = f"{prefix}{os.uname().nodename}."    # (socket.gethostname(): glibc reads uname)
@@ -140,5 +140,5 @@ def owned_tempdir(prefix: str, parent: str | None = None) -> str:
         path = os.path.join(parent, n)
         if (dash and pid_s.isdigit() and int(pid_s) != os.getpid() and not pid_alive(int(pid_s))
                 and os.path.isdir(path) and not os.path.islink(path)):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
     return tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}-", dir=parent)

@@ -14,7 +14,6 @@ import hashlib
 import io
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from asm.config import Config
 from asm.demo import build_demo, make_message
 from asm.errors import EXIT_OK, EXIT_PARTIAL
 from asm.store import open_store
+from asm.trees import remove_tree
 
 
 def _cmd(home: str, *argv: str) -> subprocess.CompletedProcess:
@@ -79,7 +79,7 @@ def _main(argv: list[str] | None) -> int:
     os.makedirs(work, exist_ok=True)
     src_home, dst_home = os.path.join(work, "source"), os.path.join(work, "restored")
     for h in (src_home, dst_home):
-        shutil.rmtree(h, ignore_errors=True)
+        remove_tree(h)
         Config(h).set("store.driver", args.driver)
     full, incr = os.path.join(work, "full.ims"), os.path.join(work, "incr.ims")
     say = lambda s: print(f"ims-demo: {s}", flush=True)  # noqa: E731
@@ -159,7 +159,7 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_OK if ok else EXIT_PARTIAL
     finally:
         if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shlex
-import shutil
 import sys
 import time
 
@@ -27,6 +26,7 @@ from asm.config import Config, NoInstallation
 from asm.devices import DeviceError, open_device
 from asm.errors import EXIT_MISSING, EXIT_OK, EXIT_PARTIAL, ImsError, device_status
 from asm.store.base import syncfs_dirs
+from asm.trees import remove_tree
 
 PROG = "imsdr"
 
@@ -323,18 +323,8 @@ def _restore(args) -> int:
                   f"({', '.join(kinds)}) of the disaster backup taken on {manifest.get('host')} "
                   f"as of {_when(manifest.get('started'))}", file=sys.stderr)
     finally:
-        _remove_tmp(tmp)
+        remove_tree(tmp)
     return EXIT_PARTIAL if away else EXIT_OK
-
-
-def _remove_tmp(tmp: str) -> None:
-    """The bundle unpacked aside, removed with the stop signals held until it is gone: a
-    SIGTERM landing inside rmtree's descriptor walk made it close one descriptor twice
-    (OSError EBADF), and the restore stopped with exit 70 instead of 130 (CI, 1 run of
-    the kill loop in tests/test_dr.py); held, the signal is delivered after it."""
-    from asm.interrupts import interrupts_deferred
-    with interrupts_deferred():
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 #: settings whose value is a command some ims-asm command runs: what a disaster backup's
@@ -366,7 +356,7 @@ def _show(args) -> int:
     try:
         commands = _commands_of(os.path.join(tmp, "m", "config", "msg.conf"))
     finally:
-        _remove_tmp(tmp)
+        remove_tree(tmp)
     items = manifest.pop("all_items")
     if args.json:
         manifest["items"] = items

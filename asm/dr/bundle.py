@@ -52,6 +52,7 @@ from asm.interrupts import interrupts_deferred
 from asm.locks import owned_tempdir
 from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_NOSPACE, EXIT_NOT_ARCHIVE, EXIT_USAGE, ImsError
 from asm.reconstruct.sqlite import read_only_uri
+from asm.trees import remove_tree
 
 FORMAT = "ims-asm-dr"
 VERSION = 2                               # 2: the manifest carries its own digest (manifest_sha256)
@@ -222,7 +223,7 @@ class Capture:
             # a failed run: the stream is abandoned, never flushed into a closed device
             self.tar.fileobj.closed = True
             self.tar.closed = True
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove_tree(self.tmp)
 
     # -- adding members ---------------------------------------------------------------------
     def _add(self, member: str, copy: str, st: os.stat_result | None, kind: str, source: str,
@@ -737,7 +738,7 @@ def read_manifest(stream) -> tuple[dict, str]:
         manifest["all_items"] = items
         return manifest, tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
 
 

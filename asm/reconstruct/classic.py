@@ -30,7 +30,6 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import sqlite3
 import time
 
@@ -51,6 +50,7 @@ from asm.store.classic import (
     build_index, clear_remains, end_remains_dir, fsync_dir, holds_mail, place_index, scan_user_dirs,
 )
 from asm.store.partitions import PartitionUnavailable, check_partition_dir
+from asm.trees import remove_tree
 
 _HASHDIR = re.compile(r"[0-9a-f]{2,}\Z")
 _MSGFILE = re.compile(r"([1-9][0-9]*)\.msg\Z")
@@ -379,7 +379,7 @@ class ClassicReconstructor:
                                                      f"({os.path.join(ppath, rel)}) "
                                                      + ("removed" if self.repair else "to be removed (run without -n)"))
                     if self.repair:
-                        shutil.rmtree(os.path.join(ppath, rel), ignore_errors=True)
+                        remove_tree(os.path.join(ppath, rel))
                         if not os.path.lexists(os.path.join(ppath, rel)):
                             lst.drop_remains(gone.pop((part, rel)), f"/{part}/{rel}")
                     continue

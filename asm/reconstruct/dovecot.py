@@ -20,6 +20,7 @@ import subprocess
 from dataclasses import dataclass
 
 from asm.atend import scratch_dir
+from asm.trees import remove_tree
 
 DOVEADM_PATHS = ("/usr/bin/doveadm", "/usr/local/bin/doveadm", "/usr/sbin/doveadm")
 SITE_CONFIG = "/etc/dovecot/dovecot.conf"
@@ -77,7 +78,7 @@ class Dovecot:
 
     def close(self) -> None:
         if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            remove_tree(self._tmp)
             self._tmp = None
 
     def _conf(self) -> str:

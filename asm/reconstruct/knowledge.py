@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ from asm.atend import scratch_dir
 from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, ImsError
 from asm.layers.errors import LayerError
 from asm.reconstruct.sqlite import read_only_uri
+from asm.trees import remove_tree
 
 MAX_LISTED = 10_000_000     # UIDs one archived folder may list for reconstruct to take it as a witness
 
@@ -157,7 +157,7 @@ class Knowledge:
 
     def close(self) -> None:
         self.db.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        remove_tree(self._dir)
 
     def __enter__(self) -> "Knowledge":
         return self

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import time
 
@@ -16,6 +15,7 @@ from asm.restore.errors import ArchiveReadFailed
 from asm.restore.options import RestoreOptions, RestoreResult
 from asm.restore.plan import FolderPlan
 from asm.store.base import Store, StoreError, UidInUse, UidPassed, stored_sha256
+from asm.trees import remove_tree
 
 CHUNK = 1 << 20
 SPOOL_PREFIX = "restore-"       # restore-<pid>-<random>: one run's spool of first copies
@@ -62,7 +62,7 @@ def clean_spools(base: str) -> None:
     for n in names:
         pid_s = n[len(SPOOL_PREFIX):].partition("-")[0]
         if n.startswith(SPOOL_PREFIX) and pid_s.isdigit() and not pid_alive(int(pid_s)):
-            shutil.rmtree(os.path.join(base, n), ignore_errors=True)
+            remove_tree(os.path.join(base, n))
 
 
 class _Source:
@@ -114,7 +114,7 @@ class Applier:
 
     def close(self) -> None:
         if self.spool_dir:
-            shutil.rmtree(self.spool_dir, ignore_errors=True)
+            remove_tree(self.spool_dir)
             self.spool_dir = None
 
     # -- the duplicate check ----------------------------------------------------

@@ -43,6 +43,7 @@ from asm.store.base import (
     unreadable_hint,
     split_flags, stat_part, this_holder,
 )
+from asm.trees import remove_tree
 
 shutil = lazy.module("shutil")      # removing trees, copying files (startup time)
 
@@ -400,7 +401,7 @@ def end_remains_dir(fdir: str) -> None:
     """A removed folder's directory goes when no subfolder is left in it."""
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         if not any(e.startswith("=") for e in os.listdir(fdir)):
-            shutil.rmtree(fdir, ignore_errors=True)
+            remove_tree(fdir)
 
 
 _NO_FLAGS = frozenset()
@@ -1199,7 +1200,7 @@ class ClassicStore(Store):
             except StoreError:
                 ppath = None                # (the partition since dropped from msg.conf)
             if ppath is not None:
-                shutil.rmtree(os.path.join(ppath, rel), ignore_errors=True)
+                remove_tree(os.path.join(ppath, rel))
                 if os.path.lexists(os.path.join(ppath, rel)):
                     raise StoreError(f"cannot remove {os.path.join(ppath, rel)}, what the deletion of user "
                                      f"{user!r} left: remove it by hand")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from asm.config import Config
 from asm.errors import EXIT_OK, ImsError
 from asm.groups import Groups
 from asm.store import open_store
+from asm.trees import remove_tree
 from asm.verify.archive import Problem
 from asm.verify.chain import ChainView
 from asm.verify.compare import Comparison, compare_restored, compare_subscriptions
@@ -124,7 +124,7 @@ def restore_test(view: ChainView, open_raw, driver: str, parent: str | None = No
     if not keep:
         # (also when a signal cuts the removal below short: the command finishes it, asm/atend.py;
         # a SIGTERM in it left restored mail in --scratch)
-        atend.at_end(shutil.rmtree, home, True)
+        atend.at_end(remove_tree, home)
     try:
         cfg = Config(home)
         store = _keeping(open_store(cfg, create=True), home)
@@ -169,7 +169,7 @@ def restore_test(view: ChainView, open_raw, driver: str, parent: str | None = No
         out.problems.append(Problem(exc.status, f"restore test: {exc}"))
     finally:
         if not keep:
-            shutil.rmtree(home, ignore_errors=True)
+            remove_tree(home)
     return out
 
 
@@ -217,7 +217,7 @@ def _compare_served(view: ChainView, scratch, home: str, owner: str, out: Restor
         out.served = f"the private Dovecot did not run ({exc})"
     finally:
         dov.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
 
 
 def _unreachable(path: str, uid: int, gid: int) -> str | None:

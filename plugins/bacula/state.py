@@ -29,9 +29,9 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import time
+from asm.trees import remove_tree
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (fileset TEXT PRIMARY KEY, jobid INTEGER NOT NULL,
@@ -128,7 +128,7 @@ class State:
             pend = os.path.join(self.dir, "states", "pending")
             for name in os.listdir(pend) if os.path.isdir(pend) else []:
                 if name.rsplit("-", 1)[0] == fileset:
-                    shutil.rmtree(os.path.join(pend, name), ignore_errors=True)
+                    remove_tree(os.path.join(pend, name))
             con.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?)", (fileset, jobid, level, time.time()))
 
     def pending(self, fileset: str) -> tuple[int, str] | None:
@@ -235,11 +235,11 @@ class State:
                 os.replace(st, gst)
             reports[path] = doc
             self._prune(path, fileset)
-        shutil.rmtree(self.pending_dir(fileset, jobid), ignore_errors=True)
+        remove_tree(self.pending_dir(fileset, jobid))
         return reports
 
     def drop_states(self, fileset: str, jobid: int) -> None:
-        shutil.rmtree(self.pending_dir(fileset, jobid), ignore_errors=True)
+        remove_tree(self.pending_dir(fileset, jobid))
 
     def _prune(self, path: str, fileset: str) -> None:
         """Remove the states of ``fileset``'s jobs of ``path`` older than its second-to-

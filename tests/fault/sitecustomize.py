@@ -50,7 +50,8 @@ removes) is a step too, named by its full path.
                                 the point falls (a signal from outside lands there now and
                                 then; this lands there on purpose)
     IMS_FAULT_LIBS=A,B,...      (with sshcount: or sshterm:) the libraries whose points count
-                                instead of paramiko's (e.g. botocore,urllib3,http: the S3 client)
+                                instead of paramiko's (e.g. botocore,urllib3,http: the S3 client;
+                                a module by its file: shutil.py)
     IMS_FAULT_SENT=FILE         (with int: or term:) a line to FILE when the signal is sent
     IMS_FAULT_LOG=FILE          (with any of them) one line per step: "N what", so a
                                 test can find the step it must kill before
@@ -301,7 +302,9 @@ def _paramiko_points(spec):
     mode, _, arg = spec.partition(":")
     state = {"n": 0, "at": int(arg) if mode == "sshterm" else 0}
     sep = os.sep
-    libs = tuple(f"{sep}{lib}{sep}" for lib in os.environ.get("IMS_FAULT_LIBS", "paramiko").split(","))
+    # a package by its directory ("paramiko"), a module by its file ("shutil.py")
+    libs = tuple(f"{sep}{lib}" + ("" if lib.endswith(".py") else sep)
+                 for lib in os.environ.get("IMS_FAULT_LIBS", "paramiko").split(","))
 
     def points(frame, event, _arg):
         if event != "c_return" or not any(lib in frame.f_code.co_filename for lib in libs):

@@ -39,7 +39,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import time
 
 from asm import atend
@@ -52,6 +51,7 @@ from asm.store.base import (BadName, FolderInfo, NoSuchUser, StoreError, StoreFu
 from asm.store.maildir.doveadm import TIMEOUT, Doveadm, DoveadmRace, DsyncDesync
 from asm.store.maildir.store import (ACL_FILE, MaildirStore, MisplacedLogin, _misplaced, expanded_location,
                                     fixed_prefix, misplaced_logins, open_layout)
+from asm.trees import remove_tree
 
 _WRITES = ("create_folder", "delete_folder", "set_folder", "append", "set_flags", "expunge",
            "hold_deliveries", "release_deliveries", "delete_user")
@@ -169,7 +169,7 @@ class DboxStore(MaildirStore):
             os.mkdir(self._work, 0o700)
             owner = self._owner_for(self._prefix)
             self._chown(self._work, owner)
-            atend.at_end(shutil.rmtree, self._work, True)
+            atend.at_end(remove_tree, self._work)
             fd = os.open(os.path.join(self._work, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._dv.hold_fd = fd          # every doveadm child holds it too
@@ -186,7 +186,7 @@ class DboxStore(MaildirStore):
             if pid.isdigit() and not pid_alive(int(pid)):
                 path = os.path.join(self._prefix, n)
                 fd = self._wait_for_orphans(path, int(pid))
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
                 if fd is not None:
                     os.close(fd)
 
@@ -246,12 +246,12 @@ class DboxStore(MaildirStore):
         with self._mutex:
             busy = {u for (u, _f) in self._held}
         for other in sorted(self._exported - self._created - self._pending - busy):
-            shutil.rmtree(os.path.join(self._work, other), ignore_errors=True)
+            remove_tree(os.path.join(self._work, other))
             self._exported.discard(other)
             self._seen.pop(other, None)
             self._touched.pop(other, None)
         for attempt in range(1, DESYNC_TRIES + 1):
-            shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
+            remove_tree(os.path.join(self._work, user))
             names, seen = self._account_now(user)
             # a folder whose Maildir++ directory name would be longer than a file name may be
             # stops doveadm backup of the whole login: left out of the copy (and named)
@@ -364,7 +364,7 @@ class DboxStore(MaildirStore):
         copied the login is named as before.  The copy's subscriptions are then made
         the account's (``-m`` carries only the folder's own)."""
         root = os.path.join(self._work, user)
-        shutil.rmtree(root, ignore_errors=True)
+        remove_tree(root)
         target = f"maildir:{self._maildir(user)}"
         excl = sum((["-x", n] for n in sorted(long)), [])
         order = ["INBOX", *sorted(n for n in names if n != "INBOX" and n not in long)]
@@ -384,7 +384,7 @@ class DboxStore(MaildirStore):
                     failed[name] = other
                 break
         if len(failed) + len(desynced) == len(order):      # not one folder copied
-            shutil.rmtree(root, ignore_errors=True)
+            remove_tree(root)
             if not failed:
                 self._uncopied[user] = self._desync_why(user, exc)
                 raise StoreError(f"{user}: {'; '.join(self._uncopied[user])}") from None
@@ -432,7 +432,7 @@ class DboxStore(MaildirStore):
         reads the others; a restore into it fails)."""
         escaped = sorted(n for n in names if _ESCAPE.search(n))
         if escaped:
-            shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
+            remove_tree(os.path.join(self._work, user))
             parts = {n[:i] for n in escaped for i in [*(k for k, c in enumerate(n) if c == "/"), len(n)]
                      if _ESCAPE.search(n[:i])}
             try:
@@ -443,7 +443,7 @@ class DboxStore(MaildirStore):
                 raise
             except StoreError as again:
                 exc = again
-        shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
+        remove_tree(os.path.join(self._work, user))
         if escaped:
             what = (f"whose dbox folder {', '.join(map(repr, escaped[:3]))}{' ...' if len(escaped) > 3 else ''} "
                     f"{_why(escaped[0], ' in its name')}")
@@ -1065,7 +1065,7 @@ class DboxStore(MaildirStore):
         added = self._dovecot_hold(user, True)       # waits until auth reads it (holdfile.SETTLE)
         try:
             if added and user in self._exported and user not in self._pending | self._created:
-                shutil.rmtree(os.path.join(self._work, user), ignore_errors=True)
+                remove_tree(os.path.join(self._work, user))
                 self._exported.discard(user)
                 for kept in (self._seen, self._touched, self._names):
                     kept.pop(user, None)

@@ -38,6 +38,7 @@ from asm.store.maildir.subscriptions import SUBSCRIPTIONS
 from asm.store.maildir.uidlist import (
     UIDLIST, Uidlist, guid_of, open_uidlist, pop3_of, read_uidlist, read_uidlist_header,
 )
+from asm.trees import remove_tree
 
 layout_mod = _lazy_module("asm.store.layout")     # only a store.mail_location needs it (startup time)
 shutil = _lazy_module("shutil")                    # removing trees, copying files (startup time)
@@ -107,7 +108,7 @@ def _rename_in(tmp: str, path: str) -> None:
 @atexit.register
 def _drop_kept() -> None:
     for _uv, where in list(_KEPT_INDEX.values()):
-        shutil.rmtree(where, ignore_errors=True)
+        remove_tree(where)
     _KEPT_INDEX.clear()
 
 
@@ -1134,7 +1135,7 @@ class MaildirStore(Store):
                 fill(tmp)
             _rename_in(tmp, path)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
             raise
 
     def _clean_staged(self, parent: str, root: str | None = None, again: bool = False) -> bool:
@@ -1154,7 +1155,7 @@ class MaildirStore(Store):
             for n in entries:
                 m = _STAGED_RE.match(n)
                 if m and not pid_alive(int(m.group(1))):
-                    shutil.rmtree(os.path.join(where, n), ignore_errors=True)
+                    remove_tree(os.path.join(where, n))
                     found = True
         return found
 
@@ -2623,7 +2624,7 @@ class MaildirStore(Store):
                     raise UserExists(user) from None
                 raise
         except BaseException:
-            shutil.rmtree(new, ignore_errors=True)
+            remove_tree(new)
             raise
         self._user_parts[user] = partition
 
@@ -2682,7 +2683,7 @@ class MaildirStore(Store):
                     raise UserExists(user) from None
                 raise
         except BaseException:
-            shutil.rmtree(new, ignore_errors=True)
+            remove_tree(new)
             raise
         if ul.inbox_dir != ul.root:                  # INBOX= or DIRNAME: INBOX elsewhere
             for sub in ("new", "tmp", "cur"):
@@ -2700,7 +2701,7 @@ class MaildirStore(Store):
         for n in names:
             pid_s = n[len(prefix):].partition(".")[0]
             if pid_s.isdigit() and not pid_alive(int(pid_s)):
-                shutil.rmtree(os.path.join(home, n), ignore_errors=True)
+                remove_tree(os.path.join(home, n))
 
     @store_os_errors
     def delete_user(self, user: str) -> None:
@@ -2773,15 +2774,15 @@ class MaildirStore(Store):
         its home (control and index trees of its own with store.mail_location)."""
         try:
             for path in remains:
-                shutil.rmtree(path)
+                remove_tree(path, strict=True)
             if self._layout is None:
-                shutil.rmtree(os.path.dirname(remains[0]))      # the home (delivery hold, ...)
+                remove_tree(os.path.dirname(remains[0]), strict=True)      # the home (delivery hold, ...)
             else:
                 ul, loc = self._ul(user), self._layout.location
                 # control and index trees only when they are the user's own (a variable in them)
                 for path, template in ((ul.control_root, loc.control), (ul.index_root, loc.index)):
                     if path and template and "%" in template and path != ul.root:
-                        shutil.rmtree(path, ignore_errors=True)
+                        remove_tree(path)
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
             raise StoreError(f"user {user!r} is deleted (no longer listed or backed up), but its mail could not "
@@ -2987,7 +2988,7 @@ class MaildirStore(Store):
             for n in os.listdir(aside):
                 os.rename(os.path.join(aside, n), os.path.join(idx, n))
         finally:
-            shutil.rmtree(aside, ignore_errors=True)
+            remove_tree(aside)
 
     def _create_staged(self, user: str, d: str, ctl: str, idx: str | None, folder: str, ul: Uidlist,
                        owner, root: str, lock: bool = False) -> None:
@@ -3033,7 +3034,7 @@ class MaildirStore(Store):
             if aside.startswith(tmp_dir + "/"):      # (INBOX's tmp/ is the staging place)
                 aside = os.path.join(parent, "." + os.path.basename(aside))
             os.rename(tmp_dir, aside)       # (a killed creation's, or a damaged folder's)
-            shutil.rmtree(aside, ignore_errors=True)
+            remove_tree(aside)
         self._folder_files(d, ctl, idx, folder, ul, owner)
         self._mkdir_or_own(os.path.join(d, "new"), owner)       # (mail of a damaged folder stays)
         for sub in ("cur", "tmp"):
@@ -3129,7 +3130,7 @@ class MaildirStore(Store):
                 dirs = dict.fromkeys(x for x in (d, st.ctl, st.idx) if x and os.path.isdir(x))
                 self._clear_folder(dirs)
         for aside in asides:
-            shutil.rmtree(aside, ignore_errors=True)
+            remove_tree(aside)
         for where in dirs:
             with contextlib.suppress(OSError):
                 os.rmdir(where)
@@ -3167,14 +3168,14 @@ class MaildirStore(Store):
             for n in names:
                 os.rename(os.path.join(now, n), os.path.join(where, n))
         except OSError:
-            shutil.rmtree(where, ignore_errors=True)
+            remove_tree(where)
             return
         with _KEPT_LOCK:
             old = self._kept_index.pop(idx, None)
             self._kept_index[idx] = (uidvalidity, where)
         atend.at_end(_drop_kept)            # (the command's end; atexit outside one)
         if old is not None:
-            shutil.rmtree(old[1], ignore_errors=True)
+            remove_tree(old[1])
 
     def _take_kept_index(self, place: str | None, idx: str | None, uidvalidity: int, owner) -> bool:
         """The index files _keep_index kept of the folder removed at ``place`` are put in
@@ -3198,7 +3199,7 @@ class MaildirStore(Store):
                 return False        # (gone with its user meanwhile: a new index, as before)
             return True
         finally:
-            shutil.rmtree(where, ignore_errors=True)
+            remove_tree(where)
 
     def _has_subfolders(self, d: str) -> bool:
         """LAYOUT=fs: ``d`` holds a directory that is no part of its own folder."""
@@ -3286,7 +3287,7 @@ class MaildirStore(Store):
                     continue
                 if os.path.isdir(p) and not os.path.islink(p):
                     if not fs or n in ("new", "tmp", DELETING):   # LAYOUT=fs: subfolders live there
-                        shutil.rmtree(p, ignore_errors=True)
+                        remove_tree(p)
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(p)
