@@ -25,7 +25,7 @@ def test_a_sigterm_inside_shutil_anywhere_in_a_restore_test_ends_it_as_interrupt
     line naming the interruption (or exit 0, the check done), and the scratch
     installation is gone every time."""
     src = tmp_path / "src"
-    build(src, driver, users=4, messages=24)
+    build(src, driver, users=3, messages=12)
     archive = tmp_path / "full.ims"
     run(src, "imsbackup", "-f", archive, "/", check=0)
     scratch = tmp_path / "scratch"
