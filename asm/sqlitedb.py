@@ -83,6 +83,11 @@ def connect(path: str, timeout: float, *, journal_mode: str = "WAL", synchronous
         return _connect(path, timeout, [f"PRAGMA journal_mode={journal_mode}", f"PRAGMA synchronous={synchronous}"],
                         schema, check_same_thread)
     except sqlite3.OperationalError as exc:
+        long = path_too_long(path)
+        if long:
+            # (else "unable to open database file", read as permissions or a disk: an
+            # IMS_HOME 480 bytes deep made the classic store's mailbox list fail so)
+            raise sqlite3.OperationalError(f"{exc}: {long}; give it a shorter path") from None
         if journal_mode != "WAL" or not os.path.exists(path) or not disk_full(exc, path):
             raise
         try:

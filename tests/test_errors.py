@@ -12,6 +12,7 @@ import configparser
 import contextlib
 import glob
 import importlib
+import io
 import os
 import pkgutil
 import signal
@@ -23,7 +24,8 @@ import pytest
 
 from asm import errors
 from asm.archive.reader import ArchiveReader
-from tests.helpers import NOTIFY, in_home, popen, put, require, run
+from asm.store import open_store
+from tests.helpers import NOTIFY, in_home, make_home, popen, put, require, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATUSES = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
@@ -996,3 +998,45 @@ def test_a_device_failing_during_the_backup_is_in_the_reports_errors(store, ims_
     doc = json.loads(rep.read_text())
     assert doc["status"] == errors.EXIT_DEVICE
     assert [e["error"] for e in doc["errors"]] == [err.strip().split(": ", 1)[1]], (doc["errors"], err)
+
+
+def test_an_ims_home_too_deep_for_sqlite_is_named_so(tmp_path):
+    """An IMS_HOME so deep that the classic store's mailbox list (data/store/mboxlist/
+    mailboxes.db) is longer than SQLite opens: imsrestore said "the classic store's mailbox
+    list ... cannot be opened: unable to open database file", which reads as permissions
+    or a disk.  Now the line names the path's length and SQLite's limit (exit 17, nothing
+    restored); 30 bytes shorter (the INBOX's index under the limit too, which the store
+    checks itself) the same restore is whole."""
+    from asm.sqlitedb import PATH_MAX
+    src = tmp_path / "src"
+    s = open_store(make_home(src, "classic"))
+    s.create_user("alice")
+    for i in range(3):
+        s.append("alice", "INBOX", io.BytesIO(b"Subject: %d\r\n\r\nbody\r\n" % i))
+    archive = tmp_path / "a.ims"
+    run(src, "imsbackup", "-f", archive, "/", check=0)
+    tail = "/h/data/store/mboxlist/mailboxes.db"
+    base = os.path.realpath(tmp_path)
+    for over in (1, -30):
+        need = PATH_MAX + over - len(base) - len(tail)
+        parts, left = [], need
+        while left > 0:
+            k = min(100, left)
+            parts.append("/" + ("x" if over > 0 else "y") * (k - 1))
+            left -= k
+        deep = base + "".join(parts)
+        home = deep + "/h"
+        assert len((home + tail[2:]).encode()) == PATH_MAX + over
+        os.makedirs(deep)
+        make_home(home, "classic")
+        p = run(home, "imsrestore", "-f", archive, "/", text=True)
+        if over > 0:
+            assert p.returncode == errors.EXIT_STORE, p.stderr
+            assert p.stderr.count("\n") == 1, p.stderr
+            assert (f"mailboxes.db cannot be opened: unable to open database file: its path is "
+                    f"{PATH_MAX + 1} bytes long (links resolved), longer than SQLite opens ({PATH_MAX} "
+                    f"bytes); give it a shorter path") in p.stderr, p.stderr
+        else:
+            assert p.returncode == 0, p.stderr
+            got = open_store(make_home(home, "classic"))
+            assert [m.uid for m in got.messages("alice", "INBOX")] == [1, 2, 3]
