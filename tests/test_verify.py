@@ -1721,14 +1721,16 @@ def test_a_sigterm_while_the_restore_test_removes_its_scratch_store_still_remove
     script = tmp_path / "imsverify"         # (named as the command: asm takes its early signals)
     script.write_text(
         "import os, signal, sys\n"
-        "import asm.verify.scratch as s\n"
+        "import asm.trees as s\n"               # (every tree a command removes, asm.trees)
+        f"SCRATCH = {os.path.abspath(str(scratch))!r}\n"
         "real = s.shutil.rmtree\n"
         "class Shutil:\n"
         "    def __getattr__(self, name):\n"
         "        return getattr(__import__('shutil'), name)\n"
         "    fired = False\n"
         "    def rmtree(self, path, *a, **k):\n"
-        "        if not Shutil.fired:          # (once: the signal of an engine cancelling the job)\n"
+        "        # once, in the scratch installation's removal: an engine cancelling the job\n"
+        "        if not Shutil.fired and os.path.dirname(os.path.abspath(path)) == SCRATCH:\n"
         "            Shutil.fired = True\n"
         "            os.kill(os.getpid(), signal.SIGTERM)\n"
         "            for _ in range(1000): pass\n"
@@ -1737,6 +1739,7 @@ def test_a_sigterm_while_the_restore_test_removes_its_scratch_store_still_remove
         "from asm.cli.imsverify import main\n"
         "sys.exit(main())\n")
     p = run(home, sys.executable, script, "--restore-test", "--scratch", scratch, "-f", a, text=True)
+    assert "Traceback" not in p.stderr, p.stderr
     assert p.returncode == 130 and "interrupted" in p.stderr and "Traceback" not in p.stderr, \
         (p.returncode, p.stderr)
     assert os.listdir(scratch) == [], os.listdir(scratch)
