@@ -1036,6 +1036,9 @@ def test_an_ims_home_too_deep_for_sqlite_is_named_so(tmp_path):
             assert (f"mailboxes.db cannot be opened: unable to open database file: its path is "
                     f"{PATH_MAX + 1} bytes long (links resolved), longer than SQLite opens ({PATH_MAX} "
                     f"bytes); give it a shorter path") in p.stderr, p.stderr
+            written = [f for _, _, files in os.walk(os.path.join(home, "data", "store", "partition"))
+                       for f in files]
+            assert written == [], written
         else:
             assert p.returncode == 0, p.stderr
             got = open_store(make_home(home, "classic"))
