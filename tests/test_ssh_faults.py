@@ -646,3 +646,48 @@ def test_push_cut_by_a_signal_leaves_no_partial_file(sshd, tmp_path, monkeypatch
         push(str(local), sshd.spec(d + "/"), settings)
     assert time.monotonic() - t0 < 4, "the removal waited for an answer that never comes"
     assert os.listdir(d) == []
+
+
+def test_a_full_far_devices_message_that_trails_dds_exit_status_is_waited_for():
+    """sshd may send a far command's exit status before the last of its stderr: a far
+    ``dd`` at the end of /dev/full was "dd exited 1", exit 3, once (CI, under load), where
+    "No space left on device" came a moment later (exit 13).  Once the exit status is in,
+    the stderr is read until the channel's data ends (EOF), a bounded while: here it
+    arrives 0.3 s after the exit status."""
+    import threading
+    import types
+    from plugins.ssh import device
+    from plugins.ssh import RemoteDiskFull
+
+    class Chan:
+        eof_received = closed = False
+        _err = b""
+
+        def exit_status_ready(self):
+            return True
+
+        def recv_exit_status(self):
+            return 1
+
+        def recv_stderr_ready(self):
+            return bool(self._err)
+
+        def recv_stderr(self, n):
+            out, self._err = self._err[:n], self._err[n:]
+            return out
+
+    chan = Chan()
+
+    def late():
+        chan._err = b"dd: error writing '/dev/full': No space left on device\n1+0 records in\n"
+        chan.eof_received = True
+    timer = threading.Timer(0.3, late)
+    timer.start()
+    try:
+        conn = types.SimpleNamespace(label="imsbk@[127.0.0.1]:22")
+        lines = device._stderr_lines(chan, device.STDERR_SETTLE)
+        exc = device._dd_failed(conn, "/dev/full", lines, "dd exited 1")
+    finally:
+        timer.cancel()
+    assert isinstance(exc, RemoteDiskFull), exc
+    assert "no space left on imsbk@[127.0.0.1]:22 in /dev/full" in str(exc), exc

@@ -17,6 +17,7 @@ import posixpath
 import shlex
 import socket
 import stat
+import time
 
 import paramiko
 
@@ -27,10 +28,20 @@ from plugins.ssh.connection import Connection
 from plugins.ssh.errors import LinkLost, RemoteDiskFull, RemoteError, RemotePathError, RemoteUsageError
 from plugins.ssh import sftpio
 
+#: how long a far command's stderr may trail its exit status (_stderr_lines)
+STDERR_SETTLE = 5.0
 
-def _stderr_lines(chan: paramiko.Channel) -> list[str]:
-    """What the remote command wrote on stderr and has arrived (never waits)."""
+
+def _stderr_lines(chan: paramiko.Channel, settle: float = 0.0) -> list[str]:
+    """What the remote command wrote on stderr and has arrived; with ``settle``, once its
+    exit status is in, up to that many seconds more for the rest of it: sshd may send the
+    exit status before the last of the command's stderr (a far ``dd`` at the end of a full
+    device: "dd exited 1", exit 3, where "No space left on device" came a moment later,
+    exit 13; CI, under load), and the end of the channel's data (EOF) comes after it."""
     err = b""
+    deadline = time.monotonic() + settle
+    while settle and not (chan.eof_received or chan.closed) and time.monotonic() < deadline:
+        time.sleep(0.01)
     try:
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(4096)
@@ -380,7 +391,7 @@ class _ExecWriter:
 
     def _why(self, exc) -> RemoteError:
         if self.chan.exit_status_ready() and self.chan.recv_exit_status() not in (0, -1):
-            return _dd_failed(self.conn, self.path, _stderr_lines(self.chan), str(exc))
+            return _dd_failed(self.conn, self.path, _stderr_lines(self.chan, STDERR_SETTLE), str(exc))
         return sftpio.translate(self.conn, exc, "writing", self.path)
 
 
@@ -411,7 +422,7 @@ class RemoteStreamWriter(Device):
                 except Exception as exc:
                     raise sftpio.translate(self.conn, exc, "finishing", w.path) from None
                 if status != 0:
-                    raise _dd_failed(self.conn, w.path, _stderr_lines(w.chan), f"dd exited {status}")
+                    raise _dd_failed(self.conn, w.path, _stderr_lines(w.chan, STDERR_SETTLE), f"dd exited {status}")
         finally:
             sftpio.quiet_close(w.chan)
             self.conn.close()
