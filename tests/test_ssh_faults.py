@@ -654,40 +654,82 @@ def test_a_full_far_devices_message_that_trails_dds_exit_status_is_waited_for():
     "No space left on device" came a moment later (exit 13).  Once the exit status is in,
     the stderr is read until the channel's data ends (EOF), a bounded while: here it
     arrives 0.3 s after the exit status."""
-    import threading
     import types
     from plugins.ssh import device
     from plugins.ssh import RemoteDiskFull
 
-    class Chan:
-        eof_received = closed = False
-        _err = b""
-
-        def exit_status_ready(self):
-            return True
-
-        def recv_exit_status(self):
-            return 1
-
-        def recv_stderr_ready(self):
-            return bool(self._err)
-
-        def recv_stderr(self, n):
-            out, self._err = self._err[:n], self._err[n:]
-            return out
-
-    chan = Chan()
-
-    def late():
-        chan._err = b"dd: error writing '/dev/full': No space left on device\n1+0 records in\n"
-        chan.eof_received = True
-    timer = threading.Timer(0.3, late)
-    timer.start()
+    chan = _LateStderrChan(1, b"dd: error writing '/dev/full': No space left on device\n1+0 records in\n", 0.3)
     try:
         conn = types.SimpleNamespace(label="imsbk@[127.0.0.1]:22")
         lines = device._stderr_lines(chan, device.STDERR_SETTLE)
         exc = device._dd_failed(conn, "/dev/full", lines, "dd exited 1")
     finally:
-        timer.cancel()
+        chan.timer.cancel()
     assert isinstance(exc, RemoteDiskFull), exc
     assert "no space left on imsbk@[127.0.0.1]:22 in /dev/full" in str(exc), exc
+
+
+class _LateStderrChan:
+    """A finished far command whose stderr arrives ``delay`` seconds after its exit status."""
+
+    eof_received = closed = False
+
+    def __init__(self, status: int, err: bytes, delay: float):
+        import threading
+        self.status, self._err = status, b""
+        self.timer = threading.Timer(delay, self._late, (err,))
+        self.timer.start()
+
+    def _late(self, err):
+        self._err = err
+        self.eof_received = True
+
+    def exit_status_ready(self):
+        return True
+
+    def recv_exit_status(self):
+        return self.status
+
+    def recv_stderr_ready(self):
+        return bool(self._err)
+
+    def recv_stderr(self, n):
+        out, self._err = self._err[:n], self._err[n:]
+        return out
+
+
+def test_a_full_far_disks_message_that_trails_cats_exit_status_is_waited_for():
+    """The far ``cat > TMP`` writer of an archive: its "No space left on device" may come
+    after its exit status, as dd's does (above); without the wait the backup ended "cat
+    exited 1", an I/O error, where the remote disk was full (exit 13)."""
+    import errno as errno_mod
+    from plugins.ssh import device
+
+    sink = object.__new__(device._CatSink)
+    sink.chan = _LateStderrChan(1, b"cat: write error: No space left on device\n", 0.3)
+    try:
+        why = sink._failed()
+    finally:
+        sink.chan.timer.cancel()
+    assert isinstance(why, OSError) and why.errno == errno_mod.ENOSPC, why
+    assert "No space left on device" in str(why), why
+
+
+def test_a_far_readers_message_that_trails_its_exit_status_is_waited_for():
+    """The far reader of an archive (``exec dd if=...``): its reason arrives after its exit
+    status; the error names it rather than "remote command exited 1"."""
+    import types
+    from plugins.ssh import device
+    from plugins.ssh import RemoteError
+
+    chan = _LateStderrChan(1, b"dd: error reading '/backup/a.ims': Input/output error\n", 0.3)
+    conn = types.SimpleNamespace(label="imsbk@[127.0.0.1]:22", recv=lambda c, n: b"",
+                                 exit_status=lambda c: 1, alive=lambda: True)
+    reader = device._ExecReader(conn, chan, "/backup/a.ims")
+    try:
+        with pytest.raises(RemoteError) as info:
+            reader.read()
+    finally:
+        chan.timer.cancel()
+    assert "reading /backup/a.ims failed: dd: error reading '/backup/a.ims': Input/output error" \
+        in str(info.value), info.value

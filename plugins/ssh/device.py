@@ -129,7 +129,7 @@ class _CatSink:
             return None
         if status == -1:
             return ConnectionResetError(errno.ECONNRESET, "the channel closed without an exit status")
-        text = _stderr_lines(self.chan)
+        text = _stderr_lines(self.chan, STDERR_SETTLE)
         msg = text[-1] if text else f"cat exited {status}"
         return OSError(errno.ENOSPC if "No space left" in msg else errno.EIO, msg)
 
@@ -363,7 +363,7 @@ class _ExecReader:
         if status == -1 or not self.conn.alive() and not self.chan.exit_status_ready():
             raise LinkLost(f"connection to {self.conn.label} lost while reading {self.path}")
         if status != 0:
-            err = _stderr_lines(self.chan)
+            err = _stderr_lines(self.chan, STDERR_SETTLE)
             raise RemoteError(f"{self.conn.label}: reading {self.path} failed: "
                               f"{err[-1] if err else f'remote command exited {status}'}")
         return b""
