@@ -745,6 +745,10 @@ class Config:
 
     def set(self, name: str, value: str) -> str:
         value = check(name, value)
+        if name in ("store.driver", "store.root") or not os.path.isdir(self.home):
+            deep = self._too_deep_for_sqlite(name, value)
+            if deep:
+                raise ConfigError(deep)
         with self._writing():
             old = self.values.get(name)
             self.values[name] = value
@@ -759,6 +763,25 @@ class Config:
                 raise ConfigError(problem)
             self.save()
         return value
+
+    def _too_deep_for_sqlite(self, name: str, value: str) -> str | None:
+        """Why the installation, once ``name`` is ``value``, could not open its databases
+        (the restore journal in IMS_HOME/data, the classic store's mailbox list in the
+        store's root): a path longer than SQLite opens; else None.  (Set, it would have
+        made an installation every later command fails in.)"""
+        from asm.sqlitedb import path_too_long
+        driver = value if name == "store.driver" else self.driver
+        root = value if name == "store.root" else self.store_root
+        dbs = [("IMS_HOME", os.path.join(self.home, "data", "restore-journal.db"))]
+        if driver == "classic":
+            own = name == "store.root" or "store.root" in self.values     # else under IMS_HOME
+            dbs.append(("store.root" if own else "IMS_HOME", os.path.join(root, "mboxlist", "mailboxes.db")))
+        for what, path in dbs:
+            long = path_too_long(path)
+            if long:
+                return (f"{what} is too deep: the database {path} would not open, {long}; "
+                        f"choose a shorter {what}")
+        return None
 
     def _misplaced(self, name: str, value: str) -> str | None:
         """Why ``value`` cannot be the directory of a partition: ``/``, IMS_HOME or a

@@ -171,3 +171,63 @@ def test_ims_home_unset(monkeypatch):
         ims_home()
     with pytest.raises(ConfigError, match="IMS_HOME"):
         Config()
+
+
+def _deep_dir(base: str, length: int, letter: str) -> str:
+    """A directory under ``base`` whose path is ``length`` bytes long (made)."""
+    parts, left = [], length - len(base)
+    while left > 0:
+        k = min(100, left)
+        if 0 < left - k < 2:          # no component of 0 bytes
+            k -= 2
+        parts.append("/" + letter * (k - 1))
+        left -= k
+    path = base + "".join(parts)
+    assert len(path.encode()) == length
+    os.makedirs(path)
+    return path
+
+
+@pytest.mark.parametrize("driver", ["classic", "maildir"])
+def test_msconfig_refuses_an_installation_too_deep_for_its_databases(tmp_path, driver):
+    """msconfig made an IMS_HOME so deep that its restore journal (data/restore-journal.db)
+    or, classic, its mailbox list (store.root/mboxlist/mailboxes.db) was longer than SQLite
+    opens, without a word: every command after it failed.  Now it refuses (exit 2, one
+    line naming the database, its length, SQLite's limit and what to shorten) and makes
+    nothing; at the limit it makes the installation."""
+    from asm.errors import EXIT_USAGE
+    from asm.sqlitedb import PATH_MAX
+    from tests.helpers import run
+    base = os.path.realpath(tmp_path)
+    longest = "/h/data/store/mboxlist/mailboxes.db" if driver == "classic" else "/h/data/restore-journal.db"
+    for over, letter in ((1, "x"), (0, "y")):
+        parent = _deep_dir(base, PATH_MAX + over - len(longest), letter)
+        home = parent + "/h"
+        p = run(home, "msconfig", "set", "store.driver", driver, text=True)
+        if over:
+            assert p.returncode == EXIT_USAGE, p.stderr
+            assert p.stderr.count("\n") == 1, p.stderr
+            db = home + longest[2:]
+            assert p.stderr == (f"msconfig: IMS_HOME is too deep: the database {db} would not open, its path "
+                                f"is {PATH_MAX + 1} bytes long (links resolved), longer than SQLite opens "
+                                f"({PATH_MAX} bytes); choose a shorter IMS_HOME\n"), p.stderr
+            assert os.listdir(parent) == []
+        else:
+            assert p.returncode == 0, p.stderr
+            assert Config(home=home).driver == driver
+    # store.root set deep in an installation that exists: refused, the file unchanged
+    home = str(tmp_path / "ok")
+    run(home, "msconfig", "set", "store.driver", "classic", check=0)
+    before = open(os.path.join(home, "config", "msg.conf"), "rb").read()
+    root = _deep_dir(base, PATH_MAX + 1 - len("/r/mboxlist/mailboxes.db"), "z") + "/r"
+    p = run(home, "msconfig", "set", "store.root", root, text=True)
+    if driver == "classic":
+        assert p.returncode == EXIT_USAGE, p.stderr
+        assert "store.root is too deep: the database " + root + "/mboxlist/mailboxes.db would not open" \
+            in p.stderr and p.stderr.endswith("; choose a shorter store.root\n"), p.stderr
+        assert open(os.path.join(home, "config", "msg.conf"), "rb").read() == before
+    else:
+        run(home, "msconfig", "set", "store.driver", "maildir", check=0)
+        run(home, "msconfig", "set", "store.root", root, check=0)     # no mailbox list in a Maildir store
+        p = run(home, "msconfig", "set", "store.driver", "classic", text=True)
+        assert p.returncode == EXIT_USAGE and "store.root is too deep" in p.stderr, p.stderr
