@@ -35,6 +35,8 @@ class NotAnMbox(ImsError, ValueError):
 
 @dataclass
 class MboxMessage:
+    """One message of an mbox file: its bytes (a bounded file), size, INTERNALDATE and flags."""
+
     file: BinaryIO
     size: int
     internaldate: float

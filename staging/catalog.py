@@ -134,6 +134,8 @@ ADDED_COLUMNS = (
 
 @dataclass
 class Dump:
+    """One dump the staging catalog records (a row of its dumps table)."""
+
     id: int
     run: str
     partition: str

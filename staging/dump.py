@@ -110,6 +110,8 @@ def _die_with_parent():
 
 @dataclass
 class Outcome:
+    """How one backup group's dump ended."""
+
     unit: GroupPlan
     dump: Dump
     ok: bool

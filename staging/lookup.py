@@ -16,6 +16,8 @@ from staging.errors import Missing, StagingError
 
 @dataclass
 class Link:
+    """A dump that holds a user, and where its file is now."""
+
     dump: Dump
     found: str | None        # where the file is now (checked by size), or None
     users: list

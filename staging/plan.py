@@ -32,6 +32,8 @@ def _blocks(n: int) -> int:
 
 @dataclass
 class GroupPlan:
+    """One backup group of one partition to dump, with its users and estimated size."""
+
     partition: str
     group: str                      # backup group name; "user" = the users in no other group
     users: list
@@ -49,6 +51,8 @@ class GroupPlan:
 
 @dataclass
 class Plan:
+    """The groups a staging run dumps, in batches that fit the staging filesystem."""
+
     groups: list                    # list[GroupPlan]
     free: int                       # bytes the staging filesystem can take now
     reserve: int

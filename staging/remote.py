@@ -127,6 +127,8 @@ def file_spec(dir_spec: str, remote_path: str) -> str:
 
 @dataclass
 class PushReport:
+    """What a push to the off-site copy did: dumps pushed, failed and skipped."""
+
     pushed: list = field(default_factory=list)      # Dump rows after a good push
     failed: list = field(default_factory=list)      # (Dump, error, exit status)
     skipped: list = field(default_factory=list)     # (Dump, why): local file gone, deadline
@@ -201,6 +203,8 @@ def push_dumps(catalog: Catalog, directory: str, dumps: list[Dump], spec: str, c
 
 @dataclass
 class Fetched:
+    """A dump fetched back from the off-site copy and its verified digest."""
+
     dump: Dump
     path: str
     verified: str

@@ -25,6 +25,8 @@ OPTIONS = ("keep", "keepdaily", "keepweekly", "keepmonthly")
 
 @dataclass
 class Policy:
+    """How many dumps to keep: the last N, and per day, week and month."""
+
     keep: int = 0
     daily: int = 0
     weekly: int = 0
@@ -96,6 +98,8 @@ def _add_chains(keep: set[int], catalog: Catalog) -> None:
 
 @dataclass
 class PruneReport:
+    """What pruning did: dumps kept, removed, and left because they were locked."""
+
     kept: list = field(default_factory=list)
     removed: list = field(default_factory=list)
     locked: list = field(default_factory=list)        # (Dump, why)

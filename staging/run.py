@@ -62,6 +62,8 @@ def default_jobs(config) -> int:
 
 @dataclass
 class StageResult:
+    """What a staging run did: its exit status, every dump's outcome, batches."""
+
     status: int = EXIT_OK
     dumps: list = field(default_factory=list)        # Outcome of every dump
     batches: int = 0

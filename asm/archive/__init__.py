@@ -9,16 +9,19 @@ from .errors import (ArchiveError, CorruptHeader, CorruptMember, CorruptSource, 
                      MessageChanged, NotAnArchive)
 from .records import RecordReader, RecordWriter
 from .values import FolderState, UidSet
-from .writer import ArchiveWriter
 
 _READER = ("ArchiveReader", "Member", "MemberStream")
 
 
 def __getattr__(name):
-    # the reader is imported when first asked for: a backup never needs it (startup time)
+    # the reader and the writer are imported when first asked for: a backup never needs
+    # the reader, a restore or a listing the writer (every command's start)
     if name in _READER:
         from . import reader
         return getattr(reader, name)
+    if name == "ArchiveWriter":
+        from .writer import ArchiveWriter
+        return ArchiveWriter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [

@@ -27,6 +27,8 @@ from asm.backupstate import header_chain
 
 @dataclass
 class ArchiveFile:
+    """One archive file of a disaster-recovery chain: where it is, when it was taken, its -d date."""
+
     path: str
     created: float
     since: float | None
@@ -47,6 +49,8 @@ class ArchiveFile:
 
 @dataclass
 class Chain:
+    """The archives that restore one scope, full first, and why the chain stops early (if it does)."""
+
     scope: tuple
     archives: list = field(default_factory=list)
     gap: str | None = None                # why the chain stops early

@@ -54,6 +54,8 @@ X25519_INFO = b"age-encryption.org/v1/X25519"
 
 @dataclass(frozen=True)
 class Recipient:
+    """An age X25519 recipient: the public key and its age1... text."""
+
     public: bytes                # 32 bytes
     text: str                    # age1...
 
@@ -98,6 +100,8 @@ def small_order(public: bytes) -> bool:
 
 @dataclass(frozen=True)
 class Identity:
+    """An age X25519 identity: the secret key and its public key."""
+
     secret: bytes                # 32 bytes
     public: bytes
 
@@ -283,6 +287,8 @@ class AgeWriter:
 
 @dataclass
 class Header:
+    """An age file's header as read: its stanzas, its MAC and the bytes the MAC covers."""
+
     stanzas: list               # [(args: list[bytes], body: bytes)]
     mac: bytes
     signed: bytes               # the header up to and including '---'

@@ -31,6 +31,8 @@ NOTE = "note"
 
 @dataclass(frozen=True)
 class Finding:
+    """One thing reconstruct found: its kind, where, and what was (or would be) done."""
+
     kind: str          # REPAIRED, UNKNOWN, LOST or NOTE
     where: str         # a logical mailbox (/primary/joe/INBOX), a user, or a file
     what: str          # one line: what was wrong and what was (or would be) done

@@ -64,6 +64,8 @@ class KnowledgeError(ImsError):
 
 @dataclass(frozen=True)
 class FolderWitness:
+    """What one witness (an archive, or the restore journal) says of a folder."""
+
     uidvalidity: int
     uidnext: int
     subscribed: bool | None       # None: this witness does not know
@@ -74,6 +76,8 @@ class FolderWitness:
 
 @dataclass(frozen=True)
 class MessageWitness:
+    """What one witness says of a message: its UID, digest and flags."""
+
     uid: int
     sha256: str | None
     flags: tuple

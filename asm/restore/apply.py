@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 
 from asm.archive.errors import DigestMismatch
@@ -449,6 +448,7 @@ class Applier:
 
     def _spool(self) -> str:
         if self.spool_dir is None:
+            import tempfile           # a stream's restore alone spools (every command's start)
             base = self.opts.spool_dir or tempfile.gettempdir()
             os.makedirs(base, exist_ok=True)
             self.spool_dir = tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=base)

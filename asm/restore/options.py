@@ -12,6 +12,8 @@ from asm.errors import (
 
 @dataclass
 class RestoreOptions:
+    """What a restore is asked to do (imsrestore's options and a chain's context)."""
+
     ignore_duplicates: bool = False     # -i: no duplicate check (classic behaviour)
     new_mailbox: bool = False           # -n: restore beside an existing folder
     continue_on_error: bool = True      # -c y|n
@@ -50,6 +52,8 @@ class RestoreOptions:
 
 @dataclass
 class RestoreResult:
+    """What a restore did: counts, the folders it removed, its errors and exit status."""
+
     users: int = 0
     folders: int = 0
     messages: int = 0        # restored with their bytes

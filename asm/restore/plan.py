@@ -34,6 +34,8 @@ from asm.store.base import LockTimeout, NameTooLong, Store, StoreError
 
 @dataclass
 class FolderPlan:
+    """How one archived folder is restored: its target, mode, UIDs and what this run did there."""
+
     partition: str
     src_user: str
     user: str

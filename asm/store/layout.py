@@ -71,6 +71,8 @@ class LayoutError(UsageError):
 
 @dataclasses.dataclass(frozen=True)
 class _Var:
+    """One %-variable of a mail_location template, where it is and its width."""
+
     key: str                  # u n d h (or '%')
     offset: int
     width: int

@@ -19,6 +19,8 @@ from asm.errors import EXIT_HOSTILE, EXIT_INCOMPLETE, EXIT_PARTIAL
 
 @dataclass
 class Problem:
+    """One problem imsverify found: its exit status and one line saying where and what."""
+
     status: int          # what it means (asm.errors): 4 damage, 5 hostile, 7 chain, 19 differs, 1 backup errors
     text: str            # one line: where, and what is wrong
 

@@ -27,6 +27,8 @@ def _store_folders(store: Store) -> dict:
 
 @dataclass
 class Comparison:
+    """The outcome of comparing archives with a store: problems and what was compared."""
+
     problems: list = field(default_factory=list)
     compared: int = 0          # messages whose bytes were compared
     # (mailbox, why) of the folders a test restore compared through the store only, not over IMAP

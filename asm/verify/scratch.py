@@ -30,6 +30,8 @@ _PARTITION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
 @dataclass
 class RestoreTest:
+    """A test restore into a scratch installation and what comparing it found."""
+
     home: str = ""
     driver: str = ""
     comparison: Comparison | None = None

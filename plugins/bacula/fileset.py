@@ -26,6 +26,8 @@ class FilesetError(ImsError):
 
 @dataclass
 class Options:
+    """The options of a Bacula FileSet and its jobs that imsbacula writes."""
+
     name: str = "ims-mail"
     per_user: bool = False
     client: str = "bacula-fd"

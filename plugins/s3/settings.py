@@ -17,6 +17,8 @@ MAX_PARTS = 10000
 
 @dataclass
 class Settings:
+    """How to reach the S3 server and send to it: endpoint, credentials, parts, retries, locks."""
+
     endpoint: str | None = None
     region: str | None = None
     profile: str | None = None

@@ -12,6 +12,8 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 @dataclass(frozen=True)
 class S3Spec:
+    """A parsed s3://bucket/key device."""
+
     bucket: str
     key: str
     text: str

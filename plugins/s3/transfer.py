@@ -28,6 +28,8 @@ CHUNK = 1 << 20
 
 @dataclass
 class PushResult:
+    """A file sent to S3: where it is, its size and its SHA-256."""
+
     remote_path: str          # s3://bucket/key
     size: int
     sha256: str
@@ -37,6 +39,8 @@ class PushResult:
 
 @dataclass
 class FetchResult:
+    """A file fetched from S3: where it was written, its size and its SHA-256."""
+
     local_path: str
     size: int
     sha256: str

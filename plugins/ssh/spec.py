@@ -21,6 +21,8 @@ _SCP = re.compile(r"^(?:(?P<user>[^/@:]+)@)?(?P<host>\[[^\]/]+\]|[^/:\[\]]+):(?:
 
 @dataclass(frozen=True)
 class RemoteSpec:
+    """A parsed [user@]host[:port]:path remote device."""
+
     user: str | None
     host: str
     port: int | None

@@ -32,6 +32,8 @@ CHUNK = 1 << 18
 
 @dataclass
 class PushResult:
+    """A file sent over SSH: where it is on the far side, its size and its SHA-256."""
+
     remote_path: str      # where the file now is on the far side
     size: int
     sha256: str           # of the local bytes sent
@@ -40,6 +42,8 @@ class PushResult:
 
 @dataclass
 class FetchResult:
+    """A file fetched over SSH: where it was written, its size and its SHA-256."""
+
     local_path: str
     size: int
     sha256: str
