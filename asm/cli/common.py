@@ -677,16 +677,19 @@ def parse_date(text: str) -> float:
                          "optionally ':' and 6), e.g. 20240501:131000") from None
 
 
-def read_list_file(path: str) -> list[str]:
+def read_list_file(path: str, as_written: bool = False) -> list:
     """Names from a -u file (``-``: standard input, as ``-f -`` is): one per line, blank
-    lines and # comments ignored; a name that is not UTF-8 is kept as its bytes; a
-    leading byte-order mark (an editor's) is not part of the first name."""
+    lines and # comments ignored, blanks around a name dropped; a name that is not UTF-8
+    is kept as its bytes; a leading byte-order mark (an editor's) is not part of the
+    first name.  ``as_written``: (name, the line as written) pairs, the latter with its
+    trailing blanks (a folder's name may end in one: imsbackup asks the store)."""
     import io
     from asm.lines import bounded_lines
 
     def names(f, shown):
-        return [ln.strip() for ln in bounded_lines(f, shown, "a list of names, one a line")
-                if ln.strip() and not ln.lstrip().startswith("#")]
+        out = [(ln.strip(), ln.rstrip("\n").lstrip()) for ln in bounded_lines(f, shown, "a list of names, one a line")
+               if ln.strip() and not ln.lstrip().startswith("#")]
+        return out if as_written else [name for name, _ in out]
     try:
         if path == "-":          # (a closed stdin: its own line, EXIT_DEVICE)
             f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape")

@@ -27,7 +27,8 @@ from asm.errors import (
 )
 from asm.layers import wrap_write
 from asm.layers.options import write_layers
-from asm.logical import parse
+from asm.logical import LogicalPath, PathError, parse, resolve
+from asm.store.base import StoreError
 
 PROG = "imsbackup"
 #: how far in the future a -d may be (clocks of two hosts apart; docs/operations.md)
@@ -154,17 +155,32 @@ def _backup(args, rep) -> int:
             lock.release()
 
 
+def _listed(inst, name: str, written: str) -> LogicalPath:
+    """The path of a -u line: ``name``, the line without the blanks around it, unless the
+    line as ``written`` ends in blanks that are part of a folder's name the store has (a
+    client may make "Sent " beside "Sent": the line names the one it says, not the other
+    with exit 0)."""
+    if written != name:
+        try:
+            lp = parse(written, inst.groups)
+            if lp.folder is not None and resolve([lp], inst.store, inst.groups):
+                return lp
+        except (PathError, StoreError):
+            pass                    # the line without its trailing blanks says what is wrong
+    return parse(name, inst.groups)
+
+
 def _backup_held(args, rep, held: list) -> int:
     since = parse_date(args.date) if args.date is not None else None
     if since is not None and since > time.time() + DATE_SKEW:
         raise UsageError(f"-d {args.date} is {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} local "
                          f"time, later than now: the archive would hold no message; give the start time "
                          f"of the previous backup")
-    listed = read_list_file(args.listfile) if args.listfile else []
+    listed = read_list_file(args.listfile, as_written=True) if args.listfile else []
     if args.listfile and not listed:
         raise UsageError(f"-u {args.listfile} names no user (it is empty, or only comments and blank lines): "
                          f"fix what writes it, or leave -u out (/ names the whole store)")
-    names = list(args.names) + listed
+    names = list(args.names)
     if args.base:
         from asm.backupstate import load_base, refuse_base_overwrite   # here: only an incremental needs it
         base = load_base(args.base)
@@ -174,7 +190,8 @@ def _backup_held(args, rep, held: list) -> int:
     inst = open_installation(snapshot=args.snapshot)
     refuse_device_in_store(args.device, inst.store, inst.config.home,
                            inst.config.get("device.localonly") == "yes")
-    paths = [parse(n, inst.groups) for n in (names or ["/"])]
+    paths = [parse(n, inst.groups) for n in names] + [_listed(inst, *pair) for pair in listed]
+    paths = paths or [parse("/", inst.groups)]
     allow_empty = args.allow_empty or inst.config.get("backup.allowempty") == "yes"
     targets = select(inst.store, inst.groups, paths, allow_empty=allow_empty)
     if args.device == "-" and sys.stdout.isatty():
