@@ -13,8 +13,6 @@ gone.
 """
 from __future__ import annotations
 
-import shutil
-
 from asm.interrupts import interrupts_deferred
 
 
@@ -22,5 +20,6 @@ def remove_tree(path: str, strict: bool = False) -> None:
     """``path`` and what it holds removed, with the stop signals held until it is done;
     whatever cannot be removed (or is not there) is left as it is, or with ``strict``
     the first OSError is raised (after the signals are let go)."""
+    import shutil       # here: most commands remove no tree, and shutil is a few ms of every start
     with interrupts_deferred():
         shutil.rmtree(path, ignore_errors=not strict)

@@ -1720,22 +1720,18 @@ def test_a_sigterm_while_the_restore_test_removes_its_scratch_store_still_remove
     home, a, scratch = _archive_and_scratch(tmp_path, 20, 5_000)
     script = tmp_path / "imsverify"         # (named as the command: asm takes its early signals)
     script.write_text(
-        "import os, signal, sys\n"
-        "import asm.trees as s\n"               # (every tree a command removes, asm.trees)
+        "import os, shutil, signal, sys\n"     # (every tree a command removes: asm.trees, shutil.rmtree)
         f"SCRATCH = {os.path.abspath(str(scratch))!r}\n"
-        "real = s.shutil.rmtree\n"
-        "class Shutil:\n"
-        "    def __getattr__(self, name):\n"
-        "        return getattr(__import__('shutil'), name)\n"
-        "    fired = False\n"
-        "    def rmtree(self, path, *a, **k):\n"
-        "        # once, in the scratch installation's removal: an engine cancelling the job\n"
-        "        if not Shutil.fired and os.path.dirname(os.path.abspath(path)) == SCRATCH:\n"
-        "            Shutil.fired = True\n"
-        "            os.kill(os.getpid(), signal.SIGTERM)\n"
-        "            for _ in range(1000): pass\n"
-        "        return real(path, *a, **k)\n"
-        "s.shutil = Shutil()\n"
+        "real = shutil.rmtree\n"
+        "fired = []\n"
+        "def rmtree(path, *a, **k):\n"
+        "    # once, in the scratch installation's removal: an engine cancelling the job\n"
+        "    if not fired and os.path.dirname(os.path.abspath(path)) == SCRATCH:\n"
+        "        fired.append(path)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        for _ in range(1000): pass\n"
+        "    return real(path, *a, **k)\n"
+        "shutil.rmtree = rmtree\n"
         "from asm.cli.imsverify import main\n"
         "sys.exit(main())\n")
     p = run(home, sys.executable, script, "--restore-test", "--scratch", scratch, "-f", a, text=True)
