@@ -62,6 +62,29 @@ def test_the_seeds_override_example(home, tmp_path):
             "naming it, e.g. imsbackup -f FILE /primary/user1/Trash)\n")
 
 
+def test_a_listing_and_a_restore_exit_alike_when_some_paths_match_nothing(home, tmp_path):
+    """Paths of which some match nothing: the restore brings the rest and exits 1 (a
+    part); -t with the same paths listed the rest and exited 2, as if nothing had
+    matched.  Both now exit 1 naming the path that matched nothing, and 2 when none
+    matched."""
+    from asm.errors import EXIT_PARTIAL
+    a = tmp_path / "all.ims"
+    run(home, "imsbackup", "-f", a, "/primary/user/user1", check=0)
+    dest = tmp_path / "dest"
+    make_home(dest, "classic")
+    line = ("imsrestore: /primary/user1/Nowhere: nothing in the archive matches this path")
+    for how in (("-t",), ()):
+        p = run(dest, "imsrestore", "-f", a, *how, "/primary/user1/INBOX", "/primary/user1/Nowhere", text=True)
+        assert p.returncode == EXIT_PARTIAL, (how, p.returncode, p.stderr)
+        assert p.stderr.startswith(line) and p.stderr.count("\n") == 1, (how, p.stderr)
+        if how:
+            assert "/primary/user1/INBOX\t" in p.stdout, p.stdout
+        p = run(dest, "imsrestore", "-f", a, *how, "/primary/user1/Nowhere", "/primary/user2/INBOX", text=True)
+        assert p.returncode == EXIT_USAGE, (how, p.returncode, p.stderr)
+    got = open_store(make_home(dest, "classic"))
+    assert [f for f in got.folder_names("user1")] == ["INBOX"]
+
+
 @pytest.mark.parametrize("path,want", [
     ("/primary/user1/inbox", {"INBOX"}),
     ("/primary/user1/trash", {"Trash"}),

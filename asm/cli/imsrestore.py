@@ -218,7 +218,10 @@ def _toc(reader, sel: Selection, verbose: bool = False, layered=None) -> int:
         # as the restore with the same path says (and exits): never an empty listing with 0
         warn(PROG, _unmatched(p, sel.near_misses(p), sel.left_out(p, reader.header), unread.get(p),
                               sel.user_path(p)))
-    return EXIT_USAGE if unmatched else EXIT_OK
+    # (as a restore's status: every path unmatched is a usage error, some of them a part)
+    if unmatched:
+        return EXIT_USAGE if len(unmatched) == len(sel.paths) else EXIT_PARTIAL
+    return EXIT_OK
 
 
 def _user_here(store, partition, name) -> bool:
