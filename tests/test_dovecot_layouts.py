@@ -1317,3 +1317,62 @@ def test_subscriptions_to_deleted_folders_follow_the_chain(subs_lab, tmp_path, k
     lab.start()
     run(home, "imsrestore", "-f", a[0], "-f", a[1], check=0)
     assert lab.client_state(u).subscriptions == mid
+
+
+def test_a_folder_restore_brings_back_the_subscriptions_dovecot_kept_under_it(subs_lab, tmp_path):
+    """Dovecot keeps the subscription of a deleted subfolder (P/Old after DELETE P/Old).
+    A restore of the whole user gives it back; a restore of the folder P alone did not:
+    LSUB lost P/Old, exit 0.  Now a folder path's restore gives the subscriptions to
+    names that are no folder under it, and none elsewhere (Q, deleted too, is outside
+    /P); a restore of the full and an incremental whose backup saw P/Old unsubscribed
+    ends with it unsubscribed, as the clients last saw it."""
+    lab = subs_lab
+    u = lab.logins[0]
+    home = tmp_path / "ims"
+    configure(lab, home)
+    names = ("P", "P/Old", "P/Kept", "Q")
+    with lab.imap(u) as c:
+        for f in reversed(names):          # (the module's lab: as an earlier test left it)
+            if f in c.list():
+                c.delete(f)
+            if f in c.list(lsub=True):
+                c.unsubscribe(f)
+        for f in names:
+            c.create(f)
+            c.subscribe(f)
+            c.append(f, message(f"m {f}"), [r"\Seen"])
+        c.delete("P/Old")
+        c.delete("Q")
+    saw = lab.client_state(u)
+    assert {"P", "P/Old", "P/Kept", "Q"} <= saw.subscriptions and "P/Old" not in saw.folders, saw.subscriptions
+    full = tmp_path / "full.ims"
+    start = time.strftime("%Y%m%d:%H%M%S")
+    time.sleep(1.1)
+    run(home, "imsbackup", "-f", full, "/", check=0)
+    for path, want in (("P", {"P", "P/Old", "P/Kept"}), ("P/Kept", {"P/Kept"}), ("INBOX", set())):
+        lab.stop()
+        wipe(lab)
+        lab.start()
+        p = run(home, "imsrestore", "-f", full, f"/primary/{u}/{path}", text=True)
+        assert p.returncode == 0, (path, p.stderr)
+        got = lab.client_state(u)
+        assert got.subscriptions & set(names) == want, (path, got.subscriptions)
+        assert set(got.folders) & set(names) == want - {"P/Old"}, (path, got.folders)
+    # the incremental's backup sees P/Old unsubscribed: a chain of the folder ends so
+    time.sleep(1.1)
+    with lab.imap(u) as c:
+        c.unsubscribe("P/Old")
+    lab.stop()
+    wipe(lab)
+    lab.start()
+    run(home, "imsrestore", "-f", full, check=0)
+    with lab.imap(u) as c:
+        c.unsubscribe("P/Old")
+    incr = tmp_path / "incr.ims"
+    run(home, "imsbackup", "-f", incr, "-d", start, "/", check=0)
+    lab.stop()
+    wipe(lab)
+    lab.start()
+    run(home, "imsrestore", "-f", full, "-f", incr, f"/primary/{u}/P", check=0)
+    got = lab.client_state(u)
+    assert got.subscriptions & set(names) == {"P", "P/Kept"}, got.subscriptions

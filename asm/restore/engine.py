@@ -533,12 +533,18 @@ class Restorer:
         group = self.user_groups.get(cur)
         if self.sel.paths and not any(self.sel._user_ok(lp, partition, src_user, group) for lp in self.sel.paths):
             return
+        user = self.opts.user_map.get(src_user, src_user)
         if not self.whole_users:
-            # (some folders of the user: neither its subscriptions nor the user held whole)
+            # (some folders of the user: not the user held whole; its subscriptions to
+            # names that are no folder under a folder path restored -- a deleted
+            # subfolder's, which Dovecot keeps -- are given as the user's are, there only)
+            if self.cur_subscriptions is not None and user == src_user:
+                scope = functools.partial(self._taken, partition, src_user)
+                self.subs_todo.append((partition, user, [n for n in self.cur_subscriptions if scope(n)],
+                                       scope if self._continues() else False))
             if self._continues():
                 self.gone.append((partition, src_user, frozenset(self.cur_folders)))
             return
-        user = self.opts.user_map.get(src_user, src_user)
         if self.cur_subscriptions is not None and user == src_user:
             # (given once the gone folders are removed: a folder deleted between the links
             # of a chain takes its subscription with it, which the later link then names)
@@ -557,7 +563,9 @@ class Restorer:
         that are no folder its archive records (IMSASM.subscriptions: Dovecot keeps them
         after a DELETE or RENAME, LSUB shows them): added; and an archive that continues a
         chain (an incremental) also ends those it does not record, as it removes the
-        folders it no longer has.  A full archive merged into a live user removes none."""
+        folders it no longer has.  A full archive merged into a live user removes none.
+        A restore of some folders of a user does the same under them alone (``replace``
+        is then the test of a name being under them)."""
         for partition, user, names, replace in self.subs_todo:
             mailbox = f"/{partition}/{user}"
             try:
@@ -565,6 +573,8 @@ class Restorer:
                     continue
                 if replace:
                     stale = sorted(set(self.store.other_subscriptions(user)) - set(names))
+                    if callable(replace):
+                        stale = [n for n in stale if replace(n)]
                     if stale:
                         self.store.unsubscribe_names(user, stale)
                 if names:
