@@ -733,3 +733,47 @@ def test_a_far_readers_message_that_trails_its_exit_status_is_waited_for():
         chan.timer.cancel()
     assert "reading /backup/a.ims failed: dd: error reading '/backup/a.ims': Input/output error" \
         in str(info.value), info.value
+
+
+def test_a_sigterm_while_a_slow_far_shell_starts_cat_leaves_no_temporary_file(sshd, source, tmp_path):
+    """imsbackup -f HOST:PATH with ssh.stream auto writes through ``exec cat > TMP``.  A
+    SIGTERM while that command starts: the temporary file was removed (over a new
+    session) before the far shell had opened ``> TMP``, which then made it again: exit
+    130, "interrupted", and ``.full.ims.*.partial`` left on the far side (CI under load,
+    1 of 14 points of test_sigterm_anywhere_in_a_remote_backup_leaves_no_partial_file
+    [auto]).  Here the far shell is slow to start every time (a login whose ~/.bashrc,
+    which bash reads under sshd, sleeps): the far cat is now ended and awaited before
+    the removal, and every run ends 130 with nothing left."""
+    import pwd
+    import shutil
+    import sys
+    from tests.sshd import ensure_user
+    slow = "imsbkslow"
+    pw = ensure_user(slow)
+    with open(os.path.join(pw.pw_dir, ".bashrc"), "w") as f:
+        f.write("sleep 0.4\n")             # (read by bash -c under sshd, before the command)
+    akdir = os.path.join(sshd.dir, "authorized_keys")
+    shutil.copy(sshd.client_key + ".pub", os.path.join(akdir, slow))
+    os.chmod(os.path.join(akdir, slow), 0o644)
+    d = sshd.remote_dir("sigterm-cat-start")
+    os.chown(d, pw.pw_uid, pw.pw_gid)
+    src = home_for(tmp_path, sshd, source, ssh_stream="auto")
+    script = tmp_path / "imsbackup"     # (named as the command: asm takes its early signals)
+    script.write_text(
+        "import os, signal, sys\n"
+        "import paramiko\n"
+        "real = paramiko.Channel.exec_command\n"
+        "def started(self, command):\n"
+        "    real(self, command)\n"
+        "    if command.startswith('exec cat > '):   # an engine's SIGTERM as sshd starts it\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        for _ in range(1000): pass\n"
+        "paramiko.Channel.exec_command = started\n"
+        "from asm.cli.imsbackup import main\n"
+        "sys.exit(main())\n")
+    assert pwd.getpwnam(slow).pw_shell.endswith("bash")
+    for i in range(4):
+        p = run(src.home, sys.executable, script, "-f", sshd.spec(f"{d}/full.ims", user=slow), "/", text=True)
+        assert p.returncode == 130 and "interrupted" in one_line(p.stderr), (i, p.returncode, p.stderr)
+        time.sleep(0.6)         # (a far shell that would make the file late has made it by now)
+        assert os.listdir(d) == [], (i, os.listdir(d))

@@ -30,6 +30,8 @@ from plugins.ssh import sftpio
 
 #: how long a far command's stderr may trail its exit status (_stderr_lines)
 STDERR_SETTLE = 5.0
+#: how long a stopped far ``cat`` is given to end before its file is removed (_CatSink.abort)
+CAT_EXIT_WAIT = 5.0
 
 
 def _stderr_lines(chan: paramiko.Channel, settle: float = 0.0) -> list[str]:
@@ -153,6 +155,16 @@ class _CatSink:
         self.chan.close()
 
     def abort(self) -> None:
+        """End the far ``cat`` before its file is removed: a shell that had not yet opened
+        ``> TMP`` when the command was stopped (an engine's SIGTERM right after the exec)
+        creates it after a removal that came first, and the temporary file was left
+        behind, exit 130.  Its stdin is ended (EOF) and its exit awaited, a bounded while
+        (a lost link never answers)."""
+        try:
+            self.chan.shutdown_write()
+            self.chan.status_event.wait(CAT_EXIT_WAIT)
+        except Exception:
+            pass                    # the link is gone: the removal says what it could do
         sftpio.quiet_close(self.chan)
 
 
@@ -189,7 +201,8 @@ class RemoteFileWriter(Device):
                 f.chmod(0o600)
                 if conn.settings.stream == "auto" and conn.has_shell():
                     f.close()                      # created 0600 and unique; cat fills it
-                    self.f = _CatSink(conn, self.tmp)
+                    with interrupts_deferred():    # (a far cat started is one _discard ends)
+                        self.f = _CatSink(conn, self.tmp)
                 else:
                     f.set_pipelined(True)
                     self.f = _SFTPSink(f)
