@@ -165,7 +165,7 @@ def _listed(inst, name: str, written: str) -> LogicalPath:
             lp = parse(written, inst.groups)
             if lp.folder is not None and resolve([lp], inst.store, inst.groups):
                 return lp
-        except (PathError, StoreError):
+        except (PathError, StoreError, OSError):
             pass                    # the line without its trailing blanks says what is wrong
     return parse(name, inst.groups)
 
