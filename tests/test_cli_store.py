@@ -32,7 +32,16 @@ def fresh_store():
 
 # -- msconfig -------------------------------------------------------------------
 def test_msconfig_set_show_unset(ims_home):
-    assert run(ims_home, "msconfig", "set", "store.backupexclude", "Trash%Bulk Mail").returncode == 0
+    p = run(ims_home, "msconfig", "set", "store.backupexclude", "Trash%Bulk Mail", text=True)
+    assert p.returncode == 0
+    # what the list was read as is said: a folder named '50% off' cannot be named there
+    assert p.stderr.splitlines()[-1] + "\n" == ("msconfig: user backups now leave out the folders 'Trash', 'Bulk Mail' and the "
+                        "folders below them, in any case ('%' separates names)\n"), p.stderr
+    p = run(ims_home, "msconfig", "set", "store.backupexclude", "50% off", text=True)
+    assert p.returncode == 0 and p.stderr == (
+        "msconfig: user backups now leave out the folders '50', 'off' and the folders below them, "
+        "in any case ('%' separates names)\n"), p.stderr
+    p = run(ims_home, "msconfig", "set", "store.backupexclude", "Trash%Bulk Mail", check=0)
     p = run(ims_home, "msconfig", "show", "store.backupexclude")
     assert p.returncode == 0 and out(p) == "role.store.backupexclude = Trash%Bulk Mail\n"
     assert out(run(ims_home, "msconfig", "show", "store.driver")) == "role.store.driver = classic\n"  # a default

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from asm.cli.common import ArgParser, run_command, warn
-from asm.config import OPTIONS, PARTITION_RE, Config, lookup, plugin_options
+from asm.config import OPTIONS, PARTITION_RE, Config, exclude_names, lookup, plugin_options
 from asm.errors import EXIT_OK, EXIT_USAGE, ImsError
 
 PROG = "msconfig"
@@ -51,9 +51,16 @@ def _main(argv: list[str] | None) -> int:
                 print(f"# role.{name} (not set): {lookup(name).doc}")
         return EXIT_OK
     if args.cmd == "set":
-        cfg.set(args.name, args.value)
+        value = cfg.set(args.name, args.value)
         if cfg.created:
             warn(PROG, f"created the installation {cfg.home} (IMS_HOME)")
+        if args.name == "store.backupexclude":
+            # what the '%'-separated list was read as: a folder named '50% off' cannot be
+            # named there, and '50% off' leaves out '50' and 'off' (said, not silent)
+            names = exclude_names(value)
+            warn(PROG, f"user backups now leave out the folder{'s' if len(names) > 1 else ''} "
+                       f"{', '.join(repr(n) for n in names)} and the folders below "
+                       f"{'them' if len(names) > 1 else 'it'}, in any case ('%' separates names)")
         return EXIT_OK
     if args.cmd == "unset":
         if not cfg.unset(args.name):
