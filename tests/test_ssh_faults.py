@@ -735,6 +735,21 @@ def test_a_far_readers_message_that_trails_its_exit_status_is_waited_for():
         in str(info.value), info.value
 
 
+def _own_login(sshd, name: str, bashrc: str = ""):
+    """A login of this module's sshd with the client's key and its own ~/.bashrc (which
+    bash reads under sshd before a command): a far side that behaves as a test needs,
+    and whose processes are this test's alone (pgrep -u)."""
+    import shutil
+    from tests.sshd import ensure_user
+    pw = ensure_user(name)
+    with open(os.path.join(pw.pw_dir, ".bashrc"), "w") as f:
+        f.write(bashrc)
+    akdir = os.path.join(sshd.dir, "authorized_keys")
+    shutil.copy(sshd.client_key + ".pub", os.path.join(akdir, name))
+    os.chmod(os.path.join(akdir, name), 0o644)
+    return pw
+
+
 def test_a_sigterm_while_a_slow_far_shell_starts_cat_leaves_no_temporary_file(sshd, source, tmp_path):
     """imsbackup -f HOST:PATH with ssh.stream auto writes through ``exec cat > TMP``.  A
     SIGTERM while that command starts: the temporary file was removed (over a new
@@ -745,16 +760,9 @@ def test_a_sigterm_while_a_slow_far_shell_starts_cat_leaves_no_temporary_file(ss
     which bash reads under sshd, sleeps): the far cat is now ended and awaited before
     the removal, and every run ends 130 with nothing left."""
     import pwd
-    import shutil
     import sys
-    from tests.sshd import ensure_user
     slow = "imsbkslow"
-    pw = ensure_user(slow)
-    with open(os.path.join(pw.pw_dir, ".bashrc"), "w") as f:
-        f.write("sleep 0.4\n")             # (read by bash -c under sshd, before the command)
-    akdir = os.path.join(sshd.dir, "authorized_keys")
-    shutil.copy(sshd.client_key + ".pub", os.path.join(akdir, slow))
-    os.chmod(os.path.join(akdir, slow), 0o644)
+    pw = _own_login(sshd, slow, bashrc="sleep 0.4\n")   # (read by bash -c under sshd, first)
     d = sshd.remote_dir("sigterm-cat-start")
     os.chown(d, pw.pw_uid, pw.pw_gid)
     src = home_for(tmp_path, sshd, source, ssh_stream="auto")
@@ -777,3 +785,54 @@ def test_a_sigterm_while_a_slow_far_shell_starts_cat_leaves_no_temporary_file(ss
         assert p.returncode == 130 and "interrupted" in one_line(p.stderr), (i, p.returncode, p.stderr)
         time.sleep(0.6)         # (a far shell that would make the file late has made it by now)
         assert os.listdir(d) == [], (i, os.listdir(d))
+
+
+@pytest.mark.parametrize("how", ["sftp open", "cat exec", "push"])
+def test_a_sigterm_while_the_far_side_has_not_yet_made_the_temporary_file_leaves_none(sshd, source, tmp_path,
+                                                                                     how):
+    """A SIGTERM while the request that makes the temporary file is unanswered (the far
+    sshd slow: here stopped for a second): the SFTP open of imsbackup -f HOST:PATH (and
+    of the staging push), or the exec of its far ``cat > TMP`` (ssh.stream auto).  The
+    signal waits for paramiko's call to return (asm.interrupts), and is then taken at the
+    next call: after the exec, outside the code that removes the file on the way out, and
+    ``.full.ims.*.partial`` was left with exit 130.  Every run: 130, nothing left."""
+    import subprocess as sp
+    import sys
+    login = "imsbkstop"
+    pw = _own_login(sshd, login)
+    d = sshd.remote_dir(f"sigterm-made-{how.replace(' ', '-')}")
+    os.chown(d, pw.pw_uid, pw.pw_gid)
+    local = tmp_path / "g.ims"
+    local.write_bytes(os.urandom(200_000))
+    src = home_for(tmp_path, sshd, source, ssh_stream="auto" if how == "cat exec" else "sftp")
+    call = ("from asm.cli.imsbackup import main\nsys.exit(main())\n" if how != "push" else
+            "from plugins.ssh import push\nfrom plugins.ssh.connection import Settings\n"
+            "from asm.cli.common import run_command\n"
+            f"s = Settings(identity={sshd.client_key!r}, knownhosts={sshd.known_hosts!r}, timeout=10)\n"
+            f"sys.exit(run_command('imsbackup', lambda a: push({str(local)!r}, {sshd.spec(d + '/', user=login)!r}, s) "
+            f"and 0, []))\n")
+    cls, meth, test = (("paramiko.Channel", "exec_command", "args[0].startswith('exec cat > ')")
+                       if how == "cat exec" else ("paramiko.SFTPClient", "open", "'x' in args[1]"))
+    script = tmp_path / "imsbackup"     # (named as the command: asm takes its early signals)
+    script.write_text(
+        "import os, signal, subprocess, sys, threading\n"
+        "import paramiko\n"
+        f"real = {cls}.{meth}\n"
+        "def stopped(self, *args, **kw):\n"
+        f"    if {test}:\n"
+        f"        subprocess.run(['pkill', '-STOP', '-u', {login!r}])   # the far side stops\n"
+        "        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+        f"        threading.Timer(1.0, subprocess.run, (['pkill', '-CONT', '-u', {login!r}],)).start()\n"
+        "    return real(self, *args, **kw)\n"
+        f"{cls}.{meth} = stopped\n"
+        + call)
+    try:
+        for i in range(3):
+            argv = [sys.executable, script] + (["-f", sshd.spec(f"{d}/full.ims", user=login), "/"]
+                                               if how != "push" else [])
+            p = run(src.home, *argv, text=True, timeout=60)
+            assert p.returncode == 130 and "interrupted" in one_line(p.stderr), (i, p.returncode, p.stderr)
+            time.sleep(1.5)         # (the far side goes on at 1.0 s: what it makes is there by now)
+            assert os.listdir(d) == [], (i, os.listdir(d))
+    finally:
+        sp.run(["pkill", "-CONT", "-u", login])
