@@ -43,7 +43,7 @@ def cases(rng: random.Random) -> list[tuple[str, str]]:
     around it (indentation, tabs or spaces after it), in a shuffled order."""
     out = [(f"/primary/joe/{name}", name) for name in FOLDERS]
     for name in FOLDERS:
-        junk = rng.choice(["\t", "   ", " \t ", "    "])
+        junk = rng.choice([" ", "  ", "\t", "   ", " \t "])
         # the name and its junk as one folder, if the store has it ("Sent" + " "); else
         # the line without its blanks ("Sent " + "   " is "Sent", as before)
         written = name + junk
