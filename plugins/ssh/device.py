@@ -34,15 +34,16 @@ STDERR_SETTLE = 5.0
 CAT_EXIT_WAIT = 5.0
 
 
-def _stderr_lines(chan: paramiko.Channel, settle: float = 0.0) -> list[str]:
-    """What the remote command wrote on stderr and has arrived; with ``settle``, once its
-    exit status is in, up to that many seconds more for the rest of it: sshd may send the
-    exit status before the last of the command's stderr (a far ``dd`` at the end of a full
-    device: "dd exited 1", exit 3, where "No space left on device" came a moment later,
-    exit 13; CI, under load), and the end of the channel's data (EOF) comes after it."""
+def _stderr_lines(chan: paramiko.Channel, settle: float = STDERR_SETTLE) -> list[str]:
+    """What the remote command wrote on stderr; once its exit status is in, up to
+    ``settle`` seconds more for the rest of it (every caller asks after a failing exit
+    status, so a run that succeeds never waits): sshd may send the exit status before the
+    last of the command's stderr (a far ``dd`` at the end of a full device: "dd exited
+    1", exit 3, where "No space left on device" came a moment later, exit 13; CI, under
+    load), and the end of the channel's data (EOF) comes after it."""
     err = b""
     deadline = time.monotonic() + settle
-    while settle and not (chan.eof_received or chan.closed) and time.monotonic() < deadline:
+    while not (chan.eof_received or chan.closed) and time.monotonic() < deadline:
         time.sleep(0.01)
     try:
         while chan.recv_stderr_ready():
@@ -131,7 +132,7 @@ class _CatSink:
             return None
         if status == -1:
             return ConnectionResetError(errno.ECONNRESET, "the channel closed without an exit status")
-        text = _stderr_lines(self.chan, STDERR_SETTLE)
+        text = _stderr_lines(self.chan)
         msg = text[-1] if text else f"cat exited {status}"
         return OSError(errno.ENOSPC if "No space left" in msg else errno.EIO, msg)
 
@@ -376,7 +377,7 @@ class _ExecReader:
         if status == -1 or not self.conn.alive() and not self.chan.exit_status_ready():
             raise LinkLost(f"connection to {self.conn.label} lost while reading {self.path}")
         if status != 0:
-            err = _stderr_lines(self.chan, STDERR_SETTLE)
+            err = _stderr_lines(self.chan)
             raise RemoteError(f"{self.conn.label}: reading {self.path} failed: "
                               f"{err[-1] if err else f'remote command exited {status}'}")
         return b""
@@ -404,7 +405,7 @@ class _ExecWriter:
 
     def _why(self, exc) -> RemoteError:
         if self.chan.exit_status_ready() and self.chan.recv_exit_status() not in (0, -1):
-            return _dd_failed(self.conn, self.path, _stderr_lines(self.chan, STDERR_SETTLE), str(exc))
+            return _dd_failed(self.conn, self.path, _stderr_lines(self.chan), str(exc))
         return sftpio.translate(self.conn, exc, "writing", self.path)
 
 
@@ -435,7 +436,7 @@ class RemoteStreamWriter(Device):
                 except Exception as exc:
                     raise sftpio.translate(self.conn, exc, "finishing", w.path) from None
                 if status != 0:
-                    raise _dd_failed(self.conn, w.path, _stderr_lines(w.chan, STDERR_SETTLE), f"dd exited {status}")
+                    raise _dd_failed(self.conn, w.path, _stderr_lines(w.chan), f"dd exited {status}")
         finally:
             sftpio.quiet_close(w.chan)
             self.conn.close()
