@@ -169,6 +169,22 @@ def in_home(home):
             os.environ["IMS_HOME"] = old
 
 
+def deep_dir(base: str, length: int, letter: str) -> str:
+    """A directory under ``base`` whose path is ``length`` bytes long, made (components of
+    at most 100 bytes of ``letter``): for paths near a limit such as SQLite's."""
+    parts, left = [], length - len(base)
+    while left > 0:
+        k = min(100, left)
+        if 0 < left - k < 2:          # no component of 0 bytes
+            k -= 2
+        parts.append("/" + letter * (k - 1))
+        left -= k
+    path = base + "".join(parts)
+    assert len(path.encode()) == length
+    os.makedirs(path)
+    return path
+
+
 def make_home(path, driver: str = "classic", **options) -> Config:
     """A fresh installation under ``path`` with the given driver."""
     os.makedirs(path, exist_ok=True)

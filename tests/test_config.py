@@ -173,21 +173,6 @@ def test_ims_home_unset(monkeypatch):
         Config()
 
 
-def _deep_dir(base: str, length: int, letter: str) -> str:
-    """A directory under ``base`` whose path is ``length`` bytes long (made)."""
-    parts, left = [], length - len(base)
-    while left > 0:
-        k = min(100, left)
-        if 0 < left - k < 2:          # no component of 0 bytes
-            k -= 2
-        parts.append("/" + letter * (k - 1))
-        left -= k
-    path = base + "".join(parts)
-    assert len(path.encode()) == length
-    os.makedirs(path)
-    return path
-
-
 @pytest.mark.parametrize("driver", ["classic", "maildir"])
 def test_msconfig_refuses_an_installation_too_deep_for_its_databases(tmp_path, driver):
     """msconfig made an IMS_HOME so deep that its restore journal (data/restore-journal.db)
@@ -197,11 +182,11 @@ def test_msconfig_refuses_an_installation_too_deep_for_its_databases(tmp_path, d
     nothing; at the limit it makes the installation."""
     from asm.errors import EXIT_USAGE
     from asm.sqlitedb import PATH_MAX
-    from tests.helpers import run
+    from tests.helpers import deep_dir, run
     base = os.path.realpath(tmp_path)
     longest = "/h/data/store/mboxlist/mailboxes.db" if driver == "classic" else "/h/data/restore-journal.db"
     for over, letter in ((1, "x"), (0, "y")):
-        parent = _deep_dir(base, PATH_MAX + over - len(longest), letter)
+        parent = deep_dir(base, PATH_MAX + over - len(longest), letter)
         home = parent + "/h"
         p = run(home, "msconfig", "set", "store.driver", driver, text=True)
         if over:
@@ -219,7 +204,7 @@ def test_msconfig_refuses_an_installation_too_deep_for_its_databases(tmp_path, d
     home = str(tmp_path / "ok")
     run(home, "msconfig", "set", "store.driver", "classic", check=0)
     before = open(os.path.join(home, "config", "msg.conf"), "rb").read()
-    root = _deep_dir(base, PATH_MAX + 1 - len("/r/mboxlist/mailboxes.db"), "z") + "/r"
+    root = deep_dir(base, PATH_MAX + 1 - len("/r/mboxlist/mailboxes.db"), "z") + "/r"
     p = run(home, "msconfig", "set", "store.root", root, text=True)
     if driver == "classic":
         assert p.returncode == EXIT_USAGE, p.stderr

@@ -25,7 +25,7 @@ import pytest
 from asm import errors
 from asm.archive.reader import ArchiveReader
 from asm.store import open_store
-from tests.helpers import NOTIFY, in_home, make_home, popen, put, require, run
+from tests.helpers import NOTIFY, deep_dir, in_home, make_home, popen, put, require, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATUSES = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
@@ -1019,16 +1019,9 @@ def test_an_ims_home_too_deep_for_sqlite_is_named_so(tmp_path):
     tail = "/h/data/store/mboxlist/mailboxes.db"
     base = os.path.realpath(tmp_path)
     for over in (1, -30):
-        need = PATH_MAX + over - len(base) - len(tail)
-        parts, left = [], need
-        while left > 0:
-            k = min(100, left)
-            parts.append("/" + ("x" if over > 0 else "y") * (k - 1))
-            left -= k
-        deep = base + "".join(parts)
+        deep = deep_dir(base, PATH_MAX + over - len(tail), "x" if over > 0 else "y")
         home = deep + "/h"
         assert len((home + tail[2:]).encode()) == PATH_MAX + over
-        os.makedirs(deep)
         # msconfig refuses to make an installation that deep (test_config); one moved
         # there (a copied IMS_HOME, a deeper mount) is what a command meets
         shallow = tmp_path / f"h{over}"
