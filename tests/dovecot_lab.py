@@ -351,6 +351,36 @@ def _wait_gone(pid: int, timeout: float = 15) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def _children(pid: int) -> dict[int, str]:
+    """{pid: name} of ``pid``'s living child processes (zombies left out)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if int(rest[1]) == pid and rest[0] != "Z":
+            out[int(name)] = comm
+    return out
+
+
+def _wait_sessions_gone(pid: int, timeout: float = 15) -> None:
+    """Until the Dovecot master ``pid`` has no child but its log process: every process
+    that served a session or could touch the store has ended.  The master itself sleeps
+    a second more and lets the log process go last (2-3 s in all: Dovecot 2.3's
+    services_monitor_wait_and_kill)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if set(_children(pid).values()) <= {"log"}:
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"dovecot {pid}'s processes did not end within {timeout} s: {_children(pid)}")
+
+
 def _reap_stopping() -> None:
     while _STOPPING:
         pid, remove = _STOPPING.pop()
@@ -907,15 +937,28 @@ class Lab:
             return s.recv(100).startswith(banner)
         return False
 
-    def stop(self, wait: bool = True, remove: bool = False) -> None:
+    def stop(self, wait: bool | str = True, remove: bool = False) -> None:
         """SIGTERM the master (Dovecot takes 2-3 s to finish).  Without ``wait`` the end
         is awaited when the test process exits, so fixture teardowns overlap; ``remove``
-        deletes the lab's directory once Dovecot is gone."""
+        deletes the lab's directory once Dovecot is gone.  ``wait="sessions"`` returns
+        once every process that served a session or touched the store has ended, the
+        master and its log process still ending (awaited at exit): only for a start()
+        right after it, on new ports and a new base_dir, whatever is done to the store
+        in between.  A command run meanwhile could reach the old instance's sockets,
+        which its master holds while nobody answers them."""
         pid, self.pid = self.pid, None
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        if wait:
+        if wait == "sessions":
+            if remove:
+                raise ValueError("stop(wait='sessions') keeps the lab for the next start")
+            if pid is not None:
+                _wait_sessions_gone(pid)
+                if not _STOPPING:
+                    atexit.register(_reap_stopping)
+                _STOPPING.append((pid, None))
+        elif wait:
             if pid is not None:
                 _wait_gone(pid)
             if remove:

@@ -661,7 +661,7 @@ def test_a_dotless_i_inbox_and_its_children_are_backed_up_apart_from_inbox(tmp_p
         assert p.returncode == 0, p.stderr
         assert archive_listing(home, a) == {("alice", "INBOX"): 1, ("alice", "INBOX/sub"): 1,
                                             ("alice", "\u0131nbox"): 1, ("alice", "\u0131nbox/sub"): 1}
-        lab.stop()
+        lab.stop(wait="sessions")
         wipe(lab)
         lab.start()
         run(home, "imsrestore", "-f", a, check=0)
@@ -707,14 +707,14 @@ def test_lay_out_fs_folders_named_as_inbox_files_are_backed_up_and_restored(tmp_
         p = run(home, "imsbackup", "-f", a, "/", text=True)
         assert p.returncode == 0, p.stderr
         assert archive_listing(home, a) == {("alice", "INBOX"): 1, **{("alice", n): 2 for n in RESERVED_FS}}
-        lab.stop()
+        lab.stop(wait="sessions")
         wipe(lab)
         lab.start()
         p = run(home, "imsrestore", "-f", a, text=True)
         assert p.returncode == 0, p.stderr
         assert state() == before
         # the user's subscriptions file holds a subscription: that folder is refused, named
-        lab.stop()
+        lab.stop(wait="sessions")
         wipe(lab)
         lab.start()
         with lab.imap("alice") as c:
@@ -844,7 +844,7 @@ def test_a_utf8_location_keeps_folder_names_and_subscriptions_in_utf8(tmp_path):
         assert "Réunions".encode() in dovecot_wrote
         a = tmp_path / "a.ims"
         run(home, "imsbackup", "-f", a, "/", check=0)
-        lab.stop()
+        lab.stop(wait="sessions")
         wipe(lab)
         lab.start()
         run(home, "imsrestore", "-f", a, check=0)
@@ -873,7 +873,7 @@ def test_a_login_whose_path_has_an_empty_level_is_backed_up(tmp_path, layout, sh
         assert {u for u, _ in got} == set(logins), got
         assert got[(short, "INBOX")] == 2
         before = lab.client_state(short)
-        lab.stop()
+        lab.stop(wait="sessions")
         wipe(lab)
         lab.start()
         run(home, "imsrestore", "-f", a, check=0)
@@ -1301,7 +1301,7 @@ def test_subscriptions_to_deleted_folders_follow_the_chain(subs_lab, tmp_path, k
     run(home, "imsbackup", "-f", a[2], *(["--base", a[1]] if kind == "base" else ["-d", starts[1]]), "/", check=0)
     before = lab.client_state(u)
     assert "R" not in before.subscriptions and "X" not in before.subscriptions
-    lab.stop()
+    lab.stop(wait="sessions")
     wipe(lab)
     lab.start()
     if how == "one command":
@@ -1312,7 +1312,7 @@ def test_subscriptions_to_deleted_folders_follow_the_chain(subs_lab, tmp_path, k
     assert lab.client_state(u) == before
     run(home, "imsverify", *sum((["-f", x] for x in a), []), "--against-store", "--exact", check=0)
     # and the middle of the chain: the subscriptions of the deleted folders come back
-    lab.stop()
+    lab.stop(wait="sessions")
     wipe(lab)
     lab.start()
     run(home, "imsrestore", "-f", a[0], "-f", a[1], check=0)
@@ -1350,7 +1350,7 @@ def test_a_folder_restore_brings_back_the_subscriptions_dovecot_kept_under_it(su
     time.sleep(1.1)
     run(home, "imsbackup", "-f", full, "/", check=0)
     for path, want in (("P", {"P", "P/Old", "P/Kept"}), ("P/Kept", {"P/Kept"}), ("INBOX", set())):
-        lab.stop()
+        lab.stop(wait="sessions")
         wipe(lab)
         lab.start()
         p = run(home, "imsrestore", "-f", full, f"/primary/{u}/{path}", text=True)
@@ -1362,7 +1362,7 @@ def test_a_folder_restore_brings_back_the_subscriptions_dovecot_kept_under_it(su
     time.sleep(1.1)
     with lab.imap(u) as c:
         c.unsubscribe("P/Old")
-    lab.stop()
+    lab.stop(wait="sessions")
     wipe(lab)
     lab.start()
     run(home, "imsrestore", "-f", full, check=0)
@@ -1370,7 +1370,7 @@ def test_a_folder_restore_brings_back_the_subscriptions_dovecot_kept_under_it(su
         c.unsubscribe("P/Old")
     incr = tmp_path / "incr.ims"
     run(home, "imsbackup", "-f", incr, "-d", start, "/", check=0)
-    lab.stop()
+    lab.stop(wait="sessions")
     wipe(lab)
     lab.start()
     run(home, "imsrestore", "-f", full, "-f", incr, f"/primary/{u}/P", check=0)

@@ -489,7 +489,7 @@ def test_a_delivery_into_the_emptied_store_before_the_restore_is_named_not_silen
     before = lab.client_state(u)
     a = tmp_path / "a.ims"
     run(home, "imsbackup", "-f", a, f"/primary/{u}", check=0)
-    lab.stop()
+    lab.stop(wait="sessions")
     shutil.rmtree(os.path.join(lab.store, u))
     lab.start()
     time.sleep(1.1)                        # Dovecot's UIDVALIDITY is a time in seconds

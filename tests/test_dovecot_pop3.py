@@ -80,7 +80,7 @@ def test_migrated_pop3_uidls_and_order_survive_a_restore(tmp_path):
     and the POP3 order of its O field are given back as they were."""
     with dovecot_lab("plain", logins=["alice", "bob"], pop3_uidl_format="%08Xu%08Xv") as lab:
         _fill(lab)
-        lab.stop()
+        lab.stop(wait="sessions")
         path = os.path.join(lab.store, "alice/Maildir/dovecot-uidlist")
         # UIDs 1 and 3 carry migrated UIDLs (one with a ':', as real ones may); UID 2
         # an empty P (Dovecot: "the base file name"); the POP3 order puts 3 before 1
@@ -104,7 +104,7 @@ def test_reconstruct_gives_back_pop3_uidls_order_and_file_names_from_an_archive(
     name: 3 of alice's 4 UIDLs changed and the order was the UID order.)"""
     with dovecot_lab("plain", logins=["alice", "bob"], pop3_uidl_format="%f") as lab:
         _fill(lab)
-        lab.stop()
+        lab.stop(wait="sessions")
         inbox = os.path.join(lab.store, "alice/Maildir")
         path = os.path.join(inbox, "dovecot-uidlist")
         lines = _migrated(path, {1: "Pmigr:1-a O2", 3: "PUID-3@old.example O1"})

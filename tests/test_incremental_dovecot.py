@@ -417,7 +417,7 @@ def test_new_mail_under_uids_a_rollback_hands_out_again_is_carried(lab, tmp_path
             imap.append("W", message(f"early {i}"))
     full, incr1 = tmp_path / "full.ims", tmp_path / "incr1.ims"
     run(lab.ims, "imsbackup", "-f", full, "/", check=0)
-    lab.stop()                                          # a file-level backup of the store
+    lab.stop(wait="sessions")                          # a file-level backup of the store
     files = tmp_path / "files.tar"
     subprocess.run(["tar", "-C", lab.store, "-cpf", files, "."], check=True)
     lab.start()
@@ -425,7 +425,7 @@ def test_new_mail_under_uids_a_rollback_hands_out_again_is_carried(lab, tmp_path
         for i in range(2):
             imap.append("W", message(f"X before the disk died {i}", body="XXXX"))
     run(lab.ims, "imsbackup", "-f", incr1, "--base", f"{full}.state", "/", check=0)
-    lab.stop()                                          # the store put back from it
+    lab.stop(wait="sessions")                          # the store put back from it
     shutil.rmtree(os.path.join(lab.store, "alice"))
     subprocess.run(["tar", "-C", lab.store, "-xpf", files], check=True)
     lab.start()
@@ -456,7 +456,7 @@ def test_new_mail_under_uids_an_incrementals_earlier_links_hold_is_carried_by_it
     with lab.imap("alice") as imap:
         imap.create("W")
         imap.append("W", message("early 0"))
-    lab.stop()                                          # a file-level backup of the store
+    lab.stop(wait="sessions")                          # a file-level backup of the store
     files = tmp_path / "files.tar"
     subprocess.run(["tar", "-C", lab.store, "-cpf", files, "."], check=True)
     lab.start()
@@ -471,7 +471,7 @@ def test_new_mail_under_uids_an_incrementals_earlier_links_hold_is_carried_by_it
     with lab.imap("alice") as imap:
         imap.append("W", message("X before the disk died", body="XXXX"))
     run(lab.ims, "imsbackup", "-f", incr1, "--base", f"{full}.state", "/", check=0)
-    lab.stop()                                          # the store put back from it
+    lab.stop(wait="sessions")                          # the store put back from it
     shutil.rmtree(os.path.join(lab.store, "alice"))
     subprocess.run(["tar", "-C", lab.store, "-xpf", files], check=True)
     lab.start()
@@ -505,7 +505,7 @@ def test_an_account_removed_between_backups_stays_gone_archive_by_archive(lab, t
         imap.append("Work", message("bob's work"))
     c = Chain(lab, tmp_path)
     c.backup()
-    lab.stop()
+    lab.stop(wait="sessions")
     shutil.rmtree(os.path.join(lab.store, "bob"))
     lab.start()
     lab.deliver(["alice"], message("later"))
@@ -553,7 +553,7 @@ def test_a_date_incremental_carries_a_folder_whose_uidvalidity_changed_whole(lab
     c.backup(base=False)
     time.sleep(1.1)
     work = os.path.join(lab.store, "alice", "Maildir", ".Work")
-    lab.stop()
+    lab.stop(wait="sessions")
     for name in os.listdir(work):
         if name.startswith("dovecot"):       # dovecot-uidlist, dovecot.index*
             os.unlink(os.path.join(work, name))

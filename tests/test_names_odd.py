@@ -22,7 +22,7 @@ def _round_trip(lab, home, tmp_path):
     a = tmp_path / "a.ims"
     p = run(home, "imsbackup", "-f", a, "/", text=True)
     assert (p.returncode, p.stderr) == (0, ""), p.stderr
-    lab.stop()
+    lab.stop(wait="sessions")
     wipe(lab)
     lab.start()
     p = run(home, "imsrestore", "-f", a, text=True)
