@@ -231,11 +231,14 @@ def sorted_targets(by_user: dict, partitions: list) -> list:
 
 
 def is_excluded(folder: str, exclude: list[str]) -> bool:
-    """store.backupexclude names a folder (case-insensitively) and everything below it
+    """store.backupexclude names a folder and everything below it, without regard to
+    case or to the Unicode form of accents, as a path names a folder (:func:`fold`)
     (here, not in asm.backup, so that a restore starts without the backup's modules)."""
-    low = folder.lower()
+    if not exclude:
+        return False
+    low = fold(folder)
     for name in exclude:
-        n = name.lower()
+        n = fold(name)
         if low == n or low.startswith(n + "/"):
             return True
     return False

@@ -182,6 +182,25 @@ def test_backupexclude_and_explicit_override(populated, ims_home, tmp_path):
     assert folders_in(a) == [("joe", "Trash")]
 
 
+def test_backupexclude_matches_folders_as_a_backup_path_does(store, ims_home, tmp_path):
+    """store.backupexclude names folders without regard to case, as a backup path does
+    (asm.logical.fold): the exclude 'CAFÉ%STRASSE', typed in one Unicode form, leaves out
+    'Café' written in the other (a Mac client's e + U+0301) and 'Straße' (whose capitals
+    are STRASSE), and everything below them.  Before, the exclude compared lower()
+    strings: both folders were backed up, exit 0, while /primary/user/joe/CAFÉ named
+    the folder."""
+    cafe, strasse = "Cafe\u0301", "Stra\u00dfe"
+    for i, f in enumerate(("INBOX", cafe, f"{cafe}/2024", strasse, "Keep", "Caf")):
+        put(store, "joe", f, i)
+    run(ims_home, "msconfig", "set", "store.backupexclude", "CAF\u00c9%STRASSE", check=0)
+    a = tmp_path / "a.ims"
+    run(ims_home, "imsbackup", "-f", a, "/primary/user/joe", check=0)
+    assert [f for _, f in folders_in(a)] == ["INBOX", "Caf", "Keep"]
+    # named explicitly, in another case and form, the folder is backed up all the same
+    run(ims_home, "imsbackup", "-f", a, "/primary/user/joe/CAF\u00c9", check=0)
+    assert [f for _, f in folders_in(a)] == [cafe, f"{cafe}/2024"]
+
+
 @pytest.mark.parametrize("bf", [1, 7, 20])
 def test_blocking_factor(store, ims_home, tmp_path, bf):
     put(store, "joe", "INBOX", 1, size=3333)
