@@ -68,6 +68,7 @@ import os
 import poplib
 import pwd
 import re
+import select
 import shutil
 import signal
 import socket
@@ -336,19 +337,37 @@ def free_ports(n: int) -> list[int]:
     return ports(n)
 
 
+#: (pidfd, directory to remove) of Dovecot masters still ending, awaited at exit.  A pidfd,
+#: not a pid: the suite starts more processes than pid_max (32768 here), so a pid kept
+#: until exit can name another process by then, which a pid-based wait would SIGKILL.
 _STOPPING: list[tuple[int | None, str | None]] = []
 
 
+def _pidfd(pid: int) -> int | None:
+    """A pidfd for the living process ``pid`` (None once it is gone)."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _wait_gone_fd(fd: int | None, timeout: float = 15) -> None:
+    """Until the process of pidfd ``fd`` has ended (SIGKILLed after ``timeout``); closes
+    ``fd``."""
+    if fd is None:
+        return
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        if not p.poll(timeout * 1000):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+    finally:
+        os.close(fd)
+
+
 def _wait_gone(pid: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    _wait_gone_fd(_pidfd(pid), timeout)
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -383,9 +402,8 @@ def _wait_sessions_gone(pid: int, timeout: float = 15) -> None:
 
 def _reap_stopping() -> None:
     while _STOPPING:
-        pid, remove = _STOPPING.pop()
-        if pid is not None:
-            _wait_gone(pid)
+        fd, remove = _STOPPING.pop()
+        _wait_gone_fd(fd)
         if remove:
             shutil.rmtree(remove, ignore_errors=True)
 
@@ -946,27 +964,27 @@ class Lab:
         right after it, on new ports and a new base_dir, whatever is done to the store
         in between.  A command run meanwhile could reach the old instance's sockets,
         which its master holds while nobody answers them."""
+        if wait == "sessions" and remove:
+            raise ValueError("stop(wait='sessions') keeps the lab for the next start")
         pid, self.pid = self.pid, None
-        if pid is not None:
+        fd = None if pid is None else _pidfd(pid)
+        if fd is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                signal.pidfd_send_signal(fd, signal.SIGTERM)
         if wait == "sessions":
-            if remove:
-                raise ValueError("stop(wait='sessions') keeps the lab for the next start")
-            if pid is not None:
+            if fd is not None:
                 _wait_sessions_gone(pid)
                 if not _STOPPING:
                     atexit.register(_reap_stopping)
-                _STOPPING.append((pid, None))
+                _STOPPING.append((fd, None))
         elif wait:
-            if pid is not None:
-                _wait_gone(pid)
+            _wait_gone_fd(fd)
             if remove:
                 shutil.rmtree(self.dir, ignore_errors=True)
         else:
             if not _STOPPING:
                 atexit.register(_reap_stopping)
-            _STOPPING.append((pid, self.dir if remove else None))
+            _STOPPING.append((fd, self.dir if remove else None))
 
     def restart(self) -> None:
         """A new instance over the same store (in-memory state gone), on new ports.
