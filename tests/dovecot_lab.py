@@ -390,7 +390,7 @@ def _children(pid: int) -> dict[int, str]:
 def _wait_sessions_gone(pid: int, timeout: float = 15) -> None:
     """Until the Dovecot master ``pid`` has no child but its log process: every process
     that served a session or could touch the store has ended.  The master itself sleeps
-    a second more and lets the log process go last (2-3 s in all: Dovecot 2.3's
+    a second more before it ends, its log process last (Dovecot 2.3's
     services_monitor_wait_and_kill)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -956,7 +956,7 @@ class Lab:
         return False
 
     def stop(self, wait: bool | str = True, remove: bool = False) -> None:
-        """SIGTERM the master (Dovecot takes 2-3 s to finish).  Without ``wait`` the end
+        """SIGTERM the master (Dovecot takes about a second to end).  Without ``wait`` the end
         is awaited when the test process exits, so fixture teardowns overlap; ``remove``
         deletes the lab's directory once Dovecot is gone.  ``wait="sessions"`` returns
         once every process that served a session or touched the store has ended, the
@@ -989,7 +989,7 @@ class Lab:
     def restart(self) -> None:
         """A new instance over the same store (in-memory state gone), on new ports.
 
-        The old one is still shutting down (2-3 s) but holds no mailbox open: its
+        The old one is still shutting down (about a second) but holds no mailbox open: its
         sessions ended with the tests' IMAP logouts and LMTP QUITs.
         """
         self.stop(wait=False)
