@@ -27,7 +27,7 @@ import tempfile
 import time
 from typing import Iterator
 
-from tests.dovecot_lab import ensure_mail_user
+from tests.dovecot_lab import _wait_gone, ensure_mail_user
 from tests.helpers import free_port, unavailable
 
 DOVECOT = "/usr/sbin/dovecot"
@@ -173,15 +173,7 @@ class Dovecot:
         pid, self.pid = self.pid, None
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, timeout=10)         # (through a pidfd: the master is no child of ours)
 
     def log(self) -> str:
         try:
