@@ -207,3 +207,39 @@ def test_a_group_named_like_a_user_is_refused_not_taken_for_the_group(config, tm
     p = run(home, "imsbackup", "-f", tmp_path / "x.ims", "/primary/bob", check=2, text=True)
     assert p.stderr.count("\n") == 1 and "/primary/user/bob is the user" in p.stderr, p.stderr
     assert not (tmp_path / "x.ims").exists()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_an_exclude_names_the_folders_a_path_names(seed):
+    """store.backupexclude and a backup path agree on every name: for random folder
+    names (accented letters in either Unicode form, ß, dotted and dotless i, Greek final
+    sigma, '/' levels) and an exclude that spells one of them in a random case and form,
+    is_excluded says yes exactly where match_folder finds that folder, and for the
+    folders below it; a name differing in one letter is never excluded."""
+    import random
+    import unicodedata
+
+    from asm.logical import fold, is_excluded, match_folder
+    rnd = random.Random(seed)
+    letters = ["a", "e", "s", "i", "é", "ß", "İ", "ı", "σ", "ς", "Ω", "ñ", "k", "K"]
+
+    def word():
+        return "".join(rnd.choice(letters) for _ in range(rnd.randint(1, 5)))
+
+    def respell(name):
+        cased = "".join(c.upper() if rnd.random() < 0.5 else c for c in name)
+        return unicodedata.normalize(rnd.choice(["NFC", "NFD"]), cased)
+    checked = 0
+    for _ in range(300):
+        folder = unicodedata.normalize(rnd.choice(["NFC", "NFD"]),
+                                       "/".join(word() for _ in range(rnd.randint(1, 3))))
+        spelled = respell(folder)
+        if match_folder(spelled, [folder]) == folder:
+            checked += 1
+            assert is_excluded(folder, [spelled]) and is_excluded(folder + "/Sub", [spelled]), (folder, spelled)
+        else:
+            assert fold(spelled) != fold(folder) and not is_excluded(folder, [spelled]), (folder, spelled)
+        other = spelled[:-1] + ("x" if not spelled.endswith("x") else "y")
+        assert not is_excluded(folder, [other]) or fold(other) == fold(folder), (folder, other)
+        assert not is_excluded(folder, [spelled + "x"]) and not is_excluded(folder.rsplit("/", 1)[0] + "x", [spelled])
+    assert checked > 200, checked
